@@ -1,0 +1,98 @@
+//! Access tiers: who may see an item. Tiers are ordered; a caller at tier `t` may see every
+//! item whose tier is `<= t`.
+//!
+//! ```
+//! use tilewarm::Access;
+//! assert!(Access::Public < Access::Agent);
+//! assert_eq!("verified".parse::<Access>().unwrap(), Access::Verified);
+//! assert_eq!(
+//!     "admin".parse::<Access>().unwrap_err().to_string(),
+//!     "unknown access tier \"admin\": allowed are public, registered, verified, agent"
+//! );
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An access tier, ordered `Public < Registered < Verified < Agent`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    /// Anyone; the default.
+    #[default]
+    Public,
+    /// A signed-in user.
+    Registered,
+    /// A user whose identity was checked.
+    Verified,
+    /// A licensed agent: sees everything.
+    Agent,
+}
+
+/// A tier name that is not one of the known tiers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown access tier {0:?}: allowed are public, registered, verified, agent")]
+pub struct UnknownAccess(pub String);
+
+impl Access {
+    /// All tiers, lowest first.
+    pub const ALL: [Access; 4] = [
+        Access::Public,
+        Access::Registered,
+        Access::Verified,
+        Access::Agent,
+    ];
+
+    /// The wire name (`public`, `registered`, `verified`, `agent`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Registered => "registered",
+            Access::Verified => "verified",
+            Access::Agent => "agent",
+        }
+    }
+
+    /// The tier's rank, 0 for `Public`.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// The tier of a rank from [`rank`](Access::rank), if there is one.
+    pub fn from_rank(rank: u8) -> Option<Access> {
+        Access::ALL.get(rank as usize).copied()
+    }
+
+    /// Whether a caller at tier `self` may see an item at tier `item`.
+    pub fn can_see(self, item: Access) -> bool {
+        item <= self
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Access {
+    type Err = UnknownAccess;
+    fn from_str(s: &str) -> Result<Access, UnknownAccess> {
+        Access::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnknownAccess(s.chars().take(64).collect()))
+    }
+}
+
+impl serde::Serialize for Access {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Access {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Access, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
