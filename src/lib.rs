@@ -13,3 +13,9 @@ pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
 };
+
+mod cache;
+mod planner;
+
+pub use cache::{Refresh, TileState};
+pub use planner::{Plan, Planner, PlannerConfig, PlannerError, Viewport, Work, MAX_VIEW_ZOOM};
