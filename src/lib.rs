@@ -19,3 +19,9 @@ mod planner;
 
 pub use cache::{Refresh, TileState};
 pub use planner::{Plan, Planner, PlannerConfig, PlannerError, Viewport, Work, MAX_VIEW_ZOOM};
+
+mod batch;
+pub use batch::{
+    BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
+    Outgoing, RequestId,
+};

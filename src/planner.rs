@@ -437,7 +437,7 @@ impl Planner {
         // How strongly motion reorders the ring: up to 0.75 once the lead is a tile or more.
         let beta = 0.75 * speed.min(1.0);
 
-        let mut add = |t: TileId, scores: &mut HashMap<TileId, f64>, bonus: f64| {
+        let add = |t: TileId, scores: &mut HashMap<TileId, f64>, bonus: f64| {
             if visible_set.contains(&t) {
                 return;
             }

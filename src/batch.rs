@@ -1,0 +1,975 @@
+//! The batch planner: turns planned [`Work`] into batch requests and keeps track of them.
+//!
+//! - Requests hold at most `max_tiles` tiles and `max_ids` ids; foreground work goes out
+//!   before prefetch work; a tile or id already in flight is never requested twice.
+//! - At most `max_in_flight` requests are out at once, and prefetch never takes the last
+//!   free slot, so a foreground request can always start at once.
+//! - A failed request is retried with exponential backoff and full jitter, up to `retries`
+//!   times (a `429 Retry-After` is honoured); client errors (4xx) are not retried.
+//! - A circuit breaker suspends **prefetch only** after `breaker_threshold` consecutive
+//!   failures, and lets one prefetch through as a probe after a cool-down that doubles
+//!   while the backend keeps failing. Foreground requests are never held back by it: a
+//!   slow backend must not stall the page any more than it has to.
+//!
+//! Sans-IO: the caller sends [`Outgoing`] requests however it likes and reports back with
+//! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::planner::Work;
+use crate::tile::TileId;
+
+/// Identifies one request while it is in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Whether a request serves what the user sees now, or what they may see next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Foreground,
+    Prefetch,
+}
+
+/// Batch settings. The defaults suit a browser talking to one batch endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Tiles per request, at most (default 16).
+    pub max_tiles: usize,
+    /// Ids per request, at most (default 200).
+    pub max_ids: usize,
+    /// Requests in flight at once, at most (default 4).
+    pub max_in_flight: usize,
+    /// Time a request may take before it counts as failed (default 3000 ms).
+    pub timeout_ms: u64,
+    /// Retries after the first attempt (default 2).
+    pub retries: u32,
+    /// First backoff delay (default 200 ms); doubles per attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Backoff delays never exceed this (default 10 000 ms).
+    pub backoff_max_ms: u64,
+    /// Consecutive failures that open the prefetch breaker (default 3).
+    pub breaker_threshold: u32,
+    /// First breaker cool-down before a probe (default 5000 ms); doubles per failed probe.
+    pub breaker_cooldown_ms: u64,
+    /// Longest breaker cool-down (default 60 000 ms).
+    pub breaker_max_cooldown_ms: u64,
+    /// Seed of the jitter generator (deterministic for tests and the simulator).
+    pub seed: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_tiles: 16,
+            max_ids: 200,
+            max_in_flight: 4,
+            timeout_ms: 3000,
+            retries: 2,
+            backoff_base_ms: 200,
+            backoff_max_ms: 10_000,
+            breaker_threshold: 3,
+            breaker_cooldown_ms: 5000,
+            breaker_max_cooldown_ms: 60_000,
+            seed: 0x5eed_7113_3a3d_0001,
+        }
+    }
+}
+
+/// A batch configuration field out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch config {field} must be {allowed}, got {value}")]
+pub struct BatchConfigError {
+    pub field: &'static str,
+    pub value: u64,
+    pub allowed: &'static str,
+}
+
+impl BatchConfig {
+    /// Checks every field; the error names the field, the value and the allowed range.
+    pub fn validate(&self) -> Result<(), BatchConfigError> {
+        let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
+            ("max_tiles", self.max_tiles as u64, 1, 1024, "in 1..=1024"),
+            ("max_ids", self.max_ids as u64, 1, 100_000, "in 1..=100000"),
+            (
+                "max_in_flight",
+                self.max_in_flight as u64,
+                1,
+                64,
+                "in 1..=64",
+            ),
+            ("timeout_ms", self.timeout_ms, 1, 600_000, "in 1..=600000"),
+            ("retries", self.retries as u64, 0, 10, "in 0..=10"),
+            (
+                "backoff_base_ms",
+                self.backoff_base_ms,
+                1,
+                600_000,
+                "in 1..=600000",
+            ),
+            (
+                "backoff_max_ms",
+                self.backoff_max_ms,
+                1,
+                3_600_000,
+                "in 1..=3600000",
+            ),
+            (
+                "breaker_threshold",
+                self.breaker_threshold as u64,
+                1,
+                1000,
+                "in 1..=1000",
+            ),
+            (
+                "breaker_cooldown_ms",
+                self.breaker_cooldown_ms,
+                1,
+                3_600_000,
+                "in 1..=3600000",
+            ),
+        ];
+        for (field, value, lo, hi, allowed) in checks {
+            if value < lo || value > hi {
+                return Err(BatchConfigError {
+                    field,
+                    value,
+                    allowed,
+                });
+            }
+        }
+        if self.breaker_max_cooldown_ms < self.breaker_cooldown_ms {
+            return Err(BatchConfigError {
+                field: "breaker_max_cooldown_ms",
+                value: self.breaker_max_cooldown_ms,
+                allowed: "at least breaker_cooldown_ms",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A request to send: the tiles and ids to ask the batch endpoint for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: RequestId,
+    pub kind: Kind,
+    pub tiles: Vec<TileId>,
+    pub ids: Vec<String>,
+    /// 0 for the first try.
+    pub attempt: u32,
+    /// Abort the request if it has not completed after this long.
+    pub timeout_ms: u64,
+}
+
+/// Why a request failed, as the shell saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection failed.
+    Network(String),
+    /// An HTTP error status; `retry_after_ms` from a `Retry-After` header.
+    Http {
+        status: u16,
+        retry_after_ms: Option<u64>,
+    },
+    /// The answer could not be decoded or failed validation.
+    Invalid(String),
+    /// The shell aborted it (e.g. after [`Batcher::cancel_unwanted`]).
+    Aborted,
+}
+
+impl Failure {
+    /// Whether trying again may help: network trouble, timeouts, 5xx, 408, 429 and bad
+    /// answers (a proxy may have cut them short). Other 4xx statuses are the caller's bug.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Timeout | Failure::Network(_) | Failure::Invalid(_) => true,
+            Failure::Http { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            Failure::Aborted => false,
+        }
+    }
+
+    /// Whether the failure says something about the backend's health (counts towards the
+    /// breaker).
+    fn is_backend_trouble(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("request timed out"),
+            Failure::Network(m) => write!(f, "network error: {m}"),
+            Failure::Http { status, .. } => write!(f, "backend answered HTTP {status}"),
+            Failure::Invalid(m) => write!(f, "invalid response: {m}"),
+            Failure::Aborted => f.write_str("request aborted"),
+        }
+    }
+}
+
+/// A request that has finished (successfully, or for good).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub id: RequestId,
+    pub kind: Kind,
+    pub works: Vec<Work>,
+    pub loose_ids: Vec<String>,
+    pub sent_at_ms: u64,
+    pub attempt: u32,
+}
+
+impl Finished {
+    /// The tiles this request served.
+    pub fn tiles(&self) -> impl Iterator<Item = TileId> + '_ {
+        self.works.iter().map(Work::tile)
+    }
+}
+
+/// What became of a failed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// Its work is queued again and may go out at `at_ms`.
+    Retrying { at_ms: u64, request: Finished },
+    /// Out of retries, or not retryable: the work is dropped.
+    GaveUp(Finished),
+    /// The id was not in flight (already cancelled or finished): nothing to do.
+    Unknown,
+}
+
+/// Counters of the batch layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub requests: u64,
+    pub prefetch_requests: u64,
+    pub tiles_requested: u64,
+    pub ids_requested: u64,
+    pub retries: u64,
+    pub failures: u64,
+    pub gave_up: u64,
+    pub cancelled: u64,
+    pub breaker_opened: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Breaker {
+    Closed,
+    Open { until_ms: u64 },
+    HalfOpen { probe: Option<RequestId> },
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    kind: Kind,
+    works: Vec<Work>,
+    loose_ids: Vec<String>,
+    sent_at_ms: u64,
+    attempt: u32,
+    deadline_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    attempt: u32,
+    not_before_ms: u64,
+}
+
+/// Most tiles remembered as backing off; older entries are dropped beyond it.
+const MAX_BACKOFF_ENTRIES: usize = 4096;
+
+/// The batch planner. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    config: BatchConfig,
+    next_id: u64,
+    foreground: Vec<Work>,
+    prefetch: Vec<Work>,
+    loose_ids: VecDeque<(String, u32, u64)>,
+    in_flight: HashMap<RequestId, InFlight>,
+    tiles_in_flight: HashMap<TileId, RequestId>,
+    ids_in_flight: HashMap<String, RequestId>,
+    backoff: HashMap<TileId, Backoff>,
+    breaker: Breaker,
+    consecutive_failures: u32,
+    cooldown_ms: u64,
+    rng: u64,
+    stats: BatchStats,
+}
+
+impl Batcher {
+    /// A batcher with a checked configuration.
+    pub fn new(config: BatchConfig) -> Result<Batcher, BatchConfigError> {
+        config.validate()?;
+        Ok(Batcher {
+            rng: config.seed | 1,
+            cooldown_ms: config.breaker_cooldown_ms,
+            config,
+            next_id: 1,
+            foreground: Vec::new(),
+            prefetch: Vec::new(),
+            loose_ids: VecDeque::new(),
+            in_flight: HashMap::new(),
+            tiles_in_flight: HashMap::new(),
+            ids_in_flight: HashMap::new(),
+            backoff: HashMap::new(),
+            breaker: Breaker::Closed,
+            consecutive_failures: 0,
+            stats: BatchStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether a request for this tile is out.
+    pub fn is_tile_in_flight(&self, tile: TileId) -> bool {
+        self.tiles_in_flight.contains_key(&tile)
+    }
+
+    /// Whether a request for this id is out.
+    pub fn is_id_in_flight(&self, id: &str) -> bool {
+        self.ids_in_flight.contains_key(id)
+    }
+
+    /// Whether foreground work is waiting to be sent.
+    pub fn has_foreground_queued(&self) -> bool {
+        !self.foreground.is_empty() || !self.loose_ids.is_empty()
+    }
+
+    /// Whether the breaker currently holds prefetch back (open, or half-open with its
+    /// probe out).
+    pub fn breaker_open(&self) -> bool {
+        !matches!(self.breaker, Breaker::Closed)
+    }
+
+    /// Replaces the foreground queue with this round's foreground work (visible tiles
+    /// that cannot be shown), in priority order. Work for tiles no longer listed is
+    /// dropped; retry state of a tile is kept across rounds.
+    pub fn set_foreground(&mut self, works: Vec<Work>) {
+        self.foreground = dedup_by_tile(works);
+    }
+
+    /// Replaces the prefetch queue with this round's prefetch (and refresh) work.
+    pub fn set_prefetch(&mut self, works: Vec<Work>) {
+        self.prefetch = dedup_by_tile(works);
+    }
+
+    /// Queues ids asked for directly (not through a tile) as foreground work.
+    pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        let queued: HashSet<String> = self.loose_ids.iter().map(|(i, _, _)| i.clone()).collect();
+        for id in ids {
+            if !queued.contains(id) && !self.ids_in_flight.contains_key(id) {
+                self.loose_ids.push_back((id.to_string(), 0, 0));
+            }
+        }
+    }
+
+    /// The next request to send, if any may go out now. Call until it returns `None`.
+    /// `needed(work)` lets the caller drop queued work that became unnecessary (e.g. the
+    /// tile was filled by another response).
+    pub fn poll(&mut self, now_ms: u64, mut needed: impl FnMut(&Work) -> bool) -> Option<Outgoing> {
+        if self.in_flight.len() >= self.config.max_in_flight {
+            return None;
+        }
+        if let Some(out) = self.take(Kind::Foreground, now_ms, &mut needed) {
+            return Some(out);
+        }
+        // Prefetch never takes the last free slot, so foreground can always start at once
+        // (with a single slot, prefetch waits while foreground work is queued).
+        let free = self.config.max_in_flight - self.in_flight.len();
+        if (self.config.max_in_flight > 1 && free <= 1)
+            || (free == 1 && self.has_foreground_queued())
+        {
+            return None;
+        }
+        if !self.prefetch_allowed(now_ms) {
+            return None;
+        }
+        let out = self.take(Kind::Prefetch, now_ms, &mut needed)?;
+        if let Breaker::HalfOpen { probe } = &mut self.breaker {
+            *probe = Some(out.id);
+        }
+        Some(out)
+    }
+
+    fn prefetch_allowed(&mut self, now_ms: u64) -> bool {
+        match self.breaker {
+            Breaker::Closed => true,
+            Breaker::Open { until_ms } if now_ms >= until_ms => {
+                self.breaker = Breaker::HalfOpen { probe: None };
+                true
+            }
+            Breaker::Open { .. } => false,
+            Breaker::HalfOpen { probe } => probe.is_none(),
+        }
+    }
+
+    fn ready(&self, tile: TileId, now_ms: u64) -> bool {
+        self.backoff
+            .get(&tile)
+            .is_none_or(|b| b.not_before_ms <= now_ms)
+    }
+
+    /// Builds one request of `kind` from the queue, or `None` when nothing is ready.
+    fn take(
+        &mut self,
+        kind: Kind,
+        now_ms: u64,
+        needed: &mut impl FnMut(&Work) -> bool,
+    ) -> Option<Outgoing> {
+        let queue = match kind {
+            Kind::Foreground => std::mem::take(&mut self.foreground),
+            Kind::Prefetch => std::mem::take(&mut self.prefetch),
+        };
+        let (mut tiles, mut ids, mut works, mut keep) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut attempt = 0;
+        for w in queue {
+            let tile = w.tile();
+            if self.tiles_in_flight.contains_key(&tile) || !needed(&w) {
+                continue; // already coming, or no longer needed: drop
+            }
+            if !self.ready(tile, now_ms) {
+                keep.push(w);
+                continue;
+            }
+            let fits = match &w {
+                Work::Tile(_) => tiles.len() < self.config.max_tiles,
+                Work::Ids { ids: wi, .. } => {
+                    ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
+                }
+            };
+            if !fits {
+                keep.push(w);
+                continue;
+            }
+            match &w {
+                Work::Tile(t) => tiles.push(*t),
+                Work::Ids { ids: wi, .. } => {
+                    for id in wi
+                        .iter()
+                        .take(self.config.max_ids.saturating_sub(ids.len()))
+                    {
+                        if !self.ids_in_flight.contains_key(id) {
+                            ids.push(id.clone());
+                        }
+                    }
+                }
+            }
+            attempt = attempt.max(self.backoff.get(&tile).map_or(0, |b| b.attempt));
+            works.push(w);
+        }
+        match kind {
+            Kind::Foreground => self.foreground = keep,
+            Kind::Prefetch => self.prefetch = keep,
+        }
+        let mut loose = Vec::new();
+        if kind == Kind::Foreground {
+            let mut rest = VecDeque::new();
+            while let Some((id, a, not_before)) = self.loose_ids.pop_front() {
+                if self.ids_in_flight.contains_key(&id) {
+                    continue;
+                }
+                if not_before > now_ms || ids.len() >= self.config.max_ids {
+                    rest.push_back((id, a, not_before));
+                    continue;
+                }
+                attempt = attempt.max(a);
+                ids.push(id.clone());
+                loose.push(id);
+            }
+            self.loose_ids = rest;
+        }
+        if tiles.is_empty() && ids.is_empty() {
+            return None;
+        }
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        for w in &works {
+            self.tiles_in_flight.insert(w.tile(), id);
+        }
+        for i in &ids {
+            self.ids_in_flight.insert(i.clone(), id);
+        }
+        self.stats.requests += 1;
+        if kind == Kind::Prefetch {
+            self.stats.prefetch_requests += 1;
+        }
+        self.stats.tiles_requested += tiles.len() as u64;
+        self.stats.ids_requested += ids.len() as u64;
+        if attempt > 0 {
+            self.stats.retries += 1;
+        }
+        self.in_flight.insert(
+            id,
+            InFlight {
+                kind,
+                works,
+                loose_ids: loose,
+                sent_at_ms: now_ms,
+                attempt,
+                deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
+            },
+        );
+        Some(Outgoing {
+            id,
+            kind,
+            tiles,
+            ids,
+            attempt,
+            timeout_ms: self.config.timeout_ms,
+        })
+    }
+
+    fn finish(&mut self, id: RequestId) -> Option<Finished> {
+        let f = self.in_flight.remove(&id)?;
+        for w in &f.works {
+            if self.tiles_in_flight.get(&w.tile()) == Some(&id) {
+                self.tiles_in_flight.remove(&w.tile());
+            }
+        }
+        self.ids_in_flight.retain(|_, r| *r != id);
+        if let Breaker::HalfOpen { probe: Some(p) } = self.breaker {
+            if p == id {
+                self.breaker = Breaker::HalfOpen { probe: None };
+            }
+        }
+        Some(Finished {
+            id,
+            kind: f.kind,
+            works: f.works,
+            loose_ids: f.loose_ids,
+            sent_at_ms: f.sent_at_ms,
+            attempt: f.attempt,
+        })
+    }
+
+    /// The request answered. Closes the breaker. Returns what it was for, or `None` if it
+    /// was no longer tracked (cancelled).
+    pub fn on_success(&mut self, id: RequestId) -> Option<Finished> {
+        let f = self.finish(id)?;
+        for t in f.tiles() {
+            self.backoff.remove(&t);
+        }
+        self.consecutive_failures = 0;
+        self.breaker = Breaker::Closed;
+        self.cooldown_ms = self.config.breaker_cooldown_ms;
+        Some(f)
+    }
+
+    /// The request failed. Retryable failures within the retry limit requeue the work
+    /// with a backoff; everything else drops it.
+    pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
+        let was_probe = matches!(self.breaker, Breaker::HalfOpen { probe: Some(p) } if p == id);
+        let Some(f) = self.finish(id) else {
+            return FailureOutcome::Unknown;
+        };
+        if *failure == Failure::Aborted {
+            return FailureOutcome::GaveUp(f);
+        }
+        self.stats.failures += 1;
+        if failure.is_backend_trouble() {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            let open = was_probe
+                || matches!(self.breaker, Breaker::HalfOpen { .. })
+                || (self.breaker == Breaker::Closed
+                    && self.consecutive_failures >= self.config.breaker_threshold);
+            if open {
+                if was_probe || matches!(self.breaker, Breaker::HalfOpen { .. }) {
+                    self.cooldown_ms = (self.cooldown_ms.saturating_mul(2))
+                        .min(self.config.breaker_max_cooldown_ms);
+                }
+                if self.breaker == Breaker::Closed {
+                    self.stats.breaker_opened += 1;
+                }
+                self.breaker = Breaker::Open {
+                    until_ms: now_ms.saturating_add(self.cooldown_ms),
+                };
+            }
+        }
+        let next_attempt = f.attempt + 1;
+        if !failure.is_retryable() || next_attempt > self.config.retries {
+            self.stats.gave_up += 1;
+            // A later round may ask again, but not before a backoff has passed.
+            let delay = self.backoff_delay(next_attempt, failure);
+            self.remember_backoff(&f, 0, now_ms.saturating_add(delay));
+            return FailureOutcome::GaveUp(f);
+        }
+        let at_ms = now_ms.saturating_add(self.backoff_delay(next_attempt, failure));
+        self.remember_backoff(&f, next_attempt, at_ms);
+        let queue = match f.kind {
+            Kind::Foreground => &mut self.foreground,
+            Kind::Prefetch => &mut self.prefetch,
+        };
+        let queued: HashSet<TileId> = queue.iter().map(Work::tile).collect();
+        for w in f.works.iter().rev() {
+            if !queued.contains(&w.tile()) {
+                queue.insert(0, w.clone());
+            }
+        }
+        for id in f.loose_ids.iter().rev() {
+            self.loose_ids.push_front((id.clone(), next_attempt, at_ms));
+        }
+        FailureOutcome::Retrying { at_ms, request: f }
+    }
+
+    fn remember_backoff(&mut self, f: &Finished, attempt: u32, not_before_ms: u64) {
+        if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
+            // Forget the entries whose wait is over; if that is not enough, forget all.
+            self.backoff.retain(|_, b| {
+                b.not_before_ms > not_before_ms.saturating_sub(self.config.backoff_max_ms)
+            });
+            if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
+                self.backoff.clear();
+            }
+        }
+        for t in f.tiles() {
+            self.backoff.insert(
+                t,
+                Backoff {
+                    attempt,
+                    not_before_ms,
+                },
+            );
+        }
+    }
+
+    /// Exponential backoff with full jitter: a uniform delay in `[d/2, d]` where
+    /// `d = min(max, base * 2^(attempt-1))`, at least any `Retry-After`.
+    fn backoff_delay(&mut self, attempt: u32, failure: &Failure) -> u64 {
+        let exp = self
+            .config
+            .backoff_base_ms
+            .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(20))
+            .min(self.config.backoff_max_ms);
+        let half = exp / 2;
+        let jittered = half + self.next_rand() % (exp - half + 1);
+        match failure {
+            Failure::Http {
+                retry_after_ms: Some(ra),
+                ..
+            } => jittered.max((*ra).min(3_600_000)),
+            _ => jittered,
+        }
+    }
+
+    /// xorshift64*: small, deterministic, good enough for jitter.
+    fn next_rand(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
+    /// tracked; the shell should abort them (a late answer is then ignored).
+    pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
+        let doomed: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| {
+                f.kind == Kind::Prefetch
+                    && f.loose_ids.is_empty()
+                    && !f.works.iter().any(|w| wanted(w.tile()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &doomed {
+            self.finish(*id);
+            self.stats.cancelled += 1;
+        }
+        let mut doomed = doomed;
+        doomed.sort();
+        doomed
+    }
+
+    /// Requests whose deadline has passed at `now_ms`; the shell should abort each and
+    /// report [`Failure::Timeout`] (shells with their own timers may ignore this).
+    pub fn overdue(&self, now_ms: u64) -> Vec<RequestId> {
+        let mut v: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The earliest time something changes without outside input: a backoff ends, the
+    /// breaker allows a probe, or an in-flight request reaches its deadline.
+    pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| {
+            if t > now_ms {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for w in self.foreground.iter().chain(self.prefetch.iter()) {
+            if let Some(b) = self.backoff.get(&w.tile()) {
+                consider(b.not_before_ms);
+            }
+        }
+        for (_, _, nb) in &self.loose_ids {
+            consider(*nb);
+        }
+        if let Breaker::Open { until_ms } = self.breaker {
+            if !self.prefetch.is_empty() {
+                consider(until_ms);
+            }
+        }
+        for f in self.in_flight.values() {
+            consider(f.deadline_ms);
+        }
+        next
+    }
+}
+
+fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {
+    let mut seen = HashSet::new();
+    works
+        .into_iter()
+        .filter(|w| seen.insert(w.tile()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(x: u32) -> TileId {
+        TileId::new(14, x, 100).unwrap()
+    }
+    fn tiles(r: std::ops::Range<u32>) -> Vec<Work> {
+        r.map(|x| Work::Tile(t(x))).collect()
+    }
+    fn all(_: &Work) -> bool {
+        true
+    }
+
+    #[test]
+    fn groups_foreground_first_and_respects_sizes() {
+        let mut b = Batcher::new(BatchConfig {
+            max_tiles: 4,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        b.set_prefetch(tiles(100..103));
+        b.set_foreground(tiles(0..6));
+        let r1 = b.poll(0, all).unwrap();
+        assert_eq!((r1.kind, r1.tiles.len()), (Kind::Foreground, 4));
+        let r2 = b.poll(0, all).unwrap();
+        assert_eq!((r2.kind, r2.tiles.len()), (Kind::Foreground, 2));
+        let r3 = b.poll(0, all).unwrap();
+        assert_eq!((r3.kind, r3.tiles.len()), (Kind::Prefetch, 3));
+        // 3 in flight of 4: the last slot is kept for foreground.
+        b.set_prefetch(tiles(200..203));
+        assert_eq!(b.poll(0, all), None);
+        b.set_foreground(tiles(300..301));
+        assert_eq!(b.poll(0, all).unwrap().kind, Kind::Foreground);
+        assert_eq!(b.in_flight(), 4);
+        assert_eq!(b.poll(0, all), None);
+    }
+
+    #[test]
+    fn never_requests_in_flight_twice() {
+        let mut b = Batcher::new(BatchConfig::default()).unwrap();
+        b.set_foreground(tiles(0..3));
+        let r = b.poll(0, all).unwrap();
+        b.set_foreground(tiles(0..5));
+        b.set_prefetch(tiles(0..5));
+        let r2 = b.poll(0, all).unwrap();
+        assert_eq!(r2.tiles, vec![t(3), t(4)]);
+        assert_eq!(b.poll(0, all), None);
+        assert!(b.on_success(r.id).is_some());
+        assert!(b.on_success(r.id).is_none());
+    }
+
+    #[test]
+    fn ids_respect_max_ids_and_dedup() {
+        let mut b = Batcher::new(BatchConfig {
+            max_ids: 3,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        b.request_ids(["a", "b", "c", "d", "a"]);
+        let r = b.poll(0, all).unwrap();
+        assert_eq!(r.ids, vec!["a", "b", "c"]);
+        b.request_ids(["a", "d"]);
+        let r2 = b.poll(0, all).unwrap();
+        assert_eq!(r2.ids, vec!["d"]);
+        assert!(b.is_id_in_flight("a"));
+    }
+
+    #[test]
+    fn retries_with_backoff_then_gives_up() {
+        let mut b = Batcher::new(BatchConfig {
+            retries: 2,
+            backoff_base_ms: 100,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        b.set_foreground(tiles(0..1));
+        let r = b.poll(0, all).unwrap();
+        let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &Failure::Timeout, 1000)
+        else {
+            panic!("should retry")
+        };
+        assert!((1050..=1100).contains(&at_ms), "{at_ms}");
+        assert_eq!(b.poll(at_ms - 1, all), None, "not before the backoff");
+        assert_eq!(b.next_wakeup(1000), Some(at_ms));
+        let r = b.poll(at_ms, all).unwrap();
+        assert_eq!(r.attempt, 1);
+        let FailureOutcome::Retrying { at_ms: at2, .. } =
+            b.on_failure(r.id, &Failure::Network("reset".into()), at_ms)
+        else {
+            panic!("should retry")
+        };
+        assert!((at_ms + 100..=at_ms + 200).contains(&at2), "{at2}");
+        let r = b.poll(at2, all).unwrap();
+        assert_eq!(r.attempt, 2);
+        assert!(matches!(
+            b.on_failure(r.id, &Failure::Timeout, at2),
+            FailureOutcome::GaveUp(_)
+        ));
+        assert_eq!(b.stats().gave_up, 1);
+    }
+
+    #[test]
+    fn client_errors_are_not_retried_and_retry_after_is_honoured() {
+        let mut b = Batcher::new(BatchConfig::default()).unwrap();
+        b.set_foreground(tiles(0..1));
+        let r = b.poll(0, all).unwrap();
+        let bad = Failure::Http {
+            status: 400,
+            retry_after_ms: None,
+        };
+        assert!(matches!(
+            b.on_failure(r.id, &bad, 0),
+            FailureOutcome::GaveUp(_)
+        ));
+        b.set_foreground(tiles(1..2));
+        let r = b.poll(0, all).unwrap();
+        let slow = Failure::Http {
+            status: 429,
+            retry_after_ms: Some(7000),
+        };
+        let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &slow, 0) else {
+            panic!()
+        };
+        assert_eq!(at_ms, 7000);
+    }
+
+    #[test]
+    fn breaker_suspends_prefetch_not_foreground_and_probes() {
+        let mut b = Batcher::new(BatchConfig {
+            breaker_threshold: 2,
+            breaker_cooldown_ms: 1000,
+            retries: 0,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        for x in 0..2 {
+            b.set_prefetch(tiles(x..x + 1));
+            let r = b.poll(0, all).unwrap();
+            b.on_failure(
+                r.id,
+                &Failure::Http {
+                    status: 503,
+                    retry_after_ms: None,
+                },
+                0,
+            );
+        }
+        assert!(b.breaker_open());
+        assert_eq!(b.stats().breaker_opened, 1);
+        b.set_prefetch(tiles(10..12));
+        assert_eq!(b.poll(500, all), None, "prefetch held while open");
+        b.set_foreground(tiles(20..21));
+        assert_eq!(
+            b.poll(500, all).unwrap().kind,
+            Kind::Foreground,
+            "foreground never held"
+        );
+        // After the cool-down, one probe.
+        let probe = b.poll(1000, all).unwrap();
+        assert_eq!(probe.kind, Kind::Prefetch);
+        assert_eq!(b.poll(1000, all), None, "only one probe at a time");
+        // Probe fails: open again with a doubled cool-down.
+        b.on_failure(probe.id, &Failure::Timeout, 1000);
+        b.set_prefetch(tiles(30..31));
+        assert_eq!(b.poll(2999, all), None);
+        let probe = b.poll(3000, all).unwrap();
+        b.on_success(probe.id);
+        assert!(!b.breaker_open());
+        b.set_prefetch(tiles(40..41));
+        assert!(b.poll(3000, all).is_some());
+    }
+
+    #[test]
+    fn cancel_unwanted_prefetch_only() {
+        let mut b = Batcher::new(BatchConfig {
+            max_tiles: 2,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        b.set_foreground(tiles(0..2));
+        let fg = b.poll(0, all).unwrap();
+        b.set_prefetch(tiles(10..14));
+        let p1 = b.poll(0, all).unwrap();
+        let p2 = b.poll(0, all).unwrap();
+        let cancelled = b.cancel_unwanted(|tile| tile == t(12));
+        assert_eq!(cancelled, vec![p1.id]);
+        assert!(!b.is_tile_in_flight(t(10)));
+        assert!(b.is_tile_in_flight(t(13)), "{p2:?} keeps a wanted tile");
+        assert!(b.is_tile_in_flight(t(0)), "foreground is never cancelled");
+        assert_eq!(
+            b.on_failure(p1.id, &Failure::Aborted, 0),
+            FailureOutcome::Unknown
+        );
+        assert!(b.on_success(fg.id).is_some());
+    }
+
+    #[test]
+    fn overdue_and_needed_filter() {
+        let mut b = Batcher::new(BatchConfig {
+            timeout_ms: 100,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        b.set_foreground(tiles(0..3));
+        let r = b.poll(0, |w| w.tile() != t(1)).unwrap();
+        assert_eq!(r.tiles, vec![t(0), t(2)]);
+        assert!(b.overdue(99).is_empty());
+        assert_eq!(b.overdue(100), vec![r.id]);
+        assert_eq!(b.next_wakeup(0), Some(100));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = Batcher::new(BatchConfig {
+            max_in_flight: 0,
+            ..BatchConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "batch config max_in_flight must be in 1..=64, got 0"
+        );
+    }
+}
