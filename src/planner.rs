@@ -177,7 +177,8 @@ impl Work {
         }
     }
 
-    fn from_state(tile: TileId, state: TileState) -> Option<Work> {
+    /// The work that makes a tile in `state` fresh, or `None` when it already is.
+    pub(crate) fn from_state(tile: TileId, state: TileState) -> Option<Work> {
         match state {
             TileState::Fresh => None,
             TileState::Unknown
@@ -852,5 +853,66 @@ mod tests {
             p.plan(&wide, 0, unknown, none_in_flight),
             Err(PlannerError::Bbox(TileError::TooManyTiles { .. }))
         ));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn state_of(code: u8) -> TileState {
+            match code % 5 {
+                0 => TileState::Fresh,
+                1 => TileState::Unknown,
+                2 => TileState::Stale(Refresh::Tile),
+                3 => TileState::Partial(Refresh::Ids(vec!["x".into()])),
+                _ => TileState::Partial(Refresh::Tile),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn never_plans_fresh_or_in_flight_and_keeps_budget(
+                moves in proptest::collection::vec((-3.0f64..3.0, -3.0f64..3.0, 0u64..2000, 11.0f64..16.0), 1..8),
+                w in 0.2f64..6.0,
+                h in 0.2f64..6.0,
+                budget in 0usize..40,
+                ring in 0u32..3,
+                seed in any::<u64>(),
+            ) {
+                let cfg = PlannerConfig { max_tiles_per_round: budget, ring, ..PlannerConfig::default() };
+                let mut p = Planner::new(cfg).unwrap();
+                let (mut x, mut y, mut t) = (5000.5, 6000.5, 0u64);
+                // A deterministic pseudo-random state per tile.
+                let code = |tile: TileId| ((tile.to_u64() ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as u8;
+                let flying = |tile: TileId| code(tile) % 7 == 0;
+                for (dx, dy, dt, zoom) in moves {
+                    x += dx; y += dy; t += dt;
+                    let vp = vp_at(x, y, w, h, zoom);
+                    let plan = p.plan(&vp, t, |tile| state_of(code(tile)), flying).unwrap();
+                    prop_assert!(plan.prefetch.len() <= budget);
+                    let visible: HashSet<TileId> = plan.visible.iter().copied().collect();
+                    for wk in &plan.prefetch {
+                        let tile = wk.tile();
+                        prop_assert!(state_of(code(tile)) != TileState::Fresh, "fresh tile planned");
+                        prop_assert!(!flying(tile), "in-flight tile planned");
+                        prop_assert!(!visible.contains(&tile), "visible tile in prefetch");
+                        prop_assert!(plan.wanted.contains(&tile));
+                    }
+                    let mut seen = HashSet::new();
+                    prop_assert!(plan.prefetch.iter().all(|w| seen.insert(w.tile())), "duplicate prefetch");
+                    // Foreground: exactly the visible tiles that cannot be shown.
+                    let fg: HashSet<TileId> = plan.foreground.iter().map(Work::tile).collect();
+                    let expect: HashSet<TileId> = plan.visible.iter().copied()
+                        .filter(|&t| !state_of(code(t)).is_showable()).collect();
+                    prop_assert_eq!(fg, expect);
+                    for r in &plan.refresh {
+                        prop_assert!(visible.contains(&r.tile()) && !flying(r.tile()));
+                    }
+                    if zoom < 12.0 {
+                        prop_assert!(plan.visible.is_empty() && plan.foreground.is_empty());
+                    }
+                }
+            }
+        }
     }
 }
