@@ -1358,3 +1358,1110 @@ impl<'de> Visitor<'de> for ItemSeed {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const REQUEST: &[u8] = include_bytes!("../tests/fixtures/protocol/request.json");
+    const RESPONSE: &[u8] = include_bytes!("../tests/fixtures/protocol/response.json");
+    const BAD_LAT: &[u8] = include_bytes!("../tests/fixtures/protocol/response_bad_lat.json");
+    const TRUNCATED: &[u8] = include_bytes!("../tests/fixtures/protocol/response_truncated.json");
+    const NEGATIVE_TTL: &[u8] =
+        include_bytes!("../tests/fixtures/protocol/response_negative_ttl.json");
+    const DANGLING: &[u8] = include_bytes!("../tests/fixtures/protocol/response_dangling_id.json");
+    const UNKNOWN_ACCESS: &[u8] =
+        include_bytes!("../tests/fixtures/protocol/response_unknown_access.json");
+    const ITEMS_NOT_ARRAY: &[u8] =
+        include_bytes!("../tests/fixtures/protocol/response_items_not_array.json");
+    const ERROR: &[u8] = include_bytes!("../tests/fixtures/protocol/error.json");
+
+    fn tile(s: &str) -> TileId {
+        s.parse().unwrap()
+    }
+
+    fn lim() -> Limits {
+        Limits::default()
+    }
+
+    fn req_err(body: &str) -> ProtocolError {
+        decode_request(body.as_bytes(), &lim()).unwrap_err()
+    }
+
+    fn resp_err(body: &str) -> ProtocolError {
+        decode_response(body.as_bytes(), &lim()).unwrap_err()
+    }
+
+    /// A response body with one tile listing `a`, with `item` (JSON fields) as item `a`.
+    fn one_item(fields: &str) -> String {
+        format!(
+            r#"{{"tiles":[{{"tile":"14/2624/5721","ids":["a"]}}],"items":[{{"id":"a",{fields}}}]}}"#
+        )
+    }
+
+    const OK_FIELDS: &str = r#""lon":1.5,"lat":2.5,"class":"sold","access":"public","data":1"#;
+
+    // ---- limits -------------------------------------------------------------------------
+
+    #[test]
+    fn default_limits_are_the_documented_ones() {
+        let l = Limits::default();
+        assert_eq!(l.max_body_bytes, 8_388_608);
+        assert_eq!((l.max_tiles, l.max_ids, l.max_items), (64, 1000, 50_000));
+        assert_eq!((l.max_id_len, l.max_class_len), (256, 64));
+        assert_eq!((l.max_ttl_s, l.min_zoom), (2_592_000, 0));
+    }
+
+    // ---- requests -----------------------------------------------------------------------
+
+    #[test]
+    fn request_fixture_decodes_and_dedups_in_first_seen_order() {
+        let r = decode_request(REQUEST, &lim()).unwrap();
+        assert_eq!(
+            r.tiles,
+            vec![
+                tile("14/2624/5721"),
+                tile("14/2625/5721"),
+                tile("12/656/1430")
+            ]
+        );
+        assert_eq!(r.ids, vec!["a", "far-away-1"]);
+        assert_eq!(r.access, Access::Registered);
+    }
+
+    #[test]
+    fn request_round_trips_through_compact_json() {
+        let r = BatchRequest {
+            tiles: vec![tile("14/2624/5721"), tile("0/0/0"), tile("24/16777215/0")],
+            ids: vec!["a".into(), "é \"quoted\"".into()],
+            access: Access::Agent,
+        };
+        let json = r.to_json();
+        assert_eq!(decode_request(json.as_bytes(), &lim()).unwrap(), r);
+        let small = BatchRequest {
+            tiles: vec![tile("1/1/0")],
+            ids: vec![],
+            access: Access::Verified,
+        };
+        assert_eq!(
+            small.to_json(),
+            r#"{"tiles":["1/1/0"],"ids":[],"access":"verified"}"#
+        );
+    }
+
+    #[test]
+    fn request_optional_fields_may_be_absent_or_null() {
+        let r = decode_request(br#"{"tiles":["3/1/2"]}"#, &lim()).unwrap();
+        assert_eq!((r.ids.len(), r.access), (0, Access::Public));
+        let r = decode_request(br#"{"ids":["x"],"tiles":null,"access":null}"#, &lim()).unwrap();
+        assert_eq!(
+            (r.tiles.len(), r.ids.len(), r.access),
+            (0, 1, Access::Public)
+        );
+    }
+
+    #[test]
+    fn request_unknown_fields_are_ignored() {
+        let r = decode_request(
+            br#"{"v":2,"tiles":["3/1/2"],"extra":{"deep":[[[{"x":null}]]]},"access":"agent"}"#,
+            &lim(),
+        )
+        .unwrap();
+        assert_eq!(r.access, Access::Agent);
+    }
+
+    #[test]
+    fn is_empty() {
+        assert!(BatchRequest::default().is_empty());
+        let r = BatchRequest {
+            ids: vec!["a".into()],
+            ..BatchRequest::default()
+        };
+        assert!(!r.is_empty());
+    }
+
+    #[test]
+    fn request_errors_name_the_problem_and_the_allowed_range() {
+        let tiles: Vec<String> = (0..80).map(|x| format!("\"14/{x}/0\"")).collect();
+        let e = req_err(&format!(r#"{{"tiles":[{}]}}"#, tiles.join(",")));
+        assert_eq!(
+            e,
+            ProtocolError::TooMany {
+                what: "request tiles",
+                count: 80,
+                max: 64
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "request has 80 tiles, at most 64 are allowed"
+        );
+
+        let ids: Vec<String> = (0..1001).map(|x| format!("\"{x}\"")).collect();
+        let e = req_err(&format!(r#"{{"ids":[{}]}}"#, ids.join(",")));
+        assert_eq!(
+            e.to_string(),
+            "request has 1001 ids, at most 1000 are allowed"
+        );
+
+        let e = req_err(r#"{"tiles":["3/1/1", "14/99999/1"]}"#);
+        assert_eq!(
+            e.to_string(),
+            "tiles[1] \"14/99999/1\": tile 14/99999/1 does not exist: \
+             x and y must be below 2^14 = 16384"
+        );
+        assert!(matches!(e, ProtocolError::InvalidTile { index: 1, .. }));
+        let e = req_err(r#"{"tiles":["14-1-1"]}"#);
+        assert_eq!(
+            e.to_string(),
+            "tiles[0] \"14-1-1\": expected z/x/y, three integers separated by '/'"
+        );
+
+        let limits = Limits {
+            min_zoom: 10,
+            ..lim()
+        };
+        let e = decode_request(br#"{"tiles":["12/0/0","9/1/1"]}"#, &limits).unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::ZoomTooLow {
+                index: 1,
+                tile: tile("9/1/1"),
+                min_zoom: 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "tiles[1] \"9/1/1\": zoom 9 is too coarse, zoom must be in 10..=24"
+        );
+
+        assert_eq!(
+            req_err(r#"{"ids":["a",""]}"#).to_string(),
+            "ids[1]: id must not be empty"
+        );
+        let long = "x".repeat(257);
+        let e = req_err(&format!(r#"{{"ids":["{long}"]}}"#));
+        assert!(matches!(e, ProtocolError::InvalidId { index: 0, .. }));
+        assert!(
+            e.to_string()
+                .ends_with("is 257 bytes, at most 256 are allowed"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains('…'),
+            "long ids are cut in messages: {e}"
+        );
+        assert_eq!(
+            req_err(r#"{"ids":["a\u0007b"]}"#).to_string(),
+            "ids[0]: id \"a\\u{7}b\" contains the control character U+0007; \
+             control characters are not allowed"
+        );
+
+        let e = req_err(r#"{"tiles":["1/0/0"],"access":"admin"}"#);
+        assert_eq!(
+            e,
+            ProtocolError::UnknownAccess(UnknownAccess("admin".into()))
+        );
+        assert_eq!(
+            e.to_string(),
+            "access: unknown access tier \"admin\": allowed are public, registered, verified, agent"
+        );
+
+        for empty in [r#"{}"#, r#"{"tiles":[],"ids":[]}"#, r#"{"tiles":null}"#] {
+            assert_eq!(req_err(empty), ProtocolError::EmptyRequest);
+        }
+        assert_eq!(
+            ProtocolError::EmptyRequest.to_string(),
+            "request has no tiles and no ids: at least one tile or one id is required"
+        );
+    }
+
+    #[test]
+    fn request_shape_errors_are_json_errors_with_positions() {
+        let e = req_err(r#"{"tiles":["1/0/0"],"tiles":["1/0/1"]}"#);
+        assert_eq!(
+            e,
+            ProtocolError::Json {
+                line: 1,
+                column: 37,
+                message: "duplicate field `tiles`".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "malformed JSON at line 1, column 37: duplicate field `tiles`"
+        );
+        let e = req_err("{\n  \"tiles\": 5}");
+        assert_eq!(
+            e.to_string(),
+            "malformed JSON at line 2, column 12: invalid type: integer `5`, expected an array"
+        );
+        assert!(matches!(req_err("[]"), ProtocolError::Json { .. }));
+        assert!(matches!(
+            req_err(r#"{"tiles":[1]}"#),
+            ProtocolError::Json { .. }
+        ));
+        assert!(matches!(
+            req_err(r#"{"access":3}"#),
+            ProtocolError::Json { .. }
+        ));
+        assert!(matches!(
+            req_err(r#"{"ids":["a"]} x"#),
+            ProtocolError::Json { .. }
+        ));
+        assert!(matches!(
+            decode_request(b"{\"ids\":[\"\xff\"]}", &lim()),
+            Err(ProtocolError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn body_size_is_checked_before_parsing() {
+        let limits = Limits {
+            max_body_bytes: 10,
+            ..lim()
+        };
+        // Eleven bytes of garbage: the size error wins, so nothing was parsed.
+        for decode in [
+            |b: &[u8], l: &Limits| decode_request(b, l).err(),
+            |b: &[u8], l: &Limits| decode_response(b, l).err(),
+        ] {
+            let e = decode(b"not json!!!", &limits).unwrap();
+            assert_eq!(e, ProtocolError::BodyTooLarge { size: 11, max: 10 });
+            assert_eq!(e.to_string(), "body is 11 bytes, at most 10 are allowed");
+        }
+        assert!(decode_request(br#"{"ids":[1]}"#, &limits).is_err());
+        assert_eq!(
+            ProtocolError::BodyTooLarge {
+                size: 9_000_000,
+                max: 8_388_608
+            }
+            .to_string(),
+            "body is 9000000 bytes, at most 8388608 are allowed"
+        );
+    }
+
+    #[test]
+    fn request_validate_checks_a_built_request() {
+        let mut r = BatchRequest {
+            tiles: vec![tile("2/1/1")],
+            ..BatchRequest::default()
+        };
+        assert!(r.validate(&lim()).is_ok());
+        r.ids.push(String::new());
+        assert!(matches!(
+            r.validate(&lim()),
+            Err(ProtocolError::InvalidId { index: 0, .. })
+        ));
+    }
+
+    // ---- responses ----------------------------------------------------------------------
+
+    #[test]
+    fn response_fixture_decodes() {
+        let r = decode_response(RESPONSE, &lim()).unwrap();
+        assert_eq!(
+            r.tiles,
+            vec![
+                TileList {
+                    tile: tile("14/2624/5721"),
+                    ids: vec!["a".into(), "b".into()],
+                    ttl: Some(300)
+                },
+                TileList {
+                    tile: tile("14/2625/5721"),
+                    ids: vec![],
+                    ttl: None
+                },
+                TileList {
+                    tile: tile("12/656/1430"),
+                    ids: vec!["a".into(), "b".into(), "c".into()],
+                    ttl: None
+                },
+            ]
+        );
+        let [a, b, c] = &r.items[..] else {
+            panic!("three items expected, got {}", r.items.len())
+        };
+        assert_eq!(
+            (
+                a.id.as_str(),
+                a.lon,
+                a.lat,
+                a.class.as_str(),
+                a.access,
+                a.ttl
+            ),
+            (
+                "a",
+                -122.33,
+                47.61,
+                "off_market",
+                Access::Public,
+                Some(14400)
+            )
+        );
+        assert_eq!(a.data.get(), r#"{"price": 850000, "beds": 3}"#);
+        assert_eq!((b.access, b.ttl), (Access::Registered, None));
+        assert_eq!(
+            b.data.get(),
+            r#"{"price": 1200000, "photos": ["x.jpg", "y.jpg"], "note": "caf\u00e9"}"#
+        );
+        assert_eq!((c.ttl, c.data.get()), (None, "null"));
+        assert_eq!(r.missing, vec!["far-away-1"]);
+    }
+
+    #[test]
+    fn spec_example_decodes() {
+        let body = br#"{"tiles": [{"tile": "14/2624/5721", "ids": ["a", "b"], "ttl": 300}],
+            "items": [{"id": "a", "lon": -122.33, "lat": 47.61, "class": "off_market",
+                       "access": "public", "ttl": 14400, "data": {"beds": 2}},
+                      {"id": "b", "lon": -122.33, "lat": 47.61, "class": "off_market",
+                       "access": "public", "ttl": 14400, "data": [1]}],
+            "missing": ["ids that do not exist"]}"#;
+        let r = decode_response(body, &lim()).unwrap();
+        assert_eq!((r.tiles.len(), r.items.len(), r.missing.len()), (1, 2, 1));
+    }
+
+    #[test]
+    fn response_round_trips_with_data_byte_for_byte() {
+        let r = decode_response(RESPONSE, &lim()).unwrap();
+        let json = r.to_json();
+        assert!(
+            json.contains(r#""data":{"price": 850000, "beds": 3}"#),
+            "{json}"
+        );
+        assert!(
+            !json.contains("\"ttl\":null"),
+            "None ttls are left out: {json}"
+        );
+        let again = decode_response(json.as_bytes(), &lim()).unwrap();
+        assert_eq!(again.tiles, r.tiles);
+        assert_eq!(again.missing, r.missing);
+        assert_eq!(again.items.len(), r.items.len());
+        for (x, y) in again.items.iter().zip(&r.items) {
+            assert_eq!(
+                (&x.id, x.lon, x.lat, &x.class, x.access, x.ttl),
+                (&y.id, y.lon, y.lat, &y.class, y.access, y.ttl)
+            );
+            assert_eq!(x.data.get(), y.data.get());
+        }
+        assert_eq!(again.to_json(), json);
+    }
+
+    #[test]
+    fn response_optional_fields_may_be_absent() {
+        let r = decode_response(b"{}", &lim()).unwrap();
+        assert!(r.tiles.is_empty() && r.items.is_empty() && r.missing.is_empty());
+        let r = decode_response(br#"{"tiles":null,"items":null,"missing":null}"#, &lim()).unwrap();
+        assert!(r.tiles.is_empty() && r.items.is_empty() && r.missing.is_empty());
+        let r = decode_response(br#"{"tiles":[{"tile":"3/1/1"}]}"#, &lim()).unwrap();
+        assert_eq!((r.tiles[0].ids.len(), r.tiles[0].ttl), (0, None));
+        let r = decode_response(one_item(OK_FIELDS).as_bytes(), &lim()).unwrap();
+        assert_eq!(r.items[0].ttl, None);
+        let r = decode_response(
+            one_item(&format!("{OK_FIELDS},\"ttl\":0")).as_bytes(),
+            &lim(),
+        )
+        .unwrap();
+        assert_eq!(r.items[0].ttl, Some(0));
+    }
+
+    #[test]
+    fn response_unknown_fields_are_ignored_at_every_level() {
+        let body = r#"{"x":1,"tiles":[{"tile":"3/1/1","ids":["a"],"y":[{}]}],
+            "items":[{"id":"a","z":{"deep":[1,2]},"lon":0,"lat":0,"class":"c","access":"agent",
+                      "data":{}}], "missing":[], "w":null}"#;
+        let r = decode_response(body.as_bytes(), &lim()).unwrap();
+        assert_eq!(r.items[0].access, Access::Agent);
+        // Integer coordinates are fine.
+        assert_eq!((r.items[0].lon, r.items[0].lat), (0.0, 0.0));
+    }
+
+    #[test]
+    fn bad_lat_fixture_names_the_item() {
+        let e = decode_response(BAD_LAT, &lim()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"items[3] ("abc"): lat must be in -90..=90, got 123.4"#
+        );
+        assert_eq!(
+            e,
+            ProtocolError::InvalidItem {
+                index: 3,
+                id: "abc".into(),
+                reason: "lat must be in -90..=90, got 123.4".into()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_fixtures_give_typed_errors() {
+        let e = decode_response(TRUNCATED, &lim()).unwrap_err();
+        assert!(
+            matches!(&e, ProtocolError::Json { line: 2, column: 0, message } if message == "EOF while parsing an object"),
+            "{e:?}"
+        );
+        assert_eq!(
+            decode_response(NEGATIVE_TTL, &lim())
+                .unwrap_err()
+                .to_string(),
+            r#"items[0] ("a"): ttl must be a whole number of seconds in 0..=2592000, got -60"#
+        );
+        assert_eq!(
+            decode_response(DANGLING, &lim()).unwrap_err().to_string(),
+            "tiles[0] \"14/2624/5721\": ids[1] \"ghost\" is not in items; \
+             every listed id must have an item"
+        );
+        assert_eq!(
+            decode_response(UNKNOWN_ACCESS, &lim())
+                .unwrap_err()
+                .to_string(),
+            "items[0] (\"a\"): unknown access tier \"admin\": \
+             allowed are public, registered, verified, agent"
+        );
+        let e = decode_response(ITEMS_NOT_ARRAY, &lim()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed JSON at line 1, column 20: invalid type: map, expected an array"
+        );
+    }
+
+    #[test]
+    fn item_field_errors() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#""lon":180.5,"lat":0,"class":"c","access":"public","data":1"#,
+                "lon must be in -180..=180, got 180.5",
+            ),
+            (
+                r#""lon":0,"lat":-90.01,"class":"c","access":"public","data":1"#,
+                "lat must be in -90..=90, got -90.01",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"","access":"public","data":1"#,
+                "class must not be empty",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"for sale","access":"public","data":1"#,
+                "class \"for sale\" contains ' '; allowed are a-z, 0-9, '_' and '-'",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"c","access":"public","ttl":2592001,"data":1"#,
+                "ttl must be a whole number of seconds in 0..=2592000, got 2592001",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"c","access":"public","ttl":1.5,"data":1"#,
+                "ttl must be a whole number of seconds in 0..=2592000, got 1.5",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"c","access":"public","ttl":300.0,"data":1"#,
+                "ttl must be a whole number of seconds in 0..=2592000, got 300.0",
+            ),
+            (
+                r#""lon":0,"lat":0,"class":"c","access":"public","ttl":99999999999999999999,"data":1"#,
+                "ttl must be a whole number of seconds in 0..=2592000, got 1e+20",
+            ),
+        ];
+        for (fields, reason) in cases {
+            let e = resp_err(&one_item(fields));
+            assert_eq!(
+                e,
+                ProtocolError::InvalidItem {
+                    index: 0,
+                    id: "a".into(),
+                    reason: reason.to_string()
+                },
+                "{fields}"
+            );
+        }
+        let long_class = "c".repeat(65);
+        let e = resp_err(&one_item(&format!(
+            r#""lon":0,"lat":0,"class":"{long_class}","access":"public","data":1"#
+        )));
+        assert!(
+            e.to_string()
+                .ends_with("is 65 bytes, at most 64 are allowed"),
+            "{e}"
+        );
+        // Missing required fields and wrong types are shape errors.
+        for fields in [
+            r#""lat":0,"class":"c","access":"public","data":1"#,
+            r#""lon":0,"lat":0,"class":"c","access":"public""#,
+            r#""lon":0,"lat":0,"class":"c","data":1"#,
+            r#""lon":"0","lat":0,"class":"c","access":"public","data":1"#,
+            r#""lon":0,"lat":0,"class":"c","access":"public","ttl":"300","data":1"#,
+            r#""lon":0,"lat":0,"lat":1,"class":"c","access":"public","data":1"#,
+            r#""lon":1e999,"lat":0,"class":"c","access":"public","data":1"#,
+        ] {
+            assert!(
+                matches!(resp_err(&one_item(fields)), ProtocolError::Json { .. }),
+                "{fields}"
+            );
+        }
+        let e = resp_err(&one_item(
+            r#""lat":0,"class":"c","access":"public","data":1"#,
+        ));
+        assert!(e.to_string().contains("missing field `lon`"), "{e}");
+        // An item must be an object, not serde's positional array form of a struct.
+        assert!(matches!(
+            resp_err(r#"{"items":[["a",0,0,"c","public",null,1]]}"#),
+            ProtocolError::Json { .. }
+        ));
+    }
+
+    #[test]
+    fn tile_list_errors() {
+        let e = resp_err(r#"{"tiles":[{"tile":"3/9/9"}]}"#);
+        assert_eq!(
+            e.to_string(),
+            "tiles[0] \"3/9/9\": tile 3/9/9 does not exist: x and y must be below 2^3 = 8"
+        );
+        let e = resp_err(r#"{"tiles":[{"tile":"3/1/1","ttl":-1}]}"#);
+        assert_eq!(
+            e,
+            ProtocolError::InvalidTileList {
+                index: 0,
+                tile: tile("3/1/1"),
+                reason: "ttl must be a whole number of seconds in 0..=2592000, got -1".into()
+            }
+        );
+        let e = resp_err(r#"{"tiles":[{"tile":"3/1/1"},{"tile":"3/1/2"},{"tile":"3/1/1"}]}"#);
+        assert_eq!(
+            e.to_string(),
+            "tiles[2] \"3/1/1\": tile already listed at tiles[0]; each tile may be listed once"
+        );
+        let e = resp_err(r#"{"tiles":[{"tile":"3/1/1","ids":[""]}]}"#);
+        assert_eq!(
+            e.to_string(),
+            "tiles[0] \"3/1/1\": ids[0]: id must not be empty"
+        );
+        assert!(matches!(
+            resp_err(r#"{"tiles":[{"ids":[]}]}"#),
+            ProtocolError::Json { .. }
+        ));
+        assert!(matches!(
+            resp_err(r#"{"tiles":["3/1/1"]}"#),
+            ProtocolError::Json { .. }
+        ));
+    }
+
+    #[test]
+    fn duplicate_items_and_contradictory_missing_are_errors() {
+        let item = r#"{"id":"a","lon":0,"lat":0,"class":"c","access":"public","data":1}"#;
+        let e = resp_err(&format!(r#"{{"items":[{item},{item}]}}"#));
+        assert_eq!(
+            e.to_string(),
+            "items[1] (\"a\"): id already listed at items[0]; each item may be listed once"
+        );
+        let e = resp_err(&format!(r#"{{"items":[{item}],"missing":["b","a"]}}"#));
+        assert_eq!(
+            e,
+            ProtocolError::InvalidMissing {
+                index: 1,
+                reason: "id \"a\" is also items[0]; an id is either returned or missing".into()
+            }
+        );
+        assert_eq!(
+            resp_err(r#"{"missing":["\u001f"]}"#).to_string(),
+            "missing[0]: id \"\\u{1f}\" contains the control character U+001F; \
+             control characters are not allowed"
+        );
+    }
+
+    #[test]
+    fn response_counts_are_bounded_while_parsing() {
+        let limits = Limits {
+            max_items: 2,
+            max_tiles: 1,
+            max_ids: 1,
+            ..lim()
+        };
+        let item = |id: &str| {
+            format!(r#"{{"id":"{id}","lon":0,"lat":0,"class":"c","access":"public","data":1}}"#)
+        };
+        // Entries past the limit are skipped unread: `0` is not an item, yet the error is
+        // the count, not a type error.
+        let body = format!(r#"{{"items":[{},{},0,0,"x",[]]}}"#, item("a"), item("b"));
+        let e = decode_response(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::TooMany {
+                what: "response items",
+                count: 6,
+                max: 2
+            }
+        );
+        assert_eq!(e.to_string(), "response has 6 items, at most 2 are allowed");
+        // Exactly at the limit is fine.
+        let body = format!(r#"{{"items":[{},{}]}}"#, item("a"), item("b"));
+        assert_eq!(
+            decode_response(body.as_bytes(), &limits)
+                .unwrap()
+                .items
+                .len(),
+            2
+        );
+
+        let e = decode_response(br#"{"tiles":[{"tile":"1/0/0"},7]}"#, &limits).unwrap_err();
+        assert_eq!(e.to_string(), "response has 2 tiles, at most 1 are allowed");
+        let e = decode_response(br#"{"missing":["a","b",{}]}"#, &limits).unwrap_err();
+        assert_eq!(e.to_string(), "missing has 3 ids, at most 1 are allowed");
+        let e = decode_response(
+            br#"{"tiles":[{"tile":"1/0/0","ids":["a","b",1]}]}"#,
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "tile list has 3 ids, at most 2 are allowed");
+
+        // A hostile default-limit response with a million entries is refused by count
+        // (the first 50 000 are read, the rest only counted).
+        let mut body = String::from(r#"{"items":["#);
+        body.push_str(&format!("{},", item("a")).repeat(50_000));
+        body.push_str(&"0,".repeat(949_999));
+        body.push_str("0]}");
+        assert_eq!(
+            decode_response(body.as_bytes(), &lim()).unwrap_err(),
+            ProtocolError::TooMany {
+                what: "response items",
+                count: 1_000_000,
+                max: 50_000
+            }
+        );
+    }
+
+    #[test]
+    fn deep_nesting_in_data_and_unknown_fields_does_not_overflow() {
+        let depth = 200_000;
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let body = one_item(&format!(
+            r#""lon":0,"lat":0,"class":"c","access":"public","data":{deep},"x":{deep}"#
+        ));
+        let r = decode_response(body.as_bytes(), &lim()).unwrap();
+        assert_eq!(r.items[0].data.get().len(), 2 * depth);
+        let unbalanced = format!(r#"{{"tiles":["1/0/0"],"x":{}}}"#, "[".repeat(depth));
+        assert!(matches!(
+            decode_request(unbalanced.as_bytes(), &lim()),
+            Err(ProtocolError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn validate_item_fields_and_at_item() {
+        let l = lim();
+        assert!(validate_item_fields("a", -180.0, 90.0, "x-1_y", Some(2_592_000), &l).is_ok());
+        let e = validate_item_fields("a", f64::NAN, 0.0, "c", None, &l).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "item \"a\": lon must be in -180..=180, got NaN"
+        );
+        let e = validate_item_fields("a", 0.0, f64::INFINITY, "c", None, &l).unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::InvalidItemFields {
+                id: "a".into(),
+                reason: "lat must be in -90..=90, got inf".into()
+            }
+        );
+        assert_eq!(
+            e.clone().at_item(7),
+            ProtocolError::InvalidItem {
+                index: 7,
+                id: "a".into(),
+                reason: "lat must be in -90..=90, got inf".into()
+            }
+        );
+        assert_eq!(
+            ProtocolError::EmptyRequest.at_item(1),
+            ProtocolError::EmptyRequest
+        );
+        assert!(validate_item_fields("", 0.0, 0.0, "c", None, &l).is_err());
+        assert!(validate_item_fields("a", 0.0, 0.0, "c", Some(2_592_001), &l).is_err());
+    }
+
+    #[test]
+    fn validate_checks_a_built_response() {
+        let mut r: BatchResponse<()> = BatchResponse {
+            tiles: vec![TileList {
+                tile: tile("2/1/1"),
+                ids: vec!["a".into()],
+                ttl: Some(60),
+            }],
+            items: vec![Item {
+                id: "a".into(),
+                lon: 1.0,
+                lat: 2.0,
+                class: "sold".into(),
+                access: Access::Public,
+                ttl: None,
+                data: (),
+            }],
+            missing: vec![],
+        };
+        assert_eq!(r.validate(&lim()), Ok(()));
+        r.tiles[0].ttl = Some(u32::MAX);
+        assert!(matches!(
+            r.validate(&lim()),
+            Err(ProtocolError::InvalidTileList { index: 0, .. })
+        ));
+        r.tiles[0].ttl = None;
+        r.tiles[0].ids = vec!["a".into(); 3];
+        let small = Limits {
+            max_items: 2,
+            ..lim()
+        };
+        assert_eq!(
+            r.validate(&small),
+            Err(ProtocolError::TooMany {
+                what: "tile list ids",
+                count: 3,
+                max: 2
+            })
+        );
+        r.missing = vec!["m".into(); 1001];
+        assert_eq!(
+            r.validate(&lim()).unwrap_err().to_string(),
+            "missing has 1001 ids, at most 1000 are allowed"
+        );
+    }
+
+    #[test]
+    fn unanswered_tiles_and_ids() {
+        let r = decode_response(RESPONSE, &lim()).unwrap();
+        let request = BatchRequest {
+            tiles: vec![
+                tile("14/2624/5721"),
+                tile("14/2626/5721"),
+                tile("12/656/1430"),
+                tile("0/0/0"),
+                tile("14/2626/5721"),
+            ],
+            ids: vec!["c".into(), "far-away-1".into(), "q".into(), "q".into()],
+            access: Access::Public,
+        };
+        assert_eq!(
+            r.unanswered_tiles(&request),
+            vec![tile("14/2626/5721"), tile("0/0/0")]
+        );
+        assert_eq!(r.unanswered_ids(&request), vec!["q".to_string()]);
+        let answered = decode_request(REQUEST, &lim()).unwrap();
+        assert!(r.unanswered_tiles(&answered).is_empty());
+        assert!(r.unanswered_ids(&answered).is_empty());
+    }
+
+    #[test]
+    fn to_json_never_fails_when_data_does_not_serialise() {
+        struct Broken;
+        impl Serialize for Broken {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("broken"))
+            }
+        }
+        let item = |id: &str| Item {
+            id: id.into(),
+            lon: 0.5,
+            lat: -0.5,
+            class: "c".into(),
+            access: Access::Verified,
+            ttl: Some(5),
+            data: Broken,
+        };
+        let r = BatchResponse {
+            tiles: vec![],
+            items: vec![item("a"), item("b")],
+            missing: vec!["m".into()],
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"tiles":[],"items":[{"id":"a","lon":0.5,"lat":-0.5,"class":"c","access":"verified","ttl":5,"data":null},{"id":"b","lon":0.5,"lat":-0.5,"class":"c","access":"verified","ttl":5,"data":null}],"missing":["m"]}"#
+        );
+    }
+
+    // ---- error bodies -------------------------------------------------------------------
+
+    #[test]
+    fn error_codes_statuses_and_names() {
+        let expected = [
+            (ErrorCode::BadRequest, 400, "bad_request"),
+            (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
+            (
+                ErrorCode::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (ErrorCode::MethodNotAllowed, 405, "method_not_allowed"),
+            (ErrorCode::NotFound, 404, "not_found"),
+            (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::UpstreamError, 502, "upstream_error"),
+            (ErrorCode::UpstreamTimeout, 504, "upstream_timeout"),
+            (ErrorCode::Internal, 500, "internal"),
+        ];
+        assert_eq!(expected.len(), ErrorCode::ALL.len());
+        for (code, status, name) in expected {
+            assert_eq!((code.http_status(), code.as_str()), (status, name));
+            // The serde names agree with as_str.
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
+            assert_eq!(ErrorCode::from_name(name), Some(code));
+            assert_eq!(ErrorCode::from_http_status(status), code);
+            assert_eq!(code.to_string(), name);
+        }
+        assert_eq!(ErrorCode::from_http_status(403), ErrorCode::BadRequest);
+        assert_eq!(ErrorCode::from_http_status(503), ErrorCode::Internal);
+        assert_eq!(ErrorCode::from_name("Bad_Request"), None);
+    }
+
+    #[test]
+    fn protocol_error_codes() {
+        assert_eq!(
+            ProtocolError::BodyTooLarge { size: 2, max: 1 }.code(),
+            ErrorCode::PayloadTooLarge
+        );
+        for e in [
+            ProtocolError::EmptyRequest,
+            req_err("{"),
+            resp_err(std::str::from_utf8(BAD_LAT).unwrap()),
+        ] {
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{e}");
+        }
+        let body = ErrorBody::from(&ProtocolError::EmptyRequest);
+        assert_eq!(body.code, ErrorCode::BadRequest);
+        assert_eq!(body.message, ProtocolError::EmptyRequest.to_string());
+    }
+
+    #[test]
+    fn error_body_round_trip_and_leniency() {
+        let e = decode_error(ERROR).unwrap();
+        assert_eq!(
+            e,
+            ErrorBody {
+                code: ErrorCode::RateLimited,
+                message: "too many requests: at most 10 per second are allowed".into()
+            }
+        );
+        for code in ErrorCode::ALL {
+            let body = ErrorBody {
+                code,
+                message: "m \"q\"".into(),
+            };
+            assert_eq!(decode_error(body.to_json().as_bytes()), Some(body));
+        }
+        let e = decode_error(br#"{"error":{"code":"forbidden","message":"nope"}}"#).unwrap();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert_eq!(e.message, "nope (error code \"forbidden\")");
+        let e = decode_error(br#"{"error":{"code":"not_found"}}"#).unwrap();
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotFound, ""));
+        let long = "é".repeat(5000);
+        let body = format!(r#"{{"error":{{"code":"internal","message":"{long}"}}}}"#);
+        assert_eq!(
+            decode_error(body.as_bytes())
+                .unwrap()
+                .message
+                .chars()
+                .count(),
+            MAX_ERROR_MESSAGE_CHARS
+        );
+        for bad in [
+            &b""[..],
+            b"Bad Gateway",
+            b"{}",
+            br#"{"error":"boom"}"#,
+            br#"{"error":{"code":5,"message":"x"}}"#,
+        ] {
+            assert_eq!(
+                decode_error(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let huge = format!(
+            r#"{{"error":{{"code":"internal","message":"{}"}}}}"#,
+            "x".repeat(MAX_ERROR_BODY_BYTES)
+        );
+        assert_eq!(decode_error(huge.as_bytes()), None);
+    }
+
+    // ---- properties ---------------------------------------------------------------------
+
+    const FIXTURES: &[&[u8]] = &[
+        REQUEST,
+        RESPONSE,
+        BAD_LAT,
+        TRUNCATED,
+        NEGATIVE_TTL,
+        DANGLING,
+        UNKNOWN_ACCESS,
+        ITEMS_NOT_ARRAY,
+        ERROR,
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Insert(usize, u8),
+        Delete(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        // Bytes that matter to JSON are favoured over arbitrary ones.
+        let byte = prop_oneof![
+            3 => prop::sample::select(b"{}[]\",:0123456789-.eE \\nultrfa/".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop_oneof![
+            (any::<usize>(), byte.clone()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            (any::<usize>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Delete),
+        ]
+    }
+
+    fn mutate(mut doc: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for m in mutations {
+            let n = doc.len();
+            match *m {
+                Mutation::Flip(i, b) if n > 0 => doc[i % n] = b,
+                Mutation::Insert(i, b) => doc.insert(i % (n + 1), b),
+                Mutation::Delete(i) if n > 0 => {
+                    doc.remove(i % n);
+                }
+                _ => {}
+            }
+        }
+        doc
+    }
+
+    fn decode_all(body: &[u8]) {
+        // Whatever comes back must be consistent: a decoded response validates again and
+        // re-encodes to something that decodes to the same thing.
+        if let Ok(r) = decode_response(body, &lim()) {
+            assert_eq!(r.validate(&lim()), Ok(()));
+            let again = decode_response(r.to_json().as_bytes(), &lim()).unwrap();
+            assert_eq!(again.tiles, r.tiles);
+        }
+        if let Ok(r) = decode_request(body, &lim()) {
+            assert_eq!(r.validate(&lim()), Ok(()));
+            assert_eq!(decode_request(r.to_json().as_bytes(), &lim()), Ok(r));
+        }
+        let _ = decode_error(body);
+    }
+
+    fn id_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9_-]{1,12}",
+            "\\PC{1,8}",
+            "[\u{a0}-\u{10ffff}]{1,3}",
+            Just("\"quote\\ slash/".to_string()),
+        ]
+    }
+
+    fn tile_strategy() -> impl Strategy<Value = TileId> {
+        (0u8..=24, any::<u32>(), any::<u32>()).prop_map(|(z, x, y)| {
+            let n = 1u32 << z;
+            TileId::new(z, x % n, y % n).unwrap()
+        })
+    }
+
+    fn data_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_string()),
+            Just("{ \"a\" : [1, 2.50, -0, 1e3], \"b\":\"\\u00e9\\n\" }".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "\\PC{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            prop::collection::vec(any::<bool>(), 0..4)
+                .prop_map(|v| serde_json::to_string(&v).unwrap()),
+        ]
+    }
+
+    /// serde_json's default float parser (without its `float_roundtrip` feature) may land
+    /// one ulp from the correctly rounded value.
+    fn within_one_ulp(a: f64, b: f64) -> bool {
+        a == b || (a.signum() == b.signum() && a.to_bits().abs_diff(b.to_bits()) <= 1)
+    }
+
+    prop_compose! {
+        fn response_strategy()(
+            ids in prop::collection::hash_set(id_strategy(), 0..12),
+            tiles in prop::collection::hash_set(tile_strategy(), 0..6),
+            missing in prop::collection::hash_set(id_strategy(), 0..4),
+            seed in prop::collection::vec(
+                (-180.0f64..=180.0, -90.0f64..=90.0, "[a-z0-9_-]{1,10}",
+                 prop::sample::select(Access::ALL.to_vec()),
+                 prop::option::of(0u32..=2_592_000), data_strategy(),
+                 prop::collection::vec(any::<bool>(), 6), prop::option::of(0u32..=600)),
+                12),
+        ) -> BatchResponse<RawData> {
+            let ids: Vec<String> = ids.into_iter().collect();
+            let items: Vec<Item<RawData>> = ids.iter().zip(&seed).map(
+                |(id, (lon, lat, class, access, ttl, data, _, _))| Item {
+                    id: id.clone(), lon: *lon, lat: *lat, class: class.clone(),
+                    access: *access, ttl: *ttl,
+                    data: RawValue::from_string(data.clone()).unwrap(),
+                }).collect();
+            let tiles = tiles.into_iter().enumerate().map(|(t, tile)| TileList {
+                tile,
+                ids: ids.iter().enumerate().filter(|(i, _)| seed[*i].6[t]).map(|(_, id)| id.clone()).collect(),
+                ttl: seed[t].7,
+            }).collect();
+            let missing = missing.into_iter().filter(|m| !ids.contains(m)).collect();
+            BatchResponse { tiles, items, missing }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            decode_all(&body);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_mutated_documents(
+            which in 0..FIXTURES.len() + 1,
+            generated in response_strategy(),
+            mutations in prop::collection::vec(mutation(), 1..8),
+        ) {
+            let doc = match FIXTURES.get(which) {
+                Some(f) => f.to_vec(),
+                None => generated.to_json().into_bytes(),
+            };
+            decode_all(&mutate(doc, &mutations));
+        }
+
+        #[test]
+        fn valid_responses_round_trip(r in response_strategy()) {
+            prop_assert_eq!(r.validate(&lim()), Ok(()));
+            let json = r.to_json();
+            let d = decode_response(json.as_bytes(), &lim()).unwrap();
+            prop_assert_eq!(&d.tiles, &r.tiles);
+            prop_assert_eq!(&d.missing, &r.missing);
+            prop_assert_eq!(d.items.len(), r.items.len());
+            for (x, y) in d.items.iter().zip(&r.items) {
+                prop_assert_eq!(
+                    (&x.id, &x.class, x.access, x.ttl),
+                    (&y.id, &y.class, y.access, y.ttl)
+                );
+                prop_assert!(within_one_ulp(x.lon, y.lon), "lon {} != {}", x.lon, y.lon);
+                prop_assert!(within_one_ulp(x.lat, y.lat), "lat {} != {}", x.lat, y.lat);
+                prop_assert_eq!(x.data.get(), y.data.get());
+            }
+        }
+
+        #[test]
+        fn valid_requests_round_trip(
+            tiles in prop::collection::vec(tile_strategy(), 0..64),
+            ids in prop::collection::vec(id_strategy(), 0..40),
+            access in prop::sample::select(Access::ALL.to_vec()),
+        ) {
+            let r = BatchRequest { tiles, ids, access };
+            let decoded = decode_request(r.to_json().as_bytes(), &lim());
+            if r.is_empty() {
+                prop_assert_eq!(decoded, Err(ProtocolError::EmptyRequest));
+            } else {
+                let mut expected = r.clone();
+                dedup(&mut expected.tiles);
+                dedup(&mut expected.ids);
+                prop_assert_eq!(decoded, Ok(expected));
+            }
+        }
+    }
+}
