@@ -6,9 +6,14 @@
 //! See `ARCHITECTURE.md` for the map of the code.
 
 mod access;
+pub mod protocol;
 mod tile;
 
 pub use access::{Access, UnknownAccess};
+pub use protocol::{
+    decode_error, decode_request, decode_response, validate_item_fields, BatchRequest,
+    BatchResponse, ErrorBody, ErrorCode, Item, Limits, ProtocolError, RawData, TileList,
+};
 pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
