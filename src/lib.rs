@@ -30,3 +30,6 @@ pub use batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
     Outgoing, RequestId,
 };
+
+mod origin;
+pub use origin::{Origin, OriginError, OriginItem};
