@@ -6,9 +6,14 @@
 //! See `ARCHITECTURE.md` for the map of the code.
 
 mod access;
+mod cache;
 mod tile;
 
 pub use access::{Access, UnknownAccess};
+pub use cache::{
+    CacheConfig, CacheError, CacheItem, CacheStats, InsertOutcome, Invalidate, ItemMeta, Lookup,
+    Priority, Refresh, TileCache, TileState, MAX_ID_BYTES, MAX_SPLIT_LEVELS,
+};
 pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
