@@ -520,7 +520,7 @@ impl<P> TileCache<P> {
         self.config.stale_while_revalidate_ms
     }
 
-    /// Whether `n` more items and `size` more bytes would fit on top of `load`.
+    /// Whether one more item of `size` bytes would fit on top of `load`.
     fn fits(&self, load: Load, size: usize) -> bool {
         load.items < self.config.max_items
             && size <= self.config.max_bytes.saturating_sub(load.bytes)
