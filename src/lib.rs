@@ -6,10 +6,29 @@
 //! See `ARCHITECTURE.md` for the map of the code.
 
 mod access;
+mod batch;
+mod cache;
+mod client;
+mod origin;
+mod planner;
 pub mod protocol;
 mod tile;
 
 pub use access::{Access, UnknownAccess};
+pub use batch::{
+    BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
+    Outgoing, RequestId,
+};
+pub use cache::{
+    CacheConfig, CacheError, CacheItem, CacheStats, InsertOutcome, Invalidate, ItemMeta, Lookup,
+    Priority, Refresh, TileCache, TileState, MAX_ID_BYTES, MAX_SPLIT_LEVELS,
+};
+pub use client::{
+    Client, ClientConfig, ClientError, ClientStats, Event, FetchError, Payload, Send, TileStatus,
+    ViewOutcome,
+};
+pub use origin::{Origin, OriginError, OriginItem};
+pub use planner::{Plan, Planner, PlannerConfig, PlannerError, Viewport, Work, MAX_VIEW_ZOOM};
 pub use protocol::{
     decode_error, decode_request, decode_response, validate_item_fields, BatchRequest,
     BatchResponse, ErrorBody, ErrorCode, Item, Limits, ProtocolError, RawData, TileList,
@@ -18,18 +37,3 @@ pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
 };
-
-mod cache;
-mod planner;
-
-pub use cache::{Refresh, TileState};
-pub use planner::{Plan, Planner, PlannerConfig, PlannerError, Viewport, Work, MAX_VIEW_ZOOM};
-
-mod batch;
-pub use batch::{
-    BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
-    Outgoing, RequestId,
-};
-
-mod origin;
-pub use origin::{Origin, OriginError, OriginItem};

@@ -1,0 +1,492 @@
+//! End-to-end behaviour of the sans-IO client engine against an in-memory origin: the
+//! loop every shell (wasm, edge, simulator) runs, with time passed in by hand.
+
+use std::collections::{BTreeSet, HashSet};
+
+use tilewarm::{
+    Access, Client, ClientConfig, Event, Failure, Invalidate, Kind, Origin, OriginItem, Send,
+    TileId, TilePoint, Viewport,
+};
+
+const Z: u8 = 14;
+
+/// A grid of items around Seattle: `per_tile` items in every data tile of a 12 x 12 block,
+/// every third one `off_market`, every seventh `agent` only.
+fn city(per_tile: u32) -> Origin<String> {
+    let base = TileId::from_lon_lat(-122.3321, 47.6062, Z).unwrap();
+    let mut items = Vec::new();
+    for dy in -6i64..6 {
+        for dx in -6i64..6 {
+            let t = base.offset(dx, dy).unwrap();
+            for k in 0..per_tile {
+                let f = (k as f64 + 0.5) / per_tile as f64;
+                let (lon, lat) = tilewarm::unproject(
+                    TilePoint {
+                        x: t.x() as f64 + f,
+                        y: t.y() as f64 + 1.0 - f,
+                    },
+                    Z,
+                );
+                let n = items.len();
+                items.push(OriginItem {
+                    id: format!("h{n}"),
+                    lon,
+                    lat,
+                    class: if n % 3 == 0 {
+                        "off_market".into()
+                    } else {
+                        "active".into()
+                    },
+                    access: if n % 7 == 0 {
+                        Access::Agent
+                    } else {
+                        Access::Public
+                    },
+                    ttl: None,
+                    data: format!("{{\"price\":{}}}", 100_000 + n),
+                });
+            }
+        }
+    }
+    Origin::new(items).unwrap()
+}
+
+/// A viewport of `w` x `h` data tiles centred at (cx, cy) tile units from Seattle's tile.
+fn view(cx: f64, cy: f64, w: f64, h: f64) -> Viewport {
+    let base = TileId::from_lon_lat(-122.3321, 47.6062, Z).unwrap();
+    let (x, y) = (base.x() as f64 + 0.5 + cx, base.y() as f64 + 0.5 + cy);
+    let (west, north) = tilewarm::unproject(
+        TilePoint {
+            x: x - w / 2.0,
+            y: y - h / 2.0,
+        },
+        Z,
+    );
+    let (east, south) = tilewarm::unproject(
+        TilePoint {
+            x: x + w / 2.0,
+            y: y + h / 2.0,
+        },
+        Z,
+    );
+    Viewport::new(west, south, east, north, 14.5).unwrap()
+}
+
+struct Harness {
+    client: Client<String>,
+    origin: Origin<String>,
+    now: u64,
+    sent: Vec<Send>,
+}
+
+impl Harness {
+    fn new(config: ClientConfig) -> Harness {
+        Harness {
+            client: Client::new(config).unwrap(),
+            origin: city(5),
+            now: 1_000_000,
+            sent: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, vp: Viewport) -> (tilewarm::ViewOutcome, BTreeSet<String>) {
+        let mut ids = BTreeSet::new();
+        let out = self
+            .client
+            .set_viewport(vp, self.now, |item, _| {
+                ids.insert(item.id().to_string());
+            })
+            .unwrap();
+        (out, ids)
+    }
+
+    fn items_in_view(&mut self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        self.client.view_items(self.now, |item, _| {
+            ids.insert(item.id().to_string());
+        });
+        ids
+    }
+
+    /// Sends everything that may go out, answering each from the origin, until quiet.
+    fn serve_all(&mut self) -> Vec<Send> {
+        let mut all = Vec::new();
+        while let Some(s) = self.client.poll_request(self.now) {
+            all.push(s);
+        }
+        let mut i = 0;
+        while i < all.len() {
+            let s = all[i].clone();
+            let resp = self.origin.answer(&s.request, None);
+            self.client.on_response(s.id, resp, self.now).unwrap();
+            while let Some(s) = self.client.poll_request(self.now) {
+                all.push(s);
+            }
+            i += 1;
+        }
+        self.sent.extend(all.iter().cloned());
+        all
+    }
+
+    /// What the origin says the view holds, for the client's tier.
+    fn truth(&self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        for &t in self.client.visible_tiles() {
+            for it in self.origin.tile_items(t, self.client.access()) {
+                ids.insert(it.id.clone());
+            }
+        }
+        ids
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.client.poll_event()).collect()
+    }
+}
+
+#[test]
+fn cold_view_fetches_once_then_shows_exactly_the_origin_items() {
+    let mut h = Harness::new(ClientConfig::default());
+    let (out, ids) = h.set(view(0.0, 0.0, 3.0, 2.0));
+    assert!(!out.complete);
+    assert!(ids.is_empty());
+    assert_eq!(out.missing.len(), out.visible);
+    let sent = h.serve_all();
+    let fg: Vec<&Send> = sent.iter().filter(|s| s.kind == Kind::Foreground).collect();
+    assert_eq!(fg.len(), 1, "all visible tiles in one foreground batch");
+    assert_eq!(fg[0].request.tiles.len(), out.visible);
+    assert!(sent[0].kind == Kind::Foreground, "foreground goes first");
+    let ev = h.events();
+    assert!(
+        ev.contains(&Event::Updated) && ev.contains(&Event::Complete),
+        "{ev:?}"
+    );
+    assert!(h.client.is_complete());
+    let shown = h.items_in_view();
+    assert_eq!(shown, h.truth());
+    assert!(!shown.is_empty());
+}
+
+#[test]
+fn pan_one_tile_after_prefetch_needs_no_foreground_request() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 3.0, 2.0));
+    h.serve_all();
+    h.now += 200;
+    let (out, ids) = h.set(view(1.0, 0.0, 3.0, 2.0));
+    assert!(
+        out.complete,
+        "the ring made the next view complete: {out:?}"
+    );
+    assert_eq!(ids, h.truth());
+    let sent = h.serve_all();
+    assert!(sent.iter().all(|s| s.kind == Kind::Prefetch), "{sent:?}");
+    let st = h.client.stats();
+    assert!(st.prefetch_tiles_used >= 2, "{st:?}");
+    assert_eq!(st.viewports_complete, 1);
+}
+
+#[test]
+fn in_flight_work_is_not_requested_twice() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 3.0, 2.0));
+    let first = h.client.poll_request(h.now).unwrap();
+    h.set(view(0.0, 0.0, 3.0, 2.0));
+    let mut later = Vec::new();
+    while let Some(s) = h.client.poll_request(h.now) {
+        later.push(s);
+    }
+    let first_tiles: HashSet<TileId> = first.request.tiles.iter().copied().collect();
+    for s in &later {
+        assert!(
+            s.request.tiles.iter().all(|t| !first_tiles.contains(t)),
+            "{s:?}"
+        );
+        assert_eq!(s.kind, Kind::Prefetch);
+    }
+}
+
+#[test]
+fn per_class_ttl_expiry_refetches_only_expired_ids() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    h.serve_all();
+    // Just before 300 s everything is fresh.
+    h.now += 299_999;
+    let (out, _) = h.set(view(0.0, 0.0, 1.0, 1.0));
+    assert!(out.complete);
+    assert!(h.serve_all().iter().all(|s| s.kind == Kind::Prefetch));
+    // At 300 s the active homes and the tile lists expire; off-market (4 h) stay.
+    h.now += 1;
+    let (out, ids) = h.set(view(0.0, 0.0, 1.0, 1.0));
+    assert!(!out.complete, "expired items are not shown as fresh");
+    let shown_off_market = ids
+        .iter()
+        .all(|id| h.origin.get(id).unwrap().class == "off_market");
+    assert!(shown_off_market, "{ids:?}");
+    let fg: Vec<Send> = h
+        .serve_all()
+        .into_iter()
+        .filter(|s| s.kind == Kind::Foreground)
+        .collect();
+    assert_eq!(fg.len(), 1);
+    assert!(!fg[0].request.tiles.is_empty() || !fg[0].request.ids.is_empty());
+    assert!(h.client.is_complete());
+    assert_eq!(h.items_in_view(), h.truth());
+}
+
+#[test]
+fn access_downgrade_purges_and_upgrade_refetches() {
+    let config = ClientConfig {
+        access: Access::Agent,
+        ..ClientConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 2.0, 2.0));
+    h.serve_all();
+    let agent_view = h.items_in_view();
+    assert!(agent_view
+        .iter()
+        .any(|id| h.origin.get(id).unwrap().access == Access::Agent));
+    h.client.set_access(Access::Public, h.now);
+    let public_view = h.items_in_view();
+    assert!(public_view
+        .iter()
+        .all(|id| h.origin.get(id).unwrap().access == Access::Public));
+    // Nothing above public is left in memory at all.
+    for it in h.origin.items() {
+        if it.access > Access::Public {
+            assert!(!h.client.cache().contains(&it.id), "{} still cached", it.id);
+        }
+    }
+    assert!(
+        !h.client.is_complete(),
+        "lists fetched as agent are not valid for public"
+    );
+    h.serve_all();
+    assert_eq!(h.items_in_view(), h.truth());
+    // Raising the tier makes public lists incomplete: they lack agent items.
+    h.client.set_access(Access::Agent, h.now);
+    assert!(!h.client.is_complete());
+    h.serve_all();
+    assert_eq!(h.items_in_view(), agent_view);
+}
+
+#[test]
+fn late_answer_from_before_a_tier_change_is_dropped() {
+    let config = ClientConfig {
+        access: Access::Agent,
+        ..ClientConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    let s = h.client.poll_request(h.now).unwrap();
+    h.client.set_access(Access::Public, h.now);
+    let resp = h.origin.answer(&s.request, None);
+    h.client.on_response(s.id, resp, h.now).unwrap();
+    assert_eq!(h.client.stats().discarded_responses, 1);
+    for it in h.origin.items() {
+        if it.access > Access::Public {
+            assert!(!h.client.cache().contains(&it.id));
+        }
+    }
+}
+
+#[test]
+fn invalidation_requeues_visible_tiles() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    h.serve_all();
+    let shown: Vec<String> = h.items_in_view().into_iter().collect();
+    let one = shown[0].as_str();
+    assert_eq!(h.client.invalidate(Invalidate::Ids(&[one]), h.now), 1);
+    assert!(!h.client.is_complete());
+    let fg: Vec<Send> = h
+        .serve_all()
+        .into_iter()
+        .filter(|s| s.kind == Kind::Foreground)
+        .collect();
+    assert_eq!(fg.len(), 1);
+    assert_eq!(
+        fg[0].request.ids,
+        vec![one.to_string()],
+        "only the invalidated id is refetched"
+    );
+    assert!(h.client.is_complete());
+    h.client.invalidate(Invalidate::All, h.now);
+    assert!(h.items_in_view().is_empty());
+}
+
+#[test]
+fn failures_retry_keep_cached_data_and_never_block() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    h.serve_all();
+    h.events();
+    let cached = h.items_in_view();
+    // Pan to new ground; the backend fails every request.
+    h.now += 100;
+    let (out, _) = h.set(view(4.0, 0.0, 1.0, 1.0));
+    assert!(!out.complete);
+    let s = h.client.poll_request(h.now).unwrap();
+    assert_eq!(s.kind, Kind::Foreground);
+    h.client.on_failure(
+        s.id,
+        Failure::Http {
+            status: 500,
+            retry_after_ms: None,
+        },
+        h.now,
+    );
+    let ev = h.events();
+    assert!(
+        matches!(&ev[..], [Event::Error(e)] if e.will_retry && e.kind == Kind::Foreground),
+        "{ev:?}"
+    );
+    // Not resent before the backoff; the wakeup says when.
+    assert!(h
+        .client
+        .poll_request(h.now)
+        .is_none_or(|s| s.kind == Kind::Prefetch));
+    let at = h.client.next_wakeup(h.now).unwrap();
+    assert!(at > h.now && at <= h.now + 200, "{at}");
+    // Going back shows the cached view at once.
+    let (back, ids) = h.set(view(0.0, 0.0, 1.0, 1.0));
+    assert!(back.complete);
+    assert_eq!(ids, cached);
+    assert!(h.client.stats().errors >= 1);
+}
+
+#[test]
+fn breaker_opens_for_prefetch_while_foreground_goes_on() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    // Fail every request until the breaker opens.
+    for _ in 0..10 {
+        while let Some(s) = h.client.poll_request(h.now) {
+            h.client.on_failure(s.id, Failure::Timeout, h.now);
+        }
+        if h.client.stats().breaker_open {
+            break;
+        }
+        h.now += 20_000;
+        h.client.handle_timeout(h.now);
+    }
+    assert!(h.client.stats().breaker_open);
+    // A new view still sends foreground, and nothing else.
+    h.now += 10;
+    h.set(view(5.0, 5.0, 1.0, 1.0));
+    let sent: Vec<Send> = std::iter::from_fn(|| h.client.poll_request(h.now)).collect();
+    assert!(!sent.is_empty());
+    assert!(sent.iter().all(|s| s.kind == Kind::Foreground), "{sent:?}");
+    // Answer them: success closes the breaker.
+    for s in sent {
+        let r = h.origin.answer(&s.request, None);
+        h.client.on_response(s.id, r, h.now).unwrap();
+    }
+    assert!(!h.client.stats().breaker_open);
+}
+
+#[test]
+fn invalid_or_incomplete_answers_are_errors_not_corruption() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 2.0, 1.0));
+    let s = h.client.poll_request(h.now).unwrap();
+    let mut bad = h.origin.answer(&s.request, None);
+    bad.items[0].lat = 123.0;
+    assert!(h.client.on_response(s.id, bad, h.now).is_err());
+    assert_eq!(
+        h.client.cache().len(),
+        0,
+        "nothing from an invalid answer is cached"
+    );
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Error(f) if f.will_retry)));
+    // The retry arrives without one of the requested tiles: that tile stays missing and is
+    // asked for again.
+    h.now = h.client.next_wakeup(h.now).unwrap();
+    let s = h.client.poll_request(h.now).unwrap();
+    assert!(s.attempt >= 1);
+    let mut partial = h.origin.answer(&s.request, None);
+    let dropped = partial.tiles.pop().unwrap().tile;
+    h.client.on_response(s.id, partial, h.now).unwrap();
+    assert!(!h.client.is_complete());
+    let again = h.serve_all();
+    assert!(again.iter().any(|s| s.request.tiles.contains(&dropped)));
+    assert!(h.client.is_complete());
+}
+
+#[test]
+fn far_pan_cancels_unwanted_prefetch() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    let mut prefetch = Vec::new();
+    while let Some(s) = h.client.poll_request(h.now) {
+        if s.kind == Kind::Prefetch {
+            prefetch.push(s.id);
+        }
+    }
+    assert!(!prefetch.is_empty());
+    h.now += 50;
+    h.set(view(40.0, 40.0, 1.0, 1.0));
+    let cancelled: Vec<_> = std::iter::from_fn(|| h.client.poll_cancel()).collect();
+    assert_eq!(cancelled, prefetch);
+    assert!(h.client.stats().batch.cancelled >= 1);
+}
+
+#[test]
+fn missing_ids_are_forgotten_not_requested_forever() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.client.request_ids(["nope", "h1"], h.now);
+    let s = h.client.poll_request(h.now).unwrap();
+    assert_eq!(s.request.ids, vec!["nope", "h1"]);
+    let r = h.origin.answer(&s.request, None);
+    assert_eq!(r.missing, vec!["nope"]);
+    h.client.on_response(s.id, r, h.now).unwrap();
+    assert!(h.client.get("h1", h.now).is_some());
+    assert!(h.client.poll_request(h.now).is_none());
+}
+
+/// Real homes (King County, ../shared/data): the view of downtown Seattle shows exactly the
+/// homes the origin holds there.
+#[test]
+fn real_homes_view_matches_the_data_set() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/kc_house_data.csv"
+    );
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("skipping real_homes_view_matches_the_data_set: {path} not found (a fresh clone has no ../shared)");
+        return;
+    };
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (ci, cp, clat, clon) = (col("id"), col("price"), col("lat"), col("long"));
+    let mut items = Vec::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        items.push(OriginItem {
+            id: row[ci].to_string(),
+            lon: row[clon].parse().unwrap(),
+            lat: row[clat].parse().unwrap(),
+            class: "off_market".into(),
+            access: Access::Public,
+            ttl: None,
+            data: format!("{{\"price\":{}}}", &row[cp]),
+        });
+    }
+    let origin = Origin::new(items).unwrap();
+    assert!(origin.len() > 21_000);
+    let mut h = Harness::new(ClientConfig::default());
+    h.origin = origin;
+    let vp = Viewport::new(-122.36, 47.59, -122.29, 47.63, 14.0).unwrap();
+    h.set(vp);
+    h.serve_all();
+    assert!(h.client.is_complete());
+    let shown = h.items_in_view();
+    assert!(shown.len() > 100, "{}", shown.len());
+    assert_eq!(shown, h.truth());
+}
