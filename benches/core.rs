@@ -152,7 +152,9 @@ fn cache_get_hit(bencher: divan::Bencher) {
     bencher.bench_local(|| {
         i = (i + 7919) % 10_000;
         let id = format!("home-{i}");
-        cache.get(black_box(&id), Access::Public, 1).map(|l| l.item.payload().len())
+        cache
+            .get(black_box(&id), Access::Public, 1)
+            .map(|l| l.item.payload().len())
     });
 }
 

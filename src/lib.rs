@@ -9,6 +9,8 @@ mod access;
 mod batch;
 mod cache;
 mod client;
+#[cfg(feature = "data")]
+pub mod dataset;
 mod origin;
 mod planner;
 pub mod protocol;

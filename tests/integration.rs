@@ -450,36 +450,40 @@ fn missing_ids_are_forgotten_not_requested_forever() {
 }
 
 /// Real homes (King County, ../shared/data): the view of downtown Seattle shows exactly the
-/// homes the origin holds there.
+/// homes the origin holds there. Needs the `data` feature (`make test` enables it).
+#[cfg(feature = "data")]
 #[test]
 fn real_homes_view_matches_the_data_set() {
-    let path = concat!(
+    let path = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/data/kc_house_data.csv"
-    );
-    let Ok(text) = std::fs::read_to_string(path) else {
-        eprintln!("skipping real_homes_view_matches_the_data_set: {path} not found (a fresh clone has no ../shared)");
+    ));
+    if !path.exists() {
+        eprintln!(
+            "skipping real_homes_view_matches_the_data_set: {} not found (a fresh clone has no ../shared)",
+            path.display()
+        );
         return;
-    };
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header = reader.headers().unwrap().clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let (ci, cp, clat, clon) = (col("id"), col("price"), col("lat"), col("long"));
-    let mut items = Vec::new();
-    for row in reader.records() {
-        let row = row.unwrap();
-        items.push(OriginItem {
-            id: row[ci].to_string(),
-            lon: row[clon].parse().unwrap(),
-            lat: row[clat].parse().unwrap(),
-            class: "off_market".into(),
-            access: Access::Public,
-            ttl: None,
-            data: format!("{{\"price\":{}}}", &row[cp]),
-        });
     }
-    let origin = Origin::new(items).unwrap();
-    assert!(origin.len() > 21_000);
+    let homes: Vec<OriginItem<String>> = tilewarm::dataset::load_path(path)
+        .unwrap()
+        .into_iter()
+        .map(|it| OriginItem {
+            data: it.data.get().to_string(),
+            id: it.id,
+            lon: it.lon,
+            lat: it.lat,
+            class: it.class,
+            access: it.access,
+            ttl: it.ttl,
+        })
+        .collect();
+    let origin = Origin::new(homes).unwrap();
+    assert_eq!(
+        origin.len(),
+        21_436,
+        "distinct homes in the King County data"
+    );
     let mut h = Harness::new(ClientConfig::default());
     h.origin = origin;
     let vp = Viewport::new(-122.36, 47.59, -122.29, 47.63, 14.0).unwrap();
