@@ -7,6 +7,8 @@
 
 mod access;
 mod tile;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 pub use access::{Access, UnknownAccess};
 pub use tile::{
