@@ -15,6 +15,8 @@ mod origin;
 mod planner;
 pub mod protocol;
 mod tile;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 pub use access::{Access, UnknownAccess};
 pub use batch::{

@@ -1,0 +1,56 @@
+# tilewarm: `make test` runs every suite; each target installs what it needs first
+# (scripts/setup.sh is idempotent and quick when everything is there).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+MAKEFLAGS += --no-print-directory
+
+.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test bench demo setup
+
+## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, the npm
+## package and the Node tests against it. Node's summary is the closing output.
+test: lint cargo-test wasm-core pkg node-test
+
+setup:
+	scripts/setup.sh rust wasm node
+
+lint: fmt-check clippy
+
+fmt-check:
+	@scripts/setup.sh rust
+	cargo fmt --all --check
+
+clippy:
+	@scripts/setup.sh rust
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+cargo-test:
+	cargo test --workspace --all-features
+
+## The core for wasm32 with no features: proves it needs nothing from the web.
+wasm-core:
+	@scripts/setup.sh wasm-target
+	@if cargo tree -e normal -p tilewarm --prefix none | grep -E '^(wasm-bindgen|js-sys|web-sys) '; then \
+	  echo "wasm-core: the core (no features) depends on web crates" >&2; exit 1; fi
+	scripts/wasm-cargo.sh build --lib
+
+## The npm package in pkg/.
+pkg:
+	@scripts/setup.sh wasm node
+	scripts/build-pkg.sh
+
+node-test: pkg
+	scripts/test-node.sh
+
+bench:
+	@if [ -d benches ] || grep -q '^\[\[bench\]\]' Cargo.toml; then \
+	  cargo bench --workspace; \
+	else \
+	  echo "make bench: no benchmarks yet (the benches/ harness lands separately)"; \
+	fi
+
+demo:
+	@echo "make demo: the demo page (www/) is not built yet; it lands with the cache bindings."
+	@echo "What works today:"
+	@echo "  make test   every suite: fmt, clippy, cargo test, wasm32 core build, npm package, Node tests"
+	@echo "  make pkg    build the npm package into pkg/ (tile functions for browsers, Node, workerd)"

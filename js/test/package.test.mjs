@@ -1,0 +1,103 @@
+// The built package as a whole: package.json, the files npm would publish, each entry point
+// (node, browser, workerd, raw) and the TypeScript declarations.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+// js/node_modules/tilewarm links to pkg/; Node resolves modules to their real path.
+const pkgDir = realpathSync(fileURLToPath(new URL('../node_modules/tilewarm', import.meta.url)));
+const pkgUrl = pathToFileURL(`${pkgDir}/`);
+const pkg = JSON.parse(readFileSync(new URL('package.json', pkgUrl), 'utf8'));
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const API = ['neighbourTiles', 'parentTile', 'tileForPoint', 'tilesForBbox'];
+
+/** Runs an ES module snippet in a fresh Node process from js/test/ (its own module graph). */
+function runNode(flags, code) {
+  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', code], {
+    cwd: fileURLToPath(new URL('.', import.meta.url)),
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout.trim();
+}
+
+function targets(node) {
+  return typeof node === 'string' ? [node] : Object.values(node).flatMap(targets);
+}
+
+test('package.json matches Cargo.toml and is an ES module package', () => {
+  const cargo = readFileSync(new URL('Cargo.toml', `file://${root}`), 'utf8');
+  const version = cargo.match(/^\[package\][^[]*?^version\s*=\s*"([^"]+)"/ms)[1];
+  assert.equal(pkg.name, 'tilewarm');
+  assert.equal(pkg.version, version);
+  assert.equal(pkg.type, 'module');
+  assert.equal(pkg.types, './index.d.ts');
+  assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'workerd', 'node', 'browser', 'default']);
+  // Entry points have side effects (they instantiate the module), so they must be listed.
+  assert.deepEqual(pkg.sideEffects, ['./index.js', './node.js', './workerd.js']);
+});
+
+test('every export target exists and is in the published file list', () => {
+  const packed = JSON.parse(
+    execFileSync('npm', ['pack', '--dry-run', '--json', '--loglevel=error'], { cwd: pkgDir, encoding: 'utf8' }),
+  )[0].files.map((f) => f.path);
+  for (const t of [...targets(pkg.exports), pkg.main, pkg.module, pkg.types]) {
+    assert.ok(existsSync(new URL(t, pkgUrl)), `${t} exists`);
+    assert.ok(packed.includes(t.replace(/^\.\//, '')), `${t} is published`);
+  }
+  for (const f of ['tilewarm_bg.wasm', 'tilewarm.js', 'tilewarm.d.ts', 'README.md']) {
+    assert.ok(packed.includes(f), `${f} is published`);
+  }
+});
+
+test('the node entry is what `import "tilewarm"` resolves to in Node', async () => {
+  assert.equal(import.meta.resolve('tilewarm'), new URL('node.js', pkgUrl).href);
+  const m = await import('tilewarm');
+  assert.deepEqual(Object.keys(m).sort(), API);
+});
+
+test('the browser entry fetches the .wasm by URL (fetch stubbed for file: URLs)', () => {
+  const browser = new URL(pkg.exports['.'].browser, pkgUrl).href;
+  const out = runNode(
+    [],
+    `import { readFileSync } from 'node:fs';
+     const fetched = [];
+     globalThis.fetch = async (url) => {
+       fetched.push(String(url));
+       return new Response(readFileSync(new URL(url)), { headers: { 'content-type': 'application/wasm' } });
+     };
+     const m = await import(${JSON.stringify(browser)});
+     console.log(JSON.stringify([Object.keys(m).sort(), m.tileForPoint(-122.3321, 47.6062, 14), fetched]));`,
+  );
+  assert.deepEqual(JSON.parse(out), [API, '14/2624/5721', [new URL('tilewarm_bg.wasm', pkgUrl).href]]);
+});
+
+test('the workerd entry works when the .wasm is imported as a WebAssembly.Module', () => {
+  // Node with the "workerd" condition and hooks that import .wasm the way workerd does.
+  const hooks = fileURLToPath(new URL('fixtures/wasm-as-module.mjs', import.meta.url));
+  const out = runNode(
+    ['--conditions=workerd', '--import', hooks],
+    `const m = await import('tilewarm');
+     console.log(import.meta.resolve('tilewarm'), m.tileForPoint(-122.3321, 47.6062, 14));`,
+  );
+  assert.equal(out, `${new URL('workerd.js', pkgUrl).href} 14/2624/5721`);
+});
+
+test('tilewarm/raw is the plain glue, initialised by the caller', async () => {
+  const raw = await import('tilewarm/raw');
+  assert.equal(typeof raw.default, 'function');
+  assert.equal(typeof raw.initSync, 'function');
+  const wasm = readFileSync(fileURLToPath(import.meta.resolve('tilewarm/tilewarm_bg.wasm')));
+  // The node entry already initialised this glue (one module instance per process).
+  assert.equal(raw.parentTile('14/2624/5721', 12), '12/656/1430');
+  assert.ok(WebAssembly.validate(wasm));
+});
+
+test('the TypeScript declarations type-check against real use', () => {
+  const tsc = fileURLToPath(new URL('node_modules/typescript/bin/tsc', `file://${root}`));
+  const project = fileURLToPath(new URL('types/tsconfig.json', import.meta.url));
+  const r = spawnSync(process.execPath, [tsc, '-p', project], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (release),
+# wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
+# points and types from js/, and pkg/package.json. Needs `scripts/setup.sh wasm node`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+name=tilewarm
+out=pkg
+wasm=target/wasm32-unknown-unknown/release/$name.wasm
+
+want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  echo "build-pkg: need wasm-bindgen $want (Cargo.lock), found '${have:-none}': run scripts/setup.sh wasm" >&2
+  exit 1
+fi
+wasm_opt=node_modules/.bin/wasm-opt
+[ -x "$wasm_opt" ] || { echo "build-pkg: $wasm_opt missing: run scripts/setup.sh node" >&2; exit 1; }
+
+echo "build-pkg: cargo build (wasm32, release, --features wasm)"
+scripts/wasm-cargo.sh build --lib --release --features wasm
+
+rm -rf "$out"
+echo "build-pkg: wasm-bindgen $want --target web"
+# Only index.js names the .wasm by URL, so bundlers of the node/workerd entries see no fetch.
+wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "$name" "$wasm"
+
+echo "build-pkg: wasm-opt -Oz"
+"$wasm_opt" -Oz --strip-debug --strip-producers \
+  --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+  --enable-mutable-globals --enable-reference-types --enable-multivalue \
+  "$out/${name}_bg.wasm" -o "$out/${name}_bg.wasm"
+
+cp js/*.js js/*.d.ts js/README.md "$out/"
+
+# package.json, with version, description, licence and repository from Cargo.toml.
+cargo metadata --no-deps --format-version 1 | node --input-type=module -e '
+import { readFileSync, writeFileSync, readdirSync } from "node:fs";
+const meta = JSON.parse(readFileSync(0, "utf8")).packages.find((p) => p.name === process.argv[1]);
+const out = process.argv[2];
+const pkg = {
+  name: meta.name,
+  version: meta.version,
+  description: meta.description,
+  license: meta.license,
+  repository: { type: "git", url: `git+${meta.repository}.git` },
+  keywords: meta.keywords,
+  type: "module",
+  // One API for every runtime; the entry point decides how the .wasm is loaded.
+  exports: {
+    ".": {
+      types: "./index.d.ts",
+      // Cloudflare Workers / workerd: the .wasm is imported as a WebAssembly.Module.
+      workerd: "./workerd.js",
+      // Node >= 18 (also Bun, Deno npm:, Vitest, SSR): reads the .wasm with fs, sync init.
+      node: "./node.js",
+      // Browsers without a bundler, Vite, webpack, ...: fetches the .wasm by URL.
+      browser: "./index.js",
+      default: "./index.js",
+    },
+    // The plain wasm-bindgen glue, for callers that load the .wasm themselves.
+    "./raw": { types: "./tilewarm.d.ts", default: "./tilewarm.js" },
+    "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
+    "./package.json": "./package.json",
+  },
+  main: "./node.js",
+  module: "./index.js",
+  types: "./index.d.ts",
+  // The entry points instantiate the module when imported; everything else is pure. (A
+  // plain `false` would let bundlers skip an entry whose exports are all re-exports.)
+  sideEffects: ["./index.js", "./node.js", "./workerd.js"],
+  files: readdirSync(out).filter((f) => f !== "package.json").sort(),
+  engines: { node: ">=18" },
+};
+for (const k of Object.keys(pkg)) if (pkg[k] === undefined || pkg[k] === null) delete pkg[k];
+// JSON has no comments; the ones above are for this script only.
+writeFileSync(`${out}/package.json`, JSON.stringify(pkg, null, 2) + "\n");
+' "$name" "$out"
+
+echo "build-pkg: $out/ ($(node -p "require('./$out/package.json').version"))"
+for f in "$out"/*.wasm "$out"/*.js; do
+  printf '  %-28s %7d bytes  %6d gzipped\n' "$f" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
+done
+total_raw=$(cat "$out"/*.wasm "$out"/*.js | wc -c)
+total_gz=$(for f in "$out"/*.wasm "$out"/*.js; do gzip -9c "$f" | wc -c; done | awk '{s+=$1} END {print s}')
+echo "  total .wasm + .js: $total_raw bytes, $total_gz gzipped (each file gzipped on its own)"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the Node test suite (js/test/) against the built package in pkg/, imported by name
+# through its package.json exports: js/node_modules/tilewarm links to pkg/, as a `file:`
+# dependency would. Build first: scripts/build-pkg.sh (or make pkg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f pkg/package.json ] || { echo "test-node: pkg/ is not built: run make pkg" >&2; exit 1; }
+mkdir -p js/node_modules
+ln -sfn ../../pkg js/node_modules/tilewarm
+exec node --test --test-reporter=spec js/test/*.test.mjs

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs a cargo command for wasm32-unknown-unknown, the way this machine can:
+#   - rustup's wasm32 target installed (a usual laptop): plain cargo;
+#   - otherwise Debian's rustc-web, linked as the rustup toolchain `debian-web` by
+#     `scripts/setup.sh wasm-target`, compiling std from rust-web-src with -Zbuild-std
+#     and linking with wasm-ld-19.
+# Usage: scripts/wasm-cargo.sh build --lib [--release] [--features wasm]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { echo "usage: $0 CARGO_SUBCOMMAND [ARGS...]" >&2; exit 2; }
+sub=$1
+shift
+if command -v rustup >/dev/null &&
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  exec cargo "$sub" --target wasm32-unknown-unknown "$@"
+fi
+if ! rustup toolchain list 2>/dev/null | grep -q '^debian-web'; then
+  echo "wasm-cargo: no wasm32 std found: run scripts/setup.sh wasm-target" >&2
+  exit 1
+fi
+export RUSTUP_TOOLCHAIN=debian-web RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19
+exec cargo "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "$@"
