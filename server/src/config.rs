@@ -257,3 +257,36 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            (c.synthetic_homes, c.data_zoom, c.split_levels),
+            (50_000, 14, 2)
+        );
+        assert_eq!(c.limits(), Limits::default());
+        let cache = c.cache_config();
+        assert_eq!(cache.ttl_for("active", None), 300_000);
+        assert_eq!(cache.ttl_for("off_market", None), 14_400_000);
+        assert_eq!(cache.ttl_for("sold", None), 300_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_flags_are_named() {
+        let c = Config::parse_from(["x", "--split-levels", "7"]);
+        assert!(c.validate().unwrap_err().0.contains("--split-levels"));
+        let c = Config::parse_from(["x", "--warmup-queue", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--warmup-queue"));
+        let c = Config::parse_from(["x", "--max-response-items", "60000"]);
+        assert!(c.validate().unwrap_err().0.contains("--max-response-items"));
+        let c = Config::parse_from(["x", "--ttl-active-s", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--ttl-active-s"));
+    }
+}

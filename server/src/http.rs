@@ -242,3 +242,38 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain;charset=UTF-8",
+            "application/vnd.x+json",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "text/xml",
+            "multipart/form-data",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_specs() {
+        assert!(cors_layer("none").unwrap().is_none());
+        assert!(cors_layer("any").unwrap().is_some());
+        assert!(cors_layer("https://a.example, https://b.example")
+            .unwrap()
+            .is_some());
+        assert!(cors_layer(" , ").is_err());
+        assert!(cors_layer("bad\norigin").is_err());
+    }
+}

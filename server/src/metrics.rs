@@ -283,3 +283,35 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.batch_latency.observe(Duration::from_micros(50));
+        m.batch_latency.observe(Duration::from_millis(3));
+        m.batch_latency.observe(Duration::from_secs(10));
+        m.count_request("/v1/batch", 200);
+        let g = Gauges {
+            tier: "local",
+            warmup_queue_depth: 2,
+            warmup_queue_capacity: 8,
+            redis_degraded: None,
+            origin_items: 5,
+            local_cache_items: Some(1),
+        };
+        let text = m.render(&g);
+        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"2.5\"} 2\n"));
+        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(
+            text.contains("tilewarm_http_requests_total{route=\"/v1/batch\",status=\"200\"} 1\n")
+        );
+        assert!(text.contains("tilewarm_warmup_queue_depth 2\n"));
+        assert!(!text.contains("tilewarm_redis_degraded"));
+    }
+}

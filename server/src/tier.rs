@@ -466,3 +466,64 @@ impl RedisTier {
         pipe.query_async(&mut conn).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_left_rounds_up_and_is_at_least_one() {
+        assert_eq!(ttl_left_s(10_000, 0), 10);
+        assert_eq!(ttl_left_s(10_001, 0), 11);
+        assert_eq!(ttl_left_s(5, 10), 1);
+    }
+
+    #[test]
+    fn local_tier_serves_a_tile_only_when_list_and_items_are_fresh() {
+        let tier = LocalTier::new(CacheConfig::default()).unwrap();
+        let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        let item = |id: &str, exp| {
+            Arc::new(StoredItem {
+                id: id.into(),
+                lon: 2.35,
+                lat: 48.85,
+                class: "active".into(),
+                access: Access::Verified,
+                exp,
+                data: serde_json::value::to_raw_value(&1).unwrap(),
+            })
+        };
+        let fill = Fill {
+            items: vec![item("a", 1_000), item("b", 500)],
+            tiles: vec![(t, vec!["a".into(), "b".into()], 2_000)],
+        };
+        tier.write(&fill, 0);
+        let r = tier.read(&[t], &["a".into(), "zz".into()], 100);
+        let hit = r.tiles[0].as_ref().unwrap();
+        assert_eq!((hit.items.len(), hit.exp), (2, 2_000));
+        assert!(r.ids[0].is_some() && r.ids[1].is_none());
+        // "b" expired: the tile is a miss (refetched whole), "a" still a hit by id.
+        let r = tier.read(&[t], &["a".into()], 600);
+        assert!(r.tiles[0].is_none() && r.ids[0].is_some());
+        assert_eq!(tier.has_tiles(&[t], 600), [false]);
+    }
+
+    #[test]
+    fn stored_items_round_trip_through_json() {
+        let it = StoredItem {
+            id: "x".into(),
+            lon: -122.123456789012,
+            lat: 47.1,
+            class: "off_market".into(),
+            access: Access::Agent,
+            exp: 42,
+            data: serde_json::value::to_raw_value(&serde_json::json!({"p": [1, 2]})).unwrap(),
+        };
+        let back: StoredItem = serde_json::from_slice(&serde_json::to_vec(&it).unwrap()).unwrap();
+        assert_eq!(
+            (back.lon, back.access, back.exp),
+            (it.lon, Access::Agent, 42)
+        );
+        assert_eq!(back.data.get(), r#"{"p":[1,2]}"#);
+    }
+}
