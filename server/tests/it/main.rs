@@ -501,3 +501,77 @@ async fn origin_latency_is_paid_once_per_request_and_counted() {
     assert_eq!(s.app.metrics.origin_calls(), 1);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_king_county_csv_and_json_lines() {
+    let dir = std::env::temp_dir().join(format!("tw-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("kc.csv");
+    std::fs::write(
+        &csv,
+        "id,date,price,bedrooms,bathrooms,sqft_living,yr_built,zipcode,lat,long\n\
+         7129300520,20141013T000000,221900,3,1,1180,1955,98178,47.5112,-122.257\n\
+         6414100192,20141209T000000,538000,3,2.25,2570,1951,98125,47.721,-122.319\n\
+         7129300520,20150105T000000,250000,3,1,1180,1955,98178,47.5112,-122.257\n",
+    )
+    .unwrap();
+    let jsonl = dir.join("homes.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\":\"h1\",\"lon\":2.3522,\"lat\":48.8566,\"class\":\"active\",\"access\":\"public\",\"ttl\":60,\"data\":{\"p\":1}}\n\
+         {\"id\":\"h2\",\"lon\":2.3523,\"lat\":48.8567,\"class\":\"off_market\",\"access\":\"agent\",\"data\":null}\n",
+    )
+    .unwrap();
+    let http = Http::new();
+
+    let s = server(common::Config {
+        data: Some(csv),
+        ..config()
+    })
+    .await;
+    assert_eq!(s.app.origin.index().len(), 2, "a resale is one home");
+    let r = http
+        .ok(
+            &s,
+            r#"{"ids":["7129300520","6414100192"],"access":"agent"}"#,
+        )
+        .await;
+    assert_eq!(r.items.len(), 2);
+    let sold = r.items.iter().find(|i| i.id == "7129300520").unwrap();
+    assert!(
+        sold.data.get().contains("\"price\":250000"),
+        "{}",
+        sold.data.get()
+    );
+    s.shutdown().await;
+
+    let s = server(common::Config {
+        data: Some(jsonl),
+        ..config()
+    })
+    .await;
+    let t = TileId::from_lon_lat(2.3522, 48.8566, 14).unwrap();
+    let r = http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    assert_eq!(r.tiles[0].ids, ["h1"]);
+    assert_eq!(
+        r.items[0].ttl,
+        Some(60),
+        "the origin's ttl wins over the class TTL"
+    );
+    assert_eq!(r.items[0].data.get(), r#"{"p":1}"#);
+    let r = http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(r.tiles[0].ids.len(), 2);
+    s.shutdown().await;
+
+    let bad = dir.join("homes.txt");
+    std::fs::write(&bad, "x").unwrap();
+    let e = tilewarm_server::start(common::Config {
+        data: Some(bad),
+        ..config()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains(".jsonl"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
