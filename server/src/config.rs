@@ -44,7 +44,7 @@ pub struct Config {
 
     /// Prefix of every Redis key (items `<prefix>i:<id>`, tile lists `<prefix>t:<z/x/y>`).
     /// Give instances serving different data sets different prefixes.
-    #[arg(long, default_value = "tw:")]
+    #[arg(long, default_value = "tw:", value_name = "PREFIX")]
     pub redis_prefix: String,
 
     /// Timeout of one Redis round trip, in milliseconds; a slower answer counts as a Redis

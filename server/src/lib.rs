@@ -98,17 +98,6 @@ impl Server {
 pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::default());
-    let load_config = config.clone();
-    let load_metrics = Arc::clone(&metrics);
-    let origin =
-        tokio::task::spawn_blocking(move || OriginService::load(&load_config, load_metrics))
-            .await
-            .map_err(|e| StartError::Other(format!("loading the data set panicked: {e}")))??;
-    info!(
-        items = origin.index().len(),
-        source = %config.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("synthetic city (seed {}, {} homes)", config.seed, config.synthetic_homes)),
-        "origin data loaded"
-    );
     let cache_config = config.cache_config();
     let tier = match &config.redis {
         Some(url) => {
@@ -138,6 +127,17 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             ))
         }
     };
+    let load_config = config.clone();
+    let load_metrics = Arc::clone(&metrics);
+    let origin =
+        tokio::task::spawn_blocking(move || OriginService::load(&load_config, load_metrics))
+            .await
+            .map_err(|e| StartError::Other(format!("loading the data set panicked: {e}")))??;
+    info!(
+        items = origin.index().len(),
+        source = %config.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("synthetic city (seed {}, {} homes)", config.seed, config.synthetic_homes)),
+        "origin data loaded"
+    );
     let (warmup, rx) = Warmup::new(
         config.warmup_ring,
         config.warmup_queue,
