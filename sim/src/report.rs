@@ -106,6 +106,29 @@ Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {}
             waste
         ));
     }
+    s.push_str("\nMisses (viewports not complete when shown) by trace action:\n\n| policy |");
+    let actions: Vec<&String> = r
+        .policies
+        .first()
+        .map(|m| m.viewports_by_action.keys().collect())
+        .unwrap_or_default();
+    for a in &actions {
+        let n = r.policies[0].viewports_by_action[*a];
+        s.push_str(&format!(" {} ({n}) |", if a.is_empty() { "-" } else { a }));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(actions.len()));
+    s.push('\n');
+    for m in &r.policies {
+        s.push_str(&format!("| {} |", m.policy));
+        for a in &actions {
+            s.push_str(&format!(
+                " {} |",
+                m.misses_by_action.get(*a).copied().unwrap_or(0)
+            ));
+        }
+        s.push('\n');
+    }
     s
 }
 

@@ -48,6 +48,8 @@ pub struct Session {
     pub name: String,
     /// (time in ms, viewport).
     pub events: Vec<(u64, Viewport)>,
+    /// The `action` of each event (empty when the line had none), parallel to `events`.
+    pub actions: Vec<String>,
 }
 
 /// A trace could not be read. Line numbers start at 1.
@@ -92,6 +94,7 @@ pub fn parse<R: BufRead>(reader: R) -> Result<Vec<Session>, TraceError> {
             sessions.push(Session {
                 name: ev.session.clone(),
                 events: Vec::new(),
+                actions: Vec::new(),
             });
             sessions.len() - 1
         });
@@ -108,6 +111,7 @@ pub fn parse<R: BufRead>(reader: R) -> Result<Vec<Session>, TraceError> {
             }
         }
         s.events.push((ev.t, vp));
+        s.actions.push(ev.action.unwrap_or_default());
     }
     Ok(sessions)
 }
