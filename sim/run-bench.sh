@@ -47,7 +47,7 @@ fi
   echo
   if [ "$REAL" = 1 ]; then cat "$OUT/sim-real.md"; else echo "_Skipped: the shared data folder is absent._"; fi
   echo
-  echo "![viewport hit rate and p90 time to complete per policy](bench/sim.svg)"
+  echo "![viewport hit rate and foreground requests per policy](bench/sim.svg)"
 } > "$OUT/sim.md"
 
 python3 sim/chart.py "$OUT" docs/bench/sim.svg
