@@ -42,12 +42,10 @@ pkg:
 node-test: pkg
 	scripts/test-node.sh
 
+## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part).
 bench:
-	@if [ -d benches ] || grep -q '^\[\[bench\]\]' Cargo.toml; then \
-	  cargo bench --workspace; \
-	else \
-	  echo "make bench: no benchmarks yet (the benches/ harness lands separately)"; \
-	fi
+	@scripts/setup.sh rust
+	scripts/bench.sh
 
 demo:
 	@echo "make demo: the demo page (www/) is not built yet; it lands with the cache bindings."

@@ -2,7 +2,7 @@
 //!
 //! Peers in the same run, so ratios hold on a noisy machine:
 //! - `cover_viewport` vs `cover_brute_force` (every tile of the bbox's enclosing block,
-//!   checked one by one against the tile bounds);
+//!   checked one by one against the tile bounds); `cover_and_ring1` adds the ring;
 //! - `cache_get_hit` vs `hashmap_get` (a plain `HashMap<String, _>` lookup, the floor);
 //! - `planner_round` (one `set_viewport` with 10k cached items) vs `read_only_round` (the
 //!   same read of the view without planning).
@@ -51,6 +51,12 @@ fn view_at(dx: f64, dy: f64) -> Viewport {
 
 #[divan::bench]
 fn cover_viewport() -> usize {
+    let vp = typical_view(0.0);
+    cover(black_box(&vp.bbox), Z, 1024).unwrap().len()
+}
+
+#[divan::bench]
+fn cover_and_ring1() -> usize {
     let vp = typical_view(0.0);
     let tiles = cover(black_box(&vp.bbox), Z, 1024).unwrap();
     tiles.len() + ring_around(&tiles, 1).unwrap().len()

@@ -357,7 +357,7 @@ fn main() {
 
     let mut md = String::new();
     md.push_str(&format!(
-        "## tilewarm-server: 16-tile batches on loopback\n\n\
+        "16-tile batches against `tilewarm-server` on loopback (`server/bench/run.sh`). \
          Synthetic city of {} homes; {} distinct 4x4 blocks of z14 tiles, access `public`, \
          all warm; an average batch holds {} items of every tier ({} for `public`). \
          {} concurrent clients, {} s per tier, client and server on the same {}-core machine.\n\n",
