@@ -42,12 +42,14 @@ pkg:
 node-test: pkg
 	scripts/test-node.sh
 
-bench:
+## Benchmarks, then the npm package's size (gzipped wasm + JS glue, budget 40 KB).
+bench: pkg
 	@if [ -d benches ] || grep -q '^\[\[bench\]\]' Cargo.toml; then \
 	  cargo bench --workspace; \
 	else \
 	  echo "make bench: no benchmarks yet (the benches/ harness lands separately)"; \
 	fi
+	scripts/pkg-size.sh
 
 demo:
 	@echo "make demo: the demo page (www/) is not built yet; it lands with the cache bindings."

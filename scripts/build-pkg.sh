@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (release),
+# Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
 # wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
 # points and types from js/, and pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
