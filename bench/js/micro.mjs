@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
-import tilebelt from '@mapbox/tilebelt';
+import * as tilebelt from '@mapbox/tilebelt';
 import tileCover from '@mapbox/tile-cover';
 import { LRUCache } from 'lru-cache';
 import DataLoader from 'dataloader';
@@ -66,12 +66,16 @@ function homes(count) {
 }
 
 const HOMES = homes(10_000);
+// Items by tile at the data zoom and the two zooms above it: the client asks for a coarser
+// tile when all its data tiles are missing, and the protocol answers it with all its items.
 const byTile = new Map();
 for (const h of HOMES) {
   const [x, y] = tilebelt.pointToTile(h.lon, h.lat, Z);
-  const key = `${Z}/${x}/${y}`;
-  if (!byTile.has(key)) byTile.set(key, []);
-  byTile.get(key).push(h);
+  for (let d = 0; d <= 2; d++) {
+    const key = `${Z - d}/${x >> d}/${y >> d}`;
+    if (!byTile.has(key)) byTile.set(key, []);
+    byTile.get(key).push(h);
+  }
 }
 const byId = new Map(HOMES.map((h) => [h.id, h]));
 
@@ -199,7 +203,9 @@ async function main() {
     }
     for (let i = 0; i < 50 && cache.stats().inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
     const peer = new PeerCache();
-    for (const [tile, list] of byTile) peer.ingest({ tiles: [{ tile, ids: list.map((h) => h.id) }], items: list });
+    for (const [tile, list] of byTile) {
+      if (tile.startsWith(`${Z}/`)) peer.ingest({ tiles: [{ tile, ids: list.map((h) => h.id) }], items: list });
+    }
     const views = [view(0, 0), view(0.25, 0), view(0.5, 0)];
     const check = cache.setViewport(views[0]);
     const checkPeer = peer.setViewport(views[0]);
@@ -230,7 +236,7 @@ async function main() {
   const bundle = (contents) =>
     esbuild.buildSync({ stdin: { contents, resolveDir: here }, bundle: true, minify: true, write: false, format: 'esm', platform: 'neutral', mainFields: ['module', 'main'] })
       .outputFiles[0].contents;
-  const peerSrc = `import tilebelt from '@mapbox/tilebelt'; import cover from '@mapbox/tile-cover';
+  const peerSrc = `import * as tilebelt from '@mapbox/tilebelt'; import cover from '@mapbox/tile-cover';
     import { LRUCache } from 'lru-cache'; import DataLoader from 'dataloader';
     export { tilebelt, cover, LRUCache, DataLoader };`;
   const sizes = [
