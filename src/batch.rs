@@ -14,7 +14,8 @@
 //! Sans-IO: the caller sends [`Outgoing`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::planner::Work;
 use crate::tile::TileId;

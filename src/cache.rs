@@ -26,7 +26,7 @@
 //! assert_eq!(shown, ["payload"]);
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use crate::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 

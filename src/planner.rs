@@ -20,7 +20,8 @@
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
 //! simulator alike.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::cache::{Refresh, TileState};
 use crate::tile::{project, ring_around, tiles_per_axis, Bbox, TileError, TileId, TilePoint};

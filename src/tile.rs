@@ -11,7 +11,7 @@
 //! assert_eq!("14/2624/5721".parse::<TileId>().unwrap(), t);
 //! ```
 
-use std::collections::HashSet;
+use crate::HashSet;
 use std::f64::consts::PI;
 use std::fmt;
 use std::str::FromStr;
