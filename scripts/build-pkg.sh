@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
 # wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
-# points and types from js/, and pkg/package.json. Needs `scripts/setup.sh wasm node`.
+# points and types from js/, every shipped .js minified by esbuild (npm), and
+# pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -34,6 +35,16 @@ echo "build-pkg: wasm-opt -Oz"
   "$out/${name}_bg.wasm" -o "$out/${name}_bg.wasm"
 
 cp js/*.js js/*.d.ts js/README.md "$out/"
+
+# The shipped JS minified in place (readable sources stay in js/): whitespace, comments and
+# local names only, ES module syntax kept, no bundling, so every file keeps its own imports
+# and exports and the wasm-bindgen glue its export names.
+esbuild=node_modules/.bin/esbuild
+[ -x "$esbuild" ] || { echo "build-pkg: $esbuild missing: run scripts/setup.sh node" >&2; exit 1; }
+echo "build-pkg: esbuild --minify"
+for f in "$out"/*.js; do
+  "$esbuild" "$f" --minify --format=esm --log-level=warning --outfile="$f" --allow-overwrite
+done
 
 # package.json, with version, description, licence and repository from Cargo.toml.
 cargo metadata --no-deps --format-version 1 | node --input-type=module -e '

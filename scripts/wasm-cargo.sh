@@ -25,8 +25,9 @@ case " $* " in
   *" --profile wasm "*)
     # The npm package's build: since std is compiled here anyway, compile it to abort
     # without formatting a panic message (about 7% smaller gzipped; nothing in the bindings
-    # panics on input, and a panic had no message in the browser before either).
-    export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Zunstable-options -Cpanic=immediate-abort"
+    # panics on input, and a panic had no message in the browser before either), and
+    # without panic locations (file names and lines nothing could print).
+    export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none"
     export CARGO_PROFILE_WASM_PANIC=immediate-abort
     extra=(-Zpanic-immediate-abort) ;;
 esac

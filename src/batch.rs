@@ -14,7 +14,8 @@
 //! Sans-IO: the caller sends [`Outgoing`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::planner::Work;
 use crate::tile::TileId;
@@ -723,36 +724,32 @@ impl Batcher {
     /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
     /// tracked; the shell should abort them (a late answer is then ignored).
     pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
-        let doomed: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| {
-                f.kind == Kind::Prefetch
-                    && f.loose_ids.is_empty()
-                    && !f.works.iter().any(|w| wanted(w.tile()))
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let doomed = sorted_ids(
+            self.in_flight
+                .iter()
+                .filter(|(_, f)| {
+                    f.kind == Kind::Prefetch
+                        && f.loose_ids.is_empty()
+                        && !f.works.iter().any(|w| wanted(w.tile()))
+                })
+                .map(|(id, _)| *id),
+        );
         for id in &doomed {
             self.finish(*id);
             self.stats.cancelled += 1;
         }
-        let mut doomed = doomed;
-        doomed.sort();
         doomed
     }
 
     /// Requests whose deadline has passed at `now_ms`; the shell should abort each and
     /// report [`Failure::Timeout`] (shells with their own timers may ignore this).
     pub fn overdue(&self, now_ms: u64) -> Vec<RequestId> {
-        let mut v: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline_ms <= now_ms)
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort();
-        v
+        sorted_ids(
+            self.in_flight
+                .iter()
+                .filter(|(_, f)| f.deadline_ms <= now_ms)
+                .map(|(id, _)| *id),
+        )
     }
 
     /// The earliest time something changes without outside input: a backoff ends, the
@@ -825,6 +822,14 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
             (t, m)
         })
         .collect()
+}
+
+/// Request ids in ascending order. Ids are unique, so `sort_unstable` of the plain `u64`s
+/// gives the same order as a stable sort, with the one `u64` sort the wasm already has.
+fn sorted_ids(ids: impl Iterator<Item = RequestId>) -> Vec<RequestId> {
+    let mut v: Vec<u64> = ids.map(|r| r.0).collect();
+    v.sort_unstable();
+    v.into_iter().map(RequestId).collect()
 }
 
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {

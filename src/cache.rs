@@ -26,7 +26,7 @@
 //! assert_eq!(shown, ["payload"]);
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use crate::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -158,15 +158,14 @@ impl CacheConfig {
         if self.default_ttl_ms == 0 {
             return Err(bad("default_ttl_ms", 0, "at least 1"));
         }
-        // Sorted, so the error is the same on every run.
-        let mut zero: Vec<&str> = self
+        // The smallest such class, so the error is the same on every run.
+        let zero = self
             .class_ttl_ms
             .iter()
             .filter(|(_, &ttl)| ttl == 0)
             .map(|(class, _)| class.as_str())
-            .collect();
-        zero.sort_unstable();
-        if let Some(class) = zero.first() {
+            .min();
+        if let Some(class) = zero {
             let class: String = class.chars().take(64).collect();
             return Err(bad(
                 "class_ttl_ms",

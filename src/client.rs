@@ -14,7 +14,8 @@
 //! The engine never blocks and never fails on backend trouble: failures become events and
 //! counters, and what is cached stays usable.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::access::Access;
 use crate::batch::{

@@ -18,6 +18,14 @@ mod tile;
 #[cfg(feature = "wasm")]
 mod wasm;
 
+/// The core's hash map (also in public fields such as [`CacheConfig::class_ttl_ms`]):
+/// hashbrown with its default hasher (foldhash), the table and hasher the `lru` crate already
+/// brings, so the wasm build carries one of each instead of adding std's SipHash. Iteration
+/// order is unspecified, as with std's; wherever order matters the core sorts.
+pub type HashMap<K, V> = hashbrown::HashMap<K, V>;
+/// The core's hash set; see [`HashMap`].
+pub type HashSet<T> = hashbrown::HashSet<T>;
+
 pub use access::{Access, UnknownAccess};
 pub use batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,

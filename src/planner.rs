@@ -20,7 +20,8 @@
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
 //! simulator alike.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::cache::{Refresh, TileState};
 use crate::tile::{project, ring_around, tiles_per_axis, Bbox, TileError, TileId, TilePoint};
@@ -286,12 +287,6 @@ pub struct Planner {
     history: VecDeque<Sample>,
 }
 
-/// A candidate prefetch tile with its priority score (lower is better).
-struct Candidate {
-    tile: TileId,
-    score: f64,
-}
-
 impl Planner {
     /// A planner with a checked configuration.
     pub fn new(config: PlannerConfig) -> Result<Planner, PlannerError> {
@@ -351,9 +346,7 @@ impl Planner {
         let n = tiles_per_axis(self.config.tile_zoom) as f64;
 
         // Foreground and refresh: visible tiles, nearest the centre first.
-        let mut vis_sorted: Vec<(f64, TileId)> =
-            visible.iter().map(|&t| (dist2(centre, t, n), t)).collect();
-        vis_sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let vis_sorted = sorted_by_score(visible.iter().map(|&t| (dist2(centre, t, n), t)));
         for &(_, t) in &vis_sorted {
             let st = state(t);
             let showable = st.is_showable();
@@ -374,16 +367,16 @@ impl Planner {
 
         // Prefetch candidates.
         let candidates = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
-        plan.wanted.extend(candidates.iter().map(|c| c.tile));
+        plan.wanted.extend(candidates.iter().copied());
         let budget = self.budget(visible.len());
-        for c in candidates {
+        for t in candidates {
             if plan.prefetch.len() >= budget {
                 break;
             }
-            if in_flight(c.tile) {
+            if in_flight(t) {
                 continue;
             }
-            if let Some(w) = Work::from_state(c.tile, state(c.tile)) {
+            if let Some(w) = Work::from_state(t, state(t)) {
                 plan.prefetch.push(w);
             }
         }
@@ -472,14 +465,14 @@ impl Planner {
         )
     }
 
-    /// Prefetch candidates, best first, without the visible tiles and without duplicates.
+    /// Prefetch candidates, best (lowest score) first, without the visible tiles and without duplicates.
     fn candidates(
         &self,
         vp: &Viewport,
         s: &Sample,
         visible: &[TileId],
         (vx, vy, vz): (f64, f64, f64),
-    ) -> Vec<Candidate> {
+    ) -> Vec<TileId> {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
@@ -568,13 +561,33 @@ impl Planner {
             }
         }
 
-        let mut out: Vec<Candidate> = scores
+        sorted_by_score(scores.into_iter().map(|(tile, score)| (score, tile)))
             .into_iter()
-            .map(|(tile, score)| Candidate { tile, score })
-            .collect();
-        out.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.tile.cmp(&b.tile)));
-        out
+            .map(|(_, tile)| tile)
+            .collect()
     }
+}
+
+/// `(score, tile)` pairs ordered by `f64::total_cmp` of the score, ties by tile. Sorted as
+/// plain `(u64, u64)` keys with `sort_unstable` (the tile breaks every tie, so the order is
+/// the same as a stable sort's): one small sort instantiation in the wasm for the planner.
+fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, TileId)> {
+    const SIGN: u64 = 1 << 63;
+    // total_cmp's order as unsigned integers: negatives (sign set) reversed below the rest.
+    let key = |f: f64| {
+        let b = f.to_bits();
+        if b & SIGN != 0 {
+            !b
+        } else {
+            b | SIGN
+        }
+    };
+    let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
+    let mut keys: Vec<(u64, u64)> = pairs.map(|(f, t)| (key(f), t.to_u64())).collect();
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
+        .collect()
 }
 
 /// Limits a look-ahead displacement to `max` viewport sizes.

@@ -58,8 +58,8 @@
 //! assert!(resp.missing.is_empty());
 //! ```
 
+use crate::{HashMap, HashSet};
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;

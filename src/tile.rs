@@ -11,7 +11,7 @@
 //! assert_eq!("14/2624/5721".parse::<TileId>().unwrap(), t);
 //! ```
 
-use std::collections::HashSet;
+use crate::HashSet;
 use std::f64::consts::PI;
 use std::fmt;
 use std::str::FromStr;
@@ -382,6 +382,17 @@ impl TileId {
     #[inline]
     pub fn to_u64(self) -> u64 {
         ((self.z as u64) << 48) | ((self.x as u64) << 24) | self.y as u64
+    }
+
+    /// Unpacks a value that [`to_u64`](TileId::to_u64) produced, without checks (sort keys
+    /// inside the crate); `to_u64` orders like `TileId`'s `Ord` (`z`, then `x`, then `y`).
+    #[inline]
+    pub(crate) fn from_packed(v: u64) -> TileId {
+        TileId {
+            z: (v >> 48) as u8,
+            x: ((v >> 24) & 0xff_ffff) as u32,
+            y: (v & 0xff_ffff) as u32,
+        }
     }
 
     /// Unpacks [`to_u64`](TileId::to_u64), checking every field.
