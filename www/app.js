@@ -23,7 +23,7 @@ const MIN_ZOOM = 13; // no data below this (web-map) zoom: too many tiles in vie
 // that the planner, the simulator and the recorded traces use.
 const ZOOM_OFFSET = 1;
 const LABEL_ZOOM = 15; // MapLibre zoom from which value labels are drawn
-const MAX_LABELS = 250;
+const MAX_LABELS = 200;
 const CITY = [-122.3321, 47.6062];
 
 const opts = {
@@ -236,37 +236,49 @@ function setItems(next) {
 const labelBox = $('labels');
 const labelPool = [];
 let labelsDirty = true;
-let labelPicks = [];
+let labelOrder = [];
+// Label priority that does not change while panning (so labels do not flicker): homes for
+// sale first, then a hash of the id.
+function labelRank(it) {
+  let h = 2166136261;
+  for (let i = 0; i < it.id.length; i++) h = Math.imul(h ^ it.id.charCodeAt(i), 16777619);
+  return (it.class === 'active' ? 0 : 2 ** 32) + (h >>> 0);
+}
 function placeLabels() {
-  const zoom = map.getZoom();
-  if (zoom < LABEL_ZOOM || items.length === 0) {
+  if (map.getZoom() < LABEL_ZOOM || items.length === 0) {
     for (const el of labelPool) el.hidden = true;
     return;
   }
-  const c = map.getCenter();
-  if (labelsDirty || labelPicks.length === 0 || map.isMoving()) {
-    // The labels nearest the centre, at most MAX_LABELS (items are bounded by the view).
-    const b = map.getBounds();
-    labelPicks = items
-      .filter((it) => it.lon >= b.getWest() && it.lon <= b.getEast() && it.lat >= b.getSouth() && it.lat <= b.getNorth())
-      .map((it) => [Math.hypot(it.lon - c.lng, (it.lat - c.lat) * 1.5), it])
-      .sort((a, b2) => a[0] - b2[0])
-      .slice(0, MAX_LABELS)
-      .map(([, it]) => it);
+  if (labelsDirty) {
+    labelOrder = items.map((it) => [labelRank(it), it]).sort((a, b) => a[0] - b[0]).map(([, it]) => it);
     labelsDirty = false;
   }
+  // Greedy placement in priority order; a label that would overlap a placed one is left out.
+  const { clientWidth: w, clientHeight: h } = labelBox;
+  const CELL = 16;
+  const taken = new Set();
   let i = 0;
-  for (const it of labelPicks) {
+  for (const it of labelOrder) {
+    if (i >= MAX_LABELS) break;
     const p = map.project([it.lon, it.lat]);
+    if (p.x < -40 || p.y < 0 || p.x > w + 40 || p.y > h + 20) continue;
+    const text = formatPrice(itemValue(it));
+    const half = (text.length * 7 + 12) / 2;
+    const cx0 = Math.floor((p.x - half) / CELL), cx1 = Math.floor((p.x + half) / CELL);
+    const cy0 = Math.floor((p.y - 24) / CELL), cy1 = Math.floor((p.y - 6) / CELL);
+    let free = true;
+    for (let cy = cy0; cy <= cy1 && free; cy++) for (let cx = cx0; cx <= cx1; cx++) if (taken.has(cx * 4096 + cy)) { free = false; break; }
+    if (!free) continue;
+    for (let cy = cy0; cy <= cy1; cy++) for (let cx = cx0; cx <= cx1; cx++) taken.add(cx * 4096 + cy);
     let el = labelPool[i];
     if (!el) {
       el = document.createElement('span');
       labelPool.push(el);
       labelBox.append(el);
     }
-    const text = formatPrice(itemValue(it));
     if (el.textContent !== text) el.textContent = text;
-    el.className = `${it.class}${it.stale ? ' stale' : ''}`;
+    const cls = `${it.class}${it.stale ? ' stale' : ''}`;
+    if (el.className !== cls) el.className = cls;
     el.style.left = `${p.x}px`;
     el.style.top = `${p.y}px`;
     el.hidden = false;
