@@ -48,12 +48,10 @@ node-test: pkg
 demo-test: pkg
 	scripts/demo-test.sh
 
+## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part).
 bench:
-	@if [ -d benches ] || grep -q '^\[\[bench\]\]' Cargo.toml; then \
-	  cargo bench --workspace; \
-	else \
-	  echo "make bench: no benchmarks yet (the benches/ harness lands separately)"; \
-	fi
+	@scripts/setup.sh rust
+	scripts/bench.sh
 
 ## Builds the package, the server and the page, starts tilewarm-server with the synthetic
 ## city on http://127.0.0.1:8080/ (PORT=... to change) and stays until Ctrl-C.

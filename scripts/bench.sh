@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make bench`: runs every benchmark and writes docs/BENCHMARKS.md from the parts.
+#   core    cargo bench --bench core (divan), ratios against peers in the same run
+#   pkg     scripts/pkg-size.sh (gzipped package size), bench/js/micro.mjs (Node, vs JS peers)
+#   sim     sim/run-bench.sh (trace replay: none / lru / ring1 / tilewarm / oracle)
+#   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
+# A part whose script is absent, or that fails, is reported as such in the document; the
+# run still writes it. Parts: `scripts/bench.sh core sim` runs only those.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=target/bench
+mkdir -p "$out" docs
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server)
+want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+status() { echo "bench: $*" >&2; }
+
+if want core; then
+  status "core micro-benchmarks (divan)"
+  if cargo bench --bench core > "$out/core.txt" 2> "$out/core.err"; then
+    python3 scripts/bench_core.py "$out/core.txt" > "$out/core.md"
+  else
+    { echo "core benchmarks failed:"; echo '```'; tail -20 "$out/core.err"; echo '```'; } > "$out/core.md"
+  fi
+fi
+if want pkg; then
+  status "package size and Node micro-benchmarks"
+  if [ -x scripts/pkg-size.sh ]; then scripts/pkg-size.sh > /dev/null || echo "pkg-size failed" > "$out/pkg-size.md"; fi
+  if (scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2 && cd bench/js && npm ci --no-audit --no-fund >&2 \
+      && node micro.mjs --md "../../$out/js.md" --json "../../$out/js.json" > /dev/null); then :; else
+    echo "Node micro-benchmarks failed; see the output of \`scripts/bench.sh pkg\`." > "$out/js.md"
+  fi
+fi
+if want sim; then
+  status "trace-replay simulator"
+  if [ -x sim/run-bench.sh ]; then sim/run-bench.sh >&2 || echo "sim/run-bench.sh failed" > "$out/sim.md"
+  else echo "not run: sim/run-bench.sh is absent" > "$out/sim.md"; fi
+fi
+if want server; then
+  status "server load benchmark"
+  if [ -x server/bench/run.sh ]; then server/bench/run.sh >&2 || echo "server/bench/run.sh failed" > "$out/server.md"
+  else echo "not run: server/bench/run.sh is absent" > "$out/server.md"; fi
+fi
+
+section() { # file, fallback
+  if [ -s "$1" ]; then cat "$1"; else echo "$2"; fi
+}
+{
+  cat <<HEAD
+# Benchmarks
+
+Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machine: $(nproc) cores,
+$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
+These machines are shared and noisy: compare figures **within one run** (the ratio
+columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
+(\`core\`, \`pkg\`, \`sim\`, \`server\`); raw outputs are in \`target/bench/\`.
+
+## Core (Rust, divan): \`cargo bench --bench core\`
+
+Medians per call. Each job is paired with a peer in the same run: the tile cover against a
+brute-force scan of the bbox's block; a cache hit (LRU recency, freshness, tier check)
+against a plain \`HashMap\` lookup; a full planning round (cover, read 10k-item cache,
+plan foreground/prefetch, queue work) against only reading the same view.
+
+HEAD
+  section "$out/core.md" "(not run in this invocation)"
+  echo
+  echo "## npm package: size and Node micro-benchmarks: \`scripts/bench.sh pkg\`"
+  echo
+  echo "Size budget: gzipped wasm + JS glue <= 40 KB."
+  echo
+  section "$out/pkg-size.md" "(package size not measured in this invocation)"
+  echo
+  section "$out/js.md" "(Node micro-benchmarks not run in this invocation)"
+  echo
+  echo "## Trace replay (tilewarm-sim): \`scripts/bench.sh sim\`"
+  echo
+  section "$out/sim.md" "(not run in this invocation)"
+  echo
+  echo "## Server: \`scripts/bench.sh server\`"
+  echo
+  section "$out/server.md" "(not run in this invocation)"
+} > docs/BENCHMARKS.md
+status "wrote docs/BENCHMARKS.md"

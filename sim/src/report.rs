@@ -1,0 +1,169 @@
+//! Result tables (markdown) and the JSON report.
+
+use serde::Serialize;
+
+use crate::sim::{Metrics, SimConfig};
+
+/// One run: what was replayed, how, and the metrics per policy.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub label: String,
+    pub trace: String,
+    pub data: String,
+    pub sessions: usize,
+    pub events: usize,
+    pub config: ConfigSummary,
+    pub policies: Vec<Metrics>,
+}
+
+/// The settings that shape the numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigSummary {
+    pub base_ms: f64,
+    pub per_item_ms: f64,
+    pub tile_zoom: u8,
+    pub min_zoom: f64,
+    pub max_in_flight: usize,
+    pub max_tiles_per_request: usize,
+    pub tilewarm_ring: u32,
+    pub tilewarm_lookahead_ms: u64,
+    pub tilewarm_history_ms: u64,
+    pub tilewarm_max_tiles_per_round: usize,
+    pub tilewarm_max_lead_viewports: f64,
+}
+
+impl ConfigSummary {
+    pub fn of(c: &SimConfig) -> ConfigSummary {
+        ConfigSummary {
+            base_ms: c.base_ms,
+            per_item_ms: c.per_item_ms,
+            tile_zoom: c.tile_zoom,
+            min_zoom: c.min_zoom,
+            max_in_flight: c.batch.max_in_flight,
+            max_tiles_per_request: c.batch.max_tiles,
+            tilewarm_ring: c.tilewarm.ring,
+            tilewarm_lookahead_ms: c.tilewarm.lookahead_ms,
+            tilewarm_history_ms: c.tilewarm.history_ms,
+            tilewarm_max_tiles_per_round: c.tilewarm.max_tiles_per_round,
+            tilewarm_max_lead_viewports: c.tilewarm.max_lead_viewports,
+        }
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// The markdown table of a report, with a one-line header.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let scored = r.policies.first().map_or(0, |m| m.viewports);
+    let empty = r.policies.first().map_or(0, |m| m.viewports_empty);
+    s.push_str(&format!(
+        "**{}** — trace `{}`, data `{}`: {} sessions, {} viewports ({} with data tiles in view, {} below min zoom). \
+Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {} tiles/request.\n\n",
+        r.label,
+        r.trace,
+        r.data,
+        r.sessions,
+        r.events,
+        scored,
+        empty,
+        r.config.base_ms,
+        r.config.per_item_ms,
+        r.config.tile_zoom,
+        r.config.min_zoom,
+        r.config.max_in_flight,
+        r.config.max_tiles_per_request,
+    ));
+    s.push_str(
+        "| policy | viewport hit | item hit | TTC p50 | TTC p90 | abandoned | fg requests | requests | items fetched | MB | prefetched tiles | prefetch waste |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for m in &r.policies {
+        let waste = if m.prefetch_tiles == 0 {
+            "—".to_string()
+        } else {
+            format!(
+                "{} ({})",
+                m.prefetch_wasted,
+                pct(m.prefetch_wasted as f64 / m.prefetch_tiles as f64)
+            )
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} ms | {} ms | {} | {} | {} | {} | {:.1} | {} | {} |\n",
+            m.policy,
+            pct(m.viewport_hit_rate),
+            pct(m.item_hit_rate),
+            m.ttc_p50_ms,
+            m.ttc_p90_ms,
+            m.abandoned,
+            m.foreground_requests,
+            m.requests,
+            m.items_fetched,
+            m.bytes as f64 / 1e6,
+            m.prefetch_tiles,
+            waste
+        ));
+    }
+    s.push_str("\nMisses (viewports not complete when shown) by trace action:\n\n| policy |");
+    let actions: Vec<&String> = r
+        .policies
+        .first()
+        .map(|m| m.viewports_by_action.keys().collect())
+        .unwrap_or_default();
+    for a in &actions {
+        let n = r.policies[0].viewports_by_action[*a];
+        s.push_str(&format!(" {} ({n}) |", if a.is_empty() { "-" } else { a }));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(actions.len()));
+    s.push('\n');
+    for m in &r.policies {
+        s.push_str(&format!("| {} |", m.policy));
+        for a in &actions {
+            s.push_str(&format!(
+                " {} |",
+                m.misses_by_action.get(*a).copied().unwrap_or(0)
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The issue's goals checked against a report (skipped when a policy is missing).
+pub fn goals(r: &Report, hit_goal: f64) -> String {
+    let get = |n: &str| r.policies.iter().find(|m| m.policy == n);
+    let mut s = String::new();
+    if let Some(tw) = get("tilewarm") {
+        let ok = tw.viewport_hit_rate >= hit_goal;
+        s.push_str(&format!(
+            "- tilewarm viewport hit rate {} (goal ≥ {}): **{}**\n",
+            pct(tw.viewport_hit_rate),
+            pct(hit_goal),
+            if ok { "met" } else { "missed" }
+        ));
+        if let Some(r1) = get("ring1") {
+            let ratio = r1.foreground_requests as f64 / tw.foreground_requests.max(1) as f64;
+            s.push_str(&format!(
+                "- foreground requests: ring1 {} / tilewarm {} = {:.2}x (goal ≥ 2x): **{}**\n",
+                r1.foreground_requests,
+                tw.foreground_requests,
+                ratio,
+                if ratio >= 2.0 { "met" } else { "missed" }
+            ));
+        }
+        if let Some(o) = get("oracle") {
+            let ratio = tw.items_fetched as f64 / o.items_fetched.max(1) as f64;
+            s.push_str(&format!(
+                "- items fetched: tilewarm {} / oracle {} = {:.2}x (goal ≤ 2x): **{}**\n",
+                tw.items_fetched,
+                o.items_fetched,
+                ratio,
+                if ratio <= 2.0 { "met" } else { "missed" }
+            ));
+        }
+    }
+    s
+}

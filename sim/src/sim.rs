@@ -1,0 +1,824 @@
+//! The discrete-event simulation: replays sessions against an in-memory origin with a
+//! latency model, on a simulated clock, for each policy.
+//!
+//! - A request's answer arrives `base_ms + per_item_ms * items` after it is sent. At most
+//!   the client's in-flight cap is out at once (the client enforces it).
+//! - Between two viewports of a session, answers whose time has come are delivered in time
+//!   order and new requests go out (prefetch keeps working during the user's think time);
+//!   `next_wakeup`/`handle_timeout` drive retries and deadlines.
+//! - A viewport with at least one visible data tile is a *hit* when it is complete when
+//!   shown. Its *time to complete* is when every visible tile became showable minus when it
+//!   was shown (0 for hits). A viewport left before it completed counts as *abandoned*;
+//!   its time to complete is then how long it was on screen (a lower bound).
+//! - After a session's last viewport the simulation runs until nothing is in flight or
+//!   queued (so every policy's whole traffic is counted).
+//!
+//! Everything is deterministic: the batcher's jitter is seeded, answers are ordered by
+//! (time, send order).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use tilewarm::{
+    Access, BatchConfig, BatchRequest, BatchResponse, Batcher, CacheConfig, Client, ClientConfig,
+    ItemMeta, Kind, Origin, OriginItem, Payload, Planner, PlannerConfig, Priority, RequestId,
+    TileCache, TileId, TileState, Viewport, Work,
+};
+
+use crate::trace::Session;
+
+/// The payload the simulated client stores: just its size (the sim never reads item data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u32);
+
+impl Payload for Size {
+    fn size_bytes(&self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
+pub fn origin_from(items: Vec<OriginItem<tilewarm::RawData>>) -> Origin<Size> {
+    let items = items
+        .into_iter()
+        .map(|it| OriginItem {
+            id: it.id,
+            lon: it.lon,
+            lat: it.lat,
+            class: it.class,
+            access: it.access,
+            ttl: it.ttl,
+            data: Size(it.data.get().len() as u32),
+        })
+        .collect();
+    Origin::new(items).expect("data set items have valid coordinates")
+}
+
+/// The prefetch policies compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// No cache: every visible tile is fetched every time.
+    None,
+    /// The core client as a TTL cache: no ring, no look-ahead, no prefetch.
+    Lru,
+    /// The core client with the neighbour ring only (the production scheme).
+    Ring1,
+    /// The core client with its default motion-aware planner (or the `--tw-*` overrides).
+    Tilewarm,
+    /// The core cache and batcher, prefetching exactly the next viewport's tiles.
+    Oracle,
+    /// Experimental (not in the default set): the core cache and batcher, prefetching the
+    /// 3 x 3 *viewports* around the view (the 8 neighbour views and the zoom-out view),
+    /// nearest first — a prototype of a viewport-relative ring for the planner.
+    Neighbours,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 5] = [
+        Policy::None,
+        Policy::Lru,
+        Policy::Ring1,
+        Policy::Tilewarm,
+        Policy::Oracle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Neighbours => "nbr",
+            Policy::None => "none",
+            Policy::Lru => "lru",
+            Policy::Ring1 => "ring1",
+            Policy::Tilewarm => "tilewarm",
+            Policy::Oracle => "oracle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        Policy::ALL
+            .into_iter()
+            .chain([Policy::Neighbours])
+            .find(|p| p.name() == s)
+    }
+}
+
+/// Simulation settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Fixed cost of a batch request, ms (default 60).
+    pub base_ms: f64,
+    /// Cost per item in the answer, ms (default 0.05).
+    pub per_item_ms: f64,
+    /// Data tile zoom (default 14).
+    pub tile_zoom: u8,
+    /// Map zoom below which nothing is fetched (default 12).
+    pub min_zoom: f64,
+    /// Batch settings shared by every policy (default: the core's).
+    pub batch: BatchConfig,
+    /// The `tilewarm` policy's planner (tile_zoom and min_zoom are set from above).
+    pub tilewarm: PlannerConfig,
+    /// Membership TTL the origin reports for tile lists, seconds (default: none, the
+    /// client's own).
+    pub tile_ttl_s: Option<u32>,
+    /// The caller's tier.
+    pub access: Access,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            base_ms: 60.0,
+            per_item_ms: 0.05,
+            tile_zoom: 14,
+            min_zoom: 12.0,
+            batch: BatchConfig::default(),
+            tilewarm: PlannerConfig::default(),
+            tile_ttl_s: None,
+            access: Access::Public,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The planner config of a policy built on the core client.
+    pub fn planner_for(&self, policy: Policy) -> PlannerConfig {
+        let base = PlannerConfig {
+            tile_zoom: self.tile_zoom,
+            min_zoom: self.min_zoom,
+            ..PlannerConfig::default()
+        };
+        match policy {
+            Policy::Tilewarm => PlannerConfig {
+                tile_zoom: self.tile_zoom,
+                min_zoom: self.min_zoom,
+                ..self.tilewarm.clone()
+            },
+            Policy::Ring1 => PlannerConfig {
+                ring: 1,
+                lookahead_ms: 0,
+                ..base
+            },
+            Policy::Lru | Policy::None | Policy::Oracle | Policy::Neighbours => PlannerConfig {
+                ring: 0,
+                lookahead_ms: 0,
+                max_tiles_per_round: 0,
+                ..base
+            },
+        }
+    }
+
+    fn client_config(&self, policy: Policy) -> ClientConfig {
+        ClientConfig {
+            planner: self.planner_for(policy),
+            batch: self.batch.clone(),
+            access: self.access,
+            ..ClientConfig::default()
+        }
+        .with_tile_zoom(self.tile_zoom)
+    }
+
+    fn latency(&self, items: usize) -> u64 {
+        (self.base_ms + self.per_item_ms * items as f64)
+            .round()
+            .max(1.0) as u64
+    }
+}
+
+/// What a policy shows when a viewport is set.
+struct Shown {
+    visible: Vec<TileId>,
+    complete: bool,
+    items: usize,
+}
+
+/// A request the policy wants sent.
+struct Req {
+    id: RequestId,
+    kind: Kind,
+    request: BatchRequest,
+}
+
+/// The sans-IO surface every policy offers the simulator.
+trait Shell {
+    /// The viewport after this one (only the oracle looks).
+    fn hint_next(&mut self, _next: Option<&Viewport>) {}
+    fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String>;
+    fn poll_request(&mut self, now: u64) -> Option<Req>;
+    fn poll_cancel(&mut self) -> Option<RequestId>;
+    fn on_response(
+        &mut self,
+        id: RequestId,
+        resp: BatchResponse<Size>,
+        now: u64,
+    ) -> Result<(), String>;
+    fn is_complete(&self, now: u64) -> bool;
+    fn next_wakeup(&self, now: u64) -> Option<u64>;
+    fn handle_timeout(&mut self, now: u64);
+}
+
+/// `lru`, `ring1`, `tilewarm`: the core client, unchanged.
+struct ClientShell(Client<Size>);
+
+impl Shell for ClientShell {
+    fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String> {
+        let out = self
+            .0
+            .set_viewport(vp, now, |_, _| {})
+            .map_err(|e| e.to_string())?;
+        Ok(Shown {
+            visible: self.0.visible_tiles().to_vec(),
+            complete: out.complete,
+            items: out.items,
+        })
+    }
+    fn poll_request(&mut self, now: u64) -> Option<Req> {
+        self.0.poll_request(now).map(|s| Req {
+            id: s.id,
+            kind: s.kind,
+            request: s.request,
+        })
+    }
+    fn poll_cancel(&mut self) -> Option<RequestId> {
+        self.0.poll_cancel()
+    }
+    fn on_response(
+        &mut self,
+        id: RequestId,
+        resp: BatchResponse<Size>,
+        now: u64,
+    ) -> Result<(), String> {
+        self.0.on_response(id, resp, now).map_err(|e| e.to_string())
+    }
+    fn is_complete(&self, _now: u64) -> bool {
+        self.0.is_complete()
+    }
+    fn next_wakeup(&self, now: u64) -> Option<u64> {
+        self.0.next_wakeup(now)
+    }
+    fn handle_timeout(&mut self, now: u64) {
+        self.0.handle_timeout(now)
+    }
+}
+
+/// `none`: the core batcher without a cache. Every viewport asks for all its tiles; it is
+/// complete when each has been answered since it was shown (a request already out for a
+/// tile counts).
+struct NoneShell {
+    planner: Planner,
+    batcher: Batcher,
+    pending: HashSet<TileId>,
+    access: Access,
+}
+
+impl Shell for NoneShell {
+    fn show(&mut self, vp: Viewport, _now: u64) -> Result<Shown, String> {
+        let visible = self.planner.visible_tiles(&vp).map_err(|e| e.to_string())?;
+        self.pending = visible.iter().copied().collect();
+        self.batcher
+            .set_foreground(visible.iter().map(|&t| Work::Tile(t)).collect());
+        Ok(Shown {
+            complete: visible.is_empty(),
+            visible,
+            items: 0,
+        })
+    }
+    fn poll_request(&mut self, now: u64) -> Option<Req> {
+        let pending = &self.pending;
+        let out = self.batcher.poll(now, |w| pending.contains(&w.tile()))?;
+        Some(Req {
+            id: out.id,
+            kind: out.kind,
+            request: BatchRequest {
+                tiles: out.tiles,
+                ids: out.ids,
+                access: self.access,
+            },
+        })
+    }
+    fn poll_cancel(&mut self) -> Option<RequestId> {
+        None
+    }
+    fn on_response(
+        &mut self,
+        id: RequestId,
+        resp: BatchResponse<Size>,
+        _now: u64,
+    ) -> Result<(), String> {
+        if self.batcher.on_success(id).is_some() {
+            for l in &resp.tiles {
+                self.pending.remove(&l.tile);
+            }
+        }
+        Ok(())
+    }
+    fn is_complete(&self, _now: u64) -> bool {
+        self.pending.is_empty()
+    }
+    fn next_wakeup(&self, now: u64) -> Option<u64> {
+        self.batcher.next_wakeup(now)
+    }
+    fn handle_timeout(&mut self, _now: u64) {}
+}
+
+/// `oracle`: the core cache and batcher (no planner) with perfect knowledge of the next
+/// viewport: at each viewport it queues the visible tiles that cannot be shown as
+/// foreground and, behind them, every tile of the *next* viewport that is not fresh as
+/// prefetch, so the next view is fetched during the think time. It knows one step ahead
+/// only, and pays the same latency and in-flight cap as everyone else.
+struct OracleShell {
+    /// Prefetch the 3 x 3 viewport neighbourhood instead of the known next viewport.
+    neighbours: bool,
+    cache: TileCache<Size>,
+    planner: Planner,
+    batcher: Batcher,
+    access: Access,
+    visible: Vec<TileId>,
+    visible_set: HashSet<TileId>,
+    next: Option<Viewport>,
+}
+
+impl Shell for OracleShell {
+    fn hint_next(&mut self, next: Option<&Viewport>) {
+        self.next = next.copied();
+    }
+    fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String> {
+        let visible = self.planner.visible_tiles(&vp).map_err(|e| e.to_string())?;
+        self.cache.set_visible(&visible);
+        let mut items = 0;
+        let mut fg = Vec::new();
+        for &t in &visible {
+            let st = self.cache.read_tile(t, self.access, now, |_, _| items += 1);
+            if !st.is_showable() {
+                fg.push(Work::Tile(t));
+            }
+        }
+        let complete = fg.is_empty();
+        self.batcher.set_foreground(fg);
+        let mut pre = Vec::new();
+        if self.neighbours && vp.zoom >= self.planner.config().min_zoom {
+            for t in neighbourhood(&vp, self.planner.config().tile_zoom) {
+                if self.cache.tile_state(t, self.access, now) != TileState::Fresh
+                    && !self.batcher.is_tile_in_flight(t)
+                    && !self.visible_set_contains(&visible, t)
+                {
+                    pre.push(Work::Tile(t));
+                }
+            }
+        } else if let Some(next) = &self.next {
+            for t in self.planner.visible_tiles(next).unwrap_or_default() {
+                if self.cache.tile_state(t, self.access, now) != TileState::Fresh
+                    && !self.batcher.is_tile_in_flight(t)
+                {
+                    pre.push(Work::Tile(t));
+                }
+            }
+        }
+        self.batcher.set_prefetch(pre);
+        self.visible_set = visible.iter().copied().collect();
+        self.visible = visible.clone();
+        Ok(Shown {
+            visible,
+            complete,
+            items,
+        })
+    }
+    fn poll_request(&mut self, now: u64) -> Option<Req> {
+        let (cache, access) = (&self.cache, self.access);
+        let out = self.batcher.poll(now, |w| {
+            cache.tile_state(w.tile(), access, now) != TileState::Fresh
+        })?;
+        Some(Req {
+            id: out.id,
+            kind: out.kind,
+            request: BatchRequest {
+                tiles: out.tiles,
+                ids: out.ids,
+                access,
+            },
+        })
+    }
+    fn poll_cancel(&mut self) -> Option<RequestId> {
+        None
+    }
+    fn on_response(
+        &mut self,
+        id: RequestId,
+        resp: BatchResponse<Size>,
+        now: u64,
+    ) -> Result<(), String> {
+        let Some(finished) = self.batcher.on_success(id) else {
+            return Ok(());
+        };
+        let z = self.cache.config().tile_zoom;
+        for item in resp.items {
+            let visible = TileId::from_lon_lat(item.lon, item.lat, z)
+                .is_ok_and(|t| self.visible_set.contains(&t));
+            let priority = if visible || finished.kind == Kind::Foreground {
+                Priority::Visible
+            } else {
+                Priority::Prefetch
+            };
+            let meta = ItemMeta {
+                lon: item.lon,
+                lat: item.lat,
+                class: item.class.clone(),
+                access: item.access,
+                ttl_ms: item.ttl.map(|s| u64::from(s) * 1000),
+                size_bytes: 96 + item.id.len() + item.class.len() + item.data.0 as usize,
+            };
+            let _ = self.cache.insert(&item.id, meta, item.data, now, priority);
+        }
+        for list in &resp.tiles {
+            let ids: Vec<&str> = list.ids.iter().map(String::as_str).collect();
+            let ttl = list.ttl.map(|s| u64::from(s) * 1000);
+            let _ = self
+                .cache
+                .insert_tile(list.tile, &ids, ttl, self.access, now);
+        }
+        // A visible tile whose request was answered but is still not showable (evicted at
+        // once) is asked for again.
+        let missing: Vec<Work> = self
+            .visible
+            .iter()
+            .filter(|&&t| {
+                !self.cache.tile_state(t, self.access, now).is_showable()
+                    && !self.batcher.is_tile_in_flight(t)
+            })
+            .map(|&t| Work::Tile(t))
+            .collect();
+        self.batcher.set_foreground(missing);
+        Ok(())
+    }
+    fn is_complete(&self, now: u64) -> bool {
+        self.visible
+            .iter()
+            .all(|&t| self.cache.tile_state(t, self.access, now).is_showable())
+    }
+    fn next_wakeup(&self, now: u64) -> Option<u64> {
+        self.batcher.next_wakeup(now)
+    }
+    fn handle_timeout(&mut self, _now: u64) {}
+}
+
+impl OracleShell {
+    fn visible_set_contains(&self, visible: &[TileId], t: TileId) -> bool {
+        visible.contains(&t)
+    }
+}
+
+/// Data tiles of the 3 x 3 viewports centred on `vp`, by Chebyshev distance from its
+/// centre in viewport units (so the zoom-out view's tiles come first, then the 8
+/// neighbour views'), at most 4096. Nothing is prefetched below `min_zoom`, as in the
+/// planner.
+fn neighbourhood(vp: &Viewport, z: u8) -> Vec<TileId> {
+    let n = tilewarm::tiles_per_axis(z) as f64;
+    let Ok(nw) = tilewarm::project(vp.bbox.west, vp.bbox.north, z) else {
+        return Vec::new();
+    };
+    let Ok(se) = tilewarm::project(vp.bbox.east, vp.bbox.south, z) else {
+        return Vec::new();
+    };
+    let (w, h) = ((se.x - nw.x).max(1e-9), (se.y - nw.y).max(1e-9));
+    let (cx, cy) = ((nw.x + se.x) / 2.0, (nw.y + se.y) / 2.0);
+    let x0 = (cx - 1.5 * w).floor().max(0.0) as u32;
+    let x1 = ((cx + 1.5 * w).ceil().min(n) as u32).saturating_sub(1);
+    let y0 = (cy - 1.5 * h).floor().max(0.0) as u32;
+    let y1 = ((cy + 1.5 * h).ceil().min(n) as u32).saturating_sub(1);
+    let mut out: Vec<(f64, TileId)> = Vec::new();
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            if let Ok(t) = TileId::new(z, x, y) {
+                let d = ((x as f64 + 0.5 - cx).abs() / w).max((y as f64 + 0.5 - cy).abs() / h);
+                out.push((d, t));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    out.truncate(4096);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
+    let planner_cfg = cfg.planner_for(policy);
+    match policy {
+        Policy::None => Box::new(NoneShell {
+            planner: Planner::new(planner_cfg).expect("valid planner config"),
+            batcher: Batcher::new(cfg.batch.clone()).expect("valid batch config"),
+            pending: HashSet::new(),
+            access: cfg.access,
+        }),
+        Policy::Oracle | Policy::Neighbours => Box::new(OracleShell {
+            neighbours: policy == Policy::Neighbours,
+            cache: TileCache::new(CacheConfig {
+                tile_zoom: cfg.tile_zoom,
+                ..CacheConfig::default()
+            })
+            .expect("valid cache config"),
+            planner: Planner::new(planner_cfg).expect("valid planner config"),
+            batcher: Batcher::new(cfg.batch.clone()).expect("valid batch config"),
+            access: cfg.access,
+            visible: Vec::new(),
+            visible_set: HashSet::new(),
+            next: None,
+        }),
+        _ => Box::new(ClientShell(
+            Client::new(cfg.client_config(policy)).expect("valid client config"),
+        )),
+    }
+}
+
+/// Counters for one policy over a whole trace.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Metrics {
+    pub policy: String,
+    /// Viewports with at least one visible data tile (the ones scored).
+    pub viewports: u64,
+    /// Viewports with no data tile in view (below `min_zoom`); not scored.
+    pub viewports_empty: u64,
+    /// Scored viewports complete when shown.
+    pub hits: u64,
+    /// Scored viewports left before they completed.
+    pub abandoned: u64,
+    /// Items in view (per the origin) summed over scored viewports, and those shown at once.
+    pub items_in_view: u64,
+    pub items_shown_at_once: u64,
+    /// Time to complete per scored viewport, ms (sorted at the end).
+    #[serde(skip)]
+    pub ttc_ms: Vec<u64>,
+    pub ttc_p50_ms: u64,
+    pub ttc_p90_ms: u64,
+    pub ttc_mean_ms: f64,
+    pub foreground_requests: u64,
+    pub requests: u64,
+    /// Requests the policy aborted (their answers are ignored; not counted below).
+    pub cancelled: u64,
+    /// Items and bytes in delivered answers.
+    pub items_fetched: u64,
+    pub bytes: u64,
+    /// Tiles delivered by prefetch requests, and those never in view afterwards.
+    pub prefetch_tiles: u64,
+    pub prefetch_wasted: u64,
+    /// Scored viewports, and misses, per trace action (`pan`, `zoom`, ...).
+    pub viewports_by_action: BTreeMap<String, u64>,
+    pub misses_by_action: BTreeMap<String, u64>,
+    /// Responses the client refused (should be 0).
+    pub errors: u64,
+    pub viewport_hit_rate: f64,
+    pub item_hit_rate: f64,
+}
+
+impl Metrics {
+    fn finish(&mut self) {
+        self.ttc_ms.sort_unstable();
+        let pct = |v: &[u64], p: f64| -> u64 {
+            if v.is_empty() {
+                0
+            } else {
+                let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+                v[i]
+            }
+        };
+        self.ttc_p50_ms = pct(&self.ttc_ms, 0.5);
+        self.ttc_p90_ms = pct(&self.ttc_ms, 0.9);
+        self.ttc_mean_ms = if self.ttc_ms.is_empty() {
+            0.0
+        } else {
+            self.ttc_ms.iter().sum::<u64>() as f64 / self.ttc_ms.len() as f64
+        };
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        self.viewport_hit_rate = ratio(self.hits, self.viewports);
+        self.item_hit_rate = ratio(self.items_shown_at_once, self.items_in_view);
+    }
+}
+
+/// Wire size estimate of an answer: per item its id, class, payload and ~70 bytes of
+/// keys and numbers; per tile list its ids and ~40 bytes.
+fn answer_bytes(resp: &BatchResponse<Size>) -> u64 {
+    let items: usize = resp
+        .items
+        .iter()
+        .map(|i| 70 + i.id.len() + i.class.len() + i.data.0 as usize)
+        .sum();
+    let lists: usize = resp
+        .tiles
+        .iter()
+        .map(|l| 40 + l.ids.iter().map(|s| s.len() + 3).sum::<usize>())
+        .sum();
+    (items + lists) as u64
+}
+
+/// Runs one policy over every session.
+pub fn run_policy(
+    policy: Policy,
+    sessions: &[Session],
+    origin: &Origin<Size>,
+    cfg: &SimConfig,
+) -> Metrics {
+    let mut m = Metrics {
+        policy: policy.name().to_string(),
+        ..Metrics::default()
+    };
+    for s in sessions {
+        run_session(policy, s, origin, cfg, &mut m);
+    }
+    m.finish();
+    m
+}
+
+/// Runs every listed policy.
+pub fn run_all(
+    policies: &[Policy],
+    sessions: &[Session],
+    origin: &Origin<Size>,
+    cfg: &SimConfig,
+) -> Vec<Metrics> {
+    policies
+        .iter()
+        .map(|&p| run_policy(p, sessions, origin, cfg))
+        .collect()
+}
+
+struct Flight {
+    kind: Kind,
+    tiles: Vec<TileId>,
+    response: BatchResponse<Size>,
+}
+
+struct SessionRun<'a> {
+    shell: Box<dyn Shell>,
+    origin: &'a Origin<Size>,
+    cfg: &'a SimConfig,
+    now: u64,
+    /// (done at, send order, id)
+    heap: BinaryHeap<Reverse<(u64, u64, u64)>>,
+    flights: HashMap<u64, Flight>,
+    seq: u64,
+    /// The shown viewport still waiting to complete: when it was shown.
+    waiting: Option<u64>,
+    /// Prefetched tiles not yet seen in view.
+    prefetched: HashMap<TileId, u32>,
+    woke_at: Option<u64>,
+}
+
+impl SessionRun<'_> {
+    fn pump(&mut self, m: &mut Metrics) {
+        while let Some(id) = self.shell.poll_cancel() {
+            if self.flights.remove(&id.0).is_some() {
+                m.cancelled += 1;
+            }
+        }
+        while let Some(req) = self.shell.poll_request(self.now) {
+            let response = self.origin.answer(&req.request, self.cfg.tile_ttl_s);
+            let done = self.now + self.cfg.latency(response.items.len());
+            m.requests += 1;
+            if req.kind == Kind::Foreground {
+                m.foreground_requests += 1;
+            }
+            self.seq += 1;
+            self.heap.push(Reverse((done, self.seq, req.id.0)));
+            self.flights.insert(
+                req.id.0,
+                Flight {
+                    kind: req.kind,
+                    tiles: req.request.tiles.clone(),
+                    response,
+                },
+            );
+        }
+    }
+
+    fn check_complete(&mut self, m: &mut Metrics) {
+        if let Some(shown) = self.waiting {
+            if self.shell.is_complete(self.now) {
+                m.ttc_ms.push(self.now - shown);
+                self.waiting = None;
+            }
+        }
+    }
+
+    /// Delivers answers and wakeups due up to `until` (inclusive), in time order.
+    fn advance(&mut self, until: u64, m: &mut Metrics) {
+        loop {
+            let answer = self.heap.peek().map(|r| r.0 .0);
+            let wake = self
+                .shell
+                .next_wakeup(self.now)
+                .filter(|&w| !(w <= self.now && self.woke_at == Some(self.now)));
+            let next = match (answer, wake) {
+                (None, None) => break,
+                (a, w) => a.unwrap_or(u64::MAX).min(w.unwrap_or(u64::MAX)),
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if answer == Some(next) {
+                let Reverse((_, _, id)) = self.heap.pop().expect("peeked");
+                if let Some(f) = self.flights.remove(&id) {
+                    m.items_fetched += f.response.items.len() as u64;
+                    m.bytes += answer_bytes(&f.response);
+                    if f.kind == Kind::Prefetch {
+                        for t in &f.tiles {
+                            m.prefetch_tiles += 1;
+                            *self.prefetched.entry(*t).or_default() += 1;
+                        }
+                    }
+                    if self
+                        .shell
+                        .on_response(RequestId(id), f.response, self.now)
+                        .is_err()
+                    {
+                        m.errors += 1;
+                    }
+                }
+            } else {
+                self.woke_at = Some(self.now);
+                self.shell.handle_timeout(self.now);
+            }
+            self.pump(m);
+            self.check_complete(m);
+        }
+    }
+}
+
+fn run_session(
+    policy: Policy,
+    session: &Session,
+    origin: &Origin<Size>,
+    cfg: &SimConfig,
+    m: &mut Metrics,
+) {
+    // Start the clock well above 0 so TTL arithmetic never underflows.
+    const EPOCH: u64 = 1_000_000_000;
+    let Some(&(t_first, _)) = session.events.first() else {
+        return;
+    };
+    let mut run = SessionRun {
+        shell: make_shell(policy, cfg),
+        origin,
+        cfg,
+        now: EPOCH,
+        heap: BinaryHeap::new(),
+        flights: HashMap::new(),
+        seq: 0,
+        waiting: None,
+        prefetched: HashMap::new(),
+        woke_at: None,
+    };
+    for (i, &(t, vp)) in session.events.iter().enumerate() {
+        let at = EPOCH + (t - t_first);
+        run.advance(at, m);
+        run.now = at;
+        if let Some(shown) = run.waiting.take() {
+            m.abandoned += 1;
+            m.ttc_ms.push(at - shown);
+        }
+        run.shell
+            .hint_next(session.events.get(i + 1).map(|(_, v)| v));
+        let shown = match run.shell.show(vp, at) {
+            Ok(s) => s,
+            Err(_) => {
+                m.errors += 1;
+                continue;
+            }
+        };
+        for t in &shown.visible {
+            if let Some(n) = run.prefetched.remove(t) {
+                // The first prefetch of it was used; any repeat was not.
+                m.prefetch_wasted += u64::from(n - 1);
+            }
+        }
+        if shown.visible.is_empty() {
+            m.viewports_empty += 1;
+        } else {
+            m.viewports += 1;
+            let action = session.actions.get(i).cloned().unwrap_or_default();
+            *m.viewports_by_action.entry(action.clone()).or_default() += 1;
+            if !shown.complete {
+                *m.misses_by_action.entry(action).or_default() += 1;
+            }
+            let truth: usize = shown
+                .visible
+                .iter()
+                .map(|&t| origin.count_in(t, cfg.access))
+                .sum();
+            m.items_in_view += truth as u64;
+            m.items_shown_at_once += shown.items.min(truth) as u64;
+            if shown.complete {
+                m.hits += 1;
+                m.ttc_ms.push(0);
+            } else {
+                run.waiting = Some(at);
+            }
+        }
+        run.pump(m);
+        run.check_complete(m);
+    }
+    // Let the last viewport complete and every request finish (bounded: 10 minutes).
+    let end = run.now + 600_000;
+    run.advance(end, m);
+    if let Some(shown) = run.waiting.take() {
+        m.abandoned += 1;
+        m.ttc_ms.push(run.now - shown);
+    }
+    m.prefetch_wasted += run.prefetched.values().map(|&n| u64::from(n)).sum::<u64>();
+}

@@ -1,0 +1,136 @@
+//! End-to-end runs of the simulator on small traces: relations that must hold whatever
+//! the numbers are.
+
+use std::path::Path;
+
+use tilewarm_sim::forecache::{self, Mapping};
+use tilewarm_sim::sim::{self, Metrics, Policy, SimConfig};
+use tilewarm_sim::synth::{self, SynthConfig};
+use tilewarm_sim::trace;
+
+fn synthetic_sessions() -> Vec<trace::Session> {
+    let events = synth::generate(&SynthConfig {
+        sessions: 2,
+        events_per_session: 80,
+        ..SynthConfig::default()
+    });
+    let mut buf = Vec::new();
+    trace::write(&mut buf, &events).unwrap();
+    trace::parse(buf.as_slice()).unwrap()
+}
+
+fn check_consistent(m: &Metrics) {
+    let p = &m.policy;
+    assert_eq!(m.errors, 0, "{p}: responses refused");
+    assert!(m.hits <= m.viewports, "{p}");
+    assert!(m.abandoned <= m.viewports - m.hits, "{p}");
+    assert!(m.items_shown_at_once <= m.items_in_view, "{p}");
+    assert!(m.foreground_requests <= m.requests, "{p}");
+    assert!(m.prefetch_wasted <= m.prefetch_tiles, "{p}");
+    assert!(m.ttc_p50_ms <= m.ttc_p90_ms, "{p}");
+    assert_eq!(
+        m.viewports_by_action.values().sum::<u64>(),
+        m.viewports,
+        "{p}"
+    );
+    assert_eq!(
+        m.misses_by_action.values().sum::<u64>(),
+        m.viewports - m.hits,
+        "{p}"
+    );
+    assert!((0.0..=1.0).contains(&m.viewport_hit_rate), "{p}");
+    assert!((0.0..=1.0).contains(&m.item_hit_rate), "{p}");
+    if m.items_fetched > 0 {
+        assert!(m.bytes > 0, "{p}");
+    }
+}
+
+#[test]
+fn policies_see_the_same_viewports_and_keep_the_guaranteed_relations() {
+    let sessions = synthetic_sessions();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let cfg = SimConfig::default();
+    let all: Vec<Policy> = Policy::ALL
+        .into_iter()
+        .chain([Policy::Neighbours])
+        .collect();
+    let ms = sim::run_all(&all, &sessions, &origin, &cfg);
+    let by = |n: &str| ms.iter().find(|m| m.policy == n).unwrap();
+    for m in &ms {
+        check_consistent(m);
+        assert_eq!(m.viewports, by("none").viewports, "{}", m.policy);
+        assert_eq!(
+            m.viewports_empty,
+            by("none").viewports_empty,
+            "{}",
+            m.policy
+        );
+        assert_eq!(m.items_in_view, by("none").items_in_view, "{}", m.policy);
+    }
+    assert!(by("none").viewports > 100);
+    let none = by("none");
+    assert_eq!(none.hits, 0, "no cache, no hits");
+    assert_eq!(none.items_shown_at_once, 0);
+    assert_eq!(none.prefetch_tiles, 0);
+    assert_eq!(none.foreground_requests, none.requests);
+    let lru = by("lru");
+    assert_eq!(lru.prefetch_tiles, 0, "lru never prefetches");
+    assert_eq!(lru.foreground_requests, lru.requests);
+    assert!(none.items_fetched >= lru.items_fetched);
+    assert!(none.requests >= lru.requests);
+    // Deterministic: the same run again gives the same numbers.
+    let again = sim::run_all(&all, &sessions, &origin, &cfg);
+    assert_eq!(ms, again);
+}
+
+#[test]
+fn latency_model_shows_in_time_to_complete() {
+    let sessions = synthetic_sessions();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let cfg = SimConfig {
+        base_ms: 500.0,
+        per_item_ms: 0.0,
+        ..SimConfig::default()
+    };
+    let m = sim::run_policy(Policy::None, &sessions, &origin, &cfg);
+    check_consistent(&m);
+    // A miss that completes takes at least one request; abandoned ones are on screen < 500 ms.
+    assert!(m.ttc_p90_ms >= 100, "{m:?}");
+    assert!(
+        m.abandoned > 0,
+        "fast gestures leave slow views before they complete"
+    );
+}
+
+#[test]
+fn real_user_study_logs_replay_if_present() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/forecache-ndsi2d");
+    let file = dir.join("U_1.csv");
+    if !file.exists() {
+        eprintln!(
+            "skipping: {} is absent (the shared data folder is not part of a fresh clone)",
+            file.display()
+        );
+        return;
+    }
+    let (events, stats) = forecache::convert(
+        std::fs::File::open(&file).unwrap(),
+        "U_1",
+        &Mapping::default(),
+    )
+    .unwrap();
+    assert_eq!(stats.rows, events.len());
+    assert!(events.len() >= 45);
+    let mut buf = Vec::new();
+    trace::write(&mut buf, &events).unwrap();
+    let sessions = trace::parse(buf.as_slice()).unwrap();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let cfg = SimConfig {
+        min_zoom: 11.0,
+        ..SimConfig::default()
+    };
+    for m in sim::run_all(&Policy::ALL, &sessions, &origin, &cfg) {
+        check_consistent(&m);
+        assert!(m.viewports > 0);
+    }
+}
