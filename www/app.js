@@ -207,7 +207,7 @@ function pushViewport() {
   tracker.view(visibleTiles(v), lastView.missing);
   setItems(view.items);
   showNotice(v.zoom < MIN_ZOOM ? `Zoom in to load homes (data from zoom ${MIN_ZOOM - ZOOM_OFFSET} on this map)` : null);
-  scheduleOverlay();
+  drawOverlay();
 }
 
 function visibleTiles(v) {
@@ -328,8 +328,10 @@ function statesOf(tiles, visible) {
 
 function drawOverlay() {
   const src = map.getSource('tiles');
-  if (!src || !cache) return;
-  const v = currentViewport();
+  // The viewport last handed to the cache (not the camera, which may be a frame ahead), so
+  // that "in view" agrees with the states.
+  const v = lastView;
+  if (!src || !cache || !v) return;
   let tiles = [];
   if (v.zoom >= MIN_ZOOM) {
     // The view plus a margin of (ring + 1) data tiles, so prefetched tiles show.

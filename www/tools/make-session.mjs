@@ -2,8 +2,9 @@
 // one viewport every 100 ms in the simulator's trace format (sim/README.md)
 //   {"session","t","west","south","east","north","zoom","action"}
 // with `zoom` the 256-pixel web-map zoom. Deterministic: a scripted user on a 940 x 800
-// pixel map (the demo's map area at a 1280 x 800 window) who pans downtown, stops, zooms in
-// to read prices, pans, zooms out, sweeps west and jumps back.
+// pixel map (the demo's map area at a 1280 x 800 window) who pans from downtown to the
+// densest neighbourhood, zooms in to read prices, pans, zooms out, sweeps north, jumps back
+// downtown and pans west.
 //
 //   node www/tools/make-session.mjs > www/session.jsonl
 const W = 940, H = 800, STEP = 100;
@@ -33,18 +34,17 @@ function move(ms, action, { dx = 0, dy = 0, dz = 0 } = {}) {
 }
 emit('start');
 move(1000, 'hold');
-move(4000, 'pan', { dx: 320 });
+move(6000, 'pan', { dx: 300, dy: -300 }); // south-east to the densest neighbourhood
 move(1000, 'hold');
-move(3000, 'pan', { dx: 220, dy: 220 });
-move(2000, 'zoom', { dz: 1 });
-move(4000, 'pan', { dy: -220 });
+move(2000, 'zoom', { dz: 0.9 }); // close enough to read prices
+move(3000, 'pan', { dx: 160 });
 move(1500, 'hold');
-move(2000, 'zoom', { dz: -1.25 });
-move(5000, 'pan', { dx: -420 });
+move(2000, 'zoom', { dz: -0.9 });
+move(8000, 'pan', { dy: 450 }); // a long sweep north
 t += STEP;
 lon = -122.3321; lat = 47.6062; zoom = 15;
-emit('jump');
+emit('jump'); // back downtown
 move(1500, 'hold');
-move(3000, 'pan', { dy: 300 });
+move(3000, 'pan', { dx: -300 });
 move(1000, 'hold');
 process.stdout.write(out.map((e) => JSON.stringify(e)).join('\n') + '\n');
