@@ -1,9 +1,9 @@
 // End-to-end test of the demo page in headless Chromium (Debian's chromium, driven by
 // playwright-core): tilewarm-server serves the assembled page (--www) and the batch
 // endpoint; the test loads the page, waits for homes, lets prefetch settle, pans exactly one
-// data tile and checks from stats() that no foreground request was needed, checks keyboard
-// panning and the replay button, saves screenshots under target/, and fails on any console
-// error or page error.
+// data tile and checks from stats() that no foreground request was needed (and that with
+// prefetch off the same pan needs one), checks keyboard panning, value labels and the replay
+// button, saves screenshots under target/, and fails on any console error or page error.
 //
 //   scripts/demo-test.sh          (what `make demo-test` runs: builds, then this)
 //
@@ -154,6 +154,31 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     assert.equal(await page.evaluate(() => window.tilewarmDemo.foregroundRequests()), before.fg);
     await page.waitForTimeout(300);
     await page.screenshot({ path: join(shots, 'demo-screenshot.png') });
+  });
+
+  it('needs a foreground request for the same pan with prefetch off (ring 0, no look-ahead)', async () => {
+    const r = await page.evaluate(async () => {
+      const d = window.tilewarmDemo;
+      await d.setPrefetch({ ring: 0, lookahead: false });
+      await d.cache.whenComplete();
+      const settle = () => new Promise((ok) => {
+        const poll = () => (d.cache.stats().inFlight === 0 ? ok() : setTimeout(poll, 50));
+        poll();
+      });
+      await settle();
+      const fg0 = d.foregroundRequests();
+      d.map.panBy([d.dataTilePx(), 0], { animate: false });
+      await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
+      const complete = d.lastView().complete;
+      await d.cache.whenComplete();
+      const fg1 = d.foregroundRequests();
+      await d.setPrefetch({ ring: 1, lookahead: true });
+      await d.cache.whenComplete();
+      return { fg0, fg1, complete };
+    });
+    assert.equal(r.complete, false, 'with prefetch off the new column cannot have been cached');
+    assert.ok(r.fg1 > r.fg0, `foreground requests ${r.fg0} -> ${r.fg1}`);
+    assert.equal(await page.locator('#c-ring').inputValue(), '1');
   });
 
   it('pans with the arrow keys when the map has focus', async () => {
