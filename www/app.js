@@ -155,7 +155,8 @@ async function makeCache() {
 async function trackingFetch(input, init) {
   let tiles = [];
   try {
-    const body = init?.body ?? (input instanceof Request ? await input.clone().text() : null);
+    let body = init?.body ?? (input instanceof Request ? await input.clone().text() : null);
+    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) body = new TextDecoder().decode(body);
     if (typeof body === 'string') tiles = (JSON.parse(body).tiles ?? []).flatMap((t) => tracker.expand(t));
   } catch { /* not a batch request we can read: leave the states alone */ }
   tracker.sent(tiles);
