@@ -13,8 +13,7 @@ OUT=target/bench
 mkdir -p "$OUT" docs/bench
 cargo build --release -q -p tilewarm-sim
 SIM=target/release/tilewarm-sim
-# The default five policies plus the experimental nbr prototype.
-POLICIES=none,lru,ring1,tilewarm,oracle,nbr
+POLICIES=none,lru,ring1,tilewarm,oracle
 
 $SIM synth --seed 1 --sessions 20 --events 300 --out "$OUT/synth.jsonl"
 $SIM run --trace "$OUT/synth.jsonl" --data synthetic:20000 --seed 1 --policies "$POLICIES" \
@@ -38,7 +37,7 @@ fi
   echo "## Prefetch policies in simulation (tilewarm-sim)"
   echo
   echo "Reproduce: \`sim/run-bench.sh\` (needs ../shared/data for the real traces). Policies, metrics and"
-  echo "trace mapping: sim/README.md. \`nbr\` is an experimental prototype, not a shipped policy."
+  echo "trace mapping: sim/README.md."
   echo
   echo "### Synthetic traces"
   echo
@@ -48,7 +47,7 @@ fi
   echo
   if [ "$REAL" = 1 ]; then cat "$OUT/sim-real.md"; else echo "_Skipped: the shared data folder is absent._"; fi
   echo
-  echo "![viewport hit rate and p90 time to complete per policy](bench/sim.svg)"
+  echo "![viewport hit rate and foreground requests per policy](bench/sim.svg)"
 } > "$OUT/sim.md"
 
 python3 sim/chart.py "$OUT" docs/bench/sim.svg

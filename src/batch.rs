@@ -55,6 +55,12 @@ pub struct BatchConfig {
     pub breaker_max_cooldown_ms: u64,
     /// Seed of the jitter generator (deterministic for tests and the simulator).
     pub seed: u64,
+    /// Ask for a coarser tile instead of its data tiles when all of them are queued:
+    /// up to this many zoom levels up (default 2: one zoom-12 tile for 16 zoom-14 tiles;
+    /// 0 = off). Cuts requests when a zoomed-out view misses hundreds of tiles. The
+    /// protocol answers a coarse tile with all its items; the server's `min_zoom` must
+    /// allow `tile_zoom - coalesce_levels`.
+    pub coalesce_levels: u8,
 }
 
 impl Default for BatchConfig {
@@ -71,6 +77,7 @@ impl Default for BatchConfig {
             breaker_cooldown_ms: 5000,
             breaker_max_cooldown_ms: 60_000,
             seed: 0x5eed_7113_3a3d_0001,
+            coalesce_levels: 2,
         }
     }
 }
@@ -136,6 +143,13 @@ impl BatchConfig {
                     allowed,
                 });
             }
+        }
+        if self.coalesce_levels > 4 {
+            return Err(BatchConfigError {
+                field: "coalesce_levels",
+                value: self.coalesce_levels as u64,
+                allowed: "in 0..=4",
+            });
         }
         if self.breaker_max_cooldown_ms < self.breaker_cooldown_ms {
             return Err(BatchConfigError {
@@ -434,9 +448,20 @@ impl Batcher {
             Kind::Foreground => std::mem::take(&mut self.foreground),
             Kind::Prefetch => std::mem::take(&mut self.prefetch),
         };
-        let (mut tiles, mut ids, mut works, mut keep) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut tiles, mut ids, mut works, mut keep): (
+            Vec<TileId>,
+            Vec<String>,
+            Vec<Work>,
+            Vec<Work>,
+        ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut attempt = 0;
+        // Data tiles gathered per request: room for `max_tiles` coarse tiles' worth.
+        let tile_cap = self
+            .config
+            .max_tiles
+            .saturating_mul(1 << (2 * self.config.coalesce_levels as usize))
+            .min(4096)
+            .max(self.config.max_tiles);
         for w in queue {
             let tile = w.tile();
             if self.tiles_in_flight.contains_key(&tile) || !needed(&w) {
@@ -447,7 +472,7 @@ impl Batcher {
                 continue;
             }
             let fits = match &w {
-                Work::Tile(_) => tiles.len() < self.config.max_tiles,
+                Work::Tile(_) => tiles.len() < tile_cap,
                 Work::Ids { ids: wi, .. } => {
                     ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
                 }
@@ -472,6 +497,25 @@ impl Batcher {
             attempt = attempt.max(self.backoff.get(&tile).map_or(0, |b| b.attempt));
             works.push(w);
         }
+        // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
+        // request tiles goes back to the front of the queue.
+        let groups = coalesce(&tiles, self.config.coalesce_levels);
+        if groups.len() > self.config.max_tiles {
+            let back: HashSet<TileId> = groups[self.config.max_tiles..]
+                .iter()
+                .flat_map(|(_, members)| members.iter().copied())
+                .collect();
+            let (returned, sent): (Vec<Work>, Vec<Work>) = works
+                .into_iter()
+                .partition(|w| matches!(w, Work::Tile(t) if back.contains(t)));
+            works = sent;
+            keep.splice(0..0, returned);
+        }
+        let tiles: Vec<TileId> = groups
+            .into_iter()
+            .take(self.config.max_tiles)
+            .map(|(t, _)| t)
+            .collect();
         match kind {
             Kind::Foreground => self.foreground = keep,
             Kind::Prefetch => self.prefetch = keep,
@@ -740,6 +784,49 @@ impl Batcher {
     }
 }
 
+/// Groups data tiles (in priority order) into request tiles: an ancestor up to `levels`
+/// zooms up stands for its descendants when all of them are in `tiles`. Returns each
+/// request tile with the data tiles it covers, in order of first appearance.
+pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
+    if levels == 0 || tiles.len() < 4 {
+        return tiles.iter().map(|&t| (t, vec![t])).collect();
+    }
+    let set: HashSet<TileId> = tiles.iter().copied().collect();
+    let mut complete: HashMap<TileId, bool> = HashMap::new();
+    let mut full = |a: TileId, z: u8| -> bool {
+        *complete.entry(a).or_insert_with(|| {
+            a.descendants(z)
+                .map(|d| d.iter().all(|t| set.contains(t)))
+                .unwrap_or(false)
+        })
+    };
+    let mut order: Vec<TileId> = Vec::new();
+    let mut members: HashMap<TileId, Vec<TileId>> = HashMap::new();
+    for &t in tiles {
+        let z = t.z();
+        let mut chosen = t;
+        for k in (1..=levels.min(z)).rev() {
+            let Ok(a) = t.ancestor(z - k) else { continue };
+            if members.contains_key(&a) || full(a, z) {
+                chosen = a;
+                break;
+            }
+        }
+        let entry = members.entry(chosen).or_default();
+        if entry.is_empty() {
+            order.push(chosen);
+        }
+        entry.push(t);
+    }
+    order
+        .into_iter()
+        .map(|t| {
+            let m = members.remove(&t).unwrap_or_default();
+            (t, m)
+        })
+        .collect()
+}
+
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {
     let mut seen = HashSet::new();
     works
@@ -958,6 +1045,65 @@ mod tests {
         assert!(b.overdue(99).is_empty());
         assert_eq!(b.overdue(100), vec![r.id]);
         assert_eq!(b.next_wakeup(0), Some(100));
+    }
+
+    #[test]
+    fn coalesces_complete_groups_into_coarse_tiles() {
+        let parent = TileId::new(12, 100, 100).unwrap();
+        let block = parent.descendants(14).unwrap(); // 16 tiles
+        let lone = TileId::new(14, 1000, 1000).unwrap();
+        let mut tiles = vec![lone];
+        tiles.extend(&block);
+        let groups = coalesce(&tiles, 2);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0], (lone, vec![lone]));
+        assert_eq!(groups[1].0, parent);
+        assert_eq!(groups[1].1.len(), 16);
+        // 15 of 16: four zoom-13 groups minus one tile -> three z13 tiles + 3 singles.
+        let groups = coalesce(&block[1..], 2);
+        assert_eq!(groups.len(), 6, "{groups:?}");
+        assert!(groups.iter().filter(|(t, _)| t.z() == 13).count() == 3);
+        // Every data tile is covered exactly once.
+        let covered: usize = groups.iter().map(|(_, m)| m.len()).sum();
+        assert_eq!(covered, 15);
+        assert_eq!(coalesce(&block, 0).len(), 16);
+    }
+
+    #[test]
+    fn a_zoomed_out_miss_goes_out_as_few_coarse_tiles() {
+        let mut b = Batcher::new(BatchConfig {
+            max_tiles: 2,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        let parents = [
+            TileId::new(12, 100, 100).unwrap(),
+            TileId::new(12, 101, 100).unwrap(),
+            TileId::new(12, 102, 100).unwrap(),
+        ];
+        let works: Vec<Work> = parents
+            .iter()
+            .flat_map(|p| p.descendants(14).unwrap())
+            .map(Work::Tile)
+            .collect();
+        b.set_foreground(works);
+        let r = b.poll(0, all).unwrap();
+        assert_eq!(
+            r.tiles,
+            parents[..2].to_vec(),
+            "two coarse tiles fill the request"
+        );
+        let r2 = b.poll(0, all).unwrap();
+        assert_eq!(r2.tiles, vec![parents[2]]);
+        // Every data tile is tracked as in flight, and an answer frees all of them.
+        assert!(parents[0]
+            .descendants(14)
+            .unwrap()
+            .iter()
+            .all(|t| b.is_tile_in_flight(*t)));
+        let f = b.on_success(r.id).unwrap();
+        assert_eq!(f.works.len(), 32);
+        assert!(!b.is_tile_in_flight(parents[0].descendants(14).unwrap()[0]));
     }
 
     #[test]

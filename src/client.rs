@@ -319,14 +319,14 @@ impl<P: Payload> Client<P> {
         let access = self.access;
         let cache = &self.cache;
         let batcher = &self.batcher;
-        let plan = self.planner.plan(
+        let mut plan = self.planner.plan(
             &viewport,
             now_ms,
             |t| cache.tile_state(t, access, now_ms),
             |t| batcher.is_tile_in_flight(t),
         )?;
         self.viewport = Some(viewport);
-        self.visible = plan.visible;
+        self.visible = std::mem::take(&mut plan.visible);
         self.visible_set = self.visible.iter().copied().collect();
         self.cache.set_visible(&self.visible);
         for t in &self.visible {
@@ -339,13 +339,13 @@ impl<P: Payload> Client<P> {
         if outcome.complete {
             self.viewports_complete += 1;
         }
-        self.batcher.set_foreground(plan.foreground);
-        let mut background = plan.refresh;
-        background.extend(plan.prefetch);
+        self.batcher
+            .set_foreground(std::mem::take(&mut plan.foreground));
+        let mut background = std::mem::take(&mut plan.refresh);
+        background.append(&mut plan.prefetch);
         self.batcher.set_prefetch(background);
-        let wanted = plan.wanted;
         self.cancels
-            .extend(self.batcher.cancel_unwanted(|t| wanted.contains(&t)));
+            .extend(self.batcher.cancel_unwanted(|t| plan.wants(t)));
         Ok(outcome)
     }
 

@@ -86,12 +86,25 @@ pub struct PlannerConfig {
     pub lookahead_ms: u64,
     /// How much history the velocity estimate looks at (default 1000 ms).
     pub history_ms: u64,
-    /// Prefetch tiles planned per round, at most (default 32).
+    /// The neighbourhood of the view, in viewport sizes: tiles up to this many view widths
+    /// (heights) beyond the view's edges are prefetch candidates (default 1.0: the 8
+    /// neighbouring views; 0 = off). Real navigation moves a whole view at a time, so a
+    /// ring counted in tiles is too narrow when many tiles are in view.
+    pub view_ring: f64,
+    /// Prefetch tiles planned per round, at least (default 32).
     pub max_tiles_per_round: usize,
+    /// The per-round budget grows with the view: at least this many prefetch tiles per
+    /// visible tile (default 8.0, enough for the whole `view_ring` 1 neighbourhood).
+    /// The budget is `max(max_tiles_per_round, budget_per_visible x visible)`, at most 4096.
+    pub budget_per_visible: f64,
     /// Visible tiles at most; a larger cover is an error (default 1024).
     pub max_visible_tiles: usize,
     /// The look-ahead never reaches further than this many viewport sizes (default 2).
     pub max_lead_viewports: f64,
+    /// An in-flight prefetch is aborted only when all its tiles are farther than this many
+    /// viewport sizes from the view's centre and not candidates any more (default 3.0).
+    /// The slack keeps work that is already paid for when the user zooms in and back out.
+    pub keep_views: f64,
 }
 
 impl Default for PlannerConfig {
@@ -102,9 +115,12 @@ impl Default for PlannerConfig {
             ring: 1,
             lookahead_ms: 1500,
             history_ms: 1000,
+            view_ring: 1.0,
             max_tiles_per_round: 32,
+            budget_per_visible: 8.0,
             max_visible_tiles: 1024,
             max_lead_viewports: 2.0,
+            keep_views: 3.0,
         }
     }
 }
@@ -148,6 +164,20 @@ impl PlannerConfig {
                 "in 0..=4096",
             );
         }
+        if !self.view_ring.is_finite() || !(0.0..=4.0).contains(&self.view_ring) {
+            return bad("view_ring", self.view_ring, "a number in 0..=4");
+        }
+        if !self.budget_per_visible.is_finite() || !(0.0..=64.0).contains(&self.budget_per_visible)
+        {
+            return bad(
+                "budget_per_visible",
+                self.budget_per_visible,
+                "a number in 0..=64",
+            );
+        }
+        if !self.keep_views.is_finite() || !(0.0..=64.0).contains(&self.keep_views) {
+            return bad("keep_views", self.keep_views, "a number in 0..=64");
+        }
         if !self.max_lead_viewports.is_finite() || !(0.0..=16.0).contains(&self.max_lead_viewports)
         {
             return bad(
@@ -178,7 +208,7 @@ impl Work {
     }
 
     /// The work that makes a tile in `state` fresh, or `None` when it already is.
-    pub(crate) fn from_state(tile: TileId, state: TileState) -> Option<Work> {
+    pub fn from_state(tile: TileId, state: TileState) -> Option<Work> {
         match state {
             TileState::Fresh => None,
             TileState::Unknown
@@ -211,10 +241,29 @@ pub struct Plan {
     /// Every tile this round still wants (visible and all candidates before the budget):
     /// an in-flight prefetch for a tile outside it may be aborted.
     pub wanted: HashSet<TileId>,
+    /// The view's centre (data-tile coordinates), its size in tiles and `keep_views`:
+    /// see [`Plan::wants`].
+    keep: Option<(TilePoint, f64, f64, f64)>,
     /// The estimated pan velocity, in data tiles per second (x east, y south).
     pub velocity: (f64, f64),
     /// The estimated zoom velocity, in zoom levels per second.
     pub zoom_velocity: f64,
+}
+
+impl Plan {
+    /// Whether an in-flight request for `tile` should go on: the tile is visible, a
+    /// candidate of this round, or within `keep_views` view sizes of the centre.
+    pub fn wants(&self, tile: TileId) -> bool {
+        if self.wanted.contains(&tile) {
+            return true;
+        }
+        let Some((c, w, h, keep)) = self.keep else {
+            return false;
+        };
+        let n = tiles_per_axis(tile.z()) as f64;
+        let (ox, oy) = offset(c, tile, n);
+        (ox.abs() / w.max(1.0)).max(oy.abs() / h.max(1.0)) <= keep
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -319,12 +368,16 @@ impl Planner {
             }
         }
         plan.wanted.extend(visible.iter().copied());
+        if viewport.zoom >= self.config.min_zoom {
+            plan.keep = Some((centre, sample.w, sample.h, self.config.keep_views));
+        }
 
         // Prefetch candidates.
         let candidates = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
         plan.wanted.extend(candidates.iter().map(|c| c.tile));
+        let budget = self.budget(visible.len());
         for c in candidates {
-            if plan.prefetch.len() >= self.config.max_tiles_per_round {
+            if plan.prefetch.len() >= budget {
                 break;
             }
             if in_flight(c.tile) {
@@ -336,6 +389,12 @@ impl Planner {
         }
         plan.visible = visible;
         Ok(plan)
+    }
+
+    /// Prefetch tiles allowed this round for a view of `visible` tiles.
+    pub fn budget(&self, visible: usize) -> usize {
+        let scaled = (self.config.budget_per_visible * visible as f64).ceil() as usize;
+        self.config.max_tiles_per_round.max(scaled).min(4096)
     }
 
     /// Adds the viewport to the history and returns its sample.
@@ -438,14 +497,18 @@ impl Planner {
         // How strongly motion reorders the ring: up to 0.75 once the lead is a tile or more.
         let beta = 0.75 * speed.min(1.0);
 
+        // Distances are in viewport sizes (Chebyshev), so the tiles just outside the view
+        // come first on every side, then the next ring of views, whatever the aspect ratio.
+        let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
         let add = |t: TileId, scores: &mut HashMap<TileId, f64>, bonus: f64| {
             if visible_set.contains(&t) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
-            let dist = (ox * ox + oy * oy).sqrt();
+            let len = (ox * ox + oy * oy).sqrt();
+            let dist = (ox.abs() / vw).max(oy.abs() / vh);
             let cos = match dir {
-                Some((ux, uy)) if dist > 0.0 => (ox * ux + oy * uy) / dist,
+                Some((ux, uy)) if len > 0.0 => (ox * ux + oy * uy) / len,
                 _ => 0.0,
             };
             let score = dist * (1.0 - beta * cos) - bonus;
@@ -464,6 +527,13 @@ impl Planner {
                     }
                 }
             }
+            // The neighbourhood: the views around this one (and so the zoom-out view).
+            if cfg.view_ring > 0.0 {
+                let k = 1.0 + 2.0 * cfg.view_ring;
+                for t in rect_tiles(z, s.cx, s.cy, s.w * k, s.h * k, 4096) {
+                    add(t, &mut scores, 0.0);
+                }
+            }
             // Pan look-ahead: the area swept from now to now + lookahead.
             if cfg.lookahead_ms > 0 && dir.is_some() {
                 let steps = ((dx.abs().max(dy.abs()) / 0.5).ceil() as usize).clamp(1, 64);
@@ -472,7 +542,7 @@ impl Planner {
                     let (cx, cy) = (s.cx + dx * f, s.cy + dy * f);
                     for t in rect_tiles(z, cx, cy, s.w, s.h, 4096) {
                         // Tiles on the motion path rank ahead of ring tiles behind.
-                        add(t, &mut scores, 0.5);
+                        add(t, &mut scores, 0.25);
                     }
                 }
             }
@@ -602,7 +672,11 @@ mod tests {
 
     #[test]
     fn visible_and_ring_on_a_cold_cache() {
-        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        let mut p = Planner::new(PlannerConfig {
+            view_ring: 0.0,
+            ..PlannerConfig::default()
+        })
+        .unwrap();
         // 2.9 x 1.9 tiles centred mid-tile: covers 3 x 3... exact counts depend on edges,
         // so centre on a tile corner region that gives exactly 3 x 2 tiles.
         let vp = vp_at(1000.5, 1000.0, 2.8, 1.8, 14.0);
@@ -629,6 +703,37 @@ mod tests {
     }
 
     #[test]
+    fn view_ring_prefetches_the_neighbouring_views_nearest_first() {
+        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        let vp = vp_at(1000.5, 1000.0, 2.8, 1.8, 14.0);
+        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        // 3 x 2 visible; the 3 x 3 views around it span 9 x 6 tiles.
+        assert_eq!(plan.visible.len(), 6);
+        assert_eq!(p.budget(6), 48);
+        assert_eq!(plan.prefetch.len(), 9 * 6 - 6);
+        // The ring just outside the view comes before anything further out.
+        let ring: HashSet<TileId> = ring_around(&plan.visible, 1).unwrap().into_iter().collect();
+        let first: HashSet<TileId> = plan
+            .prefetch
+            .iter()
+            .take(ring.len())
+            .map(Work::tile)
+            .collect();
+        assert_eq!(first, ring);
+        // A small budget keeps the nearest.
+        let mut small = Planner::new(PlannerConfig {
+            budget_per_visible: 1.0,
+            max_tiles_per_round: 4,
+            ..PlannerConfig::default()
+        })
+        .unwrap();
+        let plan = small.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        assert_eq!(plan.prefetch.len(), 6);
+        assert!(plan.prefetch.iter().all(|w| ring.contains(&w.tile())));
+        assert_eq!(plan.wanted.len(), 9 * 6, "all candidates stay wanted");
+    }
+
+    #[test]
     fn nothing_below_min_zoom() {
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
         let vp = vp_at(1000.5, 1000.5, 2.0, 2.0, 11.9);
@@ -640,6 +745,7 @@ mod tests {
     fn fresh_and_in_flight_filtered_and_budget_kept() {
         let cfg = PlannerConfig {
             max_tiles_per_round: 5,
+            budget_per_visible: 0.0,
             ..PlannerConfig::default()
         };
         let mut p = Planner::new(cfg).unwrap();
@@ -740,6 +846,7 @@ mod tests {
     fn zoom_out_anticipation_widens() {
         let cfg = PlannerConfig {
             ring: 0,
+            view_ring: 0.0,
             ..PlannerConfig::default()
         };
         let mut p = Planner::new(cfg).unwrap();
@@ -766,6 +873,7 @@ mod tests {
         // Without zoom motion and with ring 0 there is nothing to prefetch.
         let mut still = Planner::new(PlannerConfig {
             ring: 0,
+            view_ring: 0.0,
             ..PlannerConfig::default()
         })
         .unwrap();
@@ -876,10 +984,18 @@ mod tests {
                 w in 0.2f64..6.0,
                 h in 0.2f64..6.0,
                 budget in 0usize..40,
+                per_visible in 0.0f64..10.0,
+                view_ring in 0.0f64..2.0,
                 ring in 0u32..3,
                 seed in any::<u64>(),
             ) {
-                let cfg = PlannerConfig { max_tiles_per_round: budget, ring, ..PlannerConfig::default() };
+                let cfg = PlannerConfig {
+                    max_tiles_per_round: budget,
+                    budget_per_visible: per_visible,
+                    view_ring,
+                    ring,
+                    ..PlannerConfig::default()
+                };
                 let mut p = Planner::new(cfg).unwrap();
                 let (mut x, mut y, mut t) = (5000.5, 6000.5, 0u64);
                 // A deterministic pseudo-random state per tile.
@@ -889,7 +1005,10 @@ mod tests {
                     x += dx; y += dy; t += dt;
                     let vp = vp_at(x, y, w, h, zoom);
                     let plan = p.plan(&vp, t, |tile| state_of(code(tile)), flying).unwrap();
-                    prop_assert!(plan.prefetch.len() <= budget);
+                    let round_budget = p.budget(plan.visible.len());
+                    prop_assert!(round_budget >= budget.min(4096));
+                    prop_assert!(round_budget <= 4096);
+                    prop_assert!(plan.prefetch.len() <= round_budget);
                     let visible: HashSet<TileId> = plan.visible.iter().copied().collect();
                     for wk in &plan.prefetch {
                         let tile = wk.tile();

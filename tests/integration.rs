@@ -154,7 +154,19 @@ fn cold_view_fetches_once_then_shows_exactly_the_origin_items() {
     let sent = h.serve_all();
     let fg: Vec<&Send> = sent.iter().filter(|s| s.kind == Kind::Foreground).collect();
     assert_eq!(fg.len(), 1, "all visible tiles in one foreground batch");
-    assert_eq!(fg[0].request.tiles.len(), out.visible);
+    // Every visible data tile is asked for, directly or through a coarser tile (complete
+    // 2x2 or 4x4 groups are coalesced), and nothing else.
+    let visible = h.client.visible_tiles().to_vec();
+    for t in &visible {
+        assert!(
+            fg[0].request.tiles.iter().any(|r| r.contains(*t)),
+            "{t} not requested"
+        );
+    }
+    for r in &fg[0].request.tiles {
+        assert!(visible.iter().any(|t| r.contains(*t)), "{r} is not visible");
+    }
+    assert!(fg[0].request.tiles.len() <= out.visible);
     assert!(sent[0].kind == Kind::Foreground, "foreground goes first");
     let ev = h.events();
     assert!(
@@ -165,6 +177,32 @@ fn cold_view_fetches_once_then_shows_exactly_the_origin_items() {
     let shown = h.items_in_view();
     assert_eq!(shown, h.truth());
     assert!(!shown.is_empty());
+}
+
+#[test]
+fn zoomed_out_miss_is_fetched_as_coarse_tiles_and_shown_exactly() {
+    let mut h = Harness::new(ClientConfig::default());
+    // 8 x 8 data tiles aligned on zoom-12 tiles: four coarse tiles cover them.
+    let base = TileId::from_lon_lat(-122.3321, 47.6062, Z)
+        .unwrap()
+        .ancestor(12)
+        .unwrap();
+    let nw = base.descendants(Z).unwrap()[0];
+    let origin_x = TileId::from_lon_lat(-122.3321, 47.6062, Z).unwrap();
+    let (cx, cy) = (
+        nw.x() as f64 + 4.0 - origin_x.x() as f64 - 0.5,
+        nw.y() as f64 + 4.0 - origin_x.y() as f64 - 0.5,
+    );
+    let (out, _) = h.set(view(cx, cy, 7.98, 7.98));
+    assert_eq!(out.visible, 64);
+    let first = h.client.poll_request(h.now).unwrap();
+    assert_eq!(first.kind, Kind::Foreground);
+    assert_eq!(first.request.tiles.len(), 4, "{:?}", first.request.tiles);
+    assert!(first.request.tiles.iter().all(|t| t.z() == 12));
+    let r = h.origin.answer(&first.request, None);
+    h.client.on_response(first.id, r, h.now).unwrap();
+    assert!(h.client.is_complete());
+    assert_eq!(h.items_in_view(), h.truth());
 }
 
 #[test]

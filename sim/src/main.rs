@@ -43,6 +43,8 @@ RUN OPTIONS:
   --tw-history-ms MS     tilewarm policy: velocity history              [1000]
   --tw-budget N          tilewarm policy: max_tiles_per_round           [32]
   --tw-max-lead X        tilewarm policy: max_lead_viewports            [2]
+  --tw-view-ring X       tilewarm policy: view_ring (viewport sizes)    [1]
+  --tw-budget-per-visible X  tilewarm policy: budget_per_visible        [8]
 ";
 
 struct Args(Vec<String>);
@@ -201,6 +203,12 @@ fn cmd_run(mut a: Args) -> Result<(), String> {
     }
     if let Some(v) = a.parsed("--tw-max-lead")? {
         cfg.tilewarm.max_lead_viewports = v;
+    }
+    if let Some(v) = a.parsed("--tw-view-ring")? {
+        cfg.tilewarm.view_ring = v;
+    }
+    if let Some(v) = a.parsed("--tw-budget-per-visible")? {
+        cfg.tilewarm.budget_per_visible = v;
     }
     a.finish()?;
     cfg.batch.validate().map_err(|e| e.to_string())?;

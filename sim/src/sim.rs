@@ -67,10 +67,6 @@ pub enum Policy {
     Tilewarm,
     /// The core cache and batcher, prefetching exactly the next viewport's tiles.
     Oracle,
-    /// Experimental (not in the default set): the core cache and batcher, prefetching the
-    /// 3 x 3 *viewports* around the view (the 8 neighbour views and the zoom-out view),
-    /// nearest first — a prototype of a viewport-relative ring for the planner.
-    Neighbours,
 }
 
 impl Policy {
@@ -84,7 +80,6 @@ impl Policy {
 
     pub fn name(self) -> &'static str {
         match self {
-            Policy::Neighbours => "nbr",
             Policy::None => "none",
             Policy::Lru => "lru",
             Policy::Ring1 => "ring1",
@@ -94,10 +89,7 @@ impl Policy {
     }
 
     pub fn parse(s: &str) -> Option<Policy> {
-        Policy::ALL
-            .into_iter()
-            .chain([Policy::Neighbours])
-            .find(|p| p.name() == s)
+        Policy::ALL.into_iter().find(|p| p.name() == s)
     }
 }
 
@@ -152,15 +144,21 @@ impl SimConfig {
                 min_zoom: self.min_zoom,
                 ..self.tilewarm.clone()
             },
+            // The production scheme: the whole tile ring around the view, nothing else.
             Policy::Ring1 => PlannerConfig {
                 ring: 1,
                 lookahead_ms: 0,
+                view_ring: 0.0,
+                max_tiles_per_round: 4096,
+                budget_per_visible: 0.0,
                 ..base
             },
-            Policy::Lru | Policy::None | Policy::Oracle | Policy::Neighbours => PlannerConfig {
+            Policy::Lru | Policy::None | Policy::Oracle => PlannerConfig {
                 ring: 0,
                 lookahead_ms: 0,
+                view_ring: 0.0,
                 max_tiles_per_round: 0,
+                budget_per_visible: 0.0,
                 ..base
             },
         }
@@ -325,8 +323,6 @@ impl Shell for NoneShell {
 /// prefetch, so the next view is fetched during the think time. It knows one step ahead
 /// only, and pays the same latency and in-flight cap as everyone else.
 struct OracleShell {
-    /// Prefetch the 3 x 3 viewport neighbourhood instead of the known next viewport.
-    neighbours: bool,
     cache: TileCache<Size>,
     planner: Planner,
     batcher: Batcher,
@@ -354,16 +350,7 @@ impl Shell for OracleShell {
         let complete = fg.is_empty();
         self.batcher.set_foreground(fg);
         let mut pre = Vec::new();
-        if self.neighbours && vp.zoom >= self.planner.config().min_zoom {
-            for t in neighbourhood(&vp, self.planner.config().tile_zoom) {
-                if self.cache.tile_state(t, self.access, now) != TileState::Fresh
-                    && !self.batcher.is_tile_in_flight(t)
-                    && !self.visible_set_contains(&visible, t)
-                {
-                    pre.push(Work::Tile(t));
-                }
-            }
-        } else if let Some(next) = &self.next {
+        if let Some(next) = &self.next {
             for t in self.planner.visible_tiles(next).unwrap_or_default() {
                 if self.cache.tile_state(t, self.access, now) != TileState::Fresh
                     && !self.batcher.is_tile_in_flight(t)
@@ -459,44 +446,6 @@ impl Shell for OracleShell {
     fn handle_timeout(&mut self, _now: u64) {}
 }
 
-impl OracleShell {
-    fn visible_set_contains(&self, visible: &[TileId], t: TileId) -> bool {
-        visible.contains(&t)
-    }
-}
-
-/// Data tiles of the 3 x 3 viewports centred on `vp`, by Chebyshev distance from its
-/// centre in viewport units (so the zoom-out view's tiles come first, then the 8
-/// neighbour views'), at most 4096. Nothing is prefetched below `min_zoom`, as in the
-/// planner.
-fn neighbourhood(vp: &Viewport, z: u8) -> Vec<TileId> {
-    let n = tilewarm::tiles_per_axis(z) as f64;
-    let Ok(nw) = tilewarm::project(vp.bbox.west, vp.bbox.north, z) else {
-        return Vec::new();
-    };
-    let Ok(se) = tilewarm::project(vp.bbox.east, vp.bbox.south, z) else {
-        return Vec::new();
-    };
-    let (w, h) = ((se.x - nw.x).max(1e-9), (se.y - nw.y).max(1e-9));
-    let (cx, cy) = ((nw.x + se.x) / 2.0, (nw.y + se.y) / 2.0);
-    let x0 = (cx - 1.5 * w).floor().max(0.0) as u32;
-    let x1 = ((cx + 1.5 * w).ceil().min(n) as u32).saturating_sub(1);
-    let y0 = (cy - 1.5 * h).floor().max(0.0) as u32;
-    let y1 = ((cy + 1.5 * h).ceil().min(n) as u32).saturating_sub(1);
-    let mut out: Vec<(f64, TileId)> = Vec::new();
-    for y in y0..=y1 {
-        for x in x0..=x1 {
-            if let Ok(t) = TileId::new(z, x, y) {
-                let d = ((x as f64 + 0.5 - cx).abs() / w).max((y as f64 + 0.5 - cy).abs() / h);
-                out.push((d, t));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    out.truncate(4096);
-    out.into_iter().map(|(_, t)| t).collect()
-}
-
 fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
     let planner_cfg = cfg.planner_for(policy);
     match policy {
@@ -506,8 +455,7 @@ fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
             pending: HashSet::new(),
             access: cfg.access,
         }),
-        Policy::Oracle | Policy::Neighbours => Box::new(OracleShell {
-            neighbours: policy == Policy::Neighbours,
+        Policy::Oracle => Box::new(OracleShell {
             cache: TileCache::new(CacheConfig {
                 tile_zoom: cfg.tile_zoom,
                 ..CacheConfig::default()

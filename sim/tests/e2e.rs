@@ -50,10 +50,7 @@ fn policies_see_the_same_viewports_and_keep_the_guaranteed_relations() {
     let sessions = synthetic_sessions();
     let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
     let cfg = SimConfig::default();
-    let all: Vec<Policy> = Policy::ALL
-        .into_iter()
-        .chain([Policy::Neighbours])
-        .collect();
+    let all: Vec<Policy> = Policy::ALL.into_iter().collect();
     let ms = sim::run_all(&all, &sessions, &origin, &cfg);
     let by = |n: &str| ms.iter().find(|m| m.policy == n).unwrap();
     for m in &ms {
