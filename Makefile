@@ -25,8 +25,12 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+## Rust tests of the whole workspace; the server's Redis tests need a real redis-server,
+## which server/tests/setup.sh installs, and TILEWARM_REQUIRE_REDIS makes them fail
+## rather than skip without it.
 cargo-test:
-	cargo test --workspace --all-features
+	@server/tests/setup.sh
+	TILEWARM_REQUIRE_REDIS=1 cargo test --workspace --all-features
 
 ## The core for wasm32 with no features: proves it needs nothing from the web.
 wasm-core:
@@ -48,7 +52,8 @@ node-test: pkg
 demo-test: pkg
 	scripts/demo-test.sh
 
-## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part).
+## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part;
+## the pkg part measures the package size against its 40 KB gzipped budget).
 bench:
 	@scripts/setup.sh rust
 	scripts/bench.sh

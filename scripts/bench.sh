@@ -25,8 +25,12 @@ if want core; then
 fi
 if want pkg; then
   status "package size and Node micro-benchmarks"
-  if [ -x scripts/pkg-size.sh ]; then scripts/pkg-size.sh > /dev/null || echo "pkg-size failed" > "$out/pkg-size.md"; fi
-  if (scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2 && cd bench/js && npm ci --no-audit --no-fund >&2 \
+  if scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; then
+    scripts/pkg-size.sh > /dev/null || echo "pkg-size failed" > "$out/pkg-size.md"
+  else
+    echo "the package did not build; see \`scripts/build-pkg.sh\`" > "$out/pkg-size.md"
+  fi
+  if (cd bench/js && npm ci --no-audit --no-fund >&2 \
       && node micro.mjs --md "../../$out/js.md" --json "../../$out/js.json" > /dev/null); then :; else
     echo "Node micro-benchmarks failed; see the output of \`scripts/bench.sh pkg\`." > "$out/js.md"
   fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (release),
+# Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
 # wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
 # points and types from js/, and pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
@@ -8,7 +8,7 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 name=tilewarm
 out=pkg
-wasm=target/wasm32-unknown-unknown/release/$name.wasm
+wasm=target/wasm32-unknown-unknown/wasm/$name.wasm
 
 want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/^version = "|"$/, ""); print; exit }' Cargo.lock)
 have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
@@ -19,8 +19,8 @@ fi
 wasm_opt=node_modules/.bin/wasm-opt
 [ -x "$wasm_opt" ] || { echo "build-pkg: $wasm_opt missing: run scripts/setup.sh node" >&2; exit 1; }
 
-echo "build-pkg: cargo build (wasm32, release, --features wasm)"
-scripts/wasm-cargo.sh build --lib --release --features wasm
+echo "build-pkg: cargo build (wasm32, profile wasm, --features wasm)"
+scripts/wasm-cargo.sh build --lib --profile wasm --features wasm
 
 rm -rf "$out"
 echo "build-pkg: wasm-bindgen $want --target web"

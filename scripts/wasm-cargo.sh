@@ -20,4 +20,14 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^debian-web'; then
 fi
 export RUSTUP_TOOLCHAIN=debian-web RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19
-exec cargo "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "$@"
+extra=()
+case " $* " in
+  *" --profile wasm "*)
+    # The npm package's build: since std is compiled here anyway, compile it to abort
+    # without formatting a panic message (about 7% smaller gzipped; nothing in the bindings
+    # panics on input, and a panic had no message in the browser before either).
+    export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Zunstable-options -Cpanic=immediate-abort"
+    export CARGO_PROFILE_WASM_PANIC=immediate-abort
+    extra=(-Zpanic-immediate-abort) ;;
+esac
+exec cargo "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${extra[@]}" "$@"

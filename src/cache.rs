@@ -982,6 +982,22 @@ impl<P> TileCache<P> {
         }
     }
 
+    /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index
+    /// holds it (fresh or not, whatever the tier it was fetched at). Does not touch LRU order
+    /// or counters. A server uses it to report the remaining lifetime of a cached list.
+    ///
+    /// ```
+    /// use tilewarm::{Access, CacheConfig, TileCache, TileId};
+    /// let mut cache: TileCache<()> = TileCache::new(CacheConfig::default()).unwrap();
+    /// let t: TileId = "14/2624/5721".parse().unwrap();
+    /// assert_eq!(cache.tile_expires_at_ms(t), None);
+    /// cache.insert_tile(t, &[], Some(60_000), Access::Agent, 1_000).unwrap();
+    /// assert_eq!(cache.tile_expires_at_ms(t), Some(61_000));
+    /// ```
+    pub fn tile_expires_at_ms(&self, tile: TileId) -> Option<u64> {
+        self.tiles.peek(&tile).map(|e| e.expires_at_ms)
+    }
+
     /// Read a visible tile: calls `sink(item, stale)` for each listed item that is held and
     /// showable (fresh, or stale within the window) and that `caller` may see, in list
     /// order. Counts a hit or stale hit for each of those and a miss for each listed id that

@@ -11,7 +11,7 @@ const pkgDir = realpathSync(fileURLToPath(new URL('../node_modules/tilewarm', im
 const pkgUrl = pathToFileURL(`${pkgDir}/`);
 const pkg = JSON.parse(readFileSync(new URL('package.json', pkgUrl), 'utf8'));
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const API = ['neighbourTiles', 'parentTile', 'tileForPoint', 'tilesForBbox'];
+const API = ['TileCache', 'neighbourTiles', 'parentTile', 'tileForPoint', 'tilesForBbox'];
 
 /** Runs an ES module snippet in a fresh Node process from js/test/ (its own module graph). */
 function runNode(flags, code) {

@@ -46,6 +46,8 @@ pub(crate) mod code {
     pub const INVALID_TILE: &str = "ERR_INVALID_TILE";
     /// A request for more tiles than one call may return.
     pub const TOO_MANY_TILES: &str = "ERR_TOO_MANY_TILES";
+    /// A value of the right type that is not one of the allowed ones (an access tier).
+    pub const INVALID_ARG_VALUE: &str = "ERR_INVALID_ARG_VALUE";
 }
 
 /// An error to throw into JavaScript.

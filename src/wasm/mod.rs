@@ -8,6 +8,8 @@
 //! The TypeScript declarations are written by hand below.
 
 mod args;
+mod config;
+mod engine;
 
 use args::{ArgError, Kind, Value};
 use wasm_bindgen::prelude::*;

@@ -33,3 +33,45 @@ const c: TilewarmErrorCode = 'ERR_TOO_MANY_TILES';
 const bad: TilewarmErrorCode = 'ERR_SOMETHING';
 
 export { ts, n, p, s, wrong, codeOf, c, bad };
+
+// The cache.
+import { TileCache, type Item, type View, type FetchError, type TileCacheStats } from 'tilewarm';
+
+interface Home { price: number }
+async function cacheUse() {
+  const cache = await TileCache.create<Home>({
+    endpoint: 'https://api.example.com/v1/batch',
+    tileZoom: 14,
+    minZoom: 12,
+    ttl: { default: 300, byClass: { active: 300, off_market: 14400 } },
+    prefetch: { ring: 1, lookaheadMs: 1500, maxTilesPerRound: 32 },
+    batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
+    access: 'public',
+    headers: { Authorization: 'Bearer x' },
+    fetch: globalThis.fetch,
+    now: () => Date.now(),
+  });
+  const view: View<Home> = cache.setViewport({ west: -122.4, south: 47.5, east: -122.3, north: 47.7, zoom: 14 });
+  const price: number = view.items[0].data.price;
+  const tiles: TileString[] = view.missingTiles;
+  await cache.whenComplete();
+  const off: () => void = cache.onUpdate((items: Item<Home>[]) => items.length);
+  cache.onError((e: FetchError) => [e.code, e.status, e.kind, e.willRetry]);
+  const one: Item<Home> | undefined = await cache.get('a');
+  const many = await cache.getMany(['a', 'b']);
+  const n: number = cache.invalidate({ ids: ['a'], tiles: ['14/2624/5721'], all: false });
+  cache.setAccess('registered');
+  const st: TileCacheStats = cache.stats();
+  const open: boolean = st.breakerOpen;
+  cache.dispose();
+  // @ts-expect-error not a tier
+  cache.setAccess('admin');
+  // @ts-expect-error endpoint is required
+  await TileCache.create({ tileZoom: 14 });
+  // @ts-expect-error the constructor is private: use create
+  new TileCache();
+  // @ts-expect-error the viewport needs a zoom
+  cache.setViewport({ west: 0, south: 0, east: 1, north: 1 });
+  return [price, tiles, off, one, many, n, open];
+}
+export { cacheUse };

@@ -1,0 +1,549 @@
+// TileCache: the JS shell around the wasm Engine (src/wasm/engine.rs), which is the
+// sans-IO core. The engine decides what to fetch, when to retry, what to abort and what the
+// view holds; this file owns fetch, AbortControllers, the one wake-up timer, listeners and
+// promises, and it builds request bodies, flattens responses and formats error messages,
+// so no JSON and no number formatting runs in wasm.
+import { Engine } from './tilewarm.js';
+
+// Record tags of the engine's output (see `Out` in src/wasm/engine.rs).
+const SEND = 1, CANCEL = 2, UPDATED = 3, COMPLETE = 4, ERROR = 5, WAKEUP = 6;
+const TIERS = { public: 0, registered: 1, verified: 2, agent: 3 };
+const STATS = [
+  'hits', 'misses', 'staleHits', 'hitRate', 'requests', 'prefetchRequests', 'itemsFetched',
+  'prefetchTilesUsed', 'prefetchTilesWasted', 'evictions', 'entries', 'bytes', 'inFlight',
+  'errors', 'breakerOpen',
+];
+const FAILURE_CODES = ['ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE'];
+const TOP_OPTIONS = [
+  'endpoint', 'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl', 'prefetch', 'batch',
+  'access', 'headers', 'fetch', 'now',
+];
+const GROUPS = {
+  ttl: ['default', 'byClass', 'staleWhileRevalidate'],
+  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound'],
+  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries'],
+};
+const TIMEOUT = Symbol('timeout');
+const CREATE = Symbol('create');
+
+/** A value the way an error message shows it. */
+function show(v) {
+  switch (typeof v) {
+    case 'number': return Object.is(v, -0) ? '-0' : String(v);
+    case 'string': return v.length > 40 ? `${JSON.stringify(v.slice(0, 40))}… (a string of ${v.length} characters)` : JSON.stringify(v);
+    case 'undefined': case 'boolean': return String(v);
+    case 'bigint': return 'a bigint';
+    case 'symbol': return 'a symbol';
+    case 'function': return 'a function';
+    default: return v === null ? 'null' : Array.isArray(v) ? 'an array' : 'an object';
+  }
+}
+
+function argError(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** Turns the engine's structured error `[field, kind, code, allowed, other]` into a
+ * TypeError or RangeError; `lookup(field)` is the value the caller passed. */
+function fieldError(e, lookup) {
+  if (!Array.isArray(e)) return e;
+  const [field, kind, code, allowed, other] = e;
+  let message = `${field} must be ${allowed}, got ${show(lookup(field))}`;
+  if (other !== undefined) message += ` (${other} is ${show(lookup(other))})`;
+  return argError(kind === 0 ? TypeError : RangeError, code, message);
+}
+
+function byPath(obj, path) {
+  let v = obj;
+  for (const k of path.split('.')) v = isObject(v) ? v[k] : undefined;
+  return v;
+}
+
+function checkKeys(obj, allowed, prefix) {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) {
+      throw argError(TypeError, 'ERR_INVALID_ARG_VALUE',
+        `${prefix}${k} is not an option; the options are ${allowed.map((a) => prefix + a).join(', ')}`);
+    }
+  }
+}
+
+function checkGroup(options, name) {
+  const g = options[name];
+  if (g === undefined) return;
+  if (!isObject(g)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be an object, got ${show(g)}`);
+  checkKeys(g, GROUPS[name], `${name}.`);
+}
+
+function checkStrings(name, v) {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) {
+    throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be an array of strings, got ${show(v)}`);
+  }
+  return v;
+}
+
+/** An invalid response: the message says what is wrong. */
+class Invalid extends Error {}
+
+function optTtl(v, where) {
+  if (v === undefined || v === null) return -1;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
+  throw new Invalid(`${where}.ttl must be a whole number of seconds, got ${show(v)}`);
+}
+
+function list(v, name) {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new Invalid(`${name} must be an array, got ${show(v)}`);
+  return v;
+}
+
+/** The parsed response as the flat arrays `Engine.response` takes, plus the item objects
+ * the page gets. Only shapes are checked here; the engine checks values. */
+function flatten(body) {
+  if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
+  const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
+  const tiles = [], tileTtls = [], tileLens = [], tileIds = [];
+  tl.forEach((t, i) => {
+    if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
+      throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
+    }
+    for (const id of t.ids) {
+      if (typeof id !== 'string') throw new Invalid(`tiles[${i}].ids must hold strings, got ${show(id)}`);
+      tileIds.push(id);
+    }
+    tiles.push(t.tile);
+    tileTtls.push(optTtl(t.ttl, `tiles[${i}]`));
+    tileLens.push(t.ids.length);
+  });
+  const n = il.length;
+  const ids = new Array(n), coords = new Float64Array(3 * n), classes = new Array(n);
+  const tiers = new Uint8Array(n), objs = new Array(n);
+  il.forEach((it, j) => {
+    if (!isObject(it) || typeof it.id !== 'string' || typeof it.lon !== 'number' ||
+        typeof it.lat !== 'number' || typeof it.class !== 'string' || typeof it.access !== 'string') {
+      throw new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
+    }
+    ids[j] = it.id;
+    coords[3 * j] = it.lon;
+    coords[3 * j + 1] = it.lat;
+    coords[3 * j + 2] = optTtl(it.ttl, `items[${j}]`);
+    classes[j] = it.class;
+    tiers[j] = TIERS[it.access] ?? 255;
+    objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
+  });
+  for (const id of missing) if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
+  return { tiles, tileTtls, tileLens, tileIds, ids, coords, classes, tiers, objs, missing };
+}
+
+/** Retry-After: delta seconds or an HTTP date, as milliseconds; -1 when absent or bad. */
+function retryAfterMs(h) {
+  if (h == null) return -1;
+  if (/^\s*\d+\s*$/.test(h)) return Number(h) * 1000;
+  const at = Date.parse(h);
+  return Number.isNaN(at) ? -1 : Math.max(0, at - Date.now());
+}
+
+function report(e) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(e);
+  else console.error(e);
+}
+
+function disposedError() {
+  return argError(Error, 'ERR_DISPOSED', 'this TileCache was disposed');
+}
+
+let optionPaths;
+
+/**
+ * The tile-aware cache for one batch endpoint. Create with `await TileCache.create(options)`.
+ * Types and docs: index.d.ts.
+ */
+export class TileCache {
+  #engine; #fetch; #now; #endpoint; #headers; #tileZoom; #timeoutMs;
+  /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
+  #requests = new Map();
+  #timer = null;
+  #updates = new Set();
+  #errors = new Set();
+  #waiters = [];
+  #complete = true;
+  /** id -> [{ resolve, reject }] for get/getMany */
+  #gets = new Map();
+  #disposed = false;
+
+  /** Checks the options and starts a cache; see index.d.ts for every option. */
+  static async create(options) {
+    return new TileCache(options, CREATE);
+  }
+
+  constructor(options, key) {
+    if (key !== CREATE) throw new TypeError('use `await TileCache.create(options)`');
+    if (!isObject(options)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `options must be an object, got ${show(options)}`);
+    checkKeys(options, TOP_OPTIONS, '');
+    for (const g of Object.keys(GROUPS)) checkGroup(options, g);
+    const { endpoint, headers = {}, fetch = globalThis.fetch, now = Date.now } = options;
+    let url;
+    try { url = typeof endpoint === 'string' ? new URL(endpoint) : undefined; } catch { /* below */ }
+    if (!url) {
+      throw argError(TypeError, 'ERR_INVALID_ARG_VALUE', `endpoint must be an absolute URL string, got ${show(endpoint)}`);
+    }
+    if (!isObject(headers) && !(typeof Headers === 'function' && headers instanceof Headers)) {
+      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `headers must be an object of header names and values, got ${show(headers)}`);
+    }
+    if (typeof fetch !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `fetch must be a function, got ${show(fetch)}`);
+    if (typeof now !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `now must be a function returning milliseconds, got ${show(now)}`);
+    const byClass = options.ttl?.byClass;
+    if (byClass !== undefined && !isObject(byClass)) {
+      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `ttl.byClass must be an object of class names and seconds, got ${show(byClass)}`);
+    }
+    optionPaths ??= Engine.optionPaths();
+    const values = optionPaths.map((p) => byPath(options, p));
+    const classes = byClass ? Object.keys(byClass) : [];
+    const seed = Math.floor(Math.random() * 2 ** 52);
+    try {
+      this.#engine = new Engine(values, byClass !== undefined, classes, classes.map((c) => byClass[c]), options.access, seed);
+    } catch (e) {
+      throw fieldError(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
+    }
+    this.#endpoint = url.href;
+    this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
+    this.#fetch = fetch;
+    this.#now = now;
+    this.#tileZoom = options.tileZoom ?? 14;
+    this.#timeoutMs = options.batch?.timeoutMs ?? 3000;
+  }
+
+  /** The map moved: what the cache has for it now, and the fetches it needs, started. */
+  setViewport(viewport) {
+    this.#alive();
+    if (!isObject(viewport)) {
+      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `viewport must be an object {west, south, east, north, zoom}, got ${show(viewport)}`);
+    }
+    const { west, south, east, north, zoom } = viewport;
+    let out;
+    try {
+      out = this.#engine.view(west, south, east, north, zoom, this.#now());
+    } catch (e) {
+      if (Array.isArray(e) && e[2] === 'ERR_TOO_MANY_TILES') {
+        throw argError(RangeError, e[2], `viewport covers more than 1024 data tiles at tileZoom ${this.#tileZoom}` +
+          ` (west ${west}, south ${south}, east ${east}, north ${north}, zoom ${zoom}); zoom in, or raise minZoom so nothing is fetched at this zoom`);
+      }
+      throw fieldError(e, (f) => viewport[f]);
+    }
+    const view = this.#view(out);
+    this.#run(out, view.n, view.r);
+    return { items: view.items, complete: view.complete, missingTiles: view.missingTiles };
+  }
+
+  /** Resolves when every visible tile can be shown; rejects with the error of a
+   * foreground request that gave up. */
+  whenComplete() {
+    if (this.#disposed) return Promise.reject(disposedError());
+    if (this.#complete) return Promise.resolve();
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /** Calls `listener(items, view)` when data for the view arrived; returns unsubscribe. */
+  onUpdate(listener) {
+    return this.#listen(this.#updates, listener, 'onUpdate');
+  }
+
+  /** Calls `listener(error)` for every failed request; returns unsubscribe. */
+  onError(listener) {
+    return this.#listen(this.#errors, listener, 'onError');
+  }
+
+  /** One item by id: from the cache, else fetched through the batch endpoint;
+   * `undefined` when it does not exist or the tier may not see it. */
+  async get(id) {
+    if (typeof id !== 'string') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `id must be a string, got ${show(id)}`);
+    return (await this.getMany([id]))[0];
+  }
+
+  /** Items by id, in order; unknown ones are fetched in as few requests as possible. */
+  async getMany(ids) {
+    this.#alive();
+    checkStrings('ids', ids);
+    if (ids.some((id) => id === '')) throw argError(RangeError, 'ERR_OUT_OF_RANGE', 'ids must not contain an empty string');
+    const out = this.#engine.get(ids, this.#now());
+    const found = out.slice(1, 1 + ids.length);
+    const results = found.map((item, i) => item !== undefined ? item : new Promise((resolve, reject) => {
+      const w = this.#gets.get(ids[i]) ?? [];
+      w.push({ resolve, reject });
+      this.#gets.set(ids[i], w);
+    }));
+    this.#run(out, 1, 1 + ids.length);
+    return Promise.all(results);
+  }
+
+  /** Drops cached items (`ids`), tiles (`tiles`, "z/x/y") or everything (`all`);
+   * returns how many entries went. Visible tiles that emptied are fetched again. */
+  invalidate(what = {}) {
+    this.#alive();
+    if (!isObject(what)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `invalidate takes {ids, tiles, all}, got ${show(what)}`);
+    checkKeys(what, ['ids', 'tiles', 'all'], '');
+    const ids = checkStrings('ids', what.ids), tiles = checkStrings('tiles', what.tiles);
+    if (what.all !== undefined && typeof what.all !== 'boolean') {
+      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `all must be a boolean, got ${show(what.all)}`);
+    }
+    let out;
+    try {
+      out = this.#engine.invalidate(ids, tiles, what.all === true, this.#now());
+    } catch (e) {
+      throw fieldError(e, () => tiles);
+    }
+    this.#run(out, 1, 1);
+    this.#refresh();
+    return out[0][0];
+  }
+
+  /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */
+  setAccess(access) {
+    this.#alive();
+    let out;
+    try {
+      out = this.#engine.setAccess(access, this.#now());
+    } catch (e) {
+      throw fieldError(e, () => access);
+    }
+    this.#run(out, 0, 1);
+    this.#refresh();
+  }
+
+  /** Counters; see index.d.ts. */
+  stats() {
+    this.#alive();
+    const v = this.#engine.stats();
+    const s = {};
+    STATS.forEach((k, i) => { s[k] = v[i]; });
+    s.breakerOpen = s.breakerOpen === 1;
+    return s;
+  }
+
+  /** Aborts every request, stops the timer, rejects pending promises and frees the wasm
+   * memory. The cache cannot be used afterwards. */
+  dispose() {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const req of this.#requests.values()) { clearTimeout(req.timer); req.ctrl.abort(); }
+    this.#requests.clear();
+    clearTimeout(this.#timer);
+    const err = disposedError();
+    for (const w of this.#waiters) w.reject(err);
+    for (const ws of this.#gets.values()) for (const w of ws) w.reject(err);
+    this.#waiters = [];
+    this.#gets.clear();
+    this.#updates.clear();
+    this.#errors.clear();
+    this.#engine.free();
+  }
+
+  // -- internals ----------------------------------------------------------------------
+
+  #alive() {
+    if (this.#disposed) throw disposedError();
+  }
+
+  #listen(set, listener, name) {
+    if (typeof listener !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} takes a function, got ${show(listener)}`);
+    const entry = { listener };
+    set.add(entry);
+    return () => { set.delete(entry); };
+  }
+
+  /** Reads a view header: `complete, missing, stale, items | missing tiles, items`. */
+  #view(out) {
+    const nums = out[0];
+    const missing = nums[1], stale = nums[2], count = nums[3];
+    const missingTiles = out.slice(1, 1 + missing);
+    const items = out.slice(1 + missing, 1 + missing + count);
+    for (let i = 0; i < count; i++) items[i].stale = i < stale;
+    this.#setComplete(nums[0] === 1);
+    return { items, complete: nums[0] === 1, missingTiles, n: 4, r: 1 + missing + count };
+  }
+
+  #setComplete(complete) {
+    this.#complete = complete;
+    if (complete && this.#waiters.length) {
+      const ws = this.#waiters;
+      this.#waiters = [];
+      for (const w of ws) w.resolve();
+    }
+  }
+
+  /** Acts on the records from number `n` and reference `r` on. */
+  #run(out, n, r) {
+    const nums = out[0];
+    let updated = false, wakeup = -1;
+    const errors = [];
+    while (n < nums.length) {
+      switch (nums[n++]) {
+        case SEND: {
+          const id = nums[n], kind = nums[n + 1], timeoutMs = nums[n + 3];
+          const nt = nums[n + 4], ni = nums[n + 5];
+          n += 6;
+          const access = out[r];
+          const tiles = out.slice(r + 1, r + 1 + nt), ids = out.slice(r + 1 + nt, r + 1 + nt + ni);
+          r += 1 + nt + ni;
+          this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
+          break;
+        }
+        case CANCEL: {
+          const req = this.#requests.get(nums[n++]);
+          if (req) {
+            this.#requests.delete(req.id);
+            clearTimeout(req.timer);
+            req.ctrl.abort();
+          }
+          break;
+        }
+        case UPDATED: updated = true; break;
+        case COMPLETE: this.#setComplete(true); break;
+        case ERROR: {
+          const [id, kind, willRetry, failure, status, retryAfter] = nums.subarray(n, n + 6);
+          n += 7;
+          errors.push(this.#error(id, kind, willRetry === 1, failure, status, retryAfter, out[r++]));
+          break;
+        }
+        case WAKEUP: wakeup = nums[n++]; break;
+        default: n = nums.length; // unknown: cannot happen with the matching engine
+      }
+    }
+    this.#schedule(wakeup);
+    for (const e of errors) this.#emitError(e);
+    if (updated) this.#refresh();
+  }
+
+  /** Re-reads the view and tells onUpdate listeners. */
+  #refresh() {
+    if (this.#disposed) return;
+    const out = this.#engine.items(this.#now());
+    const view = this.#view(out);
+    this.#run(out, view.n, view.r);
+    for (const { listener } of [...this.#updates]) {
+      try { listener(view.items, { complete: view.complete, missingTiles: view.missingTiles }); } catch (e) { report(e); }
+    }
+  }
+
+  #schedule(at) {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    if (at < 0 || this.#disposed) return;
+    const delay = Math.min(Math.max(0, at - this.#now()), 2 ** 31 - 1);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      if (!this.#disposed) this.#run(this.#engine.tick(this.#now()), 0, 1);
+    }, delay);
+  }
+
+  #send(id, kind, timeoutMs, body, ids) {
+    const ctrl = new AbortController();
+    const req = { id, ctrl, kind, ids, detail: undefined };
+    req.timer = setTimeout(() => ctrl.abort(TIMEOUT), timeoutMs);
+    this.#requests.set(id, req);
+    this.#exchange(req, body);
+  }
+
+  async #exchange(req, body) {
+    const { id, ctrl } = req;
+    let res, text;
+    try {
+      res = await this.#fetch.call(globalThis, this.#endpoint, { method: 'POST', headers: this.#headers, body, signal: ctrl.signal });
+      text = await res.text();
+    } catch (e) {
+      if (this.#requests.get(id) !== req) return; // cancelled, or disposed
+      this.#finish(req);
+      if (ctrl.signal.reason === TIMEOUT) return this.#failed(req, 0, 0, -1, '');
+      return this.#failed(req, 1, 0, -1, String(e?.cause?.message ?? e?.message ?? e));
+    }
+    if (this.#requests.get(id) !== req) return;
+    this.#finish(req);
+    if (!res.ok) {
+      let detail;
+      try { detail = JSON.parse(text)?.error; } catch { /* not JSON */ }
+      req.detail = isObject(detail) ? detail : undefined;
+      return this.#failed(req, 2, res.status, retryAfterMs(res.headers.get('retry-after')), '');
+    }
+    let flat, size;
+    try {
+      flat = flatten(JSON.parse(text));
+      size = Math.ceil(text.length / Math.max(1, flat.ids.length));
+    } catch (e) {
+      return this.#failed(req, 3, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
+    }
+    const f = flat;
+    const out = this.#engine.response(id, this.#now(), f.tiles, f.tileTtls, f.tileLens, f.tileIds, f.ids,
+      f.coords, f.classes, f.tiers, f.objs, size, f.missing);
+    // Resolve get()s this response answered (or left unanswered: they do not exist).
+    const answered = new Set([...f.ids, ...f.missing, ...req.ids]);
+    const now = this.#now();
+    for (const gid of answered) {
+      const ws = this.#gets.get(gid);
+      if (!ws) continue;
+      const item = this.#engine.peek(gid, now);
+      if (item === undefined && !f.missing.includes(gid) && !req.ids.includes(gid)) continue;
+      this.#gets.delete(gid);
+      for (const w of ws) w.resolve(item);
+    }
+    this.#run(out, 0, 1);
+  }
+
+  #finish(req) {
+    clearTimeout(req.timer);
+    this.#requests.delete(req.id);
+  }
+
+  #failed(req, failure, status, retryAfter, message) {
+    if (this.#disposed) return;
+    this.#pendingDetail = req;
+    this.#run(this.#engine.failure(req.id, failure, status, retryAfter, message, this.#now()), 0, 1);
+    this.#pendingDetail = undefined;
+  }
+
+  #pendingDetail;
+
+  #error(id, kind, willRetry, failure, status, retryAfter, message) {
+    const req = this.#pendingDetail?.id === id ? this.#pendingDetail : undefined;
+    const code = FAILURE_CODES[failure] ?? 'ERR_INVALID_RESPONSE';
+    let reason;
+    switch (failure) {
+      case 0: reason = `no answer within ${this.#timeoutMs} ms`; break;
+      case 1: reason = `network error: ${message}`; break;
+      case 2: {
+        const d = req?.detail;
+        reason = `HTTP ${status}` + (d ? `: ${d.code ?? 'error'}: ${d.message ?? ''}` : '');
+        break;
+      }
+      default: reason = `invalid response: ${message}`;
+    }
+    const what = kind === 0 ? 'foreground' : 'prefetch';
+    const e = new Error(`${what} batch request failed: ${reason}${willRetry ? ' (will retry)' : ''}`);
+    Object.assign(e, { code, status: failure === 2 ? status : undefined, kind: what, willRetry });
+    if (retryAfter >= 0) e.retryAfterMs = retryAfter;
+    if (req?.detail) e.serverCode = req.detail.code;
+    e.ids = req?.ids ?? [];
+    return e;
+  }
+
+  #emitError(e) {
+    if (e.kind === 'foreground' && !e.willRetry) {
+      const ws = this.#waiters;
+      this.#waiters = [];
+      for (const w of ws) w.reject(e);
+      for (const gid of e.ids) {
+        const gs = this.#gets.get(gid);
+        this.#gets.delete(gid);
+        for (const w of gs ?? []) w.reject(e);
+      }
+    }
+    delete e.ids;
+    for (const { listener } of [...this.#errors]) {
+      try { listener(e); } catch (err) { report(err); }
+    }
+  }
+}

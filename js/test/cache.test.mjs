@@ -1,0 +1,415 @@
+// TileCache against a local HTTP backend that speaks the batch protocol (support/backend.mjs),
+// imported through the package's own exports ("node" condition).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { TileCache } from 'tilewarm';
+import * as raw from 'tilewarm/raw';
+import { startBackend, viewOf, tileOf, SEATTLE } from './support/backend.mjs';
+
+const [, SX, SY] = SEATTLE;
+let backend;
+before(async () => { backend = await startBackend(); });
+after(() => backend.close());
+
+/** Resets the backend between tests. */
+function fresh(mode = 'ok') {
+  backend.mode = mode;
+  backend.delayMs = 0;
+  backend.requests = [];
+  backend.aborted = 0;
+}
+
+async function until(cond, what = 'condition', ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** The ids the backend says a view of data tiles holds at `access`. */
+function truth(view, access = 'public') {
+  const ids = new Set();
+  for (const t of viewTiles(view)) for (const it of backend.tileItems(t, access)) ids.add(it.id);
+  return [...ids].sort();
+}
+
+function viewTiles(v) {
+  const [, x0, y0] = tileOf(v.west, v.north, 14);
+  const [, x1, y1] = tileOf(v.east, v.south, 14);
+  const out = [];
+  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) out.push(`14/${x}/${y}`);
+  return out;
+}
+
+const ids = (items) => items.map((i) => i.id).sort();
+const foreground = (c) => c.stats().requests - c.stats().prefetchRequests;
+
+async function make(opts = {}) {
+  return TileCache.create({ endpoint: backend.url, ...opts });
+}
+
+test('cold viewport: one foreground request for every visible tile, then onUpdate renders', async () => {
+  fresh();
+  const cache = await make({ headers: { Authorization: 'Bearer t0ken' } });
+  const v = viewOf(SX, SY);
+  const updates = [];
+  cache.onUpdate((items, view) => updates.push([ids(items), view.complete]));
+  const first = cache.setViewport(v);
+  assert.deepEqual(first.items, []);
+  assert.equal(first.complete, false);
+  assert.deepEqual(first.missingTiles.sort(), viewTiles(v).sort());
+  await cache.whenComplete();
+  const fg = backend.requests[0];
+  assert.deepEqual(fg.tiles.sort(), viewTiles(v).sort(), 'the first request is the visible tiles');
+  assert.deepEqual(fg.ids, []);
+  assert.equal(fg.access, 'public');
+  assert.equal(fg.headers.authorization, 'Bearer t0ken');
+  assert.equal(fg.headers['content-type'], 'application/json');
+  assert.equal(foreground(cache), 1);
+  assert.deepEqual(updates.at(-1), [truth(v), true]);
+  // The data comes through as the server sent it.
+  const again = cache.setViewport(v);
+  assert.equal(again.complete, true);
+  assert.deepEqual(ids(again.items), truth(v));
+  const it = again.items.find((i) => i.id === truth(v)[0]);
+  assert.deepEqual(it.data, backend.byId.get(it.id).data);
+  assert.deepEqual(Object.keys(it).sort(), ['access', 'class', 'data', 'id', 'lat', 'lon', 'stale']);
+  assert.equal(foreground(cache), 1, 'a cached view sends nothing in the foreground');
+  cache.dispose();
+});
+
+test('a pan of one tile after prefetch needs no foreground request', async () => {
+  fresh();
+  const cache = await make();
+  cache.setViewport(viewOf(SX, SY));
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  assert.ok(cache.stats().prefetchRequests >= 1);
+  const fg = foreground(cache);
+  const panned = viewOf(SX + 1, SY);
+  const v = cache.setViewport(panned);
+  assert.equal(v.complete, true);
+  assert.deepEqual(ids(v.items), truth(panned));
+  await until(() => cache.stats().inFlight === 0, 'quiet');
+  assert.equal(foreground(cache), fg);
+  assert.ok(cache.stats().prefetchTilesUsed >= 2, JSON.stringify(cache.stats()));
+  cache.dispose();
+});
+
+test('TTL expiry follows the injected clock, per class', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0 } });
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  now += 299_000;
+  assert.equal(cache.setViewport(v).complete, true, 'fresh before 300 s');
+  now += 1_000;
+  const expired = cache.setViewport(v);
+  assert.equal(expired.complete, false, 'tile lists and active items expire at 300 s');
+  for (const it of expired.items) assert.equal(it.class, 'off_market', 'only off-market items (4 h) may show');
+  await cache.whenComplete();
+  assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+  // Per class: at 301 s an off-market item is still cached, an active one is not.
+  const all = truth(v).map((id) => backend.byId.get(id));
+  const off = all.find((i) => i.class === 'off_market'), active = all.find((i) => i.class === 'active');
+  now += 301_000;
+  const sent = backend.requests.length;
+  assert.equal((await cache.get(off.id)).id, off.id);
+  assert.equal(backend.requests.length, sent, 'the off-market item came from the cache');
+  assert.equal((await cache.get(active.id)).id, active.id);
+  assert.deepEqual(backend.requests.at(-1).ids, [active.id], 'the active one was fetched');
+  cache.dispose();
+});
+
+test('stale-while-revalidate shows expired items flagged stale while refetching', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, ttl: { staleWhileRevalidate: 60 }, prefetch: { ring: 0 } });
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  now += 310_000;
+  const view = cache.setViewport(v);
+  assert.equal(view.complete, true);
+  assert.ok(view.items.some((i) => i.stale), 'active items are stale');
+  assert.ok(view.items.some((i) => !i.stale), 'off-market ones are not');
+  await until(() => cache.stats().inFlight === 0 && backend.requests.length >= 2, 'refresh');
+  assert.ok(cache.setViewport(v).items.every((i) => !i.stale));
+  cache.dispose();
+});
+
+test('an access downgrade purges at once; an upgrade refetches', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0 } });
+  const v = viewOf(SX, SY);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  const agentView = cache.setViewport(v).items;
+  assert.ok(agentView.some((i) => i.access === 'agent'));
+  assert.deepEqual(ids(agentView), truth(v, 'agent'));
+  const updates = [];
+  cache.onUpdate((items) => updates.push(items));
+  const sent = backend.requests.length;
+  cache.setAccess('public');
+  assert.ok(updates.length >= 1, 'onUpdate tells the page at once');
+  assert.ok(updates[0].every((i) => i.access === 'public'), 'no agent item survives the downgrade');
+  const publicView = cache.setViewport(v);
+  assert.ok(publicView.items.every((i) => i.access === 'public'));
+  assert.equal(backend.requests.length, sent, 'the purge itself sends nothing');
+  cache.setAccess('agent');
+  await cache.whenComplete();
+  assert.equal(backend.requests.at(-1).access, 'agent');
+  assert.deepEqual(ids(cache.setViewport(v).items), truth(v, 'agent'));
+  cache.dispose();
+});
+
+test('invalidation by id, by tile and of everything refetches what is visible', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0 } });
+  const v = viewOf(SX, SY);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  const [victim] = truth(v);
+  assert.equal(cache.invalidate({ ids: [victim] }), 1);
+  let view = cache.setViewport(v);
+  assert.ok(!ids(view.items).includes(victim));
+  await cache.whenComplete();
+  assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+  const tile = viewTiles(v)[0];
+  assert.ok(cache.invalidate({ tiles: [tile] }) >= 1);
+  view = cache.setViewport(v);
+  assert.deepEqual(view.missingTiles, [tile]);
+  await cache.whenComplete();
+  assert.equal(backend.requests.at(-1).tiles.includes(tile), true);
+  assert.ok(cache.invalidate({ all: true }) > 0);
+  assert.equal(cache.stats().entries, 0);
+  await cache.whenComplete();
+  assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+  assert.throws(() => cache.invalidate({ tiles: ['14/1'] }), { name: 'TypeError', code: 'ERR_INVALID_TILE' });
+  assert.throws(() => cache.invalidate({ ids: 'a' }), { name: 'TypeError', message: 'ids must be an array of strings, got "a"' });
+  cache.dispose();
+});
+
+test('in-flight de-duplication: two setViewport calls, one request', async () => {
+  fresh();
+  backend.delayMs = 100;
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 } });
+  const v = viewOf(SX, SY);
+  cache.setViewport(v);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'quiet');
+  const withVisible = backend.requests.filter((r) => r.tiles.some((t) => viewTiles(v).includes(t)));
+  assert.equal(withVisible.length, 1, JSON.stringify(backend.requests.map((r) => r.tiles)));
+  cache.dispose();
+});
+
+test('stale prefetches are aborted when the planner drops them', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 2, lookaheadMs: 0 }, batch: { maxTiles: 4 } });
+  backend.delayMs = 300;
+  cache.setViewport(viewOf(SX, SY, 1, 1));
+  await until(() => backend.requests.length >= 2, 'prefetch requests');
+  const prefetchTiles = backend.requests.slice(1).flatMap((r) => r.tiles);
+  assert.ok(prefetchTiles.length > 0);
+  // Jump far away: the ring around the old view is not wanted any more.
+  backend.delayMs = 0;
+  cache.setViewport(viewOf(SX - 10, SY + 10, 1, 1));
+  await until(() => backend.aborted >= 1, 'an aborted prefetch');
+  await cache.whenComplete();
+  cache.dispose();
+});
+
+test('HTTP 500, timeouts and invalid JSON go to onError and whenComplete; cached data stays usable', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 }, batch: { retries: 1, timeoutMs: 150 } });
+  const cached = viewOf(SX, SY, 1, 1);
+  cache.setViewport(cached);
+  await cache.whenComplete();
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  for (const [mode, code, status, text] of [
+    [500, 'ERR_HTTP', 500, /^foreground batch request failed: HTTP 500: upstream_error: test backend says 500/],
+    ['hang', 'ERR_TIMEOUT', undefined, /^foreground batch request failed: no answer within 150 ms/],
+    ['badjson', 'ERR_INVALID_RESPONSE', undefined, /^foreground batch request failed: invalid response: the body is not JSON/],
+    ['badshape', 'ERR_INVALID_RESPONSE', undefined, /^foreground batch request failed: invalid response: tiles must be an array, got 3/],
+  ]) {
+    fresh(mode);
+    errors.length = 0;
+    const far = viewOf(SX + 6, SY + 6 + errors.length, 1, 1);
+    const v = cache.setViewport(far);
+    assert.equal(v.complete, false);
+    const e = await cache.whenComplete().then(() => assert.fail('resolved'), (e) => e);
+    assert.ok(e instanceof Error);
+    assert.equal(e.code, code, `${mode}: ${e.message}`);
+    assert.equal(e.status, status);
+    assert.equal(e.kind, 'foreground');
+    assert.equal(e.willRetry, false);
+    assert.match(e.message, text);
+    assert.equal(errors.length, 2, 'the first attempt and its retry');
+    assert.equal(errors[0].willRetry, true);
+    assert.match(errors[0].message, / \(will retry\)$/);
+    // What was cached is still there.
+    const back = cache.setViewport(cached);
+    assert.equal(back.complete, true, mode);
+    assert.deepEqual(ids(back.items), truth(cached));
+    cache.invalidate({ tiles: viewTiles(far) });
+  }
+  assert.ok(cache.stats().errors >= 8);
+  cache.dispose();
+});
+
+test('429 Retry-After is honoured', async () => {
+  fresh({ status: 429, retryAfter: '1' });
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 }, batch: { retries: 1 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  cache.setViewport(viewOf(SX, SY, 1, 1));
+  await backend.waitFor(1);
+  const t0 = Date.now();
+  await until(() => errors.length === 1, 'the 429');
+  assert.equal(errors[0].status, 429);
+  assert.equal(errors[0].retryAfterMs, 1000);
+  assert.equal(errors[0].serverCode, 'rate_limited');
+  backend.mode = 'ok';
+  await backend.waitFor(2);
+  assert.ok(Date.now() - t0 >= 950, `retried after ${Date.now() - t0} ms`);
+  await cache.whenComplete();
+  cache.dispose();
+});
+
+test('the prefetch breaker opens on backend trouble; foreground still goes out', async () => {
+  fresh(503);
+  const cache = await make({ batch: { retries: 0 }, prefetch: { ring: 1, lookaheadMs: 0 } });
+  cache.onError(() => {});
+  cache.setViewport(viewOf(SX, SY));
+  await cache.whenComplete().catch(() => {});
+  await until(() => cache.stats().breakerOpen, 'breaker');
+  await until(() => cache.stats().inFlight === 0, 'quiet');
+  const before = cache.stats();
+  const sent = backend.requests.length;
+  const v = cache.setViewport(viewOf(SX + 8, SY - 8));
+  assert.equal(v.complete, false);
+  await cache.whenComplete().catch(() => {});
+  const after = cache.stats();
+  assert.equal(after.prefetchRequests, before.prefetchRequests, 'no prefetch while open');
+  assert.ok(backend.requests.length > sent, 'the foreground request went out');
+  // The backend recovers: foreground works at once.
+  backend.mode = 'ok';
+  cache.setViewport(viewOf(SX - 8, SY + 8));
+  await cache.whenComplete();
+  cache.dispose();
+});
+
+test('setViewport never throws on backend or fetch trouble', async () => {
+  const fetches = [
+    () => { throw new TypeError('fetch blew up synchronously'); },
+    async () => { throw new TypeError('fetch failed'); },
+    async () => ({ ok: true, status: 200, text: async () => 'null', headers: new Headers() }),
+    async () => new Response('{"tiles":[{"tile":"99/1/1","ids":[]}],"items":[],"missing":[]}'),
+    async () => new Response('{"tiles":[],"items":[{"id":"a","lon":500,"lat":0,"class":"x","access":"public"}],"missing":[]}'),
+    async () => new Response('{"tiles":[],"items":[{"id":"a","lon":1,"lat":0,"class":"x","access":"root"}],"missing":[]}'),
+    async () => new Response('<html>', { status: 502 }),
+  ];
+  for (const fetch of fetches) {
+    const cache = await make({ fetch, batch: { retries: 0 } });
+    const errors = [];
+    cache.onError((e) => errors.push(e));
+    const v = cache.setViewport(viewOf(SX, SY));
+    assert.equal(v.complete, false);
+    const e = await cache.whenComplete().then(() => null, (e) => e);
+    assert.ok(e, String(fetch));
+    assert.ok(['ERR_NETWORK', 'ERR_INVALID_RESPONSE', 'ERR_HTTP'].includes(e.code), e.message);
+    assert.ok(errors.length >= 1);
+    cache.setViewport(viewOf(SX + 1, SY)); // still fine
+    cache.dispose();
+  }
+});
+
+test('get and getMany: cached, fetched by id, missing, de-duplicated', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0 } });
+  const [a, b, c] = ['h1', 'h2', 'h3'];
+  const [one, two] = await Promise.all([cache.get(a), cache.get(a)]);
+  assert.equal(one, two, 'the same object');
+  assert.deepEqual(one.data, backend.byId.get(a).data);
+  assert.equal(backend.requests.length, 1, 'one request for both');
+  assert.deepEqual(backend.requests[0].ids, [a]);
+  const many = await cache.getMany([a, b, c, 'nope', 'h0']);
+  assert.deepEqual(many.map((i) => i?.id), [a, b, c, undefined, undefined], 'h0 is agent-only');
+  assert.deepEqual(backend.requests[1].ids.sort(), [b, c, 'h0', 'nope'].sort());
+  await cache.get(a);
+  assert.equal(backend.requests.length, 2, 'a cached item is not fetched');
+  await assert.rejects(cache.get(3), { name: 'TypeError', message: 'id must be a string, got 3' });
+  fresh(500);
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  const rejected = await cache.get('h10').then(() => null, (e) => e);
+  assert.equal(rejected?.code, 'ERR_HTTP');
+  cache.dispose();
+});
+
+test('one crossing of the JS/wasm boundary per setViewport', async () => {
+  fresh();
+  const cache = await make();
+  const calls = [];
+  const proto = raw.Engine.prototype;
+  const saved = {};
+  for (const name of Object.getOwnPropertyNames(proto)) {
+    if (name === 'constructor' || typeof proto[name] !== 'function') continue;
+    saved[name] = proto[name];
+    proto[name] = function (...args) { calls.push(name); return saved[name].apply(this, args); };
+  }
+  try {
+    cache.setViewport(viewOf(SX, SY, 3, 3));
+    assert.deepEqual(calls, ['view']);
+    await cache.whenComplete();
+    calls.length = 0;
+    const v = cache.setViewport(viewOf(SX, SY, 3, 3));
+    assert.ok(v.items.length > 20);
+    assert.deepEqual(calls, ['view'], 'one call however many items');
+  } finally {
+    Object.assign(proto, saved);
+  }
+  cache.dispose();
+});
+
+test('dispose aborts requests, rejects waiters and makes the cache unusable', async () => {
+  fresh('hang');
+  const cache = await make();
+  cache.setViewport(viewOf(SX, SY));
+  const waiting = cache.whenComplete();
+  await backend.waitFor(1);
+  cache.dispose();
+  await assert.rejects(waiting, { code: 'ERR_DISPOSED' });
+  await until(() => backend.aborted >= 1, 'the abort');
+  assert.throws(() => cache.setViewport(viewOf(SX, SY)), { code: 'ERR_DISPOSED' });
+  cache.dispose(); // twice is fine
+});
+
+test('listeners unsubscribe; a throwing listener does not break the cache', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0 } });
+  let n = 0;
+  const off = cache.onUpdate(() => { n++; });
+  const saved = globalThis.reportError;
+  const reported = [];
+  globalThis.reportError = (e) => reported.push(e);
+  try {
+    cache.onUpdate(() => { throw new Error('listener bug'); });
+    cache.setViewport(viewOf(SX, SY));
+    await cache.whenComplete();
+    assert.equal(n, 1);
+    assert.equal(reported[0]?.message, 'listener bug');
+    off();
+    cache.invalidate({ all: true });
+    await cache.whenComplete();
+    assert.equal(n, 1);
+  } finally {
+    globalThis.reportError = saved;
+  }
+  cache.dispose();
+});

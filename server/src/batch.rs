@@ -1,0 +1,308 @@
+//! Answering one batch request: plan the data tiles, read the cache tier, make at most one
+//! origin call for every miss, write the misses back, filter per caller, serialise.
+//!
+//! # How requested tiles map onto the cache tier
+//! The tier keys tile lists by *data tile* (`--data-zoom`, default 14).
+//! - A tile at the data zoom or finer is answered from its data-zoom ancestor; a finer
+//!   tile keeps only the items positioned inside it.
+//! - A tile up to `--split-levels` (default 2) coarser is split onto its `4^levels` data
+//!   tiles, each read and cached on its own.
+//! - A coarser tile is answered straight from the origin (in the same single origin call)
+//!   and not cached: it may hold thousands of homes and would fan out onto too many keys.
+//!   Before calling, its size is counted in the origin's index (no origin call); a request
+//!   whose tiles hold more than `--max-response-items` items for the caller is refused with
+//!   a 400 that names the count.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tilewarm::{
+    Access, BatchRequest, BatchResponse, CacheConfig, ErrorCode, RawData, TileId, TileList,
+    MAX_ZOOM,
+};
+
+use crate::origin::CallSource;
+use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
+use crate::App;
+
+/// A request the server refuses after decoding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// How one requested tile is answered.
+enum Route {
+    /// From these entries of the data-tile list.
+    Data(Vec<usize>),
+    /// Straight from the origin.
+    Direct,
+}
+
+/// A data tile's items and the expiry of its list, from the origin.
+type TileItems = (Vec<Arc<StoredItem>>, u64);
+
+/// Turns an origin answer (asked at the top tier) into cache records: each item's expiry
+/// from the class TTL policy, each tile list's from the tile TTL.
+pub fn fill_from(
+    response: BatchResponse<RawData>,
+    cache: &CacheConfig,
+    tile_ttl_ms: u64,
+    now: u64,
+) -> (Fill, HashMap<String, Arc<StoredItem>>) {
+    let mut by_id = HashMap::with_capacity(response.items.len());
+    let mut fill = Fill::default();
+    for it in response.items {
+        let ttl = cache.ttl_for(&it.class, it.ttl.map(|s| s as u64 * 1000));
+        let stored = Arc::new(StoredItem {
+            id: it.id,
+            lon: it.lon,
+            lat: it.lat,
+            class: it.class,
+            access: it.access,
+            exp: now.saturating_add(ttl),
+            data: it.data,
+        });
+        by_id.insert(stored.id.clone(), Arc::clone(&stored));
+        fill.items.push(stored);
+    }
+    for list in response.tiles {
+        let exp = now.saturating_add(tile_ttl_ms);
+        fill.tiles.push((list.tile, list.ids, exp));
+    }
+    (fill, by_id)
+}
+
+/// The wire item, borrowed from the cache record (field order as the protocol's `Item`).
+#[derive(Serialize)]
+struct WireItem<'a> {
+    id: &'a str,
+    lon: f64,
+    lat: f64,
+    class: &'a str,
+    access: Access,
+    ttl: u32,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    tiles: &'a [TileList],
+    items: Vec<WireItem<'a>>,
+    missing: &'a [String],
+}
+
+/// Whether the item at (lon, lat) lies in `tile`, by the same rule as the origin's index
+/// (its zoom-24 tile is a descendant).
+fn inside(tile: TileId, lon: f64, lat: f64) -> bool {
+    TileId::from_lon_lat(lon, lat, MAX_ZOOM).is_ok_and(|p| tile.contains(p))
+}
+
+/// Answers a decoded request with the response JSON.
+pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
+    let dz = app.config.data_zoom;
+    let caller = req.access;
+
+    // 1. Route every requested tile; collect the data tiles once each.
+    let mut data_tiles: Vec<TileId> = Vec::new();
+    let mut data_index: HashMap<TileId, usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(req.tiles.len());
+    let mut direct = Vec::new();
+    let mut direct_count = 0usize;
+    for &t in &req.tiles {
+        let mut index_of = |d: TileId| {
+            *data_index.entry(d).or_insert_with(|| {
+                data_tiles.push(d);
+                data_tiles.len() - 1
+            })
+        };
+        if t.z() >= dz {
+            let d = t.ancestor(dz).unwrap_or(t);
+            routes.push(Route::Data(vec![index_of(d)]));
+        } else if dz - t.z() <= app.config.split_levels {
+            let ds = t.descendants(dz).unwrap_or_default();
+            routes.push(Route::Data(ds.into_iter().map(index_of).collect()));
+        } else {
+            direct_count += app.origin.count_in(t, caller);
+            direct.push(t);
+            routes.push(Route::Direct);
+        }
+    }
+    let max = app.config.max_response_items;
+    if direct_count > max {
+        return Err(too_many_items(direct_count, max));
+    }
+
+    // 2. The cache tier; unavailable means everything is a miss and nothing is written.
+    let mut degraded = !app.tier.available();
+    let read = if degraded {
+        None
+    } else {
+        match app.tier.read(&data_tiles, &req.ids).await {
+            Ok(r) => Some(r),
+            Err(_) => {
+                degraded = true;
+                None
+            }
+        }
+    };
+    let read = read.unwrap_or_else(|| TierRead {
+        tiles: (0..data_tiles.len()).map(|_| None).collect(),
+        ids: (0..req.ids.len()).map(|_| None).collect(),
+    });
+    if degraded {
+        app.metrics.degraded_requests.fetch_add(1, Relaxed);
+    }
+    let m = &app.metrics.cache;
+    let tile_hits = read.tiles.iter().filter(|t| t.is_some()).count() as u64;
+    let id_hits = read.ids.iter().filter(|t| t.is_some()).count() as u64;
+    m.tile_hits.fetch_add(tile_hits, Relaxed);
+    m.tile_misses
+        .fetch_add(data_tiles.len() as u64 - tile_hits, Relaxed);
+    m.id_hits.fetch_add(id_hits, Relaxed);
+    m.id_misses
+        .fetch_add(req.ids.len() as u64 - id_hits, Relaxed);
+
+    // 3. One origin call for every miss, written back.
+    let miss_tiles: Vec<TileId> = data_tiles
+        .iter()
+        .zip(&read.tiles)
+        .filter(|(_, hit)| hit.is_none())
+        .map(|(&t, _)| t)
+        .collect();
+    let miss_ids: Vec<String> = req
+        .ids
+        .iter()
+        .zip(&read.ids)
+        .filter(|(_, hit)| hit.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut fetched_tiles: HashMap<TileId, TileItems> = HashMap::new();
+    let mut fetched_items: HashMap<String, Arc<StoredItem>> = HashMap::new();
+    if !miss_tiles.is_empty() || !miss_ids.is_empty() || !direct.is_empty() {
+        let origin_req = BatchRequest {
+            tiles: miss_tiles.iter().chain(&direct).copied().collect(),
+            ids: miss_ids,
+            access: Access::Agent,
+        };
+        let response = app.origin.fetch(&origin_req, CallSource::Request).await;
+        let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+        for (tile, ids, exp) in &fill.tiles {
+            let items = ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
+            fetched_tiles.insert(*tile, (items, *exp));
+        }
+        // Direct (coarse) tiles are answered but not cached.
+        fill.tiles.retain(|(t, _, _)| t.z() == dz);
+        if !direct.is_empty() {
+            let keep: HashSet<&str> = fill
+                .tiles
+                .iter()
+                .flat_map(|(_, ids, _)| ids.iter().map(String::as_str))
+                .chain(origin_req.ids.iter().map(String::as_str))
+                .collect();
+            fill.items.retain(|it| keep.contains(it.id.as_str()));
+        }
+        if !degraded {
+            // A failure marks the tier down; the answer is unaffected.
+            let _ = app.tier.write(&fill).await;
+        }
+        fetched_items = by_id;
+    }
+
+    // 4. Assemble for the caller.
+    let now = now_ms();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut items: Vec<&StoredItem> = Vec::new();
+    let mut lists = Vec::with_capacity(req.tiles.len());
+    for (&t, route) in req.tiles.iter().zip(&routes) {
+        let sources: Vec<(&Vec<Arc<StoredItem>>, u64)> = match route {
+            Route::Data(idx) => idx
+                .iter()
+                .filter_map(|&i| match &read.tiles[i] {
+                    Some(hit) => Some((&hit.items, hit.exp)),
+                    None => fetched_tiles.get(&data_tiles[i]).map(|(v, e)| (v, *e)),
+                })
+                .collect(),
+            Route::Direct => fetched_tiles
+                .get(&t)
+                .map(|(v, e)| (v, *e))
+                .into_iter()
+                .collect(),
+        };
+        let mut ids = Vec::new();
+        let mut exp = u64::MAX;
+        for (tile_items, tile_exp) in sources {
+            exp = exp.min(tile_exp);
+            for it in tile_items {
+                if !caller.can_see(it.access) || (t.z() > dz && !inside(t, it.lon, it.lat)) {
+                    continue;
+                }
+                ids.push(it.id.clone());
+                if seen.insert(&it.id) {
+                    items.push(it);
+                }
+            }
+        }
+        lists.push(TileList {
+            tile: t,
+            ids,
+            ttl: Some(ttl_left_s(if exp == u64::MAX { now } else { exp }, now)),
+        });
+    }
+    let mut missing = Vec::new();
+    for (id, hit) in req.ids.iter().zip(&read.ids) {
+        let found = hit
+            .as_deref()
+            .or_else(|| fetched_items.get(id).map(|a| &**a));
+        match found {
+            Some(it) if caller.can_see(it.access) => {
+                if seen.insert(&it.id) {
+                    items.push(it);
+                }
+            }
+            _ => missing.push(id.clone()),
+        }
+    }
+    if items.len() > max {
+        return Err(too_many_items(items.len(), max));
+    }
+
+    // 5. Warm the neighbours, off the request path.
+    if !degraded {
+        app.warmup.plan(&data_tiles);
+    }
+
+    let wire = WireResponse {
+        tiles: &lists,
+        items: items
+            .iter()
+            .map(|it| WireItem {
+                id: &it.id,
+                lon: it.lon,
+                lat: it.lat,
+                class: &it.class,
+                access: it.access,
+                ttl: ttl_left_s(it.exp, now),
+                data: &it.data,
+            })
+            .collect(),
+        missing: &missing,
+    };
+    serde_json::to_string(&wire).map_err(|e| Refusal {
+        code: ErrorCode::Internal,
+        message: format!("could not serialise the response: {e}"),
+    })
+}
+
+fn too_many_items(count: usize, max: usize) -> Refusal {
+    Refusal {
+        code: ErrorCode::BadRequest,
+        message: format!(
+            "response would hold {count} items, at most {max} are allowed: request finer tiles"
+        ),
+    }
+}

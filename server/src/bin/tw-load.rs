@@ -1,0 +1,419 @@
+//! `tw-load`: the server benchmark. Loopback only, bounded in time.
+//!
+//! 1. Starts `redis-server` on a free 127.0.0.1 port (no persistence).
+//! 2. For each cache tier (in-process, then Redis) starts `tilewarm-server` as a child
+//!    process on a free port, warms every batch once, then runs `--concurrency` clients
+//!    sending 16-tile batches (4x4 blocks of data tiles around occupied tiles of the
+//!    default synthetic city, access `public`) for `--seconds`, and records throughput and
+//!    latency percentiles.
+//! 3. Runs `redis-benchmark` `MGET` with as many real item keys as an average batch holds,
+//!    same client count, no pipelining (one round trip per batch, like the server), against
+//!    the same redis-server in the same run.
+//! 4. Prints a markdown table with ratios and writes it to `--out`.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tilewarm::dataset::synthetic_city;
+use tilewarm::{Access, BatchRequest, Origin, TileId};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tw-load",
+    about = "Loopback benchmark of tilewarm-server (16-tile batches)"
+)]
+struct Args {
+    /// The tilewarm-server binary.
+    #[arg(long)]
+    server_bin: PathBuf,
+    /// Seconds of measured load per tier (at most 20).
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Distinct batches cycled through.
+    #[arg(long, default_value_t = 64)]
+    batches: usize,
+    /// Where to write the markdown table.
+    #[arg(long, default_value = "target/bench/server.md")]
+    out: PathBuf,
+    /// Synthetic city size and seed (the server's defaults).
+    #[arg(long, default_value_t = 50_000)]
+    homes: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 4x4 blocks of data tiles, each around a different occupied tile (deterministic).
+fn plan_batches(origin: &Origin<tilewarm::RawData>, n: usize) -> Vec<Vec<TileId>> {
+    let occupied: Vec<TileId> = origin
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let step = (occupied.len() / n.max(1)).max(1);
+    occupied
+        .iter()
+        .step_by(step)
+        .take(n)
+        .map(|&t| {
+            let mut block = Vec::with_capacity(16);
+            for dy in -1..3 {
+                for dx in -1..3 {
+                    if let Some(b) = t.offset(dx, dy) {
+                        block.push(b);
+                    }
+                }
+            }
+            block
+        })
+        .collect()
+}
+
+struct Run {
+    label: String,
+    batches: u64,
+    items: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn percentile(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i] as f64 / 1000.0
+}
+
+async fn load(label: &str, url: &str, bodies: &[String], concurrency: usize, seconds: u64) -> Run {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let url: hyper::Uri = format!("{url}/v1/batch").parse().expect("url");
+    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.iter().map(|b| Bytes::from(b.clone())).collect());
+    // Warm every batch (and let the warm-up queue drain).
+    for b in bodies.iter() {
+        let _ = post(&client, &url, b.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let (client, url, bodies, stop) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&bodies),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let (mut items, mut errors) = (0u64, 0u64);
+            let mut i = c * 7;
+            while !stop.load(Ordering::Relaxed) {
+                let body = bodies[i % bodies.len()].clone();
+                i += 1;
+                let t0 = Instant::now();
+                match post(&client, &url, body).await {
+                    Some(n) => {
+                        lat.push(t0.elapsed().as_micros() as u64);
+                        items += n;
+                    }
+                    None => errors += 1,
+                }
+            }
+            (lat, items, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let (mut items, mut errors) = (0, 0);
+    for t in tasks {
+        if let Ok((l, n, e)) = t.await {
+            all.extend(l);
+            items += n;
+            errors += e;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Run {
+        label: label.to_string(),
+        batches: all.len() as u64,
+        items,
+        secs,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+/// POSTs a batch; the number of items in the answer, or None on failure.
+async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &hyper::Uri,
+    body: Bytes,
+) -> Option<u64> {
+    let req = hyper::Request::post(url.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    #[derive(serde::Deserialize)]
+    struct Count {
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    let c: Count = serde_json::from_slice(&bytes).ok()?;
+    Some(c.items.len() as u64)
+}
+
+fn start_server(bin: &PathBuf, port: u16, extra: &[String]) -> Proc {
+    let child = Command::new(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let p = Proc(child);
+    wait_port(port, Duration::from_secs(60));
+    p
+}
+
+/// `redis-benchmark` MGET of `keys`: (rps, p50 ms, p99 ms).
+fn redis_benchmark(
+    port: u16,
+    keys: &[String],
+    clients: usize,
+    requests: usize,
+) -> Option<(f64, f64, f64)> {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &clients.to_string(),
+            "-P",
+            "1",
+            "--csv",
+        ])
+        .arg("MGET")
+        .args(keys)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last()?;
+    let cols: Vec<f64> = line
+        .split("\",\"")
+        .skip(1)
+        .map(|c| c.trim_matches('"').parse().unwrap_or(f64::NAN))
+        .collect();
+    // rps, avg, min, p50, p95, p99, max
+    Some((*cols.first()?, *cols.get(3)?, *cols.get(5)?))
+}
+
+fn main() {
+    let args = Args::parse();
+    let seconds = args.seconds.clamp(1, 20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let origin = Origin::new(synthetic_city(args.seed, args.homes)).expect("city");
+    let batches = plan_batches(&origin, args.batches);
+    let bodies: Vec<String> = batches
+        .iter()
+        .map(|tiles| {
+            BatchRequest {
+                tiles: tiles.clone(),
+                ids: vec![],
+                access: Access::Public,
+            }
+            .to_json()
+        })
+        .collect();
+    // Keys an average batch reads from Redis: every item of its tiles (all tiers).
+    let per_batch: Vec<Vec<String>> = batches
+        .iter()
+        .map(|tiles| {
+            tiles
+                .iter()
+                .flat_map(|&t| origin.tile_items(t, Access::Agent).map(|i| i.id.clone()))
+                .collect()
+        })
+        .collect();
+    let avg_keys = per_batch.iter().map(Vec::len).sum::<usize>() / per_batch.len().max(1);
+    let mut keys: Vec<String> = per_batch
+        .iter()
+        .flatten()
+        .take(avg_keys.max(16))
+        .map(|id| format!("tw:bench:i:{id}"))
+        .collect();
+    keys.truncate(avg_keys.max(16));
+
+    let redis_port = free_port();
+    let redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (run server/tests/setup.sh)"),
+    );
+    wait_port(redis_port, Duration::from_secs(10));
+
+    let mut runs = Vec::new();
+    for (label, extra) in [
+        ("in-process tier", vec![]),
+        (
+            "redis tier",
+            vec![
+                "--redis".to_string(),
+                format!("redis://127.0.0.1:{redis_port}/0"),
+                "--redis-prefix".to_string(),
+                "tw:bench:".to_string(),
+            ],
+        ),
+    ] {
+        let port = free_port();
+        let server = start_server(&args.server_bin, port, &extra);
+        let url = format!("http://127.0.0.1:{port}");
+        eprintln!(
+            "tw-load: {label}: {seconds} s, {} clients",
+            args.concurrency
+        );
+        let run = rt.block_on(load(label, &url, &bodies, args.concurrency, seconds));
+        drop(server);
+        runs.push(run);
+    }
+
+    // The same redis-server, now holding the items the redis-tier run wrote.
+    // About five seconds of MGETs: raw Redis answers roughly a million keys a second.
+    let rb_requests = (5_000_000 / keys.len().max(1)).clamp(1_000, 200_000);
+    eprintln!("tw-load: redis-benchmark MGET of {} keys", keys.len());
+    let rb = redis_benchmark(redis_port, &keys, args.concurrency, rb_requests);
+    drop(redis);
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "16-tile batches against `tilewarm-server` on loopback (`server/bench/run.sh`). \
+         Synthetic city of {} homes; {} distinct 4x4 blocks of z14 tiles, access `public`, \
+         all warm; an average batch holds {} items of every tier ({} for `public`). \
+         {} concurrent clients, {} s per tier, client and server on the same {}-core machine.\n\n",
+        args.homes,
+        bodies.len(),
+        avg_keys,
+        runs.first()
+            .map(|r| r.items / r.batches.max(1))
+            .unwrap_or(0),
+        args.concurrency,
+        seconds,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    ));
+    md.push_str("| what | batches/s | items/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|---:|\n");
+    for r in &runs {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} |\n",
+            r.label,
+            r.batches as f64 / r.secs,
+            r.items as f64 / r.secs,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors
+        ));
+    }
+    match rb {
+        Some((rps, p50, p99)) => {
+            md.push_str(&format!(
+                "| redis-benchmark MGET {} keys (-c {}, -P 1) | {:.0} | {:.0} | {:.2} | {:.2} | 0 |\n\n",
+                keys.len(),
+                args.concurrency,
+                rps,
+                rps * keys.len() as f64,
+                p50,
+                p99
+            ));
+            let tput = |r: &Run| r.batches as f64 / r.secs;
+            if let [local, redis] = &runs[..] {
+                md.push_str(&format!(
+                    "Ratios: redis tier / raw MGET throughput = {:.2}; in-process / redis tier = {:.2}; \
+                     redis tier p99 / raw MGET p99 = {:.1}.\n",
+                    tput(redis) / rps,
+                    tput(local) / tput(redis),
+                    redis.p99_ms / p99
+                ));
+            }
+        }
+        None => md.push_str("\nredis-benchmark did not run (install redis-tools).\n"),
+    }
+    print!("{md}");
+    if let Some(dir) = args.out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&args.out, &md) {
+        eprintln!("tw-load: cannot write {}: {e}", args.out.display());
+    }
+}

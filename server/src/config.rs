@@ -1,0 +1,292 @@
+//! Command line and configuration. Every flag has a documented default; `Config::default()`
+//! is what the binary runs with when given no flags (tests use it and change fields).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use tilewarm::{CacheConfig, Limits, MAX_SPLIT_LEVELS, MAX_ZOOM};
+
+/// Reference backend for the tilewarm batch protocol.
+///
+/// Answers `POST /v1/batch` from a cache tier (in-process, or Redis shared by several
+/// instances) in front of an origin (a data file or a synthetic city), and warms the
+/// neighbour tiles of every request in the background.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tilewarm-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Origin data: a King County house-sales CSV (.csv) or JSON lines (.jsonl, .ndjson).
+    /// Without it, a deterministic synthetic city is generated.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+
+    /// Homes in the synthetic city (when no --data is given).
+    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    pub synthetic_homes: usize,
+
+    /// Seed of the synthetic city.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Latency added to every origin call, in milliseconds (the origin stands in for an
+    /// expensive valuation API).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub origin_latency_ms: u64,
+
+    /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
+    /// instead of the in-process cache.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key (items `<prefix>i:<id>`, tile lists `<prefix>t:<z/x/y>`).
+    /// Give instances serving different data sets different prefixes.
+    #[arg(long, default_value = "tw:", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// Timeout of one Redis round trip, in milliseconds; a slower answer counts as a Redis
+    /// error (degraded mode).
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    pub redis_timeout_ms: u64,
+
+    /// Directory of static files served at `/` (the demo page).
+    #[arg(long, value_name = "DIR")]
+    pub www: Option<PathBuf>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// (`tilewarm_server=debug,tower_http=info`). RUST_LOG, when set, wins.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// CORS: `any` (any origin, no credentials), `none` (no CORS headers), or a
+    /// comma-separated list of allowed origins (`https://a.example,https://b.example`).
+    #[arg(long, default_value = "any", value_name = "any|none|ORIGINS")]
+    pub cors: String,
+
+    /// Zoom of the data tiles the cache tier keys tile lists by.
+    #[arg(long, default_value_t = 14, value_name = "Z")]
+    pub data_zoom: u8,
+
+    /// A requested tile at most this many zoom levels coarser than the data zoom is answered
+    /// through the cache tier (split onto its 4^levels data tiles); a coarser one is answered
+    /// straight from the origin, uncached.
+    #[arg(long, default_value_t = 2, value_name = "LEVELS")]
+    pub split_levels: u8,
+
+    /// Most items in one response; a request that would exceed it gets a 400 naming the
+    /// count (ask for finer tiles).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub max_response_items: usize,
+
+    /// TTL of `active` (for sale) items, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub ttl_active_s: u64,
+
+    /// TTL of `off_market` items, in seconds.
+    #[arg(long, default_value_t = 14_400, value_name = "S")]
+    pub ttl_off_market_s: u64,
+
+    /// TTL of items of any other class, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub ttl_default_s: u64,
+
+    /// TTL of tile lists (membership), in seconds.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub tile_ttl_s: u64,
+
+    /// Most items held by the in-process cache tier.
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub cache_items: usize,
+
+    /// Most bytes of item JSON held by the in-process cache tier, in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub cache_mib: usize,
+
+    /// Most tile lists held by the in-process cache tier.
+    #[arg(long, default_value_t = 262_144, value_name = "N")]
+    pub cache_tiles: usize,
+
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, default_value_t = Limits::default().max_body_bytes, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// Most tiles in one request.
+    #[arg(long, default_value_t = Limits::default().max_tiles, value_name = "N")]
+    pub max_tiles: usize,
+
+    /// Most ids in one request.
+    #[arg(long, default_value_t = Limits::default().max_ids, value_name = "N")]
+    pub max_ids: usize,
+
+    /// Coarsest zoom a request may ask for.
+    #[arg(long, default_value_t = Limits::default().min_zoom, value_name = "Z")]
+    pub min_zoom: u8,
+
+    /// Warm-up ring: after each request, the data tiles within this Chebyshev distance of the
+    /// requested ones are warmed into the cache tier in the background. 0 turns warm-up off.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub warmup_ring: u32,
+
+    /// Capacity of the warm-up queue, in jobs; a job that does not fit is dropped (counted),
+    /// never waited for.
+    #[arg(long, default_value_t = 256, value_name = "JOBS")]
+    pub warmup_queue: usize,
+
+    /// Warm-up workers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub warmup_workers: usize,
+
+    /// Most tiles one warm-up job plans (the ring of a large request is cut to this).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub warmup_max_tiles: usize,
+
+    /// Most tiles per warm-up origin call.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub warmup_batch_tiles: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::parse_from(["tilewarm-server"])
+    }
+}
+
+/// A configuration value out of range; the message names the flag and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// The request limits: the protocol defaults with the flags applied.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_tiles: self.max_tiles,
+            max_ids: self.max_ids,
+            min_zoom: self.min_zoom,
+            ..Limits::default()
+        }
+    }
+
+    /// The in-process tier's cache configuration (the same TTL policy as the clients).
+    pub fn cache_config(&self) -> CacheConfig {
+        let mut c = CacheConfig {
+            tile_zoom: self.data_zoom,
+            max_items: self.cache_items,
+            max_bytes: self.cache_mib.saturating_mul(1024 * 1024),
+            max_tiles: self.cache_tiles,
+            default_ttl_ms: self.ttl_default_s.saturating_mul(1000),
+            tile_ttl_ms: Some(self.tile_ttl_s.saturating_mul(1000)),
+            ..CacheConfig::default()
+        };
+        c.class_ttl_ms
+            .insert("active".into(), self.ttl_active_s * 1000);
+        c.class_ttl_ms
+            .insert("off_market".into(), self.ttl_off_market_s * 1000);
+        c
+    }
+
+    /// Checks ranges; the error names the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.data_zoom > MAX_ZOOM {
+            return bad(format!(
+                "--data-zoom must be in 0..={MAX_ZOOM}, got {}",
+                self.data_zoom
+            ));
+        }
+        if self.split_levels > MAX_SPLIT_LEVELS.min(4) {
+            return bad(format!(
+                "--split-levels must be in 0..=4, got {}",
+                self.split_levels
+            ));
+        }
+        if self.min_zoom > MAX_ZOOM {
+            return bad(format!(
+                "--min-zoom must be in 0..={MAX_ZOOM}, got {}",
+                self.min_zoom
+            ));
+        }
+        let max_items = Limits::default().max_items;
+        if self.max_response_items == 0 || self.max_response_items > max_items {
+            return bad(format!(
+                "--max-response-items must be in 1..={max_items} (what clients accept), got {}",
+                self.max_response_items
+            ));
+        }
+        for (flag, v) in [
+            ("--ttl-active-s", self.ttl_active_s),
+            ("--ttl-off-market-s", self.ttl_off_market_s),
+            ("--ttl-default-s", self.ttl_default_s),
+            ("--tile-ttl-s", self.tile_ttl_s),
+        ] {
+            let max = Limits::default().max_ttl_s as u64;
+            if v == 0 || v > max {
+                return bad(format!("{flag} must be in 1..={max}, got {v}"));
+            }
+        }
+        for (flag, v) in [
+            ("--max-tiles", self.max_tiles),
+            ("--max-ids", self.max_ids),
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--warmup-queue", self.warmup_queue),
+            ("--warmup-workers", self.warmup_workers),
+            ("--warmup-max-tiles", self.warmup_max_tiles),
+            ("--warmup-batch-tiles", self.warmup_batch_tiles),
+        ] {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1, got 0"));
+            }
+        }
+        if self.redis_timeout_ms == 0 {
+            return bad("--redis-timeout-ms must be at least 1, got 0".into());
+        }
+        self.cache_config()
+            .validate()
+            .map_err(|e| ConfigError(format!("cache flags: {e}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            (c.synthetic_homes, c.data_zoom, c.split_levels),
+            (50_000, 14, 2)
+        );
+        assert_eq!(c.limits(), Limits::default());
+        let cache = c.cache_config();
+        assert_eq!(cache.ttl_for("active", None), 300_000);
+        assert_eq!(cache.ttl_for("off_market", None), 14_400_000);
+        assert_eq!(cache.ttl_for("sold", None), 300_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_flags_are_named() {
+        let c = Config::parse_from(["x", "--split-levels", "7"]);
+        assert!(c.validate().unwrap_err().0.contains("--split-levels"));
+        let c = Config::parse_from(["x", "--warmup-queue", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--warmup-queue"));
+        let c = Config::parse_from(["x", "--max-response-items", "60000"]);
+        assert!(c.validate().unwrap_err().0.contains("--max-response-items"));
+        let c = Config::parse_from(["x", "--ttl-active-s", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--ttl-active-s"));
+    }
+}

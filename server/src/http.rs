@@ -1,0 +1,279 @@
+//! The HTTP surface: routes, the protocol's JSON error bodies for every client mistake
+//! (including the ones axum would answer in plain text), CORS, static files, metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::handler::HandlerWithoutStateExt;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tilewarm::{decode_request, ErrorBody, ErrorCode};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::batch;
+use crate::metrics::Gauges;
+use crate::App;
+
+/// A protocol error body with its status.
+pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = ErrorBody {
+        code,
+        message: message.into(),
+    };
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_json(),
+    )
+        .into_response()
+}
+
+fn json_response(body: String) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+/// The router for `app`.
+pub fn router(app: Arc<App>) -> Result<Router, String> {
+    let mut router = Router::new()
+        .route(
+            "/v1/batch",
+            post(batch_handler).fallback(|| async {
+                error_response(
+                    ErrorCode::MethodNotAllowed,
+                    "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(healthz).fallback(|| async {
+                error_response(ErrorCode::MethodNotAllowed, "/healthz accepts GET")
+            }),
+        )
+        .route(
+            "/metrics",
+            get(metrics).fallback(|| async {
+                error_response(ErrorCode::MethodNotAllowed, "/metrics accepts GET")
+            }),
+        );
+    router = match &app.config.www {
+        Some(dir) => router.fallback_service(
+            ServeDir::new(dir)
+                .append_index_html_on_directories(true)
+                .not_found_service(not_found.into_service()),
+        ),
+        None => router.fallback(not_found),
+    };
+    let mut router = router
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), count))
+        .with_state(Arc::clone(&app));
+    if let Some(cors) = cors_layer(&app.config.cors)? {
+        router = router.layer(cors);
+    }
+    Ok(router.layer(TraceLayer::new_for_http()))
+}
+
+/// `any`, `none`, or a comma-separated origin list.
+fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
+    let base = || {
+        CorsLayer::new()
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([CONTENT_TYPE])
+            .max_age(Duration::from_secs(600))
+    };
+    match spec.trim() {
+        "none" => Ok(None),
+        "any" | "*" => Ok(Some(base().allow_origin(Any))),
+        list => {
+            let origins = list
+                .split(',')
+                .map(|o| o.trim())
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    HeaderValue::from_str(o)
+                        .map_err(|_| format!("--cors: {o:?} is not a valid origin"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if origins.is_empty() {
+                return Err("--cors: give any, none, or a comma-separated list of origins".into());
+            }
+            Ok(Some(base().allow_origin(AllowOrigin::list(origins))))
+        }
+    }
+}
+
+/// Counts every response by route and status.
+async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = match req.uri().path() {
+        "/v1/batch" => "/v1/batch",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    app.metrics.count_request(route, response.status().as_u16());
+    response
+}
+
+async fn not_found() -> Response {
+    error_response(
+        ErrorCode::NotFound,
+        "no such route: the API is POST /v1/batch, GET /healthz, GET /metrics",
+    )
+}
+
+fn is_json(ct: &HeaderValue) -> bool {
+    let Ok(ct) = ct.to_str() else { return false };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    // text/plain lets a browser skip the CORS preflight; the body is still JSON.
+    mime == "application/json"
+        || mime == "text/plain"
+        || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+async fn batch_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let response = batch_inner(&app, &headers, body).await;
+    app.metrics.batch_latency.observe(start.elapsed());
+    response
+}
+
+async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        if !is_json(ct) {
+            let got = String::from_utf8_lossy(ct.as_bytes())
+                .chars()
+                .take(64)
+                .collect::<String>();
+            return error_response(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "content-type {got:?} is not accepted: send application/json (or text/plain)"
+                ),
+            );
+        }
+    }
+    let max = app.limits.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max as u64) {
+        return error_response(
+            ErrorCode::PayloadTooLarge,
+            format!("body is {len} bytes, at most {max} are allowed"),
+        );
+    }
+    let bytes = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return error_response(
+                ErrorCode::PayloadTooLarge,
+                format!("body is more than {max} bytes, at most {max} are allowed"),
+            );
+        }
+        Err(e) => {
+            return error_response(
+                ErrorCode::BadRequest,
+                format!("could not read the body: {e}"),
+            );
+        }
+    };
+    let request = match decode_request(&bytes, &app.limits) {
+        Ok(r) => r,
+        Err(e) => {
+            let body = ErrorBody::from(&e);
+            return error_response(body.code, body.message);
+        }
+    };
+    match batch::answer(app, &request).await {
+        Ok(json) => json_response(json),
+        Err(refusal) => error_response(refusal.code, refusal.message),
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let degraded = app.tier.redis_degraded().unwrap_or(false);
+    let body = serde_json::json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "tier": app.tier.name(),
+        "redis_degraded": app.tier.redis_degraded(),
+        "origin_items": app.origin.index().len(),
+        "data_zoom": app.config.data_zoom,
+    });
+    json_response(body.to_string())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let g = Gauges {
+        tier: app.tier.name(),
+        warmup_queue_depth: app.warmup.depth(),
+        warmup_queue_capacity: app.warmup.capacity(),
+        redis_degraded: app.tier.redis_degraded(),
+        origin_items: app.origin.index().len(),
+        local_cache_items: app.tier.local_len(),
+    };
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.metrics.render(&g),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain;charset=UTF-8",
+            "application/vnd.x+json",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "text/xml",
+            "multipart/form-data",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_specs() {
+        assert!(cors_layer("none").unwrap().is_none());
+        assert!(cors_layer("any").unwrap().is_some());
+        assert!(cors_layer("https://a.example, https://b.example")
+            .unwrap()
+            .is_some());
+        assert!(cors_layer(" , ").is_err());
+        assert!(cors_layer("bad\norigin").is_err());
+    }
+}

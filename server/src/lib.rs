@@ -1,0 +1,190 @@
+//! `tilewarm-server`: the reference backend for the tilewarm batch protocol.
+//!
+//! A request goes: HTTP ([`http`]) → decode with the core's bounded decoder → [`batch`]:
+//! the cache tier ([`tier`]: the core `TileCache` in-process, or Redis shared by several
+//! instances) → one call to the [`origin`] for every miss → write-back → per-caller filter →
+//! JSON. After answering, [`warmup`] plans the neighbour ring with the core and warms it in
+//! the background through a bounded queue. [`metrics`] exports Prometheus text.
+//!
+//! See `docs/server.md` for the design (keys, degraded mode, limits) and
+//! `docs/openapi.yaml` for the protocol.
+
+pub mod batch;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod origin;
+pub mod tier;
+pub mod warmup;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tilewarm::{CacheConfig, Limits};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+pub use config::Config;
+
+use metrics::Metrics;
+use origin::OriginService;
+use tier::{CacheTier, LocalTier, RedisTier};
+use warmup::Warmup;
+
+/// Everything a request needs.
+pub struct App {
+    pub config: Config,
+    pub limits: Limits,
+    pub cache_config: CacheConfig,
+    pub tile_ttl_ms: u64,
+    pub origin: OriginService,
+    pub tier: CacheTier,
+    pub metrics: Arc<Metrics>,
+    pub warmup: Warmup,
+}
+
+/// Starting failed; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Load(#[from] origin::LoadError),
+    #[error("--redis: {0}")]
+    Redis(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound address (the real port when `--listen` had port 0).
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, and returns when done.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+
+    /// Waits until the server stops (it stops on [`shutdown`](Self::shutdown)).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Builds the app: loads the data set, sets up the cache tier and the warm-up workers.
+/// Needs a Tokio runtime.
+pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let cache_config = config.cache_config();
+    let tier = match &config.redis {
+        Some(url) => {
+            let r = RedisTier::new(
+                url,
+                config.redis_prefix.clone(),
+                Duration::from_millis(config.redis_timeout_ms),
+                Arc::clone(&metrics),
+            )
+            .map_err(|e| StartError::Redis(e.to_string()))?;
+            let r = Arc::new(r);
+            if r.probe().await {
+                info!(url = %url, "cache tier: redis");
+            }
+            tokio::spawn(RedisTier::watch(Arc::downgrade(&r)));
+            CacheTier::Redis(r)
+        }
+        None => {
+            info!(
+                items = config.cache_items,
+                mib = config.cache_mib,
+                "cache tier: in-process"
+            );
+            CacheTier::Local(Box::new(
+                LocalTier::new(cache_config.clone())
+                    .map_err(|e| StartError::Other(format!("cache flags: {e}")))?,
+            ))
+        }
+    };
+    let load_config = config.clone();
+    let load_metrics = Arc::clone(&metrics);
+    let origin =
+        tokio::task::spawn_blocking(move || OriginService::load(&load_config, load_metrics))
+            .await
+            .map_err(|e| StartError::Other(format!("loading the data set panicked: {e}")))??;
+    info!(
+        items = origin.index().len(),
+        source = %config.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("synthetic city (seed {}, {} homes)", config.seed, config.synthetic_homes)),
+        "origin data loaded"
+    );
+    let (warmup, rx) = Warmup::new(
+        config.warmup_ring,
+        config.warmup_queue,
+        config.warmup_max_tiles,
+        Arc::clone(&metrics),
+    );
+    let app = Arc::new(App {
+        limits: config.limits(),
+        tile_ttl_ms: config.tile_ttl_s * 1000,
+        cache_config,
+        origin,
+        tier,
+        metrics,
+        warmup,
+        config,
+    });
+    if let Some(rx) = rx {
+        warmup::run_workers(Arc::downgrade(&app), rx, app.config.warmup_workers);
+    }
+    Ok(app)
+}
+
+/// Builds the app and serves it on `config.listen` until [`Server::shutdown`].
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    let addr = config.listen;
+    let app = build(config).await?;
+    let router = http::router(Arc::clone(&app)).map_err(StartError::Other)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+            let _ = rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    });
+    info!(%addr, "listening");
+    Ok(Server {
+        addr,
+        app,
+        shutdown: Some(tx),
+        task,
+    })
+}

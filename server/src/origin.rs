@@ -1,0 +1,85 @@
+//! The origin: the core's in-memory [`Origin`] over a data set, made to behave like the
+//! expensive valuation API it stands in for — every call waits `--origin-latency-ms` and is
+//! counted.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tilewarm::dataset::{load_path, synthetic_city, DatasetError};
+use tilewarm::{Access, BatchRequest, BatchResponse, Origin, OriginError, RawData};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Who is calling the origin, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallSource {
+    Request,
+    Warmup,
+}
+
+/// The origin with its latency and call counting.
+pub struct OriginService {
+    origin: Origin<RawData>,
+    latency: Duration,
+    tile_ttl_s: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// Loading the data set failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Dataset(#[from] DatasetError),
+    #[error("data set: {0}")]
+    Origin(#[from] OriginError),
+}
+
+impl OriginService {
+    /// Loads `--data`, or generates the synthetic city.
+    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Result<OriginService, LoadError> {
+        let items = match &config.data {
+            Some(path) => load_path(path)?,
+            None => synthetic_city(config.seed, config.synthetic_homes),
+        };
+        Ok(OriginService {
+            origin: Origin::new(items)?,
+            latency: Duration::from_millis(config.origin_latency_ms),
+            tile_ttl_s: config.tile_ttl_s as u32,
+            metrics,
+        })
+    }
+
+    /// The indexed data set (for counting, demos and tests; not an origin call).
+    pub fn index(&self) -> &Origin<RawData> {
+        &self.origin
+    }
+
+    /// One origin call: waits the configured latency, then answers `request` at the caller's
+    /// tier. The server always asks at [`Access::Agent`] so that the answer can be cached
+    /// for every tier.
+    pub async fn fetch(
+        &self,
+        request: &BatchRequest,
+        source: CallSource,
+    ) -> BatchResponse<RawData> {
+        match source {
+            CallSource::Request => self.metrics.origin_calls_request.fetch_add(1, Relaxed),
+            CallSource::Warmup => self.metrics.origin_calls_warmup.fetch_add(1, Relaxed),
+        };
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let response = self.origin.answer(request, Some(self.tile_ttl_s));
+        self.metrics
+            .origin_items
+            .fetch_add(response.items.len() as u64, Relaxed);
+        response
+    }
+
+    /// Items inside `tile` visible at `access`, from the index (free: no origin call).
+    pub fn count_in(&self, tile: tilewarm::TileId, access: Access) -> usize {
+        self.origin.count_in(tile, access)
+    }
+}

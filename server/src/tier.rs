@@ -1,0 +1,529 @@
+//! The cache tier in front of the origin: in-process (the core [`TileCache`]) or Redis.
+//!
+//! Both hold the same two things, as fetched at the top tier (`agent`) so one copy serves
+//! every caller (the request path filters per caller):
+//! - **items**, each with the Unix time at which it stops being fresh (`exp`, from the
+//!   class TTL policy: `active` 300 s, `off_market` 4 h, others 300 s by default);
+//! - **tile lists**: the ids of every item in a data-zoom tile, with their own `exp`.
+//!
+//! A tile is a hit only when its list is fresh *and* every listed item is held fresh;
+//! anything less is a miss and the whole tile is refetched.
+//!
+//! Redis keys (see `docs/server.md`): `<prefix>i:<id>` → item JSON, `SET … EX <class ttl>`;
+//! `<prefix>t:<z>/<x>/<y>` → `{"exp":…,"ids":[…]}`, `SET … EX <tile ttl>`. Reads are one
+//! `MGET` for tile lists and requested ids plus one `MGET` for the listed items; writes are
+//! one pipeline.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tilewarm::{Access, CacheConfig, ItemMeta, Priority, RawData, TileCache, TileId, TileState};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whole seconds left until `exp_ms`, at least 1.
+pub fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
+    let ms = exp_ms.saturating_sub(now_ms);
+    (ms.div_ceil(1000)).clamp(1, u32::MAX as u64) as u32
+}
+
+/// One item as the cache tier holds it: the wire item plus its expiry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredItem {
+    pub id: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub class: String,
+    pub access: Access,
+    /// Unix milliseconds at which it stops being fresh.
+    pub exp: u64,
+    pub data: RawData,
+}
+
+impl StoredItem {
+    fn size_bytes(&self) -> usize {
+        self.data.get().len() + self.id.len() + self.class.len() + 96
+    }
+}
+
+/// A tile list as Redis holds it.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredTile {
+    exp: u64,
+    ids: Vec<String>,
+}
+
+/// A data tile found in the tier: its items (all of them, every tier) in list order.
+#[derive(Debug)]
+pub struct TileHit {
+    pub items: Vec<Arc<StoredItem>>,
+    /// Unix ms at which the list stops being fresh.
+    pub exp: u64,
+}
+
+/// What a read found.
+#[derive(Debug, Default)]
+pub struct TierRead {
+    /// Per requested data tile.
+    pub tiles: Vec<Option<TileHit>>,
+    /// Per requested id.
+    pub ids: Vec<Option<Arc<StoredItem>>>,
+}
+
+/// What to write: items, then the lists of data tiles (ids, exp).
+#[derive(Debug, Default)]
+pub struct Fill {
+    pub items: Vec<Arc<StoredItem>>,
+    pub tiles: Vec<(TileId, Vec<String>, u64)>,
+}
+
+/// The tier could not be used; the request is answered from the origin.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cache tier unavailable: {0}")]
+pub struct TierError(pub String);
+
+/// The cache tier.
+pub enum CacheTier {
+    Local(Box<LocalTier>),
+    Redis(Arc<RedisTier>),
+}
+
+impl CacheTier {
+    /// `local` or `redis`, the metrics label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CacheTier::Local(_) => "local",
+            CacheTier::Redis(_) => "redis",
+        }
+    }
+
+    /// False while Redis is marked down (requests then skip the tier).
+    pub fn available(&self) -> bool {
+        match self {
+            CacheTier::Local(_) => true,
+            CacheTier::Redis(r) => !r.degraded.load(Relaxed),
+        }
+    }
+
+    /// Looks up data tiles and ids.
+    pub async fn read(&self, tiles: &[TileId], ids: &[String]) -> Result<TierRead, TierError> {
+        match self {
+            CacheTier::Local(l) => Ok(l.read(tiles, ids, now_ms())),
+            CacheTier::Redis(r) => r.guard(r.read(tiles, ids, now_ms())).await,
+        }
+    }
+
+    /// Writes items and tile lists.
+    pub async fn write(&self, fill: &Fill) -> Result<(), TierError> {
+        if fill.items.is_empty() && fill.tiles.is_empty() {
+            return Ok(());
+        }
+        match self {
+            CacheTier::Local(l) => {
+                l.write(fill, now_ms());
+                Ok(())
+            }
+            CacheTier::Redis(r) => r.guard(r.write(fill, now_ms())).await,
+        }
+    }
+
+    /// Which of these data tiles the tier holds (fresh list; for Redis, the list key
+    /// exists). Used by warm-up to skip what is already there.
+    pub async fn has_tiles(&self, tiles: &[TileId]) -> Result<Vec<bool>, TierError> {
+        match self {
+            CacheTier::Local(l) => Ok(l.has_tiles(tiles, now_ms())),
+            CacheTier::Redis(r) => r.guard(r.has_tiles(tiles)).await,
+        }
+    }
+
+    /// Items held by the in-process tier.
+    pub fn local_len(&self) -> Option<usize> {
+        match self {
+            CacheTier::Local(l) => Some(l.cache.lock().map(|c| c.len()).unwrap_or(0)),
+            CacheTier::Redis(_) => None,
+        }
+    }
+
+    /// Whether Redis is marked down (`None` for the in-process tier).
+    pub fn redis_degraded(&self) -> Option<bool> {
+        match self {
+            CacheTier::Local(_) => None,
+            CacheTier::Redis(r) => Some(r.degraded.load(Relaxed)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In-process
+// ---------------------------------------------------------------------------------------
+
+/// The core cache behind a mutex; every call takes the lock once, briefly, and does no
+/// I/O or JSON work under it.
+pub struct LocalTier {
+    cache: Mutex<TileCache<Arc<StoredItem>>>,
+}
+
+impl LocalTier {
+    pub fn new(config: CacheConfig) -> Result<LocalTier, tilewarm::CacheError> {
+        Ok(LocalTier {
+            cache: Mutex::new(TileCache::new(config)?),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TileCache<Arc<StoredItem>>> {
+        // A panic while holding the lock cannot leave the cache inconsistent in a way that
+        // matters more than losing it; keep serving.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self, tiles: &[TileId], ids: &[String], now: u64) -> TierRead {
+        let mut cache = self.lock();
+        let mut out = TierRead {
+            tiles: Vec::with_capacity(tiles.len()),
+            ids: Vec::with_capacity(ids.len()),
+        };
+        for &t in tiles {
+            if cache.tile_state(t, Access::Agent, now) != TileState::Fresh {
+                out.tiles.push(None);
+                continue;
+            }
+            let exp = cache.tile_expires_at_ms(t).unwrap_or(now);
+            let mut items = Vec::new();
+            cache.read_tile(t, Access::Agent, now, |item, _| {
+                items.push(Arc::clone(item.payload()))
+            });
+            out.tiles.push(Some(TileHit { items, exp }));
+        }
+        for id in ids {
+            let hit = cache
+                .get(id, Access::Agent, now)
+                .filter(|l| !l.stale)
+                .map(|l| Arc::clone(l.item.payload()));
+            out.ids.push(hit);
+        }
+        out
+    }
+
+    fn write(&self, fill: &Fill, now: u64) {
+        let mut cache = self.lock();
+        for item in &fill.items {
+            let meta = ItemMeta {
+                lon: item.lon,
+                lat: item.lat,
+                class: item.class.clone(),
+                access: item.access,
+                ttl_ms: Some(item.exp.saturating_sub(now).max(1)),
+                size_bytes: item.size_bytes(),
+            };
+            // Only invalid ids or oversized items fail; those are simply not cached.
+            let _ = cache.insert(&item.id, meta, Arc::clone(item), now, Priority::Visible);
+        }
+        for (tile, ids, exp) in &fill.tiles {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let ttl = exp.saturating_sub(now).max(1);
+            let _ = cache.insert_tile(*tile, &ids, Some(ttl), Access::Agent, now);
+        }
+    }
+
+    fn has_tiles(&self, tiles: &[TileId], now: u64) -> Vec<bool> {
+        let cache = self.lock();
+        tiles
+            .iter()
+            .map(|&t| cache.tile_state(t, Access::Agent, now) == TileState::Fresh)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------
+
+/// Redis as a shared tier, with degraded mode: the first failed or slow command marks it
+/// down; requests then skip it (origin only, no writes) until a background probe's `PING`
+/// succeeds.
+pub struct RedisTier {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    degraded: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisTier {
+    /// A lazy connection: the server starts whether or not Redis is up (it starts degraded
+    /// if the first probe fails) and reconnects on its own.
+    pub fn new(
+        url: &str,
+        prefix: String,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisTier, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisTier {
+            conn,
+            prefix,
+            timeout,
+            degraded: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    fn item_key(&self, id: &str) -> String {
+        format!("{}i:{id}", self.prefix)
+    }
+
+    fn tile_key(&self, t: TileId) -> String {
+        format!("{}t:{t}", self.prefix)
+    }
+
+    /// Runs a command with the timeout; a failure marks Redis down.
+    async fn guard<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
+        if self.degraded.load(Relaxed) {
+            return Err(TierError("redis is marked down".into()));
+        }
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        self.metrics.redis_errors.fetch_add(1, Relaxed);
+        if !self.degraded.swap(true, Relaxed) {
+            warn!(error = %result, "redis unavailable: answering from the origin until it is back");
+        }
+        Err(TierError(result))
+    }
+
+    /// One probe: `PING` with the timeout. Clears degraded mode when it answers.
+    pub async fn probe(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        let ok = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)));
+        if ok && self.degraded.swap(false, Relaxed) {
+            self.metrics.redis_recoveries.fetch_add(1, Relaxed);
+            info!("redis is back: using the shared cache tier again");
+        }
+        if !ok && !self.degraded.swap(true, Relaxed) {
+            self.metrics.redis_errors.fetch_add(1, Relaxed);
+            warn!("redis does not answer PING: answering from the origin until it is back");
+        }
+        ok
+    }
+
+    /// Probes while degraded, backing off from 100 ms to 2 s; idles otherwise. Ends when
+    /// the tier is dropped.
+    pub async fn watch(tier: std::sync::Weak<RedisTier>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(this) = tier.upgrade() else { return };
+            if this.degraded.load(Relaxed) {
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                let Some(this) = tier.upgrade() else { return };
+                if this.probe().await {
+                    backoff = Duration::from_millis(100);
+                } else {
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            } else {
+                drop(this);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    async fn mget(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+    }
+
+    async fn read(
+        &self,
+        tiles: &[TileId],
+        ids: &[String],
+        now: u64,
+    ) -> redis::RedisResult<TierRead> {
+        let mut keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        keys.extend(ids.iter().map(|id| self.item_key(id)));
+        let values = self.mget(&keys).await?;
+        let (tile_values, id_values) = values.split_at(tiles.len().min(values.len()));
+
+        let parse_item = |v: &Option<Vec<u8>>| -> Option<Arc<StoredItem>> {
+            let item: StoredItem = serde_json::from_slice(v.as_deref()?).ok()?;
+            (item.exp > now).then(|| Arc::new(item))
+        };
+        let id_items: Vec<Option<Arc<StoredItem>>> = id_values.iter().map(parse_item).collect();
+
+        // Tile lists, then one MGET for every listed item not already read by id.
+        let lists: Vec<Option<StoredTile>> = tile_values
+            .iter()
+            .map(|v| {
+                let t: StoredTile = serde_json::from_slice(v.as_deref()?).ok()?;
+                (t.exp > now).then_some(t)
+            })
+            .collect();
+        let mut known: std::collections::HashMap<String, Arc<StoredItem>> = ids
+            .iter()
+            .zip(&id_items)
+            .filter_map(|(id, it)| Some((id.clone(), Arc::clone(it.as_ref()?))))
+            .collect();
+        let mut wanted: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for list in lists.iter().flatten() {
+            for id in &list.ids {
+                if !known.contains_key(id.as_str()) && seen.insert(id.as_str()) {
+                    wanted.push(id.clone());
+                }
+            }
+        }
+        let keys: Vec<String> = wanted.iter().map(|id| self.item_key(id)).collect();
+        let values = self.mget(&keys).await?;
+        for (id, v) in wanted.into_iter().zip(&values) {
+            if let Some(item) = parse_item(v) {
+                known.insert(id, item);
+            }
+        }
+        let tiles = lists
+            .into_iter()
+            .map(|list| {
+                let list = list?;
+                let items = list
+                    .ids
+                    .iter()
+                    .map(|id| known.get(id.as_str()).cloned())
+                    .collect::<Option<Vec<_>>>()?;
+                Some(TileHit {
+                    items,
+                    exp: list.exp,
+                })
+            })
+            .collect();
+        Ok(TierRead {
+            tiles,
+            ids: id_items,
+        })
+    }
+
+    async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for item in &fill.items {
+            let Ok(json) = serde_json::to_vec(&**item) else {
+                continue;
+            };
+            let ttl = ttl_left_s(item.exp, now) as u64;
+            pipe.set_ex(self.item_key(&item.id), json, ttl).ignore();
+        }
+        for (tile, ids, exp) in &fill.tiles {
+            let stored = StoredTile {
+                exp: *exp,
+                ids: ids.clone(),
+            };
+            let Ok(json) = serde_json::to_vec(&stored) else {
+                continue;
+            };
+            pipe.set_ex(self.tile_key(*tile), json, ttl_left_s(*exp, now) as u64)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    async fn has_tiles(&self, tiles: &[TileId]) -> redis::RedisResult<Vec<bool>> {
+        if tiles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for &t in tiles {
+            pipe.exists(self.tile_key(t));
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_left_rounds_up_and_is_at_least_one() {
+        assert_eq!(ttl_left_s(10_000, 0), 10);
+        assert_eq!(ttl_left_s(10_001, 0), 11);
+        assert_eq!(ttl_left_s(5, 10), 1);
+    }
+
+    #[test]
+    fn local_tier_serves_a_tile_only_when_list_and_items_are_fresh() {
+        let tier = LocalTier::new(CacheConfig::default()).unwrap();
+        let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        let item = |id: &str, exp| {
+            Arc::new(StoredItem {
+                id: id.into(),
+                lon: 2.35,
+                lat: 48.85,
+                class: "active".into(),
+                access: Access::Verified,
+                exp,
+                data: serde_json::value::to_raw_value(&1).unwrap(),
+            })
+        };
+        let fill = Fill {
+            items: vec![item("a", 1_000), item("b", 500)],
+            tiles: vec![(t, vec!["a".into(), "b".into()], 2_000)],
+        };
+        tier.write(&fill, 0);
+        let r = tier.read(&[t], &["a".into(), "zz".into()], 100);
+        let hit = r.tiles[0].as_ref().unwrap();
+        assert_eq!((hit.items.len(), hit.exp), (2, 2_000));
+        assert!(r.ids[0].is_some() && r.ids[1].is_none());
+        // "b" expired: the tile is a miss (refetched whole), "a" still a hit by id.
+        let r = tier.read(&[t], &["a".into()], 600);
+        assert!(r.tiles[0].is_none() && r.ids[0].is_some());
+        assert_eq!(tier.has_tiles(&[t], 600), [false]);
+    }
+
+    #[test]
+    fn stored_items_round_trip_through_json() {
+        let it = StoredItem {
+            id: "x".into(),
+            lon: -122.123456789012,
+            lat: 47.1,
+            class: "off_market".into(),
+            access: Access::Agent,
+            exp: 42,
+            data: serde_json::value::to_raw_value(&serde_json::json!({"p": [1, 2]})).unwrap(),
+        };
+        let back: StoredItem = serde_json::from_slice(&serde_json::to_vec(&it).unwrap()).unwrap();
+        assert_eq!(
+            (back.lon, back.access, back.exp),
+            (it.lon, Access::Agent, 42)
+        );
+        assert_eq!(back.data.get(), r#"{"p":[1,2]}"#);
+    }
+}

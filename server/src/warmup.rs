@@ -1,0 +1,180 @@
+//! Background warm-up: the production pipeline's forecaster, request filter, fetcher and
+//! writer, in miniature.
+//!
+//! - **Forecaster** (on the request path, CPU only): the core's [`ring_around`] of the
+//!   request's data tiles, cut to `--warmup-max-tiles`, is offered to a bounded queue with
+//!   `try_send`. A full queue drops the job (counted in `tilewarm_warmup_dropped_total`): a
+//!   request never waits for warm-up.
+//! - **Request filter** (worker): skips tiles being warmed by another job and tiles the
+//!   cache tier already holds.
+//! - **Fetcher** (worker): the rest in origin calls of at most `--warmup-batch-tiles` tiles,
+//!   asked at the top tier like the request path.
+//! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
+
+use tilewarm::{ring_around, Access, BatchRequest, TileId};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::batch::fill_from;
+use crate::metrics::Metrics;
+use crate::origin::CallSource;
+use crate::tier::now_ms;
+use crate::App;
+
+/// One job: data tiles to warm.
+#[derive(Debug)]
+pub struct WarmJob {
+    pub tiles: Vec<TileId>,
+}
+
+/// The request path's end of the queue.
+pub struct Warmup {
+    tx: Option<mpsc::Sender<WarmJob>>,
+    ring: u32,
+    max_tiles: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Warmup {
+    /// The queue and its receiving end (for [`run_workers`]); `ring == 0` turns warm-up off.
+    pub fn new(
+        ring: u32,
+        capacity: usize,
+        max_tiles: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Warmup, Option<mpsc::Receiver<WarmJob>>) {
+        if ring == 0 {
+            let w = Warmup {
+                tx: None,
+                ring,
+                max_tiles,
+                metrics,
+            };
+            return (w, None);
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        let w = Warmup {
+            tx: Some(tx),
+            ring,
+            max_tiles,
+            metrics,
+        };
+        (w, Some(rx))
+    }
+
+    /// Plans the neighbour ring of `data_tiles` and offers it to the queue; never waits.
+    pub fn plan(&self, data_tiles: &[TileId]) {
+        let Some(tx) = &self.tx else { return };
+        if data_tiles.is_empty() {
+            return;
+        }
+        let Ok(mut tiles) = ring_around(data_tiles, self.ring) else {
+            return;
+        };
+        if tiles.is_empty() {
+            return;
+        }
+        tiles.truncate(self.max_tiles);
+        match tx.try_send(WarmJob { tiles }) {
+            Ok(()) => {
+                self.metrics.warmup_enqueued.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                self.metrics.warmup_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Jobs waiting.
+    pub fn depth(&self) -> usize {
+        self.tx
+            .as_ref()
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .unwrap_or(0)
+    }
+
+    /// Queue capacity (0 when warm-up is off).
+    pub fn capacity(&self) -> usize {
+        self.tx.as_ref().map(|tx| tx.max_capacity()).unwrap_or(0)
+    }
+}
+
+/// Spawns `n` workers draining `rx`. They hold the app weakly and stop when it is gone or
+/// the queue closes.
+pub fn run_workers(app: Weak<App>, rx: mpsc::Receiver<WarmJob>, n: usize) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let in_flight: Arc<Mutex<HashSet<TileId>>> = Arc::default();
+    for _ in 0..n {
+        let rx = Arc::clone(&rx);
+        let app = app.clone();
+        let in_flight = Arc::clone(&in_flight);
+        tokio::spawn(async move {
+            loop {
+                let job = { rx.lock().await.recv().await };
+                let Some(job) = job else { return };
+                let Some(app) = app.upgrade() else { return };
+                warm(&app, job, &in_flight).await;
+            }
+        });
+    }
+}
+
+async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
+    let m = &app.metrics;
+    if !app.tier.available() {
+        m.warmup_errors.fetch_add(1, Relaxed);
+        return;
+    }
+    // Filter: not being warmed by another job, not already cached.
+    let claimed: Vec<TileId> = {
+        let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        job.tiles.into_iter().filter(|t| set.insert(*t)).collect()
+    };
+    let release = |tiles: &[TileId]| {
+        let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tiles {
+            set.remove(t);
+        }
+    };
+    let held = match app.tier.has_tiles(&claimed).await {
+        Ok(h) => h,
+        Err(_) => {
+            m.warmup_errors.fetch_add(1, Relaxed);
+            release(&claimed);
+            return;
+        }
+    };
+    let todo: Vec<TileId> = claimed
+        .iter()
+        .zip(&held)
+        .filter(|(_, &h)| !h)
+        .map(|(&t, _)| t)
+        .collect();
+    m.warmup_skipped_tiles
+        .fetch_add((claimed.len() - todo.len()) as u64, Relaxed);
+    // Fetch and write.
+    for chunk in todo.chunks(app.config.warmup_batch_tiles) {
+        let request = BatchRequest {
+            tiles: chunk.to_vec(),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let response = app.origin.fetch(&request, CallSource::Warmup).await;
+        let (fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+        match app.tier.write(&fill).await {
+            Ok(()) => {
+                m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);
+                debug!(tiles = chunk.len(), items = fill.items.len(), "warmed");
+            }
+            Err(_) => {
+                m.warmup_errors.fetch_add(1, Relaxed);
+                break;
+            }
+        }
+    }
+    release(&claimed);
+}

@@ -1,0 +1,577 @@
+//! Loopback integration tests of `tilewarm-server`: one test binary, servers spawned in
+//! process on 127.0.0.1:0, a real `redis-server` for the shared-tier tests.
+
+mod common;
+mod openapi;
+mod redis;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{config, eventually, server, Http};
+use tilewarm::dataset::synthetic_city;
+use tilewarm::{Access, BatchRequest, Origin, RawData, TileId};
+
+/// The test city's origin, built the same way as the server's.
+fn origin(seed: u64, n: usize) -> Origin<RawData> {
+    Origin::new(synthetic_city(seed, n)).unwrap()
+}
+
+/// The densest data tile of the test city.
+fn densest(o: &Origin<RawData>) -> TileId {
+    o.occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .unwrap()
+        .0
+}
+
+fn request(tiles: &[TileId], ids: &[&str], access: Access) -> String {
+    BatchRequest {
+        tiles: tiles.to_vec(),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        access,
+    }
+    .to_json()
+}
+
+/// Per tile: the set of ids; items: id → (lon, lat, class, access, data).
+type Digest = (
+    BTreeMap<String, BTreeSet<String>>,
+    BTreeMap<String, (f64, f64, String, Access, String)>,
+    BTreeSet<String>,
+);
+
+fn digest(r: &tilewarm::BatchResponse<RawData>) -> Digest {
+    let tiles = r
+        .tiles
+        .iter()
+        .map(|t| (t.tile.to_string(), t.ids.iter().cloned().collect()))
+        .collect();
+    let items = r
+        .items
+        .iter()
+        .map(|i| {
+            let v = (
+                i.lon,
+                i.lat,
+                i.class.clone(),
+                i.access,
+                i.data.get().to_string(),
+            );
+            (i.id.clone(), v)
+        })
+        .collect();
+    (tiles, items, r.missing.iter().cloned().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_round_trip_matches_the_origin_at_every_zoom() {
+    let o = origin(42, 5_000);
+    let t14 = densest(&o);
+    let (_, sample) = o
+        .tile_items(t14, Access::Public)
+        .next()
+        .map(|it| (it.id.clone(), it))
+        .unwrap();
+    // Finer than the data zoom: the z16 tile of a home in the densest tile.
+    let t16 = TileId::from_lon_lat(sample.lon, sample.lat, 16).unwrap();
+    let t13 = t14.ancestor(13).unwrap(); // split onto 4 data tiles
+    let t10 = t14.ancestor(10).unwrap(); // direct from the origin
+    let far = TileId::new(14, 0, 0).unwrap(); // empty
+    let ids = [sample.id.as_str(), "no-such-home"];
+    let http = Http::new();
+    let s = server(config()).await;
+
+    for tiles in [vec![t14], vec![t16, t13], vec![t10, far, t14]] {
+        let body = request(&tiles, &ids, Access::Public);
+        let got = http.ok(&s, &body).await;
+        let want = o.answer(
+            &tilewarm::decode_request(body.as_bytes(), &Default::default()).unwrap(),
+            None,
+        );
+        assert_eq!(digest(&got), digest(&want), "tiles {tiles:?}");
+        // Every requested tile appears, in order.
+        let order: Vec<TileId> = got.tiles.iter().map(|t| t.tile).collect();
+        assert_eq!(order, tiles);
+        // TTLs: tiles at most the tile TTL, items at most their class TTL.
+        for t in &got.tiles {
+            assert!(matches!(t.ttl, Some(1..=300)), "{:?}", t.ttl);
+        }
+        for i in &got.items {
+            let max = if i.class == "active" { 300 } else { 14_400 };
+            assert!(i.ttl.is_some_and(|t| t >= 1 && t <= max), "{i:?}");
+        }
+    }
+    assert!(s.app.metrics.origin_calls_request.load(Relaxed) >= 3);
+
+    // Asked again: the cached tiles are hits — no new origin call for tiles within the
+    // split levels.
+    let before = s.app.metrics.origin_calls_request.load(Relaxed);
+    let body = request(&[t14, t16, t13], &[sample.id.as_str()], Access::Public);
+    let again = http.ok(&s, &body).await;
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), before);
+    let want = o.answer(
+        &tilewarm::decode_request(body.as_bytes(), &Default::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&again), digest(&want));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tiers_are_enforced_on_cached_data() {
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let above = |tier: Access| {
+        o.tile_items(t, Access::Agent)
+            .find(|it| it.access > tier)
+            .map(|it| it.id.clone())
+            .unwrap()
+    };
+    let agent_only = o
+        .items()
+        .iter()
+        .find(|it| it.access == Access::Agent)
+        .unwrap()
+        .id
+        .clone();
+    let http = Http::new();
+    let s = server(config()).await;
+    // Warm the cache at the top tier first: lower tiers must still see only their share.
+    let all = http
+        .ok(&s, &request(&[t], &[&agent_only], Access::Agent))
+        .await;
+    assert!(all.missing.is_empty());
+    let mut counts = Vec::new();
+    for tier in Access::ALL {
+        let r = http
+            .ok(
+                &s,
+                &request(&[t], &[&agent_only, &above(Access::Public)], tier),
+            )
+            .await;
+        for item in &r.items {
+            assert!(item.access <= tier, "{tier:?} got {item:?}");
+        }
+        let listed: BTreeSet<&String> = r.tiles[0].ids.iter().collect();
+        let want: BTreeSet<&String> = o.tile_items(t, tier).map(|it| &it.id).collect();
+        assert_eq!(listed, want, "{tier:?}");
+        if tier < Access::Agent {
+            assert!(
+                r.missing.contains(&agent_only),
+                "{tier:?} sees an agent-only id"
+            );
+            assert!(!r.items.iter().any(|i| i.id == agent_only));
+        } else {
+            assert!(r.missing.is_empty());
+        }
+        counts.push(listed.len());
+    }
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]) && counts[0] < counts[3]);
+    // All of that came from one origin call.
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_get_4xx_json_errors() {
+    let http = Http::new();
+    let s = server(common::Config {
+        max_tiles: 4,
+        max_ids: 3,
+        max_body_bytes: 2_000,
+        max_response_items: 100,
+        ..config()
+    })
+    .await;
+    let url = format!("{}/v1/batch", s.url());
+    let post = |body: &str| {
+        let body = body.to_string();
+        let (http, s) = (&http, &s);
+        async move { http.batch(s, &body).await }
+    };
+
+    let m = post("{\"tiles\":[").await.error(400, "bad_request");
+    assert!(m.contains("malformed JSON"), "{m}");
+    let m = post("not json").await.error(400, "bad_request");
+    assert!(m.contains("malformed JSON"), "{m}");
+    let m = post(r#"{"tiles":["14/1/1"],"access":"admin"}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(
+        m.contains("admin") && m.contains("public, registered, verified, agent"),
+        "{m}"
+    );
+    let m = post(r#"{"tiles":["14/99999/1"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(m.contains("tiles[0]") && m.contains("14/99999/1"), "{m}");
+    let m = post(r#"{"tiles":["banana"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(m.contains("banana"), "{m}");
+    let m = post(r#"{"tiles":["14/1/1","14/1/2","14/1/3","14/1/4","14/1/5"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(m.contains("5 tiles") && m.contains("at most 4"), "{m}");
+    let m = post(r#"{"ids":["a","b","c","d"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(m.contains("4 ids") && m.contains("at most 3"), "{m}");
+    let m = post("{}").await.error(400, "bad_request");
+    assert!(m.contains("no tiles and no ids"), "{m}");
+    let m = post(r#"{"ids":[""]}"#).await.error(400, "bad_request");
+    assert!(m.contains("ids[0]"), "{m}");
+    let m = post(r#"{"tiles":"14/1/1"}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(!m.is_empty());
+    // Too large, with a Content-Length ...
+    let big = format!(r#"{{"ids":["{}"]}}"#, "x".repeat(3_000));
+    let m = post(&big).await.error(413, "payload_too_large");
+    assert!(m.contains("at most 2000"), "{m}");
+    // ... and chunked, without one.
+    let raw = raw_chunked(&s.addr, &big).await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains("payload_too_large"), "{raw}");
+    // Too many items for one response (a whole-world tile).
+    let m = post(r#"{"tiles":["0/0/0"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(
+        m.contains("at most 100") && m.contains("finer tiles"),
+        "{m}"
+    );
+    // Wrong content type, method, route.
+    let r = http
+        .send(
+            "POST",
+            &url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "a=b",
+        )
+        .await;
+    r.error(415, "unsupported_media_type");
+    http.get(&url).await.error(405, "method_not_allowed");
+    http.send("DELETE", &format!("{}/healthz", s.url()), &[], "")
+        .await
+        .error(405, "method_not_allowed");
+    http.get(&format!("{}/nope", s.url()))
+        .await
+        .error(404, "not_found");
+    // text/plain and no content type are read as JSON (browsers may skip the preflight).
+    let ok = http
+        .send(
+            "POST",
+            &url,
+            &[("content-type", "text/plain;charset=UTF-8")],
+            r#"{"ids":["x"]}"#,
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let ok = http.send("POST", &url, &[], r#"{"ids":["x"]}"#).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    assert_eq!(s.app.metrics.requests("/v1/batch", 500), 0);
+    s.shutdown().await;
+}
+
+/// Sends `body` with chunked transfer encoding over a raw socket; the response head+body.
+async fn raw_chunked(addr: &std::net::SocketAddr, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut msg = String::from(
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    for chunk in body.as_bytes().chunks(500) {
+        msg.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    msg.push_str("0\r\n\r\n");
+    // The server may answer and close before reading everything; ignore write errors.
+    let _ = s.write_all(msg.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_fills_the_neighbour_ring_off_the_request_path() {
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(config()).await;
+    http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    let m = &s.app.metrics;
+    assert!(
+        eventually(Duration::from_secs(5), || m.warmup_tiles.load(Relaxed) >= 8).await,
+        "warm-up wrote {} tiles",
+        m.warmup_tiles.load(Relaxed)
+    );
+    // A neighbour is now a hit: no request-path origin call.
+    let before = m.origin_calls_request.load(Relaxed);
+    let east = t.offset(1, 0).unwrap();
+    let r = http.ok(&s, &request(&[east], &[], Access::Public)).await;
+    assert_eq!(m.origin_calls_request.load(Relaxed), before);
+    let want: BTreeSet<String> = o
+        .tile_items(east, Access::Public)
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(
+        r.tiles[0].ids.iter().cloned().collect::<BTreeSet<_>>(),
+        want
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_warmup_queue_drops_work_instead_of_slowing_requests() {
+    let o = origin(42, 5_000);
+    let tiles: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let http = Http::new();
+    let s = server(common::Config {
+        warmup_queue: 1,
+        origin_latency_ms: 40,
+        ..config()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let futs: Vec<_> = tiles
+        .iter()
+        .take(24)
+        .map(|&t| {
+            let body = request(&[t], &[], Access::Public);
+            let http = &http;
+            let s = &s;
+            async move { http.batch(s, &body).await.status }
+        })
+        .collect();
+    let statuses = futures_join_all(futs).await;
+    assert!(statuses.iter().all(|&st| st == 200));
+    let m = &s.app.metrics;
+    assert!(m.warmup_dropped.load(Relaxed) > 0, "nothing dropped");
+    // 24 concurrent requests, each one origin call of 40 ms: with warm-up on the request
+    // path they would queue behind each other's warm-up calls.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(text.contains("tilewarm_warmup_dropped_total "), "{text}");
+    s.shutdown().await;
+}
+
+/// Runs futures concurrently on this task.
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_static_files_and_cors() {
+    let www = std::env::temp_dir().join(format!("tw-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>tilewarm demo</h1>").unwrap();
+    let http = Http::new();
+    let s = server(common::Config {
+        www: Some(www.clone()),
+        cors: "https://demo.example".into(),
+        ..config()
+    })
+    .await;
+    let h = http.get(&format!("{}/healthz", s.url())).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["tier"], "local");
+    let page = http.get(&format!("{}/", s.url())).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("tilewarm demo"));
+    http.get(&format!("{}/missing.js", s.url()))
+        .await
+        .error(404, "not_found");
+
+    let pre = http
+        .send(
+            "OPTIONS",
+            &format!("{}/v1/batch", s.url()),
+            &[
+                ("origin", "https://demo.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(pre.status, 200);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://demo.example"
+    );
+    let other = http
+        .send(
+            "GET",
+            &format!("{}/healthz", s.url()),
+            &[("origin", "https://evil.example")],
+            "",
+        )
+        .await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+
+    http.ok(&s, r#"{"tiles":["14/2624/5721"]}"#).await;
+    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    for name in [
+        "tilewarm_http_requests_total{route=\"/v1/batch\",status=\"200\"} 1",
+        "tilewarm_batch_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "tilewarm_batch_duration_seconds_count 1",
+        "tilewarm_cache_misses_total{tier=\"local\",kind=\"tile\"} 1",
+        "tilewarm_cache_hits_total{tier=\"local\",kind=\"tile\"} 0",
+        "tilewarm_origin_calls_total{source=\"request\"} 1",
+        "tilewarm_warmup_queue_depth ",
+        "tilewarm_warmup_dropped_total 0",
+        "tilewarm_origin_dataset_items 5000",
+    ] {
+        assert!(text.contains(name), "missing {name:?} in\n{text}");
+    }
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(www);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_latency_is_paid_once_per_request_and_counted() {
+    let o = origin(42, 5_000);
+    let tiles: Vec<TileId> = o
+        .occupied_tiles(14)
+        .into_iter()
+        .take(16)
+        .map(|(t, _)| t)
+        .collect();
+    let http = Http::new();
+    let s = server(common::Config {
+        origin_latency_ms: 100,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    http.ok(&s, &request(&tiles, &["s2a-1", "s2a-2"], Access::Public))
+        .await;
+    let cold = t0.elapsed();
+    assert!(cold >= Duration::from_millis(100));
+    assert!(
+        cold < Duration::from_millis(1_000),
+        "16 misses must be one origin call: {cold:?}"
+    );
+    assert_eq!(s.app.metrics.origin_calls(), 1);
+    let t1 = std::time::Instant::now();
+    http.ok(&s, &request(&tiles, &["s2a-1", "s2a-2"], Access::Public))
+        .await;
+    assert!(
+        t1.elapsed() < Duration::from_millis(100),
+        "warm: {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(s.app.metrics.origin_calls(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_king_county_csv_and_json_lines() {
+    let dir = std::env::temp_dir().join(format!("tw-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("kc.csv");
+    std::fs::write(
+        &csv,
+        "id,date,price,bedrooms,bathrooms,sqft_living,yr_built,zipcode,lat,long\n\
+         7129300520,20141013T000000,221900,3,1,1180,1955,98178,47.5112,-122.257\n\
+         6414100192,20141209T000000,538000,3,2.25,2570,1951,98125,47.721,-122.319\n\
+         7129300520,20150105T000000,250000,3,1,1180,1955,98178,47.5112,-122.257\n",
+    )
+    .unwrap();
+    let jsonl = dir.join("homes.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\":\"h1\",\"lon\":2.3522,\"lat\":48.8566,\"class\":\"active\",\"access\":\"public\",\"ttl\":60,\"data\":{\"p\":1}}\n\
+         {\"id\":\"h2\",\"lon\":2.3523,\"lat\":48.8567,\"class\":\"off_market\",\"access\":\"agent\",\"data\":null}\n",
+    )
+    .unwrap();
+    let http = Http::new();
+
+    let s = server(common::Config {
+        data: Some(csv),
+        ..config()
+    })
+    .await;
+    assert_eq!(s.app.origin.index().len(), 2, "a resale is one home");
+    let r = http
+        .ok(
+            &s,
+            r#"{"ids":["7129300520","6414100192"],"access":"agent"}"#,
+        )
+        .await;
+    assert_eq!(r.items.len(), 2);
+    let sold = r.items.iter().find(|i| i.id == "7129300520").unwrap();
+    assert!(
+        sold.data.get().contains("\"price\":250000"),
+        "{}",
+        sold.data.get()
+    );
+    s.shutdown().await;
+
+    let s = server(common::Config {
+        data: Some(jsonl),
+        ..config()
+    })
+    .await;
+    let t = TileId::from_lon_lat(2.3522, 48.8566, 14).unwrap();
+    let r = http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    assert_eq!(r.tiles[0].ids, ["h1"]);
+    assert_eq!(
+        r.items[0].ttl,
+        Some(60),
+        "the origin's ttl wins over the class TTL"
+    );
+    assert_eq!(r.items[0].data.get(), r#"{"p":1}"#);
+    let r = http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(r.tiles[0].ids.len(), 2);
+    s.shutdown().await;
+
+    let bad = dir.join("homes.txt");
+    std::fs::write(&bad, "x").unwrap();
+    let e = tilewarm_server::start(common::Config {
+        data: Some(bad),
+        ..config()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains(".jsonl"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

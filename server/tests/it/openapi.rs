@@ -1,0 +1,135 @@
+//! `docs/openapi.yaml` against real responses: every status the server answered with must
+//! be documented for its path, and the body must validate against the documented schema
+//! (JSON Schema 2020-12, as OpenAPI 3.1 uses).
+
+use serde_json::{json, Value};
+
+use crate::common::{config, server, Http, Reply};
+
+fn spec() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml");
+    let text = std::fs::read_to_string(path).expect("docs/openapi.yaml exists");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("openapi.yaml is YAML");
+    serde_json::to_value(yaml).expect("openapi.yaml converts to JSON")
+}
+
+/// A validator for `pointer` (a JSON pointer into the spec, e.g. a component schema),
+/// with the spec's components in scope for `$ref`s.
+fn validator(spec: &Value, reference: &str) -> jsonschema::Validator {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": reference,
+        "components": spec["components"],
+    });
+    jsonschema::draft202012::new(&schema)
+        .unwrap_or_else(|e| panic!("schema {reference} does not compile: {e}"))
+}
+
+fn check(v: &jsonschema::Validator, what: &str, instance: &Value) {
+    let errors: Vec<String> = v
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match the spec:\n{}\ninstance: {instance}",
+        errors.join("\n")
+    );
+}
+
+/// The schema reference documented for `path` `method` answering `status`.
+fn documented(spec: &Value, path: &str, method: &str, status: u16) -> String {
+    let responses = &spec["paths"][path][method]["responses"];
+    let key = status.to_string();
+    let class = format!("{}XX", status / 100);
+    let mut response = responses
+        .get(&key)
+        .or_else(|| responses.get(&class))
+        .unwrap_or_else(|| {
+            panic!("{method} {path} answered {status}, which the spec does not document")
+        });
+    if let Some(r) = response.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap();
+        response = &spec["components"]["responses"][name];
+    }
+    response["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method} {path} {status}: no JSON schema reference"))
+        .to_string()
+}
+
+fn conforms(spec: &Value, path: &str, method: &str, reply: &Reply) {
+    let reference = documented(spec, path, method, reply.status);
+    check(
+        &validator(spec, &reference),
+        &format!("{method} {path} {} body", reply.status),
+        &reply.json(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_match_docs_openapi_yaml() {
+    let spec = spec();
+    assert_eq!(spec["openapi"], "3.1.0");
+
+    // Requests: the documented example and the tests' own shapes are valid requests.
+    let req = validator(&spec, "#/components/schemas/BatchRequest");
+    let example = &spec["paths"]["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]
+        ["example"];
+    check(&req, "request example", example);
+    check(
+        &req,
+        "request",
+        &json!({"tiles": ["14/2624/5721", "24/1/1"], "ids": null, "access": null}),
+    );
+    assert!(!req.is_valid(&json!({"access": "admin"})));
+    assert!(!req.is_valid(&json!({"tiles": ["25/1/1"]})));
+
+    let http = Http::new();
+    let s = server(crate::common::Config {
+        max_body_bytes: 4_096,
+        max_response_items: 200,
+        ..config()
+    })
+    .await;
+    let url = format!("{}/v1/batch", s.url());
+    let bodies = [
+        r#"{"tiles":["14/2624/5721","16/10498/22886","13/1312/2860"],"ids":["s2a-1","s2a-2","nope"],"access":"public"}"#,
+        r#"{"tiles":["14/2624/5721"],"access":"agent"}"#,
+        r#"{"ids":["s2a-3"]}"#,
+        r#"{"tiles":["14/0/0"]}"#,
+    ];
+    let mut items = 0;
+    for body in bodies {
+        let r = http.batch(&s, body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        items += r.json()["items"].as_array().unwrap().len();
+        conforms(&spec, "/v1/batch", "post", &r);
+    }
+    assert!(items > 0, "the checked responses should hold items");
+
+    // Every error the endpoint gives.
+    let errors = [
+        http.batch(&s, "{").await,
+        http.batch(&s, r#"{"tiles":["14/1/1"],"access":"admin"}"#)
+            .await,
+        http.batch(&s, r#"{"tiles":["x/1/1"]}"#).await,
+        http.batch(&s, "{}").await,
+        http.batch(&s, r#"{"tiles":["0/0/0"]}"#).await,
+        http.batch(&s, &format!(r#"{{"ids":["{}"]}}"#, "x".repeat(5_000)))
+            .await,
+        http.send("POST", &url, &[("content-type", "text/xml")], "<a/>")
+            .await,
+        http.get(&url).await,
+    ];
+    let mut statuses: Vec<u16> = errors.iter().map(|r| r.status).collect();
+    statuses.dedup();
+    assert_eq!(statuses, [400, 413, 415, 405]);
+    for r in &errors {
+        conforms(&spec, "/v1/batch", "post", r);
+    }
+
+    let health = http.get(&format!("{}/healthz", s.url())).await;
+    conforms(&spec, "/healthz", "get", &health);
+    s.shutdown().await;
+}

@@ -1,0 +1,174 @@
+//! The shared Redis tier, against a real `redis-server` started here on a free loopback
+//! port. Skipped (with a SKIP line) when redis-server is not installed, unless
+//! `TILEWARM_REQUIRE_REDIS=1`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tilewarm::{Access, TileId};
+
+use crate::common::{config, eventually, redis_available, server, Config, Http, RedisServer};
+use crate::{densest, digest, origin, request};
+
+fn redis_config(r: &RedisServer) -> Config {
+    Config {
+        redis: Some(r.url()),
+        redis_timeout_ms: 200,
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_answers_a_warmed_tile_with_zero_origin_calls() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let a = server(Config {
+        origin_latency_ms: 20,
+        ..redis_config(&redis)
+    })
+    .await;
+    // A answers t (one origin call) and warms its ring in the background.
+    let first = http.ok(&a, &request(&[t], &[], Access::Verified)).await;
+    assert_eq!(a.app.metrics.origin_calls_request.load(Relaxed), 1);
+    let m = &a.app.metrics;
+    assert!(
+        eventually(Duration::from_secs(5), || m.warmup_tiles.load(Relaxed) >= 8).await,
+        "warm-up wrote {} tiles",
+        m.warmup_tiles.load(Relaxed)
+    );
+
+    // B: same Redis, no warm-up of its own, a slow origin it must not call.
+    let b = server(Config {
+        origin_latency_ms: 500,
+        warmup_ring: 0,
+        ..redis_config(&redis)
+    })
+    .await;
+    let again = http.ok(&b, &request(&[t], &[], Access::Verified)).await;
+    assert_eq!(digest(&again), digest(&first));
+    // A neighbour that only A's warm-up fetched, asked for at another tier, and finer.
+    let east = t.offset(1, 0).unwrap();
+    let child = east.children().unwrap()[0];
+    let r = http
+        .ok(&b, &request(&[east, child], &[], Access::Public))
+        .await;
+    let want: Vec<String> = o
+        .tile_items(east, Access::Public)
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(r.tiles[0].ids.len(), want.len());
+    assert!(r.tiles[1].ids.iter().all(|id| r.tiles[0].ids.contains(id)));
+    assert_eq!(b.app.metrics.origin_calls(), 0, "B called the origin");
+    assert_eq!(b.app.metrics.cache.tile_misses.load(Relaxed), 0);
+    assert!(b.app.metrics.cache.tile_hits.load(Relaxed) >= 2);
+    // The remaining TTL is reported, not the full one, once time has passed.
+    assert!(r.tiles[0].ttl.is_some_and(|t| (1..=300).contains(&t)));
+
+    let text = http.get(&format!("{}/metrics", b.url())).await.text();
+    assert!(
+        text.contains("tilewarm_cache_hits_total{tier=\"redis\",kind=\"tile\"}"),
+        "{text}"
+    );
+    assert!(text.contains("tilewarm_redis_degraded 0"), "{text}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_test_degrades_to_the_origin_and_recovers() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let tiles: Vec<TileId> = o
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(t, _)| t)
+        .take(6)
+        .collect();
+    let http = Http::new();
+    let s = server(Config {
+        warmup_ring: 0,
+        ..redis_config(&redis)
+    })
+    .await;
+    let m = &s.app.metrics;
+    let body = request(&tiles[..2], &["s2a-7"], Access::Public);
+    let want = http.ok(&s, &body).await;
+    http.ok(&s, &body).await;
+    assert_eq!(
+        m.origin_calls_request.load(Relaxed),
+        1,
+        "second answer from redis"
+    );
+
+    redis.kill();
+    // Every request still answers, correctly, from the origin.
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let got = http.ok(&s, &body).await;
+        assert_eq!(digest(&got), digest(&want));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+    assert!(m.redis_errors.load(Relaxed) >= 1);
+    assert!(m.degraded_requests.load(Relaxed) >= 5);
+    let h = http.get(&format!("{}/healthz", s.url())).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "degraded");
+    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(text.contains("tilewarm_redis_degraded 1"), "{text}");
+
+    // Back (empty: no persistence); the probe notices within its back-off.
+    redis.restart();
+    let tier = &s.app.tier;
+    assert!(
+        eventually(Duration::from_secs(10), || tier.redis_degraded()
+            == Some(false))
+        .await,
+        "did not recover"
+    );
+    assert!(m.redis_recoveries.load(Relaxed) >= 1);
+    let calls = m.origin_calls_request.load(Relaxed);
+    let body2 = request(&tiles[2..], &[], Access::Public);
+    http.ok(&s, &body2).await; // miss: origin, written to the new redis
+    http.ok(&s, &body2).await; // hit
+    assert_eq!(m.origin_calls_request.load(Relaxed), calls + 1);
+    let h = http.get(&format!("{}/healthz", s.url())).await;
+    assert_eq!(h.json()["status"], "ok");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_without_redis_serves_and_picks_it_up_later() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let http = Http::new();
+    let s = server(Config {
+        warmup_ring: 0,
+        ..redis_config(&redis)
+    })
+    .await;
+    assert_eq!(s.app.tier.redis_degraded(), Some(true));
+    let body = r#"{"tiles":["14/2624/5721"]}"#;
+    http.ok(&s, body).await;
+    redis.restart();
+    let tier = &s.app.tier;
+    assert!(
+        eventually(Duration::from_secs(10), || tier.redis_degraded()
+            == Some(false))
+        .await
+    );
+    http.ok(&s, body).await;
+    http.ok(&s, body).await;
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
+}

@@ -1,0 +1,351 @@
+//! Checks of the `TileCache` options and viewports that arrive from JavaScript.
+//!
+//! Like [`super::args`], nothing here touches wasm-bindgen, so `cargo test --features wasm`
+//! covers it. Unlike `args`, errors are not formatted here: a [`FieldError`] names the
+//! option (its JavaScript path, e.g. `batch.maxTiles`) and what is allowed, and the JS glue
+//! writes `${field} must be ${allowed}, got ${value}` with the value it passed in. Keeping
+//! number formatting out of these paths keeps it out of the hot ones too.
+
+use super::args::{code, Kind, Value};
+use crate::{cover_range, Access, Bbox, ClientConfig, Viewport, MAX_ZOOM};
+
+/// A bad option or viewport field, for the JS glue to format and throw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    /// The JavaScript name: `tileZoom`, `batch.maxTiles`, `ttl.byClass.active`, `west`.
+    pub field: String,
+    pub kind: Kind,
+    /// The `code` of the thrown error.
+    pub code: &'static str,
+    /// What is allowed, as the end of "`field` must be ...".
+    pub allowed: &'static str,
+    /// Another field whose value the message should show (`south` names `north`).
+    pub other: Option<&'static str>,
+}
+
+impl FieldError {
+    fn new(field: &str, kind: Kind, code: &'static str, allowed: &'static str) -> FieldError {
+        FieldError {
+            field: field.to_owned(),
+            kind,
+            code,
+            allowed,
+            other: None,
+        }
+    }
+}
+
+/// One numeric option: its JS path, range, whether it must be an integer, and how a value
+/// is described when it is wrong.
+pub(crate) struct Spec {
+    pub path: &'static str,
+    pub lo: f64,
+    pub hi: f64,
+    pub integer: bool,
+    pub allowed: &'static str,
+}
+
+const fn int(path: &'static str, lo: f64, hi: f64, allowed: &'static str) -> Spec {
+    Spec {
+        path,
+        lo,
+        hi,
+        integer: true,
+        allowed,
+    }
+}
+
+/// Longest TTL accepted, in seconds (30 days, the protocol's bound).
+const MAX_TTL_S: f64 = 2_592_000.0;
+
+/// The numeric options, in the order the JS glue passes their values. `undefined` means
+/// the default (from [`ClientConfig::default`]); the JS option table in `js/README.md`
+/// lists the same ranges.
+pub(crate) const SPECS: [Spec; 14] = [
+    int("tileZoom", 0.0, 24.0, "an integer in 0..=24"),
+    Spec {
+        path: "minZoom",
+        lo: 0.0,
+        hi: 30.0,
+        integer: false,
+        allowed: "a number in 0..=30",
+    },
+    int("maxItems", 1.0, 1e7, "an integer in 1..=10000000"),
+    int(
+        "maxBytes",
+        1.0,
+        2147483647.0,
+        "an integer in 1..=2147483647",
+    ),
+    int(
+        "ttl.default",
+        1.0,
+        MAX_TTL_S,
+        "an integer number of seconds in 1..=2592000",
+    ),
+    int(
+        "ttl.staleWhileRevalidate",
+        0.0,
+        MAX_TTL_S,
+        "an integer number of seconds in 0..=2592000",
+    ),
+    int("prefetch.ring", 0.0, 8.0, "an integer in 0..=8"),
+    int(
+        "prefetch.lookaheadMs",
+        0.0,
+        60000.0,
+        "an integer in 0..=60000",
+    ),
+    int(
+        "prefetch.maxTilesPerRound",
+        0.0,
+        4096.0,
+        "an integer in 0..=4096",
+    ),
+    int("batch.maxTiles", 1.0, 64.0, "an integer in 1..=64"),
+    int("batch.maxIds", 1.0, 1000.0, "an integer in 1..=1000"),
+    int("batch.maxInFlight", 1.0, 64.0, "an integer in 1..=64"),
+    int("batch.timeoutMs", 1.0, 600000.0, "an integer in 1..=600000"),
+    int("batch.retries", 0.0, 10.0, "an integer in 0..=10"),
+];
+
+/// The range of every `ttl.byClass` value.
+const CLASS_TTL: Spec = int(
+    "ttl.byClass",
+    1.0,
+    MAX_TTL_S,
+    "an integer number of seconds in 1..=2592000",
+);
+
+const ACCESS_ALLOWED: &str = "one of \"public\", \"registered\", \"verified\", \"agent\"";
+
+/// A checked number, or `None` for `undefined` (use the default).
+fn number(path: &str, spec: &Spec, v: &Value) -> Result<Option<f64>, FieldError> {
+    let n = match v {
+        Value::Number(n) => *n,
+        Value::Other(d) if d == "undefined" => return Ok(None),
+        _ => {
+            return Err(FieldError::new(
+                path,
+                Kind::Type,
+                code::INVALID_ARG_TYPE,
+                spec.allowed,
+            ))
+        }
+    };
+    // NaN fails both comparisons; fract of an infinity is NaN.
+    if n >= spec.lo && n <= spec.hi && (!spec.integer || n.fract() == 0.0) {
+        Ok(Some(n))
+    } else {
+        Err(FieldError::new(
+            path,
+            Kind::Range,
+            code::OUT_OF_RANGE,
+            spec.allowed,
+        ))
+    }
+}
+
+/// An access tier from a JS value.
+pub(crate) fn access(path: &str, v: &Value) -> Result<Access, FieldError> {
+    match v {
+        Value::Text(s) => s.parse().map_err(|_| {
+            FieldError::new(path, Kind::Type, code::INVALID_ARG_VALUE, ACCESS_ALLOWED)
+        }),
+        _ => Err(FieldError::new(
+            path,
+            Kind::Type,
+            code::INVALID_ARG_TYPE,
+            ACCESS_ALLOWED,
+        )),
+    }
+}
+
+/// The client configuration from the values of [`SPECS`] (in order), the `ttl.byClass`
+/// entries (name, value), the access tier (`undefined` = public) and a jitter seed.
+/// `None` for `classes` keeps the default class TTLs.
+pub(crate) fn client_config(
+    values: &[Value],
+    classes: Option<&[(String, Value)]>,
+    tier: &Value,
+    seed: u64,
+) -> Result<ClientConfig, FieldError> {
+    let undefined = Value::Other("undefined".into());
+    let mut got = [None; SPECS.len()];
+    for (i, spec) in SPECS.iter().enumerate() {
+        let v = values.get(i).unwrap_or(&undefined);
+        got[i] = number(spec.path, spec, v)?;
+    }
+    let mut c = ClientConfig::default();
+    let or = |i: usize, d: f64| got[i].unwrap_or(d);
+    // Every value is range-checked above, so each conversion below is exact.
+    let tile_zoom = or(0, c.cache.tile_zoom as f64) as u8;
+    c = c.with_tile_zoom(tile_zoom);
+    c.planner.min_zoom = or(1, c.planner.min_zoom);
+    c.cache.max_items = or(2, c.cache.max_items as f64) as usize;
+    c.cache.max_bytes = or(3, c.cache.max_bytes as f64) as usize;
+    c.cache.default_ttl_ms = or(4, (c.cache.default_ttl_ms / 1000) as f64) as u64 * 1000;
+    c.cache.stale_while_revalidate_ms = or(5, 0.0) as u64 * 1000;
+    c.planner.ring = or(6, c.planner.ring as f64) as u32;
+    c.planner.lookahead_ms = or(7, c.planner.lookahead_ms as f64) as u64;
+    c.planner.max_tiles_per_round = or(8, c.planner.max_tiles_per_round as f64) as usize;
+    c.batch.max_tiles = or(9, c.batch.max_tiles as f64) as usize;
+    c.batch.max_ids = or(10, c.batch.max_ids as f64) as usize;
+    c.batch.max_in_flight = or(11, c.batch.max_in_flight as f64) as usize;
+    c.batch.timeout_ms = or(12, c.batch.timeout_ms as f64) as u64;
+    c.batch.retries = or(13, c.batch.retries as f64) as u32;
+    c.batch.seed = seed;
+    if let Some(classes) = classes {
+        c.cache.class_ttl_ms.clear();
+        for (name, v) in classes {
+            let path = format!("ttl.byClass.{name}");
+            match number(&path, &CLASS_TTL, v)? {
+                Some(s) => c.cache.class_ttl_ms.insert(name.clone(), s as u64 * 1000),
+                None => None,
+            };
+        }
+    }
+    if !matches!(tier, Value::Other(d) if d == "undefined") {
+        c.access = access("access", tier)?;
+    }
+    Ok(c)
+}
+
+/// A checked viewport. `tile_zoom`, `min_zoom` and `max_tiles` are the client's, so a view
+/// that covers too many data tiles is refused here, before the core sees it.
+pub(crate) fn viewport(
+    v: &[Value; 5],
+    tile_zoom: u8,
+    min_zoom: f64,
+    max_tiles: usize,
+) -> Result<Viewport, FieldError> {
+    const LON: &str = "a finite number (a longitude; any value wraps)";
+    const LAT: &str = "a latitude in -90..=90";
+    let names = ["west", "south", "east", "north", "zoom"];
+    let mut n = [0.0; 5];
+    for (i, name) in names.iter().enumerate() {
+        let allowed = match i {
+            0 | 2 => LON,
+            1 | 3 => LAT,
+            _ => "a number in 0..=30",
+        };
+        let Value::Number(x) = v[i] else {
+            return Err(FieldError::new(
+                name,
+                Kind::Type,
+                code::INVALID_ARG_TYPE,
+                allowed,
+            ));
+        };
+        let ok = match i {
+            0 | 2 => x.is_finite(),
+            1 | 3 => (-90.0..=90.0).contains(&x),
+            _ => (0.0..=30.0).contains(&x),
+        };
+        if !ok {
+            return Err(FieldError::new(
+                name,
+                Kind::Range,
+                code::OUT_OF_RANGE,
+                allowed,
+            ));
+        }
+        n[i] = x;
+    }
+    let [west, south, east, north, zoom] = n;
+    if south > north {
+        let mut e = FieldError::new("south", Kind::Range, code::OUT_OF_RANGE, "at most north");
+        e.other = Some("north");
+        return Err(e);
+    }
+    let too_wide = || {
+        FieldError::new(
+            "viewport",
+            Kind::Range,
+            code::TOO_MANY_TILES,
+            "at most 1024 data tiles wide",
+        )
+    };
+    let bbox = Bbox::new(west, south, east, north).map_err(|_| too_wide())?;
+    if zoom >= min_zoom && tile_zoom <= MAX_ZOOM {
+        let count = cover_range(&bbox, tile_zoom)
+            .map_err(|_| too_wide())?
+            .count();
+        if count > max_tiles as u64 {
+            return Err(too_wide());
+        }
+    }
+    Viewport::new(west, south, east, north, zoom).map_err(|_| too_wide())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn undef() -> Value {
+        Value::Other("undefined".into())
+    }
+
+    #[test]
+    fn defaults_match_the_core() {
+        let values: Vec<Value> = SPECS.iter().map(|_| undef()).collect();
+        let c = client_config(&values, None, &undef(), 7).unwrap();
+        let d = ClientConfig::default();
+        assert_eq!(c.cache, d.cache);
+        assert_eq!(c.planner, d.planner);
+        assert_eq!(c.batch.max_tiles, d.batch.max_tiles);
+        assert_eq!(c.batch.seed, 7);
+        assert_eq!(c.access, Access::Public);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut values: Vec<Value> = SPECS.iter().map(|_| undef()).collect();
+        values[0] = Value::Number(31.0);
+        let e = client_config(&values, None, &undef(), 0).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.kind, e.allowed),
+            ("tileZoom", Kind::Range, "an integer in 0..=24")
+        );
+        values[0] = Value::Text("14".into());
+        let e = client_config(&values, None, &undef(), 0).unwrap_err();
+        assert_eq!((e.field.as_str(), e.kind), ("tileZoom", Kind::Type));
+        values[0] = undef();
+        values[9] = Value::Number(65.0);
+        let e = client_config(&values, None, &undef(), 0).unwrap_err();
+        assert_eq!(e.field, "batch.maxTiles");
+        values[9] = undef();
+        let classes = [("sold".to_string(), Value::Number(0.0))];
+        let e = client_config(&values, Some(&classes), &undef(), 0).unwrap_err();
+        assert_eq!(e.field, "ttl.byClass.sold");
+        let e = client_config(&values, None, &Value::Text("admin".into()), 0).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.code),
+            ("access", code::INVALID_ARG_VALUE)
+        );
+    }
+
+    #[test]
+    fn viewports_are_checked() {
+        let n = Value::Number;
+        let ok = [n(-122.4), n(47.5), n(-122.3), n(47.7), n(14.0)];
+        assert!(viewport(&ok, 14, 12.0, 1024).is_ok());
+        let e = viewport(&[n(0.0), n(10.0), n(1.0), n(-10.0), n(3.0)], 14, 12.0, 1024);
+        assert_eq!(e.unwrap_err().other, Some("north"));
+        let world = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(14.0)];
+        assert_eq!(
+            viewport(&world, 14, 12.0, 1024).unwrap_err().code,
+            code::TOO_MANY_TILES
+        );
+        // Below minZoom nothing is fetched, so any box is fine.
+        let world_low = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(3.0)];
+        assert!(viewport(&world_low, 14, 12.0, 1024).is_ok());
+        let e = viewport(
+            &[n(f64::NAN), n(0.0), n(1.0), n(1.0), n(3.0)],
+            14,
+            12.0,
+            1024,
+        );
+        assert_eq!(e.unwrap_err().field, "west");
+    }
+}

@@ -1,0 +1,539 @@
+//! `Engine`: the sans-IO [`Client`] for the JS `TileCache` (`js/cache.js`), which owns
+//! fetch, timers and events. Not part of the public JS API (it is exported by the glue for
+//! `cache.js`, and typed as internal).
+//!
+//! The boundary is shaped for size and for few crossings:
+//! - Item payloads stay in JavaScript: the cache stores a handle to the JS item object
+//!   ([`JsItem`]), so no JSON is parsed or written in wasm.
+//! - Every call returns one flat record list (see [`Out`]): numbers in one `Float64Array`,
+//!   strings and item objects beside it, decoded by `cache.js`. A call hands back
+//!   everything it caused (requests to send, aborts, events, the next wake-up), so
+//!   `setViewport` is one crossing.
+//! - Bad options and viewports come back as structured [`FieldError`]s; the JS glue
+//!   formats the message. Nothing here panics on input.
+
+use js_sys::{Array, Float64Array};
+use wasm_bindgen::prelude::*;
+
+use super::args::{Kind as ArgKind, Value};
+use super::config::{self, FieldError};
+use super::value;
+use crate::{
+    Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
+    RequestId, TileId, TileList,
+};
+
+/// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
+/// and its estimated size.
+pub(crate) struct JsItem {
+    obj: JsValue,
+    size: usize,
+}
+
+impl Payload for JsItem {
+    fn size_bytes(&self) -> usize {
+        self.size
+    }
+}
+
+/// Record tags in an [`Out`] list; `cache.js` has the same numbers.
+mod tag {
+    pub const SEND: f64 = 1.0;
+    pub const CANCEL: f64 = 2.0;
+    pub const UPDATED: f64 = 3.0;
+    pub const COMPLETE: f64 = 4.0;
+    pub const ERROR: f64 = 5.0;
+    pub const WAKEUP: f64 = 6.0;
+}
+
+/// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
+/// cursors. Layouts (numbers | references):
+/// - view header: `complete, missing, stale, items | missing tiles..., items...` (the
+///   stale items first);
+/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids | access, tiles..., ids...`;
+/// - CANCEL: `2, id`; UPDATED: `3`; COMPLETE: `4`;
+/// - ERROR: `5, id, kind, willRetry, failure, status, retryAfterMs, tiles | message`
+///   (`failure`: 0 timeout, 1 network, 2 http, 3 invalid; `-1` for no retry-after);
+/// - WAKEUP: `6, at` (the clock time at which to call `tick`).
+#[derive(Default)]
+struct Out {
+    nums: Vec<f64>,
+    refs: Vec<JsValue>,
+}
+
+impl Out {
+    fn finish(self) -> Vec<JsValue> {
+        let mut all = Vec::with_capacity(self.refs.len() + 1);
+        all.push(Float64Array::from(&self.nums[..]).into());
+        all.extend(self.refs);
+        all
+    }
+}
+
+fn kind_num(k: Kind) -> f64 {
+    match k {
+        Kind::Foreground => 0.0,
+        Kind::Prefetch => 1.0,
+    }
+}
+
+/// A clock reading from JS: any number; negative, NaN and huge values saturate.
+fn ms(now: f64) -> u64 {
+    now as u64
+}
+
+/// A structured error for the JS glue: `[field, kind (0 type, 1 range), code, allowed,
+/// other field or undefined]`.
+fn field_error(e: FieldError) -> JsValue {
+    let a = Array::new();
+    a.push(&JsValue::from_str(&e.field));
+    a.push(&JsValue::from_f64(match e.kind {
+        ArgKind::Type => 0.0,
+        ArgKind::Range => 1.0,
+    }));
+    a.push(&JsValue::from_str(e.code));
+    a.push(&JsValue::from_str(e.allowed));
+    a.push(&e.other.map_or(JsValue::UNDEFINED, JsValue::from_str));
+    a.into()
+}
+
+/// The access tiers in the order of their codes in [`Engine::response`].
+const TIERS: [Access; 4] = [
+    Access::Public,
+    Access::Registered,
+    Access::Verified,
+    Access::Agent,
+];
+
+#[wasm_bindgen(skip_typescript)]
+pub struct Engine {
+    client: Client<JsItem>,
+    tile_zoom: u8,
+    min_zoom: f64,
+    max_visible: usize,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// The JS paths of the numeric options, in the order `new` takes their values.
+    #[wasm_bindgen(js_name = optionPaths)]
+    pub fn option_paths() -> Vec<JsValue> {
+        config::SPECS
+            .iter()
+            .map(|s| JsValue::from_str(s.path))
+            .collect()
+    }
+
+    /// `values`: the numeric options in [`Engine::option_paths`] order (`undefined` for the
+    /// default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when `by_class`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        values: Vec<JsValue>,
+        by_class: bool,
+        classes: Vec<String>,
+        class_ttls: Vec<JsValue>,
+        access: &JsValue,
+        seed: f64,
+    ) -> Result<Engine, JsValue> {
+        let values: Vec<Value> = values.iter().map(value).collect();
+        let classes: Vec<(String, Value)> = classes
+            .into_iter()
+            .zip(class_ttls.iter().map(value))
+            .collect();
+        let config = config::client_config(
+            &values,
+            by_class.then_some(&classes[..]),
+            &value(access),
+            seed as u64,
+        )
+        .map_err(field_error)?;
+        let (tile_zoom, min_zoom) = (config.cache.tile_zoom, config.planner.min_zoom);
+        let max_visible = config.planner.max_visible_tiles;
+        // The options are checked above, so the core's own checks pass.
+        let client = Client::new(config).map_err(|_| JsValue::NULL)?;
+        Ok(Engine {
+            client,
+            tile_zoom,
+            min_zoom,
+            max_visible,
+        })
+    }
+
+    /// `setViewport`: the view from the cache, then everything it set in motion.
+    pub fn view(
+        &mut self,
+        west: &JsValue,
+        south: &JsValue,
+        east: &JsValue,
+        north: &JsValue,
+        zoom: &JsValue,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
+        let v = [
+            value(west),
+            value(south),
+            value(east),
+            value(north),
+            value(zoom),
+        ];
+        let vp = config::viewport(&v, self.tile_zoom, self.min_zoom, self.max_visible)
+            .map_err(field_error)?;
+        let now = ms(now);
+        let mut out = Out::default();
+        let (mut stale, mut fresh) = (Vec::new(), Vec::new());
+        let sink = |item: &CacheItem<JsItem>, is_stale: bool| {
+            let obj = item.payload().obj.clone();
+            if is_stale { &mut stale } else { &mut fresh }.push(obj);
+        };
+        let outcome = self.client.set_viewport(vp, now, sink).map_err(|_| {
+            field_error(FieldError {
+                field: "viewport".into(),
+                kind: ArgKind::Range,
+                code: super::args::code::TOO_MANY_TILES,
+                allowed: "at most 1024 data tiles wide",
+                other: None,
+            })
+        })?;
+        out.nums.extend([
+            outcome.complete as u8 as f64,
+            outcome.missing.len() as f64,
+            stale.len() as f64,
+            (stale.len() + fresh.len()) as f64,
+        ]);
+        for t in &outcome.missing {
+            out.refs.push(JsValue::from_str(&t.to_string()));
+        }
+        out.refs.extend(stale);
+        out.refs.extend(fresh);
+        self.pump(&mut out, now);
+        Ok(out.finish())
+    }
+
+    /// The current view again (after an UPDATED record), then anything pending.
+    pub fn items(&mut self, now: f64) -> Vec<JsValue> {
+        let now = ms(now);
+        let mut out = Out::default();
+        let (mut stale, mut fresh) = (Vec::new(), Vec::new());
+        let outcome = self.client.view_items(now, |item, is_stale| {
+            let obj = item.payload().obj.clone();
+            if is_stale { &mut stale } else { &mut fresh }.push(obj);
+        });
+        out.nums.extend([
+            outcome.complete as u8 as f64,
+            outcome.missing.len() as f64,
+            stale.len() as f64,
+            (stale.len() + fresh.len()) as f64,
+        ]);
+        for t in &outcome.missing {
+            out.refs.push(JsValue::from_str(&t.to_string()));
+        }
+        out.refs.extend(stale);
+        out.refs.extend(fresh);
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// A response, flattened by `cache.js` from the parsed JSON:
+    /// - `tiles[i]` with `tile_ttls[i]` (seconds, `-1` for none) and `tile_lens[i]` ids,
+    ///   taken in order from `tile_ids`;
+    /// - item `j`: `ids[j]`, `coords[3j..3j+3]` = lon, lat, ttl (`-1` for none),
+    ///   `classes[j]`, `tiers[j]` (0..=3; 255 for an unknown tier), `objs[j]` (the JS item);
+    /// - `missing` ids; `size`: bytes charged per item.
+    #[allow(clippy::too_many_arguments)]
+    pub fn response(
+        &mut self,
+        id: f64,
+        now: f64,
+        tiles: Vec<String>,
+        tile_ttls: Vec<f64>,
+        tile_lens: Vec<u32>,
+        tile_ids: Vec<String>,
+        ids: Vec<String>,
+        coords: Vec<f64>,
+        classes: Vec<String>,
+        tiers: Vec<u8>,
+        objs: Vec<JsValue>,
+        size: f64,
+        missing: Vec<String>,
+    ) -> Vec<JsValue> {
+        let (rid, now) = (RequestId(id as u64), ms(now));
+        let mut out = Out::default();
+        match build_response(
+            tiles, tile_ttls, tile_lens, tile_ids, ids, coords, classes, tiers, objs, size, missing,
+        ) {
+            // An invalid response is reported as a failure by the core itself.
+            Ok(r) => {
+                let _ = self.client.on_response(rid, r, now);
+            }
+            Err(reason) => self.client.on_failure(rid, Failure::Invalid(reason), now),
+        }
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// A request failed: `failure` 0 timeout, 1 network, 2 HTTP `status` (with
+    /// `retry_after_ms`, negative for none), 3 invalid response, 4 aborted.
+    pub fn failure(
+        &mut self,
+        id: f64,
+        failure: u8,
+        status: u16,
+        retry_after_ms: f64,
+        message: String,
+        now: f64,
+    ) -> Vec<JsValue> {
+        let f = match failure {
+            0 => Failure::Timeout,
+            1 => Failure::Network(message),
+            2 => Failure::Http {
+                status,
+                retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
+            },
+            3 => Failure::Invalid(message),
+            _ => Failure::Aborted,
+        };
+        let now = ms(now);
+        self.client.on_failure(RequestId(id as u64), f, now);
+        let mut out = Out::default();
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// Time passed (the WAKEUP time came): timeouts, backoffs, breaker probes.
+    pub fn tick(&mut self, now: f64) -> Vec<JsValue> {
+        let now = ms(now);
+        self.client.handle_timeout(now);
+        let mut out = Out::default();
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// `getMany`: header `count | item or undefined per id`; misses are queued.
+    pub fn get(&mut self, ids: Vec<String>, now: f64) -> Vec<JsValue> {
+        let now = ms(now);
+        let mut out = Out::default();
+        out.nums.push(ids.len() as f64);
+        for id in &ids {
+            let found = self
+                .client
+                .get(id, now)
+                .map(|l| l.item.payload().obj.clone());
+            out.refs.push(found.unwrap_or(JsValue::UNDEFINED));
+        }
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// The cached item with this id (fresh or stale), without counting or fetching.
+    pub fn peek(&self, id: &str, now: f64) -> JsValue {
+        let c = &self.client;
+        c.cache()
+            .peek(id, c.access(), ms(now))
+            .map_or(JsValue::UNDEFINED, |l| l.item.payload().obj.clone())
+    }
+
+    /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error.
+    pub fn invalidate(
+        &mut self,
+        ids: Vec<String>,
+        tiles: Vec<String>,
+        all: bool,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
+        let now = ms(now);
+        let mut parsed = Vec::with_capacity(tiles.len());
+        for t in &tiles {
+            parsed.push(t.parse::<TileId>().map_err(|_| {
+                field_error(FieldError {
+                    field: "tiles".into(),
+                    kind: ArgKind::Type,
+                    code: super::args::code::INVALID_TILE,
+                    allowed: "an array of tile strings \"z/x/y\"",
+                    other: None,
+                })
+            })?);
+        }
+        let mut n = 0;
+        if all {
+            n += self.client.invalidate(Invalidate::All, now);
+        } else {
+            if !ids.is_empty() {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                n += self.client.invalidate(Invalidate::Ids(&ids), now);
+            }
+            if !parsed.is_empty() {
+                n += self.client.invalidate(Invalidate::Tiles(&parsed), now);
+            }
+        }
+        let mut out = Out::default();
+        out.nums.push(n as f64);
+        self.pump(&mut out, now);
+        Ok(out.finish())
+    }
+
+    /// `setAccess`.
+    #[wasm_bindgen(js_name = setAccess)]
+    pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
+        let tier = config::access("access", &value(access)).map_err(field_error)?;
+        let now = ms(now);
+        self.client.set_access(tier, now);
+        let mut out = Out::default();
+        self.pump(&mut out, now);
+        Ok(out.finish())
+    }
+
+    /// The counters, in the order `cache.js` names them.
+    pub fn stats(&self) -> Vec<f64> {
+        let s = self.client.stats();
+        vec![
+            s.cache.hits as f64,
+            s.cache.misses as f64,
+            s.cache.stale_hits as f64,
+            s.hit_rate(),
+            s.batch.requests as f64,
+            s.batch.prefetch_requests as f64,
+            s.items_fetched as f64,
+            s.prefetch_tiles_used as f64,
+            s.prefetch_tiles_wasted as f64,
+            s.cache.evictions as f64,
+            s.cache.entries as f64,
+            s.cache.bytes as f64,
+            s.in_flight as f64,
+            s.errors as f64,
+            s.breaker_open as u8 as f64,
+        ]
+    }
+}
+
+impl Engine {
+    /// Appends every request, abort and event the last call caused, and the next wake-up.
+    fn pump(&mut self, out: &mut Out, now: u64) {
+        while let Some(s) = self.client.poll_request(now) {
+            let r = &s.request;
+            out.nums.extend([
+                tag::SEND,
+                s.id.0 as f64,
+                kind_num(s.kind),
+                s.attempt as f64,
+                s.timeout_ms as f64,
+                r.tiles.len() as f64,
+                r.ids.len() as f64,
+            ]);
+            out.refs.push(JsValue::from_str(r.access.as_str()));
+            for t in &r.tiles {
+                out.refs.push(JsValue::from_str(&t.to_string()));
+            }
+            for id in &r.ids {
+                out.refs.push(JsValue::from_str(id));
+            }
+        }
+        while let Some(id) = self.client.poll_cancel() {
+            out.nums.extend([tag::CANCEL, id.0 as f64]);
+        }
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                Event::Updated => out.nums.push(tag::UPDATED),
+                Event::Complete => out.nums.push(tag::COMPLETE),
+                Event::Error(e) => {
+                    let (code, status, retry_after, message) = match e.failure {
+                        Failure::Timeout => (0.0, 0, None, String::new()),
+                        Failure::Network(m) => (1.0, 0, None, m),
+                        Failure::Http {
+                            status,
+                            retry_after_ms,
+                        } => (2.0, status, retry_after_ms, String::new()),
+                        Failure::Invalid(m) => (3.0, 0, None, m),
+                        Failure::Aborted => (4.0, 0, None, String::new()),
+                    };
+                    out.nums.extend([
+                        tag::ERROR,
+                        e.request.0 as f64,
+                        kind_num(e.kind),
+                        e.will_retry as u8 as f64,
+                        code,
+                        status as f64,
+                        retry_after.map_or(-1.0, |ms| ms as f64),
+                        e.tiles.len() as f64,
+                    ]);
+                    out.refs.push(JsValue::from_str(&message));
+                }
+            }
+        }
+        if let Some(at) = self.client.next_wakeup(now) {
+            out.nums.extend([tag::WAKEUP, at as f64]);
+        }
+    }
+}
+
+/// Builds the core's response from the flattened arrays; an inconsistent shape (which
+/// `cache.js` never produces) is an invalid response, not a panic.
+#[allow(clippy::too_many_arguments)]
+fn build_response(
+    tiles: Vec<String>,
+    tile_ttls: Vec<f64>,
+    tile_lens: Vec<u32>,
+    tile_ids: Vec<String>,
+    ids: Vec<String>,
+    coords: Vec<f64>,
+    classes: Vec<String>,
+    tiers: Vec<u8>,
+    objs: Vec<JsValue>,
+    size: f64,
+    missing: Vec<String>,
+) -> Result<BatchResponse<JsItem>, String> {
+    let n = ids.len();
+    if tile_ttls.len() != tiles.len()
+        || tile_lens.len() != tiles.len()
+        || coords.len() != 3 * n
+        || classes.len() != n
+        || tiers.len() != n
+        || objs.len() != n
+    {
+        return Err("response arrays disagree in length".into());
+    }
+    let ttl = |t: f64| (t >= 0.0).then_some(t.min(u32::MAX as f64) as u32);
+    let mut lists = Vec::with_capacity(tiles.len());
+    let mut rest = tile_ids.into_iter();
+    for (i, s) in tiles.iter().enumerate() {
+        let Ok(tile) = s.parse::<TileId>() else {
+            return Err(format!("tiles[{i}].tile {s:?} is not a tile z/x/y"));
+        };
+        let ids: Vec<String> = rest.by_ref().take(tile_lens[i] as usize).collect();
+        if ids.len() != tile_lens[i] as usize {
+            return Err("response arrays disagree in length".into());
+        }
+        lists.push(TileList {
+            tile,
+            ids,
+            ttl: ttl(tile_ttls[i]),
+        });
+    }
+    let size = if size.is_finite() && size > 0.0 {
+        size.min(1e9) as usize
+    } else {
+        0
+    };
+    let mut items = Vec::with_capacity(n);
+    let parts = ids.into_iter().zip(classes).zip(tiers).zip(objs);
+    for (j, (((id, class), tier), obj)) in parts.enumerate() {
+        let Some(&access) = TIERS.get(tier as usize) else {
+            return Err(format!(
+                "items[{j}].access must be one of \"public\", \"registered\", \"verified\", \"agent\""
+            ));
+        };
+        items.push(Item {
+            id,
+            lon: coords[3 * j],
+            lat: coords[3 * j + 1],
+            class,
+            access,
+            ttl: ttl(coords[3 * j + 2]),
+            data: JsItem { obj, size },
+        });
+    }
+    Ok(BatchResponse {
+        tiles: lists,
+        items,
+        missing,
+    })
+}
