@@ -31,7 +31,12 @@ const opts = {
   access: params.get('access') ?? 'public',
   ring: clampInt(params.get('ring'), 0, 2, 1),
   lookahead: params.get('lookahead') !== '0',
+  views: params.get('views') !== '0',
 };
+// Whether the package takes `prefetch.viewRing` (prefetch of the neighbouring views);
+// found out on the first TileCache.create. Without it the core's default (the 8
+// neighbouring views) always applies.
+let viewRingOption = null;
 
 function clampInt(s, lo, hi, dflt) {
   const n = Number.parseInt(s ?? '', 10);
@@ -123,18 +128,24 @@ map.on('render', placeLabels);
 // ---------------------------------------------------------------- the cache
 // Recreated when the prefetch options change: simple, and the counters start afresh.
 async function makeCache() {
-  const next = await TileCache.create({
-    endpoint: opts.endpoint,
-    tileZoom: TILE_ZOOM,
-    minZoom: MIN_ZOOM,
-    maxItems: 60_000,
-    maxBytes: 48 * 1024 * 1024,
-    ttl: { default: 300, byClass: { active: 300, off_market: 14_400 } },
-    prefetch: { ring: opts.ring, lookaheadMs: opts.lookahead ? 1500 : 0, maxTilesPerRound: 32 },
-    batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
-    access: opts.access,
-    fetch: trackingFetch,
-  });
+  const prefetch = { ring: opts.ring, lookaheadMs: opts.lookahead ? 1500 : 0, maxTilesPerRound: 32 };
+  if (viewRingOption !== false) prefetch.viewRing = opts.views ? 1 : 0;
+  let next;
+  try {
+    next = await createCache(prefetch);
+    viewRingOption = 'viewRing' in prefetch;
+  } catch (e) {
+    if (!(viewRingOption === null && /prefetch\.viewRing/.test(e?.message))) throw e;
+    delete prefetch.viewRing;
+    viewRingOption = false;
+    next = await createCache(prefetch);
+  }
+  const views = $('c-views');
+  views.disabled = !viewRingOption;
+  views.closest('label').title = viewRingOption
+    ? 'prefetch the 8 views around this one (prefetch.viewRing 1; off: 0)'
+    : 'this package has no prefetch.viewRing option: it always prefetches the 8 neighbouring views';
+  if (!viewRingOption) views.checked = true;
   if (offUpdate) offUpdate();
   if (cache) cache.dispose();
   cache = next;
@@ -147,6 +158,21 @@ async function makeCache() {
   });
   $('tile-source').textContent = tileStateSource();
   pushViewport();
+}
+
+function createCache(prefetch) {
+  return TileCache.create({
+    endpoint: opts.endpoint,
+    tileZoom: TILE_ZOOM,
+    minZoom: MIN_ZOOM,
+    maxItems: 60_000,
+    maxBytes: 48 * 1024 * 1024,
+    ttl: { default: 300, byClass: { active: 300, off_market: 14_400 } },
+    prefetch,
+    batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
+    access: opts.access,
+    fetch: trackingFetch,
+  });
 }
 
 // A fetch that watches the batch requests go by, to tell which data tiles are in flight,
@@ -432,6 +458,11 @@ $('c-ring').addEventListener('change', (e) => {
   opts.ring = Number(e.target.value);
   void makeCache();
 });
+$('c-views').checked = opts.views;
+$('c-views').addEventListener('change', (e) => {
+  opts.views = e.target.checked;
+  void makeCache();
+});
 $('c-lookahead').addEventListener('change', (e) => {
   opts.lookahead = e.target.checked;
   void makeCache();
@@ -517,11 +548,14 @@ window.tilewarmDemo = {
   },
   replay,
   stopReplay,
-  setPrefetch: async ({ ring = opts.ring, lookahead = opts.lookahead } = {}) => {
+  viewRingOption: () => viewRingOption,
+  setPrefetch: async ({ ring = opts.ring, lookahead = opts.lookahead, views = opts.views } = {}) => {
     opts.ring = ring;
     opts.lookahead = lookahead;
+    opts.views = views;
     $('c-ring').value = String(ring);
     $('c-lookahead').checked = lookahead;
+    $('c-views').checked = views;
     await makeCache();
   },
 };
