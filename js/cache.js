@@ -20,8 +20,8 @@ const TOP_OPTIONS = [
 ];
 const GROUPS = {
   ttl: ['default', 'byClass', 'staleWhileRevalidate'],
-  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound'],
-  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries'],
+  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible'],
+  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels'],
 };
 const TIMEOUT = Symbol('timeout');
 const CREATE = Symbol('create');

@@ -34,8 +34,12 @@ export interface TileCacheOptions {
     ring?: number;
     /** How far ahead motion is extrapolated, in ms: 0..=60000 (0 = off). Default 1500. */
     lookaheadMs?: number;
-    /** Prefetch tiles per round: 0..=4096. Default 32. */
+    /** Prefetch tiles per round, at least: 0..=4096. Default 32. */
     maxTilesPerRound?: number;
+    /** Neighbourhood of the view, in view sizes (1 = the 8 neighbouring views): 0..=4 (0 = off). Default 1. */
+    viewRing?: number;
+    /** The per-round budget grows to this many prefetch tiles per visible tile: 0..=64. Default 8. */
+    budgetPerVisible?: number;
   };
   batch?: {
     /** Tiles per request: 1..=64. Default 16. */
@@ -48,6 +52,8 @@ export interface TileCacheOptions {
     timeoutMs?: number;
     /** Retries after the first attempt: 0..=10. Default 2. */
     retries?: number;
+    /** Ask for a tile up to this many zooms coarser when all its data tiles are missing: 0..=4 (0 = off). Default 2. */
+    coalesceLevels?: number;
   };
   /** The caller's tier. Default `'public'`. */
   access?: Access;

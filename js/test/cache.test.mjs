@@ -100,7 +100,7 @@ test('a pan of one tile after prefetch needs no foreground request', async () =>
 test('TTL expiry follows the injected clock, per class', async () => {
   fresh();
   let now = 1_700_000_000_000;
-  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0 } });
+  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
   const v = viewOf(SX, SY, 1, 1);
   cache.setViewport(v);
   await cache.whenComplete();
@@ -127,7 +127,7 @@ test('TTL expiry follows the injected clock, per class', async () => {
 test('stale-while-revalidate shows expired items flagged stale while refetching', async () => {
   fresh();
   let now = 1_700_000_000_000;
-  const cache = await make({ now: () => now, ttl: { staleWhileRevalidate: 60 }, prefetch: { ring: 0 } });
+  const cache = await make({ now: () => now, ttl: { staleWhileRevalidate: 60 }, prefetch: { ring: 0, viewRing: 0 } });
   const v = viewOf(SX, SY, 1, 1);
   cache.setViewport(v);
   await cache.whenComplete();
@@ -143,7 +143,7 @@ test('stale-while-revalidate shows expired items flagged stale while refetching'
 
 test('an access downgrade purges at once; an upgrade refetches', async () => {
   fresh();
-  const cache = await make({ access: 'agent', prefetch: { ring: 0 } });
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
   const v = viewOf(SX, SY);
   cache.setViewport(v);
   await cache.whenComplete();
@@ -168,7 +168,7 @@ test('an access downgrade purges at once; an upgrade refetches', async () => {
 
 test('invalidation by id, by tile and of everything refetches what is visible', async () => {
   fresh();
-  const cache = await make({ prefetch: { ring: 0 } });
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
   const v = viewOf(SX, SY);
   cache.setViewport(v);
   await cache.whenComplete();
@@ -196,7 +196,7 @@ test('invalidation by id, by tile and of everything refetches what is visible', 
 test('in-flight de-duplication: two setViewport calls, one request', async () => {
   fresh();
   backend.delayMs = 100;
-  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 } });
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
   const v = viewOf(SX, SY);
   cache.setViewport(v);
   cache.setViewport(v);
@@ -225,7 +225,7 @@ test('stale prefetches are aborted when the planner drops them', async () => {
 
 test('HTTP 500, timeouts and invalid JSON go to onError and whenComplete; cached data stays usable', async () => {
   fresh();
-  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 }, batch: { retries: 1, timeoutMs: 150 } });
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 }, batch: { retries: 1, timeoutMs: 150 } });
   const cached = viewOf(SX, SY, 1, 1);
   cache.setViewport(cached);
   await cache.whenComplete();
@@ -264,7 +264,7 @@ test('HTTP 500, timeouts and invalid JSON go to onError and whenComplete; cached
 
 test('429 Retry-After is honoured', async () => {
   fresh({ status: 429, retryAfter: '1' });
-  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0 }, batch: { retries: 1 } });
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 }, batch: { retries: 1 } });
   const errors = [];
   cache.onError((e) => errors.push(e));
   cache.setViewport(viewOf(SX, SY, 1, 1));
@@ -331,7 +331,7 @@ test('setViewport never throws on backend or fetch trouble', async () => {
 
 test('get and getMany: cached, fetched by id, missing, de-duplicated', async () => {
   fresh();
-  const cache = await make({ prefetch: { ring: 0 } });
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
   const [a, b, c] = ['h1', 'h2', 'h3'];
   const [one, two] = await Promise.all([cache.get(a), cache.get(a)]);
   assert.equal(one, two, 'the same object');
@@ -392,7 +392,7 @@ test('dispose aborts requests, rejects waiters and makes the cache unusable', as
 
 test('listeners unsubscribe; a throwing listener does not break the cache', async () => {
   fresh();
-  const cache = await make({ prefetch: { ring: 0 } });
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
   let n = 0;
   const off = cache.onUpdate(() => { n++; });
   const saved = globalThis.reportError;

@@ -61,7 +61,7 @@ const MAX_TTL_S: f64 = 2_592_000.0;
 /// The numeric options, in the order the JS glue passes their values. `undefined` means
 /// the default (from [`ClientConfig::default`]); the JS option table in `js/README.md`
 /// lists the same ranges.
-pub(crate) const SPECS: [Spec; 14] = [
+pub(crate) const SPECS: [Spec; 17] = [
     int("tileZoom", 0.0, 24.0, "an integer in 0..=24"),
     Spec {
         path: "minZoom",
@@ -107,6 +107,21 @@ pub(crate) const SPECS: [Spec; 14] = [
     int("batch.maxInFlight", 1.0, 64.0, "an integer in 1..=64"),
     int("batch.timeoutMs", 1.0, 600000.0, "an integer in 1..=600000"),
     int("batch.retries", 0.0, 10.0, "an integer in 0..=10"),
+    Spec {
+        path: "prefetch.viewRing",
+        lo: 0.0,
+        hi: 4.0,
+        integer: false,
+        allowed: "a number in 0..=4",
+    },
+    Spec {
+        path: "prefetch.budgetPerVisible",
+        lo: 0.0,
+        hi: 64.0,
+        integer: false,
+        allowed: "a number in 0..=64",
+    },
+    int("batch.coalesceLevels", 0.0, 4.0, "an integer in 0..=4"),
 ];
 
 /// The range of every `ttl.byClass` value.
@@ -194,6 +209,9 @@ pub(crate) fn client_config(
     c.batch.max_in_flight = or(11, c.batch.max_in_flight as f64) as usize;
     c.batch.timeout_ms = or(12, c.batch.timeout_ms as f64) as u64;
     c.batch.retries = or(13, c.batch.retries as f64) as u32;
+    c.planner.view_ring = or(14, c.planner.view_ring);
+    c.planner.budget_per_visible = or(15, c.planner.budget_per_visible);
+    c.batch.coalesce_levels = or(16, c.batch.coalesce_levels as f64) as u8;
     c.batch.seed = seed;
     if let Some(classes) = classes {
         c.cache.class_ttl_ms.clear();
