@@ -33,10 +33,6 @@ const opts = {
   lookahead: params.get('lookahead') !== '0',
   views: params.get('views') !== '0',
 };
-// Whether the package takes `prefetch.viewRing` (prefetch of the neighbouring views);
-// found out on the first TileCache.create. Without it the core's default (the 8
-// neighbouring views) always applies.
-let viewRingOption = null;
 
 function clampInt(s, lo, hi, dflt) {
   const n = Number.parseInt(s ?? '', 10);
@@ -128,24 +124,23 @@ map.on('render', placeLabels);
 // ---------------------------------------------------------------- the cache
 // Recreated when the prefetch options change: simple, and the counters start afresh.
 async function makeCache() {
-  const prefetch = { ring: opts.ring, lookaheadMs: opts.lookahead ? 1500 : 0, maxTilesPerRound: 32 };
-  if (viewRingOption !== false) prefetch.viewRing = opts.views ? 1 : 0;
-  let next;
-  try {
-    next = await createCache(prefetch);
-    viewRingOption = 'viewRing' in prefetch;
-  } catch (e) {
-    if (!(viewRingOption === null && /prefetch\.viewRing/.test(e?.message))) throw e;
-    delete prefetch.viewRing;
-    viewRingOption = false;
-    next = await createCache(prefetch);
-  }
-  const views = $('c-views');
-  views.disabled = !viewRingOption;
-  views.closest('label').title = viewRingOption
-    ? 'prefetch the 8 views around this one (prefetch.viewRing 1; off: 0)'
-    : 'this package has no prefetch.viewRing option: it always prefetches the 8 neighbouring views';
-  if (!viewRingOption) views.checked = true;
+  const next = await TileCache.create({
+    endpoint: opts.endpoint,
+    tileZoom: TILE_ZOOM,
+    minZoom: MIN_ZOOM,
+    maxItems: 60_000,
+    maxBytes: 48 * 1024 * 1024,
+    ttl: { default: 300, byClass: { active: 300, off_market: 14_400 } },
+    prefetch: {
+      ring: opts.ring, // tiles around the visible ones
+      viewRing: opts.views ? 1 : 0, // the 8 views around this one
+      lookaheadMs: opts.lookahead ? 1500 : 0, // where the pan is heading
+      maxTilesPerRound: 32,
+    },
+    batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
+    access: opts.access,
+    fetch: trackingFetch,
+  });
   if (offUpdate) offUpdate();
   if (cache) cache.dispose();
   cache = next;
@@ -158,21 +153,6 @@ async function makeCache() {
   });
   $('tile-source').textContent = tileStateSource();
   pushViewport();
-}
-
-function createCache(prefetch) {
-  return TileCache.create({
-    endpoint: opts.endpoint,
-    tileZoom: TILE_ZOOM,
-    minZoom: MIN_ZOOM,
-    maxItems: 60_000,
-    maxBytes: 48 * 1024 * 1024,
-    ttl: { default: 300, byClass: { active: 300, off_market: 14_400 } },
-    prefetch,
-    batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
-    access: opts.access,
-    fetch: trackingFetch,
-  });
 }
 
 // A fetch that watches the batch requests go by, to tell which data tiles are in flight,
@@ -548,7 +528,6 @@ window.tilewarmDemo = {
   },
   replay,
   stopReplay,
-  viewRingOption: () => viewRingOption,
   setPrefetch: async ({ ring = opts.ring, lookahead = opts.lookahead, views = opts.views } = {}) => {
     opts.ring = ring;
     opts.lookahead = lookahead;
