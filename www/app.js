@@ -146,7 +146,14 @@ async function makeCache() {
   cache = next;
   tracker.reset();
   chart.restart();
-  offUpdate = cache.onUpdate((next) => setItems(next));
+  offUpdate = cache.onUpdate((next, view) => {
+    if (view && lastView) {
+      lastView.complete = view.complete;
+      lastView.missing = new Set(view.missingTiles ?? []);
+    }
+    setItems(next);
+    scheduleOverlay();
+  });
   cache.onError((err) => {
     $('replay-status').textContent = `cache error: ${err?.message ?? err}`;
     console.warn('tilewarm:', err);
@@ -227,17 +234,35 @@ function visibleTiles(v) {
 }
 
 // ---------------------------------------------------------------- items and labels
+let itemsSig = '';
 function setItems(next) {
   items = next ?? [];
+  // The cache hands out the items of the visible tiles on every viewport: re-upload them to
+  // the map only when they changed (a pan inside the same tiles changes nothing).
+  let h = items.length;
+  for (const it of items) {
+    h = (Math.imul(h, 31) + it.id.length + it.id.charCodeAt(it.id.length - 1) + (it.stale ? 7 : 0)) | 0;
+  }
+  const sig = `${items.length}:${h}:${items[0]?.id}:${items.at(-1)?.id}`;
+  const changed = sig !== itemsSig;
+  itemsSig = sig;
+  updateInViewCount();
+  if (!changed) return;
+  labelsDirty = true;
   const features = items.map((it) => ({
     type: 'Feature',
     geometry: { type: 'Point', coordinates: [it.lon, it.lat] },
     properties: { id: it.id, class: it.class, stale: !!it.stale },
   }));
   map.getSource('items')?.setData({ type: 'FeatureCollection', features });
-  $('s-view').textContent = items.length.toLocaleString('en');
-  labelsDirty = true;
   map.triggerRepaint();
+}
+
+function updateInViewCount() {
+  const v = lastView;
+  let n = 0;
+  if (v) for (const it of items) if (it.lon >= v.west && it.lon <= v.east && it.lat >= v.south && it.lat <= v.north) n++;
+  $('s-view').textContent = (v ? n : items.length).toLocaleString('en');
 }
 
 const labelBox = $('labels');
