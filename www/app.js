@@ -430,7 +430,7 @@ function foregroundRequests(s) {
 function updatePanel() {
   if (!cache) return;
   const s = cache.stats();
-  $('s-hitRate').textContent = `${(100 * (s.hitRate ?? 0)).toFixed(1)}%`;
+  $('s-hitRate').textContent = s.hits + s.misses > 0 ? `${(100 * s.hitRate).toFixed(1)}%` : '–';
   $('s-foreground').textContent = foregroundRequests(s).toLocaleString('en');
   $('s-prefetchRequests').textContent = s.prefetchRequests.toLocaleString('en');
   $('s-inFlight').textContent = String(s.inFlight);
