@@ -4,11 +4,12 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test bench demo setup
+.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test demo-test bench demo setup
 
 ## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, the npm
-## package and the Node tests against it. Node's summary is the closing output.
-test: lint cargo-test wasm-core pkg node-test
+## package and the Node tests against it, then the demo page in headless Chromium.
+## Node's summary is the closing output.
+test: lint cargo-test wasm-core pkg node-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
@@ -46,14 +47,18 @@ pkg:
 node-test: pkg
 	scripts/test-node.sh
 
+## The demo page (www/): its helpers under Node, then end to end in headless Chromium
+## against tilewarm-server; screenshots in target/demo-screenshot*.png.
+demo-test: pkg
+	scripts/demo-test.sh
+
 ## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part;
 ## the pkg part measures the package size against its 40 KB gzipped budget).
 bench:
 	@scripts/setup.sh rust
 	scripts/bench.sh
 
+## Builds the package, the server and the page, starts tilewarm-server with the synthetic
+## city on http://127.0.0.1:8080/ (PORT=... to change) and stays until Ctrl-C.
 demo:
-	@echo "make demo: the demo page (www/) is not built yet; it lands with the cache bindings."
-	@echo "What works today:"
-	@echo "  make test   every suite: fmt, clippy, cargo test, wasm32 core build, npm package, Node tests"
-	@echo "  make pkg    build the npm package into pkg/ (tile functions for browsers, Node, workerd)"
+	scripts/demo.sh
