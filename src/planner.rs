@@ -165,27 +165,27 @@ impl PlannerConfig {
                 "in 0..=4096",
             );
         }
-        if !self.view_ring.is_finite() || !(0.0..=4.0).contains(&self.view_ring) {
-            return bad("view_ring", self.view_ring, "a number in 0..=4");
-        }
-        if !self.budget_per_visible.is_finite() || !(0.0..=64.0).contains(&self.budget_per_visible)
-        {
-            return bad(
+        let floats: [(&'static str, f64, f64, &'static str); 4] = [
+            ("view_ring", self.view_ring, 4.0, "a number in 0..=4"),
+            (
                 "budget_per_visible",
                 self.budget_per_visible,
+                64.0,
                 "a number in 0..=64",
-            );
-        }
-        if !self.keep_views.is_finite() || !(0.0..=64.0).contains(&self.keep_views) {
-            return bad("keep_views", self.keep_views, "a number in 0..=64");
-        }
-        if !self.max_lead_viewports.is_finite() || !(0.0..=16.0).contains(&self.max_lead_viewports)
-        {
-            return bad(
+            ),
+            ("keep_views", self.keep_views, 64.0, "a number in 0..=64"),
+            (
                 "max_lead_viewports",
                 self.max_lead_viewports,
+                16.0,
                 "a number in 0..=16",
-            );
+            ),
+        ];
+        for (field, value, hi, allowed) in floats {
+            // NaN fails the range check too.
+            if !(0.0..=hi).contains(&value) {
+                return bad(field, value, allowed);
+            }
         }
         Ok(())
     }
