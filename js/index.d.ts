@@ -71,7 +71,7 @@ export interface Viewport {
   south: number;
   east: number;
   north: number;
-  /** Map zoom, 0..=30 (fractional is fine). */
+  /** Map zoom in 256-px XYZ terms, 0..=30 (fractional is fine): Leaflet's zoom as is, MapLibre's `getZoom() + 1` (its tiles are 512 px). */
   zoom: number;
 }
 

@@ -5,7 +5,9 @@
 #   sim     sim/run-bench.sh (trace replay: none / lru / ring1 / tilewarm / oracle)
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
 # A part whose script is absent, or that fails, is reported as such in the document; the
-# run still writes it. Parts: `scripts/bench.sh core sim` runs only those.
+# run still writes it. Parts: `scripts/bench.sh core sim` runs only those (and rewrites the
+# document from the outputs of earlier runs for the others; `scripts/bench.sh none` only
+# rewrites it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
@@ -75,11 +77,16 @@ HEAD
   echo
   section "$out/pkg-size.md" "(package size not measured in this invocation)"
   echo
+  echo "Node micro-benchmarks (\`bench/js/micro.mjs\`): each job against the same job composed from"
+  echo "the JS libraries a page would otherwise use. Read \`setViewport\` with care: tilewarm's call"
+  echo "also checks freshness and tiers, plans the prefetch round and queues requests; the peer"
+  echo "composition only reads the cache."
+  echo
   section "$out/js.md" "(Node micro-benchmarks not run in this invocation)"
   echo
-  echo "## Trace replay (tilewarm-sim): \`scripts/bench.sh sim\`"
-  echo
-  section "$out/sim.md" "(not run in this invocation)"
+  section "$out/sim.md" "## Prefetch policies in simulation (tilewarm-sim)
+
+(not run in this invocation)"
   echo
   echo "## Server: \`scripts/bench.sh server\`"
   echo
