@@ -888,4 +888,101 @@ mod tests {
         assert!(!ring.contains(&a) && !ring.contains(&b));
         assert!(ring_around(&[a, TileId::ROOT], 1).is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn tile() -> impl Strategy<Value = TileId> {
+            (0u8..=MAX_ZOOM).prop_flat_map(|z| {
+                let n = tiles_per_axis(z);
+                (Just(z), 0..n, 0..n).prop_map(|(z, x, y)| TileId::new(z, x, y).unwrap())
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn text_quadkey_and_packed_round_trip(t in tile()) {
+                prop_assert_eq!(t.to_string().parse::<TileId>().unwrap(), t);
+                prop_assert_eq!(TileId::from_quadkey(&t.quadkey()).unwrap(), t);
+                prop_assert_eq!(TileId::from_u64(t.to_u64()).unwrap(), t);
+                prop_assert!(t.to_u64() < 1u64 << 53);
+            }
+
+            #[test]
+            fn parent_children_and_ancestors_agree(t in tile()) {
+                if let Some(kids) = t.children() {
+                    for k in kids {
+                        prop_assert_eq!(k.parent(), Some(t));
+                        prop_assert!(t.contains(k));
+                    }
+                    let b = t.bounds();
+                    let kb: Vec<Bbox> = kids.iter().map(|k| k.bounds()).collect();
+                    prop_assert!((kb[0].west - b.west).abs() < 1e-9 && (kb[3].east - b.east).abs() < 1e-9);
+                    prop_assert!((kb[0].north - b.north).abs() < 1e-9 && (kb[3].south - b.south).abs() < 1e-9);
+                }
+                for z in 0..=t.z() {
+                    let a = t.ancestor(z).unwrap();
+                    prop_assert!(a.contains(t));
+                    prop_assert_eq!(a.z(), z);
+                }
+            }
+
+            #[test]
+            fn point_lies_in_its_tile(lon in -540.0f64..540.0, lat in -85.0f64..85.0, z in 0u8..=MAX_ZOOM) {
+                let t = TileId::from_lon_lat(lon, lat, z).unwrap();
+                let b = t.bounds();
+                let w = wrap_lon(lon);
+                prop_assert!(w >= b.west - 1e-9 && w <= b.east + 1e-9, "{} not in {:?}", w, b);
+                prop_assert!(lat >= b.south - 1e-9 && lat <= b.north + 1e-9);
+            }
+
+            #[test]
+            fn neighbour_counts(t in tile(), k in 0u32..4) {
+                let nb = t.neighbours(k).unwrap();
+                let n = tiles_per_axis(t.z()) as u64;
+                let rows = (0..=2 * k as i64).filter(|d| t.offset(0, d - k as i64).is_some()).count() as u64;
+                let cols = (2 * k as u64 + 1).min(n);
+                prop_assert_eq!(nb.len() as u64, rows * cols - 1);
+                let uniq: HashSet<TileId> = nb.iter().copied().collect();
+                prop_assert_eq!(uniq.len(), nb.len());
+                prop_assert!(nb.iter().all(|o| o.z() == t.z() && *o != t && t.chebyshev(*o) <= k as u64));
+            }
+
+            /// The cover equals a brute-force scan: every tile of the zoom (around the box)
+            /// whose area overlaps the box, in projected coordinates.
+            #[test]
+            fn cover_matches_brute_force(
+                west in -200.0f64..200.0,
+                width in 0.0f64..40.0,
+                south in -80.0f64..75.0,
+                height in 0.0f64..10.0,
+                z in 0u8..7,
+            ) {
+                let b = Bbox::new(west, south, west + width, (south + height).min(85.0)).unwrap();
+                let got: HashSet<TileId> = cover(&b, z, 1 << 20).unwrap().into_iter().collect();
+                let n = tiles_per_axis(z);
+                let nf = n as f64;
+                let fw = x_of(wrap_lon(b.west), nf);
+                let fe = fw + b.width() / 360.0 * nf;
+                let fy_n = y_of(b.north.clamp(-MAX_LATITUDE, MAX_LATITUDE), nf);
+                let fy_s = y_of(b.south.clamp(-MAX_LATITUDE, MAX_LATITUDE), nf);
+                let mut want = HashSet::new();
+                for y in 0..n {
+                    let (y0, y1) = (y as f64, y as f64 + 1.0);
+                    let rows = if fy_s > fy_n { y0 < fy_s && y1 > fy_n } else { y0 <= fy_n && fy_n < y1 };
+                    if !rows { continue; }
+                    // Columns: the box may run past 2^z (wrapping); test both copies.
+                    for x in 0..n {
+                        let hit = [0.0, nf].iter().any(|off| {
+                            let (x0, x1) = (x as f64 + off, x as f64 + 1.0 + off);
+                            if fe > fw { x0 < fe && x1 > fw } else { x0 <= fw && fw < x1 }
+                        });
+                        if hit { want.insert(TileId::new(z, x, y).unwrap()); }
+                    }
+                }
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }
