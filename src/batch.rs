@@ -382,6 +382,14 @@ impl Batcher {
         self.prefetch = dedup_by_tile(works);
     }
 
+    /// Adds prefetch work behind this round's (tiles already queued are skipped).
+    pub fn extend_prefetch(&mut self, works: Vec<Work>) {
+        let queued: HashSet<TileId> = self.prefetch.iter().map(Work::tile).collect();
+        let mut fresh = dedup_by_tile(works);
+        fresh.retain(|w| !queued.contains(&w.tile()));
+        self.prefetch.extend(fresh);
+    }
+
     /// Queues ids asked for directly (not through a tile) as foreground work.
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
         let queued: HashSet<String> = self.loose_ids.iter().map(|(i, _, _)| i.clone()).collect();

@@ -637,6 +637,23 @@ impl<P: Payload> Client<P> {
         self.batcher.request_ids(wanted);
     }
 
+    /// Queues data tiles as prefetch work behind the planner's, for a caller that knows
+    /// where the user goes next (a search result, a route, a recorded session). Tiles at
+    /// another zoom, fresh in the cache or in flight are skipped. The next
+    /// [`Client::set_viewport`] replaces the prefetch queue, so call this after it.
+    /// Returns the tiles queued.
+    pub fn warm(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        let tile_zoom = self.cache.config().tile_zoom;
+        let works: Vec<Work> = tiles
+            .iter()
+            .filter(|t| t.z() == tile_zoom && !self.batcher.is_tile_in_flight(**t))
+            .filter_map(|&t| Work::from_state(t, self.cache.tile_state(t, self.access, now_ms)))
+            .collect();
+        let n = works.len();
+        self.batcher.extend_prefetch(works);
+        n
+    }
+
     /// Display state of a data tile.
     pub fn tile_status(&self, tile: TileId, now_ms: u64) -> TileStatus {
         if self.batcher.is_tile_in_flight(tile) {

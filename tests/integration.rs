@@ -475,6 +475,41 @@ fn far_pan_cancels_unwanted_prefetch() {
 }
 
 #[test]
+fn warm_queues_known_next_tiles_as_prefetch() {
+    let config = ClientConfig {
+        planner: tilewarm::PlannerConfig {
+            ring: 0,
+            view_ring: 0.0,
+            lookahead_ms: 0,
+            ..Default::default()
+        },
+        ..ClientConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    h.serve_all();
+    // Nothing is prefetched by the planner; the caller knows the user goes 3 tiles east.
+    let next = view(3.0, 0.0, 1.0, 1.0);
+    let next_tiles = h.client.planner().visible_tiles(&next).unwrap();
+    assert_eq!(h.client.warm(&next_tiles, h.now), next_tiles.len());
+    assert_eq!(
+        h.client.warm(&next_tiles, h.now),
+        next_tiles.len(),
+        "queued twice, once in the queue"
+    );
+    let sent = h.serve_all();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].kind, Kind::Prefetch);
+    assert_eq!(
+        h.client.warm(&next_tiles, h.now),
+        0,
+        "fresh tiles are skipped"
+    );
+    let (out, _) = h.set(next);
+    assert!(out.complete);
+}
+
+#[test]
 fn missing_ids_are_forgotten_not_requested_forever() {
     let mut h = Harness::new(ClientConfig::default());
     h.client.request_ids(["nope", "h1"], h.now);

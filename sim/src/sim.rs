@@ -20,9 +20,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use tilewarm::{
-    Access, BatchConfig, BatchRequest, BatchResponse, Batcher, CacheConfig, Client, ClientConfig,
-    ItemMeta, Kind, Origin, OriginItem, Payload, Planner, PlannerConfig, Priority, RequestId,
-    TileCache, TileId, TileState, Viewport, Work,
+    Access, BatchConfig, BatchRequest, BatchResponse, Batcher, Client, ClientConfig, Kind, Origin,
+    OriginItem, Payload, Planner, PlannerConfig, RequestId, TileId, Viewport, Work,
 };
 
 use crate::trace::Session;
@@ -213,30 +212,48 @@ trait Shell {
     fn handle_timeout(&mut self, now: u64);
 }
 
-/// `lru`, `ring1`, `tilewarm`: the core client, unchanged.
-struct ClientShell(Client<Size>);
+/// `lru`, `ring1`, `tilewarm`: the core client, unchanged. `oracle`: the same client with
+/// the planner's prefetch off, told the *next* viewport: after each view it warms the next
+/// view's tiles (`Client::warm`), so they are fetched during the think time. It knows one
+/// step ahead only, and pays the same latency and in-flight cap as everyone else.
+struct ClientShell {
+    client: Client<Size>,
+    oracle: bool,
+    next: Option<Viewport>,
+}
 
 impl Shell for ClientShell {
+    fn hint_next(&mut self, next: Option<&Viewport>) {
+        self.next = next.copied();
+    }
     fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String> {
         let out = self
-            .0
+            .client
             .set_viewport(vp, now, |_, _| {})
             .map_err(|e| e.to_string())?;
+        if let (true, Some(next)) = (self.oracle, self.next.as_ref()) {
+            let tiles = self
+                .client
+                .planner()
+                .visible_tiles(next)
+                .unwrap_or_default();
+            self.client.warm(&tiles, now);
+        }
         Ok(Shown {
-            visible: self.0.visible_tiles().to_vec(),
+            visible: self.client.visible_tiles().to_vec(),
             complete: out.complete,
             items: out.items,
         })
     }
     fn poll_request(&mut self, now: u64) -> Option<Req> {
-        self.0.poll_request(now).map(|s| Req {
+        self.client.poll_request(now).map(|s| Req {
             id: s.id,
             kind: s.kind,
             request: s.request,
         })
     }
     fn poll_cancel(&mut self) -> Option<RequestId> {
-        self.0.poll_cancel()
+        self.client.poll_cancel()
     }
     fn on_response(
         &mut self,
@@ -244,16 +261,18 @@ impl Shell for ClientShell {
         resp: BatchResponse<Size>,
         now: u64,
     ) -> Result<(), String> {
-        self.0.on_response(id, resp, now).map_err(|e| e.to_string())
+        self.client
+            .on_response(id, resp, now)
+            .map_err(|e| e.to_string())
     }
     fn is_complete(&self, _now: u64) -> bool {
-        self.0.is_complete()
+        self.client.is_complete()
     }
     fn next_wakeup(&self, now: u64) -> Option<u64> {
-        self.0.next_wakeup(now)
+        self.client.next_wakeup(now)
     }
     fn handle_timeout(&mut self, now: u64) {
-        self.0.handle_timeout(now)
+        self.client.handle_timeout(now)
     }
 }
 
@@ -317,135 +336,6 @@ impl Shell for NoneShell {
     fn handle_timeout(&mut self, _now: u64) {}
 }
 
-/// `oracle`: the core cache and batcher (no planner) with perfect knowledge of the next
-/// viewport: at each viewport it queues the visible tiles that cannot be shown as
-/// foreground and, behind them, every tile of the *next* viewport that is not fresh as
-/// prefetch, so the next view is fetched during the think time. It knows one step ahead
-/// only, and pays the same latency and in-flight cap as everyone else.
-struct OracleShell {
-    cache: TileCache<Size>,
-    planner: Planner,
-    batcher: Batcher,
-    access: Access,
-    visible: Vec<TileId>,
-    visible_set: HashSet<TileId>,
-    next: Option<Viewport>,
-}
-
-impl Shell for OracleShell {
-    fn hint_next(&mut self, next: Option<&Viewport>) {
-        self.next = next.copied();
-    }
-    fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String> {
-        let visible = self.planner.visible_tiles(&vp).map_err(|e| e.to_string())?;
-        self.cache.set_visible(&visible);
-        let mut items = 0;
-        let mut fg = Vec::new();
-        for &t in &visible {
-            let st = self.cache.read_tile(t, self.access, now, |_, _| items += 1);
-            if !st.is_showable() {
-                fg.push(Work::Tile(t));
-            }
-        }
-        let complete = fg.is_empty();
-        self.batcher.set_foreground(fg);
-        let mut pre = Vec::new();
-        if let Some(next) = &self.next {
-            for t in self.planner.visible_tiles(next).unwrap_or_default() {
-                if self.cache.tile_state(t, self.access, now) != TileState::Fresh
-                    && !self.batcher.is_tile_in_flight(t)
-                {
-                    pre.push(Work::Tile(t));
-                }
-            }
-        }
-        self.batcher.set_prefetch(pre);
-        self.visible_set = visible.iter().copied().collect();
-        self.visible = visible.clone();
-        Ok(Shown {
-            visible,
-            complete,
-            items,
-        })
-    }
-    fn poll_request(&mut self, now: u64) -> Option<Req> {
-        let (cache, access) = (&self.cache, self.access);
-        let out = self.batcher.poll(now, |w| {
-            cache.tile_state(w.tile(), access, now) != TileState::Fresh
-        })?;
-        Some(Req {
-            id: out.id,
-            kind: out.kind,
-            request: BatchRequest {
-                tiles: out.tiles,
-                ids: out.ids,
-                access,
-            },
-        })
-    }
-    fn poll_cancel(&mut self) -> Option<RequestId> {
-        None
-    }
-    fn on_response(
-        &mut self,
-        id: RequestId,
-        resp: BatchResponse<Size>,
-        now: u64,
-    ) -> Result<(), String> {
-        let Some(finished) = self.batcher.on_success(id) else {
-            return Ok(());
-        };
-        let z = self.cache.config().tile_zoom;
-        for item in resp.items {
-            let visible = TileId::from_lon_lat(item.lon, item.lat, z)
-                .is_ok_and(|t| self.visible_set.contains(&t));
-            let priority = if visible || finished.kind == Kind::Foreground {
-                Priority::Visible
-            } else {
-                Priority::Prefetch
-            };
-            let meta = ItemMeta {
-                lon: item.lon,
-                lat: item.lat,
-                class: item.class.clone(),
-                access: item.access,
-                ttl_ms: item.ttl.map(|s| u64::from(s) * 1000),
-                size_bytes: 96 + item.id.len() + item.class.len() + item.data.0 as usize,
-            };
-            let _ = self.cache.insert(&item.id, meta, item.data, now, priority);
-        }
-        for list in &resp.tiles {
-            let ids: Vec<&str> = list.ids.iter().map(String::as_str).collect();
-            let ttl = list.ttl.map(|s| u64::from(s) * 1000);
-            let _ = self
-                .cache
-                .insert_tile(list.tile, &ids, ttl, self.access, now);
-        }
-        // A visible tile whose request was answered but is still not showable (evicted at
-        // once) is asked for again.
-        let missing: Vec<Work> = self
-            .visible
-            .iter()
-            .filter(|&&t| {
-                !self.cache.tile_state(t, self.access, now).is_showable()
-                    && !self.batcher.is_tile_in_flight(t)
-            })
-            .map(|&t| Work::Tile(t))
-            .collect();
-        self.batcher.set_foreground(missing);
-        Ok(())
-    }
-    fn is_complete(&self, now: u64) -> bool {
-        self.visible
-            .iter()
-            .all(|&t| self.cache.tile_state(t, self.access, now).is_showable())
-    }
-    fn next_wakeup(&self, now: u64) -> Option<u64> {
-        self.batcher.next_wakeup(now)
-    }
-    fn handle_timeout(&mut self, _now: u64) {}
-}
-
 fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
     let planner_cfg = cfg.planner_for(policy);
     match policy {
@@ -455,22 +345,11 @@ fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
             pending: HashSet::new(),
             access: cfg.access,
         }),
-        Policy::Oracle => Box::new(OracleShell {
-            cache: TileCache::new(CacheConfig {
-                tile_zoom: cfg.tile_zoom,
-                ..CacheConfig::default()
-            })
-            .expect("valid cache config"),
-            planner: Planner::new(planner_cfg).expect("valid planner config"),
-            batcher: Batcher::new(cfg.batch.clone()).expect("valid batch config"),
-            access: cfg.access,
-            visible: Vec::new(),
-            visible_set: HashSet::new(),
+        _ => Box::new(ClientShell {
+            client: Client::new(cfg.client_config(policy)).expect("valid client config"),
+            oracle: policy == Policy::Oracle,
             next: None,
         }),
-        _ => Box::new(ClientShell(
-            Client::new(cfg.client_config(policy)).expect("valid client config"),
-        )),
     }
 }
 
