@@ -20,7 +20,7 @@ use super::config::{self, FieldError};
 use super::value;
 use crate::{
     Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
-    RequestId, TileId, TileList,
+    RequestId, TileId, TileList, ViewOutcome,
 };
 
 /// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
@@ -62,6 +62,22 @@ struct Out {
 }
 
 impl Out {
+    /// The VIEW record's body: completeness, the missing tiles, then the stale items and
+    /// the fresh ones.
+    fn view(&mut self, outcome: &ViewOutcome, stale: Vec<JsValue>, fresh: Vec<JsValue>) {
+        self.nums.extend([
+            outcome.complete as u8 as f64,
+            outcome.missing.len() as f64,
+            stale.len() as f64,
+            (stale.len() + fresh.len()) as f64,
+        ]);
+        for t in &outcome.missing {
+            self.refs.push(JsValue::from_str(&t.to_string()));
+        }
+        self.refs.extend(stale);
+        self.refs.extend(fresh);
+    }
+
     fn finish(self) -> Vec<JsValue> {
         let mut all = Vec::with_capacity(self.refs.len() + 1);
         all.push(Float64Array::from(&self.nums[..]).into());
@@ -194,17 +210,7 @@ impl Engine {
                 other: None,
             })
         })?;
-        out.nums.extend([
-            outcome.complete as u8 as f64,
-            outcome.missing.len() as f64,
-            stale.len() as f64,
-            (stale.len() + fresh.len()) as f64,
-        ]);
-        for t in &outcome.missing {
-            out.refs.push(JsValue::from_str(&t.to_string()));
-        }
-        out.refs.extend(stale);
-        out.refs.extend(fresh);
+        out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         Ok(out.finish())
     }
@@ -218,17 +224,7 @@ impl Engine {
             let obj = item.payload().obj.clone();
             if is_stale { &mut stale } else { &mut fresh }.push(obj);
         });
-        out.nums.extend([
-            outcome.complete as u8 as f64,
-            outcome.missing.len() as f64,
-            stale.len() as f64,
-            (stale.len() + fresh.len()) as f64,
-        ]);
-        for t in &outcome.missing {
-            out.refs.push(JsValue::from_str(&t.to_string()));
-        }
-        out.refs.extend(stale);
-        out.refs.extend(fresh);
+        out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         out.finish()
     }
