@@ -499,14 +499,10 @@ impl<P: Payload> Client<P> {
                 }
             }
         }
-        self.refresh_foreground(now_ms);
+        let now_complete = self.refresh_foreground(now_ms);
         if touched_visible {
             self.events.push_back(Event::Updated);
         }
-        let now_complete = self
-            .visible
-            .iter()
-            .all(|&t| self.cache.tile_state(t, self.access, now_ms).is_showable());
         self.complete = now_complete;
         if now_complete && !was_complete {
             self.events.push_back(Event::Complete);
@@ -559,17 +555,24 @@ impl<P: Payload> Client<P> {
 
     /// Re-derives the foreground queue from the visible tiles (after responses, failures,
     /// invalidation or a tier change), so a visible tile is never left unrequested.
-    fn refresh_foreground(&mut self, now_ms: u64) {
+    /// Returns whether every visible tile can be shown.
+    fn refresh_foreground(&mut self, now_ms: u64) -> bool {
         let mut works = Vec::new();
+        let mut complete = true;
         for &t in &self.visible {
             let st = self.cache.tile_state(t, self.access, now_ms);
-            if !st.is_showable() && !self.batcher.is_tile_in_flight(t) {
+            if st.is_showable() {
+                continue;
+            }
+            complete = false;
+            if !self.batcher.is_tile_in_flight(t) {
                 if let Some(w) = Work::from_state(t, st) {
                     works.push(w);
                 }
             }
         }
         self.batcher.set_foreground(works);
+        complete
     }
 
     /// Requests whose deadline passed: the shell should abort each and report
@@ -600,21 +603,13 @@ impl<P: Payload> Client<P> {
             self.cache.drop_above(access);
         }
         self.access = access;
-        self.refresh_foreground(now_ms);
-        self.complete = self
-            .visible
-            .iter()
-            .all(|&t| self.cache.tile_state(t, access, now_ms).is_showable());
+        self.complete = self.refresh_foreground(now_ms);
     }
 
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
         let n = self.cache.invalidate(what);
-        self.refresh_foreground(now_ms);
-        self.complete = self
-            .visible
-            .iter()
-            .all(|&t| self.cache.tile_state(t, self.access, now_ms).is_showable());
+        self.complete = self.refresh_foreground(now_ms);
         n
     }
 
