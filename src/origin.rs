@@ -29,6 +29,29 @@ pub struct OriginItem<D> {
     pub data: D,
 }
 
+impl<D> OriginItem<D> {
+    /// The same item with its payload turned into another type (e.g. raw JSON into its
+    /// size, for a simulator, or into a `String`).
+    ///
+    /// ```
+    /// use tilewarm::{Access, OriginItem};
+    /// let it = OriginItem { id: "a".into(), lon: 0.0, lat: 0.0, class: "active".into(),
+    ///     access: Access::Public, ttl: None, data: "{\"v\":1}" };
+    /// assert_eq!(it.map_data(str::len).data, 7);
+    /// ```
+    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> OriginItem<E> {
+        OriginItem {
+            id: self.id,
+            lon: self.lon,
+            lat: self.lat,
+            class: self.class,
+            access: self.access,
+            ttl: self.ttl,
+            data: f(self.data),
+        }
+    }
+}
+
 /// Interleaves the bits of x and y (each < 2^24): y bits odd, x bits even, the quadkey order.
 fn morton(x: u32, y: u32) -> u64 {
     fn spread(v: u32) -> u64 {

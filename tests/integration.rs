@@ -541,15 +541,7 @@ fn real_homes_view_matches_the_data_set() {
     let homes: Vec<OriginItem<String>> = tilewarm::dataset::load_path(path)
         .unwrap()
         .into_iter()
-        .map(|it| OriginItem {
-            data: it.data.get().to_string(),
-            id: it.id,
-            lon: it.lon,
-            lat: it.lat,
-            class: it.class,
-            access: it.access,
-            ttl: it.ttl,
-        })
+        .map(|it| it.map_data(|d| d.get().to_string()))
         .collect();
     let origin = Origin::new(homes).unwrap();
     assert_eq!(

@@ -40,15 +40,7 @@ impl Payload for Size {
 pub fn origin_from(items: Vec<OriginItem<tilewarm::RawData>>) -> Origin<Size> {
     let items = items
         .into_iter()
-        .map(|it| OriginItem {
-            id: it.id,
-            lon: it.lon,
-            lat: it.lat,
-            class: it.class,
-            access: it.access,
-            ttl: it.ttl,
-            data: Size(it.data.get().len() as u32),
-        })
+        .map(|it| it.map_data(|d| Size(d.get().len() as u32)))
         .collect();
     Origin::new(items).expect("data set items have valid coordinates")
 }
