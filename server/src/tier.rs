@@ -467,6 +467,24 @@ impl RedisTier {
     }
 }
 
+/// A scratch `redis-server` on `127.0.0.1:port` without persistence, as the tests and the
+/// load benchmark start it (spawn it yourself; its stdout is discarded).
+pub fn loopback_redis_command(port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .stdout(std::process::Stdio::null());
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,18 +306,7 @@ fn main() {
 
     let redis_port = free_port();
     let redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
+        tilewarm_server::tier::loopback_redis_command(redis_port)
             .spawn()
             .expect("redis-server (run server/tests/setup.sh)"),
     );

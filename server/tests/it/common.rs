@@ -192,18 +192,7 @@ impl RedisServer {
     /// Starts it (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
+        let child = tilewarm_server::tier::loopback_redis_command(self.port)
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
