@@ -3,6 +3,21 @@
 const SAMPLES = 120;
 const PERIOD_S = 0.5;
 
+/**
+ * Sizes a canvas's backing store to its laid-out size at the device pixel ratio, scales the
+ * context so drawing uses CSS pixels, and returns that size (at least 50 x 40).
+ */
+export function fitCanvas(canvas, ctx) {
+  const r = canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(50, r.width);
+  const h = Math.max(40, r.height);
+  canvas.width = Math.round(w * dpr);
+  canvas.height = Math.round(h * dpr);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  return { w, h };
+}
+
 export class Chart {
   constructor(canvas) {
     this.canvas = canvas;
@@ -19,13 +34,7 @@ export class Chart {
   }
 
   resize() {
-    const r = this.canvas.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    this.w = Math.max(50, r.width);
-    this.h = Math.max(40, r.height);
-    this.canvas.width = Math.round(this.w * dpr);
-    this.canvas.height = Math.round(this.h * dpr);
-    this.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ({ w: this.w, h: this.h } = fitCanvas(this.canvas, this.ctx));
     this.draw();
   }
 

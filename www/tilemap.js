@@ -1,6 +1,8 @@
 // The data tiles around the view as a small grid in the panel, coloured by state, with the
 // view drawn on top: the ring of prefetched tiles and the look-ahead show here, while the
 // map itself only ever shows the tiles in view.
+import { fitCanvas } from './chart.js';
+
 export const STATE_COLOURS = {
   loaded: '#22c55e',
   prefetched: '#3b82f6',
@@ -24,13 +26,7 @@ export class TileMap {
   }
 
   resize() {
-    const r = this.canvas.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    this.w = Math.max(50, r.width);
-    this.h = Math.max(40, r.height);
-    this.canvas.width = Math.round(this.w * dpr);
-    this.canvas.height = Math.round(this.h * dpr);
-    this.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ({ w: this.w, h: this.h } = fitCanvas(this.canvas, this.ctx));
     if (this.last) this.draw(this.last);
   }
 
