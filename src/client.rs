@@ -382,9 +382,8 @@ impl<P: Payload> Client<P> {
     /// The next batch request to send, if one may go out now. Call until `None`.
     pub fn poll_request(&mut self, now_ms: u64) -> Option<Send> {
         let (cache, access) = (&self.cache, self.access);
-        let out = self.batcher.poll(now_ms, |w| match w {
-            Work::Tile(t) => cache.tile_state(*t, access, now_ms) != TileState::Fresh,
-            Work::Ids { tile, .. } => cache.tile_state(*tile, access, now_ms) != TileState::Fresh,
+        let out = self.batcher.poll(now_ms, |w| {
+            cache.tile_state(w.tile(), access, now_ms) != TileState::Fresh
         })?;
         self.request_access.insert(out.id, self.access);
         Some(Send {
