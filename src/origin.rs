@@ -16,41 +16,8 @@ use crate::access::Access;
 use crate::protocol::{BatchRequest, BatchResponse, Item, TileList};
 use crate::tile::{project, TileError, TileId, MAX_ZOOM};
 
-/// One item of the origin's data set.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OriginItem<D> {
-    pub id: String,
-    pub lon: f64,
-    pub lat: f64,
-    pub class: String,
-    pub access: Access,
-    /// Server TTL in seconds, if the origin sets one.
-    pub ttl: Option<u32>,
-    pub data: D,
-}
-
-impl<D> OriginItem<D> {
-    /// The same item with its payload turned into another type (e.g. raw JSON into its
-    /// size, for a simulator, or into a `String`).
-    ///
-    /// ```
-    /// use tilewarm::{Access, OriginItem};
-    /// let it = OriginItem { id: "a".into(), lon: 0.0, lat: 0.0, class: "active".into(),
-    ///     access: Access::Public, ttl: None, data: "{\"v\":1}" };
-    /// assert_eq!(it.map_data(str::len).data, 7);
-    /// ```
-    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> OriginItem<E> {
-        OriginItem {
-            id: self.id,
-            lon: self.lon,
-            lat: self.lat,
-            class: self.class,
-            access: self.access,
-            ttl: self.ttl,
-            data: f(self.data),
-        }
-    }
-}
+/// One item of the origin's data set: the protocol's [`Item`], as the origin answers it.
+pub type OriginItem<D> = Item<D>;
 
 /// Interleaves the bits of x and y (each < 2^24): y bits odd, x bits even, the quadkey order.
 fn morton(x: u32, y: u32) -> u64 {
@@ -176,7 +143,7 @@ impl<D: Clone> Origin<D> {
             for it in self.tile_items(t, request.access) {
                 ids.push(it.id.clone());
                 if seen.insert(&it.id, ()).is_none() {
-                    items.push(to_wire(it));
+                    items.push(it.clone());
                 }
             }
             tiles.push(TileList {
@@ -190,7 +157,7 @@ impl<D: Clone> Origin<D> {
             match self.get(id) {
                 Some(it) if request.access.can_see(it.access) => {
                     if seen.insert(&it.id, ()).is_none() {
-                        items.push(to_wire(it));
+                        items.push(it.clone());
                     }
                 }
                 _ => missing.push(id.clone()),
@@ -233,18 +200,6 @@ fn unmorton(code: u64) -> (u32, u32) {
         v as u32
     }
     (squash(code), squash(code >> 1))
-}
-
-fn to_wire<D: Clone>(it: &OriginItem<D>) -> Item<D> {
-    Item {
-        id: it.id.clone(),
-        lon: it.lon,
-        lat: it.lat,
-        class: it.class.clone(),
-        access: it.access,
-        ttl: it.ttl,
-        data: it.data.clone(),
-    }
 }
 
 /// Building an origin failed.

@@ -547,6 +547,29 @@ pub struct Item<D> {
     pub data: D,
 }
 
+impl<D> Item<D> {
+    /// The same item with its payload turned into another type (e.g. raw JSON into its
+    /// size, for a simulator, or into a `String`).
+    ///
+    /// ```
+    /// use tilewarm::{Access, Item};
+    /// let it = Item { id: "a".into(), lon: 0.0, lat: 0.0, class: "active".into(),
+    ///     access: Access::Public, ttl: None, data: "{\"v\":1}" };
+    /// assert_eq!(it.map_data(str::len).data, 7);
+    /// ```
+    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Item<E> {
+        Item {
+            id: self.id,
+            lon: self.lon,
+            lat: self.lat,
+            class: self.class,
+            access: self.access,
+            ttl: self.ttl,
+            data: f(self.data),
+        }
+    }
+}
+
 /// A decoded batch response.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchResponse<D> {
