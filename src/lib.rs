@@ -14,6 +14,7 @@ pub mod dataset;
 mod origin;
 mod planner;
 pub mod protocol;
+mod proxy;
 mod tile;
 #[cfg(feature = "wasm")]
 mod wasm;
@@ -44,6 +45,9 @@ pub use planner::{Plan, Planner, PlannerConfig, PlannerError, Viewport, Work, MA
 pub use protocol::{
     decode_error, decode_request, decode_response, validate_item_fields, BatchRequest,
     BatchResponse, ErrorBody, ErrorCode, Item, Limits, ProtocolError, RawData, TileList,
+};
+pub use proxy::{
+    Answer, OriginOutcome, Pending, Proxy, ProxyConfig, ProxyError, ProxyStats, Verdict,
 };
 pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
