@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
-# wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
+# wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the same again with the `edge`
+# feature into tilewarm_edge_bg.wasm (the edge worker, `tilewarm/edge`), the hand-written entry
 # points and types from js/, every shipped .js minified by esbuild (npm), and
 # pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
@@ -33,6 +34,16 @@ echo "build-pkg: wasm-opt -Oz"
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$out/${name}_bg.wasm" -o "$out/${name}_bg.wasm"
+
+# The edge worker's wasm (feature `edge`, src/edge.rs) and glue, built on their own so the
+# browser's .wasm does not grow; js/edge.js wraps them as `tilewarm/edge`.
+echo "build-pkg: cargo build (wasm32, profile wasm, --features edge)"
+scripts/wasm-cargo.sh build --lib --profile wasm --features edge
+wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "${name}_edge" "$wasm"
+"$wasm_opt" -Oz --strip-debug --strip-producers \
+  --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+  --enable-mutable-globals --enable-reference-types --enable-multivalue \
+  "$out/${name}_edge_bg.wasm" -o "$out/${name}_edge_bg.wasm"
 
 cp js/*.js js/*.d.ts js/README.md "$out/"
 
@@ -73,6 +84,8 @@ const pkg = {
     },
     // The plain wasm-bindgen glue, for callers that load the .wasm themselves.
     "./raw": { types: "./tilewarm.d.ts", default: "./tilewarm.js" },
+    // The edge worker (Cloudflare Workers / workerd): createWorker, EdgeProxy; own .wasm.
+    "./edge": { types: "./edge.d.ts", default: "./edge.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
     "./package.json": "./package.json",
   },

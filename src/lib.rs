@@ -11,6 +11,8 @@ mod cache;
 mod client;
 #[cfg(feature = "data")]
 pub mod dataset;
+#[cfg(feature = "edge")]
+mod edge;
 mod origin;
 mod planner;
 pub mod protocol;

@@ -1,0 +1,49 @@
+/**
+ * tilewarm/edge: the caching batch proxy as a Cloudflare Workers / workerd module worker.
+ * See docs/edge.md in the repository.
+ */
+
+/** Options, as JSON in the `TILEWARM_OPTIONS` binding or as `createWorker`'s defaults. */
+export interface EdgeOptions {
+  /** Zoom of the data tiles the cache keys tile lists by. Default 14. */
+  tileZoom?: number;
+  /** Most items held per access tier. Default 20000. */
+  maxItems?: number;
+  /** Most bytes held per access tier. Default 16 MiB. */
+  maxBytes?: number;
+  /** Requested tiles up to this many levels coarser than tileZoom are cached. Default 2. */
+  splitLevels?: number;
+  /** Ring of neighbour data tiles warmed after a request (0: off). Default 1. */
+  warmRing?: number;
+  /** Most tiles in one warming request. Default 16. */
+  maxWarmTiles?: number;
+  /** Item TTL in seconds when neither the origin nor the class gives one. Default 300. */
+  defaultTtl?: number;
+  /** TTL in seconds per item class. Default { active: 300, off_market: 14400 }. */
+  classTtl?: Record<string, number>;
+  /** Timeout of an origin request for a caller, in ms. Default 3000. */
+  originTimeoutMs?: number;
+  /** Timeout of a warming request, in ms. Default 5000. */
+  warmTimeoutMs?: number;
+}
+
+export interface EdgeEnv {
+  /** The origin's batch URL, e.g. `https://api.example.com/v1/batch`. Required. */
+  ORIGIN: string;
+  /** JSON text of {@link EdgeOptions}. */
+  TILEWARM_OPTIONS?: string;
+}
+
+export interface EdgeWorker {
+  fetch(request: Request, env: EdgeEnv, ctx: { waitUntil(p: Promise<unknown>): void }): Promise<Response>;
+}
+
+/** A module worker with its own cache (one per isolate). */
+export function createWorker(defaults?: EdgeOptions): EdgeWorker;
+
+/** The worker with default options. */
+declare const worker: EdgeWorker;
+export default worker;
+
+/** The wasm proxy itself, for shells other than createWorker. */
+export { EdgeProxy } from './tilewarm_edge.js';

@@ -1,0 +1,175 @@
+// tilewarm/edge: the caching batch proxy as a Cloudflare Workers / workerd module worker.
+// Glue only: the caching logic is the Rust core's `Proxy` (src/proxy.rs), compiled into its
+// own wasm (tilewarm_edge_bg.wasm, from src/edge.rs) so the browser package's wasm does not
+// carry it. The .wasm is imported as a WebAssembly.Module (wrangler's default rule for
+// *.wasm, or a workerd config listing it as a wasm module): workerd forbids compiling wasm
+// from bytes at run time.
+//
+//   import { createWorker } from 'tilewarm/edge';
+//   export default createWorker();            // env.ORIGIN: the origin's batch URL
+//
+// Bindings: ORIGIN (required; the origin's POST /v1/batch URL, never taken from a request),
+// TILEWARM_OPTIONS (optional JSON, see edge.d.ts). Routes: POST /v1/batch (the protocol),
+// GET /healthz, GET /edge/stats (this isolate's counters).
+import wasm from './tilewarm_edge_bg.wasm';
+import { initSync, EdgeProxy } from './tilewarm_edge.js';
+
+export { EdgeProxy };
+
+const JSON_TYPE = 'application/json';
+const DEFAULTS = { originTimeoutMs: 3000, warmTimeoutMs: 5000 };
+
+let initialised = false;
+
+function cors(headers) {
+  headers.set('access-control-allow-origin', '*');
+  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error');
+  return headers;
+}
+
+function json(status, body, extra = {}) {
+  const headers = cors(new Headers({ 'content-type': JSON_TYPE, ...extra }));
+  return new Response(body, { status, headers });
+}
+
+function error(status, code, message) {
+  return json(status, JSON.stringify({ error: { code, message } }));
+}
+
+function isJson(ct) {
+  const mime = ct.split(';')[0].trim().toLowerCase();
+  return mime === JSON_TYPE || mime === 'text/plain' || (mime.startsWith('application/') && mime.endsWith('+json'));
+}
+
+/** Copies a wasm `Step` into a plain object and frees it. */
+function take(step) {
+  const s = {
+    handle: step.handle,
+    status: step.status,
+    body: step.body,
+    origin: step.origin,
+    cache: step.cache,
+    warm: step.warm,
+    originError: step.originError,
+  };
+  step.free();
+  return s;
+}
+
+function respond(s) {
+  const extra = {};
+  if (s.cache) extra['x-tilewarm-cache'] = s.cache;
+  if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
+  return json(s.status, s.body, extra);
+}
+
+function originRequest(url, body, timeoutMs, purpose) {
+  return fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': JSON_TYPE, accept: JSON_TYPE, 'x-tilewarm-purpose': purpose },
+    body,
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+}
+
+/** Reads a body up to `max` bytes; a longer one is reported as an origin failure. */
+async function readBody(res, max) {
+  const len = Number(res.headers.get('content-length'));
+  if (len > max) throw new Error(`the origin's answer is ${len} bytes, at most ${max} are read`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+/**
+ * A module worker with its own proxy (one per isolate). `defaults` are options that
+ * TILEWARM_OPTIONS overrides.
+ */
+export function createWorker(defaults = {}) {
+  let proxy = null;
+  let options = null;
+
+  function setup(env) {
+    if (proxy) return null;
+    try {
+      if (!initialised) {
+        initSync({ module: wasm });
+        initialised = true;
+      }
+      const fromEnv = env.TILEWARM_OPTIONS ? JSON.parse(env.TILEWARM_OPTIONS) : {};
+      options = { ...DEFAULTS, ...defaults, ...fromEnv };
+      proxy = new EdgeProxy(JSON.stringify(options));
+      return null;
+    } catch (e) {
+      proxy = null;
+      return error(500, 'internal', `the edge worker is misconfigured: ${e?.message ?? e}`);
+    }
+  }
+
+  async function warm(origin, body) {
+    try {
+      const res = await originRequest(origin, body, options.warmTimeoutMs, 'warm');
+      const bytes = await readBody(res, proxy.maxBodyBytes);
+      proxy.warmed(body, res.status, bytes, Date.now());
+    } catch {
+      // Warming is best effort: a failure leaves the cache as it was.
+    }
+  }
+
+  async function batch(request, env, ctx) {
+    const origin = env.ORIGIN;
+    if (typeof origin !== 'string' || !/^https?:\/\//.test(origin)) {
+      return error(500, 'internal', 'the edge worker is misconfigured: ORIGIN must be the http(s) URL of the origin\'s batch endpoint');
+    }
+    const ct = request.headers.get('content-type');
+    if (ct !== null && !isJson(ct)) {
+      return error(415, 'unsupported_media_type',
+        `content-type ${JSON.stringify(ct.slice(0, 64))} is not accepted: send application/json (or text/plain)`);
+    }
+    const max = proxy.maxBodyBytes;
+    const declared = Number(request.headers.get('content-length'));
+    if (declared > max) {
+      return error(413, 'payload_too_large', `body is ${declared} bytes, at most ${max} are allowed`);
+    }
+    const body = new Uint8Array(await request.arrayBuffer());
+    const step = take(proxy.begin(body, Date.now()));
+    if (!step.origin) return respond(step);
+
+    let done;
+    try {
+      const res = await originRequest(origin, step.origin, options.originTimeoutMs, 'request');
+      const bytes = await readBody(res, max);
+      done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
+    } catch (e) {
+      const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
+      done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+    } finally {
+      proxy.abandon(step.handle);
+    }
+    if (done.warm) ctx.waitUntil(warm(origin, done.warm));
+    return respond(done);
+  }
+
+  return {
+    async fetch(request, env, ctx) {
+      const failed = setup(env);
+      if (failed) return failed;
+      const { pathname } = new URL(request.url);
+      if (pathname === '/v1/batch') {
+        if (request.method === 'POST') return batch(request, env, ctx);
+        if (request.method === 'OPTIONS') {
+          const headers = cors(new Headers({
+            'access-control-allow-methods': 'POST, OPTIONS',
+            'access-control-allow-headers': 'content-type',
+            'access-control-max-age': '600',
+          }));
+          return new Response(null, { status: 204, headers });
+        }
+        return error(405, 'method_not_allowed', '/v1/batch accepts POST (and OPTIONS for CORS preflight)');
+      }
+      if (pathname === '/healthz' && request.method === 'GET') return new Response('ok\n');
+      if (pathname === '/edge/stats' && request.method === 'GET') return json(200, proxy.stats());
+      return error(404, 'not_found', 'no such route: the API is POST /v1/batch, GET /healthz, GET /edge/stats');
+    },
+  };
+}
+
+export default createWorker();

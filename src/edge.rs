@@ -1,0 +1,345 @@
+//! JavaScript bindings of the caching batch proxy for the edge worker (feature `edge`),
+//! built by `scripts/build-pkg.sh` into its own wasm (`pkg/tilewarm_edge_bg.wasm`), so the
+//! browser package's wasm does not carry it. Thin: JSON text and bytes in, JSON text out;
+//! the logic is [`crate::Proxy`]. `pkg/edge.js` (from `js/edge.js`) is the worker around it.
+//!
+//! A request is `begin` → (the shell fetches [`Step::origin`] from the origin) →
+//! `complete` or `fail` → respond with [`Step::status`], [`Step::body`] and
+//! `x-tilewarm-cache: `[`Step::cache`]; then send [`Step::warm`] (if any) inside
+//! `ctx.waitUntil` and give its answer to `warmed`. Requests in between are held by a
+//! numeric handle, at most [`MAX_PENDING`] at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode};
+use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
+use crate::HashMap;
+
+/// Most requests waiting for the origin in one isolate.
+pub const MAX_PENDING: usize = 1024;
+
+/// Worker options (JSON, all optional, camelCase). Times in seconds.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Options {
+    tile_zoom: Option<u8>,
+    max_items: Option<usize>,
+    max_bytes: Option<usize>,
+    split_levels: Option<u8>,
+    warm_ring: Option<u32>,
+    max_warm_tiles: Option<usize>,
+    default_ttl: Option<u64>,
+    class_ttl: Option<BTreeMap<String, u64>>,
+    /// Read by the worker (js/edge.js), accepted here so one options object serves both.
+    #[allow(dead_code)]
+    origin_timeout_ms: Option<u64>,
+    #[allow(dead_code)]
+    warm_timeout_ms: Option<u64>,
+}
+
+/// The proxy config from worker options; errors name the option.
+fn config_from(options: &str) -> Result<ProxyConfig, String> {
+    let o: Options = if options.trim().is_empty() {
+        Options::default()
+    } else {
+        serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))?
+    };
+    let mut c = ProxyConfig::default();
+    if let Some(z) = o.tile_zoom {
+        c.cache.tile_zoom = z;
+    }
+    if let Some(n) = o.max_items {
+        c.cache.max_items = n;
+    }
+    if let Some(n) = o.max_bytes {
+        c.cache.max_bytes = n;
+    }
+    if let Some(n) = o.split_levels {
+        c.split_levels = n;
+    }
+    if let Some(n) = o.warm_ring {
+        c.warm_ring = n;
+    }
+    if let Some(n) = o.max_warm_tiles {
+        c.max_warm_tiles = n;
+    }
+    if let Some(s) = o.default_ttl {
+        c.cache.default_ttl_ms = s.saturating_mul(1000);
+    }
+    if let Some(m) = o.class_ttl {
+        c.cache.class_ttl_ms = m
+            .into_iter()
+            .map(|(k, s)| (k, s.saturating_mul(1000)))
+            .collect();
+    }
+    Ok(c)
+}
+
+/// One step of a request, for the worker.
+#[wasm_bindgen]
+pub struct Step {
+    handle: u32,
+    status: u16,
+    body: Option<String>,
+    origin: Option<String>,
+    cache: Option<&'static str>,
+    warm: Option<String>,
+    origin_error: Option<String>,
+}
+
+#[wasm_bindgen]
+impl Step {
+    /// The request's handle while [`Step::origin`] is set (for `complete`/`fail`), else 0.
+    #[wasm_bindgen(getter)]
+    pub fn handle(&self) -> u32 {
+        self.handle
+    }
+    /// HTTP status of the answer (0 while the origin is still to be asked).
+    #[wasm_bindgen(getter)]
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+    /// The answer's JSON body, once there is an answer.
+    #[wasm_bindgen(getter)]
+    pub fn body(&self) -> Option<String> {
+        self.body.clone()
+    }
+    /// The origin request's JSON body, when the origin must be asked.
+    #[wasm_bindgen(getter)]
+    pub fn origin(&self) -> Option<String> {
+        self.origin.clone()
+    }
+    /// `hit`, `partial` or `miss`: the `x-tilewarm-cache` header (absent for a bad request).
+    #[wasm_bindgen(getter)]
+    pub fn cache(&self) -> Option<String> {
+        self.cache.map(str::to_owned)
+    }
+    /// A warming request's JSON body, to send inside `ctx.waitUntil`.
+    #[wasm_bindgen(getter)]
+    pub fn warm(&self) -> Option<String> {
+        self.warm.clone()
+    }
+    /// The error code of the origin's failure when the answer lacks its part.
+    #[wasm_bindgen(getter, js_name = originError)]
+    pub fn origin_error(&self) -> Option<String> {
+        self.origin_error.clone()
+    }
+}
+
+impl Step {
+    fn error(e: &ErrorBody) -> Step {
+        Step {
+            handle: 0,
+            status: e.code.http_status(),
+            body: Some(e.to_json()),
+            origin: None,
+            cache: None,
+            warm: None,
+            origin_error: None,
+        }
+    }
+
+    fn answer(a: Answer) -> Step {
+        Step {
+            handle: 0,
+            status: a.status,
+            body: Some(a.body),
+            origin: None,
+            cache: Some(a.verdict.as_str()),
+            warm: a.warm.map(|w| w.to_json()),
+            origin_error: a.origin_error.map(|e| e.code.as_str().to_owned()),
+        }
+    }
+}
+
+/// The caching batch proxy of one isolate.
+#[wasm_bindgen]
+pub struct EdgeProxy {
+    proxy: Proxy,
+    pending: HashMap<u32, Pending>,
+    next: u32,
+}
+
+#[wasm_bindgen]
+impl EdgeProxy {
+    /// A proxy from worker options (JSON text; empty for the defaults). Throws an `Error`
+    /// naming the option on bad options.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: &str) -> Result<EdgeProxy, JsError> {
+        let config = config_from(options).map_err(|e| JsError::new(&e))?;
+        let proxy =
+            Proxy::new(config).map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
+        Ok(EdgeProxy {
+            proxy,
+            pending: HashMap::new(),
+            next: 1,
+        })
+    }
+
+    /// Largest request body accepted, in bytes (check `content-length` before reading).
+    #[wasm_bindgen(getter, js_name = maxBodyBytes)]
+    pub fn max_body_bytes(&self) -> usize {
+        self.proxy.config().limits.max_body_bytes
+    }
+
+    /// Decodes a request body and answers it from the cache, or hands out the origin
+    /// request for the misses (with a handle). A bad body is answered with the protocol's
+    /// error (400/413).
+    pub fn begin(&mut self, body: &[u8], now_ms: f64) -> Step {
+        let request = match decode_request(body, &self.proxy.config().limits) {
+            Ok(r) => r,
+            Err(e) => return Step::error(&ErrorBody::from(&e)),
+        };
+        let now = now_ms.max(0.0) as u64;
+        let pending = self.proxy.begin(request, now);
+        let Some(origin) = pending.origin_request().map(BatchRequest::to_json) else {
+            let answer = self.proxy.complete(pending, OriginOutcome::Timeout, now);
+            return Step::answer(answer);
+        };
+        if self.pending.len() >= MAX_PENDING {
+            return Step::error(&ErrorBody {
+                code: ErrorCode::Internal,
+                message: format!(
+                    "more than {MAX_PENDING} requests are waiting for the origin in this isolate"
+                ),
+            });
+        }
+        let handle = self.next;
+        self.next = self.next.checked_add(1).unwrap_or(1);
+        self.pending.insert(handle, pending);
+        Step {
+            handle,
+            status: 0,
+            body: None,
+            origin: Some(origin),
+            cache: None,
+            warm: None,
+            origin_error: None,
+        }
+    }
+
+    /// The origin answered `status` with `body`: the answer to the request of `handle`.
+    pub fn complete(&mut self, handle: u32, status: u16, body: &[u8], now_ms: f64) -> Step {
+        self.finish(handle, OriginOutcome::Answer { status, body }, now_ms)
+    }
+
+    /// The origin did not answer (`timeout`, or a network failure described by `message`).
+    pub fn fail(&mut self, handle: u32, timeout: bool, message: &str, now_ms: f64) -> Step {
+        let outcome = if timeout {
+            OriginOutcome::Timeout
+        } else {
+            OriginOutcome::Unreachable(message)
+        };
+        self.finish(handle, outcome, now_ms)
+    }
+
+    /// Forgets a request that will not be completed.
+    pub fn abandon(&mut self, handle: u32) {
+        self.pending.remove(&handle);
+    }
+
+    fn finish(&mut self, handle: u32, outcome: OriginOutcome<'_>, now_ms: f64) -> Step {
+        match self.pending.remove(&handle) {
+            Some(p) => Step::answer(self.proxy.complete(p, outcome, now_ms.max(0.0) as u64)),
+            None => Step::error(&ErrorBody {
+                code: ErrorCode::Internal,
+                message: format!("no request is waiting under handle {handle}"),
+            }),
+        }
+    }
+
+    /// The origin's answer to a warming request (`warm`, as [`Step::warm`] gave it); fills
+    /// the cache. Returns the number of items, or -1 when the answer was not usable.
+    pub fn warmed(&mut self, warm: &str, status: u16, body: &[u8], now_ms: f64) -> i32 {
+        let Ok(request) = decode_request(warm.as_bytes(), &self.proxy.config().limits) else {
+            return -1;
+        };
+        let outcome = OriginOutcome::Answer { status, body };
+        match self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64) {
+            Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+            Err(_) => -1,
+        }
+    }
+
+    /// Counters as JSON: verdicts, origin calls and failures, warming, per-tier cache sizes.
+    pub fn stats(&self) -> String {
+        let s = self.proxy.stats();
+        let tiers: Vec<String> = crate::Access::ALL
+            .iter()
+            .map(|&t| {
+                let c = self.proxy.cache_stats(t);
+                format!(
+                    "\"{}\":{{\"entries\":{},\"bytes\":{},\"tiles\":{},\"evictions\":{}}}",
+                    t.as_str(),
+                    c.entries,
+                    c.bytes,
+                    c.tiles,
+                    c.evictions
+                )
+            })
+            .collect();
+        format!(
+            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"pending\":{},\"tiers\":{{{}}}}}",
+            s.hits,
+            s.partials,
+            s.misses,
+            s.origin_requests,
+            s.origin_failures,
+            s.warm_requests,
+            s.warm_fills,
+            s.dropped_above_tier,
+            self.pending.len(),
+            tiers.join(",")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked_by_name() {
+        assert!(config_from("").is_ok());
+        let c = config_from(r#"{"tileZoom":13,"classTtl":{"active":60},"warmRing":0}"#).unwrap();
+        assert_eq!(c.cache.tile_zoom, 13);
+        assert_eq!(c.cache.class_ttl_ms.get("active"), Some(&60_000));
+        assert_eq!(c.warm_ring, 0);
+        let e = config_from(r#"{"tileZom":13}"#).unwrap_err();
+        assert!(e.contains("unknown field `tileZom`"), "{e}");
+        let e = config_from(r#"{"maxItems":-1}"#).unwrap_err();
+        assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
+    }
+
+    #[test]
+    fn a_request_goes_begin_complete_and_bad_bodies_get_protocol_errors() {
+        let mut p = EdgeProxy {
+            proxy: Proxy::new(config_from(r#"{"warmRing":0}"#).unwrap()).unwrap(),
+            pending: HashMap::new(),
+            next: 1,
+        };
+        let s = p.begin(b"{\"tiles\":[\"bad\"]}", 0.0);
+        assert_eq!((s.status, s.cache), (400, None));
+        assert!(s.body.unwrap().contains("\"bad_request\""));
+        let s = p.begin(br#"{"tiles":["14/2624/5721"],"access":"agent"}"#, 0.0);
+        assert_eq!(
+            s.origin.as_deref(),
+            Some(r#"{"tiles":["14/2624/5721"],"ids":[],"access":"agent"}"#)
+        );
+        let origin =
+            br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
+        let done = p.complete(s.handle, 200, origin, 0.0);
+        assert_eq!((done.status, done.cache), (200, Some("miss")));
+        let again = p.begin(br#"{"tiles":["14/2624/5721"],"access":"agent"}"#, 1.0);
+        assert_eq!(
+            (again.status, again.cache, again.origin),
+            (200, Some("hit"), None)
+        );
+        let unknown = p.complete(12345, 200, origin, 0.0);
+        assert_eq!(unknown.status, 500);
+        assert!(p.stats().contains("\"hits\":1"));
+    }
+}
