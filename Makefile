@@ -4,12 +4,12 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test demo-test bench demo setup
+.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup
 
 ## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, the npm
-## package and the Node tests against it, then the demo page in headless Chromium.
-## Node's summary is the closing output.
-test: lint cargo-test wasm-core pkg node-test demo-test
+## package and the Node tests against it, the edge worker under workerd, then the demo page
+## in headless Chromium. Node's summary is the closing output.
+test: lint cargo-test wasm-core pkg node-test edge-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
@@ -46,6 +46,11 @@ pkg:
 
 node-test: pkg
 	scripts/test-node.sh
+
+## The edge worker (edge/, tilewarm/edge) under real workerd against tilewarm-server on
+## loopback; installs workerd (scripts/setup.sh edge).
+edge-test: pkg
+	scripts/test-edge.sh
 
 ## The demo page (www/): its helpers under Node, then end to end in headless Chromium
 ## against tilewarm-server; screenshots in target/demo-screenshot*.png.

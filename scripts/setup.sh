@@ -14,6 +14,8 @@
 #   wasm          wasm-target + wasm-bindgen
 #   node          Node >= 18 and the root package.json's devDependencies (npm ci):
 #                 wasm-opt from the npm package binaryen, typescript
+#   edge          workerd for the edge worker's tests: edge/package.json's devDependencies
+#                 (npm install in edge/, after the node step)
 #   redis         Debian's redis-server (for suites that need it)
 #   chromium      Debian's chromium (for browser suites)
 #   all           every step above
@@ -136,6 +138,19 @@ step_node() {
   fi
 }
 
+step_edge() {
+  step_node
+  local stamp=edge/node_modules/.tilewarm-setup want
+  want=$(sha256sum < edge/package.json | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x edge/node_modules/.bin/workerd ]; then
+    # No lock file: workerd is pinned exactly and pins its per-platform binary package
+    # exactly, and a lock written on one platform lacks the other platforms' entries.
+    say "npm install in edge/ (workerd, pinned)"
+    (cd edge && npm install --no-package-lock --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+}
+
 step_redis() { apt_install redis-server; }
 step_chromium() { apt_install chromium; }
 
@@ -147,9 +162,10 @@ for step in "$@"; do
     wasm-bindgen) step_wasm_bindgen ;;
     wasm) step_wasm_target; step_wasm_bindgen ;;
     node) step_node ;;
+    edge) step_edge ;;
     redis) step_redis ;;
     chromium) step_chromium ;;
-    all) step_rust; step_wasm_target; step_wasm_bindgen; step_node; step_redis; step_chromium ;;
-    *) die "unknown step '$step' (steps: rust wasm-target wasm-bindgen wasm node redis chromium all)" ;;
+    all) step_rust; step_wasm_target; step_wasm_bindgen; step_node; step_edge; step_redis; step_chromium ;;
+    *) die "unknown step '$step' (steps: rust wasm-target wasm-bindgen wasm node edge redis chromium all)" ;;
   esac
 done

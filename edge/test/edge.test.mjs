@@ -1,0 +1,215 @@
+// The edge worker under real workerd, against tilewarm-server on loopback, with a recording
+// relay in between that counts the worker's origin requests (scripts/test-edge.sh).
+//
+// Tiles are chosen in separate neighbourhoods of the synthetic city (around 14/2624/5721,
+// Seattle), at least three data tiles apart, so one test's neighbour warming never touches
+// another test's tiles.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { post, postLarge, shape, startRelay, startServer, startWorkerd } from './support/stack.mjs';
+
+const block = (x0, y0, n) => {
+  const out = [];
+  for (let y = y0; y < y0 + n; y++) for (let x = x0; x < x0 + n; x++) out.push(`14/${x}/${y}`);
+  return out;
+};
+const RANK = { public: 0, registered: 1, verified: 2, agent: 3 };
+const TIERS = Object.keys(RANK);
+
+/** A small seeded PRNG (mulberry32), so a failing sequence can be replayed. */
+function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('edge worker under workerd', () => {
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    server = await startServer();
+    relay = await startRelay(server.batch);
+    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const direct = async (req) => {
+    const r = await post(server.batch, req);
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+    return r.json;
+  };
+
+  it('answers a repeated 16-tile request from its cache with no origin call', async () => {
+    const req = { tiles: block(2618, 5722, 4), access: 'registered' };
+    const before = relay.requests().length;
+    const first = await post(edge.batch, req);
+    assert.equal(first.status, 200);
+    assert.equal(first.cache, 'miss');
+    assert.equal(relay.requests().length, before + 1);
+    assert.deepEqual(relay.requests().at(-1).body.tiles.sort(), [...req.tiles].sort());
+    assert.ok(first.json.items.length > 100, `the block holds homes (${first.json.items.length})`);
+
+    const second = await post(edge.batch, req);
+    assert.equal(second.status, 200);
+    assert.equal(second.cache, 'hit');
+    assert.equal(relay.requests().length, before + 1, 'no origin request for the repeat');
+    assert.deepEqual(shape(second.json), shape(first.json));
+    assert.deepEqual(shape(second.json), shape(await direct(req)));
+  });
+
+  it('forwards only the missing tiles and ids on a partial hit', async () => {
+    const cached = ['14/2627/5718', '14/2628/5718'];
+    const fresh = ['14/2627/5724', '14/2628/5724'];
+    const warm = await post(edge.batch, { tiles: cached, access: 'public' });
+    assert.equal(warm.cache, 'miss');
+    const anId = warm.json.items[0].id;
+    const n = relay.requests().length;
+    const req = { tiles: [...cached, ...fresh], ids: [anId, 'no-such-home'], access: 'public' };
+    const r = await post(edge.batch, req);
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'partial');
+    assert.equal(relay.requests().length, n + 1);
+    const forwarded = relay.requests().at(-1).body;
+    assert.deepEqual(forwarded, { tiles: fresh, ids: ['no-such-home'], access: 'public' });
+    assert.deepEqual(shape(r.json), shape(await direct(req)));
+  });
+
+  it('never gives a public caller what an agent request brought in', async () => {
+    const tile = '14/2624/5721';
+    const agentView = await direct({ tiles: [tile], access: 'agent' });
+    const above = agentView.items.filter((i) => i.access !== 'public').map((i) => i.id);
+    assert.ok(above.length > 0, 'the tile holds homes above public');
+
+    const a = await post(edge.batch, { tiles: [tile], ids: above.slice(0, 3), access: 'agent' });
+    assert.equal(a.status, 200);
+    assert.ok(a.json.items.some((i) => i.access === 'agent'));
+
+    const n = relay.requests().length;
+    const p = await post(edge.batch, { tiles: [tile], ids: above.slice(0, 3), access: 'public' });
+    assert.equal(p.status, 200);
+    assert.equal(p.cache, 'miss', 'the public tier has its own cache');
+    assert.equal(relay.requests().at(-1).body.access, 'public', 'forwarded at the caller\'s tier');
+    assert.equal(relay.requests().length, n + 1);
+    assert.ok(p.json.items.every((i) => i.access === 'public'));
+    assert.deepEqual(p.json.missing.sort(), above.slice(0, 3).sort());
+    assert.deepEqual(shape(p.json), shape(await direct({ tiles: [tile], ids: above.slice(0, 3), access: 'public' })));
+
+    // And again, now from the public cache.
+    const again = await post(edge.batch, { tiles: [tile], ids: above.slice(0, 3), access: 'public' });
+    assert.equal(again.cache, 'hit');
+    assert.ok(again.json.items.every((i) => i.access === 'public'));
+  });
+
+  it('a random mixed-tier sequence never returns an item above the caller and matches the origin', async () => {
+    const pool = [...block(2630, 5716, 3), '15/5261/11433', '16/10522/22866', '13/1315/2858'];
+    const everyone = await direct({ tiles: pool.slice(0, 9), access: 'agent' });
+    const ids = everyone.items.map((i) => i.id);
+    assert.ok(ids.length > 50);
+    const seed = Number(process.env.EDGE_SEED ?? 20261123);
+    const random = rng(seed);
+    const pick = (list, k) => [...new Set(Array.from({ length: k }, () => list[Math.floor(random() * list.length)]))];
+    const verdicts = new Set();
+    for (let step = 0; step < 40; step++) {
+      const access = TIERS[Math.floor(random() * 4)];
+      const req = { tiles: pick(pool, 1 + Math.floor(random() * 4)), ids: pick(ids, Math.floor(random() * 4)), access };
+      const r = await post(edge.batch, req);
+      const where = `seed ${seed}, step ${step}: ${JSON.stringify(req)}`;
+      assert.equal(r.status, 200, where);
+      verdicts.add(r.cache);
+      for (const item of r.json.items) {
+        assert.ok(RANK[item.access] <= RANK[access], `${where}: ${item.id} is ${item.access}`);
+      }
+      assert.deepEqual(shape(r.json), shape(await direct(req)), where);
+      if (step % 10 === 9) await new Promise((ok) => setTimeout(ok, 100)); // let warming land
+    }
+    assert.ok(verdicts.has('hit') && verdicts.has('miss'), `saw ${[...verdicts]}`);
+  });
+
+  it('rejects bad requests with the protocol\'s errors and no origin call', async () => {
+    const n = relay.requests().length;
+    const cases = [
+      ['{', 400, 'bad_request', /malformed JSON/],
+      ['{"tiles":["14/99999/1"]}', 400, 'bad_request', /tiles\[0\]/],
+      ['{"tiles":["14/2624/5721"],"access":"admin"}', 400, 'bad_request', /unknown access tier "admin"/],
+      ['{}', 400, 'bad_request', /no tiles and no ids/],
+      [JSON.stringify({ tiles: block(2600, 5700, 9) }), 400, 'bad_request', /at most 64/],
+    ];
+    for (const [body, status, code, message] of cases) {
+      const r = await post(edge.batch, body);
+      assert.equal(r.status, status, body);
+      assert.equal(r.json.error.code, code, body);
+      assert.match(r.json.error.message, message);
+      assert.equal(r.cache, null);
+    }
+    const big = await postLarge(edge.batch, 9 * 1024 * 1024);
+    assert.equal(big.status, 413);
+    assert.equal(big.json.error.code, 'payload_too_large');
+    const form = await post(edge.batch, '{}', { 'content-type': 'application/x-www-form-urlencoded' });
+    assert.equal(form.status, 415);
+    const get = await fetch(edge.batch);
+    assert.equal(get.status, 405);
+    assert.equal((await get.json()).error.code, 'method_not_allowed');
+    const nowhere = await fetch(`${edge.url}/nope`);
+    assert.equal(nowhere.status, 404);
+    assert.equal(relay.requests().length, n);
+  });
+
+  it('serves cached tiles when the origin stalls, and 504 for what is not cached', async () => {
+    const cached = '14/2616/5714';
+    const warmUp = await post(edge.batch, { tiles: [cached], access: 'verified' });
+    assert.equal(warmUp.status, 200);
+    await new Promise((ok) => setTimeout(ok, 200)); // let warming land before stalling
+    relay.mode = 'stall';
+    try {
+      const t0 = Date.now();
+      const r = await post(edge.batch, { tiles: [cached, '14/2612/5714'], access: 'verified' });
+      assert.ok(Date.now() - t0 < 5000, 'bounded by the origin timeout');
+      assert.equal(r.status, 200);
+      assert.equal(r.cache, 'partial');
+      assert.equal(r.originError, 'upstream_timeout');
+      assert.deepEqual(r.json.tiles.map((t) => t.tile), [cached]);
+      assert.deepEqual(r.json.tiles[0].ids.sort(), warmUp.json.tiles[0].ids.sort());
+      assert.equal(r.json.error.code, 'upstream_timeout');
+
+      const miss = await post(edge.batch, { tiles: ['14/2612/5718'], access: 'verified' });
+      assert.equal(miss.status, 504);
+      assert.equal(miss.json.error.code, 'upstream_timeout');
+      assert.match(miss.json.error.message, /did not answer in time/);
+
+      const hit = await post(edge.batch, { tiles: [cached], access: 'verified' });
+      assert.equal(hit.status, 200);
+      assert.equal(hit.cache, 'hit');
+    } finally {
+      relay.mode = 'pass';
+    }
+  });
+
+  it('serves cached tiles when the origin is down, and 502 for what is not cached', async () => {
+    const cached = '14/2616/5714';
+    const stats = async () => (await fetch(`${edge.url}/edge/stats`)).json();
+    const failuresBefore = (await stats()).originFailures;
+    await server.stop();
+    const r = await post(edge.batch, { tiles: [cached, '14/2636/5714'], access: 'verified' });
+    assert.equal(r.status, 200);
+    assert.equal(r.cache, 'partial');
+    assert.equal(r.originError, 'upstream_error');
+    assert.deepEqual(r.json.tiles.map((t) => t.tile), [cached]);
+    const miss = await post(edge.batch, { tiles: ['14/2636/5718'], access: 'public' });
+    assert.equal(miss.status, 502);
+    assert.equal(miss.json.error.code, 'upstream_error');
+    assert.match(miss.json.error.message, /origin could not be reached/);
+    assert.equal((await stats()).originFailures, failuresBefore + 2);
+  });
+});

@@ -1,0 +1,157 @@
+// The edge test stack on loopback: tilewarm-server (the origin), a recording relay between
+// workerd and the server (counts and records every origin request the worker makes, and can
+// stall or drop them), and workerd running edge/config.capnp against the built pkg/.
+//
+// Env: TILEWARM_SERVER (the tilewarm-server binary), WORKERD (the workerd binary).
+import { spawn } from 'node:child_process';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on('error', fail);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+async function waitForHttp(url, child, log, ms = 30_000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (child.exitCode !== null) throw new Error(`${url}: process exited (${child.exitCode}):\n${log()}`);
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${url} did not come up in ${ms} ms:\n${log()}`);
+}
+
+function start(bin, args, env = {}) {
+  let out = '';
+  const child = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  child.on('error', (e) => (out += `spawn failed: ${e.message}\n`));
+  return { child, log: () => out.slice(-4000) };
+}
+
+export async function startServer(extraArgs = []) {
+  const bin = process.env.TILEWARM_SERVER;
+  if (!bin) throw new Error('TILEWARM_SERVER must name the tilewarm-server binary (scripts/test-edge.sh sets it)');
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const p = start(bin, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--synthetic-homes', '20000', ...extraArgs]);
+  await waitForHttp(`${url}/healthz`, p.child, p.log);
+  return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+}
+
+/**
+ * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
+ * 'drop' (close the connection). Records { purpose, body } of each request.
+ */
+export async function startRelay(target) {
+  const relay = { mode: 'pass', seen: [], target };
+  const server = createHttpServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const body = Buffer.concat(chunks).toString('utf8');
+    relay.seen.push({ purpose: req.headers['x-tilewarm-purpose'] ?? '', body: JSON.parse(body) });
+    if (relay.mode === 'stall') return; // the worker's timeout ends it
+    if (relay.mode === 'drop') return req.socket.destroy();
+    try {
+      const r = await fetch(relay.target, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const text = await r.text();
+      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+      res.end(text);
+    } catch {
+      // The origin is down: the worker sees the connection fail, as it would without us.
+      req.socket.destroy();
+    }
+  });
+  const port = await freePort();
+  await new Promise((ok) => server.listen(port, '127.0.0.1', ok));
+  relay.url = `http://127.0.0.1:${port}/v1/batch`;
+  relay.requests = (purpose = 'request') => relay.seen.filter((s) => s.purpose === purpose);
+  relay.close = () => {
+    server.closeAllConnections?.();
+    return new Promise((ok) => server.close(() => ok()));
+  };
+  return relay;
+}
+
+export async function startWorkerd(origin, options = {}) {
+  const bin = process.env.WORKERD;
+  if (!bin) throw new Error('WORKERD must name the workerd binary (scripts/test-edge.sh sets it)');
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const p = start(bin, ['serve', resolve(root, 'edge/config.capnp'), '--socket-addr', `http=127.0.0.1:${port}`], {
+    TILEWARM_ORIGIN: origin,
+    TILEWARM_OPTIONS: JSON.stringify(options),
+  });
+  await waitForHttp(`${url}/healthz`, p.child, p.log);
+  return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+}
+
+function stop(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((ok) => {
+    child.once('exit', () => ok());
+    child.kill('SIGTERM');
+  });
+}
+
+/** POSTs a batch request; { status, cache, originError, json }. */
+export async function post(url, body, headers = { 'content-type': 'application/json' }) {
+  const r = await fetch(url, { method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const text = await r.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = text;
+  }
+  return {
+    status: r.status,
+    cache: r.headers.get('x-tilewarm-cache'),
+    originError: r.headers.get('x-tilewarm-origin-error'),
+    json,
+  };
+}
+
+/** A response reduced to what must match: per tile its sorted ids, the sorted items, missing. */
+export function shape(resp) {
+  const tiles = resp.tiles.map((t) => [t.tile, [...t.ids].sort()]).sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const items = resp.items.map((i) => `${i.id}|${i.access}|${i.class}|${JSON.stringify(i.data)}`).sort();
+  return { tiles, items, missing: [...resp.missing].sort() };
+}
+
+/**
+ * Declares a `size`-byte body and sends none of it: a server that refuses a body by its
+ * content-length answers before reading it. Resolves with { status, json }.
+ */
+export function postLarge(url, size) {
+  return new Promise((ok, fail) => {
+    const req = httpRequest(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-length': size },
+    }, async (res) => {
+      let text = '';
+      for await (const c of res) text += c;
+      req.destroy();
+      ok({ status: res.statusCode, json: JSON.parse(text) });
+    });
+    req.on('error', fail);
+    req.flushHeaders();
+  });
+}
