@@ -4,6 +4,8 @@
 #   pkg     scripts/pkg-size.sh (gzipped package size), bench/js/micro.mjs (Node, vs JS peers)
 #   sim     sim/run-bench.sh (trace replay: none / lru / ring1 / tilewarm / oracle)
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
+#   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
+#           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
 # A part whose script is absent, or that fails, is reported as such in the document; the
 # run still writes it. Parts: `scripts/bench.sh core sim` runs only those (and rewrites the
 # document from the outputs of earlier runs for the others; `scripts/bench.sh none` only
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server edge)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -47,6 +49,16 @@ if want server; then
   if [ -x server/bench/run.sh ]; then server/bench/run.sh >&2 || echo "server/bench/run.sh failed" > "$out/server.md"
   else echo "not run: server/bench/run.sh is absent" > "$out/server.md"; fi
 fi
+if want edge; then
+  status "edge worker hit path (workerd) vs the server"
+  if { [ -f pkg/edge.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && scripts/setup.sh edge >&2 \
+      && cargo build --quiet --profile server -p tilewarm-server --bin tilewarm-server >&2 \
+      && node edge/bench.mjs --server-bin target/server/tilewarm-server \
+           --workerd edge/node_modules/.bin/workerd --md "$out/edge.md" > /dev/null; then :; else
+    echo "edge/bench.mjs failed; see the output of \`scripts/bench.sh edge\`." > "$out/edge.md"
+  fi
+fi
 
 section() { # file, fallback
   if [ -s "$1" ]; then cat "$1"; else echo "$2"; fi
@@ -59,7 +71,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`edge\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -91,5 +103,9 @@ HEAD
   echo "## Server: \`scripts/bench.sh server\`"
   echo
   section "$out/server.md" "(not run in this invocation)"
+  echo
+  echo "## Edge worker: \`scripts/bench.sh edge\`"
+  echo
+  section "$out/edge.md" "(not run in this invocation)"
 } > docs/BENCHMARKS.md
 status "wrote docs/BENCHMARKS.md"

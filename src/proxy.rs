@@ -53,7 +53,7 @@ use crate::protocol::{
     decode_error, decode_response, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Item, Limits,
     RawData, TileList,
 };
-use crate::tile::{ring_around, TileId, MAX_ZOOM};
+use crate::tile::{ring_around, TileId};
 use crate::{HashMap, HashSet};
 
 /// How the proxy caches and warms. Every field has a documented default.
@@ -241,12 +241,6 @@ fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
         .clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// Whether the item at (lon, lat) lies in `tile`, by the origin's rule (its zoom-24 tile is
-/// a descendant).
-fn inside(tile: TileId, lon: f64, lat: f64) -> bool {
-    TileId::from_lon_lat(lon, lat, MAX_ZOOM).is_ok_and(|p| tile.contains(p))
-}
-
 /// The bytes an item is charged in the cache: its strings and payload plus a fixed overhead.
 fn size_of(item: &Item<RawData>) -> usize {
     item.id.len() + item.class.len() + item.data.get().len() + 64
@@ -258,11 +252,19 @@ struct ErrorFields<'a> {
     message: &'a str,
 }
 
+/// The merged response, its items borrowed (the wire form of [`BatchResponse`]).
+#[derive(Serialize, Default)]
+struct OutResponse<'a> {
+    tiles: Vec<TileList>,
+    items: Vec<&'a Item<RawData>>,
+    missing: Vec<String>,
+}
+
 /// A response that answers part of a request, with the reason the rest is missing.
 #[derive(Serialize)]
 struct PartialResponse<'a> {
     #[serde(flatten)]
-    response: &'a BatchResponse<RawData>,
+    response: &'a OutResponse<'a>,
     error: ErrorFields<'a>,
 }
 
@@ -371,13 +373,9 @@ impl Proxy {
         let mut read_memo: HashMap<TileId, TileRead> = HashMap::new();
 
         for &t in &request.tiles {
-            let data: Vec<TileId> = if t.z() >= dz {
-                t.ancestor(dz).into_iter().collect()
-            } else if dz - t.z() <= self.config.split_levels {
-                t.descendants(dz).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let data = t
+                .data_tiles(dz, self.config.split_levels)
+                .unwrap_or_default();
             for &d in &data {
                 if seen_data.insert(d) {
                     data_tiles.push(d);
@@ -399,7 +397,7 @@ impl Proxy {
                         exp_ms = exp_ms.min(*exp);
                         ids.extend(
                             list.iter()
-                                .filter(|(_, lon, lat)| t.z() <= dz || inside(t, *lon, *lat))
+                                .filter(|(_, lon, lat)| t.z() <= dz || t.contains_point(*lon, *lat))
                                 .map(|(id, _, _)| id.clone()),
                         );
                     }
@@ -630,14 +628,19 @@ impl Proxy {
             answer.items.iter().map(|i| (i.id.as_str(), i)).collect();
         let origin_missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
 
-        let mut out = BatchResponse::default();
-        let mut seen: HashSet<String> = HashSet::new();
+        // Items are borrowed from the cache read and the origin's answer, not copied.
+        let mut out = OutResponse::default();
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut served_cached = false;
-        let mut add = |item: &Item<RawData>, out: &mut BatchResponse<RawData>| {
-            if seen.insert(item.id.clone()) {
-                out.items.push(item.clone());
+        fn add<'a>(
+            item: &'a Item<RawData>,
+            seen: &mut HashSet<&'a str>,
+            out: &mut OutResponse<'a>,
+        ) {
+            if seen.insert(item.id.as_str()) {
+                out.items.push(item);
             }
-        };
+        }
         for (&t, route) in request.tiles.iter().zip(&routes) {
             match route {
                 Route::Cached { ids, exp_ms } => {
@@ -646,7 +649,7 @@ impl Proxy {
                     for id in ids {
                         if let Some(item) = cached.get(id) {
                             list_ids.push(id.clone());
-                            add(item, &mut out);
+                            add(item, &mut seen, &mut out);
                         }
                     }
                     let exp = if *exp_ms == u64::MAX { now_ms } else { *exp_ms };
@@ -663,9 +666,11 @@ impl Proxy {
                         let Some(item) = origin_items.get(id.as_str()) else {
                             continue;
                         };
-                        if tier.can_see(item.access) && (t == *f || inside(t, item.lon, item.lat)) {
+                        if tier.can_see(item.access)
+                            && (t == *f || t.contains_point(item.lon, item.lat))
+                        {
                             list_ids.push(id.clone());
-                            add(item, &mut out);
+                            add(item, &mut seen, &mut out);
                         }
                     }
                     out.tiles.push(TileList {
@@ -680,11 +685,11 @@ impl Proxy {
             if hit {
                 served_cached = true;
                 match cached.get(id) {
-                    Some(item) => add(item, &mut out),
+                    Some(item) => add(item, &mut seen, &mut out),
                     None => out.missing.push(id.clone()),
                 }
             } else if let Some(item) = origin_items.get(id.as_str()) {
-                add(item, &mut out);
+                add(item, &mut seen, &mut out);
             } else if origin_missing.contains(id.as_str()) {
                 out.missing.push(id.clone());
             } else if origin_answer.is_some() {
@@ -721,7 +726,7 @@ impl Proxy {
                     message: &error.message,
                 },
             })
-            .unwrap_or_else(|_| out.to_json());
+            .unwrap_or_default();
             return Answer {
                 status: 200,
                 body,
@@ -730,10 +735,12 @@ impl Proxy {
                 warm: None,
             };
         }
+        // Tiles, strings, numbers and raw JSON always serialise.
+        let body = serde_json::to_string(&out).unwrap_or_default();
         let warm = self.plan_warm(&data_tiles, tier, now_ms);
         Answer {
             status: 200,
-            body: out.to_json(),
+            body,
             verdict,
             origin_error: None,
             warm,

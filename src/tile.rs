@@ -287,6 +287,44 @@ impl TileId {
         other.z >= self.z && other.ancestor(self.z) == Ok(self)
     }
 
+    /// Whether the point (lon, lat) lies in this tile, by the rule the origin indexes items
+    /// with: the point's zoom-24 tile is inside this one (so a point on an edge belongs to
+    /// exactly one tile per zoom). A point that has no tile (not finite) lies in none.
+    ///
+    /// ```
+    /// use tilewarm::TileId;
+    /// let t: TileId = "14/2624/5721".parse().unwrap();
+    /// assert!(t.contains_point(-122.3321, 47.6062));
+    /// assert!(!t.contains_point(2.35, 48.85));
+    /// assert!(!t.contains_point(f64::NAN, 47.6));
+    /// ```
+    pub fn contains_point(self, lon: f64, lat: f64) -> bool {
+        TileId::from_lon_lat(lon, lat, MAX_ZOOM).is_ok_and(|p| self.contains(p))
+    }
+
+    /// The tiles at zoom `z` that hold this tile's items, as a cache keyed by zoom-`z` "data
+    /// tiles" reads it: this tile's ancestor when it is at `z` or finer (the caller filters by
+    /// position); its `4^levels` descendants when it is at most `max_levels` coarser; `None`
+    /// when coarser still (answer it straight from the origin). The server's tier and the
+    /// edge proxy both route requests with it.
+    ///
+    /// ```
+    /// use tilewarm::TileId;
+    /// let t = |s: &str| s.parse::<TileId>().unwrap();
+    /// assert_eq!(t("16/10496/22884").data_tiles(14, 2), Some(vec![t("14/2624/5721")]));
+    /// assert_eq!(t("13/1312/2860").data_tiles(14, 2).unwrap().len(), 4);
+    /// assert_eq!(t("11/328/715").data_tiles(14, 2), None);
+    /// ```
+    pub fn data_tiles(self, z: u8, max_levels: u8) -> Option<Vec<TileId>> {
+        if self.z >= z {
+            self.ancestor(z).ok().map(|a| vec![a])
+        } else if z - self.z <= max_levels {
+            self.descendants(z).ok()
+        } else {
+            None
+        }
+    }
+
     /// The four tiles one zoom level down (NW, NE, SW, SE), or `None` at [`MAX_ZOOM`].
     pub fn children(self) -> Option<[TileId; 4]> {
         if self.z >= MAX_ZOOM {

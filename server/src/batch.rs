@@ -21,7 +21,6 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tilewarm::{
     Access, BatchRequest, BatchResponse, CacheConfig, ErrorCode, RawData, TileId, TileList,
-    MAX_ZOOM,
 };
 
 use crate::origin::CallSource;
@@ -96,12 +95,6 @@ struct WireResponse<'a> {
     missing: &'a [String],
 }
 
-/// Whether the item at (lon, lat) lies in `tile`, by the same rule as the origin's index
-/// (its zoom-24 tile is a descendant).
-fn inside(tile: TileId, lon: f64, lat: f64) -> bool {
-    TileId::from_lon_lat(lon, lat, MAX_ZOOM).is_ok_and(|p| tile.contains(p))
-}
-
 /// Answers a decoded request with the response JSON.
 pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
     let dz = app.config.data_zoom;
@@ -114,22 +107,19 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
     let mut direct = Vec::new();
     let mut direct_count = 0usize;
     for &t in &req.tiles {
-        let mut index_of = |d: TileId| {
+        let index_of = |d: TileId| {
             *data_index.entry(d).or_insert_with(|| {
                 data_tiles.push(d);
                 data_tiles.len() - 1
             })
         };
-        if t.z() >= dz {
-            let d = t.ancestor(dz).unwrap_or(t);
-            routes.push(Route::Data(vec![index_of(d)]));
-        } else if dz - t.z() <= app.config.split_levels {
-            let ds = t.descendants(dz).unwrap_or_default();
-            routes.push(Route::Data(ds.into_iter().map(index_of).collect()));
-        } else {
-            direct_count += app.origin.count_in(t, caller);
-            direct.push(t);
-            routes.push(Route::Direct);
+        match t.data_tiles(dz, app.config.split_levels) {
+            Some(ds) => routes.push(Route::Data(ds.into_iter().map(index_of).collect())),
+            None => {
+                direct_count += app.origin.count_in(t, caller);
+                direct.push(t);
+                routes.push(Route::Direct);
+            }
         }
     }
     let max = app.config.max_response_items;
@@ -238,7 +228,7 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
         for (tile_items, tile_exp) in sources {
             exp = exp.min(tile_exp);
             for it in tile_items {
-                if !caller.can_see(it.access) || (t.z() > dz && !inside(t, it.lon, it.lat)) {
+                if !caller.can_see(it.access) || (t.z() > dz && !t.contains_point(it.lon, it.lat)) {
                     continue;
                 }
                 ids.push(it.id.clone());

@@ -1,0 +1,155 @@
+// The edge benchmark (`scripts/bench.sh edge`): hit-path latency of a 16-tile batch through
+// the edge worker under workerd, against the same request sent straight to tilewarm-server
+// (its in-process tier already holding the tiles), in one run, requests interleaved, one at
+// a time over keep-alive connections on loopback. Also GET /healthz through workerd (the
+// runtime's own floor), the CPU cost of the wasm proxy alone for a hit and for a miss (the
+// same EdgeProxy in Node: what counts against a worker's CPU-time limit), and the size of
+// the edge wasm.
+//
+//   node edge/bench.mjs --server-bin target/server/tilewarm-server --workerd edge/node_modules/.bin/workerd \
+//     [--iterations 1000] [--md target/bench/edge.md]
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { parseArgs } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { post, root, startServer, startWorkerd } from './test/support/stack.mjs';
+
+const { values: args } = parseArgs({
+  options: {
+    'server-bin': { type: 'string' },
+    workerd: { type: 'string' },
+    iterations: { type: 'string', default: '1000' },
+    md: { type: 'string' },
+  },
+});
+if (args['server-bin']) process.env.TILEWARM_SERVER = args['server-bin'];
+if (args.workerd) process.env.WORKERD = args.workerd;
+const n = Number(args.iterations);
+
+const tiles = [];
+for (let y = 5719; y < 5723; y++) for (let x = 2622; x < 2626; x++) tiles.push(`14/${x}/${y}`);
+const request = JSON.stringify({ tiles, access: 'registered' });
+
+function pct(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function timed(fn) {
+  const t0 = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+}
+
+const server = await startServer();
+const edge = await startWorkerd(server.batch, { warmRing: 0 });
+try {
+  const first = await post(edge.batch, request);
+  if (first.status !== 200 || first.cache !== 'miss') throw new Error(`first edge request: ${first.status} ${first.cache}`);
+  const again = await post(edge.batch, request);
+  if (again.cache !== 'hit') throw new Error(`second edge request was ${again.cache}, not a hit`);
+  const items = again.json.items.length;
+  const bytes = Buffer.byteLength(JSON.stringify(again.json));
+
+  const viaEdge = () => fetch(edge.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: request })
+    .then(async (r) => {
+      if (r.headers.get('x-tilewarm-cache') !== 'hit') throw new Error('not a hit');
+      await r.arrayBuffer();
+    });
+  const direct = () => fetch(server.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: request })
+    .then((r) => r.arrayBuffer());
+  const health = () => fetch(`${edge.url}/healthz`).then((r) => r.arrayBuffer());
+
+  for (let i = 0; i < 50; i++) {
+    await viaEdge();
+    await direct();
+    await health();
+  }
+  const runs = { edge: [], direct: [], health: [] };
+  for (let i = 0; i < n; i++) {
+    runs.edge.push(await timed(viaEdge));
+    runs.direct.push(await timed(direct));
+    runs.health.push(await timed(health));
+  }
+  for (const v of Object.values(runs)) v.sort((a, b) => a - b);
+  const stat = (v) => ({ p50: pct(v, 50), p99: pct(v, 99), mean: v.reduce((a, b) => a + b, 0) / v.length });
+  const s = { edge: stat(runs.edge), direct: stat(runs.direct), health: stat(runs.health) };
+
+  // The wasm proxy alone, in Node: a hit (begin) and a miss (complete with the origin's
+  // answer, into a fresh proxy), same batch.
+  const glue = await import(pathToFileURL(resolve(root, 'pkg/tilewarm_edge.js')).href);
+  glue.initSync({ module: new WebAssembly.Module(readFileSync(resolve(root, 'pkg/tilewarm_edge_bg.wasm'))) });
+  const reqBytes = new TextEncoder().encode(request);
+  const originReq = (() => {
+    const p = new glue.EdgeProxy('{"warmRing":0}');
+    const st = p.begin(reqBytes, Date.now());
+    const body = st.origin;
+    st.free();
+    p.free();
+    return body;
+  })();
+  const originBytes = new Uint8Array(await (await fetch(server.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: originReq })).arrayBuffer());
+  const cpu = { hit: [], miss: [] };
+  const m = Math.max(50, Math.floor(n / 5));
+  for (let i = 0; i < m + 10; i++) {
+    const p = new glue.EdgeProxy('{"warmRing":0}');
+    const st = p.begin(reqBytes, Date.now());
+    let t0 = performance.now();
+    const done = p.complete(st.handle, 200, originBytes, Date.now());
+    void done.body;
+    const miss = performance.now() - t0;
+    t0 = performance.now();
+    const hit = p.begin(reqBytes, Date.now());
+    if (hit.cache !== 'hit') throw new Error('wasm proxy: the repeat was not a hit');
+    void hit.body;
+    const hitMs = performance.now() - t0;
+    if (i >= 10) {
+      cpu.miss.push(miss);
+      cpu.hit.push(hitMs);
+    }
+    for (const x of [st, done, hit, p]) x.free();
+  }
+  for (const v of Object.values(cpu)) v.sort((a, b) => a - b);
+
+  const size = (f) => {
+    const buf = readFileSync(resolve(root, 'pkg', f));
+    return { raw: buf.length, gz: gzipSync(buf, { level: 9 }).length };
+  };
+  const files = ['tilewarm_edge_bg.wasm', 'tilewarm_edge.js', 'edge.js'].map((f) => [f, size(f)]);
+  const total = files.reduce((a, [, z]) => ({ raw: a.raw + z.raw, gz: a.gz + z.gz }), { raw: 0, gz: 0 });
+  const ms = (x) => x.toFixed(3);
+  const lines = [
+    `Hit path of a 16-tile batch (\`${tiles[0]}\` … \`${tiles.at(-1)}\`, ${items} items, ${bytes} bytes of JSON),`,
+    `${n} requests each, interleaved, one at a time over keep-alive on loopback (Node fetch client).`,
+    '',
+    '| path | p50 ms | p99 ms | mean ms | p50 / direct | p99 / direct |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    `| edge worker under workerd, cache hit | ${ms(s.edge.p50)} | ${ms(s.edge.p99)} | ${ms(s.edge.mean)} | ${(s.edge.p50 / s.direct.p50).toFixed(2)} | ${(s.edge.p99 / s.direct.p99).toFixed(2)} |`,
+    `| tilewarm-server directly (in-process tier hit) | ${ms(s.direct.p50)} | ${ms(s.direct.p99)} | ${ms(s.direct.mean)} | 1.00 | 1.00 |`,
+    `| GET /healthz through workerd (runtime floor) | ${ms(s.health.p50)} | ${ms(s.health.p99)} | ${ms(s.health.mean)} | ${(s.health.p50 / s.direct.p50).toFixed(2)} | ${(s.health.p99 / s.direct.p99).toFixed(2)} |`,
+    '',
+    `CPU cost of the wasm proxy alone for the same batch (\`EdgeProxy\` in Node, ${cpu.hit.length} runs; what counts`,
+    'against a worker\'s CPU-time limit, besides the runtime\'s own HTTP work):',
+    '',
+    '| step | p50 ms | p99 ms |',
+    '| --- | ---: | ---: |',
+    `| hit: decode request, read 16 tiles, write the answer | ${ms(pct(cpu.hit, 50))} | ${ms(pct(cpu.hit, 99))} |`,
+    `| miss: decode the origin's answer, fill the cache, merge, write | ${ms(pct(cpu.miss, 50))} | ${ms(pct(cpu.miss, 99))} |`,
+    '',
+    'Edge worker code (what a deployment uploads besides worker.js):',
+    '',
+    '| file | raw bytes | gzipped bytes |',
+    '| --- | ---: | ---: |',
+    ...files.map(([f, z]) => `| \`${f}\` | ${z.raw} | ${z.gz} |`),
+    `| **total** | ${total.raw} | ${total.gz} |`,
+  ];
+  const md = lines.join('\n') + '\n';
+  process.stdout.write(md);
+  if (args.md) {
+    mkdirSync(dirname(args.md), { recursive: true });
+    writeFileSync(args.md, md);
+  }
+} finally {
+  await edge.stop();
+  await server.stop();
+}
