@@ -404,7 +404,11 @@ impl Proxy {
                 }
                 routes.push(Route::Cached { ids, exp_ms });
             } else {
-                let f = if t.z() > dz { data[0] } else { t };
+                // A finer tile forwards its data tile (always there), others themselves.
+                let f = match data.first() {
+                    Some(&d) if t.z() > dz => d,
+                    _ => t,
+                };
                 if forwarded.insert(f) {
                     forward.push(f);
                 }
