@@ -832,12 +832,13 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
         .collect()
 }
 
-/// Request ids in ascending order. Ids are unique, so `sort_unstable` of the plain `u64`s
-/// gives the same order as a stable sort, with the one `u64` sort the wasm already has.
+/// Request ids in ascending order. Ids are unique, so `sort_unstable` gives the same order
+/// as a stable sort. Sorted as `(id, 0)` pairs: the one sort instantiation the wasm has
+/// (see [`crate::sort_pairs`]).
 fn sorted_ids(ids: impl Iterator<Item = RequestId>) -> Vec<RequestId> {
-    let mut v: Vec<u64> = ids.map(|r| r.0).collect();
-    v.sort_unstable();
-    v.into_iter().map(RequestId).collect()
+    let mut v: Vec<(u64, u64)> = ids.map(|r| (r.0, 0)).collect();
+    crate::sort_pairs(&mut v);
+    v.into_iter().map(|(id, _)| RequestId(id)).collect()
 }
 
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {

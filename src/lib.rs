@@ -26,6 +26,14 @@ pub type HashMap<K, V> = hashbrown::HashMap<K, V>;
 /// The core's hash set; see [`HashMap`].
 pub type HashSet<T> = hashbrown::HashSet<T>;
 
+/// Sorts `(u64, u64)` keys ascending. Every sort on the core's paths goes through this
+/// one instantiation (ids as `(id, 0)`, scores as `(bits, tile)`), so the wasm carries a
+/// single copy of the sort code.
+#[inline(never)]
+pub(crate) fn sort_pairs(v: &mut [(u64, u64)]) {
+    v.sort_unstable();
+}
+
 pub use access::{Access, UnknownAccess};
 pub use batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,

@@ -415,7 +415,7 @@ impl Planner {
         };
         if let Some(prev) = self.history.back().copied() {
             // Unwrap x so motion across the antimeridian stays continuous.
-            let mut dx = (s.cx - prev.cx).rem_euclid(n);
+            let mut dx = crate::tile::rem_euclid(s.cx - prev.cx, n);
             if dx > n / 2.0 {
                 dx -= n;
             }
@@ -584,7 +584,7 @@ fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, Tile
     };
     let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
     let mut keys: Vec<(u64, u64)> = pairs.map(|(f, t)| (key(f), t.to_u64())).collect();
-    keys.sort_unstable();
+    crate::sort_pairs(&mut keys);
     keys.into_iter()
         .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
         .collect()
@@ -611,7 +611,7 @@ fn clamp_lead(dx: f64, dy: f64, s: &Sample, max: f64) -> (f64, f64) {
 /// Offset from `c` to the centre of tile `t`, x the short way round the world.
 fn offset(c: TilePoint, t: TileId, n: f64) -> (f64, f64) {
     let tc = t.centre();
-    let mut ox = (tc.x - c.x).rem_euclid(n);
+    let mut ox = crate::tile::rem_euclid(tc.x - c.x, n);
     if ox > n / 2.0 {
         ox -= n;
     }
