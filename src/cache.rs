@@ -644,13 +644,19 @@ impl<P> TileCache<P> {
         if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
             return Err(CacheError::InvalidItem {
                 id: short(id),
-                reason: format!("longitude must be a finite number in -180..=180, got {lon}"),
+                reason: format!(
+                    "longitude must be a finite number in -180..=180, got {}",
+                    crate::Num(lon)
+                ),
             });
         }
         if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
             return Err(CacheError::InvalidItem {
                 id: short(id),
-                reason: format!("latitude must be a finite number in -90..=90, got {lat}"),
+                reason: format!(
+                    "latitude must be a finite number in -90..=90, got {}",
+                    crate::Num(lat)
+                ),
             });
         }
         if size_bytes > self.config.max_bytes {

@@ -34,6 +34,29 @@ pub(crate) fn sort_pairs(v: &mut [(u64, u64)]) {
     v.sort_unstable();
 }
 
+/// A number in an error message: the shortest digits that read back as the same `f64`
+/// (ryu), with no `.0` on whole numbers, exponent form for very large and very small
+/// magnitudes (`1e300`, `1e-7`, as JavaScript writes them), and `NaN`, `inf`, `-inf`.
+/// Every float in a core message goes through this, so the wasm carries ryu's small
+/// formatter and not core's float formatting (about 9 KB of wasm).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Num(pub f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            f.write_str("NaN")
+        } else if v.is_infinite() {
+            f.write_str(if v > 0.0 { "inf" } else { "-inf" })
+        } else {
+            let mut buf = ryu::Buffer::new();
+            let s = buf.format_finite(v);
+            f.write_str(s.strip_suffix(".0").unwrap_or(s))
+        }
+    }
+}
+
 pub use access::{Access, UnknownAccess};
 pub use batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
@@ -57,3 +80,29 @@ pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::Num;
+
+    #[test]
+    fn num_writes_short_round_trip_numbers() {
+        let cases = [
+            (31.0, "31"),
+            (-1.0, "-1"),
+            (2.5, "2.5"),
+            (123.4, "123.4"),
+            (-122.3321, "-122.3321"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (-0.0, "-0"),
+            (1e300, "1e300"),
+            (1e-7, "1e-7"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(Num(v).to_string(), want, "{v:?}");
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub enum PlannerError {
     #[error("invalid viewport: {0}")]
     Bbox(#[from] TileError),
     /// The viewport zoom was not finite or out of range.
-    #[error("viewport zoom must be a finite number in 0..=30, got {0}")]
+    #[error("viewport zoom must be a finite number in 0..=30, got {}", crate::Num(*.0))]
     InvalidZoom(f64),
     /// A configuration field out of its range.
     #[error("planner config {field} must be {allowed}, got {value}")]
@@ -144,7 +144,7 @@ impl PlannerConfig {
             return bad("tile_zoom", self.tile_zoom, "an integer in 0..=24");
         }
         if !self.min_zoom.is_finite() || !(0.0..=MAX_VIEW_ZOOM).contains(&self.min_zoom) {
-            return bad("min_zoom", self.min_zoom, "a number in 0..=30");
+            return bad("min_zoom", crate::Num(self.min_zoom), "a number in 0..=30");
         }
         if self.ring > 8 {
             return bad("ring", self.ring, "an integer in 0..=8");
@@ -184,7 +184,7 @@ impl PlannerConfig {
         for (field, value, hi, allowed) in floats {
             // NaN fails the range check too.
             if !(0.0..=hi).contains(&value) {
-                return bad(field, value, allowed);
+                return bad(field, crate::Num(value), allowed);
             }
         }
         Ok(())

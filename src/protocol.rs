@@ -353,14 +353,17 @@ pub fn validate_item_fields(
             if lon.is_finite() && (-180.0..=180.0).contains(&lon) {
                 Ok(())
             } else {
-                Err(format!("lon must be in -180..=180, got {lon}"))
+                Err(format!(
+                    "lon must be in -180..=180, got {}",
+                    crate::Num(lon)
+                ))
             }
         })
         .and_then(|()| {
             if lat.is_finite() && (-90.0..=90.0).contains(&lat) {
                 Ok(())
             } else {
-                Err(format!("lat must be in -90..=90, got {lat}"))
+                Err(format!("lat must be in -90..=90, got {}", crate::Num(lat)))
             }
         })
         .and_then(|()| check_class(class, limits))

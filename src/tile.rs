@@ -37,13 +37,17 @@ pub enum TileError {
     #[error("tile {z}/{x}/{y} does not exist: x and y must be below 2^{z} = {limit}")]
     CoordOutOfRange { z: u8, x: u32, y: u32, limit: u64 },
     /// A coordinate was NaN or infinite.
-    #[error("{what} must be a finite number, got {value}")]
+    #[error("{what} must be a finite number, got {}", crate::Num(*value))]
     NotFinite { what: &'static str, value: f64 },
     /// A latitude outside −90..=90 (before clamping to the Mercator limit).
-    #[error("{what} must be a latitude in -90..=90, got {value}")]
+    #[error("{what} must be a latitude in -90..=90, got {}", crate::Num(*value))]
     LatitudeOutOfRange { what: &'static str, value: f64 },
     /// `south > north`.
-    #[error("bbox south ({south}) must not be greater than north ({north})")]
+    #[error(
+        "bbox south ({}) must not be greater than north ({})",
+        crate::Num(*south),
+        crate::Num(*north)
+    )]
     InvertedBbox { south: f64, north: f64 },
     /// Text that is not `z/x/y`, a quadkey, or a packed id.
     #[error("invalid tile {input:?}: {reason}")]

@@ -75,16 +75,13 @@ impl ArgError {
     }
 }
 
-/// A number the way JavaScript prints it, for the common cases (no 300-digit expansions).
+/// A number the way JavaScript prints it, for the common cases (no 300-digit expansions):
+/// [`crate::Num`], with JavaScript's names for the infinities.
 fn show_number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
+    if v.is_infinite() {
         if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if v != 0.0 && (v.abs() >= 1e21 || v.abs() < 1e-6) {
-        format!("{v:e}")
     } else {
-        format!("{v}")
+        crate::Num(v).to_string()
     }
 }
 
