@@ -710,11 +710,15 @@ impl<D> BatchResponse<D> {
             }
         }
 
-        let mut item_at: HashMap<&str, usize> = HashMap::with_capacity(self.items.len());
+        // The ids seen (a set: the position, only needed for a message, is looked up then;
+        // and one hash table type fewer in the wasm than a map of positions).
+        let mut item_ids: HashSet<&str> = HashSet::with_capacity(self.items.len());
+        let item_at = |id: &str| self.items.iter().position(|it| it.id == id).unwrap_or(0);
         for (index, it) in self.items.iter().enumerate() {
             validate_item_fields(&it.id, it.lon, it.lat, &it.class, it.ttl, limits)
                 .map_err(|e| e.at_item(index))?;
-            if let Some(&first) = item_at.get(it.id.as_str()) {
+            if item_ids.contains(it.id.as_str()) {
+                let first = item_at(&it.id);
                 return Err(ProtocolError::InvalidItem {
                     index,
                     id: clip(&it.id),
@@ -723,10 +727,11 @@ impl<D> BatchResponse<D> {
                     ),
                 });
             }
-            item_at.insert(&it.id, index);
+            item_ids.insert(&it.id);
         }
 
-        let mut tile_at: HashMap<TileId, usize> = HashMap::with_capacity(self.tiles.len());
+        // Positions as u64: the same table as the client's other maps from tile to u64.
+        let mut tile_at: HashMap<TileId, u64> = HashMap::with_capacity(self.tiles.len());
         for (index, list) in self.tiles.iter().enumerate() {
             let tile = list.tile;
             let invalid = |reason: String| ProtocolError::InvalidTileList {
@@ -739,7 +744,7 @@ impl<D> BatchResponse<D> {
                     "tile already listed at tiles[{first}]; each tile may be listed once"
                 )));
             }
-            tile_at.insert(tile, index);
+            tile_at.insert(tile, index as u64);
             if list.ids.len() > limits.max_items {
                 return Err(ProtocolError::TooMany {
                     what: "tile list ids",
@@ -750,7 +755,7 @@ impl<D> BatchResponse<D> {
             check_ttl(list.ttl, limits).map_err(invalid)?;
             for (j, id) in list.ids.iter().enumerate() {
                 check_id(id, limits).map_err(|r| invalid(format!("ids[{j}]: {r}")))?;
-                if !item_at.contains_key(id.as_str()) {
+                if !item_ids.contains(id.as_str()) {
                     return Err(invalid(format!(
                         "ids[{j}] {} is not in items; every listed id must have an item",
                         quote(id)
@@ -762,7 +767,8 @@ impl<D> BatchResponse<D> {
         for (index, id) in self.missing.iter().enumerate() {
             check_id(id, limits)
                 .map_err(|reason| ProtocolError::InvalidMissing { index, reason })?;
-            if let Some(&at) = item_at.get(id.as_str()) {
+            if item_ids.contains(id.as_str()) {
+                let at = item_at(id);
                 return Err(ProtocolError::InvalidMissing {
                     index,
                     reason: format!(
