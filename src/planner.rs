@@ -544,7 +544,7 @@ impl Planner {
                 let dz = (-vz * lead).min(1.0);
                 let target = vp.zoom - dz;
                 if target >= cfg.min_zoom && dz > 0.05 {
-                    let k = 2f64.powf(dz);
+                    let k = pow2(dz);
                     for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 4096) {
                         add(t, &mut scores, 0.0);
                     }
@@ -554,7 +554,7 @@ impl Planner {
             // Zooming in from below min_zoom: warm the first view that will need data.
             let target = vp.zoom + vz * lead;
             if target >= cfg.min_zoom {
-                let k = 2f64.powf(-(cfg.min_zoom - vp.zoom).max(0.0));
+                let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
                 for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 1024) {
                     add(t, &mut scores, 0.0);
                 }
@@ -588,6 +588,13 @@ fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, Tile
     keys.into_iter()
         .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
         .collect()
+}
+
+/// `2^x` for a zoom difference, as `exp(x ln 2)`: the `exp2` that `2f64.powf(x)` compiles
+/// to carries a 4 KB table into the wasm; `exp` has none (and the result differs by an ulp
+/// at most, for a factor that only sizes a look-ahead box).
+fn pow2(x: f64) -> f64 {
+    (x * std::f64::consts::LN_2).exp()
 }
 
 /// Limits a look-ahead displacement to `max` viewport sizes.
