@@ -68,10 +68,13 @@ pub enum CacheError {
     )]
     TooCoarse { tile: TileId, tile_zoom: u8 },
     /// An item id or item field is invalid.
-    #[error("invalid item {id:?}: {reason}")]
+    #[error("invalid item {}: {reason}", crate::Quoted(id))]
     InvalidItem { id: String, reason: String },
     /// A single item is bigger than the whole cache.
-    #[error("item {id:?} is {size_bytes} bytes, more than the cache's max_bytes of {max_bytes}")]
+    #[error(
+        "item {} is {size_bytes} bytes, more than the cache's max_bytes of {max_bytes}",
+        crate::Quoted(id)
+    )]
     ItemTooLarge {
         id: String,
         size_bytes: usize,
@@ -169,7 +172,7 @@ impl CacheConfig {
             let class: String = class.chars().take(64).collect();
             return Err(bad(
                 "class_ttl_ms",
-                format!("{class:?}: 0"),
+                format!("{}: 0", crate::Quoted(&class)),
                 "a map of class to a TTL of at least 1",
             ));
         }

@@ -148,7 +148,7 @@ pub enum ProtocolError {
         max: usize,
     },
     /// `tiles[index]` is not a `z/x/y` tile. `input` is the text (cut to 64 characters).
-    #[error("tiles[{index}] {input:?}: {reason}")]
+    #[error("tiles[{index}] {}: {reason}", crate::Quoted(input))]
     InvalidTile {
         index: usize,
         input: String,
@@ -168,7 +168,7 @@ pub enum ProtocolError {
     #[error("ids[{index}]: {reason}")]
     InvalidId { index: usize, reason: String },
     /// Response `items[index]` is invalid. `id` is the item's id (cut to 64 characters).
-    #[error("items[{index}] ({id:?}): {reason}")]
+    #[error("items[{index}] ({}): {reason}", crate::Quoted(id))]
     InvalidItem {
         index: usize,
         id: String,
@@ -178,7 +178,7 @@ pub enum ProtocolError {
     /// item's position; [`ProtocolError::at_item`] turns it into [`InvalidItem`].
     ///
     /// [`InvalidItem`]: ProtocolError::InvalidItem
-    #[error("item {id:?}: {reason}")]
+    #[error("item {}: {reason}", crate::Quoted(id))]
     InvalidItemFields { id: String, reason: String },
     /// Response `tiles[index]` (a tile list) is invalid.
     #[error("tiles[{index}] \"{tile}\": {reason}")]
@@ -248,7 +248,7 @@ fn clip(s: &str) -> String {
 
 /// `s` clipped and quoted with escapes, for messages.
 fn quote(s: &str) -> String {
-    format!("{:?}", clip(s))
+    crate::Quoted(&clip(s)).to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,8 +294,9 @@ fn check_class(class: &str, limits: &Limits) -> Result<(), String> {
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
     {
         return Err(format!(
-            "class {} contains {c:?}; allowed are a-z, 0-9, '_' and '-'",
-            quote(class)
+            "class {} contains {}; allowed are a-z, 0-9, '_' and '-'",
+            quote(class),
+            crate::QuotedChar(c)
         ));
     }
     Ok(())

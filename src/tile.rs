@@ -50,7 +50,7 @@ pub enum TileError {
     )]
     InvertedBbox { south: f64, north: f64 },
     /// Text that is not `z/x/y`, a quadkey, or a packed id.
-    #[error("invalid tile {input:?}: {reason}")]
+    #[error("invalid tile {}: {reason}", crate::Quoted(input))]
     Parse { input: String, reason: &'static str },
     /// An ancestor was asked for at a deeper zoom than the tile.
     #[error(

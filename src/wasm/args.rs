@@ -90,9 +90,13 @@ fn show(v: &Value) -> String {
         Value::Number(n) => show_number(*n),
         Value::Text(s) if s.chars().count() > 40 => {
             let head: String = s.chars().take(40).collect();
-            format!("{head:?}… (a string of {} characters)", s.chars().count())
+            format!(
+                "{}… (a string of {} characters)",
+                crate::Quoted(&head),
+                s.chars().count()
+            )
         }
-        Value::Text(s) => format!("{s:?}"),
+        Value::Text(s) => crate::Quoted(s).to_string(),
         Value::Other(d) => d.clone(),
     }
 }

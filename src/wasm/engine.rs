@@ -492,7 +492,10 @@ fn build_response(
     let mut rest = tile_ids.into_iter();
     for (i, s) in tiles.iter().enumerate() {
         let Ok(tile) = s.parse::<TileId>() else {
-            return Err(format!("tiles[{i}].tile {s:?} is not a tile z/x/y"));
+            return Err(format!(
+                "tiles[{i}].tile {} is not a tile z/x/y",
+                crate::Quoted(s)
+            ));
         };
         let ids: Vec<String> = rest.by_ref().take(tile_lens[i] as usize).collect();
         if ids.len() != tile_lens[i] as usize {
