@@ -20,7 +20,7 @@ use super::config::{self, FieldError};
 use super::value;
 use crate::{
     Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
-    RequestId, TileId, TileList, ViewOutcome,
+    RequestId, TileId, TileList, TileStatus, ViewOutcome,
 };
 
 /// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
@@ -337,18 +337,7 @@ impl Engine {
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
         let now = ms(now);
-        let mut parsed = Vec::with_capacity(tiles.len());
-        for t in &tiles {
-            parsed.push(t.parse::<TileId>().map_err(|_| {
-                field_error(FieldError {
-                    field: "tiles".into(),
-                    kind: ArgKind::Type,
-                    code: super::args::code::INVALID_TILE,
-                    allowed: "an array of tile strings \"z/x/y\"",
-                    other: None,
-                })
-            })?);
-        }
+        let parsed = parse_tiles(&tiles)?;
         let mut n = 0;
         if all {
             n += self.client.invalidate(Invalidate::All, now);
@@ -365,6 +354,23 @@ impl Engine {
         out.nums.push(n as f64);
         self.pump(&mut out, now);
         Ok(out.finish())
+    }
+
+    /// `tileStates`: per tile `0` loaded, `1` prefetched (not shown yet), `2` in flight,
+    /// `3` missing ([`Client::tile_status`]). A bad tile string is a `tiles` field error.
+    #[wasm_bindgen(js_name = tileStates)]
+    pub fn tile_states(&self, tiles: Vec<String>, now: f64) -> Result<Vec<u8>, JsValue> {
+        let now = ms(now);
+        let states = parse_tiles(&tiles)?
+            .into_iter()
+            .map(|t| match self.client.tile_status(t, now) {
+                TileStatus::Loaded => 0,
+                TileStatus::Prefetched => 1,
+                TileStatus::InFlight => 2,
+                TileStatus::Missing => 3,
+            })
+            .collect();
+        Ok(states)
     }
 
     /// `setAccess`.
@@ -459,6 +465,24 @@ impl Engine {
             out.nums.extend([tag::WAKEUP, at as f64]);
         }
     }
+}
+
+/// Tile strings from JS; a bad one is a `tiles` field error.
+fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
+    tiles
+        .iter()
+        .map(|t| {
+            t.parse::<TileId>().map_err(|_| {
+                field_error(FieldError {
+                    field: "tiles".into(),
+                    kind: ArgKind::Type,
+                    code: super::args::code::INVALID_TILE,
+                    allowed: "an array of tile strings \"z/x/y\"",
+                    other: None,
+                })
+            })
+        })
+        .collect()
 }
 
 /// Builds the core's response from the flattened arrays; an inconsistent shape (which
