@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
-# wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the hand-written entry
+# wasm-bindgen --target web, wasm-opt (binaryen from npm), the hand-written entry
 # points and types from js/, every shipped .js minified by esbuild (npm), and
 # pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
@@ -28,8 +28,10 @@ echo "build-pkg: wasm-bindgen $want --target web"
 # Only index.js names the .wasm by URL, so bundlers of the node/workerd entries see no fetch.
 wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "$name" "$wasm"
 
-echo "build-pkg: wasm-opt -Oz"
-"$wasm_opt" -Oz --strip-debug --strip-producers \
+# --flatten --rereloop first (binaryen rebuilds the control flow) and --converge (repeat -Oz
+# until nothing shrinks): about 0.6 KB less gzipped than a plain -Oz.
+echo "build-pkg: wasm-opt --flatten --rereloop -Oz --converge"
+"$wasm_opt" --flatten --rereloop -Oz --converge --strip-debug --strip-producers \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$out/${name}_bg.wasm" -o "$out/${name}_bg.wasm"
