@@ -13,6 +13,7 @@ const STATS = [
   'prefetchTilesUsed', 'prefetchTilesWasted', 'evictions', 'entries', 'bytes', 'inFlight',
   'errors', 'breakerOpen',
 ];
+const TILE_STATES = ['loaded', 'prefetched', 'inFlight', 'missing'];
 const FAILURE_CODES = ['ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE'];
 const TOP_OPTIONS = [
   'endpoint', 'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl', 'prefetch', 'batch',
@@ -300,6 +301,20 @@ export class TileCache {
     this.#run(out, 1, 1);
     this.#refresh();
     return out[0][0];
+  }
+
+  /** The state of each data tile, in order: 'loaded', 'prefetched' (fetched ahead and not
+   * shown yet), 'inFlight' or 'missing'; see index.d.ts. */
+  tileStates(tiles) {
+    this.#alive();
+    checkStrings('tiles', tiles);
+    let codes;
+    try {
+      codes = this.#engine.tileStates(tiles, this.#now());
+    } catch (e) {
+      throw fieldError(e, () => tiles);
+    }
+    return Array.from(codes, (c) => TILE_STATES[c]);
   }
 
   /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */

@@ -147,6 +147,13 @@ export interface TileCacheStats {
   breakerOpen: boolean;
 }
 
+/**
+ * The state of a data tile ({@link TileCache.tileStates}): `loaded` (showable, fetched for
+ * the view or already shown), `prefetched` (showable, fetched ahead and not shown yet),
+ * `inFlight` (a request for it is out), `missing` (not showable and not being fetched).
+ */
+export type TileState = 'loaded' | 'prefetched' | 'inFlight' | 'missing';
+
 /** What {@link TileCache.invalidate} drops. */
 export interface Invalidation {
   ids?: string[];
@@ -185,6 +192,10 @@ export class TileCache<Data = unknown> {
   /** Drops items, tiles or everything; returns how many entries went. Visible tiles that
    * emptied are fetched again. */
   invalidate(what: Invalidation): number;
+  /** The state of each tile, in order (a tile not at `tileZoom` is never `loaded` or
+   * `prefetched`). Throws a TypeError (`ERR_INVALID_TILE`) for a string that is not a tile
+   * `z/x/y`. */
+  tileStates(tiles: TileString[] | string[]): TileState[];
   /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */
   setAccess(access: Access): void;
   stats(): TileCacheStats;

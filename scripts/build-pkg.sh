@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/: the crate for wasm32 with the `wasm` feature (profile wasm),
-# wasm-bindgen --target web, wasm-opt -Oz (binaryen from npm), the same again with the `edge`
-# feature into tilewarm_edge_bg.wasm (the edge worker, `tilewarm/edge`), the hand-written entry
+# wasm-bindgen --target web, wasm-opt (binaryen from npm), the same again with the `edge`
+# feature (profile wasm-edge) into tilewarm_edge_bg.wasm (the edge worker, `tilewarm/edge`),
+# the hand-written entry
 # points and types from js/, every shipped .js minified by esbuild (npm), and
 # pkg/package.json. Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
@@ -29,8 +30,10 @@ echo "build-pkg: wasm-bindgen $want --target web"
 # Only index.js names the .wasm by URL, so bundlers of the node/workerd entries see no fetch.
 wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "$name" "$wasm"
 
-echo "build-pkg: wasm-opt -Oz"
-"$wasm_opt" -Oz --strip-debug --strip-producers \
+# --flatten --rereloop first (binaryen rebuilds the control flow) and --converge (repeat -Oz
+# until nothing shrinks): about 0.6 KB less gzipped than a plain -Oz.
+echo "build-pkg: wasm-opt --flatten --rereloop -Oz --converge"
+"$wasm_opt" --flatten --rereloop -Oz --converge --strip-debug --strip-producers \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$out/${name}_bg.wasm" -o "$out/${name}_bg.wasm"
@@ -39,9 +42,11 @@ echo "build-pkg: wasm-opt -Oz"
 # browser's .wasm does not grow; js/edge.js wraps them as `tilewarm/edge`. Optimised for
 # speed (opt-level 3, wasm-opt -O3), not size: a worker's CPU time per request is what is
 # limited, and 130 KB gzipped is far below the upload limits (docs/edge.md).
-echo "build-pkg: cargo build (wasm32, profile wasm at opt-level 3, --features edge)"
-CARGO_PROFILE_WASM_OPT_LEVEL=3 scripts/wasm-cargo.sh build --lib --profile wasm --features edge
-wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "${name}_edge" "$wasm"
+# Its own profile (wasm-edge, opt-level 3), so both builds stay cached side by side.
+echo "build-pkg: cargo build (wasm32, profile wasm-edge, --features edge)"
+scripts/wasm-cargo.sh build --lib --profile wasm-edge --features edge
+wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "${name}_edge" \
+  "target/wasm32-unknown-unknown/wasm-edge/$name.wasm"
 "$wasm_opt" -O3 --strip-debug --strip-producers \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \

@@ -22,13 +22,13 @@ export RUSTUP_TOOLCHAIN=debian-web RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19
 extra=()
 case " $* " in
-  *" --profile wasm "*)
+  *" --profile wasm "* | *" --profile wasm-edge "*)
     # The npm package's build: since std is compiled here anyway, compile it to abort
     # without formatting a panic message (about 7% smaller gzipped; nothing in the bindings
     # panics on input, and a panic had no message in the browser before either), and
     # without panic locations (file names and lines nothing could print).
     export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none"
-    export CARGO_PROFILE_WASM_PANIC=immediate-abort
+    export CARGO_PROFILE_WASM_PANIC=immediate-abort CARGO_PROFILE_WASM_EDGE_PANIC=immediate-abort
     extra=(-Zpanic-immediate-abort) ;;
 esac
 exec cargo "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${extra[@]}" "$@"

@@ -30,7 +30,10 @@ pub enum Access {
 
 /// A tier name that is not one of the known tiers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown access tier {0:?}: allowed are public, registered, verified, agent")]
+#[error(
+    "unknown access tier {}: allowed are public, registered, verified, agent",
+    crate::Quoted(.0)
+)]
 pub struct UnknownAccess(pub String);
 
 impl Access {

@@ -392,12 +392,16 @@ impl Batcher {
 
     /// Queues ids asked for directly (not through a tile) as foreground work.
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
-        let queued: HashSet<String> = self.loose_ids.iter().map(|(i, _, _)| i.clone()).collect();
-        for id in ids {
-            if !queued.contains(id) && !self.ids_in_flight.contains_key(id) {
-                self.loose_ids.push_back((id.to_string(), 0, 0));
-            }
-        }
+        // A set of borrowed ids (the key type the protocol's checks use too), so the new
+        // ones are collected before they are queued.
+        let queued: HashSet<&str> = self.loose_ids.iter().map(|(i, _, _)| i.as_str()).collect();
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !queued.contains(id) && !self.ids_in_flight.contains_key(*id))
+            .map(str::to_owned)
+            .collect();
+        drop(queued);
+        self.loose_ids.extend(new.into_iter().map(|id| (id, 0, 0)));
     }
 
     /// The next request to send, if any may go out now. Call until it returns `None`.
@@ -797,13 +801,22 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
         return tiles.iter().map(|&t| (t, vec![t])).collect();
     }
     let set: HashSet<TileId> = tiles.iter().copied().collect();
-    let mut complete: HashMap<TileId, bool> = HashMap::new();
+    // Ancestors already checked, by answer: two tile sets rather than a map to bool, one
+    // hash table type fewer in the wasm.
+    let (mut complete, mut incomplete): (HashSet<TileId>, HashSet<TileId>) = Default::default();
     let mut full = |a: TileId, z: u8| -> bool {
-        *complete.entry(a).or_insert_with(|| {
-            a.descendants(z)
-                .map(|d| d.iter().all(|t| set.contains(t)))
-                .unwrap_or(false)
-        })
+        if complete.contains(&a) {
+            return true;
+        }
+        if incomplete.contains(&a) {
+            return false;
+        }
+        let all = a
+            .descendants(z)
+            .map(|d| d.iter().all(|t| set.contains(t)))
+            .unwrap_or(false);
+        if all { &mut complete } else { &mut incomplete }.insert(a);
+        all
     };
     let mut order: Vec<TileId> = Vec::new();
     let mut members: HashMap<TileId, Vec<TileId>> = HashMap::new();
@@ -832,12 +845,13 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
         .collect()
 }
 
-/// Request ids in ascending order. Ids are unique, so `sort_unstable` of the plain `u64`s
-/// gives the same order as a stable sort, with the one `u64` sort the wasm already has.
+/// Request ids in ascending order. Ids are unique, so `sort_unstable` gives the same order
+/// as a stable sort. Sorted as `(id, 0)` pairs: the one sort instantiation the wasm has
+/// (see [`crate::sort_pairs`]).
 fn sorted_ids(ids: impl Iterator<Item = RequestId>) -> Vec<RequestId> {
-    let mut v: Vec<u64> = ids.map(|r| r.0).collect();
-    v.sort_unstable();
-    v.into_iter().map(RequestId).collect()
+    let mut v: Vec<(u64, u64)> = ids.map(|r| (r.0, 0)).collect();
+    crate::sort_pairs(&mut v);
+    v.into_iter().map(|(id, _)| RequestId(id)).collect()
 }
 
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {

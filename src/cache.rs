@@ -68,10 +68,13 @@ pub enum CacheError {
     )]
     TooCoarse { tile: TileId, tile_zoom: u8 },
     /// An item id or item field is invalid.
-    #[error("invalid item {id:?}: {reason}")]
+    #[error("invalid item {}: {reason}", crate::Quoted(id))]
     InvalidItem { id: String, reason: String },
     /// A single item is bigger than the whole cache.
-    #[error("item {id:?} is {size_bytes} bytes, more than the cache's max_bytes of {max_bytes}")]
+    #[error(
+        "item {} is {size_bytes} bytes, more than the cache's max_bytes of {max_bytes}",
+        crate::Quoted(id)
+    )]
     ItemTooLarge {
         id: String,
         size_bytes: usize,
@@ -169,7 +172,7 @@ impl CacheConfig {
             let class: String = class.chars().take(64).collect();
             return Err(bad(
                 "class_ttl_ms",
-                format!("{class:?}: 0"),
+                format!("{}: 0", crate::Quoted(&class)),
                 "a map of class to a TTL of at least 1",
             ));
         }
@@ -644,13 +647,19 @@ impl<P> TileCache<P> {
         if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
             return Err(CacheError::InvalidItem {
                 id: short(id),
-                reason: format!("longitude must be a finite number in -180..=180, got {lon}"),
+                reason: format!(
+                    "longitude must be a finite number in -180..=180, got {}",
+                    crate::Num(lon)
+                ),
             });
         }
         if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
             return Err(CacheError::InvalidItem {
                 id: short(id),
-                reason: format!("latitude must be a finite number in -90..=90, got {lat}"),
+                reason: format!(
+                    "latitude must be a finite number in -90..=90, got {}",
+                    crate::Num(lat)
+                ),
             });
         }
         if size_bytes > self.config.max_bytes {

@@ -513,9 +513,9 @@ impl<P: Payload> Client<P> {
         self.prefetch_tiles_fetched += 1;
         if self.prefetched.len() >= MAX_PREFETCH_MARKS {
             // Forget the oldest half: they were fetched and never shown.
-            let mut ages: Vec<u64> = self.prefetched.values().copied().collect();
-            ages.sort_unstable();
-            let cutoff = ages[ages.len() / 2];
+            let mut ages: Vec<(u64, u64)> = self.prefetched.values().map(|&at| (at, 0)).collect();
+            crate::sort_pairs(&mut ages);
+            let cutoff = ages[ages.len() / 2].0;
             let before = self.prefetched.len();
             self.prefetched.retain(|_, at| *at > cutoff);
             self.prefetch_tiles_wasted += (before - self.prefetched.len()) as u64;

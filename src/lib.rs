@@ -29,6 +29,78 @@ pub type HashMap<K, V> = hashbrown::HashMap<K, V>;
 /// The core's hash set; see [`HashMap`].
 pub type HashSet<T> = hashbrown::HashSet<T>;
 
+/// Sorts `(u64, u64)` keys ascending. Every sort on the core's paths goes through this
+/// one instantiation (ids as `(id, 0)`, scores as `(bits, tile)`), so the wasm carries a
+/// single copy of the sort code.
+#[inline(never)]
+pub(crate) fn sort_pairs(v: &mut [(u64, u64)]) {
+    v.sort_unstable();
+}
+
+/// A number in an error message: the shortest digits that read back as the same `f64`
+/// (ryu), with no `.0` on whole numbers, exponent form for very large and very small
+/// magnitudes (`1e300`, `1e-7`, as JavaScript writes them), and `NaN`, `inf`, `-inf`.
+/// Every float in a core message goes through this, so the wasm carries ryu's small
+/// formatter and not core's float formatting (about 9 KB of wasm).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Num(pub f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            f.write_str("NaN")
+        } else if v.is_infinite() {
+            f.write_str(if v > 0.0 { "inf" } else { "-inf" })
+        } else {
+            let mut buf = ryu::Buffer::new();
+            let s = buf.format_finite(v);
+            f.write_str(s.strip_suffix(".0").unwrap_or(s))
+        }
+    }
+}
+
+/// A string in an error message: in double quotes, with `"`, `\\` and control characters
+/// escaped as `{:?}` escapes them (`\\"`, `\\n`, `\\u{7}`), every other character as it is.
+/// Used instead of `{:?}`, whose Unicode tables (printable, grapheme-extend) cost the wasm
+/// about 3 KB; unlike `{:?}` it leaves non-printing characters that are not control
+/// characters unescaped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quoted<'a>(pub &'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            write_escaped(f, c, '"')?;
+        }
+        f.write_char('"')
+    }
+}
+
+/// A character in an error message, in single quotes, escaped like [`Quoted`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuotedChar(pub char);
+
+impl std::fmt::Display for QuotedChar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        f.write_char('\'')?;
+        write_escaped(f, self.0, '\'')?;
+        f.write_char('\'')
+    }
+}
+
+fn write_escaped(f: &mut std::fmt::Formatter<'_>, c: char, quote: char) -> std::fmt::Result {
+    use std::fmt::Write;
+    if c == quote || c == '\\' || c.is_control() {
+        c.escape_default().try_for_each(|e| f.write_char(e))
+    } else {
+        f.write_char(c)
+    }
+}
+
 pub use access::{Access, UnknownAccess};
 pub use batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Finished, Kind,
@@ -55,3 +127,48 @@ pub use tile::{
     cover, cover_range, project, ring_around, tiles_per_axis, unproject, wrap_lon, Bbox,
     CoverRange, TileError, TileId, TilePoint, MAX_LATITUDE, MAX_TILES_PER_CALL, MAX_ZOOM,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::{Num, Quoted, QuotedChar};
+
+    #[test]
+    fn quoted_escapes_like_debug_for_ascii_and_controls() {
+        for s in [
+            "abc",
+            "a\"b",
+            "a\\b",
+            "a\nb\tc",
+            "a\u{7}b",
+            "it's",
+            "Zürich ✓",
+            "",
+        ] {
+            assert_eq!(Quoted(s).to_string(), format!("{s:?}"));
+        }
+        for c in ['S', '\'', '"', '\n', '\u{1b}', 'ü'] {
+            assert_eq!(QuotedChar(c).to_string(), format!("{c:?}"));
+        }
+    }
+
+    #[test]
+    fn num_writes_short_round_trip_numbers() {
+        let cases = [
+            (31.0, "31"),
+            (-1.0, "-1"),
+            (2.5, "2.5"),
+            (123.4, "123.4"),
+            (-122.3321, "-122.3321"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (-0.0, "-0"),
+            (1e300, "1e300"),
+            (1e-7, "1e-7"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(Num(v).to_string(), want, "{v:?}");
+        }
+    }
+}

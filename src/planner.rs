@@ -61,7 +61,7 @@ pub enum PlannerError {
     #[error("invalid viewport: {0}")]
     Bbox(#[from] TileError),
     /// The viewport zoom was not finite or out of range.
-    #[error("viewport zoom must be a finite number in 0..=30, got {0}")]
+    #[error("viewport zoom must be a finite number in 0..=30, got {}", crate::Num(*.0))]
     InvalidZoom(f64),
     /// A configuration field out of its range.
     #[error("planner config {field} must be {allowed}, got {value}")]
@@ -144,7 +144,7 @@ impl PlannerConfig {
             return bad("tile_zoom", self.tile_zoom, "an integer in 0..=24");
         }
         if !self.min_zoom.is_finite() || !(0.0..=MAX_VIEW_ZOOM).contains(&self.min_zoom) {
-            return bad("min_zoom", self.min_zoom, "a number in 0..=30");
+            return bad("min_zoom", crate::Num(self.min_zoom), "a number in 0..=30");
         }
         if self.ring > 8 {
             return bad("ring", self.ring, "an integer in 0..=8");
@@ -184,7 +184,7 @@ impl PlannerConfig {
         for (field, value, hi, allowed) in floats {
             // NaN fails the range check too.
             if !(0.0..=hi).contains(&value) {
-                return bad(field, value, allowed);
+                return bad(field, crate::Num(value), allowed);
             }
         }
         Ok(())
@@ -415,7 +415,7 @@ impl Planner {
         };
         if let Some(prev) = self.history.back().copied() {
             // Unwrap x so motion across the antimeridian stays continuous.
-            let mut dx = (s.cx - prev.cx).rem_euclid(n);
+            let mut dx = crate::tile::rem_euclid(s.cx - prev.cx, n);
             if dx > n / 2.0 {
                 dx -= n;
             }
@@ -544,7 +544,7 @@ impl Planner {
                 let dz = (-vz * lead).min(1.0);
                 let target = vp.zoom - dz;
                 if target >= cfg.min_zoom && dz > 0.05 {
-                    let k = 2f64.powf(dz);
+                    let k = pow2(dz);
                     for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 4096) {
                         add(t, &mut scores, 0.0);
                     }
@@ -554,7 +554,7 @@ impl Planner {
             // Zooming in from below min_zoom: warm the first view that will need data.
             let target = vp.zoom + vz * lead;
             if target >= cfg.min_zoom {
-                let k = 2f64.powf(-(cfg.min_zoom - vp.zoom).max(0.0));
+                let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
                 for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 1024) {
                     add(t, &mut scores, 0.0);
                 }
@@ -584,10 +584,17 @@ fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, Tile
     };
     let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
     let mut keys: Vec<(u64, u64)> = pairs.map(|(f, t)| (key(f), t.to_u64())).collect();
-    keys.sort_unstable();
+    crate::sort_pairs(&mut keys);
     keys.into_iter()
         .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
         .collect()
+}
+
+/// `2^x` for a zoom difference, as `exp(x ln 2)`: the `exp2` that `2f64.powf(x)` compiles
+/// to carries a 4 KB table into the wasm; `exp` has none (and the result differs by an ulp
+/// at most, for a factor that only sizes a look-ahead box).
+fn pow2(x: f64) -> f64 {
+    (x * std::f64::consts::LN_2).exp()
 }
 
 /// Limits a look-ahead displacement to `max` viewport sizes.
@@ -611,7 +618,7 @@ fn clamp_lead(dx: f64, dy: f64, s: &Sample, max: f64) -> (f64, f64) {
 /// Offset from `c` to the centre of tile `t`, x the short way round the world.
 fn offset(c: TilePoint, t: TileId, n: f64) -> (f64, f64) {
     let tc = t.centre();
-    let mut ox = (tc.x - c.x).rem_euclid(n);
+    let mut ox = crate::tile::rem_euclid(tc.x - c.x, n);
     if ox > n / 2.0 {
         ox -= n;
     }

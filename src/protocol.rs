@@ -148,7 +148,7 @@ pub enum ProtocolError {
         max: usize,
     },
     /// `tiles[index]` is not a `z/x/y` tile. `input` is the text (cut to 64 characters).
-    #[error("tiles[{index}] {input:?}: {reason}")]
+    #[error("tiles[{index}] {}: {reason}", crate::Quoted(input))]
     InvalidTile {
         index: usize,
         input: String,
@@ -168,7 +168,7 @@ pub enum ProtocolError {
     #[error("ids[{index}]: {reason}")]
     InvalidId { index: usize, reason: String },
     /// Response `items[index]` is invalid. `id` is the item's id (cut to 64 characters).
-    #[error("items[{index}] ({id:?}): {reason}")]
+    #[error("items[{index}] ({}): {reason}", crate::Quoted(id))]
     InvalidItem {
         index: usize,
         id: String,
@@ -178,7 +178,7 @@ pub enum ProtocolError {
     /// item's position; [`ProtocolError::at_item`] turns it into [`InvalidItem`].
     ///
     /// [`InvalidItem`]: ProtocolError::InvalidItem
-    #[error("item {id:?}: {reason}")]
+    #[error("item {}: {reason}", crate::Quoted(id))]
     InvalidItemFields { id: String, reason: String },
     /// Response `tiles[index]` (a tile list) is invalid.
     #[error("tiles[{index}] \"{tile}\": {reason}")]
@@ -248,7 +248,7 @@ fn clip(s: &str) -> String {
 
 /// `s` clipped and quoted with escapes, for messages.
 fn quote(s: &str) -> String {
-    format!("{:?}", clip(s))
+    crate::Quoted(&clip(s)).to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,8 +294,9 @@ fn check_class(class: &str, limits: &Limits) -> Result<(), String> {
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
     {
         return Err(format!(
-            "class {} contains {c:?}; allowed are a-z, 0-9, '_' and '-'",
-            quote(class)
+            "class {} contains {}; allowed are a-z, 0-9, '_' and '-'",
+            quote(class),
+            crate::QuotedChar(c)
         ));
     }
     Ok(())
@@ -353,14 +354,17 @@ pub fn validate_item_fields(
             if lon.is_finite() && (-180.0..=180.0).contains(&lon) {
                 Ok(())
             } else {
-                Err(format!("lon must be in -180..=180, got {lon}"))
+                Err(format!(
+                    "lon must be in -180..=180, got {}",
+                    crate::Num(lon)
+                ))
             }
         })
         .and_then(|()| {
             if lat.is_finite() && (-90.0..=90.0).contains(&lat) {
                 Ok(())
             } else {
-                Err(format!("lat must be in -90..=90, got {lat}"))
+                Err(format!("lat must be in -90..=90, got {}", crate::Num(lat)))
             }
         })
         .and_then(|()| check_class(class, limits))
@@ -707,11 +711,15 @@ impl<D> BatchResponse<D> {
             }
         }
 
-        let mut item_at: HashMap<&str, usize> = HashMap::with_capacity(self.items.len());
+        // The ids seen (a set: the position, only needed for a message, is looked up then;
+        // and one hash table type fewer in the wasm than a map of positions).
+        let mut item_ids: HashSet<&str> = HashSet::with_capacity(self.items.len());
+        let item_at = |id: &str| self.items.iter().position(|it| it.id == id).unwrap_or(0);
         for (index, it) in self.items.iter().enumerate() {
             validate_item_fields(&it.id, it.lon, it.lat, &it.class, it.ttl, limits)
                 .map_err(|e| e.at_item(index))?;
-            if let Some(&first) = item_at.get(it.id.as_str()) {
+            if item_ids.contains(it.id.as_str()) {
+                let first = item_at(&it.id);
                 return Err(ProtocolError::InvalidItem {
                     index,
                     id: clip(&it.id),
@@ -720,10 +728,11 @@ impl<D> BatchResponse<D> {
                     ),
                 });
             }
-            item_at.insert(&it.id, index);
+            item_ids.insert(&it.id);
         }
 
-        let mut tile_at: HashMap<TileId, usize> = HashMap::with_capacity(self.tiles.len());
+        // Positions as u64: the same table as the client's other maps from tile to u64.
+        let mut tile_at: HashMap<TileId, u64> = HashMap::with_capacity(self.tiles.len());
         for (index, list) in self.tiles.iter().enumerate() {
             let tile = list.tile;
             let invalid = |reason: String| ProtocolError::InvalidTileList {
@@ -736,7 +745,7 @@ impl<D> BatchResponse<D> {
                     "tile already listed at tiles[{first}]; each tile may be listed once"
                 )));
             }
-            tile_at.insert(tile, index);
+            tile_at.insert(tile, index as u64);
             if list.ids.len() > limits.max_items {
                 return Err(ProtocolError::TooMany {
                     what: "tile list ids",
@@ -747,7 +756,7 @@ impl<D> BatchResponse<D> {
             check_ttl(list.ttl, limits).map_err(invalid)?;
             for (j, id) in list.ids.iter().enumerate() {
                 check_id(id, limits).map_err(|r| invalid(format!("ids[{j}]: {r}")))?;
-                if !item_at.contains_key(id.as_str()) {
+                if !item_ids.contains(id.as_str()) {
                     return Err(invalid(format!(
                         "ids[{j}] {} is not in items; every listed id must have an item",
                         quote(id)
@@ -759,7 +768,8 @@ impl<D> BatchResponse<D> {
         for (index, id) in self.missing.iter().enumerate() {
             check_id(id, limits)
                 .map_err(|reason| ProtocolError::InvalidMissing { index, reason })?;
-            if let Some(&at) = item_at.get(id.as_str()) {
+            if item_ids.contains(id.as_str()) {
+                let at = item_at(id);
                 return Err(ProtocolError::InvalidMissing {
                     index,
                     reason: format!(

@@ -37,16 +37,20 @@ pub enum TileError {
     #[error("tile {z}/{x}/{y} does not exist: x and y must be below 2^{z} = {limit}")]
     CoordOutOfRange { z: u8, x: u32, y: u32, limit: u64 },
     /// A coordinate was NaN or infinite.
-    #[error("{what} must be a finite number, got {value}")]
+    #[error("{what} must be a finite number, got {}", crate::Num(*value))]
     NotFinite { what: &'static str, value: f64 },
     /// A latitude outside −90..=90 (before clamping to the Mercator limit).
-    #[error("{what} must be a latitude in -90..=90, got {value}")]
+    #[error("{what} must be a latitude in -90..=90, got {}", crate::Num(*value))]
     LatitudeOutOfRange { what: &'static str, value: f64 },
     /// `south > north`.
-    #[error("bbox south ({south}) must not be greater than north ({north})")]
+    #[error(
+        "bbox south ({}) must not be greater than north ({})",
+        crate::Num(*south),
+        crate::Num(*north)
+    )]
     InvertedBbox { south: f64, north: f64 },
     /// Text that is not `z/x/y`, a quadkey, or a packed id.
-    #[error("invalid tile {input:?}: {reason}")]
+    #[error("invalid tile {}: {reason}", crate::Quoted(input))]
     Parse { input: String, reason: &'static str },
     /// An ancestor was asked for at a deeper zoom than the tile.
     #[error(
@@ -106,11 +110,27 @@ fn check_lat(what: &'static str, value: f64) -> Result<f64, TileError> {
     Ok(value.clamp(-MAX_LATITUDE, MAX_LATITUDE))
 }
 
+/// `x.rem_euclid(n)` for `n > 0`, with `floor` (one wasm instruction) instead of the
+/// `fmod` behind `%`, which costs the wasm about 2 KB (`fmod` and a 128-bit division).
+/// The same result as `rem_euclid` for `x` in `-n..n` (every caller in the core except
+/// [`wrap_lon`] of a longitude outside -540..180); beyond that within an ulp or so. Like
+/// `rem_euclid`, it can round up to exactly `n` for a tiny negative `x`.
+#[inline]
+pub(crate) fn rem_euclid(x: f64, n: f64) -> f64 {
+    let r = x - n * (x / n).floor();
+    // A quotient that rounded up to a whole number leaves a tiny negative remainder.
+    if r < 0.0 {
+        r + n
+    } else {
+        r
+    }
+}
+
 /// Wraps any finite longitude into `[-180, 180)`.
 #[inline]
 pub fn wrap_lon(lon: f64) -> f64 {
-    let w = (lon + 180.0).rem_euclid(360.0) - 180.0;
-    // rem_euclid can round up to exactly 360 for tiny negative inputs.
+    let w = rem_euclid(lon + 180.0, 360.0) - 180.0;
+    // The remainder can round up to exactly 360 for tiny negative inputs.
     if w >= 180.0 {
         -180.0
     } else {
@@ -939,6 +959,18 @@ mod tests {
         }
 
         proptest! {
+            #[test]
+            fn rem_euclid_matches_std(x in -1e9f64..1e9, n in prop::sample::select(vec![1.0, 4.0, 360.0, 16384.0])) {
+                let (ours, std) = (rem_euclid(x, n), x.rem_euclid(n));
+                if x.abs() < n {
+                    prop_assert_eq!(ours.to_bits(), std.to_bits(), "x {} n {}", x, n);
+                } else {
+                    prop_assert!((ours - std).abs() <= 1e-12 * x.abs() || (ours - std).abs() >= n - 1e-12 * x.abs(),
+                        "x {} n {}: {} vs {}", x, n, ours, std);
+                }
+                prop_assert!((0.0..=n).contains(&ours));
+            }
+
             #[test]
             fn text_quadkey_and_packed_round_trip(t in tile()) {
                 prop_assert_eq!(t.to_string().parse::<TileId>().unwrap(), t);

@@ -97,6 +97,30 @@ test('a pan of one tile after prefetch needs no foreground request', async () =>
   cache.dispose();
 });
 
+test('tileStates: in flight, loaded, prefetched and missing data tiles; bad tiles throw', async () => {
+  fresh();
+  backend.delayMs = 100;
+  const cache = await make({ prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
+  const v = viewOf(SX, SY);
+  const visible = viewTiles(v);
+  assert.deepEqual(cache.tileStates(visible), visible.map(() => 'missing'));
+  cache.setViewport(v);
+  assert.deepEqual(cache.tileStates(visible), visible.map(() => 'inFlight'));
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  assert.deepEqual(cache.tileStates(visible), visible.map(() => 'loaded'));
+  const [, x0, y0] = visible[0].split('/').map(Number);
+  // West of the view: ring 1, fetched ahead and not shown; far away; not the data zoom.
+  const others = [`14/${x0 - 1}/${y0}`, `14/${x0 - 10}/${y0}`, `13/${x0 >> 1}/${y0 >> 1}`];
+  assert.deepEqual(cache.tileStates(others), ['prefetched', 'missing', 'missing']);
+  assert.deepEqual(cache.tileStates([]), []);
+  assert.throws(() => cache.tileStates(['14/1']), {
+    name: 'TypeError', code: 'ERR_INVALID_TILE', message: 'tiles must be an array of tile strings "z/x/y", got an array',
+  });
+  assert.throws(() => cache.tileStates('14/1/1'), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+  cache.dispose();
+});
+
 test('TTL expiry follows the injected clock, per class', async () => {
   fresh();
   let now = 1_700_000_000_000;

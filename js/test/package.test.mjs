@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 // js/node_modules/tilewarm links to pkg/; Node resolves modules to their real path.
@@ -72,6 +74,57 @@ test('the browser entry fetches the .wasm by URL (fetch stubbed for file: URLs)'
      console.log(JSON.stringify([Object.keys(m).sort(), m.tileForPoint(-122.3321, 47.6062, 14), fetched]));`,
   );
   assert.deepEqual(JSON.parse(out), [API, '14/2624/5721', [new URL('tilewarm_bg.wasm', pkgUrl).href]]);
+});
+
+test('npm pack, installed into a new project and bundled for the browser by esbuild', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tilewarm-bundle-'));
+  try {
+    const [{ filename }] = JSON.parse(execFileSync(
+      'npm', ['pack', '--json', '--loglevel=error', '--pack-destination', dir], { cwd: pkgDir, encoding: 'utf8' },
+    ));
+    const app = join(dir, 'app');
+    mkdirSync(app);
+    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+    // The tarball has no dependencies, so installing it needs no registry.
+    execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error', join(dir, filename)], { cwd: app });
+    writeFileSync(join(app, 'main.js'), [
+      "import { TileCache, tileForPoint } from 'tilewarm';",
+      "import { parentTile } from 'tilewarm/raw';",
+      'export const tile = tileForPoint(-122.3321, 47.6062, 14);',
+      "export const parent = parentTile('14/2624/5721', 12);",
+      "export const hasCache = typeof TileCache.create === 'function';",
+    ].join('\n'));
+    const esbuild = await import('esbuild');
+    const result = await esbuild.build({
+      entryPoints: [join(app, 'main.js')], bundle: true, format: 'esm', platform: 'browser',
+      outfile: join(app, 'dist', 'main.js'), absWorkingDir: app, metafile: true, logLevel: 'silent',
+    });
+    // The "browser" condition picked the entry that fetches the .wasm, not the node or workerd one.
+    const inputs = Object.keys(result.metafile.inputs);
+    assert.ok(inputs.includes('node_modules/tilewarm/index.js'), inputs.join(' '));
+    assert.ok(!inputs.some((i) => /tilewarm\/(node|workerd)\.js$/.test(i)), inputs.join(' '));
+    const code = readFileSync(join(app, 'dist', 'main.js'), 'utf8');
+    assert.ok(!code.includes('node:fs'));
+    // esbuild keeps `new URL('./tilewarm_bg.wasm', import.meta.url)` as it is (no asset
+    // step): the .wasm is deployed beside the bundle, and the bundle fetches it from there.
+    copyFileSync(join(app, 'node_modules', 'tilewarm', 'tilewarm_bg.wasm'), join(app, 'dist', 'tilewarm_bg.wasm'));
+    const bundle = pathToFileURL(join(app, 'dist', 'main.js')).href;
+    const out = runNode(
+      [],
+      `import { readFileSync } from 'node:fs';
+       const fetched = [];
+       globalThis.fetch = async (url) => {
+         fetched.push(String(url));
+         return new Response(readFileSync(new URL(url)), { headers: { 'content-type': 'application/wasm' } });
+       };
+       const m = await import(${JSON.stringify(bundle)});
+       console.log(JSON.stringify([m.tile, m.parent, m.hasCache, fetched]));`,
+    );
+    const wasmUrl = pathToFileURL(join(app, 'dist', 'tilewarm_bg.wasm')).href;
+    assert.deepEqual(JSON.parse(out), ['14/2624/5721', '12/656/1430', true, [wasmUrl]]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('the workerd entry works when the .wasm is imported as a WebAssembly.Module', () => {

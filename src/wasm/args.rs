@@ -75,16 +75,13 @@ impl ArgError {
     }
 }
 
-/// A number the way JavaScript prints it, for the common cases (no 300-digit expansions).
+/// A number the way JavaScript prints it, for the common cases (no 300-digit expansions):
+/// [`crate::Num`], with JavaScript's names for the infinities.
 fn show_number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
+    if v.is_infinite() {
         if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if v != 0.0 && (v.abs() >= 1e21 || v.abs() < 1e-6) {
-        format!("{v:e}")
     } else {
-        format!("{v}")
+        crate::Num(v).to_string()
     }
 }
 
@@ -93,9 +90,13 @@ fn show(v: &Value) -> String {
         Value::Number(n) => show_number(*n),
         Value::Text(s) if s.chars().count() > 40 => {
             let head: String = s.chars().take(40).collect();
-            format!("{head:?}… (a string of {} characters)", s.chars().count())
+            format!(
+                "{}… (a string of {} characters)",
+                crate::Quoted(&head),
+                s.chars().count()
+            )
         }
-        Value::Text(s) => format!("{s:?}"),
+        Value::Text(s) => crate::Quoted(s).to_string(),
         Value::Other(d) => d.clone(),
     }
 }

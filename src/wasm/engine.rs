@@ -20,7 +20,7 @@ use super::config::{self, FieldError};
 use super::value;
 use crate::{
     Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
-    RequestId, TileId, TileList, ViewOutcome,
+    RequestId, TileId, TileList, TileStatus, ViewOutcome,
 };
 
 /// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
@@ -337,18 +337,7 @@ impl Engine {
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
         let now = ms(now);
-        let mut parsed = Vec::with_capacity(tiles.len());
-        for t in &tiles {
-            parsed.push(t.parse::<TileId>().map_err(|_| {
-                field_error(FieldError {
-                    field: "tiles".into(),
-                    kind: ArgKind::Type,
-                    code: super::args::code::INVALID_TILE,
-                    allowed: "an array of tile strings \"z/x/y\"",
-                    other: None,
-                })
-            })?);
-        }
+        let parsed = parse_tiles(&tiles)?;
         let mut n = 0;
         if all {
             n += self.client.invalidate(Invalidate::All, now);
@@ -365,6 +354,23 @@ impl Engine {
         out.nums.push(n as f64);
         self.pump(&mut out, now);
         Ok(out.finish())
+    }
+
+    /// `tileStates`: per tile `0` loaded, `1` prefetched (not shown yet), `2` in flight,
+    /// `3` missing ([`Client::tile_status`]). A bad tile string is a `tiles` field error.
+    #[wasm_bindgen(js_name = tileStates)]
+    pub fn tile_states(&self, tiles: Vec<String>, now: f64) -> Result<Vec<u8>, JsValue> {
+        let now = ms(now);
+        let states = parse_tiles(&tiles)?
+            .into_iter()
+            .map(|t| match self.client.tile_status(t, now) {
+                TileStatus::Loaded => 0,
+                TileStatus::Prefetched => 1,
+                TileStatus::InFlight => 2,
+                TileStatus::Missing => 3,
+            })
+            .collect();
+        Ok(states)
     }
 
     /// `setAccess`.
@@ -461,6 +467,24 @@ impl Engine {
     }
 }
 
+/// Tile strings from JS; a bad one is a `tiles` field error.
+fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
+    tiles
+        .iter()
+        .map(|t| {
+            t.parse::<TileId>().map_err(|_| {
+                field_error(FieldError {
+                    field: "tiles".into(),
+                    kind: ArgKind::Type,
+                    code: super::args::code::INVALID_TILE,
+                    allowed: "an array of tile strings \"z/x/y\"",
+                    other: None,
+                })
+            })
+        })
+        .collect()
+}
+
 /// Builds the core's response from the flattened arrays; an inconsistent shape (which
 /// `cache.js` never produces) is an invalid response, not a panic.
 #[allow(clippy::too_many_arguments)]
@@ -492,7 +516,10 @@ fn build_response(
     let mut rest = tile_ids.into_iter();
     for (i, s) in tiles.iter().enumerate() {
         let Ok(tile) = s.parse::<TileId>() else {
-            return Err(format!("tiles[{i}].tile {s:?} is not a tile z/x/y"));
+            return Err(format!(
+                "tiles[{i}].tile {} is not a tile z/x/y",
+                crate::Quoted(s)
+            ));
         };
         let ids: Vec<String> = rest.by_ref().take(tile_lens[i] as usize).collect();
         if ids.len() != tile_lens[i] as usize {

@@ -14,6 +14,12 @@ mod engine;
 use args::{ArgError, Kind, Value};
 use wasm_bindgen::prelude::*;
 
+/// The package's allocator: talc, a drop-in for wasm's default dlmalloc that is smaller
+/// (about 2 KB less gzipped here) and faster. Memory grows as dlmalloc's does.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_API: &'static str = r#"
 /** A tile as text: `z/x/y`, e.g. `"14/2624/5721"` (zoom 0..=24, x and y below 2^z). */

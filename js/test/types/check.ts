@@ -35,7 +35,7 @@ const bad: TilewarmErrorCode = 'ERR_SOMETHING';
 export { ts, n, p, s, wrong, codeOf, c, bad };
 
 // The cache.
-import { TileCache, type Item, type View, type FetchError, type TileCacheStats } from 'tilewarm';
+import { TileCache, type Item, type View, type FetchError, type TileCacheStats, type TileState } from 'tilewarm';
 
 interface Home { price: number }
 async function cacheUse() {
@@ -60,6 +60,10 @@ async function cacheUse() {
   const one: Item<Home> | undefined = await cache.get('a');
   const many = await cache.getMany(['a', 'b']);
   const n: number = cache.invalidate({ ids: ['a'], tiles: ['14/2624/5721'], all: false });
+  const states: TileState[] = cache.tileStates(tiles);
+  const first: 'loaded' | 'prefetched' | 'inFlight' | 'missing' = states[0];
+  // @ts-expect-error one tile is not a list
+  cache.tileStates('14/2624/5721');
   cache.setAccess('registered');
   const st: TileCacheStats = cache.stats();
   const open: boolean = st.breakerOpen;
