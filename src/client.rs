@@ -425,7 +425,12 @@ impl<P: Payload> Client<P> {
             return Err(e.into());
         }
         let sent_with = self.request_access.remove(&id);
-        let Some(finished) = self.batcher.on_success(id) else {
+        // Data tiles the request was for that no tile list in the answer covers (the list
+        // of the tile or of an ancestor) back off in the batcher and become an error below.
+        let listed: HashSet<TileId> = response.tiles.iter().map(|l| l.tile).collect();
+        let covered =
+            |t: TileId| (0..=t.z()).any(|z| t.ancestor(z).is_ok_and(|a| listed.contains(&a)));
+        let Some((finished, unanswered)) = self.batcher.on_answer(id, covered, now_ms) else {
             return Ok(()); // cancelled or unknown: its tiles were not wanted any more
         };
         if sent_with != Some(self.access) {
@@ -497,6 +502,21 @@ impl<P: Payload> Client<P> {
                     self.mark_prefetched(t, now_ms);
                 }
             }
+        }
+        if !unanswered.is_empty() {
+            // An error, or a visible one would be asked for again at once, for ever.
+            self.errors += 1;
+            self.events.push_back(Event::Error(FetchError {
+                request: id,
+                kind: finished.kind,
+                failure: Failure::Invalid(format!(
+                    "the answer leaves out {} of the requested tiles (first {}); every requested tile must be listed, empty or not",
+                    unanswered.len(),
+                    unanswered[0]
+                )),
+                tiles: unanswered,
+                will_retry: false,
+            }));
         }
         let now_complete = self.refresh_foreground(now_ms);
         if touched_visible {
