@@ -648,20 +648,32 @@ impl Batcher {
         self.breaker = Breaker::Closed;
         self.cooldown_ms = self.config.breaker_cooldown_ms;
         if !unanswered.is_empty() {
-            let failures = unanswered
-                .iter()
-                .filter_map(|t| self.backoff.get(t))
-                .map(|b| b.failures)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1);
-            let delay = self.backoff_delay(failures, &Failure::Invalid(String::new()));
-            let at = now_ms.saturating_add(delay);
-            for &t in &unanswered {
-                self.remember_backoff_tile(t, 0, failures, at);
-            }
+            self.back_off(&unanswered, 0, now_ms);
         }
         Some((f, unanswered))
+    }
+
+    /// Holds these tiles back as if their request had failed: not requested again before
+    /// a backoff that grows with each call (and each failure) until a request for them
+    /// succeeds. For tiles an answer came back for that still cannot be shown (e.g. the
+    /// view holds more than the cache may keep), so they are not asked for in a tight loop.
+    /// `at_least` sets a floor on the failure count the delay is computed from, for callers
+    /// that track a streak across tiles. Returns when they may go out again.
+    pub fn back_off(&mut self, tiles: &[TileId], at_least: u32, now_ms: u64) -> u64 {
+        let failures = tiles
+            .iter()
+            .filter_map(|t| self.backoff.get(t))
+            .map(|b| b.failures)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(at_least);
+        let delay = self.backoff_delay(failures, &Failure::Invalid(String::new()));
+        let at = now_ms.saturating_add(delay);
+        for &t in tiles {
+            self.remember_backoff_tile(t, 0, failures, at);
+        }
+        at
     }
 
     /// The request failed. Retryable failures within the retry limit requeue the work

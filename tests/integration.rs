@@ -520,6 +520,48 @@ fn a_tile_the_backend_never_lists_is_asked_for_with_a_growing_backoff() {
     );
 }
 
+/// A view with more items than the cache may hold: each answer evicts another visible
+/// tile's items. The view cannot complete; the tiles that could not be kept are an error
+/// and asked for again after a growing backoff, not in a tight loop (found by the npm
+/// package's long-session test, where it starved the event loop).
+#[test]
+fn a_view_larger_than_the_cache_is_an_error_not_a_request_loop() {
+    let mut config = ClientConfig::default();
+    config.cache.max_items = 12; // the 2 x 2 view holds 20
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 2.0, 2.0));
+    let start = h.now;
+    let mut requests = 0;
+    let mut kept_errors = 0;
+    while h.now < start + 60_000 {
+        let sent = h.serve_all();
+        requests += sent.len();
+        assert!(
+            requests < 200,
+            "a request loop: {requests} requests by {}",
+            h.now - start
+        );
+        kept_errors += h
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Error(f)
+                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
+            })
+            .count();
+        let Some(at) = h.client.next_wakeup(h.now) else {
+            break;
+        };
+        h.now = at;
+        h.client.handle_timeout(h.now);
+    }
+    assert!(!h.client.is_complete());
+    assert!(kept_errors >= 1);
+    assert!(h.client.cache().len() <= 12);
+    // Backoff 200 ms doubling to 10 s: a few dozen requests a minute at most.
+    assert!(requests <= 60, "{requests} requests in a minute");
+}
+
 /// A backend that is down for ten minutes while the page stays on one view: the visible
 /// tiles are retried with a backoff that grows past the per-request retries (no request
 /// every second for ever), and the view completes soon after the backend comes back.
