@@ -96,11 +96,17 @@ impl World {
         .unwrap()
     }
 
-    fn request(&self, (tiles, ids, access): &(Vec<(u8, u32, u32)>, Vec<usize>, Access)) -> BatchRequest {
+    fn request(
+        &self,
+        (tiles, ids, access): &(Vec<(u8, u32, u32)>, Vec<usize>, Access),
+    ) -> BatchRequest {
         let mut t: Vec<TileId> = tiles.iter().map(|&x| self.tile(x)).collect();
         t.sort();
         t.dedup();
-        let mut i: Vec<String> = ids.iter().map(|&k| self.ids[k % self.ids.len()].clone()).collect();
+        let mut i: Vec<String> = ids
+            .iter()
+            .map(|&k| self.ids[k % self.ids.len()].clone())
+            .collect();
         i.sort();
         i.dedup();
         BatchRequest {
@@ -139,7 +145,13 @@ impl World {
                 .any(|it| &it.id == id);
             let sent = r.items.iter().any(|it| &it.id == id);
             prop_assert_eq!(visible, sent, "id {} at {:?}", id, req.access);
-            prop_assert_eq!(!visible, r.missing.contains(id), "id {} missing at {:?}", id, req.access);
+            prop_assert_eq!(
+                !visible,
+                r.missing.contains(id),
+                "id {} missing at {:?}",
+                id,
+                req.access
+            );
         }
         Ok(())
     }
