@@ -92,7 +92,7 @@ const HOSTILE = [
     const [it] = a.items;
     const items = Array.from({ length: 50_001 }, (_, k) => ({ ...it, id: `x${k}` }));
     json(res, 200, { ...a, items });
-  }, 'ERR_INVALID_RESPONSE', /response items: 50001, at most 50000|50001.*50000/],
+  }, 'ERR_INVALID_RESPONSE', /response has 50001 items, at most 50000 are allowed/],
   ['a body larger than 8 MiB (streamed, never fully read)', (res, a) => {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.write(`{"tiles":${JSON.stringify(a.tiles)},"items":[`);
