@@ -15,10 +15,16 @@ use tilewarm_server::{batch::answer, build, App};
 
 use crate::common::{config, redis_available, Config, RedisServer};
 
+/// A tile of the block: zoom 13 + dz, (dx, dy) on that zoom's grid of the block.
+type BlockTile = (u8, u32, u32);
+
+/// A request: tiles of the block, ids by index into the block's ids, the caller's tier.
+type Req = (Vec<BlockTile>, Vec<usize>, Access);
+
 #[derive(Clone, Debug)]
 enum Op {
-    /// These requests at once: (tiles as (dz, dx, dy) around the block, ids by index, tier).
-    Batch(Vec<(Vec<(u8, u32, u32)>, Vec<usize>, Access)>),
+    /// These requests at once.
+    Batch(Vec<Req>),
     /// Let TTLs run out (real time: the server reads the clock itself).
     Sleep(u64),
 }
@@ -84,7 +90,7 @@ impl World {
         World { app, corner, ids }
     }
 
-    fn tile(&self, (dz, dx, dy): (u8, u32, u32)) -> TileId {
+    fn tile(&self, (dz, dx, dy): BlockTile) -> TileId {
         // dz 0: zoom 13; 1: 14; 2: 15; 3: 16. (dx, dy) in 0..16 scaled to the zoom's grid.
         let z = 13 + dz;
         let n = 2u32 << dz; // the block is 2 x 2 zoom-13 tiles
@@ -96,10 +102,7 @@ impl World {
         .unwrap()
     }
 
-    fn request(
-        &self,
-        (tiles, ids, access): &(Vec<(u8, u32, u32)>, Vec<usize>, Access),
-    ) -> BatchRequest {
+    fn request(&self, (tiles, ids, access): &Req) -> BatchRequest {
         let mut t: Vec<TileId> = tiles.iter().map(|&x| self.tile(x)).collect();
         t.sort();
         t.dedup();
