@@ -141,6 +141,32 @@ function flatten(body) {
   return { tiles, tileTtls, tileLens, tileIds, ids, coords, classes, tiers, objs, missing };
 }
 
+/** Largest response body read, in bytes (the core's `Limits::default().max_body_bytes`). */
+const MAX_BODY_BYTES = 8 * 1024 * 1024;
+
+/** The body as text, read in chunks and given up (the stream cancelled) once it passes
+ * MAX_BODY_BYTES, so a hostile or broken backend cannot make the page buffer without end. */
+async function readBody(res) {
+  const reader = res.body?.getReader?.();
+  if (!reader) {
+    const text = await res.text();
+    if (text.length > MAX_BODY_BYTES) throw new Invalid(`the body is larger than ${MAX_BODY_BYTES} bytes`);
+    return text;
+  }
+  const decoder = new TextDecoder();
+  let text = '', size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return text + decoder.decode();
+    size += value.byteLength;
+    if (size > MAX_BODY_BYTES) {
+      reader.cancel().catch(() => {});
+      throw new Invalid(`the body is larger than ${MAX_BODY_BYTES} bytes`);
+    }
+    text += decoder.decode(value, { stream: true });
+  }
+}
+
 /** Retry-After: delta seconds or an HTTP date, as milliseconds; -1 when absent or bad. */
 function retryAfterMs(h) {
   if (h == null) return -1;
@@ -469,10 +495,11 @@ export class TileCache {
     let res, text;
     try {
       res = await this.#fetch.call(globalThis, this.#endpoint, { method: 'POST', headers: this.#headers, body, signal: ctrl.signal });
-      text = await res.text();
+      text = await readBody(res);
     } catch (e) {
       if (this.#requests.get(id) !== req) return; // cancelled, or disposed
       this.#finish(req);
+      if (e instanceof Invalid) return this.#failed(req, 3, 0, -1, e.message);
       if (ctrl.signal.reason === TIMEOUT) return this.#failed(req, 0, 0, -1, '');
       return this.#failed(req, 1, 0, -1, String(e?.cause?.message ?? e?.message ?? e));
     }

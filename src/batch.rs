@@ -5,7 +5,9 @@
 //! - At most `max_in_flight` requests are out at once, and prefetch never takes the last
 //!   free slot, so a foreground request can always start at once.
 //! - A failed request is retried with exponential backoff and full jitter, up to `retries`
-//!   times (a `429 Retry-After` is honoured); client errors (4xx) are not retried.
+//!   times (a `429 Retry-After` is honoured); client errors (4xx) are not retried. The
+//!   delay grows with a tile's failures in a row across rounds, so a visible tile queued
+//!   again after its request gave up backs off further each round, up to `backoff_max_ms`.
 //! - A circuit breaker suspends **prefetch only** after `breaker_threshold` consecutive
 //!   failures, and lets one prefetch through as a probe after a cool-down that doubles
 //!   while the backend keeps failing. Foreground requests are never held back by it: a
@@ -286,7 +288,12 @@ struct InFlight {
 
 #[derive(Clone, Copy, Debug)]
 struct Backoff {
+    /// Attempt number of the tile's next request within its current round of retries.
     attempt: u32,
+    /// Consecutive failures of the tile's requests, across rounds (a round ends when the
+    /// request gives up and a later round asks again): the backoff exponent, so a tile that
+    /// keeps failing waits longer each time, up to `backoff_max_ms`, until a success.
+    failures: u32,
     not_before_ms: u64,
 }
 
@@ -617,14 +624,60 @@ impl Batcher {
     /// The request answered. Closes the breaker. Returns what it was for, or `None` if it
     /// was no longer tracked (cancelled).
     pub fn on_success(&mut self, id: RequestId) -> Option<Finished> {
+        self.on_answer(id, |_| true, 0).map(|(f, _)| f)
+    }
+
+    /// The request answered, but `listed(tile)` says whether the answer covers each tile it
+    /// asked for. Closes the breaker (the backend is up). Tiles the answer left out (a
+    /// server bug or a cut-short answer) back off like a failed request's tiles, with the
+    /// same growing delay, so a visible tile queued again is not asked for in a tight loop;
+    /// they are returned with what the request was for. `None` if it was no longer tracked.
+    pub fn on_answer(
+        &mut self,
+        id: RequestId,
+        mut listed: impl FnMut(TileId) -> bool,
+        now_ms: u64,
+    ) -> Option<(Finished, Vec<TileId>)> {
         let f = self.finish(id)?;
-        for t in f.tiles() {
-            self.backoff.remove(&t);
+        let mut unanswered = Vec::new();
+        for w in &f.works {
+            match w {
+                Work::Tile(t) if !listed(*t) => unanswered.push(*t),
+                _ => {
+                    self.backoff.remove(&w.tile());
+                }
+            }
         }
         self.consecutive_failures = 0;
         self.breaker = Breaker::Closed;
         self.cooldown_ms = self.config.breaker_cooldown_ms;
-        Some(f)
+        if !unanswered.is_empty() {
+            self.back_off(&unanswered, 0, now_ms);
+        }
+        Some((f, unanswered))
+    }
+
+    /// Holds these tiles back as if their request had failed: not requested again before
+    /// a backoff that grows with each call (and each failure) until a request for them
+    /// succeeds. For tiles an answer came back for that still cannot be shown (e.g. the
+    /// view holds more than the cache may keep), so they are not asked for in a tight loop.
+    /// `at_least` sets a floor on the failure count the delay is computed from, for callers
+    /// that track a streak across tiles. Returns when they may go out again.
+    pub fn back_off(&mut self, tiles: &[TileId], at_least: u32, now_ms: u64) -> u64 {
+        let failures = tiles
+            .iter()
+            .filter_map(|t| self.backoff.get(t))
+            .map(|b| b.failures)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(at_least);
+        let delay = self.backoff_delay(failures, &Failure::Invalid(String::new()));
+        let at = now_ms.saturating_add(delay);
+        for &t in tiles {
+            self.remember_backoff_tile(t, 0, failures, at);
+        }
+        at
     }
 
     /// The request failed. Retryable failures within the retry limit requeue the work
@@ -658,15 +711,27 @@ impl Batcher {
             }
         }
         let next_attempt = f.attempt + 1;
+        // The backoff grows with the tiles' failures in a row, not only this round's
+        // attempts: a visible tile the client queues again after a give-up waits longer
+        // each round (up to `backoff_max_ms`) instead of hitting a dead backend every
+        // second for as long as the page stays open.
+        let failures = f
+            .tiles()
+            .filter_map(|t| self.backoff.get(&t))
+            .map(|b| b.failures)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(next_attempt);
         if !failure.is_retryable() || next_attempt > self.config.retries {
             self.stats.gave_up += 1;
             // A later round may ask again, but not before a backoff has passed.
-            let delay = self.backoff_delay(next_attempt, failure);
-            self.remember_backoff(&f, 0, now_ms.saturating_add(delay));
+            let delay = self.backoff_delay(failures, failure);
+            self.remember_backoff(&f, 0, failures, now_ms.saturating_add(delay));
             return FailureOutcome::GaveUp(f);
         }
-        let at_ms = now_ms.saturating_add(self.backoff_delay(next_attempt, failure));
-        self.remember_backoff(&f, next_attempt, at_ms);
+        let at_ms = now_ms.saturating_add(self.backoff_delay(failures, failure));
+        self.remember_backoff(&f, next_attempt, failures, at_ms);
         let queue = match f.kind {
             Kind::Foreground => &mut self.foreground,
             Kind::Prefetch => &mut self.prefetch,
@@ -683,8 +748,20 @@ impl Batcher {
         FailureOutcome::Retrying { at_ms, request: f }
     }
 
-    fn remember_backoff(&mut self, f: &Finished, attempt: u32, not_before_ms: u64) {
-        if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
+    fn remember_backoff(&mut self, f: &Finished, attempt: u32, failures: u32, not_before_ms: u64) {
+        for t in f.tiles() {
+            self.remember_backoff_tile(t, attempt, failures, not_before_ms);
+        }
+    }
+
+    fn remember_backoff_tile(
+        &mut self,
+        t: TileId,
+        attempt: u32,
+        failures: u32,
+        not_before_ms: u64,
+    ) {
+        if self.backoff.len() >= MAX_BACKOFF_ENTRIES && !self.backoff.contains_key(&t) {
             // Forget the entries whose wait is over; if that is not enough, forget all.
             self.backoff.retain(|_, b| {
                 b.not_before_ms > not_before_ms.saturating_sub(self.config.backoff_max_ms)
@@ -693,15 +770,14 @@ impl Batcher {
                 self.backoff.clear();
             }
         }
-        for t in f.tiles() {
-            self.backoff.insert(
-                t,
-                Backoff {
-                    attempt,
-                    not_before_ms,
-                },
-            );
-        }
+        self.backoff.insert(
+            t,
+            Backoff {
+                attempt,
+                failures,
+                not_before_ms,
+            },
+        );
     }
 
     /// Exponential backoff with full jitter: a uniform delay in `[d/2, d]` where
@@ -962,6 +1038,72 @@ mod tests {
             FailureOutcome::GaveUp(_)
         ));
         assert_eq!(b.stats().gave_up, 1);
+    }
+
+    /// A dead backend and a client that queues the visible tile again after every give-up
+    /// (as `Client::refresh_foreground` does): the gaps between rounds grow to
+    /// `backoff_max_ms` instead of staying at a second, and a success resets them.
+    #[test]
+    fn backoff_keeps_growing_across_give_ups_until_a_success() {
+        let mut b = Batcher::new(BatchConfig {
+            retries: 2,
+            backoff_base_ms: 200,
+            backoff_max_ms: 10_000,
+            ..BatchConfig::default()
+        })
+        .unwrap();
+        let dead = Failure::Http {
+            status: 503,
+            retry_after_ms: None,
+        };
+        let mut now = 0;
+        let mut sent_at = Vec::new();
+        let mut gave_up = 0;
+        // Ten minutes against the dead backend.
+        b.set_foreground(tiles(0..1));
+        while now < 600_000 {
+            if let Some(r) = b.poll(now, all) {
+                sent_at.push(now);
+                if matches!(b.on_failure(r.id, &dead, now), FailureOutcome::GaveUp(_)) {
+                    gave_up += 1;
+                    b.set_foreground(tiles(0..1));
+                }
+            }
+            now = b.next_wakeup(now).expect("the queued tile's backoff");
+        }
+        // The first round is as before: 200 ms, then 400 ms (full jitter: [d/2, d]).
+        assert!(
+            (100..=200).contains(&(sent_at[1] - sent_at[0])),
+            "{sent_at:?}"
+        );
+        assert!(
+            (200..=400).contains(&(sent_at[2] - sent_at[1])),
+            "{sent_at:?}"
+        );
+        // Later gaps reach the cap's jitter window and never exceed it.
+        let gaps: Vec<u64> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g <= 10_000), "{gaps:?}");
+        assert!(gaps[10..].iter().all(|&g| g >= 5_000), "{gaps:?}");
+        // At most one request per 5 s once grown: about 120 in 10 minutes, not ~1500.
+        assert!(sent_at.len() < 130, "{} requests", sent_at.len());
+        assert!(
+            gave_up > 20,
+            "rounds keep giving up and starting again: {gave_up}"
+        );
+        // The backend recovers: the next attempt succeeds and the streak resets.
+        b.set_foreground(tiles(0..1));
+        let at = b.next_wakeup(now).unwrap_or(now);
+        let r = b.poll(at, all).unwrap();
+        assert!(b.on_success(r.id).is_some());
+        b.set_foreground(tiles(0..1));
+        let r = b.poll(at, all).unwrap();
+        let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &dead, at) else {
+            panic!("should retry")
+        };
+        assert!(
+            (at + 100..=at + 200).contains(&at_ms),
+            "back to the base delay: {at_ms}"
+        );
     }
 
     #[test]

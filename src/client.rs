@@ -247,6 +247,9 @@ pub struct Client<P> {
     discarded: u64,
     viewports: u64,
     viewports_complete: u64,
+    /// Answers in a row after which some visible tile could not be kept (see
+    /// [`Client::on_response`]); grows their backoff, reset by a new viewport.
+    unkept_rounds: u32,
 }
 
 impl<P: Payload> Client<P> {
@@ -280,6 +283,7 @@ impl<P: Payload> Client<P> {
             discarded: 0,
             viewports: 0,
             viewports_complete: 0,
+            unkept_rounds: 0,
         })
     }
 
@@ -326,6 +330,9 @@ impl<P: Payload> Client<P> {
             |t| cache.tile_state(t, access, now_ms),
             |t| batcher.is_tile_in_flight(t),
         )?;
+        if self.viewport.as_ref() != Some(&viewport) {
+            self.unkept_rounds = 0;
+        }
         self.viewport = Some(viewport);
         self.visible = std::mem::take(&mut plan.visible);
         self.visible_set = self.visible.iter().copied().collect();
@@ -425,7 +432,12 @@ impl<P: Payload> Client<P> {
             return Err(e.into());
         }
         let sent_with = self.request_access.remove(&id);
-        let Some(finished) = self.batcher.on_success(id) else {
+        // Data tiles the request was for that no tile list in the answer covers (the list
+        // of the tile or of an ancestor) back off in the batcher and become an error below.
+        let listed: HashSet<TileId> = response.tiles.iter().map(|l| l.tile).collect();
+        let covered =
+            |t: TileId| (0..=t.z()).any(|z| t.ancestor(z).is_ok_and(|a| listed.contains(&a)));
+        let Some((finished, unanswered)) = self.batcher.on_answer(id, &covered, now_ms) else {
             return Ok(()); // cancelled or unknown: its tiles were not wanted any more
         };
         if sent_with != Some(self.access) {
@@ -436,6 +448,12 @@ impl<P: Payload> Client<P> {
             return Ok(());
         }
         let was_complete = self.complete;
+        let (cache, access) = (&self.cache, self.access);
+        let shown_before: Vec<bool> = self
+            .visible
+            .iter()
+            .map(|&t| cache.tile_state(t, access, now_ms).is_showable())
+            .collect();
         let mut touched_visible = false;
         let tile_zoom = self.cache.config().tile_zoom;
         let BatchResponse {
@@ -497,6 +515,67 @@ impl<P: Payload> Client<P> {
                     self.mark_prefetched(t, now_ms);
                 }
             }
+        }
+        if !unanswered.is_empty() {
+            // An error, or a visible one would be asked for again at once, for ever.
+            self.errors += 1;
+            self.events.push_back(Event::Error(FetchError {
+                request: id,
+                kind: finished.kind,
+                failure: Failure::Invalid(format!(
+                    "the answer leaves out {} of the requested tiles (first {}); every requested tile must be listed, empty or not",
+                    unanswered.len(),
+                    unanswered[0]
+                )),
+                tiles: unanswered,
+                will_retry: false,
+            }));
+        }
+        // Visible tiles this answer covered, or that were showable before it, that cannot be
+        // shown now: the view needs more items or bytes than the cache may hold (inserting
+        // one visible tile evicted another), or the lists name items above the tier. Asking
+        // for them again at once would loop for ever, tile after tile.
+        let answered: HashSet<TileId> = finished
+            .works
+            .iter()
+            .filter_map(|w| match w {
+                Work::Tile(t) if covered(*t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let access = self.access;
+        let unkept: Vec<TileId> = self
+            .visible
+            .iter()
+            .zip(&shown_before)
+            .filter(|(t, before)| **before || answered.contains(*t))
+            .map(|(&t, _)| t)
+            .filter(|&t| !self.cache.tile_state(t, access, now_ms).is_showable())
+            .collect();
+        if unkept.is_empty() {
+            self.unkept_rounds = 0;
+        } else {
+            // The tiles take turns evicting each other, and each one's success resets its
+            // own backoff: the streak that grows the delay is the view's, not the tile's.
+            self.unkept_rounds = self.unkept_rounds.saturating_add(1);
+            self.batcher.back_off(&unkept, self.unkept_rounds, now_ms);
+            let config = self.cache.config();
+            self.errors += 1;
+            self.events.push_back(Event::Error(FetchError {
+                request: id,
+                kind: finished.kind,
+                failure: Failure::Invalid(format!(
+                    "{} answered tiles could not be kept (first {}): the view needs more than \
+                     the cache holds (max_items {}, max_bytes {}), or the answer's lists name \
+                     items above the caller's tier; they are asked for again after a backoff",
+                    unkept.len(),
+                    unkept[0],
+                    config.max_items,
+                    config.max_bytes
+                )),
+                tiles: unkept,
+                will_retry: false,
+            }));
         }
         let now_complete = self.refresh_foreground(now_ms);
         if touched_visible {

@@ -442,8 +442,8 @@ fn invalid_or_incomplete_answers_are_errors_not_corruption() {
         .events()
         .iter()
         .any(|e| matches!(e, Event::Error(f) if f.will_retry)));
-    // The retry arrives without one of the requested tiles: that tile stays missing and is
-    // asked for again.
+    // The retry arrives without one of the requested tiles: an error for that tile, which
+    // stays missing and is asked for again after a backoff (not at once).
     h.now = h.client.next_wakeup(h.now).unwrap();
     let s = h.client.poll_request(h.now).unwrap();
     assert!(s.attempt >= 1);
@@ -451,9 +451,172 @@ fn invalid_or_incomplete_answers_are_errors_not_corruption() {
     let dropped = partial.tiles.pop().unwrap().tile;
     h.client.on_response(s.id, partial, h.now).unwrap();
     assert!(!h.client.is_complete());
-    let again = h.serve_all();
-    assert!(again.iter().any(|s| s.request.tiles.contains(&dropped)));
+    let ev = h.events();
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Error(f)
+            if f.tiles == vec![dropped] && matches!(&f.failure, Failure::Invalid(m) if m.contains("the answer leaves out 1 of the requested tiles")))),
+        "{ev:?}"
+    );
+    let at_once = h.serve_all();
+    assert!(
+        at_once.iter().all(|s| !s.request.tiles.contains(&dropped)),
+        "{at_once:?}"
+    );
+    for _ in 0..10 {
+        if h.client.is_complete() {
+            break;
+        }
+        h.now = h.client.next_wakeup(h.now).unwrap();
+        h.client.handle_timeout(h.now);
+        h.serve_all();
+    }
+    assert!(h.sent.iter().any(|s| s.request.tiles.contains(&dropped)));
     assert!(h.client.is_complete());
+}
+
+/// A backend that answers every request but always leaves one visible tile out: the tile is
+/// asked for again with a growing backoff, not in a tight loop.
+#[test]
+fn a_tile_the_backend_never_lists_is_asked_for_with_a_growing_backoff() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 2.0, 1.0));
+    let omitted = h.client.visible_tiles()[0];
+    let start = h.now;
+    let (mut asked, mut errors) = (Vec::new(), 0);
+    while h.now < start + 600_000 {
+        while let Some(s) = h.client.poll_request(h.now) {
+            if s.request.tiles.contains(&omitted) {
+                asked.push(h.now);
+            }
+            let mut r = h.origin.answer(&s.request, None);
+            r.tiles.retain(|l| l.tile != omitted);
+            h.client.on_response(s.id, r, h.now).unwrap();
+        }
+        errors += h
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::Error(_)))
+            .count();
+        let Some(at) = h.client.next_wakeup(h.now) else {
+            break;
+        };
+        h.now = at;
+        h.client.handle_timeout(h.now);
+    }
+    assert!(!h.client.is_complete());
+    // Backoff 200 ms doubling to the 10 s cap (jittered to [5, 10] s): about 60-120 asks
+    // in ten minutes, not one per event-loop turn.
+    assert!((40..=130).contains(&asked.len()), "{} asks", asked.len());
+    assert_eq!(errors, asked.len(), "each omission is reported");
+    let last_gaps: Vec<u64> = asked
+        .windows(2)
+        .rev()
+        .take(10)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(
+        last_gaps.iter().all(|g| (5_000..=10_000).contains(g)),
+        "{last_gaps:?}"
+    );
+}
+
+/// A view with more items than the cache may hold: each answer evicts another visible
+/// tile's items. The view cannot complete; the tiles that could not be kept are an error
+/// and asked for again after a growing backoff, not in a tight loop (found by the npm
+/// package's long-session test, where it starved the event loop).
+#[test]
+fn a_view_larger_than_the_cache_is_an_error_not_a_request_loop() {
+    let mut config = ClientConfig::default();
+    config.cache.max_items = 12; // the 2 x 2 view holds 20
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 2.0, 2.0));
+    let start = h.now;
+    let mut requests = 0;
+    let mut kept_errors = 0;
+    while h.now < start + 60_000 {
+        let sent = h.serve_all();
+        requests += sent.len();
+        assert!(
+            requests < 200,
+            "a request loop: {requests} requests by {}",
+            h.now - start
+        );
+        kept_errors += h
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Error(f)
+                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
+            })
+            .count();
+        let Some(at) = h.client.next_wakeup(h.now) else {
+            break;
+        };
+        h.now = at;
+        h.client.handle_timeout(h.now);
+    }
+    assert!(!h.client.is_complete());
+    assert!(kept_errors >= 1);
+    assert!(h.client.cache().len() <= 12);
+    // Backoff 200 ms doubling to 10 s: a few dozen requests a minute at most.
+    assert!(requests <= 60, "{requests} requests in a minute");
+}
+
+/// A backend that is down for ten minutes while the page stays on one view: the visible
+/// tiles are retried with a backoff that grows past the per-request retries (no request
+/// every second for ever), and the view completes soon after the backend comes back.
+#[test]
+fn a_dead_backend_is_asked_less_and_less_often_and_recovery_is_picked_up() {
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 1.0, 1.0));
+    let start = h.now;
+    let mut foreground = Vec::new();
+    while h.now < start + 600_000 {
+        while let Some(s) = h.client.poll_request(h.now) {
+            if s.kind == Kind::Foreground {
+                foreground.push(h.now);
+            }
+            h.client.on_failure(
+                s.id,
+                Failure::Http {
+                    status: 503,
+                    retry_after_ms: None,
+                },
+                h.now,
+            );
+        }
+        h.events();
+        h.now = h
+            .client
+            .next_wakeup(h.now)
+            .expect("the visible tile is queued");
+        h.client.handle_timeout(h.now);
+    }
+    // Before: 3 attempts per ~1.2 s round, ~1500 in ten minutes.
+    assert!(
+        foreground.len() < 150,
+        "{} foreground requests",
+        foreground.len()
+    );
+    let last_gap = foreground[foreground.len() - 1] - foreground[foreground.len() - 2];
+    assert!((5_000..=10_000).contains(&last_gap), "{last_gap}");
+    assert!(h.client.stats().breaker_open, "prefetch held");
+    // The backend recovers: the view completes by the next retry, at most 10 s later.
+    let back = h.now;
+    for _ in 0..5 {
+        h.serve_all();
+        if h.client.is_complete() {
+            break;
+        }
+        h.now = h.client.next_wakeup(h.now).unwrap();
+        h.client.handle_timeout(h.now);
+    }
+    assert!(h.client.is_complete());
+    assert!(h.now - back <= 10_000, "{} ms", h.now - back);
+    assert!(
+        !h.client.stats().breaker_open,
+        "a success closes the breaker"
+    );
 }
 
 #[test]

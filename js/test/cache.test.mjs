@@ -255,15 +255,16 @@ test('HTTP 500, timeouts and invalid JSON go to onError and whenComplete; cached
   await cache.whenComplete();
   const errors = [];
   cache.onError((e) => errors.push(e));
-  for (const [mode, code, status, text] of [
+  for (const [i, [mode, code, status, text]] of [
     [500, 'ERR_HTTP', 500, /^foreground batch request failed: HTTP 500: upstream_error: test backend says 500/],
     ['hang', 'ERR_TIMEOUT', undefined, /^foreground batch request failed: no answer within 150 ms/],
     ['badjson', 'ERR_INVALID_RESPONSE', undefined, /^foreground batch request failed: invalid response: the body is not JSON/],
     ['badshape', 'ERR_INVALID_RESPONSE', undefined, /^foreground batch request failed: invalid response: tiles must be an array, got 3/],
-  ]) {
+  ].entries()) {
     fresh(mode);
     errors.length = 0;
-    const far = viewOf(SX + 6, SY + 6 + errors.length, 1, 1);
+    // A tile of its own per mode: a tile that keeps failing backs off longer each round.
+    const far = viewOf(SX + 6, SY + 6 + i, 1, 1);
     const v = cache.setViewport(far);
     assert.equal(v.complete, false);
     const e = await cache.whenComplete().then(() => assert.fail('resolved'), (e) => e);

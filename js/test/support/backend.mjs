@@ -58,21 +58,47 @@ const RANK = { public: 0, registered: 1, verified: 2, agent: 3 };
  * Starts the backend. `b.mode` decides answers: 'ok', a status number (answered with a
  * protocol error body), 'hang' (never answers), 'badjson', 'badshape', or
  * { status: 429, retryAfter: '1' }. `b.delayMs` delays every answer. `b.requests` logs
- * every request body; `b.waitFor(n)` resolves when n requests arrived.
+ * every request body; `b.waitFor(n)` resolves when n requests arrived. `b.hostile`, when
+ * set to a function `(res, answer, request)`, writes the response itself from the answer
+ * the backend would give (`{ tiles, items, missing }`): for truncated, oversized or
+ * subtly wrong bodies.
  */
 export async function startBackend({ perTile = 3 } = {}) {
   const items = dataset(perTile);
   const byId = new Map(items.map((it) => [it.id, it]));
+  const byZoom = new Map();
   const sockets = new Set();
   const b = {
-    items, byId, mode: 'ok', delayMs: 0, requests: [], aborted: 0, waiters: [],
+    items, byId, mode: 'ok', delayMs: 0, hostile: null, requests: [], aborted: 0, waiters: [],
     /** Items of a tile (any zoom) visible at `access`. */
     tileItems(tile, access) {
-      const [z, x, y] = tile.split('/').map(Number);
-      return items.filter((it) => {
-        const [, tx, ty] = tileOf(it.lon, it.lat, z);
-        return tx === x && ty === y && RANK[it.access] <= RANK[access];
-      });
+      const z = Number(tile.split('/')[0]);
+      let index = byZoom.get(z);
+      if (!index) { // items by tile at this zoom, built on first use
+        index = new Map();
+        for (const it of items) {
+          const key = tileOf(it.lon, it.lat, z).join('/');
+          if (!index.has(key)) index.set(key, []);
+          index.get(key).push(it);
+        }
+        byZoom.set(z, index);
+      }
+      return (index.get(tile) ?? []).filter((it) => RANK[it.access] <= RANK[access]);
+    },
+    /** The protocol's answer to a request body (also for in-process fetches). */
+    answer(request) {
+      const access = request.access ?? 'public';
+      const tiles = [], out = new Map(), missing = [];
+      for (const t of request.tiles ?? []) {
+        const its = b.tileItems(t, access);
+        tiles.push({ tile: t, ids: its.map((it) => it.id), ttl: 300 });
+        for (const it of its) out.set(it.id, it);
+      }
+      for (const id of request.ids ?? []) {
+        const it = byId.get(id);
+        if (it && RANK[it.access] <= RANK[access]) out.set(id, it); else missing.push(id);
+      }
+      return { tiles, items: [...out.values()], missing };
     },
     waitFor(n) {
       if (b.requests.length >= n) return Promise.resolve();
@@ -103,19 +129,10 @@ export async function startBackend({ perTile = 3 } = {}) {
       }
       if (mode === 'badjson') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"tiles": [ oops'); return; }
       if (mode === 'badshape') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"tiles": 3}'); return; }
-      const access = parsed.access ?? 'public';
-      const tiles = [], out = new Map(), missing = [];
-      for (const t of parsed.tiles ?? []) {
-        const its = b.tileItems(t, access);
-        tiles.push({ tile: t, ids: its.map((it) => it.id), ttl: 300 });
-        for (const it of its) out.set(it.id, it);
-      }
-      for (const id of parsed.ids ?? []) {
-        const it = byId.get(id);
-        if (it && RANK[it.access] <= RANK[access]) out.set(id, it); else missing.push(id);
-      }
+      const answer = b.answer(parsed);
+      if (b.hostile) { b.hostile(res, answer, parsed); return; }
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ tiles, items: [...out.values()], missing }));
+      res.end(JSON.stringify(answer));
     });
   });
   server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });

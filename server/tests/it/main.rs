@@ -4,6 +4,7 @@
 mod common;
 mod openapi;
 mod redis;
+mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,0 +1,480 @@
+// TileCache against hostile and broken backends (issue 8): every way a batch endpoint can
+// misbehave, over real HTTP (support/backend.mjs) where the wire matters (cut bodies,
+// oversized bodies) and through an injected fetch with mocked timers and an injected
+// clock where time matters (stalls, Retry-After, backoff, the breaker), so the suite stays
+// fast. For each: setViewport never throws or blocks, the error reaches onError and
+// stats().errors, cached data stays usable, and the page recovers when the backend does.
+// Then long sessions: thousands of viewports with the cache, the wasm memory and the
+// shell's timers and requests staying bounded.
+import { test, before, after, mock } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { TileCache } from 'tilewarm';
+import * as raw from 'tilewarm/raw';
+import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
+
+const [, SX, SY] = SEATTLE;
+const NO_PREFETCH = { ring: 0, lookaheadMs: 0, viewRing: 0 };
+let backend;
+before(async () => { backend = await startBackend(); });
+after(() => backend.close());
+
+function reset() {
+  Object.assign(backend, { mode: 'ok', delayMs: 0, hostile: null, requests: [], aborted: 0 });
+}
+
+async function until(cond, what, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+const ids = (items) => items.map((i) => i.id).sort();
+const json = (res, status, body) => {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(typeof body === 'string' ? body : JSON.stringify(body));
+};
+
+/** A call that must return at once (synchronously, without throwing). */
+function quick(f) {
+  const t0 = performance.now();
+  const v = f();
+  assert.ok(!(v instanceof Promise));
+  return [v, performance.now() - t0];
+}
+
+// -- over HTTP --------------------------------------------------------------------------
+
+const HOSTILE = [
+  ['HTTP 500', (res) => json(res, 500, { error: { code: 'upstream_error', message: 'boom' } }),
+    'ERR_HTTP', /HTTP 500: upstream_error: boom/],
+  ['HTTP 502 with an HTML page', (res) => { res.writeHead(502, { 'content-type': 'text/html' }); res.end('<h1>Bad gateway</h1>'); },
+    'ERR_HTTP', /HTTP 502$/],
+  ['invalid JSON', (res) => json(res, 200, '{"tiles": [{"tile": "14/1/1", "ids": [}'),
+    'ERR_INVALID_RESPONSE', /the body is not JSON/],
+  ['an empty body', (res) => json(res, 200, ''), 'ERR_INVALID_RESPONSE', /the body is not JSON/],
+  ['JSON of the wrong type', (res) => json(res, 200, '[1, 2, 3]'), 'ERR_INVALID_RESPONSE', /the body must be a JSON object, got an array/],
+  ['the wrong schema: ids not an array', (res, a) => json(res, 200, { ...a, tiles: a.tiles.map((t) => ({ ...t, ids: 'h1' })) }),
+    'ERR_INVALID_RESPONSE', /tiles\[0\] must be an object \{tile, ids, ttl\?\}/],
+  ['the wrong schema: an item without coordinates', (res, a) => json(res, 200, { ...a, items: a.items.map(({ lon, ...rest }) => rest) }),
+    'ERR_INVALID_RESPONSE', /items\[0\] must be an object \{id, lon, lat, class, access, ttl\?, data\}/],
+  ['the wrong schema: a listed id without its item', (res, a) => json(res, 200, { ...a, items: a.items.slice(1) }),
+    'ERR_INVALID_RESPONSE', /is not in items; every listed id must have an item/],
+  ['a tile string that is not a tile', (res, a) => json(res, 200, { ...a, tiles: [{ ...a.tiles[0], tile: '14/99999/1' }] }),
+    'ERR_INVALID_RESPONSE', /14\/99999\/1/],
+  ['a negative ttl', (res, a) => json(res, 200, { ...a, tiles: a.tiles.map((t) => ({ ...t, ttl: -5 })) }),
+    'ERR_INVALID_RESPONSE', /tiles\[0\]\.ttl must be a whole number of seconds, got -5/],
+  ['an unknown access tier', (res, a) => json(res, 200, { ...a, items: a.items.map((i) => ({ ...i, access: 'root' })) }),
+    'ERR_INVALID_RESPONSE', /access/],
+  ['a body cut mid-way (connection closed)', (res, a) => {
+    const body = JSON.stringify(a);
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(body.length) });
+    res.write(body.slice(0, body.length >> 1));
+    setTimeout(() => res.socket.destroy(), 5);
+  }, 'ERR_NETWORK', /network error: /],
+  ['a requested tile missing from the answer', (res, a) => json(res, 200, { ...a, tiles: a.tiles.slice(1) }),
+    'ERR_INVALID_RESPONSE', /the answer leaves out \d+ of the requested tiles \(first 1[34]\/\d+\/\d+\); every requested tile must be listed/],
+  ['an out-of-range longitude', (res, a) => json(res, 200, { ...a, items: a.items.map((i, k) => (k ? i : { ...i, lon: 500 })) }),
+    'ERR_INVALID_RESPONSE', /lon must be in -180\.\.=180, got 500/],
+  ['an out-of-range latitude', (res, a) => json(res, 200, { ...a, items: a.items.map((i, k) => (k ? i : { ...i, lat: -95.5 })) }),
+    'ERR_INVALID_RESPONSE', /lat must be in -90\.\.=90, got -95\.5/],
+  // JSON has no NaN; a number too large for a double parses as Infinity, and a bare NaN
+  // is not JSON at all.
+  ['an infinite coordinate (1e999)', (res, a) => json(res, 200, JSON.stringify(a).replace(/"lon":-?[\d.e-]+/, '"lon":1e999')),
+    'ERR_INVALID_RESPONSE', /lon must be in -180\.\.=180, got inf/],
+  ['a NaN coordinate', (res, a) => json(res, 200, JSON.stringify(a).replace(/"lat":-?[\d.e-]+/, '"lat":NaN')),
+    'ERR_INVALID_RESPONSE', /the body is not JSON/],
+  ['a coordinate as a string', (res, a) => json(res, 200, { ...a, items: a.items.map((i) => ({ ...i, lat: String(i.lat) })) }),
+    'ERR_INVALID_RESPONSE', /items\[0\] must be an object/],
+  ['more items than the limit (50 001)', (res, a) => {
+    const [it] = a.items;
+    const items = Array.from({ length: 50_001 }, (_, k) => ({ ...it, id: `x${k}` }));
+    json(res, 200, { ...a, items });
+  }, 'ERR_INVALID_RESPONSE', /response has 50001 items, at most 50000 are allowed/],
+  ['a body larger than 8 MiB (streamed, never fully read)', (res, a) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write(`{"tiles":${JSON.stringify(a.tiles)},"items":[`);
+    const chunk = `${JSON.stringify(a.items[0])},`.repeat(2000);
+    let sent = 0;
+    const more = () => {
+      // Up to 64 MiB, unless the client stops reading first.
+      while (sent < 64 * 1024 * 1024 && !res.destroyed) {
+        sent += chunk.length;
+        if (!res.write(chunk)) { res.once('drain', more); return; }
+      }
+      if (!res.destroyed) res.end(']}');
+    };
+    res.on('close', () => { backend.bodyBytesSent = sent; });
+    more();
+  }, 'ERR_INVALID_RESPONSE', /the body is larger than 8388608 bytes/],
+];
+
+test('hostile answers: setViewport never throws, errors reach onError and stats, the cache stays usable, the page recovers', async (t) => {
+  reset();
+  const cache = await TileCache.create({
+    endpoint: backend.url, prefetch: NO_PREFETCH, batch: { retries: 0, timeoutMs: 2000 },
+  });
+  const cached = viewOf(SX, SY, 2, 2);
+  cache.setViewport(cached);
+  await cache.whenComplete();
+  const cachedIds = ids(cache.setViewport(cached).items);
+  assert.ok(cachedIds.length > 0);
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  let slowest = 0;
+  for (const [i, [name, hostile, code, message]] of HOSTILE.entries()) {
+    reset();
+    errors.length = 0;
+    backend.hostile = hostile;
+    const before = cache.stats().errors;
+    // New ground each time: a 2 x 2 view in a fresh corner of the test city.
+    const far = viewOf(SX - 10 + 2 * (i % 10), SY + 4 + 3 * Math.floor(i / 10), 2, 2);
+    const [view, ms] = quick(() => cache.setViewport(far));
+    slowest = Math.max(slowest, ms);
+    assert.equal(view.complete, false, name);
+    const e = await cache.whenComplete().then(() => null, (err) => err);
+    assert.ok(e instanceof Error, `${name}: whenComplete rejects`);
+    assert.equal(e.code, code, `${name}: ${e.message}`);
+    assert.match(e.message, message, name);
+    assert.equal(e.kind, 'foreground', name);
+    assert.ok(errors.length >= 1 && errors.includes(e), `${name}: onError heard it`);
+    assert.ok(cache.stats().errors > before, `${name}: stats().errors`);
+    // Setting views during and after the trouble returns at once; the cached view is whole.
+    const [back] = quick(() => cache.setViewport(cached));
+    assert.equal(back.complete, true, name);
+    assert.deepEqual(ids(back.items), cachedIds, name);
+    // The backend recovers: the failed view loads (its tiles come back after a backoff).
+    backend.hostile = null;
+    const again = cache.setViewport(far);
+    if (!again.complete) await cache.whenComplete();
+    const loaded = cache.setViewport(far);
+    assert.equal(loaded.complete, true, `${name}: recovered`);
+    assert.ok(loaded.items.length > 0, name);
+  }
+  assert.ok(backend.bodyBytesSent < 32 * 1024 * 1024, `the 64 MiB body was cut short at ${backend.bodyBytesSent} bytes`);
+  assert.equal(cache.stats().inFlight, 0);
+  t.diagnostic(`${HOSTILE.length} hostile answers; slowest setViewport ${slowest.toFixed(2)} ms; ` +
+    `oversized body: ${(backend.bodyBytesSent / 2 ** 20).toFixed(1)} MiB sent before the client hung up`);
+  cache.dispose();
+});
+
+test('a stalled backend (no answer for 10 s) times out per batch.timeoutMs; setViewport stays instant', async () => {
+  reset();
+  backend.delayMs = 10_000;
+  const cache = await TileCache.create({ endpoint: backend.url, prefetch: NO_PREFETCH, batch: { retries: 0, timeoutMs: 150 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  const t0 = Date.now();
+  const [v] = quick(() => cache.setViewport(viewOf(SX, SY)));
+  assert.equal(v.complete, false);
+  const e = await cache.whenComplete().then(() => null, (err) => err);
+  const waited = Date.now() - t0;
+  assert.equal(e?.code, 'ERR_TIMEOUT');
+  assert.match(e.message, /no answer within 150 ms/);
+  assert.ok(waited < 2000, `gave up after ${waited} ms, not after the stall`);
+  await until(() => backend.aborted >= 1, 'the aborted request');
+  assert.equal(cache.stats().inFlight, 0);
+  backend.delayMs = 0;
+  await cache.whenComplete().catch(() => cache.whenComplete());
+  assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true);
+  cache.dispose();
+});
+
+// -- injected fetch, mocked timers, injected clock --------------------------------------
+
+/** A fetch backed by the test city with scripted trouble; time is `clock.now`. */
+function scripted() {
+  const s = {
+    now: 1_700_000_000_000,
+    /** (request) => Response | 'stall' | undefined (undefined: the normal answer) */
+    trouble: null,
+    calls: [],
+    open: 0,
+    fetch: (url, init) => {
+      const request = JSON.parse(init.body);
+      s.calls.push({ at: s.now, request });
+      const r = s.trouble?.(request);
+      if (r === 'stall') {
+        s.open++;
+        return new Promise((resolve, reject) => {
+          const timer = setTimeout(() => { s.open--; resolve(new Response(JSON.stringify(backend.answer(request)))); }, 10_000);
+          init.signal.addEventListener('abort', () => { clearTimeout(timer); s.open--; reject(init.signal.reason); }, { once: true });
+        });
+      }
+      return Promise.resolve(r ?? new Response(JSON.stringify(backend.answer(request))));
+    },
+    /** Moves the clock and the mocked timers on by `ms`, in steps, letting promises run. */
+    async advance(ms, step = 10) {
+      for (let done = 0; done < ms; done += step) {
+        s.now += step;
+        mock.timers.tick(step);
+        for (let k = 0; k < 4; k++) await new Promise((r) => setImmediate(r));
+      }
+    },
+  };
+  return s;
+}
+
+const status = (code, headers = {}) => new Response(JSON.stringify({ error: { code: 'x', message: `status ${code}` } }), { status: code, headers });
+
+async function withMockedTimers(f) {
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try { await f(); } finally { mock.timers.reset(); }
+}
+
+test('a 10 s stall under mocked time: the request times out at timeoutMs, is retried, and the late answer is ignored', () => withMockedTimers(async () => {
+  const s = scripted();
+  s.trouble = () => 'stall';
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH, batch: { retries: 1, timeoutMs: 3000 } });
+  const errors = [];
+  cache.onError((e) => errors.push({ at: s.now, code: e.code, willRetry: e.willRetry }));
+  const start = s.now;
+  cache.setViewport(viewOf(SX, SY));
+  assert.equal(s.calls.length, 1);
+  await s.advance(2990);
+  assert.equal(errors.length, 0, 'not before timeoutMs');
+  await s.advance(20);
+  assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [['ERR_TIMEOUT', true]]);
+  assert.ok(errors[0].at - start >= 3000 && errors[0].at - start <= 3010);
+  // During the stall the page keeps working on what it has.
+  const [v] = quick(() => cache.setViewport(viewOf(SX, SY)));
+  assert.equal(v.complete, false);
+  // The retry goes out 100-200 ms later (full jitter) and stalls too: it times out at
+  // 6110-6210 ms and the request gives up; the next round waits at least 200 ms more.
+  await s.advance(3240);
+  assert.equal(s.calls.length, 2, 'one retry');
+  assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [['ERR_TIMEOUT', true], ['ERR_TIMEOUT', false]]);
+  assert.equal(s.open, 0, 'both stalled fetches were aborted');
+  assert.equal(cache.stats().inFlight, 0);
+  s.trouble = null;
+  await s.advance(2000);
+  assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true, 'recovered');
+  cache.dispose();
+}));
+
+test('429 with Retry-After: no request for those tiles before it, across retries and give-ups', () => withMockedTimers(async () => {
+  const s = scripted();
+  let limited = 5;
+  s.trouble = () => (limited-- > 0 ? status(429, { 'retry-after': '7' }) : undefined);
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH, batch: { retries: 1 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  cache.setViewport(viewOf(SX, SY));
+  await s.advance(60_000, 50);
+  assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true);
+  assert.equal(s.calls.length, 6, 'five 429s, then the answer');
+  const gaps = s.calls.slice(1).map((c, i) => c.at - s.calls[i].at);
+  assert.ok(gaps.every((g) => g >= 7000), `gaps ${gaps}`);
+  assert.ok(errors.every((e) => e.status === 429 && e.retryAfterMs === 7000));
+  assert.equal(cache.stats().errors, 5);
+  cache.dispose();
+}));
+
+test('a dead backend under a still page: the visible tiles are retried with a growing backoff, not every second', (t) => withMockedTimers(async () => {
+  const s = scripted();
+  s.trouble = () => status(503);
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH });
+  cache.onError(() => {});
+  cache.setViewport(viewOf(SX, SY));
+  await s.advance(600_000, 100);
+  const n = s.calls.length;
+  const gaps = s.calls.slice(1).map((c, i) => c.at - s.calls[i].at);
+  // Before the fix: 3 attempts per ~1.2 s round, about 1500 requests in ten minutes.
+  assert.ok(n < 150, `${n} requests in 10 minutes`);
+  assert.ok(gaps.slice(-10).every((g) => g >= 5000 && g <= 10_100), `last gaps ${gaps.slice(-10)}`);
+  assert.equal(cache.stats().errors, n);
+  t.diagnostic(`${n} requests in 10 minutes against a dead backend; last gaps ${gaps.slice(-5).join(', ')} ms`);
+  s.trouble = null;
+  await s.advance(10_100, 100);
+  assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true, 'recovered within the 10 s cap');
+  cache.dispose();
+}));
+
+test('the breaker: opens after consecutive failures (prefetch held, foreground tried), closes after recovery', () => withMockedTimers(async () => {
+  const s = scripted();
+  s.trouble = () => status(503);
+  const cache = await TileCache.create({
+    endpoint: backend.url, fetch: s.fetch, now: () => s.now,
+    prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 }, batch: { retries: 0 },
+  });
+  cache.onError(() => {});
+  cache.setViewport(viewOf(SX, SY, 1, 1));
+  await s.advance(1000);
+  assert.equal(cache.stats().breakerOpen, true, 'open after 3 failures');
+  const opened = s.now, prefetchBefore = cache.stats().prefetchRequests;
+  // A minute open: prefetch only as one probe per cool-down (5 s, 10 s, 20 s, ...).
+  const sent = s.calls.length;
+  cache.setViewport(viewOf(SX + 5, SY, 1, 1));
+  await s.advance(10);
+  assert.ok(s.calls.slice(sent).some((c) => c.request.tiles.includes(`14/${SX + 5}/${SY}`)), 'foreground still tried');
+  await s.advance(60_000, 100);
+  const probes = cache.stats().prefetchRequests - prefetchBefore;
+  assert.ok(probes >= 1 && probes <= 4, `${probes} prefetch probes in a minute`);
+  assert.equal(cache.stats().breakerOpen, true);
+  assert.ok(s.calls.filter((c) => c.at > opened).length < 30, `${s.calls.length} calls`);
+  // Recovery: the next request that gets through closes it, and prefetch resumes.
+  s.trouble = null;
+  await s.advance(60_000, 100);
+  assert.equal(cache.stats().breakerOpen, false, 'closed after recovery');
+  const p = cache.stats().prefetchRequests;
+  cache.setViewport(viewOf(SX - 6, SY - 6, 1, 1));
+  await s.advance(100);
+  assert.ok(cache.stats().prefetchRequests > p, 'prefetch runs again');
+  assert.equal(cache.setViewport(viewOf(SX - 6, SY - 6, 1, 1)).complete, true);
+  cache.dispose();
+}));
+
+// -- long sessions ------------------------------------------------------------------------
+
+/** Live timers and unsettled fetches of the code under test, counted from outside. */
+function instrument(fetchImpl) {
+  const live = new Set();
+  const [st, ct] = [globalThis.setTimeout, globalThis.clearTimeout];
+  globalThis.setTimeout = (fn, ms, ...a) => {
+    const h = st((...x) => { live.delete(h); fn(...x); }, ms, ...a);
+    live.add(h);
+    return h;
+  };
+  globalThis.clearTimeout = (h) => { live.delete(h); ct(h); };
+  const m = {
+    live, outstanding: 0,
+    fetch: async (url, init) => {
+      m.outstanding++;
+      try { return await fetchImpl(url, init); } finally { m.outstanding--; }
+    },
+    restore() { globalThis.setTimeout = st; globalThis.clearTimeout = ct; },
+  };
+  return m;
+}
+
+/** Drives `views` through a cache with tight limits and records what must stay bounded. */
+async function longSession(t, label, views) {
+  const big = await startBackend({ perTile: 4 }); // 2304 items in the 24 x 24 block
+  const m = instrument(async (url, init) => new Response(JSON.stringify(big.answer(JSON.parse(init.body)))));
+  const maxItems = 500, maxBytes = 130_000;
+  try {
+    const cache = await TileCache.create({ endpoint: big.url, fetch: m.fetch, maxItems, maxBytes, batch: { timeoutMs: 5000 } });
+    // Views wider than the cache (zoom 12.5 holds ~500 items) cannot complete: their
+    // tiles are reported once per answer and backed off, nothing else may fail.
+    const errors = { unkept: 0, other: [] };
+    cache.onError((e) => {
+      if (/could not be kept/.test(e.message)) errors.unkept++;
+      else errors.other.push(e.message);
+    });
+    const offs = [];
+    const memory = () => raw.initSync().memory.buffer.byteLength;
+    const peak = { entries: 0, bytes: 0, timers: 0, outstanding: 0, inFlight: 0 };
+    const samples = [['before', memory()]];
+    for (const [i, v] of views.entries()) {
+      quick(() => cache.setViewport(v));
+      peak.timers = Math.max(peak.timers, m.live.size);
+      peak.outstanding = Math.max(peak.outstanding, m.outstanding);
+      // A listener per view, unsubscribed when the view changes, as a map component does.
+      offs.splice(0).forEach((off) => off());
+      offs.push(cache.onUpdate(() => {}));
+      for (let k = 0; k < 3; k++) await new Promise((r) => setImmediate(r));
+      const st = cache.stats();
+      assert.ok(st.entries <= maxItems && st.bytes <= maxBytes, `view ${i}: ${JSON.stringify(st)}`);
+      peak.entries = Math.max(peak.entries, st.entries);
+      peak.bytes = Math.max(peak.bytes, st.bytes);
+      peak.timers = Math.max(peak.timers, m.live.size);
+      peak.outstanding = Math.max(peak.outstanding, m.outstanding);
+      peak.inFlight = Math.max(peak.inFlight, st.inFlight);
+      if (i % Math.ceil(views.length / 4) === 0 || i === views.length - 1) samples.push([i, memory()]);
+    }
+    await until(() => cache.stats().inFlight === 0, 'quiet');
+    const st = cache.stats();
+    // Requests are bounded by maxInFlight (4); the shell holds one timer per request plus
+    // the engine's wake-up.
+    assert.ok(peak.inFlight <= 4 && peak.outstanding <= 4, JSON.stringify(peak));
+    assert.ok(peak.timers <= 5, JSON.stringify(peak));
+    assert.equal(m.outstanding, 0);
+    assert.ok(m.live.size <= 1, `${m.live.size} timers after the session`);
+    assert.deepEqual(errors.other, []);
+    assert.ok(st.requests < 6 * views.length, `${st.requests} requests for ${views.length} views`);
+    assert.ok(st.evictions > 0, 'the limits were reached');
+    // The wasm memory grows while the cache fills, then stays: the last quarter of the
+    // session adds nothing.
+    const [, atHalf] = samples[Math.ceil(samples.length / 2)];
+    const [, atEnd] = samples.at(-1);
+    assert.ok(atEnd <= atHalf * 1.25, `wasm memory ${samples.map(([i, b]) => `${i}:${b}`).join(' ')}`);
+    t.diagnostic(`${label}: ${views.length} viewports, ${st.requests} requests (${st.prefetchRequests} prefetch), ` +
+      `${st.itemsFetched} items fetched, ${st.evictions} evictions; peak entries ${peak.entries}/${maxItems}, ` +
+      `peak bytes ${peak.bytes}/${maxBytes}; wasm memory ${samples.map(([i, b]) => `${i}:${(b / 2 ** 20).toFixed(2)}MiB`).join(' ')}; ` +
+      `peak timers ${peak.timers}, peak fetches ${peak.outstanding}, hit rate ${st.hitRate.toFixed(3)}, ` +
+      `${errors.unkept} "could not be kept" errors`);
+    cache.dispose();
+  } finally {
+    m.restore();
+    await big.close();
+  }
+}
+
+/** xorshift32, for a reproducible walk. */
+function rng(seed) {
+  let x = seed >>> 0 || 1;
+  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 2 ** 32; };
+}
+
+/** A viewport `zoom` of a 1280 x 800 screen centred at data-tile coordinates (cx, cy). */
+function screen(cx, cy, zoom) {
+  const w = (1280 / 256) * 2 ** (14 - zoom), h = (800 / 256) * 2 ** (14 - zoom);
+  const v = viewOf(0, 0, w, h, zoom);
+  const { west, south, east, north } = viewOf(cx - w / 2, cy - h / 2, w, h, zoom);
+  return { ...v, west, south, east, north };
+}
+
+test('a long session (3000 viewports, seeded random walk) stays within maxItems/maxBytes, with bounded wasm memory, timers and requests', async (t) => {
+  const r = rng(0x5eed);
+  const views = [];
+  let [cx, cy, zoom] = [SX, SY, 14.5];
+  for (let i = 0; i < 3000; i++) {
+    const a = r();
+    if (a < 0.7) { cx += (r() - 0.5) * 3; cy += (r() - 0.5) * 3; } // pan
+    else if (a < 0.85) zoom = Math.min(16, zoom + 0.5);
+    else zoom = Math.max(12.5, zoom - 0.5);
+    cx = Math.min(SX + 10, Math.max(SX - 10, cx));
+    cy = Math.min(SY + 10, Math.max(SY - 10, cy));
+    views.push(screen(cx, cy, zoom));
+  }
+  await longSession(t, 'random walk', views);
+});
+
+const FORECACHE = new URL('../../../shared/data/forecache-ndsi2d/', import.meta.url);
+
+/** The ForeCache study's sessions (10 real users) as viewports over the test city: each
+ * row's ZoomLevel L (0..6) is zoom 12 + L/2, a pan moves the view one screen tile (256 px)
+ * in the row's Angle, a zoom re-centres nothing (the city is small); the walk is kept
+ * inside the 24 x 24 block. */
+function forecacheViews() {
+  const views = [];
+  const files = readdirSync(FORECACHE).filter((f) => /^U_\d+\.csv$/.test(f)).sort();
+  for (const f of files) {
+    const [header, ...rows] = readFileSync(new URL(f, FORECACHE), 'utf8').trim().split('\n');
+    const cols = header.split(',');
+    const at = (name) => cols.indexOf(name);
+    let [cx, cy] = [SX + 0.5, SY + 0.5];
+    for (const line of rows) {
+      const cells = line.match(/("([^"]|"")*"|[^,]*)(,|$)/g).map((c) => c.replace(/,$/, ''));
+      const level = Number(cells[at('ZoomLevel')]), zoom = 12 + Math.min(6, Math.max(0, level)) / 2;
+      if (cells[at('Action')] === 'pan') {
+        const a = (Number(cells[at('Angle')]) * Math.PI) / 180, step = 2 ** (14 - zoom);
+        cx = Math.min(SX + 10, Math.max(SX - 10, cx + Math.cos(a) * step));
+        cy = Math.min(SY + 10, Math.max(SY - 10, cy - Math.sin(a) * step));
+      }
+      views.push(screen(cx, cy, zoom));
+    }
+  }
+  return views;
+}
+
+test('a long session over the real ForeCache navigation traces (10 users, replayed 3 times)', async (t) => {
+  if (!existsSync(FORECACHE)) {
+    t.skip(`../shared/data/forecache-ndsi2d/ is absent (${FORECACHE.pathname}); the seeded random walk above covers long sessions`);
+    return;
+  }
+  const once = forecacheViews();
+  await longSession(t, `ForeCache traces (${once.length} actions x 3)`, [...once, ...once, ...once]);
+});

@@ -1,0 +1,246 @@
+//! Access-tier isolation of the server as a property (issue 8): random sequences of batch
+//! requests at mixed tiers, some of them concurrent, over the shared cache tier (the
+//! in-process one, and Redis), with tile lists and items expiring (1 s TTLs) and the
+//! background warm-up filling the tier at the top tier, never answer a caller with an item
+//! above its tier, and always answer exactly what the origin holds for that tier.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PropConfig, TestRunner};
+use tilewarm::{decode_response, Access, BatchRequest, TileId};
+use tilewarm_server::{batch::answer, build, App};
+
+use crate::common::{config, redis_available, Config, RedisServer};
+
+/// A tile of the block: zoom 13 + dz, (dx, dy) on that zoom's grid of the block.
+type BlockTile = (u8, u32, u32);
+
+/// A request: tiles of the block, ids by index into the block's ids, the caller's tier.
+type Req = (Vec<BlockTile>, Vec<usize>, Access);
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// These requests at once.
+    Batch(Vec<Req>),
+    /// Let TTLs run out (real time: the server reads the clock itself).
+    Sleep(u64),
+}
+
+fn tier() -> impl Strategy<Value = Access> {
+    prop::sample::select(Access::ALL.to_vec())
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Tiles at zoom 13..=16 inside a 2 x 2 block of zoom-13 tiles: coarser tiles are split
+    // onto data tiles, finer ones filtered from their data tile.
+    let tile = (0u8..4, 0u32..16, 0u32..16);
+    let request = (
+        prop::collection::vec(tile, 0..5),
+        prop::collection::vec(0usize..400, 0..4),
+        tier(),
+    );
+    prop_oneof![
+        12 => prop::collection::vec(request, 1..4).prop_map(Op::Batch),
+        1 => (200u64..1300).prop_map(Op::Sleep),
+    ]
+}
+
+struct World {
+    app: Arc<App>,
+    /// The zoom-13 tile at the block's north-west corner.
+    corner: TileId,
+    ids: Vec<String>,
+}
+
+impl World {
+    async fn new(config: Config) -> World {
+        let app = build(config).await.expect("server builds");
+        let o = app.origin.index();
+        let dense = o
+            .occupied_tiles(13)
+            .into_iter()
+            .max_by_key(|&(_, n)| n)
+            .unwrap()
+            .0;
+        let corner = TileId::new(13, dense.x() & !1, dense.y() & !1).unwrap();
+        let mut ids: Vec<String> = (0..2)
+            .flat_map(|dy| (0..2).map(move |dx| (dx, dy)))
+            .flat_map(|(dx, dy)| {
+                let t = TileId::new(13, corner.x() + dx, corner.y() + dy).unwrap();
+                o.tile_items(t, Access::Agent)
+                    .map(|it| it.id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort();
+        assert!(ids.len() > 50, "a dense block: {} items", ids.len());
+        for a in Access::ALL {
+            let n = ids
+                .iter()
+                .filter(|id| {
+                    o.tile_items(corner.ancestor(11).unwrap(), Access::Agent)
+                        .any(|it| &it.id == *id && it.access == a)
+                })
+                .count();
+            assert!(n > 0, "items at {a:?} in the block");
+        }
+        World { app, corner, ids }
+    }
+
+    fn tile(&self, (dz, dx, dy): BlockTile) -> TileId {
+        // dz 0: zoom 13; 1: 14; 2: 15; 3: 16. (dx, dy) in 0..16 scaled to the zoom's grid.
+        let z = 13 + dz;
+        let n = 2u32 << dz; // the block is 2 x 2 zoom-13 tiles
+        TileId::new(
+            z,
+            (self.corner.x() << dz) + dx % n,
+            (self.corner.y() << dz) + dy % n,
+        )
+        .unwrap()
+    }
+
+    fn request(&self, (tiles, ids, access): &Req) -> BatchRequest {
+        let mut t: Vec<TileId> = tiles.iter().map(|&x| self.tile(x)).collect();
+        t.sort();
+        t.dedup();
+        let mut i: Vec<String> = ids
+            .iter()
+            .map(|&k| self.ids[k % self.ids.len()].clone())
+            .collect();
+        i.sort();
+        i.dedup();
+        BatchRequest {
+            tiles: t,
+            ids: i,
+            access: *access,
+        }
+    }
+
+    /// Checks one answer against the origin at the caller's tier.
+    fn check(&self, req: &BatchRequest, body: &str) -> Result<(), TestCaseError> {
+        let r = decode_response(body.as_bytes(), &self.app.limits)
+            .map_err(|e| TestCaseError::fail(format!("invalid answer: {e}")))?;
+        let o = self.app.origin.index();
+        for it in &r.items {
+            prop_assert!(
+                it.access <= req.access,
+                "{} ({:?}) sent to a {:?} caller",
+                it.id,
+                it.access,
+                req.access
+            );
+        }
+        prop_assert_eq!(r.tiles.len(), req.tiles.len());
+        for list in &r.tiles {
+            let got: BTreeSet<&str> = list.ids.iter().map(String::as_str).collect();
+            let truth: BTreeSet<&str> = o
+                .tile_items(list.tile, req.access)
+                .map(|it| it.id.as_str())
+                .collect();
+            prop_assert_eq!(got, truth, "tile {} at {:?}", list.tile, req.access);
+        }
+        for id in &req.ids {
+            let visible = o
+                .tile_items(self.corner.ancestor(0).unwrap(), req.access)
+                .any(|it| &it.id == id);
+            let sent = r.items.iter().any(|it| &it.id == id);
+            prop_assert_eq!(visible, sent, "id {} at {:?}", id, req.access);
+            prop_assert_eq!(
+                !visible,
+                r.missing.contains(id),
+                "id {} missing at {:?}",
+                id,
+                req.access
+            );
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, op: &Op) -> Result<(), TestCaseError> {
+        match op {
+            Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            Op::Batch(reqs) => {
+                let mut set = tokio::task::JoinSet::new();
+                for r in reqs {
+                    let req = self.request(r);
+                    let app = Arc::clone(&self.app);
+                    set.spawn(async move {
+                        let out = answer(&app, &req).await;
+                        (req, out)
+                    });
+                }
+                while let Some(done) = set.join_next().await {
+                    let (req, out) = done.expect("request task");
+                    let body = out.map_err(|e| {
+                        TestCaseError::fail(format!("refused {}: {}", req.to_json(), e.message))
+                    })?;
+                    self.check(&req, &body)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Short TTLs, so sequences see lists and items expire and get refilled at other tiers.
+fn tier_config() -> Config {
+    Config {
+        ttl_active_s: 1,
+        ttl_default_s: 1,
+        ttl_off_market_s: 2,
+        tile_ttl_s: 1,
+        warmup_ring: 1,
+        ..config()
+    }
+}
+
+fn run_property(config: Config, cases: u32) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // One server for the whole run: its cache tier is shared across cases (as across
+    // callers), so every case starts from whatever the earlier ones left in it.
+    let world = rt.block_on(World::new(config));
+    let mut runner = TestRunner::new(PropConfig {
+        cases,
+        failure_persistence: None,
+        ..PropConfig::default()
+    });
+    let result = runner.run(&prop::collection::vec(op(), 1..25), |ops| {
+        rt.block_on(async {
+            for op in &ops {
+                world.apply(op).await?;
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_in_process_tier_never_answers_above_the_callers_tier() {
+    run_property(tier_config(), 48);
+}
+
+#[test]
+fn the_redis_tier_never_answers_above_the_callers_tier() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    run_property(
+        Config {
+            redis: Some(redis.url()),
+            redis_timeout_ms: 500,
+            ..tier_config()
+        },
+        24,
+    );
+}
