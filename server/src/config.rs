@@ -146,6 +146,13 @@ pub struct Config {
     /// Most tiles per warm-up origin call.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub warmup_batch_tiles: usize,
+
+    /// Fault injection for the soak test (`server/soak/run.sh`), hidden from `--help`: with
+    /// N > 0, each SIGUSR1 the process receives toggles an extra N ms on every origin call
+    /// (off at start). Only a local process allowed to signal the server can flip it; no
+    /// HTTP route exists for it. 0 (the default) installs no handler.
+    #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
+    pub fault_origin_stall_ms: u64,
 }
 
 impl Default for Config {
