@@ -30,4 +30,4 @@ done
 PYTHONPATH=server/tests/schemathesis SCHEMATHESIS_HOOKS=tw_hooks \
   target/schemathesis-venv/bin/schemathesis run docs/openapi.yaml \
   --url "http://127.0.0.1:$port" --checks all --max-examples "$examples" --seed 1 \
-  --workers 1 --continue-on-failure --report junit --report-dir "$out" --no-color
+  --workers 1 --continue-on-failure --report junit --report-junit-path "$out/junit.xml" --no-color
