@@ -24,7 +24,8 @@ target/debug/tilewarm-server --listen "127.0.0.1:$port" --log-level warn \
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/healthz', timeout=1)" \
+    2>/dev/null && break
   kill -0 $server 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
   sleep 0.2
 done
