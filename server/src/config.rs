@@ -37,6 +37,13 @@ pub struct Config {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub origin_latency_ms: u64,
 
+    /// Longest wait for the origin on the request path, in milliseconds: a request whose
+    /// misses the origin has not answered by then gets a 504 `upstream_timeout` instead of
+    /// waiting on (requests the cache tier answers never wait for the origin). 0 waits
+    /// as long as the origin takes.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub origin_timeout_ms: u64,
+
     /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
     /// instead of the in-process cache.
     #[arg(long, value_name = "URL")]
