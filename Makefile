@@ -4,12 +4,14 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup
+.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup \
+	fuzz fuzz-smoke soak soak-smoke schemathesis
 
-## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, the npm
-## package and the Node tests against it, the edge worker under workerd, then the demo page
-## in headless Chromium. Node's summary is the closing output.
-test: lint cargo-test wasm-core pkg node-test edge-test demo-test
+## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, short passes
+## of the fuzz targets, the soak test and schemathesis, the npm package and the Node tests
+## against it, the edge worker under workerd, then the demo page in headless Chromium.
+## Node's summary is the closing output.
+test: lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg node-test edge-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
@@ -38,6 +40,30 @@ wasm-core:
 	@if cargo tree -e normal -p tilewarm --prefix none | grep -E '^(wasm-bindgen|js-sys|web-sys) '; then \
 	  echo "wasm-core: the core (no features) depends on web crates" >&2; exit 1; fi
 	scripts/wasm-cargo.sh build --lib
+
+## The cargo-fuzz targets in fuzz/ (nightly; scripts/setup.sh fuzz installs cargo-fuzz),
+## each for FUZZ_SECONDS; figures in target/fuzz/summary.md, crashers in
+## target/fuzz/artifacts/. fuzz-smoke is the short pass `make test` runs.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	scripts/fuzz.sh 3
+
+## Fixed-rate load on tilewarm-server with an origin stall and Redis killed and restarted;
+## passes on zero failed requests, bounded RSS and recovery (target/soak/soak.md).
+## soak-smoke is the 12 s variant `make test` runs.
+SOAK_SECONDS ?= 60
+soak:
+	server/soak/run.sh $(SOAK_SECONDS)
+
+soak-smoke:
+	PROFILE=dev server/soak/run.sh 12 --rate 20 --homes 5000 --out target/soak/smoke.md
+
+## schemathesis against docs/openapi.yaml on a running server (ST_MAX_EXAMPLES, default 50).
+schemathesis:
+	server/tests/schemathesis.sh
 
 ## The npm package in pkg/.
 pkg:

@@ -18,6 +18,8 @@
 #                 (npm install in edge/, after the node step)
 #   redis         Debian's redis-server (for suites that need it)
 #   chromium      Debian's chromium (for browser suites)
+#   fuzz          rustup's nightly toolchain and cargo-fuzz (pinned) for fuzz/ (scripts/fuzz.sh)
+#   schemathesis  a Python venv in target/schemathesis-venv with schemathesis (pinned)
 #   all           every step above
 #
 # TILEWARM_WASM_STD=rustup|debian forces how wasm-target gets a wasm32 std. By default a
@@ -152,6 +154,34 @@ step_edge() {
 }
 
 step_redis() { apt_install redis-server; }
+
+CARGO_FUZZ_VERSION=0.13.2
+step_fuzz() {
+  command -v rustup >/dev/null || die "rustup not found: the fuzz targets need its nightly toolchain"
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    say "rustup toolchain install nightly --profile minimal"
+    rustup toolchain install nightly --profile minimal
+  fi
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+  local have
+  have=$(cargo fuzz --version 2>/dev/null | awk '{print $2}' || true)
+  [ "$have" = "$CARGO_FUZZ_VERSION" ] && return 0
+  say "cargo install cargo-fuzz --version $CARGO_FUZZ_VERSION --locked${have:+ (found $have)}; takes about 3 minutes"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+}
+
+SCHEMATHESIS_VERSION=4.32.5
+step_schemathesis() {
+  local venv=target/schemathesis-venv
+  if [ "$("$venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}')" = "$SCHEMATHESIS_VERSION" ]; then
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install python3
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+  say "pip install schemathesis==$SCHEMATHESIS_VERSION into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
 step_chromium() { apt_install chromium; }
 
 [ $# -gt 0 ] || set -- wasm node
@@ -165,7 +195,9 @@ for step in "$@"; do
     edge) step_edge ;;
     redis) step_redis ;;
     chromium) step_chromium ;;
-    all) step_rust; step_wasm_target; step_wasm_bindgen; step_node; step_edge; step_redis; step_chromium ;;
-    *) die "unknown step '$step' (steps: rust wasm-target wasm-bindgen wasm node edge redis chromium all)" ;;
+    fuzz) step_fuzz ;;
+    schemathesis) step_schemathesis ;;
+    all) step_rust; step_wasm_target; step_wasm_bindgen; step_node; step_edge; step_redis; step_chromium; step_fuzz; step_schemathesis ;;
+    *) die "unknown step '$step' (steps: rust wasm-target wasm-bindgen wasm node edge redis chromium fuzz schemathesis all)" ;;
   esac
 done

@@ -1018,18 +1018,38 @@ fn parse<'de, S: DeserializeSeed<'de>>(
         .map_err(|e| slot.take().unwrap_or_else(|| json_error(&e)))
 }
 
+/// Longest serde_json message kept in [`ProtocolError::Json`], in characters. serde_json
+/// quotes an offending string whole (`invalid type: string "…", expected …`), so without a
+/// cap a body that is one long string came back in full in the error (found by the
+/// `server_request` fuzz target). Longer messages keep their head and their tail (what
+/// was expected), joined by `…`.
+const MAX_JSON_MESSAGE_CHARS: usize = 256;
+
 fn json_error(e: &serde_json::Error) -> ProtocolError {
     let (line, column) = (e.line(), e.column());
     let full = e.to_string();
     let message = full
         .strip_suffix(&format!(" at line {line} column {column}"))
-        .unwrap_or(&full)
-        .to_owned();
+        .unwrap_or(&full);
     ProtocolError::Json {
         line,
         column,
-        message,
+        message: clip_middle(message, MAX_JSON_MESSAGE_CHARS),
     }
+}
+
+/// `s` if it has at most `max` characters; else its first `max * 5 / 8` and last
+/// `max / 4` characters joined by `…`.
+fn clip_middle(s: &str, max: usize) -> String {
+    let count = s.chars().count();
+    if count <= max {
+        return s.to_owned();
+    }
+    let (head, tail) = (max * 5 / 8, max / 4);
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(count - tail));
+    out
 }
 
 /// A JSON array (or `null`, read as empty) of at most `max` elements, each read with a seed
@@ -2078,6 +2098,34 @@ mod tests {
             decode_request(unbalanced.as_bytes(), &lim()),
             Err(ProtocolError::Json { .. })
         ));
+    }
+
+    #[test]
+    fn json_errors_quote_at_most_a_bounded_part_of_the_input() {
+        // Regression (fuzz target server_request): serde_json quotes a wrongly typed
+        // string whole, so a body that was one long string came back in full.
+        let long = format!("\"{}\"", "2".repeat(5_000));
+        let l = Limits::default();
+        for e in [
+            decode_request(long.as_bytes(), &l).unwrap_err(),
+            decode_response(long.as_bytes(), &l).unwrap_err(),
+            decode_request(format!("{{\"tiles\":{long}}}").as_bytes(), &l).unwrap_err(),
+        ] {
+            let msg = e.to_string();
+            assert!(
+                msg.chars().count() <= 400,
+                "{} characters: {msg}",
+                msg.len()
+            );
+            assert!(
+                msg.starts_with("malformed JSON at line 1, column "),
+                "{msg}"
+            );
+            assert!(msg.contains("invalid type: string \"222"), "{msg}");
+            assert!(msg.contains('…') && msg.contains("expected"), "{msg}");
+        }
+        assert_eq!(clip_middle("abcdefgh", 8), "abcdefgh");
+        assert_eq!(clip_middle("abcdefghij", 8), "abcde…ij");
     }
 
     #[test]

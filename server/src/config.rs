@@ -37,6 +37,13 @@ pub struct Config {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub origin_latency_ms: u64,
 
+    /// Longest wait for the origin on the request path, in milliseconds: a request whose
+    /// misses the origin has not answered by then gets a 504 `upstream_timeout` instead of
+    /// waiting on (requests the cache tier answers never wait for the origin). 0 waits
+    /// as long as the origin takes.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub origin_timeout_ms: u64,
+
     /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
     /// instead of the in-process cache.
     #[arg(long, value_name = "URL")]
@@ -146,6 +153,13 @@ pub struct Config {
     /// Most tiles per warm-up origin call.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub warmup_batch_tiles: usize,
+
+    /// Fault injection for the soak test (`server/soak/run.sh`), hidden from `--help`: with
+    /// N > 0, each SIGUSR1 the process receives toggles an extra N ms on every origin call
+    /// (off at start). Only a local process allowed to signal the server can flip it; no
+    /// HTTP route exists for it. 0 (the default) installs no handler.
+    #[arg(long, default_value_t = 0, value_name = "MS", hide = true)]
+    pub fault_origin_stall_ms: u64,
 }
 
 impl Default for Config {

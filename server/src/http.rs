@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tilewarm::{decode_request, ErrorBody, ErrorCode};
+use tilewarm::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
@@ -159,19 +159,9 @@ async fn batch_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
 }
 
 async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
-    if let Some(ct) = headers.get(CONTENT_TYPE) {
-        if !is_json(ct) {
-            let got = String::from_utf8_lossy(ct.as_bytes())
-                .chars()
-                .take(64)
-                .collect::<String>();
-            return error_response(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "content-type {got:?} is not accepted: send application/json (or text/plain)"
-                ),
-            );
-        }
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    if let Err(e) = check_content_type(content_type) {
+        return error_response(e.code, e.message);
     }
     let max = app.limits.max_body_bytes;
     let declared = headers
@@ -199,17 +189,56 @@ async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
             );
         }
     };
-    let request = match decode_request(&bytes, &app.limits) {
+    let request = match parse_batch(content_type, &bytes, &app.limits) {
         Ok(r) => r,
-        Err(e) => {
-            let body = ErrorBody::from(&e);
-            return error_response(body.code, body.message);
-        }
+        Err(e) => return error_response(e.code, e.message),
     };
     match batch::answer(app, &request).await {
         Ok(json) => json_response(json),
         Err(refusal) => error_response(refusal.code, refusal.message),
     }
+}
+
+/// A `Content-Type` the batch endpoint accepts, or the 415 body naming what was sent.
+/// No header is accepted (the body must still be JSON).
+fn check_content_type(content_type: Option<&[u8]>) -> Result<(), ErrorBody> {
+    let Some(ct) = content_type else {
+        return Ok(());
+    };
+    if HeaderValue::from_bytes(ct).is_ok_and(|v| is_json(&v)) {
+        return Ok(());
+    }
+    let got = String::from_utf8_lossy(ct)
+        .chars()
+        .take(64)
+        .collect::<String>();
+    Err(ErrorBody {
+        code: ErrorCode::UnsupportedMediaType,
+        message: format!(
+            "content-type {got:?} is not accepted: send application/json (or text/plain)"
+        ),
+    })
+}
+
+/// Everything `POST /v1/batch` checks about a request before answering it, as a pure
+/// function of the `Content-Type` header's bytes, the body and the limits: the media type,
+/// the size, then the core's bounded [`decode_request`] (syntax, counts, zooms, ids, tier).
+/// The handler reads the body (refusing one longer than `max_body_bytes` while reading)
+/// and calls this; the fuzz target `server_request` calls it directly.
+pub fn parse_batch(
+    content_type: Option<&[u8]>,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<BatchRequest, ErrorBody> {
+    check_content_type(content_type)?;
+    let max = limits.max_body_bytes;
+    if body.len() > max {
+        return Err(ErrorBody {
+            code: ErrorCode::PayloadTooLarge,
+            message: format!("body is {} bytes, at most {max} are allowed", body.len()),
+        });
+    }
+    decode_request(body, limits).map_err(|e| ErrorBody::from(&e))
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
@@ -264,6 +293,31 @@ mod tests {
         ] {
             assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
         }
+    }
+
+    #[test]
+    fn parse_batch_checks_media_type_size_then_body() {
+        let l = Limits {
+            max_body_bytes: 64,
+            ..Limits::default()
+        };
+        let body = br#"{"tiles":["14/2624/5721"]}"#;
+        for ct in [None, Some(&b"application/json"[..]), Some(b"text/plain")] {
+            let r = parse_batch(ct, body, &l).unwrap();
+            assert_eq!(r.tiles.len(), 1, "{ct:?}");
+        }
+        let e = parse_batch(Some(b"text/xml"), body, &l).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedMediaType);
+        assert!(e.message.contains("\"text/xml\""), "{}", e.message);
+        // Not a valid header value at all: still a 415 that quotes it, not a panic.
+        let e = parse_batch(Some(b"\x00\xff"), body, &l).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedMediaType);
+        let big = vec![b' '; 65];
+        let e = parse_batch(None, &big, &l).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(e.message, "body is 65 bytes, at most 64 are allowed");
+        let e = parse_batch(None, b"{}", &l).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod config;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod origin;
 pub mod tier;
@@ -157,7 +158,40 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     if let Some(rx) = rx {
         warmup::run_workers(Arc::downgrade(&app), rx, app.config.warmup_workers);
     }
+    if app.config.fault_origin_stall_ms > 0 {
+        stall_on_sigusr1(Arc::downgrade(&app))?;
+    }
     Ok(app)
+}
+
+/// The soak test's fault hook: each SIGUSR1 toggles `--fault-origin-stall-ms` of extra
+/// latency on every origin call. Ends with the app.
+#[cfg(unix)]
+fn stall_on_sigusr1(app: std::sync::Weak<App>) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| {
+        StartError::Other(format!("--fault-origin-stall-ms: no SIGUSR1 handler: {e}"))
+    })?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            let Some(app) = app.upgrade() else { break };
+            let ms = if app.origin.stall_ms() == 0 {
+                app.config.fault_origin_stall_ms
+            } else {
+                0
+            };
+            app.origin.set_stall_ms(ms);
+            tracing::warn!(stall_ms = ms, "fault hook: origin stall toggled");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn stall_on_sigusr1(_app: std::sync::Weak<App>) -> Result<(), StartError> {
+    Err(StartError::Other(
+        "--fault-origin-stall-ms needs Unix signals".into(),
+    ))
 }
 
 /// Builds the app and serves it on `config.listen` until [`Server::shutdown`].

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub redis_recoveries: AtomicU64,
     /// Requests answered without the cache tier because it was unavailable.
     pub degraded_requests: AtomicU64,
+    /// Requests refused with 504 because the origin passed `--origin-timeout-ms`.
+    pub origin_timeouts: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -253,6 +255,11 @@ impl Metrics {
                 "tilewarm_degraded_requests_total",
                 "Requests answered from the origin because the cache tier was unavailable.",
                 &self.degraded_requests,
+            ),
+            (
+                "tilewarm_origin_timeouts_total",
+                "Requests refused with 504 because the origin did not answer within --origin-timeout-ms.",
+                &self.origin_timeouts,
             ),
         ] {
             counter(&mut out, name, help);

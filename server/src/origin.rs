@@ -2,6 +2,7 @@
 //! expensive valuation API it stands in for — every call waits `--origin-latency-ms` and is
 //! counted.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub enum CallSource {
 pub struct OriginService {
     origin: Origin<RawData>,
     latency: Duration,
+    /// Extra latency injected by the soak test's fault hook (`--fault-origin-stall-ms`).
+    stall_ms: AtomicU64,
     tile_ttl_s: u32,
     metrics: Arc<Metrics>,
 }
@@ -46,6 +49,7 @@ impl OriginService {
         Ok(OriginService {
             origin: Origin::new(items)?,
             latency: Duration::from_millis(config.origin_latency_ms),
+            stall_ms: AtomicU64::new(0),
             tile_ttl_s: config.tile_ttl_s as u32,
             metrics,
         })
@@ -68,14 +72,25 @@ impl OriginService {
             CallSource::Request => self.metrics.origin_calls_request.fetch_add(1, Relaxed),
             CallSource::Warmup => self.metrics.origin_calls_warmup.fetch_add(1, Relaxed),
         };
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let latency = self.latency + Duration::from_millis(self.stall_ms.load(Relaxed));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         let response = self.origin.answer(request, Some(self.tile_ttl_s));
         self.metrics
             .origin_items
             .fetch_add(response.items.len() as u64, Relaxed);
         response
+    }
+
+    /// Sets the injected extra latency of every origin call (the fault hook); 0 clears it.
+    pub fn set_stall_ms(&self, ms: u64) {
+        self.stall_ms.store(ms, Relaxed);
+    }
+
+    /// The injected extra latency, in ms.
+    pub fn stall_ms(&self) -> u64 {
+        self.stall_ms.load(Relaxed)
     }
 
     /// Items inside `tile` visible at `access`, from the index (free: no origin call).

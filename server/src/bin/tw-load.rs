@@ -11,21 +11,19 @@
 //!    the same redis-server in the same run.
 //! 4. Prints a markdown table with ratios and writes it to `--out`.
 
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Origin, TileId};
+use tilewarm::{Access, BatchRequest, Origin};
+use tilewarm_server::loadgen::{
+    free_port, http_client, plan_batches, post_batch, start_server, wait_port, HttpClient, Proc,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,56 +53,6 @@ struct Args {
     seed: u64,
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// 4x4 blocks of data tiles, each around a different occupied tile (deterministic).
-fn plan_batches(origin: &Origin<tilewarm::RawData>, n: usize) -> Vec<Vec<TileId>> {
-    let occupied: Vec<TileId> = origin
-        .occupied_tiles(14)
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
-    let step = (occupied.len() / n.max(1)).max(1);
-    occupied
-        .iter()
-        .step_by(step)
-        .take(n)
-        .map(|&t| {
-            let mut block = Vec::with_capacity(16);
-            for dy in -1..3 {
-                for dx in -1..3 {
-                    if let Some(b) = t.offset(dx, dy) {
-                        block.push(b);
-                    }
-                }
-            }
-            block
-        })
-        .collect()
-}
-
 struct Run {
     label: String,
     batches: u64,
@@ -124,8 +72,7 @@ fn percentile(sorted_us: &[u64], p: f64) -> f64 {
 }
 
 async fn load(label: &str, url: &str, bodies: &[String], concurrency: usize, seconds: u64) -> Run {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = http_client();
     let url: hyper::Uri = format!("{url}/v1/batch").parse().expect("url");
     let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.iter().map(|b| Bytes::from(b.clone())).collect());
     // Warm every batch (and let the warm-up queue drain).
@@ -188,44 +135,11 @@ async fn load(label: &str, url: &str, bodies: &[String], concurrency: usize, sec
 }
 
 /// POSTs a batch; the number of items in the answer, or None on failure.
-async fn post(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    url: &hyper::Uri,
-    body: Bytes,
-) -> Option<u64> {
-    let req = hyper::Request::post(url.clone())
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .ok()?;
-    let resp = client.request(req).await.ok()?;
-    if resp.status() != 200 {
-        return None;
+async fn post(client: &HttpClient, url: &hyper::Uri, body: Bytes) -> Option<u64> {
+    match post_batch(client, url, body).await {
+        Ok((200, n)) => Some(n),
+        _ => None,
     }
-    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    #[derive(serde::Deserialize)]
-    struct Count {
-        items: Vec<serde::de::IgnoredAny>,
-    }
-    let c: Count = serde_json::from_slice(&bytes).ok()?;
-    Some(c.items.len() as u64)
-}
-
-fn start_server(bin: &PathBuf, port: u16, extra: &[String]) -> Proc {
-    let child = Command::new(bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let p = Proc(child);
-    wait_port(port, Duration::from_secs(60));
-    p
 }
 
 /// `redis-benchmark` MGET of `keys`: (rps, p50 ms, p99 ms).

@@ -503,6 +503,49 @@ async fn origin_latency_is_paid_once_per_request_and_counted() {
     s.shutdown().await;
 }
 
+/// Issue 8: a stalled origin (the soak test's fault hook, 60 s on every call) makes the
+/// requests that need it fail with a 504 `upstream_timeout` after `--origin-timeout-ms`,
+/// instead of holding them; requests the cache tier answers do not notice; the next
+/// request after the stall is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_origin_times_out_misses_and_leaves_hits_alone() {
+    let o = origin(42, 5_000);
+    let occupied: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let (warm, cold) = (&occupied[..4], &occupied[4..8]);
+    let http = Http::new();
+    let s = server(common::Config {
+        origin_timeout_ms: 200,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let warm_body = request(warm, &[], Access::Public);
+    let cold_body = request(cold, &[], Access::Public);
+    let before = http.ok(&s, &warm_body).await;
+
+    s.app.origin.set_stall_ms(60_000);
+    let ids = |r: &tilewarm::BatchResponse<RawData>| {
+        r.tiles.iter().map(|t| t.ids.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&http.ok(&s, &warm_body).await), ids(&before));
+    let r = http.batch(&s, &cold_body).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("200 ms"), "{message}");
+    assert_eq!(s.app.metrics.origin_timeouts.load(Relaxed), 1);
+
+    s.app.origin.set_stall_ms(0);
+    let after = http.ok(&s, &cold_body).await;
+    assert_eq!(after.tiles.len(), cold.len());
+    let metrics = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(
+        metrics.contains("tilewarm_origin_timeouts_total 1"),
+        "{metrics}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_files_king_county_csv_and_json_lines() {
     let dir = std::env::temp_dir().join(format!("tw-data-{}", std::process::id()));

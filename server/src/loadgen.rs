@@ -1,0 +1,150 @@
+//! Loopback load-generation helpers shared by the `tw-load` benchmark and the `tw-soak`
+//! soak test: child processes killed on drop, free ports, the deterministic 16-tile
+//! batches, and a small HTTP client.
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tilewarm::{Origin, RawData, TileId};
+
+/// The HTTP client the load generators use.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new HTTP/1 client.
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something listens on `port`; panics after `within`.
+pub fn wait_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `bin` as `tilewarm-server` on `port` (log level warn, `extra` flags) and waits
+/// until it listens.
+pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
+    let child = Command::new(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let p = Proc(child);
+    wait_port(port, Duration::from_secs(60));
+    p
+}
+
+/// `n` 4x4 blocks of data tiles (zoom 14), each around a different occupied tile
+/// (deterministic).
+pub fn plan_batches(origin: &Origin<RawData>, n: usize) -> Vec<Vec<TileId>> {
+    let occupied: Vec<TileId> = origin
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let step = (occupied.len() / n.max(1)).max(1);
+    occupied
+        .iter()
+        .step_by(step)
+        .take(n)
+        .map(|&t| {
+            let mut block = Vec::with_capacity(16);
+            for dy in -1..3 {
+                for dx in -1..3 {
+                    if let Some(b) = t.offset(dx, dy) {
+                        block.push(b);
+                    }
+                }
+            }
+            block
+        })
+        .collect()
+}
+
+/// POSTs a batch body to `url`: the status and, for a 200, the number of items; `Err`
+/// for a transport failure or an unreadable body.
+pub async fn post_batch(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: Bytes,
+) -> Result<(u16, u64), String> {
+    let req = hyper::Request::post(url.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status != 200 {
+        return Ok((status, 0));
+    }
+    #[derive(serde::Deserialize)]
+    struct Count {
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    let c: Count = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    Ok((status, c.items.len() as u64))
+}
+
+/// GETs `url`'s body as text (for `/healthz` and `/metrics`).
+pub async fn get_text(client: &HttpClient, url: &str) -> Result<String, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let req = hyper::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

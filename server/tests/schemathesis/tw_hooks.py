@@ -1,0 +1,49 @@
+"""Schemathesis hooks for tilewarm-server (loaded by server/tests/schemathesis.sh).
+
+The spec's `Tile` pattern allows `z/x/y` with any x and y of up to 8 digits; the protocol
+also needs x, y < 2^z, which JSON Schema cannot say. Without this hook most generated
+"valid" requests hold a tile that does not exist and are rightly refused with a 400, and
+positive_data_acceptance reports them. The hook wraps x and y of every well-formed tile
+into range, so schema-valid bodies are also protocol-valid; bodies that break the schema
+in any other way (negative cases) stay invalid: a string that does not match the pattern
+is left as it is.
+
+Likewise the spec's `Id` says `maxLength: 256` characters where the protocol allows 256
+UTF-8 bytes (JSON Schema counts characters); a schema-valid id over 256 bytes is cut to
+256 bytes at a character boundary. Longer (schema-invalid) ids are left alone.
+"""
+
+import re
+
+import schemathesis
+
+TILE = re.compile(r"^(?:[0-9]|1[0-9]|2[0-4])/[0-9]{1,8}/[0-9]{1,8}$")
+
+
+def existing(tile):
+    if not isinstance(tile, str) or not TILE.match(tile):
+        return tile
+    z, x, y = (int(p) for p in tile.split("/"))
+    n = 1 << z
+    return f"{z}/{x % n}/{y % n}"
+
+
+def within_bytes(id_):
+    if not isinstance(id_, str) or len(id_) > 256:
+        return id_
+    data = id_.encode("utf-8", "surrogatepass")
+    if len(data) <= 256:
+        return id_
+    return data[:256].decode("utf-8", "ignore") or id_
+
+
+@schemathesis.hook
+def map_body(ctx, body):
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    if isinstance(body.get("tiles"), list):
+        body["tiles"] = [existing(t) for t in body["tiles"]]
+    if isinstance(body.get("ids"), list):
+        body["ids"] = [within_bytes(i) for i in body["ids"]]
+    return body
