@@ -113,17 +113,27 @@ fn check_lat(what: &'static str, value: f64) -> Result<f64, TileError> {
 /// `x.rem_euclid(n)` for `n > 0`, with `floor` (one wasm instruction) instead of the
 /// `fmod` behind `%`, which costs the wasm about 2 KB (`fmod` and a 128-bit division).
 /// The same result as `rem_euclid` for `x` in `-n..n` (every caller in the core except
-/// [`wrap_lon`] of a longitude outside -540..180); beyond that within an ulp or so. Like
-/// `rem_euclid`, it can round up to exactly `n` for a tiny negative `x`.
+/// [`wrap_lon`] of a longitude outside -540..180); beyond that within an ulp or so of `x`.
+/// Like `rem_euclid`, it can round up to exactly `n` for a tiny negative `x`; the result is
+/// always in `0..=n` for finite `x` (NaN for NaN or an infinity).
 #[inline]
 pub(crate) fn rem_euclid(x: f64, n: f64) -> f64 {
-    let r = x - n * (x / n).floor();
-    // A quotient that rounded up to a whole number leaves a tiny negative remainder.
-    if r < 0.0 {
-        r + n
-    } else {
-        r
+    let mut r = x;
+    // One step is exact enough for any |x| up to about 2^52·n. A huger x (a longitude of
+    // 1e300 is finite, so Bbox::new takes it) leaves a remainder as large as x's rounding
+    // error, far outside 0..n: step again; each step shrinks it by about 2^-52, so 21
+    // steps reach 0..=n from any finite f64 (found by the viewport_cover fuzz target).
+    for _ in 0..24 {
+        r -= n * (r / n).floor();
+        // A quotient that rounded up to a whole number leaves a tiny negative remainder.
+        if r < 0.0 {
+            r += n;
+        }
+        if (0.0..=n).contains(&r) || r.is_nan() {
+            return r;
+        }
     }
+    r
 }
 
 /// Wraps any finite longitude into `[-180, 180)`.
@@ -829,6 +839,28 @@ pub fn ring_around(set: &[TileId], k: u32) -> Result<Vec<TileId>, TileError> {
 mod tests {
     use super::*;
 
+    /// Found by the viewport_cover fuzz target: a finite but absurd longitude made
+    /// `wrap_lon` (floor-based remainder) return a value far outside the map, so the box's
+    /// width came out as -4.9e300.
+    #[test]
+    fn huge_finite_longitudes_still_wrap_onto_the_map() {
+        for w in [
+            -4.872657005700001e300,
+            1e300,
+            -f64::MAX,
+            f64::MAX,
+            2f64.powi(60) + 7.0,
+        ] {
+            let lon = wrap_lon(w);
+            assert!((-180.0..180.0).contains(&lon), "wrap_lon({w}) = {lon}");
+            let b = Bbox::new(w, 0.0, 10.0, 10.0).unwrap();
+            assert!((0.0..=360.0).contains(&b.width()), "width {}", b.width());
+            let r = cover_range(&b, 3).unwrap();
+            assert!(r.nx >= 1 && r.nx <= 8);
+            assert!(TileId::from_lon_lat(w, 5.0, 3).is_ok());
+        }
+    }
+
     #[test]
     fn seattle_reference() {
         let t = TileId::from_lon_lat(-122.3321, 47.6062, 14).unwrap();
@@ -969,6 +1001,17 @@ mod tests {
                         "x {} n {}: {} vs {}", x, n, ours, std);
                 }
                 prop_assert!((0.0..=n).contains(&ours));
+            }
+
+            #[test]
+            fn rem_euclid_stays_in_range_for_any_finite_x(
+                x in any::<f64>().prop_filter("finite", |x| x.is_finite()),
+                n in prop::sample::select(vec![1.0, 4.0, 360.0, 16384.0]),
+            ) {
+                let r = rem_euclid(x, n);
+                prop_assert!((0.0..=n).contains(&r), "x {} n {}: {}", x, n, r);
+                let w = wrap_lon(x);
+                prop_assert!((-180.0..180.0).contains(&w), "wrap_lon({}) = {}", x, w);
             }
 
             #[test]
