@@ -72,11 +72,39 @@ function originRequest(url, body, timeoutMs, purpose) {
   });
 }
 
-/** Reads a body up to `max` bytes; a longer one is reported as an origin failure. */
-async function readBody(res, max) {
-  const len = Number(res.headers.get('content-length'));
-  if (len > max) throw new Error(`the origin's answer is ${len} bytes, at most ${max} are read`);
-  return new Uint8Array(await res.arrayBuffer());
+class TooLarge extends Error {}
+
+/**
+ * Reads a request's or response's body, at most `max` bytes: a declared `content-length`
+ * over it is refused before reading, and a chunked body is read as a stream and cancelled
+ * once it passes `max`, so no body larger than the limit is ever held in the isolate's
+ * memory (128 MB). Throws `TooLarge` naming `what`.
+ */
+async function readBody(r, max, what) {
+  const declared = Number(r.headers.get('content-length'));
+  if (declared > max) throw new TooLarge(`${what} is ${declared} bytes, at most ${max} are allowed`);
+  if (!r.body) return new Uint8Array(0);
+  const reader = r.body.getReader();
+  const chunks = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.byteLength;
+    if (n > max) {
+      await reader.cancel().catch(() => {});
+      throw new TooLarge(`${what} is more than ${max} bytes, at most ${max} are allowed`);
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
 }
 
 /**
@@ -107,7 +135,7 @@ export function createWorker(defaults = {}) {
   async function warm(origin, body) {
     try {
       const res = await originRequest(origin, body, options.warmTimeoutMs, 'warm');
-      const bytes = await readBody(res, proxy.maxBodyBytes);
+      const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       proxy.warmed(body, res.status, bytes, Date.now());
     } catch {
       // Warming is best effort: a failure leaves the cache as it was.
@@ -125,18 +153,20 @@ export function createWorker(defaults = {}) {
         `content-type ${JSON.stringify(ct.slice(0, 64))} is not accepted: send application/json (or text/plain)`);
     }
     const max = proxy.maxBodyBytes;
-    const declared = Number(request.headers.get('content-length'));
-    if (declared > max) {
-      return error(413, 'payload_too_large', `body is ${declared} bytes, at most ${max} are allowed`);
+    let body;
+    try {
+      body = await readBody(request, max, 'body');
+    } catch (e) {
+      if (e instanceof TooLarge) return error(413, 'payload_too_large', e.message);
+      return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
     }
-    const body = new Uint8Array(await request.arrayBuffer());
     const step = take(proxy.begin(body, Date.now()));
     if (!step.origin) return respond(step);
 
     let done;
     try {
       const res = await originRequest(origin, step.origin, options.originTimeoutMs, 'request');
-      const bytes = await readBody(res, max);
+      const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
     } catch (e) {
       const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';

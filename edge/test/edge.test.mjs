@@ -156,6 +156,10 @@ describe('edge worker under workerd', () => {
     const big = await postLarge(edge.batch, 9 * 1024 * 1024);
     assert.equal(big.status, 413);
     assert.equal(big.json.error.code, 'payload_too_large');
+    const chunked = await postLarge(edge.batch, 9 * 1024 * 1024, { chunked: true });
+    assert.equal(chunked.status, 413);
+    assert.equal(chunked.json.error.code, 'payload_too_large');
+    assert.match(chunked.json.error.message, /more than \d+ bytes/);
     const form = await post(edge.batch, '{}', { 'content-type': 'application/x-www-form-urlencoded' });
     assert.equal(form.status, 415);
     const get = await fetch(edge.batch);
@@ -191,6 +195,18 @@ describe('edge worker under workerd', () => {
       const hit = await post(edge.batch, { tiles: [cached], access: 'verified' });
       assert.equal(hit.status, 200);
       assert.equal(hit.cache, 'hit');
+    } finally {
+      relay.mode = 'pass';
+    }
+  });
+
+  it('refuses an origin answer over the body limit (502) without reading it all', async () => {
+    relay.mode = 'huge';
+    try {
+      const r = await post(edge.batch, { tiles: ['14/2640/5730'], access: 'public' });
+      assert.equal(r.status, 502);
+      assert.equal(r.json.error.code, 'upstream_error');
+      assert.match(r.json.error.message, /more than \d+ bytes/);
     } finally {
       relay.mode = 'pass';
     }

@@ -69,6 +69,26 @@ export async function startRelay(target) {
     relay.seen.push({ purpose: req.headers['x-tilewarm-purpose'] ?? '', body: JSON.parse(body) });
     if (relay.mode === 'stall') return; // the worker's timeout ends it
     if (relay.mode === 'drop') return req.socket.destroy();
+    if (relay.mode === 'huge') {
+      // 12 MiB of JSON whitespace, chunked (no content-length): the worker must stop
+      // reading at its limit rather than buffer it.
+      res.on('error', () => {});
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      let sent = 0;
+      const pump = () => {
+        while (sent < 12 * 1024 * 1024 && !res.destroyed) {
+          sent += chunk.length;
+          if (!res.write(chunk)) {
+            res.once('drain', pump);
+            return;
+          }
+        }
+        if (!res.destroyed) res.end();
+      };
+      pump();
+      return;
+    }
     try {
       const r = await fetch(relay.target, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
       const text = await r.text();
@@ -140,18 +160,37 @@ export function shape(resp) {
  * Declares a `size`-byte body and sends none of it: a server that refuses a body by its
  * content-length answers before reading it. Resolves with { status, json }.
  */
-export function postLarge(url, size) {
+export function postLarge(url, size, { chunked = false } = {}) {
   return new Promise((ok, fail) => {
-    const req = httpRequest(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'content-length': size },
-    }, async (res) => {
+    const headers = { 'content-type': 'application/json' };
+    // Without a content-length Node sends the body chunked: the worker cannot refuse it
+    // from the headers and must stop reading it at the limit.
+    if (!chunked) headers['content-length'] = size;
+    let answered = false;
+    const req = httpRequest(url, { method: 'POST', headers }, async (res) => {
+      answered = true;
       let text = '';
       for await (const c of res) text += c;
       req.destroy();
       ok({ status: res.statusCode, json: JSON.parse(text) });
     });
-    req.on('error', fail);
-    req.flushHeaders();
+    req.on('error', (e) => { if (!answered) fail(e); });
+    if (!chunked) {
+      req.flushHeaders();
+      return;
+    }
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let sent = 0;
+    const pump = () => {
+      while (!answered && sent < size) {
+        sent += chunk.length;
+        if (!req.write(chunk)) {
+          req.once('drain', pump);
+          return;
+        }
+      }
+      if (!answered) req.end();
+    };
+    pump();
   });
 }
