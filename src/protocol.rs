@@ -327,6 +327,23 @@ fn ttl_from_wire(n: Option<Number>, limits: &Limits) -> Result<Option<u32>, Stri
     }
 }
 
+/// An entry's wire `ttl`: whole seconds left until `exp_ms`, rounded up, at least 1 (an
+/// entry still being served is never sent as already expired). The server and the edge
+/// proxy both answer with it.
+///
+/// ```
+/// use tilewarm::protocol::ttl_left_s;
+/// assert_eq!(ttl_left_s(10_500, 10_000), 1);
+/// assert_eq!(ttl_left_s(12_001, 10_000), 3);
+/// assert_eq!(ttl_left_s(5_000, 10_000), 1);
+/// ```
+pub fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
+    exp_ms
+        .saturating_sub(now_ms)
+        .div_ceil(1000)
+        .clamp(1, u64::from(u32::MAX)) as u32
+}
+
 /// Checks one item's fields: id, `lon` finite in −180..=180, `lat` finite in −90..=90,
 /// class, and ttl (see the [module docs](self) for the rules). Used by [`decode_response`]
 /// through [`BatchResponse::validate`], and by decoders that build items themselves.

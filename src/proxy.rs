@@ -50,8 +50,8 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::cache::{CacheConfig, CacheError, CacheStats, ItemMeta, Priority, TileCache, TileState};
 use crate::protocol::{
-    decode_error, decode_response, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Item, Limits,
-    RawData, TileList,
+    decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, ErrorBody, ErrorCode,
+    Item, Limits, RawData, TileList,
 };
 use crate::tile::{ring_around, TileId};
 use crate::{HashMap, HashSet};
@@ -232,14 +232,6 @@ type TileRead = (Vec<(String, f64, f64)>, u64);
 
 /// Most ids remembered as missing, per tier (least recently used go first).
 pub const MAX_MISSING_IDS: usize = 4096;
-
-/// Seconds left until `exp_ms`, rounded up, at least 1 (the server's rule).
-fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
-    exp_ms
-        .saturating_sub(now_ms)
-        .div_ceil(1000)
-        .clamp(1, u64::from(u32::MAX)) as u32
-}
 
 /// The bytes an item is charged in the cache: its strings and payload plus a fixed overhead.
 fn size_of(item: &Item<RawData>) -> usize {

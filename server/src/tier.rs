@@ -34,11 +34,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whole seconds left until `exp_ms`, at least 1.
-pub fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
-    let ms = exp_ms.saturating_sub(now_ms);
-    (ms.div_ceil(1000)).clamp(1, u32::MAX as u64) as u32
-}
+/// Whole seconds left until an expiry, at least 1: the protocol's rule, shared with the
+/// edge proxy.
+pub use tilewarm::protocol::ttl_left_s;
 
 /// One item as the cache tier holds it: the wire item plus its expiry.
 #[derive(Debug, Serialize, Deserialize)]
