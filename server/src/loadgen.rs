@@ -114,14 +114,7 @@ pub async fn post_batch(
         .header("content-type", "application/json")
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let (status, bytes) = send(client, req).await?;
     if status != 200 {
         return Ok((status, 0));
     }
@@ -139,12 +132,22 @@ pub async fn get_text(client: &HttpClient, url: &str) -> Result<String, String> 
     let req = hyper::Request::get(uri)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
+    let (_, bytes) = send(client, req).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Sends `req` and reads the whole answer: its status and body.
+async fn send(
+    client: &HttpClient,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), String> {
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok((status, bytes))
 }
