@@ -278,11 +278,8 @@ enum Breaker {
 
 #[derive(Clone, Debug)]
 struct InFlight {
-    kind: Kind,
-    works: Vec<Work>,
-    loose_ids: Vec<String>,
-    sent_at_ms: u64,
-    attempt: u32,
+    /// What the request is for, handed back as it is when the request ends.
+    request: Finished,
     deadline_ms: u64,
 }
 
@@ -308,7 +305,10 @@ pub struct Batcher {
     foreground: Vec<Work>,
     prefetch: Vec<Work>,
     loose_ids: VecDeque<(String, u32, u64)>,
-    in_flight: HashMap<RequestId, InFlight>,
+    /// Requests in flight, in ascending id order (ids grow, and new requests are pushed at
+    /// the end). A `Vec` searched linearly rather than a hash map: it never holds more than
+    /// `max_in_flight` (at most 64) requests, and the wasm carries one hash table type fewer.
+    in_flight: Vec<InFlight>,
     tiles_in_flight: HashMap<TileId, RequestId>,
     ids_in_flight: HashMap<String, RequestId>,
     backoff: HashMap<TileId, Backoff>,
@@ -331,7 +331,7 @@ impl Batcher {
             foreground: Vec::new(),
             prefetch: Vec::new(),
             loose_ids: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: Vec::new(),
             tiles_in_flight: HashMap::new(),
             ids_in_flight: HashMap::new(),
             backoff: HashMap::new(),
@@ -577,17 +577,17 @@ impl Batcher {
         if attempt > 0 {
             self.stats.retries += 1;
         }
-        self.in_flight.insert(
-            id,
-            InFlight {
+        self.in_flight.push(InFlight {
+            request: Finished {
+                id,
                 kind,
                 works,
                 loose_ids: loose,
                 sent_at_ms: now_ms,
                 attempt,
-                deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
             },
-        );
+            deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
+        });
         Some(Outgoing {
             id,
             kind,
@@ -599,7 +599,8 @@ impl Batcher {
     }
 
     fn finish(&mut self, id: RequestId) -> Option<Finished> {
-        let f = self.in_flight.remove(&id)?;
+        let i = self.in_flight.iter().position(|f| f.request.id == id)?;
+        let f = self.in_flight.remove(i).request;
         for w in &f.works {
             if self.tiles_in_flight.get(&w.tile()) == Some(&id) {
                 self.tiles_in_flight.remove(&w.tile());
@@ -611,14 +612,7 @@ impl Batcher {
                 self.breaker = Breaker::HalfOpen { probe: None };
             }
         }
-        Some(Finished {
-            id,
-            kind: f.kind,
-            works: f.works,
-            loose_ids: f.loose_ids,
-            sent_at_ms: f.sent_at_ms,
-            attempt: f.attempt,
-        })
+        Some(f)
     }
 
     /// The request answered. Closes the breaker. Returns what it was for, or `None` if it
@@ -812,16 +806,17 @@ impl Batcher {
     /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
     /// tracked; the shell should abort them (a late answer is then ignored).
     pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
-        let doomed = sorted_ids(
-            self.in_flight
-                .iter()
-                .filter(|(_, f)| {
-                    f.kind == Kind::Prefetch
-                        && f.loose_ids.is_empty()
-                        && !f.works.iter().any(|w| wanted(w.tile()))
-                })
-                .map(|(id, _)| *id),
-        );
+        let doomed: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .map(|f| &f.request)
+            .filter(|f| {
+                f.kind == Kind::Prefetch
+                    && f.loose_ids.is_empty()
+                    && !f.works.iter().any(|w| wanted(w.tile()))
+            })
+            .map(|f| f.id)
+            .collect();
         for id in &doomed {
             self.finish(*id);
             self.stats.cancelled += 1;
@@ -832,12 +827,11 @@ impl Batcher {
     /// Requests whose deadline has passed at `now_ms`; the shell should abort each and
     /// report [`Failure::Timeout`] (shells with their own timers may ignore this).
     pub fn overdue(&self, now_ms: u64) -> Vec<RequestId> {
-        sorted_ids(
-            self.in_flight
-                .iter()
-                .filter(|(_, f)| f.deadline_ms <= now_ms)
-                .map(|(id, _)| *id),
-        )
+        self.in_flight
+            .iter()
+            .filter(|f| f.deadline_ms <= now_ms)
+            .map(|f| f.request.id)
+            .collect()
     }
 
     /// The earliest time something changes without outside input: a backoff ends, the
@@ -862,7 +856,7 @@ impl Batcher {
                 consider(until_ms);
             }
         }
-        for f in self.in_flight.values() {
+        for f in &self.in_flight {
             consider(f.deadline_ms);
         }
         next
@@ -919,15 +913,6 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
             (t, m)
         })
         .collect()
-}
-
-/// Request ids in ascending order. Ids are unique, so `sort_unstable` gives the same order
-/// as a stable sort. Sorted as `(id, 0)` pairs: the one sort instantiation the wasm has
-/// (see [`crate::sort_pairs`]).
-fn sorted_ids(ids: impl Iterator<Item = RequestId>) -> Vec<RequestId> {
-    let mut v: Vec<(u64, u64)> = ids.map(|r| (r.0, 0)).collect();
-    crate::sort_pairs(&mut v);
-    v.into_iter().map(|(id, _)| RequestId(id)).collect()
 }
 
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {
