@@ -309,9 +309,17 @@ pub struct Batcher {
     /// the end). A `Vec` searched linearly rather than a hash map: it never holds more than
     /// `max_in_flight` (at most 64) requests, and the wasm carries one hash table type fewer.
     in_flight: Vec<InFlight>,
-    tiles_in_flight: HashMap<TileId, RequestId>,
+    /// Each tile of the requests in flight with its request, as `(packed tile, request id)`
+    /// sorted by tile (a tile is in at most one request). Sorted by [`crate::sort_pairs`] and
+    /// searched by [`find_tile`] rather than hashed: no hash table code of its own in the
+    /// wasm; at most `max_in_flight` requests of at most 4096 data tiles each.
+    tiles_in_flight: Vec<(u64, u64)>,
     ids_in_flight: HashMap<String, RequestId>,
-    backoff: HashMap<TileId, Backoff>,
+    /// Tiles backing off, as `(packed tile, backoff)` sorted by tile and found by binary
+    /// search. A sorted `Vec` rather than a hash map (no hash table code of its own in the
+    /// wasm): at most [`MAX_BACKOFF_ENTRIES`] entries, and usually a handful (tiles whose
+    /// requests failed), so inserting into the middle moves little.
+    backoff: Vec<(u64, Backoff)>,
     breaker: Breaker,
     consecutive_failures: u32,
     cooldown_ms: u64,
@@ -332,9 +340,9 @@ impl Batcher {
             prefetch: Vec::new(),
             loose_ids: VecDeque::new(),
             in_flight: Vec::new(),
-            tiles_in_flight: HashMap::new(),
+            tiles_in_flight: Vec::new(),
             ids_in_flight: HashMap::new(),
-            backoff: HashMap::new(),
+            backoff: Vec::new(),
             breaker: Breaker::Closed,
             consecutive_failures: 0,
             stats: BatchStats::default(),
@@ -358,7 +366,7 @@ impl Batcher {
 
     /// Whether a request for this tile is out.
     pub fn is_tile_in_flight(&self, tile: TileId) -> bool {
-        self.tiles_in_flight.contains_key(&tile)
+        find_tile(&self.tiles_in_flight, tile).is_ok()
     }
 
     /// Whether a request for this id is out.
@@ -452,9 +460,19 @@ impl Batcher {
     }
 
     fn ready(&self, tile: TileId, now_ms: u64) -> bool {
-        self.backoff
-            .get(&tile)
+        self.backoff_of(tile)
             .is_none_or(|b| b.not_before_ms <= now_ms)
+    }
+
+    /// Where `tile` is in [`Batcher::backoff`], or where it would go.
+    fn find_backoff(&self, tile: TileId) -> Result<usize, usize> {
+        let key = tile.to_u64();
+        self.backoff.binary_search_by(|(k, _)| k.cmp(&key))
+    }
+
+    fn backoff_of(&self, tile: TileId) -> Option<&Backoff> {
+        let i = self.find_backoff(tile).ok()?;
+        Some(&self.backoff[i].1)
     }
 
     /// Builds one request of `kind` from the queue, or `None` when nothing is ready.
@@ -484,7 +502,7 @@ impl Batcher {
             .max(self.config.max_tiles);
         for w in queue {
             let tile = w.tile();
-            if self.tiles_in_flight.contains_key(&tile) || !needed(&w) {
+            if self.is_tile_in_flight(tile) || !needed(&w) {
                 continue; // already coming, or no longer needed: drop
             }
             if !self.ready(tile, now_ms) {
@@ -514,7 +532,7 @@ impl Batcher {
                     }
                 }
             }
-            attempt = attempt.max(self.backoff.get(&tile).map_or(0, |b| b.attempt));
+            attempt = attempt.max(self.backoff_of(tile).map_or(0, |b| b.attempt));
             works.push(w);
         }
         // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
@@ -563,8 +581,9 @@ impl Batcher {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         for w in &works {
-            self.tiles_in_flight.insert(w.tile(), id);
+            self.tiles_in_flight.push((w.tile().to_u64(), id.0));
         }
+        crate::sort_pairs(&mut self.tiles_in_flight);
         for i in &ids {
             self.ids_in_flight.insert(i.clone(), id);
         }
@@ -601,11 +620,7 @@ impl Batcher {
     fn finish(&mut self, id: RequestId) -> Option<Finished> {
         let i = self.in_flight.iter().position(|f| f.request.id == id)?;
         let f = self.in_flight.remove(i).request;
-        for w in &f.works {
-            if self.tiles_in_flight.get(&w.tile()) == Some(&id) {
-                self.tiles_in_flight.remove(&w.tile());
-            }
-        }
+        self.tiles_in_flight.retain(|&(_, r)| r != id.0);
         self.ids_in_flight.retain(|_, r| *r != id);
         if let Breaker::HalfOpen { probe: Some(p) } = self.breaker {
             if p == id {
@@ -638,7 +653,9 @@ impl Batcher {
             match w {
                 Work::Tile(t) if !listed(*t) => unanswered.push(*t),
                 _ => {
-                    self.backoff.remove(&w.tile());
+                    if let Ok(i) = self.find_backoff(w.tile()) {
+                        self.backoff.remove(i);
+                    }
                 }
             }
         }
@@ -660,7 +677,7 @@ impl Batcher {
     pub fn back_off(&mut self, tiles: &[TileId], at_least: u32, now_ms: u64) -> u64 {
         let failures = tiles
             .iter()
-            .filter_map(|t| self.backoff.get(t))
+            .filter_map(|&t| self.backoff_of(t))
             .map(|b| b.failures)
             .max()
             .unwrap_or(0)
@@ -711,7 +728,7 @@ impl Batcher {
         // second for as long as the page stays open.
         let failures = f
             .tiles()
-            .filter_map(|t| self.backoff.get(&t))
+            .filter_map(|t| self.backoff_of(t))
             .map(|b| b.failures)
             .max()
             .unwrap_or(0)
@@ -755,23 +772,26 @@ impl Batcher {
         failures: u32,
         not_before_ms: u64,
     ) {
-        if self.backoff.len() >= MAX_BACKOFF_ENTRIES && !self.backoff.contains_key(&t) {
+        let b = Backoff {
+            attempt,
+            failures,
+            not_before_ms,
+        };
+        if let Ok(i) = self.find_backoff(t) {
+            self.backoff[i].1 = b;
+            return;
+        }
+        if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
             // Forget the entries whose wait is over; if that is not enough, forget all.
-            self.backoff.retain(|_, b| {
-                b.not_before_ms > not_before_ms.saturating_sub(self.config.backoff_max_ms)
-            });
+            let horizon = not_before_ms.saturating_sub(self.config.backoff_max_ms);
+            self.backoff.retain(|(_, b)| b.not_before_ms > horizon);
             if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
                 self.backoff.clear();
             }
         }
-        self.backoff.insert(
-            t,
-            Backoff {
-                attempt,
-                failures,
-                not_before_ms,
-            },
-        );
+        if let Err(i) = self.find_backoff(t) {
+            self.backoff.insert(i, (t.to_u64(), b));
+        }
     }
 
     /// Exponential backoff with full jitter: a uniform delay in `[d/2, d]` where
@@ -844,7 +864,7 @@ impl Batcher {
             }
         };
         for w in self.foreground.iter().chain(self.prefetch.iter()) {
-            if let Some(b) = self.backoff.get(&w.tile()) {
+            if let Some(b) = self.backoff_of(w.tile()) {
                 consider(b.not_before_ms);
             }
         }
@@ -913,6 +933,13 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
             (t, m)
         })
         .collect()
+}
+
+/// Where `tile` is in `keys`, pairs sorted by packed tile id (`(tile.to_u64(), value)`), or
+/// where it would go. The one search of the batcher's and the client's sorted tile vectors.
+pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usize> {
+    let key = tile.to_u64();
+    keys.binary_search_by(|&(k, _)| k.cmp(&key))
 }
 
 fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {
