@@ -399,10 +399,10 @@ impl Batcher {
 
     /// Adds prefetch work behind this round's (tiles already queued are skipped).
     pub fn extend_prefetch(&mut self, works: Vec<Work>) {
-        let queued: HashSet<TileId> = self.prefetch.iter().map(Work::tile).collect();
-        let mut fresh = dedup_by_tile(works);
-        fresh.retain(|w| !queued.contains(&w.tile()));
-        self.prefetch.extend(fresh);
+        // The queue has no tile twice, so deduplicating it with the new work behind keeps
+        // it whole and adds the new work's first of each tile not queued yet.
+        self.prefetch.extend(works);
+        self.prefetch = dedup_by_tile(std::mem::take(&mut self.prefetch));
     }
 
     /// Queues ids asked for directly (not through a tile) as foreground work.
@@ -537,23 +537,21 @@ impl Batcher {
         }
         // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
         // request tiles goes back to the front of the queue.
-        let groups = coalesce(&tiles, self.config.coalesce_levels);
-        if groups.len() > self.config.max_tiles {
-            let back: HashSet<TileId> = groups[self.config.max_tiles..]
-                .iter()
-                .flat_map(|(_, members)| members.iter().copied())
-                .collect();
-            let (returned, sent): (Vec<Work>, Vec<Work>) = works
-                .into_iter()
-                .partition(|w| matches!(w, Work::Tile(t) if back.contains(t)));
+        // `tiles` holds the data tiles of the `Work::Tile`s in `works`, in the same order.
+        let (mut request_tiles, group_of) = coalesce(&tiles, self.config.coalesce_levels);
+        if request_tiles.len() > self.config.max_tiles {
+            let mut groups = group_of.iter();
+            let (mut sent, mut returned) = (Vec::new(), Vec::new());
+            for w in works {
+                let back = matches!(w, Work::Tile(_))
+                    && groups.next().is_some_and(|&g| g >= self.config.max_tiles);
+                if back { &mut returned } else { &mut sent }.push(w);
+            }
             works = sent;
             keep.splice(0..0, returned);
+            request_tiles.truncate(self.config.max_tiles);
         }
-        let tiles: Vec<TileId> = groups
-            .into_iter()
-            .take(self.config.max_tiles)
-            .map(|(t, _)| t)
-            .collect();
+        let tiles = request_tiles;
         match kind {
             Kind::Foreground => self.foreground = keep,
             Kind::Prefetch => self.prefetch = keep,
@@ -747,12 +745,14 @@ impl Batcher {
             Kind::Foreground => &mut self.foreground,
             Kind::Prefetch => &mut self.prefetch,
         };
-        let queued: HashSet<TileId> = queue.iter().map(Work::tile).collect();
-        for w in f.works.iter().rev() {
-            if !queued.contains(&w.tile()) {
-                queue.insert(0, w.clone());
-            }
-        }
+        let queued = TileSet::new(queue.iter().map(Work::tile));
+        let again: Vec<Work> = f
+            .works
+            .iter()
+            .filter(|w| !queued.contains(w.tile()))
+            .cloned()
+            .collect();
+        queue.splice(0..0, again);
         for id in f.loose_ids.iter().rev() {
             self.loose_ids.push_front((id.clone(), next_attempt, at_ms));
         }
@@ -884,55 +884,65 @@ impl Batcher {
 }
 
 /// Groups data tiles (in priority order) into request tiles: an ancestor up to `levels`
-/// zooms up stands for its descendants when all of them are in `tiles`. Returns each
-/// request tile with the data tiles it covers, in order of first appearance.
-pub fn coalesce(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
-    if levels == 0 || tiles.len() < 4 {
-        return tiles.iter().map(|&t| (t, vec![t])).collect();
+/// zooms up stands for its descendants when all of them are in `tiles` (the coarsest such
+/// ancestor does). Returns the request tiles in order of first appearance, and for each data
+/// tile the index of its request tile.
+///
+/// Sorted `(u64, u64)` vectors throughout ([`crate::sort_pairs`]), no hash tables: per level,
+/// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
+/// ancestor, and one with `4^k` of them `k` zooms up is complete. O(levels · n log n).
+pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
+    // (request tile, position) of each data tile: the tile itself unless an ancestor is complete.
+    let mut chosen: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
+    for (i, t) in tiles.iter().enumerate() {
+        chosen.push((t.to_u64(), i as u64));
     }
-    let set: HashSet<TileId> = tiles.iter().copied().collect();
-    // Ancestors already checked, by answer: two tile sets rather than a map to bool, one
-    // hash table type fewer in the wasm.
-    let (mut complete, mut incomplete): (HashSet<TileId>, HashSet<TileId>) = Default::default();
-    let mut full = |a: TileId, z: u8| -> bool {
-        if complete.contains(&a) {
-            return true;
-        }
-        if incomplete.contains(&a) {
-            return false;
-        }
-        let all = a
-            .descendants(z)
-            .map(|d| d.iter().all(|t| set.contains(t)))
-            .unwrap_or(false);
-        if all { &mut complete } else { &mut incomplete }.insert(a);
-        all
-    };
-    let mut order: Vec<TileId> = Vec::new();
-    let mut members: HashMap<TileId, Vec<TileId>> = HashMap::new();
-    for &t in tiles {
-        let z = t.z();
-        let mut chosen = t;
-        for k in (1..=levels.min(z)).rev() {
-            let Ok(a) = t.ancestor(z - k) else { continue };
-            if members.contains_key(&a) || full(a, z) {
-                chosen = a;
-                break;
+    let above = |t: TileId, k: u8| t.ancestor(t.z().checked_sub(k)?).ok();
+    // Finest level first, so a complete coarser ancestor replaces a finer one.
+    for k in 1..=levels {
+        let mut pairs: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
+        for &t in tiles {
+            if let Some(a) = above(t, k) {
+                pairs.push((a.to_u64(), t.to_u64()));
             }
         }
-        let entry = members.entry(chosen).or_default();
-        if entry.is_empty() {
-            order.push(chosen);
+        crate::sort_pairs(&mut pairs);
+        pairs.dedup();
+        let mut complete: Vec<(u64, u64)> = Vec::new();
+        for below in pairs.chunk_by(|p, q| p.0 == q.0) {
+            if below.len() == 1 << (2 * k) {
+                complete.push((below[0].0, 0));
+            }
         }
-        entry.push(t);
+        if complete.is_empty() {
+            continue;
+        }
+        for (&t, c) in tiles.iter().zip(chosen.iter_mut()) {
+            if let Some(a) = above(t, k).filter(|&a| find_tile(&complete, a).is_ok()) {
+                c.0 = a.to_u64();
+            }
+        }
     }
-    order
-        .into_iter()
-        .map(|t| {
-            let m = members.remove(&t).unwrap_or_default();
-            (t, m)
-        })
-        .collect()
+    // Sorted by request tile, each run is one group, first seen at its smallest position;
+    // the groups sorted by that position are in order of first appearance.
+    crate::sort_pairs(&mut chosen);
+    let mut firsts: Vec<(u64, u64)> = Vec::new();
+    for (j, c) in chosen.iter().enumerate() {
+        if j == 0 || chosen[j - 1].0 != c.0 {
+            firsts.push((c.1, j as u64));
+        }
+    }
+    crate::sort_pairs(&mut firsts);
+    let mut request_tiles = Vec::with_capacity(firsts.len());
+    let mut group_of = vec![0; tiles.len()];
+    for (g, &(_, start)) in firsts.iter().enumerate() {
+        let key = chosen[start as usize].0;
+        request_tiles.push(TileId::from_packed(key));
+        for &(_, i) in chosen[start as usize..].iter().take_while(|c| c.0 == key) {
+            group_of[i as usize] = g;
+        }
+    }
+    (request_tiles, group_of)
 }
 
 /// Where `tile` is in `keys`, pairs sorted by packed tile id (`(tile.to_u64(), value)`), or
@@ -942,12 +952,49 @@ pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usiz
     keys.binary_search_by(|&(k, _)| k.cmp(&key))
 }
 
-fn dedup_by_tile(works: Vec<Work>) -> Vec<Work> {
-    let mut seen = HashSet::new();
+/// A set of tiles: packed tile ids ([`TileId::to_u64`]) sorted by [`crate::sort_pairs`] and
+/// found by [`find_tile`]. The batcher's and the client's tile sets use it instead of a
+/// hash set, as it adds no code of its own to the wasm (the sort and the search are shared);
+/// building is O(n log n) and a lookup O(log n), for a view's, a queue's or an answer's
+/// tiles.
+pub(crate) struct TileSet(Vec<(u64, u64)>);
+
+impl TileSet {
+    pub(crate) fn new(tiles: impl IntoIterator<Item = TileId>) -> TileSet {
+        let mut keys = Vec::new();
+        for t in tiles {
+            keys.push((t.to_u64(), 0));
+        }
+        crate::sort_pairs(&mut keys);
+        TileSet(keys)
+    }
+
+    pub(crate) fn contains(&self, tile: TileId) -> bool {
+        find_tile(&self.0, tile).is_ok()
+    }
+}
+
+/// `works` without the later ones of a tile listed earlier, in their order. Sorted as
+/// `(tile, position)` pairs rather than checked against a hash set: the first of each run
+/// of a tile stays.
+fn dedup_by_tile(mut works: Vec<Work>) -> Vec<Work> {
+    let mut keys: Vec<(u64, u64)> = Vec::with_capacity(works.len());
+    for (i, w) in works.iter().enumerate() {
+        keys.push((w.tile().to_u64(), i as u64));
+    }
+    crate::sort_pairs(&mut keys);
+    let mut repeat = vec![false; works.len()];
+    for p in keys.windows(2) {
+        if p[0].0 == p[1].0 {
+            repeat[p[1].1 as usize] = true;
+        }
+    }
+    let mut i = 0;
+    works.retain(|_| {
+        i += 1;
+        !repeat[i - 1]
+    });
     works
-        .into_iter()
-        .filter(|w| seen.insert(w.tile()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -1228,6 +1275,19 @@ mod tests {
         assert_eq!(b.next_wakeup(0), Some(100));
     }
 
+    /// [`coalesce`]'s answer as each request tile with its data tiles.
+    fn grouped(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
+        let (request_tiles, group_of) = coalesce(tiles, levels);
+        assert_eq!(group_of.len(), tiles.len());
+        let mut groups: Vec<(TileId, Vec<TileId>)> =
+            request_tiles.into_iter().map(|t| (t, Vec::new())).collect();
+        for (&t, &g) in tiles.iter().zip(&group_of) {
+            groups[g].1.push(t);
+        }
+        assert!(groups.iter().all(|(_, m)| !m.is_empty()), "{groups:?}");
+        groups
+    }
+
     #[test]
     fn coalesces_complete_groups_into_coarse_tiles() {
         let parent = TileId::new(12, 100, 100).unwrap();
@@ -1235,19 +1295,51 @@ mod tests {
         let lone = TileId::new(14, 1000, 1000).unwrap();
         let mut tiles = vec![lone];
         tiles.extend(&block);
-        let groups = coalesce(&tiles, 2);
+        let groups = grouped(&tiles, 2);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0], (lone, vec![lone]));
         assert_eq!(groups[1].0, parent);
         assert_eq!(groups[1].1.len(), 16);
         // 15 of 16: four zoom-13 groups minus one tile -> three z13 tiles + 3 singles.
-        let groups = coalesce(&block[1..], 2);
+        let groups = grouped(&block[1..], 2);
         assert_eq!(groups.len(), 6, "{groups:?}");
         assert!(groups.iter().filter(|(t, _)| t.z() == 13).count() == 3);
         // Every data tile is covered exactly once.
         let covered: usize = groups.iter().map(|(_, m)| m.len()).sum();
         assert_eq!(covered, 15);
-        assert_eq!(coalesce(&block, 0).len(), 16);
+        assert_eq!(grouped(&block, 0).len(), 16);
+    }
+
+    proptest::proptest! {
+        /// Against the definition: each data tile goes out as its coarsest ancestor up to
+        /// `levels` zooms up whose descendants are all listed (else as itself), and the
+        /// request tiles come in order of first appearance.
+        #[test]
+        fn coalesce_matches_the_definition(
+            cells in proptest::collection::vec((0u32..8, 0u32..8), 0..80),
+            levels in 0u8..4,
+        ) {
+            let tiles: Vec<TileId> = cells
+                .iter()
+                .map(|&(x, y)| TileId::new(14, 1000 + x, 2000 + y).unwrap())
+                .collect();
+            let full = |a: TileId| {
+                a.descendants(14).unwrap().iter().all(|d| tiles.contains(d))
+            };
+            let mut want: Vec<(TileId, Vec<TileId>)> = Vec::new();
+            for &t in &tiles {
+                let chosen = (1..=levels)
+                    .rev()
+                    .map(|k| t.ancestor(14 - k).unwrap())
+                    .find(|&a| full(a))
+                    .unwrap_or(t);
+                match want.iter_mut().find(|(r, _)| *r == chosen) {
+                    Some((_, members)) => members.push(t),
+                    None => want.push((chosen, vec![t])),
+                }
+            }
+            proptest::prop_assert_eq!(grouped(&tiles, levels), want);
+        }
     }
 
     #[test]
