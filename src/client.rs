@@ -14,12 +14,13 @@
 //! The engine never blocks and never fails on backend trouble: failures become events and
 //! counters, and what is cached stays usable.
 
-use crate::{HashMap, HashSet};
+use crate::HashMap;
 use std::collections::VecDeque;
 
 use crate::access::Access;
 use crate::batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Kind, RequestId,
+    TileSet,
 };
 use crate::cache::{
     CacheConfig, CacheError, CacheItem, CacheStats, Invalidate, ItemMeta, Lookup, Priority,
@@ -231,9 +232,12 @@ pub struct Client<P> {
     access: Access,
     viewport: Option<Viewport>,
     visible: Vec<TileId>,
-    visible_set: HashSet<TileId>,
-    /// Access tier each in-flight request was sent with.
-    request_access: HashMap<RequestId, Access>,
+    visible_set: TileSet,
+    /// Access tier each request the batcher tracks was sent with. A `Vec` searched linearly
+    /// rather than a hash map (one hash table type fewer in the wasm): an entry goes when
+    /// the batcher stops tracking its request (answer, failure, cancel), so it holds at most
+    /// `max_in_flight` (at most 64) entries.
+    request_access: Vec<(RequestId, Access)>,
     cancels: VecDeque<RequestId>,
     events: VecDeque<Event>,
     /// Prefetched tiles not shown yet, with when they arrived.
@@ -269,8 +273,8 @@ impl<P: Payload> Client<P> {
             access: config.access,
             viewport: None,
             visible: Vec::new(),
-            visible_set: HashSet::new(),
-            request_access: HashMap::new(),
+            visible_set: TileSet::new([]),
+            request_access: Vec::new(),
             cancels: VecDeque::new(),
             events: VecDeque::new(),
             prefetched: HashMap::new(),
@@ -335,7 +339,7 @@ impl<P: Payload> Client<P> {
         }
         self.viewport = Some(viewport);
         self.visible = std::mem::take(&mut plan.visible);
-        self.visible_set = self.visible.iter().copied().collect();
+        self.visible_set = TileSet::new(self.visible.iter().copied());
         self.cache.set_visible(&self.visible);
         for t in &self.visible {
             if self.prefetched.remove(t).is_some() {
@@ -352,8 +356,10 @@ impl<P: Payload> Client<P> {
         let mut background = std::mem::take(&mut plan.refresh);
         background.append(&mut plan.prefetch);
         self.batcher.set_prefetch(background);
-        self.cancels
-            .extend(self.batcher.cancel_unwanted(|t| plan.wants(t)));
+        for id in self.batcher.cancel_unwanted(|t| plan.wants(t)) {
+            self.sent_with(id);
+            self.cancels.push_back(id);
+        }
         Ok(outcome)
     }
 
@@ -392,7 +398,7 @@ impl<P: Payload> Client<P> {
         let out = self.batcher.poll(now_ms, |w| {
             cache.tile_state(w.tile(), access, now_ms) != TileState::Fresh
         })?;
-        self.request_access.insert(out.id, self.access);
+        self.request_access.push((out.id, self.access));
         Some(Send {
             id: out.id,
             kind: out.kind,
@@ -408,9 +414,14 @@ impl<P: Payload> Client<P> {
 
     /// An in-flight request to abort (no longer wanted). Its late answer is ignored.
     pub fn poll_cancel(&mut self) -> Option<RequestId> {
-        let id = self.cancels.pop_front()?;
-        self.request_access.remove(&id);
-        Some(id)
+        self.cancels.pop_front()
+    }
+
+    /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
+    /// the request.
+    fn sent_with(&mut self, id: RequestId) -> Option<Access> {
+        let i = self.request_access.iter().position(|&(r, _)| r == id)?;
+        Some(self.request_access.swap_remove(i).1)
     }
 
     /// The next event for the page.
@@ -431,12 +442,12 @@ impl<P: Payload> Client<P> {
             self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
             return Err(e.into());
         }
-        let sent_with = self.request_access.remove(&id);
+        let sent_with = self.sent_with(id);
         // Data tiles the request was for that no tile list in the answer covers (the list
         // of the tile or of an ancestor) back off in the batcher and become an error below.
-        let listed: HashSet<TileId> = response.tiles.iter().map(|l| l.tile).collect();
+        let listed = TileSet::new(response.tiles.iter().map(|l| l.tile));
         let covered =
-            |t: TileId| (0..=t.z()).any(|z| t.ancestor(z).is_ok_and(|a| listed.contains(&a)));
+            |t: TileId| (0..=t.z()).any(|z| t.ancestor(z).is_ok_and(|a| listed.contains(a)));
         let Some((finished, unanswered)) = self.batcher.on_answer(id, &covered, now_ms) else {
             return Ok(()); // cancelled or unknown: its tiles were not wanted any more
         };
@@ -467,7 +478,7 @@ impl<P: Payload> Client<P> {
                 continue; // a server that ignores tiers must not put them in our cache
             }
             let data_tile = TileId::from_lon_lat(item.lon, item.lat, tile_zoom).ok();
-            let visible = data_tile.is_some_and(|t| self.visible_set.contains(&t));
+            let visible = data_tile.is_some_and(|t| self.visible_set.contains(t));
             touched_visible |= visible;
             let priority = if visible || finished.kind == Kind::Foreground {
                 Priority::Visible
@@ -509,7 +520,7 @@ impl<P: Payload> Client<P> {
                 list.tile.descendants(tile_zoom).unwrap_or_default()
             };
             for t in data_tiles {
-                if self.visible_set.contains(&t) {
+                if self.visible_set.contains(t) {
                     touched_visible = true;
                 } else if finished.kind == Kind::Prefetch {
                     self.mark_prefetched(t, now_ms);
@@ -535,20 +546,16 @@ impl<P: Payload> Client<P> {
         // shown now: the view needs more items or bytes than the cache may hold (inserting
         // one visible tile evicted another), or the lists name items above the tier. Asking
         // for them again at once would loop for ever, tile after tile.
-        let answered: HashSet<TileId> = finished
-            .works
-            .iter()
-            .filter_map(|w| match w {
-                Work::Tile(t) if covered(*t) => Some(*t),
-                _ => None,
-            })
-            .collect();
+        let answered = TileSet::new(finished.works.iter().filter_map(|w| match w {
+            Work::Tile(t) if covered(*t) => Some(*t),
+            _ => None,
+        }));
         let access = self.access;
         let unkept: Vec<TileId> = self
             .visible
             .iter()
             .zip(&shown_before)
-            .filter(|(t, before)| **before || answered.contains(*t))
+            .filter(|(&t, before)| **before || answered.contains(t))
             .map(|(&t, _)| t)
             .filter(|&t| !self.cache.tile_state(t, access, now_ms).is_showable())
             .collect();
@@ -608,7 +615,7 @@ impl<P: Payload> Client<P> {
     /// A request failed (timeout, network, HTTP error, undecodable answer, or aborted by the
     /// shell). Never fails: the error becomes an [`Event::Error`] and a counter.
     pub fn on_failure(&mut self, id: RequestId, failure: Failure, now_ms: u64) {
-        self.request_access.remove(&id);
+        self.sent_with(id);
         let outcome = self.batcher.on_failure(id, &failure, now_ms);
         let (finished, will_retry) = match outcome {
             FailureOutcome::Unknown => return,
