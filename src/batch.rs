@@ -548,7 +548,8 @@ impl Batcher {
                 if back { &mut returned } else { &mut sent }.push(w);
             }
             works = sent;
-            keep.splice(0..0, returned);
+            returned.append(&mut keep);
+            keep = returned;
             request_tiles.truncate(self.config.max_tiles);
         }
         let tiles = request_tiles;
@@ -746,13 +747,14 @@ impl Batcher {
             Kind::Prefetch => &mut self.prefetch,
         };
         let queued = TileSet::new(queue.iter().map(Work::tile));
-        let again: Vec<Work> = f
+        let mut again: Vec<Work> = f
             .works
             .iter()
             .filter(|w| !queued.contains(w.tile()))
             .cloned()
             .collect();
-        queue.splice(0..0, again);
+        again.append(queue);
+        *queue = again;
         for id in f.loose_ids.iter().rev() {
             self.loose_ids.push_front((id.clone(), next_attempt, at_ms));
         }
