@@ -674,6 +674,20 @@ impl Batcher {
     /// `at_least` sets a floor on the failure count the delay is computed from, for callers
     /// that track a streak across tiles. Returns when they may go out again.
     pub fn back_off(&mut self, tiles: &[TileId], at_least: u32, now_ms: u64) -> u64 {
+        self.hold_back(tiles, 0, at_least, None, now_ms)
+    }
+
+    /// Holds `tiles` back for a backoff whose exponent is one more than the most failures in
+    /// a row of any of them, and at least `at_least`; their next request counts as attempt
+    /// `attempt`. Returns when they may go out again.
+    fn hold_back(
+        &mut self,
+        tiles: &[TileId],
+        attempt: u32,
+        at_least: u32,
+        retry_after_ms: Option<u64>,
+        now_ms: u64,
+    ) -> u64 {
         let failures = tiles
             .iter()
             .filter_map(|&t| self.backoff_of(t))
@@ -682,10 +696,9 @@ impl Batcher {
             .unwrap_or(0)
             .saturating_add(1)
             .max(at_least);
-        let delay = self.backoff_delay(failures, &Failure::Invalid(String::new()));
-        let at = now_ms.saturating_add(delay);
+        let at = now_ms.saturating_add(self.backoff_delay(failures, retry_after_ms));
         for &t in tiles {
-            self.remember_backoff_tile(t, 0, failures, at);
+            self.remember_backoff(t, attempt, failures, at);
         }
         at
     }
@@ -693,55 +706,52 @@ impl Batcher {
     /// The request failed. Retryable failures within the retry limit requeue the work
     /// with a backoff; everything else drops it.
     pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
-        let was_probe = matches!(self.breaker, Breaker::HalfOpen { probe: Some(p) } if p == id);
         let Some(f) = self.finish(id) else {
             return FailureOutcome::Unknown;
         };
-        if *failure == Failure::Aborted {
+        if matches!(failure, Failure::Aborted) {
             return FailureOutcome::GaveUp(f);
         }
         self.stats.failures += 1;
         if failure.is_backend_trouble() {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            let open = was_probe
-                || matches!(self.breaker, Breaker::HalfOpen { .. })
-                || (self.breaker == Breaker::Closed
-                    && self.consecutive_failures >= self.config.breaker_threshold);
-            if open {
-                if was_probe || matches!(self.breaker, Breaker::HalfOpen { .. }) {
+            let open = match self.breaker {
+                // The probe (or a request sent before it) failed: open again, for longer.
+                Breaker::HalfOpen { .. } => {
                     self.cooldown_ms = (self.cooldown_ms.saturating_mul(2))
                         .min(self.config.breaker_max_cooldown_ms);
+                    true
                 }
-                if self.breaker == Breaker::Closed {
+                Breaker::Closed if self.consecutive_failures >= self.config.breaker_threshold => {
                     self.stats.breaker_opened += 1;
+                    true
                 }
+                _ => false,
+            };
+            if open {
                 self.breaker = Breaker::Open {
                     until_ms: now_ms.saturating_add(self.cooldown_ms),
                 };
             }
         }
         let next_attempt = f.attempt + 1;
+        let give_up = !failure.is_retryable() || next_attempt > self.config.retries;
+        let retry_after_ms = match failure {
+            Failure::Http { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        };
         // The backoff grows with the tiles' failures in a row, not only this round's
         // attempts: a visible tile the client queues again after a give-up waits longer
         // each round (up to `backoff_max_ms`) instead of hitting a dead backend every
-        // second for as long as the page stays open.
-        let failures = f
-            .tiles()
-            .filter_map(|t| self.backoff_of(t))
-            .map(|b| b.failures)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1)
-            .max(next_attempt);
-        if !failure.is_retryable() || next_attempt > self.config.retries {
+        // second for as long as the page stays open. After a give-up, a later round may
+        // ask again, but not before a backoff has passed.
+        let tiles: Vec<TileId> = f.tiles().collect();
+        let attempt = if give_up { 0 } else { next_attempt };
+        let at_ms = self.hold_back(&tiles, attempt, next_attempt, retry_after_ms, now_ms);
+        if give_up {
             self.stats.gave_up += 1;
-            // A later round may ask again, but not before a backoff has passed.
-            let delay = self.backoff_delay(failures, failure);
-            self.remember_backoff(&f, 0, failures, now_ms.saturating_add(delay));
             return FailureOutcome::GaveUp(f);
         }
-        let at_ms = now_ms.saturating_add(self.backoff_delay(failures, failure));
-        self.remember_backoff(&f, next_attempt, failures, at_ms);
         let queue = match f.kind {
             Kind::Foreground => &mut self.foreground,
             Kind::Prefetch => &mut self.prefetch,
@@ -761,19 +771,7 @@ impl Batcher {
         FailureOutcome::Retrying { at_ms, request: f }
     }
 
-    fn remember_backoff(&mut self, f: &Finished, attempt: u32, failures: u32, not_before_ms: u64) {
-        for t in f.tiles() {
-            self.remember_backoff_tile(t, attempt, failures, not_before_ms);
-        }
-    }
-
-    fn remember_backoff_tile(
-        &mut self,
-        t: TileId,
-        attempt: u32,
-        failures: u32,
-        not_before_ms: u64,
-    ) {
+    fn remember_backoff(&mut self, t: TileId, attempt: u32, failures: u32, not_before_ms: u64) {
         let b = Backoff {
             attempt,
             failures,
@@ -798,7 +796,7 @@ impl Batcher {
 
     /// Exponential backoff with full jitter: a uniform delay in `[d/2, d]` where
     /// `d = min(max, base * 2^(attempt-1))`, at least any `Retry-After`.
-    fn backoff_delay(&mut self, attempt: u32, failure: &Failure) -> u64 {
+    fn backoff_delay(&mut self, attempt: u32, retry_after_ms: Option<u64>) -> u64 {
         let exp = self
             .config
             .backoff_base_ms
@@ -806,12 +804,9 @@ impl Batcher {
             .min(self.config.backoff_max_ms);
         let half = exp / 2;
         let jittered = half + self.next_rand() % (exp - half + 1);
-        match failure {
-            Failure::Http {
-                retry_after_ms: Some(ra),
-                ..
-            } => jittered.max((*ra).min(3_600_000)),
-            _ => jittered,
+        match retry_after_ms {
+            Some(ra) => jittered.max(ra.min(3_600_000)),
+            None => jittered,
         }
     }
 

@@ -622,7 +622,7 @@ impl<P: Payload> Client<P> {
             FailureOutcome::Retrying { request, .. } => (request, true),
             FailureOutcome::GaveUp(request) => (request, false),
         };
-        if failure == Failure::Aborted {
+        if matches!(failure, Failure::Aborted) {
             return;
         }
         self.errors += 1;
