@@ -17,7 +17,6 @@
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
 
 use crate::{HashMap, HashSet};
-use std::collections::VecDeque;
 
 use crate::planner::Work;
 use crate::tile::TileId;
@@ -304,7 +303,8 @@ pub struct Batcher {
     next_id: u64,
     foreground: Vec<Work>,
     prefetch: Vec<Work>,
-    loose_ids: VecDeque<(String, u32, u64)>,
+    /// Ids asked for directly, in order: `(id, attempt, not before ms)`.
+    loose_ids: Vec<(String, u32, u64)>,
     /// Requests in flight, in ascending id order (ids grow, and new requests are pushed at
     /// the end). A `Vec` searched linearly rather than a hash map: it never holds more than
     /// `max_in_flight` (at most 64) requests, and the wasm carries one hash table type fewer.
@@ -338,7 +338,7 @@ impl Batcher {
             next_id: 1,
             foreground: Vec::new(),
             prefetch: Vec::new(),
-            loose_ids: VecDeque::new(),
+            loose_ids: Vec::new(),
             in_flight: Vec::new(),
             tiles_in_flight: Vec::new(),
             ids_in_flight: HashMap::new(),
@@ -410,13 +410,14 @@ impl Batcher {
         // A set of borrowed ids (the key type the protocol's checks use too), so the new
         // ones are collected before they are queued.
         let queued: HashSet<&str> = self.loose_ids.iter().map(|(i, _, _)| i.as_str()).collect();
-        let new: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !queued.contains(id) && !self.ids_in_flight.contains_key(*id))
-            .map(str::to_owned)
-            .collect();
+        let mut new = Vec::new();
+        for id in ids {
+            if !queued.contains(id) && !self.is_id_in_flight(id) {
+                new.push((id.to_owned(), 0, 0));
+            }
+        }
         drop(queued);
-        self.loose_ids.extend(new.into_iter().map(|id| (id, 0, 0)));
+        self.loose_ids.append(&mut new);
     }
 
     /// The next request to send, if any may go out now. Call until it returns `None`.
@@ -559,13 +560,13 @@ impl Batcher {
         }
         let mut loose = Vec::new();
         if kind == Kind::Foreground {
-            let mut rest = VecDeque::new();
-            while let Some((id, a, not_before)) = self.loose_ids.pop_front() {
-                if self.ids_in_flight.contains_key(&id) {
+            let mut rest = Vec::new();
+            for (id, a, not_before) in std::mem::take(&mut self.loose_ids) {
+                if self.is_id_in_flight(&id) {
                     continue;
                 }
                 if not_before > now_ms || ids.len() >= self.config.max_ids {
-                    rest.push_back((id, a, not_before));
+                    rest.push((id, a, not_before));
                     continue;
                 }
                 attempt = attempt.max(a);
@@ -765,9 +766,12 @@ impl Batcher {
             .collect();
         again.append(queue);
         *queue = again;
-        for id in f.loose_ids.iter().rev() {
-            self.loose_ids.push_front((id.clone(), next_attempt, at_ms));
+        let mut loose: Vec<(String, u32, u64)> = Vec::new();
+        for id in &f.loose_ids {
+            loose.push((id.clone(), next_attempt, at_ms));
         }
+        loose.append(&mut self.loose_ids);
+        self.loose_ids = loose;
         FailureOutcome::Retrying { at_ms, request: f }
     }
 
