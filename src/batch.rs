@@ -758,12 +758,12 @@ impl Batcher {
             Kind::Prefetch => &mut self.prefetch,
         };
         let queued = TileSet::new(queue.iter().map(Work::tile));
-        let mut again: Vec<Work> = f
-            .works
-            .iter()
-            .filter(|w| !queued.contains(w.tile()))
-            .cloned()
-            .collect();
+        let mut again = Vec::new();
+        for w in &f.works {
+            if !queued.contains(w.tile()) {
+                again.push(w.clone());
+            }
+        }
         again.append(queue);
         *queue = again;
         let mut loose: Vec<(String, u32, u64)> = Vec::new();
@@ -827,17 +827,15 @@ impl Batcher {
     /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
     /// tracked; the shell should abort them (a late answer is then ignored).
     pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
-        let doomed: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .map(|f| &f.request)
-            .filter(|f| {
-                f.kind == Kind::Prefetch
-                    && f.loose_ids.is_empty()
-                    && !f.works.iter().any(|w| wanted(w.tile()))
-            })
-            .map(|f| f.id)
-            .collect();
+        let mut doomed = Vec::new();
+        for InFlight { request: f, .. } in &self.in_flight {
+            if f.kind == Kind::Prefetch
+                && f.loose_ids.is_empty()
+                && !f.works.iter().any(|w| wanted(w.tile()))
+            {
+                doomed.push(f.id);
+            }
+        }
         for id in &doomed {
             self.finish(*id);
             self.stats.cancelled += 1;
@@ -848,11 +846,13 @@ impl Batcher {
     /// Requests whose deadline has passed at `now_ms`; the shell should abort each and
     /// report [`Failure::Timeout`] (shells with their own timers may ignore this).
     pub fn overdue(&self, now_ms: u64) -> Vec<RequestId> {
-        self.in_flight
-            .iter()
-            .filter(|f| f.deadline_ms <= now_ms)
-            .map(|f| f.request.id)
-            .collect()
+        let mut ids = Vec::new();
+        for f in &self.in_flight {
+            if f.deadline_ms <= now_ms {
+                ids.push(f.request.id);
+            }
+        }
+        ids
     }
 
     /// The earliest time something changes without outside input: a backoff ends, the
