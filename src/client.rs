@@ -459,12 +459,10 @@ impl<P: Payload> Client<P> {
             return Ok(());
         }
         let was_complete = self.complete;
-        let (cache, access) = (&self.cache, self.access);
-        let shown_before: Vec<bool> = self
-            .visible
-            .iter()
-            .map(|&t| cache.tile_state(t, access, now_ms).is_showable())
-            .collect();
+        let mut shown_before = Vec::with_capacity(self.visible.len());
+        for &t in &self.visible {
+            shown_before.push(self.cache.tile_state(t, self.access, now_ms).is_showable());
+        }
         let mut touched_visible = false;
         let tile_zoom = self.cache.config().tile_zoom;
         let BatchResponse {
@@ -514,12 +512,8 @@ impl<P: Payload> Client<P> {
             {
                 continue;
             }
-            let data_tiles: Vec<TileId> = if list.tile.z() == tile_zoom {
-                vec![list.tile]
-            } else {
-                list.tile.descendants(tile_zoom).unwrap_or_default()
-            };
-            for t in data_tiles {
+            // The list's tile itself at the data zoom; none for a finer tile.
+            for t in list.tile.descendants(tile_zoom).unwrap_or_default() {
                 if self.visible_set.contains(t) {
                     touched_visible = true;
                 } else if finished.kind == Kind::Prefetch {
@@ -550,15 +544,14 @@ impl<P: Payload> Client<P> {
             Work::Tile(t) if covered(*t) => Some(*t),
             _ => None,
         }));
-        let access = self.access;
-        let unkept: Vec<TileId> = self
-            .visible
-            .iter()
-            .zip(&shown_before)
-            .filter(|(&t, before)| **before || answered.contains(t))
-            .map(|(&t, _)| t)
-            .filter(|&t| !self.cache.tile_state(t, access, now_ms).is_showable())
-            .collect();
+        let mut unkept = Vec::new();
+        for (&t, &before) in self.visible.iter().zip(&shown_before) {
+            if (before || answered.contains(t))
+                && !self.cache.tile_state(t, self.access, now_ms).is_showable()
+            {
+                unkept.push(t);
+            }
+        }
         if unkept.is_empty() {
             self.unkept_rounds = 0;
         } else {
