@@ -527,7 +527,7 @@ impl Batcher {
                         .iter()
                         .take(self.config.max_ids.saturating_sub(ids.len()))
                     {
-                        if !self.ids_in_flight.contains_key(id) {
+                        if !self.is_id_in_flight(id) {
                             ids.push(id.clone());
                         }
                     }
