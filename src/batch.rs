@@ -409,7 +409,10 @@ impl Batcher {
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
         // A set of borrowed ids (the key type the protocol's checks use too), so the new
         // ones are collected before they are queued.
-        let queued: HashSet<&str> = self.loose_ids.iter().map(|(i, _, _)| i.as_str()).collect();
+        let mut queued: HashSet<&str> = HashSet::with_capacity(self.loose_ids.len());
+        for (id, _, _) in &self.loose_ids {
+            queued.insert(id);
+        }
         let mut new = Vec::new();
         for id in ids {
             if !queued.contains(id) && !self.is_id_in_flight(id) {
