@@ -96,48 +96,32 @@ pub struct BatchConfigError {
 impl BatchConfig {
     /// Checks every field; the error names the field, the value and the allowed range.
     pub fn validate(&self) -> Result<(), BatchConfigError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
-            ("max_tiles", self.max_tiles as u64, 1, 1024, "in 1..=1024"),
-            ("max_ids", self.max_ids as u64, 1, 100_000, "in 1..=100000"),
-            (
-                "max_in_flight",
-                self.max_in_flight as u64,
-                1,
-                64,
-                "in 1..=64",
-            ),
-            ("timeout_ms", self.timeout_ms, 1, 600_000, "in 1..=600000"),
-            ("retries", self.retries as u64, 0, 10, "in 0..=10"),
-            (
-                "backoff_base_ms",
-                self.backoff_base_ms,
-                1,
-                600_000,
-                "in 1..=600000",
-            ),
-            (
-                "backoff_max_ms",
-                self.backoff_max_ms,
-                1,
-                3_600_000,
-                "in 1..=3600000",
-            ),
-            (
-                "breaker_threshold",
-                self.breaker_threshold as u64,
-                1,
-                1000,
-                "in 1..=1000",
-            ),
-            (
-                "breaker_cooldown_ms",
-                self.breaker_cooldown_ms,
-                1,
-                3_600_000,
-                "in 1..=3600000",
-            ),
+        // (field, lowest, highest, as the error says it), in the order of `values`.
+        const RANGES: [(&str, u64, u64, &str); 10] = [
+            ("max_tiles", 1, 1024, "in 1..=1024"),
+            ("max_ids", 1, 100_000, "in 1..=100000"),
+            ("max_in_flight", 1, 64, "in 1..=64"),
+            ("timeout_ms", 1, 600_000, "in 1..=600000"),
+            ("retries", 0, 10, "in 0..=10"),
+            ("backoff_base_ms", 1, 600_000, "in 1..=600000"),
+            ("backoff_max_ms", 1, 3_600_000, "in 1..=3600000"),
+            ("breaker_threshold", 1, 1000, "in 1..=1000"),
+            ("breaker_cooldown_ms", 1, 3_600_000, "in 1..=3600000"),
+            ("coalesce_levels", 0, 4, "in 0..=4"),
         ];
-        for (field, value, lo, hi, allowed) in checks {
+        let values = [
+            self.max_tiles as u64,
+            self.max_ids as u64,
+            self.max_in_flight as u64,
+            self.timeout_ms,
+            self.retries as u64,
+            self.backoff_base_ms,
+            self.backoff_max_ms,
+            self.breaker_threshold as u64,
+            self.breaker_cooldown_ms,
+            self.coalesce_levels as u64,
+        ];
+        for (&(field, lo, hi, allowed), value) in RANGES.iter().zip(values) {
             if value < lo || value > hi {
                 return Err(BatchConfigError {
                     field,
@@ -145,13 +129,6 @@ impl BatchConfig {
                     allowed,
                 });
             }
-        }
-        if self.coalesce_levels > 4 {
-            return Err(BatchConfigError {
-                field: "coalesce_levels",
-                value: self.coalesce_levels as u64,
-                allowed: "in 0..=4",
-            });
         }
         if self.breaker_max_cooldown_ms < self.breaker_cooldown_ms {
             return Err(BatchConfigError {
