@@ -446,8 +446,16 @@ impl<P: Payload> Client<P> {
         // Data tiles the request was for that no tile list in the answer covers (the list
         // of the tile or of an ancestor) back off in the batcher and become an error below.
         let listed = TileSet::new(response.tiles.iter().map(|l| l.tile));
-        let covered =
-            |t: TileId| (0..=t.z()).any(|z| t.ancestor(z).is_ok_and(|a| listed.contains(a)));
+        let covered = |t: TileId| {
+            let mut a = Some(t);
+            while let Some(tile) = a {
+                if listed.contains(tile) {
+                    return true;
+                }
+                a = tile.parent();
+            }
+            false
+        };
         let Some((finished, unanswered)) = self.batcher.on_answer(id, &covered, now_ms) else {
             return Ok(()); // cancelled or unknown: its tiles were not wanted any more
         };
