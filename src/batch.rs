@@ -486,27 +486,22 @@ impl Batcher {
             if self.is_tile_in_flight(tile) || !needed(&w) {
                 continue; // already coming, or no longer needed: drop
             }
-            if !self.ready(tile, now_ms) {
-                keep.push(w);
-                continue;
-            }
             let fits = match &w {
                 Work::Tile(_) => tiles.len() < tile_cap,
                 Work::Ids { ids: wi, .. } => {
                     ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
                 }
             };
-            if !fits {
+            if !fits || !self.ready(tile, now_ms) {
                 keep.push(w);
                 continue;
             }
             match &w {
                 Work::Tile(t) => tiles.push(*t),
                 Work::Ids { ids: wi, .. } => {
-                    for id in wi
-                        .iter()
-                        .take(self.config.max_ids.saturating_sub(ids.len()))
-                    {
+                    // Its first ids up to the room left (only an oversized work is cut).
+                    let room = self.config.max_ids.saturating_sub(ids.len());
+                    for id in &wi[..room.min(wi.len())] {
                         if !self.is_id_in_flight(id) {
                             ids.push(id.clone());
                         }
