@@ -256,6 +256,8 @@ enum Breaker {
 struct InFlight {
     /// What the request is for, handed back as it is when the request ends.
     request: Finished,
+    /// The data tiles of its work, for [`Batcher::is_tile_in_flight`].
+    tiles: TileSet,
     deadline_ms: u64,
 }
 
@@ -285,12 +287,10 @@ pub struct Batcher {
     /// Requests in flight, in ascending id order (ids grow, and new requests are pushed at
     /// the end). A `Vec` searched linearly rather than a hash map: it never holds more than
     /// `max_in_flight` (at most 64) requests, and the wasm carries one hash table type fewer.
+    /// Each keeps its data tiles as a [`TileSet`], so whether a tile is in flight is at most
+    /// 64 binary searches, and a request's tiles are sorted once when it goes out and
+    /// forgotten with it (no map from tiles to requests to keep in step).
     in_flight: Vec<InFlight>,
-    /// Each tile of the requests in flight with its request, as `(packed tile, request id)`
-    /// sorted by tile (a tile is in at most one request). Sorted by [`crate::sort_pairs`] and
-    /// searched by [`find_tile`] rather than hashed: no hash table code of its own in the
-    /// wasm; at most `max_in_flight` requests of at most 4096 data tiles each.
-    tiles_in_flight: Vec<(u64, u64)>,
     ids_in_flight: HashMap<String, RequestId>,
     /// Tiles backing off, as `(packed tile, backoff)` sorted by tile and found by binary
     /// search. A sorted `Vec` rather than a hash map (no hash table code of its own in the
@@ -317,7 +317,6 @@ impl Batcher {
             prefetch: Vec::new(),
             loose_ids: Vec::new(),
             in_flight: Vec::new(),
-            tiles_in_flight: Vec::new(),
             ids_in_flight: HashMap::new(),
             backoff: Vec::new(),
             breaker: Breaker::Closed,
@@ -343,7 +342,7 @@ impl Batcher {
 
     /// Whether a request for this tile is out.
     pub fn is_tile_in_flight(&self, tile: TileId) -> bool {
-        find_tile(&self.tiles_in_flight, tile).is_ok()
+        self.in_flight.iter().any(|f| f.tiles.contains(tile))
     }
 
     /// Whether a request for this id is out.
@@ -555,10 +554,6 @@ impl Batcher {
         }
         let id = RequestId(self.next_id);
         self.next_id += 1;
-        for w in &works {
-            self.tiles_in_flight.push((w.tile().to_u64(), id.0));
-        }
-        crate::sort_pairs(&mut self.tiles_in_flight);
         for i in &ids {
             self.ids_in_flight.insert(i.clone(), id);
         }
@@ -572,6 +567,7 @@ impl Batcher {
             self.stats.retries += 1;
         }
         self.in_flight.push(InFlight {
+            tiles: TileSet::new(works.iter().map(Work::tile)),
             request: Finished {
                 id,
                 kind,
@@ -595,7 +591,6 @@ impl Batcher {
     fn finish(&mut self, id: RequestId) -> Option<Finished> {
         let i = self.in_flight.iter().position(|f| f.request.id == id)?;
         let f = self.in_flight.remove(i).request;
-        self.tiles_in_flight.retain(|&(_, r)| r != id.0);
         self.ids_in_flight.retain(|_, r| *r != id);
         if let Breaker::HalfOpen { probe: Some(p) } = self.breaker {
             if p == id {
@@ -933,6 +928,7 @@ pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usiz
 /// hash set, as it adds no code of its own to the wasm (the sort and the search are shared);
 /// building is O(n log n) and a lookup O(log n), for a view's, a queue's or an answer's
 /// tiles.
+#[derive(Clone, Debug)]
 pub(crate) struct TileSet(Vec<(u64, u64)>);
 
 impl TileSet {
