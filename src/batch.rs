@@ -917,18 +917,19 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
 }
 
 /// Where `tile` is in `keys`, pairs sorted by packed tile id (`(tile.to_u64(), value)`), or
-/// where it would go. The one search of the batcher's and the client's sorted tile vectors.
-pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usize> {
+/// where it would go: the search behind [`TileSet`] and [`coalesce`].
+fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usize> {
     let key = tile.to_u64();
     keys.binary_search_by(|&(k, _)| k.cmp(&key))
 }
 
-/// A set of tiles: packed tile ids ([`TileId::to_u64`]) sorted by [`crate::sort_pairs`] and
-/// found by [`find_tile`]. The batcher's and the client's tile sets use it instead of a
-/// hash set, as it adds no code of its own to the wasm (the sort and the search are shared);
-/// building is O(n log n) and a lookup O(log n), for a view's, a queue's or an answer's
-/// tiles.
-#[derive(Clone, Debug)]
+/// A set of tiles, hand-written for the wasm's size: packed tile ids ([`TileId::to_u64`]),
+/// each paired with 0, sorted by [`crate::sort_pairs`] and found by binary search. The
+/// batcher's and the client's tile sets use it instead of a hash set, so they bring no hash
+/// table code of their own (the sort is the crate's one instantiation). Building is
+/// O(n log n) and a lookup O(log n), fine for the sets it holds: a view's tiles (at most
+/// `max_visible_tiles`), a request's (at most 4096), a queue's or an answer's.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TileSet(Vec<(u64, u64)>);
 
 impl TileSet {

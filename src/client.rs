@@ -273,7 +273,7 @@ impl<P: Payload> Client<P> {
             access: config.access,
             viewport: None,
             visible: Vec::new(),
-            visible_set: TileSet::new([]),
+            visible_set: TileSet::default(),
             request_access: Vec::new(),
             cancels: VecDeque::new(),
             events: VecDeque::new(),
