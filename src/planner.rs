@@ -346,8 +346,11 @@ impl Planner {
         let n = tiles_per_axis(self.config.tile_zoom) as f64;
 
         // Foreground and refresh: visible tiles, nearest the centre first.
-        let vis_sorted = sorted_by_score(visible.iter().map(|&t| (dist2(centre, t, n), t)));
-        for &(_, t) in &vis_sorted {
+        let mut by_distance = Vec::with_capacity(visible.len());
+        for &t in &visible {
+            by_distance.push((score_key(dist2(centre, t, n)), t.to_u64()));
+        }
+        for t in tiles_by_score(by_distance) {
             let st = state(t);
             let showable = st.is_showable();
             if let Some(w) = Work::from_state(t, st) {
@@ -561,32 +564,33 @@ impl Planner {
             }
         }
 
-        sorted_by_score(scores.into_iter().map(|(tile, score)| (score, tile)))
-            .into_iter()
-            .map(|(_, tile)| tile)
-            .collect()
+        let mut keys = Vec::with_capacity(scores.len());
+        for (t, score) in scores {
+            keys.push((score_key(score), t.to_u64()));
+        }
+        tiles_by_score(keys)
     }
 }
 
-/// `(score, tile)` pairs ordered by `f64::total_cmp` of the score, ties by tile. Sorted as
-/// plain `(u64, u64)` keys with `sort_unstable` (the tile breaks every tie, so the order is
-/// the same as a stable sort's): one small sort instantiation in the wasm for the planner.
-fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, TileId)> {
+/// A score as a `u64` that orders as `f64::total_cmp` orders the scores: negatives (sign set)
+/// reversed below the rest.
+fn score_key(score: f64) -> u64 {
     const SIGN: u64 = 1 << 63;
-    // total_cmp's order as unsigned integers: negatives (sign set) reversed below the rest.
-    let key = |f: f64| {
-        let b = f.to_bits();
-        if b & SIGN != 0 {
-            !b
-        } else {
-            b | SIGN
-        }
-    };
-    let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
-    let mut keys: Vec<(u64, u64)> = pairs.map(|(f, t)| (key(f), t.to_u64())).collect();
+    let b = score.to_bits();
+    if b & SIGN != 0 {
+        !b
+    } else {
+        b | SIGN
+    }
+}
+
+/// The tiles of `(score_key, tile)` pairs, lowest score first, ties by tile. Sorted as plain
+/// `(u64, u64)` keys with `sort_unstable` (the tile breaks every tie, so the order is the
+/// same as a stable sort's): one small sort instantiation in the wasm for the planner.
+fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
     crate::sort_pairs(&mut keys);
     keys.into_iter()
-        .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
+        .map(|(_, t)| TileId::from_packed(t))
         .collect()
 }
 
