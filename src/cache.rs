@@ -568,6 +568,50 @@ impl<P> TileCache<P> {
         Some(item)
     }
 
+    /// Removes the given ids; returns how many were held.
+    fn remove_ids(&mut self, ids: &[&str]) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            if self.remove_item(id).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every item `doomed` picks; returns their ids. (`&dyn`: the bulk removals
+    /// share one copy of this in the wasm.)
+    fn remove_items_where(&mut self, doomed: &dyn Fn(&CacheItem<P>) -> bool) -> Vec<Arc<str>> {
+        let mut ids = Vec::new();
+        for (id, item) in self.items.iter() {
+            if doomed(item) {
+                ids.push(Arc::clone(id));
+            }
+        }
+        for id in &ids {
+            self.remove_item(id);
+        }
+        ids
+    }
+
+    /// The held data tiles whose entries `pick` picks.
+    fn tiles_where(&self, pick: &dyn Fn(TileId, &TileEntry) -> bool) -> Vec<TileId> {
+        let mut tiles = Vec::new();
+        for (&t, e) in self.tiles.iter() {
+            if pick(t, e) {
+                tiles.push(t);
+            }
+        }
+        tiles
+    }
+
+    /// Drops the tile lists `pick` picks (their items stay).
+    fn drop_lists_where(&mut self, pick: &dyn Fn(TileId, &TileEntry) -> bool) {
+        for t in self.tiles_where(pick) {
+            self.tiles.pop(&t);
+        }
+    }
+
     /// Evicts one item: the least-recently-used unprotected one, or — only when
     /// `allow_protected` and nothing unprotected is left — the least-recently-used one.
     /// See the type docs for why this does not rescan.
@@ -897,11 +941,12 @@ impl<P> TileCache<P> {
         if self.tiles.len() <= self.config.max_tiles {
             return;
         }
-        let mut visible_held = self
-            .visible
-            .iter()
-            .filter(|t| self.tiles.contains(*t))
-            .count();
+        let mut visible_held = 0;
+        for t in &self.visible {
+            if self.tiles.contains(t) {
+                visible_held += 1;
+            }
+        }
         // Each visible entry is promoted at most once before a non-visible one is at the
         // tail; the bound only guards against a broken count.
         let mut budget = 2 * self.tiles.len() + 1;
@@ -1188,24 +1233,8 @@ impl<P> TileCache<P> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn drop_above(&mut self, tier: Access) -> usize {
-        let doomed: Vec<Arc<str>> = self
-            .items
-            .iter()
-            .filter(|(_, item)| item.access > tier)
-            .map(|(k, _)| Arc::clone(k))
-            .collect();
-        for id in &doomed {
-            self.remove_item(id);
-        }
-        let lists: Vec<TileId> = self
-            .tiles
-            .iter()
-            .filter(|(_, e)| e.fetched_at > tier)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in lists {
-            self.tiles.pop(&t);
-        }
+        let doomed = self.remove_items_where(&|item| item.access > tier);
+        self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
             self.strip_from_lists(&doomed.iter().map(|id| &**id).collect());
         }
@@ -1229,10 +1258,7 @@ impl<P> TileCache<P> {
     /// assert_eq!(cache.tile_state(t, Access::Public, 0), TileState::Fresh);
     /// ```
     pub fn forget_ids(&mut self, ids: &[&str]) -> usize {
-        let removed = ids
-            .iter()
-            .filter(|id| self.remove_item(id).is_some())
-            .count();
+        let removed = self.remove_ids(ids);
         self.strip_from_lists(&ids.iter().copied().collect());
         removed
     }
@@ -1266,10 +1292,7 @@ impl<P> TileCache<P> {
     /// ```
     pub fn invalidate(&mut self, what: Invalidate<'_>) -> usize {
         match what {
-            Invalidate::Ids(ids) => ids
-                .iter()
-                .filter(|id| self.remove_item(id).is_some())
-                .count(),
+            Invalidate::Ids(ids) => self.remove_ids(ids),
             Invalidate::Tiles(tiles) => {
                 let dz = self.config.tile_zoom;
                 let mut targets = Vec::new();
@@ -1277,12 +1300,7 @@ impl<P> TileCache<P> {
                     if t.z() >= dz {
                         targets.extend(t.ancestor(dz).ok());
                     } else {
-                        targets.extend(
-                            self.tiles
-                                .iter()
-                                .map(|(&held, _)| held)
-                                .filter(|&held| t.contains(held)),
-                        );
+                        targets.extend(self.tiles_where(&|held, _| t.contains(held)));
                     }
                 }
                 let mut removed = 0;
@@ -1297,18 +1315,7 @@ impl<P> TileCache<P> {
                 }
                 removed
             }
-            Invalidate::Class(class) => {
-                let doomed: Vec<Arc<str>> = self
-                    .items
-                    .iter()
-                    .filter(|(_, item)| item.class == class)
-                    .map(|(k, _)| Arc::clone(k))
-                    .collect();
-                for id in &doomed {
-                    self.remove_item(id);
-                }
-                doomed.len()
-            }
+            Invalidate::Class(class) => self.remove_items_where(&|item| item.class == class).len(),
             Invalidate::All => {
                 let n = self.items.len();
                 self.items.clear();
@@ -1336,26 +1343,13 @@ impl<P> TileCache<P> {
     /// ```
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         let swr = self.swr();
-        let doomed: Vec<Arc<str>> = self
-            .items
-            .iter()
-            .filter(|(_, item)| freshness(item.expires_at_ms, swr, now_ms) == Freshness::Gone)
-            .map(|(k, _)| Arc::clone(k))
-            .collect();
-        for id in &doomed {
-            self.remove_item(id);
-        }
-        self.stats.expirations += doomed.len() as u64;
-        let lists: Vec<TileId> = self
-            .tiles
-            .iter()
-            .filter(|(_, e)| freshness(e.expires_at_ms, swr, now_ms) == Freshness::Gone)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in lists {
-            self.tiles.pop(&t);
-        }
-        doomed.len()
+        let gone = |expires_at_ms| freshness(expires_at_ms, swr, now_ms) == Freshness::Gone;
+        let removed = self
+            .remove_items_where(&|item| gone(item.expires_at_ms))
+            .len();
+        self.stats.expirations += removed as u64;
+        self.drop_lists_where(&|_, e| gone(e.expires_at_ms));
+        removed
     }
 
     /// Counters and current sizes.
