@@ -1208,7 +1208,12 @@ impl<P> TileCache<P> {
     /// ```
     pub fn set_visible(&mut self, tiles: &[TileId]) {
         let dz = self.config.tile_zoom;
-        self.visible = tiles.iter().copied().filter(|t| t.z() == dz).collect();
+        self.visible.clear();
+        for &t in tiles {
+            if t.z() == dz {
+                self.visible.insert(t);
+            }
+        }
         let mut protected = Load::default();
         for t in &self.visible {
             if let Some(l) = self.load.get(t) {
