@@ -1087,34 +1087,12 @@ impl<P> TileCache<P> {
             Some(e) => e.ids.clone(),
             None => return state,
         };
-        let swr = self.swr();
         for id in &ids {
-            let (access, expires) = match self.items.peek(&**id) {
-                Some(item) => (item.access, item.expires_at_ms),
-                None => {
-                    self.stats.misses += 1;
-                    continue;
+            // Items the caller may not see are not shown, so they count for nothing.
+            if let Some(stale) = self.count_lookup(id, caller, now_ms, false) {
+                if let Some(item) = self.items.get(&**id) {
+                    sink(item, stale);
                 }
-            };
-            if !caller.can_see(access) {
-                continue;
-            }
-            let stale = match freshness(expires, swr, now_ms) {
-                Freshness::Gone => {
-                    self.remove_item(id);
-                    self.stats.expirations += 1;
-                    self.stats.misses += 1;
-                    continue;
-                }
-                f => f == Freshness::Stale,
-            };
-            if stale {
-                self.stats.stale_hits += 1;
-            } else {
-                self.stats.hits += 1;
-            }
-            if let Some(item) = self.items.get(&**id) {
-                sink(item, stale);
             }
         }
         state
@@ -1137,6 +1115,23 @@ impl<P> TileCache<P> {
     /// assert!(!cache.contains("a"));
     /// ```
     pub fn get(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let stale = self.count_lookup(id, caller, now_ms, true)?;
+        self.items.get(id).map(|item| Lookup { item, stale })
+    }
+
+    /// One lookup of `id` for `caller`, counted: `Some(stale)` for a hit or stale hit, else
+    /// `None` and a miss (absent, or expired beyond the window: then it is removed and
+    /// counted in `expirations`, or above the caller's tier). With `hidden_counts` false an
+    /// item above the caller's tier is passed over instead: not counted, not removed.
+    /// Does not touch LRU order.
+    #[inline]
+    fn count_lookup(
+        &mut self,
+        id: &str,
+        caller: Access,
+        now_ms: u64,
+        hidden_counts: bool,
+    ) -> Option<bool> {
         let (access, expires) = match self.items.peek(id) {
             Some(item) => (item.access, item.expires_at_ms),
             None => {
@@ -1144,6 +1139,10 @@ impl<P> TileCache<P> {
                 return None;
             }
         };
+        let seen = caller.can_see(access);
+        if !seen && !hidden_counts {
+            return None;
+        }
         let f = freshness(expires, self.swr(), now_ms);
         if f == Freshness::Gone {
             self.remove_item(id);
@@ -1151,7 +1150,7 @@ impl<P> TileCache<P> {
             self.stats.misses += 1;
             return None;
         }
-        if !caller.can_see(access) {
+        if !seen {
             self.stats.misses += 1;
             return None;
         }
@@ -1161,7 +1160,7 @@ impl<P> TileCache<P> {
         } else {
             self.stats.hits += 1;
         }
-        self.items.get(id).map(|item| Lookup { item, stale })
+        Some(stale)
     }
 
     /// Like [`get`](Self::get) without counting, reordering or removing anything.
