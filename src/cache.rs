@@ -162,12 +162,12 @@ impl CacheConfig {
             return Err(bad("default_ttl_ms", 0, "at least 1"));
         }
         // The smallest such class, so the error is the same on every run.
-        let zero = self
-            .class_ttl_ms
-            .iter()
-            .filter(|(_, &ttl)| ttl == 0)
-            .map(|(class, _)| class.as_str())
-            .min();
+        let mut zero: Option<&str> = None;
+        for (class, &ttl) in &self.class_ttl_ms {
+            if ttl == 0 && zero.is_none_or(|z| class.as_str() < z) {
+                zero = Some(class);
+            }
+        }
         if let Some(class) = zero {
             let class: String = class.chars().take(64).collect();
             return Err(bad(
