@@ -589,9 +589,11 @@ fn score_key(score: f64) -> u64 {
 /// same as a stable sort's): one small sort instantiation in the wasm for the planner.
 fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
     crate::sort_pairs(&mut keys);
-    keys.into_iter()
-        .map(|(_, t)| TileId::from_packed(t))
-        .collect()
+    let mut tiles = Vec::with_capacity(keys.len());
+    for (_, t) in keys {
+        tiles.push(TileId::from_packed(t));
+    }
+    tiles
 }
 
 /// `2^x` for a zoom difference, as `exp(x ln 2)`: the `exp2` that `2f64.powf(x)` compiles
