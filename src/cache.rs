@@ -1240,7 +1240,11 @@ impl<P> TileCache<P> {
         let doomed = self.remove_items_where(&|item| item.access > tier);
         self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
-            self.strip_from_lists(&doomed.iter().map(|id| &**id).collect());
+            let mut ids = HashSet::with_capacity(doomed.len());
+            for id in &doomed {
+                ids.insert(&**id);
+            }
+            self.strip_from_lists(&ids);
         }
         doomed.len()
     }
@@ -1263,7 +1267,11 @@ impl<P> TileCache<P> {
     /// ```
     pub fn forget_ids(&mut self, ids: &[&str]) -> usize {
         let removed = self.remove_ids(ids);
-        self.strip_from_lists(&ids.iter().copied().collect());
+        let mut set = HashSet::with_capacity(ids.len());
+        for &id in ids {
+            set.insert(id);
+        }
+        self.strip_from_lists(&set);
         removed
     }
 
