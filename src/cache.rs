@@ -1080,7 +1080,7 @@ impl<P> TileCache<P> {
         mut sink: impl FnMut(&CacheItem<P>, bool),
     ) -> TileState {
         let state = self.tile_state(tile, caller, now_ms);
-        if state == TileState::Unknown {
+        if matches!(state, TileState::Unknown) {
             return state;
         }
         let ids = match self.tiles.get(&tile) {
