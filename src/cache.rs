@@ -882,8 +882,12 @@ impl<P> TileCache<P> {
         }
 
         if tile.z() == dz {
+            let mut ids = Vec::with_capacity(listed.len());
+            for (id, _) in listed {
+                ids.push(id);
+            }
             let entry = TileEntry {
-                ids: listed.into_iter().map(|(id, _)| id).collect(),
+                ids,
                 expires_at_ms,
                 fetched_at,
                 complete: true,
