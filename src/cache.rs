@@ -1314,9 +1314,11 @@ impl<P> TileCache<P> {
                 let mut targets = Vec::new();
                 for &t in tiles {
                     if t.z() >= dz {
-                        targets.extend(t.ancestor(dz).ok());
+                        if let Ok(a) = t.ancestor(dz) {
+                            targets.push(a);
+                        }
                     } else {
-                        targets.extend(self.tiles_where(&|held, _| t.contains(held)));
+                        targets.append(&mut self.tiles_where(&|held, _| t.contains(held)));
                     }
                 }
                 let mut removed = 0;
