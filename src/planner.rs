@@ -451,11 +451,14 @@ impl Planner {
             return (0.0, 0.0, 0.0);
         };
         let horizon = last.t.saturating_sub(self.config.history_ms);
-        let first = self
-            .history
-            .iter()
-            .find(|s| s.t >= horizon && s.t < last.t)
-            .unwrap_or(first);
+        // The oldest sample inside the window and older than the newest, else the oldest.
+        let mut first = first;
+        for s in &self.history {
+            if s.t >= horizon && s.t < last.t {
+                first = s;
+                break;
+            }
+        }
         let dt = last.t.saturating_sub(first.t) as f64;
         if dt <= 0.0 {
             return (0.0, 0.0, 0.0);
