@@ -111,16 +111,16 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
+        let mut class_ttl_ms = HashMap::new();
+        class_ttl_ms.insert("active".to_string(), 300_000);
+        class_ttl_ms.insert("off_market".to_string(), 14_400_000);
         CacheConfig {
             tile_zoom: 14,
             max_items: 50_000,
             max_bytes: 32 * 1024 * 1024,
             max_tiles: 65_536,
             default_ttl_ms: 300_000,
-            class_ttl_ms: HashMap::from([
-                ("active".to_string(), 300_000),
-                ("off_market".to_string(), 14_400_000),
-            ]),
+            class_ttl_ms,
             tile_ttl_ms: None,
             stale_while_revalidate_ms: 0,
         }
