@@ -587,9 +587,8 @@ fn score_key(score: f64) -> u64 {
     }
 }
 
-/// The tiles of `(score_key, tile)` pairs, lowest score first, ties by tile. Sorted as plain
-/// `(u64, u64)` keys with `sort_unstable` (the tile breaks every tie, so the order is the
-/// same as a stable sort's): one small sort instantiation in the wasm for the planner.
+/// The tiles of `(score_key, tile)` pairs, lowest score first, ties by tile: sorted as plain
+/// `(u64, u64)` keys by [`crate::sort_pairs`], the core's one sort.
 fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
     crate::sort_pairs(&mut keys);
     let mut tiles = Vec::with_capacity(keys.len());
