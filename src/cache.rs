@@ -111,16 +111,16 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
+        let mut class_ttl_ms = HashMap::new();
+        class_ttl_ms.insert("active".to_string(), 300_000);
+        class_ttl_ms.insert("off_market".to_string(), 14_400_000);
         CacheConfig {
             tile_zoom: 14,
             max_items: 50_000,
             max_bytes: 32 * 1024 * 1024,
             max_tiles: 65_536,
             default_ttl_ms: 300_000,
-            class_ttl_ms: HashMap::from([
-                ("active".to_string(), 300_000),
-                ("off_market".to_string(), 14_400_000),
-            ]),
+            class_ttl_ms,
             tile_ttl_ms: None,
             stale_while_revalidate_ms: 0,
         }
@@ -162,12 +162,12 @@ impl CacheConfig {
             return Err(bad("default_ttl_ms", 0, "at least 1"));
         }
         // The smallest such class, so the error is the same on every run.
-        let zero = self
-            .class_ttl_ms
-            .iter()
-            .filter(|(_, &ttl)| ttl == 0)
-            .map(|(class, _)| class.as_str())
-            .min();
+        let mut zero: Option<&str> = None;
+        for (class, &ttl) in &self.class_ttl_ms {
+            if ttl == 0 && zero.is_none_or(|z| class.as_str() < z) {
+                zero = Some(class);
+            }
+        }
         if let Some(class) = zero {
             let class: String = class.chars().take(64).collect();
             return Err(bad(
@@ -568,6 +568,50 @@ impl<P> TileCache<P> {
         Some(item)
     }
 
+    /// Removes the given ids; returns how many were held.
+    fn remove_ids(&mut self, ids: &[&str]) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            if self.remove_item(id).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every item `doomed` picks; returns their ids. (`&dyn`: the bulk removals
+    /// share one copy of this in the wasm.)
+    fn remove_items_where(&mut self, doomed: &dyn Fn(&CacheItem<P>) -> bool) -> Vec<Arc<str>> {
+        let mut ids = Vec::new();
+        for (id, item) in self.items.iter() {
+            if doomed(item) {
+                ids.push(Arc::clone(id));
+            }
+        }
+        for id in &ids {
+            self.remove_item(id);
+        }
+        ids
+    }
+
+    /// The held data tiles whose entries `pick` picks.
+    fn tiles_where(&self, pick: &dyn Fn(TileId, &TileEntry) -> bool) -> Vec<TileId> {
+        let mut tiles = Vec::new();
+        for (&t, e) in self.tiles.iter() {
+            if pick(t, e) {
+                tiles.push(t);
+            }
+        }
+        tiles
+    }
+
+    /// Drops the tile lists `pick` picks (their items stay).
+    fn drop_lists_where(&mut self, pick: &dyn Fn(TileId, &TileEntry) -> bool) {
+        for t in self.tiles_where(pick) {
+            self.tiles.pop(&t);
+        }
+    }
+
     /// Evicts one item: the least-recently-used unprotected one, or — only when
     /// `allow_protected` and nothing unprotected is left — the least-recently-used one.
     /// See the type docs for why this does not rescan.
@@ -838,8 +882,12 @@ impl<P> TileCache<P> {
         }
 
         if tile.z() == dz {
+            let mut ids = Vec::with_capacity(listed.len());
+            for (id, _) in listed {
+                ids.push(id);
+            }
             let entry = TileEntry {
-                ids: listed.into_iter().map(|(id, _)| id).collect(),
+                ids,
                 expires_at_ms,
                 fetched_at,
                 complete: true,
@@ -897,11 +945,12 @@ impl<P> TileCache<P> {
         if self.tiles.len() <= self.config.max_tiles {
             return;
         }
-        let mut visible_held = self
-            .visible
-            .iter()
-            .filter(|t| self.tiles.contains(*t))
-            .count();
+        let mut visible_held = 0;
+        for t in &self.visible {
+            if self.tiles.contains(t) {
+                visible_held += 1;
+            }
+        }
         // Each visible entry is promoted at most once before a non-visible one is at the
         // tail; the bound only guards against a broken count.
         let mut budget = 2 * self.tiles.len() + 1;
@@ -1035,41 +1084,19 @@ impl<P> TileCache<P> {
         mut sink: impl FnMut(&CacheItem<P>, bool),
     ) -> TileState {
         let state = self.tile_state(tile, caller, now_ms);
-        if state == TileState::Unknown {
+        if matches!(state, TileState::Unknown) {
             return state;
         }
         let ids = match self.tiles.get(&tile) {
             Some(e) => e.ids.clone(),
             None => return state,
         };
-        let swr = self.swr();
         for id in &ids {
-            let (access, expires) = match self.items.peek(&**id) {
-                Some(item) => (item.access, item.expires_at_ms),
-                None => {
-                    self.stats.misses += 1;
-                    continue;
+            // Items the caller may not see are not shown, so they count for nothing.
+            if let Some(stale) = self.count_lookup(id, caller, now_ms, false) {
+                if let Some(item) = self.items.get(&**id) {
+                    sink(item, stale);
                 }
-            };
-            if !caller.can_see(access) {
-                continue;
-            }
-            let stale = match freshness(expires, swr, now_ms) {
-                Freshness::Gone => {
-                    self.remove_item(id);
-                    self.stats.expirations += 1;
-                    self.stats.misses += 1;
-                    continue;
-                }
-                f => f == Freshness::Stale,
-            };
-            if stale {
-                self.stats.stale_hits += 1;
-            } else {
-                self.stats.hits += 1;
-            }
-            if let Some(item) = self.items.get(&**id) {
-                sink(item, stale);
             }
         }
         state
@@ -1092,6 +1119,23 @@ impl<P> TileCache<P> {
     /// assert!(!cache.contains("a"));
     /// ```
     pub fn get(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let stale = self.count_lookup(id, caller, now_ms, true)?;
+        self.items.get(id).map(|item| Lookup { item, stale })
+    }
+
+    /// One lookup of `id` for `caller`, counted: `Some(stale)` for a hit or stale hit, else
+    /// `None` and a miss (absent, or expired beyond the window: then it is removed and
+    /// counted in `expirations`, or above the caller's tier). With `hidden_counts` false an
+    /// item above the caller's tier is passed over instead: not counted, not removed.
+    /// Does not touch LRU order.
+    #[inline]
+    fn count_lookup(
+        &mut self,
+        id: &str,
+        caller: Access,
+        now_ms: u64,
+        hidden_counts: bool,
+    ) -> Option<bool> {
         let (access, expires) = match self.items.peek(id) {
             Some(item) => (item.access, item.expires_at_ms),
             None => {
@@ -1099,6 +1143,10 @@ impl<P> TileCache<P> {
                 return None;
             }
         };
+        let seen = caller.can_see(access);
+        if !seen && !hidden_counts {
+            return None;
+        }
         let f = freshness(expires, self.swr(), now_ms);
         if f == Freshness::Gone {
             self.remove_item(id);
@@ -1106,7 +1154,7 @@ impl<P> TileCache<P> {
             self.stats.misses += 1;
             return None;
         }
-        if !caller.can_see(access) {
+        if !seen {
             self.stats.misses += 1;
             return None;
         }
@@ -1116,7 +1164,7 @@ impl<P> TileCache<P> {
         } else {
             self.stats.hits += 1;
         }
-        self.items.get(id).map(|item| Lookup { item, stale })
+        Some(stale)
     }
 
     /// Like [`get`](Self::get) without counting, reordering or removing anything.
@@ -1163,7 +1211,12 @@ impl<P> TileCache<P> {
     /// ```
     pub fn set_visible(&mut self, tiles: &[TileId]) {
         let dz = self.config.tile_zoom;
-        self.visible = tiles.iter().copied().filter(|t| t.z() == dz).collect();
+        self.visible.clear();
+        for &t in tiles {
+            if t.z() == dz {
+                self.visible.insert(t);
+            }
+        }
         let mut protected = Load::default();
         for t in &self.visible {
             if let Some(l) = self.load.get(t) {
@@ -1188,26 +1241,14 @@ impl<P> TileCache<P> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn drop_above(&mut self, tier: Access) -> usize {
-        let doomed: Vec<Arc<str>> = self
-            .items
-            .iter()
-            .filter(|(_, item)| item.access > tier)
-            .map(|(k, _)| Arc::clone(k))
-            .collect();
-        for id in &doomed {
-            self.remove_item(id);
-        }
-        let lists: Vec<TileId> = self
-            .tiles
-            .iter()
-            .filter(|(_, e)| e.fetched_at > tier)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in lists {
-            self.tiles.pop(&t);
-        }
+        let doomed = self.remove_items_where(&|item| item.access > tier);
+        self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
-            self.strip_from_lists(&doomed.iter().map(|id| &**id).collect());
+            let mut ids = HashSet::with_capacity(doomed.len());
+            for id in &doomed {
+                ids.insert(&**id);
+            }
+            self.strip_from_lists(&ids);
         }
         doomed.len()
     }
@@ -1229,11 +1270,12 @@ impl<P> TileCache<P> {
     /// assert_eq!(cache.tile_state(t, Access::Public, 0), TileState::Fresh);
     /// ```
     pub fn forget_ids(&mut self, ids: &[&str]) -> usize {
-        let removed = ids
-            .iter()
-            .filter(|id| self.remove_item(id).is_some())
-            .count();
-        self.strip_from_lists(&ids.iter().copied().collect());
+        let removed = self.remove_ids(ids);
+        let mut set = HashSet::with_capacity(ids.len());
+        for &id in ids {
+            set.insert(id);
+        }
+        self.strip_from_lists(&set);
         removed
     }
 
@@ -1266,23 +1308,17 @@ impl<P> TileCache<P> {
     /// ```
     pub fn invalidate(&mut self, what: Invalidate<'_>) -> usize {
         match what {
-            Invalidate::Ids(ids) => ids
-                .iter()
-                .filter(|id| self.remove_item(id).is_some())
-                .count(),
+            Invalidate::Ids(ids) => self.remove_ids(ids),
             Invalidate::Tiles(tiles) => {
                 let dz = self.config.tile_zoom;
                 let mut targets = Vec::new();
                 for &t in tiles {
                     if t.z() >= dz {
-                        targets.extend(t.ancestor(dz).ok());
+                        if let Ok(a) = t.ancestor(dz) {
+                            targets.push(a);
+                        }
                     } else {
-                        targets.extend(
-                            self.tiles
-                                .iter()
-                                .map(|(&held, _)| held)
-                                .filter(|&held| t.contains(held)),
-                        );
+                        targets.append(&mut self.tiles_where(&|held, _| t.contains(held)));
                     }
                 }
                 let mut removed = 0;
@@ -1297,18 +1333,7 @@ impl<P> TileCache<P> {
                 }
                 removed
             }
-            Invalidate::Class(class) => {
-                let doomed: Vec<Arc<str>> = self
-                    .items
-                    .iter()
-                    .filter(|(_, item)| item.class == class)
-                    .map(|(k, _)| Arc::clone(k))
-                    .collect();
-                for id in &doomed {
-                    self.remove_item(id);
-                }
-                doomed.len()
-            }
+            Invalidate::Class(class) => self.remove_items_where(&|item| item.class == class).len(),
             Invalidate::All => {
                 let n = self.items.len();
                 self.items.clear();
@@ -1336,26 +1361,13 @@ impl<P> TileCache<P> {
     /// ```
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
         let swr = self.swr();
-        let doomed: Vec<Arc<str>> = self
-            .items
-            .iter()
-            .filter(|(_, item)| freshness(item.expires_at_ms, swr, now_ms) == Freshness::Gone)
-            .map(|(k, _)| Arc::clone(k))
-            .collect();
-        for id in &doomed {
-            self.remove_item(id);
-        }
-        self.stats.expirations += doomed.len() as u64;
-        let lists: Vec<TileId> = self
-            .tiles
-            .iter()
-            .filter(|(_, e)| freshness(e.expires_at_ms, swr, now_ms) == Freshness::Gone)
-            .map(|(&t, _)| t)
-            .collect();
-        for t in lists {
-            self.tiles.pop(&t);
-        }
-        doomed.len()
+        let gone = |expires_at_ms| freshness(expires_at_ms, swr, now_ms) == Freshness::Gone;
+        let removed = self
+            .remove_items_where(&|item| gone(item.expires_at_ms))
+            .len();
+        self.stats.expirations += removed as u64;
+        self.drop_lists_where(&|_, e| gone(e.expires_at_ms));
+        removed
     }
 
     /// Counters and current sizes.

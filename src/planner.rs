@@ -346,8 +346,11 @@ impl Planner {
         let n = tiles_per_axis(self.config.tile_zoom) as f64;
 
         // Foreground and refresh: visible tiles, nearest the centre first.
-        let vis_sorted = sorted_by_score(visible.iter().map(|&t| (dist2(centre, t, n), t)));
-        for &(_, t) in &vis_sorted {
+        let mut by_distance = Vec::with_capacity(visible.len());
+        for &t in &visible {
+            by_distance.push((score_key(dist2(centre, t, n)), t.to_u64()));
+        }
+        for t in tiles_by_score(by_distance) {
             let st = state(t);
             let showable = st.is_showable();
             if let Some(w) = Work::from_state(t, st) {
@@ -448,11 +451,14 @@ impl Planner {
             return (0.0, 0.0, 0.0);
         };
         let horizon = last.t.saturating_sub(self.config.history_ms);
-        let first = self
-            .history
-            .iter()
-            .find(|s| s.t >= horizon && s.t < last.t)
-            .unwrap_or(first);
+        // The oldest sample inside the window and older than the newest, else the oldest.
+        let mut first = first;
+        for s in &self.history {
+            if s.t >= horizon && s.t < last.t {
+                first = s;
+                break;
+            }
+        }
         let dt = last.t.saturating_sub(first.t) as f64;
         if dt <= 0.0 {
             return (0.0, 0.0, 0.0);
@@ -561,33 +567,35 @@ impl Planner {
             }
         }
 
-        sorted_by_score(scores.into_iter().map(|(tile, score)| (score, tile)))
-            .into_iter()
-            .map(|(_, tile)| tile)
-            .collect()
+        let mut keys = Vec::with_capacity(scores.len());
+        for (t, score) in scores {
+            keys.push((score_key(score), t.to_u64()));
+        }
+        tiles_by_score(keys)
     }
 }
 
-/// `(score, tile)` pairs ordered by `f64::total_cmp` of the score, ties by tile. Sorted as
-/// plain `(u64, u64)` keys with `sort_unstable` (the tile breaks every tie, so the order is
-/// the same as a stable sort's): one small sort instantiation in the wasm for the planner.
-fn sorted_by_score(pairs: impl Iterator<Item = (f64, TileId)>) -> Vec<(f64, TileId)> {
+/// A score as a `u64` that orders as `f64::total_cmp` orders the scores: negatives (sign set)
+/// reversed below the rest.
+fn score_key(score: f64) -> u64 {
     const SIGN: u64 = 1 << 63;
-    // total_cmp's order as unsigned integers: negatives (sign set) reversed below the rest.
-    let key = |f: f64| {
-        let b = f.to_bits();
-        if b & SIGN != 0 {
-            !b
-        } else {
-            b | SIGN
-        }
-    };
-    let unkey = |k: u64| f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k });
-    let mut keys: Vec<(u64, u64)> = pairs.map(|(f, t)| (key(f), t.to_u64())).collect();
+    let b = score.to_bits();
+    if b & SIGN != 0 {
+        !b
+    } else {
+        b | SIGN
+    }
+}
+
+/// The tiles of `(score_key, tile)` pairs, lowest score first, ties by tile: sorted as plain
+/// `(u64, u64)` keys by [`crate::sort_pairs`], the core's one sort.
+fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
     crate::sort_pairs(&mut keys);
-    keys.into_iter()
-        .map(|(k, t)| (unkey(k), TileId::from_packed(t)))
-        .collect()
+    let mut tiles = Vec::with_capacity(keys.len());
+    for (_, t) in keys {
+        tiles.push(TileId::from_packed(t));
+    }
+    tiles
 }
 
 /// `2^x` for a zoom difference, as `exp(x ln 2)`: the `exp2` that `2f64.powf(x)` compiles
