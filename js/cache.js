@@ -1,8 +1,9 @@
 // TileCache: the JS shell around the wasm Engine (src/wasm/engine.rs), which is the
 // sans-IO core. The engine decides what to fetch, when to retry, what to abort and what the
 // view holds; this file owns fetch, AbortControllers, the one wake-up timer, listeners and
-// promises, and it builds request bodies, flattens responses and formats error messages,
-// so no JSON and no number formatting runs in wasm.
+// promises, and it builds request bodies, flattens responses and writes the values into
+// error messages, so no JSON and no number formatting runs in wasm. `thrown` (the errors
+// the wasm describes) also serves the tile functions in api.js.
 import { Engine } from './tilewarm.js';
 
 // Record tags of the engine's output (see `Out` in src/wasm/engine.rs).
@@ -46,17 +47,18 @@ function argError(Class, code, message) {
   return e;
 }
 
-const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
-
-/** Turns the engine's structured error `[field, kind, code, allowed, other]` into a
- * TypeError or RangeError; `lookup(field)` is the value the caller passed. */
-function fieldError(e, lookup) {
+/** The error for a record `[kind (0 TypeError, 1 RangeError), code, ...parts]` from the
+ * wasm: the message is the parts joined, each odd part (an argument's name or option path)
+ * replaced by `show(lookup(part))`, the value the caller passed. Anything else is returned
+ * as it is. */
+export function thrown(e, lookup) {
   if (!Array.isArray(e)) return e;
-  const [field, kind, code, allowed, other] = e;
-  let message = `${field} must be ${allowed}, got ${show(lookup(field))}`;
-  if (other !== undefined) message += ` (${other} is ${show(lookup(other))})`;
+  const [kind, code, ...parts] = e;
+  const message = parts.map((p, i) => (i % 2 ? show(lookup(p)) : p)).join('');
   return argError(kind === 0 ? TypeError : RangeError, code, message);
 }
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 function byPath(obj, path) {
   let v = obj;
@@ -191,7 +193,7 @@ let optionPaths;
  * Types and docs: index.d.ts.
  */
 export class TileCache {
-  #engine; #fetch; #now; #endpoint; #headers; #tileZoom; #timeoutMs;
+  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs;
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
@@ -235,13 +237,12 @@ export class TileCache {
     try {
       this.#engine = new Engine(values, byClass !== undefined, classes, classes.map((c) => byClass[c]), options.access, seed);
     } catch (e) {
-      throw fieldError(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
+      throw thrown(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
     }
     this.#endpoint = url.href;
     this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
-    this.#tileZoom = options.tileZoom ?? 14;
     this.#timeoutMs = options.batch?.timeoutMs ?? 3000;
   }
 
@@ -256,11 +257,7 @@ export class TileCache {
     try {
       out = this.#engine.view(west, south, east, north, zoom, this.#now());
     } catch (e) {
-      if (Array.isArray(e) && e[2] === 'ERR_TOO_MANY_TILES') {
-        throw argError(RangeError, e[2], `viewport covers more than 1024 data tiles at tileZoom ${this.#tileZoom}` +
-          ` (west ${west}, south ${south}, east ${east}, north ${north}, zoom ${zoom}); zoom in, or raise minZoom so nothing is fetched at this zoom`);
-      }
-      throw fieldError(e, (f) => viewport[f]);
+      throw thrown(e, (f) => viewport[f]);
     }
     const view = this.#view(out);
     this.#run(out, view.n, view.r);
@@ -322,7 +319,7 @@ export class TileCache {
     try {
       out = this.#engine.invalidate(ids, tiles, what.all === true, this.#now());
     } catch (e) {
-      throw fieldError(e, () => tiles);
+      throw thrown(e, () => tiles);
     }
     this.#run(out, 1, 1);
     this.#refresh();
@@ -338,7 +335,7 @@ export class TileCache {
     try {
       codes = this.#engine.tileStates(tiles, this.#now());
     } catch (e) {
-      throw fieldError(e, () => tiles);
+      throw thrown(e, () => tiles);
     }
     return Array.from(codes, (c) => TILE_STATES[c]);
   }
@@ -350,7 +347,7 @@ export class TileCache {
     try {
       out = this.#engine.setAccess(access, this.#now());
     } catch (e) {
-      throw fieldError(e, () => access);
+      throw thrown(e, () => access);
     }
     this.#run(out, 0, 1);
     this.#refresh();

@@ -89,8 +89,9 @@ const pkg = {
       browser: "./index.js",
       default: "./index.js",
     },
-    // The plain wasm-bindgen glue, for callers that load the .wasm themselves.
-    "./raw": { types: "./tilewarm.d.ts", default: "./tilewarm.js" },
+    // The plain wasm-bindgen glue and the tile functions, for callers that load the .wasm
+    // themselves.
+    "./raw": { types: "./raw.d.ts", default: "./raw.js" },
     // The edge worker (Cloudflare Workers / workerd): createWorker, EdgeProxy; own .wasm.
     "./edge": { types: "./edge.d.ts", default: "./edge.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",

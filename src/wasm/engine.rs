@@ -9,15 +9,15 @@
 //!   strings and item objects beside it, decoded by `cache.js`. A call hands back
 //!   everything it caused (requests to send, aborts, events, the next wake-up), so
 //!   `setViewport` is one crossing.
-//! - Bad options and viewports come back as structured [`FieldError`]s; the JS glue
-//!   formats the message. Nothing here panics on input.
+//! - Bad options and viewports are thrown as error records ([`super::thrown`]); the JS
+//!   glue writes the values into the message. Nothing here panics on input.
 
-use js_sys::{Array, Float64Array};
+use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
 
-use super::args::{Kind as ArgKind, Value};
-use super::config::{self, FieldError};
-use super::value;
+use super::args::{code, ArgError, Kind as ArgKind, Value};
+use super::config;
+use super::{thrown, value};
 use crate::{
     Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
     RequestId, TileId, TileList, TileStatus, ViewOutcome,
@@ -98,21 +98,6 @@ fn ms(now: f64) -> u64 {
     now as u64
 }
 
-/// A structured error for the JS glue: `[field, kind (0 type, 1 range), code, allowed,
-/// other field or undefined]`.
-fn field_error(e: FieldError) -> JsValue {
-    let a = Array::new();
-    a.push(&JsValue::from_str(&e.field));
-    a.push(&JsValue::from_f64(match e.kind {
-        ArgKind::Type => 0.0,
-        ArgKind::Range => 1.0,
-    }));
-    a.push(&JsValue::from_str(e.code));
-    a.push(&JsValue::from_str(e.allowed));
-    a.push(&e.other.map_or(JsValue::UNDEFINED, JsValue::from_str));
-    a.into()
-}
-
 /// The access tiers in the order of their codes in [`Engine::response`].
 const TIERS: [Access; 4] = [
     Access::Public,
@@ -162,7 +147,7 @@ impl Engine {
             &value(access),
             seed as u64,
         )
-        .map_err(field_error)?;
+        .map_err(thrown)?;
         let (tile_zoom, min_zoom) = (config.cache.tile_zoom, config.planner.min_zoom);
         let max_visible = config.planner.max_visible_tiles;
         // The options are checked above, so the core's own checks pass.
@@ -193,7 +178,7 @@ impl Engine {
             value(zoom),
         ];
         let vp = config::viewport(&v, self.tile_zoom, self.min_zoom, self.max_visible)
-            .map_err(field_error)?;
+            .map_err(thrown)?;
         let now = ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
@@ -201,15 +186,10 @@ impl Engine {
             let obj = item.payload().obj.clone();
             if is_stale { &mut stale } else { &mut fresh }.push(obj);
         };
-        let outcome = self.client.set_viewport(vp, now, sink).map_err(|_| {
-            field_error(FieldError {
-                field: "viewport".into(),
-                kind: ArgKind::Range,
-                code: super::args::code::TOO_MANY_TILES,
-                allowed: "at most 1024 data tiles wide",
-                other: None,
-            })
-        })?;
+        let outcome = self
+            .client
+            .set_viewport(vp, now, sink)
+            .map_err(|_| thrown(config::too_wide(self.tile_zoom, self.max_visible)))?;
         out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         Ok(out.finish())
@@ -376,7 +356,7 @@ impl Engine {
     /// `setAccess`.
     #[wasm_bindgen(js_name = setAccess)]
     pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
-        let tier = config::access("access", &value(access)).map_err(field_error)?;
+        let tier = config::access("access", &value(access)).map_err(thrown)?;
         let now = ms(now);
         self.client.set_access(tier, now);
         let mut out = Out::default();
@@ -473,13 +453,12 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .iter()
         .map(|t| {
             t.parse::<TileId>().map_err(|_| {
-                field_error(FieldError {
-                    field: "tiles".into(),
-                    kind: ArgKind::Type,
-                    code: super::args::code::INVALID_TILE,
-                    allowed: "an array of tile strings \"z/x/y\"",
-                    other: None,
-                })
+                thrown(ArgError::must(
+                    ArgKind::Type,
+                    code::INVALID_TILE,
+                    "tiles",
+                    "an array of tile strings \"z/x/y\"",
+                ))
             })
         })
         .collect()
