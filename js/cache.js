@@ -105,42 +105,41 @@ function list(v, name) {
   return v;
 }
 
-/** The parsed response as the flat arrays `Engine.response` takes, plus the item objects
- * the page gets. Only shapes are checked here; the engine checks values. */
-function flatten(body) {
+/** The parsed response as the three lists `Engine.response` takes (see there), with the
+ * item objects the page gets, and the ids of the items and of the missing ones. Only shapes
+ * are checked here; the engine checks values. `bytes`: the body's length. */
+function flatten(body, bytes) {
   if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
   const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
-  const tiles = [], tileTtls = [], tileLens = [], tileIds = [];
+  const n = il.length;
+  const nums = [tl.length, n, Math.ceil(bytes / Math.max(1, n))], strs = [];
+  const ids = new Array(n), objs = new Array(n);
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
       throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
     }
+    strs.push(t.tile);
     for (const id of t.ids) {
       if (typeof id !== 'string') throw new Invalid(`tiles[${i}].ids must hold strings, got ${show(id)}`);
-      tileIds.push(id);
+      strs.push(id);
     }
-    tiles.push(t.tile);
-    tileTtls.push(optTtl(t.ttl, `tiles[${i}]`));
-    tileLens.push(t.ids.length);
+    nums.push(optTtl(t.ttl, `tiles[${i}]`), t.ids.length);
   });
-  const n = il.length;
-  const ids = new Array(n), coords = new Float64Array(3 * n), classes = new Array(n);
-  const tiers = new Uint8Array(n), objs = new Array(n);
   il.forEach((it, j) => {
     if (!isObject(it) || typeof it.id !== 'string' || typeof it.lon !== 'number' ||
         typeof it.lat !== 'number' || typeof it.class !== 'string' || typeof it.access !== 'string') {
       throw new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
     }
+    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS[it.access] ?? 255);
+    strs.push(it.id, it.class);
     ids[j] = it.id;
-    coords[3 * j] = it.lon;
-    coords[3 * j + 1] = it.lat;
-    coords[3 * j + 2] = optTtl(it.ttl, `items[${j}]`);
-    classes[j] = it.class;
-    tiers[j] = TIERS[it.access] ?? 255;
     objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
   });
-  for (const id of missing) if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
-  return { tiles, tileTtls, tileLens, tileIds, ids, coords, classes, tiers, objs, missing };
+  for (const id of missing) {
+    if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
+    strs.push(id);
+  }
+  return { nums, strs, objs, ids, missing };
 }
 
 /** Largest response body read, in bytes (the core's `Limits::default().max_body_bytes`). */
@@ -508,16 +507,13 @@ export class TileCache {
       req.detail = isObject(detail) ? detail : undefined;
       return this.#failed(req, 2, res.status, retryAfterMs(res.headers.get('retry-after')), '');
     }
-    let flat, size;
+    let f;
     try {
-      flat = flatten(JSON.parse(text));
-      size = Math.ceil(text.length / Math.max(1, flat.ids.length));
+      f = flatten(JSON.parse(text), text.length);
     } catch (e) {
       return this.#failed(req, 3, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
-    const f = flat;
-    const out = this.#engine.response(id, this.#now(), f.tiles, f.tileTtls, f.tileLens, f.tileIds, f.ids,
-      f.coords, f.classes, f.tiers, f.objs, size, f.missing);
+    const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs);
     // Resolve get()s this response answered (or left unanswered: they do not exist).
     const answered = new Set([...f.ids, ...f.missing, ...req.ids]);
     const now = this.#now();

@@ -209,34 +209,24 @@ impl Engine {
         out.finish()
     }
 
-    /// A response, flattened by `cache.js` from the parsed JSON:
-    /// - `tiles[i]` with `tile_ttls[i]` (seconds, `-1` for none) and `tile_lens[i]` ids,
-    ///   taken in order from `tile_ids`;
-    /// - item `j`: `ids[j]`, `coords[3j..3j+3]` = lon, lat, ttl (`-1` for none),
-    ///   `classes[j]`, `tiers[j]` (0..=3; 255 for an unknown tier), `objs[j]` (the JS item);
-    /// - `missing` ids; `size`: bytes charged per item.
-    #[allow(clippy::too_many_arguments)]
+    /// A response, flattened by `cache.js` from the parsed JSON into three lists:
+    /// - `nums`: the tile count, the item count and the bytes charged per item; per tile
+    ///   its TTL in seconds (`-1` for none) and how many ids it lists; per item its lon,
+    ///   lat, TTL (`-1` for none) and tier (0..=3; 255 for an unknown tier);
+    /// - `strs`: per tile its `z/x/y` and its ids; per item its id and class; then the
+    ///   missing ids;
+    /// - `objs`: per item the JS item object.
     pub fn response(
         &mut self,
         id: f64,
         now: f64,
-        tiles: Vec<String>,
-        tile_ttls: Vec<f64>,
-        tile_lens: Vec<u32>,
-        tile_ids: Vec<String>,
-        ids: Vec<String>,
-        coords: Vec<f64>,
-        classes: Vec<String>,
-        tiers: Vec<u8>,
+        nums: Vec<f64>,
+        strs: Vec<String>,
         objs: Vec<JsValue>,
-        size: f64,
-        missing: Vec<String>,
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), ms(now));
         let mut out = Out::default();
-        match build_response(
-            tiles, tile_ttls, tile_lens, tile_ids, ids, coords, classes, tiers, objs, size, missing,
-        ) {
+        match build_response(&nums, strs, objs) {
             // An invalid response is reported as a failure by the core itself.
             Ok(r) => {
                 let _ = self.client.on_response(rid, r, now);
@@ -464,78 +454,76 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .collect()
 }
 
-/// Builds the core's response from the flattened arrays; an inconsistent shape (which
-/// `cache.js` never produces) is an invalid response, not a panic.
-#[allow(clippy::too_many_arguments)]
+/// Builds the core's response from the lists [`Engine::response`] takes; an inconsistent
+/// shape (which `cache.js` never produces) is an invalid response, not a panic.
 fn build_response(
-    tiles: Vec<String>,
-    tile_ttls: Vec<f64>,
-    tile_lens: Vec<u32>,
-    tile_ids: Vec<String>,
-    ids: Vec<String>,
-    coords: Vec<f64>,
-    classes: Vec<String>,
-    tiers: Vec<u8>,
+    nums: &[f64],
+    strs: Vec<String>,
     objs: Vec<JsValue>,
-    size: f64,
-    missing: Vec<String>,
 ) -> Result<BatchResponse<JsItem>, String> {
-    let n = ids.len();
-    if tile_ttls.len() != tiles.len()
-        || tile_lens.len() != tiles.len()
-        || coords.len() != 3 * n
-        || classes.len() != n
-        || tiers.len() != n
-        || objs.len() != n
-    {
-        return Err("response arrays disagree in length".into());
+    let disagree = || "response arrays disagree in length".to_string();
+    let [tiles, items, size, rest @ ..] = nums else {
+        return Err(disagree());
+    };
+    // Counts from JS: `as usize` saturates (NaN is 0); the lengths checked here bound them.
+    let (n_tiles, n_items) = (*tiles as usize, *items as usize);
+    let want = n_items
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(n_tiles.checked_mul(2)?));
+    if want != Some(rest.len()) || objs.len() != n_items {
+        return Err(disagree());
     }
+    let (tile_nums, item_nums) = rest.split_at(2 * n_tiles);
     let ttl = |t: f64| (t >= 0.0).then_some(t.min(u32::MAX as f64) as u32);
-    let mut lists = Vec::with_capacity(tiles.len());
-    let mut rest = tile_ids.into_iter();
-    for (i, s) in tiles.iter().enumerate() {
+    let mut strs = strs.into_iter();
+    let mut lists = Vec::with_capacity(n_tiles);
+    for (i, t) in tile_nums.chunks_exact(2).enumerate() {
+        let s = strs.next().ok_or_else(disagree)?;
         let Ok(tile) = s.parse::<TileId>() else {
             return Err(format!(
                 "tiles[{i}].tile {} is not a tile z/x/y",
-                crate::Quoted(s)
+                crate::Quoted(&s)
             ));
         };
-        let ids: Vec<String> = rest.by_ref().take(tile_lens[i] as usize).collect();
-        if ids.len() != tile_lens[i] as usize {
-            return Err("response arrays disagree in length".into());
+        let len = t[1] as usize;
+        let ids: Vec<String> = strs.by_ref().take(len).collect();
+        if ids.len() != len {
+            return Err(disagree());
         }
         lists.push(TileList {
             tile,
             ids,
-            ttl: ttl(tile_ttls[i]),
+            ttl: ttl(t[0]),
         });
     }
-    let size = if size.is_finite() && size > 0.0 {
+    let size = if size.is_finite() && *size > 0.0 {
         size.min(1e9) as usize
     } else {
         0
     };
-    let mut items = Vec::with_capacity(n);
-    let parts = ids.into_iter().zip(classes).zip(tiers).zip(objs);
-    for (j, (((id, class), tier), obj)) in parts.enumerate() {
-        let Some(&access) = TIERS.get(tier as usize) else {
+    let mut items = Vec::with_capacity(n_items);
+    for (j, (it, obj)) in item_nums.chunks_exact(4).zip(objs).enumerate() {
+        let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
+            return Err(disagree());
+        };
+        let Some(&access) = TIERS.get(it[3] as usize) else {
             return Err(format!(
                 "items[{j}].access must be one of \"public\", \"registered\", \"verified\", \"agent\""
             ));
         };
         items.push(Item {
             id,
-            lon: coords[3 * j],
-            lat: coords[3 * j + 1],
+            lon: it[0],
+            lat: it[1],
             class,
             access,
-            ttl: ttl(coords[3 * j + 2]),
+            ttl: ttl(it[2]),
             data: JsItem { obj, size },
         });
     }
     Ok(BatchResponse {
         tiles: lists,
         items,
-        missing,
+        missing: strs.collect(),
     })
 }
