@@ -2,15 +2,12 @@
 // wasm module, then re-exports this list, so importing 'tilewarm' gives ready functions.
 //
 // The tile functions: the wasm checks the arguments and finds the tiles (src/wasm/mod.rs);
-// tiles cross as packed ids, z·2^48 + x·2^24 + y (exact in a number), written here as
-// "z/x/y". Types and docs: index.d.ts.
+// tiles cross as packed ids, z·2^48 + x·2^24 + y (exact in a number), written as "z/x/y"
+// by `tileName`. Types and docs: index.d.ts.
 import { tileIdForPoint, tileIdsForBbox, neighbourTileIds, parentTileId } from './tilewarm.js';
-import { thrown } from './cache.js';
+import { thrown, tileName } from './cache.js';
 
 export { TileCache } from './cache.js';
-
-/** A packed tile id as "z/x/y". */
-const tileName = (id) => `${Math.floor(id / 2 ** 48)}/${Math.floor(id / 2 ** 24) % 2 ** 24}/${id % 2 ** 24}`;
 
 export function tileForPoint(lon, lat, z) {
   try {

@@ -3,7 +3,7 @@
 // view holds; this file owns fetch, AbortControllers, the one wake-up timer, listeners and
 // promises, and it builds request bodies, flattens responses and writes the values into
 // error messages, so no JSON and no number formatting runs in wasm. `thrown` (the errors
-// the wasm describes) also serves the tile functions in api.js.
+// the wasm describes) and `tileName` also serve the tile functions in api.js.
 import { Engine } from './tilewarm.js';
 
 // Record tags of the engine's output (see `Out` in src/wasm/engine.rs).
@@ -57,6 +57,9 @@ export function thrown(e, lookup) {
   const message = parts.map((p, i) => (i % 2 ? show(lookup(p)) : p)).join('');
   return argError(kind === 0 ? TypeError : RangeError, code, message);
 }
+
+/** A packed tile id (z·2^48 + x·2^24 + y, as the wasm hands tiles out) as "z/x/y". */
+export const tileName = (id) => `${Math.floor(id / 2 ** 48)}/${Math.floor(id / 2 ** 24) % 2 ** 24}/${id % 2 ** 24}`;
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -393,15 +396,15 @@ export class TileCache {
     return () => { set.delete(entry); };
   }
 
-  /** Reads a view header: `complete, missing, stale, items | missing tiles, items`. */
+  /** Reads a view header: `complete, missing, stale, items, missing tiles | items`. */
   #view(out) {
     const nums = out[0];
     const missing = nums[1], stale = nums[2], count = nums[3];
-    const missingTiles = out.slice(1, 1 + missing);
-    const items = out.slice(1 + missing, 1 + missing + count);
+    const missingTiles = Array.from(nums.subarray(4, 4 + missing), tileName);
+    const items = out.slice(1, 1 + count);
     for (let i = 0; i < count; i++) items[i].stale = i < stale;
     this.#setComplete(nums[0] === 1);
-    return { items, complete: nums[0] === 1, missingTiles, n: 4, r: 1 + missing + count };
+    return { items, complete: nums[0] === 1, missingTiles, n: 4 + missing, r: 1 + count };
   }
 
   #setComplete(complete) {
@@ -423,10 +426,10 @@ export class TileCache {
         case SEND: {
           const id = nums[n], kind = nums[n + 1], timeoutMs = nums[n + 3];
           const nt = nums[n + 4], ni = nums[n + 5];
-          n += 6;
-          const access = out[r];
-          const tiles = out.slice(r + 1, r + 1 + nt), ids = out.slice(r + 1 + nt, r + 1 + nt + ni);
-          r += 1 + nt + ni;
+          const tiles = Array.from(nums.subarray(n + 6, n + 6 + nt), tileName);
+          n += 6 + nt;
+          const access = out[r], ids = out.slice(r + 1, r + 1 + ni);
+          r += 1 + ni;
           this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
           break;
         }

@@ -15,7 +15,7 @@
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
 
-use super::args::{code, ArgError, Kind as ArgKind, Value};
+use super::args::{code, packed, ArgError, Kind as ArgKind, Value};
 use super::config;
 use super::{thrown, value};
 use crate::{
@@ -47,10 +47,10 @@ mod tag {
 }
 
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
-/// cursors. Layouts (numbers | references):
-/// - view header: `complete, missing, stale, items | missing tiles..., items...` (the
+/// cursors. Tiles are packed ids ([`super::args::packed`]). Layouts (numbers | references):
+/// - view header: `complete, missing, stale, items, missing tiles... | items...` (the
 ///   stale items first);
-/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids | access, tiles..., ids...`;
+/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`;
 /// - CANCEL: `2, id`; UPDATED: `3`; COMPLETE: `4`;
 /// - ERROR: `5, id, kind, willRetry, failure, status, retryAfterMs, tiles | message`
 ///   (`failure`: 0 timeout, 1 network, 2 http, 3 invalid; `-1` for no retry-after);
@@ -71,8 +71,8 @@ impl Out {
             stale.len() as f64,
             (stale.len() + fresh.len()) as f64,
         ]);
-        for t in &outcome.missing {
-            self.refs.push(JsValue::from_str(&t.to_string()));
+        for &t in &outcome.missing {
+            self.nums.push(packed(t));
         }
         self.refs.extend(stale);
         self.refs.extend(fresh);
@@ -392,8 +392,8 @@ impl Engine {
                 r.ids.len() as f64,
             ]);
             out.refs.push(JsValue::from_str(r.access.as_str()));
-            for t in &r.tiles {
-                out.refs.push(JsValue::from_str(&t.to_string()));
+            for &t in &r.tiles {
+                out.nums.push(packed(t));
             }
             for id in &r.ids {
                 out.refs.push(JsValue::from_str(id));
