@@ -642,8 +642,8 @@ impl fmt::Debug for TileId {
     }
 }
 
-fn parse_part(input: &str, part: &str) -> Result<u32, TileError> {
-    if part.is_empty() || part.len() > 8 || !part.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_part(input: &str, part: &[u8]) -> Result<u32, TileError> {
+    if part.is_empty() || part.len() > 8 || !part.iter().all(u8::is_ascii_digit) {
         return Err(parse_err(
             input,
             "expected z/x/y with z, x and y unsigned decimal integers",
@@ -651,7 +651,7 @@ fn parse_part(input: &str, part: &str) -> Result<u32, TileError> {
     }
     // At most 8 digits, so this cannot overflow.
     Ok(part
-        .bytes()
+        .iter()
         .fold(0u32, |acc, b| acc * 10 + (b - b'0') as u32))
 }
 
@@ -660,7 +660,9 @@ impl FromStr for TileId {
 
     /// Parses `z/x/y` (decimal, no sign, no spaces).
     fn from_str(s: &str) -> Result<TileId, TileError> {
-        let mut parts = s.split('/');
+        // Split as bytes: `'/'` is ASCII, so no multi-byte character is cut, and the byte
+        // split is far smaller in the wasm than `str::split`'s char searcher.
+        let mut parts = s.as_bytes().split(|&b| b == b'/');
         let (Some(z), Some(x), Some(y), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
