@@ -231,7 +231,10 @@ pub(crate) fn tiles_for_bbox(
             ],
         });
     }
-    Ok(range.tiles().map(packed).collect())
+    // At most MAX_BBOX_TILES, checked above.
+    let mut ids = Vec::with_capacity(range.count() as usize);
+    ids.extend(range.tiles().map(packed));
+    Ok(ids)
 }
 
 /// `neighbourTiles(tile, ring)`.
