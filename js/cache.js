@@ -1,8 +1,9 @@
 // TileCache: the JS shell around the wasm Engine (src/wasm/engine.rs), which is the
 // sans-IO core. The engine decides what to fetch, when to retry, what to abort and what the
 // view holds; this file owns fetch, AbortControllers, the one wake-up timer, listeners and
-// promises, and it builds request bodies, flattens responses and formats error messages,
-// so no JSON and no number formatting runs in wasm.
+// promises, and it builds request bodies, flattens responses and writes the values into
+// error messages, so no JSON and no number formatting runs in wasm. `thrown` (the errors
+// the wasm describes) and `tileName` also serve the tile functions in api.js.
 import { Engine } from './tilewarm.js';
 
 // Record tags of the engine's output (see `Out` in src/wasm/engine.rs).
@@ -46,17 +47,21 @@ function argError(Class, code, message) {
   return e;
 }
 
-const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
-
-/** Turns the engine's structured error `[field, kind, code, allowed, other]` into a
- * TypeError or RangeError; `lookup(field)` is the value the caller passed. */
-function fieldError(e, lookup) {
+/** The error for a record `[kind (0 TypeError, 1 RangeError), code, ...parts]` from the
+ * wasm: the message is the parts joined, each odd part (an argument's name or option path)
+ * replaced by `show(lookup(part))`, the value the caller passed. Anything else is returned
+ * as it is. */
+export function thrown(e, lookup) {
   if (!Array.isArray(e)) return e;
-  const [field, kind, code, allowed, other] = e;
-  let message = `${field} must be ${allowed}, got ${show(lookup(field))}`;
-  if (other !== undefined) message += ` (${other} is ${show(lookup(other))})`;
+  const [kind, code, ...parts] = e;
+  const message = parts.map((p, i) => (i % 2 ? show(lookup(p)) : p)).join('');
   return argError(kind === 0 ? TypeError : RangeError, code, message);
 }
+
+/** A packed tile id (z·2^48 + x·2^24 + y, as the wasm hands tiles out) as "z/x/y". */
+export const tileName = (id) => `${Math.floor(id / 2 ** 48)}/${Math.floor(id / 2 ** 24) % 2 ** 24}/${id % 2 ** 24}`;
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 function byPath(obj, path) {
   let v = obj;
@@ -103,42 +108,41 @@ function list(v, name) {
   return v;
 }
 
-/** The parsed response as the flat arrays `Engine.response` takes, plus the item objects
- * the page gets. Only shapes are checked here; the engine checks values. */
-function flatten(body) {
+/** The parsed response as the three lists `Engine.response` takes (see there), with the
+ * item objects the page gets, and the ids of the items and of the missing ones. Only shapes
+ * are checked here; the engine checks values. `bytes`: the body's length. */
+function flatten(body, bytes) {
   if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
   const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
-  const tiles = [], tileTtls = [], tileLens = [], tileIds = [];
+  const n = il.length;
+  const nums = [tl.length, n, Math.ceil(bytes / Math.max(1, n))], strs = [];
+  const ids = new Array(n), objs = new Array(n);
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
       throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
     }
+    strs.push(t.tile);
     for (const id of t.ids) {
       if (typeof id !== 'string') throw new Invalid(`tiles[${i}].ids must hold strings, got ${show(id)}`);
-      tileIds.push(id);
+      strs.push(id);
     }
-    tiles.push(t.tile);
-    tileTtls.push(optTtl(t.ttl, `tiles[${i}]`));
-    tileLens.push(t.ids.length);
+    nums.push(optTtl(t.ttl, `tiles[${i}]`), t.ids.length);
   });
-  const n = il.length;
-  const ids = new Array(n), coords = new Float64Array(3 * n), classes = new Array(n);
-  const tiers = new Uint8Array(n), objs = new Array(n);
   il.forEach((it, j) => {
     if (!isObject(it) || typeof it.id !== 'string' || typeof it.lon !== 'number' ||
         typeof it.lat !== 'number' || typeof it.class !== 'string' || typeof it.access !== 'string') {
       throw new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
     }
+    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS[it.access] ?? 255);
+    strs.push(it.id, it.class);
     ids[j] = it.id;
-    coords[3 * j] = it.lon;
-    coords[3 * j + 1] = it.lat;
-    coords[3 * j + 2] = optTtl(it.ttl, `items[${j}]`);
-    classes[j] = it.class;
-    tiers[j] = TIERS[it.access] ?? 255;
     objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
   });
-  for (const id of missing) if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
-  return { tiles, tileTtls, tileLens, tileIds, ids, coords, classes, tiers, objs, missing };
+  for (const id of missing) {
+    if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
+    strs.push(id);
+  }
+  return { nums, strs, objs, ids, missing };
 }
 
 /** Largest response body read, in bytes (the core's `Limits::default().max_body_bytes`). */
@@ -191,7 +195,7 @@ let optionPaths;
  * Types and docs: index.d.ts.
  */
 export class TileCache {
-  #engine; #fetch; #now; #endpoint; #headers; #tileZoom; #timeoutMs;
+  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs;
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
@@ -235,13 +239,12 @@ export class TileCache {
     try {
       this.#engine = new Engine(values, byClass !== undefined, classes, classes.map((c) => byClass[c]), options.access, seed);
     } catch (e) {
-      throw fieldError(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
+      throw thrown(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
     }
     this.#endpoint = url.href;
     this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
-    this.#tileZoom = options.tileZoom ?? 14;
     this.#timeoutMs = options.batch?.timeoutMs ?? 3000;
   }
 
@@ -256,11 +259,7 @@ export class TileCache {
     try {
       out = this.#engine.view(west, south, east, north, zoom, this.#now());
     } catch (e) {
-      if (Array.isArray(e) && e[2] === 'ERR_TOO_MANY_TILES') {
-        throw argError(RangeError, e[2], `viewport covers more than 1024 data tiles at tileZoom ${this.#tileZoom}` +
-          ` (west ${west}, south ${south}, east ${east}, north ${north}, zoom ${zoom}); zoom in, or raise minZoom so nothing is fetched at this zoom`);
-      }
-      throw fieldError(e, (f) => viewport[f]);
+      throw thrown(e, (f) => viewport[f]);
     }
     const view = this.#view(out);
     this.#run(out, view.n, view.r);
@@ -322,7 +321,7 @@ export class TileCache {
     try {
       out = this.#engine.invalidate(ids, tiles, what.all === true, this.#now());
     } catch (e) {
-      throw fieldError(e, () => tiles);
+      throw thrown(e, () => tiles);
     }
     this.#run(out, 1, 1);
     this.#refresh();
@@ -338,7 +337,7 @@ export class TileCache {
     try {
       codes = this.#engine.tileStates(tiles, this.#now());
     } catch (e) {
-      throw fieldError(e, () => tiles);
+      throw thrown(e, () => tiles);
     }
     return Array.from(codes, (c) => TILE_STATES[c]);
   }
@@ -350,7 +349,7 @@ export class TileCache {
     try {
       out = this.#engine.setAccess(access, this.#now());
     } catch (e) {
-      throw fieldError(e, () => access);
+      throw thrown(e, () => access);
     }
     this.#run(out, 0, 1);
     this.#refresh();
@@ -397,15 +396,15 @@ export class TileCache {
     return () => { set.delete(entry); };
   }
 
-  /** Reads a view header: `complete, missing, stale, items | missing tiles, items`. */
+  /** Reads a view header: `complete, missing, stale, items, missing tiles | items`. */
   #view(out) {
     const nums = out[0];
     const missing = nums[1], stale = nums[2], count = nums[3];
-    const missingTiles = out.slice(1, 1 + missing);
-    const items = out.slice(1 + missing, 1 + missing + count);
+    const missingTiles = Array.from(nums.subarray(4, 4 + missing), tileName);
+    const items = out.slice(1, 1 + count);
     for (let i = 0; i < count; i++) items[i].stale = i < stale;
     this.#setComplete(nums[0] === 1);
-    return { items, complete: nums[0] === 1, missingTiles, n: 4, r: 1 + missing + count };
+    return { items, complete: nums[0] === 1, missingTiles, n: 4 + missing, r: 1 + count };
   }
 
   #setComplete(complete) {
@@ -427,10 +426,10 @@ export class TileCache {
         case SEND: {
           const id = nums[n], kind = nums[n + 1], timeoutMs = nums[n + 3];
           const nt = nums[n + 4], ni = nums[n + 5];
-          n += 6;
-          const access = out[r];
-          const tiles = out.slice(r + 1, r + 1 + nt), ids = out.slice(r + 1 + nt, r + 1 + nt + ni);
-          r += 1 + nt + ni;
+          const tiles = Array.from(nums.subarray(n + 6, n + 6 + nt), tileName);
+          n += 6 + nt;
+          const access = out[r], ids = out.slice(r + 1, r + 1 + ni);
+          r += 1 + ni;
           this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
           break;
         }
@@ -511,16 +510,13 @@ export class TileCache {
       req.detail = isObject(detail) ? detail : undefined;
       return this.#failed(req, 2, res.status, retryAfterMs(res.headers.get('retry-after')), '');
     }
-    let flat, size;
+    let f;
     try {
-      flat = flatten(JSON.parse(text));
-      size = Math.ceil(text.length / Math.max(1, flat.ids.length));
+      f = flatten(JSON.parse(text), text.length);
     } catch (e) {
       return this.#failed(req, 3, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
-    const f = flat;
-    const out = this.#engine.response(id, this.#now(), f.tiles, f.tileTtls, f.tileLens, f.tileIds, f.ids,
-      f.coords, f.classes, f.tiers, f.objs, size, f.missing);
+    const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs);
     // Resolve get()s this response answered (or left unanswered: they do not exist).
     const answered = new Set([...f.ids, ...f.missing, ...req.ids]);
     const now = this.#now();

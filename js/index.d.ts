@@ -1,10 +1,63 @@
-// Types of every entry point of the package (they share one API). The tile functions'
-// declarations are written by hand in src/wasm/mod.rs and emitted into tilewarm.d.ts by
-// wasm-bindgen; TileCache's are below (its code is js/cache.js).
-import type { TileString } from './tilewarm.js';
+// Types of every entry point of the package (they share one API, js/api.js): the tile
+// functions and TileCache (js/cache.js).
 
-export { tileForPoint, tilesForBbox, neighbourTiles, parentTile } from './tilewarm.js';
-export type { TileString, TilewarmError, TilewarmErrorCode } from './tilewarm.js';
+/** A tile as text: `z/x/y`, e.g. `"14/2624/5721"` (zoom 0..=24, x and y below 2^z). */
+export type TileString = `${number}/${number}/${number}`;
+
+/** The `code` of every error the tile functions throw. */
+export type TilewarmErrorCode =
+  /** An argument of the wrong type (a string where a number belongs, `undefined`, ...). TypeError. */
+  | 'ERR_INVALID_ARG_TYPE'
+  /** A number that is not an integer, not finite, or outside its range. RangeError. */
+  | 'ERR_OUT_OF_RANGE'
+  /** A string that is not `z/x/y` (TypeError) or names no tile (RangeError). */
+  | 'ERR_INVALID_TILE'
+  /** More tiles than one call returns (4096). RangeError. */
+  | 'ERR_TOO_MANY_TILES';
+
+/** What the tile functions throw: a `TypeError` or `RangeError` with a `code`. */
+export interface TilewarmError extends Error {
+  code: TilewarmErrorCode;
+}
+
+/**
+ * The tile at zoom `z` that contains a point. Longitude wraps (180 and -180 are the same
+ * meridian); latitude clamps to the Web Mercator limit of ±85.0511.
+ * @param lon any finite longitude in degrees
+ * @param lat latitude in degrees, -90..=90
+ * @param z zoom, an integer in 0..=24
+ * @throws {TilewarmError} on a non-number, non-finite or out-of-range argument
+ * @example tileForPoint(-122.3321, 47.6062, 14) // '14/2624/5721'
+ */
+export function tileForPoint(lon: number, lat: number, z: number): TileString;
+
+/**
+ * Every tile at zoom `z` that intersects a box, row by row from the north, each row west to
+ * east. `west > east` means the box crosses the antimeridian. At most 4096 tiles.
+ * @throws {TilewarmError} `ERR_TOO_MANY_TILES` when the box covers more than 4096 tiles
+ */
+export function tilesForBbox(
+  west: number,
+  south: number,
+  east: number,
+  north: number,
+  z: number,
+): TileString[];
+
+/**
+ * The tiles within `ring` tiles of `tile` (Chebyshev distance), `tile` itself excluded:
+ * 8 for ring 1, 24 for ring 2. Columns wrap around the antimeridian; rows past the poles
+ * are left out; each tile appears once.
+ * @param tile `"z/x/y"`
+ * @param ring an integer in 0..=31
+ */
+export function neighbourTiles(tile: string, ring: number): TileString[];
+
+/**
+ * The tile at zoom `z` (at most the zoom of `tile`) that contains `tile`.
+ * @example parentTile('14/2624/5721', 12) // '12/656/1430'
+ */
+export function parentTile(tile: string, z: number): TileString;
 
 /** An access tier, lowest first. A tier sees items of its own tier and below. */
 export type Access = 'public' | 'registered' | 'verified' | 'agent';

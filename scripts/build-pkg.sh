@@ -28,7 +28,10 @@ scripts/wasm-cargo.sh build --lib --profile wasm --features wasm
 rm -rf "$out"
 echo "build-pkg: wasm-bindgen $want --target web"
 # Only index.js names the .wasm by URL, so bundlers of the node/workerd entries see no fetch.
-wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name "$name" "$wasm"
+# --encode-into always: no TextEncoder.encodeInto polyfill in the glue; every runtime that
+# runs the package has it (Node >= 18, workerd, and any browser with top-level await).
+wasm-bindgen --target web --omit-default-module-path --encode-into always \
+  --out-dir "$out" --out-name "$name" "$wasm"
 
 # --flatten --rereloop first (binaryen rebuilds the control flow) and --converge (repeat -Oz
 # until nothing shrinks): about 0.6 KB less gzipped than a plain -Oz.
@@ -89,8 +92,9 @@ const pkg = {
       browser: "./index.js",
       default: "./index.js",
     },
-    // The plain wasm-bindgen glue, for callers that load the .wasm themselves.
-    "./raw": { types: "./tilewarm.d.ts", default: "./tilewarm.js" },
+    // The plain wasm-bindgen glue and the tile functions, for callers that load the .wasm
+    // themselves.
+    "./raw": { types: "./raw.d.ts", default: "./raw.js" },
     // The edge worker (Cloudflare Workers / workerd): createWorker, EdgeProxy; own .wasm.
     "./edge": { types: "./edge.d.ts", default: "./edge.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",

@@ -1,39 +1,13 @@
 //! Checks of the `TileCache` options and viewports that arrive from JavaScript.
 //!
 //! Like [`super::args`], nothing here touches wasm-bindgen, so `cargo test --features wasm`
-//! covers it. Unlike `args`, errors are not formatted here: a [`FieldError`] names the
-//! option (its JavaScript path, e.g. `batch.maxTiles`) and what is allowed, and the JS glue
-//! writes `${field} must be ${allowed}, got ${value}` with the value it passed in. Keeping
-//! number formatting out of these paths keeps it out of the hot ones too.
+//! covers it, and errors are [`ArgError`]s: the message's text names the option by its
+//! JavaScript path (`batch.maxTiles`, `ttl.byClass.active`, `west`) and says what is
+//! allowed, and the JS glue writes in the value it passed. Keeping number formatting out of
+//! these paths keeps it out of the hot ones too.
 
-use super::args::{code, Kind, Value};
+use super::args::{code, ArgError, Kind, Value, LATITUDE, LONGITUDE};
 use crate::{cover_range, Access, Bbox, ClientConfig, Viewport, MAX_ZOOM};
-
-/// A bad option or viewport field, for the JS glue to format and throw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FieldError {
-    /// The JavaScript name: `tileZoom`, `batch.maxTiles`, `ttl.byClass.active`, `west`.
-    pub field: String,
-    pub kind: Kind,
-    /// The `code` of the thrown error.
-    pub code: &'static str,
-    /// What is allowed, as the end of "`field` must be ...".
-    pub allowed: &'static str,
-    /// Another field whose value the message should show (`south` names `north`).
-    pub other: Option<&'static str>,
-}
-
-impl FieldError {
-    fn new(field: &str, kind: Kind, code: &'static str, allowed: &'static str) -> FieldError {
-        FieldError {
-            field: field.to_owned(),
-            kind,
-            code,
-            allowed,
-            other: None,
-        }
-    }
-}
 
 /// One numeric option: its JS path, range, whether it must be an integer, and how a value
 /// is described when it is wrong.
@@ -135,15 +109,15 @@ const CLASS_TTL: Spec = int(
 const ACCESS_ALLOWED: &str = "one of \"public\", \"registered\", \"verified\", \"agent\"";
 
 /// A checked number, or `None` for `undefined` (use the default).
-fn number(path: &str, spec: &Spec, v: &Value) -> Result<Option<f64>, FieldError> {
+fn number(path: &str, spec: &Spec, v: &Value) -> Result<Option<f64>, ArgError> {
     let n = match v {
         Value::Number(n) => *n,
-        Value::Other(d) if d == "undefined" => return Ok(None),
+        Value::Undefined => return Ok(None),
         _ => {
-            return Err(FieldError::new(
-                path,
+            return Err(ArgError::must(
                 Kind::Type,
                 code::INVALID_ARG_TYPE,
+                path,
                 spec.allowed,
             ))
         }
@@ -152,25 +126,25 @@ fn number(path: &str, spec: &Spec, v: &Value) -> Result<Option<f64>, FieldError>
     if n >= spec.lo && n <= spec.hi && (!spec.integer || n.fract() == 0.0) {
         Ok(Some(n))
     } else {
-        Err(FieldError::new(
-            path,
+        Err(ArgError::must(
             Kind::Range,
             code::OUT_OF_RANGE,
+            path,
             spec.allowed,
         ))
     }
 }
 
 /// An access tier from a JS value.
-pub(crate) fn access(path: &str, v: &Value) -> Result<Access, FieldError> {
+pub(crate) fn access(path: &str, v: &Value) -> Result<Access, ArgError> {
     match v {
-        Value::Text(s) => s.parse().map_err(|_| {
-            FieldError::new(path, Kind::Type, code::INVALID_ARG_VALUE, ACCESS_ALLOWED)
-        }),
-        _ => Err(FieldError::new(
-            path,
+        Value::Text(s) => s
+            .parse()
+            .map_err(|_| ArgError::must(Kind::Type, code::INVALID_ARG_VALUE, path, ACCESS_ALLOWED)),
+        _ => Err(ArgError::must(
             Kind::Type,
             code::INVALID_ARG_TYPE,
+            path,
             ACCESS_ALLOWED,
         )),
     }
@@ -184,8 +158,8 @@ pub(crate) fn client_config(
     classes: Option<&[(String, Value)]>,
     tier: &Value,
     seed: u64,
-) -> Result<ClientConfig, FieldError> {
-    let undefined = Value::Other("undefined".into());
+) -> Result<ClientConfig, ArgError> {
+    let undefined = Value::Undefined;
     let mut got = [None; SPECS.len()];
     for (i, spec) in SPECS.iter().enumerate() {
         let v = values.get(i).unwrap_or(&undefined);
@@ -223,10 +197,36 @@ pub(crate) fn client_config(
             };
         }
     }
-    if !matches!(tier, Value::Other(d) if d == "undefined") {
+    if *tier != Value::Undefined {
         c.access = access("access", tier)?;
     }
     Ok(c)
+}
+
+/// The error for a viewport that covers more than `max_tiles` data tiles at `tile_zoom`.
+pub(crate) fn too_wide(tile_zoom: u8, max_tiles: usize) -> ArgError {
+    let mut parts = vec![format!(
+        "viewport covers more than {max_tiles} data tiles at tileZoom {tile_zoom} (west "
+    )];
+    for part in [
+        "west",
+        ", south ",
+        "south",
+        ", east ",
+        "east",
+        ", north ",
+        "north",
+        ", zoom ",
+        "zoom",
+        "); zoom in, or raise minZoom so nothing is fetched at this zoom",
+    ] {
+        parts.push(part.into());
+    }
+    ArgError {
+        kind: Kind::Range,
+        code: code::TOO_MANY_TILES,
+        parts,
+    }
 }
 
 /// A checked viewport. `tile_zoom`, `min_zoom` and `max_tiles` are the client's, so a view
@@ -236,22 +236,20 @@ pub(crate) fn viewport(
     tile_zoom: u8,
     min_zoom: f64,
     max_tiles: usize,
-) -> Result<Viewport, FieldError> {
-    const LON: &str = "a finite number (a longitude; any value wraps)";
-    const LAT: &str = "a latitude in -90..=90";
+) -> Result<Viewport, ArgError> {
     let names = ["west", "south", "east", "north", "zoom"];
     let mut n = [0.0; 5];
     for (i, name) in names.iter().enumerate() {
         let allowed = match i {
-            0 | 2 => LON,
-            1 | 3 => LAT,
+            0 | 2 => LONGITUDE,
+            1 | 3 => LATITUDE,
             _ => "a number in 0..=30",
         };
         let Value::Number(x) = v[i] else {
-            return Err(FieldError::new(
-                name,
+            return Err(ArgError::must(
                 Kind::Type,
                 code::INVALID_ARG_TYPE,
+                name,
                 allowed,
             ));
         };
@@ -261,10 +259,10 @@ pub(crate) fn viewport(
             _ => (0.0..=30.0).contains(&x),
         };
         if !ok {
-            return Err(FieldError::new(
-                name,
+            return Err(ArgError::must(
                 Kind::Range,
                 code::OUT_OF_RANGE,
+                name,
                 allowed,
             ));
         }
@@ -272,18 +270,20 @@ pub(crate) fn viewport(
     }
     let [west, south, east, north, zoom] = n;
     if south > north {
-        let mut e = FieldError::new("south", Kind::Range, code::OUT_OF_RANGE, "at most north");
-        e.other = Some("north");
-        return Err(e);
+        let parts = [
+            "south must be at most north, got ",
+            "south",
+            " (north is ",
+            "north",
+            ")",
+        ];
+        return Err(ArgError {
+            kind: Kind::Range,
+            code: code::OUT_OF_RANGE,
+            parts: parts.map(String::from).to_vec(),
+        });
     }
-    let too_wide = || {
-        FieldError::new(
-            "viewport",
-            Kind::Range,
-            code::TOO_MANY_TILES,
-            "at most 1024 data tiles wide",
-        )
-    };
+    let too_wide = || too_wide(tile_zoom, max_tiles);
     let bbox = Bbox::new(west, south, east, north).map_err(|_| too_wide())?;
     if zoom >= min_zoom && tile_zoom <= MAX_ZOOM {
         let count = cover_range(&bbox, tile_zoom)
@@ -300,14 +300,10 @@ pub(crate) fn viewport(
 mod tests {
     use super::*;
 
-    fn undef() -> Value {
-        Value::Other("undefined".into())
-    }
-
     #[test]
     fn defaults_match_the_core() {
-        let values: Vec<Value> = SPECS.iter().map(|_| undef()).collect();
-        let c = client_config(&values, None, &undef(), 7).unwrap();
+        let values: Vec<Value> = SPECS.iter().map(|_| Value::Undefined).collect();
+        let c = client_config(&values, None, &Value::Undefined, 7).unwrap();
         let d = ClientConfig::default();
         assert_eq!(c.cache, d.cache);
         assert_eq!(c.planner, d.planner);
@@ -318,27 +314,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let mut values: Vec<Value> = SPECS.iter().map(|_| undef()).collect();
+        let undef = Value::Undefined;
+        let mut values: Vec<Value> = SPECS.iter().map(|_| Value::Undefined).collect();
         values[0] = Value::Number(31.0);
-        let e = client_config(&values, None, &undef(), 0).unwrap_err();
+        let e = client_config(&values, None, &undef, 0).unwrap_err();
+        assert_eq!(e.kind, Kind::Range);
         assert_eq!(
-            (e.field.as_str(), e.kind, e.allowed),
-            ("tileZoom", Kind::Range, "an integer in 0..=24")
+            e.parts,
+            ["tileZoom must be an integer in 0..=24, got ", "tileZoom"]
         );
         values[0] = Value::Text("14".into());
-        let e = client_config(&values, None, &undef(), 0).unwrap_err();
-        assert_eq!((e.field.as_str(), e.kind), ("tileZoom", Kind::Type));
-        values[0] = undef();
+        let e = client_config(&values, None, &undef, 0).unwrap_err();
+        assert_eq!((e.parts[1].as_str(), e.kind), ("tileZoom", Kind::Type));
+        values[0] = Value::Undefined;
         values[9] = Value::Number(65.0);
-        let e = client_config(&values, None, &undef(), 0).unwrap_err();
-        assert_eq!(e.field, "batch.maxTiles");
-        values[9] = undef();
+        let e = client_config(&values, None, &undef, 0).unwrap_err();
+        assert_eq!(e.parts[1], "batch.maxTiles");
+        values[9] = Value::Undefined;
         let classes = [("sold".to_string(), Value::Number(0.0))];
-        let e = client_config(&values, Some(&classes), &undef(), 0).unwrap_err();
-        assert_eq!(e.field, "ttl.byClass.sold");
+        let e = client_config(&values, Some(&classes), &undef, 0).unwrap_err();
+        assert_eq!(e.parts[1], "ttl.byClass.sold");
         let e = client_config(&values, None, &Value::Text("admin".into()), 0).unwrap_err();
         assert_eq!(
-            (e.field.as_str(), e.code),
+            (e.parts[1].as_str(), e.code),
             ("access", code::INVALID_ARG_VALUE)
         );
     }
@@ -349,11 +347,22 @@ mod tests {
         let ok = [n(-122.4), n(47.5), n(-122.3), n(47.7), n(14.0)];
         assert!(viewport(&ok, 14, 12.0, 1024).is_ok());
         let e = viewport(&[n(0.0), n(10.0), n(1.0), n(-10.0), n(3.0)], 14, 12.0, 1024);
-        assert_eq!(e.unwrap_err().other, Some("north"));
-        let world = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(14.0)];
         assert_eq!(
-            viewport(&world, 14, 12.0, 1024).unwrap_err().code,
-            code::TOO_MANY_TILES
+            e.unwrap_err().parts,
+            [
+                "south must be at most north, got ",
+                "south",
+                " (north is ",
+                "north",
+                ")"
+            ]
+        );
+        let world = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(14.0)];
+        let e = viewport(&world, 14, 12.0, 1024).unwrap_err();
+        assert_eq!(e.code, code::TOO_MANY_TILES);
+        assert_eq!(
+            e.parts[0],
+            "viewport covers more than 1024 data tiles at tileZoom 14 (west "
         );
         // Below minZoom nothing is fetched, so any box is fine.
         let world_low = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(3.0)];
@@ -364,6 +373,6 @@ mod tests {
             12.0,
             1024,
         );
-        assert_eq!(e.unwrap_err().field, "west");
+        assert_eq!(e.unwrap_err().parts[1], "west");
     }
 }

@@ -9,15 +9,15 @@
 //!   strings and item objects beside it, decoded by `cache.js`. A call hands back
 //!   everything it caused (requests to send, aborts, events, the next wake-up), so
 //!   `setViewport` is one crossing.
-//! - Bad options and viewports come back as structured [`FieldError`]s; the JS glue
-//!   formats the message. Nothing here panics on input.
+//! - Bad options and viewports are thrown as error records ([`super::thrown`]); the JS
+//!   glue writes the values into the message. Nothing here panics on input.
 
-use js_sys::{Array, Float64Array};
+use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
 
-use super::args::{Kind as ArgKind, Value};
-use super::config::{self, FieldError};
-use super::value;
+use super::args::{code, packed, ArgError, Kind as ArgKind, Value};
+use super::config;
+use super::{thrown, value};
 use crate::{
     Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
     RequestId, TileId, TileList, TileStatus, ViewOutcome,
@@ -47,10 +47,10 @@ mod tag {
 }
 
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
-/// cursors. Layouts (numbers | references):
-/// - view header: `complete, missing, stale, items | missing tiles..., items...` (the
+/// cursors. Tiles are packed ids ([`super::args::packed`]). Layouts (numbers | references):
+/// - view header: `complete, missing, stale, items, missing tiles... | items...` (the
 ///   stale items first);
-/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids | access, tiles..., ids...`;
+/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`;
 /// - CANCEL: `2, id`; UPDATED: `3`; COMPLETE: `4`;
 /// - ERROR: `5, id, kind, willRetry, failure, status, retryAfterMs, tiles | message`
 ///   (`failure`: 0 timeout, 1 network, 2 http, 3 invalid; `-1` for no retry-after);
@@ -71,8 +71,8 @@ impl Out {
             stale.len() as f64,
             (stale.len() + fresh.len()) as f64,
         ]);
-        for t in &outcome.missing {
-            self.refs.push(JsValue::from_str(&t.to_string()));
+        for &t in &outcome.missing {
+            self.nums.push(packed(t));
         }
         self.refs.extend(stale);
         self.refs.extend(fresh);
@@ -96,21 +96,6 @@ fn kind_num(k: Kind) -> f64 {
 /// A clock reading from JS: any number; negative, NaN and huge values saturate.
 fn ms(now: f64) -> u64 {
     now as u64
-}
-
-/// A structured error for the JS glue: `[field, kind (0 type, 1 range), code, allowed,
-/// other field or undefined]`.
-fn field_error(e: FieldError) -> JsValue {
-    let a = Array::new();
-    a.push(&JsValue::from_str(&e.field));
-    a.push(&JsValue::from_f64(match e.kind {
-        ArgKind::Type => 0.0,
-        ArgKind::Range => 1.0,
-    }));
-    a.push(&JsValue::from_str(e.code));
-    a.push(&JsValue::from_str(e.allowed));
-    a.push(&e.other.map_or(JsValue::UNDEFINED, JsValue::from_str));
-    a.into()
 }
 
 /// The access tiers in the order of their codes in [`Engine::response`].
@@ -162,7 +147,7 @@ impl Engine {
             &value(access),
             seed as u64,
         )
-        .map_err(field_error)?;
+        .map_err(thrown)?;
         let (tile_zoom, min_zoom) = (config.cache.tile_zoom, config.planner.min_zoom);
         let max_visible = config.planner.max_visible_tiles;
         // The options are checked above, so the core's own checks pass.
@@ -193,7 +178,7 @@ impl Engine {
             value(zoom),
         ];
         let vp = config::viewport(&v, self.tile_zoom, self.min_zoom, self.max_visible)
-            .map_err(field_error)?;
+            .map_err(thrown)?;
         let now = ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
@@ -201,15 +186,10 @@ impl Engine {
             let obj = item.payload().obj.clone();
             if is_stale { &mut stale } else { &mut fresh }.push(obj);
         };
-        let outcome = self.client.set_viewport(vp, now, sink).map_err(|_| {
-            field_error(FieldError {
-                field: "viewport".into(),
-                kind: ArgKind::Range,
-                code: super::args::code::TOO_MANY_TILES,
-                allowed: "at most 1024 data tiles wide",
-                other: None,
-            })
-        })?;
+        let outcome = self
+            .client
+            .set_viewport(vp, now, sink)
+            .map_err(|_| thrown(config::too_wide(self.tile_zoom, self.max_visible)))?;
         out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         Ok(out.finish())
@@ -229,34 +209,24 @@ impl Engine {
         out.finish()
     }
 
-    /// A response, flattened by `cache.js` from the parsed JSON:
-    /// - `tiles[i]` with `tile_ttls[i]` (seconds, `-1` for none) and `tile_lens[i]` ids,
-    ///   taken in order from `tile_ids`;
-    /// - item `j`: `ids[j]`, `coords[3j..3j+3]` = lon, lat, ttl (`-1` for none),
-    ///   `classes[j]`, `tiers[j]` (0..=3; 255 for an unknown tier), `objs[j]` (the JS item);
-    /// - `missing` ids; `size`: bytes charged per item.
-    #[allow(clippy::too_many_arguments)]
+    /// A response, flattened by `cache.js` from the parsed JSON into three lists:
+    /// - `nums`: the tile count, the item count and the bytes charged per item; per tile
+    ///   its TTL in seconds (`-1` for none) and how many ids it lists; per item its lon,
+    ///   lat, TTL (`-1` for none) and tier (0..=3; 255 for an unknown tier);
+    /// - `strs`: per tile its `z/x/y` and its ids; per item its id and class; then the
+    ///   missing ids;
+    /// - `objs`: per item the JS item object.
     pub fn response(
         &mut self,
         id: f64,
         now: f64,
-        tiles: Vec<String>,
-        tile_ttls: Vec<f64>,
-        tile_lens: Vec<u32>,
-        tile_ids: Vec<String>,
-        ids: Vec<String>,
-        coords: Vec<f64>,
-        classes: Vec<String>,
-        tiers: Vec<u8>,
+        nums: Vec<f64>,
+        strs: Vec<String>,
         objs: Vec<JsValue>,
-        size: f64,
-        missing: Vec<String>,
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), ms(now));
         let mut out = Out::default();
-        match build_response(
-            tiles, tile_ttls, tile_lens, tile_ids, ids, coords, classes, tiers, objs, size, missing,
-        ) {
+        match build_response(&nums, strs, objs) {
             // An invalid response is reported as a failure by the core itself.
             Ok(r) => {
                 let _ = self.client.on_response(rid, r, now);
@@ -376,7 +346,7 @@ impl Engine {
     /// `setAccess`.
     #[wasm_bindgen(js_name = setAccess)]
     pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
-        let tier = config::access("access", &value(access)).map_err(field_error)?;
+        let tier = config::access("access", &value(access)).map_err(thrown)?;
         let now = ms(now);
         self.client.set_access(tier, now);
         let mut out = Out::default();
@@ -422,8 +392,8 @@ impl Engine {
                 r.ids.len() as f64,
             ]);
             out.refs.push(JsValue::from_str(r.access.as_str()));
-            for t in &r.tiles {
-                out.refs.push(JsValue::from_str(&t.to_string()));
+            for &t in &r.tiles {
+                out.nums.push(packed(t));
             }
             for id in &r.ids {
                 out.refs.push(JsValue::from_str(id));
@@ -473,90 +443,87 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .iter()
         .map(|t| {
             t.parse::<TileId>().map_err(|_| {
-                field_error(FieldError {
-                    field: "tiles".into(),
-                    kind: ArgKind::Type,
-                    code: super::args::code::INVALID_TILE,
-                    allowed: "an array of tile strings \"z/x/y\"",
-                    other: None,
-                })
+                thrown(ArgError::must(
+                    ArgKind::Type,
+                    code::INVALID_TILE,
+                    "tiles",
+                    "an array of tile strings \"z/x/y\"",
+                ))
             })
         })
         .collect()
 }
 
-/// Builds the core's response from the flattened arrays; an inconsistent shape (which
-/// `cache.js` never produces) is an invalid response, not a panic.
-#[allow(clippy::too_many_arguments)]
+/// Builds the core's response from the lists [`Engine::response`] takes; an inconsistent
+/// shape (which `cache.js` never produces) is an invalid response, not a panic.
 fn build_response(
-    tiles: Vec<String>,
-    tile_ttls: Vec<f64>,
-    tile_lens: Vec<u32>,
-    tile_ids: Vec<String>,
-    ids: Vec<String>,
-    coords: Vec<f64>,
-    classes: Vec<String>,
-    tiers: Vec<u8>,
+    nums: &[f64],
+    strs: Vec<String>,
     objs: Vec<JsValue>,
-    size: f64,
-    missing: Vec<String>,
 ) -> Result<BatchResponse<JsItem>, String> {
-    let n = ids.len();
-    if tile_ttls.len() != tiles.len()
-        || tile_lens.len() != tiles.len()
-        || coords.len() != 3 * n
-        || classes.len() != n
-        || tiers.len() != n
-        || objs.len() != n
-    {
-        return Err("response arrays disagree in length".into());
+    let disagree = || "response arrays disagree in length".to_string();
+    let [tiles, items, size, rest @ ..] = nums else {
+        return Err(disagree());
+    };
+    // Counts from JS: `as usize` saturates (NaN is 0); the lengths checked here bound them.
+    let (n_tiles, n_items) = (*tiles as usize, *items as usize);
+    let want = n_items
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(n_tiles.checked_mul(2)?));
+    if want != Some(rest.len()) || objs.len() != n_items {
+        return Err(disagree());
     }
+    let (tile_nums, item_nums) = rest.split_at(2 * n_tiles);
     let ttl = |t: f64| (t >= 0.0).then_some(t.min(u32::MAX as f64) as u32);
-    let mut lists = Vec::with_capacity(tiles.len());
-    let mut rest = tile_ids.into_iter();
-    for (i, s) in tiles.iter().enumerate() {
+    let mut strs = strs.into_iter();
+    let mut lists = Vec::with_capacity(n_tiles);
+    for (i, t) in tile_nums.chunks_exact(2).enumerate() {
+        let s = strs.next().ok_or_else(disagree)?;
         let Ok(tile) = s.parse::<TileId>() else {
             return Err(format!(
                 "tiles[{i}].tile {} is not a tile z/x/y",
-                crate::Quoted(s)
+                crate::Quoted(&s)
             ));
         };
-        let ids: Vec<String> = rest.by_ref().take(tile_lens[i] as usize).collect();
-        if ids.len() != tile_lens[i] as usize {
-            return Err("response arrays disagree in length".into());
+        let len = t[1] as usize;
+        let ids: Vec<String> = strs.by_ref().take(len).collect();
+        if ids.len() != len {
+            return Err(disagree());
         }
         lists.push(TileList {
             tile,
             ids,
-            ttl: ttl(tile_ttls[i]),
+            ttl: ttl(t[0]),
         });
     }
-    let size = if size.is_finite() && size > 0.0 {
+    let size = if size.is_finite() && *size > 0.0 {
         size.min(1e9) as usize
     } else {
         0
     };
-    let mut items = Vec::with_capacity(n);
-    let parts = ids.into_iter().zip(classes).zip(tiers).zip(objs);
-    for (j, (((id, class), tier), obj)) in parts.enumerate() {
-        let Some(&access) = TIERS.get(tier as usize) else {
+    let mut items = Vec::with_capacity(n_items);
+    for (j, (it, obj)) in item_nums.chunks_exact(4).zip(objs).enumerate() {
+        let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
+            return Err(disagree());
+        };
+        let Some(&access) = TIERS.get(it[3] as usize) else {
             return Err(format!(
                 "items[{j}].access must be one of \"public\", \"registered\", \"verified\", \"agent\""
             ));
         };
         items.push(Item {
             id,
-            lon: coords[3 * j],
-            lat: coords[3 * j + 1],
+            lon: it[0],
+            lat: it[1],
             class,
             access,
-            ttl: ttl(coords[3 * j + 2]),
+            ttl: ttl(it[2]),
             data: JsItem { obj, size },
         });
     }
     Ok(BatchResponse {
         tiles: lists,
         items,
-        missing,
+        missing: strs.collect(),
     })
 }
