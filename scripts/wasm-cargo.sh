@@ -29,6 +29,9 @@ case " $* " in
     # without panic locations (file names and lines nothing could print).
     export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none"
     export CARGO_PROFILE_WASM_PANIC=immediate-abort CARGO_PROFILE_WASM_EDGE_PANIC=immediate-abort
-    extra=(-Zpanic-immediate-abort) ;;
+    extra=(-Zpanic-immediate-abort)
+    # The browser's wasm only: std's size-optimised variants (its sorts, for one), about
+    # 0.4 KB less gzipped; the edge wasm is built for speed.
+    case " $* " in *" --profile wasm "*) extra+=(-Zbuild-std-features=optimize_for_size) ;; esac ;;
 esac
 exec cargo "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "${extra[@]}" "$@"
