@@ -19,7 +19,7 @@
 use crate::{HashMap, HashSet};
 
 use crate::planner::Work;
-use crate::tile::TileId;
+use crate::tile::{find_tile, TileId, TileSet};
 
 /// Identifies one request while it is in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -914,37 +914,6 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
         }
     }
     (request_tiles, group_of)
-}
-
-/// Where `tile` is in `keys`, pairs sorted by packed tile id (`(tile.to_u64(), value)`), or
-/// where it would go: the search behind [`TileSet`] and [`coalesce`].
-fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usize> {
-    let key = tile.to_u64();
-    keys.binary_search_by(|&(k, _)| k.cmp(&key))
-}
-
-/// A set of tiles, hand-written for the wasm's size: packed tile ids ([`TileId::to_u64`]),
-/// each paired with 0, sorted by [`crate::sort_pairs`] and found by binary search. The
-/// batcher's and the client's tile sets use it instead of a hash set, so they bring no hash
-/// table code of their own (the sort is the crate's one instantiation). Building is
-/// O(n log n) and a lookup O(log n), fine for the sets it holds: a view's tiles (at most
-/// `max_visible_tiles`), a request's (at most 4096), a queue's or an answer's.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct TileSet(Vec<(u64, u64)>);
-
-impl TileSet {
-    pub(crate) fn new(tiles: impl IntoIterator<Item = TileId>) -> TileSet {
-        let mut keys = Vec::new();
-        for t in tiles {
-            keys.push((t.to_u64(), 0));
-        }
-        crate::sort_pairs(&mut keys);
-        TileSet(keys)
-    }
-
-    pub(crate) fn contains(&self, tile: TileId) -> bool {
-        find_tile(&self.0, tile).is_ok()
-    }
 }
 
 /// `works` without the later ones of a tile listed earlier, in their order. Sorted as

@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Kind, RequestId,
-    TileSet,
 };
 use crate::cache::{
     CacheConfig, CacheError, CacheItem, CacheStats, Invalidate, ItemMeta, Lookup, Priority,
@@ -28,7 +27,7 @@ use crate::cache::{
 };
 use crate::planner::{Planner, PlannerConfig, PlannerError, Viewport, Work};
 use crate::protocol::{BatchRequest, BatchResponse, Limits, ProtocolError};
-use crate::tile::TileId;
+use crate::tile::{TileId, TileSet};
 
 /// Everything the client needs to know. `cache.tile_zoom` and `planner.tile_zoom` must
 /// agree ([`ClientConfig::with_tile_zoom`] sets both).

@@ -930,6 +930,37 @@ pub fn ring_around(set: &[TileId], k: u32) -> Result<Vec<TileId>, TileError> {
     Ok(out)
 }
 
+/// Where `tile` is in `keys`, pairs sorted by packed tile id (`(tile.to_u64(), value)`), or
+/// where it would go: the search behind [`TileSet`] and [`coalesce`](crate::batch).
+pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usize> {
+    let key = tile.to_u64();
+    keys.binary_search_by(|&(k, _)| k.cmp(&key))
+}
+
+/// A set of tiles, hand-written for the wasm's size: packed tile ids ([`TileId::to_u64`]),
+/// each paired with 0, sorted by [`crate::sort_pairs`] and found by binary search. The
+/// batcher's and the client's tile sets use it instead of a hash set, so they bring no hash
+/// table code of their own (the sort is the crate's one instantiation). Building is
+/// O(n log n) and a lookup O(log n), fine for the sets it holds: a view's tiles (at most
+/// `max_visible_tiles`), a request's (at most 4096), a queue's or an answer's.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TileSet(Vec<(u64, u64)>);
+
+impl TileSet {
+    pub(crate) fn new(tiles: impl IntoIterator<Item = TileId>) -> TileSet {
+        let mut keys = Vec::new();
+        for t in tiles {
+            keys.push((t.to_u64(), 0));
+        }
+        crate::sort_pairs(&mut keys);
+        TileSet(keys)
+    }
+
+    pub(crate) fn contains(&self, tile: TileId) -> bool {
+        find_tile(&self.0, tile).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
