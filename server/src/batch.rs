@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -180,22 +179,19 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
             ids: miss_ids,
             access: Access::Agent,
         };
-        let fetch = app.origin.fetch(&origin_req, CallSource::Request);
-        let response = match app.config.origin_timeout_ms {
-            0 => fetch.await,
-            ms => match tokio::time::timeout(Duration::from_millis(ms), fetch).await {
-                Ok(response) => response,
-                Err(_) => {
-                    app.metrics.origin_timeouts.fetch_add(1, Relaxed);
-                    return Err(Refusal {
-                        code: ErrorCode::UpstreamTimeout,
-                        message: format!(
-                            "the origin did not answer within {ms} ms (--origin-timeout-ms); \
-                             retry later"
-                        ),
-                    });
-                }
-            },
+        let ms = app.config.origin_timeout_ms;
+        let Some(response) = app
+            .origin
+            .fetch_within(&origin_req, CallSource::Request, ms)
+            .await
+        else {
+            app.metrics.origin_timeouts.fetch_add(1, Relaxed);
+            return Err(Refusal {
+                code: ErrorCode::UpstreamTimeout,
+                message: format!(
+                    "the origin did not answer within {ms} ms (--origin-timeout-ms); retry later"
+                ),
+            });
         };
         let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
         for (tile, ids, exp) in &fill.tiles {

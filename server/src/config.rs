@@ -39,8 +39,8 @@ pub struct Config {
 
     /// Longest wait for the origin on the request path, in milliseconds: a request whose
     /// misses the origin has not answered by then gets a 504 `upstream_timeout` instead of
-    /// waiting on (requests the cache tier answers never wait for the origin). 0 waits
-    /// as long as the origin takes.
+    /// waiting on (requests the cache tier answers never wait for the origin). Warm-up's
+    /// origin calls are given up after the same time. 0 waits as long as the origin takes.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub origin_timeout_ms: u64,
 

@@ -74,6 +74,7 @@ pub struct Metrics {
     /// Tiles written into the cache tier by warm-up.
     pub warmup_tiles: AtomicU64,
     pub warmup_errors: AtomicU64,
+    pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_recoveries: AtomicU64,
     /// Requests answered without the cache tier because it was unavailable.
@@ -240,6 +241,11 @@ impl Metrics {
                 "tilewarm_warmup_errors_total",
                 "Warm-up jobs that failed (cache tier unavailable).",
                 &self.warmup_errors,
+            ),
+            (
+                "tilewarm_warmup_timeouts_total",
+                "Warm-up jobs ended because the origin did not answer within --origin-timeout-ms.",
+                &self.warmup_timeouts,
             ),
             (
                 "tilewarm_redis_errors_total",

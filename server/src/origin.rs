@@ -83,6 +83,24 @@ impl OriginService {
         response
     }
 
+    /// [`fetch`](Self::fetch), given up after `timeout_ms` (`--origin-timeout-ms`; 0 waits as
+    /// long as the origin takes): `None` when the origin has not answered by then. The
+    /// request path and warm-up both call the origin through this.
+    pub async fn fetch_within(
+        &self,
+        request: &BatchRequest,
+        source: CallSource,
+        timeout_ms: u64,
+    ) -> Option<BatchResponse<RawData>> {
+        let fetch = self.fetch(request, source);
+        match timeout_ms {
+            0 => Some(fetch.await),
+            ms => tokio::time::timeout(Duration::from_millis(ms), fetch)
+                .await
+                .ok(),
+        }
+    }
+
     /// Sets the injected extra latency of every origin call (the fault hook); 0 clears it.
     pub fn set_stall_ms(&self, ms: u64) {
         self.stall_ms.store(ms, Relaxed);

@@ -8,7 +8,8 @@
 //! - **Request filter** (worker): skips tiles being warmed by another job and tiles the
 //!   cache tier already holds.
 //! - **Fetcher** (worker): the rest in origin calls of at most `--warmup-batch-tiles` tiles,
-//!   asked at the top tier like the request path.
+//!   asked at the top tier like the request path, each given up after
+//!   `--origin-timeout-ms` (the job ends there and releases its tiles).
 //! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
 
 use std::collections::HashSet;
@@ -163,7 +164,17 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
             ids: Vec::new(),
             access: Access::Agent,
         };
-        let response = app.origin.fetch(&request, CallSource::Warmup).await;
+        let timeout_ms = app.config.origin_timeout_ms;
+        let Some(response) = app
+            .origin
+            .fetch_within(&request, CallSource::Warmup, timeout_ms)
+            .await
+        else {
+            // A stalled origin must not hold this worker, nor the claimed tiles (which
+            // later jobs would skip), for as long as it stalls.
+            m.warmup_timeouts.fetch_add(1, Relaxed);
+            break;
+        };
         let (fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
         match app.tier.write(&fill).await {
             Ok(()) => {

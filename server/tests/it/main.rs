@@ -546,6 +546,56 @@ async fn a_stalled_origin_times_out_misses_and_leaves_hits_alone() {
     s.shutdown().await;
 }
 
+/// Warm-up's origin calls are bounded by `--origin-timeout-ms` too: with the origin stalled
+/// for a minute, a job ends after the timeout (counted) and releases its tiles, which the
+/// next job then warms once the origin is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_origin_ends_warmup_jobs_at_the_timeout_and_frees_their_tiles() {
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(common::Config {
+        origin_timeout_ms: 200,
+        warmup_ring: 1,
+        ..config()
+    })
+    .await;
+    let m = &s.app.metrics;
+    http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || m.warmup_tiles.load(Relaxed) >= 8).await,
+        "warm-up wrote {} tiles",
+        m.warmup_tiles.load(Relaxed)
+    );
+    let warmed = m.warmup_tiles.load(Relaxed);
+
+    // The east neighbour is cached; its ring's far column is not, and the origin stalls.
+    s.app.origin.set_stall_ms(60_000);
+    let east = request(&[t.offset(1, 0).unwrap()], &[], Access::Public);
+    http.ok(&s, &east).await;
+    let gave_up = || m.warmup_timeouts.load(Relaxed) >= 1;
+    assert!(
+        eventually(Duration::from_secs(5), gave_up).await,
+        "no warm-up job gave up on the stalled origin"
+    );
+    assert_eq!(m.warmup_tiles.load(Relaxed), warmed);
+
+    // Origin back: the same ring is warmed, so the timed-out job released its claim.
+    s.app.origin.set_stall_ms(0);
+    http.ok(&s, &east).await;
+    let warmed_more = || m.warmup_tiles.load(Relaxed) > warmed;
+    assert!(
+        eventually(Duration::from_secs(5), warmed_more).await,
+        "the far column was never warmed after the timeout"
+    );
+    let metrics = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(
+        metrics.contains("tilewarm_warmup_timeouts_total 1"),
+        "{metrics}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_files_king_county_csv_and_json_lines() {
     let dir = std::env::temp_dir().join(format!("tw-data-{}", std::process::id()));
