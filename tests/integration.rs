@@ -108,6 +108,17 @@ impl Harness {
         ids
     }
 
+    /// Jumps the clock to the client's next wake-up and handles its timeouts; false when
+    /// nothing is pending.
+    fn wake(&mut self) -> bool {
+        let Some(at) = self.client.next_wakeup(self.now) else {
+            return false;
+        };
+        self.now = at;
+        self.client.handle_timeout(at);
+        true
+    }
+
     /// Sends everything that may go out, answering each from the origin, until quiet.
     fn serve_all(&mut self) -> Vec<Send> {
         let mut all = Vec::new();
@@ -466,8 +477,7 @@ fn invalid_or_incomplete_answers_are_errors_not_corruption() {
         if h.client.is_complete() {
             break;
         }
-        h.now = h.client.next_wakeup(h.now).unwrap();
-        h.client.handle_timeout(h.now);
+        assert!(h.wake(), "nothing pending");
         h.serve_all();
     }
     assert!(h.sent.iter().any(|s| s.request.tiles.contains(&dropped)));
@@ -497,11 +507,9 @@ fn a_tile_the_backend_never_lists_is_asked_for_with_a_growing_backoff() {
             .iter()
             .filter(|e| matches!(e, Event::Error(_)))
             .count();
-        let Some(at) = h.client.next_wakeup(h.now) else {
+        if !h.wake() {
             break;
-        };
-        h.now = at;
-        h.client.handle_timeout(h.now);
+        }
     }
     assert!(!h.client.is_complete());
     // Backoff 200 ms doubling to the 10 s cap (jittered to [5, 10] s): about 60-120 asks
@@ -549,11 +557,9 @@ fn a_view_larger_than_the_cache_is_an_error_not_a_request_loop() {
                 if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
             })
             .count();
-        let Some(at) = h.client.next_wakeup(h.now) else {
+        if !h.wake() {
             break;
-        };
-        h.now = at;
-        h.client.handle_timeout(h.now);
+        }
     }
     assert!(!h.client.is_complete());
     assert!(kept_errors >= 1);
@@ -586,11 +592,7 @@ fn a_dead_backend_is_asked_less_and_less_often_and_recovery_is_picked_up() {
             );
         }
         h.events();
-        h.now = h
-            .client
-            .next_wakeup(h.now)
-            .expect("the visible tile is queued");
-        h.client.handle_timeout(h.now);
+        assert!(h.wake(), "the visible tile is queued");
     }
     // Before: 3 attempts per ~1.2 s round, ~1500 in ten minutes.
     assert!(
@@ -608,8 +610,7 @@ fn a_dead_backend_is_asked_less_and_less_often_and_recovery_is_picked_up() {
         if h.client.is_complete() {
             break;
         }
-        h.now = h.client.next_wakeup(h.now).unwrap();
-        h.client.handle_timeout(h.now);
+        assert!(h.wake(), "nothing pending");
     }
     assert!(h.client.is_complete());
     assert!(h.now - back <= 10_000, "{} ms", h.now - back);
