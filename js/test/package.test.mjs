@@ -25,6 +25,26 @@ function runNode(flags, code) {
   return r.stdout.trim();
 }
 
+/**
+ * Imports `url` in a fresh Node process with `fetch` answering file: URLs from disk (as a
+ * browser would fetch the .wasm), and returns `[...JSON of expr over the module m, the URLs
+ * fetched]`.
+ */
+function importFetchingFiles(url, expr) {
+  const out = runNode(
+    [],
+    `import { readFileSync } from 'node:fs';
+     const fetched = [];
+     globalThis.fetch = async (url) => {
+       fetched.push(String(url));
+       return new Response(readFileSync(new URL(url)), { headers: { 'content-type': 'application/wasm' } });
+     };
+     const m = await import(${JSON.stringify(url)});
+     console.log(JSON.stringify([...${expr}, fetched]));`,
+  );
+  return JSON.parse(out);
+}
+
 function targets(node) {
   return typeof node === 'string' ? [node] : Object.values(node).flatMap(targets);
 }
@@ -62,18 +82,8 @@ test('the node entry is what `import "tilewarm"` resolves to in Node', async () 
 
 test('the browser entry fetches the .wasm by URL (fetch stubbed for file: URLs)', () => {
   const browser = new URL(pkg.exports['.'].browser, pkgUrl).href;
-  const out = runNode(
-    [],
-    `import { readFileSync } from 'node:fs';
-     const fetched = [];
-     globalThis.fetch = async (url) => {
-       fetched.push(String(url));
-       return new Response(readFileSync(new URL(url)), { headers: { 'content-type': 'application/wasm' } });
-     };
-     const m = await import(${JSON.stringify(browser)});
-     console.log(JSON.stringify([Object.keys(m).sort(), m.tileForPoint(-122.3321, 47.6062, 14), fetched]));`,
-  );
-  assert.deepEqual(JSON.parse(out), [API, '14/2624/5721', [new URL('tilewarm_bg.wasm', pkgUrl).href]]);
+  const got = importFetchingFiles(browser, '[Object.keys(m).sort(), m.tileForPoint(-122.3321, 47.6062, 14)]');
+  assert.deepEqual(got, [API, '14/2624/5721', [new URL('tilewarm_bg.wasm', pkgUrl).href]]);
 });
 
 test('npm pack, installed into a new project and bundled for the browser by esbuild', async () => {
@@ -109,19 +119,9 @@ test('npm pack, installed into a new project and bundled for the browser by esbu
     // step): the .wasm is deployed beside the bundle, and the bundle fetches it from there.
     copyFileSync(join(app, 'node_modules', 'tilewarm', 'tilewarm_bg.wasm'), join(app, 'dist', 'tilewarm_bg.wasm'));
     const bundle = pathToFileURL(join(app, 'dist', 'main.js')).href;
-    const out = runNode(
-      [],
-      `import { readFileSync } from 'node:fs';
-       const fetched = [];
-       globalThis.fetch = async (url) => {
-         fetched.push(String(url));
-         return new Response(readFileSync(new URL(url)), { headers: { 'content-type': 'application/wasm' } });
-       };
-       const m = await import(${JSON.stringify(bundle)});
-       console.log(JSON.stringify([m.tile, m.parent, m.hasCache, fetched]));`,
-    );
+    const got = importFetchingFiles(bundle, '[m.tile, m.parent, m.hasCache]');
     const wasmUrl = pathToFileURL(join(app, 'dist', 'tilewarm_bg.wasm')).href;
-    assert.deepEqual(JSON.parse(out), ['14/2624/5721', '12/656/1430', true, [wasmUrl]]);
+    assert.deepEqual(got, ['14/2624/5721', '12/656/1430', true, [wasmUrl]]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
