@@ -4,17 +4,29 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
-## Every suite: formatting, clippy, cargo tests, the bare wasm32 core build, short passes
-## of the fuzz targets, the soak test and schemathesis, the npm package and the Node tests
-## against it, the edge worker under workerd, then the demo page in headless Chromium.
+## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
+## formatting, clippy, cargo tests, the bare wasm32 core build, short passes of the fuzz
+## targets, the soak test and schemathesis, the npm package and the Node tests against it,
+## the edge worker under workerd, then the demo page in headless Chromium.
 ## Node's summary is the closing output.
-test: lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg node-test edge-test demo-test
+test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg node-test edge-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
+
+## Installs every tool the suites need at the versions scripts/versions.sh names, then
+## prints each with the version found (`scripts/setup.sh --check`), so a log shows the
+## toolchain it ran on.
+toolchain:
+	scripts/setup.sh all
+	scripts/setup.sh --check
+
+## setup's version logic against real Debian version strings and a fake apt with stale lists.
+setup-test:
+	scripts/test-setup.sh
 
 lint: fmt-check clippy
 

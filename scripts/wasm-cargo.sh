@@ -18,6 +18,15 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^debian-web'; then
   echo "wasm-cargo: no wasm32 std found: run scripts/setup.sh wasm-target" >&2
   exit 1
 fi
+# The flags below (-Zbuild-std-features, -Zpanic-immediate-abort, -Cpanic=immediate-abort)
+# are known from RUSTC_WEB_MIN on: never hand them to an older toolchain.
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh
+have=$(have_rustc_web)
+if ! version_ge "$have" "$RUSTC_WEB_MIN"; then
+  echo "wasm-cargo: toolchain debian-web is rustc ${have:-unknown}, need >= $RUSTC_WEB_MIN: run scripts/setup.sh wasm-target (it refreshes apt's lists and upgrades rustc-web)" >&2
+  exit 1
+fi
 export RUSTUP_TOOLCHAIN=debian-web RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19
 extra=()

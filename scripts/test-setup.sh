@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Tests scripts/setup.sh's version logic without a new machine: the version comparison
+# and the decision to refresh apt's lists, fed with real Debian version strings, and the
+# whole need_deb flow against a fake apt (apt-get, apt-cache and dpkg-query on PATH) whose
+# lists are stale: old candidate before `apt-get update`, new one after.
+#
+#   scripts/test-setup.sh          (make test runs it; no root, no network)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh
+set +e
+
+failures=0 passes=0
+pass() { passes=$((passes + 1)); }
+fail() { failures=$((failures + 1)); printf 'FAIL: %s\n' "$*" >&2; }
+expect_eq() { # WHAT GOT WANT
+  if [ "$2" = "$3" ]; then pass; else fail "$1: got '$2', want '$3'"; fi
+}
+ge() { if version_ge "$1" "$2"; then echo yes; else echo no; fi; }
+
+# --- upstream_version
+expect_eq "upstream of rustc-web (bookworm/main)" "$(upstream_version 1.85.0+dfsg3-1~deb12u3)" 1.85.0
+expect_eq "upstream of rustc-web (bookworm-security)" "$(upstream_version 1.96.0+dfsg1-1~deb12u2)" 1.96.0
+expect_eq "upstream with an epoch (redis)" "$(upstream_version 5:7.0.15-1~deb12u7)" 7.0.15
+expect_eq "upstream with an epoch (lld)" "$(upstream_version 1:19.1.7-3~deb12u1)" 19.1.7
+expect_eq "upstream of node --version" "$(upstream_version v20.20.2)" 20.20.2
+expect_eq "upstream of a bare number" "$(upstream_version 132)" 132
+expect_eq "upstream of chromium" "$(upstream_version 148.0.7778.167-1~deb12u1)" 148.0.7778.167
+expect_eq "upstream of nothing" "$(upstream_version '')" ""
+expect_eq "upstream of words" "$(upstream_version 'not found')" ""
+
+# --- version_ge
+expect_eq "1.85 Debian < 1.96" "$(ge 1.85.0+dfsg3-1~deb12u3 1.96.0)" no
+expect_eq "1.96 Debian >= 1.96" "$(ge 1.96.0+dfsg1-1~deb12u2 1.96.0)" yes
+expect_eq "1.97 >= 1.96" "$(ge 1.97.0-nightly 1.96.0)" yes
+expect_eq "numbers, not text: 1.100 > 1.96" "$(ge 1.100.0 1.96.0)" yes
+expect_eq "numbers, not text: 10.0 > 9.9" "$(ge 10.0 9.9)" yes
+expect_eq "numbers, not text: 9.10 < 10.0" "$(ge 9.10 10.0)" no
+expect_eq "a missing part is 0: 1.96 == 1.96.0" "$(ge 1.96 1.96.0)" yes
+expect_eq "a missing part is 0: 1.96.0 >= 1.96" "$(ge 1.96.0 1.96)" yes
+expect_eq "a longer minimum: 1.96 < 1.96.1" "$(ge 1.96 1.96.1)" no
+expect_eq "epoch ignored: 5:7.0.15 >= 7.0.0" "$(ge 5:7.0.15-1~deb12u7 7.0.0)" yes
+expect_eq "epoch ignored: 1:6.0.16 < 7.0.0" "$(ge 1:6.0.16-1+deb11u2 7.0.0)" no
+expect_eq "chromium 148 >= 140" "$(ge 148.0.7778.167-1~deb12u1 140.0)" yes
+expect_eq "leading zeros are numbers: 08.09 >= 8.9" "$(ge 08.09 8.9)" yes
+expect_eq "nothing is never enough" "$(ge '' 0)" no
+expect_eq "words are never enough" "$(ge none 1.0)" no
+expect_eq "any version meets no minimum" "$(ge 0.1 0)" yes
+
+# --- apt_decide INSTALLED CANDIDATE MIN UPDATED
+expect_eq "absent, stale lists offer 1.85" "$(apt_decide '' 1.85.0+dfsg3-1~deb12u3 1.96.0 '')" update
+expect_eq "absent, fresh lists offer 1.96" "$(apt_decide '' 1.96.0+dfsg1-1~deb12u2 1.96.0 1)" install
+expect_eq "absent, stale lists already offer 1.96" "$(apt_decide '' 1.96.0+dfsg1-1~deb12u2 1.96.0 '')" install
+expect_eq "old installed, stale lists offer the same" \
+  "$(apt_decide 1.85.0+dfsg3-1~deb12u3 1.85.0+dfsg3-1~deb12u3 1.96.0 '')" update
+expect_eq "old installed, fresh lists offer 1.96" \
+  "$(apt_decide 1.85.0+dfsg3-1~deb12u3 1.96.0+dfsg1-1~deb12u2 1.96.0 1)" install
+expect_eq "new enough installed" "$(apt_decide 1.96.0+dfsg1-1~deb12u2 1.96.0+dfsg1-1~deb12u2 1.96.0 '')" ok
+expect_eq "new enough installed, apt knows nothing" "$(apt_decide 1.96.0+dfsg1-1~deb12u2 '' 1.96.0 '')" ok
+expect_eq "unknown package, stale lists" "$(apt_decide '' '' 1.0 '')" update
+expect_eq "unknown package, fresh lists" "$(apt_decide '' '' 1.0 1)" fail
+expect_eq "fresh lists still too old" "$(apt_decide '' 1.85.0+dfsg3-1~deb12u3 1.96.0 1)" fail
+expect_eq "no minimum, absent, known" "$(apt_decide '' 7.0.15 0 '')" install
+
+# --- need_deb against a fake apt with stale lists
+fake=$(mktemp -d)
+trap 'rm -rf "$fake"' EXIT
+mkdir -p "$fake/bin" "$fake/installed" "$fake/stale" "$fake/fresh"
+cat > "$fake/bin/apt-cache" <<'EOF'
+#!/usr/bin/env bash
+# apt-cache policy PKG
+lists=stale; [ -e "$FAKE_APT/updated" ] && lists=fresh
+echo "$2:"
+echo "  Installed: $(cat "$FAKE_APT/installed/$2" 2>/dev/null || echo '(none)')"
+echo "  Candidate: $(cat "$FAKE_APT/$lists/$2" 2>/dev/null || echo '(none)')"
+EOF
+cat > "$fake/bin/apt-get" <<'EOF'
+#!/usr/bin/env bash
+echo "apt-get $*" >> "$FAKE_APT/log"
+case " $* " in
+  *" update "*) touch "$FAKE_APT/updated" ;;
+  *" install "*)
+    lists=stale; [ -e "$FAKE_APT/updated" ] && lists=fresh
+    for a in "$@"; do
+      case $a in
+        *=*) p=${a%%=*} v=${a#*=}
+             [ "$(cat "$FAKE_APT/$lists/$p" 2>/dev/null)" = "$v" ] || { echo "E: Version '$v' for '$p' was not found" >&2; exit 100; }
+             echo "$v" > "$FAKE_APT/installed/$p" ;;
+      esac
+    done ;;
+esac
+EOF
+cat > "$fake/bin/dpkg-query" <<'EOF'
+#!/usr/bin/env bash
+# dpkg-query -W -f=FORMAT PKG
+p=${*: -1}
+[ -e "$FAKE_APT/installed/$p" ] || { echo "dpkg-query: no packages found matching $p" >&2; exit 1; }
+echo "install ok installed $(cat "$FAKE_APT/installed/$p")"
+EOF
+chmod +x "$fake/bin/"*
+export FAKE_APT=$fake
+as_root() { "$@"; }
+say() { :; }
+
+# run_need PKG MIN: need_deb in a subshell on the fake apt; prints its exit status and
+# its error message on one line.
+run_need() {
+  local err rc
+  err=$( (PATH="$fake/bin:$PATH" apt_updated="" need_deb "$1" "$2") 2>&1 >/dev/null)
+  rc=$?
+  echo "$rc $err"
+}
+reset_fake() { rm -f "$fake/updated" "$fake/log" "$fake/installed/"* "$fake/stale/"* "$fake/fresh/"*; }
+
+# A new machine: rustc-web absent, the stale lists offer 1.85, the fresh ones 1.96.
+reset_fake
+echo 1.85.0+dfsg3-1~deb12u3 > "$fake/stale/rustc-web"
+echo 1.96.0+dfsg1-1~deb12u2 > "$fake/fresh/rustc-web"
+out=$(run_need rustc-web 1.96.0)
+expect_eq "stale lists: need_deb succeeds" "${out%% *}" 0
+expect_eq "stale lists: 1.96 installed" "$(cat "$fake/installed/rustc-web" 2>/dev/null)" 1.96.0+dfsg1-1~deb12u2
+expect_eq "stale lists: update, then install" "$(tr '\n' ';' < "$fake/log")" \
+  "apt-get update -qq;apt-get install -y -qq rustc-web=1.96.0+dfsg1-1~deb12u2;"
+
+# An old rustc-web already installed is upgraded the same way.
+reset_fake
+echo 1.85.0+dfsg3-1~deb12u3 > "$fake/installed/rustc-web"
+echo 1.85.0+dfsg3-1~deb12u3 > "$fake/stale/rustc-web"
+echo 1.96.0+dfsg1-1~deb12u2 > "$fake/fresh/rustc-web"
+out=$(run_need rustc-web 1.96.0)
+expect_eq "old installed: need_deb succeeds" "${out%% *}" 0
+expect_eq "old installed: upgraded" "$(cat "$fake/installed/rustc-web")" 1.96.0+dfsg1-1~deb12u2
+
+# Installed and new enough: apt is not touched.
+reset_fake
+echo 1.96.0+dfsg1-1~deb12u2 > "$fake/installed/rustc-web"
+out=$(run_need rustc-web 1.96.0)
+expect_eq "new enough: need_deb succeeds" "${out%% *}" 0
+expect_eq "new enough: no apt-get" "$(cat "$fake/log" 2>/dev/null)" ""
+
+# Fresh lists already offer the version: no update.
+reset_fake
+echo 7.0.15-1~deb12u7 > "$fake/stale/redis-server"
+out=$(run_need redis-server 7.0.0)
+expect_eq "candidate enough: installed" "$(cat "$fake/installed/redis-server")" 7.0.15-1~deb12u7
+expect_eq "candidate enough: no update" "$(grep -c update "$fake/log")" 0
+
+# The registry cannot give it even after the update: stop, naming the tool and versions.
+reset_fake
+echo 1.85.0+dfsg3-1~deb12u3 > "$fake/stale/rustc-web"
+echo 1.85.0+dfsg3-1~deb12u3 > "$fake/fresh/rustc-web"
+out=$(run_need rustc-web 1.96.0)
+expect_eq "too old everywhere: fails" "${out%% *}" 1
+case $out in
+  *"rustc-web: found none, need >= 1.96.0; apt offers 1.85.0+dfsg3-1~deb12u3 even after apt-get update"*) pass ;;
+  *) fail "too old everywhere: message names tool and versions: $out" ;;
+esac
+expect_eq "too old everywhere: nothing installed" "$(cat "$fake/installed/rustc-web" 2>/dev/null)" ""
+
+# A package apt does not know at all.
+reset_fake
+out=$(run_need postgresql-99 1.0)
+expect_eq "unknown package: fails" "${out%% *}" 1
+case $out in
+  *"postgresql-99: found none, need >= 1.0; apt offers nothing even after apt-get update"*) pass ;;
+  *) fail "unknown package: message: $out" ;;
+esac
+
+echo "test-setup: $passes passed, $failures failed"
+[ "$failures" -eq 0 ]
