@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use tilewarm::{
-    cover, ring_around, Access, CacheConfig, Client, ClientConfig, ItemMeta, Origin, OriginItem,
-    Priority, TileCache, TileId, TilePoint, Viewport,
-};
+use tilewarm::access::Access;
+use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority};
+use tilewarm::client::{Client, ClientConfig};
+use tilewarm::origin::{Origin, OriginItem};
+use tilewarm::planner::Viewport;
+use tilewarm::tile::{cover, ring_around, TileId, TilePoint};
 
 fn main() {
     divan::main();
@@ -27,19 +29,19 @@ fn typical_view(dx: f64) -> Viewport {
 }
 
 fn view_at(dx: f64, dy: f64) -> Viewport {
-    let c = tilewarm::project(-122.3321, 47.6062, Z).unwrap();
+    let c = tilewarm::tile::project(-122.3321, 47.6062, Z).unwrap();
     let (w, h) = (
         1280.0 / 256.0 / 2f64.powf(0.5),
         800.0 / 256.0 / 2f64.powf(0.5),
     );
-    let (west, north) = tilewarm::unproject(
+    let (west, north) = tilewarm::tile::unproject(
         TilePoint {
             x: c.x + dx - w / 2.0,
             y: c.y + dy - h / 2.0,
         },
         Z,
     );
-    let (east, south) = tilewarm::unproject(
+    let (east, south) = tilewarm::tile::unproject(
         TilePoint {
             x: c.x + dx + w / 2.0,
             y: c.y + dy + h / 2.0,
@@ -81,13 +83,13 @@ fn cover_brute_force() -> usize {
 }
 
 fn items(n: usize) -> Vec<OriginItem<String>> {
-    let c = tilewarm::project(-122.3321, 47.6062, Z).unwrap();
+    let c = tilewarm::tile::project(-122.3321, 47.6062, Z).unwrap();
     (0..n)
         .map(|i| {
             // Spread over a 20 x 20 tile block with a deterministic scatter.
             let fx = ((i * 7919) % 2000) as f64 / 100.0 - 10.0;
             let fy = ((i * 104_729) % 2000) as f64 / 100.0 - 10.0;
-            let (lon, lat) = tilewarm::unproject(
+            let (lon, lat) = tilewarm::tile::unproject(
                 TilePoint {
                     x: c.x + fx,
                     y: c.y + fy,
@@ -111,8 +113,8 @@ fn items(n: usize) -> Vec<OriginItem<String>> {
         .collect()
 }
 
-fn filled_cache(n: usize) -> TileCache<String> {
-    let mut cache = TileCache::new(CacheConfig::default()).unwrap();
+fn filled_cache(n: usize) -> ItemCache<String> {
+    let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
     for it in items(n) {
         let meta = ItemMeta {
             lon: it.lon,
@@ -133,7 +135,7 @@ fn filled_cache(n: usize) -> TileCache<String> {
 fn cache_insert_10k(bencher: divan::Bencher) {
     let all = items(10_000);
     bencher.bench_local(|| {
-        let mut cache = TileCache::new(CacheConfig::default()).unwrap();
+        let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
         for it in &all {
             let meta = ItemMeta {
                 lon: it.lon,

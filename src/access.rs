@@ -2,7 +2,7 @@
 //! item whose tier is `<= t`.
 //!
 //! ```
-//! use tilewarm::Access;
+//! use tilewarm::access::Access;
 //! assert!(Access::Public < Access::Agent);
 //! assert_eq!("verified".parse::<Access>().unwrap(), Access::Verified);
 //! assert_eq!(
@@ -11,6 +11,7 @@
 //! );
 //! ```
 
+use crate::util::Quoted;
 use std::fmt;
 use std::str::FromStr;
 
@@ -32,7 +33,7 @@ pub enum Access {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown access tier {}: allowed are public, registered, verified, agent",
-    crate::Quoted(.0)
+    Quoted(.0)
 )]
 pub struct UnknownAccess(pub String);
 

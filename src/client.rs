@@ -14,7 +14,7 @@
 //! The engine never blocks and never fails on backend trouble: failures become events and
 //! counters, and what is cached stays usable.
 
-use crate::HashMap;
+use crate::util::{sort_pairs, HashMap};
 use std::collections::VecDeque;
 
 use crate::access::Access;
@@ -22,8 +22,8 @@ use crate::batch::{
     BatchConfig, BatchConfigError, BatchStats, Batcher, Failure, FailureOutcome, Kind, RequestId,
 };
 use crate::cache::{
-    CacheConfig, CacheError, CacheItem, CacheStats, Invalidate, ItemMeta, Lookup, Priority,
-    TileCache, TileState,
+    CacheConfig, CacheError, CacheItem, CacheStats, Invalidate, ItemCache, ItemMeta, Lookup,
+    Priority, TileFreshness,
 };
 use crate::planner::{Planner, PlannerConfig, PlannerError, Viewport, Work};
 use crate::protocol::{BatchRequest, BatchResponse, Limits, ProtocolError};
@@ -135,7 +135,7 @@ pub enum Event {
 
 /// Display state of a data tile, for overlays and debugging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TileStatus {
+pub enum TileState {
     /// Showable, and was fetched for the view (or already shown).
     Loaded,
     /// Showable, fetched ahead by prefetch and not shown yet.
@@ -224,7 +224,7 @@ const MAX_PREFETCH_MARKS: usize = 8192;
 /// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
 /// natively).
 pub struct Client<P> {
-    cache: TileCache<P>,
+    cache: ItemCache<P>,
     planner: Planner,
     batcher: Batcher,
     limits: Limits,
@@ -265,7 +265,7 @@ impl<P: Payload> Client<P> {
             });
         }
         Ok(Client {
-            cache: TileCache::new(config.cache)?,
+            cache: ItemCache::new(config.cache)?,
             planner: Planner::new(config.planner)?,
             batcher: Batcher::new(config.batch)?,
             limits: config.limits,
@@ -291,7 +291,7 @@ impl<P: Payload> Client<P> {
     }
 
     /// The cache, for reads that do not change it.
-    pub fn cache(&self) -> &TileCache<P> {
+    pub fn cache(&self) -> &ItemCache<P> {
         &self.cache
     }
 
@@ -330,7 +330,7 @@ impl<P: Payload> Client<P> {
         let mut plan = self.planner.plan(
             &viewport,
             now_ms,
-            |t| cache.tile_state(t, access, now_ms),
+            |t| cache.tile_freshness(t, access, now_ms),
             |t| batcher.is_tile_in_flight(t),
         )?;
         if self.viewport.as_ref() != Some(&viewport) {
@@ -395,7 +395,7 @@ impl<P: Payload> Client<P> {
     pub fn poll_request(&mut self, now_ms: u64) -> Option<Send> {
         let (cache, access) = (&self.cache, self.access);
         let out = self.batcher.poll(now_ms, |w| {
-            cache.tile_state(w.tile(), access, now_ms) != TileState::Fresh
+            cache.tile_freshness(w.tile(), access, now_ms) != TileFreshness::Fresh
         })?;
         self.request_access.push((out.id, self.access));
         Some(Send {
@@ -468,7 +468,11 @@ impl<P: Payload> Client<P> {
         let was_complete = self.complete;
         let mut shown_before = Vec::with_capacity(self.visible.len());
         for &t in &self.visible {
-            shown_before.push(self.cache.tile_state(t, self.access, now_ms).is_showable());
+            shown_before.push(
+                self.cache
+                    .tile_freshness(t, self.access, now_ms)
+                    .is_showable(),
+            );
         }
         let mut touched_visible = false;
         let tile_zoom = self.cache.config().tile_zoom;
@@ -554,7 +558,10 @@ impl<P: Payload> Client<P> {
         let mut unkept = Vec::new();
         for (&t, &before) in self.visible.iter().zip(&shown_before) {
             if (before || answered.contains(t))
-                && !self.cache.tile_state(t, self.access, now_ms).is_showable()
+                && !self
+                    .cache
+                    .tile_freshness(t, self.access, now_ms)
+                    .is_showable()
             {
                 unkept.push(t);
             }
@@ -600,7 +607,7 @@ impl<P: Payload> Client<P> {
         if self.prefetched.len() >= MAX_PREFETCH_MARKS {
             // Forget the oldest half: they were fetched and never shown.
             let mut ages: Vec<(u64, u64)> = self.prefetched.values().map(|&at| (at, 0)).collect();
-            crate::sort_pairs(&mut ages);
+            sort_pairs(&mut ages);
             let cutoff = ages[ages.len() / 2].0;
             let before = self.prefetched.len();
             self.prefetched.retain(|_, at| *at > cutoff);
@@ -645,7 +652,7 @@ impl<P: Payload> Client<P> {
         let mut works = Vec::new();
         let mut complete = true;
         for &t in &self.visible {
-            let st = self.cache.tile_state(t, self.access, now_ms);
+            let st = self.cache.tile_freshness(t, self.access, now_ms);
             if st.is_showable() {
                 continue;
             }
@@ -727,7 +734,7 @@ impl<P: Payload> Client<P> {
         let works: Vec<Work> = tiles
             .iter()
             .filter(|t| t.z() == tile_zoom && !self.batcher.is_tile_in_flight(**t))
-            .filter_map(|&t| Work::from_state(t, self.cache.tile_state(t, self.access, now_ms)))
+            .filter_map(|&t| Work::from_state(t, self.cache.tile_freshness(t, self.access, now_ms)))
             .collect();
         let n = works.len();
         self.batcher.extend_prefetch(works);
@@ -735,21 +742,21 @@ impl<P: Payload> Client<P> {
     }
 
     /// Display state of a data tile.
-    pub fn tile_status(&self, tile: TileId, now_ms: u64) -> TileStatus {
+    pub fn tile_state(&self, tile: TileId, now_ms: u64) -> TileState {
         if self.batcher.is_tile_in_flight(tile) {
-            return TileStatus::InFlight;
+            return TileState::InFlight;
         }
         if !self
             .cache
-            .tile_state(tile, self.access, now_ms)
+            .tile_freshness(tile, self.access, now_ms)
             .is_showable()
         {
-            return TileStatus::Missing;
+            return TileState::Missing;
         }
         if self.prefetched.contains_key(&tile) {
-            TileStatus::Prefetched
+            TileState::Prefetched
         } else {
-            TileStatus::Loaded
+            TileState::Loaded
         }
     }
 

@@ -402,7 +402,7 @@ mod tests {
         assert!((500..1000).contains(&active), "{active}");
         assert!(a.iter().any(|i| i.access == Access::Agent));
         // Clustered: the busiest zoom-14 tile holds far more than the average occupied one.
-        let o = crate::Origin::new(a).unwrap();
+        let o = crate::origin::Origin::new(a).unwrap();
         let occ = o.occupied_tiles(14);
         let max = occ.iter().map(|(_, n)| *n).max().unwrap();
         let mean = 5000.0 / occ.len() as f64;

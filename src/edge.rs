@@ -1,7 +1,7 @@
 //! JavaScript bindings of the caching batch proxy for the edge worker (feature `edge`),
 //! built by `scripts/build-pkg.sh` into its own wasm (`pkg/tilewarm_edge_bg.wasm`), so the
 //! browser package's wasm does not carry it. Thin: JSON text and bytes in, JSON text out;
-//! the logic is [`crate::Proxy`]. `pkg/edge.js` (from `js/edge.js`) is the worker around it.
+//! the logic is [`crate::proxy::Proxy`]. `pkg/edge.js` (from `js/edge.js`) is the worker around it.
 //!
 //! A request is `begin` → (the shell fetches [`Step::origin`] from the origin) →
 //! `complete` or `fail` → respond with [`Step::status`], [`Step::body`] and
@@ -16,7 +16,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
-use crate::HashMap;
+use crate::util::HashMap;
 
 /// Most requests waiting for the origin in one isolate.
 pub const MAX_PENDING: usize = 1024;
@@ -267,7 +267,7 @@ impl EdgeProxy {
     /// Counters as JSON: verdicts, origin calls and failures, warming, per-tier cache sizes.
     pub fn stats(&self) -> String {
         let s = self.proxy.stats();
-        let tiers: Vec<String> = crate::Access::ALL
+        let tiers: Vec<String> = crate::access::Access::ALL
             .iter()
             .map(|&t| {
                 let c = self.proxy.cache_stats(t);

@@ -10,7 +10,7 @@
 //! protocol's access rule: an item above the caller's tier is left out of both lists and
 //! reported as missing when asked for by id.
 
-use crate::HashMap;
+use crate::util::HashMap;
 
 use crate::access::Access;
 use crate::protocol::{BatchRequest, BatchResponse, Item, TileList};

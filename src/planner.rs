@@ -20,10 +20,10 @@
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
 //! simulator alike.
 
-use crate::{HashMap, HashSet};
+use crate::util::{HashMap, HashSet};
 use std::collections::VecDeque;
 
-use crate::cache::{Refresh, TileState};
+use crate::cache::{Refresh, TileFreshness};
 use crate::tile::{project, ring_around, tiles_per_axis, Bbox, TileError, TileId, TilePoint};
 
 /// A map viewport: the visible box and the map's fractional zoom.
@@ -61,7 +61,7 @@ pub enum PlannerError {
     #[error("invalid viewport: {0}")]
     Bbox(#[from] TileError),
     /// The viewport zoom was not finite or out of range.
-    #[error("viewport zoom must be a finite number in 0..=30, got {}", crate::Num(*.0))]
+    #[error("viewport zoom must be a finite number in 0..=30, got {}", crate::util::Num(*.0))]
     InvalidZoom(f64),
     /// A configuration field out of its range.
     #[error("planner config {field} must be {allowed}, got {value}")]
@@ -144,7 +144,11 @@ impl PlannerConfig {
             return bad("tile_zoom", self.tile_zoom, "an integer in 0..=24");
         }
         if !self.min_zoom.is_finite() || !(0.0..=MAX_VIEW_ZOOM).contains(&self.min_zoom) {
-            return bad("min_zoom", crate::Num(self.min_zoom), "a number in 0..=30");
+            return bad(
+                "min_zoom",
+                crate::util::Num(self.min_zoom),
+                "a number in 0..=30",
+            );
         }
         if self.ring > 8 {
             return bad("ring", self.ring, "an integer in 0..=8");
@@ -184,7 +188,7 @@ impl PlannerConfig {
         for (field, value, hi, allowed) in floats {
             // NaN fails the range check too.
             if !(0.0..=hi).contains(&value) {
-                return bad(field, crate::Num(value), allowed);
+                return bad(field, crate::util::Num(value), allowed);
             }
         }
         Ok(())
@@ -209,13 +213,13 @@ impl Work {
     }
 
     /// The work that makes a tile in `state` fresh, or `None` when it already is.
-    pub fn from_state(tile: TileId, state: TileState) -> Option<Work> {
+    pub fn from_state(tile: TileId, state: TileFreshness) -> Option<Work> {
         match state {
-            TileState::Fresh => None,
-            TileState::Unknown
-            | TileState::Stale(Refresh::Tile)
-            | TileState::Partial(Refresh::Tile) => Some(Work::Tile(tile)),
-            TileState::Stale(Refresh::Ids(ids)) | TileState::Partial(Refresh::Ids(ids)) => {
+            TileFreshness::Fresh => None,
+            TileFreshness::Unknown
+            | TileFreshness::Stale(Refresh::Tile)
+            | TileFreshness::Partial(Refresh::Tile) => Some(Work::Tile(tile)),
+            TileFreshness::Stale(Refresh::Ids(ids)) | TileFreshness::Partial(Refresh::Ids(ids)) => {
                 if ids.is_empty() {
                     Some(Work::Tile(tile))
                 } else {
@@ -328,7 +332,7 @@ impl Planner {
         &mut self,
         viewport: &Viewport,
         now_ms: u64,
-        mut state: impl FnMut(TileId) -> TileState,
+        mut state: impl FnMut(TileId) -> TileFreshness,
         mut in_flight: impl FnMut(TileId) -> bool,
     ) -> Result<Plan, PlannerError> {
         let sample = self.record(viewport, now_ms);
@@ -588,9 +592,9 @@ fn score_key(score: f64) -> u64 {
 }
 
 /// The tiles of `(score_key, tile)` pairs, lowest score first, ties by tile: sorted as plain
-/// `(u64, u64)` keys by [`crate::sort_pairs`], the core's one sort.
+/// `(u64, u64)` keys by [`crate::util::sort_pairs`], the core's one sort.
 fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
-    crate::sort_pairs(&mut keys);
+    crate::util::sort_pairs(&mut keys);
     let mut tiles = Vec::with_capacity(keys.len());
     for (_, t) in keys {
         tiles.push(TileId::from_packed(t));
@@ -691,8 +695,8 @@ mod tests {
         Viewport::new(west, south, east, north, zoom).unwrap()
     }
 
-    fn unknown(_: TileId) -> TileState {
-        TileState::Unknown
+    fn unknown(_: TileId) -> TileFreshness {
+        TileFreshness::Unknown
     }
     fn none_in_flight(_: TileId) -> bool {
         false
@@ -786,9 +790,9 @@ mod tests {
                 0,
                 |t| {
                     if t == fresh {
-                        TileState::Fresh
+                        TileFreshness::Fresh
                     } else {
-                        TileState::Unknown
+                        TileFreshness::Unknown
                     }
                 },
                 |t| t == flying,
@@ -811,7 +815,7 @@ mod tests {
             .plan(
                 &vp,
                 0,
-                |_| TileState::Stale(Refresh::Ids(vec!["a".into()])),
+                |_| TileFreshness::Stale(Refresh::Ids(vec!["a".into()])),
                 none_in_flight,
             )
             .unwrap();
@@ -821,7 +825,7 @@ mod tests {
             .plan(
                 &vp,
                 1,
-                |_| TileState::Partial(Refresh::Ids(vec!["a".into()])),
+                |_| TileFreshness::Partial(Refresh::Ids(vec!["a".into()])),
                 none_in_flight,
             )
             .unwrap();
@@ -995,13 +999,13 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn state_of(code: u8) -> TileState {
+        fn state_of(code: u8) -> TileFreshness {
             match code % 5 {
-                0 => TileState::Fresh,
-                1 => TileState::Unknown,
-                2 => TileState::Stale(Refresh::Tile),
-                3 => TileState::Partial(Refresh::Ids(vec!["x".into()])),
-                _ => TileState::Partial(Refresh::Tile),
+                0 => TileFreshness::Fresh,
+                1 => TileFreshness::Unknown,
+                2 => TileFreshness::Stale(Refresh::Tile),
+                3 => TileFreshness::Partial(Refresh::Ids(vec!["x".into()])),
+                _ => TileFreshness::Partial(Refresh::Tile),
             }
         }
 
@@ -1040,7 +1044,7 @@ mod tests {
                     let visible: HashSet<TileId> = plan.visible.iter().copied().collect();
                     for wk in &plan.prefetch {
                         let tile = wk.tile();
-                        prop_assert!(state_of(code(tile)) != TileState::Fresh, "fresh tile planned");
+                        prop_assert!(state_of(code(tile)) != TileFreshness::Fresh, "fresh tile planned");
                         prop_assert!(!flying(tile), "in-flight tile planned");
                         prop_assert!(!visible.contains(&tile), "visible tile in prefetch");
                         prop_assert!(plan.wanted.contains(&tile));

@@ -10,7 +10,7 @@
 //! [`Proxy::warmed`]. The shell (the worker in `edge/`) only moves bytes.
 //!
 //! # Access isolation, by construction
-//! There is one [`TileCache`] per access tier. A request at tier `t` reads only the cache of
+//! There is one [`ItemCache`] per access tier. A request at tier `t` reads only the cache of
 //! tier `t`, and that cache is filled only from origin answers to requests made at tier
 //! `t`, after dropping any item above `t` (an origin that breaks the protocol's access rule
 //! is not trusted either). So a `public` caller can never receive an item that an `agent`
@@ -28,7 +28,7 @@
 //!   tile count) and its list is split onto the data tiles when cached;
 //! - a coarser tile is forwarded and not cached.
 //!
-//! Only [`TileState::Fresh`] data tiles count as hits; anything else (unknown, partial,
+//! Only [`TileFreshness::Fresh`] data tiles count as hits; anything else (unknown, partial,
 //! stale) is forwarded whole.
 //!
 //! # When the origin fails
@@ -48,13 +48,15 @@ use lru::LruCache;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::cache::{CacheConfig, CacheError, CacheStats, ItemMeta, Priority, TileCache, TileState};
+use crate::cache::{
+    CacheConfig, CacheError, CacheStats, ItemCache, ItemMeta, Priority, TileFreshness,
+};
 use crate::protocol::{
     decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, ErrorBody, ErrorCode,
     Item, Limits, RawData, TileList,
 };
 use crate::tile::{ring_around, TileId};
-use crate::{HashMap, HashSet};
+use crate::util::{HashMap, HashSet};
 
 /// How the proxy caches and warms. Every field has a documented default.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +67,7 @@ pub struct ProxyConfig {
     /// hits.
     pub cache: CacheConfig,
     /// How many zoom levels coarser than the data zoom a requested tile may be and still be
-    /// cached (split onto its data tiles). Default 2; at most [`crate::MAX_SPLIT_LEVELS`].
+    /// cached (split onto its data tiles). Default 2; at most [`crate::cache::MAX_SPLIT_LEVELS`].
     pub split_levels: u8,
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
     /// Default 1; at most 4.
@@ -218,10 +220,10 @@ pub struct ProxyStats {
     pub dropped_above_tier: u64,
 }
 
-/// The caching batch proxy: one [`TileCache`] per access tier. See the module docs.
+/// The caching batch proxy: one [`ItemCache`] per access tier. See the module docs.
 pub struct Proxy {
     config: ProxyConfig,
-    caches: [TileCache<RawData>; 4],
+    caches: [ItemCache<RawData>; 4],
     /// Per tier: ids the origin reported missing, and until when that answer holds.
     missing: [LruCache<String, u64>; 4],
     stats: ProxyStats,
@@ -278,7 +280,7 @@ impl Proxy {
         range(
             "split_levels",
             s.into(),
-            s <= crate::MAX_SPLIT_LEVELS && s <= config.cache.tile_zoom,
+            s <= crate::cache::MAX_SPLIT_LEVELS && s <= config.cache.tile_zoom,
             "0..=8 and at most tile_zoom",
         )?;
         range(
@@ -289,7 +291,7 @@ impl Proxy {
         )?;
         let w = config.max_warm_tiles;
         range("max_warm_tiles", w as u64, (1..=64).contains(&w), "1..=64")?;
-        let make = || TileCache::new(config.cache.clone());
+        let make = || ItemCache::new(config.cache.clone());
         let caches = [make()?, make()?, make()?, make()?];
         let cap = NonZeroUsize::new(MAX_MISSING_IDS).unwrap_or(NonZeroUsize::MIN);
         let missing = std::array::from_fn(|_| LruCache::new(cap));
@@ -316,7 +318,7 @@ impl Proxy {
         self.caches[tier.rank() as usize].stats()
     }
 
-    fn cache(&mut self, tier: Access) -> &mut TileCache<RawData> {
+    fn cache(&mut self, tier: Access) -> &mut ItemCache<RawData> {
         &mut self.caches[tier.rank() as usize]
     }
 
@@ -374,9 +376,9 @@ impl Proxy {
                 }
             }
             let fresh = !data.is_empty()
-                && data
-                    .iter()
-                    .all(|&d| self.cache(tier).tile_state(d, tier, now_ms) == TileState::Fresh);
+                && data.iter().all(|&d| {
+                    self.cache(tier).tile_freshness(d, tier, now_ms) == TileFreshness::Fresh
+                });
             if fresh {
                 let mut ids = Vec::new();
                 let mut exp_ms = u64::MAX;
@@ -572,7 +574,7 @@ impl Proxy {
         let cache = self.cache(tier);
         let tiles: Vec<TileId> = ring
             .into_iter()
-            .filter(|&t| cache.tile_state(t, tier, now_ms) != TileState::Fresh)
+            .filter(|&t| cache.tile_freshness(t, tier, now_ms) != TileFreshness::Fresh)
             .take(max)
             .collect();
         if tiles.is_empty() {

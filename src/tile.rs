@@ -5,13 +5,13 @@
 //! [`MAX_LATITUDE`]. Longitudes wrap (−180 and 180 are the same meridian), latitudes clamp.
 //!
 //! ```
-//! use tilewarm::TileId;
+//! use tilewarm::tile::TileId;
 //! let t = TileId::from_lon_lat(-122.3321, 47.6062, 14).unwrap();
 //! assert_eq!(t.to_string(), "14/2624/5721");
 //! assert_eq!("14/2624/5721".parse::<TileId>().unwrap(), t);
 //! ```
 
-use crate::HashSet;
+use crate::util::{sort_pairs, HashSet, Num, Quoted};
 use std::f64::consts::PI;
 use std::fmt;
 use std::str::FromStr;
@@ -37,20 +37,20 @@ pub enum TileError {
     #[error("tile {z}/{x}/{y} does not exist: x and y must be below 2^{z} = {limit}")]
     CoordOutOfRange { z: u8, x: u32, y: u32, limit: u64 },
     /// A coordinate was NaN or infinite.
-    #[error("{what} must be a finite number, got {}", crate::Num(*value))]
+    #[error("{what} must be a finite number, got {}", Num(*value))]
     NotFinite { what: &'static str, value: f64 },
     /// A latitude outside −90..=90 (before clamping to the Mercator limit).
-    #[error("{what} must be a latitude in -90..=90, got {}", crate::Num(*value))]
+    #[error("{what} must be a latitude in -90..=90, got {}", Num(*value))]
     LatitudeOutOfRange { what: &'static str, value: f64 },
     /// `south > north`.
     #[error(
         "bbox south ({}) must not be greater than north ({})",
-        crate::Num(*south),
-        crate::Num(*north)
+        Num(*south),
+        Num(*north)
     )]
     InvertedBbox { south: f64, north: f64 },
     /// Text that is not `z/x/y`, a quadkey, or a packed id.
-    #[error("invalid tile {}: {reason}", crate::Quoted(input))]
+    #[error("invalid tile {}: {reason}", Quoted(input))]
     Parse { input: String, reason: &'static str },
     /// An ancestor was asked for at a deeper zoom than the tile.
     #[error(
@@ -291,7 +291,7 @@ impl TileId {
     /// same place); latitude clamps to ±[`MAX_LATITUDE`]; NaN or infinity is an error.
     ///
     /// ```
-    /// use tilewarm::TileId;
+    /// use tilewarm::tile::TileId;
     /// assert_eq!(TileId::from_lon_lat(180.0, 0.0, 2).unwrap(), TileId::from_lon_lat(-180.0, 0.0, 2).unwrap());
     /// ```
     pub fn from_lon_lat(lon: f64, lat: f64, z: u8) -> Result<TileId, TileError> {
@@ -352,7 +352,7 @@ impl TileId {
     /// The tile at zoom `z` (at most this tile's zoom) that contains this tile.
     ///
     /// ```
-    /// use tilewarm::TileId;
+    /// use tilewarm::tile::TileId;
     /// let t: TileId = "14/2624/5721".parse().unwrap();
     /// assert_eq!(t.ancestor(12).unwrap().to_string(), "12/656/1430");
     /// assert!(t.ancestor(15).is_err());
@@ -382,7 +382,7 @@ impl TileId {
     /// exactly one tile per zoom). A point that has no tile (not finite) lies in none.
     ///
     /// ```
-    /// use tilewarm::TileId;
+    /// use tilewarm::tile::TileId;
     /// let t: TileId = "14/2624/5721".parse().unwrap();
     /// assert!(t.contains_point(-122.3321, 47.6062));
     /// assert!(!t.contains_point(2.35, 48.85));
@@ -399,7 +399,7 @@ impl TileId {
     /// edge proxy both route requests with it.
     ///
     /// ```
-    /// use tilewarm::TileId;
+    /// use tilewarm::tile::TileId;
     /// let t = |s: &str| s.parse::<TileId>().unwrap();
     /// assert_eq!(t("16/10496/22884").data_tiles(14, 2), Some(vec![t("14/2624/5721")]));
     /// assert_eq!(t("13/1312/2860").data_tiles(14, 2).unwrap().len(), 4);
@@ -576,7 +576,7 @@ impl TileId {
     /// at low zoom, where the ring wraps onto itself, each tile appears once.
     ///
     /// ```
-    /// use tilewarm::TileId;
+    /// use tilewarm::tile::TileId;
     /// let t: TileId = "14/2624/5721".parse().unwrap();
     /// assert_eq!(t.neighbours(1).unwrap().len(), 8);
     /// assert_eq!(TileId::ROOT.neighbours(3).unwrap().len(), 0);
@@ -875,7 +875,7 @@ pub fn cover_range(bbox: &Bbox, z: u8) -> Result<CoverRange, TileError> {
 /// [`TileError::TooManyTiles`] error, checked before anything is allocated.
 ///
 /// ```
-/// use tilewarm::{cover, Bbox};
+/// use tilewarm::tile::{cover, Bbox};
 /// let b = Bbox::new(-122.36, 47.59, -122.30, 47.62).unwrap();
 /// let tiles = cover(&b, 14, 1000).unwrap();
 /// assert!(tiles.iter().any(|t| t.to_string() == "14/2624/5721"));
@@ -938,7 +938,7 @@ pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usiz
 }
 
 /// A set of tiles, hand-written for the wasm's size: packed tile ids ([`TileId::to_u64`]),
-/// each paired with 0, sorted by [`crate::sort_pairs`] and found by binary search. The
+/// each paired with 0, sorted by [`sort_pairs`] and found by binary search. The
 /// batcher's and the client's tile sets use it instead of a hash set, so they bring no hash
 /// table code of their own (the sort is the crate's one instantiation). Building is
 /// O(n log n) and a lookup O(log n), fine for the sets it holds: a view's tiles (at most
@@ -952,7 +952,7 @@ impl TileSet {
         for t in tiles {
             keys.push((t.to_u64(), 0));
         }
-        crate::sort_pairs(&mut keys);
+        sort_pairs(&mut keys);
         TileSet(keys)
     }
 

@@ -3,10 +3,13 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use tilewarm::{
-    Access, Client, ClientConfig, Event, Failure, Invalidate, Kind, Origin, OriginItem, Send,
-    TileId, TilePoint, Viewport,
-};
+use tilewarm::access::Access;
+use tilewarm::batch::{Failure, Kind};
+use tilewarm::cache::Invalidate;
+use tilewarm::client::{Client, ClientConfig, Event, Send};
+use tilewarm::origin::{Origin, OriginItem};
+use tilewarm::planner::Viewport;
+use tilewarm::tile::{TileId, TilePoint};
 
 const Z: u8 = 14;
 
@@ -20,7 +23,7 @@ fn city(per_tile: u32) -> Origin<String> {
             let t = base.offset(dx, dy).unwrap();
             for k in 0..per_tile {
                 let f = (k as f64 + 0.5) / per_tile as f64;
-                let (lon, lat) = tilewarm::unproject(
+                let (lon, lat) = tilewarm::tile::unproject(
                     TilePoint {
                         x: t.x() as f64 + f,
                         y: t.y() as f64 + 1.0 - f,
@@ -55,14 +58,14 @@ fn city(per_tile: u32) -> Origin<String> {
 fn view(cx: f64, cy: f64, w: f64, h: f64) -> Viewport {
     let base = TileId::from_lon_lat(-122.3321, 47.6062, Z).unwrap();
     let (x, y) = (base.x() as f64 + 0.5 + cx, base.y() as f64 + 0.5 + cy);
-    let (west, north) = tilewarm::unproject(
+    let (west, north) = tilewarm::tile::unproject(
         TilePoint {
             x: x - w / 2.0,
             y: y - h / 2.0,
         },
         Z,
     );
-    let (east, south) = tilewarm::unproject(
+    let (east, south) = tilewarm::tile::unproject(
         TilePoint {
             x: x + w / 2.0,
             y: y + h / 2.0,
@@ -89,7 +92,7 @@ impl Harness {
         }
     }
 
-    fn set(&mut self, vp: Viewport) -> (tilewarm::ViewOutcome, BTreeSet<String>) {
+    fn set(&mut self, vp: Viewport) -> (tilewarm::client::ViewOutcome, BTreeSet<String>) {
         let mut ids = BTreeSet::new();
         let out = self
             .client
@@ -641,7 +644,7 @@ fn far_pan_cancels_unwanted_prefetch() {
 #[test]
 fn warm_queues_known_next_tiles_as_prefetch() {
     let config = ClientConfig {
-        planner: tilewarm::PlannerConfig {
+        planner: tilewarm::planner::PlannerConfig {
             ring: 0,
             view_ring: 0.0,
             lookahead_ms: 0,

@@ -7,10 +7,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
-use tilewarm::{
-    Access, BatchResponse, CacheConfig, Client, ClientConfig, Invalidate, Origin, OriginItem, Send,
-    TileId, TilePoint, Viewport,
-};
+use tilewarm::access::Access;
+use tilewarm::cache::{CacheConfig, Invalidate};
+use tilewarm::client::{Client, ClientConfig, Send};
+use tilewarm::origin::{Origin, OriginItem};
+use tilewarm::planner::Viewport;
+use tilewarm::protocol::BatchResponse;
+use tilewarm::tile::{TileId, TilePoint};
 
 const Z: u8 = 14;
 const SIDE: i64 = 6;
@@ -28,7 +31,7 @@ fn origin() -> Origin<String> {
             let t = base().offset(dx, dy).unwrap();
             for k in 0..4u32 {
                 let f = (k as f64 + 0.5) / 4.0;
-                let (lon, lat) = tilewarm::unproject(
+                let (lon, lat) = tilewarm::tile::unproject(
                     TilePoint {
                         x: t.x() as f64 + f,
                         y: t.y() as f64 + 1.0 - f,
@@ -55,7 +58,7 @@ fn origin() -> Origin<String> {
 fn view(x: i64, y: i64, w: i64, h: i64) -> Viewport {
     let b = base();
     let corner = |dx: f64, dy: f64| {
-        tilewarm::unproject(
+        tilewarm::tile::unproject(
             TilePoint {
                 x: b.x() as f64 + dx,
                 y: b.y() as f64 + dy,
@@ -221,7 +224,7 @@ impl World {
                 if !self.out.is_empty() {
                     let s = self.out.remove(0);
                     self.client
-                        .on_failure(s.id, tilewarm::Failure::Timeout, self.now);
+                        .on_failure(s.id, tilewarm::batch::Failure::Timeout, self.now);
                 }
             }
             Op::SetAccess(a) => self.client.set_access(*a, self.now),

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use tilewarm::protocol::MAX_ERROR_MESSAGE_CHARS;
-use tilewarm::{decode_error, decode_response, Limits};
+use tilewarm::protocol::{decode_error, decode_response, Limits};
 
 const TIGHT: Limits = Limits {
     max_body_bytes: 4096,

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tilewarm::protocol::MAX_ERROR_MESSAGE_CHARS;
-use tilewarm::{decode_error, Limits};
+use tilewarm::protocol::{decode_error, Limits};
 use tilewarm_server::http::parse_batch;
 
 const TIGHT: Limits = Limits {

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tilewarm::{tiles_per_axis, TileId, MAX_ZOOM};
+use tilewarm::tile::{tiles_per_axis, TileId, MAX_ZOOM};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tilewarm::{
-    Access, BatchRequest, BatchResponse, CacheConfig, ErrorCode, RawData, TileId, TileList,
-};
+use tilewarm::access::Access;
+use tilewarm::cache::CacheConfig;
+use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList};
+use tilewarm::tile::TileId;
 
 use crate::origin::CallSource;
 use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use tilewarm::{CacheConfig, Limits, MAX_SPLIT_LEVELS, MAX_ZOOM};
+use tilewarm::cache::{CacheConfig, MAX_SPLIT_LEVELS};
+use tilewarm::protocol::Limits;
+use tilewarm::tile::MAX_ZOOM;
 
 /// Reference backend for the tilewarm batch protocol.
 ///

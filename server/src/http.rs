@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tilewarm::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
+use tilewarm::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;

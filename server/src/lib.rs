@@ -1,7 +1,7 @@
 //! `tilewarm-server`: the reference backend for the tilewarm batch protocol.
 //!
 //! A request goes: HTTP ([`http`]) → decode with the core's bounded decoder → [`batch`]:
-//! the cache tier ([`tier`]: the core `TileCache` in-process, or Redis shared by several
+//! the cache tier ([`tier`]: the core `ItemCache` in-process, or Redis shared by several
 //! instances) → one call to the [`origin`] for every miss → write-back → per-caller filter →
 //! JSON. After answering, [`warmup`] plans the neighbour ring with the core and warms it in
 //! the background through a bounded queue. [`metrics`] exports Prometheus text.
@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tilewarm::{CacheConfig, Limits};
+use tilewarm::cache::CacheConfig;
+use tilewarm::protocol::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

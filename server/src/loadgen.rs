@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tilewarm::{Origin, RawData, TileId};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::RawData;
+use tilewarm::tile::TileId;
 
 /// The HTTP client the load generators use.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

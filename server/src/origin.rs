@@ -7,8 +7,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tilewarm::access::Access;
 use tilewarm::dataset::{load_path, synthetic_city, DatasetError};
-use tilewarm::{Access, BatchRequest, BatchResponse, Origin, OriginError, RawData};
+use tilewarm::origin::{Origin, OriginError};
+use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -112,7 +114,7 @@ impl OriginService {
     }
 
     /// Items inside `tile` visible at `access`, from the index (free: no origin call).
-    pub fn count_in(&self, tile: tilewarm::TileId, access: Access) -> usize {
+    pub fn count_in(&self, tile: tilewarm::tile::TileId, access: Access) -> usize {
         self.origin.count_in(tile, access)
     }
 }

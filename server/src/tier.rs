@@ -1,4 +1,4 @@
-//! The cache tier in front of the origin: in-process (the core [`TileCache`]) or Redis.
+//! The cache tier in front of the origin: in-process (the core [`ItemCache`]) or Redis.
 //!
 //! Both hold the same two things, as fetched at the top tier (`agent`) so one copy serves
 //! every caller (the request path filters per caller):
@@ -21,7 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tilewarm::{Access, CacheConfig, ItemMeta, Priority, RawData, TileCache, TileId, TileState};
+use tilewarm::access::Access;
+use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness};
+use tilewarm::protocol::RawData;
+use tilewarm::tile::TileId;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -171,17 +174,17 @@ impl CacheTier {
 /// The core cache behind a mutex; every call takes the lock once, briefly, and does no
 /// I/O or JSON work under it.
 pub struct LocalTier {
-    cache: Mutex<TileCache<Arc<StoredItem>>>,
+    cache: Mutex<ItemCache<Arc<StoredItem>>>,
 }
 
 impl LocalTier {
-    pub fn new(config: CacheConfig) -> Result<LocalTier, tilewarm::CacheError> {
+    pub fn new(config: CacheConfig) -> Result<LocalTier, tilewarm::cache::CacheError> {
         Ok(LocalTier {
-            cache: Mutex::new(TileCache::new(config)?),
+            cache: Mutex::new(ItemCache::new(config)?),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TileCache<Arc<StoredItem>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ItemCache<Arc<StoredItem>>> {
         // A panic while holding the lock cannot leave the cache inconsistent in a way that
         // matters more than losing it; keep serving.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -194,7 +197,7 @@ impl LocalTier {
             ids: Vec::with_capacity(ids.len()),
         };
         for &t in tiles {
-            if cache.tile_state(t, Access::Agent, now) != TileState::Fresh {
+            if cache.tile_freshness(t, Access::Agent, now) != TileFreshness::Fresh {
                 out.tiles.push(None);
                 continue;
             }
@@ -240,7 +243,7 @@ impl LocalTier {
         let cache = self.lock();
         tiles
             .iter()
-            .map(|&t| cache.tile_state(t, Access::Agent, now) == TileState::Fresh)
+            .map(|&t| cache.tile_freshness(t, Access::Agent, now) == TileFreshness::Fresh)
             .collect()
     }
 }

@@ -16,7 +16,9 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 
-use tilewarm::{ring_around, Access, BatchRequest, TileId};
+use tilewarm::access::Access;
+use tilewarm::protocol::BatchRequest;
+use tilewarm::tile::{ring_around, TileId};
 use tokio::sync::mpsc;
 use tracing::debug;
 

@@ -19,10 +19,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
-use tilewarm::{
-    Access, BatchConfig, BatchRequest, BatchResponse, Batcher, Client, ClientConfig, Kind, Origin,
-    OriginItem, Payload, Planner, PlannerConfig, RequestId, TileId, Viewport, Work,
-};
+use tilewarm::access::Access;
+use tilewarm::batch::{BatchConfig, Batcher, Kind, RequestId};
+use tilewarm::client::{Client, ClientConfig, Payload};
+use tilewarm::origin::{Origin, OriginItem};
+use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
+use tilewarm::protocol::{BatchRequest, BatchResponse};
+use tilewarm::tile::TileId;
 
 use crate::trace::Session;
 
@@ -37,7 +40,7 @@ impl Payload for Size {
 }
 
 /// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
-pub fn origin_from(items: Vec<OriginItem<tilewarm::RawData>>) -> Origin<Size> {
+pub fn origin_from(items: Vec<OriginItem<tilewarm::protocol::RawData>>) -> Origin<Size> {
     let items = items
         .into_iter()
         .map(|it| it.map_data(|d| Size(d.get().len() as u32)))

@@ -15,7 +15,7 @@
 //! leave turns back), and between zoom 12.5 and 17. The viewport is `width_px` x
 //! `height_px` at 256-pixel tiles. Same config, same trace.
 
-use tilewarm::{project, unproject, TilePoint};
+use tilewarm::tile::{project, unproject, TilePoint};
 
 use crate::trace::TraceEvent;
 

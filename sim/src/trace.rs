@@ -9,7 +9,7 @@
 //! - `t` (non-negative integer, milliseconds): when the map showed this viewport. Only
 //!   differences within a session matter; `t` must not decrease within a session.
 //! - `west`, `south`, `east`, `north` (degrees) and `zoom` (fractional web-map zoom,
-//!   0..=30): the viewport, checked like [`tilewarm::Viewport::new`] (`west > east` crosses
+//!   0..=30): the viewport, checked like [`tilewarm::planner::Viewport::new`] (`west > east` crosses
 //!   the antimeridian).
 //! - Other fields (e.g. `"action":"pan"`) are ignored. Blank lines are skipped.
 //!
@@ -18,7 +18,7 @@
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
-use tilewarm::Viewport;
+use tilewarm::planner::Viewport;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub struct TraceEvent {
 
 impl TraceEvent {
     /// The checked viewport.
-    pub fn viewport(&self) -> Result<Viewport, tilewarm::PlannerError> {
+    pub fn viewport(&self) -> Result<Viewport, tilewarm::planner::PlannerError> {
         Viewport::new(self.west, self.south, self.east, self.north, self.zoom)
     }
 }

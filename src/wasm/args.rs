@@ -10,7 +10,7 @@
 //! the values in as JavaScript shows them. So the texts live here once, and no JS value is
 //! described or formatted in wasm.
 
-use crate::{cover_range, Bbox, TileError, TileId, MAX_ZOOM};
+use crate::tile::{cover_range, Bbox, TileError, TileId, MAX_ZOOM};
 
 /// The most tiles `tilesForBbox` returns; a larger cover is an error, found before allocating.
 pub(crate) const MAX_BBOX_TILES: u64 = 4096;

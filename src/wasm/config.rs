@@ -7,7 +7,10 @@
 //! these paths keeps it out of the hot ones too.
 
 use super::args::{code, ArgError, Kind, Value, LATITUDE, LONGITUDE};
-use crate::{cover_range, Access, Bbox, ClientConfig, Viewport, MAX_ZOOM};
+use crate::access::Access;
+use crate::client::ClientConfig;
+use crate::planner::Viewport;
+use crate::tile::{cover_range, Bbox, MAX_ZOOM};
 
 /// One numeric option: its JS path, range, whether it must be an integer, and how a value
 /// is described when it is wrong.

@@ -18,10 +18,12 @@ use wasm_bindgen::prelude::*;
 use super::args::{code, packed, ArgError, Kind as ArgKind, Value};
 use super::config;
 use super::{thrown, value};
-use crate::{
-    Access, BatchResponse, CacheItem, Client, Event, Failure, Invalidate, Item, Kind, Payload,
-    RequestId, TileId, TileList, TileStatus, ViewOutcome,
-};
+use crate::access::Access;
+use crate::batch::{Failure, Kind, RequestId};
+use crate::cache::{CacheItem, Invalidate};
+use crate::client::{Client, Event, Payload, TileState, ViewOutcome};
+use crate::protocol::{BatchResponse, Item, TileList};
+use crate::tile::TileId;
 
 /// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
 /// and its estimated size.
@@ -327,17 +329,17 @@ impl Engine {
     }
 
     /// `tileStates`: per tile `0` loaded, `1` prefetched (not shown yet), `2` in flight,
-    /// `3` missing ([`Client::tile_status`]). A bad tile string is a `tiles` field error.
+    /// `3` missing ([`Client::tile_state`]). A bad tile string is a `tiles` field error.
     #[wasm_bindgen(js_name = tileStates)]
     pub fn tile_states(&self, tiles: Vec<String>, now: f64) -> Result<Vec<u8>, JsValue> {
         let now = ms(now);
         let states = parse_tiles(&tiles)?
             .into_iter()
-            .map(|t| match self.client.tile_status(t, now) {
-                TileStatus::Loaded => 0,
-                TileStatus::Prefetched => 1,
-                TileStatus::InFlight => 2,
-                TileStatus::Missing => 3,
+            .map(|t| match self.client.tile_state(t, now) {
+                TileState::Loaded => 0,
+                TileState::Prefetched => 1,
+                TileState::InFlight => 2,
+                TileState::Missing => 3,
             })
             .collect();
         Ok(states)
@@ -482,7 +484,7 @@ fn build_response(
         let Ok(tile) = s.parse::<TileId>() else {
             return Err(format!(
                 "tiles[{i}].tile {} is not a tile z/x/y",
-                crate::Quoted(&s)
+                crate::util::Quoted(&s)
             ));
         };
         let len = t[1] as usize;

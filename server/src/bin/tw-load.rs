@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Origin};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::BatchRequest;
 use tilewarm_server::loadgen::{
     free_port, http_client, plan_batches, post_batch, start_server, wait_port, HttpClient, Proc,
 };

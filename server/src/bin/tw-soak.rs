@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Origin, TileId};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::BatchRequest;
+use tilewarm::tile::TileId;
 use tilewarm_server::loadgen::{
     free_port, get_text, http_client, plan_batches, post_batch, start_server, wait_port, Proc,
 };

@@ -117,10 +117,10 @@ impl Http {
         &self,
         server: &Server,
         body: &str,
-    ) -> tilewarm::BatchResponse<tilewarm::RawData> {
+    ) -> tilewarm::protocol::BatchResponse<tilewarm::protocol::RawData> {
         let r = self.batch(server, body).await;
         assert_eq!(r.status, 200, "body: {}", r.text());
-        tilewarm::decode_response(&r.body, &tilewarm::Limits::default())
+        tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
             .unwrap_or_else(|e| panic!("response does not decode: {e}"))
     }
 }

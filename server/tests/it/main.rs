@@ -11,8 +11,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::{config, eventually, server, Http};
+use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Origin, RawData, TileId};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::{BatchRequest, RawData};
+use tilewarm::tile::TileId;
 
 /// The test city's origin, built the same way as the server's.
 fn origin(seed: u64, n: usize) -> Origin<RawData> {
@@ -44,7 +47,7 @@ type Digest = (
     BTreeSet<String>,
 );
 
-fn digest(r: &tilewarm::BatchResponse<RawData>) -> Digest {
+fn digest(r: &tilewarm::protocol::BatchResponse<RawData>) -> Digest {
     let tiles = r
         .tiles
         .iter()
@@ -89,7 +92,7 @@ async fn protocol_round_trip_matches_the_origin_at_every_zoom() {
         let body = request(&tiles, &ids, Access::Public);
         let got = http.ok(&s, &body).await;
         let want = o.answer(
-            &tilewarm::decode_request(body.as_bytes(), &Default::default()).unwrap(),
+            &tilewarm::protocol::decode_request(body.as_bytes(), &Default::default()).unwrap(),
             None,
         );
         assert_eq!(digest(&got), digest(&want), "tiles {tiles:?}");
@@ -114,7 +117,7 @@ async fn protocol_round_trip_matches_the_origin_at_every_zoom() {
     let again = http.ok(&s, &body).await;
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), before);
     let want = o.answer(
-        &tilewarm::decode_request(body.as_bytes(), &Default::default()).unwrap(),
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Default::default()).unwrap(),
         None,
     );
     assert_eq!(digest(&again), digest(&want));
@@ -524,7 +527,7 @@ async fn a_stalled_origin_times_out_misses_and_leaves_hits_alone() {
     let before = http.ok(&s, &warm_body).await;
 
     s.app.origin.set_stall_ms(60_000);
-    let ids = |r: &tilewarm::BatchResponse<RawData>| {
+    let ids = |r: &tilewarm::protocol::BatchResponse<RawData>| {
         r.tiles.iter().map(|t| t.ids.clone()).collect::<Vec<_>>()
     };
     assert_eq!(ids(&http.ok(&s, &warm_body).await), ids(&before));

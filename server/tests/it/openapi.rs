@@ -142,7 +142,7 @@ async fn real_responses_match_docs_openapi_yaml() {
 fn request_schema_agrees_with_the_decoder() {
     let spec = spec();
     let req = validator(&spec, "#/components/schemas/BatchRequest");
-    let limits = tilewarm::Limits::default();
+    let limits = tilewarm::protocol::Limits::default();
     for (body, ok) in [
         (json!({"tiles": ["14/2624/5721"]}), true),
         (json!({"ids": ["s2a-1"], "tiles": []}), true),
@@ -160,7 +160,7 @@ fn request_schema_agrees_with_the_decoder() {
         (json!({"ids": ["a\u{85}b"]}), false),
         (json!({"ids": [""]}), false),
     ] {
-        let decoded = tilewarm::decode_request(body.to_string().as_bytes(), &limits);
+        let decoded = tilewarm::protocol::decode_request(body.to_string().as_bytes(), &limits);
         assert_eq!(decoded.is_ok(), ok, "decoder on {body}: {decoded:?}");
         assert_eq!(req.is_valid(&body), ok, "schema on {body}");
     }
@@ -171,6 +171,6 @@ fn request_schema_agrees_with_the_decoder() {
         json!({"ids": ["\u{e9}".repeat(200)]}),
     ] {
         assert!(req.is_valid(&body), "schema on {body}");
-        assert!(tilewarm::decode_request(body.to_string().as_bytes(), &limits).is_err());
+        assert!(tilewarm::protocol::decode_request(body.to_string().as_bytes(), &limits).is_err());
     }
 }

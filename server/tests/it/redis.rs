@@ -5,7 +5,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tilewarm::{Access, TileId};
+use tilewarm::access::Access;
+use tilewarm::tile::TileId;
 
 use crate::common::{config, eventually, redis_available, server, Config, Http, RedisServer};
 use crate::{densest, digest, origin, request};

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
-use tilewarm::{decode_response, Access, BatchRequest, TileId};
+use tilewarm::access::Access;
+use tilewarm::protocol::{decode_response, BatchRequest};
+use tilewarm::tile::TileId;
 use tilewarm_server::{batch::answer, build, App};
 
 use crate::common::{config, redis_available, Config, RedisServer};

@@ -1,0 +1,433 @@
+//! [`Batcher`]: the queues, the requests in flight, the backoff and the breaker together.
+
+use super::backoff::Backoff;
+use super::breaker::Breaker;
+use super::queue::Queues;
+use super::{coalesce, BatchConfig, BatchConfigError, Failure, FailureOutcome, Finished, Kind};
+use super::{Outgoing, RequestId};
+use crate::planner::Work;
+use crate::tile::{TileId, TileSet};
+use crate::util::HashMap;
+
+/// Counters of the batch layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub requests: u64,
+    pub prefetch_requests: u64,
+    pub tiles_requested: u64,
+    pub ids_requested: u64,
+    pub retries: u64,
+    pub failures: u64,
+    pub gave_up: u64,
+    pub cancelled: u64,
+    pub breaker_opened: u64,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    /// What the request is for, handed back as it is when the request ends.
+    request: Finished,
+    /// The data tiles of its work, for [`Batcher::is_tile_in_flight`].
+    tiles: TileSet,
+    deadline_ms: u64,
+}
+
+/// The batch planner. See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    config: BatchConfig,
+    next_id: u64,
+    queues: Queues,
+    /// Requests in flight, in ascending id order (ids grow, and new requests are pushed at
+    /// the end). A `Vec` searched linearly rather than a hash map: it never holds more than
+    /// `max_in_flight` (at most 64) requests, and the wasm carries one hash table type fewer.
+    /// Each keeps its data tiles as a [`TileSet`], so whether a tile is in flight is at most
+    /// 64 binary searches, and a request's tiles are sorted once when it goes out and
+    /// forgotten with it (no map from tiles to requests to keep in step).
+    in_flight: Vec<InFlight>,
+    ids_in_flight: HashMap<String, RequestId>,
+    backoff: Backoff,
+    breaker: Breaker,
+    stats: BatchStats,
+}
+
+impl Batcher {
+    /// A batcher with a checked configuration.
+    pub fn new(config: BatchConfig) -> Result<Batcher, BatchConfigError> {
+        config.validate()?;
+        Ok(Batcher {
+            backoff: Backoff::new(config.backoff_base_ms, config.backoff_max_ms, config.seed),
+            breaker: Breaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown_ms,
+                config.breaker_max_cooldown_ms,
+            ),
+            config,
+            next_id: 1,
+            queues: Queues::default(),
+            in_flight: Vec::new(),
+            ids_in_flight: HashMap::new(),
+            stats: BatchStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether a request for this tile is out.
+    pub fn is_tile_in_flight(&self, tile: TileId) -> bool {
+        self.in_flight.iter().any(|f| f.tiles.contains(tile))
+    }
+
+    /// Whether a request for this id is out.
+    pub fn is_id_in_flight(&self, id: &str) -> bool {
+        self.ids_in_flight.contains_key(id)
+    }
+
+    /// Whether foreground work is waiting to be sent.
+    pub fn has_foreground_queued(&self) -> bool {
+        self.queues.has_foreground()
+    }
+
+    /// Whether the breaker currently holds prefetch back (open, or half-open with its
+    /// probe out).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Replaces the foreground queue with this round's foreground work (visible tiles
+    /// that cannot be shown), in priority order. Work for tiles no longer listed is
+    /// dropped; retry state of a tile is kept across rounds.
+    pub fn set_foreground(&mut self, works: Vec<Work>) {
+        self.queues.set(Kind::Foreground, works);
+    }
+
+    /// Replaces the prefetch queue with this round's prefetch (and refresh) work.
+    pub fn set_prefetch(&mut self, works: Vec<Work>) {
+        self.queues.set(Kind::Prefetch, works);
+    }
+
+    /// Adds prefetch work behind this round's (tiles already queued are skipped).
+    pub fn extend_prefetch(&mut self, works: Vec<Work>) {
+        self.queues.extend_prefetch(works);
+    }
+
+    /// Queues ids asked for directly (not through a tile) as foreground work.
+    pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        let in_flight = &self.ids_in_flight;
+        self.queues.add_ids(ids, |id| in_flight.contains_key(id));
+    }
+
+    /// The next request to send, if any may go out now. Call until it returns `None`.
+    /// `needed(work)` lets the caller drop queued work that became unnecessary (e.g. the
+    /// tile was filled by another response).
+    pub fn poll(&mut self, now_ms: u64, mut needed: impl FnMut(&Work) -> bool) -> Option<Outgoing> {
+        if self.in_flight.len() >= self.config.max_in_flight {
+            return None;
+        }
+        if let Some(out) = self.take(Kind::Foreground, now_ms, &mut needed) {
+            return Some(out);
+        }
+        // Prefetch never takes the last free slot, so foreground can always start at once
+        // (with a single slot, prefetch waits while foreground work is queued).
+        let free = self.config.max_in_flight - self.in_flight.len();
+        if (self.config.max_in_flight > 1 && free <= 1)
+            || (free == 1 && self.has_foreground_queued())
+        {
+            return None;
+        }
+        if !self.breaker.allows_prefetch(now_ms) {
+            return None;
+        }
+        let out = self.take(Kind::Prefetch, now_ms, &mut needed)?;
+        self.breaker.sent_prefetch(out.id);
+        Some(out)
+    }
+
+    /// Builds one request of `kind` from the queue, or `None` when nothing is ready.
+    fn take(
+        &mut self,
+        kind: Kind,
+        now_ms: u64,
+        needed: &mut impl FnMut(&Work) -> bool,
+    ) -> Option<Outgoing> {
+        let queue = std::mem::take(self.queues.of(kind));
+        let (mut tiles, mut ids, mut works, mut keep): (
+            Vec<TileId>,
+            Vec<String>,
+            Vec<Work>,
+            Vec<Work>,
+        ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut attempt = 0;
+        // Data tiles gathered per request: room for `max_tiles` coarse tiles' worth.
+        let tile_cap = self
+            .config
+            .max_tiles
+            .saturating_mul(1 << (2 * self.config.coalesce_levels as usize))
+            .min(4096)
+            .max(self.config.max_tiles);
+        for w in queue {
+            let tile = w.tile();
+            if self.is_tile_in_flight(tile) || !needed(&w) {
+                continue; // already coming, or no longer needed: drop
+            }
+            let fits = match &w {
+                Work::Tile(_) => tiles.len() < tile_cap,
+                Work::Ids { ids: wi, .. } => {
+                    ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
+                }
+            };
+            if !fits || !self.backoff.ready(tile, now_ms) {
+                keep.push(w);
+                continue;
+            }
+            match &w {
+                Work::Tile(t) => tiles.push(*t),
+                Work::Ids { ids: wi, .. } => {
+                    // Its first ids up to the room left (only an oversized work is cut).
+                    let room = self.config.max_ids.saturating_sub(ids.len());
+                    for id in &wi[..room.min(wi.len())] {
+                        if !self.is_id_in_flight(id) {
+                            ids.push(id.clone());
+                        }
+                    }
+                }
+            }
+            attempt = attempt.max(self.backoff.get(tile).map_or(0, |b| b.attempt));
+            works.push(w);
+        }
+        // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
+        // request tiles goes back to the front of the queue.
+        // `tiles` holds the data tiles of the `Work::Tile`s in `works`, in the same order.
+        let (mut request_tiles, group_of) = coalesce(&tiles, self.config.coalesce_levels);
+        if request_tiles.len() > self.config.max_tiles {
+            let mut groups = group_of.iter();
+            let (mut sent, mut returned) = (Vec::new(), Vec::new());
+            for w in works {
+                let back = matches!(w, Work::Tile(_))
+                    && groups.next().is_some_and(|&g| g >= self.config.max_tiles);
+                if back { &mut returned } else { &mut sent }.push(w);
+            }
+            works = sent;
+            returned.append(&mut keep);
+            keep = returned;
+            request_tiles.truncate(self.config.max_tiles);
+        }
+        let tiles = request_tiles;
+        *self.queues.of(kind) = keep;
+        let mut loose = Vec::new();
+        if kind == Kind::Foreground {
+            let mut rest = Vec::new();
+            for l in std::mem::take(&mut self.queues.loose_ids) {
+                if self.is_id_in_flight(&l.id) {
+                    continue;
+                }
+                if l.not_before_ms > now_ms || ids.len() >= self.config.max_ids {
+                    rest.push(l);
+                    continue;
+                }
+                attempt = attempt.max(l.attempt);
+                ids.push(l.id.clone());
+                loose.push(l.id);
+            }
+            self.queues.loose_ids = rest;
+        }
+        if tiles.is_empty() && ids.is_empty() {
+            return None;
+        }
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        for i in &ids {
+            self.ids_in_flight.insert(i.clone(), id);
+        }
+        self.stats.requests += 1;
+        if kind == Kind::Prefetch {
+            self.stats.prefetch_requests += 1;
+        }
+        self.stats.tiles_requested += tiles.len() as u64;
+        self.stats.ids_requested += ids.len() as u64;
+        if attempt > 0 {
+            self.stats.retries += 1;
+        }
+        self.in_flight.push(InFlight {
+            tiles: TileSet::new(works.iter().map(Work::tile)),
+            request: Finished {
+                id,
+                kind,
+                works,
+                loose_ids: loose,
+                sent_at_ms: now_ms,
+                attempt,
+            },
+            deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
+        });
+        Some(Outgoing {
+            id,
+            kind,
+            tiles,
+            ids,
+            attempt,
+            timeout_ms: self.config.timeout_ms,
+        })
+    }
+
+    /// Stops tracking request `id`; what it was for, if it was tracked.
+    fn finish(&mut self, id: RequestId) -> Option<Finished> {
+        let i = self.in_flight.iter().position(|f| f.request.id == id)?;
+        let f = self.in_flight.remove(i).request;
+        self.ids_in_flight.retain(|_, r| *r != id);
+        self.breaker.ended(id);
+        Some(f)
+    }
+
+    /// The request answered. Closes the breaker. Returns what it was for, or `None` if it
+    /// was no longer tracked (cancelled).
+    pub fn on_success(&mut self, id: RequestId) -> Option<Finished> {
+        self.on_answer(id, |_| true, 0).map(|(f, _)| f)
+    }
+
+    /// The request answered, but `listed(tile)` says whether the answer covers each tile it
+    /// asked for. Closes the breaker (the backend is up). Tiles the answer left out (a
+    /// server bug or a cut-short answer) back off like a failed request's tiles, with the
+    /// same growing delay, so a visible tile queued again is not asked for in a tight loop;
+    /// they are returned with what the request was for. `None` if it was no longer tracked.
+    pub fn on_answer(
+        &mut self,
+        id: RequestId,
+        mut listed: impl FnMut(TileId) -> bool,
+        now_ms: u64,
+    ) -> Option<(Finished, Vec<TileId>)> {
+        let f = self.finish(id)?;
+        let mut unanswered = Vec::new();
+        for w in &f.works {
+            match w {
+                Work::Tile(t) if !listed(*t) => unanswered.push(*t),
+                _ => self.backoff.forget(w.tile()),
+            }
+        }
+        self.breaker.on_success();
+        if !unanswered.is_empty() {
+            self.back_off(&unanswered, 0, now_ms);
+        }
+        Some((f, unanswered))
+    }
+
+    /// Holds these tiles back as if their request had failed: not requested again before
+    /// a backoff that grows with each call (and each failure) until a request for them
+    /// succeeds. For tiles an answer came back for that still cannot be shown (e.g. the
+    /// view holds more than the cache may keep), so they are not asked for in a tight loop.
+    /// `at_least` sets a floor on the failure count the delay is computed from, for callers
+    /// that track a streak across tiles. Returns when they may go out again.
+    pub fn back_off(&mut self, tiles: &[TileId], at_least: u32, now_ms: u64) -> u64 {
+        self.backoff.hold_back(tiles, 0, at_least, None, now_ms)
+    }
+
+    /// The request failed. Retryable failures within the retry limit requeue the work
+    /// with a backoff; everything else drops it.
+    pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
+        let Some(f) = self.finish(id) else {
+            return FailureOutcome::Unknown;
+        };
+        if matches!(failure, Failure::Aborted) {
+            return FailureOutcome::GaveUp(f);
+        }
+        self.stats.failures += 1;
+        if failure.is_backend_trouble() && self.breaker.on_failure(now_ms) {
+            self.stats.breaker_opened += 1;
+        }
+        let next_attempt = f.attempt + 1;
+        let give_up = !failure.is_retryable() || next_attempt > self.config.retries;
+        let retry_after_ms = match failure {
+            Failure::Http { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        };
+        // The backoff grows with the tiles' failures in a row, not only this round's
+        // attempts: a visible tile the client queues again after a give-up waits longer
+        // each round (up to `backoff_max_ms`) instead of hitting a dead backend every
+        // second for as long as the page stays open. After a give-up, a later round may
+        // ask again, but not before a backoff has passed.
+        let tiles: Vec<TileId> = f.tiles().collect();
+        let attempt = if give_up { 0 } else { next_attempt };
+        let at_ms = self
+            .backoff
+            .hold_back(&tiles, attempt, next_attempt, retry_after_ms, now_ms);
+        if give_up {
+            self.stats.gave_up += 1;
+            return FailureOutcome::GaveUp(f);
+        }
+        self.queues.requeue(&f, next_attempt, at_ms);
+        FailureOutcome::Retrying { at_ms, request: f }
+    }
+
+    /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
+    /// tracked; the shell should abort them (a late answer is then ignored).
+    pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
+        let mut doomed = Vec::new();
+        for InFlight { request: f, .. } in &self.in_flight {
+            if f.kind == Kind::Prefetch
+                && f.loose_ids.is_empty()
+                && !f.works.iter().any(|w| wanted(w.tile()))
+            {
+                doomed.push(f.id);
+            }
+        }
+        for id in &doomed {
+            self.finish(*id);
+            self.stats.cancelled += 1;
+        }
+        doomed
+    }
+
+    /// Requests whose deadline has passed at `now_ms`; the shell should abort each and
+    /// report [`Failure::Timeout`] (shells with their own timers may ignore this).
+    pub fn overdue(&self, now_ms: u64) -> Vec<RequestId> {
+        let mut ids = Vec::new();
+        for f in &self.in_flight {
+            if f.deadline_ms <= now_ms {
+                ids.push(f.request.id);
+            }
+        }
+        ids
+    }
+
+    /// The earliest time something changes without outside input: a backoff ends, the
+    /// breaker allows a probe, or an in-flight request reaches its deadline.
+    pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| {
+            if t > now_ms {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        let q = &self.queues;
+        for w in q.foreground.iter().chain(q.prefetch.iter()) {
+            if let Some(b) = self.backoff.get(w.tile()) {
+                consider(b.not_before_ms);
+            }
+        }
+        for l in &q.loose_ids {
+            consider(l.not_before_ms);
+        }
+        if let Some(until_ms) = self.breaker.reopens_at_ms() {
+            if !q.prefetch.is_empty() {
+                consider(until_ms);
+            }
+        }
+        for f in &self.in_flight {
+            consider(f.deadline_ms);
+        }
+        next
+    }
+}

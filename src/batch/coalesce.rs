@@ -1,0 +1,66 @@
+//! Data tiles into coarser request tiles.
+
+use crate::tile::{find_tile, TileId};
+use crate::util::sort_pairs;
+
+/// Groups data tiles (in priority order) into request tiles: an ancestor up to `levels`
+/// zooms up stands for its descendants when all of them are in `tiles` (the coarsest such
+/// ancestor does). Returns the request tiles in order of first appearance, and for each data
+/// tile the index of its request tile.
+///
+/// Sorted `(u64, u64)` vectors throughout (the one `sort_pairs` of the crate), no hash tables: per level,
+/// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
+/// ancestor, and one with `4^k` of them `k` zooms up is complete. O(levels · n log n).
+pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
+    // (request tile, position) of each data tile: the tile itself unless an ancestor is complete.
+    let mut chosen: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
+    for (i, t) in tiles.iter().enumerate() {
+        chosen.push((t.to_u64(), i as u64));
+    }
+    let above = |t: TileId, k: u8| t.ancestor(t.z().checked_sub(k)?).ok();
+    // Finest level first, so a complete coarser ancestor replaces a finer one.
+    for k in 1..=levels {
+        let mut pairs: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
+        for &t in tiles {
+            if let Some(a) = above(t, k) {
+                pairs.push((a.to_u64(), t.to_u64()));
+            }
+        }
+        sort_pairs(&mut pairs);
+        pairs.dedup();
+        let mut complete: Vec<(u64, u64)> = Vec::new();
+        for below in pairs.chunk_by(|p, q| p.0 == q.0) {
+            if below.len() == 1 << (2 * k) {
+                complete.push((below[0].0, 0));
+            }
+        }
+        if complete.is_empty() {
+            continue;
+        }
+        for (&t, c) in tiles.iter().zip(chosen.iter_mut()) {
+            if let Some(a) = above(t, k).filter(|&a| find_tile(&complete, a).is_ok()) {
+                c.0 = a.to_u64();
+            }
+        }
+    }
+    // Sorted by request tile, each run is one group, first seen at its smallest position;
+    // the groups sorted by that position are in order of first appearance.
+    sort_pairs(&mut chosen);
+    let mut firsts: Vec<(u64, u64)> = Vec::new();
+    for (j, c) in chosen.iter().enumerate() {
+        if j == 0 || chosen[j - 1].0 != c.0 {
+            firsts.push((c.1, j as u64));
+        }
+    }
+    sort_pairs(&mut firsts);
+    let mut request_tiles = Vec::with_capacity(firsts.len());
+    let mut group_of = vec![0; tiles.len()];
+    for (g, &(_, start)) in firsts.iter().enumerate() {
+        let key = chosen[start as usize].0;
+        request_tiles.push(TileId::from_packed(key));
+        for &(_, i) in chosen[start as usize..].iter().take_while(|c| c.0 == key) {
+            group_of[i as usize] = g;
+        }
+    }
+    (request_tiles, group_of)
+}

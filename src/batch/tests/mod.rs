@@ -1,0 +1,332 @@
+//! The batcher's tests; the breaker's, the backoff's and coalescing's in sibling files.
+
+mod backoff;
+mod breaker;
+mod coalesce;
+
+use super::*;
+use crate::planner::Work;
+use crate::tile::TileId;
+
+fn t(x: u32) -> TileId {
+    TileId::new(14, x, 100).unwrap()
+}
+fn tiles(r: std::ops::Range<u32>) -> Vec<Work> {
+    r.map(|x| Work::Tile(t(x))).collect()
+}
+fn all(_: &Work) -> bool {
+    true
+}
+
+#[test]
+fn groups_foreground_first_and_respects_sizes() {
+    let mut b = Batcher::new(BatchConfig {
+        max_tiles: 4,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.set_prefetch(tiles(100..103));
+    b.set_foreground(tiles(0..6));
+    let r1 = b.poll(0, all).unwrap();
+    assert_eq!((r1.kind, r1.tiles.len()), (Kind::Foreground, 4));
+    let r2 = b.poll(0, all).unwrap();
+    assert_eq!((r2.kind, r2.tiles.len()), (Kind::Foreground, 2));
+    let r3 = b.poll(0, all).unwrap();
+    assert_eq!((r3.kind, r3.tiles.len()), (Kind::Prefetch, 3));
+    // 3 in flight of 4: the last slot is kept for foreground.
+    b.set_prefetch(tiles(200..203));
+    assert_eq!(b.poll(0, all), None);
+    b.set_foreground(tiles(300..301));
+    assert_eq!(b.poll(0, all).unwrap().kind, Kind::Foreground);
+    assert_eq!(b.in_flight(), 4);
+    assert_eq!(b.poll(0, all), None);
+}
+
+#[test]
+fn never_requests_in_flight_twice() {
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_foreground(tiles(0..3));
+    let r = b.poll(0, all).unwrap();
+    b.set_foreground(tiles(0..5));
+    b.set_prefetch(tiles(0..5));
+    let r2 = b.poll(0, all).unwrap();
+    assert_eq!(r2.tiles, vec![t(3), t(4)]);
+    assert_eq!(b.poll(0, all), None);
+    assert!(b.on_success(r.id).is_some());
+    assert!(b.on_success(r.id).is_none());
+}
+
+#[test]
+fn ids_respect_max_ids_and_dedup() {
+    let mut b = Batcher::new(BatchConfig {
+        max_ids: 3,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.request_ids(["a", "b", "c", "d", "a"]);
+    let r = b.poll(0, all).unwrap();
+    assert_eq!(r.ids, vec!["a", "b", "c"]);
+    b.request_ids(["a", "d"]);
+    let r2 = b.poll(0, all).unwrap();
+    assert_eq!(r2.ids, vec!["d"]);
+    assert!(b.is_id_in_flight("a"));
+}
+
+#[test]
+fn retries_with_backoff_then_gives_up() {
+    let mut b = Batcher::new(BatchConfig {
+        retries: 2,
+        backoff_base_ms: 100,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.set_foreground(tiles(0..1));
+    let r = b.poll(0, all).unwrap();
+    let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &Failure::Timeout, 1000) else {
+        panic!("should retry")
+    };
+    assert!((1050..=1100).contains(&at_ms), "{at_ms}");
+    assert_eq!(b.poll(at_ms - 1, all), None, "not before the backoff");
+    assert_eq!(b.next_wakeup(1000), Some(at_ms));
+    let r = b.poll(at_ms, all).unwrap();
+    assert_eq!(r.attempt, 1);
+    let FailureOutcome::Retrying { at_ms: at2, .. } =
+        b.on_failure(r.id, &Failure::Network("reset".into()), at_ms)
+    else {
+        panic!("should retry")
+    };
+    assert!((at_ms + 100..=at_ms + 200).contains(&at2), "{at2}");
+    let r = b.poll(at2, all).unwrap();
+    assert_eq!(r.attempt, 2);
+    assert!(matches!(
+        b.on_failure(r.id, &Failure::Timeout, at2),
+        FailureOutcome::GaveUp(_)
+    ));
+    assert_eq!(b.stats().gave_up, 1);
+}
+
+/// A dead backend and a client that queues the visible tile again after every give-up
+/// (as `Client::refresh_foreground` does): the gaps between rounds grow to
+/// `backoff_max_ms` instead of staying at a second, and a success resets them.
+#[test]
+fn backoff_keeps_growing_across_give_ups_until_a_success() {
+    let mut b = Batcher::new(BatchConfig {
+        retries: 2,
+        backoff_base_ms: 200,
+        backoff_max_ms: 10_000,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    let dead = Failure::Http {
+        status: 503,
+        retry_after_ms: None,
+    };
+    let mut now = 0;
+    let mut sent_at = Vec::new();
+    let mut gave_up = 0;
+    // Ten minutes against the dead backend.
+    b.set_foreground(tiles(0..1));
+    while now < 600_000 {
+        if let Some(r) = b.poll(now, all) {
+            sent_at.push(now);
+            if matches!(b.on_failure(r.id, &dead, now), FailureOutcome::GaveUp(_)) {
+                gave_up += 1;
+                b.set_foreground(tiles(0..1));
+            }
+        }
+        now = b.next_wakeup(now).expect("the queued tile's backoff");
+    }
+    // The first round is as before: 200 ms, then 400 ms (full jitter: [d/2, d]).
+    assert!(
+        (100..=200).contains(&(sent_at[1] - sent_at[0])),
+        "{sent_at:?}"
+    );
+    assert!(
+        (200..=400).contains(&(sent_at[2] - sent_at[1])),
+        "{sent_at:?}"
+    );
+    // Later gaps reach the cap's jitter window and never exceed it.
+    let gaps: Vec<u64> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|&g| g <= 10_000), "{gaps:?}");
+    assert!(gaps[10..].iter().all(|&g| g >= 5_000), "{gaps:?}");
+    // At most one request per 5 s once grown: about 120 in 10 minutes, not ~1500.
+    assert!(sent_at.len() < 130, "{} requests", sent_at.len());
+    assert!(
+        gave_up > 20,
+        "rounds keep giving up and starting again: {gave_up}"
+    );
+    // The backend recovers: the next attempt succeeds and the streak resets.
+    b.set_foreground(tiles(0..1));
+    let at = b.next_wakeup(now).unwrap_or(now);
+    let r = b.poll(at, all).unwrap();
+    assert!(b.on_success(r.id).is_some());
+    b.set_foreground(tiles(0..1));
+    let r = b.poll(at, all).unwrap();
+    let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &dead, at) else {
+        panic!("should retry")
+    };
+    assert!(
+        (at + 100..=at + 200).contains(&at_ms),
+        "back to the base delay: {at_ms}"
+    );
+}
+
+#[test]
+fn client_errors_are_not_retried_and_retry_after_is_honoured() {
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_foreground(tiles(0..1));
+    let r = b.poll(0, all).unwrap();
+    let bad = Failure::Http {
+        status: 400,
+        retry_after_ms: None,
+    };
+    assert!(matches!(
+        b.on_failure(r.id, &bad, 0),
+        FailureOutcome::GaveUp(_)
+    ));
+    b.set_foreground(tiles(1..2));
+    let r = b.poll(0, all).unwrap();
+    let slow = Failure::Http {
+        status: 429,
+        retry_after_ms: Some(7000),
+    };
+    let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &slow, 0) else {
+        panic!()
+    };
+    assert_eq!(at_ms, 7000);
+}
+
+#[test]
+fn breaker_suspends_prefetch_not_foreground_and_probes() {
+    let mut b = Batcher::new(BatchConfig {
+        breaker_threshold: 2,
+        breaker_cooldown_ms: 1000,
+        retries: 0,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    for x in 0..2 {
+        b.set_prefetch(tiles(x..x + 1));
+        let r = b.poll(0, all).unwrap();
+        b.on_failure(
+            r.id,
+            &Failure::Http {
+                status: 503,
+                retry_after_ms: None,
+            },
+            0,
+        );
+    }
+    assert!(b.breaker_open());
+    assert_eq!(b.stats().breaker_opened, 1);
+    b.set_prefetch(tiles(10..12));
+    assert_eq!(b.poll(500, all), None, "prefetch held while open");
+    b.set_foreground(tiles(20..21));
+    assert_eq!(
+        b.poll(500, all).unwrap().kind,
+        Kind::Foreground,
+        "foreground never held"
+    );
+    // After the cool-down, one probe.
+    let probe = b.poll(1000, all).unwrap();
+    assert_eq!(probe.kind, Kind::Prefetch);
+    assert_eq!(b.poll(1000, all), None, "only one probe at a time");
+    // Probe fails: open again with a doubled cool-down.
+    b.on_failure(probe.id, &Failure::Timeout, 1000);
+    b.set_prefetch(tiles(30..31));
+    assert_eq!(b.poll(2999, all), None);
+    let probe = b.poll(3000, all).unwrap();
+    b.on_success(probe.id);
+    assert!(!b.breaker_open());
+    b.set_prefetch(tiles(40..41));
+    assert!(b.poll(3000, all).is_some());
+}
+
+#[test]
+fn cancel_unwanted_prefetch_only() {
+    let mut b = Batcher::new(BatchConfig {
+        max_tiles: 2,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.set_foreground(tiles(0..2));
+    let fg = b.poll(0, all).unwrap();
+    b.set_prefetch(tiles(10..14));
+    let p1 = b.poll(0, all).unwrap();
+    let p2 = b.poll(0, all).unwrap();
+    let cancelled = b.cancel_unwanted(|tile| tile == t(12));
+    assert_eq!(cancelled, vec![p1.id]);
+    assert!(!b.is_tile_in_flight(t(10)));
+    assert!(b.is_tile_in_flight(t(13)), "{p2:?} keeps a wanted tile");
+    assert!(b.is_tile_in_flight(t(0)), "foreground is never cancelled");
+    assert_eq!(
+        b.on_failure(p1.id, &Failure::Aborted, 0),
+        FailureOutcome::Unknown
+    );
+    assert!(b.on_success(fg.id).is_some());
+}
+
+#[test]
+fn overdue_and_needed_filter() {
+    let mut b = Batcher::new(BatchConfig {
+        timeout_ms: 100,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.set_foreground(tiles(0..3));
+    let r = b.poll(0, |w| w.tile() != t(1)).unwrap();
+    assert_eq!(r.tiles, vec![t(0), t(2)]);
+    assert!(b.overdue(99).is_empty());
+    assert_eq!(b.overdue(100), vec![r.id]);
+    assert_eq!(b.next_wakeup(0), Some(100));
+}
+
+#[test]
+fn a_zoomed_out_miss_goes_out_as_few_coarse_tiles() {
+    let mut b = Batcher::new(BatchConfig {
+        max_tiles: 2,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    let parents = [
+        TileId::new(12, 100, 100).unwrap(),
+        TileId::new(12, 101, 100).unwrap(),
+        TileId::new(12, 102, 100).unwrap(),
+    ];
+    let works: Vec<Work> = parents
+        .iter()
+        .flat_map(|p| p.descendants(14).unwrap())
+        .map(Work::Tile)
+        .collect();
+    b.set_foreground(works);
+    let r = b.poll(0, all).unwrap();
+    assert_eq!(
+        r.tiles,
+        parents[..2].to_vec(),
+        "two coarse tiles fill the request"
+    );
+    let r2 = b.poll(0, all).unwrap();
+    assert_eq!(r2.tiles, vec![parents[2]]);
+    // Every data tile is tracked as in flight, and an answer frees all of them.
+    assert!(parents[0]
+        .descendants(14)
+        .unwrap()
+        .iter()
+        .all(|t| b.is_tile_in_flight(*t)));
+    let f = b.on_success(r.id).unwrap();
+    assert_eq!(f.works.len(), 32);
+    assert!(!b.is_tile_in_flight(parents[0].descendants(14).unwrap()[0]));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let e = Batcher::new(BatchConfig {
+        max_in_flight: 0,
+        ..BatchConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "batch config max_in_flight must be in 1..=64, got 0"
+    );
+}

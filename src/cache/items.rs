@@ -1,0 +1,496 @@
+//! The item LRU: items by id in one `lru` list bounded by count and bytes, with the items
+//! of visible tiles protected from prefetch inserts (see [`ItemCache`]'s docs for how).
+
+use std::sync::Arc;
+
+use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
+use crate::access::Access;
+use crate::tile::TileId;
+use crate::util::Num;
+
+/// What the backend says about an item, besides its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemMeta {
+    /// Longitude, finite, in −180..=180.
+    pub lon: f64,
+    /// Latitude, finite, in −90..=90.
+    pub lat: f64,
+    /// Item class, keying [`CacheConfig::class_ttl_ms`](super::CacheConfig::class_ttl_ms).
+    pub class: String,
+    /// The lowest tier allowed to see the item.
+    pub access: Access,
+    /// TTL the server gave, overriding the class TTL.
+    pub ttl_ms: Option<u64>,
+    /// Size charged against [`CacheConfig::max_bytes`](super::CacheConfig::max_bytes); at most `max_bytes`.
+    pub size_bytes: usize,
+}
+
+/// One cached item.
+#[derive(Debug, Clone)]
+pub struct CacheItem<P> {
+    pub(super) id: Arc<str>,
+    pub(super) lon: f64,
+    pub(super) lat: f64,
+    pub(super) class: String,
+    pub(super) access: Access,
+    pub(super) tile: TileId,
+    pub(super) expires_at_ms: u64,
+    pub(super) size_bytes: usize,
+    pub(super) payload: P,
+}
+
+impl<P> CacheItem<P> {
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// Longitude.
+    pub fn lon(&self) -> f64 {
+        self.lon
+    }
+    /// Latitude.
+    pub fn lat(&self) -> f64 {
+        self.lat
+    }
+    /// Class.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+    /// The lowest tier allowed to see it.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+    /// The data-zoom tile its position falls in.
+    pub fn tile(&self) -> TileId {
+        self.tile
+    }
+    /// First millisecond at which it is no longer fresh.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+    /// Size charged against `max_bytes`.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+    /// The payload.
+    pub fn payload(&self) -> &P {
+        &self.payload
+    }
+}
+
+/// An item found by [`ItemCache::get`] or [`ItemCache::peek`]; `stale` when it has expired
+/// but is within the stale-while-revalidate window (show it, refetch it).
+#[derive(Debug)]
+pub struct Lookup<'a, P> {
+    pub item: &'a CacheItem<P>,
+    pub stale: bool,
+}
+
+impl<P> Clone for Lookup<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for Lookup<'_, P> {}
+
+/// Why an item is inserted: for the viewport, or ahead of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// Needed now: may evict protected (visible) items if nothing else is left.
+    Visible,
+    /// Wanted later: never evicts protected items; refused instead.
+    Prefetch,
+}
+
+/// What an insert did to the rest of the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    /// Items evicted to make room.
+    pub evicted: usize,
+    /// A [`Priority::Prefetch`] insert was refused because only protected items could have
+    /// made room. Nothing changed.
+    pub rejected: bool,
+}
+
+/// Items and bytes positioned in some set of tiles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Load {
+    pub(super) items: usize,
+    pub(super) bytes: usize,
+}
+
+impl<P> ItemCache<P> {
+    /// Insert or replace an item. It expires at `now_ms + config.ttl_for(class, meta.ttl_ms)`.
+    ///
+    /// Errors (nothing changed): an empty id or one longer than [`MAX_ID_BYTES`](super::MAX_ID_BYTES), a
+    /// longitude or latitude that is not finite or out of range, `size_bytes > max_bytes`.
+    ///
+    /// Makes room by evicting least-recently-used items, unprotected ones first (see the
+    /// type docs). A [`Priority::Prefetch`] insert that could only fit by evicting protected
+    /// items is refused: `rejected: true`, counted in [`CacheStats::rejected`](super::CacheStats::rejected), nothing
+    /// changed (a replaced item stays as it was).
+    ///
+    /// Replacing an item whose position moved to another data tile moves its id from the old
+    /// tile's list to the new tile's (if that list is held, complete, and fetched at a tier
+    /// that may see the item).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// let config = CacheConfig { max_items: 1, ..CacheConfig::default() };
+    /// let mut cache = ItemCache::new(config).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Public, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("a", meta.clone(), 1, 0, Priority::Visible).unwrap();
+    /// let out = cache.insert("b", meta, 2, 0, Priority::Visible).unwrap();
+    /// assert_eq!(out.evicted, 1);
+    /// assert!(!cache.contains("a") && cache.contains("b"));
+    /// ```
+    pub fn insert(
+        &mut self,
+        id: &str,
+        meta: ItemMeta,
+        payload: P,
+        now_ms: u64,
+        priority: Priority,
+    ) -> Result<InsertOutcome, CacheError> {
+        check_id(id)?;
+        let ItemMeta {
+            lon,
+            lat,
+            class,
+            access,
+            ttl_ms,
+            size_bytes,
+        } = meta;
+        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+            return Err(CacheError::InvalidItem {
+                id: short(id),
+                reason: format!(
+                    "longitude must be a finite number in -180..=180, got {}",
+                    Num(lon)
+                ),
+            });
+        }
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(CacheError::InvalidItem {
+                id: short(id),
+                reason: format!(
+                    "latitude must be a finite number in -90..=90, got {}",
+                    Num(lat)
+                ),
+            });
+        }
+        if size_bytes > self.config.max_bytes {
+            return Err(CacheError::ItemTooLarge {
+                id: short(id),
+                size_bytes,
+                max_bytes: self.config.max_bytes,
+            });
+        }
+        let tile = TileId::from_lon_lat(lon, lat, self.config.tile_zoom).map_err(|e| {
+            CacheError::InvalidItem {
+                id: short(id),
+                reason: e.to_string(),
+            }
+        })?;
+        let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
+
+        // What is held once the old version (if any) is gone, in all and in protected items.
+        let mut after = self.held();
+        let mut protected_after = self.protected;
+        if let Some(old) = self.items.peek(id) {
+            after.items -= 1;
+            after.bytes = after.bytes.saturating_sub(old.size_bytes);
+            if self.visible.contains(&old.tile) {
+                protected_after.items = protected_after.items.saturating_sub(1);
+                protected_after.bytes = protected_after.bytes.saturating_sub(old.size_bytes);
+            }
+        }
+        if priority == Priority::Prefetch
+            && !self.fits(after, size_bytes)
+            && !self.fits(protected_after, size_bytes)
+        {
+            self.stats.rejected += 1;
+            return Ok(InsertOutcome {
+                evicted: 0,
+                rejected: true,
+            });
+        }
+
+        // Committed: the insert will succeed.
+        let old = self.remove_item(id);
+        let mut evicted = 0;
+        while !self.fits(self.held(), size_bytes) {
+            if !self.evict_one(priority == Priority::Visible) {
+                break;
+            }
+            evicted += 1;
+        }
+        if !self.fits(self.held(), size_bytes) {
+            // Unreachable while the protected totals are right; refuse rather than overfill.
+            self.stats.rejected += 1;
+            return Ok(InsertOutcome {
+                evicted,
+                rejected: true,
+            });
+        }
+
+        let key = match &old {
+            Some(o) => Arc::clone(&o.id),
+            None => Arc::from(id),
+        };
+        if let Some(old) = &old {
+            if old.tile != tile {
+                self.move_listing(&key, old.tile, tile, access);
+            }
+        }
+        self.account_add(tile, size_bytes);
+        self.items.put(
+            Arc::clone(&key),
+            CacheItem {
+                id: key,
+                lon,
+                lat,
+                class,
+                access,
+                tile,
+                expires_at_ms,
+                size_bytes,
+                payload,
+            },
+        );
+        Ok(InsertOutcome {
+            evicted,
+            rejected: false,
+        })
+    }
+
+    /// Look up an item for `caller`, counting a hit, stale hit or miss and refreshing its
+    /// recency. `None` when absent, above the caller's tier, or expired beyond the
+    /// stale-while-revalidate window (such an item is removed and counted in `expirations`).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// let config = CacheConfig { stale_while_revalidate_ms: 1_000, ..CacheConfig::default() };
+    /// let mut cache = ItemCache::new(config).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Public, ttl_ms: Some(500), size_bytes: 10 };
+    /// cache.insert("a", meta, (), 0, Priority::Visible).unwrap();
+    /// assert!(!cache.get("a", Access::Public, 499).unwrap().stale);
+    /// assert!(cache.get("a", Access::Public, 500).unwrap().stale);
+    /// assert!(cache.get("a", Access::Public, 1_500).is_none());
+    /// assert!(!cache.contains("a"));
+    /// ```
+    pub fn get(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let stale = self.count_lookup(id, caller, now_ms, true)?;
+        self.items.get(id).map(|item| Lookup { item, stale })
+    }
+
+    /// One lookup of `id` for `caller`, counted: `Some(stale)` for a hit or stale hit, else
+    /// `None` and a miss (absent, or expired beyond the window: then it is removed and
+    /// counted in `expirations`, or above the caller's tier). With `hidden_counts` false an
+    /// item above the caller's tier is passed over instead: not counted, not removed.
+    /// Does not touch LRU order.
+    #[inline]
+    pub(super) fn count_lookup(
+        &mut self,
+        id: &str,
+        caller: Access,
+        now_ms: u64,
+        hidden_counts: bool,
+    ) -> Option<bool> {
+        let (access, expires) = match self.items.peek(id) {
+            Some(item) => (item.access, item.expires_at_ms),
+            None => {
+                self.stats.misses += 1;
+                return None;
+            }
+        };
+        let seen = caller.can_see(access);
+        if !seen && !hidden_counts {
+            return None;
+        }
+        let f = expiry(expires, self.swr(), now_ms);
+        if f == Expiry::Gone {
+            self.remove_item(id);
+            self.stats.expirations += 1;
+            self.stats.misses += 1;
+            return None;
+        }
+        if !seen {
+            self.stats.misses += 1;
+            return None;
+        }
+        let stale = f == Expiry::Stale;
+        if stale {
+            self.stats.stale_hits += 1;
+        } else {
+            self.stats.hits += 1;
+        }
+        Some(stale)
+    }
+
+    /// Like [`get`](Self::get) without counting, reordering or removing anything.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Verified, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("a", meta, (), 0, Priority::Visible).unwrap();
+    /// assert!(cache.peek("a", Access::Public, 0).is_none());
+    /// assert!(cache.peek("a", Access::Agent, 0).is_some());
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn peek(&self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let item = self.items.peek(id)?;
+        if !caller.can_see(item.access) {
+            return None;
+        }
+        match expiry(item.expires_at_ms, self.swr(), now_ms) {
+            Expiry::Gone => None,
+            f => Some(Lookup {
+                item,
+                stale: f == Expiry::Stale,
+            }),
+        }
+    }
+
+    /// Protect the items of these data-zoom tiles (what the user is looking at) from
+    /// eviction by [`Priority::Prefetch`] inserts, and their tile-index entries from being
+    /// trimmed first. Replaces the previous set; tiles at other zooms are ignored.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// use tilewarm::tile::TileId;
+    /// let config = CacheConfig { max_items: 1, ..CacheConfig::default() };
+    /// let mut cache = ItemCache::new(config).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Public, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("seen", meta.clone(), (), 0, Priority::Visible).unwrap();
+    /// cache.set_visible(&[TileId::from_lon_lat(2.35, 48.85, 14).unwrap()]);
+    /// let out = cache.insert("ahead", meta, (), 0, Priority::Prefetch).unwrap();
+    /// assert!(out.rejected);
+    /// assert!(cache.contains("seen"));
+    /// ```
+    pub fn set_visible(&mut self, tiles: &[TileId]) {
+        let dz = self.config.tile_zoom;
+        self.visible.clear();
+        for &t in tiles {
+            if t.z() == dz {
+                self.visible.insert(t);
+            }
+        }
+        let mut protected = Load::default();
+        for t in &self.visible {
+            if let Some(l) = self.load.get(t) {
+                protected.items += l.items;
+                protected.bytes += l.bytes;
+            }
+        }
+        self.protected = protected;
+    }
+
+    /// Whether the item is held and protected (its data tile is visible).
+    pub fn is_protected(&self, id: &str) -> bool {
+        self.items
+            .peek(id)
+            .is_some_and(|item| self.visible.contains(&item.tile))
+    }
+
+    /// Whether one more item of `size` bytes would fit on top of `load`.
+    pub(super) fn fits(&self, load: Load, size: usize) -> bool {
+        load.items < self.config.max_items
+            && size <= self.config.max_bytes.saturating_sub(load.bytes)
+    }
+
+    pub(super) fn held(&self) -> Load {
+        Load {
+            items: self.items.len(),
+            bytes: self.bytes,
+        }
+    }
+
+    pub(super) fn account_add(&mut self, tile: TileId, size: usize) {
+        let l = self.load.entry(tile).or_default();
+        l.items += 1;
+        l.bytes += size;
+        self.bytes += size;
+        if self.visible.contains(&tile) {
+            self.protected.items += 1;
+            self.protected.bytes += size;
+        }
+    }
+
+    pub(super) fn account_sub(&mut self, tile: TileId, size: usize) {
+        if let Some(l) = self.load.get_mut(&tile) {
+            l.items = l.items.saturating_sub(1);
+            l.bytes = l.bytes.saturating_sub(size);
+            if l.items == 0 {
+                self.load.remove(&tile);
+            }
+        }
+        self.bytes = self.bytes.saturating_sub(size);
+        if self.visible.contains(&tile) {
+            self.protected.items = self.protected.items.saturating_sub(1);
+            self.protected.bytes = self.protected.bytes.saturating_sub(size);
+        }
+    }
+
+    /// Removes an item and its accounting; the tile lists naming it then report it missing.
+    pub(super) fn remove_item(&mut self, id: &str) -> Option<CacheItem<P>> {
+        let item = self.items.pop(id)?;
+        self.account_sub(item.tile, item.size_bytes);
+        Some(item)
+    }
+
+    /// Removes the given ids; returns how many were held.
+    pub(super) fn remove_ids(&mut self, ids: &[&str]) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            if self.remove_item(id).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Evicts one item: the least-recently-used unprotected one, or — only when
+    /// `allow_protected` and nothing unprotected is left — the least-recently-used one.
+    /// See the type docs for why this does not rescan.
+    pub(super) fn evict_one(&mut self, allow_protected: bool) -> bool {
+        let unprotected = self.items.len().saturating_sub(self.protected.items);
+        if unprotected == 0 {
+            if !allow_protected {
+                return false;
+            }
+            let Some((_, item)) = self.items.pop_lru() else {
+                return false;
+            };
+            self.account_sub(item.tile, item.size_bytes);
+            self.stats.evictions += 1;
+            return true;
+        }
+        // At most `protected.items` promotions happen before an unprotected item is at
+        // the tail; the bound only guards against a broken count.
+        for _ in 0..=self.items.len() {
+            let (key, protected) = match self.items.peek_lru() {
+                Some((k, item)) => (Arc::clone(k), self.visible.contains(&item.tile)),
+                None => return false,
+            };
+            if protected {
+                self.items.promote(&*key);
+            } else {
+                self.remove_item(&key);
+                self.stats.evictions += 1;
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,182 @@
+//! The tile-aware item cache: an LRU of items bounded by count and bytes, with per-class TTLs,
+//! stale-while-revalidate, access tiers, and a tile index that remembers which items the
+//! backend listed for each data tile.
+//!
+//! Time comes in as `now_ms`; nothing here reads a clock, sleeps or does I/O.
+//!
+//! [`ItemCache`] is defined here; its parts live beside it: `config.rs` ([`CacheConfig`]),
+//! `items.rs` (the item LRU with visible-item protection), `tiles.rs` (the tile index and
+//! [`TileFreshness`]), `invalidate.rs` (removal on purpose and expiry), `stats.rs`
+//! ([`CacheStats`]) and `error.rs` ([`CacheError`]).
+//!
+//! ```
+//! use tilewarm::access::Access;
+//! use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache, TileFreshness};
+//! use tilewarm::tile::TileId;
+//!
+//! let mut cache: ItemCache<&str> = ItemCache::new(CacheConfig::default()).unwrap();
+//! let meta = ItemMeta {
+//!     lon: -122.3321,
+//!     lat: 47.6062,
+//!     class: "active".into(),
+//!     access: Access::Public,
+//!     ttl_ms: None,
+//!     size_bytes: 100,
+//! };
+//! cache.insert("home-1", meta, "payload", 0, Priority::Visible).unwrap();
+//! let tile = TileId::from_lon_lat(-122.3321, 47.6062, 14).unwrap();
+//! cache.insert_tile(tile, &["home-1"], None, Access::Public, 0).unwrap();
+//!
+//! assert_eq!(cache.tile_freshness(tile, Access::Public, 1_000), TileFreshness::Fresh);
+//! let mut shown = Vec::new();
+//! cache.read_tile(tile, Access::Public, 1_000, |item, _stale| shown.push(*item.payload()));
+//! assert_eq!(shown, ["payload"]);
+//! ```
+
+mod config;
+mod error;
+mod invalidate;
+mod items;
+mod stats;
+#[cfg(test)]
+mod tests;
+mod tiles;
+
+pub use config::{CacheConfig, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
+pub use error::CacheError;
+pub use invalidate::Invalidate;
+pub use items::{CacheItem, InsertOutcome, ItemMeta, Lookup, Priority};
+pub use stats::CacheStats;
+pub use tiles::{Refresh, TileFreshness};
+
+use std::fmt;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use crate::tile::TileId;
+use crate::util::{HashMap, HashSet};
+use error::{check_id, short};
+use items::Load;
+use tiles::TileEntry;
+
+/// Where an item or a tile list is in its lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    Fresh,
+    Stale,
+    Gone,
+}
+
+/// Fresh for `now < expires`, stale for `expires <= now < expires + swr`, gone after.
+fn expiry(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> Expiry {
+    if now_ms < expires_at_ms {
+        Expiry::Fresh
+    } else if now_ms < expires_at_ms.saturating_add(swr_ms) {
+        Expiry::Stale
+    } else {
+        Expiry::Gone
+    }
+}
+
+/// A tile-aware LRU cache of items with payloads `P`.
+///
+/// # Capacity and eviction
+/// Items are bounded by count (`max_items`) and by the sum of their `size_bytes`
+/// (`max_bytes`); neither is exceeded after any call. Eviction is least-recently-used:
+/// [`get`](Self::get) and [`read_tile`](Self::read_tile) refresh recency,
+/// [`peek`](Self::peek) and [`tile_freshness`](Self::tile_freshness) do not.
+///
+/// # Protected items
+/// An item whose data tile is in the [`set_visible`](Self::set_visible) set is protected.
+/// All items live in one LRU list; the cache also keeps, per data tile, how many items and
+/// bytes are positioned there, so the protected totals are known in O(1) per change and
+/// O(visible tiles) per `set_visible`. To evict, it looks at the LRU tail: an unprotected
+/// item there is evicted; a protected one is promoted to most-recent and skipped. Each
+/// protected item is passed at most once before the next unprotected item is found, and
+/// after promotion it sits at the head, so eviction is amortised O(1) with no rescans. The
+/// cost is that protected items are treated as just used — which they are: they are on
+/// screen. Because the protected totals are known, an insert that could only fit by
+/// evicting protected items is detected before anything is touched: a
+/// [`Priority::Prefetch`] insert is then refused with nothing changed, and a
+/// [`Priority::Visible`] insert evicts the least-recently-used items, protected ones
+/// included, since capacity is a hard limit.
+///
+/// The tile index (bounded by `max_tiles`) works the same way: entries of visible tiles
+/// are the last to go.
+pub struct ItemCache<P> {
+    config: CacheConfig,
+    items: LruCache<Arc<str>, CacheItem<P>>,
+    bytes: usize,
+    tiles: LruCache<TileId, TileEntry>,
+    visible: HashSet<TileId>,
+    /// Items and bytes positioned in each data tile that has any.
+    load: HashMap<TileId, Load>,
+    /// Items and bytes positioned in visible tiles.
+    protected: Load,
+    stats: CacheStats,
+}
+
+impl<P> fmt::Debug for ItemCache<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemCache")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .field("visible_tiles", &self.visible.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> ItemCache<P> {
+    /// An empty cache; the config is checked with [`CacheConfig::validate`].
+    ///
+    /// ```
+    /// use tilewarm::cache::{CacheConfig, ItemCache};
+    /// let cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// assert!(cache.is_empty());
+    /// let bad = CacheConfig { tile_zoom: 25, ..CacheConfig::default() };
+    /// assert!(ItemCache::<()>::new(bad).is_err());
+    /// ```
+    pub fn new(config: CacheConfig) -> Result<Self, CacheError> {
+        config.validate()?;
+        Ok(ItemCache {
+            config,
+            items: LruCache::unbounded(),
+            bytes: 0,
+            tiles: LruCache::unbounded(),
+            visible: HashSet::new(),
+            load: HashMap::new(),
+            protected: Load::default(),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    fn swr(&self) -> u64 {
+        self.config.stale_while_revalidate_ms
+    }
+
+    /// Items held (expired ones included until they are removed).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no item is held.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Sum of the held items' `size_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether an item with this id is held, whatever its tier or expiry.
+    pub fn contains(&self, id: &str) -> bool {
+        self.items.contains(id)
+    }
+}

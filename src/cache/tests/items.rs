@@ -1,0 +1,331 @@
+use super::*;
+
+#[test]
+fn expiry_is_exact_to_the_ms_without_swr() {
+    let mut c = small(10, 1000);
+    let mut m = meta_in(tile(0, 0), 1);
+    m.ttl_ms = Some(500);
+    c.insert("a", m, 1, 1_000, Priority::Visible).unwrap();
+    assert_eq!(
+        c.get("a", Access::Public, 1_000)
+            .unwrap()
+            .item
+            .expires_at_ms(),
+        1_500
+    );
+    assert!(!c.peek("a", Access::Public, 1_499).unwrap().stale);
+    assert!(c.peek("a", Access::Public, 1_500).is_none());
+    assert!(c.contains("a"), "peek removes nothing");
+    assert!(c.get("a", Access::Public, 1_500).is_none());
+    assert!(!c.contains("a"));
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses, s.expirations), (1, 1, 1));
+    assert_eq!((s.entries, s.bytes), (0, 0));
+}
+
+#[test]
+fn stale_while_revalidate_window_is_exact() {
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        stale_while_revalidate_ms: 100,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let mut m = meta_in(tile(0, 0), 1);
+    m.ttl_ms = Some(500);
+    c.insert("a", m, 1, 1_000, Priority::Visible).unwrap();
+    assert!(!c.get("a", Access::Public, 1_499).unwrap().stale);
+    assert!(c.get("a", Access::Public, 1_500).unwrap().stale);
+    assert!(c.get("a", Access::Public, 1_599).unwrap().stale);
+    assert!(c.peek("a", Access::Public, 1_600).is_none());
+    assert!(c.get("a", Access::Public, 1_600).is_none());
+    let s = c.stats();
+    assert_eq!(
+        (s.hits, s.stale_hits, s.misses, s.expirations),
+        (1, 2, 1, 1)
+    );
+}
+
+#[test]
+fn invalid_items_are_errors_and_change_nothing() {
+    let mut c = small(10, 100);
+    put(&mut c, "keep", tile(0, 0), 5, Priority::Visible);
+    let before = (c.len(), c.bytes(), c.stats());
+    let t = tile(0, 0);
+    let cases: Vec<(&str, ItemMeta, &str)> = vec![
+        (
+            "",
+            meta_in(t, 1),
+            "invalid item \"\": the id must not be empty",
+        ),
+        (
+            "x",
+            ItemMeta {
+                lon: f64::NAN,
+                ..meta_in(t, 1)
+            },
+            "invalid item \"x\": longitude must be a finite number in -180..=180, got NaN",
+        ),
+        (
+            "x",
+            ItemMeta {
+                lon: 180.5,
+                ..meta_in(t, 1)
+            },
+            "invalid item \"x\": longitude must be a finite number in -180..=180, got 180.5",
+        ),
+        (
+            "x",
+            ItemMeta {
+                lat: -91.0,
+                ..meta_in(t, 1)
+            },
+            "invalid item \"x\": latitude must be a finite number in -90..=90, got -91",
+        ),
+        (
+            "x",
+            ItemMeta {
+                lat: f64::INFINITY,
+                ..meta_in(t, 1)
+            },
+            "invalid item \"x\": latitude must be a finite number in -90..=90, got inf",
+        ),
+        (
+            "x",
+            meta_in(t, 101),
+            "item \"x\" is 101 bytes, more than the cache's max_bytes of 100",
+        ),
+    ];
+    for (id, m, want) in cases {
+        let e = c.insert(id, m, 9, 0, Priority::Visible).unwrap_err();
+        assert_eq!(e.to_string(), want);
+    }
+    let long = "y".repeat(MAX_ID_BYTES + 1);
+    let e = c
+        .insert(&long, meta_in(t, 1), 9, 0, Priority::Visible)
+        .unwrap_err();
+    assert!(e.to_string().contains("257 bytes long, at most 256"), "{e}");
+    assert!(c
+        .insert(
+            &"y".repeat(MAX_ID_BYTES),
+            meta_in(t, 1),
+            9,
+            0,
+            Priority::Visible
+        )
+        .is_ok());
+    c.invalidate(Invalidate::Ids(&[&"y".repeat(MAX_ID_BYTES)]));
+    // A failed replace leaves the old item alone.
+    assert!(c
+        .insert("keep", meta_in(t, 101), 9, 0, Priority::Visible)
+        .is_err());
+    assert_eq!((c.len(), c.bytes(), c.stats()), before);
+    assert_eq!(
+        *c.peek("keep", Access::Public, 0).unwrap().item.payload(),
+        0
+    );
+}
+
+#[test]
+fn an_item_of_exactly_max_bytes_fits_by_evicting_everything() {
+    let mut c = small(10, 100);
+    put(&mut c, "a", tile(0, 0), 30, Priority::Visible);
+    put(&mut c, "b", tile(0, 0), 30, Priority::Visible);
+    let out = put(&mut c, "big", tile(0, 0), 100, Priority::Visible);
+    assert_eq!(
+        out,
+        InsertOutcome {
+            evicted: 2,
+            rejected: false
+        }
+    );
+    assert_eq!((c.len(), c.bytes(), c.stats().evictions), (1, 100, 2));
+}
+
+#[test]
+fn count_capacity_evicts_least_recently_used() {
+    let mut c = small(3, 1000);
+    for id in ["a", "b", "c"] {
+        put(&mut c, id, tile(0, 0), 1, Priority::Visible);
+    }
+    assert!(c.get("a", Access::Public, 0).is_some()); // b is now the LRU
+    assert_eq!(
+        put(&mut c, "d", tile(0, 0), 1, Priority::Visible).evicted,
+        1
+    );
+    assert_eq!(held(&c), ["a", "c", "d"]);
+    assert!(c.peek("c", Access::Public, 0).is_some()); // peek does not refresh c
+    let _ = c.tile_freshness(tile(0, 0), Access::Public, 0);
+    put(&mut c, "e", tile(0, 0), 1, Priority::Visible);
+    assert_eq!(held(&c), ["a", "d", "e"]);
+    assert_eq!(c.stats().evictions, 2);
+}
+
+#[test]
+fn byte_capacity_evicts_as_many_as_needed() {
+    let mut c = small(100, 100);
+    put(&mut c, "a", tile(0, 0), 40, Priority::Visible);
+    put(&mut c, "b", tile(0, 0), 40, Priority::Visible);
+    put(&mut c, "c", tile(0, 0), 20, Priority::Visible);
+    assert_eq!(c.bytes(), 100);
+    let out = put(&mut c, "d", tile(0, 0), 60, Priority::Visible);
+    assert_eq!(out.evicted, 2);
+    assert_eq!(held(&c), ["c", "d"]);
+    assert_eq!(c.bytes(), 80);
+}
+
+#[test]
+fn replacing_updates_bytes_and_moves_between_tiles() {
+    let (t1, t2) = (tile(0, 0), tile(1, 0));
+    let mut c = small(10, 100);
+    put(&mut c, "a", t1, 70, Priority::Visible);
+    put(&mut c, "b", t1, 10, Priority::Visible);
+    c.insert_tile(t1, &["a", "b"], None, Access::Public, 0)
+        .unwrap();
+    c.insert_tile(t2, &[], None, Access::Public, 0).unwrap();
+    c.set_visible(&[t1]);
+    assert!(c.is_protected("a"));
+    // Replacing in place: 70 → 90 bytes fits without evicting b.
+    let out = put(&mut c, "a", t1, 90, Priority::Visible);
+    assert_eq!(out.evicted, 0);
+    assert_eq!((c.len(), c.bytes()), (2, 100));
+    // Moving a to t2: its listing moves too, and it is no longer protected.
+    let out = put(&mut c, "a", t2, 20, Priority::Prefetch);
+    assert_eq!(out, InsertOutcome::default());
+    assert_eq!((c.len(), c.bytes()), (2, 30));
+    assert_eq!(c.peek("a", Access::Public, 0).unwrap().item.tile(), t2);
+    assert!(!c.is_protected("a") && c.is_protected("b"));
+    assert_eq!(
+        c.protected,
+        Load {
+            items: 1,
+            bytes: 10
+        }
+    );
+    assert_eq!(c.tiles.peek(&t1).unwrap().ids.len(), 1);
+    let mut seen = Vec::new();
+    c.read_tile(t2, Access::Public, 0, |it, _| {
+        seen.push(it.id().to_string())
+    });
+    assert_eq!(seen, ["a"]);
+    assert_eq!(
+        c.tile_freshness(t1, Access::Public, 0),
+        TileFreshness::Fresh
+    );
+}
+
+#[test]
+fn prefetch_never_evicts_what_is_visible() {
+    let (v, o) = (tile(0, 0), tile(5, 5));
+    let mut c = small(3, 1000);
+    put(&mut c, "v1", v, 1, Priority::Visible);
+    put(&mut c, "v2", v, 1, Priority::Visible);
+    put(&mut c, "u1", o, 1, Priority::Prefetch);
+    c.set_visible(&[v]);
+    // v1 is least recently used, but protected: u1 goes instead.
+    let out = put(&mut c, "p1", o, 1, Priority::Prefetch);
+    assert_eq!(
+        out,
+        InsertOutcome {
+            evicted: 1,
+            rejected: false
+        }
+    );
+    assert_eq!(held(&c), ["p1", "v1", "v2"]);
+    // Then p1, again not the visible ones.
+    put(&mut c, "p2", o, 1, Priority::Prefetch);
+    assert_eq!(held(&c), ["p2", "v1", "v2"]);
+    // Only protected items left: a prefetch is refused and nothing changes.
+    c.set_visible(&[v, o]);
+    let stats = c.stats();
+    let out = put(&mut c, "p3", o, 1, Priority::Prefetch);
+    assert_eq!(
+        out,
+        InsertOutcome {
+            evicted: 0,
+            rejected: true
+        }
+    );
+    assert_eq!(held(&c), ["p2", "v1", "v2"]);
+    assert_eq!(c.stats().rejected, stats.rejected + 1);
+    assert_eq!(c.stats().evictions, stats.evictions);
+    // A visible insert must fit: it evicts the least recently used protected item.
+    // Order now (LRU first): v1, v2 (promoted while skipped), then p2 (inserted after).
+    let out = put(&mut c, "n", v, 1, Priority::Visible);
+    assert_eq!(
+        out,
+        InsertOutcome {
+            evicted: 1,
+            rejected: false
+        }
+    );
+    assert_eq!(held(&c), ["n", "p2", "v2"]);
+}
+
+#[test]
+fn visible_insert_evicts_lru_protected_item_in_order() {
+    let v = tile(0, 0);
+    let mut c = small(2, 1000);
+    put(&mut c, "v1", v, 1, Priority::Visible);
+    put(&mut c, "v2", v, 1, Priority::Visible);
+    c.set_visible(&[v]);
+    c.get("v1", Access::Public, 0);
+    put(&mut c, "v3", v, 1, Priority::Visible);
+    assert_eq!(held(&c), ["v1", "v3"]);
+}
+
+#[test]
+fn prefetch_refused_when_unprotected_items_could_not_make_room() {
+    let (v, o) = (tile(0, 0), tile(5, 5));
+    let mut c = small(10, 100);
+    put(&mut c, "v", v, 80, Priority::Visible);
+    put(&mut c, "u", o, 10, Priority::Visible);
+    c.set_visible(&[v]);
+    // Freeing u gives 20 bytes, not 30: refuse without evicting u.
+    let out = put(&mut c, "p", o, 30, Priority::Prefetch);
+    assert!(out.rejected);
+    assert_eq!(held(&c), ["u", "v"]);
+    // 20 bytes is enough once u goes.
+    let out = put(&mut c, "p", o, 20, Priority::Prefetch);
+    assert_eq!(
+        out,
+        InsertOutcome {
+            evicted: 1,
+            rejected: false
+        }
+    );
+    assert_eq!(held(&c), ["p", "v"]);
+    // Replacing a protected item by prefetch counts its own bytes as freed.
+    let out = put(&mut c, "v", v, 80, Priority::Prefetch);
+    assert!(!out.rejected && out.evicted == 0);
+}
+
+#[test]
+fn get_above_tier_is_a_miss_without_reordering() {
+    let mut c = small(2, 1000);
+    let mut m = meta_in(tile(0, 0), 1);
+    m.access = Access::Verified;
+    c.insert("v", m, 0, 0, Priority::Visible).unwrap();
+    put(&mut c, "p", tile(0, 0), 1, Priority::Visible);
+    assert!(c.get("v", Access::Registered, 0).is_none());
+    assert_eq!(c.stats().misses, 1);
+    assert!(c.get("v", Access::Verified, 0).is_some());
+    assert!(c.get("nope", Access::Agent, 0).is_none());
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses), (1, 2));
+}
+
+#[test]
+fn huge_times_and_ttls_saturate() {
+    let mut c = small(10, 1000);
+    let mut m = meta_in(tile(0, 0), 1);
+    m.ttl_ms = Some(u64::MAX);
+    c.insert("a", m, 0, u64::MAX - 1, Priority::Visible)
+        .unwrap();
+    assert!(c.get("a", Access::Public, u64::MAX - 1).is_some());
+    c.insert_tile(tile(0, 0), &["a"], Some(u64::MAX), Access::Public, u64::MAX)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(tile(0, 0), Access::Public, u64::MAX),
+        TileFreshness::Unknown
+    );
+}

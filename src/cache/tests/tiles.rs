@@ -1,0 +1,397 @@
+use super::*;
+
+#[test]
+fn tile_states_fresh_partial_and_unknown() {
+    let t = tile(0, 0);
+    let mut c = small(10, 1000);
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    for id in ["a", "b", "c", "d"] {
+        put(&mut c, id, t, 1, Priority::Visible);
+    }
+    c.insert_tile(t, &["a", "b", "c", "d"], Some(1_000), Access::Public, 0)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 999),
+        TileFreshness::Fresh
+    );
+    assert!(c.tile_freshness(t, Access::Public, 0).is_showable());
+    c.invalidate(Invalidate::Ids(&["b"]));
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(ids(&["b"]))
+    );
+    assert!(!c.tile_freshness(t, Access::Public, 0).is_showable());
+    c.invalidate(Invalidate::Ids(&["d"]));
+    // Exactly half missing: still the ids.
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(ids(&["b", "d"]))
+    );
+    c.invalidate(Invalidate::Ids(&["a"]));
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(Refresh::Tile)
+    );
+    // Membership expiry without a window: Unknown at exactly 1 000.
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 1_000),
+        TileFreshness::Unknown
+    );
+    // Other zooms are Unknown.
+    assert_eq!(
+        c.tile_freshness(t.parent().unwrap(), Access::Public, 0),
+        TileFreshness::Unknown
+    );
+}
+
+#[test]
+fn evicted_or_expired_items_make_their_tile_partial() {
+    let t = tile(0, 0);
+    let mut c = small(2, 1000);
+    put(&mut c, "a", t, 1, Priority::Visible);
+    put(&mut c, "b", t, 1, Priority::Visible);
+    let mut m = meta_in(t, 1);
+    m.ttl_ms = Some(10);
+    c.insert_tile(t, &["a", "b"], None, Access::Public, 0)
+        .unwrap();
+    assert_eq!(c.tile_freshness(t, Access::Public, 0), TileFreshness::Fresh);
+    put(&mut c, "x", tile(3, 3), 1, Priority::Visible);
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(ids(&["a"]))
+    );
+    c.insert("b", m, 0, 0, Priority::Visible).unwrap();
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 10),
+        TileFreshness::Partial(Refresh::Tile)
+    );
+}
+
+#[test]
+fn tile_states_with_stale_while_revalidate() {
+    let t = tile(0, 0);
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        stale_while_revalidate_ms: 100,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let mut short = meta_in(t, 1);
+    short.ttl_ms = Some(500);
+    c.insert("a", short.clone(), 0, 0, Priority::Visible)
+        .unwrap();
+    c.insert("b", meta_in(t, 1), 0, 0, Priority::Visible)
+        .unwrap();
+    c.insert_tile(t, &["a", "b"], Some(1_000), Access::Public, 0)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 499),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 500),
+        TileFreshness::Stale(ids(&["a"]))
+    );
+    assert!(c.tile_freshness(t, Access::Public, 599).is_showable());
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 600),
+        TileFreshness::Partial(ids(&["a"]))
+    );
+    c.insert("a", short, 0, 600, Priority::Visible).unwrap(); // refetched
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 999),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 1_000),
+        TileFreshness::Stale(Refresh::Tile)
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 1_099),
+        TileFreshness::Stale(Refresh::Tile)
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 1_100),
+        TileFreshness::Unknown
+    );
+    // Membership stale and an item missing: refetch the tile, even for one id of two.
+    c.invalidate(Invalidate::Ids(&["b"]));
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 1_050),
+        TileFreshness::Partial(Refresh::Tile)
+    );
+}
+
+#[test]
+fn tile_lists_and_tiers() {
+    let t = tile(0, 0);
+    let mut c = small(10, 1000);
+    put(&mut c, "pub", t, 1, Priority::Visible);
+    let mut agent = meta_in(t, 1);
+    agent.access = Access::Agent;
+    c.insert("agt", agent, 0, 0, Priority::Visible).unwrap();
+    // A verified list cannot contain the agent item: it is left out.
+    c.insert_tile(t, &["pub", "agt", "pub"], None, Access::Verified, 0)
+        .unwrap();
+    assert_eq!(c.tiles.peek(&t).unwrap().ids.len(), 1);
+    assert_eq!(c.tile_freshness(t, Access::Public, 0), TileFreshness::Fresh);
+    assert_eq!(
+        c.tile_freshness(t, Access::Verified, 0),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Agent, 0),
+        TileFreshness::Unknown
+    );
+    // An agent list: a public caller ignores the agent item, even when it is stale.
+    c.insert_tile(t, &["pub", "agt"], None, Access::Agent, 0)
+        .unwrap();
+    assert_eq!(c.tile_freshness(t, Access::Agent, 0), TileFreshness::Fresh);
+    let mut seen = Vec::new();
+    c.read_tile(t, Access::Public, 0, |it, _| seen.push(it.id().to_string()));
+    assert_eq!(seen, ["pub"]);
+    seen.clear();
+    c.read_tile(t, Access::Agent, 0, |it, _| seen.push(it.id().to_string()));
+    assert_eq!(seen, ["pub", "agt"]);
+    assert_eq!(c.stats().hits, 3);
+}
+
+#[test]
+fn tile_index_is_bounded_and_keeps_visible_tiles() {
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        max_tiles: 2,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let (a, b, d) = (tile(0, 0), tile(1, 0), tile(2, 0));
+    c.insert_tile(a, &[], None, Access::Public, 0).unwrap();
+    c.insert_tile(b, &[], None, Access::Public, 0).unwrap();
+    c.insert_tile(d, &[], None, Access::Public, 0).unwrap();
+    assert_eq!(
+        c.tile_freshness(a, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    assert_eq!(c.stats().tiles, 2);
+    // Reading b makes d the least recently used tile entry...
+    c.read_tile(b, Access::Public, 0, |_, _| {});
+    c.insert_tile(a, &[], None, Access::Public, 0).unwrap();
+    assert_eq!(
+        c.tile_freshness(d, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    assert_eq!(c.tile_freshness(b, Access::Public, 0), TileFreshness::Fresh);
+    // ...but a visible entry outlives a less recent invisible one.
+    c.set_visible(&[b]);
+    c.insert_tile(d, &[], None, Access::Public, 0).unwrap();
+    assert_eq!(c.tile_freshness(b, Access::Public, 0), TileFreshness::Fresh);
+    assert_eq!(
+        c.tile_freshness(a, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    assert_eq!(c.stats().tiles, 2);
+}
+
+#[test]
+fn coarse_tiles_split_onto_data_tiles_by_position() {
+    let z12 = tile(0, 0).ancestor(12).unwrap();
+    let kids = z12.descendants(Z).unwrap();
+    assert_eq!(kids.len(), 16);
+    let (k0, k5) = (kids[0], kids[5]);
+    let outside = tile(40, 40);
+    let mut c = small(10, 1000);
+    put(&mut c, "a", k0, 1, Priority::Visible);
+    put(&mut c, "b", k5, 1, Priority::Visible);
+    put(&mut c, "c", k5, 1, Priority::Visible);
+    put(&mut c, "far", outside, 1, Priority::Visible);
+    c.insert_tile(z12, &["a", "b", "c", "far"], None, Access::Public, 0)
+        .unwrap();
+    assert_eq!(c.stats().tiles, 16);
+    let listed = |c: &ItemCache<u32>, t: TileId| -> Vec<String> {
+        c.tiles
+            .peek(&t)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    assert_eq!(listed(&c, k0), ["a"]);
+    assert_eq!(listed(&c, k5), ["b", "c"]);
+    assert_eq!(listed(&c, kids[15]), Vec::<String>::new());
+    assert_eq!(
+        c.tile_freshness(outside, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    for k in &kids {
+        assert_eq!(
+            c.tile_freshness(*k, Access::Public, 0),
+            TileFreshness::Fresh
+        );
+    }
+    // A listed id that is not held: no descendant is complete.
+    c.insert_tile(z12, &["a", "lost"], None, Access::Public, 0)
+        .unwrap();
+    for k in &kids {
+        assert_eq!(
+            c.tile_freshness(*k, Access::Public, 0),
+            TileFreshness::Partial(Refresh::Tile)
+        );
+    }
+    // A data-zoom tile records its list as given.
+    c.insert_tile(k0, &["a", "lost"], None, Access::Public, 0)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(k0, Access::Public, 0),
+        TileFreshness::Partial(ids(&["lost"]))
+    );
+}
+
+#[test]
+fn membership_zoom_limits() {
+    let mut c = small(10, 1000);
+    let fine = TileId::new(15, 0, 0).unwrap();
+    let e = c
+        .insert_tile(fine, &[], None, Access::Public, 0)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        CacheError::TooFine {
+            tile: fine,
+            tile_zoom: 14
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "tile 15/0/0 is finer than the cache's data zoom 14: membership tiles must have zoom 6..=14"
+    );
+    let coarse = TileId::new(5, 0, 0).unwrap();
+    let e = c
+        .insert_tile(coarse, &[], None, Access::Public, 0)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tile 5/0/0 is more than 8 zoom levels coarser than the cache's data zoom 14: \
+         membership tiles must have zoom 6..=14"
+    );
+    let e = c
+        .insert_tile(tile(0, 0), &["ok", ""], None, Access::Public, 0)
+        .unwrap_err();
+    assert!(matches!(e, CacheError::InvalidItem { .. }));
+    assert_eq!(c.stats().tiles, 0, "errors change nothing");
+    // Exactly 8 levels: 65 536 data tiles, all known-empty.
+    c.insert_tile(TileId::new(6, 0, 0).unwrap(), &[], None, Access::Public, 0)
+        .unwrap();
+    assert_eq!(c.stats().tiles, 65_536);
+    assert_eq!(
+        c.tile_freshness(TileId::new(14, 255, 255).unwrap(), Access::Public, 0),
+        TileFreshness::Fresh
+    );
+}
+
+#[test]
+fn membership_ttl_defaults_and_overrides() {
+    let t = tile(0, 0);
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        tile_ttl_ms: Some(2_000),
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    c.insert_tile(t, &[], None, Access::Public, 100).unwrap();
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 2_099),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 2_100),
+        TileFreshness::Unknown
+    );
+    c.insert_tile(t, &[], Some(50), Access::Public, 100)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 149),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 150),
+        TileFreshness::Unknown
+    );
+    let mut d = small(10, 10);
+    d.insert_tile(t, &[], None, Access::Public, 0).unwrap();
+    assert_eq!(
+        d.tile_freshness(t, Access::Public, 299_999),
+        TileFreshness::Fresh
+    );
+    assert_eq!(
+        d.tile_freshness(t, Access::Public, 300_000),
+        TileFreshness::Unknown
+    );
+}
+
+#[test]
+fn read_tile_counts_flags_and_refreshes() {
+    let t = tile(0, 0);
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        max_items: 3,
+        stale_while_revalidate_ms: 100,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let with_ttl = |ttl| ItemMeta {
+        ttl_ms: Some(ttl),
+        ..meta_in(t, 1)
+    };
+    c.insert("old", with_ttl(10), 1, 0, Priority::Visible)
+        .unwrap();
+    c.insert("stale", with_ttl(150), 2, 0, Priority::Visible)
+        .unwrap();
+    c.insert("fresh", with_ttl(1_000), 3, 0, Priority::Visible)
+        .unwrap();
+    c.insert_tile(
+        t,
+        &["fresh", "stale", "old", "never"],
+        None,
+        Access::Public,
+        0,
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let state = c.read_tile(t, Access::Public, 200, |it, stale| {
+        seen.push((*it.payload(), stale))
+    });
+    assert_eq!(state, TileFreshness::Partial(ids(&["old", "never"])));
+    assert_eq!(seen, [(3, false), (2, true)]);
+    let s = c.stats();
+    assert_eq!(
+        (s.hits, s.stale_hits, s.misses, s.expirations),
+        (1, 1, 2, 1)
+    );
+    assert!(!c.contains("old"));
+    // Recency: the read touched "fresh" then "stale"; a get on "stale" after x keeps
+    // "fresh" the LRU, so y (the fourth item) evicts it.
+    put(&mut c, "x", tile(3, 3), 1, Priority::Visible);
+    c.get("stale", Access::Public, 200);
+    put(&mut c, "y", tile(3, 3), 1, Priority::Visible);
+    assert!(!c.contains("fresh") && c.contains("stale"));
+    // An unknown tile shows and counts nothing.
+    let before = c.stats();
+    let state = c.read_tile(tile(9, 9), Access::Public, 0, |_, _| {
+        panic!("nothing to show")
+    });
+    assert_eq!(state, TileFreshness::Unknown);
+    assert_eq!(c.stats(), before);
+}
+
+#[test]
+fn read_tile_refreshes_item_recency() {
+    let t = tile(0, 0);
+    let mut c = small(3, 1000);
+    put(&mut c, "a", t, 1, Priority::Visible);
+    put(&mut c, "b", tile(1, 1), 1, Priority::Visible);
+    put(&mut c, "c", tile(1, 1), 1, Priority::Visible);
+    c.insert_tile(t, &["a"], None, Access::Public, 0).unwrap();
+    c.read_tile(t, Access::Public, 0, |_, _| {});
+    put(&mut c, "d", tile(1, 1), 1, Priority::Visible);
+    assert_eq!(held(&c), ["a", "c", "d"]);
+}

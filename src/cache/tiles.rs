@@ -1,0 +1,379 @@
+//! The tile index: per data tile, the ids the backend listed, when the list stops being
+//! fresh and the tier it was fetched at, in a second LRU bounded by `max_tiles` (visible
+//! tiles last to go); and what a tile's list and items add up to for a caller
+//! ([`TileFreshness`]).
+
+use std::sync::Arc;
+
+use super::{
+    check_id, expiry, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache, MAX_SPLIT_LEVELS,
+};
+use crate::access::Access;
+use crate::tile::TileId;
+
+/// What to refetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The tile's list (and its items).
+    Tile,
+    /// Just these items.
+    Ids(Vec<String>),
+}
+
+/// What the cache knows about a data tile, for one caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TileFreshness {
+    /// Membership fresh; every listed item the caller may see present and fresh.
+    Fresh,
+    /// Showable, but the membership and/or some items are within the stale-while-revalidate
+    /// window: `Tile` if the membership is stale, else the stale ids.
+    Stale(Refresh),
+    /// Not showable: the membership is known but some listed items are missing (evicted,
+    /// expired beyond the window, never arrived). `Ids(missing)`, or `Tile` when the
+    /// membership is stale, when more than half of the list is missing, or when the list
+    /// came from a coarser tile whose split was uncertain.
+    Partial(Refresh),
+    /// Never fetched, expired beyond the window, dropped from the tile index, fetched at a
+    /// tier below the caller's, or not a data-zoom tile.
+    Unknown,
+}
+
+impl TileFreshness {
+    /// Whether the tile can be shown now (`Fresh` or `Stale`).
+    pub fn is_showable(&self) -> bool {
+        matches!(self, TileFreshness::Fresh | TileFreshness::Stale(_))
+    }
+}
+
+/// Per data tile: the backend's list of ids, when it stops being fresh, and the tier of the
+/// request that produced it.
+#[derive(Debug, Clone)]
+pub(super) struct TileEntry {
+    pub(super) ids: Vec<Arc<str>>,
+    pub(super) expires_at_ms: u64,
+    pub(super) fetched_at: Access,
+    /// False when the list came from a coarser tile one of whose listed items had no known
+    /// position: this tile may be missing ids.
+    pub(super) complete: bool,
+}
+
+impl<P> ItemCache<P> {
+    /// Record a tile's membership: the ids the backend listed for it, inserted after the
+    /// items of the same response.
+    ///
+    /// `tile` is at the data zoom or up to [`MAX_SPLIT_LEVELS`] coarser. A coarser tile's list
+    /// is split onto every one of its data-zoom descendants by each item's position, so
+    /// descendants with no items are recorded as known-empty. If a listed id is not in the
+    /// cache its position is unknown, and no descendant is complete: each is then
+    /// `Partial(Refresh::Tile)`. (A data-zoom tile records its list as given, and is
+    /// `Partial` while an id is missing.) A listed item positioned outside a coarse tile is
+    /// left out of the split.
+    ///
+    /// Membership expires at `now_ms + ttl_ms.unwrap_or(tile_ttl)`. `fetched_at` is the tier
+    /// of the request; listed items held at a higher tier are left out of the list (a list
+    /// fetched at that tier cannot contain them). Duplicate ids count once. A new list
+    /// replaces the old one. If the split makes the index exceed `max_tiles`, the least
+    /// recently used entries go, visible tiles last, then the new empty descendants first.
+    ///
+    /// Errors (nothing changed): a tile finer than the data zoom ([`CacheError::TooFine`]),
+    /// too coarse ([`CacheError::TooCoarse`]), an invalid id ([`CacheError::InvalidItem`]).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemCache, TileFreshness};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let z12: TileId = "12/656/1430".parse().unwrap();
+    /// cache.insert_tile(z12, &[], None, Access::Public, 0).unwrap();
+    /// // All 16 data tiles inside are known to be empty.
+    /// let z14: TileId = "14/2624/5721".parse().unwrap();
+    /// assert_eq!(cache.tile_freshness(z14, Access::Public, 0), TileFreshness::Fresh);
+    /// assert!(cache.insert_tile("15/0/0".parse().unwrap(), &[], None, Access::Public, 0).is_err());
+    /// ```
+    pub fn insert_tile(
+        &mut self,
+        tile: TileId,
+        ids: &[&str],
+        ttl_ms: Option<u64>,
+        fetched_at: Access,
+        now_ms: u64,
+    ) -> Result<(), CacheError> {
+        let dz = self.config.tile_zoom;
+        if tile.z() > dz {
+            return Err(CacheError::TooFine {
+                tile,
+                tile_zoom: dz,
+            });
+        }
+        if dz - tile.z() > MAX_SPLIT_LEVELS {
+            return Err(CacheError::TooCoarse {
+                tile,
+                tile_zoom: dz,
+            });
+        }
+        for id in ids {
+            check_id(id)?;
+        }
+        let expires_at_ms = now_ms.saturating_add(self.config.tile_ttl(ttl_ms));
+
+        // Each distinct id once, with its data tile when held (None: position unknown).
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut listed: Vec<(Arc<str>, Option<TileId>)> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.items.peek(id) {
+                Some(item) if fetched_at.can_see(item.access) => {
+                    listed.push((Arc::clone(&item.id), Some(item.tile)));
+                }
+                Some(_) => {}
+                None => listed.push((Arc::from(id), None)),
+            }
+        }
+
+        if tile.z() == dz {
+            let mut ids = Vec::with_capacity(listed.len());
+            for (id, _) in listed {
+                ids.push(id);
+            }
+            let entry = TileEntry {
+                ids,
+                expires_at_ms,
+                fetched_at,
+                complete: true,
+            };
+            self.tiles.put(tile, entry);
+            self.trim_tiles();
+            return Ok(());
+        }
+
+        let descendants = tile.descendants(dz).map_err(|_| CacheError::TooCoarse {
+            tile,
+            tile_zoom: dz,
+        })?;
+        let complete = listed.iter().all(|(_, t)| t.is_some());
+        let mut by_tile: HashMap<TileId, Vec<Arc<str>>> = HashMap::new();
+        for (id, t) in listed {
+            if let Some(t) = t.filter(|&t| tile.contains(t)) {
+                by_tile.entry(t).or_default().push(id);
+            }
+        }
+        let mut filled = Vec::with_capacity(by_tile.len());
+        for d in descendants {
+            match by_tile.remove(&d) {
+                Some(ids) => filled.push((d, ids)),
+                None => {
+                    self.tiles.put(
+                        d,
+                        TileEntry {
+                            ids: Vec::new(),
+                            expires_at_ms,
+                            fetched_at,
+                            complete,
+                        },
+                    );
+                }
+            }
+        }
+        for (d, ids) in filled {
+            self.tiles.put(
+                d,
+                TileEntry {
+                    ids,
+                    expires_at_ms,
+                    fetched_at,
+                    complete,
+                },
+            );
+        }
+        self.trim_tiles();
+        Ok(())
+    }
+
+    /// Drops least-recently-used tile entries beyond `max_tiles`, visible tiles last.
+    pub(super) fn trim_tiles(&mut self) {
+        if self.tiles.len() <= self.config.max_tiles {
+            return;
+        }
+        let mut visible_held = 0;
+        for t in &self.visible {
+            if self.tiles.contains(t) {
+                visible_held += 1;
+            }
+        }
+        // Each visible entry is promoted at most once before a non-visible one is at the
+        // tail; the bound only guards against a broken count.
+        let mut budget = 2 * self.tiles.len() + 1;
+        while self.tiles.len() > self.config.max_tiles {
+            let Some((&t, _)) = self.tiles.peek_lru() else {
+                break;
+            };
+            let is_visible = self.visible.contains(&t);
+            if is_visible && visible_held < self.tiles.len() && budget > 0 {
+                budget -= 1;
+                self.tiles.promote(&t);
+            } else {
+                self.tiles.pop_lru();
+                if is_visible {
+                    visible_held = visible_held.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Classifies a held tile entry for `caller`.
+    pub(super) fn classify(&self, e: &TileEntry, caller: Access, now_ms: u64) -> TileFreshness {
+        if e.fetched_at < caller {
+            return TileFreshness::Unknown;
+        }
+        let swr = self.swr();
+        let membership_stale = match expiry(e.expires_at_ms, swr, now_ms) {
+            Expiry::Gone => return TileFreshness::Unknown,
+            f => f == Expiry::Stale,
+        };
+        if !e.complete {
+            return TileFreshness::Partial(Refresh::Tile);
+        }
+        let mut missing = Vec::new();
+        let mut stale = Vec::new();
+        for id in &e.ids {
+            match self.items.peek(&**id) {
+                None => missing.push(id.to_string()),
+                // Not shown to this caller, so it cannot leave a hole.
+                Some(item) if !caller.can_see(item.access) => {}
+                Some(item) => match expiry(item.expires_at_ms, swr, now_ms) {
+                    Expiry::Fresh => {}
+                    Expiry::Stale => stale.push(id.to_string()),
+                    Expiry::Gone => missing.push(id.to_string()),
+                },
+            }
+        }
+        if !missing.is_empty() {
+            if membership_stale || missing.len() * 2 > e.ids.len() {
+                TileFreshness::Partial(Refresh::Tile)
+            } else {
+                TileFreshness::Partial(Refresh::Ids(missing))
+            }
+        } else if membership_stale {
+            TileFreshness::Stale(Refresh::Tile)
+        } else if !stale.is_empty() {
+            TileFreshness::Stale(Refresh::Ids(stale))
+        } else {
+            TileFreshness::Fresh
+        }
+    }
+
+    /// The state of a data-zoom tile for a caller at tier `caller`. A list fetched at a tier
+    /// below the caller's is `Unknown` (it may lack items the caller may see); listed items
+    /// above the caller's tier are ignored; a listed id that is not held counts as missing
+    /// whatever its tier. Does not touch LRU order or counters. A tile at another zoom is
+    /// `Unknown`.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, Refresh, ItemCache, TileFreshness};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let t: TileId = "14/2624/5721".parse().unwrap();
+    /// assert_eq!(cache.tile_freshness(t, Access::Public, 0), TileFreshness::Unknown);
+    /// cache.insert_tile(t, &["gone", "a", "b"], None, Access::Public, 0).unwrap();
+    /// // None of the three items is held: more than half missing, refetch the tile.
+    /// assert_eq!(cache.tile_freshness(t, Access::Public, 0), TileFreshness::Partial(Refresh::Tile));
+    /// assert_eq!(cache.tile_freshness(t, Access::Agent, 0), TileFreshness::Unknown);
+    /// ```
+    pub fn tile_freshness(&self, tile: TileId, caller: Access, now_ms: u64) -> TileFreshness {
+        if tile.z() != self.config.tile_zoom {
+            return TileFreshness::Unknown;
+        }
+        match self.tiles.peek(&tile) {
+            Some(e) => self.classify(e, caller, now_ms),
+            None => TileFreshness::Unknown,
+        }
+    }
+
+    /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index
+    /// holds it (fresh or not, whatever the tier it was fetched at). Does not touch LRU order
+    /// or counters. A server uses it to report the remaining lifetime of a cached list.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemCache};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let t: TileId = "14/2624/5721".parse().unwrap();
+    /// assert_eq!(cache.tile_expires_at_ms(t), None);
+    /// cache.insert_tile(t, &[], Some(60_000), Access::Agent, 1_000).unwrap();
+    /// assert_eq!(cache.tile_expires_at_ms(t), Some(61_000));
+    /// ```
+    pub fn tile_expires_at_ms(&self, tile: TileId) -> Option<u64> {
+        self.tiles.peek(&tile).map(|e| e.expires_at_ms)
+    }
+
+    /// Read a visible tile: calls `sink(item, stale)` for each listed item that is held and
+    /// showable (fresh, or stale within the window) and that `caller` may see, in list
+    /// order. Counts a hit or stale hit for each of those and a miss for each listed id that
+    /// is absent or expired beyond the window (such an item is removed and counted in
+    /// `expirations`); refreshes the recency of the tile and the items shown. Returns the
+    /// tile's state as [`tile_freshness`](Self::tile_freshness) would have before the call; an
+    /// `Unknown` tile shows and counts nothing.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache, TileFreshness};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Agent, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("agent-only", meta, 'x', 0, Priority::Visible).unwrap();
+    /// let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+    /// cache.insert_tile(t, &["agent-only"], None, Access::Agent, 0).unwrap();
+    /// let mut n = 0;
+    /// assert_eq!(cache.read_tile(t, Access::Agent, 0, |_, _| n += 1), TileFreshness::Fresh);
+    /// assert_eq!(cache.read_tile(t, Access::Public, 0, |_, _| n += 1), TileFreshness::Fresh);
+    /// assert_eq!(n, 1); // the public caller saw nothing
+    /// ```
+    pub fn read_tile(
+        &mut self,
+        tile: TileId,
+        caller: Access,
+        now_ms: u64,
+        mut sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> TileFreshness {
+        let state = self.tile_freshness(tile, caller, now_ms);
+        if matches!(state, TileFreshness::Unknown) {
+            return state;
+        }
+        let ids = match self.tiles.get(&tile) {
+            Some(e) => e.ids.clone(),
+            None => return state,
+        };
+        for id in &ids {
+            // Items the caller may not see are not shown, so they count for nothing.
+            if let Some(stale) = self.count_lookup(id, caller, now_ms, false) {
+                if let Some(item) = self.items.get(&**id) {
+                    sink(item, stale);
+                }
+            }
+        }
+        state
+    }
+
+    /// Moves a listed id from its old tile's list to its new tile's list.
+    pub(super) fn move_listing(&mut self, id: &Arc<str>, from: TileId, to: TileId, access: Access) {
+        let mut was_listed = false;
+        if let Some(e) = self.tiles.peek_mut(&from) {
+            let before = e.ids.len();
+            e.ids.retain(|x| **x != **id);
+            was_listed = e.ids.len() != before;
+        }
+        if !was_listed {
+            return;
+        }
+        if let Some(e) = self.tiles.peek_mut(&to) {
+            if e.complete && e.fetched_at.can_see(access) && !e.ids.iter().any(|x| **x == **id) {
+                e.ids.push(Arc::clone(id));
+            }
+        }
+    }
+}

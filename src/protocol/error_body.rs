@@ -1,0 +1,193 @@
+//! Error bodies: `{"error": {"code": ..., "message": ...}}`, their codes and HTTP
+//! statuses, and the lenient reader a client uses.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{quote, ProtocolError};
+
+/// Largest error body [`decode_error`] reads; larger bodies give `None`.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest error message [`decode_error`] keeps, in characters; the rest is cut off.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+
+/// The `code` of an error body. Wire names are snake_case (`bad_request`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamError,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::Internal,
+    ];
+
+    /// The HTTP status to answer with: 400, 413, 415, 405, 404, 429, 502, 504, 500.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::NotFound => 404,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::UpstreamError => 502,
+            ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// A code for an HTTP error status when the body says nothing usable: the code with
+    /// that status, else `BadRequest` for other 4xx and `Internal` for anything else.
+    pub fn from_http_status(status: u16) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.http_status() == status)
+            .unwrap_or(if (400..500).contains(&status) {
+                ErrorCode::BadRequest
+            } else {
+                ErrorCode::Internal
+            })
+    }
+
+    /// The wire name, e.g. `"bad_request"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The code with wire name `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error body: `{"error":{"code":"bad_request","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireErrorEnvelope {
+    error: WireErrorFields,
+}
+
+#[derive(Deserialize)]
+struct WireErrorFields {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl ErrorBody {
+    /// The compact wire form.
+    ///
+    /// ```
+    /// use tilewarm::protocol::{ErrorBody, ErrorCode};
+    /// let e = ErrorBody { code: ErrorCode::RateLimited, message: "slow down".into() };
+    /// assert_eq!(e.to_json(), r#"{"error":{"code":"rate_limited","message":"slow down"}}"#);
+    /// ```
+    pub fn to_json(&self) -> String {
+        let envelope = ErrorEnvelope {
+            error: ErrorFields {
+                code: self.code,
+                message: self.message.as_str(),
+            },
+        };
+        // A code and a string always serialise, so this cannot fail.
+        serde_json::to_string(&envelope).unwrap_or_default()
+    }
+}
+
+impl From<&ProtocolError> for ErrorBody {
+    /// The body a server answers a bad request with: [`ProtocolError::code`] and the
+    /// error's message.
+    fn from(e: &ProtocolError) -> ErrorBody {
+        ErrorBody {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Reads an error body, leniently: unknown fields are ignored, a missing `message` is
+/// empty, a message longer than [`MAX_ERROR_MESSAGE_CHARS`] is cut. An unknown `code`
+/// (a newer server) becomes [`ErrorCode::Internal`] with the code appended to the message,
+/// e.g. `"nope (error code \"forbidden\")"`. Anything else — not JSON, no `error` object, a
+/// non-string code, a body over [`MAX_ERROR_BODY_BYTES`] — gives `None`; the caller can fall
+/// back to [`ErrorCode::from_http_status`].
+///
+/// ```
+/// use tilewarm::protocol::{decode_error, ErrorCode};
+/// let e = decode_error(br#"{"error":{"code":"upstream_timeout","message":"backend slow"}}"#).unwrap();
+/// assert_eq!(e.code, ErrorCode::UpstreamTimeout);
+/// assert!(decode_error(b"<html>502</html>").is_none());
+/// ```
+pub fn decode_error(body: &[u8]) -> Option<ErrorBody> {
+    if body.len() > MAX_ERROR_BODY_BYTES {
+        return None;
+    }
+    let envelope: WireErrorEnvelope = serde_json::from_slice(body).ok()?;
+    let WireErrorFields { code, message } = envelope.error;
+    let mut message = match message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        Some((end, _)) => message[..end].to_owned(),
+        None => message,
+    };
+    let code = match ErrorCode::from_name(&code) {
+        Some(c) => c,
+        None => {
+            message = format!("{message} (error code {})", quote(&code));
+            ErrorCode::Internal
+        }
+    };
+    Some(ErrorBody { code, message })
+}

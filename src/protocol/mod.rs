@@ -1,0 +1,86 @@
+//! The batch wire protocol: one `POST` with tiles and ids in, tile lists and items out.
+//!
+//! ```text
+//! request:  {"tiles": ["14/2624/5721", ...], "ids": ["...", ...], "access": "public"}
+//! response: {"tiles": [{"tile": "14/2624/5721", "ids": ["a", "b"], "ttl": 300}],
+//!            "items": [{"id": "a", "lon": -122.33, "lat": 47.61, "class": "off_market",
+//!                       "access": "public", "ttl": 14400, "data": {...any JSON...}}],
+//!            "missing": ["ids that do not exist"]}
+//! error:    4xx/5xx with {"error": {"code": "bad_request", "message": "..."}}
+//! ```
+//!
+//! Both directions are decoded here: [`decode_request`] for the server, [`decode_response`]
+//! and [`decode_error`] for the client. Decoding never panics; every failure is a
+//! [`ProtocolError`] whose message names the offending field and what is allowed.
+//!
+//! Files: `request.rs` ([`BatchRequest`], [`decode_request`]), `response.rs`
+//! ([`BatchResponse`], [`decode_response`]), `error_body.rs` ([`ErrorBody`], [`ErrorCode`],
+//! [`decode_error`]), `limits.rs` ([`Limits`]), `error.rs` ([`ProtocolError`]),
+//! `validate.rs` (the field checks) and `decode.rs` (the bounded serde decoding).
+//!
+//! # What the decoders accept
+//!
+//! - Unknown fields are ignored, at every level. A field given twice is an error.
+//! - In a request, `tiles` and `ids` may be absent or `null` (= empty) and `access` may be
+//!   absent or `null` (= `public`). A request with no tiles and no ids is an error.
+//! - In a response, `tiles`, `items` and `missing` may be absent or `null` (= empty); a tile
+//!   list's `ids` may be absent (= empty). `ttl` may be absent or `null`; otherwise it is a
+//!   whole number of seconds (an integer literal such as `300`, not `300.0`) in
+//!   `0..=`[`Limits::max_ttl_s`]. Every item needs `id`, `lon`, `lat`, `class`, `access` and
+//!   `data` (`data` may be any JSON value, `null` included).
+//! - Ids: non-empty, at most [`Limits::max_id_len`] bytes, no control characters
+//!   (`char::is_control`: U+0000–U+001F, U+007F–U+009F).
+//! - Classes: non-empty, at most [`Limits::max_class_len`] bytes of lowercase ASCII letters,
+//!   digits, `_` and `-`.
+//! - `lon` in −180..=180, `lat` in −90..=90, both finite. Numbers are parsed by serde_json's
+//!   default float parser, which may land one ulp (about 1e-14 degrees) from the correctly
+//!   rounded value; serde_json's `float_roundtrip` feature would make it exact.
+//! - A response must be self-consistent: each item id once, each tile once, every id in a
+//!   tile list present in `items`, and no id both in `items` and in `missing`.
+//!
+//! # What is bounded, and how
+//!
+//! - The body size is checked before anything is parsed ([`Limits::max_body_bytes`]).
+//! - Counts are enforced *while parsing*: request `tiles` and `ids`, response `tiles`,
+//!   `items`, `missing`, and each tile list's `ids`. Once a list reaches its maximum, the
+//!   remaining elements are skipped without being deserialised or allocated (only counted,
+//!   so the error can say how many there were). Counts are of entries as sent, duplicates
+//!   included.
+//! - Not bounded by a count, only by the body size: the total number of ids over all tile
+//!   lists (each list is bounded by [`Limits::max_items`]), the length of strings while they
+//!   are parsed (they are checked right after), and the size of `data` and of unknown
+//!   fields. `data` is kept as raw JSON text ([`RawData`]) and unknown fields are skipped;
+//!   serde_json skips both iteratively, so deep nesting there costs no stack. The
+//!   protocol's own objects nest a fixed three levels deep.
+//!
+//! ```
+//! use tilewarm::protocol::{decode_response, Limits};
+//! let body = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],
+//!   "items":[{"id":"a","lon":-122.33,"lat":47.61,"class":"off_market","access":"public",
+//!             "data":{"price":1}}]}"#;
+//! let resp = decode_response(body, &Limits::default()).unwrap();
+//! assert_eq!(resp.items[0].data.get(), r#"{"price":1}"#);
+//! assert!(resp.missing.is_empty());
+//! ```
+
+mod decode;
+mod error;
+mod error_body;
+mod limits;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use error::ProtocolError;
+pub use error_body::{
+    decode_error, ErrorBody, ErrorCode, MAX_ERROR_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS,
+};
+pub use limits::Limits;
+pub use request::{decode_request, BatchRequest};
+pub use response::{decode_response, BatchResponse, Item, RawData, TileList};
+pub use validate::{ttl_left_s, validate_item_fields};
+
+use error::{clip, quote};
+use validate::{check_body, check_id, check_ttl, dedup, parse_tile, ttl_from_wire};
