@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use tilewarm::access::Access;
 use tilewarm::batch::{Failure, Kind};
 use tilewarm::cache::Invalidate;
-use tilewarm::client::{Client, ClientConfig, Event, Send};
+use tilewarm::client::{Client, ClientConfig, Event, Transmit};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::Viewport;
 use tilewarm::tile::{TileId, TilePoint};
@@ -79,7 +79,7 @@ struct Harness {
     client: Client<String>,
     origin: Origin<String>,
     now: u64,
-    sent: Vec<Send>,
+    sent: Vec<Transmit>,
 }
 
 impl Harness {
@@ -123,7 +123,7 @@ impl Harness {
     }
 
     /// Sends everything that may go out, answering each from the origin, until quiet.
-    fn serve_all(&mut self) -> Vec<Send> {
+    fn serve_all(&mut self) -> Vec<Transmit> {
         let mut all = Vec::new();
         while let Some(s) = self.client.poll_request(self.now) {
             all.push(s);
@@ -132,7 +132,7 @@ impl Harness {
         while i < all.len() {
             let s = all[i].clone();
             let resp = self.origin.answer(&s.request, None);
-            self.client.on_response(s.id, resp, self.now).unwrap();
+            self.client.on_response(s.id, resp, self.now);
             while let Some(s) = self.client.poll_request(self.now) {
                 all.push(s);
             }
@@ -166,7 +166,7 @@ fn cold_view_fetches_once_then_shows_exactly_the_origin_items() {
     assert!(ids.is_empty());
     assert_eq!(out.missing.len(), out.visible);
     let sent = h.serve_all();
-    let fg: Vec<&Send> = sent.iter().filter(|s| s.kind == Kind::Foreground).collect();
+    let fg: Vec<&Transmit> = sent.iter().filter(|s| s.kind == Kind::Foreground).collect();
     assert_eq!(fg.len(), 1, "all visible tiles in one foreground batch");
     // Every visible data tile is asked for, directly or through a coarser tile (complete
     // 2x2 or 4x4 groups are coalesced), and nothing else.
@@ -214,7 +214,7 @@ fn zoomed_out_miss_is_fetched_as_coarse_tiles_and_shown_exactly() {
     assert_eq!(first.request.tiles.len(), 4, "{:?}", first.request.tiles);
     assert!(first.request.tiles.iter().all(|t| t.z() == 12));
     let r = h.origin.answer(&first.request, None);
-    h.client.on_response(first.id, r, h.now).unwrap();
+    h.client.on_response(first.id, r, h.now);
     assert!(h.client.is_complete());
     assert_eq!(h.items_in_view(), h.truth());
 }
@@ -276,7 +276,7 @@ fn per_class_ttl_expiry_refetches_only_expired_ids() {
         .iter()
         .all(|id| h.origin.get(id).unwrap().class == "off_market");
     assert!(shown_off_market, "{ids:?}");
-    let fg: Vec<Send> = h
+    let fg: Vec<Transmit> = h
         .serve_all()
         .into_iter()
         .filter(|s| s.kind == Kind::Foreground)
@@ -335,7 +335,7 @@ fn late_answer_from_before_a_tier_change_is_dropped() {
     let s = h.client.poll_request(h.now).unwrap();
     h.client.set_access(Access::Public, h.now);
     let resp = h.origin.answer(&s.request, None);
-    h.client.on_response(s.id, resp, h.now).unwrap();
+    h.client.on_response(s.id, resp, h.now);
     assert_eq!(h.client.stats().discarded_responses, 1);
     for it in h.origin.items() {
         if it.access > Access::Public {
@@ -353,7 +353,7 @@ fn invalidation_requeues_visible_tiles() {
     let one = shown[0].as_str();
     assert_eq!(h.client.invalidate(Invalidate::Ids(&[one]), h.now), 1);
     assert!(!h.client.is_complete());
-    let fg: Vec<Send> = h
+    let fg: Vec<Transmit> = h
         .serve_all()
         .into_iter()
         .filter(|s| s.kind == Kind::Foreground)
@@ -428,13 +428,13 @@ fn breaker_opens_for_prefetch_while_foreground_goes_on() {
     // A new view still sends foreground, and nothing else.
     h.now += 10;
     h.set(view(5.0, 5.0, 1.0, 1.0));
-    let sent: Vec<Send> = std::iter::from_fn(|| h.client.poll_request(h.now)).collect();
+    let sent: Vec<Transmit> = std::iter::from_fn(|| h.client.poll_request(h.now)).collect();
     assert!(!sent.is_empty());
     assert!(sent.iter().all(|s| s.kind == Kind::Foreground), "{sent:?}");
     // Answer them: success closes the breaker.
     for s in sent {
         let r = h.origin.answer(&s.request, None);
-        h.client.on_response(s.id, r, h.now).unwrap();
+        h.client.on_response(s.id, r, h.now);
     }
     assert!(!h.client.stats().breaker_open);
 }
@@ -446,16 +446,24 @@ fn invalid_or_incomplete_answers_are_errors_not_corruption() {
     let s = h.client.poll_request(h.now).unwrap();
     let mut bad = h.origin.answer(&s.request, None);
     bad.items[0].lat = 123.0;
-    assert!(h.client.on_response(s.id, bad, h.now).is_err());
+    h.client.on_response(s.id, bad, h.now);
     assert_eq!(
         h.client.cache().len(),
         0,
         "nothing from an invalid answer is cached"
     );
-    assert!(h
+    // Reported once, as an error event (the one channel for backend trouble).
+    let errors: Vec<Event> = h
         .events()
-        .iter()
-        .any(|e| matches!(e, Event::Error(f) if f.will_retry)));
+        .into_iter()
+        .filter(|e| matches!(e, Event::Error(_)))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        matches!(&errors[0], Event::Error(f) if f.will_retry
+            && matches!(&f.failure, Failure::Invalid(m) if m.contains("lat must be in -90..=90"))),
+        "{errors:?}"
+    );
     // The retry arrives without one of the requested tiles: an error for that tile, which
     // stays missing and is asked for again after a backoff (not at once).
     h.now = h.client.next_wakeup(h.now).unwrap();
@@ -463,7 +471,7 @@ fn invalid_or_incomplete_answers_are_errors_not_corruption() {
     assert!(s.attempt >= 1);
     let mut partial = h.origin.answer(&s.request, None);
     let dropped = partial.tiles.pop().unwrap().tile;
-    h.client.on_response(s.id, partial, h.now).unwrap();
+    h.client.on_response(s.id, partial, h.now);
     assert!(!h.client.is_complete());
     let ev = h.events();
     assert!(
@@ -503,7 +511,7 @@ fn a_tile_the_backend_never_lists_is_asked_for_with_a_growing_backoff() {
             }
             let mut r = h.origin.answer(&s.request, None);
             r.tiles.retain(|l| l.tile != omitted);
-            h.client.on_response(s.id, r, h.now).unwrap();
+            h.client.on_response(s.id, r, h.now);
         }
         errors += h
             .events()
@@ -684,7 +692,7 @@ fn missing_ids_are_forgotten_not_requested_forever() {
     assert_eq!(s.request.ids, vec!["nope", "h1"]);
     let r = h.origin.answer(&s.request, None);
     assert_eq!(r.missing, vec!["nope"]);
-    h.client.on_response(s.id, r, h.now).unwrap();
+    h.client.on_response(s.id, r, h.now);
     assert!(h.client.get("h1", h.now).is_some());
     assert!(h.client.poll_request(h.now).is_none());
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use proptest::prelude::*;
 use tilewarm::access::Access;
 use tilewarm::cache::{CacheConfig, Invalidate};
-use tilewarm::client::{Client, ClientConfig, Send};
+use tilewarm::client::{Client, ClientConfig, Transmit};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::Viewport;
 use tilewarm::protocol::BatchResponse;
@@ -117,7 +117,7 @@ struct World {
     client: Client<String>,
     origin: Origin<String>,
     tiers: HashMap<String, Access>,
-    out: Vec<Send>,
+    out: Vec<Transmit>,
     now: u64,
 }
 
@@ -217,7 +217,7 @@ impl World {
                         request.access = Access::Agent;
                     }
                     let r: BatchResponse<String> = self.origin.answer(&request, None);
-                    let _ = self.client.on_response(s.id, r, self.now);
+                    self.client.on_response(s.id, r, self.now);
                 }
             }
             Op::Fail => {

@@ -256,9 +256,9 @@ impl Shell for ClientShell {
         resp: BatchResponse<Size>,
         now: u64,
     ) -> Result<(), String> {
-        self.client
-            .on_response(id, resp, now)
-            .map_err(|e| e.to_string())
+        // The client reports a bad answer as an error event, not as a return value.
+        self.client.on_response(id, resp, now);
+        Ok(())
     }
     fn is_complete(&self, _now: u64) -> bool {
         self.client.is_complete()
@@ -295,15 +295,13 @@ impl Shell for NoneShell {
     }
     fn poll_request(&mut self, now: u64) -> Option<Req> {
         let pending = &self.pending;
-        let out = self.batcher.poll(now, |w| pending.contains(&w.tile()))?;
+        let out = self
+            .batcher
+            .poll(now, self.access, |w| pending.contains(&w.tile()))?;
         Some(Req {
             id: out.id,
             kind: out.kind,
-            request: BatchRequest {
-                tiles: out.tiles,
-                ids: out.ids,
-                access: self.access,
-            },
+            request: out.request,
         })
     }
     fn poll_cancel(&mut self) -> Option<RequestId> {

@@ -4,8 +4,10 @@ use super::backoff::Backoff;
 use super::breaker::Breaker;
 use super::queue::Queues;
 use super::{coalesce, BatchConfig, BatchConfigError, Failure, FailureOutcome, Finished, Kind};
-use super::{Outgoing, RequestId};
+use super::{RequestId, Transmit};
+use crate::access::Access;
 use crate::planner::Work;
+use crate::protocol::BatchRequest;
 use crate::tile::{TileId, TileSet};
 use crate::util::HashMap;
 
@@ -130,14 +132,19 @@ impl Batcher {
         self.queues.add_ids(ids, |id| in_flight.contains_key(id));
     }
 
-    /// The next request to send, if any may go out now. Call until it returns `None`.
-    /// `needed(work)` lets the caller drop queued work that became unnecessary (e.g. the
-    /// tile was filled by another response).
-    pub fn poll(&mut self, now_ms: u64, mut needed: impl FnMut(&Work) -> bool) -> Option<Outgoing> {
+    /// The next request to send, asking at tier `access`, if any may go out now. Call until
+    /// it returns `None`. `needed(work)` lets the caller drop queued work that became
+    /// unnecessary (e.g. the tile was filled by another response).
+    pub fn poll(
+        &mut self,
+        now_ms: u64,
+        access: Access,
+        mut needed: impl FnMut(&Work) -> bool,
+    ) -> Option<Transmit> {
         if self.in_flight.len() >= self.config.max_in_flight {
             return None;
         }
-        if let Some(out) = self.take(Kind::Foreground, now_ms, &mut needed) {
+        if let Some(out) = self.take(Kind::Foreground, now_ms, access, &mut needed) {
             return Some(out);
         }
         // Prefetch never takes the last free slot, so foreground can always start at once
@@ -151,7 +158,7 @@ impl Batcher {
         if !self.breaker.allows_prefetch(now_ms) {
             return None;
         }
-        let out = self.take(Kind::Prefetch, now_ms, &mut needed)?;
+        let out = self.take(Kind::Prefetch, now_ms, access, &mut needed)?;
         self.breaker.sent_prefetch(out.id);
         Some(out)
     }
@@ -161,8 +168,9 @@ impl Batcher {
         &mut self,
         kind: Kind,
         now_ms: u64,
+        access: Access,
         needed: &mut impl FnMut(&Work) -> bool,
-    ) -> Option<Outgoing> {
+    ) -> Option<Transmit> {
         let queue = std::mem::take(self.queues.of(kind));
         let (mut tiles, mut ids, mut works, mut keep): (
             Vec<TileId>,
@@ -273,11 +281,10 @@ impl Batcher {
             },
             deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
         });
-        Some(Outgoing {
+        Some(Transmit {
             id,
             kind,
-            tiles,
-            ids,
+            request: BatchRequest { tiles, ids, access },
             attempt,
             timeout_ms: self.config.timeout_ms,
         })

@@ -16,7 +16,7 @@
 //!   while the backend keeps failing. Foreground requests are never held back by it: a
 //!   slow backend must not stall the page any more than it has to (`breaker.rs`).
 //!
-//! Sans-IO: the caller sends [`Outgoing`] requests however it likes and reports back with
+//! Sans-IO: the caller sends [`Transmit`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
 //!
 //! Files: `config.rs` (settings), `request.rs` (what goes out, how it fails, what it was
@@ -36,7 +36,7 @@ mod tests;
 pub use batcher::{BatchStats, Batcher};
 pub use coalesce::coalesce;
 pub use config::{BatchConfig, BatchConfigError};
-pub use request::{Failure, FailureOutcome, Finished, Outgoing};
+pub use request::{Failure, FailureOutcome, Finished, Transmit};
 
 /// Identifies one request while it is in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,17 +1,21 @@
-//! A request's life as the batcher sees it: what goes out ([`Outgoing`]), how it can fail
+//! A request's life as the batcher sees it: what goes out ([`Transmit`]), how it can fail
 //! ([`Failure`]), and what it was for once it ends ([`Finished`], [`FailureOutcome`]).
 
 use super::{Kind, RequestId};
 use crate::planner::Work;
+use crate::protocol::BatchRequest;
 use crate::tile::TileId;
 
-/// A request to send: the tiles and ids to ask the batch endpoint for.
+/// A batch request to send, as [`Batcher::poll`](super::Batcher::poll) and
+/// [`Client::poll_request`](crate::client::Client::poll_request) hand it out. The shell
+/// POSTs `request` (its [`to_json`](BatchRequest::to_json)), aborts it after `timeout_ms`,
+/// and reports how it ended under `id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+pub struct Transmit {
     pub id: RequestId,
     pub kind: Kind,
-    pub tiles: Vec<TileId>,
-    pub ids: Vec<String>,
+    /// The tiles, ids and tier to ask the batch endpoint for.
+    pub request: BatchRequest,
     /// 0 for the first try.
     pub attempt: u32,
     /// Abort the request if it has not completed after this long.

@@ -230,9 +230,7 @@ impl Engine {
         let mut out = Out::default();
         match build_response(&nums, strs, objs) {
             // An invalid response is reported as a failure by the core itself.
-            Ok(r) => {
-                let _ = self.client.on_response(rid, r, now);
-            }
+            Ok(r) => self.client.on_response(rid, r, now),
             Err(reason) => self.client.on_failure(rid, Failure::Invalid(reason), now),
         }
         self.pump(&mut out, now);

@@ -5,8 +5,12 @@ mod breaker;
 mod coalesce;
 
 use super::*;
+use crate::access::Access;
 use crate::planner::Work;
 use crate::tile::TileId;
+
+/// The tier every test request asks at.
+const P: Access = Access::Public;
 
 fn t(x: u32) -> TileId {
     TileId::new(14, x, 100).unwrap()
@@ -27,31 +31,31 @@ fn groups_foreground_first_and_respects_sizes() {
     .unwrap();
     b.set_prefetch(tiles(100..103));
     b.set_foreground(tiles(0..6));
-    let r1 = b.poll(0, all).unwrap();
-    assert_eq!((r1.kind, r1.tiles.len()), (Kind::Foreground, 4));
-    let r2 = b.poll(0, all).unwrap();
-    assert_eq!((r2.kind, r2.tiles.len()), (Kind::Foreground, 2));
-    let r3 = b.poll(0, all).unwrap();
-    assert_eq!((r3.kind, r3.tiles.len()), (Kind::Prefetch, 3));
+    let r1 = b.poll(0, P, all).unwrap();
+    assert_eq!((r1.kind, r1.request.tiles.len()), (Kind::Foreground, 4));
+    let r2 = b.poll(0, P, all).unwrap();
+    assert_eq!((r2.kind, r2.request.tiles.len()), (Kind::Foreground, 2));
+    let r3 = b.poll(0, P, all).unwrap();
+    assert_eq!((r3.kind, r3.request.tiles.len()), (Kind::Prefetch, 3));
     // 3 in flight of 4: the last slot is kept for foreground.
     b.set_prefetch(tiles(200..203));
-    assert_eq!(b.poll(0, all), None);
+    assert_eq!(b.poll(0, P, all), None);
     b.set_foreground(tiles(300..301));
-    assert_eq!(b.poll(0, all).unwrap().kind, Kind::Foreground);
+    assert_eq!(b.poll(0, P, all).unwrap().kind, Kind::Foreground);
     assert_eq!(b.in_flight(), 4);
-    assert_eq!(b.poll(0, all), None);
+    assert_eq!(b.poll(0, P, all), None);
 }
 
 #[test]
 fn never_requests_in_flight_twice() {
     let mut b = Batcher::new(BatchConfig::default()).unwrap();
     b.set_foreground(tiles(0..3));
-    let r = b.poll(0, all).unwrap();
+    let r = b.poll(0, P, all).unwrap();
     b.set_foreground(tiles(0..5));
     b.set_prefetch(tiles(0..5));
-    let r2 = b.poll(0, all).unwrap();
-    assert_eq!(r2.tiles, vec![t(3), t(4)]);
-    assert_eq!(b.poll(0, all), None);
+    let r2 = b.poll(0, P, all).unwrap();
+    assert_eq!(r2.request.tiles, vec![t(3), t(4)]);
+    assert_eq!(b.poll(0, P, all), None);
     assert!(b.on_success(r.id).is_some());
     assert!(b.on_success(r.id).is_none());
 }
@@ -64,11 +68,11 @@ fn ids_respect_max_ids_and_dedup() {
     })
     .unwrap();
     b.request_ids(["a", "b", "c", "d", "a"]);
-    let r = b.poll(0, all).unwrap();
-    assert_eq!(r.ids, vec!["a", "b", "c"]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.ids, vec!["a", "b", "c"]);
     b.request_ids(["a", "d"]);
-    let r2 = b.poll(0, all).unwrap();
-    assert_eq!(r2.ids, vec!["d"]);
+    let r2 = b.poll(0, P, all).unwrap();
+    assert_eq!(r2.request.ids, vec!["d"]);
     assert!(b.is_id_in_flight("a"));
 }
 
@@ -81,14 +85,14 @@ fn retries_with_backoff_then_gives_up() {
     })
     .unwrap();
     b.set_foreground(tiles(0..1));
-    let r = b.poll(0, all).unwrap();
+    let r = b.poll(0, P, all).unwrap();
     let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &Failure::Timeout, 1000) else {
         panic!("should retry")
     };
     assert!((1050..=1100).contains(&at_ms), "{at_ms}");
-    assert_eq!(b.poll(at_ms - 1, all), None, "not before the backoff");
+    assert_eq!(b.poll(at_ms - 1, P, all), None, "not before the backoff");
     assert_eq!(b.next_wakeup(1000), Some(at_ms));
-    let r = b.poll(at_ms, all).unwrap();
+    let r = b.poll(at_ms, P, all).unwrap();
     assert_eq!(r.attempt, 1);
     let FailureOutcome::Retrying { at_ms: at2, .. } =
         b.on_failure(r.id, &Failure::Network("reset".into()), at_ms)
@@ -96,7 +100,7 @@ fn retries_with_backoff_then_gives_up() {
         panic!("should retry")
     };
     assert!((at_ms + 100..=at_ms + 200).contains(&at2), "{at2}");
-    let r = b.poll(at2, all).unwrap();
+    let r = b.poll(at2, P, all).unwrap();
     assert_eq!(r.attempt, 2);
     assert!(matches!(
         b.on_failure(r.id, &Failure::Timeout, at2),
@@ -127,7 +131,7 @@ fn backoff_keeps_growing_across_give_ups_until_a_success() {
     // Ten minutes against the dead backend.
     b.set_foreground(tiles(0..1));
     while now < 600_000 {
-        if let Some(r) = b.poll(now, all) {
+        if let Some(r) = b.poll(now, P, all) {
             sent_at.push(now);
             if matches!(b.on_failure(r.id, &dead, now), FailureOutcome::GaveUp(_)) {
                 gave_up += 1;
@@ -158,10 +162,10 @@ fn backoff_keeps_growing_across_give_ups_until_a_success() {
     // The backend recovers: the next attempt succeeds and the streak resets.
     b.set_foreground(tiles(0..1));
     let at = b.next_wakeup(now).unwrap_or(now);
-    let r = b.poll(at, all).unwrap();
+    let r = b.poll(at, P, all).unwrap();
     assert!(b.on_success(r.id).is_some());
     b.set_foreground(tiles(0..1));
-    let r = b.poll(at, all).unwrap();
+    let r = b.poll(at, P, all).unwrap();
     let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &dead, at) else {
         panic!("should retry")
     };
@@ -175,7 +179,7 @@ fn backoff_keeps_growing_across_give_ups_until_a_success() {
 fn client_errors_are_not_retried_and_retry_after_is_honoured() {
     let mut b = Batcher::new(BatchConfig::default()).unwrap();
     b.set_foreground(tiles(0..1));
-    let r = b.poll(0, all).unwrap();
+    let r = b.poll(0, P, all).unwrap();
     let bad = Failure::Http {
         status: 400,
         retry_after_ms: None,
@@ -185,7 +189,7 @@ fn client_errors_are_not_retried_and_retry_after_is_honoured() {
         FailureOutcome::GaveUp(_)
     ));
     b.set_foreground(tiles(1..2));
-    let r = b.poll(0, all).unwrap();
+    let r = b.poll(0, P, all).unwrap();
     let slow = Failure::Http {
         status: 429,
         retry_after_ms: Some(7000),
@@ -207,7 +211,7 @@ fn breaker_suspends_prefetch_not_foreground_and_probes() {
     .unwrap();
     for x in 0..2 {
         b.set_prefetch(tiles(x..x + 1));
-        let r = b.poll(0, all).unwrap();
+        let r = b.poll(0, P, all).unwrap();
         b.on_failure(
             r.id,
             &Failure::Http {
@@ -220,26 +224,26 @@ fn breaker_suspends_prefetch_not_foreground_and_probes() {
     assert!(b.breaker_open());
     assert_eq!(b.stats().breaker_opened, 1);
     b.set_prefetch(tiles(10..12));
-    assert_eq!(b.poll(500, all), None, "prefetch held while open");
+    assert_eq!(b.poll(500, P, all), None, "prefetch held while open");
     b.set_foreground(tiles(20..21));
     assert_eq!(
-        b.poll(500, all).unwrap().kind,
+        b.poll(500, P, all).unwrap().kind,
         Kind::Foreground,
         "foreground never held"
     );
     // After the cool-down, one probe.
-    let probe = b.poll(1000, all).unwrap();
+    let probe = b.poll(1000, P, all).unwrap();
     assert_eq!(probe.kind, Kind::Prefetch);
-    assert_eq!(b.poll(1000, all), None, "only one probe at a time");
+    assert_eq!(b.poll(1000, P, all), None, "only one probe at a time");
     // Probe fails: open again with a doubled cool-down.
     b.on_failure(probe.id, &Failure::Timeout, 1000);
     b.set_prefetch(tiles(30..31));
-    assert_eq!(b.poll(2999, all), None);
-    let probe = b.poll(3000, all).unwrap();
+    assert_eq!(b.poll(2999, P, all), None);
+    let probe = b.poll(3000, P, all).unwrap();
     b.on_success(probe.id);
     assert!(!b.breaker_open());
     b.set_prefetch(tiles(40..41));
-    assert!(b.poll(3000, all).is_some());
+    assert!(b.poll(3000, P, all).is_some());
 }
 
 #[test]
@@ -250,10 +254,10 @@ fn cancel_unwanted_prefetch_only() {
     })
     .unwrap();
     b.set_foreground(tiles(0..2));
-    let fg = b.poll(0, all).unwrap();
+    let fg = b.poll(0, P, all).unwrap();
     b.set_prefetch(tiles(10..14));
-    let p1 = b.poll(0, all).unwrap();
-    let p2 = b.poll(0, all).unwrap();
+    let p1 = b.poll(0, P, all).unwrap();
+    let p2 = b.poll(0, P, all).unwrap();
     let cancelled = b.cancel_unwanted(|tile| tile == t(12));
     assert_eq!(cancelled, vec![p1.id]);
     assert!(!b.is_tile_in_flight(t(10)));
@@ -274,8 +278,8 @@ fn overdue_and_needed_filter() {
     })
     .unwrap();
     b.set_foreground(tiles(0..3));
-    let r = b.poll(0, |w| w.tile() != t(1)).unwrap();
-    assert_eq!(r.tiles, vec![t(0), t(2)]);
+    let r = b.poll(0, P, |w| w.tile() != t(1)).unwrap();
+    assert_eq!(r.request.tiles, vec![t(0), t(2)]);
     assert!(b.overdue(99).is_empty());
     assert_eq!(b.overdue(100), vec![r.id]);
     assert_eq!(b.next_wakeup(0), Some(100));
@@ -299,14 +303,14 @@ fn a_zoomed_out_miss_goes_out_as_few_coarse_tiles() {
         .map(Work::Tile)
         .collect();
     b.set_foreground(works);
-    let r = b.poll(0, all).unwrap();
+    let r = b.poll(0, P, all).unwrap();
     assert_eq!(
-        r.tiles,
+        r.request.tiles,
         parents[..2].to_vec(),
         "two coarse tiles fill the request"
     );
-    let r2 = b.poll(0, all).unwrap();
-    assert_eq!(r2.tiles, vec![parents[2]]);
+    let r2 = b.poll(0, P, all).unwrap();
+    assert_eq!(r2.request.tiles, vec![parents[2]]);
     // Every data tile is tracked as in flight, and an answer frees all of them.
     assert!(parents[0]
         .descendants(14)

@@ -1,0 +1,427 @@
+//! The client engine: cache + planner + batcher behind one sans-IO state machine, in the
+//! shape of quinn-proto's `Connection`: values and time in, requests, events and a
+//! wake-up time out, no I/O.
+//!
+//! Every shell (the wasm package, the simulator, the tests) drives it the same way:
+//!
+//! 1. [`Client::set_viewport`] when the map moves: it reads what the cache has for the view
+//!    (one pass, items handed to a sink), plans foreground and prefetch work, and queues it.
+//! 2. [`Client::poll_request`] until `None`: each [`Transmit`] is one batch request to
+//!    POST. [`Client::poll_cancel`] names in-flight prefetches to abort.
+//! 3. [`Client::on_response`] / [`Client::on_failure`] when a request ends.
+//! 4. [`Client::poll_event`] for what to tell the page: new data in view, view complete,
+//!    errors. [`Client::next_wakeup`] says when to call [`Client::handle_timeout`] if
+//!    nothing else happens (retry backoff, breaker probe, request deadline); that is the
+//!    one way time passes for the engine.
+//!
+//! The engine never blocks and never fails on backend trouble. Failed requests and bad
+//! answers have one channel: an [`Event::Error`] (and a counter); `on_response` and
+//! `on_failure` return nothing. What is cached stays usable. The only errors returned are
+//! the caller's: a bad configuration ([`ClientConfigError`]) and a viewport too large to
+//! plan ([`ViewTooLarge`]).
+//!
+//! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `config.rs`,
+//! `event.rs`, `stats.rs`, `payload.rs`; tests in `tests.rs`.
+
+mod config;
+mod event;
+mod payload;
+mod response;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use config::{ClientConfig, ClientConfigError, ViewTooLarge};
+pub use event::{Event, FetchError, TileState, ViewOutcome};
+pub use payload::Payload;
+pub use stats::ClientStats;
+
+/// The batch layer's types the client speaks in, re-exported: requests go out as
+/// [`Transmit`]s under a [`RequestId`], of a [`Kind`], and end in a response or a
+/// [`Failure`].
+pub use crate::batch::{Failure, Kind, RequestId, Transmit};
+
+use std::collections::VecDeque;
+
+use crate::access::Access;
+use crate::batch::Batcher;
+use crate::cache::{CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
+use crate::planner::{Planner, Viewport, Work};
+use crate::protocol::Limits;
+use crate::tile::{TileId, TileSet};
+use crate::util::HashMap;
+
+/// Bytes of bookkeeping per cached item on top of its id, class and payload.
+const ITEM_OVERHEAD_BYTES: usize = 96;
+
+/// Most prefetched tiles remembered for the used/wasted counters.
+const MAX_PREFETCH_MARKS: usize = 8192;
+
+/// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
+/// natively).
+pub struct Client<P> {
+    cache: ItemCache<P>,
+    planner: Planner,
+    batcher: Batcher,
+    limits: Limits,
+    access: Access,
+    viewport: Option<Viewport>,
+    visible: Vec<TileId>,
+    visible_set: TileSet,
+    /// Access tier each request the batcher tracks was sent with. A `Vec` searched linearly
+    /// rather than a hash map (one hash table type fewer in the wasm): an entry goes when
+    /// the batcher stops tracking its request (answer, failure, cancel), so it holds at most
+    /// `max_in_flight` (at most 64) entries.
+    request_access: Vec<(RequestId, Access)>,
+    cancels: VecDeque<RequestId>,
+    events: VecDeque<Event>,
+    /// Prefetched tiles not shown yet, with when they arrived.
+    prefetched: HashMap<TileId, u64>,
+    complete: bool,
+    items_fetched: u64,
+    prefetch_tiles_fetched: u64,
+    prefetch_tiles_used: u64,
+    prefetch_tiles_wasted: u64,
+    errors: u64,
+    discarded: u64,
+    viewports: u64,
+    viewports_complete: u64,
+    /// Answers in a row after which some visible tile could not be kept (see
+    /// [`Client::on_response`]); grows their backoff, reset by a new viewport.
+    unkept_rounds: u32,
+}
+
+impl<P: Payload> Client<P> {
+    /// A client with a checked configuration.
+    pub fn new(config: ClientConfig) -> Result<Client<P>, ClientConfigError> {
+        if config.cache.tile_zoom != config.planner.tile_zoom {
+            return Err(ClientConfigError::ZoomMismatch {
+                cache: config.cache.tile_zoom,
+                planner: config.planner.tile_zoom,
+            });
+        }
+        Ok(Client {
+            cache: ItemCache::new(config.cache)?,
+            planner: Planner::new(config.planner)?,
+            batcher: Batcher::new(config.batch)?,
+            limits: config.limits,
+            access: config.access,
+            viewport: None,
+            visible: Vec::new(),
+            visible_set: TileSet::default(),
+            request_access: Vec::new(),
+            cancels: VecDeque::new(),
+            events: VecDeque::new(),
+            prefetched: HashMap::new(),
+            complete: true,
+            items_fetched: 0,
+            prefetch_tiles_fetched: 0,
+            prefetch_tiles_used: 0,
+            prefetch_tiles_wasted: 0,
+            errors: 0,
+            discarded: 0,
+            viewports: 0,
+            viewports_complete: 0,
+            unkept_rounds: 0,
+        })
+    }
+
+    /// The cache, for reads that do not change it.
+    pub fn cache(&self) -> &ItemCache<P> {
+        &self.cache
+    }
+
+    /// The planner.
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    /// The caller's access tier.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Visible data tiles of the current viewport.
+    pub fn visible_tiles(&self) -> &[TileId] {
+        &self.visible
+    }
+
+    /// Whether every visible tile can be shown.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The map moved. Reads the view from the cache into `sink(item, stale)` (one call
+    /// per item, no copies), plans foreground and prefetch work and queues it. Errors only
+    /// for a viewport wider than `max_visible_tiles` data tiles; nothing is read or queued
+    /// then.
+    pub fn set_viewport(
+        &mut self,
+        viewport: Viewport,
+        now_ms: u64,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> Result<ViewOutcome, ViewTooLarge> {
+        let access = self.access;
+        let cache = &self.cache;
+        let batcher = &self.batcher;
+        let mut plan = self
+            .planner
+            .plan(
+                &viewport,
+                now_ms,
+                |t| cache.tile_freshness(t, access, now_ms),
+                |t| batcher.is_tile_in_flight(t),
+            )
+            .map_err(|_| {
+                // A round fails only on a cover over `max_visible_tiles` (a
+                // `TileError::TooManyTiles`): the viewport and the planner's config were
+                // checked when they were made.
+                let config = self.planner.config();
+                ViewTooLarge {
+                    max: config.max_visible_tiles,
+                    tile_zoom: config.tile_zoom,
+                }
+            })?;
+        if self.viewport.as_ref() != Some(&viewport) {
+            self.unkept_rounds = 0;
+        }
+        self.viewport = Some(viewport);
+        self.visible = std::mem::take(&mut plan.visible);
+        self.visible_set = TileSet::new(self.visible.iter().copied());
+        self.cache.set_visible(&self.visible);
+        for t in &self.visible {
+            if self.prefetched.remove(t).is_some() {
+                self.prefetch_tiles_used += 1;
+            }
+        }
+        let outcome = self.read_view(now_ms, sink);
+        self.viewports += 1;
+        if outcome.complete {
+            self.viewports_complete += 1;
+        }
+        self.batcher
+            .set_foreground(std::mem::take(&mut plan.foreground));
+        let mut background = std::mem::take(&mut plan.refresh);
+        background.append(&mut plan.prefetch);
+        self.batcher.set_prefetch(background);
+        for id in self.batcher.cancel_unwanted(|t| plan.wants(t)) {
+            self.sent_with(id);
+            self.cancels.push_back(id);
+        }
+        Ok(outcome)
+    }
+
+    /// Reads the current view again (after [`Event::Updated`]) without planning.
+    pub fn view_items(
+        &mut self,
+        now_ms: u64,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> ViewOutcome {
+        self.read_view(now_ms, sink)
+    }
+
+    fn read_view(&mut self, now_ms: u64, mut sink: impl FnMut(&CacheItem<P>, bool)) -> ViewOutcome {
+        let mut out = ViewOutcome {
+            visible: self.visible.len(),
+            ..ViewOutcome::default()
+        };
+        for &t in &self.visible {
+            let state = self.cache.read_tile(t, self.access, now_ms, |item, stale| {
+                out.items += 1;
+                out.stale |= stale;
+                sink(item, stale);
+            });
+            if !state.is_showable() {
+                out.missing.push(t);
+            }
+        }
+        out.complete = out.missing.is_empty();
+        self.complete = out.complete;
+        out
+    }
+
+    /// The next batch request to send, if one may go out now. Call until `None`.
+    pub fn poll_request(&mut self, now_ms: u64) -> Option<Transmit> {
+        let (cache, access) = (&self.cache, self.access);
+        let out = self.batcher.poll(now_ms, access, |w| {
+            cache.tile_freshness(w.tile(), access, now_ms) != TileFreshness::Fresh
+        })?;
+        self.request_access.push((out.id, access));
+        Some(out)
+    }
+
+    /// An in-flight request to abort (no longer wanted, or past its deadline). Its late
+    /// answer is ignored.
+    pub fn poll_cancel(&mut self) -> Option<RequestId> {
+        self.cancels.pop_front()
+    }
+
+    /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
+    /// the request.
+    fn sent_with(&mut self, id: RequestId) -> Option<Access> {
+        let i = self.request_access.iter().position(|&(r, _)| r == id)?;
+        Some(self.request_access.swap_remove(i).1)
+    }
+
+    /// The next event for the page.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether each visible tile can be shown now, in [`Client::visible_tiles`] order.
+    fn showable_visible(&self, now_ms: u64) -> Vec<bool> {
+        let mut showable = Vec::with_capacity(self.visible.len());
+        for &t in &self.visible {
+            showable.push(
+                self.cache
+                    .tile_freshness(t, self.access, now_ms)
+                    .is_showable(),
+            );
+        }
+        showable
+    }
+
+    /// Each visible tile's state for the caller, in [`Client::visible_tiles`] order.
+    fn visible_states(&self, now_ms: u64) -> Vec<TileFreshness> {
+        let mut states = Vec::with_capacity(self.visible.len());
+        for &t in &self.visible {
+            states.push(self.cache.tile_freshness(t, self.access, now_ms));
+        }
+        states
+    }
+
+    /// Re-derives the foreground queue from the visible tiles (after failures,
+    /// invalidation or a tier change), so a visible tile is never left unrequested.
+    /// Returns whether every visible tile can be shown.
+    fn refresh_foreground(&mut self, now_ms: u64) -> bool {
+        let states = self.visible_states(now_ms);
+        self.queue_foreground(states)
+    }
+
+    /// Queues as foreground work the visible tiles that cannot be shown and are not in
+    /// flight, from their `states` (in [`Client::visible_tiles`] order). Returns whether
+    /// every visible tile can be shown.
+    fn queue_foreground(&mut self, states: Vec<TileFreshness>) -> bool {
+        let mut works = Vec::new();
+        let mut complete = true;
+        for (&t, st) in self.visible.iter().zip(states) {
+            if st.is_showable() {
+                continue;
+            }
+            complete = false;
+            if !self.batcher.is_tile_in_flight(t) {
+                if let Some(w) = Work::from_state(t, st) {
+                    works.push(w);
+                }
+            }
+        }
+        self.batcher.set_foreground(works);
+        complete
+    }
+
+    /// When to call [`Client::handle_timeout`] if nothing else happens first.
+    pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        self.batcher.next_wakeup(now_ms)
+    }
+
+    /// Time passed: requests past their deadline fail with [`Failure::Timeout`] and are
+    /// named by [`Client::poll_cancel`] for the shell to abort, and work whose backoff
+    /// ended becomes sendable (then call [`Client::poll_request`]).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        for id in self.batcher.overdue(now_ms) {
+            self.cancels.push_back(id);
+            self.on_failure(id, Failure::Timeout, now_ms);
+        }
+    }
+
+    /// Changes the caller's tier. Lowering it drops every cached item and tile list above
+    /// the new tier at once; raising it makes tile lists fetched at a lower tier incomplete.
+    /// Visible tiles that became incomplete are queued again.
+    pub fn set_access(&mut self, access: Access, now_ms: u64) {
+        if access < self.access {
+            self.cache.drop_above(access);
+        }
+        self.access = access;
+        self.complete = self.refresh_foreground(now_ms);
+    }
+
+    /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
+    pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
+        let n = self.cache.invalidate(what);
+        self.complete = self.refresh_foreground(now_ms);
+        n
+    }
+
+    /// One item by id, from the cache (counts a hit or a miss). A miss queues the id for
+    /// a foreground fetch; call [`Client::poll_request`] after.
+    pub fn get(&mut self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
+        if self.cache.peek(id, self.access, now_ms).is_none() {
+            self.batcher.request_ids([id]);
+        }
+        self.cache.get(id, self.access, now_ms)
+    }
+
+    /// Queues ids for a foreground fetch (those not fresh in the cache).
+    pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>, now_ms: u64) {
+        let (cache, access) = (&self.cache, self.access);
+        let wanted: Vec<&str> = ids
+            .into_iter()
+            .filter(|id| cache.peek(id, access, now_ms).is_none_or(|l| l.stale))
+            .collect();
+        self.batcher.request_ids(wanted);
+    }
+
+    /// Queues data tiles as prefetch work behind the planner's, for a caller that knows
+    /// where the user goes next (a search result, a route, a recorded session). Tiles at
+    /// another zoom, fresh in the cache or in flight are skipped. The next
+    /// [`Client::set_viewport`] replaces the prefetch queue, so call this after it.
+    /// Returns the tiles queued.
+    pub fn warm(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        let tile_zoom = self.cache.config().tile_zoom;
+        let works: Vec<Work> = tiles
+            .iter()
+            .filter(|t| t.z() == tile_zoom && !self.batcher.is_tile_in_flight(**t))
+            .filter_map(|&t| Work::from_state(t, self.cache.tile_freshness(t, self.access, now_ms)))
+            .collect();
+        let n = works.len();
+        self.batcher.extend_prefetch(works);
+        n
+    }
+
+    /// Display state of a data tile.
+    pub fn tile_state(&self, tile: TileId, now_ms: u64) -> TileState {
+        if self.batcher.is_tile_in_flight(tile) {
+            return TileState::InFlight;
+        }
+        if !self
+            .cache
+            .tile_freshness(tile, self.access, now_ms)
+            .is_showable()
+        {
+            return TileState::Missing;
+        }
+        if self.prefetched.contains_key(&tile) {
+            TileState::Prefetched
+        } else {
+            TileState::Loaded
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            cache: self.cache.stats(),
+            batch: self.batcher.stats(),
+            items_fetched: self.items_fetched,
+            prefetch_tiles_fetched: self.prefetch_tiles_fetched,
+            prefetch_tiles_used: self.prefetch_tiles_used,
+            prefetch_tiles_wasted: self.prefetch_tiles_wasted,
+            errors: self.errors,
+            discarded_responses: self.discarded,
+            in_flight: self.batcher.in_flight(),
+            breaker_open: self.batcher.breaker_open(),
+            viewports: self.viewports,
+            viewports_complete: self.viewports_complete,
+        }
+    }
+}

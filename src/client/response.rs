@@ -1,0 +1,261 @@
+//! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
+
+use super::{
+    Client, Event, Failure, FetchError, Kind, Payload, RequestId, ITEM_OVERHEAD_BYTES,
+    MAX_PREFETCH_MARKS,
+};
+use crate::batch::FailureOutcome;
+use crate::cache::{ItemMeta, Priority, TileFreshness};
+use crate::planner::Work;
+use crate::protocol::{BatchResponse, Item, TileList};
+use crate::tile::{TileId, TileSet};
+use crate::util::sort_pairs;
+
+impl<P: Payload> Client<P> {
+    /// A request answered. The response is validated; items and tile lists go into the
+    /// cache. An invalid response is handled as [`Failure::Invalid`] (retried per the batch
+    /// config) and reported like any failed request, as an [`Event::Error`]; the cache is
+    /// unchanged then. A late answer (cancelled, or past its deadline) is ignored.
+    ///
+    /// The steps: validate; settle the request with the batcher (tiles the answer left out
+    /// back off); drop an answer sent under another tier; note which visible tiles were
+    /// showable; ingest items, missing ids and tile lists; report left-out tiles; read each
+    /// visible tile's state once; back off visible tiles the cache could not keep; queue
+    /// the foreground again from the same states; tell the page.
+    pub fn on_response(&mut self, id: RequestId, response: BatchResponse<P>, now_ms: u64) {
+        if let Err(e) = response.validate(&self.limits) {
+            self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
+            return;
+        }
+        let sent_with = self.sent_with(id);
+        // Data tiles the request was for that no tile list in the answer covers (the list
+        // of the tile or of an ancestor) back off in the batcher and become an error below.
+        let listed = TileSet::new(response.tiles.iter().map(|l| l.tile));
+        let covered = |t: TileId| covers(&listed, t);
+        let Some((finished, unanswered)) = self.batcher.on_answer(id, covered, now_ms) else {
+            return; // cancelled or unknown: its tiles were not wanted any more
+        };
+        if sent_with != Some(self.access) {
+            // The tier changed while it was out: its lists are for another tier, and its
+            // items may be above the current one. Drop it; the next round asks again.
+            self.discarded += 1;
+            self.refresh_foreground(now_ms);
+            return;
+        }
+        let was_complete = self.complete;
+        let shown_before = self.showable_visible(now_ms);
+        let BatchResponse {
+            tiles,
+            items,
+            missing,
+        } = response;
+        let mut touched_visible = self.ingest_items(items, finished.kind, now_ms);
+        if !missing.is_empty() {
+            let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
+            self.cache.forget_ids(&ids);
+        }
+        touched_visible |= self.ingest_lists(&tiles, finished.kind, now_ms);
+        if !unanswered.is_empty() {
+            self.report_unanswered(id, finished.kind, unanswered);
+        }
+        let states = self.visible_states(now_ms);
+        let answered = TileSet::new(finished.works.iter().filter_map(|w| match w {
+            Work::Tile(t) if covered(*t) => Some(*t),
+            _ => None,
+        }));
+        self.back_off_unkept(id, finished.kind, &states, &shown_before, &answered, now_ms);
+        let now_complete = self.queue_foreground(states);
+        if touched_visible {
+            self.events.push_back(Event::Updated);
+        }
+        self.complete = now_complete;
+        if now_complete && !was_complete {
+            self.events.push_back(Event::Complete);
+        }
+    }
+
+    /// A request failed (timeout, network, HTTP error, undecodable answer, or aborted by the
+    /// shell). Never fails: the error becomes an [`Event::Error`] and a counter (an abort
+    /// is silent).
+    pub fn on_failure(&mut self, id: RequestId, failure: Failure, now_ms: u64) {
+        self.sent_with(id);
+        let outcome = self.batcher.on_failure(id, &failure, now_ms);
+        let (finished, will_retry) = match outcome {
+            FailureOutcome::Unknown => return,
+            FailureOutcome::Retrying { request, .. } => (request, true),
+            FailureOutcome::GaveUp(request) => (request, false),
+        };
+        if matches!(failure, Failure::Aborted) {
+            return;
+        }
+        self.errors += 1;
+        self.events.push_back(Event::Error(FetchError {
+            request: id,
+            kind: finished.kind,
+            tiles: finished.tiles().collect(),
+            failure,
+            will_retry,
+        }));
+        if !will_retry {
+            self.refresh_foreground(now_ms);
+        }
+    }
+
+    /// Puts an answer's items into the cache (those the caller may see); returns whether
+    /// any is in a visible tile. Items for the view, or from a foreground request, are
+    /// inserted as [`Priority::Visible`], the rest as prefetch.
+    fn ingest_items(&mut self, items: Vec<Item<P>>, kind: Kind, now_ms: u64) -> bool {
+        let tile_zoom = self.cache.config().tile_zoom;
+        let mut touched_visible = false;
+        self.items_fetched += items.len() as u64;
+        for item in items {
+            if !self.access.can_see(item.access) {
+                continue; // a server that ignores tiers must not put them in our cache
+            }
+            let data_tile = TileId::from_lon_lat(item.lon, item.lat, tile_zoom).ok();
+            let visible = data_tile.is_some_and(|t| self.visible_set.contains(t));
+            touched_visible |= visible;
+            let priority = if visible || kind == Kind::Foreground {
+                Priority::Visible
+            } else {
+                Priority::Prefetch
+            };
+            let size_bytes =
+                ITEM_OVERHEAD_BYTES + item.id.len() + item.class.len() + item.data.size_bytes();
+            let meta = ItemMeta {
+                lon: item.lon,
+                lat: item.lat,
+                class: item.class,
+                access: item.access,
+                ttl_ms: item.ttl.map(|s| s as u64 * 1000),
+                size_bytes,
+            };
+            // Validated above; an item the cache still refuses is skipped, not fatal.
+            let _ = self
+                .cache
+                .insert(&item.id, meta, item.data, now_ms, priority);
+        }
+        touched_visible
+    }
+
+    /// Records an answer's tile lists at the caller's tier; returns whether any covers a
+    /// visible tile. A prefetch's lists mark their data tiles as prefetched.
+    fn ingest_lists(&mut self, lists: &[TileList], kind: Kind, now_ms: u64) -> bool {
+        let tile_zoom = self.cache.config().tile_zoom;
+        let mut touched_visible = false;
+        for list in lists {
+            let ids: Vec<&str> = list.ids.iter().map(String::as_str).collect();
+            let ttl = list.ttl.map(|s| s as u64 * 1000);
+            if self
+                .cache
+                .insert_tile(list.tile, &ids, ttl, self.access, now_ms)
+                .is_err()
+            {
+                continue;
+            }
+            // The list's tile itself at the data zoom; none for a finer tile.
+            for t in list.tile.descendants(tile_zoom).unwrap_or_default() {
+                if self.visible_set.contains(t) {
+                    touched_visible = true;
+                } else if kind == Kind::Prefetch {
+                    self.mark_prefetched(t, now_ms);
+                }
+            }
+        }
+        touched_visible
+    }
+
+    /// Tiles the answer left out are an error, or a visible one would be asked for again
+    /// at once, for ever. (The batcher already holds them back.)
+    fn report_unanswered(&mut self, id: RequestId, kind: Kind, unanswered: Vec<TileId>) {
+        self.errors += 1;
+        self.events.push_back(Event::Error(FetchError {
+            request: id,
+            kind,
+            failure: Failure::Invalid(format!(
+                "the answer leaves out {} of the requested tiles (first {}); every requested tile must be listed, empty or not",
+                unanswered.len(),
+                unanswered[0]
+            )),
+            tiles: unanswered,
+            will_retry: false,
+        }));
+    }
+
+    /// Visible tiles this answer covered, or that were showable before it, that cannot be
+    /// shown now: the view needs more items or bytes than the cache may hold (inserting
+    /// one visible tile evicted another), or the lists name items above the tier. Asking
+    /// for them again at once would loop for ever, tile after tile, so they back off and
+    /// are reported.
+    fn back_off_unkept(
+        &mut self,
+        id: RequestId,
+        kind: Kind,
+        states: &[TileFreshness],
+        shown_before: &[bool],
+        answered: &TileSet,
+        now_ms: u64,
+    ) {
+        let mut unkept = Vec::new();
+        for ((&t, state), &before) in self.visible.iter().zip(states).zip(shown_before) {
+            if (before || answered.contains(t)) && !state.is_showable() {
+                unkept.push(t);
+            }
+        }
+        if unkept.is_empty() {
+            self.unkept_rounds = 0;
+            return;
+        }
+        // The tiles take turns evicting each other, and each one's success resets its own
+        // backoff: the streak that grows the delay is the view's, not the tile's.
+        self.unkept_rounds = self.unkept_rounds.saturating_add(1);
+        self.batcher.back_off(&unkept, self.unkept_rounds, now_ms);
+        let config = self.cache.config();
+        self.errors += 1;
+        self.events.push_back(Event::Error(FetchError {
+            request: id,
+            kind,
+            failure: Failure::Invalid(format!(
+                "{} answered tiles could not be kept (first {}): the view needs more than \
+                 the cache holds (max_items {}, max_bytes {}), or the answer's lists name \
+                 items above the caller's tier; they are asked for again after a backoff",
+                unkept.len(),
+                unkept[0],
+                config.max_items,
+                config.max_bytes
+            )),
+            tiles: unkept,
+            will_retry: false,
+        }));
+    }
+
+    fn mark_prefetched(&mut self, t: TileId, now_ms: u64) {
+        self.prefetch_tiles_fetched += 1;
+        if self.prefetched.len() >= MAX_PREFETCH_MARKS {
+            // Forget the oldest half: they were fetched and never shown.
+            let mut ages: Vec<(u64, u64)> = self.prefetched.values().map(|&at| (at, 0)).collect();
+            sort_pairs(&mut ages);
+            let cutoff = ages[ages.len() / 2].0;
+            let before = self.prefetched.len();
+            self.prefetched.retain(|_, at| *at > cutoff);
+            self.prefetch_tiles_wasted += (before - self.prefetched.len()) as u64;
+        }
+        if self.prefetched.insert(t, now_ms).is_some() {
+            // Fetched again before being shown: the first fetch was wasted.
+            self.prefetch_tiles_wasted += 1;
+        }
+    }
+}
+
+/// Whether `listed` holds `t` or one of its ancestors: a tile list covers its tile's
+/// descendants.
+fn covers(listed: &TileSet, t: TileId) -> bool {
+    let mut a = Some(t);
+    while let Some(tile) = a {
+        if listed.contains(tile) {
+            return true;
+        }
+        a = tile.parent();
+    }
+    false
+}

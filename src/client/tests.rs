@@ -1,0 +1,205 @@
+//! The client's own surface: its error types, the one outgoing type, the one error
+//! channel and the one way time passes. End-to-end behaviour is in `tests/integration.rs`.
+
+use super::*;
+use crate::origin::Origin;
+use crate::planner::PlannerConfig;
+use crate::protocol::Item;
+use crate::tile::{unproject, TilePoint};
+
+const Z: u8 = 14;
+
+fn seattle() -> TileId {
+    TileId::from_lon_lat(-122.3321, 47.6062, Z).unwrap()
+}
+
+/// Four items in each data tile of a 6 x 6 block around Seattle.
+fn origin() -> Origin<String> {
+    let base = seattle();
+    let mut items = Vec::new();
+    for dy in -3i64..3 {
+        for dx in -3i64..3 {
+            let t = base.offset(dx, dy).unwrap();
+            for k in 0..4 {
+                let f = (k as f64 + 0.5) / 4.0;
+                let p = TilePoint {
+                    x: t.x() as f64 + f,
+                    y: t.y() as f64 + f,
+                };
+                let (lon, lat) = unproject(p, Z);
+                items.push(Item {
+                    id: format!("i{}", items.len()),
+                    lon,
+                    lat,
+                    class: "active".into(),
+                    access: Access::Public,
+                    ttl: None,
+                    data: "{}".to_string(),
+                });
+            }
+        }
+    }
+    Origin::new(items).unwrap()
+}
+
+/// A viewport of `w` x `w` data tiles centred on Seattle's tile.
+fn view(w: f64) -> Viewport {
+    let base = seattle();
+    let (x, y) = (base.x() as f64 + 0.5, base.y() as f64 + 0.5);
+    let (west, north) = unproject(
+        TilePoint {
+            x: x - w / 2.0,
+            y: y - w / 2.0,
+        },
+        Z,
+    );
+    let (east, south) = unproject(
+        TilePoint {
+            x: x + w / 2.0,
+            y: y + w / 2.0,
+        },
+        Z,
+    );
+    Viewport::new(west, south, east, north, 14.5).unwrap()
+}
+
+fn client(config: ClientConfig) -> Client<String> {
+    Client::new(config).unwrap()
+}
+
+fn events(c: &mut Client<String>) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+#[test]
+fn a_viewport_too_large_is_its_own_error_and_changes_nothing() {
+    let mut c = client(ClientConfig {
+        planner: PlannerConfig {
+            max_visible_tiles: 4,
+            ..PlannerConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let e = c.set_viewport(view(3.0), 0, |_, _| {}).unwrap_err();
+    assert_eq!(
+        e,
+        ViewTooLarge {
+            max: 4,
+            tile_zoom: 14
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "viewport covers more than max_visible_tiles (4) data tiles at zoom 14: zoom in, or \
+         raise min_zoom so nothing is fetched at this zoom"
+    );
+    assert!(c.poll_request(0).is_none(), "nothing queued");
+    assert!(c.visible_tiles().is_empty());
+    assert_eq!(c.stats().viewports, 0);
+    // A view within the limit plans as usual.
+    assert!(c.set_viewport(view(1.0), 0, |_, _| {}).is_ok());
+    assert!(c.poll_request(0).is_some());
+}
+
+#[test]
+fn a_bad_configuration_names_what_disagrees() {
+    let mut config = ClientConfig::default();
+    config.planner.tile_zoom = 13;
+    let e = Client::<String>::new(config).err().unwrap();
+    assert_eq!(
+        e,
+        ClientConfigError::ZoomMismatch {
+            cache: 14,
+            planner: 13
+        }
+    );
+}
+
+#[test]
+fn every_request_goes_out_as_a_transmit_at_the_callers_tier() {
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Verified, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    let t: Transmit = c.poll_request(0).unwrap();
+    assert_eq!(t.kind, Kind::Foreground);
+    assert_eq!(t.request.access, Access::Verified);
+    assert_eq!(t.request.tiles, vec![seattle()]);
+    assert_eq!((t.attempt, t.timeout_ms), (0, 3000));
+    assert!(t.request.to_json().contains(r#""access":"verified""#));
+}
+
+#[test]
+fn an_invalid_answer_is_one_error_event_and_is_retried() {
+    let o = origin();
+    let mut c = client(ClientConfig::default());
+    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    let t = c.poll_request(0).unwrap();
+    let mut bad = o.answer(&t.request, None);
+    bad.items[0].lon = 500.0;
+    c.on_response(t.id, bad, 10);
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let Event::Error(e) = &ev[0] else {
+        panic!("{ev:?}")
+    };
+    assert!(e.will_retry && e.request == t.id, "{e:?}");
+    assert!(
+        matches!(&e.failure, Failure::Invalid(m) if m.contains("lon must be in -180..=180")),
+        "{e:?}"
+    );
+    assert!(c.cache().is_empty(), "nothing from it is cached");
+    assert_eq!(c.stats().errors, 1);
+    // The retry, answered well, completes the view.
+    let at = c.next_wakeup(10).unwrap();
+    c.handle_timeout(at);
+    let t = c.poll_request(at).unwrap();
+    assert_eq!(t.attempt, 1);
+    let good = o.answer(&t.request, None);
+    c.on_response(t.id, good, at);
+    assert_eq!(events(&mut c), [Event::Updated, Event::Complete]);
+    assert!(c.is_complete());
+}
+
+#[test]
+fn handle_timeout_fails_overdue_requests_and_names_them_for_abort() {
+    let o = origin();
+    let mut config = ClientConfig::default();
+    config.batch.timeout_ms = 100;
+    let mut c = client(config);
+    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    let t = c.poll_request(0).unwrap();
+    assert_eq!(c.next_wakeup(0), Some(100));
+    c.handle_timeout(99);
+    assert!(c.poll_cancel().is_none() && events(&mut c).is_empty());
+    c.handle_timeout(100);
+    assert_eq!(c.poll_cancel(), Some(t.id));
+    let ev = events(&mut c);
+    assert!(
+        matches!(&ev[..], [Event::Error(e)] if e.failure == Failure::Timeout && e.will_retry),
+        "{ev:?}"
+    );
+    // Its late answer is ignored.
+    c.on_response(t.id, o.answer(&t.request, None), 150);
+    assert!(c.cache().is_empty() && events(&mut c).is_empty());
+}
+
+#[test]
+fn tile_state_says_loaded_prefetched_in_flight_or_missing() {
+    let o = origin();
+    let mut c = client(ClientConfig::default());
+    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    let here = seattle();
+    assert_eq!(c.tile_state(here, 0), TileState::Missing);
+    let mut sent = Vec::new();
+    while let Some(t) = c.poll_request(0) {
+        sent.push(t);
+    }
+    assert_eq!(c.tile_state(here, 0), TileState::InFlight);
+    for t in sent {
+        let r = o.answer(&t.request, None);
+        c.on_response(t.id, r, 10);
+    }
+    assert_eq!(c.tile_state(here, 10), TileState::Loaded);
+    let ahead = here.offset(1, 0).unwrap();
+    assert_eq!(c.tile_state(ahead, 10), TileState::Prefetched);
+}
