@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core pkg node-test edge-test demo-test bench demo setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg node-test edge-test demo-test bench demo setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
@@ -76,6 +76,13 @@ soak-smoke:
 ## schemathesis against docs/openapi.yaml on a running server (ST_MAX_EXAMPLES, default 50).
 schemathesis:
 	server/tests/schemathesis.sh
+
+## Rewrites what is generated from the Rust for the JS side of the wasm boundary
+## (js/gen/boundary.js, js/gen/types.d.ts, the tables in js/README.md; src/wasm/codegen.rs).
+## `cargo test --features wasm` (so cargo-test) fails while they are stale.
+gen:
+	@scripts/setup.sh rust
+	TILEWARM_WRITE_GEN=1 cargo test --lib --features wasm wasm::codegen
 
 ## The npm package in pkg/.
 pkg:

@@ -5,27 +5,16 @@
 // error messages, so no JSON and no number formatting runs in wasm. `thrown` (the errors
 // the wasm describes) and `tileName` also serve the tile functions in api.js.
 import { Engine } from './tilewarm.js';
+// Tags, codes, names and option lists, generated from the Rust (src/wasm/boundary.rs,
+// src/wasm/options.rs), so they are the engine's.
+import {
+  SEND, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
+  FAILED_INVALID, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
+  ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, REQUEST_KINDS, TILE_STATES, TIERS,
+  STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
+} from './gen/boundary.js';
 
-// Record tags of the engine's output (see `Out` in src/wasm/engine.rs).
-const SEND = 1, CANCEL = 2, UPDATED = 3, COMPLETE = 4, ERROR = 5, WAKEUP = 6;
-const TIERS = { public: 0, registered: 1, verified: 2, agent: 3 };
-const STATS = [
-  'hits', 'misses', 'staleHits', 'hitRate', 'requests', 'prefetchRequests', 'itemsFetched',
-  'prefetchTilesUsed', 'prefetchTilesWasted', 'evictions', 'entries', 'bytes', 'inFlight',
-  'errors', 'breakerOpen',
-];
-const TILE_STATES = ['loaded', 'prefetched', 'inFlight', 'missing'];
-const FAILURE_CODES = ['ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE'];
-const TOP_OPTIONS = [
-  'endpoint', 'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl', 'prefetch', 'batch',
-  'access', 'headers', 'fetch', 'now',
-];
-const GROUPS = {
-  ttl: ['default', 'byClass', 'staleWhileRevalidate'],
-  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible'],
-  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels'],
-};
-const TIMEOUT = Symbol('timeout');
+const TIMED_OUT = Symbol('timed out');
 const CREATE = Symbol('create');
 
 /** A value the way an error message shows it. */
@@ -47,19 +36,19 @@ function argError(Class, code, message) {
   return e;
 }
 
-/** The error for a record `[kind (0 TypeError, 1 RangeError), code, ...parts]` from the
- * wasm: the message is the parts joined, each odd part (an argument's name or option path)
- * replaced by `show(lookup(part))`, the value the caller passed. Anything else is returned
- * as it is. */
+/** The error for a record `[class, code, ...parts]` from the wasm (ERROR_CLASSES and CODES
+ * by index): the message is the parts joined, each odd part (an argument's name or option
+ * path) replaced by `show(lookup(part))`, the value the caller passed. Anything else is
+ * returned as it is. */
 export function thrown(e, lookup) {
   if (!Array.isArray(e)) return e;
   const [kind, code, ...parts] = e;
   const message = parts.map((p, i) => (i % 2 ? show(lookup(p)) : p)).join('');
-  return argError(kind === 0 ? TypeError : RangeError, code, message);
+  return argError(ERROR_CLASSES[kind], CODES[code], message);
 }
 
-/** A packed tile id (z·2^48 + x·2^24 + y, as the wasm hands tiles out) as "z/x/y". */
-export const tileName = (id) => `${Math.floor(id / 2 ** 48)}/${Math.floor(id / 2 ** 24) % 2 ** 24}/${id % 2 ** 24}`;
+/** A packed tile id (z·TILE_Z + x·TILE_X + y, as the wasm hands tiles out) as "z/x/y". */
+export const tileName = (id) => `${Math.floor(id / TILE_Z)}/${Math.floor(id / TILE_X) % TILE_X}/${id % TILE_X}`;
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -72,7 +61,7 @@ function byPath(obj, path) {
 function checkKeys(obj, allowed, prefix) {
   for (const k of Object.keys(obj)) {
     if (!allowed.includes(k)) {
-      throw argError(TypeError, 'ERR_INVALID_ARG_VALUE',
+      throw argError(TypeError, ERR_INVALID_ARG_VALUE,
         `${prefix}${k} is not an option; the options are ${allowed.map((a) => prefix + a).join(', ')}`);
     }
   }
@@ -81,14 +70,14 @@ function checkKeys(obj, allowed, prefix) {
 function checkGroup(options, name) {
   const g = options[name];
   if (g === undefined) return;
-  if (!isObject(g)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be an object, got ${show(g)}`);
+  if (!isObject(g)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `${name} must be an object, got ${show(g)}`);
   checkKeys(g, GROUPS[name], `${name}.`);
 }
 
 function checkStrings(name, v) {
   if (v === undefined) return [];
   if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) {
-    throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be an array of strings, got ${show(v)}`);
+    throw argError(TypeError, ERR_INVALID_ARG_TYPE, `${name} must be an array of strings, got ${show(v)}`);
   }
   return v;
 }
@@ -133,7 +122,9 @@ function flatten(body, bytes) {
         typeof it.lat !== 'number' || typeof it.class !== 'string' || typeof it.access !== 'string') {
       throw new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
     }
-    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS[it.access] ?? 255);
+    // An unknown tier is -1, which the engine refuses (an own-property lookup in an object
+    // would find `toString` and the like).
+    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS.indexOf(it.access));
     strs.push(it.id, it.class);
     ids[j] = it.id;
     objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
@@ -144,9 +135,6 @@ function flatten(body, bytes) {
   }
   return { nums, strs, objs, ids, missing };
 }
-
-/** Largest response body read, in bytes (the core's `Limits::default().max_body_bytes`). */
-const MAX_BODY_BYTES = 8 * 1024 * 1024;
 
 /** The body as text, read in chunks and given up (the stream cancelled) once it passes
  * MAX_BODY_BYTES, so a hostile or broken backend cannot make the page buffer without end. */
@@ -185,10 +173,8 @@ function report(e) {
 }
 
 function disposedError() {
-  return argError(Error, 'ERR_DISPOSED', 'this TileCache was disposed');
+  return argError(Error, ERR_DISPOSED, 'this TileCache was disposed');
 }
-
-let optionPaths;
 
 /**
  * The tile-aware cache for one batch endpoint. Create with `await TileCache.create(options)`.
@@ -214,26 +200,25 @@ export class TileCache {
 
   constructor(options, key) {
     if (key !== CREATE) throw new TypeError('use `await TileCache.create(options)`');
-    if (!isObject(options)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `options must be an object, got ${show(options)}`);
-    checkKeys(options, TOP_OPTIONS, '');
+    if (!isObject(options)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `options must be an object, got ${show(options)}`);
+    checkKeys(options, OPTIONS, '');
     for (const g of Object.keys(GROUPS)) checkGroup(options, g);
     const { endpoint, headers = {}, fetch = globalThis.fetch, now = Date.now } = options;
     let url;
     try { url = typeof endpoint === 'string' ? new URL(endpoint) : undefined; } catch { /* below */ }
     if (!url) {
-      throw argError(TypeError, 'ERR_INVALID_ARG_VALUE', `endpoint must be an absolute URL string, got ${show(endpoint)}`);
+      throw argError(TypeError, ERR_INVALID_ARG_VALUE, `endpoint must be an absolute URL string, got ${show(endpoint)}`);
     }
     if (!isObject(headers) && !(typeof Headers === 'function' && headers instanceof Headers)) {
-      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `headers must be an object of header names and values, got ${show(headers)}`);
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `headers must be an object of header names and values, got ${show(headers)}`);
     }
-    if (typeof fetch !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `fetch must be a function, got ${show(fetch)}`);
-    if (typeof now !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `now must be a function returning milliseconds, got ${show(now)}`);
+    if (typeof fetch !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `fetch must be a function, got ${show(fetch)}`);
+    if (typeof now !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `now must be a function returning milliseconds, got ${show(now)}`);
     const byClass = options.ttl?.byClass;
     if (byClass !== undefined && !isObject(byClass)) {
-      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `ttl.byClass must be an object of class names and seconds, got ${show(byClass)}`);
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `ttl.byClass must be an object of class names and seconds, got ${show(byClass)}`);
     }
-    optionPaths ??= Engine.optionPaths();
-    const values = optionPaths.map((p) => byPath(options, p));
+    const values = NUMBERS.map((p) => byPath(options, p));
     const classes = byClass ? Object.keys(byClass) : [];
     const seed = Math.floor(Math.random() * 2 ** 52);
     try {
@@ -245,14 +230,13 @@ export class TileCache {
     this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
-    this.#timeoutMs = options.batch?.timeoutMs ?? 3000;
   }
 
   /** The map moved: what the cache has for it now, and the fetches it needs, started. */
   setViewport(viewport) {
     this.#alive();
     if (!isObject(viewport)) {
-      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `viewport must be an object {west, south, east, north, zoom}, got ${show(viewport)}`);
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `viewport must be an object {west, south, east, north, zoom}, got ${show(viewport)}`);
     }
     const { west, south, east, north, zoom } = viewport;
     let out;
@@ -287,7 +271,7 @@ export class TileCache {
   /** One item by id: from the cache, else fetched through the batch endpoint;
    * `undefined` when it does not exist or the tier may not see it. */
   async get(id) {
-    if (typeof id !== 'string') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `id must be a string, got ${show(id)}`);
+    if (typeof id !== 'string') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `id must be a string, got ${show(id)}`);
     return (await this.getMany([id]))[0];
   }
 
@@ -295,7 +279,7 @@ export class TileCache {
   async getMany(ids) {
     this.#alive();
     checkStrings('ids', ids);
-    if (ids.some((id) => id === '')) throw argError(RangeError, 'ERR_OUT_OF_RANGE', 'ids must not contain an empty string');
+    if (ids.some((id) => id === '')) throw argError(RangeError, ERR_OUT_OF_RANGE, 'ids must not contain an empty string');
     const out = this.#engine.get(ids, this.#now());
     const found = out.slice(1, 1 + ids.length);
     const results = found.map((item, i) => item !== undefined ? item : new Promise((resolve, reject) => {
@@ -311,11 +295,11 @@ export class TileCache {
    * returns how many entries went. Visible tiles that emptied are fetched again. */
   invalidate(what = {}) {
     this.#alive();
-    if (!isObject(what)) throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `invalidate takes {ids, tiles, all}, got ${show(what)}`);
+    if (!isObject(what)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `invalidate takes {ids, tiles, all}, got ${show(what)}`);
     checkKeys(what, ['ids', 'tiles', 'all'], '');
     const ids = checkStrings('ids', what.ids), tiles = checkStrings('tiles', what.tiles);
     if (what.all !== undefined && typeof what.all !== 'boolean') {
-      throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `all must be a boolean, got ${show(what.all)}`);
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `all must be a boolean, got ${show(what.all)}`);
     }
     let out;
     try {
@@ -360,8 +344,7 @@ export class TileCache {
     this.#alive();
     const v = this.#engine.stats();
     const s = {};
-    STATS.forEach((k, i) => { s[k] = v[i]; });
-    s.breakerOpen = s.breakerOpen === 1;
+    STATS.forEach((k, i) => { s[k] = FLAGS.includes(k) ? v[i] === 1 : v[i]; });
     return s;
   }
 
@@ -390,7 +373,7 @@ export class TileCache {
   }
 
   #listen(set, listener, name) {
-    if (typeof listener !== 'function') throw argError(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} takes a function, got ${show(listener)}`);
+    if (typeof listener !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `${name} takes a function, got ${show(listener)}`);
     const entry = { listener };
     set.add(entry);
     return () => { set.delete(entry); };
@@ -482,9 +465,11 @@ export class TileCache {
   }
 
   #send(id, kind, timeoutMs, body, ids) {
+    // Every request gets the configured timeout; kept for the messages of timeouts.
+    this.#timeoutMs = timeoutMs;
     const ctrl = new AbortController();
     const req = { id, ctrl, kind, ids, detail: undefined };
-    req.timer = setTimeout(() => ctrl.abort(TIMEOUT), timeoutMs);
+    req.timer = setTimeout(() => ctrl.abort(TIMED_OUT), timeoutMs);
     this.#requests.set(id, req);
     this.#exchange(req, body);
   }
@@ -498,9 +483,9 @@ export class TileCache {
     } catch (e) {
       if (this.#requests.get(id) !== req) return; // cancelled, or disposed
       this.#finish(req);
-      if (e instanceof Invalid) return this.#failed(req, 3, 0, -1, e.message);
-      if (ctrl.signal.reason === TIMEOUT) return this.#failed(req, 0, 0, -1, '');
-      return this.#failed(req, 1, 0, -1, String(e?.cause?.message ?? e?.message ?? e));
+      if (e instanceof Invalid) return this.#failed(req, FAILED_INVALID, 0, -1, e.message);
+      if (ctrl.signal.reason === TIMED_OUT) return this.#failed(req, FAILED_TIMEOUT, 0, -1, '');
+      return this.#failed(req, FAILED_NETWORK, 0, -1, String(e?.cause?.message ?? e?.message ?? e));
     }
     if (this.#requests.get(id) !== req) return;
     this.#finish(req);
@@ -508,13 +493,13 @@ export class TileCache {
       let detail;
       try { detail = JSON.parse(text)?.error; } catch { /* not JSON */ }
       req.detail = isObject(detail) ? detail : undefined;
-      return this.#failed(req, 2, res.status, retryAfterMs(res.headers.get('retry-after')), '');
+      return this.#failed(req, FAILED_HTTP, res.status, retryAfterMs(res.headers.get('retry-after')), '');
     }
     let f;
     try {
       f = flatten(JSON.parse(text), text.length);
     } catch (e) {
-      return this.#failed(req, 3, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
+      return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
     const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs);
     // Resolve get()s this response answered (or left unanswered: they do not exist).
@@ -547,21 +532,21 @@ export class TileCache {
 
   #error(id, kind, willRetry, failure, status, retryAfter, message) {
     const req = this.#pendingDetail?.id === id ? this.#pendingDetail : undefined;
-    const code = FAILURE_CODES[failure] ?? 'ERR_INVALID_RESPONSE';
+    const code = FAILURE_CODES[failure];
     let reason;
     switch (failure) {
-      case 0: reason = `no answer within ${this.#timeoutMs} ms`; break;
-      case 1: reason = `network error: ${message}`; break;
-      case 2: {
+      case FAILED_TIMEOUT: reason = `no answer within ${this.#timeoutMs} ms`; break;
+      case FAILED_NETWORK: reason = `network error: ${message}`; break;
+      case FAILED_HTTP: {
         const d = req?.detail;
         reason = `HTTP ${status}` + (d ? `: ${d.code ?? 'error'}: ${d.message ?? ''}` : '');
         break;
       }
       default: reason = `invalid response: ${message}`;
     }
-    const what = kind === 0 ? 'foreground' : 'prefetch';
+    const what = REQUEST_KINDS[kind];
     const e = new Error(`${what} batch request failed: ${reason}${willRetry ? ' (will retry)' : ''}`);
-    Object.assign(e, { code, status: failure === 2 ? status : undefined, kind: what, willRetry });
+    Object.assign(e, { code, status: failure === FAILED_HTTP ? status : undefined, kind: what, willRetry });
     if (retryAfter >= 0) e.retryAfterMs = retryAfter;
     if (req?.detail) e.serverCode = req.detail.code;
     e.ids = req?.ids ?? [];

@@ -1,21 +1,31 @@
 // Types of every entry point of the package (they share one API, js/api.js): the tile
-// functions and TileCache (js/cache.js).
+// functions and TileCache (js/cache.js). The codes, names, counters and options are
+// generated from the Rust (gen/types.d.ts) and re-exported here.
+import type {
+  Access,
+  FetchErrorCode,
+  RequestKind,
+  TileCacheOptions,
+  TileCacheStats,
+  TileState,
+  TilewarmErrorCode,
+} from './gen/types.js';
+
+export type {
+  Access,
+  FetchErrorCode,
+  RequestKind,
+  TileCacheOptions,
+  TileCacheStats,
+  TileState,
+  TilewarmErrorCode,
+};
 
 /** A tile as text: `z/x/y`, e.g. `"14/2624/5721"` (zoom 0..=24, x and y below 2^z). */
 export type TileString = `${number}/${number}/${number}`;
 
-/** The `code` of every error the tile functions throw. */
-export type TilewarmErrorCode =
-  /** An argument of the wrong type (a string where a number belongs, `undefined`, ...). TypeError. */
-  | 'ERR_INVALID_ARG_TYPE'
-  /** A number that is not an integer, not finite, or outside its range. RangeError. */
-  | 'ERR_OUT_OF_RANGE'
-  /** A string that is not `z/x/y` (TypeError) or names no tile (RangeError). */
-  | 'ERR_INVALID_TILE'
-  /** More tiles than one call returns (4096). RangeError. */
-  | 'ERR_TOO_MANY_TILES';
-
-/** What the tile functions throw: a `TypeError` or `RangeError` with a `code`. */
+/** What the tile functions and `TileCache` throw for bad arguments: a `TypeError` or
+ * `RangeError` with a `code` (an `Error` for `ERR_DISPOSED`). */
 export interface TilewarmError extends Error {
   code: TilewarmErrorCode;
 }
@@ -59,65 +69,6 @@ export function neighbourTiles(tile: string, ring: number): TileString[];
  */
 export function parentTile(tile: string, z: number): TileString;
 
-/** An access tier, lowest first. A tier sees items of its own tier and below. */
-export type Access = 'public' | 'registered' | 'verified' | 'agent';
-
-/** Options of {@link TileCache.create}. Only `endpoint` is required. */
-export interface TileCacheOptions {
-  /** Absolute URL of the batch endpoint (POST, JSON). */
-  endpoint: string;
-  /** Zoom of the data tiles: an integer in 0..=24. Default 14. */
-  tileZoom?: number;
-  /** Below this map zoom nothing is fetched: a number in 0..=30. Default 12. */
-  minZoom?: number;
-  /** Most items held: an integer in 1..=10000000. Default 50000. */
-  maxItems?: number;
-  /** Most bytes held (estimated from the response size): 1..=2147483647. Default 32 MiB. */
-  maxBytes?: number;
-  ttl?: {
-    /** Seconds an item is fresh when neither the response nor its class says: 1..=2592000. Default 300. */
-    default?: number;
-    /** Seconds per item class (replaces the default table). Default `{ active: 300, off_market: 14400 }`. */
-    byClass?: Record<string, number>;
-    /** Seconds after expiry an item may still be shown, flagged `stale`, while it is refetched. Default 0. */
-    staleWhileRevalidate?: number;
-  };
-  prefetch?: {
-    /** Ring of neighbour tiles fetched around the view: 0..=8. Default 1. */
-    ring?: number;
-    /** How far ahead motion is extrapolated, in ms: 0..=60000 (0 = off). Default 1500. */
-    lookaheadMs?: number;
-    /** Prefetch tiles per round, at least: 0..=4096. Default 32. */
-    maxTilesPerRound?: number;
-    /** Neighbourhood of the view, in view sizes (1 = the 8 neighbouring views): 0..=4 (0 = off). Default 1. */
-    viewRing?: number;
-    /** The per-round budget grows to this many prefetch tiles per visible tile: 0..=64. Default 8. */
-    budgetPerVisible?: number;
-  };
-  batch?: {
-    /** Tiles per request: 1..=64. Default 16. */
-    maxTiles?: number;
-    /** Ids per request: 1..=1000. Default 200. */
-    maxIds?: number;
-    /** Requests out at once: 1..=64. Default 4. */
-    maxInFlight?: number;
-    /** Time a request may take, in ms: 1..=600000. Default 3000. */
-    timeoutMs?: number;
-    /** Retries after the first attempt: 0..=10. Default 2. */
-    retries?: number;
-    /** Ask for a tile up to this many zooms coarser when all its data tiles are missing: 0..=4 (0 = off). Default 2. */
-    coalesceLevels?: number;
-  };
-  /** The caller's tier. Default `'public'`. */
-  access?: Access;
-  /** Extra request headers (e.g. `Authorization`). */
-  headers?: Record<string, string> | Headers;
-  /** The fetch to use (tests, auth wrappers). Default `globalThis.fetch`. */
-  fetch?: (input: string, init: RequestInit) => Promise<Response>;
-  /** The clock, in ms (TTLs and backoff use it). Default `Date.now`. */
-  now?: () => number;
-}
-
 /** A map viewport in degrees; `west > east` crosses the antimeridian. */
 export interface Viewport {
   west: number;
@@ -152,16 +103,13 @@ export interface View<Data = unknown> {
   missingTiles: TileString[];
 }
 
-/** The `code` of a request error. */
-export type FetchErrorCode = 'ERR_TIMEOUT' | 'ERR_NETWORK' | 'ERR_HTTP' | 'ERR_INVALID_RESPONSE';
-
 /** A failed batch request, given to `onError` listeners and `whenComplete()` rejections. */
 export interface FetchError extends Error {
   code: FetchErrorCode;
   /** The HTTP status, for `ERR_HTTP`. */
   status?: number;
   /** Foreground requests load the visible tiles; prefetch ones load what may come next. */
-  kind: 'foreground' | 'prefetch';
+  kind: RequestKind;
   /** The request is tried again after a backoff. */
   willRetry: boolean;
   /** From a `Retry-After` header. */
@@ -169,43 +117,6 @@ export interface FetchError extends Error {
   /** The `error.code` of the server's error body, when it sent one. */
   serverCode?: string;
 }
-
-/** Counters since the cache was created. */
-export interface TileCacheStats {
-  /** Item lookups that found a fresh item, nothing showable, or a stale item. */
-  hits: number;
-  misses: number;
-  staleHits: number;
-  /** (hits + staleHits) / lookups; 0 before any lookup. */
-  hitRate: number;
-  /** Batch requests sent, retries included. */
-  requests: number;
-  /** Those sent for prefetch. */
-  prefetchRequests: number;
-  /** Items received. */
-  itemsFetched: number;
-  /** Prefetched tiles later shown, and those that expired or were fetched again unseen. */
-  prefetchTilesUsed: number;
-  prefetchTilesWasted: number;
-  /** Items evicted for capacity. */
-  evictions: number;
-  /** Items and (estimated) bytes held now. */
-  entries: number;
-  bytes: number;
-  /** Requests out now. */
-  inFlight: number;
-  /** Failed request attempts. */
-  errors: number;
-  /** The prefetch circuit breaker is open: prefetch is paused, foreground still goes out. */
-  breakerOpen: boolean;
-}
-
-/**
- * The state of a data tile ({@link TileCache.tileStates}): `loaded` (showable, fetched for
- * the view or already shown), `prefetched` (showable, fetched ahead and not shown yet),
- * `inFlight` (a request for it is out), `missing` (not showable and not being fetched).
- */
-export type TileState = 'loaded' | 'prefetched' | 'inFlight' | 'missing';
 
 /** What {@link TileCache.invalidate} drops. */
 export interface Invalidation {

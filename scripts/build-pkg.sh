@@ -3,8 +3,9 @@
 # wasm-bindgen --target web, wasm-opt (binaryen from npm), the same again with the `edge`
 # feature (profile wasm-edge) into tilewarm_edge_bg.wasm (the edge worker, `tilewarm/edge`),
 # the hand-written entry
-# points and types from js/, every shipped .js minified by esbuild (npm), and
-# pkg/package.json. Needs `scripts/setup.sh wasm node`.
+# points and types from js/ with what is generated from the Rust (js/gen/, see
+# src/wasm/codegen.rs), every shipped .js minified by esbuild (npm), and pkg/package.json.
+# Needs `scripts/setup.sh wasm node`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -56,16 +57,24 @@ wasm-bindgen --target web --omit-default-module-path --out-dir "$out" --out-name
   "$out/${name}_edge_bg.wasm" -o "$out/${name}_edge_bg.wasm"
 
 cp js/*.js js/*.d.ts js/README.md "$out/"
+# The types generated from the Rust, which index.d.ts re-exports. (js/gen/boundary.js is
+# bundled into cache.js below.)
+mkdir -p "$out/gen"
+cp js/gen/*.d.ts "$out/gen/"
 
 # The shipped JS minified in place (readable sources stay in js/): whitespace, comments and
 # local names only, ES module syntax kept, no bundling, so every file keeps its own imports
-# and exports and the wasm-bindgen glue its export names.
+# and exports and the wasm-bindgen glue its export names. The one exception: cache.js gets
+# the generated js/gen/boundary.js (tags, codes, names) bundled in, which costs the page
+# neither a module of its own nor an export list (about 0.4 KB gzipped).
 esbuild=node_modules/.bin/esbuild
 [ -x "$esbuild" ] || { echo "build-pkg: $esbuild missing: run scripts/setup.sh node" >&2; exit 1; }
 echo "build-pkg: esbuild --minify"
 for f in "$out"/*.js; do
   "$esbuild" "$f" --minify --format=esm --log-level=warning --outfile="$f" --allow-overwrite
 done
+"$esbuild" js/cache.js --bundle --external:./tilewarm.js --minify --format=esm \
+  --log-level=warning --outfile="$out/cache.js" --allow-overwrite
 
 # package.json, with version, description, licence and repository from Cargo.toml.
 cargo metadata --no-deps --format-version 1 | node --input-type=module -e '

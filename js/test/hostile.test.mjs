@@ -68,6 +68,12 @@ const HOSTILE = [
     'ERR_INVALID_RESPONSE', /tiles\[0\]\.ttl must be a whole number of seconds, got -5/],
   ['an unknown access tier', (res, a) => json(res, 200, { ...a, items: a.items.map((i) => ({ ...i, access: 'root' })) }),
     'ERR_INVALID_RESPONSE', /access/],
+  // Names every object has (an object lookup of the tier would find them and the item would
+  // pass as public).
+  ...['toString', 'constructor', '__proto__'].map((tier) => [
+    `an access tier named like an Object.prototype key (${tier})`,
+    (res, a) => json(res, 200, { ...a, items: a.items.map((i) => ({ ...i, access: tier })) }),
+    'ERR_INVALID_RESPONSE', /items\[0\]\.access must be one of "public", "registered", "verified", "agent"/]),
   ['a body cut mid-way (connection closed)', (res, a) => {
     const body = JSON.stringify(a);
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(body.length) });

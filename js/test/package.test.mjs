@@ -69,9 +69,22 @@ test('every export target exists and is in the published file list', () => {
     assert.ok(existsSync(new URL(t, pkgUrl)), `${t} exists`);
     assert.ok(packed.includes(t.replace(/^\.\//, '')), `${t} is published`);
   }
-  for (const f of ['tilewarm_bg.wasm', 'tilewarm.js', 'tilewarm.d.ts', 'README.md']) {
+  for (const f of ['tilewarm_bg.wasm', 'tilewarm.js', 'tilewarm.d.ts', 'README.md', 'gen/types.d.ts']) {
     assert.ok(packed.includes(f), `${f} is published`);
   }
+});
+
+test('the boundary generated from the Rust: bundled into cache.js, its types shipped', () => {
+  // js/gen/boundary.js is inlined (no module of its own for a page to load); cache.js
+  // imports nothing but the wasm-bindgen glue.
+  const cache = readFileSync(new URL('cache.js', pkgUrl), 'utf8');
+  const imports = [...cache.matchAll(/\bfrom\s*["']([^"']+)["']/g)].map((m) => m[1]);
+  assert.deepEqual(imports, ['./tilewarm.js']);
+  assert.ok(!existsSync(new URL('gen/boundary.js', pkgUrl)));
+  // index.d.ts re-exports the generated types, which are published.
+  assert.match(readFileSync(new URL('index.d.ts', pkgUrl), 'utf8'), /from '\.\/gen\/types\.js'/);
+  assert.ok(existsSync(new URL('gen/types.d.ts', pkgUrl)));
+  assert.ok(pkg.files.includes('gen'));
 });
 
 test('the node entry is what `import "tilewarm"` resolves to in Node', async () => {

@@ -10,6 +10,7 @@
 //! the values in as JavaScript shows them. So the texts live here once, and no JS value is
 //! described or formatted in wasm.
 
+use super::boundary::{Code, ErrorClass};
 use crate::tile::{cover_range, Bbox, TileError, TileId, MAX_ZOOM};
 
 /// The most tiles `tilesForBbox` returns; a larger cover is an error, found before allocating.
@@ -37,43 +38,20 @@ pub(crate) enum Value {
     Other,
 }
 
-/// Which JavaScript error class to throw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// The value has the wrong type (or a string is not a tile): `TypeError`.
-    Type,
-    /// The value has the right type but is out of range: `RangeError`.
-    Range,
-}
-
-/// The `code` property of a thrown error.
-pub(crate) mod code {
-    /// An argument of the wrong JavaScript type.
-    pub const INVALID_ARG_TYPE: &str = "ERR_INVALID_ARG_TYPE";
-    /// A number that is not an integer, not finite, or outside the allowed range.
-    pub const OUT_OF_RANGE: &str = "ERR_OUT_OF_RANGE";
-    /// A string that is not a tile `z/x/y`, or names a tile that does not exist.
-    pub const INVALID_TILE: &str = "ERR_INVALID_TILE";
-    /// A request for more tiles than one call may return.
-    pub const TOO_MANY_TILES: &str = "ERR_TOO_MANY_TILES";
-    /// A value of the right type that is not one of the allowed ones (an access tier).
-    pub const INVALID_ARG_VALUE: &str = "ERR_INVALID_ARG_VALUE";
-}
-
 /// An error to throw into JavaScript. Its message is `parts` joined, where every odd part
 /// is the name of an argument (or option path) and stands for that argument's value: for
 /// `["z must be an integer in 0..=24, got ", "z"]` and `z = 31` the message is
 /// `z must be an integer in 0..=24, got 31`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ArgError {
-    pub kind: Kind,
-    pub code: &'static str,
+    pub kind: ErrorClass,
+    pub code: Code,
     pub parts: Vec<String>,
 }
 
 impl ArgError {
     /// `{name} must be {allowed}, got {name's value}`.
-    pub fn must(kind: Kind, code: &'static str, name: &str, allowed: &str) -> ArgError {
+    pub fn must(kind: ErrorClass, code: Code, name: &str, allowed: &str) -> ArgError {
         ArgError {
             kind,
             code,
@@ -82,7 +60,7 @@ impl ArgError {
     }
 
     /// A message that shows no argument's value.
-    fn text(kind: Kind, code: &'static str, message: String) -> ArgError {
+    fn text(kind: ErrorClass, code: Code, message: String) -> ArgError {
         ArgError {
             kind,
             code,
@@ -95,8 +73,8 @@ fn number(name: &str, v: &Value) -> Result<f64, ArgError> {
     match v {
         Value::Number(n) => Ok(*n),
         _ => Err(ArgError::must(
-            Kind::Type,
-            code::INVALID_ARG_TYPE,
+            ErrorClass::Type,
+            Code::InvalidArgType,
             name,
             "a number",
         )),
@@ -112,7 +90,7 @@ fn whole(n: f64, hi: u32) -> Option<u32> {
 /// An integer in `0..=hi`, described by `allowed` in the error.
 fn integer(name: &str, v: &Value, hi: u32, allowed: &str) -> Result<u32, ArgError> {
     whole(number(name, v)?, hi)
-        .ok_or_else(|| ArgError::must(Kind::Range, code::OUT_OF_RANGE, name, allowed))
+        .ok_or_else(|| ArgError::must(ErrorClass::Range, Code::OutOfRange, name, allowed))
 }
 
 fn zoom(name: &str, v: &Value) -> Result<u8, ArgError> {
@@ -126,8 +104,8 @@ fn longitude(name: &str, v: &Value) -> Result<f64, ArgError> {
         Ok(n)
     } else {
         Err(ArgError::must(
-            Kind::Range,
-            code::OUT_OF_RANGE,
+            ErrorClass::Range,
+            Code::OutOfRange,
             name,
             LONGITUDE,
         ))
@@ -140,8 +118,8 @@ fn latitude(name: &str, v: &Value) -> Result<f64, ArgError> {
         Ok(n)
     } else {
         Err(ArgError::must(
-            Kind::Range,
-            code::OUT_OF_RANGE,
+            ErrorClass::Range,
+            Code::OutOfRange,
             name,
             LATITUDE,
         ))
@@ -151,8 +129,8 @@ fn latitude(name: &str, v: &Value) -> Result<f64, ArgError> {
 fn tile(name: &str, v: &Value) -> Result<TileId, ArgError> {
     let Value::Text(s) = v else {
         return Err(ArgError::must(
-            Kind::Type,
-            code::INVALID_ARG_TYPE,
+            ErrorClass::Type,
+            Code::InvalidArgType,
             name,
             "a tile string \"z/x/y\"",
         ));
@@ -165,14 +143,14 @@ fn tile(name: &str, v: &Value) -> Result<TileId, ArgError> {
 fn core_error(name: &str, e: TileError) -> ArgError {
     let message = format!("{name}: {e}");
     match e {
-        TileError::Parse { .. } => ArgError::text(Kind::Type, code::INVALID_TILE, message),
+        TileError::Parse { .. } => ArgError::text(ErrorClass::Type, Code::InvalidTile, message),
         TileError::ZoomOutOfRange(_) | TileError::CoordOutOfRange { .. } => {
-            ArgError::text(Kind::Range, code::INVALID_TILE, message)
+            ArgError::text(ErrorClass::Range, Code::InvalidTile, message)
         }
         TileError::TooManyTiles { .. } => {
-            ArgError::text(Kind::Range, code::TOO_MANY_TILES, message)
+            ArgError::text(ErrorClass::Range, Code::TooManyTiles, message)
         }
-        _ => ArgError::text(Kind::Range, code::OUT_OF_RANGE, message),
+        _ => ArgError::text(ErrorClass::Range, Code::OutOfRange, message),
     }
 }
 
@@ -211,8 +189,8 @@ pub(crate) fn tiles_for_bbox(
             "north",
         ];
         return Err(ArgError {
-            kind: Kind::Range,
-            code: code::OUT_OF_RANGE,
+            kind: ErrorClass::Range,
+            code: Code::OutOfRange,
             parts: parts.map(String::from).to_vec(),
         });
     }
@@ -220,8 +198,8 @@ pub(crate) fn tiles_for_bbox(
     let range = cover_range(&bbox, z).map_err(|e| core_error("bbox", e))?;
     if range.count() > MAX_BBOX_TILES {
         return Err(ArgError {
-            kind: Kind::Range,
-            code: code::TOO_MANY_TILES,
+            kind: ErrorClass::Range,
+            code: Code::TooManyTiles,
             parts: vec![
                 format!("the bbox covers {} tiles at z ", range.count()),
                 "z".into(),
@@ -250,7 +228,7 @@ pub(crate) fn parent_tile(t: &Value, z: &Value) -> Result<f64, ArgError> {
     let t = tile("tile", t)?;
     let z = whole(number("z", z)?, t.z() as u32).ok_or_else(|| {
         let allowed = format!("an integer in 0..={} (at most the zoom of tile {t})", t.z());
-        ArgError::must(Kind::Range, code::OUT_OF_RANGE, "z", &allowed)
+        ArgError::must(ErrorClass::Range, Code::OutOfRange, "z", &allowed)
     })?;
     // z <= t.z() <= 24 was checked, so neither the narrowing nor `ancestor` can fail.
     t.ancestor(z as u8)
@@ -306,7 +284,7 @@ mod tests {
             message(&e, &[("z", "31")]),
             "z must be an integer in 0..=24, got 31"
         );
-        assert_eq!((e.kind, e.code), (Kind::Range, code::OUT_OF_RANGE));
+        assert_eq!((e.kind, e.code), (ErrorClass::Range, Code::OutOfRange));
 
         let e = tile_for_point(&n(0.0), &n(0.0), &n(1.5)).unwrap_err();
         assert_eq!(e.parts, ["z must be an integer in 0..=24, got ", "z"]);
@@ -319,7 +297,7 @@ mod tests {
 
         let e = tile_for_point(&n(0.0), &s("0"), &n(1.0)).unwrap_err();
         assert_eq!(e.parts, ["lat must be a number, got ", "lat"]);
-        assert_eq!((e.kind, e.code), (Kind::Type, code::INVALID_ARG_TYPE));
+        assert_eq!((e.kind, e.code), (ErrorClass::Type, Code::InvalidArgType));
 
         let e = tile_for_point(&n(0.0), &n(1e300), &n(1.0)).unwrap_err();
         assert_eq!(e.parts, ["lat must be a latitude in -90..=90, got ", "lat"]);
@@ -331,7 +309,7 @@ mod tests {
         );
 
         let e = parent_tile(&s("3/8/0"), &n(1.0)).unwrap_err();
-        assert_eq!((e.kind, e.code), (Kind::Range, code::INVALID_TILE));
+        assert_eq!((e.kind, e.code), (ErrorClass::Range, Code::InvalidTile));
         assert_eq!(
             e.parts,
             ["tile: tile 3/8/0 does not exist: x and y must be below 2^3 = 8"]
@@ -344,7 +322,7 @@ mod tests {
         );
 
         let e = neighbour_tiles(&s("1/2"), &n(1.0)).unwrap_err();
-        assert_eq!((e.kind, e.code), (Kind::Type, code::INVALID_TILE));
+        assert_eq!((e.kind, e.code), (ErrorClass::Type, Code::InvalidTile));
         assert_eq!(
             e.parts,
             ["tile: invalid tile \"1/2\": expected z/x/y, three integers separated by '/'"]
@@ -356,7 +334,7 @@ mod tests {
         let world = tiles_for_bbox(&n(-180.0), &n(-85.0), &n(180.0), &n(85.0), &n(6.0));
         assert_eq!(world.unwrap().len(), 4096);
         let e = tiles_for_bbox(&n(-180.0), &n(-85.0), &n(180.0), &n(85.0), &n(7.0)).unwrap_err();
-        assert_eq!(e.code, code::TOO_MANY_TILES);
+        assert_eq!(e.code, Code::TooManyTiles);
         assert_eq!(
             message(&e, &[("z", "7")]),
             "the bbox covers 16384 tiles at z 7, more than the maximum of 4096; \

@@ -15,13 +15,16 @@
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
 
-use super::args::{code, packed, ArgError, Kind as ArgKind, Value};
+use super::args::{packed, ArgError, Value};
+use super::boundary::{
+    request_kind_num, tile_state_code, Code, ErrorClass, FailureCode, Tag, STATS,
+};
 use super::config;
 use super::{thrown, value};
 use crate::access::Access;
-use crate::batch::{Failure, Kind, RequestId};
+use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
-use crate::client::{Client, Event, Payload, TileState, ViewOutcome};
+use crate::client::{Client, Event, Payload, ViewOutcome};
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::TileId;
 
@@ -38,25 +41,11 @@ impl Payload for JsItem {
     }
 }
 
-/// Record tags in an [`Out`] list; `cache.js` has the same numbers.
-mod tag {
-    pub const SEND: f64 = 1.0;
-    pub const CANCEL: f64 = 2.0;
-    pub const UPDATED: f64 = 3.0;
-    pub const COMPLETE: f64 = 4.0;
-    pub const ERROR: f64 = 5.0;
-    pub const WAKEUP: f64 = 6.0;
-}
-
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
-/// cursors. Tiles are packed ids ([`super::args::packed`]). Layouts (numbers | references):
-/// - view header: `complete, missing, stale, items, missing tiles... | items...` (the
-///   stale items first);
-/// - SEND: `1, id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`;
-/// - CANCEL: `2, id`; UPDATED: `3`; COMPLETE: `4`;
-/// - ERROR: `5, id, kind, willRetry, failure, status, retryAfterMs, tiles | message`
-///   (`failure`: 0 timeout, 1 network, 2 http, 3 invalid; `-1` for no retry-after);
-/// - WAKEUP: `6, at` (the clock time at which to call `tick`).
+/// cursors. Tiles are packed ids ([`super::args::packed`]). A view call starts with the view
+/// header, `complete, missing, stale, items, missing tiles... | items...` (the stale items
+/// first); then come records, each a [`Tag`] and the layout its doc gives. Request kinds,
+/// failures and tiers are the codes of [`super::boundary`].
 #[derive(Default)]
 struct Out {
     nums: Vec<f64>,
@@ -88,25 +77,16 @@ impl Out {
     }
 }
 
-fn kind_num(k: Kind) -> f64 {
-    match k {
-        Kind::Foreground => 0.0,
-        Kind::Prefetch => 1.0,
-    }
-}
-
 /// A clock reading from JS: any number; negative, NaN and huge values saturate.
 fn ms(now: f64) -> u64 {
     now as u64
 }
 
-/// The access tiers in the order of their codes in [`Engine::response`].
-const TIERS: [Access; 4] = [
-    Access::Public,
-    Access::Registered,
-    Access::Verified,
-    Access::Agent,
-];
+/// The tier with this code (its rank); `None` for any other number, so nothing from
+/// JavaScript (an unknown tier is -1) is truncated into a tier.
+fn tier(code: f64) -> Option<Access> {
+    Access::ALL.into_iter().find(|a| a.rank() as f64 == code)
+}
 
 #[wasm_bindgen(skip_typescript)]
 pub struct Engine {
@@ -118,17 +98,8 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// The JS paths of the numeric options, in the order `new` takes their values.
-    #[wasm_bindgen(js_name = optionPaths)]
-    pub fn option_paths() -> Vec<JsValue> {
-        config::SPECS
-            .iter()
-            .map(|s| JsValue::from_str(s.path))
-            .collect()
-    }
-
-    /// `values`: the numeric options in [`Engine::option_paths`] order (`undefined` for the
-    /// default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when `by_class`.
+    /// `values`: the numeric options in [`super::options::numbers`] order (`undefined`
+    /// for the default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when `by_class`.
     #[wasm_bindgen(constructor)]
     pub fn new(
         values: Vec<JsValue>,
@@ -152,8 +123,15 @@ impl Engine {
         .map_err(thrown)?;
         let (tile_zoom, min_zoom) = (config.cache.tile_zoom, config.planner.min_zoom);
         let max_visible = config.planner.max_visible_tiles;
-        // The options are checked above, so the core's own checks pass.
-        let client = Client::new(config).map_err(|_| JsValue::NULL)?;
+        // The options are checked above within the core's ranges (the tests of
+        // `super::options` check every bound), so the core's own checks pass.
+        let client = Client::new(config).map_err(|_| {
+            thrown(ArgError {
+                kind: ErrorClass::Range,
+                code: Code::OutOfRange,
+                parts: vec!["the options are out of the core's ranges".into()],
+            })
+        })?;
         Ok(Engine {
             client,
             tile_zoom,
@@ -237,26 +215,27 @@ impl Engine {
         out.finish()
     }
 
-    /// A request failed: `failure` 0 timeout, 1 network, 2 HTTP `status` (with
-    /// `retry_after_ms`, negative for none), 3 invalid response, 4 aborted.
+    /// A request failed: `failure` is a [`FailureCode`] (HTTP with `status` and
+    /// `retry_after_ms`, negative for none); any other number means the shell gave the
+    /// request up (aborted).
     pub fn failure(
         &mut self,
         id: f64,
-        failure: u8,
+        failure: f64,
         status: u16,
         retry_after_ms: f64,
         message: String,
         now: f64,
     ) -> Vec<JsValue> {
-        let f = match failure {
-            0 => Failure::Timeout,
-            1 => Failure::Network(message),
-            2 => Failure::Http {
+        let f = match FailureCode::from_num(failure) {
+            Some(FailureCode::Timeout) => Failure::Timeout,
+            Some(FailureCode::Network) => Failure::Network(message),
+            Some(FailureCode::Http) => Failure::Http {
                 status,
                 retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
             },
-            3 => Failure::Invalid(message),
-            _ => Failure::Aborted,
+            Some(FailureCode::Invalid) => Failure::Invalid(message),
+            None => Failure::Aborted,
         };
         let now = ms(now);
         self.client.on_failure(RequestId(id as u64), f, now);
@@ -326,19 +305,14 @@ impl Engine {
         Ok(out.finish())
     }
 
-    /// `tileStates`: per tile `0` loaded, `1` prefetched (not shown yet), `2` in flight,
-    /// `3` missing ([`Client::tile_state`]). A bad tile string is a `tiles` field error.
+    /// `tileStates`: per tile the code of its state ([`super::boundary::TILE_STATES`]). A
+    /// bad tile string is a `tiles` field error.
     #[wasm_bindgen(js_name = tileStates)]
     pub fn tile_states(&self, tiles: Vec<String>, now: f64) -> Result<Vec<u8>, JsValue> {
         let now = ms(now);
         let states = parse_tiles(&tiles)?
             .into_iter()
-            .map(|t| match self.client.tile_state(t, now) {
-                TileState::Loaded => 0,
-                TileState::Prefetched => 1,
-                TileState::InFlight => 2,
-                TileState::Missing => 3,
-            })
+            .map(|t| tile_state_code(self.client.tile_state(t, now)))
             .collect();
         Ok(states)
     }
@@ -354,26 +328,10 @@ impl Engine {
         Ok(out.finish())
     }
 
-    /// The counters, in the order `cache.js` names them.
+    /// The counters, in the order of [`STATS`] (which names them for `cache.js`).
     pub fn stats(&self) -> Vec<f64> {
         let s = self.client.stats();
-        vec![
-            s.cache.hits as f64,
-            s.cache.misses as f64,
-            s.cache.stale_hits as f64,
-            s.hit_rate(),
-            s.batch.requests as f64,
-            s.batch.prefetch_requests as f64,
-            s.items_fetched as f64,
-            s.prefetch_tiles_used as f64,
-            s.prefetch_tiles_wasted as f64,
-            s.cache.evictions as f64,
-            s.cache.entries as f64,
-            s.cache.bytes as f64,
-            s.in_flight as f64,
-            s.errors as f64,
-            s.breaker_open as u8 as f64,
-        ]
+        STATS.iter().map(|stat| (stat.get)(&s)).collect()
     }
 }
 
@@ -383,9 +341,9 @@ impl Engine {
         while let Some(s) = self.client.poll_request(now) {
             let r = &s.request;
             out.nums.extend([
-                tag::SEND,
+                Tag::Send.num(),
                 s.id.0 as f64,
-                kind_num(s.kind),
+                request_kind_num(s.kind),
                 s.attempt as f64,
                 s.timeout_ms as f64,
                 r.tiles.len() as f64,
@@ -400,29 +358,30 @@ impl Engine {
             }
         }
         while let Some(id) = self.client.poll_cancel() {
-            out.nums.extend([tag::CANCEL, id.0 as f64]);
+            out.nums.extend([Tag::Cancel.num(), id.0 as f64]);
         }
         while let Some(e) = self.client.poll_event() {
             match e {
-                Event::Updated => out.nums.push(tag::UPDATED),
-                Event::Complete => out.nums.push(tag::COMPLETE),
+                Event::Updated => out.nums.push(Tag::Updated.num()),
+                Event::Complete => out.nums.push(Tag::Complete.num()),
                 Event::Error(e) => {
                     let (code, status, retry_after, message) = match e.failure {
-                        Failure::Timeout => (0.0, 0, None, String::new()),
-                        Failure::Network(m) => (1.0, 0, None, m),
+                        Failure::Timeout => (FailureCode::Timeout, 0, None, String::new()),
+                        Failure::Network(m) => (FailureCode::Network, 0, None, m),
                         Failure::Http {
                             status,
                             retry_after_ms,
-                        } => (2.0, status, retry_after_ms, String::new()),
-                        Failure::Invalid(m) => (3.0, 0, None, m),
-                        Failure::Aborted => (4.0, 0, None, String::new()),
+                        } => (FailureCode::Http, status, retry_after_ms, String::new()),
+                        Failure::Invalid(m) => (FailureCode::Invalid, 0, None, m),
+                        // The shell gave it up itself; the core reports no error for it.
+                        Failure::Aborted => continue,
                     };
                     out.nums.extend([
-                        tag::ERROR,
+                        Tag::Error.num(),
                         e.request.0 as f64,
-                        kind_num(e.kind),
+                        request_kind_num(e.kind),
                         e.will_retry as u8 as f64,
-                        code,
+                        code.num(),
                         status as f64,
                         retry_after.map_or(-1.0, |ms| ms as f64),
                         e.tiles.len() as f64,
@@ -432,7 +391,7 @@ impl Engine {
             }
         }
         if let Some(at) = self.client.next_wakeup(now) {
-            out.nums.extend([tag::WAKEUP, at as f64]);
+            out.nums.extend([Tag::Wakeup.num(), at as f64]);
         }
     }
 }
@@ -444,8 +403,8 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .map(|t| {
             t.parse::<TileId>().map_err(|_| {
                 thrown(ArgError::must(
-                    ArgKind::Type,
-                    code::INVALID_TILE,
+                    ErrorClass::Type,
+                    Code::InvalidTile,
                     "tiles",
                     "an array of tile strings \"z/x/y\"",
                 ))
@@ -506,7 +465,7 @@ fn build_response(
         let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
             return Err(disagree());
         };
-        let Some(&access) = TIERS.get(it[3] as usize) else {
+        let Some(access) = tier(it[3]) else {
             return Err(format!(
                 "items[{j}].access must be one of \"public\", \"registered\", \"verified\", \"agent\""
             ));
@@ -526,4 +485,33 @@ fn build_response(
         items,
         missing: strs.collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tile listing one item of tier code `tier`, as `cache.js` flattens it.
+    fn one_item(tier: f64) -> Result<BatchResponse<JsItem>, String> {
+        let nums = vec![1.0, 1.0, 100.0, -1.0, 1.0, -122.33, 47.61, -1.0, tier];
+        let strs = ["14/2624/5721", "a", "a", "active"]
+            .map(String::from)
+            .to_vec();
+        build_response(&nums, strs, vec![JsValue::UNDEFINED])
+    }
+
+    /// Security: an item whose tier is not one of the four must make the whole answer
+    /// invalid; truncating its code (-1 for an unknown name, or a fraction) into a tier
+    /// would let it pass as public.
+    #[test]
+    fn an_unknown_tier_is_an_invalid_response() {
+        for (code, access) in Access::ALL.iter().enumerate() {
+            let r = one_item(code as f64).unwrap();
+            assert_eq!(r.items[0].access, *access);
+        }
+        for bad in [-1.0, 0.5, 4.0, 255.0, f64::NAN, f64::NEG_INFINITY] {
+            let e = one_item(bad).map(|_| ()).unwrap_err();
+            assert!(e.contains("items[0].access must be one of"), "{bad}: {e}");
+        }
+    }
 }

@@ -10,12 +10,19 @@
 //! The tile functions below are the wasm half of the public ones in `js/api.js`: tiles
 //! cross as packed ids ([`args::packed`]), which the JS writes as `z/x/y`. Their TypeScript
 //! declarations are in `js/index.d.ts`.
+//!
+//! Every code, tag, name and option that crosses is defined once, in [`boundary`] and
+//! [`options`]; [`codegen`] writes the JS and TypeScript side of them (`js/gen/`).
 
 mod args;
+mod boundary;
+#[cfg(test)]
+mod codegen;
 mod config;
 mod engine;
+mod options;
 
-use args::{ArgError, Kind, Value};
+use args::{ArgError, Value};
 use wasm_bindgen::prelude::*;
 
 /// The package's allocator: talc, a drop-in for wasm's default dlmalloc that is smaller
@@ -37,17 +44,13 @@ fn value(v: &JsValue) -> Value {
     }
 }
 
-/// The record thrown for an [`ArgError`]: `[kind (0 TypeError, 1 RangeError), code,
-/// ...parts]`, which `thrown` in `js/cache.js` turns into the error, writing each odd part's
-/// value into the message.
+/// The record thrown for an [`ArgError`]: `[class, code, ...parts]` (the codes of
+/// [`boundary::ErrorClass`] and [`boundary::Code`]), which `thrown` in `js/cache.js` turns
+/// into the error, writing each odd part's value into the message.
 fn thrown(e: ArgError) -> JsValue {
-    let kind = match e.kind {
-        Kind::Type => 0.0,
-        Kind::Range => 1.0,
-    };
     let mut record = Vec::with_capacity(2 + e.parts.len());
-    record.push(JsValue::from_f64(kind));
-    record.push(JsValue::from_str(e.code));
+    record.push(JsValue::from_f64(e.kind.num()));
+    record.push(JsValue::from_f64(e.code.num()));
     record.extend(e.parts.iter().map(|p| JsValue::from_str(p)));
     record.into()
 }

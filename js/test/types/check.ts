@@ -29,13 +29,26 @@ function codeOf(e: unknown): TilewarmErrorCode | undefined {
   return (e as TilewarmError).code;
 }
 const c: TilewarmErrorCode = 'ERR_TOO_MANY_TILES';
+// Every code the package throws is in the type (generated from the Rust).
+const thrownByTheCache: TilewarmErrorCode[] = ['ERR_INVALID_ARG_VALUE', 'ERR_DISPOSED'];
 // @ts-expect-error not one of the codes
 const bad: TilewarmErrorCode = 'ERR_SOMETHING';
 
-export { ts, n, p, s, wrong, codeOf, c, bad };
+export { ts, n, p, s, wrong, codeOf, c, thrownByTheCache, bad };
 
 // The cache.
-import { TileCache, type Item, type View, type FetchError, type TileCacheStats, type TileState } from 'tilewarm';
+import {
+  TileCache,
+  type Item,
+  type View,
+  type FetchError,
+  type FetchErrorCode,
+  type RequestKind,
+  type TileCacheOptions,
+  type TileCacheStats,
+  type TileState,
+  type Access,
+} from 'tilewarm';
 
 interface Home { price: number }
 async function cacheUse() {
@@ -57,6 +70,13 @@ async function cacheUse() {
   await cache.whenComplete();
   const off: () => void = cache.onUpdate((items: Item<Home>[]) => items.length);
   cache.onError((e: FetchError) => [e.code, e.status, e.kind, e.willRetry]);
+  cache.onError((e: FetchError) => {
+    const code: FetchErrorCode = e.code;
+    const kind: 'foreground' | 'prefetch' = e.kind;
+    // @ts-expect-error a thrown-argument code is not a request error's
+    const wrongCode: FetchErrorCode = 'ERR_OUT_OF_RANGE';
+    return [code, kind, wrongCode];
+  });
   const one: Item<Home> | undefined = await cache.get('a');
   const many = await cache.getMany(['a', 'b']);
   const n: number = cache.invalidate({ ids: ['a'], tiles: ['14/2624/5721'], all: false });
@@ -67,15 +87,28 @@ async function cacheUse() {
   cache.setAccess('registered');
   const st: TileCacheStats = cache.stats();
   const open: boolean = st.breakerOpen;
+  const hits: number = st.hits;
+  // @ts-expect-error not a counter
+  st.hitz;
   cache.dispose();
   // @ts-expect-error not a tier
   cache.setAccess('admin');
   // @ts-expect-error endpoint is required
   await TileCache.create({ tileZoom: 14 });
+  const options: TileCacheOptions = {
+    endpoint: 'https://api.example.com/v1/batch',
+    ttl: { staleWhileRevalidate: 60 },
+    prefetch: { viewRing: 0.5, budgetPerVisible: 4 },
+    batch: { coalesceLevels: 0 },
+  };
+  // @ts-expect-error not a batch option
+  const typo: TileCacheOptions = { endpoint: 'x', batch: { maxTile: 1 } };
+  const tier: Access = 'verified';
+  const kinds: RequestKind[] = ['foreground', 'prefetch'];
   // @ts-expect-error the constructor is private: use create
   new TileCache();
   // @ts-expect-error the viewport needs a zoom
   cache.setViewport({ west: 0, south: 0, east: 1, north: 1 });
-  return [price, tiles, off, one, many, n, open];
+  return [price, tiles, off, one, many, n, open, hits, options, typo, tier, kinds];
 }
 export { cacheUse };

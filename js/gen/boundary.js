@@ -1,0 +1,82 @@
+// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not
+// edit. `cargo test --features wasm` fails when this file is stale.
+// The JS half of src/wasm/: what js/cache.js needs to read the engine's records and
+// to name what the wasm hands out as numbers.
+
+// Record tags of the engine's output lists, each with its record's layout (numbers |
+// references).
+/** `id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`: a request to send. */
+export const SEND = 1;
+/** `id`: abort this request; its answer is no longer wanted. */
+export const CANCEL = 2;
+/** Data for the view arrived: read the view again. */
+export const UPDATED = 3;
+/** Every visible tile can be shown. */
+export const COMPLETE = 4;
+/**
+ * `id, kind, willRetry, failure, status, retryAfterMs, tiles | message`: a request failed
+ * (`retryAfterMs` -1 for none).
+ */
+export const ERROR = 5;
+/** `at`: the clock time at which to call `tick`. */
+export const WAKEUP = 6;
+/** Failure codes for `Engine.failure`; the `code` of the page's error is at that index. */
+export const FAILED_TIMEOUT = 0;
+export const FAILED_NETWORK = 1;
+export const FAILED_HTTP = 2;
+export const FAILED_INVALID = 3;
+export const FAILURE_CODES = ['ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE'];
+
+/** The `code`s of thrown errors; an error record names one by its index in CODES. */
+export const ERR_INVALID_ARG_TYPE = 'ERR_INVALID_ARG_TYPE';
+export const ERR_OUT_OF_RANGE = 'ERR_OUT_OF_RANGE';
+export const ERR_INVALID_TILE = 'ERR_INVALID_TILE';
+export const ERR_TOO_MANY_TILES = 'ERR_TOO_MANY_TILES';
+export const ERR_INVALID_ARG_VALUE = 'ERR_INVALID_ARG_VALUE';
+export const ERR_DISPOSED = 'ERR_DISPOSED';
+export const CODES = [
+  ERR_INVALID_ARG_TYPE, ERR_OUT_OF_RANGE, ERR_INVALID_TILE, ERR_TOO_MANY_TILES,
+  ERR_INVALID_ARG_VALUE, ERR_DISPOSED,
+];
+/**
+ * The class of a thrown error, by its index in an error record: 0 The value has the wrong type
+ * (or a string is not a tile): `TypeError`. 1 The value has the right type but is out of range:
+ * `RangeError`.
+ */
+export const ERROR_CLASSES = [TypeError, RangeError];
+
+/** Names of what crosses as a code: the code is the index. */
+export const REQUEST_KINDS = ['foreground', 'prefetch'];
+export const TILE_STATES = ['loaded', 'prefetched', 'inFlight', 'missing'];
+export const TIERS = ['public', 'registered', 'verified', 'agent'];
+/** The `stats()` fields in the order `Engine.stats` hands their values over; FLAGS are booleans. */
+export const STATS = [
+  'hits', 'misses', 'staleHits', 'hitRate', 'requests', 'prefetchRequests', 'itemsFetched',
+  'prefetchTilesUsed', 'prefetchTilesWasted', 'evictions', 'entries', 'bytes', 'inFlight',
+  'errors', 'breakerOpen',
+];
+export const FLAGS = ['breakerOpen'];
+
+/** The options: top-level names (groups at their first member's place), each group's
+ * members, and the numeric options' paths in the order `new Engine` takes their values. */
+export const OPTIONS = [
+  'endpoint', 'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl', 'prefetch', 'batch',
+  'access', 'headers', 'fetch', 'now',
+];
+export const GROUPS = {
+  ttl: ['default', 'byClass', 'staleWhileRevalidate'],
+  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible'],
+  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels'],
+};
+export const NUMBERS = [
+  'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl.default', 'ttl.staleWhileRevalidate',
+  'prefetch.ring', 'prefetch.lookaheadMs', 'prefetch.maxTilesPerRound', 'prefetch.viewRing',
+  'prefetch.budgetPerVisible', 'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight',
+  'batch.timeoutMs', 'batch.retries', 'batch.coalesceLevels',
+];
+
+/** Largest response body read, in bytes (the protocol's `Limits::max_body_bytes`). */
+export const MAX_BODY_BYTES = 8388608;
+/** A packed tile id is z·TILE_Z + x·TILE_X + y (`TileId::to_u64`). */
+export const TILE_Z = 281474976710656;
+export const TILE_X = 16777216;

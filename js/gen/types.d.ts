@@ -1,0 +1,199 @@
+// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not
+// edit. `cargo test --features wasm` fails when this file is stale.
+// The public types built from the boundary's tables; index.d.ts re-exports them.
+
+/**
+ * The `code` of every error thrown for a bad argument, option or call: a `TypeError` or
+ * `RangeError` (an `Error` for `ERR_DISPOSED`).
+ */
+export type TilewarmErrorCode =
+  /**
+   * An argument or option of the wrong JavaScript type (a string where a number belongs,
+   * `undefined`, ...). TypeError.
+   */
+  | 'ERR_INVALID_ARG_TYPE'
+  /** A number that is not an integer, not finite, or outside its range. RangeError. */
+  | 'ERR_OUT_OF_RANGE'
+  /** A string that is not a tile `z/x/y` (TypeError) or names no tile (RangeError). */
+  | 'ERR_INVALID_TILE'
+  /**
+   * More tiles than one call may cover: a bbox of more than 4096 tiles, a viewport of more than
+   * 1024 data tiles. RangeError.
+   */
+  | 'ERR_TOO_MANY_TILES'
+  /**
+   * A value of the right type that is not one of the allowed ones (an access tier, an option
+   * name, an endpoint that is not an absolute URL). TypeError.
+   */
+  | 'ERR_INVALID_ARG_VALUE'
+  /** A `TileCache` used after `dispose()`. Error. */
+  | 'ERR_DISPOSED'
+  ;
+
+/** The `code` of a failed batch request (`FetchError`). */
+export type FetchErrorCode =
+  /** No answer within `batch.timeoutMs`. */
+  | 'ERR_TIMEOUT'
+  /** The connection failed or the body could not be read. */
+  | 'ERR_NETWORK'
+  /** The server answered with an HTTP error status (see `status`). */
+  | 'ERR_HTTP'
+  /**
+   * The answer is not JSON, has the wrong shape or values, is larger than the body limit, or
+   * leaves out a requested tile.
+   */
+  | 'ERR_INVALID_RESPONSE'
+  ;
+
+/** Which requests a `FetchError` came from. */
+export type RequestKind =
+  /** Loads the visible tiles. */
+  | 'foreground'
+  /** Loads what may come into view next. */
+  | 'prefetch'
+  ;
+
+/** The state of a data tile (`TileCache.tileStates`). */
+export type TileState =
+  /** Showable, fetched for the view (or already shown). */
+  | 'loaded'
+  /** Showable, fetched ahead by prefetch and not shown yet. */
+  | 'prefetched'
+  /** A request for it is out. */
+  | 'inFlight'
+  /** Not showable and not being fetched. */
+  | 'missing'
+  ;
+
+/** An access tier, lowest first. A tier sees items of its own tier and below. */
+export type Access = 'public' | 'registered' | 'verified' | 'agent';
+
+/** Counters since the cache was created (`TileCache.stats`). */
+export interface TileCacheStats {
+  /** Item lookups that found a fresh item. */
+  hits: number;
+  /** Item lookups that found nothing showable. */
+  misses: number;
+  /** Item lookups that found a stale item (within `ttl.staleWhileRevalidate`). */
+  staleHits: number;
+  /** (hits + staleHits) / lookups; 0 before any lookup. */
+  hitRate: number;
+  /** Batch requests sent, retries included. */
+  requests: number;
+  /** Those sent for prefetch. */
+  prefetchRequests: number;
+  /** Items received. */
+  itemsFetched: number;
+  /** Prefetched tiles later shown. */
+  prefetchTilesUsed: number;
+  /** Prefetched tiles that expired or were fetched again unseen. */
+  prefetchTilesWasted: number;
+  /** Items evicted for capacity. */
+  evictions: number;
+  /** Items held now. */
+  entries: number;
+  /** Bytes held now (estimated from the response sizes). */
+  bytes: number;
+  /** Requests out now. */
+  inFlight: number;
+  /** Failed request attempts. */
+  errors: number;
+  /** The prefetch circuit breaker is open: prefetch is paused, foreground still goes out. */
+  breakerOpen: boolean;
+}
+
+/** Options of `TileCache.create`. Only `endpoint` is required. */
+export interface TileCacheOptions {
+  /** Absolute URL of the batch endpoint (POST, JSON). */
+  endpoint: string;
+  /** Zoom of the data tiles: an integer in 0..=24. Default 14. */
+  tileZoom?: number;
+  /**
+   * Below this map zoom nothing is fetched: a number in 0..=30 (zooms are in 256-px XYZ terms:
+   * Leaflet's zoom as is, MapLibre's + 1). Default 12.
+   */
+  minZoom?: number;
+  /** Most items held: an integer in 1..=10000000. Default 50000. */
+  maxItems?: number;
+  /**
+   * Most bytes held, estimated from the response sizes: an integer in 1..=2147483647. Default
+   * 33554432.
+   */
+  maxBytes?: number;
+  ttl?: {
+    /**
+     * Seconds an item is fresh when neither the response nor its class says: an integer number
+     * of seconds in 1..=2592000. Default 300.
+     */
+    default?: number;
+    /**
+     * Seconds an item is fresh, per item class, each an integer number of seconds in
+     * 1..=2592000; replaces the default table. Default `{ active: 300, off_market: 14400 }`.
+     */
+    byClass?: Record<string, number>;
+    /**
+     * Seconds after expiry an item may still be shown, flagged `stale`, while it is refetched:
+     * an integer number of seconds in 0..=2592000. Default 0.
+     */
+    staleWhileRevalidate?: number;
+  };
+  prefetch?: {
+    /** Ring of neighbour tiles fetched around the view: an integer in 0..=8. Default 1. */
+    ring?: number;
+    /**
+     * How far ahead motion is extrapolated, in ms: an integer in 0..=60000 (0 = off). Default
+     * 1500.
+     */
+    lookaheadMs?: number;
+    /** Prefetch tiles per round, at least: an integer in 0..=4096. Default 32. */
+    maxTilesPerRound?: number;
+    /**
+     * Neighbourhood of the view, in view sizes (1 = the 8 neighbouring views): a number in
+     * 0..=4 (0 = off). Default 1.
+     */
+    viewRing?: number;
+    /**
+     * The per-round budget grows to this many prefetch tiles per visible tile: a number in
+     * 0..=64. Default 8.
+     */
+    budgetPerVisible?: number;
+  };
+  batch?: {
+    /**
+     * Tiles per request: an integer in 1..=64 (the protocol's limit per request). Default 16.
+     */
+    maxTiles?: number;
+    /**
+     * Ids per request: an integer in 1..=1000 (the protocol's limit per request). Default 200.
+     */
+    maxIds?: number;
+    /**
+     * Requests out at once: an integer in 1..=64; prefetch never takes the last slot. Default
+     * 4.
+     */
+    maxInFlight?: number;
+    /** Time a request may take, in ms: an integer in 1..=600000. Default 3000. */
+    timeoutMs?: number;
+    /**
+     * Retries after the first attempt: an integer in 0..=10, with exponential backoff and
+     * jitter; `Retry-After` is honoured. Default 2.
+     */
+    retries?: number;
+    /**
+     * Ask for a tile up to this many zooms coarser when all its data tiles are missing: an
+     * integer in 0..=4 (0 = off); the server must accept that zoom. Default 2.
+     */
+    coalesceLevels?: number;
+  };
+  /**
+   * The caller's tier: one of "public", "registered", "verified", "agent". Default `'public'`.
+   */
+  access?: Access;
+  /** Extra request headers (e.g. `Authorization`). Default `{}`. */
+  headers?: Record<string, string> | Headers;
+  /** The fetch to use (tests, auth wrappers). Default `globalThis.fetch`. */
+  fetch?: (input: string, init: RequestInit) => Promise<Response>;
+  /** The clock, in ms (TTLs and backoff use it). Default `Date.now`. */
+  now?: () => number;
+}
+

@@ -1,0 +1,467 @@
+//! Every option of the JS `TileCache`, once: its JavaScript path, how it is checked, where
+//! a number lands in the core's [`ClientConfig`] (whose `Default` is the option's default),
+//! and, for the generator only, its doc and TypeScript type.
+//!
+//! [`super::config`] checks options against this table; [`super::codegen`] writes from it
+//! the option names `js/cache.js` accepts, the numbers' order `Engine::new` takes them in,
+//! the `TileCacheOptions` declarations and the option table of `js/README.md`. A new option
+//! is one entry here.
+//!
+//! The ranges are the core's where the core has one (its config checks, the protocol's
+//! [`Limits`](crate::protocol::Limits)); where the core only asks for "at least 1", the
+//! upper bound is the boundary's own, so every accepted number converts exactly (the tests
+//! below check both).
+
+use crate::client::ClientConfig;
+
+/// The range of a number: `lo..=hi` (whole numbers), an integer or not, and how the allowed
+/// values are named in messages (`{what} in {lo}..={hi}`).
+pub(crate) struct Range {
+    pub lo: f64,
+    pub hi: f64,
+    pub integer: bool,
+    pub what: &'static str,
+}
+
+impl Range {
+    /// What is allowed, as a message says it: `an integer in 1..=64`.
+    pub fn allowed(&self) -> String {
+        format!("{} in {}..={}", self.what, self.lo as u64, self.hi as u64)
+    }
+
+    /// Whether `n` is in range (NaN is not; an infinity is not an integer).
+    pub fn contains(&self, n: f64) -> bool {
+        n >= self.lo && n <= self.hi && (!self.integer || n.fract() == 0.0)
+    }
+}
+
+const fn int(lo: f64, hi: f64) -> Range {
+    Range {
+        lo,
+        hi,
+        integer: true,
+        what: "an integer",
+    }
+}
+
+const fn real(lo: f64, hi: f64) -> Range {
+    Range {
+        lo,
+        hi,
+        integer: false,
+        what: "a number",
+    }
+}
+
+const fn seconds(lo: f64) -> Range {
+    Range {
+        lo,
+        hi: MAX_TTL_S,
+        integer: true,
+        what: "an integer number of seconds",
+    }
+}
+
+/// Longest TTL accepted, in seconds: the protocol's `Limits::max_ttl_s` (30 days).
+pub(crate) const MAX_TTL_S: f64 = 2_592_000.0;
+
+/// The range of every `ttl.byClass` value.
+pub(crate) const CLASS_TTL: Range = seconds(1.0);
+
+/// What an `access` must be.
+pub(crate) const ACCESS_ALLOWED: &str =
+    "one of \"public\", \"registered\", \"verified\", \"agent\"";
+
+/// A numeric option, in the units it names (seconds, ms): `set` writes a checked value
+/// (exactly: the range bounds it); `get` reads it back, which gives the default from
+/// `ClientConfig::default()` (for the generator and the tests only).
+pub(crate) struct Num {
+    pub range: Range,
+    pub set: fn(&mut ClientConfig, f64),
+    #[cfg(test)]
+    pub get: fn(&ClientConfig) -> f64,
+}
+
+/// How an option is checked.
+pub(crate) enum Check {
+    /// A number, checked in wasm.
+    Number(Num),
+    /// `ttl.byClass`: class names and seconds, each checked against [`CLASS_TTL`].
+    PerClass,
+    /// `access`: a tier name.
+    Access,
+    /// Checked by the JS shell only (`endpoint`, `headers`, `fetch`, `now`).
+    Shell,
+}
+
+/// One option. `doc` says what it does, with `{allowed}` for the range; a number's default
+/// is read from the core, a shell option's is `default` (`None`: required).
+pub(crate) struct Opt {
+    pub path: &'static str,
+    pub check: Check,
+    #[cfg(test)]
+    pub doc: &'static str,
+    #[cfg(test)]
+    pub ts: &'static str,
+    #[cfg(test)]
+    pub default: Option<&'static str>,
+}
+
+const fn number(
+    path: &'static str,
+    range: Range,
+    _get: fn(&ClientConfig) -> f64,
+    set: fn(&mut ClientConfig, f64),
+    _doc: &'static str,
+) -> Opt {
+    Opt {
+        path,
+        check: Check::Number(Num {
+            range,
+            set,
+            #[cfg(test)]
+            get: _get,
+        }),
+        #[cfg(test)]
+        doc: _doc,
+        #[cfg(test)]
+        ts: "number",
+        #[cfg(test)]
+        default: None,
+    }
+}
+
+const fn other(
+    path: &'static str,
+    check: Check,
+    _ts: &'static str,
+    _default: Option<&'static str>,
+    _doc: &'static str,
+) -> Opt {
+    Opt {
+        path,
+        check,
+        #[cfg(test)]
+        doc: _doc,
+        #[cfg(test)]
+        ts: _ts,
+        #[cfg(test)]
+        default: _default,
+    }
+}
+
+/// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
+/// is an object option at its first member's place. The numbers go to `Engine::new` in
+/// this order.
+pub(crate) const OPTIONS: [Opt; 23] = [
+    other(
+        "endpoint",
+        Check::Shell,
+        "string",
+        None,
+        "Absolute URL of the batch endpoint (POST, JSON).",
+    ),
+    number(
+        "tileZoom",
+        int(0.0, 24.0),
+        |c| c.cache.tile_zoom as f64,
+        |c, v| *c = std::mem::take(c).with_tile_zoom(v as u8),
+        "Zoom of the data tiles: {allowed}.",
+    ),
+    number(
+        "minZoom",
+        real(0.0, 30.0),
+        |c| c.planner.min_zoom,
+        |c, v| c.planner.min_zoom = v,
+        "Below this map zoom nothing is fetched: {allowed} (zooms are in 256-px XYZ terms: \
+         Leaflet's zoom as is, MapLibre's + 1).",
+    ),
+    number(
+        "maxItems",
+        int(1.0, 1e7),
+        |c| c.cache.max_items as f64,
+        |c, v| c.cache.max_items = v as usize,
+        "Most items held: {allowed}.",
+    ),
+    number(
+        "maxBytes",
+        int(1.0, 2_147_483_647.0),
+        |c| c.cache.max_bytes as f64,
+        |c, v| c.cache.max_bytes = v as usize,
+        "Most bytes held, estimated from the response sizes: {allowed}.",
+    ),
+    number(
+        "ttl.default",
+        seconds(1.0),
+        |c| (c.cache.default_ttl_ms / 1000) as f64,
+        |c, v| c.cache.default_ttl_ms = v as u64 * 1000,
+        "Seconds an item is fresh when neither the response nor its class says: {allowed}.",
+    ),
+    other(
+        "ttl.byClass",
+        Check::PerClass,
+        "Record<string, number>",
+        None,
+        "Seconds an item is fresh, per item class, each {allowed}; replaces the default table.",
+    ),
+    number(
+        "ttl.staleWhileRevalidate",
+        seconds(0.0),
+        |c| (c.cache.stale_while_revalidate_ms / 1000) as f64,
+        |c, v| c.cache.stale_while_revalidate_ms = v as u64 * 1000,
+        "Seconds after expiry an item may still be shown, flagged `stale`, while it is \
+         refetched: {allowed}.",
+    ),
+    number(
+        "prefetch.ring",
+        int(0.0, 8.0),
+        |c| c.planner.ring as f64,
+        |c, v| c.planner.ring = v as u32,
+        "Ring of neighbour tiles fetched around the view: {allowed}.",
+    ),
+    number(
+        "prefetch.lookaheadMs",
+        int(0.0, 60_000.0),
+        |c| c.planner.lookahead_ms as f64,
+        |c, v| c.planner.lookahead_ms = v as u64,
+        "How far ahead motion is extrapolated, in ms: {allowed} (0 = off).",
+    ),
+    number(
+        "prefetch.maxTilesPerRound",
+        int(0.0, 4096.0),
+        |c| c.planner.max_tiles_per_round as f64,
+        |c, v| c.planner.max_tiles_per_round = v as usize,
+        "Prefetch tiles per round, at least: {allowed}.",
+    ),
+    number(
+        "prefetch.viewRing",
+        real(0.0, 4.0),
+        |c| c.planner.view_ring,
+        |c, v| c.planner.view_ring = v,
+        "Neighbourhood of the view, in view sizes (1 = the 8 neighbouring views): {allowed} \
+         (0 = off).",
+    ),
+    number(
+        "prefetch.budgetPerVisible",
+        real(0.0, 64.0),
+        |c| c.planner.budget_per_visible,
+        |c, v| c.planner.budget_per_visible = v,
+        "The per-round budget grows to this many prefetch tiles per visible tile: {allowed}.",
+    ),
+    number(
+        "batch.maxTiles",
+        int(1.0, 64.0),
+        |c| c.batch.max_tiles as f64,
+        |c, v| c.batch.max_tiles = v as usize,
+        "Tiles per request: {allowed} (the protocol's limit per request).",
+    ),
+    number(
+        "batch.maxIds",
+        int(1.0, 1000.0),
+        |c| c.batch.max_ids as f64,
+        |c, v| c.batch.max_ids = v as usize,
+        "Ids per request: {allowed} (the protocol's limit per request).",
+    ),
+    number(
+        "batch.maxInFlight",
+        int(1.0, 64.0),
+        |c| c.batch.max_in_flight as f64,
+        |c, v| c.batch.max_in_flight = v as usize,
+        "Requests out at once: {allowed}; prefetch never takes the last slot.",
+    ),
+    number(
+        "batch.timeoutMs",
+        int(1.0, 600_000.0),
+        |c| c.batch.timeout_ms as f64,
+        |c, v| c.batch.timeout_ms = v as u64,
+        "Time a request may take, in ms: {allowed}.",
+    ),
+    number(
+        "batch.retries",
+        int(0.0, 10.0),
+        |c| c.batch.retries as f64,
+        |c, v| c.batch.retries = v as u32,
+        "Retries after the first attempt: {allowed}, with exponential backoff and jitter; \
+         `Retry-After` is honoured.",
+    ),
+    number(
+        "batch.coalesceLevels",
+        int(0.0, 4.0),
+        |c| c.batch.coalesce_levels as f64,
+        |c, v| c.batch.coalesce_levels = v as u8,
+        "Ask for a tile up to this many zooms coarser when all its data tiles are missing: \
+         {allowed} (0 = off); the server must accept that zoom.",
+    ),
+    other(
+        "access",
+        Check::Access,
+        "Access",
+        None,
+        "The caller's tier: {allowed}.",
+    ),
+    other(
+        "headers",
+        Check::Shell,
+        "Record<string, string> | Headers",
+        Some("{}"),
+        "Extra request headers (e.g. `Authorization`).",
+    ),
+    other(
+        "fetch",
+        Check::Shell,
+        "(input: string, init: RequestInit) => Promise<Response>",
+        Some("globalThis.fetch"),
+        "The fetch to use (tests, auth wrappers).",
+    ),
+    other(
+        "now",
+        Check::Shell,
+        "() => number",
+        Some("Date.now"),
+        "The clock, in ms (TTLs and backoff use it).",
+    ),
+];
+
+/// The numeric options, in the order `Engine::new` takes their values.
+pub(crate) fn numbers() -> impl Iterator<Item = (&'static str, &'static Num)> {
+    OPTIONS.iter().filter_map(|o| match &o.check {
+        Check::Number(num) => Some((o.path, num)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Access;
+    use crate::client::Client;
+    use crate::planner::MAX_VIEW_ZOOM;
+    use crate::protocol::Limits;
+    use crate::tile::MAX_ZOOM;
+
+    fn num(path: &str) -> &'static Num {
+        numbers().find(|(p, _)| *p == path).expect(path).1
+    }
+
+    fn range(path: &str) -> &'static Range {
+        &num(path).range
+    }
+
+    /// Every value an option accepts is one the core accepts, lands in the config exactly,
+    /// and reads back the same: the JS can never pass the core something it refuses.
+    #[test]
+    fn every_accepted_value_is_accepted_by_the_core() {
+        for (path, num) in numbers() {
+            let r = &num.range;
+            let default = (num.get)(&ClientConfig::default());
+            assert!(
+                r.contains(default),
+                "{path}: default {default} out of its range"
+            );
+            let mid = if r.integer {
+                ((r.lo + r.hi) / 2.0).floor()
+            } else {
+                (r.lo + r.hi) / 2.0
+            };
+            for v in [r.lo, mid, r.hi] {
+                let mut c = ClientConfig::default();
+                (num.set)(&mut c, v);
+                assert_eq!((num.get)(&c), v, "{path} = {v} does not read back");
+                if let Err(e) = Client::<()>::new(c) {
+                    panic!("{path} = {v} is accepted in JS but the core refuses it: {e}");
+                }
+            }
+        }
+    }
+
+    /// Options whose upper bound is the boundary's own, tighter than the core's check, and
+    /// why. Every other option's bounds are exactly the core's.
+    const TIGHTER: [(&str, &str); 6] = [
+        ("maxItems", "the core asks for at least 1"),
+        (
+            "maxBytes",
+            "the core asks for at least 1; 2^31 - 1 fits any wasm32 size exactly",
+        ),
+        (
+            "ttl.default",
+            "the core asks for at least 1 ms; the protocol's longest TTL",
+        ),
+        (
+            "ttl.staleWhileRevalidate",
+            "the core has no bound; the protocol's longest TTL",
+        ),
+        (
+            "batch.maxTiles",
+            "the batcher takes up to 1024; a request may hold the protocol's Limits::max_tiles",
+        ),
+        (
+            "batch.maxIds",
+            "the batcher takes up to 100000; a request may hold the protocol's Limits::max_ids",
+        ),
+    ];
+
+    /// Just past each bound, the core refuses the value too, unless the option is listed in
+    /// [`TIGHTER`]; where the bound comes from the protocol, it is the protocol's.
+    #[test]
+    fn bounds_are_the_cores() {
+        for (path, num) in numbers() {
+            let r = &num.range;
+            let step = if r.integer { 1.0 } else { 0.5 };
+            let refused = |v: f64| {
+                let mut c = ClientConfig::default();
+                (num.set)(&mut c, v);
+                Client::<()>::new(c).is_err()
+            };
+            let tighter = TIGHTER.iter().any(|(p, _)| *p == path);
+            assert_eq!(
+                refused(r.hi + step),
+                !tighter,
+                "{path}: the core's upper bound is not {} (list it in TIGHTER, or use the core's)",
+                r.hi
+            );
+            // Below 0 nothing converts into the core's unsigned fields.
+            if r.lo >= 1.0 || !r.integer {
+                assert!(
+                    refused(r.lo - step),
+                    "{path}: the core accepts {}",
+                    r.lo - step
+                );
+            }
+        }
+        let limits = Limits::default();
+        assert_eq!(range("tileZoom").hi, MAX_ZOOM as f64);
+        assert_eq!(range("minZoom").hi, MAX_VIEW_ZOOM);
+        // A request with more tiles or ids than the protocol allows is refused by a server
+        // with the default limits, and the client checks answers against the same limits.
+        assert_eq!(range("batch.maxTiles").hi, limits.max_tiles as f64);
+        assert_eq!(range("batch.maxIds").hi, limits.max_ids as f64);
+        assert_eq!(MAX_TTL_S, limits.max_ttl_s as f64);
+        assert_eq!(range("ttl.default").hi, MAX_TTL_S);
+        let tiers: Vec<String> = Access::ALL
+            .iter()
+            .map(|a| format!("{:?}", a.as_str()))
+            .collect();
+        let n = tiers.len();
+        let expected = format!("one of {}, {}", tiers[..n - 1].join(", "), tiers[n - 1]);
+        assert_eq!(ACCESS_ALLOWED, expected);
+    }
+
+    #[test]
+    fn paths_are_unique_and_grouped() {
+        let mut seen: Vec<&str> = Vec::new();
+        for o in &OPTIONS {
+            assert!(!seen.contains(&o.path), "{} twice", o.path);
+            // A group's members are listed together.
+            if let Some((group, _)) = o.path.split_once('.') {
+                let prev = seen.last().and_then(|p| p.split_once('.')).map(|(g, _)| g);
+                let started = seen.iter().any(|p| p.starts_with(&format!("{group}.")));
+                assert!(
+                    !started || prev == Some(group),
+                    "{} is apart from its group",
+                    o.path
+                );
+            }
+            seen.push(o.path);
+        }
+    }
+}
