@@ -87,15 +87,17 @@ fn whole(n: f64, hi: u32) -> Option<u32> {
     (n.fract() == 0.0 && n >= 0.0 && n <= hi as f64).then_some(n as u32)
 }
 
-/// An integer in `0..=hi`, described by `allowed` in the error.
-fn integer(name: &str, v: &Value, hi: u32, allowed: &str) -> Result<u32, ArgError> {
-    whole(number(name, v)?, hi)
-        .ok_or_else(|| ArgError::must(ErrorClass::Range, Code::OutOfRange, name, allowed))
+/// An integer in `0..=hi`.
+fn integer(name: &str, v: &Value, hi: u32) -> Result<u32, ArgError> {
+    whole(number(name, v)?, hi).ok_or_else(|| {
+        let allowed = format!("an integer in 0..={hi}");
+        ArgError::must(ErrorClass::Range, Code::OutOfRange, name, &allowed)
+    })
 }
 
 fn zoom(name: &str, v: &Value) -> Result<u8, ArgError> {
-    // In range 0..=24, so the narrowing cannot truncate.
-    Ok(integer(name, v, MAX_ZOOM as u32, "an integer in 0..=24")? as u8)
+    // In range 0..=MAX_ZOOM (24), so the narrowing cannot truncate.
+    Ok(integer(name, v, MAX_ZOOM as u32)? as u8)
 }
 
 fn longitude(name: &str, v: &Value) -> Result<f64, ArgError> {
@@ -218,7 +220,7 @@ pub(crate) fn tiles_for_bbox(
 /// `neighbourTiles(tile, ring)`.
 pub(crate) fn neighbour_tiles(t: &Value, ring: &Value) -> Result<Vec<f64>, ArgError> {
     let t = tile("tile", t)?;
-    let ring = integer("ring", ring, MAX_RING, "an integer in 0..=31")?;
+    let ring = integer("ring", ring, MAX_RING)?;
     let tiles = t.neighbours(ring).map_err(|e| core_error("ring", e))?;
     Ok(tiles.into_iter().map(packed).collect())
 }

@@ -16,20 +16,42 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::args::{MAX_BBOX_TILES, MAX_RING};
 use super::boundary::{Code, ErrorClass, FailureCode, Tag, REQUEST_KINDS, STATS, TILE_STATES};
 use super::options::{Check, Opt, ACCESS_ALLOWED, CLASS_TTL, OPTIONS};
 use crate::access::Access;
 use crate::client::ClientConfig;
+use crate::planner::MAX_VIEW_ZOOM;
 use crate::protocol::Limits;
 use crate::tile::TileId;
+use crate::tile::MAX_ZOOM;
 
 const HEADER: &str =
     "// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not\n\
 // edit. `cargo test --features wasm` fails when this file is stale.\n";
 
-/// Text wrapped at `width` columns, as doc comment lines with `indent`.
+/// A doc with the limits it names (`{max_bbox_tiles}`, ...) written in.
+fn fill(text: &str) -> String {
+    let limits = [
+        ("{max_bbox_tiles}", MAX_BBOX_TILES.to_string()),
+        (
+            "{max_visible_tiles}",
+            ClientConfig::default()
+                .planner
+                .max_visible_tiles
+                .to_string(),
+        ),
+    ];
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (name, value) in limits {
+        text = text.replace(name, &value);
+    }
+    text
+}
+
+/// Text wrapped at 96 columns, as doc comment lines with `indent`.
 fn doc(out: &mut String, indent: &str, text: &str) {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = fill(text);
     let one = format!("{indent}/** {text} */");
     if one.len() <= 96 {
         out.push_str(&one);
@@ -430,14 +452,14 @@ fn readme_options() -> String {
 fn readme_codes() -> String {
     let mut s = String::from("| `code` | when |\n| --- | --- |\n");
     for c in Code::ALL {
-        let _ = writeln!(s, "| `{}` | {} |", c.js(), c.doc().trim());
+        let _ = writeln!(s, "| `{}` | {} |", c.js(), fill(c.doc()));
     }
     for f in FailureCode::ALL {
         let _ = writeln!(
             s,
             "| `{}` | a batch request failed: {} |",
             f.js(),
-            lowercase_first(f.doc().trim())
+            lowercase_first(&fill(f.doc()))
         );
     }
     s
@@ -494,6 +516,50 @@ fn generated_files_are_current() {
         stale.is_empty(),
         "generated from src/wasm/ and out of date: {stale:?}; run `make gen` and commit them"
     );
+}
+
+/// The hand-written docs of the tile functions and the viewport name the limits the wasm
+/// enforces.
+#[test]
+fn hand_written_docs_name_the_limits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let index = std::fs::read_to_string(root.join("js/index.d.ts")).unwrap();
+    let readme = std::fs::read_to_string(root.join("js/README.md")).unwrap();
+    for (text, file, name) in [
+        (format!("zoom 0..={MAX_ZOOM}"), &index, "index.d.ts"),
+        (
+            format!("@param z zoom, an integer in 0..={MAX_ZOOM}"),
+            &index,
+            "index.d.ts",
+        ),
+        (
+            format!("At most {MAX_BBOX_TILES} tiles."),
+            &index,
+            "index.d.ts",
+        ),
+        (
+            format!("more than {MAX_BBOX_TILES} tiles"),
+            &index,
+            "index.d.ts",
+        ),
+        (
+            format!("@param ring an integer in 0..={MAX_RING}"),
+            &index,
+            "index.d.ts",
+        ),
+        (
+            format!("256-px XYZ terms, 0..={MAX_VIEW_ZOOM}"),
+            &index,
+            "index.d.ts",
+        ),
+        (
+            format!("an integer in 0..={MAX_ZOOM}, got 31"),
+            &readme,
+            "README.md",
+        ),
+    ] {
+        assert!(file.contains(&text), "js/{name} does not say {text:?}");
+    }
 }
 
 #[test]

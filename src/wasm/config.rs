@@ -11,7 +11,7 @@ use super::boundary::{Code, ErrorClass};
 use super::options::{numbers, Range, ACCESS_ALLOWED, CLASS_TTL};
 use crate::access::Access;
 use crate::client::ClientConfig;
-use crate::planner::Viewport;
+use crate::planner::{Viewport, MAX_VIEW_ZOOM};
 use crate::tile::{cover_range, Bbox, MAX_ZOOM};
 
 /// A checked number, or `None` for `undefined` (use the default).
@@ -87,6 +87,9 @@ pub(crate) fn client_config(
     Ok(c)
 }
 
+/// What a viewport's zoom must be (`0..=MAX_VIEW_ZOOM`; a test checks the text).
+const VIEW_ZOOM: &str = "a number in 0..=30";
+
 /// The error for a viewport that covers more than `max_tiles` data tiles at `tile_zoom`.
 pub(crate) fn too_wide(tile_zoom: u8, max_tiles: usize) -> ArgError {
     let mut parts = vec![format!(
@@ -127,7 +130,7 @@ pub(crate) fn viewport(
         let allowed = match i {
             0 | 2 => LONGITUDE,
             1 | 3 => LATITUDE,
-            _ => "a number in 0..=30",
+            _ => VIEW_ZOOM,
         };
         let Value::Number(x) = v[i] else {
             return Err(ArgError::must(
@@ -140,7 +143,7 @@ pub(crate) fn viewport(
         let ok = match i {
             0 | 2 => x.is_finite(),
             1 | 3 => (-90.0..=90.0).contains(&x),
-            _ => (0.0..=30.0).contains(&x),
+            _ => (0.0..=MAX_VIEW_ZOOM).contains(&x),
         };
         if !ok {
             return Err(ArgError::must(
@@ -260,6 +263,14 @@ mod tests {
         assert_eq!(
             (e.parts[1].as_str(), e.code),
             ("access", Code::InvalidArgValue)
+        );
+    }
+
+    #[test]
+    fn view_zoom_names_the_cores_bound() {
+        assert_eq!(
+            VIEW_ZOOM,
+            format!("a number in 0..={}", MAX_VIEW_ZOOM as u32)
         );
     }
 
