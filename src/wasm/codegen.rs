@@ -519,7 +519,7 @@ fn generated_files_are_current() {
 }
 
 /// The hand-written docs of the tile functions and the viewport name the limits the wasm
-/// enforces.
+/// enforces, and the README's example lists the tile states.
 #[test]
 fn hand_written_docs_name_the_limits() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -554,6 +554,14 @@ fn hand_written_docs_name_the_limits() {
         ),
         (
             format!("an integer in 0..={MAX_ZOOM}, got 31"),
+            &readme,
+            "README.md",
+        ),
+        (
+            format!(
+                "// [{}, ...]",
+                union(TILE_STATES.iter().map(|t| quoted(t.js)))
+            ),
             &readme,
             "README.md",
         ),
