@@ -8,7 +8,7 @@ import { Engine } from './tilewarm.js';
 // Tags, codes, names and option lists, generated from the Rust (src/wasm/boundary.rs,
 // src/wasm/options.rs), so they are the engine's.
 import {
-  SEND, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
+  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
@@ -406,7 +406,7 @@ export class TileCache {
     const errors = [];
     while (n < nums.length) {
       switch (nums[n++]) {
-        case SEND: {
+        case TRANSMIT: {
           const id = nums[n], kind = nums[n + 1], timeoutMs = nums[n + 3];
           const nt = nums[n + 4], ni = nums[n + 5];
           const tiles = Array.from(nums.subarray(n + 6, n + 6 + nt), tileName);

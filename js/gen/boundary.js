@@ -5,8 +5,11 @@
 
 // Record tags of the engine's output lists, each with its record's layout (numbers |
 // references).
-/** `id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`: a request to send. */
-export const SEND = 1;
+/**
+ * `id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`: a request to send (a
+ * `Transmit` from `Client::poll_request`).
+ */
+export const TRANSMIT = 1;
 /** `id`: abort this request; its answer is no longer wanted. */
 export const CANCEL = 2;
 /** Data for the view arrived: read the view again. */

@@ -69,8 +69,8 @@ codes! {
     /// [`super::engine`]); the JS name is the constant `js/cache.js` switches on.
     Tag {
         /// `id, kind, attempt, timeoutMs, tiles, ids, tiles... | access, ids...`: a request
-        /// to send.
-        Send = 1 => "SEND",
+        /// to send (a `Transmit` from `Client::poll_request`).
+        Transmit = 1 => "TRANSMIT",
         /// `id`: abort this request; its answer is no longer wanted.
         Cancel = 2 => "CANCEL",
         /// Data for the view arrived: read the view again.

@@ -341,7 +341,7 @@ impl Engine {
         while let Some(s) = self.client.poll_request(now) {
             let r = &s.request;
             out.nums.extend([
-                Tag::Send.num(),
+                Tag::Transmit.num(),
                 s.id.0 as f64,
                 request_kind_num(s.kind),
                 s.attempt as f64,
