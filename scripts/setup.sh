@@ -23,6 +23,8 @@
 #                 (npm install in edge/, after the node step)
 #   redis         Debian's redis-server and redis-tools (for suites that need them)
 #   chromium      Debian's chromium and chromium-driver (for browser suites)
+#   postgis       Debian's postgresql-15 and postgresql-15-postgis-3 (the server's PostGIS
+#                 origin: server/tests/postgis.sh, the postgis bench, make demo-postgis)
 #   fuzz          rustup's nightly toolchain and cargo-fuzz (pinned) for fuzz/ (scripts/fuzz.sh)
 #   schemathesis  a Python venv in target/schemathesis-venv with schemathesis (pinned)
 #   all           every step above
@@ -175,6 +177,11 @@ have_workerd() {
   node -p 'require(process.argv[1]).version' "$setup_root/edge/node_modules/workerd/package.json" 2>/dev/null || true
 }
 have_redis() { redis-server --version 2>/dev/null | grep -oE 'v=[0-9.]+' | cut -c3- || true; }
+have_postgres() { first_word_version /usr/lib/postgresql/15/bin/postgres --version; }
+have_postgis() {
+  ls /usr/share/postgresql/15/extension/postgis--*.sql 2>/dev/null |
+    grep -oE 'postgis--[0-9]+(\.[0-9]+)+\.sql' | grep -oE '[0-9]+(\.[0-9]+)+' | sort -V | tail -1 || true
+}
 have_chromium() { first_word_version chromium --version; }
 have_chromedriver() { first_word_version chromedriver --version; }
 have_lld() { first_word_version wasm-ld-19 --version; }
@@ -295,6 +302,11 @@ step_redis() {
   need_deb redis-tools "$REDIS_MIN"
 }
 
+step_postgis() {
+  need_deb postgresql-15 "$POSTGRES_MIN"
+  need_deb postgresql-15-postgis-3 "$POSTGIS_MIN"
+}
+
 step_chromium() {
   need_deb chromium "$CHROMIUM_MIN"
   need_deb chromium-driver "$CHROMIUM_MIN"
@@ -366,6 +378,9 @@ check_step() {
       check_exact "wasm-opt" "$(have_wasm_opt)" "$(want_binaryen)" ;;
     edge) check_exact workerd "$(have_workerd)" "$(want_workerd)" ;;
     redis) check_min redis-server "$(have_redis)" "$REDIS_MIN" ;;
+    postgis)
+      check_min postgres "$(have_postgres)" "$POSTGRES_MIN"
+      check_min postgis "$(have_postgis)" "$POSTGIS_MIN" ;;
     chromium)
       check_min chromium "$(have_chromium)" "$CHROMIUM_MIN"
       check_min chromedriver "$(have_chromedriver)" "$CHROMIUM_MIN" ;;
@@ -378,7 +393,7 @@ check_step() {
   esac
 }
 
-ALL_STEPS="rust wasm-target wasm-bindgen node edge redis chromium fuzz schemathesis"
+ALL_STEPS="rust wasm-target wasm-bindgen node edge redis postgis chromium fuzz schemathesis"
 
 run_step() {
   case $1 in
@@ -389,6 +404,7 @@ run_step() {
     node) step_node ;;
     edge) step_edge ;;
     redis) step_redis ;;
+    postgis) step_postgis ;;
     chromium) step_chromium ;;
     fuzz) step_fuzz ;;
     schemathesis) step_schemathesis ;;

@@ -32,6 +32,12 @@ CHROMIUM_MIN=140.0
 # Debian's redis-server: the Redis tier's tests, the soak and load tests.
 REDIS_MIN=7.0.0
 
+# Debian's PostgreSQL 15 and PostGIS 3 for the server's PostGIS origin (its tests, its
+# benchmark and `make demo-postgis`): the test script runs initdb/pg_ctl from
+# /usr/lib/postgresql/15/bin in a temporary data directory. PostGIS 3.3 is bookworm's.
+POSTGRES_MIN=15.0
+POSTGIS_MIN=3.3.0
+
 # rustup's nightly for the cargo-fuzz targets (fuzz/, which builds the core and the
 # server: the same dependency floor as stable).
 NIGHTLY_MIN=1.89.0

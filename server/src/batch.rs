@@ -9,9 +9,10 @@
 //!   tiles, each read and cached on its own.
 //! - A coarser tile is answered straight from the origin (in the same single origin call)
 //!   and not cached: it may hold thousands of homes and would fan out onto too many keys.
-//!   Before calling, its size is counted in the origin's index (no origin call); a request
-//!   whose tiles hold more than `--max-response-items` items for the caller is refused with
-//!   a 400 that names the count.
+//!   Before calling, its size is bounded by the origin (`OriginService::count_up_to`: free in
+//!   memory, one `LIMIT`ed query for PostGIS, unknown upstream); a request whose tiles hold
+//!   more than `--max-response-items` items for the caller is refused with a 400 that names
+//!   the count.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -106,7 +107,6 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
     let mut data_index: HashMap<TileId, usize> = HashMap::new();
     let mut routes = Vec::with_capacity(req.tiles.len());
     let mut direct = Vec::new();
-    let mut direct_count = 0usize;
     for &t in &req.tiles {
         let index_of = |d: TileId| {
             *data_index.entry(d).or_insert_with(|| {
@@ -117,15 +117,22 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
         match t.data_tiles(dz, app.config.split_levels) {
             Some(ds) => routes.push(Route::Data(ds.into_iter().map(index_of).collect())),
             None => {
-                direct_count += app.origin.count_in(t, caller);
                 direct.push(t);
                 routes.push(Route::Direct);
             }
         }
     }
     let max = app.config.max_response_items;
-    if direct_count > max {
-        return Err(too_many_items(direct_count, max));
+    if !direct.is_empty() {
+        // Bounded before paying for them (free in memory; see `origin`'s docs).
+        let count = app
+            .origin
+            .count_up_to(&direct, caller, max, app.config.origin_timeout_ms)
+            .await
+            .map_err(|f| origin_refusal(app, &f))?;
+        if let Some(n) = count.exceeds(max) {
+            return Err(too_many_items(n, max));
+        }
     }
 
     // 2. The cache tier; unavailable means everything is a miss and nothing is written.
@@ -181,19 +188,12 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
             access: Access::Agent,
         };
         let ms = app.config.origin_timeout_ms;
-        let Some(response) = app
+        let epoch = app.invalidation.guard.epoch();
+        let response = app
             .origin
             .fetch_within(&origin_req, CallSource::Request, ms)
             .await
-        else {
-            app.metrics.origin_timeouts.fetch_add(1, Relaxed);
-            return Err(Refusal {
-                code: ErrorCode::UpstreamTimeout,
-                message: format!(
-                    "the origin did not answer within {ms} ms (--origin-timeout-ms); retry later"
-                ),
-            });
-        };
+            .map_err(|f| origin_refusal(app, &f))?;
         let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
         for (tile, ids, exp) in &fill.tiles {
             let items = ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
@@ -211,6 +211,8 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
             fill.items.retain(|it| keep.contains(it.id.as_str()));
         }
         if !degraded {
+            // Nothing that changed while it was being fetched is written back.
+            app.invalidation.filter(&mut fill, epoch);
             // A failure marks the tier down; the answer is unaffected.
             let _ = app.tier.write(&fill).await;
         }
@@ -300,6 +302,19 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
         code: ErrorCode::Internal,
         message: format!("could not serialise the response: {e}"),
     })
+}
+
+/// A failed origin call as the request's answer: 504 on a timeout (counted in
+/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on.
+fn origin_refusal(app: &App, failure: &crate::origin::OriginFailure) -> Refusal {
+    if matches!(failure, crate::origin::OriginFailure::Timeout { .. }) {
+        app.metrics.origin_timeouts.fetch_add(1, Relaxed);
+    }
+    let e = failure.to_error();
+    Refusal {
+        code: e.code,
+        message: e.message,
+    }
 }
 
 fn too_many_items(count: usize, max: usize) -> Refusal {

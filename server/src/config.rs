@@ -46,6 +46,38 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub origin_timeout_ms: u64,
 
+    /// Where items come from: `memory` (the default: --data or the synthetic city, in
+    /// memory), `postgres://user@host/db` (a PostGIS table, see docs/postgis.md), or
+    /// `http(s)://host/v1/batch` (another batch endpoint).
+    #[arg(long, value_name = "memory|postgres://…|http(s)://…")]
+    pub origin: Option<String>,
+
+    /// The PostGIS origin's table, column and channel names (TOML; see docs/postgis.md).
+    /// Without it: table `tilewarm_items`, columns id, geom, class, access, data,
+    /// updated_at, channel `tilewarm_changes`.
+    #[arg(long, value_name = "FILE")]
+    pub origin_config: Option<PathBuf>,
+
+    /// A file holding the bearer token sent to an upstream origin (re-read when it
+    /// changes); without it, TILEWARM_ORIGIN_TOKEN, else no Authorization header.
+    #[arg(long, value_name = "FILE")]
+    pub origin_token_file: Option<PathBuf>,
+
+    /// Connections to the origin: the PostGIS pool's size, an upstream's idle
+    /// connections kept.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub origin_pool: usize,
+
+    /// With a PostGIS origin: create the table, index and triggers if missing and load
+    /// --data (or the synthetic city) into it before serving (rows with the same id are
+    /// replaced).
+    #[arg(long)]
+    pub postgis_load: bool,
+
+    /// Print the DDL of a ready PostGIS table for --origin-config's names, and exit.
+    #[arg(long)]
+    pub postgis_print_ddl: bool,
+
     /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
     /// instead of the in-process cache.
     #[arg(long, value_name = "URL")]
@@ -259,10 +291,28 @@ impl Config {
             ("--warmup-workers", self.warmup_workers),
             ("--warmup-max-tiles", self.warmup_max_tiles),
             ("--warmup-batch-tiles", self.warmup_batch_tiles),
+            ("--origin-pool", self.origin_pool),
         ] {
             if v == 0 {
                 return bad(format!("{flag} must be at least 1, got 0"));
             }
+        }
+        let spec = crate::origin::OriginSpec::parse(self.origin.as_deref())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let memory = spec == crate::origin::OriginSpec::Memory;
+        if !memory && self.data.is_some() && !self.postgis_load {
+            return bad(
+                "--data is the memory origin's data set; with another --origin it is only read by --postgis-load".into(),
+            );
+        }
+        if self.postgis_load && !matches!(spec, crate::origin::OriginSpec::Postgis(_)) {
+            return bad("--postgis-load needs --origin postgres://…".into());
+        }
+        if self.origin_config.is_some() && !matches!(spec, crate::origin::OriginSpec::Postgis(_)) {
+            return bad("--origin-config names a PostGIS table: it needs --origin postgres://…".into());
+        }
+        if self.origin_token_file.is_some() && !matches!(spec, crate::origin::OriginSpec::Upstream(_)) {
+            return bad("--origin-token-file is for an upstream origin (--origin http(s)://…)".into());
         }
         if self.redis_timeout_ms == 0 {
             return bad("--redis-timeout-ms must be at least 1, got 0".into());
@@ -304,5 +354,15 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--max-response-items"));
         let c = Config::parse_from(["x", "--ttl-active-s", "0"]);
         assert!(c.validate().unwrap_err().0.contains("--ttl-active-s"));
+        let c = Config::parse_from(["x", "--origin", "ftp://h"]);
+        assert!(c.validate().unwrap_err().0.contains("--origin"));
+        let c = Config::parse_from(["x", "--origin", "postgres://h/db", "--data", "a.csv"]);
+        assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
+        let c = Config::parse_from(["x", "--postgis-load"]);
+        assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
+        let c = Config::parse_from(["x", "--origin-token-file", "t"]);
+        assert!(c.validate().unwrap_err().0.contains("--origin-token-file"));
+        let c = Config::parse_from(["x", "--origin", "postgres://h/db", "--data", "a.csv", "--postgis-load"]);
+        c.validate().unwrap();
     }
 }

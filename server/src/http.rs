@@ -247,7 +247,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "status": if degraded { "degraded" } else { "ok" },
         "tier": app.tier.name(),
         "redis_degraded": app.tier.redis_degraded(),
-        "origin_items": app.origin.index().len(),
+        "origin": app.origin.kind(),
+        "origin_items": app.origin.dataset_items(),
+        "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed)),
         "data_zoom": app.config.data_zoom,
     });
     json_response(body.to_string())
@@ -259,7 +261,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         warmup_queue_depth: app.warmup.depth(),
         warmup_queue_capacity: app.warmup.capacity(),
         redis_degraded: app.tier.redis_degraded(),
-        origin_items: app.origin.index().len(),
+        origin_items: app.origin.dataset_items().unwrap_or(0),
         local_cache_items: app.tier.local_len(),
     };
     (
@@ -267,7 +269,15 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        app.metrics.render(&g),
+        {
+            let mut text = app.metrics.render(&g);
+            app.origin.render_metrics(&mut text);
+            if let Some(feed) = app.origin.change_feed() {
+                feed.stats.render_metrics(&mut text);
+            }
+            app.invalidation.render_metrics(&mut text);
+            text
+        },
     )
         .into_response()
 }

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod config;
 pub mod http;
+pub mod invalidate;
 pub mod loadgen;
 pub mod metrics;
 pub mod origin;
@@ -46,6 +47,8 @@ pub struct App {
     pub tier: CacheTier,
     pub metrics: Arc<Metrics>,
     pub warmup: Warmup,
+    /// The invalidation log and counters ([`invalidate`]).
+    pub invalidation: invalidate::Invalidations,
 }
 
 /// Starting failed; the message says what to fix.
@@ -129,17 +132,14 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             ))
         }
     };
-    let load_config = config.clone();
-    let load_metrics = Arc::clone(&metrics);
-    let origin =
-        tokio::task::spawn_blocking(move || OriginService::load(&load_config, load_metrics))
-            .await
-            .map_err(|e| StartError::Other(format!("loading the data set panicked: {e}")))??;
-    info!(
-        items = origin.index().len(),
-        source = %config.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("synthetic city (seed {}, {} homes)", config.seed, config.synthetic_homes)),
-        "origin data loaded"
-    );
+    if config.postgis_load {
+        if let Some(url) = config.origin.as_deref() {
+            let n = origin::postgis::load_from_config(url, &config).await?;
+            info!(rows = n, "--postgis-load: data set written to the PostGIS table");
+        }
+    }
+    let origin = OriginService::open(&config, Arc::clone(&metrics)).await?;
+    info!(origin = %origin.describe(), "origin ready");
     let (warmup, rx) = Warmup::new(
         config.warmup_ring,
         config.warmup_queue,
@@ -154,8 +154,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         tier,
         metrics,
         warmup,
+        invalidation: invalidate::Invalidations::default(),
         config,
     });
+    if let Some(feed) = app.origin.change_feed() {
+        origin::changes::spawn(Arc::downgrade(&app), feed);
+    }
     if let Some(rx) = rx {
         warmup::run_workers(Arc::downgrade(&app), rx, app.config.warmup_workers);
     }

@@ -150,6 +150,34 @@ impl CacheTier {
         }
     }
 
+    /// Removes what `inv` covers (see [`crate::invalidate`]). `data_zoom` maps tiles onto
+    /// the data tiles the lists are keyed by.
+    pub async fn invalidate(
+        &self,
+        inv: &crate::invalidate::Invalidation,
+        data_zoom: u8,
+    ) -> Result<(), TierError> {
+        match self {
+            CacheTier::Local(l) => {
+                l.invalidate(inv);
+                Ok(())
+            }
+            CacheTier::Redis(r) => {
+                // Deleting many keys (or scanning for `all`) may take longer than one
+                // read; it gets its own, longer, limit.
+                let limit = r.timeout.max(Duration::from_secs(5));
+                match tokio::time::timeout(limit, r.invalidate(inv, data_zoom)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(r.mark_down(e.to_string())),
+                    Err(_) => Err(r.mark_down(format!(
+                        "invalidation did not finish within {} ms",
+                        limit.as_millis()
+                    ))),
+                }
+            }
+        }
+    }
+
     /// Items held by the in-process tier.
     pub fn local_len(&self) -> Option<usize> {
         match self {
@@ -239,6 +267,21 @@ impl LocalTier {
         }
     }
 
+    fn invalidate(&self, inv: &crate::invalidate::Invalidation) {
+        use tilewarm::Invalidate;
+        let mut cache = self.lock();
+        if inv.all {
+            cache.invalidate(Invalidate::All);
+            return;
+        }
+        let ids: Vec<&str> = inv.ids.iter().map(String::as_str).collect();
+        cache.invalidate(Invalidate::Ids(&ids));
+        cache.invalidate(Invalidate::Tiles(&inv.tiles));
+        for class in &inv.classes {
+            cache.invalidate(Invalidate::Class(class));
+        }
+    }
+
     fn has_tiles(&self, tiles: &[TileId], now: u64) -> Vec<bool> {
         let cache = self.lock();
         tiles
@@ -310,11 +353,128 @@ impl RedisTier {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
+        Err(self.mark_down(result))
+    }
+
+    /// Marks Redis down after a failed or slow command.
+    fn mark_down(&self, why: String) -> TierError {
         self.metrics.redis_errors.fetch_add(1, Relaxed);
         if !self.degraded.swap(true, Relaxed) {
-            warn!(error = %result, "redis unavailable: answering from the origin until it is back");
+            warn!(error = %why, "redis unavailable: answering from the origin until it is back");
         }
-        Err(TierError(result))
+        TierError(why)
+    }
+
+    /// Deletes what `inv` covers: item keys by id; tile keys of the data tiles the tiles
+    /// cover (a tile more than 4 levels coarser than the data zoom, and `classes`, by one
+    /// `SCAN` of the prefix); `all`: every key under the prefix (`SCAN` + `UNLINK`).
+    async fn invalidate(
+        &self,
+        inv: &crate::invalidate::Invalidation,
+        data_zoom: u8,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        if inv.all {
+            return self.unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |_| true).await;
+        }
+        let mut keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
+        let mut wide: Vec<TileId> = Vec::new();
+        for &t in &inv.tiles {
+            if t.z() >= data_zoom {
+                if let Ok(a) = t.ancestor(data_zoom) {
+                    keys.push(self.tile_key(a));
+                }
+            } else if data_zoom - t.z() <= 4 {
+                if let Ok(ds) = t.descendants(data_zoom) {
+                    keys.extend(ds.into_iter().map(|d| self.tile_key(d)));
+                }
+            } else {
+                wide.push(t);
+            }
+        }
+        for chunk in keys.chunks(1000) {
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if !wide.is_empty() {
+            let tiles_prefix = format!("{}t:", self.prefix);
+            self.unlink_scan(&format!("{}*", glob_escape(&tiles_prefix)), |key| {
+                key.strip_prefix(tiles_prefix.as_str())
+                    .and_then(|t| t.parse::<TileId>().ok())
+                    .is_some_and(|d| wide.iter().any(|w| w.contains(d)))
+            })
+            .await?;
+        }
+        if !inv.classes.is_empty() {
+            // Items by class: scan the item keys and read each item's class.
+            let items_prefix = format!("{}i:", self.prefix);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", glob_escape(&items_prefix)))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                let values = self.mget(&batch).await?;
+                let doomed: Vec<&String> = batch
+                    .iter()
+                    .zip(&values)
+                    .filter(|(_, v)| {
+                        v.as_deref()
+                            .and_then(|b| serde_json::from_slice::<StoredItem>(b).ok())
+                            .is_some_and(|it| inv.classes.contains(&it.class))
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                if !doomed.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(doomed)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `SCAN MATCH pattern` and `UNLINK` the keys `keep` picks.
+    async fn unlink_scan(
+        &self,
+        pattern: &str,
+        pick: impl Fn(&str) -> bool,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            let doomed: Vec<&String> = batch.iter().filter(|k| pick(k)).collect();
+            if !doomed.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(doomed)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// One probe: `PING` with the timeout. Clears degraded mode when it answers.
@@ -466,6 +626,18 @@ impl RedisTier {
         let mut conn = self.conn.clone();
         pipe.query_async(&mut conn).await
     }
+}
+
+/// `s` with Redis glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A scratch `redis-server` on `127.0.0.1:port` without persistence, as the tests and the

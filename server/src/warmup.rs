@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::batch::fill_from;
 use crate::metrics::Metrics;
-use crate::origin::CallSource;
+use crate::origin::{CallSource, OriginFailure};
 use crate::tier::now_ms;
 use crate::App;
 
@@ -167,17 +167,27 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
             access: Access::Agent,
         };
         let timeout_ms = app.config.origin_timeout_ms;
-        let Some(response) = app
+        let epoch = app.invalidation.guard.epoch();
+        let response = match app
             .origin
             .fetch_within(&request, CallSource::Warmup, timeout_ms)
             .await
-        else {
-            // A stalled origin must not hold this worker, nor the claimed tiles (which
-            // later jobs would skip), for as long as it stalls.
-            m.warmup_timeouts.fetch_add(1, Relaxed);
-            break;
+        {
+            Ok(r) => r,
+            Err(OriginFailure::Timeout { .. }) => {
+                // A stalled origin must not hold this worker, nor the claimed tiles (which
+                // later jobs would skip), for as long as it stalls.
+                m.warmup_timeouts.fetch_add(1, Relaxed);
+                break;
+            }
+            Err(_) => {
+                // A failing origin: nothing to write; the job ends and frees its tiles.
+                m.warmup_errors.fetch_add(1, Relaxed);
+                break;
+            }
         };
-        let (fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+        let (mut fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+        app.invalidation.filter(&mut fill, epoch);
         match app.tier.write(&fill).await {
             Ok(()) => {
                 m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);

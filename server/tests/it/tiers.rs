@@ -60,7 +60,7 @@ struct World {
 impl World {
     async fn new(config: Config) -> World {
         let app = build(config).await.expect("server builds");
-        let o = app.origin.index();
+        let o = app.origin.index().expect("the memory origin");
         let dense = o
             .occupied_tiles(13)
             .into_iter()
@@ -125,7 +125,7 @@ impl World {
     fn check(&self, req: &BatchRequest, body: &str) -> Result<(), TestCaseError> {
         let r = decode_response(body.as_bytes(), &self.app.limits)
             .map_err(|e| TestCaseError::fail(format!("invalid answer: {e}")))?;
-        let o = self.app.origin.index();
+        let o = self.app.origin.index().expect("the memory origin");
         for it in &r.items {
             prop_assert!(
                 it.access <= req.access,

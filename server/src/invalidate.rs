@@ -1,0 +1,328 @@
+//! Invalidation of the server's cache tier: the one entry point for whatever learns that
+//! items changed — the PostGIS change feed today ([`crate::origin::changes`]), an
+//! authenticated `POST /v1/invalidate` and a cross-instance stream later (issue 19).
+//!
+//! [`invalidate`] takes an [`Invalidation`] (ids, tiles, classes, or everything) and removes
+//! the matching entries from the tier, in-process or Redis:
+//! - **ids**: the items; a data tile that lists one is then a miss (a tile is a hit only
+//!   when every listed item is held), so it is refetched whole;
+//! - **tiles** (any zoom): the data-zoom tile lists they cover and, in-process, their items;
+//! - **classes**: every item of the class;
+//! - **all**: everything the tier holds (in Redis: every key under `--redis-prefix`).
+//!
+//! # The write-back race, closed by [`WriteGuard`]
+//! An origin call that started before a change committed can answer after the invalidation
+//! ran, and its write-back would put the old value back for a whole TTL. So every
+//! invalidation is logged with a sequence number ([`WriteGuard::record`]); a fetch notes the
+//! number before it calls the origin ([`WriteGuard::epoch`]) and, before writing, drops from
+//! its fill every item and tile list that an invalidation since then covers
+//! ([`WriteGuard::filter`]). The answer itself is still served (it was true when read). The
+//! log keeps the last [`LOG_LEN`] invalidations; a fetch older than that writes nothing.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use tilewarm::TileId;
+
+use crate::tier::{Fill, TierError};
+use crate::App;
+
+/// What to invalidate. Empty fields cover nothing; `all` covers everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    pub ids: Vec<String>,
+    /// Tiles at any zoom: a finer tile stands for its data-zoom ancestor, a coarser one for
+    /// every data tile inside it.
+    pub tiles: Vec<TileId>,
+    pub classes: Vec<String>,
+    pub all: bool,
+}
+
+impl Invalidation {
+    /// Everything.
+    pub fn everything() -> Invalidation {
+        Invalidation {
+            all: true,
+            ..Invalidation::default()
+        }
+    }
+
+    /// Whether it covers nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.ids.is_empty() && self.tiles.is_empty() && self.classes.is_empty()
+    }
+
+    /// Adds `other` to this one.
+    pub fn merge(&mut self, other: Invalidation) {
+        self.all |= other.all;
+        self.ids.extend(other.ids);
+        self.tiles.extend(other.tiles);
+        self.classes.extend(other.classes);
+    }
+
+    /// Sorts and removes repeats (fewer keys to delete).
+    pub fn dedup(&mut self) {
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        self.tiles.sort_unstable();
+        self.tiles.dedup();
+        self.classes.sort_unstable();
+        self.classes.dedup();
+    }
+
+    /// Whether a data tile's list is covered.
+    fn covers_tile(&self, data_tile: TileId) -> bool {
+        self.all
+            || self
+                .tiles
+                .iter()
+                .any(|&t| t.contains(data_tile) || data_tile.contains(t))
+    }
+}
+
+/// Invalidations kept for [`WriteGuard::filter`].
+pub const LOG_LEN: usize = 4096;
+
+/// The invalidation log that keeps in-flight fetches from writing back what changed
+/// under them (module docs).
+#[derive(Default)]
+pub struct WriteGuard {
+    /// The number of the last invalidation recorded.
+    seq: AtomicU64,
+    /// (number, invalidation), oldest first, at most [`LOG_LEN`].
+    log: Mutex<VecDeque<(u64, Invalidation)>>,
+}
+
+impl WriteGuard {
+    /// The current number: note it before calling the origin.
+    pub fn epoch(&self) -> u64 {
+        self.seq.load(Relaxed)
+    }
+
+    /// Records an invalidation (before it is applied to the tier, so a fetch that read the
+    /// tier after it cannot write back under an older number).
+    pub fn record(&self, inv: &Invalidation) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.seq.fetch_add(1, Relaxed) + 1;
+        log.push_back((n, inv.clone()));
+        while log.len() > LOG_LEN {
+            log.pop_front();
+        }
+    }
+
+    /// Drops from `fill` what an invalidation recorded after `epoch` covers. Returns how
+    /// many entries were dropped.
+    pub fn filter(&self, fill: &mut Fill, epoch: u64) -> usize {
+        if self.seq.load(Relaxed) == epoch {
+            return 0;
+        }
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let before = fill.items.len() + fill.tiles.len();
+        let oldest = log.front().map_or(u64::MAX, |(n, _)| *n);
+        if oldest > epoch + 1 {
+            // Older than the log: cannot tell what changed since, write nothing.
+            fill.items.clear();
+            fill.tiles.clear();
+            return before;
+        }
+        let since: Vec<&Invalidation> = log
+            .iter()
+            .filter(|(n, _)| *n > epoch)
+            .map(|(_, i)| i)
+            .collect();
+        if since.iter().any(|i| i.all) {
+            fill.items.clear();
+            fill.tiles.clear();
+            return before;
+        }
+        let ids: HashSet<&str> = since
+            .iter()
+            .flat_map(|i| i.ids.iter().map(String::as_str))
+            .collect();
+        let classes: HashSet<&str> = since
+            .iter()
+            .flat_map(|i| i.classes.iter().map(String::as_str))
+            .collect();
+        let gone: HashSet<String> = fill
+            .items
+            .iter()
+            .filter(|it| ids.contains(it.id.as_str()) || classes.contains(it.class.as_str()))
+            .map(|it| it.id.clone())
+            .collect();
+        fill.items.retain(|it| !gone.contains(&it.id));
+        fill.tiles.retain(|(t, list, _)| {
+            !since.iter().any(|i| i.covers_tile(*t)) && !list.iter().any(|id| gone.contains(id))
+        });
+        before - fill.items.len() - fill.tiles.len()
+    }
+}
+
+/// Counters of invalidations (`/metrics`).
+#[derive(Default)]
+pub struct InvalidationStats {
+    /// Invalidations applied.
+    pub applied: AtomicU64,
+    /// Of which covered everything.
+    pub all: AtomicU64,
+    /// Applications that failed on the tier (Redis down): the tier is then not used until
+    /// it is back, and the change feed invalidates everything on the next (re)connect.
+    pub errors: AtomicU64,
+    /// Fill entries dropped by [`WriteGuard::filter`].
+    pub writes_dropped: AtomicU64,
+}
+
+/// Applies `inv` to the app's cache tier: records it in the write guard, then removes the
+/// covered entries. The entry point for the change feed and (issue 19) `POST
+/// /v1/invalidate`.
+pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> {
+    if inv.is_empty() {
+        return Ok(());
+    }
+    app.invalidation.guard.record(inv);
+    let s = &app.invalidation.stats;
+    s.applied.fetch_add(1, Relaxed);
+    if inv.all {
+        s.all.fetch_add(1, Relaxed);
+    }
+    let r = app.tier.invalidate(inv, app.config.data_zoom).await;
+    if r.is_err() {
+        s.errors.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+/// The invalidation state an [`App`] holds.
+#[derive(Default)]
+pub struct Invalidations {
+    pub guard: WriteGuard,
+    pub stats: InvalidationStats,
+}
+
+impl Invalidations {
+    /// Drops from `fill` what changed since `epoch` (counted).
+    pub fn filter(&self, fill: &mut Fill, epoch: u64) {
+        let n = self.guard.filter(fill, epoch);
+        if n > 0 {
+            self.stats.writes_dropped.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// This module's Prometheus lines.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        for (name, help, v) in [
+            (
+                "tilewarm_invalidations_total",
+                "Invalidations applied to the cache tier.",
+                &s.applied,
+            ),
+            (
+                "tilewarm_invalidations_all_total",
+                "Invalidations that covered everything.",
+                &s.all,
+            ),
+            (
+                "tilewarm_invalidation_errors_total",
+                "Invalidations the cache tier could not apply.",
+                &s.errors,
+            ),
+            (
+                "tilewarm_invalidation_writes_dropped_total",
+                "Write-back entries dropped because they changed while being fetched.",
+                &s.writes_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::tier::StoredItem;
+
+    fn item(id: &str) -> Arc<StoredItem> {
+        Arc::new(StoredItem {
+            id: id.into(),
+            lon: -122.33,
+            lat: 47.6,
+            class: if id == "c" { "sold" } else { "active" }.into(),
+            access: tilewarm::Access::Public,
+            exp: 1,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        })
+    }
+
+    fn fill(t: TileId, u: TileId) -> Fill {
+        Fill {
+            items: vec![item("a"), item("b"), item("c")],
+            tiles: vec![
+                (t, vec!["a".into()], 1),
+                (u, vec!["b".into(), "c".into()], 1),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_fetch_writes_back_nothing_that_changed_under_it() {
+        let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+        let u = t.offset(1, 0).unwrap();
+        let g = WriteGuard::default();
+        let e = g.epoch();
+        let mut f = fill(t, u);
+        assert_eq!(g.filter(&mut f, e), 0, "nothing changed");
+        g.record(&Invalidation {
+            ids: vec!["a".into()],
+            ..Invalidation::default()
+        });
+        let mut f = fill(t, u);
+        assert_eq!(g.filter(&mut f, e), 2, "item a and the list of t");
+        assert_eq!(f.tiles.len(), 1);
+        // A fetch that started after the invalidation writes everything.
+        let mut f = fill(t, u);
+        assert_eq!(g.filter(&mut f, g.epoch()), 0);
+        // A coarse tile covers its data tiles; a class covers its items and their lists.
+        let e = g.epoch();
+        g.record(&Invalidation {
+            tiles: vec![u.ancestor(10).unwrap()],
+            classes: vec!["sold".into()],
+            ..Invalidation::default()
+        });
+        let mut f = fill(t, u);
+        g.filter(&mut f, e);
+        assert_eq!(f.items.len(), 2);
+        assert_eq!(f.tiles.len(), 1);
+        assert_eq!(f.tiles[0].0, t);
+        // Everything.
+        g.record(&Invalidation::everything());
+        let mut f = fill(t, u);
+        g.filter(&mut f, e);
+        assert!(f.items.is_empty() && f.tiles.is_empty());
+    }
+
+    #[test]
+    fn a_fetch_older_than_the_log_writes_nothing() {
+        let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+        let g = WriteGuard::default();
+        let e = g.epoch();
+        for i in 0..LOG_LEN + 1 {
+            g.record(&Invalidation {
+                ids: vec![format!("x{i}")],
+                ..Invalidation::default()
+            });
+        }
+        let mut f = fill(t, t.offset(0, 1).unwrap());
+        g.filter(&mut f, e);
+        assert!(f.items.is_empty() && f.tiles.is_empty());
+    }
+}

@@ -1,0 +1,321 @@
+//! Changes from the database: a trigger on the items table sends one `NOTIFY` per changed
+//! row, and this module's listener turns each into an invalidation of the server's cache
+//! tier ([`crate::invalidate`]): the row's id and the data tiles of its old and new
+//! positions.
+//!
+//! # Why `LISTEN/NOTIFY` and not logical decoding
+//! `NOTIFY` needs nothing but a trigger: no `wal_level = logical`, no replication slot (a
+//! slot whose consumer is gone keeps WAL forever and can fill the database's disk), no
+//! replication privilege, and it works on managed databases and through poolers in session
+//! mode. Notifications are sent at commit, in commit order, only for committed
+//! transactions. What it does not give is durability: a notification sent while nobody
+//! listens is lost. The reconnect rule below covers that, at the price of a cold tier after
+//! a disconnect, which is what a cache can afford and a replication consumer could not.
+//!
+//! # The payload
+//! `{"op":"I"|"U"|"D","id":…,"old":[lon,lat],"new":[lon,lat]}` (`old` for updates and
+//! deletes, `new` for inserts and updates), built with `json_build_object`, so about 100
+//! bytes, far below `NOTIFY`'s 8000-byte limit. The positions are the rows' own
+//! coordinates, so the server maps them onto data tiles with the core's tile maths (exactly
+//! as the origin assigns items to tiles), not with SQL. A payload that would be longer than
+//! 7900 bytes (an absurd id) is sent as `{"op":"all"}` instead of failing the writer's
+//! transaction. A payload the server cannot read is counted and handled as `all`.
+//!
+//! # Freshness bound and the reconnect rule
+//! While the listener is connected, a committed change is invalidated when its notification
+//! arrives (a few milliseconds on one host: `make bench`, part `postgis`, measures the time
+//! from `COMMIT` to the server serving the new value) and every request after that gets the
+//! new value from the origin; a fetch that was in flight across the change does not write
+//! its old answer back ([`crate::invalidate::WriteGuard`]).
+//!
+//! The connection is checked every [`PING_EVERY`] with a `SELECT 1` (failing after
+//! [`PING_TIMEOUT`]); a dropped or silent connection is replaced, with back-off from 100 ms
+//! to 2 s. **Rule: on every (re)connect, after `LISTEN` is in place, the whole tier is
+//! invalidated** — notifications sent while nobody listened are lost, and a delete leaves no
+//! row whose update time could prove anything, so nothing cached before can be proven
+//! fresh. The first connect at startup does the same (a shared Redis tier may hold entries
+//! from before this instance). So with the database reachable, a change is served within
+//! the notification delay, or within the reconnect time (at most [`PING_EVERY`] +
+//! [`PING_TIMEOUT`] + 2 s) if the listening connection was lost. While the database is
+//! unreachable nothing is invalidated and cached entries are served until their TTL (the
+//! origin cannot answer either); they are dropped as soon as it is reachable again.
+//!
+//! An invalidation the tier cannot apply (Redis down) is retried as `all` every 100 ms until
+//! it is applied; meanwhile the Redis tier is marked down and not read.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tilewarm::TileId;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::invalidate::{invalidate, Invalidation};
+use crate::App;
+
+/// How often the listening connection is checked.
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long a check may take before the connection is replaced.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the listener needs: where to connect and which channel to listen on.
+#[derive(Clone)]
+pub struct ChangeFeed {
+    pub config: tokio_postgres::Config,
+    pub channel: String,
+    pub stats: Arc<ChangeStats>,
+}
+
+/// The listener's counters and state (`/metrics`).
+#[derive(Default)]
+pub struct ChangeStats {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub notifications: AtomicU64,
+    pub bad_payloads: AtomicU64,
+}
+
+impl ChangeStats {
+    /// Prometheus lines.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP tilewarm_changes_connected 1 while the change feed's LISTEN connection is up.\n# TYPE tilewarm_changes_connected gauge\ntilewarm_changes_connected {}",
+            self.connected.load(Relaxed) as u8
+        );
+        for (name, help, v) in [
+            (
+                "tilewarm_changes_connects_total",
+                "LISTEN connections made (each one invalidates the whole tier).",
+                &self.connects,
+            ),
+            (
+                "tilewarm_changes_notifications_total",
+                "Change notifications received.",
+                &self.notifications,
+            ),
+            (
+                "tilewarm_changes_bad_payloads_total",
+                "Notifications that could not be read (handled as invalidate-all).",
+                &self.bad_payloads,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    op: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    old: Option<[f64; 2]>,
+    #[serde(default)]
+    new: Option<[f64; 2]>,
+}
+
+/// Turns one notification payload into what it invalidates: the id and the data tiles
+/// (at `data_zoom`) of the old and new positions. Unreadable: `None`.
+pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
+    let p: Payload = serde_json::from_str(payload).ok()?;
+    if p.op == "all" {
+        return Some(Invalidation::everything());
+    }
+    if !matches!(p.op.as_str(), "I" | "U" | "D") {
+        return None;
+    }
+    let mut inv = Invalidation {
+        ids: vec![p.id?],
+        ..Invalidation::default()
+    };
+    for [lon, lat] in [p.old, p.new].into_iter().flatten() {
+        // A position the core cannot place was never served from a tile.
+        if let Ok(t) = TileId::from_lon_lat(lon, lat, data_zoom) {
+            inv.tiles.push(t);
+        }
+    }
+    Some(inv)
+}
+
+/// Runs the listener for `app` until the app is dropped: connect, `LISTEN`, invalidate all,
+/// then turn notifications into invalidations; reconnect on any failure (module docs).
+pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(strong) = app.upgrade() else { return };
+            let zoom = strong.config.data_zoom;
+            drop(strong);
+            let result = listen_once(&app, &feed, zoom).await;
+            let Err(e) = result else { return }; // the app is gone
+            if feed.stats.connected.swap(false, Relaxed) {
+                warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
+                backoff = Duration::from_millis(100);
+            } else {
+                debug!(error = %e, "change feed: cannot connect yet");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    });
+}
+
+/// One connection's life. `Ok` when the app is gone; `Err` with why the connection ended.
+async fn listen_once(app: &Weak<App>, feed: &ChangeFeed, zoom: u8) -> Result<(), String> {
+    let (client, mut connection) = tokio::time::timeout(
+        Duration::from_secs(5),
+        feed.config.connect(tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    // Drive the connection; forward notifications. Ends when the connection does.
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return "listener gone".to_string();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.to_string(),
+                None => return "connection closed".to_string(),
+            }
+        }
+    });
+    let _abort = AbortOnDrop(driver.abort_handle());
+    let listen = format!("LISTEN {}", quote_ident(&feed.channel));
+    client
+        .batch_execute(&listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Nothing cached before this point can be proven fresh.
+    let Some(a) = app.upgrade() else {
+        return Ok(());
+    };
+    apply(&a, Invalidation::everything()).await;
+    feed.stats.connects.fetch_add(1, Relaxed);
+    if !feed.stats.connected.swap(true, Relaxed) {
+        info!(channel = %feed.channel, "change feed: listening; cache tier invalidated");
+    }
+    drop(a);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(first) = msg else {
+                    return Err("connection closed".into());
+                };
+                let Some(a) = app.upgrade() else { return Ok(()) };
+                // Everything already queued goes out as one invalidation.
+                let mut inv = Invalidation::default();
+                let mut payloads = vec![first];
+                while let Ok(p) = rx.try_recv() {
+                    payloads.push(p);
+                }
+                for p in &payloads {
+                    feed.stats.notifications.fetch_add(1, Relaxed);
+                    match parse_payload(p, zoom) {
+                        Some(i) => inv.merge(i),
+                        None => {
+                            feed.stats.bad_payloads.fetch_add(1, Relaxed);
+                            warn!(payload = %p.chars().take(200).collect::<String>(), "change feed: unreadable notification; invalidating everything");
+                            inv.merge(Invalidation::everything());
+                        }
+                    }
+                }
+                inv.dedup();
+                apply(&a, inv).await;
+            }
+            _ = ping.tick() => {
+                if app.upgrade().is_none() {
+                    return Ok(());
+                }
+                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("no answer to a check within {} ms", PING_TIMEOUT.as_millis())),
+                }
+            }
+        }
+    }
+}
+
+/// Applies an invalidation; while the tier cannot, retries it as `all` every 100 ms.
+async fn apply(app: &Arc<App>, inv: Invalidation) {
+    if invalidate(app, &inv).await.is_ok() {
+        return;
+    }
+    let all = Invalidation::everything();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if invalidate(app, &all).await.is_ok() {
+            info!("change feed: the cache tier is back and was invalidated");
+            return;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An SQL identifier, double-quoted (`"` doubled); a dotted name is quoted part by part.
+pub fn quote_ident(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_become_ids_and_old_and_new_data_tiles() {
+        let inv = parse_payload(
+            r#"{"op":"U","id":"h1","old":[-122.33,47.6],"new":[-122.2,47.7]}"#,
+            14,
+        )
+        .unwrap();
+        assert_eq!(inv.ids, ["h1"]);
+        assert_eq!(
+            inv.tiles,
+            [
+                TileId::from_lon_lat(-122.33, 47.6, 14).unwrap(),
+                TileId::from_lon_lat(-122.2, 47.7, 14).unwrap()
+            ]
+        );
+        let inv = parse_payload(r#"{"op":"D","id":"h1","old":[0,0]}"#, 12).unwrap();
+        assert_eq!(inv.tiles.len(), 1);
+        assert!(parse_payload(r#"{"op":"all"}"#, 14).unwrap().all);
+        assert!(parse_payload("garbage", 14).is_none());
+        assert!(parse_payload(r#"{"op":"X","id":"a"}"#, 14).is_none());
+        assert!(parse_payload(r#"{"op":"I"}"#, 14).is_none());
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("items"), "\"items\"");
+        assert_eq!(quote_ident("geo.items"), "\"geo\".\"items\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,710 @@
+//! The origin: where the items come from, behind one async trait with three
+//! implementations, and [`OriginService`], the one way the request path and warm-up call it.
+//!
+//! | `--origin` | backend | what it is |
+//! | --- | --- | --- |
+//! | (none, or `memory`) | [`memory::MemoryOrigin`] | the core's in-memory [`Origin`] over `--data` or the synthetic city (the default: `make demo` needs nothing installed) |
+//! | `postgres://…` | [`postgis::PostgisOrigin`] | a PostGIS table or view (`docs/postgis.md`) |
+//! | `http(s)://…/v1/batch` | [`upstream::UpstreamOrigin`] | another batch endpoint speaking `docs/openapi.yaml` (a second tilewarm-server, or an existing service) |
+//!
+//! [`OriginService`] adds what every backend shares, so each rule lives once:
+//! - `--origin-latency-ms` (and the soak test's stall hook) before every call, call and item
+//!   counting;
+//! - the timeout: [`OriginService::fetch_within`] gives up after `--origin-timeout-ms`
+//!   ([`OriginFailure::Timeout`], a 504 `upstream_timeout`); a backend's own failure is
+//!   [`OriginFailure::Failed`] (a 502 `upstream_error`), or [`OriginFailure::Refused`] when
+//!   an upstream refused the request as the caller's mistake (400, 413, 429 passed on, as the
+//!   edge does). Nothing from a failed call is ever cached: the caller gets no response to
+//!   write back;
+//! - the **tier guard**: an item above the tier the request was asked at never leaves this
+//!   module, whatever the backend answered (a PostGIS view with a wrong filter, an upstream
+//!   that leaks). Such items are dropped from `items` and every list, requested ids among
+//!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`;
+//! - the **shape guard**: an answer that leaves out a requested tile or id is a failure (not
+//!   a silent hole that would be cached as "empty"); lists of tiles nobody asked for are
+//!   dropped.
+//!
+//! # Counting before paying: [`OriginService::count_up_to`]
+//! A request's coarse "direct" tiles (more than `--split-levels` above the data zoom) are
+//! answered straight from the origin and may hold thousands of items; the request path
+//! refuses them with a 400 when they hold more than `--max-response-items` for the caller,
+//! *before* asking for them. What that bound costs depends on the backend:
+//! - memory: exact and free (two binary searches per tile in the Morton index);
+//! - PostGIS: one indexed query that reads at most `limit + 1` rows of the tiles' envelopes
+//!   (no payloads): `SELECT count(*) FROM (SELECT 1 … LIMIT limit+1)`, so a zoom-2 tile over
+//!   a country costs `limit + 1` index entries, not the country. It counts envelope rows (an
+//!   item within the envelope margin of a neighbouring tile can be counted twice), so it can
+//!   only refuse early, never let too much through; the exact count after the answer still
+//!   applies;
+//! - upstream: unknown ([`ItemCount::Unknown`]): the upstream enforces its own limit (a
+//!   tilewarm-server answers 400, passed on), and the request path's exact check after the
+//!   answer refuses what is still too large.
+
+pub mod changes;
+pub mod memory;
+pub mod postgis;
+pub mod upstream;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tilewarm::{Access, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Origin, RawData, TileId};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// A boxed future, so that [`OriginBackend`] can be used as a trait object.
+pub type OriginFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who is calling the origin, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallSource {
+    Request,
+    Warmup,
+}
+
+/// Why an origin call gave no answer. Nothing of a failed call is cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginFailure {
+    /// No answer within `--origin-timeout-ms` (or the backend's own statement timeout):
+    /// 504 `upstream_timeout`.
+    Timeout { ms: u64 },
+    /// The backend failed (connection refused or dropped, a query error, an upstream's 5xx
+    /// or an answer that does not decode): 502 `upstream_error`. The message says what.
+    Failed(String),
+    /// An upstream refused the request as the caller's mistake (400, 413, 429): passed on
+    /// with its code and message, as the edge does.
+    Refused(ErrorBody),
+}
+
+impl OriginFailure {
+    /// The protocol error to answer with.
+    pub fn to_error(&self) -> ErrorBody {
+        match self {
+            OriginFailure::Timeout { ms } => ErrorBody {
+                code: ErrorCode::UpstreamTimeout,
+                message: format!(
+                    "the origin did not answer within {ms} ms (--origin-timeout-ms); retry later"
+                ),
+            },
+            OriginFailure::Failed(why) => ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: format!("the origin failed: {why}; retry later"),
+            },
+            OriginFailure::Refused(e) => ErrorBody {
+                code: e.code,
+                message: format!("the origin refused the request: {}", e.message),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for OriginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_error().message)
+    }
+}
+
+/// How many items some tiles hold, as far as a backend can tell cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemCount {
+    /// Exactly this many.
+    Exact(usize),
+    /// More than the limit asked about (counting stopped there).
+    MoreThan(usize),
+    /// The backend cannot count without answering (an upstream).
+    Unknown,
+}
+
+impl ItemCount {
+    /// Whether the count is known to exceed `max`.
+    pub fn exceeds(self, max: usize) -> Option<usize> {
+        match self {
+            ItemCount::Exact(n) if n > max => Some(n),
+            ItemCount::MoreThan(n) if n >= max => Some(n + 1),
+            _ => None,
+        }
+    }
+}
+
+/// A source of items. Implementations answer at the request's tier (the server asks at
+/// `agent` and filters per caller); [`OriginService`] guards tiers and shapes around them,
+/// so a backend's mistake cannot leak.
+pub trait OriginBackend: Send + Sync + 'static {
+    /// `memory`, `postgis` or `upstream` (logs, `/healthz`, metrics).
+    fn kind(&self) -> &'static str;
+
+    /// Answers `request`: one list per requested tile (any zoom, the core's tile rule: an
+    /// item is in a tile when its zoom-24 tile descends from it), the items of every list
+    /// and requested id once, unknown or forbidden ids in `missing`.
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>>;
+
+    /// Items inside `tiles` (summed per tile) visible at `access`, counted no further than
+    /// `limit + 1`; see the [module docs](self).
+    fn count_up_to<'a>(
+        &'a self,
+        tiles: &'a [TileId],
+        access: Access,
+        limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>>;
+
+    /// The in-memory index, for the memory backend (demos, tests, benchmarks).
+    fn index(&self) -> Option<&Origin<RawData>> {
+        None
+    }
+
+    /// Where the items come from, for the startup log (no secrets).
+    fn describe(&self) -> String;
+
+    /// The database change feed that invalidates the cache tier, for backends that have
+    /// one (PostGIS); see [`changes`].
+    fn change_feed(&self) -> Option<changes::ChangeFeed> {
+        None
+    }
+}
+
+/// Counters of what the guards and backends saw (`/metrics`).
+#[derive(Default)]
+pub struct OriginStats {
+    /// Calls that timed out (request path and warm-up).
+    pub timeouts: AtomicU64,
+    /// Calls that failed (502) or were refused.
+    pub failures: AtomicU64,
+    /// Items above the asked tier dropped by the tier guard.
+    pub leaked_items: AtomicU64,
+    /// Answers refused by the shape guard (a requested tile or id left out).
+    pub incomplete_answers: AtomicU64,
+    /// Rows a database backend skipped as unusable (bad id, coordinates, class or tier).
+    pub bad_rows: AtomicU64,
+    /// Items the backend's data set holds, when it knows (memory).
+    pub dataset_items: AtomicUsize,
+    /// `count_up_to` calls that needed a query.
+    pub count_queries: AtomicU64,
+}
+
+/// The origin with latency, timeouts, guards and call counting, over any backend.
+pub struct OriginService {
+    backend: Box<dyn OriginBackend>,
+    latency: Duration,
+    /// Extra latency injected by the soak test's fault hook (`--fault-origin-stall-ms`).
+    stall_ms: AtomicU64,
+    metrics: Arc<Metrics>,
+    pub stats: Arc<OriginStats>,
+}
+
+/// Opening the origin failed; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Dataset(#[from] tilewarm::dataset::DatasetError),
+    #[error("data set: {0}")]
+    Origin(#[from] tilewarm::OriginError),
+    #[error("--origin: {0}")]
+    Spec(String),
+    #[error("--origin postgres: {0}")]
+    Postgis(String),
+    #[error("--origin upstream: {0}")]
+    Upstream(String),
+}
+
+/// What `--origin` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginSpec {
+    /// The in-memory data set (`--data` or the synthetic city).
+    Memory,
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).
+    Postgis(String),
+    /// An upstream batch endpoint URL.
+    Upstream(String),
+}
+
+impl OriginSpec {
+    /// Parses `--origin`: `memory` (or nothing), `postgres://…`, `postgresql://…`,
+    /// `http://…` or `https://…`.
+    pub fn parse(value: Option<&str>) -> Result<OriginSpec, LoadError> {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(OriginSpec::Memory);
+        };
+        let lower = v.to_ascii_lowercase();
+        if lower == "memory" {
+            Ok(OriginSpec::Memory)
+        } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Ok(OriginSpec::Postgis(v.to_owned()))
+        } else if lower.starts_with("http://") || lower.starts_with("https://") {
+            Ok(OriginSpec::Upstream(v.to_owned()))
+        } else {
+            Err(LoadError::Spec(format!(
+                "expected memory, postgres://… or http(s)://…/v1/batch, got {:?}",
+                redact_url(v)
+            )))
+        }
+    }
+}
+
+/// A URL with its password (and anything that looks like a credential) replaced by `***`,
+/// for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(auth_end);
+    let auth = match auth.rfind('@') {
+        Some(at) => {
+            let (user, host) = auth.split_at(at);
+            match user.find(':') {
+                Some(c) => format!("{}:***{host}", &user[..c]),
+                None => format!("{user}{host}"),
+            }
+        }
+        None => auth.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) if tail[q..].to_ascii_lowercase().contains("password") => {
+            format!("{}?***", &tail[..q])
+        }
+        _ => tail.to_owned(),
+    };
+    format!("{}{auth}{tail}", &url[..scheme_end + 3])
+}
+
+impl OriginService {
+    /// Opens the origin `--origin` names: loads `--data` (or generates the synthetic city)
+    /// for the memory backend, connects the pool for PostGIS (the server starts even when
+    /// the database is down: calls fail with 502 until it is up), or prepares the client
+    /// for an upstream.
+    pub async fn open(config: &Config, metrics: Arc<Metrics>) -> Result<OriginService, LoadError> {
+        let stats = Arc::new(OriginStats::default());
+        let backend: Box<dyn OriginBackend> = match OriginSpec::parse(config.origin.as_deref())? {
+            OriginSpec::Memory => {
+                let c = config.clone();
+                let m = tokio::task::spawn_blocking(move || memory::MemoryOrigin::load(&c))
+                    .await
+                    .map_err(|e| LoadError::Spec(format!("loading the data set panicked: {e}")))??;
+                Box::new(m)
+            }
+            OriginSpec::Postgis(url) => Box::new(postgis::PostgisOrigin::open(
+                &url,
+                config,
+                Arc::clone(&stats),
+            )?),
+            OriginSpec::Upstream(url) => Box::new(upstream::UpstreamOrigin::new(&url, config)?),
+        };
+        Ok(OriginService::with_backend(backend, config, metrics, stats))
+    }
+
+    /// Wraps any backend (tests, embedders with their own source).
+    pub fn with_backend(
+        backend: Box<dyn OriginBackend>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        stats: Arc<OriginStats>,
+    ) -> OriginService {
+        if let Some(o) = backend.index() {
+            stats.dataset_items.store(o.len(), Relaxed);
+        }
+        OriginService {
+            backend,
+            latency: Duration::from_millis(config.origin_latency_ms),
+            stall_ms: AtomicU64::new(0),
+            metrics,
+            stats,
+        }
+    }
+
+    /// `memory`, `postgis` or `upstream`.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Where the items come from (no secrets).
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The in-memory data set, when the origin is the memory backend (for counting, demos
+    /// and tests; not an origin call).
+    pub fn index(&self) -> Option<&Origin<RawData>> {
+        self.backend.index()
+    }
+
+    /// The change feed of a database backend.
+    pub fn change_feed(&self) -> Option<changes::ChangeFeed> {
+        self.backend.change_feed()
+    }
+
+    /// One origin call: waits the configured latency, then asks the backend at the
+    /// request's tier and applies the tier and shape guards (module docs). The server always
+    /// asks at [`Access::Agent`] so that the answer can be cached for every tier.
+    pub async fn fetch(
+        &self,
+        request: &BatchRequest,
+        source: CallSource,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        match source {
+            CallSource::Request => self.metrics.origin_calls_request.fetch_add(1, Relaxed),
+            CallSource::Warmup => self.metrics.origin_calls_warmup.fetch_add(1, Relaxed),
+        };
+        let latency = self.latency + Duration::from_millis(self.stall_ms.load(Relaxed));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let result = self
+            .backend
+            .answer(request)
+            .await
+            .and_then(|r| self.guard(request, r));
+        match &result {
+            Ok(r) => {
+                self.metrics
+                    .origin_items
+                    .fetch_add(r.items.len() as u64, Relaxed);
+            }
+            Err(OriginFailure::Timeout { .. }) => {
+                self.stats.timeouts.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    /// [`fetch`](Self::fetch), given up after `timeout_ms` (`--origin-timeout-ms`; 0 waits as
+    /// long as the origin takes) with [`OriginFailure::Timeout`]. The request path and
+    /// warm-up both call the origin through this.
+    pub async fn fetch_within(
+        &self,
+        request: &BatchRequest,
+        source: CallSource,
+        timeout_ms: u64,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        within(timeout_ms, &self.stats, self.fetch(request, source)).await
+    }
+
+    /// Items inside `tiles` visible at `access`, counted no further than `limit + 1`, given
+    /// up after `timeout_ms` like a fetch (module docs: free in memory, one bounded query for
+    /// PostGIS, unknown upstream).
+    pub async fn count_up_to(
+        &self,
+        tiles: &[TileId],
+        access: Access,
+        limit: usize,
+        timeout_ms: u64,
+    ) -> Result<ItemCount, OriginFailure> {
+        if tiles.is_empty() {
+            return Ok(ItemCount::Exact(0));
+        }
+        within(
+            timeout_ms,
+            &self.stats,
+            self.backend.count_up_to(tiles, access, limit),
+        )
+        .await
+    }
+
+    /// The tier and shape guards (module docs).
+    fn guard(
+        &self,
+        request: &BatchRequest,
+        mut r: BatchResponse<RawData>,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        let asked = request.access;
+        let mut dropped: HashSet<String> = HashSet::new();
+        r.items.retain(|it| {
+            let ok = asked.can_see(it.access);
+            if !ok {
+                dropped.insert(it.id.clone());
+            }
+            ok
+        });
+        if !dropped.is_empty() {
+            self.stats
+                .leaked_items
+                .fetch_add(dropped.len() as u64, Relaxed);
+            tracing::warn!(
+                origin = self.kind(),
+                items = dropped.len(),
+                tier = %asked,
+                "the origin answered items above the asked tier; dropped"
+            );
+            for list in &mut r.tiles {
+                list.ids.retain(|id| !dropped.contains(id));
+            }
+            for id in &request.ids {
+                if dropped.contains(id) && !r.missing.contains(id) {
+                    r.missing.push(id.clone());
+                }
+            }
+        }
+        // Shape: every requested tile and id answered; no lists nobody asked for.
+        let wanted: HashSet<TileId> = request.tiles.iter().copied().collect();
+        r.tiles.retain(|l| wanted.contains(&l.tile));
+        let unanswered_tiles = r.unanswered_tiles(request);
+        let unanswered_ids = r.unanswered_ids(request);
+        if !unanswered_tiles.is_empty() || !unanswered_ids.is_empty() {
+            self.stats.incomplete_answers.fetch_add(1, Relaxed);
+            let first = unanswered_tiles
+                .first()
+                .map(|t| format!("tile {t}"))
+                .or_else(|| unanswered_ids.first().map(|id| format!("id {id:?}")))
+                .unwrap_or_default();
+            return Err(OriginFailure::Failed(format!(
+                "the answer left out {} requested tiles and {} ids (first: {first})",
+                unanswered_tiles.len(),
+                unanswered_ids.len()
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Sets the injected extra latency of every origin call (the fault hook); 0 clears it.
+    pub fn set_stall_ms(&self, ms: u64) {
+        self.stall_ms.store(ms, Relaxed);
+    }
+
+    /// The injected extra latency, in ms.
+    pub fn stall_ms(&self) -> u64 {
+        self.stall_ms.load(Relaxed)
+    }
+
+    /// Items in the data set, when the backend knows (memory); `None` otherwise.
+    pub fn dataset_items(&self) -> Option<usize> {
+        self.index().map(Origin::len)
+    }
+
+    /// This module's Prometheus lines (appended to `/metrics`).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &self.stats;
+        for (name, help, v) in [
+            (
+                "tilewarm_origin_failures_total",
+                "Origin calls that failed (502) or that an upstream refused.",
+                &s.failures,
+            ),
+            (
+                "tilewarm_origin_call_timeouts_total",
+                "Origin calls (request path, warm-up and counts) given up after --origin-timeout-ms or a statement timeout.",
+                &s.timeouts,
+            ),
+            (
+                "tilewarm_origin_leaked_items_total",
+                "Items above the asked tier that the origin answered and the tier guard dropped.",
+                &s.leaked_items,
+            ),
+            (
+                "tilewarm_origin_incomplete_answers_total",
+                "Origin answers refused because they left out a requested tile or id.",
+                &s.incomplete_answers,
+            ),
+            (
+                "tilewarm_origin_bad_rows_total",
+                "Database rows skipped as unusable (id, coordinates, class or tier).",
+                &s.bad_rows,
+            ),
+            (
+                "tilewarm_origin_count_queries_total",
+                "Queries made to bound the size of coarse tiles before answering them.",
+                &s.count_queries,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tilewarm_origin_info The origin backend.\n# TYPE tilewarm_origin_info gauge\ntilewarm_origin_info{{kind=\"{}\"}} 1",
+            self.kind()
+        );
+    }
+}
+
+/// Runs `fut` under `timeout_ms` (0: no limit); a timeout is counted and becomes
+/// [`OriginFailure::Timeout`].
+async fn within<T>(
+    timeout_ms: u64,
+    stats: &OriginStats,
+    fut: impl Future<Output = Result<T, OriginFailure>>,
+) -> Result<T, OriginFailure> {
+    if timeout_ms == 0 {
+        return fut.await;
+    }
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), fut).await {
+        Ok(r) => r,
+        Err(_) => {
+            stats.timeouts.fetch_add(1, Relaxed);
+            Err(OriginFailure::Timeout { ms: timeout_ms })
+        }
+    }
+}
+
+/// Assigns items to requested tiles with the core's tile rule (an item is in a tile when its
+/// zoom-24 tile descends from it) and builds the protocol answer: one list per requested
+/// tile in request order, ids in each list in Morton (quadkey) order of the items' zoom-24
+/// tiles, ties by id, items each once, requested ids not found in `missing`. Shared by the
+/// database backends, so their answers are the memory backend's up to order.
+pub fn assemble(
+    request: &BatchRequest,
+    tile_items: Vec<tilewarm::Item<RawData>>,
+    id_items: Vec<tilewarm::Item<RawData>>,
+    tile_ttl_s: Option<u32>,
+) -> BatchResponse<RawData> {
+    use std::collections::HashMap;
+    // Each item's zoom-24 tile, once.
+    let mut by_id: HashMap<String, (TileId, tilewarm::Item<RawData>)> = HashMap::new();
+    for it in tile_items.into_iter().chain(id_items) {
+        let Ok(t24) = TileId::from_lon_lat(it.lon, it.lat, tilewarm::MAX_ZOOM) else {
+            continue;
+        };
+        by_id.entry(it.id.clone()).or_insert((t24, it));
+    }
+    // Requested tiles by zoom, so an item is matched with one ancestor look-up per zoom.
+    let mut zooms: Vec<u8> = request.tiles.iter().map(|t| t.z()).collect();
+    zooms.sort_unstable();
+    zooms.dedup();
+    let index: HashMap<TileId, usize> = request
+        .tiles
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, i))
+        .collect();
+    let mut members: Vec<Vec<(u64, String)>> = vec![Vec::new(); request.tiles.len()];
+    for (id, (t24, _)) in &by_id {
+        for &z in &zooms {
+            if let Some(&i) = t24.ancestor(z).ok().as_ref().and_then(|a| index.get(a)) {
+                members[i].push((t24.quadkey_order(), id.clone()));
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut tiles = Vec::with_capacity(request.tiles.len());
+    for (i, &t) in request.tiles.iter().enumerate() {
+        let list = &mut members[i];
+        list.sort_unstable();
+        let ids: Vec<String> = list.drain(..).map(|(_, id)| id).collect();
+        for id in &ids {
+            if taken.insert(id.clone()) {
+                if let Some((_, it)) = by_id.get(id) {
+                    items.push(it.clone());
+                }
+            }
+        }
+        tiles.push(tilewarm::TileList {
+            tile: t,
+            ids,
+            ttl: tile_ttl_s,
+        });
+    }
+    let mut missing = Vec::new();
+    for id in &request.ids {
+        match by_id.get(id) {
+            Some((_, it)) if request.access.can_see(it.access) => {
+                if taken.insert(id.clone()) {
+                    items.push(it.clone());
+                }
+            }
+            _ => missing.push(id.clone()),
+        }
+    }
+    BatchResponse {
+        tiles,
+        items,
+        missing,
+    }
+}
+
+/// The Morton (quadkey) order of a zoom-24 tile, as the memory origin sorts items.
+trait QuadkeyOrder {
+    fn quadkey_order(self) -> u64;
+}
+
+impl QuadkeyOrder for TileId {
+    fn quadkey_order(self) -> u64 {
+        fn spread(v: u32) -> u64 {
+            let mut v = v as u64 & 0xFF_FFFF;
+            v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF;
+            v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF;
+            v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+            v = (v | (v << 2)) & 0x3333_3333_3333_3333;
+            v = (v | (v << 1)) & 0x5555_5555_5555_5555;
+            v
+        }
+        spread(self.x()) | (spread(self.y()) << 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_specs_parse_and_redact() {
+        assert_eq!(OriginSpec::parse(None).unwrap(), OriginSpec::Memory);
+        assert_eq!(OriginSpec::parse(Some("memory")).unwrap(), OriginSpec::Memory);
+        assert!(matches!(
+            OriginSpec::parse(Some("postgresql://u@h/db")).unwrap(),
+            OriginSpec::Postgis(_)
+        ));
+        assert!(matches!(
+            OriginSpec::parse(Some("https://a.example/v1/batch")).unwrap(),
+            OriginSpec::Upstream(_)
+        ));
+        let e = OriginSpec::parse(Some("redis://u:secret@h/0")).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("postgres://"), "{e}");
+        assert_eq!(
+            redact_url("postgres://tw:hunter2@db.example:5432/tw?sslmode=disable"),
+            "postgres://tw:***@db.example:5432/tw?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?user=a&password=b"),
+            "postgres://h/db?***"
+        );
+        assert_eq!(redact_url("http://h/v1/batch"), "http://h/v1/batch");
+    }
+
+    #[test]
+    fn item_counts_exceed_only_when_known() {
+        assert_eq!(ItemCount::Exact(5).exceeds(4), Some(5));
+        assert_eq!(ItemCount::Exact(4).exceeds(4), None);
+        assert_eq!(ItemCount::MoreThan(4).exceeds(4), Some(5));
+        assert_eq!(ItemCount::Unknown.exceeds(0), None);
+    }
+
+    #[test]
+    fn assemble_matches_the_memory_origin_up_to_order() {
+        let items = tilewarm::dataset::synthetic_city(7, 2_000);
+        let o = Origin::new(items.clone()).unwrap();
+        let t = o.occupied_tiles(14)[3].0;
+        let request = BatchRequest {
+            tiles: vec![t, t.ancestor(11).unwrap(), t.children().unwrap()[2]],
+            ids: vec![items[0].id.clone(), "nope".into()],
+            access: Access::Agent,
+        };
+        let want = o.answer(&request, Some(60));
+        let got = assemble(&request, items.clone(), vec![items[0].clone()], Some(60));
+        for (a, b) in want.tiles.iter().zip(&got.tiles) {
+            let mut x = a.ids.clone();
+            let mut y = b.ids.clone();
+            x.sort();
+            y.sort();
+            assert_eq!(x, y, "tile {}", a.tile);
+        }
+        assert_eq!(want.items.len(), got.items.len());
+        assert_eq!(want.missing, got.missing);
+    }
+}

@@ -1,0 +1,811 @@
+//! The PostGIS backend (`--origin postgres://…`): items from a table or view with an id, a
+//! point geometry in SRID 4326, a class, an access tier, a JSON payload and an update time.
+//! Names are configurable ([`Layout`], a small TOML file given by `--origin-config`); the
+//! ready table, its GiST index and the change trigger are [`ddl`] (`tilewarm-server
+//! --postgis-print-ddl`, and `docs/postgis.md`).
+//!
+//! # Queries
+//! - **Tiles**: one statement for all the tiles of a call. Each tile's envelope is computed
+//!   from the core's own tile bounds, widened by [`MARGIN_DEG`] (and to the poles for the
+//!   top and bottom rows, and to the antimeridian for the first column, where the core puts
+//!   points at longitude 180), passed as four `float8[]` and joined to the table with `&&`,
+//!   so each envelope is one GiST index scan. The rows' exact coordinates come back as
+//!   `float8` and the core's tile maths assigns each item to the requested tiles (an item is
+//!   in a tile when its zoom-24 tile descends from it), so the answer is the memory
+//!   origin's exactly, points on tile edges included; the margin only adds candidates.
+//!   (`ST_TileEnvelope` would compute the same envelope in 3857 and need a transform; the
+//!   core's bounds are what the assignment uses, so one tile maths decides.)
+//! - **Ids**: `WHERE id = ANY($1::text[])` (the id column should be `text`, so that its
+//!   primary-key index is used).
+//! - **Tier**: both statements keep only rows whose tier the request may see
+//!   (`access = ANY($n::text[])`), and [`super::OriginService`]'s tier guard drops anything
+//!   above the tier again after the query: defence in depth, an item above the asked tier
+//!   never leaves the origin layer even if a view or the SQL were wrong.
+//! - **Counts** ([`super::OriginService::count_up_to`]): the tiles statement without
+//!   payloads, `LIMIT limit + 1`, counted.
+//!
+//! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
+//! range, an unknown tier, a NULL) are skipped and counted in `tilewarm_origin_bad_rows_total`:
+//! an unknown tier in particular is never guessed.
+//!
+//! # Connections
+//! A [deadpool-postgres] pool of `--origin-pool` [tokio-postgres] connections (chosen over
+//! sqlx: the driver and pool are small, well kept and used without compile-time database
+//! macros; sqlx's query macros need a database or an offline cache at build time, and its
+//! runtime API would bring more than is used here). Statements are prepared once per
+//! connection (`prepare_cached`); a connection is checked with `is_closed` when taken from
+//! the pool, so connections the database dropped (a restart, `pg_terminate_backend`) are
+//! replaced without restarting the server. Every connection has `statement_timeout` set to
+//! `--origin-timeout-ms`, so a query the request path gave up on is also stopped in the
+//! database instead of holding the connection; a query stopped by it is a timeout (504),
+//! any other failure a 502. The server starts while the database is down and recovers when
+//! it is up.
+//!
+//! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
+//! through a TLS-terminating proxy.
+//!
+//! [deadpool-postgres]: https://docs.rs/deadpool-postgres
+//! [tokio-postgres]: https://docs.rs/tokio-postgres
+
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::Deserialize;
+use tilewarm::{
+    tiles_per_axis, validate_item_fields, Access, BatchRequest, BatchResponse, Item, Limits,
+    RawData, TileId,
+};
+use tokio_postgres::NoTls;
+
+use super::changes::{quote_ident, ChangeFeed, ChangeStats};
+use super::{
+    assemble, redact_url, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture,
+    OriginStats,
+};
+use crate::config::Config;
+
+/// Degrees added around each tile's envelope (about 1 cm): far more than the rounding of
+/// the tile bounds, so no item of the tile is missed; the core's tile maths removes the
+/// extra candidates.
+pub const MARGIN_DEG: f64 = 1e-7;
+
+/// Where the items are: table (or view) and column names, and the change channel. The
+/// TOML file of `--origin-config`; every key is optional.
+///
+/// ```toml
+/// table = "tilewarm_items"        # a table or view; "schema.table" allowed
+/// channel = "tilewarm_changes"    # NOTIFY channel of the change trigger; "" = no listener
+///
+/// [columns]
+/// id = "id"                       # text, unique
+/// geom = "geom"                   # geometry(Point, 4326)
+/// class = "class"                 # text: a-z 0-9 _ -
+/// access = "access"               # text: public | registered | verified | agent
+/// data = "data"                   # jsonb (or json)
+/// updated_at = "updated_at"       # timestamptz, kept by the trigger
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Layout {
+    pub table: String,
+    pub channel: String,
+    pub columns: Columns,
+}
+
+/// Column names of [`Layout`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Columns {
+    pub id: String,
+    pub geom: String,
+    pub class: String,
+    pub access: String,
+    pub data: String,
+    pub updated_at: String,
+}
+
+impl Default for Layout {
+    fn default() -> Layout {
+        Layout {
+            table: "tilewarm_items".into(),
+            channel: "tilewarm_changes".into(),
+            columns: Columns::default(),
+        }
+    }
+}
+
+impl Default for Columns {
+    fn default() -> Columns {
+        Columns {
+            id: "id".into(),
+            geom: "geom".into(),
+            class: "class".into(),
+            access: "access".into(),
+            data: "data".into(),
+            updated_at: "updated_at".into(),
+        }
+    }
+}
+
+impl Layout {
+    /// Reads `--origin-config` (TOML), or the defaults without one.
+    pub fn load(path: Option<&Path>) -> Result<Layout, LoadError> {
+        let Some(path) = path else {
+            return Ok(Layout::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadError::Postgis(format!("--origin-config {}: {e}", path.display()))
+        })?;
+        let layout: Layout = toml::from_str(&text).map_err(|e| {
+            LoadError::Postgis(format!("--origin-config {}: {e}", path.display()))
+        })?;
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn validate(&self) -> Result<(), LoadError> {
+        let c = &self.columns;
+        for (key, v) in [
+            ("table", &self.table),
+            ("columns.id", &c.id),
+            ("columns.geom", &c.geom),
+            ("columns.class", &c.class),
+            ("columns.access", &c.access),
+            ("columns.data", &c.data),
+            ("columns.updated_at", &c.updated_at),
+        ] {
+            if v.is_empty() || v.len() > 128 || v.contains('\0') {
+                return Err(LoadError::Postgis(format!(
+                    "--origin-config: {key} must be a name of 1 to 128 bytes, got {v:?}"
+                )));
+            }
+        }
+        if self.channel.len() > 63 {
+            return Err(LoadError::Postgis(format!(
+                "--origin-config: channel must be at most 63 bytes (PostgreSQL's identifier limit), got {:?}",
+                self.channel
+            )));
+        }
+        Ok(())
+    }
+
+    /// The quoted names.
+    fn q(&self) -> Quoted {
+        let c = &self.columns;
+        Quoted {
+            table: quote_ident(&self.table),
+            id: quote_ident(&c.id),
+            geom: quote_ident(&c.geom),
+            class: quote_ident(&c.class),
+            access: quote_ident(&c.access),
+            data: quote_ident(&c.data),
+            updated_at: quote_ident(&c.updated_at),
+        }
+    }
+
+    /// The last part of the table name, for naming the index, function and triggers.
+    fn base(&self) -> String {
+        self.table
+            .rsplit('.')
+            .next()
+            .unwrap_or(&self.table)
+            .to_owned()
+    }
+}
+
+struct Quoted {
+    table: String,
+    id: String,
+    geom: String,
+    class: String,
+    access: String,
+    data: String,
+    updated_at: String,
+}
+
+/// The SQL statements, built once from the layout.
+struct Statements {
+    tiles: String,
+    ids: String,
+    count: String,
+}
+
+const ENVELOPES: &str = "unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[]) AS b(w, s, e, n)";
+
+impl Statements {
+    fn new(layout: &Layout, sql_tier_filter: bool) -> Statements {
+        let q = layout.q();
+        let cols = format!(
+            "t.{id}::text, ST_X(t.{geom})::float8, ST_Y(t.{geom})::float8, t.{class}::text, t.{access}::text, t.{data}::text",
+            id = q.id,
+            geom = q.geom,
+            class = q.class,
+            access = q.access,
+            data = q.data
+        );
+        let join = format!(
+            "JOIN {table} t ON t.{geom} && ST_MakeEnvelope(b.w, b.s, b.e, b.n, 4326)",
+            table = q.table,
+            geom = q.geom
+        );
+        let tier = |n: u8| {
+            if sql_tier_filter {
+                format!("t.{}::text = ANY(${n}::text[])", q.access)
+            } else {
+                // Tests only: shows that the guard after the SQL holds on its own.
+                format!("(${n}::text[] IS NOT NULL)")
+            }
+        };
+        Statements {
+            tiles: format!("SELECT {cols} FROM {ENVELOPES} {join} WHERE {}", tier(5)),
+            ids: format!(
+                "SELECT {cols} FROM {table} t WHERE t.{id} = ANY($1::text[]) AND {}",
+                tier(2),
+                table = q.table,
+                id = q.id
+            ),
+            count: format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {ENVELOPES} {join} WHERE {} LIMIT $6) AS c",
+                tier(5)
+            ),
+        }
+    }
+}
+
+/// The pool and statements.
+pub struct PostgisOrigin {
+    pool: Pool,
+    statements: Statements,
+    pg_config: tokio_postgres::Config,
+    layout: Layout,
+    tile_ttl_s: u32,
+    limits: Limits,
+    stats: Arc<OriginStats>,
+    changes: Arc<ChangeStats>,
+    described: String,
+}
+
+/// The tiers a caller at `access` may see, as the access column holds them.
+fn visible_tiers(access: Access) -> Vec<String> {
+    [
+        Access::Public,
+        Access::Registered,
+        Access::Verified,
+        Access::Agent,
+    ]
+    .into_iter()
+    .filter(|&t| access.can_see(t))
+    .map(|t| t.to_string())
+    .collect()
+}
+
+/// Each tile's search envelope (module docs), as four columns. A tile of the first column
+/// gets a second envelope at the antimeridian.
+fn envelopes(tiles: &[TileId]) -> [Vec<f64>; 4] {
+    let mut out: [Vec<f64>; 4] = Default::default();
+    let mut push = |w: f64, s: f64, e: f64, n: f64| {
+        out[0].push(w);
+        out[1].push(s);
+        out[2].push(e);
+        out[3].push(n);
+    };
+    for &t in tiles {
+        let b = t.bounds();
+        let last = tiles_per_axis(t.z()) - 1;
+        let north = if t.y() == 0 { 90.0 } else { b.north + MARGIN_DEG };
+        let south = if t.y() == last {
+            -90.0
+        } else {
+            b.south - MARGIN_DEG
+        };
+        push(b.west - MARGIN_DEG, south, b.east + MARGIN_DEG, north);
+        if t.x() == 0 {
+            push(180.0 - MARGIN_DEG, south, 180.0, north);
+        }
+    }
+    out
+}
+
+/// A database error as an origin failure: a statement stopped by `statement_timeout`
+/// (SQLSTATE 57014) is a timeout, anything else a failure.
+fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
+    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        return OriginFailure::Timeout { ms: timeout_ms };
+    }
+    let msg = match e.as_db_error() {
+        Some(db) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
+        None => format!("PostgreSQL: {e}"),
+    };
+    OriginFailure::Failed(msg)
+}
+
+impl PostgisOrigin {
+    /// A pool for `url` with the layout of `--origin-config`. Connects lazily: the server
+    /// starts whether or not the database is up.
+    pub fn open(
+        url: &str,
+        config: &Config,
+        stats: Arc<OriginStats>,
+    ) -> Result<PostgisOrigin, LoadError> {
+        let layout = Layout::load(config.origin_config.as_deref())?;
+        PostgisOrigin::with_layout(url, layout, config, stats, true)
+    }
+
+    /// As [`open`](Self::open) with a given layout. `sql_tier_filter: false` leaves the
+    /// tier filter out of the SQL, for the test that shows the guard after it holds alone.
+    #[doc(hidden)]
+    pub fn with_layout(
+        url: &str,
+        layout: Layout,
+        config: &Config,
+        stats: Arc<OriginStats>,
+        sql_tier_filter: bool,
+    ) -> Result<PostgisOrigin, LoadError> {
+        layout.validate()?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+            LoadError::Postgis(format!("{}: {e}", redact_url(url)))
+        })?;
+        if config.origin_timeout_ms > 0 {
+            let mut options = pg.get_options().unwrap_or("").to_owned();
+            options.push_str(&format!(
+                " -c statement_timeout={}",
+                config.origin_timeout_ms
+            ));
+            pg.options(options.trim());
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("tilewarm-server");
+        }
+        pg.keepalives(true);
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let wait = Duration::from_millis(match config.origin_timeout_ms {
+            0 => 30_000,
+            ms => ms,
+        });
+        let pool = Pool::builder(manager)
+            .max_size(config.origin_pool)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| LoadError::Postgis(format!("connection pool: {e}")))?;
+        let described = format!(
+            "postgis: {} table {} (pool {})",
+            redact_url(url),
+            layout.table,
+            config.origin_pool
+        );
+        Ok(PostgisOrigin {
+            pool,
+            statements: Statements::new(&layout, sql_tier_filter),
+            pg_config: pg,
+            layout,
+            tile_ttl_s: config.tile_ttl_s.min(u32::MAX as u64) as u32,
+            limits: config.limits(),
+            stats,
+            changes: Arc::default(),
+            described,
+        })
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// A pooled connection; failing to get one is a 502 (or a timeout).
+    async fn client(&self) -> Result<deadpool_postgres::Object, OriginFailure> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(_) => OriginFailure::Timeout {
+                ms: self.timeout_ms(),
+            },
+            deadpool_postgres::PoolError::Backend(e) => db_failure(e, self.timeout_ms()),
+            other => OriginFailure::Failed(format!("PostgreSQL connection pool: {other}")),
+        })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.pool
+            .timeouts()
+            .wait
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Rows as items; unusable rows are skipped and counted.
+    fn items(&self, rows: Vec<tokio_postgres::Row>) -> Vec<Item<RawData>> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut bad = 0u64;
+        let mut first_bad = None;
+        for row in rows {
+            match self.item(&row) {
+                Ok(it) => out.push(it),
+                Err(why) => {
+                    bad += 1;
+                    first_bad.get_or_insert(why);
+                }
+            }
+        }
+        if bad > 0 {
+            self.stats.bad_rows.fetch_add(bad, Relaxed);
+            tracing::warn!(
+                rows = bad,
+                first = %first_bad.unwrap_or_default(),
+                table = %self.layout.table,
+                "postgis: rows that are not valid items were skipped"
+            );
+        }
+        out
+    }
+
+    fn item(&self, row: &tokio_postgres::Row) -> Result<Item<RawData>, String> {
+        let get = |i: usize| -> Result<Option<String>, String> {
+            row.try_get::<_, Option<String>>(i).map_err(|e| e.to_string())
+        };
+        let id = get(0)?.ok_or("NULL id")?;
+        let lon: Option<f64> = row.try_get(1).map_err(|e| e.to_string())?;
+        let lat: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;
+        let (Some(lon), Some(lat)) = (lon, lat) else {
+            return Err(format!("item {id:?}: NULL or empty geometry"));
+        };
+        let class = get(3)?.ok_or_else(|| format!("item {id:?}: NULL class"))?;
+        let access = get(4)?
+            .ok_or_else(|| format!("item {id:?}: NULL tier"))?
+            .parse::<Access>()
+            .map_err(|e| format!("item {id:?}: {e}"))?;
+        validate_item_fields(&id, lon, lat, &class, None, &self.limits)
+            .map_err(|e| e.to_string())?;
+        let data = match get(5)? {
+            Some(text) => serde_json::value::RawValue::from_string(text)
+                .map_err(|e| format!("item {id:?}: data is not JSON: {e}"))?,
+            None => serde_json::value::RawValue::NULL.to_owned(),
+        };
+        Ok(Item {
+            id,
+            lon,
+            lat,
+            class,
+            access,
+            ttl: None,
+            data,
+        })
+    }
+
+    async fn answer_inner(
+        &self,
+        request: &BatchRequest,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        let timeout_ms = self.timeout_ms();
+        let fail = |e| db_failure(e, timeout_ms);
+        let client = self.client().await?;
+        let tiers = visible_tiers(request.access);
+        let mut tile_rows = Vec::new();
+        if !request.tiles.is_empty() {
+            let st = client
+                .prepare_cached(&self.statements.tiles)
+                .await
+                .map_err(fail)?;
+            let [w, s, e, n] = envelopes(&request.tiles);
+            tile_rows = client
+                .query(&st, &[&w, &s, &e, &n, &tiers])
+                .await
+                .map_err(fail)?;
+        }
+        let mut id_rows = Vec::new();
+        if !request.ids.is_empty() {
+            let st = client
+                .prepare_cached(&self.statements.ids)
+                .await
+                .map_err(fail)?;
+            id_rows = client
+                .query(&st, &[&request.ids, &tiers])
+                .await
+                .map_err(fail)?;
+        }
+        drop(client);
+        Ok(assemble(
+            request,
+            self.items(tile_rows),
+            self.items(id_rows),
+            Some(self.tile_ttl_s),
+        ))
+    }
+
+    async fn count_inner(
+        &self,
+        tiles: &[TileId],
+        access: Access,
+        limit: usize,
+    ) -> Result<ItemCount, OriginFailure> {
+        self.stats.count_queries.fetch_add(1, Relaxed);
+        let timeout_ms = self.timeout_ms();
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(&self.statements.count)
+            .await
+            .map_err(|e| db_failure(e, timeout_ms))?;
+        let [w, s, e, n] = envelopes(tiles);
+        let cap = limit.saturating_add(1).min(i64::MAX as usize) as i64;
+        let row = client
+            .query_one(&st, &[&w, &s, &e, &n, &visible_tiers(access), &cap])
+            .await
+            .map_err(|e| db_failure(e, timeout_ms))?;
+        let count: i64 = row.try_get(0).map_err(|e| db_failure(e, timeout_ms))?;
+        let count = count.max(0) as usize;
+        Ok(if count > limit {
+            ItemCount::MoreThan(limit)
+        } else {
+            ItemCount::Exact(count)
+        })
+    }
+}
+
+impl OriginBackend for PostgisOrigin {
+    fn kind(&self) -> &'static str {
+        "postgis"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(self.answer_inner(request))
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        tiles: &'a [TileId],
+        access: Access,
+        limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(self.count_inner(tiles, access, limit))
+    }
+
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        if self.layout.channel.is_empty() {
+            return None;
+        }
+        let mut config = self.pg_config.clone();
+        // The listener's own checks are short; no statement timeout needed beyond them.
+        config.options("");
+        Some(ChangeFeed {
+            config,
+            channel: self.layout.channel.clone(),
+            stats: Arc::clone(&self.changes),
+        })
+    }
+}
+
+/// The DDL of a ready table for `layout`: PostGIS, the table, its GiST index, the trigger
+/// that keeps the update time, and the change trigger that notifies the server (see
+/// [`super::changes`]). Idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`).
+pub fn ddl(layout: &Layout) -> String {
+    let q = layout.q();
+    let base = layout.base();
+    let index = quote_ident(&format!("{base}_geom_gist"));
+    let touch = quote_ident(&format!("{base}_touch"));
+    let notify = quote_ident(&format!("{base}_notify"));
+    let notify_all = quote_ident(&format!("{base}_notify_truncate"));
+    let channel = layout.channel.replace('\'', "''");
+    let pos = |rec: &str| format!("json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g}))", g = q.geom);
+    format!(
+        r#"CREATE EXTENSION IF NOT EXISTS postgis;
+
+CREATE TABLE IF NOT EXISTS {table} (
+    {id} text PRIMARY KEY,
+    {geom} geometry(Point, 4326) NOT NULL,
+    {class} text NOT NULL,
+    {access} text NOT NULL CHECK ({access} IN ('public', 'registered', 'verified', 'agent')),
+    {data} jsonb NOT NULL DEFAULT '{{}}',
+    {updated_at} timestamptz NOT NULL DEFAULT now()
+);
+
+-- One GiST index scan per requested tile envelope.
+CREATE INDEX IF NOT EXISTS {index} ON {table} USING gist ({geom});
+
+-- The update time, kept by the database.
+CREATE OR REPLACE FUNCTION {touch}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    NEW.{updated_at} := now();
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS {touch} ON {table};
+CREATE TRIGGER {touch} BEFORE INSERT OR UPDATE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {touch}();
+
+-- Changes: one NOTIFY per changed row on channel '{channel}' (tilewarm-server listens and
+-- invalidates the id and the data tiles of the old and new positions).
+CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    payload text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        payload := '{{"op":"all"}}';
+    ELSIF TG_OP = 'INSERT' THEN
+        payload := json_build_object('op', 'I', 'id', NEW.{id}::text, 'new', {new})::text;
+    ELSIF TG_OP = 'UPDATE' THEN
+        IF OLD.{id} IS DISTINCT FROM NEW.{id} THEN
+            PERFORM pg_notify('{channel}',
+                json_build_object('op', 'D', 'id', OLD.{id}::text, 'old', {old})::text);
+        END IF;
+        payload := json_build_object('op', 'U', 'id', NEW.{id}::text, 'old', {old}, 'new', {new})::text;
+    ELSE
+        payload := json_build_object('op', 'D', 'id', OLD.{id}::text, 'old', {old})::text;
+    END IF;
+    -- NOTIFY payloads must stay under 8000 bytes: never fail the writer's transaction.
+    IF octet_length(payload) > 7900 THEN
+        payload := '{{"op":"all"}}';
+    END IF;
+    PERFORM pg_notify('{channel}', payload);
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS {notify} ON {table};
+CREATE TRIGGER {notify} AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {notify}();
+DROP TRIGGER IF EXISTS {notify_all} ON {table};
+CREATE TRIGGER {notify_all} AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {notify}();
+"#,
+        table = q.table,
+        id = q.id,
+        geom = q.geom,
+        class = q.class,
+        access = q.access,
+        data = q.data,
+        updated_at = q.updated_at,
+        new = pos("NEW"),
+        old = pos("OLD"),
+    )
+}
+
+/// Creates the table, index and triggers of [`ddl`] if missing, then upserts `items` (in
+/// batches of 5 000, coordinates sent as binary `float8`, so they are stored exactly).
+/// Returns the rows written. `tilewarm-server --postgis-load`, the tests and the benchmark
+/// use it.
+pub async fn load_items(
+    client: &tokio_postgres::Client,
+    layout: &Layout,
+    items: &[Item<RawData>],
+) -> Result<u64, tokio_postgres::Error> {
+    client.batch_execute(&ddl(layout)).await?;
+    let q = layout.q();
+    let sql = format!(
+        "INSERT INTO {table} ({id}, {geom}, {class}, {access}, {data}) \
+         SELECT u.id, ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.class, u.access, u.data::jsonb \
+         FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[]) \
+              AS u(id, lon, lat, class, access, data) \
+         ON CONFLICT ({id}) DO UPDATE SET {geom} = EXCLUDED.{geom}, {class} = EXCLUDED.{class}, \
+              {access} = EXCLUDED.{access}, {data} = EXCLUDED.{data}",
+        table = q.table,
+        id = q.id,
+        geom = q.geom,
+        class = q.class,
+        access = q.access,
+        data = q.data,
+    );
+    let st = client.prepare(&sql).await?;
+    let mut written = 0;
+    for chunk in items.chunks(5_000) {
+        let ids: Vec<&str> = chunk.iter().map(|i| i.id.as_str()).collect();
+        let lons: Vec<f64> = chunk.iter().map(|i| i.lon).collect();
+        let lats: Vec<f64> = chunk.iter().map(|i| i.lat).collect();
+        let classes: Vec<&str> = chunk.iter().map(|i| i.class.as_str()).collect();
+        let tiers: Vec<String> = chunk.iter().map(|i| i.access.to_string()).collect();
+        let data: Vec<&str> = chunk.iter().map(|i| i.data.get()).collect();
+        written += client
+            .execute(&st, &[&ids, &lons, &lats, &classes, &tiers, &data])
+            .await?;
+    }
+    client
+        .batch_execute(&format!("ANALYZE {}", q.table))
+        .await?;
+    Ok(written)
+}
+
+/// `--postgis-load`: the data set of `--data` (or the synthetic city) into the table of
+/// `--origin-config`, through one connection to `url`.
+pub async fn load_from_config(url: &str, config: &Config) -> Result<u64, LoadError> {
+    let layout = Layout::load(config.origin_config.as_deref())?;
+    let c = config.clone();
+    let items = tokio::task::spawn_blocking(move || match &c.data {
+        Some(path) => tilewarm::dataset::load_path(path),
+        None => Ok(tilewarm::dataset::synthetic_city(c.seed, c.synthetic_homes)),
+    })
+    .await
+    .map_err(|e| LoadError::Postgis(format!("loading the data set panicked: {e}")))??;
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| LoadError::Postgis(format!("{}: {e}", redact_url(url))))?;
+    let (client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(|e| LoadError::Postgis(format!("--postgis-load: cannot connect: {e}")))?;
+    let driver = tokio::spawn(connection);
+    let n = load_items(&client, &layout, &items)
+        .await
+        .map_err(|e| LoadError::Postgis(format!("--postgis-load: {}", db_failure(e, 0))))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_read_from_toml_with_defaults_and_refuse_unknown_keys() {
+        let l: Layout = toml::from_str("table = \"geo.homes\"\n[columns]\nid = \"home_id\"").unwrap();
+        assert_eq!(l.table, "geo.homes");
+        assert_eq!(l.columns.id, "home_id");
+        assert_eq!(l.columns.geom, "geom");
+        assert_eq!(l.channel, "tilewarm_changes");
+        assert!(toml::from_str::<Layout>("tabel = \"x\"").is_err());
+        let bad = Layout {
+            channel: "x".repeat(64),
+            ..Layout::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("channel"));
+    }
+
+    #[test]
+    fn envelopes_cover_the_tile_with_a_margin_and_the_edges_of_the_world() {
+        let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+        let [w, s, e, n] = envelopes(&[t]);
+        let b = t.bounds();
+        assert_eq!(w.len(), 1);
+        assert!(w[0] < b.west && e[0] > b.east && s[0] < b.south && n[0] > b.north);
+        assert!(e[0] - b.east < 1e-6);
+        // The first column also searches at the antimeridian; the top row reaches the pole.
+        let corner = TileId::new(3, 0, 0).unwrap();
+        let [w, s, e, n] = envelopes(&[corner]);
+        assert_eq!(w.len(), 2);
+        assert_eq!(n[0], 90.0);
+        assert_eq!(e[1], 180.0);
+        assert!(s[1] > -90.0);
+        let bottom = TileId::new(3, 4, 7).unwrap();
+        assert_eq!(envelopes(&[bottom])[1][0], -90.0);
+    }
+
+    #[test]
+    fn statements_filter_tiers_in_sql_unless_told_not_to() {
+        let s = Statements::new(&Layout::default(), true);
+        assert!(s.tiles.contains("t.\"access\"::text = ANY($5::text[])"), "{}", s.tiles);
+        assert!(s.ids.contains("t.\"id\" = ANY($1::text[])"), "{}", s.ids);
+        assert!(s.count.contains("LIMIT $6"), "{}", s.count);
+        let s = Statements::new(&Layout::default(), false);
+        assert!(!s.tiles.contains("ANY($5::text[])"));
+        assert_eq!(visible_tiers(Access::Registered), ["public", "registered"]);
+    }
+
+    #[test]
+    fn ddl_quotes_names_and_notifies_on_the_channel() {
+        let l = Layout {
+            table: "geo.Homes".into(),
+            ..Layout::default()
+        };
+        let d = ddl(&l);
+        assert!(d.contains("CREATE TABLE IF NOT EXISTS \"geo\".\"Homes\""), "{d}");
+        assert!(d.contains("USING gist (\"geom\")"));
+        assert!(d.contains("pg_notify('tilewarm_changes', payload)"));
+        assert!(d.contains("\"Homes_notify\""));
+    }
+}

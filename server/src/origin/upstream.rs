@@ -1,0 +1,249 @@
+//! The upstream backend (`--origin http(s)://…/v1/batch`): another batch endpoint that
+//! speaks `docs/openapi.yaml` — an existing service, or a second tilewarm-server — so tiers
+//! can be chained (edge → this server with its cache tier → upstream).
+//!
+//! The server's misses go upstream as one `POST` at the tier the server asks at (`agent`),
+//! with `Authorization: Bearer <token>` when a token is configured (`--origin-token-file`,
+//! re-read when the file changes, or `TILEWARM_ORIGIN_TOKEN`): the server's own credential,
+//! which carries the tier once the upstream verifies tokens (issue 14). The token never
+//! appears in logs or error messages.
+//!
+//! Answers pass through unchanged (items, their `ttl`s, lists) after the checks the edge
+//! makes of its origin:
+//! - the body is read up to the protocol's 8 MiB and decoded with the core's bounded
+//!   [`decode_response`]; garbage, a truncated or oversized body, or an invalid answer is a
+//!   502 `upstream_error` naming what was wrong;
+//! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
+//!   are the request's problem and passed on with their code (as the edge does);
+//! - no answer within `--origin-timeout-ms` is a 504 (the request is dropped, which closes
+//!   its connection);
+//! - items above the asked tier (a leaking upstream) are dropped and counted by
+//!   [`super::OriginService`]'s tier guard, and an answer that leaves out a requested tile or
+//!   id is a 502, as for every backend.
+//!
+//! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
+//! applies its own `--max-response-items` (a 400, passed on), and the request path's exact
+//! check after the answer refuses what is still too large.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tilewarm::{
+    decode_error, decode_response, Access, BatchRequest, BatchResponse, ErrorCode, Limits,
+    RawData, TileId,
+};
+
+use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
+use crate::config::Config;
+
+/// The environment variable that holds the upstream token when no file is given.
+pub const TOKEN_ENV: &str = "TILEWARM_ORIGIN_TOKEN";
+
+/// Where the bearer token comes from.
+enum Token {
+    None,
+    Fixed(String),
+    /// Re-read when the file's modification time changes (rotated secrets).
+    File {
+        path: PathBuf,
+        cached: Mutex<(Option<SystemTime>, String)>,
+    },
+}
+
+/// Checks that a token can be sent as a header value; the error never includes it.
+fn check_token(token: &str, from: &str) -> Result<String, String> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("{from}: the token is empty"));
+    }
+    if token.len() > 16 * 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{from}: a bearer token must be at most 16 KiB of visible ASCII without spaces"
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+fn read_token(path: &PathBuf) -> Result<(Option<SystemTime>, String), String> {
+    let from = format!("--origin-token-file {}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| format!("{from}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{from}: {e}"))?;
+    Ok((meta.modified().ok(), check_token(&text, &from)?))
+}
+
+impl Token {
+    fn current(&self) -> Result<Option<String>, String> {
+        match self {
+            Token::None => Ok(None),
+            Token::Fixed(t) => Ok(Some(t.clone())),
+            Token::File { path, cached } => {
+                let modified = std::fs::metadata(path).ok().and_then(|m| m.modified().ok());
+                let mut c = cached.lock().unwrap_or_else(|p| p.into_inner());
+                if modified != c.0 {
+                    *c = read_token(path)?;
+                }
+                Ok(Some(c.1.clone()))
+            }
+        }
+    }
+}
+
+/// The HTTP client and the endpoint.
+pub struct UpstreamOrigin {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: hyper::Uri,
+    token: Token,
+    limits: Limits,
+}
+
+impl UpstreamOrigin {
+    /// A client for `url` (`http://` or `https://`, with the web PKI's roots).
+    pub fn new(url: &str, config: &Config) -> Result<UpstreamOrigin, LoadError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| LoadError::Upstream(format!("{}: {e}", super::redact_url(url))))?;
+        if uri.host().is_none() {
+            return Err(LoadError::Upstream(format!(
+                "{}: no host",
+                super::redact_url(url)
+            )));
+        }
+        let token = match (&config.origin_token_file, std::env::var(TOKEN_ENV)) {
+            (Some(path), _) => {
+                let first = read_token(path).map_err(LoadError::Upstream)?;
+                Token::File {
+                    path: path.clone(),
+                    cached: Mutex::new(first),
+                }
+            }
+            (None, Ok(t)) => Token::Fixed(check_token(&t, TOKEN_ENV).map_err(LoadError::Upstream)?),
+            (None, Err(_)) => Token::None,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.origin_pool)
+            .build(https);
+        Ok(UpstreamOrigin {
+            client,
+            url: uri,
+            token,
+            limits: Limits::default(),
+        })
+    }
+
+    async fn answer_inner(
+        &self,
+        request: &BatchRequest,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        let mut req = hyper::Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("accept", "application/json");
+        if let Some(t) = self.token.current().map_err(OriginFailure::Failed)? {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(request.to_json())))
+            .map_err(|e| OriginFailure::Failed(format!("cannot build the request: {e}")))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| OriginFailure::Failed(format!("the upstream could not be reached: {}", error_chain(&e))))?;
+        let status = resp.status().as_u16();
+        let max = self.limits.max_body_bytes;
+        let body = Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| {
+                OriginFailure::Failed(format!(
+                    "reading the upstream's answer (HTTP {status}) failed: {e} (at most {max} bytes are read)"
+                ))
+            })?
+            .to_bytes();
+        if (200..300).contains(&status) {
+            return decode_response(&body, &self.limits).map_err(|e| {
+                OriginFailure::Failed(format!("the upstream's answer is invalid: {e}"))
+            });
+        }
+        let said = decode_error(&body);
+        let message = said.as_ref().map_or("", |e| e.message.as_str()).to_owned();
+        Err(match status {
+            400 | 413 | 429 => OriginFailure::Refused(tilewarm::ErrorBody {
+                code: ErrorCode::from_http_status(status),
+                message,
+            }),
+            _ => OriginFailure::Failed(format!("the upstream answered HTTP {status}: {message}")),
+        })
+    }
+}
+
+/// An error with its sources, for a message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl OriginBackend for UpstreamOrigin {
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(self.answer_inner(request))
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        let auth = match self.token {
+            Token::None => "no token",
+            Token::Fixed(_) => "bearer token from TILEWARM_ORIGIN_TOKEN",
+            Token::File { .. } => "bearer token from --origin-token-file",
+        };
+        format!(
+            "upstream: {} ({auth})",
+            super::redact_url(&self.url.to_string())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_without_being_echoed() {
+        assert_eq!(check_token(" abc.def \n", "x").unwrap(), "abc.def");
+        let e = check_token("sec ret", "file f").unwrap_err();
+        assert!(!e.contains("sec"), "{e}");
+        assert!(check_token("", "x").is_err());
+    }
+}
