@@ -39,12 +39,14 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-## Rust tests of the whole workspace; the server's Redis tests need a real redis-server,
-## which server/tests/setup.sh installs, and TILEWARM_REQUIRE_REDIS makes them fail
-## rather than skip without it.
+## Rust tests of the whole workspace; the server's Redis and PostGIS tests need a real
+## redis-server and PostgreSQL 15 + PostGIS (each test starts its own on a free loopback
+## port through scripts/pg-scratch.sh), which server/tests/setup.sh installs;
+## TILEWARM_REQUIRE_REDIS and TILEWARM_REQUIRE_POSTGRES make them fail rather than skip
+## without them.
 cargo-test:
 	@server/tests/setup.sh
-	TILEWARM_REQUIRE_REDIS=1 cargo test --workspace --all-features
+	TILEWARM_REQUIRE_REDIS=1 TILEWARM_REQUIRE_POSTGRES=1 cargo test --workspace --all-features
 
 ## The core for wasm32 with no features: proves it needs nothing from the web.
 wasm-core:

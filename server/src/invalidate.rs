@@ -276,7 +276,8 @@ mod tests {
     #[test]
     fn a_fetch_writes_back_nothing_that_changed_under_it() {
         let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
-        let u = t.offset(1, 0).unwrap();
+        // Far enough apart that they have no zoom-10 ancestor in common.
+        let u = t.offset(32, 0).unwrap();
         let g = WriteGuard::default();
         let e = g.epoch();
         let mut f = fill(t, u);

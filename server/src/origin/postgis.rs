@@ -317,7 +317,15 @@ fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
     }
     let msg = match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
-        None => format!("PostgreSQL: {e}"),
+        None => {
+            let mut m = format!("PostgreSQL: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                m.push_str(&format!(": {c}"));
+                src = c.source();
+            }
+            m
+        }
     };
     OriginFailure::Failed(msg)
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod openapi;
+mod postgis;
 mod redis;
 mod tiers;
 
