@@ -6,6 +6,7 @@ mod openapi;
 mod postgis;
 mod redis;
 mod tiers;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,0 +1,232 @@
+//! The upstream origin (`--origin http://…/v1/batch`) against a stub batch endpoint on
+//! loopback that can answer honestly, answer garbage, stall, fail, leave a tile out or leak
+//! items above the asked tier, and against a real second tilewarm-server.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes as AxBytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use tilewarm::dataset::synthetic_city;
+use tilewarm::{Access, BatchRequest, Limits, Origin, RawData};
+use tilewarm_server::metrics::Metrics;
+use tilewarm_server::origin::upstream::UpstreamOrigin;
+use tilewarm_server::origin::{CallSource, OriginService, OriginStats};
+
+use crate::common::{config, server, Config, Http};
+use crate::{densest, digest, request};
+
+const HONEST: u8 = 0;
+const GARBAGE: u8 = 1;
+const STALL: u8 = 2;
+const LEAK: u8 = 3;
+const DROP_TILE: u8 = 4;
+const FAIL_500: u8 = 5;
+const LIMITED_429: u8 = 6;
+
+struct Stub {
+    origin: Origin<RawData>,
+    mode: AtomicU8,
+    calls: AtomicU64,
+    auth: Mutex<Option<String>>,
+}
+
+async fn answer(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: AxBytes) -> (StatusCode, String) {
+    stub.calls.fetch_add(1, Relaxed);
+    *stub.auth.lock().unwrap() = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    let req = tilewarm::decode_request(&body, &Limits::default()).unwrap();
+    match stub.mode.load(Relaxed) {
+        GARBAGE => (StatusCode::OK, "{\"tiles\": [oops".into()),
+        STALL => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            (StatusCode::OK, String::new())
+        }
+        LEAK => {
+            // Answers at agent whatever was asked.
+            let all = BatchRequest {
+                access: Access::Agent,
+                ..req
+            };
+            (StatusCode::OK, stub.origin.answer(&all, Some(60)).to_json())
+        }
+        DROP_TILE => {
+            let mut r = stub.origin.answer(&req, Some(60));
+            r.tiles.pop();
+            (StatusCode::OK, r.to_json())
+        }
+        FAIL_500 => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{\"error\":{\"code\":\"internal\",\"message\":\"boom\"}}".into(),
+        ),
+        LIMITED_429 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down\"}}".into(),
+        ),
+        _ => (StatusCode::OK, stub.origin.answer(&req, Some(60)).to_json()),
+    }
+}
+
+/// The stub on a free loopback port: its state and its URL.
+async fn stub(seed: u64, n: usize) -> (Arc<Stub>, String) {
+    let s = Arc::new(Stub {
+        origin: Origin::new(synthetic_city(seed, n)).unwrap(),
+        mode: AtomicU8::new(HONEST),
+        calls: AtomicU64::new(0),
+        auth: Mutex::new(None),
+    });
+    let app = Router::new()
+        .route("/v1/batch", post(answer))
+        .with_state(Arc::clone(&s));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/batch", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (s, url)
+}
+
+fn upstream_config(url: &str) -> Config {
+    Config {
+        origin: Some(url.to_string()),
+        origin_timeout_ms: 500,
+        warmup_ring: 0,
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_pass_through_unchanged_with_the_servers_token() {
+    let (stub, url) = stub(42, 5_000).await;
+    let token = std::env::temp_dir().join(format!("tw-token-{}", std::process::id()));
+    std::fs::write(&token, "s3cret-one\n").unwrap();
+    let http = Http::new();
+    let s = server(Config {
+        origin_token_file: Some(token.clone()),
+        ..upstream_config(&url)
+    })
+    .await;
+    let o = &stub.origin;
+    let t = densest(o);
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    for (tiles, access) in [
+        (vec![t], Access::Public),
+        (vec![t.children().unwrap()[0], t.ancestor(13).unwrap()], Access::Verified),
+        (vec![t.ancestor(10).unwrap()], Access::Agent),
+    ] {
+        let body = request(&tiles, &[id.as_str(), "nope"], access);
+        let got = http.ok(&s, &body).await;
+        let want = o.answer(&tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(), None);
+        assert_eq!(digest(&got), digest(&want), "{body}");
+    }
+    assert_eq!(stub.auth.lock().unwrap().as_deref(), Some("Bearer s3cret-one"));
+    // A rotated token file is picked up.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&token, "s3cret-two").unwrap();
+    let far = t.offset(5, 5).unwrap();
+    http.ok(&s, &request(&[far], &[], Access::Public)).await;
+    assert_eq!(stub.auth.lock().unwrap().as_deref(), Some("Bearer s3cret-two"));
+    // The token is nowhere in what the server says about itself.
+    let h = http.get(&format!("{}/healthz", s.url())).await.text();
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(!h.contains("s3cret") && !m.contains("s3cret"));
+    assert!(!s.app.origin.describe().contains("s3cret"));
+    assert!(m.contains("tilewarm_origin_info{kind=\"upstream\"} 1"), "{m}");
+    s.shutdown().await;
+    let _ = std::fs::remove_file(token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_two_servers_answers_as_one() {
+    let http = Http::new();
+    let a = server(config()).await;
+    let b = server(upstream_config(&format!("{}/v1/batch", a.url()))).await;
+    let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
+    let t = densest(&o);
+    let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Registered);
+    assert_eq!(digest(&http.ok(&b, &body).await), digest(&http.ok(&a, &body).await));
+    // Cached in B: A is not asked again.
+    let calls = a.app.metrics.origin_calls_request.load(Relaxed);
+    let before = a.app.metrics.cache.tile_hits.load(Relaxed);
+    http.ok(&b, &body).await;
+    assert_eq!(a.app.metrics.origin_calls_request.load(Relaxed), calls);
+    assert_eq!(a.app.metrics.cache.tile_hits.load(Relaxed), before);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
+    let (stub, url) = stub(42, 5_000).await;
+    let http = Http::new();
+    let s = server(upstream_config(&url)).await;
+    let t = densest(&stub.origin);
+    let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
+    for (mode, status, code, says) in [
+        (GARBAGE, 502, "upstream_error", "invalid"),
+        (DROP_TILE, 502, "upstream_error", "left out"),
+        (FAIL_500, 502, "upstream_error", "HTTP 500: boom"),
+        (LIMITED_429, 429, "rate_limited", "slow down"),
+        (STALL, 504, "upstream_timeout", "500 ms"),
+    ] {
+        stub.mode.store(mode, Relaxed);
+        let started = Instant::now();
+        let msg = http.batch(&s, &body).await.error(status, code);
+        assert!(msg.contains(says), "mode {mode}: {msg}");
+        assert!(started.elapsed() < Duration::from_secs(3), "mode {mode}");
+    }
+    // Nothing of that was cached: the honest answer is fetched, then cached.
+    stub.mode.store(HONEST, Relaxed);
+    let calls = stub.calls.load(Relaxed);
+    let got = http.ok(&s, &body).await;
+    let want = stub
+        .origin
+        .answer(&tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(), None);
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(stub.calls.load(Relaxed), calls + 1);
+    http.ok(&s, &body).await;
+    assert_eq!(stub.calls.load(Relaxed), calls + 1, "cached after the good answer");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_layer() {
+    let (stub, url) = stub(42, 5_000).await;
+    stub.mode.store(LEAK, Relaxed);
+    let c = upstream_config(&url);
+    let stats = Arc::new(OriginStats::default());
+    let o = OriginService::with_backend(
+        Box::new(UpstreamOrigin::new(&url, &c).unwrap()),
+        &c,
+        Arc::new(Metrics::default()),
+        Arc::clone(&stats),
+    );
+    let t = densest(&stub.origin);
+    let secret = stub
+        .origin
+        .tile_items(t, Access::Agent)
+        .find(|i| i.access == Access::Agent)
+        .unwrap()
+        .id
+        .clone();
+    for asked in [Access::Public, Access::Registered, Access::Verified] {
+        let req = BatchRequest {
+            tiles: vec![t],
+            ids: vec![secret.clone()],
+            access: asked,
+        };
+        let r = o.fetch(&req, CallSource::Request).await.unwrap();
+        assert!(r.items.iter().all(|i| asked.can_see(i.access)), "{asked}");
+        assert!(r.tiles[0].ids.iter().all(|id| r.items.iter().any(|i| &i.id == id)));
+        assert_eq!(r.missing, [secret.clone()]);
+        let want: Vec<String> = stub.origin.tile_items(t, asked).map(|i| i.id.clone()).collect();
+        assert_eq!(r.tiles[0].ids, want);
+    }
+    assert!(stats.leaked_items.load(Relaxed) > 0);
+}
