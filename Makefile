@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg node-test edge-test demo-test bench demo setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg node-test edge-test demo-test bench demo demo-postgis setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
@@ -114,3 +114,8 @@ bench:
 ## city on http://127.0.0.1:8080/ (PORT=... to change) and stays until Ctrl-C.
 demo:
 	scripts/demo.sh
+
+## The same page over the King County homes loaded into a scratch PostGIS (needs
+## ../shared/data/kc_house_data.csv; skips with a message without it).
+demo-postgis:
+	scripts/demo-postgis.sh

@@ -4,6 +4,18 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if config.postgis_print_ddl {
+        return match tilewarm_server::origin::postgis::Layout::load(config.origin_config.as_deref()) {
+            Ok(layout) => {
+                print!("{}", tilewarm_server::origin::postgis::ddl(&layout));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tilewarm-server: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
