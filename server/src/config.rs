@@ -309,10 +309,16 @@ impl Config {
             return bad("--postgis-load needs --origin postgres://…".into());
         }
         if self.origin_config.is_some() && !matches!(spec, crate::origin::OriginSpec::Postgis(_)) {
-            return bad("--origin-config names a PostGIS table: it needs --origin postgres://…".into());
+            return bad(
+                "--origin-config names a PostGIS table: it needs --origin postgres://…".into(),
+            );
         }
-        if self.origin_token_file.is_some() && !matches!(spec, crate::origin::OriginSpec::Upstream(_)) {
-            return bad("--origin-token-file is for an upstream origin (--origin http(s)://…)".into());
+        if self.origin_token_file.is_some()
+            && !matches!(spec, crate::origin::OriginSpec::Upstream(_))
+        {
+            return bad(
+                "--origin-token-file is for an upstream origin (--origin http(s)://…)".into(),
+            );
         }
         if self.redis_timeout_ms == 0 {
             return bad("--redis-timeout-ms must be at least 1, got 0".into());
@@ -362,7 +368,14 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
         let c = Config::parse_from(["x", "--origin-token-file", "t"]);
         assert!(c.validate().unwrap_err().0.contains("--origin-token-file"));
-        let c = Config::parse_from(["x", "--origin", "postgres://h/db", "--data", "a.csv", "--postgis-load"]);
+        let c = Config::parse_from([
+            "x",
+            "--origin",
+            "postgres://h/db",
+            "--data",
+            "a.csv",
+            "--postgis-load",
+        ]);
         c.validate().unwrap();
     }
 }

@@ -20,8 +20,8 @@
 //! log keeps the last [`LOG_LEN`] invalidations; a fetch older than that writes nothing.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use tilewarm::TileId;

@@ -135,7 +135,10 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     if config.postgis_load {
         if let Some(url) = config.origin.as_deref() {
             let n = origin::postgis::load_from_config(url, &config).await?;
-            info!(rows = n, "--postgis-load: data set written to the PostGIS table");
+            info!(
+                rows = n,
+                "--postgis-load: data set written to the PostGIS table"
+            );
         }
     }
     let origin = OriginService::open(&config, Arc::clone(&metrics)).await?;

@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
     if config.postgis_print_ddl {
-        return match tilewarm_server::origin::postgis::Layout::load(config.origin_config.as_deref()) {
+        return match tilewarm_server::origin::postgis::Layout::load(config.origin_config.as_deref())
+        {
             Ok(layout) => {
                 print!("{}", tilewarm_server::origin::postgis::ddl(&layout));
                 std::process::ExitCode::SUCCESS

@@ -375,7 +375,9 @@ impl RedisTier {
     ) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         if inv.all {
-            return self.unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |_| true).await;
+            return self
+                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |_| true)
+                .await;
         }
         let mut keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
         let mut wide: Vec<TileId> = Vec::new();

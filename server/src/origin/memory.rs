@@ -27,7 +27,11 @@ impl MemoryOrigin {
                 ),
             ),
         };
-        Ok(MemoryOrigin::new(Origin::new(items)?, config.tile_ttl_s, source))
+        Ok(MemoryOrigin::new(
+            Origin::new(items)?,
+            config.tile_ttl_s,
+            source,
+        ))
     }
 
     /// Over an origin built elsewhere.

@@ -53,7 +53,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tilewarm::{Access, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Origin, RawData, TileId};
+use tilewarm::{
+    Access, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Origin, RawData, TileId,
+};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -289,7 +291,9 @@ impl OriginService {
                 let c = config.clone();
                 let m = tokio::task::spawn_blocking(move || memory::MemoryOrigin::load(&c))
                     .await
-                    .map_err(|e| LoadError::Spec(format!("loading the data set panicked: {e}")))??;
+                    .map_err(|e| {
+                        LoadError::Spec(format!("loading the data set panicked: {e}"))
+                    })??;
                 Box::new(m)
             }
             OriginSpec::Postgis(url) => Box::new(postgis::PostgisOrigin::open(
@@ -654,7 +658,10 @@ mod tests {
     #[test]
     fn origin_specs_parse_and_redact() {
         assert_eq!(OriginSpec::parse(None).unwrap(), OriginSpec::Memory);
-        assert_eq!(OriginSpec::parse(Some("memory")).unwrap(), OriginSpec::Memory);
+        assert_eq!(
+            OriginSpec::parse(Some("memory")).unwrap(),
+            OriginSpec::Memory
+        );
         assert!(matches!(
             OriginSpec::parse(Some("postgresql://u@h/db")).unwrap(),
             OriginSpec::Postgis(_)

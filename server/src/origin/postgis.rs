@@ -136,12 +136,10 @@ impl Layout {
         let Some(path) = path else {
             return Ok(Layout::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadError::Postgis(format!("--origin-config {}: {e}", path.display()))
-        })?;
-        let layout: Layout = toml::from_str(&text).map_err(|e| {
-            LoadError::Postgis(format!("--origin-config {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LoadError::Postgis(format!("--origin-config {}: {e}", path.display())))?;
+        let layout: Layout = toml::from_str(&text)
+            .map_err(|e| LoadError::Postgis(format!("--origin-config {}: {e}", path.display())))?;
         layout.validate()?;
         Ok(layout)
     }
@@ -213,7 +211,8 @@ struct Statements {
     count: String,
 }
 
-const ENVELOPES: &str = "unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[]) AS b(w, s, e, n)";
+const ENVELOPES: &str =
+    "unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[]) AS b(w, s, e, n)";
 
 impl Statements {
     fn new(layout: &Layout, sql_tier_filter: bool) -> Statements {
@@ -295,7 +294,11 @@ fn envelopes(tiles: &[TileId]) -> [Vec<f64>; 4] {
     for &t in tiles {
         let b = t.bounds();
         let last = tiles_per_axis(t.z()) - 1;
-        let north = if t.y() == 0 { 90.0 } else { b.north + MARGIN_DEG };
+        let north = if t.y() == 0 {
+            90.0
+        } else {
+            b.north + MARGIN_DEG
+        };
         let south = if t.y() == last {
             -90.0
         } else {
@@ -353,9 +356,9 @@ impl PostgisOrigin {
         sql_tier_filter: bool,
     ) -> Result<PostgisOrigin, LoadError> {
         layout.validate()?;
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
-            LoadError::Postgis(format!("{}: {e}", redact_url(url)))
-        })?;
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| LoadError::Postgis(format!("{}: {e}", redact_url(url))))?;
         if config.origin_timeout_ms > 0 {
             let mut options = pg.get_options().unwrap_or("").to_owned();
             options.push_str(&format!(
@@ -460,7 +463,8 @@ impl PostgisOrigin {
 
     fn item(&self, row: &tokio_postgres::Row) -> Result<Item<RawData>, String> {
         let get = |i: usize| -> Result<Option<String>, String> {
-            row.try_get::<_, Option<String>>(i).map_err(|e| e.to_string())
+            row.try_get::<_, Option<String>>(i)
+                .map_err(|e| e.to_string())
         };
         let id = get(0)?.ok_or("NULL id")?;
         let lon: Option<f64> = row.try_get(1).map_err(|e| e.to_string())?;
@@ -611,7 +615,12 @@ pub fn ddl(layout: &Layout) -> String {
     let notify = quote_ident(&format!("{base}_notify"));
     let notify_all = quote_ident(&format!("{base}_notify_truncate"));
     let channel = layout.channel.replace('\'', "''");
-    let pos = |rec: &str| format!("json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g}))", g = q.geom);
+    let pos = |rec: &str| {
+        format!(
+            "json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g}))",
+            g = q.geom
+        )
+    };
     format!(
         r#"CREATE EXTENSION IF NOT EXISTS postgis;
 
@@ -761,7 +770,8 @@ mod tests {
 
     #[test]
     fn layouts_read_from_toml_with_defaults_and_refuse_unknown_keys() {
-        let l: Layout = toml::from_str("table = \"geo.homes\"\n[columns]\nid = \"home_id\"").unwrap();
+        let l: Layout =
+            toml::from_str("table = \"geo.homes\"\n[columns]\nid = \"home_id\"").unwrap();
         assert_eq!(l.table, "geo.homes");
         assert_eq!(l.columns.id, "home_id");
         assert_eq!(l.columns.geom, "geom");
@@ -796,7 +806,11 @@ mod tests {
     #[test]
     fn statements_filter_tiers_in_sql_unless_told_not_to() {
         let s = Statements::new(&Layout::default(), true);
-        assert!(s.tiles.contains("t.\"access\"::text = ANY($5::text[])"), "{}", s.tiles);
+        assert!(
+            s.tiles.contains("t.\"access\"::text = ANY($5::text[])"),
+            "{}",
+            s.tiles
+        );
         assert!(s.ids.contains("t.\"id\" = ANY($1::text[])"), "{}", s.ids);
         assert!(s.count.contains("LIMIT $6"), "{}", s.count);
         let s = Statements::new(&Layout::default(), false);
@@ -811,7 +825,10 @@ mod tests {
             ..Layout::default()
         };
         let d = ddl(&l);
-        assert!(d.contains("CREATE TABLE IF NOT EXISTS \"geo\".\"Homes\""), "{d}");
+        assert!(
+            d.contains("CREATE TABLE IF NOT EXISTS \"geo\".\"Homes\""),
+            "{d}"
+        );
         assert!(d.contains("USING gist (\"geom\")"));
         assert!(d.contains("pg_notify('tilewarm_changes', payload)"));
         assert!(d.contains("\"Homes_notify\""));

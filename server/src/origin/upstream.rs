@@ -37,8 +37,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tilewarm::{
-    decode_error, decode_response, Access, BatchRequest, BatchResponse, ErrorCode, Limits,
-    RawData, TileId,
+    decode_error, decode_response, Access, BatchRequest, BatchResponse, ErrorCode, Limits, RawData,
+    TileId,
 };
 
 use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
@@ -156,11 +156,12 @@ impl UpstreamOrigin {
         let req = req
             .body(Full::new(Bytes::from(request.to_json())))
             .map_err(|e| OriginFailure::Failed(format!("cannot build the request: {e}")))?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| OriginFailure::Failed(format!("the upstream could not be reached: {}", error_chain(&e))))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            OriginFailure::Failed(format!(
+                "the upstream could not be reached: {}",
+                error_chain(&e)
+            ))
+        })?;
         let status = resp.status().as_u16();
         let max = self.limits.max_body_bytes;
         let body = Limited::new(resp.into_body(), max)

@@ -628,7 +628,11 @@ async fn data_files_king_county_csv_and_json_lines() {
         ..config()
     })
     .await;
-    assert_eq!(s.app.origin.dataset_items().unwrap(), 2, "a resale is one home");
+    assert_eq!(
+        s.app.origin.dataset_items().unwrap(),
+        2,
+        "a resale is one home"
+    );
     let r = http
         .ok(
             &s,

@@ -22,6 +22,9 @@ use tilewarm_server::origin::{OriginFailure, OriginService, OriginStats};
 use crate::common::{config, eventually, server, Config, Http};
 use crate::request;
 
+/// A check of an answer.
+type Check = Box<dyn Fn(&tilewarm::BatchResponse<RawData>) -> bool>;
+
 /// [`crate::digest`] with each payload compared as a JSON value: a `jsonb` column stores
 /// the same value with its own formatting (key order, spaces), so the bytes differ.
 fn digest(r: &tilewarm::BatchResponse<RawData>) -> crate::Digest {
@@ -51,7 +54,9 @@ pub fn postgres_available() -> bool {
         if std::env::var("TILEWARM_REQUIRE_POSTGRES").as_deref() == Ok("1") {
             panic!("PostgreSQL 15 with PostGIS is not installed and TILEWARM_REQUIRE_POSTGRES=1 (run scripts/setup.sh postgis)");
         }
-        eprintln!("SKIP: PostgreSQL 15 with PostGIS is not installed; run scripts/setup.sh postgis");
+        eprintln!(
+            "SKIP: PostgreSQL 15 with PostGIS is not installed; run scripts/setup.sh postgis"
+        );
     }
     found
 }
@@ -162,7 +167,12 @@ fn test_items(n: usize) -> Vec<Item<RawData>> {
         (12.5, 85.051_128_779_806_6),
         (-12.5, -85.051_128_779_806_6),
     ] {
-        items.push(edge_item(&format!("edge-{k}"), lon, lat, Access::Registered));
+        items.push(edge_item(
+            &format!("edge-{k}"),
+            lon,
+            lat,
+            Access::Registered,
+        ));
         k += 1;
     }
     items
@@ -262,10 +272,8 @@ fn postgis_and_memory_origins_give_identical_answers() {
     rt.block_on(load(&pg, &items, &Layout::default()));
     let memory = memory_service(items.clone(), &c);
     let postgis = postgis_service(&pg, &c, true);
-    let points: Vec<(f64, f64, String)> = items
-        .iter()
-        .map(|i| (i.lon, i.lat, i.id.clone()))
-        .collect();
+    let points: Vec<(f64, f64, String)> =
+        items.iter().map(|i| (i.lon, i.lat, i.id.clone())).collect();
     let mut runner = TestRunner::new(PropConfig {
         cases: 192,
         failure_persistence: None,
@@ -275,8 +283,12 @@ fn postgis_and_memory_origins_give_identical_answers() {
     runner
         .run(&requests(points), |req| {
             let (want, got) = rt.block_on(async {
-                let w = memory.fetch(&req, tilewarm_server::origin::CallSource::Request).await;
-                let g = postgis.fetch(&req, tilewarm_server::origin::CallSource::Request).await;
+                let w = memory
+                    .fetch(&req, tilewarm_server::origin::CallSource::Request)
+                    .await;
+                let g = postgis
+                    .fetch(&req, tilewarm_server::origin::CallSource::Request)
+                    .await;
                 (w.unwrap(), g.unwrap())
             });
             nonempty.fetch_add(want.tiles.iter().any(|t| !t.ids.is_empty()) as u32, Relaxed);
@@ -302,8 +314,12 @@ fn postgis_and_memory_origins_give_identical_answers() {
             access: Access::Agent,
         };
         let (want, got) = rt.block_on(async {
-            let w = memory.fetch(&req, tilewarm_server::origin::CallSource::Request).await;
-            let g = postgis.fetch(&req, tilewarm_server::origin::CallSource::Request).await;
+            let w = memory
+                .fetch(&req, tilewarm_server::origin::CallSource::Request)
+                .await;
+            let g = postgis
+                .fetch(&req, tilewarm_server::origin::CallSource::Request)
+                .await;
             (w.unwrap(), g.unwrap())
         });
         assert_eq!(digest(&got), digest(&want), "edge items at zoom {z}");
@@ -365,15 +381,27 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
             r.items.iter().all(|i| i.access == Access::Public),
             "sql filter {sql_filter}: an item above public left the origin layer"
         );
-        assert!(r.tiles[0].ids.iter().all(|id| r.items.iter().any(|i| &i.id == id)));
-        assert_eq!(r.missing, [agent_id.clone()]);
+        assert!(r.tiles[0]
+            .ids
+            .iter()
+            .all(|id| r.items.iter().any(|i| &i.id == id)));
+        assert_eq!(r.missing, std::slice::from_ref(&agent_id));
         let leaked = s.stats.leaked_items.load(Relaxed);
         if sql_filter {
-            assert_eq!(leaked, 0, "the SQL filter lets nothing above the tier through");
+            assert_eq!(
+                leaked, 0,
+                "the SQL filter lets nothing above the tier through"
+            );
         } else {
-            assert!(leaked > 0, "without the SQL filter the guard after it drops them");
+            assert!(
+                leaked > 0,
+                "without the SQL filter the guard after it drops them"
+            );
         }
-        let want: Vec<String> = o.tile_items(t, Access::Public).map(|i| i.id.clone()).collect();
+        let want: Vec<String> = o
+            .tile_items(t, Access::Public)
+            .map(|i| i.id.clone())
+            .collect();
         let mut got = r.tiles[0].ids.clone();
         got.sort();
         let mut want = want;
@@ -393,7 +421,8 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
         table: "odd_items".into(),
         ..Layout::default()
     };
-    let backend = PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), false).unwrap();
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), false).unwrap();
     let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
     let r = s
         .fetch(
@@ -436,12 +465,23 @@ async fn the_server_over_postgis_answers_as_over_memory() {
         ..pg_config(&pg)
     })
     .await;
-    let t14 = o.occupied_tiles(14).into_iter().max_by_key(|x| x.1).unwrap().0;
+    let t14 = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap()
+        .0;
     let some = o.tile_items(t14, Access::Agent).next().unwrap().id.clone();
     for (tiles, access) in [
         (vec![t14], Access::Public),
-        (vec![t14.children().unwrap()[1], t14.ancestor(13).unwrap()], Access::Verified),
-        (vec![t14.ancestor(9).unwrap(), t14.offset(1, 1).unwrap()], Access::Agent),
+        (
+            vec![t14.children().unwrap()[1], t14.ancestor(13).unwrap()],
+            Access::Verified,
+        ),
+        (
+            vec![t14.ancestor(9).unwrap(), t14.offset(1, 1).unwrap()],
+            Access::Agent,
+        ),
         (vec![t14], Access::Registered),
     ] {
         let body = request(&tiles, &[some.as_str(), "nope"], access);
@@ -452,7 +492,10 @@ async fn the_server_over_postgis_answers_as_over_memory() {
     let h = http.get(&format!("{}/healthz", pgs.url())).await.json();
     assert_eq!(h["origin"], "postgis");
     let m = http.get(&format!("{}/metrics", pgs.url())).await.text();
-    assert!(m.contains("tilewarm_origin_info{kind=\"postgis\"} 1"), "{m}");
+    assert!(
+        m.contains("tilewarm_origin_info{kind=\"postgis\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("tilewarm_changes_connected 1"), "{m}");
     mem.shutdown().await;
     pgs.shutdown().await;
@@ -489,7 +532,10 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
         ..pg_config(&pg)
     })
     .await;
-    admin.batch_execute("UPDATE knob SET ms = 5000").await.unwrap();
+    admin
+        .batch_execute("UPDATE knob SET ms = 5000")
+        .await
+        .unwrap();
     // More concurrent misses than pooled connections: all 504 at about the timeout.
     let started = Instant::now();
     let replies = crate::futures_join_all(
@@ -507,7 +553,11 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
         let msg = r.error(504, "upstream_timeout");
         assert!(msg.contains("400 ms"), "{msg}");
     }
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     // The database stopped the statements too (statement_timeout), so the pool is free
     // as soon as the view is fast again: no restart, and the answers are right.
     admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
@@ -567,7 +617,9 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
     let s = server(pg_config(&pg)).await;
     let feed = s.app.origin.change_feed().unwrap().stats;
     assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
-    let r = http.ok(&s, &request(&[occupied[0]], &[], Access::Public)).await;
+    let r = http
+        .ok(&s, &request(&[occupied[0]], &[], Access::Public))
+        .await;
     assert_eq!(digest(&r), digest(&want(occupied[0])));
 
     // Every server connection (pool and LISTEN) terminated by the database.
@@ -583,7 +635,9 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
     assert!(killed >= 2, "pool and listener connections: {killed}");
     let mut ok = false;
     for _ in 0..20 {
-        let r = http.batch(&s, &request(&[occupied[1]], &[], Access::Public)).await;
+        let r = http
+            .batch(&s, &request(&[occupied[1]], &[], Access::Public))
+            .await;
         match r.status {
             200 => {
                 let got = tilewarm::decode_response(&r.body, &Default::default()).unwrap();
@@ -612,7 +666,9 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
     http.ok(&s, &hit).await;
     pg.stop();
     let started = Instant::now();
-    let miss = http.batch(&s, &request(&[occupied[2]], &[], Access::Public)).await;
+    let miss = http
+        .batch(&s, &request(&[occupied[2]], &[], Access::Public))
+        .await;
     let msg = miss.error(502, "upstream_error");
     assert!(msg.contains("PostgreSQL"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -623,7 +679,9 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
     pg.start_again();
     let mut ok = false;
     for _ in 0..100 {
-        let r = http.batch(&s, &request(&[occupied[2]], &[], Access::Public)).await;
+        let r = http
+            .batch(&s, &request(&[occupied[2]], &[], Access::Public))
+            .await;
         if r.status == 200 {
             let got = tilewarm::decode_response(&r.body, &Default::default()).unwrap();
             assert_eq!(digest(&got), digest(&want(occupied[2])));
@@ -651,7 +709,11 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
     let items = synthetic_city(c.seed, c.synthetic_homes);
     load(&pg, &items, &Layout::default()).await;
     let o = Origin::new(items).unwrap();
-    let (t, _) = o.occupied_tiles(14).into_iter().max_by_key(|x| x.1).unwrap();
+    let (t, _) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
     let home = o
         .tile_items(t, Access::Public)
         .find(|i| i.access == Access::Public)
@@ -671,14 +733,18 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
     let r = http.ok(&s, &body).await; // cached now
     let calls = s.app.metrics.origin_calls_request.load(Relaxed);
     http.ok(&s, &body).await;
-    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), calls, "cached");
+    assert_eq!(
+        s.app.metrics.origin_calls_request.load(Relaxed),
+        calls,
+        "cached"
+    );
     let old_price = price_of(&r, &home).unwrap();
     let admin = pg.client().await;
 
     // The bound this test holds the server to (docs/postgis.md): a committed change is
     // served within 2 s; BENCHMARKS.md has the measured delay.
     let bound = Duration::from_secs(2);
-    let served_within = |check: Box<dyn Fn(&tilewarm::BatchResponse<RawData>) -> bool>, body: String| {
+    let served_within = |check: Check, body: String| {
         let http = &http;
         let s = &s;
         async move {
@@ -704,8 +770,15 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
         .await
         .unwrap();
     let h = home.clone();
-    let took = served_within(Box::new(move |r| price_of(r, &h) == Some(new_price)), body.clone()).await;
-    assert!(took.is_some(), "the new price was not served within {bound:?}");
+    let took = served_within(
+        Box::new(move |r| price_of(r, &h) == Some(new_price)),
+        body.clone(),
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "the new price was not served within {bound:?}"
+    );
 
     // Moved to another tile: gone from the old one, in the new one.
     let far = t.offset(3, 3).unwrap();
@@ -749,7 +822,7 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
     assert!(took.is_some(), "the delete was not served within {bound:?}");
     let by_id = request(&[], &[home.as_str()], Access::Public);
     let r = http.ok(&s, &by_id).await;
-    assert_eq!(r.missing, [home.clone()]);
+    assert_eq!(r.missing, std::slice::from_ref(&home));
     assert!(feed.notifications.load(Relaxed) >= 4);
     assert!(s.app.invalidation.stats.applied.load(Relaxed) >= 5);
     s.shutdown().await;
@@ -766,7 +839,11 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
     let items = synthetic_city(c.seed, c.synthetic_homes);
     load(&pg, &items, &Layout::default()).await;
     let o = Origin::new(items).unwrap();
-    let (t, _) = o.occupied_tiles(14).into_iter().max_by_key(|x| x.1).unwrap();
+    let (t, _) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
     let home = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
     let http = Http::new();
     let s = server(Config {
@@ -826,11 +903,20 @@ async fn a_postgis_origin_that_is_down_at_start_is_picked_up_later() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok);
-    match s.app.origin.fetch_within(
-        &BatchRequest { tiles: vec![t], ids: vec![], access: Access::Agent },
-        tilewarm_server::origin::CallSource::Request,
-        1_000,
-    ).await {
+    match s
+        .app
+        .origin
+        .fetch_within(
+            &BatchRequest {
+                tiles: vec![t],
+                ids: vec![],
+                access: Access::Agent,
+            },
+            tilewarm_server::origin::CallSource::Request,
+            1_000,
+        )
+        .await
+    {
         Ok(_) => {}
         Err(OriginFailure::Failed(m)) => panic!("{m}"),
         Err(e) => panic!("{e}"),

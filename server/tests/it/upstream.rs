@@ -36,7 +36,11 @@ struct Stub {
     auth: Mutex<Option<String>>,
 }
 
-async fn answer(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: AxBytes) -> (StatusCode, String) {
+async fn answer(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: AxBytes,
+) -> (StatusCode, String) {
     stub.calls.fetch_add(1, Relaxed);
     *stub.auth.lock().unwrap() = headers
         .get("authorization")
@@ -117,27 +121,42 @@ async fn answers_pass_through_unchanged_with_the_servers_token() {
     let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
     for (tiles, access) in [
         (vec![t], Access::Public),
-        (vec![t.children().unwrap()[0], t.ancestor(13).unwrap()], Access::Verified),
+        (
+            vec![t.children().unwrap()[0], t.ancestor(13).unwrap()],
+            Access::Verified,
+        ),
         (vec![t.ancestor(10).unwrap()], Access::Agent),
     ] {
         let body = request(&tiles, &[id.as_str(), "nope"], access);
         let got = http.ok(&s, &body).await;
-        let want = o.answer(&tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(), None);
+        let want = o.answer(
+            &tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+            None,
+        );
         assert_eq!(digest(&got), digest(&want), "{body}");
     }
-    assert_eq!(stub.auth.lock().unwrap().as_deref(), Some("Bearer s3cret-one"));
+    assert_eq!(
+        stub.auth.lock().unwrap().as_deref(),
+        Some("Bearer s3cret-one")
+    );
     // A rotated token file is picked up.
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&token, "s3cret-two").unwrap();
     let far = t.offset(5, 5).unwrap();
     http.ok(&s, &request(&[far], &[], Access::Public)).await;
-    assert_eq!(stub.auth.lock().unwrap().as_deref(), Some("Bearer s3cret-two"));
+    assert_eq!(
+        stub.auth.lock().unwrap().as_deref(),
+        Some("Bearer s3cret-two")
+    );
     // The token is nowhere in what the server says about itself.
     let h = http.get(&format!("{}/healthz", s.url())).await.text();
     let m = http.get(&format!("{}/metrics", s.url())).await.text();
     assert!(!h.contains("s3cret") && !m.contains("s3cret"));
     assert!(!s.app.origin.describe().contains("s3cret"));
-    assert!(m.contains("tilewarm_origin_info{kind=\"upstream\"} 1"), "{m}");
+    assert!(
+        m.contains("tilewarm_origin_info{kind=\"upstream\"} 1"),
+        "{m}"
+    );
     s.shutdown().await;
     let _ = std::fs::remove_file(token);
 }
@@ -150,7 +169,10 @@ async fn a_chain_of_two_servers_answers_as_one() {
     let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
     let t = densest(&o);
     let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Registered);
-    assert_eq!(digest(&http.ok(&b, &body).await), digest(&http.ok(&a, &body).await));
+    assert_eq!(
+        digest(&http.ok(&b, &body).await),
+        digest(&http.ok(&a, &body).await)
+    );
     // Cached in B: A is not asked again.
     let calls = a.app.metrics.origin_calls_request.load(Relaxed);
     let before = a.app.metrics.cache.tile_hits.load(Relaxed);
@@ -185,13 +207,18 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     stub.mode.store(HONEST, Relaxed);
     let calls = stub.calls.load(Relaxed);
     let got = http.ok(&s, &body).await;
-    let want = stub
-        .origin
-        .answer(&tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(), None);
+    let want = stub.origin.answer(
+        &tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
     assert_eq!(digest(&got), digest(&want));
     assert_eq!(stub.calls.load(Relaxed), calls + 1);
     http.ok(&s, &body).await;
-    assert_eq!(stub.calls.load(Relaxed), calls + 1, "cached after the good answer");
+    assert_eq!(
+        stub.calls.load(Relaxed),
+        calls + 1,
+        "cached after the good answer"
+    );
     s.shutdown().await;
 }
 
@@ -223,9 +250,16 @@ async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_lay
         };
         let r = o.fetch(&req, CallSource::Request).await.unwrap();
         assert!(r.items.iter().all(|i| asked.can_see(i.access)), "{asked}");
-        assert!(r.tiles[0].ids.iter().all(|id| r.items.iter().any(|i| &i.id == id)));
-        assert_eq!(r.missing, [secret.clone()]);
-        let want: Vec<String> = stub.origin.tile_items(t, asked).map(|i| i.id.clone()).collect();
+        assert!(r.tiles[0]
+            .ids
+            .iter()
+            .all(|id| r.items.iter().any(|i| &i.id == id)));
+        assert_eq!(r.missing, std::slice::from_ref(&secret));
+        let want: Vec<String> = stub
+            .origin
+            .tile_items(t, asked)
+            .map(|i| i.id.clone())
+            .collect();
         assert_eq!(r.tiles[0].ids, want);
     }
     assert!(stats.leaked_items.load(Relaxed) > 0);
