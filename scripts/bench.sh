@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server edge)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -49,6 +49,11 @@ if want server; then
   if [ -x server/bench/run.sh ]; then server/bench/run.sh >&2 || echo "server/bench/run.sh failed" > "$out/server.md"
   else echo "not run: server/bench/run.sh is absent" > "$out/server.md"; fi
 fi
+if want postgis; then
+  status "PostGIS origin: latency, throughput cold and warm, change to served"
+  if [ -x server/bench/postgis.sh ]; then server/bench/postgis.sh >&2 || echo "server/bench/postgis.sh failed" > "$out/postgis.md"
+  else echo "not run: server/bench/postgis.sh is absent" > "$out/postgis.md"; fi
+fi
 if want edge; then
   status "edge worker hit path (workerd) vs the server"
   if { [ -f pkg/edge.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
@@ -71,7 +76,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`edge\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -103,6 +108,10 @@ HEAD
   echo "## Server: \`scripts/bench.sh server\`"
   echo
   section "$out/server.md" "(not run in this invocation)"
+  echo
+  echo "## Server over PostGIS: \`scripts/bench.sh postgis\`"
+  echo
+  section "$out/postgis.md" "(not run in this invocation)"
   echo
   echo "## Edge worker: \`scripts/bench.sh edge\`"
   echo
