@@ -268,7 +268,7 @@ impl LocalTier {
     }
 
     fn invalidate(&self, inv: &crate::invalidate::Invalidation) {
-        use tilewarm::Invalidate;
+        use tilewarm::cache::Invalidate;
         let mut cache = self.lock();
         if inv.all {
             cache.invalidate(Invalidate::All);

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Origin};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::BatchRequest;
+use tilewarm::Access;
 use tilewarm_server::loadgen::{free_port, http_client, plan_batches, post_batch, start_server};
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::memory::MemoryOrigin;
@@ -330,7 +332,7 @@ fn main() {
 async fn updates(
     url: &str,
     base: &str,
-    origin: &Origin<tilewarm::RawData>,
+    origin: &Origin<tilewarm::protocol::RawData>,
     batches: &[Vec<tilewarm::TileId>],
     n: usize,
 ) -> Vec<f64> {

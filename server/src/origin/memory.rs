@@ -2,7 +2,9 @@
 //! lines) or the synthetic city. The default: nothing to install, counts are free.
 
 use tilewarm::dataset::{load_path, synthetic_city};
-use tilewarm::{Access, BatchRequest, BatchResponse, Origin, RawData, TileId};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
+use tilewarm::{Access, TileId};
 
 use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;

@@ -53,9 +53,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tilewarm::{
-    Access, BatchRequest, BatchResponse, ErrorBody, ErrorCode, Origin, RawData, TileId,
-};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorBody, ErrorCode, RawData};
+use tilewarm::{Access, TileId};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -208,7 +208,7 @@ pub enum LoadError {
     #[error("{0}")]
     Dataset(#[from] tilewarm::dataset::DatasetError),
     #[error("data set: {0}")]
-    Origin(#[from] tilewarm::OriginError),
+    Origin(#[from] tilewarm::origin::OriginError),
     #[error("--origin: {0}")]
     Spec(String),
     #[error("--origin postgres: {0}")]
@@ -562,15 +562,15 @@ async fn within<T>(
 /// database backends, so their answers are the memory backend's up to order.
 pub fn assemble(
     request: &BatchRequest,
-    tile_items: Vec<tilewarm::Item<RawData>>,
-    id_items: Vec<tilewarm::Item<RawData>>,
+    tile_items: Vec<tilewarm::protocol::Item<RawData>>,
+    id_items: Vec<tilewarm::protocol::Item<RawData>>,
     tile_ttl_s: Option<u32>,
 ) -> BatchResponse<RawData> {
     use std::collections::HashMap;
     // Each item's zoom-24 tile, once.
-    let mut by_id: HashMap<String, (TileId, tilewarm::Item<RawData>)> = HashMap::new();
+    let mut by_id: HashMap<String, (TileId, tilewarm::protocol::Item<RawData>)> = HashMap::new();
     for it in tile_items.into_iter().chain(id_items) {
-        let Ok(t24) = TileId::from_lon_lat(it.lon, it.lat, tilewarm::MAX_ZOOM) else {
+        let Ok(t24) = TileId::from_lon_lat(it.lon, it.lat, tilewarm::tile::MAX_ZOOM) else {
             continue;
         };
         by_id.entry(it.id.clone()).or_insert((t24, it));
@@ -607,7 +607,7 @@ pub fn assemble(
                 }
             }
         }
-        tiles.push(tilewarm::TileList {
+        tiles.push(tilewarm::protocol::TileList {
             tile: t,
             ids,
             ttl: tile_ttl_s,

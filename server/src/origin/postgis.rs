@@ -54,10 +54,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Deserialize;
-use tilewarm::{
-    tiles_per_axis, validate_item_fields, Access, BatchRequest, BatchResponse, Item, Limits,
-    RawData, TileId,
+use tilewarm::protocol::{
+    validate_item_fields, BatchRequest, BatchResponse, Item, Limits, RawData,
 };
+use tilewarm::tile::tiles_per_axis;
+use tilewarm::{Access, TileId};
 use tokio_postgres::NoTls;
 
 use super::changes::{quote_ident, ChangeFeed, ChangeStats};

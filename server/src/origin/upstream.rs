@@ -36,10 +36,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tilewarm::{
-    decode_error, decode_response, Access, BatchRequest, BatchResponse, ErrorCode, Limits, RawData,
-    TileId,
+use tilewarm::protocol::{
+    decode_error, decode_response, BatchRequest, BatchResponse, ErrorCode, Limits, RawData,
 };
+use tilewarm::{Access, TileId};
 
 use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;
@@ -181,7 +181,7 @@ impl UpstreamOrigin {
         let said = decode_error(&body);
         let message = said.as_ref().map_or("", |e| e.message.as_str()).to_owned();
         Err(match status {
-            400 | 413 | 429 => OriginFailure::Refused(tilewarm::ErrorBody {
+            400 | 413 | 429 => OriginFailure::Refused(tilewarm::protocol::ErrorBody {
                 code: ErrorCode::from_http_status(status),
                 message,
             }),

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Item, Origin, RawData, TileId};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::{BatchRequest, Item, RawData};
+use tilewarm::{Access, TileId};
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::memory::MemoryOrigin;
 use tilewarm_server::origin::postgis::{load_items, Layout, PostgisOrigin};
@@ -23,11 +25,11 @@ use crate::common::{config, eventually, server, Config, Http};
 use crate::request;
 
 /// A check of an answer.
-type Check = Box<dyn Fn(&tilewarm::BatchResponse<RawData>) -> bool>;
+type Check = Box<dyn Fn(&tilewarm::protocol::BatchResponse<RawData>) -> bool>;
 
 /// [`crate::digest`] with each payload compared as a JSON value: a `jsonb` column stores
 /// the same value with its own formatting (key order, spaces), so the bytes differ.
-fn digest(r: &tilewarm::BatchResponse<RawData>) -> crate::Digest {
+fn digest(r: &tilewarm::protocol::BatchResponse<RawData>) -> crate::Digest {
     let (tiles, mut items, missing) = crate::digest(r);
     for v in items.values_mut() {
         let parsed: serde_json::Value = serde_json::from_str(&v.4).unwrap();
@@ -206,7 +208,7 @@ fn memory_service(items: Vec<Item<RawData>>, c: &Config) -> OriginService {
     )
 }
 
-fn price_of(r: &tilewarm::BatchResponse<RawData>, id: &str) -> Option<i64> {
+fn price_of(r: &tilewarm::protocol::BatchResponse<RawData>, id: &str) -> Option<i64> {
     let it = r.items.iter().find(|i| i.id == id)?;
     let v: serde_json::Value = serde_json::from_str(it.data.get()).ok()?;
     v["estimate"].as_i64()
@@ -640,7 +642,8 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
             .await;
         match r.status {
             200 => {
-                let got = tilewarm::decode_response(&r.body, &Default::default()).unwrap();
+                let got =
+                    tilewarm::protocol::decode_response(&r.body, &Default::default()).unwrap();
                 assert_eq!(digest(&got), digest(&want(occupied[1])));
                 ok = true;
                 break;
@@ -683,7 +686,7 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
             .batch(&s, &request(&[occupied[2]], &[], Access::Public))
             .await;
         if r.status == 200 {
-            let got = tilewarm::decode_response(&r.body, &Default::default()).unwrap();
+            let got = tilewarm::protocol::decode_response(&r.body, &Default::default()).unwrap();
             assert_eq!(digest(&got), digest(&want(occupied[2])));
             ok = true;
             break;

@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use tilewarm::dataset::synthetic_city;
-use tilewarm::{Access, BatchRequest, Limits, Origin, RawData};
+use tilewarm::origin::Origin;
+use tilewarm::protocol::{BatchRequest, Limits, RawData};
+use tilewarm::Access;
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::upstream::UpstreamOrigin;
 use tilewarm_server::origin::{CallSource, OriginService, OriginStats};
@@ -45,7 +47,7 @@ async fn answer(
     *stub.auth.lock().unwrap() = headers
         .get("authorization")
         .map(|v| v.to_str().unwrap().to_string());
-    let req = tilewarm::decode_request(&body, &Limits::default()).unwrap();
+    let req = tilewarm::protocol::decode_request(&body, &Limits::default()).unwrap();
     match stub.mode.load(Relaxed) {
         GARBAGE => (StatusCode::OK, "{\"tiles\": [oops".into()),
         STALL => {
@@ -130,7 +132,7 @@ async fn answers_pass_through_unchanged_with_the_servers_token() {
         let body = request(&tiles, &[id.as_str(), "nope"], access);
         let got = http.ok(&s, &body).await;
         let want = o.answer(
-            &tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+            &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
             None,
         );
         assert_eq!(digest(&got), digest(&want), "{body}");
@@ -208,7 +210,7 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     let calls = stub.calls.load(Relaxed);
     let got = http.ok(&s, &body).await;
     let want = stub.origin.answer(
-        &tilewarm::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
         None,
     );
     assert_eq!(digest(&got), digest(&want));
