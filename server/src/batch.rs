@@ -211,10 +211,9 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
             fill.items.retain(|it| keep.contains(it.id.as_str()));
         }
         if !degraded {
-            // Nothing that changed while it was being fetched is written back.
-            app.invalidation.filter(&mut fill, epoch);
-            // A failure marks the tier down; the answer is unaffected.
-            let _ = app.tier.write(&fill).await;
+            // Nothing that changed while it was being fetched is written back. A failure
+            // marks the tier down; the answer is unaffected.
+            let _ = crate::invalidate::write_back(app, &mut fill, epoch).await;
         }
         fetched_items = by_id;
     }

@@ -193,6 +193,51 @@ pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> 
     r
 }
 
+/// Writes `fill`, fetched from the origin after `epoch`, into the tier: whatever an
+/// invalidation recorded since `epoch` covers is dropped first ([`WriteGuard::filter`]), and
+/// whatever an invalidation recorded *while the write was in flight* covers is removed
+/// from the tier again after it, so the old value cannot land after its invalidation.
+pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), TierError> {
+    app.invalidation.filter(fill, epoch);
+    if fill.items.is_empty() && fill.tiles.is_empty() {
+        return Ok(());
+    }
+    let before = app.invalidation.guard.epoch();
+    let written = app.tier.write(fill).await;
+    if app.invalidation.guard.epoch() != before {
+        let mut kept = Fill {
+            items: fill.items.clone(),
+            tiles: fill.tiles.clone(),
+        };
+        app.invalidation.guard.filter(&mut kept, before);
+        let kept_ids: HashSet<&str> = kept.items.iter().map(|i| i.id.as_str()).collect();
+        let kept_tiles: HashSet<TileId> = kept.tiles.iter().map(|(t, _, _)| *t).collect();
+        let again = Invalidation {
+            ids: fill
+                .items
+                .iter()
+                .filter(|i| !kept_ids.contains(i.id.as_str()))
+                .map(|i| i.id.clone())
+                .collect(),
+            tiles: fill
+                .tiles
+                .iter()
+                .map(|(t, _, _)| *t)
+                .filter(|t| !kept_tiles.contains(t))
+                .collect(),
+            ..Invalidation::default()
+        };
+        if !again.is_empty() {
+            app.invalidation
+                .stats
+                .writes_dropped
+                .fetch_add((again.ids.len() + again.tiles.len()) as u64, Relaxed);
+            let _ = app.tier.invalidate(&again, app.config.data_zoom).await;
+        }
+    }
+    written
+}
+
 /// The invalidation state an [`App`] holds.
 #[derive(Default)]
 pub struct Invalidations {

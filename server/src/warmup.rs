@@ -187,8 +187,7 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
             }
         };
         let (mut fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
-        app.invalidation.filter(&mut fill, epoch);
-        match app.tier.write(&fill).await {
+        match crate::invalidate::write_back(app, &mut fill, epoch).await {
             Ok(()) => {
                 m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);
                 debug!(tiles = chunk.len(), items = fill.items.len(), "warmed");
