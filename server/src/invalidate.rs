@@ -18,6 +18,8 @@
 //! its fill every item and tile list that an invalidation since then covers
 //! ([`WriteGuard::filter`]). The answer itself is still served (it was true when read). The
 //! log keeps the last [`LOG_LEN`] invalidations; a fetch older than that writes nothing.
+//! [`write_back`] does this for the request path and warm-up, and also re-applies an
+//! invalidation recorded while its write was in flight to what the write put in the tier.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
