@@ -130,6 +130,14 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
             .count_up_to(&direct, caller, max, app.config.origin_timeout_ms)
             .await
             .map_err(|f| origin_refusal(app, &f))?;
+        if let crate::origin::ItemCount::MoreThan(_) = count {
+            return Err(Refusal {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "response would hold more than {max} items, at most {max} are allowed: request finer tiles"
+                ),
+            });
+        }
         if let Some(n) = count.exceeds(max) {
             return Err(too_many_items(n, max));
         }

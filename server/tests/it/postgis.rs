@@ -501,6 +501,19 @@ async fn the_server_over_postgis_answers_as_over_memory() {
     assert!(m.contains("tilewarm_changes_connected 1"), "{m}");
     mem.shutdown().await;
     pgs.shutdown().await;
+    // Coarse tiles over the limit are refused before their payloads are read: the count
+    // query stops at limit + 1 rows.
+    let small = server(Config {
+        max_response_items: 10,
+        ..pg_config(&pg)
+    })
+    .await;
+    let coarse = request(&[t14.ancestor(9).unwrap()], &[], Access::Public);
+    let msg = http.batch(&small, &coarse).await.error(400, "bad_request");
+    assert!(msg.contains("more than 10 items"), "{msg}");
+    assert_eq!(small.app.origin.stats.count_queries.load(Relaxed), 1);
+    assert_eq!(small.app.metrics.origin_calls_request.load(Relaxed), 0);
+    small.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
