@@ -164,6 +164,7 @@ impl<D: Clone> Origin<D> {
             }
         }
         BatchResponse {
+            access: None,
             tiles,
             items,
             missing,

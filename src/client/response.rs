@@ -48,6 +48,7 @@ impl<P: Payload> Client<P> {
             tiles,
             items,
             missing,
+            ..
         } = response;
         let mut touched_visible = self.ingest_items(items, finished.kind, now_ms);
         if !missing.is_empty() {

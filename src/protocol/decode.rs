@@ -222,6 +222,7 @@ enum ResponseField {
     Tiles,
     Items,
     Missing,
+    Access,
     #[serde(other)]
     Other,
 }
@@ -230,6 +231,7 @@ pub(super) struct WireResponse {
     pub(super) tiles: Vec<WireTileList>,
     pub(super) items: Vec<WireItem>,
     pub(super) missing: Vec<String>,
+    pub(super) access: Option<String>,
 }
 
 pub(super) struct ResponseSeed<'a> {
@@ -252,7 +254,7 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireResponse, A::Error> {
-        let (mut tiles, mut items, mut missing) = (None, None, None);
+        let (mut tiles, mut items, mut missing, mut access) = (None, None, None, None);
         let Self { limits, slot } = self;
         while let Some(key) = map.next_key()? {
             match key {
@@ -278,6 +280,9 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
                     let seed = bounded::<String>("missing ids", limits.max_ids, slot);
                     set_once(&mut missing, "missing", map.next_value_seed(seed)?)?
                 }
+                ResponseField::Access => {
+                    set_once(&mut access, "access", map.next_value::<Option<String>>()?)?
+                }
                 ResponseField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -287,6 +292,7 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
             tiles: tiles.unwrap_or_default(),
             items: items.unwrap_or_default(),
             missing: missing.unwrap_or_default(),
+            access: access.flatten(),
         })
     }
 }

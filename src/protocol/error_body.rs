@@ -19,6 +19,12 @@ pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
 #[non_exhaustive]
 pub enum ErrorCode {
     BadRequest,
+    /// No valid credential: a bearer token that is malformed, expired, not yet valid,
+    /// wrongly signed, for another issuer or audience, or too long (401).
+    Unauthorized,
+    /// The credential is valid but does not allow what was asked, e.g. a request `access`
+    /// above the token's tier (403).
+    Forbidden,
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
@@ -31,8 +37,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::MethodNotAllowed,
@@ -43,10 +51,12 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
-    /// The HTTP status to answer with: 400, 413, 415, 405, 404, 429, 502, 504, 500.
+    /// The HTTP status to answer with: 400, 401, 403, 413, 415, 405, 404, 429, 502, 504, 500.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::MethodNotAllowed => 405,
@@ -75,6 +85,8 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -162,7 +174,7 @@ impl From<&ProtocolError> for ErrorBody {
 /// Reads an error body, leniently: unknown fields are ignored, a missing `message` is
 /// empty, a message longer than [`MAX_ERROR_MESSAGE_CHARS`] is cut. An unknown `code`
 /// (a newer server) becomes [`ErrorCode::Internal`] with the code appended to the message,
-/// e.g. `"nope (error code \"forbidden\")"`. Anything else — not JSON, no `error` object, a
+/// e.g. `"nope (error code \"teapot\")"`. Anything else — not JSON, no `error` object, a
 /// non-string code, a body over [`MAX_ERROR_BODY_BYTES`] — gives `None`; the caller can fall
 /// back to [`ErrorCode::from_http_status`].
 ///

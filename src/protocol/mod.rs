@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request:  {"tiles": ["14/2624/5721", ...], "ids": ["...", ...], "access": "public"}
-//! response: {"tiles": [{"tile": "14/2624/5721", "ids": ["a", "b"], "ttl": 300}],
+//! response: {"access": "public",
+//!            "tiles": [{"tile": "14/2624/5721", "ids": ["a", "b"], "ttl": 300}],
 //!            "items": [{"id": "a", "lon": -122.33, "lat": 47.61, "class": "off_market",
 //!                       "access": "public", "ttl": 14400, "data": {...any JSON...}}],
 //!            "missing": ["ids that do not exist"]}
@@ -23,6 +24,10 @@
 //! - Unknown fields are ignored, at every level. A field given twice is an error.
 //! - In a request, `tiles` and `ids` may be absent or `null` (= empty) and `access` may be
 //!   absent or `null` (= `public`). A request with no tiles and no ids is an error.
+//! - The request's `access` can only lower the tier the server verified for the caller
+//!   (its bearer token; no token is `public`); asking for more is a 403 `forbidden`. The
+//!   response's `access` reports the tier the answer was filtered for; it may be absent
+//!   or `null` (servers from before it), and is otherwise a tier name.
 //! - In a response, `tiles`, `items` and `missing` may be absent or `null` (= empty); a tile
 //!   list's `ids` may be absent (= empty). `ttl` may be absent or `null`; otherwise it is a
 //!   whole number of seconds (an integer literal such as `300`, not `300.0`) in

@@ -68,6 +68,11 @@ impl<D> Item<D> {
 /// A decoded batch response.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchResponse<D> {
+    /// The tier the server filtered the answer for: the caller's verified tier, lowered by
+    /// the request's `access`. `None` from servers that do not report it (older ones); a
+    /// client then keeps assuming the tier it asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
     /// One entry per requested tile.
     pub tiles: Vec<TileList>,
     /// The items listed in `tiles` plus the requested ids that exist, each once.
@@ -79,6 +84,7 @@ pub struct BatchResponse<D> {
 impl<D> Default for BatchResponse<D> {
     fn default() -> Self {
         BatchResponse {
+            access: None,
             tiles: Vec::new(),
             items: Vec::new(),
             missing: Vec::new(),
@@ -140,7 +146,12 @@ pub fn decode_response(
             data: it.data,
         });
     }
+    let access = match wire.access {
+        Some(a) => Some(a.parse::<Access>()?),
+        None => None,
+    };
     let response = BatchResponse {
+        access,
         tiles,
         items,
         missing: wire.missing,
@@ -177,6 +188,7 @@ impl<D: Serialize> BatchResponse<D> {
             })
             .collect();
         let lossy = BatchResponse {
+            access: self.access,
             tiles: self.tiles.clone(),
             items,
             missing: self.missing.clone(),

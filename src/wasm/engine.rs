@@ -481,6 +481,8 @@ fn build_response(
         });
     }
     Ok(BatchResponse {
+        // The boundary does not carry the reported tier (yet); the package reads it.
+        access: None,
         tiles: lists,
         items,
         missing: strs.collect(),

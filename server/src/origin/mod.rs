@@ -625,6 +625,7 @@ pub fn assemble(
         }
     }
     BatchResponse {
+        access: None,
         tiles,
         items,
         missing,

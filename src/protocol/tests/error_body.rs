@@ -6,6 +6,8 @@ use super::*;
 fn error_codes_statuses_and_names() {
     let expected = [
         (ErrorCode::BadRequest, 400, "bad_request"),
+        (ErrorCode::Unauthorized, 401, "unauthorized"),
+        (ErrorCode::Forbidden, 403, "forbidden"),
         (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
         (
             ErrorCode::UnsupportedMediaType,
@@ -28,7 +30,7 @@ fn error_codes_statuses_and_names() {
         assert_eq!(ErrorCode::from_http_status(status), code);
         assert_eq!(code.to_string(), name);
     }
-    assert_eq!(ErrorCode::from_http_status(403), ErrorCode::BadRequest);
+    assert_eq!(ErrorCode::from_http_status(418), ErrorCode::BadRequest);
     assert_eq!(ErrorCode::from_http_status(503), ErrorCode::Internal);
     assert_eq!(ErrorCode::from_name("Bad_Request"), None);
 }
@@ -68,9 +70,9 @@ fn error_body_round_trip_and_leniency() {
         };
         assert_eq!(decode_error(body.to_json().as_bytes()), Some(body));
     }
-    let e = decode_error(br#"{"error":{"code":"forbidden","message":"nope"}}"#).unwrap();
+    let e = decode_error(br#"{"error":{"code":"teapot","message":"nope"}}"#).unwrap();
     assert_eq!(e.code, ErrorCode::Internal);
-    assert_eq!(e.message, "nope (error code \"forbidden\")");
+    assert_eq!(e.message, "nope (error code \"teapot\")");
     let e = decode_error(br#"{"error":{"code":"not_found"}}"#).unwrap();
     assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotFound, ""));
     let long = "é".repeat(5000);

@@ -101,6 +101,7 @@ prop_compose! {
         ids in prop::collection::hash_set(id_strategy(), 0..12),
         tiles in prop::collection::hash_set(tile_strategy(), 0..6),
         missing in prop::collection::hash_set(id_strategy(), 0..4),
+        access in prop::option::of(prop::sample::select(Access::ALL.to_vec())),
         seed in prop::collection::vec(
             (-180.0f64..=180.0, -90.0f64..=90.0, "[a-z0-9_-]{1,10}",
              prop::sample::select(Access::ALL.to_vec()),
@@ -121,7 +122,7 @@ prop_compose! {
             ttl: seed[t].7,
         }).collect();
         let missing = missing.into_iter().filter(|m| !ids.contains(m)).collect();
-        BatchResponse { tiles, items, missing }
+        BatchResponse { access, tiles, items, missing }
     }
 }
 

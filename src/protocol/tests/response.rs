@@ -455,6 +455,7 @@ fn validate_item_fields_and_at_item() {
 #[test]
 fn validate_checks_a_built_response() {
     let mut r: BatchResponse<()> = BatchResponse {
+        access: None,
         tiles: vec![TileList {
             tile: tile("2/1/1"),
             ids: vec!["a".into()],
@@ -540,6 +541,7 @@ fn to_json_never_fails_when_data_does_not_serialise() {
         data: Broken,
     };
     let r = BatchResponse {
+        access: None,
         tiles: vec![],
         items: vec![item("a"), item("b")],
         missing: vec!["m".into()],
@@ -548,4 +550,24 @@ fn to_json_never_fails_when_data_does_not_serialise() {
         r.to_json(),
         r#"{"tiles":[],"items":[{"id":"a","lon":0.5,"lat":-0.5,"class":"c","access":"verified","ttl":5,"data":null},{"id":"b","lon":0.5,"lat":-0.5,"class":"c","access":"verified","ttl":5,"data":null}],"missing":["m"]}"#
     );
+}
+
+#[test]
+fn response_access_is_optional_and_checked() {
+    // Older servers send no `access`; `null` is the same.
+    for body in [r#"{"tiles":[],"items":[]}"#, r#"{"access":null}"#] {
+        assert_eq!(
+            decode_response(body.as_bytes(), &lim()).unwrap().access,
+            None
+        );
+    }
+    let r = decode_response(br#"{"access":"registered","tiles":[]}"#, &lim()).unwrap();
+    assert_eq!(r.access, Some(Access::Registered));
+    // Written first when known, left out when not.
+    assert!(r.to_json().starts_with(r#"{"access":"registered","#));
+    let e = resp_err(r#"{"access":"admin"}"#);
+    assert!(e.to_string().starts_with("access: "), "{e}");
+    assert!(e.to_string().contains("\"admin\""), "{e}");
+    let e = resp_err(r#"{"access":"public","access":"agent"}"#);
+    assert!(e.to_string().contains("duplicate field `access`"), "{e}");
 }
