@@ -2,8 +2,10 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
 
 use tilewarm_sim::forecache::{self, Mapping};
 use tilewarm_sim::report::{self, ConfigSummary, Report};
@@ -11,79 +13,142 @@ use tilewarm_sim::sim::{self, Policy, SimConfig};
 use tilewarm_sim::synth::{self, SynthConfig};
 use tilewarm_sim::trace;
 
-const HELP: &str = "\
-tilewarm-sim: replay map viewport traces against a simulated backend and compare prefetch policies.
+/// Replay map viewport traces against a simulated backend and compare prefetch policies.
+#[derive(Parser)]
+#[command(name = "tilewarm-sim", arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-USAGE:
-  tilewarm-sim synth [--seed N] [--sessions N] [--events N] [--out FILE]
-      Writes a synthetic trace (JSON lines) to FILE or stdout.
-  tilewarm-sim convert-forecache [--out FILE] [--target W,S,E,N] [--width-px PX] U_1.csv ...
-      Converts ForeCache NDSI-2D logs to a trace (mapping: sim/src/forecache.rs).
-  tilewarm-sim run --trace FILE [options]
-      Replays the trace for each policy and prints a markdown table (or JSON with --json).
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a synthetic trace (JSON lines) to FILE or stdout.
+    Synth(SynthArgs),
+    /// Converts ForeCache NDSI-2D logs to a trace (mapping: sim/src/forecache.rs).
+    ConvertForecache(ConvertArgs),
+    /// Replays the trace for each policy and prints a markdown table (or JSON with --json).
+    Run(Box<RunArgs>),
+}
 
-RUN OPTIONS:
-  --data SPEC            synthetic[:N] (seeded synthetic city, default N=20000) or a .csv
-                         (King County layout) / .jsonl file            [synthetic]
-  --seed N               seed of the synthetic city and the batcher     [1]
-  --policies LIST        comma-separated: none,lru,ring1,tilewarm,oracle [all]
-  --label TEXT           name of the run in the report                  [trace file name]
-  --json                 print the JSON report instead of the table
-  --write-json FILE      also write the JSON report to FILE
-  --write-md FILE        also write the markdown table (+ goal check) to FILE
-  --hit-goal X           viewport hit-rate goal for the goal check      [0.95]
-  --base-ms MS           latency per request                            [60]
-  --per-item-ms MS       latency per item in the answer                 [0.05]
-  --tile-zoom Z          data tile zoom                                 [14]
-  --min-zoom Z           map zoom below which nothing is fetched        [12]
-  --in-flight N          requests in flight at most (batch max_in_flight) [4]
-  --batch-tiles N        tiles per request at most (batch max_tiles)    [16]
-  --tw-ring N            tilewarm policy: ring width                    [1]
-  --tw-lookahead-ms MS   tilewarm policy: look-ahead                    [1500]
-  --tw-history-ms MS     tilewarm policy: velocity history              [1000]
-  --tw-budget N          tilewarm policy: max_tiles_per_round           [32]
-  --tw-max-lead X        tilewarm policy: max_lead_viewports            [2]
-  --tw-view-ring X       tilewarm policy: view_ring (viewport sizes)    [1]
-  --tw-budget-per-visible X  tilewarm policy: budget_per_visible        [8]
-";
+#[derive(Args)]
+struct SynthArgs {
+    /// Seed of the generator [default: 1]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Sessions to generate [default: 20]
+    #[arg(long, value_name = "N")]
+    sessions: Option<usize>,
+    /// Viewports per session [default: 300]
+    #[arg(long, value_name = "N")]
+    events: Option<usize>,
+    /// Output file (`-` or absent: stdout)
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
+}
 
-struct Args(Vec<String>);
+#[derive(Args)]
+struct ConvertArgs {
+    /// The box the study's extent is mapped onto, W,S,E,N [default: the King County homes]
+    #[arg(long, value_name = "W,S,E,N", value_parser = parse_target, allow_hyphen_values = true)]
+    target: Option<(f64, f64, f64, f64)>,
+    /// Viewport width in pixels [default: 1024]
+    #[arg(long, value_name = "PX")]
+    width_px: Option<f64>,
+    /// Output file (`-` or absent: stdout)
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
+    /// ForeCache logs (U_1.csv ...); each file is one session
+    #[arg(required = true, value_name = "U_N.csv")]
+    files: Vec<PathBuf>,
+}
 
-impl Args {
-    fn flag(&mut self, name: &str) -> bool {
-        if let Some(i) = self.0.iter().position(|a| a == name) {
-            self.0.remove(i);
-            true
-        } else {
-            false
-        }
+#[derive(Args)]
+struct RunArgs {
+    /// The trace to replay (JSON lines, sim/README.md)
+    #[arg(long, value_name = "FILE")]
+    trace: String,
+    /// synthetic[:N] (seeded synthetic city, N=20000 by default) or a .csv (King County
+    /// layout) / .jsonl file
+    #[arg(long, value_name = "SPEC", default_value = "synthetic")]
+    data: String,
+    /// Seed of the synthetic city and the batcher
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Comma-separated policies: none,lru,ring1,tilewarm,oracle [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_policy)]
+    policies: Option<Vec<Policy>>,
+    /// Name of the run in the report [default: the trace file name]
+    #[arg(long, value_name = "TEXT")]
+    label: Option<String>,
+    /// Print the JSON report instead of the table
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to FILE
+    #[arg(long, value_name = "FILE")]
+    write_json: Option<String>,
+    /// Also write the markdown table (+ goal check) to FILE
+    #[arg(long, value_name = "FILE")]
+    write_md: Option<String>,
+    /// Viewport hit-rate goal for the goal check
+    #[arg(long, value_name = "X", default_value_t = 0.95)]
+    hit_goal: f64,
+    /// Latency per request, ms [default: 60]
+    #[arg(long, value_name = "MS")]
+    base_ms: Option<f64>,
+    /// Latency per item in the answer, ms [default: 0.05]
+    #[arg(long, value_name = "MS")]
+    per_item_ms: Option<f64>,
+    /// Data tile zoom [default: 14]
+    #[arg(long, value_name = "Z")]
+    tile_zoom: Option<u8>,
+    /// Map zoom below which nothing is fetched [default: 12]
+    #[arg(long, value_name = "Z")]
+    min_zoom: Option<f64>,
+    /// Requests in flight at most (batch max_in_flight) [default: 4]
+    #[arg(long, value_name = "N")]
+    in_flight: Option<usize>,
+    /// Tiles per request at most (batch max_tiles) [default: 16]
+    #[arg(long, value_name = "N")]
+    batch_tiles: Option<usize>,
+    /// tilewarm policy: ring width [default: 1]
+    #[arg(long, value_name = "N")]
+    tw_ring: Option<u32>,
+    /// tilewarm policy: look-ahead, ms [default: 1500]
+    #[arg(long, value_name = "MS")]
+    tw_lookahead_ms: Option<u64>,
+    /// tilewarm policy: velocity history, ms [default: 1000]
+    #[arg(long, value_name = "MS")]
+    tw_history_ms: Option<u64>,
+    /// tilewarm policy: max_tiles_per_round [default: 32]
+    #[arg(long, value_name = "N")]
+    tw_budget: Option<usize>,
+    /// tilewarm policy: max_lead_viewports [default: 2]
+    #[arg(long, value_name = "X")]
+    tw_max_lead: Option<f64>,
+    /// tilewarm policy: view_ring, in viewport sizes [default: 1]
+    #[arg(long, value_name = "X")]
+    tw_view_ring: Option<f64>,
+    /// tilewarm policy: budget_per_visible [default: 8]
+    #[arg(long, value_name = "X")]
+    tw_budget_per_visible: Option<f64>,
+}
+
+fn parse_policy(p: &str) -> Result<Policy, String> {
+    Policy::parse(p.trim())
+        .ok_or_else(|| format!("unknown policy {p:?}; known: none, lru, ring1, tilewarm, oracle"))
+}
+
+fn parse_target(t: &str) -> Result<(f64, f64, f64, f64), String> {
+    let v: Vec<f64> = t
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{t:?} is not W,S,E,N"))?;
+    if v.len() != 4 || v[0] >= v[2] || v[1] >= v[3] {
+        return Err(format!("{t:?} is not W,S,E,N with W < E and S < N"));
     }
-    fn value(&mut self, name: &str) -> Result<Option<String>, String> {
-        let Some(i) = self.0.iter().position(|a| a == name) else {
-            return Ok(None);
-        };
-        if i + 1 >= self.0.len() {
-            return Err(format!("{name} needs a value"));
-        }
-        let v = self.0.remove(i + 1);
-        self.0.remove(i);
-        Ok(Some(v))
-    }
-    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, String> {
-        match self.value(name)? {
-            None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("{name}: cannot read {v:?}")),
-        }
-    }
-    fn finish(self) -> Result<Vec<String>, String> {
-        if let Some(a) = self.0.iter().find(|a| a.starts_with("--")) {
-            return Err(format!("unknown option {a} (see tilewarm-sim help)"));
-        }
-        Ok(self.0)
-    }
+    Ok((v[0], v[1], v[2], v[3]))
 }
 
 fn output(path: Option<&str>) -> Result<Box<dyn Write>, String> {
@@ -95,49 +160,33 @@ fn output(path: Option<&str>) -> Result<Box<dyn Write>, String> {
     })
 }
 
-fn cmd_synth(mut a: Args) -> Result<(), String> {
+fn cmd_synth(a: SynthArgs) -> Result<(), String> {
     let d = SynthConfig::default();
     let cfg = SynthConfig {
-        seed: a.parsed("--seed")?.unwrap_or(d.seed),
-        sessions: a.parsed("--sessions")?.unwrap_or(d.sessions),
-        events_per_session: a.parsed("--events")?.unwrap_or(d.events_per_session),
+        seed: a.seed.unwrap_or(d.seed),
+        sessions: a.sessions.unwrap_or(d.sessions),
+        events_per_session: a.events.unwrap_or(d.events_per_session),
         ..d
     };
-    let out = a.value("--out")?;
-    a.finish()?;
     let events = synth::generate(&cfg);
-    trace::write(output(out.as_deref())?, &events).map_err(|e| e.to_string())
+    trace::write(output(a.out.as_deref())?, &events).map_err(|e| e.to_string())
 }
 
-fn cmd_convert(mut a: Args) -> Result<(), String> {
+fn cmd_convert(a: ConvertArgs) -> Result<(), String> {
     let mut mapping = Mapping::default();
-    if let Some(t) = a.value("--target")? {
-        let v: Vec<f64> = t
-            .split(',')
-            .map(|x| x.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("--target: {t:?} is not W,S,E,N"))?;
-        if v.len() != 4 || v[0] >= v[2] || v[1] >= v[3] {
-            return Err(format!(
-                "--target: {t:?} is not W,S,E,N with W < E and S < N"
-            ));
-        }
-        mapping.target = (v[0], v[1], v[2], v[3]);
+    if let Some(t) = a.target {
+        mapping.target = t;
     }
-    if let Some(w) = a.parsed("--width-px")? {
+    if let Some(w) = a.width_px {
         mapping.width_px = w;
     }
-    let out = a.value("--out")?;
-    let files = a.finish()?;
-    if files.is_empty() {
-        return Err("convert-forecache needs at least one U_*.csv".into());
-    }
     let mut all = Vec::new();
-    for f in &files {
-        let session = Path::new(f)
+    for path in &a.files {
+        let f = path.display().to_string();
+        let session = path
             .file_stem()
             .map_or_else(|| f.clone(), |s| s.to_string_lossy().into_owned());
-        let file = File::open(f).map_err(|e| format!("cannot open {f}: {e}"))?;
+        let file = File::open(path).map_err(|e| format!("cannot open {f}: {e}"))?;
         let (events, stats) = forecache::convert(BufReader::new(file), &session, &mapping)
             .map_err(|e| format!("{f}: {e}"))?;
         eprintln!(
@@ -146,76 +195,50 @@ fn cmd_convert(mut a: Args) -> Result<(), String> {
         );
         all.extend(events);
     }
-    trace::write(output(out.as_deref())?, &all).map_err(|e| e.to_string())
+    trace::write(output(a.out.as_deref())?, &all).map_err(|e| e.to_string())
 }
 
-fn cmd_run(mut a: Args) -> Result<(), String> {
-    let trace_path = a.value("--trace")?.ok_or("run needs --trace FILE")?;
-    let data = a.value("--data")?.unwrap_or_else(|| "synthetic".into());
-    let seed: u64 = a.parsed("--seed")?.unwrap_or(1);
-    let policies: Vec<Policy> = match a.value("--policies")? {
-        None => Policy::ALL.to_vec(),
-        Some(list) => list
-            .split(',')
-            .map(|p| {
-                Policy::parse(p.trim()).ok_or_else(|| {
-                    format!("unknown policy {p:?}; known: none, lru, ring1, tilewarm, oracle")
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let label = a.value("--label")?;
-    let json = a.flag("--json");
-    let write_json = a.value("--write-json")?;
-    let write_md = a.value("--write-md")?;
-    let hit_goal: f64 = a.parsed("--hit-goal")?.unwrap_or(0.95);
+fn cmd_run(a: RunArgs) -> Result<(), String> {
+    let RunArgs {
+        trace: trace_path,
+        data,
+        seed,
+        policies,
+        label,
+        json,
+        write_json,
+        write_md,
+        hit_goal,
+        ..
+    } = a;
+    let policies = policies.unwrap_or_else(|| Policy::ALL.to_vec());
     let mut cfg = SimConfig::default();
     cfg.batch.seed ^= seed;
-    if let Some(v) = a.parsed("--base-ms")? {
-        cfg.base_ms = v;
+    fn set<T>(field: &mut T, v: Option<T>) {
+        if let Some(v) = v {
+            *field = v;
+        }
     }
-    if let Some(v) = a.parsed("--per-item-ms")? {
-        cfg.per_item_ms = v;
-    }
-    if let Some(v) = a.parsed("--tile-zoom")? {
-        cfg.tile_zoom = v;
-    }
-    if let Some(v) = a.parsed("--min-zoom")? {
-        cfg.min_zoom = v;
-    }
-    if let Some(v) = a.parsed("--in-flight")? {
-        cfg.batch.max_in_flight = v;
-    }
-    if let Some(v) = a.parsed("--batch-tiles")? {
-        cfg.batch.max_tiles = v;
-    }
-    if let Some(v) = a.parsed("--tw-ring")? {
-        cfg.tilewarm.ring = v;
-    }
-    if let Some(v) = a.parsed("--tw-lookahead-ms")? {
-        cfg.tilewarm.lookahead_ms = v;
-    }
-    if let Some(v) = a.parsed("--tw-history-ms")? {
-        cfg.tilewarm.history_ms = v;
-    }
-    if let Some(v) = a.parsed("--tw-budget")? {
-        cfg.tilewarm.max_tiles_per_round = v;
-    }
-    if let Some(v) = a.parsed("--tw-max-lead")? {
-        cfg.tilewarm.max_lead_viewports = v;
-    }
-    if let Some(v) = a.parsed("--tw-view-ring")? {
-        cfg.tilewarm.view_ring = v;
-    }
-    if let Some(v) = a.parsed("--tw-budget-per-visible")? {
-        cfg.tilewarm.budget_per_visible = v;
-    }
-    a.finish()?;
+    set(&mut cfg.base_ms, a.base_ms);
+    set(&mut cfg.per_item_ms, a.per_item_ms);
+    set(&mut cfg.tile_zoom, a.tile_zoom);
+    set(&mut cfg.min_zoom, a.min_zoom);
+    set(&mut cfg.batch.max_in_flight, a.in_flight);
+    set(&mut cfg.batch.max_tiles, a.batch_tiles);
+    set(&mut cfg.tilewarm.ring, a.tw_ring);
+    set(&mut cfg.tilewarm.lookahead_ms, a.tw_lookahead_ms);
+    set(&mut cfg.tilewarm.history_ms, a.tw_history_ms);
+    set(&mut cfg.tilewarm.max_tiles_per_round, a.tw_budget);
+    set(&mut cfg.tilewarm.max_lead_viewports, a.tw_max_lead);
+    set(&mut cfg.tilewarm.view_ring, a.tw_view_ring);
+    set(
+        &mut cfg.tilewarm.budget_per_visible,
+        a.tw_budget_per_visible,
+    );
     cfg.batch.validate().map_err(|e| e.to_string())?;
     for p in &policies {
         cfg.planner_for(*p).validate().map_err(|e| e.to_string())?;
     }
-
     let file = File::open(&trace_path).map_err(|e| format!("cannot open {trace_path}: {e}"))?;
     let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{trace_path}: {e}"))?;
     let items = if let Some(rest) = data.strip_prefix("synthetic") {
@@ -259,22 +282,11 @@ fn cmd_run(mut a: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() {
-        eprint!("{HELP}");
-        return ExitCode::from(2);
-    }
-    let cmd = args.remove(0);
-    let a = Args(args);
-    let r = match cmd.as_str() {
-        "synth" => cmd_synth(a),
-        "convert-forecache" => cmd_convert(a),
-        "run" => cmd_run(a),
-        "help" | "--help" | "-h" => {
-            print!("{HELP}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?} (see tilewarm-sim help)")),
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Synth(a) => cmd_synth(a),
+        Command::ConvertForecache(a) => cmd_convert(a),
+        Command::Run(a) => cmd_run(*a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
