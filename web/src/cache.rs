@@ -1,0 +1,687 @@
+//! [`TileCache`]: the browser shell over the sans-IO [`Client`], for Rust front-ends.
+//!
+//! It does what `js/cache.js` does for the npm package, in Rust: POSTs each [`Transmit`]
+//! with gloo-net under a web-sys `AbortController` (aborted when the core names the request
+//! in `poll_cancel`: a stale prefetch, or one past its deadline), answers the core's
+//! wake-ups with a gloo-timers `Timeout`, and tells the page through a `futures::Stream` of
+//! [`Update`]s, [`TileCache::when_complete`] and [`TileCache::get_many`]. What to fetch,
+//! when to retry and what to keep is the core's; this file only moves bytes and time.
+//!
+//! Items are decoded once, when they arrive: the item JSON's `data` into the caller's `T`
+//! (`serde_json::Value` by default), kept behind an `Rc` so a view hands out pointers, not
+//! copies.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_channel::{mpsc, oneshot};
+use gloo_net::http::Request;
+use gloo_timers::callback::Timeout;
+use serde::de::DeserializeOwned;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{AbortController, AbortSignal};
+
+use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
+use tilewarm::cache::{CacheItem, Invalidate};
+use tilewarm::client::{Client, ClientStats, Event, Payload, TileState};
+use tilewarm::planner::Viewport;
+use tilewarm::protocol::{decode_response, BatchResponse, Item as WireItem, Limits};
+use tilewarm::{Access, TileId};
+
+use crate::auth::{show, Auth};
+use crate::error::{Error, ErrorCode};
+use crate::options::Options;
+
+/// A cached item: the wire fields, and `data` decoded into `T`.
+#[derive(Debug, PartialEq)]
+pub struct Item<T> {
+    pub id: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub class: String,
+    pub access: Access,
+    pub data: T,
+}
+
+/// An item in a view, and whether it is stale (shown while it is fetched again).
+#[derive(Debug)]
+pub struct Shown<T> {
+    pub item: Rc<Item<T>>,
+    pub stale: bool,
+}
+
+impl<T> Clone for Shown<T> {
+    fn clone(&self) -> Self {
+        Shown {
+            item: Rc::clone(&self.item),
+            stale: self.stale,
+        }
+    }
+}
+
+/// What the cache has for the view.
+#[derive(Debug)]
+pub struct View<T> {
+    /// Every cached item in the visible tiles.
+    pub items: Vec<Shown<T>>,
+    /// Every visible tile can be shown.
+    pub complete: bool,
+    /// Visible data tiles not showable yet (being fetched).
+    pub missing_tiles: Vec<TileId>,
+}
+
+impl<T> Clone for View<T> {
+    fn clone(&self) -> Self {
+        View {
+            items: self.items.clone(),
+            complete: self.complete,
+            missing_tiles: self.missing_tiles.clone(),
+        }
+    }
+}
+
+/// What [`TileCache::updates`] streams.
+#[derive(Debug)]
+pub enum Update<T> {
+    /// Data for the view arrived (or was invalidated): the view as it is now.
+    View(View<T>),
+    /// Every visible tile can now be shown.
+    Complete,
+    /// A request failed (foreground or prefetch); cached data stays usable.
+    Error(Error),
+}
+
+impl<T> Clone for Update<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Update::View(v) => Update::View(v.clone()),
+            Update::Complete => Update::Complete,
+            Update::Error(e) => Update::Error(e.clone()),
+        }
+    }
+}
+
+/// The core's payload: the decoded item and the bytes its JSON took.
+struct Stored<T> {
+    item: Rc<Item<T>>,
+    size: usize,
+}
+
+impl<T> Payload for Stored<T> {
+    fn size_bytes(&self) -> usize {
+        self.size
+    }
+}
+
+type Found<T> = Result<Option<Rc<Item<T>>>, Error>;
+
+/// A request that is out: its abort handle and the ids it asked for (for `get`).
+struct InFlight {
+    ctrl: AbortController,
+    ids: Vec<String>,
+}
+
+struct State<T> {
+    client: Client<Stored<T>>,
+    requests: HashMap<u64, InFlight>,
+    timer: Option<Timeout>,
+    complete: bool,
+    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
+    subscribers: Vec<mpsc::UnboundedSender<Update<T>>>,
+    /// The ids of the request whose failure the core is handling (it has left `requests`).
+    ending: Option<(RequestId, Vec<String>)>,
+}
+
+impl<T> Drop for State<T> {
+    fn drop(&mut self) {
+        for r in self.requests.values() {
+            r.ctrl.abort();
+        }
+    }
+}
+
+struct Inner<T> {
+    state: RefCell<State<T>>,
+    endpoint: String,
+    headers: Vec<(String, String)>,
+    limits: Limits,
+    auth: Option<Auth>,
+}
+
+/// The tile-aware cache for one batch endpoint, in the browser. Cheap to clone (one
+/// shared cache); dropping the last clone aborts every request and stops the timer.
+pub struct TileCache<T = serde_json::Value> {
+    inner: Rc<Inner<T>>,
+}
+
+impl<T> Clone for TileCache<T> {
+    fn clone(&self) -> Self {
+        TileCache {
+            inner: Rc::clone(&self.inner),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
+impl<T: DeserializeOwned + 'static> TileCache<T> {
+    /// A cache with these options (checked; see [`Options::check`]).
+    pub fn new(options: &Options) -> Result<TileCache<T>, Error> {
+        TileCache::with_auth(options, None)
+    }
+
+    /// A cache whose requests carry a bearer token from `auth`.
+    pub fn with_auth(options: &Options, auth: Option<Auth>) -> Result<TileCache<T>, Error> {
+        let checked = options.check()?;
+        let limits = checked.config.limits;
+        let client = Client::new(checked.config)
+            .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;
+        Ok(TileCache {
+            inner: Rc::new(Inner {
+                state: RefCell::new(State {
+                    client,
+                    requests: HashMap::new(),
+                    timer: None,
+                    complete: true,
+                    waiters: Vec::new(),
+                    gets: HashMap::new(),
+                    subscribers: Vec::new(),
+                    ending: None,
+                }),
+                endpoint: checked.endpoint,
+                headers: checked.headers,
+                limits,
+                auth,
+            }),
+        })
+    }
+
+    /// A cache from a JS options object of the npm package's shape, through
+    /// serde-wasm-bindgen; `auth.token`, if given, is a JS function returning a token or a
+    /// promise of one.
+    pub fn from_js(options: &JsValue) -> Result<TileCache<T>, Error> {
+        if !options.is_object() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgType,
+                format!("options must be an object, got {}", show(options)),
+            ));
+        }
+        let key = JsValue::from_str("auth");
+        let auth = js_sys::Reflect::get(options, &key).unwrap_or(JsValue::UNDEFINED);
+        let auth = if auth.is_undefined() {
+            None
+        } else {
+            let token = js_sys::Reflect::get(&auth, &JsValue::from_str("token"))
+                .ok()
+                .and_then(|t| t.dyn_into::<js_sys::Function>().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::InvalidArgType,
+                        "auth must be an object { token: () => string | Promise<string> }",
+                    )
+                })?;
+            Some(Auth::from_js(token))
+        };
+        // The rest through serde: a copy without `auth` (functions are not data).
+        let rest = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
+        let _ = js_sys::Reflect::delete_property(&rest, &key);
+        let opts: Options = serde_wasm_bindgen::from_value(rest.into())
+            .map_err(|e| Error::new(ErrorCode::InvalidArgType, format!("options: {e}")))?;
+        TileCache::with_auth(&opts, auth)
+    }
+
+    /// The map moved: what the cache has for the view now. Fetches it needs start at once;
+    /// [`TileCache::updates`] and [`TileCache::when_complete`] say when they arrive.
+    pub fn set_viewport(
+        &self,
+        west: f64,
+        south: f64,
+        east: f64,
+        north: f64,
+        zoom: f64,
+    ) -> Result<View<T>, Error> {
+        let vp = Viewport::new(west, south, east, north, zoom)
+            .map_err(|e| Error::new(ErrorCode::InvalidArgValue, e.to_string()))?;
+        let now = now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        let mut items = Vec::new();
+        let outcome = st
+            .client
+            .set_viewport(vp, now, |ci: &CacheItem<Stored<T>>, stale| {
+                items.push(Shown {
+                    item: Rc::clone(&ci.payload().item),
+                    stale,
+                })
+            })
+            .map_err(|e| Error::new(ErrorCode::TooManyTiles, e.to_string()))?;
+        st.set_complete(outcome.complete);
+        let sends = Inner::pump(&self.inner, &mut st, now);
+        drop(st);
+        Inner::start(&self.inner, sends);
+        Ok(View {
+            items,
+            complete: outcome.complete,
+            missing_tiles: outcome.missing,
+        })
+    }
+
+    /// The current view again, without planning.
+    pub fn view(&self) -> View<T> {
+        let now = now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        let view = st.read_view(now);
+        let sends = Inner::pump(&self.inner, &mut st, now);
+        drop(st);
+        Inner::start(&self.inner, sends);
+        view
+    }
+
+    /// Resolves when every visible tile can be shown; fails with the error of a
+    /// foreground request that gave up.
+    pub async fn when_complete(&self) -> Result<(), Error> {
+        let rx = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.complete {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push(tx);
+            rx
+        };
+        rx.await.unwrap_or_else(|_| Err(Error::disposed()))
+    }
+
+    /// A stream of [`Update`]s from now on, for UI frameworks to subscribe to. Dropping
+    /// the stream unsubscribes.
+    pub fn updates(&self) -> mpsc::UnboundedReceiver<Update<T>> {
+        let (tx, rx) = mpsc::unbounded();
+        self.inner.state.borrow_mut().subscribers.push(tx);
+        rx
+    }
+
+    /// One item by id: from the cache, else fetched; `None` when it does not exist or the
+    /// tier may not see it.
+    pub async fn get(&self, id: &str) -> Found<T> {
+        let mut all = self.get_many(&[id]).await?;
+        Ok(all.pop().flatten())
+    }
+
+    /// Items by id, in order; the ones not cached are fetched in as few requests as the
+    /// batch limits allow.
+    pub async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Rc<Item<T>>>>, Error> {
+        if ids.iter().any(|id| id.is_empty()) {
+            return Err(Error::new(
+                ErrorCode::OutOfRange,
+                "ids must not contain an empty string",
+            ));
+        }
+        let now = now_ms();
+        let mut pending = Vec::with_capacity(ids.len());
+        {
+            let mut st = self.inner.state.borrow_mut();
+            for &id in ids {
+                let found = st
+                    .client
+                    .get(id, now)
+                    .map(|l| Rc::clone(&l.item.payload().item));
+                pending.push(match found {
+                    Some(item) => Ok(Some(item)),
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        st.gets.entry(id.to_string()).or_default().push(tx);
+                        Err(rx)
+                    }
+                });
+            }
+            let sends = Inner::pump(&self.inner, &mut st, now);
+            drop(st);
+            Inner::start(&self.inner, sends);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Ok(found) => found,
+                Err(rx) => rx.await.unwrap_or_else(|_| Err(Error::disposed()))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops cached items, tiles or everything; returns how many entries went. Visible
+    /// tiles that emptied are fetched again, and the view goes to [`TileCache::updates`].
+    pub fn invalidate(&self, what: Invalidate<'_>) -> usize {
+        let now = now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        let n = st.client.invalidate(what, now);
+        let view = st.read_view(now);
+        st.broadcast(Update::View(view));
+        let sends = Inner::pump(&self.inner, &mut st, now);
+        drop(st);
+        Inner::start(&self.inner, sends);
+        n
+    }
+
+    /// Changes the caller's tier; lowering it drops what the new tier may not see at once.
+    pub fn set_access(&self, access: Access) {
+        let now = now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        st.client.set_access(access, now);
+        let view = st.read_view(now);
+        st.broadcast(Update::View(view));
+        let sends = Inner::pump(&self.inner, &mut st, now);
+        drop(st);
+        Inner::start(&self.inner, sends);
+    }
+
+    /// Each data tile's display state.
+    pub fn tile_states(&self, tiles: &[TileId]) -> Vec<TileState> {
+        let now = now_ms();
+        let st = self.inner.state.borrow();
+        tiles
+            .iter()
+            .map(|&t| st.client.tile_state(t, now))
+            .collect()
+    }
+
+    /// The core's counters.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.state.borrow().client.stats()
+    }
+}
+
+impl<T> State<T> {
+    fn set_complete(&mut self, complete: bool) {
+        self.complete = complete;
+        if complete {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    fn read_view(&mut self, now: u64) -> View<T> {
+        let mut items = Vec::new();
+        let outcome = self.client.view_items(now, |ci, stale| {
+            items.push(Shown {
+                item: Rc::clone(&ci.payload().item),
+                stale,
+            })
+        });
+        self.set_complete(outcome.complete);
+        View {
+            items,
+            complete: outcome.complete,
+            missing_tiles: outcome.missing,
+        }
+    }
+
+    fn broadcast(&mut self, update: Update<T>) {
+        self.subscribers
+            .retain(|s| s.unbounded_send(update.clone()).is_ok());
+    }
+
+    /// A foreground request gave up: `when_complete` and the `get`s it carried fail.
+    fn reject(&mut self, e: &Error, ids: &[String]) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(e.clone()));
+        }
+        for id in ids {
+            for w in self.gets.remove(id).unwrap_or_default() {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// How a request ended, as the shell saw it.
+enum Outcome<T> {
+    Answer(BatchResponse<Stored<T>>),
+    Failed(Failure),
+}
+
+impl<T: DeserializeOwned + 'static> Inner<T> {
+    /// Acts on everything the last call into the core caused: aborts, events, the next
+    /// wake-up. Returns the requests to send (sent by [`Inner::start`] once the state is
+    /// no longer borrowed).
+    fn pump(this: &Rc<Self>, st: &mut State<T>, now: u64) -> Vec<Transmit> {
+        let mut sends = Vec::new();
+        while let Some(t) = st.client.poll_request(now) {
+            sends.push(t);
+        }
+        let mut updated = false;
+        while let Some(e) = st.client.poll_event() {
+            match e {
+                Event::Updated => updated = true,
+                Event::Complete => {
+                    st.set_complete(true);
+                    st.broadcast(Update::Complete);
+                }
+                Event::Error(fe) => {
+                    let err = Error::from_fetch(&fe);
+                    if fe.kind == Kind::Foreground && !fe.will_retry {
+                        let ids = match (&st.ending, st.requests.get(&fe.request.0)) {
+                            (Some((id, ids)), _) if *id == fe.request => ids.clone(),
+                            (_, Some(r)) => r.ids.clone(),
+                            _ => Vec::new(),
+                        };
+                        st.reject(&err, &ids);
+                    }
+                    st.broadcast(Update::Error(err));
+                }
+            }
+        }
+        while let Some(id) = st.client.poll_cancel() {
+            if let Some(r) = st.requests.remove(&id.0) {
+                r.ctrl.abort();
+            }
+        }
+        if updated {
+            let view = st.read_view(now);
+            st.broadcast(Update::View(view));
+        }
+        st.timer = st.client.next_wakeup(now).map(|at| {
+            let delay = at.saturating_sub(now).min(i32::MAX as u64) as u32;
+            let weak = Rc::downgrade(this);
+            Timeout::new(delay, move || {
+                if let Some(inner) = weak.upgrade() {
+                    Inner::tick(&inner);
+                }
+            })
+        });
+        sends
+    }
+
+    fn tick(this: &Rc<Self>) {
+        let now = now_ms();
+        let mut st = this.state.borrow_mut();
+        st.timer = None;
+        st.client.handle_timeout(now);
+        let sends = Inner::pump(this, &mut st, now);
+        drop(st);
+        Inner::start(this, sends);
+    }
+
+    /// Sends each request under its own `AbortController`.
+    fn start(this: &Rc<Self>, sends: Vec<Transmit>) {
+        for t in sends {
+            let ctrl = match AbortController::new() {
+                Ok(c) => c,
+                Err(e) => {
+                    let f = Failure::Network(format!("no AbortController: {}", show(&e)));
+                    Inner::finish(this, t.id, Outcome::Failed(f));
+                    continue;
+                }
+            };
+            let signal = ctrl.signal();
+            let body = t.request.to_json();
+            let ids = t.request.ids.clone();
+            this.state
+                .borrow_mut()
+                .requests
+                .insert(t.id.0, InFlight { ctrl, ids });
+            let weak = Rc::downgrade(this);
+            wasm_bindgen_futures::spawn_local(async move {
+                let Some((endpoint, headers, auth, limits)) = weak.upgrade().map(|i| {
+                    (
+                        i.endpoint.clone(),
+                        i.headers.clone(),
+                        i.auth.clone(),
+                        i.limits,
+                    )
+                }) else {
+                    return;
+                };
+                let outcome = exchange::<T>(&endpoint, &headers, auth, &limits, body, signal).await;
+                if let Some(inner) = weak.upgrade() {
+                    Inner::finish(&inner, t.id, outcome);
+                }
+            });
+        }
+    }
+
+    /// A request ended: the core hears of it (unless it was aborted, which the core asked
+    /// for), `get`s it answered resolve, and whatever that set in motion starts.
+    fn finish(this: &Rc<Self>, id: RequestId, outcome: Outcome<T>) {
+        let now = now_ms();
+        let mut st = this.state.borrow_mut();
+        let Some(flight) = st.requests.remove(&id.0) else {
+            return; // aborted (cancelled or past its deadline): the core already knows
+        };
+        match outcome {
+            Outcome::Answer(r) => {
+                let mut answered: Vec<String> = r.items.iter().map(|i| i.id.clone()).collect();
+                let missing = r.missing.clone();
+                answered.extend(missing.iter().cloned());
+                answered.extend(flight.ids.iter().cloned());
+                st.client.on_response(id, r, now);
+                for gid in answered {
+                    if !st.gets.contains_key(&gid) {
+                        continue;
+                    }
+                    let c = &st.client;
+                    let found = c
+                        .cache()
+                        .peek(&gid, c.access(), now)
+                        .map(|l| Rc::clone(&l.item.payload().item));
+                    if found.is_none() && !missing.contains(&gid) && !flight.ids.contains(&gid) {
+                        continue;
+                    }
+                    for w in st.gets.remove(&gid).unwrap_or_default() {
+                        let _ = w.send(Ok(found.clone()));
+                    }
+                }
+            }
+            Outcome::Failed(f) => {
+                st.ending = Some((id, flight.ids));
+                st.client.on_failure(id, f, now);
+            }
+        }
+        let sends = Inner::pump(this, &mut st, now);
+        st.ending = None;
+        drop(st);
+        Inner::start(this, sends);
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by tilewarm servers).
+fn retry_after_ms(v: Option<String>) -> Option<u64> {
+    let s: f64 = v?.trim().parse().ok()?;
+    (s.is_finite() && s >= 0.0).then(|| (s.min(86_400.0) * 1000.0) as u64)
+}
+
+/// One POST (two if a 401 made it ask `auth` again), decoded.
+async fn exchange<T: DeserializeOwned>(
+    endpoint: &str,
+    headers: &[(String, String)],
+    auth: Option<Auth>,
+    limits: &Limits,
+    body: String,
+    signal: AbortSignal,
+) -> Outcome<T> {
+    let mut asked_again = false;
+    let res = loop {
+        let token = match &auth {
+            Some(a) => match a.token().await {
+                Ok(t) => Some(t),
+                Err(m) => return Outcome::Failed(Failure::Network(m)),
+            },
+            None => None,
+        };
+        let mut rb = Request::post(endpoint).abort_signal(Some(&signal));
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        if let Some(t) = &token {
+            rb = rb.header("authorization", &format!("Bearer {t}"));
+        }
+        let sent = match rb.body(body.clone()) {
+            Ok(req) => req.send().await,
+            Err(e) => Err(e),
+        };
+        let res = match sent {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(Failure::Network(e.to_string())),
+        };
+        if res.status() == 401 && auth.is_some() && !asked_again {
+            asked_again = true;
+            continue;
+        }
+        break res;
+    };
+    if !res.ok() {
+        return Outcome::Failed(Failure::Http {
+            status: res.status(),
+            retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
+        });
+    }
+    let bytes = match res.binary().await {
+        Ok(b) => b,
+        Err(e) => return Outcome::Failed(Failure::Network(e.to_string())),
+    };
+    match decode::<T>(&bytes, limits) {
+        Ok(r) => Outcome::Answer(r),
+        Err(m) => Outcome::Failed(Failure::Invalid(m)),
+    }
+}
+
+/// A response body into the core's response, each item's `data` into `T`. Any error is
+/// the message of an invalid response.
+fn decode<T: DeserializeOwned>(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<BatchResponse<Stored<T>>, String> {
+    let r = decode_response(body, limits).map_err(|e| e.to_string())?;
+    let mut items = Vec::with_capacity(r.items.len());
+    for (i, it) in r.items.into_iter().enumerate() {
+        let raw = it.data.get();
+        let data: T = serde_json::from_str(raw)
+            .map_err(|e| format!("items[{i}].data does not fit the item type: {e}"))?;
+        let size = raw.len() + it.id.len() + it.class.len() + 64;
+        let item = Rc::new(Item {
+            id: it.id.clone(),
+            lon: it.lon,
+            lat: it.lat,
+            class: it.class.clone(),
+            access: it.access,
+            data,
+        });
+        items.push(WireItem {
+            id: it.id,
+            lon: it.lon,
+            lat: it.lat,
+            class: it.class,
+            access: it.access,
+            ttl: it.ttl,
+            data: Stored { item, size },
+        });
+    }
+    Ok(BatchResponse {
+        tiles: r.tiles,
+        items,
+        missing: r.missing,
+    })
+}

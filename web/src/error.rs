@@ -1,0 +1,160 @@
+//! [`Error`]: every error of the Rust shell, with a code the npm package uses for the same
+//! case (`ERR_TIMEOUT`, `ERR_HTTP`, `ERR_UNAUTHORIZED`, ...) and a message saying what was
+//! wrong and, for the caller's own mistakes, what is allowed.
+
+use tilewarm::batch::{Failure, Kind};
+use tilewarm::client::FetchError;
+
+/// What kind of error; [`ErrorCode::as_str`] is the npm package's `code` for the same case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A request got no answer within `batch.timeoutMs`.
+    Timeout,
+    /// The request could not be made (connection refused, CORS, offline) or the auth token
+    /// callback failed.
+    Network,
+    /// The server answered with an HTTP error status.
+    Http,
+    /// The server answered 401 twice, the second time with a token fetched again.
+    Unauthorized,
+    /// The answer was not a valid batch response (or an item's `data` did not fit `T`).
+    InvalidResponse,
+    /// An option or argument has a wrong type or shape.
+    InvalidArgType,
+    /// An option or argument is not one of the allowed values.
+    InvalidArgValue,
+    /// A number out of its range.
+    OutOfRange,
+    /// A tile string that is not `z/x/y`.
+    InvalidTile,
+    /// A viewport covering more data tiles than the planner plans for.
+    TooManyTiles,
+    /// The cache was dropped while this was pending.
+    Disposed,
+}
+
+impl ErrorCode {
+    /// The npm package's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Timeout => "ERR_TIMEOUT",
+            ErrorCode::Network => "ERR_NETWORK",
+            ErrorCode::Http => "ERR_HTTP",
+            ErrorCode::Unauthorized => "ERR_UNAUTHORIZED",
+            ErrorCode::InvalidResponse => "ERR_INVALID_RESPONSE",
+            ErrorCode::InvalidArgType => "ERR_INVALID_ARG_TYPE",
+            ErrorCode::InvalidArgValue => "ERR_INVALID_ARG_VALUE",
+            ErrorCode::OutOfRange => "ERR_OUT_OF_RANGE",
+            ErrorCode::InvalidTile => "ERR_INVALID_TILE",
+            ErrorCode::TooManyTiles => "ERR_TOO_MANY_TILES",
+            ErrorCode::Disposed => "ERR_DISPOSED",
+        }
+    }
+}
+
+/// An error: a code, a message, and for failed requests what the request was.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message} ({})", code.as_str())]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For a failed request: foreground or prefetch.
+    pub kind: Option<Kind>,
+    /// For a failed request: it is queued again after a backoff.
+    pub will_retry: bool,
+    /// The HTTP status of an `Http` or `Unauthorized` error.
+    pub status: Option<u16>,
+    /// The server's `Retry-After`, in ms.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Error {
+    /// A caller's error (bad option or argument).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+            kind: None,
+            will_retry: false,
+            status: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// A pending call whose cache was dropped.
+    pub fn disposed() -> Error {
+        Error::new(
+            ErrorCode::Disposed,
+            "the TileCache was dropped while this was pending",
+        )
+    }
+
+    /// A failed request as the core reported it. A 401 is `Unauthorized` (the shell only
+    /// reports one after asking the token callback again).
+    pub fn from_fetch(e: &FetchError) -> Error {
+        let (code, status, retry_after_ms) = match &e.failure {
+            Failure::Timeout => (ErrorCode::Timeout, None, None),
+            Failure::Network(_) | Failure::Aborted => (ErrorCode::Network, None, None),
+            Failure::Http {
+                status: 401,
+                retry_after_ms,
+            } => (ErrorCode::Unauthorized, Some(401), *retry_after_ms),
+            Failure::Http {
+                status,
+                retry_after_ms,
+            } => (ErrorCode::Http, Some(*status), *retry_after_ms),
+            Failure::Invalid(_) => (ErrorCode::InvalidResponse, None, None),
+        };
+        Error {
+            code,
+            message: e.to_string(),
+            kind: Some(e.kind),
+            will_retry: e.will_retry,
+            status,
+            retry_after_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tilewarm::batch::RequestId;
+
+    fn failed(failure: Failure) -> Error {
+        Error::from_fetch(&FetchError {
+            request: RequestId(1),
+            kind: Kind::Foreground,
+            failure,
+            tiles: vec![],
+            will_retry: true,
+        })
+    }
+
+    #[test]
+    fn failures_get_the_npm_packages_codes() {
+        assert_eq!(failed(Failure::Timeout).code.as_str(), "ERR_TIMEOUT");
+        let e = failed(Failure::Http {
+            status: 500,
+            retry_after_ms: Some(2000),
+        });
+        assert_eq!(
+            (e.code, e.status, e.retry_after_ms),
+            (ErrorCode::Http, Some(500), Some(2000))
+        );
+        assert!(
+            e.message.contains("500") && e.message.contains("will retry"),
+            "{e}"
+        );
+        let e = failed(Failure::Http {
+            status: 401,
+            retry_after_ms: None,
+        });
+        assert_eq!(e.code.as_str(), "ERR_UNAUTHORIZED");
+        assert_eq!(
+            failed(Failure::Invalid("x".into())).code,
+            ErrorCode::InvalidResponse
+        );
+    }
+}

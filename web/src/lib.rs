@@ -1,0 +1,33 @@
+//! tilewarm for Rust web front-ends (Leptos, Yew, Dioxus, plain wasm-bindgen apps): a
+//! browser shell over the same sans-IO [`tilewarm::Client`] the npm package drives, with
+//! requests on gloo-net, aborts on web-sys `AbortController`, wake-ups on gloo-timers and
+//! options from Rust or from a JS object through serde-wasm-bindgen.
+//!
+//! ```ignore
+//! let cache: TileCache = TileCache::new(&Options::new("https://example.com/v1/batch"))?;
+//! let view = cache.set_viewport(-122.36, 47.59, -122.30, 47.63, 14.5)?; // synchronous
+//! draw(&view.items);
+//! cache.when_complete().await?;              // or: while let Some(u) = updates.next().await
+//! draw(&cache.view().items);
+//! ```
+//!
+//! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
+//! ([`Auth`], the token callback), `cache.rs` ([`TileCache`], wasm32 only: everything
+//! that touches the browser). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
+//! Chromium against tilewarm-server, `make web-test`).
+
+mod auth;
+#[cfg(target_arch = "wasm32")]
+mod cache;
+mod error;
+mod options;
+
+pub use auth::{Auth, TokenFuture};
+#[cfg(target_arch = "wasm32")]
+pub use cache::{Item, Shown, TileCache, Update, View};
+pub use error::{Error, ErrorCode};
+pub use options::{BatchOptions, Checked, Options, PrefetchOptions, TtlOptions};
+/// The core's types a caller of [`TileCache`] meets.
+pub use tilewarm::cache::Invalidate;
+pub use tilewarm::client::{ClientStats, TileState};
+pub use tilewarm::{Access, TileId};

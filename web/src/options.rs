@@ -1,0 +1,274 @@
+//! [`Options`]: how a [`TileCache`](crate::TileCache) is configured, from a Rust struct or,
+//! through serde-wasm-bindgen, from a JS object of the same shape as the npm package's
+//! options (`{ endpoint, tileZoom, maxItems, ttl: { default }, batch: { timeoutMs }, ... }`).
+//!
+//! Every field but `endpoint` is optional; a missing one takes the core's default
+//! ([`ClientConfig::default`]). Ranges are the core's own checks ([`Client::new`]), so the
+//! Rust shell and the core cannot disagree on what is allowed.
+//!
+//! [`Client::new`]: tilewarm::client::Client::new
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tilewarm::access::Access;
+use tilewarm::client::ClientConfig;
+
+use crate::error::{Error, ErrorCode};
+
+/// A cache's options. Field names are the npm package's (camelCase in JS).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Options {
+    /// The batch endpoint, an absolute `http(s)://` URL.
+    pub endpoint: String,
+    /// The data zoom of the cache and the planner (core default 14).
+    pub tile_zoom: Option<u8>,
+    /// Below this map zoom nothing is fetched.
+    pub min_zoom: Option<f64>,
+    /// Most items cached.
+    pub max_items: Option<usize>,
+    /// Most bytes of item JSON cached.
+    pub max_bytes: Option<usize>,
+    #[serde(default)]
+    pub ttl: TtlOptions,
+    #[serde(default)]
+    pub prefetch: PrefetchOptions,
+    #[serde(default)]
+    pub batch: BatchOptions,
+    /// The caller's tier: `"public"` (default), `"registered"`, `"verified"` or `"agent"`.
+    /// The server decides what a caller may see; this only says what to ask for.
+    pub access: Option<String>,
+    /// Extra request headers (`content-type` is always `application/json`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `ttl`: how long items stay fresh, in seconds.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TtlOptions {
+    /// For items whose class has no TTL of its own and that carry none.
+    pub default: Option<u64>,
+    /// Per item class.
+    pub by_class: Option<BTreeMap<String, u64>>,
+    /// How long an expired item is still shown while it is fetched again.
+    pub stale_while_revalidate: Option<u64>,
+}
+
+/// `prefetch`: how far ahead the planner fetches.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefetchOptions {
+    /// Rings of data tiles around the view (0 turns prefetch off).
+    pub ring: Option<u32>,
+    /// How far ahead of the motion the planner looks, in ms.
+    pub lookahead_ms: Option<u64>,
+    /// Most tiles prefetched per viewport change.
+    pub max_tiles_per_round: Option<usize>,
+}
+
+/// `batch`: how requests are made.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchOptions {
+    pub max_tiles: Option<usize>,
+    pub max_ids: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    /// A request not answered within this many ms is aborted and retried.
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<u32>,
+}
+
+/// What the options say, checked: the core's config and the shell's own settings.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub config: ClientConfig,
+    pub endpoint: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Seconds to ms, refusing what would overflow.
+fn secs(field: &str, s: u64) -> Result<u64, Error> {
+    s.checked_mul(1000).ok_or_else(|| {
+        Error::new(
+            ErrorCode::OutOfRange,
+            format!("{field} must be a number of seconds below 2^54, got {s}"),
+        )
+    })
+}
+
+impl Options {
+    /// Options with this endpoint and every other field at its default.
+    pub fn new(endpoint: impl Into<String>) -> Options {
+        Options {
+            endpoint: endpoint.into(),
+            ..Options::default()
+        }
+    }
+
+    /// Checks the options; the errors name the field, what it was and what is allowed.
+    pub fn check(&self) -> Result<Checked, Error> {
+        let e = self.endpoint.as_str();
+        let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
+        if !scheme_ok || e.len() <= "https://".len() || e.chars().any(char::is_whitespace) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgValue,
+                format!("endpoint must be an absolute http(s) URL, got {e:?}"),
+            ));
+        }
+        let mut c = ClientConfig::default();
+        if let Some(z) = self.tile_zoom {
+            c = c.with_tile_zoom(z);
+        }
+        if let Some(z) = self.min_zoom {
+            c.planner.min_zoom = z;
+        }
+        if let Some(n) = self.max_items {
+            c.cache.max_items = n;
+        }
+        if let Some(n) = self.max_bytes {
+            c.cache.max_bytes = n;
+        }
+        if let Some(s) = self.ttl.default {
+            c.cache.default_ttl_ms = secs("ttl.default", s)?;
+        }
+        if let Some(by) = &self.ttl.by_class {
+            c.cache.class_ttl_ms.clear();
+            for (class, &s) in by {
+                let ms = secs(&format!("ttl.byClass.{class}"), s)?;
+                c.cache.class_ttl_ms.insert(class.clone(), ms);
+            }
+        }
+        if let Some(s) = self.ttl.stale_while_revalidate {
+            c.cache.stale_while_revalidate_ms = secs("ttl.staleWhileRevalidate", s)?;
+        }
+        if let Some(n) = self.prefetch.ring {
+            c.planner.ring = n;
+        }
+        if let Some(n) = self.prefetch.lookahead_ms {
+            c.planner.lookahead_ms = n;
+        }
+        if let Some(n) = self.prefetch.max_tiles_per_round {
+            c.planner.max_tiles_per_round = n;
+        }
+        let b = &self.batch;
+        if let Some(n) = b.max_tiles {
+            c.batch.max_tiles = n;
+        }
+        if let Some(n) = b.max_ids {
+            c.batch.max_ids = n;
+        }
+        if let Some(n) = b.max_in_flight {
+            c.batch.max_in_flight = n;
+        }
+        if let Some(n) = b.timeout_ms {
+            c.batch.timeout_ms = n;
+        }
+        if let Some(n) = b.retries {
+            c.batch.retries = n;
+        }
+        if let Some(a) = &self.access {
+            c.access = a.parse::<Access>().map_err(|_| {
+                Error::new(
+                    ErrorCode::InvalidArgValue,
+                    format!(
+                        "access must be one of \"public\", \"registered\", \"verified\", \"agent\", got {a:?}"
+                    ),
+                )
+            })?;
+        }
+        // The core checks every range once, with messages naming the field.
+        tilewarm::client::Client::<()>::new(c.clone())
+            .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.push(("content-type".into(), "application/json".into()));
+        Ok(Checked {
+            config: c,
+            endpoint: self.endpoint.clone(),
+            headers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_json(j: &str) -> Result<Options, serde_json::Error> {
+        serde_json::from_str(j)
+    }
+
+    #[test]
+    fn js_shaped_options_land_in_the_core_config() {
+        let o = from_json(
+            r#"{"endpoint":"http://127.0.0.1:8080/v1/batch","tileZoom":13,"maxItems":500,
+                "ttl":{"default":60,"byClass":{"active":30}},"prefetch":{"ring":2},
+                "batch":{"timeoutMs":1500,"retries":1},"access":"registered",
+                "headers":{"x-app":"demo","Content-Type":"text/plain"}}"#,
+        )
+        .unwrap();
+        let c = o.check().unwrap();
+        assert_eq!(c.config.cache.tile_zoom, 13);
+        assert_eq!(c.config.planner.tile_zoom, 13);
+        assert_eq!(c.config.cache.max_items, 500);
+        assert_eq!(c.config.cache.default_ttl_ms, 60_000);
+        assert_eq!(c.config.cache.class_ttl_ms.get("active"), Some(&30_000));
+        assert_eq!(c.config.cache.class_ttl_ms.len(), 1);
+        assert_eq!(c.config.planner.ring, 2);
+        assert_eq!(c.config.batch.timeout_ms, 1500);
+        assert_eq!(c.config.batch.retries, 1);
+        assert_eq!(c.config.access, Access::Registered);
+        assert_eq!(
+            c.headers,
+            vec![
+                ("x-app".to_string(), "demo".to_string()),
+                ("content-type".to_string(), "application/json".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_refused_by_name() {
+        let e = from_json(r#"{"endpoint":"http://x/","maxitems":5}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `maxitems`"), "{e}");
+        let e = from_json(r#"{"endpoint":"http://x/","batch":{"timeoutMs":"fast"}}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_what_is_allowed() {
+        let bad = |o: Options| o.check().unwrap_err();
+        let e = bad(Options::new("/v1/batch"));
+        assert_eq!(e.code, ErrorCode::InvalidArgValue);
+        assert!(
+            e.message
+                .contains("endpoint must be an absolute http(s) URL"),
+            "{e}"
+        );
+        let e = bad(Options {
+            access: Some("admin".into()),
+            ..Options::new("http://h/")
+        });
+        assert!(e.message.contains("access must be one of"), "{e}");
+        let e = bad(Options {
+            max_items: Some(0),
+            ..Options::new("http://h/")
+        });
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(e.message.contains("max_items"), "{e}");
+        let e = bad(Options {
+            ttl: TtlOptions {
+                default: Some(u64::MAX),
+                ..TtlOptions::default()
+            },
+            ..Options::new("http://h/")
+        });
+        assert!(e.message.contains("ttl.default"), "{e}");
+    }
+}
