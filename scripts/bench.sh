@@ -90,9 +90,13 @@ HEAD
   echo
   echo "## npm package: size and Node micro-benchmarks: \`scripts/bench.sh pkg\`"
   echo
-  echo "Size budget: gzipped wasm + JS glue <= 40 KB."
+  echo "Size: a ratchet on the browser page (wasm + the JS it loads, gzipped), recorded in"
+  echo "\`bench/page-size.txt\`; \`make test\` fails when the page moves more than 1 KB from it"
+  echo "(see \"Size ratchet\" below)."
   echo
   section "$out/pkg-size.md" "(package size not measured in this invocation)"
+  echo
+  cat docs/bench/size-ratchet.md
   echo
   echo "Node micro-benchmarks (\`bench/js/micro.mjs\`): each job against the same job composed from"
   echo "the JS libraries a page would otherwise use. Read \`setViewport\` with care: tilewarm's call"
