@@ -4,15 +4,16 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test edge-test demo-test bench demo demo-postgis setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test edge-test demo-test web-test bench demo demo-postgis setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
 ## formatting, clippy, cargo tests, the bare wasm32 core build, short passes of the fuzz
 ## targets, the soak test and schemathesis, the npm package and the Node tests against it,
-## the edge worker under workerd, then the demo page in headless Chromium.
+## the edge worker under workerd, the demo page and the Rust browser shell (web/) in
+## headless Chromium.
 ## Node's summary is the closing output.
-test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test edge-test demo-test
+test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test edge-test demo-test web-test
 
 setup:
 	scripts/setup.sh rust wasm node
@@ -108,6 +109,11 @@ edge-test: pkg
 ## against tilewarm-server; screenshots in target/demo-screenshot*.png.
 demo-test: pkg
 	scripts/demo-test.sh
+
+## The Rust browser shell (web/, tilewarm-web): wasm-bindgen-test in headless Chromium
+## against tilewarm-server on loopback behind a fault proxy (scripts/test-web.sh).
+web-test:
+	scripts/test-web.sh
 
 ## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part;
 ## the pkg part measures the package size against the ratchet in bench/page-size.txt).

@@ -229,7 +229,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         // The rest through serde: a copy without `auth` (functions are not data).
         let rest = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
         let _ = js_sys::Reflect::delete_property(&rest, &key);
-        let opts: Options = serde_wasm_bindgen::from_value(rest.into())
+        // Through a JSON value: serde-wasm-bindgen reads a struct's own keys only, and a
+        // misspelt option must be an error, not silently the default.
+        let opts: Options = serde_wasm_bindgen::from_value::<serde_json::Value>(rest.into())
+            .and_then(|v| serde_json::from_value(v).map_err(|e| serde_wasm_bindgen::Error::new(e)))
             .map_err(|e| Error::new(ErrorCode::InvalidArgType, format!("options: {e}")))?;
         TileCache::with_auth(&opts, auth)
     }
@@ -680,6 +683,7 @@ fn decode<T: DeserializeOwned>(
         });
     }
     Ok(BatchResponse {
+        access: r.access,
         tiles: r.tiles,
         items,
         missing: r.missing,

@@ -60,8 +60,11 @@ pub struct TtlOptions {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefetchOptions {
-    /// Rings of data tiles around the view (0 turns prefetch off).
+    /// Rings of data tiles around the view (0 = none).
     pub ring: Option<u32>,
+    /// The neighbourhood of the view, in view sizes (0 = none). With `ring` and
+    /// `lookaheadMs` 0 too, nothing is prefetched.
+    pub view_ring: Option<f64>,
     /// How far ahead of the motion the planner looks, in ms.
     pub lookahead_ms: Option<u64>,
     /// Most tiles prefetched per viewport change.
@@ -145,6 +148,9 @@ impl Options {
         }
         if let Some(n) = self.prefetch.ring {
             c.planner.ring = n;
+        }
+        if let Some(n) = self.prefetch.view_ring {
+            c.planner.view_ring = n;
         }
         if let Some(n) = self.prefetch.lookahead_ms {
             c.planner.lookahead_ms = n;

@@ -1,0 +1,408 @@
+//! `TileCache` in headless Chromium against tilewarm-server on loopback, through the fault
+//! proxy of `fault-proxy.mjs` (each test its own session, so they cannot disturb each
+//! other). Run by `make web-test` (scripts/test-web.sh), which starts both and sets
+//! `TILEWARM_WEB_PROXY` at build time.
+#![cfg(target_arch = "wasm32")]
+
+use futures_util::StreamExt;
+use gloo_timers::future::TimeoutFuture;
+use serde_json::Value;
+use tilewarm_web::{
+    Access, Auth, BatchOptions, ErrorCode, Options, PrefetchOptions, TileCache, TileId, Update,
+};
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// The fault proxy's base URL, fixed when the test wasm was built.
+fn proxy() -> &'static str {
+    option_env!("TILEWARM_WEB_PROXY")
+        .expect("TILEWARM_WEB_PROXY is not set: run these tests with `make web-test`")
+}
+
+fn endpoint(session: &str) -> String {
+    format!("{}/s/{session}/v1/batch", proxy())
+}
+
+async fn control(session: &str, what: &str) -> Value {
+    let url = format!("{}/s/{session}/{what}", proxy());
+    let res = gloo_net::http::Request::get(&url).send().await.unwrap();
+    res.json().await.unwrap()
+}
+
+async fn set_mode(session: &str, mode: &str) {
+    control(session, &format!("mode/{mode}")).await;
+}
+
+/// How many batch requests reached the proxy, and how many the client aborted.
+async fn log(session: &str) -> (u64, u64) {
+    let l = control(session, "log").await;
+    (
+        l["requests"].as_u64().unwrap(),
+        l["aborted"].as_u64().unwrap(),
+    )
+}
+
+/// Waits (up to 15 s, then fails) until `cond` holds; a guard against hanging, not a
+/// timing assertion.
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    for _ in 0..300 {
+        if cond().await {
+            return;
+        }
+        TimeoutFuture::new(50).await;
+    }
+    panic!("gave up waiting until {what}");
+}
+
+/// Options: `ring` rings of prefetch (0: no prefetch at all), `retries`, a short timeout.
+fn options(session: &str, ring: u32, retries: u32) -> Options {
+    let off = (ring == 0).then_some(0u32);
+    Options {
+        prefetch: PrefetchOptions {
+            ring: Some(ring),
+            view_ring: off.map(f64::from),
+            lookahead_ms: off.map(u64::from),
+            ..PrefetchOptions::default()
+        },
+        batch: BatchOptions {
+            retries: Some(retries),
+            timeout_ms: Some(800),
+            ..BatchOptions::default()
+        },
+        ..Options::new(endpoint(session))
+    }
+}
+
+/// The data tile (zoom 14) `dx` tiles east and `dy` south of downtown Seattle, where the
+/// server's synthetic city is.
+fn tile(dx: i64, dy: i64) -> TileId {
+    TileId::from_lon_lat(-122.3321, 47.6062, 14)
+        .unwrap()
+        .offset(dx, dy)
+        .unwrap()
+}
+
+/// A viewport inside one data tile, at map zoom 15.
+fn inside(t: TileId) -> [f64; 5] {
+    let b = t.bounds();
+    let (w, h) = (b.east - b.west, b.north - b.south);
+    [
+        b.west + w * 0.3,
+        b.south + h * 0.3,
+        b.east - w * 0.3,
+        b.north - h * 0.3,
+        15.0,
+    ]
+}
+
+fn show<T>(cache: &TileCache<T>, v: [f64; 5]) -> tilewarm_web::View<T>
+where
+    T: serde::de::DeserializeOwned + 'static,
+{
+    cache.set_viewport(v[0], v[1], v[2], v[3], v[4]).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn a_cold_view_fetches_once_and_completes() {
+    let s = "cold";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let view = show(&cache, inside(tile(0, 0)));
+    assert!(!view.complete && view.items.is_empty());
+    assert_eq!(view.missing_tiles, vec![tile(0, 0)]);
+    cache.when_complete().await.unwrap();
+    let view = cache.view();
+    assert!(view.complete, "{:?}", view.missing_tiles);
+    assert!(!view.items.is_empty(), "the synthetic city has homes here");
+    assert!(view
+        .items
+        .iter()
+        .all(|i| tile(0, 0).contains_point(i.item.lon, i.item.lat)));
+    assert!(view.items[0].item.data.is_object(), "data kept as JSON");
+    // The same view again is served from the cache.
+    let again = show(&cache, inside(tile(0, 0)));
+    assert!(again.complete);
+    assert_eq!(again.items.len(), view.items.len());
+    assert_eq!(
+        log(s).await,
+        (1, 0),
+        "one request on the wire, none aborted"
+    );
+    assert_eq!(cache.stats().batch.requests, 1);
+}
+
+#[wasm_bindgen_test]
+async fn a_one_tile_pan_after_prefetch_needs_no_foreground_request() {
+    let s = "pan";
+    let cache: TileCache = TileCache::new(&options(s, 1, 1)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    wait_until("the prefetch ring has arrived", || async {
+        let st = cache.stats();
+        st.in_flight == 0 && st.prefetch_tiles_fetched > 0
+    })
+    .await;
+    let before = cache.stats();
+    let (wire_before, _) = log(s).await;
+    let view = show(&cache, inside(tile(1, 0)));
+    assert!(
+        view.complete,
+        "the tile east was prefetched: {:?}",
+        view.missing_tiles
+    );
+    assert!(!view.items.is_empty());
+    let after = cache.stats();
+    let foreground =
+        |st: &tilewarm_web::ClientStats| st.batch.requests - st.batch.prefetch_requests;
+    assert_eq!(
+        foreground(&after),
+        foreground(&before),
+        "no foreground request"
+    );
+    // Only prefetch requests (for the next ring) went out since.
+    let prefetches = after.batch.prefetch_requests - before.batch.prefetch_requests;
+    wait_until("the new prefetches reached the proxy", || async {
+        log(s).await.0 >= wire_before + prefetches
+    })
+    .await;
+    assert_eq!(log(s).await.0, wire_before + prefetches);
+}
+
+#[wasm_bindgen_test]
+async fn a_stale_prefetch_is_aborted_on_the_wire() {
+    let s = "stale";
+    set_mode(s, "slow").await;
+    let cache: TileCache = TileCache::new(&Options {
+        batch: BatchOptions {
+            timeout_ms: Some(5000),
+            ..BatchOptions::default()
+        },
+        ..options(s, 1, 0)
+    })
+    .unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let st = cache.stats();
+    assert!(
+        st.batch.prefetch_requests >= 1,
+        "a prefetch went out: {st:?}"
+    );
+    wait_until("the requests reached the proxy", || async {
+        log(s).await.0 >= st.batch.requests
+    })
+    .await;
+    // Far away: nothing around the first view is wanted any more.
+    set_mode(s, "pass").await;
+    show(&cache, inside(tile(40, 40)));
+    let cancelled = cache.stats().batch.cancelled;
+    assert!(cancelled >= 1, "the core cancelled the unwanted requests");
+    wait_until("the proxy saw the aborted requests closed", || async {
+        log(s).await.1 >= cancelled
+    })
+    .await;
+    cache.when_complete().await.unwrap();
+    assert!(cache.view().complete);
+}
+
+#[wasm_bindgen_test]
+async fn a_500_and_a_stall_leave_cached_data_usable() {
+    let s = "faults";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let mut updates = cache.updates();
+    let home = inside(tile(0, 0));
+    show(&cache, home);
+    cache.when_complete().await.unwrap();
+    let cached = cache.view().items.len();
+    assert!(cached > 0);
+
+    set_mode(s, "500").await;
+    show(&cache, inside(tile(3, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(500)), "{e}");
+    let view = show(&cache, home);
+    assert!(
+        view.complete && view.items.len() == cached,
+        "cached data still shown"
+    );
+
+    set_mode(s, "stall").await;
+    show(&cache, inside(tile(0, 3)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    let view = show(&cache, home);
+    assert!(
+        view.complete && view.items.len() == cached,
+        "cached data still shown"
+    );
+    wait_until("the stalled request was aborted", || async {
+        log(s).await.1 >= 1
+    })
+    .await;
+
+    // Both failures went to the update stream too.
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        match updates.next().await.unwrap() {
+            Update::Error(e) => codes.push(e.code),
+            Update::View(_) | Update::Complete => {}
+        }
+    }
+    assert_eq!(codes, vec![ErrorCode::Http, ErrorCode::Timeout]);
+}
+
+#[wasm_bindgen_test]
+async fn hostile_answers_are_errors_not_panics() {
+    let s = "hostile";
+    set_mode(s, "hostile").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    // One cold tile per hostile body in fault-proxy.mjs (8).
+    for i in 0..8 {
+        show(&cache, inside(tile(10 + i, 10)));
+        let e = cache.when_complete().await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidResponse, "body {i}: {e}");
+    }
+    assert_eq!(cache.stats().cache.entries, 0);
+    assert_eq!(cache.stats().errors, 8);
+}
+
+/// Security: a server that ignores tiers answers every tile with an item of tier "agent";
+/// none reaches a public caller's cache, view or get.
+#[wasm_bindgen_test]
+async fn items_above_the_callers_tier_never_reach_the_page() {
+    let s = "tier";
+    set_mode(s, "tier").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let _ = cache.when_complete().await;
+    assert!(log(s).await.0 >= 1);
+    assert!(cache
+        .view()
+        .items
+        .iter()
+        .all(|i| i.item.access == Access::Public));
+    assert_eq!(cache.stats().cache.entries, 0);
+}
+
+#[wasm_bindgen_test]
+async fn get_and_get_many_use_the_cache_then_the_endpoint() {
+    let s = "get";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let id = cache.view().items[0].item.id.clone();
+    let (wire, _) = log(s).await;
+    let hit = cache.get(&id).await.unwrap().expect("cached");
+    assert_eq!(hit.id, id);
+    assert_eq!(log(s).await.0, wire, "a cached item needs no request");
+    let got = cache.get_many(&[&id, "no-such-home"]).await.unwrap();
+    assert!(got[0].is_some() && got[1].is_none());
+    assert_eq!(log(s).await.0, wire + 1, "one request for the unknown id");
+    let e = cache.get_many(&[""]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::OutOfRange);
+}
+
+#[wasm_bindgen_test]
+async fn the_update_stream_and_invalidate() {
+    let s = "stream";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let mut updates = cache.updates();
+    show(&cache, inside(tile(0, 0)));
+    let first = loop {
+        if let Update::View(v) = updates.next().await.unwrap() {
+            break v;
+        }
+    };
+    assert!(!first.items.is_empty());
+    cache.when_complete().await.unwrap();
+    let n = cache.invalidate(tilewarm_web::Invalidate::All);
+    assert!(n > 0);
+    match updates.next().await.unwrap() {
+        Update::View(v) => assert!(!v.complete && v.items.is_empty()),
+        other => panic!("expected the emptied view, got {other:?}"),
+    }
+    cache.when_complete().await.unwrap();
+    assert_eq!(
+        log(s).await.0,
+        2,
+        "the emptied visible tile was fetched again"
+    );
+}
+
+/// Items' data into the caller's own type.
+#[derive(serde::Deserialize, Debug)]
+#[allow(dead_code)] // read through Debug only
+struct Home {
+    price: Option<f64>,
+}
+
+#[wasm_bindgen_test]
+async fn data_into_a_callers_type() {
+    let cache: TileCache<Home> = TileCache::new(&options("typed", 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let items = cache.view().items;
+    assert!(!items.is_empty());
+    assert!(format!("{:?}", items[0].item.data).starts_with("Home"));
+    // A type the data does not fit: the answer is refused as invalid, not half-used.
+    let strict: TileCache<Vec<Home>> = TileCache::new(&options("typed2", 0, 0)).unwrap();
+    show(&strict, inside(tile(0, 0)));
+    let e = strict.when_complete().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidResponse);
+    assert!(e.message.contains("does not fit the item type"), "{e}");
+}
+
+fn js(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn options_from_a_js_object_with_an_auth_callback() {
+    let s = "auth-js";
+    set_mode(s, "auth").await;
+    let o = js(&format!(
+        r#"{{"endpoint":"{}","prefetch":{{"ring":0,"viewRing":0,"lookaheadMs":0}},"batch":{{"retries":0}}}}"#,
+        endpoint(s)
+    ));
+    // The first token is stale: the 401 makes the cache ask again, once.
+    let calls = js_sys::Array::new();
+    let token = js_sys::Function::new_with_args(
+        "calls",
+        "return () => { calls.push(1); return Promise.resolve(calls.length === 1 ? 'stale' : 'good'); }",
+    )
+    .call1(&JsValue::UNDEFINED, &calls)
+    .unwrap();
+    let auth = js_sys::Object::new();
+    js_sys::Reflect::set(&auth, &"token".into(), &token).unwrap();
+    js_sys::Reflect::set(&o, &"auth".into(), &auth).unwrap();
+    let cache: TileCache = TileCache::from_js(&o).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    assert!(!cache.view().items.is_empty());
+    assert_eq!(calls.length(), 2);
+    let l = control(s, "log").await;
+    assert_eq!(
+        l["auth"],
+        serde_json::json!(["Bearer stale", "Bearer good"])
+    );
+
+    let bad = TileCache::<Value>::from_js(&js(r#"{"endpoint":"http://h/","maxItem":3}"#));
+    let e = bad.err().unwrap();
+    assert!(e.message.contains("maxItem"), "{e}");
+    let bad = TileCache::<Value>::from_js(&js(r#"{"endpoint":"http://h/","auth":{}}"#));
+    assert_eq!(bad.err().unwrap().code, ErrorCode::InvalidArgType);
+}
+
+#[wasm_bindgen_test]
+async fn a_token_refused_twice_is_err_unauthorized() {
+    let s = "auth-bad";
+    set_mode(s, "auth").await;
+    let cache: TileCache =
+        TileCache::with_auth(&options(s, 0, 0), Some(Auth::fixed("wrong"))).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!(e.code.as_str(), "ERR_UNAUTHORIZED", "{e}");
+    assert_eq!(log(s).await.0, 2, "asked again once, not more");
+}

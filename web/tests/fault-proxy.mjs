@@ -1,0 +1,101 @@
+// The browser tests' fault injector: a loopback HTTP proxy in front of tilewarm-server.
+// Each test uses its own session, /s/NAME/..., so tests cannot disturb each other:
+//   POST /s/NAME/v1/batch   the batch endpoint, answered per the session's mode:
+//                           pass (forward), slow (forward after 1500 ms), 500, stall (never
+//                           answers), hostile (the next of HOSTILE), auth (forward only with
+//                           "Authorization: Bearer good", else 401), tier (well-formed
+//                           answers whose items are all of tier "agent")
+//   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
+//                           ({ requests, aborted, auth: [header...], bodies: [...] })
+// A request counts as aborted when the client closed it before an answer was sent.
+// Usage: node fault-proxy.mjs UPSTREAM_BATCH_URL   (prints "listening PORT")
+import http from 'node:http';
+
+const upstream = new URL(process.argv[2]);
+const CORS = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-headers': 'content-type, authorization',
+  'access-control-allow-methods': 'GET, POST, OPTIONS',
+  'access-control-expose-headers': 'retry-after',
+};
+const ITEM = (over) => ({ id: 'h1', lon: -122.3, lat: 47.6, class: 'active', access: 'public', data: {}, ...over });
+// Answers a batch endpoint must never give; the last one is well formed but carries an item
+// above the caller's tier, which must never reach the cache.
+const HOSTILE = [
+  'not json at all',
+  '{"tiles": "14/2624/5721"}',
+  '['.repeat(100000) + ']'.repeat(100000),
+  JSON.stringify({ tiles: [{ tile: '99/1/1', ids: [] }], items: [], missing: [] }),
+  JSON.stringify({ tiles: [], items: [ITEM({ lon: 1e308, lat: -1e308 })], missing: [] }),
+  JSON.stringify({ tiles: [], items: [ITEM({ access: 'root' })], missing: [] }),
+  JSON.stringify({ tiles: [], items: [ITEM({ id: 'x'.repeat(100000) })], missing: [] }),
+  '{"tiles":[],"items":[],"missing":[]' + ' '.repeat(10),
+];
+// A well-formed answer listing, in every requested tile, one item of tier "agent" whatever
+// the request's tier: a server that ignores tiers.
+function aboveTier(request) {
+  const centre = (t) => {
+    const [z, x, y] = t.split('/').map(Number);
+    const n = 2 ** z;
+    const lat = (Math.atan(Math.sinh(Math.PI * (1 - (2 * (y + 0.5)) / n))) * 180) / Math.PI;
+    return { lon: ((x + 0.5) / n) * 360 - 180, lat };
+  };
+  const tiles = request.tiles.map((t, i) => ({ tile: t, ids: [`secret-${i}`] }));
+  const items = request.tiles.map((t, i) => ITEM({ id: `secret-${i}`, access: 'agent', ...centre(t) }));
+  return { tiles, items, missing: [] };
+}
+const sessions = new Map();
+const session = (name) => {
+  if (!sessions.has(name)) sessions.set(name, { mode: 'pass', requests: 0, aborted: 0, hostile: 0, auth: [], bodies: [] });
+  return sessions.get(name);
+};
+const send = (res, status, body, headers = {}) => {
+  res.writeHead(status, { ...CORS, 'content-type': 'application/json', ...headers });
+  res.end(typeof body === 'string' ? body : JSON.stringify(body));
+};
+
+function forward(res, text) {
+  const up = http.request(upstream, { method: 'POST', headers: { 'content-type': 'application/json' } }, (u) => {
+    const chunks = [];
+    u.on('data', (c) => chunks.push(c));
+    u.on('end', () => {
+      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString());
+    });
+  });
+  up.on('error', (e) => { if (!res.destroyed) send(res, 502, { error: { code: 'upstream', message: e.message } }); });
+  up.end(text);
+}
+
+const server = http.createServer((req, res) => {
+  if (req.method === 'OPTIONS') { res.writeHead(204, CORS); res.end(); return; }
+  const m = req.url.match(/^\/s\/([\w-]+)\/(.*)$/);
+  if (!m) { send(res, 404, { error: 'use /s/NAME/...' }); return; }
+  const s = session(m[1]);
+  const rest = m[2];
+  if (rest.startsWith('mode/')) { s.mode = rest.slice(5); send(res, 200, s); return; }
+  if (rest === 'log') { send(res, 200, s); return; }
+  if (rest !== 'v1/batch') { send(res, 404, { error: `no ${rest}` }); return; }
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    const text = Buffer.concat(chunks).toString();
+    s.requests += 1;
+    s.auth.push(req.headers.authorization ?? null);
+    try { s.bodies.push(JSON.parse(text)); } catch { s.bodies.push(text); }
+    res.on('close', () => { if (!res.writableFinished) s.aborted += 1; });
+    switch (s.mode) {
+      case 'pass': forward(res, text); break;
+      case 'slow': setTimeout(() => { if (!res.destroyed) forward(res, text); }, 1500); break;
+      case '500': send(res, 500, { error: { code: 'internal', message: 'injected by fault-proxy' } }); break;
+      case 'stall': break; // never answers; the client's timeout must abort it
+      case 'hostile': send(res, 200, HOSTILE[s.hostile++ % HOSTILE.length]); break;
+      case 'tier': send(res, 200, aboveTier(JSON.parse(text))); break;
+      case 'auth':
+        if (req.headers.authorization === 'Bearer good') forward(res, text);
+        else send(res, 401, { error: { code: 'unauthorized', message: 'bad token' } });
+        break;
+      default: send(res, 500, { error: `unknown mode ${s.mode}` });
+    }
+  });
+});
+server.listen(0, '127.0.0.1', () => console.log(`listening ${server.address().port}`));
