@@ -10,10 +10,10 @@ MAKEFLAGS += --no-print-directory
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
 ## formatting, clippy, cargo tests, the bare wasm32 core build, short passes of the fuzz
 ## targets, the soak test and schemathesis, the npm package and the Node tests against it,
-## the edge worker under workerd, the demo page and the Rust browser shell (web/) in
+## the edge worker under workerd, the Rust browser shell (web/) and the demo page in
 ## headless Chromium.
 ## Node's summary is the closing output.
-test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test edge-test demo-test web-test
+test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test edge-test web-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
