@@ -7,6 +7,10 @@
 #
 # Environment: PORT (8080), HOST (127.0.0.1), ORIGIN_LATENCY_MS (80: the origin stands in
 # for a slow valuation API, so what the cache saves is visible).
+#
+# Sign-in: the server gets a throwaway random HS256 secret (TILEWARM_JWT_SECRET, new on
+# every run) and --dev-tokens, so the page's tier selector fetches a short-lived token for
+# the chosen tier from POST /dev/token (answered to loopback callers only) and sends it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=${HOST:-127.0.0.1} port=${PORT:-8080}
@@ -16,7 +20,9 @@ scripts/setup.sh rust
 cargo build --release -p tilewarm-server
 scripts/demo-build.sh --out target/www
 
-target/release/tilewarm-server --listen "$host:$port" --www target/www \
+TILEWARM_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export TILEWARM_JWT_SECRET
+target/release/tilewarm-server --listen "$host:$port" --www target/www --dev-tokens \
   --origin-latency-ms "${ORIGIN_LATENCY_MS:-80}" "$@" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' INT TERM EXIT

@@ -162,6 +162,28 @@ async function makeCache() {
   pushViewport();
 }
 
+// ---------------------------------------------------------------- sign-in
+// The tier selector signs in for real: `make demo` runs the server with --dev-tokens, whose
+// loopback-only POST /dev/token issues a short-lived token per tier. Without that route
+// (another server, `make demo-test`) no token is sent and the server answers `public`.
+const auth = { tier: null, token: null, expires: 0 };
+async function tokenFor(tier) {
+  const sameOrigin = new URL(opts.endpoint, location.href).origin === location.origin;
+  if (!sameOrigin) return null; // never hand this server's token to another
+  if (auth.tier === tier && Date.now() < auth.expires - 60_000) return auth.token;
+  try {
+    const res = await fetch(new URL('/dev/token', location.href), {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ access: tier }),
+    });
+    if (!res.ok) return null;
+    const { token, expires_in: ttl } = await res.json();
+    Object.assign(auth, { tier, token, expires: Date.now() + ttl * 1000 });
+    return token;
+  } catch {
+    return null;
+  }
+}
+
 // A fetch that watches the batch requests go by, to tell which data tiles are in flight,
 // arrived for the view, or arrived ahead of it (only used when the package has no
 // tile-state method of its own).
@@ -173,6 +195,12 @@ async function trackingFetch(input, init) {
     if (typeof body === 'string') tiles = (JSON.parse(body).tiles ?? []).flatMap((t) => tracker.expand(t));
   } catch { /* not a batch request we can read: leave the states alone */ }
   tracker.sent(tiles);
+  const token = await tokenFor(opts.access);
+  if (token) {
+    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
+    headers.set('authorization', `Bearer ${token}`);
+    init = { ...init, headers };
+  }
   let res;
   try {
     res = await fetch(input, init);

@@ -92,15 +92,18 @@ struct WireItem<'a> {
 
 #[derive(Serialize)]
 struct WireResponse<'a> {
+    access: Access,
     tiles: &'a [TileList],
     items: Vec<WireItem<'a>>,
     missing: &'a [String],
 }
 
-/// Answers a decoded request with the response JSON.
-pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
+/// Answers a decoded request with the response JSON, filtered for `tier`: the caller's
+/// verified tier lowered by the request's `access` (HTTP decides it; `req.access` is not
+/// read here). The response's `access` reports it.
+pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<String, Refusal> {
     let dz = app.config.data_zoom;
-    let caller = req.access;
+    let caller = tier;
 
     // 1. Route every requested tile; collect the data tiles once each.
     let mut data_tiles: Vec<TileId> = Vec::new();
@@ -290,6 +293,7 @@ pub async fn answer(app: &App, req: &BatchRequest) -> Result<String, Refusal> {
     }
 
     let wire = WireResponse {
+        access: caller,
         tiles: &lists,
         items: items
             .iter()

@@ -107,6 +107,54 @@ pub struct Config {
     #[arg(long, default_value = "any", value_name = "any|none|ORIGINS")]
     pub cors: String,
 
+    /// HS256 secret that caller tokens (`Authorization: Bearer <JWT>`) are verified with,
+    /// at least 32 bytes. Prefer the TILEWARM_JWT_SECRET environment variable (a flag
+    /// shows in the process list). Without it and without --jwks, every caller is `public`.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Public keys that caller tokens are verified with: a JWKS file, or an http(s) URL
+    /// read once at startup. RS256/PS256/ES256/ES384/EdDSA; the token's `kid` selects the
+    /// key; each key verifies only its own algorithm.
+    #[arg(long, value_name = "FILE|URL")]
+    pub jwks: Option<String>,
+
+    /// Required `iss` of caller tokens (not checked when absent).
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of caller tokens (not checked when absent).
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub jwt_leeway_s: u64,
+
+    /// The token claim holding the caller's tier (public, registered, verified, agent).
+    #[arg(long, default_value = "tilewarm_access", value_name = "CLAIM")]
+    pub jwt_tier_claim: String,
+
+    /// Take the caller's tier from this request header, UNVERIFIED. Only for a server that
+    /// is reachable solely through an authenticating gateway that sets (and strips) it;
+    /// excludes --jwt-secret and --jwks.
+    #[arg(long, value_name = "NAME")]
+    pub trust_tier_header: Option<String>,
+
+    /// Serve `GET /metrics` on its own address (e.g. 127.0.0.1:9090) instead of the API's.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Serve `GET /metrics` on the API's address too, to anyone who can reach it (off by
+    /// default: the counters describe traffic and data).
+    #[arg(long)]
+    pub metrics_public: bool,
+
+    /// Development only: `POST /dev/token {"access":"<tier>"}` issues short-lived tokens
+    /// signed with the HS256 secret, to loopback callers only (`make demo`).
+    #[arg(long)]
+    pub dev_tokens: bool,
+
     /// Zoom of the data tiles the cache tier keys tile lists by.
     #[arg(long, default_value_t = 14, value_name = "Z")]
     pub data_zoom: u8,
@@ -319,6 +367,12 @@ impl Config {
             return bad(
                 "--origin-token-file is for an upstream origin (--origin http(s)://…)".into(),
             );
+        }
+        if self.jwt_leeway_s > 600 {
+            return bad(format!(
+                "--jwt-leeway-s must be in 0..=600, got {}",
+                self.jwt_leeway_s
+            ));
         }
         if self.redis_timeout_ms == 0 {
             return bad("--redis-timeout-ms must be at least 1, got 0".into());

@@ -1,19 +1,22 @@
 //! The HTTP surface: routes, the protocol's JSON error bodies for every client mistake
-//! (including the ones axum would answer in plain text), CORS, static files, metrics.
+//! (including the ones axum would answer in plain text), who is calling ([`crate::auth`]),
+//! CORS, static files, metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::handler::HandlerWithoutStateExt;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tilewarm::access::Access;
 use tilewarm::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
@@ -37,6 +40,32 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
         body.to_json(),
     )
         .into_response()
+}
+
+/// The response header naming the tier an answer was filtered for.
+pub const ACCESS_HEADER: &str = "x-tilewarm-access";
+
+/// 401 for a refused credential: the protocol's error body and
+/// `WWW-Authenticate: Bearer error="invalid_token"`.
+pub fn unauthorized(message: impl Into<String>) -> Response {
+    let mut r = error_response(ErrorCode::Unauthorized, message);
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    r
+}
+
+/// 403 for a request `access` above the caller's verified tier, naming both tiers.
+pub fn forbidden_tier(asked: Access, verified: Access) -> Response {
+    error_response(
+        ErrorCode::Forbidden,
+        format!(
+            "access {asked:?} is above this caller's verified tier {verified:?}: ask for {verified:?} or lower, or send a token for a higher tier",
+            asked = asked.as_str(),
+            verified = verified.as_str()
+        ),
+    )
 }
 
 fn json_response(body: String) -> Response {
@@ -64,13 +93,23 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
             get(healthz).fallback(|| async {
                 error_response(ErrorCode::MethodNotAllowed, "/healthz accepts GET")
             }),
-        )
-        .route(
+        );
+    if app.config.metrics_public {
+        router = router.route(
             "/metrics",
             get(metrics).fallback(|| async {
                 error_response(ErrorCode::MethodNotAllowed, "/metrics accepts GET")
             }),
         );
+    }
+    if app.config.dev_tokens {
+        router = router.route(
+            "/dev/token",
+            post(dev_token).fallback(|| async {
+                error_response(ErrorCode::MethodNotAllowed, "/dev/token accepts POST")
+            }),
+        );
+    }
     router = match &app.config.www {
         Some(dir) => router.fallback_service(
             ServeDir::new(dir)
@@ -88,12 +127,25 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
     Ok(router.layer(TraceLayer::new_for_http()))
 }
 
-/// `any`, `none`, or a comma-separated origin list.
+/// The router of `--metrics-listen`: `GET /metrics` only.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            error_response(ErrorCode::NotFound, "this address serves GET /metrics only")
+        })
+        .with_state(app)
+}
+
+/// `any`, `none`, or a comma-separated origin list. `Authorization` is an allowed request
+/// header (a bearer token is not a cookie: no `Access-Control-Allow-Credentials` is needed,
+/// and a page can only send a token it holds) and the tier header is exposed.
 fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
     let base = || {
         CorsLayer::new()
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([CONTENT_TYPE])
+            .allow_headers([CONTENT_TYPE, AUTHORIZATION])
+            .expose_headers([axum::http::HeaderName::from_static(ACCESS_HEADER)])
             .max_age(Duration::from_secs(600))
     };
     match spec.trim() {
@@ -133,7 +185,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 async fn not_found() -> Response {
     error_response(
         ErrorCode::NotFound,
-        "no such route: the API is POST /v1/batch, GET /healthz, GET /metrics",
+        "no such route: the API is POST /v1/batch and GET /healthz (GET /metrics with --metrics-public, or on --metrics-listen)",
     )
 }
 
@@ -159,6 +211,11 @@ async fn batch_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
 }
 
 async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
+    // Who is calling, before anything is read: a refused credential costs no body.
+    let caller = match app.auth.caller(headers) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e.0),
+    };
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     if let Err(e) = check_content_type(content_type) {
         return error_response(e.code, e.message);
@@ -193,9 +250,70 @@ async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(e.code, e.message),
     };
-    match batch::answer(app, &request).await {
-        Ok(json) => json_response(json),
+    // The body may only lower the tier.
+    if request.access > caller.tier {
+        return forbidden_tier(request.access, caller.tier);
+    }
+    let tier = effective_tier(caller.tier, request.access);
+    match batch::answer(app, &request, tier).await {
+        Ok(json) => {
+            let mut r = json_response(json);
+            r.headers_mut()
+                .insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
+            r
+        }
         Err(refusal) => error_response(refusal.code, refusal.message),
+    }
+}
+
+/// The tier an answer is filtered for: the verified tier, lowered by the request's
+/// `access` (never raised by it).
+pub fn effective_tier(verified: Access, asked: Access) -> Access {
+    verified.min(asked)
+}
+
+/// `POST /dev/token {"access":"<tier>"}` (`--dev-tokens` only): a short-lived token for
+/// that tier, to loopback callers only.
+async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+        return error_response(
+            ErrorCode::Forbidden,
+            "/dev/token answers loopback callers only",
+        );
+    }
+    let bytes = match Limited::new(req.into_body(), 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return error_response(ErrorCode::PayloadTooLarge, "body is more than 1024 bytes");
+        }
+    };
+    let asked = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("access").and_then(|a| a.as_str()).map(str::to_owned));
+    let Some(tier) = asked.and_then(|a| a.parse::<Access>().ok()) else {
+        return error_response(
+            ErrorCode::BadRequest,
+            "send {\"access\":\"<tier>\"} with a tier: public, registered, verified or agent",
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match app.auth.dev_token(tier, now) {
+        Some(token) => json_response(
+            serde_json::json!({
+                "token": token,
+                "access": tier,
+                "expires_in": crate::auth::DEV_TOKEN_TTL_S,
+            })
+            .to_string(),
+        ),
+        None => error_response(ErrorCode::Internal, "no dev signing key"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! See `docs/server.md` for the design (keys, degraded mode, limits) and
 //! `docs/openapi.yaml` for the protocol.
 
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod http;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::Limits;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -49,6 +50,8 @@ pub struct App {
     pub warmup: Warmup,
     /// The invalidation log and counters ([`invalidate`]).
     pub invalidation: invalidate::Invalidations,
+    /// Who is calling: verifies bearer tokens ([`auth`]).
+    pub auth: auth::Verifier,
 }
 
 /// Starting failed; the message says what to fix.
@@ -73,8 +76,10 @@ pub enum StartError {
 pub struct Server {
     /// The bound address (the real port when `--listen` had port 0).
     pub addr: SocketAddr,
+    /// The bound `--metrics-listen` address, when given.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<watch::Sender<bool>>,
     task: JoinHandle<()>,
 }
 
@@ -87,7 +92,7 @@ impl Server {
     /// Stops accepting, finishes in-flight requests, and returns when done.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
@@ -102,6 +107,20 @@ impl Server {
 /// Needs a Tokio runtime.
 pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     config.validate()?;
+    let jwks = match &config.jwks {
+        Some(spec) => Some(auth::read_jwks(spec).await.map_err(StartError::Other)?),
+        None => None,
+    };
+    let verifier =
+        auth::Verifier::from_config(&config, jwks.as_deref()).map_err(StartError::Other)?;
+    if verifier.verifies_tokens() || config.trust_tier_header.is_some() {
+        info!(auth = %verifier.describe(), "callers");
+    } else {
+        tracing::warn!(auth = %verifier.describe(), "callers");
+    }
+    if config.dev_tokens {
+        tracing::warn!("--dev-tokens: POST /dev/token issues tokens for any tier to loopback callers; development only");
+    }
     let metrics = Arc::new(Metrics::default());
     let cache_config = config.cache_config();
     let tier = match &config.redis {
@@ -158,6 +177,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         metrics,
         warmup,
         invalidation: invalidate::Invalidations::default(),
+        auth: verifier,
         config,
     });
     if let Some(feed) = app.origin.change_feed() {
@@ -213,18 +233,51 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
-    let (tx, rx) = oneshot::channel::<()>();
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut metrics_addr = None;
+    let metrics_task = match app.config.metrics_listen {
+        Some(maddr) => {
+            let ml = TcpListener::bind(maddr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: maddr,
+                    source,
+                })?;
+            let bound = ml.local_addr().map_err(|source| StartError::Listen {
+                addr: maddr,
+                source,
+            })?;
+            metrics_addr = Some(bound);
+            info!(addr = %bound, "metrics listening");
+            let mrouter = http::metrics_router(Arc::clone(&app));
+            let rx = rx.clone();
+            Some(tokio::spawn(async move {
+                let serve = axum::serve(ml, mrouter).with_graceful_shutdown(stopped(rx));
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics listener stopped with an error");
+                }
+            }))
+        }
+        None => None,
+    };
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async {
-            let _ = rx.await;
-        });
+        // The peer address is kept for `/dev/token`'s loopback check.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, service).with_graceful_shutdown(stopped(rx));
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "server stopped with an error");
+        }
+        if let Some(t) = metrics_task {
+            let _ = t.await;
         }
     });
     info!(%addr, "listening");
     Ok(Server {
         addr,
+        metrics_addr,
         app,
         shutdown: Some(tx),
         task,

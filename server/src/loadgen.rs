@@ -58,8 +58,8 @@ pub fn wait_port(port: u16, within: Duration) {
     }
 }
 
-/// Starts `bin` as `tilewarm-server` on `port` (log level warn, `extra` flags) and waits
-/// until it listens.
+/// Starts `bin` as `tilewarm-server` on `port` (log level warn, `/metrics` on the same
+/// port for the harness to read, `extra` flags) and waits until it listens.
 pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
     let child = Command::new(bin)
         .args([
@@ -67,6 +67,7 @@ pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
             &format!("127.0.0.1:{port}"),
             "--log-level",
             "warn",
+            "--metrics-public",
         ])
         .args(extra)
         .stdout(Stdio::null())

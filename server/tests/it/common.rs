@@ -14,13 +14,47 @@ use hyper_util::rt::TokioExecutor;
 pub use tilewarm_server::Config;
 use tilewarm_server::{start, Server};
 
-/// A small city so tests start fast; everything else at the binary's defaults.
+/// The HS256 secret test servers verify tokens with.
+pub const TEST_SECRET: &str = "tilewarm-test-secret-0123456789abcdef";
+
+/// A small city so tests start fast, tokens verified with [`TEST_SECRET`], `/metrics` on
+/// the API's address; everything else at the binary's defaults.
 pub fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         synthetic_homes: 5_000,
+        jwt_secret: Some(TEST_SECRET.into()),
+        metrics_public: true,
         ..Config::default()
     }
+}
+
+/// Seconds since the epoch.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token signed with [`TEST_SECRET`] with these claims.
+pub fn sign_hs256(claims: &serde_json::Value) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid token for `tier` (an hour left), signed with [`TEST_SECRET`].
+pub fn token_for(tier: tilewarm::access::Access) -> String {
+    sign_hs256(&serde_json::json!({
+        "sub": format!("test-{tier}"),
+        "exp": now_s() + 3600,
+        "tilewarm_access": tier.as_str(),
+    }))
 }
 
 pub async fn server(config: Config) -> Server {
@@ -63,12 +97,27 @@ impl Reply {
 
 pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer` unless a request sets its own `authorization`.
+    token: Option<String>,
 }
 
 impl Http {
+    /// A client holding an `agent` token for [`TEST_SECRET`] servers: it may see every
+    /// tier, as the data-path tests need. The auth tests use [`Http::anonymous`] and
+    /// [`Http::with_token`].
     pub fn new() -> Http {
+        Http::with_token(Some(token_for(tilewarm::access::Access::Agent)))
+    }
+
+    /// A client sending no credential.
+    pub fn anonymous() -> Http {
+        Http::with_token(None)
+    }
+
+    pub fn with_token(token: Option<String>) -> Http {
         Http {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            token,
         }
     }
 
@@ -83,11 +132,39 @@ impl Http {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
+        let own = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(t), false) = (&self.token, own) {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
         let req = req.body(Full::new(body.into())).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .expect("answer within 30 s")
             .expect("request succeeds");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POSTs `body` with an `Authorization` header of arbitrary bytes (not valid UTF-8).
+    pub async fn send_raw_header(&self, url: &str, authorization: &[u8], body: String) -> Reply {
+        let req = Request::builder()
+            .method("POST")
+            .uri(url)
+            .header(
+                "authorization",
+                hyper::header::HeaderValue::from_bytes(authorization).unwrap(),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = self.client.request(req).await.expect("request succeeds");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();

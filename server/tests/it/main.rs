@@ -1,6 +1,7 @@
 //! Loopback integration tests of `tilewarm-server`: one test binary, servers spawned in
 //! process on 127.0.0.1:0, a real `redis-server` for the shared-tier tests.
 
+mod auth;
 mod common;
 mod openapi;
 mod postgis;

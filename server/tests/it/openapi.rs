@@ -128,6 +128,38 @@ async fn real_responses_match_docs_openapi_yaml() {
     for r in &errors {
         conforms(&spec, "/v1/batch", "post", r);
     }
+    // Who is calling: a token that does not verify (401) and a body above the caller's
+    // tier (403), and the tier header of a 200.
+    let anon = Http::anonymous();
+    let denied = [
+        anon.send(
+            "POST",
+            &url,
+            &[("authorization", "Bearer not.a.token")],
+            r#"{"tiles":["14/2624/5721"]}"#,
+        )
+        .await,
+        anon.batch(&s, r#"{"tiles":["14/2624/5721"],"access":"agent"}"#)
+            .await,
+    ];
+    assert_eq!(
+        denied.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [401, 403]
+    );
+    for r in &denied {
+        conforms(&spec, "/v1/batch", "post", r);
+    }
+    assert_eq!(
+        denied[0].headers["www-authenticate"],
+        spec["paths"]["/v1/batch"]["post"]["responses"]["401"]["headers"]["WWW-Authenticate"]
+            ["schema"]["const"]
+            .as_str()
+            .unwrap()
+    );
+    let ok = anon.batch(&s, r#"{"tiles":["14/2624/5721"]}"#).await;
+    assert_eq!(ok.headers["x-tilewarm-access"], "public");
+    assert_eq!(ok.json()["access"], "public");
+    conforms(&spec, "/v1/batch", "post", &ok);
 
     let health = http.get(&format!("{}/healthz", s.url())).await;
     conforms(&spec, "/healthz", "get", &health);

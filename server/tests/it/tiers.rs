@@ -170,7 +170,7 @@ impl World {
                     let req = self.request(r);
                     let app = Arc::clone(&self.app);
                     set.spawn(async move {
-                        let out = answer(&app, &req).await;
+                        let out = answer(&app, &req, req.access).await;
                         (req, out)
                     });
                 }

@@ -168,7 +168,16 @@ async fn answers_pass_through_unchanged_with_the_servers_token() {
 async fn a_chain_of_two_servers_answers_as_one() {
     let http = Http::new();
     let a = server(config()).await;
-    let b = server(upstream_config(&format!("{}/v1/batch", a.url()))).await;
+    // B authenticates to A with an agent token (it asks its origin for every tier).
+    let dir = std::env::temp_dir().join(format!("tw-chain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
     let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
     let t = densest(&o);
     let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Registered);

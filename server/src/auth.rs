@@ -1,0 +1,496 @@
+//! Who is calling: the caller's *verified* tier from an `Authorization: Bearer <JWT>`
+//! header (or, only when explicitly configured, from a header an authenticating gateway
+//! sets). Nothing below HTTP reads the request body's `access` as a claim: the handler
+//! refuses a body asking for more than the verified tier (403) and passes the effective
+//! tier to [`crate::batch::answer`].
+//!
+//! Tokens are verified with the `jsonwebtoken` crate (ring underneath, already in the
+//! server's tree for TLS). Each key is pinned to one algorithm: the `--jwt-secret` key to
+//! HS256, each JWKS key to the algorithm its JWK names (or its key type implies: RSA →
+//! RS256, P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA). A token whose header names
+//! another algorithm is refused before any signature check, so `alg: none` (not even an
+//! algorithm the crate knows) and HS/RS confusion (an HS256 token "signed" with a public
+//! key) cannot verify. Symmetric keys in a JWKS are refused at startup for the same reason.
+//!
+//! Checked claims: `exp` (required), `nbf` (when present), `iss` and `aud` (when
+//! configured), with `--jwt-leeway-s` of clock leeway. The tier is the claim named by
+//! `--jwt-tier-claim` (default `tilewarm_access`): a tier name; a valid token without it
+//! is `public`. `sub`, when present, identifies the caller.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
+use serde_json::Value;
+use tilewarm::access::Access;
+
+use crate::Config;
+
+/// Longest `Authorization` header read, in bytes; a longer one is refused unparsed.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The environment variable holding the HS256 secret when `--jwt-secret` is not given.
+pub const SECRET_ENV: &str = "TILEWARM_JWT_SECRET";
+
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The highest tier this caller may see.
+    pub tier: Access,
+    /// The token's `sub`, when it had one (for per-caller limits).
+    pub sub: Option<String>,
+}
+
+impl Caller {
+    /// No credential: `public`.
+    pub fn anonymous() -> Caller {
+        Caller {
+            tier: Access::Public,
+            sub: None,
+        }
+    }
+}
+
+/// Why a credential was refused (answered with 401 and
+/// `WWW-Authenticate: Bearer error="invalid_token"`). The message never quotes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unauthorized(pub String);
+
+/// One verification key, pinned to one algorithm.
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Where tiers come from.
+enum Mode {
+    /// No key configured: every caller is `public` and a bearer token is refused (it
+    /// cannot be checked, and silently ignoring it would hide a misconfiguration).
+    Off,
+    /// Bearer JWTs checked against these keys.
+    Jwt(Vec<Key>),
+    /// The named header, set by an authenticating gateway in front (`--trust-tier-header`).
+    TrustHeader(String),
+}
+
+/// The configured verifier.
+pub struct Verifier {
+    mode: Mode,
+    /// The HS256 secret, kept only to sign `--dev-tokens`.
+    dev_signer: Option<EncodingKey>,
+    tier_claim: String,
+    leeway_s: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Verifier {
+    /// A verifier that trusts nothing: every caller is `public`.
+    pub fn off() -> Verifier {
+        Verifier {
+            mode: Mode::Off,
+            dev_signer: None,
+            tier_claim: "tilewarm_access".into(),
+            leeway_s: 30,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// The verifier the flags describe. `jwks_text` is the JWKS document when `--jwks`
+    /// was given (read by the caller: a file or a URL). The error names the flag.
+    pub fn from_config(config: &Config, jwks_text: Option<&str>) -> Result<Verifier, String> {
+        let mut v = Verifier {
+            mode: Mode::Off,
+            dev_signer: None,
+            tier_claim: config.jwt_tier_claim.clone(),
+            leeway_s: config.jwt_leeway_s,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        };
+        if v.tier_claim.is_empty() {
+            return Err("--jwt-tier-claim must not be empty".into());
+        }
+        let secret = config
+            .jwt_secret
+            .clone()
+            .or_else(|| std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()));
+        if let Some(name) = &config.trust_tier_header {
+            if secret.is_some() || config.jwks.is_some() {
+                return Err(
+                    "--trust-tier-header and --jwt-secret/--jwks exclude each other: either a gateway in front authenticates, or this server does".into(),
+                );
+            }
+            axum::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("--trust-tier-header: {name:?} is not a header name"))?;
+            v.mode = Mode::TrustHeader(name.to_ascii_lowercase());
+            return Ok(v);
+        }
+        let mut keys = Vec::new();
+        if let Some(s) = secret {
+            if s.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "--jwt-secret / {SECRET_ENV} is {} bytes, at least {MIN_SECRET_BYTES} are needed for HS256",
+                    s.len()
+                ));
+            }
+            keys.push(Key {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(s.as_bytes()),
+            });
+            if config.dev_tokens {
+                v.dev_signer = Some(EncodingKey::from_secret(s.as_bytes()));
+            }
+        }
+        if config.dev_tokens && v.dev_signer.is_none() {
+            return Err(format!(
+                "--dev-tokens signs with the HS256 secret: give --jwt-secret or {SECRET_ENV}"
+            ));
+        }
+        if let Some(text) = jwks_text {
+            keys.extend(parse_jwks(text)?);
+        }
+        if !keys.is_empty() {
+            v.mode = Mode::Jwt(keys);
+        }
+        Ok(v)
+    }
+
+    /// What startup logs: how tiers are decided.
+    pub fn describe(&self) -> String {
+        match &self.mode {
+            Mode::Off => "no key configured (--jwt-secret, --jwks): every caller is public".into(),
+            Mode::Jwt(keys) => format!(
+                "bearer JWTs: {} key(s), tier claim {:?}, leeway {} s{}{}",
+                keys.len(),
+                self.tier_claim,
+                self.leeway_s,
+                self.issuer
+                    .as_deref()
+                    .map(|i| format!(", iss {i:?}"))
+                    .unwrap_or_default(),
+                self.audience
+                    .as_deref()
+                    .map(|a| format!(", aud {a:?}"))
+                    .unwrap_or_default(),
+            ),
+            Mode::TrustHeader(h) => format!(
+                "tier taken from the {h:?} header, UNVERIFIED: only safe behind an authenticating gateway that sets it"
+            ),
+        }
+    }
+
+    /// Whether tokens can be checked (a key is configured).
+    pub fn verifies_tokens(&self) -> bool {
+        matches!(self.mode, Mode::Jwt(_))
+    }
+
+    /// The caller of a request with these headers.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Unauthorized> {
+        match &self.mode {
+            Mode::TrustHeader(name) => match headers.get(name.as_str()) {
+                None => Ok(Caller::anonymous()),
+                Some(v) => {
+                    let tier = v
+                        .to_str()
+                        .ok()
+                        .and_then(|s| s.trim().parse::<Access>().ok())
+                        .ok_or_else(|| {
+                            Unauthorized(format!(
+                                "header {name} is not a tier: public, registered, verified or agent"
+                            ))
+                        })?;
+                    Ok(Caller { tier, sub: None })
+                }
+            },
+            Mode::Off => match headers.get(AUTHORIZATION) {
+                None => Ok(Caller::anonymous()),
+                Some(_) => Err(Unauthorized(
+                    "this server has no key to verify tokens with: send no Authorization header"
+                        .into(),
+                )),
+            },
+            Mode::Jwt(keys) => match headers.get(AUTHORIZATION) {
+                None => Ok(Caller::anonymous()),
+                Some(v) => {
+                    let raw = v.as_bytes();
+                    if raw.len() > MAX_TOKEN_BYTES {
+                        return Err(Unauthorized(format!(
+                            "Authorization header is {} bytes, at most {MAX_TOKEN_BYTES} are allowed",
+                            raw.len()
+                        )));
+                    }
+                    let text = std::str::from_utf8(raw)
+                        .map_err(|_| Unauthorized("Authorization header is not text".into()))?;
+                    let token = bearer(text).ok_or_else(|| {
+                        Unauthorized("Authorization must be \"Bearer <token>\" with a JWT".into())
+                    })?;
+                    self.verify(keys, token)
+                }
+            },
+        }
+    }
+
+    fn verify(&self, keys: &[Key], token: &str) -> Result<Caller, Unauthorized> {
+        let header = decode_header(token)
+            .map_err(|e| Unauthorized(format!("token is not a JWT: {}", reason(&e))))?;
+        let key = match &header.kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or_else(|| Unauthorized("token's kid names no configured key".into()))?,
+            // No kid: the secret if there is one, else the only key.
+            None => keys
+                .iter()
+                .find(|k| k.kid.is_none())
+                .or(if keys.len() == 1 { keys.first() } else { None })
+                .ok_or_else(|| {
+                    Unauthorized("token has no kid and several keys are configured".into())
+                })?,
+        };
+        if header.alg != key.alg {
+            return Err(Unauthorized(format!(
+                "token is signed with {:?}, its key allows only {:?}",
+                header.alg, key.alg
+            )));
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.leeway_s;
+        validation.validate_nbf = true;
+        // Configured iss/aud are required, not only checked when present.
+        let mut required = vec!["exp"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = decode::<Value>(token, &key.key, &validation)
+            .map_err(|e| Unauthorized(format!("token refused: {}", reason(&e))))?;
+        let claims = data.claims;
+        let tier = match claims.get(&self.tier_claim) {
+            None | Some(Value::Null) => Access::Public,
+            Some(Value::String(s)) => s.parse::<Access>().map_err(|_| {
+                Unauthorized(format!(
+                    "claim {} is not a tier: public, registered, verified or agent",
+                    self.tier_claim
+                ))
+            })?,
+            Some(_) => {
+                return Err(Unauthorized(format!(
+                    "claim {} must be a tier name (a string)",
+                    self.tier_claim
+                )))
+            }
+        };
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(256).collect());
+        Ok(Caller { tier, sub })
+    }
+}
+
+/// How long a `--dev-tokens` token lives, in seconds.
+pub const DEV_TOKEN_TTL_S: u64 = 900;
+
+impl Verifier {
+    /// A short-lived token for `tier`, signed with the HS256 secret (`--dev-tokens` only;
+    /// the route serving it answers loopback callers only). `None` without `--dev-tokens`.
+    pub fn dev_token(&self, tier: Access, now_s: u64) -> Option<String> {
+        let signer = self.dev_signer.as_ref()?;
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), Value::from(format!("dev-{tier}")));
+        claims.insert("iat".into(), Value::from(now_s));
+        claims.insert("exp".into(), Value::from(now_s + DEV_TOKEN_TTL_S));
+        claims.insert(self.tier_claim.clone(), Value::from(tier.to_string()));
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), Value::from(iss.as_str()));
+        }
+        if let Some(aud) = &self.audience {
+            claims.insert("aud".into(), Value::from(aud.as_str()));
+        }
+        encode(&Header::new(Algorithm::HS256), &claims, signer).ok()
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A verification failure in words (the crate's own, which never quote the token).
+fn reason(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "expired (exp is past)".into(),
+        K::ImmatureSignature => "not valid yet (nbf is in the future)".into(),
+        K::InvalidSignature => "signature does not verify".into(),
+        K::InvalidIssuer => "wrong issuer (iss)".into(),
+        K::InvalidAudience => "wrong audience (aud)".into(),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "algorithm not allowed".into(),
+        K::MissingRequiredClaim(c) => format!("claim {c} is required"),
+        K::InvalidToken => "malformed".into(),
+        K::Base64(_) => "not base64url".into(),
+        K::Json(_) => "header or claims are not the expected JSON".into(),
+        K::Utf8(_) => "not UTF-8".into(),
+        _ => "invalid".into(),
+    }
+}
+
+/// The keys of a JWKS document, each pinned to one asymmetric algorithm.
+fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("--jwks: not a JWKS document: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("--jwks: the key set has no keys".into());
+    }
+    let mut kids = HashSet::new();
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let alg = jwk_algorithm(jwk).map_err(|e| format!("--jwks: keys[{i}]: {e}"))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("--jwks: keys[{i}]: {e}"))?;
+        let kid = jwk.common.key_id.clone();
+        if let Some(k) = &kid {
+            if !kids.insert(k.clone()) {
+                return Err(format!("--jwks: keys[{i}]: kid {k:?} is used twice"));
+            }
+        } else if set.keys.len() > 1 {
+            return Err(format!(
+                "--jwks: keys[{i}] has no kid; with several keys each needs one"
+            ));
+        }
+        keys.push(Key { kid, alg, key });
+    }
+    Ok(keys)
+}
+
+/// The one algorithm a JWK may verify.
+fn jwk_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
+    let implied = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Algorithm::ES256,
+            EllipticCurve::P384 => Algorithm::ES384,
+            _ => return Err("EC keys must be on P-256 or P-384".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(
+                "symmetric (oct) keys are not accepted in a JWKS: give an HMAC secret with --jwt-secret".into(),
+            )
+        }
+    };
+    let Some(named) = jwk.common.key_algorithm else {
+        return Ok(implied);
+    };
+    let alg = match named {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        other => {
+            return Err(format!(
+                "alg {other:?} is not an asymmetric signature algorithm"
+            ))
+        }
+    };
+    let family_ok = matches!(
+        (&jwk.algorithm, alg),
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) | (
+            AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+    );
+    if !family_ok
+        || (alg != implied && matches!(jwk.algorithm, AlgorithmParameters::EllipticCurve(_)))
+    {
+        return Err(format!("alg {alg:?} does not fit the key's type"));
+    }
+    Ok(alg)
+}
+
+/// Reads `--jwks`: a file path, or an `http(s)://` URL fetched once at startup.
+pub async fn read_jwks(spec: &str) -> Result<String, String> {
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return fetch_jwks(spec).await;
+    }
+    std::fs::read_to_string(Path::new(spec)).map_err(|e| format!("--jwks {spec}: {e}"))
+}
+
+async fn fetch_jwks(url: &str) -> Result<String, String> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("--jwks {url}: {e}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let req = hyper::Request::get(uri)
+        .header("accept", "application/json")
+        .body(Empty::new())
+        .map_err(|e| format!("--jwks {url}: {e}"))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| format!("--jwks {url}: no answer within 10 s"))?
+        .map_err(|e| format!("--jwks {url}: {e}"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| format!("--jwks {url}: reading the key set failed: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("--jwks {url}: HTTP {status}"));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| format!("--jwks {url}: not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+}
