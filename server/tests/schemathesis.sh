@@ -13,7 +13,8 @@
 #
 # Two runs: anonymous (every caller is `public`: a body asking for more is a documented
 # 403), then with an `agent` bearer token from the server's loopback-only --dev-tokens
-# route (a throwaway random secret per run). Reports: target/schemathesis/junit.xml and
+# route (a throwaway random secret per run). `/metrics` is served on the API address
+# (--metrics-public) so its documented 200 is exercised. Reports: target/schemathesis/junit.xml and
 # junit-token.xml.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +27,7 @@ mkdir -p "$out"
 TILEWARM_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export TILEWARM_JWT_SECRET
 target/debug/tilewarm-server --listen "127.0.0.1:$port" --log-level warn \
-  --synthetic-homes 5000 --dev-tokens > "$out/server.log" 2>&1 &
+  --synthetic-homes 5000 --dev-tokens --metrics-public > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
