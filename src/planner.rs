@@ -106,6 +106,13 @@ pub struct PlannerConfig {
     /// viewport sizes from the view's centre and not candidates any more (default 3.0).
     /// The slack keeps work that is already paid for when the user zooms in and back out.
     pub keep_views: f64,
+    /// The prefetch areas (the `view_ring` neighbourhood, the pan look-ahead and the zoom-out
+    /// view) are widened to whole tiles this many zooms coarser than the data zoom (default
+    /// 2, as `batch.coalesce_levels`; 0 = off): each block of `4^align_levels` data tiles is
+    /// then wanted whole or not at all, so the batcher can ask for it as one coarse tile.
+    /// Unaligned, the areas' edges cut through blocks and each cut block costs up to 16
+    /// request tiles instead of one.
+    pub align_levels: u8,
 }
 
 impl Default for PlannerConfig {
@@ -122,6 +129,7 @@ impl Default for PlannerConfig {
             max_visible_tiles: 1024,
             max_lead_viewports: 2.0,
             keep_views: 3.0,
+            align_levels: 2,
         }
     }
 }
@@ -149,6 +157,9 @@ impl PlannerConfig {
                 crate::util::Num(self.min_zoom),
                 "a number in 0..=30",
             );
+        }
+        if self.align_levels > 4 {
+            return bad("align_levels", self.align_levels, "an integer in 0..=4");
         }
         if self.ring > 8 {
             return bad("ring", self.ring, "an integer in 0..=8");
@@ -533,7 +544,8 @@ impl Planner {
             // The neighbourhood: the views around this one (and so the zoom-out view).
             if cfg.view_ring > 0.0 {
                 let k = 1.0 + 2.0 * cfg.view_ring;
-                for t in rect_tiles(z, s.cx, s.cy, s.w * k, s.h * k, 4096) {
+                let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w * k, s.h * k, cfg.align_levels);
+                for t in rect_tiles(z, cx, cy, w, h, 4096) {
                     add(t, &mut scores, 0.0);
                 }
             }
@@ -543,7 +555,8 @@ impl Planner {
                 for i in 1..=steps {
                     let f = i as f64 / steps as f64;
                     let (cx, cy) = (s.cx + dx * f, s.cy + dy * f);
-                    for t in rect_tiles(z, cx, cy, s.w, s.h, 4096) {
+                    let (cx, cy, w, h) = align_rect(cx, cy, s.w, s.h, cfg.align_levels);
+                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
                         // Tiles on the motion path rank ahead of ring tiles behind.
                         add(t, &mut scores, 0.25);
                     }
@@ -555,7 +568,9 @@ impl Planner {
                 let target = vp.zoom - dz;
                 if target >= cfg.min_zoom && dz > 0.05 {
                     let k = pow2(dz);
-                    for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 4096) {
+                    let (cx, cy, w, h) =
+                        align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
+                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
                         add(t, &mut scores, 0.0);
                     }
                 }
@@ -565,7 +580,9 @@ impl Planner {
             let target = vp.zoom + vz * lead;
             if target >= cfg.min_zoom {
                 let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
-                for t in rect_tiles(z, s.cx + dx, s.cy + dy, s.w * k, s.h * k, 1024) {
+                let (cx, cy, w, h) =
+                    align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
+                for t in rect_tiles(z, cx, cy, w, h, 1024) {
                     add(t, &mut scores, 0.0);
                 }
             }
@@ -625,6 +642,24 @@ fn clamp_lead(dx: f64, dy: f64, s: &Sample, max: f64) -> (f64, f64) {
     };
     let f = fx.min(fy);
     (dx * f, dy * f)
+}
+
+/// A rectangle (centre and size, in data-tile coordinates) widened to the edges of the
+/// tiles `levels` zooms coarser (blocks of `2^levels` data tiles a side).
+fn align_rect(cx: f64, cy: f64, w: f64, h: f64, levels: u8) -> (f64, f64, f64, f64) {
+    if levels == 0 {
+        return (cx, cy, w, h);
+    }
+    let g = f64::from(1u32 << levels);
+    let (x0, x1) = (
+        ((cx - w / 2.0) / g).floor() * g,
+        ((cx + w / 2.0) / g).ceil() * g,
+    );
+    let (y0, y1) = (
+        ((cy - h / 2.0) / g).floor() * g,
+        ((cy + h / 2.0) / g).ceil() * g,
+    );
+    ((x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0)
 }
 
 /// Offset from `c` to the centre of tile `t`, x the short way round the world.
@@ -736,7 +771,13 @@ mod tests {
 
     #[test]
     fn view_ring_prefetches_the_neighbouring_views_nearest_first() {
-        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        // The neighbourhood's own geometry: not widened to coarse blocks
+        // (`prefetch_areas_are_whole_coarse_blocks` tests that).
+        let unaligned = PlannerConfig {
+            align_levels: 0,
+            ..PlannerConfig::default()
+        };
+        let mut p = Planner::new(unaligned.clone()).unwrap();
         let vp = vp_at(1000.5, 1000.0, 2.8, 1.8, 14.0);
         let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
         // 3 x 2 visible; the 3 x 3 views around it span 9 x 6 tiles.
@@ -756,13 +797,64 @@ mod tests {
         let mut small = Planner::new(PlannerConfig {
             budget_per_visible: 1.0,
             max_tiles_per_round: 4,
-            ..PlannerConfig::default()
+            ..unaligned
         })
         .unwrap();
         let plan = small.plan(&vp, 0, unknown, none_in_flight).unwrap();
         assert_eq!(plan.prefetch.len(), 6);
         assert!(plan.prefetch.iter().all(|w| ring.contains(&w.tile())));
         assert_eq!(plan.wanted.len(), 9 * 6, "all candidates stay wanted");
+    }
+
+    #[test]
+    fn align_rect_widens_to_block_edges() {
+        // 4-tile blocks: 10.5 +- 3 = 7.5..13.5 widens to 4..16.
+        let (cx, cy, w, h) = align_rect(10.5, 6.0, 6.0, 4.0, 2);
+        assert_eq!((cx - w / 2.0, cx + w / 2.0), (4.0, 16.0));
+        assert_eq!((cy - h / 2.0, cy + h / 2.0), (4.0, 8.0));
+        assert_eq!(align_rect(10.5, 6.0, 6.0, 4.0, 0), (10.5, 6.0, 6.0, 4.0));
+    }
+
+    #[test]
+    fn prefetch_areas_are_whole_coarse_blocks() {
+        // A 5 x 3 tile view, not on block edges, moving east (look-ahead on).
+        let blocks = |align_levels: u8| {
+            let mut p = Planner::new(PlannerConfig {
+                align_levels,
+                ..PlannerConfig::default()
+            })
+            .unwrap();
+            p.plan(
+                &vp_at(8001.3, 5001.7, 5.0, 3.0, 14.5),
+                0,
+                unknown,
+                none_in_flight,
+            )
+            .unwrap();
+            let plan = p
+                .plan(
+                    &vp_at(8002.3, 5001.7, 5.0, 3.0, 14.5),
+                    500,
+                    unknown,
+                    none_in_flight,
+                )
+                .unwrap();
+            let mut per_block: HashMap<TileId, usize> = HashMap::new();
+            for t in plan.visible.iter().chain(plan.wanted.iter()) {
+                *per_block.entry(t.ancestor(12).unwrap()).or_default() += 1;
+            }
+            // (blocks, blocks with all 16 data tiles wanted or visible)
+            let whole = per_block.values().filter(|&&n| n >= 16).count();
+            (per_block.len(), whole)
+        };
+        let (all, whole) = blocks(2);
+        assert!(all > 4, "{all} blocks");
+        // The neighbourhood, look-ahead and ring cover whole blocks; only the visible
+        // tiles (which are not widened) may leave a block part-covered, and they lie
+        // inside the neighbourhood.
+        assert_eq!(whole, all, "aligned: {whole} of {all} blocks whole");
+        let (all0, whole0) = blocks(0);
+        assert!(whole0 < all0, "unaligned: {whole0} of {all0} blocks whole");
     }
 
     #[test]

@@ -181,7 +181,8 @@ export interface TileCacheOptions {
     retries?: number;
     /**
      * Ask for a tile up to this many zooms coarser when all its data tiles are missing: an
-     * integer in 0..=4 (0 = off); the server must accept that zoom. Default 2.
+     * integer in 0..=4 (0 = off); the server must accept that zoom. Prefetch areas are widened
+     * to whole tiles of that zoom, so they go out as coarse tiles. Default 2.
      */
     coalesceLevels?: number;
   };

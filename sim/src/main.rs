@@ -132,6 +132,9 @@ struct RunArgs {
     /// tilewarm policy: budget_per_visible [default: 8]
     #[arg(long, value_name = "X")]
     tw_budget_per_visible: Option<f64>,
+    /// tilewarm policy: align_levels (0 = off) [default: 2]
+    #[arg(long, value_name = "N")]
+    tw_align_levels: Option<u8>,
 }
 
 fn parse_policy(p: &str) -> Result<Policy, String> {
@@ -235,6 +238,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         &mut cfg.tilewarm.budget_per_visible,
         a.tw_budget_per_visible,
     );
+    set(&mut cfg.tilewarm.align_levels, a.tw_align_levels);
     cfg.batch.validate().map_err(|e| e.to_string())?;
     for p in &policies {
         cfg.planner_for(*p).validate().map_err(|e| e.to_string())?;

@@ -288,9 +288,13 @@ pub(crate) const OPTIONS: [Opt; 23] = [
         "batch.coalesceLevels",
         int(0.0, 4.0),
         |c| c.batch.coalesce_levels as f64,
-        |c, v| c.batch.coalesce_levels = v as u8,
+        |c, v| {
+            c.batch.coalesce_levels = v as u8;
+            c.planner.align_levels = v as u8;
+        },
         "Ask for a tile up to this many zooms coarser when all its data tiles are missing: \
-         {allowed} (0 = off); the server must accept that zoom.",
+         {allowed} (0 = off); the server must accept that zoom. Prefetch areas are widened \
+         to whole tiles of that zoom, so they go out as coarse tiles.",
     ),
     other(
         "access",
