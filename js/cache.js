@@ -10,7 +10,7 @@ import { Engine } from './tilewarm.js';
 import {
   TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
-  ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, REQUEST_KINDS, TILE_STATES, TIERS,
+  ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
 } from './gen/boundary.js';
 
@@ -45,6 +45,16 @@ export function thrown(e, lookup) {
   const [kind, code, ...parts] = e;
   const message = parts.map((p, i) => (i % 2 ? show(lookup(p)) : p)).join('');
   return argError(ERROR_CLASSES[kind], CODES[code], message);
+}
+
+/** A packed tile id as [z, x, y]. */
+const unpack = (id) => [Math.floor(id / TILE_Z), Math.floor(id / TILE_X) % TILE_X, id % TILE_X];
+
+/** Whether tile `a` ([z, x, y]) is `b` or contains it, or lies inside it. */
+function covers(a, b) {
+  const [outer, inner] = a[0] <= b[0] ? [a, b] : [b, a];
+  const d = inner[0] - outer[0];
+  return Math.floor(inner[1] / 2 ** d) === outer[1] && Math.floor(inner[2] / 2 ** d) === outer[2];
 }
 
 /** A packed tile id (z·TILE_Z + x·TILE_X + y, as the wasm hands tiles out) as "z/x/y". */
@@ -181,7 +191,7 @@ function disposedError() {
  * Types and docs: index.d.ts.
  */
 export class TileCache {
-  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs;
+  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs; #tileSize;
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
@@ -192,6 +202,12 @@ export class TileCache {
   /** id -> [{ resolve, reject }] for get/getMany */
   #gets = new Map();
   #disposed = false;
+  /** loadTiles calls of this tick, read by one engine call in a microtask */
+  #queuedLoads = [];
+  /** loadTiles calls waiting for data tiles: { tiles, results, waiting: Map<index, packed[]>, ... } */
+  #pendingLoads = new Set();
+  /** request id -> its packed tiles, for the loads a request that gave up fails */
+  #reqTiles = new Map();
 
   /** Checks the options and starts a cache; see index.d.ts for every option. */
   static async create(options) {
@@ -222,14 +238,20 @@ export class TileCache {
     const classes = byClass ? Object.keys(byClass) : [];
     const seed = Math.floor(Math.random() * 2 ** 52);
     try {
-      this.#engine = new Engine(values, byClass !== undefined, classes, classes.map((c) => byClass[c]), options.access, seed);
+      this.#engine = new Engine(values, byClass !== undefined, classes, classes.map((c) => byClass[c]), options.access, options.tileSize, seed);
     } catch (e) {
       throw thrown(e, (f) => f.startsWith('ttl.byClass.') ? byClass[f.slice(12)] : f === 'access' ? options.access : byPath(options, f));
     }
+    this.#tileSize = options.tileSize ?? 256;
     this.#endpoint = url.href;
     this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
+  }
+
+  /** The `tileSize` option (256 or 512): the units of the viewport's zoom. */
+  get tileSize() {
+    return this.#tileSize;
   }
 
   /** The map moved: what the cache has for it now, and the fetches it needs, started. */
@@ -247,7 +269,7 @@ export class TileCache {
     }
     const view = this.#view(out);
     this.#run(out, view.n, view.r);
-    return { items: view.items, complete: view.complete, missingTiles: view.missingTiles };
+    return { items: view.items, complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles };
   }
 
   /** Resolves when every visible tile can be shown; rejects with the error of a
@@ -312,6 +334,65 @@ export class TileCache {
     return out[0][0];
   }
 
+  /** Items per tile for hosts that tile themselves; calls made in the same tick are read
+   * together, and the data tiles missing go out in as few requests as `batch.maxTiles`
+   * allows. Resolves with `{ tile, items }` or `{ tile, error }` per tile, in order;
+   * rejects with `signal.reason` when aborted. See index.d.ts. */
+  loadTiles(tiles, options = {}) {
+    this.#alive();
+    checkStrings('tiles', tiles);
+    if (!Array.isArray(tiles)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `tiles must be an array of strings, got ${show(tiles)}`);
+    if (!isObject(options)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `options must be an object {signal}, got ${show(options)}`);
+    checkKeys(options, ['signal'], '');
+    const { signal } = options;
+    if (signal !== undefined && !(typeof AbortSignal === 'function' && signal instanceof AbortSignal)) {
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `signal must be an AbortSignal, got ${show(signal)}`);
+    }
+    try {
+      this.#engine.tileStates(tiles, this.#now()); // checks every tile string
+    } catch (e) {
+      throw thrown(e, () => tiles);
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const load = { tiles: [...tiles], results: new Array(tiles.length), waiting: new Map(), resolve, reject, signal };
+      if (signal) {
+        load.onAbort = () => this.#abortLoad(load);
+        signal.addEventListener('abort', load.onAbort, { once: true });
+      }
+      this.#queuedLoads.push(load);
+      if (this.#queuedLoads.length === 1) queueMicrotask(() => this.#flushLoads());
+    });
+  }
+
+  /** Fetches a known destination ahead, behind the planner's prefetch and kept across
+   * viewports until fetched: a viewport (as `setViewport` takes) or tiles "z/x/y".
+   * Returns how many data tiles are not fresh yet (queued). */
+  prefetch(what) {
+    this.#alive();
+    let out;
+    if (Array.isArray(what)) {
+      checkStrings('tiles', what);
+      try {
+        out = this.#engine.prefetchTiles(what, this.#now());
+      } catch (e) {
+        throw thrown(e, () => what);
+      }
+    } else if (isObject(what)) {
+      const { west, south, east, north, zoom } = what;
+      try {
+        out = this.#engine.prefetchView(west, south, east, north, zoom, this.#now());
+      } catch (e) {
+        throw thrown(e, (f) => what[f]);
+      }
+    } else {
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE,
+        `prefetch takes a viewport {west, south, east, north, zoom} or an array of tiles, got ${show(what)}`);
+    }
+    this.#run(out, 1, 1);
+    return out[0][0];
+  }
+
   /** The state of each data tile, in order: 'loaded', 'prefetched' (fetched ahead and not
    * shown yet), 'inFlight' or 'missing'; see index.d.ts. */
   tileStates(tiles) {
@@ -357,6 +438,9 @@ export class TileCache {
     this.#requests.clear();
     clearTimeout(this.#timer);
     const err = disposedError();
+    for (const l of [...this.#queuedLoads, ...this.#pendingLoads]) this.#settleLoad(l, err);
+    this.#queuedLoads = [];
+    this.#pendingLoads.clear();
     for (const w of this.#waiters) w.reject(err);
     for (const ws of this.#gets.values()) for (const w of ws) w.reject(err);
     this.#waiters = [];
@@ -379,15 +463,116 @@ export class TileCache {
     return () => { set.delete(entry); };
   }
 
-  /** Reads a view header: `complete, missing, stale, items, missing tiles | items`. */
+  /** Reads the loads of this tick with one engine call (which queues what is missing). */
+  #flushLoads() {
+    const loads = this.#queuedLoads.filter((l) => !l.signal?.aborted);
+    this.#queuedLoads = [];
+    if (this.#disposed || loads.length === 0) return;
+    const tiles = [...new Set(loads.flatMap((l) => l.tiles))];
+    const out = this.#engine.loadTiles(tiles, true, this.#now());
+    const at = this.#readLoads(out, tiles);
+    for (const l of loads) {
+      this.#fillLoad(l, at.byTile);
+      if (l.waiting.size) this.#pendingLoads.add(l);
+    }
+    this.#run(out, at.n, at.r);
+  }
+
+  /** Per tile of a `loadTiles` engine answer: `{ items }`, `{ data }` (packed data tiles
+   * waited for) or `{ error }`; and where the records start. */
+  #readLoads(out, tiles) {
+    const nums = out[0];
+    let n = 0, r = 1;
+    const byTile = new Map();
+    for (const tile of tiles) {
+      const state = nums[n], count = nums[n + 1];
+      if (state === 1) {
+        byTile.set(tile, { items: out.slice(r, r + count) });
+        r += count;
+        n += 2;
+      } else if (state === 0) {
+        byTile.set(tile, { data: Array.from(nums.subarray(n + 2, n + 2 + count)) });
+        n += 2 + count;
+      } else {
+        const [max, minZ] = [nums[n + 2], nums[n + 3]];
+        byTile.set(tile, { error: argError(RangeError, ERR_TOO_MANY_TILES,
+          `tile ${tile} covers ${count} data tiles, more than maxVisibleTiles (${max}): ask for tiles at zoom ${minZ} or finer`) });
+        n += 4;
+      }
+    }
+    return { byTile, n, r };
+  }
+
+  #fillLoad(load, byTile) {
+    load.tiles.forEach((tile, i) => {
+      if (load.results[i]) return;
+      const got = byTile.get(tile);
+      if (!got) return;
+      if (got.data) load.waiting.set(i, got.data);
+      else {
+        load.waiting.delete(i);
+        load.results[i] = got.items ? { tile, items: got.items } : { tile, error: got.error };
+      }
+    });
+    if (load.waiting.size === 0) this.#settleLoad(load);
+  }
+
+  /** Re-reads the tiles pending loads wait for (after an answer or a failure). */
+  #checkLoads() {
+    if (this.#pendingLoads.size === 0 || this.#disposed) return;
+    const loads = [...this.#pendingLoads];
+    const tiles = [...new Set(loads.flatMap((l) => [...l.waiting.keys()].map((i) => l.tiles[i])))];
+    const out = this.#engine.loadTiles(tiles, false, this.#now());
+    const at = this.#readLoads(out, tiles);
+    for (const l of loads) this.#fillLoad(l, at.byTile);
+    this.#run(out, at.n, at.r);
+  }
+
+  /** A request that gave up: the loads waiting for a data tile it asked for get `error`
+   * for that tile. */
+  #failLoads(packedTiles, error) {
+    const asked = packedTiles.map(unpack);
+    for (const l of [...this.#pendingLoads]) {
+      for (const [i, data] of [...l.waiting]) {
+        if (data.some((d) => asked.some((a) => covers(a, unpack(d))))) {
+          l.waiting.delete(i);
+          l.results[i] = { tile: l.tiles[i], error };
+        }
+      }
+      if (l.waiting.size === 0) this.#settleLoad(l);
+    }
+  }
+
+  /** Resolves a load (or rejects it with `error`) and forgets it. */
+  #settleLoad(load, error) {
+    this.#pendingLoads.delete(load);
+    load.signal?.removeEventListener('abort', load.onAbort);
+    if (error) load.reject(error);
+    else load.resolve(load.results);
+  }
+
+  #abortLoad(load) {
+    const queued = this.#queuedLoads.indexOf(load);
+    if (queued >= 0) this.#queuedLoads.splice(queued, 1);
+    const was = this.#pendingLoads.has(load);
+    this.#settleLoad(load, load.signal.reason);
+    if (!was || this.#disposed) return;
+    // Data tiles no other load waits for are no longer queued.
+    const still = new Set();
+    for (const l of this.#pendingLoads) for (const d of l.waiting.values()) for (const t of d) still.add(t);
+    const drop = [...new Set([...load.waiting.values()].flat())].filter((t) => !still.has(t));
+    if (drop.length) this.#run(this.#engine.releaseTiles(drop, this.#now()), 0, 1);
+  }
+
+  /** Reads a view header: `complete, tooWide, missing, stale, items, missing tiles | items`. */
   #view(out) {
     const nums = out[0];
-    const missing = nums[1], stale = nums[2], count = nums[3];
-    const missingTiles = Array.from(nums.subarray(4, 4 + missing), tileName);
+    const missing = nums[2], stale = nums[3], count = nums[4];
+    const missingTiles = Array.from(nums.subarray(5, 5 + missing), tileName);
     const items = out.slice(1, 1 + count);
     for (let i = 0; i < count; i++) items[i].stale = i < stale;
     this.#setComplete(nums[0] === 1);
-    return { items, complete: nums[0] === 1, missingTiles, n: 4 + missing, r: 1 + count };
+    return { items, complete: nums[0] === 1, tooWide: nums[1] > 0, missingTiles, n: 5 + missing, r: 1 + count };
   }
 
   #setComplete(complete) {
@@ -403,7 +588,7 @@ export class TileCache {
   #run(out, n, r) {
     const nums = out[0];
     let updated = false, wakeup = -1;
-    const errors = [];
+    const errors = [], cancelled = [], gaveUp = [];
     while (n < nums.length) {
       switch (nums[n++]) {
         case TRANSMIT: {
@@ -413,10 +598,12 @@ export class TileCache {
           n += 6 + nt;
           const access = out[r], ids = out.slice(r + 1, r + 1 + ni);
           r += 1 + ni;
+          this.#reqTiles.set(id, Array.from(nums.subarray(n - nt, n)));
           this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
           break;
         }
         case CANCEL: {
+          cancelled.push(nums[n]);
           const req = this.#requests.get(nums[n++]);
           if (req) {
             this.#requests.delete(req.id);
@@ -430,7 +617,10 @@ export class TileCache {
         case ERROR: {
           const [id, kind, willRetry, failure, status, retryAfter] = nums.subarray(n, n + 6);
           n += 7;
-          errors.push(this.#error(id, kind, willRetry === 1, failure, status, retryAfter, out[r++]));
+          const e = this.#error(id, kind, willRetry === 1, failure, status, retryAfter, out[r++]);
+          errors.push(e);
+          if (willRetry !== 1 && this.#reqTiles.has(id)) gaveUp.push([this.#reqTiles.get(id), e]);
+          this.#reqTiles.delete(id);
           break;
         }
         case WAKEUP: wakeup = nums[n++]; break;
@@ -438,6 +628,8 @@ export class TileCache {
       }
     }
     this.#schedule(wakeup);
+    for (const id of cancelled) this.#reqTiles.delete(id);
+    for (const [tiles, e] of gaveUp) this.#failLoads(tiles, e);
     for (const e of errors) this.#emitError(e);
     if (updated) this.#refresh();
   }
@@ -449,7 +641,7 @@ export class TileCache {
     const view = this.#view(out);
     this.#run(out, view.n, view.r);
     for (const { listener } of [...this.#updates]) {
-      try { listener(view.items, { complete: view.complete, missingTiles: view.missingTiles }); } catch (e) { report(e); }
+      try { listener(view.items, { complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles }); } catch (e) { report(e); }
     }
   }
 
@@ -513,7 +705,9 @@ export class TileCache {
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
+    this.#reqTiles.delete(id);
     this.#run(out, 0, 1);
+    this.#checkLoads();
   }
 
   #finish(req) {
@@ -526,6 +720,7 @@ export class TileCache {
     this.#pendingDetail = req;
     this.#run(this.#engine.failure(req.id, failure, status, retryAfter, message, this.#now()), 0, 1);
     this.#pendingDetail = undefined;
+    this.#checkLoads();
   }
 
   #pendingDetail;

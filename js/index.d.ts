@@ -75,7 +75,9 @@ export interface Viewport {
   south: number;
   east: number;
   north: number;
-  /** Map zoom in 256-px XYZ terms, 0..=30 (fractional is fine): Leaflet's zoom as is, MapLibre's `getZoom() + 1` (its tiles are 512 px). */
+  /** Map zoom, 0..=30 (fractional is fine), in the units of the `tileSize` option: with the
+   * default 256, Leaflet's, OpenLayers' and deck.gl's zoom as is; with `tileSize: 512`,
+   * MapLibre's `getZoom()` as is. */
   zoom: number;
 }
 
@@ -97,8 +99,11 @@ export interface Item<Data = unknown> {
 export interface View<Data = unknown> {
   /** Every cached item in the view. */
   items: Item<Data>[];
-  /** Every visible data tile can be shown. */
+  /** Every visible data tile can be shown (never while `tooWide`). */
   complete: boolean;
+  /** The view covers more than `maxVisibleTiles` data tiles: nothing is fetched for it, and
+   * `items` are the cached ones in it. Not an error: zoom in (or raise the option). */
+  tooWide: boolean;
   /** Visible data tiles not loaded yet (being fetched). */
   missingTiles: TileString[];
 }
@@ -118,6 +123,17 @@ export interface FetchError extends Error {
   serverCode?: string;
 }
 
+/** One tile's answer from {@link TileCache.loadTiles}: its items, or why it has none. */
+export type TileLoad<Data = unknown> =
+  | { tile: string; items: Item<Data>[]; error?: undefined }
+  | {
+      tile: string;
+      items?: undefined;
+      /** The {@link FetchError} of the request that gave up on it, or a `RangeError`
+       * (`ERR_TOO_MANY_TILES`) for a tile that covers more than `maxVisibleTiles` data tiles. */
+      error: FetchError | TilewarmError;
+    };
+
 /** What {@link TileCache.invalidate} drops. */
 export interface Invalidation {
   ids?: string[];
@@ -135,6 +151,8 @@ export interface Invalidation {
  */
 export class TileCache<Data = unknown> {
   private constructor();
+  /** The `tileSize` option: the units of the viewport's zoom (adapters read it). */
+  readonly tileSize: 256 | 512;
   /** Checks the options and starts a cache. Rejects with a TypeError/RangeError on bad options. */
   static create<Data = unknown>(options: TileCacheOptions): Promise<TileCache<Data>>;
   /** The map moved: what the cache has for the view now (synchronously); the fetches for
@@ -160,6 +178,28 @@ export class TileCache<Data = unknown> {
    * `prefetched`). Throws a TypeError (`ERR_INVALID_TILE`) for a string that is not a tile
    * `z/x/y`. */
   tileStates(tiles: TileString[] | string[]): TileState[];
+  /**
+   * Items per tile, for hosts that tile their layers themselves (deck.gl `TileLayer`,
+   * OpenLayers' tile strategy, Leaflet `GridLayer`). Tiles are the host's `"z/x/y"` at any
+   * zoom: a tile finer than `tileZoom` gets the items inside it, a coarser one those of its
+   * data tiles (at most `maxVisibleTiles`). Tiles whose data tiles can be shown are
+   * answered without a request; calls made in the same tick are read together, so N
+   * one-tile calls need ceil(N / `batch.maxTiles`) requests. What is waited for stays
+   * queued across `setViewport` until it arrives.
+   *
+   * Resolves with one {@link TileLoad} per tile, in order; a tile whose request gave up
+   * has an `error`, the others still load. Rejects with `signal.reason` when the signal
+   * aborts (the tiles no other call waits for are no longer queued).
+   * @throws {TilewarmError} for a tile string that is not `z/x/y` or a bad `signal`
+   */
+  loadTiles(tiles: string[], options?: { signal?: AbortSignal }): Promise<TileLoad<Data>[]>;
+  /**
+   * Fetches a known destination ahead (a `flyTo`, a route, a search result): a viewport,
+   * as `setViewport` takes it, or tiles `"z/x/y"`. Queued behind the planner's prefetch
+   * and kept across viewports until fetched. Returns how many data tiles are not fresh.
+   * @throws {TilewarmError} `ERR_TOO_MANY_TILES` for more than `maxVisibleTiles` data tiles
+   */
+  prefetch(destination: Viewport | string[]): number;
   /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */
   setAccess(access: Access): void;
   stats(): TileCacheStats;

@@ -29,7 +29,7 @@
 //!
 //! let mut client: Client<String> = Client::new(ClientConfig::default()).unwrap();
 //! let view = Viewport::new(-122.36, 47.59, -122.31, 47.62, 14.5).unwrap();
-//! let shown = client.set_viewport(view, 0, |_item, _stale| {}).unwrap();
+//! let shown = client.set_viewport(view, 0, |_item, _stale| {});
 //! assert!(!shown.complete); // an empty cache: the view's tiles are being fetched
 //! let first = client.poll_request(0).unwrap();
 //! assert!(!first.request.tiles.is_empty());

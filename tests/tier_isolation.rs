@@ -202,8 +202,7 @@ impl World {
                 self.client
                     .set_viewport(view(*x, *y, *w, *h), self.now, |item, _| {
                         shown.push((item.id().to_string(), item.access()))
-                    })
-                    .unwrap();
+                    });
             }
             Op::Answer { n, ignore_tiers } => {
                 for s in self

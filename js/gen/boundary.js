@@ -63,8 +63,8 @@ export const FLAGS = ['breakerOpen'];
 /** The options: top-level names (groups at their first member's place), each group's
  * members, and the numeric options' paths in the order `new Engine` takes their values. */
 export const OPTIONS = [
-  'endpoint', 'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl', 'prefetch', 'batch',
-  'access', 'headers', 'fetch', 'now',
+  'endpoint', 'tileZoom', 'tileSize', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes',
+  'ttl', 'prefetch', 'batch', 'access', 'headers', 'fetch', 'now',
 ];
 export const GROUPS = {
   ttl: ['default', 'byClass', 'staleWhileRevalidate'],
@@ -72,10 +72,11 @@ export const GROUPS = {
   batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels'],
 };
 export const NUMBERS = [
-  'tileZoom', 'minZoom', 'maxItems', 'maxBytes', 'ttl.default', 'ttl.staleWhileRevalidate',
-  'prefetch.ring', 'prefetch.lookaheadMs', 'prefetch.maxTilesPerRound', 'prefetch.viewRing',
-  'prefetch.budgetPerVisible', 'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight',
-  'batch.timeoutMs', 'batch.retries', 'batch.coalesceLevels',
+  'tileZoom', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes', 'ttl.default',
+  'ttl.staleWhileRevalidate', 'prefetch.ring', 'prefetch.lookaheadMs',
+  'prefetch.maxTilesPerRound', 'prefetch.viewRing', 'prefetch.budgetPerVisible',
+  'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight', 'batch.timeoutMs', 'batch.retries',
+  'batch.coalesceLevels',
 ];
 
 /** Largest response body read, in bytes (the protocol's `Limits::max_body_bytes`). */

@@ -17,8 +17,8 @@ export type TilewarmErrorCode =
   /** A string that is not a tile `z/x/y` (TypeError) or names no tile (RangeError). */
   | 'ERR_INVALID_TILE'
   /**
-   * More tiles than one call may cover: a bbox of more than 4096 tiles, a viewport of more than
-   * 1024 data tiles. RangeError.
+   * More tiles than one call may cover: a bbox of more than 4096 tiles (a viewport over
+   * `maxVisibleTiles` data tiles is not an error but `tooWide`). RangeError.
    */
   | 'ERR_TOO_MANY_TILES'
   /**
@@ -109,10 +109,21 @@ export interface TileCacheOptions {
   /** Zoom of the data tiles: an integer in 0..=24. Default 14. */
   tileZoom?: number;
   /**
-   * Below this map zoom nothing is fetched: a number in 0..=30 (zooms are in 256-px XYZ terms:
-   * Leaflet's zoom as is, MapLibre's + 1). Default 12.
+   * The map's tile size in pixels, which sets the units of the viewport's `zoom` and of
+   * `minZoom`: 256 or 512 (256: Leaflet, OpenLayers, deck.gl; 512: MapLibre, whose zoom is then
+   * passed as it is). Default 256.
+   */
+  tileSize?: 256 | 512;
+  /**
+   * Below this map zoom nothing is fetched: a number in 0..=30, in the units `tileSize` sets.
+   * Default 12.
    */
   minZoom?: number;
+  /**
+   * Most data tiles a view may cover: an integer in 1..=4096. A wider view is `tooWide`:
+   * nothing is fetched for it and the cached items in it are still returned. Default 1024.
+   */
+  maxVisibleTiles?: number;
   /** Most items held: an integer in 1..=10000000. Default 50000. */
   maxItems?: number;
   /**

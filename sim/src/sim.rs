@@ -222,10 +222,10 @@ impl Shell for ClientShell {
         self.next = next.copied();
     }
     fn show(&mut self, vp: Viewport, now: u64) -> Result<Shown, String> {
-        let out = self
-            .client
-            .set_viewport(vp, now, |_, _| {})
-            .map_err(|e| e.to_string())?;
+        let out = self.client.set_viewport(vp, now, |_, _| {});
+        if let Some(e) = out.too_wide {
+            return Err(e.to_string());
+        }
         if let (true, Some(next)) = (self.oracle, self.next.as_ref()) {
             let tiles = self
                 .client

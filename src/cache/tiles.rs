@@ -310,6 +310,13 @@ impl<P> ItemCache<P> {
         self.tiles.peek(&tile).map(|e| e.expires_at_ms)
     }
 
+    /// The data tiles the tile index holds (fresh or not), in no particular order. Does not
+    /// touch LRU order or counters. The client reads the cached part of a view too wide to
+    /// fetch with it.
+    pub fn cached_tiles(&self) -> impl Iterator<Item = TileId> + '_ {
+        self.tiles.iter().map(|(t, _)| *t)
+    }
+
     /// Read a visible tile: calls `sink(item, stale)` for each listed item that is held and
     /// showable (fresh, or stale within the window) and that `caller` may see, in list
     /// order. Counts a hit or stale hit for each of those and a miss for each listed id that

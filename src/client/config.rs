@@ -42,8 +42,9 @@ pub enum ClientConfigError {
     ZoomMismatch { cache: u8, planner: u8 },
 }
 
-/// [`Client::set_viewport`](super::Client::set_viewport)'s one error: the viewport covers more data tiles than the
-/// planner's `max_visible_tiles`. Nothing is queued or read then.
+/// Why a viewport is too wide to fetch ([`ViewOutcome::too_wide`](super::ViewOutcome::too_wide)):
+/// it covers more data tiles than the planner's `max_visible_tiles`. Nothing is fetched
+/// for it then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "viewport covers more than max_visible_tiles ({max}) data tiles at zoom {tile_zoom}: \

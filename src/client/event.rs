@@ -1,7 +1,7 @@
 //! What the client tells the page: [`Event`]s, what a view looks like ([`ViewOutcome`]),
 //! and each tile's display state ([`TileState`]).
 
-use super::{Failure, Kind, RequestId};
+use super::{Failure, Kind, RequestId, ViewTooLarge};
 use crate::tile::TileId;
 
 /// What the view looks like right after [`Client::set_viewport`](super::Client::set_viewport).
@@ -17,6 +17,10 @@ pub struct ViewOutcome {
     pub visible: usize,
     /// Items handed to the sink.
     pub items: usize,
+    /// The viewport covers more than `max_visible_tiles` data tiles (the limit is here):
+    /// nothing is fetched for it, `complete` is false, `missing` and `visible` are empty,
+    /// and the items are the cached ones of the data tiles in it.
+    pub too_wide: Option<ViewTooLarge>,
 }
 
 /// Something the page should hear about.

@@ -17,14 +17,16 @@
 //! The engine never blocks and never fails on backend trouble. Failed requests and bad
 //! answers have one channel: an [`Event::Error`] (and a counter); `on_response` and
 //! `on_failure` return nothing. What is cached stays usable. The only errors returned are
-//! the caller's: a bad configuration ([`ClientConfigError`]) and a viewport too large to
-//! plan ([`ViewTooLarge`]).
+//! the caller's: a bad configuration ([`ClientConfigError`]). A viewport too large to plan
+//! is a state, not an error: [`ViewOutcome::too_wide`] says so, nothing is fetched for it
+//! and the cached items in it are still read.
 //!
 //! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `config.rs`,
 //! `event.rs`, `stats.rs`, `payload.rs`; tests in `tests.rs`.
 
 mod config;
 mod event;
+mod load;
 mod payload;
 mod response;
 mod stats;
@@ -33,6 +35,7 @@ mod tests;
 
 pub use config::{ClientConfig, ClientConfigError, ViewTooLarge};
 pub use event::{Event, FetchError, TileState, ViewOutcome};
+pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
 pub use payload::Payload;
 pub use stats::ClientStats;
 
@@ -48,7 +51,7 @@ use crate::batch::Batcher;
 use crate::cache::{CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
 use crate::planner::{Planner, Viewport, Work};
 use crate::protocol::Limits;
-use crate::tile::{TileId, TileSet};
+use crate::tile::{cover_range, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
 
 /// Bytes of bookkeeping per cached item on top of its id, class and payload.
@@ -86,6 +89,15 @@ pub struct Client<P> {
     discarded: u64,
     viewports: u64,
     viewports_complete: u64,
+    /// The current viewport covers more than `max_visible_tiles` data tiles: nothing is
+    /// fetched for it, and views read the cached tiles in this range.
+    too_wide: Option<(ViewTooLarge, CoverRange)>,
+    /// Data tiles a host asked for ([`Client::load_tile`]) that cannot be shown yet: kept
+    /// in the foreground queue.
+    loading: Vec<TileId>,
+    /// Data tiles of known destinations ([`Client::prefetch`]) not fetched yet: kept
+    /// behind the prefetch queue.
+    destinations: Vec<TileId>,
     /// Answers in a row after which some visible tile could not be kept (see
     /// [`Client::on_response`]); grows their backoff, reset by a new viewport.
     unkept_rounds: u32,
@@ -122,6 +134,9 @@ impl<P: Payload> Client<P> {
             discarded: 0,
             viewports: 0,
             viewports_complete: 0,
+            too_wide: None,
+            loading: Vec::new(),
+            destinations: Vec::new(),
             unkept_rounds: 0,
         })
     }
@@ -152,40 +167,67 @@ impl<P: Payload> Client<P> {
     }
 
     /// The map moved. Reads the view from the cache into `sink(item, stale)` (one call
-    /// per item, no copies), plans foreground and prefetch work and queues it. Errors only
-    /// for a viewport wider than `max_visible_tiles` data tiles; nothing is read or queued
-    /// then.
+    /// per item, no copies), plans foreground and prefetch work and queues it.
+    ///
+    /// A viewport wider than `max_visible_tiles` data tiles is not an error but a state
+    /// ([`ViewOutcome::too_wide`]): nothing is fetched or prefetched for it (queued work is
+    /// dropped and in-flight prefetches are cancelled), the view is never complete, and the
+    /// sink still gets the cached items of the data tiles in it, so a page can keep showing
+    /// what it has and ask the user to zoom in.
     pub fn set_viewport(
         &mut self,
         viewport: Viewport,
         now_ms: u64,
         sink: impl FnMut(&CacheItem<P>, bool),
-    ) -> Result<ViewOutcome, ViewTooLarge> {
+    ) -> ViewOutcome {
         let access = self.access;
         let cache = &self.cache;
         let batcher = &self.batcher;
-        let mut plan = self
-            .planner
-            .plan(
-                &viewport,
-                now_ms,
-                |t| cache.tile_freshness(t, access, now_ms),
-                |t| batcher.is_tile_in_flight(t),
-            )
-            .map_err(|_| {
-                // A round fails only on a cover over `max_visible_tiles` (a
-                // `TileError::TooManyTiles`): the viewport and the planner's config were
-                // checked when they were made.
-                let config = self.planner.config();
-                ViewTooLarge {
-                    max: config.max_visible_tiles,
-                    tile_zoom: config.tile_zoom,
-                }
-            })?;
+        let planned = self.planner.plan(
+            &viewport,
+            now_ms,
+            |t| cache.tile_freshness(t, access, now_ms),
+            |t| batcher.is_tile_in_flight(t),
+        );
         if self.viewport.as_ref() != Some(&viewport) {
             self.unkept_rounds = 0;
         }
         self.viewport = Some(viewport);
+        let mut plan = match planned {
+            Ok(plan) => {
+                self.too_wide = None;
+                plan
+            }
+            Err(_) => {
+                // A round fails only on a cover over `max_visible_tiles` (a
+                // `TileError::TooManyTiles`): the viewport and the planner's config were
+                // checked when they were made, so the cover's range exists.
+                let config = self.planner.config();
+                let limit = ViewTooLarge {
+                    max: config.max_visible_tiles,
+                    tile_zoom: config.tile_zoom,
+                };
+                self.too_wide = cover_range(&viewport.bbox, config.tile_zoom)
+                    .ok()
+                    .map(|r| (limit, r));
+                self.visible.clear();
+                self.visible_set = TileSet::default();
+                self.cache.set_visible(&[]);
+                let loading = self.with_loading(Vec::new(), now_ms);
+                self.batcher.set_foreground(loading);
+                self.batcher.set_prefetch(Vec::new());
+                self.warm_destinations(now_ms);
+                let destinations = &self.destinations;
+                for id in self.batcher.cancel_unwanted(|t| destinations.contains(&t)) {
+                    self.sent_with(id);
+                    self.cancels.push_back(id);
+                }
+                let mut outcome = self.read_view(now_ms, sink);
+                outcome.too_wide = Some(limit);
+                self.viewports += 1;
+                return outcome;
+            }
+        };
         self.visible = std::mem::take(&mut plan.visible);
         self.visible_set = TileSet::new(self.visible.iter().copied());
         self.cache.set_visible(&self.visible);
@@ -199,16 +241,26 @@ impl<P: Payload> Client<P> {
         if outcome.complete {
             self.viewports_complete += 1;
         }
-        self.batcher
-            .set_foreground(std::mem::take(&mut plan.foreground));
+        let foreground = self.with_loading(std::mem::take(&mut plan.foreground), now_ms);
+        self.batcher.set_foreground(foreground);
         let mut background = std::mem::take(&mut plan.refresh);
         background.append(&mut plan.prefetch);
         self.batcher.set_prefetch(background);
-        for id in self.batcher.cancel_unwanted(|t| plan.wants(t)) {
+        self.warm_destinations(now_ms);
+        let destinations = &self.destinations;
+        for id in self
+            .batcher
+            .cancel_unwanted(|t| plan.wants(t) || destinations.contains(&t))
+        {
             self.sent_with(id);
             self.cancels.push_back(id);
         }
-        Ok(outcome)
+        outcome
+    }
+
+    /// Whether the current viewport is too wide to fetch ([`ViewOutcome::too_wide`]).
+    pub fn is_too_wide(&self) -> bool {
+        self.too_wide.is_some()
     }
 
     /// Reads the current view again (after [`Event::Updated`]) without planning.
@@ -221,6 +273,28 @@ impl<P: Payload> Client<P> {
     }
 
     fn read_view(&mut self, now_ms: u64, mut sink: impl FnMut(&CacheItem<P>, bool)) -> ViewOutcome {
+        if let Some((limit, range)) = self.too_wide {
+            // Too wide: the cached data tiles in the range, showable ones only; nothing is
+            // missing, since nothing will be fetched.
+            let mut out = ViewOutcome {
+                too_wide: Some(limit),
+                ..ViewOutcome::default()
+            };
+            let tiles: Vec<TileId> = self
+                .cache
+                .cached_tiles()
+                .filter(|&t| range.contains(t))
+                .collect();
+            for t in tiles {
+                self.cache.read_tile(t, self.access, now_ms, |item, stale| {
+                    out.items += 1;
+                    out.stale |= stale;
+                    sink(item, stale);
+                });
+            }
+            self.complete = false;
+            return out;
+        }
         let mut out = ViewOutcome {
             visible: self.visible.len(),
             ..ViewOutcome::default()
@@ -295,13 +369,14 @@ impl<P: Payload> Client<P> {
     /// Returns whether every visible tile can be shown.
     fn refresh_foreground(&mut self, now_ms: u64) -> bool {
         let states = self.visible_states(now_ms);
-        self.queue_foreground(states)
+        self.queue_foreground(states, now_ms)
     }
 
     /// Queues as foreground work the visible tiles that cannot be shown and are not in
     /// flight, from their `states` (in [`Client::visible_tiles`] order). Returns whether
     /// every visible tile can be shown.
-    fn queue_foreground(&mut self, states: Vec<TileFreshness>) -> bool {
+    /// Loading tiles ([`Client::load_tile`]) are queued after them.
+    fn queue_foreground(&mut self, states: Vec<TileFreshness>, now_ms: u64) -> bool {
         let mut works = Vec::new();
         let mut complete = true;
         for (&t, st) in self.visible.iter().zip(states) {
@@ -315,8 +390,9 @@ impl<P: Payload> Client<P> {
                 }
             }
         }
+        let works = self.with_loading(works, now_ms);
         self.batcher.set_foreground(works);
-        complete
+        complete && self.too_wide.is_none()
     }
 
     /// When to call [`Client::handle_timeout`] if nothing else happens first.

@@ -56,6 +56,11 @@ impl<P: Payload> Client<P> {
             self.cache.forget_ids(&ids);
         }
         touched_visible |= self.ingest_lists(&tiles, finished.kind, now_ms);
+        // A view too wide to fetch shows the cached tiles in it: an answer that landed
+        // there (a request sent for an earlier view) changes it.
+        if let Some((_, range)) = self.too_wide {
+            touched_visible |= tiles.iter().any(|t| range.contains(t.tile));
+        }
         if !unanswered.is_empty() {
             self.report_unanswered(id, finished.kind, unanswered);
         }
@@ -65,7 +70,7 @@ impl<P: Payload> Client<P> {
             _ => None,
         }));
         self.back_off_unkept(id, finished.kind, &states, &shown_before, &answered, now_ms);
-        let now_complete = self.queue_foreground(states);
+        let now_complete = self.queue_foreground(states, now_ms);
         if touched_visible {
             self.events.push_back(Event::Updated);
         }
@@ -90,10 +95,14 @@ impl<P: Payload> Client<P> {
             return;
         }
         self.errors += 1;
+        let tiles: Vec<TileId> = finished.tiles().collect();
+        if !will_retry {
+            self.give_up_loading(&tiles);
+        }
         self.events.push_back(Event::Error(FetchError {
             request: id,
             kind: finished.kind,
-            tiles: finished.tiles().collect(),
+            tiles,
             failure,
             will_retry,
         }));

@@ -71,8 +71,65 @@ fn events(c: &mut Client<String>) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
+/// Answers every queued request from `o` at `now`.
+fn answer_all(c: &mut Client<String>, o: &Origin<String>, now: u64) {
+    while let Some(t) = c.poll_request(now) {
+        let r = o.answer(&t.request, None);
+        c.on_response(t.id, r, now);
+    }
+}
+
 #[test]
-fn a_viewport_too_large_is_its_own_error_and_changes_nothing() {
+fn a_viewport_too_wide_is_a_state_that_fetches_nothing_and_shows_the_cache() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: PlannerConfig {
+            max_visible_tiles: 9,
+            ring: 0,
+            view_ring: 0.0,
+            lookahead_ms: 0,
+            ..PlannerConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    // A 3 x 3 view within the limit loads its 9 tiles (36 items).
+    let out = c.set_viewport(view(1.5), 0, |_, _| {});
+    assert!(out.too_wide.is_none());
+    answer_all(&mut c, &o, 0);
+    assert!(c.is_complete());
+    // A 5 x 5 view is too wide: no error, nothing queued, the cached items in it shown.
+    let mut shown = 0;
+    let out = c.set_viewport(view(5.0), 1, |_, _| shown += 1);
+    let limit = ViewTooLarge {
+        max: 9,
+        tile_zoom: 14,
+    };
+    assert_eq!(out.too_wide, Some(limit));
+    assert_eq!(
+        limit.to_string(),
+        "viewport covers more than max_visible_tiles (9) data tiles at zoom 14: zoom in, or \
+         raise min_zoom so nothing is fetched at this zoom"
+    );
+    assert_eq!((shown, out.items), (36, 36), "the cached items in view");
+    assert!(!out.complete && out.missing.is_empty() && out.visible == 0);
+    assert!(c.poll_request(1).is_none(), "nothing queued");
+    assert!(c.is_too_wide() && !c.is_complete());
+    // Reading it again gives the same; invalidating refetches nothing.
+    let mut again = 0;
+    c.view_items(2, |_, _| again += 1);
+    assert_eq!(again, 36);
+    c.invalidate(Invalidate::All, 2);
+    assert!(c.poll_request(2).is_none(), "still nothing queued");
+    assert_eq!(c.stats().viewports, 2);
+    // A view within the limit plans as usual again.
+    let out = c.set_viewport(view(1.0), 3, |_, _| {});
+    assert!(out.too_wide.is_none() && !c.is_too_wide());
+    assert!(c.poll_request(3).is_some());
+}
+
+#[test]
+fn a_viewport_that_turns_too_wide_cancels_prefetch_and_never_completes() {
+    let o = origin();
     let mut c = client(ClientConfig {
         planner: PlannerConfig {
             max_visible_tiles: 4,
@@ -80,25 +137,26 @@ fn a_viewport_too_large_is_its_own_error_and_changes_nothing() {
         },
         ..ClientConfig::default()
     });
-    let e = c.set_viewport(view(3.0), 0, |_, _| {}).unwrap_err();
-    assert_eq!(
-        e,
-        ViewTooLarge {
-            max: 4,
-            tile_zoom: 14
-        }
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let fg = c.poll_request(0).unwrap();
+    assert_eq!(fg.kind, Kind::Foreground);
+    let pf = c.poll_request(0).unwrap();
+    assert_eq!(pf.kind, Kind::Prefetch);
+    c.set_viewport(view(3.0), 1, |_, _| {});
+    let cancelled: Vec<_> = std::iter::from_fn(|| c.poll_cancel()).collect();
+    assert!(cancelled.contains(&pf.id), "{cancelled:?}");
+    assert!(
+        !cancelled.contains(&fg.id),
+        "foreground work already out is kept"
     );
-    assert_eq!(
-        e.to_string(),
-        "viewport covers more than max_visible_tiles (4) data tiles at zoom 14: zoom in, or \
-         raise min_zoom so nothing is fetched at this zoom"
-    );
-    assert!(c.poll_request(0).is_none(), "nothing queued");
-    assert!(c.visible_tiles().is_empty());
-    assert_eq!(c.stats().viewports, 0);
-    // A view within the limit plans as usual.
-    assert!(c.set_viewport(view(1.0), 0, |_, _| {}).is_ok());
-    assert!(c.poll_request(0).is_some());
+    // The foreground answer lands in the cache and in the view, but completes nothing.
+    let r = o.answer(&fg.request, None);
+    c.on_response(fg.id, r, 2);
+    assert_eq!(events(&mut c), [Event::Updated]);
+    let mut n = 0;
+    c.view_items(2, |_, _| n += 1);
+    assert_eq!(n, 4);
+    assert!(!c.is_complete());
 }
 
 #[test]
@@ -119,7 +177,7 @@ fn a_bad_configuration_names_what_disagrees() {
 fn every_request_goes_out_as_a_transmit_at_the_callers_tier() {
     let mut c = client(ClientConfig::default().with_tile_zoom(Z));
     c.set_access(Access::Verified, 0);
-    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
     let t: Transmit = c.poll_request(0).unwrap();
     assert_eq!(t.kind, Kind::Foreground);
     assert_eq!(t.request.access, Access::Verified);
@@ -132,7 +190,7 @@ fn every_request_goes_out_as_a_transmit_at_the_callers_tier() {
 fn an_invalid_answer_is_one_error_event_and_is_retried() {
     let o = origin();
     let mut c = client(ClientConfig::default());
-    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
     let t = c.poll_request(0).unwrap();
     let mut bad = o.answer(&t.request, None);
     bad.items[0].lon = 500.0;
@@ -166,7 +224,7 @@ fn handle_timeout_fails_overdue_requests_and_names_them_for_abort() {
     let mut config = ClientConfig::default();
     config.batch.timeout_ms = 100;
     let mut c = client(config);
-    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
     let t = c.poll_request(0).unwrap();
     assert_eq!(c.next_wakeup(0), Some(100));
     c.handle_timeout(99);
@@ -187,7 +245,7 @@ fn handle_timeout_fails_overdue_requests_and_names_them_for_abort() {
 fn tile_state_says_loaded_prefetched_in_flight_or_missing() {
     let o = origin();
     let mut c = client(ClientConfig::default());
-    c.set_viewport(view(1.0), 0, |_, _| {}).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
     let here = seattle();
     assert_eq!(c.tile_state(here, 0), TileState::Missing);
     let mut sent = Vec::new();

@@ -122,8 +122,9 @@ codes! {
         OutOfRange = 1 => "ERR_OUT_OF_RANGE",
         /// A string that is not a tile `z/x/y` (TypeError) or names no tile (RangeError).
         InvalidTile = 2 => "ERR_INVALID_TILE",
-        /// More tiles than one call may cover: a bbox of more than {max_bbox_tiles} tiles, a
-        /// viewport of more than {max_visible_tiles} data tiles. RangeError.
+        /// More tiles than one call may cover: a bbox of more than {max_bbox_tiles} tiles (a
+        /// viewport over `maxVisibleTiles` data tiles is not an error but `tooWide`).
+        /// RangeError.
         TooManyTiles = 3 => "ERR_TOO_MANY_TILES",
         /// A value of the right type that is not one of the allowed ones (an access tier,
         /// an option name, an endpoint that is not an absolute URL). TypeError.

@@ -187,6 +187,10 @@ fn option_doc(o: &Opt) -> (String, Option<String>) {
             ACCESS_ALLOWED.to_string(),
             Some(format!("`'{}'`", defaults.access.as_str())),
         ),
+        Check::TileSize => (
+            super::config::TILE_SIZE_ALLOWED.to_string(),
+            Some("256".into()),
+        ),
         Check::Shell => (String::new(), o.default.map(|d| format!("`{d}`"))),
     };
     let text = o.doc.replace("{allowed}", &allowed);
@@ -548,7 +552,7 @@ fn hand_written_docs_name_the_limits() {
             "index.d.ts",
         ),
         (
-            format!("256-px XYZ terms, 0..={MAX_VIEW_ZOOM}"),
+            format!("Map zoom, 0..={MAX_VIEW_ZOOM}"),
             &index,
             "index.d.ts",
         ),

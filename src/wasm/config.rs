@@ -12,7 +12,6 @@ use super::options::{numbers, Range, ACCESS_ALLOWED, CLASS_TTL};
 use crate::access::Access;
 use crate::client::ClientConfig;
 use crate::planner::{Viewport, MAX_VIEW_ZOOM};
-use crate::tile::{cover_range, Bbox, MAX_ZOOM};
 
 /// A checked number, or `None` for `undefined` (use the default).
 fn number(path: &str, range: &Range, v: &Value) -> Result<Option<f64>, ArgError> {
@@ -56,13 +55,28 @@ pub(crate) fn access(path: &str, v: &Value) -> Result<Access, ArgError> {
 
 /// The client configuration from the values of the numeric options (in the order of
 /// [`numbers`]), the `ttl.byClass` entries (name, value), the access tier (`undefined` =
-/// public) and a jitter seed. `None` for `classes` keeps the default class TTLs.
+/// public) and a jitter seed. `None` for `classes` keeps the default class TTLs. For a
+/// map of 256-px tiles; the tests use it.
+#[cfg(test)]
 pub(crate) fn client_config(
     values: &[Value],
     classes: Option<&[(String, Value)]>,
     tier: &Value,
     seed: u64,
 ) -> Result<ClientConfig, ArgError> {
+    client_config_sized(values, classes, tier, &Value::Undefined, seed)
+}
+
+/// [`client_config`] for a map of `tileSize` `size` (see [`tile_size`]): `minZoom` is in
+/// its units, and the core gets it in 256-px terms (at most `MAX_VIEW_ZOOM`).
+pub(crate) fn client_config_sized(
+    values: &[Value],
+    classes: Option<&[(String, Value)]>,
+    tier: &Value,
+    size: &Value,
+    seed: u64,
+) -> Result<ClientConfig, ArgError> {
+    let offset = tile_size(size)?;
     let mut c = ClientConfig::default();
     let mut values = values.iter();
     for (path, num) in numbers() {
@@ -84,46 +98,42 @@ pub(crate) fn client_config(
     if *tier != Value::Undefined {
         c.access = access("access", tier)?;
     }
+    c.planner.min_zoom = (c.planner.min_zoom + offset).min(MAX_VIEW_ZOOM);
     Ok(c)
+}
+
+/// What `tileSize` must be.
+pub(crate) const TILE_SIZE_ALLOWED: &str = "256 or 512";
+
+/// How many zoom levels to add to the caller's zooms (`tileSize`: 256 adds 0, 512 adds 1),
+/// so the core sees 256-px XYZ zooms; `undefined` is 256.
+pub(crate) fn tile_size(v: &Value) -> Result<f64, ArgError> {
+    match v {
+        Value::Undefined => Ok(0.0),
+        Value::Number(n) if *n == 256.0 => Ok(0.0),
+        Value::Number(n) if *n == 512.0 => Ok(1.0),
+        Value::Number(_) => Err(ArgError::must(
+            ErrorClass::Range,
+            Code::OutOfRange,
+            "tileSize",
+            TILE_SIZE_ALLOWED,
+        )),
+        _ => Err(ArgError::must(
+            ErrorClass::Type,
+            Code::InvalidArgType,
+            "tileSize",
+            TILE_SIZE_ALLOWED,
+        )),
+    }
 }
 
 /// What a viewport's zoom must be (`0..=MAX_VIEW_ZOOM`; a test checks the text).
 const VIEW_ZOOM: &str = "a number in 0..=30";
 
-/// The error for a viewport that covers more than `max_tiles` data tiles at `tile_zoom`.
-pub(crate) fn too_wide(tile_zoom: u8, max_tiles: usize) -> ArgError {
-    let mut parts = vec![format!(
-        "viewport covers more than {max_tiles} data tiles at tileZoom {tile_zoom} (west "
-    )];
-    for part in [
-        "west",
-        ", south ",
-        "south",
-        ", east ",
-        "east",
-        ", north ",
-        "north",
-        ", zoom ",
-        "zoom",
-        "); zoom in, or raise minZoom so nothing is fetched at this zoom",
-    ] {
-        parts.push(part.into());
-    }
-    ArgError {
-        kind: ErrorClass::Range,
-        code: Code::TooManyTiles,
-        parts,
-    }
-}
-
-/// A checked viewport. `tile_zoom`, `min_zoom` and `max_tiles` are the client's, so a view
-/// that covers too many data tiles is refused here, before the core sees it.
-pub(crate) fn viewport(
-    v: &[Value; 5],
-    tile_zoom: u8,
-    min_zoom: f64,
-    max_tiles: usize,
-) -> Result<Viewport, ArgError> {
+/// A checked viewport, its zoom turned into 256-px terms by adding `offset` (from
+/// [`tile_size`]; at most `MAX_VIEW_ZOOM`). A view too wide to fetch is not refused: the
+/// core makes it a state.
+pub(crate) fn viewport(v: &[Value; 5], offset: f64) -> Result<Viewport, ArgError> {
     let names = ["west", "south", "east", "north", "zoom"];
     let mut n = [0.0; 5];
     for (i, name) in names.iter().enumerate() {
@@ -170,17 +180,14 @@ pub(crate) fn viewport(
             parts: parts.map(String::from).to_vec(),
         });
     }
-    let too_wide = || too_wide(tile_zoom, max_tiles);
-    let bbox = Bbox::new(west, south, east, north).map_err(|_| too_wide())?;
-    if zoom >= min_zoom && tile_zoom <= MAX_ZOOM {
-        let count = cover_range(&bbox, tile_zoom)
-            .map_err(|_| too_wide())?
-            .count();
-        if count > max_tiles as u64 {
-            return Err(too_wide());
-        }
-    }
-    Viewport::new(west, south, east, north, zoom).map_err(|_| too_wide())
+    let zoom = (zoom + offset).min(MAX_VIEW_ZOOM);
+    // Checked above: finite longitudes, latitudes in -90..=90 with south <= north, a zoom
+    // in 0..=30, which is all `Viewport::new` asks.
+    Viewport::new(west, south, east, north, zoom).map_err(|e| ArgError {
+        kind: ErrorClass::Range,
+        code: Code::OutOfRange,
+        parts: vec![format!("the viewport is not valid: {e}")],
+    })
 }
 
 #[cfg(test)]
@@ -278,8 +285,8 @@ mod tests {
     fn viewports_are_checked() {
         let n = Value::Number;
         let ok = [n(-122.4), n(47.5), n(-122.3), n(47.7), n(14.0)];
-        assert!(viewport(&ok, 14, 12.0, 1024).is_ok());
-        let e = viewport(&[n(0.0), n(10.0), n(1.0), n(-10.0), n(3.0)], 14, 12.0, 1024);
+        assert!(viewport(&ok, 0.0).is_ok());
+        let e = viewport(&[n(0.0), n(10.0), n(1.0), n(-10.0), n(3.0)], 0.0);
         assert_eq!(
             e.unwrap_err().parts,
             [
@@ -290,22 +297,46 @@ mod tests {
                 ")"
             ]
         );
-        let world = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(14.0)];
-        let e = viewport(&world, 14, 12.0, 1024).unwrap_err();
-        assert_eq!(e.code, Code::TooManyTiles);
-        assert_eq!(
-            e.parts[0],
-            "viewport covers more than 1024 data tiles at tileZoom 14 (west "
-        );
-        // Below minZoom nothing is fetched, so any box is fine.
-        let world_low = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(3.0)];
-        assert!(viewport(&world_low, 14, 12.0, 1024).is_ok());
-        let e = viewport(
-            &[n(f64::NAN), n(0.0), n(1.0), n(1.0), n(3.0)],
-            14,
-            12.0,
-            1024,
-        );
+        // The whole world at any zoom is a viewport: too wide to fetch is the core's state.
+        let world = [n(-180.0), n(-85.0), n(180.0), n(85.0), n(30.0)];
+        assert_eq!(viewport(&world, 1.0).unwrap().zoom, MAX_VIEW_ZOOM);
+        let e = viewport(&[n(f64::NAN), n(0.0), n(1.0), n(1.0), n(3.0)], 0.0);
         assert_eq!(e.unwrap_err().parts[1], "west");
+    }
+
+    #[test]
+    fn tile_size_sets_the_zoom_units() {
+        let n = Value::Number;
+        assert_eq!(tile_size(&Value::Undefined).unwrap(), 0.0);
+        assert_eq!(tile_size(&n(256.0)).unwrap(), 0.0);
+        assert_eq!(tile_size(&n(512.0)).unwrap(), 1.0);
+        let e = tile_size(&n(300.0)).unwrap_err();
+        assert_eq!(
+            (e.kind, e.parts.clone()),
+            (
+                ErrorClass::Range,
+                vec![
+                    "tileSize must be 256 or 512, got ".to_string(),
+                    "tileSize".to_string()
+                ]
+            )
+        );
+        let e = tile_size(&Value::Text("512".into())).unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgType);
+        // A MapLibre zoom 13.5 is 14.5 in 256-px terms; minZoom moves with it.
+        let view = [n(-122.4), n(47.5), n(-122.3), n(47.7), n(13.5)];
+        assert_eq!(viewport(&view, 1.0).unwrap().zoom, 14.5);
+        let mut values = unset();
+        values[at("minZoom")] = n(11.0);
+        let c = client_config_sized(&values, None, &Value::Undefined, &n(512.0), 0).unwrap();
+        assert_eq!(c.planner.min_zoom, 12.0);
+        let c = client_config_sized(&unset(), None, &Value::Undefined, &n(512.0), 0).unwrap();
+        assert_eq!(
+            c.planner.min_zoom,
+            ClientConfig::default().planner.min_zoom + 1.0
+        );
+        values[at("maxVisibleTiles")] = n(64.0);
+        let c = client_config(&values, None, &Value::Undefined, 0).unwrap();
+        assert_eq!(c.planner.max_visible_tiles, 64);
     }
 }

@@ -43,8 +43,8 @@ impl Payload for JsItem {
 
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
 /// cursors. Tiles are packed ids ([`super::args::packed`]). A view call starts with the view
-/// header, `complete, missing, stale, items, missing tiles... | items...` (the stale items
-/// first); then come records, each a [`Tag`] and the layout its doc gives. Request kinds,
+/// header, `complete, tooWide, missing, stale, items, missing tiles... | items...` (the
+/// stale items first; `tooWide` is 0 or the `maxVisibleTiles` limit the view is over); then come records, each a [`Tag`] and the layout its doc gives. Request kinds,
 /// failures and tiers are the codes of [`super::boundary`].
 #[derive(Default)]
 struct Out {
@@ -53,11 +53,12 @@ struct Out {
 }
 
 impl Out {
-    /// The VIEW record's body: completeness, the missing tiles, then the stale items and
-    /// the fresh ones.
+    /// The VIEW record's body: completeness, too wide or not, the missing tiles, then the
+    /// stale items and the fresh ones.
     fn view(&mut self, outcome: &ViewOutcome, stale: Vec<JsValue>, fresh: Vec<JsValue>) {
         self.nums.extend([
             outcome.complete as u8 as f64,
+            outcome.too_wide.map_or(0.0, |t| t.max as f64),
             outcome.missing.len() as f64,
             stale.len() as f64,
             (stale.len() + fresh.len()) as f64,
@@ -91,22 +92,24 @@ fn tier(code: f64) -> Option<Access> {
 #[wasm_bindgen(skip_typescript)]
 pub struct Engine {
     client: Client<JsItem>,
-    tile_zoom: u8,
-    min_zoom: f64,
-    max_visible: usize,
+    /// Zoom levels added to the caller's zooms (`tileSize` 512: 1).
+    zoom_offset: f64,
 }
 
 #[wasm_bindgen]
 impl Engine {
     /// `values`: the numeric options in [`super::options::numbers`] order (`undefined`
-    /// for the default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when `by_class`.
+    /// for the default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when
+    /// `by_class`; `tile_size`: the `tileSize` option.
     #[wasm_bindgen(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         values: Vec<JsValue>,
         by_class: bool,
         classes: Vec<String>,
         class_ttls: Vec<JsValue>,
         access: &JsValue,
+        tile_size: &JsValue,
         seed: f64,
     ) -> Result<Engine, JsValue> {
         let values: Vec<Value> = values.iter().map(value).collect();
@@ -114,15 +117,16 @@ impl Engine {
             .into_iter()
             .zip(class_ttls.iter().map(value))
             .collect();
-        let config = config::client_config(
+        let size = value(tile_size);
+        let config = config::client_config_sized(
             &values,
             by_class.then_some(&classes[..]),
             &value(access),
+            &size,
             seed as u64,
         )
         .map_err(thrown)?;
-        let (tile_zoom, min_zoom) = (config.cache.tile_zoom, config.planner.min_zoom);
-        let max_visible = config.planner.max_visible_tiles;
+        let zoom_offset = config::tile_size(&size).map_err(thrown)?;
         // The options are checked above within the core's ranges (the tests of
         // `super::options` check every bound), so the core's own checks pass.
         let client = Client::new(config).map_err(|_| {
@@ -134,9 +138,7 @@ impl Engine {
         })?;
         Ok(Engine {
             client,
-            tile_zoom,
-            min_zoom,
-            max_visible,
+            zoom_offset,
         })
     }
 
@@ -157,8 +159,7 @@ impl Engine {
             value(north),
             value(zoom),
         ];
-        let vp = config::viewport(&v, self.tile_zoom, self.min_zoom, self.max_visible)
-            .map_err(thrown)?;
+        let vp = config::viewport(&v, self.zoom_offset).map_err(thrown)?;
         let now = ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
@@ -166,10 +167,7 @@ impl Engine {
             let obj = item.payload().obj.clone();
             if is_stale { &mut stale } else { &mut fresh }.push(obj);
         };
-        let outcome = self
-            .client
-            .set_viewport(vp, now, sink)
-            .map_err(|_| thrown(config::too_wide(self.tile_zoom, self.max_visible)))?;
+        let outcome = self.client.set_viewport(vp, now, sink);
         out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         Ok(out.finish())
@@ -317,6 +315,119 @@ impl Engine {
         Ok(states)
     }
 
+    /// `loadTiles`: per host tile `"z/x/y"`, its state and what goes with it:
+    /// - `1, count` when it can be shown: `count` item objects follow in the references;
+    /// - `0, count, data tiles...` when it cannot yet: the data tiles it waits for (packed),
+    ///   queued as foreground work when `queue`;
+    /// - `2, count, max, minZ` when it covers more data tiles than `maxVisibleTiles`.
+    ///
+    /// Then the records of what it set in motion. A bad tile string is a `tiles` field
+    /// error.
+    #[wasm_bindgen(js_name = loadTiles)]
+    pub fn load_tiles(
+        &mut self,
+        tiles: Vec<String>,
+        queue: bool,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
+        let now = ms(now);
+        let parsed = parse_tiles(&tiles)?;
+        let mut out = Out::default();
+        for t in parsed {
+            let mut items = Vec::new();
+            match self.client.load_tile(t, queue, now, |item, _| {
+                items.push(item.payload().obj.clone());
+            }) {
+                Ok(true) => {
+                    out.nums.extend([1.0, items.len() as f64]);
+                    out.refs.extend(items);
+                }
+                Ok(false) => {
+                    let data = self.client.data_tiles_of(t).unwrap_or_default();
+                    out.nums.extend([0.0, data.len() as f64]);
+                    out.nums.extend(data.into_iter().map(packed));
+                }
+                Err(e) => out
+                    .nums
+                    .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]),
+            }
+        }
+        self.pump(&mut out, now);
+        Ok(out.finish())
+    }
+
+    /// Aborted loads: their data tiles (packed) are no longer queued unless visible.
+    #[wasm_bindgen(js_name = releaseTiles)]
+    pub fn release_tiles(&mut self, tiles: Vec<f64>, now: f64) -> Vec<JsValue> {
+        let now = ms(now);
+        let tiles: Vec<TileId> = tiles
+            .into_iter()
+            .filter_map(|v| TileId::from_u64(v as u64).ok())
+            .collect();
+        self.client.release_tiles(&tiles, now);
+        let mut out = Out::default();
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
+    /// `prefetch(tiles)`: header `queued`. Host tiles become their data tiles; a bad tile
+    /// string is a `tiles` field error, a tile over `maxVisibleTiles` data tiles a
+    /// `tiles` range error.
+    #[wasm_bindgen(js_name = prefetchTiles)]
+    pub fn prefetch_tiles(
+        &mut self,
+        tiles: Vec<String>,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
+        let now = ms(now);
+        let mut data = Vec::new();
+        for t in parse_tiles(&tiles)? {
+            data.extend(self.client.data_tiles_of(t).map_err(|e| {
+                thrown(ArgError {
+                    kind: ErrorClass::Range,
+                    code: Code::TooManyTiles,
+                    parts: vec![format!("tiles: {e}")],
+                })
+            })?);
+        }
+        Ok(self.prefetch(&data, now))
+    }
+
+    /// `prefetch(viewport)`: header `queued`; the viewport's data tiles (none below
+    /// `minZoom`). A viewport over `maxVisibleTiles` data tiles is a range error.
+    #[wasm_bindgen(js_name = prefetchView)]
+    pub fn prefetch_view(
+        &mut self,
+        west: &JsValue,
+        south: &JsValue,
+        east: &JsValue,
+        north: &JsValue,
+        zoom: &JsValue,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
+        let v = [
+            value(west),
+            value(south),
+            value(east),
+            value(north),
+            value(zoom),
+        ];
+        let vp = config::viewport(&v, self.zoom_offset).map_err(thrown)?;
+        let data = self.client.planner().visible_tiles(&vp).map_err(|_| {
+            let c = self.client.planner().config();
+            thrown(ArgError {
+                kind: ErrorClass::Range,
+                code: Code::TooManyTiles,
+                parts: vec![format!(
+                    "the viewport covers more than maxVisibleTiles ({}) data tiles at tileZoom {}: \
+                     prefetch a smaller one, or its tiles",
+                    c.max_visible_tiles, c.tile_zoom
+                )],
+            })
+        })?;
+        Ok(self.prefetch(&data, ms(now)))
+    }
+
     /// `setAccess`.
     #[wasm_bindgen(js_name = setAccess)]
     pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
@@ -336,6 +447,14 @@ impl Engine {
 }
 
 impl Engine {
+    fn prefetch(&mut self, data: &[TileId], now: u64) -> Vec<JsValue> {
+        let n = self.client.prefetch(data, now);
+        let mut out = Out::default();
+        out.nums.push(n as f64);
+        self.pump(&mut out, now);
+        out.finish()
+    }
+
     /// Appends every request, abort and event the last call caused, and the next wake-up.
     fn pump(&mut self, out: &mut Out, now: u64) {
         while let Some(s) = self.client.poll_request(now) {

@@ -90,6 +90,9 @@ pub(crate) enum Check {
     PerClass,
     /// `access`: a tier name.
     Access,
+    /// `tileSize`: 256 or 512, the map's tile size, which sets the units of the viewport's
+    /// zoom and of `minZoom` ([`super::config::tile_size`]).
+    TileSize,
     /// Checked by the JS shell only (`endpoint`, `headers`, `fetch`, `now`).
     Shell,
 }
@@ -153,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 23] = [
+pub(crate) const OPTIONS: [Opt; 25] = [
     other(
         "endpoint",
         Check::Shell,
@@ -168,13 +171,29 @@ pub(crate) const OPTIONS: [Opt; 23] = [
         |c, v| *c = std::mem::take(c).with_tile_zoom(v as u8),
         "Zoom of the data tiles: {allowed}.",
     ),
+    other(
+        "tileSize",
+        Check::TileSize,
+        "256 | 512",
+        None,
+        "The map's tile size in pixels, which sets the units of the viewport's `zoom` and of \
+         `minZoom`: {allowed} (256: Leaflet, OpenLayers, deck.gl; 512: MapLibre, whose zoom \
+         is then passed as it is).",
+    ),
     number(
         "minZoom",
         real(0.0, 30.0),
         |c| c.planner.min_zoom,
         |c, v| c.planner.min_zoom = v,
-        "Below this map zoom nothing is fetched: {allowed} (zooms are in 256-px XYZ terms: \
-         Leaflet's zoom as is, MapLibre's + 1).",
+        "Below this map zoom nothing is fetched: {allowed}, in the units `tileSize` sets.",
+    ),
+    number(
+        "maxVisibleTiles",
+        int(1.0, 4096.0),
+        |c| c.planner.max_visible_tiles as f64,
+        |c, v| c.planner.max_visible_tiles = v as usize,
+        "Most data tiles a view may cover: {allowed}. A wider view is `tooWide`: nothing is \
+         fetched for it and the cached items in it are still returned.",
     ),
     number(
         "maxItems",

@@ -1,0 +1,223 @@
+// The per-tile API (loadTiles), known destinations (prefetch), views too wide to fetch
+// (tooWide) and zoom units (tileSize), against the local batch backend.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { TileCache } from 'tilewarm';
+import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
+
+const [, SX, SY] = SEATTLE;
+let backend;
+before(async () => { backend = await startBackend(); });
+after(() => backend.close());
+
+function fresh(mode = 'ok') {
+  backend.mode = mode;
+  backend.delayMs = 0;
+  backend.requests = [];
+  backend.aborted = 0;
+}
+
+async function until(cond, what = 'condition', ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const ids = (items) => items.map((i) => i.id).sort();
+/** Tile (dx, dy) from Seattle's z14 tile. */
+const t14 = (dx, dy) => `14/${SX + dx}/${SY + dy}`;
+/** What the backend holds in a tile at `access`. */
+const truth = (tile, access = 'public') => backend.tileItems(tile, access).map((i) => i.id).sort();
+
+async function make(opts = {}) {
+  // No prefetch of its own, so only the calls under test send requests.
+  return TileCache.create({ endpoint: backend.url, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 }, ...opts });
+}
+
+test('loadTiles: N one-tile calls in one tick need ceil(N / maxTiles) requests, and each gets its items', async () => {
+  fresh();
+  const cache = await make({ batch: { maxTiles: 4, maxInFlight: 8 } });
+  const tiles = [];
+  for (let k = 0; k < 10; k++) tiles.push(t14(k - 5, 2));
+  const loads = await Promise.all(tiles.map((t) => cache.loadTiles([t])));
+  assert.equal(backend.requests.length, Math.ceil(10 / 4), JSON.stringify(backend.requests));
+  assert.deepEqual(backend.requests.flatMap((r) => r.tiles).sort(), [...tiles].sort());
+  loads.forEach(([got], k) => {
+    assert.equal(got.tile, tiles[k]);
+    assert.equal(got.error, undefined);
+    assert.deepEqual(ids(got.items), truth(tiles[k]));
+    assert.ok(got.items.length > 0);
+  });
+  cache.dispose();
+});
+
+test('loadTiles: fresh tiles are answered without a request; finer and coarser host tiles', async () => {
+  fresh();
+  const cache = await make();
+  // The four data tiles of a z13 tile.
+  const [x0, y0] = [SX & ~1, SY & ~1];
+  const quad = [[0, 0], [1, 0], [0, 1], [1, 1]].map(([dx, dy]) => `14/${x0 + dx}/${y0 + dy}`);
+  await cache.loadTiles(quad);
+  const before = backend.requests.length;
+  assert.equal(before, 1);
+  // A data tile again, the z13 tile over them, and a z16 tile inside one of them.
+  const z13 = `13/${x0 >> 1}/${y0 >> 1}`;
+  const z16 = `16/${SX * 4 + 1}/${SY * 4 + 2}`;
+  const again = await cache.loadTiles([t14(0, 0), z13, z16]);
+  assert.equal(backend.requests.length, before, 'no request');
+  assert.deepEqual(ids(again[0].items), truth(t14(0, 0)));
+  assert.deepEqual(ids(again[1].items), truth(z13));
+  assert.deepEqual(ids(again[2].items), truth(z16), 'only the items inside the finer tile');
+  assert.ok(again[2].items.length < again[0].items.length + 1);
+  cache.dispose();
+});
+
+test('loadTiles: a request that gives up fails its tiles only; the other tiles of the call load', async () => {
+  fresh();
+  const cache = await make({ batch: { maxTiles: 1, retries: 0 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  // Fail every request that asks for the bad tile.
+  const bad = t14(3, 3);
+  backend.hostile = (res, answer, request) => {
+    if (request.tiles.includes(bad)) { res.writeHead(500, { 'content-type': 'application/json' }); res.end('{"error":{"code":"boom","message":"no"}}'); return; }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    const got = await cache.loadTiles([t14(2, 2), bad, t14(2, 3)]);
+    assert.deepEqual(ids(got[0].items), truth(t14(2, 2)));
+    assert.deepEqual(ids(got[2].items), truth(t14(2, 3)));
+    assert.equal(got[1].items, undefined);
+    assert.equal(got[1].error.code, 'ERR_HTTP');
+    assert.equal(got[1].error.status, 500);
+    assert.equal(errors.length, 1);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('loadTiles: a tile over maxVisibleTiles data tiles is an error for that tile, bad tiles throw', async () => {
+  fresh();
+  const cache = await make({ maxVisibleTiles: 16 });
+  const got = await cache.loadTiles([`11/${SX >> 3}/${SY >> 3}`, `12/${SX >> 2}/${SY >> 2}`]);
+  assert.equal(got[0].error.code, 'ERR_TOO_MANY_TILES');
+  assert.equal(got[0].error.message, `tile 11/${SX >> 3}/${SY >> 3} covers 64 data tiles, more than maxVisibleTiles (16): ask for tiles at zoom 12 or finer`);
+  assert.equal(got[1].error, undefined);
+  assert.deepEqual(ids(got[1].items), truth(`12/${SX >> 2}/${SY >> 2}`), 'a z12 tile is 16 data tiles: within the limit');
+  assert.throws(() => cache.loadTiles(['14/x/1']), { code: 'ERR_INVALID_TILE' });
+  assert.throws(() => cache.loadTiles(['14/1/1'], { signal: 1 }), { code: 'ERR_INVALID_ARG_TYPE' });
+  assert.throws(() => cache.loadTiles(['14/1/1'], { sigal: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+  cache.dispose();
+});
+
+test('loadTiles: abort before the tick sends nothing; abort while waiting rejects and unqueues', async () => {
+  fresh();
+  const cache = await make({ batch: { maxInFlight: 1 } });
+  const ctrl = new AbortController();
+  const p = cache.loadTiles([t14(-4, -4)], { signal: ctrl.signal });
+  ctrl.abort();
+  await assert.rejects(p, { name: 'AbortError' });
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(backend.requests.length, 0, 'nothing sent');
+  // Waiting: one slot, the first request hangs, the second call's tile is queued behind it.
+  backend.delayMs = 300;
+  const first = cache.loadTiles([t14(-4, -3)]);
+  await backend.waitFor(1);
+  const ctrl2 = new AbortController();
+  const second = cache.loadTiles([t14(-6, -6)], { signal: ctrl2.signal });
+  await new Promise((r) => setTimeout(r, 10));
+  ctrl2.abort(new Error('gone'));
+  await assert.rejects(second, /gone/);
+  await first;
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(backend.requests.map((r) => r.tiles), [[t14(-4, -3)]], 'the aborted tile was never asked for');
+  // Already aborted: rejects at once.
+  await assert.rejects(cache.loadTiles([t14(0, 0)], { signal: AbortSignal.abort() }), { name: 'AbortError' });
+  cache.dispose();
+});
+
+test('loadTiles: tiles stay queued across setViewport until they arrive', async () => {
+  fresh();
+  const cache = await make({ batch: { maxInFlight: 1 } });
+  backend.delayMs = 100;
+  cache.setViewport(viewOf(SX, SY, 1, 1));
+  const far = cache.loadTiles([t14(8, 8)]);
+  await new Promise((r) => setTimeout(r, 10));
+  cache.setViewport(viewOf(SX + 1, SY, 1, 1)); // replaces the planner's queues
+  const [got] = await far;
+  assert.deepEqual(ids(got.items), truth(t14(8, 8)));
+  cache.dispose();
+});
+
+test('dispose rejects pending loads', async () => {
+  fresh();
+  const cache = await make();
+  backend.delayMs = 200;
+  const p = cache.loadTiles([t14(5, 5)]);
+  await backend.waitFor(1);
+  cache.dispose();
+  await assert.rejects(p, { code: 'ERR_DISPOSED' });
+});
+
+test('prefetch: a destination is fetched as prefetch, kept across viewports; then a view there sends no foreground request', async () => {
+  fresh();
+  const cache = await make();
+  cache.setViewport(viewOf(SX, SY, 2, 2));
+  await cache.whenComplete();
+  const dest = viewOf(SX + 8, SY + 8, 2, 2);
+  assert.equal(cache.prefetch(dest), 4);
+  cache.setViewport(viewOf(SX + 1, SY, 2, 2)); // would have replaced a warm()
+  await until(() => cache.tileStates([t14(8, 8), t14(9, 9)]).every((s) => s === 'prefetched'), 'prefetched destination');
+  const fg = cache.stats().requests - cache.stats().prefetchRequests;
+  const there = cache.setViewport(dest);
+  assert.equal(there.complete, true);
+  assert.equal(cache.stats().requests - cache.stats().prefetchRequests, fg, 'no foreground request');
+  assert.equal(cache.prefetch(dest), 0, 'fresh: nothing to queue');
+  assert.equal(cache.prefetch([t14(-9, -9)]), 1);
+  assert.throws(() => cache.prefetch({ west: -180, south: -85, east: 180, north: 85, zoom: 14 }), { code: 'ERR_TOO_MANY_TILES' });
+  assert.throws(() => cache.prefetch('14/1/1'), { code: 'ERR_INVALID_ARG_TYPE' });
+  assert.throws(() => cache.prefetch(['nope']), { code: 'ERR_INVALID_TILE' });
+  cache.dispose();
+});
+
+test('tooWide: a wide view fetches nothing, keeps showing the cache, and never throws', async () => {
+  fresh();
+  const cache = await make({ maxVisibleTiles: 4 });
+  cache.setViewport(viewOf(SX, SY, 2, 2));
+  await cache.whenComplete();
+  const n = backend.requests.length;
+  const shown = cache.setViewport(viewOf(SX, SY, 2, 2)).items.length;
+  const wide = cache.setViewport(viewOf(SX - 1, SY - 1, 4, 4));
+  assert.equal(wide.tooWide, true);
+  assert.equal(wide.complete, false);
+  assert.deepEqual(wide.missingTiles, []);
+  assert.equal(wide.items.length, shown, 'the cached items in view');
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(backend.requests.length, n, 'nothing fetched');
+  const back = cache.setViewport(viewOf(SX, SY, 2, 2));
+  assert.equal(back.tooWide, false);
+  assert.equal(back.complete, true);
+  await assert.rejects(TileCache.create({ endpoint: backend.url, maxVisibleTiles: 0 }), { code: 'ERR_OUT_OF_RANGE' });
+  cache.dispose();
+});
+
+test('tileSize 512: the viewport zoom and minZoom are MapLibre\'s', async () => {
+  fresh();
+  const v = viewOf(SX, SY, 2, 2, 13.5); // MapLibre zoom 13.5 = 14.5 in 256-px terms
+  const a = await make({ tileSize: 512, minZoom: 13 });
+  a.setViewport(v);
+  await a.whenComplete();
+  assert.ok(backend.requests.length > 0, 'fetched at MapLibre zoom 13.5 with minZoom 13');
+  const b = await make({ minZoom: 14 });
+  fresh();
+  assert.equal(b.setViewport(v).complete, true, '256-px zoom 13.5 is below minZoom 14');
+  assert.equal(backend.requests.length, 0);
+  await assert.rejects(make({ tileSize: 300 }), { code: 'ERR_OUT_OF_RANGE', message: 'tileSize must be 256 or 512, got 300' });
+  await assert.rejects(make({ tileSize: '512' }), { code: 'ERR_INVALID_ARG_TYPE' });
+  a.dispose();
+  b.dispose();
+});

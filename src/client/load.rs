@@ -1,0 +1,183 @@
+//! Tiles a host asks for itself (a map library that tiles its own layers: deck.gl's
+//! `TileLayer`, OpenLayers' tile strategy, Leaflet's `GridLayer`), and destinations known in
+//! advance (a `flyTo`, a route, a search result).
+//!
+//! - [`Client::load_tile`] reads a host tile from the cache when its data tiles can be
+//!   shown, and otherwise queues them as foreground work that stays queued across
+//!   viewports ("loading") until they can be shown, fail for good or are released.
+//! - [`Client::prefetch`] queues data tiles as prefetch work that stays queued across
+//!   viewports ("destinations") until they are fetched, behind the planner's own.
+
+use super::{Client, Payload};
+use crate::cache::CacheItem;
+use crate::planner::Work;
+use crate::tile::TileId;
+
+/// Most data tiles remembered as destinations; older ones are dropped first.
+pub const MAX_DESTINATIONS: usize = 4096;
+
+/// A host tile covers more data tiles than a view may (`max_visible_tiles`): ask for finer
+/// tiles, or use a lower data zoom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "tile {tile} covers {count} data tiles at zoom {tile_zoom}, more than max_visible_tiles \
+     ({max}): ask for tiles at zoom {min_z} or finer"
+)]
+pub struct TooManyDataTiles {
+    pub tile: TileId,
+    pub count: u64,
+    pub tile_zoom: u8,
+    pub max: usize,
+    /// The coarsest host zoom within the limit.
+    pub min_z: u8,
+}
+
+impl<P: Payload> Client<P> {
+    /// The data tiles that hold what host tile `tile` shows: its data-zoom ancestor when it
+    /// is at the data zoom or finer, else its descendants at the data zoom, at most
+    /// `max_visible_tiles` of them.
+    pub fn data_tiles_of(&self, tile: TileId) -> Result<Vec<TileId>, TooManyDataTiles> {
+        let config = self.planner.config();
+        let (z, max) = (config.tile_zoom, config.max_visible_tiles);
+        if tile.z() >= z {
+            return Ok(tile.ancestor(z).into_iter().collect());
+        }
+        let levels = u32::from(z - tile.z());
+        let count = 1u64 << (2 * levels);
+        // The coarsest zoom whose tiles hold at most `max` data tiles (4^levels <= max).
+        let fit = (usize::BITS - 1 - max.leading_zeros()) / 2;
+        let err = TooManyDataTiles {
+            tile,
+            count,
+            tile_zoom: z,
+            max,
+            min_z: z.saturating_sub(fit as u8),
+        };
+        if count > max as u64 {
+            return Err(err);
+        }
+        tile.descendants(z).map_err(|_| err)
+    }
+
+    /// A host tile, read from the cache if every data tile it needs can be shown: then
+    /// `sink(item, stale)` gets its items (those inside `tile` when it is finer than the
+    /// data zoom) and the result is `true`. Otherwise nothing is read, the data tiles that
+    /// cannot be shown are queued as foreground work (when `queue`) and stay queued until
+    /// they can be shown, a request for them fails for good, or
+    /// [`Client::release_tiles`] drops them; call [`Client::poll_request`] after.
+    pub fn load_tile(
+        &mut self,
+        tile: TileId,
+        queue: bool,
+        now_ms: u64,
+        mut sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> Result<bool, TooManyDataTiles> {
+        let data = self.data_tiles_of(tile)?;
+        let access = self.access;
+        let waiting: Vec<TileId> = data
+            .iter()
+            .copied()
+            .filter(|&t| !self.cache.tile_freshness(t, access, now_ms).is_showable())
+            .collect();
+        if !waiting.is_empty() {
+            if queue {
+                for t in waiting {
+                    if !self.loading.contains(&t) {
+                        self.loading.push(t);
+                    }
+                }
+                self.refresh_foreground(now_ms);
+            }
+            return Ok(false);
+        }
+        let finer = tile.z() > self.cache.config().tile_zoom;
+        for t in data {
+            self.cache.read_tile(t, access, now_ms, |item, stale| {
+                if !finer || tile.contains_point(item.lon(), item.lat()) {
+                    sink(item, stale);
+                }
+            });
+        }
+        Ok(true)
+    }
+
+    /// Data tiles queued by [`Client::load_tile`] that nobody waits for any more (an
+    /// aborted load): they are no longer queued, unless visible. A request already out
+    /// is not aborted; its answer is cached.
+    pub fn release_tiles(&mut self, tiles: &[TileId], now_ms: u64) {
+        self.loading.retain(|t| !tiles.contains(t));
+        self.refresh_foreground(now_ms);
+    }
+
+    /// Data tiles queued by [`Client::load_tile`] and not showable yet.
+    pub fn loading_tiles(&self) -> &[TileId] {
+        &self.loading
+    }
+
+    /// Queues data tiles (at the data zoom; others are skipped) as prefetch work for a
+    /// known destination. Unlike [`Client::warm`], they stay queued across viewports, behind
+    /// the planner's prefetch, until fetched (at most [`MAX_DESTINATIONS`], oldest dropped
+    /// first), and an in-flight request for them is never cancelled as unwanted. Returns
+    /// how many were not fresh (queued now or already).
+    pub fn prefetch(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        let tile_zoom = self.cache.config().tile_zoom;
+        let access = self.access;
+        let mut n = 0;
+        for &t in tiles {
+            if t.z() != tile_zoom || self.cache.tile_freshness(t, access, now_ms).is_showable() {
+                continue;
+            }
+            n += 1;
+            if !self.destinations.contains(&t) {
+                self.destinations.push(t);
+            }
+        }
+        let over = self.destinations.len().saturating_sub(MAX_DESTINATIONS);
+        self.destinations.drain(..over);
+        self.warm_destinations(now_ms);
+        n
+    }
+
+    /// Foreground work for the loading tiles that cannot be shown and are not in flight,
+    /// after `works`; the tiles that can be shown now are forgotten.
+    pub(super) fn with_loading(&mut self, mut works: Vec<Work>, now_ms: u64) -> Vec<Work> {
+        if self.loading.is_empty() {
+            return works;
+        }
+        let (cache, access, batcher) = (&self.cache, self.access, &self.batcher);
+        self.loading.retain(|&t| {
+            let st = cache.tile_freshness(t, access, now_ms);
+            if st.is_showable() {
+                return false;
+            }
+            if !batcher.is_tile_in_flight(t) {
+                works.extend(Work::from_state(t, st));
+            }
+            true
+        });
+        works
+    }
+
+    /// Queues the destinations that are not fetched yet behind the prefetch queue; the
+    /// fetched ones are forgotten.
+    pub(super) fn warm_destinations(&mut self, now_ms: u64) {
+        if self.destinations.is_empty() {
+            return;
+        }
+        let (cache, access) = (&self.cache, self.access);
+        self.destinations
+            .retain(|&t| !cache.tile_freshness(t, access, now_ms).is_showable());
+        let tiles = std::mem::take(&mut self.destinations);
+        self.warm(&tiles, now_ms);
+        self.destinations = tiles;
+    }
+
+    /// Forgets the loading tiles a request that gave up was for (its tiles may be coarser
+    /// than the data zoom, standing for the data tiles inside them).
+    pub(super) fn give_up_loading(&mut self, tiles: &[TileId]) {
+        self.loading
+            .retain(|&t| !tiles.iter().any(|&r| r.contains(t) || t.contains(r)));
+        self.destinations
+            .retain(|&t| !tiles.iter().any(|&r| r.contains(t) || t.contains(r)));
+    }
+}
