@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test edge-test demo-test web-test bench demo demo-postgis setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test browser-test edge-test demo-test web-test bench demo demo-postgis setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
@@ -13,7 +13,7 @@ MAKEFLAGS += --no-print-directory
 ## the edge worker under workerd, the Rust browser shell (web/) and the demo page in
 ## headless Chromium.
 ## Node's summary is the closing output.
-test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test edge-test web-test demo-test
+test: toolchain setup-test lint cargo-test wasm-core fuzz-smoke soak-smoke schemathesis pkg page-size node-test browser-test edge-test web-test demo-test
 
 setup:
 	scripts/setup.sh rust wasm node
@@ -99,6 +99,11 @@ page-size: pkg
 
 node-test: pkg
 	scripts/test-node.sh
+
+## The map adapters in headless Chromium: pages built with Vite over pkg/ (real maplibre-gl);
+## screenshots in target/browser-test/*.png.
+browser-test: pkg
+	scripts/test-browser.sh
 
 ## The edge worker (edge/, tilewarm/edge) under real workerd against tilewarm-server on
 ## loopback; installs workerd (scripts/setup.sh edge).

@@ -106,6 +106,8 @@ const pkg = {
     "./raw": { types: "./raw.d.ts", default: "./raw.js" },
     // The edge worker (Cloudflare Workers / workerd): createWorker, EdgeProxy; own .wasm.
     "./edge": { types: "./edge.d.ts", default: "./edge.js" },
+    // Map library adapters: no wasm of their own, they take a TileCache.
+    "./maplibre": { types: "./maplibre.d.ts", default: "./maplibre.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
     "./package.json": "./package.json",
   },

@@ -1,0 +1,174 @@
+// tilewarm/maplibre: keeps a MapLibre GL JS GeoJSON source in sync with a TileCache.
+//
+//   const detach = attach(map, cache, { sourceId: 'homes' });
+//
+// It reads the map's bounds and zoom itself (MapLibre's zoom is for 512-px tiles: +1 unless
+// the cache was made with `tileSize: 512`; wrapped worlds and pitched views are folded into
+// one box, and a box too wide to fetch is the cache's `tooWide` state, not an error), calls
+// `setViewport` at most once per animation frame, and updates the source by diffs
+// (`updateData` on a source with `promoteId`: only added, removed and changed items),
+// falling back to `setData` where `updateData` is missing. Fetch errors go to the cache's
+// `onError` listeners; errors of the map calls to `options.onError`. Types: maplibre.d.ts.
+
+/** What the page's options may hold, and their defaults. */
+const OPTION_NAMES = ['sourceId', 'promoteId', 'properties', 'onView', 'onError', 'useUpdateData'];
+
+function fail(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+/** A map's bounds as one box in -180..180 (west > east across the antimeridian; the
+ * whole world when more than one world is in view), latitudes clamped. Exported for the
+ * tests. */
+export function boxOf(bounds) {
+  let west = bounds.getWest(), east = bounds.getEast();
+  const south = Math.max(-90, bounds.getSouth()), north = Math.min(90, bounds.getNorth());
+  if (!(east - west < 360)) {
+    west = -180; east = 180;
+  } else {
+    const wrap = (x) => ((((x + 180) % 360) + 360) % 360) - 180;
+    west = wrap(west);
+    east = wrap(east);
+    if (east === -180 && west !== -180) east = 180;
+  }
+  return { west, south, east, north };
+}
+
+/** The GeoJSON feature of an item: its id (the source's `promoteId`), class, tier, stale
+ * flag, then what `properties(item)` adds. */
+function featureOf(item, promoteId, properties) {
+  const props = { [promoteId]: item.id, class: item.class, access: item.access, stale: item.stale };
+  if (properties) Object.assign(props, properties(item));
+  return { type: 'Feature', geometry: { type: 'Point', coordinates: [item.lon, item.lat] }, properties: props };
+}
+
+/**
+ * Keeps GeoJSON source `options.sourceId` of `map` in sync with `cache` (added when the
+ * style has none); returns `detach()`, which stops following the map (the source keeps
+ * its data).
+ */
+export function attach(map, cache, options) {
+  if (!map || typeof map.getBounds !== 'function' || typeof map.on !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'map must be a maplibregl.Map');
+  }
+  if (!cache || typeof cache.setViewport !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  }
+  if (options === null || typeof options !== 'object') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object {sourceId, ...}');
+  }
+  for (const k of Object.keys(options)) {
+    if (!OPTION_NAMES.includes(k)) {
+      throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `${k} is not an option; the options are ${OPTION_NAMES.join(', ')}`);
+    }
+  }
+  const { sourceId, promoteId = 'id', properties, onView, useUpdateData = true } = options;
+  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  if (typeof sourceId !== 'string' || sourceId === '') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'sourceId must be a non-empty string');
+  }
+  for (const [name, f] of [['properties', properties], ['onView', onView], ['onError', options.onError]]) {
+    if (f !== undefined && typeof f !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
+  }
+  const zoomOffset = cache.tileSize === 512 ? 0 : 1;
+
+  /** id -> { item, stale } of what the source holds. */
+  let shown = new Map();
+  let frame = 0, detached = false, synced = false;
+
+  function source() {
+    let src = map.getSource(sourceId);
+    if (!src && map.isStyleLoaded()) {
+      map.addSource(sourceId, { type: 'geojson', data: { type: 'FeatureCollection', features: [] }, promoteId });
+      src = map.getSource(sourceId);
+      synced = false;
+    }
+    return src;
+  }
+
+  /** Brings the source to `items`: a diff when the source can take one, else all of it. */
+  function show(items) {
+    const src = source();
+    if (!src) return;
+    const next = new Map();
+    for (const it of items) next.set(it.id, { item: it, stale: it.stale });
+    const diffable = useUpdateData && synced && typeof src.updateData === 'function' && src.promoteId === promoteId;
+    if (!diffable) {
+      src.setData({ type: 'FeatureCollection', features: items.map((it) => featureOf(it, promoteId, properties)) });
+      shown = next;
+      synced = true;
+      return;
+    }
+    const remove = [], add = [], update = [];
+    for (const id of shown.keys()) if (!next.has(id)) remove.push(id);
+    for (const [id, now] of next) {
+      const was = shown.get(id);
+      if (!was) add.push(featureOf(now.item, promoteId, properties));
+      else if (was.item !== now.item || was.stale !== now.stale) {
+        const f = featureOf(now.item, promoteId, properties);
+        update.push({
+          id,
+          newGeometry: f.geometry,
+          removeAllProperties: true,
+          addOrUpdateProperties: Object.entries(f.properties).map(([key, value]) => ({ key, value })),
+        });
+      }
+    }
+    shown = next;
+    if (remove.length || add.length || update.length) src.updateData({ remove, add, update });
+  }
+
+  function viewport() {
+    return { ...boxOf(map.getBounds()), zoom: Math.min(30, Math.max(0, map.getZoom() + zoomOffset)) };
+  }
+
+  function push() {
+    frame = 0;
+    if (detached) return;
+    try {
+      const view = cache.setViewport(viewport());
+      show(view.items);
+      onView?.(view);
+    } catch (e) {
+      onError(e);
+    }
+  }
+
+  function schedule() {
+    if (frame || detached) return;
+    frame = requestAnimationFrame(push);
+  }
+
+  function onStyle() {
+    // A new style drops the sources: add it again with everything.
+    if (!map.getSource(sourceId)) { synced = false; schedule(); }
+  }
+
+  const offUpdate = cache.onUpdate((items, view) => {
+    if (detached) return;
+    try {
+      show(items);
+      onView?.({ items, ...view });
+    } catch (e) {
+      onError(e);
+    }
+  });
+  map.on('move', schedule);
+  map.on('moveend', schedule);
+  map.on('styledata', onStyle);
+  if (map.isStyleLoaded()) push();
+  else map.once('load', push);
+
+  return function detach() {
+    if (detached) return;
+    detached = true;
+    if (frame) cancelAnimationFrame(frame);
+    offUpdate();
+    map.off('move', schedule);
+    map.off('moveend', schedule);
+    map.off('styledata', onStyle);
+    map.off('load', push);
+  };
+}

@@ -1,0 +1,169 @@
+// tilewarm/maplibre in headless Chromium (Debian's chromium through playwright-core), with
+// real maplibre-gl, on a page built by Vite over the package (scripts/test-browser.sh builds
+// it into target/browser-test). The batch endpoint is the Node tests' local backend
+// (../support/backend.mjs), reached through the page's own origin (/batch).
+//
+// Checks: items appear; after pans and zooms the source (read back through MapLibre's
+// getData) holds exactly the view's items once each (the diffs match a full recomputation);
+// a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
+// tooWide, not an error; no console errors. Screenshots: target/browser-test/*.png.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { extname, join, resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
+
+const root = resolve(import.meta.dirname, '../../..');
+const dist = resolve(root, 'target/browser-test');
+const browserPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+// Headless Chromium without a GPU: WebGL through ANGLE on SwiftShader (as scripts/demo-test.sh).
+export const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+  '--use-gl=angle', '--use-angle=swiftshader', '--enable-unsafe-swiftshader',
+];
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png' };
+
+/** Serves `dist` and forwards POST /batch to the backend. */
+export async function startPageServer(backend) {
+  const server = createServer(async (req, res) => {
+    try {
+      const url = new URL(req.url, 'http://x');
+      if (url.pathname === '/batch') {
+        const chunks = [];
+        for await (const c of req) chunks.push(c);
+        const r = await fetch(backend.url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.concat(chunks) });
+        res.writeHead(r.status, { 'content-type': 'application/json' });
+        res.end(Buffer.from(await r.arrayBuffer()));
+        return;
+      }
+      if (url.pathname === '/favicon.ico') { res.writeHead(204); res.end(); return; }
+      const file = join(dist, url.pathname.endsWith('/') ? `${url.pathname}index.html` : url.pathname);
+      if (!file.startsWith(dist)) throw new Error('outside');
+      const body = await readFile(file);
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+      res.end(body);
+    } catch {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  return { url: `http://127.0.0.1:${server.address().port}/`, close: () => server.close() };
+}
+
+export async function until(page, fn, arg, what, ms = 30_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await page.evaluate(fn, arg);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const [, SX, SY] = SEATTLE;
+
+describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
+  let backend, pages, browser, page;
+  const problems = [];
+
+  before(async () => {
+    backend = await startBackend();
+    pages = await startPageServer(backend);
+    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
+    page = await browser.newPage({ viewport: { width: 900, height: 600 } });
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    // The middle of Seattle's z14 tile, at MapLibre zoom 13.5 (14.5 in 256-px terms).
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await page.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+    await until(page, () => window.__tw !== undefined, null, 'the page');
+  });
+
+  after(async () => {
+    await browser?.close();
+    pages?.close();
+    backend?.close();
+  });
+
+  /** Waits until the map is idle, nothing is in flight, and the source matches the view. */
+  async function settled(what) {
+    return until(page, async () => {
+      const { map, cache } = window.__tw;
+      if (!map.loaded() || cache.stats().inFlight > 0) return false;
+      const s = await window.__tw.state();
+      const key = (f) => JSON.stringify([f.id, f.stale, f.price, f.lon, f.lat]);
+      const a = s.features.map(key).sort(), b = s.full.map(key).sort();
+      return a.length > 0 && a.join() === b.join() ? s : false;
+    }, null, what);
+  }
+
+  function checkOnce(s) {
+    const ids = s.features.map((f) => f.id);
+    assert.equal(new Set(ids).size, ids.length, 'no feature twice');
+  }
+
+  it('items appear, and the source is the view after pans and zooms', async () => {
+    let s = await settled('first view');
+    checkOnce(s);
+    assert.ok(s.features.length >= 3, `${s.features.length} features`);
+    await page.screenshot({ path: join(dist, 'maplibre.png') });
+    for (const step of [
+      (m) => m.panBy([300, 120], { animate: false }),
+      (m) => m.zoomTo(14.5, { animate: false }),
+      (m) => m.panBy([-500, -200], { animate: false }),
+      (m) => m.zoomTo(13, { animate: false }),
+    ]) {
+      await page.evaluate(`(${step.toString()})(window.__tw.map)`);
+      s = await settled('after a move');
+      checkOnce(s);
+    }
+    // Each item once, every one inside the view's data tiles: compare with the backend.
+    assert.ok(s.features.every((f) => backend.byId.get(f.id)), 'only items the backend has');
+  });
+
+  it('a one-tile pan after prefetch sends no foreground request', async () => {
+    await page.evaluate(() => window.__tw.map.jumpTo({ zoom: 13.5 }));
+    await settled('view before the pan');
+    // Let prefetch finish: nothing in flight for a while.
+    await until(page, () => window.__tw.cache.stats().inFlight === 0, null, 'prefetch done');
+    await new Promise((r) => setTimeout(r, 500));
+    await until(page, () => window.__tw.cache.stats().inFlight === 0, null, 'prefetch done');
+    const fg = (st) => st.requests - st.prefetchRequests;
+    const before = await page.evaluate(() => window.__tw.cache.stats());
+    // One z14 data tile at MapLibre zoom 13.5 is 512 * 2^13.5 / 2^14 px wide.
+    const px = 512 * 2 ** 13.5 / 2 ** 14;
+    await page.evaluate((px) => window.__tw.map.panBy([px, 0], { animate: false }), px);
+    const s = await settled('after a one-tile pan');
+    assert.equal(fg(s.stats), fg(before), 'no foreground request');
+    assert.ok(s.stats.prefetchTilesUsed > 0);
+  });
+
+  it('pitched and zoomed-out views are tooWide, not errors; back in, items again', async () => {
+    await page.evaluate(() => window.__tw.map.jumpTo({ zoom: 12.5, pitch: 60 }));
+    await new Promise((r) => setTimeout(r, 300));
+    await until(page, () => window.__tw.map.loaded(), null, 'pitched map idle');
+    await page.screenshot({ path: join(dist, 'maplibre-pitched.png') });
+    let s = await page.evaluate(() => window.__tw.state());
+    assert.equal(s.pitch, 60);
+    // MapLibre zoom 11: about 15 x 10 data tiles in view, over the page's maxVisibleTiles (64).
+    await page.evaluate(() => window.__tw.map.jumpTo({ zoom: 11, pitch: 0 }));
+    s = await until(page, async () => {
+      const s = await window.__tw.state();
+      return s.views.at(-1)?.tooWide ? s : false;
+    }, null, 'a tooWide view');
+    assert.equal(s.views.at(-1).complete, false);
+    assert.ok(s.features.length > 0, 'the cached items stay shown');
+    await page.evaluate(() => window.__tw.map.jumpTo({ zoom: 13.5, pitch: 0 }));
+    s = await settled('back in');
+    checkOnce(s);
+    assert.deepEqual(s.errors, [], 'no fetch errors');
+  });
+
+  it('no console errors', () => {
+    assert.deepEqual(problems, []);
+  });
+});
