@@ -389,8 +389,17 @@ export class TileCache {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE,
         `prefetch takes a viewport {west, south, east, north, zoom} or an array of tiles, got ${show(what)}`);
     }
+    const nums = out[0];
+    if (nums[0] === -1) {
+      throw argError(RangeError, ERR_TOO_MANY_TILES,
+        `tile ${what[nums[1]]} covers ${nums[2]} data tiles, more than maxVisibleTiles (${nums[3]}): prefetch tiles at zoom ${nums[4]} or finer`);
+    }
+    if (nums[0] === -2) {
+      throw argError(RangeError, ERR_TOO_MANY_TILES,
+        `the viewport covers more than maxVisibleTiles (${nums[1]}) data tiles: prefetch a smaller one, or its tiles`);
+    }
     this.#run(out, 1, 1);
-    return out[0][0];
+    return nums[0];
   }
 
   /** The state of each data tile, in order: 'loaded', 'prefetched' (fetched ahead and not

@@ -370,9 +370,10 @@ impl Engine {
         out.finish()
     }
 
-    /// `prefetch(tiles)`: header `queued`. Host tiles become their data tiles; a bad tile
-    /// string is a `tiles` field error, a tile over `maxVisibleTiles` data tiles a
-    /// `tiles` range error.
+    /// `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile
+    /// `index` covers more than `maxVisibleTiles` data tiles (nothing queued; `cache.js`
+    /// writes the message, so no number formatting runs in wasm). A bad tile string is a
+    /// `tiles` field error.
     #[wasm_bindgen(js_name = prefetchTiles)]
     pub fn prefetch_tiles(
         &mut self,
@@ -381,20 +382,28 @@ impl Engine {
     ) -> Result<Vec<JsValue>, JsValue> {
         let now = ms(now);
         let mut data = Vec::new();
-        for t in parse_tiles(&tiles)? {
-            data.extend(self.client.data_tiles_of(t).map_err(|e| {
-                thrown(ArgError {
-                    kind: ErrorClass::Range,
-                    code: Code::TooManyTiles,
-                    parts: vec![format!("tiles: {e}")],
-                })
-            })?);
+        for (i, t) in parse_tiles(&tiles)?.into_iter().enumerate() {
+            match self.client.data_tiles_of(t) {
+                Ok(d) => data.extend(d),
+                Err(e) => {
+                    let mut out = Out::default();
+                    out.nums.extend([
+                        -1.0,
+                        i as f64,
+                        e.count as f64,
+                        e.max as f64,
+                        f64::from(e.min_z),
+                    ]);
+                    return Ok(out.finish());
+                }
+            }
         }
         Ok(self.prefetch(&data, now))
     }
 
-    /// `prefetch(viewport)`: header `queued`; the viewport's data tiles (none below
-    /// `minZoom`). A viewport over `maxVisibleTiles` data tiles is a range error.
+    /// `prefetch(viewport)`: header `queued`, or `-2, maxVisibleTiles` for a viewport
+    /// over that many data tiles (nothing queued); the viewport's data tiles, none below
+    /// `minZoom`.
     #[wasm_bindgen(js_name = prefetchView)]
     pub fn prefetch_view(
         &mut self,
@@ -413,18 +422,12 @@ impl Engine {
             value(zoom),
         ];
         let vp = config::viewport(&v, self.zoom_offset).map_err(thrown)?;
-        let data = self.client.planner().visible_tiles(&vp).map_err(|_| {
-            let c = self.client.planner().config();
-            thrown(ArgError {
-                kind: ErrorClass::Range,
-                code: Code::TooManyTiles,
-                parts: vec![format!(
-                    "the viewport covers more than maxVisibleTiles ({}) data tiles at tileZoom {}: \
-                     prefetch a smaller one, or its tiles",
-                    c.max_visible_tiles, c.tile_zoom
-                )],
-            })
-        })?;
+        let Ok(data) = self.client.planner().visible_tiles(&vp) else {
+            let mut out = Out::default();
+            let max = self.client.planner().config().max_visible_tiles;
+            out.nums.extend([-2.0, max as f64]);
+            return Ok(out.finish());
+        };
         Ok(self.prefetch(&data, ms(now)))
     }
 

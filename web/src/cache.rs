@@ -259,8 +259,12 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     item: Rc::clone(&ci.payload().item),
                     stale,
                 })
-            })
-            .map_err(|e| Error::new(ErrorCode::TooManyTiles, e.to_string()))?;
+            });
+        // The core makes a view too wide to fetch a state (nothing fetched for it); this
+        // shell still reports it as an error.
+        if let Some(e) = outcome.too_wide {
+            return Err(Error::new(ErrorCode::TooManyTiles, e.to_string()));
+        }
         st.set_complete(outcome.complete);
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
