@@ -3,7 +3,8 @@
 # study traces (when ../shared/data is present), then draws the chart.
 #
 # Writes target/bench/sim.md, target/bench/sim-{synthetic,real}.json and
-# docs/bench/sim.svg (+ docs/bench/sim.md, the tables that go into docs/BENCHMARKS.md).
+# docs/bench/sim.svg and docs/bench/pareto.svg (+ docs/bench/sim.md, the tables that go into
+# docs/BENCHMARKS.md).
 # Usage: sim/run-bench.sh            (from the repository root or anywhere)
 #        DATA=/path/to/shared/data sim/run-bench.sh
 set -euo pipefail
@@ -42,6 +43,18 @@ if [ -d "$DATA/forecache-ndsi2d" ] && [ -f "$DATA/kc_house_data.csv" ]; then
   $SIM run --trace "$OUT/real-b.jsonl" --data "$DATA/kc_house_data.csv" --min-zoom 11 \
     --policies "$POLICIES" --label "Real sessions, half B (users 6-10; held out)" \
     --hit-goal 0.98469 --write-json "$OUT/sim-real-b.json" --write-md "$OUT/sim-real-b.md" >/dev/null
+  # The cost/hit-rate curve on the held-out half: the neighbourhood's size (view ring) at
+  # the default coarse tiles (2 zooms up) and at 3 zooms up (batch.coalesceLevels 3).
+  rm -f "$OUT"/pareto-*.json
+  for c in 2 3; do
+    for v in 0 0.25 0.5 0.75 1 1.5; do
+      $SIM run --trace "$OUT/real-b.jsonl" --data "$DATA/kc_house_data.csv" --min-zoom 11 \
+        --policies tilewarm --coalesce-levels $c --tw-align-levels $c --tw-view-ring $v \
+        --label "coalesce $c|view ring $v" --write-json "$OUT/pareto-$c-$v.json" >/dev/null
+    done
+  done
+  python3 sim/pareto.py docs/bench/pareto.svg "$OUT/sim-real-b.json" \
+    "$OUT"/pareto-2-*.json "$OUT"/pareto-3-*.json
   REAL=1
 else
   echo "run-bench: $DATA/forecache-ndsi2d or $DATA/kc_house_data.csv is absent: skipping the real traces" >&2
@@ -74,6 +87,18 @@ fi
     echo "#### Half B (users 6-10): held out"
     echo
     cat "$OUT/sim-real-b.md"
+    echo
+    echo "Cost against hit rate on half B (held out), across the view neighbourhood's size, with"
+    echo 'prefetch coalesced 2 zooms up (the default) and 3 (`batch.coalesceLevels: 3`, which also'
+    echo 'widens prefetch areas to those tiles). lru, ring1 and oracle are at the default batching.'
+    echo
+    echo "| coarse tiles | view ring | viewport hit | fg requests | requests | items fetched |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in 2 3; do for v in 0 0.25 0.5 0.75 1 1.5; do
+      python3 -c 'import json,sys; p=[p for p in json.load(open(sys.argv[1]))["policies"] if p["policy"]=="tilewarm"][0]; print("| %s zooms up | %s | %.1f%% | %d | %d | %d |" % (sys.argv[2], sys.argv[3], 100*p["viewport_hit_rate"], p["foreground_requests"], p["requests"], p["items_fetched"]))' "$OUT/pareto-$c-$v.json" $c $v
+    done; done
+    echo
+    echo "![hit rate against requests and items fetched, tilewarm across the view ring, lru, ring1 and oracle marked](bench/pareto.svg)"
   else
     echo "_Skipped: the shared data folder is absent._"
   fi

@@ -111,6 +111,9 @@ struct RunArgs {
     /// Tiles per request at most (batch max_tiles) [default: 16]
     #[arg(long, value_name = "N")]
     batch_tiles: Option<usize>,
+    /// Coarsest request tile, in zooms above the data zoom (batch coalesce_levels) [default: 2]
+    #[arg(long, value_name = "N")]
+    coalesce_levels: Option<u8>,
     /// tilewarm policy: ring width [default: 1]
     #[arg(long, value_name = "N")]
     tw_ring: Option<u32>,
@@ -228,6 +231,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     set(&mut cfg.min_zoom, a.min_zoom);
     set(&mut cfg.batch.max_in_flight, a.in_flight);
     set(&mut cfg.batch.max_tiles, a.batch_tiles);
+    set(&mut cfg.batch.coalesce_levels, a.coalesce_levels);
     set(&mut cfg.tilewarm.ring, a.tw_ring);
     set(&mut cfg.tilewarm.lookahead_ms, a.tw_lookahead_ms);
     set(&mut cfg.tilewarm.history_ms, a.tw_history_ms);
