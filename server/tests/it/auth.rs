@@ -789,3 +789,40 @@ async fn property_no_item_above_min_of_token_and_body_redis() {
     no_item_above_the_verified_tier(&s, 32);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn jwks_from_a_url_is_read_at_startup() {
+    use axum::routing::get;
+    let text = std::fs::read_to_string(keys_dir().join("jwks.json")).unwrap();
+    let app = axum::Router::new().route("/jwks.json", get(move || async move { text }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let idp = tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = server(Config {
+        jwks: Some(format!("http://{addr}/jwks.json")),
+        ..config()
+    })
+    .await;
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("ec-1".into());
+    let t = encode(
+        &h,
+        &json!({"exp": now_s() + 600, "tilewarm_access": "registered"}),
+        &EncodingKey::from_ec_der(&key_bytes("ec_private_pkcs8.der")),
+    )
+    .unwrap();
+    let (tier, _) = served(&call(&s, Some(&format!("Bearer {t}")), Access::Registered).await);
+    assert_eq!(tier, Access::Registered);
+    s.shutdown().await;
+    // A URL that does not answer with a key set stops startup with a message.
+    let e = tilewarm_server::start(Config {
+        jwks: Some(format!("http://{addr}/nope")),
+        ..config()
+    })
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("--jwks") && e.contains("404"), "{e}");
+    idp.abort();
+}
