@@ -166,16 +166,19 @@ async function makeCache() {
 // The tier selector signs in for real: `make demo` runs the server with --dev-tokens, whose
 // loopback-only POST /dev/token issues a short-lived token per tier. Without that route
 // (another server, `make demo-test`) no token is sent and the server answers `public`.
-const auth = { tier: null, token: null, expires: 0 };
+const auth = { tier: null, token: null, expires: 0, unavailable: false, signIns: 0 };
 async function tokenFor(tier) {
-  const sameOrigin = new URL(opts.endpoint, location.href).origin === location.origin;
-  if (!sameOrigin) return null; // never hand this server's token to another
+  // `public` needs no sign-in; never hand this server's token to another origin.
+  if (tier === 'public' || auth.unavailable) return null;
+  if (new URL(opts.endpoint, location.href).origin !== location.origin) return null;
   if (auth.tier === tier && Date.now() < auth.expires - 60_000) return auth.token;
   try {
     const res = await fetch(new URL('/dev/token', location.href), {
       method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ access: tier }),
     });
+    if (res.status === 404) auth.unavailable = true; // a server without --dev-tokens
     if (!res.ok) return null;
+    auth.signIns += 1;
     const { token, expires_in: ttl } = await res.json();
     Object.assign(auth, { tier, token, expires: Date.now() + ttl * 1000 });
     return token;
@@ -568,6 +571,7 @@ window.tilewarmDemo = {
   ZOOM_OFFSET,
   get cache() { return cache; },
   get items() { return items; },
+  signIn: () => ({ tier: auth.tier, signIns: auth.signIns }), // not the token itself
   stats: () => cache.stats(),
   foregroundRequests: () => foregroundRequests(cache.stats()),
   // Pixel width of one data tile at the current zoom (MapLibre's 512-pixel world tiles).

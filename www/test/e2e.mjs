@@ -16,6 +16,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -71,8 +72,11 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     } else {
       const port = await freePort();
       baseUrl = `http://127.0.0.1:${port}/`;
+      // A throwaway secret and --dev-tokens, as `make demo`: the tier control signs in.
+      const secret = randomBytes(32).toString('hex');
       server = spawn(serverBin, ['--listen', `127.0.0.1:${port}`, '--www', www, '--origin-latency-ms', '20',
-        '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        '--log-level', 'warn', '--dev-tokens'],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TILEWARM_JWT_SECRET: secret } });
       server.stdout.on('data', (d) => (serverLog += d));
       server.stderr.on('data', (d) => (serverLog += d));
       server.on('error', (e) => (serverLog += `spawn failed: ${e.message}\n`));
@@ -212,6 +216,18 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     assert.notDeepEqual(c1, c0, 'the map did not move during the replay');
     await page.click('#c-replay'); // stop
     await page.waitForFunction(() => /stopped/.test(document.getElementById('replay-status').textContent));
+  });
+
+  it('signs in for the tier chosen: agent-only homes appear through a real token', async () => {
+    const agentItems = () => window.tilewarmDemo.items.filter((i) => i.access === 'agent').length;
+    assert.equal(await page.evaluate(agentItems), 0, 'public view shows agent-only homes');
+    await page.selectOption('#c-access', 'agent');
+    await page.waitForFunction(agentItems, null, { timeout: 30_000 });
+    const signIn = await page.evaluate(() => window.tilewarmDemo.signIn());
+    assert.equal(signIn.tier, 'agent');
+    assert.ok(signIn.signIns >= 1);
+    await page.selectOption('#c-access', 'public');
+    await page.waitForFunction(() => !window.tilewarmDemo.items.some((i) => i.access !== 'public'), null, { timeout: 30_000 });
   });
 
   it('logged no console errors and no page errors', () => {
