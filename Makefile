@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test browser-test edge-test demo-test web-test bench demo demo-postgis setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test browser-test edge-test demo-test web-test web-example bench demo demo-postgis setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
@@ -117,8 +117,15 @@ demo-test: pkg
 
 ## The Rust browser shell (web/, tilewarm-web): wasm-bindgen-test in headless Chromium
 ## against tilewarm-server on loopback behind a fault proxy (scripts/test-web.sh).
-web-test:
+## Builds the example page (examples/web-canvas) first, so `make test` proves it builds.
+web-test: web-example
 	scripts/test-web.sh
+
+## The Rust example page on tilewarm-web into target/web-canvas/ (prints its wasm size);
+## serve it with `target/debug/tilewarm-server --www target/web-canvas`.
+web-example:
+	@scripts/setup.sh wasm node
+	scripts/build-web-example.sh
 
 ## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part;
 ## the pkg part measures the package size against the ratchet in bench/page-size.txt).

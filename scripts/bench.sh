@@ -6,6 +6,8 @@
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
 #   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
+#   web     scripts/bench-web.sh (the Rust browser shell: example wasm size, set_viewport
+#           with 10k cached, next to the npm package's in the same Chromium page)
 # A part whose script is absent, or that fails, is reported as such in the document; the
 # run still writes it. Parts: `scripts/bench.sh core sim` runs only those (and rewrites the
 # document from the outputs of earlier runs for the others; `scripts/bench.sh none` only
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -64,6 +66,13 @@ if want edge; then
     echo "edge/bench.mjs failed; see the output of \`scripts/bench.sh edge\`." > "$out/edge.md"
   fi
 fi
+if want web; then
+  status "Rust browser shell (tilewarm-web) vs the npm package"
+  if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && scripts/bench-web.sh > /dev/null; then :; else
+    echo "scripts/bench-web.sh failed; see the output of \`scripts/bench.sh web\`." > "$out/web.md"
+  fi
+fi
 
 section() { # file, fallback
   if [ -s "$1" ]; then cat "$1"; else echo "$2"; fi
@@ -76,7 +85,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -120,5 +129,9 @@ HEAD
   echo "## Edge worker: \`scripts/bench.sh edge\`"
   echo
   section "$out/edge.md" "(not run in this invocation)"
+  echo
+  echo "## Rust browser shell (tilewarm-web): \`scripts/bench.sh web\`"
+  echo
+  section "$out/web.md" "(not run in this invocation)"
 } > docs/BENCHMARKS.md
 status "wrote docs/BENCHMARKS.md"
