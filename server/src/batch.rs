@@ -1,5 +1,8 @@
-//! Answering one batch request: plan the data tiles, read the cache tier, make at most one
-//! origin call for every miss, write the misses back, filter per caller, serialise.
+//! Answering one batch request through the core's caching-proxy policy
+//! ([`tilewarm::proxy::policy`], the one the edge runs too): plan the data tiles, read the
+//! cache tier, make at most one origin call for every miss, write the misses back, filter
+//! for the caller's verified tier, serialise. This module is the shell: the tier, the
+//! origin and the metrics are its; what to read, ask, write and answer is the policy's.
 //!
 //! # How requested tiles map onto the cache tier
 //! The tier keys tile lists by *data tile* (`--data-zoom`, default 14).
@@ -23,6 +26,7 @@ use serde_json::value::RawValue;
 use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList};
+use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, ProxyItem, Rules, TileSource};
 use tilewarm::tile::TileId;
 
 use crate::origin::CallSource;
@@ -36,12 +40,19 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// How one requested tile is answered.
-enum Route {
-    /// From these entries of the data-tile list.
-    Data(Vec<usize>),
-    /// Straight from the origin.
-    Direct,
+impl ProxyItem for StoredItem {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lon(&self) -> f64 {
+        self.lon
+    }
+    fn lat(&self) -> f64 {
+        self.lat
+    }
+    fn access(&self) -> Access {
+        self.access
+    }
 }
 
 /// A data tile's items and the expiry of its list, from the origin.
@@ -106,25 +117,16 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
     let caller = tier;
 
     // 1. Route every requested tile; collect the data tiles once each.
-    let mut data_tiles: Vec<TileId> = Vec::new();
-    let mut data_index: HashMap<TileId, usize> = HashMap::new();
-    let mut routes = Vec::with_capacity(req.tiles.len());
-    let mut direct = Vec::new();
-    for &t in &req.tiles {
-        let index_of = |d: TileId| {
-            *data_index.entry(d).or_insert_with(|| {
-                data_tiles.push(d);
-                data_tiles.len() - 1
-            })
-        };
-        match t.data_tiles(dz, app.config.split_levels) {
-            Some(ds) => routes.push(Route::Data(ds.into_iter().map(index_of).collect())),
-            None => {
-                direct.push(t);
-                routes.push(Route::Direct);
-            }
-        }
-    }
+    let plan = Plan::new(
+        &req.tiles,
+        Rules {
+            data_zoom: dz,
+            split_levels: app.config.split_levels,
+            coarse_miss: CoarseMiss::FetchDataTiles,
+        },
+    );
+    let data_tiles = plan.data_tiles().to_vec();
+    let direct = plan.direct_tiles();
     let max = app.config.max_response_items;
     if !direct.is_empty() {
         // Bounded before paying for them (free in memory; see `origin`'s docs).
@@ -177,12 +179,8 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         .fetch_add(req.ids.len() as u64 - id_hits, Relaxed);
 
     // 3. One origin call for every miss, written back.
-    let miss_tiles: Vec<TileId> = data_tiles
-        .iter()
-        .zip(&read.tiles)
-        .filter(|(_, hit)| hit.is_none())
-        .map(|(&t, _)| t)
-        .collect();
+    let found: Vec<bool> = read.tiles.iter().map(Option::is_some).collect();
+    let policy = plan.read(&found);
     let miss_ids: Vec<String> = req
         .ids
         .iter()
@@ -192,9 +190,10 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         .collect();
     let mut fetched_tiles: HashMap<TileId, TileItems> = HashMap::new();
     let mut fetched_items: HashMap<String, Arc<StoredItem>> = HashMap::new();
-    if !miss_tiles.is_empty() || !miss_ids.is_empty() || !direct.is_empty() {
+    let origin_tiles = policy.origin_tiles();
+    if !origin_tiles.is_empty() || !miss_ids.is_empty() {
         let origin_req = BatchRequest {
-            tiles: miss_tiles.iter().chain(&direct).copied().collect(),
+            tiles: origin_tiles,
             ids: miss_ids,
             access: Access::Agent,
         };
@@ -211,7 +210,7 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
             fetched_tiles.insert(*tile, (items, *exp));
         }
         // Direct (coarse) tiles are answered but not cached.
-        fill.tiles.retain(|(t, _, _)| t.z() == dz);
+        fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
         if !direct.is_empty() {
             let keep: HashSet<&str> = fill
                 .tiles
@@ -231,58 +230,30 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
 
     // 4. Assemble for the caller.
     let now = now_ms();
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut items: Vec<&StoredItem> = Vec::new();
-    let mut lists = Vec::with_capacity(req.tiles.len());
-    for (&t, route) in req.tiles.iter().zip(&routes) {
-        let sources: Vec<(&Vec<Arc<StoredItem>>, u64)> = match route {
-            Route::Data(idx) => idx
-                .iter()
-                .filter_map(|&i| match &read.tiles[i] {
-                    Some(hit) => Some((&hit.items, hit.exp)),
-                    None => fetched_tiles.get(&data_tiles[i]).map(|(v, e)| (v, *e)),
-                })
-                .collect(),
-            Route::Direct => fetched_tiles
-                .get(&t)
-                .map(|(v, e)| (v, *e))
-                .into_iter()
-                .collect(),
-        };
-        let mut ids = Vec::new();
-        let mut exp = u64::MAX;
-        for (tile_items, tile_exp) in sources {
-            exp = exp.min(tile_exp);
-            for it in tile_items {
-                if !caller.can_see(it.access) || (t.z() > dz && !t.contains_point(it.lon, it.lat)) {
-                    continue;
-                }
-                ids.push(it.id.clone());
-                if seen.insert(&it.id) {
-                    items.push(it);
-                }
-            }
+    let ids = req.ids.iter().zip(&read.ids).map(|(id, hit)| {
+        match hit.as_ref().or_else(|| fetched_items.get(id)) {
+            Some(it) => IdSource::Found(it),
+            None => IdSource::Missing,
         }
-        lists.push(TileList {
-            tile: t,
-            ids,
-            ttl: Some(ttl_left_s(if exp == u64::MAX { now } else { exp }, now)),
-        });
-    }
-    let mut missing = Vec::new();
-    for (id, hit) in req.ids.iter().zip(&read.ids) {
-        let found = hit
-            .as_deref()
-            .or_else(|| fetched_items.get(id).map(|a| &**a));
-        match found {
-            Some(it) if caller.can_see(it.access) => {
-                if seen.insert(&it.id) {
-                    items.push(it);
-                }
-            }
-            _ => missing.push(id.clone()),
-        }
-    }
+    });
+    let assembled = policy.assemble(
+        caller,
+        |i| {
+            read.tiles[i].as_ref().map(|hit| TileSource {
+                items: hit.items.iter().collect(),
+                ttl_s: Some(ttl_left_s(hit.exp, now)),
+            })
+        },
+        |t| {
+            fetched_tiles.get(&t).map(|(v, e)| TileSource {
+                items: v.iter().collect(),
+                ttl_s: Some(ttl_left_s(*e, now)),
+            })
+        },
+        &req.ids,
+        ids,
+    );
+    let (lists, items, missing) = (assembled.tiles, assembled.items, assembled.missing);
     if items.len() > max {
         return Err(too_many_items(items.len(), max));
     }

@@ -56,7 +56,7 @@ pub struct StoredItem {
 
 impl StoredItem {
     fn size_bytes(&self) -> usize {
-        self.data.get().len() + self.id.len() + self.class.len() + 96
+        tilewarm::cache::item_size_bytes(&self.id, &self.class, self.data.get().len())
     }
 }
 

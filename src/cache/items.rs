@@ -25,6 +25,22 @@ pub struct ItemMeta {
     pub size_bytes: usize,
 }
 
+/// Bytes of bookkeeping charged per cached item on top of its id, class and payload (the
+/// `Arc<str>` id, the LRU node, the tile index entry, the coordinates and expiry).
+pub const ITEM_OVERHEAD_BYTES: usize = 96;
+
+/// The bytes an item is charged in a cache ([`ItemMeta::size_bytes`]): its id, class and
+/// payload plus [`ITEM_OVERHEAD_BYTES`]. The one estimate the client, the edge proxy and the
+/// server's tier all use.
+///
+/// ```
+/// use tilewarm::cache::item_size_bytes;
+/// assert_eq!(item_size_bytes("h1", "active", 10), 2 + 6 + 10 + 96);
+/// ```
+pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
+    ITEM_OVERHEAD_BYTES + id.len() + class.len() + payload_bytes
+}
+
 /// One cached item.
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {

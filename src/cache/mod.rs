@@ -45,7 +45,9 @@ mod tiles;
 pub use config::{CacheConfig, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
 pub use error::CacheError;
 pub use invalidate::Invalidate;
-pub use items::{CacheItem, InsertOutcome, ItemMeta, Lookup, Priority};
+pub use items::{
+    item_size_bytes, CacheItem, InsertOutcome, ItemMeta, Lookup, Priority, ITEM_OVERHEAD_BYTES,
+};
 pub use stats::CacheStats;
 pub use tiles::{Refresh, TileFreshness};
 

@@ -54,9 +54,6 @@ use crate::protocol::Limits;
 use crate::tile::{cover_range, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
 
-/// Bytes of bookkeeping per cached item on top of its id, class and payload.
-const ITEM_OVERHEAD_BYTES: usize = 96;
-
 /// Most prefetched tiles remembered for the used/wasted counters.
 const MAX_PREFETCH_MARKS: usize = 8192;
 

@@ -1,11 +1,8 @@
 //! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
 
-use super::{
-    Client, Event, Failure, FetchError, Kind, Payload, RequestId, ITEM_OVERHEAD_BYTES,
-    MAX_PREFETCH_MARKS,
-};
+use super::{Client, Event, Failure, FetchError, Kind, Payload, RequestId, MAX_PREFETCH_MARKS};
 use crate::batch::FailureOutcome;
-use crate::cache::{ItemMeta, Priority, TileFreshness};
+use crate::cache::{item_size_bytes, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{TileId, TileSet};
@@ -130,8 +127,7 @@ impl<P: Payload> Client<P> {
             } else {
                 Priority::Prefetch
             };
-            let size_bytes =
-                ITEM_OVERHEAD_BYTES + item.id.len() + item.class.len() + item.data.size_bytes();
+            let size_bytes = item_size_bytes(&item.id, &item.class, item.data.size_bytes());
             let meta = ItemMeta {
                 lon: item.lon,
                 lat: item.lat,

@@ -246,3 +246,40 @@ fn the_redis_tier_never_answers_above_the_callers_tier() {
         24,
     );
 }
+
+/// `batch::answer` filters by the tier it is given (the caller's verified tier), not by the
+/// `access` field the request carries: a request that claims `agent`, answered for a
+/// `public` caller, holds exactly what the origin holds for `public`, whether the tier is
+/// cold or was warmed by an agent first.
+#[test]
+fn the_verified_tier_bounds_the_answer_not_the_claimed_access() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let world = World::new(config()).await;
+        let claimed = world.request(&(
+            vec![(0, 0, 0), (1, 1, 1), (3, 5, 7)],
+            (0..12).collect(),
+            Access::Agent,
+        ));
+        let as_public = BatchRequest {
+            access: Access::Public,
+            ..claimed.clone()
+        };
+        for round in ["cold", "warm"] {
+            let body = answer(&world.app, &claimed, Access::Public)
+                .await
+                .expect("answered");
+            if let Err(e) = world.check(&as_public, &body) {
+                panic!("{round}: {e}");
+            }
+            // Warm the shared tier at the top tier for the next round.
+            answer(&world.app, &claimed, Access::Agent)
+                .await
+                .expect("answered");
+        }
+    });
+}

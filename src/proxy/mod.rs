@@ -1,0 +1,685 @@
+//! A caching batch proxy: the logic of the edge worker, sans IO, over the caching-proxy
+//! [`policy`] the server runs too (this module is the edge's store and its rules; the
+//! server's `batch.rs` is its tier's).
+//!
+//! One request goes through two calls. [`Proxy::begin`] takes the caller's decoded
+//! [`BatchRequest`] and `now_ms`, answers what the cache holds for the caller's tier and
+//! hands out one origin [`BatchRequest`] with only the misses (tiles and ids), at the
+//! caller's tier. [`Proxy::complete`] takes the origin's outcome (a body, an error status, a
+//! timeout, a network failure), fills the cache, and produces the merged response body with
+//! its HTTP status and the [`Verdict`] (`hit | partial | miss`), plus a second origin
+//! request that warms the neighbour tiles ([`Answer::warm`]); its answer goes to
+//! [`Proxy::warmed`]. The shell (the worker in `edge/`) only moves bytes.
+//!
+//! # Access isolation, by construction
+//! There is one [`ItemCache`] per access tier. A request at tier `t` reads only the cache of
+//! tier `t`, and that cache is filled only from origin answers to requests made at tier
+//! `t`, after dropping any item above `t` (an origin that breaks the protocol's access rule
+//! is not trusted either). So a `public` caller can never receive an item that an `agent`
+//! request brought in, whatever the order of requests. The price is memory: a tile popular
+//! with two tiers is held twice.
+//!
+//! # How requested tiles map onto the cache
+//! The cache keys tile lists by *data tile* ([`CacheConfig::tile_zoom`], default 14), as the
+//! server's tier does:
+//! - a tile at the data zoom or finer is answered from its data-zoom ancestor (a finer tile
+//!   keeps only the items positioned inside it); on a miss the data tile is forwarded;
+//! - a tile up to [`ProxyConfig::split_levels`] coarser is answered from its `4^levels`
+//!   data tiles when every one of them is fresh; otherwise the tile itself is forwarded
+//!   (one origin tile per requested tile, so the origin request never exceeds the caller's
+//!   tile count) and its list is split onto the data tiles when cached;
+//! - a coarser tile is forwarded and not cached.
+//!
+//! Only [`TileFreshness::Fresh`] data tiles count as hits; anything else (unknown, partial,
+//! stale) is forwarded whole.
+//!
+//! # When the origin fails
+//! What the cache held is still served: `200` with those tiles and items, the rest left out
+//! of the answer (the client asks again for tiles and ids a response does not answer), and
+//! an extra `error` member (the protocol's error object, ignored by decoders that do not
+//! know it) saying what failed. With nothing cached the answer is the error itself: `504
+//! upstream_timeout` for a timeout, `502 upstream_error` for a network failure, an error
+//! status or an invalid body; `400`, `413` and `429` from the origin are the caller's
+//! problem and are passed on with the origin's message.
+
+pub mod policy;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::cache::{
+    item_size_bytes, CacheConfig, CacheError, CacheStats, ItemCache, ItemMeta, Priority,
+    TileFreshness,
+};
+use crate::protocol::{
+    decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, ErrorBody, ErrorCode,
+    Item, Limits, RawData, TileList,
+};
+use crate::tile::{ring_around, TileId};
+use crate::util::{HashMap, HashSet};
+use policy::{CoarseMiss, IdSource, Plan, Read, Rules, TileSource};
+
+/// How the proxy caches and warms. Every field has a documented default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyConfig {
+    /// The cache of *each* tier (limits, TTLs, data zoom). Default [`CacheConfig::default`]
+    /// with `max_items` 20 000 and `max_bytes` 16 MiB, so the four tiers together stay well
+    /// inside a 128 MB isolate. Stale-while-revalidate is not used: only fresh tiles are
+    /// hits.
+    pub cache: CacheConfig,
+    /// How many zoom levels coarser than the data zoom a requested tile may be and still be
+    /// cached (split onto its data tiles). Default 2; at most [`crate::cache::MAX_SPLIT_LEVELS`].
+    pub split_levels: u8,
+    /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
+    /// Default 1; at most 4.
+    pub warm_ring: u32,
+    /// Most tiles in one warming request. Default 16; at least 1.
+    pub max_warm_tiles: usize,
+    /// Limits for decoding origin answers (and for the requests the shell decodes).
+    pub limits: Limits,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            cache: CacheConfig {
+                max_items: 20_000,
+                max_bytes: 16 * 1024 * 1024,
+                ..CacheConfig::default()
+            },
+            split_levels: 2,
+            warm_ring: 1,
+            max_warm_tiles: 16,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A [`ProxyConfig`] that is out of range. The message names the field and what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The per-tier cache config is invalid.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A proxy field is out of range.
+    #[error("proxy config {field} must be in {allowed}, got {value}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
+}
+
+/// Whether a response came from the cache: the `x-tilewarm-cache` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Everything from the cache; no origin call.
+    Hit,
+    /// Some from the cache, the rest from the origin (or, when the origin failed, left out).
+    Partial,
+    /// Nothing from the cache.
+    Miss,
+}
+
+impl Verdict {
+    /// `hit`, `partial` or `miss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Hit => "hit",
+            Verdict::Partial => "partial",
+            Verdict::Miss => "miss",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What became of an origin request, as the shell saw it.
+#[derive(Clone, Copy, Debug)]
+pub enum OriginOutcome<'a> {
+    /// An HTTP answer: status and body.
+    Answer { status: u16, body: &'a [u8] },
+    /// No answer within the shell's timeout.
+    Timeout,
+    /// No answer at all (connection refused, DNS, TLS, ...), with the shell's description.
+    Unreachable(&'a str),
+}
+
+/// A request between [`Proxy::begin`] and [`Proxy::complete`].
+#[derive(Debug)]
+pub struct Pending {
+    request: BatchRequest,
+    /// The policy's plan with what the cache held fresh.
+    read: Read,
+    /// The cached data tiles the answer uses (by index into the plan's data tiles): their
+    /// items and the list's expiry.
+    stored: HashMap<usize, TileRead>,
+    /// Per requested id: `Some(Some(item))` from the cache, `Some(None)` known missing,
+    /// `None` asked of the origin.
+    id_hits: Vec<Option<Option<Item<RawData>>>>,
+    origin: Option<BatchRequest>,
+}
+
+impl Pending {
+    /// The origin request with only the misses, at the caller's tier; `None` when the cache
+    /// answers everything (call [`Proxy::complete`] with any outcome, it is not looked at).
+    pub fn origin_request(&self) -> Option<&BatchRequest> {
+        self.origin.as_ref()
+    }
+
+    /// The caller's request.
+    pub fn request(&self) -> &BatchRequest {
+        &self.request
+    }
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// HTTP status: 200, or the error's.
+    pub status: u16,
+    /// A [`BatchResponse`] (possibly with an `error` member, see the module docs) or an
+    /// [`ErrorBody`], as JSON.
+    pub body: String,
+    /// The `x-tilewarm-cache` header.
+    pub verdict: Verdict,
+    /// Why the origin's part is missing, when it is.
+    pub origin_error: Option<ErrorBody>,
+    /// Neighbour tiles to warm (send it after answering, and give its outcome to
+    /// [`Proxy::warmed`]).
+    pub warm: Option<BatchRequest>,
+}
+
+/// Counters since the proxy was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Requests completed, by verdict.
+    pub hits: u64,
+    pub partials: u64,
+    pub misses: u64,
+    /// Origin requests for callers (not warming), and those that failed.
+    pub origin_requests: u64,
+    pub origin_failures: u64,
+    /// Warming requests planned, and warming answers that filled the cache.
+    pub warm_requests: u64,
+    pub warm_fills: u64,
+    /// Origin items dropped because they were above the tier they were asked at.
+    pub dropped_above_tier: u64,
+}
+
+/// The caching batch proxy: one [`ItemCache`] per access tier. See the module docs.
+pub struct Proxy {
+    config: ProxyConfig,
+    caches: [ItemCache<RawData>; 4],
+    /// Per tier: ids the origin reported missing, and until when that answer holds.
+    missing: [LruCache<String, u64>; 4],
+    stats: ProxyStats,
+}
+
+/// A data tile read from the cache: its items shown to the tier, and the list's expiry.
+type TileRead = (Vec<Item<RawData>>, u64);
+
+/// Most ids remembered as missing, per tier (least recently used go first).
+pub const MAX_MISSING_IDS: usize = 4096;
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+/// The merged response, its items borrowed (the wire form of [`BatchResponse`]).
+#[derive(Serialize, Default)]
+struct OutResponse<'a> {
+    tiles: Vec<TileList>,
+    items: Vec<&'a Item<RawData>>,
+    missing: Vec<String>,
+}
+
+/// A response that answers part of a request, with the reason the rest is missing.
+#[derive(Serialize)]
+struct PartialResponse<'a> {
+    #[serde(flatten)]
+    response: &'a OutResponse<'a>,
+    error: ErrorFields<'a>,
+}
+
+impl Proxy {
+    /// A proxy with empty caches. Errors name the out-of-range field.
+    pub fn new(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let range = |field, value: u64, ok: bool, allowed| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ProxyError::OutOfRange {
+                    field,
+                    value,
+                    allowed,
+                })
+            }
+        };
+        let s = config.split_levels;
+        range(
+            "split_levels",
+            s.into(),
+            s <= crate::cache::MAX_SPLIT_LEVELS && s <= config.cache.tile_zoom,
+            "0..=8 and at most tile_zoom",
+        )?;
+        range(
+            "warm_ring",
+            config.warm_ring.into(),
+            config.warm_ring <= 4,
+            "0..=4",
+        )?;
+        let w = config.max_warm_tiles;
+        range("max_warm_tiles", w as u64, (1..=64).contains(&w), "1..=64")?;
+        let make = || ItemCache::new(config.cache.clone());
+        let caches = [make()?, make()?, make()?, make()?];
+        let cap = NonZeroUsize::new(MAX_MISSING_IDS).unwrap_or(NonZeroUsize::MIN);
+        let missing = std::array::from_fn(|_| LruCache::new(cap));
+        Ok(Proxy {
+            config,
+            caches,
+            missing,
+            stats: ProxyStats::default(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Counters of the proxy.
+    pub fn stats(&self) -> ProxyStats {
+        self.stats
+    }
+
+    /// The cache counters of one tier.
+    pub fn cache_stats(&self, tier: Access) -> CacheStats {
+        self.caches[tier.rank() as usize].stats()
+    }
+
+    fn cache(&mut self, tier: Access) -> &mut ItemCache<RawData> {
+        &mut self.caches[tier.rank() as usize]
+    }
+
+    /// The policy's rules for the edge: per-tier caches of data tiles, a coarse tile with a
+    /// stale data tile forwarded whole.
+    fn rules(&self) -> Rules {
+        Rules {
+            data_zoom: self.config.cache.tile_zoom,
+            split_levels: self.config.split_levels,
+            coarse_miss: CoarseMiss::ForwardTile,
+        }
+    }
+
+    /// Reads one fresh data tile from `tier`'s cache: its items and the list's expiry.
+    fn read_data_tile(&mut self, d: TileId, tier: Access, now_ms: u64) -> TileRead {
+        let cache = self.cache(tier);
+        let exp = cache.tile_expires_at_ms(d).unwrap_or(now_ms);
+        let mut items = Vec::new();
+        cache.read_tile(d, tier, now_ms, |item, _stale| {
+            items.push(Item {
+                id: item.id().to_owned(),
+                lon: item.lon(),
+                lat: item.lat(),
+                class: item.class().to_owned(),
+                access: item.access(),
+                ttl: Some(ttl_left_s(item.expires_at_ms(), now_ms)),
+                data: item.payload().clone(),
+            });
+        });
+        (items, exp)
+    }
+
+    /// Answers what `tier`'s cache holds and plans the origin request for the rest.
+    /// `request` is a decoded (hence valid, de-duplicated) request.
+    pub fn begin(&mut self, request: BatchRequest, now_ms: u64) -> Pending {
+        let tier = request.access;
+        // Steps 1 and 2 of the policy: only fresh data tiles count as found.
+        let plan = Plan::new(&request.tiles, self.rules());
+        let found: Vec<bool> = plan
+            .data_tiles()
+            .iter()
+            .map(|&d| self.cache(tier).tile_freshness(d, tier, now_ms) == TileFreshness::Fresh)
+            .collect();
+        let read = plan.read(&found);
+        let mut stored = HashMap::new();
+        for i in read.stored_tiles() {
+            let d = read.plan().data_tiles()[i];
+            stored.insert(i, self.read_data_tile(d, tier, now_ms));
+        }
+
+        let mut id_hits = Vec::with_capacity(request.ids.len());
+        let mut miss_ids = Vec::new();
+        for id in &request.ids {
+            let hit = self.cache(tier).get(id, tier, now_ms).map(|l| Item {
+                id: id.clone(),
+                lon: l.item.lon(),
+                lat: l.item.lat(),
+                class: l.item.class().to_owned(),
+                access: l.item.access(),
+                ttl: Some(ttl_left_s(l.item.expires_at_ms(), now_ms)),
+                data: l.item.payload().clone(),
+            });
+            let known_missing = hit.is_none() && {
+                let missing = &mut self.missing[tier.rank() as usize];
+                match missing.get(id) {
+                    Some(&until) if now_ms < until => true,
+                    Some(_) => {
+                        missing.pop(id);
+                        false
+                    }
+                    None => false,
+                }
+            };
+            id_hits.push(match hit {
+                Some(item) => Some(Some(item)),
+                None if known_missing => Some(None),
+                None => {
+                    miss_ids.push(id.clone());
+                    None
+                }
+            });
+        }
+
+        let forward = read.origin_tiles();
+        let origin = (!forward.is_empty() || !miss_ids.is_empty()).then_some(BatchRequest {
+            tiles: forward,
+            ids: miss_ids,
+            access: tier,
+        });
+        Pending {
+            request,
+            read,
+            stored,
+            id_hits,
+            origin,
+        }
+    }
+
+    /// Turns the origin's outcome into a decoded response, or the error to report.
+    fn decode_origin(
+        &self,
+        outcome: OriginOutcome<'_>,
+    ) -> Result<BatchResponse<RawData>, ErrorBody> {
+        match outcome {
+            OriginOutcome::Timeout => Err(ErrorBody {
+                code: ErrorCode::UpstreamTimeout,
+                message: "the origin did not answer in time".into(),
+            }),
+            OriginOutcome::Unreachable(why) => Err(ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: format!("the origin could not be reached: {why}"),
+            }),
+            OriginOutcome::Answer { status, body } if (200..300).contains(&status) => {
+                decode_response(body, &self.config.limits).map_err(|e| ErrorBody {
+                    code: ErrorCode::UpstreamError,
+                    message: format!("the origin's answer is invalid: {e}"),
+                })
+            }
+            OriginOutcome::Answer { status, body } => {
+                let said = decode_error(body);
+                let message = said.as_ref().map_or("", |e| e.message.as_str());
+                Err(match status {
+                    400 | 413 | 429 => ErrorBody {
+                        code: ErrorCode::from_http_status(status),
+                        message: format!("the origin refused the request: {message}"),
+                    },
+                    _ => ErrorBody {
+                        code: ErrorCode::UpstreamError,
+                        message: format!("the origin answered HTTP {status}: {message}"),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Fills `tier`'s cache from an origin answer to a request made at `tier`. Items above
+    /// `tier` are dropped first (see the module docs). Returns the answer, filtered.
+    fn fill(
+        &mut self,
+        tier: Access,
+        mut response: BatchResponse<RawData>,
+        now_ms: u64,
+    ) -> BatchResponse<RawData> {
+        let before = response.items.len();
+        let mut dropped_ids = Vec::new();
+        response.items.retain(|it| {
+            let ok = tier.can_see(it.access);
+            if !ok {
+                dropped_ids.push(it.id.clone());
+            }
+            ok
+        });
+        let dropped = before - response.items.len();
+        // For this tier an item above it does not exist (the protocol's rule).
+        response.missing.extend(dropped_ids);
+        if dropped > 0 {
+            self.stats.dropped_above_tier += dropped as u64;
+            let kept: HashSet<&str> = response.items.iter().map(|i| i.id.as_str()).collect();
+            let kept: HashSet<String> = kept.into_iter().map(str::to_owned).collect();
+            for list in &mut response.tiles {
+                list.ids.retain(|id| kept.contains(id));
+            }
+        }
+        let rules = self.rules();
+        let missing_until = now_ms.saturating_add(self.config.cache.default_ttl_ms);
+        let missing = &mut self.missing[tier.rank() as usize];
+        for id in &response.missing {
+            missing.put(id.clone(), missing_until);
+        }
+        for it in &response.items {
+            missing.pop(&it.id);
+        }
+        let cache = self.cache(tier);
+        for it in &response.items {
+            let meta = ItemMeta {
+                lon: it.lon,
+                lat: it.lat,
+                class: it.class.clone(),
+                access: it.access,
+                ttl_ms: it.ttl.map(|s| u64::from(s) * 1000),
+                size_bytes: item_size_bytes(&it.id, &it.class, it.data.get().len()),
+            };
+            // An item bigger than the cache is served but not cached.
+            let _ = cache.insert(&it.id, meta, it.data.clone(), now_ms, Priority::Visible);
+        }
+        for list in &response.tiles {
+            let t = list.tile;
+            if rules.cacheable(t) {
+                let ids: Vec<&str> = list.ids.iter().map(String::as_str).collect();
+                let ttl_ms = list.ttl.map(|s| u64::from(s) * 1000);
+                // Tiles in range and ids already checked by the decoder: cannot fail.
+                let _ = cache.insert_tile(t, &ids, ttl_ms, tier, now_ms);
+            }
+        }
+        response
+    }
+
+    /// Neighbour data tiles of `data_tiles` that `tier`'s cache does not hold fresh, at most
+    /// [`ProxyConfig::max_warm_tiles`], as a request at `tier`.
+    fn plan_warm(
+        &mut self,
+        data_tiles: &[TileId],
+        tier: Access,
+        now_ms: u64,
+    ) -> Option<BatchRequest> {
+        if self.config.warm_ring == 0 || data_tiles.is_empty() {
+            return None;
+        }
+        let ring = ring_around(data_tiles, self.config.warm_ring).ok()?;
+        let max = self.config.max_warm_tiles;
+        let cache = self.cache(tier);
+        let tiles: Vec<TileId> = ring
+            .into_iter()
+            .filter(|&t| cache.tile_freshness(t, tier, now_ms) != TileFreshness::Fresh)
+            .take(max)
+            .collect();
+        if tiles.is_empty() {
+            return None;
+        }
+        self.stats.warm_requests += 1;
+        Some(BatchRequest {
+            tiles,
+            ids: Vec::new(),
+            access: tier,
+        })
+    }
+
+    /// Takes the origin's outcome for [`Pending::origin_request`] (ignored when there was
+    /// none), fills the cache and answers the caller.
+    pub fn complete(
+        &mut self,
+        pending: Pending,
+        outcome: OriginOutcome<'_>,
+        now_ms: u64,
+    ) -> Answer {
+        let Pending {
+            request,
+            read,
+            stored,
+            id_hits,
+            origin,
+        } = pending;
+        let tier = request.access;
+        let (origin_answer, origin_error) = match &origin {
+            None => (None, None),
+            Some(_) => {
+                self.stats.origin_requests += 1;
+                match self.decode_origin(outcome) {
+                    Ok(r) => (Some(self.fill(tier, r, now_ms)), None),
+                    Err(e) => {
+                        self.stats.origin_failures += 1;
+                        (None, Some(e))
+                    }
+                }
+            }
+        };
+
+        let empty = BatchResponse::default();
+        let answer = origin_answer.as_ref().unwrap_or(&empty);
+        let lists: HashMap<TileId, &TileList> = answer.tiles.iter().map(|l| (l.tile, l)).collect();
+        let origin_items: HashMap<&str, &Item<RawData>> =
+            answer.items.iter().map(|i| (i.id.as_str(), i)).collect();
+        let origin_missing: HashSet<&str> = answer.missing.iter().map(String::as_str).collect();
+
+        // Step 4 of the policy; items are borrowed from the cache read and the origin's
+        // answer, not copied.
+        let served_cached = read.uses_store() || id_hits.iter().any(Option::is_some);
+        let id_sources = id_hits.iter().zip(&request.ids).map(|(hit, id)| match hit {
+            Some(Some(item)) => IdSource::Found(item),
+            Some(None) => IdSource::Missing,
+            None => match origin_items.get(id.as_str()) {
+                Some(item) => IdSource::Found(*item),
+                // Answered but neither found nor missing: an item above the tier we dropped.
+                None if origin_missing.contains(id.as_str()) || origin_answer.is_some() => {
+                    IdSource::Missing
+                }
+                None => IdSource::Unanswered,
+            },
+        });
+        let assembled = read.assemble(
+            tier,
+            |i| {
+                stored.get(&i).map(|(items, exp)| TileSource {
+                    items: items.iter().collect(),
+                    ttl_s: Some(ttl_left_s(*exp, now_ms)),
+                })
+            },
+            |t| {
+                lists.get(&t).map(|l| TileSource {
+                    items: l
+                        .ids
+                        .iter()
+                        .filter_map(|id| origin_items.get(id.as_str()).copied())
+                        .collect(),
+                    ttl_s: l.ttl,
+                })
+            },
+            &request.ids,
+            id_sources,
+        );
+        let out = OutResponse {
+            tiles: assembled.tiles,
+            items: assembled.items,
+            missing: assembled.missing,
+        };
+
+        let verdict = match (&origin, served_cached) {
+            (None, _) => Verdict::Hit,
+            (Some(_), true) => Verdict::Partial,
+            (Some(_), false) => Verdict::Miss,
+        };
+        match verdict {
+            Verdict::Hit => self.stats.hits += 1,
+            Verdict::Partial => self.stats.partials += 1,
+            Verdict::Miss => self.stats.misses += 1,
+        }
+
+        if let Some(error) = &origin_error {
+            if !served_cached {
+                return Answer {
+                    status: error.code.http_status(),
+                    body: error.to_json(),
+                    verdict,
+                    origin_error: origin_error.clone(),
+                    warm: None,
+                };
+            }
+            let body = serde_json::to_string(&PartialResponse {
+                response: &out,
+                error: ErrorFields {
+                    code: error.code,
+                    message: &error.message,
+                },
+            })
+            .unwrap_or_default();
+            return Answer {
+                status: 200,
+                body,
+                verdict,
+                origin_error,
+                warm: None,
+            };
+        }
+        // Tiles, strings, numbers and raw JSON always serialise.
+        let body = serde_json::to_string(&out).unwrap_or_default();
+        let warm = self.plan_warm(read.plan().data_tiles(), tier, now_ms);
+        Answer {
+            status: 200,
+            body,
+            verdict,
+            origin_error: None,
+            warm,
+        }
+    }
+
+    /// Takes the origin's answer to an [`Answer::warm`] request and fills the cache of the
+    /// request's tier. Returns how many items the answer held, or why it was not used.
+    pub fn warmed(
+        &mut self,
+        request: &BatchRequest,
+        outcome: OriginOutcome<'_>,
+        now_ms: u64,
+    ) -> Result<usize, ErrorBody> {
+        let response = self.decode_origin(outcome)?;
+        let n = response.items.len();
+        self.fill(request.access, response, now_ms);
+        self.stats.warm_fills += 1;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests;

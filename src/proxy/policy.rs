@@ -1,0 +1,491 @@
+//! The caching-proxy policy, sans IO: how a batch request is answered from a store of data
+//! tiles in front of an origin. The edge proxy ([`Proxy`](super::Proxy), whose store is one
+//! [`ItemCache`](crate::cache::ItemCache) per tier) and the server (`server/src/batch.rs`,
+//! whose store is its in-process or Redis tier) both run it; each owns its store and its
+//! origin calls, and hands the policy what they found as values.
+//!
+//! One request goes through these steps:
+//! 1. **plan** ([`Plan::new`]): route every requested tile onto the *data tiles* that hold
+//!    its items ([`TileId::data_tiles`]), each data tile once; a tile more than
+//!    [`Rules::split_levels`] coarser than the data zoom is *direct* (answered straight from
+//!    the origin, never stored).
+//! 2. **read results** ([`Plan::read`]): the shell reads [`Plan::data_tiles`] from its store
+//!    and says which it found; [`Read::origin_tiles`] is then the one origin call's tiles
+//!    for everything missing (how a coarse tile with a missing data tile is asked for is the
+//!    [`CoarseMiss`] rule).
+//! 3. **origin results**: the shell makes that call; [`Read::cacheable`] says which of the
+//!    origin's tile lists are written back to the store.
+//! 4. **answer** ([`Read::assemble`]): per requested tile, the items of its sources (stored
+//!    or fetched) that the *caller* may see and that lie inside the tile (a tile finer than
+//!    the data zoom keeps only the items positioned inside it); each item once; requested
+//!    ids found, missing, or left unanswered.
+//!
+//! The caller's verified tier is the only input to the filter in step 4, whatever tier the
+//! store or the origin answered at, so an item above it never leaves through this step.
+
+use crate::access::Access;
+use crate::protocol::{Item, TileList};
+use crate::tile::TileId;
+use crate::util::{HashMap, HashSet};
+
+/// How a tile coarser than the data zoom (but within [`Rules::split_levels`]) is asked for
+/// when some of its data tiles are not in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoarseMiss {
+    /// Ask for the missing data tiles themselves; stored ones are used (the server: its
+    /// tier is shared by all callers, so every data tile is worth keeping).
+    FetchDataTiles,
+    /// Ask for the requested tile whole, so the origin request never has more tiles than
+    /// the caller's, and answer it from the origin's list alone (the edge: only a tile whose
+    /// data tiles are all fresh is answered from the store).
+    ForwardTile,
+}
+
+/// The rules of one proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The zoom of the store's tile lists.
+    pub data_zoom: u8,
+    /// How many levels coarser than `data_zoom` a requested tile may be and still be
+    /// answered from (and written to) the store.
+    pub split_levels: u8,
+    /// See [`CoarseMiss`].
+    pub coarse_miss: CoarseMiss,
+}
+
+impl Rules {
+    /// Whether the origin's list of `tile` is written back to the store: data tiles under
+    /// [`CoarseMiss::FetchDataTiles`]; under [`CoarseMiss::ForwardTile`] also tiles up to
+    /// [`Rules::split_levels`] coarser (the store splits them onto their data tiles).
+    pub fn cacheable(&self, tile: TileId) -> bool {
+        match self.coarse_miss {
+            CoarseMiss::FetchDataTiles => tile.z() == self.data_zoom,
+            CoarseMiss::ForwardTile => {
+                tile.z() <= self.data_zoom && self.data_zoom - tile.z() <= self.split_levels
+            }
+        }
+    }
+}
+
+/// What the policy needs to know of a stored or fetched item.
+pub trait ProxyItem {
+    /// The item's id.
+    fn id(&self) -> &str;
+    /// Longitude.
+    fn lon(&self) -> f64;
+    /// Latitude.
+    fn lat(&self) -> f64;
+    /// The lowest tier allowed to see it.
+    fn access(&self) -> Access;
+}
+
+impl<P> ProxyItem for Item<P> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lon(&self) -> f64 {
+        self.lon
+    }
+    fn lat(&self) -> f64 {
+        self.lat
+    }
+    fn access(&self) -> Access {
+        self.access
+    }
+}
+
+impl<T: ProxyItem + ?Sized> ProxyItem for std::sync::Arc<T> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn lon(&self) -> f64 {
+        (**self).lon()
+    }
+    fn lat(&self) -> f64 {
+        (**self).lat()
+    }
+    fn access(&self) -> Access {
+        (**self).access()
+    }
+}
+
+/// How one requested tile is routed (step 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// From these entries of [`Plan::data_tiles`].
+    Data(Vec<usize>),
+    /// Straight from the origin.
+    Direct,
+}
+
+/// Where one requested tile's answer comes from (step 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    /// These data tiles, each from the store when found, else from the origin.
+    Data(Vec<usize>),
+    /// The origin's list of this tile (the tile itself, or its data-zoom ancestor).
+    Origin(TileId),
+}
+
+/// Step 1: the requested tiles routed onto data tiles.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    rules: Rules,
+    tiles: Vec<TileId>,
+    routes: Vec<Route>,
+    data_tiles: Vec<TileId>,
+}
+
+impl Plan {
+    /// Routes `tiles` (a decoded request's, so de-duplicated).
+    pub fn new(tiles: &[TileId], rules: Rules) -> Plan {
+        let mut data_tiles = Vec::new();
+        let mut index: HashMap<TileId, usize> = HashMap::new();
+        let routes = tiles
+            .iter()
+            .map(
+                |t| match t.data_tiles(rules.data_zoom, rules.split_levels) {
+                    Some(ds) => Route::Data(
+                        ds.into_iter()
+                            .map(|d| {
+                                *index.entry(d).or_insert_with(|| {
+                                    data_tiles.push(d);
+                                    data_tiles.len() - 1
+                                })
+                            })
+                            .collect(),
+                    ),
+                    None => Route::Direct,
+                },
+            )
+            .collect();
+        Plan {
+            rules,
+            tiles: tiles.to_vec(),
+            routes,
+            data_tiles,
+        }
+    }
+
+    /// The data tiles to read from the store, each once, in the order first requested.
+    pub fn data_tiles(&self) -> &[TileId] {
+        &self.data_tiles
+    }
+
+    /// The requested tiles too coarse for the store, answered straight from the origin.
+    pub fn direct_tiles(&self) -> Vec<TileId> {
+        self.tiles
+            .iter()
+            .zip(&self.routes)
+            .filter(|(_, r)| **r == Route::Direct)
+            .map(|(&t, _)| t)
+            .collect()
+    }
+
+    /// Step 2: which of [`Plan::data_tiles`] the store holds (`found[i]` for
+    /// `data_tiles()[i]`; a shorter slice counts the rest as not found).
+    pub fn read(self, found: &[bool]) -> Read {
+        let found: Vec<bool> = (0..self.data_tiles.len())
+            .map(|i| found.get(i).copied().unwrap_or(false))
+            .collect();
+        let dz = self.rules.data_zoom;
+        let sources = self
+            .tiles
+            .iter()
+            .zip(&self.routes)
+            .map(|(&t, route)| match route {
+                Route::Direct => Source::Origin(t),
+                Route::Data(idx) => match self.rules.coarse_miss {
+                    CoarseMiss::FetchDataTiles => Source::Data(idx.clone()),
+                    CoarseMiss::ForwardTile if idx.iter().all(|&i| found[i]) => {
+                        Source::Data(idx.clone())
+                    }
+                    // A finer tile forwards its data tile, others themselves.
+                    CoarseMiss::ForwardTile => Source::Origin(match idx.first() {
+                        Some(&i) if t.z() > dz => self.data_tiles[i],
+                        _ => t,
+                    }),
+                },
+            })
+            .collect();
+        Read {
+            plan: self,
+            found,
+            sources,
+        }
+    }
+}
+
+/// A stored or fetched tile list handed to [`Read::assemble`].
+#[derive(Debug)]
+pub struct TileSource<'a, I> {
+    /// The list's items (any tier; the caller's filter is applied here).
+    pub items: Vec<&'a I>,
+    /// Seconds the list stays fresh, as the answer's `ttl`.
+    pub ttl_s: Option<u32>,
+}
+
+/// What became of one requested id.
+#[derive(Debug)]
+pub enum IdSource<'a, I> {
+    /// Found (in the store or the origin's answer); answered when the caller may see it.
+    Found(&'a I),
+    /// Known not to exist (or not for the caller): listed in `missing`.
+    Missing,
+    /// Not answered (the origin call failed): left out, the client asks again.
+    Unanswered,
+}
+
+/// Step 4's result: the response's parts, items borrowed.
+#[derive(Debug)]
+pub struct Assembled<'a, I> {
+    /// One list per requested tile that has an answer, in request order.
+    pub tiles: Vec<TileList>,
+    /// Every item listed or asked for, once, in first-listed order.
+    pub items: Vec<&'a I>,
+    /// Requested ids that do not exist for the caller.
+    pub missing: Vec<String>,
+}
+
+/// Steps 2 to 4: a plan with what the store held.
+#[derive(Clone, Debug)]
+pub struct Read {
+    plan: Plan,
+    found: Vec<bool>,
+    sources: Vec<Source>,
+}
+
+impl Read {
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The tiles of the one origin call: the missing data tiles, then the tiles forwarded
+    /// whole, each once. Empty when the store answers every tile.
+    pub fn origin_tiles(&self) -> Vec<TileId> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut missing_data = vec![false; self.found.len()];
+        for s in &self.sources {
+            if let Source::Data(idx) = s {
+                for &i in idx {
+                    missing_data[i] = !self.found[i];
+                }
+            }
+        }
+        for (i, &d) in self.plan.data_tiles.iter().enumerate() {
+            if missing_data[i] && seen.insert(d) {
+                out.push(d);
+            }
+        }
+        for s in &self.sources {
+            if let Source::Origin(t) = s {
+                if seen.insert(*t) {
+                    out.push(*t);
+                }
+            }
+        }
+        out
+    }
+
+    /// The data tiles (indices into [`Plan::data_tiles`]) whose stored lists the answer
+    /// uses: the shell reads (or keeps) only these.
+    pub fn stored_tiles(&self) -> Vec<usize> {
+        let mut used = vec![false; self.found.len()];
+        for s in &self.sources {
+            if let Source::Data(idx) = s {
+                for &i in idx {
+                    used[i] = self.found[i];
+                }
+            }
+        }
+        (0..used.len()).filter(|&i| used[i]).collect()
+    }
+
+    /// Whether some requested tile is answered from the store.
+    pub fn uses_store(&self) -> bool {
+        !self.stored_tiles().is_empty()
+    }
+
+    /// Whether the origin's list of `tile` is written back to the store
+    /// ([`Rules::cacheable`]).
+    pub fn cacheable(&self, tile: TileId) -> bool {
+        self.plan.rules.cacheable(tile)
+    }
+
+    /// Step 4: the answer for `caller`. `stored(i)` is the store's list of data tile `i`
+    /// (asked only for [`Read::stored_tiles`]), `fetched(t)` the origin's list of tile `t`
+    /// (`None` when it has none: a data tile is then skipped, a forwarded tile left out),
+    /// `ids` one [`IdSource`] per requested id in `requested_ids`' order.
+    pub fn assemble<'a, I: ProxyItem>(
+        &self,
+        caller: Access,
+        mut stored: impl FnMut(usize) -> Option<TileSource<'a, I>>,
+        mut fetched: impl FnMut(TileId) -> Option<TileSource<'a, I>>,
+        requested_ids: &[String],
+        ids: impl IntoIterator<Item = IdSource<'a, I>>,
+    ) -> Assembled<'a, I> {
+        let dz = self.plan.rules.data_zoom;
+        let mut seen: HashSet<&'a str> = HashSet::new();
+        let mut out = Assembled {
+            tiles: Vec::with_capacity(self.plan.tiles.len()),
+            items: Vec::new(),
+            missing: Vec::new(),
+        };
+        for (&t, source) in self.plan.tiles.iter().zip(&self.sources) {
+            let lists: Vec<TileSource<'a, I>> = match source {
+                Source::Data(idx) => idx
+                    .iter()
+                    .filter_map(|&i| {
+                        if self.found[i] {
+                            stored(i)
+                        } else {
+                            fetched(self.plan.data_tiles[i])
+                        }
+                    })
+                    .collect(),
+                Source::Origin(f) => match fetched(*f) {
+                    Some(list) => vec![list],
+                    None => continue,
+                },
+            };
+            // No list at all: nothing is known, ask again in a second.
+            let ttl = if lists.is_empty() {
+                Some(1)
+            } else {
+                lists.iter().filter_map(|l| l.ttl_s).min()
+            };
+            let mut list_ids = Vec::new();
+            for list in lists {
+                for it in list.items {
+                    if !caller.can_see(it.access())
+                        || (t.z() > dz && !t.contains_point(it.lon(), it.lat()))
+                    {
+                        continue;
+                    }
+                    list_ids.push(it.id().to_owned());
+                    if seen.insert(it.id()) {
+                        out.items.push(it);
+                    }
+                }
+            }
+            out.tiles.push(TileList {
+                tile: t,
+                ids: list_ids,
+                ttl,
+            });
+        }
+        for (id, source) in requested_ids.iter().zip(ids) {
+            match source {
+                IdSource::Found(it) if caller.can_see(it.access()) => {
+                    if seen.insert(it.id()) {
+                        out.items.push(it);
+                    }
+                }
+                IdSource::Found(_) | IdSource::Missing => out.missing.push(id.clone()),
+                IdSource::Unanswered => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tile(s: &str) -> TileId {
+        s.parse().unwrap()
+    }
+
+    fn rules(coarse_miss: CoarseMiss) -> Rules {
+        Rules {
+            data_zoom: 14,
+            split_levels: 2,
+            coarse_miss,
+        }
+    }
+
+    #[test]
+    fn plan_routes_each_data_tile_once() {
+        let tiles = [
+            tile("15/5248/11442"),
+            tile("15/5249/11442"),
+            tile("13/1312/2860"),
+            tile("11/328/715"),
+        ];
+        let plan = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles));
+        // The two z15 tiles share their z14 ancestor, which is one of the z13 tile's four.
+        assert_eq!(plan.data_tiles().len(), 4);
+        assert_eq!(plan.direct_tiles(), vec![tile("11/328/715")]);
+    }
+
+    #[test]
+    fn coarse_misses_ask_data_tiles_or_the_tile_whole() {
+        let tiles = [tile("13/1312/2860"), tile("16/10496/22884")];
+        let found = [true, false, true, true];
+        let server = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles)).read(&found);
+        let missing = server.plan().data_tiles()[1];
+        assert_eq!(server.origin_tiles(), vec![missing]);
+        assert_eq!(server.stored_tiles(), vec![0, 2, 3]);
+        let edge = Plan::new(&tiles, rules(CoarseMiss::ForwardTile)).read(&found);
+        assert_eq!(edge.origin_tiles(), vec![tile("13/1312/2860")]);
+        // The z16 tile's data tile is found, so it alone is answered from the store.
+        let d16 = tile("16/10496/22884").ancestor(14).unwrap();
+        let i16 = edge.plan().data_tiles().iter().position(|&d| d == d16);
+        assert_eq!(edge.stored_tiles(), vec![i16.unwrap()]);
+        assert!(edge.cacheable(tile("13/1312/2860")) && !server.cacheable(tile("13/1312/2860")));
+        assert!(!edge.cacheable(tile("11/328/715")));
+    }
+
+    struct It(&'static str, f64, f64, Access);
+    impl ProxyItem for It {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn lon(&self) -> f64 {
+            self.1
+        }
+        fn lat(&self) -> f64 {
+            self.2
+        }
+        fn access(&self) -> Access {
+            self.3
+        }
+    }
+
+    #[test]
+    fn assemble_filters_by_caller_and_position() {
+        let fine = tile("15/5248/11442");
+        let b = fine.bounds();
+        let (lon, lat) = ((b.west + b.east) / 2.0, (b.south + b.north) / 2.0);
+        let inside = It("in", lon, lat, Access::Public);
+        let outside = It("out", lon + 0.1, lat, Access::Public);
+        let secret = It("agent", lon, lat, Access::Agent);
+        let all = vec![&inside, &outside, &secret];
+        let read = Plan::new(&[fine], rules(CoarseMiss::FetchDataTiles)).read(&[true]);
+        let asked = vec!["agent".to_string(), "gone".to_string(), "later".to_string()];
+        let got = read.assemble(
+            Access::Public,
+            |_| {
+                Some(TileSource {
+                    items: all.clone(),
+                    ttl_s: Some(30),
+                })
+            },
+            |_| None,
+            &asked,
+            [
+                IdSource::Found(&secret),
+                IdSource::Missing,
+                IdSource::Unanswered,
+            ],
+        );
+        assert_eq!(got.tiles[0].ids, vec!["in".to_string()]);
+        assert_eq!(got.tiles[0].ttl, Some(30));
+        assert_eq!(got.items.len(), 1);
+        // Asked for by id above the caller's tier: missing, not served.
+        assert_eq!(got.missing, vec!["agent".to_string(), "gone".to_string()]);
+    }
+}

@@ -1,0 +1,482 @@
+//! The edge proxy against the in-memory origin.
+
+use super::*;
+use crate::origin::Origin;
+use proptest::prelude::*;
+use serde_json::value::RawValue;
+
+fn raw(s: &str) -> RawData {
+    RawValue::from_string(s.to_owned()).unwrap()
+}
+
+fn tile(s: &str) -> TileId {
+    s.parse().unwrap()
+}
+
+/// Items in and around 14/2624/5721 (Seattle), one per tier per data tile of a 3×3 block,
+/// plus a second public item in the centre tile.
+fn items() -> Vec<Item<RawData>> {
+    let centre = tile("14/2624/5721");
+    let mut out = Vec::new();
+    for dx in -1..=1i64 {
+        for dy in -1..=1i64 {
+            let t = centre.offset(dx, dy).unwrap();
+            let b = t.bounds();
+            for (k, access) in Access::ALL.into_iter().enumerate() {
+                let f = (k as f64 + 1.0) / 6.0;
+                out.push(Item {
+                    id: format!("{}-{}-{}", t.x(), t.y(), access.as_str()),
+                    lon: b.west + (b.east - b.west) * f,
+                    lat: b.south + (b.north - b.south) * f,
+                    class: "active".into(),
+                    access,
+                    ttl: None,
+                    data: raw(&format!("{{\"k\":{k}}}")),
+                });
+            }
+        }
+    }
+    let b = centre.bounds();
+    out.push(Item {
+        id: "extra".into(),
+        lon: b.west + (b.east - b.west) * 0.9,
+        lat: b.south + (b.north - b.south) * 0.9,
+        class: "off_market".into(),
+        access: Access::Public,
+        ttl: Some(60),
+        data: raw("null"),
+    });
+    out
+}
+
+fn origin() -> Origin<RawData> {
+    Origin::new(items()).unwrap()
+}
+
+/// Runs one request through the proxy against `origin`; the forwarded request (if any)
+/// and the answer's decoded body.
+fn run(
+    proxy: &mut Proxy,
+    origin: &Origin<RawData>,
+    request: BatchRequest,
+    now: u64,
+) -> (Option<BatchRequest>, Answer, BatchResponse<RawData>) {
+    let pending = proxy.begin(request, now);
+    let forwarded = pending.origin_request().cloned();
+    let body = forwarded
+        .as_ref()
+        .map(|r| origin.answer(r, Some(300)).to_json())
+        .unwrap_or_default();
+    let answer = proxy.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        },
+        now,
+    );
+    let decoded = decode_response(answer.body.as_bytes(), &Limits::default()).unwrap();
+    (forwarded, answer, decoded)
+}
+
+fn req(tiles: &[&str], ids: &[&str], access: Access) -> BatchRequest {
+    BatchRequest {
+        tiles: tiles.iter().map(|t| tile(t)).collect(),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        access,
+    }
+}
+
+fn no_warm() -> ProxyConfig {
+    ProxyConfig {
+        warm_ring: 0,
+        ..ProxyConfig::default()
+    }
+}
+
+/// The ids and items of a response, sorted, for comparison with the origin's answer.
+type Shape = (Vec<(TileId, Vec<String>)>, Vec<String>, Vec<String>);
+
+fn shape(r: &BatchResponse<RawData>) -> Shape {
+    let mut tiles: Vec<_> = r
+        .tiles
+        .iter()
+        .map(|l| {
+            let mut ids = l.ids.clone();
+            ids.sort();
+            (l.tile, ids)
+        })
+        .collect();
+    tiles.sort();
+    let mut items: Vec<String> = r
+        .items
+        .iter()
+        .map(|i| {
+            format!(
+                "{}|{}|{}|{}",
+                i.id,
+                i.class,
+                i.access.as_str(),
+                i.data.get()
+            )
+        })
+        .collect();
+    items.sort();
+    let mut missing = r.missing.clone();
+    missing.sort();
+    (tiles, items, missing)
+}
+
+#[test]
+fn repeat_request_is_a_hit_with_the_same_answer() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let r = req(
+        &["14/2624/5721", "14/2625/5721"],
+        &["extra", "nope"],
+        Access::Verified,
+    );
+    let (fwd, first, body1) = run(&mut p, &o, r.clone(), 1_000);
+    assert_eq!(first.verdict, Verdict::Miss);
+    assert_eq!(fwd.unwrap(), r);
+    let (fwd, second, body2) = run(&mut p, &o, r.clone(), 2_000);
+    assert_eq!(fwd, None);
+    assert_eq!(second.verdict, Verdict::Hit);
+    assert_eq!(shape(&body1), shape(&body2));
+    // Both equal what the origin says directly.
+    assert_eq!(shape(&body2), shape(&o.answer(&r, None)));
+    assert_eq!(body2.missing, vec!["nope".to_string()]);
+    assert_eq!(p.stats().origin_requests, 1);
+}
+
+#[test]
+fn partial_hit_forwards_only_the_misses() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    run(
+        &mut p,
+        &o,
+        req(&["14/2624/5721"], &["extra"], Access::Public),
+        0,
+    );
+    let r = req(
+        &["14/2624/5721", "14/2625/5721", "14/2624/5722"],
+        &["extra", "2625-5721-public"],
+        Access::Public,
+    );
+    let (fwd, a, body) = run(&mut p, &o, r.clone(), 10);
+    assert_eq!(a.verdict, Verdict::Partial);
+    assert_eq!(
+        fwd.unwrap(),
+        req(
+            &["14/2625/5721", "14/2624/5722"],
+            &["2625-5721-public"],
+            Access::Public
+        )
+    );
+    assert_eq!(shape(&body), shape(&o.answer(&r, None)));
+    // Finer tiles are answered from their cached data tile, filtered by position.
+    let fine = req(&["15/5248/11442", "16/10496/22884"], &[], Access::Public);
+    let (fwd, a, body) = run(&mut p, &o, fine.clone(), 20);
+    assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+    assert_eq!(shape(&body), shape(&o.answer(&fine, None)));
+}
+
+#[test]
+fn fine_misses_forward_their_data_tile_once() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let fine = req(
+        &["15/5248/11442", "15/5249/11442", "16/10496/22884"],
+        &[],
+        Access::Agent,
+    );
+    let (fwd, a, body) = run(&mut p, &o, fine.clone(), 0);
+    assert_eq!(a.verdict, Verdict::Miss);
+    assert_eq!(fwd.unwrap().tiles, vec![tile("14/2624/5721")]);
+    assert_eq!(shape(&body), shape(&o.answer(&fine, None)));
+}
+
+#[test]
+fn coarse_tiles_split_onto_data_tiles_and_far_ones_pass_through() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let coarse = req(&["13/1312/2860"], &[], Access::Registered);
+    let (fwd, a, body) = run(&mut p, &o, coarse.clone(), 0);
+    assert_eq!(
+        (fwd.unwrap().tiles, a.verdict),
+        (coarse.tiles.clone(), Verdict::Miss)
+    );
+    assert_eq!(shape(&body), shape(&o.answer(&coarse, None)));
+    // Its four data tiles are now known (some empty), and so is the coarse tile.
+    for t in [
+        "14/2624/5720",
+        "14/2624/5721",
+        "14/2625/5720",
+        "14/2625/5721",
+        "13/1312/2860",
+    ] {
+        let r = req(&[t], &[], Access::Registered);
+        let (fwd, a, body) = run(&mut p, &o, r.clone(), 5);
+        assert_eq!((fwd, a.verdict), (None, Verdict::Hit), "{t}");
+        assert_eq!(shape(&body), shape(&o.answer(&r, None)), "{t}");
+    }
+    // Three levels coarser: always forwarded.
+    let far = req(&["11/328/715"], &[], Access::Registered);
+    for _ in 0..2 {
+        let (fwd, a, body) = run(&mut p, &o, far.clone(), 5);
+        assert_eq!((fwd.unwrap(), a.verdict), (far.clone(), Verdict::Miss));
+        assert_eq!(shape(&body), shape(&o.answer(&far, None)));
+    }
+}
+
+#[test]
+fn agent_warmed_tile_gives_a_public_caller_nothing_above_public() {
+    let o = origin();
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let t = "14/2624/5721";
+    let (_, a, body) = run(
+        &mut p,
+        &o,
+        req(&[t], &["2624-5721-agent"], Access::Agent),
+        0,
+    );
+    assert_eq!(a.verdict, Verdict::Miss);
+    assert!(body.items.iter().any(|i| i.access == Access::Agent));
+    let (fwd, a, body) = run(
+        &mut p,
+        &o,
+        req(&[t], &["2624-5721-agent"], Access::Public),
+        1,
+    );
+    // The public tier's cache is separate: a miss, forwarded at the public tier.
+    assert_eq!(a.verdict, Verdict::Miss);
+    assert_eq!(fwd.unwrap().access, Access::Public);
+    assert!(body.items.iter().all(|i| i.access == Access::Public));
+    assert_eq!(body.missing, vec!["2624-5721-agent".to_string()]);
+}
+
+#[test]
+fn an_origin_that_leaks_higher_tiers_is_filtered_and_not_cached() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let r = req(&["14/2624/5721"], &["2624-5721-agent"], Access::Public);
+    let pending = p.begin(r.clone(), 0);
+    // A broken origin answers at the agent tier.
+    let leaky = BatchRequest {
+        access: Access::Agent,
+        ..pending.origin_request().unwrap().clone()
+    };
+    let body = o.answer(&leaky, None).to_json();
+    let a = p.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        },
+        0,
+    );
+    let got = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+    assert!(got.items.iter().all(|i| i.access == Access::Public));
+    assert_eq!(got.missing, vec!["2624-5721-agent".to_string()]);
+    // Registered, verified and agent in the tile (the agent one also asked for by id).
+    assert_eq!(p.stats().dropped_above_tier, 3);
+    let (fwd, a, got) = run(&mut p, &o, r, 1);
+    assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+    assert!(got.items.iter().all(|i| i.access == Access::Public));
+}
+
+#[test]
+fn origin_failures_serve_what_is_cached() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 0);
+    let both = req(
+        &["14/2624/5721", "14/2625/5721"],
+        &["extra"],
+        Access::Public,
+    );
+    let cases: [(OriginOutcome<'_>, u16, ErrorCode); 5] = [
+        (OriginOutcome::Timeout, 504, ErrorCode::UpstreamTimeout),
+        (
+            OriginOutcome::Unreachable("connection refused"),
+            502,
+            ErrorCode::UpstreamError,
+        ),
+        (
+            OriginOutcome::Answer {
+                status: 500,
+                body: b"oops",
+            },
+            502,
+            ErrorCode::UpstreamError,
+        ),
+        (
+            OriginOutcome::Answer {
+                status: 200,
+                body: b"{\"tiles\":7}",
+            },
+            502,
+            ErrorCode::UpstreamError,
+        ),
+        (
+            OriginOutcome::Answer {
+                status: 429,
+                body: br#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+            },
+            429,
+            ErrorCode::RateLimited,
+        ),
+    ];
+    for (outcome, status, code) in cases {
+        // Nothing cached for this one: the error itself.
+        let pending = p.begin(req(&["14/2625/5722"], &[], Access::Public), 0);
+        let a = p.complete(pending, outcome, 0);
+        assert_eq!((a.status, a.verdict), (status, Verdict::Miss));
+        assert_eq!(decode_error(a.body.as_bytes()).unwrap().code, code);
+        // Partly cached: 200 with the cached tile, the rest left out, the error named.
+        let pending = p.begin(both.clone(), 0);
+        let a = p.complete(pending, outcome, 0);
+        assert_eq!((a.status, a.verdict), (200, Verdict::Partial));
+        assert_eq!(a.origin_error.as_ref().unwrap().code, code);
+        let got = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+        assert_eq!(got.tiles.len(), 1);
+        assert_eq!(got.tiles[0].tile, tile("14/2624/5721"));
+        assert_eq!(got.tiles[0].ids.len(), 2);
+        assert!(got.missing.is_empty());
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["error"]["code"], code.as_str());
+        assert!(a.warm.is_none());
+    }
+}
+
+#[test]
+fn warming_plans_uncached_neighbours_and_fills_them() {
+    let o = origin();
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(
+        &mut p,
+        &o,
+        req(&["14/2624/5721"], &[], Access::Registered),
+        0,
+    );
+    let warm = a.warm.unwrap();
+    assert_eq!(warm.access, Access::Registered);
+    assert_eq!(warm.tiles.len(), 8);
+    let body = o.answer(&warm, Some(300)).to_json();
+    let n = p
+        .warmed(
+            &warm,
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(n, 16); // two tiers visible to registered, in 8 tiles
+    let r = req(&["14/2623/5720", "14/2625/5722"], &[], Access::Registered);
+    let (fwd, a, body) = run(&mut p, &o, r.clone(), 1);
+    assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+    assert_eq!(shape(&body), shape(&o.answer(&r, None)));
+    // A warming answer that fails fills nothing.
+    assert!(p.warmed(&warm, OriginOutcome::Timeout, 2).is_err());
+}
+
+#[test]
+fn expired_tiles_are_forwarded_again() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    // The centre tile holds an item with a 60 s ttl; this one only 300 s items.
+    let r = req(&["14/2625/5721"], &[], Access::Public);
+    run(&mut p, &o, r.clone(), 0);
+    let (fwd, a, _) = run(&mut p, &o, r.clone(), 299_999);
+    assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+    let (fwd, a, _) = run(&mut p, &o, r.clone(), 300_000);
+    assert_eq!((fwd.unwrap(), a.verdict), (r, Verdict::Miss));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let e = Proxy::new(ProxyConfig {
+        max_warm_tiles: 0,
+        ..ProxyConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "proxy config max_warm_tiles must be in 1..=64, got 0"
+    );
+    assert!(Proxy::new(ProxyConfig {
+        split_levels: 9,
+        ..ProxyConfig::default()
+    })
+    .is_err());
+    let mut bad = ProxyConfig::default();
+    bad.cache.max_items = 0;
+    assert!(matches!(Proxy::new(bad), Err(ProxyError::Cache(_))));
+}
+
+fn tile_near() -> impl Strategy<Value = TileId> {
+    // Around the item block, at zooms 11..=16.
+    (11u8..=16, -2i64..=2, -2i64..=2).prop_map(|(z, dx, dy)| {
+        let base = tile("16/10497/22885").ancestor(z).unwrap();
+        base.offset(dx, dy).unwrap()
+    })
+}
+
+fn id_near() -> impl Strategy<Value = String> {
+    prop::sample::select(
+        items()
+            .into_iter()
+            .map(|i| i.id)
+            .chain(["ghost".to_string()])
+            .collect::<Vec<_>>(),
+    )
+}
+
+proptest! {
+    /// Random requests at mixed tiers: every answer equals the origin's direct answer at
+    /// the caller's tier (so nothing above the tier, nothing lost), and the origin is
+    /// only asked for what the cache did not answer.
+    #[test]
+    fn mixed_tiers_never_leak_and_always_match_the_origin(
+        steps in prop::collection::vec(
+            (prop::collection::vec(tile_near(), 0..6),
+             prop::collection::vec(id_near(), 0..4),
+             prop::sample::select(Access::ALL.to_vec()),
+             0u64..2_000,
+             any::<bool>()),
+            1..25),
+    ) {
+        let o = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let mut now = 0u64;
+        for (tiles, ids, access, dt, warm) in steps {
+            now += dt * 100;
+            let mut r = BatchRequest { tiles, ids, access };
+            r.tiles.sort();
+            r.tiles.dedup();
+            r.ids.sort();
+            r.ids.dedup();
+            if r.is_empty() { continue; }
+            let (fwd, a, body) = run(&mut p, &o, r.clone(), now);
+            prop_assert!(body.items.iter().all(|i| access.can_see(i.access)));
+            prop_assert_eq!(shape(&body), shape(&o.answer(&r, None)));
+            if let Some(f) = &fwd {
+                prop_assert_eq!(f.access, access);
+                prop_assert!(f.tiles.len() <= r.tiles.len());
+                prop_assert!(f.ids.iter().all(|id| r.ids.contains(id)));
+                prop_assert!(a.verdict != Verdict::Hit);
+            } else {
+                prop_assert_eq!(a.verdict, Verdict::Hit);
+            }
+            if let (Some(w), true) = (&a.warm, warm) {
+                let body = o.answer(w, Some(300)).to_json();
+                p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes() }, now)
+                    .unwrap();
+            }
+        }
+    }
+}
