@@ -117,7 +117,7 @@ impl Backoff {
         }
     }
 
-    /// Exponential backoff with full jitter: a uniform delay in `[d/2, d]` where
+    /// Exponential backoff with equal jitter: a uniform delay in `[d/2, d]` where
     /// `d = min(max, base * 2^(attempt-1))`, at least any `Retry-After`.
     pub(super) fn delay(&mut self, attempt: u32, retry_after_ms: Option<u64>) -> u64 {
         let exp = self

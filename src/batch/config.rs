@@ -13,7 +13,8 @@ pub struct BatchConfig {
     pub timeout_ms: u64,
     /// Retries after the first attempt (default 2).
     pub retries: u32,
-    /// First backoff delay (default 200 ms); doubles per attempt, with full jitter.
+    /// First backoff delay (default 200 ms); doubles per attempt, with equal jitter
+    /// (a uniform delay in `[d/2, d]`).
     pub backoff_base_ms: u64,
     /// Backoff delays never exceed this (default 10 000 ms).
     pub backoff_max_ms: u64,

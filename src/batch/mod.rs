@@ -6,7 +6,8 @@
 //!   ([`queue`](self) and [`Batcher::poll`]).
 //! - At most `max_in_flight` requests are out at once, and prefetch never takes the last
 //!   free slot, so a foreground request can always start at once.
-//! - A failed request is retried with exponential backoff and full jitter, up to `retries`
+//! - A failed request is retried with exponential backoff and equal jitter (a uniform delay
+//!   in `[d/2, d]`, so a retry never comes sooner than half the backoff), up to `retries`
 //!   times (a `429 Retry-After` is honoured); client errors (4xx) are not retried. The
 //!   delay grows with a tile's failures in a row across rounds, so a visible tile queued
 //!   again after its request gave up backs off further each round, up to `backoff_max_ms`

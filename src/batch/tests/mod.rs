@@ -140,7 +140,7 @@ fn backoff_keeps_growing_across_give_ups_until_a_success() {
         }
         now = b.next_wakeup(now).expect("the queued tile's backoff");
     }
-    // The first round is as before: 200 ms, then 400 ms (full jitter: [d/2, d]).
+    // The first round is as before: 200 ms, then 400 ms (equal jitter: [d/2, d]).
     assert!(
         (100..=200).contains(&(sent_at[1] - sent_at[0])),
         "{sent_at:?}"
