@@ -826,3 +826,30 @@ async fn jwks_from_a_url_is_read_at_startup() {
     assert!(e.contains("--jwks") && e.contains("404"), "{e}");
     idp.abort();
 }
+
+/// `/dev/token` answers only a peer it knows is loopback: served without the peer
+/// address (as by a proxy or another embedding of the router), it refuses.
+#[tokio::test]
+async fn dev_tokens_refuse_a_peer_not_known_to_be_loopback() {
+    let app = tilewarm_server::build(Config {
+        dev_tokens: true,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let router = tilewarm_server::http::router(app).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    let r = Http::anonymous()
+        .send(
+            "POST",
+            &format!("http://{addr}/dev/token"),
+            &[],
+            r#"{"access":"agent"}"#,
+        )
+        .await;
+    let m = r.error(403, "forbidden");
+    assert!(m.contains("loopback"), "{m}");
+    task.abort();
+}
