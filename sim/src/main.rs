@@ -111,6 +111,15 @@ struct RunArgs {
     /// Tiles per request at most (batch max_tiles) [default: 16]
     #[arg(long, value_name = "N")]
     batch_tiles: Option<usize>,
+    /// Share of requests the backend fails with a 503 [default: 0]
+    #[arg(long, value_name = "X")]
+    fail_share: Option<f64>,
+    /// Share of requests answered --slow-ms late [default: 0]
+    #[arg(long, value_name = "X")]
+    slow_share: Option<f64>,
+    /// How late a slow answer is, ms [default: 5000]
+    #[arg(long, value_name = "MS")]
+    slow_ms: Option<u64>,
     /// Coarsest request tile, in zooms above the data zoom (batch coalesce_levels) [default: 2]
     #[arg(long, value_name = "N")]
     coalesce_levels: Option<u8>,
@@ -232,6 +241,17 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     set(&mut cfg.batch.max_in_flight, a.in_flight);
     set(&mut cfg.batch.max_tiles, a.batch_tiles);
     set(&mut cfg.batch.coalesce_levels, a.coalesce_levels);
+    set(&mut cfg.fail_share, a.fail_share);
+    set(&mut cfg.slow_share, a.slow_share);
+    set(&mut cfg.slow_ms, a.slow_ms);
+    for (name, v) in [
+        ("--fail-share", cfg.fail_share),
+        ("--slow-share", cfg.slow_share),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(format!("{name} must be a share in 0..=1, got {v}"));
+        }
+    }
     set(&mut cfg.tilewarm.ring, a.tw_ring);
     set(&mut cfg.tilewarm.lookahead_ms, a.tw_lookahead_ms);
     set(&mut cfg.tilewarm.history_ms, a.tw_history_ms);

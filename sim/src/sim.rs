@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use tilewarm::access::Access;
-use tilewarm::batch::{BatchConfig, Batcher, Kind, RequestId};
+use tilewarm::batch::{BatchConfig, Batcher, Failure, Kind, RequestId};
 use tilewarm::client::{Client, ClientConfig, Payload};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
@@ -107,6 +107,13 @@ pub struct SimConfig {
     pub tile_ttl_s: Option<u32>,
     /// The caller's tier.
     pub access: Access,
+    /// Share of requests the backend answers with a 503 (default 0), drawn per request
+    /// from a seeded generator.
+    pub fail_share: f64,
+    /// Share of requests answered `slow_ms` late (default 0).
+    pub slow_share: f64,
+    /// How late a slow answer is, ms (default 5000, past the batcher's 3000 ms timeout).
+    pub slow_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -119,6 +126,9 @@ impl Default for SimConfig {
             batch: BatchConfig::default(),
             tilewarm: PlannerConfig::default(),
             tile_ttl_s: None,
+            fail_share: 0.0,
+            slow_share: 0.0,
+            slow_ms: 5000,
             access: Access::Public,
         }
     }
@@ -205,6 +215,8 @@ trait Shell {
     fn is_complete(&self, now: u64) -> bool;
     fn next_wakeup(&self, now: u64) -> Option<u64>;
     fn handle_timeout(&mut self, now: u64);
+    /// The backend answered `id` with an error status.
+    fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64);
 }
 
 /// `lru`, `ring1`, `tilewarm`: the core client, unchanged. `oracle`: the same client with
@@ -269,6 +281,9 @@ impl Shell for ClientShell {
     fn handle_timeout(&mut self, now: u64) {
         self.client.handle_timeout(now)
     }
+    fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64) {
+        self.client.on_failure(id, failure, now)
+    }
 }
 
 /// `none`: the core batcher without a cache. Every viewport asks for all its tiles; it is
@@ -327,6 +342,9 @@ impl Shell for NoneShell {
         self.batcher.next_wakeup(now)
     }
     fn handle_timeout(&mut self, _now: u64) {}
+    fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64) {
+        self.batcher.on_failure(id, &failure, now);
+    }
 }
 
 fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
@@ -382,6 +400,10 @@ pub struct Metrics {
     pub misses_by_action: BTreeMap<String, u64>,
     /// Responses the client refused (should be 0).
     pub errors: u64,
+    /// Requests the simulated backend failed (503) or answered late (`--fail-share`,
+    /// `--slow-share`).
+    pub failed_requests: u64,
+    pub slow_requests: u64,
     pub viewport_hit_rate: f64,
     pub item_hit_rate: f64,
 }
@@ -408,6 +430,15 @@ impl Metrics {
         self.viewport_hit_rate = ratio(self.hits, self.viewports);
         self.item_hit_rate = ratio(self.items_shown_at_once, self.items_in_view);
     }
+}
+
+/// A number in `[0, 1)` from `(seed, n)` (splitmix64), for the failure draws.
+fn unit(seed: u64, n: u64) -> f64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Wire size estimate of an answer: per item its id, class, payload and ~70 bytes of
@@ -461,6 +492,8 @@ struct Flight {
     kind: Kind,
     tiles: Vec<TileId>,
     response: BatchResponse<Size>,
+    /// The backend answers this one with a 503.
+    fails: bool,
 }
 
 struct SessionRun<'a> {
@@ -488,7 +521,20 @@ impl SessionRun<'_> {
         }
         while let Some(req) = self.shell.poll_request(self.now) {
             let response = self.origin.answer(&req.request, self.cfg.tile_ttl_s);
-            let done = self.now + self.cfg.latency(response.items.len());
+            // Failure draws: one seeded number per request, in send order.
+            let (fails, slow) = {
+                let u = unit(self.cfg.batch.seed ^ 0xfa11, self.seq);
+                let cfg = self.cfg;
+                (u < cfg.fail_share, u >= 1.0 - cfg.slow_share)
+            };
+            let mut done = self.now + self.cfg.latency(response.items.len());
+            if fails {
+                m.failed_requests += 1;
+                done = self.now + self.cfg.latency(0);
+            } else if slow {
+                m.slow_requests += 1;
+                done += self.cfg.slow_ms;
+            }
             m.requests += 1;
             if req.kind == Kind::Foreground {
                 m.foreground_requests += 1;
@@ -501,6 +547,7 @@ impl SessionRun<'_> {
                     kind: req.kind,
                     tiles: req.request.tiles.clone(),
                     response,
+                    fails,
                 },
             );
         }
@@ -533,7 +580,16 @@ impl SessionRun<'_> {
             self.now = self.now.max(next);
             if answer == Some(next) {
                 let Reverse((_, _, id)) = self.heap.pop().expect("peeked");
-                if let Some(f) = self.flights.remove(&id) {
+                if let Some(f) = self.flights.remove(&id).filter(|f| {
+                    !f.fails || {
+                        let failure = Failure::Http {
+                            status: 503,
+                            retry_after_ms: None,
+                        };
+                        self.shell.on_failure(RequestId(id), failure, self.now);
+                        false
+                    }
+                }) {
                     m.items_fetched += f.response.items.len() as u64;
                     m.bytes += answer_bytes(&f.response);
                     if f.kind == Kind::Prefetch {

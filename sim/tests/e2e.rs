@@ -81,6 +81,33 @@ fn policies_see_the_same_viewports_and_keep_the_guaranteed_relations() {
 }
 
 #[test]
+fn a_flaky_backend_costs_retries_and_hits_and_stays_deterministic() {
+    let sessions = synthetic_sessions();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let calm = SimConfig::default();
+    let flaky = SimConfig {
+        fail_share: 0.3,
+        slow_share: 0.1,
+        ..SimConfig::default()
+    };
+    for p in [Policy::None, Policy::Ring1, Policy::Tilewarm] {
+        let ok = sim::run_policy(p, &sessions, &origin, &calm);
+        let bad = sim::run_policy(p, &sessions, &origin, &flaky);
+        check_consistent(&bad);
+        assert_eq!((ok.failed_requests, ok.slow_requests), (0, 0), "{p:?}");
+        assert!(
+            bad.failed_requests > 0 && bad.slow_requests > 0,
+            "{p:?}: {bad:?}"
+        );
+        // Some views wait for failed work (retried after a backoff, or asked for again).
+        if p != Policy::None {
+            assert!(bad.hits < ok.hits, "{p:?}: {} vs {}", bad.hits, ok.hits);
+        }
+        assert_eq!(bad, sim::run_policy(p, &sessions, &origin, &flaky), "{p:?}");
+    }
+}
+
+#[test]
 fn latency_model_shows_in_time_to_complete() {
     let sessions = synthetic_sessions();
     let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
