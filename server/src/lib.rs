@@ -134,7 +134,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             .map_err(|e| StartError::Redis(e.to_string()))?;
             let r = Arc::new(r);
             if r.probe().await {
-                info!(url = %url, "cache tier: redis");
+                // The URL may hold a password: never log it as given.
+                info!(url = %origin::redact_url(url), "cache tier: redis");
             }
             tokio::spawn(RedisTier::watch(Arc::downgrade(&r)));
             CacheTier::Redis(r)

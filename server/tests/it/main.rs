@@ -3,6 +3,7 @@
 
 mod auth;
 mod common;
+mod logs;
 mod openapi;
 mod postgis;
 mod redis;

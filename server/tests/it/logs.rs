@@ -1,0 +1,102 @@
+//! What the server writes to its log: never a secret it was given (issue 15).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::{config, redis_available, Config};
+
+/// A `MakeWriter` that keeps everything written, for reading back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+const PASSWORD: &str = "hunter2-not-for-logs";
+
+/// A password-protected `redis-server` on a free port, up and answering AUTH. The caller
+/// kills and waits for the child (clippy cannot see that across the return).
+#[allow(clippy::zombie_processes)]
+fn redis_with_password() -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tilewarm_server::tier::loopback_redis_command(port)
+        .args(["--requirepass", PASSWORD])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let auth = format!("AUTH {PASSWORD}\r\n");
+            if s.write_all(auth.as_bytes()).is_ok() {
+                let mut buf = [0u8; 16];
+                if s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+OK")) {
+                    return (child, port);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// Current-thread runtime: the scoped subscriber sees every event of the server's start.
+#[tokio::test]
+async fn the_redis_password_never_reaches_the_log() {
+    if !redis_available() {
+        return;
+    }
+    let (mut redis, port) = redis_with_password();
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let s = crate::common::server(Config {
+        redis: Some(format!("redis://:{PASSWORD}@127.0.0.1:{port}/0")),
+        ..config()
+    })
+    .await;
+    s.shutdown().await;
+    drop(guard);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    // The line that names the Redis URL was written (with the password masked) …
+    assert!(
+        text.contains("cache tier: redis") && text.contains(":***@127.0.0.1"),
+        "log: {text}"
+    );
+    // … and the password appears nowhere.
+    assert!(
+        !text.contains(PASSWORD),
+        "the password is in the log: {text}"
+    );
+}
