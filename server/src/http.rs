@@ -23,7 +23,6 @@ use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
 use crate::batch;
-use crate::metrics::Gauges;
 use crate::App;
 
 /// A protocol error body with its status.
@@ -374,28 +373,12 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let g = Gauges {
-        tier: app.tier.name(),
-        warmup_queue_depth: app.warmup.depth(),
-        warmup_queue_capacity: app.warmup.capacity(),
-        redis_degraded: app.tier.redis_degraded(),
-        origin_items: app.origin.dataset_items().unwrap_or(0),
-        local_cache_items: app.tier.local_len(),
-    };
     (
         [(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         )],
-        {
-            let mut text = app.metrics.render(&g);
-            app.origin.render_metrics(&mut text);
-            if let Some(feed) = app.origin.change_feed() {
-                feed.stats.render_metrics(&mut text);
-            }
-            app.invalidation.render_metrics(&mut text);
-            text
-        },
+        crate::metrics::render(&app),
     )
         .into_response()
 }

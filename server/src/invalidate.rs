@@ -255,40 +255,6 @@ impl Invalidations {
             self.stats.writes_dropped.fetch_add(n as u64, Relaxed);
         }
     }
-
-    /// This module's Prometheus lines.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let s = &self.stats;
-        for (name, help, v) in [
-            (
-                "tilewarm_invalidations_total",
-                "Invalidations applied to the cache tier.",
-                &s.applied,
-            ),
-            (
-                "tilewarm_invalidations_all_total",
-                "Invalidations that covered everything.",
-                &s.all,
-            ),
-            (
-                "tilewarm_invalidation_errors_total",
-                "Invalidations the cache tier could not apply.",
-                &s.errors,
-            ),
-            (
-                "tilewarm_invalidation_writes_dropped_total",
-                "Write-back entries dropped because they changed while being fetched.",
-                &s.writes_dropped,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-    }
 }
 
 #[cfg(test)]

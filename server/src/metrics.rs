@@ -1,52 +1,58 @@
-//! Prometheus text exposition from plain atomics: a handful of counters and gauges and one
-//! fixed-bucket latency histogram. Small enough that a metrics crate would be more code.
+//! `GET /metrics` through the official Prometheus client library (`prometheus-client`),
+//! in the OpenMetrics text format.
+//!
+//! The counters the request path, warm-up, the tier, the origin and invalidation bump are
+//! plain atomics where they live (lock-free, and what the tests read); at scrape time a
+//! [`Collector`] reads them into the library's constant counters and gauges, so nothing here
+//! writes the exposition format by hand. The HTTP request counts and the latency histogram
+//! are the library's own metrics. Besides the `tilewarm_*` metrics listed in
+//! `docs/server.md`, every scrape has `tilewarm_build_info{version}` and, on Linux, the
+//! standard `process_*` metrics (CPU seconds, resident and virtual memory, open and maximum
+//! file descriptors, threads, start time), read from `/proc` by the `procfs` crate.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::App;
+
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS_S: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A cumulative latency histogram.
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    count: AtomicU64,
-    /// Sum in microseconds.
-    sum_us: AtomicU64,
+/// The batch latency histogram (`tilewarm_batch_duration_seconds`).
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram(Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> LatencyHistogram {
+        LatencyHistogram(Histogram::new(LATENCY_BUCKETS_S))
+    }
 }
 
-impl Histogram {
+impl LatencyHistogram {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|&b| s <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.0.observe(d.as_secs_f64());
     }
 }
 
 /// Hits and misses of one cache tier, for tile lists and for items asked for by id.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct TierCounters {
     pub tile_hits: AtomicU64,
     pub tile_misses: AtomicU64,
@@ -54,12 +60,19 @@ pub struct TierCounters {
     pub id_misses: AtomicU64,
 }
 
-/// Every metric the server exports.
-#[derive(Default)]
+/// The labels of `tilewarm_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: String,
+}
+
+/// The server's own counters (the origin's and invalidation's live with them).
+#[derive(Default, Debug)]
 pub struct Metrics {
     /// (route, status) → responses.
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    pub batch_latency: Histogram,
+    requests: Family<RequestLabels, Counter>,
+    pub batch_latency: LatencyHistogram,
     pub cache: TierCounters,
     /// Origin calls made to answer requests.
     pub origin_calls_request: AtomicU64,
@@ -83,218 +96,432 @@ pub struct Metrics {
     pub origin_timeouts: AtomicU64,
 }
 
-/// Gauges read at scrape time.
-pub struct Gauges {
-    pub tier: &'static str,
-    pub warmup_queue_depth: usize,
-    pub warmup_queue_capacity: usize,
-    pub redis_degraded: Option<bool>,
-    pub origin_items: usize,
-    pub local_cache_items: Option<usize>,
-}
-
 impl Metrics {
     pub fn count_request(&self, route: &'static str, status: u16) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route, status)).or_default() += 1;
-        }
+        self.requests.get_or_create(&labels(route, status)).inc();
     }
 
     /// Responses so far for `route` with `status`.
     pub fn requests(&self, route: &'static str, status: u16) -> u64 {
         self.requests
-            .lock()
-            .map(|m| m.get(&(route, status)).copied().unwrap_or(0))
-            .unwrap_or(0)
+            .get(&labels(route, status))
+            .map_or(0, |c| c.get())
     }
 
     /// Origin calls so far, requests and warm-up together.
     pub fn origin_calls(&self) -> u64 {
         self.origin_calls_request.load(Relaxed) + self.origin_calls_warmup.load(Relaxed)
     }
+}
 
-    /// The Prometheus text form.
-    pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        };
-        let gauge = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
+fn labels(route: &str, status: u16) -> RequestLabels {
+    RequestLabels {
+        route: route.to_owned(),
+        status: status.to_string(),
+    }
+}
 
-        counter(
-            &mut out,
-            "tilewarm_http_requests_total",
-            "HTTP responses by route and status.",
+/// One scraped value: its labels and number.
+type Sample = (Vec<(&'static str, String)>, u64);
+
+/// One metric family read at scrape time.
+#[derive(Debug)]
+struct Read {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<Sample>,
+}
+
+/// Everything read from the app's atomics and state for one scrape.
+#[derive(Debug, Default)]
+struct Scrape(Vec<Read>);
+
+impl Scrape {
+    fn counter(&mut self, name: &'static str, help: &'static str, v: &AtomicU64) {
+        self.push(
+            name,
+            help,
+            MetricType::Counter,
+            vec![(vec![], v.load(Relaxed))],
         );
-        if let Ok(m) = self.requests.lock() {
-            for ((route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "tilewarm_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, v: u64) {
+        self.push(name, help, MetricType::Gauge, vec![(vec![], v)]);
+    }
+
+    fn push(&mut self, name: &'static str, help: &'static str, kind: MetricType, s: Vec<Sample>) {
+        self.0.push(Read {
+            name,
+            help,
+            kind,
+            samples: s,
+        });
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for r in &self.0 {
+            let mut family = encoder.encode_descriptor(r.name, r.help, None, r.kind)?;
+            for (labels, v) in &r.samples {
+                if r.kind == MetricType::Info {
+                    family.encode_info(labels)?;
+                } else if labels.is_empty() {
+                    encode_value(&mut family, r.kind, *v)?;
+                } else {
+                    encode_value(&mut family.encode_family(labels)?, r.kind, *v)?;
+                }
             }
         }
-        self.batch_latency.render(
-            &mut out,
-            "tilewarm_batch_duration_seconds",
-            "Time to answer POST /v1/batch, body read to response built.",
-        );
+        Ok(())
+    }
+}
 
-        let t = g.tier;
-        counter(
-            &mut out,
-            "tilewarm_cache_hits_total",
+fn encode_value(e: &mut MetricEncoder, kind: MetricType, v: u64) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        _ => e.encode_gauge(&v),
+    }
+}
+
+/// The standard process metrics of this process, read from `/proc` at scrape time.
+#[derive(Debug)]
+struct ProcessMetrics;
+
+impl Collector for ProcessMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        #[cfg(target_os = "linux")]
+        {
+            use procfs::process::Process;
+            use procfs::WithCurrentSystemInfo;
+            // What cannot be read (a restricted /proc) is left out, not an error.
+            let Ok(me) = Process::myself() else {
+                return Ok(());
+            };
+            if let Ok(stat) = me.stat() {
+                let tps = procfs::ticks_per_second() as f64;
+                let cpu = (stat.utime + stat.stime) as f64 / tps;
+                let m = encoder.encode_descriptor(
+                    "process_cpu_seconds",
+                    "Total user and system CPU time spent in seconds.",
+                    None,
+                    MetricType::Counter,
+                )?;
+                ConstCounter::new(cpu).encode(m)?;
+                let mut gauge = |name, help, v: f64| -> Result<(), std::fmt::Error> {
+                    let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                    ConstGauge::new(v).encode(m)
+                };
+                gauge(
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes.",
+                    stat.rss_bytes().get() as f64,
+                )?;
+                gauge(
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                    stat.vsize as f64,
+                )?;
+                gauge(
+                    "process_threads",
+                    "Number of OS threads in the process.",
+                    stat.num_threads as f64,
+                )?;
+                if let Ok(boot) = procfs::boot_time_secs() {
+                    gauge(
+                        "process_start_time_seconds",
+                        "Start time of the process since the Unix epoch in seconds.",
+                        boot as f64 + stat.starttime as f64 / tps,
+                    )?;
+                }
+            }
+            if let Ok(n) = me.fd_count() {
+                let m = encoder.encode_descriptor(
+                    "process_open_fds",
+                    "Number of open file descriptors.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(n as i64).encode(m)?;
+            }
+            if let Ok(limits) = me.limits() {
+                if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                    let m = encoder.encode_descriptor(
+                        "process_max_fds",
+                        "Maximum number of open file descriptors.",
+                        None,
+                        MetricType::Gauge,
+                    )?;
+                    ConstGauge::new(max as i64).encode(m)?;
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = &mut encoder;
+        Ok(())
+    }
+}
+
+/// Reads every metric of `app` into `scrape`.
+fn read_app(app: &App, s: &mut Scrape) {
+    let m = &app.metrics;
+    let tier = app.tier.name();
+    for (name, help, tile, id) in [
+        (
+            "tilewarm_cache_hits",
             "Cache-tier hits by tier and kind (tile list, id).",
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_cache_hits_total{{tier=\"{t}\",kind=\"tile\"}} {}",
-            self.cache.tile_hits.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_cache_hits_total{{tier=\"{t}\",kind=\"id\"}} {}",
-            self.cache.id_hits.load(Relaxed)
-        );
-        counter(
-            &mut out,
-            "tilewarm_cache_misses_total",
+            &m.cache.tile_hits,
+            &m.cache.id_hits,
+        ),
+        (
+            "tilewarm_cache_misses",
             "Cache-tier misses by tier and kind (tile list, id).",
+            &m.cache.tile_misses,
+            &m.cache.id_misses,
+        ),
+    ] {
+        let sample = |kind: &str, v: &AtomicU64| {
+            (
+                vec![("tier", tier.to_owned()), ("kind", kind.to_owned())],
+                v.load(Relaxed),
+            )
+        };
+        let samples = vec![sample("tile", tile), sample("id", id)];
+        s.push(name, help, MetricType::Counter, samples);
+    }
+    s.push(
+        "tilewarm_origin_calls",
+        "Origin calls by source (request path, warm-up).",
+        MetricType::Counter,
+        vec![
+            (
+                vec![("source", "request".into())],
+                m.origin_calls_request.load(Relaxed),
+            ),
+            (
+                vec![("source", "warmup".into())],
+                m.origin_calls_warmup.load(Relaxed),
+            ),
+        ],
+    );
+    s.counter(
+        "tilewarm_origin_items",
+        "Items returned by the origin.",
+        &m.origin_items,
+    );
+    s.gauge(
+        "tilewarm_warmup_queue_depth",
+        "Warm-up jobs waiting.",
+        app.warmup.depth() as u64,
+    );
+    s.gauge(
+        "tilewarm_warmup_queue_capacity",
+        "Warm-up queue capacity.",
+        app.warmup.capacity() as u64,
+    );
+    for (name, help, v) in [
+        ("tilewarm_warmup_enqueued", "Warm-up jobs queued.", &m.warmup_enqueued),
+        (
+            "tilewarm_warmup_dropped",
+            "Warm-up jobs dropped because the queue was full.",
+            &m.warmup_dropped,
+        ),
+        (
+            "tilewarm_warmup_skipped_tiles",
+            "Planned warm-up tiles already cached or in flight.",
+            &m.warmup_skipped_tiles,
+        ),
+        (
+            "tilewarm_warmup_tiles",
+            "Tiles written into the cache tier by warm-up.",
+            &m.warmup_tiles,
+        ),
+        (
+            "tilewarm_warmup_errors",
+            "Warm-up jobs that failed (cache tier unavailable).",
+            &m.warmup_errors,
+        ),
+        (
+            "tilewarm_warmup_timeouts",
+            "Warm-up jobs ended because the origin did not answer within --origin-timeout-ms.",
+            &m.warmup_timeouts,
+        ),
+        (
+            "tilewarm_redis_errors",
+            "Redis commands that failed or timed out.",
+            &m.redis_errors,
+        ),
+        (
+            "tilewarm_redis_recoveries",
+            "Times Redis came back after being marked down.",
+            &m.redis_recoveries,
+        ),
+        (
+            "tilewarm_degraded_requests",
+            "Requests answered from the origin because the cache tier was unavailable.",
+            &m.degraded_requests,
+        ),
+        (
+            "tilewarm_origin_timeouts",
+            "Requests refused with 504 because the origin did not answer within --origin-timeout-ms.",
+            &m.origin_timeouts,
+        ),
+    ] {
+        s.counter(name, help, v);
+    }
+    if let Some(d) = app.tier.redis_degraded() {
+        s.gauge(
+            "tilewarm_redis_degraded",
+            "1 while Redis is unavailable and requests go to the origin.",
+            d as u64,
         );
-        let _ = writeln!(
-            out,
-            "tilewarm_cache_misses_total{{tier=\"{t}\",kind=\"tile\"}} {}",
-            self.cache.tile_misses.load(Relaxed)
+    }
+    s.gauge(
+        "tilewarm_origin_dataset_items",
+        "Items in the origin's data set.",
+        app.origin.dataset_items().unwrap_or(0) as u64,
+    );
+    if let Some(n) = app.tier.local_len() {
+        s.gauge(
+            "tilewarm_local_cache_items",
+            "Items held by the in-process cache tier.",
+            n as u64,
         );
-        let _ = writeln!(
-            out,
-            "tilewarm_cache_misses_total{{tier=\"{t}\",kind=\"id\"}} {}",
-            self.cache.id_misses.load(Relaxed)
-        );
+    }
 
-        counter(
-            &mut out,
-            "tilewarm_origin_calls_total",
-            "Origin calls by source (request path, warm-up).",
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_origin_calls_total{{source=\"request\"}} {}",
-            self.origin_calls_request.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_origin_calls_total{{source=\"warmup\"}} {}",
-            self.origin_calls_warmup.load(Relaxed)
-        );
-        counter(
-            &mut out,
-            "tilewarm_origin_items_total",
-            "Items returned by the origin.",
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_origin_items_total {}",
-            self.origin_items.load(Relaxed)
-        );
-
-        gauge(
-            &mut out,
-            "tilewarm_warmup_queue_depth",
-            "Warm-up jobs waiting.",
-        );
-        let _ = writeln!(out, "tilewarm_warmup_queue_depth {}", g.warmup_queue_depth);
-        gauge(
-            &mut out,
-            "tilewarm_warmup_queue_capacity",
-            "Warm-up queue capacity.",
-        );
-        let _ = writeln!(
-            out,
-            "tilewarm_warmup_queue_capacity {}",
-            g.warmup_queue_capacity
+    let o = &app.origin.stats;
+    for (name, help, v) in [
+        (
+            "tilewarm_origin_failures",
+            "Origin calls that failed (502) or that an upstream refused.",
+            &o.failures,
+        ),
+        (
+            "tilewarm_origin_call_timeouts",
+            "Origin calls (request path, warm-up and counts) given up after --origin-timeout-ms or a statement timeout.",
+            &o.timeouts,
+        ),
+        (
+            "tilewarm_origin_leaked_items",
+            "Items above the asked tier that the origin answered and the tier guard dropped.",
+            &o.leaked_items,
+        ),
+        (
+            "tilewarm_origin_incomplete_answers",
+            "Origin answers refused because they left out a requested tile or id.",
+            &o.incomplete_answers,
+        ),
+        (
+            "tilewarm_origin_bad_rows",
+            "Database rows skipped as unusable (id, coordinates, class or tier).",
+            &o.bad_rows,
+        ),
+        (
+            "tilewarm_origin_count_queries",
+            "Queries made to bound the size of coarse tiles before answering them.",
+            &o.count_queries,
+        ),
+    ] {
+        s.counter(name, help, v);
+    }
+    s.push(
+        "tilewarm_origin",
+        "The origin backend.",
+        MetricType::Info,
+        vec![(vec![("kind", app.origin.kind().to_owned())], 1)],
+    );
+    if let Some(feed) = app.origin.change_feed() {
+        let c = &feed.stats;
+        s.gauge(
+            "tilewarm_changes_connected",
+            "1 while the change feed's LISTEN connection is up.",
+            c.connected.load(Relaxed) as u64,
         );
         for (name, help, v) in [
             (
-                "tilewarm_warmup_enqueued_total",
-                "Warm-up jobs queued.",
-                &self.warmup_enqueued,
+                "tilewarm_changes_connects",
+                "LISTEN connections made (each one invalidates the whole tier).",
+                &c.connects,
             ),
             (
-                "tilewarm_warmup_dropped_total",
-                "Warm-up jobs dropped because the queue was full.",
-                &self.warmup_dropped,
+                "tilewarm_changes_notifications",
+                "Change notifications received.",
+                &c.notifications,
             ),
             (
-                "tilewarm_warmup_skipped_tiles_total",
-                "Planned warm-up tiles already cached or in flight.",
-                &self.warmup_skipped_tiles,
-            ),
-            (
-                "tilewarm_warmup_tiles_total",
-                "Tiles written into the cache tier by warm-up.",
-                &self.warmup_tiles,
-            ),
-            (
-                "tilewarm_warmup_errors_total",
-                "Warm-up jobs that failed (cache tier unavailable).",
-                &self.warmup_errors,
-            ),
-            (
-                "tilewarm_warmup_timeouts_total",
-                "Warm-up jobs ended because the origin did not answer within --origin-timeout-ms.",
-                &self.warmup_timeouts,
-            ),
-            (
-                "tilewarm_redis_errors_total",
-                "Redis commands that failed or timed out.",
-                &self.redis_errors,
-            ),
-            (
-                "tilewarm_redis_recoveries_total",
-                "Times Redis came back after being marked down.",
-                &self.redis_recoveries,
-            ),
-            (
-                "tilewarm_degraded_requests_total",
-                "Requests answered from the origin because the cache tier was unavailable.",
-                &self.degraded_requests,
-            ),
-            (
-                "tilewarm_origin_timeouts_total",
-                "Requests refused with 504 because the origin did not answer within --origin-timeout-ms.",
-                &self.origin_timeouts,
+                "tilewarm_changes_bad_payloads",
+                "Notifications that could not be read (handled as invalidate-all).",
+                &c.bad_payloads,
             ),
         ] {
-            counter(&mut out, name, help);
-            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+            s.counter(name, help, v);
         }
-        if let Some(d) = g.redis_degraded {
-            gauge(
-                &mut out,
-                "tilewarm_redis_degraded",
-                "1 while Redis is unavailable and requests go to the origin.",
-            );
-            let _ = writeln!(out, "tilewarm_redis_degraded {}", d as u8);
-        }
-        gauge(
-            &mut out,
-            "tilewarm_origin_dataset_items",
-            "Items in the origin's data set.",
-        );
-        let _ = writeln!(out, "tilewarm_origin_dataset_items {}", g.origin_items);
-        if let Some(n) = g.local_cache_items {
-            gauge(
-                &mut out,
-                "tilewarm_local_cache_items",
-                "Items held by the in-process cache tier.",
-            );
-            let _ = writeln!(out, "tilewarm_local_cache_items {n}");
-        }
-        out
     }
+    let i = &app.invalidation.stats;
+    for (name, help, v) in [
+        (
+            "tilewarm_invalidations",
+            "Invalidations applied to the cache tier.",
+            &i.applied,
+        ),
+        (
+            "tilewarm_invalidations_all",
+            "Invalidations that covered everything.",
+            &i.all,
+        ),
+        (
+            "tilewarm_invalidation_errors",
+            "Invalidations the cache tier could not apply.",
+            &i.errors,
+        ),
+        (
+            "tilewarm_invalidation_writes_dropped",
+            "Write-back entries dropped because they changed while being fetched.",
+            &i.writes_dropped,
+        ),
+    ] {
+        s.counter(name, help, v);
+    }
+}
+
+/// A registry with the library-kept metrics of `metrics`, the build info and the process
+/// metrics; `scrape` adds what is read at scrape time.
+fn registry(metrics: &Metrics, scrape: Scrape) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "tilewarm_http_requests",
+        "HTTP responses by route and status",
+        metrics.requests.clone(),
+    );
+    r.register(
+        "tilewarm_batch_duration_seconds",
+        "Time to answer POST /v1/batch, body read to response built",
+        metrics.batch_latency.0.clone(),
+    );
+    r.register(
+        "tilewarm_build",
+        "The server's build",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    r.register_collector(Box::new(scrape));
+    r.register_collector(Box::new(ProcessMetrics));
+    r
+}
+
+/// `GET /metrics`: every metric of `app` as OpenMetrics text ([`CONTENT_TYPE`]).
+pub fn render(app: &App) -> String {
+    let mut scrape = Scrape::default();
+    read_app(app, &mut scrape);
+    encode(&registry(&app.metrics, scrape))
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
 #[cfg(test)]
@@ -302,29 +529,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_are_cumulative_and_names_as_before() {
         let m = Metrics::default();
         m.batch_latency.observe(Duration::from_micros(50));
         m.batch_latency.observe(Duration::from_millis(3));
         m.batch_latency.observe(Duration::from_secs(10));
         m.count_request("/v1/batch", 200);
-        let g = Gauges {
-            tier: "local",
-            warmup_queue_depth: 2,
-            warmup_queue_capacity: 8,
-            redis_degraded: None,
-            origin_items: 5,
-            local_cache_items: Some(1),
-        };
-        let text = m.render(&g);
-        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
-        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"2.5\"} 2\n"));
-        assert!(text.contains("tilewarm_batch_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
-        assert!(
-            text.contains("tilewarm_http_requests_total{route=\"/v1/batch\",status=\"200\"} 1\n")
+        assert_eq!(m.requests("/v1/batch", 200), 1);
+        assert_eq!(m.requests("/v1/batch", 500), 0);
+        let mut s = Scrape::default();
+        s.gauge("tilewarm_warmup_queue_depth", "Warm-up jobs waiting.", 2);
+        s.counter(
+            "tilewarm_warmup_dropped",
+            "Warm-up jobs dropped.",
+            &AtomicU64::new(3),
         );
-        assert!(text.contains("tilewarm_warmup_queue_depth 2\n"));
-        assert!(!text.contains("tilewarm_redis_degraded"));
+        s.push(
+            "tilewarm_origin",
+            "The origin backend.",
+            MetricType::Info,
+            vec![(vec![("kind", "memory".into())], 1)],
+        );
+        let text = encode(&registry(&m, s));
+        for line in [
+            "tilewarm_batch_duration_seconds_bucket{le=\"0.0001\"} 1\n",
+            "tilewarm_batch_duration_seconds_bucket{le=\"0.005\"} 2\n",
+            "tilewarm_batch_duration_seconds_bucket{le=\"2.5\"} 2\n",
+            "tilewarm_batch_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "tilewarm_batch_duration_seconds_count 3\n",
+            "tilewarm_http_requests_total{route=\"/v1/batch\",status=\"200\"} 1\n",
+            "tilewarm_warmup_queue_depth 2\n",
+            "tilewarm_warmup_dropped_total 3\n",
+            "tilewarm_origin_info{kind=\"memory\"} 1\n",
+            "tilewarm_build_info{version=\"",
+            "# EOF\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "missing {name:?} in\n{text}");
+        }
     }
 }

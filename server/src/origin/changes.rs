@@ -78,41 +78,6 @@ pub struct ChangeStats {
     pub bad_payloads: AtomicU64,
 }
 
-impl ChangeStats {
-    /// Prometheus lines.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP tilewarm_changes_connected 1 while the change feed's LISTEN connection is up.\n# TYPE tilewarm_changes_connected gauge\ntilewarm_changes_connected {}",
-            self.connected.load(Relaxed) as u8
-        );
-        for (name, help, v) in [
-            (
-                "tilewarm_changes_connects_total",
-                "LISTEN connections made (each one invalidates the whole tier).",
-                &self.connects,
-            ),
-            (
-                "tilewarm_changes_notifications_total",
-                "Change notifications received.",
-                &self.notifications,
-            ),
-            (
-                "tilewarm_changes_bad_payloads_total",
-                "Notifications that could not be read (handled as invalidate-all).",
-                &self.bad_payloads,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Payload {
     op: String,

@@ -485,55 +485,6 @@ impl OriginService {
     pub fn dataset_items(&self) -> Option<usize> {
         self.index().map(Origin::len)
     }
-
-    /// This module's Prometheus lines (appended to `/metrics`).
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let s = &self.stats;
-        for (name, help, v) in [
-            (
-                "tilewarm_origin_failures_total",
-                "Origin calls that failed (502) or that an upstream refused.",
-                &s.failures,
-            ),
-            (
-                "tilewarm_origin_call_timeouts_total",
-                "Origin calls (request path, warm-up and counts) given up after --origin-timeout-ms or a statement timeout.",
-                &s.timeouts,
-            ),
-            (
-                "tilewarm_origin_leaked_items_total",
-                "Items above the asked tier that the origin answered and the tier guard dropped.",
-                &s.leaked_items,
-            ),
-            (
-                "tilewarm_origin_incomplete_answers_total",
-                "Origin answers refused because they left out a requested tile or id.",
-                &s.incomplete_answers,
-            ),
-            (
-                "tilewarm_origin_bad_rows_total",
-                "Database rows skipped as unusable (id, coordinates, class or tier).",
-                &s.bad_rows,
-            ),
-            (
-                "tilewarm_origin_count_queries_total",
-                "Queries made to bound the size of coarse tiles before answering them.",
-                &s.count_queries,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tilewarm_origin_info The origin backend.\n# TYPE tilewarm_origin_info gauge\ntilewarm_origin_info{{kind=\"{}\"}} 1",
-            self.kind()
-        );
-    }
 }
 
 /// Runs `fut` under `timeout_ms` (0: no limit); a timeout is counted and becomes
