@@ -1,12 +1,12 @@
 # workerd config for running the edge worker locally, from the built package in ../pkg
 # (make pkg):
 #
-#   TILEWARM_ORIGIN=http://127.0.0.1:8080/v1/batch \
+#   TILEWARM_ORIGIN=http://127.0.0.1:8080/v1/batch TILEWARM_ORIGIN_TOKEN=... TILEWARM_JWT_SECRET=... \
 #     edge/node_modules/.bin/workerd serve edge/config.capnp --socket-addr http=127.0.0.1:8787
 #
 # Module names mirror the npm package, so worker.js's `import 'tilewarm/edge'` resolves here
-# as it does under wrangler. ORIGIN and TILEWARM_OPTIONS come from the environment of the
-# workerd process (never from a request). See docs/edge.md.
+# as it does under wrangler. The bindings come from the environment of the workerd process
+# (never from a request). See docs/edge.md.
 using Workerd = import "/workerd/workerd.capnp";
 
 const config :Workerd.Config = (
@@ -31,5 +31,11 @@ const edgeWorker :Workerd.Worker = (
   bindings = [
     (name = "ORIGIN", fromEnvironment = "TILEWARM_ORIGIN"),
     (name = "TILEWARM_OPTIONS", fromEnvironment = "TILEWARM_OPTIONS"),
+    # The edge's own bearer token for the origin, and the keys callers' tokens are
+    # verified with (at most one of the three). Unset: no origin token; every caller public.
+    (name = "ORIGIN_TOKEN", fromEnvironment = "TILEWARM_ORIGIN_TOKEN"),
+    (name = "JWT_SECRET", fromEnvironment = "TILEWARM_JWT_SECRET"),
+    (name = "JWKS", fromEnvironment = "TILEWARM_JWKS"),
+    (name = "JWKS_URL", fromEnvironment = "TILEWARM_JWKS_URL"),
   ],
 );

@@ -25,6 +25,16 @@ export interface EdgeOptions {
   originTimeoutMs?: number;
   /** Timeout of a warming request, in ms. Default 5000. */
   warmTimeoutMs?: number;
+  /** Required `iss` of callers' tokens (unchecked when absent). */
+  jwtIssuer?: string;
+  /** Required `aud` of callers' tokens (unchecked when absent). */
+  jwtAudience?: string;
+  /** Clock leeway for `exp` and `nbf`, in seconds (0..300). Default 30. */
+  jwtLeewayS?: number;
+  /** The claim that names the caller's tier. Default `tilewarm_access`. */
+  jwtTierClaim?: string;
+  /** How long keys fetched from `JWKS_URL` are kept, in seconds. Default 600. */
+  jwksCacheMaxAgeS?: number;
 }
 
 export interface EdgeEnv {
@@ -32,6 +42,14 @@ export interface EdgeEnv {
   ORIGIN: string;
   /** JSON text of {@link EdgeOptions}. */
   TILEWARM_OPTIONS?: string;
+  /** The edge's own bearer token for the origin; its tier is the highest the edge serves. */
+  ORIGIN_TOKEN?: string;
+  /** HMAC secret (at least 32 characters) callers' HS256/384/512 tokens are verified with. */
+  JWT_SECRET?: string;
+  /** A JSON Web Key Set (JSON text) of public keys for callers' tokens; `kid` selects. */
+  JWKS?: string;
+  /** https URL of a JWKS, fetched and cached. At most one of JWT_SECRET, JWKS, JWKS_URL. */
+  JWKS_URL?: string;
 }
 
 export interface EdgeWorker {

@@ -9,10 +9,18 @@
 //   export default createWorker();            // env.ORIGIN: the origin's batch URL
 //
 // Bindings: ORIGIN (required; the origin's POST /v1/batch URL, never taken from a request),
-// TILEWARM_OPTIONS (optional JSON, see edge.d.ts). Routes: POST /v1/batch (the protocol),
-// GET /healthz, GET /edge/stats (this isolate's counters).
+// ORIGIN_TOKEN (the edge's own bearer token for the origin), JWT_SECRET | JWKS | JWKS_URL (the
+// keys callers' tokens are verified with, js/edge-auth.js), TILEWARM_OPTIONS (optional JSON,
+// see edge.d.ts). Routes: POST /v1/batch (the protocol), GET /healthz, GET /edge/stats (this
+// isolate's counters).
+//
+// Tiers: the caller's tier is what its verified token says (`public` without one); the body's
+// `access` may only lower it (asking for more is a 403 from the core). The core keys its
+// caches by that effective tier and forwards it as the origin request's `access`, sent with
+// the edge's own ORIGIN_TOKEN, never with the caller's token or claim.
 import wasm from './tilewarm_edge_bg.wasm';
 import { initSync, EdgeProxy } from './tilewarm_edge.js';
+import { createAuth, Unauthorized, KeysUnavailable } from './edge-auth.js';
 
 export { EdgeProxy };
 
@@ -23,7 +31,7 @@ let initialised = false;
 
 function cors(headers) {
   headers.set('access-control-allow-origin', '*');
-  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error');
+  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, www-authenticate');
   return headers;
 }
 
@@ -32,8 +40,8 @@ function json(status, body, extra = {}) {
   return new Response(body, { status, headers });
 }
 
-function error(status, code, message) {
-  return json(status, JSON.stringify({ error: { code, message } }));
+function error(status, code, message, extra = {}) {
+  return json(status, JSON.stringify({ error: { code, message } }), extra);
 }
 
 function isJson(ct) {
@@ -51,6 +59,7 @@ function take(step) {
     cache: step.cache,
     warm: step.warm,
     originError: step.originError,
+    access: step.access,
   };
   step.free();
   return s;
@@ -60,13 +69,17 @@ function respond(s) {
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
+  if (s.access) extra['x-tilewarm-access'] = s.access;
   return json(s.status, s.body, extra);
 }
 
-function originRequest(url, body, timeoutMs, purpose) {
+/** A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. */
+function originRequest(url, token, body, timeoutMs, purpose) {
+  const headers = { 'content-type': JSON_TYPE, accept: JSON_TYPE, 'x-tilewarm-purpose': purpose };
+  if (token) headers.authorization = `Bearer ${token}`;
   return fetch(url, {
     method: 'POST',
-    headers: { 'content-type': JSON_TYPE, accept: JSON_TYPE, 'x-tilewarm-purpose': purpose },
+    headers,
     body,
     signal: AbortSignal.timeout(timeoutMs),
   });
@@ -114,6 +127,7 @@ async function readBody(r, max, what) {
 export function createWorker(defaults = {}) {
   let proxy = null;
   let options = null;
+  let auth = null;
 
   function setup(env) {
     if (proxy) return null;
@@ -124,17 +138,19 @@ export function createWorker(defaults = {}) {
       }
       const fromEnv = env.TILEWARM_OPTIONS ? JSON.parse(env.TILEWARM_OPTIONS) : {};
       options = { ...DEFAULTS, ...defaults, ...fromEnv };
+      auth = createAuth(env, options);
       proxy = new EdgeProxy(JSON.stringify(options));
       return null;
     } catch (e) {
       proxy = null;
+      auth = null;
       return error(500, 'internal', `the edge worker is misconfigured: ${e?.message ?? e}`);
     }
   }
 
-  async function warm(origin, body) {
+  async function warm(origin, token, body) {
     try {
-      const res = await originRequest(origin, body, options.warmTimeoutMs, 'warm');
+      const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       proxy.warmed(body, res.status, bytes, Date.now());
     } catch {
@@ -152,6 +168,16 @@ export function createWorker(defaults = {}) {
       return error(415, 'unsupported_media_type',
         `content-type ${JSON.stringify(ct.slice(0, 64))} is not accepted: send application/json (or text/plain)`);
     }
+    let tier;
+    try {
+      tier = await auth.tier(request);
+    } catch (e) {
+      if (e instanceof Unauthorized) {
+        return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      }
+      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message);
+      return error(500, 'internal', 'the caller\'s token could not be checked');
+    }
     const max = proxy.maxBodyBytes;
     let body;
     try {
@@ -160,12 +186,12 @@ export function createWorker(defaults = {}) {
       if (e instanceof TooLarge) return error(413, 'payload_too_large', e.message);
       return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
     }
-    const step = take(proxy.begin(body, Date.now()));
+    const step = take(proxy.begin(body, tier, Date.now()));
     if (!step.origin) return respond(step);
 
     let done;
     try {
-      const res = await originRequest(origin, step.origin, options.originTimeoutMs, 'request');
+      const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
       const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
     } catch (e) {
@@ -174,7 +200,7 @@ export function createWorker(defaults = {}) {
     } finally {
       proxy.abandon(step.handle);
     }
-    if (done.warm) ctx.waitUntil(warm(origin, done.warm));
+    if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm));
     return respond(done);
   }
 
@@ -188,7 +214,7 @@ export function createWorker(defaults = {}) {
         if (request.method === 'OPTIONS') {
           const headers = cors(new Headers({
             'access-control-allow-methods': 'POST, OPTIONS',
-            'access-control-allow-headers': 'content-type',
+            'access-control-allow-headers': 'content-type, authorization',
             'access-control-max-age': '600',
           }));
           return new Response(null, { status: 204, headers });

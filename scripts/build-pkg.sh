@@ -64,9 +64,9 @@ cp js/gen/*.d.ts "$out/gen/"
 
 # The shipped JS minified in place (readable sources stay in js/): whitespace, comments and
 # local names only, ES module syntax kept, no bundling, so every file keeps its own imports
-# and exports and the wasm-bindgen glue its export names. The one exception: cache.js gets
-# the generated js/gen/boundary.js (tags, codes, names) bundled in, which costs the page
-# neither a module of its own nor an export list (about 0.4 KB gzipped).
+# and exports and the wasm-bindgen glue its export names. Two exceptions: edge.js (below),
+# and cache.js, which gets the generated js/gen/boundary.js (tags, codes, names) bundled in,
+# which costs the page neither a module of its own nor an export list (about 0.4 KB gzipped).
 esbuild=node_modules/.bin/esbuild
 [ -x "$esbuild" ] || { echo "build-pkg: $esbuild missing: run scripts/setup.sh node" >&2; exit 1; }
 echo "build-pkg: esbuild --minify"
@@ -75,6 +75,12 @@ for f in "$out"/*.js; do
 done
 "$esbuild" js/cache.js --bundle --external:./tilewarm.js --minify --format=esm \
   --log-level=warning --outfile="$out/cache.js" --allow-overwrite
+# The edge worker gets its token verification (js/edge-auth.js and the parts of `jose` it
+# uses, a pinned devDependency) bundled in, so a worker needs no dependency at run time and a
+# workerd config lists one module for it; the browser page never loads edge.js.
+"$esbuild" js/edge.js --bundle --external:./tilewarm_edge.js --external:./tilewarm_edge_bg.wasm \
+  --minify --format=esm --log-level=warning --outfile="$out/edge.js" --allow-overwrite
+rm "$out/edge-auth.js"
 
 # package.json, with version, description, licence and repository from Cargo.toml.
 cargo metadata --no-deps --format-version 1 | node --input-type=module -e '

@@ -72,6 +72,40 @@ impl Access {
     }
 }
 
+/// A request that asks for a tier above the one its caller's credential gives (a 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "access \"{asked}\" is above the tier the credential gives (\"{verified}\"): ask for at most \"{verified}\""
+)]
+pub struct AboveCredential {
+    /// The tier the request asked for.
+    pub asked: Access,
+    /// The caller's verified tier.
+    pub verified: Access,
+}
+
+/// The tier a request is served at: what it asks for (`asked`, the body's `access`), which
+/// may only lower the caller's `verified` tier (from a checked credential; `Public` without
+/// one). Asking for more is refused, never silently lowered, so a caller learns its token
+/// does not give what it wants.
+///
+/// ```
+/// use tilewarm::access::{effective_tier, Access};
+/// assert_eq!(effective_tier(Access::Agent, Access::Registered), Ok(Access::Registered));
+/// let e = effective_tier(Access::Public, Access::Agent).unwrap_err();
+/// assert_eq!(
+///     e.to_string(),
+///     "access \"agent\" is above the tier the credential gives (\"public\"): ask for at most \"public\""
+/// );
+/// ```
+pub fn effective_tier(verified: Access, asked: Access) -> Result<Access, AboveCredential> {
+    if asked <= verified {
+        Ok(asked)
+    } else {
+        Err(AboveCredential { asked, verified })
+    }
+}
+
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -3,7 +3,7 @@
 //! browser package's wasm does not carry it. Thin: JSON text and bytes in, JSON text out;
 //! the logic is [`crate::proxy::Proxy`]. `pkg/edge.js` (from `js/edge.js`) is the worker around it.
 //!
-//! A request is `begin` → (the shell fetches [`Step::origin`] from the origin) →
+//! A request is `begin` (with the caller's verified tier, from its checked token) → (the shell fetches [`Step::origin`] from the origin) →
 //! `complete` or `fail` → respond with [`Step::status`], [`Step::body`] and
 //! `x-tilewarm-cache: `[`Step::cache`]; then send [`Step::warm`] (if any) inside
 //! `ctx.waitUntil` and give its answer to `warmed`. Requests in between are held by a
@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
+use crate::access::{effective_tier, Access};
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
 use crate::util::HashMap;
@@ -38,6 +39,18 @@ struct Options {
     origin_timeout_ms: Option<u64>,
     #[allow(dead_code)]
     warm_timeout_ms: Option<u64>,
+    /// Token checks, read by the worker (js/edge-auth.js); typed here so a wrong type is
+    /// named like any other option.
+    #[allow(dead_code)]
+    jwt_issuer: Option<String>,
+    #[allow(dead_code)]
+    jwt_audience: Option<String>,
+    #[allow(dead_code)]
+    jwt_leeway_s: Option<u16>,
+    #[allow(dead_code)]
+    jwt_tier_claim: Option<String>,
+    #[allow(dead_code)]
+    jwks_cache_max_age_s: Option<u32>,
 }
 
 /// The proxy config from worker options; errors name the option.
@@ -88,6 +101,7 @@ pub struct Step {
     cache: Option<&'static str>,
     warm: Option<String>,
     origin_error: Option<String>,
+    access: Option<Access>,
 }
 
 #[wasm_bindgen]
@@ -127,6 +141,12 @@ impl Step {
     pub fn origin_error(&self) -> Option<String> {
         self.origin_error.clone()
     }
+    /// The tier a `200` answer was filtered for (the `x-tilewarm-access` header and the
+    /// body's `access`).
+    #[wasm_bindgen(getter)]
+    pub fn access(&self) -> Option<String> {
+        self.access.map(|a| a.as_str().to_owned())
+    }
 }
 
 impl Step {
@@ -139,6 +159,7 @@ impl Step {
             cache: None,
             warm: None,
             origin_error: None,
+            access: None,
         }
     }
 
@@ -151,6 +172,7 @@ impl Step {
             cache: Some(a.verdict.as_str()),
             warm: a.warm.map(|w| w.to_json()),
             origin_error: a.origin_error.map(|e| e.code.as_str().to_owned()),
+            access: (a.status == 200).then_some(a.access),
         }
     }
 }
@@ -186,13 +208,27 @@ impl EdgeProxy {
     }
 
     /// Decodes a request body and answers it from the cache, or hands out the origin
-    /// request for the misses (with a handle). A bad body is answered with the protocol's
-    /// error (400/413).
-    pub fn begin(&mut self, body: &[u8], now_ms: f64) -> Step {
+    /// request for the misses (with a handle). `verified` is the caller's tier from its
+    /// checked token (`public` without one): the body's `access` may only lower it, and the
+    /// request is served (cached, forwarded) at that effective tier. A bad body is answered
+    /// with the protocol's error (400/413), a body asking above `verified` with 403.
+    pub fn begin(&mut self, body: &[u8], verified: &str, now_ms: f64) -> Step {
+        let Ok(verified) = verified.parse::<Access>() else {
+            return Step::error(&ErrorBody {
+                code: ErrorCode::Internal,
+                message: "the worker passed an unknown verified tier".into(),
+            });
+        };
         let request = match decode_request(body, &self.proxy.config().limits) {
             Ok(r) => r,
             Err(e) => return Step::error(&ErrorBody::from(&e)),
         };
+        if let Err(e) = effective_tier(verified, request.access) {
+            return Step::error(&ErrorBody {
+                code: ErrorCode::Forbidden,
+                message: e.to_string(),
+            });
+        }
         let now = now_ms.max(0.0) as u64;
         let pending = self.proxy.begin(request, now);
         let Some(origin) = pending.origin_request().map(BatchRequest::to_json) else {
@@ -218,6 +254,7 @@ impl EdgeProxy {
             cache: None,
             warm: None,
             origin_error: None,
+            access: None,
         }
     }
 
@@ -321,10 +358,14 @@ mod tests {
             pending: HashMap::new(),
             next: 1,
         };
-        let s = p.begin(b"{\"tiles\":[\"bad\"]}", 0.0);
+        let s = p.begin(b"{\"tiles\":[\"bad\"]}", "agent", 0.0);
         assert_eq!((s.status, s.cache), (400, None));
         assert!(s.body.unwrap().contains("\"bad_request\""));
-        let s = p.begin(br#"{"tiles":["14/2624/5721"],"access":"agent"}"#, 0.0);
+        let s = p.begin(
+            br#"{"tiles":["14/2624/5721"],"access":"agent"}"#,
+            "agent",
+            0.0,
+        );
         assert_eq!(
             s.origin.as_deref(),
             Some(r#"{"tiles":["14/2624/5721"],"ids":[],"access":"agent"}"#)
@@ -333,13 +374,49 @@ mod tests {
             br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
         let done = p.complete(s.handle, 200, origin, 0.0);
         assert_eq!((done.status, done.cache), (200, Some("miss")));
-        let again = p.begin(br#"{"tiles":["14/2624/5721"],"access":"agent"}"#, 1.0);
+        let again = p.begin(
+            br#"{"tiles":["14/2624/5721"],"access":"agent"}"#,
+            "agent",
+            1.0,
+        );
         assert_eq!(
             (again.status, again.cache, again.origin),
             (200, Some("hit"), None)
         );
+        assert_eq!(done.access, Some(Access::Agent));
+        assert!(done.body.unwrap().contains(r#""access":"agent""#));
         let unknown = p.complete(12345, 200, origin, 0.0);
         assert_eq!(unknown.status, 500);
         assert!(p.stats().contains("\"hits\":1"));
+    }
+
+    #[test]
+    fn the_body_only_lowers_the_verified_tier() {
+        let mut p = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
+        for verified in ["public", "registered", "verified"] {
+            let s = p.begin(body, verified, 0.0);
+            assert_eq!(
+                (s.status, s.origin, s.access),
+                (403, None, None),
+                "{verified}"
+            );
+            let msg = s.body.unwrap();
+            assert!(msg.contains("\"forbidden\""), "{msg}");
+            assert!(msg.contains("agent") && msg.contains(verified), "{msg}");
+        }
+        // Lower than the token: served (and forwarded) at the body's tier.
+        let s = p.begin(
+            br#"{"tiles":["14/2624/5721"],"access":"registered"}"#,
+            "agent",
+            0.0,
+        );
+        assert!(s.origin.unwrap().contains(r#""access":"registered""#));
+        // No access in the body is `public`, whatever the token.
+        let s = p.begin(br#"{"tiles":["14/2624/5721"]}"#, "agent", 0.0);
+        assert!(s.origin.unwrap().contains(r#""access":"public""#));
+        let s = p.begin(body, "admin", 0.0);
+        assert_eq!(s.status, 500);
+        assert!(p.stats().contains("\"originRequests\":0"));
     }
 }

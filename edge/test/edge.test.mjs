@@ -6,7 +6,14 @@
 // another test's tiles.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { post, postLarge, shape, startRelay, startServer, startWorkerd } from './support/stack.mjs';
+import { post as postAs, postLarge, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
+import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
+
+// Every caller here holds an agent token, so the body's `access` picks the tier (it may
+// only lower the token's); authentication itself is tested in auth.test.mjs.
+let agentToken;
+const post = (url, body, headers = { 'content-type': 'application/json' }) =>
+  postAs(url, body, { ...headers, authorization: `Bearer ${agentToken}` });
 
 const block = (x0, y0, n) => {
   const out = [];
@@ -34,9 +41,13 @@ describe('edge worker under workerd', () => {
   let edge;
 
   before(async () => {
-    server = await startServer();
-    relay = await startRelay(server.batch);
-    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 });
+    agentToken = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    const originToken = await serviceToken('agent');
+    server = await startServer(await serverAuthArgs(SECRET));
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
+      TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
+    });
   });
 
   after(async () => {

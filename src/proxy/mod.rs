@@ -197,6 +197,9 @@ pub struct Answer {
     /// Neighbour tiles to warm (send it after answering, and give its outcome to
     /// [`Proxy::warmed`]).
     pub warm: Option<BatchRequest>,
+    /// The tier the answer was filtered for: the request's `access` (which the shell has
+    /// checked against the caller's verified tier). Also the body's `access` member.
+    pub access: Access,
 }
 
 /// Counters since the proxy was made.
@@ -243,6 +246,9 @@ struct OutResponse<'a> {
     tiles: Vec<TileList>,
     items: Vec<&'a Item<RawData>>,
     missing: Vec<String>,
+    /// The tier the answer was filtered for (the protocol's optional `access` member).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access: Option<Access>,
 }
 
 /// A response that answers part of a request, with the reason the rest is missing.
@@ -409,7 +415,28 @@ impl Proxy {
     }
 
     /// Turns the origin's outcome into a decoded response, or the error to report.
+    /// The origin's answer to a request made at `tier`. An answer that reports another tier
+    /// (the origin filtered it for a tier the edge did not ask at, e.g. its `ORIGIN_TOKEN`
+    /// gives less) is refused: an answer is never stored under a tier it was not made for.
     fn decode_origin(
+        &self,
+        outcome: OriginOutcome<'_>,
+        tier: Access,
+    ) -> Result<BatchResponse<RawData>, ErrorBody> {
+        let response = self.decode_origin_body(outcome)?;
+        match response.access {
+            Some(reported) if reported != tier => Err(ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: format!(
+                    "the origin answered for tier \"{reported}\", not the \"{tier}\" asked for: \
+                     check the tier of the edge's origin credential"
+                ),
+            }),
+            _ => Ok(response),
+        }
+    }
+
+    fn decode_origin_body(
         &self,
         outcome: OriginOutcome<'_>,
     ) -> Result<BatchResponse<RawData>, ErrorBody> {
@@ -557,7 +584,7 @@ impl Proxy {
             None => (None, None),
             Some(_) => {
                 self.stats.origin_requests += 1;
-                match self.decode_origin(outcome) {
+                match self.decode_origin(outcome, tier) {
                     Ok(r) => (Some(self.fill(tier, r, now_ms)), None),
                     Err(e) => {
                         self.stats.origin_failures += 1;
@@ -614,6 +641,7 @@ impl Proxy {
             tiles: assembled.tiles,
             items: assembled.items,
             missing: assembled.missing,
+            access: Some(tier),
         };
 
         let verdict = match (&origin, served_cached) {
@@ -635,6 +663,7 @@ impl Proxy {
                     verdict,
                     origin_error: origin_error.clone(),
                     warm: None,
+                    access: tier,
                 };
             }
             let body = serde_json::to_string(&PartialResponse {
@@ -651,6 +680,7 @@ impl Proxy {
                 verdict,
                 origin_error,
                 warm: None,
+                access: tier,
             };
         }
         // Tiles, strings, numbers and raw JSON always serialise.
@@ -662,6 +692,7 @@ impl Proxy {
             verdict,
             origin_error: None,
             warm,
+            access: tier,
         }
     }
 
@@ -673,7 +704,7 @@ impl Proxy {
         outcome: OriginOutcome<'_>,
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
-        let response = self.decode_origin(outcome)?;
+        let response = self.decode_origin(outcome, request.access)?;
         let n = response.items.len();
         self.fill(request.access, response, now_ms);
         self.stats.warm_fills += 1;

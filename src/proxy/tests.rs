@@ -287,6 +287,60 @@ fn an_origin_that_leaks_higher_tiers_is_filtered_and_not_cached() {
 }
 
 #[test]
+fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let (_, a, got) = run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Verified), 0);
+    assert_eq!(
+        (a.access, got.access),
+        (Access::Verified, Some(Access::Verified))
+    );
+
+    // The origin filtered for `registered` (say the edge's credential gives no more):
+    // not usable for an `agent` request, and nothing is cached under `agent`.
+    let r = req(&["14/2625/5721"], &[], Access::Agent);
+    let pending = p.begin(r.clone(), 0);
+    let mut lower = o.answer(
+        &BatchRequest {
+            access: Access::Registered,
+            ..r.clone()
+        },
+        None,
+    );
+    lower.access = Some(Access::Registered);
+    let body = lower.to_json();
+    let a = p.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        },
+        0,
+    );
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(
+        a.body
+            .contains(r#"answered for tier \"registered\", not the \"agent\""#),
+        "{}",
+        a.body
+    );
+    assert_eq!(p.cache_stats(Access::Agent).entries, 0);
+    // Reported as asked: used.
+    lower.access = Some(Access::Agent);
+    let pending = p.begin(r, 0);
+    let body = lower.to_json();
+    let a = p.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        },
+        0,
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
 fn origin_failures_serve_what_is_cached() {
     let o = origin();
     let mut p = Proxy::new(no_warm()).unwrap();

@@ -57,16 +57,34 @@ export async function startServer(extraArgs = []) {
 }
 
 /**
- * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
- * 'drop' (close the connection). Records { purpose, body } of each request.
+ * tilewarm-server's flags for verifying HS256 tokens with `secret`, when this build has them
+ * (issue 14's server side); none otherwise (then the relay alone checks the edge's token).
  */
-export async function startRelay(target) {
+export async function serverAuthArgs(secret) {
+  const bin = process.env.TILEWARM_SERVER;
+  const p = start(bin, ['--help']);
+  await new Promise((ok) => p.child.once('exit', ok));
+  return p.log().includes('--jwt-secret') ? ['--jwt-secret', secret] : [];
+}
+
+/**
+ * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
+ * 'drop' (close the connection). Records { purpose, body, authorization } of each request
+ * and forwards the `authorization` header. With `requireToken`, it is also the origin's
+ * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
+ */
+export async function startRelay(target, { requireToken } = {}) {
   const relay = { mode: 'pass', seen: [], target };
   const server = createHttpServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
     const body = Buffer.concat(chunks).toString('utf8');
-    relay.seen.push({ purpose: req.headers['x-tilewarm-purpose'] ?? '', body: JSON.parse(body) });
+    const authorization = req.headers.authorization;
+    relay.seen.push({ purpose: req.headers['x-tilewarm-purpose'] ?? '', body: JSON.parse(body), authorization });
+    if (requireToken !== undefined && authorization !== `Bearer ${requireToken}`) {
+      res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer error="invalid_token"' });
+      return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
+    }
     if (relay.mode === 'stall') return; // the worker's timeout ends it
     if (relay.mode === 'drop') return req.socket.destroy();
     if (relay.mode === 'huge') {
@@ -90,7 +108,9 @@ export async function startRelay(target) {
       return;
     }
     try {
-      const r = await fetch(relay.target, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const headers = { 'content-type': 'application/json' };
+      if (authorization !== undefined) headers.authorization = authorization;
+      const r = await fetch(relay.target, { method: 'POST', headers, body });
       const text = await r.text();
       res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
       res.end(text);
@@ -110,7 +130,8 @@ export async function startRelay(target) {
   return relay;
 }
 
-export async function startWorkerd(origin, options = {}) {
+/** workerd running the edge worker; `env` adds bindings (ORIGIN_TOKEN, JWT_SECRET, JWKS, JWKS_URL). */
+export async function startWorkerd(origin, options = {}, env = {}) {
   const bin = process.env.WORKERD;
   if (!bin) throw new Error('WORKERD must name the workerd binary (scripts/test-edge.sh sets it)');
   const port = await freePort();
@@ -118,6 +139,7 @@ export async function startWorkerd(origin, options = {}) {
   const p = start(bin, ['serve', resolve(root, 'edge/config.capnp'), '--socket-addr', `http=127.0.0.1:${port}`], {
     TILEWARM_ORIGIN: origin,
     TILEWARM_OPTIONS: JSON.stringify(options),
+    ...env,
   });
   await waitForHttp(`${url}/healthz`, p.child, p.log);
   return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
@@ -131,7 +153,7 @@ function stop(child) {
   });
 }
 
-/** POSTs a batch request; { status, cache, originError, json }. */
+/** POSTs a batch request; { status, cache, originError, access, wwwAuthenticate, json }. */
 export async function post(url, body, headers = { 'content-type': 'application/json' }) {
   const r = await fetch(url, { method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
   const text = await r.text();
@@ -145,6 +167,9 @@ export async function post(url, body, headers = { 'content-type': 'application/j
     status: r.status,
     cache: r.headers.get('x-tilewarm-cache'),
     originError: r.headers.get('x-tilewarm-origin-error'),
+    access: r.headers.get('x-tilewarm-access'),
+    wwwAuthenticate: r.headers.get('www-authenticate'),
+    text,
     json,
   };
 }

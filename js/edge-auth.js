@@ -1,0 +1,140 @@
+// The edge worker's caller authentication: `Authorization: Bearer <JWT>` verified with
+// `jose` (WebCrypto; bundled into pkg/edge.js by scripts/build-pkg.sh, so the worker needs no
+// dependency at run time and the browser page does not load it). The contract is the
+// server's (docs/server.md, docs/edge.md): no token is `public`; a token must be signed by
+// the configured key with an allowed algorithm, carry `exp`, pass `nbf`, `iss`, `aud` (when
+// configured) within the leeway, and names its tier in a claim (`tilewarm_access` by
+// default). Anything else is a 401. The tier never comes from the request body.
+import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, errors } from 'jose';
+
+/** The tiers, lowest first (the core's `Access::ALL`). */
+export const TIERS = ['public', 'registered', 'verified', 'agent'];
+
+/** Longest `Authorization` header value looked at; longer ones are refused unread. */
+export const MAX_TOKEN_BYTES = 8192;
+
+/** HMAC algorithms for a shared secret; asymmetric ones for a JWKS. Pinned per key kind, so
+ * `alg: none` and HS/RS confusion (an RSA public key used as an HMAC secret) cannot verify. */
+const HMAC_ALGS = ['HS256', 'HS384', 'HS512'];
+const PUBLIC_KEY_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'];
+
+/** A credential the caller sent that is not good: a 401 with `message` (never the token). */
+export class Unauthorized extends Error {}
+
+/** The key source could not be used (a JWKS URL that did not answer): a 502. */
+export class KeysUnavailable extends Error {}
+
+function optionString(options, name) {
+  const v = options[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || v === '') throw new Error(`${name} must be a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/**
+ * The verifier from the worker's bindings and options. Bindings (at most one key source):
+ * `JWT_SECRET` (HMAC secret, HS256/384/512), `JWKS` (a JWKS as JSON text), `JWKS_URL` (a
+ * JWKS fetched over https and cached by jose: `jwksCacheMaxAgeS`, default 600 s). Options
+ * (TILEWARM_OPTIONS): `jwtIssuer`, `jwtAudience`, `jwtLeewayS` (default 30), `jwtTierClaim`
+ * (default `tilewarm_access`). Throws an Error naming the binding or option when misconfigured.
+ * With no key source every caller is `public` and any token is refused (401).
+ */
+export function createAuth(env, options = {}) {
+  // An unset binding is undefined (wrangler) or null (workerd's fromEnvironment of an unset variable).
+  const sources = ['JWT_SECRET', 'JWKS', 'JWKS_URL'].filter((b) => env[b] != null && env[b] !== '');
+  if (sources.length > 1) throw new Error(`set at most one of JWT_SECRET, JWKS, JWKS_URL (got ${sources.join(', ')})`);
+  const issuer = optionString(options, 'jwtIssuer');
+  const audience = optionString(options, 'jwtAudience');
+  const claim = optionString(options, 'jwtTierClaim') ?? 'tilewarm_access';
+  const leeway = options.jwtLeewayS ?? 30;
+  if (!Number.isInteger(leeway) || leeway < 0 || leeway > 300) {
+    throw new Error(`jwtLeewayS must be an integer from 0 to 300 seconds, got ${JSON.stringify(leeway)}`);
+  }
+  let key = null;
+  let algorithms = PUBLIC_KEY_ALGS;
+  const source = sources[0];
+  if (source === 'JWT_SECRET') {
+    if (typeof env.JWT_SECRET !== 'string' || env.JWT_SECRET.length < 32) {
+      throw new Error('JWT_SECRET must be a string of at least 32 characters');
+    }
+    key = new TextEncoder().encode(env.JWT_SECRET);
+    algorithms = HMAC_ALGS;
+  } else if (source === 'JWKS') {
+    let jwks;
+    try {
+      jwks = typeof env.JWKS === 'string' ? JSON.parse(env.JWKS) : env.JWKS;
+    } catch (e) {
+      throw new Error(`JWKS is not JSON: ${e.message}`);
+    }
+    if (!Array.isArray(jwks?.keys)) throw new Error('JWKS must be a JSON Web Key Set: {"keys": [...]}');
+    if (jwks.keys.some((k) => k?.kty === 'oct')) throw new Error('JWKS must hold public keys only (no "oct" keys): use JWT_SECRET for a shared secret');
+    key = createLocalJWKSet(jwks);
+  } else if (source === 'JWKS_URL') {
+    let url;
+    try {
+      url = new URL(env.JWKS_URL);
+    } catch {
+      throw new Error(`JWKS_URL must be an absolute URL, got ${JSON.stringify(String(env.JWKS_URL).slice(0, 100))}`);
+    }
+    if (url.protocol !== 'https:' && url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
+      throw new Error('JWKS_URL must be https (plain http only on loopback)');
+    }
+    const maxAge = options.jwksCacheMaxAgeS ?? 600;
+    if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
+    key = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000 });
+  }
+
+  return {
+    /** Whether a key source is configured. */
+    configured: key !== null,
+    /**
+     * The caller's verified tier from the request's `Authorization` header: `public` without
+     * one. Throws `Unauthorized` (401) or `KeysUnavailable` (502).
+     */
+    async tier(request) {
+      const header = request.headers.get('authorization');
+      if (header === null) return 'public';
+      if (header.length > MAX_TOKEN_BYTES + 7) {
+        throw new Unauthorized(`the bearer token is longer than ${MAX_TOKEN_BYTES} bytes`);
+      }
+      const m = /^Bearer +([A-Za-z0-9_.~+/=-]+) *$/i.exec(header);
+      if (!m) throw new Unauthorized('the Authorization header must be "Bearer <token>"');
+      if (key === null) {
+        throw new Unauthorized('this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding): every caller is public; send no Authorization header');
+      }
+      let payload;
+      try {
+        ({ payload } = await jwtVerify(m[1], key, {
+          algorithms,
+          issuer,
+          audience,
+          clockTolerance: leeway,
+          requiredClaims: ['exp'],
+        }));
+      } catch (e) {
+        if (e instanceof errors.JWKSTimeout || (source === 'JWKS_URL' && !(e instanceof errors.JOSEError))) {
+          throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched: ${e?.message ?? e}`);
+        }
+        throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
+      }
+      const tier = payload[claim];
+      if (tier === undefined) return 'public';
+      if (typeof tier !== 'string' || !TIERS.includes(tier)) {
+        throw new Unauthorized(`the token's "${claim}" claim must be one of ${TIERS.join(', ')}`);
+      }
+      return tier;
+    },
+  };
+}
+
+/** jose's reason, without any part of the token. */
+function describe(e) {
+  if (e instanceof errors.JWTExpired) return 'it has expired';
+  if (e instanceof errors.JWTClaimValidationFailed) return `${e.claim} claim: ${e.reason === 'check_failed' ? 'check failed' : e.reason}`;
+  if (e instanceof errors.JOSEAlgNotAllowed) return 'its algorithm is not allowed for the configured key';
+  if (e instanceof errors.JWSSignatureVerificationFailed) return 'the signature does not match';
+  if (e instanceof errors.JWKSNoMatchingKey) return 'no key matches its "kid" and algorithm';
+  if (e instanceof errors.JWSInvalid || e instanceof errors.JWTInvalid) return 'it is malformed';
+  if (e instanceof errors.JOSEError) return e.code;
+  return 'it could not be verified';
+}
