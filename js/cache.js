@@ -9,7 +9,7 @@ import { Engine } from './tilewarm.js';
 // src/wasm/options.rs), so they are the engine's.
 import {
   TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
-  FAILED_INVALID, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
+  FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
 } from './gen/boundary.js';
@@ -94,6 +94,11 @@ function checkStrings(name, v) {
 
 /** An invalid response: the message says what is wrong. */
 class Invalid extends Error {}
+/** `auth.token()` failed or gave no usable token (its message never holds the token). */
+class TokenError extends Error {}
+
+/** What a bearer token may consist of (RFC 6750's b64token): no spaces, no line breaks. */
+const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
 function optTtl(v, where) {
   if (v === undefined || v === null) return -1;
@@ -114,7 +119,11 @@ function flatten(body, bytes) {
   if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
   const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
   const n = il.length;
-  const nums = [tl.length, n, Math.ceil(bytes / Math.max(1, n))], strs = [];
+  // The tier the server filtered for: -1 when it does not say, 255 for an unknown name (the
+  // engine refuses it).
+  const reported = body.access === undefined || body.access === null ? -1
+    : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
+  const nums = [tl.length, n, Math.ceil(bytes / Math.max(1, n)), reported], strs = [];
   const ids = new Array(n), objs = new Array(n);
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
@@ -191,7 +200,7 @@ function disposedError() {
  * Types and docs: index.d.ts.
  */
 export class TileCache {
-  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs; #tileSize;
+  #engine; #fetch; #now; #endpoint; #headers; #timeoutMs; #tileSize; #auth;
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
@@ -229,6 +238,10 @@ export class TileCache {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `headers must be an object of header names and values, got ${show(headers)}`);
     }
     if (typeof fetch !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `fetch must be a function, got ${show(fetch)}`);
+    const { auth } = options;
+    if (auth !== undefined && !(isObject(auth) && typeof auth.token === 'function')) {
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `auth must be an object { token: () => string | Promise<string> }, got ${show(auth)}`);
+    }
     if (typeof now !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `now must be a function returning milliseconds, got ${show(now)}`);
     const byClass = options.ttl?.byClass;
     if (byClass !== undefined && !isObject(byClass)) {
@@ -247,6 +260,7 @@ export class TileCache {
     this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
+    this.#auth = auth;
   }
 
   /** The `tileSize` option (256 or 512): the units of the viewport's zoom. */
@@ -675,15 +689,44 @@ export class TileCache {
     this.#exchange(req, body);
   }
 
+  /** POSTs `body`, with `Authorization: Bearer <auth.token()>` when `auth` is set (a fresh
+   * call per attempt, so a refreshed token is used). */
+  async #post(body, signal) {
+    let headers = this.#headers;
+    if (this.#auth) {
+      let token;
+      try {
+        token = await this.#auth.token();
+      } catch (e) {
+        throw new TokenError(`auth.token() failed: ${e?.message ?? e}`);
+      }
+      if (typeof token !== 'string' || !TOKEN.test(token)) {
+        const got = typeof token === 'string' ? `a string of ${token.length} characters that is not one` : show(token);
+        throw new TokenError(`auth.token() must give a bearer token (letters, digits and -._~+/), got ${got}`);
+      }
+      headers = { ...headers, authorization: `Bearer ${token}` };
+    }
+    return this.#fetch.call(globalThis, this.#endpoint, { method: 'POST', headers, body, signal });
+  }
+
   async #exchange(req, body) {
     const { id, ctrl } = req;
     let res, text;
     try {
-      res = await this.#fetch.call(globalThis, this.#endpoint, { method: 'POST', headers: this.#headers, body, signal: ctrl.signal });
+      res = await this.#post(body, ctrl.signal);
+      if (res.status === 401 && this.#auth && this.#requests.get(id) === req) {
+        // The token may have expired in between: ask for a fresh one and try once more.
+        res.body?.cancel?.().catch?.(() => {});
+        res = await this.#post(body, ctrl.signal);
+      }
       text = await readBody(res);
     } catch (e) {
       if (this.#requests.get(id) !== req) return; // cancelled, or disposed
       this.#finish(req);
+      if (e instanceof TokenError) {
+        req.tokenError = e.message;
+        return this.#failed(req, FAILED_UNAUTHORIZED, 401, -1, '');
+      }
       if (e instanceof Invalid) return this.#failed(req, FAILED_INVALID, 0, -1, e.message);
       if (ctrl.signal.reason === TIMED_OUT) return this.#failed(req, FAILED_TIMEOUT, 0, -1, '');
       return this.#failed(req, FAILED_NETWORK, 0, -1, String(e?.cause?.message ?? e?.message ?? e));
@@ -694,7 +737,8 @@ export class TileCache {
       let detail;
       try { detail = JSON.parse(text)?.error; } catch { /* not JSON */ }
       req.detail = isObject(detail) ? detail : undefined;
-      return this.#failed(req, FAILED_HTTP, res.status, retryAfterMs(res.headers.get('retry-after')), '');
+      const failure = res.status === 401 ? FAILED_UNAUTHORIZED : FAILED_HTTP;
+      return this.#failed(req, failure, res.status, retryAfterMs(res.headers.get('retry-after')), '');
     }
     let f;
     try {
@@ -741,16 +785,17 @@ export class TileCache {
     switch (failure) {
       case FAILED_TIMEOUT: reason = `no answer within ${this.#timeoutMs} ms`; break;
       case FAILED_NETWORK: reason = `network error: ${message}`; break;
-      case FAILED_HTTP: {
+      case FAILED_HTTP: case FAILED_UNAUTHORIZED: {
         const d = req?.detail;
-        reason = `HTTP ${status}` + (d ? `: ${d.code ?? 'error'}: ${d.message ?? ''}` : '');
+        reason = req?.tokenError ?? `HTTP ${status}` + (d ? `: ${d.code ?? 'error'}: ${d.message ?? ''}` : '');
         break;
       }
       default: reason = `invalid response: ${message}`;
     }
     const what = REQUEST_KINDS[kind];
     const e = new Error(`${what} batch request failed: ${reason}${willRetry ? ' (will retry)' : ''}`);
-    Object.assign(e, { code, status: failure === FAILED_HTTP ? status : undefined, kind: what, willRetry });
+    const http = failure === FAILED_HTTP || (failure === FAILED_UNAUTHORIZED && !req?.tokenError);
+    Object.assign(e, { code, status: http ? status : undefined, kind: what, willRetry });
     if (retryAfter >= 0) e.retryAfterMs = retryAfter;
     if (req?.detail) e.serverCode = req.detail.code;
     e.ids = req?.ids ?? [];

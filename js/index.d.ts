@@ -200,7 +200,9 @@ export class TileCache<Data = unknown> {
    * @throws {TilewarmError} `ERR_TOO_MANY_TILES` for more than `maxVisibleTiles` data tiles
    */
   prefetch(destination: Viewport | string[]): number;
-  /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */
+  /** Changes the tier the cache views as; lowering it drops what the new tier may not see at
+   * once. Once the server has reported a lower tier than asked (the credential gives no more),
+   * a tier above that one throws a RangeError (`ERR_OUT_OF_RANGE`). */
   setAccess(access: Access): void;
   stats(): TileCacheStats;
   /** Aborts every request, stops timers, rejects pending promises, frees the wasm memory. */

@@ -28,7 +28,10 @@ export const FAILED_TIMEOUT = 0;
 export const FAILED_NETWORK = 1;
 export const FAILED_HTTP = 2;
 export const FAILED_INVALID = 3;
-export const FAILURE_CODES = ['ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE'];
+export const FAILED_UNAUTHORIZED = 4;
+export const FAILURE_CODES = [
+  'ERR_TIMEOUT', 'ERR_NETWORK', 'ERR_HTTP', 'ERR_INVALID_RESPONSE', 'ERR_UNAUTHORIZED',
+];
 
 /** The `code`s of thrown errors; an error record names one by its index in CODES. */
 export const ERR_INVALID_ARG_TYPE = 'ERR_INVALID_ARG_TYPE';
@@ -64,7 +67,7 @@ export const FLAGS = ['breakerOpen'];
  * members, and the numeric options' paths in the order `new Engine` takes their values. */
 export const OPTIONS = [
   'endpoint', 'tileZoom', 'tileSize', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes',
-  'ttl', 'prefetch', 'batch', 'access', 'headers', 'fetch', 'now',
+  'ttl', 'prefetch', 'batch', 'access', 'headers', 'auth', 'fetch', 'now',
 ];
 export const GROUPS = {
   ttl: ['default', 'byClass', 'staleWhileRevalidate'],

@@ -43,6 +43,11 @@ export type FetchErrorCode =
    * leaves out a requested tile.
    */
   | 'ERR_INVALID_RESPONSE'
+  /**
+   * The server refused the credential (HTTP 401) even after `auth.token()` was asked for a
+   * fresh token once; retried with backoff.
+   */
+  | 'ERR_UNAUTHORIZED'
   ;
 
 /** Which requests a `FetchError` came from. */
@@ -203,6 +208,13 @@ export interface TileCacheOptions {
   access?: Access;
   /** Extra request headers (e.g. `Authorization`). Default `{}`. */
   headers?: Record<string, string> | Headers;
+  /**
+   * Bearer-token credentials: `token()` is called for every request (so tokens refresh) and
+   * sent as `Authorization: Bearer <token>`; after a 401 it is called once more and the request
+   * retried, then the failure goes to `onError` as `ERR_UNAUTHORIZED` and is retried with
+   * backoff. The token never appears in errors or logs. Default `none`.
+   */
+  auth?: { token: () => string | Promise<string> };
   /** The fetch to use (tests, auth wrappers). Default `globalThis.fetch`. */
   fetch?: (input: string, init: RequestInit) => Promise<Response>;
   /** The clock, in ms (TTLs and backoff use it). Default `Date.now`. */

@@ -41,20 +41,24 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether trying again may help: network trouble, timeouts, 5xx, 408, 429 and bad
-    /// answers (a proxy may have cut them short). Other 4xx statuses are the caller's bug.
+    /// Whether trying again may help: network trouble, timeouts, 5xx, 408, 429, bad
+    /// answers (a proxy may have cut them short) and 401 (the shell asks for a fresh token
+    /// on every attempt, so a refreshed credential gets through). Other 4xx statuses are the
+    /// caller's bug.
     pub fn is_retryable(&self) -> bool {
         match self {
             Failure::Timeout | Failure::Network(_) | Failure::Invalid(_) => true,
-            Failure::Http { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            Failure::Http { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429 || *status == 401
+            }
             Failure::Aborted => false,
         }
     }
 
     /// Whether the failure says something about the backend's health (counts towards the
-    /// breaker).
+    /// breaker): a refused credential does not.
     pub(super) fn is_backend_trouble(&self) -> bool {
-        self.is_retryable()
+        self.is_retryable() && !matches!(self, Failure::Http { status: 401, .. })
     }
 }
 

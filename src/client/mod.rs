@@ -65,6 +65,9 @@ pub struct Client<P> {
     batcher: Batcher,
     limits: Limits,
     access: Access,
+    /// The tier the server reported when it answered below the tier asked (it lowers what
+    /// the credential does not give): the highest tier the cache may view as from then on.
+    verified: Option<Access>,
     viewport: Option<Viewport>,
     visible: Vec<TileId>,
     visible_set: TileSet,
@@ -115,6 +118,7 @@ impl<P: Payload> Client<P> {
             batcher: Batcher::new(config.batch)?,
             limits: config.limits,
             access: config.access,
+            verified: None,
             viewport: None,
             visible: Vec::new(),
             visible_set: TileSet::default(),
@@ -151,6 +155,12 @@ impl<P: Payload> Client<P> {
     /// The caller's access tier.
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// The highest tier the server has shown the caller may see, once an answer reported a
+    /// tier below the one asked for (see [`Client::on_response`]); `None` before.
+    pub fn verified(&self) -> Option<Access> {
+        self.verified
     }
 
     /// Visible data tiles of the current viewport.

@@ -39,6 +39,17 @@ impl<P: Payload> Client<P> {
             self.refresh_foreground(now_ms);
             return;
         }
+        // The server reports the tier it filtered the answer for. Below the tier asked, it
+        // lowered it (the caller's credential gives less): the cache follows at once (what
+        // the reported tier may not see goes, as with `set_access`) and views as no more
+        // from then on. A higher report changes nothing: the cache reads at its own tier.
+        let mut lowered = false;
+        if let Some(reported) = response.access.filter(|&r| r < self.access) {
+            self.cache.drop_above(reported);
+            self.access = reported;
+            self.verified = Some(reported);
+            lowered = true;
+        }
         let was_complete = self.complete;
         let shown_before = self.showable_visible(now_ms);
         let BatchResponse {
@@ -47,7 +58,7 @@ impl<P: Payload> Client<P> {
             missing,
             ..
         } = response;
-        let mut touched_visible = self.ingest_items(items, finished.kind, now_ms);
+        let mut touched_visible = self.ingest_items(items, finished.kind, now_ms) | lowered;
         if !missing.is_empty() {
             let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
             self.cache.forget_ids(&ids);

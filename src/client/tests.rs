@@ -261,3 +261,52 @@ fn tile_state_says_loaded_prefetched_in_flight_or_missing() {
     let ahead = here.offset(1, 0).unwrap();
     assert_eq!(c.tile_state(ahead, 10), TileState::Prefetched);
 }
+
+#[test]
+fn the_cache_follows_a_lower_tier_the_server_reports_and_no_higher_one() {
+    let o = origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Agent, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    assert_eq!(t.request.access, Access::Agent);
+    // The server filtered for `registered`: the credential gives no more.
+    let mut answer = o.answer(&t.request, None);
+    answer.access = Some(Access::Registered);
+    c.on_response(t.id, answer, 10);
+    assert_eq!(
+        (c.access(), c.verified()),
+        (Access::Registered, Some(Access::Registered))
+    );
+    assert!(events(&mut c).contains(&Event::Updated));
+    // An answer reporting more than was asked changes nothing.
+    c.set_access(Access::Public, 20);
+    c.set_viewport(view(3.0), 20, |_, _| {});
+    let t = c.poll_request(20).unwrap();
+    let mut answer = o.answer(&t.request, None);
+    answer.access = Some(Access::Agent);
+    c.on_response(t.id, answer, 30);
+    assert_eq!(
+        (c.access(), c.verified()),
+        (Access::Public, Some(Access::Registered))
+    );
+}
+
+#[test]
+fn a_refused_credential_is_retried_with_backoff_and_does_not_trip_the_breaker() {
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    let unauthorized = Failure::Http {
+        status: 401,
+        retry_after_ms: None,
+    };
+    assert!(unauthorized.is_retryable());
+    c.on_failure(t.id, unauthorized.clone(), 10);
+    let ev = events(&mut c);
+    assert!(
+        matches!(&ev[..], [Event::Error(e)] if e.failure == unauthorized && e.will_retry),
+        "{ev:?}"
+    );
+    assert!(!c.stats().breaker_open);
+}

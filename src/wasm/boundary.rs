@@ -98,6 +98,9 @@ codes! {
         /// The answer is not JSON, has the wrong shape or values, is larger than the body
         /// limit, or leaves out a requested tile.
         Invalid = 3 => "ERR_INVALID_RESPONSE",
+        /// The server refused the credential (HTTP 401) even after `auth.token()` was asked
+        /// for a fresh token once; retried with backoff.
+        Unauthorized = 4 => "ERR_UNAUTHORIZED",
     }
 }
 
@@ -319,7 +322,7 @@ mod tests {
         for &f in FailureCode::ALL {
             assert_eq!(FailureCode::from_num(f.num()), Some(f));
         }
-        for n in [-1.0, 0.5, 4.0, f64::NAN, f64::INFINITY, 256.0] {
+        for n in [-1.0, 0.5, 5.0, f64::NAN, f64::INFINITY, 256.0] {
             assert_eq!(FailureCode::from_num(n), None, "{n}");
         }
         assert_eq!(Tag::from_num(0.0), None);

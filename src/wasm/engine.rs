@@ -188,7 +188,8 @@ impl Engine {
     }
 
     /// A response, flattened by `cache.js` from the parsed JSON into three lists:
-    /// - `nums`: the tile count, the item count and the bytes charged per item; per tile
+    /// - `nums`: the tile count, the item count, the bytes charged per item and the tier
+    ///   the server reports it filtered for (0..=3; -1 when it does not say); per tile
     ///   its TTL in seconds (`-1` for none) and how many ids it lists; per item its lon,
     ///   lat, TTL (`-1` for none) and tier (0..=3; 255 for an unknown tier);
     /// - `strs`: per tile its `z/x/y` and its ids; per item its id and class; then the
@@ -233,6 +234,10 @@ impl Engine {
                 retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
             },
             Some(FailureCode::Invalid) => Failure::Invalid(message),
+            Some(FailureCode::Unauthorized) => Failure::Http {
+                status: 401,
+                retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
+            },
             None => Failure::Aborted,
         };
         let now = ms(now);
@@ -435,6 +440,16 @@ impl Engine {
     #[wasm_bindgen(js_name = setAccess)]
     pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
         let tier = config::access("access", &value(access)).map_err(thrown)?;
+        if let Some(verified) = self.client.verified().filter(|&v| tier > v) {
+            return Err(thrown(ArgError::must(
+                ErrorClass::Range,
+                Code::OutOfRange,
+                "access",
+                &format!(
+                    "at most \"{verified}\", the tier the server reported for this credential"
+                ),
+            )));
+        }
         let now = ms(now);
         self.client.set_access(tier, now);
         let mut out = Out::default();
@@ -491,6 +506,15 @@ impl Engine {
                         Failure::Timeout => (FailureCode::Timeout, 0, None, String::new()),
                         Failure::Network(m) => (FailureCode::Network, 0, None, m),
                         Failure::Http {
+                            status: 401,
+                            retry_after_ms,
+                        } => (
+                            FailureCode::Unauthorized,
+                            401,
+                            retry_after_ms,
+                            String::new(),
+                        ),
+                        Failure::Http {
                             status,
                             retry_after_ms,
                         } => (FailureCode::Http, status, retry_after_ms, String::new()),
@@ -543,8 +567,15 @@ fn build_response(
     objs: Vec<JsValue>,
 ) -> Result<BatchResponse<JsItem>, String> {
     let disagree = || "response arrays disagree in length".to_string();
-    let [tiles, items, size, rest @ ..] = nums else {
+    let [tiles, items, size, reported, rest @ ..] = nums else {
         return Err(disagree());
+    };
+    // The tier the server reports it filtered for: -1 when it does not say.
+    let access = match *reported {
+        r if r < 0.0 => None,
+        r => Some(tier(r).ok_or_else(|| {
+            "access must be one of \"public\", \"registered\", \"verified\", \"agent\"".to_string()
+        })?),
     };
     // Counts from JS: `as usize` saturates (NaN is 0); the lengths checked here bound them.
     let (n_tiles, n_items) = (*tiles as usize, *items as usize);
@@ -603,8 +634,7 @@ fn build_response(
         });
     }
     Ok(BatchResponse {
-        // The boundary does not carry the reported tier (yet); the package reads it.
-        access: None,
+        access,
         tiles: lists,
         items,
         missing: strs.collect(),
@@ -617,7 +647,14 @@ mod tests {
 
     /// One tile listing one item of tier code `tier`, as `cache.js` flattens it.
     fn one_item(tier: f64) -> Result<BatchResponse<JsItem>, String> {
-        let nums = vec![1.0, 1.0, 100.0, -1.0, 1.0, -122.33, 47.61, -1.0, tier];
+        reported(tier, -1.0)
+    }
+
+    /// [`one_item`] in an answer that reports tier code `access`.
+    fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsItem>, String> {
+        let nums = vec![
+            1.0, 1.0, 100.0, access, -1.0, 1.0, -122.33, 47.61, -1.0, tier,
+        ];
         let strs = ["14/2624/5721", "a", "a", "active"]
             .map(String::from)
             .to_vec();
@@ -636,6 +673,19 @@ mod tests {
         for bad in [-1.0, 0.5, 4.0, 255.0, f64::NAN, f64::NEG_INFINITY] {
             let e = one_item(bad).map(|_| ()).unwrap_err();
             assert!(e.contains("items[0].access must be one of"), "{bad}: {e}");
+        }
+    }
+
+    /// The tier the server reports: absent is `None`, an unknown one makes the answer invalid.
+    #[test]
+    fn the_reported_tier_crosses_and_an_unknown_one_is_invalid() {
+        assert_eq!(reported(0.0, -1.0).unwrap().access, None);
+        for (code, access) in Access::ALL.iter().enumerate() {
+            assert_eq!(reported(0.0, code as f64).unwrap().access, Some(*access));
+        }
+        for bad in [0.5, 4.0, 255.0, f64::NAN] {
+            let e = reported(0.0, bad).map(|_| ()).unwrap_err();
+            assert!(e.starts_with("access must be one of"), "{bad}: {e}");
         }
     }
 }

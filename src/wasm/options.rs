@@ -93,7 +93,7 @@ pub(crate) enum Check {
     /// `tileSize`: 256 or 512, the map's tile size, which sets the units of the viewport's
     /// zoom and of `minZoom` ([`super::config::tile_size`]).
     TileSize,
-    /// Checked by the JS shell only (`endpoint`, `headers`, `fetch`, `now`).
+    /// Checked by the JS shell only (`endpoint`, `headers`, `auth`, `fetch`, `now`).
     Shell,
 }
 
@@ -156,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 25] = [
+pub(crate) const OPTIONS: [Opt; 26] = [
     other(
         "endpoint",
         Check::Shell,
@@ -328,6 +328,16 @@ pub(crate) const OPTIONS: [Opt; 25] = [
         "Record<string, string> | Headers",
         Some("{}"),
         "Extra request headers (e.g. `Authorization`).",
+    ),
+    other(
+        "auth",
+        Check::Shell,
+        "{ token: () => string | Promise<string> }",
+        Some("none"),
+        "Bearer-token credentials: `token()` is called for every request (so tokens refresh) \
+         and sent as `Authorization: Bearer <token>`; after a 401 it is called once more and \
+         the request retried, then the failure goes to `onError` as `ERR_UNAUTHORIZED` and is \
+         retried with backoff. The token never appears in errors or logs.",
     ),
     other(
         "fetch",
