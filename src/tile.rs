@@ -661,7 +661,9 @@ impl FromStr for TileId {
     /// Parses `z/x/y` (decimal, no sign, no spaces).
     fn from_str(s: &str) -> Result<TileId, TileError> {
         // Split as bytes: `'/'` is ASCII, so no multi-byte character is cut, and the byte
-        // split is far smaller in the wasm than `str::split`'s char searcher.
+        // split is smaller in the wasm than `str::split`'s char searcher (measured on
+        // 2026-12-02: `s.split('/')` costs the browser wasm 0.4 KB gzipped more, 68,444 →
+        // 68,854 bytes).
         let mut parts = s.as_bytes().split(|&b| b == b'/');
         let (Some(z), Some(x), Some(y), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

@@ -11,6 +11,11 @@ use crate::util::sort_pairs;
 /// Sorted `(u64, u64)` vectors throughout (the one `sort_pairs` of the crate), no hash tables: per level,
 /// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
 /// ancestor, and one with `4^k` of them `k` zooms up is complete. O(levels · n log n).
+///
+/// Written this way for the browser's wasm: the plain form (a `HashMap<TileId,
+/// HashSet<TileId>>` per level and a map of first positions) was measured on 2026-12-02 at
+/// 1.3 KB gzipped more (browser wasm 68,444 → 69,747 bytes gzipped, same tree otherwise),
+/// above the 0.3 KB a size trick must save to stay.
 pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
     // (request tile, position) of each data tile: the tile itself unless an ancestor is complete.
     let mut chosen: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
