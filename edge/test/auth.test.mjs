@@ -163,9 +163,12 @@ describe('edge worker: caller authentication', () => {
     await refused(hmac, bearer(await callerToken('agent', { claims: { nbf } })), /nbf claim/);
   });
 
-  it('refuses the wrong issuer and the wrong audience', async () => {
+  it('refuses the wrong issuer and the wrong audience, and missing ones', async () => {
     await refused(hmac, bearer(await callerToken('agent', { claims: { iss: 'https://evil.test' } })), /iss claim/);
     await refused(hmac, bearer(await callerToken('agent', { claims: { aud: 'someone-else' } })), /aud claim/);
+    // Missing ones are refused too when configured.
+    await refused(hmac, bearer(await hsToken({ tilewarm_access: 'agent', aud: AUDIENCE })), /iss claim/);
+    await refused(hmac, bearer(await hsToken({ tilewarm_access: 'agent', iss: ISSUER })), /aud claim/);
   });
 
   it('refuses a token signed with another secret', async () => {
