@@ -13,7 +13,8 @@ import { dirname, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { post, root, startServer, startWorkerd } from './test/support/stack.mjs';
+import { post, root, startServer, startWorkerd, serverAuthArgs } from './test/support/stack.mjs';
+import { SECRET, hsToken, serviceToken } from './test/support/tokens.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -41,22 +42,28 @@ async function timed(fn) {
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
-const server = await startServer();
-const edge = await startWorkerd(server.batch, { warmRing: 0 });
+// Callers hold a registered token (the edge verifies it on every request, hit or miss: that
+// cost is in the edge's figures); the edge asks the origin with its own agent token.
+const token = await hsToken({ tilewarm_access: 'registered' }, { exp: 3600 });
+const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+const server = await startServer(await serverAuthArgs(SECRET));
+const edge = await startWorkerd(server.batch, { warmRing: 0 }, {
+  TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
+});
 try {
-  const first = await post(edge.batch, request);
+  const first = await post(edge.batch, request, headers);
   if (first.status !== 200 || first.cache !== 'miss') throw new Error(`first edge request: ${first.status} ${first.cache}`);
-  const again = await post(edge.batch, request);
+  const again = await post(edge.batch, request, headers);
   if (again.cache !== 'hit') throw new Error(`second edge request was ${again.cache}, not a hit`);
   const items = again.json.items.length;
   const bytes = Buffer.byteLength(JSON.stringify(again.json));
 
-  const viaEdge = () => fetch(edge.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: request })
+  const viaEdge = () => fetch(edge.batch, { method: 'POST', headers, body: request })
     .then(async (r) => {
       if (r.headers.get('x-tilewarm-cache') !== 'hit') throw new Error('not a hit');
       await r.arrayBuffer();
     });
-  const direct = () => fetch(server.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: request })
+  const direct = () => fetch(server.batch, { method: 'POST', headers, body: request })
     .then((r) => r.arrayBuffer());
   const health = () => fetch(`${edge.url}/healthz`).then((r) => r.arrayBuffer());
 
@@ -82,24 +89,24 @@ try {
   const reqBytes = new TextEncoder().encode(request);
   const originReq = (() => {
     const p = new glue.EdgeProxy('{"warmRing":0}');
-    const st = p.begin(reqBytes, Date.now());
+    const st = p.begin(reqBytes, 'registered', Date.now());
     const body = st.origin;
     st.free();
     p.free();
     return body;
   })();
-  const originBytes = new Uint8Array(await (await fetch(server.batch, { method: 'POST', headers: { 'content-type': 'application/json' }, body: originReq })).arrayBuffer());
+  const originBytes = new Uint8Array(await (await fetch(server.batch, { method: 'POST', headers, body: originReq })).arrayBuffer());
   const cpu = { hit: [], miss: [] };
   const m = Math.max(50, Math.floor(n / 5));
   for (let i = 0; i < m + 10; i++) {
     const p = new glue.EdgeProxy('{"warmRing":0}');
-    const st = p.begin(reqBytes, Date.now());
+    const st = p.begin(reqBytes, 'registered', Date.now());
     let t0 = performance.now();
     const done = p.complete(st.handle, 200, originBytes, Date.now());
     void done.body;
     const miss = performance.now() - t0;
     t0 = performance.now();
-    const hit = p.begin(reqBytes, Date.now());
+    const hit = p.begin(reqBytes, 'registered', Date.now());
     if (hit.cache !== 'hit') throw new Error('wasm proxy: the repeat was not a hit');
     void hit.body;
     const hitMs = performance.now() - t0;
