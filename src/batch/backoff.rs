@@ -27,7 +27,8 @@ pub(super) struct Backoff {
     /// `(packed tile, entry)` sorted by tile and found by binary search. A sorted `Vec`
     /// rather than a hash map (no hash table code of its own in the wasm): at most
     /// [`MAX_ENTRIES`] entries, and usually a handful (tiles whose requests failed), so
-    /// inserting into the middle moves little.
+    /// inserting into the middle moves little. Measured on 2026-12-02: a `HashMap<u64,
+    /// Entry>` here costs the browser wasm 0.37 KB gzipped more (68,750 → 69,118 bytes).
     entries: Vec<(u64, Entry)>,
 }
 
