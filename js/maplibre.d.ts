@@ -8,9 +8,7 @@ export interface MapLike {
   getZoom(): number;
   getSource(id: string): unknown;
   addSource(id: string, source: object): unknown;
-  isStyleLoaded(): boolean | void;
   on(type: string, listener: (...args: any[]) => void): unknown;
-  once(type: string, listener: (...args: any[]) => void): unknown;
   off(type: string, listener: (...args: any[]) => void): unknown;
 }
 

@@ -78,12 +78,18 @@ export function attach(map, cache, options) {
   let shown = new Map();
   let frame = 0, detached = false, synced = false;
 
+  /** The source, added when the style has none; undefined while the style is loading
+   * (MapLibre refuses addSource then; 'styledata' brings us back). */
   function source() {
     let src = map.getSource(sourceId);
-    if (!src && map.isStyleLoaded()) {
-      map.addSource(sourceId, { type: 'geojson', data: { type: 'FeatureCollection', features: [] }, promoteId });
-      src = map.getSource(sourceId);
+    if (!src) {
       synced = false;
+      try {
+        map.addSource(sourceId, { type: 'geojson', data: { type: 'FeatureCollection', features: [] }, promoteId });
+      } catch {
+        return undefined;
+      }
+      src = map.getSource(sourceId);
     }
     return src;
   }
@@ -142,8 +148,9 @@ export function attach(map, cache, options) {
   }
 
   function onStyle() {
-    // A new style drops the sources: add it again with everything.
-    if (!map.getSource(sourceId)) { synced = false; schedule(); }
+    // The style loaded, or a new one dropped the sources: add it again with everything.
+    // The source is added at once, so layers added in a 'load' listener find it.
+    if (!synced || !map.getSource(sourceId)) { source(); synced = false; schedule(); }
   }
 
   const offUpdate = cache.onUpdate((items, view) => {
@@ -158,8 +165,8 @@ export function attach(map, cache, options) {
   map.on('move', schedule);
   map.on('moveend', schedule);
   map.on('styledata', onStyle);
-  if (map.isStyleLoaded()) push();
-  else map.once('load', push);
+  // At once: the cache starts on the view even before the style is ready.
+  push();
 
   return function detach() {
     if (detached) return;
@@ -169,6 +176,5 @@ export function attach(map, cache, options) {
     map.off('move', schedule);
     map.off('moveend', schedule);
     map.off('styledata', onStyle);
-    map.off('load', push);
   };
 }

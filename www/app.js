@@ -12,6 +12,7 @@
 //   lon=, lat=, zoom=   where to start (MapLibre zoom)
 import * as maplibregl from 'maplibre-gl';
 import { TileCache, tilesForBbox } from 'tilewarm';
+import { attach } from 'tilewarm/maplibre';
 import { TileTracker, tileBounds, tileOf, tileXY, formatBytes, formatPrice, itemValue, mercatorCentre } from './lib.js';
 import { Chart } from './chart.js';
 import { TileMap } from './tilemap.js';
@@ -43,7 +44,7 @@ const $ = (id) => document.getElementById(id);
 const tracker = new TileTracker(TILE_ZOOM);
 const net = { bytesIn: 0 };
 let cache = null;
-let offUpdate = null;
+let detachMap = null; // tilewarm/maplibre's attach: keeps the 'items' source in sync
 let items = [];
 let lastView = null;
 let readyResolve;
@@ -79,7 +80,8 @@ const STATE_COLOURS = ['match', ['get', 'state'],
 
 map.on('load', async () => {
   map.addSource('tiles', { type: 'geojson', data: emptyFc() });
-  map.addSource('items', { type: 'geojson', data: emptyFc() });
+  // promoteId: attach updates it by diffs (updateData) rather than setData per change.
+  map.addSource('items', { type: 'geojson', data: emptyFc(), promoteId: 'id' });
   map.addLayer({
     id: 'tiles-fill', type: 'fill', source: 'tiles',
     paint: {
@@ -117,8 +119,6 @@ map.on('load', async () => {
   readyResolve();
 });
 
-map.on('move', scheduleViewport);
-map.on('moveend', scheduleViewport);
 map.on('render', placeLabels);
 
 // ---------------------------------------------------------------- the cache
@@ -127,7 +127,8 @@ async function makeCache() {
   const next = await TileCache.create({
     endpoint: opts.endpoint,
     tileZoom: TILE_ZOOM,
-    minZoom: MIN_ZOOM,
+    tileSize: 512, // MapLibre's zoom, as it is
+    minZoom: MIN_ZOOM - ZOOM_OFFSET,
     maxItems: 60_000,
     maxBytes: 48 * 1024 * 1024,
     ttl: { default: 300, byClass: { active: 300, off_market: 14_400 } },
@@ -141,25 +142,18 @@ async function makeCache() {
     access: opts.access,
     fetch: trackingFetch,
   });
-  if (offUpdate) offUpdate();
+  if (detachMap) detachMap();
   if (cache) cache.dispose();
   cache = next;
   tracker.reset();
   chart.restart();
-  offUpdate = cache.onUpdate((next, view) => {
-    if (view && lastView) {
-      lastView.complete = view.complete;
-      lastView.missing = new Set(view.missingTiles ?? []);
-    }
-    setItems(next);
-    scheduleOverlay();
-  });
   cache.onError((err) => {
     $('replay-status').textContent = `cache error: ${err?.message ?? err}`;
     console.warn('tilewarm:', err);
   });
   $('tile-source').textContent = tileStateSource();
-  pushViewport();
+  // Reads the map's view each frame it moves and keeps the 'items' source in sync.
+  detachMap = attach(map, cache, { sourceId: 'items', onView: showView, onError: (e) => console.warn('tilewarm:', e) });
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -222,13 +216,6 @@ async function trackingFetch(input, init) {
   return res;
 }
 
-let viewPending = false;
-function scheduleViewport() {
-  if (viewPending) return;
-  viewPending = true;
-  requestAnimationFrame(() => { viewPending = false; pushViewport(); });
-}
-
 function currentViewport() {
   const b = map.getBounds();
   return {
@@ -238,21 +225,15 @@ function currentViewport() {
   };
 }
 
-function pushViewport() {
-  if (!cache) return;
+/** Every view attach() brought the source to (after a move, and when data arrived). */
+function showView(view) {
   const v = currentViewport();
-  let view;
-  try {
-    view = cache.setViewport(v);
-  } catch (e) {
-    console.warn('tilewarm: setViewport', v, e);
-    return;
-  }
   lastView = { ...v, complete: view.complete, missing: new Set(view.missingTiles ?? []) };
   tracker.view(visibleTiles(v), lastView.missing);
   setItems(view.items);
-  showNotice(v.zoom < MIN_ZOOM ? `Zoom in to load homes (data from zoom ${MIN_ZOOM - ZOOM_OFFSET} on this map)` : null);
-  drawOverlay();
+  showNotice(v.zoom < MIN_ZOOM ? `Zoom in to load homes (data from zoom ${MIN_ZOOM - ZOOM_OFFSET} on this map)`
+    : view.tooWide ? 'Zoom in to load homes (this view is too wide to fetch)' : null);
+  scheduleOverlay();
 }
 
 function visibleTiles(v) {
@@ -268,8 +249,8 @@ function visibleTiles(v) {
 let itemsSig = '';
 function setItems(next) {
   items = next ?? [];
-  // The cache hands out the items of the visible tiles on every viewport: re-upload them to
-  // the map only when they changed (a pan inside the same tiles changes nothing).
+  // attach() keeps the map's source in sync by diffs; the labels are redrawn only when the
+  // items changed (a pan inside the same tiles changes nothing).
   let h = items.length;
   for (const it of items) {
     h = (Math.imul(h, 31) + it.id.length + it.id.charCodeAt(it.id.length - 1) + (it.stale ? 7 : 0)) | 0;
@@ -280,12 +261,6 @@ function setItems(next) {
   updateInViewCount();
   if (!changed) return;
   labelsDirty = true;
-  const features = items.map((it) => ({
-    type: 'Feature',
-    geometry: { type: 'Point', coordinates: [it.lon, it.lat] },
-    properties: { id: it.id, class: it.class, stale: !!it.stale },
-  }));
-  map.getSource('items')?.setData({ type: 'FeatureCollection', features });
   map.triggerRepaint();
 }
 
@@ -487,8 +462,7 @@ $('tile-zoom').textContent = String(TILE_ZOOM);
 $('c-access').addEventListener('change', (e) => {
   opts.access = e.target.value;
   cache.setAccess(opts.access);
-  tracker.reset();
-  pushViewport();
+  tracker.reset(); // the cache's refresh after setAccess reaches showView through attach
 });
 $('c-ring').addEventListener('change', (e) => {
   opts.ring = Number(e.target.value);
