@@ -114,6 +114,7 @@ const pkg = {
     "./edge": { types: "./edge.d.ts", default: "./edge.js" },
     // Map library adapters: no wasm of their own, they take a TileCache.
     "./maplibre": { types: "./maplibre.d.ts", default: "./maplibre.js" },
+    "./leaflet": { types: "./leaflet.d.ts", default: "./leaflet.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
     "./package.json": "./package.json",
   },

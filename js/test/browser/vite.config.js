@@ -13,6 +13,7 @@ export default defineConfig({
     rollupOptions: {
       input: {
         maplibre: resolve(import.meta.dirname, 'maplibre/index.html'),
+        leaflet: resolve(import.meta.dirname, 'leaflet/index.html'),
       },
     },
   },

@@ -1,0 +1,27 @@
+// Types of tilewarm/leaflet (leaflet.js). Leaflet is typed structurally, so the package does
+// not depend on @types/leaflet; the Leaflet namespace and its GridLayer fit.
+import type { FetchError, Item, TileCache, TilewarmError } from './index.js';
+
+export interface LayerOptions<Data = unknown> {
+  /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
+  draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
+  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles); default `reportError`. */
+  onError?: (error: FetchError | TilewarmError | unknown) => void;
+  /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
+   * prefetch runs (Leaflet prefetches nothing for a GridLayer). Default true. */
+  followView?: boolean;
+  /** Passed to the GridLayer. */
+  pane?: string;
+  zIndex?: number;
+  opacity?: number;
+}
+
+/**
+ * A Leaflet `GridLayer` whose tiles come from `cache.loadTiles` (one call per tile; a tick's
+ * calls go out together), drawn on canvases; an unloaded tile aborts its call.
+ * @param L the Leaflet namespace (`import * as L from 'leaflet'`)
+ * @example
+ * const cache = await TileCache.create({ endpoint });
+ * createLayer(L, cache).addTo(map);
+ */
+export function createLayer<Data = unknown>(L: any, cache: TileCache<Data>, options?: LayerOptions<Data>): any;

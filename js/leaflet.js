@@ -1,0 +1,107 @@
+// tilewarm/leaflet: a Leaflet GridLayer whose tiles come from TileCache.loadTiles, drawn on
+// canvases, and which feeds the map's view to the cache so tilewarm's prefetch runs
+// (Leaflet prefetches nothing for a GridLayer).
+//
+//   const layer = createLayer(L, cache, { draw }).addTo(map);
+//
+// Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
+// so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
+// aborts its call. Types: leaflet.d.ts.
+
+const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity'];
+
+function fail(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+/** Pixel of (lon, lat) in the world at zoom `z` of 256-px tiles. */
+function worldPx(lon, lat, z) {
+  const n = 256 * 2 ** z;
+  const r = (Math.max(-85.0511, Math.min(85.0511, lat)) * Math.PI) / 180;
+  return [((lon + 180) / 360) * n, ((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * n];
+}
+
+/** The default drawing: a dot per item, grey when stale. */
+function dot(ctx, item, x, y) {
+  ctx.beginPath();
+  ctx.arc(x, y, 4, 0, 2 * Math.PI);
+  ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
+  ctx.fill();
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = '#ffffff';
+  ctx.stroke();
+}
+
+/**
+ * A GridLayer over `cache`. `L` is the Leaflet namespace (the adapter does not import it).
+ * `draw(ctx, item, x, y)` paints an item at its pixel in the tile (default: a dot).
+ */
+export function createLayer(L, cache, options = {}) {
+  if (!L || typeof L.GridLayer?.extend !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'L must be the Leaflet namespace');
+  if (!cache || typeof cache.loadTiles !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
+  for (const k of Object.keys(options)) {
+    if (!OPTION_NAMES.includes(k)) {
+      throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `${k} is not an option; the options are ${OPTION_NAMES.join(', ')}`);
+    }
+  }
+  const { draw = dot, followView = true, ...gridOptions } = options;
+  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  delete gridOptions.onError;
+  const zoomOffset = cache.tileSize === 512 ? -1 : 0;
+  const Layer = L.GridLayer.extend({
+    createTile(coords, done) {
+      const tile = L.DomUtil.create('canvas', 'tilewarm-tile');
+      const size = this.getTileSize();
+      tile.width = size.x;
+      tile.height = size.y;
+      const ctrl = new AbortController();
+      tile._tilewarmAbort = ctrl;
+      const name = `${coords.z}/${coords.x}/${coords.y}`;
+      cache.loadTiles([name], { signal: ctrl.signal }).then(([got]) => {
+        if (got.error) {
+          onError(got.error);
+          done(got.error, tile);
+          return;
+        }
+        const ctx = tile.getContext('2d');
+        const k = size.x / 256;
+        tile.dataset.items = String(got.items.length);
+        for (const item of got.items) {
+          const [px, py] = worldPx(item.lon, item.lat, coords.z);
+          draw(ctx, item, (px - coords.x * 256) * k, (py - coords.y * 256) * k);
+        }
+        done(null, tile);
+      }, (e) => {
+        if (!ctrl.signal.aborted) { onError(e); done(e, tile); }
+      });
+      return tile;
+    },
+  });
+  const layer = new Layer(gridOptions);
+  layer.on('tileunload', (e) => e.tile?._tilewarmAbort?.abort());
+  if (followView) {
+    let frame = 0;
+    const push = () => {
+      frame = 0;
+      const map = layer._map;
+      if (!map) return;
+      const b = map.getBounds();
+      try {
+        cache.setViewport({
+          west: b.getWest(), south: Math.max(-90, b.getSouth()), east: b.getEast(), north: Math.min(90, b.getNorth()),
+          zoom: Math.min(30, Math.max(0, map.getZoom() + zoomOffset)),
+        });
+      } catch (e) {
+        onError(e);
+      }
+    };
+    const schedule = () => { if (!frame) frame = requestAnimationFrame(push); };
+    layer.on('add', () => { layer._map.on('move moveend', schedule); push(); });
+    layer.on('remove', (e) => { e.target._map?.off('move moveend', schedule); if (frame) cancelAnimationFrame(frame); frame = 0; });
+    layer._tilewarmSchedule = schedule;
+  }
+  return layer;
+}

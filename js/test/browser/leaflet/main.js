@@ -1,0 +1,28 @@
+// The tilewarm/leaflet test page: real Leaflet, no base layer (no network), the tilewarm
+// grid layer over the batch endpoint beside the page (/batch).
+import * as L from 'leaflet';
+import 'leaflet/dist/leaflet.css';
+import { TileCache } from 'tilewarm';
+import { createLayer } from 'tilewarm/leaflet';
+
+const params = new URLSearchParams(location.search);
+const map = L.map('map', { zoomAnimation: false, fadeAnimation: false })
+  .setView([Number(params.get('lat')), Number(params.get('lon'))], Number(params.get('zoom')));
+const cache = await TileCache.create({
+  endpoint: new URL('/batch', location.href).href,
+  minZoom: 12,
+  prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+});
+const errors = [];
+cache.onError((e) => errors.push(e.message));
+const layer = createLayer(L, cache, { onError: (e) => errors.push(String(e)) }).addTo(map);
+
+/** Items drawn per loaded tile (from the canvases), and counters. */
+function state() {
+  const drawn = {};
+  for (const [key, t] of Object.entries(layer._tiles)) {
+    if (t.loaded && t.el.dataset.items !== undefined) drawn[key] = Number(t.el.dataset.items);
+  }
+  return { drawn, stats: cache.stats(), errors, zoom: map.getZoom() };
+}
+window.__tw = { map, cache, layer, state, L };
