@@ -198,9 +198,46 @@ pub struct Config {
     #[arg(long, default_value_t = 262_144, value_name = "N")]
     pub cache_tiles: usize,
 
-    /// Largest request body, in bytes (larger: 413).
-    #[arg(long, default_value_t = Limits::default().max_body_bytes, value_name = "BYTES")]
-    pub max_body_bytes: usize,
+    /// Largest request body, in bytes (larger: 413). Without it: the largest request the
+    /// tile and id limits allow (`Limits::max_request_bytes`, about 517 KiB at the
+    /// defaults).
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Most batches answered at once; more wait in the queue (--max-queue).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_in_flight: usize,
+
+    /// Most batches waiting for a slot; past it a batch is answered 503 `overloaded` with
+    /// `Retry-After` at once.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_queue: usize,
+
+    /// `Retry-After` of a 503 `overloaded`, in seconds.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub retry_after_s: u64,
+
+    /// Batches a second per caller (the verified token's `sub`, else the peer address);
+    /// past it and the burst, 429 `rate_limited` with `Retry-After`. 0: no per-caller limit.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub caller_rate: u32,
+
+    /// Batches one caller may send at once above --caller-rate.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub caller_burst: u32,
+
+    /// Most open client connections; more wait in the accept backlog.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Longest wait for a request's headers (on a new or idle kept-alive connection), in
+    /// milliseconds; then the connection is closed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub header_timeout_ms: u64,
+
+    /// Longest wait for a request's body, in milliseconds; then 408 `request_timeout`.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub body_timeout_ms: u64,
 
     /// Most tiles in one request.
     #[arg(long, default_value_t = Limits::default().max_tiles, value_name = "N")]
@@ -265,12 +302,17 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// The request limits: the protocol defaults with the flags applied.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_body_bytes: self.max_body_bytes,
+        let limits = Limits {
             max_tiles: self.max_tiles,
             max_ids: self.max_ids,
             min_zoom: self.min_zoom,
             ..Limits::default()
+        };
+        Limits {
+            max_body_bytes: self
+                .max_body_bytes
+                .unwrap_or_else(|| limits.max_request_bytes()),
+            ..limits
         }
     }
 
@@ -334,7 +376,12 @@ impl Config {
         for (flag, v) in [
             ("--max-tiles", self.max_tiles),
             ("--max-ids", self.max_ids),
-            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-body-bytes", self.max_body_bytes.unwrap_or(1)),
+            ("--max-in-flight", self.max_in_flight),
+            ("--max-queue", self.max_queue),
+            ("--max-connections", self.max_connections),
+            ("--header-timeout-ms", self.header_timeout_ms as usize),
+            ("--body-timeout-ms", self.body_timeout_ms as usize),
             ("--warmup-queue", self.warmup_queue),
             ("--warmup-workers", self.warmup_workers),
             ("--warmup-max-tiles", self.warmup_max_tiles),
@@ -396,7 +443,18 @@ mod tests {
             (c.synthetic_homes, c.data_zoom, c.split_levels),
             (50_000, 14, 2)
         );
-        assert_eq!(c.limits(), Limits::default());
+        assert_eq!(
+            c.limits(),
+            Limits {
+                max_body_bytes: Limits::default().max_request_bytes(),
+                ..Limits::default()
+            }
+        );
+        // The body cap follows the tile and id limits unless given.
+        let c = Config::parse_from(["x", "--max-ids", "10"]);
+        assert!(c.limits().max_body_bytes < 16 * 1024);
+        let c = Config::parse_from(["x", "--max-body-bytes", "5000"]);
+        assert_eq!(c.limits().max_body_bytes, 5000);
         let cache = c.cache_config();
         assert_eq!(cache.ttl_for("active", None), 300_000);
         assert_eq!(cache.ttl_for("off_market", None), 14_400_000);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::handler::HandlerWithoutStateExt;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -22,6 +22,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Caller;
 use crate::batch;
 use crate::App;
 
@@ -80,7 +81,18 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
     let mut router = Router::new()
         .route(
             "/v1/batch",
-            post(batch_handler).fallback(|| async {
+            // Admission (crate::admission): the per-caller limit, then the server-wide one.
+            crate::admission::shed(
+                post(batch_handler),
+                app.config.max_in_flight,
+                app.config.max_queue,
+                app.config.retry_after_s,
+            )
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&app),
+                crate::admission::per_caller,
+            ))
+            .fallback(|| async {
                 error_response(
                     ErrorCode::MethodNotAllowed,
                     "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
@@ -202,16 +214,27 @@ fn is_json(ct: &HeaderValue) -> bool {
         || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-async fn batch_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+async fn batch_handler(
+    State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
-    let response = batch_inner(&app, &headers, body).await;
+    let response = batch_inner(&app, caller.map(|c| c.0), &headers, body).await;
     app.metrics.batch_latency.observe(start.elapsed());
     response
 }
 
-async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
+async fn batch_inner(
+    app: &App,
+    caller: Option<Caller>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     // Who is calling, before anything is read: a refused credential costs no body.
-    let caller = match app.auth.caller(headers) {
+    // (Admission verified it already; verified here only when called without it.)
+    let caller = match caller.map_or_else(|| app.auth.caller(headers), Ok) {
         Ok(c) => c,
         Err(e) => return unauthorized(e.0),
     };
@@ -230,7 +253,20 @@ async fn batch_inner(app: &App, headers: &HeaderMap, body: Body) -> Response {
             format!("body is {len} bytes, at most {max} are allowed"),
         );
     }
-    let bytes = match Limited::new(body, max).collect().await {
+    let read = tokio::time::timeout(
+        app.admission.body_timeout,
+        Limited::new(body, max).collect(),
+    );
+    let Ok(read) = read.await else {
+        return error_response(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the body did not arrive within {} ms",
+                app.admission.body_timeout.as_millis()
+            ),
+        );
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return error_response(

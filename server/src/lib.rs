@@ -9,6 +9,7 @@
 //! See `docs/server.md` for the design (keys, degraded mode, limits) and
 //! `docs/openapi.yaml` for the protocol.
 
+pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod config;
@@ -52,6 +53,8 @@ pub struct App {
     pub invalidation: invalidate::Invalidations,
     /// Who is calling: verifies bearer tokens ([`auth`]).
     pub auth: auth::Verifier,
+    /// Per-caller limits and the body timeout ([`admission`]).
+    pub admission: admission::Admission,
 }
 
 /// Starting failed; the message says what to fix.
@@ -179,6 +182,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         warmup,
         invalidation: invalidate::Invalidations::default(),
         auth: verifier,
+        admission: admission::Admission::new(
+            config.caller_rate,
+            config.caller_burst,
+            config.retry_after_s,
+            Duration::from_millis(config.body_timeout_ms),
+        ),
         config,
     });
     if let Some(feed) = app.origin.change_feed() {
@@ -264,13 +273,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         }
         None => None,
     };
+    let conns = app.config.max_connections;
+    let header_timeout = Duration::from_millis(app.config.header_timeout_ms);
     let task = tokio::spawn(async move {
-        // The peer address is kept for `/dev/token`'s loopback check.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, service).with_graceful_shutdown(stopped(rx));
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
+        serve_api(listener, router, rx, conns, header_timeout).await;
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
@@ -283,4 +289,77 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         shutdown: Some(tx),
         task,
     })
+}
+
+/// The API's accept loop: at most `max_conns` connections at once (the next accept waits
+/// for one to close), each HTTP/1 with hyper's header read timeout (axum's `serve` sets no
+/// timer, so it has none). On `stop`: no more accepts, every connection finishes its
+/// request in flight, and this returns when all are closed.
+async fn serve_api(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    max_conns: usize,
+    header_timeout: Duration,
+) {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tokio::sync::Semaphore;
+    use tower::ServiceExt;
+
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let slots = Arc::new(Semaphore::new(max_conns));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(stop.clone()) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(stop.clone()) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        // The peer address is kept for per-caller limits and `/dev/token`'s loopback check.
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    // Every connection gives its slot back when it closes.
+    let _ = slots
+        .acquire_many(max_conns.try_into().unwrap_or(u32::MAX))
+        .await;
 }

@@ -59,7 +59,8 @@ pub fn wait_port(port: u16, within: Duration) {
 }
 
 /// Starts `bin` as `tilewarm-server` on `port` (log level warn, `/metrics` on the same
-/// port for the harness to read, `extra` flags) and waits until it listens.
+/// port for the harness to read, no per-caller rate limit since one load generator stands
+/// in for many callers, `extra` flags) and waits until it listens.
 pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
     let child = Command::new(bin)
         .args([
@@ -68,6 +69,8 @@ pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
             "--log-level",
             "warn",
             "--metrics-public",
+            "--caller-rate",
+            "0",
         ])
         .args(extra)
         .stdout(Stdio::null())

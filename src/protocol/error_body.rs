@@ -26,10 +26,16 @@ pub enum ErrorCode {
     /// above the token's tier (403).
     Forbidden,
     PayloadTooLarge,
+    /// The request's body did not arrive in time (408).
+    RequestTimeout,
     UnsupportedMediaType,
     MethodNotAllowed,
     NotFound,
+    /// Too many requests from this caller: retry after `Retry-After` seconds (429).
     RateLimited,
+    /// The server is at capacity (every batch slot and queue place taken): retry after
+    /// `Retry-After` seconds (503). Nothing was read or fetched for the request.
+    Overloaded,
     UpstreamError,
     UpstreamTimeout,
     Internal,
@@ -37,31 +43,36 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::MethodNotAllowed,
         ErrorCode::NotFound,
         ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
         ErrorCode::UpstreamError,
         ErrorCode::UpstreamTimeout,
         ErrorCode::Internal,
     ];
 
-    /// The HTTP status to answer with: 400, 401, 403, 413, 415, 405, 404, 429, 502, 504, 500.
+    /// The HTTP status to answer with: 400, 401, 403, 413, 408, 415, 405, 404, 429, 503, 502,
+    /// 504, 500.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NotFound => 404,
             ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded => 503,
             ErrorCode::UpstreamError => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -88,10 +99,12 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal",

@@ -3,7 +3,8 @@
 /// Size limits for decoding. Every field has a documented default ([`Limits::default`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest body accepted, in bytes. Default 8 MiB.
+    /// Largest body accepted, in bytes. Default 8 MiB: what a client reads of a response.
+    /// A server reading requests uses [`Limits::max_request_bytes`] instead.
     pub max_body_bytes: usize,
     /// Most tiles in a request (and tile lists in a response). Default 64.
     pub max_tiles: usize,
@@ -33,5 +34,38 @@ impl Default for Limits {
             max_ttl_s: 30 * 24 * 60 * 60,
             min_zoom: 0,
         }
+    }
+}
+
+/// The longest tile name: `"24/16777215/16777215"` without the quotes.
+const MAX_TILE_NAME_BYTES: usize = 20;
+
+/// Room per list element for the whitespace of pretty-printed JSON.
+const PER_ELEMENT_SLACK: usize = 8;
+
+/// Room for the object's keys, the tier and a few unknown fields or whitespace.
+const REQUEST_SLACK: usize = 4096;
+
+impl Limits {
+    /// The largest request body these limits can accept, in bytes: `max_tiles` tiles of
+    /// the longest name and `max_ids` ids of `max_id_len` bytes each written with every
+    /// byte escaped (`\"` or `\\`, 2 bytes), each with quotes, a comma and
+    /// [`PER_ELEMENT_SLACK`] bytes of whitespace, plus [`REQUEST_SLACK`]. A server reads at
+    /// most this much of a request (about 517 KiB at the defaults, not 8 MiB).
+    ///
+    /// ```
+    /// use tilewarm::protocol::Limits;
+    /// assert!(Limits::default().max_request_bytes() < 600 * 1024);
+    /// ```
+    pub fn max_request_bytes(&self) -> usize {
+        let tile = MAX_TILE_NAME_BYTES + 3 + PER_ELEMENT_SLACK;
+        let id = self
+            .max_id_len
+            .saturating_mul(2)
+            .saturating_add(3 + PER_ELEMENT_SLACK);
+        self.max_tiles
+            .saturating_mul(tile)
+            .saturating_add(self.max_ids.saturating_mul(id))
+            .saturating_add(REQUEST_SLACK)
     }
 }

@@ -1,6 +1,7 @@
 //! Loopback integration tests of `tilewarm-server`: one test binary, servers spawned in
 //! process on 127.0.0.1:0, a real `redis-server` for the shared-tier tests.
 
+mod admission;
 mod auth;
 mod common;
 mod logs;
@@ -189,7 +190,7 @@ async fn client_mistakes_get_4xx_json_errors() {
     let s = server(common::Config {
         max_tiles: 4,
         max_ids: 3,
-        max_body_bytes: 2_000,
+        max_body_bytes: Some(2_000),
         max_response_items: 100,
         ..config()
     })

@@ -87,7 +87,7 @@ async fn real_responses_match_docs_openapi_yaml() {
 
     let http = Http::new();
     let s = server(crate::common::Config {
-        max_body_bytes: 4_096,
+        max_body_bytes: Some(4_096),
         max_response_items: 200,
         ..config()
     })

@@ -9,6 +9,7 @@ fn error_codes_statuses_and_names() {
         (ErrorCode::Unauthorized, 401, "unauthorized"),
         (ErrorCode::Forbidden, 403, "forbidden"),
         (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
+        (ErrorCode::RequestTimeout, 408, "request_timeout"),
         (
             ErrorCode::UnsupportedMediaType,
             415,
@@ -17,6 +18,7 @@ fn error_codes_statuses_and_names() {
         (ErrorCode::MethodNotAllowed, 405, "method_not_allowed"),
         (ErrorCode::NotFound, 404, "not_found"),
         (ErrorCode::RateLimited, 429, "rate_limited"),
+        (ErrorCode::Overloaded, 503, "overloaded"),
         (ErrorCode::UpstreamError, 502, "upstream_error"),
         (ErrorCode::UpstreamTimeout, 504, "upstream_timeout"),
         (ErrorCode::Internal, 500, "internal"),
@@ -31,7 +33,7 @@ fn error_codes_statuses_and_names() {
         assert_eq!(code.to_string(), name);
     }
     assert_eq!(ErrorCode::from_http_status(418), ErrorCode::BadRequest);
-    assert_eq!(ErrorCode::from_http_status(503), ErrorCode::Internal);
+    assert_eq!(ErrorCode::from_http_status(501), ErrorCode::Internal);
     assert_eq!(ErrorCode::from_name("Bad_Request"), None);
 }
 

@@ -11,6 +11,50 @@ fn default_limits_are_the_documented_ones() {
     assert_eq!((l.max_ttl_s, l.min_zoom), (2_592_000, 0));
 }
 
+#[test]
+fn the_largest_valid_request_fits_max_request_bytes() {
+    // Every id of the longest length, made of the byte JSON escapes (`"` → `\"`), every
+    // tile of the longest name, pretty-printed: the worst a valid request looks.
+    for l in [
+        Limits::default(),
+        Limits {
+            max_tiles: 3,
+            max_ids: 2,
+            max_id_len: 5,
+            ..Limits::default()
+        },
+    ] {
+        let r = BatchRequest {
+            tiles: (0..l.max_tiles as u32)
+                .map(|i| TileId::new(24, 16_777_215 - i, 16_777_215).unwrap())
+                .collect(),
+            ids: (0..l.max_ids)
+                .map(|i| {
+                    let mut id = format!("{i}");
+                    id.push_str(&"\"".repeat(l.max_id_len - id.len()));
+                    id
+                })
+                .collect(),
+            access: Access::Registered,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        assert!(
+            pretty.len() <= l.max_request_bytes(),
+            "{} > {}",
+            pretty.len(),
+            l.max_request_bytes()
+        );
+        let strict = Limits {
+            max_body_bytes: l.max_request_bytes(),
+            ..l
+        };
+        assert_eq!(decode_request(pretty.as_bytes(), &strict).unwrap(), r);
+    }
+    // And it is far below the 8 MiB a client reads of a response.
+    assert!(Limits::default().max_request_bytes() < 600 * 1024);
+}
+
 // ---- requests -----------------------------------------------------------------------
 
 #[test]

@@ -1,0 +1,217 @@
+//! Admission control: what the server refuses before doing any work for a batch, so that
+//! overload and abuse cost a quick refusal instead of growing latency and memory.
+//!
+//! In the order a `POST /v1/batch` meets them:
+//! 1. Connections: at most `--max-connections` at once (more wait in the kernel's accept
+//!    backlog), and a request's headers must arrive within `--header-timeout-ms` (hyper's
+//!    header read timeout; [`crate::start`]'s accept loop).
+//! 2. Per caller ([`per_caller`]): at most `--caller-rate` batches a second with bursts of
+//!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
+//!    else by the peer address; past it, 429 `rate_limited` with `Retry-After`
+//!    (a [`governor`] keyed limiter, GCRA).
+//! 3. Server-wide ([`shed_layer`]): at most `--max-in-flight` batches answered at once and
+//!    `--max-queue` waiting for a slot; past that, 503 `overloaded` with `Retry-After` at
+//!    once (tower's `ConcurrencyLimit`, `Buffer` and `LoadShed`).
+//! 4. The body: at most the protocol's largest valid request
+//!    ([`tilewarm::protocol::Limits::max_request_bytes`]) and it must arrive within
+//!    `--body-timeout-ms` (408 `request_timeout`), in [`crate::http`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::MethodRouter;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tilewarm::protocol::ErrorCode;
+
+use crate::auth::Caller;
+use crate::http::{error_response, unauthorized};
+use crate::App;
+
+/// The admission state shared by every request.
+pub struct Admission {
+    /// Per-caller rate limits; `None` when `--caller-rate 0`.
+    callers: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// `Retry-After` of a 503, in seconds.
+    pub retry_after_s: u64,
+    /// Longest wait for a request body.
+    pub body_timeout: Duration,
+}
+
+impl Admission {
+    /// `rate` batches a second per caller with bursts of `burst` (`rate` 0: no per-caller
+    /// limit). Needs a Tokio runtime: a background task forgets idle callers every 10 s so
+    /// the table stays as small as the set of recent callers.
+    pub fn new(rate: u32, burst: u32, retry_after_s: u64, body_timeout: Duration) -> Admission {
+        let callers = NonZeroU32::new(rate).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            let limiter = Arc::new(RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ));
+            tokio::spawn(forget_idle(Arc::downgrade(&limiter)));
+            limiter
+        });
+        Admission {
+            callers,
+            retry_after_s,
+            body_timeout,
+        }
+    }
+
+    /// Callers the per-caller table holds now.
+    pub fn tracked_callers(&self) -> usize {
+        self.callers.as_ref().map_or(0, |l| l.len())
+    }
+
+    /// `Ok` when `key` may send a batch now, else how long it should wait.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.callers else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+async fn forget_idle(limiter: Weak<DefaultKeyedRateLimiter<String>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let Some(l) = limiter.upgrade() else { break };
+        l.retain_recent();
+        l.shrink_to_fit();
+    }
+}
+
+/// Whom a per-caller limit counts against: the verified token's `sub`, else the peer's
+/// address (the whole address; behind a proxy every caller shares the proxy's).
+pub fn caller_key(caller: &Caller, peer: Option<IpAddr>) -> String {
+    match (&caller.sub, peer) {
+        (Some(sub), _) => format!("sub:{sub}"),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_after(wait: Duration) -> HeaderValue {
+    let s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(s.max(1))
+}
+
+/// 429 `rate_limited` with `Retry-After`.
+pub fn rate_limited(wait: Duration) -> Response {
+    let mut r = error_response(
+        ErrorCode::RateLimited,
+        format!(
+            "too many batches from this caller: retry in {} ms",
+            wait.as_millis().max(1)
+        ),
+    );
+    r.headers_mut().insert(RETRY_AFTER, retry_after(wait));
+    r
+}
+
+/// 503 `overloaded` with `Retry-After`.
+pub fn overloaded(retry_after_s: u64) -> Response {
+    let mut r = error_response(
+        ErrorCode::Overloaded,
+        "the server is at capacity: every batch slot and queue place is taken; retry later",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, retry_after(Duration::from_secs(retry_after_s)));
+    r
+}
+
+/// Middleware on `POST /v1/batch`: who is calling (401 for a refused credential, before
+/// anything else), then the per-caller limit (429). The verified [`Caller`] goes on in the
+/// request's extensions.
+pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let caller = match app.auth.caller(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e.0),
+    };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Err(wait) = app.admission.check(&caller_key(&caller, peer)) {
+        return rate_limited(wait);
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// The server-wide bound on `route` (`POST /v1/batch`): `in_flight` answered at once,
+/// `queue` more waiting for a slot; any further request is answered 503 at once. Needs a
+/// Tokio runtime (the queue's worker is spawned here).
+pub fn shed<S: Clone + Send + Sync + 'static>(
+    route: MethodRouter<S>,
+    in_flight: usize,
+    queue: usize,
+    retry_after_s: u64,
+) -> MethodRouter<S> {
+    route.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |e: tower::BoxError| async move {
+                    if e.is::<tower::load_shed::error::Overloaded>() {
+                        overloaded(retry_after_s)
+                    } else {
+                        error_response(ErrorCode::Internal, format!("admission failed: {e}"))
+                    }
+                },
+            ))
+            .load_shed()
+            .buffer(queue)
+            .concurrency_limit(in_flight),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tilewarm::access::Access;
+
+    #[test]
+    fn keys_prefer_the_verified_subject() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let with_sub = Caller {
+            tier: Access::Verified,
+            sub: Some("alice".into()),
+        };
+        assert_eq!(caller_key(&with_sub, Some(ip)), "sub:alice");
+        assert_eq!(caller_key(&Caller::anonymous(), Some(ip)), "ip:192.0.2.7");
+        assert_eq!(caller_key(&Caller::anonymous(), None), "unknown");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after(Duration::from_millis(1)), "1");
+        assert_eq!(retry_after(Duration::from_millis(1001)), "2");
+        assert_eq!(retry_after(Duration::ZERO), "1");
+    }
+
+    #[tokio::test]
+    async fn a_caller_past_its_burst_waits_and_others_do_not() {
+        let a = Admission::new(1, 2, 1, Duration::from_secs(1));
+        assert!(a.check("ip:a").is_ok());
+        assert!(a.check("ip:a").is_ok());
+        let wait = a.check("ip:a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(a.check("ip:b").is_ok());
+        assert_eq!(a.tracked_callers(), 2);
+        let off = Admission::new(0, 0, 1, Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(off.check("ip:a").is_ok());
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Admission control (issue 15): overload is a quick 503, one caller's flood a 429, slow
+//! headers and bodies are cut off, and a body is capped at the largest valid request.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use tilewarm::access::Access;
+
+use crate::common::{config, server, token_for, Config, Http};
+use crate::{densest, origin, request};
+
+/// Sends `head` (and nothing more) on a raw connection and returns what the server
+/// answers before closing it, or `None` if it says nothing within 20 s.
+fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // Reset by the server: it closed the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after() {
+    let o = origin(42, 5_000);
+    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    // One batch answered at a time, one waiting; the origin takes 2 s per call, so eight
+    // batches sent together cannot all fit.
+    let s = server(Config {
+        max_in_flight: 1,
+        max_queue: 1,
+        caller_rate: 0,
+        origin_latency_ms: 2_000,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let http = std::sync::Arc::new(Http::new());
+    let s = std::sync::Arc::new(s);
+    let mut tasks = Vec::new();
+    for t in tiles.iter().take(8) {
+        let (http, s, body) = (http.clone(), s.clone(), request(&[*t], &[], Access::Public));
+        tasks.push(tokio::spawn(async move { http.batch(&s, &body).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                let m = r.error(503, "overloaded");
+                assert!(m.contains("capacity"), "{m}");
+                assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+                refused += 1;
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    assert!(ok >= 1, "{ok} answered");
+    assert!(refused >= 1, "none of 8 was refused ({ok} answered)");
+    // Refused batches cost the origin nothing: one call per answered batch.
+    assert_eq!(
+        s.app
+            .metrics
+            .origin_calls_request
+            .load(std::sync::atomic::Ordering::Relaxed),
+        ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_rate_gets_429_with_retry_after_and_other_callers_do_not() {
+    let o = origin(42, 5_000);
+    let body = request(&[densest(&o)], &[], Access::Public);
+    let s = server(Config {
+        caller_rate: 1,
+        caller_burst: 2,
+        ..config()
+    })
+    .await;
+    // The agent token's `sub` is the key: two batches pass, the third is refused.
+    let agent = Http::new();
+    assert_eq!(agent.batch(&s, &body).await.status, 200);
+    assert_eq!(agent.batch(&s, &body).await.status, 200);
+    let r = agent.batch(&s, &body).await;
+    let m = r.error(429, "rate_limited");
+    assert!(m.contains("retry in"), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    // Another subject and an anonymous caller (keyed by address) are not affected.
+    let other = Http::with_token(Some(token_for(Access::Registered)));
+    assert_eq!(other.batch(&s, &body).await.status, 200);
+    assert_eq!(Http::anonymous().batch(&s, &body).await.status, 200);
+    // A refused credential is still a 401, not counted against anyone.
+    let bad = Http::with_token(Some("not-a-jwt".into()));
+    assert_eq!(bad.batch(&s, &body).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_a_408() {
+    let s = server(Config {
+        body_timeout_ms: 300,
+        ..config()
+    })
+    .await;
+    let addr = s.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"tiles\":[",
+        )
+    })
+    .await
+    .unwrap()
+    .expect("the server answers a stalled body");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_stop_arriving_close_the_connection() {
+    let s = server(Config {
+        header_timeout_ms: 300,
+        ..config()
+    })
+    .await;
+    let addr = s.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(addr, "POST /v1/batch HTTP/1.1\r\nhost: x\r\n")
+    })
+    .await
+    .unwrap();
+    // Closed (hyper may say 408 first) rather than held open.
+    let answer = answer.expect("the server closes a connection whose headers stall");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_largest_valid_request_is_a_413() {
+    let s = server(config()).await;
+    let cap = s.app.limits.max_body_bytes;
+    assert_eq!(
+        cap,
+        tilewarm::protocol::Limits::default().max_request_bytes()
+    );
+    // Well-formed JSON one byte over the cap: refused for its size, not parsed.
+    let mut body = String::from("{\"tiles\":[],\"pad\":\"");
+    body.push_str(&"x".repeat(cap + 1 - body.len() - 2));
+    body.push_str("\"}");
+    assert_eq!(body.len(), cap + 1);
+    let r = Http::new().batch(&s, &body).await;
+    let m = r.error(413, "payload_too_large");
+    assert!(m.contains(&format!("at most {cap}")), "{m}");
+}
