@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-target/debug/tilewarm-server --listen "127.0.0.1:$port" --synthetic-homes 20000 --log-level warn >"$tmp/server.log" 2>&1 &
+target/debug/tilewarm-server --listen "127.0.0.1:$port" --synthetic-homes 20000 --caller-rate 0 --log-level warn >"$tmp/server.log" 2>&1 &
 pids+=($!)
 node web/tests/fault-proxy.mjs "http://127.0.0.1:$port/v1/batch" >"$tmp/proxy.log" 2>&1 &
 pids+=($!)

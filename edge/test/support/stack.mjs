@@ -51,7 +51,9 @@ export async function startServer(extraArgs = []) {
   if (!bin) throw new Error('TILEWARM_SERVER must name the tilewarm-server binary (scripts/test-edge.sh sets it)');
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const p = start(bin, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--synthetic-homes', '20000', ...extraArgs]);
+  // --caller-rate 0: the edge's origin calls all carry its one service token (and the tests'
+  // direct calls one loopback address), standing in for many callers, as in the Rust load tools.
+  const p = start(bin, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--synthetic-homes', '20000', '--caller-rate', '0', ...extraArgs]);
   await waitForHttp(`${url}/healthz`, p.child, p.log);
   return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
 }
