@@ -131,6 +131,15 @@ pub fn overloaded(retry_after_s: u64) -> Response {
     r
 }
 
+/// Whether `caller` is exempt from the per-caller limit: its *verified* token's `sub` is one
+/// of `--unlimited-sub` (an edge's service token). Anonymous callers never are.
+fn is_unlimited(caller: &Caller, unlimited: &[String]) -> bool {
+    caller
+        .sub
+        .as_ref()
+        .is_some_and(|sub| unlimited.iter().any(|u| u == sub))
+}
+
 /// Middleware on `POST /v1/batch`: who is calling (401 for a refused credential, before
 /// anything else), then the per-caller limit (429). The verified [`Caller`] goes on in the
 /// request's extensions.
@@ -143,8 +152,10 @@ pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Nex
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Err(wait) = app.admission.check(&caller_key(&caller, peer)) {
-        return rate_limited(wait);
+    if !is_unlimited(&caller, &app.config.unlimited_subs) {
+        if let Err(wait) = app.admission.check(&caller_key(&caller, peer)) {
+            return rate_limited(wait);
+        }
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

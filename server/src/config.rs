@@ -226,6 +226,12 @@ pub struct Config {
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub caller_burst: u32,
 
+    /// A verified token subject (`sub`) exempt from the per-caller limit; repeatable. For
+    /// the service tokens of edge workers and other proxies, whose calls stand for many
+    /// callers. They still count against --max-in-flight and --max-queue.
+    #[arg(long = "unlimited-sub", value_name = "SUB")]
+    pub unlimited_subs: Vec<String>,
+
     /// Most open client connections; more wait in the accept backlog.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,

@@ -106,6 +106,29 @@ async fn a_caller_past_its_rate_gets_429_with_retry_after_and_other_callers_do_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlimited_sub_such_as_an_edges_service_token_is_not_rate_limited() {
+    let o = origin(42, 5_000);
+    let body = request(&[densest(&o)], &[], Access::Public);
+    let s = server(Config {
+        caller_rate: 1,
+        caller_burst: 2,
+        unlimited_subs: vec![format!("test-{}", Access::Agent)],
+        ..config()
+    })
+    .await;
+    // The agent token's `sub` is listed: well past the burst, every batch is answered.
+    let edge = Http::new();
+    for _ in 0..6 {
+        assert_eq!(edge.batch(&s, &body).await.status, 200);
+    }
+    // Anyone else is still limited.
+    let other = Http::with_token(Some(token_for(Access::Registered)));
+    assert_eq!(other.batch(&s, &body).await.status, 200);
+    assert_eq!(other.batch(&s, &body).await.status, 200);
+    other.batch(&s, &body).await.error(429, "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_a_408() {
     let s = server(Config {
         body_timeout_ms: 300,
