@@ -42,7 +42,8 @@ clippy:
 
 ## Rust tests of the whole workspace; the server's Redis and PostGIS tests need a real
 ## redis-server and PostgreSQL 15 + PostGIS (each test starts its own on a free loopback
-## port through scripts/pg-scratch.sh), which server/tests/setup.sh installs;
+## port through scripts/pg-scratch.sh; the Redis Cluster tests start 3 masters + 3 replicas
+## through scripts/redis-cluster.sh), which server/tests/setup.sh installs;
 ## TILEWARM_REQUIRE_REDIS and TILEWARM_REQUIRE_POSTGRES make them fail rather than skip
 ## without them.
 cargo-test:

@@ -79,9 +79,15 @@ pub struct Config {
     pub postgis_print_ddl: bool,
 
     /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
-    /// instead of the in-process cache.
+    /// instead of the in-process cache. A Redis Cluster: redis+cluster://host:port,host:port
+    /// (seed nodes; one is enough), or a comma list of redis://host:port seeds.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+
+    /// With a Redis Cluster: let replicas answer reads (more read capacity; a replica may
+    /// lag its master by a few milliseconds, see docs/server.md).
+    #[arg(long)]
+    pub redis_read_from_replicas: bool,
 
     /// Prefix of every Redis key (items `<prefix>i:<id>`, tile lists `<prefix>t:<z/x/y>`).
     /// Give instances serving different data sets different prefixes.
@@ -426,6 +432,21 @@ impl Config {
                 "--jwt-leeway-s must be in 0..=600, got {}",
                 self.jwt_leeway_s
             ));
+        }
+        if let Some(spec) = &self.redis {
+            let target = crate::redis_conn::RedisTarget::parse(spec)
+                .map_err(|e| ConfigError(format!("--redis: {e}")))?;
+            if self.redis_read_from_replicas
+                && !matches!(target, crate::redis_conn::RedisTarget::Cluster(_))
+            {
+                return bad(
+                    "--redis-read-from-replicas needs a Redis Cluster in --redis \
+                     (redis+cluster://host:port,…)"
+                        .into(),
+                );
+            }
+        } else if self.redis_read_from_replicas {
+            return bad("--redis-read-from-replicas needs --redis (a Redis Cluster)".into());
         }
         if self.redis_timeout_ms == 0 {
             return bad("--redis-timeout-ms must be at least 1, got 0".into());

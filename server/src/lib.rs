@@ -18,6 +18,7 @@ pub mod invalidate;
 pub mod loadgen;
 pub mod metrics;
 pub mod origin;
+pub mod redis_conn;
 pub mod tier;
 pub mod warmup;
 
@@ -127,18 +128,20 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let metrics = Arc::new(Metrics::default());
     let cache_config = config.cache_config();
     let tier = match &config.redis {
-        Some(url) => {
+        Some(spec) => {
+            let target = redis_conn::RedisTarget::parse(spec).map_err(StartError::Redis)?;
             let r = RedisTier::new(
-                url,
+                &target,
                 config.redis_prefix.clone(),
                 Duration::from_millis(config.redis_timeout_ms),
+                config.redis_read_from_replicas,
                 Arc::clone(&metrics),
             )
             .map_err(|e| StartError::Redis(e.to_string()))?;
             let r = Arc::new(r);
             if r.probe().await {
                 // The URL may hold a password: never log it as given.
-                info!(url = %origin::redact_url(url), "cache tier: redis");
+                info!(url = %target.describe(), "cache tier: redis");
             }
             tokio::spawn(RedisTier::watch(Arc::downgrade(&r)));
             CacheTier::Redis(r)

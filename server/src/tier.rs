@@ -12,14 +12,14 @@
 //! Redis keys (see `docs/server.md`): `<prefix>i:<id>` → item JSON, `SET … EX <class ttl>`;
 //! `<prefix>t:<z>/<x>/<y>` → `{"exp":…,"ids":[…]}`, `SET … EX <tile ttl>`. Reads are one
 //! `MGET` for tile lists and requested ids plus one `MGET` for the listed items; writes are
-//! one pipeline.
+//! one pipeline. On a Redis Cluster ([`crate::redis_conn`]) the same `MGET`s are split by
+//! slot and sent to their masters concurrently, and writes are concurrent commands.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tilewarm::access::Access;
 use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness};
@@ -28,6 +28,7 @@ use tilewarm::tile::TileId;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
@@ -299,7 +300,7 @@ impl LocalTier {
 /// down; requests then skip it (origin only, no writes) until a background probe's `PING`
 /// succeeds.
 pub struct RedisTier {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     timeout: Duration,
     degraded: AtomicBool,
@@ -310,19 +311,17 @@ impl RedisTier {
     /// A lazy connection: the server starts whether or not Redis is up (it starts degraded
     /// if the first probe fails) and reconnects on its own.
     pub fn new(
-        url: &str,
+        target: &RedisTarget,
         prefix: String,
         timeout: Duration,
+        read_from_replicas: bool,
         metrics: Arc<Metrics>,
     ) -> Result<RedisTier, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let opts = ConnOptions {
+            timeout,
+            read_from_replicas,
+        };
+        let conn = RedisConn::open(target, opts)?;
         Ok(RedisTier {
             conn,
             prefix,
@@ -373,7 +372,6 @@ impl RedisTier {
         inv: &crate::invalidate::Invalidation,
         data_zoom: u8,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
         if inv.all {
             return self
                 .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |_| true)
@@ -395,10 +393,7 @@ impl RedisTier {
             }
         }
         for chunk in keys.chunks(1000) {
-            redis::cmd("UNLINK")
-                .arg(chunk)
-                .query_async::<()>(&mut conn)
-                .await?;
+            self.conn.unlink(chunk).await?;
         }
         if !wide.is_empty() {
             let tiles_prefix = format!("{}t:", self.prefix);
@@ -412,16 +407,9 @@ impl RedisTier {
         if !inv.classes.is_empty() {
             // Items by class: scan the item keys and read each item's class.
             let items_prefix = format!("{}i:", self.prefix);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{}*", glob_escape(&items_prefix)))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
+            let pattern = format!("{}*", glob_escape(&items_prefix));
+            let mut scan = self.conn.scan(&pattern, 1000).await?;
+            while let Some(batch) = scan.next_batch().await? {
                 let values = self.mget(&batch).await?;
                 let doomed: Vec<&String> = batch
                     .iter()
@@ -433,16 +421,7 @@ impl RedisTier {
                     })
                     .map(|(k, _)| k)
                     .collect();
-                if !doomed.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(doomed)
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
+                self.conn.unlink(&doomed).await?;
             }
         }
         Ok(())
@@ -454,37 +433,19 @@ impl RedisTier {
         pattern: &str,
         pick: impl Fn(&str) -> bool,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
+        let mut scan = self.conn.scan(pattern, 1000).await?;
+        while let Some(batch) = scan.next_batch().await? {
             let doomed: Vec<&String> = batch.iter().filter(|k| pick(k)).collect();
-            if !doomed.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(doomed)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(());
-            }
+            self.conn.unlink(&doomed).await?;
         }
+        Ok(())
     }
 
-    /// One probe: `PING` with the timeout. Clears degraded mode when it answers.
+    /// One probe: `PING` (on a cluster, also `CLUSTER INFO` saying every slot is served)
+    /// with the timeout. Clears degraded mode when it answers.
     pub async fn probe(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        let ok = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)));
+        let ping = self.conn.ping();
+        let ok = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(true)));
         if ok && self.degraded.swap(false, Relaxed) {
             self.metrics.redis_recoveries.fetch_add(1, Relaxed);
             info!("redis is back: using the shared cache tier again");
@@ -522,8 +483,7 @@ impl RedisTier {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+        self.conn.mget(keys).await
     }
 
     async fn read(
@@ -594,13 +554,13 @@ impl RedisTier {
     }
 
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         for item in &fill.items {
             let Ok(json) = serde_json::to_vec(&**item) else {
                 continue;
             };
             let ttl = ttl_left_s(item.exp, now) as u64;
-            pipe.set_ex(self.item_key(&item.id), json, ttl).ignore();
+            cmds.push(redis::Cmd::set_ex(self.item_key(&item.id), json, ttl));
         }
         for (tile, ids, exp) in &fill.tiles {
             let stored = StoredTile {
@@ -610,23 +570,25 @@ impl RedisTier {
             let Ok(json) = serde_json::to_vec(&stored) else {
                 continue;
             };
-            pipe.set_ex(self.tile_key(*tile), json, ttl_left_s(*exp, now) as u64)
-                .ignore();
+            let ttl = ttl_left_s(*exp, now) as u64;
+            cmds.push(redis::Cmd::set_ex(self.tile_key(*tile), json, ttl));
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await
+        self.conn.per_key(cmds).await.map(drop)
     }
 
     async fn has_tiles(&self, tiles: &[TileId]) -> redis::RedisResult<Vec<bool>> {
         if tiles.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for &t in tiles {
-            pipe.exists(self.tile_key(t));
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn).await
+        let cmds = tiles
+            .iter()
+            .map(|&t| redis::Cmd::exists(self.tile_key(t)))
+            .collect();
+        let answers = self.conn.per_key(cmds).await?;
+        answers
+            .into_iter()
+            .map(|v| Ok(redis::from_redis_value(v)?))
+            .collect()
     }
 }
 

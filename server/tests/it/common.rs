@@ -307,3 +307,109 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Redis Cluster (scripts/redis-cluster.sh)
+// ---------------------------------------------------------------------------------------
+
+/// A Redis Cluster of 3 masters + 3 replicas on free loopback ports, started by
+/// `scripts/redis-cluster.sh` in a temporary directory; stopped and removed on drop.
+pub struct RedisCluster {
+    dir: std::path::PathBuf,
+    /// `redis+cluster://127.0.0.1:P1,…` (every node as a seed).
+    pub url: String,
+}
+
+fn cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tw-redis-cluster-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(cluster_script())
+            .arg("start")
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/redis-cluster.sh runs");
+        let cluster = RedisCluster {
+            dir,
+            url: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        };
+        assert!(
+            out.status.success(),
+            "scripts/redis-cluster.sh start failed"
+        );
+        assert!(
+            cluster.url.starts_with("redis+cluster://"),
+            "{}",
+            cluster.url
+        );
+        cluster
+    }
+
+    /// The masters now: (port, pid).
+    pub fn masters(&self) -> Vec<(u16, u32)> {
+        let out = Command::new(cluster_script())
+            .arg("masters")
+            .arg(&self.dir)
+            .output()
+            .expect("scripts/redis-cluster.sh runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (port, pid) = l.split_once(' ')?;
+                Some((port.parse().ok()?, pid.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Whether 3 masters answer and the cluster says it is ok.
+    pub fn healthy(&self) -> bool {
+        Command::new(cluster_script())
+            .arg("healthy")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILLs the master on `port` (its replica takes over after the node timeout).
+    pub fn kill_node(&self, pid: u32) {
+        let ok = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -9 {pid}");
+    }
+
+    /// Keys held by the node on `port`.
+    pub fn dbsize(&self, port: u16) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "dbsize"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(cluster_script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}

@@ -3,6 +3,7 @@
 
 mod admission;
 mod auth;
+mod cluster;
 mod common;
 mod logs;
 mod openapi;

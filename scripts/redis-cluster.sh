@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# A throwaway Redis Cluster of 3 masters + 3 replicas on loopback ports, in a directory of
+# its own: for the server's cluster tests (server/tests/it/cluster.rs) and the cluster rows
+# of the server benchmark. Nothing outside DIR is touched; no system service is used.
+#
+#   scripts/redis-cluster.sh start DIR     start 6 nodes, create the cluster, wait until
+#                                          every slot is served and every replica is in
+#                                          sync; print the URL
+#                                          (redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...)
+#   scripts/redis-cluster.sh masters DIR   the master nodes now, one `PORT PID` a line
+#   scripts/redis-cluster.sh healthy DIR   exit 0 when 3 masters answer and every node that
+#                                          answers reports cluster_state:ok (after a
+#                                          failover: the replica took over)
+#   scripts/redis-cluster.sh stop DIR      kill the nodes (by their pid files), remove DIR
+#
+# Ports: 6 free ones whose cluster bus port (+10000) is free too, kept in DIR/ports.
+# No persistence (--save '' --appendonly no); --cluster-node-timeout 1000 ms so a killed
+# master is replaced by its replica within a few seconds. Debian's redis-server and
+# redis-cli (scripts/setup.sh redis, or server/tests/setup.sh) are needed.
+set -euo pipefail
+
+die() { printf 'redis-cluster: %s\n' "$*" >&2; exit 1; }
+
+[ $# -eq 2 ] || die "usage: $0 start|masters|healthy|stop DIR"
+cmd=$1
+dir=$2
+NODES=6
+
+# Free loopback ports p with p+10000 free too (the cluster bus), p <= 55535.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+want, out, held = int(sys.argv[1]), [], []
+while len(out) < want:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; held.append(s)
+    if p > 55535 or p in out:
+        continue
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 10000)); held.append(b); out.append(p)
+    except OSError:
+        b.close()
+print(" ".join(map(str, out)))
+EOF
+}
+
+cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
+
+# Waits until `cond` (a shell command) succeeds, at most $1 seconds.
+wait_for() {
+  local secs=$1; shift
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.1
+  done
+}
+
+cluster_ok() {
+  local p
+  for p in $(cat "$dir/ports"); do
+    cli "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+replicas_in_sync() {
+  local p role n=0
+  for p in $(cat "$dir/ports"); do
+    role=$(cli "$p" info replication 2>/dev/null) || return 1
+    if grep -q '^role:slave' <<<"$role"; then
+      grep -q '^master_link_status:up' <<<"$role" || return 1
+      n=$((n + 1))
+    fi
+  done
+  [ "$n" -eq 3 ]
+}
+
+case $cmd in
+  start)
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+      die "redis-server and redis-cli are needed (scripts/setup.sh redis)"
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    [ ! -f "$dir/ports" ] || die "$dir already holds a cluster (stop it first)"
+    free_ports $NODES > "$dir/ports"
+    for p in $(cat "$dir/ports"); do
+      mkdir -p "$dir/$p"
+      redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" \
+        --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
+        --cluster-node-timeout 1000 --save '' --appendonly no \
+        --daemonize yes --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" ||
+        die "redis-server on port $p did not start"
+    done
+    for p in $(cat "$dir/ports"); do
+      wait_for 10 cli "$p" ping || { tail -5 "$dir/$p/log" >&2; die "node $p does not answer PING"; }
+    done
+    # shellcheck disable=SC2046
+    redis-cli --cluster create $(sed 's/[0-9]\+/127.0.0.1:&/g' "$dir/ports") \
+      --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
+      { cat "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
+    wait_for 30 cluster_ok || die "cluster_state did not become ok within 30 s"
+    wait_for 30 replicas_in_sync || die "the replicas did not sync within 30 s"
+    echo "redis+cluster://$(sed 's/[0-9]\+/127.0.0.1:&/g; s/ /,/g' "$dir/ports")"
+    ;;
+  masters)
+    for p in $(cat "$dir/ports"); do
+      if cli "$p" role 2>/dev/null | head -1 | grep -qx master; then
+        echo "$p $(cat "$dir/$p/pid")"
+      fi
+    done
+    ;;
+  healthy)
+    live=0 masters=0
+    for p in $(cat "$dir/ports"); do
+      role=$(cli "$p" role 2>/dev/null | head -1) || continue
+      [ -n "$role" ] || continue
+      live=$((live + 1))
+      [ "$role" != master ] || masters=$((masters + 1))
+      cli "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || exit 1
+    done
+    [ "$masters" -eq 3 ] && [ "$live" -ge 3 ]
+    ;;
+  stop)
+    [ -d "$dir" ] || exit 0
+    for pidfile in "$dir"/*/pid; do
+      [ -f "$pidfile" ] || continue
+      kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    rm -rf "$dir"
+    ;;
+  *) die "unknown command $cmd (start|masters|healthy|stop)" ;;
+esac

@@ -1,0 +1,542 @@
+//! The connection behind the Redis tier: one Redis, or a Redis Cluster.
+//!
+//! [`RedisTarget::parse`] reads `--redis`: a `redis://` URL is one Redis (as before); a
+//! `redis+cluster://host:port,host:port` URL, or a comma list of `redis://` URLs or
+//! `host:port` seeds, is a cluster (the seeds are where the client learns the topology;
+//! one is enough, more survive one being down).
+//!
+//! [`RedisConn`] is what the tier sends commands on. It implements the crate's
+//! [`ConnectionLike`], so commands are written the same for both:
+//! - single-key commands go to the node that owns the key's slot;
+//! - `MGET` and `UNLINK` of many keys go through [`RedisConn::mget`] and
+//!   [`RedisConn::unlink`]: on a cluster they are split by slot, sent to their nodes
+//!   concurrently and (for `MGET`) put back together in key order (see docs/server.md for
+//!   why keys are not hash-tagged instead);
+//! - a pipeline must stay in one slot on a cluster, so writes of many keys go through
+//!   [`RedisConn::per_key`] (one pipeline on one Redis; concurrent commands on a cluster);
+//! - `SCAN` walks every master on a cluster ([`Scan`]).
+//!
+//! With `--redis-read-from-replicas`, reads on a cluster may be answered by replicas:
+//! more read capacity, but a replica can lag its master by a few milliseconds (a write-back
+//! not yet there is a miss; a key just deleted by an invalidation can still be read there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_read_routing::RandomReplicaStrategy;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{Cmd, RedisFuture, RedisResult, Value};
+use tokio::sync::OnceCell;
+
+/// Where the Redis tier is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis: its URL.
+    Single(String),
+    /// A Redis Cluster: seed node URLs (`redis://[user:password@]host:port`).
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Reads `--redis` (module docs). Errors say what was wrong and what is allowed.
+    pub fn parse(spec: &str) -> Result<RedisTarget, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("empty; give redis://host:port/db, or a cluster as \
+                        redis+cluster://host:port,host:port"
+                .into());
+        }
+        if let Some(rest) = spec.strip_prefix("redis+cluster://") {
+            let (auth, hosts) = match rest.rfind('@') {
+                Some(at) => (&rest[..=at], &rest[at + 1..]),
+                None => ("", rest),
+            };
+            let hosts = hosts.trim_end_matches('/');
+            if hosts.contains(['/', '?', '#']) {
+                return Err(
+                    "a cluster has no database number or options in its URL: give \
+                     redis+cluster://[user:password@]host:port,host:port"
+                        .into(),
+                );
+            }
+            let seeds = hosts
+                .split(',')
+                .map(|h| seed(h.trim(), auth))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(RedisTarget::Cluster(seeds));
+        }
+        if spec.contains(',') {
+            let seeds = spec
+                .split(',')
+                .map(|s| {
+                    let s = s.trim();
+                    match s.strip_prefix("redis://") {
+                        Some(rest) => {
+                            let rest = rest.trim_end_matches('/');
+                            let db_zero = rest.strip_suffix("/0").unwrap_or(rest);
+                            if db_zero.contains(['/', '?', '#']) {
+                                return Err(format!(
+                                    "cluster seed {}: a cluster has only database 0 and no \
+                                     options; give redis://host:port",
+                                    crate::origin::redact_url(s)
+                                ));
+                            }
+                            let (auth, host) = match db_zero.rfind('@') {
+                                Some(at) => (&db_zero[..=at], &db_zero[at + 1..]),
+                                None => ("", db_zero),
+                            };
+                            seed(host, auth)
+                        }
+                        None if s.contains("://") => Err(format!(
+                            "cluster seed {}: only redis:// (TLS is not built in)",
+                            crate::origin::redact_url(s)
+                        )),
+                        None => seed(s, ""),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(RedisTarget::Cluster(seeds));
+        }
+        Ok(RedisTarget::Single(spec.to_owned()))
+    }
+
+    /// For logs: the URL or the seeds, passwords masked.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisTarget::Single(url) => crate::origin::redact_url(url),
+            RedisTarget::Cluster(seeds) => {
+                let seeds: Vec<String> =
+                    seeds.iter().map(|s| crate::origin::redact_url(s)).collect();
+                format!("cluster of seeds {}", seeds.join(","))
+            }
+        }
+    }
+}
+
+/// `redis://<auth>host:port` from `host:port`, checked.
+fn seed(host_port: &str, auth: &str) -> Result<String, String> {
+    let ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err(format!(
+            "cluster seed {host_port:?}: give host:port (for example 127.0.0.1:7000)"
+        ));
+    }
+    Ok(format!("redis://{auth}{host_port}"))
+}
+
+/// How the tier talks to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOptions {
+    /// Connect and response timeout of one command.
+    pub timeout: Duration,
+    /// Cluster only: reads (`MGET`, `EXISTS`, `GET`) may go to replicas.
+    pub read_from_replicas: bool,
+}
+
+/// A connection to one Redis or to a cluster; cheap to clone (clones share the sockets).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(LazyCluster),
+}
+
+/// A cluster connection made on first use, so that the server starts while the cluster is
+/// down (the tier starts degraded and its probe connects later).
+#[derive(Clone)]
+pub struct LazyCluster(Arc<(ClusterClient, OnceCell<ClusterConnection>)>);
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let (client, conn) = &*self.0;
+        let conn = conn
+            .get_or_try_init(|| client.get_async_connection())
+            .await?;
+        Ok(conn.clone())
+    }
+}
+
+impl RedisConn {
+    /// A lazy connection: nothing is contacted until the first command.
+    pub fn open(target: &RedisTarget, opts: ConnOptions) -> RedisResult<RedisConn> {
+        match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.timeout))
+                    .set_response_timeout(Some(opts.timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
+                    client, config,
+                )?))
+            }
+            RedisTarget::Cluster(seeds) => {
+                // Few, short retries: a MOVED redirect after a failover is one retry; the
+                // tier's own timeout and degraded mode handle a cluster that is down.
+                let mut builder = ClusterClientBuilder::new(seeds.clone())
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(opts.timeout)
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .retry_wait_formula(10, 2);
+                if opts.read_from_replicas {
+                    builder = builder.read_routing_strategy(RandomReplicaStrategy);
+                }
+                Ok(RedisConn::Cluster(LazyCluster(Arc::new((
+                    builder.build()?,
+                    OnceCell::new(),
+                )))))
+            }
+        }
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// Runs single-key commands and gives their answers in order: one pipeline on one
+    /// Redis; on a cluster (where a pipeline must stay in one slot) every command on its
+    /// own, all concurrently (the client pipelines them per node connection).
+    pub async fn per_key(&self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for c in cmds {
+                    pipe.add_command(c);
+                }
+                let mut conn = conn.clone();
+                pipe.query_async(&mut conn).await
+            }
+            RedisConn::Cluster(lazy) => {
+                let conn = lazy.get().await?;
+                futures_util::future::try_join_all(cmds.into_iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { c.query_async::<Value>(&mut conn).await }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Whether Redis answers `PING`; on a cluster, every master the client knows answers
+    /// and `CLUSTER INFO` (from any node) says `cluster_state:ok`, i.e. every slot is
+    /// served (during a failover it is `fail` until the replica has taken over).
+    pub async fn ping(&self) -> RedisResult<bool> {
+        let mut conn = self.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        if !self.is_cluster() {
+            return Ok(true);
+        }
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info.lines().any(|l| l.trim() == "cluster_state:ok"))
+    }
+
+    /// `MGET` of `keys`, values in key order. On a cluster the keys are grouped by slot and
+    /// each slot's `MGET` is sent on its own, all concurrently. (The cluster client can
+    /// split one `MGET` itself, but after a failover it drops the sub-requests of a node
+    /// it no longer has a connection to and fails with a count mismatch, without
+    /// refreshing its slot map, until some single-slot command does: the tier would go on
+    /// failing after the cluster is whole again. A single-slot command is redirected and
+    /// retried like any other.)
+    pub async fn mget(&self, keys: &[String]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+            }
+            RedisConn::Cluster(lazy) => {
+                let conn = lazy.get().await?;
+                let groups = by_slot(keys);
+                let answers = futures_util::future::try_join_all(groups.iter().map(|idx| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("MGET");
+                    for &i in idx {
+                        cmd.arg(&keys[i]);
+                    }
+                    async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await }
+                }))
+                .await?;
+                let mut out = vec![None; keys.len()];
+                for (idx, values) in groups.iter().zip(answers) {
+                    if values.len() != idx.len() {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "MGET answered a different number of values than keys",
+                        )));
+                    }
+                    for (&i, v) in idx.iter().zip(values) {
+                        out[i] = v;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// `UNLINK` of `keys` (on a cluster, one per slot, concurrently; see [`Self::mget`]).
+    pub async fn unlink(&self, keys: &[impl AsRef<str>]) -> RedisResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        match self {
+            RedisConn::Single(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await
+            }
+            RedisConn::Cluster(_) => {
+                let cmds = by_slot(&keys)
+                    .into_iter()
+                    .map(|idx| {
+                        let mut cmd = redis::cmd("UNLINK");
+                        for i in idx {
+                            cmd.arg(keys[i]);
+                        }
+                        cmd
+                    })
+                    .collect();
+                self.per_key(cmds).await.map(drop)
+            }
+        }
+    }
+
+    /// `SCAN … MATCH pattern COUNT count` over every key: on a cluster, over every master.
+    pub async fn scan(&self, pattern: &str, count: usize) -> RedisResult<Scan> {
+        let nodes = match self {
+            RedisConn::Single(_) => vec![None],
+            RedisConn::Cluster(lazy) => {
+                let mut conn = lazy.get().await?;
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await?;
+                masters(&nodes).into_iter().map(Some).collect()
+            }
+        };
+        Ok(Scan {
+            conn: self.clone(),
+            pattern: pattern.to_owned(),
+            count,
+            nodes,
+            cursor: 0,
+        })
+    }
+}
+
+/// Indices of `keys` grouped by hash slot, in first-seen order.
+fn by_slot(keys: &[impl AsRef<str>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut slot_group: std::collections::HashMap<Slot, usize> = Default::default();
+    for (i, k) in keys.iter().enumerate() {
+        let g = *slot_group
+            .entry(Slot::for_key(k.as_ref()))
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// The masters serving slots in `CLUSTER NODES` output, as (host, port).
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = f.get(2)?;
+            let serving = flags.split(',').any(|x| x == "master")
+                && !flags.split(',').any(|x| x.starts_with("fail"))
+                && f.len() > 8;
+            if !serving {
+                return None;
+            }
+            let addr = f.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A `SCAN` in progress (see [`RedisConn::scan`]).
+pub struct Scan {
+    conn: RedisConn,
+    pattern: String,
+    count: usize,
+    /// Nodes still to walk, the current one last (`None`: the single Redis).
+    nodes: Vec<Option<(String, u16)>>,
+    cursor: u64,
+}
+
+impl Scan {
+    /// The next batch of keys (possibly empty), or `None` when every node is walked.
+    pub async fn next_batch(&mut self) -> RedisResult<Option<Vec<String>>> {
+        let Some(node) = self.nodes.last().cloned() else {
+            return Ok(None);
+        };
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(self.cursor)
+            .arg("MATCH")
+            .arg(&self.pattern)
+            .arg("COUNT")
+            .arg(self.count);
+        let value = match (&self.conn, node) {
+            (RedisConn::Single(conn), _) => cmd.query_async::<Value>(&mut conn.clone()).await?,
+            (RedisConn::Cluster(lazy), Some((host, port))) => {
+                let mut conn = lazy.get().await?;
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                conn.route_command(cmd, to).await?
+            }
+            (RedisConn::Cluster(_), None) => return Ok(None),
+        };
+        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(value)?;
+        self.cursor = next;
+        if next == 0 {
+            self.nodes.pop();
+        }
+        Ok(Some(keys))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_grouped_by_slot_in_order() {
+        // {a} hash tags put the first two in one slot.
+        let keys = ["{a}1", "x", "{a}2", "y"];
+        let groups = by_slot(&keys);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 4);
+        assert_eq!(groups[0], [0, 2]);
+        assert!(groups.iter().all(|g| g
+            .iter()
+            .all(|&i| Slot::for_key(keys[i]) == Slot::for_key(keys[g[0]]))));
+    }
+
+    #[test]
+    fn one_url_is_one_redis_and_a_cluster_url_or_list_is_a_cluster() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/2").unwrap(),
+            RedisTarget::Single("redis://127.0.0.1:6379/2".into())
+        );
+        let want = RedisTarget::Cluster(vec![
+            "redis://127.0.0.1:7000".into(),
+            "redis://127.0.0.1:7001".into(),
+        ]);
+        for spec in [
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/",
+            "127.0.0.1:7000, 127.0.0.1:7001",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001/0",
+        ] {
+            assert_eq!(RedisTarget::parse(spec).unwrap(), want, "{spec}");
+        }
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://u:pw@h1:1,h2:2").unwrap(),
+            RedisTarget::Cluster(vec!["redis://u:pw@h1:1".into(), "redis://u:pw@h2:2".into()])
+        );
+        // A single seed is still a cluster when the scheme says so.
+        assert!(matches!(
+            RedisTarget::parse("redis+cluster://h:7000"),
+            Ok(RedisTarget::Cluster(s)) if s.len() == 1
+        ));
+    }
+
+    #[test]
+    fn bad_cluster_specs_say_what_is_allowed() {
+        for (spec, says) in [
+            ("", "redis+cluster://"),
+            ("redis+cluster://h:7000/3", "no database number"),
+            ("redis+cluster://h:7000,h", "host:port"),
+            ("redis+cluster://h:7000,:7001", "host:port"),
+            ("h:1,h:99999", "host:port"),
+            ("redis://h:1/2,redis://h:2", "only database 0"),
+            ("rediss://u:secret@h:1,h:2", "TLS"),
+        ] {
+            let e = RedisTarget::parse(spec).unwrap_err();
+            assert!(e.contains(says), "{spec}: {e}");
+            assert!(!e.contains("secret"), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn describe_masks_passwords() {
+        let t = RedisTarget::parse("redis+cluster://u:pw@h1:1,h2:2").unwrap();
+        let d = t.describe();
+        assert!(
+            !d.contains("pw") && d.contains("h1:1") && d.contains("h2:2"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+f4ec 127.0.0.1:51659@61659 slave 9632 0 1 1 connected
+8fc3 127.0.0.1:37065@47065 master - 0 1 3 connected 10923-16383
+99d7 127.0.0.1:48975@58975,host.example myself,master - 0 1 2 connected 5461-10922
+dead 127.0.0.1:41537@51537 master,fail - 0 1 1 disconnected 0-5460
+9632 127.0.0.1:41538@51538 master - 0 1 1 connected
+";
+        assert_eq!(
+            masters(nodes),
+            [
+                ("127.0.0.1".to_owned(), 37065),
+                ("127.0.0.1".to_owned(), 48975)
+            ]
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The Redis tier on a real Redis Cluster (3 masters + 3 replicas, started by
+//! `scripts/redis-cluster.sh`), with two server instances on it. Skipped (with a SKIP line)
+//! when redis-server is not installed, unless `TILEWARM_REQUIRE_REDIS=1`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tilewarm::access::Access;
+use tilewarm::tile::TileId;
+
+use crate::common::{
+    config, redis_available, server, token_for, Config, Http, RedisCluster, RedisServer,
+};
+use crate::{digest, origin, request, Digest};
+
+fn on(redis: String) -> Config {
+    Config {
+        redis: Some(redis),
+        redis_timeout_ms: 500,
+        ..config()
+    }
+}
+
+/// Mixed traffic: data tiles, a coarser tile (split onto data tiles), a finer one, ids
+/// (some unknown), each at one of the four tiers. Each request is (tier, body).
+fn mixed_requests(n: usize) -> Vec<(Access, String)> {
+    let o = origin(42, 5_000);
+    let occupied: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let ids: Vec<String> = (0..n * 3)
+        .map(|i| format!("s2a-{}", i * 37 % 5_000))
+        .collect();
+    let tiers = [
+        Access::Public,
+        Access::Registered,
+        Access::Verified,
+        Access::Agent,
+    ];
+    (0..n)
+        .map(|i| {
+            let a = occupied[(i * 7) % occupied.len()];
+            let b = occupied[(i * 13 + 5) % occupied.len()];
+            let mut tiles = vec![a, b, b.parent().unwrap()];
+            if i % 3 == 0 {
+                tiles.push(a.children().unwrap()[i % 4]);
+            }
+            let mut want: Vec<&str> = ids[i * 3..i * 3 + 3].iter().map(String::as_str).collect();
+            want.push("no-such-id");
+            let tier = tiers[i % 4];
+            (tier, request(&tiles, &want, tier))
+        })
+        .collect()
+}
+
+/// One client per tier, each holding a token of its tier.
+fn clients() -> [(Access, Http); 4] {
+    [
+        Access::Public,
+        Access::Registered,
+        Access::Verified,
+        Access::Agent,
+    ]
+    .map(|a| (a, Http::with_token(Some(token_for(a)))))
+}
+
+fn client(clients: &[(Access, Http); 4], tier: Access) -> &Http {
+    &clients.iter().find(|(a, _)| *a == tier).unwrap().1
+}
+
+/// Two instances on the cluster give, request for request, the answers one instance on a
+/// single Redis gives, with as many origin calls between them (the cluster is one shared
+/// tier: what A wrote, B reads), and the keys are spread over all three masters (the reads
+/// span slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_cluster_answer_like_one_on_a_single_redis() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let single = RedisServer::start();
+    let no_warmup = |c: Config| Config {
+        warmup_ring: 0,
+        ..c
+    };
+    let a = server(no_warmup(on(cluster.url.clone()))).await;
+    let b = server(no_warmup(on(cluster.url.clone()))).await;
+    let c = server(no_warmup(on(single.url()))).await;
+    let http = clients();
+    let traffic = mixed_requests(24);
+    // Twice: the first round mostly misses, the second mostly hits.
+    for round in 0..2 {
+        for (i, (tier, body)) in traffic.iter().enumerate() {
+            let h = client(&http, *tier);
+            let on_cluster = h.ok(if i % 2 == round { &a } else { &b }, body).await;
+            let on_single = h.ok(&c, body).await;
+            assert_eq!(
+                digest(&on_cluster),
+                digest(&on_single),
+                "round {round}, request {i} ({tier})"
+            );
+        }
+    }
+    let calls = |s: &tilewarm_server::Server| s.app.metrics.origin_calls();
+    assert_eq!(calls(&a) + calls(&b), calls(&c), "origin calls");
+    for s in [&a, &b] {
+        let m = &s.app.metrics;
+        assert!(m.cache.tile_hits.load(Relaxed) > 0, "no tile hits");
+        assert_eq!(m.redis_errors.load(Relaxed), 0);
+    }
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    for (port, _) in masters {
+        assert!(cluster.dbsize(port) > 0, "master {port} holds no keys");
+    }
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+/// A master is SIGKILLed while two instances serve traffic. Every answer stays right (from
+/// the origin while the tier is marked down), the replica takes over, and both instances
+/// use the cluster again without a restart. Redis errors happen only between the kill and
+/// the moment both instances are back; their count and the window are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_both_instances_recover_without_restart() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let traffic = mixed_requests(16);
+    let http = clients();
+    // The truth: one instance with the in-process tier.
+    let reference = server(Config {
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let mut want: Vec<Digest> = Vec::new();
+    for (tier, body) in &traffic {
+        want.push(digest(&client(&http, *tier).ok(&reference, body).await));
+    }
+    reference.shutdown().await;
+
+    let a = server(on(cluster.url.clone())).await;
+    let b = server(on(cluster.url.clone())).await;
+    let servers = [&a, &b];
+    let mut sent = 0usize;
+    // Sends the traffic once, alternating instances; every answer must be right.
+    let round = async |sent: &mut usize| {
+        for (i, (tier, body)) in traffic.iter().enumerate() {
+            let s = servers[(*sent + i) % 2];
+            let got = client(&http, *tier).ok(s, body).await;
+            assert_eq!(
+                digest(&got),
+                want[i],
+                "request {i} ({tier}) to instance {}",
+                (*sent + i) % 2
+            );
+        }
+        *sent += traffic.len();
+    };
+    round(&mut sent).await;
+    round(&mut sent).await;
+    let errors =
+        || a.app.metrics.redis_errors.load(Relaxed) + b.app.metrics.redis_errors.load(Relaxed);
+    assert_eq!(errors(), 0, "errors before the kill");
+
+    let (port, pid) = cluster.masters()[0];
+    let killed = Instant::now();
+    cluster.kill_node(pid);
+    // Traffic through the failover, until the cluster is whole again and both instances
+    // are using it.
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        round(&mut sent).await;
+        let back = |s: &tilewarm_server::Server| s.app.tier.redis_degraded() == Some(false);
+        if cluster.healthy() && back(&a) && back(&b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery within 60 s of killing master {port}"
+        );
+    }
+    // Settled: more rounds add no error.
+    let window = killed.elapsed();
+    let in_window = errors();
+    let hits_before =
+        a.app.metrics.cache.tile_hits.load(Relaxed) + b.app.metrics.cache.tile_hits.load(Relaxed);
+    for _ in 0..3 {
+        round(&mut sent).await;
+    }
+    let after = errors() - in_window;
+    assert_eq!(after, 0, "Redis errors after the failover window");
+    let hits_after =
+        a.app.metrics.cache.tile_hits.load(Relaxed) + b.app.metrics.cache.tile_hits.load(Relaxed);
+    assert!(
+        hits_after > hits_before,
+        "the tier is not used after the failover"
+    );
+    let degraded = a.app.metrics.degraded_requests.load(Relaxed)
+        + b.app.metrics.degraded_requests.load(Relaxed);
+    eprintln!(
+        "failover: master {port} killed; cluster and both instances back after {} ms; \
+         {in_window} redis errors and {degraded} requests answered from the origin in that \
+         window, {after} errors after it; {sent} requests, all right",
+        window.as_millis()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
