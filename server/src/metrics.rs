@@ -86,6 +86,8 @@ pub struct Metrics {
     pub warmup_skipped_tiles: AtomicU64,
     /// Tiles written into the cache tier by warm-up.
     pub warmup_tiles: AtomicU64,
+    /// Planned warm-up tiles another instance had claimed (so this one skipped them).
+    pub warmup_claimed_elsewhere: AtomicU64,
     pub warmup_errors: AtomicU64,
     pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -337,6 +339,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_warmup_tiles",
             "Tiles written into the cache tier by warm-up.",
             &m.warmup_tiles,
+        ),
+        (
+            "tilewarm_warmup_claimed_elsewhere",
+            "Planned warm-up tiles skipped because another instance had claimed them.",
+            &m.warmup_claimed_elsewhere,
         ),
         (
             "tilewarm_warmup_errors",

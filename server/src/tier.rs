@@ -10,7 +10,8 @@
 //! anything less is a miss and the whole tile is refetched.
 //!
 //! Redis keys (see `docs/server.md`): `<prefix>i:<id>` → item JSON, `SET … EX <class ttl>`;
-//! `<prefix>t:<z>/<x>/<y>` → `{"exp":…,"ids":[…]}`, `SET … EX <tile ttl>`. Reads are one
+//! `<prefix>t:<z>/<x>/<y>` → `{"exp":…,"ids":[…]}`, `SET … EX <tile ttl>`; warm-up claims
+//! `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. Reads are one
 //! `MGET` for tile lists and requested ids plus one `MGET` for the listed items; writes are
 //! one pipeline. On a Redis Cluster ([`crate::redis_conn`]) the same `MGET`s are split by
 //! slot and sent to their masters concurrently, and writes are concurrent commands.
@@ -148,6 +149,23 @@ impl CacheTier {
         match self {
             CacheTier::Local(l) => Ok(l.has_tiles(tiles, now_ms())),
             CacheTier::Redis(r) => r.guard(r.has_tiles(tiles)).await,
+        }
+    }
+
+    /// Claims data tiles for warm-up, so that several instances sharing the tier do not
+    /// warm the same tile twice: per tile, whether this caller got it. In-process every
+    /// claim succeeds (the instance's own workers already share a set of tiles in flight);
+    /// in Redis a claim is `SET <prefix>w:<z/x/y> <owner> NX PX <ttl_ms>`, held until it
+    /// expires (not released: once the tile is written, the tile key is what others see).
+    pub async fn claim(
+        &self,
+        tiles: &[TileId],
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Vec<bool>, TierError> {
+        match self {
+            CacheTier::Local(_) => Ok(vec![true; tiles.len()]),
+            CacheTier::Redis(r) => r.guard(r.claim(tiles, owner, ttl_ms)).await,
         }
     }
 
@@ -574,6 +592,31 @@ impl RedisTier {
             cmds.push(redis::Cmd::set_ex(self.tile_key(*tile), json, ttl));
         }
         self.conn.per_key(cmds).await.map(drop)
+    }
+
+    async fn claim(
+        &self,
+        tiles: &[TileId],
+        owner: &str,
+        ttl_ms: u64,
+    ) -> redis::RedisResult<Vec<bool>> {
+        let cmds = tiles
+            .iter()
+            .map(|&t| {
+                let mut c = redis::cmd("SET");
+                c.arg(format!("{}w:{t}", self.prefix))
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1));
+                c
+            })
+            .collect();
+        let answers = self.conn.per_key(cmds).await?;
+        Ok(answers
+            .into_iter()
+            .map(|v| matches!(v, redis::Value::Okay))
+            .collect())
     }
 
     async fn has_tiles(&self, tiles: &[TileId]) -> redis::RedisResult<Vec<bool>> {

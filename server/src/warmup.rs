@@ -7,6 +7,11 @@
 //!   request never waits for warm-up.
 //! - **Request filter** (worker): skips tiles being warmed by another job and tiles the
 //!   cache tier already holds.
+//! - **Claim** (worker): before each origin call, claims its tiles in the shared tier
+//!   ([`crate::tier::CacheTier::claim`], Redis `SET NX PX`) and drops those another
+//!   instance claimed first (`tilewarm_warmup_claimed_elsewhere_total`): instances sharing
+//!   Redis do not warm the same tile twice. A claim lasts the origin timeout (60 s when
+//!   that is 0) and is not released; the written tile is what the others then see.
 //! - **Fetcher** (worker): the rest in origin calls of at most `--warmup-batch-tiles` tiles,
 //!   asked at the top tier like the request path, each given up after
 //!   `--origin-timeout-ms` (the job ends there and releases its tiles).
@@ -111,22 +116,25 @@ impl Warmup {
 pub fn run_workers(app: Weak<App>, rx: mpsc::Receiver<WarmJob>, n: usize) {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let in_flight: Arc<Mutex<HashSet<TileId>>> = Arc::default();
+    // Who holds a claim (informational: a claim is never compared, only held or not).
+    let owner: Arc<str> = format!("pid{}@{}", std::process::id(), now_ms()).into();
     for _ in 0..n {
         let rx = Arc::clone(&rx);
         let app = app.clone();
         let in_flight = Arc::clone(&in_flight);
+        let owner = Arc::clone(&owner);
         tokio::spawn(async move {
             loop {
                 let job = { rx.lock().await.recv().await };
                 let Some(job) = job else { return };
                 let Some(app) = app.upgrade() else { return };
-                warm(&app, job, &in_flight).await;
+                warm(&app, job, &in_flight, &owner).await;
             }
         });
     }
 }
 
-async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
+async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>, owner: &str) {
     let m = &app.metrics;
     if !app.tier.available() {
         m.warmup_errors.fetch_add(1, Relaxed);
@@ -159,10 +167,32 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>) {
         .collect();
     m.warmup_skipped_tiles
         .fetch_add((claimed.len() - todo.len()) as u64, Relaxed);
-    // Fetch and write.
+    // Claim, fetch and write.
+    let claim_ms = match app.config.origin_timeout_ms {
+        0 => 60_000,
+        ms => ms,
+    };
     for chunk in todo.chunks(app.config.warmup_batch_tiles) {
+        let won = match app.tier.claim(chunk, owner, claim_ms).await {
+            Ok(w) => w,
+            Err(_) => {
+                m.warmup_errors.fetch_add(1, Relaxed);
+                break;
+            }
+        };
+        let chunk: Vec<TileId> = chunk
+            .iter()
+            .zip(&won)
+            .filter(|(_, &w)| w)
+            .map(|(&t, _)| t)
+            .collect();
+        m.warmup_claimed_elsewhere
+            .fetch_add((won.len() - chunk.len()) as u64, Relaxed);
+        if chunk.is_empty() {
+            continue;
+        }
         let request = BatchRequest {
-            tiles: chunk.to_vec(),
+            tiles: chunk.clone(),
             ids: Vec::new(),
             access: Access::Agent,
         };

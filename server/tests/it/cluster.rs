@@ -208,3 +208,60 @@ async fn a_killed_master_fails_over_and_both_instances_recover_without_restart()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Two instances on the cluster asked for the same tile at the same moment both plan the
+/// same warm-up ring; the claims in the shared tier make each ring tile fetched from the
+/// origin once, by one of them, and the other skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_do_not_warm_the_same_ring_twice() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let o = origin(42, 5_000);
+    let t = crate::densest(&o);
+    let ring = tilewarm::tile::ring_around(&[t], 2).unwrap().len();
+    let warming = || Config {
+        warmup_ring: 2,
+        warmup_batch_tiles: 4,
+        origin_latency_ms: 150,
+        ..on(cluster.url.clone())
+    };
+    let a = server(warming()).await;
+    let b = server(warming()).await;
+    let http = Http::new();
+    let body = request(&[t], &[], Access::Agent);
+    let (ra, rb) = tokio::join!(http.ok(&a, &body), http.ok(&b, &body));
+    assert_eq!(digest(&ra), digest(&rb));
+    // Every planned tile ends as warmed here, skipped (already held), or claimed elsewhere.
+    let settled = |s: &tilewarm_server::Server| {
+        let m = &s.app.metrics;
+        m.warmup_tiles.load(Relaxed)
+            + m.warmup_skipped_tiles.load(Relaxed)
+            + m.warmup_claimed_elsewhere.load(Relaxed)
+            == ring as u64
+    };
+    assert!(
+        crate::common::eventually(Duration::from_secs(30), || settled(&a) && settled(&b)).await,
+        "warm-up did not finish"
+    );
+    let (ma, mb) = (&a.app.metrics, &b.app.metrics);
+    let warmed = ma.warmup_tiles.load(Relaxed) + mb.warmup_tiles.load(Relaxed);
+    let elsewhere =
+        ma.warmup_claimed_elsewhere.load(Relaxed) + mb.warmup_claimed_elsewhere.load(Relaxed);
+    eprintln!(
+        "warm-up of a {ring}-tile ring by two instances: {} + {} tiles warmed, {elsewhere} \
+         skipped as claimed by the other, {} warm-up origin calls",
+        ma.warmup_tiles.load(Relaxed),
+        mb.warmup_tiles.load(Relaxed),
+        ma.origin_calls_warmup.load(Relaxed) + mb.origin_calls_warmup.load(Relaxed)
+    );
+    assert_eq!(warmed, ring as u64, "each ring tile warmed once");
+    assert!(elsewhere > 0, "the instances never met (nothing to prove)");
+    assert_eq!(
+        ma.warmup_errors.load(Relaxed) + mb.warmup_errors.load(Relaxed),
+        0
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
