@@ -17,7 +17,7 @@
 //!   more than `--max-response-items` items for the caller is refused with a 400 that names
 //!   the count.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -26,7 +26,9 @@ use serde_json::value::RawValue;
 use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList};
-use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, ProxyItem, Rules, TileSource};
+use tilewarm::proxy::policy::{
+    CoarseMiss, IdSource, Plan, ProxyItem, Rules, TileSource, WriteBack,
+};
 use tilewarm::tile::TileId;
 
 use crate::origin::CallSource;
@@ -209,17 +211,17 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
             let items = ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
             fetched_tiles.insert(*tile, (items, *exp));
         }
-        // Direct (coarse) tiles are answered but not cached.
-        fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
-        if !direct.is_empty() {
-            let keep: HashSet<&str> = fill
-                .tiles
-                .iter()
-                .flat_map(|(_, ids, _)| ids.iter().map(String::as_str))
-                .chain(origin_req.ids.iter().map(String::as_str))
-                .collect();
+        // What is written back is the policy's rule (direct tiles and the items only they
+        // list are answered but not cached).
+        let keep = policy.write_back(
+            fill.tiles.iter().map(|(t, ids, _)| (*t, &ids[..])),
+            &origin_req.ids,
+        );
+        if let WriteBack::Only(keep) = &keep {
             fill.items.retain(|it| keep.contains(it.id.as_str()));
         }
+        drop(keep);
+        fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
         if !degraded {
             // Nothing that changed while it was being fetched is written back. A failure
             // marks the tier down; the answer is unaffected.

@@ -28,7 +28,8 @@
 //!   data tiles when every one of them is fresh; otherwise the tile itself is forwarded
 //!   (one origin tile per requested tile, so the origin request never exceeds the caller's
 //!   tile count) and its list is split onto the data tiles when cached;
-//! - a coarser tile is forwarded and not cached.
+//! - a coarser tile is forwarded and not cached; nor are the items only its list names
+//!   (the policy's write-back rule, [`Rules::write_back`], which the server follows too).
 //!
 //! Only [`TileFreshness::Fresh`] data tiles count as hits; anything else (unknown, partial,
 //! stale) is forwarded whole.
@@ -472,12 +473,14 @@ impl Proxy {
         }
     }
 
-    /// Fills `tier`'s cache from an origin answer to a request made at `tier`. Items above
-    /// `tier` are dropped first (see the module docs). Returns the answer, filtered.
+    /// Fills `tier`'s cache from an origin answer to a request made at `tier` that asked
+    /// for `asked_ids`. Items above `tier` are dropped first (see the module docs); what is
+    /// written is the policy's rule ([`Rules::write_back`]). Returns the answer, filtered.
     fn fill(
         &mut self,
         tier: Access,
         mut response: BatchResponse<RawData>,
+        asked_ids: &[String],
         now_ms: u64,
     ) -> BatchResponse<RawData> {
         let before = response.items.len();
@@ -509,8 +512,15 @@ impl Proxy {
         for it in &response.items {
             missing.pop(&it.id);
         }
+        let keep = rules.write_back(
+            response.tiles.iter().map(|l| (l.tile, &l.ids[..])),
+            asked_ids,
+        );
         let cache = self.cache(tier);
         for it in &response.items {
+            if !keep.keeps(&it.id) {
+                continue;
+            }
             let meta = ItemMeta {
                 lon: it.lon,
                 lat: it.lat,
@@ -522,6 +532,7 @@ impl Proxy {
             // An item bigger than the cache is served but not cached.
             let _ = cache.insert(&it.id, meta, it.data.clone(), now_ms, Priority::Visible);
         }
+        drop(keep);
         for list in &response.tiles {
             let t = list.tile;
             if rules.cacheable(t) {
@@ -585,7 +596,10 @@ impl Proxy {
             Some(_) => {
                 self.stats.origin_requests += 1;
                 match self.decode_origin(outcome, tier) {
-                    Ok(r) => (Some(self.fill(tier, r, now_ms)), None),
+                    Ok(r) => {
+                        let asked = origin.as_ref().map_or(&[][..], |o| &o.ids[..]);
+                        (Some(self.fill(tier, r, asked, now_ms)), None)
+                    }
                     Err(e) => {
                         self.stats.origin_failures += 1;
                         (None, Some(e))
@@ -706,7 +720,7 @@ impl Proxy {
     ) -> Result<usize, ErrorBody> {
         let response = self.decode_origin(outcome, request.access)?;
         let n = response.items.len();
-        self.fill(request.access, response, now_ms);
+        self.fill(request.access, response, &request.ids, now_ms);
         self.stats.warm_fills += 1;
         Ok(n)
     }

@@ -14,7 +14,8 @@
 //!    for everything missing (how a coarse tile with a missing data tile is asked for is the
 //!    [`CoarseMiss`] rule).
 //! 3. **origin results**: the shell makes that call; [`Read::cacheable`] says which of the
-//!    origin's tile lists are written back to the store.
+//!    origin's tile lists are written back to the store, [`Rules::write_back`] which of its
+//!    items.
 //! 4. **answer** ([`Read::assemble`]): per requested tile, the items of its sources (stored
 //!    or fetched) that the *caller* may see and that lie inside the tile (a tile finer than
 //!    the data zoom keeps only the items positioned inside it); each item once; requested
@@ -64,6 +65,52 @@ impl Rules {
                 tile.z() <= self.data_zoom && self.data_zoom - tile.z() <= self.split_levels
             }
         }
+    }
+}
+
+/// Which of an origin answer's items a shell writes back to its store
+/// ([`Rules::write_back`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteBack<'a> {
+    /// Every item of the answer.
+    All,
+    /// Only the items with these ids.
+    Only(HashSet<&'a str>),
+}
+
+impl WriteBack<'_> {
+    /// Whether the item with this id is written back.
+    pub fn keeps(&self, id: &str) -> bool {
+        match self {
+            WriteBack::All => true,
+            WriteBack::Only(ids) => ids.contains(id),
+        }
+    }
+}
+
+impl Rules {
+    /// The write-back rule, the same for every shell: of an origin answer, the tile lists
+    /// that are [`Rules::cacheable`] are written to the store, and of its items those that
+    /// such a list names or that the request asked for by id (`asked_ids`). An item that
+    /// only a direct (too coarse) tile's list names is answered but not stored: no stored
+    /// list leads to it, and a coarse tile may hold thousands of items.
+    ///
+    /// `lists` are the answer's tile lists as `(tile, ids)`.
+    pub fn write_back<'a>(
+        &self,
+        lists: impl IntoIterator<Item = (TileId, &'a [String])> + Clone,
+        asked_ids: &'a [String],
+    ) -> WriteBack<'a> {
+        if lists.clone().into_iter().all(|(t, _)| self.cacheable(t)) {
+            return WriteBack::All;
+        }
+        let mut keep: HashSet<&'a str> = asked_ids.iter().map(String::as_str).collect();
+        for (t, ids) in lists {
+            if self.cacheable(t) {
+                keep.extend(ids.iter().map(String::as_str));
+            }
+        }
+        WriteBack::Only(keep)
     }
 }
 
@@ -314,6 +361,15 @@ impl Read {
         self.plan.rules.cacheable(tile)
     }
 
+    /// Which items of the origin's answer are written back ([`Rules::write_back`]).
+    pub fn write_back<'a>(
+        &self,
+        lists: impl IntoIterator<Item = (TileId, &'a [String])> + Clone,
+        asked_ids: &'a [String],
+    ) -> WriteBack<'a> {
+        self.plan.rules.write_back(lists, asked_ids)
+    }
+
     /// Step 4: the answer for `caller`. `stored(i)` is the store's list of data tile `i`
     /// (asked only for [`Read::stored_tiles`]), `fetched(t)` the origin's list of tile `t`
     /// (`None` when it has none: a data tile is then skipped, a forwarded tile left out),
@@ -437,6 +493,41 @@ mod tests {
         assert_eq!(edge.stored_tiles(), vec![i16.unwrap()]);
         assert!(edge.cacheable(tile("13/1312/2860")) && !server.cacheable(tile("13/1312/2860")));
         assert!(!edge.cacheable(tile("11/328/715")));
+    }
+
+    #[test]
+    fn write_back_keeps_items_of_cacheable_lists_and_asked_ids_for_both_shells() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (data, coarse, far) = (
+            tile("14/2624/5721"),
+            tile("13/1312/2860"),
+            tile("11/328/715"),
+        );
+        let (d, c, f, asked) = (
+            s(&["a", "b"]),
+            s(&["b", "c"]),
+            s(&["c", "d", "e"]),
+            s(&["e"]),
+        );
+        for coarse_miss in [CoarseMiss::FetchDataTiles, CoarseMiss::ForwardTile] {
+            let r = rules(coarse_miss);
+            // Every list cacheable: every item is written.
+            let only_data = [(data, &d[..])];
+            assert_eq!(r.write_back(only_data, &asked), WriteBack::All);
+            // A direct list: its items are kept only when another list names them or they
+            // were asked for by id.
+            let keep = r.write_back([(data, &d[..]), (coarse, &c[..]), (far, &f[..])], &asked);
+            let kept: Vec<&str> = ["a", "b", "c", "d", "e"]
+                .into_iter()
+                .filter(|id| keep.keeps(id))
+                .collect();
+            let want: &[&str] = match coarse_miss {
+                // The server stores data tiles only: the z13 list is direct too.
+                CoarseMiss::FetchDataTiles => &["a", "b", "e"],
+                CoarseMiss::ForwardTile => &["a", "b", "c", "e"],
+            };
+            assert_eq!(kept, want, "{coarse_miss:?}");
+        }
     }
 
     struct It(&'static str, f64, f64, Access);

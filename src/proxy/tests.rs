@@ -231,6 +231,25 @@ fn coarse_tiles_split_onto_data_tiles_and_far_ones_pass_through() {
 }
 
 #[test]
+fn items_only_a_direct_tile_lists_are_answered_not_cached() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    // Three levels coarser than the data zoom: forwarded, and by the policy's write-back
+    // rule neither its list nor its items are stored.
+    let far = req(&["11/328/715"], &[], Access::Public);
+    let (_, _, body) = run(&mut p, &o, far, 0);
+    let id = "2624-5721-public";
+    assert!(body.items.iter().any(|i| i.id == id));
+    let by_id = req(&[], &[id], Access::Public);
+    let (fwd, a, body) = run(&mut p, &o, by_id.clone(), 5);
+    assert_eq!((fwd, a.verdict), (Some(by_id.clone()), Verdict::Miss));
+    assert_eq!(shape(&body), shape(&o.answer(&by_id, None)));
+    // Asked for by id, it is stored.
+    let (fwd, a, _) = run(&mut p, &o, by_id, 6);
+    assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+}
+
+#[test]
 fn agent_warmed_tile_gives_a_public_caller_nothing_above_public() {
     let o = origin();
     let mut p = Proxy::new(ProxyConfig::default()).unwrap();
