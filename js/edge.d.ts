@@ -1,3 +1,6 @@
+/// <reference lib="esnext.disposable" />
+// The line above: EdgeProxy (wasm-bindgen's glue) has `[Symbol.dispose]`, so a project's
+// `lib` need not name esnext for these types to check.
 /**
  * tilewarm/edge: the caching batch proxy as a Cloudflare Workers / workerd module worker.
  * See docs/edge.md in the repository.

@@ -76,8 +76,8 @@ export interface Viewport {
   east: number;
   north: number;
   /** Map zoom, 0..=30 (fractional is fine), in the units of the `tileSize` option: with the
-   * default 256, Leaflet's, OpenLayers' and deck.gl's zoom as is; with `tileSize: 512`,
-   * MapLibre's `getZoom()` as is. */
+   * default 256, Leaflet's and OpenLayers' zoom as is; with `tileSize: 512`, MapLibre's
+   * `getZoom()` and deck.gl's zoom as is. */
   zoom: number;
 }
 

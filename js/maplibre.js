@@ -7,8 +7,11 @@
 // one box, and a box too wide to fetch is the cache's `tooWide` state, not an error), calls
 // `setViewport` at most once per animation frame, and updates the source by diffs
 // (`updateData` on a source with `promoteId`: only added, removed and changed items),
-// falling back to `setData` where `updateData` is missing. Fetch errors go to the cache's
-// `onError` listeners; errors of the map calls to `options.onError`. Types: maplibre.d.ts.
+// falling back to `setData` where `updateData` is missing; a frame that changed nothing
+// updates nothing. Fetch errors go to the cache's `onError` listeners; errors of the map
+// calls to `options.onError`. Types: maplibre.d.ts.
+
+import { wrapBox } from './box.js';
 
 /** What the page's options may hold, and their defaults. */
 const OPTION_NAMES = ['sourceId', 'promoteId', 'properties', 'onView', 'onError', 'useUpdateData'];
@@ -23,17 +26,7 @@ function fail(Class, code, message) {
  * whole world when more than one world is in view), latitudes clamped. Exported for the
  * tests. */
 export function boxOf(bounds) {
-  let west = bounds.getWest(), east = bounds.getEast();
-  const south = Math.max(-90, bounds.getSouth()), north = Math.min(90, bounds.getNorth());
-  if (!(east - west < 360)) {
-    west = -180; east = 180;
-  } else {
-    const wrap = (x) => ((((x + 180) % 360) + 360) % 360) - 180;
-    west = wrap(west);
-    east = wrap(east);
-    if (east === -180 && west !== -180) east = 180;
-  }
-  return { west, south, east, north };
+  return wrapBox(bounds.getWest(), bounds.getSouth(), bounds.getEast(), bounds.getNorth());
 }
 
 /** The GeoJSON feature of an item: its id (the source's `promoteId`), class, tier, stale
@@ -94,36 +87,42 @@ export function attach(map, cache, options) {
     return src;
   }
 
-  /** Brings the source to `items`: a diff when the source can take one, else all of it. */
+  /** Brings the source to `items`: a diff when the source can take one, else all of it;
+   * nothing when nothing changed. */
   function show(items) {
     const src = source();
     if (!src) return;
     const next = new Map();
     for (const it of items) next.set(it.id, { item: it, stale: it.stale });
-    const diffable = useUpdateData && synced && typeof src.updateData === 'function' && src.promoteId === promoteId;
-    if (!diffable) {
-      src.setData({ type: 'FeatureCollection', features: items.map((it) => featureOf(it, promoteId, properties)) });
-      shown = next;
-      synced = true;
-      return;
-    }
+    const diffable = useUpdateData && typeof src.updateData === 'function' && src.promoteId === promoteId;
     const remove = [], add = [], update = [];
-    for (const id of shown.keys()) if (!next.has(id)) remove.push(id);
-    for (const [id, now] of next) {
-      const was = shown.get(id);
-      if (!was) add.push(featureOf(now.item, promoteId, properties));
-      else if (was.item !== now.item || was.stale !== now.stale) {
-        const f = featureOf(now.item, promoteId, properties);
-        update.push({
-          id,
-          newGeometry: f.geometry,
-          removeAllProperties: true,
-          addOrUpdateProperties: Object.entries(f.properties).map(([key, value]) => ({ key, value })),
-        });
+    if (synced) {
+      for (const id of shown.keys()) if (!next.has(id)) remove.push(id);
+      for (const [id, now] of next) {
+        const was = shown.get(id);
+        if (!was) add.push(diffable ? featureOf(now.item, promoteId, properties) : null);
+        else if (was.item !== now.item || was.stale !== now.stale) update.push(id);
       }
     }
+    const changed = remove.length || add.length || update.length;
+    if (!synced || (changed && !diffable)) {
+      src.setData({ type: 'FeatureCollection', features: items.map((it) => featureOf(it, promoteId, properties)) });
+    } else if (changed) {
+      src.updateData({
+        remove, add,
+        update: update.map((id) => {
+          const f = featureOf(next.get(id).item, promoteId, properties);
+          return {
+            id,
+            newGeometry: f.geometry,
+            removeAllProperties: true,
+            addOrUpdateProperties: Object.entries(f.properties).map(([key, value]) => ({ key, value })),
+          };
+        }),
+      });
+    }
     shown = next;
-    if (remove.length || add.length || update.length) src.updateData({ remove, add, update });
+    synced = true;
   }
 
   function viewport() {

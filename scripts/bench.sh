@@ -6,6 +6,8 @@
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
 #   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
+#   maplibre js/test/browser/maplibre-bench.mjs (tilewarm/maplibre: source updates per second
+#           of pan and time per frame, diffs vs setData, 5,000 items in view, headless Chromium)
 #   web     scripts/bench-web.sh (the Rust browser shell: example wasm size, set_viewport
 #           with 10k cached, next to the npm package's in the same Chromium page)
 # A part whose script is absent, or that fails, is reported as such in the document; the
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge maplibre web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -66,6 +68,14 @@ if want edge; then
     echo "edge/bench.mjs failed; see the output of \`scripts/bench.sh edge\`." > "$out/edge.md"
   fi
 fi
+if want maplibre; then
+  status "tilewarm/maplibre: diffs vs setData during a pan (headless Chromium)"
+  if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && BUILD_ONLY=1 scripts/test-browser.sh >&2 \
+      && node js/test/browser/maplibre-bench.mjs --md "$out/maplibre.md" > /dev/null; then :; else
+    echo "js/test/browser/maplibre-bench.mjs failed; see the output of \`scripts/bench.sh maplibre\`." > "$out/maplibre.md"
+  fi
+fi
 if want web; then
   status "Rust browser shell (tilewarm-web) vs the npm package"
   if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
@@ -85,7 +95,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`, \`web\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -129,6 +139,10 @@ HEAD
   echo "## Edge worker: \`scripts/bench.sh edge\`"
   echo
   section "$out/edge.md" "(not run in this invocation)"
+  echo
+  echo "## MapLibre adapter: diffs vs setData: \`scripts/bench.sh maplibre\`"
+  echo
+  section "$out/maplibre.md" "(not run in this invocation)"
   echo
   echo "## Rust browser shell (tilewarm-web): \`scripts/bench.sh web\`"
   echo

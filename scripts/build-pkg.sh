@@ -81,6 +81,11 @@ done
 "$esbuild" js/edge.js --bundle --external:./tilewarm_edge.js --external:./tilewarm_edge_bg.wasm \
   --minify --format=esm --log-level=warning --outfile="$out/edge.js" --allow-overwrite
 rm "$out/edge-auth.js"
+# node.cjs: the CommonJS entry for Node without require(esm) (js/node-cjs.js, the glue,
+# api.js and cache.js in one CommonJS module); its ESM source is not shipped.
+"$esbuild" "$out/node-cjs.js" --bundle --platform=node --format=cjs --minify --log-level=warning \
+  --outfile="$out/node.cjs"
+rm "$out/node-cjs.js"
 
 # package.json, with version, description, licence and repository from Cargo.toml.
 cargo metadata --no-deps --format-version 1 | node --input-type=module -e '
@@ -102,7 +107,9 @@ const pkg = {
       // Cloudflare Workers / workerd: the .wasm is imported as a WebAssembly.Module.
       workerd: "./workerd.js",
       // Node >= 18 (also Bun, Deno npm:, Vitest, SSR): reads the .wasm with fs, sync init.
-      node: "./node.js",
+      // require() takes node.js too where Node can require ES modules ("module-sync":
+      // 20.19+, 22.12+), else the CommonJS build node.cjs (18, older 20 and 22).
+      node: { "module-sync": "./node.js", require: "./node.cjs", default: "./node.js" },
       // Browsers without a bundler, Vite, webpack, ...: fetches the .wasm by URL.
       browser: "./index.js",
       default: "./index.js",
@@ -115,6 +122,8 @@ const pkg = {
     // Map library adapters: no wasm of their own, they take a TileCache.
     "./maplibre": { types: "./maplibre.d.ts", default: "./maplibre.js" },
     "./leaflet": { types: "./leaflet.d.ts", default: "./leaflet.js" },
+    "./deckgl": { types: "./deckgl.d.ts", default: "./deckgl.js" },
+    "./openlayers": { types: "./openlayers.d.ts", default: "./openlayers.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
     "./package.json": "./package.json",
   },
@@ -123,7 +132,7 @@ const pkg = {
   types: "./index.d.ts",
   // The entry points instantiate the module when imported; everything else is pure. (A
   // plain `false` would let bundlers skip an entry whose exports are all re-exports.)
-  sideEffects: ["./index.js", "./node.js", "./workerd.js"],
+  sideEffects: ["./index.js", "./node.js", "./node.cjs", "./workerd.js"],
   files: readdirSync(out).filter((f) => f !== "package.json").sort(),
   engines: { node: ">=18" },
 };

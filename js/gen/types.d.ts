@@ -115,8 +115,8 @@ export interface TileCacheOptions {
   tileZoom?: number;
   /**
    * The map's tile size in pixels, which sets the units of the viewport's `zoom` and of
-   * `minZoom`: 256 or 512 (256: Leaflet, OpenLayers, deck.gl; 512: MapLibre, whose zoom is then
-   * passed as it is). Default 256.
+   * `minZoom`: 256 or 512 (256: Leaflet, OpenLayers; 512: MapLibre and deck.gl, whose zoom is
+   * then passed as it is). Default 256.
    */
   tileSize?: 256 | 512;
   /**

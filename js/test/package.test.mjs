@@ -58,7 +58,7 @@ test('package.json matches Cargo.toml and is an ES module package', () => {
   assert.equal(pkg.types, './index.d.ts');
   assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'workerd', 'node', 'browser', 'default']);
   // Entry points have side effects (they instantiate the module), so they must be listed.
-  assert.deepEqual(pkg.sideEffects, ['./index.js', './node.js', './workerd.js']);
+  assert.deepEqual(pkg.sideEffects, ['./index.js', './node.js', './node.cjs', './workerd.js']);
 });
 
 test('every export target exists and is in the published file list', () => {
@@ -159,6 +159,26 @@ test('tilewarm/raw is the plain glue, initialised by the caller', async () => {
   // The node entry already initialised this glue (one module instance per process).
   assert.equal(raw.parentTile('14/2624/5721', 12), '12/656/1430');
   assert.ok(WebAssembly.validate(wasm));
+});
+
+test('tilewarm/raw: init() and initSync() without the .wasm say what they need, until it has run', () => {
+  // A fresh process that imports only tilewarm/raw (nothing has initialised the glue).
+  const out = runNode([], `
+    import { readFileSync } from 'node:fs';
+    import { fileURLToPath } from 'node:url';
+    const raw = await import('tilewarm/raw');
+    const got = [];
+    await raw.default().catch((e) => got.push(e.name, e.code, e.message));
+    try { raw.initSync(); } catch (e) { got.push(e.name, e.code, e.message); }
+    const bytes = readFileSync(fileURLToPath(import.meta.resolve('tilewarm/tilewarm_bg.wasm')));
+    const instance = raw.initSync({ module: bytes });
+    got.push(raw.parentTile('14/2624/5721', 12), raw.initSync() === instance, (await raw.default()) === instance);
+    console.log(JSON.stringify(got));`);
+  const [n1, c1, m1, n2, c2, m2, ...rest] = JSON.parse(out);
+  assert.deepEqual([n1, c1, n2, c2], ['TypeError', 'ERR_INVALID_ARG_TYPE', 'TypeError', 'ERR_INVALID_ARG_TYPE']);
+  assert.match(m1, /^init\(\) needs the \.wasm: \{ module_or_path \}/);
+  assert.match(m2, /^initSync\(\) needs the \.wasm: \{ module \}/);
+  assert.deepEqual(rest, ['12/656/1430', true, true]);
 });
 
 test('the TypeScript declarations type-check against real use', () => {

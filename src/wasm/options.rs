@@ -177,8 +177,8 @@ pub(crate) const OPTIONS: [Opt; 26] = [
         "256 | 512",
         None,
         "The map's tile size in pixels, which sets the units of the viewport's `zoom` and of \
-         `minZoom`: {allowed} (256: Leaflet, OpenLayers, deck.gl; 512: MapLibre, whose zoom \
-         is then passed as it is).",
+         `minZoom`: {allowed} (256: Leaflet, OpenLayers; 512: MapLibre and deck.gl, whose \
+         zoom is then passed as it is).",
     ),
     number(
         "minZoom",

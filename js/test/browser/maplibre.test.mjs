@@ -4,7 +4,8 @@
 // (../support/backend.mjs), reached through the page's own origin (/batch).
 //
 // Checks: items appear; after pans and zooms the source (read back through MapLibre's
-// getData) holds exactly the view's items once each (the diffs match a full recomputation);
+// getData) holds exactly the view's items once each (the diffs match a full recomputation,
+// and so does a second source kept by setData);
 // a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
 // tooWide, not an error; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
@@ -47,7 +48,9 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
       const s = await window.__tw.state();
       const key = (f) => JSON.stringify([f.id, f.stale, f.price, f.lon, f.lat]);
       const a = s.features.map(key).sort(), b = s.full.map(key).sort();
-      return a.length > 0 && a.join() === b.join() ? s : false;
+      // The source kept by setData (useUpdateData: false) holds the same.
+      const c = s.setDataFeatures.map(key).sort();
+      return a.length > 0 && a.join() === b.join() && c.join() === b.join() ? s : false;
     }, null, what);
   }
 

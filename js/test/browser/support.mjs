@@ -53,3 +53,37 @@ export async function until(page, fn, arg, what, ms = 30_000) {
   }
 }
 
+
+/**
+ * Checks items drawn per host tile (`drawn`: "x:y:z" -> count) against the backend: each
+ * data tile (z14) whose host tiles are all drawn holds exactly the backend's public items,
+ * so nothing is drawn twice or left out; a host tile coarser than z14 holds exactly its
+ * items. (Compared per data tile, not per finer host tile: an item exactly on a finer edge
+ * belongs to one side by the core's zoom-24 rule, which a float formula may not reproduce.)
+ * Returns how many data tiles (or coarser host tiles) were checked.
+ */
+export function checkDrawn(assert, backend, drawn) {
+  const groups = new Map();
+  let checked = 0;
+  for (const [key, n] of Object.entries(drawn)) {
+    const [x, y, z] = key.split(':').map(Number);
+    const d = z - 14;
+    if (d < 0) {
+      assert.equal(n, backend.tileItems(`${z}/${x}/${y}`, 'public').length, `tile ${z}/${x}/${y}`);
+      checked++;
+      continue;
+    }
+    const parent = `14/${x >> d}/${y >> d}`;
+    const g = groups.get(parent) ?? { n: 0, tiles: 0, need: 4 ** d };
+    g.n += n;
+    g.tiles += 1;
+    groups.set(parent, g);
+  }
+  for (const [parent, g] of groups) {
+    if (g.tiles < g.need) continue;
+    assert.equal(g.n, backend.tileItems(parent, 'public').length, `data tile ${parent}`);
+    checked++;
+  }
+  assert.ok(checked > 0, `some data tile fully drawn: ${Object.keys(drawn).join(' ')}`);
+  return checked;
+}

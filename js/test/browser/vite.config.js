@@ -14,6 +14,9 @@ export default defineConfig({
       input: {
         maplibre: resolve(import.meta.dirname, 'maplibre/index.html'),
         leaflet: resolve(import.meta.dirname, 'leaflet/index.html'),
+        deckgl: resolve(import.meta.dirname, 'deckgl/index.html'),
+        openlayers: resolve(import.meta.dirname, 'openlayers/index.html'),
+        bench: resolve(import.meta.dirname, 'bench/index.html'),
       },
     },
   },

@@ -35,6 +35,8 @@ const detach = attach(map, cache, {
     views.push({ n: v.items.length, complete: v.complete, tooWide: v.tooWide });
   },
 });
+// The same view through setData (no diffs), which must end up the same.
+const detachFull = attach(map, cache, { sourceId: 'items-setdata', useUpdateData: false, properties: (item) => ({ price: item.data.price }) });
 map.once('load', () => {
   map.addLayer({
     id: 'items', type: 'circle', source: 'items',
@@ -49,16 +51,17 @@ map.once('load', () => {
 /** What the page shows: the source's features (through MapLibre's own getData), the view
  * a full recomputation gives (the cache's view right now, read without moving), and counters. */
 async function state() {
-  const data = await map.getSource('items')?.getData();
-  const features = (data?.features ?? []).map((f) => ({
+  const read = async (id) => ((await map.getSource(id)?.getData())?.features ?? []).map((f) => ({
     id: f.properties.id, stale: f.properties.stale, price: f.properties.price,
     lon: f.geometry.coordinates[0], lat: f.geometry.coordinates[1],
   }));
+  const features = await read('items');
+  const setDataFeatures = await read('items-setdata');
   const b = map.getBounds();
   const vp = { west: b.getWest(), south: b.getSouth(), east: b.getEast(), north: b.getNorth(), zoom: map.getZoom() };
   // A full recomputation: every feature of the last view the adapter was given.
   const full = lastItems.map((it) => ({ id: it.id, stale: it.stale, price: it.data.price, lon: it.lon, lat: it.lat }));
-  return { features, full, stats: cache.stats(), views: views.slice(-3), errors, vp, pitch: map.getPitch() };
+  return { features, setDataFeatures, full, stats: cache.stats(), views: views.slice(-3), errors, vp, pitch: map.getPitch() };
 }
 
-window.__tw = { map, cache, detach, state, maplibregl };
+window.__tw = { map, cache, detach, detachFull, state, maplibregl };

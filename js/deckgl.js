@@ -1,0 +1,78 @@
+// tilewarm/deckgl: a deck.gl TileLayer whose tiles come from TileCache.loadTiles, and which
+// feeds deck's view to the cache so tilewarm's prefetch runs (deck.gl prefetches nothing
+// off the screen for a TileLayer).
+//
+//   import { TileLayer } from '@deck.gl/geo-layers';
+//   const TilewarmTileLayer = extendTileLayer(TileLayer);
+//   new TilewarmTileLayer({ id: 'homes', cache, renderSubLayers: (props) => new ScatterplotLayer(...) });
+//
+// `getTileData` is one `loadTiles` call per tile with the tile's abort signal (the calls of a
+// tick go out together, so deck's N tiles need ceil(N / batch.maxTiles) requests); a tile's
+// data is the array of its items. The adapter does not import deck.gl: the page passes its
+// TileLayer class in. Types: deckgl.d.ts.
+
+import { wrapBox } from './box.js';
+
+function fail(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+/** The box and zoom of a deck.gl WebMercatorViewport, in the cache's zoom units (deck's
+ * zoom is for 512-px tiles: +1 unless the cache is `tileSize: 512`). */
+export function viewportOf(viewport, cache) {
+  const [west, south, east, north] = viewport.getBounds();
+  const zoom = viewport.zoom + (cache.tileSize === 512 ? 0 : 1);
+  return { ...wrapBox(west, south, east, north), zoom: Math.min(30, Math.max(0, zoom)) };
+}
+
+/**
+ * A subclass of deck.gl's `TileLayer` (pass the class: `import { TileLayer } from
+ * '@deck.gl/geo-layers'`) with three more props: `cache` (a TileCache, required),
+ * `followView` (feed deck's view to `cache.setViewport` whenever it changes, default true)
+ * and `onViewError` (errors of that call; default `reportError`). Tile errors (a request
+ * that gave up) reach deck's `onTileError` and the cache's `onError` listeners.
+ * `maxRequests` defaults to 0 (no throttle): the cache batches the tiles itself.
+ */
+export function extendTileLayer(TileLayer) {
+  if (typeof TileLayer !== 'function' || typeof TileLayer.prototype?.getTileData !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', "TileLayer must be deck.gl's TileLayer class (@deck.gl/geo-layers)");
+  }
+  class TilewarmTileLayer extends TileLayer {
+    updateState(params) {
+      const { cache } = this.props;
+      if (!cache || typeof cache.loadTiles !== 'function') {
+        throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
+      }
+      super.updateState(params);
+      // deck calls this on a frame where the view (or a prop) changed: at most once a frame.
+      const viewport = this.context.viewport;
+      if (this.props.followView && viewport && viewport !== this.state.tilewarmViewport) {
+        this.state.tilewarmViewport = viewport;
+        try {
+          cache.setViewport(viewportOf(viewport, cache));
+        } catch (e) {
+          (this.props.onViewError ?? globalThis.reportError ?? console.error)(e);
+        }
+      }
+    }
+
+    getTileData(tile) {
+      if (this.props.getTileData) return super.getTileData(tile);
+      const { x, y, z } = tile.index;
+      return this.props.cache.loadTiles([`${z}/${x}/${y}`], { signal: tile.signal }).then(([got]) => {
+        if (got.error) throw got.error;
+        return got.items;
+      });
+    }
+  }
+  TilewarmTileLayer.layerName = 'TilewarmTileLayer';
+  TilewarmTileLayer.defaultProps = {
+    cache: { type: 'object', value: null, compare: false },
+    followView: true,
+    onViewError: { type: 'function', optional: true, value: null },
+    maxRequests: 0,
+  };
+  return TilewarmTileLayer;
+}

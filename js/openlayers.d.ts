@@ -1,0 +1,55 @@
+// Types of tilewarm/openlayers (openlayers.js). OpenLayers is typed structurally, so the
+// package does not depend on it; the classes and functions named below fit.
+import type { FetchError, TileCache, TilewarmError } from './index.js';
+
+/** The OpenLayers pieces the adapter builds with (it does not import OpenLayers). */
+export interface OpenLayers {
+  /** `ol/source/Vector` */
+  VectorSource: new (options: any) => any;
+  /** `ol/Feature` */
+  Feature: new (properties?: any) => any;
+  /** `ol/geom/Point` */
+  Point: new (coordinates: number[]) => any;
+  /** `tile` of `ol/loadingstrategy` */
+  tileStrategy: (tileGrid: any) => any;
+  /** `createXYZ` of `ol/tilegrid` */
+  createXYZ: (options?: any) => any;
+}
+
+export interface SourceOptions {
+  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a view not in
+   * EPSG:3857) and of `setViewport`; default `reportError`. */
+  onError?: (error: FetchError | TilewarmError | unknown) => void;
+}
+
+/**
+ * An OpenLayers `VectorSource` whose features come from `cache.loadTiles` through a tile
+ * loading strategy (256-px XYZ tiles; one call per tile, a tick's calls go out together).
+ * One feature per item (its id is the item's id), with properties `class`, `access`,
+ * `stale` and `item`. Views in EPSG:3857.
+ * @example
+ * import VectorSource from 'ol/source/Vector.js';
+ * import Feature from 'ol/Feature.js';
+ * import Point from 'ol/geom/Point.js';
+ * import { tile as tileStrategy } from 'ol/loadingstrategy.js';
+ * import { createXYZ } from 'ol/tilegrid.js';
+ * const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+ * map.addLayer(new VectorLayer({ source }));
+ * const detach = follow(map, source);
+ */
+export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: SourceOptions): any;
+
+/**
+ * Feeds `map`'s view to the source's cache once per animation frame while it moves (so
+ * tilewarm's prefetch runs) and, when a move ends, removes the features of tiles that left
+ * the view. Returns `detach()`.
+ */
+export function follow(
+  map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },
+  source: unknown,
+): () => void;
+
+/** EPSG:3857 metres of (lon, lat). */
+export function toMercator(lon: number, lat: number): [number, number];
+/** (lon, lat) of EPSG:3857 metres. */
+export function toLonLat(x: number, y: number): [number, number];

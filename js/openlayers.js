@@ -1,0 +1,244 @@
+// tilewarm/openlayers: an OpenLayers VectorSource whose features come from
+// TileCache.loadTiles through a tile loading strategy, and `follow(map, source)`, which feeds
+// the map's view to the cache (so tilewarm's prefetch runs; OpenLayers prefetches nothing for
+// a vector source) and removes the features of tiles that left the view.
+//
+//   const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+//   map.addLayer(new VectorLayer({ source }));
+//   const detach = follow(map, source);
+//
+// Each tile the strategy asks for is one `loadTiles` call (the calls of a tick go out
+// together); a feature per item, its id the item's id, so an item in tiles of two zooms is
+// one feature (held while any loaded tile has it). Views in EPSG:3857 (OpenLayers' default).
+// The adapter does not import OpenLayers: the page passes the classes in. Types:
+// openlayers.d.ts.
+
+import { wrapBox } from './box.js';
+
+const OPTION_NAMES = ['onError'];
+const OL_NAMES = ['VectorSource', 'Feature', 'Point', 'tileStrategy', 'createXYZ'];
+/** Half the width of the EPSG:3857 world, in metres. */
+const HALF = 20037508.342789244;
+
+function fail(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+/** EPSG:3857 metres of (lon, lat). */
+export function toMercator(lon, lat) {
+  const r = (Math.max(-85.0511287798, Math.min(85.0511287798, lat)) * Math.PI) / 180;
+  return [(lon / 180) * HALF, (Math.log(Math.tan(Math.PI / 4 + r / 2)) * HALF) / Math.PI];
+}
+
+/** (lon, lat) of EPSG:3857 metres. */
+export function toLonLat(x, y) {
+  return [(x / HALF) * 180, (Math.atan(Math.exp((y / HALF) * Math.PI)) * 360) / Math.PI - 90];
+}
+
+/** What the adapter keeps per source: loaded tiles and the features they hold. */
+const states = new WeakMap();
+
+/**
+ * A VectorSource over `cache`. `ol` holds the OpenLayers pieces: `VectorSource`
+ * (ol/source/Vector), `Feature` (ol/Feature), `Point` (ol/geom/Point), `tileStrategy`
+ * (`tile` of ol/loadingstrategy) and `createXYZ` (ol/tilegrid). A feature's properties:
+ * `class`, `access`, `stale` and `item` (the Item).
+ */
+export function createSource(ol, cache, options = {}) {
+  if (!ol || typeof ol !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol must be an object {${OL_NAMES.join(', ')}}`);
+  for (const k of OL_NAMES) {
+    if (typeof ol[k] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol.${k} must be OpenLayers' ${k}`);
+  }
+  if (!cache || typeof cache.loadTiles !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
+  for (const k of Object.keys(options)) {
+    if (!OPTION_NAMES.includes(k)) {
+      throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `${k} is not an option; the options are ${OPTION_NAMES.join(', ')}`);
+    }
+  }
+  if (options.onError !== undefined && typeof options.onError !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'onError must be a function');
+  }
+  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  const grid = ol.createXYZ({ tileSize: 256, maxZoom: 24 });
+  /** key "z/x/y" -> { extent, ids: Set, ctrl } of tiles loaded or loading. */
+  const tiles = new Map();
+  /** id -> { feature, tiles: Set<key> } */
+  const held = new Map();
+  let source;
+
+  function featureOf(item) {
+    const f = new ol.Feature({ geometry: new ol.Point(toMercator(item.lon, item.lat)) });
+    f.setId(item.id);
+    f.setProperties({ class: item.class, access: item.access, stale: item.stale, item }, true);
+    return f;
+  }
+
+  /** The tile's items are `items` now: hold the new ones, update changed ones, let go of
+   * the ones it no longer has. */
+  function fill(key, items) {
+    const t = tiles.get(key);
+    const next = new Set();
+    const added = [];
+    for (const item of items) {
+      next.add(item.id);
+      const h = held.get(item.id);
+      if (!h) {
+        const feature = featureOf(item);
+        held.set(item.id, { feature, tiles: new Set([key]) });
+        added.push(feature);
+        continue;
+      }
+      h.tiles.add(key);
+      const f = h.feature;
+      if (f.get('item') !== item || f.get('stale') !== item.stale) {
+        f.getGeometry().setCoordinates(toMercator(item.lon, item.lat));
+        f.setProperties({ class: item.class, access: item.access, stale: item.stale, item });
+      }
+    }
+    for (const id of t.ids) if (!next.has(id)) release(id, key);
+    t.ids = next;
+    if (added.length) source.addFeatures(added);
+    return added;
+  }
+
+  function release(id, key) {
+    const h = held.get(id);
+    if (!h) return;
+    h.tiles.delete(key);
+    if (h.tiles.size === 0) {
+      held.delete(id);
+      source.removeFeature(h.feature);
+    }
+  }
+
+  /** Forgets a tile: aborts its load, lets go of its items, and marks its extent as not
+   * loaded (so the strategy asks for it again when it comes back into view). */
+  function drop(key) {
+    const t = tiles.get(key);
+    if (!t) return;
+    tiles.delete(key);
+    t.ctrl.abort();
+    for (const id of t.ids) release(id, key);
+    source.removeLoadedExtent(t.extent);
+  }
+
+  function loader(extent, resolution, projection, success, failure) {
+    if (projection.getCode() !== 'EPSG:3857') {
+      onError(fail(RangeError, 'ERR_OUT_OF_RANGE', `tilewarm/openlayers needs a view in EPSG:3857, got ${projection.getCode()}`));
+      failure();
+      return;
+    }
+    const z = grid.getZForResolution(resolution);
+    const c = [(extent[0] + extent[2]) / 2, (extent[1] + extent[3]) / 2];
+    const [, x, y] = grid.getTileCoordForCoordAndZ(c, z);
+    if (x < 0 || y < 0 || x >= 2 ** z || y >= 2 ** z) { success([]); return; } // another world's copy
+    const key = `${z}/${x}/${y}`;
+    tiles.get(key)?.ctrl.abort();
+    const ctrl = new AbortController();
+    const t = { extent: extent.slice(), ids: tiles.get(key)?.ids ?? new Set(), ctrl };
+    tiles.set(key, t);
+    let loading;
+    try {
+      loading = cache.loadTiles([key], { signal: ctrl.signal });
+    } catch (e) {
+      tiles.delete(key);
+      onError(e);
+      failure();
+      return;
+    }
+    loading.then(([got]) => {
+      if (tiles.get(key) !== t) return;
+      if (got.error) {
+        onError(got.error);
+        tiles.delete(key);
+        for (const id of t.ids) release(id, key);
+        source.removeLoadedExtent(t.extent);
+        failure();
+        return;
+      }
+      success(fill(key, got.items));
+    }, (e) => {
+      if (!ctrl.signal.aborted) { onError(e); failure(); }
+    });
+  }
+
+  source = new ol.VectorSource({ strategy: ol.tileStrategy(grid), loader });
+  states.set(source, { cache, tiles, drop, onError });
+  return source;
+}
+
+/**
+ * Follows `map` with a source from {@link createSource}: feeds the view to
+ * `cache.setViewport` at most once per animation frame while it moves, so tilewarm's
+ * prefetch runs, and when a move ends, removes the features of tiles that left the view
+ * (and aborts their loads; tiles within a quarter of the view's size stay). Returns
+ * `detach()`.
+ */
+export function follow(map, source) {
+  if (!map || typeof map.getView !== 'function' || typeof map.on !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'map must be an ol/Map');
+  }
+  const st = states.get(source);
+  if (!st) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'source must come from createSource');
+  const { cache, tiles, drop, onError } = st;
+  const zoomOffset = cache.tileSize === 512 ? -1 : 0;
+  let frame = 0, detached = false;
+
+  function extent() {
+    const size = map.getSize();
+    const view = map.getView();
+    if (!size || !size[0] || !size[1] || view.getProjection().getCode() !== 'EPSG:3857') return undefined;
+    return view.calculateExtent(size);
+  }
+
+  function push() {
+    frame = 0;
+    const e = extent();
+    const zoom = map.getView().getZoom();
+    if (detached || !e || zoom === undefined) return;
+    const [west, south] = toLonLat(e[0], e[1]);
+    const [east, north] = toLonLat(e[2], e[3]);
+    try {
+      cache.setViewport({ ...wrapBox(west, south, east, north), zoom: Math.min(30, Math.max(0, zoom + zoomOffset)) });
+    } catch (err) {
+      onError(err);
+    }
+  }
+
+  function schedule() {
+    if (!frame && !detached) frame = requestAnimationFrame(push);
+  }
+
+  function prune() {
+    const v = extent();
+    if (!v) return;
+    // Tiles a quarter of the view beyond it stay: OpenLayers loads a render buffer
+    // (100 px by default) around the view, which would be loaded again at once.
+    const m = Math.max(v[2] - v[0], v[3] - v[1]) / 4;
+    const e = [v[0] - m, v[1] - m, v[2] + m, v[3] + m];
+    for (const [key, t] of [...tiles]) {
+      const x = t.extent;
+      if (x[2] <= e[0] || x[0] >= e[2] || x[3] <= e[1] || x[1] >= e[3]) drop(key);
+    }
+    schedule();
+  }
+
+  const view = map.getView();
+  view.on('change:center', schedule);
+  view.on('change:resolution', schedule);
+  map.on('change:size', schedule);
+  map.on('moveend', prune);
+  push();
+  return function detach() {
+    if (detached) return;
+    detached = true;
+    if (frame) cancelAnimationFrame(frame);
+    view.un('change:center', schedule);
+    view.un('change:resolution', schedule);
+    map.un('change:size', schedule);
+    map.un('moveend', prune);
+  };
+}

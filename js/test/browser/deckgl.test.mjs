@@ -1,0 +1,86 @@
+// tilewarm/deckgl in headless Chromium with real deck.gl (WebGL2 on SwiftShader), on a page
+// built by Vite over the package (scripts/test-browser.sh). Checks: after pans and zooms the
+// visible tiles draw exactly the items the backend has (nothing twice, nothing left over);
+// a one-tile pan after prefetch sends no foreground request (the layer feeds deck's view to
+// the planner); no console errors. Screenshot: target/browser-test/deckgl.png.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
+import { browserPath, CHROMIUM_ARGS, checkDrawn, dist, startPageServer, until } from './support.mjs';
+
+const [, SX, SY] = SEATTLE;
+/** One z14 data tile in degrees of longitude. */
+const TILE_LON = 360 / 2 ** 14;
+
+describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
+  let backend, pages, browser, page;
+  const problems = [];
+
+  before(async () => {
+    backend = await startBackend();
+    pages = await startPageServer(backend);
+    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
+    page = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await page.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
+    await until(page, () => window.__tw !== undefined, null, 'the page');
+  });
+
+  after(async () => {
+    await browser?.close();
+    pages?.close();
+    backend?.close();
+  });
+
+  /** Waits until every selected tile is loaded and drawn, only they are visible, and
+   * nothing is in flight. */
+  function settled(what) {
+    return until(page, () => {
+      const s = window.__tw.state();
+      if (!s || !s.current || !s.loaded || s.stats.inFlight > 0 || !s.selected.length) return false;
+      if (Object.values(s.drawn).some((n) => n < 0)) return false;
+      if (s.visible.length !== s.selected.length || s.visible.some((id) => !s.selected.includes(id))) return false;
+      return s;
+    }, null, what);
+  }
+
+  it('the visible tiles draw the items the backend has, after pans and zooms', async () => {
+    let s = await settled('first tiles');
+    assert.ok(Object.values(s.drawn).some((n) => n > 0));
+    checkDrawn(assert, backend, s.drawn);
+    await page.screenshot({ path: join(dist, 'deckgl.png') });
+    // Each view centred on a z14 tile's centre, so its host tiles (z15 at deck zoom 14.5 and
+    // 15.3, z13 at 13.2) all touch the view and the check compares whole data tiles.
+    for (const [dx, dy, zoom] of [[2, 0, 14.5], [2, 0, 13.2], [-1, 1, 15.3], [-4, -2, 14.5]]) {
+      const [longitude, latitude] = tileCorner(14, SX + dx + 0.5, SY + dy + 0.5);
+      await page.evaluate((v) => window.__tw.setView(v), { longitude, latitude, zoom });
+      s = await settled('after a move');
+      checkDrawn(assert, backend, s.drawn);
+    }
+    assert.deepEqual(s.errors, []);
+  });
+
+  it('a one-tile pan after prefetch sends no foreground request', async () => {
+    // A part of the dataset no earlier step came near, so only prefetch can have loaded
+    // the tiles the pan reaches.
+    const [lon, lat] = tileCorner(14, SX + 7.5, SY + 6.5);
+    const p0 = await page.evaluate(() => window.__tw.cache.stats().prefetchRequests);
+    await page.evaluate(([longitude, latitude]) => window.__tw.setView({ longitude, latitude, zoom: 14.5 }), [lon, lat]);
+    await settled('tiles at 14.5');
+    await until(page, (p0) => window.__tw.cache.stats().inFlight === 0 && window.__tw.cache.stats().prefetchRequests > p0, p0, 'prefetch done');
+    const fg = (st) => st.requests - st.prefetchRequests;
+    const before = await page.evaluate(() => window.__tw.cache.stats());
+    await page.evaluate((d) => window.__tw.setView({ longitude: window.__tw.deck.props.viewState.longitude + d }), TILE_LON);
+    const s = await settled('after a one-tile pan');
+    checkDrawn(assert, backend, s.drawn);
+    assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('no console errors', () => {
+    assert.deepEqual(problems, []);
+  });
+});

@@ -1,0 +1,80 @@
+// The tilewarm/deckgl test page: real deck.gl (WebGL2), no base map (no network), the tilewarm
+// TileLayer over the batch endpoint beside the page (/batch), dots by ScatterplotLayer.
+import { Deck } from '@deck.gl/core';
+import { TileLayer } from '@deck.gl/geo-layers';
+import { ScatterplotLayer } from '@deck.gl/layers';
+import { TileCache } from 'tilewarm';
+import { extendTileLayer } from 'tilewarm/deckgl';
+
+const params = new URLSearchParams(location.search);
+const cache = await TileCache.create({
+  endpoint: new URL('/batch', location.href).href,
+  minZoom: 12,
+  prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+});
+const errors = [];
+cache.onError((e) => errors.push(e.message));
+const TilewarmTileLayer = extendTileLayer(TileLayer);
+
+function layer() {
+  return new TilewarmTileLayer({
+    id: 'homes',
+    cache,
+    minZoom: 12,
+    maxZoom: 16,
+    onTileError: (e) => errors.push(String(e)),
+    onViewError: (e) => errors.push(String(e)),
+    renderSubLayers: (props) => new ScatterplotLayer({
+      ...props,
+      getPosition: (d) => [d.lon, d.lat],
+      getFillColor: (d) => (d.stale ? [148, 163, 184] : [234, 88, 12]),
+      getLineColor: [255, 255, 255],
+      stroked: true,
+      lineWidthMinPixels: 1,
+      radiusUnits: 'pixels',
+      getRadius: 4,
+    }),
+  });
+}
+
+let viewState = { longitude: Number(params.get('lon')), latitude: Number(params.get('lat')), zoom: Number(params.get('zoom')) };
+const deck = new Deck({
+  parent: document.getElementById('map'),
+  viewState,
+  controller: true,
+  onViewStateChange: ({ viewState: v }) => { viewState = v; deck.setProps({ viewState }); },
+  layers: [layer()],
+});
+
+/** Moves the view (a new layer instance each time, as a deck.gl app renders). */
+function setView(v) {
+  viewState = { ...viewState, ...v };
+  deck.setProps({ viewState, layers: [layer()] });
+}
+
+/** The layer as deck holds it: its tileset. */
+function tileset() {
+  return deck.layerManager?.getLayers().find((l) => l.id === 'homes')?.state?.tileset;
+}
+
+/** Items drawn per visible tile (the ScatterplotLayers deck renders), and counters. */
+function state() {
+  const ts = tileset();
+  if (!ts) return null;
+  const drawn = {};
+  const selected = ts.selectedTiles.map((t) => t.id);
+  for (const t of ts.tiles) {
+    if (!t.isVisible || !t.isLoaded) continue;
+    const subs = (t.layers ?? []).filter((l) => l.isLoaded !== false);
+    drawn[`${t.index.x}:${t.index.y}:${t.index.z}`] = subs.length ? subs[0].props.data.length : -1;
+  }
+  // The view the layer last updated for is the one asked for (setProps applies on a frame).
+  const vp = deck.layerManager.getLayers().find((l) => l.id === 'homes').context.viewport;
+  const current = Math.abs(vp.zoom - viewState.zoom) < 1e-9 && Math.abs(vp.longitude - viewState.longitude) < 1e-9
+    && Math.abs(vp.latitude - viewState.latitude) < 1e-9;
+  return {
+    current, drawn, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
+    loaded: ts.selectedTiles.every((t) => t.isLoaded), stats: cache.stats(), errors, zoom: viewState.zoom,
+  };
+}
+window.__tw = { deck, cache, setView, state, tileset };

@@ -1,0 +1,117 @@
+// tilewarm/openlayers in headless Chromium with real OpenLayers, on a page built by Vite over
+// the package (scripts/test-browser.sh). Checks: after pans and zooms the source holds exactly
+// the backend's items of the data tiles in view (nothing twice, nothing left behind from
+// earlier views); a one-tile pan after prefetch sends no foreground request (follow() feeds
+// the view to the planner); no console errors. Screenshot: target/browser-test/openlayers.png.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
+import { browserPath, CHROMIUM_ARGS, dist, startPageServer, until } from './support.mjs';
+
+const [, SX, SY] = SEATTLE;
+const HALF = 20037508.342789244;
+const lonLat = (x, y) => [(x / HALF) * 180, (Math.atan(Math.exp((y / HALF) * Math.PI)) * 360) / Math.PI - 90];
+/** One z14 data tile in EPSG:3857 metres. */
+const TILE_M = (2 * HALF) / 2 ** 14;
+
+describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () => {
+  let backend, pages, browser, page;
+  const problems = [];
+
+  before(async () => {
+    backend = await startBackend();
+    pages = await startPageServer(backend);
+    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
+    page = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await page.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
+    await until(page, () => window.__tw !== undefined, null, 'the page');
+  });
+
+  after(async () => {
+    await browser?.close();
+    pages?.close();
+    backend?.close();
+  });
+
+  /** Waits until the source loaded everything and the map rendered it. */
+  function settled(what) {
+    return until(page, () => {
+      const s = window.__tw.state();
+      if (s.loading || s.stats.inFlight > 0 || window.__tw.rendered() === 0) return false;
+      return s;
+    }, null, what);
+  }
+
+  /** The source holds each item once, every item of the data tiles the view shows, and
+   * nothing outside the tiles that touch the view: the result of recomputing from scratch
+   * (tiles in view at the zoom of the view and at z14, which the source may still hold). */
+  function check(s) {
+    assert.equal(new Set(s.ids).size, s.ids.length, 'no item twice');
+    const [w, so] = lonLat(s.extent[0], s.extent[1]);
+    const [e, n] = lonLat(s.extent[2], s.extent[3]);
+    const inView = (lon, lat) => lon >= w && lon <= e && lat >= so && lat <= n;
+    const ids = new Set(s.ids);
+    // Nothing missing: every backend item in the view is there.
+    const want = backend.items.filter((it) => it.access === 'public' && inView(it.lon, it.lat));
+    assert.ok(want.length > 0);
+    for (const it of want) assert.ok(ids.has(it.id), `item ${it.id} in view is shown`);
+    // Nothing left behind: every item held is in a z14 data tile that touches the view or
+    // is next to it (the source keeps the tiles of OpenLayers' render buffer, 100 px).
+    const [, x0, y0] = tileOf(w, n, 14);
+    const [, x1, y1] = tileOf(e, so, 14);
+    for (const [lon, lat] of s.lonlat) {
+      const [, x, y] = tileOf(lon, lat, 14);
+      assert.ok(x >= x0 - 1 && x <= x1 + 1 && y >= y0 - 1 && y <= y1 + 1, `item at ${lon},${lat} is near the view`);
+    }
+  }
+
+  async function move(fn, arg) {
+    const r0 = await page.evaluate(() => window.__tw.rendered());
+    await page.evaluate(fn, arg);
+    await until(page, (r0) => window.__tw.rendered() > r0, r0, 'a render');
+    return settled('after a move');
+  }
+
+  it('the source holds the items of the view, after pans and zooms', async () => {
+    let s = await settled('first features');
+    check(s);
+    await page.screenshot({ path: join(dist, 'openlayers.png') });
+    for (const [dx, dy, z] of [[2, 0, 15], [0, 0, 14], [-3, 1, 15.5], [6, 4, 15]]) {
+      s = await move(([dx, dy, z, m]) => {
+        const v = window.__tw.map.getView();
+        const [cx, cy] = v.getCenter();
+        v.setCenter([cx + dx * m, cy - dy * m]);
+        v.setZoom(z);
+      }, [dx, dy, z, TILE_M]);
+      check(s);
+    }
+    assert.deepEqual(s.errors, []);
+  });
+
+  it('a one-tile pan after prefetch sends no foreground request', async () => {
+    // A part of the dataset no earlier step came near, so only prefetch can have loaded
+    // the tiles the pan reaches.
+    const [lon, lat] = tileCorner(14, SX - 7.5, SY - 6.5);
+    const p0 = await page.evaluate(() => window.__tw.cache.stats().prefetchRequests);
+    await move(([lon, lat]) => window.__tw.map.getView().setCenter(window.__tw.fromLonLat([lon, lat])), [lon, lat]);
+    await until(page, (p0) => window.__tw.cache.stats().inFlight === 0 && window.__tw.cache.stats().prefetchRequests > p0, p0, 'prefetch done');
+    const fg = (st) => st.requests - st.prefetchRequests;
+    const before = await page.evaluate(() => window.__tw.cache.stats());
+    const s = await move((m) => {
+      const v = window.__tw.map.getView();
+      const [cx, cy] = v.getCenter();
+      v.setCenter([cx + m, cy]);
+    }, TILE_M);
+    check(s);
+    assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('no console errors', () => {
+    assert.deepEqual(problems, []);
+  });
+});

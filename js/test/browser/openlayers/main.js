@@ -1,0 +1,47 @@
+// The tilewarm/openlayers test page: real OpenLayers, no base layer (no network), a vector
+// layer over the tilewarm source (/batch beside the page).
+import 'ol/ol.css';
+import Map from 'ol/Map.js';
+import View from 'ol/View.js';
+import VectorLayer from 'ol/layer/Vector.js';
+import VectorSource from 'ol/source/Vector.js';
+import Feature from 'ol/Feature.js';
+import Point from 'ol/geom/Point.js';
+import { tile as tileStrategy } from 'ol/loadingstrategy.js';
+import { createXYZ } from 'ol/tilegrid.js';
+import { fromLonLat } from 'ol/proj.js';
+import { Circle, Fill, Stroke, Style } from 'ol/style.js';
+import { TileCache } from 'tilewarm';
+import { createSource, follow } from 'tilewarm/openlayers';
+
+const params = new URLSearchParams(location.search);
+const cache = await TileCache.create({
+  endpoint: new URL('/batch', location.href).href,
+  minZoom: 12,
+  prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+});
+const errors = [];
+cache.onError((e) => errors.push(e.message));
+const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(String(e)) });
+const styles = [false, true].map((stale) => new Style({
+  image: new Circle({ radius: 4, fill: new Fill({ color: stale ? '#94a3b8' : '#ea580c' }), stroke: new Stroke({ color: '#fff', width: 1 }) }),
+}));
+const map = new Map({
+  target: 'map',
+  layers: [new VectorLayer({ source, style: (f) => styles[f.get('stale') ? 1 : 0] })],
+  view: new View({ center: fromLonLat([Number(params.get('lon')), Number(params.get('lat'))]), zoom: Number(params.get('zoom')) }),
+});
+follow(map, source);
+
+/** Features in the source (ids), rendered? and counters. */
+function state() {
+  const ids = source.getFeatures().map((f) => f.getId());
+  return {
+    ids, lonlat: source.getFeatures().map((f) => [f.get('item').lon, f.get('item').lat]),
+    loading: source.loading, extent: map.getView().calculateExtent(map.getSize()),
+    stats: cache.stats(), errors, zoom: map.getView().getZoom(),
+  };
+}
+let rendered = 0;
+map.on('rendercomplete', () => { rendered++; });
+window.__tw = { map, cache, source, state, rendered: () => rendered, fromLonLat };
