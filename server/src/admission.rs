@@ -198,6 +198,7 @@ mod tests {
         let with_sub = Caller {
             tier: Access::Verified,
             sub: Some("alice".into()),
+            admin: false,
         };
         assert_eq!(caller_key(&with_sub, Some(ip)), "sub:alice");
         assert_eq!(caller_key(&Caller::anonymous(), Some(ip)), "ip:192.0.2.7");

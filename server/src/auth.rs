@@ -15,7 +15,8 @@
 //! Checked claims: `exp` (required), `nbf` (when present), `iss` and `aud` (when
 //! configured), with `--jwt-leeway-s` of clock leeway. The tier is the claim named by
 //! `--jwt-tier-claim` (default `tilewarm_access`): a tier name; a valid token without it
-//! is `public`. `sub`, when present, identifies the caller.
+//! is `public`. `sub`, when present, identifies the caller. `tilewarm_admin: true`
+//! ([`ADMIN_CLAIM`]) allows `POST /v1/invalidate`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -47,6 +48,8 @@ pub struct Caller {
     pub tier: Access,
     /// The token's `sub`, when it had one (for per-caller limits).
     pub sub: Option<String>,
+    /// The token carries [`ADMIN_CLAIM`]` = true`: may call `POST /v1/invalidate`.
+    pub admin: bool,
 }
 
 impl Caller {
@@ -55,9 +58,15 @@ impl Caller {
         Caller {
             tier: Access::Public,
             sub: None,
+            admin: false,
         }
     }
 }
+
+/// The claim that lets a verified token call `POST /v1/invalidate`: `"tilewarm_admin":
+/// true` (a boolean; any other value is no grant). Only a verified JWT can carry it: with
+/// `--trust-tier-header` or no key, nobody may invalidate over HTTP.
+pub const ADMIN_CLAIM: &str = "tilewarm_admin";
 
 /// Why a credential was refused (answered with 401 and
 /// `WWW-Authenticate: Bearer error="invalid_token"`). The message never quotes the token.
@@ -211,7 +220,11 @@ impl Verifier {
                                 "header {name} is not a tier: public, registered, verified or agent"
                             ))
                         })?;
-                    Ok(Caller { tier, sub: None })
+                    Ok(Caller {
+                        tier,
+                        sub: None,
+                        admin: false,
+                    })
                 }
             },
             Mode::Off => match headers.get(AUTHORIZATION) {
@@ -303,7 +316,8 @@ impl Verifier {
             .get("sub")
             .and_then(Value::as_str)
             .map(|s| s.chars().take(256).collect());
-        Ok(Caller { tier, sub })
+        let admin = claims.get(ADMIN_CLAIM) == Some(&Value::Bool(true));
+        Ok(Caller { tier, sub, admin })
     }
 }
 
@@ -311,15 +325,19 @@ impl Verifier {
 pub const DEV_TOKEN_TTL_S: u64 = 900;
 
 impl Verifier {
-    /// A short-lived token for `tier`, signed with the HS256 secret (`--dev-tokens` only;
-    /// the route serving it answers loopback callers only). `None` without `--dev-tokens`.
-    pub fn dev_token(&self, tier: Access, now_s: u64) -> Option<String> {
+    /// A short-lived token for `tier` (with [`ADMIN_CLAIM`] when `admin`), signed with the
+    /// HS256 secret (`--dev-tokens` only; the route serving it answers loopback callers
+    /// only). `None` without `--dev-tokens`.
+    pub fn dev_token(&self, tier: Access, admin: bool, now_s: u64) -> Option<String> {
         let signer = self.dev_signer.as_ref()?;
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), Value::from(format!("dev-{tier}")));
         claims.insert("iat".into(), Value::from(now_s));
         claims.insert("exp".into(), Value::from(now_s + DEV_TOKEN_TTL_S));
         claims.insert(self.tier_claim.clone(), Value::from(tier.to_string()));
+        if admin {
+            claims.insert(ADMIN_CLAIM.into(), Value::Bool(true));
+        }
         if let Some(iss) = &self.issuer {
             claims.insert("iss".into(), Value::from(iss.as_str()));
         }

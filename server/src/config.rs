@@ -285,6 +285,16 @@ pub struct Config {
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub warmup_batch_tiles: usize,
 
+    /// Change stream retention: about this many invalidations are kept (Redis `XADD MAXLEN
+    /// ~ N`, or in-process). A `GET /v1/changes` client that resumes from an event older than
+    /// that gets a `reset` (invalidate everything) instead of the events it missed.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub changes_retention: usize,
+
+    /// Most open `GET /v1/changes` streams; one more is answered 503 `overloaded`.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub changes_max_subscribers: usize,
+
     /// Fault injection for the soak test (`server/soak/run.sh`), hidden from `--help`: with
     /// N > 0, each SIGUSR1 the process receives toggles an extra N ms on every origin call
     /// (off at start). Only a local process allowed to signal the server can flip it; no
@@ -447,6 +457,9 @@ impl Config {
             }
         } else if self.redis_read_from_replicas {
             return bad("--redis-read-from-replicas needs --redis (a Redis Cluster)".into());
+        }
+        if self.changes_retention == 0 {
+            return bad("--changes-retention must be at least 1, got 0".into());
         }
         if self.redis_timeout_ms == 0 {
             return bad("--redis-timeout-ms must be at least 1, got 0".into());

@@ -100,6 +100,21 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
             }),
         )
         .route(
+            "/v1/invalidate",
+            post(invalidate_handler).fallback(|| async {
+                error_response(
+                    ErrorCode::MethodNotAllowed,
+                    "/v1/invalidate accepts POST (and OPTIONS for CORS preflight)",
+                )
+            }),
+        )
+        .route(
+            "/v1/changes",
+            get(changes_handler).fallback(|| async {
+                error_response(ErrorCode::MethodNotAllowed, "/v1/changes accepts GET")
+            }),
+        )
+        .route(
             "/healthz",
             get(healthz).fallback(|| async {
                 error_response(ErrorCode::MethodNotAllowed, "/healthz accepts GET")
@@ -155,7 +170,11 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
     let base = || {
         CorsLayer::new()
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([CONTENT_TYPE, AUTHORIZATION])
+            .allow_headers([
+                CONTENT_TYPE,
+                AUTHORIZATION,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
             .expose_headers([axum::http::HeaderName::from_static(ACCESS_HEADER)])
             .max_age(Duration::from_secs(600))
     };
@@ -184,6 +203,8 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
 async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
         "/v1/batch" => "/v1/batch",
+        "/v1/invalidate" => "/v1/invalidate",
+        "/v1/changes" => "/v1/changes",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",
@@ -196,7 +217,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 async fn not_found() -> Response {
     error_response(
         ErrorCode::NotFound,
-        "no such route: the API is POST /v1/batch and GET /healthz (GET /metrics with --metrics-public, or on --metrics-listen)",
+        "no such route: the API is POST /v1/batch, POST /v1/invalidate, GET /v1/changes and GET /healthz (GET /metrics with --metrics-public, or on --metrics-listen)",
     )
 }
 
@@ -301,14 +322,129 @@ async fn batch_inner(
     }
 }
 
+/// `POST /v1/invalidate`: a caller whose verified token has [`crate::auth::ADMIN_CLAIM`]
+/// drops what the body names from every tier: the change goes on the stream (`XADD`), is
+/// deleted from this instance's tier and write guard, and the answer is
+/// `{"id":"<stream id>"}`. No token: 401; a token without the claim: 403. The other
+/// instances and the feed's clients apply it from the stream ([`crate::stream`]).
+async fn invalidate_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = match app.auth.caller(&headers) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e.0),
+    };
+    if headers.get(AUTHORIZATION).is_none() {
+        return unauthorized(format!(
+            "POST /v1/invalidate needs a bearer token with the {} claim",
+            crate::auth::ADMIN_CLAIM
+        ));
+    }
+    if !caller.admin {
+        return error_response(
+            ErrorCode::Forbidden,
+            format!(
+                "this token may not invalidate: POST /v1/invalidate needs \"{}\": true in a verified token",
+                crate::auth::ADMIN_CLAIM
+            ),
+        );
+    }
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    if let Err(e) = check_content_type(content_type) {
+        return error_response(e.code, e.message);
+    }
+    let max = app
+        .limits
+        .max_request_bytes()
+        .min(app.limits.max_body_bytes);
+    let read = tokio::time::timeout(
+        app.admission.body_timeout,
+        Limited::new(body, max).collect(),
+    );
+    let bytes = match read.await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => {
+            return error_response(
+                ErrorCode::PayloadTooLarge,
+                format!("body is more than {max} bytes, at most {max} are allowed"),
+            )
+        }
+        Err(_) => {
+            return error_response(ErrorCode::RequestTimeout, "the body did not arrive in time")
+        }
+    };
+    let inv = match tilewarm::protocol::decode_invalidation(&bytes, &app.limits) {
+        Ok(i) => i,
+        Err(e) => return error_response(e.code(), e.to_string()),
+    };
+    // On the stream first: an instance whose write-back lands after the delete below
+    // then finds it there (crate::stream).
+    let id = match app.changes.publish(&inv).await {
+        Ok(id) => id,
+        Err(e) => {
+            return error_response(
+                ErrorCode::Overloaded,
+                format!("{e}: nothing was invalidated, retry"),
+            )
+        }
+    };
+    if let Err(e) = crate::invalidate::invalidate(&app, &inv).await {
+        return error_response(
+            ErrorCode::Overloaded,
+            format!("the change is on the stream as {id} but this instance's {e}; retry"),
+        );
+    }
+    json_response(serde_json::json!({ "id": id }).to_string())
+}
+
+/// `GET /v1/changes`: the change feed as server-sent events (`ready`, then `invalidate`
+/// events with the invalidation as data, or `reset`), each with `id:` = its stream id;
+/// `Last-Event-ID` resumes after that id. Same authentication as `/v1/batch` (a sent token
+/// must verify; none is `public`): events carry ids, tiles and classes, never item data.
+async fn changes_handler(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(e) = app.auth.caller(&headers) {
+        return unauthorized(e.0);
+    }
+    let after = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => match v
+            .to_str()
+            .ok()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<tilewarm::protocol::StreamId>)
+        {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                return error_response(ErrorCode::BadRequest, format!("Last-Event-ID: {e}"))
+            }
+        },
+    };
+    match app.changes.subscribe(after).await {
+        Ok(Some(sse)) => sse.into_response(),
+        Ok(None) => error_response(
+            ErrorCode::Overloaded,
+            format!(
+                "{} change feed streams are open (--changes-max-subscribers); retry later",
+                app.config.changes_max_subscribers
+            ),
+        ),
+        Err(e) => error_response(ErrorCode::Overloaded, e.to_string()),
+    }
+}
+
 /// The tier an answer is filtered for: the verified tier, lowered by the request's
 /// `access` (never raised by it).
 pub fn effective_tier(verified: Access, asked: Access) -> Access {
     verified.min(asked)
 }
 
-/// `POST /dev/token {"access":"<tier>"}` (`--dev-tokens` only): a short-lived token for
-/// that tier, to loopback callers only.
+/// `POST /dev/token {"access":"<tier>", "admin": true?}` (`--dev-tokens` only): a
+/// short-lived token for that tier (allowed to invalidate with `admin`), to loopback
+/// callers only.
 async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
     let peer = req
         .extensions()
@@ -326,9 +462,11 @@ async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
             return error_response(ErrorCode::PayloadTooLarge, "body is more than 1024 bytes");
         }
     };
-    let asked = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
+    let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let asked = body
+        .as_ref()
         .and_then(|v| v.get("access").and_then(|a| a.as_str()).map(str::to_owned));
+    let admin = body.as_ref().and_then(|v| v.get("admin")) == Some(&serde_json::Value::Bool(true));
     let Some(tier) = asked.and_then(|a| a.parse::<Access>().ok()) else {
         return error_response(
             ErrorCode::BadRequest,
@@ -339,7 +477,7 @@ async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    match app.auth.dev_token(tier, now) {
+    match app.auth.dev_token(tier, admin, now) {
         Some(token) => json_response(
             serde_json::json!({
                 "token": token,

@@ -1,6 +1,8 @@
 //! Invalidation of the server's cache tier: the one entry point for whatever learns that
-//! items changed — the PostGIS change feed today ([`crate::origin::changes`]), an
-//! authenticated `POST /v1/invalidate` and a cross-instance stream later (issue 19).
+//! items changed — the PostGIS change feed ([`crate::origin::changes`]), the authenticated
+//! `POST /v1/invalidate` ([`crate::stream`] then tells the other instances and the
+//! clients), and another instance's invalidation read from the change stream
+//! ([`apply_remote`]).
 //!
 //! [`invalidate`] takes an [`Invalidation`] (ids, tiles, classes, or everything) and removes
 //! the matching entries from the tier, in-process or Redis:
@@ -31,58 +33,8 @@ use tilewarm::TileId;
 use crate::tier::{Fill, TierError};
 use crate::App;
 
-/// What to invalidate. Empty fields cover nothing; `all` covers everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Invalidation {
-    pub ids: Vec<String>,
-    /// Tiles at any zoom: a finer tile stands for its data-zoom ancestor, a coarser one for
-    /// every data tile inside it.
-    pub tiles: Vec<TileId>,
-    pub classes: Vec<String>,
-    pub all: bool,
-}
-
-impl Invalidation {
-    /// Everything.
-    pub fn everything() -> Invalidation {
-        Invalidation {
-            all: true,
-            ..Invalidation::default()
-        }
-    }
-
-    /// Whether it covers nothing.
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.ids.is_empty() && self.tiles.is_empty() && self.classes.is_empty()
-    }
-
-    /// Adds `other` to this one.
-    pub fn merge(&mut self, other: Invalidation) {
-        self.all |= other.all;
-        self.ids.extend(other.ids);
-        self.tiles.extend(other.tiles);
-        self.classes.extend(other.classes);
-    }
-
-    /// Sorts and removes repeats (fewer keys to delete).
-    pub fn dedup(&mut self) {
-        self.ids.sort_unstable();
-        self.ids.dedup();
-        self.tiles.sort_unstable();
-        self.tiles.dedup();
-        self.classes.sort_unstable();
-        self.classes.dedup();
-    }
-
-    /// Whether a data tile's list is covered.
-    fn covers_tile(&self, data_tile: TileId) -> bool {
-        self.all
-            || self
-                .tiles
-                .iter()
-                .any(|&t| t.contains(data_tile) || data_tile.contains(t))
-    }
-}
+/// What to invalidate: the core's wire type, shared with the edge and the package.
+pub use tilewarm::protocol::Invalidation;
 
 /// Invalidations kept for [`WriteGuard::filter`].
 pub const LOG_LEN: usize = 4096;
@@ -193,6 +145,14 @@ pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> 
         s.errors.fetch_add(1, Relaxed);
     }
     r
+}
+
+/// Applies another instance's invalidation, read from the change stream: recorded in this
+/// instance's write guard (so a fetch of this instance that was in flight across the change
+/// does not write the old value back) and deleted from the tier again (a write-back of
+/// this instance that landed between the other instance's delete and now is removed).
+pub async fn apply_remote(app: &App, inv: &Invalidation) -> Result<(), TierError> {
+    invalidate(app, inv).await
 }
 
 /// Writes `fill`, fetched from the origin after `epoch`, into the tier: whatever an

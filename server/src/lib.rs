@@ -19,6 +19,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod origin;
 pub mod redis_conn;
+pub mod stream;
 pub mod tier;
 pub mod warmup;
 
@@ -56,6 +57,9 @@ pub struct App {
     pub auth: auth::Verifier,
     /// Per-caller limits and the body timeout ([`admission`]).
     pub admission: admission::Admission,
+    /// The change stream: invalidations for the other instances and `GET /v1/changes`
+    /// ([`stream`]).
+    pub changes: Arc<stream::ChangeStream>,
 }
 
 /// Starting failed; the message says what to fix.
@@ -98,6 +102,8 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }
+        // Feed streams never end by themselves: end them so connections can close.
+        self.app.changes.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
 
@@ -167,6 +173,19 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             );
         }
     }
+    let changes = match &config.redis {
+        Some(spec) => stream::ChangeStream::redis(
+            &redis_conn::RedisTarget::parse(spec).map_err(StartError::Redis)?,
+            &config.redis_prefix,
+            Duration::from_millis(config.redis_timeout_ms),
+            config.changes_retention,
+            config.changes_max_subscribers,
+        )
+        .map_err(|e| StartError::Redis(e.to_string()))?,
+        None => {
+            stream::ChangeStream::local(config.changes_retention, config.changes_max_subscribers)
+        }
+    };
     let origin = OriginService::open(&config, Arc::clone(&metrics)).await?;
     info!(origin = %origin.describe(), "origin ready");
     let (warmup, rx) = Warmup::new(
@@ -191,8 +210,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             config.retry_after_s,
             Duration::from_millis(config.body_timeout_ms),
         ),
+        changes: Arc::new(changes),
         config,
     });
+    if app.changes.is_redis() {
+        stream::spawn_reader(Arc::downgrade(&app));
+    }
     if let Some(feed) = app.origin.change_feed() {
         origin::changes::spawn(Arc::downgrade(&app), feed);
     }

@@ -391,8 +391,10 @@ impl RedisTier {
         data_zoom: u8,
     ) -> redis::RedisResult<()> {
         if inv.all {
+            // Everything but the change stream, which records this very invalidation.
+            let stream = crate::stream::changes_key(&self.prefix);
             return self
-                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |_| true)
+                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| k != stream)
                 .await;
         }
         let mut keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();

@@ -14,7 +14,8 @@
 # Two runs: anonymous (every caller is `public`: a body asking for more is a documented
 # 403), then with an `agent` bearer token from the server's loopback-only --dev-tokens
 # route (a throwaway random secret per run). `/metrics` is served on the API address
-# (--metrics-public) so its documented 200 is exercised. Reports: target/schemathesis/junit.xml and
+# (--metrics-public) so its documented 200 is exercised. GET /v1/changes is left out: its
+# event stream never ends, so no generated request to it would finish. Reports: target/schemathesis/junit.xml and
 # junit-token.xml.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +43,7 @@ run() { # JUNIT_FILE [schemathesis flags...]
   PYTHONPATH=server/tests/schemathesis SCHEMATHESIS_HOOKS=tw_hooks \
     target/schemathesis-venv/bin/schemathesis run docs/openapi.yaml \
     --url "http://127.0.0.1:$port" --checks all --max-examples "$examples" --seed "${ST_SEED:-1}" \
-    --workers 1 --continue-on-failure --report junit --report-junit-path "$out/$junit" --no-color "$@"
+    --workers 1 --exclude-path /v1/changes --continue-on-failure --report junit --report-junit-path "$out/$junit" --no-color "$@"
 }
 rc=0
 echo "schemathesis: anonymous (public)"

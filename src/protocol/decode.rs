@@ -64,7 +64,7 @@ pub(super) fn clip_middle(s: &str, max: usize) -> String {
 
 /// A JSON array (or `null`, read as empty) of at most `max` elements, each read with a seed
 /// from `seed`. Elements past `max` are skipped unread and counted for the error.
-struct Bounded<'a, F> {
+pub(super) struct Bounded<'a, F> {
     what: &'static str,
     max: usize,
     slot: &'a Slot,
@@ -132,7 +132,7 @@ where
     }
 }
 
-fn bounded<'a, T>(
+pub(super) fn bounded<'a, T>(
     what: &'static str,
     max: usize,
     slot: &'a Slot,
@@ -145,7 +145,11 @@ fn bounded<'a, T>(
     }
 }
 
-fn set_once<T, E: de::Error>(field: &mut Option<T>, name: &'static str, v: T) -> Result<(), E> {
+pub(super) fn set_once<T, E: de::Error>(
+    field: &mut Option<T>,
+    name: &'static str,
+    v: T,
+) -> Result<(), E> {
     if field.is_some() {
         return Err(E::duplicate_field(name));
     }

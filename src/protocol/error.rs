@@ -81,6 +81,18 @@ pub enum ProtocolError {
     /// A request with no tiles and no ids.
     #[error("request has no tiles and no ids: at least one tile or one id is required")]
     EmptyRequest,
+    /// An invalidation `classes[index]` is not a valid class.
+    #[error("classes[{index}]: {reason}")]
+    InvalidClass { index: usize, reason: String },
+    /// An invalidation that covers nothing.
+    #[error("invalidation covers nothing: give ids, tiles, classes, or \"all\": true")]
+    EmptyInvalidation,
+    /// A change stream id that is not `<ms>-<seq>`.
+    #[error(
+        "stream id {}: must be <milliseconds>-<sequence>, two whole numbers",
+        Quoted(input)
+    )]
+    InvalidStreamId { input: String },
 }
 
 impl ProtocolError {

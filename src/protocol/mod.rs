@@ -14,6 +14,9 @@
 //! and [`decode_error`] for the client. Decoding never panics; every failure is a
 //! [`ProtocolError`] whose message names the offending field and what is allowed.
 //!
+//! Invalidation (`POST /v1/invalidate`, the change feed) is in `change.rs`
+//! ([`Invalidation`], [`decode_invalidation`], [`StreamId`]).
+//!
 //! Files: `request.rs` ([`BatchRequest`], [`decode_request`]), `response.rs`
 //! ([`BatchResponse`], [`decode_response`]), `error_body.rs` ([`ErrorBody`], [`ErrorCode`],
 //! [`decode_error`]), `limits.rs` ([`Limits`]), `error.rs` ([`ProtocolError`]),
@@ -68,6 +71,7 @@
 //! assert!(resp.missing.is_empty());
 //! ```
 
+mod change;
 mod decode;
 mod error;
 mod error_body;
@@ -78,6 +82,7 @@ mod response;
 mod tests;
 mod validate;
 
+pub use change::{decode_invalidation, Invalidation, StreamId, MAX_CLASSES};
 pub use error::ProtocolError;
 pub use error_body::{
     decode_error, ErrorBody, ErrorCode, MAX_ERROR_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS,

@@ -161,6 +161,41 @@ async fn real_responses_match_docs_openapi_yaml() {
     assert_eq!(ok.json()["access"], "public");
     conforms(&spec, "/v1/batch", "post", &ok);
 
+    // POST /v1/invalidate: its answer and its errors.
+    let inv = format!("{}/v1/invalidate", s.url());
+    let admin = Http::with_token(Some(crate::common::sign_hs256(&json!({
+        "exp": crate::common::now_s() + 60, "tilewarm_admin": true,
+    }))));
+    let ct = [("content-type", "application/json")];
+    let answers = [
+        admin.send("POST", &inv, &ct, r#"{"ids":["s2a-17"]}"#).await,
+        admin
+            .send("POST", &inv, &ct, r#"{"tiles":["1/9/9"]}"#)
+            .await,
+        anon.send("POST", &inv, &ct, r#"{"all":true}"#).await,
+        http.send("POST", &inv, &ct, r#"{"all":true}"#).await,
+        admin
+            .send("POST", &inv, &[("content-type", "text/xml")], "<a/>")
+            .await,
+    ];
+    assert_eq!(
+        answers.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 400, 401, 403, 415]
+    );
+    for r in &answers {
+        conforms(&spec, "/v1/invalidate", "post", r);
+    }
+    let bad_id = anon
+        .send(
+            "GET",
+            &format!("{}/v1/changes", s.url()),
+            &[("last-event-id", "x")],
+            "",
+        )
+        .await;
+    assert_eq!(bad_id.status, 400);
+    conforms(&spec, "/v1/changes", "get", &bad_id);
+
     let health = http.get(&format!("{}/healthz", s.url())).await;
     conforms(&spec, "/healthz", "get", &health);
     s.shutdown().await;

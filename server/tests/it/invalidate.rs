@@ -1,0 +1,421 @@
+//! `POST /v1/invalidate` and `GET /v1/changes`: who may invalidate, that no instance serves
+//! an invalidated entry once the call returned (two instances on one real Redis), and the
+//! feed: events with stream ids, resuming with `Last-Event-ID`, `reset` past retention.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tilewarm::access::Access;
+use tilewarm_server::Server;
+
+use crate::common::{
+    config, eventually, now_s, redis_available, server, sign_hs256, Config, Http, RedisServer,
+};
+use crate::{densest, origin, request};
+
+fn admin_token() -> String {
+    sign_hs256(&serde_json::json!({
+        "sub": "ops",
+        "exp": now_s() + 3600,
+        "tilewarm_access": "agent",
+        "tilewarm_admin": true,
+    }))
+}
+
+async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crate::common::Reply {
+    http.send(
+        "POST",
+        &format!("{}/v1/invalidate", s.url()),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn only_an_admin_token_may_invalidate() {
+    let s = server(config()).await;
+    let body = r#"{"ids":["s2a-7"]}"#;
+    // No token: 401 (removing the token check in invalidate_handler makes this a 403).
+    let msg = post_invalidate(&Http::anonymous(), &s, body)
+        .await
+        .error(401, "unauthorized");
+    assert!(msg.contains("tilewarm_admin"), "{msg}");
+    // A valid agent token without the claim: 403 (removing the admin check: 200).
+    let msg = post_invalidate(&Http::new(), &s, body)
+        .await
+        .error(403, "forbidden");
+    assert!(msg.contains("\"tilewarm_admin\": true"), "{msg}");
+    // The claim must be the boolean true.
+    let stringly = sign_hs256(&serde_json::json!({
+        "exp": now_s() + 3600, "tilewarm_admin": "true",
+    }));
+    post_invalidate(&Http::with_token(Some(stringly)), &s, body)
+        .await
+        .error(403, "forbidden");
+    // A bad token: 401, as everywhere.
+    post_invalidate(&Http::with_token(Some("x.y.z".into())), &s, body)
+        .await
+        .error(401, "unauthorized");
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &s, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["id"].as_str().unwrap().contains('-'));
+    // Bad bodies: the core decoder's messages.
+    let msg = post_invalidate(&admin, &s, r#"{"all":false}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(msg.contains("covers nothing"), "{msg}");
+    let msg = post_invalidate(&admin, &s, r#"{"tiles":["99/0/0"]}"#)
+        .await
+        .error(400, "bad_request");
+    assert!(msg.starts_with("tiles[0]"), "{msg}");
+    let r = admin
+        .send(
+            "GET",
+            &format!("{}/v1/invalidate", s.url()),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    r.error(405, "method_not_allowed");
+    s.shutdown().await;
+}
+
+/// An open `GET /v1/changes`.
+struct Feed {
+    body: Incoming,
+    buf: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sse {
+    event: String,
+    id: String,
+    data: serde_json::Value,
+}
+
+impl Feed {
+    async fn open(s: &Server, token: Option<&str>, last_id: Option<&str>) -> Feed {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let mut req = hyper::Request::get(format!("{}/v1/changes", s.url()));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Feed {
+            body: resp.into_body(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped); panics after 10 s.
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if event.is_empty() {
+                    continue; // keep-alive comment
+                }
+                let data = serde_json::from_str(&data).unwrap();
+                return Sse { event, id, data };
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream is open")
+                .unwrap();
+            if let Ok(d) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+    }
+}
+
+fn redis_config(r: &RedisServer) -> Config {
+    Config {
+        redis: Some(r.url()),
+        redis_timeout_ms: 500,
+        warmup_ring: 0,
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_invalidate_returns_no_instance_serves_the_entry() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let u = o
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(u, _)| u)
+        .find(|u| *u != t)
+        .unwrap();
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let other = o.tile_items(u, Access::Agent).next().unwrap().id.clone();
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    let b = server(redis_config(&redis)).await;
+    // B follows the feed from now.
+    let mut feed = Feed::open(&b, None, None).await;
+    let ready = feed.next().await;
+    assert_eq!(ready.event, "ready");
+    // A fills the shared tier; B answers from it without the origin.
+    let body = request(&[t, u], &[], Access::Agent);
+    http.ok(&a, &body).await;
+    http.ok(&b, &body).await;
+    http.ok(&a, &body).await;
+    assert_eq!(b.app.metrics.origin_calls(), 0);
+    let a_calls = a.app.metrics.origin_calls();
+
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &a, &format!(r#"{{"ids":["{id}","{other}"]}}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stream_id = r.json()["id"].as_str().unwrap().to_owned();
+    // Returned: neither instance answers a tile listing an invalidated id from the tier
+    // (each refetch writes the new value back, so each instance asks for its own tile).
+    http.ok(&b, &request(&[u], &[], Access::Agent)).await;
+    assert_eq!(
+        b.app.metrics.origin_calls(),
+        1,
+        "B served a tile listing an invalidated id from Redis"
+    );
+    http.ok(&a, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(
+        a.app.metrics.origin_calls(),
+        a_calls + 1,
+        "A served a tile listing an invalidated id from Redis"
+    );
+    // B's feed carries the change with its stream id; B applied it to its write guard.
+    let ev = feed.next().await;
+    assert_eq!(ev.event, "invalidate");
+    assert_eq!(ev.id, stream_id);
+    assert_eq!(ev.data["ids"][0], id.as_str());
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .app
+            .changes
+            .stats
+            .applied_remote
+            .load(Relaxed)
+            >= 1)
+        .await
+    );
+
+    // `all` keeps the stream: a client resuming from the last id still gets what follows.
+    let r = post_invalidate(&admin, &a, r#"{"all":true}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all_id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = post_invalidate(&admin, &b, r#"{"classes":["sold"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let class_id = r.json()["id"].as_str().unwrap().to_owned();
+    drop(feed);
+    // A client that was away since the first event catches up on both, in order, from
+    // either instance.
+    for s in [&a, &b] {
+        let mut again = Feed::open(s, None, Some(&stream_id)).await;
+        let ready = again.next().await;
+        assert_eq!(
+            (ready.event.as_str(), ready.id.as_str()),
+            ("ready", &*stream_id)
+        );
+        let e1 = again.next().await;
+        let e2 = again.next().await;
+        assert_eq!(
+            (e1.id.as_str(), e1.data["all"].as_bool()),
+            (&*all_id, Some(true))
+        );
+        assert_eq!(
+            (e2.id.as_str(), &e2.data["classes"][0]),
+            (&*class_id, &serde_json::json!("sold"))
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_feed_resumes_and_resets_past_retention() {
+    let s = server(Config {
+        changes_retention: 2,
+        ..config()
+    })
+    .await;
+    let admin = Http::with_token(Some(admin_token()));
+    // The same authentication as /v1/batch: anonymous is public and may follow; a bad token
+    // is refused.
+    let mut feed = Feed::open(&s, None, None).await;
+    let start = feed.next().await;
+    assert_eq!(start.event, "ready");
+    let r = Http::with_token(Some("x.y.z".into()))
+        .get(&format!("{}/v1/changes", s.url()))
+        .await;
+    r.error(401, "unauthorized");
+    let r = Http::anonymous()
+        .send(
+            "GET",
+            &format!("{}/v1/changes", s.url()),
+            &[("last-event-id", "yesterday")],
+            Bytes::new(),
+        )
+        .await;
+    let msg = r.error(400, "bad_request");
+    assert!(
+        msg.starts_with("Last-Event-ID: stream id \"yesterday\""),
+        "{msg}"
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = post_invalidate(&admin, &s, &format!(r#"{{"ids":["x{i}"]}}"#)).await;
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+        let ev = feed.next().await;
+        assert_eq!(
+            (ev.event.as_str(), ev.id.as_str()),
+            ("invalidate", &*ids[i])
+        );
+    }
+    // Resuming after the first: the two kept ones.
+    let mut f = Feed::open(&s, None, Some(&ids[0])).await;
+    f.next().await;
+    assert_eq!(f.next().await.id, ids[1]);
+    assert_eq!(f.next().await.id, ids[2]);
+    // Resuming from before the first: it was trimmed (retention 2), so `reset`, with the
+    // id to resume from after it.
+    let mut f = Feed::open(&s, None, Some(&start.id)).await;
+    f.next().await;
+    let reset = f.next().await;
+    assert_eq!(
+        (reset.event.as_str(), reset.id.as_str()),
+        ("reset", &*ids[2])
+    );
+    // An id this server never made (a restarted in-process server): `reset` too.
+    let mut f = Feed::open(&s, None, Some("1-0")).await;
+    f.next().await;
+    assert_eq!(f.next().await.event, "reset");
+    // Shutdown ends open feeds (without it they would stay open, sending keep-alives).
+    s.shutdown().await;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), f.body.frame())
+            .await
+            .expect("the feed ends at shutdown");
+        match frame {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calling_instance_deletes_before_answering() {
+    if !redis_available() {
+        return;
+    }
+    // One instance: no other reader deletes for it.
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    let body = request(&[t], &[], Access::Agent);
+    http.ok(&a, &body).await;
+    http.ok(&a, &body).await;
+    assert_eq!(a.app.metrics.origin_calls(), 1);
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &a, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.ok(&a, &body).await;
+    assert_eq!(
+        a.app.metrics.origin_calls(),
+        2,
+        "served {id}'s tile from Redis"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_in_flight_on_another_instance_does_not_write_the_old_value_back() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    // B's origin is slow: its fetch of t is in flight across A's invalidation.
+    let b = server(Config {
+        origin_latency_ms: 1_000,
+        ..redis_config(&redis)
+    })
+    .await;
+    let body = request(&[t], &[], Access::Agent);
+    let b_url = b.url();
+    let in_flight = tokio::spawn({
+        let body = body.clone();
+        async move {
+            Http::new()
+                .send(
+                    "POST",
+                    &format!("{b_url}/v1/batch"),
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await
+                .status
+        }
+    });
+    let m = &b.app.metrics;
+    assert!(
+        eventually(Duration::from_secs(5), || m
+            .origin_calls_request
+            .load(Relaxed)
+            >= 1)
+        .await
+    );
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &a, &format!(r#"{{"ids":["{id}"]}}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(in_flight.await.unwrap(), 200);
+    // B's write-back was dropped (its reader put A's entry in B's write guard), so A does
+    // not find t's list with the old item in Redis.
+    http.ok(&a, &body).await;
+    assert_eq!(
+        a.app.metrics.origin_calls(),
+        1,
+        "A served B's old write-back"
+    );
+    assert!(b.app.invalidation.stats.writes_dropped.load(Relaxed) >= 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
