@@ -1,5 +1,5 @@
 // The tilewarm/maplibre benchmark page (js/test/browser/maplibre-bench.mjs drives it): real
-// maplibre-gl, `attach` keeping a GeoJSON source in sync while the map pans one step per
+// maplibre-gl, `attach` keeping a GeoJSON source in sync while the map pans one data tile per
 // animation frame, with diffs (`updateData`, ?mode=diff) or `setData` (?mode=setdata).
 import * as maplibregl from 'maplibre-gl';
 import 'maplibre-gl/dist/maplibre-gl.css';
@@ -55,16 +55,19 @@ async function prefill(dlon) {
   return got.reduce((n, t) => n + (t.items?.length ?? 0), 0);
 }
 
-/** Pans `dlon` degrees east over `n` animation frames; returns per-frame costs, source
- * updates MapLibre finished (its 'content' sourcedata events) and the seconds it took. */
-async function pan(n, dlon) {
+/** Pans one data tile (`step` degrees) per animation frame, east for `span` tiles, back
+ * west, and so on for `n` frames: every frame changes the data tiles in view. Returns the
+ * per-frame costs, source updates MapLibre finished (its 'content' sourcedata events) and
+ * the seconds it took. */
+async function pan(n, step, span) {
   await new Promise((ok) => setTimeout(ok, 300));
   frames.length = 0;
   updates = 0;
   const start = performance.now();
   for (let i = 1; i <= n; i++) {
     await new Promise((ok) => requestAnimationFrame(ok));
-    map.jumpTo({ center: [center[0] + (dlon * i) / n, center[1]] });
+    const k = i % (2 * span);
+    map.jumpTo({ center: [center[0] + step * (k <= span ? k : 2 * span - k), center[1]] });
   }
   await new Promise((ok) => requestAnimationFrame(ok));
   const seconds = (performance.now() - start) / 1000;
