@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
-import { browserPath, CHROMIUM_ARGS, dist, startPageServer, until } from './support.mjs';
+import { browserPath, CHROMIUM_ARGS, checkDrawn, dist, startPageServer, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 
@@ -43,40 +43,11 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     }, null, what);
   }
 
-  /** Each data tile (z14) whose grid tiles are all drawn holds exactly the backend's items:
-   * nothing drawn twice, nothing left out. (Compared per data tile, not per finer grid
-   * tile: an item exactly on a z15 edge belongs to one side by the core's zoom-24 rule,
-   * which this test's float formula may not reproduce.) */
-  function checkDrawn(s) {
-    const groups = new Map();
-    for (const [key, n] of Object.entries(s.drawn)) {
-      const [x, y, z] = key.split(':').map(Number);
-      const d = z - 14;
-      if (d < 0) {
-        assert.equal(n, backend.tileItems(`${z}/${x}/${y}`, 'public').length, `tile ${z}/${x}/${y}`);
-        continue;
-      }
-      const parent = `14/${x >> d}/${y >> d}`;
-      const g = groups.get(parent) ?? { n: 0, tiles: 0 };
-      g.n += n;
-      g.tiles += 1;
-      groups.set(parent, g);
-      g.need = 4 ** d;
-    }
-    let checked = 0;
-    for (const [parent, g] of groups) {
-      if (g.tiles < g.need) continue;
-      assert.equal(g.n, backend.tileItems(parent, 'public').length, `data tile ${parent}`);
-      checked++;
-    }
-    assert.ok(checked > 0, 'some data tile fully drawn');
-  }
-
   it('every tile draws the items the backend has in it, after pans and zooms', async () => {
     let s = await settled('first grid');
     assert.ok(Object.keys(s.drawn).length >= 4);
     assert.ok(Object.values(s.drawn).some((n) => n > 0));
-    checkDrawn(s);
+    checkDrawn(assert, backend, s.drawn);
     await page.screenshot({ path: join(dist, 'leaflet.png') });
     for (const step of [
       (m) => m.panBy([300, 100], { animate: false }),
@@ -85,7 +56,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     ]) {
       await page.evaluate(`(${step.toString()})(window.__tw.map)`);
       s = await settled('after a move');
-      checkDrawn(s);
+      checkDrawn(assert, backend, s.drawn);
     }
     assert.deepEqual(s.errors, []);
   });
@@ -103,7 +74,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     // One z14 data tile at Leaflet zoom 15 is 512 px.
     await page.evaluate(() => window.__tw.map.panBy([512, 0], { animate: false }));
     const s = await settled('after a one-tile pan');
-    checkDrawn(s);
+    checkDrawn(assert, backend, s.drawn);
     assert.equal(fg(s.stats), fg(before), 'no foreground request');
   });
 
