@@ -100,6 +100,26 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
             }),
         )
         .route(
+            "/v1/tiles/{z}/{x}/{y}",
+            // The same admission as the batch (its own server-wide bound: see crate::tiles).
+            crate::admission::shed(
+                get(crate::tiles::tiles_handler),
+                app.config.max_in_flight,
+                app.config.max_queue,
+                app.config.retry_after_s,
+            )
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&app),
+                crate::admission::per_caller,
+            ))
+            .fallback(|| async {
+                error_response(
+                    ErrorCode::MethodNotAllowed,
+                    "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
+                )
+            }),
+        )
+        .route(
             "/v1/invalidate",
             post(invalidate_handler).fallback(|| async {
                 error_response(
@@ -205,6 +225,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         "/v1/batch" => "/v1/batch",
         "/v1/invalidate" => "/v1/invalidate",
         "/v1/changes" => "/v1/changes",
+        p if p.starts_with("/v1/tiles/") => "/v1/tiles",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",
@@ -217,7 +238,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 async fn not_found() -> Response {
     error_response(
         ErrorCode::NotFound,
-        "no such route: the API is POST /v1/batch, POST /v1/invalidate, GET /v1/changes and GET /healthz (GET /metrics with --metrics-public, or on --metrics-listen)",
+        "no such route: the API is POST /v1/batch, GET /v1/tiles/{z}/{x}/{y}, POST /v1/invalidate, GET /v1/changes and GET /healthz (GET /metrics with --metrics-public, or on --metrics-listen)",
     )
 }
 

@@ -21,6 +21,7 @@ pub mod origin;
 pub mod redis_conn;
 pub mod stream;
 pub mod tier;
+pub mod tiles;
 pub mod warmup;
 
 use std::net::SocketAddr;

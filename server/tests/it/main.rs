@@ -11,6 +11,7 @@ mod openapi;
 mod postgis;
 mod redis;
 mod tiers;
+mod tiles;
 mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};

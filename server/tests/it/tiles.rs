@@ -1,0 +1,200 @@
+//! `GET /v1/tiles/{z}/{x}/{y}` (issue 19): the batch's answer for one tile as a cacheable
+//! GET, with a `Cache-Control` that never lets a shared cache (keyed by the URL alone) hand
+//! one caller's tier to another.
+
+use std::collections::HashMap;
+
+use tilewarm::access::Access;
+use tilewarm::protocol::{decode_response, Limits};
+use tilewarm::tile::TileId;
+
+use crate::common::{config, server, token_for, Http, Reply};
+
+/// The densest data tile of the test city (every tier has items there).
+fn tile() -> TileId {
+    let o = tilewarm::origin::Origin::new(tilewarm::dataset::synthetic_city(42, 5_000)).unwrap();
+    let (t, _) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .unwrap();
+    for a in Access::ALL {
+        assert!(
+            o.tile_items(t, Access::Agent).any(|i| i.access == a),
+            "{a} in {t}"
+        );
+    }
+    t
+}
+
+fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+    r.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// `max-age` of a `Cache-Control` value.
+fn max_age(cc: &str) -> u32 {
+    cc.split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .unwrap_or_else(|| panic!("no max-age in {cc:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Whether a shared cache (a CDN, a proxy) may keep `r` under its URL (RFC 9111 5.2.2).
+fn shareable(r: &Reply) -> bool {
+    let cc = header(r, "cache-control").unwrap_or("");
+    r.status == 200 && !cc.contains("private") && !cc.contains("no-store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_answers_as_the_batch_does_with_the_shortest_ttl_as_max_age() {
+    let s = server(config()).await;
+    let t = tile();
+    let anon = Http::anonymous();
+    let r = anon.get(&format!("{}/v1/tiles/{t}", s.url())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(header(&r, "x-tilewarm-access"), Some("public"));
+    let cc = header(&r, "cache-control").unwrap();
+    assert!(cc.starts_with("public, "), "{cc}");
+    let got = decode_response(&r.body, &Limits::default()).unwrap();
+    let ttls = got
+        .tiles
+        .iter()
+        .map(|l| l.ttl.unwrap())
+        .chain(got.items.iter().map(|i| i.ttl.unwrap()));
+    assert_eq!(max_age(cc), ttls.min().unwrap());
+    assert!(!got.items.is_empty());
+    assert!(got.items.iter().all(|i| i.access == Access::Public));
+
+    // The same as the batch, for a data tile and a coarser one (fanned out).
+    let http = Http::new();
+    for (tile, access) in [(t, "agent"), (t.parent().unwrap(), "registered")] {
+        let get = http
+            .get(&format!("{}/v1/tiles/{tile}?access={access}", s.url()))
+            .await;
+        assert_eq!(get.status, 200, "{}", get.text());
+        let post = http
+            .ok(
+                &s,
+                &format!(r#"{{"tiles":["{tile}"],"access":"{access}"}}"#),
+            )
+            .await;
+        let get = decode_response(&get.body, &Limits::default()).unwrap();
+        let ids = |r: &tilewarm::protocol::BatchResponse<_>| {
+            let mut v: Vec<String> = r.items.iter().map(|i| i.id.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&get), ids(&post), "{tile}");
+        assert_eq!(get.tiles.len(), 1);
+        assert_eq!(get.tiles[0].tile, tile);
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_and_queries_and_tiers_are_refused_and_not_kept() {
+    let s = server(config()).await;
+    let t = tile();
+    let anon = Http::anonymous();
+    let cases = [
+        (format!("/v1/tiles/{t}?access=agent"), 403, "forbidden"),
+        (format!("/v1/tiles/{t}?access=admin"), 400, "bad_request"),
+        (format!("/v1/tiles/{t}?tier=agent"), 400, "bad_request"),
+        ("/v1/tiles/14/1/99999".to_string(), 400, "bad_request"),
+        ("/v1/tiles/25/1/1".to_string(), 400, "bad_request"),
+        ("/v1/tiles/a/b/c".to_string(), 400, "bad_request"),
+    ];
+    for (path, status, code) in cases {
+        let r = anon.get(&format!("{}{path}", s.url())).await;
+        let message = r.error(status, code);
+        assert_eq!(
+            header(&r, "cache-control"),
+            Some("no-store"),
+            "{path}: {message}"
+        );
+    }
+    let r = anon
+        .send("POST", &format!("{}/v1/tiles/{t}", s.url()), &[], "")
+        .await;
+    r.error(405, "method_not_allowed");
+    s.shutdown().await;
+}
+
+/// The security test: a shared cache keyed by the URL alone (what a CDN in front of the
+/// server is) keeps every answer the server lets it keep; no caller may then be served an
+/// item above its own verified tier from it. It fails when the server marks an answer for a
+/// higher tier as shareable (`cache_control` answering `public` for every tier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cache_keyed_by_the_url_never_serves_a_tier_to_a_caller_below_it() {
+    let s = server(config()).await;
+    let t = tile();
+    let mut cdn: HashMap<String, Reply> = HashMap::new();
+    let callers = [
+        (None, Http::anonymous()),
+        (
+            Some(Access::Registered),
+            Http::with_token(Some(token_for(Access::Registered))),
+        ),
+        (Some(Access::Agent), Http::new()),
+    ];
+    let urls: Vec<String> = std::iter::once(format!("{}/v1/tiles/{t}", s.url()))
+        .chain(
+            Access::ALL
+                .iter()
+                .map(|a| format!("{}/v1/tiles/{t}?access={a}", s.url())),
+        )
+        .collect();
+    // Every caller asks for every URL, highest tier first (the order that would poison a
+    // shared cache), through the cache.
+    for (verified, http) in callers.iter().rev() {
+        let verified = verified.unwrap_or(Access::Public);
+        for url in &urls {
+            let r = match cdn.get(url) {
+                Some(kept) => Reply {
+                    status: kept.status,
+                    headers: kept.headers.clone(),
+                    body: kept.body.clone(),
+                },
+                None => {
+                    let r = http.get(url).await;
+                    if shareable(&r) {
+                        cdn.insert(
+                            url.clone(),
+                            Reply {
+                                status: r.status,
+                                headers: r.headers.clone(),
+                                body: r.body.clone(),
+                            },
+                        );
+                    }
+                    r
+                }
+            };
+            if r.status != 200 {
+                continue;
+            }
+            let got = decode_response(&r.body, &Limits::default()).unwrap();
+            for i in &got.items {
+                assert!(
+                    verified.can_see(i.access),
+                    "{url}: a {verified} caller was served {} item {} (cache-control {:?})",
+                    i.access,
+                    i.id,
+                    header(&r, "cache-control")
+                );
+            }
+        }
+    }
+    // Answers above public are private and vary by credential.
+    let r = Http::new()
+        .get(&format!("{}/v1/tiles/{t}?access=verified", s.url()))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(header(&r, "cache-control")
+        .unwrap()
+        .starts_with("private, "));
+    assert_eq!(header(&r, "vary"), Some("authorization"));
+    assert!(!cdn.is_empty(), "the public answers were kept");
+    s.shutdown().await;
+}
