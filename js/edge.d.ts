@@ -38,6 +38,13 @@ export interface EdgeOptions {
   jwtTierClaim?: string;
   /** How long keys fetched from `JWKS_URL` are kept, in seconds. Default 600. */
   jwksCacheMaxAgeS?: number;
+  /**
+   * Most data tiles looked up in the shared cache (the Workers Cache API) per request, and
+   * most written to it per answer (0..64; 0: the shared cache is off). Default 16.
+   */
+  sharedCacheTiles?: number;
+  /** How long a shared-cache call may take before it counts as a miss, in ms. Default 250. */
+  sharedCacheTimeoutMs?: number;
 }
 
 export interface EdgeEnv {

@@ -25,7 +25,13 @@ import { createAuth, Unauthorized, KeysUnavailable } from './edge-auth.js';
 export { EdgeProxy };
 
 const JSON_TYPE = 'application/json';
-const DEFAULTS = { originTimeoutMs: 3000, warmTimeoutMs: 5000 };
+const DEFAULTS = { originTimeoutMs: 3000, warmTimeoutMs: 5000, sharedCacheTimeoutMs: 250 };
+
+// The shared cache's keys live under a host no client can send a request to, so an entry
+// (which may hold a tier above `public`) is only ever read back through this worker.
+const SHARED_HOST = 'https://tilewarm-edge.internal';
+/** The header beside a shared-cache entry saying when it was stored (ms since the epoch). */
+const STORED_AT = 'x-tilewarm-stored-at';
 
 let initialised = false;
 
@@ -60,6 +66,8 @@ function take(step) {
     warm: step.warm,
     originError: step.originError,
     access: step.access,
+    shared: step.shared,
+    sharedPut: step.sharedPut,
   };
   step.free();
   return s;
@@ -86,6 +94,71 @@ function originRequest(url, token, body, timeoutMs, purpose) {
 }
 
 class TooLarge extends Error {}
+
+/**
+ * The shared second level of the cache: the Workers Cache API (`caches.default`, one per
+ * data centre, read by every isolate there), one entry per (tier, data tile) under
+ * `SHARED_HOST/v1/tiles/{z}/{x}/{y}?access=<tier>&origin=<ORIGIN>`. What to look up and
+ * what an entry holds is the core's (src/proxy/shared.rs); this only moves bytes. Every call
+ * is best effort: a failure or a call slower than `timeoutMs` counts as a miss.
+ */
+function sharedCache(origin, timeoutMs) {
+  const cache = globalThis.caches?.default;
+  const stats = { lookups: 0, hits: 0, puts: 0, purges: 0, errors: 0 };
+  if (!cache) return { enabled: false, stats };
+  const o = encodeURIComponent(origin);
+  const key = (tier, tile) => `${SHARED_HOST}/v1/tiles/${tile}?access=${tier}&origin=${o}`;
+  const within = (p) => {
+    let timer;
+    const late = new Promise((_, fail) => {
+      timer = setTimeout(() => fail(new Error('shared cache timeout')), timeoutMs);
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  };
+  return {
+    enabled: true,
+    stats,
+    /** The entry of `tile` at `tier`: { body: Uint8Array, storedAt } or null. */
+    async get(tier, tile) {
+      stats.lookups++;
+      try {
+        const r = await within(cache.match(key(tier, tile)));
+        if (!r) return null;
+        const storedAt = Number(r.headers.get(STORED_AT));
+        const body = new Uint8Array(await within(r.arrayBuffer()));
+        if (!Number.isFinite(storedAt)) return null;
+        stats.hits++;
+        return { body, storedAt };
+      } catch {
+        stats.errors++;
+        return null;
+      }
+    },
+    async put(tier, tile, entry, storedAt) {
+      const headers = {
+        'content-type': JSON_TYPE,
+        'cache-control': `max-age=${entry.maxAge}`,
+        [STORED_AT]: String(storedAt),
+      };
+      const body = entry.body;
+      entry.free();
+      try {
+        await within(cache.put(key(tier, tile), new Response(body, { headers })));
+        stats.puts++;
+      } catch {
+        stats.errors++;
+      }
+    },
+    async purge(tier, tile) {
+      try {
+        await within(cache.delete(key(tier, tile)));
+        stats.purges++;
+      } catch {
+        stats.errors++;
+      }
+    },
+  };
+}
 
 /**
  * Reads a request's or response's body, at most `max` bytes: a declared `content-length`
@@ -128,6 +201,7 @@ export function createWorker(defaults = {}) {
   let proxy = null;
   let options = null;
   let auth = null;
+  let shared = null;
 
   function setup(env) {
     if (proxy) return null;
@@ -140,6 +214,7 @@ export function createWorker(defaults = {}) {
       options = { ...DEFAULTS, ...defaults, ...fromEnv };
       auth = createAuth(env, options);
       proxy = new EdgeProxy(JSON.stringify(options));
+      shared = sharedCache(String(env.ORIGIN), options.sharedCacheTimeoutMs);
       return null;
     } catch (e) {
       proxy = null;
@@ -148,14 +223,42 @@ export function createWorker(defaults = {}) {
     }
   }
 
-  async function warm(origin, token, body) {
+  /** Writes the entries of `tiles` (space separated) at `tier` to the shared cache. */
+  function sharePut(tier, tiles) {
+    if (!shared.enabled || !tiles || proxy.sharedTiles === 0) return null;
+    const now = Date.now();
+    const puts = [];
+    for (const tile of tiles.split(' ').slice(0, proxy.sharedTiles)) {
+      const entry = proxy.sharedEntry(tier, tile, now);
+      if (entry) puts.push(shared.put(tier, tile, entry, now));
+    }
+    return puts.length ? Promise.all(puts) : null;
+  }
+
+  async function warm(origin, token, body, tier) {
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
-      proxy.warmed(body, res.status, bytes, Date.now());
+      if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
+        await sharePut(tier, JSON.parse(body).tiles.join(' '));
+      }
     } catch {
       // Warming is best effort: a failure leaves the cache as it was.
     }
+  }
+
+  /** Looks up `step.shared` in the shared cache; the step planned again with what it held. */
+  async function sharedLookups(step) {
+    const tiles = step.shared.split(' ');
+    const found = await Promise.all(tiles.map((t) => shared.get(step.access, t)));
+    const now = Date.now();
+    let filled = 0;
+    tiles.forEach((t, i) => {
+      const e = found[i];
+      if (e && proxy.sharedFill(step.handle, t, e.body, e.storedAt, now) >= 0) filled++;
+    });
+    if (filled === 0) return step;
+    return take(proxy.resume(step.handle, now));
   }
 
   async function batch(request, env, ctx) {
@@ -186,7 +289,8 @@ export function createWorker(defaults = {}) {
       if (e instanceof TooLarge) return error(413, 'payload_too_large', e.message);
       return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
     }
-    const step = take(proxy.begin(body, tier, Date.now()));
+    let step = take(proxy.begin(body, tier, Date.now()));
+    if (step.origin && step.shared && shared.enabled) step = await sharedLookups(step);
     if (!step.origin) return respond(step);
 
     let done;
@@ -200,7 +304,9 @@ export function createWorker(defaults = {}) {
     } finally {
       proxy.abandon(step.handle);
     }
-    if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm));
+    const put = done.status === 200 ? sharePut(done.access, done.sharedPut) : null;
+    if (put) ctx.waitUntil(put);
+    if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm, done.access));
     return respond(done);
   }
 
@@ -222,7 +328,11 @@ export function createWorker(defaults = {}) {
         return error(405, 'method_not_allowed', '/v1/batch accepts POST (and OPTIONS for CORS preflight)');
       }
       if (pathname === '/healthz' && request.method === 'GET') return new Response('ok\n');
-      if (pathname === '/edge/stats' && request.method === 'GET') return json(200, proxy.stats());
+      if (pathname === '/edge/stats' && request.method === 'GET') {
+        const stats = JSON.parse(proxy.stats());
+        stats.shared = { enabled: shared.enabled, ...shared.stats };
+        return json(200, JSON.stringify(stats));
+      }
       return error(404, 'not_found', 'no such route: the API is POST /v1/batch, GET /healthz, GET /edge/stats');
     },
   };

@@ -17,6 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::access::{effective_tier, Access};
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
+use crate::tile::TileId;
 use crate::util::HashMap;
 
 /// Most requests waiting for the origin in one isolate.
@@ -51,6 +52,35 @@ struct Options {
     jwt_tier_claim: Option<String>,
     #[allow(dead_code)]
     jwks_cache_max_age_s: Option<u32>,
+    /// Most data tiles looked up in (and, separately, written to) the shared cache per
+    /// request; 0 turns the shared cache off. Default [`SHARED_TILES`].
+    shared_cache_tiles: Option<usize>,
+    /// Read by the worker: how long a shared-cache call may take before it counts as a miss.
+    #[allow(dead_code)]
+    shared_cache_timeout_ms: Option<u64>,
+}
+
+/// Default most data tiles looked up in the shared cache per request (and written to it):
+/// with the origin call and the warming one, 34 subrequests, inside the Free plan's 50.
+pub const SHARED_TILES: usize = 16;
+
+/// Most `sharedCacheTiles` allowed.
+pub const MAX_SHARED_TILES: usize = 64;
+
+/// The shared-cache tile count from worker options; errors name the option.
+fn shared_tiles_from(options: &str) -> Result<usize, String> {
+    if options.trim().is_empty() {
+        return Ok(SHARED_TILES);
+    }
+    let o: Options =
+        serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))?;
+    match o.shared_cache_tiles {
+        None => Ok(SHARED_TILES),
+        Some(n) if n <= MAX_SHARED_TILES => Ok(n),
+        Some(n) => Err(format!(
+            "tilewarm edge options: sharedCacheTiles must be in 0..={MAX_SHARED_TILES}, got {n}"
+        )),
+    }
 }
 
 /// The proxy config from worker options; errors name the option.
@@ -102,6 +132,19 @@ pub struct Step {
     warm: Option<String>,
     origin_error: Option<String>,
     access: Option<Access>,
+    shared: Option<String>,
+    shared_put: Option<String>,
+}
+
+/// Tiles as one space-separated string (`None` for none): one string crosses the boundary.
+fn tile_list(tiles: &[TileId]) -> Option<String> {
+    (!tiles.is_empty()).then(|| {
+        tiles
+            .iter()
+            .map(TileId::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
 }
 
 #[wasm_bindgen]
@@ -116,10 +159,12 @@ impl Step {
     pub fn status(&self) -> u16 {
         self.status
     }
-    /// The answer's JSON body, once there is an answer.
+    /// The answer's JSON body (UTF-8 bytes), once there is an answer. Bytes, not a
+    /// string: the worker hands them to `new Response` as they are, with no UTF-16 string
+    /// made and encoded again in between.
     #[wasm_bindgen(getter)]
-    pub fn body(&self) -> Option<String> {
-        self.body.clone()
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.body.as_ref().map(|b| b.as_bytes().to_vec())
     }
     /// The origin request's JSON body, when the origin must be asked.
     #[wasm_bindgen(getter)]
@@ -142,10 +187,43 @@ impl Step {
         self.origin_error.clone()
     }
     /// The tier a `200` answer was filtered for (the `x-tilewarm-access` header and the
-    /// body's `access`).
+    /// body's `access`); with [`Step::origin`], the tier the request is served at.
     #[wasm_bindgen(getter)]
     pub fn access(&self) -> Option<String> {
         self.access.map(|a| a.as_str().to_owned())
+    }
+    /// With [`Step::origin`]: data tiles to look up in the shared cache first (space
+    /// separated); give each entry found to `sharedFill`, then call `resume`.
+    #[wasm_bindgen(getter)]
+    pub fn shared(&self) -> Option<String> {
+        self.shared.clone()
+    }
+    /// With an answer: data tiles the origin brought in, to write to the shared cache
+    /// (space separated; `sharedEntry` gives each one's entry).
+    #[wasm_bindgen(getter, js_name = sharedPut)]
+    pub fn shared_put(&self) -> Option<String> {
+        self.shared_put.clone()
+    }
+}
+
+/// A shared-cache entry: the body to store and its lifetime.
+#[wasm_bindgen]
+pub struct SharedEntry {
+    body: String,
+    max_age_s: u32,
+}
+
+#[wasm_bindgen]
+impl SharedEntry {
+    /// The entry's JSON body (the data tile's answer at the tier).
+    #[wasm_bindgen(getter)]
+    pub fn body(&self) -> String {
+        self.body.clone()
+    }
+    /// Seconds the entry may be kept (`Cache-Control: max-age`).
+    #[wasm_bindgen(getter, js_name = maxAge)]
+    pub fn max_age(&self) -> u32 {
+        self.max_age_s
     }
 }
 
@@ -160,6 +238,8 @@ impl Step {
             warm: None,
             origin_error: None,
             access: None,
+            shared: None,
+            shared_put: None,
         }
     }
 
@@ -173,6 +253,8 @@ impl Step {
             warm: a.warm.map(|w| w.to_json()),
             origin_error: a.origin_error.map(|e| e.code.as_str().to_owned()),
             access: (a.status == 200).then_some(a.access),
+            shared_put: tile_list(&a.shared_put),
+            shared: None,
         }
     }
 }
@@ -183,6 +265,8 @@ pub struct EdgeProxy {
     proxy: Proxy,
     pending: HashMap<u32, Pending>,
     next: u32,
+    /// Most data tiles looked up in (or written to) the shared cache per request.
+    shared_tiles: usize,
 }
 
 #[wasm_bindgen]
@@ -192,13 +276,22 @@ impl EdgeProxy {
     #[wasm_bindgen(constructor)]
     pub fn new(options: &str) -> Result<EdgeProxy, JsError> {
         let config = config_from(options).map_err(|e| JsError::new(&e))?;
+        let shared_tiles = shared_tiles_from(options).map_err(|e| JsError::new(&e))?;
         let proxy =
             Proxy::new(config).map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
         Ok(EdgeProxy {
             proxy,
             pending: HashMap::new(),
             next: 1,
+            shared_tiles,
         })
+    }
+
+    /// Most data tiles looked up in, or written to, the shared cache per request
+    /// (`sharedCacheTiles`); 0 when the shared cache is off.
+    #[wasm_bindgen(getter, js_name = sharedTiles)]
+    pub fn shared_tiles(&self) -> usize {
+        self.shared_tiles
     }
 
     /// Largest request body accepted, in bytes (check `content-length` before reading).
@@ -231,11 +324,7 @@ impl EdgeProxy {
         }
         let now = now_ms.max(0.0) as u64;
         let pending = self.proxy.begin(request, now);
-        let Some(origin) = pending.origin_request().map(BatchRequest::to_json) else {
-            let answer = self.proxy.complete(pending, OriginOutcome::Timeout, now);
-            return Step::answer(answer);
-        };
-        if self.pending.len() >= MAX_PENDING {
+        if pending.origin_request().is_some() && self.pending.len() >= MAX_PENDING {
             return Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
                 message: format!(
@@ -245,6 +334,22 @@ impl EdgeProxy {
         }
         let handle = self.next;
         self.next = self.next.checked_add(1).unwrap_or(1);
+        self.step(handle, pending, true, now)
+    }
+
+    /// Answers `pending` from the cache, or keeps it under `handle` and hands out its origin
+    /// request (and, with `lookups`, the tiles to look up in the shared cache first).
+    fn step(&mut self, handle: u32, pending: Pending, lookups: bool, now: u64) -> Step {
+        let Some(origin) = pending.origin_request().map(BatchRequest::to_json) else {
+            let answer = self.proxy.complete(pending, OriginOutcome::Timeout, now);
+            return Step::answer(answer);
+        };
+        let shared = if lookups {
+            tile_list(&self.proxy.shared_lookups(&pending, self.shared_tiles, now))
+        } else {
+            None
+        };
+        let access = Some(pending.request().access);
         self.pending.insert(handle, pending);
         Step {
             handle,
@@ -254,8 +359,66 @@ impl EdgeProxy {
             cache: None,
             warm: None,
             origin_error: None,
-            access: None,
+            access,
+            shared,
+            shared_put: None,
         }
+    }
+
+    /// A shared-cache entry for data tile `tile` (one of [`Step::shared`]), stored at
+    /// `stored_at_ms`, for the request of `handle`: fills the cache of the request's tier.
+    /// Returns the number of items taken, or -1 when the entry was refused (not that tile's
+    /// answer at that tier, expired, invalid) or the handle is unknown.
+    #[wasm_bindgen(js_name = sharedFill)]
+    pub fn shared_fill(
+        &mut self,
+        handle: u32,
+        tile: &str,
+        body: &[u8],
+        stored_at_ms: f64,
+        now_ms: f64,
+    ) -> i32 {
+        let (Some(p), Ok(tile)) = (self.pending.get(&handle), tile.parse::<TileId>()) else {
+            return -1;
+        };
+        let tier = p.request().access;
+        let stored = stored_at_ms.max(0.0) as u64;
+        match self
+            .proxy
+            .shared_fill(tier, tile, body, stored, now_ms.max(0.0) as u64)
+        {
+            Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+            Err(_) => -1,
+        }
+    }
+
+    /// After the shared-cache lookups: the request of `handle` planned again, answered from
+    /// the cache when the entries covered it, else with an origin request for the rest
+    /// (under the same handle).
+    pub fn resume(&mut self, handle: u32, now_ms: f64) -> Step {
+        let Some(p) = self.pending.remove(&handle) else {
+            return Step::error(&ErrorBody {
+                code: ErrorCode::Internal,
+                message: format!("no request is waiting under handle {handle}"),
+            });
+        };
+        let now = now_ms.max(0.0) as u64;
+        let p = self.proxy.replan(p, now);
+        self.step(handle, p, false, now)
+    }
+
+    /// The shared-cache entry of data tile `tile` at tier `tier`, when this isolate's cache
+    /// holds it fresh (after [`Step::shared_put`] or a warming answer named it).
+    #[wasm_bindgen(js_name = sharedEntry)]
+    pub fn shared_entry(&mut self, tier: &str, tile: &str, now_ms: f64) -> Option<SharedEntry> {
+        let tier = tier.parse::<Access>().ok()?;
+        let tile = tile.parse::<TileId>().ok()?;
+        self.proxy
+            .shared_entry(tier, tile, now_ms.max(0.0) as u64)
+            .map(|e| SharedEntry {
+                body: e.body,
+                max_age_s: e.max_age_s,
+            })
     }
 
     /// The origin answered `status` with `body`: the answer to the request of `handle`.
@@ -319,7 +482,7 @@ impl EdgeProxy {
             })
             .collect();
         format!(
-            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"pending\":{},\"tiers\":{{{}}}}}",
+            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"sharedFills\":{},\"sharedRefused\":{},\"pending\":{},\"tiers\":{{{}}}}}",
             s.hits,
             s.partials,
             s.misses,
@@ -328,6 +491,8 @@ impl EdgeProxy {
             s.warm_requests,
             s.warm_fills,
             s.dropped_above_tier,
+            s.shared_fills,
+            s.shared_refused,
             self.pending.len(),
             tiers.join(",")
         )
@@ -357,6 +522,7 @@ mod tests {
             proxy: Proxy::new(config_from(r#"{"warmRing":0}"#).unwrap()).unwrap(),
             pending: HashMap::new(),
             next: 1,
+            shared_tiles: SHARED_TILES,
         };
         let s = p.begin(b"{\"tiles\":[\"bad\"]}", "agent", 0.0);
         assert_eq!((s.status, s.cache), (400, None));

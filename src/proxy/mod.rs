@@ -44,6 +44,8 @@
 //! problem and are passed on with the origin's message.
 
 pub mod policy;
+pub mod shared;
+mod wire;
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -82,6 +84,9 @@ pub struct ProxyConfig {
     pub max_warm_tiles: usize,
     /// Limits for decoding origin answers (and for the requests the shell decodes).
     pub limits: Limits,
+    /// Answer whole hits of data tiles from their serialised form ([`wire`]). Default
+    /// true; the answers are the same either way.
+    pub spliced_hits: bool,
 }
 
 impl Default for ProxyConfig {
@@ -96,6 +101,7 @@ impl Default for ProxyConfig {
             warm_ring: 1,
             max_warm_tiles: 16,
             limits: Limits::default(),
+            spliced_hits: true,
         }
     }
 }
@@ -168,6 +174,8 @@ pub struct Pending {
     /// `None` asked of the origin.
     id_hits: Vec<Option<Option<Item<RawData>>>>,
     origin: Option<BatchRequest>,
+    /// The whole answer, when the cache answered it from serialised tiles ([`wire`]).
+    spliced: Option<String>,
 }
 
 impl Pending {
@@ -201,6 +209,9 @@ pub struct Answer {
     /// The tier the answer was filtered for: the request's `access` (which the shell has
     /// checked against the caller's verified tier). Also the body's `access` member.
     pub access: Access,
+    /// Data tiles the origin's answer brought into the cache, for the shared cache
+    /// ([`Proxy::shared_entry`], see [`shared`]).
+    pub shared_put: Vec<TileId>,
 }
 
 /// Counters since the proxy was made.
@@ -218,6 +229,9 @@ pub struct ProxyStats {
     pub warm_fills: u64,
     /// Origin items dropped because they were above the tier they were asked at.
     pub dropped_above_tier: u64,
+    /// Shared-cache entries taken into the cache, and refused ([`shared`]).
+    pub shared_fills: u64,
+    pub shared_refused: u64,
 }
 
 /// The caching batch proxy: one [`ItemCache`] per access tier. See the module docs.
@@ -227,6 +241,8 @@ pub struct Proxy {
     /// Per tier: ids the origin reported missing, and until when that answer holds.
     missing: [LruCache<String, u64>; 4],
     stats: ProxyStats,
+    /// Serialised data tiles for whole hits.
+    wire: wire::Wire,
 }
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
@@ -298,6 +314,7 @@ impl Proxy {
             caches,
             missing,
             stats: ProxyStats::default(),
+            wire: wire::Wire::new(),
         })
     }
 
@@ -360,6 +377,25 @@ impl Proxy {
             .iter()
             .map(|&d| self.cache(tier).tile_freshness(d, tier, now_ms) == TileFreshness::Fresh)
             .collect();
+        let dz = self.config.cache.tile_zoom;
+        let whole_hit = self.config.spliced_hits
+            && request.ids.is_empty()
+            && !request.tiles.is_empty()
+            && request.tiles.iter().all(|t| t.z() == dz)
+            && found.iter().all(|&f| f)
+            && plan.data_tiles().len() == request.tiles.len();
+        if whole_hit {
+            if let Some(body) = self.spliced_answer(&request.tiles, tier, now_ms) {
+                return Pending {
+                    read: plan.read(&found),
+                    request,
+                    stored: HashMap::new(),
+                    id_hits: Vec::new(),
+                    origin: None,
+                    spliced: Some(body),
+                };
+            }
+        }
         let read = plan.read(&found);
         let mut stored = HashMap::new();
         for i in read.stored_tiles() {
@@ -412,6 +448,7 @@ impl Proxy {
             stored,
             id_hits,
             origin,
+            spliced: None,
         }
     }
 
@@ -503,6 +540,8 @@ impl Proxy {
                 list.ids.retain(|id| kept.contains(id));
             }
         }
+        // Every serialised tile of this tier is out of date now.
+        self.wire.changed(tier);
         let rules = self.rules();
         let missing_until = now_ms.saturating_add(self.config.cache.default_ttl_ms);
         let missing = &mut self.missing[tier.rank() as usize];
@@ -589,8 +628,22 @@ impl Proxy {
             stored,
             id_hits,
             origin,
+            spliced,
         } = pending;
         let tier = request.access;
+        if let Some(body) = spliced {
+            self.stats.hits += 1;
+            let warm = self.plan_warm(read.plan().data_tiles(), tier, now_ms);
+            return Answer {
+                status: 200,
+                body,
+                verdict: Verdict::Hit,
+                origin_error: None,
+                warm,
+                access: tier,
+                shared_put: Vec::new(),
+            };
+        }
         let (origin_answer, origin_error) = match &origin {
             None => (None, None),
             Some(_) => {
@@ -678,6 +731,7 @@ impl Proxy {
                     origin_error: origin_error.clone(),
                     warm: None,
                     access: tier,
+                    shared_put: Vec::new(),
                 };
             }
             let body = serde_json::to_string(&PartialResponse {
@@ -695,11 +749,28 @@ impl Proxy {
                 origin_error,
                 warm: None,
                 access: tier,
+                shared_put: Vec::new(),
             };
         }
         // Tiles, strings, numbers and raw JSON always serialise.
         let body = serde_json::to_string(&out).unwrap_or_default();
         let warm = self.plan_warm(read.plan().data_tiles(), tier, now_ms);
+        let shared_put = match origin {
+            None => Vec::new(),
+            Some(_) => {
+                let cache = &self.caches[tier.rank() as usize];
+                read.plan()
+                    .data_tiles()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, &d)| {
+                        !stored.contains_key(i)
+                            && cache.tile_freshness(d, tier, now_ms) == TileFreshness::Fresh
+                    })
+                    .map(|(_, &d)| d)
+                    .collect()
+            }
+        };
         Answer {
             status: 200,
             body,
@@ -707,6 +778,7 @@ impl Proxy {
             origin_error: None,
             warm,
             access: tier,
+            shared_put,
         }
     }
 

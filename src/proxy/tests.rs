@@ -553,3 +553,206 @@ proptest! {
         }
     }
 }
+
+/// The shared cache (src/proxy/shared.rs): what one proxy writes, another takes.
+mod shared {
+    use super::*;
+
+    /// A proxy that fetched `tiles` at `tier` from the origin, and the data tiles it names
+    /// for the shared cache.
+    fn filled(tiles: &[&str], tier: Access, now: u64) -> (Proxy, Vec<TileId>) {
+        let mut p = Proxy::new(no_warm()).unwrap();
+        let o = origin();
+        let pending = p.begin(req(tiles, &[], tier), now);
+        let body = o
+            .answer(pending.origin_request().unwrap(), Some(300))
+            .to_json();
+        let a = p.complete(
+            pending,
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            },
+            now,
+        );
+        (p, a.shared_put)
+    }
+
+    #[test]
+    fn an_entry_written_by_one_proxy_answers_another_without_the_origin() {
+        let tiles = ["14/2623/5721", "14/2624/5721", "14/2625/5721"];
+        let (mut a, put) = filled(&tiles, Access::Verified, 1_000);
+        assert_eq!(put.len(), 3, "every data tile the origin brought is named");
+        let mut b = Proxy::new(no_warm()).unwrap();
+        let pending = b.begin(req(&tiles, &[], Access::Verified), 5_000);
+        let lookups = b.shared_lookups(&pending, 16, 5_000);
+        assert_eq!(lookups, put);
+        assert_eq!(b.shared_lookups(&pending, 2, 5_000).len(), 2, "at most max");
+        for &t in &lookups {
+            let e = a.shared_entry(Access::Verified, t, 1_000).unwrap();
+            assert!(e.max_age_s >= 1 && e.max_age_s <= 300, "{}", e.max_age_s);
+            assert!(b
+                .shared_fill(Access::Verified, t, e.body.as_bytes(), 1_000, 5_000)
+                .is_ok());
+        }
+        let pending = b.replan(pending, 5_000);
+        assert!(
+            pending.origin_request().is_none(),
+            "the entries answer it all"
+        );
+        let answer = b.complete(pending, OriginOutcome::Timeout, 5_000);
+        assert_eq!(answer.verdict, Verdict::Hit);
+        let got = decode_response(answer.body.as_bytes(), &Limits::default()).unwrap();
+        let want = origin().answer(&req(&tiles, &[], Access::Verified), Some(300));
+        assert_eq!(shape(&got), shape(&want));
+        // Four seconds old: every ttl is four seconds shorter.
+        for it in &got.items {
+            let full = want.items.iter().find(|w| w.id == it.id).unwrap();
+            assert!(it.ttl.unwrap() <= full.ttl.unwrap_or(300) - 4, "{}", it.id);
+        }
+        assert_eq!(b.stats().shared_fills, 3);
+    }
+
+    #[test]
+    fn an_entry_is_only_taken_for_its_own_tile_and_tier_and_while_fresh() {
+        let t = tile("14/2624/5721");
+        let (mut a, _) = filled(&["14/2624/5721"], Access::Agent, 0);
+        let e = a.shared_entry(Access::Agent, t, 0).unwrap();
+        assert!(e.body.contains(r#""access":"agent""#));
+        let mut b = Proxy::new(no_warm()).unwrap();
+        // Another tier (a key without the tier would hand it over): refused.
+        let err = b
+            .shared_fill(Access::Public, t, e.body.as_bytes(), 0, 0)
+            .unwrap_err();
+        assert!(err.message.contains("reports tier"), "{}", err.message);
+        assert_eq!(b.cache_stats(Access::Public).entries, 0);
+        // Another tile: refused.
+        let other = tile("14/2625/5721");
+        assert!(b
+            .shared_fill(Access::Agent, other, e.body.as_bytes(), 0, 0)
+            .is_err());
+        // Older than its list's TTL: refused; garbage: refused.
+        assert!(b
+            .shared_fill(Access::Agent, t, e.body.as_bytes(), 0, 400_000)
+            .is_err());
+        assert!(b.shared_fill(Access::Agent, t, b"{", 0, 0).is_err());
+        assert_eq!(b.stats().shared_refused, 4);
+        assert_eq!(b.cache_stats(Access::Agent).entries, 0);
+        // Not held fresh: no entry.
+        assert!(a.shared_entry(Access::Public, t, 0).is_none());
+        assert!(a.shared_entry(Access::Agent, t, 400_000).is_none());
+    }
+
+    #[test]
+    fn an_entry_that_holds_items_above_its_tier_gives_the_tier_none_of_them() {
+        // A forged or corrupted entry: the public key holding agent items.
+        let t = tile("14/2624/5721");
+        let (mut a, _) = filled(&["14/2624/5721"], Access::Agent, 0);
+        let body = a
+            .shared_entry(Access::Agent, t, 0)
+            .unwrap()
+            .body
+            .replace(r#""access":"agent"}"#, r#""access":"public"}"#);
+        assert!(body.ends_with(r#""access":"public"}"#), "{body}");
+        let mut b = Proxy::new(no_warm()).unwrap();
+        b.shared_fill(Access::Public, t, body.as_bytes(), 0, 0)
+            .unwrap();
+        let (_, answer, got) = run(
+            &mut b,
+            &origin(),
+            req(&["14/2624/5721"], &[], Access::Public),
+            0,
+        );
+        assert_eq!(answer.verdict, Verdict::Hit);
+        assert!(!got.items.is_empty());
+        assert!(got.items.iter().all(|i| i.access == Access::Public));
+        assert!(b.stats().dropped_above_tier > 0);
+    }
+}
+
+proptest! {
+    /// Whole hits written from serialised tiles (src/proxy/wire.rs) are the general path's
+    /// answers byte for byte, over random sequences of data-tile requests at mixed tiers,
+    /// id requests and warming answers (which change the cache) and time (which expires it).
+    #[test]
+    fn spliced_hits_are_the_general_paths_answers(
+        steps in prop::collection::vec(
+            (prop::collection::vec((-2i64..=2, -2i64..=2), 1..6),
+             prop::collection::vec(id_near(), 0..2),
+             prop::sample::select(Access::ALL.to_vec()),
+             0u64..400,
+             any::<bool>()),
+            1..30),
+    ) {
+        let o = origin();
+        let centre = tile("14/2624/5721");
+        let mut fast = Proxy::new(ProxyConfig::default()).unwrap();
+        let mut slow = Proxy::new(ProxyConfig { spliced_hits: false, ..ProxyConfig::default() }).unwrap();
+        let mut now = 0u64;
+        for (offsets, ids, access, dt, with_ids) in steps {
+            now += dt * 1000;
+            let mut tiles: Vec<TileId> =
+                offsets.iter().map(|&(dx, dy)| centre.offset(dx, dy).unwrap()).collect();
+            tiles.dedup();
+            let mut seen = HashSet::new();
+            tiles.retain(|t| seen.insert(*t));
+            let mut r = BatchRequest { tiles, ids: if with_ids { ids } else { Vec::new() }, access };
+            r.ids.sort();
+            r.ids.dedup();
+            let (_, a, _) = run(&mut fast, &o, r.clone(), now);
+            let (_, b, _) = run(&mut slow, &o, r.clone(), now);
+            prop_assert_eq!(&a.body, &b.body);
+            prop_assert_eq!(a.verdict, b.verdict);
+            prop_assert_eq!(&a.warm, &b.warm);
+            for (p, w) in [(&mut fast, &a.warm), (&mut slow, &b.warm)] {
+                if let Some(w) = w {
+                    let body = o.answer(w, Some(300)).to_json();
+                    p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes() }, now)
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let tiles = ["14/2624/5721", "14/2625/5721"];
+    run(&mut p, &o, req(&tiles, &[], Access::Agent), 0);
+    let pending = p.begin(req(&tiles, &[], Access::Agent), 1_000);
+    assert!(pending.spliced.is_some(), "a whole hit is spliced");
+    let (_, hit, body) = run(&mut p, &o, req(&tiles, &[], Access::Agent), 1_000);
+    assert_eq!(hit.verdict, Verdict::Hit);
+    assert_eq!(
+        shape(&body),
+        shape(&o.answer(&req(&tiles, &[], Access::Agent), None))
+    );
+    // A warming answer brings a changed item in: the next hit shows it.
+    let warm = req(&["14/2624/5721"], &[], Access::Agent);
+    let mut changed = o.answer(&warm, Some(300));
+    let it = changed
+        .items
+        .iter_mut()
+        .find(|i| i.id == "2624-5721-public")
+        .unwrap();
+    it.data = raw("{\"k\":99}");
+    let json = changed.to_json();
+    let outcome = OriginOutcome::Answer {
+        status: 200,
+        body: json.as_bytes(),
+    };
+    p.warmed(&warm, outcome, 2_000).unwrap();
+    let (_, _, body) = run(&mut p, &o, req(&tiles, &[], Access::Agent), 3_000);
+    let item = body
+        .items
+        .iter()
+        .find(|i| i.id == "2624-5721-public")
+        .unwrap();
+    assert_eq!(item.data.get(), "{\"k\":99}");
+    // Past the items' TTL: not spliced, forwarded.
+    let pending = p.begin(req(&tiles, &[], Access::Agent), 10_000_000);
+    assert!(pending.spliced.is_none());
+    assert!(pending.origin_request().is_some());
+}

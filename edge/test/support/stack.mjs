@@ -126,19 +126,32 @@ export async function startRelay(target, { requireToken } = {}) {
   return relay;
 }
 
-/** workerd running the edge worker; `env` adds bindings (ORIGIN_TOKEN, JWT_SECRET, JWKS, JWKS_URL). */
-export async function startWorkerd(origin, options = {}, env = {}) {
+/**
+ * workerd running the edge worker; `env` adds bindings (ORIGIN_TOKEN, JWT_SECRET, JWKS,
+ * JWKS_URL). Its Cache API goes to its own in-memory cache (edge/cache-service.js, on a free
+ * port: `cacheAddr`), or to `sharedCache` (another instance's `cacheAddr`), so that two
+ * processes share one cache as the isolates of a data centre do.
+ */
+export async function startWorkerd(origin, options = {}, env = {}, { sharedCache } = {}) {
   const bin = process.env.WORKERD;
   if (!bin) throw new Error('WORKERD must name the workerd binary (scripts/test-edge.sh sets it)');
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const p = start(bin, ['serve', resolve(root, 'edge/config.capnp'), '--socket-addr', `http=127.0.0.1:${port}`], {
+  const ownCache = `127.0.0.1:${await freePort()}`;
+  const cacheAddr = sharedCache ?? ownCache;
+  const p = start(bin, [
+    'serve', resolve(root, 'edge/config.capnp'),
+    '--socket-addr', `http=127.0.0.1:${port}`,
+    '--socket-addr', `cache=${ownCache}`,
+    '--external-addr', `cache=${cacheAddr}`,
+  ], {
     TILEWARM_ORIGIN: origin,
     TILEWARM_OPTIONS: JSON.stringify(options),
     ...env,
   });
   await waitForHttp(`${url}/healthz`, p.child, p.log);
-  return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+  const stats = async () => (await fetch(`${url}/edge/stats`)).json();
+  return { url, batch: `${url}/v1/batch`, cacheAddr, stats, ...p, stop: () => stop(p.child) };
 }
 
 function stop(child) {

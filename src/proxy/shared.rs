@@ -1,0 +1,175 @@
+//! The shared second level of the edge's cache: one entry per (tier, data tile) in a cache
+//! that every isolate of a data centre reads (the Workers Cache API), under a GET URL the
+//! shell builds from the tile and the tier. Sans IO: this module says which tiles to look
+//! up, turns an entry into cache contents, and an isolate's cached tile into an entry; the
+//! worker (js/edge.js) does the `match`/`put`.
+//!
+//! An entry is the protocol's answer for that one data tile at that tier, the body
+//! `GET /v1/tiles/{z}/{x}/{y}?access=<tier>` on the server answers: the tile's list and the
+//! items the tier may see, each with its `ttl` in seconds as of `stored_at_ms` (the shell
+//! keeps that instant beside the entry). Its lifetime is [`SharedEntry::max_age_s`], the
+//! shortest TTL it holds, so the shared cache never keeps an item beyond its class TTL.
+//!
+//! # Tiers never cross
+//! The key holds the tier, an entry is written only from the isolate's cache of that tier
+//! (itself filled only by answers made at that tier), and an entry read back is refused
+//! unless it reports the tier and the tile it is read for; what it holds then goes through
+//! the same filter as an origin answer ([`Proxy::fill`]: anything above the tier is
+//! dropped).
+
+use super::{OutResponse, Pending, Proxy};
+use crate::access::Access;
+use crate::cache::TileFreshness;
+use crate::protocol::{decode_response, ErrorBody, ErrorCode, TileList};
+use crate::tile::TileId;
+
+/// An entry for the shared cache: the JSON body and how long it may be kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedEntry {
+    /// The protocol's answer for the one data tile at the tier.
+    pub body: String,
+    /// Seconds it may be kept: the shortest `ttl` of the list and the items; at least 1.
+    pub max_age_s: u32,
+}
+
+fn refused(message: String) -> ErrorBody {
+    ErrorBody {
+        code: ErrorCode::UpstreamError,
+        message,
+    }
+}
+
+impl Proxy {
+    /// The data tiles of `pending` worth looking up in the shared cache: those the request
+    /// needs that this isolate's cache of the request's tier does not hold fresh, at most
+    /// `max`, in the order first requested. Empty when nothing goes to the origin.
+    pub fn shared_lookups(&self, pending: &Pending, max: usize, now_ms: u64) -> Vec<TileId> {
+        if pending.origin.is_none() {
+            return Vec::new();
+        }
+        let tier = pending.request.access;
+        let cache = &self.caches[tier.rank() as usize];
+        pending
+            .read
+            .plan()
+            .data_tiles()
+            .iter()
+            .copied()
+            .filter(|&d| cache.tile_freshness(d, tier, now_ms) != TileFreshness::Fresh)
+            .take(max)
+            .collect()
+    }
+
+    /// Plans `pending`'s request again (after [`Proxy::shared_fill`] added tiles): what the
+    /// cache now answers, and an origin request for the rest only.
+    pub fn replan(&mut self, pending: Pending, now_ms: u64) -> Pending {
+        self.begin(pending.request, now_ms)
+    }
+
+    /// Fills `tier`'s cache from a shared-cache entry for data tile `tile`, stored at
+    /// `stored_at_ms`: every `ttl` in it is shortened by the entry's age, and what has run
+    /// out is left out. Returns the number of items taken, or why the entry was refused (it
+    /// is not an answer for `tile` at `tier`, or it is not a valid answer).
+    pub fn shared_fill(
+        &mut self,
+        tier: Access,
+        tile: TileId,
+        body: &[u8],
+        stored_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<usize, ErrorBody> {
+        let result = self.shared_decode(tier, tile, body, stored_at_ms, now_ms);
+        match result {
+            Ok(response) => {
+                let n = response.items.len();
+                self.fill(tier, response, now_ms);
+                self.stats.shared_fills += 1;
+                Ok(n)
+            }
+            Err(e) => {
+                self.stats.shared_refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn shared_decode(
+        &self,
+        tier: Access,
+        tile: TileId,
+        body: &[u8],
+        stored_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<crate::protocol::BatchResponse<crate::protocol::RawData>, ErrorBody> {
+        let mut response = decode_response(body, &self.config.limits).map_err(|e| {
+            refused(format!(
+                "the shared cache's entry for {tile} is invalid: {e}"
+            ))
+        })?;
+        if response.access != Some(tier) {
+            return Err(refused(format!(
+                "the shared cache's entry for {tile} at tier \"{tier}\" reports tier {:?}",
+                response.access.map(Access::as_str)
+            )));
+        }
+        if tile.z() != self.config.cache.tile_zoom
+            || response.tiles.len() != 1
+            || response.tiles[0].tile != tile
+        {
+            return Err(refused(format!(
+                "the shared cache's entry for {tile} is not that data tile's answer"
+            )));
+        }
+        // Whole seconds since it was stored, rounded up; a clock behind ours counts as 0.
+        let age_ms = now_ms.saturating_sub(stored_at_ms);
+        let age_s = u32::try_from(age_ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        let list = &mut response.tiles[0];
+        match list.ttl {
+            Some(t) if t > age_s => list.ttl = Some(t - age_s),
+            _ => {
+                return Err(refused(format!(
+                    "the shared cache's entry for {tile} has expired"
+                )))
+            }
+        }
+        response.items.retain_mut(|it| match it.ttl {
+            Some(t) if t > age_s => {
+                it.ttl = Some(t - age_s);
+                true
+            }
+            _ => false,
+        });
+        response.missing.clear();
+        Ok(response)
+    }
+
+    /// The shared-cache entry for data tile `tile` at `tier`, when this isolate's cache of
+    /// `tier` holds it fresh.
+    pub fn shared_entry(&mut self, tier: Access, tile: TileId, now_ms: u64) -> Option<SharedEntry> {
+        let cache = &self.caches[tier.rank() as usize];
+        if cache.tile_freshness(tile, tier, now_ms) != TileFreshness::Fresh {
+            return None;
+        }
+        let (items, exp) = self.read_data_tile(tile, tier, now_ms);
+        let list_ttl = crate::protocol::ttl_left_s(exp, now_ms);
+        let max_age_s = items
+            .iter()
+            .filter_map(|i| i.ttl)
+            .chain([list_ttl])
+            .min()
+            .unwrap_or(list_ttl)
+            .max(1);
+        let out = OutResponse {
+            tiles: vec![TileList {
+                tile,
+                ids: items.iter().map(|i| i.id.clone()).collect(),
+                ttl: Some(list_ttl),
+            }],
+            items: items.iter().collect(),
+            missing: Vec::new(),
+            access: Some(tier),
+        };
+        let body = serde_json::to_string(&out).ok()?;
+        Some(SharedEntry { body, max_age_s })
+    }
+}
