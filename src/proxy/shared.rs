@@ -82,7 +82,7 @@ impl Proxy {
         match result {
             Ok(response) => {
                 let n = response.items.len();
-                self.fill(tier, response, now_ms);
+                self.fill(tier, response, &[], now_ms);
                 self.stats.shared_fills += 1;
                 Ok(n)
             }
