@@ -510,9 +510,11 @@ export class TileCache {
     for (const tile of tiles) {
       const state = nums[n], count = nums[n + 1];
       if (state === 1) {
-        byTile.set(tile, { items: out.slice(r, r + count) });
+        const items = out.slice(r, r + count);
+        for (let i = 0; i < count; i++) items[i].stale = nums[n + 2 + i] === 1;
+        byTile.set(tile, { items });
         r += count;
-        n += 2;
+        n += 2 + count;
       } else if (state === 0) {
         byTile.set(tile, { data: Array.from(nums.subarray(n + 2, n + 2 + count)) });
         n += 2 + count;

@@ -91,7 +91,7 @@ export interface Item<Data = unknown> {
   /** The server's `data`, as it came. */
   data: Data;
   /** Expired but within `ttl.staleWhileRevalidate`: shown while it is refetched. Set on
-   * each read of the view. */
+   * each read (a view, a `loadTiles` answer). */
   stale: boolean;
 }
 

@@ -221,3 +221,23 @@ test('tileSize 512: the viewport zoom and minZoom are MapLibre\'s', async () => 
   a.dispose();
   b.dispose();
 });
+
+test('loadTiles: items expired within staleWhileRevalidate come flagged stale, fresh ones not', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, ttl: { staleWhileRevalidate: 60 } });
+  const tile = t14(1, 1);
+  const [first] = await cache.loadTiles([tile]);
+  assert.ok(first.items.length > 0 && first.items.every((i) => !i.stale));
+  // Past the default TTL (300 s; the backend sends ttl 300 per tile), within the 60 s grace:
+  // active items expire, off-market ones (class TTL 4 h) do not.
+  now += 310_000;
+  const sent = backend.requests.length;
+  const [later] = await cache.loadTiles([tile]);
+  assert.equal(backend.requests.length, sent, 'answered from the cache');
+  assert.deepEqual(ids(later.items), truth(tile));
+  const byId = new Map(backend.items.map((it) => [it.id, it]));
+  for (const it of later.items) assert.equal(it.stale, byId.get(it.id).class === 'active', `${it.id} (${it.class})`);
+  assert.ok(later.items.some((i) => i.stale) && later.items.some((i) => !i.stale));
+  cache.dispose();
+});

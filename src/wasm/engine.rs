@@ -321,7 +321,9 @@ impl Engine {
     }
 
     /// `loadTiles`: per host tile `"z/x/y"`, its state and what goes with it:
-    /// - `1, count` when it can be shown: `count` item objects follow in the references;
+    /// - `1, count, flags...` when it can be shown: `count` item objects follow in the
+    ///   references, and a flag per item, 1 when it expired but is within
+    ///   stale-while-revalidate, else 0;
     /// - `0, count, data tiles...` when it cannot yet: the data tiles it waits for (packed),
     ///   queued as foreground work when `queue`;
     /// - `2, count, max, minZ` when it covers more data tiles than `maxVisibleTiles`.
@@ -340,21 +342,28 @@ impl Engine {
         let mut out = Out::default();
         for t in parsed {
             let mut items = Vec::new();
-            match self.client.load_tile(t, queue, now, |item, _| {
+            let at = out.nums.len();
+            out.nums.extend([1.0, 0.0]);
+            let nums = &mut out.nums;
+            match self.client.load_tile(t, queue, now, |item, stale| {
                 items.push(item.payload().obj.clone());
+                nums.push(f64::from(u8::from(stale)));
             }) {
                 Ok(true) => {
-                    out.nums.extend([1.0, items.len() as f64]);
+                    out.nums[at + 1] = items.len() as f64;
                     out.refs.extend(items);
                 }
                 Ok(false) => {
+                    out.nums.truncate(at);
                     let data = self.client.data_tiles_of(t).unwrap_or_default();
                     out.nums.extend([0.0, data.len() as f64]);
                     out.nums.extend(data.into_iter().map(packed));
                 }
-                Err(e) => out
-                    .nums
-                    .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]),
+                Err(e) => {
+                    out.nums.truncate(at);
+                    out.nums
+                        .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]);
+                }
             }
         }
         self.pump(&mut out, now);
