@@ -21,14 +21,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde_json::value::RawValue;
 use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList};
-use tilewarm::proxy::policy::{
-    CoarseMiss, IdSource, Plan, ProxyItem, Rules, TileSource, WriteBack,
-};
+use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, WriteBack};
 use tilewarm::tile::TileId;
 
 use crate::origin::CallSource;
@@ -40,21 +36,6 @@ use crate::App;
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
-}
-
-impl ProxyItem for StoredItem {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn lon(&self) -> f64 {
-        self.lon
-    }
-    fn lat(&self) -> f64 {
-        self.lat
-    }
-    fn access(&self) -> Access {
-        self.access
-    }
 }
 
 /// A data tile's items and the expiry of its list, from the origin.
@@ -72,16 +53,16 @@ pub fn fill_from(
     let mut fill = Fill::default();
     for it in response.items {
         let ttl = cache.ttl_for(&it.class, it.ttl.map(|s| s as u64 * 1000));
-        let stored = Arc::new(StoredItem {
-            id: it.id,
-            lon: it.lon,
-            lat: it.lat,
-            class: it.class,
-            access: it.access,
-            exp: now.saturating_add(ttl),
-            data: it.data,
-        });
-        by_id.insert(stored.id.clone(), Arc::clone(&stored));
+        let stored = Arc::new(StoredItem::new(
+            &it.id,
+            it.lon,
+            it.lat,
+            &it.class,
+            it.access,
+            now.saturating_add(ttl),
+            &it.data,
+        ));
+        by_id.insert(it.id, Arc::clone(&stored));
         fill.items.push(stored);
     }
     for list in response.tiles {
@@ -91,24 +72,35 @@ pub fn fill_from(
     (fill, by_id)
 }
 
-/// The wire item, borrowed from the cache record (field order as the protocol's `Item`).
-#[derive(Serialize)]
-struct WireItem<'a> {
-    id: &'a str,
-    lon: f64,
-    lat: f64,
-    class: &'a str,
+/// The response JSON: the protocol's `BatchResponse`, byte for byte what serde_json writes
+/// for it, with each item's stored wire text copied in (not re-serialised) and its `ttl`
+/// (seconds left at `now`) spliced in.
+pub fn write_response(
     access: Access,
-    ttl: u32,
-    data: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct WireResponse<'a> {
-    access: Access,
-    tiles: &'a [TileList],
-    items: Vec<WireItem<'a>>,
-    missing: &'a [String],
+    tiles: &[TileList],
+    items: &[&Arc<StoredItem>],
+    missing: &[String],
+    now: u64,
+) -> Result<String, serde_json::Error> {
+    let tiles = serde_json::to_string(tiles)?;
+    let missing = serde_json::to_string(missing)?;
+    let wire_len: usize = items.iter().map(|it| it.wire_len() + 11).sum();
+    let mut out = String::with_capacity(64 + tiles.len() + wire_len + missing.len());
+    out.push_str("{\"access\":\"");
+    out.push_str(access.as_str());
+    out.push_str("\",\"tiles\":");
+    out.push_str(&tiles);
+    out.push_str(",\"items\":[");
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        it.write_wire(&mut out, ttl_left_s(it.exp(), now));
+    }
+    out.push_str("],\"missing\":");
+    out.push_str(&missing);
+    out.push('}');
+    Ok(out)
 }
 
 /// Answers a decoded request with the response JSON, filtered for `tier`: the caller's
@@ -218,7 +210,7 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
             &origin_req.ids,
         );
         if let WriteBack::Only(keep) = &keep {
-            fill.items.retain(|it| keep.contains(it.id.as_str()));
+            fill.items.retain(|it| keep.contains(it.id()));
         }
         drop(keep);
         fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
@@ -265,24 +257,7 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         app.warmup.plan(&data_tiles);
     }
 
-    let wire = WireResponse {
-        access: caller,
-        tiles: &lists,
-        items: items
-            .iter()
-            .map(|it| WireItem {
-                id: &it.id,
-                lon: it.lon,
-                lat: it.lat,
-                class: &it.class,
-                access: it.access,
-                ttl: ttl_left_s(it.exp, now),
-                data: &it.data,
-            })
-            .collect(),
-        missing: &missing,
-    };
-    serde_json::to_string(&wire).map_err(|e| Refusal {
+    write_response(caller, &lists, &items, &missing, now).map_err(|e| Refusal {
         code: ErrorCode::Internal,
         message: format!("could not serialise the response: {e}"),
     })
@@ -307,5 +282,101 @@ fn too_many_items(count: usize, max: usize) -> Refusal {
         message: format!(
             "response would hold {count} items, at most {max} are allowed: request finer tiles"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+
+    /// The response as the server wrote it before items were stored as text: serde_json
+    /// over the protocol's fields (the old path, kept here as the reference).
+    #[derive(Serialize)]
+    struct WireItem<'a> {
+        id: &'a str,
+        lon: f64,
+        lat: f64,
+        class: &'a str,
+        access: Access,
+        ttl: u32,
+        data: &'a RawValue,
+    }
+
+    #[derive(Serialize)]
+    struct WireResponse<'a> {
+        access: Access,
+        tiles: &'a [TileList],
+        items: Vec<WireItem<'a>>,
+        missing: &'a [String],
+    }
+
+    fn access() -> impl Strategy<Value = Access> {
+        prop::sample::select(Access::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Over random mixed-tier items, tile lists, callers and clocks, the spliced
+        /// response is byte for byte the serde_json response of the old path, after the
+        /// items went through the Redis format.
+        #[test]
+        fn the_spliced_response_is_the_serialised_one(
+            caller in access(),
+            items in prop::collection::vec(
+                ("\\PC{1,8}", -180.0f64..180.0, -85.0f64..85.0, "[a-z_]{0,8}", access(),
+                 0u64..2_000_000, prop_oneof![Just("null".to_string()), "\\PC{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap())]),
+                0..12,
+            ),
+            ttls in prop::collection::vec((any::<bool>(), 1u32..100_000), 0..4),
+            missing in prop::collection::vec("\\PC{1,8}", 0..3),
+            now in 0u64..2_000_000,
+        ) {
+            let items: Vec<Arc<StoredItem>> = items
+                .iter()
+                .map(|(id, lon, lat, class, a, exp, data)| {
+                    let data = RawValue::from_string(data.clone()).unwrap();
+                    let it = StoredItem::new(id, *lon, *lat, class, *a, *exp, &data);
+                    Arc::new(StoredItem::decode(it.encode()).unwrap())
+                })
+                .collect();
+            // What the caller may see, as assemble hands it over.
+            let seen: Vec<&Arc<StoredItem>> = items.iter().filter(|it| caller.can_see(it.access())).collect();
+            let tiles: Vec<TileList> = ttls
+                .iter()
+                .enumerate()
+                .map(|(i, (some, ttl))| TileList {
+                    tile: TileId::new(14, i as u32, 7).unwrap(),
+                    ids: seen.iter().map(|it| it.id().to_owned()).collect(),
+                    ttl: some.then_some(*ttl),
+                })
+                .collect();
+            let datas: Vec<Box<RawValue>> = seen
+                .iter()
+                .map(|it| RawValue::from_string(it.data().to_owned()).unwrap())
+                .collect();
+            let old = serde_json::to_string(&WireResponse {
+                access: caller,
+                tiles: &tiles,
+                items: seen
+                    .iter()
+                    .zip(&datas)
+                    .map(|(it, data)| WireItem {
+                        id: it.id(),
+                        lon: it.lon(),
+                        lat: it.lat(),
+                        class: it.class(),
+                        access: it.access(),
+                        ttl: ttl_left_s(it.exp(), now),
+                        data,
+                    })
+                    .collect(),
+                missing: &missing,
+            })
+            .unwrap();
+            let new = write_response(caller, &tiles, &seen, &missing, now).unwrap();
+            prop_assert_eq!(new, old);
+        }
     }
 }

@@ -102,10 +102,10 @@ impl WriteGuard {
         let gone: HashSet<String> = fill
             .items
             .iter()
-            .filter(|it| ids.contains(it.id.as_str()) || classes.contains(it.class.as_str()))
-            .map(|it| it.id.clone())
+            .filter(|it| ids.contains(it.id()) || classes.contains(it.class()))
+            .map(|it| it.id().to_owned())
             .collect();
-        fill.items.retain(|it| !gone.contains(&it.id));
+        fill.items.retain(|it| !gone.contains(it.id()));
         fill.tiles.retain(|(t, list, _)| {
             !since.iter().any(|i| i.covers_tile(*t)) && !list.iter().any(|id| gone.contains(id))
         });
@@ -172,14 +172,14 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
             tiles: fill.tiles.clone(),
         };
         app.invalidation.guard.filter(&mut kept, before);
-        let kept_ids: HashSet<&str> = kept.items.iter().map(|i| i.id.as_str()).collect();
+        let kept_ids: HashSet<&str> = kept.items.iter().map(|i| i.id()).collect();
         let kept_tiles: HashSet<TileId> = kept.tiles.iter().map(|(t, _, _)| *t).collect();
         let again = Invalidation {
             ids: fill
                 .items
                 .iter()
-                .filter(|i| !kept_ids.contains(i.id.as_str()))
-                .map(|i| i.id.clone())
+                .filter(|i| !kept_ids.contains(i.id()))
+                .map(|i| i.id().to_owned())
                 .collect(),
             tiles: fill
                 .tiles
@@ -225,15 +225,15 @@ mod tests {
     use crate::tier::StoredItem;
 
     fn item(id: &str) -> Arc<StoredItem> {
-        Arc::new(StoredItem {
-            id: id.into(),
-            lon: -122.33,
-            lat: 47.6,
-            class: if id == "c" { "sold" } else { "active" }.into(),
-            access: tilewarm::Access::Public,
-            exp: 1,
-            data: serde_json::value::to_raw_value(&1).unwrap(),
-        })
+        Arc::new(StoredItem::new(
+            id,
+            -122.33,
+            47.6,
+            if id == "c" { "sold" } else { "active" },
+            tilewarm::Access::Public,
+            1,
+            &serde_json::value::to_raw_value(&1).unwrap(),
+        ))
     }
 
     fn fill(t: TileId, u: TileId) -> Fill {

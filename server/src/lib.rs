@@ -19,6 +19,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod origin;
 pub mod redis_conn;
+pub mod stored;
 pub mod stream;
 pub mod tier;
 pub mod tiles;

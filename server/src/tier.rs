@@ -9,11 +9,12 @@
 //! A tile is a hit only when its list is fresh *and* every listed item is held fresh;
 //! anything less is a miss and the whole tile is refetched.
 //!
-//! Redis keys (see `docs/server.md`): `<prefix>i:<id>` → item JSON, `SET … EX <class ttl>`;
-//! `<prefix>t:<z>/<x>/<y>` → `{"exp":…,"ids":[…]}`, `SET … EX <tile ttl>`; warm-up claims
-//! `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. Reads are one
-//! `MGET` for tile lists and requested ids plus one `MGET` for the listed items; writes are
-//! one pipeline. On a Redis Cluster ([`crate::redis_conn`]) the same `MGET`s are split by
+//! Items are held as the JSON text they are served as ([`crate::stored`]: the storage format
+//! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v2:i:<id>`
+//! → item, `SET … EX <class ttl>`; `<prefix>v2:t:<z>/<x>/<y>` → the tile's ids, `SET … EX
+//! <tile ttl>`; warm-up claims `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. Reads are one
+//! `MGET` for tile lists and requested ids plus one `MGET` for the listed items, decoded
+//! without parsing JSON; writes are one pipeline. On a Redis Cluster ([`crate::redis_conn`]) the same `MGET`s are split by
 //! slot and sent to their masters concurrently, and writes are concurrent commands.
 
 use std::sync::atomic::AtomicBool;
@@ -21,15 +22,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tilewarm::access::Access;
 use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness};
-use tilewarm::protocol::RawData;
 use tilewarm::tile::TileId;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
+pub use crate::stored::StoredItem;
+use crate::stored::{decode_tile, encode_tile, Keys};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
@@ -42,32 +43,6 @@ pub fn now_ms() -> u64 {
 /// Whole seconds left until an expiry, at least 1: the protocol's rule, shared with the
 /// edge proxy.
 pub use tilewarm::protocol::ttl_left_s;
-
-/// One item as the cache tier holds it: the wire item plus its expiry.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StoredItem {
-    pub id: String,
-    pub lon: f64,
-    pub lat: f64,
-    pub class: String,
-    pub access: Access,
-    /// Unix milliseconds at which it stops being fresh.
-    pub exp: u64,
-    pub data: RawData,
-}
-
-impl StoredItem {
-    fn size_bytes(&self) -> usize {
-        tilewarm::cache::item_size_bytes(&self.id, &self.class, self.data.get().len())
-    }
-}
-
-/// A tile list as Redis holds it.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredTile {
-    exp: u64,
-    ids: Vec<String>,
-}
 
 /// A data tile found in the tier: its items (all of them, every tier) in list order.
 #[derive(Debug)]
@@ -269,15 +244,15 @@ impl LocalTier {
         let mut cache = self.lock();
         for item in &fill.items {
             let meta = ItemMeta {
-                lon: item.lon,
-                lat: item.lat,
-                class: item.class.clone(),
-                access: item.access,
-                ttl_ms: Some(item.exp.saturating_sub(now).max(1)),
+                lon: item.lon(),
+                lat: item.lat(),
+                class: item.class().to_owned(),
+                access: item.access(),
+                ttl_ms: Some(item.exp().saturating_sub(now).max(1)),
                 size_bytes: item.size_bytes(),
             };
             // Only invalid ids or oversized items fail; those are simply not cached.
-            let _ = cache.insert(&item.id, meta, Arc::clone(item), now, Priority::Visible);
+            let _ = cache.insert(item.id(), meta, Arc::clone(item), now, Priority::Visible);
         }
         for (tile, ids, exp) in &fill.tiles {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -320,6 +295,7 @@ impl LocalTier {
 pub struct RedisTier {
     conn: RedisConn,
     prefix: String,
+    keys: Keys,
     timeout: Duration,
     degraded: AtomicBool,
     metrics: Arc<Metrics>,
@@ -342,6 +318,7 @@ impl RedisTier {
         let conn = RedisConn::open(target, opts)?;
         Ok(RedisTier {
             conn,
+            keys: Keys::new(&prefix),
             prefix,
             timeout,
             degraded: AtomicBool::new(false),
@@ -350,11 +327,11 @@ impl RedisTier {
     }
 
     fn item_key(&self, id: &str) -> String {
-        format!("{}i:{id}", self.prefix)
+        self.keys.item(id)
     }
 
     fn tile_key(&self, t: TileId) -> String {
-        format!("{}t:{t}", self.prefix)
+        self.keys.tile(t)
     }
 
     /// Runs a command with the timeout; a failure marks Redis down.
@@ -384,7 +361,8 @@ impl RedisTier {
 
     /// Deletes what `inv` covers: item keys by id; tile keys of the data tiles the tiles
     /// cover (a tile more than 4 levels coarser than the data zoom, and `classes`, by one
-    /// `SCAN` of the prefix); `all`: every key under the prefix (`SCAN` + `UNLINK`).
+    /// `SCAN` of the prefix); `all`: every key under the prefix, of any storage format
+    /// version (`SCAN` + `UNLINK`).
     async fn invalidate(
         &self,
         inv: &crate::invalidate::Invalidation,
@@ -416,9 +394,9 @@ impl RedisTier {
             self.conn.unlink(chunk).await?;
         }
         if !wide.is_empty() {
-            let tiles_prefix = format!("{}t:", self.prefix);
-            self.unlink_scan(&format!("{}*", glob_escape(&tiles_prefix)), |key| {
-                key.strip_prefix(tiles_prefix.as_str())
+            let tiles_prefix = self.keys.tiles_prefix();
+            self.unlink_scan(&format!("{}*", glob_escape(tiles_prefix)), |key| {
+                key.strip_prefix(tiles_prefix)
                     .and_then(|t| t.parse::<TileId>().ok())
                     .is_some_and(|d| wide.iter().any(|w| w.contains(d)))
             })
@@ -426,20 +404,17 @@ impl RedisTier {
         }
         if !inv.classes.is_empty() {
             // Items by class: scan the item keys and read each item's class.
-            let items_prefix = format!("{}i:", self.prefix);
-            let pattern = format!("{}*", glob_escape(&items_prefix));
+            let pattern = format!("{}*", glob_escape(self.keys.items_prefix()));
             let mut scan = self.conn.scan(&pattern, 1000).await?;
             while let Some(batch) = scan.next_batch().await? {
                 let values = self.mget(&batch).await?;
                 let doomed: Vec<&String> = batch
                     .iter()
-                    .zip(&values)
-                    .filter(|(_, v)| {
-                        v.as_deref()
-                            .and_then(|b| serde_json::from_slice::<StoredItem>(b).ok())
-                            .is_some_and(|it| inv.classes.contains(&it.class))
+                    .zip(values)
+                    .filter_map(|(k, v)| {
+                        let it = StoredItem::decode(v?)?;
+                        inv.classes.iter().any(|c| c == it.class()).then_some(k)
                     })
-                    .map(|(k, _)| k)
                     .collect();
                 self.conn.unlink(&doomed).await?;
             }
@@ -512,59 +487,53 @@ impl RedisTier {
         ids: &[String],
         now: u64,
     ) -> redis::RedisResult<TierRead> {
+        // One MGET for the tile lists and the requested ids.
         let mut keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
         keys.extend(ids.iter().map(|id| self.item_key(id)));
-        let values = self.mget(&keys).await?;
-        let (tile_values, id_values) = values.split_at(tiles.len().min(values.len()));
-
-        let parse_item = |v: &Option<Vec<u8>>| -> Option<Arc<StoredItem>> {
-            let item: StoredItem = serde_json::from_slice(v.as_deref()?).ok()?;
-            (item.exp > now).then(|| Arc::new(item))
+        let mut values = self.mget(&keys).await?;
+        values.resize(keys.len(), None);
+        let id_values = values.split_off(tiles.len());
+        let fresh = |v: Option<Vec<u8>>| -> Option<Arc<StoredItem>> {
+            let item = StoredItem::decode(v?)?;
+            (item.exp() > now).then(|| Arc::new(item))
         };
-        let id_items: Vec<Option<Arc<StoredItem>>> = id_values.iter().map(parse_item).collect();
+        let id_items: Vec<Option<Arc<StoredItem>>> = id_values.into_iter().map(fresh).collect();
 
-        // Tile lists, then one MGET for every listed item not already read by id.
-        let lists: Vec<Option<StoredTile>> = tile_values
+        // The fresh lists (ids borrowed from the values), then one MGET for every listed
+        // item not already read by id.
+        let lists: Vec<Option<(u64, Vec<&str>)>> = values
             .iter()
-            .map(|v| {
-                let t: StoredTile = serde_json::from_slice(v.as_deref()?).ok()?;
-                (t.exp > now).then_some(t)
-            })
+            .map(|v| decode_tile(v.as_deref()?).filter(|(exp, _)| *exp > now))
             .collect();
-        let mut known: std::collections::HashMap<String, Arc<StoredItem>> = ids
+        let mut known: std::collections::HashMap<&str, Option<Arc<StoredItem>>> = ids
             .iter()
             .zip(&id_items)
-            .filter_map(|(id, it)| Some((id.clone(), Arc::clone(it.as_ref()?))))
+            .filter(|(_, it)| it.is_some())
+            .map(|(id, it)| (id.as_str(), it.clone()))
             .collect();
-        let mut wanted: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for list in lists.iter().flatten() {
-            for id in &list.ids {
-                if !known.contains_key(id.as_str()) && seen.insert(id.as_str()) {
-                    wanted.push(id.clone());
+        let mut wanted: Vec<&str> = Vec::new();
+        for (_, list) in lists.iter().flatten() {
+            for &id in list {
+                if let std::collections::hash_map::Entry::Vacant(e) = known.entry(id) {
+                    e.insert(None);
+                    wanted.push(id);
                 }
             }
         }
         let keys: Vec<String> = wanted.iter().map(|id| self.item_key(id)).collect();
         let values = self.mget(&keys).await?;
-        for (id, v) in wanted.into_iter().zip(&values) {
-            if let Some(item) = parse_item(v) {
-                known.insert(id, item);
-            }
+        for (id, v) in wanted.iter().zip(values) {
+            known.insert(id, fresh(v));
         }
         let tiles = lists
-            .into_iter()
+            .iter()
             .map(|list| {
-                let list = list?;
-                let items = list
-                    .ids
+                let (exp, ids) = list.as_ref()?;
+                let items = ids
                     .iter()
-                    .map(|id| known.get(id.as_str()).cloned())
+                    .map(|id| known.get(id).cloned().flatten())
                     .collect::<Option<Vec<_>>>()?;
-                Some(TileHit {
-                    items,
-                    exp: list.exp,
-                })
+                Some(TileHit { items, exp: *exp })
             })
             .collect();
         Ok(TierRead {
@@ -576,22 +545,20 @@ impl RedisTier {
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         for item in &fill.items {
-            let Ok(json) = serde_json::to_vec(&**item) else {
-                continue;
-            };
-            let ttl = ttl_left_s(item.exp, now) as u64;
-            cmds.push(redis::Cmd::set_ex(self.item_key(&item.id), json, ttl));
+            let ttl = ttl_left_s(item.exp(), now) as u64;
+            cmds.push(redis::Cmd::set_ex(
+                self.item_key(item.id()),
+                item.encode(),
+                ttl,
+            ));
         }
         for (tile, ids, exp) in &fill.tiles {
-            let stored = StoredTile {
-                exp: *exp,
-                ids: ids.clone(),
-            };
-            let Ok(json) = serde_json::to_vec(&stored) else {
+            // A list the format cannot hold is not cached (the tile stays a miss).
+            let Some(value) = encode_tile(ids, *exp) else {
                 continue;
             };
             let ttl = ttl_left_s(*exp, now) as u64;
-            cmds.push(redis::Cmd::set_ex(self.tile_key(*tile), json, ttl));
+            cmds.push(redis::Cmd::set_ex(self.tile_key(*tile), value, ttl));
         }
         self.conn.per_key(cmds).await.map(drop)
     }
@@ -682,16 +649,17 @@ mod tests {
     fn local_tier_serves_a_tile_only_when_list_and_items_are_fresh() {
         let tier = LocalTier::new(CacheConfig::default()).unwrap();
         let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        let one = serde_json::value::to_raw_value(&1).unwrap();
         let item = |id: &str, exp| {
-            Arc::new(StoredItem {
-                id: id.into(),
-                lon: 2.35,
-                lat: 48.85,
-                class: "active".into(),
-                access: Access::Verified,
+            Arc::new(StoredItem::new(
+                id,
+                2.35,
+                48.85,
+                "active",
+                Access::Verified,
                 exp,
-                data: serde_json::value::to_raw_value(&1).unwrap(),
-            })
+                &one,
+            ))
         };
         let fill = Fill {
             items: vec![item("a", 1_000), item("b", 500)],
@@ -706,24 +674,5 @@ mod tests {
         let r = tier.read(&[t], &["a".into()], 600);
         assert!(r.tiles[0].is_none() && r.ids[0].is_some());
         assert_eq!(tier.has_tiles(&[t], 600), [false]);
-    }
-
-    #[test]
-    fn stored_items_round_trip_through_json() {
-        let it = StoredItem {
-            id: "x".into(),
-            lon: -122.123456789012,
-            lat: 47.1,
-            class: "off_market".into(),
-            access: Access::Agent,
-            exp: 42,
-            data: serde_json::value::to_raw_value(&serde_json::json!({"p": [1, 2]})).unwrap(),
-        };
-        let back: StoredItem = serde_json::from_slice(&serde_json::to_vec(&it).unwrap()).unwrap();
-        assert_eq!(
-            (back.lon, back.access, back.exp),
-            (it.lon, Access::Agent, 42)
-        );
-        assert_eq!(back.data.get(), r#"{"p":[1,2]}"#);
     }
 }

@@ -5,6 +5,7 @@ mod admission;
 mod auth;
 mod cluster;
 mod common;
+mod fastpath;
 mod invalidate;
 mod logs;
 mod openapi;
