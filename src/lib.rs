@@ -47,6 +47,7 @@ pub mod origin;
 pub mod planner;
 pub mod protocol;
 pub mod proxy;
+mod size_tricks;
 pub mod tile;
 mod util;
 #[cfg(feature = "wasm")]

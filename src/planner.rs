@@ -467,13 +467,11 @@ impl Planner {
         };
         let horizon = last.t.saturating_sub(self.config.history_ms);
         // The oldest sample inside the window and older than the newest, else the oldest.
-        let mut first = first;
-        for s in &self.history {
-            if s.t >= horizon && s.t < last.t {
-                first = s;
-                break;
-            }
-        }
+        let first = self
+            .history
+            .iter()
+            .find(|s| s.t >= horizon && s.t < last.t)
+            .unwrap_or(first);
         let dt = last.t.saturating_sub(first.t) as f64;
         if dt <= 0.0 {
             return (0.0, 0.0, 0.0);
@@ -612,11 +610,9 @@ fn score_key(score: f64) -> u64 {
 /// `(u64, u64)` keys by [`crate::util::sort_pairs`], the core's one sort.
 fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
     crate::util::sort_pairs(&mut keys);
-    let mut tiles = Vec::with_capacity(keys.len());
-    for (_, t) in keys {
-        tiles.push(TileId::from_packed(t));
-    }
-    tiles
+    keys.into_iter()
+        .map(|(_, t)| TileId::from_packed(t))
+        .collect()
 }
 
 /// `2^x` for a zoom difference, as `exp(x ln 2)`: the `exp2` that `2f64.powf(x)` compiles

@@ -60,10 +60,7 @@ impl Queues {
     ) {
         // A set of borrowed ids (the key type the protocol's checks use too), so the new
         // ones are collected before they are queued.
-        let mut queued: HashSet<&str> = HashSet::with_capacity(self.loose_ids.len());
-        for l in &self.loose_ids {
-            queued.insert(&l.id);
-        }
+        let queued: HashSet<&str> = self.loose_ids.iter().map(|l| l.id.as_str()).collect();
         let mut new = Vec::new();
         for id in ids {
             if !queued.contains(id) && !in_flight(id) {

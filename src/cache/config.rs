@@ -42,16 +42,16 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        let mut class_ttl_ms = HashMap::new();
-        class_ttl_ms.insert("active".to_string(), 300_000);
-        class_ttl_ms.insert("off_market".to_string(), 14_400_000);
         CacheConfig {
             tile_zoom: 14,
             max_items: 50_000,
             max_bytes: 32 * 1024 * 1024,
             max_tiles: 65_536,
             default_ttl_ms: 300_000,
-            class_ttl_ms,
+            class_ttl_ms: HashMap::from([
+                ("active".to_string(), 300_000),
+                ("off_market".to_string(), 14_400_000),
+            ]),
             tile_ttl_ms: None,
             stale_while_revalidate_ms: 0,
         }
@@ -93,12 +93,12 @@ impl CacheConfig {
             return Err(bad("default_ttl_ms", 0, "at least 1"));
         }
         // The smallest such class, so the error is the same on every run.
-        let mut zero: Option<&str> = None;
-        for (class, &ttl) in &self.class_ttl_ms {
-            if ttl == 0 && zero.is_none_or(|z| class.as_str() < z) {
-                zero = Some(class);
-            }
-        }
+        let zero = self
+            .class_ttl_ms
+            .iter()
+            .filter(|(_, &ttl)| ttl == 0)
+            .map(|(class, _)| class.as_str())
+            .min();
         if let Some(class) = zero {
             let class: String = class.chars().take(64).collect();
             return Err(bad(

@@ -40,11 +40,7 @@ impl<P> ItemCache<P> {
         let doomed = self.remove_items_where(&|item| item.access > tier);
         self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
-            let mut ids = HashSet::with_capacity(doomed.len());
-            for id in &doomed {
-                ids.insert(&**id);
-            }
-            self.strip_from_lists(&ids);
+            self.strip_from_lists(&doomed.iter().map(|id| &**id).collect());
         }
         doomed.len()
     }
@@ -69,11 +65,7 @@ impl<P> ItemCache<P> {
     /// ```
     pub fn forget_ids(&mut self, ids: &[&str]) -> usize {
         let removed = self.remove_ids(ids);
-        let mut set = HashSet::with_capacity(ids.len());
-        for &id in ids {
-            set.insert(id);
-        }
-        self.strip_from_lists(&set);
+        self.strip_from_lists(&ids.iter().copied().collect());
         removed
     }
 
@@ -114,11 +106,9 @@ impl<P> ItemCache<P> {
                 let mut targets = Vec::new();
                 for &t in tiles {
                     if t.z() >= dz {
-                        if let Ok(a) = t.ancestor(dz) {
-                            targets.push(a);
-                        }
+                        targets.extend(t.ancestor(dz).ok());
                     } else {
-                        targets.append(&mut self.tiles_where(&|held, _| t.contains(held)));
+                        targets.extend(self.tiles_where(&|held, _| t.contains(held)));
                     }
                 }
                 let mut removed = 0;

@@ -133,12 +133,8 @@ impl<P> ItemCache<P> {
         }
 
         if tile.z() == dz {
-            let mut ids = Vec::with_capacity(listed.len());
-            for (id, _) in listed {
-                ids.push(id);
-            }
             let entry = TileEntry {
-                ids,
+                ids: listed.into_iter().map(|(id, _)| id).collect(),
                 expires_at_ms,
                 fetched_at,
                 complete: true,
