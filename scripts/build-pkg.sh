@@ -84,6 +84,14 @@ done
 "$esbuild" js/edge.js --bundle --external:./tilewarm_edge.js --external:./tilewarm_edge_bg.wasm \
   --minify --format=esm --log-level=warning --outfile="$out/edge.js" --allow-overwrite
 rm "$out/edge-auth.js"
+# inline.js (tilewarm/inline): the browser wasm as base64 in place of its marker.
+node -e '
+const fs = require("fs");
+const [js, wasm] = process.argv.slice(1);
+const src = fs.readFileSync(js, "utf8");
+if (!src.includes("__TILEWARM_WASM_BASE64__")) throw new Error(`${js}: no wasm marker`);
+fs.writeFileSync(js, src.replace("__TILEWARM_WASM_BASE64__", fs.readFileSync(wasm).toString("base64")));
+' "$out/inline.js" "$out/${name}_bg.wasm"
 # node.cjs: the CommonJS entry for Node without require(esm) (js/node-cjs.js, the glue,
 # api.js and cache.js in one CommonJS module); its ESM source is not shipped.
 "$esbuild" "$out/node-cjs.js" --bundle --platform=node --format=cjs --minify --log-level=warning \
@@ -117,6 +125,9 @@ const pkg = {
       browser: "./index.js",
       default: "./index.js",
     },
+    // The browser entry with the .wasm inlined (base64), for bundlers that do not emit it
+    // as an asset (esbuild).
+    "./inline": { types: "./inline.d.ts", default: "./inline.js" },
     // The plain wasm-bindgen glue and the tile functions, for callers that load the .wasm
     // themselves.
     "./raw": { types: "./raw.d.ts", default: "./raw.js" },
@@ -135,7 +146,7 @@ const pkg = {
   types: "./index.d.ts",
   // The entry points instantiate the module when imported; everything else is pure. (A
   // plain `false` would let bundlers skip an entry whose exports are all re-exports.)
-  sideEffects: ["./index.js", "./node.js", "./node.cjs", "./workerd.js"],
+  sideEffects: ["./index.js", "./inline.js", "./node.js", "./node.cjs", "./workerd.js"],
   files: readdirSync(out).filter((f) => f !== "package.json").sort(),
   engines: { node: ">=18" },
 };

@@ -58,7 +58,7 @@ test('package.json matches Cargo.toml and is an ES module package', () => {
   assert.equal(pkg.types, './index.d.ts');
   assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'workerd', 'node', 'browser', 'default']);
   // Entry points have side effects (they instantiate the module), so they must be listed.
-  assert.deepEqual(pkg.sideEffects, ['./index.js', './node.js', './node.cjs', './workerd.js']);
+  assert.deepEqual(pkg.sideEffects, ['./index.js', './inline.js', './node.js', './node.cjs', './workerd.js']);
 });
 
 test('every export target exists and is in the published file list', () => {

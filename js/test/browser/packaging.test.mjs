@@ -1,6 +1,7 @@
 // The packaging matrix: the package as npm would publish it (npm pack), installed offline
 // into a new project, then bundled for the browser by Vite, webpack 5 and esbuild (every
-// browser entry: tilewarm, tilewarm/raw and the map adapters), each bundle run with `fetch`
+// browser entry: tilewarm, tilewarm/raw and the map adapters; esbuild also with
+// tilewarm/inline, the .wasm inside), each bundle run with `fetch`
 // answering from disk as a browser fetches the .wasm; and loaded by Node as an ES module
 // and with require(), with and without require(esm). The types of every entry under
 // `tsc --strict` are checked by js/test/package.test.mjs (js/test/types/).
@@ -14,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { root } from './support.mjs';
 
 const here = import.meta.dirname;
-const ENTRIES = ['tilewarm', 'tilewarm/raw', 'tilewarm/maplibre', 'tilewarm/leaflet', 'tilewarm/deckgl', 'tilewarm/openlayers'];
+const ENTRIES = ['tilewarm', 'tilewarm/inline', 'tilewarm/raw', 'tilewarm/maplibre', 'tilewarm/leaflet', 'tilewarm/deckgl', 'tilewarm/openlayers'];
 const MAIN = [
   "import { TileCache, tileForPoint } from 'tilewarm';",
   "import { parentTile } from 'tilewarm/raw';",
@@ -111,6 +112,18 @@ describe('packaging: npm pack, installed and bundled', { timeout: 180_000 }, () 
     assert.deepEqual(runBundle(app, join(out, 'main.js')), ['14/2624/5721', '12/656/1430', FNS, [pathToFileURL(join(out, 'tilewarm_bg.wasm')).href]]);
   });
 
+  it('esbuild with tilewarm/inline: the .wasm is inside the bundle, nothing fetched', async () => {
+    const esbuild = await import(join(root, 'node_modules/esbuild/lib/main.js'));
+    const out = join(app, 'dist-inline');
+    writeFileSync(join(app, 'inline.js'), MAIN.replace("from 'tilewarm';", "from 'tilewarm/inline';"));
+    await esbuild.build({
+      entryPoints: [join(app, 'inline.js')], bundle: true, format: 'esm', platform: 'browser', target: 'es2022',
+      outfile: join(out, 'main.js'), absWorkingDir: app, logLevel: 'silent',
+    });
+    assert.deepEqual(readdirSync(out), ['main.js']);
+    assert.deepEqual(runBundle(app, join(out, 'main.js')), ['14/2624/5721', '12/656/1430', FNS, []]);
+  });
+
   it('Node: import, and require() with and without require(esm), every entry resolves', () => {
     const esm = node(app, [], "import { tileForPoint } from 'tilewarm'; console.log(tileForPoint(-122.3321, 47.6062, 14), import.meta.resolve('tilewarm').split('/').pop());");
     assert.equal(esm, '14/2624/5721 node.js');
@@ -121,6 +134,6 @@ describe('packaging: npm pack, installed and bundled', { timeout: 180_000 }, () 
     assert.equal(node(app, ['--no-experimental-require-module'], cjs, '--input-type=commonjs'), '14/2624/5721 function node.cjs');
     // Every entry resolves from the installed package.
     const resolved = JSON.parse(node(app, [], `console.log(JSON.stringify(${JSON.stringify(ENTRIES)}.map((e) => import.meta.resolve(e).split('/node_modules/')[1])))`));
-    assert.deepEqual(resolved, ['tilewarm/node.js', 'tilewarm/raw.js', 'tilewarm/maplibre.js', 'tilewarm/leaflet.js', 'tilewarm/deckgl.js', 'tilewarm/openlayers.js']);
+    assert.deepEqual(resolved, ['tilewarm/node.js', 'tilewarm/inline.js', 'tilewarm/raw.js', 'tilewarm/maplibre.js', 'tilewarm/leaflet.js', 'tilewarm/deckgl.js', 'tilewarm/openlayers.js']);
   });
 });

@@ -1,6 +1,7 @@
 // Compiled with check.ts (tsconfig.json: strict, lib es2022 + DOM, no esnext): every entry
 // point of the package type-checks on its own in a plain project.
 import { TileCache } from 'tilewarm';
+import { TileCache as InlineTileCache, tileForPoint as inlineTile } from 'tilewarm/inline';
 import init, { initSync, tileForPoint } from 'tilewarm/raw';
 import worker, { createWorker, EdgeProxy } from 'tilewarm/edge';
 import { attach } from 'tilewarm/maplibre';
@@ -15,6 +16,8 @@ export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBu
   // @ts-expect-error init needs the .wasm
   await init();
   const t: string = tileForPoint(0, 0, 3);
+  const same: typeof TileCache = InlineTileCache;
+  const t2: string = inlineTile(0, 0, 3);
   // tilewarm/edge (its glue's EdgeProxy has [Symbol.dispose]).
   const w = createWorker({ tileZoom: 14 });
   const res: Promise<Response> = worker.fetch(new Request('https://x/v1/batch'), { ORIGIN: 'https://o' }, { waitUntil() {} });
@@ -35,5 +38,5 @@ export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBu
   const source = createSource({ VectorSource: class {}, Feature: class {}, Point: class {}, tileStrategy: () => 0, createXYZ: () => 0 }, cache);
   const off: () => void = follow({ getView: () => ({}), getSize: () => [1, 1], on: () => 0, un: () => 0 }, source);
   const [mx, my]: [number, number] = toMercator(0, 0);
-  return [t, w, res, proxyClass, detach, layer, l, v.zoom, off, mx, my];
+  return [t, same, t2, w, res, proxyClass, detach, layer, l, v.zoom, off, mx, my];
 }
