@@ -4,6 +4,8 @@
 #   pkg     scripts/pkg-size.sh (gzipped package size), bench/js/micro.mjs (Node, vs JS peers)
 #   sim     sim/run-bench.sh (trace replay: none / lru / ring1 / tilewarm / oracle)
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
+#   cluster server/bench/cluster.sh (a 3+3 Redis Cluster: 1 vs 2 server instances, cluster vs
+#           single Redis; MGET split by slot vs hash-tagged)
 #   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
 #   maplibre js/test/browser/maplibre-bench.mjs (tilewarm/maplibre: source updates per second
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server postgis edge maplibre web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server cluster postgis edge maplibre web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -52,6 +54,11 @@ if want server; then
   status "server load benchmark"
   if [ -x server/bench/run.sh ]; then server/bench/run.sh >&2 || echo "server/bench/run.sh failed" > "$out/server.md"
   else echo "not run: server/bench/run.sh is absent" > "$out/server.md"; fi
+fi
+if want cluster; then
+  status "server on a Redis Cluster: 1 vs 2 instances, cluster vs single Redis"
+  if [ -x server/bench/cluster.sh ]; then server/bench/cluster.sh >&2 || echo "server/bench/cluster.sh failed" > "$out/cluster.md"
+  else echo "not run: server/bench/cluster.sh is absent" > "$out/cluster.md"; fi
 fi
 if want postgis; then
   status "PostGIS origin: latency, throughput cold and warm, change to served"
@@ -95,7 +102,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`postgis\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`cluster\`, \`postgis\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -131,6 +138,10 @@ HEAD
   echo "## Server: \`scripts/bench.sh server\`"
   echo
   section "$out/server.md" "(not run in this invocation)"
+  echo
+  echo "## Server on a Redis Cluster: \`scripts/bench.sh cluster\`"
+  echo
+  section "$out/cluster.md" "(not run in this invocation)"
   echo
   echo "## Server over PostGIS: \`scripts/bench.sh postgis\`"
   echo

@@ -148,16 +148,185 @@ pub enum RedisConn {
 /// A cluster connection made on first use, so that the server starts while the cluster is
 /// down (the tier starts degraded and its probe connects later).
 #[derive(Clone)]
-pub struct LazyCluster(Arc<(ClusterClient, OnceCell<ClusterConnection>)>);
+pub struct LazyCluster(Arc<ClusterInner>);
+
+struct ClusterInner {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+    /// Which node serves which slots (`CLUSTER SLOTS`), for reads grouped by node; read
+    /// when first needed and again after a grouped read failed.
+    slots: std::sync::RwLock<Option<Arc<SlotTable>>>,
+    read_from_replicas: bool,
+}
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        let (client, conn) = &*self.0;
-        let conn = conn
-            .get_or_try_init(|| client.get_async_connection())
+        let inner = &*self.0;
+        let conn = inner
+            .conn
+            .get_or_try_init(|| inner.client.get_async_connection())
             .await?;
         Ok(conn.clone())
     }
+
+    async fn slot_table(&self, conn: &mut ClusterConnection) -> RedisResult<Arc<SlotTable>> {
+        if let Some(t) = self
+            .0
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(t);
+        }
+        let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+        let t = Arc::new(SlotTable::parse(&v));
+        *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
+        Ok(t)
+    }
+
+    fn forget_slot_table(&self) {
+        *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Runs commands, each within one slot (given), and gives their answers in order:
+    /// grouped by the node that serves the slot (`CLUSTER SLOTS`, kept; with `replica`
+    /// a replica of it), one pipeline per node, all nodes concurrently. When a node's
+    /// pipeline fails (a slot moved, a failover) the table is dropped and that node's
+    /// commands are sent one by one through the cluster client, which follows redirects
+    /// and refreshes its own map; commands of a slot the table lacks go that way too.
+    async fn on_nodes(&self, cmds: Vec<(u16, Cmd)>, replica: bool) -> RedisResult<Vec<Value>> {
+        let mut conn = self.get().await?;
+        let table = self.slot_table(&mut conn).await?;
+        {
+            let mut per_node: Vec<((String, u16), Vec<usize>)> = Vec::new();
+            let mut unmapped: Vec<usize> = Vec::new();
+            for (i, (slot, _)) in cmds.iter().enumerate() {
+                match table.node(*slot, replica, i) {
+                    Some(node) => match per_node.iter_mut().find(|(a, _)| a == node) {
+                        Some((_, idx)) => idx.push(i),
+                        None => per_node.push((node.clone(), vec![i])),
+                    },
+                    None => unmapped.push(i),
+                }
+            }
+            let cmds: Vec<Cmd> = cmds.into_iter().map(|(_, c)| c).collect();
+            let by_node = per_node.into_iter().map(|((host, port), idx)| {
+                let mut conn = conn.clone();
+                let mut pipe = redis::pipe();
+                for &i in &idx {
+                    pipe.add_command(cmds[i].clone());
+                }
+                async move {
+                    let to = SingleNodeRoutingInfo::ByAddress { host, port };
+                    let n = idx.len();
+                    (idx, conn.route_pipeline(pipe, 0, n, to).await)
+                }
+            });
+            let mut out: Vec<Option<Value>> = vec![None; cmds.len()];
+            let mut retry = unmapped;
+            for (idx, answer) in futures_util::future::join_all(by_node).await {
+                match answer {
+                    Ok(values)
+                        if values.len() == idx.len()
+                            && !values.iter().any(|v| matches!(v, Value::ServerError(_))) =>
+                    {
+                        for (&i, v) in idx.iter().zip(values) {
+                            out[i] = Some(v);
+                        }
+                    }
+                    _ => retry.extend(idx),
+                }
+            }
+            if !retry.is_empty() {
+                self.forget_slot_table();
+                let answers = futures_util::future::try_join_all(retry.iter().map(|&i| {
+                    let mut conn = conn.clone();
+                    let cmd = cmds[i].clone();
+                    async move { cmd.query_async::<Value>(&mut conn).await }
+                }))
+                .await?;
+                for (&i, v) in retry.iter().zip(answers) {
+                    out[i] = Some(v);
+                }
+            }
+            Ok(out.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect())
+        }
+    }
+}
+
+/// A node's (host, port).
+type NodeAddr = (String, u16);
+
+/// `CLUSTER SLOTS`: per slot range (first, last), the master's address then its replicas'.
+#[derive(Debug, Default)]
+struct SlotTable {
+    ranges: Vec<(u16, u16, Vec<NodeAddr>)>,
+}
+
+impl SlotTable {
+    fn parse(v: &Value) -> SlotTable {
+        let mut ranges = Vec::new();
+        let Value::Array(rows) = v else {
+            return SlotTable::default();
+        };
+        for row in rows {
+            let Value::Array(f) = row else { continue };
+            let (Some(Value::Int(start)), Some(Value::Int(end))) = (f.first(), f.get(1)) else {
+                continue;
+            };
+            let nodes: Vec<(String, u16)> = f[2..]
+                .iter()
+                .filter_map(|n| {
+                    let Value::Array(n) = n else { return None };
+                    let host = match n.first()? {
+                        Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+                        Value::SimpleString(s) => s.clone(),
+                        _ => return None,
+                    };
+                    let Value::Int(port) = n.get(1)? else {
+                        return None;
+                    };
+                    Some((host, u16::try_from(*port).ok()?))
+                })
+                .collect();
+            if let (Ok(s), Ok(e), false) =
+                (u16::try_from(*start), u16::try_from(*end), nodes.is_empty())
+            {
+                ranges.push((s, e, nodes));
+            }
+        }
+        SlotTable { ranges }
+    }
+
+    /// The node that serves `slot`: its master, or with `replica` one of its replicas
+    /// (picked by `pick`) when it has any.
+    fn node(&self, slot: u16, replica: bool, pick: usize) -> Option<&(String, u16)> {
+        let (_, _, nodes) = self
+            .ranges
+            .iter()
+            .find(|(s, e, _)| (*s..=*e).contains(&slot))?;
+        if replica && nodes.len() > 1 {
+            nodes.get(1 + pick % (nodes.len() - 1))
+        } else {
+            nodes.first()
+        }
+    }
+}
+
+/// The hash slot of `key` (CRC16/XMODEM of the key, or of its `{tag}`, mod 16384), as
+/// Redis Cluster and redis-rs compute it.
+fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+            let tag = &key[open + 1..open + 1 + close];
+            (!tag.is_empty()).then_some(tag)
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
 impl RedisConn {
@@ -189,10 +358,12 @@ impl RedisConn {
                 if opts.read_from_replicas {
                     builder = builder.read_routing_strategy(RandomReplicaStrategy);
                 }
-                Ok(RedisConn::Cluster(LazyCluster(Arc::new((
-                    builder.build()?,
-                    OnceCell::new(),
-                )))))
+                Ok(RedisConn::Cluster(LazyCluster(Arc::new(ClusterInner {
+                    client: builder.build()?,
+                    conn: OnceCell::new(),
+                    slots: std::sync::RwLock::new(None),
+                    read_from_replicas: opts.read_from_replicas,
+                }))))
             }
         }
     }
@@ -202,29 +373,28 @@ impl RedisConn {
         matches!(self, RedisConn::Cluster(_))
     }
 
-    /// Runs single-key commands and gives their answers in order: one pipeline on one
-    /// Redis; on a cluster (where a pipeline must stay in one slot) every command on its
-    /// own, all concurrently (the client pipelines them per node connection).
-    pub async fn per_key(&self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+    /// Runs single-key commands, each given with its key, and gives their answers in
+    /// order: one pipeline on one Redis; on a cluster (where a pipeline must stay within
+    /// one slot) one pipeline per node, as [`Self::mget`] does.
+    pub async fn per_key(&self, cmds: Vec<(String, Cmd)>) -> RedisResult<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         match self {
             RedisConn::Single(conn) => {
                 let mut pipe = redis::pipe();
-                for c in cmds {
+                for (_, c) in cmds {
                     pipe.add_command(c);
                 }
                 let mut conn = conn.clone();
                 pipe.query_async(&mut conn).await
             }
             RedisConn::Cluster(lazy) => {
-                let conn = lazy.get().await?;
-                futures_util::future::try_join_all(cmds.into_iter().map(|c| {
-                    let mut conn = conn.clone();
-                    async move { c.query_async::<Value>(&mut conn).await }
-                }))
-                .await
+                let cmds = cmds
+                    .into_iter()
+                    .map(|(k, c)| (key_slot(k.as_bytes()), c))
+                    .collect();
+                lazy.on_nodes(cmds, false).await
             }
         }
     }
@@ -245,13 +415,12 @@ impl RedisConn {
         Ok(info.lines().any(|l| l.trim() == "cluster_state:ok"))
     }
 
-    /// `MGET` of `keys`, values in key order. On a cluster the keys are grouped by slot and
-    /// each slot's `MGET` is sent on its own, all concurrently. (The cluster client can
-    /// split one `MGET` itself, but after a failover it drops the sub-requests of a node
-    /// it no longer has a connection to and fails with a count mismatch, without
-    /// refreshing its slot map, until some single-slot command does: the tier would go on
-    /// failing after the cluster is whole again. A single-slot command is redirected and
-    /// retried like any other.)
+    /// `MGET` of `keys`, values in key order. On a cluster the keys are grouped by slot,
+    /// one `MGET` per slot, and those by node ([`LazyCluster::on_nodes`]): one round trip
+    /// per node. (The cluster client can split one `MGET` by itself, but sends one
+    /// command per slot, about one per key here, 100 times slower than this (measured,
+    /// docs/BENCHMARKS.md); and after a failover it drops the part meant for a node it has
+    /// lost and fails with a count mismatch, without refreshing its map.)
     pub async fn mget(&self, keys: &[String]) -> RedisResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -262,28 +431,21 @@ impl RedisConn {
                 redis::cmd("MGET").arg(keys).query_async(&mut conn).await
             }
             RedisConn::Cluster(lazy) => {
-                let conn = lazy.get().await?;
                 let groups = by_slot(keys);
-                let answers = futures_util::future::try_join_all(groups.iter().map(|idx| {
-                    let mut conn = conn.clone();
-                    let mut cmd = redis::cmd("MGET");
-                    for &i in idx {
-                        cmd.arg(&keys[i]);
-                    }
-                    async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await }
-                }))
-                .await?;
+                let cmds = groups
+                    .iter()
+                    .map(|g| {
+                        let mut cmd = redis::cmd("MGET");
+                        for &i in g {
+                            cmd.arg(&keys[i]);
+                        }
+                        (key_slot(keys[g[0]].as_bytes()), cmd)
+                    })
+                    .collect();
+                let answers = lazy.on_nodes(cmds, lazy.0.read_from_replicas).await?;
                 let mut out = vec![None; keys.len()];
-                for (idx, values) in groups.iter().zip(answers) {
-                    if values.len() != idx.len() {
-                        return Err(redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "MGET answered a different number of values than keys",
-                        )));
-                    }
-                    for (&i, v) in idx.iter().zip(values) {
-                        out[i] = v;
-                    }
+                for (g, v) in groups.iter().zip(answers) {
+                    place(&mut out, g, redis::from_redis_value(v)?)?;
                 }
                 Ok(out)
             }
@@ -306,10 +468,10 @@ impl RedisConn {
                     .into_iter()
                     .map(|idx| {
                         let mut cmd = redis::cmd("UNLINK");
-                        for i in idx {
+                        for &i in &idx {
                             cmd.arg(keys[i]);
                         }
-                        cmd
+                        (keys[idx[0]].to_owned(), cmd)
                     })
                     .collect();
                 self.per_key(cmds).await.map(drop)
@@ -338,6 +500,24 @@ impl RedisConn {
             cursor: 0,
         })
     }
+}
+
+/// Puts one slot's `MGET` answer `values` at the key positions `idx`.
+fn place(
+    out: &mut [Option<Vec<u8>>],
+    idx: &[usize],
+    values: Vec<Option<Vec<u8>>>,
+) -> RedisResult<()> {
+    if values.len() != idx.len() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "MGET answered a different number of values than keys",
+        )));
+    }
+    for (&i, v) in idx.iter().zip(values) {
+        out[i] = v;
+    }
+    Ok(())
 }
 
 /// Indices of `keys` grouped by hash slot, in first-seen order.
@@ -453,6 +633,49 @@ impl ConnectionLike for RedisConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_slots_are_redis_cluster_slots() {
+        // `CLUSTER KEYSLOT foo` is 12182; a {tag} hashes only the tag; `{}` is no tag.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{foo}bar"), 12182);
+        assert_eq!(key_slot(b"x{foo}"), 12182);
+        assert_ne!(key_slot(b"{}foo"), key_slot(b"foo"));
+        for k in ["tw:i:s2a-1", "tw:t:14/2/3", "{a}b", "{}x", "a{b", "a}{b}"] {
+            let same = |o: &str| Slot::for_key(k) == Slot::for_key(o);
+            // Equal to redis-rs's own slot (compared through keys of a known slot).
+            let probe = (0..100_000)
+                .map(|i| format!("probe{i}"))
+                .find(|p| key_slot(p.as_bytes()) == key_slot(k.as_bytes()))
+                .unwrap();
+            assert!(same(&probe), "{k}");
+        }
+    }
+
+    #[test]
+    fn slot_table_reads_cluster_slots() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("a", 1),
+                node("a2", 11),
+            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("b", 2)]),
+        ]);
+        let t = SlotTable::parse(&v);
+        assert_eq!(t.node(0, false, 0), Some(&("a".to_owned(), 1)));
+        assert_eq!(t.node(5460, true, 7), Some(&("a2".to_owned(), 11)));
+        assert_eq!(t.node(5461, true, 0), Some(&("b".to_owned(), 2)));
+        assert_eq!(SlotTable::default().node(3, false, 0), None);
+    }
 
     #[test]
     fn keys_are_grouped_by_slot_in_order() {

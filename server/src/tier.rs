@@ -546,11 +546,8 @@ impl RedisTier {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         for item in &fill.items {
             let ttl = ttl_left_s(item.exp(), now) as u64;
-            cmds.push(redis::Cmd::set_ex(
-                self.item_key(item.id()),
-                item.encode(),
-                ttl,
-            ));
+            let key = self.item_key(item.id());
+            cmds.push((key.clone(), redis::Cmd::set_ex(key, item.encode(), ttl)));
         }
         for (tile, ids, exp) in &fill.tiles {
             // A list the format cannot hold is not cached (the tile stays a miss).
@@ -558,7 +555,8 @@ impl RedisTier {
                 continue;
             };
             let ttl = ttl_left_s(*exp, now) as u64;
-            cmds.push(redis::Cmd::set_ex(self.tile_key(*tile), value, ttl));
+            let key = self.tile_key(*tile);
+            cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }
         self.conn.per_key(cmds).await.map(drop)
     }
@@ -572,13 +570,14 @@ impl RedisTier {
         let cmds = tiles
             .iter()
             .map(|&t| {
+                let key = format!("{}w:{t}", self.prefix);
                 let mut c = redis::cmd("SET");
-                c.arg(format!("{}w:{t}", self.prefix))
+                c.arg(&key)
                     .arg(owner)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl_ms.max(1));
-                c
+                (key, c)
             })
             .collect();
         let answers = self.conn.per_key(cmds).await?;
@@ -594,7 +593,10 @@ impl RedisTier {
         }
         let cmds = tiles
             .iter()
-            .map(|&t| redis::Cmd::exists(self.tile_key(t)))
+            .map(|&t| {
+                let key = self.tile_key(t);
+                (key.clone(), redis::Cmd::exists(key))
+            })
             .collect();
         let answers = self.conn.per_key(cmds).await?;
         answers

@@ -108,10 +108,36 @@ async fn two_instances_on_a_cluster_answer_like_one_on_a_single_redis() {
     }
     let masters = cluster.masters();
     assert_eq!(masters.len(), 3, "{masters:?}");
-    for (port, _) in masters {
+    for &(port, _) in &masters {
         assert!(cluster.dbsize(port) > 0, "master {port} holds no keys");
     }
-    for s in [a, b, c] {
+    // With replica reads, the answers are the same and the replicas answer the MGETs.
+    let replicas: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|p| masters.iter().all(|(m, _)| m != p))
+        .collect();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    let on_replicas = |s: &crate::common::RedisCluster| -> u64 {
+        replicas.iter().map(|&p| s.mget_calls(p)).sum()
+    };
+    let before = on_replicas(&cluster);
+    let d = server(no_warmup(Config {
+        redis_read_from_replicas: true,
+        ..on(cluster.url.clone())
+    }))
+    .await;
+    for (i, (tier, body)) in traffic.iter().enumerate() {
+        let h = client(&http, *tier);
+        let got = h.ok(&d, body).await;
+        assert_eq!(
+            digest(&got),
+            digest(&h.ok(&c, body).await),
+            "replica read {i}"
+        );
+    }
+    assert!(on_replicas(&cluster) > before, "no MGET reached a replica");
+    for s in [a, b, c, d] {
         s.shutdown().await;
     }
 }

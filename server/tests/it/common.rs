@@ -405,6 +405,31 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// The ports of every node (masters and replicas).
+    pub fn ports(&self) -> Vec<u16> {
+        std::fs::read_to_string(self.dir.join("ports"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// `MGET` calls the node on `port` has answered (`INFO commandstats`).
+    pub fn mget_calls(&self, port: u16) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["info", "commandstats"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         let _ = Command::new(cluster_script())
