@@ -327,19 +327,21 @@ export class TileCache {
     return Promise.all(results);
   }
 
-  /** Drops cached items (`ids`), tiles (`tiles`, "z/x/y") or everything (`all`);
-   * returns how many entries went. Visible tiles that emptied are fetched again. */
+  /** Drops cached items (`ids`), tiles (`tiles`, "z/x/y"), classes (`classes`) or
+   * everything (`all`); returns how many entries went. Visible tiles that emptied are
+   * fetched again. */
   invalidate(what = {}) {
     this.#alive();
-    if (!isObject(what)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `invalidate takes {ids, tiles, all}, got ${show(what)}`);
-    checkKeys(what, ['ids', 'tiles', 'all'], '');
+    if (!isObject(what)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `invalidate takes {ids, tiles, classes, all}, got ${show(what)}`);
+    checkKeys(what, ['ids', 'tiles', 'classes', 'all'], '');
     const ids = checkStrings('ids', what.ids), tiles = checkStrings('tiles', what.tiles);
+    const classes = checkStrings('classes', what.classes);
     if (what.all !== undefined && typeof what.all !== 'boolean') {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `all must be a boolean, got ${show(what.all)}`);
     }
     let out;
     try {
-      out = this.#engine.invalidate(ids, tiles, what.all === true, this.#now());
+      out = this.#engine.invalidate(ids, tiles, classes, what.all === true, this.#now());
     } catch (e) {
       throw thrown(e, () => tiles);
     }

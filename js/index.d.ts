@@ -137,7 +137,10 @@ export type TileLoad<Data = unknown> =
 /** What {@link TileCache.invalidate} drops. */
 export interface Invalidation {
   ids?: string[];
+  /** Tiles `z/x/y` at any zoom: a coarse one covers every data tile inside it. */
   tiles?: string[];
+  /** Every item of these classes. */
+  classes?: string[];
   all?: boolean;
 }
 

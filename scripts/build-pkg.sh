@@ -138,6 +138,8 @@ const pkg = {
     "./leaflet": { types: "./leaflet.d.ts", default: "./leaflet.js" },
     "./deckgl": { types: "./deckgl.d.ts", default: "./deckgl.js" },
     "./openlayers": { types: "./openlayers.d.ts", default: "./openlayers.js" },
+    // The change feed follower (GET /v1/changes): no wasm of its own, it takes a TileCache.
+    "./live": { types: "./live.d.ts", default: "./live.js" },
     "./tilewarm_bg.wasm": "./tilewarm_bg.wasm",
     "./package.json": "./package.json",
   },

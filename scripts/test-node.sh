@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f pkg/package.json ] || { echo "test-node: pkg/ is not built: run make pkg" >&2; exit 1; }
+# live.test.mjs runs a real tilewarm-server (the same build scripts/test-edge.sh uses).
+cargo build --quiet --workspace --all-features --bin tilewarm-server
+export TILEWARM_SERVER=${TILEWARM_SERVER:-target/debug/tilewarm-server}
 mkdir -p js/node_modules
 ln -sfn ../../pkg js/node_modules/tilewarm
 exec node --test --test-reporter=spec js/test/*.test.mjs

@@ -285,6 +285,7 @@ impl Engine {
         &mut self,
         ids: Vec<String>,
         tiles: Vec<String>,
+        classes: Vec<String>,
         all: bool,
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
@@ -300,6 +301,9 @@ impl Engine {
             }
             if !parsed.is_empty() {
                 n += self.client.invalidate(Invalidate::Tiles(&parsed), now);
+            }
+            for class in &classes {
+                n += self.client.invalidate(Invalidate::Class(class), now);
             }
         }
         let mut out = Out::default();

@@ -8,6 +8,7 @@ import { attach } from 'tilewarm/maplibre';
 import { createLayer } from 'tilewarm/leaflet';
 import { extendTileLayer, viewportOf } from 'tilewarm/deckgl';
 import { createSource, follow, toMercator } from 'tilewarm/openlayers';
+import { follow as followChanges, type FeedEvent } from 'tilewarm/live';
 
 export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBuffer) {
   // tilewarm/raw: the init functions take the .wasm.
@@ -38,5 +39,11 @@ export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBu
   const source = createSource({ VectorSource: class {}, Feature: class {}, Point: class {}, tileStrategy: () => 0, createXYZ: () => 0 }, cache);
   const off: () => void = follow({ getView: () => ({}), getSize: () => [1, 1], on: () => 0, un: () => 0 }, source);
   const [mx, my]: [number, number] = toMercator(0, 0);
-  return [t, same, t2, w, res, proxyClass, detach, layer, l, v.zoom, off, mx, my];
+  // tilewarm/live.
+  const seen: FeedEvent[] = [];
+  const following = followChanges(cache, 'https://x/v1/changes', { onEvent: (e) => seen.push(e), signal: new AbortController().signal });
+  const last: string | undefined = following.lastEventId;
+  // @ts-expect-error a URL is required
+  followChanges(cache);
+  return [t, same, t2, w, res, proxyClass, detach, layer, l, v.zoom, off, mx, my, last, following.done, seen];
 }

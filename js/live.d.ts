@@ -1,0 +1,51 @@
+// Types of tilewarm/live (live.js): following a server's change feed.
+import type { Invalidation, TileCache } from './index.js';
+
+export interface FollowOptions {
+  /** Stops following when aborted. */
+  signal?: AbortSignal;
+  /** Sends `Authorization: Bearer <token>` (a fresh call per connection), as TileCache's
+   * `auth` does; give the same object. The feed needs the same authentication as the
+   * batch endpoint. */
+  auth?: { token: () => string | Promise<string> };
+  /** Extra request headers. */
+  headers?: Record<string, string>;
+  /** The fetch to use; default `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Resume after this event id (one a previous `follow` reached) instead of invalidating
+   * everything on the first connection. */
+  lastEventId?: string;
+  /** Called after each event was applied: `ready` (connected), `invalidate` or `reset`. */
+  onEvent?: (event: FeedEvent) => void;
+  /** Connection failures and bad events (following goes on). */
+  onError?: (error: unknown) => void;
+  /** First reconnect delay, doubled per failure up to `maxRetryMs` (with jitter). Defaults
+   * 500 and 30 000. */
+  minRetryMs?: number;
+  maxRetryMs?: number;
+}
+
+export interface FeedEvent {
+  type: 'ready' | 'invalidate' | 'reset';
+  /** The stream id (`<ms>-<seq>`) of the event. */
+  id?: string;
+  /** What was invalidated in the cache (`{all: true}` for `reset` and the first `ready`). */
+  invalidation?: Invalidation;
+}
+
+export interface Following {
+  /** The id of the last event applied: pass it as `lastEventId` to resume later. */
+  readonly lastEventId: string | undefined;
+  /** Resolves when following stopped (the signal aborted, or the cache was disposed). */
+  readonly done: Promise<void>;
+}
+
+/**
+ * Follows the server's change feed (`GET /v1/changes`, server-sent events): each change is
+ * invalidated in `cache` (visible tiles are fetched again and `onUpdate` fires); `reset`
+ * invalidates everything; a dropped connection resumes with `Last-Event-ID`.
+ * @example
+ * const cache = await TileCache.create({ endpoint: 'https://api.example/v1/batch', auth });
+ * follow(cache, 'https://api.example/v1/changes', { auth, signal });
+ */
+export function follow(cache: TileCache<any>, url: string, options?: FollowOptions): Following;

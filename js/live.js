@@ -1,0 +1,167 @@
+// tilewarm/live: follow a server's change feed (GET /v1/changes, server-sent events) so a
+// TileCache drops what changed, refetches what is visible and tells onUpdate listeners.
+//
+//   const stop = new AbortController();
+//   follow(cache, 'https://api.example/v1/changes', { auth, signal: stop.signal });
+//
+// An EventSource-like reader over fetch, because EventSource cannot send an Authorization
+// header. Each `invalidate` event goes through cache.invalidate (the core's invalidation);
+// `reset` (the server could not replay what was missed) invalidates everything. A dropped
+// connection reconnects with `Last-Event-ID` and backs off (0.5 s doubling to 30 s, with
+// jitter; back to 0.5 s once a connection is up), so no event is lost while the server
+// still holds it. The first connection invalidates everything too: what the cache held
+// before it cannot be proven fresh (follow right after create and that is nothing).
+// Types: live.d.ts.
+
+const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
+const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+function fail(Class, code, message) {
+  const e = new Class(message);
+  e.code = code;
+  return e;
+}
+
+/** Splits a text stream into server-sent events: { event, id, data } (id undefined when
+ * the event set none). Follows the HTML spec's parsing rules. */
+async function* events(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '', event = '', data = [], id;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += value;
+      let nl;
+      while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
+        if (line === '') {
+          if (data.length || event) yield { event: event || 'message', id, data: data.join('\n') };
+          event = ''; data = []; id = undefined;
+          continue;
+        }
+        if (line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let v = colon < 0 ? '' : line.slice(colon + 1);
+        if (v.startsWith(' ')) v = v.slice(1);
+        if (field === 'event') event = v;
+        else if (field === 'data') data.push(v);
+        else if (field === 'id' && !v.includes('\0')) id = v;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+/**
+ * Follows the change feed at `url` until `options.signal` aborts or the cache is disposed.
+ * Returns an object whose `lastEventId` is the id of the last event applied and whose
+ * `done` resolves when following stopped. See live.d.ts.
+ */
+export function follow(cache, url, options = {}) {
+  if (typeof cache?.invalidate !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'follow takes a TileCache first');
+  }
+  let href;
+  try { href = new URL(url).href; } catch {
+    throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `url must be an absolute URL string, got ${typeof url === 'string' ? JSON.stringify(url) : typeof url}`);
+  }
+  for (const k of Object.keys(options)) {
+    if (!OPTION_NAMES.includes(k)) throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `unknown option ${JSON.stringify(k)}; allowed: ${OPTION_NAMES.join(', ')}`);
+  }
+  const { signal, auth, headers = {}, fetch = globalThis.fetch, onEvent, onError = () => {} } = options;
+  const minMs = options.minRetryMs ?? 500, maxMs = options.maxRetryMs ?? 30_000;
+  if (!(minMs > 0 && maxMs >= minMs)) throw fail(RangeError, 'ERR_OUT_OF_RANGE', 'minRetryMs must be > 0 and maxRetryMs >= minRetryMs');
+  if (auth !== undefined && typeof auth?.token !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'auth must be an object { token: () => string | Promise<string> }');
+  }
+  const state = { lastEventId: options.lastEventId, done: undefined };
+  const ctrl = new AbortController();
+  const stop = () => ctrl.abort();
+  signal?.addEventListener('abort', stop, { once: true });
+  if (signal?.aborted) stop();
+
+  /** Applies one event (a `ready` with `all` invalidates everything); false when the
+   * cache is gone. */
+  const apply = (ev, all = false) => {
+    let what = all ? { all: true } : undefined;
+    if (ev.event === 'invalidate') {
+      try { what = JSON.parse(ev.data); } catch { what = undefined; }
+      const ok = what && typeof what === 'object' && !Array.isArray(what);
+      // An event that cannot be read cannot be proven harmless.
+      what = ok ? { ids: what.ids ?? undefined, tiles: what.tiles ?? undefined, classes: what.classes ?? undefined, all: what.all === true } : { all: true };
+      if (!ok) onError(fail(Error, 'ERR_BAD_EVENT', `change feed: an invalidate event whose data is not an invalidation; invalidated everything`));
+    } else if (ev.event === 'reset') {
+      what = { all: true };
+    } else if (ev.event !== 'ready') {
+      return true; // unknown events are ignored, as EventSource does
+    }
+    if (what) {
+      try {
+        cache.invalidate(what);
+      } catch (e) {
+        if (e?.code === 'ERR_DISPOSED') return false;
+        onError(e);
+        try { cache.invalidate({ all: true }); } catch { return false; }
+      }
+    }
+    if (ev.id !== undefined) state.lastEventId = ev.id;
+    try { onEvent?.({ type: ev.event, id: ev.id, invalidation: what }); } catch (e) { onError(e); }
+    return true;
+  };
+
+  const run = async () => {
+    let wait = minMs, first = state.lastEventId === undefined;
+    while (!ctrl.signal.aborted) {
+      try {
+        const h = { ...headers, accept: 'text/event-stream' };
+        if (auth) {
+          const token = await auth.token();
+          if (typeof token !== 'string' || !TOKEN.test(token)) throw fail(Error, 'ERR_TOKEN', 'auth.token() must give a bearer token');
+          h.authorization = `Bearer ${token}`;
+        }
+        if (state.lastEventId !== undefined) h['last-event-id'] = state.lastEventId;
+        const res = await fetch.call(globalThis, href, { headers: h, signal: ctrl.signal });
+        if (res.status === 400 && state.lastEventId !== undefined) {
+          // The server cannot read our id: start over, invalidating everything.
+          res.body?.cancel().catch(() => {});
+          onError(fail(Error, 'ERR_FEED', `change feed: HTTP 400 for Last-Event-ID ${state.lastEventId}; starting over`));
+          state.lastEventId = undefined;
+          first = true;
+          continue;
+        }
+        if (!res.ok || !res.body) {
+          res.body?.cancel().catch(() => {});
+          throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}`);
+        }
+        for await (const ev of events(res.body)) {
+          if (ev.event === 'ready') {
+            wait = minMs;
+            if (first) {
+              first = false;
+              if (!apply(ev, true)) return;
+              continue;
+            }
+          }
+          if (!apply(ev)) return;
+        }
+        throw fail(Error, 'ERR_FEED', 'change feed: the server closed the stream');
+      } catch (e) {
+        if (ctrl.signal.aborted) return;
+        onError(e);
+      }
+      const jittered = wait / 2 + Math.random() * (wait / 2);
+      await new Promise((ok) => {
+        const done = () => { clearTimeout(t); ctrl.signal.removeEventListener('abort', done); ok(); };
+        const t = setTimeout(done, jittered);
+        ctrl.signal.addEventListener('abort', done, { once: true });
+      });
+      wait = Math.min(maxMs, wait * 2);
+    }
+  };
+  state.done = run().finally(() => signal?.removeEventListener('abort', stop));
+  return state;
+}

@@ -1,0 +1,191 @@
+// tilewarm/live against a real tilewarm-server (TILEWARM_SERVER, default
+// target/debug/tilewarm-server; scripts/test-node.sh builds it) whose origin is the test
+// backend (support/backend.mjs), so a test can change an item at the origin, invalidate it
+// through POST /v1/invalidate, and watch the page show the new value through the feed.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { SignJWT } from 'jose';
+import { TileCache } from 'tilewarm';
+import { follow } from 'tilewarm/live';
+import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
+
+const BIN = process.env.TILEWARM_SERVER ?? 'target/debug/tilewarm-server';
+const SECRET = 'tilewarm-live-test-secret-0123456789abcdef';
+const skip = existsSync(BIN) ? false : `${BIN} is not built (cargo build -p tilewarm-server, or scripts/test-node.sh)`;
+const [, SX, SY] = SEATTLE;
+
+let backend;
+const servers = [];
+before(async () => { backend = await startBackend(); });
+after(async () => {
+  for (const s of servers) s.child.kill();
+  await backend?.close();
+});
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on('error', fail);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
+  });
+}
+
+async function until(cond, what, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** tilewarm-server on a free port, answering from the test backend. */
+async function startServer(extra = []) {
+  const port = await freePort();
+  let log = '';
+  const child = spawn(BIN, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--origin', backend.url,
+    '--jwt-secret', SECRET, '--caller-rate', '0', '--warmup-ring', '0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  const s = { child, url: `http://127.0.0.1:${port}`, log: () => log };
+  servers.push(s);
+  const end = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`tilewarm-server exited:\n${log}`);
+    try { if ((await fetch(`${s.url}/healthz`)).ok) return s; } catch { /* not up yet */ }
+    if (Date.now() > end) throw new Error(`tilewarm-server did not come up:\n${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function adminToken() {
+  return new SignJWT({ tilewarm_admin: true, tilewarm_access: 'agent' })
+    .setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h')
+    .sign(new TextEncoder().encode(SECRET));
+}
+
+async function invalidate(server, what) {
+  const r = await fetch(`${server.url}/v1/invalidate`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${await adminToken()}` },
+    body: JSON.stringify(what),
+  });
+  assert.equal(r.status, 200, await r.clone().text());
+  return (await r.json()).id;
+}
+
+/** A fetch whose feed connections the test can cut, and hold from reconnecting. */
+function cuttable() {
+  const conns = [];
+  let gate = Promise.resolve(), open = () => {};
+  const f = async (url, init) => {
+    if (String(url).includes('/v1/changes')) {
+      await gate;
+      const c = new AbortController();
+      init.signal?.addEventListener('abort', () => c.abort(), { once: true });
+      conns.push({ c, headers: init.headers });
+      return fetch(url, { ...init, signal: c.signal });
+    }
+    return fetch(url, init);
+  };
+  return {
+    fetch: f, conns,
+    cut() { gate = new Promise((r) => { open = r; }); conns.at(-1).c.abort(); },
+    reopen() { open(); },
+  };
+}
+
+/** A cache on `server` showing the Seattle view, its items (public) once complete. */
+async function page(server, fetchFn) {
+  const cache = await TileCache.create({ endpoint: `${server.url}/v1/batch`, fetch: fetchFn });
+  let shown = new Map();
+  cache.onUpdate((items) => { shown = new Map(items.map((it) => [it.id, it.data])); });
+  cache.setViewport(viewOf(SX, SY));
+  await cache.whenComplete();
+  return { cache, shown: () => shown };
+}
+
+test('a page following the feed shows the new value after POST /v1/invalidate', { skip }, async () => {
+  const server = await startServer();
+  const net = cuttable();
+  const { cache, shown } = await page(server, net.fetch);
+  const id = [...shown().keys()][0];
+  assert.ok(id, 'the view shows items');
+  const before = shown().get(id).price;
+  const events = [];
+  const stop = new AbortController();
+  const f = follow(cache, `${server.url}/v1/changes`, { signal: stop.signal, fetch: net.fetch, onEvent: (e) => events.push(e), minRetryMs: 20 });
+  await until(() => events.some((e) => e.type === 'ready'), 'ready');
+  // The first connection invalidated everything held before it; the view is refetched.
+  await until(() => shown().get(id)?.price === before, 'the view again');
+
+  // The origin changes; without the invalidation the server and the page keep the old value.
+  backend.byId.get(id).data.price = before + 1;
+  const streamId = await invalidate(server, { ids: [id] });
+  await until(() => shown().get(id)?.price === before + 1, 'the new price on the page');
+  const ev = events.find((e) => e.type === 'invalidate');
+  assert.equal(ev.id, streamId);
+  assert.deepEqual(ev.invalidation.ids, [id]);
+  assert.equal(f.lastEventId, streamId);
+
+  // A dropped connection: three changes while it is down, then it resumes after the last id
+  // it saw and applies all three, in order (nothing lost).
+  net.cut();
+  const ids = [...shown().keys()].filter((x) => x !== id).slice(0, 3);
+  const missed = [];
+  for (const x of ids) {
+    backend.byId.get(x).data.price += 1000;
+    missed.push(await invalidate(server, { ids: [x] }));
+  }
+  const want = new Map(ids.map((x) => [x, backend.byId.get(x).data.price]));
+  net.reopen();
+  await until(() => ids.every((x) => shown().get(x)?.price === want.get(x)), 'the missed changes on the page');
+  assert.equal(net.conns.length, 2);
+  assert.equal(net.conns[1].headers['last-event-id'], streamId);
+  const after = events.filter((e) => e.type === 'invalidate').map((e) => e.id);
+  assert.deepEqual(after, [streamId, ...missed]);
+  assert.ok(!events.some((e) => e.type === 'reset' && e.id !== events[0].id), 'no reset needed');
+
+  stop.abort();
+  await f.done;
+  cache.dispose();
+});
+
+test('past the retention a reconnect gets reset and invalidates everything', { skip }, async () => {
+  const server = await startServer(['--changes-retention', '2']);
+  const net = cuttable();
+  const { cache, shown } = await page(server, net.fetch);
+  const events = [];
+  const stop = new AbortController();
+  const f = follow(cache, `${server.url}/v1/changes`, { signal: stop.signal, fetch: net.fetch, onEvent: (e) => events.push(e), minRetryMs: 20 });
+  await until(() => events.some((e) => e.type === 'ready'), 'ready');
+  await until(() => shown().size > 0, 'the view again');
+  net.cut();
+  // Three changes at the origin, one of them never invalidated by id on the feed the page
+  // will see (retention 2 drops the first): only `reset` can bring it.
+  const ids = [...shown().keys()].slice(0, 3);
+  for (const x of ids) {
+    backend.byId.get(x).data.price += 7;
+    await invalidate(server, { ids: [x] });
+  }
+  net.reopen();
+  await until(() => events.some((e) => e.type === 'reset' && events.indexOf(e) > 0), 'reset');
+  await until(() => ids.every((x) => shown().get(x)?.price === backend.byId.get(x).data.price), 'new values');
+  stop.abort();
+  await f.done;
+  cache.dispose();
+});
+
+test('follow checks its arguments', { skip }, async () => {
+  assert.throws(() => follow({}, 'http://x/'), { code: 'ERR_INVALID_ARG_TYPE' });
+  const cache = await TileCache.create({ endpoint: 'http://127.0.0.1:9/v1/batch' });
+  assert.throws(() => follow(cache, 'not a url'), { code: 'ERR_INVALID_ARG_VALUE' });
+  assert.throws(() => follow(cache, 'http://x/', { nope: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+  assert.throws(() => follow(cache, 'http://x/', { minRetryMs: 0 }), { code: 'ERR_OUT_OF_RANGE' });
+  // Invalidating a class through the cache (what a feed event with classes does).
+  assert.equal(cache.invalidate({ classes: ['sold'] }), 0);
+  assert.throws(() => cache.invalidate({ classes: 'sold' }), { code: 'ERR_INVALID_ARG_TYPE' });
+  cache.dispose();
+});
