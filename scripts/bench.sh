@@ -6,6 +6,8 @@
 #   server  server/bench/run.sh (16-tile batches: in-process vs Redis vs redis-benchmark MGET)
 #   cluster server/bench/cluster.sh (a 3+3 Redis Cluster: 1 vs 2 server instances, cluster vs
 #           single Redis; MGET split by slot vs hash-tagged)
+#   live    js/bench/live.mjs (invalidate-to-visible latency at a page following the change
+#           feed: one server; two servers on one Redis, POST to A and the page on B)
 #   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
 #   maplibre js/test/browser/maplibre-bench.mjs (tilewarm/maplibre: source updates per second
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server cluster postgis edge maplibre web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server cluster postgis live edge maplibre web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -65,6 +67,15 @@ if want postgis; then
   if [ -x server/bench/postgis.sh ]; then server/bench/postgis.sh >&2 || echo "server/bench/postgis.sh failed" > "$out/postgis.md"
   else echo "not run: server/bench/postgis.sh is absent" > "$out/postgis.md"; fi
 fi
+if want live; then
+  status "invalidate-to-visible latency through the change feed"
+  if { [ -f pkg/live.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && cargo build --quiet --workspace --all-features --bin tilewarm-server >&2 \
+      && mkdir -p js/node_modules && ln -sfn ../../pkg js/node_modules/tilewarm \
+      && node js/bench/live.mjs --md "$out/live.md" > /dev/null; then :; else
+    echo "js/bench/live.mjs failed; see the output of \`scripts/bench.sh live\`." > "$out/live.md"
+  fi
+fi
 if want edge; then
   status "edge worker hit path (workerd) vs the server"
   if { [ -f pkg/edge.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
@@ -102,7 +113,7 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`cluster\`, \`postgis\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`cluster\`, \`postgis\`, \`live\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -146,6 +157,10 @@ HEAD
   echo "## Server over PostGIS: \`scripts/bench.sh postgis\`"
   echo
   section "$out/postgis.md" "(not run in this invocation)"
+  echo
+  echo "## Invalidation through the change feed: \`scripts/bench.sh live\`"
+  echo
+  section "$out/live.md" "(not run in this invocation)"
   echo
   echo "## Edge worker: \`scripts/bench.sh edge\`"
   echo
