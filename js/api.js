@@ -4,12 +4,18 @@
 // The tile functions: the wasm checks the arguments and finds the tiles (src/wasm/mod.rs);
 // tiles cross as packed ids, z·2^48 + x·2^24 + y (exact in a number), written as "z/x/y"
 // by `tileName`. Types and docs: index.d.ts.
-import { tileIdForPoint, tileIdsForBbox, neighbourTileIds, parentTileId } from './tilewarm.js';
+import { tileIdAt, tileIdForPoint, tileIdsForBbox, neighbourTileIds, parentTileId } from './tilewarm.js';
 import { thrown, tileName } from './cache.js';
 
 export { TileCache } from './cache.js';
 
 export function tileForPoint(lon, lat, z) {
+  // Numbers go through the plain numeric call; anything else, or out of range (-1), takes
+  // the checked call, which says what is wrong.
+  if (typeof lon === 'number' && typeof lat === 'number' && typeof z === 'number') {
+    const id = tileIdAt(lon, lat, z);
+    if (id >= 0) return tileName(id);
+  }
   try {
     return tileName(tileIdForPoint(lon, lat, z));
   } catch (e) {

@@ -217,6 +217,9 @@ export class TileCache {
   #pendingLoads = new Set();
   /** request id -> its packed tiles, for the loads a request that gave up fails */
   #reqTiles = new Map();
+  /** The last view read ({items, complete, tooWide, missingTiles}), handed back as it is
+   * while the engine says the view reads the same (`unchanged`). */
+  #last;
 
   /** Checks the options and starts a cache; see index.d.ts for every option. */
   static async create(options) {
@@ -281,9 +284,9 @@ export class TileCache {
     } catch (e) {
       throw thrown(e, (f) => viewport[f]);
     }
-    const view = this.#view(out);
-    this.#run(out, view.n, view.r);
-    return { items: view.items, complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles };
+    const at = this.#view(out);
+    this.#run(out, at.n, at.r);
+    return this.#last;
   }
 
   /** Resolves when every visible tile can be shown; rejects with the error of a
@@ -308,6 +311,11 @@ export class TileCache {
    * `undefined` when it does not exist or the tier may not see it. */
   async get(id) {
     if (typeof id !== 'string') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `id must be a string, got ${show(id)}`);
+    // A cached id in one engine call; anything else (a miss, '') takes getMany.
+    if (id !== '' && !this.#disposed) {
+      const item = this.#engine.getCached(id, this.#now());
+      if (item !== undefined) return item;
+    }
     return (await this.getMany([id]))[0];
   }
 
@@ -591,15 +599,19 @@ export class TileCache {
     if (drop.length) this.#run(this.#engine.releaseTiles(drop, this.#now()), 0, 1);
   }
 
-  /** Reads a view header: `complete, tooWide, missing, stale, items, missing tiles | items`. */
+  /** Reads a view header, `complete, tooWide, missing, stale, items, unchanged, missing
+   * tiles | items`, into `#last` (kept as it is when `unchanged`: no items follow then);
+   * returns where the records start. */
   #view(out) {
     const nums = out[0];
     const missing = nums[2], stale = nums[3], count = nums[4];
-    const missingTiles = Array.from(nums.subarray(5, 5 + missing), tileName);
+    this.#setComplete(nums[0] === 1);
+    if (nums[5] === 1 && this.#last) return { n: 6 + missing, r: 1 };
+    const missingTiles = Array.from(nums.subarray(6, 6 + missing), tileName);
     const items = out.slice(1, 1 + count);
     for (let i = 0; i < count; i++) items[i].stale = i < stale;
-    this.#setComplete(nums[0] === 1);
-    return { items, complete: nums[0] === 1, tooWide: nums[1] > 0, missingTiles, n: 5 + missing, r: 1 + count };
+    this.#last = { items, complete: nums[0] === 1, tooWide: nums[1] > 0, missingTiles };
+    return { n: 6 + missing, r: 1 + count };
   }
 
   #setComplete(complete) {
@@ -665,8 +677,9 @@ export class TileCache {
   #refresh() {
     if (this.#disposed) return;
     const out = this.#engine.items(this.#now());
-    const view = this.#view(out);
-    this.#run(out, view.n, view.r);
+    const at = this.#view(out);
+    this.#run(out, at.n, at.r);
+    const view = this.#last;
     for (const { listener } of [...this.#updates]) {
       try { listener(view.items, { complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles }); } catch (e) { report(e); }
     }

@@ -159,7 +159,11 @@ export class TileCache<Data = unknown> {
   /** Checks the options and starts a cache. Rejects with a TypeError/RangeError on bad options. */
   static create<Data = unknown>(options: TileCacheOptions): Promise<TileCache<Data>>;
   /** The map moved: what the cache has for the view now (synchronously); the fetches for
-   * missing tiles and the prefetch round start in the background. */
+   * missing tiles and the prefetch round start in the background. While the view reads
+   * exactly as the last one (same tiles in view, nothing arrived, expired or was dropped:
+   * most frames of a pan), the same `View` object is returned again, so `view === last`
+   * (or `view.items === last.items`) tells a map that nothing changed. Treat it as
+   * read-only. */
   setViewport(viewport: Viewport): View<Data>;
   /** Resolves when every visible tile can be shown; rejects with the {@link FetchError} of a
    * foreground request that gave up. */

@@ -69,6 +69,8 @@ export function attach(map, cache, options) {
 
   /** id -> { item, stale } of what the source holds. */
   let shown = new Map();
+  /** The items array `shown` was built from. */
+  let shownItems;
   let frame = 0, detached = false, synced = false;
 
   /** The source, added when the style has none; undefined while the style is loading
@@ -92,6 +94,9 @@ export function attach(map, cache, options) {
   function show(items) {
     const src = source();
     if (!src) return;
+    // setViewport hands back the same list while the view is unchanged (most frames).
+    if (items === shownItems && synced) return;
+    shownItems = items;
     const next = new Map();
     for (const it of items) next.set(it.id, { item: it, stale: it.stale });
     const diffable = useUpdateData && typeof src.updateData === 'function' && src.promoteId === promoteId;

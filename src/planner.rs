@@ -282,6 +282,15 @@ impl Plan {
     }
 }
 
+/// A viewport added to the motion history by [`Planner::observe`].
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    sample: Sample,
+    /// The view's centre, size and motion, coarsened: equal keys plan the same round up
+    /// to less than a data tile of position and half a tile of motion.
+    pub key: [i64; 9],
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     t: u64,
@@ -343,10 +352,55 @@ impl Planner {
         &mut self,
         viewport: &Viewport,
         now_ms: u64,
+        state: impl FnMut(TileId) -> TileFreshness,
+        in_flight: impl FnMut(TileId) -> bool,
+    ) -> Result<Plan, PlannerError> {
+        let seen = self.observe(viewport, now_ms);
+        self.plan_observed(viewport, &seen, state, in_flight)
+    }
+
+    /// The first half of [`plan`](Self::plan): adds the viewport to the motion history and
+    /// says what a round for it would depend on besides the visible tiles and the cache
+    /// ([`Observed::key`]). A caller that already planned a round for an equal key, the
+    /// same visible tiles and an unchanged cache may skip [`plan_observed`](Self::plan_observed):
+    /// the round would differ at most in the order of the prefetch candidates.
+    pub fn observe(&mut self, viewport: &Viewport, now_ms: u64) -> Observed {
+        let sample = self.record(viewport, now_ms);
+        let (vx, vy, vz) = self.velocity();
+        let lead = self.config.lookahead_ms as f64;
+        let (dx, dy) = clamp_lead(
+            vx * lead,
+            vy * lead,
+            &sample,
+            self.config.max_lead_viewports,
+        );
+        // Whole data tiles of position (the ring follows the visible tiles, the
+        // neighbourhood is aligned to coarser blocks); half tiles of size and lead; eighths
+        // of a zoom level.
+        let half = |v: f64| (v * 2.0).round() as i64;
+        let key = [
+            sample.cx.floor() as i64,
+            sample.cy.floor() as i64,
+            half(sample.w),
+            half(sample.h),
+            half(dx),
+            half(dy),
+            (vz * lead * 8.0).round() as i64,
+            (viewport.zoom * 8.0).floor() as i64,
+            ((dx * dx + dy * dy).sqrt() > 0.25) as i64,
+        ];
+        Observed { sample, key }
+    }
+
+    /// The second half of [`plan`](Self::plan), for a viewport [`observe`](Self::observe)d.
+    pub fn plan_observed(
+        &self,
+        viewport: &Viewport,
+        seen: &Observed,
         mut state: impl FnMut(TileId) -> TileFreshness,
         mut in_flight: impl FnMut(TileId) -> bool,
     ) -> Result<Plan, PlannerError> {
-        let sample = self.record(viewport, now_ms);
+        let sample = seen.sample;
         let visible = self.visible_tiles(viewport)?;
         let (vx, vy, vz) = self.velocity();
         let mut plan = Plan {

@@ -8,6 +8,10 @@
 //   tileForPoint    one point to its zoom-14 tile            vs tilebelt.pointToTile
 //   tilesForBbox    the zoom-14 cover of a 1280x800 view      vs tileCover.tiles
 //   setViewport     one viewport read with 10k items cached   vs tile-cover + lru-cache + a tile index
+//   per-frame pan   a map's per-frame calls: a 4-tile pan at 60 fps and a zoom step, 10k
+//                   cached; main-thread time per frame (the calls and the tasks they queue)
+//   worst case      every call crosses into new tiles (a whole tile per frame)
+//   5k in view      p99 of one call, a per-frame pan of a view with about 5,000 items
 //   get             one cached item by id                     vs dataloader over lru-cache
 // Sizes: the package's wasm + JS (gzipped) against the peers bundled and minified by esbuild.
 
@@ -31,16 +35,56 @@ const { TileCache, tileForPoint, tilesForBbox } = await import(join(pkgDir, 'nod
 const Z = 14;
 const CENTRE = [-122.3321, 47.6062];
 
-// A 1280 x 800 px view at zoom 14.5 over Seattle (about 3.5 x 2.2 data tiles).
-function view(dxTiles = 0, dyTiles = 0) {
+// A 1280 x 800 px view at zoom 14.5 over Seattle (about 3.5 x 2.2 data tiles); `zoom` and
+// the size in pixels change it.
+function view(dxTiles = 0, dyTiles = 0, zoom = 14.5, px = [1280, 800]) {
   const n = 2 ** Z;
   const cx = ((CENTRE[0] + 180) / 360) * n + dxTiles;
   const lat = (CENTRE[1] * Math.PI) / 180;
   const cy = ((1 - Math.log(Math.tan(lat) + 1 / Math.cos(lat)) / Math.PI) / 2) * n + dyTiles;
-  const w = 1280 / 256 / Math.SQRT2, h = 800 / 256 / Math.SQRT2;
+  const scale = 2 ** (zoom - Z);
+  const w = px[0] / 256 / scale, h = px[1] / 256 / scale;
   const lon = (x) => (x / n) * 360 - 180;
   const latOf = (y) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / n))) * 180) / Math.PI;
-  return { west: lon(cx - w / 2), east: lon(cx + w / 2), north: latOf(cy - h / 2), south: latOf(cy + h / 2), zoom: 14.5 };
+  return { west: lon(cx - w / 2), east: lon(cx + w / 2), north: latOf(cy - h / 2), south: latOf(cy + h / 2), zoom };
+}
+
+// What a map sends on every frame of a gesture, 60 fps: a pan of 4 tiles east (3 tiles/s),
+// a zoom step from 14.5 to 15 over 20 frames, a pan of 1 tile south; 130 frames.
+function panFrames() {
+  const frames = [];
+  for (let i = 0; i < 80; i++) frames.push(view(-2 + i * 0.05, 0));
+  for (let i = 0; i <= 20; i++) frames.push(view(2, 0, 14.5 + i * 0.025));
+  for (let i = 1; i < 30; i++) frames.push(view(2, i / 30, 15));
+  return frames;
+}
+
+// The worst case: every frame a whole tile further, so every call sees new tiles.
+function jumpFrames() {
+  const frames = [];
+  for (let i = 0; i < 60; i++) frames.push(view(-6 + (i % 12), Math.floor(i / 12) - 2));
+  return frames;
+}
+
+/** Main-thread ms per frame of `frames` through `call`, 1000/60 ms of clock between
+ * frames (the callback sets the clock), the tasks the calls queued drained after each
+ * pass: the median of `rounds` passes. Also the per-call times of every pass. */
+async function perFrame(frames, call, { rounds = 15, tick = () => {} } = {}) {
+  const passes = [], calls = [];
+  for (let r = 0; r < rounds + 2; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < frames.length; i++) {
+      tick();
+      const c0 = performance.now();
+      call(frames[i]);
+      if (r >= 2) calls.push(performance.now() - c0);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    if (r >= 2) passes.push((performance.now() - t0) / frames.length);
+  }
+  passes.sort((a, b) => a - b);
+  calls.sort((a, b) => a - b);
+  return { ms: passes[Math.floor(passes.length / 2)], p99: calls[Math.floor(calls.length * 0.99)] };
 }
 
 // 10k homes scattered over a 20 x 20 tile block around the centre, deterministic.
@@ -221,11 +265,71 @@ async function main() {
       peerName: 'tile-cover + lru-cache + tile index',
       entries: cache.stats().entries,
     });
+    // A map's per-frame calls: a pan and a zoom step, every frame; then the worst case.
+    const frame = () => { clock += 17; };
+    const pan = panFrames();
+    const panA = await perFrame(pan, (v) => cache.setViewport(v), { tick: frame });
+    const panB = await perFrame(pan, (v) => peer.setViewport(v));
+    const inView = cache.setViewport(pan[40]).items.length;
+    results.push({
+      job: `per-frame pan (60 fps, ${pan.length} frames, ${inView} items in view), µs per frame`,
+      tilewarm: 1000 / panA.ms,
+      peer: 1000 / panB.ms,
+      peerName: 'tile-cover + lru-cache + tile index',
+      perFrame: { tilewarmUs: panA.ms * 1000, peerUs: panB.ms * 1000 },
+    });
+    const jumps = jumpFrames();
+    const jumpA = await perFrame(jumps, (v) => cache.setViewport(v), { tick: frame });
+    const jumpB = await perFrame(jumps, (v) => peer.setViewport(v));
+    results.push({
+      job: 'worst case: every frame a tile further, µs per frame',
+      tilewarm: 1000 / jumpA.ms,
+      peer: 1000 / jumpB.ms,
+      peerName: 'tile-cover + lru-cache + tile index',
+      perFrame: { tilewarmUs: jumpA.ms * 1000, peerUs: jumpB.ms * 1000 },
+    });
     // get by id
     const ids = HOMES.map((h) => h.id);
     const c = await opsPerSec((i) => cache.get(ids[(i * 7919) % 10_000]), { isAsync: true });
     const d = await opsPerSec((i) => peer.loader.load(ids[(i * 7919) % 10_000]), { isAsync: true });
     results.push({ job: 'get (cached id)', tilewarm: c, peer: d, peerName: 'dataloader over lru-cache' });
+    cache.dispose();
+  }
+  // p99 of one call with about 5,000 items in view: a 2560 x 1600 px view at zoom 13.2
+  // (about 17 x 11 data tiles of the 10k homes) panned half a tile per second, per frame.
+  {
+    let clock = 1_000_000;
+    const big = (dx) => view(dx, 0, 13.2, [2560, 1600]);
+    const cache = await TileCache.create({
+      endpoint: 'http://bench.invalid/v1/batch',
+      tileZoom: Z,
+      minZoom: 12,
+      fetch: fakeFetch,
+      now: () => clock,
+      prefetch: { ring: 1, lookaheadMs: 0, maxTilesPerRound: 64 },
+    });
+    for (const dx of [-1, 0, 1]) {
+      clock += 1000;
+      cache.setViewport(big(dx));
+      await cache.whenComplete();
+    }
+    for (let i = 0; i < 50 && cache.stats().inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const frames = [];
+    for (let i = 0; i < 120; i++) frames.push(big(-0.5 + i / 120));
+    const inView = cache.setViewport(frames[60]).items.length;
+    const peer = new PeerCache();
+    for (const [tile, list] of byTile) {
+      if (tile.startsWith(`${Z}/`)) peer.ingest({ tiles: [{ tile, ids: list.map((h) => h.id) }], items: list });
+    }
+    const a = await perFrame(frames, (v) => cache.setViewport(v), { rounds: 5, tick: () => { clock += 17; } });
+    const b = await perFrame(frames, (v) => peer.setViewport(v), { rounds: 5 });
+    results.push({
+      job: `per-frame pan, ${inView} items in view: p99 ms per call`,
+      tilewarm: 1 / a.p99,
+      peer: 1 / b.p99,
+      peerName: 'tile-cover + lru-cache + tile index',
+      p99: { tilewarmMs: a.p99, peerMs: b.p99 },
+    });
     cache.dispose();
   }
 
@@ -253,7 +357,13 @@ async function main() {
 
   const fmt = (x) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : x >= 1e3 ? `${(x / 1e3).toFixed(1)} k` : x.toFixed(0));
   let md = `| job | tilewarm ops/s | peer | peer ops/s | tilewarm / peer |\n| --- | ---: | --- | ---: | ---: |\n`;
-  for (const r of results) md += `| ${r.job} | ${fmt(r.tilewarm)} | ${r.peerName} | ${fmt(r.peer)} | ${(r.tilewarm / r.peer).toFixed(2)}x |\n`;
+  for (const r of results) if (!r.perFrame && !r.p99) md += `| ${r.job} | ${fmt(r.tilewarm)} | ${r.peerName} | ${fmt(r.peer)} | ${(r.tilewarm / r.peer).toFixed(2)}x |\n`;
+  md += `\nPer frame: main-thread time of a map's per-frame \`setViewport\` calls (the calls and the tasks they queue), the peer composition computing the same view every frame.\n\n`;
+  md += `| sequence | tilewarm | peer | peer / tilewarm |\n| --- | ---: | ---: | ---: |\n`;
+  for (const r of results) {
+    if (r.perFrame) md += `| ${r.job} | ${r.perFrame.tilewarmUs.toFixed(1)} µs | ${r.perFrame.peerUs.toFixed(1)} µs | ${(r.perFrame.peerUs / r.perFrame.tilewarmUs).toFixed(2)}x |\n`;
+    if (r.p99) md += `| ${r.job} | ${r.p99.tilewarmMs.toFixed(3)} ms | ${r.p99.peerMs.toFixed(3)} ms | ${(r.p99.peerMs / r.p99.tilewarmMs).toFixed(2)}x |\n`;
+  }
   md += `\n| package | gzipped bytes |\n| --- | ---: |\n`;
   for (const s of sizes) md += `| ${s.what} | ${s.gz.toLocaleString('en-US')} |\n`;
   md += `\nNode ${process.version}, ${new Date().toISOString().slice(0, 10)}.\n`;

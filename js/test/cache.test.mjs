@@ -438,3 +438,63 @@ test('listeners unsubscribe; a throwing listener does not break the cache', asyn
   }
   cache.dispose();
 });
+
+test('an unchanged view is handed back as the same object; answers, expiry, invalidation and a tier change end it', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
+  const v = (dx) => viewOf(SX + dx, SY, 3, 3);
+  cache.setViewport(v(0));
+  await cache.whenComplete();
+  const read = cache.setViewport(v(0));
+  assert.equal(read.complete, true);
+  // Frames of a pan inside the same tiles: the same object, the same items.
+  for (let i = 1; i <= 5; i++) {
+    now += 16;
+    assert.equal(cache.setViewport(v(i * 0.005)), read, `frame ${i}`);
+  }
+  assert.deepEqual(ids(read.items), truth(v(0)));
+  // Into the next column of tiles: a new view.
+  const next = cache.setViewport(v(1));
+  assert.notEqual(next, read);
+  await cache.whenComplete();
+  const back = cache.setViewport(v(0));
+  assert.notEqual(back, read, 'another read came between');
+  assert.deepEqual(ids(back.items), ids(read.items));
+  // Time: the tile lists expire at 300 s.
+  now += 300_000;
+  const expired = cache.setViewport(v(0));
+  assert.notEqual(expired, back);
+  assert.equal(expired.complete, false);
+  await cache.whenComplete();
+  const again = cache.setViewport(v(0));
+  assert.equal(cache.setViewport(v(0.001)), again);
+  // Invalidation and a tier change: a new read.
+  cache.invalidate({ ids: [again.items[0].id] });
+  const after = cache.setViewport(v(0.002));
+  assert.notEqual(after, again);
+  assert.ok(!after.items.some((i) => i.id === again.items[0].id));
+  await cache.whenComplete();
+  const before = cache.setViewport(v(0));
+  cache.setAccess('registered');
+  const raised = cache.setViewport(v(0));
+  assert.notEqual(raised, before);
+  assert.equal(raised.complete, false, 'lists fetched for public are not enough for registered');
+  cache.dispose();
+});
+
+test('get of a cached id: the cached object, counted as a hit, no request', async () => {
+  fresh();
+  const cache = await make();
+  cache.setViewport(viewOf(SX, SY, 2, 2));
+  await cache.whenComplete();
+  const item = cache.setViewport(viewOf(SX, SY, 2, 2)).items[0];
+  const { hits } = cache.stats();
+  const sent = backend.requests.length;
+  assert.equal(await cache.get(item.id), item);
+  assert.equal(cache.stats().hits, hits + 1);
+  assert.equal(backend.requests.length, sent);
+  await assert.rejects(cache.get(''), { code: 'ERR_OUT_OF_RANGE' });
+  cache.dispose();
+  await assert.rejects(cache.get(item.id), { code: 'ERR_DISPOSED' });
+});

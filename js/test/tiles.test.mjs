@@ -40,6 +40,21 @@ test('neighbourTiles counts', () => {
   assert.ok(!neighbourTiles('14/2624/5721', 1).includes('14/2624/5721'));
 });
 
+test('tileForPoint: the numeric fast path agrees with the checked call', async () => {
+  const raw = await import('tilewarm/raw');
+  const name = (id) => `${Math.floor(id / 2 ** 48)}/${Math.floor(id / 2 ** 24) % 2 ** 24}/${id % 2 ** 24}`;
+  let seed = 7;
+  const rnd = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
+  for (let i = 0; i < 2000; i++) {
+    const lon = (rnd() - 0.5) * 720, lat = (rnd() - 0.5) * 180, z = Math.floor(rnd() * 25);
+    assert.equal(tileForPoint(lon, lat, z), name(raw.tileIdForPoint(lon, lat, z)), `${lon} ${lat} ${z}`);
+  }
+  // Tile edges at zoom 24 and the poles.
+  for (const [lon, lat, z] of [[0, 0, 24], [-180, 85.05112877980659, 24], [180, -85.0511287798066, 24], [0, 90, 24], [0, -90, 0]]) {
+    assert.equal(tileForPoint(lon, lat, z), name(raw.tileIdForPoint(lon, lat, z)));
+  }
+});
+
 test('parentTile', () => {
   assert.equal(parentTile('14/2624/5721', 13), '13/1312/2860');
   assert.equal(parentTile('14/2624/5721', 12), '12/656/1430');

@@ -37,6 +37,7 @@ impl<P> ItemCache<P> {
     /// assert!(cache.is_empty());
     /// ```
     pub fn drop_above(&mut self, tier: Access) -> usize {
+        self.changed();
         let doomed = self.remove_items_where(&|item| item.access > tier);
         self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
@@ -70,6 +71,7 @@ impl<P> ItemCache<P> {
     }
 
     pub(super) fn strip_from_lists(&mut self, ids: &HashSet<&str>) {
+        self.changed();
         if ids.is_empty() {
             return;
         }
@@ -99,6 +101,7 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.tile_freshness(t, Access::Public, 0), TileFreshness::Unknown);
     /// ```
     pub fn invalidate(&mut self, what: Invalidate<'_>) -> usize {
+        self.changed();
         match what {
             Invalidate::Ids(ids) => self.remove_ids(ids),
             Invalidate::Tiles(tiles) => {
@@ -151,6 +154,7 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.stats().expirations, 1);
     /// ```
     pub fn purge_expired(&mut self, now_ms: u64) -> usize {
+        self.changed();
         let swr = self.swr();
         let gone = |expires_at_ms| expiry(expires_at_ms, swr, now_ms) == Expiry::Gone;
         let removed = self
@@ -192,6 +196,7 @@ impl<P> ItemCache<P> {
 
     /// Drops the tile lists `pick` picks (their items stay).
     pub(super) fn drop_lists_where(&mut self, pick: &dyn Fn(TileId, &TileEntry) -> bool) {
+        self.changed();
         for t in self.tiles_where(pick) {
             self.tiles.pop(&t);
         }

@@ -171,6 +171,7 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         priority: Priority,
     ) -> Result<InsertOutcome, CacheError> {
+        self.changed();
         check_id(id)?;
         let ItemMeta {
             lon,
@@ -460,6 +461,7 @@ impl<P> ItemCache<P> {
 
     /// Removes an item and its accounting; the tile lists naming it then report it missing.
     pub(super) fn remove_item(&mut self, id: &str) -> Option<CacheItem<P>> {
+        self.changed();
         let item = self.items.pop(id)?;
         self.account_sub(item.tile, item.size_bytes);
         Some(item)
@@ -480,6 +482,7 @@ impl<P> ItemCache<P> {
     /// `allow_protected` and nothing unprotected is left — the least-recently-used one.
     /// See the type docs for why this does not rescan.
     pub(super) fn evict_one(&mut self, allow_protected: bool) -> bool {
+        self.changed();
         let unprotected = self.items.len().saturating_sub(self.protected.items);
         if unprotected == 0 {
             if !allow_protected {

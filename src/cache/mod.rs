@@ -81,6 +81,16 @@ fn expiry(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> Expiry {
     }
 }
 
+/// When an entry that expires at `expires_at_ms` next changes between fresh, stale and gone,
+/// seen at `now_ms` (`u64::MAX`: never, it is gone).
+fn next_change(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> u64 {
+    match expiry(expires_at_ms, swr_ms, now_ms) {
+        Expiry::Fresh => expires_at_ms,
+        Expiry::Stale => expires_at_ms.saturating_add(swr_ms),
+        Expiry::Gone => u64::MAX,
+    }
+}
+
 /// A tile-aware LRU cache of items with payloads `P`.
 ///
 /// # Capacity and eviction
@@ -117,6 +127,8 @@ pub struct ItemCache<P> {
     /// Items and bytes positioned in visible tiles.
     protected: Load,
     stats: CacheStats,
+    /// Bumped by every change to what a read can return (see [`ItemCache::generation`]).
+    generation: u64,
 }
 
 impl<P> fmt::Debug for ItemCache<P> {
@@ -150,6 +162,7 @@ impl<P> ItemCache<P> {
             load: HashMap::new(),
             protected: Load::default(),
             stats: CacheStats::default(),
+            generation: 0,
         })
     }
 
@@ -175,6 +188,28 @@ impl<P> ItemCache<P> {
     /// Sum of the held items' `size_bytes`.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// A number that changes whenever an item or a tile list is added, replaced or removed
+    /// (reads that drop an expired item included), and only then: while it and the clock's
+    /// position before [`read_tile_until`](Self::read_tile_until)'s time are unchanged, a
+    /// read returns what it returned before. Lookups, recency and the visible set do not
+    /// change it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks a change for [`generation`](Self::generation).
+    fn changed(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Counts lookups as if a read had been repeated: the client's fast path hands back the
+    /// previous view, which a repeated read would have counted again.
+    pub(crate) fn count_repeated(&mut self, hits: u64, stale_hits: u64, misses: u64) {
+        self.stats.hits += hits;
+        self.stats.stale_hits += stale_hits;
+        self.stats.misses += misses;
     }
 
     /// Whether an item with this id is held, whatever its tier or expiry.

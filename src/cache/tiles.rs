@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::{
-    check_id, expiry, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache, MAX_SPLIT_LEVELS,
+    check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
+    MAX_SPLIT_LEVELS,
 };
 use crate::access::Access;
 use crate::tile::TileId;
@@ -98,6 +99,7 @@ impl<P> ItemCache<P> {
         fetched_at: Access,
         now_ms: u64,
     ) -> Result<(), CacheError> {
+        self.changed();
         let dz = self.config.tile_zoom;
         if tile.z() > dz {
             return Err(CacheError::TooFine {
@@ -189,6 +191,7 @@ impl<P> ItemCache<P> {
 
     /// Drops least-recently-used tile entries beyond `max_tiles`, visible tiles last.
     pub(super) fn trim_tiles(&mut self) {
+        self.changed();
         if self.tiles.len() <= self.config.max_tiles {
             return;
         }
@@ -218,8 +221,15 @@ impl<P> ItemCache<P> {
         }
     }
 
-    /// Classifies a held tile entry for `caller`.
-    pub(super) fn classify(&self, e: &TileEntry, caller: Access, now_ms: u64) -> TileFreshness {
+    /// Classifies a held tile entry for `caller`, lowering `until` to the first time the
+    /// result could change with no change to the cache.
+    fn classify(
+        &self,
+        e: &TileEntry,
+        caller: Access,
+        now_ms: u64,
+        until: &mut u64,
+    ) -> TileFreshness {
         if e.fetched_at < caller {
             return TileFreshness::Unknown;
         }
@@ -228,9 +238,9 @@ impl<P> ItemCache<P> {
             Expiry::Gone => return TileFreshness::Unknown,
             f => f == Expiry::Stale,
         };
-        if !e.complete {
-            return TileFreshness::Partial(Refresh::Tile);
-        }
+        *until = (*until).min(next_change(e.expires_at_ms, swr, now_ms));
+        // An incomplete list is refetched whole, but its items' changes still bound `until`
+        // (a read shows them).
         let mut missing = Vec::new();
         let mut stale = Vec::new();
         for id in &e.ids {
@@ -239,13 +249,18 @@ impl<P> ItemCache<P> {
                 // Not shown to this caller, so it cannot leave a hole.
                 Some(item) if !caller.can_see(item.access) => {}
                 Some(item) => match expiry(item.expires_at_ms, swr, now_ms) {
-                    Expiry::Fresh => {}
-                    Expiry::Stale => stale.push(id.to_string()),
+                    Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
+                    Expiry::Stale => {
+                        *until = (*until).min(item.expires_at_ms.saturating_add(swr));
+                        stale.push(id.to_string());
+                    }
                     Expiry::Gone => missing.push(id.to_string()),
                 },
             }
         }
-        if !missing.is_empty() {
+        if !e.complete {
+            TileFreshness::Partial(Refresh::Tile)
+        } else if !missing.is_empty() {
             if membership_stale || missing.len() * 2 > e.ids.len() {
                 TileFreshness::Partial(Refresh::Tile)
             } else {
@@ -279,11 +294,25 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.tile_freshness(t, Access::Agent, 0), TileFreshness::Unknown);
     /// ```
     pub fn tile_freshness(&self, tile: TileId, caller: Access, now_ms: u64) -> TileFreshness {
+        let mut until = u64::MAX;
+        self.tile_freshness_until(tile, caller, now_ms, &mut until)
+    }
+
+    /// [`tile_freshness`](Self::tile_freshness), which also lowers `until` to the first
+    /// time after `now_ms` the state could change with no change to the cache
+    /// ([`generation`](Self::generation)): a fresh tile stays fresh before it.
+    pub fn tile_freshness_until(
+        &self,
+        tile: TileId,
+        caller: Access,
+        now_ms: u64,
+        until: &mut u64,
+    ) -> TileFreshness {
         if tile.z() != self.config.tile_zoom {
             return TileFreshness::Unknown;
         }
         match self.tiles.peek(&tile) {
-            Some(e) => self.classify(e, caller, now_ms),
+            Some(e) => self.classify(e, caller, now_ms, until),
             None => TileFreshness::Unknown,
         }
     }
@@ -341,9 +370,27 @@ impl<P> ItemCache<P> {
         tile: TileId,
         caller: Access,
         now_ms: u64,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> TileFreshness {
+        let mut until = u64::MAX;
+        self.read_tile_until(tile, caller, now_ms, &mut until, sink)
+    }
+
+    /// [`read_tile`](Self::read_tile), which also lowers `until` to the first time after
+    /// `now_ms` at which the same read could return something else with no change to the
+    /// cache ([`generation`](Self::generation)): the tile list or a shown item turning stale
+    /// or expiring beyond the window.
+    pub fn read_tile_until(
+        &mut self,
+        tile: TileId,
+        caller: Access,
+        now_ms: u64,
+        until: &mut u64,
         mut sink: impl FnMut(&CacheItem<P>, bool),
     ) -> TileFreshness {
-        let state = self.tile_freshness(tile, caller, now_ms);
+        // The state covers the list and every item the caller may see: their next change
+        // bounds the read's. (Unknown stays unknown until the cache changes.)
+        let state = self.tile_freshness_until(tile, caller, now_ms, until);
         if matches!(state, TileFreshness::Unknown) {
             return state;
         }
@@ -364,6 +411,7 @@ impl<P> ItemCache<P> {
 
     /// Moves a listed id from its old tile's list to its new tile's list.
     pub(super) fn move_listing(&mut self, id: &Arc<str>, from: TileId, to: TileId, access: Access) {
+        self.changed();
         let mut was_listed = false;
         if let Some(e) = self.tiles.peek_mut(&from) {
             let before = e.ids.len();

@@ -21,6 +21,10 @@ pub struct ViewOutcome {
     /// nothing is fetched for it, `complete` is false, `missing` and `visible` are empty,
     /// and the items are the cached ones of the data tiles in it.
     pub too_wide: Option<ViewTooLarge>,
+    /// The view reads exactly as the last read did (only from
+    /// [`Client::update_viewport`](super::Client::update_viewport), which then does not call
+    /// the sink): the same items in the same order, with the same stale flags.
+    pub unchanged: bool,
 }
 
 /// Something the page should hear about.

@@ -72,6 +72,7 @@ impl<P: Payload> Client<P> {
         now_ms: u64,
         mut sink: impl FnMut(&CacheItem<P>, bool),
     ) -> Result<bool, TooManyDataTiles> {
+        self.changed();
         let data = self.data_tiles_of(tile)?;
         let access = self.access;
         let waiting: Vec<TileId> = data
@@ -105,6 +106,7 @@ impl<P: Payload> Client<P> {
     /// aborted load): they are no longer queued, unless visible. A request already out
     /// is not aborted; its answer is cached.
     pub fn release_tiles(&mut self, tiles: &[TileId], now_ms: u64) {
+        self.changed();
         self.loading.retain(|t| !tiles.contains(t));
         self.refresh_foreground(now_ms);
     }
@@ -120,6 +122,7 @@ impl<P: Payload> Client<P> {
     /// first), and an in-flight request for them is never cancelled as unwanted. Returns
     /// how many were not fresh (queued now or already).
     pub fn prefetch(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        self.changed();
         let tile_zoom = self.cache.config().tile_zoom;
         let access = self.access;
         let mut n = 0;

@@ -57,6 +57,35 @@ use crate::util::HashMap;
 /// Most prefetched tiles remembered for the used/wasted counters.
 const MAX_PREFETCH_MARKS: usize = 8192;
 
+/// The longest a planning round is reused for viewports with the same visible tiles and
+/// motion ([`Client::set_viewport`]): prefetch candidates turn stale with time too.
+const REPLAN_MS: u64 = 500;
+
+/// What the last planning round was made from ([`Client::set_viewport`] skips a round
+/// when they are unchanged).
+#[derive(Clone, Copy, PartialEq)]
+struct Planned {
+    key: [i64; 9],
+    generation: u64,
+    changes: u64,
+    access: Access,
+    at: u64,
+}
+
+/// What the last view read showed and what it depended on
+/// ([`Client::update_viewport`] hands it back when unchanged).
+#[derive(Clone)]
+struct Shown {
+    generation: u64,
+    access: Access,
+    at: u64,
+    /// The read could return something else from this time on.
+    until: u64,
+    outcome: ViewOutcome,
+    /// The lookups the read counted (hits, stale hits, misses), counted again on reuse.
+    counted: (u64, u64, u64),
+}
+
 /// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
 /// natively).
 pub struct Client<P> {
@@ -103,6 +132,15 @@ pub struct Client<P> {
     /// Answers in a row after which some visible tile could not be kept (see
     /// [`Client::on_response`]); grows their backoff, reset by a new viewport.
     unkept_rounds: u32,
+    /// Bumped by every call that changes the queues, the tier or the loading and
+    /// destination tiles, so a planning round is not skipped after it.
+    changes: u64,
+    planned: Option<Planned>,
+    shown: Option<Shown>,
+    /// Data tiles found fresh, with when that can end, for the cache generation and tier
+    /// given: a planning round asks for the state of about a hundred tiles, and reading
+    /// one means looking up each of its items.
+    fresh: (u64, Access, HashMap<TileId, u64>),
 }
 
 impl<P: Payload> Client<P> {
@@ -141,6 +179,10 @@ impl<P: Payload> Client<P> {
             loading: Vec::new(),
             destinations: Vec::new(),
             unkept_rounds: 0,
+            changes: 0,
+            planned: None,
+            shown: None,
+            fresh: (0, config.access, HashMap::new()),
         })
     }
 
@@ -183,26 +225,100 @@ impl<P: Payload> Client<P> {
     /// dropped and in-flight prefetches are cancelled), the view is never complete, and the
     /// sink still gets the cached items of the data tiles in it, so a page can keep showing
     /// what it has and ask the user to zoom in.
+    ///
+    /// A planning round is skipped when the visible tiles, the cache, the tier, the queues
+    /// and the motion ([`Planner::observe`]) are as they were for the last round, less than
+    /// [`REPLAN_MS`] ago: the queued work is that round's. A map calls this every frame of
+    /// a pan, and most frames change none of them.
     pub fn set_viewport(
         &mut self,
         viewport: Viewport,
         now_ms: u64,
         sink: impl FnMut(&CacheItem<P>, bool),
     ) -> ViewOutcome {
-        let access = self.access;
-        let cache = &self.cache;
-        let batcher = &self.batcher;
-        let planned = self.planner.plan(
-            &viewport,
-            now_ms,
-            |t| cache.tile_freshness(t, access, now_ms),
-            |t| batcher.is_tile_in_flight(t),
-        );
+        self.move_to(viewport, now_ms, false, sink)
+    }
+
+    /// [`set_viewport`](Self::set_viewport) for a caller that keeps the last view it was
+    /// given: when the view would read exactly as the last read did (same visible tiles,
+    /// tier and cache, and no item or tile list changed state with time since), the sink is
+    /// not called and the outcome has [`ViewOutcome::unchanged`] set, with the last read's
+    /// counts. The last read is the last `set_viewport`, `update_viewport` or
+    /// [`view_items`](Self::view_items).
+    pub fn update_viewport(
+        &mut self,
+        viewport: Viewport,
+        now_ms: u64,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> ViewOutcome {
+        self.move_to(viewport, now_ms, true, sink)
+    }
+
+    fn move_to(
+        &mut self,
+        viewport: Viewport,
+        now_ms: u64,
+        reuse: bool,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> ViewOutcome {
+        let seen = self.planner.observe(&viewport, now_ms);
         if self.viewport.as_ref() != Some(&viewport) {
             self.unkept_rounds = 0;
         }
         self.viewport = Some(viewport);
-        let mut plan = match planned {
+        // The visible tiles, as the round would compute them (`Err`: too wide).
+        let visible = self.planner.visible_tiles(&viewport);
+        let same_tiles = match &visible {
+            Ok(v) => self.too_wide.is_none() && *v == self.visible,
+            Err(_) => self.too_wide.is_some_and(|(_, r)| {
+                cover_range(&viewport.bbox, self.planner.config().tile_zoom).ok() == Some(r)
+            }),
+        };
+        let planned = Planned {
+            key: seen.key,
+            generation: self.cache.generation(),
+            changes: self.changes,
+            access: self.access,
+            at: now_ms,
+        };
+        let fresh_plan = self.planned.is_some_and(|p| {
+            Planned {
+                at: p.at,
+                ..planned
+            } == p
+                && now_ms >= p.at
+                && now_ms - p.at < REPLAN_MS
+        });
+        if same_tiles && fresh_plan {
+            self.viewports += 1;
+            let outcome = self.read_again(now_ms, reuse, sink);
+            if outcome.complete {
+                self.viewports_complete += 1;
+            }
+            return outcome;
+        }
+        let (access, generation) = (self.access, self.cache.generation());
+        if (self.fresh.0, self.fresh.1) != (generation, access) || self.fresh.2.len() > 4096 {
+            self.fresh = (generation, access, HashMap::new());
+        }
+        let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh.2);
+        let planned_round = self.planner.plan_observed(
+            &viewport,
+            &seen,
+            |t| {
+                if fresh.get(&t).is_some_and(|&until| now_ms < until) {
+                    return TileFreshness::Fresh;
+                }
+                let mut until = u64::MAX;
+                let state = cache.tile_freshness_until(t, access, now_ms, &mut until);
+                if state == TileFreshness::Fresh {
+                    fresh.insert(t, until);
+                }
+                state
+            },
+            |t| batcher.is_tile_in_flight(t),
+        );
+        let mut plan = match planned_round {
             Ok(plan) => {
                 self.too_wide = None;
                 plan
@@ -231,21 +347,31 @@ impl<P: Payload> Client<P> {
                     self.sent_with(id);
                     self.cancels.push_back(id);
                 }
-                let mut outcome = self.read_view(now_ms, sink);
-                outcome.too_wide = Some(limit);
+                let outcome = if same_tiles {
+                    self.read_again(now_ms, reuse, sink)
+                } else {
+                    self.read_view(now_ms, sink)
+                };
+                self.remember_plan(planned);
                 self.viewports += 1;
                 return outcome;
             }
         };
-        self.visible = std::mem::take(&mut plan.visible);
-        self.visible_set = TileSet::new(self.visible.iter().copied());
-        self.cache.set_visible(&self.visible);
-        for t in &self.visible {
-            if self.prefetched.remove(t).is_some() {
-                self.prefetch_tiles_used += 1;
+        if !same_tiles {
+            self.visible = std::mem::take(&mut plan.visible);
+            self.visible_set = TileSet::new(self.visible.iter().copied());
+            self.cache.set_visible(&self.visible);
+            for t in &self.visible {
+                if self.prefetched.remove(t).is_some() {
+                    self.prefetch_tiles_used += 1;
+                }
             }
         }
-        let outcome = self.read_view(now_ms, sink);
+        let outcome = if same_tiles {
+            self.read_again(now_ms, reuse, sink)
+        } else {
+            self.read_view(now_ms, sink)
+        };
         self.viewports += 1;
         if outcome.complete {
             self.viewports_complete += 1;
@@ -264,6 +390,52 @@ impl<P: Payload> Client<P> {
             self.sent_with(id);
             self.cancels.push_back(id);
         }
+        self.remember_plan(planned);
+        outcome
+    }
+
+    /// Notes the round just planned, with the cache and queues as the round left them (the
+    /// read may have dropped expired items; the round queued work).
+    fn remember_plan(&mut self, planned: Planned) {
+        self.planned = Some(Planned {
+            generation: self.cache.generation(),
+            changes: self.changes,
+            ..planned
+        });
+    }
+
+    /// Something other than a viewport changed the queues, the tier or the loading and
+    /// destination tiles: the next [`Client::set_viewport`] plans a round.
+    fn changed(&mut self) {
+        self.changes = self.changes.wrapping_add(1);
+    }
+
+    /// The view of the same visible tiles again: the last read's outcome when it still
+    /// holds (with the sink not called when `reuse`, else called for the items a read
+    /// returns), else a read.
+    fn read_again(
+        &mut self,
+        now_ms: u64,
+        reuse: bool,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> ViewOutcome {
+        let holds = self.shown.as_ref().is_some_and(|s| {
+            s.generation == self.cache.generation()
+                && s.access == self.access
+                && now_ms >= s.at
+                && now_ms < s.until
+        });
+        if !(holds && reuse) {
+            return self.read_view(now_ms, sink);
+        }
+        let Some(shown) = self.shown.as_ref() else {
+            return self.read_view(now_ms, sink);
+        };
+        let (hits, stale_hits, misses) = shown.counted;
+        let mut outcome = shown.outcome.clone();
+        self.cache.count_repeated(hits, stale_hits, misses);
+        self.complete = outcome.complete;
+        outcome.unchanged = true;
         outcome
     }
 
@@ -282,44 +454,72 @@ impl<P: Payload> Client<P> {
     }
 
     fn read_view(&mut self, now_ms: u64, mut sink: impl FnMut(&CacheItem<P>, bool)) -> ViewOutcome {
-        if let Some((limit, range)) = self.too_wide {
+        let before = self.cache.stats();
+        let mut until = u64::MAX;
+        let out = if let Some((limit, range)) = self.too_wide {
             // Too wide: the cached data tiles in the range, showable ones only; nothing is
             // missing, since nothing will be fetched.
             let mut out = ViewOutcome {
                 too_wide: Some(limit),
                 ..ViewOutcome::default()
             };
-            let tiles: Vec<TileId> = self
+            // In tile order, so the order does not depend on recency.
+            let mut tiles: Vec<(u64, u64)> = self
                 .cache
                 .cached_tiles()
                 .filter(|&t| range.contains(t))
+                .map(|t| (t.to_u64(), 0))
                 .collect();
-            for t in tiles {
-                self.cache.read_tile(t, self.access, now_ms, |item, stale| {
-                    out.items += 1;
-                    out.stale |= stale;
-                    sink(item, stale);
-                });
+            crate::util::sort_pairs(&mut tiles);
+            for (t, _) in tiles {
+                let t = TileId::from_packed(t);
+                self.cache
+                    .read_tile_until(t, self.access, now_ms, &mut until, |item, stale| {
+                        out.items += 1;
+                        out.stale |= stale;
+                        sink(item, stale);
+                    });
             }
             self.complete = false;
-            return out;
-        }
-        let mut out = ViewOutcome {
-            visible: self.visible.len(),
-            ..ViewOutcome::default()
-        };
-        for &t in &self.visible {
-            let state = self.cache.read_tile(t, self.access, now_ms, |item, stale| {
-                out.items += 1;
-                out.stale |= stale;
-                sink(item, stale);
-            });
-            if !state.is_showable() {
-                out.missing.push(t);
+            out
+        } else {
+            let mut out = ViewOutcome {
+                visible: self.visible.len(),
+                ..ViewOutcome::default()
+            };
+            for &t in &self.visible {
+                let state = self.cache.read_tile_until(
+                    t,
+                    self.access,
+                    now_ms,
+                    &mut until,
+                    |item, stale| {
+                        out.items += 1;
+                        out.stale |= stale;
+                        sink(item, stale);
+                    },
+                );
+                if !state.is_showable() {
+                    out.missing.push(t);
+                }
             }
-        }
-        out.complete = out.missing.is_empty();
-        self.complete = out.complete;
+            out.complete = out.missing.is_empty();
+            self.complete = out.complete;
+            out
+        };
+        let after = self.cache.stats();
+        self.shown = Some(Shown {
+            generation: self.cache.generation(),
+            access: self.access,
+            at: now_ms,
+            until,
+            outcome: out.clone(),
+            counted: (
+                after.hits - before.hits,
+                after.stale_hits - before.stale_hits,
+                after.misses - before.misses,
+            ),
+        });
         out
     }
 
@@ -413,6 +613,7 @@ impl<P: Payload> Client<P> {
     /// named by [`Client::poll_cancel`] for the shell to abort, and work whose backoff
     /// ended becomes sendable (then call [`Client::poll_request`]).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.changed();
         for id in self.batcher.overdue(now_ms) {
             self.cancels.push_back(id);
             self.on_failure(id, Failure::Timeout, now_ms);
@@ -423,6 +624,7 @@ impl<P: Payload> Client<P> {
     /// the new tier at once; raising it makes tile lists fetched at a lower tier incomplete.
     /// Visible tiles that became incomplete are queued again.
     pub fn set_access(&mut self, access: Access, now_ms: u64) {
+        self.changed();
         if access < self.access {
             self.cache.drop_above(access);
         }
@@ -432,6 +634,7 @@ impl<P: Payload> Client<P> {
 
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
+        self.changed();
         let n = self.cache.invalidate(what);
         self.complete = self.refresh_foreground(now_ms);
         n
@@ -462,6 +665,7 @@ impl<P: Payload> Client<P> {
     /// [`Client::set_viewport`] replaces the prefetch queue, so call this after it.
     /// Returns the tiles queued.
     pub fn warm(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        self.changed();
         let tile_zoom = self.cache.config().tile_zoom;
         let works: Vec<Work> = tiles
             .iter()

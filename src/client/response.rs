@@ -20,6 +20,7 @@ impl<P: Payload> Client<P> {
     /// visible tile's state once; back off visible tiles the cache could not keep; queue
     /// the foreground again from the same states; tell the page.
     pub fn on_response(&mut self, id: RequestId, response: BatchResponse<P>, now_ms: u64) {
+        self.changed();
         if let Err(e) = response.validate(&self.limits) {
             self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
             return;
@@ -92,6 +93,7 @@ impl<P: Payload> Client<P> {
     /// shell). Never fails: the error becomes an [`Event::Error`] and a counter (an abort
     /// is silent).
     pub fn on_failure(&mut self, id: RequestId, failure: Failure, now_ms: u64) {
+        self.changed();
         self.sent_with(id);
         let outcome = self.batcher.on_failure(id, &failure, now_ms);
         let (finished, will_retry) = match outcome {

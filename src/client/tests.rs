@@ -310,3 +310,236 @@ fn a_refused_credential_is_retried_with_backoff_and_does_not_trip_the_breaker() 
     );
     assert!(!c.stats().breaker_open);
 }
+
+/// The fast path of [`Client::update_viewport`] against a full read: two clients are
+/// driven alike, one through `update_viewport` (keeping the last view it was given, as
+/// `cache.js` does), the other through `set_viewport`, which reads the view in full every
+/// time. Over random sequences of small moves, zooms, too-wide views, answers, time passing
+/// (items of several TTLs turning stale and expiring), invalidations and tier changes,
+/// both must show the same items in the same order with the same stale flags, the same
+/// completeness and missing tiles, send the same requests and count the same stats.
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Four items in each tile of a 6 x 6 block; TTLs from 20 s to 320 s, every fifth
+    /// item for registered callers only.
+    fn origin() -> Origin<String> {
+        let base = seattle();
+        let mut items = Vec::new();
+        for dy in -3i64..3 {
+            for dx in -3i64..3 {
+                let t = base.offset(dx, dy).unwrap();
+                for k in 0..4 {
+                    let f = (k as f64 + 0.5) / 4.0;
+                    let (lon, lat) = unproject(
+                        TilePoint {
+                            x: t.x() as f64 + f,
+                            y: t.y() as f64 + f,
+                        },
+                        Z,
+                    );
+                    let n = items.len();
+                    items.push(Item {
+                        id: format!("i{n}"),
+                        lon,
+                        lat,
+                        class: "active".into(),
+                        access: if n % 5 == 0 {
+                            Access::Registered
+                        } else {
+                            Access::Public
+                        },
+                        ttl: Some(20 + (n as u32 * 37) % 300),
+                        data: "{}".to_string(),
+                    });
+                }
+            }
+        }
+        Origin::new(items).unwrap()
+    }
+
+    /// A `w` x `w` view offset by (`dx`, `dy`) data tiles from Seattle's tile.
+    fn moved(dx: f64, dy: f64, w: f64, zoom: f64) -> Viewport {
+        let base = seattle();
+        let (x, y) = (base.x() as f64 + 0.5 + dx, base.y() as f64 + 0.5 + dy);
+        let (west, north) = unproject(
+            TilePoint {
+                x: x - w / 2.0,
+                y: y - w / 2.0,
+            },
+            Z,
+        );
+        let (east, south) = unproject(
+            TilePoint {
+                x: x + w / 2.0,
+                y: y + w / 2.0,
+            },
+            Z,
+        );
+        Viewport::new(west, south, east, north, zoom).unwrap()
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Move by eighths of a tile (x, y), a size (index), a zoom (index), ms later.
+        View(i8, i8, u8, u8, u16),
+        /// Answer at most this many queued requests.
+        Answer(u8),
+        Advance(u32),
+        InvalidateIds(Vec<u8>),
+        InvalidateTile(i8, i8),
+        SetAccess(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (-4i8..=4, -4i8..=4, 0u8..4, 0u8..3, 0u16..40)
+                .prop_map(|(x, y, w, z, dt)| Op::View(x, y, w, z, dt)),
+            3 => (0u8..4).prop_map(Op::Answer),
+            2 => (0u32..200_000).prop_map(Op::Advance),
+            1 => proptest::collection::vec(0u8..144, 0..4).prop_map(Op::InvalidateIds),
+            1 => (-3i8..3, -3i8..3).prop_map(|(x, y)| Op::InvalidateTile(x, y)),
+            1 => (0u8..2).prop_map(Op::SetAccess),
+        ]
+    }
+
+    type Shown = Vec<(String, bool)>;
+
+    fn config() -> ClientConfig {
+        ClientConfig {
+            planner: PlannerConfig {
+                max_visible_tiles: 16,
+                ..PlannerConfig::default()
+            },
+            cache: crate::cache::CacheConfig {
+                stale_while_revalidate_ms: 60_000,
+                ..crate::cache::CacheConfig::default()
+            },
+            ..ClientConfig::default()
+        }
+    }
+
+    fn same_requests(
+        a: &mut Client<String>,
+        b: &mut Client<String>,
+        now: u64,
+        limit: usize,
+    ) -> Vec<Transmit> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match (a.poll_request(now), b.poll_request(now)) {
+                (Some(x), Some(y)) => {
+                    assert_eq!(x.request, y.request);
+                    out.push(x);
+                }
+                (None, None) => break,
+                (x, y) => panic!("one client sends more: {x:?} / {y:?}"),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #[test]
+        fn the_fast_path_reads_what_a_full_read_reads(ops in proptest::collection::vec(op(), 1..80)) {
+            let o = origin();
+            let (mut a, mut b) = (client(config()), client(config()));
+            let mut now = 1_000u64;
+            let (mut x, mut y) = (0.0f64, 0.0f64);
+            let mut last: Shown = Vec::new();
+            let mut reused = 0;
+            for op in ops {
+                match op {
+                    Op::View(dx, dy, w, z, dt) => {
+                        now += u64::from(dt);
+                        x = (x + f64::from(dx) / 8.0).clamp(-2.0, 2.0);
+                        y = (y + f64::from(dy) / 8.0).clamp(-2.0, 2.0);
+                        let w = [1.0, 1.9, 2.6, 5.0][w as usize];
+                        let vp = moved(x, y, w, [14.5, 14.9, 11.0][z as usize]);
+                        let mut got: Shown = Vec::new();
+                        let oa = a.update_viewport(vp, now, |it, s| got.push((it.id().to_string(), s)));
+                        let mut want: Shown = Vec::new();
+                        let ob = b.set_viewport(vp, now, |it, s| want.push((it.id().to_string(), s)));
+                        prop_assert!(!ob.unchanged);
+                        if oa.unchanged {
+                            reused += 1;
+                            prop_assert!(got.is_empty(), "the sink is not called");
+                            got = last.clone();
+                        }
+                        prop_assert_eq!(&got, &want);
+                        prop_assert_eq!(ViewOutcome { unchanged: false, ..oa }, ob);
+                        last = got;
+                    }
+                    Op::Answer(n) => {
+                        for t in same_requests(&mut a, &mut b, now, n as usize) {
+                            let r = o.answer(&t.request, None);
+                            a.on_response(t.id, r.clone(), now);
+                            b.on_response(t.id, r, now);
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        now += u64::from(ms);
+                        a.handle_timeout(now);
+                        b.handle_timeout(now);
+                    }
+                    Op::InvalidateIds(ids) => {
+                        let ids: Vec<String> = ids.iter().map(|i| format!("i{i}")).collect();
+                        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        a.invalidate(Invalidate::Ids(&ids), now);
+                        b.invalidate(Invalidate::Ids(&ids), now);
+                    }
+                    Op::InvalidateTile(dx, dy) => {
+                        let t = [seattle().offset(dx.into(), dy.into()).unwrap()];
+                        a.invalidate(Invalidate::Tiles(&t), now);
+                        b.invalidate(Invalidate::Tiles(&t), now);
+                    }
+                    Op::SetAccess(t) => {
+                        let t = [Access::Public, Access::Registered][t as usize];
+                        a.set_access(t, now);
+                        b.set_access(t, now);
+                    }
+                }
+                prop_assert_eq!(a.stats(), b.stats());
+                prop_assert_eq!(a.is_complete(), b.is_complete());
+                let (ea, eb) = (events(&mut a), events(&mut b));
+                prop_assert_eq!(ea, eb);
+            }
+            let _ = reused;
+        }
+    }
+
+    /// A pan within the same tiles is served by the fast path, and time passing an item's
+    /// TTL ends it: the next view reads the item as stale.
+    #[test]
+    fn small_moves_reuse_the_view_until_an_item_turns_stale() {
+        let o = origin();
+        let mut c = client(config());
+        let mut now = 1_000;
+        c.update_viewport(moved(0.0, 0.0, 1.9, 14.5), now, |_, _| {});
+        answer_all(&mut c, &o, now);
+        let mut n = 0;
+        let first = c.update_viewport(moved(0.01, 0.0, 1.9, 14.5), now + 16, |_, _| n += 1);
+        assert!(
+            !first.unchanged && first.complete && n > 0,
+            "answers changed the cache"
+        );
+        let mut reused = 0;
+        for i in 2..10 {
+            now = 1_000 + 16 * i;
+            let out = c.update_viewport(moved(0.01 * i as f64, 0.0, 1.9, 14.5), now, |_, _| n += 1);
+            reused += out.unchanged as u32;
+            assert_eq!(out.items, first.items);
+        }
+        assert_eq!(reused, 8, "nothing changed: every frame is the last view");
+        // Past the TTLs (20 s to 320 s) and the 60 s window of some: a new read.
+        now += 330_000;
+        let out = c.update_viewport(moved(0.1, 0.0, 1.9, 14.5), now, |_, _| {});
+        assert!(!out.unchanged && (out.stale || out.items != first.items));
+        // `set_viewport` always calls the sink.
+        let mut m = 0;
+        let out = c.set_viewport(moved(0.1, 0.0, 1.9, 14.5), now + 1, |_, _| m += 1);
+        assert!(!out.unchanged && m == out.items);
+    }
+}

@@ -43,8 +43,11 @@ impl Payload for JsItem {
 
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
 /// cursors. Tiles are packed ids ([`super::args::packed`]). A view call starts with the view
-/// header, `complete, tooWide, missing, stale, items, missing tiles... | items...` (the
-/// stale items first; `tooWide` is 0 or the `maxVisibleTiles` limit the view is over); then come records, each a [`Tag`] and the layout its doc gives. Request kinds,
+/// header, `complete, tooWide, missing, stale, items, unchanged, missing tiles... | items...`
+/// (the stale items first; `tooWide` is 0 or the `maxVisibleTiles` limit the view is over;
+/// `unchanged` 1 when the view reads exactly as the last one did, and then no items
+/// follow: `cache.js` hands back its last view); then come records, each a [`Tag`] and the
+/// layout its doc gives. Request kinds,
 /// failures and tiers are the codes of [`super::boundary`].
 #[derive(Default)]
 struct Out {
@@ -61,7 +64,8 @@ impl Out {
             outcome.too_wide.map_or(0.0, |t| t.max as f64),
             outcome.missing.len() as f64,
             stale.len() as f64,
-            (stale.len() + fresh.len()) as f64,
+            outcome.items as f64,
+            outcome.unchanged as u8 as f64,
         ]);
         for &t in &outcome.missing {
             self.nums.push(packed(t));
@@ -167,7 +171,7 @@ impl Engine {
             let obj = item.payload().obj.clone();
             if is_stale { &mut stale } else { &mut fresh }.push(obj);
         };
-        let outcome = self.client.set_viewport(vp, now, sink);
+        let outcome = self.client.update_viewport(vp, now, sink);
         out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         Ok(out.finish())
@@ -270,6 +274,25 @@ impl Engine {
         }
         self.pump(&mut out, now);
         out.finish()
+    }
+
+    /// `get` of one id held in the cache: the item (counted as a hit, as `get` counts it);
+    /// `undefined` when it is not there, with nothing counted or queued (`cache.js` then
+    /// takes the full path). One crossing with no output list: the hot path of `get`.
+    #[wasm_bindgen(js_name = getCached)]
+    pub fn get_cached(&mut self, id: &str, now: f64) -> JsValue {
+        let now = ms(now);
+        if self
+            .client
+            .cache()
+            .peek(id, self.client.access(), now)
+            .is_none()
+        {
+            return JsValue::UNDEFINED;
+        }
+        self.client
+            .get(id, now)
+            .map_or(JsValue::UNDEFINED, |l| l.item.payload().obj.clone())
     }
 
     /// The cached item with this id (fresh or stale), without counting or fetching.

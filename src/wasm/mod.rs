@@ -61,6 +61,18 @@ pub fn tile_id_for_point(lon: &JsValue, lat: &JsValue, z: &JsValue) -> Result<f6
     args::tile_for_point(&value(lon), &value(lat), &value(z)).map_err(thrown)
 }
 
+/// `tileForPoint` for numbers already checked as such by `api.js`: the packed id, or -1 for
+/// anything out of range (`api.js` then calls [`tile_id_for_point`] for the error). No
+/// `JsValue` crosses, so the call is one plain wasm call.
+#[wasm_bindgen(js_name = tileIdAt, skip_typescript)]
+pub fn tile_id_at(lon: f64, lat: f64, z: f64) -> f64 {
+    let ok = lon.is_finite() && (-90.0..=90.0).contains(&lat) && z.fract() == 0.0;
+    if !ok || !(0.0..=crate::tile::MAX_ZOOM as f64).contains(&z) {
+        return -1.0;
+    }
+    crate::tile::TileId::from_lon_lat(lon, lat, z as u8).map_or(-1.0, args::packed)
+}
+
 /// `tilesForBbox`: the packed ids, in the order of the result.
 #[wasm_bindgen(js_name = tileIdsForBbox, skip_typescript)]
 pub fn tile_ids_for_bbox(
