@@ -373,38 +373,70 @@ impl<P> ItemCache<P> {
         sink: impl FnMut(&CacheItem<P>, bool),
     ) -> TileFreshness {
         let mut until = u64::MAX;
-        self.read_tile_until(tile, caller, now_ms, &mut until, sink)
+        self.read_tile_until(tile, caller, now_ms, None, &mut until, sink)
     }
 
     /// [`read_tile`](Self::read_tile), which also lowers `until` to the first time after
     /// `now_ms` at which the same read could return something else with no change to the
     /// cache ([`generation`](Self::generation)): the tile list or a shown item turning stale
-    /// or expiring beyond the window.
+    /// or expiring beyond the window. `fresh_until`: the caller found the tile fresh with
+    /// [`tile_freshness_until`](Self::tile_freshness_until) at this generation, and that
+    /// time, so it is not classified again.
     pub fn read_tile_until(
         &mut self,
         tile: TileId,
         caller: Access,
         now_ms: u64,
+        fresh_until: Option<u64>,
         until: &mut u64,
         mut sink: impl FnMut(&CacheItem<P>, bool),
     ) -> TileFreshness {
         // The state covers the list and every item the caller may see: their next change
         // bounds the read's. (Unknown stays unknown until the cache changes.)
-        let state = self.tile_freshness_until(tile, caller, now_ms, until);
+        let state = match fresh_until {
+            Some(t) if now_ms < t => {
+                *until = (*until).min(t);
+                TileFreshness::Fresh
+            }
+            _ => self.tile_freshness_until(tile, caller, now_ms, until),
+        };
         if matches!(state, TileFreshness::Unknown) {
             return state;
         }
-        let ids = match self.tiles.get(&tile) {
-            Some(e) => e.ids.clone(),
-            None => return state,
+        let swr = self.swr();
+        // One lookup per listed id (which also refreshes its recency); the ones expired
+        // beyond the window are removed after the pass.
+        let (tiles, items, stats) = (&mut self.tiles, &mut self.items, &mut self.stats);
+        let Some(e) = tiles.get(&tile) else {
+            return state;
         };
-        for id in &ids {
+        let mut gone = Vec::new();
+        for id in &e.ids {
+            let Some(item) = items.get(&**id) else {
+                stats.misses += 1;
+                continue;
+            };
             // Items the caller may not see are not shown, so they count for nothing.
-            if let Some(stale) = self.count_lookup(id, caller, now_ms, false) {
-                if let Some(item) = self.items.get(&**id) {
+            if !caller.can_see(item.access) {
+                continue;
+            }
+            match expiry(item.expires_at_ms, swr, now_ms) {
+                Expiry::Gone => gone.push(Arc::clone(id)),
+                f => {
+                    let stale = f == Expiry::Stale;
+                    if stale {
+                        stats.stale_hits += 1;
+                    } else {
+                        stats.hits += 1;
+                    }
                     sink(item, stale);
                 }
             }
+        }
+        for id in gone {
+            self.remove_item(&id);
+            self.stats.expirations += 1;
+            self.stats.misses += 1;
         }
         state
     }

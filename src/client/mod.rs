@@ -141,6 +141,9 @@ pub struct Client<P> {
     /// given: a planning round asks for the state of about a hundred tiles, and reading
     /// one means looking up each of its items.
     fresh: (u64, Access, HashMap<TileId, u64>),
+    /// Tests: reads classify every tile again (the reference the fast path is checked against).
+    #[cfg(test)]
+    full_reads: bool,
 }
 
 impl<P: Payload> Client<P> {
@@ -183,6 +186,8 @@ impl<P: Payload> Client<P> {
             planned: None,
             shown: None,
             fresh: (0, config.access, HashMap::new()),
+            #[cfg(test)]
+            full_reads: false,
         })
     }
 
@@ -473,12 +478,18 @@ impl<P: Payload> Client<P> {
             crate::util::sort_pairs(&mut tiles);
             for (t, _) in tiles {
                 let t = TileId::from_packed(t);
-                self.cache
-                    .read_tile_until(t, self.access, now_ms, &mut until, |item, stale| {
+                self.cache.read_tile_until(
+                    t,
+                    self.access,
+                    now_ms,
+                    None,
+                    &mut until,
+                    |item, stale| {
                         out.items += 1;
                         out.stale |= stale;
                         sink(item, stale);
-                    });
+                    },
+                );
             }
             self.complete = false;
             out
@@ -488,10 +499,19 @@ impl<P: Payload> Client<P> {
                 ..ViewOutcome::default()
             };
             for &t in &self.visible {
+                // A tile the planner just found fresh (same generation and tier) is not
+                // classified again.
+                let memo = &self.fresh;
+                let known = (memo.0 == self.cache.generation() && memo.1 == self.access)
+                    .then(|| memo.2.get(&t).copied())
+                    .flatten();
+                #[cfg(test)]
+                let known = known.filter(|_| !self.full_reads);
                 let state = self.cache.read_tile_until(
                     t,
                     self.access,
                     now_ms,
+                    known,
                     &mut until,
                     |item, stale| {
                         out.items += 1;
