@@ -46,6 +46,8 @@ if want pkg; then
       && node micro.mjs --md "../../$out/js.md" --json "../../$out/js.json" > /dev/null); then :; else
     echo "Node micro-benchmarks failed; see the output of \`scripts/bench.sh pkg\`." > "$out/js.md"
   fi
+  (cd bench/js && node --expose-gc memory.mjs --md "../../$out/js-memory.md" > /dev/null) \
+    || echo "bench/js/memory.mjs failed; see the output of \`scripts/bench.sh pkg\`." > "$out/js-memory.md"
 fi
 if want sim; then
   status "trace-replay simulator"
@@ -138,9 +140,16 @@ HEAD
   echo "Node micro-benchmarks (\`bench/js/micro.mjs\`): each job against the same job composed from"
   echo "the JS libraries a page would otherwise use. Read \`setViewport\` with care: tilewarm's call"
   echo "also checks freshness and tiers, plans the prefetch round and queues requests; the peer"
-  echo "composition only reads the cache."
+  echo "composition only reads the cache. The single \`setViewport\` job alternates three views"
+  echo "a quarter tile apart, so its calls plan and read; a map's per-frame calls are the"
+  echo "\"per frame\" table."
   echo
   section "$out/js.md" "(Node micro-benchmarks not run in this invocation)"
+  echo
+  echo "Memory per cached item (\`node --expose-gc bench/js/memory.mjs\`): 50k items cached, the"
+  echo "JS heap and wasm memory the cache holds, per item, against the item's JSON."
+  echo
+  section "$out/js-memory.md" "(memory not measured in this invocation)"
   echo
   section "$out/sim.md" "## Prefetch policies in simulation (tilewarm-sim)
 

@@ -70,6 +70,9 @@ struct Planned {
     changes: u64,
     access: Access,
     at: u64,
+    /// A visible tile can change state with time from then on (the read's
+    /// [`Shown::until`]): the round's foreground and refresh work would differ.
+    until: u64,
 }
 
 /// What the last view read showed and what it depended on
@@ -285,14 +288,17 @@ impl<P: Payload> Client<P> {
             changes: self.changes,
             access: self.access,
             at: now_ms,
+            until: 0,
         };
         let fresh_plan = self.planned.is_some_and(|p| {
             Planned {
                 at: p.at,
+                until: p.until,
                 ..planned
             } == p
                 && now_ms >= p.at
                 && now_ms - p.at < REPLAN_MS
+                && now_ms < p.until
         });
         if same_tiles && fresh_plan {
             self.viewports += 1;
@@ -405,6 +411,7 @@ impl<P: Payload> Client<P> {
         self.planned = Some(Planned {
             generation: self.cache.generation(),
             changes: self.changes,
+            until: self.shown.as_ref().map_or(0, |s| s.until),
             ..planned
         });
     }
