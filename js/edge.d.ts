@@ -43,6 +43,11 @@ export interface EdgeOptions {
    * most written to it per answer (0..64; 0: the shared cache is off). Default 16.
    */
   sharedCacheTiles?: number;
+  /**
+   * Answer whole hits of data tiles from their serialised form (src/proxy/wire.rs).
+   * Default true; the answers are the same either way (false is for measuring).
+   */
+  splicedHits?: boolean;
   /** How long a shared-cache call may take before it counts as a miss, in ms. Default 250. */
   sharedCacheTimeoutMs?: number;
 }

@@ -55,6 +55,8 @@ struct Options {
     /// Most data tiles looked up in (and, separately, written to) the shared cache per
     /// request; 0 turns the shared cache off. Default [`SHARED_TILES`].
     shared_cache_tiles: Option<usize>,
+    /// Whole hits written from serialised tiles (default true; the answers are the same).
+    spliced_hits: Option<bool>,
     /// Read by the worker: how long a shared-cache call may take before it counts as a miss.
     #[allow(dead_code)]
     shared_cache_timeout_ms: Option<u64>,
@@ -111,6 +113,9 @@ fn config_from(options: &str) -> Result<ProxyConfig, String> {
     }
     if let Some(s) = o.default_ttl {
         c.cache.default_ttl_ms = s.saturating_mul(1000);
+    }
+    if let Some(b) = o.spliced_hits {
+        c.spliced_hits = b;
     }
     if let Some(m) = o.class_ttl {
         c.cache.class_ttl_ms = m
@@ -510,6 +515,16 @@ mod tests {
         assert_eq!(c.cache.tile_zoom, 13);
         assert_eq!(c.cache.class_ttl_ms.get("active"), Some(&60_000));
         assert_eq!(c.warm_ring, 0);
+        assert!(c.spliced_hits);
+        assert!(
+            !config_from(r#"{"splicedHits":false}"#)
+                .unwrap()
+                .spliced_hits
+        );
+        assert_eq!(shared_tiles_from(r#"{"sharedCacheTiles":0}"#), Ok(0));
+        assert!(shared_tiles_from(r#"{"sharedCacheTiles":65}"#)
+            .unwrap_err()
+            .contains("sharedCacheTiles must be in 0..=64"));
         let e = config_from(r#"{"tileZom":13}"#).unwrap_err();
         assert!(e.contains("unknown field `tileZom`"), "{e}");
         let e = config_from(r#"{"maxItems":-1}"#).unwrap_err();
