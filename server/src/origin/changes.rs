@@ -219,9 +219,15 @@ async fn listen_once(app: &Weak<App>, feed: &ChangeFeed, zoom: u8) -> Result<(),
     }
 }
 
-/// Applies an invalidation; while the tier cannot, retries it as `all` every 100 ms.
+/// Applies an invalidation; while the tier cannot, retries it as `all` every 100 ms. Once
+/// applied, it goes on the change stream too ([`crate::stream`]), so pages following
+/// `GET /v1/changes` (and the other instances) learn of database changes as of
+/// `POST /v1/invalidate`s. (Every instance listening to the database publishes the change:
+/// followers see it once per instance, which costs a repeated invalidation, not a wrong
+/// answer.)
 async fn apply(app: &Arc<App>, inv: Invalidation) {
     if invalidate(app, &inv).await.is_ok() {
+        publish(app, &inv).await;
         return;
     }
     let all = Invalidation::everything();
@@ -229,8 +235,16 @@ async fn apply(app: &Arc<App>, inv: Invalidation) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if invalidate(app, &all).await.is_ok() {
             info!("change feed: the cache tier is back and was invalidated");
+            publish(app, &all).await;
             return;
         }
+    }
+}
+
+async fn publish(app: &Arc<App>, inv: &Invalidation) {
+    if let Err(e) = app.changes.publish(inv).await {
+        // The stream shares Redis with the tier: its followers resume or reset later.
+        debug!(error = %e, "change feed: not on the change stream");
     }
 }
 

@@ -892,6 +892,20 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(seen, "the Redis tier kept serving the old price");
+    // The change is on the change stream too, for pages following GET /v1/changes.
+    let (events, _) = s
+        .app
+        .changes
+        .since(Some(tilewarm::protocol::StreamId::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            tilewarm_server::stream::Event::Invalidate(_, inv) if inv.ids.contains(&home)
+        )),
+        "{events:?}"
+    );
     s.shutdown().await;
 }
 
