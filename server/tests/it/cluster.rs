@@ -291,3 +291,82 @@ async fn two_instances_do_not_warm_the_same_ring_twice() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Invalidation on a cluster: after `POST /v1/invalidate` on A returns, neither instance
+/// answers the entry from the tier, B's stream reader (`XREAD` on the cluster) applies
+/// it, and `all` (a `SCAN` of every master) empties the tier but keeps the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_reaches_both_instances_on_a_cluster() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let o = origin(42, 5_000);
+    let occupied: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let (t, u) = (occupied[0], occupied[1]);
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let other = o.tile_items(u, Access::Agent).next().unwrap().id.clone();
+    let cfg = || Config {
+        warmup_ring: 0,
+        ..on(cluster.url.clone())
+    };
+    let (a, b) = (server(cfg()).await, server(cfg()).await);
+    let http = Http::new();
+    let body = request(&[t, u], &[], Access::Agent);
+    http.ok(&a, &body).await;
+    http.ok(&b, &body).await;
+    assert_eq!(b.app.metrics.origin_calls(), 0, "B did not read A's writes");
+    let admin = Http::with_token(Some(crate::common::sign_hs256(&serde_json::json!({
+        "sub": "ops",
+        "exp": crate::common::now_s() + 3600,
+        "tilewarm_access": "agent",
+        "tilewarm_admin": true,
+    }))));
+    let invalidate = async |s: &tilewarm_server::Server, body: &str| {
+        let r = admin
+            .send(
+                "POST",
+                &format!("{}/v1/invalidate", s.url()),
+                &[("content-type", "application/json")],
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    invalidate(&a, &format!(r#"{{"ids":["{id}","{other}"]}}"#)).await;
+    http.ok(&b, &request(&[u], &[], Access::Agent)).await;
+    assert_eq!(
+        b.app.metrics.origin_calls(),
+        1,
+        "B served an invalidated id"
+    );
+    let a_calls = a.app.metrics.origin_calls();
+    http.ok(&a, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(a.app.metrics.origin_calls(), a_calls + 1, "A served it");
+    let applied = || b.app.changes.stats.applied_remote.load(Relaxed);
+    assert!(
+        crate::common::eventually(Duration::from_secs(10), || applied() >= 1).await,
+        "B's reader did not apply A's change"
+    );
+    // `all` from B: every master is emptied of tier keys; the stream key stays.
+    http.ok(&a, &body).await;
+    invalidate(&b, r#"{"all":true}"#).await;
+    let keys: u64 = cluster
+        .masters()
+        .iter()
+        .map(|&(p, _)| cluster.dbsize(p))
+        .sum();
+    assert_eq!(
+        keys, 1,
+        "tier keys left after `all` (the stream is the one key kept)"
+    );
+    let a_calls = a.app.metrics.origin_calls();
+    http.ok(&a, &body).await;
+    assert_eq!(
+        a.app.metrics.origin_calls(),
+        a_calls + 1,
+        "A served after `all`"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
