@@ -424,9 +424,34 @@ async fn invalidate_handler(
 /// events with the invalidation as data, or `reset`), each with `id:` = its stream id;
 /// `Last-Event-ID` resumes after that id. Same authentication as `/v1/batch` (a sent token
 /// must verify; none is `public`): events carry ids, tiles and classes, never item data.
-async fn changes_handler(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+///
+/// `?follow=false` ends the stream after the events stored after `Last-Event-ID` (a poll).
+async fn changes_handler(
+    State(app): State<Arc<App>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = app.auth.caller(&headers) {
         return unauthorized(e.0);
+    }
+    let mut follow = true;
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair {
+            "follow=true" => follow = true,
+            "follow=false" => follow = false,
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return error_response(
+                    ErrorCode::BadRequest,
+                    format!("query {shown:?}: the only parameter is follow=true or follow=false"),
+                );
+            }
+        }
     }
     let after = match headers.get("last-event-id") {
         None => None,
@@ -444,7 +469,7 @@ async fn changes_handler(State(app): State<Arc<App>>, headers: HeaderMap) -> Res
             }
         },
     };
-    match app.changes.subscribe(after).await {
+    match app.changes.subscribe(after, follow).await {
         Ok(Some(sse)) => sse.into_response(),
         Ok(None) => error_response(
             ErrorCode::Overloaded,

@@ -341,11 +341,13 @@ impl ChangeStream {
         }
     }
 
-    /// A feed for one client: the events after `after`, then live ones; `None` when
-    /// `--changes-max-subscribers` streams are open.
+    /// A feed for one client: the events after `after`, then (with `follow`) live ones;
+    /// `None` when `--changes-max-subscribers` streams are open. Without `follow` the
+    /// stream ends after the stored events (a poll: the edge, a cron job).
     pub async fn subscribe(
         self: &Arc<Self>,
         after: Option<StreamId>,
+        follow: bool,
     ) -> Result<Option<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, StreamError> {
         let Ok(permit) = Arc::clone(&self.subscribers).try_acquire_owned() else {
             return Ok(None);
@@ -370,8 +372,13 @@ impl ChangeStream {
             sent,
             _permit: Permit::new(permit, Arc::downgrade(self)),
         };
-        let live = stream::unfold(live, |mut l| async move {
-            l.next().await.map(|e| (Ok::<_, Infallible>(e), l))
+        let live = stream::unfold((live, follow), |(mut l, follow)| async move {
+            if !follow {
+                return None;
+            }
+            l.next()
+                .await
+                .map(|e| (Ok::<_, Infallible>(e), (l, follow)))
         });
         let s = stream::iter(first.into_iter().map(Ok)).chain(live);
         Ok(Some(Sse::new(s).keep_alive(

@@ -317,6 +317,26 @@ async fn the_feed_resumes_and_resets_past_retention() {
         (reset.event.as_str(), reset.id.as_str()),
         ("reset", &*ids[2])
     );
+    // A poll (`follow=false`): the stored events after the id, then the stream ends.
+    let poll = Http::anonymous()
+        .send(
+            "GET",
+            &format!("{}/v1/changes?follow=false", s.url()),
+            &[("last-event-id", &ids[0])],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(poll.status, 200);
+    let text = poll.text();
+    let got: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(got, [&*ids[0], &*ids[1], &*ids[2]], "{text}");
+    let r = Http::anonymous()
+        .get(&format!("{}/v1/changes?follow=maybe", s.url()))
+        .await;
+    r.error(400, "bad_request");
     // An id this server never made (a restarted in-process server): `reset` too.
     let mut f = Feed::open(&s, None, Some("1-0")).await;
     f.next().await;
