@@ -8,7 +8,8 @@ import { Engine } from './tilewarm.js';
 // Tags, codes, names and option lists, generated from the Rust (src/wasm/boundary.rs,
 // src/wasm/options.rs), so they are the engine's.
 import {
-  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
+  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, TILES_STATES, TILES_LOAD, TILES_READ,
+  TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
@@ -373,7 +374,7 @@ export class TileCache {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `signal must be an AbortSignal, got ${show(signal)}`);
     }
     try {
-      this.#engine.tileStates(tiles, this.#now()); // checks every tile string
+      this.#engine.tiles(TILES_STATES, tiles, this.#now()); // checks every tile string
     } catch (e) {
       throw thrown(e, () => tiles);
     }
@@ -398,7 +399,7 @@ export class TileCache {
     if (Array.isArray(what)) {
       checkStrings('tiles', what);
       try {
-        out = this.#engine.prefetchTiles(what, this.#now());
+        out = this.#engine.tiles(TILES_PREFETCH, what, this.#now());
       } catch (e) {
         throw thrown(e, () => what);
       }
@@ -433,7 +434,7 @@ export class TileCache {
     checkStrings('tiles', tiles);
     let codes;
     try {
-      codes = this.#engine.tileStates(tiles, this.#now());
+      codes = this.#engine.tiles(TILES_STATES, tiles, this.#now())[0];
     } catch (e) {
       throw thrown(e, () => tiles);
     }
@@ -502,7 +503,7 @@ export class TileCache {
     this.#queuedLoads = [];
     if (this.#disposed || loads.length === 0) return;
     const tiles = [...new Set(loads.flatMap((l) => l.tiles))];
-    const out = this.#engine.loadTiles(tiles, true, this.#now());
+    const out = this.#engine.tiles(TILES_LOAD, tiles, this.#now());
     const at = this.#readLoads(out, tiles);
     for (const l of loads) {
       this.#fillLoad(l, at.byTile);
@@ -557,7 +558,7 @@ export class TileCache {
     if (this.#pendingLoads.size === 0 || this.#disposed) return;
     const loads = [...this.#pendingLoads];
     const tiles = [...new Set(loads.flatMap((l) => [...l.waiting.keys()].map((i) => l.tiles[i])))];
-    const out = this.#engine.loadTiles(tiles, false, this.#now());
+    const out = this.#engine.tiles(TILES_READ, tiles, this.#now());
     const at = this.#readLoads(out, tiles);
     for (const l of loads) this.#fillLoad(l, at.byTile);
     this.#run(out, at.n, at.r);
@@ -596,7 +597,7 @@ export class TileCache {
     const still = new Set();
     for (const l of this.#pendingLoads) for (const d of l.waiting.values()) for (const t of d) still.add(t);
     const drop = [...new Set([...load.waiting.values()].flat())].filter((t) => !still.has(t));
-    if (drop.length) this.#run(this.#engine.releaseTiles(drop, this.#now()), 0, 1);
+    if (drop.length) this.#run(this.#engine.tiles(TILES_RELEASE, drop.map(tileName), this.#now()), 0, 1);
   }
 
   /** Reads a view header, `complete, tooWide, missing, stale, items, unchanged, missing

@@ -75,7 +75,7 @@ impl Access {
 /// A request that asks for a tier above the one its caller's credential gives (a 403).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "access \"{asked}\" is above the tier the credential gives (\"{verified}\"): ask for at most \"{verified}\""
+    "access \"{asked}\" is above the tier the credential gives (\"{verified}\"): ask for at most \"{verified}\", or send a credential for a higher tier"
 )]
 pub struct AboveCredential {
     /// The tier the request asked for.
@@ -95,7 +95,7 @@ pub struct AboveCredential {
 /// let e = effective_tier(Access::Public, Access::Agent).unwrap_err();
 /// assert_eq!(
 ///     e.to_string(),
-///     "access \"agent\" is above the tier the credential gives (\"public\"): ask for at most \"public\""
+///     "access \"agent\" is above the tier the credential gives (\"public\"): ask for at most \"public\", or send a credential for a higher tier"
 /// );
 /// ```
 pub fn effective_tier(verified: Access, asked: Access) -> Result<Access, AboveCredential> {

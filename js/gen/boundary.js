@@ -23,6 +23,25 @@ export const COMPLETE = 4;
 export const ERROR = 5;
 /** `at`: the clock time at which to call `tick`. */
 export const WAKEUP = 6;
+// What `Engine.tiles` does with its tiles, each with what it hands back.
+/** `tileStates`: per tile the code of its state (`TILE_STATES`); nothing else. */
+export const TILES_STATES = 0;
+/**
+ * `loadTiles`: per tile `1, count, flags...` (its `count` item objects follow in the
+ * references, and a flag per item, 1 when it expired but is within stale-while-revalidate, else
+ * 0), `0, count, data tiles...` (packed; queued as foreground work) or `2, count, max, minZ`
+ * (it covers more data tiles than `maxVisibleTiles`).
+ */
+export const TILES_LOAD = 1;
+/** As `TILES_LOAD`, without queueing: pending loads read again. */
+export const TILES_READ = 2;
+/**
+ * `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile `index` covers
+ * more than `maxVisibleTiles` data tiles (nothing queued).
+ */
+export const TILES_PREFETCH = 3;
+/** Aborted loads: these data tiles are no longer queued unless visible. */
+export const TILES_RELEASE = 4;
 /** Failure codes for `Engine.failure`; the `code` of the page's error is at that index. */
 export const FAILED_TIMEOUT = 0;
 export const FAILED_NETWORK = 1;

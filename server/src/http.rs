@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tilewarm::access::Access;
+use tilewarm::access::{effective_tier, AboveCredential, Access};
 use tilewarm::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
@@ -56,16 +56,10 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
     r
 }
 
-/// 403 for a request `access` above the caller's verified tier, naming both tiers.
-pub fn forbidden_tier(asked: Access, verified: Access) -> Response {
-    error_response(
-        ErrorCode::Forbidden,
-        format!(
-            "access {asked:?} is above this caller's verified tier {verified:?}: ask for {verified:?} or lower, or send a token for a higher tier",
-            asked = asked.as_str(),
-            verified = verified.as_str()
-        ),
-    )
+/// 403 for a request `access` above the caller's verified tier, naming both tiers (the
+/// core's message, the edge's too).
+pub fn forbidden_tier(above: AboveCredential) -> Response {
+    error_response(ErrorCode::Forbidden, above.to_string())
 }
 
 fn json_response(body: String) -> Response {
@@ -327,11 +321,11 @@ async fn batch_inner(
         Ok(r) => r,
         Err(e) => return error_response(e.code, e.message),
     };
-    // The body may only lower the tier.
-    if request.access > caller.tier {
-        return forbidden_tier(request.access, caller.tier);
-    }
-    let tier = effective_tier(caller.tier, request.access);
+    // The body may only lower the tier (the core's rule, the edge's too).
+    let tier = match effective_tier(caller.tier, request.access) {
+        Ok(tier) => tier,
+        Err(above) => return forbidden_tier(above),
+    };
     match batch::answer(app, &request, tier).await {
         Ok(json) => {
             let mut r = json_response(json);
@@ -480,12 +474,6 @@ async fn changes_handler(
         ),
         Err(e) => error_response(ErrorCode::Overloaded, e.to_string()),
     }
-}
-
-/// The tier an answer is filtered for: the verified tier, lowered by the request's
-/// `access` (never raised by it).
-pub fn effective_tier(verified: Access, asked: Access) -> Access {
-    verified.min(asked)
 }
 
 /// `POST /dev/token {"access":"<tier>", "admin": true?}` (`--dev-tokens` only): a

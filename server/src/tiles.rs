@@ -166,10 +166,10 @@ async fn answer(
         Ok(a) => a,
         Err(m) => return error_response(ErrorCode::BadRequest, m),
     };
-    if asked > caller.tier {
-        return forbidden_tier(asked, caller.tier);
-    }
-    let tier = crate::http::effective_tier(caller.tier, asked);
+    let tier = match tilewarm::access::effective_tier(caller.tier, asked) {
+        Ok(tier) => tier,
+        Err(above) => return forbidden_tier(above),
+    };
     let request = BatchRequest {
         tiles: vec![tile],
         ids: Vec::new(),

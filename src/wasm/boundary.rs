@@ -105,6 +105,29 @@ codes! {
 }
 
 codes! {
+    /// What `Engine.tiles` does with its tiles (`z/x/y` strings): the per-tile calls share
+    /// one entry point, which keeps the wasm and its glue smaller than one export each. Every
+    /// call but `TILES_STATES` hands back the records of what it set in motion.
+    TileOp {
+        /// `tileStates`: per tile the code of its state (`TILE_STATES`); nothing else.
+        States = 0 => "TILES_STATES",
+        /// `loadTiles`: per tile `1, count, flags...` (its `count` item objects follow in
+        /// the references, and a flag per item, 1 when it expired but is within
+        /// stale-while-revalidate, else 0), `0, count, data tiles...` (packed; queued as
+        /// foreground work) or `2, count, max, minZ` (it covers more data tiles than
+        /// `maxVisibleTiles`).
+        Load = 1 => "TILES_LOAD",
+        /// As `TILES_LOAD`, without queueing: pending loads read again.
+        Read = 2 => "TILES_READ",
+        /// `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile
+        /// `index` covers more than `maxVisibleTiles` data tiles (nothing queued).
+        Prefetch = 3 => "TILES_PREFETCH",
+        /// Aborted loads: these data tiles are no longer queued unless visible.
+        Release = 4 => "TILES_RELEASE",
+    }
+}
+
+codes! {
     /// The class of an error thrown for a bad argument or option.
     ErrorClass {
         /// The value has the wrong type (or a string is not a tile): `TypeError`.

@@ -17,7 +17,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::args::{MAX_BBOX_TILES, MAX_RING};
-use super::boundary::{Code, ErrorClass, FailureCode, Tag, REQUEST_KINDS, STATS, TILE_STATES};
+use super::boundary::{
+    Code, ErrorClass, FailureCode, Tag, TileOp, REQUEST_KINDS, STATS, TILE_STATES,
+};
 use super::options::{Check, Opt, ACCESS_ALLOWED, CLASS_TTL, OPTIONS};
 use crate::access::Access;
 use crate::client::ClientConfig;
@@ -216,6 +218,11 @@ pub(crate) fn js() -> String {
     for t in Tag::ALL {
         doc(&mut s, "", t.doc());
         let _ = writeln!(s, "export const {} = {};", t.js(), t.num());
+    }
+    s.push_str("// What `Engine.tiles` does with its tiles, each with what it hands back.\n");
+    for op in TileOp::ALL {
+        doc(&mut s, "", op.doc());
+        let _ = writeln!(s, "export const {} = {};", op.js(), op.num());
     }
 
     s.push_str("/** Failure codes for `Engine.failure`; the `code` of the page's error is at that index. */\n");

@@ -17,7 +17,7 @@ use wasm_bindgen::prelude::*;
 
 use super::args::{packed, ArgError, Value};
 use super::boundary::{
-    request_kind_num, tile_state_code, Code, ErrorClass, FailureCode, Tag, STATS,
+    request_kind_num, tile_state_code, Code, ErrorClass, FailureCode, Tag, TileOp, STATS,
 };
 use super::config;
 use super::{thrown, value};
@@ -156,14 +156,7 @@ impl Engine {
         zoom: &JsValue,
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
-        let v = [
-            value(west),
-            value(south),
-            value(east),
-            value(north),
-            value(zoom),
-        ];
-        let vp = config::viewport(&v, self.zoom_offset).map_err(thrown)?;
+        let vp = self.viewport([west, south, east, north, zoom])?;
         let now = ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
@@ -335,111 +328,60 @@ impl Engine {
         Ok(out.finish())
     }
 
-    /// `tileStates`: per tile the code of its state ([`super::boundary::TILE_STATES`]). A
-    /// bad tile string is a `tiles` field error.
-    #[wasm_bindgen(js_name = tileStates)]
-    pub fn tile_states(&self, tiles: Vec<String>, now: f64) -> Result<Vec<u8>, JsValue> {
-        let now = ms(now);
-        let states = parse_tiles(&tiles)?
-            .into_iter()
-            .map(|t| tile_state_code(self.client.tile_state(t, now)))
-            .collect();
-        Ok(states)
-    }
-
-    /// `loadTiles`: per host tile `"z/x/y"`, its state and what goes with it:
-    /// - `1, count, flags...` when it can be shown: `count` item objects follow in the
-    ///   references, and a flag per item, 1 when it expired but is within
-    ///   stale-while-revalidate, else 0;
-    /// - `0, count, data tiles...` when it cannot yet: the data tiles it waits for (packed),
-    ///   queued as foreground work when `queue`;
-    /// - `2, count, max, minZ` when it covers more data tiles than `maxVisibleTiles`.
-    ///
-    /// Then the records of what it set in motion. A bad tile string is a `tiles` field
-    /// error.
-    #[wasm_bindgen(js_name = loadTiles)]
-    pub fn load_tiles(
+    /// The per-tile calls, one entry point: `op` is a [`TileOp`] code (its doc gives what
+    /// each hands back), `tiles` the tiles `"z/x/y"`. A bad tile string is a `tiles` field
+    /// error; an unknown `op` an `op` error.
+    pub fn tiles(
         &mut self,
+        op: f64,
         tiles: Vec<String>,
-        queue: bool,
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
+        let Some(op) = TileOp::from_num(op) else {
+            return Err(thrown(ArgError::must(
+                ErrorClass::Range,
+                Code::InvalidArgValue,
+                "op",
+                "a TILES_* code",
+            )));
+        };
         let now = ms(now);
         let parsed = parse_tiles(&tiles)?;
         let mut out = Out::default();
-        for t in parsed {
-            let mut items = Vec::new();
-            let at = out.nums.len();
-            out.nums.extend([1.0, 0.0]);
-            let nums = &mut out.nums;
-            match self.client.load_tile(t, queue, now, |item, stale| {
-                items.push(item.payload().obj.clone());
-                nums.push(f64::from(u8::from(stale)));
-            }) {
-                Ok(true) => {
-                    out.nums[at + 1] = items.len() as f64;
-                    out.refs.extend(items);
+        match op {
+            TileOp::States => {
+                for t in parsed {
+                    let code = tile_state_code(self.client.tile_state(t, now));
+                    out.nums.push(f64::from(code));
                 }
-                Ok(false) => {
-                    out.nums.truncate(at);
-                    let data = self.client.data_tiles_of(t).unwrap_or_default();
-                    out.nums.extend([0.0, data.len() as f64]);
-                    out.nums.extend(data.into_iter().map(packed));
-                }
-                Err(e) => {
-                    out.nums.truncate(at);
-                    out.nums
-                        .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]);
-                }
+                return Ok(out.finish());
             }
+            TileOp::Load | TileOp::Read => {
+                self.load_tiles(&mut out, parsed, op == TileOp::Load, now)
+            }
+            TileOp::Prefetch => {
+                let mut data = Vec::new();
+                for (i, t) in parsed.into_iter().enumerate() {
+                    match self.client.data_tiles_of(t) {
+                        Ok(d) => data.extend(d),
+                        Err(e) => {
+                            out.nums.extend([
+                                -1.0,
+                                i as f64,
+                                e.count as f64,
+                                e.max as f64,
+                                f64::from(e.min_z),
+                            ]);
+                            return Ok(out.finish());
+                        }
+                    }
+                }
+                return Ok(self.prefetch(&data, now));
+            }
+            TileOp::Release => self.client.release_tiles(&parsed, now),
         }
         self.pump(&mut out, now);
         Ok(out.finish())
-    }
-
-    /// Aborted loads: their data tiles (packed) are no longer queued unless visible.
-    #[wasm_bindgen(js_name = releaseTiles)]
-    pub fn release_tiles(&mut self, tiles: Vec<f64>, now: f64) -> Vec<JsValue> {
-        let now = ms(now);
-        let tiles: Vec<TileId> = tiles
-            .into_iter()
-            .filter_map(|v| TileId::from_u64(v as u64).ok())
-            .collect();
-        self.client.release_tiles(&tiles, now);
-        let mut out = Out::default();
-        self.pump(&mut out, now);
-        out.finish()
-    }
-
-    /// `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile
-    /// `index` covers more than `maxVisibleTiles` data tiles (nothing queued; `cache.js`
-    /// writes the message, so no number formatting runs in wasm). A bad tile string is a
-    /// `tiles` field error.
-    #[wasm_bindgen(js_name = prefetchTiles)]
-    pub fn prefetch_tiles(
-        &mut self,
-        tiles: Vec<String>,
-        now: f64,
-    ) -> Result<Vec<JsValue>, JsValue> {
-        let now = ms(now);
-        let mut data = Vec::new();
-        for (i, t) in parse_tiles(&tiles)?.into_iter().enumerate() {
-            match self.client.data_tiles_of(t) {
-                Ok(d) => data.extend(d),
-                Err(e) => {
-                    let mut out = Out::default();
-                    out.nums.extend([
-                        -1.0,
-                        i as f64,
-                        e.count as f64,
-                        e.max as f64,
-                        f64::from(e.min_z),
-                    ]);
-                    return Ok(out.finish());
-                }
-            }
-        }
-        Ok(self.prefetch(&data, now))
     }
 
     /// `prefetch(viewport)`: header `queued`, or `-2, maxVisibleTiles` for a viewport
@@ -455,14 +397,7 @@ impl Engine {
         zoom: &JsValue,
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
-        let v = [
-            value(west),
-            value(south),
-            value(east),
-            value(north),
-            value(zoom),
-        ];
-        let vp = config::viewport(&v, self.zoom_offset).map_err(thrown)?;
+        let vp = self.viewport([west, south, east, north, zoom])?;
         let Ok(data) = self.client.planner().visible_tiles(&vp) else {
             let mut out = Out::default();
             let max = self.client.planner().config().max_visible_tiles;
@@ -501,6 +436,43 @@ impl Engine {
 }
 
 impl Engine {
+    /// The viewport of `setViewport` and `prefetch(viewport)`: `west, south, east, north,
+    /// zoom` as JS passed them, checked ([`config::viewport`]), in the core's zoom units.
+    fn viewport(&self, v: [&JsValue; 5]) -> Result<crate::planner::Viewport, JsValue> {
+        config::viewport(&v.map(value), self.zoom_offset).map_err(thrown)
+    }
+
+    /// `TILES_LOAD` and `TILES_READ` (see [`TileOp`]): per tile its state and what goes with
+    /// it; its missing data tiles queued as foreground work when `queue`.
+    fn load_tiles(&mut self, out: &mut Out, tiles: Vec<TileId>, queue: bool, now: u64) {
+        for t in tiles {
+            let mut items = Vec::new();
+            let at = out.nums.len();
+            out.nums.extend([1.0, 0.0]);
+            let nums = &mut out.nums;
+            match self.client.load_tile(t, queue, now, |item, stale| {
+                items.push(item.payload().obj.clone());
+                nums.push(f64::from(u8::from(stale)));
+            }) {
+                Ok(true) => {
+                    out.nums[at + 1] = items.len() as f64;
+                    out.refs.extend(items);
+                }
+                Ok(false) => {
+                    out.nums.truncate(at);
+                    let data = self.client.data_tiles_of(t).unwrap_or_default();
+                    out.nums.extend([0.0, data.len() as f64]);
+                    out.nums.extend(data.into_iter().map(packed));
+                }
+                Err(e) => {
+                    out.nums.truncate(at);
+                    out.nums
+                        .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]);
+                }
+            }
+        }
+    }
+
     fn prefetch(&mut self, data: &[TileId], now: u64) -> Vec<JsValue> {
         let n = self.client.prefetch(data, now);
         let mut out = Out::default();

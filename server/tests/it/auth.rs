@@ -134,6 +134,12 @@ async fn anonymous_callers_get_public_and_asking_for_more_is_403() {
             m.contains(&format!("\"{asked}\"")) && m.contains("\"public\""),
             "names both tiers: {m}"
         );
+        // The core's wording, the edge's too.
+        let above = tilewarm::access::AboveCredential {
+            asked,
+            verified: Access::Public,
+        };
+        assert_eq!(m, above.to_string());
     }
     s.shutdown().await;
 }
