@@ -20,6 +20,8 @@ export interface EdgeOptions {
   warmRing?: number;
   /** Most tiles in one warming request. Default 16. */
   maxWarmTiles?: number;
+  /** Most data tiles one request may cover once coarse tiles are split (more: 400). Default 256. */
+  maxDataTiles?: number;
   /** Item TTL in seconds when neither the origin nor the class gives one. Default 300. */
   defaultTtl?: number;
   /** TTL in seconds per item class. Default { active: 300, off_market: 14400 }. */

@@ -33,6 +33,7 @@ struct Options {
     split_levels: Option<u8>,
     warm_ring: Option<u32>,
     max_warm_tiles: Option<usize>,
+    max_data_tiles: Option<usize>,
     default_ttl: Option<u64>,
     class_ttl: Option<BTreeMap<String, u64>>,
     /// Read by the worker (js/edge.js), accepted here so one options object serves both.
@@ -110,6 +111,9 @@ fn config_from(options: &str) -> Result<ProxyConfig, String> {
     }
     if let Some(n) = o.max_warm_tiles {
         c.max_warm_tiles = n;
+    }
+    if let Some(n) = o.max_data_tiles {
+        c.max_data_tiles = n;
     }
     if let Some(s) = o.default_ttl {
         c.cache.default_ttl_ms = s.saturating_mul(1000);
@@ -328,7 +332,10 @@ impl EdgeProxy {
             });
         }
         let now = now_ms.max(0.0) as u64;
-        let pending = self.proxy.begin(request, now);
+        let pending = match self.proxy.begin(request, now) {
+            Ok(p) => p,
+            Err(e) => return Step::error(&e),
+        };
         if pending.origin_request().is_some() && self.pending.len() >= MAX_PENDING {
             return Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
@@ -408,8 +415,10 @@ impl EdgeProxy {
             });
         };
         let now = now_ms.max(0.0) as u64;
-        let p = self.proxy.replan(p, now);
-        self.step(handle, p, false, now)
+        match self.proxy.replan(p, now) {
+            Ok(p) => self.step(handle, p, false, now),
+            Err(e) => Step::error(&e),
+        }
     }
 
     /// The shared-cache entry of data tile `tile` at tier `tier`, when this isolate's cache

@@ -82,6 +82,11 @@ pub struct ProxyConfig {
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
+    /// Most data tiles one request may cover once its coarse tiles are split; past it
+    /// [`Proxy::begin`] refuses it with `400 bad_request` before the cache is read or the
+    /// origin asked. Default [`policy::DEFAULT_MAX_DATA_TILES`] (256), as the server's
+    /// `--max-data-tiles`; at least 1.
+    pub max_data_tiles: usize,
     /// Limits for decoding origin answers (and for the requests the shell decodes).
     pub limits: Limits,
     /// Answer whole hits of data tiles from their serialised form ([`wire`]). Default
@@ -100,6 +105,7 @@ impl Default for ProxyConfig {
             split_levels: 2,
             warm_ring: 1,
             max_warm_tiles: 16,
+            max_data_tiles: policy::DEFAULT_MAX_DATA_TILES,
             limits: Limits::default(),
             spliced_hits: true,
         }
@@ -305,6 +311,8 @@ impl Proxy {
         )?;
         let w = config.max_warm_tiles;
         range("max_warm_tiles", w as u64, (1..=64).contains(&w), "1..=64")?;
+        let d = config.max_data_tiles;
+        range("max_data_tiles", d as u64, d >= 1, "1..")?;
         let make = || ItemCache::new(config.cache.clone());
         let caches = [make()?, make()?, make()?, make()?];
         let cap = NonZeroUsize::new(MAX_MISSING_IDS).unwrap_or(NonZeroUsize::MIN);
@@ -344,6 +352,7 @@ impl Proxy {
             data_zoom: self.config.cache.tile_zoom,
             split_levels: self.config.split_levels,
             coarse_miss: CoarseMiss::ForwardTile,
+            max_data_tiles: self.config.max_data_tiles,
         }
     }
 
@@ -367,11 +376,13 @@ impl Proxy {
     }
 
     /// Answers what `tier`'s cache holds and plans the origin request for the rest.
-    /// `request` is a decoded (hence valid, de-duplicated) request.
-    pub fn begin(&mut self, request: BatchRequest, now_ms: u64) -> Pending {
+    /// `request` is a decoded (hence valid, de-duplicated) request. A request covering more
+    /// than [`ProxyConfig::max_data_tiles`] data tiles is refused (`400 bad_request`, the
+    /// body to answer with) before anything is read.
+    pub fn begin(&mut self, request: BatchRequest, now_ms: u64) -> Result<Pending, ErrorBody> {
         let tier = request.access;
         // Steps 1 and 2 of the policy: only fresh data tiles count as found.
-        let plan = Plan::new(&request.tiles, self.rules());
+        let plan = Plan::new(&request.tiles, self.rules()).map_err(|e| e.to_error_body())?;
         let found: Vec<bool> = plan
             .data_tiles()
             .iter()
@@ -386,14 +397,14 @@ impl Proxy {
             && plan.data_tiles().len() == request.tiles.len();
         if whole_hit {
             if let Some(body) = self.spliced_answer(&request.tiles, tier, now_ms) {
-                return Pending {
+                return Ok(Pending {
                     read: plan.read(&found),
                     request,
                     stored: HashMap::new(),
                     id_hits: Vec::new(),
                     origin: None,
                     spliced: Some(body),
-                };
+                });
             }
         }
         let read = plan.read(&found);
@@ -442,14 +453,14 @@ impl Proxy {
             ids: miss_ids,
             access: tier,
         });
-        Pending {
+        Ok(Pending {
             request,
             read,
             stored,
             id_hits,
             origin,
             spliced: None,
-        }
+        })
     }
 
     /// Turns the origin's outcome into a decoded response, or the error to report.

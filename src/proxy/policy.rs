@@ -8,7 +8,9 @@
 //! 1. **plan** ([`Plan::new`]): route every requested tile onto the *data tiles* that hold
 //!    its items ([`TileId::data_tiles`]), each data tile once; a tile more than
 //!    [`Rules::split_levels`] coarser than the data zoom is *direct* (answered straight from
-//!    the origin, never stored).
+//!    the origin, never stored). A request whose tiles cover more than
+//!    [`Rules::max_data_tiles`] data tiles is refused here ([`TooManyDataTiles`]), before
+//!    the store is read or the origin paid: the request's cost is bounded up front.
 //! 2. **read results** ([`Plan::read`]): the shell reads [`Plan::data_tiles`] from its store
 //!    and says which it found; [`Read::origin_tiles`] is then the one origin call's tiles
 //!    for everything missing (how a coarse tile with a missing data tile is asked for is the
@@ -52,6 +54,40 @@ pub struct Rules {
     pub split_levels: u8,
     /// See [`CoarseMiss`].
     pub coarse_miss: CoarseMiss,
+    /// Most data tiles one request may cover once its coarse tiles are split
+    /// ([`DEFAULT_MAX_DATA_TILES`] in both shells): past it [`Plan::new`] refuses it.
+    pub max_data_tiles: usize,
+}
+
+/// The default of [`Rules::max_data_tiles`]: 256, the package's default request (16 tiles,
+/// prefetch coalesced 2 levels, so 16 data tiles each). 64 tiles of 4x4 (the protocol's
+/// tile limit) would be 1024 data tiles, four times that.
+pub const DEFAULT_MAX_DATA_TILES: usize = 256;
+
+/// A request that covers too many data tiles ([`Rules::max_data_tiles`]); its message
+/// names the count, the cap and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the request's tiles cover more than {max} data tiles (zoom {data_zoom}; {at_least} \
+     counted when it stopped), at most {max} are allowed: request fewer or finer tiles"
+)]
+pub struct TooManyDataTiles {
+    /// Data tiles counted when the plan stopped (the first past the cap).
+    pub at_least: usize,
+    /// The cap.
+    pub max: usize,
+    /// The data zoom they were counted at.
+    pub data_zoom: u8,
+}
+
+impl TooManyDataTiles {
+    /// The protocol's error: `400 bad_request` with this message.
+    pub fn to_error_body(&self) -> crate::protocol::ErrorBody {
+        crate::protocol::ErrorBody {
+            code: crate::protocol::ErrorCode::BadRequest,
+            message: self.to_string(),
+        }
+    }
 }
 
 impl Rules {
@@ -184,34 +220,41 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Routes `tiles` (a decoded request's, so de-duplicated).
-    pub fn new(tiles: &[TileId], rules: Rules) -> Plan {
+    /// Routes `tiles` (a decoded request's, so de-duplicated). Refuses, before routing any
+    /// further, a request covering more than [`Rules::max_data_tiles`] data tiles.
+    pub fn new(tiles: &[TileId], rules: Rules) -> Result<Plan, TooManyDataTiles> {
         let mut data_tiles = Vec::new();
         let mut index: HashMap<TileId, usize> = HashMap::new();
-        let routes = tiles
-            .iter()
-            .map(
-                |t| match t.data_tiles(rules.data_zoom, rules.split_levels) {
-                    Some(ds) => Route::Data(
-                        ds.into_iter()
-                            .map(|d| {
-                                *index.entry(d).or_insert_with(|| {
-                                    data_tiles.push(d);
-                                    data_tiles.len() - 1
-                                })
+        let mut routes = Vec::with_capacity(tiles.len());
+        for t in tiles {
+            let route = match t.data_tiles(rules.data_zoom, rules.split_levels) {
+                Some(ds) => Route::Data(
+                    ds.into_iter()
+                        .map(|d| {
+                            *index.entry(d).or_insert_with(|| {
+                                data_tiles.push(d);
+                                data_tiles.len() - 1
                             })
-                            .collect(),
-                    ),
-                    None => Route::Direct,
-                },
-            )
-            .collect();
-        Plan {
+                        })
+                        .collect(),
+                ),
+                None => Route::Direct,
+            };
+            if data_tiles.len() > rules.max_data_tiles {
+                return Err(TooManyDataTiles {
+                    at_least: data_tiles.len(),
+                    max: rules.max_data_tiles,
+                    data_zoom: rules.data_zoom,
+                });
+            }
+            routes.push(route);
+        }
+        Ok(Plan {
             rules,
             tiles: tiles.to_vec(),
             routes,
             data_tiles,
-        }
+        })
     }
 
     /// The data tiles to read from the store, each once, in the order first requested.
@@ -460,6 +503,7 @@ mod tests {
             data_zoom: 14,
             split_levels: 2,
             coarse_miss,
+            max_data_tiles: DEFAULT_MAX_DATA_TILES,
         }
     }
 
@@ -471,7 +515,7 @@ mod tests {
             tile("13/1312/2860"),
             tile("11/328/715"),
         ];
-        let plan = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles));
+        let plan = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles)).unwrap();
         // The two z15 tiles share their z14 ancestor, which is one of the z13 tile's four.
         assert_eq!(plan.data_tiles().len(), 4);
         assert_eq!(plan.direct_tiles(), vec![tile("11/328/715")]);
@@ -481,11 +525,15 @@ mod tests {
     fn coarse_misses_ask_data_tiles_or_the_tile_whole() {
         let tiles = [tile("13/1312/2860"), tile("16/10496/22884")];
         let found = [true, false, true, true];
-        let server = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles)).read(&found);
+        let server = Plan::new(&tiles, rules(CoarseMiss::FetchDataTiles))
+            .unwrap()
+            .read(&found);
         let missing = server.plan().data_tiles()[1];
         assert_eq!(server.origin_tiles(), vec![missing]);
         assert_eq!(server.stored_tiles(), vec![0, 2, 3]);
-        let edge = Plan::new(&tiles, rules(CoarseMiss::ForwardTile)).read(&found);
+        let edge = Plan::new(&tiles, rules(CoarseMiss::ForwardTile))
+            .unwrap()
+            .read(&found);
         assert_eq!(edge.origin_tiles(), vec![tile("13/1312/2860")]);
         // The z16 tile's data tile is found, so it alone is answered from the store.
         let d16 = tile("16/10496/22884").ancestor(14).unwrap();
@@ -555,7 +603,9 @@ mod tests {
         let outside = It("out", lon + 0.1, lat, Access::Public);
         let secret = It("agent", lon, lat, Access::Agent);
         let all = vec![&inside, &outside, &secret];
-        let read = Plan::new(&[fine], rules(CoarseMiss::FetchDataTiles)).read(&[true]);
+        let read = Plan::new(&[fine], rules(CoarseMiss::FetchDataTiles))
+            .unwrap()
+            .read(&[true]);
         let asked = vec!["agent".to_string(), "gone".to_string(), "later".to_string()];
         let got = read.assemble(
             Access::Public,
@@ -578,5 +628,25 @@ mod tests {
         assert_eq!(got.items.len(), 1);
         // Asked for by id above the caller's tier: missing, not served.
         assert_eq!(got.missing, vec!["agent".to_string(), "gone".to_string()]);
+    }
+
+    #[test]
+    fn a_plan_past_max_data_tiles_is_refused_before_routing_the_rest() {
+        // 17 z12 tiles, 16 data tiles each: 272 > 256.
+        let tiles: Vec<TileId> = (0..17)
+            .map(|x| tile(&format!("12/{}/1430", 650 + x)))
+            .collect();
+        let r = rules(CoarseMiss::FetchDataTiles);
+        let err = Plan::new(&tiles, r).unwrap_err();
+        assert_eq!((err.at_least, err.max), (272, 256));
+        assert!(err.to_string().contains("at most 256 are allowed"));
+        assert_eq!(err.to_error_body().code.http_status(), 400);
+        // 16 of them are exactly at the cap; shared data tiles count once.
+        assert_eq!(Plan::new(&tiles[..16], r).unwrap().data_tiles().len(), 256);
+        let mut overlapping = tiles[..16].to_vec();
+        overlapping.push(tile("13/1300/2860"));
+        assert!(Plan::new(&overlapping, r).is_ok());
+        // The edge's rules refuse the same request.
+        assert!(Plan::new(&tiles, rules(CoarseMiss::ForwardTile)).is_err());
     }
 }

@@ -61,8 +61,9 @@ impl Proxy {
     }
 
     /// Plans `pending`'s request again (after [`Proxy::shared_fill`] added tiles): what the
-    /// cache now answers, and an origin request for the rest only.
-    pub fn replan(&mut self, pending: Pending, now_ms: u64) -> Pending {
+    /// cache now answers, and an origin request for the rest only. (Its request passed
+    /// [`Proxy::begin`] once, so it passes again.)
+    pub fn replan(&mut self, pending: Pending, now_ms: u64) -> Result<Pending, ErrorBody> {
         self.begin(pending.request, now_ms)
     }
 

@@ -61,7 +61,7 @@ fn run(
     request: BatchRequest,
     now: u64,
 ) -> (Option<BatchRequest>, Answer, BatchResponse<RawData>) {
-    let pending = proxy.begin(request, now);
+    let pending = proxy.begin(request, now).unwrap();
     let forwarded = pending.origin_request().cloned();
     let body = forwarded
         .as_ref()
@@ -280,7 +280,7 @@ fn an_origin_that_leaks_higher_tiers_is_filtered_and_not_cached() {
     let o = origin();
     let mut p = Proxy::new(no_warm()).unwrap();
     let r = req(&["14/2624/5721"], &["2624-5721-agent"], Access::Public);
-    let pending = p.begin(r.clone(), 0);
+    let pending = p.begin(r.clone(), 0).unwrap();
     // A broken origin answers at the agent tier.
     let leaky = BatchRequest {
         access: Access::Agent,
@@ -318,7 +318,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
     // The origin filtered for `registered` (say the edge's credential gives no more):
     // not usable for an `agent` request, and nothing is cached under `agent`.
     let r = req(&["14/2625/5721"], &[], Access::Agent);
-    let pending = p.begin(r.clone(), 0);
+    let pending = p.begin(r.clone(), 0).unwrap();
     let mut lower = o.answer(
         &BatchRequest {
             access: Access::Registered,
@@ -346,7 +346,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
     assert_eq!(p.cache_stats(Access::Agent).entries, 0);
     // Reported as asked: used.
     lower.access = Some(Access::Agent);
-    let pending = p.begin(r, 0);
+    let pending = p.begin(r, 0).unwrap();
     let body = lower.to_json();
     let a = p.complete(
         pending,
@@ -403,12 +403,14 @@ fn origin_failures_serve_what_is_cached() {
     ];
     for (outcome, status, code) in cases {
         // Nothing cached for this one: the error itself.
-        let pending = p.begin(req(&["14/2625/5722"], &[], Access::Public), 0);
+        let pending = p
+            .begin(req(&["14/2625/5722"], &[], Access::Public), 0)
+            .unwrap();
         let a = p.complete(pending, outcome, 0);
         assert_eq!((a.status, a.verdict), (status, Verdict::Miss));
         assert_eq!(decode_error(a.body.as_bytes()).unwrap().code, code);
         // Partly cached: 200 with the cached tile, the rest left out, the error named.
-        let pending = p.begin(both.clone(), 0);
+        let pending = p.begin(both.clone(), 0).unwrap();
         let a = p.complete(pending, outcome, 0);
         assert_eq!((a.status, a.verdict), (200, Verdict::Partial));
         assert_eq!(a.origin_error.as_ref().unwrap().code, code);
@@ -491,6 +493,35 @@ fn config_errors_name_the_field() {
     assert!(matches!(Proxy::new(bad), Err(ProxyError::Cache(_))));
 }
 
+#[test]
+fn a_request_past_max_data_tiles_is_refused_before_the_cache_or_the_origin() {
+    let mut p = Proxy::new(ProxyConfig {
+        max_data_tiles: 8,
+        ..no_warm()
+    })
+    .unwrap();
+    // Three z12 tiles: 48 data tiles, past 8.
+    let r = req(
+        &["12/656/1430", "12/657/1430", "12/658/1430"],
+        &[],
+        Access::Public,
+    );
+    let e = p.begin(r, 0).err().unwrap();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("at most 8 are allowed"), "{}", e.message);
+    assert_eq!(p.stats(), ProxyStats::default());
+    assert_eq!(p.cache_stats(Access::Public), CacheStats::default());
+    // Two z13 tiles (8 data tiles) are at the cap and are answered.
+    let o = origin();
+    let (fwd, a, _) = run(
+        &mut p,
+        &o,
+        req(&["13/1312/2860", "13/1313/2860"], &[], Access::Public),
+        0,
+    );
+    assert_eq!((a.status, fwd.map(|f| f.tiles.len())), (200, Some(2)));
+}
+
 fn tile_near() -> impl Strategy<Value = TileId> {
     // Around the item block, at zooms 11..=16.
     (11u8..=16, -2i64..=2, -2i64..=2).prop_map(|(z, dx, dy)| {
@@ -563,7 +594,7 @@ mod shared {
     fn filled(tiles: &[&str], tier: Access, now: u64) -> (Proxy, Vec<TileId>) {
         let mut p = Proxy::new(no_warm()).unwrap();
         let o = origin();
-        let pending = p.begin(req(tiles, &[], tier), now);
+        let pending = p.begin(req(tiles, &[], tier), now).unwrap();
         let body = o
             .answer(pending.origin_request().unwrap(), Some(300))
             .to_json();
@@ -584,7 +615,7 @@ mod shared {
         let (mut a, put) = filled(&tiles, Access::Verified, 1_000);
         assert_eq!(put.len(), 3, "every data tile the origin brought is named");
         let mut b = Proxy::new(no_warm()).unwrap();
-        let pending = b.begin(req(&tiles, &[], Access::Verified), 5_000);
+        let pending = b.begin(req(&tiles, &[], Access::Verified), 5_000).unwrap();
         let lookups = b.shared_lookups(&pending, 16, 5_000);
         assert_eq!(lookups, put);
         assert_eq!(b.shared_lookups(&pending, 2, 5_000).len(), 2, "at most max");
@@ -595,7 +626,7 @@ mod shared {
                 .shared_fill(Access::Verified, t, e.body.as_bytes(), 1_000, 5_000)
                 .is_ok());
         }
-        let pending = b.replan(pending, 5_000);
+        let pending = b.replan(pending, 5_000).unwrap();
         assert!(
             pending.origin_request().is_none(),
             "the entries answer it all"
@@ -721,7 +752,7 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
     let mut p = Proxy::new(no_warm()).unwrap();
     let tiles = ["14/2624/5721", "14/2625/5721"];
     run(&mut p, &o, req(&tiles, &[], Access::Agent), 0);
-    let pending = p.begin(req(&tiles, &[], Access::Agent), 1_000);
+    let pending = p.begin(req(&tiles, &[], Access::Agent), 1_000).unwrap();
     assert!(pending.spliced.is_some(), "a whole hit is spliced");
     let (_, hit, body) = run(&mut p, &o, req(&tiles, &[], Access::Agent), 1_000);
     assert_eq!(hit.verdict, Verdict::Hit);
@@ -752,7 +783,9 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
         .unwrap();
     assert_eq!(item.data.get(), "{\"k\":99}");
     // Past the items' TTL: not spliced, forwarded.
-    let pending = p.begin(req(&tiles, &[], Access::Agent), 10_000_000);
+    let pending = p
+        .begin(req(&tiles, &[], Access::Agent), 10_000_000)
+        .unwrap();
     assert!(pending.spliced.is_none());
     assert!(pending.origin_request().is_some());
 }
