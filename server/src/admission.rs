@@ -122,10 +122,15 @@ pub fn rate_limited(wait: Duration) -> Response {
 
 /// 503 `overloaded` with `Retry-After`.
 pub fn overloaded(retry_after_s: u64) -> Response {
-    let mut r = error_response(
-        ErrorCode::Overloaded,
+    overloaded_because(
         "the server is at capacity: every batch slot and queue place is taken; retry later",
-    );
+        retry_after_s,
+    )
+}
+
+/// 503 `overloaded` with `Retry-After` and this message.
+pub fn overloaded_because(message: impl Into<String>, retry_after_s: u64) -> Response {
+    let mut r = error_response(ErrorCode::Overloaded, message);
     r.headers_mut()
         .insert(RETRY_AFTER, retry_after(Duration::from_secs(retry_after_s)));
     r

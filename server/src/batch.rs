@@ -16,6 +16,8 @@
 //!   memory, one `LIMIT`ed query for PostGIS, unknown upstream); a request whose tiles hold
 //!   more than `--max-response-items` items for the caller is refused with a 400 that names
 //!   the count.
+//! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
+//!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,6 +30,7 @@ use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, Wri
 use tilewarm::tile::TileId;
 
 use crate::origin::CallSource;
+use crate::single_flight::Followed;
 use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
 use crate::App;
 
@@ -117,8 +120,13 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
             data_zoom: dz,
             split_levels: app.config.split_levels,
             coarse_miss: CoarseMiss::FetchDataTiles,
+            max_data_tiles: app.config.max_data_tiles,
         },
-    );
+    )
+    .map_err(|e| Refusal {
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    })?;
     let data_tiles = plan.data_tiles().to_vec();
     let direct = plan.direct_tiles();
     let max = app.config.max_response_items;
@@ -172,7 +180,8 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
     m.id_misses
         .fetch_add(req.ids.len() as u64 - id_hits, Relaxed);
 
-    // 3. One origin call for every miss, written back.
+    // 3. One origin call for every miss, written back. A data tile another request is
+    //    fetching is not asked again: this one follows it (`single_flight`).
     let found: Vec<bool> = read.tiles.iter().map(Option::is_some).collect();
     let policy = plan.read(&found);
     let miss_ids: Vec<String> = req
@@ -182,45 +191,55 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         .filter(|(_, hit)| hit.is_none())
         .map(|(id, _)| id.clone())
         .collect();
-    let mut fetched_tiles: HashMap<TileId, TileItems> = HashMap::new();
-    let mut fetched_items: HashMap<String, Arc<StoredItem>> = HashMap::new();
-    let origin_tiles = policy.origin_tiles();
-    if !origin_tiles.is_empty() || !miss_ids.is_empty() {
-        let origin_req = BatchRequest {
-            tiles: origin_tiles,
-            ids: miss_ids,
-            access: Access::Agent,
-        };
-        let ms = app.config.origin_timeout_ms;
-        let epoch = app.invalidation.guard.epoch();
-        let response = app
-            .origin
-            .fetch_within(&origin_req, CallSource::Request, ms)
-            .await
-            .map_err(|f| origin_refusal(app, &f))?;
-        let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
-        for (tile, ids, exp) in &fill.tiles {
-            let items = ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
-            fetched_tiles.insert(*tile, (items, *exp));
+    let (data_misses, forwarded): (Vec<TileId>, Vec<TileId>) = policy
+        .origin_tiles()
+        .into_iter()
+        .partition(|&t| policy.cacheable(t));
+    let (lead, follows) = app.single_flight.claim(&data_misses);
+    let mut ask = lead.tiles();
+    ask.extend(forwarded);
+    let mut fetched = Fetched::default();
+    if !ask.is_empty() || !miss_ids.is_empty() {
+        let call = fetch(app, &policy, ask, miss_ids, degraded).await;
+        match call {
+            Ok(f) => {
+                lead.publish(|t| f.tiles.get(&t).cloned());
+                fetched = f;
+                if let Some(mut fill) = fetched.fill.take() {
+                    // Nothing that changed while it was being fetched is written back. A
+                    // failure marks the tier down; the answer is unaffected.
+                    let _ = crate::invalidate::write_back(app, &mut fill, fetched.epoch).await;
+                }
+            }
+            Err(refusal) => {
+                lead.fail(&refusal);
+                return Err(refusal);
+            }
         }
-        // What is written back is the policy's rule (direct tiles and the items only they
-        // list are answered but not cached).
-        let keep = policy.write_back(
-            fill.tiles.iter().map(|(t, ids, _)| (*t, &ids[..])),
-            &origin_req.ids,
-        );
-        if let WriteBack::Only(keep) = &keep {
-            fill.items.retain(|it| keep.contains(it.id()));
-        }
-        drop(keep);
-        fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
-        if !degraded {
-            // Nothing that changed while it was being fetched is written back. A failure
-            // marks the tier down; the answer is unaffected.
-            let _ = crate::invalidate::write_back(app, &mut fill, epoch).await;
-        }
-        fetched_items = by_id;
     }
+    // The led tiles are written: followers from now on read them from the tier.
+    drop(lead);
+    let mut abandoned = Vec::new();
+    for f in follows {
+        let tile = f.tile;
+        match f.wait().await {
+            Followed::Answer(Some(list)) => {
+                fetched.tiles.insert(tile, list);
+            }
+            Followed::Answer(None) => {}
+            Followed::Failed(refusal) => return Err(refusal),
+            Followed::Abandoned => abandoned.push(tile),
+        }
+    }
+    if !abandoned.is_empty() {
+        // Their leader went away unanswered (its caller hung up): ask for them here.
+        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded).await?;
+        if let Some(mut fill) = again.fill.take() {
+            let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
+        }
+        fetched.tiles.extend(again.tiles);
+    }
+    let (fetched_tiles, fetched_items) = (fetched.tiles, fetched.items);
 
     // 4. Assemble for the caller.
     let now = now_ms();
@@ -260,6 +279,82 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
     write_response(caller, &lists, &items, &missing, now).map_err(|e| Refusal {
         code: ErrorCode::Internal,
         message: format!("could not serialise the response: {e}"),
+    })
+}
+
+/// One origin call's answer: tile lists and items by id, and what to write back (`None`
+/// when the tier is not written: degraded), with the invalidation epoch it was asked at.
+#[derive(Default)]
+struct Fetched {
+    tiles: HashMap<TileId, TileItems>,
+    items: HashMap<String, Arc<StoredItem>>,
+    fill: Option<Fill>,
+    epoch: u64,
+}
+
+/// Asks the origin (at the top tier) for `tiles` and `ids`: the request's one call. While
+/// the tier is degraded, at most `--degraded-origin-calls` such calls run at once; past it
+/// the request is refused with 503 `overloaded` (the origin is not made to absorb every
+/// request the tier used to answer). What is written back is the policy's rule.
+async fn fetch(
+    app: &App,
+    policy: &tilewarm::proxy::policy::Read,
+    tiles: Vec<TileId>,
+    ids: Vec<String>,
+    degraded: bool,
+) -> Result<Fetched, Refusal> {
+    let _permit = if degraded {
+        match app.degraded_calls.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                app.metrics.degraded_refusals.fetch_add(1, Relaxed);
+                return Err(Refusal {
+                    code: ErrorCode::Overloaded,
+                    message: format!(
+                        "the cache tier is down and {n} origin calls are in flight, at most \
+                         {n} are allowed until it is back: retry later",
+                        n = app.config.degraded_origin_calls
+                    ),
+                });
+            }
+        }
+    } else {
+        None
+    };
+    let origin_req = BatchRequest {
+        tiles,
+        ids,
+        access: Access::Agent,
+    };
+    let ms = app.config.origin_timeout_ms;
+    let epoch = app.invalidation.guard.epoch();
+    let response = app
+        .origin
+        .fetch_within(&origin_req, CallSource::Request, ms)
+        .await
+        .map_err(|f| origin_refusal(app, &f))?;
+    let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+    let mut tiles = HashMap::with_capacity(fill.tiles.len());
+    for (tile, ids, exp) in &fill.tiles {
+        let items = ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
+        tiles.insert(*tile, (items, *exp));
+    }
+    // What is written back is the policy's rule (direct tiles and the items only they
+    // list are answered but not cached).
+    let keep = policy.write_back(
+        fill.tiles.iter().map(|(t, ids, _)| (*t, &ids[..])),
+        &origin_req.ids,
+    );
+    if let WriteBack::Only(keep) = &keep {
+        fill.items.retain(|it| keep.contains(it.id()));
+    }
+    drop(keep);
+    fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
+    Ok(Fetched {
+        tiles,
+        items: by_id,
+        fill: (!degraded).then_some(fill),
+        epoch,
     })
 }
 

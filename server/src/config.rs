@@ -171,6 +171,12 @@ pub struct Config {
     #[arg(long, default_value_t = 2, value_name = "LEVELS")]
     pub split_levels: u8,
 
+    /// Most data tiles one request may cover once its coarse tiles are split onto data tiles
+    /// (`--split-levels`); past it a 400 naming the cap, before the tier is read or the
+    /// origin asked. The default, 256, is the package's default request (16 tiles of 4x4).
+    #[arg(long, default_value_t = tilewarm::proxy::policy::DEFAULT_MAX_DATA_TILES, value_name = "N")]
+    pub max_data_tiles: usize,
+
     /// Most items in one response; a request that would exceed it gets a 400 naming the
     /// count (ask for finer tiles).
     #[arg(long, default_value_t = 20_000, value_name = "N")]
@@ -218,6 +224,22 @@ pub struct Config {
     /// `Retry-After` at once.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_queue: usize,
+
+    /// Most origin calls for requests at once while the cache tier (Redis) is down; past it
+    /// a request that needs the origin is answered 503 `overloaded` with `Retry-After`, so
+    /// the origin is not made to take every request the tier used to answer.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub degraded_origin_calls: usize,
+
+    /// Longest life of an empty tile list in the cache tier, in seconds (a tile the origin
+    /// has nothing for); at most `--tile-ttl-s`.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    pub empty_tile_ttl_s: u64,
+
+    /// Most empty tile lists this instance keeps alive in the cache tier; past it an empty
+    /// list is answered but not stored.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_empty_tiles: usize,
 
     /// `Retry-After` of a 503 `overloaded`, in seconds.
     #[arg(long, default_value_t = 1, value_name = "S")]
@@ -376,6 +398,15 @@ impl Config {
                 "--min-zoom must be in 0..={MAX_ZOOM}, got {}",
                 self.min_zoom
             ));
+        }
+        if self.degraded_origin_calls == 0 {
+            return bad("--degraded-origin-calls must be at least 1, got 0".into());
+        }
+        if self.empty_tile_ttl_s == 0 {
+            return bad("--empty-tile-ttl-s must be at least 1, got 0".into());
+        }
+        if self.max_data_tiles == 0 {
+            return bad("--max-data-tiles must be at least 1, got 0".into());
         }
         let max_items = Limits::default().max_items;
         if self.max_response_items == 0 || self.max_response_items > max_items {

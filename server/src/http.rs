@@ -333,6 +333,9 @@ async fn batch_inner(
                 .insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
             r
         }
+        Err(refusal) if refusal.code == ErrorCode::Overloaded => {
+            crate::admission::overloaded_because(refusal.message, app.config.retry_after_s)
+        }
         Err(refusal) => error_response(refusal.code, refusal.message),
     }
 }

@@ -161,6 +161,8 @@ pub async fn apply_remote(app: &App, inv: &Invalidation) -> Result<(), TierError
 /// from the tier again after it, so the old value cannot land after its invalidation.
 pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), TierError> {
     app.invalidation.filter(fill, epoch);
+    // Empty lists: a short TTL and a cap (issue 15).
+    app.empty_tiles.limit(fill, crate::tier::now_ms());
     if fill.items.is_empty() && fill.tiles.is_empty() {
         return Ok(());
     }

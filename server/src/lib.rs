@@ -13,12 +13,14 @@ pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod config;
+pub mod empty_tiles;
 pub mod http;
 pub mod invalidate;
 pub mod loadgen;
 pub mod metrics;
 pub mod origin;
 pub mod redis_conn;
+pub mod single_flight;
 pub mod stored;
 pub mod stream;
 pub mod tier;
@@ -62,6 +64,13 @@ pub struct App {
     /// The change stream: invalidations for the other instances and `GET /v1/changes`
     /// ([`stream`]).
     pub changes: Arc<stream::ChangeStream>,
+    /// Data tiles being fetched from the origin, shared by concurrent requests
+    /// ([`single_flight`]).
+    pub single_flight: single_flight::SingleFlight,
+    /// Origin calls allowed at once while the cache tier is down (`--degraded-origin-calls`).
+    pub degraded_calls: tokio::sync::Semaphore,
+    /// The short TTL and cap of empty tile lists in the tier ([`empty_tiles`]).
+    pub empty_tiles: empty_tiles::EmptyTiles,
 }
 
 /// Starting failed; the message says what to fix.
@@ -213,6 +222,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             Duration::from_millis(config.body_timeout_ms),
         ),
         changes: Arc::new(changes),
+        single_flight: single_flight::SingleFlight::default(),
+        degraded_calls: tokio::sync::Semaphore::new(config.degraded_origin_calls),
+        empty_tiles: empty_tiles::EmptyTiles::new(
+            config.empty_tile_ttl_s.min(config.tile_ttl_s) * 1000,
+            config.max_empty_tiles,
+        ),
         config,
     });
     if app.changes.is_redis() {

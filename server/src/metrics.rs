@@ -94,6 +94,9 @@ pub struct Metrics {
     pub redis_recoveries: AtomicU64,
     /// Requests answered without the cache tier because it was unavailable.
     pub degraded_requests: AtomicU64,
+    /// Requests refused with 503 because the cache tier was down and
+    /// `--degraded-origin-calls` origin calls were in flight.
+    pub degraded_refusals: AtomicU64,
     /// Requests refused with 504 because the origin passed `--origin-timeout-ms`.
     pub origin_timeouts: AtomicU64,
 }
@@ -369,6 +372,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_degraded_requests",
             "Requests answered from the origin because the cache tier was unavailable.",
             &m.degraded_requests,
+        ),
+        (
+            "tilewarm_degraded_refusals",
+            "Requests refused with 503 because the cache tier was down and --degraded-origin-calls origin calls were in flight.",
+            &m.degraded_refusals,
         ),
         (
             "tilewarm_origin_timeouts",

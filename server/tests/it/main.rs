@@ -9,6 +9,7 @@ mod fastpath;
 mod invalidate;
 mod logs;
 mod openapi;
+mod overload;
 mod postgis;
 mod redis;
 mod tiers;
