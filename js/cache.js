@@ -153,7 +153,7 @@ function flatten(body, bytes) {
     if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
     strs.push(id);
   }
-  return { nums, strs, objs, ids, missing };
+  return { nums, strs, objs, ids, missing, error: body.error };
 }
 
 /** The body as text, read in chunks and given up (the stream cancelled) once it passes
@@ -309,7 +309,8 @@ export class TileCache {
   }
 
   /** One item by id: from the cache, else fetched through the batch endpoint;
-   * `undefined` when it does not exist or the tier may not see it. */
+   * `undefined` when it does not exist or the tier may not see it; rejects when it could
+   * not be answered (the request failed, or the answer left it out). */
   async get(id) {
     if (typeof id !== 'string') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `id must be a string, got ${show(id)}`);
     // A cached id in one engine call; anything else (a miss, '') takes getMany.
@@ -765,10 +766,13 @@ export class TileCache {
       return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
     const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs);
-    // Resolve get()s this response answered (or left unanswered: they do not exist).
-    const answered = new Set([...f.ids, ...f.missing, ...req.ids]);
+    // Resolve get()s this response answered. Ids it asked for but left out of both items
+    // and missing (a partial answer: the edge's origin failed; its `error` lists them) are
+    // an error for those get()s and onError, never "does not exist".
+    const known = new Set([...f.ids, ...f.missing]);
+    const left = req.ids.filter((gid) => !known.has(gid));
     const now = this.#now();
-    for (const gid of answered) {
+    for (const gid of known) {
       const ws = this.#gets.get(gid);
       if (!ws) continue;
       const item = this.#engine.peek(gid, now);
@@ -776,9 +780,28 @@ export class TileCache {
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
+    if (left.length) this.#unanswered(req, left, f.error);
     this.#reqTiles.delete(id);
     this.#run(out, 0, 1);
     this.#checkLoads();
+  }
+
+  /** A partial answer: `ids` were asked for and not answered; `why` is the body's `error`. */
+  #unanswered(req, ids, why) {
+    const d = isObject(why) && typeof why.code === 'string' ? why : undefined;
+    const what = REQUEST_KINDS[req.kind];
+    const e = new Error(`${what} batch request failed for ${ids.length} of its ids (first ${JSON.stringify(ids[0])}): ` +
+      (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing'));
+    Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? (d.code === 'upstream_timeout' ? 504 : 502) : undefined, kind: what, willRetry: false, ids });
+    if (d) e.serverCode = d.code;
+    for (const gid of ids) {
+      const gs = this.#gets.get(gid);
+      this.#gets.delete(gid);
+      for (const w of gs ?? []) w.reject(e);
+    }
+    for (const { listener } of [...this.#errors]) {
+      try { listener(e); } catch (err) { report(err); }
+    }
   }
 
   #finish(req) {

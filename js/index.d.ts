@@ -121,6 +121,9 @@ export interface FetchError extends Error {
   retryAfterMs?: number;
   /** The `error.code` of the server's error body, when it sent one. */
   serverCode?: string;
+  /** The ids the answer left out, for an error about a partial answer (its `get()`s
+   * reject with this error). */
+  ids?: string[];
 }
 
 /** One tile's answer from {@link TileCache.loadTiles}: its items, or why it has none. */

@@ -377,6 +377,49 @@ test('get and getMany: cached, fetched by id, missing, de-duplicated', async () 
   cache.dispose();
 });
 
+test('get: an id a partial answer leaves out rejects and reaches onError, never resolves undefined', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  // As the edge answers when its origin times out: h1 answered, h2 and h3 listed as not.
+  backend.hostile = (res, answer) => {
+    answer.items = answer.items.filter((it) => it.id === 'h1');
+    answer.missing = [];
+    answer.error = { code: 'upstream_timeout', message: 'the origin did not answer in time', tiles: [], ids: ['h2', 'h3'] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    const [one, two, three] = await Promise.allSettled([cache.get('h1'), cache.get('h2'), cache.get('h3')]);
+    assert.equal(one.value?.id, 'h1');
+    for (const [r, id] of [[two, 'h2'], [three, 'h3']]) {
+      assert.equal(r.status, 'rejected');
+      assert.equal(r.reason.code, 'ERR_HTTP');
+      assert.equal(r.reason.serverCode, 'upstream_timeout');
+      assert.equal(r.reason.status, 504);
+      assert.ok(r.reason.ids.includes(id), r.reason.ids);
+      assert.ok(errs.includes(r.reason), 'onError heard it');
+    }
+    assert.match(errs[0].message, /failed for \d of its ids .*upstream_timeout: the origin did not answer in time/);
+    // Without an error member (a broken server) it is an invalid response, still not "missing".
+    backend.hostile = (res, answer) => {
+      answer.items = [];
+      answer.missing = [];
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    const e = await cache.get('h4').then(() => null, (err) => err);
+    assert.equal(e?.code, 'ERR_INVALID_RESPONSE');
+    // Asked again later, it is fetched and answered.
+    backend.hostile = null;
+    assert.equal((await cache.get('h2')).id, 'h2');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('one crossing of the JS/wasm boundary per setViewport', async () => {
   fresh();
   const cache = await make();

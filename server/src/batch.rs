@@ -19,13 +19,13 @@
 //! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
 //!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
-use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList};
+use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList, Unanswered};
 use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, WriteBack};
 use tilewarm::tile::TileId;
 
@@ -239,14 +239,17 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         }
         fetched.tiles.extend(again.tiles);
     }
-    let (fetched_tiles, fetched_items) = (fetched.tiles, fetched.items);
+    let (fetched_tiles, fetched_items, origin_missing) =
+        (fetched.tiles, fetched.items, fetched.missing);
 
     // 4. Assemble for the caller.
     let now = now_ms();
     let ids = req.ids.iter().zip(&read.ids).map(|(id, hit)| {
         match hit.as_ref().or_else(|| fetched_items.get(id)) {
             Some(it) => IdSource::Found(it),
-            None => IdSource::Missing,
+            None if origin_missing.contains(id) => IdSource::Missing,
+            // The origin's answer says nothing of it (an upstream's partial answer).
+            None => IdSource::Unanswered,
         }
     });
     let assembled = policy.assemble(
@@ -266,6 +269,16 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         &req.ids,
         ids,
     );
+    let unanswered = assembled.is_partial().then(|| Unanswered {
+        code: ErrorCode::UpstreamError,
+        message: format!(
+            "the origin's answer left out {} of the tiles and {} of the ids asked for",
+            assembled.unanswered_tiles.len(),
+            assembled.unanswered_ids.len()
+        ),
+        tiles: assembled.unanswered_tiles,
+        ids: assembled.unanswered_ids,
+    });
     let (lists, items, missing) = (assembled.tiles, assembled.items, assembled.missing);
     if items.len() > max {
         return Err(too_many_items(items.len(), max));
@@ -276,10 +289,19 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
         app.warmup.plan(&data_tiles);
     }
 
-    write_response(caller, &lists, &items, &missing, now).map_err(|e| Refusal {
+    let serialise = |e: serde_json::Error| Refusal {
         code: ErrorCode::Internal,
         message: format!("could not serialise the response: {e}"),
-    })
+    };
+    let mut json = write_response(caller, &lists, &items, &missing, now).map_err(serialise)?;
+    if let Some(error) = unanswered {
+        // A partial answer: the `error` member goes last, inside the object.
+        json.pop();
+        json.push_str(",\"error\":");
+        json.push_str(&serde_json::to_string(&error).map_err(serialise)?);
+        json.push('}');
+    }
+    Ok(json)
 }
 
 /// One origin call's answer: tile lists and items by id, and what to write back (`None`
@@ -288,6 +310,8 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
 struct Fetched {
     tiles: HashMap<TileId, TileItems>,
     items: HashMap<String, Arc<StoredItem>>,
+    /// The ids the origin said do not exist.
+    missing: HashSet<String>,
     fill: Option<Fill>,
     epoch: u64,
 }
@@ -333,6 +357,7 @@ async fn fetch(
         .fetch_within(&origin_req, CallSource::Request, ms)
         .await
         .map_err(|f| origin_refusal(app, &f))?;
+    let missing = response.missing.iter().cloned().collect();
     let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
     let mut tiles = HashMap::with_capacity(fill.tiles.len());
     for (tile, ids, exp) in &fill.tiles {
@@ -353,6 +378,7 @@ async fn fetch(
     Ok(Fetched {
         tiles,
         items: by_id,
+        missing,
         fill: (!degraded).then_some(fill),
         epoch,
     })

@@ -123,6 +123,34 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The `error` member of a *partial* response (200, some of the request answered): why the
+/// rest could not be answered, and exactly which requested tiles and ids that is. A client
+/// treats those as failed (asked again later), never as empty or as "does not exist":
+/// `missing` is only for ids known not to exist for the caller.
+///
+/// ```
+/// use tilewarm::protocol::{ErrorCode, Unanswered};
+/// let u = Unanswered {
+///     code: ErrorCode::UpstreamTimeout,
+///     message: "the origin did not answer in time".into(),
+///     tiles: vec!["14/2616/5714".parse().unwrap()],
+///     ids: vec!["a1".into()],
+/// };
+/// assert_eq!(
+///     serde_json::to_string(&u).unwrap(),
+///     r#"{"code":"upstream_timeout","message":"the origin did not answer in time","tiles":["14/2616/5714"],"ids":["a1"]}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unanswered {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Requested tiles left out of the response's `tiles`.
+    pub tiles: Vec<crate::tile::TileId>,
+    /// Requested ids neither in `items` nor in `missing`.
+    pub ids: Vec<String>,
+}
+
 /// An error body: `{"error":{"code":"bad_request","message":"..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody {

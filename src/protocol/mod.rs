@@ -85,7 +85,7 @@ mod validate;
 pub use change::{decode_invalidation, Invalidation, StreamId, MAX_CLASSES};
 pub use error::ProtocolError;
 pub use error_body::{
-    decode_error, ErrorBody, ErrorCode, MAX_ERROR_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS,
+    decode_error, ErrorBody, ErrorCode, Unanswered, MAX_ERROR_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS,
 };
 pub use limits::Limits;
 pub use request::{decode_request, BatchRequest};

@@ -36,9 +36,10 @@
 //!
 //! # When the origin fails
 //! What the cache held is still served: `200` with those tiles and items, the rest left out
-//! of the answer (the client asks again for tiles and ids a response does not answer), and
-//! an extra `error` member (the protocol's error object, ignored by decoders that do not
-//! know it) saying what failed. With nothing cached the answer is the error itself: `504
+//! of the answer and listed in an extra `error` member ([`Unanswered`]: the code and message
+//! of what failed, and exactly which requested tiles and ids are not answered; decoders that
+//! do not know it ignore it), so a client treats them as failed, never as empty or missing.
+//! An origin answer that leaves out a requested tile or id is reported the same way. With nothing cached the answer is the error itself: `504
 //! upstream_timeout` for a timeout, `502 upstream_error` for a network failure, an error
 //! status or an invalid body; `400`, `413` and `429` from the origin are the caller's
 //! problem and are passed on with the origin's message.
@@ -60,7 +61,7 @@ use crate::cache::{
 };
 use crate::protocol::{
     decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, ErrorBody, ErrorCode,
-    Item, Limits, RawData, TileList,
+    Item, Limits, RawData, TileList, Unanswered,
 };
 use crate::tile::{ring_around, TileId};
 use crate::util::{HashMap, HashSet};
@@ -257,12 +258,6 @@ type TileRead = (Vec<Item<RawData>>, u64);
 /// Most ids remembered as missing, per tier (least recently used go first).
 pub const MAX_MISSING_IDS: usize = 4096;
 
-#[derive(Serialize)]
-struct ErrorFields<'a> {
-    code: ErrorCode,
-    message: &'a str,
-}
-
 /// The merged response, its items borrowed (the wire form of [`BatchResponse`]).
 #[derive(Serialize, Default)]
 struct OutResponse<'a> {
@@ -274,12 +269,12 @@ struct OutResponse<'a> {
     access: Option<Access>,
 }
 
-/// A response that answers part of a request, with the reason the rest is missing.
+/// A response that answers part of a request, with what is not answered and why.
 #[derive(Serialize)]
 struct PartialResponse<'a> {
     #[serde(flatten)]
     response: &'a OutResponse<'a>,
-    error: ErrorFields<'a>,
+    error: &'a Unanswered,
 }
 
 impl Proxy {
@@ -687,10 +682,9 @@ impl Proxy {
             Some(None) => IdSource::Missing,
             None => match origin_items.get(id.as_str()) {
                 Some(item) => IdSource::Found(*item),
-                // Answered but neither found nor missing: an item above the tier we dropped.
-                None if origin_missing.contains(id.as_str()) || origin_answer.is_some() => {
-                    IdSource::Missing
-                }
+                // Known not to exist (items above the tier were moved to `missing` by `fill`).
+                None if origin_missing.contains(id.as_str()) => IdSource::Missing,
+                // The call failed, or its answer says nothing of the id: not answered.
                 None => IdSource::Unanswered,
             },
         });
@@ -715,6 +709,25 @@ impl Proxy {
             &request.ids,
             id_sources,
         );
+        let unanswered = assembled.is_partial().then(|| {
+            let (code, message) = match &origin_error {
+                Some(e) => (e.code, e.message.clone()),
+                None => (
+                    ErrorCode::UpstreamError,
+                    format!(
+                        "the origin's answer left out {} of the tiles and {} of the ids asked for",
+                        assembled.unanswered_tiles.len(),
+                        assembled.unanswered_ids.len()
+                    ),
+                ),
+            };
+            Unanswered {
+                code,
+                message,
+                tiles: assembled.unanswered_tiles.clone(),
+                ids: assembled.unanswered_ids.clone(),
+            }
+        });
         let out = OutResponse {
             tiles: assembled.tiles,
             items: assembled.items,
@@ -745,12 +758,11 @@ impl Proxy {
                     shared_put: Vec::new(),
                 };
             }
+        }
+        if let Some(error) = &unanswered {
             let body = serde_json::to_string(&PartialResponse {
                 response: &out,
-                error: ErrorFields {
-                    code: error.code,
-                    message: &error.message,
-                },
+                error,
             })
             .unwrap_or_default();
             return Answer {

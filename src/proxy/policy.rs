@@ -322,7 +322,8 @@ pub enum IdSource<'a, I> {
     Found(&'a I),
     /// Known not to exist (or not for the caller): listed in `missing`.
     Missing,
-    /// Not answered (the origin call failed): left out, the client asks again.
+    /// Not answered (the origin call failed, or its answer says nothing of it): left out
+    /// and listed in [`Assembled::unanswered_ids`].
     Unanswered,
 }
 
@@ -335,6 +336,19 @@ pub struct Assembled<'a, I> {
     pub items: Vec<&'a I>,
     /// Requested ids that do not exist for the caller.
     pub missing: Vec<String>,
+    /// Requested tiles with no answer (their origin list is absent: the call failed or
+    /// left them out), in request order. The shell reports them in the response's
+    /// [`Unanswered`](crate::protocol::Unanswered) `error` member, never as empty.
+    pub unanswered_tiles: Vec<TileId>,
+    /// Requested ids with no answer ([`IdSource::Unanswered`]), reported the same way.
+    pub unanswered_ids: Vec<String>,
+}
+
+impl<I> Assembled<'_, I> {
+    /// Whether something requested could not be answered.
+    pub fn is_partial(&self) -> bool {
+        !self.unanswered_tiles.is_empty() || !self.unanswered_ids.is_empty()
+    }
 }
 
 /// Steps 2 to 4: a plan with what the store held.
@@ -415,7 +429,8 @@ impl Read {
 
     /// Step 4: the answer for `caller`. `stored(i)` is the store's list of data tile `i`
     /// (asked only for [`Read::stored_tiles`]), `fetched(t)` the origin's list of tile `t`
-    /// (`None` when it has none: a data tile is then skipped, a forwarded tile left out),
+    /// (`None` when it has none: the requested tiles it is part of are left out and listed
+    /// in [`Assembled::unanswered_tiles`]),
     /// `ids` one [`IdSource`] per requested id in `requested_ids`' order.
     pub fn assemble<'a, I: ProxyItem>(
         &self,
@@ -431,30 +446,39 @@ impl Read {
             tiles: Vec::with_capacity(self.plan.tiles.len()),
             items: Vec::new(),
             missing: Vec::new(),
+            unanswered_tiles: Vec::new(),
+            unanswered_ids: Vec::new(),
         };
         for (&t, source) in self.plan.tiles.iter().zip(&self.sources) {
             let lists: Vec<TileSource<'a, I>> = match source {
-                Source::Data(idx) => idx
-                    .iter()
-                    .filter_map(|&i| {
-                        if self.found[i] {
-                            stored(i)
-                        } else {
-                            fetched(self.plan.data_tiles[i])
-                        }
-                    })
-                    .collect(),
+                Source::Data(idx) => {
+                    let lists: Vec<_> = idx
+                        .iter()
+                        .filter_map(|&i| {
+                            if self.found[i] {
+                                stored(i)
+                            } else {
+                                fetched(self.plan.data_tiles[i])
+                            }
+                        })
+                        .collect();
+                    // A data tile with no list (the origin's answer left it out): the
+                    // tile would be shown with a hole, so it is not answered at all.
+                    if lists.len() < idx.len() {
+                        out.unanswered_tiles.push(t);
+                        continue;
+                    }
+                    lists
+                }
                 Source::Origin(f) => match fetched(*f) {
                     Some(list) => vec![list],
-                    None => continue,
+                    None => {
+                        out.unanswered_tiles.push(t);
+                        continue;
+                    }
                 },
             };
-            // No list at all: nothing is known, ask again in a second.
-            let ttl = if lists.is_empty() {
-                Some(1)
-            } else {
-                lists.iter().filter_map(|l| l.ttl_s).min()
-            };
+            let ttl = lists.iter().filter_map(|l| l.ttl_s).min();
             let mut list_ids = Vec::new();
             for list in lists {
                 for it in list.items {
@@ -483,7 +507,7 @@ impl Read {
                     }
                 }
                 IdSource::Found(_) | IdSource::Missing => out.missing.push(id.clone()),
-                IdSource::Unanswered => {}
+                IdSource::Unanswered => out.unanswered_ids.push(id.clone()),
             }
         }
         out
@@ -628,6 +652,9 @@ mod tests {
         assert_eq!(got.items.len(), 1);
         // Asked for by id above the caller's tier: missing, not served.
         assert_eq!(got.missing, vec!["agent".to_string(), "gone".to_string()]);
+        // Not answered: listed as such, not as missing.
+        assert_eq!(got.unanswered_ids, vec!["later".to_string()]);
+        assert!(got.unanswered_tiles.is_empty() && got.is_partial());
     }
 
     #[test]

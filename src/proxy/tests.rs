@@ -366,7 +366,7 @@ fn origin_failures_serve_what_is_cached() {
     run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 0);
     let both = req(
         &["14/2624/5721", "14/2625/5721"],
-        &["extra"],
+        &["extra", "2625-5722-public"],
         Access::Public,
     );
     let cases: [(OriginOutcome<'_>, u16, ErrorCode); 5] = [
@@ -421,8 +421,45 @@ fn origin_failures_serve_what_is_cached() {
         assert!(got.missing.is_empty());
         let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
         assert_eq!(v["error"]["code"], code.as_str());
+        // Exactly what is not answered is listed: never a silent hole.
+        assert_eq!(v["error"]["tiles"], serde_json::json!(["14/2625/5721"]));
+        assert_eq!(v["error"]["ids"], serde_json::json!(["2625-5722-public"]));
         assert!(a.warm.is_none());
     }
+}
+
+#[test]
+fn an_origin_answer_that_leaves_something_out_is_reported_not_missing() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let r = req(
+        &["14/2624/5721", "14/2625/5721"],
+        &["2625-5722-public"],
+        Access::Public,
+    );
+    let pending = p.begin(r, 0).unwrap();
+    // The origin answers only the first tile and says nothing of the id.
+    let full = o.answer(pending.origin_request().unwrap(), Some(300));
+    let mut part = full.clone();
+    part.tiles.retain(|l| l.tile == tile("14/2624/5721"));
+    let keep: HashSet<String> = part.tiles[0].ids.iter().cloned().collect();
+    part.items.retain(|i| keep.contains(&i.id));
+    part.missing.clear();
+    let body = part.to_json();
+    let a = p.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        },
+        0,
+    );
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_error");
+    assert_eq!(v["error"]["tiles"], serde_json::json!(["14/2625/5721"]));
+    assert_eq!(v["error"]["ids"], serde_json::json!(["2625-5722-public"]));
+    assert_eq!(v["missing"], serde_json::json!([]));
 }
 
 #[test]
