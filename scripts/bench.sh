@@ -8,6 +8,7 @@
 #           single Redis; MGET split by slot vs hash-tagged)
 #   live    js/bench/live.mjs (invalidate-to-visible latency at a page following the change
 #           feed: one server; two servers on one Redis, POST to A and the page on B)
+#   overload server/soak/overload.sh (tw-overload: 1x, 2x, 4x the measured capacity; issue 15)
 #   edge    edge/bench.mjs (16-tile hit path through the edge worker under workerd vs the
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
 #   maplibre js/test/browser/maplibre-bench.mjs (tilewarm/maplibre: source updates per second
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server cluster postgis live edge maplibre web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server overload cluster postgis live edge maplibre web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -63,6 +64,12 @@ if want cluster; then
   status "server on a Redis Cluster: 1 vs 2 instances, cluster vs single Redis"
   if [ -x server/bench/cluster.sh ]; then server/bench/cluster.sh >&2 || echo "server/bench/cluster.sh failed" > "$out/cluster.md"
   else echo "not run: server/bench/cluster.sh is absent" > "$out/cluster.md"; fi
+fi
+if want overload; then
+  status "server at 1x, 2x and 4x its measured capacity (admission control)"
+  if [ -x server/soak/overload.sh ]; then server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload.md" >&2 \
+      || [ -s "$out/overload.md" ] || echo "server/soak/overload.sh failed" > "$out/overload.md"
+  else echo "not run: server/soak/overload.sh is absent" > "$out/overload.md"; fi
 fi
 if want postgis; then
   status "PostGIS origin: latency, throughput cold and warm, change to served"
@@ -162,6 +169,9 @@ HEAD
   echo "## Server on a Redis Cluster: \`scripts/bench.sh cluster\`"
   echo
   section "$out/cluster.md" "(not run in this invocation)"
+  echo "## Server under overload: \`scripts/bench.sh overload\`"
+  echo
+  section "$out/overload.md" "(not run in this invocation)"
   echo
   echo "## Server over PostGIS: \`scripts/bench.sh postgis\`"
   echo
