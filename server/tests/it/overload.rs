@@ -195,12 +195,13 @@ async fn empty_tile_lists_live_briefly_in_redis_and_stop_at_the_cap() {
     assert!(r.tiles[..10].iter().all(|t| t.ids.is_empty()));
     assert!(!r.tiles[10].ids.is_empty());
 
+    let keys = tilewarm_server::stored::Keys::new("tw:");
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut stored = Vec::new();
     for t in &empty {
         let ttl: i64 = redis::cmd("TTL")
-            .arg(format!("tw:t:{t}"))
+            .arg(keys.tile(*t))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -214,7 +215,7 @@ async fn empty_tile_lists_live_briefly_in_redis_and_stop_at_the_cap() {
         "{stored:?}"
     );
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("tw:t:{full}"))
+        .arg(keys.tile(full))
         .query_async(&mut conn)
         .await
         .unwrap();
