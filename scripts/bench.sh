@@ -13,6 +13,9 @@
 #           server directly; the edge wasm's size); builds pkg/ when it lacks the edge worker
 #   maplibre js/test/browser/maplibre-bench.mjs (tilewarm/maplibre: source updates per second
 #           of pan and time per frame, diffs vs setData, 5,000 items in view, headless Chromium)
+#   coldstart bench/js/coldstart.mjs (navigation to the first complete view in Chromium on a
+#           throttled network, 1.6 Mbps / 150 ms: a page on the package vs one on tile-cover +
+#           lru-cache + fetch; bytes per load)
 #   web     scripts/bench-web.sh (the Rust browser shell: example wasm size, set_viewport
 #           with 10k cached, next to the npm package's in the same Chromium page)
 # A part whose script is absent, or that fails, is reported as such in the document; the
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server overload cluster postgis live edge maplibre web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server overload cluster postgis live edge maplibre coldstart web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -103,6 +106,16 @@ if want maplibre; then
     echo "js/test/browser/maplibre-bench.mjs failed; see the output of \`scripts/bench.sh maplibre\`." > "$out/maplibre.md"
   fi
 fi
+if want coldstart; then
+  status "cold start on a throttled network: the package vs tile-cover + lru-cache + fetch (Chromium)"
+  if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && scripts/setup.sh node chromium >&2 \
+      && { [ -d bench/js/node_modules/lru-cache ] || (cd bench/js && npm ci --no-audit --no-fund >&2); } \
+      && { [ -d js/test/browser/node_modules/playwright-core ] || (cd js/test/browser && npm ci --no-audit --no-fund >&2); } \
+      && (cd bench/js && node coldstart.mjs --md "../../$out/coldstart.md" > /dev/null); then :; else
+    echo "bench/js/coldstart.mjs failed; see the output of \`scripts/bench.sh coldstart\`." > "$out/coldstart.md"
+  fi
+fi
 if want web; then
   status "Rust browser shell (tilewarm-web) vs the npm package"
   if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
@@ -122,7 +135,8 @@ Written by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d); machin
 $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc --version), Node $(node --version 2>/dev/null || echo absent).
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
-(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`cluster\`, \`postgis\`, \`live\`, \`edge\`, \`maplibre\`, \`web\`); raw outputs are in \`target/bench/\`.
+(\`core\`, \`pkg\`, \`sim\`, \`server\`, \`cluster\`, \`postgis\`, \`live\`, \`edge\`, \`maplibre\`,
+\`coldstart\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -188,6 +202,10 @@ HEAD
   echo "## MapLibre adapter: diffs vs setData: \`scripts/bench.sh maplibre\`"
   echo
   section "$out/maplibre.md" "(not run in this invocation)"
+  echo
+  echo "## Cold start on a throttled network: \`scripts/bench.sh coldstart\`"
+  echo
+  section "$out/coldstart.md" "(not run in this invocation)"
   echo
   echo "## Rust browser shell (tilewarm-web): \`scripts/bench.sh web\`"
   echo
