@@ -197,6 +197,9 @@ describe('edge worker under workerd', () => {
       assert.deepEqual(r.json.tiles.map((t) => t.tile), [cached]);
       assert.deepEqual(r.json.tiles[0].ids.sort(), warmUp.json.tiles[0].ids.sort());
       assert.equal(r.json.error.code, 'upstream_timeout');
+      // Exactly what is not answered is listed (issue 15): never a silent hole.
+      assert.deepEqual(r.json.error.tiles, ['14/2612/5714']);
+      assert.deepEqual(r.json.error.ids, []);
 
       const miss = await post(edge.batch, { tiles: ['14/2612/5718'], access: 'verified' });
       assert.equal(miss.status, 504);
@@ -233,6 +236,7 @@ describe('edge worker under workerd', () => {
     assert.equal(r.cache, 'partial');
     assert.equal(r.originError, 'upstream_error');
     assert.deepEqual(r.json.tiles.map((t) => t.tile), [cached]);
+    assert.deepEqual(r.json.error.tiles, ['14/2636/5714']);
     const miss = await post(edge.batch, { tiles: ['14/2636/5718'], access: 'public' });
     assert.equal(miss.status, 502);
     assert.equal(miss.json.error.code, 'upstream_error');
