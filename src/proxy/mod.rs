@@ -44,6 +44,7 @@
 //! status or an invalid body; `400`, `413` and `429` from the origin are the caller's
 //! problem and are passed on with the origin's message.
 
+pub mod change;
 pub mod policy;
 pub mod shared;
 mod wire;
@@ -183,6 +184,9 @@ pub struct Pending {
     origin: Option<BatchRequest>,
     /// The whole answer, when the cache answered it from serialised tiles ([`wire`]).
     spliced: Option<String>,
+    /// The epoch it was planned in ([`change`]): its origin answer is written back only
+    /// if no change was applied since.
+    epoch: u64,
 }
 
 impl Pending {
@@ -250,6 +254,8 @@ pub struct Proxy {
     stats: ProxyStats,
     /// Serialised data tiles for whole hits.
     wire: wire::Wire,
+    /// Changes applied from the feed ([`change`]).
+    changes: change::Changes,
 }
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
@@ -318,6 +324,7 @@ impl Proxy {
             missing,
             stats: ProxyStats::default(),
             wire: wire::Wire::new(),
+            changes: change::Changes::new(),
         })
     }
 
@@ -399,6 +406,7 @@ impl Proxy {
                     id_hits: Vec::new(),
                     origin: None,
                     spliced: Some(body),
+                    epoch: self.changes.epoch,
                 });
             }
         }
@@ -455,6 +463,7 @@ impl Proxy {
             id_hits,
             origin,
             spliced: None,
+            epoch: self.changes.epoch,
         })
     }
 
@@ -518,13 +527,16 @@ impl Proxy {
 
     /// Fills `tier`'s cache from an origin answer to a request made at `tier` that asked
     /// for `asked_ids`. Items above `tier` are dropped first (see the module docs); what is
-    /// written is the policy's rule ([`Rules::write_back`]). Returns the answer, filtered.
+    /// written is the policy's rule ([`Rules::write_back`]); nothing is written when `write`
+    /// is false (an answer planned before a change, [`change`]). Returns the answer,
+    /// filtered.
     fn fill(
         &mut self,
         tier: Access,
         mut response: BatchResponse<RawData>,
         asked_ids: &[String],
         now_ms: u64,
+        write: bool,
     ) -> BatchResponse<RawData> {
         let before = response.items.len();
         let mut dropped_ids = Vec::new();
@@ -545,6 +557,9 @@ impl Proxy {
             for list in &mut response.tiles {
                 list.ids.retain(|id| kept.contains(id));
             }
+        }
+        if !write {
+            return response;
         }
         // Every serialised tile of this tier is out of date now.
         self.wire.changed(tier);
@@ -613,6 +628,7 @@ impl Proxy {
             return None;
         }
         self.stats.warm_requests += 1;
+        self.changes.warm_planned(tier, &tiles);
         Some(BatchRequest {
             tiles,
             ids: Vec::new(),
@@ -635,7 +651,9 @@ impl Proxy {
             id_hits,
             origin,
             spliced,
+            epoch,
         } = pending;
+        let write = self.current(epoch);
         let tier = request.access;
         if let Some(body) = spliced {
             self.stats.hits += 1;
@@ -657,7 +675,7 @@ impl Proxy {
                 match self.decode_origin(outcome, tier) {
                     Ok(r) => {
                         let asked = origin.as_ref().map_or(&[][..], |o| &o.ids[..]);
-                        (Some(self.fill(tier, r, asked, now_ms)), None)
+                        (Some(self.fill(tier, r, asked, now_ms, write)), None)
                     }
                     Err(e) => {
                         self.stats.origin_failures += 1;
@@ -806,7 +824,8 @@ impl Proxy {
     }
 
     /// Takes the origin's answer to an [`Answer::warm`] request and fills the cache of the
-    /// request's tier. Returns how many items the answer held, or why it was not used.
+    /// request's tier, unless a change was applied since it was planned ([`change`]).
+    /// Returns how many items the answer held, or why it was not used.
     pub fn warmed(
         &mut self,
         request: &BatchRequest,
@@ -814,8 +833,16 @@ impl Proxy {
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
         let response = self.decode_origin(outcome, request.access)?;
+        if !self.changes.warm_current(request.access, &request.tiles) {
+            return Err(ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: "the warming answer was asked for before a change to the cache \
+                          (or is not one this proxy planned); not written"
+                    .into(),
+            });
+        }
         let n = response.items.len();
-        self.fill(request.access, response, &request.ids, now_ms);
+        self.fill(request.access, response, &request.ids, now_ms, true);
         self.stats.warm_fills += 1;
         Ok(n)
     }

@@ -83,7 +83,7 @@ impl Proxy {
         match result {
             Ok(response) => {
                 let n = response.items.len();
-                self.fill(tier, response, &[], now_ms);
+                self.fill(tier, response, &[], now_ms, true);
                 self.stats.shared_fills += 1;
                 Ok(n)
             }
@@ -141,6 +141,11 @@ impl Proxy {
             _ => false,
         });
         response.missing.clear();
+        if self.changes.covers_entry(tile, &response, stored_at_ms) {
+            return Err(refused(format!(
+                "the shared cache's entry for {tile} was stored before a change that covers it"
+            )));
+        }
         Ok(response)
     }
 

@@ -811,6 +811,8 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
         status: 200,
         body: json.as_bytes(),
     };
+    // (As if the proxy had planned it: only planned warming answers are written.)
+    p.changes.warm_planned(Access::Agent, &warm.tiles);
     p.warmed(&warm, outcome, 2_000).unwrap();
     let (_, _, body) = run(&mut p, &o, req(&tiles, &[], Access::Agent), 3_000);
     let item = body
@@ -825,4 +827,226 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
         .unwrap();
     assert!(pending.spliced.is_none());
     assert!(pending.origin_request().is_some());
+}
+
+/// Changes from the feed ([`change`]).
+mod changes {
+    use super::*;
+    use crate::protocol::Invalidation;
+
+    const CENTRE: &str = "14/2624/5721";
+
+    /// The origin with item `id` holding `{"k":99}`.
+    fn changed_origin(id: &str) -> Origin<RawData> {
+        let mut all = items();
+        all.iter_mut().find(|i| i.id == id).unwrap().data = raw("{\"k\":99}");
+        Origin::new(all).unwrap()
+    }
+
+    fn data_of(r: &BatchResponse<RawData>, id: &str) -> String {
+        r.items
+            .iter()
+            .find(|i| i.id == id)
+            .unwrap()
+            .data
+            .get()
+            .to_owned()
+    }
+
+    fn inv_ids(ids: &[&str]) -> Invalidation {
+        Invalidation {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Invalidation::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_item_is_refetched_at_every_tier_after_the_change() {
+        let (old, new) = (origin(), changed_origin("2624-5721-public"));
+        let mut p = Proxy::new(no_warm()).unwrap();
+        for tier in [Access::Public, Access::Agent] {
+            run(&mut p, &old, req(&[CENTRE], &[], tier), 0);
+            let (fwd, a, _) = run(&mut p, &old, req(&[CENTRE], &[], tier), 1);
+            assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+        }
+        assert!(p.invalidate(&inv_ids(&["2624-5721-public"]), 2) >= 2);
+        assert_eq!(p.epoch(), 1);
+        for tier in [Access::Public, Access::Agent] {
+            let (fwd, _, body) = run(&mut p, &new, req(&[CENTRE], &[], tier), 3);
+            assert_eq!(fwd.unwrap().tiles, vec![tile(CENTRE)], "{tier}");
+            assert_eq!(data_of(&body, "2624-5721-public"), "{\"k\":99}");
+        }
+    }
+
+    #[test]
+    fn tiles_classes_and_everything_drop_what_they_cover() {
+        let o = origin();
+        let mut p = Proxy::new(no_warm()).unwrap();
+        let two = ["14/2624/5721", "14/2625/5721"];
+        let fill = |p: &mut Proxy| {
+            run(p, &o, req(&two, &["extra"], Access::Public), 0);
+        };
+        let forwarded = |p: &mut Proxy| {
+            p.begin(req(&two, &["extra"], Access::Public), 1)
+                .unwrap()
+                .origin_request()
+                .cloned()
+        };
+        fill(&mut p);
+        assert_eq!(forwarded(&mut p), None);
+        // A coarse tile covers its data tiles.
+        let coarse = Invalidation {
+            tiles: vec![tile(CENTRE).ancestor(12).unwrap()],
+            ..Invalidation::default()
+        };
+        p.invalidate(&coarse, 1);
+        let f = forwarded(&mut p).unwrap();
+        assert_eq!((f.tiles.len(), f.ids.len()), (2, 1), "{f:?}");
+        fill(&mut p);
+        // A class: the off-market item only; its tile's list is then incomplete.
+        let class = Invalidation {
+            classes: vec!["off_market".into()],
+            ..Invalidation::default()
+        };
+        p.invalidate(&class, 1);
+        let f = forwarded(&mut p).unwrap();
+        assert_eq!(f.tiles, vec![tile(CENTRE)]);
+        assert_eq!(f.ids, vec!["extra".to_string()]);
+        fill(&mut p);
+        p.invalidate(&Invalidation::everything(), 1);
+        assert_eq!(p.cache_stats(Access::Public).entries, 0);
+        assert_eq!(forwarded(&mut p).unwrap().tiles.len(), 2);
+    }
+
+    #[test]
+    fn an_id_remembered_missing_is_asked_again_after_a_change_names_it() {
+        let o = origin();
+        let mut p = Proxy::new(no_warm()).unwrap();
+        run(&mut p, &o, req(&[], &["new-home"], Access::Public), 0);
+        let again = p.begin(req(&[], &["new-home"], Access::Public), 1).unwrap();
+        assert!(again.origin_request().is_none(), "remembered missing");
+        p.invalidate(&inv_ids(&["new-home"]), 1);
+        let again = p.begin(req(&[], &["new-home"], Access::Public), 1).unwrap();
+        assert!(again.origin_request().is_some());
+    }
+
+    #[test]
+    fn an_origin_answer_in_flight_across_a_change_is_served_not_cached() {
+        let old = origin();
+        let mut p = Proxy::new(no_warm()).unwrap();
+        let r = req(&[CENTRE], &[], Access::Public);
+        let pending = p.begin(r.clone(), 0).unwrap();
+        let body = old
+            .answer(pending.origin_request().unwrap(), Some(300))
+            .to_json();
+        // The change reaches the proxy while the origin's (old) answer is on its way.
+        p.invalidate(&inv_ids(&["2624-5721-public"]), 1);
+        let a = p.complete(
+            pending,
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            },
+            2,
+        );
+        assert_eq!(a.status, 200, "the caller gets its answer");
+        assert!(a.shared_put.is_empty(), "nothing for the shared cache");
+        let next = p.begin(r, 3).unwrap();
+        assert!(
+            next.origin_request().is_some(),
+            "the old answer was not written back"
+        );
+    }
+
+    #[test]
+    fn a_warming_answer_planned_before_a_change_is_not_written() {
+        let o = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let (_, a, _) = run(&mut p, &o, req(&[CENTRE], &[], Access::Public), 0);
+        let warm = a.warm.unwrap();
+        let body = o.answer(&warm, Some(300)).to_json();
+        p.invalidate(&inv_ids(&["2624-5721-public"]), 1);
+        let outcome = OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        };
+        let err = p.warmed(&warm, outcome, 2).unwrap_err();
+        assert!(err.message.contains("before a change"), "{}", err.message);
+        let n = p
+            .begin(
+                BatchRequest {
+                    tiles: warm.tiles.clone(),
+                    ids: vec![],
+                    access: Access::Public,
+                },
+                3,
+            )
+            .unwrap();
+        assert_eq!(n.origin_request().unwrap().tiles.len(), warm.tiles.len());
+    }
+
+    #[test]
+    fn a_shared_entry_stored_before_a_covering_change_is_refused() {
+        let o = origin();
+        let t = tile(CENTRE);
+        let other = tile("14/2626/5721");
+        let mut a = Proxy::new(no_warm()).unwrap();
+        run(
+            &mut a,
+            &o,
+            req(&[CENTRE, "14/2626/5721"], &[], Access::Public),
+            1_000,
+        );
+        let entry = |a: &mut Proxy, t| a.shared_entry(Access::Public, t, 1_000).unwrap().body;
+        let (e, e_other) = (entry(&mut a, t), entry(&mut a, other));
+        let mut b = Proxy::new(no_warm()).unwrap();
+        b.invalidate(&inv_ids(&["2624-5721-public"]), 2_000);
+        // Stored (1 000) before the change (2 000) that names one of its items: refused.
+        let err = b
+            .shared_fill(Access::Public, t, e.as_bytes(), 1_000, 3_000)
+            .unwrap_err();
+        assert!(err.message.contains("before a change"), "{}", err.message);
+        assert_eq!(b.cache_stats(Access::Public).entries, 0);
+        // Another tile's entry, or one stored after the change: taken.
+        assert!(b
+            .shared_fill(Access::Public, other, e_other.as_bytes(), 1_000, 3_000)
+            .is_ok());
+        assert!(b
+            .shared_fill(Access::Public, t, e.as_bytes(), 2_500, 3_000)
+            .is_ok());
+        // A class of one of its items, and everything: refused when older.
+        let mut c = Proxy::new(no_warm()).unwrap();
+        let class = Invalidation {
+            classes: vec!["off_market".into()],
+            ..Invalidation::default()
+        };
+        c.invalidate(&class, 2_000);
+        assert!(c
+            .shared_fill(Access::Public, t, e.as_bytes(), 1_000, 3_000)
+            .is_err());
+        assert!(c
+            .shared_fill(Access::Public, other, e_other.as_bytes(), 1_000, 3_000)
+            .is_ok());
+        c.invalidate(&Invalidation::everything(), 2_000);
+        assert!(c
+            .shared_fill(Access::Public, other, e_other.as_bytes(), 1_000, 3_000)
+            .is_err());
+        // Past the log's size, older changes become a floor for every entry.
+        let mut d = Proxy::new(no_warm()).unwrap();
+        for k in 0..=change::MAX_CHANGE_LOG as u64 {
+            d.invalidate(&inv_ids(&[&format!("x{k}")]), 2_000 + k);
+        }
+        assert!(d
+            .shared_fill(Access::Public, other, e_other.as_bytes(), 1_000, 3_000)
+            .is_err());
+        assert!(d
+            .shared_fill(
+                Access::Public,
+                other,
+                e_other.as_bytes(),
+                2_000 + change::MAX_CHANGE_LOG as u64,
+                3_000
+            )
+            .is_ok());
+    }
 }
