@@ -489,7 +489,17 @@ impl RedisConn {
                     .arg("NODES")
                     .query_async(&mut conn)
                     .await?;
-                masters(&nodes).into_iter().map(Some).collect()
+                masters(&nodes)
+                    .map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                            "cannot scan every key",
+                            e,
+                        ))
+                    })?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
         };
         Ok(Scan {
@@ -536,24 +546,56 @@ fn by_slot(keys: &[impl AsRef<str>]) -> Vec<Vec<usize>> {
     groups
 }
 
-/// The masters serving slots in `CLUSTER NODES` output, as (host, port).
-fn masters(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let flags = f.get(2)?;
-            let serving = flags.split(',').any(|x| x == "master")
-                && !flags.split(',').any(|x| x.starts_with("fail"))
-                && f.len() > 8;
-            if !serving {
-                return None;
+/// The hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// The masters serving slots in `CLUSTER NODES` output, as (host, port), when together
+/// they serve every one of the 16384 slots. A master flagged `fail` (or `fail?`), or a
+/// line that cannot be read, is left out, and then its slots are not covered: a `SCAN`
+/// over the others would miss its keys and an invalidation would report success with
+/// that shard untouched, so this is an error naming the first slot nobody serves.
+fn masters(nodes: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut covered = vec![false; SLOTS];
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(flags) = f.get(2) else { continue };
+        let serving = flags.split(',').any(|x| x == "master")
+            && !flags.split(',').any(|x| x.starts_with("fail"))
+            && f.len() > 8;
+        if !serving {
+            continue;
+        }
+        let Some((host, port)) = f
+            .get(1)
+            .and_then(|a| a.split(['@', ',']).next())
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        else {
+            continue;
+        };
+        // Slots: `first-last` or `slot`; `[slot->-id]`/`[slot-<-id]` (a migration in
+        // progress) are not served by this node alone and are skipped.
+        for range in f[8..].iter().filter(|r| !r.starts_with('[')) {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                for slot in covered
+                    .iter_mut()
+                    .take(b.saturating_add(1).min(SLOTS))
+                    .skip(a)
+                {
+                    *slot = true;
+                }
             }
-            let addr = f.get(1)?.split(['@', ',']).next()?;
-            let (host, port) = addr.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+        }
+        out.push((host, port));
+    }
+    match covered.iter().position(|c| !c) {
+        None => Ok(out),
+        Some(slot) => Err(format!(
+            "slot {slot} is served by no reachable master (CLUSTER NODES: a master is flagged fail or the slot is unassigned); a SCAN would miss its keys"
+        )),
+    }
 }
 
 /// A `SCAN` in progress (see [`RedisConn::scan`]).
@@ -751,15 +793,41 @@ mod tests {
 f4ec 127.0.0.1:51659@61659 slave 9632 0 1 1 connected
 8fc3 127.0.0.1:37065@47065 master - 0 1 3 connected 10923-16383
 99d7 127.0.0.1:48975@58975,host.example myself,master - 0 1 2 connected 5461-10922
-dead 127.0.0.1:41537@51537 master,fail - 0 1 1 disconnected 0-5460
-9632 127.0.0.1:41538@51538 master - 0 1 1 connected
+9632 127.0.0.1:41538@51538 master - 0 1 1 connected 0-5459 5460 [5460->-8fc3]
 ";
         assert_eq!(
-            masters(nodes),
+            masters(nodes).unwrap(),
             [
                 ("127.0.0.1".to_owned(), 37065),
-                ("127.0.0.1".to_owned(), 48975)
+                ("127.0.0.1".to_owned(), 48975),
+                ("127.0.0.1".to_owned(), 41538)
             ]
         );
+    }
+
+    #[test]
+    fn a_scan_refuses_masters_that_do_not_cover_every_slot() {
+        // The master of 0-5460 is flagged fail and its replica has not taken over: a SCAN
+        // of the two others would miss a third of the keys.
+        let failed = "\
+8fc3 127.0.0.1:37065@47065 master - 0 1 3 connected 10923-16383
+99d7 127.0.0.1:48975@58975 myself,master - 0 1 2 connected 5461-10922
+dead 127.0.0.1:41537@51537 master,fail - 0 1 1 disconnected 0-5460
+";
+        let e = masters(failed).unwrap_err();
+        assert!(e.contains("slot 0 "), "{e}");
+        // Suspected failing (`fail?`) is left out the same way.
+        let suspect = failed.replace("master,fail", "master,fail?");
+        assert!(masters(&suspect).is_err());
+        // A line that cannot be read (no port) leaves its slots uncovered too.
+        let unparsed = failed.replace(
+            "127.0.0.1:41537@51537 master,fail - 0 1 1 disconnected",
+            "127.0.0.1@51537 master - 0 1 1 connected",
+        );
+        assert!(masters(&unparsed).unwrap_err().contains("slot 0 "));
+        // A slot nobody was given.
+        let gap = "8fc3 127.0.0.1:37065@47065 master - 0 1 3 connected 0-100 102-16383\n";
+        assert!(masters(gap).unwrap_err().contains("slot 101 "));
+        assert!(masters("").is_err());
     }
 }
