@@ -6,13 +6,17 @@
 //! # Who may keep an answer
 //! The tier is part of what an answer *is*, so it must be part of any key it is kept under:
 //! - `public` answers (the default; `?access=public`) are the same for every caller and
-//!   carry `Cache-Control: public, max-age=<seconds>`, where the age is the shortest TTL of
-//!   what the answer holds (its list and every item), so no cache keeps an item longer than
-//!   the TTL policy allows;
+//!   carry `Cache-Control: public, max-age=<seconds>, s-maxage=<shared>`, where the age is
+//!   the shortest TTL of what the answer holds (its list and every item), so no cache keeps
+//!   an item longer than the TTL policy allows, and `<shared>` is that age but at most
+//!   [`SHARED_MAX_AGE_S`]: `POST /v1/invalidate` cannot purge a CDN's copy, so a shared
+//!   cache keeps an invalidated answer at most that long;
 //! - an answer for a higher tier (`?access=registered|verified|agent`, with a token for it)
-//!   carries `Cache-Control: private, max-age=<seconds>` and `Vary: Authorization`: a
-//!   browser may keep it for that user, a shared cache (CDN, proxy) must not, since its key
-//!   (the URL) does not hold the credential that decided the tier;
+//!   carries `Cache-Control: private, max-age=<seconds>`, `Vary: Authorization`, and
+//!   `CDN-Cache-Control: no-store` and `Surrogate-Control: no-store` (CDNs that read their
+//!   own header instead of `Cache-Control`, RFC 9213): a browser may keep it for that user,
+//!   a shared cache (CDN, proxy) must not, since its key (the URL) does not hold the
+//!   credential that decided the tier;
 //! - errors carry `Cache-Control: no-store`.
 //!
 //! The tier is decided as for the batch: the caller's verified tier, lowered by `access`
@@ -34,11 +38,17 @@ use crate::auth::Caller;
 use crate::http::{error_response, forbidden_tier, unauthorized, ACCESS_HEADER};
 use crate::App;
 
+/// The longest a shared cache (CDN, proxy) may keep a `public` answer, in seconds
+/// (`s-maxage`): `POST /v1/invalidate` does not reach its copies.
+pub const SHARED_MAX_AGE_S: u32 = 60;
+
 /// `Cache-Control` of an answer for `tier` holding things whose shortest TTL is `max_age_s`:
-/// `public` only for the `public` tier, `private` for every other (see the module docs).
+/// `public` (shared caches at most [`SHARED_MAX_AGE_S`]) only for the `public` tier,
+/// `private` for every other (see the module docs).
 pub fn cache_control(tier: Access, max_age_s: u32) -> String {
     if tier == Access::Public {
-        format!("public, max-age={max_age_s}")
+        let shared = max_age_s.min(SHARED_MAX_AGE_S);
+        format!("public, max-age={max_age_s}, s-maxage={shared}")
     } else {
         format!("private, max-age={max_age_s}")
     }
@@ -192,6 +202,10 @@ async fn answer(
     }
     if tier != Access::Public {
         h.insert(VARY, HeaderValue::from_static("authorization"));
+        // CDNs that obey their own header over `Cache-Control` (RFC 9213) must not keep it
+        // either.
+        h.insert("cdn-cache-control", HeaderValue::from_static("no-store"));
+        h.insert("surrogate-control", HeaderValue::from_static("no-store"));
     }
     r
 }
@@ -202,7 +216,15 @@ mod tests {
 
     #[test]
     fn only_the_public_tier_may_be_kept_by_shared_caches() {
-        assert_eq!(cache_control(Access::Public, 30), "public, max-age=30");
+        assert_eq!(
+            cache_control(Access::Public, 30),
+            "public, max-age=30, s-maxage=30"
+        );
+        // A CDN's copy is not purged by /v1/invalidate: it keeps it at most a minute.
+        assert_eq!(
+            cache_control(Access::Public, 3600),
+            format!("public, max-age=3600, s-maxage={SHARED_MAX_AGE_S}")
+        );
         for t in [Access::Registered, Access::Verified, Access::Agent] {
             let cc = cache_control(t, 30);
             assert!(cc.starts_with("private,") && !cc.contains("public"), "{cc}");

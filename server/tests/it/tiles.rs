@@ -195,6 +195,22 @@ async fn a_shared_cache_keyed_by_the_url_never_serves_a_tier_to_a_caller_below_i
         .unwrap()
         .starts_with("private, "));
     assert_eq!(header(&r, "vary"), Some("authorization"));
+    // CDNs that read their own header before Cache-Control (RFC 9213) are told too.
+    assert_eq!(header(&r, "cdn-cache-control"), Some("no-store"));
+    assert_eq!(header(&r, "surrogate-control"), Some("no-store"));
+    // Public answers: a CDN keeps them at most a short while (invalidation cannot purge it).
+    let r = Http::anonymous()
+        .get(&format!("{}/v1/tiles/{t}", s.url()))
+        .await;
+    let cc = header(&r, "cache-control").unwrap();
+    let shared: u32 = cc
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("s-maxage="))
+        .unwrap_or_else(|| panic!("no s-maxage in {cc:?}"))
+        .parse()
+        .unwrap();
+    assert!(shared <= 60 && shared <= max_age(cc), "{cc}");
+    assert_eq!(header(&r, "cdn-cache-control"), None);
     assert!(!cdn.is_empty(), "the public answers were kept");
     s.shutdown().await;
 }
