@@ -187,3 +187,42 @@ async fn a_body_longer_than_the_largest_valid_request_is_a_413() {
     let m = r.error(413, "payload_too_large");
     assert!(m.contains(&format!("at most {cap}")), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_the_next_connection_waits_for_one_to_close() {
+    let s = server(Config {
+        max_connections: 1,
+        ..config()
+    })
+    .await;
+    let addr = s.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        // The one slot: a connection that sends nothing yet.
+        let first = std::net::TcpStream::connect(addr).unwrap();
+        let mut second = std::net::TcpStream::connect(addr).unwrap();
+        second
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        // Not accepted while the first holds the slot: nothing comes back.
+        second
+            .set_read_timeout(Some(Duration::from_millis(1_500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let early = second.read(&mut buf);
+        assert!(
+            early.is_err(),
+            "answered while the only connection slot was taken: {early:?}"
+        );
+        // The first goes away: the second is accepted and answered.
+        drop(first);
+        second
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = second.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
