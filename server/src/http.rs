@@ -420,7 +420,9 @@ async fn invalidate_handler(
 /// `GET /v1/changes`: the change feed as server-sent events (`ready`, then `invalidate`
 /// events with the invalidation as data, or `reset`), each with `id:` = its stream id;
 /// `Last-Event-ID` resumes after that id. Same authentication as `/v1/batch` (a sent token
-/// must verify; none is `public`): events carry ids, tiles and classes, never item data.
+/// must verify; none is `public`): events carry ids, tiles and classes, never item data,
+/// and ids only to the top tier (a lower tier gets an event with ids as `reset`,
+/// [`crate::stream`]).
 ///
 /// `?follow=false` ends the stream after the events stored after `Last-Event-ID` (a poll).
 async fn changes_handler(
@@ -428,9 +430,10 @@ async fn changes_handler(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = app.auth.caller(&headers) {
-        return unauthorized(e.0);
-    }
+    let caller = match app.auth.caller(&headers) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e.0),
+    };
     let mut follow = true;
     for pair in uri
         .query()
@@ -466,7 +469,7 @@ async fn changes_handler(
             }
         },
     };
-    match app.changes.subscribe(after, follow).await {
+    match app.changes.subscribe(after, caller.tier, follow).await {
         Ok(Some(sse)) => sse.into_response(),
         Ok(None) => error_response(
             ErrorCode::Overloaded,

@@ -99,12 +99,19 @@ impl WriteGuard {
             .iter()
             .flat_map(|i| i.classes.iter().map(String::as_str))
             .collect();
-        let gone: HashSet<String> = fill
+        // Items named by an invalidation, of an invalidated class, or listed by a tile an
+        // invalidation covers (a tile's invalidation drops its items, as the tiers do).
+        let mut gone: HashSet<String> = fill
             .items
             .iter()
             .filter(|it| ids.contains(it.id()) || classes.contains(it.class()))
             .map(|it| it.id().to_owned())
             .collect();
+        for (t, list, _) in &fill.tiles {
+            if since.iter().any(|i| i.covers_tile(*t)) {
+                gone.extend(list.iter().cloned());
+            }
+        }
         fill.items.retain(|it| !gone.contains(it.id()));
         fill.tiles.retain(|(t, list, _)| {
             !since.iter().any(|i| i.covers_tile(*t)) && !list.iter().any(|id| gone.contains(id))
@@ -160,13 +167,15 @@ pub async fn apply_remote(app: &App, inv: &Invalidation) -> Result<(), TierError
 /// whatever an invalidation recorded *while the write was in flight* covers is removed
 /// from the tier again after it, so the old value cannot land after its invalidation.
 pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), TierError> {
+    // Noted before the filter: an invalidation recorded between the filter and the write
+    // is then re-applied after it (re-applying one the filter already saw is harmless).
+    let before = app.invalidation.guard.epoch();
     app.invalidation.filter(fill, epoch);
     // Empty lists: a short TTL and a cap (issue 15).
     app.empty_tiles.limit(fill, crate::tier::now_ms());
     if fill.items.is_empty() && fill.tiles.is_empty() {
         return Ok(());
     }
-    let before = app.invalidation.guard.epoch();
     let written = app.tier.write(fill).await;
     if app.invalidation.guard.epoch() != before {
         let mut kept = Fill {

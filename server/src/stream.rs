@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
+use tilewarm::access::Access;
 use tilewarm::protocol::{decode_invalidation, Invalidation, Limits, StreamId};
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -81,8 +82,17 @@ impl Event {
         }
     }
 
-    fn to_sse(&self) -> SseEvent {
+    /// The event as a subscriber of verified tier `tier` receives it. Ids go only to the
+    /// top tier: an id can name an item above the subscriber's tier, and such an item must
+    /// not leave the server, not even by name (ids above a caller's tier are answered as
+    /// `missing`, like ids that do not exist). A lower-tier subscriber gets an event with
+    /// ids as a `reset` instead (invalidate everything not provable fresh): correct, and
+    /// costly, so invalidate by tile or class where public pages follow the feed.
+    fn to_sse(&self, tier: Access) -> SseEvent {
         match self {
+            Event::Invalidate(id, inv) if !inv.ids.is_empty() && tier < Access::Agent => {
+                Event::Reset(*id).to_sse(tier)
+            }
             Event::Invalidate(id, inv) => SseEvent::default()
                 .event("invalidate")
                 .id(id.to_string())
@@ -347,6 +357,7 @@ impl ChangeStream {
     pub async fn subscribe(
         self: &Arc<Self>,
         after: Option<StreamId>,
+        tier: Access,
         follow: bool,
     ) -> Result<Option<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, StreamError> {
         let Ok(permit) = Arc::clone(&self.subscribers).try_acquire_owned() else {
@@ -363,13 +374,14 @@ impl ChangeStream {
         let mut sent = after.unwrap_or(position);
         let mut first = vec![ready];
         for e in &backlog {
-            first.push(e.to_sse());
+            first.push(e.to_sse(tier));
             sent = sent.max(e.id());
         }
         let live = Live {
             rx,
             stop: self.stop.subscribe(),
             sent,
+            tier,
             _permit: Permit::new(permit, Arc::downgrade(self)),
         };
         let live = stream::unfold((live, follow), |(mut l, follow)| async move {
@@ -417,6 +429,8 @@ struct Live {
     rx: broadcast::Receiver<Event>,
     stop: watch::Receiver<bool>,
     sent: StreamId,
+    /// The subscriber's verified tier ([`Event::to_sse`]).
+    tier: Access,
     _permit: Permit,
 }
 
@@ -435,7 +449,7 @@ impl Live {
             match got {
                 Ok(e) if e.id() > self.sent || matches!(e, Event::Reset(_)) => {
                     self.sent = self.sent.max(e.id());
-                    return Some(e.to_sse());
+                    return Some(e.to_sse(self.tier));
                 }
                 Ok(_) => continue,
                 Err(_) => return None,

@@ -375,32 +375,45 @@ impl RedisTier {
                 .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| k != stream)
                 .await;
         }
-        let mut keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
+        let keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
+        for chunk in keys.chunks(1000) {
+            self.conn.unlink(chunk).await?;
+        }
+        let mut tile_keys: Vec<String> = Vec::new();
         let mut wide: Vec<TileId> = Vec::new();
         for &t in &inv.tiles {
             if t.z() >= data_zoom {
                 if let Ok(a) = t.ancestor(data_zoom) {
-                    keys.push(self.tile_key(a));
+                    tile_keys.push(self.tile_key(a));
                 }
             } else if data_zoom - t.z() <= 4 {
                 if let Ok(ds) = t.descendants(data_zoom) {
-                    keys.extend(ds.into_iter().map(|d| self.tile_key(d)));
+                    tile_keys.extend(ds.into_iter().map(|d| self.tile_key(d)));
                 }
             } else {
                 wide.push(t);
             }
         }
-        for chunk in keys.chunks(1000) {
-            self.conn.unlink(chunk).await?;
+        for chunk in tile_keys.chunks(1000) {
+            self.unlink_tiles_and_items(chunk).await?;
         }
         if !wide.is_empty() {
             let tiles_prefix = self.keys.tiles_prefix();
-            self.unlink_scan(&format!("{}*", glob_escape(tiles_prefix)), |key| {
-                key.strip_prefix(tiles_prefix)
-                    .and_then(|t| t.parse::<TileId>().ok())
-                    .is_some_and(|d| wide.iter().any(|w| w.contains(d)))
-            })
-            .await?;
+            let mut scan = self
+                .conn
+                .scan(&format!("{}*", glob_escape(tiles_prefix)), 1000)
+                .await?;
+            while let Some(batch) = scan.next_batch().await? {
+                let doomed: Vec<String> = batch
+                    .into_iter()
+                    .filter(|key| {
+                        key.strip_prefix(tiles_prefix)
+                            .and_then(|t| t.parse::<TileId>().ok())
+                            .is_some_and(|d| wide.iter().any(|w| w.contains(d)))
+                    })
+                    .collect();
+                self.unlink_tiles_and_items(&doomed).await?;
+            }
         }
         if !inv.classes.is_empty() {
             // Items by class: scan the item keys and read each item's class.
@@ -418,6 +431,26 @@ impl RedisTier {
                     .collect();
                 self.conn.unlink(&doomed).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// `UNLINK`s tile-list keys and the item keys their lists name: invalidating a tile
+    /// drops its items too (the wire contract, `protocol::Invalidation`), so a request by
+    /// id cannot be answered with an item of an invalidated tile.
+    async fn unlink_tiles_and_items(&self, tile_keys: &[String]) -> redis::RedisResult<()> {
+        if tile_keys.is_empty() {
+            return Ok(());
+        }
+        let lists = self.mget(tile_keys).await?;
+        let mut doomed: Vec<String> = tile_keys.to_vec();
+        for v in lists.iter().flatten() {
+            if let Some((_, ids)) = crate::stored::decode_tile(v) {
+                doomed.extend(ids.into_iter().map(|id| self.item_key(id)));
+            }
+        }
+        for chunk in doomed.chunks(1000) {
+            self.conn.unlink(chunk).await?;
         }
         Ok(())
     }

@@ -27,6 +27,15 @@ fn admin_token() -> String {
     }))
 }
 
+/// The top tier, which the feed sends ids to.
+fn agent_token() -> String {
+    sign_hs256(&serde_json::json!({
+        "sub": "page",
+        "exp": now_s() + 3600,
+        "tilewarm_access": "agent",
+    }))
+}
+
 async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crate::common::Reply {
     http.send(
         "POST",
@@ -185,7 +194,7 @@ async fn after_invalidate_returns_no_instance_serves_the_entry() {
     let a = server(redis_config(&redis)).await;
     let b = server(redis_config(&redis)).await;
     // B follows the feed from now.
-    let mut feed = Feed::open(&b, None, None).await;
+    let mut feed = Feed::open(&b, Some(&agent_token()), None).await;
     let ready = feed.next().await;
     assert_eq!(ready.event, "ready");
     // A fills the shared tier; B answers from it without the origin.
@@ -271,10 +280,14 @@ async fn the_feed_resumes_and_resets_past_retention() {
     .await;
     let admin = Http::with_token(Some(admin_token()));
     // The same authentication as /v1/batch: anonymous is public and may follow; a bad token
-    // is refused.
-    let mut feed = Feed::open(&s, None, None).await;
+    // is refused. Ids go to the top tier only: the anonymous feed gets each ids event as
+    // `reset` (an id may name an item above its tier).
+    let agent = agent_token();
+    let mut feed = Feed::open(&s, Some(&agent), None).await;
     let start = feed.next().await;
     assert_eq!(start.event, "ready");
+    let mut anon = Feed::open(&s, None, None).await;
+    assert_eq!(anon.next().await.event, "ready");
     let r = Http::with_token(Some("x.y.z".into()))
         .get(&format!("{}/v1/changes", s.url()))
         .await;
@@ -302,20 +315,40 @@ async fn the_feed_resumes_and_resets_past_retention() {
             (ev.event.as_str(), ev.id.as_str()),
             ("invalidate", &*ids[i])
         );
+        assert_eq!(ev.data["ids"], serde_json::json!([format!("x{i}")]));
+        let ev = anon.next().await;
+        assert_eq!((ev.event.as_str(), ev.id.as_str()), ("reset", &*ids[i]));
+        assert!(
+            !ev.data.to_string().contains(&format!("x{i}")),
+            "{:?}",
+            ev.data
+        );
     }
-    // Resuming after the first: the two kept ones.
-    let mut f = Feed::open(&s, None, Some(&ids[0])).await;
+    // A tiles-only change reaches every tier as it is.
+    let r = post_invalidate(&admin, &s, r#"{"tiles":["14/2624/5721"]}"#).await;
+    let tile_id = r.json()["id"].as_str().unwrap().to_owned();
+    let ev = anon.next().await;
+    assert_eq!(
+        (ev.event.as_str(), ev.id.as_str()),
+        ("invalidate", &*tile_id)
+    );
+    assert_eq!(ev.data["tiles"], serde_json::json!(["14/2624/5721"]));
+    assert_eq!(feed.next().await.id, tile_id);
+    drop(anon);
+    let ids: Vec<String> = ids.into_iter().chain([tile_id]).collect();
+    // Resuming after the second: the two kept ones (retention 2).
+    let mut f = Feed::open(&s, Some(&agent), Some(&ids[1])).await;
     f.next().await;
-    assert_eq!(f.next().await.id, ids[1]);
     assert_eq!(f.next().await.id, ids[2]);
+    assert_eq!(f.next().await.id, ids[3]);
     // Resuming from before the first: it was trimmed (retention 2), so `reset`, with the
     // id to resume from after it.
-    let mut f = Feed::open(&s, None, Some(&start.id)).await;
+    let mut f = Feed::open(&s, Some(&agent), Some(&start.id)).await;
     f.next().await;
     let reset = f.next().await;
     assert_eq!(
         (reset.event.as_str(), reset.id.as_str()),
-        ("reset", &*ids[2])
+        ("reset", &*ids[3])
     );
     // A poll (`follow=false`): the stored events after the id, then the stream ends.
     let poll = Http::anonymous()
