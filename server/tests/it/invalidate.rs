@@ -355,7 +355,7 @@ async fn the_feed_resumes_and_resets_past_retention() {
         .send(
             "GET",
             &format!("{}/v1/changes?follow=false", s.url()),
-            &[("last-event-id", &ids[0])],
+            &[("last-event-id", &ids[1])],
             Bytes::new(),
         )
         .await;
@@ -365,7 +365,7 @@ async fn the_feed_resumes_and_resets_past_retention() {
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
         .collect();
-    assert_eq!(got, [&*ids[0], &*ids[1], &*ids[2]], "{text}");
+    assert_eq!(got, [&*ids[1], &*ids[2], &*ids[3]], "{text}");
     let r = Http::anonymous()
         .get(&format!("{}/v1/changes?follow=maybe", s.url()))
         .await;
@@ -471,4 +471,38 @@ async fn a_fetch_in_flight_on_another_instance_does_not_write_the_old_value_back
     assert!(b.app.invalidation.stats.writes_dropped.load(Relaxed) >= 1);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Invalidating a tile drops the items its list names too (the contract of
+/// `protocol::Invalidation`), in Redis as in-process: a request by id for an item of the
+/// tile goes to the origin afterwards instead of being answered with the old item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_invalidation_drops_the_items_of_the_tile_in_redis() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let http = Http::new();
+    let s = server(redis_config(&redis)).await;
+    http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    http.ok(&s, &request(&[], &[&*id], Access::Agent)).await;
+    assert_eq!(
+        s.app.metrics.origin_calls(),
+        1,
+        "the id was answered from the tier"
+    );
+
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.ok(&s, &request(&[], &[&*id], Access::Agent)).await;
+    assert_eq!(
+        s.app.metrics.origin_calls(),
+        2,
+        "an item of an invalidated tile was answered by id from Redis"
+    );
+    s.shutdown().await;
 }
