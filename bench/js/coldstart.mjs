@@ -98,10 +98,8 @@ await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
 const base = `http://127.0.0.1:${server.address().port}`;
 
 // The items a complete view shows: the public items inside the view's box.
-const { view } = await import('./coldstart/view.js').catch(() => ({}));
-const expected = view
-  ? backend.items.filter((it) => it.access === 'public' && it.lon >= view.west && it.lon <= view.east && it.lat >= view.south && it.lat <= view.north).length
-  : undefined;
+const { view } = await import('./coldstart/view.js');
+const expected = backend.items.filter((it) => it.access === 'public' && it.lon >= view.west && it.lon <= view.east && it.lat >= view.south && it.lat <= view.north).length;
 
 const load = loadavg()[0];
 const results = { tilewarm: [], preload: [], lean: [], composition: [] };
@@ -133,7 +131,7 @@ try {
       const bytes = sent;
       await context.close();
       if (errors.length) throw new Error(`${name}: ${errors.join('; ')}`);
-      if (expected !== undefined && got.items !== expected) throw new Error(`${name}: showed ${got.items} items, the view holds ${expected}`);
+      if (got.items !== expected) throw new Error(`${name}: showed ${got.items} items, the view holds ${expected}`);
       results[name].push({ ms: got.ms, firstBatch, items: got.items, bytes, requests, batches });
       console.error(`coldstart: run ${run + 1} ${name}: ${JSON.stringify(results[name].at(-1))}`);
     }
@@ -163,7 +161,7 @@ const rows = [
 const val = (name, k) => (typeof k === 'function' ? k(name) : m(name, k));
 const ratio = (a, k) => (val('composition', k) ? `${(val(a, k) / val('composition', k)).toFixed(2)}x` : '');
 const lines = [
-  `| cold start, ${expected ?? m('tilewarm', 'items')} items in view | (a) tilewarm, defaults | (a) + wasm preload | (a), prefetch and coalescing off | (b) tile-cover + lru-cache + fetch | (a) / (b) | preload / (b) | off / (b) |`,
+  `| cold start, ${expected} items in view | (a) tilewarm, defaults | (a) + wasm preload | (a), prefetch and coalescing off | (b) tile-cover + lru-cache + fetch | (a) / (b) | preload / (b) | off / (b) |`,
   '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ...rows.map(([label, fmt, k]) => `| ${label} | ${COLS.map((n) => fmt(val(n, k))).join(' | ')} | ${ratio('tilewarm', k)} | ${ratio('preload', k)} | ${ratio('lean', k)} |`),
   '',
