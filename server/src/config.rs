@@ -317,6 +317,12 @@ pub struct Config {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub changes_max_subscribers: usize,
 
+    /// Most open `GET /v1/changes` streams of one caller (the verified token's `sub`, else
+    /// the address; `--unlimited-sub` callers are not capped); one more is answered 429
+    /// `rate_limited`.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub changes_max_per_caller: usize,
+
     /// Fault injection for the soak test (`server/soak/run.sh`), hidden from `--help`: with
     /// N > 0, each SIGUSR1 the process receives toggles an extra N ms on every origin call
     /// (off at start). Only a local process allowed to signal the server can flip it; no

@@ -124,9 +124,16 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
         )
         .route(
             "/v1/changes",
-            get(changes_handler).fallback(|| async {
-                error_response(ErrorCode::MethodNotAllowed, "/v1/changes accepts GET")
-            }),
+            // The per-caller limit as for the batch (a reconnect loop is refused early);
+            // open streams are capped per caller and server-wide in the handler.
+            get(changes_handler)
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&app),
+                    crate::admission::per_caller,
+                ))
+                .fallback(|| async {
+                    error_response(ErrorCode::MethodNotAllowed, "/v1/changes accepts GET")
+                }),
         )
         .route(
             "/healthz",
@@ -425,15 +432,29 @@ async fn invalidate_handler(
 /// [`crate::stream`]).
 ///
 /// `?follow=false` ends the stream after the events stored after `Last-Event-ID` (a poll).
+/// At most `--changes-max-per-caller` open streams per caller (verified `sub`, else
+/// address; `--unlimited-sub` callers are not capped), then 429.
 async fn changes_handler(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match app.auth.caller(&headers) {
+    let caller = match caller.map_or_else(|| app.auth.caller(&headers), |c| Ok(c.0)) {
         Ok(c) => c,
         Err(e) => return unauthorized(e.0),
     };
+    let unlimited = caller
+        .sub
+        .as_ref()
+        .is_some_and(|sub| app.config.unlimited_subs.iter().any(|u| u == sub));
+    let slot = (!unlimited).then(|| {
+        (
+            crate::admission::caller_key(&caller, peer.map(|p| p.0 .0.ip())),
+            app.config.changes_max_per_caller,
+        )
+    });
     let mut follow = true;
     for pair in uri
         .query()
@@ -469,15 +490,33 @@ async fn changes_handler(
             }
         },
     };
-    match app.changes.subscribe(after, caller.tier, follow).await {
-        Ok(Some(sse)) => sse.into_response(),
-        Ok(None) => error_response(
+    match app
+        .changes
+        .subscribe(after, caller.tier, follow, slot)
+        .await
+    {
+        Ok(Ok(sse)) => sse.into_response(),
+        Ok(Err(crate::stream::Full::Server)) => error_response(
             ErrorCode::Overloaded,
             format!(
                 "{} change feed streams are open (--changes-max-subscribers); retry later",
                 app.config.changes_max_subscribers
             ),
         ),
+        Ok(Err(crate::stream::Full::Caller)) => {
+            let mut r = error_response(
+                ErrorCode::RateLimited,
+                format!(
+                    "this caller has {} change feed streams open (--changes-max-per-caller); close one or retry later",
+                    app.config.changes_max_per_caller
+                ),
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(app.admission.retry_after_s.max(1)),
+            );
+            r
+        }
         Err(e) => error_response(ErrorCode::Overloaded, e.to_string()),
     }
 }

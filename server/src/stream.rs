@@ -32,7 +32,7 @@
 //! network), and only when B had an origin fetch of that item in flight across the
 //! change; see docs/server.md.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,6 +59,11 @@ pub const READ_BLOCK: Duration = Duration::from_secs(2);
 /// Events a slow subscriber may fall behind by before its stream is ended (it then
 /// reconnects and resumes from its last id).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Most stored events a `Last-Event-ID` catch-up sends; a client further behind gets one
+/// `reset` instead (so a resume costs at most this many entries of memory, not the whole
+/// retention).
+pub const MAX_BACKLOG: usize = 1000;
 
 /// The Redis key of the change stream for a key prefix. Not an item or tile key, so
 /// invalidating everything keeps it (see [`crate::tier`]).
@@ -116,6 +121,20 @@ pub struct StreamStats {
     pub resets: AtomicU64,
     /// Open `GET /v1/changes` streams.
     pub subscribers: AtomicU64,
+    /// Stream entries whose id or body could not be read (each handled as a `reset`).
+    pub bad_entries: AtomicU64,
+    /// Invalidations read from the stream that this instance failed to apply to the tier
+    /// (kept and applied again once the tier answers).
+    pub apply_failures: AtomicU64,
+}
+
+/// Why a feed was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `--changes-max-subscribers` streams are open.
+    Server,
+    /// This caller has `--changes-max-per-caller` streams open.
+    Caller,
 }
 
 struct Ring {
@@ -146,6 +165,9 @@ pub struct ChangeStream {
     tx: broadcast::Sender<Event>,
     stop: watch::Sender<bool>,
     subscribers: Arc<Semaphore>,
+    /// Open feed streams per caller (`crate::admission::caller_key`), callers with none
+    /// left out.
+    per_caller: Mutex<HashMap<String, usize>>,
     /// Ids this instance published (the reader does not apply them again).
     own: Mutex<VecDeque<StreamId>>,
     pub stats: StreamStats,
@@ -212,6 +234,7 @@ impl ChangeStream {
             tx,
             stop: watch::channel(false).0,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
+            per_caller: Mutex::new(HashMap::new()),
             own: Mutex::new(VecDeque::new()),
             stats: StreamStats::default(),
         }
@@ -304,12 +327,16 @@ impl ChangeStream {
                 if after > r.last || after < r.max_deleted {
                     return Ok((vec![Event::Reset(r.last)], r.last));
                 }
-                let events = r
+                let events: Vec<Event> = r
                     .entries
                     .iter()
                     .filter(|(id, _)| *id > after)
+                    .take(MAX_BACKLOG + 1)
                     .map(|(id, inv)| Event::Invalidate(*id, Arc::clone(inv)))
                     .collect();
+                if events.len() > MAX_BACKLOG {
+                    return Ok((vec![Event::Reset(r.last)], r.last));
+                }
                 Ok((events, r.last))
             }
             Backend::Redis(s) => {
@@ -335,8 +362,26 @@ impl ChangeStream {
                             .await
                             .map_err(redis_err)?;
                         let Some((tail, _)) = batch.last() else { break };
+                        for (id, f) in &batch {
+                            match entry(id, f) {
+                                Some(e) => {
+                                    if matches!(e, Event::Reset(_)) {
+                                        self.stats.bad_entries.fetch_add(1, Relaxed);
+                                    }
+                                    events.push(e);
+                                }
+                                None => {
+                                    // An id that cannot be read: what follows cannot be
+                                    // resumed from it either; the client starts over.
+                                    self.stats.bad_entries.fetch_add(1, Relaxed);
+                                    return Ok((vec![Event::Reset(last)], last));
+                                }
+                            }
+                        }
+                        if events.len() > MAX_BACKLOG {
+                            return Ok((vec![Event::Reset(last)], last));
+                        }
                         from = parse_id(tail)?;
-                        events.extend(batch.iter().filter_map(|(id, f)| entry(id, f)));
                     }
                     Ok((events, last))
                 };
@@ -352,16 +397,26 @@ impl ChangeStream {
     }
 
     /// A feed for one client: the events after `after`, then (with `follow`) live ones;
-    /// `None` when `--changes-max-subscribers` streams are open. Without `follow` the
+    /// `Err(Full)` when `--changes-max-subscribers` streams are open, or `caller` (its
+    /// key and its cap; `None`: not capped) has that many open. Without `follow` the
     /// stream ends after the stored events (a poll: the edge, a cron job).
     pub async fn subscribe(
         self: &Arc<Self>,
         after: Option<StreamId>,
         tier: Access,
         follow: bool,
-    ) -> Result<Option<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>>, StreamError> {
+        caller: Option<(String, usize)>,
+    ) -> Result<Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Full>, StreamError>
+    {
+        let slot = match caller {
+            None => None,
+            Some((key, max)) => match CallerSlot::take(self, key, max) {
+                Some(slot) => Some(slot),
+                None => return Ok(Err(Full::Caller)),
+            },
+        };
         let Ok(permit) = Arc::clone(&self.subscribers).try_acquire_owned() else {
-            return Ok(None);
+            return Ok(Err(Full::Server));
         };
         // Subscribe before reading the backlog, so nothing falls between the two; repeats
         // are skipped by id.
@@ -383,6 +438,7 @@ impl ChangeStream {
             sent,
             tier,
             _permit: Permit::new(permit, Arc::downgrade(self)),
+            _slot: slot,
         };
         let live = stream::unfold((live, follow), |(mut l, follow)| async move {
             if !follow {
@@ -393,9 +449,54 @@ impl ChangeStream {
                 .map(|e| (Ok::<_, Infallible>(e), (l, follow)))
         });
         let s = stream::iter(first.into_iter().map(Ok)).chain(live);
-        Ok(Some(Sse::new(s).keep_alive(
+        Ok(Ok(Sse::new(s).keep_alive(
             KeepAlive::new().interval(Duration::from_secs(15)),
         )))
+    }
+
+    /// Open feed streams of the caller with this key.
+    pub fn open_for(&self, key: &str) -> usize {
+        let m = self.per_caller.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// One of a caller's `--changes-max-per-caller` feed streams; given back when dropped.
+struct CallerSlot {
+    key: String,
+    stream: Weak<ChangeStream>,
+}
+
+impl CallerSlot {
+    fn take(stream: &Arc<ChangeStream>, key: String, max: usize) -> Option<CallerSlot> {
+        let mut m = stream.per_caller.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            key,
+            stream: Arc::downgrade(stream),
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let Some(s) = self.stream.upgrade() else {
+            return;
+        };
+        let mut m = s.per_caller.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -432,6 +533,7 @@ struct Live {
     /// The subscriber's verified tier ([`Event::to_sse`]).
     tier: Access,
     _permit: Permit,
+    _slot: Option<CallerSlot>,
 }
 
 impl Live {
@@ -539,9 +641,10 @@ async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<(StreamId, Strea
 pub fn spawn_reader(app: Weak<App>) {
     tokio::spawn(async move {
         let mut last: Option<StreamId> = None;
+        let mut failed = Vec::new();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match read_once(&app, &mut last).await {
+            match read_once(&app, &mut last, &mut failed).await {
                 Ok(()) => return, // the app is gone
                 Err(e) => {
                     debug!(error = %e, "change stream reader: reconnecting");
@@ -553,7 +656,38 @@ pub fn spawn_reader(app: Weak<App>) {
     });
 }
 
-async fn read_once(app: &Weak<App>, last: &mut Option<StreamId>) -> Result<(), StreamError> {
+/// Most failed invalidations kept to apply again; past it they become one `all`.
+const MAX_FAILED: usize = 64;
+
+/// Applies `inv` to this instance's tier; a failure (the tier is marked down) is kept in
+/// `failed` to be applied again by [`retry_failed`], so a change read while the tier was
+/// failing is not forgotten.
+async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
+    if crate::invalidate::apply_remote(app, &inv).await.is_err() {
+        app.changes.stats.apply_failures.fetch_add(1, Relaxed);
+        if inv.all || failed.len() >= MAX_FAILED {
+            *failed = vec![Invalidation::everything()];
+        } else if !failed.first().is_some_and(|f| f.all) {
+            failed.push(inv);
+        }
+    }
+}
+
+/// Applies again what failed before, oldest first, until one fails again.
+async fn retry_failed(app: &App, failed: &mut Vec<Invalidation>) {
+    while let Some(inv) = failed.first() {
+        if crate::invalidate::apply_remote(app, inv).await.is_err() {
+            return;
+        }
+        failed.remove(0);
+    }
+}
+
+async fn read_once(
+    app: &Weak<App>,
+    last: &mut Option<StreamId>,
+    failed: &mut Vec<Invalidation>,
+) -> Result<(), StreamError> {
     let (target, key, mut info_conn, timeout) = {
         let Some(a) = app.upgrade() else {
             return Ok(());
@@ -582,13 +716,19 @@ async fn read_once(app: &Weak<App>, last: &mut Option<StreamId>) -> Result<(), S
             };
             warn!(from = %l, "change stream: entries were lost while disconnected; invalidating everything");
             a.changes.stats.resets.fetch_add(1, Relaxed);
-            let _ = crate::invalidate::apply_remote(&a, &Invalidation::everything()).await;
+            apply(&a, Invalidation::everything(), failed).await;
             let _ = a.changes.tx.send(Event::Reset(end));
             *last = Some(end);
         }
         Some(_) => {}
     }
     loop {
+        if !failed.is_empty() {
+            let Some(a) = app.upgrade() else {
+                return Ok(());
+            };
+            retry_failed(&a, failed).await;
+        }
         let from = last.unwrap_or(StreamId::ZERO);
         let reply: Option<Vec<(String, Vec<RawEntry>)>> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -604,23 +744,42 @@ async fn read_once(app: &Weak<App>, last: &mut Option<StreamId>) -> Result<(), S
         let Some(a) = app.upgrade() else {
             return Ok(());
         };
+        let mut bad_id = false;
         for (_, entries) in reply.unwrap_or_default() {
             for (id, fields) in entries {
                 let Some(event) = entry(&id, &fields) else {
+                    // An id that cannot be read: handled below as a reset.
+                    a.changes.stats.bad_entries.fetch_add(1, Relaxed);
+                    bad_id = true;
                     continue;
                 };
                 *last = Some(event.id());
+                if let Event::Reset(_) = event {
+                    // A body that is not an invalidation: it cannot be proven harmless.
+                    a.changes.stats.bad_entries.fetch_add(1, Relaxed);
+                }
                 if !a.changes.is_own(event.id()) {
                     let inv = match &event {
                         Event::Invalidate(_, inv) => (**inv).clone(),
                         Event::Reset(_) => Invalidation::everything(),
                     };
                     a.changes.stats.applied_remote.fetch_add(1, Relaxed);
-                    // A tier failure marks Redis down; the tier is not read until it is back.
-                    let _ = crate::invalidate::apply_remote(&a, &inv).await;
+                    // A tier failure marks Redis down (the tier is not read until it is
+                    // back) and is applied again then.
+                    apply(&a, inv, failed).await;
                 }
                 let _ = a.changes.tx.send(event);
             }
+        }
+        if bad_id {
+            // The stream's end is read before invalidating everything, so every entry up to
+            // it is covered; reading resumes after it.
+            let (end, _) = stream_info(&mut info_conn, &key).await?;
+            warn!(to = %end, "change stream: an entry id could not be read; invalidating everything");
+            a.changes.stats.resets.fetch_add(1, Relaxed);
+            apply(&a, Invalidation::everything(), failed).await;
+            let _ = a.changes.tx.send(Event::Reset(end));
+            *last = Some(end.max(last.unwrap_or(StreamId::ZERO)));
         }
     }
 }
@@ -664,6 +823,65 @@ mod tests {
         };
         let (ev, _) = s.since(Some(future)).await.unwrap();
         assert!(matches!(ev[..], [Event::Reset(_)]));
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_longer_than_the_backlog_bound_is_a_reset() {
+        let s = ChangeStream::local(MAX_BACKLOG + 10, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..=MAX_BACKLOG {
+            ids.push(s.publish(&inv(&format!("x{i}"))).await.unwrap());
+        }
+        // All are kept (retention), but one more than the bound: a single reset.
+        let (ev, pos) = s.since(Some(start)).await.unwrap();
+        assert!(
+            matches!(ev[..], [Event::Reset(id)] if id == pos),
+            "{}",
+            ev.len()
+        );
+        // Exactly the bound: the events.
+        let (ev, _) = s.since(Some(ids[0])).await.unwrap();
+        assert_eq!(ev.len(), MAX_BACKLOG);
+    }
+
+    #[tokio::test]
+    async fn each_caller_has_at_most_its_cap_of_feeds() {
+        let s = Arc::new(ChangeStream::local(4, 8));
+        let a1 = s
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .await
+            .unwrap();
+        let a2 = s
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .await
+            .unwrap();
+        assert!(a1.is_ok() && a2.is_ok());
+        let a3 = s
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .await
+            .unwrap();
+        assert_eq!(a3.err(), Some(Full::Caller));
+        assert!(s
+            .subscribe(None, Access::Agent, true, Some(("ip:b".into(), 2)))
+            .await
+            .unwrap()
+            .is_ok());
+        assert!(
+            s.subscribe(None, Access::Agent, true, None)
+                .await
+                .unwrap()
+                .is_ok(),
+            "uncapped"
+        );
+        drop(a1);
+        assert_eq!(s.open_for("ip:a"), 1);
+        assert!(s
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .await
+            .unwrap()
+            .is_ok());
+        drop(a2);
     }
 
     #[test]

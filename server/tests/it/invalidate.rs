@@ -165,6 +165,62 @@ impl Feed {
     }
 }
 
+/// One anonymous client cannot take every feed slot: past `--changes-max-per-caller` open
+/// streams it is refused (429) while another caller still gets one; a closed stream gives
+/// its slot back; and `/v1/changes` has the per-caller rate limit of `/v1/batch`. Fails
+/// without the per-caller cap (the fifth stream opens) and without the admission layer.
+#[tokio::test]
+async fn one_caller_cannot_hold_every_feed_slot() {
+    let s = server(Config {
+        changes_max_subscribers: 8,
+        changes_max_per_caller: 2,
+        ..config()
+    })
+    .await;
+    let a = Feed::open(&s, None, None).await;
+    let _b = Feed::open(&s, None, None).await;
+    // (A poll, so that without the cap the answer ends and the test fails, not hangs.)
+    let r = Http::anonymous()
+        .get(&format!("{}/v1/changes?follow=false", s.url()))
+        .await;
+    let msg = r.error(429, "rate_limited");
+    assert!(msg.contains("--changes-max-per-caller"), "{msg}");
+    assert_eq!(s.app.changes.stats.subscribers.load(Relaxed), 2);
+    // Another caller (a verified subject) still gets a stream.
+    let other = sign_hs256(&serde_json::json!({
+        "sub": "someone", "exp": now_s() + 3600, "tilewarm_access": "public",
+    }));
+    let _c = Feed::open(&s, Some(&other), None).await;
+    // A closed stream gives its slot back.
+    drop(a);
+    assert!(
+        eventually(Duration::from_secs(20), || s
+            .app
+            .changes
+            .open_for("ip:127.0.0.1")
+            < 2)
+        .await,
+        "the closed stream's slot was not given back"
+    );
+    s.shutdown().await;
+
+    // The per-caller rate limit applies to the feed too.
+    let s = server(Config {
+        caller_rate: 1,
+        caller_burst: 2,
+        ..config()
+    })
+    .await;
+    let poll = format!("{}/v1/changes?follow=false", s.url());
+    Http::anonymous().get(&poll).await;
+    Http::anonymous().get(&poll).await;
+    Http::anonymous()
+        .get(&poll)
+        .await
+        .error(429, "rate_limited");
+    s.shutdown().await;
+}
+
 fn redis_config(r: &RedisServer) -> Config {
     Config {
         redis: Some(r.url()),
@@ -172,6 +228,56 @@ fn redis_config(r: &RedisServer) -> Config {
         warmup_ring: 0,
         ..config()
     }
+}
+
+/// A stream entry that is not an invalidation (written by something else, or damaged) is
+/// a `reset` for followers and an `all` on every instance, counted; never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stream_entry_resets_followers_and_is_counted() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let mut feed = Feed::open(&s, None, None).await;
+    assert_eq!(feed.next().await.event, "ready");
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &redis.url(),
+            "XADD",
+            "tw:changes",
+            "*",
+            "inv",
+            "not json",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success());
+    let ev = feed.next().await;
+    assert_eq!(ev.event, "reset", "{ev:?}");
+    let stats = &s.app.changes.stats;
+    assert!(
+        eventually(Duration::from_secs(10), || stats.bad_entries.load(Relaxed)
+            >= 1)
+        .await
+    );
+    assert_eq!(
+        s.app.invalidation.stats.all.load(Relaxed),
+        1,
+        "applied as all"
+    );
+    // A client resuming from before it gets the reset too.
+    let poll = Http::anonymous()
+        .send(
+            "GET",
+            &format!("{}/v1/changes?follow=false", s.url()),
+            &[("last-event-id", "1-0")],
+            Bytes::new(),
+        )
+        .await;
+    assert!(poll.text().contains("event: reset"), "{}", poll.text());
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
