@@ -52,6 +52,14 @@ export interface EdgeOptions {
   splicedHits?: boolean;
   /** How long a shared-cache call may take before it counts as a miss, in ms. Default 250. */
   sharedCacheTimeoutMs?: number;
+  /**
+   * At most how often a request starts a poll of the origin's change feed
+   * (`GET /v1/changes?follow=false`, inside `ctx.waitUntil`), in ms. Default 5000; 0 = off.
+   * See docs/edge.md, "Changes".
+   */
+  changesPollMs?: number;
+  /** How far back a new isolate replays the change feed, in ms. Default 14400000 (4 h). */
+  changesLookbackMs?: number;
 }
 
 export interface EdgeEnv {

@@ -25,7 +25,12 @@ import { createAuth, Unauthorized, KeysUnavailable } from './edge-auth.js';
 export { EdgeProxy };
 
 const JSON_TYPE = 'application/json';
-const DEFAULTS = { originTimeoutMs: 3000, warmTimeoutMs: 5000, sharedCacheTimeoutMs: 250 };
+const DEFAULTS = {
+  originTimeoutMs: 3000, warmTimeoutMs: 5000, sharedCacheTimeoutMs: 250,
+  changesPollMs: 5000, changesLookbackMs: 4 * 3600 * 1000,
+};
+/** Largest change-feed answer read in one poll. */
+const MAX_FEED_BYTES = 4 * 1024 * 1024;
 
 // The shared cache's keys live under a host no client can send a request to, so an entry
 // (which may hold a tier above `public`) is only ever read back through this worker.
@@ -94,6 +99,37 @@ function originRequest(url, token, body, timeoutMs, purpose) {
 }
 
 class TooLarge extends Error {}
+
+/** The server-sent events of a whole text: [{ event, id, data }] (the HTML spec's rules;
+ * id undefined when the event set none). */
+function sseEvents(text) {
+  const out = [];
+  let event = '', data = [], id;
+  for (const line of text.split(/\r\n|\r|\n/)) {
+    if (line === '') {
+      if (data.length || event) out.push({ event: event || 'message', id, data: data.join('\n') });
+      event = ''; data = []; id = undefined;
+      continue;
+    }
+    if (line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let v = colon < 0 ? '' : line.slice(colon + 1);
+    if (v.startsWith(' ')) v = v.slice(1);
+    if (field === 'event') event = v;
+    else if (field === 'data') data.push(v);
+    else if (field === 'id' && !v.includes('\0')) id = v;
+  }
+  return out;
+}
+
+/** The origin's change feed URL (a poll: `?follow=false`), next to its batch URL. */
+function changesUrl(origin) {
+  const base = origin.endsWith('/v1/batch')
+    ? `${origin.slice(0, -'/v1/batch'.length)}/v1/changes`
+    : new URL('/v1/changes', origin).href;
+  return `${base}?follow=false`;
+}
 
 /**
  * The shared second level of the cache: the Workers Cache API (`caches.default`, one per
@@ -202,6 +238,9 @@ export function createWorker(defaults = {}) {
   let options = null;
   let auth = null;
   let shared = null;
+  // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
+  // poll in flight, the next poll not before `nextAt`.
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null };
 
   function setup(env) {
     if (proxy) return null;
@@ -215,6 +254,7 @@ export function createWorker(defaults = {}) {
       auth = createAuth(env, options);
       proxy = new EdgeProxy(JSON.stringify(options));
       shared = sharedCache(String(env.ORIGIN), options.sharedCacheTimeoutMs);
+      feed.startedAt = Date.now();
       return null;
     } catch (e) {
       proxy = null;
@@ -233,6 +273,60 @@ export function createWorker(defaults = {}) {
       if (entry) puts.push(shared.put(tier, tile, entry, now));
     }
     return puts.length ? Promise.all(puts) : null;
+  }
+
+  /** The events of one poll of the change feed after `lastId` (none: the current position). */
+  async function fetchChanges(url, token, lastId) {
+    const headers = { accept: 'text/event-stream', 'x-tilewarm-purpose': 'changes' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    if (lastId) headers['last-event-id'] = lastId;
+    const res = await fetch(url, { headers, signal: AbortSignal.timeout(options.originTimeoutMs) });
+    const bytes = await readBody(res, MAX_FEED_BYTES, "the change feed's answer");
+    if (res.status !== 200) throw new Error(`the change feed answered HTTP ${res.status}`);
+    return sseEvents(new TextDecoder().decode(bytes));
+  }
+
+  /**
+   * One poll: applies every change after this isolate's last seen id through the core
+   * (`applyChange`: the isolate's caches, and the log that refuses older shared-cache
+   * entries). A new isolate first learns the feed's position; when the last change is
+   * within `changesLookbackMs` of the isolate's start it replays from there, so shared-cache
+   * entries stored before those changes are refused too. A failed poll is retried at the
+   * next interval from the same id (nothing is lost while the origin holds the events).
+   */
+  async function poll(env) {
+    try {
+      const url = changesUrl(String(env.ORIGIN));
+      if (feed.lastId === null) {
+        const ready = (await fetchChanges(url, env.ORIGIN_TOKEN, null)).find((e) => e.event === 'ready');
+        if (!ready?.id) throw new Error('the change feed sent no ready event with an id');
+        const from = Math.max(0, feed.startedAt - options.changesLookbackMs);
+        feed.lastId = Number(ready.id.split('-')[0]) < from ? ready.id : `${from}-0`;
+      }
+      for (const e of await fetchChanges(url, env.ORIGIN_TOKEN, feed.lastId)) {
+        if (e.event === 'invalidate' || e.event === 'reset') {
+          proxy.applyChange(e.event, e.data, Date.now());
+          feed.events++;
+        }
+        if (e.id) feed.lastId = e.id;
+      }
+      feed.polls++;
+    } catch (e) {
+      feed.errors++;
+      feed.lastError = String(e?.message ?? e);
+    } finally {
+      feed.inFlight = false;
+    }
+  }
+
+  /** Starts a poll inside `ctx.waitUntil` when one is due and none is in flight. */
+  function maybePoll(env, ctx) {
+    const every = options.changesPollMs;
+    const now = Date.now();
+    if (!(every > 0) || feed.inFlight || now < feed.nextAt) return;
+    feed.inFlight = true;
+    feed.nextAt = now + every;
+    ctx.waitUntil(poll(env));
   }
 
   async function warm(origin, token, body, tier) {
@@ -314,6 +408,7 @@ export function createWorker(defaults = {}) {
     async fetch(request, env, ctx) {
       const failed = setup(env);
       if (failed) return failed;
+      if (typeof env.ORIGIN === 'string' && /^https?:\/\//.test(env.ORIGIN)) maybePoll(env, ctx);
       const { pathname } = new URL(request.url);
       if (pathname === '/v1/batch') {
         if (request.method === 'POST') return batch(request, env, ctx);
@@ -331,6 +426,7 @@ export function createWorker(defaults = {}) {
       if (pathname === '/edge/stats' && request.method === 'GET') {
         const stats = JSON.parse(proxy.stats());
         stats.shared = { enabled: shared.enabled, ...shared.stats };
+        stats.changes = { ...feed };
         return json(200, JSON.stringify(stats));
       }
       return error(404, 'not_found', 'no such route: the API is POST /v1/batch, GET /healthz, GET /edge/stats');

@@ -61,6 +61,12 @@ struct Options {
     /// Read by the worker: how long a shared-cache call may take before it counts as a miss.
     #[allow(dead_code)]
     shared_cache_timeout_ms: Option<u64>,
+    /// Read by the worker: how often (at most) it asks the origin's change feed for changes
+    /// (0 = never), and how far back a new isolate asks (docs/edge.md, *Changes*).
+    #[allow(dead_code)]
+    changes_poll_ms: Option<u64>,
+    #[allow(dead_code)]
+    changes_lookback_ms: Option<u64>,
 }
 
 /// Default most data tiles looked up in the shared cache per request (and written to it):
@@ -478,6 +484,32 @@ impl EdgeProxy {
         }
     }
 
+    /// One event of the origin's change feed (`GET /v1/changes`): `invalidate` with its
+    /// data (an [`crate::protocol::Invalidation`]) drops what it covers from every tier
+    /// ([`Proxy::invalidate`]); `reset` (the feed lost events) drops everything; other
+    /// events (`ready`) change nothing. Returns the items dropped, or -1 when an
+    /// `invalidate` event's data is not an invalidation: everything is dropped then, since
+    /// what it covered is unknown.
+    #[wasm_bindgen(js_name = applyChange)]
+    pub fn apply_change(&mut self, event: &str, data: &str, now_ms: f64) -> i32 {
+        use crate::protocol::{decode_invalidation, Invalidation};
+        let now = now_ms.max(0.0) as u64;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        match event {
+            "invalidate" => {
+                match decode_invalidation(data.as_bytes(), &self.proxy.config().limits) {
+                    Ok(inv) => count(self.proxy.invalidate(&inv, now)),
+                    Err(_) => {
+                        self.proxy.invalidate(&Invalidation::everything(), now);
+                        -1
+                    }
+                }
+            }
+            "reset" => count(self.proxy.invalidate(&Invalidation::everything(), now)),
+            _ => 0,
+        }
+    }
+
     /// Counters as JSON: verdicts, origin calls and failures, warming, per-tier cache sizes.
     pub fn stats(&self) -> String {
         let s = self.proxy.stats();
@@ -496,7 +528,7 @@ impl EdgeProxy {
             })
             .collect();
         format!(
-            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"sharedFills\":{},\"sharedRefused\":{},\"pending\":{},\"tiers\":{{{}}}}}",
+            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"sharedFills\":{},\"sharedRefused\":{},\"epoch\":{},\"pending\":{},\"tiers\":{{{}}}}}",
             s.hits,
             s.partials,
             s.misses,
@@ -507,6 +539,7 @@ impl EdgeProxy {
             s.dropped_above_tier,
             s.shared_fills,
             s.shared_refused,
+            self.proxy.epoch(),
             self.pending.len(),
             tiers.join(",")
         )

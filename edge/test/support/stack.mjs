@@ -65,17 +65,36 @@ export function serverAuthArgs(secret) {
 
 /**
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
- * 'drop' (close the connection). Records { purpose, body, authorization } of each request
+ * 'drop' (close the connection). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
  */
 export async function startRelay(target, { requireToken } = {}) {
-  const relay = { mode: 'pass', seen: [], target };
+  const relay = { mode: 'pass', seen: [], polls: [], target };
   const server = createHttpServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
     const body = Buffer.concat(chunks).toString('utf8');
     const authorization = req.headers.authorization;
+    if (req.method === 'GET') {
+      // The change feed (GET /v1/changes): recorded in `polls` (not `seen`, which holds
+      // batch requests only) and passed on.
+      relay.polls.push({ lastEventId: req.headers['last-event-id'], authorization });
+      if (requireToken !== undefined && authorization !== `Bearer ${requireToken}`) {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
+      }
+      try {
+        const headers = {};
+        for (const h of ['authorization', 'last-event-id', 'accept']) if (req.headers[h] !== undefined) headers[h] = req.headers[h];
+        const r = await fetch(new URL(req.url, relay.target).href, { headers });
+        const text = await r.text();
+        res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'text/plain' });
+        return res.end(text);
+      } catch {
+        return req.socket.destroy();
+      }
+    }
     relay.seen.push({ purpose: req.headers['x-tilewarm-purpose'] ?? '', body: JSON.parse(body), authorization });
     if (requireToken !== undefined && authorization !== `Bearer ${requireToken}`) {
       res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer error="invalid_token"' });

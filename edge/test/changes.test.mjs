@@ -1,0 +1,112 @@
+// The edge applies the origin's change feed (issue 19): the worker polls
+// GET /v1/changes?follow=false inside ctx.waitUntil (changesPollMs, small here), drops what
+// each change covers from its isolate's caches, and refuses Workers Cache API entries stored
+// before a change that covers them. Real tilewarm-server, relay and workerd on loopback.
+//
+// No timed assertions: the bound is structural (a poll that starts after
+// POST /v1/invalidate returned sees the change), so the test waits for two completed polls
+// after the call and then checks that the old answer is not served.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { post as postAs, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
+import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
+
+/** Polls `fn` until it returns true; `poke` (a request) lets the worker start a due poll. */
+async function until(fn, what, poke = async () => {}) {
+  for (let i = 0; i < 400; i++) {
+    if (await fn()) return;
+    await poke();
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.fail(`gave up waiting for ${what}`);
+}
+
+describe('edge worker: the change feed under workerd', () => {
+  let server;
+  let relay;
+  let edge;
+  let token;
+  let adminToken;
+  let originToken;
+  const tiles = ['14/2622/5720', '14/2623/5720', '14/2622/5721', '14/2623/5721'];
+  const options = { originTimeoutMs: 2000, warmRing: 0, changesPollMs: 50 };
+
+  before(async () => {
+    token = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    adminToken = await hsToken({ tilewarm_access: 'agent', tilewarm_admin: true }, { exp: 3600 });
+    originToken = await serviceToken('agent');
+    server = await startServer(await serverAuthArgs(SECRET));
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    edge = await startWorkerd(relay.url, options, { TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const post = (body) =>
+    postAs(edge.batch, body, { 'content-type': 'application/json', authorization: `Bearer ${token}` });
+  const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+  const invalidate = async (body) => {
+    const r = await postAs(`${server.url}/v1/invalidate`, body, {
+      'content-type': 'application/json', authorization: `Bearer ${adminToken}`,
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+  };
+  /** Waits until two polls completed after this call: one of them started after it. */
+  const twoPolls = async () => {
+    const from = (await edge.stats()).changes.polls;
+    await until(async () => (await edge.stats()).changes.polls >= from + 2, 'two polls of the change feed', health);
+  };
+
+  it('polls the feed with the edge\'s token, resuming from the last id it saw', async () => {
+    await health();
+    await twoPolls();
+    const polls = relay.polls;
+    assert.ok(polls.length >= 2);
+    assert.ok(polls.every((p) => p.authorization === `Bearer ${originToken}`));
+    assert.ok(polls.at(-1).lastEventId, 'a poll after the first sends Last-Event-ID');
+    const s = await edge.stats();
+    assert.equal(s.changes.errors, 0, s.changes.lastError);
+  });
+
+  it('a tile invalidated at the origin is not served from the isolate or the Cache API after the next poll', async () => {
+    const req = { tiles, access: 'registered' };
+    const first = await post(req);
+    assert.equal(first.status, 200);
+    assert.ok(first.json.items.length > 0, 'the tiles hold homes');
+    // Written to the Cache API (in waitUntil), and held by the isolate.
+    await until(async () => (await edge.stats()).shared.puts >= tiles.length, 'the shared-cache writes');
+    assert.equal((await post(req)).cache, 'hit');
+
+    const asked = relay.requests().length;
+    const { sharedRefused } = await edge.stats();
+    await invalidate({ tiles: [tiles[0]] });
+    await twoPolls();
+    const s = await edge.stats();
+    assert.ok(s.changes.events >= 1, `the change was applied (${JSON.stringify(s.changes)})`);
+
+    const after = await post(req);
+    assert.equal(after.status, 200);
+    assert.notEqual(after.cache, 'hit', 'the invalidated tile is not answered from a cache');
+    const forwarded = relay.requests().slice(asked);
+    assert.equal(forwarded.length, 1, 'one origin request');
+    assert.deepEqual(forwarded[0].body.tiles, [tiles[0]], 'for the invalidated tile only');
+    assert.ok((await edge.stats()).sharedRefused > sharedRefused, 'the Cache API entry stored before the change was refused');
+    assert.deepEqual(shape(after.json), shape(first.json));
+  });
+
+  it('an invalidated id is asked of the origin again', async () => {
+    const id = (await post({ tiles: [tiles[1]], access: 'registered' })).json.items[0].id;
+    assert.equal((await post({ ids: [id], access: 'registered' })).cache, 'hit');
+    const asked = relay.requests().length;
+    await invalidate({ ids: [id] });
+    await twoPolls();
+    const r = await post({ ids: [id], access: 'registered' });
+    assert.equal(r.status, 200);
+    assert.notEqual(r.cache, 'hit');
+    assert.deepEqual(relay.requests().slice(asked).map((q) => q.body.ids), [[id]]);
+  });
+});
