@@ -642,4 +642,29 @@ mod tests {
         assert_eq!(s.status, 500);
         assert!(p.stats().contains("\"originRequests\":0"));
     }
+
+    #[test]
+    fn feed_events_drop_what_they_cover_and_bad_data_drops_everything() {
+        let mut p = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
+        let fill = |p: &mut EdgeProxy| {
+            let s = p.begin(body, "agent", 0.0);
+            let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],"items":[{"id":"a","lon":-122.33,"lat":47.6,"class":"active","access":"public","ttl":300,"data":1}],"missing":[]}"#;
+            p.complete(s.handle, 200, origin, 0.0);
+        };
+        let hit = |p: &mut EdgeProxy| p.begin(body, "agent", 1.0).cache == Some("hit");
+        fill(&mut p);
+        assert!(hit(&mut p));
+        assert_eq!(p.apply_change("ready", "{}", 1.0), 0);
+        assert!(hit(&mut p));
+        assert_eq!(p.apply_change("invalidate", r#"{"ids":["a"]}"#, 1.0), 1);
+        assert!(!hit(&mut p));
+        fill(&mut p);
+        assert_eq!(p.apply_change("invalidate", "not json", 1.0), -1);
+        assert!(!hit(&mut p));
+        fill(&mut p);
+        assert_eq!(p.apply_change("reset", "{}", 1.0), 1);
+        assert!(!hit(&mut p));
+        assert!(p.stats().contains("\"epoch\":3"), "{}", p.stats());
+    }
 }
