@@ -240,7 +240,7 @@ export function createWorker(defaults = {}) {
   let shared = null;
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
-  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null };
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null, firstDone: false };
 
   function setup(env) {
     if (proxy) return null;
@@ -297,13 +297,23 @@ export function createWorker(defaults = {}) {
   async function poll(env) {
     try {
       const url = changesUrl(String(env.ORIGIN));
+      let replay = false;
       if (feed.lastId === null) {
         const ready = (await fetchChanges(url, env.ORIGIN_TOKEN, null)).find((e) => e.event === 'ready');
         if (!ready?.id) throw new Error('the change feed sent no ready event with an id');
         const from = Math.max(0, feed.startedAt - options.changesLookbackMs);
-        feed.lastId = Number(ready.id.split('-')[0]) < from ? ready.id : `${from}-0`;
+        replay = Number(ready.id.split('-')[0]) >= from;
+        feed.lastId = replay ? `${from}-0` : ready.id;
       }
       for (const e of await fetchChanges(url, env.ORIGIN_TOKEN, feed.lastId)) {
+        // A new isolate's replay that the origin cannot serve (its feed starts later, e.g.
+        // a restarted origin without Redis) changes nothing here: the isolate's caches are
+        // still empty (requests wait for the first poll). Cache API entries older than the
+        // feed's start are then not checked (docs/edge.md, "Changes").
+        if (replay && e.event === 'reset') {
+          feed.lastId = e.id ?? feed.lastId;
+          continue;
+        }
         if (e.event === 'invalidate' || e.event === 'reset') {
           proxy.applyChange(e.event, e.data, Date.now());
           feed.events++;
@@ -319,14 +329,26 @@ export function createWorker(defaults = {}) {
     }
   }
 
-  /** Starts a poll inside `ctx.waitUntil` when one is due and none is in flight. */
-  function maybePoll(env, ctx) {
+  /**
+   * Starts a poll inside `ctx.waitUntil` when one is due and none is in flight. Until this
+   * isolate's first poll has finished (applied, or failed), requests wait for it, so a new
+   * isolate never answers from a Cache API entry older than a change it has not seen yet
+   * (one extra round trip, bounded by `originTimeoutMs` per fetch, once per isolate).
+   */
+  async function maybePoll(env, ctx) {
     const every = options.changesPollMs;
     const now = Date.now();
-    if (!(every > 0) || feed.inFlight || now < feed.nextAt) return;
-    feed.inFlight = true;
-    feed.nextAt = now + every;
-    ctx.waitUntil(poll(env));
+    if (!(every > 0)) return;
+    if (!feed.inFlight && now >= feed.nextAt) {
+      feed.inFlight = true;
+      feed.nextAt = now + every;
+      feed.running = poll(env);
+      ctx.waitUntil(feed.running);
+    }
+    if (!feed.firstDone) {
+      await feed.running;
+      feed.firstDone = true;
+    }
   }
 
   async function warm(origin, token, body, tier) {
@@ -408,7 +430,7 @@ export function createWorker(defaults = {}) {
     async fetch(request, env, ctx) {
       const failed = setup(env);
       if (failed) return failed;
-      if (typeof env.ORIGIN === 'string' && /^https?:\/\//.test(env.ORIGIN)) maybePoll(env, ctx);
+      if (typeof env.ORIGIN === 'string' && /^https?:\/\//.test(env.ORIGIN)) await maybePoll(env, ctx);
       const { pathname } = new URL(request.url);
       if (pathname === '/v1/batch') {
         if (request.method === 'POST') return batch(request, env, ctx);
@@ -426,7 +448,7 @@ export function createWorker(defaults = {}) {
       if (pathname === '/edge/stats' && request.method === 'GET') {
         const stats = JSON.parse(proxy.stats());
         stats.shared = { enabled: shared.enabled, ...shared.stats };
-        stats.changes = { ...feed };
+        stats.changes = { ...feed, running: undefined };
         return json(200, JSON.stringify(stats));
       }
       return error(404, 'not_found', 'no such route: the API is POST /v1/batch, GET /healthz, GET /edge/stats');
