@@ -276,16 +276,28 @@ mod tests {
         // A fetch that started after the invalidation writes everything.
         let mut f = fill(t, u);
         assert_eq!(g.filter(&mut f, g.epoch()), 0);
-        // A coarse tile covers its data tiles; a class covers its items and their lists.
+        // A class covers its items and the lists that name them.
         let e = g.epoch();
         g.record(&Invalidation {
-            tiles: vec![u.ancestor(10).unwrap()],
             classes: vec!["sold".into()],
             ..Invalidation::default()
         });
         let mut f = fill(t, u);
         g.filter(&mut f, e);
-        assert_eq!(f.items.len(), 2);
+        let ids: Vec<_> = f.items.iter().map(|i| i.id().to_owned()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(f.tiles.len(), 1);
+        assert_eq!(f.tiles[0].0, t);
+        // A coarse tile covers its data tiles and the items they list.
+        let e = g.epoch();
+        g.record(&Invalidation {
+            tiles: vec![u.ancestor(10).unwrap()],
+            ..Invalidation::default()
+        });
+        let mut f = fill(t, u);
+        g.filter(&mut f, e);
+        let ids: Vec<_> = f.items.iter().map(|i| i.id().to_owned()).collect();
+        assert_eq!(ids, ["a"]);
         assert_eq!(f.tiles.len(), 1);
         assert_eq!(f.tiles[0].0, t);
         // Everything.
