@@ -83,17 +83,31 @@ fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-/// The tile of the path, checked against the server's zoom limits.
-fn path_tile(app: &App, (z, x, y): &(String, String, String)) -> Result<TileId, String> {
+/// The tile of the path, checked against the server's zoom limits. A path that is not a
+/// tile is a 400; a well-formed `z/x/y` with x or y at or past 2^z names no tile: 404.
+fn path_tile(
+    app: &App,
+    (z, x, y): &(String, String, String),
+) -> Result<TileId, (ErrorCode, String)> {
     let text = format!("{z}/{x}/{y}");
-    let tile: TileId = text
-        .parse()
-        .map_err(|e| format!("the path's tile is not valid: {e}"))?;
+    let tile: TileId = text.parse().map_err(|e| {
+        let numbers = [z, x, y].map(|p| p.parse::<u32>().ok());
+        let code = match numbers {
+            [Some(z), Some(_), Some(_)] if z <= u32::from(tilewarm::tile::MAX_ZOOM) => {
+                ErrorCode::NotFound
+            }
+            _ => ErrorCode::BadRequest,
+        };
+        (code, format!("the path's tile is not valid: {e}"))
+    })?;
     let min = app.limits.min_zoom;
     if tile.z() < min {
-        return Err(format!(
-            "tile {text}: zoom {} is too coarse, zoom must be at least {min}",
-            tile.z()
+        return Err((
+            ErrorCode::BadRequest,
+            format!(
+                "tile {text}: zoom {} is too coarse, zoom must be at least {min}",
+                tile.z()
+            ),
         ));
     }
     Ok(tile)
@@ -170,7 +184,7 @@ async fn answer(
     };
     let tile = match path_tile(app, path) {
         Ok(t) => t,
-        Err(m) => return error_response(ErrorCode::BadRequest, m),
+        Err((code, m)) => return error_response(code, m),
     };
     let asked = match asked_tier(query) {
         Ok(a) => a,

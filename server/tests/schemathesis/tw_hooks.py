@@ -6,7 +6,7 @@ also needs x, y < 2^z, which JSON Schema cannot say. Without this hook most gene
 positive_data_acceptance reports them. The hook wraps x and y of every well-formed tile
 into range, so schema-valid bodies are also protocol-valid; bodies that break the schema
 in any other way (negative cases) stay invalid: a string that does not match the pattern
-is left as it is.
+is left as it is. Path parameters of GET /v1/tiles/{z}/{x}/{y} are wrapped the same way.
 
 Likewise the spec's `Id` says `maxLength: 256` characters where the protocol allows 256
 UTF-8 bytes (JSON Schema counts characters); a schema-valid id over 256 bytes is cut to
@@ -47,3 +47,17 @@ def map_body(ctx, body):
     if isinstance(body.get("ids"), list):
         body["ids"] = [within_bytes(i) for i in body["ids"]]
     return body
+
+
+@schemathesis.hook
+def map_path_parameters(ctx, path_parameters):
+    """GET /v1/tiles/{z}/{x}/{y}: x and y wrapped into range as for tiles in bodies."""
+    if not isinstance(path_parameters, dict):
+        return path_parameters
+    z, x, y = (path_parameters.get(k) for k in ("z", "x", "y"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (z, x, y)):
+        return path_parameters
+    if not 0 <= z <= 24 or x < 0 or y < 0:
+        return path_parameters
+    n = 1 << z
+    return {**path_parameters, "x": x % n, "y": y % n}
