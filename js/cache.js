@@ -115,8 +115,9 @@ function list(v, name) {
 
 /** The parsed response as the three lists `Engine.response` takes (see there), with the
  * item objects the page gets, and the ids of the items and of the missing ones. Only shapes
- * are checked here; the engine checks values. `bytes`: the body's length. */
-function flatten(body, bytes) {
+ * are checked here; the engine checks values. Each item is charged the length of its own
+ * `data` as JSON, so one large item cannot hide behind the answer's average. */
+function flatten(body) {
   if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
   const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
   const n = il.length;
@@ -124,7 +125,7 @@ function flatten(body, bytes) {
   // engine refuses it).
   const reported = body.access === undefined || body.access === null ? -1
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
-  const nums = [tl.length, n, Math.ceil(bytes / Math.max(1, n)), reported], strs = [];
+  const nums = [tl.length, n, reported], strs = [];
   const ids = new Array(n), objs = new Array(n);
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
@@ -144,7 +145,8 @@ function flatten(body, bytes) {
     }
     // An unknown tier is -1, which the engine refuses (an own-property lookup in an object
     // would find `toString` and the like).
-    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS.indexOf(it.access));
+    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS.indexOf(it.access),
+      JSON.stringify(it.data)?.length ?? 0);
     strs.push(it.id, it.class);
     ids[j] = it.id;
     objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
@@ -761,7 +763,7 @@ export class TileCache {
     }
     let f;
     try {
-      f = flatten(JSON.parse(text), text.length);
+      f = flatten(JSON.parse(text));
     } catch (e) {
       return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }

@@ -377,6 +377,24 @@ test('get and getMany: cached, fetched by id, missing, de-duplicated', async () 
   cache.dispose();
 });
 
+test('each item is charged its own size: one large item does not spread over the answer', async () => {
+  // An answer of one 50 000-character item and nine tiny ones. Charged the answer's
+  // average, every item would hold ~5 000 bytes and dropping the large one would leave
+  // ~45 000 bytes charged to nine items of a few bytes.
+  const at = { lon: -122.33, lat: 47.61, class: 'active', access: 'public' };
+  const small = Array.from({ length: 9 }, (_, i) => ({ id: `s${i}`, ...at, data: i }));
+  const big = { id: 'big', ...at, data: 'y'.repeat(50_000) };
+  const fetch = async () => new Response(JSON.stringify({ tiles: [], items: [big, ...small], missing: [] }));
+  const cache = await TileCache.create({ endpoint: 'http://tilewarm.invalid/v1/batch', fetch, maxBytes: 60_000 });
+  await cache.getMany(['big', ...small.map((i) => i.id)]);
+  const all = cache.stats().bytes;
+  assert.ok(all > 50_000 && all <= 60_000, `bytes ${all}`);
+  assert.equal(cache.invalidate({ ids: ['big'] }), 1);
+  const left = cache.stats().bytes;
+  assert.ok(left < 9 * 200, `nine tiny items hold ${left} bytes`);
+  cache.dispose();
+});
+
 test('get: an id a partial answer leaves out rejects and reaches onError, never resolves undefined', async () => {
   fresh();
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });

@@ -185,10 +185,11 @@ impl Engine {
     }
 
     /// A response, flattened by `cache.js` from the parsed JSON into three lists:
-    /// - `nums`: the tile count, the item count, the bytes charged per item and the tier
-    ///   the server reports it filtered for (0..=3; -1 when it does not say); per tile
-    ///   its TTL in seconds (`-1` for none) and how many ids it lists; per item its lon,
-    ///   lat, TTL (`-1` for none) and tier (0..=3; 255 for an unknown tier);
+    /// - `nums`: the tile count, the item count and the tier the server reports it
+    ///   filtered for (0..=3; -1 when it does not say); per tile its TTL in seconds (`-1`
+    ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
+    ///   tier (0..=3; 255 for an unknown tier) and the length of its `data` as JSON (what
+    ///   the cache charges it beside its id and class);
     /// - `strs`: per tile its `z/x/y` and its ids; per item its id and class; then the
     ///   missing ids;
     /// - `objs`: per item the JS item object.
@@ -575,7 +576,7 @@ fn build_response(
     objs: Vec<JsValue>,
 ) -> Result<BatchResponse<JsItem>, String> {
     let disagree = || "response arrays disagree in length".to_string();
-    let [tiles, items, size, reported, rest @ ..] = nums else {
+    let [tiles, items, reported, rest @ ..] = nums else {
         return Err(disagree());
     };
     // The tier the server reports it filtered for: -1 when it does not say.
@@ -588,7 +589,7 @@ fn build_response(
     // Counts from JS: `as usize` saturates (NaN is 0); the lengths checked here bound them.
     let (n_tiles, n_items) = (*tiles as usize, *items as usize);
     let want = n_items
-        .checked_mul(4)
+        .checked_mul(5)
         .and_then(|n| n.checked_add(n_tiles.checked_mul(2)?));
     if want != Some(rest.len()) || objs.len() != n_items {
         return Err(disagree());
@@ -616,13 +617,8 @@ fn build_response(
             ttl: ttl(t[0]),
         });
     }
-    let size = if size.is_finite() && *size > 0.0 {
-        size.min(1e9) as usize
-    } else {
-        0
-    };
     let mut items = Vec::with_capacity(n_items);
-    for (j, (it, obj)) in item_nums.chunks_exact(4).zip(objs).enumerate() {
+    for (j, (it, obj)) in item_nums.chunks_exact(5).zip(objs).enumerate() {
         let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
             return Err(disagree());
         };
@@ -638,7 +634,11 @@ fn build_response(
             class,
             access,
             ttl: ttl(it[2]),
-            data: JsItem { obj, size },
+            // `as usize` saturates: NaN and negatives are 0.
+            data: JsItem {
+                obj,
+                size: it[4].min(1e9) as usize,
+            },
         });
     }
     Ok(BatchResponse {
@@ -661,7 +661,7 @@ mod tests {
     /// [`one_item`] in an answer that reports tier code `access`.
     fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsItem>, String> {
         let nums = vec![
-            1.0, 1.0, 100.0, access, -1.0, 1.0, -122.33, 47.61, -1.0, tier,
+            1.0, 1.0, access, -1.0, 1.0, -122.33, 47.61, -1.0, tier, 100.0,
         ];
         let strs = ["14/2624/5721", "a", "a", "active"]
             .map(String::from)
