@@ -9,15 +9,16 @@
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
 //!    else by the peer address; past it, 429 `rate_limited` with `Retry-After`
 //!    (a [`governor`] keyed limiter, GCRA).
-//! 3. Server-wide ([`shed_layer`]): at most `--max-in-flight` batches answered at once and
-//!    `--max-queue` waiting for a slot; past that, 503 `overloaded` with `Retry-After` at
-//!    once (tower's `ConcurrencyLimit`, `Buffer` and `LoadShed`).
+//! 3. Server-wide ([`Shed`]): at most `--max-in-flight` batches answered at once and
+//!    `--max-queue` waiting for a slot, none longer than `--max-queue-wait-ms`; past the
+//!    queue at once, past the wait then: 503 `overloaded` with `Retry-After`.
 //! 4. The body: at most the protocol's largest valid request
 //!    ([`tilewarm::protocol::Limits::max_request_bytes`]) and it must arrive within
 //!    `--body-timeout-ms` (408 `request_timeout`), in [`crate::http`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use axum::routing::MethodRouter;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tilewarm::protocol::ErrorCode;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::auth::Caller;
 use crate::http::{error_response, unauthorized};
@@ -166,30 +168,76 @@ pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Nex
     next.run(req).await
 }
 
-/// The server-wide bound on `route` (`POST /v1/batch`): `in_flight` answered at once,
-/// `queue` more waiting for a slot; any further request is answered 503 at once. Needs a
-/// Tokio runtime (the queue's worker is spawned here).
+/// The server-wide bound on one route: `in_flight` requests answered at once, at most
+/// `queue` more waiting for a slot, none waiting longer than `max_wait`. A request past the
+/// queue is refused at once; one that waited `max_wait` without a slot is refused then. Both
+/// are 503 `overloaded` with `Retry-After`, so past capacity latency stays at about
+/// `max_wait` plus the time to answer, instead of growing with the queue.
+///
+/// A tokio [`Semaphore`] (FIFO) holds the slots. tower's `ConcurrencyLimit` + `Buffer` +
+/// `LoadShed`, used before, bound the queue's length but not the time spent in it, and
+/// tower has no layer that times out only the wait.
+pub struct Shed {
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    queue: usize,
+    max_wait: Duration,
+    retry_after_s: u64,
+}
+
+impl Shed {
+    pub fn new(in_flight: usize, queue: usize, max_wait: Duration, retry_after_s: u64) -> Shed {
+        Shed {
+            slots: Semaphore::new(in_flight.min(Semaphore::MAX_PERMITS)),
+            waiting: AtomicUsize::new(0),
+            queue,
+            max_wait,
+            retry_after_s,
+        }
+    }
+
+    /// A slot, or the refusal to answer with.
+    pub async fn admit(&self) -> Result<SemaphorePermit<'_>, Response> {
+        if let Ok(p) = self.slots.try_acquire() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Relaxed) >= self.queue {
+            self.waiting.fetch_sub(1, Relaxed);
+            return Err(overloaded(self.retry_after_s));
+        }
+        let got = tokio::time::timeout(self.max_wait, self.slots.acquire()).await;
+        self.waiting.fetch_sub(1, Relaxed);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_closed)) => Err(overloaded(self.retry_after_s)),
+            Err(_elapsed) => Err(overloaded_because(
+                format!(
+                    "the server is at capacity: no batch slot came free within {} ms; retry later",
+                    self.max_wait.as_millis()
+                ),
+                self.retry_after_s,
+            )),
+        }
+    }
+}
+
+/// Middleware holding a [`Shed`] slot for the whole answer.
+async fn shed_middleware(State(shed): State<Arc<Shed>>, req: Request, next: Next) -> Response {
+    match shed.admit().await {
+        Ok(_slot) => next.run(req).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// `route` behind its own [`Shed`].
 pub fn shed<S: Clone + Send + Sync + 'static>(
     route: MethodRouter<S>,
-    in_flight: usize,
-    queue: usize,
-    retry_after_s: u64,
+    shed: Shed,
 ) -> MethodRouter<S> {
-    route.layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                move |e: tower::BoxError| async move {
-                    if e.is::<tower::load_shed::error::Overloaded>() {
-                        overloaded(retry_after_s)
-                    } else {
-                        error_response(ErrorCode::Internal, format!("admission failed: {e}"))
-                    }
-                },
-            ))
-            .load_shed()
-            .buffer(queue)
-            .concurrency_limit(in_flight),
-    )
+    route.layer(axum::middleware::from_fn_with_state(
+        Arc::new(shed),
+        shed_middleware,
+    ))
 }
 
 #[cfg(test)]

@@ -225,6 +225,11 @@ pub struct Config {
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_queue: usize,
 
+    /// Longest a batch waits for a slot, in milliseconds; then it is answered 503
+    /// `overloaded` with `Retry-After`, so overload is refused quickly, not queued.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub max_queue_wait_ms: u64,
+
     /// Most origin calls for requests at once while the cache tier (Redis) is down; past it
     /// a request that needs the origin is answered 503 `overloaded` with `Retry-After`, so
     /// the origin is not made to take every request the tier used to answer.
@@ -384,6 +389,16 @@ impl Config {
         c
     }
 
+    /// The server-wide bound of one route (`crate::admission::Shed`).
+    pub fn shed(&self) -> crate::admission::Shed {
+        crate::admission::Shed::new(
+            self.max_in_flight,
+            self.max_queue,
+            std::time::Duration::from_millis(self.max_queue_wait_ms),
+            self.retry_after_s,
+        )
+    }
+
     /// Checks ranges; the error names the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
@@ -438,6 +453,7 @@ impl Config {
             ("--max-body-bytes", self.max_body_bytes.unwrap_or(1)),
             ("--max-in-flight", self.max_in_flight),
             ("--max-queue", self.max_queue),
+            ("--max-queue-wait-ms", self.max_queue_wait_ms as usize),
             ("--max-connections", self.max_connections),
             ("--header-timeout-ms", self.header_timeout_ms as usize),
             ("--body-timeout-ms", self.body_timeout_ms as usize),

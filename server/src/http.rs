@@ -76,42 +76,32 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
         .route(
             "/v1/batch",
             // Admission (crate::admission): the per-caller limit, then the server-wide one.
-            crate::admission::shed(
-                post(batch_handler),
-                app.config.max_in_flight,
-                app.config.max_queue,
-                app.config.retry_after_s,
-            )
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&app),
-                crate::admission::per_caller,
-            ))
-            .fallback(|| async {
-                error_response(
-                    ErrorCode::MethodNotAllowed,
-                    "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
-                )
-            }),
+            crate::admission::shed(post(batch_handler), app.config.shed())
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&app),
+                    crate::admission::per_caller,
+                ))
+                .fallback(|| async {
+                    error_response(
+                        ErrorCode::MethodNotAllowed,
+                        "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
+                    )
+                }),
         )
         .route(
             "/v1/tiles/{z}/{x}/{y}",
             // The same admission as the batch (its own server-wide bound: see crate::tiles).
-            crate::admission::shed(
-                get(crate::tiles::tiles_handler),
-                app.config.max_in_flight,
-                app.config.max_queue,
-                app.config.retry_after_s,
-            )
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&app),
-                crate::admission::per_caller,
-            ))
-            .fallback(|| async {
-                error_response(
-                    ErrorCode::MethodNotAllowed,
-                    "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
-                )
-            }),
+            crate::admission::shed(get(crate::tiles::tiles_handler), app.config.shed())
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&app),
+                    crate::admission::per_caller,
+                ))
+                .fallback(|| async {
+                    error_response(
+                        ErrorCode::MethodNotAllowed,
+                        "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
+                    )
+                }),
         )
         .route(
             "/v1/invalidate",

@@ -79,6 +79,54 @@ async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
+    let o = origin(42, 5_000);
+    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    // One slot, room in the queue, a 300 ms bound on the wait; the origin takes 3 s, so
+    // the second batch cannot get the slot in time. Without the bound it would wait and be
+    // answered 200 after the first.
+    let s = std::sync::Arc::new(
+        server(Config {
+            max_in_flight: 1,
+            max_queue: 8,
+            max_queue_wait_ms: 300,
+            caller_rate: 0,
+            origin_latency_ms: 3_000,
+            warmup_ring: 0,
+            ..config()
+        })
+        .await,
+    );
+    let http = std::sync::Arc::new(Http::new());
+    let first = {
+        let (http, s) = (http.clone(), s.clone());
+        let body = request(&[tiles[0]], &[], Access::Public);
+        tokio::spawn(async move { http.batch(&s, &body).await })
+    };
+    // Until the first holds the slot (it is then waiting on the origin).
+    while s
+        .app
+        .metrics
+        .origin_calls_request
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = http
+        .batch(&s, &request(&[tiles[1]], &[], Access::Public))
+        .await;
+    let m = r.error(503, "overloaded");
+    assert!(m.contains("no batch slot came free within 300 ms"), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    assert!(
+        !first.is_finished(),
+        "the refusal came before the answer it waited behind"
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_past_its_rate_gets_429_with_retry_after_and_other_callers_do_not() {
     let o = origin(42, 5_000);
     let body = request(&[densest(&o)], &[], Access::Public);
