@@ -97,7 +97,7 @@ export interface TileCacheStats {
   evictions: number;
   /** Items held now. */
   entries: number;
-  /** Bytes held now (estimated from the response sizes). */
+  /** Bytes held now (each item: its id, class and `data` as JSON, plus 96). */
   bytes: number;
   /** Requests out now. */
   inFlight: number;
@@ -132,8 +132,8 @@ export interface TileCacheOptions {
   /** Most items held: an integer in 1..=10000000. Default 50000. */
   maxItems?: number;
   /**
-   * Most bytes held, estimated from the response sizes: an integer in 1..=2147483647. Default
-   * 33554432.
+   * Most bytes held; each item is charged its id, class and `data` as JSON, plus 96: an integer
+   * in 1..=2147483647. Default 33554432.
    */
   maxBytes?: number;
   ttl?: {

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tilewarm::access::Access;
 use tilewarm::protocol::{BatchRequest, ErrorCode};
-use tilewarm::tile::TileId;
+use tilewarm::tile::{TileError, TileId};
 
 use crate::auth::Caller;
 use crate::http::{error_response, forbidden_tier, unauthorized, ACCESS_HEADER};
@@ -91,11 +91,8 @@ fn path_tile(
 ) -> Result<TileId, (ErrorCode, String)> {
     let text = format!("{z}/{x}/{y}");
     let tile: TileId = text.parse().map_err(|e| {
-        let numbers = [z, x, y].map(|p| p.parse::<u32>().ok());
-        let code = match numbers {
-            [Some(z), Some(_), Some(_)] if z <= u32::from(tilewarm::tile::MAX_ZOOM) => {
-                ErrorCode::NotFound
-            }
+        let code = match e {
+            TileError::CoordOutOfRange { .. } => ErrorCode::NotFound,
             _ => ErrorCode::BadRequest,
         };
         (code, format!("the path's tile is not valid: {e}"))

@@ -207,7 +207,7 @@ pub(crate) const OPTIONS: [Opt; 26] = [
         int(1.0, 2_147_483_647.0),
         |c| c.cache.max_bytes as f64,
         |c, v| c.cache.max_bytes = v as usize,
-        "Most bytes held, estimated from the response sizes: {allowed}.",
+        "Most bytes held; each item is charged its id, class and `data` as JSON, plus 96: {allowed}.",
     ),
     number(
         "ttl.default",

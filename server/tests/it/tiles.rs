@@ -103,6 +103,8 @@ async fn bad_paths_and_queries_and_tiers_are_refused_and_not_kept() {
         (format!("/v1/tiles/{t}?tier=agent"), 400, "bad_request"),
         ("/v1/tiles/14/1/99999".to_string(), 404, "not_found"),
         ("/v1/tiles/0/0/1".to_string(), 404, "not_found"),
+        ("/v1/tiles/5/+1/0".to_string(), 400, "bad_request"),
+        ("/v1/tiles/5/123456789/0".to_string(), 400, "bad_request"),
         ("/v1/tiles/25/1/1".to_string(), 400, "bad_request"),
         ("/v1/tiles/a/b/c".to_string(), 400, "bad_request"),
     ];
