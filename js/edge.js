@@ -333,7 +333,8 @@ export function createWorker(defaults = {}) {
    * Starts a poll inside `ctx.waitUntil` when one is due and none is in flight. Until this
    * isolate's first poll has finished (applied, or failed), requests wait for it, so a new
    * isolate never answers from a Cache API entry older than a change it has not seen yet
-   * (one extra round trip, bounded by `originTimeoutMs` per fetch, once per isolate).
+   * (two round trips, the feed's position then the changes after it, each bounded by
+   * `originTimeoutMs`, once per isolate).
    */
   async function maybePoll(env, ctx) {
     const every = options.changesPollMs;

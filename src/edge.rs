@@ -69,8 +69,10 @@ struct Options {
     changes_lookback_ms: Option<u64>,
 }
 
-/// Default most data tiles looked up in the shared cache per request (and written to it):
-/// with the origin call and the warming one, 34 subrequests, inside the Free plan's 50.
+/// Default most data tiles looked up in the shared cache per request (and written to it,
+/// for the answer and for the warming call each): with the origin call, the warming call, a
+/// change-feed poll and a key fetch, up to 53 subrequests (docs/edge.md, "Subrequests");
+/// on the Free plan set `sharedCacheTiles` to 15 or lower.
 pub const SHARED_TILES: usize = 16;
 
 /// Most `sharedCacheTiles` allowed.

@@ -1,6 +1,6 @@
-//! Loopback load-generation helpers shared by the `tw-load` benchmark and the `tw-soak`
-//! soak test: child processes killed on drop, free ports, the deterministic 16-tile
-//! batches, and a small HTTP client.
+//! Loopback load-generation helpers shared by the load tools in `src/bin/` (`tw-load`,
+//! `tw-soak`, `tw-overload`, `tw-cluster-load`, `tw-pgbench`): child processes killed on
+//! drop, free ports, the deterministic 16-tile batches, and a small HTTP client.
 
 use std::net::TcpListener as StdListener;
 use std::path::Path;

@@ -17,12 +17,14 @@
 //! The engine never blocks and never fails on backend trouble. Failed requests and bad
 //! answers have one channel: an [`Event::Error`] (and a counter); `on_response` and
 //! `on_failure` return nothing. What is cached stays usable. The only errors returned are
-//! the caller's: a bad configuration ([`ClientConfigError`]). A viewport too large to plan
+//! the caller's: a bad configuration ([`ClientConfigError`]) and a host's tile that covers
+//! too many data tiles to load ([`TooManyDataTiles`]). A viewport too large to plan
 //! is a state, not an error: [`ViewOutcome::too_wide`] says so, nothing is fetched for it
 //! and the cached items in it are still read.
 //!
-//! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `config.rs`,
-//! `event.rs`, `stats.rs`, `payload.rs`; tests in `tests.rs`.
+//! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `load.rs` (tiles a
+//! host asks for itself, and prefetch of known destinations), `config.rs`, `event.rs`,
+//! `stats.rs`, `payload.rs`; tests in `tests.rs`.
 
 mod config;
 mod event;
