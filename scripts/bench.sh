@@ -70,8 +70,16 @@ if want cluster; then
 fi
 if want overload; then
   status "server at 1x, 2x and 4x its measured capacity (admission control)"
-  if [ -x server/soak/overload.sh ]; then server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload.md" >&2 \
+  if [ -x server/soak/overload.sh ]; then
+    server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload.md" >&2 \
       || [ -s "$out/overload.md" ] || echo "server/soak/overload.sh failed" > "$out/overload.md"
+    # The bounds sized for CPU-bound answers (docs/RELIABILITY.md): 2 batches per core at
+    # once, 4 per core waiting, 10 ms of waiting at most.
+    cores=$(nproc)
+    server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload-sized.md" \
+      --server-arg=--max-in-flight=$((2 * cores)) --server-arg=--max-queue=$((4 * cores)) \
+      --server-arg=--max-queue-wait-ms=10 >&2 \
+      || [ -s "$out/overload-sized.md" ] || echo "server/soak/overload.sh (sized) failed" > "$out/overload-sized.md"
   else echo "not run: server/soak/overload.sh is absent" > "$out/overload.md"; fi
 fi
 if want postgis; then
@@ -186,6 +194,10 @@ HEAD
   echo "## Server under overload: \`scripts/bench.sh overload\`"
   echo
   section "$out/overload.md" "(not run in this invocation)"
+  echo
+  echo "Bounds sized for CPU-bound answers (2 per core in flight, 4 per core queued, 10 ms wait):"
+  echo
+  section "$out/overload-sized.md" "(not run in this invocation)"
   echo
   echo "## Server over PostGIS: \`scripts/bench.sh postgis\`"
   echo

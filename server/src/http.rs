@@ -18,6 +18,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tilewarm::access::{effective_tier, AboveCredential, Access};
 use tilewarm::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
@@ -161,7 +162,19 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
     if let Some(cors) = cors_layer(&app.config.cors)? {
         router = router.layer(cors);
     }
-    Ok(router.layer(TraceLayer::new_for_http()))
+    // A 503 is a refusal (admission, degraded mode) the server chose and counts in
+    // `tilewarm_requests_total`; logging each at ERROR would add a write per refusal exactly
+    // when the server is past its capacity. Other server errors stay at ERROR.
+    let on_failure = |class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span| {
+        let ms = latency.as_millis();
+        match class {
+            ServerErrorsFailureClass::StatusCode(s) if s == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::debug!(latency_ms = ms, "refused: 503")
+            }
+            class => tracing::error!(latency_ms = ms, %class, "response failed"),
+        }
+    };
+    Ok(router.layer(TraceLayer::new_for_http().on_failure(on_failure)))
 }
 
 /// The router of `--metrics-listen`: `GET /metrics` only.
