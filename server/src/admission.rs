@@ -201,12 +201,14 @@ impl Shed {
         if let Ok(p) = self.slots.try_acquire() {
             return Ok(p);
         }
-        if self.waiting.fetch_add(1, Relaxed) >= self.queue {
-            self.waiting.fetch_sub(1, Relaxed);
+        // A place in the queue, given back on drop: also when the request is dropped while
+        // it waits (its client went away), or the count would only grow.
+        let place = Place(&self.waiting);
+        if place.0.fetch_add(1, Relaxed) >= self.queue {
             return Err(overloaded(self.retry_after_s));
         }
         let got = tokio::time::timeout(self.max_wait, self.slots.acquire()).await;
-        self.waiting.fetch_sub(1, Relaxed);
+        drop(place);
         match got {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_closed)) => Err(overloaded(self.retry_after_s)),
@@ -218,6 +220,15 @@ impl Shed {
                 self.retry_after_s,
             )),
         }
+    }
+}
+
+/// One request counted in [`Shed`]'s queue; uncounted when dropped.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -243,6 +254,27 @@ pub fn shed<S: Clone + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request dropped while it waits gives its queue place back; a later one still
+    /// queues instead of being refused at once.
+    #[tokio::test]
+    async fn a_waiter_dropped_in_the_queue_gives_its_place_back() {
+        let shed = Shed::new(1, 1, Duration::from_secs(60), 1);
+        let held = shed.admit().await.ok().unwrap();
+        for _ in 0..3 {
+            // Waits for the held slot; dropped after 10 ms, as when its client goes away.
+            let waited = tokio::time::timeout(Duration::from_millis(10), shed.admit()).await;
+            assert!(waited.is_err(), "the only slot is held");
+            assert_eq!(shed.waiting.load(Relaxed), 0);
+        }
+        // The queue has its place: this one waits and gets the slot once it is free.
+        let mut waiter = std::pin::pin!(shed.admit());
+        let early = tokio::time::timeout(Duration::from_millis(10), &mut waiter).await;
+        assert!(early.is_err(), "waits for the held slot");
+        assert_eq!(shed.waiting.load(Relaxed), 1, "queued, not refused");
+        drop(held);
+        assert!(waiter.await.is_ok());
+    }
     use tilewarm::access::Access;
 
     #[test]
