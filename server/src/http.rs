@@ -13,7 +13,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHEN
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tilewarm::access::{effective_tier, AboveCredential, Access};
@@ -71,38 +71,40 @@ fn json_response(body: String) -> Response {
         .into_response()
 }
 
+/// `route` behind admission (crate::admission): the per-caller limit, then a server-wide
+/// bound of its own; other methods are a 405 saying `allowed`.
+fn admitted(
+    app: &Arc<App>,
+    route: MethodRouter<Arc<App>>,
+    allowed: &'static str,
+) -> MethodRouter<Arc<App>> {
+    crate::admission::shed(route, app.config.shed())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(app),
+            crate::admission::per_caller,
+        ))
+        .fallback(move || async move { error_response(ErrorCode::MethodNotAllowed, allowed) })
+}
+
 /// The router for `app`.
 pub fn router(app: Arc<App>) -> Result<Router, String> {
     let mut router = Router::new()
         .route(
             "/v1/batch",
-            // Admission (crate::admission): the per-caller limit, then the server-wide one.
-            crate::admission::shed(post(batch_handler), app.config.shed())
-                .layer(middleware::from_fn_with_state(
-                    Arc::clone(&app),
-                    crate::admission::per_caller,
-                ))
-                .fallback(|| async {
-                    error_response(
-                        ErrorCode::MethodNotAllowed,
-                        "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
-                    )
-                }),
+            admitted(
+                &app,
+                post(batch_handler),
+                "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
+            ),
         )
         .route(
             "/v1/tiles/{z}/{x}/{y}",
-            // The same admission as the batch (its own server-wide bound: see crate::tiles).
-            crate::admission::shed(get(crate::tiles::tiles_handler), app.config.shed())
-                .layer(middleware::from_fn_with_state(
-                    Arc::clone(&app),
-                    crate::admission::per_caller,
-                ))
-                .fallback(|| async {
-                    error_response(
-                        ErrorCode::MethodNotAllowed,
-                        "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
-                    )
-                }),
+            // Its own server-wide bound, of the batch's sizes (see crate::tiles).
+            admitted(
+                &app,
+                get(crate::tiles::tiles_handler),
+                "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
+            ),
         )
         .route(
             "/v1/invalidate",
