@@ -196,11 +196,19 @@ export interface TileCacheOptions {
      */
     retries?: number;
     /**
-     * Ask for a tile up to this many zooms coarser when all its data tiles are missing: an
-     * integer in 0..=4 (0 = off); the server must accept that zoom. Prefetch areas are widened
-     * to whole tiles of that zoom, so they go out as coarse tiles. Default 2.
+     * Ask for a tile up to this many zooms coarser when its data tiles are missing
+     * (`batch.coalesceMinShare`): an integer in 0..=4 (0 = off); the server must accept that
+     * zoom. Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse
+     * tiles. Default 2.
      */
     coalesceLevels?: number;
+    /**
+     * Percent of a coarse tile's data tiles that must be queued for it to be asked for: an
+     * integer in 1..=100 (100 = all). Below 100 its answer brings the block's other data tiles
+     * too, and it is asked for only when none of them is cached or in flight: fewer requests
+     * for at most those tiles' items. Default 100.
+     */
+    coalesceMinShare?: number;
   };
   /**
    * The caller's tier: one of "public", "registered", "verified", "agent". Default `'public'`.

@@ -168,10 +168,21 @@ impl SimConfig {
         }
     }
 
+    /// The batch config of a policy: the shared one, except that the oracle never asks for
+    /// a coarse tile over a partly queued block (`coalesce_min_share` 100): it fetches
+    /// exactly the next view's tiles, the items every policy is measured against.
+    pub fn batch_for(&self, policy: Policy) -> BatchConfig {
+        let mut batch = self.batch.clone();
+        if policy == Policy::Oracle {
+            batch.coalesce_min_share = 100;
+        }
+        batch
+    }
+
     fn client_config(&self, policy: Policy) -> ClientConfig {
         ClientConfig {
             planner: self.planner_for(policy),
-            batch: self.batch.clone(),
+            batch: self.batch_for(policy),
             access: self.access,
             ..ClientConfig::default()
         }

@@ -156,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 26] = [
+pub(crate) const OPTIONS: [Opt; 27] = [
     other(
         "endpoint",
         Check::Shell,
@@ -311,9 +311,20 @@ pub(crate) const OPTIONS: [Opt; 26] = [
             c.batch.coalesce_levels = v as u8;
             c.planner.align_levels = v as u8;
         },
-        "Ask for a tile up to this many zooms coarser when all its data tiles are missing: \
-         {allowed} (0 = off); the server must accept that zoom. Prefetch areas are widened \
-         to whole tiles of that zoom, so they go out as coarse tiles.",
+        "Ask for a tile up to this many zooms coarser when its data tiles are missing \
+         (`batch.coalesceMinShare`): {allowed} (0 = off); the server must accept that zoom. \
+         Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse \
+         tiles.",
+    ),
+    number(
+        "batch.coalesceMinShare",
+        int(1.0, 100.0),
+        |c| c.batch.coalesce_min_share as f64,
+        |c, v| c.batch.coalesce_min_share = v as u8,
+        "Percent of a coarse tile's data tiles that must be queued for it to be asked for: \
+         {allowed} (100 = all). Below 100 its answer brings the block's other data tiles \
+         too, and it is asked for only when none of them is cached or in flight: fewer \
+         requests for at most those tiles' items.",
     ),
     other(
         "access",
