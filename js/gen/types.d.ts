@@ -120,8 +120,8 @@ export interface TileCacheOptions {
    */
   tileSize?: 256 | 512;
   /**
-   * Below this map zoom nothing is fetched: a number in 0..=30, in the units `tileSize` sets.
-   * Default 12.
+   * Below this map zoom no data tile is in view (a view just below it may prefetch,
+   * `prefetch.warmBelowMinZoom`): a number in 0..=30, in the units `tileSize` sets. Default 12.
    */
   minZoom?: number;
   /**
@@ -173,6 +173,12 @@ export interface TileCacheOptions {
      * 0..=64. Default 8.
      */
     budgetPerVisible?: number;
+    /**
+     * A view at most this many zoom levels below `minZoom` that is not zooming out prefetches
+     * the data tiles under it, centre first (the next step there is a zoom in): a number in
+     * 0..=4 (0 = off). Default 1.
+     */
+    warmBelowMinZoom?: number;
   };
   batch?: {
     /**

@@ -151,6 +151,9 @@ struct RunArgs {
     /// tilewarm policy: align_levels (0 = off) [default: 2]
     #[arg(long, value_name = "N")]
     tw_align_levels: Option<u8>,
+    /// tilewarm policy: warm_below_min_zoom, zoom levels (0 = off) [default: 1]
+    #[arg(long, value_name = "X")]
+    tw_warm_below: Option<f64>,
 }
 
 fn parse_policy(p: &str) -> Result<Policy, String> {
@@ -268,6 +271,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         a.tw_budget_per_visible,
     );
     set(&mut cfg.tilewarm.align_levels, a.tw_align_levels);
+    set(&mut cfg.tilewarm.warm_below_min_zoom, a.tw_warm_below);
     cfg.batch.validate().map_err(|e| e.to_string())?;
     for p in &policies {
         cfg.planner_for(*p).validate().map_err(|e| e.to_string())?;

@@ -155,6 +155,7 @@ impl SimConfig {
                 view_ring: 0.0,
                 max_tiles_per_round: 4096,
                 budget_per_visible: 0.0,
+                warm_below_min_zoom: 0.0,
                 ..base
             },
             Policy::Lru | Policy::None | Policy::Oracle => PlannerConfig {
@@ -163,6 +164,7 @@ impl SimConfig {
                 view_ring: 0.0,
                 max_tiles_per_round: 0,
                 budget_per_visible: 0.0,
+                warm_below_min_zoom: 0.0,
                 ..base
             },
         }

@@ -156,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 27] = [
+pub(crate) const OPTIONS: [Opt; 28] = [
     other(
         "endpoint",
         Check::Shell,
@@ -185,7 +185,8 @@ pub(crate) const OPTIONS: [Opt; 27] = [
         real(0.0, 30.0),
         |c| c.planner.min_zoom,
         |c, v| c.planner.min_zoom = v,
-        "Below this map zoom nothing is fetched: {allowed}, in the units `tileSize` sets.",
+        "Below this map zoom no data tile is in view (a view just below it may prefetch, \
+         `prefetch.warmBelowMinZoom`): {allowed}, in the units `tileSize` sets.",
     ),
     number(
         "maxVisibleTiles",
@@ -266,6 +267,15 @@ pub(crate) const OPTIONS: [Opt; 27] = [
         |c| c.planner.budget_per_visible,
         |c, v| c.planner.budget_per_visible = v,
         "The per-round budget grows to this many prefetch tiles per visible tile: {allowed}.",
+    ),
+    number(
+        "prefetch.warmBelowMinZoom",
+        real(0.0, 4.0),
+        |c| c.planner.warm_below_min_zoom,
+        |c, v| c.planner.warm_below_min_zoom = v,
+        "A view at most this many zoom levels below `minZoom` that is not zooming out \
+         prefetches the data tiles under it, centre first (the next step there is a zoom \
+         in): {allowed} (0 = off).",
     ),
     number(
         "batch.maxTiles",
