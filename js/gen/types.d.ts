@@ -120,8 +120,8 @@ export interface TileCacheOptions {
    */
   tileSize?: 256 | 512;
   /**
-   * Below this map zoom no data tile is in view (a view just below it may prefetch,
-   * `prefetch.warmBelowMinZoom`): a number in 0..=30, in the units `tileSize` sets. Default 12.
+   * Below this map zoom nothing is fetched (unless `prefetch.warmBelowMinZoom` is set): a
+   * number in 0..=30, in the units `tileSize` sets. Default 12.
    */
   minZoom?: number;
   /**
@@ -176,7 +176,10 @@ export interface TileCacheOptions {
     /**
      * A view at most this many zoom levels below `minZoom` that is not zooming out prefetches
      * the data tiles under it, centre first (the next step there is a zoom in): a number in
-     * 0..=4 (0 = off). Default 1.
+     * 0..=4 (0 = off). Off by default: over dense data a user resting just below `minZoom`
+     * prefetches up to thousands of data tiles that may never be looked at. Where sessions
+     * start just below `minZoom` it makes nearly every later view ready for more requests
+     * (docs/BENCHMARKS.md measures 1). Default 0.
      */
     warmBelowMinZoom?: number;
   };

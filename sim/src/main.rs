@@ -151,7 +151,7 @@ struct RunArgs {
     /// tilewarm policy: align_levels (0 = off) [default: 2]
     #[arg(long, value_name = "N")]
     tw_align_levels: Option<u8>,
-    /// tilewarm policy: warm_below_min_zoom, zoom levels (0 = off) [default: 1]
+    /// tilewarm policy: warm_below_min_zoom, zoom levels (0 = off) [default: 0]
     #[arg(long, value_name = "X")]
     tw_warm_below: Option<f64>,
 }

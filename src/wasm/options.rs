@@ -185,8 +185,8 @@ pub(crate) const OPTIONS: [Opt; 28] = [
         real(0.0, 30.0),
         |c| c.planner.min_zoom,
         |c, v| c.planner.min_zoom = v,
-        "Below this map zoom no data tile is in view (a view just below it may prefetch, \
-         `prefetch.warmBelowMinZoom`): {allowed}, in the units `tileSize` sets.",
+        "Below this map zoom nothing is fetched (unless `prefetch.warmBelowMinZoom` is \
+         set): {allowed}, in the units `tileSize` sets.",
     ),
     number(
         "maxVisibleTiles",
@@ -275,7 +275,10 @@ pub(crate) const OPTIONS: [Opt; 28] = [
         |c, v| c.planner.warm_below_min_zoom = v,
         "A view at most this many zoom levels below `minZoom` that is not zooming out \
          prefetches the data tiles under it, centre first (the next step there is a zoom \
-         in): {allowed} (0 = off).",
+         in): {allowed} (0 = off). Off by default: over dense data a user resting just \
+         below `minZoom` prefetches up to thousands of data tiles that may never be looked \
+         at. Where sessions start just below `minZoom` it makes nearly every later view \
+         ready for more requests (docs/BENCHMARKS.md measures 1).",
     ),
     number(
         "batch.maxTiles",
