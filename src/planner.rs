@@ -10,7 +10,9 @@
 //!   around the visible tiles (the production scheme this project starts from) plus a
 //!   motion-aware look-ahead: the area the viewport sweeps over the next `lookahead_ms` at
 //!   its current pan velocity, the wider view a zoom-out is heading to, and the first view
-//!   at `min_zoom` when zooming in from below it.
+//!   at `min_zoom` when zooming in from below it; and, for a view just below `min_zoom` that
+//!   is not zooming out (`warm_below_min_zoom`), the data tiles under it, where any zoom-in
+//!   lands.
 //!
 //! Tiles fresh in the cache or already in flight are filtered out. The plan also carries the
 //! full set of tiles still *wanted* (visible plus every candidate, before the budget), so the
@@ -113,6 +115,21 @@ pub struct PlannerConfig {
     /// Unaligned, the areas' edges cut through blocks and each cut block costs up to 16
     /// request tiles instead of one.
     pub align_levels: u8,
+    /// A view at most this many zoom levels below `min_zoom` that is not zooming out
+    /// prefetches the data tiles under it, centre first (default 0 = off; opt in with e.g.
+    /// 1.0): it shows no data, so the user's next step is a zoom in, and every view a
+    /// zoom-in lands on lies inside it. The round's budget then counts the tiles under the
+    /// view as visible (at most `max_visible_tiles` of them).
+    ///
+    /// Off by default: such a view covers up to 4^`warm_below_min_zoom` times the area of a
+    /// view at `min_zoom`, so a user resting just below `min_zoom` over dense data
+    /// prefetches up to thousands of data tiles (and their items) that may never be looked
+    /// at. Where sessions do start just below `min_zoom` it trades requests for ready views:
+    /// on the simulator's held-out real traces (half B, every session opening on a county
+    /// overview 0.78 zooms below), 1.0 took viewports complete when shown from 98.5% to
+    /// 99.8%, foreground requests from 45 to 1, requests from 375 to 407 and items from
+    /// 1.36x to 1.37x the oracle's (docs/BENCHMARKS.md, "Opt-in settings on half B").
+    pub warm_below_min_zoom: f64,
 }
 
 impl Default for PlannerConfig {
@@ -130,6 +147,7 @@ impl Default for PlannerConfig {
             max_lead_viewports: 2.0,
             keep_views: 3.0,
             align_levels: 2,
+            warm_below_min_zoom: 0.0,
         }
     }
 }
@@ -180,8 +198,14 @@ impl PlannerConfig {
                 "in 0..=4096",
             );
         }
-        let floats: [(&'static str, f64, f64, &'static str); 4] = [
+        let floats: [(&'static str, f64, f64, &'static str); 5] = [
             ("view_ring", self.view_ring, 4.0, "a number in 0..=4"),
+            (
+                "warm_below_min_zoom",
+                self.warm_below_min_zoom,
+                4.0,
+                "a number in 0..=4",
+            ),
             (
                 "budget_per_visible",
                 self.budget_per_visible,
@@ -440,7 +464,7 @@ impl Planner {
         // Prefetch candidates.
         let candidates = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
         plan.wanted.extend(candidates.iter().copied());
-        let budget = self.budget(visible.len());
+        let budget = self.round_budget(viewport, visible.len());
         for t in candidates {
             if plan.prefetch.len() >= budget {
                 break;
@@ -456,6 +480,32 @@ impl Planner {
         Ok(plan)
     }
 
+    /// Whether a view is below `min_zoom` by at most
+    /// [`PlannerConfig::warm_below_min_zoom`] levels.
+    fn just_below(&self, vp: &Viewport) -> bool {
+        let gap = self.config.min_zoom - vp.zoom;
+        gap > 0.0 && gap <= self.config.warm_below_min_zoom
+    }
+
+    /// Whether a view below `min_zoom` prefetches the tiles under it
+    /// ([`PlannerConfig::warm_below_min_zoom`]); `vz` is the zoom velocity.
+    fn warms_below(&self, vp: &Viewport, vz: f64) -> bool {
+        self.just_below(vp) && vz >= 0.0
+    }
+
+    /// The prefetch budget of a round for `viewport` with `visible` tiles in view: the
+    /// [`budget`](Self::budget), where the data tiles under a view just below `min_zoom`
+    /// ([`PlannerConfig::warm_below_min_zoom`]) count as visible (at most
+    /// `max_visible_tiles` of them).
+    pub fn round_budget(&self, viewport: &Viewport, visible: usize) -> usize {
+        if !self.just_below(viewport) {
+            return self.budget(visible);
+        }
+        let (w, h) = view_size(viewport, self.config.tile_zoom);
+        let under = (w.ceil() * h.ceil()).min(self.config.max_visible_tiles as f64);
+        self.budget(visible.max(under as usize))
+    }
+
     /// Prefetch tiles allowed this round for a view of `visible` tiles.
     pub fn budget(&self, visible: usize) -> usize {
         let scaled = (self.config.budget_per_visible * visible as f64).ceil() as usize;
@@ -466,17 +516,8 @@ impl Planner {
     fn record(&mut self, vp: &Viewport, now_ms: u64) -> Sample {
         let z = self.config.tile_zoom;
         let n = tiles_per_axis(z) as f64;
-        let (lon, lat) = vp.bbox.centre();
-        // The box was validated, so projecting its centre cannot fail; fall back to the
-        // map centre rather than panic if it ever did.
-        let c = project(lon, lat, z).unwrap_or(TilePoint {
-            x: n / 2.0,
-            y: n / 2.0,
-        });
-        let north = project(lon, vp.bbox.north, z).map(|p| p.y).unwrap_or(c.y);
-        let south = project(lon, vp.bbox.south, z).map(|p| p.y).unwrap_or(c.y);
-        let w = vp.bbox.width() / 360.0 * n;
-        let h = (south - north).abs();
+        let c = view_centre(vp, z);
+        let (w, h) = view_size(vp, z);
         let mut s = Sample {
             t: now_ms,
             cx: c.x,
@@ -639,6 +680,14 @@ impl Planner {
                 }
             }
         }
+        if self.warms_below(vp, vz) {
+            // Still (or zooming in) just below min_zoom: every view a zoom-in lands on is
+            // under this one.
+            let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w, s.h, cfg.align_levels);
+            for t in rect_tiles(z, cx, cy, w, h, 4096) {
+                add(t, &mut scores, 0.0);
+            }
+        }
 
         let mut keys = Vec::with_capacity(scores.len());
         for (t, score) in scores {
@@ -674,6 +723,28 @@ fn tiles_by_score(mut keys: Vec<(u64, u64)>) -> Vec<TileId> {
 /// at most, for a factor that only sizes a look-ahead box).
 fn pow2(x: f64) -> f64 {
     (x * std::f64::consts::LN_2).exp()
+}
+
+/// A viewport's centre in data-tile coordinates at zoom `z`.
+fn view_centre(vp: &Viewport, z: u8) -> TilePoint {
+    let n = tiles_per_axis(z) as f64;
+    let (lon, lat) = vp.bbox.centre();
+    // The box was validated, so projecting its centre cannot fail; fall back to the map
+    // centre rather than panic if it ever did.
+    project(lon, lat, z).unwrap_or(TilePoint {
+        x: n / 2.0,
+        y: n / 2.0,
+    })
+}
+
+/// A viewport's width and height in data tiles at zoom `z`.
+fn view_size(vp: &Viewport, z: u8) -> (f64, f64) {
+    let n = tiles_per_axis(z) as f64;
+    let c = view_centre(vp, z);
+    let (lon, _) = vp.bbox.centre();
+    let north = project(lon, vp.bbox.north, z).map(|p| p.y).unwrap_or(c.y);
+    let south = project(lon, vp.bbox.south, z).map(|p| p.y).unwrap_or(c.y);
+    (vp.bbox.width() / 360.0 * n, (south - north).abs())
 }
 
 /// Limits a look-ahead displacement to `max` viewport sizes.
@@ -909,10 +980,116 @@ mod tests {
 
     #[test]
     fn nothing_below_min_zoom() {
+        // warm_below_min_zoom is off by default.
+        assert_eq!(PlannerConfig::default().warm_below_min_zoom, 0.0);
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
         let vp = vp_at(1000.5, 1000.5, 2.0, 2.0, 11.9);
         let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
         assert!(plan.visible.is_empty() && plan.foreground.is_empty() && plan.prefetch.is_empty());
+    }
+
+    /// The default planner with `warm_below_min_zoom` 1 (off by default).
+    fn warm1() -> PlannerConfig {
+        PlannerConfig {
+            warm_below_min_zoom: 1.0,
+            ..PlannerConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_view_just_below_min_zoom_warms_the_tiles_under_it() {
+        // 6 x 6 data tiles (5.9 wide, centred on a tile corner) at zoom 11.5 (min_zoom 12): nothing in view, and every view a
+        // zoom-in lands on lies under it.
+        let vp = vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5);
+        let under: HashSet<TileId> = (999..1005)
+            .flat_map(|y| (999..1005).map(move |x| TileId::new(14, x, y).unwrap()))
+            .collect();
+        let mut p = Planner::new(PlannerConfig {
+            align_levels: 0,
+            ..warm1()
+        })
+        .unwrap();
+        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        assert!(plan.visible.is_empty() && plan.foreground.is_empty());
+        let warmed: HashSet<TileId> = plan.prefetch.iter().map(Work::tile).collect();
+        assert_eq!(warmed, under);
+        // Centre first.
+        let first = plan.prefetch[0].tile();
+        assert!((1001..=1002).contains(&first.x()) && (1001..=1002).contains(&first.y()));
+        // The budget counts the tiles under the view, not the (none) visible ones.
+        assert_eq!(p.round_budget(&vp, 0), 8 * 36);
+        assert_eq!(p.budget(0), 32);
+        // Aligned (the default), whole 4 x 4 blocks: 999..1005 spans blocks 996..1008.
+        let mut p = Planner::new(warm1()).unwrap();
+        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let warmed: HashSet<TileId> = plan.prefetch.iter().map(Work::tile).collect();
+        assert!(warmed.is_superset(&under));
+        assert_eq!(warmed.len(), 12 * 12);
+        // More than `warm_below_min_zoom` levels below: nothing.
+        let mut p = Planner::new(PlannerConfig {
+            warm_below_min_zoom: 0.25,
+            ..warm1()
+        })
+        .unwrap();
+        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        assert!(plan.prefetch.is_empty());
+        assert_eq!(p.round_budget(&vp, 0), 32);
+        // Fresh and in-flight tiles are left out as anywhere else.
+        let mut p = Planner::new(PlannerConfig {
+            align_levels: 0,
+            ..warm1()
+        })
+        .unwrap();
+        let fresh = TileId::new(14, 1002, 1002).unwrap();
+        let flying = TileId::new(14, 1001, 1001).unwrap();
+        let plan = p
+            .plan(
+                &vp,
+                0,
+                |t| {
+                    if t == fresh {
+                        TileFreshness::Fresh
+                    } else {
+                        TileFreshness::Unknown
+                    }
+                },
+                |t| t == flying,
+            )
+            .unwrap();
+        assert_eq!(plan.prefetch.len(), 34);
+        assert!(plan.wants(fresh) && plan.wants(flying));
+    }
+
+    #[test]
+    fn zooming_out_below_min_zoom_warms_nothing() {
+        let mut p = Planner::new(warm1()).unwrap();
+        p.plan(
+            &vp_at(1002.0, 1002.0, 3.0, 3.0, 12.5),
+            0,
+            unknown,
+            none_in_flight,
+        )
+        .unwrap();
+        let plan = p
+            .plan(
+                &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5),
+                300,
+                unknown,
+                none_in_flight,
+            )
+            .unwrap();
+        assert!(plan.zoom_velocity < 0.0);
+        assert!(plan.visible.is_empty() && plan.prefetch.is_empty());
+        // Still again a while later: the next step is a zoom in.
+        let plan = p
+            .plan(
+                &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5),
+                5000,
+                unknown,
+                none_in_flight,
+            )
+            .unwrap();
+        assert_eq!(plan.prefetch.len(), 12 * 12);
     }
 
     #[test]
@@ -1129,6 +1306,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "planner config ring must be an integer in 0..=8, got 9");
+        for bad in [-0.5, 4.5, f64::NAN] {
+            let e = Planner::new(PlannerConfig {
+                warm_below_min_zoom: bad,
+                ..PlannerConfig::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("planner config warm_below_min_zoom must be a number in 0..=4"),
+                "{e}"
+            );
+        }
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
         let wide = Viewport::new(-10.0, -10.0, 10.0, 10.0, 14.0).unwrap();
         assert!(matches!(
@@ -1179,7 +1368,7 @@ mod tests {
                     x += dx; y += dy; t += dt;
                     let vp = vp_at(x, y, w, h, zoom);
                     let plan = p.plan(&vp, t, |tile| state_of(code(tile)), flying).unwrap();
-                    let round_budget = p.budget(plan.visible.len());
+                    let round_budget = p.round_budget(&vp, plan.visible.len());
                     prop_assert!(round_budget >= budget.min(4096));
                     prop_assert!(round_budget <= 4096);
                     prop_assert!(plan.prefetch.len() <= round_budget);

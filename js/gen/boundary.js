@@ -90,15 +90,15 @@ export const OPTIONS = [
 ];
 export const GROUPS = {
   ttl: ['default', 'byClass', 'staleWhileRevalidate'],
-  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible'],
-  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels'],
+  prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible', 'warmBelowMinZoom'],
+  batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels', 'coalesceMinShare'],
 };
 export const NUMBERS = [
   'tileZoom', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes', 'ttl.default',
   'ttl.staleWhileRevalidate', 'prefetch.ring', 'prefetch.lookaheadMs',
   'prefetch.maxTilesPerRound', 'prefetch.viewRing', 'prefetch.budgetPerVisible',
-  'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight', 'batch.timeoutMs', 'batch.retries',
-  'batch.coalesceLevels',
+  'prefetch.warmBelowMinZoom', 'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight',
+  'batch.timeoutMs', 'batch.retries', 'batch.coalesceLevels', 'batch.coalesceMinShare',
 ];
 
 /** Largest response body read, in bytes (the protocol's `Limits::max_body_bytes`). */

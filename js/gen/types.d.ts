@@ -120,8 +120,8 @@ export interface TileCacheOptions {
    */
   tileSize?: 256 | 512;
   /**
-   * Below this map zoom nothing is fetched: a number in 0..=30, in the units `tileSize` sets.
-   * Default 12.
+   * Below this map zoom nothing is fetched (unless `prefetch.warmBelowMinZoom` is set): a
+   * number in 0..=30, in the units `tileSize` sets. Default 12.
    */
   minZoom?: number;
   /**
@@ -173,6 +173,15 @@ export interface TileCacheOptions {
      * 0..=64. Default 8.
      */
     budgetPerVisible?: number;
+    /**
+     * A view at most this many zoom levels below `minZoom` that is not zooming out prefetches
+     * the data tiles under it, centre first (the next step there is a zoom in): a number in
+     * 0..=4 (0 = off). Off by default: over dense data a user resting just below `minZoom`
+     * prefetches up to thousands of data tiles that may never be looked at. Where sessions
+     * start just below `minZoom` it makes nearly every later view ready for more requests
+     * (docs/BENCHMARKS.md measures 1). Default 0.
+     */
+    warmBelowMinZoom?: number;
   };
   batch?: {
     /**
@@ -196,11 +205,19 @@ export interface TileCacheOptions {
      */
     retries?: number;
     /**
-     * Ask for a tile up to this many zooms coarser when all its data tiles are missing: an
-     * integer in 0..=4 (0 = off); the server must accept that zoom. Prefetch areas are widened
-     * to whole tiles of that zoom, so they go out as coarse tiles. Default 2.
+     * Ask for a tile up to this many zooms coarser when its data tiles are missing
+     * (`batch.coalesceMinShare`): an integer in 0..=4 (0 = off); the server must accept that
+     * zoom. Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse
+     * tiles. Default 2.
      */
     coalesceLevels?: number;
+    /**
+     * Percent of a coarse tile's data tiles that must be queued for it to be asked for: an
+     * integer in 1..=100 (100 = all). Below 100 its answer brings the block's other data tiles
+     * too, and it is asked for only when none of them is cached or in flight: fewer requests
+     * for at most those tiles' items. Default 100.
+     */
+    coalesceMinShare?: number;
   };
   /**
    * The caller's tier: one of "public", "registered", "verified", "agent". Default `'public'`.

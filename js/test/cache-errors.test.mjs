@@ -31,7 +31,7 @@ test('bad options: TypeError or RangeError naming the field, the value and what 
     [{ batch: { maxInFlight: 2n } }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'batch.maxInFlight must be an integer in 1..=64, got a bigint'],
     [{ batch: { timeoutMs: 0 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'batch.timeoutMs must be an integer in 1..=600000, got 0'],
     [{ batch: { retries: 11 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'batch.retries must be an integer in 0..=10, got 11'],
-    [{ batch: { retry: 1 } }, 'TypeError', 'ERR_INVALID_ARG_VALUE', 'batch.retry is not an option; the options are batch.maxTiles, batch.maxIds, batch.maxInFlight, batch.timeoutMs, batch.retries, batch.coalesceLevels'],
+    [{ batch: { retry: 1 } }, 'TypeError', 'ERR_INVALID_ARG_VALUE', 'batch.retry is not an option; the options are batch.maxTiles, batch.maxIds, batch.maxInFlight, batch.timeoutMs, batch.retries, batch.coalesceLevels, batch.coalesceMinShare'],
     [{ access: 'admin' }, 'TypeError', 'ERR_INVALID_ARG_VALUE', 'access must be one of "public", "registered", "verified", "agent", got "admin"'],
     [{ access: 3 }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'access must be one of "public", "registered", "verified", "agent", got 3'],
     [{ endpoint: '/v1/batch' }, 'TypeError', 'ERR_INVALID_ARG_VALUE', 'endpoint must be an absolute URL string, got "/v1/batch"'],

@@ -215,7 +215,7 @@ test('tileSize 512: the viewport zoom and minZoom are MapLibre\'s', async () => 
   const b = await make({ minZoom: 14 });
   fresh();
   assert.equal(b.setViewport(v).complete, true, '256-px zoom 13.5 is below minZoom 14');
-  assert.equal(backend.requests.length, 0);
+  assert.equal(backend.requests.length, 0, 'nothing fetched below minZoom (prefetch.warmBelowMinZoom is off by default)');
   await assert.rejects(make({ tileSize: 300 }), { code: 'ERR_OUT_OF_RANGE', message: 'tileSize must be 256 or 512, got 300' });
   await assert.rejects(make({ tileSize: '512' }), { code: 'ERR_INVALID_ARG_TYPE' });
   a.dispose();

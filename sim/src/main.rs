@@ -123,6 +123,10 @@ struct RunArgs {
     /// Coarsest request tile, in zooms above the data zoom (batch coalesce_levels) [default: 2]
     #[arg(long, value_name = "N")]
     coalesce_levels: Option<u8>,
+    /// Share (percent) of a coarse tile's data tiles that must be queued for it to be asked
+    /// for (batch coalesce_min_share) [default: 100]
+    #[arg(long, value_name = "PCT")]
+    coalesce_min_share: Option<u8>,
     /// tilewarm policy: ring width [default: 1]
     #[arg(long, value_name = "N")]
     tw_ring: Option<u32>,
@@ -147,6 +151,9 @@ struct RunArgs {
     /// tilewarm policy: align_levels (0 = off) [default: 2]
     #[arg(long, value_name = "N")]
     tw_align_levels: Option<u8>,
+    /// tilewarm policy: warm_below_min_zoom, zoom levels (0 = off) [default: 0]
+    #[arg(long, value_name = "X")]
+    tw_warm_below: Option<f64>,
 }
 
 fn parse_policy(p: &str) -> Result<Policy, String> {
@@ -241,6 +248,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     set(&mut cfg.batch.max_in_flight, a.in_flight);
     set(&mut cfg.batch.max_tiles, a.batch_tiles);
     set(&mut cfg.batch.coalesce_levels, a.coalesce_levels);
+    set(&mut cfg.batch.coalesce_min_share, a.coalesce_min_share);
     set(&mut cfg.fail_share, a.fail_share);
     set(&mut cfg.slow_share, a.slow_share);
     set(&mut cfg.slow_ms, a.slow_ms);
@@ -263,6 +271,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         a.tw_budget_per_visible,
     );
     set(&mut cfg.tilewarm.align_levels, a.tw_align_levels);
+    set(&mut cfg.tilewarm.warm_below_min_zoom, a.tw_warm_below);
     cfg.batch.validate().map_err(|e| e.to_string())?;
     for p in &policies {
         cfg.planner_for(*p).validate().map_err(|e| e.to_string())?;

@@ -146,14 +146,22 @@ pub fn goals(r: &Report, hit_goal: f64) -> String {
         ));
         // Issue 17's cost goals, against the production scheme (ring1) and the oracle.
         if let Some(r1) = get("ring1") {
-            let ratio = r1.foreground_requests as f64 / tw.foreground_requests.max(1) as f64;
-            s.push_str(&format!(
-                "- foreground requests: ring1 {} / tilewarm {} = {:.2}x (goal ≥ 3x): **{}**\n",
-                r1.foreground_requests,
-                tw.foreground_requests,
-                ratio,
-                if ratio >= 3.0 { "met" } else { "missed" }
-            ));
+            if tw.foreground_requests == 0 {
+                // No ratio to print: every view was ready without asking.
+                s.push_str(&format!(
+                    "- foreground requests: ring1 {} / tilewarm 0: none at all (goal ≥ 3x fewer): **met**\n",
+                    r1.foreground_requests,
+                ));
+            } else {
+                let ratio = r1.foreground_requests as f64 / tw.foreground_requests as f64;
+                s.push_str(&format!(
+                    "- foreground requests: ring1 {} / tilewarm {} = {:.2}x (goal ≥ 3x): **{}**\n",
+                    r1.foreground_requests,
+                    tw.foreground_requests,
+                    ratio,
+                    if ratio >= 3.0 { "met" } else { "missed" }
+                ));
+            }
             let ratio = tw.requests as f64 / r1.requests.max(1) as f64;
             s.push_str(&format!(
                 "- requests: tilewarm {} / ring1 {} = {:.2}x (goal ≤ 1.2x): **{}**\n",

@@ -155,6 +155,7 @@ impl SimConfig {
                 view_ring: 0.0,
                 max_tiles_per_round: 4096,
                 budget_per_visible: 0.0,
+                warm_below_min_zoom: 0.0,
                 ..base
             },
             Policy::Lru | Policy::None | Policy::Oracle => PlannerConfig {
@@ -163,15 +164,27 @@ impl SimConfig {
                 view_ring: 0.0,
                 max_tiles_per_round: 0,
                 budget_per_visible: 0.0,
+                warm_below_min_zoom: 0.0,
                 ..base
             },
         }
     }
 
+    /// The batch config of a policy: the shared one, except that the oracle never asks for
+    /// a coarse tile over a partly queued block (`coalesce_min_share` 100): it fetches
+    /// exactly the next view's tiles, the items every policy is measured against.
+    pub fn batch_for(&self, policy: Policy) -> BatchConfig {
+        let mut batch = self.batch.clone();
+        if policy == Policy::Oracle {
+            batch.coalesce_min_share = 100;
+        }
+        batch
+    }
+
     fn client_config(&self, policy: Policy) -> ClientConfig {
         ClientConfig {
             planner: self.planner_for(policy),
-            batch: self.batch.clone(),
+            batch: self.batch_for(policy),
             access: self.access,
             ..ClientConfig::default()
         }

@@ -219,7 +219,30 @@ impl Batcher {
         // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
         // request tiles goes back to the front of the queue.
         // `tiles` holds the data tiles of the `Work::Tile`s in `works`, in the same order.
-        let (mut request_tiles, group_of) = coalesce(&tiles, self.config.coalesce_levels);
+        // A block asked for as a coarse tile while only part of it is queued brings its
+        // other data tiles too: only when none of them is in flight or held already
+        // (`needed` says no), or their items would come twice.
+        let in_flight = &self.in_flight;
+        let queued = if self.config.coalesce_min_share < 100 {
+            TileSet::new(tiles.iter().copied())
+        } else {
+            TileSet::default()
+        };
+        let (mut request_tiles, group_of) = coalesce(
+            &tiles,
+            self.config.coalesce_levels,
+            self.config.coalesce_min_share,
+            |block| {
+                let data_zoom = tiles.first().map_or(block.z(), |t| t.z());
+                block.descendants(data_zoom).is_ok_and(|below| {
+                    below.into_iter().all(|d| {
+                        queued.contains(d)
+                            || (!in_flight.iter().any(|f| f.tiles.contains(d))
+                                && needed(&Work::Tile(d)))
+                    })
+                })
+            },
+        );
         if request_tiles.len() > self.config.max_tiles {
             let mut groups = group_of.iter();
             let (mut sent, mut returned) = (Vec::new(), Vec::new());
@@ -269,8 +292,18 @@ impl Batcher {
         if attempt > 0 {
             self.stats.retries += 1;
         }
+        // A coarse tile asked for with part of its block queued
+        // (`coalesce_min_share` < 100) brings the rest of the block too: all of it is in
+        // flight, so no other request asks for those tiles meanwhile.
+        let mut covered: Vec<TileId> = works.iter().map(Work::tile).collect();
+        if self.config.coalesce_min_share < 100 {
+            let data_zoom = covered.iter().map(|t| t.z()).max().unwrap_or(0);
+            for r in tiles.iter().filter(|r| r.z() < data_zoom) {
+                covered.extend(r.descendants(data_zoom).unwrap_or_default());
+            }
+        }
         self.in_flight.push(InFlight {
-            tiles: TileSet::new(works.iter().map(Work::tile)),
+            tiles: TileSet::new(covered),
             request: Finished {
                 id,
                 kind,

@@ -4,27 +4,41 @@ use crate::tile::{find_tile, TileId};
 use crate::util::sort_pairs;
 
 /// Groups data tiles (in priority order) into request tiles: an ancestor up to `levels`
-/// zooms up stands for its descendants when all of them are in `tiles` (the coarsest such
-/// ancestor does). Returns the request tiles in order of first appearance, and for each data
-/// tile the index of its request tile.
+/// zooms up stands for its descendants when at least `min_share` percent of them are in
+/// `tiles` (the coarsest such ancestor does; 100 = all of them). Returns the request tiles
+/// in order of first appearance, and for each data tile the index of its request tile.
+/// Below 100 a request tile may stand for data tiles that are not in `tiles`: its answer
+/// holds their items too, fewer request tiles for more items. Such a partly listed
+/// ancestor is chosen only when `partial_ok(ancestor)` says so (the caller refuses one
+/// whose other data tiles it already holds or has asked for: their items would come twice).
 ///
 /// Sorted `(u64, u64)` vectors throughout (the one `sort_pairs` of the crate), no hash tables: per level,
 /// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
-/// ancestor, and one with `4^k` of them `k` zooms up is complete. O(levels · n log n).
+/// ancestor, and one with at least `min_share`% of its `4^k` tiles `k` zooms up is chosen.
+/// O(levels · n log n).
 ///
 /// Written this way for the browser's wasm: the plain form (a `HashMap<TileId,
 /// HashSet<TileId>>` per level and a map of first positions) was measured on 2026-12-02 at
 /// 1.3 KB gzipped more (browser wasm 68,444 → 69,747 bytes gzipped, same tree otherwise),
 /// above the 0.3 KB a size trick must save to stay.
-pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
+pub fn coalesce(
+    tiles: &[TileId],
+    levels: u8,
+    min_share: u8,
+    mut partial_ok: impl FnMut(TileId) -> bool,
+) -> (Vec<TileId>, Vec<usize>) {
     // (request tile, position) of each data tile: the tile itself unless an ancestor is complete.
     let mut chosen: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
     for (i, t) in tiles.iter().enumerate() {
         chosen.push((t.to_u64(), i as u64));
     }
     let above = |t: TileId, k: u8| t.ancestor(t.z().checked_sub(k)?).ok();
-    // Finest level first, so a complete coarser ancestor replaces a finer one.
+    // Finest level first, so a chosen coarser ancestor replaces a finer one.
     for k in 1..=levels {
+        // Data tiles below an ancestor k zooms up, and how many of them must be listed
+        // (at least one; all of them at 100%).
+        let all = 1usize << (2 * k);
+        let need = (all * usize::from(min_share.min(100))).div_ceil(100).max(1);
         let mut pairs: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
         for &t in tiles {
             if let Some(a) = above(t, k) {
@@ -35,7 +49,9 @@ pub fn coalesce(tiles: &[TileId], levels: u8) -> (Vec<TileId>, Vec<usize>) {
         pairs.dedup();
         let mut complete: Vec<(u64, u64)> = Vec::new();
         for below in pairs.chunk_by(|p, q| p.0 == q.0) {
-            if below.len() == 1 << (2 * k) {
+            if below.len() >= need
+                && (below.len() == all || partial_ok(TileId::from_packed(below[0].0)))
+            {
                 complete.push((below[0].0, 0));
             }
         }

@@ -32,6 +32,14 @@ pub struct BatchConfig {
     /// protocol answers a coarse tile with all its items; the server's `min_zoom` must
     /// allow `tile_zoom - coalesce_levels`.
     pub coalesce_levels: u8,
+    /// A coarse tile is asked for when at least this share (percent) of its data tiles
+    /// are queued (default 100: all of them; 1..=100). Below 100 the coarse tile's answer
+    /// also brings the block's other data tiles; it is asked for only when none of those is
+    /// cached fresh or in flight, so no item comes twice. Fewer request tiles (a view's
+    /// edge blocks, a queue cut between two requests) for at most the items of the block's
+    /// unqueued tiles. With prefetch on they are mostly tiles it would fetch anyway
+    /// (docs/BENCHMARKS.md: 50 on the simulator's traces).
+    pub coalesce_min_share: u8,
 }
 
 impl Default for BatchConfig {
@@ -49,6 +57,7 @@ impl Default for BatchConfig {
             breaker_max_cooldown_ms: 60_000,
             seed: 0x5eed_7113_3a3d_0001,
             coalesce_levels: 2,
+            coalesce_min_share: 100,
         }
     }
 }
@@ -66,7 +75,7 @@ impl BatchConfig {
     /// Checks every field; the error names the field, the value and the allowed range.
     pub fn validate(&self) -> Result<(), BatchConfigError> {
         // (field, lowest, highest, as the error says it), in the order of `values`.
-        const RANGES: [(&str, u64, u64, &str); 10] = [
+        const RANGES: [(&str, u64, u64, &str); 11] = [
             ("max_tiles", 1, 1024, "in 1..=1024"),
             ("max_ids", 1, 100_000, "in 1..=100000"),
             ("max_in_flight", 1, 64, "in 1..=64"),
@@ -77,6 +86,7 @@ impl BatchConfig {
             ("breaker_threshold", 1, 1000, "in 1..=1000"),
             ("breaker_cooldown_ms", 1, 3_600_000, "in 1..=3600000"),
             ("coalesce_levels", 0, 4, "in 0..=4"),
+            ("coalesce_min_share", 1, 100, "in 1..=100"),
         ];
         let values = [
             self.max_tiles as u64,
@@ -89,6 +99,7 @@ impl BatchConfig {
             self.breaker_threshold as u64,
             self.breaker_cooldown_ms,
             self.coalesce_levels as u64,
+            self.coalesce_min_share as u64,
         ];
         for (&(field, lo, hi, allowed), value) in RANGES.iter().zip(values) {
             if value < lo || value > hi {

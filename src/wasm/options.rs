@@ -156,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 26] = [
+pub(crate) const OPTIONS: [Opt; 28] = [
     other(
         "endpoint",
         Check::Shell,
@@ -185,7 +185,8 @@ pub(crate) const OPTIONS: [Opt; 26] = [
         real(0.0, 30.0),
         |c| c.planner.min_zoom,
         |c, v| c.planner.min_zoom = v,
-        "Below this map zoom nothing is fetched: {allowed}, in the units `tileSize` sets.",
+        "Below this map zoom nothing is fetched (unless `prefetch.warmBelowMinZoom` is \
+         set): {allowed}, in the units `tileSize` sets.",
     ),
     number(
         "maxVisibleTiles",
@@ -268,6 +269,18 @@ pub(crate) const OPTIONS: [Opt; 26] = [
         "The per-round budget grows to this many prefetch tiles per visible tile: {allowed}.",
     ),
     number(
+        "prefetch.warmBelowMinZoom",
+        real(0.0, 4.0),
+        |c| c.planner.warm_below_min_zoom,
+        |c, v| c.planner.warm_below_min_zoom = v,
+        "A view at most this many zoom levels below `minZoom` that is not zooming out \
+         prefetches the data tiles under it, centre first (the next step there is a zoom \
+         in): {allowed} (0 = off). Off by default: over dense data a user resting just \
+         below `minZoom` prefetches up to thousands of data tiles that may never be looked \
+         at. Where sessions start just below `minZoom` it makes nearly every later view \
+         ready for more requests (docs/BENCHMARKS.md measures 1).",
+    ),
+    number(
         "batch.maxTiles",
         int(1.0, 64.0),
         |c| c.batch.max_tiles as f64,
@@ -311,9 +324,20 @@ pub(crate) const OPTIONS: [Opt; 26] = [
             c.batch.coalesce_levels = v as u8;
             c.planner.align_levels = v as u8;
         },
-        "Ask for a tile up to this many zooms coarser when all its data tiles are missing: \
-         {allowed} (0 = off); the server must accept that zoom. Prefetch areas are widened \
-         to whole tiles of that zoom, so they go out as coarse tiles.",
+        "Ask for a tile up to this many zooms coarser when its data tiles are missing \
+         (`batch.coalesceMinShare`): {allowed} (0 = off); the server must accept that zoom. \
+         Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse \
+         tiles.",
+    ),
+    number(
+        "batch.coalesceMinShare",
+        int(1.0, 100.0),
+        |c| c.batch.coalesce_min_share as f64,
+        |c, v| c.batch.coalesce_min_share = v as u8,
+        "Percent of a coarse tile's data tiles that must be queued for it to be asked for: \
+         {allowed} (100 = all). Below 100 its answer brings the block's other data tiles \
+         too, and it is asked for only when none of them is cached or in flight: fewer \
+         requests for at most those tiles' items.",
     ),
     other(
         "access",

@@ -3,7 +3,12 @@ use crate::tile::TileId;
 
 /// [`coalesce`]'s answer as each request tile with its data tiles.
 fn grouped(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
-    let (request_tiles, group_of) = coalesce(tiles, levels);
+    grouped_at(tiles, levels, 100)
+}
+
+/// [`grouped`] with a `min_share` (percent of a block's data tiles listed).
+fn grouped_at(tiles: &[TileId], levels: u8, min_share: u8) -> Vec<(TileId, Vec<TileId>)> {
+    let (request_tiles, group_of) = coalesce(tiles, levels, min_share, |_| true);
     assert_eq!(group_of.len(), tiles.len());
     let mut groups: Vec<(TileId, Vec<TileId>)> =
         request_tiles.into_iter().map(|t| (t, Vec::new())).collect();
@@ -65,5 +70,77 @@ proptest::proptest! {
             }
         }
         proptest::prop_assert_eq!(grouped(&tiles, levels), want);
+    }
+}
+
+#[test]
+fn a_share_of_a_block_is_enough_when_the_caller_agrees() {
+    let parent = TileId::new(12, 100, 100).unwrap();
+    let block = parent.descendants(14).unwrap();
+    // 8 of 16 at 50%: the block; at 51% the z13 quarters with 2 of their 4 (rows 0-1 of a
+    // row-major block fill the two top quarters).
+    assert_eq!(
+        grouped_at(&block[..8], 2, 50),
+        vec![(parent, block[..8].to_vec())]
+    );
+    let groups = grouped_at(&block[..8], 2, 51);
+    assert_eq!(groups.len(), 2);
+    assert!(groups.iter().all(|(t, m)| t.z() == 13 && m.len() == 4));
+    // The caller refuses the partly listed block: its quarters are complete, so they go.
+    let (request_tiles, _) = coalesce(&block[..8], 2, 50, |a| a != parent);
+    assert_eq!(request_tiles.len(), 2);
+    assert!(request_tiles.iter().all(|t| t.z() == 13));
+    // A complete block never asks the caller.
+    let (request_tiles, _) = coalesce(&block, 2, 50, |_| panic!("asked for a complete block"));
+    assert_eq!(request_tiles, vec![parent]);
+    // 1% of 16 is one tile: any listed tile stands for its block.
+    assert_eq!(
+        grouped_at(&block[5..6], 2, 1),
+        vec![(parent, vec![block[5]])]
+    );
+}
+
+proptest::proptest! {
+    /// Against the definition, with a share: each data tile goes out as its coarsest
+    /// ancestor up to `levels` zooms up with at least `min_share`% of its descendants
+    /// listed that is complete or that the caller accepts (else as itself).
+    #[test]
+    fn coalesce_with_a_share_matches_the_definition(
+        cells in proptest::collection::vec((0u32..8, 0u32..8), 0..80),
+        levels in 0u8..4,
+        min_share in 1u8..=100,
+        refuse in 0u64..4,
+    ) {
+        let tiles: Vec<TileId> = cells
+            .iter()
+            .map(|&(x, y)| TileId::new(14, 1000 + x, 2000 + y).unwrap())
+            .collect();
+        // The caller refuses some ancestors, deterministically.
+        let accepts = |a: TileId| (a.x() as u64 + a.y() as u64 + a.z() as u64) % 4 != refuse;
+        let chosen_ok = |a: TileId| {
+            let below = a.descendants(14).unwrap();
+            let listed = below.iter().filter(|d| tiles.contains(d)).count();
+            let all = below.len();
+            listed * 100 >= all * min_share as usize && (listed == all || accepts(a))
+        };
+        let mut want: Vec<(TileId, Vec<TileId>)> = Vec::new();
+        for &t in &tiles {
+            let chosen = (1..=levels)
+                .rev()
+                .map(|k| t.ancestor(14 - k).unwrap())
+                .find(|&a| chosen_ok(a))
+                .unwrap_or(t);
+            match want.iter_mut().find(|(r, _)| *r == chosen) {
+                Some((_, members)) => members.push(t),
+                None => want.push((chosen, vec![t])),
+            }
+        }
+        let (request_tiles, group_of) = coalesce(&tiles, levels, min_share, accepts);
+        let mut got: Vec<(TileId, Vec<TileId>)> =
+            request_tiles.into_iter().map(|t| (t, Vec::new())).collect();
+        for (&t, &g) in tiles.iter().zip(&group_of) {
+            got[g].1.push(t);
+        }
+        proptest::prop_assert_eq!(got, want);
     }
 }

@@ -334,3 +334,87 @@ fn config_errors_name_the_field() {
         "batch config max_in_flight must be in 1..=64, got 0"
     );
 }
+
+#[test]
+fn a_partly_queued_block_goes_out_as_its_coarse_tile_when_nothing_of_it_is_held() {
+    let parent = TileId::new(12, 100, 100).unwrap();
+    let block = parent.descendants(14).unwrap(); // 16 tiles
+    let half = BatchConfig {
+        coalesce_min_share: 50,
+        ..BatchConfig::default()
+    };
+    let mut b = Batcher::new(half.clone()).unwrap();
+    // 8 of 16 queued, the other 8 neither held nor in flight: one coarse tile.
+    b.set_prefetch(block[..8].iter().copied().map(Work::Tile).collect());
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, vec![parent]);
+    // The whole block is in flight (its answer brings all 16), so nothing asks for the
+    // rest meanwhile; the request is for the 8 queued ones.
+    assert!(block.iter().all(|&t| b.is_tile_in_flight(t)));
+    b.set_foreground(block[8..].iter().copied().map(Work::Tile).collect());
+    assert_eq!(b.poll(0, P, all), None, "the rest is coming");
+    let f = b.on_success(r.id).unwrap();
+    assert_eq!(f.works.len(), 8);
+    assert!(!b.is_tile_in_flight(block[15]));
+
+    // 7 of 16 (below half): the z13 quarters with at least 2 of their 4 queued go out
+    // coarse, and a lone tile as itself.
+    let mut b = Batcher::new(half).unwrap();
+    let quarters = parent.descendants(13).unwrap();
+    let mut queued = quarters[0].descendants(14).unwrap(); // 4 of a quarter
+    queued.extend(&quarters[1].descendants(14).unwrap()[..2]); // 2 of a quarter
+    queued.push(quarters[2].descendants(14).unwrap()[0]); // 1 of a quarter
+    b.set_prefetch(queued.iter().copied().map(Work::Tile).collect());
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, vec![quarters[0], quarters[1], queued[6]]);
+}
+
+#[test]
+fn a_partly_queued_block_is_not_asked_for_whole_when_part_of_it_is_held_or_coming() {
+    let parent = TileId::new(12, 100, 100).unwrap();
+    let block = parent.descendants(14).unwrap();
+    let queued: Vec<Work> = block[..12].iter().copied().map(Work::Tile).collect();
+    // One of the other 4 is cached fresh (`needed` says no): its items would come twice.
+    let fresh = block[15];
+    let half = BatchConfig {
+        coalesce_min_share: 50,
+        ..BatchConfig::default()
+    };
+    let mut b = Batcher::new(half.clone()).unwrap();
+    b.set_prefetch(queued.clone());
+    let r = b.poll(0, P, |w: &Work| w.tile() != fresh).unwrap();
+    assert!(!r.request.tiles.contains(&parent), "{:?}", r.request.tiles);
+    assert!(!b.is_tile_in_flight(fresh));
+    // Three of its z13 quarters are complete or half queued and hold nothing else: those
+    // go out coarse; the fourth holds the fresh tile.
+    assert_eq!(r.request.tiles.iter().filter(|t| t.z() == 13).count(), 3);
+    // One of the other 4 is in flight already.
+    let mut b = Batcher::new(half).unwrap();
+    b.set_foreground(vec![Work::Tile(block[15])]);
+    let fg = b.poll(0, P, all).unwrap();
+    assert_eq!(fg.request.tiles, vec![block[15]]);
+    b.set_prefetch(queued);
+    let r = b.poll(0, P, all).unwrap();
+    assert!(!r.request.tiles.contains(&parent), "{:?}", r.request.tiles);
+    // At 100 (the default: complete blocks only) the 12 never go out as the block.
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_prefetch(block[..12].iter().copied().map(Work::Tile).collect());
+    let r = b.poll(0, P, all).unwrap();
+    assert!(!r.request.tiles.contains(&parent));
+    assert!(!b.is_tile_in_flight(block[15]));
+}
+
+#[test]
+fn coalesce_min_share_is_checked() {
+    for bad in [0, 101] {
+        let e = Batcher::new(BatchConfig {
+            coalesce_min_share: bad,
+            ..BatchConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("batch config coalesce_min_share must be in 1..=100, got {bad}")
+        );
+    }
+}
