@@ -857,6 +857,16 @@ mod tests {
     fn none_in_flight(_: TileId) -> bool {
         false
     }
+    /// Freshness where only `fresh` is cached fresh.
+    fn only_fresh(fresh: TileId) -> impl Fn(TileId) -> TileFreshness {
+        move |t| {
+            if t == fresh {
+                TileFreshness::Fresh
+            } else {
+                TileFreshness::Unknown
+            }
+        }
+    }
 
     #[test]
     fn visible_and_ring_on_a_cold_cache() {
@@ -1042,20 +1052,7 @@ mod tests {
         .unwrap();
         let fresh = TileId::new(14, 1002, 1002).unwrap();
         let flying = TileId::new(14, 1001, 1001).unwrap();
-        let plan = p
-            .plan(
-                &vp,
-                0,
-                |t| {
-                    if t == fresh {
-                        TileFreshness::Fresh
-                    } else {
-                        TileFreshness::Unknown
-                    }
-                },
-                |t| t == flying,
-            )
-            .unwrap();
+        let plan = p.plan(&vp, 0, only_fresh(fresh), |t| t == flying).unwrap();
         assert_eq!(plan.prefetch.len(), 34);
         assert!(plan.wants(fresh) && plan.wants(flying));
     }
@@ -1103,20 +1100,7 @@ mod tests {
         let vp = vp_at(1000.5, 1000.5, 1.0, 1.0, 14.0);
         let fresh = TileId::new(14, 1001, 1000).unwrap();
         let flying = TileId::new(14, 999, 1000).unwrap();
-        let plan = p
-            .plan(
-                &vp,
-                0,
-                |t| {
-                    if t == fresh {
-                        TileFreshness::Fresh
-                    } else {
-                        TileFreshness::Unknown
-                    }
-                },
-                |t| t == flying,
-            )
-            .unwrap();
+        let plan = p.plan(&vp, 0, only_fresh(fresh), |t| t == flying).unwrap();
         assert_eq!(plan.prefetch.len(), 5);
         assert!(plan
             .prefetch

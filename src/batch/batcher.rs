@@ -222,25 +222,26 @@ impl Batcher {
         // A block asked for as a coarse tile while only part of it is queued brings its
         // other data tiles too: only when none of them is in flight or held already
         // (`needed` says no), or their items would come twice.
-        let in_flight = &self.in_flight;
-        let queued = if self.config.coalesce_min_share < 100 {
+        let this = &*self;
+        let queued = if this.config.coalesce_min_share < 100 {
             TileSet::new(tiles.iter().copied())
         } else {
             TileSet::default()
         };
+        let data_zoom = tiles.first().map(|t| t.z());
         let (mut request_tiles, group_of) = coalesce(
             &tiles,
-            self.config.coalesce_levels,
-            self.config.coalesce_min_share,
+            this.config.coalesce_levels,
+            this.config.coalesce_min_share,
             |block| {
-                let data_zoom = tiles.first().map_or(block.z(), |t| t.z());
-                block.descendants(data_zoom).is_ok_and(|below| {
-                    below.into_iter().all(|d| {
-                        queued.contains(d)
-                            || (!in_flight.iter().any(|f| f.tiles.contains(d))
-                                && needed(&Work::Tile(d)))
+                block
+                    .descendants(data_zoom.unwrap_or(block.z()))
+                    .is_ok_and(|below| {
+                        below.into_iter().all(|d| {
+                            queued.contains(d)
+                                || (!this.is_tile_in_flight(d) && needed(&Work::Tile(d)))
+                        })
                     })
-                })
             },
         );
         if request_tiles.len() > self.config.max_tiles {
