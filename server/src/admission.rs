@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::RETRY_AFTER;
@@ -31,8 +31,9 @@ use axum::routing::MethodRouter;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tilewarm::protocol::ErrorCode;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::adaptive::InFlightLimit;
 use crate::auth::Caller;
 use crate::http::{error_response, unauthorized};
 use crate::App;
@@ -168,17 +169,20 @@ pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Nex
     next.run(req).await
 }
 
-/// The server-wide bound on one route: `in_flight` requests answered at once, at most
-/// `queue` more waiting for a slot, none waiting longer than `max_wait`. A request past the
-/// queue is refused at once; one that waited `max_wait` without a slot is refused then. Both
-/// are 503 `overloaded` with `Retry-After`, so past capacity latency stays at about
-/// `max_wait` plus the time to answer, instead of growing with the queue.
+/// The server-wide bound on one route: at most `limit` requests answered at once (the
+/// adaptive [`InFlightLimit`], or fixed), at most `queue` more waiting for a slot, none
+/// waiting longer than `max_wait`. A request past the queue is refused at once; one that
+/// waited `max_wait` without a slot is refused then. Both are 503 `overloaded` with
+/// `Retry-After`, so past capacity latency stays at about `max_wait` plus the time to
+/// answer, instead of growing with the queue.
 ///
 /// A tokio [`Semaphore`] (FIFO) holds the slots. tower's `ConcurrencyLimit` + `Buffer` +
 /// `LoadShed`, used before, bound the queue's length but not the time spent in it, and
 /// tower has no layer that times out only the wait.
 pub struct Shed {
-    slots: Semaphore,
+    limit: InFlightLimit,
+    /// Whether hold times move the limit (`--in-flight-limit adaptive`).
+    adaptive: bool,
     waiting: AtomicUsize,
     queue: usize,
     max_wait: Duration,
@@ -186,9 +190,40 @@ pub struct Shed {
 }
 
 impl Shed {
-    pub fn new(in_flight: usize, queue: usize, max_wait: Duration, retry_after_s: u64) -> Shed {
+    /// `in_flight` slots, fixed.
+    pub fn fixed(in_flight: usize, queue: usize, max_wait: Duration, retry_after_s: u64) -> Shed {
+        let n = in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Shed::with(
+            InFlightLimit::adaptive(n, n),
+            false,
+            queue,
+            max_wait,
+            retry_after_s,
+        )
+    }
+
+    /// Slots from `initial` up to `max`, moved by hold times ([`crate::adaptive`]).
+    pub fn adaptive(
+        initial: usize,
+        max: usize,
+        queue: usize,
+        max_wait: Duration,
+        retry_after_s: u64,
+    ) -> Shed {
+        let limit = InFlightLimit::adaptive(initial, max);
+        Shed::with(limit, true, queue, max_wait, retry_after_s)
+    }
+
+    fn with(
+        limit: InFlightLimit,
+        adaptive: bool,
+        queue: usize,
+        max_wait: Duration,
+        retry_after_s: u64,
+    ) -> Shed {
         Shed {
-            slots: Semaphore::new(in_flight.min(Semaphore::MAX_PERMITS)),
+            limit,
+            adaptive,
             waiting: AtomicUsize::new(0),
             queue,
             max_wait,
@@ -196,10 +231,16 @@ impl Shed {
         }
     }
 
+    /// The number of slots now.
+    pub fn limit(&self) -> usize {
+        self.limit.limit()
+    }
+
     /// A slot, or the refusal to answer with.
-    pub async fn admit(&self) -> Result<SemaphorePermit<'_>, Response> {
-        if let Ok(p) = self.slots.try_acquire() {
-            return Ok(p);
+    pub async fn admit(self: &Arc<Self>) -> Result<Slot, Response> {
+        let slots = self.limit.slots();
+        if let Ok(p) = Arc::clone(slots).try_acquire_owned() {
+            return Ok(Slot::new(self, p));
         }
         // A place in the queue, given back on drop: also when the request is dropped while
         // it waits (its client went away), or the count would only grow.
@@ -207,10 +248,10 @@ impl Shed {
         if place.0.fetch_add(1, Relaxed) >= self.queue {
             return Err(overloaded(self.retry_after_s));
         }
-        let got = tokio::time::timeout(self.max_wait, self.slots.acquire()).await;
+        let got = tokio::time::timeout(self.max_wait, Arc::clone(slots).acquire_owned()).await;
         drop(place);
         match got {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok(Slot::new(self, p)),
             Ok(Err(_closed)) => Err(overloaded(self.retry_after_s)),
             Err(_elapsed) => Err(overloaded_because(
                 format!(
@@ -223,6 +264,88 @@ impl Shed {
     }
 }
 
+/// A held slot of a [`Shed`]. Given back on drop, reporting how long it was held to the
+/// adaptive limit.
+pub struct Slot {
+    shed: Arc<Shed>,
+    permit: Option<OwnedSemaphorePermit>,
+    since: Instant,
+}
+
+impl Slot {
+    fn new(shed: &Arc<Shed>, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            shed: Arc::clone(shed),
+            permit: Some(permit),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.shed.adaptive {
+            let in_flight = self.shed.limit.in_flight();
+            drop(self.permit.take());
+            self.shed.limit.observe(self.since.elapsed(), in_flight);
+        }
+    }
+}
+
+/// The request's slot, shared by the middleware that took it and the handler, which gives
+/// it back early ([`HeldSlot::release`]) before waiting for the origin. A request without
+/// one (a handler called without admission) has nothing to release.
+#[derive(Clone, Default)]
+pub struct HeldSlot(Arc<std::sync::Mutex<Option<Slot>>>);
+
+impl HeldSlot {
+    fn holding(slot: Slot) -> HeldSlot {
+        HeldSlot(Arc::new(std::sync::Mutex::new(Some(slot))))
+    }
+
+    /// Gives the slot back now: the request goes on without one (the origin's wait is not
+    /// the server's work; [`OriginWaits`] bounds those requests instead).
+    pub fn release(&self) {
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(slot);
+    }
+}
+
+/// A bound on requests waiting for the origin (their own call or another request's, see
+/// `single_flight`) after giving their slot back: past `--max-origin-waits`, 503
+/// `overloaded` at once, so a slow origin cannot gather an unbounded number of requests.
+pub struct OriginWaits {
+    waiting: AtomicUsize,
+    max: usize,
+}
+
+impl OriginWaits {
+    pub fn new(max: usize) -> OriginWaits {
+        OriginWaits {
+            waiting: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A place among the requests waiting for the origin, or how many there are.
+    pub fn enter(&self) -> Result<OriginWait<'_>, usize> {
+        let place = Place(&self.waiting);
+        let before = place.0.fetch_add(1, Relaxed);
+        if before >= self.max {
+            return Err(before);
+        }
+        Ok(OriginWait(place))
+    }
+
+    /// Requests waiting for the origin now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+}
+
+/// One request counted in [`OriginWaits`]; uncounted when dropped.
+pub struct OriginWait<'a>(#[allow(dead_code)] Place<'a>);
+
 /// One request counted in [`Shed`]'s queue; uncounted when dropped.
 struct Place<'a>(&'a AtomicUsize);
 
@@ -232,23 +355,27 @@ impl Drop for Place<'_> {
     }
 }
 
-/// Middleware holding a [`Shed`] slot for the whole answer.
-async fn shed_middleware(State(shed): State<Arc<Shed>>, req: Request, next: Next) -> Response {
+/// Middleware holding a [`Shed`] slot until the answer is written or the handler gives it
+/// back.
+async fn shed_middleware(State(shed): State<Arc<Shed>>, mut req: Request, next: Next) -> Response {
     match shed.admit().await {
-        Ok(_slot) => next.run(req).await,
+        Ok(slot) => {
+            let held = HeldSlot::holding(slot);
+            req.extensions_mut().insert(held.clone());
+            let response = next.run(req).await;
+            held.release();
+            response
+        }
         Err(refusal) => refusal,
     }
 }
 
-/// `route` behind its own [`Shed`].
+/// `route` behind `shed`.
 pub fn shed<S: Clone + Send + Sync + 'static>(
     route: MethodRouter<S>,
-    shed: Shed,
+    shed: Arc<Shed>,
 ) -> MethodRouter<S> {
-    route.layer(axum::middleware::from_fn_with_state(
-        Arc::new(shed),
-        shed_middleware,
-    ))
+    route.layer(axum::middleware::from_fn_with_state(shed, shed_middleware))
 }
 
 #[cfg(test)]
@@ -259,7 +386,7 @@ mod tests {
     /// queues instead of being refused at once.
     #[tokio::test]
     async fn a_waiter_dropped_in_the_queue_gives_its_place_back() {
-        let shed = Shed::new(1, 1, Duration::from_secs(60), 1);
+        let shed = Arc::new(Shed::fixed(1, 1, Duration::from_secs(60), 1));
         let held = shed.admit().await.ok().unwrap();
         for _ in 0..3 {
             // Waits for the held slot; dropped after 10 ms, as when its client goes away.

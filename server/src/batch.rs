@@ -29,6 +29,7 @@ use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileLi
 use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, WriteBack};
 use tilewarm::tile::TileId;
 
+use crate::admission::HeldSlot;
 use crate::origin::CallSource;
 use crate::single_flight::Followed;
 use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
@@ -109,7 +110,14 @@ pub fn write_response(
 /// Answers a decoded request with the response JSON, filtered for `tier`: the caller's
 /// verified tier lowered by the request's `access` (HTTP decides it; `req.access` is not
 /// read here). The response's `access` reports it.
-pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<String, Refusal> {
+///
+/// `slot` is given back before the request waits for the origin (`crate::admission`).
+pub async fn answer(
+    app: &App,
+    req: &BatchRequest,
+    tier: Access,
+    slot: &HeldSlot,
+) -> Result<String, Refusal> {
     let dz = app.config.data_zoom;
     let caller = tier;
 
@@ -198,6 +206,24 @@ pub async fn answer(app: &App, req: &BatchRequest, tier: Access) -> Result<Strin
     let (lead, follows) = app.single_flight.claim(&data_misses);
     let mut ask = lead.tiles();
     ask.extend(forwarded);
+    // Waiting for the origin (this request's call or another's) is not the server's work:
+    // the slot goes back (unless the origin's call is this process's CPU work), and a
+    // bounded number of requests may wait.
+    let _origin_wait = if ask.is_empty() && miss_ids.is_empty() && follows.is_empty() {
+        None
+    } else {
+        if app.origin.waits() {
+            slot.release();
+        }
+        match app.origin_waits.enter() {
+            Ok(wait) => Some(wait),
+            Err(_) => {
+                let refusal = origin_waits_full(app.config.max_origin_waits);
+                lead.fail(&refusal);
+                return Err(refusal);
+            }
+        }
+    };
     let mut fetched = Fetched::default();
     if !ask.is_empty() || !miss_ids.is_empty() {
         let call = fetch(app, &policy, ask, miss_ids, degraded).await;
@@ -382,6 +408,17 @@ async fn fetch(
         fill: (!degraded).then_some(fill),
         epoch,
     })
+}
+
+/// 503 for a request past `--max-origin-waits`.
+fn origin_waits_full(max: usize) -> Refusal {
+    Refusal {
+        code: ErrorCode::Overloaded,
+        message: format!(
+            "the server is at capacity: {max} requests are waiting for the origin, at most \
+             {max} may at once (--max-origin-waits); retry later"
+        ),
+    }
 }
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in

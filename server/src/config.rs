@@ -9,6 +9,15 @@ use tilewarm::cache::{CacheConfig, MAX_SPLIT_LEVELS};
 use tilewarm::protocol::Limits;
 use tilewarm::tile::MAX_ZOOM;
 
+/// How the number of batch slots is chosen (`--in-flight-limit`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlightLimitKind {
+    /// Moved by measured hold times, up to `--max-in-flight` (`crate::adaptive`).
+    Adaptive,
+    /// Always `--max-in-flight`.
+    Fixed,
+}
+
 /// Reference backend for the tilewarm batch protocol.
 ///
 /// Answers `POST /v1/batch` from a cache tier (in-process, or Redis shared by several
@@ -216,9 +225,21 @@ pub struct Config {
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
 
-    /// Most batches answered at once; more wait in the queue (--max-queue).
+    /// Most batches answered at once; more wait in the queue (--max-queue). With
+    /// `--in-flight-limit adaptive` (the default) the ceiling of the adaptive limit.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_in_flight: usize,
+
+    /// How many batches are answered at once: `adaptive` (the default) starts at two per
+    /// core and moves with how long batches hold their slot, up to --max-in-flight
+    /// (docs/server.md, "Overload"); `fixed` is always --max-in-flight.
+    #[arg(long, value_enum, default_value_t = InFlightLimitKind::Adaptive)]
+    pub in_flight_limit: InFlightLimitKind,
+
+    /// Most requests waiting for the origin at once (they give their batch slot back while
+    /// they wait); past it a request that needs the origin is answered 503 `overloaded`.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_origin_waits: usize,
 
     /// Most batches waiting for a slot; past it a batch is answered 503 `overloaded` with
     /// `Retry-After` at once.
@@ -227,7 +248,7 @@ pub struct Config {
 
     /// Longest a batch waits for a slot, in milliseconds; then it is answered 503
     /// `overloaded` with `Retry-After`, so overload is refused quickly, not queued.
-    #[arg(long, default_value_t = 50, value_name = "MS")]
+    #[arg(long, default_value_t = 10, value_name = "MS")]
     pub max_queue_wait_ms: u64,
 
     /// Most origin calls for requests at once while the cache tier (Redis) is down; past it
@@ -391,12 +412,20 @@ impl Config {
 
     /// The server-wide bound of one route (`crate::admission::Shed`).
     pub fn shed(&self) -> crate::admission::Shed {
-        crate::admission::Shed::new(
-            self.max_in_flight,
-            self.max_queue,
-            std::time::Duration::from_millis(self.max_queue_wait_ms),
-            self.retry_after_s,
-        )
+        let wait = std::time::Duration::from_millis(self.max_queue_wait_ms);
+        let max = self.max_in_flight;
+        match self.in_flight_limit {
+            InFlightLimitKind::Fixed => {
+                crate::admission::Shed::fixed(max, self.max_queue, wait, self.retry_after_s)
+            }
+            InFlightLimitKind::Adaptive => crate::admission::Shed::adaptive(
+                crate::adaptive::initial_limit(max),
+                max,
+                self.max_queue,
+                wait,
+                self.retry_after_s,
+            ),
+        }
     }
 
     /// Checks ranges; the error names the flag.
@@ -453,6 +482,7 @@ impl Config {
             ("--max-body-bytes", self.max_body_bytes.unwrap_or(1)),
             ("--max-in-flight", self.max_in_flight),
             ("--max-queue", self.max_queue),
+            ("--max-origin-waits", self.max_origin_waits),
             ("--max-queue-wait-ms", self.max_queue_wait_ms as usize),
             ("--max-connections", self.max_connections),
             ("--header-timeout-ms", self.header_timeout_ms as usize),

@@ -23,6 +23,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
+use crate::admission::HeldSlot;
 use crate::auth::Caller;
 use crate::batch;
 use crate::App;
@@ -76,9 +77,10 @@ fn json_response(body: String) -> Response {
 fn admitted(
     app: &Arc<App>,
     route: MethodRouter<Arc<App>>,
+    shed: &Arc<crate::admission::Shed>,
     allowed: &'static str,
 ) -> MethodRouter<Arc<App>> {
-    crate::admission::shed(route, app.config.shed())
+    crate::admission::shed(route, Arc::clone(shed))
         .layer(middleware::from_fn_with_state(
             Arc::clone(app),
             crate::admission::per_caller,
@@ -94,6 +96,7 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
             admitted(
                 &app,
                 post(batch_handler),
+                &app.sheds.batch,
                 "/v1/batch accepts POST (and OPTIONS for CORS preflight)",
             ),
         )
@@ -103,6 +106,7 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
             admitted(
                 &app,
                 get(crate::tiles::tiles_handler),
+                &app.sheds.tiles,
                 "/v1/tiles/{z}/{x}/{y} accepts GET (and OPTIONS for CORS preflight)",
             ),
         )
@@ -265,11 +269,13 @@ fn is_json(ct: &HeaderValue) -> bool {
 async fn batch_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
+    slot: Option<Extension<HeldSlot>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let response = batch_inner(&app, caller.map(|c| c.0), &headers, body).await;
+    let slot = slot.map(|s| s.0).unwrap_or_default();
+    let response = batch_inner(&app, caller.map(|c| c.0), &slot, &headers, body).await;
     app.metrics.batch_latency.observe(start.elapsed());
     response
 }
@@ -277,6 +283,7 @@ async fn batch_handler(
 async fn batch_inner(
     app: &App,
     caller: Option<Caller>,
+    slot: &HeldSlot,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
@@ -338,7 +345,7 @@ async fn batch_inner(
         Ok(tier) => tier,
         Err(above) => return forbidden_tier(above),
     };
-    match batch::answer(app, &request, tier).await {
+    match batch::answer(app, &request, tier, slot).await {
         Ok(json) => {
             let mut r = json_response(json);
             r.headers_mut()

@@ -9,6 +9,7 @@
 //! See `docs/server.md` for the design (keys, degraded mode, limits) and
 //! `docs/openapi.yaml` for the protocol.
 
+pub mod adaptive;
 pub mod admission;
 pub mod auth;
 pub mod batch;
@@ -69,8 +70,18 @@ pub struct App {
     pub single_flight: single_flight::SingleFlight,
     /// Origin calls allowed at once while the cache tier is down (`--degraded-origin-calls`).
     pub degraded_calls: tokio::sync::Semaphore,
+    /// Requests waiting for the origin without a batch slot (`--max-origin-waits`).
+    pub origin_waits: admission::OriginWaits,
+    /// The batch slots of `POST /v1/batch` and of `GET /v1/tiles` ([`admission::Shed`]).
+    pub sheds: Sheds,
     /// The short TTL and cap of empty tile lists in the tier ([`empty_tiles`]).
     pub empty_tiles: empty_tiles::EmptyTiles,
+}
+
+/// Each admitted route's own bound ([`admission::Shed`]).
+pub struct Sheds {
+    pub batch: Arc<admission::Shed>,
+    pub tiles: Arc<admission::Shed>,
 }
 
 /// Starting failed; the message says what to fix.
@@ -224,6 +235,11 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         changes: Arc::new(changes),
         single_flight: single_flight::SingleFlight::default(),
         degraded_calls: tokio::sync::Semaphore::new(config.degraded_origin_calls),
+        origin_waits: admission::OriginWaits::new(config.max_origin_waits),
+        sheds: Sheds {
+            batch: Arc::new(config.shed()),
+            tiles: Arc::new(config.shed()),
+        },
         empty_tiles: empty_tiles::EmptyTiles::new(
             config.empty_tile_ttl_s.min(config.tile_ttl_s) * 1000,
             config.max_empty_tiles,

@@ -297,6 +297,26 @@ fn read_app(app: &App, s: &mut Scrape) {
         s.push(name, help, MetricType::Counter, samples);
     }
     s.push(
+        "tilewarm_in_flight_limit",
+        "Batch slots by route now (--in-flight-limit: adaptive or fixed).",
+        MetricType::Gauge,
+        vec![
+            (
+                vec![("route", "/v1/batch".into())],
+                app.sheds.batch.limit() as u64,
+            ),
+            (
+                vec![("route", "/v1/tiles".into())],
+                app.sheds.tiles.limit() as u64,
+            ),
+        ],
+    );
+    s.gauge(
+        "tilewarm_origin_waits",
+        "Requests waiting for the origin without a batch slot (at most --max-origin-waits).",
+        app.origin_waits.waiting() as u64,
+    );
+    s.push(
         "tilewarm_origin_calls",
         "Origin calls by source (request path, warm-up).",
         MetricType::Counter,

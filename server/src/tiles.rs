@@ -34,6 +34,7 @@ use tilewarm::access::Access;
 use tilewarm::protocol::{BatchRequest, ErrorCode};
 use tilewarm::tile::{TileError, TileId};
 
+use crate::admission::HeldSlot;
 use crate::auth::Caller;
 use crate::http::{error_response, forbidden_tier, unauthorized, ACCESS_HEADER};
 use crate::App;
@@ -147,17 +148,29 @@ fn no_store(mut r: Response) -> Response {
 pub async fn tiles_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
+    slot: Option<Extension<HeldSlot>>,
     headers: HeaderMap,
     path: Result<Path<(String, String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let slot = slot.map(|s| s.0).unwrap_or_default();
     let Ok(Path(path)) = path else {
         return no_store(error_response(
             ErrorCode::BadRequest,
             "the path must be /v1/tiles/{z}/{x}/{y} with decimal z, x and y",
         ));
     };
-    no_cache_on_error(answer(&app, caller.map(|c| c.0), &headers, &path, query.as_deref()).await)
+    no_cache_on_error(
+        answer(
+            &app,
+            caller.map(|c| c.0),
+            &slot,
+            &headers,
+            &path,
+            query.as_deref(),
+        )
+        .await,
+    )
 }
 
 fn no_cache_on_error(r: Response) -> Response {
@@ -171,6 +184,7 @@ fn no_cache_on_error(r: Response) -> Response {
 async fn answer(
     app: &App,
     caller: Option<Caller>,
+    slot: &HeldSlot,
     headers: &HeaderMap,
     path: &(String, String, String),
     query: Option<&str>,
@@ -196,8 +210,11 @@ async fn answer(
         ids: Vec::new(),
         access: tier,
     };
-    let json = match crate::batch::answer(app, &request, tier).await {
+    let json = match crate::batch::answer(app, &request, tier, slot).await {
         Ok(json) => json,
+        Err(refusal) if refusal.code == ErrorCode::Overloaded => {
+            return crate::admission::overloaded_because(refusal.message, app.config.retry_after_s)
+        }
         Err(refusal) => return error_response(refusal.code, refusal.message),
     };
     let max_age = min_ttl_s(&json);

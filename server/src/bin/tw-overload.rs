@@ -411,11 +411,12 @@ fn main() {
     };
     md.push_str(&format!(
         "\nCapacity {capacity:.0} batches/s. RSS after warm-up {:.1} MiB. Server counters: origin calls \
-         (request) {}, degraded requests {}, degraded refusals {}.\n",
+         (request) {}, degraded requests {}, degraded refusals {}; batch slots at the end {}.\n",
         rss_start as f64 / 1024.0,
         metric("tilewarm_origin_calls_total{source=\"request\"}"),
         metric("tilewarm_degraded_requests_total"),
         metric("tilewarm_degraded_refusals_total"),
+        metric("tilewarm_in_flight_limit{route=\"/v1/batch\"}"),
     ));
     md.push_str(&if failures.is_empty() {
         "\nResult: nothing accepted failed; every other request was refused (503/429).\n"

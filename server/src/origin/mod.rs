@@ -330,6 +330,13 @@ impl OriginService {
         self.backend.kind()
     }
 
+    /// Whether a call mostly *waits* here rather than computes: the backend is out of
+    /// process (PostGIS, an upstream), or latency is added (`--origin-latency-ms`, the stall
+    /// hook). The in-memory backend's call is this process's own CPU work.
+    pub fn waits(&self) -> bool {
+        self.kind() != "memory" || !self.latency.is_zero() || self.stall_ms() > 0
+    }
+
     /// Where the items come from (no secrets).
     pub fn describe(&self) -> String {
         self.backend.describe()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tilewarm::access::Access;
 
-use crate::common::{config, server, token_for, Config, Http};
+use crate::common::{config, server, token_for, Config, Http, InFlightLimitKind};
 use crate::{densest, origin, request};
 
 /// Sends `head` (and nothing more) on a raw connection and returns what the server
@@ -30,70 +30,106 @@ fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> Option<String> {
     }
 }
 
+/// Opens a `POST /v1/batch` whose body never comes: it holds a batch slot (taken before
+/// the body is read) until the body timeout. Returns the open connection.
+fn stalled_batch(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"tiles\":[",
+    )
+    .unwrap();
+    s
+}
+
+/// One slot (fixed), the given queue and wait, a 10 s body timeout; nothing else limits.
+fn one_slot(queue: usize, wait_ms: u64) -> Config {
+    Config {
+        in_flight_limit: InFlightLimitKind::Fixed,
+        max_in_flight: 1,
+        max_queue: queue,
+        max_queue_wait_ms: wait_ms,
+        body_timeout_ms: 10_000,
+        caller_rate: 0,
+        warmup_ring: 0,
+        ..config()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after() {
     let o = origin(42, 5_000);
-    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
-    // One batch answered at a time, one waiting; the origin takes 2 s per call, so eight
-    // batches sent together cannot all fit.
-    let s = server(Config {
-        max_in_flight: 1,
-        max_queue: 1,
-        caller_rate: 0,
-        origin_latency_ms: 2_000,
-        warmup_ring: 0,
-        ..config()
-    })
-    .await;
-    let http = std::sync::Arc::new(Http::new());
-    let s = std::sync::Arc::new(s);
-    let mut tasks = Vec::new();
-    for t in tiles.iter().take(8) {
-        let (http, s, body) = (http.clone(), s.clone(), request(&[*t], &[], Access::Public));
-        tasks.push(tokio::spawn(async move { http.batch(&s, &body).await }));
-    }
-    let (mut ok, mut refused) = (0, 0);
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            200 => ok += 1,
-            503 => {
-                let m = r.error(503, "overloaded");
-                assert!(m.contains("capacity"), "{m}");
-                assert_eq!(r.headers.get("retry-after").unwrap(), "1");
-                refused += 1;
-            }
-            other => panic!("status {other}: {}", r.text()),
-        }
-    }
-    assert!(ok >= 1, "{ok} answered");
-    assert!(refused >= 1, "none of 8 was refused ({ok} answered)");
-    // Refused batches cost the origin nothing: one call per answered batch.
+    let s = server(one_slot(1, 10_000)).await;
+    // The slot and the one queue place, each held by a batch whose body stalls.
+    let holds_slot = stalled_batch(s.addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = stalled_batch(s.addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = Http::new()
+        .batch(&s, &request(&[densest(&o)], &[], Access::Public))
+        .await;
+    let m = r.error(503, "overloaded");
+    assert!(
+        m.contains("every batch slot and queue place is taken"),
+        "{m}"
+    );
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    // Refused at once, not after the 10 s queue wait.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Refused batches cost the origin nothing.
     assert_eq!(
         s.app
             .metrics
             .origin_calls_request
             .load(std::sync::atomic::Ordering::Relaxed),
-        ok
+        0
     );
+    drop((holds_slot, queued));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
     let o = origin(42, 5_000);
+    // One slot, held for up to 10 s by a stalled body; room in the queue; a 300 ms bound on
+    // the wait. Without the bound the batch would wait for the body timeout.
+    let s = server(one_slot(8, 300)).await;
+    let holds_slot = stalled_batch(s.addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = Http::new()
+        .batch(&s, &request(&[densest(&o)], &[], Access::Public))
+        .await;
+    let m = r.error(503, "overloaded");
+    assert!(m.contains("no batch slot came free within 300 ms"), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(holds_slot);
+}
+
+/// Until `s` has made `n` origin calls for requests.
+async fn origin_calls(s: &tilewarm_server::Server, n: u64) {
+    while s
+        .app
+        .metrics
+        .origin_calls_request
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_the_origin_gives_its_slot_back() {
+    let o = origin(42, 5_000);
     let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
-    // One slot, room in the queue, a 300 ms bound on the wait; the origin takes 3 s, so
-    // the second batch cannot get the slot in time. Without the bound it would wait and be
-    // answered 200 after the first.
+    // One slot and a 300 ms bound on the queue; the origin takes 3 s. The first batch's
+    // wait for the origin is not the server's work: the second gets the slot and is
+    // answered too. Were the slot held through the origin call, the second would be a 503.
     let s = std::sync::Arc::new(
         server(Config {
-            max_in_flight: 1,
-            max_queue: 8,
-            max_queue_wait_ms: 300,
-            caller_rate: 0,
             origin_latency_ms: 3_000,
-            warmup_ring: 0,
-            ..config()
+            ..one_slot(8, 300)
         })
         .await,
     );
@@ -103,27 +139,49 @@ async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
         let body = request(&[tiles[0]], &[], Access::Public);
         tokio::spawn(async move { http.batch(&s, &body).await })
     };
-    // Until the first holds the slot (it is then waiting on the origin).
-    while s
-        .app
-        .metrics
-        .origin_calls_request
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    origin_calls(&s, 1).await;
+    let second = http
+        .batch(&s, &request(&[tiles[1]], &[], Access::Public))
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(first.await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_origin_waits_a_batch_that_needs_the_origin_is_a_503() {
+    let o = origin(42, 5_000);
+    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let s = std::sync::Arc::new(
+        server(Config {
+            origin_latency_ms: 3_000,
+            max_origin_waits: 1,
+            ..one_slot(8, 300)
+        })
+        .await,
+    );
+    let http = std::sync::Arc::new(Http::new());
+    let first = {
+        let (http, s) = (http.clone(), s.clone());
+        let body = request(&[tiles[0]], &[], Access::Public);
+        tokio::spawn(async move { http.batch(&s, &body).await })
+    };
+    origin_calls(&s, 1).await;
     let r = http
         .batch(&s, &request(&[tiles[1]], &[], Access::Public))
         .await;
     let m = r.error(503, "overloaded");
-    assert!(m.contains("no batch slot came free within 300 ms"), "{m}");
+    assert!(m.contains("--max-origin-waits"), "{m}");
     assert_eq!(r.headers.get("retry-after").unwrap(), "1");
-    assert!(
-        !first.is_finished(),
-        "the refusal came before the answer it waited behind"
-    );
+    assert!(!first.is_finished(), "refused while the first still waits");
     assert_eq!(first.await.unwrap().status, 200);
+    // Only the first paid the origin.
+    assert_eq!(
+        s.app
+            .metrics
+            .origin_calls_request
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

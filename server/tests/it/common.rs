@@ -11,6 +11,7 @@ use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+pub use tilewarm_server::config::InFlightLimitKind;
 pub use tilewarm_server::Config;
 use tilewarm_server::{start, Server};
 

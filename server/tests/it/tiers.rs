@@ -170,7 +170,7 @@ impl World {
                     let req = self.request(r);
                     let app = Arc::clone(&self.app);
                     set.spawn(async move {
-                        let out = answer(&app, &req, req.access).await;
+                        let out = answer(&app, &req, req.access, &Default::default()).await;
                         (req, out)
                     });
                 }
@@ -270,14 +270,14 @@ fn the_verified_tier_bounds_the_answer_not_the_claimed_access() {
             ..claimed.clone()
         };
         for round in ["cold", "warm"] {
-            let body = answer(&world.app, &claimed, Access::Public)
+            let body = answer(&world.app, &claimed, Access::Public, &Default::default())
                 .await
                 .expect("answered");
             if let Err(e) = world.check(&as_public, &body) {
                 panic!("{round}: {e}");
             }
             // Warm the shared tier at the top tier for the next round.
-            answer(&world.app, &claimed, Access::Agent)
+            answer(&world.app, &claimed, Access::Agent, &Default::default())
                 .await
                 .expect("answered");
         }
