@@ -24,6 +24,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_acc::{Algorithm, Vegas};
 
+/// The no-load time is relearnt (reset to the next hold time) every `PROBE_MULTIPLIER x
+/// limit` samples, about (0.5..1 jittered). The crate's 30 relearns it several times a second
+/// under load, each time from a loaded sample, so under sustained overload the limit crept
+/// up to 18 on 2 cores (accepted p99 7x the unloaded; docs/RELIABILITY.md); at 1,000 it is
+/// relearnt every few thousand batches, and between relearnings it is the shortest hold.
+const PROBE_MULTIPLIER: usize = 1_000;
+
 /// The limit a server starts from: two batches per core (what measured best on a 2-core
 /// box with Redis co-located, docs/RELIABILITY.md), at most `max`.
 pub fn initial_limit(max: usize) -> usize {
@@ -54,6 +61,15 @@ impl InFlightLimit {
         let vegas = Vegas::builder()
             .initial_limit(initial)
             .max_limit(max)
+            .probe_multiplier(PROBE_MULTIPLIER)
+            // Queue bounds proportional to the limit (Vegas' log10 bounds allow a queue of 3
+            // to 6 whatever the limit, so at the few slots a small box needs the limit could
+            // never go down: the estimated queue is at most the limit).
+            .alpha(|limit| (limit / 5).max(1))
+            .beta(|limit| (limit / 3).max(2))
+            .threshold(|_| 0)
+            .increase(|limit| limit + 1.0)
+            .decrease(|limit| limit - 1.0)
             .build();
         Self::with(vegas, initial)
     }
