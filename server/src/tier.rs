@@ -49,10 +49,12 @@ pub fn now_ms() -> u64 {
 /// edge proxy.
 pub use tilewarm::protocol::ttl_left_s;
 
-/// A data tile found in the tier: its items (all of them, every tier) in list order.
+/// A data tile found in the tier: its items (all of them, every tier) in list order. Held
+/// by value, not one `Arc` each: an item is cheap to clone (its text is shared), and a
+/// Redis tile hit decodes about a hundred of them, so an allocation per item would cost.
 #[derive(Debug)]
 pub struct TileHit {
-    pub items: Vec<Arc<StoredItem>>,
+    pub items: Vec<StoredItem>,
     /// Unix ms at which the list stops being fresh.
     pub exp: u64,
 }
@@ -231,7 +233,7 @@ impl LocalTier {
             let exp = cache.tile_expires_at_ms(t).unwrap_or(now);
             let mut items = Vec::new();
             cache.read_tile(t, Access::Agent, now, |item, _| {
-                items.push(Arc::clone(item.payload()))
+                items.push(StoredItem::clone(item.payload()))
             });
             out.tiles.push(Some(TileHit { items, exp }));
         }
@@ -586,10 +588,7 @@ impl RedisTier {
             .map(|v| {
                 let (exp, items) = decode_tile(v?)?;
                 let fresh = exp > now && items.iter().all(|it| it.exp() > now);
-                fresh.then(|| TileHit {
-                    items: items.into_iter().map(Arc::new).collect(),
-                    exp,
-                })
+                fresh.then_some(TileHit { items, exp })
             })
             .collect();
         let ids = id_values
