@@ -82,7 +82,7 @@ pub fn fill_from(
 pub fn write_response(
     access: Access,
     tiles: &[TileList],
-    items: &[&Arc<StoredItem>],
+    items: &[&StoredItem],
     missing: &[String],
     now: u64,
 ) -> Result<String, serde_json::Error> {
@@ -271,7 +271,11 @@ pub async fn answer(
     // 4. Assemble for the caller.
     let now = now_ms();
     let ids = req.ids.iter().zip(&read.ids).map(|(id, hit)| {
-        match hit.as_ref().or_else(|| fetched_items.get(id)) {
+        match hit
+            .as_ref()
+            .or_else(|| fetched_items.get(id))
+            .map(|it| &**it)
+        {
             Some(it) => IdSource::Found(it),
             None if origin_missing.contains(id) => IdSource::Missing,
             // The origin's answer says nothing of it (an upstream's partial answer).
@@ -288,7 +292,7 @@ pub async fn answer(
         },
         |t| {
             fetched_tiles.get(&t).map(|(v, e)| TileSource {
-                items: v.iter().collect(),
+                items: v.iter().map(|it| &**it).collect(),
                 ttl_s: Some(ttl_left_s(*e, now)),
             })
         },
@@ -500,7 +504,7 @@ mod tests {
                 })
                 .collect();
             // What the caller may see, as assemble hands it over.
-            let seen: Vec<&Arc<StoredItem>> = items.iter().filter(|it| caller.can_see(it.access())).collect();
+            let seen: Vec<&StoredItem> = items.iter().map(|it| &**it).filter(|it| caller.can_see(it.access())).collect();
             let tiles: Vec<TileList> = ttls
                 .iter()
                 .enumerate()

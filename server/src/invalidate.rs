@@ -6,10 +6,12 @@
 //!
 //! [`invalidate`] takes an [`Invalidation`] (ids, tiles, classes, or everything) and removes
 //! the matching entries from the tier, in-process or Redis:
-//! - **ids**: the items; a data tile that lists one is then a miss (a tile is a hit only
-//!   when every listed item is held), so it is refetched whole;
-//! - **tiles** (any zoom): the data-zoom tile lists they cover and, in-process, their items;
-//! - **classes**: every item of the class;
+//! - **ids**: the items; a data tile that lists one is then a miss, so it is refetched
+//!   whole (in-process because a tile is a hit only when every listed item is held; in
+//!   Redis, whose tile values hold copies of their items, because the tiles holding the
+//!   item are dropped too, found by its stored position: [`crate::tier`]);
+//! - **tiles** (any zoom): the data tiles they cover and their items;
+//! - **classes**: every item of the class, and in Redis every tile holding one;
 //! - **all**: everything the tier holds (in Redis: every key under `--redis-prefix`).
 //!
 //! # The write-back race, closed by [`WriteGuard`]

@@ -1,5 +1,5 @@
-//! The cache tier's storage format, in one place: what an item and a tile list are as
-//! bytes (in Redis; the in-process tier holds the same [`StoredItem`]s), and the Redis keys.
+//! The cache tier's storage format, in one place: what an item and a tile are as bytes (in
+//! Redis; the in-process tier holds the same [`StoredItem`]s), and the Redis keys.
 //!
 //! An item is held as the JSON text it is served as, so answering a request copies bytes
 //! into the response instead of parsing and re-serialising each item. The text is split
@@ -8,18 +8,32 @@
 //! needs without parsing JSON (the tier, for the per-caller filter; the position, for tiles
 //! finer than the data zoom; the expiry) sits in a fixed-size binary trailer.
 //!
-//! # Format version 2 (keys `<prefix>v2:…`)
+//! # Format version 3 (keys `<prefix>v3:…`)
 //! The version is part of every key ([`VERSION`]), so entries written in another format are
 //! never read as this one (they are simply not found, and expire).
-//! - `<prefix>v2:i:<id>` → item: UTF-8 text `id ‖ class ‖ head ‖ tail`, then a 38-byte
-//!   trailer, little-endian: `access` (u8, 0 = public … 3 = agent), `exp` (u64, Unix ms),
-//!   `lon`, `lat` (f64), the byte lengths of id, class and head (u32 each), and the
-//!   version byte `2`.
-//! - `<prefix>v2:t:<z>/<x>/<y>` → tile list: the ids joined by `\n` (ids never hold control
-//!   characters), then a 9-byte trailer: `exp` (u64, Unix ms) and the version byte `2`.
+//! - `<prefix>v3:i:<id>` → item: UTF-8 text `id ‖ class ‖ head ‖ tail`, then a 38-byte
+//!   *item trailer*, little-endian: `access` (u8, 0 = public … 3 = agent), `exp` (u64, Unix
+//!   ms), `lon`, `lat` (f64), the byte lengths of id, class and head (u32 each), and the
+//!   version byte `3`.
+//! - `<prefix>v3:t:<z>/<x>/<y>` → tile: the tile's items themselves, in list order, so a
+//!   tile hit is one value (version 2 stored the ids and the reader fetched every item key
+//!   in a second `MGET`, about 1,700 keys per 16-tile batch). Laid out as the items' texts
+//!   concatenated (UTF-8), then per item its text's byte length (u32) and its item trailer
+//!   (the 38 bytes an item value ends with), then a 13-byte *tile trailer*: the item count
+//!   (u32), `exp` (u64, Unix ms) and the version byte `3`. The texts come first so the
+//!   whole value is checked as UTF-8 once and its items share that one buffer (no copy or
+//!   allocation of text per item). `exp` is the *minimum* of the list's expiry and every
+//!   item's ([`encode_tile`]): the tile stops being a hit when its first item stops being
+//!   fresh, which is the tier's rule that a tile is a hit only when its list and every
+//!   listed item are fresh. Each item keeps its own `exp` inside, for its `ttl` in answers.
 //!
-//! A value that does not decode (wrong version byte, lengths that do not fit, text that is
-//! not UTF-8, an unknown tier) is treated as absent, never served.
+//! Every item of a tile is also written under its item key (reads by id, invalidation by
+//! id and class find it there), so Redis holds an item twice while its tile is cached.
+//!
+//! A value that does not decode (wrong version byte, lengths or counts that do not fit,
+//! text that is not UTF-8, an unknown tier) is treated as absent, never served.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -28,30 +42,39 @@ use tilewarm::proxy::policy::ProxyItem;
 use tilewarm::tile::TileId;
 
 /// The storage format's part of every Redis key (after the configured prefix).
-pub const VERSION: &str = "v2:";
+pub const VERSION: &str = "v3:";
 
-/// The last byte of every stored value.
-const VERSION_BYTE: u8 = 2;
+/// The last byte of every stored value and of every item trailer.
+const VERSION_BYTE: u8 = 3;
 
 /// Item trailer: access, exp, lon, lat, three lengths, version.
 const ITEM_TRAILER: usize = 1 + 8 + 8 + 8 + 4 + 4 + 4 + 1;
 
-/// Tile list trailer: exp, version.
-const TILE_TRAILER: usize = 8 + 1;
+/// Per item of a tile value: its text length, then its item trailer.
+const TILE_ENTRY: usize = 4 + ITEM_TRAILER;
+
+/// Tile trailer: item count, exp, version.
+const TILE_TRAILER: usize = 4 + 8 + 1;
 
 /// Between the item's head and its data.
 const DATA_KEY: &str = ",\"data\":";
 
 /// One item as the cache tier holds it: its wire JSON (split around `ttl`), its tier,
 /// position and expiry. Built once per origin answer ([`StoredItem::new`]) or per Redis
-/// read ([`StoredItem::decode`], which takes the value's buffer without copying it).
+/// read ([`StoredItem::decode`], [`decode_tile`], which take the value's buffer without
+/// copying it).
 #[derive(Clone)]
 pub struct StoredItem {
-    /// `id ‖ class ‖ head ‖ tail`.
-    text: String,
+    /// Holds `id ‖ class ‖ head ‖ tail` at `start..start + len`: the item's own text, or the text
+    /// of a whole tile value, shared by the items decoded from it.
+    buf: Arc<String>,
+    start: usize,
+    /// Where the id, class and head end, relative to `start`.
     id_end: usize,
     class_end: usize,
     head_end: usize,
+    /// The text's byte length.
+    len: usize,
     access: Access,
     /// Unix milliseconds at which it stops being fresh.
     exp: u64,
@@ -78,6 +101,49 @@ struct WireHead<'a> {
     lat: f64,
     class: &'a str,
     access: Access,
+}
+
+/// What an item trailer holds.
+struct Trailer {
+    access: Access,
+    exp: u64,
+    lon: f64,
+    lat: f64,
+    id_len: usize,
+    class_len: usize,
+    head_len: usize,
+}
+
+impl Trailer {
+    /// Reads an item trailer (exactly [`ITEM_TRAILER`] bytes), or `None` when it is not
+    /// this version's or names a tier that does not exist.
+    fn read(t: &[u8]) -> Option<Trailer> {
+        if t.len() != ITEM_TRAILER || t[ITEM_TRAILER - 1] != VERSION_BYTE {
+            return None;
+        }
+        Some(Trailer {
+            access: *Access::ALL.get(t[0] as usize)?,
+            exp: u64_at(t, 1)?,
+            lon: f64::from_bits(u64_at(t, 9)?),
+            lat: f64::from_bits(u64_at(t, 17)?),
+            id_len: u32_at(t, 25)?,
+            class_len: u32_at(t, 29)?,
+            head_len: u32_at(t, 33)?,
+        })
+    }
+}
+
+/// The little-endian u64 at `i`, if the bytes are there.
+fn u64_at(b: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(i..i.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// The little-endian u32 at `i` as a length, if the bytes are there.
+fn u32_at(b: &[u8], i: usize) -> Option<usize> {
+    let n = u32::from_le_bytes(b.get(i..i.checked_add(4)?)?.try_into().ok()?);
+    usize::try_from(n).ok()
 }
 
 impl StoredItem {
@@ -114,7 +180,9 @@ impl StoredItem {
             id_end: id.len(),
             class_end: id.len() + class.len(),
             head_end,
-            text,
+            len: text.len(),
+            start: 0,
+            buf: Arc::new(text),
             access,
             exp,
             lon,
@@ -122,14 +190,54 @@ impl StoredItem {
         }
     }
 
+    /// The item at `start..end` of `buf`, described by its trailer, or `None` when the
+    /// trailer's lengths do not fit the text or the text is not an item's.
+    fn within(buf: &Arc<String>, start: usize, end: usize, t: &Trailer) -> Option<StoredItem> {
+        let text = buf.get(start..end)?;
+        let id_end = t.id_len;
+        let class_end = id_end.checked_add(t.class_len)?;
+        let head_end = class_end.checked_add(t.head_len)?;
+        let fits = head_end <= text.len()
+            && [id_end, class_end, head_end]
+                .iter()
+                .all(|&i| text.is_char_boundary(i))
+            && text[head_end..].starts_with(DATA_KEY)
+            && text.ends_with('}');
+        fits.then(|| StoredItem {
+            buf: Arc::clone(buf),
+            start,
+            id_end,
+            class_end,
+            head_end,
+            len: text.len(),
+            access: t.access,
+            exp: t.exp,
+            lon: t.lon,
+            lat: t.lat,
+        })
+    }
+
+    /// `id ‖ class ‖ head ‖ tail`.
+    fn text(&self) -> &str {
+        // The range was checked when the item was built; `get` keeps this panic-free anyway.
+        self.buf
+            .get(self.start..self.start + self.len)
+            .unwrap_or("")
+    }
+
+    /// The text between two of its offsets (checked char boundaries).
+    fn part(&self, from: usize, to: usize) -> &str {
+        self.text().get(from..to).unwrap_or("")
+    }
+
     /// The item's id.
     pub fn id(&self) -> &str {
-        &self.text[..self.id_end]
+        self.part(0, self.id_end)
     }
 
     /// The item's class.
     pub fn class(&self) -> &str {
-        &self.text[self.id_end..self.class_end]
+        self.part(self.id_end, self.class_end)
     }
 
     /// The lowest tier allowed to see it.
@@ -154,7 +262,7 @@ impl StoredItem {
 
     /// The `data` JSON text.
     pub fn data(&self) -> &str {
-        let tail = &self.text[self.head_end..];
+        let tail = self.part(self.head_end, self.len);
         tail.get(DATA_KEY.len()..tail.len().saturating_sub(1))
             .unwrap_or("")
     }
@@ -167,28 +275,26 @@ impl StoredItem {
 
     /// The wire item's length without its `ttl` digits.
     pub fn wire_len(&self) -> usize {
-        self.text.len() - self.class_end
+        self.len - self.class_end
     }
 
     /// Appends the wire item with `ttl` seconds left to `out`: the protocol's `Item` JSON,
     /// byte for byte what serde_json writes for it.
     pub fn write_wire(&self, out: &mut String, ttl: u32) {
-        out.push_str(&self.text[self.class_end..self.head_end]);
+        out.push_str(self.part(self.class_end, self.head_end));
         out.push_str(itoa::Buffer::new().format(ttl));
-        out.push_str(&self.text[self.head_end..]);
+        out.push_str(self.part(self.head_end, self.len));
     }
 
     /// The wire item with `ttl` seconds left.
     pub fn wire(&self, ttl: u32) -> String {
-        let mut s = String::with_capacity(self.text.len() - self.class_end + 10);
+        let mut s = String::with_capacity(self.wire_len() + 10);
         self.write_wire(&mut s, ttl);
         s
     }
 
-    /// The Redis value.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.text.len() + ITEM_TRAILER);
-        v.extend_from_slice(self.text.as_bytes());
+    /// Appends the item trailer.
+    fn write_trailer(&self, v: &mut Vec<u8>) {
         v.push(self.access.rank());
         v.extend_from_slice(&self.exp.to_le_bytes());
         v.extend_from_slice(&self.lon.to_le_bytes());
@@ -201,45 +307,25 @@ impl StoredItem {
             v.extend_from_slice(&(len as u32).to_le_bytes());
         }
         v.push(VERSION_BYTE);
+    }
+
+    /// The Redis value of its item key.
+    pub fn encode(&self) -> Vec<u8> {
+        let text = self.text();
+        let mut v = Vec::with_capacity(text.len() + ITEM_TRAILER);
+        v.extend_from_slice(text.as_bytes());
+        self.write_trailer(&mut v);
         v
     }
 
     /// An item from its Redis value (the buffer becomes the item's text, not copied), or
-    /// `None` when it is not a version-2 item.
+    /// `None` when it is not a version-3 item.
     pub fn decode(mut v: Vec<u8>) -> Option<StoredItem> {
         let at = v.len().checked_sub(ITEM_TRAILER)?;
-        let t = &v[at..];
-        if t[ITEM_TRAILER - 1] != VERSION_BYTE {
-            return None;
-        }
-        let access = *Access::ALL.get(t[0] as usize)?;
-        let u64_at = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
-        let u32_at =
-            |i: usize| u32::from_le_bytes(t[i..i + 4].try_into().unwrap_or([0; 4])) as usize;
-        let exp = u64_at(1);
-        let lon = f64::from_bits(u64_at(9));
-        let lat = f64::from_bits(u64_at(17));
-        let id_end = u32_at(25);
-        let class_end = id_end.checked_add(u32_at(29))?;
-        let head_end = class_end.checked_add(u32_at(33))?;
+        let trailer = Trailer::read(&v[at..])?;
         v.truncate(at);
-        let text = String::from_utf8(v).ok()?;
-        let fits = head_end <= text.len()
-            && [id_end, class_end, head_end]
-                .iter()
-                .all(|&i| text.is_char_boundary(i))
-            && text[head_end..].starts_with(DATA_KEY)
-            && text.ends_with('}');
-        fits.then_some(StoredItem {
-            text,
-            id_end,
-            class_end,
-            head_end,
-            access,
-            exp,
-            lon,
-            lat,
-        })
+        let text = Arc::new(String::from_utf8(v).ok()?);
+        StoredItem::within(&text, 0, at, &trailer)
     }
 }
 
@@ -258,41 +344,59 @@ impl ProxyItem for StoredItem {
     }
 }
 
-/// A tile list's Redis value, or `None` when it cannot be stored in this format (an id that
-/// is empty or holds a newline; the protocol allows neither).
-pub fn encode_tile<S: AsRef<str>>(ids: &[S], exp: u64) -> Option<Vec<u8>> {
-    let len: usize = ids.iter().map(|id| id.as_ref().len() + 1).sum();
-    let mut v = Vec::with_capacity(len + TILE_TRAILER);
-    for (i, id) in ids.iter().enumerate() {
-        let id = id.as_ref();
-        if id.is_empty() || id.contains('\n') {
-            return None;
-        }
-        if i > 0 {
-            v.push(b'\n');
-        }
-        v.extend_from_slice(id.as_bytes());
+/// When a tile value of these items stops being a hit: the soonest of the list's expiry and
+/// every item's.
+pub fn tile_exp(items: &[&StoredItem], list_exp: u64) -> u64 {
+    items.iter().map(|it| it.exp).fold(list_exp, u64::min)
+}
+
+/// A tile's Redis value: its items in list order, expiring at [`tile_exp`] (module docs). `None` when it cannot be stored in this format (more
+/// items, or a longer item, than a u32 counts).
+pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
+    let text_len: usize = items.iter().map(|it| it.len).sum();
+    let mut v = Vec::with_capacity(text_len + items.len() * TILE_ENTRY + TILE_TRAILER);
+    for it in items {
+        v.extend_from_slice(it.text().as_bytes());
     }
-    v.extend_from_slice(&exp.to_le_bytes());
+    for it in items {
+        v.extend_from_slice(&u32::try_from(it.len).ok()?.to_le_bytes());
+        it.write_trailer(&mut v);
+    }
+    v.extend_from_slice(&u32::try_from(items.len()).ok()?.to_le_bytes());
+    v.extend_from_slice(&tile_exp(items, list_exp).to_le_bytes());
     v.push(VERSION_BYTE);
     Some(v)
 }
 
-/// A tile list from its Redis value: the expiry and the ids (borrowed), or `None` when it
-/// is not a version-2 list.
-pub fn decode_tile(v: &[u8]) -> Option<(u64, Vec<&str>)> {
+/// A tile from its Redis value: its expiry and its items in list order (sharing the value's
+/// buffer, not copied), or `None` when it is not a version-3 tile.
+pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
     let at = v.len().checked_sub(TILE_TRAILER)?;
-    if v[v.len() - 1] != VERSION_BYTE {
+    let trailer = &v[at..];
+    if trailer[TILE_TRAILER - 1] != VERSION_BYTE {
         return None;
     }
-    let exp = u64::from_le_bytes(v[at..at + 8].try_into().ok()?);
-    let text = std::str::from_utf8(&v[..at]).ok()?;
-    let ids = if text.is_empty() {
-        Vec::new()
-    } else {
-        text.split('\n').collect()
-    };
-    Some((exp, ids))
+    let count = u32_at(trailer, 0)?;
+    let exp = u64_at(trailer, 4)?;
+    // The count is bounded by the value's length before anything is allocated for it.
+    let text_len = at.checked_sub(count.checked_mul(TILE_ENTRY)?)?;
+    let mut spans = Vec::with_capacity(count);
+    let mut start = 0usize;
+    for entry in v[text_len..at].chunks_exact(TILE_ENTRY) {
+        let end = start.checked_add(u32_at(entry, 0)?)?;
+        spans.push((start, end, Trailer::read(&entry[4..])?));
+        start = end;
+    }
+    if start != text_len {
+        return None;
+    }
+    v.truncate(text_len);
+    let text = Arc::new(String::from_utf8(v).ok()?);
+    let items = spans
+        .iter()
+        .map(|(start, end, t)| StoredItem::within(&text, *start, *end, t))
+        .collect::<Option<Vec<_>>>()?;
+    Some((exp, items))
 }
 
 /// The Redis keys under a configured prefix, in this format's version.
@@ -300,9 +404,9 @@ pub fn decode_tile(v: &[u8]) -> Option<(u64, Vec<&str>)> {
 pub struct Keys {
     /// The configured prefix.
     prefix: String,
-    /// `<prefix>v2:i:`
+    /// `<prefix>v3:i:`
     items: String,
-    /// `<prefix>v2:t:`
+    /// `<prefix>v3:t:`
     tiles: String,
 }
 
@@ -325,12 +429,12 @@ impl Keys {
         &self.items
     }
 
-    /// What every tile list key starts with.
+    /// What every tile key starts with.
     pub fn tiles_prefix(&self) -> &str {
         &self.tiles
     }
 
-    /// `<prefix>v2:i:<id>`
+    /// `<prefix>v3:i:<id>`
     pub fn item(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.items.len() + id.len());
         k.push_str(&self.items);
@@ -338,7 +442,7 @@ impl Keys {
         k
     }
 
-    /// `<prefix>v2:t:<z>/<x>/<y>`
+    /// `<prefix>v3:t:<z>/<x>/<y>`
     pub fn tile(&self, t: TileId) -> String {
         format!("{}{t}", self.tiles)
     }
@@ -407,7 +511,7 @@ mod tests {
         assert!(StoredItem::decode(br#"{"id":"x","lon":1,"lat":2}"#.to_vec()).is_none());
         assert!(StoredItem::decode(Vec::new()).is_none());
         let n = v.len();
-        v[n - 1] = 1;
+        v[n - 1] = 2;
         assert!(StoredItem::decode(v.clone()).is_none());
         v[n - 1] = VERSION_BYTE;
         // A tier that does not exist, and lengths that do not fit.
@@ -416,20 +520,85 @@ mod tests {
         v[n - ITEM_TRAILER] = 0;
         v[n - 13..n - 9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(StoredItem::decode(v).is_none());
-        assert!(decode_tile(br#"{"exp":1,"ids":["a"]}"#).is_none());
+        // A version-2 tile list (ids joined by newlines, exp, version byte 2).
+        let mut list = b"a\nb".to_vec();
+        list.extend_from_slice(&77u64.to_le_bytes());
+        list.push(2);
+        assert!(decode_tile(list).is_none());
+        assert!(decode_tile(br#"{"exp":1,"ids":["a"]}"#.to_vec()).is_none());
+        // An item value is not a tile value.
+        assert!(decode_tile(it.encode()).is_none());
+    }
+
+    fn item(id: &str, exp: u64) -> StoredItem {
+        StoredItem::new(
+            id,
+            -122.3,
+            47.6,
+            "active",
+            Access::Registered,
+            exp,
+            &raw(r#"{"p":1}"#),
+        )
     }
 
     #[test]
-    fn tile_lists_round_trip_and_refuse_ids_they_cannot_hold() {
-        let v = encode_tile(&["a", "b/c", "ü"], 77).unwrap();
-        assert_eq!(decode_tile(&v), Some((77, vec!["a", "b/c", "ü"])));
-        let empty: [&str; 0] = [];
-        assert_eq!(
-            decode_tile(&encode_tile(&empty, 5).unwrap()),
-            Some((5, vec![]))
-        );
-        assert!(encode_tile(&["a\nb"], 1).is_none());
-        assert!(encode_tile(&["a", ""], 1).is_none());
+    fn a_tile_round_trips_its_items_in_order_sharing_one_buffer() {
+        let (a, b, c) = (item("a", 900), item("b/ü", 500), item("c", 700));
+        let v = encode_tile(&[&a, &b, &c], 800).unwrap();
+        let (exp, items) = decode_tile(v).unwrap();
+        // The soonest expiry of the list and its items: b's.
+        assert_eq!(exp, 500);
+        let ids: Vec<&str> = items.iter().map(|i| i.id()).collect();
+        assert_eq!(ids, ["a", "b/ü", "c"]);
+        for (back, it) in items.iter().zip([&a, &b, &c]) {
+            assert_eq!(back.wire(42), it.wire(42));
+            assert_eq!((back.exp(), back.access()), (it.exp(), it.access()));
+            assert_eq!((back.lon(), back.lat()), (it.lon(), it.lat()));
+            // The item re-encoded alone is its item key's value.
+            assert_eq!(back.encode(), it.encode());
+        }
+        assert!(Arc::ptr_eq(&items[0].buf, &items[2].buf));
+        // The list's expiry when it is the soonest; an empty tile.
+        let (exp, _) = decode_tile(encode_tile(&[&a], 300).unwrap()).unwrap();
+        assert_eq!(exp, 300);
+        let (exp, items) = decode_tile(encode_tile(&[], 60).unwrap()).unwrap();
+        assert_eq!((exp, items.len()), (60, 0));
+    }
+
+    #[test]
+    fn a_damaged_tile_is_absent() {
+        let (a, b) = (item("a", 900), item("b", 500));
+        let v = encode_tile(&[&a, &b], 800).unwrap();
+        // Every truncation, from either end.
+        for n in 0..v.len() {
+            assert!(decode_tile(v[..n].to_vec()).is_none(), "first {n} bytes");
+            assert!(
+                decode_tile(v[n + 1..].to_vec()).is_none(),
+                "from byte {}",
+                n + 1
+            );
+        }
+        // A count that claims more items than the value holds, or fewer.
+        let n = v.len();
+        for count in [0u32, 1, 3, u32::MAX] {
+            let mut bad = v.clone();
+            bad[n - TILE_TRAILER..n - TILE_TRAILER + 4].copy_from_slice(&count.to_le_bytes());
+            assert!(decode_tile(bad).is_none(), "count {count}");
+        }
+        // A text length that cuts an item in the middle of a character, and text that is
+        // not UTF-8.
+        let text_len = n - TILE_TRAILER - 2 * TILE_ENTRY;
+        let mut bad = v.clone();
+        bad[text_len..text_len + 4].copy_from_slice(&1u32.to_le_bytes());
+        assert!(decode_tile(bad).is_none());
+        let mut bad = v.clone();
+        bad[3] = 0xff;
+        assert!(decode_tile(bad).is_none());
+        // An item trailer of another version inside.
+        let mut bad = v;
+        bad[text_len + TILE_ENTRY - 1] = 2;
+        assert!(decode_tile(bad).is_none());
     }
 
     fn access() -> impl Strategy<Value = Access> {
@@ -481,7 +650,41 @@ mod tests {
         #[test]
         fn any_bytes_decode_or_are_refused(v in prop::collection::vec(any::<u8>(), 0..80)) {
             let _ = StoredItem::decode(v.clone());
-            let _ = decode_tile(&v);
+            let _ = decode_tile(v);
+        }
+
+        /// A tile of any items round trips, and any byte of its value changed or cut off
+        /// decodes to something or to absent, never a panic.
+        #[test]
+        fn tiles_round_trip_and_damaged_tiles_never_panic(
+            items in prop::collection::vec(
+                ("\\PC{1,8}", "\\PC{0,6}", access(), any::<u64>(), json_data()),
+                0..6,
+            ),
+            list_exp in any::<u64>(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let items: Vec<StoredItem> = items
+                .iter()
+                .map(|(id, class, tier, exp, data)| {
+                    StoredItem::new(id, 1.5, -2.5, class, *tier, *exp, &raw(data))
+                })
+                .collect();
+            let refs: Vec<&StoredItem> = items.iter().collect();
+            let v = encode_tile(&refs, list_exp).unwrap();
+            let (exp, back) = decode_tile(v.clone()).unwrap();
+            let soonest = items.iter().map(|i| i.exp()).fold(list_exp, u64::min);
+            prop_assert_eq!(exp, soonest);
+            prop_assert_eq!(back.len(), items.len());
+            for (b, i) in back.iter().zip(&items) {
+                prop_assert_eq!(b.wire(7), i.wire(7));
+            }
+            let i = at.index(v.len());
+            let mut changed = v.clone();
+            changed[i] = byte;
+            let _ = decode_tile(changed);
+            let _ = decode_tile(v[..i].to_vec());
         }
     }
 }

@@ -10,12 +10,17 @@
 //! anything less is a miss and the whole tile is refetched.
 //!
 //! Items are held as the JSON text they are served as ([`crate::stored`]: the storage format
-//! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v2:i:<id>`
-//! → item, `SET … EX <class ttl>`; `<prefix>v2:t:<z>/<x>/<y>` → the tile's ids, `SET … EX
-//! <tile ttl>`; warm-up claims `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. Reads are one
-//! `MGET` for tile lists and requested ids plus one `MGET` for the listed items, decoded
-//! without parsing JSON; writes are one pipeline. On a Redis Cluster ([`crate::redis_conn`]) the same `MGET`s are split by
-//! slot and sent to their masters concurrently, and writes are concurrent commands.
+//! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v3:i:<id>`
+//! → item, `SET … EX <class ttl>`; `<prefix>v3:t:<z>/<x>/<y>` → the tile's items themselves,
+//! `SET … EX` until the soonest of its list's and its items' expiries; warm-up claims
+//! `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. A read is one `MGET` of the tile keys and
+//! the requested ids' item keys, decoded without parsing JSON; writes are one pipeline. On a
+//! Redis Cluster ([`crate::redis_conn`]) the same `MGET` is split by slot and sent to the
+//! masters concurrently, and writes are concurrent commands.
+//!
+//! Because a tile's value holds copies of its items, invalidating an item must find the
+//! tiles holding it: by id, the item key's stored position names its data tile
+//! ([`RedisTier::invalidate`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,7 +35,7 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
 pub use crate::stored::StoredItem;
-use crate::stored::{decode_tile, encode_tile, Keys};
+use crate::stored::{decode_tile, encode_tile, tile_exp, Keys};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
@@ -44,10 +49,12 @@ pub fn now_ms() -> u64 {
 /// edge proxy.
 pub use tilewarm::protocol::ttl_left_s;
 
-/// A data tile found in the tier: its items (all of them, every tier) in list order.
+/// A data tile found in the tier: its items (all of them, every tier) in list order. Held
+/// by value, not one `Arc` each: an item is cheap to clone (its text is shared), and a
+/// Redis tile hit decodes about a hundred of them, so an allocation per item would cost.
 #[derive(Debug)]
 pub struct TileHit {
-    pub items: Vec<Arc<StoredItem>>,
+    pub items: Vec<StoredItem>,
     /// Unix ms at which the list stops being fresh.
     pub exp: u64,
 }
@@ -226,7 +233,7 @@ impl LocalTier {
             let exp = cache.tile_expires_at_ms(t).unwrap_or(now);
             let mut items = Vec::new();
             cache.read_tile(t, Access::Agent, now, |item, _| {
-                items.push(Arc::clone(item.payload()))
+                items.push(StoredItem::clone(item.payload()))
             });
             out.tiles.push(Some(TileHit { items, exp }));
         }
@@ -359,10 +366,21 @@ impl RedisTier {
         TierError(why)
     }
 
-    /// Deletes what `inv` covers: item keys by id; tile keys of the data tiles the tiles
-    /// cover (a tile more than 4 levels coarser than the data zoom, and `classes`, by one
-    /// `SCAN` of the prefix); `all`: every key under the prefix, of any storage format
-    /// version (`SCAN` + `UNLINK`).
+    /// Deletes what `inv` covers. A tile's value holds copies of its items, so whatever
+    /// drops an item drops every tile value holding it too:
+    /// - **ids**: the item keys are read first; each stored item's position names the data
+    ///   tile holding it, whose key is unlinked with the item keys;
+    /// - **tiles**: the keys of the data tiles they cover and the item keys of the items
+    ///   inside (a tile more than 4 levels coarser than the data zoom by one `SCAN` of the
+    ///   tile keys);
+    /// - **classes**: one `SCAN` of the item keys and one of the tile keys, each value read:
+    ///   the items of the class and the tiles holding one;
+    /// - **all**: every key under the prefix, of any storage format version (`SCAN` +
+    ///   `UNLINK`).
+    ///
+    /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
+    /// by `maxmemory` before the tile) or names another tile (the item moved and was written
+    /// again by id since); see `docs/server.md`.
     async fn invalidate(
         &self,
         inv: &crate::invalidate::Invalidation,
@@ -375,9 +393,9 @@ impl RedisTier {
                 .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| k != stream)
                 .await;
         }
-        let keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
-        for chunk in keys.chunks(1000) {
-            self.conn.unlink(chunk).await?;
+        let item_keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
+        for chunk in item_keys.chunks(1000) {
+            self.unlink_items_and_their_tiles(chunk, data_zoom).await?;
         }
         let mut tile_keys: Vec<String> = Vec::new();
         let mut wide: Vec<TileId> = Vec::new();
@@ -394,9 +412,7 @@ impl RedisTier {
                 wide.push(t);
             }
         }
-        for chunk in tile_keys.chunks(1000) {
-            self.unlink_tiles_and_items(chunk).await?;
-        }
+        self.unlink_tiles_and_items(&tile_keys).await?;
         if !wide.is_empty() {
             let tiles_prefix = self.keys.tiles_prefix();
             let mut scan = self
@@ -416,18 +432,76 @@ impl RedisTier {
             }
         }
         if !inv.classes.is_empty() {
-            // Items by class: scan the item keys and read each item's class.
-            let pattern = format!("{}*", glob_escape(self.keys.items_prefix()));
-            let mut scan = self.conn.scan(&pattern, 1000).await?;
-            while let Some(batch) = scan.next_batch().await? {
-                let values = self.mget(&batch).await?;
-                let doomed: Vec<&String> = batch
+            let of_class = |it: &StoredItem| inv.classes.iter().any(|c| c == it.class());
+            let items = format!("{}*", glob_escape(self.keys.items_prefix()));
+            self.unlink_scan_values(&items, 1000, |v| {
+                StoredItem::decode(v).is_some_and(|it| of_class(&it))
+            })
+            .await?;
+            let tiles = format!("{}*", glob_escape(self.keys.tiles_prefix()));
+            self.unlink_scan_values(&tiles, TILE_VALUES_PER_MGET, |v| {
+                decode_tile(v).is_some_and(|(_, items)| items.iter().any(of_class))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `UNLINK`s item keys and the keys of the data tiles holding their items: each item's
+    /// stored position names its data tile (the origin files an item under the data tile
+    /// its position falls in), so invalidating an id also makes every tile value holding a
+    /// copy of it a miss.
+    async fn unlink_items_and_their_tiles(
+        &self,
+        item_keys: &[String],
+        data_zoom: u8,
+    ) -> redis::RedisResult<()> {
+        let values = self.mget(item_keys).await?;
+        let mut tiles: Vec<TileId> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| data_tile_of(&StoredItem::decode(v)?, data_zoom))
+            .collect();
+        tiles.sort_unstable();
+        tiles.dedup();
+        let mut doomed = item_keys.to_vec();
+        doomed.extend(tiles.into_iter().map(|t| self.tile_key(t)));
+        self.conn.unlink(&doomed).await
+    }
+
+    /// `UNLINK`s tile keys and the item keys of the items their values hold: invalidating a
+    /// tile drops its items too (the wire contract, `protocol::Invalidation`), so a request
+    /// by id cannot be answered with an item of an invalidated tile.
+    async fn unlink_tiles_and_items(&self, tile_keys: &[String]) -> redis::RedisResult<()> {
+        for chunk in tile_keys.chunks(TILE_VALUES_PER_MGET) {
+            let values = self.mget(chunk).await?;
+            let mut doomed: Vec<String> = chunk.to_vec();
+            for v in values.into_iter().flatten() {
+                if let Some((_, items)) = decode_tile(v) {
+                    doomed.extend(items.iter().map(|it| self.item_key(it.id())));
+                }
+            }
+            self.conn.unlink(&doomed).await?;
+        }
+        Ok(())
+    }
+
+    /// `SCAN MATCH pattern`, reading the values `per_mget` keys at a time, and `UNLINK` the
+    /// keys whose value `pick` picks.
+    async fn unlink_scan_values(
+        &self,
+        pattern: &str,
+        per_mget: usize,
+        pick: impl Fn(Vec<u8>) -> bool,
+    ) -> redis::RedisResult<()> {
+        let mut scan = self.conn.scan(pattern, 1000).await?;
+        while let Some(batch) = scan.next_batch().await? {
+            for chunk in batch.chunks(per_mget) {
+                let values = self.mget(chunk).await?;
+                let doomed: Vec<&String> = chunk
                     .iter()
                     .zip(values)
-                    .filter_map(|(k, v)| {
-                        let it = StoredItem::decode(v?)?;
-                        inv.classes.iter().any(|c| c == it.class()).then_some(k)
-                    })
+                    .filter_map(|(k, v)| pick(v?).then_some(k))
                     .collect();
                 self.conn.unlink(&doomed).await?;
             }
@@ -435,27 +509,7 @@ impl RedisTier {
         Ok(())
     }
 
-    /// `UNLINK`s tile-list keys and the item keys their lists name: invalidating a tile
-    /// drops its items too (the wire contract, `protocol::Invalidation`), so a request by
-    /// id cannot be answered with an item of an invalidated tile.
-    async fn unlink_tiles_and_items(&self, tile_keys: &[String]) -> redis::RedisResult<()> {
-        if tile_keys.is_empty() {
-            return Ok(());
-        }
-        let lists = self.mget(tile_keys).await?;
-        let mut doomed: Vec<String> = tile_keys.to_vec();
-        for v in lists.iter().flatten() {
-            if let Some((_, ids)) = crate::stored::decode_tile(v) {
-                doomed.extend(ids.into_iter().map(|id| self.item_key(id)));
-            }
-        }
-        for chunk in doomed.chunks(1000) {
-            self.conn.unlink(chunk).await?;
-        }
-        Ok(())
-    }
-
-    /// `SCAN MATCH pattern` and `UNLINK` the keys `keep` picks.
+    /// `SCAN MATCH pattern` and `UNLINK` the keys `pick` picks.
     async fn unlink_scan(
         &self,
         pattern: &str,
@@ -514,67 +568,41 @@ impl RedisTier {
         self.conn.mget(keys).await
     }
 
+    /// One `MGET` of the tile keys and the requested ids' item keys. A tile value holds
+    /// its items, so a fresh tile is a hit as it stands: its stored `exp` is the soonest of
+    /// its list's and its items' (`stored`), and each item is checked fresh all the same, so
+    /// "a tile is a hit only when its list and every listed item are fresh" holds here too.
     async fn read(
         &self,
         tiles: &[TileId],
         ids: &[String],
         now: u64,
     ) -> redis::RedisResult<TierRead> {
-        // One MGET for the tile lists and the requested ids.
         let mut keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
         keys.extend(ids.iter().map(|id| self.item_key(id)));
         let mut values = self.mget(&keys).await?;
         values.resize(keys.len(), None);
         let id_values = values.split_off(tiles.len());
-        let fresh = |v: Option<Vec<u8>>| -> Option<Arc<StoredItem>> {
-            let item = StoredItem::decode(v?)?;
-            (item.exp() > now).then(|| Arc::new(item))
-        };
-        let id_items: Vec<Option<Arc<StoredItem>>> = id_values.into_iter().map(fresh).collect();
-
-        // The fresh lists (ids borrowed from the values), then one MGET for every listed
-        // item not already read by id.
-        let lists: Vec<Option<(u64, Vec<&str>)>> = values
-            .iter()
-            .map(|v| decode_tile(v.as_deref()?).filter(|(exp, _)| *exp > now))
-            .collect();
-        let mut known: std::collections::HashMap<&str, Option<Arc<StoredItem>>> = ids
-            .iter()
-            .zip(&id_items)
-            .filter(|(_, it)| it.is_some())
-            .map(|(id, it)| (id.as_str(), it.clone()))
-            .collect();
-        let mut wanted: Vec<&str> = Vec::new();
-        for (_, list) in lists.iter().flatten() {
-            for &id in list {
-                if let std::collections::hash_map::Entry::Vacant(e) = known.entry(id) {
-                    e.insert(None);
-                    wanted.push(id);
-                }
-            }
-        }
-        let keys: Vec<String> = wanted.iter().map(|id| self.item_key(id)).collect();
-        let values = self.mget(&keys).await?;
-        for (id, v) in wanted.iter().zip(values) {
-            known.insert(id, fresh(v));
-        }
-        let tiles = lists
-            .iter()
-            .map(|list| {
-                let (exp, ids) = list.as_ref()?;
-                let items = ids
-                    .iter()
-                    .map(|id| known.get(id).cloned().flatten())
-                    .collect::<Option<Vec<_>>>()?;
-                Some(TileHit { items, exp: *exp })
+        let tiles = values
+            .into_iter()
+            .map(|v| {
+                let (exp, items) = decode_tile(v?)?;
+                let fresh = exp > now && items.iter().all(|it| it.exp() > now);
+                fresh.then_some(TileHit { items, exp })
             })
             .collect();
-        Ok(TierRead {
-            tiles,
-            ids: id_items,
-        })
+        let ids = id_values
+            .into_iter()
+            .map(|v| {
+                let item = StoredItem::decode(v?)?;
+                (item.exp() > now).then(|| Arc::new(item))
+            })
+            .collect();
+        Ok(TierRead { tiles, ids })
     }
 
+    /// One pipeline of `SET EX`s: each item under its key, and each tile's items under the
+    /// tile's key (until the soonest expiry among them and the list).
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         for item in &fill.items {
@@ -582,12 +610,23 @@ impl RedisTier {
             let key = self.item_key(item.id());
             cmds.push((key.clone(), redis::Cmd::set_ex(key, item.encode(), ttl)));
         }
+        let by_id: std::collections::HashMap<&str, &StoredItem> =
+            fill.items.iter().map(|it| (it.id(), &**it)).collect();
         for (tile, ids, exp) in &fill.tiles {
-            // A list the format cannot hold is not cached (the tile stays a miss).
-            let Some(value) = encode_tile(ids, *exp) else {
+            // A list naming an item the fill does not hold (the write guard dropped it, or
+            // the origin left it out) is not cached: the tile stays a miss, as it would be
+            // with the item absent. So is a tile the format cannot hold.
+            let Some(items) = ids
+                .iter()
+                .map(|id| by_id.get(id.as_str()).copied())
+                .collect::<Option<Vec<&StoredItem>>>()
+            else {
                 continue;
             };
-            let ttl = ttl_left_s(*exp, now) as u64;
+            let Some(value) = encode_tile(&items, *exp) else {
+                continue;
+            };
+            let ttl = ttl_left_s(tile_exp(&items, *exp), now) as u64;
             let key = self.tile_key(*tile);
             cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }
@@ -637,6 +676,19 @@ impl RedisTier {
             .map(|v| Ok(redis::from_redis_value(v)?))
             .collect()
     }
+}
+
+/// Tile values read per `MGET` when invalidating: a tile value holds its items (tens of KB
+/// for a dense tile), so a reply stays a few MB.
+const TILE_VALUES_PER_MGET: usize = 64;
+
+/// The data tile an item is filed under: the one its position falls in, as the origin
+/// assigns it (its zoom-24 tile's ancestor). `None` for a position off the map.
+fn data_tile_of(item: &StoredItem, data_zoom: u8) -> Option<TileId> {
+    TileId::from_lon_lat(item.lon(), item.lat(), tilewarm::tile::MAX_ZOOM)
+        .ok()?
+        .ancestor(data_zoom)
+        .ok()
 }
 
 /// `s` with Redis glob characters escaped, for `SCAN MATCH`.

@@ -8,7 +8,8 @@
 //!    latency percentiles.
 //! 3. Runs `redis-benchmark` `MGET` with as many real item keys as an average batch holds,
 //!    same client count, no pipelining (one round trip per batch, like the server), against
-//!    the same redis-server in the same run.
+//!    the same redis-server in the same run (the issue-22 peer); then `MGET` of one batch's
+//!    16 tile keys (what the storage format v3 tier reads per batch).
 //! 4. Prints a markdown table with ratios and writes it to `--out`.
 
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ struct Args {
     /// a server binary that stores items under other keys.
     #[arg(long)]
     mget_key_prefix: Option<String>,
+    /// What the raw `MGET`'s tile keys start with (a tile's key without `z/x/y`); by default
+    /// this build's tile keys under the bench's prefix.
+    #[arg(long)]
+    mget_tile_key_prefix: Option<String>,
 }
 
 struct Run {
@@ -250,6 +255,15 @@ fn main() {
         .map(|id| format!("{mget_prefix}{id}"))
         .collect();
     keys.truncate(avg_keys.max(16));
+    let tile_prefix = args.mget_tile_key_prefix.clone().unwrap_or_else(|| {
+        tilewarm_server::stored::Keys::new("tw:bench:")
+            .tiles_prefix()
+            .to_string()
+    });
+    let tile_keys: Vec<String> = batches
+        .first()
+        .map(|tiles| tiles.iter().map(|t| format!("{tile_prefix}{t}")).collect())
+        .unwrap_or_default();
 
     let redis_port = free_port();
     let redis = Proc(
@@ -294,6 +308,11 @@ fn main() {
     let rb_requests = (5_000_000 / keys.len().max(1)).clamp(1_000, 200_000);
     eprintln!("tw-load: redis-benchmark MGET of {} keys", keys.len());
     let rb = redis_benchmark(redis_port, &keys, args.concurrency, rb_requests);
+    eprintln!(
+        "tw-load: redis-benchmark MGET of {} tile keys",
+        tile_keys.len()
+    );
+    let rb_tiles = redis_benchmark(redis_port, &tile_keys, args.concurrency, 5_000);
     drop(redis);
 
     let mut md = String::new();
@@ -330,7 +349,7 @@ fn main() {
     match rb {
         Some((rps, p50, p99)) => {
             md.push_str(&format!(
-                "| redis-benchmark MGET {} keys (-c {}, -P 1) | {:.0} | {:.0} | {:.2} | {:.2} | 0 | |\n\n",
+                "| redis-benchmark MGET {} keys (-c {}, -P 1) | {:.0} | {:.0} | {:.2} | {:.2} | 0 | |\n",
                 keys.len(),
                 args.concurrency,
                 rps,
@@ -338,6 +357,17 @@ fn main() {
                 p50,
                 p99
             ));
+            if let Some((t_rps, t_p50, t_p99)) = rb_tiles {
+                md.push_str(&format!(
+                    "| redis-benchmark MGET {} tile keys (-c {}, -P 1) | {:.0} | | {:.2} | {:.2} | 0 | |\n",
+                    tile_keys.len(),
+                    args.concurrency,
+                    t_rps,
+                    t_p50,
+                    t_p99
+                ));
+            }
+            md.push('\n');
             let tput = |r: &Run| r.batches as f64 / r.secs;
             if let [local, redis] = &runs[..] {
                 md.push_str(&format!(
@@ -347,6 +377,14 @@ fn main() {
                     tput(local) / tput(redis),
                     redis.p99_ms / p99
                 ));
+                if let Some((t_rps, _, t_p99)) = rb_tiles {
+                    md.push_str(&format!(
+                        "Against raw MGET of the {} tile keys: throughput {:.2}, p99 {:.1}.\n",
+                        tile_keys.len(),
+                        tput(redis) / t_rps,
+                        redis.p99_ms / t_p99
+                    ));
+                }
             }
         }
         None => md.push_str("\nredis-benchmark did not run (install redis-tools).\n"),

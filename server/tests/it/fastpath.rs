@@ -113,18 +113,20 @@ async fn values_not_in_the_storage_format_are_misses_never_answers() {
     let body = request(&[t], &[], Access::Agent);
     let want = without_ttls(&http.batch(&shared, &body).await.body);
     let id = want["items"][0]["id"].as_str().unwrap().to_string();
-    // The item as the previous format stored it (a JSON object), under the new key: the
-    // tile is then a miss and refetched, not answered from it.
+    let keys = tilewarm_server::stored::Keys::new("fp:");
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let old = serde_json::json!({"id": id, "lon": 0.0, "lat": 0.0, "class": "x",
-        "access": "public", "exp": u64::MAX, "data": {"forged": true}});
+    // The tile as the previous format stored it (its ids, an expiry far ahead, version
+    // byte 2), under the new key: the tile is then a miss and refetched, not answered.
+    let mut list = id.clone().into_bytes();
+    list.extend_from_slice(&u64::MAX.to_le_bytes());
+    list.push(2);
     let _: () = redis::cmd("SET")
-        .arg(format!("fp:v2:i:{id}"))
-        .arg(old.to_string())
+        .arg(keys.tile(t))
+        .arg(list)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -132,5 +134,19 @@ async fn values_not_in_the_storage_format_are_misses_never_answers() {
     let again = without_ttls(&http.batch(&shared, &body).await.body);
     assert_eq!(again, want);
     assert_eq!(shared.app.metrics.origin_calls(), calls + 1, "refetched");
+    // The item as the format before that stored it (a JSON object), under the new item
+    // key: a request by id is a miss and refetched.
+    let old = serde_json::json!({"id": id, "lon": 0.0, "lat": 0.0, "class": "x",
+        "access": "public", "exp": u64::MAX, "data": {"forged": true}});
+    let _: () = redis::cmd("SET")
+        .arg(keys.item(&id))
+        .arg(old.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let by_id = request(&[], &[&*id], Access::Agent);
+    let answer = without_ttls(&http.batch(&shared, &by_id).await.body);
+    assert_eq!(answer["items"][0], want["items"][0]);
+    assert_eq!(shared.app.metrics.origin_calls(), calls + 2, "refetched");
     shared.shutdown().await;
 }

@@ -612,3 +612,40 @@ async fn a_tile_invalidation_drops_the_items_of_the_tile_in_redis() {
     );
     s.shutdown().await;
 }
+
+/// A tile's value in Redis holds copies of its items (storage format v3), so invalidating
+/// an id must drop the tile values holding it, not only its item key: afterwards the tile
+/// is refetched, not answered with the old copy. The same for a class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_an_id_or_a_class_makes_the_tiles_holding_it_misses_in_redis() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let item = o.tile_items(t, Access::Agent).next().unwrap();
+    let (id, class) = (item.id.clone(), item.class.clone());
+    let http = Http::new();
+    let s = server(redis_config(&redis)).await;
+    let body = request(&[t], &[], Access::Agent);
+    let admin = Http::with_token(Some(admin_token()));
+    for (what, change) in [
+        ("id", format!(r#"{{"ids":["{id}"]}}"#)),
+        ("class", format!(r#"{{"classes":["{class}"]}}"#)),
+    ] {
+        http.ok(&s, &body).await;
+        let calls = s.app.metrics.origin_calls();
+        http.ok(&s, &body).await;
+        assert_eq!(s.app.metrics.origin_calls(), calls, "the tile is a hit");
+        let r = post_invalidate(&admin, &s, &change).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        http.ok(&s, &body).await;
+        assert_eq!(
+            s.app.metrics.origin_calls(),
+            calls + 1,
+            "a tile holding an invalidated {what} was answered from Redis"
+        );
+    }
+    s.shutdown().await;
+}
