@@ -73,12 +73,12 @@ if want overload; then
   if [ -x server/soak/overload.sh ]; then
     server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload.md" >&2 \
       || [ -s "$out/overload.md" ] || echo "server/soak/overload.sh failed" > "$out/overload.md"
-    # The bounds sized for CPU-bound answers (docs/RELIABILITY.md): 2 batches per core at
-    # once, 4 per core waiting, 10 ms of waiting at most.
+    # The peer of the adaptive default: the best fixed bounds measured by hand for CPU-bound
+    # answers (docs/RELIABILITY.md): 2 batches per core at once, 4 per core waiting.
     cores=$(nproc)
     server/soak/overload.sh "${OVERLOAD_SECONDS:-15}" --out "$out/overload-sized.md" \
-      --server-arg=--max-in-flight=$((2 * cores)) --server-arg=--max-queue=$((4 * cores)) \
-      --server-arg=--max-queue-wait-ms=10 >&2 \
+      --server-arg=--in-flight-limit=fixed \
+      --server-arg=--max-in-flight=$((2 * cores)) --server-arg=--max-queue=$((4 * cores)) >&2 \
       || [ -s "$out/overload-sized.md" ] || echo "server/soak/overload.sh (sized) failed" > "$out/overload-sized.md"
   else echo "not run: server/soak/overload.sh is absent" > "$out/overload.md"; fi
 fi
