@@ -106,42 +106,49 @@ async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
     drop(holds_slot);
 }
 
-/// Until `s` has made `n` origin calls for requests.
-async fn origin_calls(s: &tilewarm_server::Server, n: u64) {
+/// A server with one slot, a 300 ms queue wait and an origin that takes 3 s (`extra`
+/// changes more), with one batch for a cold tile already waiting for the origin: the
+/// server, that batch's task, and a second cold tile to ask for.
+async fn one_batch_waiting_for_the_origin(
+    extra: impl FnOnce(Config) -> Config,
+) -> (
+    tilewarm_server::Server,
+    tokio::task::JoinHandle<crate::common::Reply>,
+    tilewarm::tile::TileId,
+) {
+    let o = origin(42, 5_000);
+    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let s = server(extra(Config {
+        origin_latency_ms: 3_000,
+        ..one_slot(8, 300)
+    }))
+    .await;
+    let (url, body) = (
+        format!("{}/v1/batch", s.url()),
+        request(&[tiles[0]], &[], Access::Public),
+    );
+    let json = [("content-type", "application/json")];
+    let first = tokio::spawn(async move { Http::new().send("POST", &url, &json, body).await });
     while s
         .app
         .metrics
         .origin_calls_request
         .load(std::sync::atomic::Ordering::Relaxed)
-        < n
+        == 0
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (s, first, tiles[1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_for_the_origin_gives_its_slot_back() {
-    let o = origin(42, 5_000);
-    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
-    // One slot and a 300 ms bound on the queue; the origin takes 3 s. The first batch's
-    // wait for the origin is not the server's work: the second gets the slot and is
-    // answered too. Were the slot held through the origin call, the second would be a 503.
-    let s = std::sync::Arc::new(
-        server(Config {
-            origin_latency_ms: 3_000,
-            ..one_slot(8, 300)
-        })
-        .await,
-    );
-    let http = std::sync::Arc::new(Http::new());
-    let first = {
-        let (http, s) = (http.clone(), s.clone());
-        let body = request(&[tiles[0]], &[], Access::Public);
-        tokio::spawn(async move { http.batch(&s, &body).await })
-    };
-    origin_calls(&s, 1).await;
-    let second = http
-        .batch(&s, &request(&[tiles[1]], &[], Access::Public))
+    // The first batch's wait for the origin is not the server's work: the second gets the
+    // slot and is answered too. Were the slot held through the origin call, the second
+    // would wait 300 ms for it and be a 503.
+    let (s, first, tile) = one_batch_waiting_for_the_origin(|c| c).await;
+    let second = Http::new()
+        .batch(&s, &request(&[tile], &[], Access::Public))
         .await;
     assert_eq!(second.status, 200, "{}", second.text());
     assert_eq!(first.await.unwrap().status, 200);
@@ -149,25 +156,13 @@ async fn a_batch_waiting_for_the_origin_gives_its_slot_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_origin_waits_a_batch_that_needs_the_origin_is_a_503() {
-    let o = origin(42, 5_000);
-    let tiles: Vec<_> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
-    let s = std::sync::Arc::new(
-        server(Config {
-            origin_latency_ms: 3_000,
-            max_origin_waits: 1,
-            ..one_slot(8, 300)
-        })
-        .await,
-    );
-    let http = std::sync::Arc::new(Http::new());
-    let first = {
-        let (http, s) = (http.clone(), s.clone());
-        let body = request(&[tiles[0]], &[], Access::Public);
-        tokio::spawn(async move { http.batch(&s, &body).await })
-    };
-    origin_calls(&s, 1).await;
-    let r = http
-        .batch(&s, &request(&[tiles[1]], &[], Access::Public))
+    let (s, first, tile) = one_batch_waiting_for_the_origin(|c| Config {
+        max_origin_waits: 1,
+        ..c
+    })
+    .await;
+    let r = Http::new()
+        .batch(&s, &request(&[tile], &[], Access::Public))
         .await;
     let m = r.error(503, "overloaded");
     assert!(m.contains("--max-origin-waits"), "{m}");
