@@ -55,54 +55,44 @@ fn one_slot(queue: usize, wait_ms: u64) -> Config {
     }
 }
 
+/// Sends a batch to `s` and checks it is a 503 `overloaded` saying `why`, with
+/// `Retry-After`, in well under the 10 s a stalled body holds a slot, and that no origin
+/// call was paid.
+async fn refused_quickly(s: &tilewarm_server::Server, why: &str) {
+    let o = origin(42, 5_000);
+    let started = std::time::Instant::now();
+    let r = Http::new()
+        .batch(s, &request(&[densest(&o)], &[], Access::Public))
+        .await;
+    let m = r.error(503, "overloaded");
+    assert!(m.contains(why), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let paid = &s.app.metrics.origin_calls_request;
+    assert_eq!(paid.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after() {
-    let o = origin(42, 5_000);
+    // One slot and one queue place, each held by a batch whose body stalls; a 10 s bound on
+    // the wait, so only the full queue can refuse in time.
     let s = server(one_slot(1, 10_000)).await;
-    // The slot and the one queue place, each held by a batch whose body stalls.
     let holds_slot = stalled_batch(s.addr);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let queued = stalled_batch(s.addr);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = std::time::Instant::now();
-    let r = Http::new()
-        .batch(&s, &request(&[densest(&o)], &[], Access::Public))
-        .await;
-    let m = r.error(503, "overloaded");
-    assert!(
-        m.contains("every batch slot and queue place is taken"),
-        "{m}"
-    );
-    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
-    // Refused at once, not after the 10 s queue wait.
-    assert!(started.elapsed() < Duration::from_secs(5));
-    // Refused batches cost the origin nothing.
-    assert_eq!(
-        s.app
-            .metrics
-            .origin_calls_request
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    refused_quickly(&s, "every batch slot and queue place is taken").await;
     drop((holds_slot, queued));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
-    let o = origin(42, 5_000);
     // One slot, held for up to 10 s by a stalled body; room in the queue; a 300 ms bound on
     // the wait. Without the bound the batch would wait for the body timeout.
     let s = server(one_slot(8, 300)).await;
     let holds_slot = stalled_batch(s.addr);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = std::time::Instant::now();
-    let r = Http::new()
-        .batch(&s, &request(&[densest(&o)], &[], Access::Public))
-        .await;
-    let m = r.error(503, "overloaded");
-    assert!(m.contains("no batch slot came free within 300 ms"), "{m}");
-    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    refused_quickly(&s, "no batch slot came free within 300 ms").await;
     drop(holds_slot);
 }
 
