@@ -124,12 +124,63 @@ pub async fn post_batch(
     if status != 200 {
         return Ok((status, 0));
     }
-    #[derive(serde::Deserialize)]
-    struct Count {
-        items: Vec<serde::de::IgnoredAny>,
+    Ok((status, count_items(&bytes)?))
+}
+
+/// The number of items in a batch answer: the elements of the top-level `items` array,
+/// found by following the JSON's structure (strings skipped, brackets counted) without
+/// parsing any value. The load generators run on the cores they measure; serde_json
+/// skipping the whole answer (`IgnoredAny`, 0.8 ms for a 16-tile answer of 320 KB) cost
+/// about what the server spends making it, a tax the raw-`MGET` peer never pays. This scan
+/// costs about 2.5x less, and still refuses an answer whose brackets or strings do not
+/// close, or that has no `items` array.
+pub fn count_items(json: &[u8]) -> Result<u64, String> {
+    let (mut depth, mut i) = (0usize, 0usize);
+    // The last string seen directly inside the top-level object: the key before a value.
+    let mut key: &[u8] = b"";
+    // The depth of the items array's elements, once it opened.
+    let mut items_at: Option<usize> = None;
+    let mut count = 0u64;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                loop {
+                    match json.get(i) {
+                        None => return Err("the answer ends inside a string".into()),
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                if depth == 1 {
+                    key = &json[start..i];
+                }
+            }
+            b'{' | b'[' => {
+                if b == b'{' && items_at == Some(depth) {
+                    count += 1;
+                }
+                if b == b'[' && depth == 1 && key == b"items" {
+                    items_at = Some(depth + 1);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or("the answer closes a bracket it never opened")?;
+            }
+            _ => {}
+        }
+        i += 1;
     }
-    let c: Count = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    Ok((status, c.items.len() as u64))
+    match (depth, items_at) {
+        (0, Some(_)) => Ok(count),
+        (0, None) => Err("the answer has no items array".into()),
+        _ => Err("the answer's brackets do not close".into()),
+    }
 }
 
 /// GETs `url`'s body as text (for `/healthz` and `/metrics`).
@@ -156,4 +207,43 @@ async fn send(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_items;
+
+    #[test]
+    fn counts_the_items_array_as_serde_does() {
+        for json in [
+            r#"{"access":"public","tiles":[],"items":[],"missing":[]}"#,
+            r#"{"tiles":[{"tile":"14/1/2","ids":["a","b"],"ttl":3}],"items":[{"id":"a","data":{"items":[{},{}]}},{"id":"b"}],"missing":["c"]}"#,
+            r#"{"items":[{"id":"a\"{[","data":"]}\\"},{"id":"]"}],"error":{"items":[{}]}}"#,
+            r#" { "items" : [ { } , { "x" : [ { } ] } ] } "#,
+        ] {
+            #[derive(serde::Deserialize)]
+            struct Count {
+                items: Vec<serde::de::IgnoredAny>,
+            }
+            let want: Count = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                count_items(json.as_bytes()),
+                Ok(want.items.len() as u64),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_whole_answer() {
+        for json in [
+            r#"{"items":[{"id":"a"}"#,
+            r#"{"items":[{"id":"a}]}"#,
+            r#"{"tiles":[]}"#,
+            r#"]{"items":[]}"#,
+            "",
+        ] {
+            assert!(count_items(json.as_bytes()).is_err(), "{json}");
+        }
+    }
 }
