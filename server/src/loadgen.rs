@@ -82,6 +82,15 @@ pub fn start_server(bin: &Path, port: u16, extra: &[String]) -> Proc {
     p
 }
 
+/// Server flags for a throughput benchmark: a fixed 64 batch slots (`--max-in-flight`'s
+/// default), so every one of the benchmark's clients is admitted and the tier's or
+/// origin's speed is measured. The default adaptive limit settles at a few slots on a
+/// 2-core machine and refuses some of 16 closed-loop clients; how the server sheds is
+/// `tw-overload`'s measurement.
+pub fn throughput_flags() -> [String; 2] {
+    ["--in-flight-limit".into(), "fixed".into()]
+}
+
 /// `n` 4x4 blocks of data tiles (zoom 14), each around a different occupied tile
 /// (deterministic).
 pub fn plan_batches(origin: &Origin<RawData>, n: usize) -> Vec<Vec<TileId>> {

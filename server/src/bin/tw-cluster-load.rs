@@ -309,7 +309,7 @@ fn main() {
         ("1 instance, cluster", cluster.url.clone(), 1),
         ("2 instances, cluster", cluster.url.clone(), 2),
     ] {
-        let extra = vec![
+        let extra = [
             "--redis".to_string(),
             redis,
             "--redis-prefix".to_string(),
@@ -319,6 +319,7 @@ fn main() {
             "--redis-timeout-ms".to_string(),
             "2000".to_string(),
         ];
+        let extra = [&extra[..], &tilewarm_server::loadgen::throughput_flags()].concat();
         let procs: Vec<(Proc, String)> = (0..n)
             .map(|_| {
                 let port = free_port();

@@ -25,8 +25,8 @@ use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
 use tilewarm::protocol::BatchRequest;
 use tilewarm_server::loadgen::{
-    free_port, get_text, http_client, plan_batches, post_batch, start_server, wait_port,
-    HttpClient, Proc,
+    free_port, get_text, http_client, plan_batches, post_batch, start_server, throughput_flags,
+    wait_port, HttpClient, Proc,
 };
 
 #[derive(Parser, Debug)]
@@ -292,6 +292,7 @@ fn main() {
         ),
     ] {
         let port = free_port();
+        let extra = [&extra[..], &throughput_flags()].concat();
         let server = start_server(&args.server_bin, port, &extra);
         let url = format!("http://127.0.0.1:{port}");
         eprintln!(

@@ -258,6 +258,7 @@ fn main() {
         let port = free_port();
         let mut flags = vec!["--warmup-ring".to_string(), "0".into()];
         flags.extend(extra);
+        flags.extend(tilewarm_server::loadgen::throughput_flags());
         let _server = start_server(&args.server_bin, port, &flags);
         let base = format!("http://127.0.0.1:{port}");
         rt.block_on(async {
