@@ -74,6 +74,12 @@ impl InFlightLimit {
         Self::with(vegas, initial)
     }
 
+    /// `n` slots that stay `n` (`--in-flight-limit fixed`): [`crate::admission::Shed`]
+    /// never reports hold times to it.
+    pub fn fixed(n: usize) -> InFlightLimit {
+        Self::adaptive(n, n)
+    }
+
     fn with(vegas: Vegas, permits: usize) -> InFlightLimit {
         InFlightLimit {
             slots: Arc::new(Semaphore::new(permits)),

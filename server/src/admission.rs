@@ -197,7 +197,7 @@ impl Shed {
     pub fn fixed(in_flight: usize, queue: usize, max_wait: Duration, retry_after_s: u64) -> Shed {
         let n = in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Shed::with(
-            InFlightLimit::adaptive(n, n),
+            InFlightLimit::fixed(n),
             false,
             queue,
             max_wait,
@@ -337,7 +337,7 @@ impl OriginWaits {
         if before >= self.max {
             return Err(before);
         }
-        Ok(OriginWait(place))
+        Ok(OriginWait { _place: place })
     }
 
     /// Requests waiting for the origin now.
@@ -347,9 +347,11 @@ impl OriginWaits {
 }
 
 /// One request counted in [`OriginWaits`]; uncounted when dropped.
-pub struct OriginWait<'a>(#[allow(dead_code)] Place<'a>);
+pub struct OriginWait<'a> {
+    _place: Place<'a>,
+}
 
-/// One request counted in [`Shed`]'s queue; uncounted when dropped.
+/// One request counted in [`Shed`]'s queue or among [`OriginWaits`]; uncounted when dropped.
 struct Place<'a>(&'a AtomicUsize);
 
 impl Drop for Place<'_> {
