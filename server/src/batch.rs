@@ -111,7 +111,8 @@ pub fn write_response(
 /// verified tier lowered by the request's `access` (HTTP decides it; `req.access` is not
 /// read here). The response's `access` reports it.
 ///
-/// `slot` is given back before the request waits for the origin (`crate::admission`).
+/// `slot` is given back before the request waits for an origin whose call is a wait
+/// (`OriginService::waits`; `crate::admission`).
 pub async fn answer(
     app: &App,
     req: &BatchRequest,
