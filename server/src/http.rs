@@ -352,11 +352,17 @@ async fn batch_inner(
                 .insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
             r
         }
-        Err(refusal) if refusal.code == ErrorCode::Overloaded => {
-            crate::admission::overloaded_because(refusal.message, app.config.retry_after_s)
-        }
-        Err(refusal) => error_response(refusal.code, refusal.message),
+        Err(refusal) => refusal_response(app, refusal),
     }
+}
+
+/// A request the batch path refused, as its response: an `overloaded` one with
+/// `Retry-After` (`--retry-after-s`), any other as the JSON error.
+pub fn refusal_response(app: &App, refusal: batch::Refusal) -> Response {
+    if refusal.code == ErrorCode::Overloaded {
+        return crate::admission::overloaded_because(refusal.message, app.config.retry_after_s);
+    }
+    error_response(refusal.code, refusal.message)
 }
 
 /// `POST /v1/invalidate`: a caller whose verified token has [`crate::auth::ADMIN_CLAIM`]

@@ -36,7 +36,7 @@ use tilewarm::tile::{TileError, TileId};
 
 use crate::admission::HeldSlot;
 use crate::auth::Caller;
-use crate::http::{error_response, forbidden_tier, unauthorized, ACCESS_HEADER};
+use crate::http::{error_response, forbidden_tier, refusal_response, unauthorized, ACCESS_HEADER};
 use crate::App;
 
 /// The longest a shared cache (CDN, proxy) may keep a `public` answer, in seconds
@@ -212,10 +212,7 @@ async fn answer(
     };
     let json = match crate::batch::answer(app, &request, tier, slot).await {
         Ok(json) => json,
-        Err(refusal) if refusal.code == ErrorCode::Overloaded => {
-            return crate::admission::overloaded_because(refusal.message, app.config.retry_after_s)
-        }
-        Err(refusal) => return error_response(refusal.code, refusal.message),
+        Err(refusal) => return refusal_response(app, refusal),
     };
     let max_age = min_ttl_s(&json);
     let mut r = (
