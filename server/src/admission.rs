@@ -330,14 +330,10 @@ impl OriginWaits {
         }
     }
 
-    /// A place among the requests waiting for the origin, or how many there are.
-    pub fn enter(&self) -> Result<OriginWait<'_>, usize> {
+    /// A place among the requests waiting for the origin; `None` when all are taken.
+    pub fn enter(&self) -> Option<OriginWait<'_>> {
         let place = Place(&self.waiting);
-        let before = place.0.fetch_add(1, Relaxed);
-        if before >= self.max {
-            return Err(before);
-        }
-        Ok(OriginWait { _place: place })
+        (place.0.fetch_add(1, Relaxed) < self.max).then_some(OriginWait { _place: place })
     }
 
     /// Requests waiting for the origin now.

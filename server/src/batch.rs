@@ -217,8 +217,8 @@ pub async fn answer(
             slot.release();
         }
         match app.origin_waits.enter() {
-            Ok(wait) => Some(wait),
-            Err(_) => {
+            Some(wait) => Some(wait),
+            None => {
                 let refusal = origin_waits_full(app.config.max_origin_waits);
                 lead.fail(&refusal);
                 return Err(refusal);
