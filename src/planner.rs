@@ -501,7 +501,8 @@ impl Planner {
         if !self.just_below(viewport) {
             return self.budget(visible);
         }
-        let (w, h) = view_size(viewport, self.config.tile_zoom);
+        let z = self.config.tile_zoom;
+        let (w, h) = view_size(viewport, z, view_centre(viewport, z));
         let under = (w.ceil() * h.ceil()).min(self.config.max_visible_tiles as f64);
         self.budget(visible.max(under as usize))
     }
@@ -517,7 +518,7 @@ impl Planner {
         let z = self.config.tile_zoom;
         let n = tiles_per_axis(z) as f64;
         let c = view_centre(vp, z);
-        let (w, h) = view_size(vp, z);
+        let (w, h) = view_size(vp, z, c);
         let mut s = Sample {
             t: now_ms,
             cx: c.x,
@@ -737,10 +738,10 @@ fn view_centre(vp: &Viewport, z: u8) -> TilePoint {
     })
 }
 
-/// A viewport's width and height in data tiles at zoom `z`.
-fn view_size(vp: &Viewport, z: u8) -> (f64, f64) {
+/// A viewport's width and height in data tiles at zoom `z`; `c` is its
+/// [`view_centre`] at `z` (the fallback of an edge that does not project).
+fn view_size(vp: &Viewport, z: u8, c: TilePoint) -> (f64, f64) {
     let n = tiles_per_axis(z) as f64;
-    let c = view_centre(vp, z);
     let (lon, _) = vp.bbox.centre();
     let north = project(lon, vp.bbox.north, z).map(|p| p.y).unwrap_or(c.y);
     let south = project(lon, vp.bbox.south, z).map(|p| p.y).unwrap_or(c.y);
