@@ -4,11 +4,11 @@
 // promises, and it builds request bodies, flattens responses and writes the values into
 // error messages, so no JSON and no number formatting runs in wasm. `thrown` (the errors
 // the wasm describes) and `tileName` also serve the tile functions in api.js.
-import { Engine } from './tilewarm.js';
+import { Engine, takeFreed } from './tilewarm.js';
 // Tags, codes, names and option lists, generated from the Rust (src/wasm/boundary.rs,
 // src/wasm/options.rs), so they are the engine's.
 import {
-  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, TILES_STATES, TILES_LOAD, TILES_READ,
+  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FREED, TILES_STATES, TILES_LOAD, TILES_READ,
   TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
@@ -16,6 +16,27 @@ import {
 } from './gen/boundary.js';
 
 const TIMED_OUT = Symbol('timed out');
+
+// The item objects the caches of this wasm instance hold, by slot: the engine keeps an
+// item's slot, not the object, so items cross as numbers (src/wasm/engine.rs, `JsItem`).
+// A slot is filled before an answer goes to the engine and cleared when a FREED record
+// (or `takeFreed`, after an engine is freed) gives it back; `FREE` lists the empty ones.
+const OBJS = [], FREE = [];
+
+/** Puts an item object in an empty slot; returns the slot. */
+function hold(obj) {
+  const slot = FREE.length ? FREE.pop() : OBJS.length;
+  OBJS[slot] = obj;
+  return slot;
+}
+
+/** Empties the slots the engine gave back. */
+function release(slots) {
+  for (const slot of slots) {
+    OBJS[slot] = undefined;
+    FREE.push(slot);
+  }
+}
 const CREATE = Symbol('create');
 
 /** A value the way an error message shows it. */
@@ -317,8 +338,8 @@ export class TileCache {
     if (typeof id !== 'string') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `id must be a string, got ${show(id)}`);
     // A cached id in one engine call; anything else (a miss, '') takes getMany.
     if (id !== '' && !this.#disposed) {
-      const item = this.#engine.getCached(id, this.#now());
-      if (item !== undefined) return item;
+      const slot = this.#engine.getCached(id, this.#now());
+      if (slot >= 0) return OBJS[slot];
     }
     return (await this.getMany([id]))[0];
   }
@@ -329,13 +350,13 @@ export class TileCache {
     checkStrings('ids', ids);
     if (ids.some((id) => id === '')) throw argError(RangeError, ERR_OUT_OF_RANGE, 'ids must not contain an empty string');
     const out = this.#engine.get(ids, this.#now());
-    const found = out.slice(1, 1 + ids.length);
-    const results = found.map((item, i) => item !== undefined ? item : new Promise((resolve, reject) => {
-      const w = this.#gets.get(ids[i]) ?? [];
+    const slots = out[0];
+    const results = ids.map((id, i) => slots[1 + i] >= 0 ? OBJS[slots[1 + i]] : new Promise((resolve, reject) => {
+      const w = this.#gets.get(id) ?? [];
       w.push({ resolve, reject });
-      this.#gets.set(ids[i], w);
+      this.#gets.set(id, w);
     }));
-    this.#run(out, 1, 1 + ids.length);
+    this.#run(out, 1 + ids.length, 1);
     return Promise.all(results);
   }
 
@@ -485,6 +506,7 @@ export class TileCache {
     this.#updates.clear();
     this.#errors.clear();
     this.#engine.free();
+    release(takeFreed());
   }
 
   // -- internals ----------------------------------------------------------------------
@@ -519,16 +541,19 @@ export class TileCache {
    * waited for) or `{ error }`; and where the records start. */
   #readLoads(out, tiles) {
     const nums = out[0];
-    let n = 0, r = 1;
+    let n = 0;
     const byTile = new Map();
     for (const tile of tiles) {
       const state = nums[n], count = nums[n + 1];
       if (state === 1) {
-        const items = out.slice(r, r + count);
-        for (let i = 0; i < count; i++) items[i].stale = nums[n + 2 + i] === 1;
+        const items = new Array(count);
+        for (let i = 0; i < count; i++) {
+          const item = OBJS[nums[n + 3 + 2 * i]];
+          item.stale = nums[n + 2 + 2 * i] === 1;
+          items[i] = item;
+        }
         byTile.set(tile, { items });
-        r += count;
-        n += 2 + count;
+        n += 2 + 2 * count;
       } else if (state === 0) {
         byTile.set(tile, { data: Array.from(nums.subarray(n + 2, n + 2 + count)) });
         n += 2 + count;
@@ -539,7 +564,7 @@ export class TileCache {
         n += 4;
       }
     }
-    return { byTile, n, r };
+    return { byTile, n, r: 1 };
   }
 
   #fillLoad(load, byTile) {
@@ -604,18 +629,22 @@ export class TileCache {
   }
 
   /** Reads a view header, `complete, tooWide, missing, stale, items, unchanged, missing
-   * tiles | items`, into `#last` (kept as it is when `unchanged`: no items follow then);
-   * returns where the records start. */
+   * tiles..., item slots...`, into `#last` (kept as it is when `unchanged`: no items follow
+   * then); returns where the records start. */
   #view(out) {
     const nums = out[0];
     const missing = nums[2], stale = nums[3], count = nums[4];
     this.#setComplete(nums[0] === 1);
     if (nums[5] === 1 && this.#last) return { n: 6 + missing, r: 1 };
     const missingTiles = Array.from(nums.subarray(6, 6 + missing), tileName);
-    const items = out.slice(1, 1 + count);
-    for (let i = 0; i < count; i++) items[i].stale = i < stale;
+    const items = new Array(count);
+    for (let i = 0, n = 6 + missing; i < count; i++) {
+      const item = OBJS[nums[n + i]];
+      item.stale = i < stale;
+      items[i] = item;
+    }
     this.#last = { items, complete: nums[0] === 1, tooWide: nums[1] > 0, missingTiles };
-    return { n: 6 + missing, r: 1 + count };
+    return { n: 6 + missing + count, r: 1 };
   }
 
   #setComplete(complete) {
@@ -667,6 +696,7 @@ export class TileCache {
           break;
         }
         case WAKEUP: wakeup = nums[n++]; break;
+        case FREED: release(nums.subarray(n + 1, n + 1 + nums[n])); n += 1 + nums[n]; break;
         default: n = nums.length; // unknown: cannot happen with the matching engine
       }
     }
@@ -767,7 +797,16 @@ export class TileCache {
     } catch (e) {
       return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
-    const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs);
+    const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs.map(hold));
+    if (out[0][0] !== 1) {
+      // The engine found the answer invalid: its ERROR record fails (or retries) the
+      // request, with the get()s waiting for it.
+      this.#pendingDetail = req;
+      this.#run(out, 1, 1);
+      this.#pendingDetail = undefined;
+      this.#checkLoads();
+      return;
+    }
     // Resolve get()s this response answered. Ids it asked for but left out of both items
     // and missing (a partial answer: the edge's origin failed; its `error` lists them) are
     // an error for those get()s and onError, never "does not exist".
@@ -777,14 +816,15 @@ export class TileCache {
     for (const gid of known) {
       const ws = this.#gets.get(gid);
       if (!ws) continue;
-      const item = this.#engine.peek(gid, now);
+      const slot = this.#engine.peek(gid, now);
+      const item = slot >= 0 ? OBJS[slot] : undefined;
       if (item === undefined && !f.missing.includes(gid) && !req.ids.includes(gid)) continue;
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
     if (left.length) this.#unanswered(req, left, f.error);
     this.#reqTiles.delete(id);
-    this.#run(out, 0, 1);
+    this.#run(out, 1, 1);
     this.#checkLoads();
   }
 

@@ -461,17 +461,21 @@ impl Planner {
             plan.keep = Some((centre, sample.w, sample.h, self.config.keep_views));
         }
 
-        // Prefetch candidates.
+        // Prefetch candidates: all stay wanted; of those with work to do (not fresh, not in
+        // flight), the best `budget` are queued, best first. Only those are ranked: around
+        // a view the user has been over, that is a few of the thousands a large view has.
         let candidates = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
-        plan.wanted.extend(candidates.iter().copied());
+        plan.wanted.reserve(candidates.len());
+        let mut todo = Vec::new();
+        for &(key, packed) in &candidates {
+            let t = TileId::from_packed(packed);
+            plan.wanted.insert(t);
+            if !in_flight(t) && !matches!(state(t), TileFreshness::Fresh) {
+                todo.push((key, packed));
+            }
+        }
         let budget = self.round_budget(viewport, visible.len());
-        for t in candidates {
-            if plan.prefetch.len() >= budget {
-                break;
-            }
-            if in_flight(t) {
-                continue;
-            }
+        for t in tiles_by_score(todo).into_iter().take(budget) {
             if let Some(w) = Work::from_state(t, state(t)) {
                 plan.prefetch.push(w);
             }
@@ -580,14 +584,15 @@ impl Planner {
         )
     }
 
-    /// Prefetch candidates, best (lowest score) first, without the visible tiles and without duplicates.
+    /// Prefetch candidates as `(score key, packed tile)` pairs in no order (lowest score
+    /// best: see [`score_key`]), without the visible tiles and without duplicates.
     fn candidates(
         &self,
         vp: &Viewport,
         s: &Sample,
         visible: &[TileId],
         (vx, vy, vz): (f64, f64, f64),
-    ) -> Vec<TileId> {
+    ) -> Vec<(u64, u64)> {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
@@ -639,7 +644,9 @@ impl Planner {
             if cfg.view_ring > 0.0 {
                 let k = 1.0 + 2.0 * cfg.view_ring;
                 let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w * k, s.h * k, cfg.align_levels);
-                for t in rect_tiles(z, cx, cy, w, h, 4096) {
+                let tiles = rect_tiles(z, cx, cy, w, h, 4096);
+                scores.reserve(tiles.len());
+                for t in tiles {
                     add(t, &mut scores, 0.0);
                 }
             }
@@ -694,7 +701,7 @@ impl Planner {
         for (t, score) in scores {
             keys.push((score_key(score), t.to_u64()));
         }
-        tiles_by_score(keys)
+        keys
     }
 }
 

@@ -23,14 +23,19 @@ export const COMPLETE = 4;
 export const ERROR = 5;
 /** `at`: the clock time at which to call `tick`. */
 export const WAKEUP = 6;
+/**
+ * `count, slots...`: items that left the cache; `cache.js` clears their slots in its table of
+ * item objects, to reuse them for later answers (see `JsItem`).
+ */
+export const FREED = 7;
 // What `Engine.tiles` does with its tiles, each with what it hands back.
 /** `tileStates`: per tile the code of its state (`TILE_STATES`); nothing else. */
 export const TILES_STATES = 0;
 /**
- * `loadTiles`: per tile `1, count, flags...` (its `count` item objects follow in the
- * references, and a flag per item, 1 when it expired but is within stale-while-revalidate, else
- * 0), `0, count, data tiles...` (packed; queued as foreground work) or `2, count, max, minZ`
- * (it covers more data tiles than `maxVisibleTiles`).
+ * `loadTiles`: per tile `1, count, (flag, slot) per item` (the flag 1 when the item expired but
+ * is within stale-while-revalidate, else 0; the slot of its object, as `JsItem` keeps it), `0,
+ * count, data tiles...` (packed; queued as foreground work) or `2, count, max, minZ` (it covers
+ * more data tiles than `maxVisibleTiles`).
  */
 export const TILES_LOAD = 1;
 /** As `TILES_LOAD`, without queueing: pending loads read again. */

@@ -306,6 +306,43 @@ impl<P> ItemCache<P> {
         self.items.get(id).map(|item| Lookup { item, stale })
     }
 
+    /// A hit or stale hit for `caller`, counted, with its recency refreshed; anything else
+    /// (absent, above the caller's tier, expired beyond the window) is `None` and left as
+    /// it is: not counted, not removed. For a caller that takes the slow path on `None`
+    /// (which counts the miss then): one lookup, then the recency update.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Verified, ttl_ms: Some(500), size_bytes: 10 };
+    /// cache.insert("a", meta, (), 0, Priority::Visible).unwrap();
+    /// assert!(cache.get_hit("a", Access::Public, 0).is_none());
+    /// assert!(cache.get_hit("b", Access::Agent, 0).is_none());
+    /// assert!(cache.get_hit("a", Access::Agent, 1_000).is_none());
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (0, 0));
+    /// assert!(cache.contains("a"));
+    /// assert!(!cache.get_hit("a", Access::Agent, 0).unwrap().stale);
+    /// assert_eq!(cache.stats().hits, 1);
+    /// ```
+    pub fn get_hit(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let item = self.items.peek(id)?;
+        if !caller.can_see(item.access) {
+            return None;
+        }
+        let stale = match expiry(item.expires_at_ms, self.swr(), now_ms) {
+            Expiry::Gone => return None,
+            f => f == Expiry::Stale,
+        };
+        if stale {
+            self.stats.stale_hits += 1;
+        } else {
+            self.stats.hits += 1;
+        }
+        self.items.get(id).map(|item| Lookup { item, stale })
+    }
+
     /// One lookup of `id` for `caller`, counted: `Some(stale)` for a hit or stale hit, else
     /// `None` and a miss (absent, or expired beyond the window: then it is removed and
     /// counted in `expirations`, or above the caller's tier). With `hidden_counts` false an

@@ -678,6 +678,13 @@ impl<P: Payload> Client<P> {
         self.cache.get(id, self.access, now_ms)
     }
 
+    /// One item by id when the cache has it for this caller (fresh or stale; counted as a
+    /// hit); otherwise `None` with nothing counted or queued, for a caller that then takes
+    /// [`Client::get`] or [`Client::request_ids`].
+    pub fn get_cached(&mut self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
+        self.cache.get_hit(id, self.access, now_ms)
+    }
+
     /// Queues ids for a foreground fetch (those not fresh in the cache).
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>, now_ms: u64) {
         let (cache, access) = (&self.cache, self.access);

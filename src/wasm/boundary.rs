@@ -82,6 +82,9 @@ codes! {
         Error = 5 => "ERROR",
         /// `at`: the clock time at which to call `tick`.
         Wakeup = 6 => "WAKEUP",
+        /// `count, slots...`: items that left the cache; `cache.js` clears their slots in its
+        /// table of item objects, to reuse them for later answers (see `JsItem`).
+        Freed = 7 => "FREED",
     }
 }
 
@@ -111,9 +114,9 @@ codes! {
     TileOp {
         /// `tileStates`: per tile the code of its state (`TILE_STATES`); nothing else.
         States = 0 => "TILES_STATES",
-        /// `loadTiles`: per tile `1, count, flags...` (its `count` item objects follow in
-        /// the references, and a flag per item, 1 when it expired but is within
-        /// stale-while-revalidate, else 0), `0, count, data tiles...` (packed; queued as
+        /// `loadTiles`: per tile `1, count, (flag, slot) per item` (the flag 1 when the item
+        /// expired but is within stale-while-revalidate, else 0; the slot of its object, as
+        /// `JsItem` keeps it), `0, count, data tiles...` (packed; queued as
         /// foreground work) or `2, count, max, minZ` (it covers more data tiles than
         /// `maxVisibleTiles`).
         Load = 1 => "TILES_LOAD",

@@ -3,14 +3,18 @@
 //! `cache.js`, and typed as internal).
 //!
 //! The boundary is shaped for size and for few crossings:
-//! - Item payloads stay in JavaScript: the cache stores a handle to the JS item object
-//!   ([`JsItem`]), so no JSON is parsed or written in wasm.
+//! - Item payloads stay in JavaScript: `cache.js` keeps the item objects in a table and
+//!   the cache stores an item's slot in it ([`JsItem`]), so no JSON is parsed or written in
+//!   wasm, and items cross as numbers: a view of 5,000 items is 5,000 numbers read from one
+//!   `Float64Array` and looked up in a JS array, not 5,000 object handles.
 //! - Every call returns one flat record list (see [`Out`]): numbers in one `Float64Array`,
 //!   strings and item objects beside it, decoded by `cache.js`. A call hands back
 //!   everything it caused (requests to send, aborts, events, the next wake-up), so
 //!   `setViewport` is one crossing.
 //! - Bad options and viewports are thrown as error records ([`super::thrown`]); the JS
 //!   glue writes the values into the message. Nothing here panics on input.
+
+use std::cell::RefCell;
 
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
@@ -28,25 +32,59 @@ use crate::client::{Client, Event, Payload, ViewOutcome};
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::TileId;
 
-/// An item payload: the JS item object (`{ id, lon, lat, class, access, data, stale }`)
-/// and its estimated size.
+/// An item payload: the slot of the JS item object (`{ id, lon, lat, class, access, data,
+/// stale }`) in `cache.js`'s table of item objects, and its estimated size.
+///
+/// `cache.js` puts an answer's objects in free slots before it hands the answer over; a
+/// slot is the cache's until its `JsItem` is dropped (the item was evicted, expired,
+/// invalidated, replaced, or never stored), which gives the slot back through [`FREED`]
+/// and a FREED record. Not `Clone`: one owner per slot.
 pub(crate) struct JsItem {
-    obj: JsValue,
-    size: usize,
+    slot: u32,
+    size: u32,
 }
 
 impl Payload for JsItem {
     fn size_bytes(&self) -> usize {
-        self.size
+        self.size as usize
     }
+}
+
+impl Drop for JsItem {
+    fn drop(&mut self) {
+        FREED.with(|f| f.borrow_mut().push(self.slot));
+    }
+}
+
+thread_local! {
+    /// Slots of dropped [`JsItem`]s not yet told to `cache.js`: one list for the wasm
+    /// instance, as `cache.js` has one table for it (every `Engine` shares both).
+    static FREED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the slots given back since the last call ([`FREED`]).
+fn take_freed() -> Vec<u32> {
+    FREED.with(|f| std::mem::take(&mut *f.borrow_mut()))
+}
+
+/// `takeFreed`: the slots given back outside a call that reports them (an engine freed).
+#[wasm_bindgen(js_name = takeFreed, skip_typescript)]
+pub fn take_freed_slots() -> Vec<u32> {
+    take_freed()
+}
+
+/// The slot of a cached item, as it crosses.
+fn slot(item: &CacheItem<JsItem>) -> f64 {
+    f64::from(item.payload().slot)
 }
 
 /// What a call hands back: `[Float64Array of numbers, ...references]`, read with two
 /// cursors. Tiles are packed ids ([`super::args::packed`]). A view call starts with the view
 /// header, `complete, tooWide, missing, stale, items, unchanged, missing tiles... | items...`
-/// (the stale items first; `tooWide` is 0 or the `maxVisibleTiles` limit the view is over;
-/// `unchanged` 1 when the view reads exactly as the last one did, and then no items
-/// follow: `cache.js` hands back its last view); then come records, each a [`Tag`] and the
+/// (the stale items first, as slots: see [`JsItem`]; `tooWide` is 0 or the
+/// `maxVisibleTiles` limit the view is over; `unchanged` 1 when the view reads exactly as
+/// the last one did, and then no items follow: `cache.js` hands back its last view); then
+/// come records, each a [`Tag`] and the
 /// layout its doc gives. Request kinds,
 /// failures and tiers are the codes of [`super::boundary`].
 #[derive(Default)]
@@ -57,8 +95,8 @@ struct Out {
 
 impl Out {
     /// The VIEW record's body: completeness, too wide or not, the missing tiles, then the
-    /// stale items and the fresh ones.
-    fn view(&mut self, outcome: &ViewOutcome, stale: Vec<JsValue>, fresh: Vec<JsValue>) {
+    /// stale items' slots and the fresh ones'.
+    fn view(&mut self, outcome: &ViewOutcome, stale: Vec<f64>, fresh: Vec<f64>) {
         self.nums.extend([
             outcome.complete as u8 as f64,
             outcome.too_wide.map_or(0.0, |t| t.max as f64),
@@ -70,8 +108,8 @@ impl Out {
         for &t in &outcome.missing {
             self.nums.push(packed(t));
         }
-        self.refs.extend(stale);
-        self.refs.extend(fresh);
+        self.nums.extend(stale);
+        self.nums.extend(fresh);
     }
 
     fn finish(self) -> Vec<JsValue> {
@@ -161,8 +199,7 @@ impl Engine {
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
         let sink = |item: &CacheItem<JsItem>, is_stale: bool| {
-            let obj = item.payload().obj.clone();
-            if is_stale { &mut stale } else { &mut fresh }.push(obj);
+            if is_stale { &mut stale } else { &mut fresh }.push(slot(item));
         };
         let outcome = self.client.update_viewport(vp, now, sink);
         out.view(&outcome, stale, fresh);
@@ -176,15 +213,15 @@ impl Engine {
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
         let outcome = self.client.view_items(now, |item, is_stale| {
-            let obj = item.payload().obj.clone();
-            if is_stale { &mut stale } else { &mut fresh }.push(obj);
+            if is_stale { &mut stale } else { &mut fresh }.push(slot(item));
         });
         out.view(&outcome, stale, fresh);
         self.pump(&mut out, now);
         out.finish()
     }
 
-    /// A response, flattened by `cache.js` from the parsed JSON into three lists:
+    /// A response: header `accepted` (0 when it is invalid: an ERROR record for the
+    /// request follows). `cache.js` flattens the parsed JSON into three lists:
     /// - `nums`: the tile count, the item count and the tier the server reports it
     ///   filtered for (0..=3; -1 when it does not say); per tile its TTL in seconds (`-1`
     ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
@@ -192,21 +229,30 @@ impl Engine {
     ///   the cache charges it beside its id and class);
     /// - `strs`: per tile its `z/x/y` and its ids; per item its id and class; then the
     ///   missing ids;
-    /// - `objs`: per item the JS item object.
+    /// - `slots`: per item the slot `cache.js` put its object in. Each becomes the cache's
+    ///   at once (a [`JsItem`]), so a slot the answer does not store (an invalid answer, an
+    ///   item the cache refuses) comes back in a FREED record.
     pub fn response(
         &mut self,
         id: f64,
         now: f64,
         nums: Vec<f64>,
         strs: Vec<String>,
-        objs: Vec<JsValue>,
+        slots: Vec<u32>,
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), ms(now));
         let mut out = Out::default();
-        match build_response(&nums, strs, objs) {
+        let payloads = slots.into_iter().map(|slot| JsItem { slot, size: 0 }).collect();
+        match build_response(&nums, strs, payloads) {
+            Ok(r) => {
+                out.nums.push(1.0);
+                self.client.on_response(rid, r, now);
+            }
             // An invalid response is reported as a failure by the core itself.
-            Ok(r) => self.client.on_response(rid, r, now),
-            Err(reason) => self.client.on_failure(rid, Failure::Invalid(reason), now),
+            Err(reason) => {
+                out.nums.push(0.0);
+                self.client.on_failure(rid, Failure::Invalid(reason), now);
+            }
         }
         self.pump(&mut out, now);
         out.finish()
@@ -254,47 +300,36 @@ impl Engine {
         out.finish()
     }
 
-    /// `getMany`: header `count | item or undefined per id`; misses are queued.
+    /// `getMany`: header `count, per id its item's slot or -1`; misses are queued.
     pub fn get(&mut self, ids: Vec<String>, now: f64) -> Vec<JsValue> {
         let now = ms(now);
         let mut out = Out::default();
         out.nums.push(ids.len() as f64);
         for id in &ids {
-            let found = self
-                .client
-                .get(id, now)
-                .map(|l| l.item.payload().obj.clone());
-            out.refs.push(found.unwrap_or(JsValue::UNDEFINED));
+            let found = self.client.get(id, now).map_or(-1.0, |l| slot(l.item));
+            out.nums.push(found);
         }
         self.pump(&mut out, now);
         out.finish()
     }
 
-    /// `get` of one id held in the cache: the item (counted as a hit, as `get` counts it);
-    /// `undefined` when it is not there, with nothing counted or queued (`cache.js` then
+    /// `get` of one id held in the cache: the item's slot (counted as a hit, as `get`
+    /// counts it); -1 when it is not there, with nothing counted or queued (`cache.js` then
     /// takes the full path). One crossing with no output list: the hot path of `get`.
     #[wasm_bindgen(js_name = getCached)]
-    pub fn get_cached(&mut self, id: &str, now: f64) -> JsValue {
-        let now = ms(now);
-        if self
-            .client
-            .cache()
-            .peek(id, self.client.access(), now)
-            .is_none()
-        {
-            return JsValue::UNDEFINED;
-        }
+    pub fn get_cached(&mut self, id: &str, now: f64) -> f64 {
         self.client
-            .get(id, now)
-            .map_or(JsValue::UNDEFINED, |l| l.item.payload().obj.clone())
+            .get_cached(id, ms(now))
+            .map_or(-1.0, |l| slot(l.item))
     }
 
-    /// The cached item with this id (fresh or stale), without counting or fetching.
-    pub fn peek(&self, id: &str, now: f64) -> JsValue {
+    /// The slot of the cached item with this id (fresh or stale), without counting or
+    /// fetching; -1 when there is none.
+    pub fn peek(&self, id: &str, now: f64) -> f64 {
         let c = &self.client;
         c.cache()
             .peek(id, c.access(), ms(now))
-            .map_or(JsValue::UNDEFINED, |l| l.item.payload().obj.clone())
+            .map_or(-1.0, |l| slot(l.item))
     }
 
     /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error.
@@ -447,17 +482,14 @@ impl Engine {
     /// it; its missing data tiles queued as foreground work when `queue`.
     fn load_tiles(&mut self, out: &mut Out, tiles: Vec<TileId>, queue: bool, now: u64) {
         for t in tiles {
-            let mut items = Vec::new();
             let at = out.nums.len();
             out.nums.extend([1.0, 0.0]);
             let nums = &mut out.nums;
             match self.client.load_tile(t, queue, now, |item, stale| {
-                items.push(item.payload().obj.clone());
-                nums.push(f64::from(u8::from(stale)));
+                nums.extend([f64::from(u8::from(stale)), slot(item)]);
             }) {
                 Ok(true) => {
-                    out.nums[at + 1] = items.len() as f64;
-                    out.refs.extend(items);
+                    out.nums[at + 1] = ((out.nums.len() - at - 2) / 2) as f64;
                 }
                 Ok(false) => {
                     out.nums.truncate(at);
@@ -482,7 +514,8 @@ impl Engine {
         out.finish()
     }
 
-    /// Appends every request, abort and event the last call caused, and the next wake-up.
+    /// Appends every request, abort and event the last call caused, the next wake-up, and
+    /// the slots given back since the last report.
     fn pump(&mut self, out: &mut Out, now: u64) {
         while let Some(s) = self.client.poll_request(now) {
             let r = &s.request;
@@ -548,6 +581,11 @@ impl Engine {
         if let Some(at) = self.client.next_wakeup(now) {
             out.nums.extend([Tag::Wakeup.num(), at as f64]);
         }
+        let freed = take_freed();
+        if !freed.is_empty() {
+            out.nums.extend([Tag::Freed.num(), freed.len() as f64]);
+            out.nums.extend(freed.into_iter().map(f64::from));
+        }
     }
 }
 
@@ -573,7 +611,7 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
 fn build_response(
     nums: &[f64],
     strs: Vec<String>,
-    objs: Vec<JsValue>,
+    payloads: Vec<JsItem>,
 ) -> Result<BatchResponse<JsItem>, String> {
     let disagree = || "response arrays disagree in length".to_string();
     let [tiles, items, reported, rest @ ..] = nums else {
@@ -591,7 +629,7 @@ fn build_response(
     let want = n_items
         .checked_mul(5)
         .and_then(|n| n.checked_add(n_tiles.checked_mul(2)?));
-    if want != Some(rest.len()) || objs.len() != n_items {
+    if want != Some(rest.len()) || payloads.len() != n_items {
         return Err(disagree());
     }
     let (tile_nums, item_nums) = rest.split_at(2 * n_tiles);
@@ -618,7 +656,7 @@ fn build_response(
         });
     }
     let mut items = Vec::with_capacity(n_items);
-    for (j, (it, obj)) in item_nums.chunks_exact(5).zip(objs).enumerate() {
+    for (j, (it, mut data)) in item_nums.chunks_exact(5).zip(payloads).enumerate() {
         let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
             return Err(disagree());
         };
@@ -634,10 +672,10 @@ fn build_response(
             class,
             access,
             ttl: ttl(it[2]),
-            // `as usize` saturates: NaN and negatives are 0.
-            data: JsItem {
-                obj,
-                size: it[4].min(1e9) as usize,
+            data: {
+                // `as u32` saturates: NaN and negatives are 0.
+                data.size = it[4].min(1e9) as u32;
+                data
             },
         });
     }
@@ -666,7 +704,7 @@ mod tests {
         let strs = ["14/2624/5721", "a", "a", "active"]
             .map(String::from)
             .to_vec();
-        build_response(&nums, strs, vec![JsValue::UNDEFINED])
+        build_response(&nums, strs, vec![JsItem { slot: 0, size: 0 }])
     }
 
     /// Security: an item whose tier is not one of the four must make the whole answer
