@@ -214,8 +214,8 @@ export interface TileCacheOptions {
     /**
      * Percent of a coarse tile's data tiles that must be queued for it to be asked for: an
      * integer in 1..=100 (100 = all). Below 100 its answer brings the block's other data tiles
-     * too, and it is asked for only when none of them is cached or in flight: fewer requests
-     * for at most those tiles' items. Default 100.
+     * too, and it is asked for only when none of them is cached, in flight or backing off:
+     * fewer requests for at most those tiles' items. Default 50.
      */
     coalesceMinShare?: number;
   };

@@ -51,7 +51,9 @@ async function make(opts = {}) {
 
 test('cold viewport: one foreground request for every visible tile, then onUpdate renders', async () => {
   fresh();
-  const cache = await make({ headers: { Authorization: 'Bearer t0ken' } });
+  // Complete blocks only (batch.coalesceMinShare 100): the view's partial blocks go out
+  // as their data tiles, not as coarse tiles (the default, 50).
+  const cache = await make({ headers: { Authorization: 'Bearer t0ken' }, batch: { coalesceMinShare: 100 } });
   const v = viewOf(SX, SY);
   const updates = [];
   cache.onUpdate((items, view) => updates.push([ids(items), view.complete]));

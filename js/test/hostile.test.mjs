@@ -303,7 +303,8 @@ test('the breaker: opens after consecutive failures (prefetch held, foreground t
   s.trouble = () => status(503);
   const cache = await TileCache.create({
     endpoint: backend.url, fetch: s.fetch, now: () => s.now,
-    prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 }, batch: { retries: 0 },
+    // Complete blocks only, so the foreground request below names its data tiles.
+    prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 }, batch: { retries: 0, coalesceMinShare: 100 },
   });
   cache.onError(() => {});
   cache.setViewport(viewOf(SX, SY, 1, 1));

@@ -38,7 +38,8 @@ async function make(opts = {}) {
 
 test('loadTiles: N one-tile calls in one tick need ceil(N / maxTiles) requests, and each gets its items', async () => {
   fresh();
-  const cache = await make({ batch: { maxTiles: 4, maxInFlight: 8 } });
+  // Complete blocks only: two neighbours are half a z13 block, a coarse tile at the default.
+  const cache = await make({ batch: { maxTiles: 4, maxInFlight: 8, coalesceMinShare: 100 } });
   const tiles = [];
   for (let k = 0; k < 10; k++) tiles.push(t14(k - 5, 2));
   const loads = await Promise.all(tiles.map((t) => cache.loadTiles([t])));

@@ -124,7 +124,7 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     coalesce_levels: Option<u8>,
     /// Share (percent) of a coarse tile's data tiles that must be queued for it to be asked
-    /// for (batch coalesce_min_share) [default: 100]
+    /// for (batch coalesce_min_share) [default: 50]
     #[arg(long, value_name = "PCT")]
     coalesce_min_share: Option<u8>,
     /// tilewarm policy: ring width [default: 1]

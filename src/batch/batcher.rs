@@ -221,7 +221,9 @@ impl Batcher {
         // `tiles` holds the data tiles of the `Work::Tile`s in `works`, in the same order.
         // A block asked for as a coarse tile while only part of it is queued brings its
         // other data tiles too: only when none of them is in flight or held already
-        // (`needed` says no), or their items would come twice.
+        // (`needed` says no), or their items would come twice, and none is backing off,
+        // or the coarse tile would ask for it before its delay is over (a view larger than
+        // the cache would loop, each answer evicting another visible tile).
         let this = &*self;
         let queued = if this.config.coalesce_min_share < 100 {
             TileSet::new(tiles.iter().copied())
@@ -239,7 +241,9 @@ impl Batcher {
                     .is_ok_and(|below| {
                         below.into_iter().all(|d| {
                             queued.contains(d)
-                                || (!this.is_tile_in_flight(d) && needed(&Work::Tile(d)))
+                                || (!this.is_tile_in_flight(d)
+                                    && this.backoff.ready(d, now_ms)
+                                    && needed(&Work::Tile(d)))
                         })
                     })
             },

@@ -33,12 +33,13 @@ pub struct BatchConfig {
     /// allow `tile_zoom - coalesce_levels`.
     pub coalesce_levels: u8,
     /// A coarse tile is asked for when at least this share (percent) of its data tiles
-    /// are queued (default 100: all of them; 1..=100). Below 100 the coarse tile's answer
-    /// also brings the block's other data tiles; it is asked for only when none of those is
-    /// cached fresh or in flight, so no item comes twice. Fewer request tiles (a view's
-    /// edge blocks, a queue cut between two requests) for at most the items of the block's
+    /// are queued (default 50: half of them; 1..=100, 100 = all). Below 100 the coarse
+    /// tile's answer also brings the block's other data tiles; it is asked for only when
+    /// none of those is cached fresh, in flight (so no item comes twice) or backing off
+    /// (so none is asked for before its delay is over). Fewer request tiles (a view's edge
+    /// blocks, a queue cut between two requests) for at most the items of the block's
     /// unqueued tiles. With prefetch on they are mostly tiles it would fetch anyway
-    /// (docs/BENCHMARKS.md: 50 on the simulator's traces).
+    /// (docs/BENCHMARKS.md: 50 against 100 on the simulator's traces).
     pub coalesce_min_share: u8,
 }
 
@@ -57,7 +58,7 @@ impl Default for BatchConfig {
             breaker_max_cooldown_ms: 60_000,
             seed: 0x5eed_7113_3a3d_0001,
             coalesce_levels: 2,
-            coalesce_min_share: 100,
+            coalesce_min_share: 50,
         }
     }
 }

@@ -215,14 +215,21 @@ impl<P: Payload> Client<P> {
         answered: &TileSet,
         now_ms: u64,
     ) {
-        let mut unkept = Vec::new();
+        let (mut unkept, mut touched) = (Vec::new(), false);
         for ((&t, state), &before) in self.visible.iter().zip(states).zip(shown_before) {
-            if (before || answered.contains(t)) && !state.is_showable() {
-                unkept.push(t);
+            if before || answered.contains(t) {
+                touched = true;
+                if !state.is_showable() {
+                    unkept.push(t);
+                }
             }
         }
         if unkept.is_empty() {
-            self.unkept_rounds = 0;
+            // An answer for none of the visible tiles (ids, prefetch) leaves the streak
+            // as it is: only one that kept them all ends it.
+            if touched {
+                self.unkept_rounds = 0;
+            }
             return;
         }
         // The tiles take turns evicting each other, and each one's success resets its own

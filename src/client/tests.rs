@@ -2,6 +2,7 @@
 //! channel and the one way time passes. End-to-end behaviour is in `tests/integration.rs`.
 
 use super::*;
+use crate::batch::BatchConfig;
 use crate::origin::Origin;
 use crate::planner::PlannerConfig;
 use crate::protocol::Item;
@@ -89,6 +90,11 @@ fn a_viewport_too_wide_is_a_state_that_fetches_nothing_and_shows_the_cache() {
             view_ring: 0.0,
             lookahead_ms: 0,
             ..PlannerConfig::default()
+        },
+        // Complete blocks only, so the view's partial blocks bring no tiles beyond it.
+        batch: BatchConfig {
+            coalesce_min_share: 100,
+            ..BatchConfig::default()
         },
         ..ClientConfig::default()
     });

@@ -336,8 +336,8 @@ pub(crate) const OPTIONS: [Opt; 28] = [
         |c, v| c.batch.coalesce_min_share = v as u8,
         "Percent of a coarse tile's data tiles that must be queued for it to be asked for: \
          {allowed} (100 = all). Below 100 its answer brings the block's other data tiles \
-         too, and it is asked for only when none of them is cached or in flight: fewer \
-         requests for at most those tiles' items.",
+         too, and it is asked for only when none of them is cached, in flight or backing \
+         off: fewer requests for at most those tiles' items.",
     ),
     other(
         "access",

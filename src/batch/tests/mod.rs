@@ -26,6 +26,8 @@ fn all(_: &Work) -> bool {
 fn groups_foreground_first_and_respects_sizes() {
     let mut b = Batcher::new(BatchConfig {
         max_tiles: 4,
+        // Complete blocks only: these partial rows go out as their data tiles.
+        coalesce_min_share: 100,
         ..BatchConfig::default()
     })
     .unwrap();
@@ -250,6 +252,8 @@ fn breaker_suspends_prefetch_not_foreground_and_probes() {
 fn cancel_unwanted_prefetch_only() {
     let mut b = Batcher::new(BatchConfig {
         max_tiles: 2,
+        // Complete blocks only: these partial rows go out as their data tiles.
+        coalesce_min_share: 100,
         ..BatchConfig::default()
     })
     .unwrap();
@@ -389,15 +393,27 @@ fn a_partly_queued_block_is_not_asked_for_whole_when_part_of_it_is_held_or_comin
     // go out coarse; the fourth holds the fresh tile.
     assert_eq!(r.request.tiles.iter().filter(|t| t.z() == 13).count(), 3);
     // One of the other 4 is in flight already.
-    let mut b = Batcher::new(half).unwrap();
+    let mut b = Batcher::new(half.clone()).unwrap();
     b.set_foreground(vec![Work::Tile(block[15])]);
     let fg = b.poll(0, P, all).unwrap();
     assert_eq!(fg.request.tiles, vec![block[15]]);
+    b.set_prefetch(queued.clone());
+    let r = b.poll(0, P, all).unwrap();
+    assert!(!r.request.tiles.contains(&parent), "{:?}", r.request.tiles);
+    // One of the other 4 is backing off (an answer for it could not be kept): the block
+    // would ask for it before its delay is over.
+    let mut b = Batcher::new(half).unwrap();
+    b.back_off(&[block[15]], 0, 0);
     b.set_prefetch(queued);
     let r = b.poll(0, P, all).unwrap();
     assert!(!r.request.tiles.contains(&parent), "{:?}", r.request.tiles);
-    // At 100 (the default: complete blocks only) the 12 never go out as the block.
-    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    assert!(!b.is_tile_in_flight(block[15]));
+    // At 100 (complete blocks only) the 12 never go out as the block.
+    let mut b = Batcher::new(BatchConfig {
+        coalesce_min_share: 100,
+        ..BatchConfig::default()
+    })
+    .unwrap();
     b.set_prefetch(block[..12].iter().copied().map(Work::Tile).collect());
     let r = b.poll(0, P, all).unwrap();
     assert!(!r.request.tiles.contains(&parent));
