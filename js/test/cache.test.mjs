@@ -222,7 +222,8 @@ test('invalidation by id, by tile and of everything refetches what is visible', 
 test('in-flight de-duplication: two setViewport calls, one request', async () => {
   fresh();
   backend.delayMs = 100;
-  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
+  // Data tiles only (no coarse tile for half a block), so requests can be told by tile.
+  const cache = await make({ prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 }, batch: { coalesceMinShare: 100 } });
   const v = viewOf(SX, SY);
   cache.setViewport(v);
   cache.setViewport(v);

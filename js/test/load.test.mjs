@@ -77,7 +77,9 @@ test('loadTiles: fresh tiles are answered without a request; finer and coarser h
 
 test('loadTiles: a request that gives up fails its tiles only; the other tiles of the call load', async () => {
   fresh();
-  const cache = await make({ batch: { maxTiles: 1, retries: 0 } });
+  // Data tiles only: a coarse tile over half a block would carry the bad tile's
+  // neighbours into its failure.
+  const cache = await make({ batch: { maxTiles: 1, retries: 0, coalesceMinShare: 100 } });
   const errors = [];
   cache.onError((e) => errors.push(e));
   // Fail every request that asks for the bad tile.
@@ -187,7 +189,9 @@ test('prefetch: a destination is fetched as prefetch, kept across viewports; the
 
 test('tooWide: a wide view fetches nothing, keeps showing the cache, and never throws', async () => {
   fresh();
-  const cache = await make({ maxVisibleTiles: 4 });
+  // Data tiles only: a coarse tile over half a block would cache tiles of the wide view
+  // beyond the first one.
+  const cache = await make({ maxVisibleTiles: 4, batch: { coalesceMinShare: 100 } });
   cache.setViewport(viewOf(SX, SY, 2, 2));
   await cache.whenComplete();
   const n = backend.requests.length;
