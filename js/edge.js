@@ -449,6 +449,7 @@ export function createWorker(defaults = {}) {
       if (pathname === '/edge/stats' && request.method === 'GET') {
         const stats = JSON.parse(proxy.stats());
         stats.shared = { enabled: shared.enabled, ...shared.stats };
+        stats.tokens = auth.stats();
         stats.changes = { ...feed, running: undefined };
         return json(200, JSON.stringify(stats));
       }
