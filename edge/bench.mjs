@@ -1,14 +1,15 @@
 // The edge benchmark (`scripts/bench.sh edge`): hit-path latency of a 16-tile batch through
 // the edge worker under workerd, against the same request sent straight to tilewarm-server
 // (its in-process tier already holding the tiles), in one run, requests interleaved, one at
-// a time over keep-alive connections on loopback. Also GET /healthz through workerd (the
-// runtime's own floor), the CPU cost of the wasm proxy alone for a hit and for a miss (the
+// a time over keep-alive connections on loopback. Also the same worker verifying the caller's
+// token on every request (`jwtCacheSize: 0`), GET /healthz through workerd (the runtime's own
+// floor), the CPU time each answering process spent per request (Linux: /proc), the CPU cost of the wasm proxy alone for a hit and for a miss (the
 // same EdgeProxy in Node: what counts against a worker's CPU-time limit), and the size of
 // the edge wasm.
 //
 //   node edge/bench.mjs --server-bin target/server/tilewarm-server --workerd edge/node_modules/.bin/workerd \
 //     [--iterations 1000] [--md target/bench/edge.md]
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { parseArgs } from 'node:util';
@@ -51,6 +52,18 @@ const edgeEnv = { TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: await serv
 const edge = await startWorkerd(server.batch, { warmRing: 0 }, edgeEnv);
 // The same worker answering hits through the general path (no spliced tiles), same run.
 const edgeGeneral = await startWorkerd(server.batch, { warmRing: 0, splicedHits: false }, edgeEnv);
+// The same worker verifying the caller's token on every request (no verified-token cache).
+const edgeVerify = await startWorkerd(server.batch, { warmRing: 0, jwtCacheSize: 0 }, edgeEnv);
+// GET /healthz on a workerd of its own, so each process's CPU time is one path's.
+const edgeHealth = await startWorkerd(server.batch, { warmRing: 0 }, edgeEnv);
+
+/** CPU time (user + system) a process has used so far, in ms; NaN where /proc is absent. */
+function cpuMs(pid) {
+  const f = `/proc/${pid}/stat`;
+  if (!existsSync(f)) return NaN;
+  const fields = readFileSync(f, 'utf8').split(') ')[1].split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ = 100 on Linux
+}
 try {
   const first = await post(edge.batch, request, headers);
   if (first.status !== 200 || first.cache !== 'miss') throw new Error(`first edge request: ${first.status} ${first.cache}`);
@@ -70,26 +83,40 @@ try {
       if (r.headers.get('x-tilewarm-cache') !== 'hit') throw new Error('not a hit');
       await r.arrayBuffer();
     });
+  await post(edgeVerify.batch, request, headers);
+  const viaVerify = () => fetch(edgeVerify.batch, { method: 'POST', headers, body: request })
+    .then(async (r) => {
+      if (r.headers.get('x-tilewarm-cache') !== 'hit') throw new Error('not a hit');
+      await r.arrayBuffer();
+    });
   const direct = () => fetch(server.batch, { method: 'POST', headers, body: request })
     .then((r) => r.arrayBuffer());
-  const health = () => fetch(`${edge.url}/healthz`).then((r) => r.arrayBuffer());
+  const health = () => fetch(`${edgeHealth.url}/healthz`).then((r) => r.arrayBuffer());
 
   for (let i = 0; i < 50; i++) {
     await viaEdge();
     await viaGeneral();
+    await viaVerify();
     await direct();
     await health();
   }
-  const runs = { edge: [], general: [], direct: [], health: [] };
+  // Each path is answered by a process of its own (the server's change feed polls and the
+  // workers' own polls are all the other work they do), so its CPU time over the run is
+  // that path's.
+  const pids = { edge: edge.child.pid, general: edgeGeneral.child.pid, verify: edgeVerify.child.pid, direct: server.child.pid, health: edgeHealth.child.pid };
+  const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
+  const runs = { edge: [], general: [], verify: [], direct: [], health: [] };
   for (let i = 0; i < n; i++) {
     runs.edge.push(await timed(viaEdge));
     runs.general.push(await timed(viaGeneral));
+    runs.verify.push(await timed(viaVerify));
     runs.direct.push(await timed(direct));
     runs.health.push(await timed(health));
   }
+  const cpuPer = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, (cpuMs(pid) - cpu0[k]) / n]));
   for (const v of Object.values(runs)) v.sort((a, b) => a - b);
   const stat = (v) => ({ p50: pct(v, 50), p99: pct(v, 99), mean: v.reduce((a, b) => a + b, 0) / v.length });
-  const s = { edge: stat(runs.edge), general: stat(runs.general), direct: stat(runs.direct), health: stat(runs.health) };
+  const s = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, stat(v)]));
 
   // The wasm proxy alone, in Node: a hit (begin) and a miss (complete with the origin's
   // answer, into a fresh proxy), same batch.
@@ -152,16 +179,22 @@ try {
   const files = ['tilewarm_edge_bg.wasm', 'tilewarm_edge.js', 'edge.js'].map((f) => [f, size(f)]);
   const total = files.reduce((a, [, z]) => ({ raw: a.raw + z.raw, gz: a.gz + z.gz }), { raw: 0, gz: 0 });
   const ms = (x) => x.toFixed(3);
+  const row = (label, k) => {
+    const c = Number.isNaN(cpuPer[k]) ? 'n/a' : `${cpuPer[k].toFixed(3)} | ${(cpuPer[k] / cpuPer.direct).toFixed(2)}`;
+    return `| ${label} | ${ms(s[k].p50)} | ${ms(s[k].p99)} | ${ms(s[k].mean)} | ${(s[k].p50 / s.direct.p50).toFixed(2)} | ${(s[k].p99 / s.direct.p99).toFixed(2)} | ${c} |`;
+  };
   const lines = [
     `Hit path of a 16-tile batch (\`${tiles[0]}\` … \`${tiles.at(-1)}\`, ${items} items, ${bytes} bytes of JSON),`,
     `${n} requests each, interleaved, one at a time over keep-alive on loopback (Node fetch client).`,
+    'CPU: user + system time of the process answering the path (workerd, or tilewarm-server), per request.',
     '',
-    '| path | p50 ms | p99 ms | mean ms | p50 / direct | p99 / direct |',
-    '| --- | ---: | ---: | ---: | ---: | ---: |',
-    `| edge worker under workerd, cache hit | ${ms(s.edge.p50)} | ${ms(s.edge.p99)} | ${ms(s.edge.mean)} | ${(s.edge.p50 / s.direct.p50).toFixed(2)} | ${(s.edge.p99 / s.direct.p99).toFixed(2)} |`,
-    `| edge worker, hits through the general path (\`splicedHits: false\`) | ${ms(s.general.p50)} | ${ms(s.general.p99)} | ${ms(s.general.mean)} | ${(s.general.p50 / s.direct.p50).toFixed(2)} | ${(s.general.p99 / s.direct.p99).toFixed(2)} |`,
-    `| tilewarm-server directly (in-process tier hit) | ${ms(s.direct.p50)} | ${ms(s.direct.p99)} | ${ms(s.direct.mean)} | 1.00 | 1.00 |`,
-    `| GET /healthz through workerd (runtime floor) | ${ms(s.health.p50)} | ${ms(s.health.p99)} | ${ms(s.health.mean)} | ${(s.health.p50 / s.direct.p50).toFixed(2)} | ${(s.health.p99 / s.direct.p99).toFixed(2)} |`,
+    '| path | p50 ms | p99 ms | mean ms | p50 / direct | p99 / direct | CPU ms | CPU / direct |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    row('edge worker under workerd, cache hit', 'edge'),
+    row('edge worker, every token verified (`jwtCacheSize: 0`)', 'verify'),
+    row('edge worker, hits through the general path (`splicedHits: false`)', 'general'),
+    row('tilewarm-server directly (in-process tier hit)', 'direct'),
+    row('GET /healthz through workerd (runtime floor)', 'health'),
     '',
     `CPU cost of the wasm proxy alone for the same batch (\`EdgeProxy\` in Node, ${cpu.hit.length} runs; what counts`,
     'against a worker\'s CPU-time limit, besides the runtime\'s own HTTP work):',
@@ -186,6 +219,8 @@ try {
     writeFileSync(args.md, md);
   }
 } finally {
+  await edgeHealth.stop();
+  await edgeVerify.stop();
   await edgeGeneral.stop();
   await edge.stop();
   await server.stop();

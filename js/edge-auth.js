@@ -5,13 +5,72 @@
 // the configured key with an allowed algorithm, carry `exp`, pass `nbf`, `iss`, `aud` (when
 // configured) within the leeway, and names its tier in a claim (`tilewarm_access` by
 // default). Anything else is a 401. The tier never comes from the request body.
-import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, errors } from 'jose';
+import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, jwksCache, errors } from 'jose';
 
 /** The tiers, lowest first (the core's `Access::ALL`). */
 export const TIERS = ['public', 'registered', 'verified', 'agent'];
 
 /** Longest `Authorization` header value looked at; longer ones are refused unread. */
 export const MAX_TOKEN_BYTES = 8192;
+
+/** Verified tokens remembered per isolate by default (`jwtCacheSize`; 0: every request verifies). */
+export const TOKEN_CACHE_SIZE = 1000;
+
+/** Longest token remembered; a longer one (rare: an ordinary JWT is under 1 KB) is verified on
+ * every request. With TOKEN_CACHE_SIZE entries: at most about 2 MB of tokens held. */
+export const MAX_CACHED_TOKEN_CHARS = 2048;
+
+/**
+ * Tokens this isolate verified: the exact token text → its tier and `exp`. Only a token that
+ * passed every check is remembered, with the tier read from its verified claims; the key is
+ * the whole token, so a token that differs by one byte anywhere (its signature too) is not
+ * found and is verified in full. An entry is used only while the token would still pass the
+ * `exp` check (the same rule and leeway as jose's) and only for the key set it was verified
+ * with: a change of keys (a JWKS_URL refetch) forgets every entry. At most `max` entries,
+ * the least recently used dropped first (a Map keeps insertion order; a hit moves to the end).
+ */
+export class VerifiedTokens {
+  constructor(max, leewayS) {
+    this.max = max;
+    this.leewayS = leewayS;
+    this.entries = new Map();
+    this.keys = undefined;
+    this.stats = { hits: 0, verified: 0 };
+  }
+
+  /** The tier of `token` if it was verified with `keys` and has not expired at `nowMs`. */
+  get(token, keys, nowMs) {
+    if (keys !== this.keys) {
+      this.entries.clear();
+      this.keys = keys;
+      return undefined;
+    }
+    const e = this.entries.get(token);
+    if (e === undefined) return undefined;
+    // jose's rule: expired once exp <= now - leeway, in whole seconds.
+    if (!(e.exp > Math.floor(nowMs / 1000) - this.leewayS)) {
+      this.entries.delete(token);
+      return undefined;
+    }
+    this.entries.delete(token);
+    this.entries.set(token, e);
+    this.stats.hits++;
+    return e.tier;
+  }
+
+  /** Remembers `token`, verified with `keys`: its tier and `exp` from its verified claims. */
+  set(token, keys, tier, exp) {
+    if (this.max === 0 || token.length > MAX_CACHED_TOKEN_CHARS || keys !== this.keys) return;
+    if (!this.entries.has(token) && this.entries.size >= this.max) {
+      this.entries.delete(this.entries.keys().next().value);
+    }
+    this.entries.set(token, { tier, exp });
+  }
+
+  get size() {
+    return this.entries.size;
+  }
+}
 
 /** HMAC algorithms for a shared secret; asymmetric ones for a JWKS. Pinned per key kind, so
  * `alg: none` and HS/RS confusion (an RSA public key used as an HMAC secret) cannot verify. */
@@ -50,8 +109,18 @@ export function createAuth(env, options = {}) {
   if (!Number.isInteger(leeway) || leeway < 0 || leeway > 300) {
     throw new Error(`jwtLeewayS must be an integer from 0 to 300 seconds, got ${JSON.stringify(leeway)}`);
   }
+  const cacheSize = options.jwtCacheSize ?? TOKEN_CACHE_SIZE;
+  if (!Number.isInteger(cacheSize) || cacheSize < 0 || cacheSize > 100_000) {
+    throw new Error(`jwtCacheSize must be an integer from 0 to 100000 tokens, got ${JSON.stringify(cacheSize)}`);
+  }
   let key = null;
   let algorithms = PUBLIC_KEY_ALGS;
+  // The key set tokens are verified with now, for the verified-token cache: one for a secret
+  // or a JWKS binding; for JWKS_URL, the document jose fetched last (a new object at every
+  // refetch), and none while it is stale or not fetched yet (jose fetches it then, and no
+  // token is answered from the cache).
+  const fixedKeys = {};
+  let keysNow = () => fixedKeys;
   const source = sources[0];
   if (source === 'JWT_SECRET') {
     if (typeof env.JWT_SECRET !== 'string' || env.JWT_SECRET.length < 32) {
@@ -81,12 +150,18 @@ export function createAuth(env, options = {}) {
     }
     const maxAge = options.jwksCacheMaxAgeS ?? 600;
     if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
-    key = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000 });
+    const fetched = {};
+    key = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
+    const remote = key;
+    keysNow = () => (remote.fresh ? fetched.jwks : undefined);
   }
+  const verified = new VerifiedTokens(cacheSize, leeway);
 
   return {
     /** Whether a key source is configured. */
     configured: key !== null,
+    /** The verified-token cache's counters: { size, hits, verified } (for /edge/stats). */
+    stats: () => ({ size: verified.size, max: cacheSize, ...verified.stats }),
     /**
      * The caller's verified tier from the request's `Authorization` header: `public` without
      * one. Throws `Unauthorized` (401) or `KeysUnavailable` (502).
@@ -102,9 +177,15 @@ export function createAuth(env, options = {}) {
       if (key === null) {
         throw new Unauthorized('this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding): every caller is public; send no Authorization header');
       }
+      const token = m[1];
+      const keys = keysNow();
+      if (keys !== undefined) {
+        const known = verified.get(token, keys, Date.now());
+        if (known !== undefined) return known;
+      }
       let payload;
       try {
-        ({ payload } = await jwtVerify(m[1], key, {
+        ({ payload } = await jwtVerify(token, key, {
           algorithms,
           issuer,
           audience,
@@ -118,11 +199,15 @@ export function createAuth(env, options = {}) {
         throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
       }
       const tier = payload[claim];
-      if (tier === undefined) return 'public';
-      if (typeof tier !== 'string' || !TIERS.includes(tier)) {
+      if (tier !== undefined && (typeof tier !== 'string' || !TIERS.includes(tier))) {
         throw new Unauthorized(`the token's "${claim}" claim must be one of ${TIERS.join(', ')}`);
       }
-      return tier;
+      const result = tier ?? 'public';
+      verified.stats.verified++;
+      // Remembered only when the key set did not change while it was verified (a JWKS_URL
+      // refetch, by this request or another): it is then the set the token passed with.
+      if (keys !== undefined && keysNow() === keys) verified.set(token, keys, result, payload.exp);
+      return result;
     },
   };
 }

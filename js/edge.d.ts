@@ -41,6 +41,12 @@ export interface EdgeOptions {
   /** How long keys fetched from `JWKS_URL` are kept, in seconds. Default 600. */
   jwksCacheMaxAgeS?: number;
   /**
+   * Most verified tokens an isolate remembers (0..100000; 0: every request verifies its
+   * token). A remembered token skips the signature check until its `exp`; a change of keys
+   * forgets them all. Default 1000.
+   */
+  jwtCacheSize?: number;
+  /**
    * Most data tiles looked up in the shared cache (the Workers Cache API) per request, and
    * most written to it per answer (0..64; 0: the shared cache is off). Default 16.
    */

@@ -6,7 +6,9 @@
 // relay in front of the origin refuses any other credential and records what it saw.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
+import { createServer as createHttpServer } from 'node:http';
+import { VerifiedTokens, MAX_CACHED_TOKEN_CHARS } from '../../js/edge-auth.js';
+import { freePort, post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import {
   SECRET, ISSUER, AUDIENCE, TIERS, RANK, hsToken, callerToken, serviceToken, rsaKeys, unsigned,
   tampered, bearer,
@@ -294,8 +296,180 @@ describe('edge worker: caller authentication', () => {
     assert.ok(seen[200] > 10 && seen[401] > 0 && seen[403] > 0, JSON.stringify(seen));
   });
 
+  // The verified-token cache (js/edge-auth.js, VerifiedTokens): a token that passed is
+  // remembered until its exp, by its exact text, with the tier from its verified claims.
+  const tokenStats = async (edge) => (await edge.stats()).tokens;
+  const payloadOf = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString());
+
+  it('remembers a verified token: the next request with it is not verified again', async () => {
+    const token = await callerToken('registered');
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const before = await tokenStats(hmac);
+    assert.equal((await post(hmac.batch, req, bearer(token))).status, 200);
+    const first = await tokenStats(hmac);
+    assert.equal(first.verified, before.verified + 1);
+    assert.equal(first.hits, before.hits);
+    const again = await post(hmac.batch, req, bearer(token));
+    assert.equal(again.status, 200);
+    assert.equal(again.access, 'registered');
+    const second = await tokenStats(hmac);
+    assert.equal(second.verified, first.verified, 'not verified again');
+    assert.equal(second.hits, first.hits + 1, 'answered from the cache');
+    // Still only up to its tier.
+    assert.equal((await post(hmac.batch, { ...req, access: 'agent' }, bearer(token))).status, 403);
+  });
+
+  it('refuses an expired token even when it is remembered', async () => {
+    // Valid for 4 to 5 more seconds with the 30 s leeway, remembered, then past it.
+    const token = await callerToken('registered', { exp: -26 });
+    const { exp } = payloadOf(token);
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    assert.equal((await post(hmac.batch, req, bearer(token))).status, 200);
+    const hits = (await tokenStats(hmac)).hits;
+    assert.equal((await post(hmac.batch, req, bearer(token))).status, 200);
+    assert.equal((await tokenStats(hmac)).hits, hits + 1, 'the token is remembered');
+    const expiredAt = (exp + 30) * 1000;
+    assert.ok(Date.now() < expiredAt, 'the machine was too slow for this test');
+    await new Promise((r) => setTimeout(r, expiredAt - Date.now() + 200));
+    await refused(hmac, bearer(token), /expired/, req);
+  });
+
+  it('does not take a token whose signature differs by one byte for a remembered one', async () => {
+    const token = await callerToken('registered');
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    assert.equal((await post(hmac.batch, req, bearer(token))).status, 200);
+    assert.equal((await post(hmac.batch, req, bearer(token))).status, 200);
+    const [h, p, sig] = token.split('.');
+    // One character in the middle of the signature (all 6 bits significant there).
+    const i = 10;
+    const other = sig[i] === 'A' ? 'B' : 'A';
+    const forged = `${h}.${p}.${sig.slice(0, i)}${other}${sig.slice(i + 1)}`;
+    await refused(hmac, bearer(forged), /signature does not match/, req);
+    // Nor a payload raised to agent under the remembered token's signature.
+    await refused(hmac, bearer(tampered(token, 'agent')), /signature does not match/, { ...req, access: 'agent' });
+  });
+
+  it('takes a tier only from verified claims: a refused token is never remembered', async () => {
+    const forged = await callerToken('agent', { secret: 'forged-forged-forged-forged-forged-forged' });
+    const req = { tiles: ['14/2624/5721'], access: 'agent' };
+    const before = await tokenStats(hmac);
+    await refused(hmac, bearer(forged), /signature does not match/, req);
+    await refused(hmac, bearer(forged), /signature does not match/, req);
+    // A token whose tier claim is not a tier passes the signature check but is refused, and
+    // is not remembered either.
+    const odd = await callerToken('admin');
+    await refused(hmac, bearer(odd), /"tilewarm_access" claim must be one of/, req);
+    await refused(hmac, bearer(odd), /"tilewarm_access" claim must be one of/, req);
+    const after = await tokenStats(hmac);
+    assert.equal(after.hits, before.hits, 'no refused token answered from the cache');
+  });
+
   it('sent the origin only its own service token, never a caller\'s', () => {
     assert.ok(relay.seen.length > 10);
     for (const s of relay.seen) assert.equal(s.authorization, `Bearer ${originToken}`);
+  });
+});
+
+describe('edge worker: remembered tokens and a JWKS_URL whose keys change', () => {
+  let server, edge, keys, served, fetches = 0, jwksServer;
+
+  before(async () => {
+    server = await startServer(await serverAuthArgs(SECRET));
+    keys = { k1: await rsaKeys('k1'), k2: await rsaKeys('k2') };
+    served = keys.k1.jwks;
+    jwksServer = createHttpServer((req, res) => {
+      fetches++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(served));
+    });
+    const port = await freePort();
+    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
+    edge = await startWorkerd(server.batch, { warmRing: 0, jwksCacheMaxAgeS: 3 }, {
+      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
+    });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await server?.stop();
+    jwksServer?.closeAllConnections?.();
+    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
+  });
+
+  it('forgets remembered tokens when the key set is fetched again, and refuses a key that left it', async () => {
+    const token = await keys.k1.sign({ tilewarm_access: 'registered' });
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const fetchedAt = Date.now();
+    assert.equal((await post(edge.batch, req, bearer(token))).status, 200);
+    assert.equal((await post(edge.batch, req, bearer(token))).status, 200);
+    assert.equal((await post(edge.batch, req, bearer(token))).status, 200);
+    const stats = (await edge.stats()).tokens;
+    assert.ok(stats.hits >= 1, `remembered: ${JSON.stringify(stats)}`);
+    assert.equal(fetches, 1);
+    assert.ok(Date.now() < fetchedAt + 3000, 'the machine was too slow for this test');
+    // The key set rotates: k1 leaves. Once the fetched set is stale (jwksCacheMaxAgeS), the
+    // next request fetches it again and the remembered k1 token no longer passes.
+    served = keys.k2.jwks;
+    await new Promise((r) => setTimeout(r, fetchedAt + 3500 - Date.now()));
+    const r = await post(edge.batch, req, bearer(token));
+    assert.equal(r.status, 401, r.text);
+    assert.match(r.json.error.message, /no key matches/);
+    assert.equal(fetches, 2);
+    // Nor afterwards, with the new set fresh: the cache was forgotten, not kept beside it.
+    const again = await post(edge.batch, req, bearer(token));
+    assert.equal(again.status, 401, again.text);
+    // A token of the new key passes, and is remembered in turn.
+    const fresh = await keys.k2.sign({ tilewarm_access: 'registered' });
+    assert.equal((await post(edge.batch, req, bearer(fresh))).status, 200);
+  });
+});
+
+describe('VerifiedTokens (js/edge-auth.js)', () => {
+  const keys = {};
+
+  it('keeps a token until jose would call it expired, with the leeway', () => {
+    const c = new VerifiedTokens(10, 30);
+    assert.equal(c.get('t', keys, 0), undefined);
+    c.set('t', keys, 'agent', 1000);
+    // jose: expired once exp <= floor(now / 1000) - leeway.
+    assert.equal(c.get('t', keys, 1029_999), 'agent');
+    assert.equal(c.get('t', keys, 1030_000), undefined);
+    assert.equal(c.size, 0, 'an expired entry is dropped');
+  });
+
+  it('matches the exact token only, and forgets everything when the keys change', () => {
+    const c = new VerifiedTokens(10, 0);
+    c.get('x', keys, 0);
+    c.set('a.b.c', keys, 'verified', 100);
+    assert.equal(c.get('a.b.C', keys, 0), undefined);
+    assert.equal(c.get('a.b.c ', keys, 0), undefined);
+    assert.equal(c.get('a.b.c', keys, 0), 'verified');
+    const other = {};
+    assert.equal(c.get('a.b.c', other, 0), undefined);
+    assert.equal(c.size, 0);
+    // An entry verified with the old keys is not taken after the change.
+    c.set('a.b.c', keys, 'verified', 100);
+    assert.equal(c.get('a.b.c', other, 0), undefined);
+  });
+
+  it('holds at most its size, dropping the least recently used; 0 holds nothing', () => {
+    const c = new VerifiedTokens(2, 0);
+    c.get('x', keys, 0);
+    c.set('a', keys, 'public', 100);
+    c.set('b', keys, 'public', 100);
+    assert.equal(c.get('a', keys, 0), 'public');
+    c.set('c', keys, 'public', 100);
+    assert.equal(c.size, 2);
+    assert.equal(c.get('b', keys, 0), undefined, 'b was the least recently used');
+    assert.equal(c.get('a', keys, 0), 'public');
+    assert.equal(c.get('c', keys, 0), 'public');
+    const off = new VerifiedTokens(0, 0);
+    off.get('x', keys, 0);
+    off.set('a', keys, 'public', 100);
+    assert.equal(off.size, 0);
+    const long = new VerifiedTokens(2, 0);
+    long.get('x', keys, 0);
+    long.set('t'.repeat(MAX_CACHED_TOKEN_CHARS + 1), keys, 'public', 100);
+    assert.equal(long.size, 0, 'a very long token is verified every time');
   });
 });
