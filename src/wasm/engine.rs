@@ -242,7 +242,10 @@ impl Engine {
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), ms(now));
         let mut out = Out::default();
-        let payloads = slots.into_iter().map(|slot| JsItem { slot, size: 0 }).collect();
+        let payloads = slots
+            .into_iter()
+            .map(|slot| JsItem { slot, size: 0 })
+            .collect();
         match build_response(&nums, strs, payloads) {
             Ok(r) => {
                 out.nums.push(1.0);
