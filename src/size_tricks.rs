@@ -49,8 +49,10 @@
 /// (1.3 KB gzipped) less than `sort_unstable`. It is `O(n log n)` whatever the input but
 /// slower than `sort_unstable` (natively about 1.8x on 300 keys, 2x on 1000, 3x on 8192),
 /// which is fine for the core's sorts: thousands of keys at most (a planning round's visible
-/// tiles and candidates, the client's at most 8192 prefetch marks), a few microseconds of a
-/// planning round, too little for the `planner_round` benchmark to tell apart.
+/// tiles and the candidates it queues, the client's at most 8192 prefetch marks). It was not
+/// fine for ranking every prefetch candidate of a large view (about 1,900 around a view of
+/// 17 x 11 data tiles: 27% of that round natively); a round now ranks only the candidates
+/// with work to do (issue 22, `Planner::plan_observed`).
 #[inline(never)]
 pub(crate) fn sort_pairs(v: &mut [(u64, u64)]) {
     let n = v.len();
