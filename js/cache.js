@@ -37,6 +37,12 @@ function release(slots) {
     FREE.push(slot);
   }
 }
+
+/** Frees the engine of a cache the page let go of without `dispose()`, and its slots (the
+ * glue's own finalizer would free the engine but leave its objects in `OBJS`). */
+const ABANDONED = typeof FinalizationRegistry === 'function'
+  ? new FinalizationRegistry((engine) => { engine.free(); release(takeFreed()); })
+  : { register() {}, unregister() {} };
 const CREATE = Symbol('create');
 
 /** A value the way an error message shows it. */
@@ -288,6 +294,7 @@ export class TileCache {
     this.#fetch = fetch;
     this.#now = now;
     this.#auth = auth;
+    ABANDONED.register(this, this.#engine, this);
   }
 
   /** The `tileSize` option (256 or 512): the units of the viewport's zoom. */
@@ -505,6 +512,7 @@ export class TileCache {
     this.#gets.clear();
     this.#updates.clear();
     this.#errors.clear();
+    ABANDONED.unregister(this);
     this.#engine.free();
     release(takeFreed());
   }

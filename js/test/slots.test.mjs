@@ -136,3 +136,12 @@ test('objects of items that left the cache are let go of', async () => {
   small.dispose();
   assert.equal(await collected(kept), 100, 'a disposed cache lets go of its items');
 });
+
+test('a cache the page drops without dispose() lets go of its items once it is collected', async () => {
+  const b = backend();
+  let cache = await make(b);
+  const kept = await filled(cache, 0, 100);
+  assert.equal(await collected(kept), 0, 'cached items are kept');
+  cache = null;
+  assert.equal(await collected(kept), 100, 'the items of a collected cache are let go of');
+});
