@@ -725,6 +725,56 @@ mod tests {
         }
     }
 
+    /// Every slot handed over comes back once its item is gone: all of them when the
+    /// answer is refused (the items after the bad one too), and a stored answer's when it
+    /// is dropped; none while it is held.
+    #[test]
+    fn the_slots_of_an_answer_come_back_when_its_items_go() {
+        let nums = |second_tier: f64| {
+            vec![
+                0.0,
+                3.0,
+                -1.0,
+                -122.33,
+                47.61,
+                -1.0,
+                0.0,
+                10.0,
+                -122.33,
+                47.61,
+                -1.0,
+                second_tier,
+                10.0,
+                -122.33,
+                47.61,
+                -1.0,
+                0.0,
+                10.0,
+            ]
+        };
+        let strs = || {
+            ["a", "active", "b", "active", "c", "active"]
+                .map(String::from)
+                .to_vec()
+        };
+        let slots = |from: u32| {
+            (from..from + 3)
+                .map(|slot| JsItem { slot, size: 0 })
+                .collect()
+        };
+        take_freed();
+        assert!(build_response(&nums(-1.0), strs(), slots(0)).is_err());
+        let mut freed = take_freed();
+        freed.sort_unstable();
+        assert_eq!(freed, [0, 1, 2]);
+        let kept = build_response(&nums(0.0), strs(), slots(3)).unwrap();
+        assert!(take_freed().is_empty());
+        drop(kept);
+        let mut freed = take_freed();
+        freed.sort_unstable();
+        assert_eq!(freed, [3, 4, 5]);
+    }
+
     /// The tier the server reports: absent is `None`, an unknown one makes the answer invalid.
     #[test]
     fn the_reported_tier_crosses_and_an_unknown_one_is_invalid() {
