@@ -82,24 +82,6 @@ impl Wire {
     }
 }
 
-/// Appends `n` in decimal: once per item of a spliced answer, where `write!` and its
-/// `core::fmt` machinery were a measurable part of the hit.
-fn push_decimal(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &digits[at..] {
-        out.push(char::from(b));
-    }
-}
-
 impl Proxy {
     /// Serialises data tile `d` at `tier` from the cache (which holds it fresh).
     fn wire_tile(&mut self, d: TileId, tier: Access, now_ms: u64) -> Option<WireTile> {
@@ -211,37 +193,11 @@ impl Proxy {
                 first = false;
                 let (s, m, e) = (i.start as usize, i.ttl_at as usize, i.end as usize);
                 out.push_str(&w.buf[s..m]);
-                push_decimal(&mut out, ttl_left_s(i.exp, now_ms));
+                out.push_str(itoa::Buffer::new().format(ttl_left_s(i.exp, now_ms)));
                 out.push_str(&w.buf[m..e]);
             }
         }
         let _ = write!(out, "],\"missing\":[],\"access\":\"{}\"}}", tier.as_str());
         Some(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_decimal;
-
-    #[test]
-    fn push_decimal_writes_what_display_writes() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            300,
-            14_400,
-            65_535,
-            1_000_000_000,
-            u32::MAX,
-        ] {
-            let mut s = String::from("x");
-            push_decimal(&mut s, n);
-            assert_eq!(s, format!("x{n}"));
-        }
     }
 }
