@@ -22,11 +22,14 @@
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
 //! simulator alike.
 
-use crate::util::{HashMap, HashSet};
+use crate::util::HashSet;
 use std::collections::VecDeque;
 
 use crate::cache::{Refresh, TileFreshness};
-use crate::tile::{project, ring_around, tiles_per_axis, Bbox, TileError, TileId, TilePoint};
+use crate::tile::{cover_range, project, tiles_per_axis, Bbox, TileError, TileId, TilePoint};
+
+mod areas;
+use areas::{Area, Marks};
 
 /// A map viewport: the visible box and the map's fractional zoom.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -596,8 +599,11 @@ impl Planner {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
-        let visible_set: HashSet<TileId> = visible.iter().copied().collect();
-        let mut scores: HashMap<TileId, f64> = HashMap::new();
+        // The visible tiles are the viewport's cover (none below `min_zoom`).
+        let cover = match visible.is_empty() {
+            true => None,
+            false => cover_range(&vp.bbox, z).ok(),
+        };
         let centre = TilePoint { x: s.cx, y: s.cy };
         let lead = cfg.lookahead_ms as f64;
         let (dx, dy) = clamp_lead(vx * lead, vy * lead, s, cfg.max_lead_viewports);
@@ -607,14 +613,61 @@ impl Planner {
         } else {
             None
         };
-        // How strongly motion reorders the ring: up to 0.75 once the lead is a tile or more.
-        let beta = 0.75 * speed.min(1.0);
+        // The production scheme: the ring around what is visible (there is none below
+        // `min_zoom`).
+        let mut areas = Vec::new();
+        if let (true, Some(c)) = (cfg.ring > 0, &cover) {
+            areas.extend(Area::around(c, cfg.ring, s.cx));
+        }
+        let mut add = |rect, max, ahead| areas.extend(Area::under(z, rect, max, ahead));
+        let align = |cx, cy, w, h| align_rect(cx, cy, w, h, cfg.align_levels);
+
+        if vp.zoom >= cfg.min_zoom {
+            // The neighbourhood: the views around this one (and so the zoom-out view).
+            if cfg.view_ring > 0.0 {
+                let k = 1.0 + 2.0 * cfg.view_ring;
+                add(align(s.cx, s.cy, s.w * k, s.h * k), 4096, false);
+            }
+            // Pan look-ahead: the area swept from now to now + lookahead; its tiles rank
+            // ahead of ring tiles behind.
+            if cfg.lookahead_ms > 0 && dir.is_some() {
+                let steps = ((dx.abs().max(dy.abs()) / 0.5).ceil() as usize).clamp(1, 64);
+                for i in 1..=steps {
+                    let f = i as f64 / steps as f64;
+                    add(align(s.cx + dx * f, s.cy + dy * f, s.w, s.h), 4096, true);
+                }
+            }
+            // Zoom-out anticipation: the wider view a zoom-out is heading to.
+            if cfg.lookahead_ms > 0 && vz < 0.0 {
+                let dz = (-vz * lead).min(1.0);
+                let target = vp.zoom - dz;
+                if target >= cfg.min_zoom && dz > 0.05 {
+                    let k = pow2(dz);
+                    add(align(s.cx + dx, s.cy + dy, s.w * k, s.h * k), 4096, false);
+                }
+            }
+        } else if cfg.lookahead_ms > 0 && vz > 0.0 {
+            // Zooming in from below min_zoom: warm the first view that will need data.
+            let target = vp.zoom + vz * lead;
+            if target >= cfg.min_zoom {
+                let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
+                add(align(s.cx + dx, s.cy + dy, s.w * k, s.h * k), 1024, false);
+            }
+        }
+        if self.warms_below(vp, vz) {
+            // Still (or zooming in) just below min_zoom: every view a zoom-in lands on is
+            // under this one.
+            add(align(s.cx, s.cy, s.w, s.h), 4096, false);
+        }
 
         // Distances are in viewport sizes (Chebyshev), so the tiles just outside the view
         // come first on every side, then the next ring of views, whatever the aspect ratio.
+        // Motion reorders them: up to 0.75 once the lead is a tile or more.
         let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
-        let add = |t: TileId, scores: &mut HashMap<TileId, f64>, bonus: f64| {
-            if visible_set.contains(&t) {
+        let beta = 0.75 * speed.min(1.0);
+        let mut keys = Vec::new();
+        Marks::new(z, &areas).each(|t, ahead| {
+            if cover.is_some_and(|c| c.contains(t)) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
@@ -624,83 +677,10 @@ impl Planner {
                 Some((ux, uy)) if len > 0.0 => (ox * ux + oy * uy) / len,
                 _ => 0.0,
             };
+            let bonus = if ahead { 0.25 } else { 0.0 };
             let score = dist * (1.0 - beta * cos) - bonus;
-            let e = scores.entry(t).or_insert(f64::INFINITY);
-            if score < *e {
-                *e = score;
-            }
-        };
-
-        if vp.zoom >= cfg.min_zoom {
-            // The production scheme: the ring around what is visible.
-            if cfg.ring > 0 {
-                if let Ok(ring) = ring_around(visible, cfg.ring) {
-                    for t in ring {
-                        add(t, &mut scores, 0.0);
-                    }
-                }
-            }
-            // The neighbourhood: the views around this one (and so the zoom-out view).
-            if cfg.view_ring > 0.0 {
-                let k = 1.0 + 2.0 * cfg.view_ring;
-                let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w * k, s.h * k, cfg.align_levels);
-                let tiles = rect_tiles(z, cx, cy, w, h, 4096);
-                scores.reserve(tiles.len());
-                for t in tiles {
-                    add(t, &mut scores, 0.0);
-                }
-            }
-            // Pan look-ahead: the area swept from now to now + lookahead.
-            if cfg.lookahead_ms > 0 && dir.is_some() {
-                let steps = ((dx.abs().max(dy.abs()) / 0.5).ceil() as usize).clamp(1, 64);
-                for i in 1..=steps {
-                    let f = i as f64 / steps as f64;
-                    let (cx, cy) = (s.cx + dx * f, s.cy + dy * f);
-                    let (cx, cy, w, h) = align_rect(cx, cy, s.w, s.h, cfg.align_levels);
-                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
-                        // Tiles on the motion path rank ahead of ring tiles behind.
-                        add(t, &mut scores, 0.25);
-                    }
-                }
-            }
-            // Zoom-out anticipation: the wider view a zoom-out is heading to.
-            if cfg.lookahead_ms > 0 && vz < 0.0 {
-                let dz = (-vz * lead).min(1.0);
-                let target = vp.zoom - dz;
-                if target >= cfg.min_zoom && dz > 0.05 {
-                    let k = pow2(dz);
-                    let (cx, cy, w, h) =
-                        align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
-                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
-                        add(t, &mut scores, 0.0);
-                    }
-                }
-            }
-        } else if cfg.lookahead_ms > 0 && vz > 0.0 {
-            // Zooming in from below min_zoom: warm the first view that will need data.
-            let target = vp.zoom + vz * lead;
-            if target >= cfg.min_zoom {
-                let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
-                let (cx, cy, w, h) =
-                    align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
-                for t in rect_tiles(z, cx, cy, w, h, 1024) {
-                    add(t, &mut scores, 0.0);
-                }
-            }
-        }
-        if self.warms_below(vp, vz) {
-            // Still (or zooming in) just below min_zoom: every view a zoom-in lands on is
-            // under this one.
-            let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w, s.h, cfg.align_levels);
-            for t in rect_tiles(z, cx, cy, w, h, 4096) {
-                add(t, &mut scores, 0.0);
-            }
-        }
-
-        let mut keys = Vec::with_capacity(scores.len());
-        for (t, score) in scores {
             keys.push((score_key(score), t.to_u64()));
-        }
+        });
         keys
     }
 }
@@ -806,38 +786,11 @@ fn dist2(c: TilePoint, t: TileId, n: f64) -> f64 {
     ox * ox + oy * oy
 }
 
-/// Tiles at zoom `z` under a rectangle given in data-tile coordinates (centre and size);
-/// x wraps, rows beyond the poles are dropped; at most `max` tiles (the rest is skipped).
-fn rect_tiles(z: u8, cx: f64, cy: f64, w: f64, h: f64, max: usize) -> Vec<TileId> {
-    let n = tiles_per_axis(z) as i64;
-    let (x0, x1) = (
-        (cx - w / 2.0).floor() as i64,
-        ((cx + w / 2.0).ceil() as i64 - 1).max((cx - w / 2.0).floor() as i64),
-    );
-    let (y0, y1) = (
-        (cy - h / 2.0).floor() as i64,
-        ((cy + h / 2.0).ceil() as i64 - 1).max((cy - h / 2.0).floor() as i64),
-    );
-    let y0 = y0.max(0);
-    let y1 = y1.min(n - 1);
-    let x1 = x1.min(x0 + n - 1);
-    let mut out = Vec::new();
-    for y in y0..=y1 {
-        for x in x0..=x1 {
-            if out.len() >= max {
-                return out;
-            }
-            if let Ok(t) = TileId::new(z, x.rem_euclid(n) as u32, y as u32) {
-                out.push(t);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tile::ring_around;
+    use crate::util::HashMap;
 
     /// A viewport of `w` x `h` data tiles (z14) centred on the centre of tile (x, y).
     fn vp_at(x: f64, y: f64, w: f64, h: f64, zoom: f64) -> Viewport {
@@ -1318,6 +1271,156 @@ mod tests {
         ));
     }
 
+    /// The candidates as the planner found them before [`Marks`]: a hash map of scores
+    /// over every tile of every area (`ring_around` for the ring). The reference the grid
+    /// must match.
+    fn reference_candidates(
+        p: &Planner,
+        vp: &Viewport,
+        s: &Sample,
+        visible: &[TileId],
+        (vx, vy, vz): (f64, f64, f64),
+    ) -> Vec<(u64, u64)> {
+        let cfg = &p.config;
+        let z = cfg.tile_zoom;
+        let n = tiles_per_axis(z) as f64;
+        let visible_set: HashSet<TileId> = visible.iter().copied().collect();
+        let mut scores: HashMap<TileId, f64> = HashMap::new();
+        let centre = TilePoint { x: s.cx, y: s.cy };
+        let lead = cfg.lookahead_ms as f64;
+        let (dx, dy) = clamp_lead(vx * lead, vy * lead, s, cfg.max_lead_viewports);
+        let speed = (dx * dx + dy * dy).sqrt();
+        let dir = if speed > 0.25 {
+            Some((dx / speed, dy / speed))
+        } else {
+            None
+        };
+        // How strongly motion reorders the ring: up to 0.75 once the lead is a tile or more.
+        let beta = 0.75 * speed.min(1.0);
+
+        // Distances are in viewport sizes (Chebyshev), so the tiles just outside the view
+        // come first on every side, then the next ring of views, whatever the aspect ratio.
+        let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
+        let add = |t: TileId, scores: &mut HashMap<TileId, f64>, bonus: f64| {
+            if visible_set.contains(&t) {
+                return;
+            }
+            let (ox, oy) = offset(centre, t, n);
+            let len = (ox * ox + oy * oy).sqrt();
+            let dist = (ox.abs() / vw).max(oy.abs() / vh);
+            let cos = match dir {
+                Some((ux, uy)) if len > 0.0 => (ox * ux + oy * uy) / len,
+                _ => 0.0,
+            };
+            let score = dist * (1.0 - beta * cos) - bonus;
+            let e = scores.entry(t).or_insert(f64::INFINITY);
+            if score < *e {
+                *e = score;
+            }
+        };
+
+        if vp.zoom >= cfg.min_zoom {
+            // The production scheme: the ring around what is visible.
+            if cfg.ring > 0 {
+                if let Ok(ring) = ring_around(visible, cfg.ring) {
+                    for t in ring {
+                        add(t, &mut scores, 0.0);
+                    }
+                }
+            }
+            // The neighbourhood: the views around this one (and so the zoom-out view).
+            if cfg.view_ring > 0.0 {
+                let k = 1.0 + 2.0 * cfg.view_ring;
+                let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w * k, s.h * k, cfg.align_levels);
+                let tiles = rect_tiles(z, cx, cy, w, h, 4096);
+                scores.reserve(tiles.len());
+                for t in tiles {
+                    add(t, &mut scores, 0.0);
+                }
+            }
+            // Pan look-ahead: the area swept from now to now + lookahead.
+            if cfg.lookahead_ms > 0 && dir.is_some() {
+                let steps = ((dx.abs().max(dy.abs()) / 0.5).ceil() as usize).clamp(1, 64);
+                for i in 1..=steps {
+                    let f = i as f64 / steps as f64;
+                    let (cx, cy) = (s.cx + dx * f, s.cy + dy * f);
+                    let (cx, cy, w, h) = align_rect(cx, cy, s.w, s.h, cfg.align_levels);
+                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
+                        // Tiles on the motion path rank ahead of ring tiles behind.
+                        add(t, &mut scores, 0.25);
+                    }
+                }
+            }
+            // Zoom-out anticipation: the wider view a zoom-out is heading to.
+            if cfg.lookahead_ms > 0 && vz < 0.0 {
+                let dz = (-vz * lead).min(1.0);
+                let target = vp.zoom - dz;
+                if target >= cfg.min_zoom && dz > 0.05 {
+                    let k = pow2(dz);
+                    let (cx, cy, w, h) =
+                        align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
+                    for t in rect_tiles(z, cx, cy, w, h, 4096) {
+                        add(t, &mut scores, 0.0);
+                    }
+                }
+            }
+        } else if cfg.lookahead_ms > 0 && vz > 0.0 {
+            // Zooming in from below min_zoom: warm the first view that will need data.
+            let target = vp.zoom + vz * lead;
+            if target >= cfg.min_zoom {
+                let k = pow2(-(cfg.min_zoom - vp.zoom).max(0.0));
+                let (cx, cy, w, h) =
+                    align_rect(s.cx + dx, s.cy + dy, s.w * k, s.h * k, cfg.align_levels);
+                for t in rect_tiles(z, cx, cy, w, h, 1024) {
+                    add(t, &mut scores, 0.0);
+                }
+            }
+        }
+        if p.warms_below(vp, vz) {
+            // Still (or zooming in) just below min_zoom: every view a zoom-in lands on is
+            // under this one.
+            let (cx, cy, w, h) = align_rect(s.cx, s.cy, s.w, s.h, cfg.align_levels);
+            for t in rect_tiles(z, cx, cy, w, h, 4096) {
+                add(t, &mut scores, 0.0);
+            }
+        }
+
+        let mut keys = Vec::with_capacity(scores.len());
+        for (t, score) in scores {
+            keys.push((score_key(score), t.to_u64()));
+        }
+        keys
+    }
+
+    /// Tiles at zoom `z` under a rectangle given in data-tile coordinates (centre and size);
+    /// x wraps, rows beyond the poles are dropped; at most `max` tiles (the rest is skipped).
+    fn rect_tiles(z: u8, cx: f64, cy: f64, w: f64, h: f64, max: usize) -> Vec<TileId> {
+        let n = tiles_per_axis(z) as i64;
+        let (x0, x1) = (
+            (cx - w / 2.0).floor() as i64,
+            ((cx + w / 2.0).ceil() as i64 - 1).max((cx - w / 2.0).floor() as i64),
+        );
+        let (y0, y1) = (
+            (cy - h / 2.0).floor() as i64,
+            ((cy + h / 2.0).ceil() as i64 - 1).max((cy - h / 2.0).floor() as i64),
+        );
+        let y0 = y0.max(0);
+        let y1 = y1.min(n - 1);
+        let x1 = x1.min(x0 + n - 1);
+        let mut out = Vec::new();
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                if out.len() >= max {
+                    return out;
+                }
+                if let Ok(t) = TileId::new(z, x.rem_euclid(n) as u32, y as u32) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -1333,6 +1436,50 @@ mod tests {
         }
 
         proptest! {
+            /// The grid of [`Marks`] finds exactly the candidates, with exactly the scores,
+            /// of the hash map over every area's tiles it replaced: over random motion (across
+            /// the antimeridian and near the poles), zooms around `min_zoom` and configs.
+            #[test]
+            fn candidates_match_the_hash_map_of_every_area(
+                moves in proptest::collection::vec((-4.0f64..4.0, -4.0f64..4.0, 1u64..400, -1.5f64..1.5), 1..10),
+                start in prop_oneof![Just((0.3, 3000.5)), Just((16383.7, 2.2)), Just((5000.5, 6000.5)), Just((8000.0, 16381.9))],
+                w in 0.2f64..9.0,
+                h in 0.2f64..9.0,
+                view_ring in 0.0f64..4.0,
+                ring in 0u32..4,
+                align_levels in 0u8..5,
+                lookahead_ms in prop_oneof![Just(0u64), 100u64..4000],
+                max_lead_viewports in 0.0f64..6.0,
+                warm_below_min_zoom in 0.0f64..2.0,
+            ) {
+                let cfg = PlannerConfig {
+                    view_ring,
+                    ring,
+                    align_levels,
+                    lookahead_ms,
+                    max_lead_viewports,
+                    warm_below_min_zoom,
+                    ..PlannerConfig::default()
+                };
+                let mut p = Planner::new(cfg).unwrap();
+                let ((mut x, mut y), mut t, mut zoom) = (start, 0u64, 12.5);
+                for (dx, dy, dt, dz) in moves {
+                    x = (x + dx).rem_euclid(16384.0);
+                    y = (y + dy).clamp(0.5, 16383.5);
+                    zoom = (zoom + dz).clamp(10.0, 16.0);
+                    t += dt;
+                    let vp = vp_at(x, y, w, h, zoom);
+                    let seen = p.observe(&vp, t);
+                    let visible = p.visible_tiles(&vp).unwrap();
+                    let velocity = p.velocity();
+                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity);
+                    let mut want = reference_candidates(&p, &vp, &seen.sample, &visible, velocity);
+                    got.sort_unstable();
+                    want.sort_unstable();
+                    prop_assert_eq!(got, want);
+                }
+            }
+
             #[test]
             fn never_plans_fresh_or_in_flight_and_keeps_budget(
                 moves in proptest::collection::vec((-3.0f64..3.0, -3.0f64..3.0, 0u64..2000, 11.0f64..16.0), 1..8),
