@@ -94,16 +94,20 @@ impl Area {
 
 /// The areas of a round marked on their tiles: per tile, 0 (in no area), 1 (in an area),
 /// 2 (in an area on the motion path).
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Marks {
     z: u8,
     n: i64,
-    /// The union's first column (unwrapped) and row, and its width (at most a world) and height.
+    /// The union's first column (unwrapped) and row, and its width (at most a world) and
+    /// height.
     x0: i64,
     y0: i64,
     w: i64,
+    h: i64,
     cells: Cells,
 }
 
+#[derive(Clone, Debug, PartialEq)]
 enum Cells {
     Grid(Vec<u8>),
     /// The tiles in an area, and those of them on the motion path (the planner's own set
@@ -136,6 +140,7 @@ impl Marks {
             x0,
             y0,
             w,
+            h,
             cells,
         };
         for a in areas {
@@ -163,6 +168,19 @@ impl Marks {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether an area covers `tile`.
+    pub(super) fn contains(&self, tile: TileId) -> bool {
+        let (col, row) = (i64::from(tile.x()) - self.x0, i64::from(tile.y()) - self.y0);
+        match &self.cells {
+            _ if tile.z() != self.z || !(0..self.h).contains(&row) => false,
+            Cells::Grid(g) => {
+                let col = col.rem_euclid(self.n);
+                col < self.w && g.get((row * self.w + col) as usize).is_some_and(|&m| m > 0)
+            }
+            Cells::Sparse(marked, _) => marked.contains(&tile),
         }
     }
 
@@ -274,6 +292,19 @@ mod tests {
             prop_assert!(matches!(grid.cells, Cells::Grid(_)));
             prop_assert!(areas.is_empty() || matches!(sets.cells, Cells::Sparse(..)));
             prop_assert_eq!(marked(&grid), marked(&sets));
+            // `contains` says the same for every tile of the world (and no to other zooms).
+            let n = tiles_per_axis(z);
+            let all: Vec<TileId> = marked(&grid).into_iter().map(|(t, _)| t).collect();
+            for x in 0..n {
+                for y in 0..n {
+                    let t = TileId::new(z, x, y).unwrap();
+                    let want = all.binary_search(&t).is_ok();
+                    prop_assert_eq!(grid.contains(t), want, "grid {:?}", t);
+                    prop_assert_eq!(sets.contains(t), want, "sets {:?}", t);
+                }
+            }
+            let other = TileId::new(z + 1, 0, 0).unwrap();
+            prop_assert!(!grid.contains(other) && !sets.contains(other));
         }
     }
 }

@@ -22,11 +22,12 @@
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
 //! simulator alike.
 
-use crate::util::HashSet;
 use std::collections::VecDeque;
 
 use crate::cache::{Refresh, TileFreshness};
-use crate::tile::{cover_range, project, tiles_per_axis, Bbox, TileError, TileId, TilePoint};
+use crate::tile::{
+    cover_range, project, tiles_per_axis, Bbox, CoverRange, TileError, TileId, TilePoint,
+};
 
 mod areas;
 use areas::{Area, Marks};
@@ -281,9 +282,11 @@ pub struct Plan {
     /// Prefetch work, best first, at most `max_tiles_per_round`, without fresh or
     /// in-flight tiles.
     pub prefetch: Vec<Work>,
-    /// Every tile this round still wants (visible and all candidates before the budget):
-    /// an in-flight prefetch for a tile outside it may be aborted.
-    pub wanted: HashSet<TileId>,
+    /// The visible tiles' cover and the round's prefetch areas: with them, every tile this
+    /// round still wants (visible and all candidates before the budget); an in-flight
+    /// prefetch for a tile outside them may be aborted. See [`Plan::wants`].
+    cover: Option<CoverRange>,
+    areas: Option<Marks>,
     /// The view's centre (data-tile coordinates), its size in tiles and `keep_views`:
     /// see [`Plan::wants`].
     keep: Option<(TilePoint, f64, f64, f64)>,
@@ -297,7 +300,7 @@ impl Plan {
     /// Whether an in-flight request for `tile` should go on: the tile is visible, a
     /// candidate of this round, or within `keep_views` view sizes of the centre.
     pub fn wants(&self, tile: TileId) -> bool {
-        if self.wanted.contains(&tile) {
+        if self.wanted(tile) {
             return true;
         }
         let Some((c, w, h, keep)) = self.keep else {
@@ -306,6 +309,26 @@ impl Plan {
         let n = tiles_per_axis(tile.z()) as f64;
         let (ox, oy) = offset(c, tile, n);
         (ox.abs() / w.max(1.0)).max(oy.abs() / h.max(1.0)) <= keep
+    }
+
+    /// Whether `tile` is visible or a candidate of this round (before the budget).
+    fn wanted(&self, tile: TileId) -> bool {
+        self.cover.is_some_and(|c| c.contains(tile))
+            || self.areas.as_ref().is_some_and(|a| a.contains(tile))
+    }
+
+    /// Every tile this round wants (visible and all candidates before the budget), in no
+    /// order: [`wants`](Self::wants) without the tiles kept by distance.
+    pub fn wanted_tiles(&self) -> Vec<TileId> {
+        let mut out: Vec<TileId> = self.cover.iter().flat_map(|c| c.tiles()).collect();
+        if let Some(a) = &self.areas {
+            a.each(|t, _| {
+                if !self.cover.is_some_and(|c| c.contains(t)) {
+                    out.push(t);
+                }
+            });
+        }
+        out
     }
 }
 
@@ -459,7 +482,6 @@ impl Planner {
                 }
             }
         }
-        plan.wanted.extend(visible.iter().copied());
         if viewport.zoom >= self.config.min_zoom {
             plan.keep = Some((centre, sample.w, sample.h, self.config.keep_views));
         }
@@ -467,12 +489,11 @@ impl Planner {
         // Prefetch candidates: all stay wanted; of those with work to do (not fresh, not in
         // flight), the best `budget` are queued, best first. Only those are ranked: around
         // a view the user has been over, that is a few of the thousands a large view has.
-        let candidates = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
-        plan.wanted.reserve(candidates.len());
+        let (candidates, cover, areas) = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
+        (plan.cover, plan.areas) = (cover, Some(areas));
         let mut todo = Vec::new();
         for &(key, packed) in &candidates {
             let t = TileId::from_packed(packed);
-            plan.wanted.insert(t);
             if !in_flight(t) && !matches!(state(t), TileFreshness::Fresh) {
                 todo.push((key, packed));
             }
@@ -588,14 +609,15 @@ impl Planner {
     }
 
     /// Prefetch candidates as `(score key, packed tile)` pairs in no order (lowest score
-    /// best: see [`score_key`]), without the visible tiles and without duplicates.
+    /// best: see [`score_key`]), without the visible tiles and without duplicates; with the
+    /// visible tiles' cover and the areas the candidates come from.
     fn candidates(
         &self,
         vp: &Viewport,
         s: &Sample,
         visible: &[TileId],
         (vx, vy, vz): (f64, f64, f64),
-    ) -> Vec<(u64, u64)> {
+    ) -> (Vec<(u64, u64)>, Option<CoverRange>, Marks) {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
@@ -666,7 +688,8 @@ impl Planner {
         let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
         let beta = 0.75 * speed.min(1.0);
         let mut keys = Vec::new();
-        Marks::new(z, &areas).each(|t, ahead| {
+        let marks = Marks::new(z, &areas);
+        marks.each(|t, ahead| {
             if cover.is_some_and(|c| c.contains(t)) {
                 return;
             }
@@ -681,7 +704,7 @@ impl Planner {
             let score = dist * (1.0 - beta * cos) - bonus;
             keys.push((score_key(score), t.to_u64()));
         });
-        keys
+        (keys, cover, marks)
     }
 }
 
@@ -790,7 +813,7 @@ fn dist2(c: TilePoint, t: TileId, n: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::tile::ring_around;
-    use crate::util::HashMap;
+    use crate::util::{HashMap, HashSet};
 
     /// A viewport of `w` x `h` data tiles (z14) centred on the centre of tile (x, y).
     fn vp_at(x: f64, y: f64, w: f64, h: f64, zoom: f64) -> Viewport {
@@ -895,7 +918,11 @@ mod tests {
         let plan = small.plan(&vp, 0, unknown, none_in_flight).unwrap();
         assert_eq!(plan.prefetch.len(), 6);
         assert!(plan.prefetch.iter().all(|w| ring.contains(&w.tile())));
-        assert_eq!(plan.wanted.len(), 9 * 6, "all candidates stay wanted");
+        assert_eq!(
+            plan.wanted_tiles().len(),
+            9 * 6,
+            "all candidates stay wanted"
+        );
     }
 
     #[test]
@@ -932,7 +959,7 @@ mod tests {
                 )
                 .unwrap();
             let mut per_block: HashMap<TileId, usize> = HashMap::new();
-            for t in plan.visible.iter().chain(plan.wanted.iter()) {
+            for t in plan.visible.iter().chain(plan.wanted_tiles().iter()) {
                 *per_block.entry(t.ancestor(12).unwrap()).or_default() += 1;
             }
             // (blocks, blocks with all 16 data tiles wanted or visible)
@@ -1068,7 +1095,7 @@ mod tests {
             .iter()
             .all(|w| w.tile() != fresh && w.tile() != flying));
         // Both are still wanted (so an in-flight request for them must not be aborted).
-        assert!(plan.wanted.contains(&fresh) && plan.wanted.contains(&flying));
+        assert!(plan.wanted(fresh) && plan.wanted(flying));
     }
 
     #[test]
@@ -1472,10 +1499,20 @@ mod tests {
                     let seen = p.observe(&vp, t);
                     let visible = p.visible_tiles(&vp).unwrap();
                     let velocity = p.velocity();
-                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity);
+                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity).0;
                     let mut want = reference_candidates(&p, &vp, &seen.sample, &visible, velocity);
                     got.sort_unstable();
                     want.sort_unstable();
+                    // The round wants exactly the visible tiles and the candidates.
+                    let plan = p.plan_observed(&vp, &seen, unknown, none_in_flight).unwrap();
+                    let mut wanted = plan.wanted_tiles();
+                    wanted.sort_unstable();
+                    let mut expect: Vec<TileId> = visible.iter().copied()
+                        .chain(want.iter().map(|&(_, t)| TileId::from_packed(t)))
+                        .collect();
+                    expect.sort_unstable();
+                    prop_assert_eq!(&wanted, &expect);
+                    prop_assert!(wanted.iter().all(|&t| plan.wants(t)));
                     prop_assert_eq!(got, want);
                 }
             }
@@ -1517,7 +1554,7 @@ mod tests {
                         prop_assert!(state_of(code(tile)) != TileFreshness::Fresh, "fresh tile planned");
                         prop_assert!(!flying(tile), "in-flight tile planned");
                         prop_assert!(!visible.contains(&tile), "visible tile in prefetch");
-                        prop_assert!(plan.wanted.contains(&tile));
+                        prop_assert!(plan.wanted(tile));
                     }
                     let mut seen = HashSet::new();
                     prop_assert!(plan.prefetch.iter().all(|w| seen.insert(w.tile())), "duplicate prefetch");
