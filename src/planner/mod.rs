@@ -487,17 +487,13 @@ impl Planner {
         }
 
         // Prefetch candidates: all stay wanted; of those with work to do (not fresh, not in
-        // flight), the best `budget` are queued, best first. Only those are ranked: around
-        // a view the user has been over, that is a few of the thousands a large view has.
-        let (candidates, cover, areas) = self.candidates(viewport, &sample, &visible, (vx, vy, vz));
+        // flight), the best `budget` are queued, best first. Only those are scored and
+        // ranked: around a view the user has been over, that is a few of the thousands a
+        // large view has.
+        let has_work = |t| !in_flight(t) && !matches!(state(t), TileFreshness::Fresh);
+        let (todo, cover, areas) =
+            self.candidates(viewport, &sample, &visible, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
-        let mut todo = Vec::new();
-        for &(key, packed) in &candidates {
-            let t = TileId::from_packed(packed);
-            if !in_flight(t) && !matches!(state(t), TileFreshness::Fresh) {
-                todo.push((key, packed));
-            }
-        }
         let budget = self.round_budget(viewport, visible.len());
         for t in tiles_by_score(todo).into_iter().take(budget) {
             if let Some(w) = Work::from_state(t, state(t)) {
@@ -608,15 +604,17 @@ impl Planner {
         )
     }
 
-    /// Prefetch candidates as `(score key, packed tile)` pairs in no order (lowest score
-    /// best: see [`score_key`]), without the visible tiles and without duplicates; with the
-    /// visible tiles' cover and the areas the candidates come from.
+    /// Prefetch candidates for which `scored(tile)` holds as `(score key, packed tile)`
+    /// pairs in no order (lowest score best: see [`score_key`]), without the visible tiles
+    /// and without duplicates; with the visible tiles' cover and the areas of all
+    /// candidates.
     fn candidates(
         &self,
         vp: &Viewport,
         s: &Sample,
         visible: &[TileId],
         (vx, vy, vz): (f64, f64, f64),
+        mut scored: impl FnMut(TileId) -> bool,
     ) -> (Vec<(u64, u64)>, Option<CoverRange>, Marks) {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
@@ -690,7 +688,7 @@ impl Planner {
         let mut keys = Vec::new();
         let marks = Marks::new(z, &areas);
         marks.each(|t, ahead| {
-            if cover.is_some_and(|c| c.contains(t)) {
+            if cover.is_some_and(|c| c.contains(t)) || !scored(t) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
@@ -1499,7 +1497,7 @@ mod tests {
                     let seen = p.observe(&vp, t);
                     let visible = p.visible_tiles(&vp).unwrap();
                     let velocity = p.velocity();
-                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity).0;
+                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity, |_| true).0;
                     let mut want = reference_candidates(&p, &vp, &seen.sample, &visible, velocity);
                     got.sort_unstable();
                     want.sort_unstable();
