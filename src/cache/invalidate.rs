@@ -1,7 +1,7 @@
 //! Taking items and tile lists out of the cache on purpose: by id, tile, class or tier,
 //! and once they expired beyond the stale-while-revalidate window.
 
-use std::sync::Arc;
+use super::key::ItemKey;
 
 use super::{expiry, CacheItem, Expiry, HashSet, ItemCache, Load, TileEntry};
 use crate::access::Access;
@@ -170,11 +170,11 @@ impl<P> ItemCache<P> {
     pub(super) fn remove_items_where(
         &mut self,
         doomed: &dyn Fn(&CacheItem<P>) -> bool,
-    ) -> Vec<Arc<str>> {
+    ) -> Vec<ItemKey> {
         let mut ids = Vec::new();
         for (id, item) in self.items.iter() {
             if doomed(item) {
-                ids.push(Arc::clone(id));
+                ids.push(id.clone());
             }
         }
         for id in &ids {

@@ -1,7 +1,7 @@
 //! The item LRU: items by id in one `lru` list bounded by count and bytes, with the items
 //! of visible tiles protected from prefetch inserts (see [`ItemCache`]'s docs for how).
 
-use std::sync::Arc;
+use super::key::ItemKey;
 
 use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
 use crate::access::Access;
@@ -44,7 +44,7 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 /// One cached item.
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
-    pub(super) id: Arc<str>,
+    pub(super) id: ItemKey,
     pub(super) lon: f64,
     pub(super) lat: f64,
     pub(super) class: String,
@@ -255,8 +255,8 @@ impl<P> ItemCache<P> {
         }
 
         let key = match &old {
-            Some(o) => Arc::clone(&o.id),
-            None => Arc::from(id),
+            Some(o) => o.id.clone(),
+            None => ItemKey::new(id),
         };
         if let Some(old) = &old {
             if old.tile != tile {
@@ -265,7 +265,7 @@ impl<P> ItemCache<P> {
         }
         self.account_add(tile, size_bytes);
         self.items.put(
-            Arc::clone(&key),
+            key.clone(),
             CacheItem {
                 id: key,
                 lon,
@@ -536,7 +536,7 @@ impl<P> ItemCache<P> {
         // the tail; the bound only guards against a broken count.
         for _ in 0..=self.items.len() {
             let (key, protected) = match self.items.peek_lru() {
-                Some((k, item)) => (Arc::clone(k), self.visible.contains(&item.tile)),
+                Some((k, item)) => (k.clone(), self.visible.contains(&item.tile)),
                 None => return false,
             };
             if protected {

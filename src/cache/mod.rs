@@ -37,6 +37,7 @@ mod config;
 mod error;
 mod invalidate;
 mod items;
+mod key;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -51,8 +52,8 @@ pub use items::{
 pub use stats::CacheStats;
 pub use tiles::{Refresh, TileFreshness};
 
+use key::ItemKey;
 use std::fmt;
-use std::sync::Arc;
 
 use lru::LruCache;
 
@@ -118,7 +119,7 @@ fn next_change(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> u64 {
 /// are the last to go.
 pub struct ItemCache<P> {
     config: CacheConfig,
-    items: LruCache<Arc<str>, CacheItem<P>>,
+    items: LruCache<ItemKey, CacheItem<P>>,
     bytes: usize,
     tiles: LruCache<TileId, TileEntry>,
     visible: HashSet<TileId>,

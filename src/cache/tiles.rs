@@ -3,7 +3,7 @@
 //! tiles last to go); and what a tile's list and items add up to for a caller
 //! ([`TileFreshness`]).
 
-use std::sync::Arc;
+use super::key::ItemKey;
 
 use super::{
     check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
@@ -50,7 +50,7 @@ impl TileFreshness {
 /// request that produced it.
 #[derive(Debug, Clone)]
 pub(super) struct TileEntry {
-    pub(super) ids: Vec<Arc<str>>,
+    pub(super) ids: Vec<ItemKey>,
     pub(super) expires_at_ms: u64,
     pub(super) fetched_at: Access,
     /// False when the list came from a coarser tile one of whose listed items had no known
@@ -120,17 +120,17 @@ impl<P> ItemCache<P> {
 
         // Each distinct id once, with its data tile when held (None: position unknown).
         let mut seen = HashSet::with_capacity(ids.len());
-        let mut listed: Vec<(Arc<str>, Option<TileId>)> = Vec::with_capacity(ids.len());
+        let mut listed: Vec<(ItemKey, Option<TileId>)> = Vec::with_capacity(ids.len());
         for &id in ids {
             if !seen.insert(id) {
                 continue;
             }
             match self.items.peek(id) {
                 Some(item) if fetched_at.can_see(item.access) => {
-                    listed.push((Arc::clone(&item.id), Some(item.tile)));
+                    listed.push((item.id.clone(), Some(item.tile)));
                 }
                 Some(_) => {}
-                None => listed.push((Arc::from(id), None)),
+                None => listed.push((ItemKey::new(id), None)),
             }
         }
 
@@ -151,7 +151,7 @@ impl<P> ItemCache<P> {
             tile_zoom: dz,
         })?;
         let complete = listed.iter().all(|(_, t)| t.is_some());
-        let mut by_tile: HashMap<TileId, Vec<Arc<str>>> = HashMap::new();
+        let mut by_tile: HashMap<TileId, Vec<ItemKey>> = HashMap::new();
         for (id, t) in listed {
             if let Some(t) = t.filter(|&t| tile.contains(t)) {
                 by_tile.entry(t).or_default().push(id);
@@ -244,7 +244,7 @@ impl<P> ItemCache<P> {
         let mut missing = Vec::new();
         let mut stale = Vec::new();
         for id in &e.ids {
-            match self.items.peek(&**id) {
+            match self.items.peek(id) {
                 None => missing.push(id.to_string()),
                 // Not shown to this caller, so it cannot leave a hole.
                 Some(item) if !caller.can_see(item.access) => {}
@@ -412,7 +412,7 @@ impl<P> ItemCache<P> {
         };
         let mut gone = Vec::new();
         for id in &e.ids {
-            let Some(item) = items.get(&**id) else {
+            let Some(item) = items.get(id) else {
                 stats.misses += 1;
                 continue;
             };
@@ -421,7 +421,7 @@ impl<P> ItemCache<P> {
                 continue;
             }
             match expiry(item.expires_at_ms, swr, now_ms) {
-                Expiry::Gone => gone.push(Arc::clone(id)),
+                Expiry::Gone => gone.push(id.clone()),
                 f => {
                     let stale = f == Expiry::Stale;
                     if stale {
@@ -442,20 +442,20 @@ impl<P> ItemCache<P> {
     }
 
     /// Moves a listed id from its old tile's list to its new tile's list.
-    pub(super) fn move_listing(&mut self, id: &Arc<str>, from: TileId, to: TileId, access: Access) {
+    pub(super) fn move_listing(&mut self, id: &ItemKey, from: TileId, to: TileId, access: Access) {
         self.changed();
         let mut was_listed = false;
         if let Some(e) = self.tiles.peek_mut(&from) {
             let before = e.ids.len();
-            e.ids.retain(|x| **x != **id);
+            e.ids.retain(|x| x != id);
             was_listed = e.ids.len() != before;
         }
         if !was_listed {
             return;
         }
         if let Some(e) = self.tiles.peek_mut(&to) {
-            if e.complete && e.fetched_at.can_see(access) && !e.ids.iter().any(|x| **x == **id) {
-                e.ids.push(Arc::clone(id));
+            if e.complete && e.fetched_at.can_see(access) && !e.ids.contains(id) {
+                e.ids.push(id.clone());
             }
         }
     }

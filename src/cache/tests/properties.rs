@@ -153,7 +153,7 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
             prop_assert!(expiry(e.expires_at_ms, swr, now) != Expiry::Gone);
             for id in &e.ids {
                 let item = c.items.peek(&**id);
-                prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, id);
+                prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);
                 let Some(item) = item else { continue };
                 if !caller.can_see(item.access) {
                     continue;
