@@ -151,8 +151,12 @@ impl Marks {
     }
 
     fn mark(&mut self, x: i64, y: i64, mark: u8) {
-        // Every area lies inside the union, so the column is in 0..w and the row in 0..h.
-        let col = (x - self.x0).rem_euclid(self.n);
+        // Every area lies inside the union, so the column is in 0..w and the row in 0..h
+        // (a union wider than the world wraps).
+        let mut col = x - self.x0;
+        if !(0..self.n).contains(&col) {
+            col = col.rem_euclid(self.n);
+        }
         let row = y - self.y0;
         match &mut self.cells {
             Cells::Grid(g) => {
@@ -186,20 +190,27 @@ impl Marks {
 
     /// Calls `f(tile, ahead)` for each marked tile, once each, in no order.
     pub(super) fn each(&self, mut f: impl FnMut(TileId, bool)) {
-        let mut visit = |col: i64, row: i64, mark: u8| {
+        let mut visit = |x: i64, y: i64, mark: u8| {
             if mark == 0 {
                 return;
             }
-            let x = (self.x0 + col).rem_euclid(self.n);
-            if let Ok(t) = TileId::new(self.z, x as u32, (self.y0 + row) as u32) {
+            if let Ok(t) = TileId::new(self.z, x as u32, y as u32) {
                 f(t, mark > 1);
             }
         };
         match &self.cells {
             Cells::Grid(g) => {
-                for (i, &mark) in g.iter().enumerate() {
-                    let i = i as i64;
-                    visit(i % self.w, i / self.w, mark);
+                // Row by row; a row's tiles run east from the union's first column, wrapping.
+                let first = self.x0.rem_euclid(self.n);
+                for (y, row) in (self.y0..).zip(g.chunks(self.w.max(1) as usize)) {
+                    let mut x = first;
+                    for &mark in row {
+                        visit(x, y, mark);
+                        x += 1;
+                        if x == self.n {
+                            x = 0;
+                        }
+                    }
                 }
             }
             Cells::Sparse(marked, ahead) => {
