@@ -104,6 +104,9 @@ pub struct Client<P> {
     verified: Option<Access>,
     viewport: Option<Viewport>,
     visible: Vec<TileId>,
+    /// Their range (`None` below `min_zoom` or too wide): a call compares the new view's
+    /// range to it, without listing the tiles.
+    visible_range: Option<CoverRange>,
     visible_set: TileSet,
     /// Access tier each request the batcher tracks was sent with. A `Vec` searched linearly
     /// rather than a hash map (one hash table type fewer in the wasm): an entry goes when
@@ -169,6 +172,7 @@ impl<P: Payload> Client<P> {
             verified: None,
             viewport: None,
             visible: Vec::new(),
+            visible_range: None,
             visible_set: TileSet::default(),
             request_access: Vec::new(),
             cancels: VecDeque::new(),
@@ -276,10 +280,10 @@ impl<P: Payload> Client<P> {
             self.unkept_rounds = 0;
         }
         self.viewport = Some(viewport);
-        // The visible tiles, as the round would compute them (`Err`: too wide).
-        let visible = self.planner.visible_tiles(&viewport);
+        // The visible tiles' range, as the round would compute them (`Err`: too wide).
+        let visible = self.planner.visible_range(&viewport);
         let same_tiles = match &visible {
-            Ok(v) => self.too_wide.is_none() && *v == self.visible,
+            Ok(v) => self.too_wide.is_none() && *v == self.visible_range,
             Err(_) => self.too_wide.is_some_and(|(_, r)| {
                 cover_range(&viewport.bbox, self.planner.config().tile_zoom).ok() == Some(r)
             }),
@@ -349,6 +353,7 @@ impl<P: Payload> Client<P> {
                     .ok()
                     .map(|r| (limit, r));
                 self.visible.clear();
+                self.visible_range = None;
                 self.visible_set = TileSet::default();
                 self.cache.set_visible(&[]);
                 let loading = self.with_loading(Vec::new(), now_ms);
@@ -372,6 +377,7 @@ impl<P: Payload> Client<P> {
         };
         if !same_tiles {
             self.visible = std::mem::take(&mut plan.visible);
+            self.visible_range = visible.ok().flatten();
             self.visible_set = TileSet::new(self.visible.iter().copied());
             self.cache.set_visible(&self.visible);
             for t in &self.visible {

@@ -383,14 +383,26 @@ impl Planner {
 
     /// Tiles in view at the data zoom, or none below `min_zoom`.
     pub fn visible_tiles(&self, viewport: &Viewport) -> Result<Vec<TileId>, PlannerError> {
+        let range = self.visible_range(viewport)?;
+        Ok(range.map_or_else(Vec::new, |r| r.tiles().collect()))
+    }
+
+    /// The range of the [`visible_tiles`](Self::visible_tiles), without listing them:
+    /// `None` below `min_zoom`. Equal ranges list equal tiles, in the same order.
+    pub fn visible_range(&self, viewport: &Viewport) -> Result<Option<CoverRange>, PlannerError> {
         if viewport.zoom < self.config.min_zoom {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        Ok(crate::tile::cover(
-            &viewport.bbox,
-            self.config.tile_zoom,
-            self.config.max_visible_tiles,
-        )?)
+        let range = cover_range(&viewport.bbox, self.config.tile_zoom)?;
+        let max = self.config.max_visible_tiles as u64;
+        if range.count() > max {
+            return Err(TileError::TooManyTiles {
+                count: range.count(),
+                max,
+            }
+            .into());
+        }
+        Ok(Some(range))
     }
 
     /// One planning round. `state(tile)` tells the cache's state of a data tile;
