@@ -502,7 +502,7 @@ impl Planner {
         // flight), the best `budget` are queued, best first. Only those are scored and
         // ranked: around a view the user has been over, that is a few of the thousands a
         // large view has.
-        let has_work = |t| !in_flight(t) && !matches!(state(t), TileFreshness::Fresh);
+        let has_work = |t| !matches!(state(t), TileFreshness::Fresh) && !in_flight(t);
         let (todo, cover, areas) =
             self.candidates(viewport, &sample, &visible, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
