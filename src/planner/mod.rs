@@ -14,9 +14,10 @@
 //!   is not zooming out (`warm_below_min_zoom`), the data tiles under it, where any zoom-in
 //!   lands.
 //!
-//! Tiles fresh in the cache or already in flight are filtered out. The plan also carries the
-//! full set of tiles still *wanted* (visible plus every candidate, before the budget), so the
-//! batch layer can abort in-flight prefetches that fell out of it.
+//! Tiles fresh in the cache or already in flight are filtered out. The plan also says which
+//! tiles are still *wanted* (visible plus every candidate, before the budget: the areas of
+//! [`areas`], kept in the plan), so the batch layer can abort in-flight prefetches that fell
+//! out of it.
 //!
 //! The planner keeps only a short viewport history; the cache and the in-flight set are
 //! passed in as functions, so it can be driven by the client, the server's warmer or the
