@@ -16,7 +16,7 @@
 //!
 //! Tiles fresh in the cache or already in flight are filtered out. The plan also says which
 //! tiles are still *wanted* (visible plus every candidate, before the budget: the areas of
-//! [`areas`], kept in the plan), so the batch layer can abort in-flight prefetches that fell
+//! `areas.rs`, kept in the plan), so the batch layer can abort in-flight prefetches that fell
 //! out of it.
 //!
 //! The planner keeps only a short viewport history; the cache and the in-flight set are
