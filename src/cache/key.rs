@@ -9,8 +9,8 @@ use std::sync::Arc;
 ///
 /// Two keys are equal when they share one allocation, without reading the text, else when
 /// their texts are equal. A tile list names the item's own `Arc` (items are stored before
-/// the lists of an answer), so reading a tile's items finds each one without comparing ids:
-/// in the wasm, comparing the texts was a sixth of reading a large view. It hashes and
+/// the lists of an answer), so reading a tile's items finds each one without comparing ids
+/// (in the size-built wasm a comparison of texts is a call to a byte loop). It hashes and
 /// borrows as its text, so lookups by `&str` work as with `Arc<str>`.
 #[derive(Clone, Debug)]
 pub(crate) struct ItemKey(Arc<str>);

@@ -6,12 +6,12 @@
 //! score depends only on the tile and on whether a look-ahead step covers it. So each area
 //! only marks its tiles on a grid over the union, and the planner scores every marked tile
 //! once afterwards: no hashing, no tile scored twice. A union too large for a grid (only
-//! with extreme configs: huge views with a long look-ahead) is marked in a hash map instead.
+//! with extreme configs: huge views with a long look-ahead) is marked in hash sets instead.
 
 use crate::tile::{tiles_per_axis, CoverRange, TileId};
 use crate::util::HashSet;
 
-/// Cells a grid may have; a larger union is marked in a hash map.
+/// Cells a grid may have; a larger union is marked in hash sets.
 const MAX_GRID_CELLS: i64 = 1 << 20;
 
 /// A rectangle of data tiles: columns `x0..=x1`, unwrapped (they may run past the
