@@ -51,7 +51,7 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
-use crate::planner::{Planner, Viewport, Work};
+use crate::planner::{Plan, Planner, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
@@ -75,6 +75,26 @@ struct Planned {
     /// A visible tile can change state with time from then on (the read's
     /// [`Shown::until`]): the round's foreground and refresh work would differ.
     until: u64,
+}
+
+/// The last planned round when it found every tile it asked about (visible and candidates)
+/// fresh: at the same cache generation and tier, and before `until` (when the first of them
+/// can stop being fresh), any tile the round wanted is fresh without a lookup. Most of a
+/// round's candidates were the last round's, so this spares a round most of its memo
+/// lookups ([`Client::fresh`]) while the map pans over a cached area.
+struct AllFresh {
+    plan: Plan,
+    generation: u64,
+    access: Access,
+    until: u64,
+}
+
+impl AllFresh {
+    /// When `tile` stops being fresh, if this round says it is fresh now.
+    fn until(&self, tile: TileId, generation: u64, access: Access, now_ms: u64) -> Option<u64> {
+        let holds = self.generation == generation && self.access == access && now_ms < self.until;
+        (holds && self.plan.wanted(tile)).then_some(self.until)
+    }
 }
 
 /// What the last view read showed and what it depended on
@@ -149,7 +169,9 @@ pub struct Client<P> {
     /// given: a planning round asks for the state of about a hundred tiles, and reading
     /// one means looking up each of its items.
     fresh: (u64, Access, HashMap<TileId, u64>),
-    /// Tests: reads classify every tile again (the reference the fast path is checked against).
+    all_fresh: Option<AllFresh>,
+    /// Tests: reads and planning rounds classify every tile again (the reference the fast
+    /// path is checked against).
     #[cfg(test)]
     full_reads: bool,
 }
@@ -195,6 +217,7 @@ impl<P: Payload> Client<P> {
             planned: None,
             shown: None,
             fresh: (0, config.access, HashMap::new()),
+            all_fresh: None,
             #[cfg(test)]
             full_reads: false,
         })
@@ -319,17 +342,32 @@ impl<P: Payload> Client<P> {
             self.fresh = (generation, access, HashMap::new());
         }
         let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh.2);
+        let all_fresh = &self.all_fresh;
+        #[cfg(test)]
+        let full_reads = self.full_reads;
+        // Whether every tile the round asks about is fresh, and until when.
+        let (mut every_fresh, mut first_end) = (true, u64::MAX);
         let planned_round = self.planner.plan_observed(
             &viewport,
             &seen,
             |t| {
-                if fresh.get(&t).is_some_and(|&until| now_ms < until) {
+                let known = all_fresh
+                    .as_ref()
+                    .and_then(|a| a.until(t, generation, access, now_ms))
+                    .or_else(|| fresh.get(&t).copied().filter(|&until| now_ms < until));
+                #[cfg(test)]
+                let known = known.filter(|_| !full_reads);
+                if let Some(until) = known {
+                    first_end = first_end.min(until);
                     return TileFreshness::Fresh;
                 }
                 let mut until = u64::MAX;
                 let state = cache.tile_freshness_until(t, access, now_ms, &mut until);
                 if state == TileFreshness::Fresh {
                     fresh.insert(t, until);
+                    first_end = first_end.min(until);
+                } else {
+                    every_fresh = false;
                 }
                 state
             },
@@ -354,6 +392,7 @@ impl<P: Payload> Client<P> {
                     .map(|r| (limit, r));
                 self.visible.clear();
                 self.visible_range = None;
+                self.all_fresh = None;
                 self.visible_set = TileSet::default();
                 self.cache.set_visible(&[]);
                 let loading = self.with_loading(Vec::new(), now_ms);
@@ -409,6 +448,12 @@ impl<P: Payload> Client<P> {
             self.sent_with(id);
             self.cancels.push_back(id);
         }
+        self.all_fresh = every_fresh.then_some(AllFresh {
+            plan,
+            generation,
+            access,
+            until: first_end,
+        });
         self.remember_plan(planned);
         outcome
     }
@@ -516,10 +561,16 @@ impl<P: Payload> Client<P> {
             for &t in &self.visible {
                 // A tile the planner just found fresh (same generation and tier) is not
                 // classified again.
-                let memo = &self.fresh;
-                let known = (memo.0 == self.cache.generation() && memo.1 == self.access)
-                    .then(|| memo.2.get(&t).copied())
-                    .flatten();
+                let (memo, generation) = (&self.fresh, self.cache.generation());
+                let known = self
+                    .all_fresh
+                    .as_ref()
+                    .and_then(|a| a.until(t, generation, self.access, now_ms))
+                    .or_else(|| {
+                        (memo.0 == generation && memo.1 == self.access)
+                            .then(|| memo.2.get(&t).copied())
+                            .flatten()
+                    });
                 #[cfg(test)]
                 let known = known.filter(|_| !self.full_reads);
                 let state = self.cache.read_tile_until(

@@ -313,7 +313,7 @@ impl Plan {
     }
 
     /// Whether `tile` is visible or a candidate of this round (before the budget).
-    fn wanted(&self, tile: TileId) -> bool {
+    pub(crate) fn wanted(&self, tile: TileId) -> bool {
         self.cover.is_some_and(|c| c.contains(tile))
             || self.areas.as_ref().is_some_and(|a| a.contains(tile))
     }
