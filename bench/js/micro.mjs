@@ -3,6 +3,7 @@
 // lru-cache, dataloader), in one run so the ratios hold on a noisy machine.
 //
 //   node bench/js/micro.mjs [--json FILE] [--md FILE]
+//   PKG=/path/to/other/pkg node bench/js/micro.mjs   (the same jobs against another build)
 //
 // Jobs:
 //   tileForPoint    one point to its zoom-14 tile            vs tilebelt.pointToTile
@@ -29,7 +30,8 @@ import esbuild from 'esbuild';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
-const pkgDir = join(root, 'pkg');
+// PKG=dir: another build of the package (a before/after comparison in one sitting).
+const pkgDir = process.env.PKG || join(root, 'pkg');
 const { TileCache, tileForPoint, tilesForBbox } = await import(join(pkgDir, 'node.js'));
 
 const Z = 14;
