@@ -464,7 +464,8 @@ impl Planner {
         mut in_flight: impl FnMut(TileId) -> bool,
     ) -> Result<Plan, PlannerError> {
         let sample = seen.sample;
-        let visible = self.visible_tiles(viewport)?;
+        let cover = self.visible_range(viewport)?;
+        let visible: Vec<TileId> = cover.map_or_else(Vec::new, |r| r.tiles().collect());
         let (vx, vy, vz) = self.velocity();
         let mut plan = Plan {
             velocity: (vx * 1000.0, vy * 1000.0),
@@ -504,8 +505,7 @@ impl Planner {
         // ranked: around a view the user has been over, that is a few of the thousands a
         // large view has.
         let has_work = |t| !matches!(state(t), TileFreshness::Fresh) && !in_flight(t);
-        let (todo, cover, areas) =
-            self.candidates(viewport, &sample, &visible, (vx, vy, vz), has_work);
+        let (todo, areas) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
         let budget = self.round_budget(viewport, visible.len());
         for t in tiles_by_score(todo).into_iter().take(budget) {
@@ -619,24 +619,19 @@ impl Planner {
 
     /// Prefetch candidates for which `scored(tile)` holds as `(score key, packed tile)`
     /// pairs in no order (lowest score best: see [`score_key`]), without the visible tiles
-    /// and without duplicates; with the visible tiles' cover and the areas of all
+    /// (`cover`, none below `min_zoom`) and without duplicates; with the areas of all
     /// candidates.
     fn candidates(
         &self,
         vp: &Viewport,
         s: &Sample,
-        visible: &[TileId],
+        cover: Option<CoverRange>,
         (vx, vy, vz): (f64, f64, f64),
         mut scored: impl FnMut(TileId) -> bool,
-    ) -> (Vec<(u64, u64)>, Option<CoverRange>, Marks) {
+    ) -> (Vec<(u64, u64)>, Marks) {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
-        // The visible tiles are the viewport's cover (none below `min_zoom`).
-        let cover = match visible.is_empty() {
-            true => None,
-            false => cover_range(&vp.bbox, z).ok(),
-        };
         let centre = TilePoint { x: s.cx, y: s.cy };
         let lead = cfg.lookahead_ms as f64;
         let (dx, dy) = clamp_lead(vx * lead, vy * lead, s, cfg.max_lead_viewports);
@@ -715,7 +710,7 @@ impl Planner {
             let score = dist * (1.0 - beta * cos) - bonus;
             keys.push((score_key(score), t.to_u64()));
         });
-        (keys, cover, marks)
+        (keys, marks)
     }
 }
 
@@ -1510,7 +1505,8 @@ mod tests {
                     let seen = p.observe(&vp, t);
                     let visible = p.visible_tiles(&vp).unwrap();
                     let velocity = p.velocity();
-                    let mut got = p.candidates(&vp, &seen.sample, &visible, velocity, |_| true).0;
+                    let cover = p.visible_range(&vp).unwrap();
+                    let mut got = p.candidates(&vp, &seen.sample, cover, velocity, |_| true).0;
                     let mut want = reference_candidates(&p, &vp, &seen.sample, &visible, velocity);
                     got.sort_unstable();
                     want.sort_unstable();
