@@ -28,6 +28,7 @@
 
 mod config;
 mod event;
+mod fresh;
 mod load;
 mod payload;
 mod response;
@@ -51,10 +52,11 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
-use crate::planner::{Plan, Planner, Viewport, Work};
+use crate::planner::{Planner, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
+use fresh::FreshTiles;
 
 /// Most prefetched tiles remembered for the used/wasted counters.
 const MAX_PREFETCH_MARKS: usize = 8192;
@@ -75,26 +77,6 @@ struct Planned {
     /// A visible tile can change state with time from then on (the read's
     /// [`Shown::until`]): the round's foreground and refresh work would differ.
     until: u64,
-}
-
-/// The last planned round when it found every tile it asked about (visible and candidates)
-/// fresh: at the same cache generation and tier, and before `until` (when the first of them
-/// can stop being fresh), any tile the round wanted is fresh without a lookup. Most of a
-/// round's candidates were the last round's, so this spares a round most of its memo
-/// lookups ([`Client::fresh`]) while the map pans over a cached area.
-struct AllFresh {
-    plan: Plan,
-    generation: u64,
-    access: Access,
-    until: u64,
-}
-
-impl AllFresh {
-    /// When `tile` stops being fresh, if this round says it is fresh now.
-    fn until(&self, tile: TileId, generation: u64, access: Access, now_ms: u64) -> Option<u64> {
-        let holds = self.generation == generation && self.access == access && now_ms < self.until;
-        (holds && self.plan.wanted(tile)).then_some(self.until)
-    }
 }
 
 /// What the last view read showed and what it depended on
@@ -165,11 +147,8 @@ pub struct Client<P> {
     changes: u64,
     planned: Option<Planned>,
     shown: Option<Shown>,
-    /// Data tiles found fresh, with when that can end, for the cache generation and tier
-    /// given: a planning round asks for the state of about a hundred tiles, and reading
-    /// one means looking up each of its items.
-    fresh: (u64, Access, HashMap<TileId, u64>),
-    all_fresh: Option<AllFresh>,
+    /// Data tiles known fresh (a planning round asks for the state of about a hundred).
+    fresh: FreshTiles,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -216,8 +195,7 @@ impl<P: Payload> Client<P> {
             changes: 0,
             planned: None,
             shown: None,
-            fresh: (0, config.access, HashMap::new()),
-            all_fresh: None,
+            fresh: FreshTiles::new(config.access),
             #[cfg(test)]
             full_reads: false,
         })
@@ -338,11 +316,8 @@ impl<P: Payload> Client<P> {
             return outcome;
         }
         let (access, generation) = (self.access, self.cache.generation());
-        if (self.fresh.0, self.fresh.1) != (generation, access) || self.fresh.2.len() > 4096 {
-            self.fresh = (generation, access, HashMap::new());
-        }
-        let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh.2);
-        let all_fresh = &self.all_fresh;
+        self.fresh.begin(generation, access);
+        let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh);
         #[cfg(test)]
         let full_reads = self.full_reads;
         // Whether every tile the round asks about is fresh, and until when.
@@ -351,10 +326,7 @@ impl<P: Payload> Client<P> {
             &viewport,
             &seen,
             |t| {
-                let known = all_fresh
-                    .as_ref()
-                    .and_then(|a| a.until(t, generation, access, now_ms))
-                    .or_else(|| fresh.get(&t).copied().filter(|&until| now_ms < until));
+                let known = fresh.until(t, generation, access, now_ms);
                 #[cfg(test)]
                 let known = known.filter(|_| !full_reads);
                 if let Some(until) = known {
@@ -392,7 +364,7 @@ impl<P: Payload> Client<P> {
                     .map(|r| (limit, r));
                 self.visible.clear();
                 self.visible_range = None;
-                self.all_fresh = None;
+                self.fresh.keep_round(None);
                 self.visible_set = TileSet::default();
                 self.cache.set_visible(&[]);
                 let loading = self.with_loading(Vec::new(), now_ms);
@@ -448,12 +420,8 @@ impl<P: Payload> Client<P> {
             self.sent_with(id);
             self.cancels.push_back(id);
         }
-        self.all_fresh = every_fresh.then_some(AllFresh {
-            plan,
-            generation,
-            access,
-            until: first_end,
-        });
+        self.fresh
+            .keep_round(every_fresh.then_some((plan, first_end)));
         self.remember_plan(planned);
         outcome
     }
@@ -561,16 +529,8 @@ impl<P: Payload> Client<P> {
             for &t in &self.visible {
                 // A tile the planner just found fresh (same generation and tier) is not
                 // classified again.
-                let (memo, generation) = (&self.fresh, self.cache.generation());
-                let known = self
-                    .all_fresh
-                    .as_ref()
-                    .and_then(|a| a.until(t, generation, self.access, now_ms))
-                    .or_else(|| {
-                        (memo.0 == generation && memo.1 == self.access)
-                            .then(|| memo.2.get(&t).copied())
-                            .flatten()
-                    });
+                let generation = self.cache.generation();
+                let known = self.fresh.until(t, generation, self.access, now_ms);
                 #[cfg(test)]
                 let known = known.filter(|_| !self.full_reads);
                 let state = self.cache.read_tile_until(

@@ -165,6 +165,31 @@ fn a_viewport_that_turns_too_wide_cancels_prefetch_and_never_completes() {
     assert!(!c.is_complete());
 }
 
+/// A round that found every tile fresh vouches for them only at the cache generation it
+/// saw: after an invalidation, a read classifies the tile again and finds it missing.
+#[test]
+fn tiles_known_fresh_are_forgotten_when_the_cache_changes() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: PlannerConfig {
+            ring: 0,
+            view_ring: 0.0,
+            lookahead_ms: 0,
+            ..PlannerConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    // Planned again after the answers: every tile it asks about is fresh.
+    let out = c.set_viewport(view(0.9), 1, |_, _| {});
+    assert!(out.complete && out.missing.is_empty());
+    c.invalidate(Invalidate::Tiles(&[seattle()]), 2);
+    let out = c.view_items(2, |_, _| {});
+    assert_eq!(out.missing, [seattle()]);
+    assert!(!out.complete);
+}
+
 #[test]
 fn a_bad_configuration_names_what_disagrees() {
     let mut config = ClientConfig::default();
