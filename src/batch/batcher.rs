@@ -139,12 +139,26 @@ impl Batcher {
         &mut self,
         now_ms: u64,
         access: Access,
+        needed: impl FnMut(&Work) -> bool,
+    ) -> Option<Transmit> {
+        self.poll_with_empty(now_ms, access, needed, None)
+    }
+
+    /// [`poll`](Self::poll), where `empty(tile)`, when given, says a data tile is known to
+    /// hold no items (outside the data's extent): it counts towards a coarse tile's share,
+    /// and a coarse tile asked for with part of its block queued may cover it, since no item
+    /// can come twice from it.
+    pub fn poll_with_empty(
+        &mut self,
+        now_ms: u64,
+        access: Access,
         mut needed: impl FnMut(&Work) -> bool,
+        empty: Option<&dyn Fn(TileId) -> bool>,
     ) -> Option<Transmit> {
         if self.in_flight.len() >= self.config.max_in_flight {
             return None;
         }
-        if let Some(out) = self.take(Kind::Foreground, now_ms, access, &mut needed) {
+        if let Some(out) = self.take(Kind::Foreground, now_ms, access, &mut needed, empty) {
             return Some(out);
         }
         // Prefetch never takes the last free slot, so foreground can always start at once
@@ -158,7 +172,7 @@ impl Batcher {
         if !self.breaker.allows_prefetch(now_ms) {
             return None;
         }
-        let out = self.take(Kind::Prefetch, now_ms, access, &mut needed)?;
+        let out = self.take(Kind::Prefetch, now_ms, access, &mut needed, empty)?;
         self.breaker.sent_prefetch(out.id);
         Some(out)
     }
@@ -170,6 +184,7 @@ impl Batcher {
         now_ms: u64,
         access: Access,
         needed: &mut impl FnMut(&Work) -> bool,
+        empty: Option<&dyn Fn(TileId) -> bool>,
     ) -> Option<Transmit> {
         let queue = std::mem::take(self.queues.of(kind));
         let (mut tiles, mut ids, mut works, mut keep): (
@@ -221,7 +236,8 @@ impl Batcher {
         // `tiles` holds the data tiles of the `Work::Tile`s in `works`, in the same order.
         // A block asked for as a coarse tile while only part of it is queued brings its
         // other data tiles too: only when none of them is in flight or held already
-        // (`needed` says no), or their items would come twice, and none is backing off,
+        // (`needed` says no), or their items would come twice (unless it holds none:
+        // `empty`), and none is backing off,
         // or the coarse tile would ask for it before its delay is over (a view larger than
         // the cache would loop, each answer evicting another visible tile).
         let this = &*self;
@@ -241,11 +257,18 @@ impl Batcher {
                     .is_ok_and(|below| {
                         below.into_iter().all(|d| {
                             queued.contains(d)
+                                || empty.is_some_and(|empty| empty(d))
                                 || (!this.is_tile_in_flight(d)
                                     && this.backoff.ready(d, now_ms)
                                     && needed(&Work::Tile(d)))
                         })
                     })
+            },
+            |block| {
+                let Some(empty) = empty else { return 0 };
+                block
+                    .descendants(data_zoom.unwrap_or(block.z()))
+                    .map_or(0, |below| below.into_iter().filter(|&d| empty(d)).count())
             },
         );
         if request_tiles.len() > self.config.max_tiles {

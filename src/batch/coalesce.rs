@@ -11,6 +11,9 @@ use crate::util::sort_pairs;
 /// holds their items too, fewer request tiles for more items. Such a partly listed
 /// ancestor is chosen only when `partial_ok(ancestor)` says so (the caller refuses one
 /// whose other data tiles it already holds or has asked for: their items would come twice).
+/// `empty_below(ancestor)` counts the ancestor's data tiles known to hold no items (outside
+/// the data's extent; never queued): they count towards its share, and a block made of
+/// queued and empty tiles only is complete.
 ///
 /// Sorted `(u64, u64)` vectors throughout (the one `sort_pairs` of the crate), no hash tables: per level,
 /// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
@@ -26,6 +29,7 @@ pub fn coalesce(
     levels: u8,
     min_share: u8,
     mut partial_ok: impl FnMut(TileId) -> bool,
+    mut empty_below: impl FnMut(TileId) -> usize,
 ) -> (Vec<TileId>, Vec<usize>) {
     // (request tile, position) of each data tile: the tile itself unless an ancestor is complete.
     let mut chosen: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
@@ -49,9 +53,13 @@ pub fn coalesce(
         pairs.dedup();
         let mut complete: Vec<(u64, u64)> = Vec::new();
         for below in pairs.chunk_by(|p, q| p.0 == q.0) {
-            if below.len() >= need
-                && (below.len() == all || partial_ok(TileId::from_packed(below[0].0)))
-            {
+            let block = TileId::from_packed(below[0].0);
+            let listed = if below.len() < all {
+                below.len() + empty_below(block)
+            } else {
+                all
+            };
+            if listed >= need && (listed >= all || partial_ok(block)) {
                 complete.push((below[0].0, 0));
             }
         }

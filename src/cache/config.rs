@@ -2,8 +2,9 @@
 
 use std::fmt;
 
+use super::bounds::{self, WORLD};
 use super::{CacheError, HashMap};
-use crate::tile::MAX_ZOOM;
+use crate::tile::{Bbox, MAX_ZOOM};
 use crate::util::Quoted;
 
 /// Longest item id accepted, in bytes.
@@ -38,6 +39,11 @@ pub struct CacheConfig {
     /// How long after expiry an item or tile list may still be shown, flagged stale, while
     /// it is refetched. Default 0 (off).
     pub stale_while_revalidate_ms: u64,
+    /// The data's extent: a data tile entirely outside it holds no items, so it is never
+    /// asked for and a view over it is complete (see `cache/bounds.rs`). Default
+    /// [`WORLD`](super::WORLD) (every tile may hold items); longitudes in -180..=180 (`west >
+    /// east` crosses the antimeridian), latitudes in -90..=90 with `south <= north`.
+    pub bounds: Bbox,
 }
 
 impl Default for CacheConfig {
@@ -54,6 +60,7 @@ impl Default for CacheConfig {
             ]),
             tile_ttl_ms: None,
             stale_while_revalidate_ms: 0,
+            bounds: WORLD,
         }
     }
 }
@@ -110,7 +117,11 @@ impl CacheConfig {
         if self.tile_ttl_ms == Some(0) {
             return Err(bad("tile_ttl_ms", "Some(0)", "None or at least 1"));
         }
-        Ok(())
+        bounds::check(&self.bounds).map_err(|(field, value, allowed)| CacheError::InvalidBounds {
+            field,
+            value,
+            allowed,
+        })
     }
 
     /// The TTL of an item: the server's, else its class's, else `default_ttl_ms`.

@@ -15,6 +15,14 @@ pub enum CacheError {
         value: String,
         allowed: &'static str,
     },
+    /// A bound of [`CacheConfig::bounds`](super::CacheConfig::bounds) is out of range (its
+    /// own variant so that the value stays a number until the message is written).
+    #[error("cache config {field} must be {allowed}, got {value}")]
+    InvalidBounds {
+        field: &'static str,
+        value: f64,
+        allowed: &'static str,
+    },
     /// A membership tile is finer than the cache's data zoom.
     #[error(
         "tile {tile} is finer than the cache's data zoom {tile_zoom}: \

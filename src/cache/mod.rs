@@ -6,7 +6,8 @@
 //!
 //! [`ItemCache`] is defined here; its parts live beside it: `config.rs` ([`CacheConfig`]),
 //! `items.rs` (the item LRU with visible-item protection), `tiles.rs` (the tile index and
-//! [`TileFreshness`]), `invalidate.rs` (removal on purpose and expiry), `stats.rs`
+//! [`TileFreshness`]), `bounds.rs` (the data's extent, outside which tiles hold no items),
+//! `invalidate.rs` (removal on purpose and expiry), `stats.rs`
 //! ([`CacheStats`]) and `error.rs` ([`CacheError`]).
 //!
 //! ```
@@ -33,6 +34,7 @@
 //! assert_eq!(shown, ["payload"]);
 //! ```
 
+mod bounds;
 mod config;
 mod error;
 mod invalidate;
@@ -43,6 +45,7 @@ mod stats;
 mod tests;
 mod tiles;
 
+pub use bounds::WORLD;
 pub use config::{CacheConfig, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
 pub use error::CacheError;
 pub use invalidate::Invalidate;
@@ -52,6 +55,7 @@ pub use items::{
 pub use stats::CacheStats;
 pub use tiles::{Refresh, TileFreshness};
 
+use bounds::DataBounds;
 use key::ItemKey;
 use std::fmt;
 
@@ -119,6 +123,8 @@ fn next_change(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> u64 {
 /// are the last to go.
 pub struct ItemCache<P> {
     config: CacheConfig,
+    /// `config.bounds` at the data zoom.
+    bounds: DataBounds,
     items: LruCache<ItemKey, CacheItem<P>>,
     bytes: usize,
     tiles: LruCache<TileId, TileEntry>,
@@ -155,6 +161,7 @@ impl<P> ItemCache<P> {
     pub fn new(config: CacheConfig) -> Result<Self, CacheError> {
         config.validate()?;
         Ok(ItemCache {
+            bounds: DataBounds::new(&config.bounds, config.tile_zoom),
             config,
             items: LruCache::unbounded(),
             bytes: 0,

@@ -312,9 +312,39 @@ impl<P> ItemCache<P> {
             return TileFreshness::Unknown;
         }
         match self.tiles.peek(&tile) {
+            _ if self.outside_bounds(tile) => TileFreshness::Fresh,
             Some(e) => self.classify(e, caller, now_ms, until),
             None => TileFreshness::Unknown,
         }
+    }
+
+    /// Whether [`CacheConfig::bounds`](super::CacheConfig::bounds) leaves out any data tile.
+    pub fn has_bounds(&self) -> bool {
+        self.bounds.excludes_any()
+    }
+
+    /// Whether data tile `tile` lies outside [`CacheConfig::bounds`](super::CacheConfig::bounds)
+    /// and the index lists no item there: it holds no items, known without asking, so it is
+    /// [`Fresh`](TileFreshness::Fresh) for every tier and for ever. Does not touch LRU order
+    /// or counters.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemCache, TileFreshness};
+    /// use tilewarm::tile::{Bbox, TileId};
+    /// // King County's homes.
+    /// let bounds = Bbox::new(-122.52, 47.15, -121.31, 47.78).unwrap();
+    /// let cache: ItemCache<()> = ItemCache::new(CacheConfig { bounds, ..CacheConfig::default() }).unwrap();
+    /// let paris = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+    /// let seattle = TileId::from_lon_lat(-122.33, 47.61, 14).unwrap();
+    /// assert!(cache.outside_bounds(paris) && !cache.outside_bounds(seattle));
+    /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Fresh);
+    /// assert_eq!(cache.tile_freshness(seattle, Access::Public, 0), TileFreshness::Unknown);
+    /// ```
+    pub fn outside_bounds(&self, tile: TileId) -> bool {
+        tile.z() == self.config.tile_zoom
+            && self.bounds.excludes(tile)
+            && self.tiles.peek(&tile).is_none_or(|e| e.ids.is_empty())
     }
 
     /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index

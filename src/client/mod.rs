@@ -572,9 +572,15 @@ impl<P: Payload> Client<P> {
     /// The next batch request to send, if one may go out now. Call until `None`.
     pub fn poll_request(&mut self, now_ms: u64) -> Option<Transmit> {
         let (cache, access) = (&self.cache, self.access);
-        let out = self.batcher.poll(now_ms, access, |w| {
-            cache.tile_freshness(w.tile(), access, now_ms) != TileFreshness::Fresh
-        })?;
+        let empty = |t| cache.outside_bounds(t);
+        let out = self.batcher.poll_with_empty(
+            now_ms,
+            access,
+            |w| cache.tile_freshness(w.tile(), access, now_ms) != TileFreshness::Fresh,
+            cache
+                .has_bounds()
+                .then_some(&empty as &dyn Fn(TileId) -> bool),
+        )?;
         self.request_access.push((out.id, access));
         Some(out)
     }

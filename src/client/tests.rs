@@ -575,3 +575,114 @@ mod fast_path {
         assert!(!out.unchanged && m == out.items);
     }
 }
+
+/// `CacheConfig::bounds` set to the west part of the origin's block: only the data tiles
+/// touching it are asked for, a view's tiles outside it are complete and empty, and a
+/// coarse request tile over the extent's edge still goes out (its outside tiles count
+/// towards its share). The origin has items outside too (bounds set too tight), so
+/// asking for an outside tile, or showing one, would show here.
+#[test]
+fn tiles_outside_the_data_bounds_are_never_asked_for_and_complete_empty() {
+    let o = origin();
+    let base = seattle();
+    // East edge in the middle of the column west of Seattle's tile.
+    let (east, _) = unproject(
+        TilePoint {
+            x: base.x() as f64 - 0.5,
+            y: 0.0,
+        },
+        Z,
+    );
+    let bounds = crate::tile::Bbox::new(-123.0, 47.0, east, 48.0).unwrap();
+    let config = |levels: u8| {
+        let mut c = ClientConfig {
+            planner: PlannerConfig {
+                ring: 0,
+                view_ring: 0.0,
+                lookahead_ms: 0,
+                ..PlannerConfig::default()
+            },
+            batch: BatchConfig {
+                coalesce_levels: levels,
+                coalesce_min_share: 100,
+                ..BatchConfig::default()
+            },
+            ..ClientConfig::default()
+        };
+        c.cache.bounds = bounds;
+        c
+    };
+    let mut c = client(config(0));
+    // A 3 x 3 view: columns -1, 0 and 1 around Seattle's; only column -1 is inside.
+    let out = c.set_viewport(view(2.0), 0, |_, _| {});
+    assert_eq!(out.visible, 9);
+    let inside: Vec<TileId> = (-1..=1).map(|dy| base.offset(-1, dy).unwrap()).collect();
+    let mut missing = out.missing.clone();
+    missing.sort();
+    assert_eq!(
+        missing, inside,
+        "only the tiles touching the bounds are missing"
+    );
+    let t = c.poll_request(0).expect("a request for the inside tiles");
+    let mut asked = t.request.tiles.clone();
+    asked.sort();
+    assert_eq!(asked, inside);
+    assert!(c.poll_request(0).is_none(), "nothing else asked for");
+    c.on_response(t.id, o.answer(&t.request, None), 0);
+    let mut shown = 0;
+    let out = c.set_viewport(view(2.0), 1, |_, _| shown += 1);
+    assert!(out.complete && out.missing.is_empty());
+    assert_eq!(shown, 12, "the inside column's items, none from outside");
+    let outside = base.offset(1, 0).unwrap();
+    assert_eq!(c.tile_state(outside, 1), TileState::Loaded);
+
+    // A view entirely outside is complete at once, with nothing to ask for.
+    let mut c = client(config(0));
+    let east_view = view(1.0).bbox;
+    let shift = |lon: f64| lon + 2.0 * (east_view.east - east_view.west);
+    let vp = Viewport::new(
+        shift(east_view.west),
+        east_view.south,
+        shift(east_view.east),
+        east_view.north,
+        14.5,
+    )
+    .unwrap();
+    let out = c.set_viewport(vp, 0, |_, _| {});
+    assert!(out.complete && out.visible > 0 && out.items == 0);
+    assert!(c.poll_request(0).is_none());
+
+    // Coarse request tiles (2 zooms up, whole blocks only), the bounds' south-east corner
+    // in Seattle's tile: of Seattle's zoom-12 block only the view's three tiles in
+    // Seattle's column touch the bounds, so the block is asked for as one tile, since its
+    // other tiles hold nothing. The column to the west is in a block whose other tiles are
+    // inside: those go out as data tiles.
+    let (east, south) = unproject(
+        TilePoint {
+            x: base.x() as f64 + 0.5,
+            y: base.y() as f64 + 1.5,
+        },
+        Z,
+    );
+    let mut cfg = config(2);
+    cfg.cache.bounds = crate::tile::Bbox::new(-123.0, south, east, 48.0).unwrap();
+    let mut c = client(cfg);
+    c.set_viewport(view(2.0), 0, |_, _| {});
+    let t = c.poll_request(0).expect("a request");
+    let block = base.ancestor(Z - 2).unwrap();
+    assert_eq!(
+        block
+            .descendants(Z)
+            .unwrap()
+            .iter()
+            .filter(|&&d| !c.cache.outside_bounds(d))
+            .count(),
+        3
+    );
+    let mut asked = t.request.tiles.clone();
+    asked.sort();
+    let mut want: Vec<TileId> = (-1..=1).map(|dy| base.offset(-1, dy).unwrap()).collect();
+    want.push(block);
+    want.sort();
+    assert_eq!(asked, want);
+}

@@ -8,7 +8,7 @@ fn grouped(tiles: &[TileId], levels: u8) -> Vec<(TileId, Vec<TileId>)> {
 
 /// [`grouped`] with a `min_share` (percent of a block's data tiles listed).
 fn grouped_at(tiles: &[TileId], levels: u8, min_share: u8) -> Vec<(TileId, Vec<TileId>)> {
-    let (request_tiles, group_of) = coalesce(tiles, levels, min_share, |_| true);
+    let (request_tiles, group_of) = coalesce(tiles, levels, min_share, |_| true, |_| 0);
     assert_eq!(group_of.len(), tiles.len());
     let mut groups: Vec<(TileId, Vec<TileId>)> =
         request_tiles.into_iter().map(|t| (t, Vec::new())).collect();
@@ -87,11 +87,17 @@ fn a_share_of_a_block_is_enough_when_the_caller_agrees() {
     assert_eq!(groups.len(), 2);
     assert!(groups.iter().all(|(t, m)| t.z() == 13 && m.len() == 4));
     // The caller refuses the partly listed block: its quarters are complete, so they go.
-    let (request_tiles, _) = coalesce(&block[..8], 2, 50, |a| a != parent);
+    let (request_tiles, _) = coalesce(&block[..8], 2, 50, |a| a != parent, |_| 0);
     assert_eq!(request_tiles.len(), 2);
     assert!(request_tiles.iter().all(|t| t.z() == 13));
     // A complete block never asks the caller.
-    let (request_tiles, _) = coalesce(&block, 2, 50, |_| panic!("asked for a complete block"));
+    let (request_tiles, _) = coalesce(
+        &block,
+        2,
+        50,
+        |_| panic!("asked for a complete block"),
+        |_| 0,
+    );
     assert_eq!(request_tiles, vec![parent]);
     // 1% of 16 is one tile: any listed tile stands for its block.
     assert_eq!(
@@ -135,7 +141,7 @@ proptest::proptest! {
                 None => want.push((chosen, vec![t])),
             }
         }
-        let (request_tiles, group_of) = coalesce(&tiles, levels, min_share, accepts);
+        let (request_tiles, group_of) = coalesce(&tiles, levels, min_share, accepts, |_| 0);
         let mut got: Vec<(TileId, Vec<TileId>)> =
             request_tiles.into_iter().map(|t| (t, Vec::new())).collect();
         for (&t, &g) in tiles.iter().zip(&group_of) {

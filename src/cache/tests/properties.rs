@@ -106,6 +106,7 @@ fn config(swr: u64) -> CacheConfig {
         class_ttl_ms: HashMap::from([("active".into(), 300), ("off_market".into(), 1_000)]),
         tile_ttl_ms: None,
         stale_while_revalidate_ms: swr,
+        bounds: crate::cache::WORLD,
     }
 }
 

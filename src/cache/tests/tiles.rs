@@ -1,4 +1,5 @@
 use super::*;
+use crate::tile::Bbox;
 
 #[test]
 fn tile_states_fresh_partial_and_unknown() {
@@ -394,4 +395,68 @@ fn read_tile_refreshes_item_recency() {
     c.read_tile(t, Access::Public, 0, |_, _| {});
     put(&mut c, "d", tile(1, 1), 1, Priority::Visible);
     assert_eq!(held(&c), ["a", "c", "d"]);
+}
+
+/// Bounds: a data tile outside is fresh and empty for every tier, at any time, and reads
+/// nothing; one the backend answered with items anyway (bounds set too tight) is the
+/// index's like any other, so it expires and is refetched; a bad bound is refused.
+#[test]
+fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
+    let inside = tile(0, 0);
+    let (west, north) = unproject(inside.centre(), Z);
+    let bounds = Bbox::new(west - 0.001, north - 0.001, west, north).unwrap();
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        bounds,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let (outside, listed) = (tile(3, 0), tile(0, 3));
+    assert!(c.has_bounds());
+    assert!(!c.outside_bounds(inside) && c.outside_bounds(outside));
+    assert_eq!(
+        c.tile_freshness(inside, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    for (caller, now) in [(Access::Public, 0), (Access::Agent, u64::MAX / 2)] {
+        assert_eq!(c.tile_freshness(outside, caller, now), TileFreshness::Fresh);
+    }
+    let mut n = 0;
+    assert_eq!(
+        c.read_tile(outside, Access::Public, 0, |_, _| n += 1),
+        TileFreshness::Fresh
+    );
+    assert_eq!(n, 0);
+    // Not a data-zoom tile: not this rule's.
+    assert!(!c.outside_bounds(outside.parent().unwrap()));
+
+    put(&mut c, "x", listed, 1, Priority::Visible);
+    c.insert_tile(listed, &["x"], Some(1_000), Access::Public, 0)
+        .unwrap();
+    assert!(!c.outside_bounds(listed));
+    let mut n = 0;
+    c.read_tile(listed, Access::Public, 0, |_, _| n += 1);
+    assert_eq!(n, 1);
+    assert!(!c
+        .tile_freshness(listed, Access::Public, 2_000)
+        .is_showable());
+    // An empty list outside stays the bounds' (fresh for ever).
+    c.insert_tile(outside, &[], Some(1_000), Access::Public, 0)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(outside, Access::Public, 5_000),
+        TileFreshness::Fresh
+    );
+
+    let bad = CacheConfig {
+        bounds: Bbox {
+            south: 50.0,
+            ..bounds
+        },
+        ..CacheConfig::default()
+    };
+    assert_eq!(
+        ItemCache::<u32>::new(bad).unwrap_err().to_string(),
+        "cache config bounds.south must be a latitude in -90..=90, south not above north, got 50"
+    );
+    assert!(!small(1, 1).has_bounds());
 }

@@ -1,0 +1,138 @@
+//! The data's extent ([`CacheConfig::bounds`](super::CacheConfig::bounds)): a data tile
+//! entirely outside it holds no items, which the cache knows without asking, as a map
+//! library knows from a source's `bounds` (TileJSON, MapLibre) or a layer's `extent`
+//! (deck.gl, OpenLayers) not to request tiles there.
+//!
+//! Such a tile is fresh and empty for every tier and for ever: no view waits for it, the
+//! planner has no work for it, and a coarse request tile may cover it (no item can come
+//! twice from a tile that holds none). A tile whose list the backend answered with items
+//! anyway (bounds set too tight) is the index's like any other.
+
+use crate::tile::{cover_range, Bbox, CoverRange, TileId};
+
+/// The whole world: the default, under which every tile may hold items.
+pub const WORLD: Bbox = Bbox {
+    west: -180.0,
+    south: -90.0,
+    east: 180.0,
+    north: 90.0,
+};
+
+/// What a bound must be, as the config check says it.
+pub(super) const LONGITUDE: &str = "a longitude in -180..=180";
+/// What a latitude bound must be.
+pub(super) const LATITUDE: &str = "a latitude in -90..=90, south not above north";
+
+/// The data tiles that touch the data's extent, at the cache's data zoom; `None` when that
+/// is every tile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct DataBounds(Option<CoverRange>);
+
+impl DataBounds {
+    /// The bounds of a checked config (see [`check`]) at data zoom `z`.
+    pub(super) fn new(bounds: &Bbox, z: u8) -> DataBounds {
+        let range = cover_range(bounds, z).ok();
+        let every = range.is_none_or(|r| r.count() == (1u64 << z) * (1u64 << z));
+        DataBounds(if every { None } else { range })
+    }
+
+    /// Whether some data tile lies outside the extent.
+    pub(super) fn excludes_any(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether data tile `tile` (at the data zoom) lies entirely outside the extent.
+    #[inline]
+    pub(super) fn excludes(&self, tile: TileId) -> bool {
+        self.0.is_some_and(|r| !r.contains(tile))
+    }
+}
+
+/// Checks a configured extent: the name of the bad field and what it must be.
+pub(super) fn check(b: &Bbox) -> Result<(), (&'static str, f64, &'static str)> {
+    for (field, v) in [("bounds.west", b.west), ("bounds.east", b.east)] {
+        if !(-180.0..=180.0).contains(&v) {
+            return Err((field, v, LONGITUDE));
+        }
+    }
+    for (field, v) in [("bounds.south", b.south), ("bounds.north", b.north)] {
+        if !(-90.0..=90.0).contains(&v) {
+            return Err((field, v, LATITUDE));
+        }
+    }
+    if b.south > b.north {
+        return Err(("bounds.south", b.south, LATITUDE));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bbox(west: f64, south: f64, east: f64, north: f64) -> Bbox {
+        Bbox {
+            west,
+            south,
+            east,
+            north,
+        }
+    }
+
+    #[test]
+    fn the_world_excludes_nothing() {
+        assert_eq!(DataBounds::new(&WORLD, 14), DataBounds(None));
+        assert_eq!(DataBounds::new(&WORLD, 0), DataBounds(None));
+        let t = TileId::from_lon_lat(179.9, -85.0, 14).unwrap();
+        assert!(!DataBounds::new(&WORLD, 14).excludes(t));
+    }
+
+    #[test]
+    fn tiles_touching_the_extent_are_inside() {
+        // King County's homes.
+        let b = DataBounds::new(&bbox(-122.519, 47.1559, -121.315, 47.7776), 14);
+        let seattle = TileId::from_lon_lat(-122.3321, 47.6062, 14).unwrap();
+        assert!(!b.excludes(seattle));
+        // The corners' own tiles are inside; one tile further is outside.
+        let nw = TileId::from_lon_lat(-122.519, 47.7776, 14).unwrap();
+        assert!(!b.excludes(nw));
+        let west = TileId::new(14, nw.x() - 1, nw.y()).unwrap();
+        let north = TileId::new(14, nw.x(), nw.y() - 1).unwrap();
+        assert!(b.excludes(west) && b.excludes(north));
+        let paris = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        assert!(b.excludes(paris));
+    }
+
+    #[test]
+    fn an_extent_across_the_antimeridian_wraps() {
+        // Fiji: west 177, east -178.
+        let b = DataBounds::new(&bbox(177.0, -19.0, -178.0, -16.0), 10);
+        for lon in [177.5, 179.9, -179.9, -178.5] {
+            let t = TileId::from_lon_lat(lon, -17.5, 10).unwrap();
+            assert!(!b.excludes(t), "{lon}");
+        }
+        let t = TileId::from_lon_lat(170.0, -17.5, 10).unwrap();
+        assert!(b.excludes(t));
+    }
+
+    #[test]
+    fn check_names_the_bad_bound() {
+        assert_eq!(check(&WORLD), Ok(()));
+        assert_eq!(
+            check(&bbox(-181.0, 0.0, 0.0, 1.0)),
+            Err(("bounds.west", -181.0, LONGITUDE))
+        );
+        assert_eq!(
+            check(&bbox(0.0, 0.0, f64::NAN, 1.0)).map_err(|e| e.0),
+            Err("bounds.east")
+        );
+        assert_eq!(
+            check(&bbox(0.0, -91.0, 1.0, 1.0)),
+            Err(("bounds.south", -91.0, LATITUDE))
+        );
+        assert_eq!(
+            check(&bbox(0.0, 2.0, 1.0, 1.0)),
+            Err(("bounds.south", 2.0, LATITUDE))
+        );
+    }
+}
