@@ -90,20 +90,22 @@ export const FLAGS = ['breakerOpen'];
 /** The options: top-level names (groups at their first member's place), each group's
  * members, and the numeric options' paths in the order `new Engine` takes their values. */
 export const OPTIONS = [
-  'endpoint', 'tileZoom', 'tileSize', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes',
-  'ttl', 'prefetch', 'batch', 'access', 'headers', 'auth', 'fetch', 'now',
+  'endpoint', 'tileZoom', 'tileSize', 'minZoom', 'maxVisibleTiles', 'bounds', 'maxItems',
+  'maxBytes', 'ttl', 'prefetch', 'batch', 'access', 'headers', 'auth', 'fetch', 'now',
 ];
 export const GROUPS = {
+  bounds: ['west', 'south', 'east', 'north'],
   ttl: ['default', 'byClass', 'staleWhileRevalidate'],
   prefetch: ['ring', 'lookaheadMs', 'maxTilesPerRound', 'viewRing', 'budgetPerVisible', 'warmBelowMinZoom'],
   batch: ['maxTiles', 'maxIds', 'maxInFlight', 'timeoutMs', 'retries', 'coalesceLevels', 'coalesceMinShare'],
 };
 export const NUMBERS = [
-  'tileZoom', 'minZoom', 'maxVisibleTiles', 'maxItems', 'maxBytes', 'ttl.default',
-  'ttl.staleWhileRevalidate', 'prefetch.ring', 'prefetch.lookaheadMs',
-  'prefetch.maxTilesPerRound', 'prefetch.viewRing', 'prefetch.budgetPerVisible',
-  'prefetch.warmBelowMinZoom', 'batch.maxTiles', 'batch.maxIds', 'batch.maxInFlight',
-  'batch.timeoutMs', 'batch.retries', 'batch.coalesceLevels', 'batch.coalesceMinShare',
+  'tileZoom', 'minZoom', 'maxVisibleTiles', 'bounds.west', 'bounds.south', 'bounds.east',
+  'bounds.north', 'maxItems', 'maxBytes', 'ttl.default', 'ttl.staleWhileRevalidate',
+  'prefetch.ring', 'prefetch.lookaheadMs', 'prefetch.maxTilesPerRound', 'prefetch.viewRing',
+  'prefetch.budgetPerVisible', 'prefetch.warmBelowMinZoom', 'batch.maxTiles', 'batch.maxIds',
+  'batch.maxInFlight', 'batch.timeoutMs', 'batch.retries', 'batch.coalesceLevels',
+  'batch.coalesceMinShare',
 ];
 
 /** Largest response body read, in bytes (the protocol's `Limits::max_body_bytes`). */

@@ -129,6 +129,24 @@ export interface TileCacheOptions {
    * nothing is fetched for it and the cached items in it are still returned. Default 1024.
    */
   maxVisibleTiles?: number;
+  bounds?: {
+    /**
+     * The data's extent, like a map source's `bounds`: a data tile entirely outside it holds no
+     * items, so it is never asked for and a view over it is complete. West edge: a number in
+     * -180..=180 (west above east crosses the antimeridian). The default, the whole world,
+     * leaves every tile to the backend. Default -180.
+     */
+    west?: number;
+    /**
+     * South edge of the data's extent: a number in -90..=90, not above `bounds.north`. Default
+     * -90.
+     */
+    south?: number;
+    /** East edge of the data's extent: a number in -180..=180. Default 180. */
+    east?: number;
+    /** North edge of the data's extent: a number in -90..=90. Default 90. */
+    north?: number;
+  };
   /** Most items held: an integer in 1..=10000000. Default 50000. */
   maxItems?: number;
   /**

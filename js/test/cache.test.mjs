@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TileCache } from 'tilewarm';
 import * as raw from 'tilewarm/raw';
-import { startBackend, viewOf, tileOf, SEATTLE } from './support/backend.mjs';
+import { startBackend, viewOf, tileOf, tileCorner, SEATTLE } from './support/backend.mjs';
 
 const [, SX, SY] = SEATTLE;
 let backend;
@@ -78,6 +78,42 @@ test('cold viewport: one foreground request for every visible tile, then onUpdat
   assert.deepEqual(it.data, backend.byId.get(it.id).data);
   assert.deepEqual(Object.keys(it).sort(), ['access', 'class', 'data', 'id', 'lat', 'lon', 'stale']);
   assert.equal(foreground(cache), 1, 'a cached view sends nothing in the foreground');
+  cache.dispose();
+});
+
+test('bounds: tiles outside the data\'s extent are never asked for and a view over them is complete', async () => {
+  fresh();
+  // The extent ends in the middle of the view's first column (the backend has items
+  // further east too, so a tile asked for or shown from there would show here).
+  const [west, north] = tileCorner(14, SX - 4, SY - 4);
+  const [east, south] = tileCorner(14, SX + 0.5, SY + 6);
+  const cache = await make({
+    bounds: { west, south, east, north },
+    prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 },
+    batch: { coalesceLevels: 0 },
+  });
+  const v = viewOf(SX, SY, 3, 2);
+  const inside = [`14/${SX}/${SY}`, `14/${SX}/${SY + 1}`];
+  const first = cache.setViewport(v);
+  assert.deepEqual(first.missingTiles.sort(), inside.sort());
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  const asked = backend.requests.flatMap((r) => r.tiles);
+  const outside = asked.filter((t) => Number(t.split('/')[1]) > SX);
+  assert.deepEqual(outside, [], 'nothing east of the extent is asked for, in view or around it');
+  assert.ok(asked.includes(`14/${SX - 1}/${SY}`), 'the ring inside the extent is prefetched');
+  const again = cache.setViewport(v);
+  assert.equal(again.complete, true);
+  const want = new Set(inside.flatMap((t) => backend.tileItems(t, 'public').map((i) => i.id)));
+  assert.deepEqual(ids(again.items), [...want].sort());
+  assert.deepEqual(cache.tileStates([`14/${SX + 2}/${SY}`]), ['loaded']);
+  // A view entirely outside is complete at once, with no request.
+  const before = backend.requests.length;
+  const away = cache.setViewport(viewOf(SX + 4, SY));
+  assert.equal(away.complete, true);
+  assert.deepEqual(away.items, []);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(backend.requests.length, before);
   cache.dispose();
 });
 

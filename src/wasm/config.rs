@@ -86,6 +86,20 @@ pub(crate) fn client_config_sized(
         }
     }
     c.batch.seed = seed;
+    // Each bound is in range; together, the box must not be upside down.
+    if c.cache.bounds.south > c.cache.bounds.north {
+        let parts = [
+            "bounds.south must not be above bounds.north, got bounds.south ",
+            "bounds.south",
+            " and bounds.north ",
+            "bounds.north",
+        ];
+        return Err(ArgError {
+            kind: ErrorClass::Range,
+            code: Code::OutOfRange,
+            parts: parts.map(String::from).to_vec(),
+        });
+    }
     if let Some(classes) = classes {
         c.cache.class_ttl_ms.clear();
         for (name, v) in classes {
@@ -233,6 +247,39 @@ mod tests {
         assert_eq!(c.cache.class_ttl_ms.len(), 1);
         assert_eq!(c.cache.class_ttl_ms["sold"], 2000);
         assert_eq!(c.access, Access::Agent);
+    }
+
+    #[test]
+    fn bounds_land_in_the_cache_and_must_not_be_upside_down() {
+        let undef = Value::Undefined;
+        let mut values = unset();
+        let c = client_config(&values, None, &undef, 0).unwrap();
+        assert_eq!(c.cache.bounds, crate::cache::WORLD);
+        for (path, v) in [
+            ("bounds.west", -122.5),
+            ("bounds.south", 47.1),
+            ("bounds.east", -121.3),
+            ("bounds.north", 47.8),
+        ] {
+            values[at(path)] = Value::Number(v);
+        }
+        let c = client_config(&values, None, &undef, 0).unwrap();
+        assert_eq!(
+            c.cache.bounds,
+            crate::tile::Bbox::new(-122.5, 47.1, -121.3, 47.8).unwrap()
+        );
+        values[at("bounds.south")] = Value::Number(48.0);
+        let e = client_config(&values, None, &undef, 0).unwrap_err();
+        assert_eq!(e.kind, ErrorClass::Range);
+        assert_eq!(
+            e.parts,
+            [
+                "bounds.south must not be above bounds.north, got bounds.south ",
+                "bounds.south",
+                " and bounds.north ",
+                "bounds.north"
+            ]
+        );
     }
 
     #[test]

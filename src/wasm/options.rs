@@ -26,7 +26,7 @@ pub(crate) struct Range {
 impl Range {
     /// What is allowed, as a message says it: `an integer in 1..=64`.
     pub fn allowed(&self) -> String {
-        format!("{} in {}..={}", self.what, self.lo as u64, self.hi as u64)
+        format!("{} in {}..={}", self.what, self.lo as i64, self.hi as i64)
     }
 
     /// Whether `n` is in range (NaN is not; an infinity is not an integer).
@@ -156,7 +156,7 @@ const fn other(
 /// Every option, in the order the docs list them; a group (`ttl.`, `prefetch.`, `batch.`)
 /// is an object option at its first member's place. The numbers go to `Engine::new` in
 /// this order.
-pub(crate) const OPTIONS: [Opt; 28] = [
+pub(crate) const OPTIONS: [Opt; 32] = [
     other(
         "endpoint",
         Check::Shell,
@@ -195,6 +195,37 @@ pub(crate) const OPTIONS: [Opt; 28] = [
         |c, v| c.planner.max_visible_tiles = v as usize,
         "Most data tiles a view may cover: {allowed}. A wider view is `tooWide`: nothing is \
          fetched for it and the cached items in it are still returned.",
+    ),
+    number(
+        "bounds.west",
+        real(-180.0, 180.0),
+        |c| c.cache.bounds.west,
+        |c, v| c.cache.bounds.west = v,
+        "The data's extent, like a map source's `bounds`: a data tile entirely outside it \
+         holds no items, so it is never asked for and a view over it is complete. West \
+         edge: {allowed} (west above east crosses the antimeridian). The default, the \
+         whole world, leaves every tile to the backend.",
+    ),
+    number(
+        "bounds.south",
+        real(-90.0, 90.0),
+        |c| c.cache.bounds.south,
+        |c, v| c.cache.bounds.south = v,
+        "South edge of the data's extent: {allowed}, not above `bounds.north`.",
+    ),
+    number(
+        "bounds.east",
+        real(-180.0, 180.0),
+        |c| c.cache.bounds.east,
+        |c, v| c.cache.bounds.east = v,
+        "East edge of the data's extent: {allowed}.",
+    ),
+    number(
+        "bounds.north",
+        real(-90.0, 90.0),
+        |c| c.cache.bounds.north,
+        |c, v| c.cache.bounds.north = v,
+        "North edge of the data's extent: {allowed}.",
     ),
     number(
         "maxItems",
