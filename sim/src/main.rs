@@ -127,6 +127,10 @@ struct RunArgs {
     /// for (batch coalesce_min_share) [default: 50]
     #[arg(long, value_name = "PCT")]
     coalesce_min_share: Option<u8>,
+    /// The data's extent every policy's client is given (CacheConfig bounds): none, data
+    /// (the data set's own extent) or WEST,SOUTH,EAST,NORTH [default: none]
+    #[arg(long, value_name = "SPEC")]
+    bounds: Option<String>,
     /// tilewarm policy: ring width [default: 1]
     #[arg(long, value_name = "N")]
     tw_ring: Option<u32>,
@@ -290,6 +294,29 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     } else {
         tilewarm::dataset::load_path(Path::new(&data)).map_err(|e| format!("{data}: {e}"))?
     };
+    cfg.bounds = match a.bounds.as_deref() {
+        None | Some("none") => tilewarm::cache::WORLD,
+        Some("data") => sim::extent_of(&items),
+        Some(spec) => {
+            let v: Vec<f64> = spec
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect();
+            let [w, s, e, n] = v[..] else {
+                return Err(format!(
+                    "--bounds must be none, data or WEST,SOUTH,EAST,NORTH, got {spec:?}"
+                ));
+            };
+            tilewarm::tile::Bbox::new(w, s, e, n).map_err(|e| format!("--bounds: {e}"))?
+        }
+    };
+    let bounds_check = tilewarm::cache::CacheConfig {
+        bounds: cfg.bounds,
+        ..Default::default()
+    };
+    bounds_check
+        .validate()
+        .map_err(|e| format!("--bounds: {e}"))?;
     let origin = sim::origin_from(items);
     let metrics = sim::run_all(&policies, &sessions, &origin, &cfg);
     let report = Report {

@@ -30,6 +30,9 @@ pub struct ConfigSummary {
     pub tilewarm_history_ms: u64,
     pub tilewarm_max_tiles_per_round: usize,
     pub tilewarm_max_lead_viewports: f64,
+    /// The data's extent the clients were given, `[west, south, east, north]`; `None`:
+    /// the whole world.
+    pub bounds: Option<[f64; 4]>,
 }
 
 impl ConfigSummary {
@@ -46,6 +49,12 @@ impl ConfigSummary {
             tilewarm_history_ms: c.tilewarm.history_ms,
             tilewarm_max_tiles_per_round: c.tilewarm.max_tiles_per_round,
             tilewarm_max_lead_viewports: c.tilewarm.max_lead_viewports,
+            bounds: (c.bounds != tilewarm::cache::WORLD).then_some([
+                c.bounds.west,
+                c.bounds.south,
+                c.bounds.east,
+                c.bounds.north,
+            ]),
         }
     }
 }
@@ -61,7 +70,7 @@ pub fn markdown(r: &Report) -> String {
     let empty = r.policies.first().map_or(0, |m| m.viewports_empty);
     s.push_str(&format!(
         "**{}** — trace `{}`, data `{}`: {} sessions, {} viewports ({} with data tiles in view, {} below min zoom). \
-Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {} tiles/request.\n\n",
+Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {} tiles/request{}.\n\n",
         r.label,
         r.trace,
         r.data,
@@ -75,6 +84,10 @@ Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {}
         r.config.min_zoom,
         r.config.max_in_flight,
         r.config.max_tiles_per_request,
+        match r.config.bounds {
+            Some([w, s, e, n]) => format!("; data bounds {w}, {s}, {e}, {n} (every policy)"),
+            None => String::new(),
+        },
     ));
     s.push_str(
         "| policy | viewport hit | item hit | TTC p50 | TTC p90 | abandoned | fg requests | requests | items fetched | MB | prefetched tiles | prefetch waste |\n",

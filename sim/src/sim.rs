@@ -25,7 +25,7 @@ use tilewarm::client::{Client, ClientConfig, Payload};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
 use tilewarm::protocol::{BatchRequest, BatchResponse};
-use tilewarm::tile::TileId;
+use tilewarm::tile::{Bbox, TileId};
 
 use crate::trace::Session;
 
@@ -40,6 +40,28 @@ impl Payload for Size {
 }
 
 /// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
+/// The extent of `items` (the smallest box holding every one), for `--bounds data`; the
+/// whole world when there are none.
+pub fn extent_of<D>(items: &[OriginItem<D>]) -> Bbox {
+    let mut b = Bbox {
+        west: f64::INFINITY,
+        south: f64::INFINITY,
+        east: f64::NEG_INFINITY,
+        north: f64::NEG_INFINITY,
+    };
+    for it in items {
+        b.west = b.west.min(it.lon);
+        b.east = b.east.max(it.lon);
+        b.south = b.south.min(it.lat);
+        b.north = b.north.max(it.lat);
+    }
+    if b.west > b.east {
+        tilewarm::cache::WORLD
+    } else {
+        b
+    }
+}
+
 pub fn origin_from(items: Vec<OriginItem<tilewarm::protocol::RawData>>) -> Origin<Size> {
     let items = items
         .into_iter()
@@ -114,6 +136,9 @@ pub struct SimConfig {
     pub slow_share: f64,
     /// How late a slow answer is, ms (default 5000, past the batcher's 3000 ms timeout).
     pub slow_ms: u64,
+    /// The data's extent every policy's client is given (`CacheConfig::bounds`; default
+    /// the whole world: none).
+    pub bounds: Bbox,
 }
 
 impl Default for SimConfig {
@@ -130,6 +155,7 @@ impl Default for SimConfig {
             slow_share: 0.0,
             slow_ms: 5000,
             access: Access::Public,
+            bounds: tilewarm::cache::WORLD,
         }
     }
 }
@@ -182,13 +208,15 @@ impl SimConfig {
     }
 
     fn client_config(&self, policy: Policy) -> ClientConfig {
-        ClientConfig {
+        let mut c = ClientConfig {
             planner: self.planner_for(policy),
             batch: self.batch_for(policy),
             access: self.access,
             ..ClientConfig::default()
         }
-        .with_tile_zoom(self.tile_zoom)
+        .with_tile_zoom(self.tile_zoom);
+        c.cache.bounds = self.bounds;
+        c
     }
 
     fn latency(&self, items: usize) -> u64 {

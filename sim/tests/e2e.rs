@@ -80,6 +80,48 @@ fn policies_see_the_same_viewports_and_keep_the_guaranteed_relations() {
     assert_eq!(ms, again);
 }
 
+/// `--bounds data`: the clients know the data's extent, so tiles outside are never asked
+/// for. No item is lost by it: the policy that fetches every visible tile every time
+/// fetches the same items, and every policy sees the same views and items in them.
+#[test]
+fn the_datas_extent_loses_no_item() {
+    let sessions = synthetic_sessions();
+    let items = tilewarm::dataset::synthetic_city(7, 3000);
+    let extent = sim::extent_of(&items);
+    assert!(items
+        .iter()
+        .all(|i| (extent.west..=extent.east).contains(&i.lon)
+            && (extent.south..=extent.north).contains(&i.lat)));
+    assert_eq!(sim::extent_of::<()>(&[]), tilewarm::cache::WORLD);
+    let origin = sim::origin_from(items);
+    let open = SimConfig::default();
+    let bounded = SimConfig {
+        bounds: extent,
+        ..SimConfig::default()
+    };
+    let all: Vec<Policy> = Policy::ALL.into_iter().collect();
+    let (a, b) = (
+        sim::run_all(&all, &sessions, &origin, &open),
+        sim::run_all(&all, &sessions, &origin, &bounded),
+    );
+    for (a, b) in a.iter().zip(&b) {
+        check_consistent(b);
+        assert_eq!(
+            (a.viewports, a.items_in_view),
+            (b.viewports, b.items_in_view),
+            "{}",
+            a.policy
+        );
+    }
+    let (a, b) = (&a[0], &b[0]);
+    assert_eq!(a.policy, "none");
+    assert_eq!(
+        a.items_fetched, b.items_fetched,
+        "the same items, from fewer tiles"
+    );
+    assert!(b.requests <= a.requests);
+}
+
 #[test]
 fn a_flaky_backend_costs_retries_and_hits_and_stays_deterministic() {
     let sessions = synthetic_sessions();
