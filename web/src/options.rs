@@ -30,6 +30,9 @@ pub struct Options {
     pub max_items: Option<usize>,
     /// Most bytes of item JSON cached.
     pub max_bytes: Option<usize>,
+    /// The data's extent: data tiles outside it hold no items and are never asked for.
+    #[serde(default)]
+    pub bounds: BoundsOptions,
     #[serde(default)]
     pub ttl: TtlOptions,
     #[serde(default)]
@@ -42,6 +45,17 @@ pub struct Options {
     /// Extra request headers (`content-type` is always `application/json`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `bounds`: the data's extent, in degrees, as a map source's bounds (the core's
+/// `CacheConfig::bounds`); an edge left out is the world's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BoundsOptions {
+    pub west: Option<f64>,
+    pub south: Option<f64>,
+    pub east: Option<f64>,
+    pub north: Option<f64>,
 }
 
 /// `ttl`: how long items stay fresh, in seconds.
@@ -133,6 +147,17 @@ impl Options {
         if let Some(n) = self.max_bytes {
             c.cache.max_bytes = n;
         }
+        let (b, to) = (&self.bounds, &mut c.cache.bounds);
+        for (edge, v) in [
+            (&mut to.west, b.west),
+            (&mut to.south, b.south),
+            (&mut to.east, b.east),
+            (&mut to.north, b.north),
+        ] {
+            if let Some(v) = v {
+                *edge = v;
+            }
+        }
         if let Some(s) = self.ttl.default {
             c.cache.default_ttl_ms = secs("ttl.default", s)?;
         }
@@ -216,6 +241,7 @@ mod tests {
             r#"{"endpoint":"http://127.0.0.1:8080/v1/batch","tileZoom":13,"maxItems":500,
                 "ttl":{"default":60,"byClass":{"active":30}},"prefetch":{"ring":2},
                 "batch":{"timeoutMs":1500,"retries":1},"access":"registered",
+                "bounds":{"west":-122.5,"south":47.1,"east":-121.3,"north":47.8},
                 "headers":{"x-app":"demo","Content-Type":"text/plain"}}"#,
         )
         .unwrap();
@@ -230,6 +256,11 @@ mod tests {
         assert_eq!(c.config.batch.timeout_ms, 1500);
         assert_eq!(c.config.batch.retries, 1);
         assert_eq!(c.config.access, Access::Registered);
+        let b = c.config.cache.bounds;
+        assert_eq!(
+            (b.west, b.south, b.east, b.north),
+            (-122.5, 47.1, -121.3, 47.8)
+        );
         assert_eq!(
             c.headers,
             vec![
@@ -276,5 +307,15 @@ mod tests {
             ..Options::new("http://h/")
         });
         assert!(e.message.contains("ttl.default"), "{e}");
+        let e = bad(Options {
+            bounds: BoundsOptions {
+                south: Some(48.0),
+                north: Some(47.0),
+                ..BoundsOptions::default()
+            },
+            ..Options::new("http://h/")
+        });
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(e.message.contains("bounds.south"), "{e}");
     }
 }
