@@ -355,7 +355,7 @@ mod fast_path {
 
     /// Four items in each tile of a 6 x 6 block; TTLs from 20 s to 320 s, every fifth
     /// item for registered callers only.
-    fn origin() -> Origin<String> {
+    pub(super) fn origin() -> Origin<String> {
         let base = seattle();
         let mut items = Vec::new();
         for dy in -3i64..3 {
@@ -391,7 +391,7 @@ mod fast_path {
     }
 
     /// A `w` x `w` view offset by (`dx`, `dy`) data tiles from Seattle's tile.
-    fn moved(dx: f64, dy: f64, w: f64, zoom: f64) -> Viewport {
+    pub(super) fn moved(dx: f64, dy: f64, w: f64, zoom: f64) -> Viewport {
         let base = seattle();
         let (x, y) = (base.x() as f64 + 0.5 + dx, base.y() as f64 + 0.5 + dy);
         let (west, north) = unproject(
@@ -685,4 +685,75 @@ fn tiles_outside_the_data_bounds_are_never_asked_for_and_complete_empty() {
     want.push(block);
     want.sort();
     assert_eq!(asked, want);
+}
+
+/// `CacheConfig::bounds` at the data's own extent changes what is asked for, never what is
+/// shown: over random views in and around the data, a client given the extent shows the
+/// same items as one without it, is complete whenever that one is once both have their
+/// answers, and never asks for a tile outside the extent.
+mod bounds {
+    use super::fast_path::{moved, origin};
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn the_datas_extent_changes_requests_not_views(
+            views in proptest::collection::vec((-40i16..=40, -40i16..=40, 2u8..40, 0u8..3), 1..12),
+            levels in 0u8..3,
+        ) {
+            let o = origin();
+            let bounds = crate::tile::Bbox {
+                west: o.items().iter().map(|i| i.lon).fold(f64::INFINITY, f64::min),
+                south: o.items().iter().map(|i| i.lat).fold(f64::INFINITY, f64::min),
+                east: o.items().iter().map(|i| i.lon).fold(f64::NEG_INFINITY, f64::max),
+                north: o.items().iter().map(|i| i.lat).fold(f64::NEG_INFINITY, f64::max),
+            };
+            // Coarse request tiles or not: a coarse answer lists tiles the view never asked
+            // for, which would hide a wrong extent.
+            let mut without = ClientConfig::default();
+            without.batch.coalesce_levels = levels;
+            without.planner.align_levels = levels;
+            let mut with = without.clone();
+            with.cache.bounds = bounds;
+            let (mut open, mut bounded) = (client(without), client(with));
+            for (k, &(dx, dy, w, z)) in views.iter().enumerate() {
+                let now = k as u64 * 50;
+                // Views up to 5 tiles past the block's edge, 0.25 to 5 tiles wide.
+                let vp = moved(dx as f64 / 8.0, dy as f64 / 8.0, w as f64 / 8.0, 14.0 + z as f64 / 2.0);
+                // What each shows at once depends on what its prefetch brought, which the
+                // extent changes (no budget spent on empty tiles): checked against the view
+                // once answered, below.
+                let (mut at_once_a, mut at_once_b) = (Vec::new(), Vec::new());
+                open.set_viewport(vp, now, |it, _| at_once_a.push(it.id().to_string()));
+                bounded.set_viewport(vp, now, |it, _| at_once_b.push(it.id().to_string()));
+                while let Some(t) = open.poll_request(now) {
+                    let r = o.answer(&t.request, None);
+                    open.on_response(t.id, r, now);
+                }
+                while let Some(t) = bounded.poll_request(now) {
+                    for asked in &t.request.tiles {
+                        let below = asked.descendants(Z).unwrap();
+                        prop_assert!(
+                            below.iter().any(|&d| !bounded.cache.outside_bounds(d)),
+                            "{} lies outside the extent", asked
+                        );
+                    }
+                    let r = o.answer(&t.request, None);
+                    bounded.on_response(t.id, r, now);
+                }
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let oa = open.set_viewport(vp, now + 1, |it, _| a.push(it.id().to_string()));
+                let ob = bounded.set_viewport(vp, now + 1, |it, _| b.push(it.id().to_string()));
+                a.sort();
+                b.sort();
+                prop_assert_eq!(&a, &b, "shown once answered");
+                prop_assert!(oa.complete && ob.complete);
+                for id in at_once_a.iter().chain(&at_once_b) {
+                    prop_assert!(a.binary_search(id).is_ok(), "{} shown but not in view", id);
+                }
+            }
+        }
+    }
 }
