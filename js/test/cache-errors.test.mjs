@@ -24,7 +24,7 @@ test('bad options: TypeError or RangeError naming the field, the value and what 
     [{ prefetch: { lookaheadMs: 1e9 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'prefetch.lookaheadMs must be an integer in 0..=60000, got 1000000000'],
     [{ bounds: { west: -181 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'bounds.west must be a number in -180..=180, got -181'],
     [{ bounds: { north: '47' } }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'bounds.north must be a number in -90..=90, got "47"'],
-    [{ bounds: { south: 48, north: 47 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'bounds.south must not be above bounds.north, got bounds.south 48 and bounds.north 47'],
+    [{ bounds: { south: 48, north: 47 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'bounds.south must not be greater than bounds.north, got bounds.south 48 and bounds.north 47'],
     [{ bounds: [-122.5, 47.1, -121.3, 47.8] }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'bounds must be an object, got an array'],
     [{ prefetch: { viewRing: 4.5 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'prefetch.viewRing must be a number in 0..=4, got 4.5'],
     [{ prefetch: { budgetPerVisible: -1 } }, 'RangeError', 'ERR_OUT_OF_RANGE', 'prefetch.budgetPerVisible must be a number in 0..=64, got -1'],

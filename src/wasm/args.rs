@@ -50,6 +50,21 @@ pub(crate) struct ArgError {
 }
 
 impl ArgError {
+    /// `{south} must not be greater than {north}, got {south} … and {north} …`: a box upside
+    /// down, its two latitudes named by their paths.
+    pub fn south_above_north(south: &str, north: &str) -> ArgError {
+        ArgError {
+            kind: ErrorClass::Range,
+            code: Code::OutOfRange,
+            parts: vec![
+                format!("{south} must not be greater than {north}, got {south} "),
+                south.to_owned(),
+                format!(" and {north} "),
+                north.to_owned(),
+            ],
+        }
+    }
+
     /// `{name} must be {allowed}, got {name's value}`.
     pub fn must(kind: ErrorClass, code: Code, name: &str, allowed: &str) -> ArgError {
         ArgError {
@@ -184,17 +199,7 @@ pub(crate) fn tiles_for_bbox(
     let north = latitude("north", north)?;
     let z = zoom("z", z)?;
     if south > north {
-        let parts = [
-            "south must not be greater than north, got south ",
-            "south",
-            " and north ",
-            "north",
-        ];
-        return Err(ArgError {
-            kind: ErrorClass::Range,
-            code: Code::OutOfRange,
-            parts: parts.map(String::from).to_vec(),
-        });
+        return Err(ArgError::south_above_north("south", "north"));
     }
     let bbox = Bbox::new(west, south, east, north).map_err(|e| core_error("bbox", e))?;
     let range = cover_range(&bbox, z).map_err(|e| core_error("bbox", e))?;

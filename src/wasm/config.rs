@@ -88,17 +88,7 @@ pub(crate) fn client_config_sized(
     c.batch.seed = seed;
     // Each bound is in range; together, the box must not be upside down.
     if c.cache.bounds.south > c.cache.bounds.north {
-        let parts = [
-            "bounds.south must not be above bounds.north, got bounds.south ",
-            "bounds.south",
-            " and bounds.north ",
-            "bounds.north",
-        ];
-        return Err(ArgError {
-            kind: ErrorClass::Range,
-            code: Code::OutOfRange,
-            parts: parts.map(String::from).to_vec(),
-        });
+        return Err(ArgError::south_above_north("bounds.south", "bounds.north"));
     }
     if let Some(classes) = classes {
         c.cache.class_ttl_ms.clear();
@@ -274,7 +264,7 @@ mod tests {
         assert_eq!(
             e.parts,
             [
-                "bounds.south must not be above bounds.north, got bounds.south ",
+                "bounds.south must not be greater than bounds.north, got bounds.south ",
                 "bounds.south",
                 " and bounds.north ",
                 "bounds.north"
