@@ -279,7 +279,7 @@ impl<P> ItemCache<P> {
     /// below the caller's is `Unknown` (it may lack items the caller may see); listed items
     /// above the caller's tier are ignored; a listed id that is not held counts as missing
     /// whatever its tier. Does not touch LRU order or counters. A tile at another zoom is
-    /// `Unknown`.
+    /// `Unknown`; one [outside the bounds](Self::outside_bounds) is `Fresh`.
     ///
     /// ```
     /// use tilewarm::access::Access;
