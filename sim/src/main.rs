@@ -298,10 +298,8 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         None | Some("none") => tilewarm::cache::WORLD,
         Some("data") => sim::extent_of(&items),
         Some(spec) => {
-            let v: Vec<f64> = spec
-                .split(',')
-                .filter_map(|x| x.trim().parse().ok())
-                .collect();
+            let v: Result<Vec<f64>, _> = spec.split(',').map(|x| x.trim().parse()).collect();
+            let v = v.unwrap_or_default();
             let [w, s, e, n] = v[..] else {
                 return Err(format!(
                     "--bounds must be none, data or WEST,SOUTH,EAST,NORTH, got {spec:?}"

@@ -40,8 +40,9 @@ impl Payload for Size {
 }
 
 /// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
-/// The extent of `items` (the smallest box holding every one), for `--bounds data`; the
-/// whole world when there are none.
+/// The extent of `items` (the smallest box holding every one, west to east in plain
+/// longitude order: data across the antimeridian needs its box given by hand), for
+/// `--bounds data`; the whole world when there are none.
 pub fn extent_of<D>(items: &[OriginItem<D>]) -> Bbox {
     let mut b = Bbox {
         west: f64::INFINITY,
