@@ -19,9 +19,9 @@ pub const WORLD: Bbox = Bbox {
 };
 
 /// What a bound must be, as the config check says it.
-pub(super) const LONGITUDE: &str = "a longitude in -180..=180";
+const LONGITUDE: &str = "a longitude in -180..=180";
 /// What a latitude bound must be.
-pub(super) const LATITUDE: &str = "a latitude in -90..=90, south not above north";
+const LATITUDE: &str = "a latitude in -90..=90, south not above north";
 
 /// The data tiles that touch the data's extent, at the cache's data zoom; `None` when that
 /// is every tile.

@@ -311,11 +311,19 @@ impl<P> ItemCache<P> {
         if tile.z() != self.config.tile_zoom {
             return TileFreshness::Unknown;
         }
-        match self.tiles.peek(&tile) {
-            _ if self.outside_bounds(tile) => TileFreshness::Fresh,
+        let entry = self.tiles.peek(&tile);
+        if self.holds_nothing(tile, entry) {
+            return TileFreshness::Fresh;
+        }
+        match entry {
             Some(e) => self.classify(e, caller, now_ms, until),
             None => TileFreshness::Unknown,
         }
+    }
+
+    /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry.
+    fn holds_nothing(&self, tile: TileId, entry: Option<&TileEntry>) -> bool {
+        self.bounds.excludes(tile) && entry.is_none_or(|e| e.ids.is_empty())
     }
 
     /// Whether [`CacheConfig::bounds`](super::CacheConfig::bounds) leaves out any data tile.
@@ -342,9 +350,7 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.tile_freshness(seattle, Access::Public, 0), TileFreshness::Unknown);
     /// ```
     pub fn outside_bounds(&self, tile: TileId) -> bool {
-        tile.z() == self.config.tile_zoom
-            && self.bounds.excludes(tile)
-            && self.tiles.peek(&tile).is_none_or(|e| e.ids.is_empty())
+        tile.z() == self.config.tile_zoom && self.holds_nothing(tile, self.tiles.peek(&tile))
     }
 
     /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index
