@@ -68,6 +68,16 @@ fn client(config: ClientConfig) -> Client<String> {
     Client::new(config).unwrap()
 }
 
+/// A planner that prefetches nothing: no ring, no neighbouring views, no look-ahead.
+fn no_prefetch() -> PlannerConfig {
+    PlannerConfig {
+        ring: 0,
+        view_ring: 0.0,
+        lookahead_ms: 0,
+        ..PlannerConfig::default()
+    }
+}
+
 fn events(c: &mut Client<String>) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
@@ -86,10 +96,7 @@ fn a_viewport_too_wide_is_a_state_that_fetches_nothing_and_shows_the_cache() {
     let mut c = client(ClientConfig {
         planner: PlannerConfig {
             max_visible_tiles: 9,
-            ring: 0,
-            view_ring: 0.0,
-            lookahead_ms: 0,
-            ..PlannerConfig::default()
+            ..no_prefetch()
         },
         // Complete blocks only, so the view's partial blocks bring no tiles beyond it.
         batch: BatchConfig {
@@ -171,12 +178,7 @@ fn a_viewport_that_turns_too_wide_cancels_prefetch_and_never_completes() {
 fn tiles_known_fresh_are_forgotten_when_the_cache_changes() {
     let o = origin();
     let mut c = client(ClientConfig {
-        planner: PlannerConfig {
-            ring: 0,
-            view_ring: 0.0,
-            lookahead_ms: 0,
-            ..PlannerConfig::default()
-        },
+        planner: no_prefetch(),
         ..ClientConfig::default()
     });
     c.set_viewport(view(1.0), 0, |_, _| {});
@@ -596,12 +598,7 @@ fn tiles_outside_the_data_bounds_are_never_asked_for_and_complete_empty() {
     let bounds = crate::tile::Bbox::new(-123.0, 47.0, east, 48.0).unwrap();
     let config = |levels: u8| {
         let mut c = ClientConfig {
-            planner: PlannerConfig {
-                ring: 0,
-                view_ring: 0.0,
-                lookahead_ms: 0,
-                ..PlannerConfig::default()
-            },
+            planner: no_prefetch(),
             batch: BatchConfig {
                 coalesce_levels: levels,
                 coalesce_min_share: 100,
