@@ -15,6 +15,9 @@ import {
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
 } from './gen/boundary.js';
 
+// For the tile functions' JavaScript half (api.js), which is not bundled with gen/.
+export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
+
 const TIMED_OUT = Symbol('timed out');
 
 // The item objects the caches of this wasm instance hold, by slot: the engine keeps an

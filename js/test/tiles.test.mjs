@@ -53,6 +53,21 @@ test('tileForPoint: the numeric fast path agrees with the checked call', async (
   for (const [lon, lat, z] of [[0, 0, 24], [-180, 85.05112877980659, 24], [180, -85.0511287798066, 24], [0, 90, 24], [0, -90, 0]]) {
     assert.equal(tileForPoint(lon, lat, z), name(raw.tileIdForPoint(lon, lat, z)));
   }
+  // Points on and next to tile edges, where JavaScript's sine and logarithm and the core's
+  // can round to different tiles: tileForPoint names the core's tile (it leaves a point
+  // within 1e-5 of a tile of an edge to the wasm).
+  const lonOf = (x, n) => (x / n) * 360 - 180;
+  const latOf = (y, n) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / n))) * 180) / Math.PI;
+  const ulp = (v) => Math.max(Number.MIN_VALUE, Math.abs(v) * Number.EPSILON);
+  for (let i = 0; i < 20_000; i++) {
+    const z = 10 + Math.floor(rnd() * 15), n = 2 ** z;
+    const tx = Math.floor(rnd() * n), ty = 1 + Math.floor(rnd() * (n - 2));
+    const step = [0, 1, 2, 3, 1e3, 1e6][i % 6] * (rnd() < 0.5 ? -1 : 1);
+    const lon = lonOf(tx + rnd(), n), lat = latOf(ty, n) + step * ulp(latOf(ty, n));
+    assert.equal(tileForPoint(lon, lat, z), name(raw.tileIdForPoint(lon, lat, z)), `${lon} ${lat} ${z}`);
+    const lon2 = lonOf(tx, n) + step * ulp(lonOf(tx, n)), lat2 = latOf(ty + rnd(), n);
+    assert.equal(tileForPoint(lon2, lat2, z), name(raw.tileIdForPoint(lon2, lat2, z)), `${lon2} ${lat2} ${z}`);
+  }
 });
 
 test('parentTile', () => {
@@ -72,6 +87,8 @@ test('errors name the argument, the value and what is allowed', () => {
     [() => tileForPoint('1', 0, 3), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'lon must be a number, got "1"'],
     [() => tileForPoint(0, 0), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'z must be a number, got undefined'],
     [() => tileForPoint(0, null, 3), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'lat must be a number, got null'],
+    [() => tileForPoint(0, '1', 3), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'lat must be a number, got "1"'],
+    [() => tileForPoint(0, 1, '3'), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'z must be a number, got "3"'],
     [() => tileForPoint(0, 0, 3n), 'TypeError', 'ERR_INVALID_ARG_TYPE', 'z must be a number, got a bigint'],
     [() => tilesForBbox(0, 10, 1, -10, 3), 'RangeError', 'ERR_OUT_OF_RANGE', 'south must not be greater than north, got south 10 and north -10'],
     [() => tilesForBbox(0, 0, Infinity, 1, 3), 'RangeError', 'ERR_OUT_OF_RANGE', 'east must be a finite number (a longitude; any value wraps), got Infinity'],
