@@ -8,6 +8,7 @@
 //! twice from a tile that holds none). A tile whose list the backend answered with items
 //! anyway (bounds set too tight) is the index's like any other.
 
+use super::CacheError;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId};
 
 /// The whole world: the default, under which every tile may hold items.
@@ -48,6 +49,15 @@ impl DataBounds {
     }
 }
 
+/// [`check`] as the cache's error.
+pub(super) fn check_extent(b: &Bbox) -> Result<(), CacheError> {
+    check(b).map_err(|(field, value, allowed)| CacheError::InvalidBounds {
+        field,
+        value,
+        allowed,
+    })
+}
+
 /// Checks a configured extent: the name of the bad field and what it must be.
 pub(super) fn check(b: &Bbox) -> Result<(), (&'static str, f64, &'static str)> {
     for (field, v) in [("bounds.west", b.west), ("bounds.east", b.east)] {
@@ -64,6 +74,38 @@ pub(super) fn check(b: &Bbox) -> Result<(), (&'static str, f64, &'static str)> {
         return Err(("bounds.south", b.south, LATITUDE));
     }
     Ok(())
+}
+
+/// Reads an extent written `west,south,east,north` in degrees, TileJSON's `bounds` order:
+/// how a server's `--bounds` is given and how its batch answers declare it (the
+/// `x-tilewarm-bounds` header, see [`ItemCache::adopt_bounds`](super::ItemCache::adopt_bounds)).
+/// Checked as [`CacheConfig::bounds`](super::CacheConfig::bounds) is.
+///
+/// ```
+/// use tilewarm::cache::parse_bounds;
+/// let b = parse_bounds("-122.52,47.15,-121.31,47.78").unwrap();
+/// assert_eq!((b.west, b.north), (-122.52, 47.78));
+/// assert_eq!(
+///     parse_bounds("1,2,3").unwrap_err(),
+///     "bounds must be four numbers west,south,east,north in degrees, got \"1,2,3\""
+/// );
+/// ```
+pub fn parse_bounds(text: &str) -> Result<Bbox, String> {
+    let numbers: Result<Vec<f64>, _> = text.split(',').map(|x| x.trim().parse()).collect();
+    let [west, south, east, north] = numbers.unwrap_or_default()[..] else {
+        return Err(format!(
+            "bounds must be four numbers west,south,east,north in degrees, got {text:?}"
+        ));
+    };
+    let b = Bbox {
+        west,
+        south,
+        east,
+        north,
+    };
+    check(&b)
+        .map_err(|(field, value, allowed)| format!("{field} must be {allowed}, got {value}"))?;
+    Ok(b)
 }
 
 #[cfg(test)]
@@ -113,6 +155,25 @@ mod tests {
         }
         let t = TileId::from_lon_lat(170.0, -17.5, 10).unwrap();
         assert!(b.excludes(t));
+    }
+
+    #[test]
+    fn parse_reads_four_checked_numbers() {
+        assert_eq!(
+            parse_bounds(" 177, -19 ,-178,-16"),
+            Ok(bbox(177.0, -19.0, -178.0, -16.0))
+        );
+        for bad in ["", "1,2,3,x", "1,2,3,4,5", "NaN,0,1,1"] {
+            assert!(parse_bounds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_bounds("0,2,1,1"),
+            Err("bounds.south must be a latitude in -90..=90, south not above north, got 2".into())
+        );
+        assert_eq!(
+            parse_bounds("190,0,1,1"),
+            Err("bounds.west must be a longitude in -180..=180, got 190".into())
+        );
     }
 
     #[test]

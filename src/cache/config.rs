@@ -117,11 +117,7 @@ impl CacheConfig {
         if self.tile_ttl_ms == Some(0) {
             return Err(bad("tile_ttl_ms", "Some(0)", "None or at least 1"));
         }
-        bounds::check(&self.bounds).map_err(|(field, value, allowed)| CacheError::InvalidBounds {
-            field,
-            value,
-            allowed,
-        })
+        bounds::check_extent(&self.bounds)
     }
 
     /// The TTL of an item: the server's, else its class's, else `default_ttl_ms`.

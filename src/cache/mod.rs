@@ -45,7 +45,7 @@ mod stats;
 mod tests;
 mod tiles;
 
-pub use bounds::WORLD;
+pub use bounds::{parse_bounds, WORLD};
 pub use config::{CacheConfig, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
 pub use error::CacheError;
 pub use invalidate::Invalidate;
@@ -199,7 +199,8 @@ impl<P> ItemCache<P> {
     }
 
     /// A number that changes whenever an item or a tile list is added, replaced or removed
-    /// (reads that drop an expired item included), and only then: while it and the clock's
+    /// (reads that drop an expired item included), or the data's extent changes
+    /// ([`adopt_bounds`](Self::adopt_bounds)), and only then: while it and the clock's
     /// position before [`read_tile_until`](Self::read_tile_until)'s time are unchanged, a
     /// read returns what it returned before. Lookups, recency and the visible set do not
     /// change it.

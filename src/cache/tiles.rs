@@ -6,11 +6,11 @@
 use super::key::ItemKey;
 
 use super::{
-    check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
-    MAX_SPLIT_LEVELS,
+    bounds::DataBounds, check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap,
+    HashSet, ItemCache, MAX_SPLIT_LEVELS,
 };
 use crate::access::Access;
-use crate::tile::TileId;
+use crate::tile::{Bbox, TileId};
 
 /// What to refetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -326,9 +326,42 @@ impl<P> ItemCache<P> {
         self.bounds.excludes(tile) && entry.is_none_or(|e| e.ids.is_empty())
     }
 
-    /// Whether [`CacheConfig::bounds`](super::CacheConfig::bounds) leaves out any data tile.
+    /// Whether the data's extent ([`CacheConfig::bounds`](super::CacheConfig::bounds), or the
+    /// one adopted) leaves out any data tile.
     pub fn has_bounds(&self) -> bool {
         self.bounds.excludes_any()
+    }
+
+    /// Takes `bounds` as the data's extent, as a backend declares it (a server's `--bounds`,
+    /// sent with its answers), when the config declares none (leaves
+    /// [`CacheConfig::bounds`](super::CacheConfig::bounds) the whole world): the page's own
+    /// declaration wins. A later call replaces the extent adopted before, wider or
+    /// narrower. Returns whether the extent changed; a bad box is refused with nothing
+    /// changed ([`CacheError::InvalidBounds`](super::CacheError::InvalidBounds)).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{parse_bounds, CacheConfig, ItemCache, TileFreshness};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let paris = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+    /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Unknown);
+    /// let king_county = parse_bounds("-122.52,47.15,-121.31,47.78").unwrap();
+    /// assert_eq!(cache.adopt_bounds(&king_county), Ok(true));
+    /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Fresh);
+    /// ```
+    pub fn adopt_bounds(&mut self, bounds: &Bbox) -> Result<bool, CacheError> {
+        super::bounds::check_extent(bounds)?;
+        if self.config.bounds != super::WORLD {
+            return Ok(false);
+        }
+        let adopted = DataBounds::new(bounds, self.config.tile_zoom);
+        if adopted == self.bounds {
+            return Ok(false);
+        }
+        self.bounds = adopted;
+        self.changed();
+        Ok(true)
     }
 
     /// Whether data tile `tile` lies outside [`CacheConfig::bounds`](super::CacheConfig::bounds)

@@ -51,10 +51,10 @@ use std::collections::VecDeque;
 
 use crate::access::Access;
 use crate::batch::Batcher;
-use crate::cache::{CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
+use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
 use crate::planner::{Planner, Viewport, Work};
 use crate::protocol::Limits;
-use crate::tile::{cover_range, CoverRange, TileId, TileSet};
+use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
 use fresh::FreshTiles;
 
@@ -682,6 +682,19 @@ impl<P: Payload> Client<P> {
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);
+    }
+
+    /// The data's extent as the backend declares it (a server's `--bounds`, which its answers
+    /// carry in the `x-tilewarm-bounds` header): adopted when the config declares none, see
+    /// [`ItemCache::adopt_bounds`]. Tiles outside it that no list names with items are then
+    /// fresh and empty: a view over them is complete, and queued work for them is dropped
+    /// before it is sent. A bad box is refused with nothing changed.
+    pub fn adopt_bounds(&mut self, bounds: &Bbox, now_ms: u64) -> Result<(), CacheError> {
+        if self.cache.adopt_bounds(bounds)? {
+            self.changed();
+            self.complete = self.refresh_foreground(now_ms);
+        }
+        Ok(())
     }
 
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.

@@ -693,6 +693,88 @@ mod bounds {
     use super::*;
     use proptest::prelude::*;
 
+    /// The items' own extent: the block of 6 x 6 data tiles around Seattle.
+    fn extent(o: &Origin<String>) -> crate::tile::Bbox {
+        crate::tile::Bbox {
+            west: o
+                .items()
+                .iter()
+                .map(|i| i.lon)
+                .fold(f64::INFINITY, f64::min),
+            south: o
+                .items()
+                .iter()
+                .map(|i| i.lat)
+                .fold(f64::INFINITY, f64::min),
+            east: o
+                .items()
+                .iter()
+                .map(|i| i.lon)
+                .fold(f64::NEG_INFINITY, f64::max),
+            north: o
+                .items()
+                .iter()
+                .map(|i| i.lat)
+                .fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+
+    #[test]
+    fn an_adopted_extent_drops_queued_work_outside_and_completes_views_there() {
+        let o = origin();
+        let mut c = client(ClientConfig::default());
+        // A view 20 tiles east of the block: nothing there, but nothing says so yet.
+        let far = moved(20.0, 0.0, 2.0, 14.0);
+        assert!(!c.set_viewport(far, 0, |_, _| {}).complete);
+        c.adopt_bounds(&extent(&o), 1).unwrap();
+        assert!(
+            c.poll_request(1).is_none(),
+            "the queued tiles lie outside: none is sent"
+        );
+        assert!(c.set_viewport(far, 2, |_, _| {}).complete);
+        // A view across the block's edge asks only for the tiles that touch the extent.
+        let edge = moved(2.5, 0.0, 3.0, 14.0);
+        assert!(!c.set_viewport(edge, 3, |_, _| {}).complete);
+        let mut sent = 0;
+        while let Some(t) = c.poll_request(3) {
+            for asked in &t.request.tiles {
+                let below = asked.descendants(Z).unwrap();
+                assert!(
+                    below.iter().any(|&d| !c.cache.outside_bounds(d)),
+                    "{asked} outside"
+                );
+            }
+            sent += 1;
+            let r = o.answer(&t.request, None);
+            c.on_response(t.id, r, 3);
+        }
+        assert!(sent > 0);
+        assert!(c.set_viewport(edge, 4, |_, _| {}).complete);
+    }
+
+    #[test]
+    fn the_pages_own_extent_wins_and_a_bad_one_is_refused() {
+        let o = origin();
+        let mut config = ClientConfig::default();
+        config.cache.bounds = extent(&o);
+        let mut c = client(config);
+        let far = moved(20.0, 0.0, 2.0, 14.0);
+        // The page's extent leaves the far view outside; the backend's world does not widen it.
+        c.adopt_bounds(&crate::cache::WORLD, 0).unwrap();
+        assert!(c.set_viewport(far, 1, |_, _| {}).complete);
+        let mut open = client(ClientConfig::default());
+        let upside_down = crate::tile::Bbox {
+            south: 10.0,
+            north: 0.0,
+            ..crate::cache::WORLD
+        };
+        assert!(open.adopt_bounds(&upside_down, 0).is_err());
+        assert!(
+            !open.set_viewport(far, 1, |_, _| {}).complete,
+            "nothing adopted"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
@@ -701,12 +783,7 @@ mod bounds {
             levels in 0u8..3,
         ) {
             let o = origin();
-            let bounds = crate::tile::Bbox {
-                west: o.items().iter().map(|i| i.lon).fold(f64::INFINITY, f64::min),
-                south: o.items().iter().map(|i| i.lat).fold(f64::INFINITY, f64::min),
-                east: o.items().iter().map(|i| i.lon).fold(f64::NEG_INFINITY, f64::max),
-                north: o.items().iter().map(|i| i.lat).fold(f64::NEG_INFINITY, f64::max),
-            };
+            let bounds = extent(&o);
             // Coarse request tiles or not: a coarse answer lists tiles the view never asked
             // for, which would hide a wrong extent.
             let mut without = ClientConfig::default();
