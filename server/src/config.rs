@@ -108,6 +108,14 @@ pub struct Config {
     #[arg(long, default_value_t = 250, value_name = "MS")]
     pub redis_timeout_ms: u64,
 
+    /// The data's extent, `WEST,SOUTH,EAST,NORTH` in degrees (TileJSON's `bounds` order;
+    /// west greater than east crosses the antimeridian): where the origin's items lie. Batch
+    /// and tile answers carry it in the `x-tilewarm-bounds` header, and clients that declare
+    /// no extent of their own then never ask for tiles wholly outside it. A promise about
+    /// the data: an item outside it is still served, but only to clients that ask.
+    #[arg(long, value_name = "W,S,E,N", value_parser = tilewarm::cache::parse_bounds)]
+    pub bounds: Option<tilewarm::tile::Bbox>,
+
     /// Directory of static files served at `/` (the demo page).
     #[arg(long, value_name = "DIR")]
     pub www: Option<PathBuf>,

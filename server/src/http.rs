@@ -47,6 +47,22 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 /// The response header naming the tier an answer was filtered for.
 pub const ACCESS_HEADER: &str = "x-tilewarm-access";
 
+/// The response header declaring the data's extent (`--bounds`), `west,south,east,north`.
+pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
+
+/// The headers of an answer with data: the tier it was filtered for and, with `--bounds`,
+/// the data's extent, which clients that declare none adopt
+/// (`tilewarm::client::Client::adopt_bounds`).
+pub fn data_headers(app: &App, tier: Access, headers: &mut axum::http::HeaderMap) {
+    headers.insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
+    if let Some(b) = app.config.bounds {
+        let text = format!("{},{},{},{}", b.west, b.south, b.east, b.north);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(BOUNDS_HEADER, v);
+        }
+    }
+}
+
 /// 401 for a refused credential: the protocol's error body and
 /// `WWW-Authenticate: Bearer error="invalid_token"`.
 pub fn unauthorized(message: impl Into<String>) -> Response {
@@ -205,7 +221,10 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
                 AUTHORIZATION,
                 axum::http::HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([axum::http::HeaderName::from_static(ACCESS_HEADER)])
+            .expose_headers([
+                axum::http::HeaderName::from_static(ACCESS_HEADER),
+                axum::http::HeaderName::from_static(BOUNDS_HEADER),
+            ])
             .max_age(Duration::from_secs(600))
     };
     match spec.trim() {
@@ -348,8 +367,7 @@ async fn batch_inner(
     match batch::answer(app, &request, tier, slot).await {
         Ok(json) => {
             let mut r = json_response(json);
-            r.headers_mut()
-                .insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
+            data_headers(app, tier, r.headers_mut());
             r
         }
         Err(refusal) => refusal_response(app, refusal),

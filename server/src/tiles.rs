@@ -36,7 +36,7 @@ use tilewarm::tile::{TileError, TileId};
 
 use crate::admission::HeldSlot;
 use crate::auth::Caller;
-use crate::http::{error_response, forbidden_tier, refusal_response, unauthorized, ACCESS_HEADER};
+use crate::http::{error_response, forbidden_tier, refusal_response, unauthorized};
 use crate::App;
 
 /// The longest a shared cache (CDN, proxy) may keep a `public` answer, in seconds
@@ -221,7 +221,7 @@ async fn answer(
     )
         .into_response();
     let h = r.headers_mut();
-    h.insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
+    crate::http::data_headers(app, tier, h);
     if let Ok(v) = HeaderValue::from_str(&cache_control(tier, max_age)) {
         h.insert(CACHE_CONTROL, v);
     }

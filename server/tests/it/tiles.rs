@@ -217,3 +217,72 @@ async fn a_shared_cache_keyed_by_the_url_never_serves_a_tier_to_a_caller_below_i
     assert!(!cdn.is_empty(), "the public answers were kept");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_datas_extent_rides_on_batch_and_tile_answers() {
+    let t = tile();
+    let batch = format!(r#"{{"tiles":["{t}"]}}"#);
+    // Without --bounds: no header.
+    let s = server(config()).await;
+    let r = Http::anonymous()
+        .get(&format!("{}/v1/tiles/{t}", s.url()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(header(&r, "x-tilewarm-bounds"), None);
+    s.shutdown().await;
+
+    let mut c = config();
+    c.bounds = Some(tilewarm::cache::parse_bounds("-122.52,47.15,-121.31,47.78").unwrap());
+    let s = server(c).await;
+    let http = Http::anonymous();
+    let get = http.get(&format!("{}/v1/tiles/{t}", s.url())).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert_eq!(
+        header(&get, "x-tilewarm-bounds"),
+        Some("-122.52,47.15,-121.31,47.78")
+    );
+    let post = http
+        .send(
+            "POST",
+            &format!("{}/v1/batch", s.url()),
+            &[("origin", "https://demo.example")],
+            batch,
+        )
+        .await;
+    assert_eq!(post.status, 200, "{}", post.text());
+    assert_eq!(
+        header(&post, "x-tilewarm-bounds"),
+        Some("-122.52,47.15,-121.31,47.78")
+    );
+    // A page on another origin can read it.
+    let exposed = header(&post, "access-control-expose-headers").unwrap();
+    assert!(exposed.contains("x-tilewarm-bounds"), "{exposed}");
+    // A refusal carries no data, so no extent.
+    let bad = http
+        .send("POST", &format!("{}/v1/batch", s.url()), &[], "{")
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(header(&bad, "x-tilewarm-bounds"), None);
+    s.shutdown().await;
+}
+
+#[test]
+fn a_bad_extent_is_refused_at_start_naming_what_is_allowed() {
+    use clap::Parser;
+    for (arg, want) in [
+        (
+            "1,2,3",
+            "bounds must be four numbers west,south,east,north in degrees, got \"1,2,3\"",
+        ),
+        (
+            "0,10,1,5",
+            "bounds.south must be a latitude in -90..=90, south not above north, got 10",
+        ),
+    ] {
+        let e =
+            tilewarm_server::config::Config::try_parse_from(["tilewarm-server", "--bounds", arg])
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
