@@ -12,7 +12,7 @@ import {
   TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
-  STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X,
+  STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER,
 } from './gen/boundary.js';
 
 // For the tile functions' JavaScript half (api.js), which is not bundled with gen/.
@@ -143,11 +143,20 @@ function list(v, name) {
   return v;
 }
 
+/** The data's extent a server declares in its `BOUNDS_HEADER` (`west,south,east,north`) as
+ * four numbers; four NaN when it declares none or they are not four numbers (the engine
+ * ignores an extent out of range: the header is advisory). */
+function declaredBounds(header) {
+  const v = header ? header.split(',').map(Number) : [];
+  return v.length === 4 && v.every(Number.isFinite) ? v : [NaN, NaN, NaN, NaN];
+}
+
 /** The parsed response as the three lists `Engine.response` takes (see there), with the
  * item objects the page gets, and the ids of the items and of the missing ones. Only shapes
  * are checked here; the engine checks values. Each item is charged the length of its own
- * `data` as JSON, so one large item cannot hide behind the answer's average. */
-function flatten(body) {
+ * `data` as JSON, so one large item cannot hide behind the answer's average. `bounds` is
+ * the extent the answer's headers declare ([`declaredBounds`]). */
+function flatten(body, bounds) {
   if (!isObject(body)) throw new Invalid(`the body must be a JSON object, got ${show(body)}`);
   const tl = list(body.tiles, 'tiles'), il = list(body.items, 'items'), missing = list(body.missing, 'missing');
   const n = il.length;
@@ -155,7 +164,7 @@ function flatten(body) {
   // engine refuses it).
   const reported = body.access === undefined || body.access === null ? -1
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
-  const nums = [tl.length, n, reported], strs = [];
+  const nums = [tl.length, n, reported, ...bounds], strs = [];
   const ids = new Array(n), objs = new Array(n);
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
@@ -804,7 +813,7 @@ export class TileCache {
     }
     let f;
     try {
-      f = flatten(JSON.parse(text));
+      f = flatten(JSON.parse(text), declaredBounds(res.headers?.get?.(BOUNDS_HEADER)));
     } catch (e) {
       return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }

@@ -113,6 +113,8 @@ export const MAX_BODY_BYTES = 8388608;
 /** A packed tile id is z·TILE_Z + x·TILE_X + y (`TileId::to_u64`). */
 export const TILE_Z = 281474976710656;
 export const TILE_X = 16777216;
+/** The response header declaring the data's extent (`protocol::BOUNDS_HEADER`). */
+export const BOUNDS_HEADER = 'x-tilewarm-bounds';
 /** The deepest zoom and the Mercator limit of latitude (`tile::MAX_ZOOM`, `tile::MAX_LATITUDE`). */
 export const MAX_ZOOM = 24;
 export const MAX_LATITUDE = 85.0511287798066;

@@ -15,6 +15,7 @@ after(() => backend.close());
 function fresh(mode = 'ok') {
   backend.mode = mode;
   backend.delayMs = 0;
+  backend.bounds = null;
   backend.requests = [];
   backend.aborted = 0;
 }
@@ -115,6 +116,41 @@ test('bounds: tiles outside the data\'s extent are never asked for and a view ov
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(backend.requests.length, before);
   cache.dispose();
+});
+
+test('bounds: the extent a server declares (x-tilewarm-bounds) is adopted, unless the page declares its own', async () => {
+  // The backend's items: a 24 x 24 block of data tiles around Seattle.
+  const [west, north] = tileCorner(14, SX - 12, SY - 12);
+  const [east, south] = tileCorner(14, SX + 12, SY + 12);
+  const lean = { prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } };
+  const far = viewOf(SX + 30, SY);
+  // After one answer, what `far` (30 tiles east of the block) costs: its requests, and
+  // whether it was complete at once.
+  async function farAfterOneAnswer(declared, opts = {}) {
+    fresh();
+    backend.bounds = declared;
+    const cache = await make({ ...lean, ...opts });
+    const errors = [];
+    cache.onError((e) => errors.push(e));
+    cache.setViewport(viewOf(SX, SY));
+    await cache.whenComplete();
+    const n = backend.requests.length;
+    const complete = cache.setViewport(far).complete;
+    await cache.whenComplete();
+    const cost = { complete, requests: backend.requests.length - n, errors: errors.length };
+    cache.dispose();
+    return cost;
+  }
+  const declared = `${west},${south},${east},${north}`;
+  assert.deepEqual(await farAfterOneAnswer(declared), { complete: true, requests: 0, errors: 0 });
+  // Without the header, or with one that is not an extent (ignored: the answers stand),
+  // the far view is asked for.
+  for (const bad of [null, 'nonsense', '1,2,3', `${west},${south},${east}`, '0,100,1,1', '0,10,1,5']) {
+    assert.deepEqual(await farAfterOneAnswer(bad), { complete: false, requests: 1, errors: 0 }, `${bad}`);
+  }
+  // The page's own extent wins, even a wider one.
+  const page = { bounds: { west, south, east: tileCorner(14, SX + 40, SY)[0], north } };
+  assert.deepEqual(await farAfterOneAnswer(declared, page), { complete: false, requests: 1, errors: 0 });
 });
 
 test('a pan of one tile after prefetch needs no foreground request', async () => {

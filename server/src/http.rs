@@ -48,7 +48,7 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 pub const ACCESS_HEADER: &str = "x-tilewarm-access";
 
 /// The response header declaring the data's extent (`--bounds`), `west,south,east,north`.
-pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
+pub use tilewarm::protocol::BOUNDS_HEADER;
 
 /// The headers of an answer with data: the tier it was filtered for and, with `--bounds`,
 /// the data's extent, which clients that declare none adopt

@@ -92,5 +92,11 @@ pub use request::{decode_request, BatchRequest};
 pub use response::{decode_response, BatchResponse, Item, RawData, TileList};
 pub use validate::{ttl_left_s, validate_item_fields};
 
+/// The response header in which a server declares the data's extent, `west,south,east,north`
+/// in degrees ([`parse_bounds`](crate::cache::parse_bounds)): clients that declare none adopt
+/// it ([`Client::adopt_bounds`](crate::client::Client::adopt_bounds)). Optional and advisory:
+/// a client ignores a header it cannot read.
+pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
+
 use error::{clip, quote};
 use validate::{check_body, check_id, check_ttl, dedup, parse_tile, ttl_from_wire};

@@ -331,6 +331,14 @@ pub(crate) fn js() -> String {
     let (tile_z, tile_x) = packing();
     let _ = writeln!(s, "export const TILE_Z = {};", js_number(tile_z));
     let _ = writeln!(s, "export const TILE_X = {};", js_number(tile_x));
+    s.push_str(
+        "/** The response header declaring the data's extent (`protocol::BOUNDS_HEADER`). */\n",
+    );
+    let _ = writeln!(
+        s,
+        "export const BOUNDS_HEADER = {};",
+        quoted(crate::protocol::BOUNDS_HEADER)
+    );
     s.push_str("/** The deepest zoom and the Mercator limit of latitude (`tile::MAX_ZOOM`, `tile::MAX_LATITUDE`). */\n");
     let _ = writeln!(s, "export const MAX_ZOOM = {};", crate::tile::MAX_ZOOM);
     let _ = writeln!(

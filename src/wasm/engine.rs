@@ -30,7 +30,7 @@ use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
 use crate::client::{Client, Event, Payload, ViewOutcome};
 use crate::protocol::{BatchResponse, Item, TileList};
-use crate::tile::TileId;
+use crate::tile::{Bbox, TileId};
 
 /// An item payload: the slot of the JS item object (`{ id, lon, lat, class, access, data,
 /// stale }`) in `cache.js`'s table of item objects, and its estimated size.
@@ -222,8 +222,10 @@ impl Engine {
 
     /// A response: header `accepted` (0 when it is invalid: an ERROR record for the
     /// request follows). `cache.js` flattens the parsed JSON into three lists:
-    /// - `nums`: the tile count, the item count and the tier the server reports it
-    ///   filtered for (0..=3; -1 when it does not say); per tile its TTL in seconds (`-1`
+    /// - `nums`: the tile count, the item count, the tier the server reports it
+    ///   filtered for (0..=3; -1 when it does not say) and the data's extent it declares
+    ///   (west, south, east, north from [`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER);
+    ///   four NaN when it declares none); per tile its TTL in seconds (`-1`
     ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
     ///   tier (0..=3; 255 for an unknown tier) and the length of its `data` as JSON (what
     ///   the cache charges it beside its id and class);
@@ -247,8 +249,12 @@ impl Engine {
             .map(|slot| JsItem { slot, size: 0 })
             .collect();
         match build_response(&nums, strs, payloads) {
-            Ok(r) => {
+            Ok((r, bounds)) => {
                 out.nums.push(1.0);
+                // Advisory: an extent out of range is ignored (the answer stands).
+                if let Some(b) = bounds {
+                    let _ = self.client.adopt_bounds(&b, now);
+                }
                 self.client.on_response(rid, r, now);
             }
             // An invalid response is reported as a failure by the core itself.
@@ -615,11 +621,17 @@ fn build_response(
     nums: &[f64],
     strs: Vec<String>,
     payloads: Vec<JsItem>,
-) -> Result<BatchResponse<JsItem>, String> {
+) -> Result<(BatchResponse<JsItem>, Option<Bbox>), String> {
     let disagree = || "response arrays disagree in length".to_string();
-    let [tiles, items, reported, rest @ ..] = nums else {
+    let [tiles, items, reported, west, south, east, north, rest @ ..] = nums else {
         return Err(disagree());
     };
+    let bounds = (!west.is_nan()).then_some(Bbox {
+        west: *west,
+        south: *south,
+        east: *east,
+        north: *north,
+    });
     // The tier the server reports it filtered for: -1 when it does not say.
     let access = match *reported {
         r if r < 0.0 => None,
@@ -682,12 +694,13 @@ fn build_response(
             },
         });
     }
-    Ok(BatchResponse {
+    let response = BatchResponse {
         access,
         tiles: lists,
         items,
         missing: strs.collect(),
-    })
+    };
+    Ok((response, bounds))
 }
 
 #[cfg(test)]
@@ -702,12 +715,25 @@ mod tests {
     /// [`one_item`] in an answer that reports tier code `access`.
     fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsItem>, String> {
         let nums = vec![
-            1.0, 1.0, access, -1.0, 1.0, -122.33, 47.61, -1.0, tier, 100.0,
+            1.0,
+            1.0,
+            access,
+            f64::NAN,
+            f64::NAN,
+            f64::NAN,
+            f64::NAN,
+            -1.0,
+            1.0,
+            -122.33,
+            47.61,
+            -1.0,
+            tier,
+            100.0,
         ];
         let strs = ["14/2624/5721", "a", "a", "active"]
             .map(String::from)
             .to_vec();
-        build_response(&nums, strs, vec![JsItem { slot: 0, size: 0 }])
+        build_response(&nums, strs, vec![JsItem { slot: 0, size: 0 }]).map(|(r, _)| r)
     }
 
     /// Security: an item whose tier is not one of the four must make the whole answer
@@ -735,6 +761,10 @@ mod tests {
                 0.0,
                 3.0,
                 -1.0,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
                 -122.33,
                 47.61,
                 -1.0,
@@ -773,6 +803,25 @@ mod tests {
         let mut freed = take_freed();
         freed.sort_unstable();
         assert_eq!(freed, [3, 4, 5]);
+    }
+
+    /// The extent the server declares crosses as four numbers; NaN is none.
+    #[test]
+    fn the_declared_extent_crosses() {
+        let strs = || ["14/2624/5721"].map(String::from).to_vec();
+        let mut nums = vec![1.0, 0.0, -1.0, -123.0, 47.0, -121.0, 48.0, -1.0, 0.0];
+        let (_, b) = build_response(&nums, strs(), Vec::new()).unwrap();
+        assert_eq!(
+            b,
+            Some(Bbox {
+                west: -123.0,
+                south: 47.0,
+                east: -121.0,
+                north: 48.0
+            })
+        );
+        nums[3..7].fill(f64::NAN);
+        assert_eq!(build_response(&nums, strs(), Vec::new()).unwrap().1, None);
     }
 
     /// The tier the server reports: absent is `None`, an unknown one makes the answer invalid.

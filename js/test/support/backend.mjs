@@ -61,7 +61,8 @@ const RANK = { public: 0, registered: 1, verified: 2, agent: 3 };
  * every request body; `b.waitFor(n)` resolves when n requests arrived. `b.hostile`, when
  * set to a function `(res, answer, request)`, writes the response itself from the answer
  * the backend would give (`{ tiles, items, missing }`): for truncated, oversized or
- * subtly wrong bodies.
+ * subtly wrong bodies. `b.bounds`, when set to a string, is sent as the data's extent
+ * (`x-tilewarm-bounds`) with every answer that carries data.
  */
 export async function startBackend({ perTile = 3 } = {}) {
   const items = dataset(perTile);
@@ -69,7 +70,7 @@ export async function startBackend({ perTile = 3 } = {}) {
   const byZoom = new Map();
   const sockets = new Set();
   const b = {
-    items, byId, mode: 'ok', delayMs: 0, hostile: null, requests: [], aborted: 0, waiters: [],
+    items, byId, mode: 'ok', delayMs: 0, hostile: null, bounds: null, requests: [], aborted: 0, waiters: [],
     /** Items of a tile (any zoom) visible at `access`. */
     tileItems(tile, access) {
       const z = Number(tile.split('/')[0]);
@@ -131,7 +132,9 @@ export async function startBackend({ perTile = 3 } = {}) {
       if (mode === 'badshape') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"tiles": 3}'); return; }
       const answer = b.answer(parsed);
       if (b.hostile) { b.hostile(res, answer, parsed); return; }
-      res.writeHead(200, { 'content-type': 'application/json' });
+      const headers = { 'content-type': 'application/json' };
+      if (b.bounds !== null) headers['x-tilewarm-bounds'] = b.bounds;
+      res.writeHead(200, headers);
       res.end(JSON.stringify(answer));
     });
   });
