@@ -241,7 +241,7 @@ impl Batcher {
         // or the coarse tile would ask for it before its delay is over (a view larger than
         // the cache would loop, each answer evicting another visible tile).
         let this = &*self;
-        let queued = if this.config.coalesce_min_share < 100 {
+        let queued = if this.config.coalesce_min_share < 100 || empty.is_some() {
             TileSet::new(tiles.iter().copied())
         } else {
             TileSet::default()
@@ -268,7 +268,12 @@ impl Batcher {
                 let Some(empty) = empty else { return 0 };
                 block
                     .descendants(data_zoom.unwrap_or(block.z()))
-                    .map_or(0, |below| below.into_iter().filter(|&d| empty(d)).count())
+                    .map_or(0, |below| {
+                        below
+                            .into_iter()
+                            .filter(|&d| !queued.contains(d) && empty(d))
+                            .count()
+                    })
             },
         );
         if request_tiles.len() > self.config.max_tiles {

@@ -11,9 +11,10 @@ use crate::util::sort_pairs;
 /// holds their items too, fewer request tiles for more items. Such a partly listed
 /// ancestor is chosen only when `partial_ok(ancestor)` says so (the caller refuses one
 /// whose other data tiles it already holds or has asked for: their items would come twice).
-/// `empty_below(ancestor)` counts the ancestor's data tiles known to hold no items (outside
-/// the data's extent; never queued): they count towards its share, and a block made of
-/// queued and empty tiles only is complete.
+/// `empty_below(ancestor)` counts the ancestor's data tiles that are not in `tiles` and are
+/// known to hold no items (outside the data's extent): the share is of the other tiles, the
+/// ones that may hold items, so a request tile never brings more unwanted data tiles than
+/// `min_share` allows, and a block made of listed and empty tiles only is complete.
 ///
 /// Sorted `(u64, u64)` vectors throughout (the one `sort_pairs` of the crate), no hash tables: per level,
 /// the `(ancestor, tile)` pairs sorted and deduplicated count the distinct tiles below each
@@ -39,10 +40,10 @@ pub fn coalesce(
     let above = |t: TileId, k: u8| t.ancestor(t.z().checked_sub(k)?).ok();
     // Finest level first, so a chosen coarser ancestor replaces a finer one.
     for k in 1..=levels {
-        // Data tiles below an ancestor k zooms up, and how many of them must be listed
-        // (at least one; all of them at 100%).
+        // Data tiles below an ancestor k zooms up; of those that may hold items, the share
+        // that must be listed (at least one; all of them at 100%).
         let all = 1usize << (2 * k);
-        let need = (all * usize::from(min_share.min(100))).div_ceil(100).max(1);
+        let share = usize::from(min_share.min(100));
         let mut pairs: Vec<(u64, u64)> = Vec::with_capacity(tiles.len());
         for &t in tiles {
             if let Some(a) = above(t, k) {
@@ -54,12 +55,14 @@ pub fn coalesce(
         let mut complete: Vec<(u64, u64)> = Vec::new();
         for below in pairs.chunk_by(|p, q| p.0 == q.0) {
             let block = TileId::from_packed(below[0].0);
-            let listed = if below.len() < all {
-                below.len() + empty_below(block)
+            let listed = below.len();
+            let empty = if listed < all {
+                empty_below(block).min(all - listed)
             } else {
-                all
+                0
             };
-            if listed >= need && (listed >= all || partial_ok(block)) {
+            let need = ((all - empty) * share).div_ceil(100).max(1);
+            if listed >= need && (listed + empty >= all || partial_ok(block)) {
                 complete.push((below[0].0, 0));
             }
         }

@@ -150,3 +150,45 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+/// Tiles known to hold nothing count neither way: the share is of the tiles that may hold
+/// items, so a request tile never brings more unwanted tiles than `min_share` allows.
+#[test]
+fn empty_tiles_leave_the_share_of_the_others() {
+    let parent = TileId::new(12, 100, 100).unwrap();
+    let block = parent.descendants(14).unwrap(); // 16 tiles, row by row
+                                                 // The first 7 hold nothing (outside the data's extent).
+    let empty = |a: TileId| -> usize {
+        let below = a.descendants(14).unwrap();
+        below.iter().filter(|d| block[..7].contains(d)).count()
+    };
+    let request_tiles = |tiles: &[TileId], partial: bool| {
+        let (r, _) = coalesce(
+            tiles,
+            2,
+            50,
+            |_| partial,
+            |a| {
+                // What the batcher passes: the empty ones not listed.
+                let below = a.descendants(14).unwrap();
+                below
+                    .iter()
+                    .filter(|d| block[..7].contains(d) && !tiles.contains(d))
+                    .count()
+            },
+        );
+        r
+    };
+    assert_eq!(empty(parent), 7);
+    // 1 of the 9 that may hold items: not the block with 8 unwanted tiles (its zoom-13
+    // quarter, whose 3 other tiles are empty, brings none).
+    let alone = request_tiles(&block[7..8], true);
+    assert_eq!(alone, [block[7].parent().unwrap()]);
+    // 5 of 9 (at least half): the block, when the caller agrees.
+    assert_eq!(request_tiles(&block[7..12], true), [parent]);
+    assert!(!request_tiles(&block[7..12], false).contains(&parent));
+    // All 9: the block is complete, whatever the caller says.
+    assert_eq!(request_tiles(&block[7..], false), [parent]);
+    // Empty tiles listed as well count once.
+    assert_eq!(request_tiles(&block[3..], false), [parent]);
+}
