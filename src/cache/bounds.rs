@@ -8,8 +8,8 @@
 //! twice from a tile that holds none). A tile whose list the backend answered with items
 //! anyway (bounds set too tight) is the index's like any other.
 
-use super::CacheError;
-use crate::tile::{cover_range, Bbox, CoverRange, TileId};
+use super::{CacheError, HashSet};
+use crate::tile::{tiles_per_axis, Bbox, CoverRange, TileId};
 
 /// The whole world: the default, under which every tile may hold items.
 pub const WORLD: Bbox = Bbox {
@@ -24,28 +24,84 @@ const LONGITUDE: &str = "a longitude in -180..=180";
 /// What a latitude bound must be.
 const LATITUDE: &str = "a latitude in -90..=90, south not above north";
 
-/// The data tiles that touch the data's extent, at the cache's data zoom; `None` when that
-/// is every tile.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct DataBounds(Option<CoverRange>);
+/// The data tiles that touch the data's extent, at the cache's data zoom (`range`; `None`
+/// when that is every tile), and the tiles outside it where the backend listed items
+/// anyway (`listed`: the extent was declared too tight). A tile stays in `listed` for the
+/// cache's life, whatever happens to its list (expired, invalidated, dropped with a tier,
+/// trimmed from the index): it is asked for again like any tile inside. The set grows only
+/// with the tiles outside the extent the backend answered with items.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DataBounds {
+    range: Option<CoverRange>,
+    listed: HashSet<TileId>,
+}
 
 impl DataBounds {
-    /// The bounds of a checked config (see [`check`]) at data zoom `z`.
+    /// The bounds of a checked config (see [`check`]) at data zoom `z`: the tiles from the
+    /// one the north-west corner falls in to the one the south-east corner falls in, placed
+    /// as items are ([`TileId::from_lon_lat`]). So a tile that only touches the box's east or
+    /// south edge is inside: it holds the items on that edge (a view's cover leaves it out).
     pub(super) fn new(bounds: &Bbox, z: u8) -> DataBounds {
-        let range = cover_range(bounds, z).ok();
-        let every = range.is_none_or(|r| r.count() == (1u64 << z) * (1u64 << z));
-        DataBounds(if every { None } else { range })
+        let corners = (
+            TileId::from_lon_lat(bounds.west, bounds.north, z),
+            TileId::from_lon_lat(bounds.east, bounds.south, z),
+        );
+        let (Ok(nw), Ok(se)) = corners else {
+            return DataBounds::every_tile();
+        };
+        let n = tiles_per_axis(z);
+        let (x0, nx) = if bounds.width() >= 360.0 {
+            (0, n)
+        } else {
+            (nw.x(), (se.x() + n - nw.x()) % n + 1)
+        };
+        let range = CoverRange {
+            z,
+            x0,
+            nx,
+            y0: nw.y(),
+            ny: se.y() - nw.y() + 1,
+        };
+        let every = range.count() == u64::from(n) * u64::from(n);
+        DataBounds {
+            range: (!every).then_some(range),
+            listed: HashSet::default(),
+        }
+    }
+
+    /// No extent: every tile may hold items.
+    fn every_tile() -> DataBounds {
+        DataBounds {
+            range: None,
+            listed: HashSet::default(),
+        }
+    }
+
+    /// Takes `other`'s extent, keeping the tiles listed with items; whether it changed.
+    pub(super) fn replace_extent(&mut self, other: DataBounds) -> bool {
+        let changed = other.range != self.range;
+        self.range = other.range;
+        changed
     }
 
     /// Whether some data tile lies outside the extent.
     pub(super) fn excludes_any(&self) -> bool {
-        self.0.is_some()
+        self.range.is_some()
     }
 
-    /// Whether data tile `tile` (at the data zoom) lies entirely outside the extent.
+    /// Whether data tile `tile` (at the data zoom) lies entirely outside the extent and the
+    /// backend never listed items there.
     #[inline]
     pub(super) fn excludes(&self, tile: TileId) -> bool {
-        self.0.is_some_and(|r| !r.contains(tile))
+        self.range.is_some_and(|r| !r.contains(tile)) && !self.listed.contains(&tile)
+    }
+
+    /// The backend listed items in data tile `tile`: if it lies outside the extent, it
+    /// holds items after all (see the type's docs).
+    pub(super) fn listed_with_items(&mut self, tile: TileId) {
+        if self.range.is_some_and(|r| !r.contains(tile)) {
+            self.listed.insert(tile);
+        }
     }
 }
 
@@ -123,8 +179,8 @@ mod tests {
 
     #[test]
     fn the_world_excludes_nothing() {
-        assert_eq!(DataBounds::new(&WORLD, 14), DataBounds(None));
-        assert_eq!(DataBounds::new(&WORLD, 0), DataBounds(None));
+        assert_eq!(DataBounds::new(&WORLD, 14), DataBounds::every_tile());
+        assert_eq!(DataBounds::new(&WORLD, 0), DataBounds::every_tile());
         let t = TileId::from_lon_lat(179.9, -85.0, 14).unwrap();
         assert!(!DataBounds::new(&WORLD, 14).excludes(t));
     }
@@ -143,6 +199,27 @@ mod tests {
         assert!(b.excludes(west) && b.excludes(north));
         let paris = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
         assert!(b.excludes(paris));
+    }
+
+    #[test]
+    fn a_tile_on_the_east_or_south_edge_holds_the_items_there() {
+        // At zoom 14 the meridian 0 and the equator are tile edges: an item on them lies
+        // in the tile east of / south of the line.
+        let b = DataBounds::new(&bbox(-10.0, 0.0, 0.0, 50.0), 14);
+        for (lon, lat) in [(0.0, 45.0), (-5.0, 0.0), (0.0, 0.0)] {
+            let t = TileId::from_lon_lat(lon, lat, 14).unwrap();
+            assert!(!b.excludes(t), "{lon} {lat}: {t}");
+            // One tile further east or south is outside.
+            let (east, south) = (t.offset(1, 0).unwrap(), t.offset(0, 1).unwrap());
+            assert!(b.excludes(east) || lon != 0.0, "{east}");
+            assert!(b.excludes(south) || lat != 0.0, "{south}");
+        }
+        // Longitude 180 is -180's tile: an extent up to it holds the first column.
+        let b = DataBounds::new(&bbox(170.0, -10.0, 180.0, 10.0), 14);
+        let t = TileId::from_lon_lat(180.0, 0.0, 14).unwrap();
+        assert_eq!(t.x(), 0);
+        assert!(!b.excludes(t));
+        assert!(b.excludes(TileId::new(14, 1, t.y()).unwrap()));
     }
 
     #[test]

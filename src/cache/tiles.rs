@@ -135,6 +135,9 @@ impl<P> ItemCache<P> {
         }
 
         if tile.z() == dz {
+            if !listed.is_empty() {
+                self.bounds.listed_with_items(tile);
+            }
             let entry = TileEntry {
                 ids: listed.into_iter().map(|(id, _)| id).collect(),
                 expires_at_ms,
@@ -175,6 +178,7 @@ impl<P> ItemCache<P> {
             }
         }
         for (d, ids) in filled {
+            self.bounds.listed_with_items(d);
             self.tiles.put(
                 d,
                 TileEntry {
@@ -323,7 +327,7 @@ impl<P> ItemCache<P> {
 
     /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry.
     fn holds_nothing(&self, tile: TileId, entry: Option<&TileEntry>) -> bool {
-        self.bounds.excludes(tile) && entry.is_none_or(|e| e.ids.is_empty())
+        self.bounds.excludes(tile) && entry.is_none_or(|e| e.ids.is_empty() && e.complete)
     }
 
     /// Whether the data's extent ([`CacheConfig::bounds`](super::CacheConfig::bounds), or the
@@ -355,11 +359,18 @@ impl<P> ItemCache<P> {
         if self.config.bounds != super::WORLD {
             return Ok(false);
         }
-        let adopted = DataBounds::new(bounds, self.config.tile_zoom);
-        if adopted == self.bounds {
+        if !self
+            .bounds
+            .replace_extent(DataBounds::new(bounds, self.config.tile_zoom))
+        {
             return Ok(false);
         }
-        self.bounds = adopted;
+        // Lists held with items outside the new extent: it was declared too tight there.
+        for (&t, e) in self.tiles.iter() {
+            if !e.ids.is_empty() {
+                self.bounds.listed_with_items(t);
+            }
+        }
         self.changed();
         Ok(true)
     }
@@ -383,7 +394,10 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.tile_freshness(seattle, Access::Public, 0), TileFreshness::Unknown);
     /// ```
     pub fn outside_bounds(&self, tile: TileId) -> bool {
-        tile.z() == self.config.tile_zoom && self.holds_nothing(tile, self.tiles.peek(&tile))
+        // The extent first: the batcher asks this of every data tile of a candidate block.
+        tile.z() == self.config.tile_zoom
+            && self.bounds.excludes(tile)
+            && self.holds_nothing(tile, self.tiles.peek(&tile))
     }
 
     /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index

@@ -439,6 +439,24 @@ fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
     assert!(!c
         .tile_freshness(listed, Access::Public, 2_000)
         .is_showable());
+    // A tile the backend listed items in stays the index's when its list goes: invalidated,
+    // dropped with a lower tier, or after a coarse tile's split.
+    c.invalidate(crate::cache::Invalidate::Tiles(&[listed]));
+    assert!(!c.outside_bounds(listed));
+    assert_eq!(
+        c.tile_freshness(listed, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    let (also, parent) = (tile(1, 3), tile(1, 3).parent().unwrap());
+    put(&mut c, "y", also, 2, Priority::Visible);
+    c.insert_tile(parent, &["y"], Some(1_000), Access::Registered, 0)
+        .unwrap();
+    c.drop_above(Access::Public);
+    assert!(!c.outside_bounds(also));
+    assert_eq!(
+        c.tile_freshness(also, Access::Public, 0),
+        TileFreshness::Unknown
+    );
     // An empty list outside stays the bounds' (fresh for ever).
     c.insert_tile(outside, &[], Some(1_000), Access::Public, 0)
         .unwrap();
@@ -459,4 +477,27 @@ fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
         "cache config bounds.south must be a latitude in -90..=90, south not above north, got 50"
     );
     assert!(!small(1, 1).has_bounds());
+}
+
+#[test]
+fn an_adopted_extent_keeps_the_tiles_already_listed_with_items_outside_it() {
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig::default()).unwrap();
+    let (inside, listed, empty) = (tile(0, 0), tile(0, 3), tile(3, 0));
+    put(&mut c, "x", listed, 1, Priority::Visible);
+    c.insert_tile(listed, &["x"], Some(1_000), Access::Public, 0)
+        .unwrap();
+    let (west, north) = unproject(inside.centre(), Z);
+    let bounds = Bbox::new(west - 0.001, north - 0.001, west, north).unwrap();
+    assert_eq!(c.adopt_bounds(&bounds), Ok(true));
+    assert_eq!(c.adopt_bounds(&bounds), Ok(false), "the same extent again");
+    assert!(c.outside_bounds(empty) && !c.outside_bounds(listed));
+    c.invalidate(crate::cache::Invalidate::All);
+    assert_eq!(
+        c.tile_freshness(listed, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    assert_eq!(
+        c.tile_freshness(empty, Access::Public, 0),
+        TileFreshness::Fresh
+    );
 }
