@@ -128,7 +128,9 @@ struct RunArgs {
     #[arg(long, value_name = "PCT")]
     coalesce_min_share: Option<u8>,
     /// The data's extent every policy's client is given (CacheConfig bounds): none, data
-    /// (the data set's own extent) or WEST,SOUTH,EAST,NORTH [default: none]
+    /// (the data set's own extent), server (that extent declared by the backend with every
+    /// answer, as a server's --bounds: adopted with the first) or WEST,SOUTH,EAST,NORTH
+    /// [default: none]
     #[arg(long, value_name = "SPEC")]
     bounds: Option<String>,
     /// tilewarm policy: ring width [default: 1]
@@ -294,27 +296,16 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     } else {
         tilewarm::dataset::load_path(Path::new(&data)).map_err(|e| format!("{data}: {e}"))?
     };
-    cfg.bounds = match a.bounds.as_deref() {
-        None | Some("none") => tilewarm::cache::WORLD,
-        Some("data") => sim::extent_of(&items),
+    match a.bounds.as_deref() {
+        None | Some("none") => {}
+        Some("data") => cfg.bounds = sim::extent_of(&items),
+        Some("server") => cfg.declared_bounds = Some(sim::extent_of(&items)),
         Some(spec) => {
-            let v: Result<Vec<f64>, _> = spec.split(',').map(|x| x.trim().parse()).collect();
-            let v = v.unwrap_or_default();
-            let [w, s, e, n] = v[..] else {
-                return Err(format!(
-                    "--bounds must be none, data or WEST,SOUTH,EAST,NORTH, got {spec:?}"
-                ));
-            };
-            tilewarm::tile::Bbox::new(w, s, e, n).map_err(|e| format!("--bounds: {e}"))?
+            cfg.bounds = tilewarm::cache::parse_bounds(spec).map_err(|e| {
+                format!("--bounds must be none, data, server or WEST,SOUTH,EAST,NORTH: {e}")
+            })?
         }
     };
-    let bounds_check = tilewarm::cache::CacheConfig {
-        bounds: cfg.bounds,
-        ..Default::default()
-    };
-    bounds_check
-        .validate()
-        .map_err(|e| format!("--bounds: {e}"))?;
     let origin = sim::origin_from(items);
     let metrics = sim::run_all(&policies, &sessions, &origin, &cfg);
     let report = Report {

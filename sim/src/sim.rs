@@ -39,7 +39,6 @@ impl Payload for Size {
     }
 }
 
-/// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
 /// The extent of `items` (the smallest box holding every one, west to east in plain
 /// longitude order: data across the antimeridian needs its box given by hand), for
 /// `--bounds data`; the whole world when there are none.
@@ -63,6 +62,7 @@ pub fn extent_of<D>(items: &[OriginItem<D>]) -> Bbox {
     }
 }
 
+/// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
 pub fn origin_from(items: Vec<OriginItem<tilewarm::protocol::RawData>>) -> Origin<Size> {
     let items = items
         .into_iter()
@@ -140,6 +140,10 @@ pub struct SimConfig {
     /// The data's extent every policy's client is given (`CacheConfig::bounds`; default
     /// the whole world: none).
     pub bounds: Bbox,
+    /// The data's extent the backend declares with every answer (a server's `--bounds`, its
+    /// `x-tilewarm-bounds` header): each client adopts it with its first answer
+    /// (`Client::adopt_bounds`). Default none.
+    pub declared_bounds: Option<Bbox>,
 }
 
 impl Default for SimConfig {
@@ -157,6 +161,7 @@ impl Default for SimConfig {
             slow_ms: 5000,
             access: Access::Public,
             bounds: tilewarm::cache::WORLD,
+            declared_bounds: None,
         }
     }
 }
@@ -269,6 +274,8 @@ struct ClientShell {
     client: Client<Size>,
     oracle: bool,
     next: Option<Viewport>,
+    /// The extent the backend declares with its answers ([`SimConfig::declared_bounds`]).
+    declared_bounds: Option<Bbox>,
 }
 
 impl Shell for ClientShell {
@@ -310,6 +317,11 @@ impl Shell for ClientShell {
         resp: BatchResponse<Size>,
         now: u64,
     ) -> Result<(), String> {
+        if let Some(b) = self.declared_bounds {
+            self.client
+                .adopt_bounds(&b, now)
+                .map_err(|e| e.to_string())?;
+        }
         // The client reports a bad answer as an error event, not as a return value.
         self.client.on_response(id, resp, now);
         Ok(())
@@ -402,6 +414,7 @@ fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
             client: Client::new(cfg.client_config(policy)).expect("valid client config"),
             oracle: policy == Policy::Oracle,
             next: None,
+            declared_bounds: cfg.declared_bounds,
         }),
     }
 }
