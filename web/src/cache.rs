@@ -23,10 +23,11 @@ use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{AbortController, AbortSignal};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
-use tilewarm::cache::{CacheItem, Invalidate};
+use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
 use tilewarm::client::{Client, ClientStats, Event, Payload, TileState};
 use tilewarm::planner::Viewport;
-use tilewarm::protocol::{decode_response, BatchResponse, Item as WireItem, Limits};
+use tilewarm::protocol::{decode_response, BatchResponse, Item as WireItem, Limits, BOUNDS_HEADER};
+use tilewarm::tile::Bbox;
 use tilewarm::{Access, TileId};
 
 use crate::auth::{show, Auth};
@@ -446,7 +447,8 @@ impl<T> State<T> {
 
 /// How a request ended, as the shell saw it.
 enum Outcome<T> {
-    Answer(BatchResponse<Stored<T>>),
+    /// The answer, and the data's extent the server declared with it (`BOUNDS_HEADER`).
+    Answer(BatchResponse<Stored<T>>, Option<Bbox>),
     Failed(Failure),
 }
 
@@ -559,7 +561,11 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             return; // aborted (cancelled or past its deadline): the core already knows
         };
         match outcome {
-            Outcome::Answer(r) => {
+            Outcome::Answer(r, bounds) => {
+                // Advisory: an extent out of range is ignored (the answer stands).
+                if let Some(b) = bounds {
+                    let _ = st.client.adopt_bounds(&b, now);
+                }
                 let mut answered: Vec<String> = r.items.iter().map(|i| i.id.clone()).collect();
                 let missing = r.missing.clone();
                 answered.extend(missing.iter().cloned());
@@ -645,12 +651,17 @@ async fn exchange<T: DeserializeOwned>(
             retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
         });
     }
+    // The data's extent the server declares; a header that does not read as one is ignored.
+    let bounds = res
+        .headers()
+        .get(BOUNDS_HEADER)
+        .and_then(|h| parse_bounds(&h).ok());
     let bytes = match res.binary().await {
         Ok(b) => b,
         Err(e) => return Outcome::Failed(Failure::Network(e.to_string())),
     };
     match decode::<T>(&bytes, limits) {
-        Ok(r) => Outcome::Answer(r),
+        Ok(r) => Outcome::Answer(r, bounds),
         Err(m) => Outcome::Failed(Failure::Invalid(m)),
     }
 }

@@ -108,6 +108,39 @@ where
 }
 
 #[wasm_bindgen_test]
+async fn the_extent_a_server_declares_is_adopted() {
+    let s = "declared";
+    // The server declares that its items lie within the tile at downtown.
+    let b = tile(0, 0).bounds();
+    set_mode(
+        s,
+        &format!("bounds={},{},{},{}", b.west, b.south, b.east, b.north),
+    )
+    .await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let (asked, _) = log(s).await;
+    // 30 tiles east: outside the declared extent, complete at once, nothing asked.
+    let far = show(&cache, inside(tile(30, 0)));
+    assert!(
+        far.complete && far.items.is_empty(),
+        "{:?}",
+        far.missing_tiles
+    );
+    TimeoutFuture::new(100).await;
+    assert_eq!(log(s).await.0, asked);
+    // The same without the header: the far view is asked for.
+    let s = "undeclared";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    assert!(!show(&cache, inside(tile(30, 0))).complete);
+    cache.when_complete().await.unwrap();
+    assert_eq!(log(s).await.0, 2);
+}
+
+#[wasm_bindgen_test]
 async fn a_cold_view_fetches_once_and_completes() {
     let s = "cold";
     let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();

@@ -4,7 +4,8 @@
 //                           pass (forward), slow (forward after 1500 ms), 500, stall (never
 //                           answers), hostile (the next of HOSTILE), auth (forward only with
 //                           "Authorization: Bearer good", else 401), tier (well-formed
-//                           answers whose items are all of tier "agent")
+//                           answers whose items are all of tier "agent"), bounds=W,S,E,N
+//                           (forward, declaring that extent in x-tilewarm-bounds)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -16,7 +17,7 @@ const CORS = {
   'access-control-allow-origin': '*',
   'access-control-allow-headers': 'content-type, authorization',
   'access-control-allow-methods': 'GET, POST, OPTIONS',
-  'access-control-expose-headers': 'retry-after',
+  'access-control-expose-headers': 'retry-after, x-tilewarm-bounds',
 };
 const ITEM = (over) => ({ id: 'h1', lon: -122.3, lat: 47.6, class: 'active', access: 'public', data: {}, ...over });
 // Answers a batch endpoint must never give; the last one is well formed but carries an item
@@ -54,12 +55,12 @@ const send = (res, status, body, headers = {}) => {
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 };
 
-function forward(res, text) {
+function forward(res, text, headers = {}) {
   const up = http.request(upstream, { method: 'POST', headers: { 'content-type': 'application/json' } }, (u) => {
     const chunks = [];
     u.on('data', (c) => chunks.push(c));
     u.on('end', () => {
-      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString());
+      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString(), headers);
     });
   });
   up.on('error', (e) => { if (!res.destroyed) send(res, 502, { error: { code: 'upstream', message: e.message } }); });
@@ -83,6 +84,7 @@ const server = http.createServer((req, res) => {
     s.auth.push(req.headers.authorization ?? null);
     try { s.bodies.push(JSON.parse(text)); } catch { s.bodies.push(text); }
     res.on('close', () => { if (!res.writableFinished) s.aborted += 1; });
+    if (s.mode.startsWith('bounds=')) { forward(res, text, { 'x-tilewarm-bounds': s.mode.slice(7) }); return; }
     switch (s.mode) {
       case 'pass': forward(res, text); break;
       case 'slow': setTimeout(() => { if (!res.destroyed) forward(res, text); }, 1500); break;
