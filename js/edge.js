@@ -42,7 +42,7 @@ let initialised = false;
 
 function cors(headers) {
   headers.set('access-control-allow-origin', '*');
-  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, www-authenticate');
+  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, x-tilewarm-bounds, www-authenticate');
   return headers;
 }
 
@@ -78,11 +78,16 @@ function take(step) {
   return s;
 }
 
-function respond(s) {
+/** The data's extent the origin declares with its answers (a tilewarm-server's `--bounds`). */
+const BOUNDS = 'x-tilewarm-bounds';
+
+/** The answer of step `s`; one with data carries the extent the origin last declared. */
+function respond(s, bounds) {
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
   if (s.access) extra['x-tilewarm-access'] = s.access;
+  if (s.status === 200 && bounds) extra[BOUNDS] = bounds;
   return json(s.status, s.body, extra);
 }
 
@@ -247,6 +252,13 @@ export function createWorker(defaults = {}) {
   let options = null;
   let auth = null;
   let shared = null;
+  // The data's extent the origin declared on its last answer with data (BOUNDS; none if
+  // that answer declared none), passed on with this isolate's answers, hits included, so
+  // clients behind the edge adopt it too.
+  let bounds = null;
+  const heardBounds = (res) => {
+    if (res.status === 200) bounds = res.headers.get(BOUNDS);
+  };
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
   const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null, firstDone: false };
@@ -364,6 +376,7 @@ export function createWorker(defaults = {}) {
   async function warm(origin, token, body, tier) {
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
+      heardBounds(res);
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
@@ -417,11 +430,12 @@ export function createWorker(defaults = {}) {
     }
     let step = take(proxy.begin(body, tier, Date.now()));
     if (step.origin && step.shared && shared.enabled) step = await sharedLookups(step);
-    if (!step.origin) return respond(step);
+    if (!step.origin) return respond(step, bounds);
 
     let done;
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
+      heardBounds(res);
       const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
     } catch (e) {
@@ -433,7 +447,7 @@ export function createWorker(defaults = {}) {
     const put = done.status === 200 ? sharePut(done.access, done.sharedPut) : null;
     if (put) ctx.waitUntil(put);
     if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm, done.access));
-    return respond(done);
+    return respond(done, bounds);
   }
 
   return {

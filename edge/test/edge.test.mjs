@@ -244,3 +244,49 @@ describe('edge worker under workerd', () => {
     assert.equal((await stats()).originFailures, failuresBefore + 2);
   });
 });
+
+describe('edge worker: the data\'s extent the origin declares (x-tilewarm-bounds)', () => {
+  // The server's answers declare it (--bounds); the worker passes it on, hits included.
+  const BOX = '-122.6,47.4,-122,47.8';
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    agentToken ??= await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    const originToken = await serviceToken('agent');
+    server = await startServer([...(await serverAuthArgs(SECRET)), '--bounds', BOX]);
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
+      TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
+    });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  it('passes it on with answers from the origin and from its cache, and exposes it', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'public' };
+    const miss = await post(edge.batch, req);
+    assert.equal(miss.status, 200, miss.text);
+    assert.notEqual(miss.cache, 'hit');
+    assert.equal(miss.bounds, BOX);
+    const hit = await post(edge.batch, req);
+    assert.equal(hit.cache, 'hit');
+    assert.equal(hit.bounds, BOX);
+    const r = await fetch(edge.batch, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${agentToken}` },
+      body: JSON.stringify(req),
+    });
+    await r.text();
+    assert.match(r.headers.get('access-control-expose-headers'), /x-tilewarm-bounds/);
+    // A refusal carries no data, so no extent.
+    const bad = await post(edge.batch, '{');
+    assert.equal(bad.status, 400);
+    assert.equal(bad.bounds, null);
+  });
+});

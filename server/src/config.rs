@@ -113,7 +113,12 @@ pub struct Config {
     /// and tile answers carry it in the `x-tilewarm-bounds` header, and clients that declare
     /// no extent of their own then never ask for tiles wholly outside it. A promise about
     /// the data: an item outside it is still served, but only to clients that ask.
-    #[arg(long, value_name = "W,S,E,N", value_parser = tilewarm::cache::parse_bounds)]
+    #[arg(
+        long,
+        value_name = "W,S,E,N",
+        value_parser = tilewarm::cache::parse_bounds,
+        allow_hyphen_values = true
+    )]
     pub bounds: Option<tilewarm::tile::Bbox>,
 
     /// Directory of static files served at `/` (the demo page).

@@ -127,7 +127,9 @@ export async function startRelay(target, { requireToken } = {}) {
       if (authorization !== undefined) headers.authorization = authorization;
       const r = await fetch(relay.target, { method: 'POST', headers, body });
       const text = await r.text();
-      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+      const out = { 'content-type': r.headers.get('content-type') ?? 'application/json' };
+      if (r.headers.get('x-tilewarm-bounds') !== null) out['x-tilewarm-bounds'] = r.headers.get('x-tilewarm-bounds');
+      res.writeHead(r.status, out);
       res.end(text);
     } catch {
       // The origin is down: the worker sees the connection fail, as it would without us.
@@ -196,6 +198,7 @@ export async function post(url, body, headers = { 'content-type': 'application/j
     cache: r.headers.get('x-tilewarm-cache'),
     originError: r.headers.get('x-tilewarm-origin-error'),
     access: r.headers.get('x-tilewarm-access'),
+    bounds: r.headers.get('x-tilewarm-bounds'),
     wwwAuthenticate: r.headers.get('www-authenticate'),
     text,
     json,

@@ -269,6 +269,14 @@ async fn the_datas_extent_rides_on_batch_and_tile_answers() {
 #[test]
 fn a_bad_extent_is_refused_at_start_naming_what_is_allowed() {
     use clap::Parser;
+    // West of Greenwich the first number is negative: a value, not a flag.
+    let c = tilewarm_server::config::Config::try_parse_from([
+        "tilewarm-server",
+        "--bounds",
+        "-122.52,47.15,-121.31,47.78",
+    ])
+    .unwrap();
+    assert_eq!(c.bounds.map(|b| b.west), Some(-122.52));
     for (arg, want) in [
         (
             "1,2,3",
