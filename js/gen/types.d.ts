@@ -134,7 +134,8 @@ export interface TileCacheOptions {
      * The data's extent, like a map source's `bounds`: a data tile entirely outside it holds no
      * items, so it is never asked for and a view over it is complete. West edge: a number in
      * -180..=180 (west above east crosses the antimeridian). The default, the whole world,
-     * leaves every tile to the backend. Default -180.
+     * leaves every tile to the backend, and takes the extent a server declares with its answers
+     * (`x-tilewarm-bounds`, its `--bounds`). Default -180.
      */
     west?: number;
     /**

@@ -204,7 +204,8 @@ pub(crate) const OPTIONS: [Opt; 32] = [
         "The data's extent, like a map source's `bounds`: a data tile entirely outside it \
          holds no items, so it is never asked for and a view over it is complete. West \
          edge: {allowed} (west above east crosses the antimeridian). The default, the \
-         whole world, leaves every tile to the backend.",
+         whole world, leaves every tile to the backend, and takes the extent a server \
+         declares with its answers (`x-tilewarm-bounds`, its `--bounds`).",
     ),
     number(
         "bounds.south",

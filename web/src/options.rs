@@ -48,7 +48,8 @@ pub struct Options {
 }
 
 /// `bounds`: the data's extent, in degrees, as a map source's bounds (the core's
-/// `CacheConfig::bounds`); an edge left out is the world's.
+/// `CacheConfig::bounds`); an edge left out is the world's. Left out entirely, the extent a
+/// server declares with its answers (`x-tilewarm-bounds`) is adopted.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BoundsOptions {
