@@ -52,7 +52,7 @@ pub use tilewarm::protocol::BOUNDS_HEADER;
 
 /// The headers of an answer with data: the tier it was filtered for and, with `--bounds`,
 /// the data's extent, which clients that declare none adopt
-/// (`tilewarm::client::Client::adopt_bounds`).
+/// (`tilewarm::client::Client::on_declared_response`).
 pub fn data_headers(app: &App, tier: Access, headers: &mut axum::http::HeaderMap) {
     headers.insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
     if let Some(b) = app.config.bounds {

@@ -142,7 +142,7 @@ pub struct SimConfig {
     pub bounds: Bbox,
     /// The data's extent the backend declares with every answer (a server's `--bounds`, its
     /// `x-tilewarm-bounds` header): each client adopts it with its first answer
-    /// (`Client::adopt_bounds`). Default none.
+    /// (`Client::on_declared_response`). Default none.
     pub declared_bounds: Option<Bbox>,
 }
 
@@ -317,13 +317,11 @@ impl Shell for ClientShell {
         resp: BatchResponse<Size>,
         now: u64,
     ) -> Result<(), String> {
-        if let Some(b) = self.declared_bounds {
-            self.client
-                .adopt_bounds(&b, now)
-                .map_err(|e| e.to_string())?;
-        }
         // The client reports a bad answer as an error event, not as a return value.
-        self.client.on_response(id, resp, now);
+        match self.declared_bounds {
+            Some(b) => self.client.on_declared_response(id, resp, Some(&b), now),
+            None => self.client.on_response(id, resp, now),
+        }
         Ok(())
     }
     fn is_complete(&self, _now: u64) -> bool {

@@ -50,7 +50,9 @@ impl DataBounds {
             return DataBounds::every_tile();
         };
         let n = tiles_per_axis(z);
-        let (x0, nx) = if bounds.width() >= 360.0 {
+        // A box within one tile's width of the whole way round may have both corners in one
+        // column (longitude 180 is -180's column): it covers them all.
+        let (x0, nx) = if bounds.width() / 360.0 * f64::from(n) >= f64::from(n - 1) {
             (0, n)
         } else {
             (nw.x(), (se.x() + n - nw.x()) % n + 1)
@@ -213,6 +215,14 @@ mod tests {
             let (east, south) = (t.offset(1, 0).unwrap(), t.offset(0, 1).unwrap());
             assert!(b.excludes(east) || lon != 0.0, "{east}");
             assert!(b.excludes(south) || lat != 0.0, "{south}");
+        }
+        // Nearly the whole way round, both corners in column 0: every column.
+        for (w, e) in [(-179.99, 180.0), (10.01, 10.0), (-180.0, 179.999_999)] {
+            let b = DataBounds::new(&bbox(w, -60.0, e, 75.0), 14);
+            for lon in [-179.995, -90.0, 0.0, 10.005, 90.0, 179.9999] {
+                let t = TileId::from_lon_lat(lon, 0.0, 14).unwrap();
+                assert!(!b.excludes(t), "{w}..{e}: {lon}");
+            }
         }
         // Longitude 180 is -180's tile: an extent up to it holds the first column.
         let b = DataBounds::new(&bbox(170.0, -10.0, 180.0, 10.0), 14);

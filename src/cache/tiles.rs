@@ -339,9 +339,10 @@ impl<P> ItemCache<P> {
     /// Takes `bounds` as the data's extent, as a backend declares it (a server's `--bounds`,
     /// sent with its answers), when the config declares none (leaves
     /// [`CacheConfig::bounds`](super::CacheConfig::bounds) the whole world): the page's own
-    /// declaration wins. A later call replaces the extent adopted before, wider or
-    /// narrower. Returns whether the extent changed; a bad box is refused with nothing
-    /// changed ([`CacheError::InvalidBounds`](super::CacheError::InvalidBounds)).
+    /// declaration wins. `None`: the backend declares none, and every tile may hold items
+    /// again. A later call replaces the extent adopted before, wider or narrower. Returns
+    /// whether the extent changed; a bad box is refused with nothing changed
+    /// ([`CacheError::InvalidBounds`](super::CacheError::InvalidBounds)).
     ///
     /// ```
     /// use tilewarm::access::Access;
@@ -351,10 +352,13 @@ impl<P> ItemCache<P> {
     /// let paris = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
     /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Unknown);
     /// let king_county = parse_bounds("-122.52,47.15,-121.31,47.78").unwrap();
-    /// assert_eq!(cache.adopt_bounds(&king_county), Ok(true));
+    /// assert_eq!(cache.adopt_bounds(Some(&king_county)), Ok(true));
     /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Fresh);
+    /// assert_eq!(cache.adopt_bounds(None), Ok(true));
+    /// assert_eq!(cache.tile_freshness(paris, Access::Public, 0), TileFreshness::Unknown);
     /// ```
-    pub fn adopt_bounds(&mut self, bounds: &Bbox) -> Result<bool, CacheError> {
+    pub fn adopt_bounds(&mut self, bounds: Option<&Bbox>) -> Result<bool, CacheError> {
+        let bounds = bounds.unwrap_or(&super::WORLD);
         super::bounds::check_extent(bounds)?;
         if self.config.bounds != super::WORLD {
             return Ok(false);
@@ -375,10 +379,11 @@ impl<P> ItemCache<P> {
         Ok(true)
     }
 
-    /// Whether data tile `tile` lies outside [`CacheConfig::bounds`](super::CacheConfig::bounds)
-    /// and the index lists no item there: it holds no items, known without asking, so it is
-    /// [`Fresh`](TileFreshness::Fresh) for every tier and for ever. Does not touch LRU order
-    /// or counters.
+    /// Whether data tile `tile` lies outside the data's extent
+    /// ([`CacheConfig::bounds`](super::CacheConfig::bounds), or the one adopted), the backend
+    /// never listed items there, and the index holds no incomplete list for it: it holds no
+    /// items, known without asking, so it is [`Fresh`](TileFreshness::Fresh) for every tier
+    /// and for ever. Does not touch LRU order or counters.
     ///
     /// ```
     /// use tilewarm::access::Access;
@@ -541,5 +546,7 @@ impl<P> ItemCache<P> {
                 e.ids.push(id.clone());
             }
         }
+        // The item now lies in `to`, outside the extent or not.
+        self.bounds.listed_with_items(to);
     }
 }

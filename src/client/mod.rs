@@ -684,12 +684,13 @@ impl<P: Payload> Client<P> {
         self.complete = self.refresh_foreground(now_ms);
     }
 
-    /// The data's extent as the backend declares it (a server's `--bounds`, which its answers
-    /// carry in the `x-tilewarm-bounds` header): adopted when the config declares none, see
-    /// [`ItemCache::adopt_bounds`]. Tiles outside it that no list names with items are then
-    /// fresh and empty: a view over them is complete, and queued work for them is dropped
-    /// before it is sent. A bad box is refused with nothing changed.
-    pub fn adopt_bounds(&mut self, bounds: &Bbox, now_ms: u64) -> Result<(), CacheError> {
+    /// The data's extent as the backend declares it, `None` for none: adopted when the config
+    /// declares none, see [`ItemCache::adopt_bounds`]. Tiles outside it that the backend never
+    /// listed items in are then fresh and empty: a view over them is complete, and queued
+    /// work for them is dropped before it is sent. A bad box is refused with nothing changed.
+    /// A shell that reads it from the answers' headers hands it to
+    /// [`on_declared_response`](Self::on_declared_response) instead.
+    pub fn adopt_bounds(&mut self, bounds: Option<&Bbox>, now_ms: u64) -> Result<(), CacheError> {
         if self.cache.adopt_bounds(bounds)? {
             self.changed();
             self.complete = self.refresh_foreground(now_ms);

@@ -5,7 +5,7 @@ use crate::batch::FailureOutcome;
 use crate::cache::{item_size_bytes, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
 use crate::protocol::{BatchResponse, Item, TileList};
-use crate::tile::{TileId, TileSet};
+use crate::tile::{Bbox, TileId, TileSet};
 use crate::util::sort_pairs;
 
 impl<P: Payload> Client<P> {
@@ -20,6 +20,35 @@ impl<P: Payload> Client<P> {
     /// visible tile's state once; back off visible tiles the cache could not keep; queue
     /// the foreground again from the same states; tell the page.
     pub fn on_response(&mut self, id: RequestId, response: BatchResponse<P>, now_ms: u64) {
+        self.answer(id, response, None, now_ms);
+    }
+
+    /// [`on_response`](Self::on_response) for an answer whose headers declare the data's
+    /// extent ([`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER)): `declared` is the extent
+    /// they declare, `None` when they declare none or one that does not read as an extent.
+    /// Each accepted answer decides (valid, for a request still wanted, at the caller's
+    /// tier; another one changes nothing): its extent is adopted as
+    /// [`adopt_bounds`](Self::adopt_bounds) adopts it, and an answer declaring none gives
+    /// every tile back to the backend, so a server restarted without `--bounds`, or one of
+    /// several behind a balancer without it, never leaves tiles hidden.
+    pub fn on_declared_response(
+        &mut self,
+        id: RequestId,
+        response: BatchResponse<P>,
+        declared: Option<&Bbox>,
+        now_ms: u64,
+    ) {
+        self.answer(id, response, Some(declared), now_ms);
+    }
+
+    /// An answer; `declared`, when given, is the extent its headers declare.
+    fn answer(
+        &mut self,
+        id: RequestId,
+        response: BatchResponse<P>,
+        declared: Option<Option<&Bbox>>,
+        now_ms: u64,
+    ) {
         self.changed();
         if let Err(e) = response.validate(&self.limits) {
             self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
@@ -51,6 +80,14 @@ impl<P: Payload> Client<P> {
             self.verified = Some(reported);
             lowered = true;
         }
+        // The extent it declares; one out of range counts as none.
+        let extent_changed = declared.is_some_and(|declared| {
+            let cache = &mut self.cache;
+            cache
+                .adopt_bounds(declared)
+                .or_else(|_| cache.adopt_bounds(None))
+                .unwrap_or(false)
+        });
         let was_complete = self.complete;
         let shown_before = self.showable_visible(now_ms);
         let BatchResponse {
@@ -59,7 +96,8 @@ impl<P: Payload> Client<P> {
             missing,
             ..
         } = response;
-        let mut touched_visible = self.ingest_items(items, finished.kind, now_ms) | lowered;
+        let mut touched_visible =
+            self.ingest_items(items, finished.kind, now_ms) | lowered | extent_changed;
         if !missing.is_empty() {
             let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
             self.cache.forget_ids(&ids);

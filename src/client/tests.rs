@@ -726,7 +726,7 @@ mod bounds {
         // A view 20 tiles east of the block: nothing there, but nothing says so yet.
         let far = moved(20.0, 0.0, 2.0, 14.0);
         assert!(!c.set_viewport(far, 0, |_, _| {}).complete);
-        c.adopt_bounds(&extent(&o), 1).unwrap();
+        c.adopt_bounds(Some(&extent(&o)), 1).unwrap();
         assert!(
             c.poll_request(1).is_none(),
             "the queued tiles lie outside: none is sent"
@@ -752,6 +752,56 @@ mod bounds {
         assert!(c.set_viewport(edge, 4, |_, _| {}).complete);
     }
 
+    /// Each accepted answer decides the declared extent (none given back the world), and an
+    /// answer the client does not take (cancelled, or for another tier) decides nothing.
+    #[test]
+    fn each_accepted_answer_declares_the_extent() {
+        let o = origin();
+        let ext = extent(&o);
+        let mut config = ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        };
+        config.batch.coalesce_levels = 0;
+        let mut c = client(config);
+        let far = moved(20.0, 0.0, 2.0, 14.0);
+        // Each step: a view inside the block, its request answered declaring `declared`.
+        let step = |c: &mut Client<String>, k: f64, declared: Option<&crate::tile::Bbox>| {
+            let now = (k * 100.0) as u64;
+            c.set_viewport(moved(k - 2.0, 0.0, 0.5, 14.0), now, |_, _| {});
+            let t = c.poll_request(now).expect("a request for the view");
+            let r = o.answer(&t.request, None);
+            c.on_declared_response(t.id, r, declared, now);
+            c.set_viewport(far, now + 1, |_, _| {}).complete
+        };
+        assert!(step(&mut c, 0.0, Some(&ext)), "declared: outside is empty");
+        assert!(!step(&mut c, 1.0, None), "declared none: the world again");
+        assert!(step(&mut c, 2.0, Some(&ext)));
+        let upside_down = crate::tile::Bbox {
+            south: 10.0,
+            north: 0.0,
+            ..crate::cache::WORLD
+        };
+        assert!(
+            !step(&mut c, 3.0, Some(&upside_down)),
+            "not an extent: none"
+        );
+        // A cancelled request's late answer decides nothing.
+        assert!(step(&mut c, 4.0, Some(&ext)));
+        c.set_viewport(moved(-3.0, 0.0, 0.5, 14.0), 500, |_, _| {});
+        let t = c.poll_request(500).unwrap();
+        c.set_viewport(far, 501, |_, _| {});
+        while c.poll_cancel().is_some() {}
+        c.handle_timeout(60_000);
+        while c.poll_cancel().is_some() {}
+        let r = o.answer(&t.request, None);
+        c.on_declared_response(t.id, r, None, 60_001);
+        assert!(
+            c.set_viewport(far, 60_002, |_, _| {}).complete,
+            "still the extent"
+        );
+    }
+
     #[test]
     fn the_pages_own_extent_wins_and_a_bad_one_is_refused() {
         let o = origin();
@@ -760,7 +810,7 @@ mod bounds {
         let mut c = client(config);
         let far = moved(20.0, 0.0, 2.0, 14.0);
         // The page's extent leaves the far view outside; the backend's world does not widen it.
-        c.adopt_bounds(&crate::cache::WORLD, 0).unwrap();
+        c.adopt_bounds(Some(&crate::cache::WORLD), 0).unwrap();
         assert!(c.set_viewport(far, 1, |_, _| {}).complete);
         let mut open = client(ClientConfig::default());
         let upside_down = crate::tile::Bbox {
@@ -768,7 +818,7 @@ mod bounds {
             north: 0.0,
             ..crate::cache::WORLD
         };
-        assert!(open.adopt_bounds(&upside_down, 0).is_err());
+        assert!(open.adopt_bounds(Some(&upside_down), 0).is_err());
         assert!(
             !open.set_viewport(far, 1, |_, _| {}).complete,
             "nothing adopted"

@@ -94,8 +94,9 @@ pub use validate::{ttl_left_s, validate_item_fields};
 
 /// The response header in which a server declares the data's extent, `west,south,east,north`
 /// in degrees ([`parse_bounds`](crate::cache::parse_bounds)): clients that declare none adopt
-/// it ([`Client::adopt_bounds`](crate::client::Client::adopt_bounds)). Optional and advisory:
-/// a client ignores a header it cannot read.
+/// it ([`Client::on_declared_response`](crate::client::Client::on_declared_response)).
+/// Each accepted answer decides: one without it, or with one that does not read as an
+/// extent, declares none.
 pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
 
 use error::{clip, quote};

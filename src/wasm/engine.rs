@@ -251,11 +251,8 @@ impl Engine {
         match build_response(&nums, strs, payloads) {
             Ok((r, bounds)) => {
                 out.nums.push(1.0);
-                // Advisory: an extent out of range is ignored (the answer stands).
-                if let Some(b) = bounds {
-                    let _ = self.client.adopt_bounds(&b, now);
-                }
-                self.client.on_response(rid, r, now);
+                self.client
+                    .on_declared_response(rid, r, bounds.as_ref(), now);
             }
             // An invalid response is reported as a failure by the core itself.
             Err(reason) => {

@@ -562,15 +562,11 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         };
         match outcome {
             Outcome::Answer(r, bounds) => {
-                // Advisory: an extent out of range is ignored (the answer stands).
-                if let Some(b) = bounds {
-                    let _ = st.client.adopt_bounds(&b, now);
-                }
                 let mut answered: Vec<String> = r.items.iter().map(|i| i.id.clone()).collect();
                 let missing = r.missing.clone();
                 answered.extend(missing.iter().cloned());
                 answered.extend(flight.ids.iter().cloned());
-                st.client.on_response(id, r, now);
+                st.client.on_declared_response(id, r, bounds.as_ref(), now);
                 for gid in answered {
                     if !st.gets.contains_key(&gid) {
                         continue;
@@ -651,7 +647,7 @@ async fn exchange<T: DeserializeOwned>(
             retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
         });
     }
-    // The data's extent the server declares; a header that does not read as one is ignored.
+    // The data's extent the server declares; a header that does not read as one declares none.
     let bounds = res
         .headers()
         .get(BOUNDS_HEADER)

@@ -488,8 +488,12 @@ fn an_adopted_extent_keeps_the_tiles_already_listed_with_items_outside_it() {
         .unwrap();
     let (west, north) = unproject(inside.centre(), Z);
     let bounds = Bbox::new(west - 0.001, north - 0.001, west, north).unwrap();
-    assert_eq!(c.adopt_bounds(&bounds), Ok(true));
-    assert_eq!(c.adopt_bounds(&bounds), Ok(false), "the same extent again");
+    assert_eq!(c.adopt_bounds(Some(&bounds)), Ok(true));
+    assert_eq!(
+        c.adopt_bounds(Some(&bounds)),
+        Ok(false),
+        "the same extent again"
+    );
     assert!(c.outside_bounds(empty) && !c.outside_bounds(listed));
     c.invalidate(crate::cache::Invalidate::All);
     assert_eq!(
