@@ -143,12 +143,15 @@ function list(v, name) {
   return v;
 }
 
+/** A decimal number, as the core's `parse_bounds` reads one (no hex, no empty field). */
+const DECIMAL = /^\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?\s*$/i;
+
 /** The data's extent a server declares in its `BOUNDS_HEADER` (`west,south,east,north`) as
- * four numbers; four NaN when it declares none or they are not four numbers (the engine
- * ignores an extent out of range: the header is advisory). */
+ * four numbers; four NaN when it declares none or they are not four decimal numbers. The
+ * engine takes an extent out of range as none too: each answer decides. */
 function declaredBounds(header) {
-  const v = header ? header.split(',').map(Number) : [];
-  return v.length === 4 && v.every(Number.isFinite) ? v : [NaN, NaN, NaN, NaN];
+  const parts = header ? header.split(',') : [];
+  return parts.length === 4 && parts.every((p) => DECIMAL.test(p)) ? parts.map(Number) : [NaN, NaN, NaN, NaN];
 }
 
 /** The parsed response as the three lists `Engine.response` takes (see there), with the

@@ -252,13 +252,10 @@ export function createWorker(defaults = {}) {
   let options = null;
   let auth = null;
   let shared = null;
-  // The data's extent the origin declared on its last answer with data (BOUNDS; none if
-  // that answer declared none), passed on with this isolate's answers, hits included, so
-  // clients behind the edge adopt it too.
+  // The data's extent the origin declared on its last answer taken (BOUNDS; none if that
+  // answer declared none), passed on with this isolate's answers, hits included, so clients
+  // behind the edge adopt it too.
   let bounds = null;
-  const heardBounds = (res) => {
-    if (res.status === 200) bounds = res.headers.get(BOUNDS);
-  };
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
   const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null, firstDone: false };
@@ -376,9 +373,9 @@ export function createWorker(defaults = {}) {
   async function warm(origin, token, body, tier) {
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
-      heardBounds(res);
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
+        bounds = res.headers.get(BOUNDS);
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
       }
     } catch {
@@ -435,9 +432,9 @@ export function createWorker(defaults = {}) {
     let done;
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
-      heardBounds(res);
       const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
+      if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS);
     } catch (e) {
       const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
       done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));

@@ -143,9 +143,10 @@ test('bounds: the extent a server declares (x-tilewarm-bounds) is adopted, unles
   }
   const declared = `${west},${south},${east},${north}`;
   assert.deepEqual(await farAfterOneAnswer(declared), { complete: true, requests: 0, errors: 0 });
-  // Without the header, or with one that is not an extent (ignored: the answers stand),
-  // the far view is asked for.
-  for (const bad of [null, 'nonsense', '1,2,3', `${west},${south},${east}`, '0,100,1,1', '0,10,1,5']) {
+  // Without the header, or with one that is not an extent (none declared: the answers
+  // stand), the far view is asked for.
+  const bads = [null, 'nonsense', '1,2,3', `${west},${south},${east}`, '0,100,1,1', '0,10,1,5', ',,,', '0,,1,1', `0x10,${south},${east},${north}`];
+  for (const bad of bads) {
     assert.deepEqual(await farAfterOneAnswer(bad), { complete: false, requests: 1, errors: 0 }, `${bad}`);
   }
   // The page's own extent wins, even a wider one.
