@@ -35,19 +35,25 @@ function rng(seed) {
   };
 }
 
+/** tilewarm-server (with `serverArgs`), the recording relay and the worker under workerd. */
+async function stack(serverArgs = []) {
+  agentToken ??= await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+  const originToken = await serviceToken('agent');
+  const server = await startServer([...(await serverAuthArgs(SECRET)), ...serverArgs]);
+  const relay = await startRelay(server.batch, { requireToken: originToken });
+  const edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
+    TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
+  });
+  return { server, relay, edge };
+}
+
 describe('edge worker under workerd', () => {
   let server;
   let relay;
   let edge;
 
   before(async () => {
-    agentToken = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
-    const originToken = await serviceToken('agent');
-    server = await startServer(await serverAuthArgs(SECRET));
-    relay = await startRelay(server.batch, { requireToken: originToken });
-    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
-      TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
-    });
+    ({ server, relay, edge } = await stack());
   });
 
   after(async () => {
@@ -253,13 +259,7 @@ describe('edge worker: the data\'s extent the origin declares (x-tilewarm-bounds
   let edge;
 
   before(async () => {
-    agentToken ??= await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
-    const originToken = await serviceToken('agent');
-    server = await startServer([...(await serverAuthArgs(SECRET)), '--bounds', BOX]);
-    relay = await startRelay(server.batch, { requireToken: originToken });
-    edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
-      TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
-    });
+    ({ server, relay, edge } = await stack(['--bounds', BOX]));
   });
 
   after(async () => {

@@ -695,27 +695,16 @@ mod bounds {
 
     /// The items' own extent: the block of 6 x 6 data tiles around Seattle.
     fn extent(o: &Origin<String>) -> crate::tile::Bbox {
+        let (lon, lat) = (|i: &Item<String>| i.lon, |i: &Item<String>| i.lat);
+        let least =
+            |f: fn(&Item<String>) -> f64| o.items().iter().map(f).fold(f64::INFINITY, f64::min);
+        let most =
+            |f: fn(&Item<String>) -> f64| o.items().iter().map(f).fold(f64::NEG_INFINITY, f64::max);
         crate::tile::Bbox {
-            west: o
-                .items()
-                .iter()
-                .map(|i| i.lon)
-                .fold(f64::INFINITY, f64::min),
-            south: o
-                .items()
-                .iter()
-                .map(|i| i.lat)
-                .fold(f64::INFINITY, f64::min),
-            east: o
-                .items()
-                .iter()
-                .map(|i| i.lon)
-                .fold(f64::NEG_INFINITY, f64::max),
-            north: o
-                .items()
-                .iter()
-                .map(|i| i.lat)
-                .fold(f64::NEG_INFINITY, f64::max),
+            west: least(lon),
+            south: least(lat),
+            east: most(lon),
+            north: most(lat),
         }
     }
 
