@@ -30,59 +30,27 @@ const LATITUDE: &str = "a latitude in -90..=90, south not above north";
 /// cache's life, whatever happens to its list (expired, invalidated, dropped with a tier,
 /// trimmed from the index): it is asked for again like any tile inside. The set grows only
 /// with the tiles outside the extent the backend answered with items.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(super) struct DataBounds {
     range: Option<CoverRange>,
     listed: HashSet<TileId>,
 }
 
 impl DataBounds {
-    /// The bounds of a checked config (see [`check`]) at data zoom `z`: the tiles from the
-    /// one the north-west corner falls in to the one the south-east corner falls in, placed
-    /// as items are ([`TileId::from_lon_lat`]). So a tile that only touches the box's east or
-    /// south edge is inside: it holds the items on that edge (a view's cover leaves it out).
+    /// The bounds of a checked config (see [`check`]) at data zoom `z` ([`extent_range`]).
     pub(super) fn new(bounds: &Bbox, z: u8) -> DataBounds {
-        let corners = (
-            TileId::from_lon_lat(bounds.west, bounds.north, z),
-            TileId::from_lon_lat(bounds.east, bounds.south, z),
-        );
-        let (Ok(nw), Ok(se)) = corners else {
-            return DataBounds::every_tile();
-        };
-        let n = tiles_per_axis(z);
-        // A box within one tile's width of the whole way round may have both corners in one
-        // column (longitude 180 is -180's column): it covers them all.
-        let (x0, nx) = if bounds.width() / 360.0 * f64::from(n) >= f64::from(n - 1) {
-            (0, n)
-        } else {
-            (nw.x(), (se.x() + n - nw.x()) % n + 1)
-        };
-        let range = CoverRange {
-            z,
-            x0,
-            nx,
-            y0: nw.y(),
-            ny: se.y() - nw.y() + 1,
-        };
-        let every = range.count() == u64::from(n) * u64::from(n);
         DataBounds {
-            range: (!every).then_some(range),
+            range: extent_range(bounds, z),
             listed: HashSet::default(),
         }
     }
 
-    /// No extent: every tile may hold items.
-    fn every_tile() -> DataBounds {
-        DataBounds {
-            range: None,
-            listed: HashSet::default(),
-        }
-    }
-
-    /// Takes `other`'s extent, keeping the tiles listed with items; whether it changed.
-    pub(super) fn replace_extent(&mut self, other: DataBounds) -> bool {
-        let changed = other.range != self.range;
-        self.range = other.range;
+    /// Takes `bounds` (checked) as the extent at data zoom `z`, keeping the tiles listed with
+    /// items; whether the extent changed.
+    pub(super) fn set_extent(&mut self, bounds: &Bbox, z: u8) -> bool {
+        let range = extent_range(bounds, z);
+        let changed = range != self.range;
+        self.range = range;
         changed
     }
 
@@ -105,6 +73,38 @@ impl DataBounds {
             self.listed.insert(tile);
         }
     }
+}
+
+/// The data tiles at zoom `z` from the one the north-west corner of checked `bounds` falls
+/// in to the one its south-east corner falls in, placed as items are
+/// ([`TileId::from_lon_lat`]): a tile that only touches the box's east or south edge is
+/// inside, since it holds the items on that edge (a view's cover leaves it out). `None`
+/// when that is every tile.
+fn extent_range(bounds: &Bbox, z: u8) -> Option<CoverRange> {
+    let corners = (
+        TileId::from_lon_lat(bounds.west, bounds.north, z),
+        TileId::from_lon_lat(bounds.east, bounds.south, z),
+    );
+    let (Ok(nw), Ok(se)) = corners else {
+        return None;
+    };
+    let n = tiles_per_axis(z);
+    // A box within one tile's width of the whole way round may have both corners in one
+    // column (longitude 180 is -180's column): it covers them all.
+    let (x0, nx) = if bounds.width() / 360.0 * f64::from(n) >= f64::from(n - 1) {
+        (0, n)
+    } else {
+        (nw.x(), (se.x() + n - nw.x()) % n + 1)
+    };
+    let range = CoverRange {
+        z,
+        x0,
+        nx,
+        y0: nw.y(),
+        ny: se.y() - nw.y() + 1,
+    };
+    let every = range.count() == u64::from(n) * u64::from(n);
+    (!every).then_some(range)
 }
 
 /// [`check`] as the cache's error.
@@ -181,8 +181,9 @@ mod tests {
 
     #[test]
     fn the_world_excludes_nothing() {
-        assert_eq!(DataBounds::new(&WORLD, 14), DataBounds::every_tile());
-        assert_eq!(DataBounds::new(&WORLD, 0), DataBounds::every_tile());
+        assert_eq!(extent_range(&WORLD, 14), None);
+        assert_eq!(extent_range(&WORLD, 0), None);
+        assert!(!DataBounds::new(&WORLD, 14).excludes_any());
         let t = TileId::from_lon_lat(179.9, -85.0, 14).unwrap();
         assert!(!DataBounds::new(&WORLD, 14).excludes(t));
     }

@@ -6,8 +6,8 @@
 use super::key::ItemKey;
 
 use super::{
-    bounds::DataBounds, check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap,
-    HashSet, ItemCache, MAX_SPLIT_LEVELS,
+    check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
+    MAX_SPLIT_LEVELS,
 };
 use crate::access::Access;
 use crate::tile::{Bbox, TileId};
@@ -316,7 +316,7 @@ impl<P> ItemCache<P> {
             return TileFreshness::Unknown;
         }
         let entry = self.tiles.peek(&tile);
-        if self.holds_nothing(tile, entry) {
+        if self.holds_nothing(tile, || entry) {
             return TileFreshness::Fresh;
         }
         match entry {
@@ -325,9 +325,15 @@ impl<P> ItemCache<P> {
         }
     }
 
-    /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry.
-    fn holds_nothing(&self, tile: TileId, entry: Option<&TileEntry>) -> bool {
-        self.bounds.excludes(tile) && entry.is_none_or(|e| e.ids.is_empty() && e.complete)
+    /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry,
+    /// which is looked up only for a tile outside the extent (the batcher asks this of every
+    /// data tile of a candidate block).
+    fn holds_nothing<'a>(
+        &'a self,
+        tile: TileId,
+        entry: impl FnOnce() -> Option<&'a TileEntry>,
+    ) -> bool {
+        self.bounds.excludes(tile) && entry().is_none_or(|e| e.ids.is_empty() && e.complete)
     }
 
     /// Whether the data's extent ([`CacheConfig::bounds`](super::CacheConfig::bounds), or the
@@ -363,10 +369,7 @@ impl<P> ItemCache<P> {
         if self.config.bounds != super::WORLD {
             return Ok(false);
         }
-        if !self
-            .bounds
-            .replace_extent(DataBounds::new(bounds, self.config.tile_zoom))
-        {
+        if !self.bounds.set_extent(bounds, self.config.tile_zoom) {
             return Ok(false);
         }
         // Lists held with items outside the new extent: it was declared too tight there.
@@ -399,10 +402,7 @@ impl<P> ItemCache<P> {
     /// assert_eq!(cache.tile_freshness(seattle, Access::Public, 0), TileFreshness::Unknown);
     /// ```
     pub fn outside_bounds(&self, tile: TileId) -> bool {
-        // The extent first: the batcher asks this of every data tile of a candidate block.
-        tile.z() == self.config.tile_zoom
-            && self.bounds.excludes(tile)
-            && self.holds_nothing(tile, self.tiles.peek(&tile))
+        tile.z() == self.config.tile_zoom && self.holds_nothing(tile, || self.tiles.peek(&tile))
     }
 
     /// When the membership of data-zoom tile `tile` stops being fresh, if the tile index
