@@ -21,6 +21,8 @@
 import wasm from './tilewarm_edge_bg.wasm';
 import { initSync, EdgeProxy } from './tilewarm_edge.js';
 import { createAuth, Unauthorized, KeysUnavailable } from './edge-auth.js';
+// The header a server declares the data's extent in (bundled in by build-pkg.sh).
+import { BOUNDS_HEADER } from './gen/boundary.js';
 
 export { EdgeProxy };
 
@@ -42,7 +44,7 @@ let initialised = false;
 
 function cors(headers) {
   headers.set('access-control-allow-origin', '*');
-  headers.set('access-control-expose-headers', 'x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, x-tilewarm-bounds, www-authenticate');
+  headers.set('access-control-expose-headers', `x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, ${BOUNDS_HEADER}, www-authenticate`);
   return headers;
 }
 
@@ -78,16 +80,13 @@ function take(step) {
   return s;
 }
 
-/** The data's extent the origin declares with its answers (a tilewarm-server's `--bounds`). */
-const BOUNDS = 'x-tilewarm-bounds';
-
 /** The answer of step `s`; one with data carries the extent the origin last declared. */
 function respond(s, bounds) {
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
   if (s.access) extra['x-tilewarm-access'] = s.access;
-  if (s.status === 200 && bounds) extra[BOUNDS] = bounds;
+  if (s.status === 200 && bounds) extra[BOUNDS_HEADER] = bounds;
   return json(s.status, s.body, extra);
 }
 
@@ -252,9 +251,9 @@ export function createWorker(defaults = {}) {
   let options = null;
   let auth = null;
   let shared = null;
-  // The data's extent the origin declared on its last answer taken (BOUNDS; none if that
-  // answer declared none), passed on with this isolate's answers, hits included, so clients
-  // behind the edge adopt it too.
+  // The data's extent the origin declared on its last answer taken (BOUNDS_HEADER; none
+  // if that answer declared none), passed on with this isolate's answers, hits included, so
+  // clients behind the edge adopt it too.
   let bounds = null;
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
@@ -375,7 +374,7 @@ export function createWorker(defaults = {}) {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
-        bounds = res.headers.get(BOUNDS);
+        bounds = res.headers.get(BOUNDS_HEADER);
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
       }
     } catch {
@@ -434,7 +433,7 @@ export function createWorker(defaults = {}) {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
       const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
-      if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS);
+      if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
     } catch (e) {
       const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
       done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));

@@ -80,7 +80,7 @@ done
 "$esbuild" js/cache.js --bundle --external:./tilewarm.js --minify --format=esm \
   --log-level=warning --outfile="$out/cache.js" --allow-overwrite
 # The edge worker gets its token verification (js/edge-auth.js and the parts of `jose` it
-# uses, a pinned devDependency) bundled in, so a worker needs no dependency at run time and a
+# uses, a pinned devDependency) and the generated header name (js/gen/boundary.js) bundled in, so a worker needs no dependency at run time and a
 # workerd config lists one module for it; the browser page never loads edge.js.
 "$esbuild" js/edge.js --bundle --external:./tilewarm_edge.js --external:./tilewarm_edge_bg.wasm \
   --minify --format=esm --log-level=warning --outfile="$out/edge.js" --allow-overwrite

@@ -55,11 +55,8 @@ pub use tilewarm::protocol::BOUNDS_HEADER;
 /// (`tilewarm::client::Client::on_declared_response`).
 pub fn data_headers(app: &App, tier: Access, headers: &mut axum::http::HeaderMap) {
     headers.insert(ACCESS_HEADER, HeaderValue::from_static(tier.as_str()));
-    if let Some(b) = app.config.bounds {
-        let text = format!("{},{},{},{}", b.west, b.south, b.east, b.north);
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            headers.insert(BOUNDS_HEADER, v);
-        }
+    if let Some(v) = &app.bounds_header {
+        headers.insert(BOUNDS_HEADER, v.clone());
     }
 }
 

@@ -76,6 +76,9 @@ pub struct App {
     pub sheds: Sheds,
     /// The short TTL and cap of empty tile lists in the tier ([`empty_tiles`]).
     pub empty_tiles: empty_tiles::EmptyTiles,
+    /// `--bounds` as the `x-tilewarm-bounds` header value every answer with data carries
+    /// ([`http::data_headers`]), written once.
+    pub bounds_header: Option<axum::http::HeaderValue>,
 }
 
 /// Each admitted route's own bound ([`admission::Shed`]).
@@ -244,6 +247,10 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             config.empty_tile_ttl_s.min(config.tile_ttl_s) * 1000,
             config.max_empty_tiles,
         ),
+        bounds_header: config.bounds.and_then(|b| {
+            let text = format!("{},{},{},{}", b.west, b.south, b.east, b.north);
+            axum::http::HeaderValue::from_str(&text).ok()
+        }),
         config,
     });
     if app.changes.is_redis() {
