@@ -14,7 +14,7 @@ use crate::util::HashMap;
 
 use crate::access::Access;
 use crate::protocol::{BatchRequest, BatchResponse, Item, TileList};
-use crate::tile::{project, TileError, TileId, MAX_ZOOM};
+use crate::tile::{project, Bbox, TileError, TileId, MAX_ZOOM};
 
 /// One item of the origin's data set: the protocol's [`Item`], as the origin answers it.
 pub type OriginItem<D> = Item<D>;
@@ -104,6 +104,38 @@ impl<D: Clone> Origin<D> {
     /// All items, in no particular order.
     pub fn items(&self) -> &[OriginItem<D>] {
         &self.items
+    }
+
+    /// The smallest box holding every item, west to east in plain longitude order (data
+    /// across the antimeridian needs its box given by hand); `None` when there are none. What
+    /// a server would declare as its data's extent.
+    ///
+    /// ```
+    /// use tilewarm::origin::{Origin, OriginItem};
+    /// use tilewarm::Access;
+    /// let home = |id: &str, lon: f64, lat: f64| OriginItem {
+    ///     id: id.into(), lon, lat, class: "active".into(), access: Access::Public, ttl: None, data: (),
+    /// };
+    /// let homes = Origin::new(vec![home("a", -122.3, 47.6), home("b", -121.9, 47.4)]).unwrap();
+    /// let b = homes.extent().unwrap();
+    /// assert_eq!((b.west, b.south, b.east, b.north), (-122.3, 47.4, -121.9, 47.6));
+    /// assert!(Origin::<()>::new(Vec::new()).unwrap().extent().is_none());
+    /// ```
+    pub fn extent(&self) -> Option<Bbox> {
+        let first = self.items.first()?;
+        let mut b = Bbox {
+            west: first.lon,
+            south: first.lat,
+            east: first.lon,
+            north: first.lat,
+        };
+        for it in &self.items {
+            b.west = b.west.min(it.lon);
+            b.east = b.east.max(it.lon);
+            b.south = b.south.min(it.lat);
+            b.north = b.north.max(it.lat);
+        }
+        Some(b)
     }
 
     /// An item by id, whatever its tier.

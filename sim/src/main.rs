@@ -296,17 +296,19 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     } else {
         tilewarm::dataset::load_path(Path::new(&data)).map_err(|e| format!("{data}: {e}"))?
     };
+    let origin = sim::origin_from(items);
+    // The data set's own extent (the world when it is empty).
+    let extent = origin.extent().unwrap_or(tilewarm::cache::WORLD);
     match a.bounds.as_deref() {
         None | Some("none") => {}
-        Some("data") => cfg.bounds = sim::extent_of(&items),
-        Some("server") => cfg.declared_bounds = Some(sim::extent_of(&items)),
+        Some("data") => cfg.bounds = extent,
+        Some("server") => cfg.declared_bounds = Some(extent),
         Some(spec) => {
             cfg.bounds = tilewarm::cache::parse_bounds(spec).map_err(|e| {
                 format!("--bounds must be none, data, server or WEST,SOUTH,EAST,NORTH: {e}")
             })?
         }
     };
-    let origin = sim::origin_from(items);
     let metrics = sim::run_all(&policies, &sessions, &origin, &cfg);
     let report = Report {
         label: label.unwrap_or_else(|| trace_path.clone()),

@@ -39,29 +39,6 @@ impl Payload for Size {
     }
 }
 
-/// The extent of `items` (the smallest box holding every one, west to east in plain
-/// longitude order: data across the antimeridian needs its box given by hand), for
-/// `--bounds data`; the whole world when there are none.
-pub fn extent_of<D>(items: &[OriginItem<D>]) -> Bbox {
-    let mut b = Bbox {
-        west: f64::INFINITY,
-        south: f64::INFINITY,
-        east: f64::NEG_INFINITY,
-        north: f64::NEG_INFINITY,
-    };
-    for it in items {
-        b.west = b.west.min(it.lon);
-        b.east = b.east.max(it.lon);
-        b.south = b.south.min(it.lat);
-        b.north = b.north.max(it.lat);
-    }
-    if b.west > b.east {
-        tilewarm::cache::WORLD
-    } else {
-        b
-    }
-}
-
 /// Turns a loaded data set into the sim's origin (payloads replaced by their JSON size).
 pub fn origin_from(items: Vec<OriginItem<tilewarm::protocol::RawData>>) -> Origin<Size> {
     let items = items

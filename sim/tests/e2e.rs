@@ -86,14 +86,13 @@ fn policies_see_the_same_viewports_and_keep_the_guaranteed_relations() {
 #[test]
 fn the_datas_extent_loses_no_item() {
     let sessions = synthetic_sessions();
-    let items = tilewarm::dataset::synthetic_city(7, 3000);
-    let extent = sim::extent_of(&items);
-    assert!(items
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let extent = origin.extent().unwrap();
+    assert!(origin
+        .items()
         .iter()
         .all(|i| (extent.west..=extent.east).contains(&i.lon)
             && (extent.south..=extent.north).contains(&i.lat)));
-    assert_eq!(sim::extent_of::<()>(&[]), tilewarm::cache::WORLD);
-    let origin = sim::origin_from(items);
     let open = SimConfig::default();
     let bounded = SimConfig {
         bounds: extent,

@@ -693,21 +693,6 @@ mod bounds {
     use super::*;
     use proptest::prelude::*;
 
-    /// The items' own extent: the block of 6 x 6 data tiles around Seattle.
-    fn extent(o: &Origin<String>) -> crate::tile::Bbox {
-        let (lon, lat) = (|i: &Item<String>| i.lon, |i: &Item<String>| i.lat);
-        let least =
-            |f: fn(&Item<String>) -> f64| o.items().iter().map(f).fold(f64::INFINITY, f64::min);
-        let most =
-            |f: fn(&Item<String>) -> f64| o.items().iter().map(f).fold(f64::NEG_INFINITY, f64::max);
-        crate::tile::Bbox {
-            west: least(lon),
-            south: least(lat),
-            east: most(lon),
-            north: most(lat),
-        }
-    }
-
     #[test]
     fn an_adopted_extent_drops_queued_work_outside_and_completes_views_there() {
         let o = origin();
@@ -715,7 +700,7 @@ mod bounds {
         // A view 20 tiles east of the block: nothing there, but nothing says so yet.
         let far = moved(20.0, 0.0, 2.0, 14.0);
         assert!(!c.set_viewport(far, 0, |_, _| {}).complete);
-        c.adopt_bounds(Some(&extent(&o)), 1).unwrap();
+        c.adopt_bounds(Some(&o.extent().unwrap()), 1).unwrap();
         assert!(
             c.poll_request(1).is_none(),
             "the queued tiles lie outside: none is sent"
@@ -746,7 +731,7 @@ mod bounds {
     #[test]
     fn each_accepted_answer_declares_the_extent() {
         let o = origin();
-        let ext = extent(&o);
+        let ext = o.extent().unwrap();
         let mut config = ClientConfig {
             planner: no_prefetch(),
             ..ClientConfig::default()
@@ -795,7 +780,7 @@ mod bounds {
     fn the_pages_own_extent_wins_and_a_bad_one_is_refused() {
         let o = origin();
         let mut config = ClientConfig::default();
-        config.cache.bounds = extent(&o);
+        config.cache.bounds = o.extent().unwrap();
         let mut c = client(config);
         let far = moved(20.0, 0.0, 2.0, 14.0);
         // The page's extent leaves the far view outside; the backend's world does not widen it.
@@ -822,7 +807,7 @@ mod bounds {
             levels in 0u8..3,
         ) {
             let o = origin();
-            let bounds = extent(&o);
+            let bounds = o.extent().unwrap();
             // Coarse request tiles or not: a coarse answer lists tiles the view never asked
             // for, which would hide a wrong extent.
             let mut without = ClientConfig::default();
