@@ -176,7 +176,9 @@ HEAD
   section "$out/js.md" "(Node micro-benchmarks not run in this invocation)"
   echo
   echo "Memory per cached item (\`node --expose-gc bench/js/memory.mjs\`): 50k items cached, the"
-  echo "JS heap and wasm memory the cache holds, per item, against the item's JSON."
+  echo "JS heap and wasm memory the cache holds, per item, against the item's JSON; and what each"
+  echo "item from 25k to 50k adds (each size in a process of its own), which leaves out what"
+  echo "does not grow with the items (the compiled code and fetch machinery, about 2 MB of heap)."
   echo
   section "$out/js-memory.md" "(memory not measured in this invocation)"
   echo

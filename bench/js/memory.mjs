@@ -7,18 +7,46 @@
 // shrinks, so its growth is an upper bound); the JS heap is V8's `heapUsed` after a full
 // GC, before the cache was made and after it was filled (the item objects the cache hands
 // out are part of it: they are what a page renders).
+//
+// Part of what a cache of 50k items holds does not grow with the items: the package's
+// compiled code and the fetch machinery the first answer loads (about 2 MB of JS heap, 42
+// bytes an item at 50k). So each size runs in a process of its own (a wasm memory never
+// shrinks), at 25k and at 50k items, and the table also gives what each further item
+// costs: the difference between the two, per item.
+import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = join(here, '..', '..', 'pkg');
+const SIZES = [25_000, 50_000];
+const child = process.argv.indexOf('--items');
+if (child < 0) {
+  // The parent: one process per size, then the table.
+  const [half, full] = SIZES.map((n) => JSON.parse(execFileSync(process.execPath,
+    ['--expose-gc', fileURLToPath(import.meta.url), '--items', String(n)], { encoding: 'utf8' })));
+  const per = (r, k) => r[k] / r.entries;
+  const marginal = (k) => (full[k] - half[k]) / (full.entries - half.entries);
+  const row = (label, k) => `| ${label} | ${per(full, k).toFixed(0)} | ${marginal(k).toFixed(0)} |\n`;
+  const json = full.json / full.entries, jsonMore = marginal('json');
+  const md = `| bytes per item | at ${full.entries.toLocaleString('en-US')} items cached | each item from ${half.entries.toLocaleString('en-US')} to ${full.entries.toLocaleString('en-US')} |\n| --- | ---: | ---: |\n` +
+    `| the item's JSON (average) | ${json.toFixed(0)} | ${jsonMore.toFixed(0)} |\n` +
+    row('JS heap held (item objects and their data, the cache\'s tables)', 'heap') +
+    row('wasm memory grown (index, tile lists, LRU; 64 KiB pages)', 'wasm') +
+    `| total | ${(per(full, 'heap') + per(full, 'wasm')).toFixed(0)} | ${(marginal('heap') + marginal('wasm')).toFixed(0)} |\n` +
+    `| overhead beyond the JSON (total − JSON) | ${(per(full, 'heap') + per(full, 'wasm') - json).toFixed(0)} | ${(marginal('heap') + marginal('wasm') - jsonMore).toFixed(0)} |\n`;
+  process.stdout.write(md);
+  const i = process.argv.indexOf('--md');
+  if (i > 0) writeFileSync(process.argv[i + 1], md);
+  process.exit(0);
+}
 const { initSync } = await import(join(pkg, 'tilewarm.js'));
 const wasm = initSync({ module: readFileSync(join(pkg, 'tilewarm_bg.wasm')) });
 const { TileCache } = await import(join(pkg, 'api.js'));
 if (typeof gc !== 'function') throw new Error('run with node --expose-gc');
 
-const N = 50_000, Z = 14, SIDE = 20;
+const N = Number(process.argv[child + 1]), Z = 14, SIDE = 20;
 const [X0, Y0] = [2614, 5711];
 // N items spread over a SIDE x SIDE block of z14 tiles; the answers are built per request.
 const lonOf = (x) => (x / 2 ** Z) * 360 - 180;
@@ -68,15 +96,6 @@ gc(); gc();
 const entries = cache.stats().entries;
 if (process.env.DEBUG) console.log(cache.stats());
 const heap = process.memoryUsage().heapUsed - heap0, mem = wasm.memory.buffer.byteLength - mem0;
-const per = (b) => b / entries;
-const json = jsonBytes / N;
-const md = `| ${entries.toLocaleString('en-US')} items cached | bytes per item |\n| --- | ---: |\n` +
-  `| the item's JSON (average) | ${json.toFixed(0)} |\n` +
-  `| JS heap held (item objects and their data, the cache's tables) | ${per(heap).toFixed(0)} |\n` +
-  `| wasm memory grown (index, tile lists, LRU; 64 KiB pages) | ${per(mem).toFixed(0)} |\n` +
-  `| total | ${per(heap + mem).toFixed(0)} |\n` +
-  `| overhead beyond the JSON (total − JSON) | ${(per(heap + mem) - json).toFixed(0)} |\n`;
-process.stdout.write(md);
-const i = process.argv.indexOf('--md');
-if (i > 0) writeFileSync(process.argv[i + 1], md);
+// The JSON summed over the items cached (the same N items, each cached once).
+process.stdout.write(JSON.stringify({ entries, heap, wasm: mem, json: jsonBytes / N * entries }));
 cache.dispose();

@@ -126,7 +126,9 @@ impl<P> ItemCache<P> {
                 }
                 removed
             }
-            Invalidate::Class(class) => self.remove_items_where(&|item| item.class == class).len(),
+            Invalidate::Class(class) => {
+                self.remove_items_where(&|item| &*item.class == class).len()
+            }
             Invalidate::All => {
                 let n = self.items.len();
                 self.items.clear();

@@ -1,6 +1,8 @@
 //! The item LRU: items by id in one `lru` list bounded by count and bytes, with the items
 //! of visible tiles protected from prefetch inserts (see [`ItemCache`]'s docs for how).
 
+use std::sync::Arc;
+
 use super::key::ItemKey;
 
 use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
@@ -47,7 +49,7 @@ pub struct CacheItem<P> {
     pub(super) id: ItemKey,
     pub(super) lon: f64,
     pub(super) lat: f64,
-    pub(super) class: String,
+    pub(super) class: Arc<str>,
     pub(super) access: Access,
     pub(super) tile: TileId,
     pub(super) expires_at_ms: u64,
@@ -264,6 +266,7 @@ impl<P> ItemCache<P> {
             }
         }
         self.account_add(tile, size_bytes);
+        let class = self.classes.intern(class);
         self.items.put(
             key.clone(),
             CacheItem {

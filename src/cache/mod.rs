@@ -35,6 +35,7 @@
 //! ```
 
 mod bounds;
+mod classes;
 mod config;
 mod error;
 mod invalidate;
@@ -136,6 +137,8 @@ pub struct ItemCache<P> {
     stats: CacheStats,
     /// Bumped by every change to what a read can return (see [`ItemCache::generation`]).
     generation: u64,
+    /// The items' class names, one allocation per name (see [`classes`]).
+    classes: classes::Classes,
 }
 
 impl<P> fmt::Debug for ItemCache<P> {
@@ -171,6 +174,7 @@ impl<P> ItemCache<P> {
             protected: Load::default(),
             stats: CacheStats::default(),
             generation: 0,
+            classes: classes::Classes::default(),
         })
     }
 
