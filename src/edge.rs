@@ -7,7 +7,10 @@
 //! `complete` or `fail` → respond with [`Step::status`], [`Step::body`] and
 //! `x-tilewarm-cache: `[`Step::cache`]; then send [`Step::warm`] (if any) inside
 //! `ctx.waitUntil` and give its answer to `warmed`. Requests in between are held by a
-//! numeric handle, at most [`MAX_PENDING`] at once.
+//! numeric handle, at most [`MAX_PENDING`] at once, each for at most its hold time
+//! ([`hold_ms`]): a worker whose client went away may never call `complete`, `fail` or
+//! `abandon` (the runtime drops the request's continuation), so a request held longer than
+//! its calls can take is let go before the next one is taken.
 
 use std::collections::BTreeMap;
 
@@ -36,8 +39,7 @@ struct Options {
     max_data_tiles: Option<usize>,
     default_ttl: Option<u64>,
     class_ttl: Option<BTreeMap<String, u64>>,
-    /// Read by the worker (js/edge.js), accepted here so one options object serves both.
-    #[allow(dead_code)]
+    /// Read by the worker (js/edge.js); here it sets how long a request is held ([`hold_ms`]).
     origin_timeout_ms: Option<u64>,
     #[allow(dead_code)]
     warm_timeout_ms: Option<u64>,
@@ -61,7 +63,6 @@ struct Options {
     /// Whole hits written from serialised tiles (default true; the answers are the same).
     spliced_hits: Option<bool>,
     /// Read by the worker: how long a shared-cache call may take before it counts as a miss.
-    #[allow(dead_code)]
     shared_cache_timeout_ms: Option<u64>,
     /// Read by the worker: how often (at most) it asks the origin's change feed for changes
     /// (0 = never), and how far back a new isolate asks (docs/edge.md, *Changes*).
@@ -80,14 +81,20 @@ pub const SHARED_TILES: usize = 16;
 /// Most `sharedCacheTiles` allowed.
 pub const MAX_SHARED_TILES: usize = 64;
 
+/// How long a request waiting for the origin is held: the worker's shared-cache lookups and
+/// origin call (`sharedCacheTimeoutMs` + `originTimeoutMs`, 250 ms and 3 s by default) twice
+/// over, plus 10 s. A request held longer is one whose worker will not come back for it.
+fn hold_ms(options: &Options) -> u64 {
+    let calls = options
+        .shared_cache_timeout_ms
+        .unwrap_or(250)
+        .saturating_add(options.origin_timeout_ms.unwrap_or(3_000));
+    calls.saturating_mul(2).saturating_add(10_000)
+}
+
 /// The shared-cache tile count from worker options; errors name the option.
 fn shared_tiles_from(options: &str) -> Result<usize, String> {
-    if options.trim().is_empty() {
-        return Ok(SHARED_TILES);
-    }
-    let o: Options =
-        serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))?;
-    match o.shared_cache_tiles {
+    match parse_options(options)?.shared_cache_tiles {
         None => Ok(SHARED_TILES),
         Some(n) if n <= MAX_SHARED_TILES => Ok(n),
         Some(n) => Err(format!(
@@ -96,13 +103,17 @@ fn shared_tiles_from(options: &str) -> Result<usize, String> {
     }
 }
 
+/// Worker options from their JSON text (empty for the defaults); errors name the option.
+fn parse_options(options: &str) -> Result<Options, String> {
+    if options.trim().is_empty() {
+        return Ok(Options::default());
+    }
+    serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))
+}
+
 /// The proxy config from worker options; errors name the option.
 fn config_from(options: &str) -> Result<ProxyConfig, String> {
-    let o: Options = if options.trim().is_empty() {
-        Options::default()
-    } else {
-        serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))?
-    };
+    let o = parse_options(options)?;
     let mut c = ProxyConfig::default();
     if let Some(z) = o.tile_zoom {
         c.cache.tile_zoom = z;
@@ -282,7 +293,10 @@ impl Step {
 #[wasm_bindgen]
 pub struct EdgeProxy {
     proxy: Proxy,
-    pending: HashMap<u32, Pending>,
+    /// Requests waiting for the origin, with the time after which they are let go.
+    pending: HashMap<u32, (Pending, u64)>,
+    /// [`hold_ms`] of the options.
+    hold_ms: u64,
     next: u32,
     /// Most data tiles looked up in (or written to) the shared cache per request.
     shared_tiles: usize,
@@ -296,11 +310,13 @@ impl EdgeProxy {
     pub fn new(options: &str) -> Result<EdgeProxy, JsError> {
         let config = config_from(options).map_err(|e| JsError::new(&e))?;
         let shared_tiles = shared_tiles_from(options).map_err(|e| JsError::new(&e))?;
+        let hold_ms = hold_ms(&parse_options(options).map_err(|e| JsError::new(&e))?);
         let proxy =
             Proxy::new(config).map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
         Ok(EdgeProxy {
             proxy,
             pending: HashMap::new(),
+            hold_ms,
             next: 1,
             shared_tiles,
         })
@@ -346,6 +362,8 @@ impl EdgeProxy {
             Ok(p) => p,
             Err(e) => return Step::error(&e),
         };
+        // Requests held past their time are ones no worker will come back for.
+        self.pending.retain(|_, (_, until)| *until > now);
         if pending.origin_request().is_some() && self.pending.len() >= MAX_PENDING {
             return Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
@@ -372,7 +390,8 @@ impl EdgeProxy {
             None
         };
         let access = Some(pending.request().access);
-        self.pending.insert(handle, pending);
+        let until = now.saturating_add(self.hold_ms);
+        self.pending.insert(handle, (pending, until));
         Step {
             handle,
             status: 0,
@@ -400,7 +419,7 @@ impl EdgeProxy {
         stored_at_ms: f64,
         now_ms: f64,
     ) -> i32 {
-        let (Some(p), Ok(tile)) = (self.pending.get(&handle), tile.parse::<TileId>()) else {
+        let (Some((p, _)), Ok(tile)) = (self.pending.get(&handle), tile.parse::<TileId>()) else {
             return -1;
         };
         let tier = p.request().access;
@@ -418,7 +437,7 @@ impl EdgeProxy {
     /// the cache when the entries covered it, else with an origin request for the rest
     /// (under the same handle).
     pub fn resume(&mut self, handle: u32, now_ms: f64) -> Step {
-        let Some(p) = self.pending.remove(&handle) else {
+        let Some((p, _)) = self.pending.remove(&handle) else {
             return Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
                 message: format!("no request is waiting under handle {handle}"),
@@ -467,7 +486,7 @@ impl EdgeProxy {
 
     fn finish(&mut self, handle: u32, outcome: OriginOutcome<'_>, now_ms: f64) -> Step {
         match self.pending.remove(&handle) {
-            Some(p) => Step::answer(self.proxy.complete(p, outcome, now_ms.max(0.0) as u64)),
+            Some((p, _)) => Step::answer(self.proxy.complete(p, outcome, now_ms.max(0.0) as u64)),
             None => Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
                 message: format!("no request is waiting under handle {handle}"),
@@ -582,6 +601,7 @@ mod tests {
         let mut p = EdgeProxy {
             proxy: Proxy::new(config_from(r#"{"warmRing":0}"#).unwrap()).unwrap(),
             pending: HashMap::new(),
+            hold_ms: hold_ms(&Options::default()),
             next: 1,
             shared_tiles: SHARED_TILES,
         };
@@ -615,6 +635,28 @@ mod tests {
         let unknown = p.complete(12345, 200, origin, 0.0);
         assert_eq!(unknown.status, 500);
         assert!(p.stats().contains("\"hits\":1"));
+    }
+
+    #[test]
+    fn requests_no_worker_comes_back_for_are_let_go_after_their_hold() {
+        // A worker whose client went away never calls complete, fail or abandon.
+        let opts = r#"{"warmRing":0,"originTimeoutMs":1000,"sharedCacheTimeoutMs":0}"#;
+        let mut p = EdgeProxy::new(opts).unwrap();
+        assert_eq!(p.hold_ms, 12_000);
+        let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
+        for _ in 0..MAX_PENDING {
+            assert!(p.begin(body, "agent", 0.0).origin.is_some());
+        }
+        let full = p.begin(body, "agent", 11_999.0);
+        assert_eq!((full.status, full.origin), (500, None));
+        assert!(full.body.unwrap().contains("more than 1024 requests"));
+        // Past the hold: the forgotten requests are let go and the isolate serves again.
+        let s = p.begin(body, "agent", 12_000.0);
+        assert!(s.origin.is_some(), "{:?}", s.body);
+        assert!(p.stats().contains("\"pending\":1,"), "{}", p.stats());
+        let origin =
+            br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
+        assert_eq!(p.complete(s.handle, 200, origin, 12_001.0).status, 200);
     }
 
     #[test]
