@@ -24,16 +24,23 @@ const LONGITUDE: &str = "a longitude in -180..=180";
 /// What a latitude bound must be.
 const LATITUDE: &str = "a latitude in -90..=90, south not above north";
 
+/// Most data tiles outside the extent that [`DataBounds`] remembers the backend listed items
+/// in; one more and the extent is not the data's: it is set aside.
+pub(super) const MAX_LISTED_OUTSIDE: usize = 4096;
+
 /// The data tiles that touch the data's extent, at the cache's data zoom (`range`; `None`
 /// when that is every tile), and the tiles outside it where the backend listed items
-/// anyway (`listed`: the extent was declared too tight). A tile stays in `listed` for the
-/// cache's life, whatever happens to its list (expired, invalidated, dropped with a tier,
-/// trimmed from the index): it is asked for again like any tile inside. The set grows only
-/// with the tiles outside the extent the backend answered with items.
+/// anyway (`listed`: the extent was declared too tight). A tile stays in `listed` while
+/// there is an extent, whatever happens to its list (expired, invalidated, dropped with a
+/// tier, trimmed from the index): it is asked for again like any tile inside. The set grows
+/// only with the tiles outside the extent the backend answered with items, and at most to
+/// [`MAX_LISTED_OUTSIDE`]: past that the extent is set aside (`set_aside`) for the cache's
+/// life, as if none was declared, since the data plainly lies outside it.
 #[derive(Debug, Clone)]
 pub(super) struct DataBounds {
     range: Option<CoverRange>,
     listed: HashSet<TileId>,
+    set_aside: bool,
 }
 
 impl DataBounds {
@@ -42,15 +49,19 @@ impl DataBounds {
         DataBounds {
             range: extent_range(bounds, z),
             listed: HashSet::default(),
+            set_aside: false,
         }
     }
 
     /// Takes `bounds` (checked) as the extent at data zoom `z`, keeping the tiles listed with
     /// items; whether the extent changed.
     pub(super) fn set_extent(&mut self, bounds: &Bbox, z: u8) -> bool {
-        let range = extent_range(bounds, z);
+        let range = extent_range(bounds, z).filter(|_| !self.set_aside);
         let changed = range != self.range;
         self.range = range;
+        if range.is_none() {
+            self.listed = HashSet::default();
+        }
         changed
     }
 
@@ -69,8 +80,13 @@ impl DataBounds {
     /// The backend listed items in data tile `tile`: if it lies outside the extent, it
     /// holds items after all (see the type's docs).
     pub(super) fn listed_with_items(&mut self, tile: TileId) {
-        if self.range.is_some_and(|r| !r.contains(tile)) {
-            self.listed.insert(tile);
+        if self.range.is_some_and(|r| !r.contains(tile))
+            && self.listed.insert(tile)
+            && self.listed.len() > MAX_LISTED_OUTSIDE
+        {
+            self.range = None;
+            self.listed = HashSet::default();
+            self.set_aside = true;
         }
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cache::bounds::MAX_LISTED_OUTSIDE;
 use crate::tile::Bbox;
 
 #[test]
@@ -477,6 +478,46 @@ fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
         "cache config bounds.south must be a latitude in -90..=90, south not above north, got 50"
     );
     assert!(!small(1, 1).has_bounds());
+}
+
+/// A backend that lists items in more data tiles outside the extent than the cache keeps
+/// track of: the extent is not the data's, so it is set aside (every tile asked for, as
+/// without one) rather than the set of such tiles growing with every answer.
+#[test]
+fn an_extent_the_data_plainly_lies_outside_is_set_aside() {
+    let inside = tile(0, 0);
+    let (west, north) = unproject(inside.centre(), Z);
+    let bounds = Bbox::new(west - 0.001, north - 0.001, west, north).unwrap();
+    let mut c: ItemCache<u32> = ItemCache::new(CacheConfig {
+        max_tiles: 16,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    assert_eq!(c.adopt_bounds(Some(&bounds)), Ok(true));
+    let far = tile(200, 200);
+    assert!(c.outside_bounds(far));
+    put(&mut c, "x", tile(1, 1), 1, Priority::Visible);
+    // Lists naming the item in tiles all around, each outside the extent.
+    let mut n = 0;
+    'outer: for y in 2..100 {
+        for x in 2..100 {
+            c.insert_tile(tile(x, y), &["x"], Some(1_000), Access::Public, 0)
+                .unwrap();
+            n += 1;
+            if n > MAX_LISTED_OUTSIDE {
+                break 'outer;
+            }
+        }
+    }
+    assert!(!c.has_bounds());
+    assert!(!c.outside_bounds(far));
+    assert_eq!(
+        c.tile_freshness(far, Access::Public, 0),
+        TileFreshness::Unknown
+    );
+    // For good: the extent declared again is set aside too.
+    assert_eq!(c.adopt_bounds(Some(&bounds)), Ok(false));
+    assert!(!c.outside_bounds(far));
 }
 
 #[test]
