@@ -98,7 +98,7 @@ pub struct Config {
     #[arg(long)]
     pub redis_read_from_replicas: bool,
 
-    /// Prefix of every Redis key (items `<prefix>i:<id>`, tile lists `<prefix>t:<z/x/y>`).
+    /// Prefix of every Redis key (items `<prefix>v3:i:<id>`, tile lists `<prefix>v3:t:<z/x/y>`).
     /// Give instances serving different data sets different prefixes.
     #[arg(long, default_value = "tw:", value_name = "PREFIX")]
     pub redis_prefix: String,
