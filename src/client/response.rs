@@ -91,11 +91,19 @@ impl<P: Payload> Client<P> {
         let was_complete = self.complete;
         let shown_before = self.showable_visible(now_ms);
         let BatchResponse {
-            tiles,
+            mut tiles,
             items,
             missing,
             ..
         } = response;
+        // One list per requested tile (or one covering it): a list of a tile nobody asked
+        // for is not this answer's to give, and is not taken.
+        tiles.retain(|l| {
+            finished
+                .works
+                .iter()
+                .any(|w| matches!(w, Work::Tile(t) if l.tile.contains(*t)))
+        });
         let mut touched_visible =
             self.ingest_items(items, finished.kind, now_ms) | lowered | extent_changed;
         if !missing.is_empty() {

@@ -274,6 +274,35 @@ fn handle_timeout_fails_overdue_requests_and_names_them_for_abort() {
     assert!(c.cache().is_empty() && events(&mut c).is_empty());
 }
 
+/// An answer's lists are for the tiles asked for: a list of another tile (a server that
+/// answers more than it was asked, or a hostile one) is left out; the rest is taken.
+#[test]
+fn lists_of_tiles_nobody_asked_for_are_not_taken() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default().with_tile_zoom(Z)
+    });
+    c.set_viewport(view(0.5), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    let here = seattle();
+    assert_eq!(t.request.tiles, [here]);
+    let far = here.offset(2, 2).unwrap();
+    let mut answer = o.answer(&t.request, None);
+    let extra = o.answer(
+        &crate::protocol::BatchRequest {
+            tiles: vec![far],
+            ..t.request.clone()
+        },
+        None,
+    );
+    answer.tiles.extend(extra.tiles);
+    answer.items.extend(extra.items);
+    c.on_response(t.id, answer, 10);
+    assert_eq!(c.tile_state(here, 10), TileState::Loaded);
+    assert_eq!(c.tile_state(far, 10), TileState::Missing);
+}
+
 #[test]
 fn tile_state_says_loaded_prefetched_in_flight_or_missing() {
     let o = origin();
