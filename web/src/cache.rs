@@ -652,9 +652,9 @@ async fn exchange<T: DeserializeOwned>(
         .headers()
         .get(BOUNDS_HEADER)
         .and_then(|h| parse_bounds(&h).ok());
-    let bytes = match res.binary().await {
+    let bytes = match crate::body::read_body(&res, limits.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return Outcome::Failed(Failure::Network(e.to_string())),
+        Err(failure) => return Outcome::Failed(failure),
     };
     match decode::<T>(&bytes, limits) {
         Ok(r) => Outcome::Answer(r, bounds),

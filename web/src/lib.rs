@@ -18,6 +18,8 @@
 
 mod auth;
 #[cfg(target_arch = "wasm32")]
+mod body;
+#[cfg(target_arch = "wasm32")]
 mod cache;
 mod error;
 mod options;

@@ -301,6 +301,24 @@ async fn hostile_answers_are_errors_not_panics() {
     assert_eq!(cache.stats().errors, 8);
 }
 
+/// A body over the 8 MiB limit, declared or streamed without a length, is an invalid answer
+/// (the stream given up once past the limit), not buffered whole.
+#[wasm_bindgen_test]
+async fn an_answer_larger_than_the_limit_is_refused() {
+    for mode in ["huge", "huge-stream"] {
+        set_mode(mode, mode).await;
+        let cache: TileCache = TileCache::new(&options(mode, 0, 0)).unwrap();
+        show(&cache, inside(tile(30, 10)));
+        let e = cache.when_complete().await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidResponse, "{mode}: {e}");
+        assert!(
+            e.message.contains("the body is larger than 8388608 bytes"),
+            "{mode}: {e}"
+        );
+        assert_eq!(cache.stats().cache.entries, 0);
+    }
+}
+
 /// Security: a server that ignores tiers answers every tile with an item of tier "agent";
 /// none reaches a public caller's cache, view or get.
 #[wasm_bindgen_test]

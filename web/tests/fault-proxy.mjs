@@ -5,7 +5,9 @@
 //                           answers), hostile (the next of HOSTILE), auth (forward only with
 //                           "Authorization: Bearer good", else 401), tier (well-formed
 //                           answers whose items are all of tier "agent"), bounds=W,S,E,N
-//                           (forward, declaring that extent in x-tilewarm-bounds)
+//                           (forward, declaring that extent in x-tilewarm-bounds), huge
+//                           (a 9 MiB body with its content-length), huge-stream (9 MiB
+//                           sent in 64 KiB chunks with no length, until the client goes)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -55,6 +57,27 @@ const send = (res, status, body, headers = {}) => {
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 };
 
+const HUGE = 9 * 1024 * 1024;
+const HUGE_START = '{"tiles":[],"items":[';
+function huge(res, declared) {
+  if (declared) {
+    send(res, 200, HUGE_START + ' '.repeat(HUGE - HUGE_START.length), { 'content-length': String(HUGE) });
+    return;
+  }
+  res.writeHead(200, { ...CORS, 'content-type': 'application/json' });
+  res.on('error', () => {});
+  let sent = 0;
+  const more = () => {
+    while (sent < HUGE && !res.destroyed) {
+      const chunk = sent === 0 ? HUGE_START.padEnd(65536) : ' '.repeat(65536);
+      sent += chunk.length;
+      if (!res.write(chunk)) { res.once('drain', more); return; }
+    }
+    if (!res.destroyed) res.end();
+  };
+  more();
+}
+
 function forward(res, text, headers = {}) {
   const up = http.request(upstream, { method: 'POST', headers: { 'content-type': 'application/json' } }, (u) => {
     const chunks = [];
@@ -92,6 +115,8 @@ const server = http.createServer((req, res) => {
       case 'stall': break; // never answers; the client's timeout must abort it
       case 'hostile': send(res, 200, HOSTILE[s.hostile++ % HOSTILE.length]); break;
       case 'tier': send(res, 200, aboveTier(JSON.parse(text))); break;
+      case 'huge': huge(res, true); break;
+      case 'huge-stream': huge(res, false); break;
       case 'auth':
         if (req.headers.authorization === 'Bearer good') forward(res, text);
         else send(res, 401, { error: { code: 'unauthorized', message: 'bad token' } });
