@@ -9,15 +9,17 @@
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
 //!    else by the peer address; past it, 429 `rate_limited` with `Retry-After`
 //!    (a [`governor`] keyed limiter, GCRA).
-//! 3. Server-wide ([`Shed`]): at most the limit of batches answered at once (adaptive,
+//! 3. The body, read whole before a slot is asked for (a slot is for the server's own
+//!    work; a client sending its body slowly holds a connection, bounded by
+//!    `--max-connections`, not a slot): at most the protocol's largest valid request
+//!    ([`tilewarm::protocol::Limits::max_request_bytes`]), arriving within
+//!    `--body-timeout-ms` (408 `request_timeout`), in [`crate::http`].
+//! 4. Server-wide ([`Shed`]): at most the limit of batches answered at once (adaptive,
 //!    [`crate::adaptive`], up to `--max-in-flight`; or fixed) and `--max-queue` waiting for
 //!    a slot, none longer than `--max-queue-wait-ms`; past the queue at once, past the wait
 //!    then: 503 `overloaded` with `Retry-After`. A request gives its slot back while it
 //!    waits for the origin ([`HeldSlot::release`]); at most `--max-origin-waits` do
 //!    ([`OriginWaits`]).
-//! 4. The body: at most the protocol's largest valid request
-//!    ([`tilewarm::protocol::Limits::max_request_bytes`]) and it must arrive within
-//!    `--body-timeout-ms` (408 `request_timeout`), in [`crate::http`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;

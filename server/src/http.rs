@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::extract::{Extension, Request, State};
 use axum::handler::HandlerWithoutStateExt;
@@ -93,7 +93,9 @@ fn admitted(
     shed: &Arc<crate::admission::Shed>,
     allowed: &'static str,
 ) -> MethodRouter<Arc<App>> {
+    // Outermost last: the per-caller limit, then the body, then a slot.
     crate::admission::shed(route, Arc::clone(shed))
+        .layer(middleware::from_fn_with_state(Arc::clone(app), body_first))
         .layer(middleware::from_fn_with_state(
             Arc::clone(app),
             crate::admission::per_caller,
@@ -282,6 +284,60 @@ fn is_json(ct: &HeaderValue) -> bool {
         || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// A request's body, whole: at most `max_body_bytes` (a larger declared length is refused
+/// before anything is read) and within `--body-timeout-ms`; else the error answer.
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let max = app.limits.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max as u64) {
+        return Err(error_response(
+            ErrorCode::PayloadTooLarge,
+            format!("body is {len} bytes, at most {max} are allowed"),
+        ));
+    }
+    let read = tokio::time::timeout(
+        app.admission.body_timeout,
+        Limited::new(body, max).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(error_response(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the body did not arrive within {} ms",
+                app.admission.body_timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(error_response(
+            ErrorCode::PayloadTooLarge,
+            format!("body is more than {max} bytes, at most {max} are allowed"),
+        )),
+        Err(e) => Err(error_response(
+            ErrorCode::BadRequest,
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+/// Middleware reading the body before the request waits for a batch slot: a slot is for
+/// the server's own work, so a client sending its body slowly holds a connection (bounded
+/// by `--max-connections`), not a slot.
+async fn body_first(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match read_body(&app, &parts.headers, body).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused,
+    }
+}
+
 async fn batch_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -313,44 +369,9 @@ async fn batch_inner(
     if let Err(e) = check_content_type(content_type) {
         return error_response(e.code, e.message);
     }
-    let max = app.limits.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|&l| l > max as u64) {
-        return error_response(
-            ErrorCode::PayloadTooLarge,
-            format!("body is {len} bytes, at most {max} are allowed"),
-        );
-    }
-    let read = tokio::time::timeout(
-        app.admission.body_timeout,
-        Limited::new(body, max).collect(),
-    );
-    let Ok(read) = read.await else {
-        return error_response(
-            ErrorCode::RequestTimeout,
-            format!(
-                "the body did not arrive within {} ms",
-                app.admission.body_timeout.as_millis()
-            ),
-        );
-    };
-    let bytes = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return error_response(
-                ErrorCode::PayloadTooLarge,
-                format!("body is more than {max} bytes, at most {max} are allowed"),
-            );
-        }
-        Err(e) => {
-            return error_response(
-                ErrorCode::BadRequest,
-                format!("could not read the body: {e}"),
-            );
-        }
+    let bytes = match read_body(app, headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let request = match parse_batch(content_type, &bytes, &app.limits) {
         Ok(r) => r,

@@ -30,8 +30,8 @@ fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> Option<String> {
     }
 }
 
-/// Opens a `POST /v1/batch` whose body never comes: it holds a batch slot (taken before
-/// the body is read) until the body timeout. Returns the open connection.
+/// Opens a `POST /v1/batch` whose body never comes (until the body timeout). Returns the
+/// open connection.
 fn stalled_batch(addr: std::net::SocketAddr) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(
@@ -39,6 +39,16 @@ fn stalled_batch(addr: std::net::SocketAddr) -> std::net::TcpStream {
     )
     .unwrap();
     s
+}
+
+/// Takes one of `s`'s batch slots, or waits for one in its queue, as a batch being
+/// answered does; held until the task is aborted.
+fn busy_batch(s: &tilewarm_server::Server) -> tokio::task::JoinHandle<()> {
+    let shed = std::sync::Arc::clone(&s.app.sheds.batch);
+    tokio::spawn(async move {
+        let _slot = shed.admit().await;
+        std::future::pending::<()>().await;
+    })
 }
 
 /// One slot (fixed), the given queue and wait, a 10 s body timeout; nothing else limits.
@@ -74,26 +84,43 @@ async fn refused_quickly(s: &tilewarm_server::Server, why: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after() {
-    // One slot and one queue place, each held by a batch whose body stalls; a 10 s bound on
+    // One slot and one queue place, each held by a batch being answered; a 10 s bound on
     // the wait, so only the full queue can refuse in time.
     let s = server(one_slot(1, 10_000)).await;
-    let holds_slot = stalled_batch(s.addr);
+    let holds_slot = busy_batch(&s);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let queued = stalled_batch(s.addr);
+    let queued = busy_batch(&s);
     tokio::time::sleep(Duration::from_millis(200)).await;
     refused_quickly(&s, "every batch slot and queue place is taken").await;
-    drop((holds_slot, queued));
+    holds_slot.abort();
+    queued.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
-    // One slot, held for up to 10 s by a stalled body; room in the queue; a 300 ms bound on
-    // the wait. Without the bound the batch would wait for the body timeout.
+    // One slot, held by a batch being answered; room in the queue; a 300 ms bound on the
+    // wait. Without the bound the batch would wait until the slot came free.
     let s = server(one_slot(8, 300)).await;
-    let holds_slot = stalled_batch(s.addr);
+    let holds_slot = busy_batch(&s);
     tokio::time::sleep(Duration::from_millis(200)).await;
     refused_quickly(&s, "no batch slot came free within 300 ms").await;
-    drop(holds_slot);
+    holds_slot.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_arrives_slowly_holds_no_batch_slot() {
+    // One slot, one queue place, a 300 ms wait: were the slot taken before the body was
+    // read, clients sending their bodies slowly would hold it (and the queue) for the
+    // 10 s body timeout and every other batch would be a 503.
+    let s = server(one_slot(1, 300)).await;
+    let slow: Vec<_> = (0..3).map(|_| stalled_batch(s.addr)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = origin(42, 5_000);
+    let r = Http::new()
+        .batch(&s, &request(&[densest(&o)], &[], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(slow);
 }
 
 /// A server with one slot, a 300 ms queue wait and an origin that takes 3 s (`extra`
