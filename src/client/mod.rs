@@ -371,8 +371,11 @@ impl<P: Payload> Client<P> {
                 self.batcher.set_foreground(loading);
                 self.batcher.set_prefetch(Vec::new());
                 self.warm_destinations(now_ms);
-                let destinations = &self.destinations;
-                for id in self.batcher.cancel_unwanted(|t| destinations.contains(&t)) {
+                let (destinations, loading) = (&self.destinations, &self.loading);
+                for id in self
+                    .batcher
+                    .cancel_unwanted(|t| destinations.contains(&t) || loading.contains(&t))
+                {
                     self.sent_with(id);
                     self.cancels.push_back(id);
                 }
@@ -412,10 +415,12 @@ impl<P: Payload> Client<P> {
         background.append(&mut plan.prefetch);
         self.batcher.set_prefetch(background);
         self.warm_destinations(now_ms);
-        let destinations = &self.destinations;
+        // A tile a host waits for (`load_tile`) keeps the request it is in: it was not
+        // queued again this round because it was in flight.
+        let (destinations, loading) = (&self.destinations, &self.loading);
         for id in self
             .batcher
-            .cancel_unwanted(|t| plan.wants(t) || destinations.contains(&t))
+            .cancel_unwanted(|t| plan.wants(t) || destinations.contains(&t) || loading.contains(&t))
         {
             self.sent_with(id);
             self.cancels.push_back(id);

@@ -303,6 +303,40 @@ fn lists_of_tiles_nobody_asked_for_are_not_taken() {
     assert_eq!(c.tile_state(far, 10), TileState::Missing);
 }
 
+/// A tile a host waits for ([`Client::load_tile`]) that is in an in-flight prefetch stays
+/// in flight when the view moves away: the request is not cancelled under it (it was not
+/// queued again, being in flight), so the wait is not left without a request.
+#[test]
+fn a_tile_a_host_waits_for_keeps_its_prefetch_request_when_the_view_moves() {
+    let o = origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let mut prefetch = Vec::new();
+    while let Some(t) = c.poll_request(0) {
+        if t.kind == Kind::Foreground {
+            let r = o.answer(&t.request, None);
+            c.on_response(t.id, r, 10);
+        } else {
+            prefetch.push(t);
+        }
+    }
+    let here = seattle();
+    let waited = prefetch
+        .iter()
+        .flat_map(|t| t.request.tiles.iter())
+        .flat_map(|t| t.descendants(Z).unwrap_or_default())
+        .find(|&t| t != here && c.tile_state(t, 10) == TileState::InFlight)
+        .expect("a data tile in a prefetch request");
+    assert_eq!(c.load_tile(waited, true, 10, |_, _| {}), Ok(false));
+    // Far away: the new view's plan wants none of the old neighbourhood.
+    let far = {
+        let b = view(1.0).bbox;
+        Viewport::new(b.west + 1.0, b.south, b.east + 1.0, b.north, 14.5).unwrap()
+    };
+    c.set_viewport(far, 20, |_, _| {});
+    assert_eq!(c.tile_state(waited, 20), TileState::InFlight);
+}
+
 #[test]
 fn tile_state_says_loaded_prefetched_in_flight_or_missing() {
     let o = origin();
