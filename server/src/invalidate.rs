@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use tilewarm::TileId;
 
-use crate::tier::{Fill, TierError};
+use crate::tier::{Fill, StoredItem, TierError};
 use crate::App;
 
 /// What to invalidate: the core's wire type, shared with the edge and the package.
@@ -101,12 +101,19 @@ impl WriteGuard {
             .iter()
             .flat_map(|i| i.classes.iter().map(String::as_str))
             .collect();
-        // Items named by an invalidation, of an invalidated class, or listed by a tile an
-        // invalidation covers (a tile's invalidation drops its items, as the tiers do).
+        // Items named by an invalidation, of an invalidated class, positioned in a tile an
+        // invalidation covers (fetched by id, with no list) or listed by such a tile: a
+        // tile's invalidation drops its items, as the tiers do.
+        let in_covered_tile = |it: &StoredItem| {
+            TileId::from_lon_lat(it.lon(), it.lat(), tilewarm::tile::MAX_ZOOM)
+                .is_ok_and(|p| since.iter().any(|i| i.covers_tile(p)))
+        };
         let mut gone: HashSet<String> = fill
             .items
             .iter()
-            .filter(|it| ids.contains(it.id()) || classes.contains(it.class()))
+            .filter(|it| {
+                ids.contains(it.id()) || classes.contains(it.class()) || in_covered_tile(it)
+            })
             .map(|it| it.id().to_owned())
             .collect();
         for (t, list, _) in &fill.tiles {
@@ -235,7 +242,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::tier::StoredItem;
 
     fn item(id: &str) -> Arc<StoredItem> {
         Arc::new(StoredItem::new(
@@ -307,6 +313,35 @@ mod tests {
         let mut f = fill(t, u);
         g.filter(&mut f, e);
         assert!(f.items.is_empty() && f.tiles.is_empty());
+    }
+
+    #[test]
+    fn an_item_fetched_by_id_in_an_invalidated_tile_is_not_written_back() {
+        let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+        let g = WriteGuard::default();
+        let e = g.epoch();
+        g.record(&Invalidation {
+            tiles: vec![t],
+            ..Invalidation::default()
+        });
+        // Asked for by id: no list names it, its position is in t.
+        let mut f = Fill {
+            items: vec![item("a")],
+            tiles: vec![],
+        };
+        assert_eq!(g.filter(&mut f, e), 1);
+        assert!(f.items.is_empty());
+        // Elsewhere, it stays.
+        let e = g.epoch();
+        g.record(&Invalidation {
+            tiles: vec![t.offset(1, 0).unwrap()],
+            ..Invalidation::default()
+        });
+        let mut f = Fill {
+            items: vec![item("a")],
+            tiles: vec![],
+        };
+        assert_eq!(g.filter(&mut f, e), 0);
     }
 
     #[test]
