@@ -250,9 +250,21 @@ impl ChangeStream {
         let _ = self.stop.send(true);
     }
 
-    /// Appends an invalidation; returns its id. In-process, subscribers get it at once;
+    /// Appends an invalidation; returns its id (the last one's, when it is split). It goes
+    /// on the stream in parts no longer than [`Limits::default`] allows
+    /// ([`Invalidation::split`]): that is what the stream's readers (every instance, and
+    /// the feed's followers) decode entries with, and an entry one cannot decode is a
+    /// `reset` for it, which drops its whole tier. In-process, subscribers get it at once;
     /// with Redis, through the reader.
     pub async fn publish(&self, inv: &Invalidation) -> Result<StreamId, StreamError> {
+        let mut last = None;
+        for part in inv.split(&Limits::default()) {
+            last = Some(self.publish_one(&part).await?);
+        }
+        last.ok_or_else(|| StreamError("nothing to publish".into()))
+    }
+
+    async fn publish_one(&self, inv: &Invalidation) -> Result<StreamId, StreamError> {
         let id = match &self.backend {
             Backend::Local(ring) => {
                 let inv = Arc::new(inv.clone());
@@ -823,6 +835,31 @@ mod tests {
         };
         let (ev, _) = s.since(Some(future)).await.unwrap();
         assert!(matches!(ev[..], [Event::Reset(_)]));
+    }
+
+    #[tokio::test]
+    async fn a_change_longer_than_a_reader_decodes_goes_out_in_parts_it_decodes() {
+        let s = ChangeStream::local(16, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        let max = Limits::default().max_ids;
+        let big = Invalidation {
+            ids: (0..2 * max + 1).map(|i| format!("x{i}")).collect(),
+            ..Invalidation::default()
+        };
+        let last = s.publish(&big).await.unwrap();
+        let (ev, pos) = s.since(Some(start)).await.unwrap();
+        assert_eq!(pos, last);
+        let mut ids = Vec::new();
+        for e in &ev {
+            let Event::Invalidate(_, inv) = e else {
+                panic!("{e:?}")
+            };
+            // What a reader of the stream or a follower of the feed decodes it with.
+            let read = decode_invalidation(inv.to_json().as_bytes(), &Limits::default());
+            ids.extend(read.unwrap().ids);
+        }
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ids, big.ids);
     }
 
     #[tokio::test]

@@ -78,6 +78,57 @@ impl Invalidation {
         self.classes.dedup();
     }
 
+    /// The same change as invalidations within `limits`' counts (`max_ids`, `max_tiles`,
+    /// and [`MAX_CLASSES`]), so that a reader decoding each with those limits takes every
+    /// one: one invalidation when it fits (or covers everything), else as many as its
+    /// longest list needs. A merged burst of changes may be longer than any one decoder
+    /// allows.
+    ///
+    /// ```
+    /// use tilewarm::protocol::{Invalidation, Limits};
+    /// let limits = Limits { max_ids: 2, ..Limits::default() };
+    /// let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    /// let parts = Invalidation { ids, ..Invalidation::default() }.split(&limits);
+    /// assert_eq!(parts.len(), 2);
+    /// assert_eq!((parts[0].ids.len(), parts[1].ids.len()), (2, 1));
+    /// ```
+    pub fn split(&self, limits: &Limits) -> Vec<Invalidation> {
+        let caps = (limits.max_ids.max(1), limits.max_tiles.max(1), MAX_CLASSES);
+        let fits =
+            self.ids.len() <= caps.0 && self.tiles.len() <= caps.1 && self.classes.len() <= caps.2;
+        if self.all || fits {
+            return vec![if self.all {
+                Invalidation::everything()
+            } else {
+                self.clone()
+            }];
+        }
+        let part = |i: usize| Invalidation {
+            ids: self.ids.chunks(caps.0).nth(i).unwrap_or_default().to_vec(),
+            tiles: self
+                .tiles
+                .chunks(caps.1)
+                .nth(i)
+                .unwrap_or_default()
+                .to_vec(),
+            classes: self
+                .classes
+                .chunks(caps.2)
+                .nth(i)
+                .unwrap_or_default()
+                .to_vec(),
+            all: false,
+        };
+        let parts = [
+            self.ids.len().div_ceil(caps.0),
+            self.tiles.len().div_ceil(caps.1),
+            self.classes.len().div_ceil(caps.2),
+        ];
+        (0..parts.into_iter().max().unwrap_or(1))
+            .map(part)
+            .collect()
+    }
+
     /// Whether a data tile's list is covered (`all`, or a tile containing it or inside it).
     pub fn covers_tile(&self, data_tile: TileId) -> bool {
         self.all
