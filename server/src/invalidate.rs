@@ -151,6 +151,11 @@ pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> 
         return Ok(());
     }
     app.invalidation.guard.record(inv);
+    // A request arriving from now on must not be served a flight that may predate the
+    // change. Which tiles hold named ids or classes is not known here: those let go of
+    // every flight.
+    let by_item = !inv.ids.is_empty() || !inv.classes.is_empty();
+    app.single_flight.forget(|t| by_item || inv.covers_tile(t));
     let s = &app.invalidation.stats;
     s.applied.fetch_add(1, Relaxed);
     if inv.all {

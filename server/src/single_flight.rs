@@ -17,6 +17,12 @@
 //! dropped) leaves its followers [`Followed::Abandoned`]: they fetch those tiles
 //! themselves.
 //!
+//! An invalidation [`SingleFlight::forget`]s the flights of the tiles it covers (all of
+//! them for one naming ids or classes, whose tiles are not known there): their
+//! answers may be older than the change, so a request arriving after it leads a fetch of
+//! its own instead of following one (the write guard already keeps the old leader from
+//! writing back; this keeps later requests from being served its answer).
+//!
 //! What is left: a request that read the tier just before a leader's write-back landed and
 //! claims just after the leader let go asks the origin again. The window is one Redis round
 //! trip; it costs a second call, never a wrong answer.
@@ -40,17 +46,25 @@ pub type TileAnswer = Option<(Vec<Arc<StoredItem>>, u64)>;
 /// What a leader published for one tile.
 type Published = Option<Arc<Result<TileAnswer, Refusal>>>;
 
-/// The tiles being fetched now, each with the channel its leader publishes on.
+/// The tiles being fetched now, each with the channel its leader publishes on and the
+/// number of its flight (so that a leader lets go of its own flight only, not of a later
+/// one after [`SingleFlight::forget`]).
 #[derive(Default)]
 pub struct SingleFlight {
-    tiles: Mutex<HashMap<TileId, watch::Receiver<Published>>>,
+    tiles: Mutex<Flights>,
+}
+
+#[derive(Default)]
+struct Flights {
+    by_tile: HashMap<TileId, (u64, watch::Receiver<Published>)>,
+    next: u64,
 }
 
 /// The tiles a request leads: it asks the origin for them and publishes the answer.
 /// Dropping it lets the tiles go (followers of tiles never published then fetch them).
 pub struct Lead<'a> {
     flight: &'a SingleFlight,
-    senders: Vec<(TileId, watch::Sender<Published>)>,
+    senders: Vec<(TileId, u64, watch::Sender<Published>)>,
 }
 
 /// A tile another request is fetching.
@@ -79,24 +93,33 @@ impl SingleFlight {
         };
         let mut follow = Vec::new();
         for &t in tiles {
-            match map.get(&t) {
-                Some(rx) => follow.push(Follow {
+            match map.by_tile.get(&t) {
+                Some((_, rx)) => follow.push(Follow {
                     tile: t,
                     rx: rx.clone(),
                 }),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    map.insert(t, rx);
-                    lead.senders.push((t, tx));
+                    map.next += 1;
+                    let n = map.next;
+                    map.by_tile.insert(t, (n, rx));
+                    lead.senders.push((t, n, tx));
                 }
             }
         }
         (lead, follow)
     }
 
+    /// Lets go of the flights of the data tiles `covered` says an invalidation covers: a
+    /// later claim of one leads a fetch of its own. Their leaders and followers go on.
+    pub fn forget(&self, covered: impl Fn(TileId) -> bool) {
+        let mut map = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
+        map.by_tile.retain(|&t, _| !covered(t));
+    }
+
     /// Tiles in flight now.
     pub fn len(&self) -> usize {
-        self.tiles.lock().map(|m| m.len()).unwrap_or(0)
+        self.tiles.lock().map(|m| m.by_tile.len()).unwrap_or(0)
     }
 
     /// Whether no tile is in flight.
@@ -108,19 +131,19 @@ impl SingleFlight {
 impl Lead<'_> {
     /// The tiles led (to ask the origin for).
     pub fn tiles(&self) -> Vec<TileId> {
-        self.senders.iter().map(|(t, _)| *t).collect()
+        self.senders.iter().map(|(t, _, _)| *t).collect()
     }
 
     /// Hands followers the origin's answer: `answer(t)` per led tile.
     pub fn publish(&self, mut answer: impl FnMut(TileId) -> TileAnswer) {
-        for (t, tx) in &self.senders {
+        for (t, _, tx) in &self.senders {
             tx.send_replace(Some(Arc::new(Ok(answer(*t)))));
         }
     }
 
     /// Hands followers the refusal the origin call ended in.
     pub fn fail(&self, refusal: &Refusal) {
-        for (_, tx) in &self.senders {
+        for (_, _, tx) in &self.senders {
             tx.send_replace(Some(Arc::new(Err(refusal.clone()))));
         }
     }
@@ -132,9 +155,11 @@ impl Drop for Lead<'_> {
             return;
         }
         let mut map = self.flight.tiles.lock().unwrap_or_else(|p| p.into_inner());
-        for (t, _) in &self.senders {
-            // Only this lead inserted the entry, and only it removes it.
-            map.remove(t);
+        for (t, n, _) in &self.senders {
+            // Its own flight only: after `forget` the tile may be another lead's.
+            if map.by_tile.get(t).is_some_and(|(m, _)| m == n) {
+                map.by_tile.remove(t);
+            }
         }
     }
 }
@@ -179,6 +204,23 @@ mod tests {
         drop(lead2);
         assert!(f.is_empty());
         assert_eq!(f.claim(&[t(2)]).0.tiles(), vec![t(2)]);
+    }
+
+    #[tokio::test]
+    async fn after_an_invalidation_a_claim_leads_its_own_fetch() {
+        let f = SingleFlight::default();
+        let (old, _) = f.claim(&[t(1), t(2)]);
+        f.forget(|tile| tile == t(1));
+        // Arriving after the change: t(1) is fetched anew, t(2) still followed.
+        let (new, follow) = f.claim(&[t(1), t(2)]);
+        assert_eq!(new.tiles(), vec![t(1)]);
+        assert_eq!(follow.iter().map(|x| x.tile).collect::<Vec<_>>(), [t(2)]);
+        // The old leader letting go does not free the new one's flight.
+        drop(old);
+        let (_, follow) = f.claim(&[t(1)]);
+        assert_eq!(follow.len(), 1);
+        drop(new);
+        assert!(f.is_empty());
     }
 
     #[tokio::test]

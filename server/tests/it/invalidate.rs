@@ -96,6 +96,38 @@ async fn only_an_admin_token_may_invalidate() {
     s.shutdown().await;
 }
 
+/// A request arriving after an invalidation of a tile that another request is fetching
+/// leads a fetch of its own: following that flight would serve it an answer that may be
+/// older than the change (removing `forget` from `invalidate` makes it one origin call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_an_invalidation_does_not_follow_an_older_fetch() {
+    let o = origin(42, 5_000);
+    let tile = densest(&o);
+    let s = server(Config {
+        origin_latency_ms: 1_500,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let calls = || s.app.metrics.origin_calls_request.load(Relaxed);
+    let (url, body) = (
+        format!("{}/v1/batch", s.url()),
+        request(&[tile], &[], Access::Public),
+    );
+    let json = [("content-type", "application/json")];
+    let (u, b) = (url.clone(), body.clone());
+    let first = tokio::spawn(async move { Http::new().send("POST", &u, &json, b).await });
+    assert!(eventually(Duration::from_secs(5), || calls() == 1).await);
+    let admin = Http::with_token(Some(admin_token()));
+    let inv = format!(r#"{{"tiles":["{tile}"]}}"#);
+    assert_eq!(post_invalidate(&admin, &s, &inv).await.status, 200);
+    let second = Http::new().send("POST", &url, &json, body).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(calls(), 2, "the second request asked the origin itself");
+    assert_eq!(first.await.unwrap().status, 200);
+    s.shutdown().await;
+}
+
 /// An open `GET /v1/changes`.
 struct Feed {
     body: Incoming,
