@@ -140,7 +140,19 @@ pub async fn answer(
     let direct = plan.direct_tiles();
     let max = app.config.max_response_items;
     if !direct.is_empty() {
-        // Bounded before paying for them (free in memory; see `origin`'s docs).
+        // Bounded before paying for them (free in memory; see `origin`'s docs). Counting
+        // asks an origin out of process, and such a wait is not this server's work: the
+        // slot goes back first, as for the fetch below, and the wait is bounded.
+        let _count_wait = if app.origin.waits() {
+            slot.release();
+            Some(
+                app.origin_waits
+                    .enter()
+                    .ok_or_else(|| origin_waits_full(app.config.max_origin_waits))?,
+            )
+        } else {
+            None
+        };
         let count = app
             .origin
             .count_up_to(&direct, caller, max, app.config.origin_timeout_ms)

@@ -8,8 +8,8 @@
 //! | `http(s)://…/v1/batch` | [`upstream::UpstreamOrigin`] | another batch endpoint speaking `docs/openapi.yaml` (a second tilewarm-server, or an existing service) |
 //!
 //! [`OriginService`] adds what every backend shares, so each rule lives once:
-//! - `--origin-latency-ms` (and the soak test's stall hook) before every call, call and item
-//!   counting;
+//! - `--origin-latency-ms` (and the soak test's stall hook) before every call (a fetch or
+//!   a count, which is a round trip for a backend out of process), call and item counting;
 //! - the timeout: [`OriginService::fetch_within`] gives up after `--origin-timeout-ms`
 //!   ([`OriginFailure::Timeout`], a 504 `upstream_timeout`); a backend's own failure is
 //!   [`OriginFailure::Failed`] (a 502 `upstream_error`), or [`OriginFailure::Refused`] when
@@ -415,12 +415,14 @@ impl OriginService {
         if tiles.is_empty() {
             return Ok(ItemCount::Exact(0));
         }
-        within(
-            timeout_ms,
-            &self.stats,
-            self.backend.count_up_to(tiles, access, limit),
-        )
-        .await
+        let count = async {
+            let latency = self.latency + Duration::from_millis(self.stall_ms.load(Relaxed));
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            self.backend.count_up_to(tiles, access, limit).await
+        };
+        within(timeout_ms, &self.stats, count).await
     }
 
     /// The tier and shape guards (module docs).

@@ -172,6 +172,29 @@ async fn a_batch_waiting_for_the_origin_gives_its_slot_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_counting_a_coarse_tiles_items_at_the_origin_gives_its_slot_back() {
+    // A tile coarser than --split-levels is counted at the origin before it is fetched;
+    // that round trip (3 s here) is not the server's work either. Were the slot held
+    // through it, the second batch would wait 300 ms for it and be a 503.
+    let (s, first, tile) = one_batch_waiting_for_the_origin(|c| c).await;
+    drop(first);
+    let o = origin(42, 5_000);
+    let coarse = densest(&o).ancestor(11).unwrap();
+    let (url, body) = (
+        format!("{}/v1/batch", s.url()),
+        request(&[coarse], &[], Access::Public),
+    );
+    let json = [("content-type", "application/json")];
+    let counting = tokio::spawn(async move { Http::new().send("POST", &url, &json, body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Http::new()
+        .batch(&s, &request(&[tile], &[], Access::Public))
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(counting.await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_origin_waits_a_batch_that_needs_the_origin_is_a_503() {
     let (s, first, tile) = one_batch_waiting_for_the_origin(|c| Config {
         max_origin_waits: 1,
