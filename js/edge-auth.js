@@ -193,8 +193,13 @@ export function createAuth(env, options = {}) {
           requiredClaims: ['exp'],
         }));
       } catch (e) {
-        if (e instanceof errors.JWKSTimeout || (source === 'JWKS_URL' && !(e instanceof errors.JOSEError))) {
-          throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched: ${e?.message ?? e}`);
+        // With JWKS_URL, anything that is not about the token is about the key source: jose
+        // raises a plain JOSEError for an answer that is not 200 (a redirect too: it fetches
+        // with redirect: 'manual') or not JSON, JWKSInvalid for a malformed set, JWKSTimeout,
+        // and the runtime's own errors for a failed fetch. That is the edge's problem (502),
+        // not the caller's: a 401 would tell it to get another token.
+        if (source === 'JWKS_URL' && !aboutTheToken(e)) {
+          throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched or used: ${e?.message ?? e}`);
         }
         throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
       }
@@ -210,6 +215,18 @@ export function createAuth(env, options = {}) {
       return result;
     },
   };
+}
+
+/** jose's errors that say what is wrong with the token itself (its form, signature, claims,
+ * algorithm or `kid`), as opposed to the keys it is checked against. */
+const TOKEN_ERRORS = [
+  errors.JWTExpired, errors.JWTClaimValidationFailed, errors.JWTInvalid, errors.JWSInvalid,
+  errors.JOSEAlgNotAllowed, errors.JOSENotSupported, errors.JWSSignatureVerificationFailed,
+  errors.JWKSNoMatchingKey, errors.JWKSMultipleMatchingKeys,
+];
+
+function aboutTheToken(e) {
+  return TOKEN_ERRORS.some((kind) => e instanceof kind);
 }
 
 /** jose's reason, without any part of the token. */

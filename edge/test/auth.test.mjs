@@ -426,6 +426,68 @@ describe('edge worker: remembered tokens and a JWKS_URL whose keys change', () =
   });
 });
 
+describe('edge worker: a JWKS_URL that does not give usable keys', () => {
+  // Each way the key source can fail is the edge's problem (502 upstream_error), never a
+  // 401 telling the caller its token is bad.
+  let server, edge, keys, mode = 'ok', jwksServer;
+
+  before(async () => {
+    server = await startServer(await serverAuthArgs(SECRET));
+    keys = await rsaKeys('k1');
+    jwksServer = createHttpServer((req, res) => {
+      if (mode === 'error') {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        return res.end('the key server is down');
+      }
+      if (mode === 'redirect' && req.url !== '/moved.json') {
+        // Where it points serves the keys: jose does not follow redirects.
+        res.writeHead(302, { location: '/moved.json' });
+        return res.end();
+      }
+      if (mode === 'not-json') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end('<html>maintenance</html>');
+      }
+      if (mode === 'not-a-key-set') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ keys: 'none today' }));
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    });
+    const port = await freePort();
+    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
+    edge = await startWorkerd(server.batch, { warmRing: 0, changesPollMs: 0 }, {
+      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
+    });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await server?.stop();
+    jwksServer?.closeAllConnections?.();
+    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
+  });
+
+  it('answers 502 upstream_error for a key server answering 500, a redirect, not JSON or not a key set', async () => {
+    const token = await keys.sign({ tilewarm_access: 'registered' });
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    for (const [m, why] of [['error', /200 OK/], ['redirect', /200 OK/], ['not-json', /JSON/], ['not-a-key-set', /malformed/]]) {
+      mode = m;
+      const r = await post(edge.batch, req, bearer(token));
+      assert.equal(r.status, 502, `${m}: ${r.text}`);
+      assert.equal(r.json.error.code, 'upstream_error', m);
+      assert.match(r.json.error.message, /JWKS_URL/, m);
+      assert.match(r.json.error.message, why, m);
+      assert.equal(r.wwwAuthenticate, null, `${m}: not the caller's fault`);
+    }
+    // Once the keys are served again the same token passes: it was never the token.
+    mode = 'ok';
+    const r = await post(edge.batch, req, bearer(token));
+    assert.equal(r.status, 200, r.text);
+  });
+});
+
 describe('VerifiedTokens (js/edge-auth.js)', () => {
   const keys = {};
 
