@@ -426,7 +426,12 @@ export function createWorker(defaults = {}) {
     }
     let step = take(proxy.begin(body, tier, Date.now()));
     if (step.origin && step.shared && shared.enabled) step = await sharedLookups(step);
-    if (!step.origin) return respond(step, bounds);
+    if (!step.origin) {
+      // A hit warms too: the core plans the neighbours its cache does not hold fresh (a
+      // ring wider than one warming request, a hit from the shared cache).
+      if (step.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, step.warm, step.access));
+      return respond(step, bounds);
+    }
 
     let done;
     try {

@@ -35,13 +35,14 @@ function rng(seed) {
   };
 }
 
-/** tilewarm-server (with `serverArgs`), the recording relay and the worker under workerd. */
-async function stack(serverArgs = []) {
+/** tilewarm-server (with `serverArgs`), the recording relay and the worker under workerd
+ * (with `options` over the defaults here). */
+async function stack(serverArgs = [], options = {}) {
   agentToken ??= await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
   const originToken = await serviceToken('agent');
   const server = await startServer([...(await serverAuthArgs(SECRET)), ...serverArgs]);
   const relay = await startRelay(server.batch, { requireToken: originToken });
-  const edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000 }, {
+  const edge = await startWorkerd(relay.url, { originTimeoutMs: 1000, warmTimeoutMs: 2000, ...options }, {
     TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
   });
   return { server, relay, edge };
@@ -288,5 +289,47 @@ describe('edge worker: the data\'s extent the origin declares (x-tilewarm-bounds
     const bad = await post(edge.batch, '{');
     assert.equal(bad.status, 400);
     assert.equal(bad.bounds, null);
+  });
+});
+
+describe('edge worker: warming after a hit', () => {
+  // Two tiles per warming request: a miss warms two of a tile's eight neighbours, and the
+  // next request for the tile, a hit, is planned to warm two more.
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 0 }));
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const until = async (fn, what) => {
+    for (let i = 0; i < 200 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
+    assert.ok(await fn(), `gave up waiting for ${what}`);
+  };
+
+  it('sends the warming request the core plans on a hit, and fills the cache with its answer', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'public' };
+    const miss = await post(edge.batch, req);
+    assert.equal(miss.cache, 'miss');
+    await until(async () => (await edge.stats()).warmFills === 1, 'the miss\'s warming answer');
+    assert.equal(relay.requests('warm').length, 1);
+    const warmed = relay.requests('warm')[0].body.tiles;
+    assert.equal(warmed.length, 2);
+
+    const hit = await post(edge.batch, req);
+    assert.equal(hit.cache, 'hit');
+    assert.equal((await edge.stats()).warmRequests, 2, 'the hit planned a warming request');
+    await until(async () => (await edge.stats()).warmFills === 2, 'the hit\'s warming answer');
+    const [, second] = relay.requests('warm');
+    assert.equal(second.body.tiles.length, 2);
+    assert.ok(second.body.tiles.every((t) => !warmed.includes(t) && t !== req.tiles[0]), 'two other neighbours');
+    assert.equal(second.body.access, 'public');
   });
 });
