@@ -257,7 +257,8 @@ export function createWorker(defaults = {}) {
   let bounds = null;
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
-  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, lastError: null, firstDone: false };
+  // `tooLarge`: answers over MAX_FEED_BYTES, each taken as a reset.
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false };
 
   function setup(env) {
     if (proxy) return null;
@@ -298,9 +299,19 @@ export function createWorker(defaults = {}) {
     if (token) headers.authorization = `Bearer ${token}`;
     if (lastId) headers['last-event-id'] = lastId;
     const res = await fetch(url, { headers, signal: AbortSignal.timeout(options.originTimeoutMs) });
+    if (res.status !== 200) {
+      await res.body?.cancel().catch(() => {});
+      throw new Error(`the change feed answered HTTP ${res.status}`);
+    }
     const bytes = await readBody(res, MAX_FEED_BYTES, "the change feed's answer");
-    if (res.status !== 200) throw new Error(`the change feed answered HTTP ${res.status}`);
     return sseEvents(new TextDecoder().decode(bytes));
+  }
+
+  /** The feed's current position: the id of the `ready` event of a poll without Last-Event-ID. */
+  async function position(url, token) {
+    const ready = (await fetchChanges(url, token, null)).find((e) => e.event === 'ready');
+    if (!ready?.id) throw new Error('the change feed sent no ready event with an id');
+    return ready.id;
   }
 
   /**
@@ -310,19 +321,39 @@ export function createWorker(defaults = {}) {
    * within `changesLookbackMs` of the isolate's start it replays from there, so shared-cache
    * entries stored before those changes are refused too. A failed poll is retried at the
    * next interval from the same id (nothing is lost while the origin holds the events).
+   * An answer over MAX_FEED_BYTES is taken as a reset (see below).
    */
   async function poll(env) {
     try {
       const url = changesUrl(String(env.ORIGIN));
       let replay = false;
       if (feed.lastId === null) {
-        const ready = (await fetchChanges(url, env.ORIGIN_TOKEN, null)).find((e) => e.event === 'ready');
-        if (!ready?.id) throw new Error('the change feed sent no ready event with an id');
+        const at = await position(url, env.ORIGIN_TOKEN);
         const from = Math.max(0, feed.startedAt - options.changesLookbackMs);
-        replay = Number(ready.id.split('-')[0]) >= from;
-        feed.lastId = replay ? `${from}-0` : ready.id;
+        replay = Number(at.split('-')[0]) >= from;
+        feed.lastId = replay ? `${from}-0` : at;
       }
-      for (const e of await fetchChanges(url, env.ORIGIN_TOKEN, feed.lastId)) {
+      let events;
+      try {
+        events = await fetchChanges(url, env.ORIGIN_TOKEN, feed.lastId);
+      } catch (e) {
+        if (!(e instanceof TooLarge)) throw e;
+        // More changes since lastId than one answer may hold: retried from the same id it
+        // would fail the same way at every poll, and no change would be applied again. So it
+        // is a reset, as the origin's own for events it cannot replay: the feed's position
+        // first, then everything dropped (the isolate's caches, and Cache API entries stored
+        // before now), then on from that position. A change after the position comes in the
+        // next poll; one before it is covered by the reset (an answer asked of the origin
+        // before the reset is not written back, src/proxy/change.rs).
+        const at = await position(url, env.ORIGIN_TOKEN);
+        proxy.applyChange('reset', '{}', Date.now());
+        feed.events++;
+        feed.tooLarge++;
+        feed.lastId = at;
+        feed.polls++;
+        return;
+      }
+      for (const e of events) {
         // A new isolate's replay that the origin cannot serve (its feed starts later, e.g.
         // a restarted origin without Redis) changes nothing here: the isolate's caches are
         // still empty (requests wait for the first poll). Cache API entries older than the

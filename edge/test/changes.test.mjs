@@ -8,7 +8,7 @@
 // after the call and then checks that the old answer is not served.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { post as postAs, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
+import { post as postAs, shape, sse, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
 
 /** Polls `fn` until it returns true; `poke` (a request) lets the worker start a due poll. */
@@ -108,5 +108,67 @@ describe('edge worker: the change feed under workerd', () => {
     assert.equal(r.status, 200);
     assert.notEqual(r.cache, 'hit');
     assert.deepEqual(relay.requests().slice(asked).map((q) => q.body.ids), [[id]]);
+  });
+});
+
+describe('edge worker: a change feed answer over the size cap (4 MiB)', () => {
+  // The relay answers the feed itself (relay.changes): positions are ids of 1970, far before
+  // the isolate's start, so a new isolate does not replay.
+  let server;
+  let relay;
+  let edge;
+  let token;
+  let feed = { position: '1000-0', huge: false };
+  const tile = '14/2630/5730';
+
+  before(async () => {
+    token = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    const originToken = await serviceToken('agent');
+    server = await startServer(await serverAuthArgs(SECRET));
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    relay.changes = ({ lastEventId }) => {
+      if (lastEventId === undefined) return { body: sse([{ event: 'ready', id: feed.position }]) };
+      if (feed.huge && lastEventId === '1000-0') {
+        // 5 MiB: a comment line of padding, then events the worker must not take.
+        return { body: `: ${'x'.repeat(5 * 1024 * 1024)}\n\n${sse([{ event: 'ready', id: lastEventId }])}` };
+      }
+      return { body: sse([{ event: 'ready', id: lastEventId }]) };
+    };
+    edge = await startWorkerd(relay.url, { originTimeoutMs: 2000, warmRing: 0, changesPollMs: 50 }, {
+      TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
+    });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const post = (body) =>
+    postAs(edge.batch, body, { 'content-type': 'application/json', authorization: `Bearer ${token}` });
+  const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+
+  it('is taken as a reset: everything dropped, and the feed followed on from its position', async () => {
+    const req = { tiles: [tile], access: 'public' };
+    assert.equal((await post(req)).status, 200);
+    assert.equal((await post(req)).cache, 'hit');
+    assert.equal((await edge.stats()).changes.lastId, '1000-0');
+
+    // The origin holds more since 1000-0 than one answer may carry; its position is 2000-0.
+    feed = { position: '2000-0', huge: true };
+    await until(async () => (await edge.stats()).changes.lastId === '2000-0', 'the feed followed from its position', health);
+    const s = await edge.stats();
+    assert.equal(s.changes.tooLarge, 1);
+    assert.equal(s.changes.errors, 0, s.changes.lastError);
+    const after = await post(req);
+    assert.equal(after.status, 200);
+    assert.equal(after.cache, 'miss', 'the reset dropped what the isolate held');
+
+    // And the next polls resume from there, so a later change is applied.
+    const from = relay.polls.length;
+    await until(async () => relay.polls.length >= from + 2, 'two more polls', health);
+    assert.ok(relay.polls.slice(from).every((p) => p.lastEventId === '2000-0'));
+    assert.equal((await edge.stats()).changes.tooLarge, 1);
   });
 });

@@ -63,6 +63,11 @@ export function serverAuthArgs(secret) {
   return ['--jwt-secret', secret];
 }
 
+/** Server-sent events as the origin's change feed writes them: [{ event, id, data }]. */
+export function sse(events) {
+  return events.map((e) => `event: ${e.event}\nid: ${e.id}\ndata: ${e.data ?? '{}'}\n\n`).join('');
+}
+
 /**
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
  * 'drop' (close the connection). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
@@ -83,6 +88,14 @@ export async function startRelay(target, { requireToken } = {}) {
       if (requireToken !== undefined && authorization !== `Bearer ${requireToken}`) {
         res.writeHead(401, { 'content-type': 'application/json' });
         return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
+      }
+      // A test's own feed: `relay.changes({ lastEventId })` answers { status, body } in
+      // place of the origin (undefined: passed on).
+      const own = relay.changes?.({ lastEventId: req.headers['last-event-id'] });
+      if (own !== undefined) {
+        res.on('error', () => {});
+        res.writeHead(own.status ?? 200, { 'content-type': 'text/event-stream' });
+        return res.end(own.body);
       }
       try {
         const headers = {};
