@@ -44,7 +44,7 @@ let initialised = false;
 
 function cors(headers) {
   headers.set('access-control-allow-origin', '*');
-  headers.set('access-control-expose-headers', `x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, ${BOUNDS_HEADER}, www-authenticate`);
+  headers.set('access-control-expose-headers', `x-tilewarm-cache, x-tilewarm-origin-error, x-tilewarm-access, ${BOUNDS_HEADER}, www-authenticate, retry-after`);
   return headers;
 }
 
@@ -80,14 +80,30 @@ function take(step) {
   return s;
 }
 
-/** The answer of step `s`; one with data carries the extent the origin last declared. */
-function respond(s, bounds) {
+/**
+ * The answer of step `s`; one with data carries the extent the origin last declared, an
+ * error answer the origin's `Retry-After` (`retryAfter`, when it sent one with its 429 or 503).
+ */
+function respond(s, bounds, retryAfter = null) {
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
   if (s.access) extra['x-tilewarm-access'] = s.access;
   if (s.status === 200 && bounds) extra[BOUNDS_HEADER] = bounds;
+  if (s.status !== 200 && retryAfter !== null) extra['retry-after'] = retryAfter;
   return json(s.status, s.body, extra);
+}
+
+/**
+ * The `Retry-After` of an origin's answer to pass on: only with a 429 (rate_limited) or 503
+ * (overloaded), whose callers should wait that long, and only a well-formed one (delay
+ * seconds or an HTTP date); else null.
+ */
+function originRetryAfter(res) {
+  if (res.status !== 429 && res.status !== 503) return null;
+  const v = res.headers.get('retry-after')?.trim();
+  if (!v) return null;
+  return /^\d{1,10}$/.test(v) || !Number.isNaN(Date.parse(v)) ? v : null;
 }
 
 /** A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. */
@@ -465,8 +481,10 @@ export function createWorker(defaults = {}) {
     }
 
     let done;
+    let retryAfter = null;
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
+      retryAfter = originRetryAfter(res);
       const bytes = await readBody(res, max, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
       if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
@@ -479,7 +497,7 @@ export function createWorker(defaults = {}) {
     const put = done.status === 200 ? sharePut(done.access, done.sharedPut) : null;
     if (put) ctx.waitUntil(put);
     if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm, done.access));
-    return respond(done, bounds);
+    return respond(done, bounds, retryAfter);
   }
 
   return {

@@ -233,6 +233,33 @@ describe('edge worker under workerd', () => {
     }
   });
 
+  it('passes on the origin\'s Retry-After with its 429, and with the 502 of its 503', async () => {
+    const n = relay.requests().length;
+    relay.mode = 'rate_limited';
+    try {
+      const r = await post(edge.batch, { tiles: ['14/2644/5730'], access: 'public' });
+      assert.equal(r.status, 429, r.text);
+      assert.equal(r.json.error.code, 'rate_limited');
+      assert.match(r.json.error.message, /the origin refused the request: the origin says rate_limited/);
+      assert.equal(r.retryAfter, '7');
+      assert.match(r.exposed, /retry-after/);
+      relay.mode = 'overloaded';
+      const o = await post(edge.batch, { tiles: ['14/2644/5734'], access: 'public' });
+      assert.equal(o.status, 502, o.text);
+      assert.equal(o.json.error.code, 'upstream_error');
+      assert.match(o.json.error.message, /HTTP 503: the origin says overloaded/);
+      assert.equal(o.retryAfter, '3');
+      assert.match(o.exposed, /retry-after/);
+    } finally {
+      relay.mode = 'pass';
+    }
+    assert.equal(relay.requests().length, n + 2);
+    // Not on other answers.
+    const ok = await post(edge.batch, { tiles: ['14/2644/5734'], access: 'public' });
+    assert.equal(ok.status, 200);
+    assert.equal(ok.retryAfter, null);
+  });
+
   it('serves cached tiles when the origin is down, and 502 for what is not cached', async () => {
     const cached = '14/2616/5714';
     const stats = async () => (await fetch(`${edge.url}/edge/stats`)).json();

@@ -70,7 +70,8 @@ export function sse(events) {
 
 /**
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
- * 'drop' (close the connection). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
+ * 'drop' (close the connection), 'rate_limited' / 'overloaded' (429 with Retry-After: 7,
+ * 503 with Retry-After: 3, as the server answers them), 'huge' (a 12 MiB answer). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
  */
@@ -114,6 +115,12 @@ export async function startRelay(target, { requireToken } = {}) {
       return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
     }
     if (relay.mode === 'stall') return; // the worker's timeout ends it
+    if (relay.mode === 'rate_limited' || relay.mode === 'overloaded') {
+      // As tilewarm-server answers a caller over its rate (429) or at capacity (503).
+      const [status, wait] = relay.mode === 'rate_limited' ? [429, '7'] : [503, '3'];
+      res.writeHead(status, { 'content-type': 'application/json', 'retry-after': wait });
+      return res.end(JSON.stringify({ error: { code: relay.mode, message: `the origin says ${relay.mode}` } }));
+    }
     if (relay.mode === 'drop') return req.socket.destroy();
     if (relay.mode === 'huge') {
       // 12 MiB of JSON whitespace, chunked (no content-length): the worker must stop
@@ -213,6 +220,8 @@ export async function post(url, body, headers = { 'content-type': 'application/j
     access: r.headers.get('x-tilewarm-access'),
     bounds: r.headers.get('x-tilewarm-bounds'),
     wwwAuthenticate: r.headers.get('www-authenticate'),
+    retryAfter: r.headers.get('retry-after'),
+    exposed: r.headers.get('access-control-expose-headers'),
     text,
     json,
   };
