@@ -273,8 +273,9 @@ export function createWorker(defaults = {}) {
   let bounds = null;
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
-  // `tooLarge`: answers over MAX_FEED_BYTES, each taken as a reset.
-  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false };
+  // `tooLarge`: answers over MAX_FEED_BYTES, each taken as a reset; `replaying`: a new
+  // isolate's replay from `changesLookbackMs` before its start is not applied yet.
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false };
 
   function setup(env) {
     if (proxy) return null;
@@ -342,12 +343,13 @@ export function createWorker(defaults = {}) {
   async function poll(env) {
     try {
       const url = changesUrl(String(env.ORIGIN));
-      let replay = false;
       if (feed.lastId === null) {
         const at = await position(url, env.ORIGIN_TOKEN);
         const from = Math.max(0, feed.startedAt - options.changesLookbackMs);
-        replay = Number(at.split('-')[0]) >= from;
-        feed.lastId = replay ? `${from}-0` : at;
+        // Kept in the feed's state until a poll of the replay has been applied: a failed
+        // one is retried from `${from}-0`, and is still the replay.
+        feed.replaying = Number(at.split('-')[0]) >= from;
+        feed.lastId = feed.replaying ? `${from}-0` : at;
       }
       let events;
       try {
@@ -366,15 +368,20 @@ export function createWorker(defaults = {}) {
         feed.events++;
         feed.tooLarge++;
         feed.lastId = at;
+        feed.replaying = false;
         feed.polls++;
         return;
       }
+      // The origin's answer when it cannot replay from an id (its feed starts later, e.g. a
+      // restarted origin without Redis, or past its retention) is `ready` and one `reset`.
+      // For a new isolate's replay that changes nothing here: the isolate's caches are still
+      // empty (requests wait for the first poll), and Cache API entries older than the
+      // feed's start are then not checked (docs/edge.md, "Changes"). Every other `reset` is
+      // applied, in a replay too: the origin also sends one for an invalidation by id to a
+      // subscriber below tier agent, and for an entry it could not read.
+      const cannotReplay = feed.replaying && events.length === 2 && events[0].event === 'ready' && events[1].event === 'reset';
       for (const e of events) {
-        // A new isolate's replay that the origin cannot serve (its feed starts later, e.g.
-        // a restarted origin without Redis) changes nothing here: the isolate's caches are
-        // still empty (requests wait for the first poll). Cache API entries older than the
-        // feed's start are then not checked (docs/edge.md, "Changes").
-        if (replay && e.event === 'reset') {
+        if (cannotReplay && e.event === 'reset') {
           feed.lastId = e.id ?? feed.lastId;
           continue;
         }
@@ -384,6 +391,7 @@ export function createWorker(defaults = {}) {
         }
         if (e.id) feed.lastId = e.id;
       }
+      feed.replaying = false;
       feed.polls++;
     } catch (e) {
       feed.errors++;

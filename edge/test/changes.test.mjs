@@ -172,3 +172,66 @@ describe('edge worker: a change feed answer over the size cap (4 MiB)', () => {
     assert.equal((await edge.stats()).changes.tooLarge, 1);
   });
 });
+
+describe('edge worker: a new isolate\'s replay of the change feed', () => {
+  // The relay answers the feed itself; no batch request is made. The position is recent,
+  // so a new isolate replays from changesLookbackMs before its start.
+  const started = [];
+  after(async () => {
+    for (const { edge, relay } of started) {
+      await edge.stop();
+      await relay.close();
+    }
+  });
+
+  /** A worker whose feed `answer(lastEventId, n)` gives (n: the polls with an id so far). */
+  async function isolate(answer) {
+    const relay = await startRelay('http://127.0.0.1:9/v1/batch');
+    const position = `${Date.now()}-0`;
+    let n = 0;
+    relay.changes = ({ lastEventId }) => {
+      if (lastEventId === undefined) return { body: sse([{ event: 'ready', id: position }]) };
+      return answer(lastEventId, n++, position);
+    };
+    const edge = await startWorkerd(relay.url, { changesPollMs: 50, originTimeoutMs: 2000 });
+    started.push({ edge, relay });
+    const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+    return { edge, relay, health };
+  }
+
+  it('applies a reset that is one of the changes replayed (an id invalidation below tier agent)', async () => {
+    const t = Date.now() - 60_000;
+    const tiles = JSON.stringify({ ids: [], tiles: ['14/2624/5721'], classes: [], all: false });
+    const { edge, health } = await isolate((lastEventId, n) => {
+      if (n === 0) {
+        return { body: sse([
+          { event: 'ready', id: lastEventId },
+          { event: 'reset', id: `${t}-0` },
+          { event: 'invalidate', id: `${t + 1}-0`, data: tiles },
+        ]) };
+      }
+      return { body: sse([{ event: 'ready', id: lastEventId }]) };
+    });
+    await health();
+    await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
+    const s = await edge.stats();
+    assert.equal(s.changes.events, 2, `the reset and the invalidation were applied: ${JSON.stringify(s.changes)}`);
+    assert.equal(s.changes.lastId, `${t + 1}-0`);
+  });
+
+  it('skips the lone reset of a replay the origin cannot serve, also when the first try failed', async () => {
+    const { edge, relay, health } = await isolate((lastEventId, n, position) => {
+      if (n === 0) return { status: 500, body: 'not now' };
+      if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position }]) };
+    });
+    await health();
+    await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
+    const s = await edge.stats();
+    assert.equal(s.changes.errors, 1, 'the first try failed');
+    const withIds = relay.polls.filter((p) => p.lastEventId !== undefined).map((p) => p.lastEventId);
+    assert.equal(withIds[0], withIds[1], 'retried from the same id');
+    assert.equal(s.changes.events, 0, `nothing applied: ${JSON.stringify(s.changes)}`);
+    assert.equal(s.changes.replaying, false);
+  });
+});
