@@ -1,5 +1,5 @@
 // tilewarm/edge: the caching batch proxy as a Cloudflare Workers / workerd module worker.
-// Glue only: the caching logic is the Rust core's `Proxy` (src/proxy.rs), compiled into its
+// Glue only: the caching logic is the Rust core's `Proxy` (src/proxy/), compiled into its
 // own wasm (tilewarm_edge_bg.wasm, from src/edge.rs) so the browser package's wasm does not
 // carry it. The .wasm is imported as a WebAssembly.Module (wrangler's default rule for
 // *.wasm, or a workerd config listing it as a wasm module): workerd forbids compiling wasm
