@@ -260,8 +260,6 @@ export class TileCache {
   #queuedLoads = [];
   /** loadTiles calls waiting for data tiles: { tiles, results, waiting: Map<index, packed[]>, ... } */
   #pendingLoads = new Set();
-  /** request id -> its packed tiles, for the loads a request that gave up fails */
-  #reqTiles = new Map();
   /** The last view read ({items, complete, tooWide, missingTiles}), handed back as it is
    * while the engine says the view reads the same (`unchanged`). */
   #last;
@@ -683,7 +681,7 @@ export class TileCache {
   #run(out, n, r) {
     const nums = out[0];
     let updated = false, wakeup = -1;
-    const errors = [], cancelled = [], gaveUp = [];
+    const errors = [], gaveUp = [], askAgain = [];
     while (n < nums.length) {
       switch (nums[n++]) {
         case TRANSMIT: {
@@ -693,29 +691,32 @@ export class TileCache {
           n += 6 + nt;
           const access = out[r], ids = out.slice(r + 1, r + 1 + ni);
           r += 1 + ni;
-          this.#reqTiles.set(id, Array.from(nums.subarray(n - nt, n)));
           this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
           break;
         }
         case CANCEL: {
-          cancelled.push(nums[n]);
           const req = this.#requests.get(nums[n++]);
           if (req) {
             this.#requests.delete(req.id);
             clearTimeout(req.timer);
             req.ctrl.abort();
+            // A get() of an id this request carried was not queued on its own (the id was in
+            // flight): it is asked for again, or nothing would answer it.
+            for (const gid of req.ids) if (this.#gets.has(gid)) askAgain.push(gid);
           }
           break;
         }
         case UPDATED: updated = true; break;
         case COMPLETE: this.#setComplete(true); break;
         case ERROR: {
-          const [id, kind, willRetry, failure, status, retryAfter] = nums.subarray(n, n + 6);
-          n += 7;
+          const [id, kind, willRetry, failure, status, retryAfter, nt] = nums.subarray(n, n + 7);
+          const tiles = Array.from(nums.subarray(n + 7, n + 7 + nt));
+          n += 7 + nt;
           const e = this.#error(id, kind, willRetry === 1, failure, status, retryAfter, out[r++]);
           errors.push(e);
-          if (willRetry !== 1 && this.#reqTiles.has(id)) gaveUp.push([this.#reqTiles.get(id), e]);
-          this.#reqTiles.delete(id);
+          // The loads waiting on its tiles end with the error: nothing will answer them now
+          // (a failed request given up, tiles an answer left out or could not keep).
+          if (willRetry !== 1 && tiles.length) gaveUp.push([tiles, e]);
           break;
         }
         case WAKEUP: wakeup = nums[n++]; break;
@@ -724,9 +725,9 @@ export class TileCache {
       }
     }
     this.#schedule(wakeup);
-    for (const id of cancelled) this.#reqTiles.delete(id);
     for (const [tiles, e] of gaveUp) this.#failLoads(tiles, e);
     for (const e of errors) this.#emitError(e);
+    if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
     if (updated) this.#refresh();
   }
 
@@ -846,7 +847,6 @@ export class TileCache {
       for (const w of ws) w.resolve(item);
     }
     if (left.length) this.#unanswered(req, left, f.error);
-    this.#reqTiles.delete(id);
     this.#run(out, 1, 1);
     this.#checkLoads();
   }
@@ -908,11 +908,28 @@ export class TileCache {
     return e;
   }
 
+  /** get()s waiting for `ids` whose request went away: answered from the cache, or queued. */
+  #askAgain(ids) {
+    const out = this.#engine.get(ids, this.#now());
+    const slots = out[0];
+    ids.forEach((gid, i) => {
+      if (slots[1 + i] < 0) return;
+      const ws = this.#gets.get(gid);
+      this.#gets.delete(gid);
+      for (const w of ws ?? []) w.resolve(OBJS[slots[1 + i]]);
+    });
+    this.#run(out, 1 + ids.length, 1);
+  }
+
   #emitError(e) {
     if (e.kind === 'foreground' && !e.willRetry) {
       const ws = this.#waiters;
       this.#waiters = [];
       for (const w of ws) w.reject(e);
+    }
+    // The get()s of its ids, whatever its kind: an id a get() waits for may have gone out
+    // in a prefetch request (a refresh of a neighbour's items), and nothing asks again.
+    if (!e.willRetry) {
       for (const gid of e.ids) {
         const gs = this.#gets.get(gid);
         this.#gets.delete(gid);

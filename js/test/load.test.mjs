@@ -103,6 +103,93 @@ test('loadTiles: a request that gives up fails its tiles only; the other tiles o
   }
 });
 
+test('loadTiles: a tile an answer leaves out fails with the error; the tiles it answered load', async () => {
+  fresh();
+  const cache = await make({ batch: { maxTiles: 4, coalesceMinShare: 100 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  // Answers every request, leaving out the list of one tile (a server bug): without its
+  // tiles in the error, the load waited for ever while the engine asked again on backoff.
+  const left = t14(4, 4);
+  backend.hostile = (res, answer) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ...answer, tiles: answer.tiles.filter((t) => t.tile !== left) }));
+  };
+  try {
+    const got = await cache.loadTiles([t14(4, 3), left]);
+    assert.deepEqual(ids(got[0].items), truth(t14(4, 3)));
+    assert.equal(got[1].items, undefined);
+    assert.equal(got[1].error.code, 'ERR_INVALID_RESPONSE');
+    assert.match(got[1].error.message, /leaves out 1 of the requested tiles/);
+    assert.equal(errors.length, 1);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('get: an id that went out in a prefetch refresh is answered or rejected with it, never left waiting', async () => {
+  fresh();
+  const cache = await TileCache.create({
+    endpoint: backend.url, prefetch: { ring: 1, viewRing: 0, lookaheadMs: 0 },
+    batch: { retries: 0, coalesceMinShare: 100 },
+  });
+  cache.onError(() => {});
+  try {
+    cache.setViewport(viewOf(SX, SY, 1, 1));
+    await cache.whenComplete();
+    await until(() => cache.stats().inFlight === 0, 'the ring fetched');
+    // One item of a ring tile dropped: its list is known, so the next round refreshes it by
+    // id in a prefetch request. Refreshes by id fail (retries 0), and a get() of that id
+    // used to wait for ever: it was not queued on its own, its id being in flight.
+    const ring = backend.tileItems(t14(1, 0), 'public')[0].id;
+    cache.invalidate({ ids: [ring] });
+    backend.delayMs = 200;
+    backend.hostile = (res, answer, request) => {
+      if ((request.ids ?? []).length) { res.writeHead(500, { 'content-type': 'application/json' }); res.end('{"error":{"code":"boom","message":"no"}}'); return; }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    cache.setViewport(viewOf(SX, SY, 1, 1));
+    await until(() => backend.requests.some((r) => (r.ids ?? []).includes(ring)), 'the ring refresh sent');
+    const got = await Promise.race([
+      cache.get(ring).then((v) => ({ v }), (e) => ({ e })),
+      new Promise((r) => setTimeout(() => r('still waiting'), 3000)),
+    ]);
+    assert.notEqual(got, 'still waiting');
+    assert.equal(got.e?.code, 'ERR_HTTP');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('get: an id whose prefetch refresh is cancelled (the view moved on) is asked for again', async () => {
+  fresh();
+  const cache = await TileCache.create({
+    endpoint: backend.url, prefetch: { ring: 1, viewRing: 0, lookaheadMs: 0 },
+    batch: { coalesceMinShare: 100 },
+  });
+  try {
+    cache.setViewport(viewOf(SX, SY, 1, 1));
+    await cache.whenComplete();
+    await until(() => cache.stats().inFlight === 0, 'the ring fetched');
+    const ring = backend.tileItems(t14(1, 0), 'public')[0].id;
+    cache.invalidate({ ids: [ring] });
+    backend.delayMs = 300;
+    cache.setViewport(viewOf(SX, SY, 1, 1));
+    await until(() => backend.requests.some((r) => (r.ids ?? []).includes(ring)), 'the ring refresh sent');
+    const pending = cache.get(ring).then((v) => ({ v }), (e) => ({ e }));
+    // Far away: the refresh is no longer wanted and is cancelled with the get() waiting.
+    cache.setViewport(viewOf(SX + 8, SY + 8, 1, 1));
+    const got = await Promise.race([pending, new Promise((r) => setTimeout(() => r('still waiting'), 3000))]);
+    assert.notEqual(got, 'still waiting');
+    assert.equal(got.v?.id, ring);
+  } finally {
+    cache.dispose();
+  }
+});
+
 test('loadTiles: a tile over maxVisibleTiles data tiles is an error for that tile, bad tiles throw', async () => {
   fresh();
   const cache = await make({ maxVisibleTiles: 16 });

@@ -77,8 +77,9 @@ codes! {
         Updated = 3 => "UPDATED",
         /// Every visible tile can be shown.
         Complete = 4 => "COMPLETE",
-        /// `id, kind, willRetry, failure, status, retryAfterMs, tiles | message`: a request
-        /// failed (`retryAfterMs` -1 for none).
+        /// `id, kind, willRetry, failure, status, retryAfterMs, tiles, tiles... | message`: a
+        /// request failed (`retryAfterMs` -1 for none), for these data tiles (all of its
+        /// tiles, or those an answer left out or that could not be kept).
         Error = 5 => "ERROR",
         /// `at`: the clock time at which to call `tick`.
         Wakeup = 6 => "WAKEUP",

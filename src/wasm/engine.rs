@@ -580,6 +580,7 @@ impl Engine {
                         retry_after.map_or(-1.0, |ms| ms as f64),
                         e.tiles.len() as f64,
                     ]);
+                    out.nums.extend(e.tiles.iter().map(|&t| packed(t)));
                     out.refs.push(JsValue::from_str(&message));
                 }
             }
