@@ -251,6 +251,9 @@ export class TileCache {
   #timer = null;
   #updates = new Set();
   #errors = new Set();
+  #accessListeners = new Set();
+  /** The tier the cache views as, as last told to onAccess listeners. */
+  #access;
   #waiters = [];
   #complete = true;
   /** id -> [{ resolve, reject }] for get/getMany */
@@ -307,12 +310,19 @@ export class TileCache {
     this.#fetch = fetch;
     this.#now = now;
     this.#auth = auth;
+    this.#access = TIERS[this.#engine.access()];
     ABANDONED.register(this, this.#engine, this);
   }
 
   /** The `tileSize` option (256 or 512): the units of the viewport's zoom. */
   get tileSize() {
     return this.#tileSize;
+  }
+
+  /** The tier the cache views as: the `access` option, then `setAccess`'s, or the lower
+   * one the server reported. */
+  get access() {
+    return this.#access;
   }
 
   /** The map moved: what the cache has for it now, and the fetches it needs, started. */
@@ -344,6 +354,14 @@ export class TileCache {
   /** Calls `listener(items, view)` when data for the view arrived; returns unsubscribe. */
   onUpdate(listener) {
     return this.#listen(this.#updates, listener, 'onUpdate');
+  }
+
+  /** Calls `listener(access)` when the tier the cache views as changed (`setAccess`, or a
+   * lower tier the server reported), after what the new tier may not see was dropped and
+   * before onUpdate listeners hear of it: hosts that hold items themselves (the map
+   * adapters' tiles) drop theirs and load again. Returns unsubscribe. */
+  onAccess(listener) {
+    return this.#listen(this.#accessListeners, listener, 'onAccess');
   }
 
   /** Calls `listener(error)` for every failed request; returns unsubscribe. */
@@ -525,6 +543,7 @@ export class TileCache {
     this.#gets.clear();
     this.#updates.clear();
     this.#errors.clear();
+    this.#accessListeners.clear();
     ABANDONED.unregister(this);
     this.#engine.free();
     release(takeFreed());
@@ -731,9 +750,21 @@ export class TileCache {
     if (updated) this.#refresh();
   }
 
-  /** Re-reads the view and tells onUpdate listeners. */
+  /** Tells onAccess listeners when the engine's tier is not the one they last heard. */
+  #checkAccess() {
+    const access = TIERS[this.#engine.access()];
+    if (access === this.#access) return;
+    this.#access = access;
+    for (const { listener } of [...this.#accessListeners]) {
+      try { listener(access); } catch (e) { report(e); }
+    }
+  }
+
+  /** Re-reads the view and tells onUpdate listeners (onAccess ones first, when the tier
+   * changed: every change of it, by setAccess or an answer, ends here). */
   #refresh() {
     if (this.#disposed) return;
+    this.#checkAccess();
     const out = this.#engine.items(this.#now());
     const at = this.#view(out);
     this.#run(out, at.n, at.r);

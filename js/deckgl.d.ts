@@ -20,7 +20,9 @@ export type TileData<Data = unknown> = Item<Data>[];
  * A subclass of deck.gl's `TileLayer` (pass the class in) whose `getTileData` is
  * `cache.loadTiles` with the tile's abort signal (one call per tile; a tick's calls go out
  * together) and which feeds deck's view to the cache. `maxRequests` defaults to 0: the cache
- * batches the tiles itself.
+ * batches the tiles itself. When the cache's tier changes (`cache.onAccess`: `setAccess`, or
+ * a lower tier the server reported) or the `cache` prop is another cache, every tile is
+ * emptied by the next frame and loaded again.
  * @example
  * import { TileLayer } from '@deck.gl/geo-layers';
  * import { ScatterplotLayer } from '@deck.gl/layers';

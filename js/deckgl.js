@@ -8,8 +8,9 @@
 //
 // `getTileData` is one `loadTiles` call per tile with the tile's abort signal (the calls of a
 // tick go out together, so deck's N tiles need ceil(N / batch.maxTiles) requests); a tile's
-// data is the array of its items. The adapter does not import deck.gl: the page passes its
-// TileLayer class in. Types: deckgl.d.ts.
+// data is the array of its items. When the cache's tier changes, or the `cache` prop is
+// another cache, every tile is emptied and loaded again (see tilewarmReload). The adapter
+// does not import deck.gl: the page passes its TileLayer class in. Types: deckgl.d.ts.
 
 import { wrapBox } from './box.js';
 
@@ -42,8 +43,22 @@ export function extendTileLayer(TileLayer) {
   class TilewarmTileLayer extends TileLayer {
     updateState(params) {
       const { cache } = this.props;
-      if (!cache || typeof cache.loadTiles !== 'function') {
+      if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') {
         throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
+      }
+      const st = this.state;
+      if (cache !== st.tilewarmCache) {
+        // The first cache, or another one: deck sees a changed prop, not changed data, and
+        // would keep the tiles of the old cache (which may be of a higher tier).
+        st.tilewarmOff?.();
+        st.tilewarmGeneration ??= 0;
+        st.tilewarmContents ??= new WeakMap();
+        if (st.tilewarmCache) this.tilewarmReload();
+        st.tilewarmCache = cache;
+        st.tilewarmViewport = undefined; // the new cache has not seen the view
+        // `this` may be an older instance of the layer by then: deck moves the state to
+        // each new one, and this one still reaches it.
+        st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
       }
       super.updateState(params);
       // deck calls this on a frame where the view (or a prop) changed: at most once a frame.
@@ -58,11 +73,42 @@ export function extendTileLayer(TileLayer) {
       }
     }
 
+    finalizeState(context) {
+      this.state?.tilewarmOff?.();
+      super.finalizeState(context);
+    }
+
+    /** After a tier change (setAccess, or a lower tier the server reported) or with another
+     * cache, the tiles' items may be above the tier now: every tile is emptied (at the next
+     * render, see renderLayers) and loaded again; deck's own reload would show the old
+     * items until the new ones arrive. */
+    tilewarmReload() {
+      this.state.tilewarmGeneration++;
+      this.state.tileset?.reloadAll();
+      this.setNeedsUpdate();
+    }
+
+    renderLayers() {
+      // Items loaded before the last reload show nothing, whenever deck set them on the
+      // tile: a load that resolved just before a tier change lands after it.
+      const { tileset, tilewarmGeneration, tilewarmContents } = this.state;
+      for (const tile of tileset?.tiles ?? []) {
+        const loadedAt = tile.content ? tilewarmContents.get(tile.content) : undefined;
+        if (loadedAt !== undefined && loadedAt !== tilewarmGeneration) {
+          tile.content = [];
+          tile.layers = null;
+        }
+      }
+      return super.renderLayers();
+    }
+
     getTileData(tile) {
       if (this.props.getTileData) return super.getTileData(tile);
       const { x, y, z } = tile.index;
+      const { tilewarmGeneration, tilewarmContents } = this.state;
       return this.props.cache.loadTiles([`${z}/${x}/${y}`], { signal: tile.signal }).then(([got]) => {
         if (got.error) throw got.error;
+        tilewarmContents.set(got.items, tilewarmGeneration);
         return got.items;
       });
     }

@@ -159,6 +159,9 @@ export class TileCache<Data = unknown> {
   private constructor();
   /** The `tileSize` option: the units of the viewport's zoom (adapters read it). */
   readonly tileSize: 256 | 512;
+  /** The tier the cache views as: the `access` option, then `setAccess`'s, or the lower one
+   * a server reported (see {@link TileCache.onAccess}). */
+  readonly access: Access;
   /** Checks the options and starts a cache. Rejects with a TypeError/RangeError on bad options. */
   static create<Data = unknown>(options: TileCacheOptions): Promise<TileCache<Data>>;
   /** The map moved: what the cache has for the view now (synchronously); the fetches for
@@ -174,6 +177,13 @@ export class TileCache<Data = unknown> {
   /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`);
    * returns a function that unsubscribes. */
   onUpdate(listener: (items: Item<Data>[], view: Omit<View<Data>, 'items'>) => void): () => void;
+  /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
+   * reporting a lower tier than asked (which the cache follows at once). It runs after what
+   * the new tier may not see was dropped, and before the `onUpdate` listeners hear of it:
+   * a host that holds items itself (tiles drawn from `loadTiles`) must drop them and load
+   * again, since they may be above the new tier. The map adapters do. Returns a function
+   * that unsubscribes. */
+  onAccess(listener: (access: Access) => void): () => void;
   /** Calls `listener` for every failed request attempt; returns a function that unsubscribes. */
   onError(listener: (error: FetchError) => void): () => void;
   /** One item by id, from the cache or fetched by id; `undefined` if it does not exist or

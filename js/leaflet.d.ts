@@ -18,7 +18,9 @@ export interface LayerOptions<Data = unknown> {
 
 /**
  * A Leaflet `GridLayer` whose tiles come from `cache.loadTiles` (one call per tile; a tick's
- * calls go out together), drawn on canvases; an unloaded tile aborts its call.
+ * calls go out together), drawn on canvases; an unloaded tile aborts its call. When the
+ * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
+ * while the layer is on a map, every tile is taken off at once and drawn again.
  * @param L the Leaflet namespace (`import * as L from 'leaflet'`)
  * @example
  * const cache = await TileCache.create({ endpoint });

@@ -6,7 +6,8 @@
 //
 // Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
 // so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
-// aborts its call. Types: leaflet.d.ts.
+// aborts its call. When the cache's tier changes, every tile is drawn again (see below).
+// Types: leaflet.d.ts.
 
 const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity'];
 
@@ -40,7 +41,7 @@ function dot(ctx, item, x, y) {
  */
 export function createLayer(L, cache, options = {}) {
   if (!L || typeof L.GridLayer?.extend !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'L must be the Leaflet namespace');
-  if (!cache || typeof cache.loadTiles !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) {
@@ -61,6 +62,9 @@ export function createLayer(L, cache, options = {}) {
       tile._tilewarmAbort = ctrl;
       const name = `${coords.z}/${coords.x}/${coords.y}`;
       cache.loadTiles([name], { signal: ctrl.signal }).then(([got]) => {
+        // Unloaded since (a tier change redraws every tile): the items may be above the
+        // tier now, and the canvas is no longer the grid's.
+        if (ctrl.signal.aborted) return;
         if (got.error) {
           onError(got.error);
           done(got.error, tile);
@@ -82,6 +86,12 @@ export function createLayer(L, cache, options = {}) {
   });
   const layer = new Layer(gridOptions);
   layer.on('tileunload', (e) => e.tile?._tilewarmAbort?.abort());
+  // A tier change (setAccess, or a lower tier the server reported) leaves the drawn tiles
+  // with items the new tier may not see: redraw unloads every tile at once (aborting its
+  // load, so one that resolved before the change draws nothing) and loads the grid again.
+  let offAccess;
+  layer.on('add', () => { offAccess = cache.onAccess(() => layer.redraw()); });
+  layer.on('remove', () => { offAccess?.(); offAccess = undefined; });
   if (followView) {
     let frame = 0;
     const push = () => {

@@ -26,7 +26,9 @@ export interface SourceOptions {
  * An OpenLayers `VectorSource` whose features come from `cache.loadTiles` through a tile
  * loading strategy (256-px XYZ tiles; one call per tile, a tick's calls go out together).
  * One feature per item (its id is the item's id), with properties `class`, `access`,
- * `stale` and `item`. Views in EPSG:3857.
+ * `stale` and `item`. When the cache's tier changes (`cache.onAccess`: `setAccess`, or a
+ * lower tier the server reported), the source is emptied at once and loads the view again.
+ * Views in EPSG:3857.
  * @example
  * import VectorSource from 'ol/source/Vector.js';
  * import Feature from 'ol/Feature.js';

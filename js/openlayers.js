@@ -9,7 +9,8 @@
 //
 // Each tile the strategy asks for is one `loadTiles` call (the calls of a tick go out
 // together); a feature per item, its id the item's id, so an item in tiles of two zooms is
-// one feature (held while any loaded tile has it). Views in EPSG:3857 (OpenLayers' default).
+// one feature (held while any loaded tile has it). When the cache's tier changes, the source
+// is emptied and loads again. Views in EPSG:3857 (OpenLayers' default).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
 
@@ -51,7 +52,7 @@ export function createSource(ol, cache, options = {}) {
   for (const k of OL_NAMES) {
     if (typeof ol[k] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol.${k} must be OpenLayers' ${k}`);
   }
-  if (!cache || typeof cache.loadTiles !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) {
@@ -165,7 +166,22 @@ export function createSource(ol, cache, options = {}) {
     });
   }
 
+  /** Forgets every tile (aborting its load; a load that resolved already finds its tile
+   * gone and adds nothing) and every feature held. */
+  function reset() {
+    for (const t of tiles.values()) t.ctrl.abort();
+    tiles.clear();
+    held.clear();
+  }
+
   source = new ol.VectorSource({ strategy: ol.tileStrategy(grid), loader });
+  // A tier change (setAccess, or a lower tier the server reported) leaves features the new
+  // tier may not see: the source is emptied at once and loads the view again. (Held for
+  // the source's life: a source is made for one cache.)
+  cache.onAccess(() => {
+    reset();
+    source.refresh();
+  });
   states.set(source, { cache, tiles, drop, onError });
   return source;
 }

@@ -265,6 +265,46 @@ test('an access downgrade purges at once; an upgrade refetches', async () => {
   cache.dispose();
 });
 
+test('onAccess hears each change of the tier, by setAccess or a lower one an answer reported, before onUpdate', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
+  assert.equal(cache.access, 'agent');
+  const v = viewOf(SX, SY);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  const heard = [];
+  cache.onAccess((access) => heard.push(`access ${access} = ${cache.access}`));
+  let stray = 0;
+  cache.onAccess(() => stray++)(); // unsubscribed at once
+  cache.onUpdate((items) => heard.push(`update ${items.some((i) => i.access === 'agent') ? 'with' : 'without'} agent items`));
+  cache.setAccess('verified');
+  assert.equal(heard[0], 'access verified = verified');
+  assert.ok(heard.length >= 2 && heard.slice(1).every((h) => h === 'update without agent items'), heard.join('; '));
+  cache.setAccess('verified');
+  assert.equal(heard.at(-1), 'update without agent items', 'the same tier again is no change');
+  assert.equal(heard.filter((h) => h.startsWith('access')).length, 1);
+  cache.setAccess('agent');
+  await cache.whenComplete();
+  heard.length = 0;
+  // The server filters for public from now on, and says so: the cache follows at once.
+  backend.hostile = (res, _answer, request) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ...backend.answer({ ...request, access: 'public' }), access: 'public' }));
+  };
+  try {
+    cache.invalidate({ all: true });
+    await cache.whenComplete();
+  } finally {
+    backend.hostile = null;
+  }
+  assert.equal(cache.access, 'public');
+  assert.equal(heard.filter((h) => h.startsWith('access')).join(), 'access public = public');
+  assert.ok(heard.indexOf('access public = public') < heard.findLastIndex((h) => h.startsWith('update')));
+  assert.equal(stray, 0);
+  assert.throws(() => cache.onAccess('x'), { code: 'ERR_INVALID_ARG_TYPE', message: 'onAccess takes a function, got "x"' });
+  cache.dispose();
+});
+
 test('invalidation by id, by tile and of everything refetches what is visible', async () => {
   fresh();
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });

@@ -470,6 +470,13 @@ impl Engine {
         Ok(out.finish())
     }
 
+    /// The tier the cache views as now, as its rank ([`Access::rank`]): the `access` option,
+    /// then `setAccess`'s, or a lower one an answer reported (`cache.js` tells `onAccess`
+    /// listeners when it changes).
+    pub fn access(&self) -> u8 {
+        self.client.access().rank()
+    }
+
     /// The counters, in the order of [`STATS`] (which names them for `cache.js`).
     pub fn stats(&self) -> Vec<f64> {
         let s = self.client.stats();

@@ -2,7 +2,8 @@
 // built by Vite over the package (scripts/test-browser.sh). Checks: after pans and zooms the
 // visible tiles draw exactly the items the backend has (nothing twice, nothing left over);
 // a one-tile pan after prefetch sends no foreground request (the layer feeds deck's view to
-// the planner); no console errors. Screenshot: target/browser-test/deckgl.png.
+// the planner); a tier drop takes the items above the new tier off the screen by the next
+// frame; no console errors. Screenshot: target/browser-test/deckgl.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -38,8 +39,8 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
 
   /** Waits until every selected tile is loaded and drawn, only they are visible, and
    * nothing is in flight. */
-  function settled(what) {
-    return until(page, () => {
+  function settled(what, p = page) {
+    return until(p, () => {
       const s = window.__tw.state();
       if (!s || !s.current || !s.loaded || s.stats.inFlight > 0 || !s.selected.length) return false;
       if (Object.values(s.drawn).some((n) => n < 0)) return false;
@@ -78,6 +79,45 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
     const s = await settled('after a one-tile pan');
     checkDrawn(assert, backend, s.drawn);
     assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('a tier drop takes the items above the new tier off the screen by the next frame', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
+      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&access=agent`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      let s = await settled('tiles at agent', p);
+      assert.ok(s.shown.agent > 0, `agent items drawn: ${JSON.stringify(s.shown)}`);
+      // Two frames: deck updates the layer on the first after the drop.
+      const shown = await p.evaluate(async () => {
+        window.__tw.cache.setAccess('public');
+        await window.__tw.frames(2);
+        return window.__tw.state().shown;
+      });
+      assert.equal(shown.agent, undefined, `agent items on screen after the drop: ${JSON.stringify(shown)}`);
+      s = await settled('tiles at public', p);
+      assert.equal(s.shown.agent, undefined);
+      checkDrawn(assert, backend, s.drawn);
+      // The same when the layer's cache prop becomes another cache of a lower tier (deck
+      // sees a changed prop, not changed data).
+      await p.evaluate(async () => { await window.__tw.useCache('agent'); await window.__tw.frames(2); });
+      s = await settled('tiles of an agent cache', p);
+      assert.ok(s.shown.agent > 0, `agent items drawn: ${JSON.stringify(s.shown)}`);
+      const swapped = await p.evaluate(async () => {
+        await window.__tw.useCache('public');
+        await window.__tw.frames(2);
+        return window.__tw.state().shown;
+      });
+      assert.equal(swapped.agent, undefined, `agent items on screen with a public cache: ${JSON.stringify(swapped)}`);
+      s = await settled('tiles of a public cache', p);
+      assert.equal(s.shown.agent, undefined);
+      checkDrawn(assert, backend, s.drawn);
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {

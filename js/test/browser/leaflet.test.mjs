@@ -1,7 +1,8 @@
 // tilewarm/leaflet in headless Chromium with real Leaflet, on a page built by Vite over the
 // package (scripts/test-browser.sh). Checks: the grid draws exactly the items the backend
 // has in each data tile it fully shows; a one-tile pan after prefetch sends no foreground request (the layer feeds the
-// view to the planner); no console errors. Screenshot: target/browser-test/leaflet.png.
+// view to the planner); a tier drop takes the items above the new tier off the screen at
+// once; no console errors. Screenshot: target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -34,8 +35,8 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
   });
 
   /** Waits until every tile of the grid is drawn and nothing is in flight. */
-  function settled(what) {
-    return until(page, () => {
+  function settled(what, p = page) {
+    return until(p, () => {
       const { layer, cache } = window.__tw;
       const tiles = Object.values(layer._tiles);
       if (!tiles.length || !tiles.every((t) => t.loaded) || cache.stats().inFlight > 0) return false;
@@ -76,6 +77,27 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     const s = await settled('after a one-tile pan');
     checkDrawn(assert, backend, s.drawn);
     assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('a tier drop takes the items above the new tier off the screen at once', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&access=agent`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      let s = await settled('the grid at agent', p);
+      assert.ok(s.shown.agent > 0, `agent items drawn: ${JSON.stringify(s.shown)}`);
+      // In the same task as the drop: nothing above public is on the page any more.
+      const shown = await p.evaluate(() => { window.__tw.cache.setAccess('public'); return window.__tw.state().shown; });
+      assert.equal(shown.agent, undefined, `agent items on screen after the drop: ${JSON.stringify(shown)}`);
+      s = await settled('the grid at public', p);
+      assert.equal(s.shown.agent, undefined);
+      checkDrawn(assert, backend, s.drawn);
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {

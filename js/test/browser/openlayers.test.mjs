@@ -2,7 +2,8 @@
 // the package (scripts/test-browser.sh). Checks: after pans and zooms the source holds exactly
 // the backend's items of the data tiles in view (nothing twice, nothing left behind from
 // earlier views); a one-tile pan after prefetch sends no foreground request (follow() feeds
-// the view to the planner); no console errors. Screenshot: target/browser-test/openlayers.png.
+// the view to the planner); a tier drop takes the features above the new tier out of the
+// source at once; no console errors. Screenshot: target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -50,14 +51,14 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
   /** The source holds each item once, every item of the data tiles the view shows, and
    * nothing outside the tiles that touch the view: the result of recomputing from scratch
    * (tiles in view at the zoom of the view and at z14, which the source may still hold). */
-  function check(s) {
+  function check(s, access = 'public') {
     assert.equal(new Set(s.ids).size, s.ids.length, 'no item twice');
     const [w, so] = lonLat(s.extent[0], s.extent[1]);
     const [e, n] = lonLat(s.extent[2], s.extent[3]);
     const inView = (lon, lat) => lon >= w && lon <= e && lat >= so && lat <= n;
     const ids = new Set(s.ids);
     // Nothing missing: every backend item in the view is there.
-    const want = backend.items.filter((it) => it.access === 'public' && inView(it.lon, it.lat));
+    const want = backend.items.filter((it) => (access === 'agent' || it.access === 'public') && inView(it.lon, it.lat));
     assert.ok(want.length > 0);
     for (const it of want) assert.ok(ids.has(it.id), `item ${it.id} in view is shown`);
     // Nothing left behind: every item held is in a z14 data tile that touches the view or
@@ -109,6 +110,36 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     }, TILE_M);
     check(s);
     assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('a tier drop takes the features above the new tier out of the source at once', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
+      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&access=agent`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      let s = await until(p, () => {
+        const s = window.__tw.state();
+        return !s.loading && s.stats.inFlight === 0 && window.__tw.rendered() > 0 && s;
+      }, null, 'features at agent');
+      check(s, 'agent');
+      assert.ok(s.shown.agent > 0, `agent features: ${JSON.stringify(s.shown)}`);
+      const shown = await p.evaluate(() => { window.__tw.cache.setAccess('public'); return window.__tw.state().shown; });
+      assert.equal(shown.agent, undefined, `agent features after the drop: ${JSON.stringify(shown)}`);
+      // Loaded again at public: every public item in view, nothing above it.
+      s = await until(p, () => {
+        const s = window.__tw.state();
+        return s.stats.inFlight === 0 && s.ids.length > 0 && s;
+      }, null, 'features at public');
+      await new Promise((r) => setTimeout(r, 300));
+      s = await p.evaluate(() => window.__tw.state());
+      assert.equal(s.shown.agent, undefined);
+      check(s);
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {

@@ -69,6 +69,7 @@ async function cacheUse() {
   const tiles: TileString[] = view.missingTiles;
   await cache.whenComplete();
   const off: () => void = cache.onUpdate((items: Item<Home>[]) => items.length);
+  const offAccess: () => void = cache.onAccess((access: Access) => access === cache.access);
   cache.onError((e: FetchError) => [e.code, e.status, e.kind, e.willRetry]);
   cache.onError((e: FetchError) => {
     const code: FetchErrorCode = e.code;

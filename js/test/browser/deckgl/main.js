@@ -7,13 +7,19 @@ import { TileCache } from 'tilewarm';
 import { extendTileLayer } from 'tilewarm/deckgl';
 
 const params = new URLSearchParams(location.search);
-const cache = await TileCache.create({
-  endpoint: new URL('/batch', location.href).href,
-  minZoom: 12,
-  prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
-});
 const errors = [];
-cache.onError((e) => errors.push(e.message));
+/** A cache at `access` (the layer's `cache` prop; useCache swaps it). */
+async function newCache(access) {
+  const c = await TileCache.create({
+    endpoint: new URL('/batch', location.href).href,
+    minZoom: 12,
+    prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+    access,
+  });
+  c.onError((e) => errors.push(e.message));
+  return c;
+}
+let cache = await newCache(params.get('access') ?? 'public');
 const TilewarmTileLayer = extendTileLayer(TileLayer);
 
 function layer() {
@@ -52,6 +58,13 @@ function setView(v) {
   deck.setProps({ viewState, layers: [layer()] });
 }
 
+/** Renders the layer with a new cache at `access`. */
+async function useCache(access) {
+  cache = await newCache(access);
+  window.__tw.cache = cache;
+  deck.setProps({ layers: [layer()] });
+}
+
 /** The layer as deck holds it: its tileset. */
 function tileset() {
   return deck.layerManager?.getLayers().find((l) => l.id === 'homes')?.state?.tileset;
@@ -61,9 +74,13 @@ function tileset() {
 function state() {
   const ts = tileset();
   if (!ts) return null;
-  const drawn = {};
+  const drawn = {}, shown = {};
   const selected = ts.selectedTiles.map((t) => t.id);
   for (const t of ts.tiles) {
+    // What deck draws: the sublayers of the visible tiles (loaded or placeholders).
+    if (t.isVisible) {
+      for (const l of t.layers ?? []) for (const d of l.props.data ?? []) shown[d.access] = (shown[d.access] ?? 0) + 1;
+    }
     if (!t.isVisible || !t.isLoaded) continue;
     const subs = (t.layers ?? []).filter((l) => l.isLoaded !== false);
     drawn[`${t.index.x}:${t.index.y}:${t.index.z}`] = subs.length ? subs[0].props.data.length : -1;
@@ -73,8 +90,10 @@ function state() {
   const current = Math.abs(vp.zoom - viewState.zoom) < 1e-9 && Math.abs(vp.longitude - viewState.longitude) < 1e-9
     && Math.abs(vp.latitude - viewState.latitude) < 1e-9;
   return {
-    current, drawn, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
+    current, drawn, shown, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
     loaded: ts.selectedTiles.every((t) => t.isLoaded), stats: cache.stats(), errors, zoom: viewState.zoom,
   };
 }
-window.__tw = { deck, cache, setView, state, tileset };
+/** Resolves after `n` animation frames (deck updates and draws on a frame). */
+const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+window.__tw = { deck, cache, setView, useCache, state, tileset, frames };

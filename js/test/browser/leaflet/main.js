@@ -12,17 +12,29 @@ const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+  access: params.get('access') ?? 'public',
 });
 const errors = [];
 cache.onError((e) => errors.push(e.message));
-const layer = createLayer(L, cache, { onError: (e) => errors.push(String(e)) }).addTo(map);
+/** A square per item, its tier noted on the canvas (the tiers on screen are read back). */
+function draw(ctx, item, x, y) {
+  (ctx.canvas.tiers ??= []).push(item.access);
+  ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
+  ctx.fillRect(x - 3, y - 3, 6, 6);
+}
+const layer = createLayer(L, cache, { draw, onError: (e) => errors.push(String(e)) }).addTo(map);
 
-/** Items drawn per loaded tile (from the canvases), and counters. */
+/** Items drawn per loaded tile (from the canvases), items of each tier on the page's
+ * canvases, and counters. */
 function state() {
   const drawn = {};
   for (const [key, t] of Object.entries(layer._tiles)) {
     if (t.loaded && t.el.dataset.items !== undefined) drawn[key] = Number(t.el.dataset.items);
   }
-  return { drawn, stats: cache.stats(), errors, zoom: map.getZoom() };
+  const shown = {};
+  for (const c of document.querySelectorAll('canvas.tilewarm-tile')) {
+    for (const tier of c.tiers ?? []) shown[tier] = (shown[tier] ?? 0) + 1;
+  }
+  return { drawn, shown, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
 window.__tw = { map, cache, layer, state, L };

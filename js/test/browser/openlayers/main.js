@@ -19,6 +19,7 @@ const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+  access: params.get('access') ?? 'public',
 });
 const errors = [];
 cache.onError((e) => errors.push(e.message));
@@ -36,8 +37,10 @@ follow(map, source);
 /** Features in the source (ids), rendered? and counters. */
 function state() {
   const ids = source.getFeatures().map((f) => f.getId());
+  const shown = {};
+  for (const f of source.getFeatures()) shown[f.get('access')] = (shown[f.get('access')] ?? 0) + 1;
   return {
-    ids, lonlat: source.getFeatures().map((f) => [f.get('item').lon, f.get('item').lat]),
+    ids, shown, lonlat: source.getFeatures().map((f) => [f.get('item').lon, f.get('item').lat]),
     loading: source.loading, extent: map.getView().calculateExtent(map.getSize()),
     stats: cache.stats(), errors, zoom: map.getView().getZoom(),
   };
