@@ -34,7 +34,8 @@ export interface AttachOptions<Data = unknown> {
  * bounds and zoom itself (512-px tiles, wrapped worlds, pitch), calls `setViewport` at most
  * once per animation frame, and updates the source by diffs (`updateData`), falling back to
  * `setData`. Features carry the item's id, `class`, `access` and `stale`.
- * @returns `detach()`: stops following the map (the source keeps its data)
+ * @returns `detach()`: stops following the map (the source keeps its data); done by itself
+ * when the map is removed (`map.remove()`)
  * @example
  * const cache = await TileCache.create({ endpoint, tileSize: 512 });
  * const detach = attach(map, cache, { sourceId: 'homes' });

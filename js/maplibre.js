@@ -169,10 +169,14 @@ export function attach(map, cache, options) {
   map.on('move', schedule);
   map.on('moveend', schedule);
   map.on('styledata', onStyle);
+  // A removed map is detached from: the cache's listener would keep it alive and read
+  // sources of a map that has none.
+  map.once('remove', detach);
   // At once: the cache starts on the view even before the style is ready.
   push();
+  return detach;
 
-  return function detach() {
+  function detach() {
     if (detached) return;
     detached = true;
     if (frame) cancelAnimationFrame(frame);
@@ -180,5 +184,6 @@ export function attach(map, cache, options) {
     map.off('move', schedule);
     map.off('moveend', schedule);
     map.off('styledata', onStyle);
-  };
+    map.off('remove', detach);
+  }
 }

@@ -7,7 +7,7 @@
 // getData) holds exactly the view's items once each (the diffs match a full recomputation,
 // and so does a second source kept by setData);
 // a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
-// tooWide, not an error; no console errors. Screenshots: target/browser-test/*.png.
+// tooWide, not an error; a removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -114,6 +114,31 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
     s = await settled('back in');
     checkOnce(s);
     assert.deepEqual(s.errors, [], 'no fetch errors');
+  });
+
+  it('a removed map is detached from: the cache\'s updates no longer reach it', async () => {
+    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
+    const seen = [];
+    p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => seen.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+      await until(p, () => window.__tw?.map.loaded() && window.__tw.views.length > 0 && window.__tw.cache.stats().inFlight === 0, null, 'the map');
+      const [before, after] = await p.evaluate(() => {
+        const { map, cache, views } = window.__tw;
+        const n = views.length;
+        map.remove();
+        cache.invalidate({ all: true }); // onUpdate at once, and a refetch of the view
+        return [n, views.length];
+      });
+      assert.equal(after, before, 'onView heard nothing after the removal');
+      await until(p, () => window.__tw.cache.stats().inFlight === 0, null, 'the refetch');
+      assert.equal(await p.evaluate(() => window.__tw.views.length), before, 'nor after the refetch');
+      assert.deepEqual(seen, [], 'no error from a removed map');
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {
