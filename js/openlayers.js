@@ -150,8 +150,11 @@ export function createSource(ol, cache, options = {}) {
       failure();
       return;
     }
+    // Every load ends for OpenLayers, which counts them in `source.loading` (`loadend` and
+    // `rendercomplete` wait for none to be left): one aborted (its tile dropped or loaded
+    // again) or superseded (its tile forgotten) succeeds with nothing.
     loading.then(([got]) => {
-      if (tiles.get(key) !== t) return;
+      if (tiles.get(key) !== t) { success([]); return; }
       if (got.error) {
         onError(got.error);
         tiles.delete(key);
@@ -162,7 +165,9 @@ export function createSource(ol, cache, options = {}) {
       }
       success(fill(key, got.items));
     }, (e) => {
-      if (!ctrl.signal.aborted) { onError(e); failure(); }
+      if (ctrl.signal.aborted) { success([]); return; }
+      onError(e);
+      failure();
     });
   }
 

@@ -3,7 +3,8 @@
 // the backend's items of the data tiles in view (nothing twice, nothing left behind from
 // earlier views); a one-tile pan after prefetch sends no foreground request (follow() feeds
 // the view to the planner); a tier drop takes the features above the new tier out of the
-// source at once; no console errors. Screenshot: target/browser-test/openlayers.png.
+// source at once; loads aborted by a refresh end (source.loading back to false); no console
+// errors. Screenshot: target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -110,6 +111,21 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     }, TILE_M);
     check(s);
     assert.equal(fg(s.stats), fg(before), 'no foreground request');
+  });
+
+  it('loads aborted by a refresh end: source.loading goes back to false', async () => {
+    backend.delayMs = 400;
+    try {
+      const [lon, lat] = tileCorner(14, SX - 4.5, SY + 5.5);
+      await page.evaluate(([lon, lat]) => window.__tw.map.getView().setCenter(window.__tw.fromLonLat([lon, lat])), [lon, lat]);
+      await until(page, () => window.__tw.source.loading && window.__tw.cache.stats().inFlight > 0, null, 'loads out');
+      // The source loads its tiles again: the loads out are aborted.
+      await page.evaluate(() => window.__tw.source.refresh());
+    } finally {
+      backend.delayMs = 0;
+    }
+    await until(page, () => !window.__tw.source.loading && window.__tw.cache.stats().inFlight === 0, null,
+      'source.loading back to false', 10_000);
   });
 
   it('a tier drop takes the features above the new tier out of the source at once', async () => {
