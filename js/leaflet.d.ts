@@ -5,7 +5,9 @@ import type { FetchError, Item, TileCache, TilewarmError } from './index.js';
 export interface LayerOptions<Data = unknown> {
   /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
   draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
-  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles); default `reportError`. */
+  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a tile asked of a
+   * disposed cache, a `draw` that threw), each also the tile's Leaflet `tileerror`; default
+   * `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
   /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
    * prefetch runs (Leaflet prefetches nothing for a GridLayer). Default true. */

@@ -61,15 +61,22 @@ export function createLayer(L, cache, options = {}) {
       const ctrl = new AbortController();
       tile._tilewarmAbort = ctrl;
       const name = `${coords.z}/${coords.x}/${coords.y}`;
-      cache.loadTiles([name], { signal: ctrl.signal }).then(([got]) => {
+      // Nothing throws into Leaflet: a tile that cannot load (the cache disposed, a tile
+      // past zoom 24) or draw fails as a tile, through onError and done. (Leaflet takes
+      // `done` only after createTile returned, hence the microtask.)
+      let loading;
+      try {
+        loading = cache.loadTiles([name], { signal: ctrl.signal });
+      } catch (e) {
+        onError(e);
+        queueMicrotask(() => done(e, tile));
+        return tile;
+      }
+      loading.then(([got]) => {
         // Unloaded since (a tier change redraws every tile): the items may be above the
         // tier now, and the canvas is no longer the grid's.
         if (ctrl.signal.aborted) return;
-        if (got.error) {
-          onError(got.error);
-          done(got.error, tile);
-          return;
-        }
+        if (got.error) throw got.error;
         const ctx = tile.getContext('2d');
         const k = size.x / 256;
         tile.dataset.items = String(got.items.length);
@@ -78,8 +85,10 @@ export function createLayer(L, cache, options = {}) {
           draw(ctx, item, (px - coords.x * 256) * k, (py - coords.y * 256) * k);
         }
         done(null, tile);
-      }, (e) => {
-        if (!ctrl.signal.aborted) { onError(e); done(e, tile); }
+      }).catch((e) => {
+        if (ctrl.signal.aborted) return;
+        onError(e);
+        done(e, tile);
       });
       return tile;
     },

@@ -2,7 +2,8 @@
 // package (scripts/test-browser.sh). Checks: the grid draws exactly the items the backend
 // has in each data tile it fully shows; a one-tile pan after prefetch sends no foreground request (the layer feeds the
 // view to the planner); a tier drop takes the items above the new tier off the screen at
-// once; no console errors. Screenshot: target/browser-test/leaflet.png.
+// once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet; no
+// console errors. Screenshot: target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -95,6 +96,36 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       s = await settled('the grid at public', p);
       assert.equal(s.shown.agent, undefined);
       checkDrawn(assert, backend, s.drawn);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a tile that cannot load (disposed cache) or draw fails as a tile, never throwing into Leaflet', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    const seen = [];
+    p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => seen.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX - 2.5, SY + 0.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await settled('the grid', p);
+      // A draw that throws: the tiles it was drawing fail (onError and tileerror).
+      await p.evaluate(() => { window.__tw.failDraw = true; window.__tw.map.panBy([700, 0], { animate: false }); });
+      await until(p, () => window.__tw.tileErrors.some((e) => e === 'Error: draw failed'), null, 'tileerror of the draw');
+      assert.ok(await p.evaluate(() => window.__tw.errors.includes('Error: draw failed')));
+      // A disposed cache: loadTiles throws ERR_DISPOSED, which a new tile gets as its error.
+      const thrown = await p.evaluate(() => {
+        window.__tw.failDraw = false;
+        window.__tw.cache.dispose();
+        try { window.__tw.map.panBy([0, 700], { animate: false }); } catch (e) { return String(e); }
+        return null;
+      });
+      assert.equal(thrown, null, 'nothing thrown into Leaflet');
+      await until(p, () => window.__tw.tileErrors.some((e) => /disposed/.test(e)), null, 'tileerror of the disposed cache');
+      await new Promise((r) => setTimeout(r, 200));
+      assert.deepEqual(seen, [], 'no unhandled error');
     } finally {
       await p.close();
     }

@@ -18,11 +18,14 @@ const errors = [];
 cache.onError((e) => errors.push(e.message));
 /** A square per item, its tier noted on the canvas (the tiers on screen are read back). */
 function draw(ctx, item, x, y) {
+  if (window.__tw.failDraw) throw new Error('draw failed');
   (ctx.canvas.tiers ??= []).push(item.access);
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
 const layer = createLayer(L, cache, { draw, onError: (e) => errors.push(String(e)) }).addTo(map);
+const tileErrors = [];
+layer.on('tileerror', (e) => tileErrors.push(String(e.error)));
 
 /** Items drawn per loaded tile (from the canvases), items of each tier on the page's
  * canvases, and counters. */
@@ -37,4 +40,4 @@ function state() {
   }
   return { drawn, shown, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
-window.__tw = { map, cache, layer, state, L };
+window.__tw = { map, cache, layer, state, L, errors, tileErrors, failDraw: false };
