@@ -28,6 +28,8 @@ export interface SourceOptions {
  * One feature per item (its id is the item's id), with properties `class`, `access`,
  * `stale` and `item`. When the cache's tier changes (`cache.onAccess`: `setAccess`, or a
  * lower tier the server reported), the source is emptied at once and loads the view again.
+ * `source.refresh()` and `source.clear()` work as for any vector source (the adapter forgets
+ * what it held).
  * Views in EPSG:3857.
  * @example
  * import VectorSource from 'ol/source/Vector.js';

@@ -94,6 +94,8 @@ export function createSource(ol, cache, options = {}) {
       }
       h.tiles.add(key);
       const f = h.feature;
+      // Held but not in the source (taken out by the page): in it again.
+      if (!source.hasFeature(f)) added.push(f);
       if (f.get('item') !== item || f.get('stale') !== item.stale) {
         f.getGeometry().setCoordinates(toMercator(item.lon, item.lat));
         f.setProperties({ class: item.class, access: item.access, stale: item.stale, item });
@@ -172,7 +174,8 @@ export function createSource(ol, cache, options = {}) {
   }
 
   /** Forgets every tile (aborting its load; a load that resolved already finds its tile
-   * gone and adds nothing) and every feature held. */
+   * gone and adds nothing) and every feature held: the source was cleared (`clear()`, or
+   * `refresh()`, which then loads the view again). */
   function reset() {
     for (const t of tiles.values()) t.ctrl.abort();
     tiles.clear();
@@ -180,13 +183,13 @@ export function createSource(ol, cache, options = {}) {
   }
 
   source = new ol.VectorSource({ strategy: ol.tileStrategy(grid), loader });
+  // Held features and loaded tiles that outlived a clear would be found on the next load
+  // and never added again: an empty map.
+  source.on('clear', reset);
   // A tier change (setAccess, or a lower tier the server reported) leaves features the new
-  // tier may not see: the source is emptied at once and loads the view again. (Held for
-  // the source's life: a source is made for one cache.)
-  cache.onAccess(() => {
-    reset();
-    source.refresh();
-  });
+  // tier may not see: the source is emptied at once (a clear: reset) and loads the view
+  // again. (Held for the source's life: a source is made for one cache.)
+  cache.onAccess(() => source.refresh());
   states.set(source, { cache, tiles, drop, onError });
   return source;
 }

@@ -2,9 +2,10 @@
 // the package (scripts/test-browser.sh). Checks: after pans and zooms the source holds exactly
 // the backend's items of the data tiles in view (nothing twice, nothing left behind from
 // earlier views); a one-tile pan after prefetch sends no foreground request (follow() feeds
-// the view to the planner); a tier drop takes the features above the new tier out of the
-// source at once; loads aborted by a refresh end (source.loading back to false); no console
-// errors. Screenshot: target/browser-test/openlayers.png.
+// the view to the planner); loads aborted by a refresh end (source.loading back to false);
+// after source.refresh() the source holds the view's items again; a tier drop takes the
+// features above the new tier out of the source at once; no console errors. Screenshot:
+// target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -126,6 +127,11 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     }
     await until(page, () => !window.__tw.source.loading && window.__tw.cache.stats().inFlight === 0, null,
       'source.loading back to false', 10_000);
+  });
+
+  it('after source.refresh() the source holds the items of the view again', async () => {
+    await settled('features');
+    check(await move(() => window.__tw.source.refresh()));
   });
 
   it('a tier drop takes the features above the new tier out of the source at once', async () => {
