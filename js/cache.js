@@ -252,6 +252,7 @@ export class TileCache {
   #updates = new Set();
   #errors = new Set();
   #accessListeners = new Set();
+  #disposeListeners = new Set();
   /** The tier the cache views as, as last told to onAccess listeners. */
   #access;
   #waiters = [];
@@ -362,6 +363,18 @@ export class TileCache {
    * adapters' tiles) drop theirs and load again. Returns unsubscribe. */
   onAccess(listener) {
     return this.#listen(this.#accessListeners, listener, 'onAccess');
+  }
+
+  /** Calls `listener()` once, when the cache is disposed (at once when it already was):
+   * for what works beside the cache and must stop with it (tilewarm/live's follow).
+   * Returns unsubscribe. */
+  onDispose(listener) {
+    const off = this.#listen(this.#disposeListeners, listener, 'onDispose');
+    if (this.#disposed) {
+      off();
+      listener();
+    }
+    return off;
   }
 
   /** Calls `listener(error)` for every failed request; returns unsubscribe. */
@@ -547,6 +560,11 @@ export class TileCache {
     ABANDONED.unregister(this);
     this.#engine.free();
     release(takeFreed());
+    const disposed = [...this.#disposeListeners];
+    this.#disposeListeners.clear();
+    for (const { listener } of disposed) {
+      try { listener(); } catch (e) { report(e); }
+    }
   }
 
   // -- internals ----------------------------------------------------------------------

@@ -184,6 +184,10 @@ export class TileCache<Data = unknown> {
    * again, since they may be above the new tier. The map adapters do. Returns a function
    * that unsubscribes. */
   onAccess(listener: (access: Access) => void): () => void;
+  /** Calls `listener` once, when the cache is disposed (at once if it already was): for
+   * what works beside the cache and must stop with it (`tilewarm/live`'s `follow`). Returns
+   * a function that unsubscribes. */
+  onDispose(listener: () => void): () => void;
   /** Calls `listener` for every failed request attempt; returns a function that unsubscribes. */
   onError(listener: (error: FetchError) => void): () => void;
   /** One item by id, from the cache or fetched by id; `undefined` if it does not exist or

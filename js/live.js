@@ -62,7 +62,7 @@ async function* events(body) {
  * `done` resolves when following stopped. See live.d.ts.
  */
 export function follow(cache, url, options = {}) {
-  if (typeof cache?.invalidate !== 'function') {
+  if (typeof cache?.invalidate !== 'function' || typeof cache.onDispose !== 'function') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'follow takes a TileCache first');
   }
   let href;
@@ -83,6 +83,10 @@ export function follow(cache, url, options = {}) {
   const stop = () => ctrl.abort();
   signal?.addEventListener('abort', stop, { once: true });
   if (signal?.aborted) stop();
+  // A disposed cache stops following at once, as an aborted signal does: the connection
+  // (or the wait before the next) is aborted, where the loop used to notice only when an
+  // event's invalidate threw, so a quiet or failing feed was followed for ever.
+  const offDispose = cache.onDispose(stop);
 
   /** Applies one event (a `ready` with `all` invalidates everything); false when the
    * cache is gone. */
@@ -162,6 +166,9 @@ export function follow(cache, url, options = {}) {
       wait = Math.min(maxMs, wait * 2);
     }
   };
-  state.done = run().finally(() => signal?.removeEventListener('abort', stop));
+  state.done = run().finally(() => {
+    signal?.removeEventListener('abort', stop);
+    offDispose();
+  });
   return state;
 }

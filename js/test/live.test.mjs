@@ -206,6 +206,65 @@ test('past the retention a reconnect gets reset and invalidates everything', { s
   cache.dispose();
 });
 
+/** A feed through `fetch` that answers `ready` and then stays open, quiet, until aborted
+ * (`quiet`), or fails every connection with 503; counts the connections. */
+function fakeFeed(kind) {
+  const feed = { connections: 0, aborted: 0 };
+  feed.fetch = async (_url, { signal }) => {
+    feed.connections++;
+    signal.addEventListener('abort', () => feed.aborted++, { once: true });
+    if (kind !== 'quiet') return new Response('no', { status: 503 });
+    return new Response(new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('event: ready\nid: 1-0\ndata: {}\n\n'));
+        signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  };
+  return feed;
+}
+
+/** 'done' when `p` settles within `ms`, else 'still following'. */
+function within(p, ms) {
+  return Promise.race([p.then(() => 'done'), new Promise((ok) => setTimeout(() => ok('still following'), ms))]);
+}
+
+test('follow stops when the cache is disposed: on a quiet feed, a failing one, and one disposed before', async () => {
+  for (const kind of ['quiet', 'failing']) {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const feed = fakeFeed(kind);
+    const events = [];
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed.fetch, minRetryMs: 20, maxRetryMs: 40, onEvent: (e) => events.push(e.type), onError: () => {} });
+    if (kind === 'quiet') await until(() => events.includes('ready'), 'the ready event');
+    else await until(() => feed.connections >= 2, 'a reconnect');
+    cache.dispose();
+    assert.equal(await within(f.done, 1000), 'done', `${kind} feed: done resolves after dispose`);
+    const n = feed.connections;
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(feed.connections, n, `${kind} feed: no reconnect after dispose`);
+    if (kind === 'quiet') assert.equal(feed.aborted, 1, 'the open connection is aborted');
+  }
+  const cache = await TileCache.create({ endpoint: backend.url });
+  cache.dispose();
+  const feed = fakeFeed('quiet');
+  const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed.fetch });
+  assert.equal(await within(f.done, 1000), 'done');
+  assert.equal(feed.connections, 0, 'a disposed cache is not followed at all');
+});
+
+test('onDispose: called once at dispose, at once on a disposed cache, not after unsubscribing', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url });
+  const calls = [];
+  cache.onDispose(() => calls.push('a'));
+  cache.onDispose(() => calls.push('unsubscribed'))();
+  assert.throws(() => cache.onDispose(1), { code: 'ERR_INVALID_ARG_TYPE', message: 'onDispose takes a function, got 1' });
+  cache.dispose();
+  cache.dispose();
+  assert.deepEqual(calls, ['a']);
+  cache.onDispose(() => calls.push('late'));
+  assert.deepEqual(calls, ['a', 'late']);
+});
+
 test('follow checks its arguments', { skip }, async () => {
   assert.throws(() => follow({}, 'http://x/'), { code: 'ERR_INVALID_ARG_TYPE' });
   const cache = await TileCache.create({ endpoint: 'http://127.0.0.1:9/v1/batch' });

@@ -70,6 +70,7 @@ async function cacheUse() {
   await cache.whenComplete();
   const off: () => void = cache.onUpdate((items: Item<Home>[]) => items.length);
   const offAccess: () => void = cache.onAccess((access: Access) => access === cache.access);
+  const offDispose: () => void = cache.onDispose(() => undefined);
   cache.onError((e: FetchError) => [e.code, e.status, e.kind, e.willRetry]);
   cache.onError((e: FetchError) => {
     const code: FetchErrorCode = e.code;
