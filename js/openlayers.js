@@ -20,6 +20,8 @@ const OPTION_NAMES = ['onError'];
 const OL_NAMES = ['VectorSource', 'Feature', 'Point', 'tileStrategy', 'createXYZ'];
 /** Half the width of the EPSG:3857 world, in metres. */
 const HALF = 20037508.342789244;
+/** Metres per pixel at zoom 0 of 256-px tiles (156543.03…). */
+const Z0_RESOLUTION = (2 * HALF) / 256;
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -221,8 +223,11 @@ export function follow(map, source) {
   function push() {
     frame = 0;
     const e = extent();
-    const zoom = map.getView().getZoom();
-    if (detached || !e || zoom === undefined) return;
+    // The zoom of 256-px tiles, from the resolution: the view's own zoom counts its
+    // `resolutions`, `zoomFactor` or `maxResolution` when it has them.
+    const resolution = map.getView().getResolution();
+    if (detached || !e || !(resolution > 0)) return;
+    const zoom = Math.log2(Z0_RESOLUTION / resolution);
     const [west, south] = toLonLat(e[0], e[1]);
     const [east, north] = toLonLat(e[2], e[3]);
     try {

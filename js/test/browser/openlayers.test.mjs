@@ -4,7 +4,8 @@
 // earlier views); a one-tile pan after prefetch sends no foreground request (follow() feeds
 // the view to the planner); loads aborted by a refresh end (source.loading back to false);
 // after source.refresh() the source holds the view's items again; a tier drop takes the
-// features above the new tier out of the source at once; no console errors. Screenshot:
+// features above the new tier out of the source at once; follow() gives the cache the zoom
+// of the view's resolution, whatever the view's own zoom levels; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -162,6 +163,31 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     } finally {
       await p.close();
     }
+  });
+
+  it('follow() gives the cache the zoom of the resolution, for a view with its own resolutions', async () => {
+    const zooms = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const seen = [];
+      const setViewport = cache.setViewport.bind(cache);
+      cache.setViewport = (v) => { seen.push(v.zoom); return setViewport(v); };
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      // Zoom 2 of this view is 10 m a pixel: 256-px zoom log2(156543.03 / 10) = 13.93.
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })],
+        view: new View({ center: window.__tw.fromLonLat([lon, lat]), resolutions: [1000, 100, 10, 1], zoom: 2 }) });
+      const detach = follow(map, source);
+      detach();
+      map.setTarget(undefined);
+      div.remove();
+      cache.dispose();
+      return seen;
+    }, tileCorner(14, SX + 0.5, SY + 0.5));
+    assert.ok(zooms.length >= 1, 'setViewport called');
+    assert.ok(Math.abs(zooms[0] - Math.log2(156543.03392804097 / 10)) < 1e-9, `zoom ${zooms[0]}`);
   });
 
   it('no console errors', () => {

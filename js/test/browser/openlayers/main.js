@@ -47,4 +47,7 @@ function state() {
 }
 let rendered = 0;
 map.on('rendercomplete', () => { rendered++; });
-window.__tw = { map, cache, source, state, rendered: () => rendered, fromLonLat };
+window.__tw = {
+  map, cache, source, state, rendered: () => rendered, fromLonLat,
+  ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow },
+};
