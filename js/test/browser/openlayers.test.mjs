@@ -43,8 +43,8 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
   });
 
   /** Waits until the source loaded everything and the map rendered it. */
-  function settled(what) {
-    return until(page, () => {
+  function settled(what, p = page) {
+    return until(p, () => {
       const s = window.__tw.state();
       if (s.loading || s.stats.inFlight > 0 || window.__tw.rendered() === 0) return false;
       return s;
@@ -143,21 +143,17 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
       await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&access=agent`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
-      let s = await until(p, () => {
-        const s = window.__tw.state();
-        return !s.loading && s.stats.inFlight === 0 && window.__tw.rendered() > 0 && s;
-      }, null, 'features at agent');
+      let s = await settled('features at agent', p);
       check(s, 'agent');
       assert.ok(s.shown.agent > 0, `agent features: ${JSON.stringify(s.shown)}`);
-      const shown = await p.evaluate(() => { window.__tw.cache.setAccess('public'); return window.__tw.state().shown; });
+      const [shown, r0] = await p.evaluate(() => {
+        window.__tw.cache.setAccess('public');
+        return [window.__tw.state().shown, window.__tw.rendered()];
+      });
       assert.equal(shown.agent, undefined, `agent features after the drop: ${JSON.stringify(shown)}`);
       // Loaded again at public: every public item in view, nothing above it.
-      s = await until(p, () => {
-        const s = window.__tw.state();
-        return s.stats.inFlight === 0 && s.ids.length > 0 && s;
-      }, null, 'features at public');
-      await new Promise((r) => setTimeout(r, 300));
-      s = await p.evaluate(() => window.__tw.state());
+      await until(p, (r0) => window.__tw.rendered() > r0, r0, 'a render after the drop');
+      s = await settled('features at public', p);
       assert.equal(s.shown.agent, undefined);
       check(s);
     } finally {
