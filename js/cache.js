@@ -240,6 +240,11 @@ function disposedError() {
   return argError(Error, ERR_DISPOSED, 'this TileCache was disposed');
 }
 
+/** whenComplete()'s answer while the view is too wide to fetch: it would never complete. */
+function tooWideError(max) {
+  return argError(RangeError, ERR_TOO_MANY_TILES, `the view covers more than maxVisibleTiles (${max}) data tiles (tooWide): nothing is fetched for it, so it never completes`);
+}
+
 /**
  * The tile-aware cache for one batch endpoint. Create with `await TileCache.create(options)`.
  * Types and docs: index.d.ts.
@@ -257,6 +262,8 @@ export class TileCache {
   #access;
   #waiters = [];
   #complete = true;
+  /** The current view's maxVisibleTiles when it is too wide to fetch, else 0. */
+  #tooWide = 0;
   /** id -> [{ resolve, reject }] for get/getMany */
   #gets = new Map();
   #disposed = false;
@@ -349,6 +356,7 @@ export class TileCache {
   whenComplete() {
     if (this.#disposed) return Promise.reject(disposedError());
     if (this.#complete) return Promise.resolve();
+    if (this.#tooWide) return Promise.reject(tooWideError(this.#tooWide));
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
 
@@ -693,6 +701,13 @@ export class TileCache {
     const nums = out[0];
     const missing = nums[2], stale = nums[3], count = nums[4];
     this.#setComplete(nums[0] === 1);
+    // A view too wide to fetch never completes: whoever waits for it hears so.
+    this.#tooWide = nums[1];
+    if (this.#tooWide && this.#waiters.length) {
+      const ws = this.#waiters;
+      this.#waiters = [];
+      for (const w of ws) w.reject(tooWideError(this.#tooWide));
+    }
     if (nums[5] === 1 && this.#last) return { n: 6 + missing, r: 1 };
     const missingTiles = Array.from(nums.subarray(6, 6 + missing), tileName);
     const items = new Array(count);

@@ -172,7 +172,8 @@ export class TileCache<Data = unknown> {
    * read-only. */
   setViewport(viewport: Viewport): View<Data>;
   /** Resolves when every visible tile can be shown; rejects with the {@link FetchError} of a
-   * foreground request that gave up. */
+   * foreground request that gave up, and with a RangeError `ERR_TOO_MANY_TILES` while the
+   * view is `tooWide` (nothing is fetched for it, so it never completes). */
   whenComplete(): Promise<void>;
   /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`);
    * returns a function that unsubscribes. */

@@ -281,18 +281,27 @@ test('tooWide: a wide view fetches nothing, keeps showing the cache, and never t
   const cache = await make({ maxVisibleTiles: 4, batch: { coalesceMinShare: 100 } });
   cache.setViewport(viewOf(SX, SY, 2, 2));
   await cache.whenComplete();
-  const n = backend.requests.length;
   const shown = cache.setViewport(viewOf(SX, SY, 2, 2)).items.length;
   const wide = cache.setViewport(viewOf(SX - 1, SY - 1, 4, 4));
   assert.equal(wide.tooWide, true);
   assert.equal(wide.complete, false);
   assert.deepEqual(wide.missingTiles, []);
   assert.equal(wide.items.length, shown, 'the cached items in view');
+  // It never completes: waiting for it is an error, not a promise that never settles.
+  await assert.rejects(cache.whenComplete(), { code: 'ERR_TOO_MANY_TILES', message: /maxVisibleTiles \(4\)/ });
+  const n = backend.requests.length;
   await new Promise((r) => setTimeout(r, 30));
   assert.equal(backend.requests.length, n, 'nothing fetched');
   const back = cache.setViewport(viewOf(SX, SY, 2, 2));
   assert.equal(back.tooWide, false);
   assert.equal(back.complete, true);
+  // So does a wait that began before the view turned too wide.
+  backend.delayMs = 200;
+  cache.setViewport(viewOf(SX + 6, SY + 6, 2, 2));
+  const pending = cache.whenComplete();
+  cache.setViewport(viewOf(SX - 1, SY - 1, 4, 4));
+  await assert.rejects(pending, { code: 'ERR_TOO_MANY_TILES' });
+  backend.delayMs = 0;
   await assert.rejects(TileCache.create({ endpoint: backend.url, maxVisibleTiles: 0 }), { code: 'ERR_OUT_OF_RANGE' });
   cache.dispose();
 });
