@@ -20,6 +20,15 @@ export const TOKEN_CACHE_SIZE = 1000;
  * every request. With TOKEN_CACHE_SIZE entries: at most about 2 MB of tokens held. */
 export const MAX_CACHED_TOKEN_CHARS = 2048;
 
+/** How long past `jwksCacheMaxAgeS` the last key set fetched from JWKS_URL still verifies
+ * tokens while the key server fails (stale-if-error): an outage of the key server does not
+ * turn every caller away at once. */
+export const JWKS_STALE_IF_ERROR_MS = 3_600_000;
+
+/** After a failed fetch of JWKS_URL, how long the last key set is used without asking the
+ * key server again: a failing key server is not asked once per request. */
+export const JWKS_RETRY_AFTER_FAILURE_MS = 30_000;
+
 /**
  * Tokens this isolate verified: the exact token text → its tier and `exp`. Only a token that
  * passed every check is remembered, with the tier read from its verified claims; the key is
@@ -151,8 +160,28 @@ export function createAuth(env, options = {}) {
     const maxAge = options.jwksCacheMaxAgeS ?? 600;
     if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
     const fetched = {};
-    key = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
-    const remote = key;
+    const remote = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
+    // The last good set, while it is within JWKS_STALE_IF_ERROR_MS past its max age.
+    let lastSet = null, last = null, failedAt = -Infinity;
+    const lastGood = () => {
+      if (!fetched.jwks || !(Date.now() - fetched.uat < maxAge * 1000 + JWKS_STALE_IF_ERROR_MS)) return null;
+      if (fetched.jwks !== lastSet) [lastSet, last] = [fetched.jwks, createLocalJWKSet(fetched.jwks)];
+      return last;
+    };
+    key = async (header, token) => {
+      const recent = Date.now() - failedAt < JWKS_RETRY_AFTER_FAILURE_MS ? lastGood() : null;
+      if (recent) return recent(header, token);
+      try {
+        return await remote(header, token);
+      } catch (e) {
+        if (aboutTheToken(e)) throw e;
+        // The key server failed: the last good set verifies while it may (else 502).
+        failedAt = Date.now();
+        const stale = lastGood();
+        if (!stale) throw e;
+        return stale(header, token);
+      }
+    };
     keysNow = () => (remote.fresh ? fetched.jwks : undefined);
   }
   const verified = new VerifiedTokens(cacheSize, leeway);

@@ -488,6 +488,59 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
   });
 });
 
+describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
+  // Stale-if-error: the last key set fetched verifies tokens while the key server fails
+  // (within JWKS_STALE_IF_ERROR_MS past its max age), and the failing server is asked again
+  // only after JWKS_RETRY_AFTER_FAILURE_MS, not once per request.
+  let server, edge, keys, up = true, asked = 0, jwksServer;
+
+  before(async () => {
+    server = await startServer(await serverAuthArgs(SECRET));
+    keys = await rsaKeys('k1');
+    jwksServer = createHttpServer((req, res) => {
+      asked++;
+      if (!up) {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        return res.end('the key server is down');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    });
+    const port = await freePort();
+    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
+    edge = await startWorkerd(server.batch, { warmRing: 0, changesPollMs: 0, jwksCacheMaxAgeS: 1 }, {
+      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
+    });
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await server?.stop();
+    jwksServer?.closeAllConnections?.();
+    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
+  });
+
+  it('verifies with the last key set while the key server fails, asking it again at most every 30 s', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const first = await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered' })));
+    assert.equal(first.status, 200, first.text);
+    // The set goes stale (1 s) and the key server goes down.
+    await new Promise((r) => setTimeout(r, 1200));
+    up = false;
+    const before = asked;
+    for (let i = 0; i < 5; i++) {
+      // A new token each time: none is in the verified-token cache.
+      const r = await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered', n: i })));
+      assert.equal(r.status, 200, `token ${i}: ${r.text}`);
+    }
+    assert.equal(asked - before, 1, 'the failing key server was asked once');
+    // A token the last set cannot verify is still refused as the caller's.
+    const other = await rsaKeys('k9');
+    const r = await post(edge.batch, req, bearer(await other.sign({ tilewarm_access: 'registered' })));
+    assert.equal(r.status, 401, r.text);
+  });
+});
+
 describe('VerifiedTokens (js/edge-auth.js)', () => {
   const keys = {};
 
