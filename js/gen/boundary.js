@@ -17,8 +17,9 @@ export const UPDATED = 3;
 /** Every visible tile can be shown. */
 export const COMPLETE = 4;
 /**
- * `id, kind, willRetry, failure, status, retryAfterMs, tiles | message`: a request failed
- * (`retryAfterMs` -1 for none).
+ * `id, kind, willRetry, failure, status, retryAfterMs, tiles, tiles... | message`: a request
+ * failed (`retryAfterMs` -1 for none), for these data tiles (all of its tiles, or those an
+ * answer left out or that could not be kept).
  */
 export const ERROR = 5;
 /** `at`: the clock time at which to call `tick`. */
