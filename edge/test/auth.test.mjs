@@ -372,31 +372,42 @@ describe('edge worker: caller authentication', () => {
   });
 });
 
+/** A tilewarm-server, a key server answering with `keys(req, res)` and a workerd edge
+ * verifying tokens against it (JWKS_URL), with worker `options`; `stop()` ends all three. */
+async function jwksStack(keys, options) {
+  const server = await startServer(await serverAuthArgs(SECRET));
+  const jwksServer = createHttpServer(keys);
+  const port = await freePort();
+  await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
+  const edge = await startWorkerd(server.batch, { warmRing: 0, ...options }, {
+    TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
+  });
+  return {
+    edge,
+    async stop() {
+      await edge.stop();
+      await server.stop();
+      jwksServer.closeAllConnections?.();
+      await new Promise((ok) => jwksServer.close(() => ok()));
+    },
+  };
+}
+
 describe('edge worker: remembered tokens and a JWKS_URL whose keys change', () => {
-  let server, edge, keys, served, fetches = 0, jwksServer;
+  let stack, edge, keys, served, fetches = 0;
 
   before(async () => {
-    server = await startServer(await serverAuthArgs(SECRET));
     keys = { k1: await rsaKeys('k1'), k2: await rsaKeys('k2') };
     served = keys.k1.jwks;
-    jwksServer = createHttpServer((req, res) => {
+    stack = await jwksStack((req, res) => {
       fetches++;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(served));
-    });
-    const port = await freePort();
-    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
-    edge = await startWorkerd(server.batch, { warmRing: 0, jwksCacheMaxAgeS: 3 }, {
-      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
-    });
+    }, { jwksCacheMaxAgeS: 3 });
+    edge = stack.edge;
   });
 
-  after(async () => {
-    await edge?.stop();
-    await server?.stop();
-    jwksServer?.closeAllConnections?.();
-    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
-  });
+  after(() => stack?.stop());
 
   it('forgets remembered tokens when the key set is fetched again, and refuses a key that left it', async () => {
     const token = await keys.k1.sign({ tilewarm_access: 'registered' });
@@ -429,12 +440,11 @@ describe('edge worker: remembered tokens and a JWKS_URL whose keys change', () =
 describe('edge worker: a JWKS_URL that does not give usable keys', () => {
   // Each way the key source can fail is the edge's problem (502 upstream_error), never a
   // 401 telling the caller its token is bad.
-  let server, edge, keys, mode = 'ok', jwksServer;
+  let stack, edge, keys, mode = 'ok';
 
   before(async () => {
-    server = await startServer(await serverAuthArgs(SECRET));
     keys = await rsaKeys('k1');
-    jwksServer = createHttpServer((req, res) => {
+    stack = await jwksStack((req, res) => {
       if (mode === 'error') {
         res.writeHead(500, { 'content-type': 'text/plain' });
         return res.end('the key server is down');
@@ -454,20 +464,11 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
       }
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(keys.jwks));
-    });
-    const port = await freePort();
-    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
-    edge = await startWorkerd(server.batch, { warmRing: 0, changesPollMs: 0 }, {
-      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
-    });
+    }, { changesPollMs: 0 });
+    edge = stack.edge;
   });
 
-  after(async () => {
-    await edge?.stop();
-    await server?.stop();
-    jwksServer?.closeAllConnections?.();
-    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
-  });
+  after(() => stack?.stop());
 
   it('answers 502 upstream_error for a key server answering 500, a redirect, not JSON or not a key set', async () => {
     const token = await keys.sign({ tilewarm_access: 'registered' });
@@ -492,12 +493,11 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
   // Stale-if-error: the last key set fetched verifies tokens while the key server fails
   // (within JWKS_STALE_IF_ERROR_MS past its max age), and the failing server is asked again
   // only after JWKS_RETRY_AFTER_FAILURE_MS, not once per request.
-  let server, edge, keys, up = true, asked = 0, jwksServer;
+  let stack, edge, keys, up = true, asked = 0;
 
   before(async () => {
-    server = await startServer(await serverAuthArgs(SECRET));
     keys = await rsaKeys('k1');
-    jwksServer = createHttpServer((req, res) => {
+    stack = await jwksStack((req, res) => {
       asked++;
       if (!up) {
         res.writeHead(500, { 'content-type': 'text/plain' });
@@ -505,20 +505,11 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
       }
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(keys.jwks));
-    });
-    const port = await freePort();
-    await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
-    edge = await startWorkerd(server.batch, { warmRing: 0, changesPollMs: 0, jwksCacheMaxAgeS: 1 }, {
-      TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
-    });
+    }, { changesPollMs: 0, jwksCacheMaxAgeS: 1 });
+    edge = stack.edge;
   });
 
-  after(async () => {
-    await edge?.stop();
-    await server?.stop();
-    jwksServer?.closeAllConnections?.();
-    await new Promise((ok) => (jwksServer ? jwksServer.close(() => ok()) : ok()));
-  });
+  after(() => stack?.stop());
 
   it('verifies with the last key set while the key server fails, asking it again at most every 30 s', async () => {
     const req = { tiles: ['14/2624/5721'], access: 'registered' };

@@ -128,22 +128,26 @@ test('loadTiles: a tile an answer leaves out fails with the error; the tiles it 
   }
 });
 
+/** A cache whose view at Seattle's tile and its ring are loaded, then one item of the ring
+ * tile to the east dropped: its list is known, so the next round refreshes it by id in a
+ * prefetch request. Returns the cache and that item's id. */
+async function withRingRefresh(batch) {
+  const cache = await TileCache.create({ endpoint: backend.url, prefetch: { ring: 1, viewRing: 0, lookaheadMs: 0 }, batch });
+  cache.setViewport(viewOf(SX, SY, 1, 1));
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'the ring fetched');
+  const ring = backend.tileItems(t14(1, 0), 'public')[0].id;
+  cache.invalidate({ ids: [ring] });
+  return { cache, ring };
+}
+
 test('get: an id that went out in a prefetch refresh is answered or rejected with it, never left waiting', async () => {
   fresh();
-  const cache = await TileCache.create({
-    endpoint: backend.url, prefetch: { ring: 1, viewRing: 0, lookaheadMs: 0 },
-    batch: { retries: 0, coalesceMinShare: 100 },
-  });
+  // Refreshes by id fail (retries 0), and a get() of the ring item used to wait for ever:
+  // it was not queued on its own, its id being in flight.
+  const { cache, ring } = await withRingRefresh({ retries: 0, coalesceMinShare: 100 });
   cache.onError(() => {});
   try {
-    cache.setViewport(viewOf(SX, SY, 1, 1));
-    await cache.whenComplete();
-    await until(() => cache.stats().inFlight === 0, 'the ring fetched');
-    // One item of a ring tile dropped: its list is known, so the next round refreshes it by
-    // id in a prefetch request. Refreshes by id fail (retries 0), and a get() of that id
-    // used to wait for ever: it was not queued on its own, its id being in flight.
-    const ring = backend.tileItems(t14(1, 0), 'public')[0].id;
-    cache.invalidate({ ids: [ring] });
     backend.delayMs = 200;
     backend.hostile = (res, answer, request) => {
       if ((request.ids ?? []).length) { res.writeHead(500, { 'content-type': 'application/json' }); res.end('{"error":{"code":"boom","message":"no"}}'); return; }
@@ -166,16 +170,8 @@ test('get: an id that went out in a prefetch refresh is answered or rejected wit
 
 test('get: an id whose prefetch refresh is cancelled (the view moved on) is asked for again', async () => {
   fresh();
-  const cache = await TileCache.create({
-    endpoint: backend.url, prefetch: { ring: 1, viewRing: 0, lookaheadMs: 0 },
-    batch: { coalesceMinShare: 100 },
-  });
+  const { cache, ring } = await withRingRefresh({ coalesceMinShare: 100 });
   try {
-    cache.setViewport(viewOf(SX, SY, 1, 1));
-    await cache.whenComplete();
-    await until(() => cache.stats().inFlight === 0, 'the ring fetched');
-    const ring = backend.tileItems(t14(1, 0), 'public')[0].id;
-    cache.invalidate({ ids: [ring] });
     backend.delayMs = 300;
     cache.setViewport(viewOf(SX, SY, 1, 1));
     await until(() => backend.requests.some((r) => (r.ids ?? []).includes(ring)), 'the ring refresh sent');
