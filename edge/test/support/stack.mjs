@@ -174,6 +174,19 @@ export async function startRelay(target, { requireToken } = {}) {
  * processes share one cache as the isolates of a data centre do.
  */
 export async function startWorkerd(origin, options = {}, env = {}, { sharedCache } = {}) {
+  // A free port can be taken by another test file's process between freePort() and
+  // workerd's bind: then workerd exits with "Address already in use", and is started again
+  // on other ports.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startWorkerdOnce(origin, options, env, sharedCache);
+    } catch (e) {
+      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
+    }
+  }
+}
+
+async function startWorkerdOnce(origin, options, env, sharedCache) {
   const bin = process.env.WORKERD;
   if (!bin) throw new Error('WORKERD must name the workerd binary (scripts/test-edge.sh sets it)');
   const port = await freePort();
