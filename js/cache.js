@@ -703,11 +703,7 @@ export class TileCache {
     this.#setComplete(nums[0] === 1);
     // A view too wide to fetch never completes: whoever waits for it hears so.
     this.#tooWide = nums[1];
-    if (this.#tooWide && this.#waiters.length) {
-      const ws = this.#waiters;
-      this.#waiters = [];
-      for (const w of ws) w.reject(tooWideError(this.#tooWide));
-    }
+    if (this.#tooWide) for (const w of this.#takeWaiters()) w.reject(tooWideError(this.#tooWide));
     if (nums[5] === 1 && this.#last) return { n: 6 + missing, r: 1 };
     const missingTiles = Array.from(nums.subarray(6, 6 + missing), tileName);
     const items = new Array(count);
@@ -722,10 +718,22 @@ export class TileCache {
 
   #setComplete(complete) {
     this.#complete = complete;
-    if (complete && this.#waiters.length) {
-      const ws = this.#waiters;
-      this.#waiters = [];
-      for (const w of ws) w.resolve();
+    if (complete) for (const w of this.#takeWaiters()) w.resolve();
+  }
+
+  /** The whenComplete() calls waiting, which the caller settles. */
+  #takeWaiters() {
+    const ws = this.#waiters;
+    this.#waiters = [];
+    return ws;
+  }
+
+  /** Rejects the get()s waiting for `ids` with `e`. */
+  #rejectGets(ids, e) {
+    for (const gid of ids) {
+      const gs = this.#gets.get(gid);
+      this.#gets.delete(gid);
+      for (const w of gs ?? []) w.reject(e);
     }
   }
 
@@ -923,11 +931,7 @@ export class TileCache {
       (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing'));
     Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? (d.code === 'upstream_timeout' ? 504 : 502) : undefined, kind: what, willRetry: false, ids });
     if (d) e.serverCode = d.code;
-    for (const gid of ids) {
-      const gs = this.#gets.get(gid);
-      this.#gets.delete(gid);
-      for (const w of gs ?? []) w.reject(e);
-    }
+    this.#rejectGets(ids, e);
     for (const { listener } of [...this.#errors]) {
       try { listener(e); } catch (err) { report(err); }
     }
@@ -986,20 +990,10 @@ export class TileCache {
   }
 
   #emitError(e) {
-    if (e.kind === 'foreground' && !e.willRetry) {
-      const ws = this.#waiters;
-      this.#waiters = [];
-      for (const w of ws) w.reject(e);
-    }
+    if (e.kind === 'foreground' && !e.willRetry) for (const w of this.#takeWaiters()) w.reject(e);
     // The get()s of its ids, whatever its kind: an id a get() waits for may have gone out
     // in a prefetch request (a refresh of a neighbour's items), and nothing asks again.
-    if (!e.willRetry) {
-      for (const gid of e.ids) {
-        const gs = this.#gets.get(gid);
-        this.#gets.delete(gid);
-        for (const w of gs ?? []) w.reject(e);
-      }
-    }
+    if (!e.willRetry) this.#rejectGets(e.ids, e);
     delete e.ids;
     for (const { listener } of [...this.#errors]) {
       try { listener(e); } catch (err) { report(err); }
