@@ -93,8 +93,8 @@ fn hold_ms(options: &Options) -> u64 {
 }
 
 /// The shared-cache tile count from worker options; errors name the option.
-fn shared_tiles_from(options: &str) -> Result<usize, String> {
-    match parse_options(options)?.shared_cache_tiles {
+fn shared_tiles_from(options: &Options) -> Result<usize, String> {
+    match options.shared_cache_tiles {
         None => Ok(SHARED_TILES),
         Some(n) if n <= MAX_SHARED_TILES => Ok(n),
         Some(n) => Err(format!(
@@ -111,9 +111,8 @@ fn parse_options(options: &str) -> Result<Options, String> {
     serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))
 }
 
-/// The proxy config from worker options; errors name the option.
-fn config_from(options: &str) -> Result<ProxyConfig, String> {
-    let o = parse_options(options)?;
+/// The proxy config from worker options.
+fn config_from(o: Options) -> ProxyConfig {
     let mut c = ProxyConfig::default();
     if let Some(z) = o.tile_zoom {
         c.cache.tile_zoom = z;
@@ -148,7 +147,7 @@ fn config_from(options: &str) -> Result<ProxyConfig, String> {
             .map(|(k, s)| (k, s.saturating_mul(1000)))
             .collect();
     }
-    Ok(c)
+    c
 }
 
 /// One step of a request, for the worker.
@@ -308,11 +307,11 @@ impl EdgeProxy {
     /// naming the option on bad options.
     #[wasm_bindgen(constructor)]
     pub fn new(options: &str) -> Result<EdgeProxy, JsError> {
-        let config = config_from(options).map_err(|e| JsError::new(&e))?;
-        let shared_tiles = shared_tiles_from(options).map_err(|e| JsError::new(&e))?;
-        let hold_ms = hold_ms(&parse_options(options).map_err(|e| JsError::new(&e))?);
-        let proxy =
-            Proxy::new(config).map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
+        let options = parse_options(options).map_err(|e| JsError::new(&e))?;
+        let shared_tiles = shared_tiles_from(&options).map_err(|e| JsError::new(&e))?;
+        let hold_ms = hold_ms(&options);
+        let proxy = Proxy::new(config_from(options))
+            .map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
         Ok(EdgeProxy {
             proxy,
             pending: HashMap::new(),
@@ -573,33 +572,39 @@ impl EdgeProxy {
 mod tests {
     use super::*;
 
+    /// The proxy config from worker options' JSON text.
+    fn config(json: &str) -> Result<ProxyConfig, String> {
+        parse_options(json).map(config_from)
+    }
+
+    /// The shared-cache tile count from worker options' JSON text.
+    fn shared_tiles(json: &str) -> Result<usize, String> {
+        shared_tiles_from(&parse_options(json)?)
+    }
+
     #[test]
     fn options_are_checked_by_name() {
-        assert!(config_from("").is_ok());
-        let c = config_from(r#"{"tileZoom":13,"classTtl":{"active":60},"warmRing":0}"#).unwrap();
+        assert!(config("").is_ok());
+        let c = config(r#"{"tileZoom":13,"classTtl":{"active":60},"warmRing":0}"#).unwrap();
         assert_eq!(c.cache.tile_zoom, 13);
         assert_eq!(c.cache.class_ttl_ms.get("active"), Some(&60_000));
         assert_eq!(c.warm_ring, 0);
         assert!(c.spliced_hits);
-        assert!(
-            !config_from(r#"{"splicedHits":false}"#)
-                .unwrap()
-                .spliced_hits
-        );
-        assert_eq!(shared_tiles_from(r#"{"sharedCacheTiles":0}"#), Ok(0));
-        assert!(shared_tiles_from(r#"{"sharedCacheTiles":65}"#)
+        assert!(!config(r#"{"splicedHits":false}"#).unwrap().spliced_hits);
+        assert_eq!(shared_tiles(r#"{"sharedCacheTiles":0}"#), Ok(0));
+        assert!(shared_tiles(r#"{"sharedCacheTiles":65}"#)
             .unwrap_err()
             .contains("sharedCacheTiles must be in 0..=64"));
-        let e = config_from(r#"{"tileZom":13}"#).unwrap_err();
+        let e = config(r#"{"tileZom":13}"#).unwrap_err();
         assert!(e.contains("unknown field `tileZom`"), "{e}");
-        let e = config_from(r#"{"maxItems":-1}"#).unwrap_err();
+        let e = config(r#"{"maxItems":-1}"#).unwrap_err();
         assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
     }
 
     #[test]
     fn a_request_goes_begin_complete_and_bad_bodies_get_protocol_errors() {
         let mut p = EdgeProxy {
-            proxy: Proxy::new(config_from(r#"{"warmRing":0}"#).unwrap()).unwrap(),
+            proxy: Proxy::new(config(r#"{"warmRing":0}"#).unwrap()).unwrap(),
             pending: HashMap::new(),
             hold_ms: hold_ms(&Options::default()),
             next: 1,
