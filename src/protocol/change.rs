@@ -93,39 +93,26 @@ impl Invalidation {
     /// assert_eq!((parts[0].ids.len(), parts[1].ids.len()), (2, 1));
     /// ```
     pub fn split(&self, limits: &Limits) -> Vec<Invalidation> {
-        let caps = (limits.max_ids.max(1), limits.max_tiles.max(1), MAX_CLASSES);
-        let fits =
-            self.ids.len() <= caps.0 && self.tiles.len() <= caps.1 && self.classes.len() <= caps.2;
-        if self.all || fits {
-            return vec![if self.all {
-                Invalidation::everything()
-            } else {
-                self.clone()
-            }];
+        if self.all {
+            return vec![Invalidation::everything()];
         }
-        let part = |i: usize| Invalidation {
-            ids: self.ids.chunks(caps.0).nth(i).unwrap_or_default().to_vec(),
-            tiles: self
-                .tiles
-                .chunks(caps.1)
-                .nth(i)
-                .unwrap_or_default()
-                .to_vec(),
-            classes: self
-                .classes
-                .chunks(caps.2)
-                .nth(i)
-                .unwrap_or_default()
-                .to_vec(),
-            all: false,
-        };
+        let (ids, tiles) = (limits.max_ids.max(1), limits.max_tiles.max(1));
         let parts = [
-            self.ids.len().div_ceil(caps.0),
-            self.tiles.len().div_ceil(caps.1),
-            self.classes.len().div_ceil(caps.2),
+            self.ids.len().div_ceil(ids),
+            self.tiles.len().div_ceil(tiles),
+            self.classes.len().div_ceil(MAX_CLASSES),
         ];
-        (0..parts.into_iter().max().unwrap_or(1))
-            .map(part)
+        // The i-th run of at most `n` entries of `list` (empty past its end).
+        fn run<T: Clone>(list: &[T], n: usize, i: usize) -> Vec<T> {
+            list.chunks(n).nth(i).unwrap_or_default().to_vec()
+        }
+        (0..parts.into_iter().max().unwrap_or(0).max(1))
+            .map(|i| Invalidation {
+                ids: run(&self.ids, ids, i),
+                tiles: run(&self.tiles, tiles, i),
+                classes: run(&self.classes, MAX_CLASSES, i),
+                all: false,
+            })
             .collect()
     }
 
