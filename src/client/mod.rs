@@ -52,7 +52,7 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
-use crate::planner::{Planner, Viewport, Work};
+use crate::planner::{Plan, Planner, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
@@ -371,14 +371,7 @@ impl<P: Payload> Client<P> {
                 self.batcher.set_foreground(loading);
                 self.batcher.set_prefetch(Vec::new());
                 self.warm_destinations(now_ms);
-                let (destinations, loading) = (&self.destinations, &self.loading);
-                for id in self
-                    .batcher
-                    .cancel_unwanted(|t| destinations.contains(&t) || loading.contains(&t))
-                {
-                    self.sent_with(id);
-                    self.cancels.push_back(id);
-                }
+                self.cancel_unwanted(None);
                 let outcome = if same_tiles {
                     self.read_again(now_ms, reuse, sink)
                 } else {
@@ -415,16 +408,7 @@ impl<P: Payload> Client<P> {
         background.append(&mut plan.prefetch);
         self.batcher.set_prefetch(background);
         self.warm_destinations(now_ms);
-        // A tile a host waits for (`load_tile`) keeps the request it is in: it was not
-        // queued again this round because it was in flight.
-        let (destinations, loading) = (&self.destinations, &self.loading);
-        for id in self
-            .batcher
-            .cancel_unwanted(|t| plan.wants(t) || destinations.contains(&t) || loading.contains(&t))
-        {
-            self.sent_with(id);
-            self.cancels.push_back(id);
-        }
+        self.cancel_unwanted(Some(&plan));
         self.fresh
             .keep_round(every_fresh.then_some((plan, first_end)));
         self.remember_plan(planned);
@@ -598,6 +582,20 @@ impl<P: Payload> Client<P> {
 
     /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
     /// the request.
+    /// Cancels the in-flight prefetch requests none of whose tiles the view's `plan` wants
+    /// (none without one), a known destination holds, or a host waits for (`load_tile`:
+    /// such a tile was not queued again this round because it was in flight); the shell
+    /// hears of each through `poll_cancel`.
+    fn cancel_unwanted(&mut self, plan: Option<&Plan>) {
+        let (destinations, loading) = (&self.destinations, &self.loading);
+        for id in self.batcher.cancel_unwanted(|t| {
+            plan.is_some_and(|p| p.wants(t)) || destinations.contains(&t) || loading.contains(&t)
+        }) {
+            self.sent_with(id);
+            self.cancels.push_back(id);
+        }
+    }
+
     fn sent_with(&mut self, id: RequestId) -> Option<Access> {
         let i = self.request_access.iter().position(|&(r, _)| r == id)?;
         Some(self.request_access.swap_remove(i).1)
