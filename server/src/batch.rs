@@ -29,7 +29,7 @@ use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileLi
 use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, WriteBack};
 use tilewarm::tile::TileId;
 
-use crate::admission::HeldSlot;
+use crate::admission::{HeldSlot, OriginWait};
 use crate::origin::CallSource;
 use crate::single_flight::Followed;
 use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
@@ -144,12 +144,7 @@ pub async fn answer(
         // asks an origin out of process, and such a wait is not this server's work: the
         // slot goes back first, as for the fetch below, and the wait is bounded.
         let _count_wait = if app.origin.waits() {
-            slot.release();
-            Some(
-                app.origin_waits
-                    .enter()
-                    .ok_or_else(|| origin_waits_full(app.config.max_origin_waits))?,
-            )
+            Some(wait_for_origin(app, slot)?)
         } else {
             None
         };
@@ -225,17 +220,7 @@ pub async fn answer(
     let _origin_wait = if ask.is_empty() && miss_ids.is_empty() && follows.is_empty() {
         None
     } else {
-        if app.origin.waits() {
-            slot.release();
-        }
-        match app.origin_waits.enter() {
-            Some(wait) => Some(wait),
-            None => {
-                let refusal = origin_waits_full(app.config.max_origin_waits);
-                lead.fail(&refusal);
-                return Err(refusal);
-            }
-        }
+        Some(wait_for_origin(app, slot).inspect_err(|refusal| lead.fail(refusal))?)
     };
     let mut fetched = Fetched::default();
     if !ask.is_empty() || !miss_ids.is_empty() {
@@ -428,6 +413,18 @@ async fn fetch(
 }
 
 /// 503 for a request past `--max-origin-waits`.
+/// A place among the requests waiting for the origin (`--max-origin-waits`; past it, 503
+/// `overloaded`), the slot given back first when the origin is out of process: that wait is
+/// not this server's work.
+fn wait_for_origin<'a>(app: &'a App, slot: &HeldSlot) -> Result<OriginWait<'a>, Refusal> {
+    if app.origin.waits() {
+        slot.release();
+    }
+    app.origin_waits
+        .enter()
+        .ok_or_else(|| origin_waits_full(app.config.max_origin_waits))
+}
+
 fn origin_waits_full(max: usize) -> Refusal {
     Refusal {
         code: ErrorCode::Overloaded,
