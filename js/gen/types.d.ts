@@ -148,7 +148,11 @@ export interface TileCacheOptions {
     /** North edge of the data's extent: a number in -90..=90. Default 90. */
     north?: number;
   };
-  /** Most items held: an integer in 1..=10000000. Default 50000. */
+  /**
+   * Most items held: an integer in 1..=10000000. Prefetch stays within it and `maxBytes`: a
+   * round asks for no more tiles than the cache can hold beside the view, at the items per tile
+   * the answers have shown. Default 50000.
+   */
   maxItems?: number;
   /**
    * Most bytes held; each item is charged its id, class and `data` as JSON, plus 96: an integer

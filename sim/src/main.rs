@@ -133,6 +133,9 @@ struct RunArgs {
     /// [default: none]
     #[arg(long, value_name = "SPEC")]
     bounds: Option<String>,
+    /// Most items each policy's client holds (CacheConfig max_items) [default: 50000]
+    #[arg(long, value_name = "N")]
+    max_items: Option<usize>,
     /// tilewarm policy: ring width [default: 1]
     #[arg(long, value_name = "N")]
     tw_ring: Option<u32>,
@@ -258,6 +261,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     set(&mut cfg.fail_share, a.fail_share);
     set(&mut cfg.slow_share, a.slow_share);
     set(&mut cfg.slow_ms, a.slow_ms);
+    set(&mut cfg.max_items, a.max_items);
     for (name, v) in [
         ("--fail-share", cfg.fail_share),
         ("--slow-share", cfg.slow_share),

@@ -121,6 +121,9 @@ pub struct SimConfig {
     /// `x-tilewarm-bounds` header): each client adopts it with its first answer
     /// (`Client::on_declared_response`). Default none.
     pub declared_bounds: Option<Bbox>,
+    /// Most items every policy's client holds (`CacheConfig::max_items`; default the
+    /// core's, 50,000).
+    pub max_items: usize,
 }
 
 impl Default for SimConfig {
@@ -139,6 +142,7 @@ impl Default for SimConfig {
             access: Access::Public,
             bounds: tilewarm::cache::WORLD,
             declared_bounds: None,
+            max_items: tilewarm::cache::CacheConfig::default().max_items,
         }
     }
 }
@@ -199,6 +203,7 @@ impl SimConfig {
         }
         .with_tile_zoom(self.tile_zoom);
         c.cache.bounds = self.bounds;
+        c.cache.max_items = self.max_items;
         c
     }
 

@@ -202,6 +202,29 @@ impl<P> ItemCache<P> {
         self.bytes
     }
 
+    /// How many data tiles of `items_per_tile` items each the cache can hold at once, by
+    /// its limits (`max_items`, `max_bytes` at the held items' average size, `max_tiles`).
+    /// The planning round keeps its prefetch within it ([`Client`](crate::client::Client)).
+    ///
+    /// ```
+    /// use tilewarm::cache::{CacheConfig, ItemCache};
+    /// let config = CacheConfig { max_items: 100, ..CacheConfig::default() };
+    /// let cache: ItemCache<()> = ItemCache::new(config).unwrap();
+    /// assert_eq!(cache.tiles_that_fit(4.0), 25);
+    /// assert_eq!(cache.tiles_that_fit(0.0), 65_536); // max_tiles
+    /// ```
+    pub fn tiles_that_fit(&self, items_per_tile: f64) -> usize {
+        let c = &self.config;
+        let per_item = match self.items.len() {
+            0 => 0.0,
+            n => self.bytes as f64 / n as f64,
+        };
+        // As f64, the casts back saturating: a limit over a tiny density is no limit.
+        let by_items = c.max_items as f64 / items_per_tile;
+        let by_bytes = c.max_bytes as f64 / (items_per_tile * per_item);
+        (by_items.min(by_bytes) as usize).min(c.max_tiles)
+    }
+
     /// A number that changes whenever an item or a tile list is added, replaced or removed
     /// (reads that drop an expired item included), or the data's extent changes
     /// ([`adopt_bounds`](Self::adopt_bounds)), and only then: while it and the clock's

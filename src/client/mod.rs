@@ -24,9 +24,11 @@
 //!
 //! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `load.rs` (tiles a
 //! host asks for itself, and prefetch of known destinations), `config.rs`, `event.rs`,
-//! `stats.rs`, `payload.rs`; tests in `tests.rs`.
+//! `stats.rs`, `payload.rs`, `density.rs` (items per data tile, which sizes prefetch to
+//! the cache); tests in `tests.rs`.
 
 mod config;
+mod density;
 mod event;
 mod fresh;
 mod load;
@@ -37,6 +39,7 @@ mod stats;
 mod tests;
 
 pub use config::{ClientConfig, ClientConfigError, ViewTooLarge};
+use density::Density;
 pub use event::{Event, FetchError, TileState, ViewOutcome};
 pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
 pub use payload::Payload;
@@ -149,6 +152,8 @@ pub struct Client<P> {
     shown: Option<Shown>,
     /// Data tiles known fresh (a planning round asks for the state of about a hundred).
     fresh: FreshTiles,
+    /// Items per data tile, from the answers: sizes prefetch to the cache.
+    density: Density,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -196,6 +201,7 @@ impl<P: Payload> Client<P> {
             planned: None,
             shown: None,
             fresh: FreshTiles::new(config.access),
+            density: Density::default(),
             #[cfg(test)]
             full_reads: false,
         })
@@ -317,6 +323,11 @@ impl<P: Payload> Client<P> {
         }
         let (access, generation) = (self.access, self.cache.generation());
         self.fresh.begin(generation, access);
+        // What the cache can hold, at the density the answers have shown: the round asks
+        // for no more (past it, each answer would push out an earlier one, to be fetched
+        // again next round, then the view's own items). Before the first answer there is
+        // nothing to go by.
+        let room = (self.density.per_tile()).map(|d| self.cache.tiles_that_fit(d));
         let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh);
         #[cfg(test)]
         let full_reads = self.full_reads;
@@ -344,6 +355,7 @@ impl<P: Payload> Client<P> {
                 state
             },
             |t| batcher.is_tile_in_flight(t),
+            room,
         );
         let mut plan = match planned_round {
             Ok(plan) => {

@@ -104,6 +104,7 @@ impl<P: Payload> Client<P> {
                 .iter()
                 .any(|w| matches!(w, Work::Tile(t) if l.tile.contains(*t)))
         });
+        self.density.observe(&tiles, self.cache.config().tile_zoom);
         let mut touched_visible =
             self.ingest_items(items, finished.kind, now_ms) | lowered | extent_changed;
         if !missing.is_empty() {

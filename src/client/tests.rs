@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::batch::BatchConfig;
+use crate::cache::CacheConfig;
 use crate::origin::Origin;
 use crate::planner::PlannerConfig;
 use crate::protocol::Item;
@@ -508,9 +509,9 @@ mod fast_path {
                 max_visible_tiles: 16,
                 ..PlannerConfig::default()
             },
-            cache: crate::cache::CacheConfig {
+            cache: CacheConfig {
                 stale_while_revalidate_ms: 60_000,
-                ..crate::cache::CacheConfig::default()
+                ..CacheConfig::default()
             },
             ..ClientConfig::default()
         }
@@ -917,4 +918,69 @@ mod bounds {
             }
         }
     }
+}
+
+#[test]
+fn prefetch_stays_within_what_the_cache_can_hold() {
+    // 60 items hold 15 of the origin's tiles (4 items each); the view's ring and
+    // neighbouring views reach all 36.
+    let o = origin();
+    let mut c = client(ClientConfig {
+        cache: CacheConfig {
+            max_items: 60,
+            ..CacheConfig::default()
+        },
+        batch: BatchConfig {
+            coalesce_levels: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    // The first round has nothing to go by (no tile held yet).
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    assert_eq!(c.cache().tiles_that_fit(4.0), 15);
+    // The next view's round asks for no more tiles than fit, so each one it fetched is
+    // still held when its answers are in: none pushed out by its own later answers.
+    let moved = {
+        let base = seattle().offset(1, 1).unwrap();
+        let (x, y) = (base.x() as f64 + 0.5, base.y() as f64 + 0.5);
+        let (west, north) = unproject(
+            TilePoint {
+                x: x - 0.5,
+                y: y - 0.5,
+            },
+            Z,
+        );
+        let (east, south) = unproject(
+            TilePoint {
+                x: x + 0.5,
+                y: y + 0.5,
+            },
+            Z,
+        );
+        Viewport::new(west, south, east, north, 14.5).unwrap()
+    };
+    let now = REPLAN_MS + 1;
+    c.set_viewport(moved, now, |_, _| {});
+    let mut asked = Vec::new();
+    while let Some(t) = c.poll_request(now) {
+        asked.extend(t.request.tiles.iter().copied());
+        let r = o.answer(&t.request, None);
+        c.on_response(t.id, r, now);
+    }
+    assert!(
+        !asked.is_empty() && asked.len() <= 15,
+        "{} tiles asked for",
+        asked.len()
+    );
+    let gone: Vec<_> = asked
+        .iter()
+        .filter(|t| c.cache().tile_freshness(**t, Access::Public, now) != TileFreshness::Fresh)
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "fetched, then pushed out by the round's own answers: {gone:?}"
+    );
+    assert!(c.is_complete());
 }

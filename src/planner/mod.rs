@@ -14,7 +14,9 @@
 //!   is not zooming out (`warm_below_min_zoom`), the data tiles under it, where any zoom-in
 //!   lands.
 //!
-//! Tiles fresh in the cache or already in flight are filtered out. The plan also says which
+//! Tiles fresh in the cache or already in flight are filtered out, and the prefetch stays
+//! within what the cache can hold when the caller says how much that is (`room`: see
+//! [`Planner::plan_observed`]). The plan also says which
 //! tiles are still *wanted* (visible plus every candidate, before the budget: the areas of
 //! `areas.rs`, kept in the plan), so the batch layer can abort in-flight prefetches that fell
 //! out of it.
@@ -419,7 +421,7 @@ impl Planner {
         in_flight: impl FnMut(TileId) -> bool,
     ) -> Result<Plan, PlannerError> {
         let seen = self.observe(viewport, now_ms);
-        self.plan_observed(viewport, &seen, state, in_flight)
+        self.plan_observed(viewport, &seen, state, in_flight, None)
     }
 
     /// The first half of [`plan`](Self::plan): adds the viewport to the motion history and
@@ -456,12 +458,18 @@ impl Planner {
     }
 
     /// The second half of [`plan`](Self::plan), for a viewport [`observe`](Self::observe)d.
+    /// `room`, when given, is how many data tiles the cache can hold
+    /// ([`ItemCache::tiles_that_fit`](crate::cache::ItemCache::tiles_that_fit)): the round
+    /// queues no more prefetch than fits beside the visible tiles and the candidates
+    /// already fresh or in flight. Asking for more would have each answer push out an
+    /// earlier one, to be fetched again next round, and then the view's own items.
     pub fn plan_observed(
         &self,
         viewport: &Viewport,
         seen: &Observed,
         mut state: impl FnMut(TileId) -> TileFreshness,
         mut in_flight: impl FnMut(TileId) -> bool,
+        room: Option<usize>,
     ) -> Result<Plan, PlannerError> {
         let sample = seen.sample;
         let cover = self.visible_range(viewport)?;
@@ -505,9 +513,12 @@ impl Planner {
         // ranked: around a view the user has been over, that is a few of the thousands a
         // large view has.
         let has_work = |t| !matches!(state(t), TileFreshness::Fresh) && !in_flight(t);
-        let (todo, areas) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
+        let (todo, areas, held) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
-        let budget = self.round_budget(viewport, visible.len());
+        let mut budget = self.round_budget(viewport, visible.len());
+        if let Some(room) = room {
+            budget = budget.min(room.saturating_sub(visible.len() + held));
+        }
         for t in tiles_by_score(todo).into_iter().take(budget) {
             if let Some(w) = Work::from_state(t, state(t)) {
                 plan.prefetch.push(w);
@@ -620,7 +631,7 @@ impl Planner {
     /// Prefetch candidates for which `scored(tile)` holds as `(score key, packed tile)`
     /// pairs in no order (lowest score best: see [`score_key`]), without the visible tiles
     /// (`cover`, none below `min_zoom`) and without duplicates; with the areas of all
-    /// candidates.
+    /// candidates and how many candidates `scored` turned down (fresh or in flight).
     fn candidates(
         &self,
         vp: &Viewport,
@@ -628,7 +639,7 @@ impl Planner {
         cover: Option<CoverRange>,
         (vx, vy, vz): (f64, f64, f64),
         mut scored: impl FnMut(TileId) -> bool,
-    ) -> (Vec<(u64, u64)>, Marks) {
+    ) -> (Vec<(u64, u64)>, Marks, usize) {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
@@ -693,10 +704,14 @@ impl Planner {
         // Motion reorders them: up to 0.75 once the lead is a tile or more.
         let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
         let beta = 0.75 * speed.min(1.0);
-        let mut keys = Vec::new();
+        let (mut keys, mut held) = (Vec::new(), 0);
         let marks = Marks::new(z, &areas);
         marks.each(|t, ahead| {
-            if cover.is_some_and(|c| c.contains(t)) || !scored(t) {
+            if cover.is_some_and(|c| c.contains(t)) {
+                return;
+            }
+            if !scored(t) {
+                held += 1;
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
@@ -710,7 +725,7 @@ impl Planner {
             let score = dist * (1.0 - beta * cos) - bonus;
             keys.push((score_key(score), t.to_u64()));
         });
-        (keys, marks)
+        (keys, marks, held)
     }
 }
 
@@ -1102,6 +1117,32 @@ mod tests {
             .all(|w| w.tile() != fresh && w.tile() != flying));
         // Both are still wanted (so an in-flight request for them must not be aborted).
         assert!(plan.wanted(fresh) && plan.wanted(flying));
+    }
+
+    #[test]
+    fn prefetch_stays_within_the_room_the_cache_has() {
+        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        let vp = vp_at(1000.5, 1000.5, 1.0, 1.0, 14.0);
+        let seen = p.observe(&vp, 0);
+        let fresh = TileId::new(14, 1001, 1000).unwrap();
+        let flying = TileId::new(14, 999, 1000).unwrap();
+        let round = |room| {
+            p.plan_observed(&vp, &seen, only_fresh(fresh), |t| t == flying, room)
+                .unwrap()
+        };
+        let all = round(None).prefetch;
+        assert!(all.len() > 10);
+        // 1 visible and 2 candidates held (fresh, in flight): 10 tiles leave 7, the
+        // best of the round's ranking.
+        let within = round(Some(10)).prefetch;
+        assert_eq!(within, all[..7]);
+        // No room beside what is held: nothing more.
+        assert!(round(Some(3)).prefetch.is_empty());
+        assert!(round(Some(0)).prefetch.is_empty());
+        // Room for more than the round wants changes nothing; the wanted tiles never do.
+        let wide = round(Some(100_000));
+        assert_eq!(wide.prefetch, all);
+        assert!(round(Some(0)).wanted(all[20].tile()));
     }
 
     #[test]
@@ -1511,7 +1552,7 @@ mod tests {
                     got.sort_unstable();
                     want.sort_unstable();
                     // The round wants exactly the visible tiles and the candidates.
-                    let plan = p.plan_observed(&vp, &seen, unknown, none_in_flight).unwrap();
+                    let plan = p.plan_observed(&vp, &seen, unknown, none_in_flight, None).unwrap();
                     let mut wanted = plan.wanted_tiles();
                     wanted.sort_unstable();
                     let mut expect: Vec<TileId> = visible.iter().copied()

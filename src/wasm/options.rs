@@ -233,7 +233,7 @@ pub(crate) const OPTIONS: [Opt; 32] = [
         int(1.0, 1e7),
         |c| c.cache.max_items as f64,
         |c, v| c.cache.max_items = v as usize,
-        "Most items held: {allowed}.",
+        "Most items held: {allowed}. Prefetch stays within it and `maxBytes`: a round asks for no more tiles than the cache can hold beside the view, at the items per tile the answers have shown.",
     ),
     number(
         "maxBytes",
