@@ -301,8 +301,10 @@ print("| %s | %.1f%% | %d | %d | %d | %.2fx | %.2fx |" % (sys.argv[3], 100*t["vi
     echo '  the oracle means not prefetching parts of the county some users never view; no setting'
     echo '  tried (view ring, look-ahead, alignment, coarse-tile share, prefetch delays) did so'
     echo '  without losing viewports on half A.'
-    echo '- `coalesceLevels` 3 sends up to 16 zoom-11 tiles (1,024 data tiles) a request, above the'
-    echo "  server's default \`--max-data-tiles\` (256): a server must raise it for those rows."
+    echo '- `coalesceLevels` 3 sends up to 16 zoom-11 tiles (1,024 data tiles) a request. A server'
+    echo '  with its default `--split-levels 2` answers zoom-11 tiles straight from the origin,'
+    echo '  uncached; to serve those rows through its tier, start it with `--split-levels 3` and'
+    echo '  `--max-data-tiles` of at least 1,024 (the default is 256).'
   else
     echo "_Skipped: the shared data folder is absent._"
   fi

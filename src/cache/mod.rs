@@ -202,26 +202,28 @@ impl<P> ItemCache<P> {
         self.bytes
     }
 
-    /// How many data tiles of `items_per_tile` items each the cache can hold at once, by
-    /// its limits (`max_items`, `max_bytes` at the held items' average size, `max_tiles`).
-    /// The planning round keeps its prefetch within it ([`Client`](crate::client::Client)).
+    /// How many data tiles of `items_per_tile` items of `bytes_per_item` bytes each the
+    /// cache can hold at once, by its limits (`max_items`, `max_bytes`, `max_tiles`). A
+    /// figure that is not a positive number (0, negative, NaN) limits nothing: the others
+    /// still do. The planning round keeps its prefetch within it
+    /// ([`Client`](crate::client::Client)).
     ///
     /// ```
     /// use tilewarm::cache::{CacheConfig, ItemCache};
-    /// let config = CacheConfig { max_items: 100, ..CacheConfig::default() };
+    /// let config = CacheConfig { max_items: 100, max_bytes: 10_000, ..CacheConfig::default() };
     /// let cache: ItemCache<()> = ItemCache::new(config).unwrap();
-    /// assert_eq!(cache.tiles_that_fit(4.0), 25);
-    /// assert_eq!(cache.tiles_that_fit(0.0), 65_536); // max_tiles
+    /// assert_eq!(cache.tiles_that_fit(4.0, 50.0), 25); // max_items
+    /// assert_eq!(cache.tiles_that_fit(4.0, 500.0), 5); // max_bytes
+    /// assert_eq!(cache.tiles_that_fit(0.0, 500.0), 65_536); // max_tiles
+    /// assert_eq!(cache.tiles_that_fit(f64::NAN, f64::NAN), 65_536);
     /// ```
-    pub fn tiles_that_fit(&self, items_per_tile: f64) -> usize {
+    pub fn tiles_that_fit(&self, items_per_tile: f64, bytes_per_item: f64) -> usize {
         let c = &self.config;
-        let per_item = match self.items.len() {
-            0 => 0.0,
-            n => self.bytes as f64 / n as f64,
-        };
-        // As f64, the casts back saturating: a limit over a tiny density is no limit.
-        let by_items = c.max_items as f64 / items_per_tile;
-        let by_bytes = c.max_bytes as f64 / (items_per_tile * per_item);
+        // `max` turns NaN and negatives into 0, a limit over 0 is infinite, and the cast
+        // back saturates: a limit over a tiny density is no limit.
+        let (items, bytes) = (items_per_tile.max(0.0), bytes_per_item.max(0.0));
+        let by_items = c.max_items as f64 / items;
+        let by_bytes = c.max_bytes as f64 / (items * bytes);
         (by_items.min(by_bytes) as usize).min(c.max_tiles)
     }
 

@@ -55,7 +55,7 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
-use crate::planner::{Plan, Planner, Viewport, Work};
+use crate::planner::{Plan, Planner, Room, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
 use crate::util::HashMap;
@@ -327,8 +327,12 @@ impl<P: Payload> Client<P> {
         // for no more (past it, each answer would push out an earlier one, to be fetched
         // again next round, then the view's own items). Before the first answer there is
         // nothing to go by.
-        let room = (self.density.per_tile()).map(|d| self.cache.tiles_that_fit(d));
         let (cache, batcher, fresh) = (&self.cache, &self.batcher, &mut self.fresh);
+        let takes_room = |t| !cache.outside_bounds(t);
+        let room = self.density.per_tile().map(|d| Room {
+            tiles: cache.tiles_that_fit(d, self.density.per_item()),
+            takes_room: &takes_room,
+        });
         #[cfg(test)]
         let full_reads = self.full_reads;
         // Whether every tile the round asks about is fresh, and until when.
@@ -694,6 +698,10 @@ impl<P: Payload> Client<P> {
         self.changed();
         if access < self.access {
             self.cache.drop_above(access);
+        }
+        if access != self.access {
+            // Another tier sees other items: what the answers showed was for this one.
+            self.density = Density::default();
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);

@@ -173,7 +173,7 @@ impl<P: Payload> Client<P> {
     /// inserted as [`Priority::Visible`], the rest as prefetch.
     fn ingest_items(&mut self, items: Vec<Item<P>>, kind: Kind, now_ms: u64) -> bool {
         let tile_zoom = self.cache.config().tile_zoom;
-        let mut touched_visible = false;
+        let (mut touched_visible, mut kept, mut kept_bytes) = (false, 0, 0);
         self.items_fetched += items.len() as u64;
         for item in items {
             if !self.access.can_see(item.access) {
@@ -200,7 +200,9 @@ impl<P: Payload> Client<P> {
             let _ = self
                 .cache
                 .insert(&item.id, meta, item.data, now_ms, priority);
+            (kept, kept_bytes) = (kept + 1, kept_bytes + size_bytes);
         }
+        self.density.observe_items(kept, kept_bytes);
         touched_visible
     }
 

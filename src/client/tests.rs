@@ -939,7 +939,7 @@ fn prefetch_stays_within_what_the_cache_can_hold() {
     // The first round has nothing to go by (no tile held yet).
     c.set_viewport(view(1.0), 0, |_, _| {});
     answer_all(&mut c, &o, 0);
-    assert_eq!(c.cache().tiles_that_fit(4.0), 15);
+    assert_eq!(c.cache().tiles_that_fit(4.0, c.density.per_item()), 15);
     // The next view's round asks for no more tiles than fit, so each one it fetched is
     // still held when its answers are in: none pushed out by its own later answers.
     let moved = {
@@ -982,5 +982,44 @@ fn prefetch_stays_within_what_the_cache_can_hold() {
         gone.is_empty(),
         "fetched, then pushed out by the round's own answers: {gone:?}"
     );
+    assert!(c.is_complete());
+}
+
+#[test]
+fn tiles_outside_the_extent_take_no_room_from_prefetch() {
+    // 60 items hold 15 of the origin's tiles; a view on the block's corner tile has most
+    // of its neighbourhood outside the data's extent: fresh and empty, they hold nothing.
+    let o = origin();
+    let mut c = client(ClientConfig {
+        cache: CacheConfig {
+            max_items: 60,
+            ..CacheConfig::default()
+        },
+        batch: BatchConfig {
+            coalesce_levels: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.adopt_bounds(Some(&o.extent().unwrap()), 0).unwrap();
+    // The centre first, for the answers' density (4 items a tile).
+    c.set_viewport(fast_path::moved(0.0, 0.0, 0.8, 14.5), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    let now = REPLAN_MS + 1;
+    c.set_viewport(fast_path::moved(2.0, 2.0, 0.8, 14.5), now, |_, _| {});
+    let mut asked = Vec::new();
+    while let Some(t) = c.poll_request(now) {
+        asked.extend(t.request.tiles.iter().copied());
+        let r = o.answer(&t.request, None);
+        c.on_response(t.id, r, now);
+    }
+    // The corner tile and some of its neighbours inside the block, all still held.
+    assert!(asked.len() > 1, "{asked:?}: no prefetch beside the view");
+    assert!(asked.len() <= 15, "{} tiles asked for", asked.len());
+    let gone: Vec<_> = asked
+        .iter()
+        .filter(|t| c.cache().tile_freshness(**t, Access::Public, now) != TileFreshness::Fresh)
+        .collect();
+    assert!(gone.is_empty(), "pushed out: {gone:?}");
     assert!(c.is_complete());
 }

@@ -357,6 +357,19 @@ struct Sample {
     h: f64,
 }
 
+/// What the cache can hold, for [`Planner::plan_observed`]: `tiles` data tiles at the
+/// density the answers have shown
+/// ([`ItemCache::tiles_that_fit`](crate::cache::ItemCache::tiles_that_fit)). Only the tiles
+/// for which `takes_room` holds count against it: a tile outside the data's extent is fresh
+/// and holds nothing.
+#[derive(Clone, Copy)]
+pub struct Room<'a> {
+    /// Data tiles that fit in the cache.
+    pub tiles: usize,
+    /// Whether a tile's items take room in the cache.
+    pub takes_room: &'a dyn Fn(TileId) -> bool,
+}
+
 /// The prefetch planner. Holds the recent viewport history; see the module docs.
 #[derive(Clone, Debug)]
 pub struct Planner {
@@ -458,18 +471,17 @@ impl Planner {
     }
 
     /// The second half of [`plan`](Self::plan), for a viewport [`observe`](Self::observe)d.
-    /// `room`, when given, is how many data tiles the cache can hold
-    /// ([`ItemCache::tiles_that_fit`](crate::cache::ItemCache::tiles_that_fit)): the round
-    /// queues no more prefetch than fits beside the visible tiles and the candidates
-    /// already fresh or in flight. Asking for more would have each answer push out an
-    /// earlier one, to be fetched again next round, and then the view's own items.
+    /// `room`, when given, is what the cache can hold (see [`Room`]): the round queues no
+    /// more prefetch than fits beside the visible tiles and the candidates already fresh or
+    /// in flight. Asking for more would have each answer push out an earlier one, to be
+    /// fetched again next round, and then the view's own items.
     pub fn plan_observed(
         &self,
         viewport: &Viewport,
         seen: &Observed,
         mut state: impl FnMut(TileId) -> TileFreshness,
         mut in_flight: impl FnMut(TileId) -> bool,
-        room: Option<usize>,
+        room: Option<Room<'_>>,
     ) -> Result<Plan, PlannerError> {
         let sample = seen.sample;
         let cover = self.visible_range(viewport)?;
@@ -512,12 +524,20 @@ impl Planner {
         // flight), the best `budget` are queued, best first. Only those are scored and
         // ranked: around a view the user has been over, that is a few of the thousands a
         // large view has.
-        let has_work = |t| !matches!(state(t), TileFreshness::Fresh) && !in_flight(t);
-        let (todo, areas, held) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
+        // Candidates without work that take room in the cache: fresh or in flight.
+        let takes_room = |t| room.as_ref().is_none_or(|r| (r.takes_room)(t));
+        let mut held = 0;
+        let has_work = |t| {
+            let work = !matches!(state(t), TileFreshness::Fresh) && !in_flight(t);
+            held += usize::from(!work && takes_room(t));
+            work
+        };
+        let (todo, areas) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
         let mut budget = self.round_budget(viewport, visible.len());
-        if let Some(room) = room {
-            budget = budget.min(room.saturating_sub(visible.len() + held));
+        if let Some(room) = &room {
+            let shown = visible.iter().filter(|&&t| takes_room(t)).count();
+            budget = budget.min(room.tiles.saturating_sub(shown + held));
         }
         for t in tiles_by_score(todo).into_iter().take(budget) {
             if let Some(w) = Work::from_state(t, state(t)) {
@@ -631,7 +651,7 @@ impl Planner {
     /// Prefetch candidates for which `scored(tile)` holds as `(score key, packed tile)`
     /// pairs in no order (lowest score best: see [`score_key`]), without the visible tiles
     /// (`cover`, none below `min_zoom`) and without duplicates; with the areas of all
-    /// candidates and how many candidates `scored` turned down (fresh or in flight).
+    /// candidates.
     fn candidates(
         &self,
         vp: &Viewport,
@@ -639,7 +659,7 @@ impl Planner {
         cover: Option<CoverRange>,
         (vx, vy, vz): (f64, f64, f64),
         mut scored: impl FnMut(TileId) -> bool,
-    ) -> (Vec<(u64, u64)>, Marks, usize) {
+    ) -> (Vec<(u64, u64)>, Marks) {
         let cfg = &self.config;
         let z = cfg.tile_zoom;
         let n = tiles_per_axis(z) as f64;
@@ -704,14 +724,10 @@ impl Planner {
         // Motion reorders them: up to 0.75 once the lead is a tile or more.
         let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
         let beta = 0.75 * speed.min(1.0);
-        let (mut keys, mut held) = (Vec::new(), 0);
+        let mut keys = Vec::new();
         let marks = Marks::new(z, &areas);
         marks.each(|t, ahead| {
-            if cover.is_some_and(|c| c.contains(t)) {
-                return;
-            }
-            if !scored(t) {
-                held += 1;
+            if cover.is_some_and(|c| c.contains(t)) || !scored(t) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
@@ -725,7 +741,7 @@ impl Planner {
             let score = dist * (1.0 - beta * cos) - bonus;
             keys.push((score_key(score), t.to_u64()));
         });
-        (keys, marks, held)
+        (keys, marks)
     }
 }
 
@@ -1126,6 +1142,13 @@ mod tests {
         let seen = p.observe(&vp, 0);
         let fresh = TileId::new(14, 1001, 1000).unwrap();
         let flying = TileId::new(14, 999, 1000).unwrap();
+        let every = |_| true;
+        let room = |tiles| {
+            Some(Room {
+                tiles,
+                takes_room: &every,
+            })
+        };
         let round = |room| {
             p.plan_observed(&vp, &seen, only_fresh(fresh), |t| t == flying, room)
                 .unwrap()
@@ -1134,15 +1157,24 @@ mod tests {
         assert!(all.len() > 10);
         // 1 visible and 2 candidates held (fresh, in flight): 10 tiles leave 7, the
         // best of the round's ranking.
-        let within = round(Some(10)).prefetch;
+        let within = round(room(10)).prefetch;
         assert_eq!(within, all[..7]);
         // No room beside what is held: nothing more.
-        assert!(round(Some(3)).prefetch.is_empty());
-        assert!(round(Some(0)).prefetch.is_empty());
+        assert!(round(room(3)).prefetch.is_empty());
+        assert!(round(room(0)).prefetch.is_empty());
         // Room for more than the round wants changes nothing; the wanted tiles never do.
-        let wide = round(Some(100_000));
+        let wide = round(room(100_000));
         assert_eq!(wide.prefetch, all);
-        assert!(round(Some(0)).wanted(all[20].tile()));
+        assert!(round(room(0)).wanted(all[20].tile()));
+        // Tiles that hold nothing (outside the data's extent) take no room: here the
+        // visible one and the fresh one, which leaves 9 of 10 for the in-flight one and 9.
+        let shown = TileId::new(14, 1000, 1000).unwrap();
+        let holds = |t| t != fresh && t != shown;
+        let some = Some(Room {
+            tiles: 10,
+            takes_room: &holds,
+        });
+        assert_eq!(round(some).prefetch, all[..9]);
     }
 
     #[test]
