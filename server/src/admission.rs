@@ -2,6 +2,12 @@
 //! overload and abuse cost a quick refusal instead of growing latency and memory.
 //!
 //! In the order a `POST /v1/batch` meets them:
+//! 0. Failed credentials ([`AuthFailures`]): a client address whose credentials failed more
+//!    than `--auth-fail-burst` times, refilled at `--auth-fail-rate` a second, gets 429
+//!    `rate_limited` with `Retry-After` for a request carrying a credential *before* it is
+//!    checked, so invalid or expired tokens cannot make the server verify signatures at any
+//!    rate. At most `--auth-fail-max-addresses` addresses are tracked (an IPv6 address by
+//!    its /64); past them the rest share one bucket, so memory stays bounded.
 //! 1. Connections: at most `--max-connections` at once (more wait in the kernel's accept
 //!    backlog), and a request's headers must arrive within `--header-timeout-ms` (hyper's
 //!    header read timeout; [`crate::start`]'s accept loop).
@@ -20,21 +26,27 @@
 //!    then: 503 `overloaded` with `Retry-After`. A request gives its slot back while it
 //!    waits for the origin ([`HeldSlot::release`]); at most `--max-origin-waits` do
 //!    ([`OriginWaits`]).
+//!
+//! `POST /v1/invalidate` meets 0 and 2 (after its admin check) and then a server-wide
+//! rate, `--invalidate-rate` with bursts of `--invalidate-burst` ([`Admission::invalidation`]):
+//! each invalidation unlinks keys in the shared tier and sends the next requests to the
+//! origin, so even an admin token must not be able to repeat them without bound.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::RETRY_AFTER;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tilewarm::protocol::ErrorCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -47,6 +59,10 @@ use crate::App;
 pub struct Admission {
     /// Per-caller rate limits; `None` when `--caller-rate 0`.
     callers: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Failed credentials per client address (off until [`Admission::with_auth_failures`]).
+    pub auth_failures: Arc<AuthFailures>,
+    /// The server-wide rate of `POST /v1/invalidate`; `None` when off.
+    invalidations: Option<DefaultDirectRateLimiter>,
     /// `Retry-After` of a 503, in seconds.
     pub retry_after_s: u64,
     /// Longest wait for a request body.
@@ -68,9 +84,43 @@ impl Admission {
         });
         Admission {
             callers,
+            auth_failures: Arc::new(AuthFailures::new(0, 0, 1)),
+            invalidations: None,
             retry_after_s,
             body_timeout,
         }
+    }
+
+    /// The same with failed credentials limited per address: `rate` a second after bursts
+    /// of `burst`, at most `max_addresses` tracked ([`AuthFailures`]; `rate` 0: no limit).
+    /// Needs a Tokio runtime: a background task forgets recovered addresses every 10 s.
+    pub fn with_auth_failures(mut self, rate: u32, burst: u32, max_addresses: usize) -> Self {
+        let failures = Arc::new(AuthFailures::new(rate, burst, max_addresses));
+        if rate > 0 {
+            tokio::spawn(sweep_auth_failures(Arc::downgrade(&failures)));
+        }
+        self.auth_failures = failures;
+        self
+    }
+
+    /// The same with `POST /v1/invalidate` limited to `rate` a second server-wide, with
+    /// bursts of `burst` (`rate` 0: no limit).
+    pub fn with_invalidate_limit(mut self, rate: u32, burst: u32) -> Self {
+        self.invalidations = NonZeroU32::new(rate).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        self
+    }
+
+    /// `Ok` when an invalidation may run now, else how long until one may.
+    pub fn invalidation(&self) -> Result<(), Duration> {
+        let Some(limiter) = &self.invalidations else {
+            return Ok(());
+        };
+        limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Callers the per-caller table holds now.
@@ -99,6 +149,238 @@ async fn forget_idle(limiter: Weak<DefaultKeyedRateLimiter<String>>) {
     }
 }
 
+async fn sweep_auth_failures(failures: Weak<AuthFailures>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let Some(f) = failures.upgrade() else { break };
+        f.sweep();
+    }
+}
+
+/// Where failed credentials are counted: the peer's IPv4 address, or the /64 network of
+/// its IPv6 address (one host usually holds a whole /64, so counting single IPv6
+/// addresses would let it pick a fresh key for every request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddrKey {
+    V4(Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Net(u64),
+    /// No peer address known (a handler called without the accept loop).
+    Unknown,
+}
+
+impl AddrKey {
+    /// The key of `peer` (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn of(peer: Option<IpAddr>) -> AddrKey {
+        match peer {
+            Some(IpAddr::V4(a)) => AddrKey::V4(a),
+            Some(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => AddrKey::V4(v4),
+                None => AddrKey::V6Net((u128::from(a) >> 64) as u64),
+            },
+            None => AddrKey::Unknown,
+        }
+    }
+}
+
+/// Failed credentials per client address, so that invalid or expired tokens cannot make
+/// the server verify signatures (the expensive part of a refused request) at any rate.
+///
+/// Each address has a GCRA bucket (as `governor`'s, which has no way to look without
+/// taking): every refused credential takes one cell, `burst` cells at most, refilled at
+/// `rate` a second. While an address's bucket is empty, a request from it that carries a
+/// credential is refused (429) before the credential is looked at; requests without one
+/// are not affected (they cost nothing to check), and a valid credential from an address
+/// with cells left costs nothing here.
+///
+/// Memory is bounded: at most `max_addresses` buckets. A full bucket is the same as none,
+/// so buckets that have refilled are dropped (every 10 s, and when the table is full, at
+/// most once a second). When the table is still full, addresses not in it share one more
+/// bucket: a flood from more addresses than that is limited as one caller.
+pub struct AuthFailures {
+    /// `None`: off (`--auth-fail-rate 0`).
+    gcra: Option<Gcra>,
+    max_addresses: usize,
+    /// Buckets held (plus one while the shared bucket is in use); 0 lets every check
+    /// through without taking the lock.
+    held: AtomicUsize,
+    table: Mutex<FailTable>,
+    start: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Gcra {
+    /// Nanoseconds per cell (1 / rate).
+    interval: u64,
+    /// How far ahead of now a bucket's theoretical arrival time may be and still take a
+    /// cell: `interval * (burst - 1)`.
+    tolerance: u64,
+}
+
+#[derive(Default)]
+struct FailTable {
+    /// Theoretical arrival time (ns since `start`) per address.
+    tat: HashMap<AddrKey, u64>,
+    /// The shared bucket of addresses that found the table full.
+    shared: u64,
+    last_sweep: u64,
+}
+
+impl AuthFailures {
+    /// `rate` refused credentials a second per address after bursts of `burst` (at least
+    /// 1), `max_addresses` addresses tracked (at least 1). `rate` 0: no limit.
+    pub fn new(rate: u32, burst: u32, max_addresses: usize) -> AuthFailures {
+        let gcra = (rate > 0).then(|| {
+            let interval = 1_000_000_000 / u64::from(rate);
+            Gcra {
+                interval,
+                tolerance: interval.saturating_mul(u64::from(burst.max(1)) - 1),
+            }
+        });
+        AuthFailures {
+            gcra,
+            max_addresses: max_addresses.max(1),
+            held: AtomicUsize::new(0),
+            table: Mutex::new(FailTable::default()),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Ok` when a credential from `key` may be checked now, else how long until one may.
+    pub fn admit(&self, key: AddrKey) -> Result<(), Duration> {
+        self.admit_at(key, self.now())
+    }
+
+    fn admit_at(&self, key: AddrKey, now: u64) -> Result<(), Duration> {
+        let Some(g) = self.gcra else { return Ok(()) };
+        if self.held.load(Relaxed) == 0 {
+            return Ok(());
+        }
+        let t = self.lock();
+        let tat = match t.tat.get(&key) {
+            Some(&tat) => tat,
+            None if t.tat.len() >= self.max_addresses => t.shared,
+            None => return Ok(()),
+        };
+        let allowed_from = tat.saturating_sub(g.tolerance);
+        if allowed_from > now {
+            Err(Duration::from_nanos(allowed_from - now))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a refused credential from `key`.
+    pub fn failed(&self, key: AddrKey) {
+        self.failed_at(key, self.now());
+    }
+
+    fn failed_at(&self, key: AddrKey, now: u64) {
+        let Some(g) = self.gcra else { return };
+        let mut t = self.lock();
+        let next = |tat: u64| tat.max(now).saturating_add(g.interval);
+        if let Some(tat) = t.tat.get_mut(&key) {
+            *tat = next(*tat);
+            return;
+        }
+        if t.tat.len() >= self.max_addresses && now.saturating_sub(t.last_sweep) >= 1_000_000_000 {
+            Self::sweep_table(&mut t, now);
+        }
+        if t.tat.len() < self.max_addresses {
+            t.tat.insert(key, next(now));
+        } else {
+            t.shared = next(t.shared);
+        }
+        self.held.store(Self::held_of(&t, now), Relaxed);
+    }
+
+    /// Drops the buckets that have refilled (the same as no bucket).
+    pub fn sweep(&self) {
+        let now = self.now();
+        let mut t = self.lock();
+        Self::sweep_table(&mut t, now);
+        self.held.store(Self::held_of(&t, now), Relaxed);
+    }
+
+    fn sweep_table(t: &mut FailTable, now: u64) {
+        t.tat.retain(|_, tat| *tat > now);
+        t.tat.shrink_to(t.tat.len().max(16) * 2);
+        t.last_sweep = now;
+    }
+
+    fn held_of(t: &FailTable, now: u64) -> usize {
+        t.tat.len() + usize::from(t.shared > now)
+    }
+
+    /// Addresses tracked now (`/metrics`).
+    pub fn tracked(&self) -> usize {
+        self.lock().tat.len()
+    }
+}
+
+/// 429 `rate_limited` with `Retry-After`, for an address past its failed credentials.
+pub fn auth_rate_limited(wait: Duration) -> Response {
+    let mut r = error_response(
+        ErrorCode::RateLimited,
+        format!(
+            "too many refused credentials from this address (--auth-fail-rate): retry in {} ms with a valid token, or without one",
+            wait.as_millis().max(1)
+        ),
+    );
+    r.headers_mut().insert(RETRY_AFTER, retry_after(wait));
+    r
+}
+
+/// Why [`authenticate`] refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The address is past its refused credentials: 429 after this wait, nothing checked.
+    TooManyFailures(Duration),
+    /// The credential was checked and refused: 401 with this message.
+    Unauthorized(String),
+}
+
+impl Refused {
+    /// The answer: 429 `rate_limited` with `Retry-After`, or 401 `unauthorized` with
+    /// `WWW-Authenticate`.
+    pub fn into_response(self) -> Response {
+        match self {
+            Refused::TooManyFailures(wait) => auth_rate_limited(wait),
+            Refused::Unauthorized(message) => unauthorized(message),
+        }
+    }
+}
+
+/// Who is calling ([`crate::auth`]), with failed credentials limited per address
+/// ([`AuthFailures`]): a request with no credential is `public` at no cost; one from an
+/// address past its failures is refused (429) before its credential is checked; a
+/// refused credential is a 401 and counts against the address.
+pub fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<Caller, Refused> {
+    if !app.auth.credential_sent(headers) {
+        return Ok(Caller::anonymous());
+    }
+    let key = AddrKey::of(peer);
+    let failures = &app.admission.auth_failures;
+    failures.admit(key).map_err(Refused::TooManyFailures)?;
+    app.auth.caller(headers).map_err(|e| {
+        failures.failed(key);
+        Refused::Unauthorized(e.0)
+    })
+}
+
 /// Whom a per-caller limit counts against: the verified token's `sub`, else the peer's
 /// address (the whole address; behind a proxy every caller shares the proxy's).
 pub fn caller_key(caller: &Caller, peer: Option<IpAddr>) -> String {
@@ -110,7 +392,7 @@ pub fn caller_key(caller: &Caller, peer: Option<IpAddr>) -> String {
 }
 
 /// Whole seconds for `Retry-After`, rounded up, at least 1.
-fn retry_after(wait: Duration) -> HeaderValue {
+pub fn retry_after(wait: Duration) -> HeaderValue {
     let s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     HeaderValue::from(s.max(1))
 }
@@ -153,18 +435,19 @@ fn is_unlimited(caller: &Caller, unlimited: &[String]) -> bool {
         .is_some_and(|sub| unlimited.iter().any(|u| u == sub))
 }
 
-/// Middleware on `POST /v1/batch`: who is calling (401 for a refused credential, before
-/// anything else), then the per-caller limit (429). The verified [`Caller`] goes on in the
-/// request's extensions.
+/// Middleware on `POST /v1/batch` (and the other API routes): who is calling
+/// ([`authenticate`]: 429 past the address's failed credentials, 401 for a refused
+/// credential, before anything else), then the per-caller limit (429). The verified
+/// [`Caller`] goes on in the request's extensions.
 pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let caller = match app.auth.caller(req.headers()) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e.0),
-    };
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let caller = match authenticate(&app, req.headers(), peer) {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
     if !is_unlimited(&caller, &app.config.unlimited_subs) {
         if let Err(wait) = app.admission.check(&caller_key(&caller, peer)) {
             return rate_limited(wait);
@@ -425,6 +708,94 @@ mod tests {
         assert_eq!(retry_after(Duration::from_millis(1)), "1");
         assert_eq!(retry_after(Duration::from_millis(1001)), "2");
         assert_eq!(retry_after(Duration::ZERO), "1");
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn v4(s: &str) -> AddrKey {
+        AddrKey::of(Some(s.parse().unwrap()))
+    }
+
+    #[test]
+    fn refused_credentials_empty_an_addresss_bucket_and_it_refills_at_the_rate() {
+        let f = AuthFailures::new(2, 3, 100);
+        let (a, b) = (v4("192.0.2.1"), v4("192.0.2.2"));
+        let t0 = 10 * SEC;
+        for _ in 0..3 {
+            assert!(f.admit_at(a, t0).is_ok());
+            f.failed_at(a, t0);
+        }
+        // Three refused at once: the fourth credential is not looked at for 0.5 s.
+        assert_eq!(f.admit_at(a, t0), Err(Duration::from_millis(500)));
+        assert_eq!(f.admit_at(a, t0 + SEC / 4), Err(Duration::from_millis(250)));
+        assert!(f.admit_at(a, t0 + SEC / 2).is_ok());
+        // Another address is not affected.
+        assert!(f.admit_at(b, t0).is_ok());
+        // Refilled: the bucket is dropped by a sweep, as if never used.
+        assert_eq!(f.tracked(), 1);
+        {
+            let mut t = f.lock();
+            AuthFailures::sweep_table(&mut t, t0 + 2 * SEC);
+        }
+        assert_eq!(f.tracked(), 0);
+        // Off: nothing is counted or refused.
+        let off = AuthFailures::new(0, 3, 100);
+        for _ in 0..100 {
+            off.failed_at(a, t0);
+        }
+        assert!(off.admit_at(a, t0).is_ok());
+        assert_eq!(off.tracked(), 0);
+    }
+
+    #[test]
+    fn the_failure_table_is_bounded_and_the_rest_share_one_bucket() {
+        let f = AuthFailures::new(1, 2, 2);
+        let t0 = 10 * SEC;
+        for a in ["192.0.2.1", "192.0.2.2"] {
+            f.failed_at(v4(a), t0);
+        }
+        // Full: two more addresses share the spare bucket, and empty it together.
+        f.failed_at(v4("198.51.100.1"), t0);
+        f.failed_at(v4("198.51.100.2"), t0);
+        assert_eq!(f.tracked(), 2);
+        assert!(f.admit_at(v4("203.0.113.9"), t0).is_err());
+        // Tracked addresses keep their own buckets (one cell left each).
+        assert!(f.admit_at(v4("192.0.2.1"), t0).is_ok());
+        // Once the tracked ones refilled, a sweep makes room for new addresses.
+        let later = t0 + 5 * SEC;
+        f.failed_at(v4("203.0.113.9"), later);
+        let t = f.lock();
+        assert!(t.tat.contains_key(&v4("203.0.113.9")), "{:?}", t.tat);
+        assert_eq!(t.tat.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64() {
+        let k = |s: &str| AddrKey::of(Some(s.parse().unwrap()));
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_eq!(AddrKey::of(None), AddrKey::Unknown);
+    }
+
+    #[test]
+    fn invalidations_are_limited_server_wide() {
+        let a = Admission {
+            callers: None,
+            auth_failures: Arc::new(AuthFailures::new(0, 0, 1)),
+            invalidations: None,
+            retry_after_s: 1,
+            body_timeout: Duration::from_secs(1),
+        }
+        .with_invalidate_limit(1, 2);
+        assert!(a.invalidation().is_ok());
+        assert!(a.invalidation().is_ok());
+        let wait = a.invalidation().unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        let off = a.with_invalidate_limit(0, 0);
+        for _ in 0..100 {
+            assert!(off.invalidation().is_ok());
+        }
     }
 
     #[tokio::test]

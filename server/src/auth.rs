@@ -205,6 +205,16 @@ impl Verifier {
         matches!(self.mode, Mode::Jwt(_))
     }
 
+    /// Whether these headers carry a credential that [`Self::caller`] would check (an
+    /// `Authorization` header; with `--trust-tier-header`, that header). Without one the
+    /// caller is `public` and nothing can be refused.
+    pub fn credential_sent(&self, headers: &HeaderMap) -> bool {
+        match &self.mode {
+            Mode::TrustHeader(name) => headers.contains_key(name.as_str()),
+            Mode::Off | Mode::Jwt(_) => headers.contains_key(AUTHORIZATION),
+        }
+    }
+
     /// The caller of a request with these headers.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Unauthorized> {
         match &self.mode {

@@ -299,6 +299,33 @@ pub struct Config {
     #[arg(long = "unlimited-sub", value_name = "SUB")]
     pub unlimited_subs: Vec<String>,
 
+    /// Refused credentials a second per client address (an IPv6 address by its /64),
+    /// after a burst of --auth-fail-burst: past it a request carrying a credential from that
+    /// address is answered 429 `rate_limited` with `Retry-After` before its token is
+    /// checked, so invalid or expired tokens cannot make the server verify signatures at
+    /// any rate. Requests without a credential are not affected. 0: no limit.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub auth_fail_rate: u32,
+
+    /// Refused credentials one client address may send at once above --auth-fail-rate.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub auth_fail_burst: u32,
+
+    /// Most client addresses whose refused credentials are tracked (memory stays bounded);
+    /// addresses that recovered are forgotten, and past this many the rest share one limit.
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    pub auth_fail_max_addresses: usize,
+
+    /// `POST /v1/invalidate` calls a second, server-wide, after a burst of
+    /// --invalidate-burst (each deletes keys in the shared tier and sends the next requests
+    /// to the origin); past it, 429 `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub invalidate_rate: u32,
+
+    /// `POST /v1/invalidate` calls allowed at once above --invalidate-rate.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub invalidate_burst: u32,
+
     /// Most open client connections; more wait in the accept backlog.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
@@ -505,6 +532,9 @@ impl Config {
             ("--warmup-max-tiles", self.warmup_max_tiles),
             ("--warmup-batch-tiles", self.warmup_batch_tiles),
             ("--origin-pool", self.origin_pool),
+            ("--auth-fail-burst", self.auth_fail_burst as usize),
+            ("--auth-fail-max-addresses", self.auth_fail_max_addresses),
+            ("--invalidate-burst", self.invalidate_burst as usize),
         ] {
             if v == 0 {
                 return bad(format!("{flag} must be at least 1, got 0"));
@@ -614,6 +644,14 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
         let c = Config::parse_from(["x", "--postgis-load"]);
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
+        for flag in [
+            "--auth-fail-burst",
+            "--auth-fail-max-addresses",
+            "--invalidate-burst",
+        ] {
+            let c = Config::parse_from(["x", flag, "0"]);
+            assert!(c.validate().unwrap_err().0.contains(flag), "{flag}");
+        }
         let c = Config::parse_from(["x", "--origin-token-file", "t"]);
         assert!(c.validate().unwrap_err().0.contains("--origin-token-file"));
         let c = Config::parse_from([

@@ -127,12 +127,20 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
         )
         .route(
             "/v1/invalidate",
-            post(invalidate_handler).fallback(|| async {
-                error_response(
-                    ErrorCode::MethodNotAllowed,
-                    "/v1/invalidate accepts POST (and OPTIONS for CORS preflight)",
-                )
-            }),
+            // Who is calling and the per-caller limit as for the batch (refused credentials
+            // are limited per address there); the handler adds the admin check and the
+            // server-wide --invalidate-rate.
+            post(invalidate_handler)
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&app),
+                    crate::admission::per_caller,
+                ))
+                .fallback(|| async {
+                    error_response(
+                        ErrorCode::MethodNotAllowed,
+                        "/v1/invalidate accepts POST (and OPTIONS for CORS preflight)",
+                    )
+                }),
         )
         .route(
             "/v1/changes",
@@ -404,16 +412,23 @@ pub fn refusal_response(app: &App, refusal: batch::Refusal) -> Response {
 /// `POST /v1/invalidate`: a caller whose verified token has [`crate::auth::ADMIN_CLAIM`]
 /// drops what the body names from every tier: the change goes on the stream (`XADD`), is
 /// deleted from this instance's tier and write guard, and the answer is
-/// `{"id":"<stream id>"}`. No token: 401; a token without the claim: 403. The other
-/// instances and the feed's clients apply it from the stream ([`crate::stream`]).
+/// `{"id":"<stream id>"}`. No token: 401; a token without the claim: 403; past
+/// `--invalidate-rate` (server-wide, checked after the claim so that nobody else can use
+/// it up): 429 with `Retry-After`. The other instances and the feed's clients apply it
+/// from the stream ([`crate::stream`]).
 async fn invalidate_handler(
     State(app): State<Arc<App>>,
+    caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = match app.auth.caller(&headers) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e.0),
+    let caller = match caller {
+        Some(c) => c.0,
+        None => match crate::admission::authenticate(&app, &headers, peer.map(|p| p.0 .0.ip())) {
+            Ok(c) => c,
+            Err(refused) => return refused.into_response(),
+        },
     };
     if headers.get(AUTHORIZATION).is_none() {
         return unauthorized(format!(
@@ -429,6 +444,22 @@ async fn invalidate_handler(
                 crate::auth::ADMIN_CLAIM
             ),
         );
+    }
+    if let Err(wait) = app.admission.invalidation() {
+        let mut r = error_response(
+            ErrorCode::RateLimited,
+            format!(
+                "too many invalidations: at most {} a second with bursts of {} (--invalidate-rate, --invalidate-burst); retry in {} ms",
+                app.config.invalidate_rate,
+                app.config.invalidate_burst,
+                wait.as_millis().max(1)
+            ),
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            crate::admission::retry_after(wait),
+        );
+        return r;
     }
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     if let Err(e) = check_content_type(content_type) {

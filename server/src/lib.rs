@@ -234,7 +234,13 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             config.caller_burst,
             config.retry_after_s,
             Duration::from_millis(config.body_timeout_ms),
-        ),
+        )
+        .with_auth_failures(
+            config.auth_fail_rate,
+            config.auth_fail_burst,
+            config.auth_fail_max_addresses,
+        )
+        .with_invalidate_limit(config.invalidate_rate, config.invalidate_burst),
         changes: Arc::new(changes),
         single_flight: single_flight::SingleFlight::default(),
         degraded_calls: tokio::sync::Semaphore::new(config.degraded_origin_calls),

@@ -414,6 +414,11 @@ fn read_app(app: &App, s: &mut Scrape) {
         );
     }
     s.gauge(
+        "tilewarm_auth_fail_addresses",
+        "Client addresses whose refused credentials are being counted (--auth-fail-max-addresses at most).",
+        app.admission.auth_failures.tracked() as u64,
+    );
+    s.gauge(
         "tilewarm_origin_dataset_items",
         "Items in the origin's data set.",
         app.origin.dataset_items().unwrap_or(0) as u64,

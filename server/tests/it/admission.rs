@@ -367,3 +367,127 @@ async fn past_max_connections_the_next_connection_waits_for_one_to_close() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// Invalid and expired tokens from one address are refused (401) up to
+/// `--auth-fail-burst` (20 by default); past it a request carrying a credential from that
+/// address is refused with 429 and `Retry-After` before its token is looked at (even a
+/// valid one: it would be verified first), while a request without a credential and other
+/// addresses' are not affected. Fails without the check in `admission::authenticate` (the
+/// 21st is a 401 and the valid token a 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_from_one_address_are_limited_before_verification() {
+    let o = origin(42, 5_000);
+    let body = request(&[densest(&o)], &[], Access::Public);
+    let s = server(Config {
+        caller_rate: 0,
+        ..config()
+    })
+    .await;
+    let expired = crate::common::sign_hs256(&serde_json::json!({
+        "sub": "late", "exp": crate::common::now_s() - 3600, "tilewarm_access": "agent",
+    }));
+    for i in 0..20 {
+        let token = if i % 2 == 0 {
+            "not-a-jwt".to_owned()
+        } else {
+            expired.clone()
+        };
+        let r = Http::with_token(Some(token)).batch(&s, &body).await;
+        assert_eq!(r.status, 401, "refused credential {i}: {}", r.text());
+    }
+    let r = Http::with_token(Some(expired.clone()))
+        .batch(&s, &body)
+        .await;
+    let m = r.error(429, "rate_limited");
+    assert!(m.contains("--auth-fail-rate"), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    // Not verified at all: a valid token from the same address waits too.
+    Http::new()
+        .batch(&s, &body)
+        .await
+        .error(429, "rate_limited");
+    // The other routes are behind the same check.
+    let tiles = format!("{}/v1/tiles/{}", s.url(), densest(&o));
+    Http::with_token(Some("not-a-jwt".into()))
+        .get(&tiles)
+        .await
+        .error(429, "rate_limited");
+    // No credential: nothing to check, answered.
+    assert_eq!(Http::anonymous().batch(&s, &body).await.status, 200);
+    assert_eq!(s.app.admission.auth_failures.tracked(), 1);
+    // One cell a second comes back (--auth-fail-rate 1): then tokens are checked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(Http::new().batch(&s, &body).await.status, 200);
+    s.shutdown().await;
+
+    // 0 turns it off.
+    let s = server(Config {
+        caller_rate: 0,
+        auth_fail_rate: 0,
+        ..config()
+    })
+    .await;
+    for _ in 0..30 {
+        let r = Http::with_token(Some("not-a-jwt".into()))
+            .batch(&s, &body)
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    s.shutdown().await;
+}
+
+/// `POST /v1/invalidate` is limited server-wide (`--invalidate-rate`, `--invalidate-burst`)
+/// after its admin check: past the burst an admin gets 429 with `Retry-After`, and a
+/// non-admin caller's 403s do not use the budget up. Refused credentials there count
+/// against the address as on the batch route. Fails without the limit in the handler (the
+/// third invalidation is a 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_are_rate_limited_and_refused_credentials_count_there_too() {
+    let s = server(Config {
+        invalidate_rate: 1,
+        invalidate_burst: 2,
+        auth_fail_burst: 3,
+        ..config()
+    })
+    .await;
+    let url = format!("{}/v1/invalidate", s.url());
+    let post = |http: Http| {
+        let url = url.clone();
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[("content-type", "application/json")],
+                r#"{"ids":["s2a-7"]}"#,
+            )
+            .await
+        }
+    };
+    let admin = || {
+        Http::with_token(Some(crate::common::sign_hs256(&serde_json::json!({
+            "sub": "ops", "exp": crate::common::now_s() + 3600,
+            "tilewarm_access": "agent", "tilewarm_admin": true,
+        }))))
+    };
+    for _ in 0..5 {
+        post(Http::new()).await.error(403, "forbidden");
+    }
+    assert_eq!(post(admin()).await.status, 200);
+    assert_eq!(post(admin()).await.status, 200);
+    let r = post(admin()).await;
+    let m = r.error(429, "rate_limited");
+    assert!(m.contains("--invalidate-rate"), "{m}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post(admin()).await.status, 200);
+    // Refused credentials: three 401s, then 429 before the token is checked.
+    for _ in 0..3 {
+        post(Http::with_token(Some("not-a-jwt".into())))
+            .await
+            .error(401, "unauthorized");
+    }
+    post(Http::with_token(Some("not-a-jwt".into())))
+        .await
+        .error(429, "rate_limited");
+    s.shutdown().await;
+}
