@@ -379,6 +379,13 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub changes_retention: usize,
 
+    /// Most database changes (PostGIS `NOTIFY`s) waiting to be applied to the cache tier;
+    /// when one more arrives (the tier is down or slower than the writes), the waiting ones
+    /// are collapsed into one invalidate-all, which loses nothing (counted in
+    /// `tilewarm_changes_queue_overflows_total` and logged).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub change_queue_max: usize,
+
     /// Most open `GET /v1/changes` streams; one more is answered 503 `overloaded`.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub changes_max_subscribers: usize,
@@ -535,6 +542,7 @@ impl Config {
             ("--auth-fail-burst", self.auth_fail_burst as usize),
             ("--auth-fail-max-addresses", self.auth_fail_max_addresses),
             ("--invalidate-burst", self.invalidate_burst as usize),
+            ("--change-queue-max", self.change_queue_max),
         ] {
             if v == 0 {
                 return bad(format!("{flag} must be at least 1, got 0"));
@@ -648,6 +656,7 @@ mod tests {
             "--auth-fail-burst",
             "--auth-fail-max-addresses",
             "--invalidate-burst",
+            "--change-queue-max",
         ] {
             let c = Config::parse_from(["x", flag, "0"]);
             assert!(c.validate().unwrap_err().0.contains(flag), "{flag}");

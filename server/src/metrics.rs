@@ -495,6 +495,11 @@ fn read_app(app: &App, s: &mut Scrape) {
                 "Notifications that could not be read (handled as invalidate-all).",
                 &c.bad_payloads,
             ),
+            (
+                "tilewarm_changes_queue_overflows",
+                "Times more changes waited than --change-queue-max and they were collapsed into one invalidate-all.",
+                &c.queue_overflows,
+            ),
         ] {
             s.counter(name, help, v);
         }

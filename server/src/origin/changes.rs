@@ -42,15 +42,25 @@
 //!
 //! An invalidation the tier cannot apply (Redis down) is retried as `all` every 100 ms until
 //! it is applied; meanwhile the Redis tier is marked down and not read.
+//!
+//! # The queue between the connection and the tier
+//! Notifications arrive as fast as the database commits; they are applied as fast as the
+//! tier can (and not at all while it is down, above). Between the two they wait in a
+//! [`ChangeQueue`] of at most `--change-queue-max` payloads: everything waiting is applied
+//! as one invalidation. When one more arrives with the queue full, the queue is collapsed
+//! into one invalidate-all, which covers every change waiting and every change arriving
+//! until it is applied (so nothing is lost, at the price of a cold tier), logged and
+//! counted in `tilewarm_changes_queue_overflows_total`. Memory is bounded by
+//! `--change-queue-max` times `NOTIFY`'s 8000-byte payload limit.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tilewarm::TileId;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::invalidate::{invalidate, Invalidation};
@@ -76,6 +86,133 @@ pub struct ChangeStats {
     pub connects: AtomicU64,
     pub notifications: AtomicU64,
     pub bad_payloads: AtomicU64,
+    /// Times the queue of waiting changes overflowed and was collapsed into one
+    /// invalidate-all ([`ChangeQueue`]).
+    pub queue_overflows: AtomicU64,
+}
+
+/// Change payloads received and not yet applied, at most `max` of them (module docs).
+/// The connection's task pushes, the listener takes everything at once.
+pub struct ChangeQueue {
+    pending: Mutex<Pending>,
+    ready: Notify,
+    max: usize,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    payloads: Vec<String>,
+    /// The queue overflowed: what is waiting is "everything".
+    everything: bool,
+    /// The connection ended: why.
+    closed: Option<String>,
+}
+
+/// What the listener takes from a [`ChangeQueue`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// These payloads, in arrival order.
+    Changes(Vec<String>),
+    /// More than the queue holds arrived: invalidate everything.
+    Everything,
+    /// Nothing is waiting and the connection ended, for this reason.
+    Closed(String),
+}
+
+impl ChangeQueue {
+    /// A queue of at most `max` payloads (at least 1).
+    pub fn new(max: usize) -> ChangeQueue {
+        ChangeQueue {
+            pending: Mutex::new(Pending::default()),
+            ready: Notify::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a payload. Returns true when this one overflowed the queue, which then
+    /// stands for "everything" until taken (payloads arriving meanwhile are covered by it
+    /// and not kept).
+    pub fn push(&self, payload: String) -> bool {
+        let overflowed = {
+            let mut p = self.lock();
+            if p.everything {
+                false
+            } else if p.payloads.len() >= self.max {
+                p.payloads = Vec::new();
+                p.everything = true;
+                true
+            } else {
+                p.payloads.push(payload);
+                false
+            }
+        };
+        self.ready.notify_one();
+        overflowed
+    }
+
+    /// Marks the connection ended: once what is waiting is taken, [`Self::take`] says so.
+    pub fn close(&self, why: String) {
+        self.lock().closed.get_or_insert(why);
+        self.ready.notify_one();
+    }
+
+    /// Everything waiting, once something is.
+    pub async fn take(&self) -> Taken {
+        loop {
+            {
+                let mut p = self.lock();
+                if p.everything {
+                    p.everything = false;
+                    p.payloads.clear();
+                    return Taken::Everything;
+                }
+                if !p.payloads.is_empty() {
+                    return Taken::Changes(std::mem::take(&mut p.payloads));
+                }
+                if let Some(why) = &p.closed {
+                    return Taken::Closed(why.clone());
+                }
+            }
+            // A push or close between the check and here leaves a permit: no lost wake-up.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Payloads waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().payloads.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a [`Taken`] batch invalidates: the payloads' ids and tiles merged (an unreadable
+/// one, or an overflowed queue: everything). Counts unreadable payloads in `stats`.
+pub fn batch_invalidation(taken: &Taken, zoom: u8, stats: &ChangeStats) -> Invalidation {
+    let payloads = match taken {
+        Taken::Changes(p) => p,
+        Taken::Everything | Taken::Closed(_) => return Invalidation::everything(),
+    };
+    let mut inv = Invalidation::default();
+    for p in payloads {
+        match parse_payload(p, zoom) {
+            Some(i) => inv.merge(i),
+            None => {
+                stats.bad_payloads.fetch_add(1, Relaxed);
+                warn!(payload = %p.chars().take(200).collect::<String>(), "change feed: unreadable notification; invalidating everything");
+                inv.merge(Invalidation::everything());
+            }
+        }
+    }
+    inv.dedup();
+    inv
 }
 
 #[derive(Deserialize)]
@@ -120,8 +257,9 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
         loop {
             let Some(strong) = app.upgrade() else { return };
             let zoom = strong.config.data_zoom;
+            let queue_max = strong.config.change_queue_max;
             drop(strong);
-            let result = listen_once(&app, &feed, zoom).await;
+            let result = listen_once(&app, &feed, zoom, queue_max).await;
             let Err(e) = result else { return }; // the app is gone
             if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
@@ -136,7 +274,12 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
 }
 
 /// One connection's life. `Ok` when the app is gone; `Err` with why the connection ended.
-async fn listen_once(app: &Weak<App>, feed: &ChangeFeed, zoom: u8) -> Result<(), String> {
+async fn listen_once(
+    app: &Weak<App>,
+    feed: &ChangeFeed,
+    zoom: u8,
+    queue_max: usize,
+) -> Result<(), String> {
     let (client, mut connection) = tokio::time::timeout(
         Duration::from_secs(5),
         feed.config.connect(tokio_postgres::NoTls),
@@ -144,21 +287,30 @@ async fn listen_once(app: &Weak<App>, feed: &ChangeFeed, zoom: u8) -> Result<(),
     .await
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| e.to_string())?;
-    // Drive the connection; forward notifications. Ends when the connection does.
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // Drive the connection; queue notifications (bounded, module docs). Ends when the
+    // connection does.
+    let queue = Arc::new(ChangeQueue::new(queue_max));
+    let tx = Arc::clone(&queue);
+    let stats = Arc::clone(&feed.stats);
     let driver = tokio::spawn(async move {
-        loop {
+        let why = loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        return "listener gone".to_string();
+                    stats.notifications.fetch_add(1, Relaxed);
+                    if tx.push(n.payload().to_owned()) {
+                        stats.queue_overflows.fetch_add(1, Relaxed);
+                        warn!(
+                            max = tx.max,
+                            "change feed: more changes waiting than --change-queue-max; collapsed into one invalidate-all"
+                        );
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return e.to_string(),
-                None => return "connection closed".to_string(),
+                Some(Err(e)) => break e.to_string(),
+                None => break "connection closed".to_string(),
             }
-        }
+        };
+        tx.close(why);
     });
     let _abort = AbortOnDrop(driver.abort_handle());
     let listen = format!("LISTEN {}", quote_ident(&feed.channel));
@@ -180,30 +332,13 @@ async fn listen_once(app: &Weak<App>, feed: &ChangeFeed, zoom: u8) -> Result<(),
     ping.tick().await;
     loop {
         tokio::select! {
-            msg = rx.recv() => {
-                let Some(first) = msg else {
-                    return Err("connection closed".into());
-                };
+            taken = queue.take() => {
+                if let Taken::Closed(why) = taken {
+                    return Err(why);
+                }
                 let Some(a) = app.upgrade() else { return Ok(()) };
                 // Everything already queued goes out as one invalidation.
-                let mut inv = Invalidation::default();
-                let mut payloads = vec![first];
-                while let Ok(p) = rx.try_recv() {
-                    payloads.push(p);
-                }
-                for p in &payloads {
-                    feed.stats.notifications.fetch_add(1, Relaxed);
-                    match parse_payload(p, zoom) {
-                        Some(i) => inv.merge(i),
-                        None => {
-                            feed.stats.bad_payloads.fetch_add(1, Relaxed);
-                            warn!(payload = %p.chars().take(200).collect::<String>(), "change feed: unreadable notification; invalidating everything");
-                            inv.merge(Invalidation::everything());
-                        }
-                    }
-                }
-                inv.dedup();
-                apply(&a, inv).await;
+                apply(&a, batch_invalidation(&taken, zoom, &feed.stats)).await;
             }
             _ = ping.tick() => {
                 if app.upgrade().is_none() {
@@ -289,6 +424,80 @@ mod tests {
         assert!(parse_payload("garbage", 14).is_none());
         assert!(parse_payload(r#"{"op":"X","id":"a"}"#, 14).is_none());
         assert!(parse_payload(r#"{"op":"I"}"#, 14).is_none());
+    }
+
+    fn payload(id: &str) -> String {
+        format!(r#"{{"op":"U","id":"{id}","old":[-122.33,47.6],"new":[-122.2,47.7]}}"#)
+    }
+
+    #[tokio::test]
+    async fn waiting_changes_are_taken_together_up_to_the_queues_bound() {
+        let q = ChangeQueue::new(3);
+        let stats = ChangeStats::default();
+        assert!(!q.push(payload("a")));
+        assert!(!q.push(payload("b")));
+        let taken = q.take().await;
+        assert_eq!(taken, Taken::Changes(vec![payload("a"), payload("b")]));
+        let inv = batch_invalidation(&taken, 14, &stats);
+        assert_eq!(inv.ids, ["a", "b"]);
+        assert!(!inv.all);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_queue_collapses_into_one_invalidate_all() {
+        let q = ChangeQueue::new(3);
+        let stats = ChangeStats::default();
+        for id in ["a", "b", "c"] {
+            assert!(!q.push(payload(id)));
+        }
+        // The fourth does not fit: the queue now stands for everything, holds nothing,
+        // and what arrives until it is taken is covered by it, not kept.
+        assert!(q.push(payload("d")));
+        assert!(q.is_empty());
+        for i in 0..1000 {
+            assert!(!q.push(payload(&format!("x{i}"))), "overflow counted once");
+            assert!(q.is_empty());
+        }
+        let taken = q.take().await;
+        assert_eq!(taken, Taken::Everything);
+        assert!(batch_invalidation(&taken, 14, &stats).all);
+        // Taken: the queue works as before.
+        assert!(!q.push(payload("e")));
+        assert_eq!(q.take().await, Taken::Changes(vec![payload("e")]));
+        // A closed connection: what waits is taken first, then the reason.
+        assert!(!q.push(payload("f")));
+        q.close("gone".into());
+        assert_eq!(q.take().await, Taken::Changes(vec![payload("f")]));
+        assert_eq!(q.take().await, Taken::Closed("gone".into()));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_listener_wakes_for_a_push() {
+        let q = Arc::new(ChangeQueue::new(4));
+        let waiter = tokio::spawn({
+            let q = Arc::clone(&q);
+            async move { q.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.push(payload("a"));
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(taken, Taken::Changes(vec![payload("a")]));
+    }
+
+    #[test]
+    fn an_unreadable_payload_in_a_batch_is_everything() {
+        let stats = ChangeStats::default();
+        let inv = batch_invalidation(
+            &Taken::Changes(vec![payload("a"), "garbage".into()]),
+            14,
+            &stats,
+        );
+        assert!(inv.all);
+        assert_eq!(stats.bad_payloads.load(Relaxed), 1);
     }
 
     #[test]

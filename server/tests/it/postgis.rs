@@ -953,3 +953,93 @@ async fn a_postgis_origin_that_is_down_at_start_is_picked_up_later() {
     }
     s.shutdown().await;
 }
+
+/// While the tier cannot apply changes (Redis killed), the database's changes wait in the
+/// listener's queue; one more than `--change-queue-max` collapses them into one
+/// invalidate-all (counted once, however many more arrive), which is applied once Redis is
+/// back (on the change stream: the retried change and then the collapsed queue, both as
+/// everything, and no event naming the waiting rows' ids). Fails with an unbounded queue
+/// (no overflow is counted and the waiting changes go out as their 39 ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_past_the_queue_bound_collapse_into_one_invalidate_all() {
+    if !postgres_available() || !crate::common::redis_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let mut redis = crate::common::RedisServer::start();
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(&pg, &items, &Layout::default()).await;
+    let ids: Vec<String> = items.iter().take(40).map(|i| i.id.clone()).collect();
+    let s = server(Config {
+        redis: Some(redis.url()),
+        redis_prefix: "pgqueue:".into(),
+        redis_timeout_ms: 200,
+        change_queue_max: 3,
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    let inv = &s.app.invalidation.stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let all_before = inv.all.load(Relaxed);
+    let errors_before = inv.errors.load(Relaxed);
+    redis.kill();
+    let admin = pg.client().await;
+    let touch = "UPDATE tilewarm_items SET data = data WHERE id = ANY($1)";
+    // One change: the listener cannot apply it and retries (as invalidate-all) until Redis
+    // is back; what arrives meanwhile waits in the queue.
+    admin.execute(touch, &[&ids[..1].to_vec()]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || inv.errors.load(Relaxed)
+            > errors_before)
+        .await,
+        "the change was not tried against the killed Redis"
+    );
+    // 39 rows in one statement: 39 notifications for a queue of 3.
+    admin.execute(touch, &[&ids[1..].to_vec()]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || feed.notifications.load(Relaxed)
+            >= 40)
+        .await,
+        "notifications: {}",
+        feed.notifications.load(Relaxed)
+    );
+    assert_eq!(feed.queue_overflows.load(Relaxed), 1);
+    let m = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    assert!(
+        m.contains("tilewarm_changes_queue_overflows_total 1"),
+        "{m}"
+    );
+    // Redis back (empty): the retried change and then the collapsed queue are applied and
+    // put on the change stream, both as everything.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let events = s
+            .app
+            .changes
+            .since(Some(tilewarm::protocol::StreamId::ZERO))
+            .await
+            .map(|(e, _)| e)
+            .unwrap_or_default();
+        let invalidations: Vec<&tilewarm::protocol::Invalidation> = events
+            .iter()
+            .filter_map(|e| match e {
+                tilewarm_server::stream::Event::Invalidate(_, inv) => Some(&**inv),
+                _ => None,
+            })
+            .collect();
+        if invalidations.len() >= 2 || Instant::now() > deadline {
+            break invalidations.into_iter().cloned().collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e.all), "{events:?}");
+    assert!(inv.all.load(Relaxed) >= all_before + 2);
+    s.shutdown().await;
+}
