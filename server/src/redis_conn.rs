@@ -452,6 +452,73 @@ impl RedisConn {
         }
     }
 
+    /// `MGET` of `keys` and `PTTL` of `ttl_keys` in the same round trip (one pipeline on one
+    /// Redis; on a cluster the per-slot `MGET`s and the `PTTL`s grouped by node as
+    /// [`Self::mget`] does, from the same nodes, replicas included with replica reads):
+    /// the values in key order, and per `ttl_keys` key its remaining life in milliseconds
+    /// as Redis counts it (`-2`: no such key, `-1`: no expiry).
+    pub async fn mget_and_pttl(
+        &self,
+        keys: &[String],
+        ttl_keys: &[String],
+    ) -> RedisResult<(Vec<Option<Vec<u8>>>, Vec<i64>)> {
+        if ttl_keys.is_empty() {
+            return Ok((self.mget(keys).await?, Vec::new()));
+        }
+        let pttl = |k: &String| {
+            let mut c = redis::cmd("PTTL");
+            c.arg(k);
+            c
+        };
+        match self {
+            RedisConn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                if !keys.is_empty() {
+                    pipe.cmd("MGET").arg(keys);
+                }
+                for k in ttl_keys {
+                    pipe.add_command(pttl(k));
+                }
+                let mut answers: Vec<Value> = pipe.query_async(&mut conn.clone()).await?;
+                let values = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    redis::from_redis_value(answers.remove(0))?
+                };
+                let ttls = answers
+                    .into_iter()
+                    .map(|v| Ok(redis::from_redis_value::<i64>(v)?))
+                    .collect::<RedisResult<Vec<i64>>>()?;
+                Ok((values, ttls))
+            }
+            RedisConn::Cluster(lazy) => {
+                let groups = by_slot(keys);
+                let mut cmds: Vec<(u16, Cmd)> = groups
+                    .iter()
+                    .map(|g| {
+                        let mut cmd = redis::cmd("MGET");
+                        for &i in g {
+                            cmd.arg(&keys[i]);
+                        }
+                        (key_slot(keys[g[0]].as_bytes()), cmd)
+                    })
+                    .collect();
+                cmds.extend(ttl_keys.iter().map(|k| (key_slot(k.as_bytes()), pttl(k))));
+                let mut answers = lazy.on_nodes(cmds, lazy.0.read_from_replicas).await?;
+                let ttl_answers = answers.split_off(groups.len());
+                let mut values = vec![None; keys.len()];
+                for (g, v) in groups.iter().zip(answers) {
+                    place(&mut values, g, redis::from_redis_value(v)?)?;
+                }
+                let ttls = ttl_answers
+                    .into_iter()
+                    .map(|v| Ok(redis::from_redis_value::<i64>(v)?))
+                    .collect::<RedisResult<Vec<i64>>>()?;
+                Ok((values, ttls))
+            }
+        }
+    }
+
     /// `UNLINK` of `keys` (on a cluster, one per slot, concurrently; see [`Self::mget`]).
     pub async fn unlink(&self, keys: &[impl AsRef<str>]) -> RedisResult<()> {
         if keys.is_empty() {

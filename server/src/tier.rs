@@ -14,7 +14,9 @@
 //! → item, `SET … EX <class ttl>`; `<prefix>v3:t:<z>/<x>/<y>` → the tile's items themselves,
 //! `SET … EX` until the soonest of its list's and its items' expiries; warm-up claims
 //! `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. A read is one `MGET` of the tile keys and
-//! the requested ids' item keys, decoded without parsing JSON; writes are one pipeline. On a
+//! the requested ids' item keys, decoded without parsing JSON, with the tile keys' `PTTL`s in
+//! the same pipeline (a hit's answered `ttl` never outlives its key); writes are one
+//! pipeline. On a
 //! Redis Cluster ([`crate::redis_conn`]) the same `MGET` is split by slot and sent to the
 //! masters concurrently, and writes are concurrent commands.
 //!
@@ -568,25 +570,36 @@ impl RedisTier {
         self.conn.mget(keys).await
     }
 
-    /// One `MGET` of the tile keys and the requested ids' item keys. A tile value holds
-    /// its items, so a fresh tile is a hit as it stands: its stored `exp` is the soonest of
-    /// its list's and its items' (`stored`), and each item is checked fresh all the same, so
-    /// "a tile is a hit only when its list and every listed item are fresh" holds here too.
+    /// One `MGET` of the tile keys and the requested ids' item keys, with the tile keys'
+    /// `PTTL`s in the same round trip. A tile value holds its items, so a fresh tile is a
+    /// hit as it stands: its stored `exp` is the soonest of its list's and its items'
+    /// (`stored`), and each item is checked fresh all the same, so "a tile is a hit only
+    /// when its list and every listed item are fresh" holds here too.
+    ///
+    /// A hit's `exp` (what its answered `ttl` counts down to) is the sooner of the stored
+    /// one and the key's own remaining life in Redis ([`list_exp`]): the stored `exp` is
+    /// the writing instance's clock, and a client must not keep a list longer than the
+    /// shared tier does (an instance whose clock runs ahead, a key whose expiry was changed
+    /// in Redis).
     async fn read(
         &self,
         tiles: &[TileId],
         ids: &[String],
         now: u64,
     ) -> redis::RedisResult<TierRead> {
-        let mut keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        let tile_keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        let mut keys = tile_keys.clone();
         keys.extend(ids.iter().map(|id| self.item_key(id)));
-        let mut values = self.mget(&keys).await?;
+        let (mut values, mut pttls) = self.conn.mget_and_pttl(&keys, &tile_keys).await?;
         values.resize(keys.len(), None);
+        pttls.resize(tile_keys.len(), -2);
         let id_values = values.split_off(tiles.len());
         let tiles = values
             .into_iter()
-            .map(|v| {
-                let (exp, items) = decode_tile(v?)?;
+            .zip(pttls)
+            .map(|(v, pttl)| {
+                let (stored, items) = decode_tile(v?)?;
+                let exp = list_exp(stored, pttl, now)?;
                 let fresh = exp > now && items.iter().all(|it| it.exp() > now);
                 fresh.then_some(TileHit { items, exp })
             })
@@ -678,6 +691,19 @@ impl RedisTier {
     }
 }
 
+/// When a tile list read from Redis stops being fresh, for the reader at `now`: the sooner of
+/// its stored expiry and the end of its key's remaining life, `PTTL` ms from now. `None`
+/// when the key was gone by the time `PTTL` ran (`-2`: deleted, by an invalidation, just
+/// after it was read): a miss. A key without an expiry (`-1`, never written so) keeps the
+/// stored one.
+fn list_exp(stored: u64, pttl_ms: i64, now: u64) -> Option<u64> {
+    match pttl_ms {
+        -2 => None,
+        ms if ms >= 0 => Some(stored.min(now.saturating_add(ms as u64))),
+        _ => Some(stored),
+    }
+}
+
 /// Tile values read per `MGET` when invalidating: a tile value holds its items (tens of KB
 /// for a dense tile), so a reply stays a few MB.
 const TILE_VALUES_PER_MGET: usize = 64;
@@ -730,6 +756,18 @@ mod tests {
         assert_eq!(ttl_left_s(10_000, 0), 10);
         assert_eq!(ttl_left_s(10_001, 0), 11);
         assert_eq!(ttl_left_s(5, 10), 1);
+    }
+
+    #[test]
+    fn a_lists_expiry_is_the_sooner_of_the_stored_one_and_the_keys_pttl() {
+        // The writer's clock ran 60 s ahead: the stored expiry is later than Redis's.
+        assert_eq!(list_exp(400_000, 300_000, 40_000), Some(340_000));
+        // The key outlives the stored expiry (EX rounds up to whole seconds).
+        assert_eq!(list_exp(300_000, 300_900, 0), Some(300_000));
+        assert_eq!(list_exp(300_000, 0, 5), Some(5));
+        // Deleted between MGET and PTTL: a miss. No expiry: the stored one.
+        assert_eq!(list_exp(300_000, -2, 0), None);
+        assert_eq!(list_exp(300_000, -1, 0), Some(300_000));
     }
 
     #[test]

@@ -173,3 +173,68 @@ async fn a_server_started_without_redis_serves_and_picks_it_up_later() {
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     s.shutdown().await;
 }
+
+/// A tile list served from Redis reports the list key's own remaining life there (`PTTL`),
+/// not the expiry written in its value (the writing instance's clock and tile TTL): with
+/// 5 s left on the key in Redis, a hit answers `ttl` 5 at most, and `GET /v1/tiles` its
+/// `Cache-Control` too, so no client keeps the list longer than the shared tier does. Fails
+/// when the read ignores `PTTL` (the hit says about 300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_hit_reports_the_remaining_ttl_of_its_redis_key() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(Config {
+        warmup_ring: 0,
+        redis_prefix: "pttl:".into(),
+        ..redis_config(&redis)
+    })
+    .await;
+    let body = request(&[t], &[], Access::Agent);
+    let first = http.ok(&s, &body).await;
+    assert!(
+        first.tiles[0].ttl.is_some_and(|s| s > 250),
+        "{:?}",
+        first.tiles[0].ttl
+    );
+    let key = tilewarm_server::stored::Keys::new("pttl:").tile(t);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let set: i64 = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(5_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(set, 1, "the tile key {key} is in Redis");
+    let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
+    let again = http.ok(&s, &body).await;
+    assert_eq!(
+        s.app.metrics.cache.tile_hits.load(Relaxed),
+        hits + 1,
+        "a hit"
+    );
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    assert_eq!(digest(&again), digest(&first));
+    let ttl = again.tiles[0].ttl.expect("a ttl");
+    assert!((1..=5).contains(&ttl), "ttl {ttl}");
+    let r = http
+        .get(&format!("{}/v1/tiles/{t}?access=agent", s.url()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cc = r.headers["cache-control"].to_str().unwrap().to_owned();
+    let max_age: u32 = cc
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{cc}"));
+    assert!(max_age <= 5, "{cc}");
+    s.shutdown().await;
+}
