@@ -19,6 +19,11 @@
 //! With `--redis-read-from-replicas`, reads on a cluster may be answered by replicas:
 //! more read capacity, but a replica can lag its master by a few milliseconds (a write-back
 //! not yet there is a miss; a key just deleted by an invalidation can still be read there).
+//! Only the request path's reads go there ([`ReadFrom::Any`]): what an invalidation reads to
+//! find the keys to delete (an item's value naming its tile, a tile's value naming its
+//! items, the values a class is matched in) is read from the masters ([`ReadFrom::Master`],
+//! [`RedisConn::mget_from`]), or a key written just before, not yet on the replica, would
+//! be missed and outlive the invalidation.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +32,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_read_routing::RandomReplicaStrategy;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
@@ -129,6 +134,16 @@ fn seed(host_port: &str, auth: &str) -> Result<String, String> {
     Ok(format!("redis://{auth}{host_port}"))
 }
 
+/// Which nodes of a cluster may answer a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// A replica when `--redis-read-from-replicas` is on (the request path: a lagging
+    /// replica costs a miss at worst).
+    Any,
+    /// The slot's master, always (what an invalidation reads to find what to delete).
+    Master,
+}
+
 /// How the tier talks to Redis.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOptions {
@@ -194,7 +209,8 @@ impl LazyCluster {
     /// a replica of it), one pipeline per node, all nodes concurrently. When a node's
     /// pipeline fails (a slot moved, a failover) the table is dropped and that node's
     /// commands are sent one by one through the cluster client, which follows redirects
-    /// and refreshes its own map; commands of a slot the table lacks go that way too.
+    /// and refreshes its own map (to the slot's master unless `replica`); commands of a
+    /// slot the table lacks go that way too.
     async fn on_nodes(&self, cmds: Vec<(u16, Cmd)>, replica: bool) -> RedisResult<Vec<Value>> {
         let mut conn = self.get().await?;
         let table = self.slot_table(&mut conn).await?;
@@ -210,7 +226,7 @@ impl LazyCluster {
                     None => unmapped.push(i),
                 }
             }
-            let cmds: Vec<Cmd> = cmds.into_iter().map(|(_, c)| c).collect();
+            let (slots, cmds): (Vec<u16>, Vec<Cmd>) = cmds.into_iter().unzip();
             let by_node = per_node.into_iter().map(|((host, port), idx)| {
                 let mut conn = conn.clone();
                 let mut pipe = redis::pipe();
@@ -243,7 +259,19 @@ impl LazyCluster {
                 let answers = futures_util::future::try_join_all(retry.iter().map(|&i| {
                     let mut conn = conn.clone();
                     let cmd = cmds[i].clone();
-                    async move { cmd.query_async::<Value>(&mut conn).await }
+                    let slot = slots[i];
+                    async move {
+                        if replica {
+                            cmd.query_async::<Value>(&mut conn).await
+                        } else {
+                            // Not the client's read routing (replicas, when configured).
+                            let to = SingleNodeRoutingInfo::SpecificNode(Route::new(
+                                slot,
+                                SlotAddr::Master,
+                            ));
+                            conn.route_command(cmd, RoutingInfo::SingleNode(to)).await
+                        }
+                    }
                 }))
                 .await?;
                 for (&i, v) in retry.iter().zip(answers) {
@@ -373,6 +401,15 @@ impl RedisConn {
         matches!(self, RedisConn::Cluster(_))
     }
 
+    /// Whether a read `from` goes to replicas: only [`ReadFrom::Any`] on a cluster with
+    /// replica reads on.
+    pub fn reads_replicas(&self, from: ReadFrom) -> bool {
+        match self {
+            RedisConn::Single(_) => false,
+            RedisConn::Cluster(lazy) => lazy.0.read_from_replicas && from == ReadFrom::Any,
+        }
+    }
+
     /// Runs single-key commands, each given with its key, and gives their answers in
     /// order: one pipeline on one Redis; on a cluster (where a pipeline must stay within
     /// one slot) one pipeline per node, as [`Self::mget`] does.
@@ -422,6 +459,15 @@ impl RedisConn {
     /// docs/BENCHMARKS.md); and after a failover it drops the part meant for a node it has
     /// lost and fails with a count mismatch, without refreshing its map.)
     pub async fn mget(&self, keys: &[String]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        self.mget_from(keys, ReadFrom::Any).await
+    }
+
+    /// [`Self::mget`] answered by the nodes `from` allows ([`ReadFrom`]).
+    pub async fn mget_from(
+        &self,
+        keys: &[String],
+        from: ReadFrom,
+    ) -> RedisResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -442,7 +488,7 @@ impl RedisConn {
                         (key_slot(keys[g[0]].as_bytes()), cmd)
                     })
                     .collect();
-                let answers = lazy.on_nodes(cmds, lazy.0.read_from_replicas).await?;
+                let answers = lazy.on_nodes(cmds, self.reads_replicas(from)).await?;
                 let mut out = vec![None; keys.len()];
                 for (g, v) in groups.iter().zip(answers) {
                     place(&mut out, g, redis::from_redis_value(v)?)?;
@@ -504,7 +550,8 @@ impl RedisConn {
                     })
                     .collect();
                 cmds.extend(ttl_keys.iter().map(|k| (key_slot(k.as_bytes()), pttl(k))));
-                let mut answers = lazy.on_nodes(cmds, lazy.0.read_from_replicas).await?;
+                let replica = self.reads_replicas(ReadFrom::Any);
+                let mut answers = lazy.on_nodes(cmds, replica).await?;
                 let ttl_answers = answers.split_off(groups.len());
                 let mut values = vec![None; keys.len()];
                 for (g, v) in groups.iter().zip(answers) {
@@ -759,6 +806,24 @@ mod tests {
                 .unwrap();
             assert!(same(&probe), "{k}");
         }
+    }
+
+    #[tokio::test]
+    async fn only_request_reads_go_to_replicas() {
+        let opts = |read_from_replicas| ConnOptions {
+            timeout: Duration::from_millis(100),
+            read_from_replicas,
+        };
+        // Nothing is contacted: the connections are lazy.
+        let cluster = RedisTarget::Cluster(vec!["redis://127.0.0.1:1".into()]);
+        let replicas = RedisConn::open(&cluster, opts(true)).unwrap();
+        assert!(replicas.reads_replicas(ReadFrom::Any));
+        assert!(!replicas.reads_replicas(ReadFrom::Master));
+        let masters = RedisConn::open(&cluster, opts(false)).unwrap();
+        assert!(!masters.reads_replicas(ReadFrom::Any));
+        let single = RedisTarget::Single("redis://127.0.0.1:1".into());
+        let single = RedisConn::open(&single, opts(false)).unwrap();
+        assert!(!single.reads_replicas(ReadFrom::Any));
     }
 
     #[test]

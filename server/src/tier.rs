@@ -35,7 +35,7 @@ use tilewarm::tile::TileId;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
+use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
 pub use crate::stored::StoredItem;
 use crate::stored::{decode_tile, encode_tile, tile_exp, Keys};
 
@@ -458,7 +458,7 @@ impl RedisTier {
         item_keys: &[String],
         data_zoom: u8,
     ) -> redis::RedisResult<()> {
-        let values = self.mget(item_keys).await?;
+        let values = self.mget_masters(item_keys).await?;
         let mut tiles: Vec<TileId> = values
             .into_iter()
             .flatten()
@@ -476,7 +476,7 @@ impl RedisTier {
     /// by id cannot be answered with an item of an invalidated tile.
     async fn unlink_tiles_and_items(&self, tile_keys: &[String]) -> redis::RedisResult<()> {
         for chunk in tile_keys.chunks(TILE_VALUES_PER_MGET) {
-            let values = self.mget(chunk).await?;
+            let values = self.mget_masters(chunk).await?;
             let mut doomed: Vec<String> = chunk.to_vec();
             for v in values.into_iter().flatten() {
                 if let Some((_, items)) = decode_tile(v) {
@@ -499,7 +499,7 @@ impl RedisTier {
         let mut scan = self.conn.scan(pattern, 1000).await?;
         while let Some(batch) = scan.next_batch().await? {
             for chunk in batch.chunks(per_mget) {
-                let values = self.mget(chunk).await?;
+                let values = self.mget_masters(chunk).await?;
                 let doomed: Vec<&String> = chunk
                     .iter()
                     .zip(values)
@@ -563,11 +563,14 @@ impl RedisTier {
         }
     }
 
-    async fn mget(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
+    /// `MGET` for an invalidation: from the masters, never a replica (`--redis-read-from-
+    /// replicas`), whose lag would hide a key just written and let it outlive the
+    /// invalidation ([`crate::redis_conn::ReadFrom`]).
+    async fn mget_masters(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.conn.mget(keys).await
+        self.conn.mget_from(keys, ReadFrom::Master).await
     }
 
     /// One `MGET` of the tile keys and the requested ids' item keys, with the tile keys'

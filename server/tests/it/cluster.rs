@@ -137,6 +137,17 @@ async fn two_instances_on_a_cluster_answer_like_one_on_a_single_redis() {
         );
     }
     assert!(on_replicas(&cluster) > before, "no MGET reached a replica");
+    // The hits from replicas answered each tile's remaining TTL (its key's PTTL, read
+    // there too).
+    let hit = client(&http, Access::Agent).ok(&d, &traffic[3].1).await;
+    assert!(
+        hit.tiles
+            .iter()
+            .all(|l| l.ttl.is_some_and(|t| (1..=300).contains(&t))),
+        "{:?}",
+        hit.tiles.iter().map(|l| l.ttl).collect::<Vec<_>>()
+    );
+    invalidation_reads_the_masters(&cluster, &d, &masters, &replicas).await;
     for s in [a, b, c, d] {
         s.shutdown().await;
     }
@@ -369,4 +380,68 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// With `--redis-read-from-replicas` (`d`, whose requests read the replicas), what an
+/// invalidation reads to find the keys to delete (the items' values naming their tiles, the
+/// tiles' values naming their items, the values a class is matched in) is read from the
+/// masters: a replica lagging its master would hide a key just written, which would then
+/// outlive the invalidation. Counted with `INFO commandstats`: while the invalidations run
+/// (nothing else reads: no warm-up, no requests), no replica answers an `MGET` and the
+/// masters do. Fails when invalidation reads go through the replica-read routing (the
+/// replicas' `MGET` count grows). Run inside the test above (one cluster less on a small
+/// machine), once `d` has read a `CLUSTER SLOTS` that lists the replicas.
+async fn invalidation_reads_the_masters(
+    cluster: &RedisCluster,
+    d: &tilewarm_server::Server,
+    masters: &[(u16, u32)],
+    replicas: &[u16],
+) {
+    use tilewarm_server::invalidate::Invalidation;
+    let o = origin(42, 5_000);
+    let occupied: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
+    let tiles: Vec<TileId> = occupied.iter().step_by(7).take(8).copied().collect();
+    let ids: Vec<String> = tiles
+        .iter()
+        .filter_map(|&t| o.tile_items(t, Access::Agent).next().map(|i| i.id.clone()))
+        .collect();
+    let http = Http::new();
+    let body = request(&tiles, &[], Access::Agent);
+    http.ok(d, &body).await;
+    let masters: Vec<u16> = masters.iter().map(|&(p, _)| p).collect();
+    let mgets = |ports: &[u16]| -> u64 { ports.iter().map(|&p| cluster.mget_calls(p)).sum() };
+    let (on_replicas, on_masters) = (mgets(replicas), mgets(&masters));
+    for i in [
+        Invalidation {
+            ids: ids.clone(),
+            ..Invalidation::default()
+        },
+        Invalidation {
+            tiles: vec![tiles[0]],
+            ..Invalidation::default()
+        },
+        Invalidation {
+            classes: vec!["active".into()],
+            ..Invalidation::default()
+        },
+    ] {
+        tilewarm_server::invalidate::invalidate(&d.app, &i)
+            .await
+            .expect("applied");
+    }
+    assert_eq!(
+        mgets(replicas),
+        on_replicas,
+        "a replica answered an invalidation's read"
+    );
+    assert!(mgets(&masters) > on_masters, "the masters answered no MGET");
+    // And it took: every tile is asked of the origin again.
+    let calls = d.app.metrics.origin_calls();
+    let misses = d.app.metrics.cache.tile_misses.load(Relaxed);
+    http.ok(d, &body).await;
+    assert_eq!(d.app.metrics.origin_calls(), calls + 1);
+    assert_eq!(
+        d.app.metrics.cache.tile_misses.load(Relaxed),
+        misses + tiles.len() as u64
+    );
 }
