@@ -123,7 +123,13 @@ impl World {
 
     /// Checks one answer against the origin at the caller's tier.
     fn check(&self, req: &BatchRequest, body: &str) -> Result<(), TestCaseError> {
-        let r = decode_response(body.as_bytes(), &self.app.limits)
+        // A response may be longer than the largest request (the server's `max_body_bytes`):
+        // read it as a client does, up to the protocol's default.
+        let limits = tilewarm::protocol::Limits {
+            max_body_bytes: tilewarm::protocol::Limits::default().max_body_bytes,
+            ..self.app.limits
+        };
+        let r = decode_response(body.as_bytes(), &limits)
             .map_err(|e| TestCaseError::fail(format!("invalid answer: {e}")))?;
         let o = self.app.origin.index().expect("the memory origin");
         for it in &r.items {
@@ -282,4 +288,102 @@ fn the_verified_tier_bounds_the_answer_not_the_claimed_access() {
                 .expect("answered");
         }
     });
+}
+
+/// Coarse tiles from a low-tier caller: a coalesced one (zoom 12, two levels above the data
+/// zoom: split onto its 16 data tiles, read and written through the shared tier) and direct
+/// ones (zooms 11 and 10: answered straight from the origin, never cached), asked by
+/// `public`, `registered` and `verified` callers whose requests claim `agent`
+/// (`batch::answer` is given the verified tier, as HTTP does after refusing a claim above
+/// it), cold and then warm. Every answer holds exactly the origin's items for the caller's
+/// tier, and what the low-tier request wrote to the tier is each data tile's whole list
+/// with every item under its own tier (the one key per data tile that every caller reads
+/// and that is filtered per caller), never relabelled to the caller's tier. The origin call
+/// is made at the top tier on purpose (see `batch::fetch`): the tier is shared, so a list
+/// fetched for a `public` caller must also serve an `agent`. Fails when the caller filter
+/// in `proxy::policy::Read::assemble` is removed.
+#[test]
+fn coarse_and_direct_tiles_never_answer_or_cache_above_the_callers_tier() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = redis_available().then(RedisServer::start);
+    let mut configs = vec![config()];
+    if let Some(r) = &redis {
+        configs.push(Config {
+            redis: Some(r.url()),
+            redis_prefix: "coarse:".into(),
+            redis_timeout_ms: 500,
+            ..config()
+        });
+    }
+    for cfg in configs {
+        let on_redis = cfg.redis.is_some();
+        rt.block_on(async {
+            for caller in [Access::Public, Access::Registered, Access::Verified] {
+                let world = World::new(Config {
+                    warmup_ring: 0,
+                    ..cfg.clone()
+                })
+                .await;
+                // Each world starts from an empty tier (a Redis one is emptied).
+                world
+                    .app
+                    .tier
+                    .invalidate(
+                        &tilewarm_server::invalidate::Invalidation::everything(),
+                        world.app.config.data_zoom,
+                    )
+                    .await
+                    .unwrap();
+                let coalesced = world.corner.parent().unwrap();
+                let direct = [
+                    world.corner.ancestor(11).unwrap(),
+                    world.corner.ancestor(10).unwrap(),
+                ];
+                let claimed = BatchRequest {
+                    tiles: vec![coalesced, direct[0], direct[1]],
+                    ids: Vec::new(),
+                    access: Access::Agent,
+                };
+                let as_caller = BatchRequest {
+                    access: caller,
+                    ..claimed.clone()
+                };
+                for round in ["cold", "warm"] {
+                    let body = answer(&world.app, &claimed, caller, &Default::default())
+                        .await
+                        .expect("answered");
+                    if let Err(e) = world.check(&as_caller, &body) {
+                        panic!("redis {on_redis}, {caller:?}, {round}: {e}");
+                    }
+                }
+                // What the caller's requests wrote: every data tile of the coalesced tile,
+                // whole, each item under the tier the origin gives it.
+                let o = world.app.origin.index().expect("the memory origin");
+                let data_tiles = coalesced.descendants(14).unwrap();
+                let read = world.app.tier.read(&data_tiles, &[]).await.unwrap();
+                for (t, hit) in data_tiles.iter().zip(&read.tiles) {
+                    let hit = hit.as_ref().unwrap_or_else(|| panic!("{t} not cached"));
+                    let mut cached: Vec<(String, Access)> = hit
+                        .items
+                        .iter()
+                        .map(|it| (it.id().to_owned(), it.access()))
+                        .collect();
+                    let mut truth: Vec<(String, Access)> = o
+                        .tile_items(*t, Access::Agent)
+                        .map(|it| (it.id.clone(), it.access))
+                        .collect();
+                    cached.sort();
+                    truth.sort();
+                    assert_eq!(cached, truth, "redis {on_redis}, {caller:?}: tile {t}");
+                }
+                // The direct tiles were not cached.
+                let direct_read = world.app.tier.read(&direct, &[]).await.unwrap();
+                assert!(direct_read.tiles.iter().all(Option::is_none));
+            }
+        });
+    }
 }
