@@ -223,12 +223,15 @@ async function readBody(res) {
   }
 }
 
-/** Retry-After: delta seconds or an HTTP date, as milliseconds; -1 when absent or bad. */
-function retryAfterMs(h) {
+/** Retry-After: delta seconds or an HTTP date, as milliseconds; -1 when absent or bad. A
+ * date is measured from `now`, the cache's clock (the `now` option), as every other time
+ * the engine is given is: against `Date.now()` a cache on another clock would wait the
+ * wrong time. */
+function retryAfterMs(h, now) {
   if (h == null) return -1;
   if (/^\s*\d+\s*$/.test(h)) return Number(h) * 1000;
   const at = Date.parse(h);
-  return Number.isNaN(at) ? -1 : Math.max(0, at - Date.now());
+  return Number.isNaN(at) ? -1 : Math.max(0, at - now);
 }
 
 function report(e) {
@@ -885,7 +888,7 @@ export class TileCache {
       try { detail = JSON.parse(text)?.error; } catch { /* not JSON */ }
       req.detail = isObject(detail) ? detail : undefined;
       const failure = res.status === 401 ? FAILED_UNAUTHORIZED : FAILED_HTTP;
-      return this.#failed(req, failure, res.status, retryAfterMs(res.headers.get('retry-after')), '');
+      return this.#failed(req, failure, res.status, retryAfterMs(res.headers.get('retry-after'), this.#now()), '');
     }
     let f;
     try {

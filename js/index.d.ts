@@ -117,7 +117,8 @@ export interface FetchError extends Error {
   kind: RequestKind;
   /** The request is tried again after a backoff. */
   willRetry: boolean;
-  /** From a `Retry-After` header. */
+  /** From a `Retry-After` header: its seconds, or the time from the cache's clock (the
+   * `now` option) to its HTTP date (0 when that has passed). */
   retryAfterMs?: number;
   /** The `error.code` of the server's error body, when it sent one. */
   serverCode?: string;

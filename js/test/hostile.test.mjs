@@ -260,23 +260,42 @@ test('a 10 s stall under mocked time: the request times out at timeoutMs, is ret
   cache.dispose();
 }));
 
-test('429 with Retry-After: no request for those tiles before it, across retries and give-ups', () => withMockedTimers(async () => {
-  const s = scripted();
-  let limited = 5;
-  s.trouble = () => (limited-- > 0 ? status(429, { 'retry-after': '7' }) : undefined);
-  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH, batch: { retries: 1 } });
-  const errors = [];
-  cache.onError((e) => errors.push(e));
-  cache.setViewport(viewOf(SX, SY));
-  await s.advance(60_000, 50);
-  assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true);
-  assert.equal(s.calls.length, 6, 'five 429s, then the answer');
-  const gaps = s.calls.slice(1).map((c, i) => c.at - s.calls[i].at);
-  assert.ok(gaps.every((g) => g >= 7000), `gaps ${gaps}`);
-  assert.ok(errors.every((e) => e.status === 429 && e.retryAfterMs === 7000));
-  assert.equal(cache.stats().errors, 5);
-  cache.dispose();
-}));
+// Retry-After in both of its forms: delay seconds, and an HTTP date 7 s (rounded up to the
+// second) after the cache's clock, which the scripted fetch runs years before Date.now():
+// the date is measured from the injected clock, so it too means a wait of at least 7 s from
+// the request, and `retryAfterMs` is the date less the clock when the answer is read.
+for (const [form, retryAfter, waitMs] of [
+  ['delay seconds', () => '7', () => 7000],
+  ['an HTTP date', (now) => new Date(Math.ceil((now + 7000) / 1000) * 1000).toUTCString(), (h, at) => Date.parse(h) - at],
+]) {
+  test(`429 with Retry-After as ${form}: no request for those tiles before it, across retries and give-ups`, () => withMockedTimers(async () => {
+    const s = scripted();
+    let limited = 5;
+    const sent = [];
+    s.trouble = () => {
+      if (limited-- <= 0) return undefined;
+      sent.push(retryAfter(s.now));
+      return status(429, { 'retry-after': sent.at(-1) });
+    };
+    const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH, batch: { retries: 1 } });
+    const errors = [];
+    cache.onError((e) => errors.push({ e, at: s.now }));
+    cache.setViewport(viewOf(SX, SY));
+    await s.advance(60_000, 50);
+    assert.equal(cache.setViewport(viewOf(SX, SY)).complete, true);
+    assert.equal(s.calls.length, 6, 'five 429s, then the answer');
+    const gaps = s.calls.slice(1).map((c, i) => c.at - s.calls[i].at);
+    assert.ok(gaps.every((g) => g >= 7000), `gaps ${gaps}`);
+    assert.equal(errors.length, 5);
+    errors.forEach(({ e, at }, i) => {
+      assert.equal(e.status, 429);
+      assert.equal(e.retryAfterMs, waitMs(sent[i], at), `Retry-After ${sent[i]}`);
+      assert.ok(e.retryAfterMs > 6000, `retryAfterMs ${e.retryAfterMs}`);
+    });
+    assert.equal(cache.stats().errors, 5);
+    cache.dispose();
+  }));
+}
 
 test('a dead backend under a still page: the visible tiles are retried with a growing backoff, not every second', (t) => withMockedTimers(async () => {
   const s = scripted();
