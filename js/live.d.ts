@@ -44,7 +44,10 @@ export interface Following {
 /**
  * Follows the server's change feed (`GET /v1/changes`, server-sent events): each change is
  * invalidated in `cache` (visible tiles are fetched again and `onUpdate` fires); `reset`
- * invalidates everything; a dropped connection resumes with `Last-Event-ID`.
+ * invalidates everything; a dropped connection resumes with `Last-Event-ID`. The server
+ * filters the feed by the connection's verified tier, so a change of the cache's tier
+ * (`cache.onAccess`) makes the connection again at once with a fresh `auth.token()`,
+ * resuming after the last event applied; events of the old connection are not applied.
  * @example
  * const cache = await TileCache.create({ endpoint: 'https://api.example/v1/batch', auth });
  * follow(cache, 'https://api.example/v1/changes', { auth, signal });

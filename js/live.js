@@ -11,6 +11,11 @@
 // jitter; back to 0.5 s once a connection is up), so no event is lost while the server
 // still holds it. The first connection invalidates everything too: what the cache held
 // before it cannot be proven fresh (follow right after create and that is nothing).
+// The server filters the feed for the connection's verified tier (ids go to the top tier
+// only), so when the cache's tier changes (cache.onAccess: setAccess, or a lower tier the
+// server reported) the connection is dropped and made again at once with a fresh
+// auth.token(), resuming after the last event applied; events the old connection still
+// delivers are not applied or reported.
 // Types: live.d.ts.
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
@@ -62,7 +67,7 @@ async function* events(body) {
  * `done` resolves when following stopped. See live.d.ts.
  */
 export function follow(cache, url, options = {}) {
-  if (typeof cache?.invalidate !== 'function' || typeof cache.onDispose !== 'function') {
+  if (typeof cache?.invalidate !== 'function' || typeof cache.onDispose !== 'function' || typeof cache.onAccess !== 'function') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'follow takes a TileCache first');
   }
   let href;
@@ -87,6 +92,13 @@ export function follow(cache, url, options = {}) {
   // (or the wait before the next) is aborted, where the loop used to notice only when an
   // event's invalidate threw, so a quiet or failing feed was followed for ever.
   const offDispose = cache.onDispose(stop);
+  // The connection being made or read (its own controller, aborted on a change of tier),
+  // and how to end the wait before the next one early.
+  let conn = null, wake = null;
+  const offAccess = cache.onAccess(() => {
+    conn?.abort();
+    wake?.();
+  });
 
   /** Applies one event (a `ready` with `all` invalidates everything); false when the
    * cache is gone. */
@@ -120,6 +132,10 @@ export function follow(cache, url, options = {}) {
   const run = async () => {
     let wait = minMs, first = state.lastEventId === undefined;
     while (!ctrl.signal.aborted) {
+      const c = new AbortController();
+      conn = c;
+      const cut = () => c.abort();
+      ctrl.signal.addEventListener('abort', cut, { once: true });
       try {
         const h = { ...headers, accept: 'text/event-stream' };
         if (auth) {
@@ -127,8 +143,10 @@ export function follow(cache, url, options = {}) {
           if (typeof token !== 'string' || !TOKEN.test(token)) throw fail(Error, 'ERR_TOKEN', 'auth.token() must give a bearer token');
           h.authorization = `Bearer ${token}`;
         }
+        // The tier changed while the token was asked for: it may be the old one's.
+        if (c.signal.aborted) continue;
         if (state.lastEventId !== undefined) h['last-event-id'] = state.lastEventId;
-        const res = await fetch.call(globalThis, href, { headers: h, signal: ctrl.signal });
+        const res = await fetch.call(globalThis, href, { headers: h, signal: c.signal });
         if (res.status === 400 && state.lastEventId !== undefined) {
           // The server cannot read our id: start over, invalidating everything.
           res.body?.cancel().catch(() => {});
@@ -142,6 +160,8 @@ export function follow(cache, url, options = {}) {
           throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}`);
         }
         for await (const ev of events(res.body)) {
+          // Sent for the tier before a change: not applied, not reported.
+          if (c.signal.aborted) break;
           if (ev.event === 'ready') {
             wait = minMs;
             if (first) {
@@ -152,16 +172,24 @@ export function follow(cache, url, options = {}) {
           }
           if (!apply(ev)) return;
         }
+        if (c.signal.aborted) continue;
         throw fail(Error, 'ERR_FEED', 'change feed: the server closed the stream');
       } catch (e) {
         if (ctrl.signal.aborted) return;
+        // A change of tier: connect again at once, with the new credentials.
+        if (c.signal.aborted) continue;
         onError(e);
+      } finally {
+        ctrl.signal.removeEventListener('abort', cut);
+        conn = null;
       }
       const jittered = wait / 2 + Math.random() * (wait / 2);
       await new Promise((ok) => {
-        const done = () => { clearTimeout(t); ctrl.signal.removeEventListener('abort', done); ok(); };
+        const done = () => { clearTimeout(t); ctrl.signal.removeEventListener('abort', done); wake = null; ok(); };
         const t = setTimeout(done, jittered);
         ctrl.signal.addEventListener('abort', done, { once: true });
+        // A change of tier ends the wait too: the next connection is the new tier's.
+        wake = done;
       });
       wait = Math.min(maxMs, wait * 2);
     }
@@ -169,6 +197,7 @@ export function follow(cache, url, options = {}) {
   state.done = run().finally(() => {
     signal?.removeEventListener('abort', stop);
     offDispose();
+    offAccess();
   });
   return state;
 }

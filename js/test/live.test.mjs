@@ -181,6 +181,56 @@ test('a public page gets an ids change as reset: new values, never the ids', { s
   cache.dispose();
 });
 
+test('a change of tier reconnects the feed with the new token: a page dropped to public gets no ids', { skip }, async () => {
+  const server = await startServer();
+  const net = cuttable();
+  // The page's credentials: a token of `tier`, for the cache and the feed alike.
+  let tier = 'agent';
+  const who = {
+    token: () => new SignJWT({ tilewarm_access: tier })
+      .setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h')
+      .sign(new TextEncoder().encode(SECRET)),
+  };
+  const cache = await TileCache.create({ endpoint: `${server.url}/v1/batch`, fetch: net.fetch, auth: who, access: 'agent' });
+  let shown = new Map();
+  cache.onUpdate((items) => { shown = new Map(items.map((it) => [it.id, it.data])); });
+  cache.setViewport(viewOf(SX, SY));
+  await cache.whenComplete();
+  const events = [];
+  const stop = new AbortController();
+  const f = follow(cache, `${server.url}/v1/changes`, { auth: who, signal: stop.signal, fetch: net.fetch, onEvent: (e) => events.push(e), minRetryMs: 20 });
+  await until(() => events.some((e) => e.type === 'ready'), 'ready');
+  await until(() => shown.size > 0, 'the view again');
+  const [a, b] = [...shown.keys()].filter((x) => backend.byId.get(x).access === 'public');
+  assert.ok(a && b, 'two public items in view');
+  // At agent the feed names ids.
+  const first = await invalidate(server, { ids: [a] });
+  await until(() => events.some((e) => e.id === first), 'the first change');
+  assert.deepEqual(events.find((e) => e.id === first).invalidation.ids, [a]);
+  assert.equal(net.conns.length, 1);
+
+  // A logout: the token is public now, and the cache drops to public.
+  tier = 'public';
+  cache.setAccess('public');
+  await until(() => net.conns.length === 2, 'a new connection');
+  const auth = net.conns[1].headers.authorization;
+  const claims = JSON.parse(Buffer.from(auth.split('.')[1], 'base64url'));
+  assert.equal(claims.tilewarm_access, 'public', 'the new connection carries the new token');
+  assert.equal(net.conns[1].headers['last-event-id'], first, 'it resumes after the last event');
+  assert.ok(net.conns[0].c.signal.aborted, 'the agent connection was closed');
+  await until(() => events.filter((e) => e.type === 'ready').length === 2, 'ready again');
+  // A change by id now reaches the page as reset, never by name.
+  backend.byId.get(b).data.price += 5;
+  const second = await invalidate(server, { ids: [b] });
+  await until(() => events.some((e) => e.id === second), 'the second change');
+  assert.equal(events.find((e) => e.id === second).type, 'reset');
+  assert.ok(!JSON.stringify(events.slice(events.findIndex((e) => e.id === first) + 1)).includes(JSON.stringify(b)), 'an id reached the page after its drop to public');
+  await until(() => shown.get(b)?.price === backend.byId.get(b).data.price, 'the new price');
+  stop.abort();
+  await f.done;
+  cache.dispose();
+});
+
 test('past the retention a reconnect gets reset and invalidates everything', { skip }, async () => {
   const server = await startServer(['--changes-retention', '2']);
   const net = cuttable();
@@ -252,6 +302,40 @@ test('follow stops when the cache is disposed: on a quiet feed, a failing one, a
   assert.equal(feed.connections, 0, 'a disposed cache is not followed at all');
 });
 
+test('events a connection delivers after a change of tier are neither applied nor reported', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url, access: 'agent' });
+  const applied = [];
+  const invalidate = cache.invalidate.bind(cache);
+  cache.invalidate = (what) => { applied.push(what); return invalidate(what); };
+  const conns = [];
+  // The first connection sends three events in one chunk; the tier changes while the
+  // second is reported, so the third (an agent's ids) arrives after the change.
+  const feed = async (_url, { headers, signal }) => {
+    conns.push(headers);
+    const body = conns.length === 1
+      ? 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid: 2-0\ndata: {"ids":["a"]}\n\nevent: invalidate\nid: 3-0\ndata: {"ids":["agent-only"]}\n\n'
+      : 'event: ready\nid: 2-0\ndata: {}\n\n';
+    return new Response(new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode(body));
+        signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  };
+  const events = [];
+  const f = follow(cache, 'http://feed.test/v1/changes', {
+    fetch: feed, lastEventId: '0-0', minRetryMs: 20,
+    onEvent: (e) => { events.push(e); if (e.id === '2-0' && e.type === 'invalidate') cache.setAccess('public'); },
+  });
+  await until(() => conns.length === 2 && events.filter((e) => e.type === 'ready').length === 2, 'the second connection');
+  assert.deepEqual(events.map((e) => `${e.type} ${e.id}`), ['ready 1-0', 'invalidate 2-0', 'ready 2-0']);
+  assert.ok(!JSON.stringify(applied).includes('agent-only'), 'an event of the old tier was applied');
+  assert.equal(conns[1]['last-event-id'], '2-0', 'resumed after the last event applied');
+  assert.equal(f.lastEventId, '2-0');
+  cache.dispose();
+  await f.done;
+});
+
 test('onDispose: called once at dispose, at once on a disposed cache, not after unsubscribing', async () => {
   const cache = await TileCache.create({ endpoint: backend.url });
   const calls = [];
@@ -267,6 +351,7 @@ test('onDispose: called once at dispose, at once on a disposed cache, not after 
 
 test('follow checks its arguments', { skip }, async () => {
   assert.throws(() => follow({}, 'http://x/'), { code: 'ERR_INVALID_ARG_TYPE' });
+  assert.throws(() => follow({ invalidate() {}, onDispose() {} }, 'http://x/'), { code: 'ERR_INVALID_ARG_TYPE' });
   const cache = await TileCache.create({ endpoint: 'http://127.0.0.1:9/v1/batch' });
   assert.throws(() => follow(cache, 'not a url'), { code: 'ERR_INVALID_ARG_VALUE' });
   assert.throws(() => follow(cache, 'http://x/', { nope: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
