@@ -29,7 +29,9 @@ export interface SourceOptions {
  * `stale` and `item`. When the cache's tier changes (`cache.onAccess`: `setAccess`, or a
  * lower tier the server reported), the source is emptied at once and loads the view again.
  * `source.refresh()` and `source.clear()` work as for any vector source (the adapter forgets
- * what it held).
+ * what it held). `source.dispose()` lets go of the cache: the source's `onAccess` listener
+ * is removed, its loads out are aborted and its `follow()`s detached, so nothing of the
+ * cache reaches a disposed source.
  * Views in EPSG:3857.
  * @example
  * import VectorSource from 'ol/source/Vector.js';
@@ -46,7 +48,7 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
 /**
  * Feeds `map`'s view to the source's cache once per animation frame while it moves (so
  * tilewarm's prefetch runs) and, when a move ends, removes the features of tiles that left
- * the view. Returns `detach()`.
+ * the view. Returns `detach()`; disposing of the source detaches it too.
  */
 export function follow(
   map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },

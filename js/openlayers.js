@@ -10,7 +10,9 @@
 // Each tile the strategy asks for is one `loadTiles` call (the calls of a tick go out
 // together); a feature per item, its id the item's id, so an item in tiles of two zooms is
 // one feature (held while any loaded tile has it). When the cache's tier changes, the source
-// is emptied and loads again. Views in EPSG:3857 (OpenLayers' default).
+// is emptied and loads again. `source.dispose()` lets go of the cache: its listener, the
+// loads out (aborted) and the follow()s of the source (detached). Views in EPSG:3857
+// (OpenLayers' default).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
 
@@ -70,7 +72,9 @@ export function createSource(ol, cache, options = {}) {
   const tiles = new Map();
   /** id -> { feature, tiles: Set<key> } */
   const held = new Map();
-  let source;
+  /** The detach() of each follow() of the source. */
+  const followers = new Set();
+  let source, disposed = false;
 
   function featureOf(item) {
     const f = new ol.Feature({ geometry: new ol.Point(toMercator(item.lon, item.lat)) });
@@ -131,6 +135,7 @@ export function createSource(ol, cache, options = {}) {
   }
 
   function loader(extent, resolution, projection, success, failure) {
+    if (disposed) return;
     if (projection.getCode() !== 'EPSG:3857') {
       onError(fail(RangeError, 'ERR_OUT_OF_RANGE', `tilewarm/openlayers needs a view in EPSG:3857, got ${projection.getCode()}`));
       failure();
@@ -158,6 +163,7 @@ export function createSource(ol, cache, options = {}) {
     // `rendercomplete` wait for none to be left): one aborted (its tile dropped or loaded
     // again) or superseded (its tile forgotten) succeeds with nothing.
     loading.then(([got]) => {
+      if (disposed) return;
       if (tiles.get(key) !== t) { success([]); return; }
       if (got.error) {
         onError(got.error);
@@ -169,6 +175,7 @@ export function createSource(ol, cache, options = {}) {
       }
       success(fill(key, got.items));
     }, (e) => {
+      if (disposed) return;
       if (ctrl.signal.aborted) { success([]); return; }
       onError(e);
       failure();
@@ -184,15 +191,31 @@ export function createSource(ol, cache, options = {}) {
     held.clear();
   }
 
-  source = new ol.VectorSource({ strategy: ol.tileStrategy(grid), loader });
+  /** `source.dispose()`: nothing of the cache's reaches the source any more, and nothing of
+   * the source's keeps the cache busy. */
+  function teardown() {
+    disposed = true;
+    offAccess();
+    for (const detach of [...followers]) detach();
+    reset();
+    states.delete(source);
+  }
+
+  class TilewarmSource extends ol.VectorSource {
+    disposeInternal() {
+      teardown();
+      super.disposeInternal();
+    }
+  }
+  source = new TilewarmSource({ strategy: ol.tileStrategy(grid), loader });
   // Held features and loaded tiles that outlived a clear would be found on the next load
   // and never added again: an empty map.
   source.on('clear', reset);
   // A tier change (setAccess, or a lower tier the server reported) leaves features the new
   // tier may not see: the source is emptied at once (a clear: reset) and loads the view
-  // again. (Held for the source's life: a source is made for one cache.)
-  cache.onAccess(() => source.refresh());
-  states.set(source, { cache, tiles, drop, onError });
+  // again. Held until the source is disposed.
+  const offAccess = cache.onAccess(() => source.refresh());
+  states.set(source, { cache, tiles, drop, onError, followers });
   return source;
 }
 
@@ -201,15 +224,15 @@ export function createSource(ol, cache, options = {}) {
  * `cache.setViewport` at most once per animation frame while it moves, so tilewarm's
  * prefetch runs, and when a move ends, removes the features of tiles that left the view
  * (and aborts their loads; tiles within a quarter of the view's size stay). Returns
- * `detach()`.
+ * `detach()`, which disposing of the source also does.
  */
 export function follow(map, source) {
   if (!map || typeof map.getView !== 'function' || typeof map.on !== 'function') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'map must be an ol/Map');
   }
   const st = states.get(source);
-  if (!st) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'source must come from createSource');
-  const { cache, tiles, drop, onError } = st;
+  if (!st) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'source must come from createSource, not disposed');
+  const { cache, tiles, drop, onError, followers } = st;
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
   let frame = 0, detached = false;
 
@@ -261,13 +284,18 @@ export function follow(map, source) {
   map.on('change:size', schedule);
   map.on('moveend', prune);
   push();
-  return function detach() {
+  // Detached too when the source is disposed.
+  followers.add(detach);
+  return detach;
+
+  function detach() {
     if (detached) return;
     detached = true;
+    followers.delete(detach);
     if (frame) cancelAnimationFrame(frame);
     view.un('change:center', schedule);
     view.un('change:resolution', schedule);
     map.un('change:size', schedule);
     map.un('moveend', prune);
-  };
+  }
 }

@@ -5,7 +5,8 @@
 // the view to the planner); loads aborted by a refresh end (source.loading back to false);
 // after source.refresh() the source holds the view's items again; a tier drop takes the
 // features above the new tier out of the source at once; follow() gives the cache the zoom
-// of the view's resolution, whatever the view's own zoom levels; no console errors. Screenshot:
+// of the view's resolution, whatever the view's own zoom levels; a disposed source lets go of
+// the cache (no tier reload, loads aborted, follow() detached); no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -184,6 +185,68 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     }, tileCorner(14, SX + 0.5, SY + 0.5));
     assert.ok(zooms.length >= 1, 'setViewport called');
     assert.ok(Math.abs(zooms[0] - Math.log2(156543.03392804097 / 10)) < 1e-9, `zoom ${zooms[0]}`);
+  });
+
+  it('a disposed source lets go of the cache: no tier reload, its loads aborted, its follow() detached', async () => {
+    backend.delayMs = 400;
+    let r;
+    try {
+      r = await page.evaluate(async ([lon, lat]) => {
+        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+        const ol = { VectorSource, Feature, Point, tileStrategy, createXYZ };
+        const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12, access: 'agent' });
+        // What the source asks of the cache: its loads' signals, and the views follow() feeds.
+        const signals = [];
+        const loadTiles = cache.loadTiles.bind(cache);
+        cache.loadTiles = (tiles, o) => { signals.push(o.signal); return loadTiles(tiles, o); };
+        let views = 0;
+        const setViewport = cache.setViewport.bind(cache);
+        cache.setViewport = (v) => { views++; return setViewport(v); };
+        const errors = [];
+        const source = createSource(ol, cache, { onError: (e) => errors.push(String(e)) });
+        let refreshed = 0;
+        const refresh = source.refresh.bind(source);
+        source.refresh = () => { refreshed++; refresh(); };
+        // Another source on the same cache, not disposed: still told of a tier change.
+        const other = createSource(ol, cache);
+        let otherRefreshed = 0;
+        other.refresh = () => { otherRefreshed++; };
+        const div = document.createElement('div');
+        div.style.cssText = 'width: 400px; height: 300px';
+        document.body.append(div);
+        const layer = new VectorLayer({ source });
+        const map = new Map({ target: div, layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+        follow(map, source);
+        const end = Date.now() + 10_000;
+        while (signals.length === 0 && Date.now() < end) await frames(1);
+        const loads = signals.length;
+        // The page takes the layer off the map and disposes of its source, loads still out.
+        map.removeLayer(layer);
+        source.dispose();
+        const aborted = signals.filter((s) => s.aborted).length;
+        const viewsBefore = views;
+        cache.setAccess('public');
+        const [cx, cy] = map.getView().getCenter();
+        map.getView().setCenter([cx + 5000, cy]);
+        await frames(3);
+        await new Promise((ok) => setTimeout(ok, 600)); // past the backend's delay
+        const out = { loads, aborted, refreshed, otherRefreshed, views: views - viewsBefore, errors };
+        map.setTarget(undefined);
+        div.remove();
+        other.dispose();
+        cache.dispose();
+        return out;
+      }, tileCorner(14, SX - 9.5, SY + 9.5));
+    } finally {
+      backend.delayMs = 0;
+    }
+    assert.ok(r.loads > 0, 'loads were out');
+    assert.equal(r.aborted, r.loads, 'every load of the disposed source was aborted');
+    assert.equal(r.refreshed, 0, 'a tier change reached the disposed source');
+    assert.equal(r.otherRefreshed, 1, 'the other source still hears of tier changes');
+    assert.equal(r.views, 0, 'follow() of the disposed source fed the cache a view');
+    assert.deepEqual(r.errors, []);
   });
 
   it('no console errors', () => {
