@@ -92,6 +92,34 @@ export class Unauthorized extends Error {}
 /** The key source could not be used (a JWKS URL that did not answer): a 502. */
 export class KeysUnavailable extends Error {}
 
+/** Whether `hostname` (as `URL` writes it: IPv4 in dotted decimal, IPv6 in brackets) is a
+ * loopback host: 127.0.0.0/8, ::1 or localhost. */
+export function isLoopback(hostname) {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
+}
+
+/**
+ * The URL in binding `name` (ORIGIN, JWKS_URL) when the worker may use it: https, or plain
+ * http to a loopback host (a local origin or key server), or plain http to any host when
+ * `allowInsecure` (the option `allowInsecureOrigin`). Over plain http to another host the
+ * edge's ORIGIN_TOKEN, the answers of every tier, or the keys tokens are checked with could
+ * be read or changed on the way. Throws an Error naming the binding and what is allowed.
+ */
+export function checkedUrl(name, value, allowInsecure = false) {
+  const allowed = 'an https URL (plain http only to a loopback host: 127.0.0.0/8, ::1, localhost; or to any host with the option allowInsecureOrigin: true)';
+  if (value === undefined || value === null || value === '') throw new Error(`${name} is not set: it must be ${allowed}`);
+  let url;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error(`${name} must be ${allowed}, got ${JSON.stringify(String(value).slice(0, 100))}, which is not an absolute URL`);
+  }
+  if (url.protocol === 'https:') return url;
+  if (url.protocol !== 'http:') throw new Error(`${name} must be ${allowed}, got a ${url.protocol} URL`);
+  if (allowInsecure || isLoopback(url.hostname)) return url;
+  throw new Error(`${name} must be ${allowed}, got http://${url.host}`);
+}
+
 function optionString(options, name) {
   const v = options[name];
   if (v === undefined || v === null) return undefined;
@@ -102,7 +130,7 @@ function optionString(options, name) {
 /**
  * The verifier from the worker's bindings and options. Bindings (at most one key source):
  * `JWT_SECRET` (HMAC secret, HS256/384/512), `JWKS` (a JWKS as JSON text), `JWKS_URL` (a
- * JWKS fetched over https and cached by jose: `jwksCacheMaxAgeS`, default 600 s). Options
+ * JWKS fetched over https (see `checkedUrl`) and cached by jose: `jwksCacheMaxAgeS`, default 600 s). Options
  * (TILEWARM_OPTIONS): `jwtIssuer`, `jwtAudience`, `jwtLeewayS` (default 30), `jwtTierClaim`
  * (default `tilewarm_access`). Throws an Error naming the binding or option when misconfigured.
  * With no key source every caller is `public` and any token is refused (401).
@@ -148,15 +176,7 @@ export function createAuth(env, options = {}) {
     if (jwks.keys.some((k) => k?.kty === 'oct')) throw new Error('JWKS must hold public keys only (no "oct" keys): use JWT_SECRET for a shared secret');
     key = createLocalJWKSet(jwks);
   } else if (source === 'JWKS_URL') {
-    let url;
-    try {
-      url = new URL(env.JWKS_URL);
-    } catch {
-      throw new Error(`JWKS_URL must be an absolute URL, got ${JSON.stringify(String(env.JWKS_URL).slice(0, 100))}`);
-    }
-    if (url.protocol !== 'https:' && url.hostname !== '127.0.0.1' && url.hostname !== 'localhost') {
-      throw new Error('JWKS_URL must be https (plain http only on loopback)');
-    }
+    const url = checkedUrl('JWKS_URL', env.JWKS_URL, options.allowInsecureOrigin === true);
     const maxAge = options.jwksCacheMaxAgeS ?? 600;
     if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
     const fetched = {};

@@ -66,10 +66,17 @@ export interface EdgeOptions {
   changesPollMs?: number;
   /** How far back a new isolate replays the change feed, in ms. Default 14400000 (4 h). */
   changesLookbackMs?: number;
+  /**
+   * Let `ORIGIN` and `JWKS_URL` be plain `http://` URLs of any host. Default false: they
+   * must be https, or http to a loopback host (127.0.0.0/8, ::1, localhost); anything else
+   * makes every request a 500 naming the binding.
+   */
+  allowInsecureOrigin?: boolean;
 }
 
 export interface EdgeEnv {
-  /** The origin's batch URL, e.g. `https://api.example.com/v1/batch`. Required. */
+  /** The origin's batch URL, e.g. `https://api.example.com/v1/batch`. Required; https, or
+   * http to a loopback host (see {@link EdgeOptions.allowInsecureOrigin}). */
   ORIGIN: string;
   /** JSON text of {@link EdgeOptions}. */
   TILEWARM_OPTIONS?: string;
@@ -79,7 +86,8 @@ export interface EdgeEnv {
   JWT_SECRET?: string;
   /** A JSON Web Key Set (JSON text) of public keys for callers' tokens; `kid` selects. */
   JWKS?: string;
-  /** https URL of a JWKS, fetched and cached. At most one of JWT_SECRET, JWKS, JWKS_URL. */
+  /** https URL of a JWKS (http only as for `ORIGIN`), fetched and cached. At most one of
+   * JWT_SECRET, JWKS, JWKS_URL. */
   JWKS_URL?: string;
 }
 

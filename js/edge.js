@@ -8,7 +8,8 @@
 //   import { createWorker } from 'tilewarm/edge';
 //   export default createWorker();            // env.ORIGIN: the origin's batch URL
 //
-// Bindings: ORIGIN (required; the origin's POST /v1/batch URL, never taken from a request),
+// Bindings: ORIGIN (required; the origin's POST /v1/batch URL, never taken from a request;
+// https, or plain http only to a loopback host unless the option allowInsecureOrigin is set),
 // ORIGIN_TOKEN (the edge's own bearer token for the origin), JWT_SECRET | JWKS | JWKS_URL (the
 // keys callers' tokens are verified with, js/edge-auth.js), TILEWARM_OPTIONS (optional JSON,
 // see edge.d.ts). Routes: POST /v1/batch (the protocol), GET /healthz, GET /edge/stats (this
@@ -20,7 +21,7 @@
 // the edge's own ORIGIN_TOKEN, never with the caller's token or claim.
 import wasm from './tilewarm_edge_bg.wasm';
 import { initSync, EdgeProxy } from './tilewarm_edge.js';
-import { createAuth, Unauthorized, KeysUnavailable } from './edge-auth.js';
+import { createAuth, checkedUrl, Unauthorized, KeysUnavailable } from './edge-auth.js';
 // The header a server declares the data's extent in (bundled in by build-pkg.sh).
 import { BOUNDS_HEADER } from './gen/boundary.js';
 
@@ -286,6 +287,9 @@ export function createWorker(defaults = {}) {
       }
       const fromEnv = env.TILEWARM_OPTIONS ? JSON.parse(env.TILEWARM_OPTIONS) : {};
       options = { ...DEFAULTS, ...defaults, ...fromEnv };
+      const insecure = options.allowInsecureOrigin ?? false;
+      if (typeof insecure !== 'boolean') throw new Error(`allowInsecureOrigin must be true or false, got ${JSON.stringify(insecure)}`);
+      checkedUrl('ORIGIN', env.ORIGIN, insecure);
       auth = createAuth(env, options);
       proxy = new EdgeProxy(JSON.stringify(options));
       shared = sharedCache(String(env.ORIGIN), options.sharedCacheTimeoutMs);
@@ -452,10 +456,7 @@ export function createWorker(defaults = {}) {
   }
 
   async function batch(request, env, ctx) {
-    const origin = env.ORIGIN;
-    if (typeof origin !== 'string' || !/^https?:\/\//.test(origin)) {
-      return error(500, 'internal', 'the edge worker is misconfigured: ORIGIN must be the http(s) URL of the origin\'s batch endpoint');
-    }
+    const origin = env.ORIGIN; // checked by setup
     const ct = request.headers.get('content-type');
     if (ct !== null && !isJson(ct)) {
       return error(415, 'unsupported_media_type',
@@ -512,7 +513,7 @@ export function createWorker(defaults = {}) {
     async fetch(request, env, ctx) {
       const failed = setup(env);
       if (failed) return failed;
-      if (typeof env.ORIGIN === 'string' && /^https?:\/\//.test(env.ORIGIN)) await maybePoll(env, ctx);
+      await maybePoll(env, ctx);
       const { pathname } = new URL(request.url);
       if (pathname === '/v1/batch') {
         if (request.method === 'POST') return batch(request, env, ctx);

@@ -70,6 +70,10 @@ struct Options {
     changes_poll_ms: Option<u64>,
     #[allow(dead_code)]
     changes_lookback_ms: Option<u64>,
+    /// Read by the worker: plain `http://` for `ORIGIN` and `JWKS_URL` to any host, not only
+    /// to a loopback one (js/edge-auth.js, `checkedUrl`).
+    #[allow(dead_code)]
+    allow_insecure_origin: Option<bool>,
 }
 
 /// Default most data tiles looked up in the shared cache per request (and written to it,

@@ -22,13 +22,15 @@ export function freePort() {
   });
 }
 
-async function waitForHttp(url, child, log, ms = 30_000) {
+/** Waits until `url` answers 2xx (any status with `anyStatus`: a misconfigured worker
+ * answers every request 500). */
+async function waitForHttp(url, child, log, ms = 30_000, anyStatus = false) {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (child.exitCode !== null) throw new Error(`${url}: process exited (${child.exitCode}):\n${log()}`);
     try {
       const r = await fetch(url);
-      if (r.ok) return;
+      if (r.ok || anyStatus) return;
     } catch {
       // not up yet
     }
@@ -171,22 +173,23 @@ export async function startRelay(target, { requireToken } = {}) {
  * workerd running the edge worker; `env` adds bindings (ORIGIN_TOKEN, JWT_SECRET, JWKS,
  * JWKS_URL). Its Cache API goes to its own in-memory cache (edge/cache-service.js, on a free
  * port: `cacheAddr`), or to `sharedCache` (another instance's `cacheAddr`), so that two
- * processes share one cache as the isolates of a data centre do.
+ * processes share one cache as the isolates of a data centre do. `misconfigured`: the
+ * worker is expected to refuse its configuration, so any answer of /healthz means it is up.
  */
-export async function startWorkerd(origin, options = {}, env = {}, { sharedCache } = {}) {
+export async function startWorkerd(origin, options = {}, env = {}, { sharedCache, misconfigured = false } = {}) {
   // A free port can be taken by another test file's process between freePort() and
   // workerd's bind: then workerd exits with "Address already in use", and is started again
   // on other ports.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startWorkerdOnce(origin, options, env, sharedCache);
+      return await startWorkerdOnce(origin, options, env, sharedCache, misconfigured);
     } catch (e) {
       if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
     }
   }
 }
 
-async function startWorkerdOnce(origin, options, env, sharedCache) {
+async function startWorkerdOnce(origin, options, env, sharedCache, misconfigured) {
   const bin = process.env.WORKERD;
   if (!bin) throw new Error('WORKERD must name the workerd binary (scripts/test-edge.sh sets it)');
   const port = await freePort();
@@ -203,7 +206,13 @@ async function startWorkerdOnce(origin, options, env, sharedCache) {
     TILEWARM_OPTIONS: JSON.stringify(options),
     ...env,
   });
-  await waitForHttp(`${url}/healthz`, p.child, p.log);
+  try {
+    await waitForHttp(`${url}/healthz`, p.child, p.log, 30_000, misconfigured);
+  } catch (e) {
+    // A workerd left running keeps the test process alive after the suite.
+    await stop(p.child);
+    throw e;
+  }
   const stats = async () => (await fetch(`${url}/edge/stats`)).json();
   return { url, batch: `${url}/v1/batch`, cacheAddr, stats, ...p, stop: () => stop(p.child) };
 }

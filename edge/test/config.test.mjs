@@ -1,0 +1,191 @@
+// The schemes the edge worker takes for ORIGIN and JWKS_URL: https, or plain http only to a
+// loopback host (127.0.0.0/8, ::1, localhost) unless the option allowInsecureOrigin is true;
+// anything else is a configuration error (every request a 500 naming the binding). The rule
+// itself (js/edge-auth.js, checkedUrl) over many hosts, then the worker under workerd:
+// refused, taken on 127.0.0.2 (a loopback address other than 127.0.0.1, an origin and a key
+// server listening there), and taken anywhere with the option.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
+import { checkedUrl, isLoopback } from '../../js/edge-auth.js';
+import { freePort, post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
+import { SECRET, bearer, rsaKeys, serviceToken } from './support/tokens.mjs';
+
+const ALLOWED = /must be an https URL \(plain http only to a loopback host: 127\.0\.0\.0\/8, ::1, localhost; or to any host with the option allowInsecureOrigin: true\)/;
+
+describe('checkedUrl (js/edge-auth.js)', () => {
+  it('takes https anywhere and plain http to loopback hosts only', () => {
+    for (const u of [
+      'https://api.example.com/v1/batch', 'https://10.0.0.1/v1/batch',
+      'http://127.0.0.1:8080/v1/batch', 'http://127.0.0.2/v1/batch', 'http://127.255.255.254/',
+      'http://localhost:8080/v1/batch', 'http://LOCALHOST/', 'http://[::1]:8080/v1/batch',
+      // Other spellings of loopback addresses, which URL writes in dotted decimal.
+      'http://127.1/', 'http://2130706434/', 'http://0x7f000003/',
+    ]) {
+      assert.equal(checkedUrl('ORIGIN', u).href, new URL(u).href, u);
+    }
+    for (const u of [
+      'http://api.example.com/v1/batch', 'http://128.0.0.1/', 'http://126.255.255.255/', 'http://10.0.0.1/',
+      'http://192.168.1.10/', 'http://0.0.0.0/', 'http://127.0.0.1.nip.io/', 'http://localhost.example.com/',
+      'http://[::2]/', 'http://[::ffff:127.0.0.1]/', 'http://127.0.0.1@example.com/',
+    ]) {
+      assert.throws(() => checkedUrl('ORIGIN', u), (e) => {
+        assert.match(e.message, /^ORIGIN /, u);
+        assert.match(e.message, ALLOWED, u);
+        assert.match(e.message, new RegExp(`got http://${new URL(u).host.replace(/[.[\]]/g, '\\$&')}$`), u);
+        return true;
+      }, u);
+    }
+  });
+
+  it('takes plain http to any host with allowInsecureOrigin, and never another scheme', () => {
+    assert.equal(checkedUrl('JWKS_URL', 'http://keys.example.com/jwks.json', true).host, 'keys.example.com');
+    for (const [u, why] of [
+      ['ftp://127.0.0.1/x', /got a ftp: URL$/], ['file:///etc/passwd', /got a file: URL$/],
+      ['ws://localhost/', /got a ws: URL$/], ['api.example.com/v1/batch', /which is not an absolute URL$/],
+    ]) {
+      for (const insecure of [false, true]) {
+        assert.throws(() => checkedUrl('JWKS_URL', u, insecure), (e) => {
+          assert.match(e.message, /^JWKS_URL must be an https URL/);
+          assert.match(e.message, why);
+          return true;
+        }, `${u} ${insecure}`);
+      }
+    }
+    for (const v of [undefined, null, '']) {
+      assert.throws(() => checkedUrl('ORIGIN', v), /^Error: ORIGIN is not set: it must be an https URL/);
+    }
+  });
+
+  it('isLoopback: 127.0.0.0/8, ::1 and localhost as URL writes them', () => {
+    for (const h of ['127.0.0.1', '127.0.0.2', '127.9.8.7', 'localhost', '[::1]']) assert.ok(isLoopback(h), h);
+    for (const h of ['128.0.0.1', '1.127.0.0', 'localhost.', 'x.localhost', '::1', '[::]', '127.0.0.1.example.com']) {
+      assert.ok(!isLoopback(h), h);
+    }
+  });
+});
+
+/** An HTTP server on `host` (a loopback address) answering with `handler`. */
+async function listen(host, handler) {
+  const server = createHttpServer(handler);
+  const port = await freePort();
+  await new Promise((ok, fail) => {
+    server.once('error', fail);
+    server.listen(port, host, ok);
+  });
+  return {
+    url: `http://${host}:${port}`,
+    close() {
+      server.closeAllConnections?.();
+      return new Promise((ok) => server.close(() => ok()));
+    },
+  };
+}
+
+describe('edge worker: ORIGIN and JWKS_URL schemes under workerd', () => {
+  let server, origin, keyServer, keys, originToken;
+  const edges = [];
+  let originCalls = 0, keyCalls = 0;
+
+  before(async () => {
+    server = await startServer(await serverAuthArgs(SECRET));
+    originToken = await serviceToken('agent');
+    // The origin at 127.0.0.2: a forwarder to tilewarm-server (which listens on 127.0.0.1).
+    origin = await listen('127.0.0.2', async (req, res) => {
+      originCalls++;
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const r = await fetch(`${server.url}${req.url}`, {
+        method: req.method,
+        headers: {
+          'content-type': 'application/json', accept: req.headers.accept ?? '*/*',
+          ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+        },
+        body: req.method === 'POST' ? Buffer.concat(chunks) : undefined,
+      });
+      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+      res.end(Buffer.from(await r.arrayBuffer()));
+    });
+    keys = await rsaKeys('k1');
+    keyServer = await listen('127.0.0.2', (req, res) => {
+      keyCalls++;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    });
+  });
+
+  after(async () => {
+    for (const e of edges) await e.stop();
+    await origin?.close();
+    await keyServer?.close();
+    await server?.stop();
+  });
+
+  async function edge(originUrl, options = {}, env = {}, misconfigured = false) {
+    const e = await startWorkerd(originUrl, { warmRing: 0, changesPollMs: 0, originTimeoutMs: 1000, ...options },
+      { TILEWARM_ORIGIN_TOKEN: originToken, ...env }, { misconfigured });
+    edges.push(e);
+    return e;
+  }
+
+  /** Every route answers 500 internal naming what is wrong. */
+  async function refused(e, what) {
+    const r = await post(e.batch, { tiles: ['14/2624/5721'] });
+    assert.equal(r.status, 500, r.text);
+    assert.equal(r.json.error.code, 'internal');
+    assert.match(r.json.error.message, /^the edge worker is misconfigured: /);
+    assert.match(r.json.error.message, what);
+    assert.equal((await fetch(`${e.url}/healthz`)).status, 500, 'healthz says so too');
+  }
+
+  it('refuses an http ORIGIN of another host, naming the binding and what is allowed', async () => {
+    const e = await edge('http://api.example.com/v1/batch', {}, {}, true);
+    await refused(e, /ORIGIN must be an https URL/);
+    await refused(e, ALLOWED);
+    await refused(e, /got http:\/\/api\.example\.com$/);
+  });
+
+  it('refuses an ORIGIN that is not set or not http(s), and an allowInsecureOrigin that is not a boolean', async () => {
+    await refused(await edge(undefined, {}, {}, true), /ORIGIN is not set/);
+    await refused(await edge('ftp://127.0.0.1/v1/batch', {}, {}, true), /ORIGIN must be an https URL .* got a ftp: URL$/);
+    await refused(await edge('http://127.0.0.1:9/v1/batch', { allowInsecureOrigin: 'yes' }, {}, true),
+      /allowInsecureOrigin must be true or false, got "yes"/);
+  });
+
+  it('takes an http ORIGIN on 127.0.0.2 (loopback) and answers from it', async () => {
+    const e = await edge(`${origin.url}/v1/batch`);
+    const before = originCalls;
+    const r = await post(e.batch, { tiles: ['14/2624/5721'] });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.cache, 'miss');
+    assert.ok(r.json.items.length > 0);
+    assert.equal(originCalls, before + 1, 'the origin on 127.0.0.2 was asked');
+  });
+
+  it('takes an http ORIGIN of another host with allowInsecureOrigin: true', async () => {
+    // A port nobody listens on, on an address of the documentation range: the worker is
+    // configured (healthz ok) and its request fails at the origin (502/504), not as a
+    // misconfiguration (500).
+    const e = await edge('http://192.0.2.1:9/v1/batch', { allowInsecureOrigin: true });
+    assert.equal((await fetch(`${e.url}/healthz`)).status, 200);
+    const r = await post(e.batch, { tiles: ['14/2624/5721'] });
+    assert.ok(r.status === 502 || r.status === 504, `${r.status} ${r.text}`);
+    assert.match(r.json.error.code, /^upstream_/);
+  });
+
+  it('refuses an http JWKS_URL of another host; takes one on 127.0.0.2, and anywhere with allowInsecureOrigin', async () => {
+    await refused(await edge(`${origin.url}/v1/batch`, {}, { TILEWARM_JWKS_URL: 'http://keys.example.com/jwks.json' }, true),
+      /JWKS_URL must be an https URL .* got http:\/\/keys\.example\.com$/);
+    // On 127.0.0.2: the keys are fetched from there and a token signed with them passes.
+    const local = await edge(`${origin.url}/v1/batch`, {}, { TILEWARM_JWKS_URL: `${keyServer.url}/jwks.json` });
+    const token = await keys.sign({ tilewarm_access: 'registered' });
+    const r = await post(local.batch, { tiles: ['14/2624/5721'], access: 'registered' }, bearer(token));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.access, 'registered');
+    assert.equal(keyCalls, 1, 'the key server on 127.0.0.2 was asked');
+    // Another host with the option: configured (a caller without a token is served).
+    const anywhere = await edge(`${origin.url}/v1/batch`, { allowInsecureOrigin: true }, { TILEWARM_JWKS_URL: 'http://keys.example.com/jwks.json' });
+    const p = await post(anywhere.batch, { tiles: ['14/2624/5721'] });
+    assert.equal(p.status, 200, p.text);
+  });
+});
