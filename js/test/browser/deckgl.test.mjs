@@ -90,14 +90,19 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&access=agent`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       let s = await settled('tiles at agent', p);
+      // A pan first: deck renders a new layer instance per move and hands it the state, so
+      // the tier listener belongs to an older instance than the one on screen.
+      await p.evaluate((d) => window.__tw.setView({ longitude: window.__tw.deck.props.viewState.longitude + d }), TILE_LON);
+      s = await settled('tiles at agent after a pan', p);
       assert.ok(s.shown.agent > 0, `agent items drawn: ${JSON.stringify(s.shown)}`);
       // Two frames: deck updates the layer on the first after the drop.
-      const shown = await p.evaluate(async () => {
+      const { shown, held } = await p.evaluate(async () => {
         window.__tw.cache.setAccess('public');
         await window.__tw.frames(2);
-        return window.__tw.state().shown;
+        return window.__tw.state();
       });
       assert.equal(shown.agent, undefined, `agent items on screen after the drop: ${JSON.stringify(shown)}`);
+      assert.equal(held.agent, undefined, `agent items in the layer's tiles after the drop: ${JSON.stringify(held)}`);
       s = await settled('tiles at public', p);
       assert.equal(s.shown.agent, undefined);
       checkDrawn(assert, backend, s.drawn);

@@ -70,13 +70,15 @@ function tileset() {
   return deck.layerManager?.getLayers().find((l) => l.id === 'homes')?.state?.tileset;
 }
 
-/** Items drawn per visible tile (the ScatterplotLayers deck renders), and counters. */
+/** Items drawn per visible tile (the ScatterplotLayers deck renders), items by tier in
+ * what the layer renders for every tile it holds (`held`: visible or not), and counters. */
 function state() {
   const ts = tileset();
   if (!ts) return null;
-  const drawn = {}, shown = {};
+  const drawn = {}, shown = {}, held = {};
   const selected = ts.selectedTiles.map((t) => t.id);
   for (const t of ts.tiles) {
+    for (const l of t.layers ?? []) for (const d of l.props.data ?? []) held[d.access] = (held[d.access] ?? 0) + 1;
     // What deck draws: the sublayers of the visible tiles (loaded or placeholders).
     if (t.isVisible) {
       for (const l of t.layers ?? []) for (const d of l.props.data ?? []) shown[d.access] = (shown[d.access] ?? 0) + 1;
@@ -90,7 +92,7 @@ function state() {
   const current = Math.abs(vp.zoom - viewState.zoom) < 1e-9 && Math.abs(vp.longitude - viewState.longitude) < 1e-9
     && Math.abs(vp.latitude - viewState.latitude) < 1e-9;
   return {
-    current, drawn, shown, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
+    current, drawn, shown, held, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
     loaded: ts.selectedTiles.every((t) => t.isLoaded), stats: cache.stats(), errors, zoom: viewState.zoom,
   };
 }
