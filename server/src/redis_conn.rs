@@ -478,16 +478,7 @@ impl RedisConn {
             }
             RedisConn::Cluster(lazy) => {
                 let groups = by_slot(keys);
-                let cmds = groups
-                    .iter()
-                    .map(|g| {
-                        let mut cmd = redis::cmd("MGET");
-                        for &i in g {
-                            cmd.arg(&keys[i]);
-                        }
-                        (key_slot(keys[g[0]].as_bytes()), cmd)
-                    })
-                    .collect();
+                let cmds = mget_per_slot(keys, &groups);
                 let answers = lazy.on_nodes(cmds, self.reads_replicas(from)).await?;
                 let mut out = vec![None; keys.len()];
                 for (g, v) in groups.iter().zip(answers) {
@@ -539,16 +530,7 @@ impl RedisConn {
             }
             RedisConn::Cluster(lazy) => {
                 let groups = by_slot(keys);
-                let mut cmds: Vec<(u16, Cmd)> = groups
-                    .iter()
-                    .map(|g| {
-                        let mut cmd = redis::cmd("MGET");
-                        for &i in g {
-                            cmd.arg(&keys[i]);
-                        }
-                        (key_slot(keys[g[0]].as_bytes()), cmd)
-                    })
-                    .collect();
+                let mut cmds = mget_per_slot(keys, &groups);
                 cmds.extend(ttl_keys.iter().map(|k| (key_slot(k.as_bytes()), pttl(k))));
                 let replica = self.reads_replicas(ReadFrom::Any);
                 let mut answers = lazy.on_nodes(cmds, replica).await?;
@@ -642,6 +624,20 @@ fn place(
         out[i] = v;
     }
     Ok(())
+}
+
+/// One `MGET` per slot group of [`by_slot`], with the slot it goes to.
+fn mget_per_slot(keys: &[String], groups: &[Vec<usize>]) -> Vec<(u16, Cmd)> {
+    groups
+        .iter()
+        .map(|g| {
+            let mut cmd = redis::cmd("MGET");
+            for &i in g {
+                cmd.arg(&keys[i]);
+            }
+            (key_slot(keys[g[0]].as_bytes()), cmd)
+        })
+        .collect()
 }
 
 /// Indices of `keys` grouped by hash slot, in first-seen order.

@@ -920,14 +920,12 @@ mod bounds {
     }
 }
 
-#[test]
-fn prefetch_stays_within_what_the_cache_can_hold() {
-    // 60 items hold 15 of the origin's tiles (4 items each); the view's ring and
-    // neighbouring views reach all 36.
-    let o = origin();
-    let mut c = client(ClientConfig {
+/// A client holding at most `max_items` items, sending data tiles as they are (no
+/// coarse tiles).
+fn small_cache_client(max_items: usize) -> Client<String> {
+    client(ClientConfig {
         cache: CacheConfig {
-            max_items: 60,
+            max_items,
             ..CacheConfig::default()
         },
         batch: BatchConfig {
@@ -935,7 +933,33 @@ fn prefetch_stays_within_what_the_cache_can_hold() {
             ..BatchConfig::default()
         },
         ..ClientConfig::default()
-    });
+    })
+}
+
+/// Answers every queued request from `o`; the tiles they asked for.
+fn answer_all_asked(c: &mut Client<String>, o: &Origin<String>, now: u64) -> Vec<TileId> {
+    let mut asked = Vec::new();
+    while let Some(t) = c.poll_request(now) {
+        asked.extend(t.request.tiles.iter().copied());
+        let r = o.answer(&t.request, None);
+        c.on_response(t.id, r, now);
+    }
+    asked
+}
+
+/// The tiles of `tiles` not fresh in `c`'s cache for the public tier.
+fn not_fresh(c: &Client<String>, tiles: &[TileId], now: u64) -> Vec<TileId> {
+    let fresh =
+        |t: &TileId| c.cache().tile_freshness(*t, Access::Public, now) == TileFreshness::Fresh;
+    tiles.iter().copied().filter(|t| !fresh(t)).collect()
+}
+
+#[test]
+fn prefetch_stays_within_what_the_cache_can_hold() {
+    // 60 items hold 15 of the origin's tiles (4 items each); the view's ring and
+    // neighbouring views reach all 36.
+    let o = origin();
+    let mut c = small_cache_client(60);
     // The first round has nothing to go by (no tile held yet).
     c.set_viewport(view(1.0), 0, |_, _| {});
     answer_all(&mut c, &o, 0);
@@ -963,21 +987,13 @@ fn prefetch_stays_within_what_the_cache_can_hold() {
     };
     let now = REPLAN_MS + 1;
     c.set_viewport(moved, now, |_, _| {});
-    let mut asked = Vec::new();
-    while let Some(t) = c.poll_request(now) {
-        asked.extend(t.request.tiles.iter().copied());
-        let r = o.answer(&t.request, None);
-        c.on_response(t.id, r, now);
-    }
+    let asked = answer_all_asked(&mut c, &o, now);
     assert!(
         !asked.is_empty() && asked.len() <= 15,
         "{} tiles asked for",
         asked.len()
     );
-    let gone: Vec<_> = asked
-        .iter()
-        .filter(|t| c.cache().tile_freshness(**t, Access::Public, now) != TileFreshness::Fresh)
-        .collect();
+    let gone = not_fresh(&c, &asked, now);
     assert!(
         gone.is_empty(),
         "fetched, then pushed out by the round's own answers: {gone:?}"
@@ -990,36 +1006,18 @@ fn tiles_outside_the_extent_take_no_room_from_prefetch() {
     // 60 items hold 15 of the origin's tiles; a view on the block's corner tile has most
     // of its neighbourhood outside the data's extent: fresh and empty, they hold nothing.
     let o = origin();
-    let mut c = client(ClientConfig {
-        cache: CacheConfig {
-            max_items: 60,
-            ..CacheConfig::default()
-        },
-        batch: BatchConfig {
-            coalesce_levels: 0,
-            ..BatchConfig::default()
-        },
-        ..ClientConfig::default()
-    });
+    let mut c = small_cache_client(60);
     c.adopt_bounds(Some(&o.extent().unwrap()), 0).unwrap();
     // The centre first, for the answers' density (4 items a tile).
     c.set_viewport(fast_path::moved(0.0, 0.0, 0.8, 14.5), 0, |_, _| {});
     answer_all(&mut c, &o, 0);
     let now = REPLAN_MS + 1;
     c.set_viewport(fast_path::moved(2.0, 2.0, 0.8, 14.5), now, |_, _| {});
-    let mut asked = Vec::new();
-    while let Some(t) = c.poll_request(now) {
-        asked.extend(t.request.tiles.iter().copied());
-        let r = o.answer(&t.request, None);
-        c.on_response(t.id, r, now);
-    }
+    let asked = answer_all_asked(&mut c, &o, now);
     // The corner tile and some of its neighbours inside the block, all still held.
     assert!(asked.len() > 1, "{asked:?}: no prefetch beside the view");
     assert!(asked.len() <= 15, "{} tiles asked for", asked.len());
-    let gone: Vec<_> = asked
-        .iter()
-        .filter(|t| c.cache().tile_freshness(**t, Access::Public, now) != TileFreshness::Fresh)
-        .collect();
+    let gone = not_fresh(&c, &asked, now);
     assert!(gone.is_empty(), "pushed out: {gone:?}");
     assert!(c.is_complete());
 }
