@@ -15,7 +15,9 @@
 // only), so when the cache's tier changes (cache.onAccess: setAccess, or a lower tier the
 // server reported) the connection is dropped and made again at once with a fresh
 // auth.token(), resuming after the last event applied; events the old connection still
-// delivers are not applied or reported.
+// delivers are not applied or reported. The server ends a stream whose token stopped
+// verifying with an `expired` event: the next connection asks auth.token() again, with no
+// error reported.
 // Types: live.d.ts.
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
@@ -159,9 +161,13 @@ export function follow(cache, url, options = {}) {
           res.body?.cancel().catch(() => {});
           throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}`);
         }
+        let expired = false;
         for await (const ev of events(res.body)) {
           // Sent for the tier before a change: not applied, not reported.
           if (c.signal.aborted) break;
+          // The token the connection was opened with stopped verifying: the server ends
+          // the stream; connect again (after the short wait) with a fresh auth.token().
+          if (ev.event === 'expired') { expired = true; break; }
           if (ev.event === 'ready') {
             wait = minMs;
             if (first) {
@@ -173,7 +179,7 @@ export function follow(cache, url, options = {}) {
           if (!apply(ev)) return;
         }
         if (c.signal.aborted) continue;
-        throw fail(Error, 'ERR_FEED', 'change feed: the server closed the stream');
+        if (!expired) throw fail(Error, 'ERR_FEED', 'change feed: the server closed the stream');
       } catch (e) {
         if (ctrl.signal.aborted) return;
         // A change of tier: connect again at once, with the new credentials.

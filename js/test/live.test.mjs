@@ -231,6 +231,37 @@ test('a change of tier reconnects the feed with the new token: a page dropped to
   cache.dispose();
 });
 
+test('a feed whose token expires reconnects with a fresh one, reporting no error', { skip }, async () => {
+  const server = await startServer(['--jwt-leeway-s', '0']);
+  const net = cuttable();
+  // The first token lives 2 s, the next ones an hour.
+  let asked = 0;
+  const who = {
+    token: () => new SignJWT({ tilewarm_access: 'agent' })
+      .setProtectedHeader({ alg: 'HS256' }).setExpirationTime(asked++ === 0 ? '2s' : '1h')
+      .sign(new TextEncoder().encode(SECRET)),
+  };
+  const { cache, shown } = await page(server, net.fetch);
+  const events = [], errors = [];
+  const stop = new AbortController();
+  const f = follow(cache, `${server.url}/v1/changes`, { auth: who, signal: stop.signal, fetch: net.fetch, onEvent: (e) => events.push(e), onError: (e) => errors.push(e), minRetryMs: 20 });
+  await until(() => events.some((e) => e.type === 'ready'), 'ready');
+  const readyId = events[0].id;
+  await until(() => net.conns.length === 2, 'a connection with a fresh token', 8_000);
+  assert.deepEqual(errors, [], 'an expired token is not an error');
+  assert.equal(asked, 2, 'the token was asked for again');
+  assert.equal(net.conns[1].headers['last-event-id'], readyId, 'it resumes after the last event');
+  // The new connection is followed as before: a change by id reaches the page by name.
+  await until(() => shown().size > 0, 'the view');
+  const [a] = [...shown().keys()];
+  const id = await invalidate(server, { ids: [a] });
+  await until(() => events.some((e) => e.id === id), 'the change');
+  assert.deepEqual(events.find((e) => e.id === id).invalidation.ids, [a]);
+  stop.abort();
+  await f.done;
+  cache.dispose();
+});
+
 test('past the retention a reconnect gets reset and invalidates everything', { skip }, async () => {
   const server = await startServer(['--changes-retention', '2']);
   const net = cuttable();

@@ -697,6 +697,7 @@ mod tests {
             tier: Access::Verified,
             sub: Some("alice".into()),
             admin: false,
+            expires_at: None,
         };
         assert_eq!(caller_key(&with_sub, Some(ip)), "sub:alice");
         assert_eq!(caller_key(&Caller::anonymous(), Some(ip)), "ip:192.0.2.7");

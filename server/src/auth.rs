@@ -50,6 +50,11 @@ pub struct Caller {
     pub sub: Option<String>,
     /// The token carries [`ADMIN_CLAIM`]` = true`: may call `POST /v1/invalidate`.
     pub admin: bool,
+    /// When the token stops verifying, in seconds since the Unix epoch (its `exp` plus the
+    /// leeway); `None` without a token. A change feed stream ends then
+    /// ([`crate::stream`]), so a stream lives no longer than the credential it was opened
+    /// with.
+    pub expires_at: Option<u64>,
 }
 
 impl Caller {
@@ -59,6 +64,7 @@ impl Caller {
             tier: Access::Public,
             sub: None,
             admin: false,
+            expires_at: None,
         }
     }
 }
@@ -234,6 +240,7 @@ impl Verifier {
                         tier,
                         sub: None,
                         admin: false,
+                        expires_at: None,
                     })
                 }
             },
@@ -327,7 +334,17 @@ impl Verifier {
             .and_then(Value::as_str)
             .map(|s| s.chars().take(256).collect());
         let admin = claims.get(ADMIN_CLAIM) == Some(&Value::Bool(true));
-        Ok(Caller { tier, sub, admin })
+        // Required and checked above: a number of seconds.
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| exp.saturating_add(self.leeway_s));
+        Ok(Caller {
+            tier,
+            sub,
+            admin,
+            expires_at,
+        })
     }
 }
 

@@ -509,6 +509,15 @@ async fn invalidate_handler(
     json_response(serde_json::json!({ "id": id }).to_string())
 }
 
+/// How long `caller`'s credential still verifies (`None`: it has none that expires).
+fn expires_in(caller: &Caller) -> Option<std::time::Duration> {
+    let at = caller.expires_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(std::time::Duration::from_secs(at).saturating_sub(now))
+}
+
 /// `GET /v1/changes`: the change feed as server-sent events (`ready`, then `invalidate`
 /// events with the invalidation as data, or `reset`), each with `id:` = its stream id;
 /// `Last-Event-ID` resumes after that id. Same authentication as `/v1/batch` (a sent token
@@ -518,7 +527,8 @@ async fn invalidate_handler(
 ///
 /// `?follow=false` ends the stream after the events stored after `Last-Event-ID` (a poll).
 /// At most `--changes-max-per-caller` open streams per caller (verified `sub`, else
-/// address; `--unlimited-sub` callers are not capped), then 429.
+/// address; `--unlimited-sub` callers are not capped), then 429. A followed stream ends
+/// with an `expired` event when the caller's token stops verifying ([`crate::stream`]).
 async fn changes_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
@@ -577,7 +587,7 @@ async fn changes_handler(
     };
     match app
         .changes
-        .subscribe(after, caller.tier, follow, slot)
+        .subscribe(after, caller.tier, follow, slot, expires_in(&caller))
         .await
     {
         Ok(Ok(sse)) => sse.into_response(),

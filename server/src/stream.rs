@@ -23,6 +23,14 @@
 //! deleted or this is another server), the event it gets is `reset`: invalidate everything
 //! that cannot be proven fresh. Nothing is lost silently.
 //!
+//! # A stream ends with its credential
+//! A client's feed is filtered by the tier its token verified to, and a token expires: the
+//! stream ends when the token stops verifying (its `exp` plus the leeway,
+//! [`crate::auth::Caller::expires_at`]) with a last event `expired` (data `{}`), so that a
+//! feed is never followed on a credential the server would refuse now. The client connects
+//! again with a fresh token and `Last-Event-ID`, losing nothing (`tilewarm/live` does so at
+//! once).
+//!
 //! # Order of `POST /v1/invalidate`
 //! `XADD` first, then the tier's delete and the local write guard, then the answer. An
 //! instance B whose origin fetch was in flight across the change either wrote before the
@@ -411,13 +419,16 @@ impl ChangeStream {
     /// A feed for one client: the events after `after`, then (with `follow`) live ones;
     /// `Err(Full)` when `--changes-max-subscribers` streams are open, or `caller` (its
     /// key and its cap; `None`: not capped) has that many open. Without `follow` the
-    /// stream ends after the stored events (a poll: the edge, a cron job).
+    /// stream ends after the stored events (a poll: the edge, a cron job). With `expires`
+    /// (how long the subscriber's credential still verifies) a followed stream ends then,
+    /// with an `expired` event (module docs).
     pub async fn subscribe(
         self: &Arc<Self>,
         after: Option<StreamId>,
         tier: Access,
         follow: bool,
         caller: Option<(String, usize)>,
+        expires: Option<Duration>,
     ) -> Result<Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Full>, StreamError>
     {
         let slot = match caller {
@@ -449,6 +460,8 @@ impl ChangeStream {
             stop: self.stop.subscribe(),
             sent,
             tier,
+            until: expires.map(|left| tokio::time::Instant::now() + left),
+            ended: false,
             _permit: Permit::new(permit, Arc::downgrade(self)),
             _slot: slot,
         };
@@ -544,21 +557,41 @@ struct Live {
     sent: StreamId,
     /// The subscriber's verified tier ([`Event::to_sse`]).
     tier: Access,
+    /// When the subscriber's credential stops verifying; taken when the `expired` event
+    /// is sent.
+    until: Option<tokio::time::Instant>,
+    /// The `expired` event was sent: the stream ends.
+    ended: bool,
     _permit: Permit,
     _slot: Option<CallerSlot>,
 }
 
 impl Live {
-    /// The next live event newer than what was sent; `None` ends the stream (shutdown, or
-    /// the subscriber fell more than [`SUBSCRIBER_BUFFER`] events behind: it resumes).
+    /// The next live event newer than what was sent; `None` ends the stream (shutdown, the
+    /// subscriber fell more than [`SUBSCRIBER_BUFFER`] events behind: it resumes, or after
+    /// the `expired` event).
     async fn next(&mut self) -> Option<SseEvent> {
+        let expired = SseEvent::default().event("expired").data("{}");
         loop {
-            if *self.stop.borrow() {
+            if *self.stop.borrow() || self.ended {
                 return None;
             }
+            let until = self.until;
             let got = tokio::select! {
                 r = self.rx.recv() => r,
                 _ = self.stop.changed() => return None,
+                // `None` (no credential, or `expired` sent): never.
+                Some(()) = async move {
+                    match until {
+                        Some(at) => Some(tokio::time::sleep_until(at).await),
+                        None => None,
+                    }
+                } => {
+                    // Sent once; the next call ends the stream.
+                    self.until = None;
+                    self.ended = true;
+                    return Some(expired);
+                }
             };
             match got {
                 Ok(e) if e.id() > self.sent || matches!(e, Event::Reset(_)) => {
@@ -886,26 +919,26 @@ mod tests {
     async fn each_caller_has_at_most_its_cap_of_feeds() {
         let s = Arc::new(ChangeStream::local(4, 8));
         let a1 = s
-            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)), None)
             .await
             .unwrap();
         let a2 = s
-            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)), None)
             .await
             .unwrap();
         assert!(a1.is_ok() && a2.is_ok());
         let a3 = s
-            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)), None)
             .await
             .unwrap();
         assert_eq!(a3.err(), Some(Full::Caller));
         assert!(s
-            .subscribe(None, Access::Agent, true, Some(("ip:b".into(), 2)))
+            .subscribe(None, Access::Agent, true, Some(("ip:b".into(), 2)), None)
             .await
             .unwrap()
             .is_ok());
         assert!(
-            s.subscribe(None, Access::Agent, true, None)
+            s.subscribe(None, Access::Agent, true, None, None)
                 .await
                 .unwrap()
                 .is_ok(),
@@ -914,7 +947,7 @@ mod tests {
         drop(a1);
         assert_eq!(s.open_for("ip:a"), 1);
         assert!(s
-            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)))
+            .subscribe(None, Access::Agent, true, Some(("ip:a".into(), 2)), None)
             .await
             .unwrap()
             .is_ok());

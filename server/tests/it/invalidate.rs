@@ -197,6 +197,40 @@ impl Feed {
     }
 }
 
+/// A feed lives no longer than the token it was opened with: when the token stops
+/// verifying (its `exp`, leeway 0 here) the stream sends `expired` and ends, so a page
+/// that lost its tier (or never refreshed its token) is not sent the top tier's ids for
+/// ever. Fails without the stream's deadline (no event within 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_ends_with_expired_when_its_token_does() {
+    let s = server(Config {
+        jwt_leeway_s: 0,
+        ..config()
+    })
+    .await;
+    let short = sign_hs256(&serde_json::json!({
+        "sub": "page",
+        "exp": now_s() + 2,
+        "tilewarm_access": "agent",
+    }));
+    let mut feed = Feed::open(&s, Some(&short), None).await;
+    let ready = feed.next().await;
+    assert_eq!(ready.event, "ready");
+    let started = std::time::Instant::now();
+    let last = feed.next().await;
+    assert_eq!(last.event, "expired", "{last:?}");
+    assert!(started.elapsed() <= Duration::from_secs(4));
+    // And then the stream ends: no more frames.
+    let end = tokio::time::timeout(Duration::from_secs(5), feed.body.frame())
+        .await
+        .expect("the stream ends after expired");
+    assert!(end.is_none(), "{end:?}");
+    // A fresh token resumes after the last event, as before.
+    let mut again = Feed::open(&s, Some(&agent_token()), Some(&ready.id)).await;
+    assert_eq!(again.next().await.event, "ready");
+    s.shutdown().await;
+}
+
 /// One anonymous client cannot take every feed slot: past `--changes-max-per-caller` open
 /// streams it is refused (429) while another caller still gets one; a closed stream gives
 /// its slot back; and `/v1/changes` has the per-caller rate limit of `/v1/batch`. Fails
