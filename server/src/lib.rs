@@ -141,6 +141,24 @@ impl Server {
 /// Builds the app: loads the data set, sets up the cache tier and the warm-up workers.
 /// Needs a Tokio runtime.
 pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
+    build_app(config, None).await
+}
+
+/// [`build`] over a backend of the embedder's own instead of the one `--origin` names (the
+/// tests use it for origins that change at chosen moments). `stats` are the counters the
+/// backend shares with the service ([`origin::OriginService::with_backend`]).
+pub async fn build_with_origin(
+    config: Config,
+    backend: Box<dyn origin::OriginBackend>,
+    stats: Arc<origin::OriginStats>,
+) -> Result<Arc<App>, StartError> {
+    build_app(config, Some((backend, stats))).await
+}
+
+async fn build_app(
+    config: Config,
+    backend: Option<(Box<dyn origin::OriginBackend>, Arc<origin::OriginStats>)>,
+) -> Result<Arc<App>, StartError> {
     config.validate()?;
     let jwks = match &config.jwks {
         Some(spec) => Some(auth::read_jwks(spec).await.map_err(StartError::Other)?),
@@ -211,7 +229,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             stream::ChangeStream::local(config.changes_retention, config.changes_max_subscribers)
         }
     };
-    let origin = OriginService::open(&config, Arc::clone(&metrics)).await?;
+    let origin = match backend {
+        Some((backend, stats)) => {
+            OriginService::with_backend(backend, &config, Arc::clone(&metrics), stats)
+        }
+        None => OriginService::open(&config, Arc::clone(&metrics)).await?,
+    };
     info!(origin = %origin.describe(), "origin ready");
     let (warmup, rx) = Warmup::new(
         config.warmup_ring,
@@ -306,8 +329,21 @@ fn stall_on_sigusr1(_app: std::sync::Weak<App>) -> Result<(), StartError> {
 
 /// Builds the app and serves it on `config.listen` until [`Server::shutdown`].
 pub async fn start(config: Config) -> Result<Server, StartError> {
-    let addr = config.listen;
-    let app = build(config).await?;
+    serve(build(config).await?).await
+}
+
+/// [`start`] over a backend of the embedder's own ([`build_with_origin`]).
+pub async fn start_with_origin(
+    config: Config,
+    backend: Box<dyn origin::OriginBackend>,
+    stats: Arc<origin::OriginStats>,
+) -> Result<Server, StartError> {
+    serve(build_with_origin(config, backend, stats).await?).await
+}
+
+/// Serves a built app on its `--listen` address until [`Server::shutdown`].
+async fn serve(app: Arc<App>) -> Result<Server, StartError> {
+    let addr = app.config.listen;
     let router = http::router(Arc::clone(&app)).map_err(StartError::Other)?;
     let listener = TcpListener::bind(addr)
         .await
