@@ -15,7 +15,10 @@
 //!   Before calling, its size is bounded by the origin (`OriginService::count_up_to`: free in
 //!   memory, one `LIMIT`ed query for PostGIS, unknown upstream); a request whose tiles hold
 //!   more than `--max-response-items` items for the caller is refused with a 400 that names
-//!   the count.
+//!   the count. The count is not trusted to hold until the fetch (the data set can grow in
+//!   between): the fetch carries the same limit for the same tiles and tier
+//!   ([`crate::origin::ItemBound`]: PostGIS reads them with `LIMIT max + 1`), and an answer
+//!   over it is the same 400, with nothing of it cached.
 //! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
 //!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
 
@@ -30,7 +33,7 @@ use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, Wri
 use tilewarm::tile::TileId;
 
 use crate::admission::{HeldSlot, OriginWait};
-use crate::origin::CallSource;
+use crate::origin::{CallSource, ItemBound, OriginFailure};
 use crate::single_flight::Followed;
 use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
 use crate::App;
@@ -154,12 +157,7 @@ pub async fn answer(
             .await
             .map_err(|f| origin_refusal(app, &f))?;
         if let crate::origin::ItemCount::MoreThan(_) = count {
-            return Err(Refusal {
-                code: ErrorCode::BadRequest,
-                message: format!(
-                    "response would hold more than {max} items, at most {max} are allowed: request finer tiles"
-                ),
-            });
+            return Err(over_max_items(max));
         }
         if let Some(n) = count.exceeds(max) {
             return Err(too_many_items(n, max));
@@ -224,7 +222,13 @@ pub async fn answer(
     };
     let mut fetched = Fetched::default();
     if !ask.is_empty() || !miss_ids.is_empty() {
-        let call = fetch(app, &policy, ask, miss_ids, degraded).await;
+        // The direct tiles, counted above, are fetched under the same limit.
+        let bound = (!direct.is_empty()).then_some(ItemBound {
+            tiles: &direct,
+            access: caller,
+            limit: max,
+        });
+        let call = fetch(app, &policy, ask, miss_ids, degraded, bound).await;
         match call {
             Ok(f) => {
                 lead.publish(|t| f.tiles.get(&t).cloned());
@@ -257,7 +261,7 @@ pub async fn answer(
     }
     if !abandoned.is_empty() {
         // Their leader went away unanswered (its caller hung up): ask for them here.
-        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded).await?;
+        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded, None).await?;
         if let Some(mut fill) = again.fill.take() {
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
@@ -347,13 +351,15 @@ struct Fetched {
 /// Asks the origin (at the top tier) for `tiles` and `ids`: the request's one call. While
 /// the tier is degraded, at most `--degraded-origin-calls` such calls run at once; past it
 /// the request is refused with 503 `overloaded` (the origin is not made to absorb every
-/// request the tier used to answer). What is written back is the policy's rule.
+/// request the tier used to answer). What is written back is the policy's rule; nothing is
+/// when the call fails, `bound` exceeded included.
 async fn fetch(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
     tiles: Vec<TileId>,
     ids: Vec<String>,
     degraded: bool,
+    bound: Option<ItemBound<'_>>,
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -382,7 +388,7 @@ async fn fetch(
     let epoch = app.invalidation.guard.epoch();
     let response = app
         .origin
-        .fetch_within(&origin_req, CallSource::Request, ms)
+        .fetch_within(&origin_req, CallSource::Request, ms, bound)
         .await
         .map_err(|f| origin_refusal(app, &f))?;
     let missing = response.missing.iter().cloned().collect();
@@ -437,11 +443,21 @@ fn origin_waits_full(max: usize) -> Refusal {
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in
 /// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on.
-fn origin_refusal(app: &App, failure: &crate::origin::OriginFailure) -> Refusal {
-    if matches!(failure, crate::origin::OriginFailure::Timeout { .. }) {
+fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
+    if matches!(failure, OriginFailure::Timeout { .. }) {
         app.metrics.origin_timeouts.fetch_add(1, Relaxed);
     }
     let e = failure.to_error();
+    Refusal {
+        code: e.code,
+        message: e.message,
+    }
+}
+
+/// 400 for direct tiles holding more than `max` items for the caller: what the count before
+/// the fetch found, or the fetch's own bound ([`OriginFailure::TooManyItems`]).
+fn over_max_items(max: usize) -> Refusal {
+    let e = OriginFailure::TooManyItems { limit: max }.to_error();
     Refusal {
         code: e.code,
         message: e.message,

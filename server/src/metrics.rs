@@ -463,6 +463,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "Queries made to bound the size of coarse tiles before answering them.",
             &o.count_queries,
         ),
+        (
+            "tilewarm_origin_over_bound",
+            "Origin fetches refused because their coarse tiles held more than --max-response-items (more than the count before them found).",
+            &o.over_bound,
+        ),
     ] {
         s.counter(name, help, v);
     }

@@ -200,7 +200,7 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>, owner
         let epoch = app.invalidation.guard.epoch();
         let response = match app
             .origin
-            .fetch_within(&request, CallSource::Warmup, timeout_ms)
+            .fetch_within(&request, CallSource::Warmup, timeout_ms, None)
             .await
         {
             Ok(r) => r,

@@ -6,7 +6,7 @@ use tilewarm::origin::Origin;
 use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
 use tilewarm::{Access, TileId};
 
-use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
+use super::{ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;
 
 /// The data set, indexed.
@@ -36,6 +36,19 @@ impl MemoryOrigin {
         ))
     }
 
+    /// Whether the requested tiles `bound` covers hold more than its limit at its tier,
+    /// counted in the index before anything is copied and no further than `limit + 1`.
+    fn exceeds(&self, request: &BatchRequest, bound: &ItemBound<'_>) -> bool {
+        let mut left = bound.limit.saturating_add(1);
+        for &t in request.tiles.iter().filter(|&&t| bound.covers(t)) {
+            left -= self.origin.tile_items(t, bound.access).take(left).count();
+            if left == 0 {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Over an origin built elsewhere.
     pub fn new(origin: Origin<RawData>, tile_ttl_s: u64, source: String) -> MemoryOrigin {
         MemoryOrigin {
@@ -54,8 +67,15 @@ impl OriginBackend for MemoryOrigin {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(async move { Ok(self.origin.answer(request, Some(self.tile_ttl_s))) })
+        let over = bound.filter(|b| self.exceeds(request, b));
+        Box::pin(async move {
+            match over {
+                Some(b) => Err(OriginFailure::TooManyItems { limit: b.limit }),
+                None => Ok(self.origin.answer(request, Some(self.tile_ttl_s))),
+            }
+        })
     }
 
     fn count_up_to<'a>(
@@ -74,5 +94,58 @@ impl OriginBackend for MemoryOrigin {
 
     fn describe(&self) -> String {
         format!("memory: {} items from {}", self.origin.len(), self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tilewarm::dataset::synthetic_city;
+
+    /// The bound is the memory backend's own: it refuses before answering, at the bound's
+    /// tier, and only over the bounded tiles.
+    #[test]
+    fn a_bounded_answer_over_the_limit_is_refused_before_it_is_built() {
+        let o = Origin::new(synthetic_city(3, 2_000)).unwrap();
+        let (t, _) = o
+            .occupied_tiles(10)
+            .into_iter()
+            .max_by_key(|x| x.1)
+            .unwrap();
+        let public = o.count_in(t, Access::Public);
+        let agent = o.count_in(t, Access::Agent);
+        assert!(0 < public && public < agent, "{public} {agent}");
+        let m = MemoryOrigin::new(o, 60, "test".into());
+        let other = TileId::from_lon_lat(10.0, 10.0, 10).unwrap();
+        let request = BatchRequest {
+            tiles: vec![t, other],
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let answer = |tiles: &[TileId], access, limit| {
+            let bound = ItemBound {
+                tiles,
+                access,
+                limit,
+            };
+            block_on(m.answer(&request, Some(bound)))
+        };
+        assert_eq!(
+            answer(&[t], Access::Public, public - 1).unwrap_err(),
+            OriginFailure::TooManyItems { limit: public - 1 }
+        );
+        // At the limit, an answer (at the request's tier, so with every item).
+        let r = answer(&[t], Access::Public, public).unwrap();
+        assert_eq!(r.tiles[0].ids.len(), agent);
+        // Only the bounded tiles count.
+        assert!(answer(&[other], Access::Public, 0).is_ok());
+    }
+
+    /// Runs a future that never waits.
+    fn block_on<T>(f: OriginFuture<'_, T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 }

@@ -39,6 +39,21 @@
 //! - upstream: unknown ([`ItemCount::Unknown`]): the upstream enforces its own limit (a
 //!   tilewarm-server answers 400, passed on), and the request path's exact check after the
 //!   answer refuses what is still too large.
+//!
+//! # Bounding the fetch: [`ItemBound`]
+//! A count is not a promise: between it and the fetch the data set can grow (PostGIS takes
+//! writes all the time; an upstream can answer differently), so the fetch of the direct
+//! tiles carries the same limit ([`OriginService::fetch_within`]'s `bound`), and an answer
+//! over it is [`OriginFailure::TooManyItems`] (400, nothing of it cached):
+//! - memory: counted at the bound's tier before anything is copied, stopping at
+//!   `limit + 1`;
+//! - PostGIS: the direct tiles are read by their own statement, at the bound's tier and
+//!   `LIMIT limit + 1`, so at most `limit + 1` rows (payloads included) are ever read for
+//!   them;
+//! - upstream: its answer is already read whole (at most the protocol's 8 MiB) and decoded
+//!   by the core's bounded decoder; it is checked right after, like every backend's: the
+//!   service counts the bounded tiles' lists (summed per tile, items the bound's tier may
+//!   see) after the guards and drops an answer over the limit.
 
 pub mod changes;
 pub mod memory;
@@ -82,6 +97,9 @@ pub enum OriginFailure {
     /// An upstream refused the request as the caller's mistake (400, 413, 429): passed on
     /// with its code and message, as the edge does.
     Refused(ErrorBody),
+    /// The bounded tiles of the call ([`ItemBound`]) held more than `limit` items: 400
+    /// `bad_request`, as when the count before the call says so.
+    TooManyItems { limit: usize },
 }
 
 impl OriginFailure {
@@ -101,6 +119,12 @@ impl OriginFailure {
             OriginFailure::Refused(e) => ErrorBody {
                 code: e.code,
                 message: format!("the origin refused the request: {}", e.message),
+            },
+            OriginFailure::TooManyItems { limit } => ErrorBody {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "response would hold more than {limit} items, at most {limit} are allowed: request finer tiles"
+                ),
             },
         }
     }
@@ -134,6 +158,58 @@ impl ItemCount {
     }
 }
 
+/// A cap on the items of some of a call's tiles: the request path's direct tiles, which it
+/// counted with [`OriginService::count_up_to`] before the call (module docs). The items of
+/// `tiles` visible at `access`, summed per tile as the count sums them, must be at most
+/// `limit`; a backend answers [`OriginFailure::TooManyItems`] as soon as it knows they are
+/// more, without reading further. Within `tiles` a backend may leave out items above
+/// `access` (PostGIS reads only the others, so that its `LIMIT` counts what the caller may
+/// see): those tiles are answered to that caller only, never cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemBound<'a> {
+    /// Tiles of the request (others are ignored).
+    pub tiles: &'a [TileId],
+    /// The tier the items are counted at (the caller's).
+    pub access: Access,
+    /// At most this many items.
+    pub limit: usize,
+}
+
+impl ItemBound<'_> {
+    /// Whether `tile` is one of the bounded tiles.
+    pub fn covers(&self, tile: TileId) -> bool {
+        self.tiles.contains(&tile)
+    }
+
+    /// The answer's bounded tiles hold more than the limit: the items listed in them (summed
+    /// per tile) that `access` may see. Items are looked up in the answer by id; a listed id
+    /// without its item is not counted (the shape guard deals with answers, not sizes).
+    fn exceeded_by(&self, r: &BatchResponse<RawData>) -> bool {
+        use std::collections::HashMap;
+        let tiers: HashMap<&str, Access> = r
+            .items
+            .iter()
+            .map(|it| (it.id.as_str(), it.access))
+            .collect();
+        let mut n = 0usize;
+        for list in r.tiles.iter().filter(|l| self.covers(l.tile)) {
+            n += list
+                .ids
+                .iter()
+                .filter(|id| {
+                    tiers
+                        .get(id.as_str())
+                        .is_some_and(|&a| self.access.can_see(a))
+                })
+                .count();
+            if n > self.limit {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// A source of items. Implementations answer at the request's tier (the server asks at
 /// `agent` and filters per caller); [`OriginService`] guards tiers and shapes around them,
 /// so a backend's mistake cannot leak.
@@ -143,10 +219,12 @@ pub trait OriginBackend: Send + Sync + 'static {
 
     /// Answers `request`: one list per requested tile (any zoom, the core's tile rule: an
     /// item is in a tile when its zoom-24 tile descends from it), the items of every list
-    /// and requested id once, unknown or forbidden ids in `missing`.
+    /// and requested id once, unknown or forbidden ids in `missing`. With a `bound`, its
+    /// tiles are read no further than its limit ([`ItemBound`]).
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>>;
 
     /// Items inside `tiles` (summed per tile) visible at `access`, counted no further than
@@ -190,6 +268,9 @@ pub struct OriginStats {
     pub dataset_items: AtomicUsize,
     /// `count_up_to` calls that needed a query.
     pub count_queries: AtomicU64,
+    /// Fetches refused because their bounded tiles held more than the limit
+    /// ([`OriginFailure::TooManyItems`]).
+    pub over_bound: AtomicU64,
 }
 
 /// The origin with latency, timeouts, guards and call counting, over any backend.
@@ -361,6 +442,18 @@ impl OriginService {
         request: &BatchRequest,
         source: CallSource,
     ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        self.fetch_bounded(request, source, None).await
+    }
+
+    /// [`fetch`](Self::fetch) with the items of `bound`'s tiles capped (module docs): an
+    /// answer over it is [`OriginFailure::TooManyItems`], whether the backend stopped early
+    /// or the check after the guards found it.
+    async fn fetch_bounded(
+        &self,
+        request: &BatchRequest,
+        source: CallSource,
+        bound: Option<ItemBound<'_>>,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
         match source {
             CallSource::Request => self.metrics.origin_calls_request.fetch_add(1, Relaxed),
             CallSource::Warmup => self.metrics.origin_calls_warmup.fetch_add(1, Relaxed),
@@ -371,9 +464,13 @@ impl OriginService {
         }
         let result = self
             .backend
-            .answer(request)
+            .answer(request, bound)
             .await
-            .and_then(|r| self.guard(request, r));
+            .and_then(|r| self.guard(request, r))
+            .and_then(|r| match bound {
+                Some(b) if b.exceeded_by(&r) => Err(OriginFailure::TooManyItems { limit: b.limit }),
+                _ => Ok(r),
+            });
         match &result {
             Ok(r) => {
                 self.metrics
@@ -383,6 +480,10 @@ impl OriginService {
             Err(OriginFailure::Timeout { .. }) => {
                 self.stats.timeouts.fetch_add(1, Relaxed);
             }
+            // The request's own size, not the origin's failure.
+            Err(OriginFailure::TooManyItems { .. }) => {
+                self.stats.over_bound.fetch_add(1, Relaxed);
+            }
             Err(_) => {
                 self.stats.failures.fetch_add(1, Relaxed);
             }
@@ -391,15 +492,23 @@ impl OriginService {
     }
 
     /// [`fetch`](Self::fetch), given up after `timeout_ms` (`--origin-timeout-ms`; 0 waits as
-    /// long as the origin takes) with [`OriginFailure::Timeout`]. The request path and
-    /// warm-up both call the origin through this.
+    /// long as the origin takes) with [`OriginFailure::Timeout`], and with the items of
+    /// `bound`'s tiles capped ([`ItemBound`]; the request path bounds its direct tiles by
+    /// `--max-response-items`, warm-up asks data tiles only). The request path and warm-up
+    /// both call the origin through this.
     pub async fn fetch_within(
         &self,
         request: &BatchRequest,
         source: CallSource,
         timeout_ms: u64,
+        bound: Option<ItemBound<'_>>,
     ) -> Result<BatchResponse<RawData>, OriginFailure> {
-        within(timeout_ms, &self.stats, self.fetch(request, source)).await
+        within(
+            timeout_ms,
+            &self.stats,
+            self.fetch_bounded(request, source, bound),
+        )
+        .await
     }
 
     /// Items inside `tiles` visible at `access`, counted no further than `limit + 1`, given

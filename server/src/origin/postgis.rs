@@ -23,6 +23,12 @@
 //!   never leaves the origin layer even if a view or the SQL were wrong.
 //! - **Counts** ([`super::OriginService::count_up_to`]): the tiles statement without
 //!   payloads, `LIMIT limit + 1`, counted.
+//! - **Bounded tiles** (a fetch's [`ItemBound`]: the request path's direct tiles): their own
+//!   tiles statement, at the bound's tier and `LIMIT limit + 1`, so rows added since the
+//!   count cannot make the fetch read (and hold) more than `limit + 1` rows for them; more
+//!   than `limit` rows is [`OriginFailure::TooManyItems`], before any row becomes an item.
+//!   Like the count it reads envelope rows (an item within the margin of two tiles is two
+//!   rows), so it can only refuse early. The other tiles are read as usual.
 //!
 //! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
 //! range, an unknown tier, a NULL) are skipped and counted in `tilewarm_origin_bad_rows_total`:
@@ -63,8 +69,8 @@ use tokio_postgres::NoTls;
 
 use super::changes::{quote_ident, ChangeFeed, ChangeStats};
 use super::{
-    assemble, redact_url, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture,
-    OriginStats,
+    assemble, redact_url, ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure,
+    OriginFuture, OriginStats,
 };
 use crate::config::Config;
 
@@ -208,6 +214,8 @@ struct Quoted {
 /// The SQL statements, built once from the layout.
 struct Statements {
     tiles: String,
+    /// The tiles statement with `LIMIT $6`, for a fetch's bounded tiles.
+    bounded: String,
     ids: String,
     count: String,
 }
@@ -239,8 +247,10 @@ impl Statements {
                 format!("(${n}::text[] IS NOT NULL)")
             }
         };
+        let tiles = format!("SELECT {cols} FROM {ENVELOPES} {join} WHERE {}", tier(5));
         Statements {
-            tiles: format!("SELECT {cols} FROM {ENVELOPES} {join} WHERE {}", tier(5)),
+            bounded: format!("{tiles} LIMIT $6"),
+            tiles,
             ids: format!(
                 "SELECT {cols} FROM {table} t WHERE t.{id} = ANY($1::text[]) AND {}",
                 tier(2),
@@ -499,22 +509,46 @@ impl PostgisOrigin {
     async fn answer_inner(
         &self,
         request: &BatchRequest,
+        bound: Option<ItemBound<'_>>,
     ) -> Result<BatchResponse<RawData>, OriginFailure> {
         let timeout_ms = self.timeout_ms();
         let fail = |e| db_failure(e, timeout_ms);
         let client = self.client().await?;
         let tiers = visible_tiers(request.access);
+        let (bounded, free): (Vec<TileId>, Vec<TileId>) = request
+            .tiles
+            .iter()
+            .partition(|&&t| bound.is_some_and(|b| b.covers(t)));
         let mut tile_rows = Vec::new();
-        if !request.tiles.is_empty() {
+        if let (Some(b), false) = (bound, bounded.is_empty()) {
+            let st = client
+                .prepare_cached(&self.statements.bounded)
+                .await
+                .map_err(fail)?;
+            let [w, s, e, n] = envelopes(&bounded);
+            // What the caller may see (never more than the request's tier).
+            let seen = visible_tiers(b.access.min(request.access));
+            let cap = b.limit.saturating_add(1).min(i64::MAX as usize) as i64;
+            tile_rows = client
+                .query(&st, &[&w, &s, &e, &n, &seen, &cap])
+                .await
+                .map_err(fail)?;
+            if tile_rows.len() > b.limit {
+                return Err(OriginFailure::TooManyItems { limit: b.limit });
+            }
+        }
+        if !free.is_empty() {
             let st = client
                 .prepare_cached(&self.statements.tiles)
                 .await
                 .map_err(fail)?;
-            let [w, s, e, n] = envelopes(&request.tiles);
-            tile_rows = client
-                .query(&st, &[&w, &s, &e, &n, &tiers])
-                .await
-                .map_err(fail)?;
+            let [w, s, e, n] = envelopes(&free);
+            tile_rows.extend(
+                client
+                    .query(&st, &[&w, &s, &e, &n, &tiers])
+                    .await
+                    .map_err(fail)?,
+            );
         }
         let mut id_rows = Vec::new();
         if !request.ids.is_empty() {
@@ -573,8 +607,9 @@ impl OriginBackend for PostgisOrigin {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(self.answer_inner(request))
+        Box::pin(self.answer_inner(request, bound))
     }
 
     fn count_up_to<'a>(
@@ -817,6 +852,16 @@ mod tests {
         let s = Statements::new(&Layout::default(), false);
         assert!(!s.tiles.contains("ANY($5::text[])"));
         assert_eq!(visible_tiers(Access::Registered), ["public", "registered"]);
+    }
+
+    #[test]
+    fn a_fetch_reads_its_bounded_tiles_with_a_limit() {
+        for sql_filter in [true, false] {
+            let s = Statements::new(&Layout::default(), sql_filter);
+            // The tiles statement (payloads, tier filter), capped at $6 = limit + 1 rows.
+            assert_eq!(s.bounded, format!("{} LIMIT $6", s.tiles));
+            assert!(!s.tiles.contains("LIMIT"), "{}", s.tiles);
+        }
     }
 
     #[test]

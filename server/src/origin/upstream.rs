@@ -22,8 +22,10 @@
 //!   id is a 502, as for every backend.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
-//! applies its own `--max-response-items` (a 400, passed on), and the request path's exact
-//! check after the answer refuses what is still too large.
+//! applies its own `--max-response-items` (a 400, passed on). Nor can the fetch stop
+//! early: the bound of its direct tiles ([`ItemBound`]) is checked by
+//! [`super::OriginService`] on the decoded answer, which is dropped (400, nothing cached)
+//! when they hold more than the limit.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -41,7 +43,7 @@ use tilewarm::protocol::{
 };
 use tilewarm::{Access, TileId};
 
-use super::{ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
+use super::{ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;
 
 /// The environment variable that holds the upstream token when no file is given.
@@ -207,9 +209,12 @@ impl OriginBackend for UpstreamOrigin {
         "upstream"
     }
 
+    /// The bound cannot be sent upstream: the answer is read whole (at most 8 MiB, decoded
+    /// by the bounded decoder) and [`super::OriginService`] checks it right after.
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         Box::pin(self.answer_inner(request))
     }

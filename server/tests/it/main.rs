@@ -16,16 +16,18 @@ mod tiers;
 mod tiles;
 mod upstream;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, eventually, server, Http};
 use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::{BatchRequest, RawData};
+use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
 use tilewarm::tile::TileId;
+use tilewarm_server::origin::{ItemBound, ItemCount, OriginBackend, OriginFailure, OriginFuture};
 
 /// The test city's origin, built the same way as the server's.
 fn origin(seed: u64, n: usize) -> Origin<RawData> {
@@ -685,4 +687,126 @@ async fn data_files_king_county_csv_and_json_lines() {
     .unwrap();
     assert!(e.to_string().contains(".jsonl"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A data set that grows between a request's count and its fetch: counts answer from
+/// `before`, fetches from `after`. The fetch ignores its bound (as an upstream must), so what
+/// stands between the grown data and the response is the origin service's check. A fetch
+/// answers once `gate` has a permit.
+struct GrowsAfterTheCount {
+    before: Origin<RawData>,
+    after: Origin<RawData>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl GrowsAfterTheCount {
+    /// The test city, whose densest zoom-10 tile holds 3 items before and more than
+    /// `10 * max` for the public after; with that tile and a data tile elsewhere holding 1 to
+    /// `max` public items.
+    fn city(max: usize, gate: Arc<tokio::sync::Semaphore>) -> (GrowsAfterTheCount, TileId, TileId) {
+        let items = synthetic_city(11, 3_000);
+        let after = Origin::new(items.clone()).unwrap();
+        let (t10, _) = after
+            .occupied_tiles(10)
+            .into_iter()
+            .max_by_key(|x| x.1)
+            .unwrap();
+        let grown: HashSet<String> = after
+            .tile_items(t10, Access::Agent)
+            .skip(3)
+            .map(|it| it.id.clone())
+            .collect();
+        let before = Origin::new(
+            items
+                .into_iter()
+                .filter(|it| !grown.contains(&it.id))
+                .collect(),
+        )
+        .unwrap();
+        assert!(before.count_in(t10, Access::Public) <= max);
+        assert!(after.count_in(t10, Access::Public) > 10 * max);
+        let d = after
+            .occupied_tiles(14)
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| t.ancestor(10).unwrap() != t10)
+            .find(|&t| (1..=max).contains(&after.count_in(t, Access::Public)))
+            .unwrap();
+        let origin = GrowsAfterTheCount {
+            before,
+            after,
+            gate,
+        };
+        (origin, t10, d)
+    }
+}
+
+impl OriginBackend for GrowsAfterTheCount {
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            drop(self.gate.acquire().await);
+            Ok(self.after.answer(request, Some(60)))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        tiles: &'a [TileId],
+        access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        let n = tiles.iter().map(|&t| self.before.count_in(t, access)).sum();
+        Box::pin(async move { Ok(ItemCount::Exact(n)) })
+    }
+
+    fn describe(&self) -> String {
+        "a data set that grows after the count".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cached() {
+    let max = 10;
+    let open = Arc::new(tokio::sync::Semaphore::new(1));
+    let (origin, t10, d) = GrowsAfterTheCount::city(max, open);
+    let s = tilewarm_server::start_with_origin(
+        common::Config {
+            max_response_items: max,
+            warmup_ring: 0,
+            ..config()
+        },
+        Box::new(origin),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::with_token(Some(common::token_for(Access::Public)));
+
+    let msg = http
+        .batch(&s, &request(&[t10, d], &[], Access::Public))
+        .await
+        .error(400, "bad_request");
+    assert!(
+        msg.contains(&format!("more than {max} items")) && msg.contains("request finer tiles"),
+        "{msg}"
+    );
+    // The count let it through; the fetch's bound refused it ...
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    assert_eq!(s.app.origin.stats.over_bound.load(Relaxed), 1);
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(m.contains("tilewarm_origin_over_bound_total 1"), "{m}");
+    // ... and nothing of the call was cached, though the tier takes the data tile.
+    assert!(s.app.tier.read(&[d], &[]).await.unwrap().tiles[0].is_none());
+    let r = http.ok(&s, &request(&[d], &[], Access::Public)).await;
+    assert!(!r.tiles[0].ids.is_empty());
+    assert!(s.app.tier.read(&[d], &[]).await.unwrap().tiles[0].is_some());
+    s.shutdown().await;
 }

@@ -4,22 +4,25 @@
 //! is not installed, unless `TILEWARM_REQUIRE_POSTGRES=1` (`make cargo-test`), which makes
 //! them fail instead.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::{BatchRequest, Item, RawData};
+use tilewarm::protocol::{BatchRequest, BatchResponse, Item, RawData};
 use tilewarm::{Access, TileId};
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::memory::MemoryOrigin;
 use tilewarm_server::origin::postgis::{load_items, Layout, PostgisOrigin};
-use tilewarm_server::origin::{OriginFailure, OriginService, OriginStats};
+use tilewarm_server::origin::{
+    ItemBound, ItemCount, OriginBackend, OriginFailure, OriginFuture, OriginService, OriginStats,
+};
 
 use crate::common::{config, eventually, server, Config, Http};
 use crate::request;
@@ -516,6 +519,161 @@ async fn the_server_over_postgis_answers_as_over_memory() {
     small.shutdown().await;
 }
 
+/// The PostGIS origin with rows written between a request's count and its fetch: each
+/// count writes the next batch of `grow` once it has counted. Every answer of the PostGIS
+/// backend is recorded (its number of items, or its failure), so the test sees what the
+/// backend itself read, not only what the request path made of it.
+struct WritesAfterTheCount {
+    inner: PostgisOrigin,
+    url: String,
+    grow: Mutex<VecDeque<Vec<Item<RawData>>>>,
+    answered: Arc<Mutex<Vec<Result<usize, OriginFailure>>>>,
+}
+
+impl OriginBackend for WritesAfterTheCount {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            let r = self.inner.answer(request, bound).await;
+            let seen = r.as_ref().map(|r| r.items.len()).map_err(Clone::clone);
+            self.answered.lock().unwrap().push(seen);
+            r
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        tiles: &'a [TileId],
+        access: Access,
+        limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async move {
+            let count = self.inner.count_up_to(tiles, access, limit).await?;
+            let batch = self.grow.lock().unwrap().pop_front();
+            if let Some(items) = batch {
+                let (client, connection) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the scratch database");
+                tokio::spawn(connection);
+                load_items(&client, &Layout::default(), &items)
+                    .await
+                    .expect("write the new rows");
+            }
+            Ok(count)
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The count before the fetch is no promise: rows written after it are bounded by the
+/// fetch's own `LIMIT` at the caller's tier. Rows the caller may not see do not count
+/// (they are not even read); rows it may see make the fetch refuse, with nothing read past
+/// `limit + 1` rows and nothing cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coarse_tile_that_grows_after_its_count_is_refused_by_the_fetchs_limit() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let max = 10;
+    let t10 = TileId::from_lon_lat(-122.33, 47.6, 10).unwrap();
+    let b = t10.bounds();
+    let in_t10 = |prefix: &str, n: usize, access| -> Vec<Item<RawData>> {
+        (0..n)
+            .map(|i| {
+                let f = 0.1 + 0.8 * i as f64 / n as f64;
+                let lon = b.west + (b.east - b.west) * f;
+                let lat = (b.south + b.north) / 2.0;
+                edge_item(&format!("{prefix}-{i}"), lon, lat, access)
+            })
+            .collect()
+    };
+    let d1 = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let d2 = TileId::from_lon_lat(-90.0, 35.0, 14).unwrap();
+    let in_data_tile = |t: TileId, prefix: &str| -> Vec<Item<RawData>> {
+        let b = t.bounds();
+        (1..=2)
+            .map(|i| {
+                let lon = b.west + (b.east - b.west) * i as f64 / 3.0;
+                let lat = (b.south + b.north) / 2.0;
+                edge_item(&format!("{prefix}-{i}"), lon, lat, Access::Public)
+            })
+            .collect()
+    };
+    let mut base = in_t10("base", 3, Access::Public);
+    base.extend(in_data_tile(d1, "d1"));
+    base.extend(in_data_tile(d2, "d2"));
+    load(&pg, &base, &Layout::default()).await;
+
+    let c = Config {
+        max_response_items: max,
+        warmup_ring: 0,
+        origin_timeout_ms: 5_000,
+        ..config()
+    };
+    let stats = Arc::new(OriginStats::default());
+    let inner =
+        PostgisOrigin::with_layout(&pg.url, Layout::default(), &c, Arc::clone(&stats), true)
+            .unwrap();
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let backend = WritesAfterTheCount {
+        inner,
+        url: pg.url.clone(),
+        grow: Mutex::new(VecDeque::from([
+            in_t10("agent", 3 * max, Access::Agent),
+            in_t10("public", 3 * max, Access::Public),
+        ])),
+        answered: Arc::clone(&answered),
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::clone(&stats))
+        .await
+        .unwrap();
+    let http = Http::with_token(Some(crate::common::token_for(Access::Public)));
+
+    // Rows only agents see arrive after the count: the fetch reads the caller's tier only,
+    // so they neither count nor are read.
+    let r = http.ok(&s, &request(&[t10, d1], &[], Access::Public)).await;
+    assert_eq!(r.tiles[0].ids.len(), 3);
+    assert_eq!(r.tiles[1].ids.len(), 2);
+    assert_eq!(*answered.lock().unwrap(), [Ok(5)]);
+
+    // Rows the caller sees arrive after the count: PostGIS itself refuses the fetch (it read
+    // at most max + 1 rows of the coarse tile), the request gets the count's 400.
+    let msg = http
+        .batch(&s, &request(&[t10, d2], &[], Access::Public))
+        .await
+        .error(400, "bad_request");
+    assert!(msg.contains(&format!("more than {max} items")), "{msg}");
+    assert_eq!(
+        answered.lock().unwrap()[1],
+        Err(OriginFailure::TooManyItems { limit: max })
+    );
+    assert_eq!(stats.count_queries.load(Relaxed), 2);
+    assert_eq!(stats.over_bound.load(Relaxed), 1);
+    // Nothing of the refused call was cached; the answered one's data tile was.
+    let read = s.app.tier.read(&[d1, d2], &[]).await.unwrap();
+    assert!(read.tiles[0].is_some() && read.tiles[1].is_none());
+    // The next count sees the rows and refuses before any fetch.
+    let msg = http
+        .batch(&s, &request(&[t10], &[], Access::Public))
+        .await
+        .error(400, "bad_request");
+    assert!(msg.contains(&format!("more than {max} items")), "{msg}");
+    assert_eq!(answered.lock().unwrap().len(), 2);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
     if !postgres_available() {
@@ -944,6 +1102,7 @@ async fn a_postgis_origin_that_is_down_at_start_is_picked_up_later() {
             },
             tilewarm_server::origin::CallSource::Request,
             1_000,
+            None,
         )
         .await
     {
