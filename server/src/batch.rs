@@ -240,7 +240,12 @@ pub async fn answer(
                 }
             }
             Err(refusal) => {
-                lead.fail(&refusal);
+                // This request's own direct tiles over the limit are no answer for the
+                // requests following its data tiles: the lead goes unpublished and they
+                // fetch those tiles themselves (`Followed::Abandoned`).
+                if refusal != over_max_items(max) {
+                    lead.fail(&refusal);
+                }
                 return Err(refusal);
             }
         }

@@ -810,3 +810,48 @@ async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cache
     assert!(s.app.tier.read(&[d], &[]).await.unwrap().tiles[0].is_some());
     s.shutdown().await;
 }
+
+/// A request following a data tile whose leader's fetch is refused for the leader's own
+/// coarse tiles is not handed that refusal: it fetches the tile itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_following_a_fetch_refused_for_its_size_fetches_its_tiles_itself() {
+    let max = 10;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (origin, t10, d) = GrowsAfterTheCount::city(max, Arc::clone(&gate));
+    let s = tilewarm_server::start_with_origin(
+        common::Config {
+            max_response_items: max,
+            warmup_ring: 0,
+            ..config()
+        },
+        Box::new(origin),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::with_token(Some(common::token_for(Access::Public)));
+    let within = Duration::from_secs(20);
+    let (coarse, fine) = (
+        request(&[t10, d], &[], Access::Public),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = tokio::join!(http.batch(&s, &coarse), async {
+        // The first request leads `d` and waits at the gate; the second follows it.
+        assert!(eventually(within, || s.app.single_flight.len() == 1).await);
+        let follow = http.batch(&s, &fine);
+        let open = async {
+            assert!(eventually(within, || s.app.origin_waits.waiting() == 2).await);
+            gate.add_permits(1);
+        };
+        tokio::join!(follow, open).0
+    });
+    let msg = led.error(400, "bad_request");
+    assert!(msg.contains(&format!("more than {max} items")), "{msg}");
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(!followed.json()["tiles"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
+}
