@@ -447,7 +447,8 @@ fn origin_waits_full(max: usize) -> Refusal {
 }
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in
-/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on.
+/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on,
+/// 400 for direct tiles over the fetch's bound.
 fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
     if matches!(failure, OriginFailure::Timeout { .. }) {
         app.metrics.origin_timeouts.fetch_add(1, Relaxed);
