@@ -582,10 +582,8 @@ impl Live {
                 _ = self.stop.changed() => return None,
                 // `None` (no credential, or `expired` sent): never.
                 Some(()) = async move {
-                    match until {
-                        Some(at) => Some(tokio::time::sleep_until(at).await),
-                        None => None,
-                    }
+                    tokio::time::sleep_until(until?).await;
+                    Some(())
                 } => {
                     // Sent once; the next call ends the stream.
                     self.until = None;
