@@ -772,22 +772,33 @@ impl OriginBackend for GrowsAfterTheCount {
     }
 }
 
+impl GrowsAfterTheCount {
+    /// A server over [`Self::city`] answering at most `max` items a response.
+    async fn serve(
+        max: usize,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) -> (tilewarm_server::Server, TileId, TileId) {
+        let (origin, t10, d) = GrowsAfterTheCount::city(max, gate);
+        let s = tilewarm_server::start_with_origin(
+            common::Config {
+                max_response_items: max,
+                warmup_ring: 0,
+                ..config()
+            },
+            Box::new(origin),
+            Arc::default(),
+        )
+        .await
+        .unwrap();
+        (s, t10, d)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cached() {
     let max = 10;
     let open = Arc::new(tokio::sync::Semaphore::new(1));
-    let (origin, t10, d) = GrowsAfterTheCount::city(max, open);
-    let s = tilewarm_server::start_with_origin(
-        common::Config {
-            max_response_items: max,
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(origin),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let (s, t10, d) = GrowsAfterTheCount::serve(max, open).await;
     let http = Http::with_token(Some(common::token_for(Access::Public)));
 
     let msg = http
@@ -817,18 +828,7 @@ async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cache
 async fn a_request_following_a_fetch_refused_for_its_size_fetches_its_tiles_itself() {
     let max = 10;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let (origin, t10, d) = GrowsAfterTheCount::city(max, Arc::clone(&gate));
-    let s = tilewarm_server::start_with_origin(
-        common::Config {
-            max_response_items: max,
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(origin),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let (s, t10, d) = GrowsAfterTheCount::serve(max, Arc::clone(&gate)).await;
     let http = Http::with_token(Some(common::token_for(Access::Public)));
     let within = Duration::from_secs(20);
     let (coarse, fine) = (
