@@ -489,14 +489,24 @@ async fn invalidate_handler(
         Ok(i) => i,
         Err(e) => return error_response(e.code(), e.to_string()),
     };
-    // On the stream first: an instance whose write-back lands after the delete below
-    // then finds it there (crate::stream).
+    // This instance's tier first: the stream's reader hands the entry to this instance's
+    // followers as soon as Redis has it, and a follower must not read the old value back
+    // from here. Then the stream, then the tier again: an instance whose write-back lands
+    // after that delete finds the entry on the stream (crate::stream).
+    if let Err(e) = crate::invalidate::invalidate(&app, &inv).await {
+        return error_response(
+            ErrorCode::Overloaded,
+            format!("this instance's {e}: nothing was published, retry"),
+        );
+    }
     let id = match app.changes.publish(&inv).await {
         Ok(id) => id,
         Err(e) => {
             return error_response(
                 ErrorCode::Overloaded,
-                format!("{e}: nothing was invalidated, retry"),
+                format!(
+                    "{e}: this instance's tier dropped it but no other instance was told, retry"
+                ),
             )
         }
     };

@@ -32,7 +32,11 @@
 //! once).
 //!
 //! # Order of `POST /v1/invalidate`
-//! `XADD` first, then the tier's delete and the local write guard, then the answer. An
+//! The tier's delete and the local write guard, then `XADD`, then the delete again, then
+//! the answer. The first delete is for this instance's followers: the reader hands them
+//! the entry as soon as Redis has it, and one that asked again before a delete made only
+//! after the `XADD` finished would read the old value back (about one change in twenty on
+//! loopback). The second is the one the rest of this paragraph relies on. An
 //! instance B whose origin fetch was in flight across the change either wrote before the
 //! delete (deleted) or after the `XADD`; its reader then records the entry in B's write
 //! guard and deletes again, so the old value cannot stay. It can be *served* between B's
@@ -477,6 +481,12 @@ impl ChangeStream {
         Ok(Ok(Sse::new(s).keep_alive(
             KeepAlive::new().interval(Duration::from_secs(15)),
         )))
+    }
+
+    /// The events this instance hands its followers, as they are handed (an in-process
+    /// follower; tests).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
     }
 
     /// Open feed streams of the caller with this key.

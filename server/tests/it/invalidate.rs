@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tilewarm::access::Access;
+use tilewarm_server::stream::Event;
 use tilewarm_server::Server;
 
 use crate::common::{
@@ -294,6 +295,72 @@ fn redis_config(r: &RedisServer) -> Config {
         warmup_ring: 0,
         ..config()
     }
+}
+
+/// A follower told of a change finds the old value gone from the tier of the instance
+/// that made it: the stream's reader hands that instance's own entries to its followers as
+/// soon as Redis has them, so the delete must not wait until after the `XADD`. A hundred
+/// changes, each read from the tier the moment its event is handed out; with the delete
+/// only after the `XADD`, about one in twenty found the item still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_told_of_a_change_does_not_read_the_old_value_back() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let tile = densest(&o);
+    let s = server(Config {
+        warmup_ring: 0,
+        invalidate_rate: 0,
+        ..redis_config(&redis)
+    })
+    .await;
+    let http = Http::new();
+    let admin = Http::with_token(Some(admin_token()));
+    let mut events = s.app.changes.events();
+    let mut stale = Vec::new();
+    for round in 0..100 {
+        // Warm the tile (and its items) in the tier again.
+        let r = http.ok(&s, &request(&[tile], &[], Access::Agent)).await;
+        let id = r.tiles[0].ids[round % r.tiles[0].ids.len()].clone();
+        let held = || async {
+            s.app
+                .tier
+                .read(&[], std::slice::from_ref(&id))
+                .await
+                .unwrap()
+                .ids[0]
+                .is_some()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !held().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never written back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let body = format!(r#"{{"ids":["{id}"]}}"#);
+        let told = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::Invalidate(_, inv)) if inv.ids == std::slice::from_ref(&id) => break,
+                    Ok(_) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if held().await {
+                stale.push(id.clone());
+            }
+        };
+        let told = tokio::time::timeout(Duration::from_secs(10), told);
+        let (posted, told) = tokio::join!(post_invalidate(&admin, &s, &body), told);
+        assert_eq!(posted.status, 200, "{}", posted.text());
+        assert!(told.is_ok(), "no event for {id} within 10 s");
+    }
+    assert!(stale.is_empty(), "read back after their events: {stale:?}");
+    s.shutdown().await;
 }
 
 /// A stream entry that is not an invalidation (written by something else, or damaged) is
