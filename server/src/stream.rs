@@ -68,6 +68,10 @@ pub const FIELD: &str = "inv";
 /// How long one `XREAD` blocks.
 pub const READ_BLOCK: Duration = Duration::from_secs(2);
 
+/// How long the reader's `XREAD` blocks while failed invalidations wait to be applied
+/// again.
+const RETRY_BLOCK: Duration = Duration::from_millis(100);
+
 /// Events a slow subscriber may fall behind by before its stream is ended (it then
 /// reconnects and resumes from its last id).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
@@ -714,9 +718,11 @@ const MAX_FAILED: usize = 64;
 
 /// Applies `inv` to this instance's tier; a failure (the tier is marked down) is kept in
 /// `failed` to be applied again by [`retry_failed`], so a change read while the tier was
-/// failing is not forgotten.
+/// failing is not forgotten, and requests are held off the tier until it is
+/// ([`crate::tier::CacheTier::hold_reads`]).
 async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
     if crate::invalidate::apply_remote(app, &inv).await.is_err() {
+        app.tier.hold_reads(true);
         app.changes.stats.apply_failures.fetch_add(1, Relaxed);
         if inv.all || failed.len() >= MAX_FAILED {
             *failed = vec![Invalidation::everything()];
@@ -781,13 +787,21 @@ async fn read_once(
                 return Ok(());
             };
             retry_failed(&a, failed).await;
+            a.tier.hold_reads(!failed.is_empty());
         }
+        // While invalidations wait to be applied again (and requests are held off the
+        // tier), they are retried every RETRY_BLOCK, not after a whole READ_BLOCK.
+        let block = if failed.is_empty() {
+            READ_BLOCK
+        } else {
+            RETRY_BLOCK
+        };
         let from = last.unwrap_or(StreamId::ZERO);
         let reply: Option<Vec<(String, Vec<RawEntry>)>> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(256)
             .arg("BLOCK")
-            .arg(READ_BLOCK.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
             .arg(from.to_string())

@@ -97,11 +97,28 @@ impl CacheTier {
         }
     }
 
-    /// False while Redis is marked down (requests then skip the tier).
+    /// False while Redis is marked down or its reads are held back ([`Self::hold_reads`]):
+    /// requests then skip the tier.
     pub fn available(&self) -> bool {
         match self {
             CacheTier::Local(_) => true,
-            CacheTier::Redis(r) => !r.degraded.load(Relaxed),
+            CacheTier::Redis(r) => !r.degraded.load(Relaxed) && !r.held.load(Relaxed),
+        }
+    }
+
+    /// Holds requests off the tier (`true`) while invalidations the change stream's reader
+    /// failed to apply wait to be applied again, and lets them back (`false`) once they
+    /// are: the probe brings a tier that was marked down back within a few hundred
+    /// milliseconds, and until those deletes land it could serve what they cover. The
+    /// invalidations themselves still reach Redis. The in-process tier never fails one.
+    pub fn hold_reads(&self, held: bool) {
+        if let CacheTier::Redis(r) = self {
+            if r.held.swap(held, Relaxed) != held {
+                info!(
+                    held,
+                    "redis reads held back while failed invalidations wait"
+                );
+            }
         }
     }
 
@@ -300,13 +317,17 @@ impl LocalTier {
 
 /// Redis as a shared tier, with degraded mode: the first failed or slow command marks it
 /// down; requests then skip it (origin only, no writes) until a background probe's `PING`
-/// succeeds.
+/// succeeds, and while invalidations it failed to apply wait to be applied again
+/// ([`CacheTier::hold_reads`]).
 pub struct RedisTier {
     conn: RedisConn,
     prefix: String,
     keys: Keys,
     timeout: Duration,
     degraded: AtomicBool,
+    /// Invalidations read from the change stream failed here and wait to be applied again:
+    /// what they cover may still be in Redis, so requests skip it as when it is down.
+    held: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -331,6 +352,7 @@ impl RedisTier {
             prefix,
             timeout,
             degraded: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             metrics,
         })
     }

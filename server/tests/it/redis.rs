@@ -238,3 +238,105 @@ async fn a_tile_hit_reports_the_remaining_ttl_of_its_redis_key() {
     assert!(max_age <= 5, "{cc}");
     s.shutdown().await;
 }
+
+/// An invalidation read from the change stream that fails here (its delete times out and
+/// marks Redis down) holds requests off the tier until it is applied again, though the
+/// probe brings the tier back sooner: otherwise what it covers is served from Redis in
+/// between. Right after the change goes on the stream, Redis refuses deletes for a second
+/// (`ACL SETUSER default -unlink -del`): the delete fails and marks Redis down, the
+/// probe's `PING` answers, and the item stays in Redis until deletes are allowed again.
+/// Fails without the hold (the tier is back, and the item read from it, within about
+/// 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invalidation_from_the_stream_holds_reads_until_it_is_applied() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let s = server(Config {
+        warmup_ring: 0,
+        ..redis_config(&redis)
+    })
+    .await;
+    let r = Http::new().ok(&s, &request(&[t], &[], Access::Agent)).await;
+    let id = r.tiles[0].ids[0].clone();
+    let held = || async {
+        s.app
+            .tier
+            .read(&[], std::slice::from_ref(&id))
+            .await
+            .is_ok_and(|r| r.ids[0].is_some())
+    };
+    assert!(
+        eventually_async(Duration::from_secs(10), held).await,
+        "{id} written back"
+    );
+
+    // Another instance's change, then deletes refused, in one round trip.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rule: &'static str| {
+        let mut c = redis::cmd("ACL");
+        c.arg("SETUSER")
+            .arg("default")
+            .arg(rule[..1].to_owned() + "unlink");
+        c.arg(rule[..1].to_owned() + "del");
+        c
+    };
+    let inv = format!(r#"{{"ids":["{id}"]}}"#);
+    let () = redis::pipe()
+        .cmd("XADD")
+        .arg("tw:changes")
+        .arg("*")
+        .arg("inv")
+        .arg(&inv)
+        .ignore()
+        .add_command(acl("-"))
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (mut was_held, mut served) = (false, Vec::new());
+    let start = std::time::Instant::now();
+    let mut allowed = false;
+    while start.elapsed() < Duration::from_millis(2500) {
+        if !allowed && start.elapsed() > Duration::from_millis(1000) {
+            let () = acl("+").query_async(&mut conn).await.unwrap();
+            allowed = true;
+        }
+        if !s.app.tier.available() {
+            was_held = true;
+        } else if was_held && held().await {
+            served.push(start.elapsed().as_millis());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        was_held,
+        "the invalidation never failed: the test did not test"
+    );
+    assert!(
+        served.is_empty(),
+        "the tier was read while the invalidated item was still in it, at {served:?} ms"
+    );
+    assert!(s.app.tier.available(), "the tier is used again");
+    assert!(!held().await, "the item is gone");
+    s.shutdown().await;
+}
+
+/// Polls `f` until it is true or `within` passes.
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
