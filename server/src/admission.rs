@@ -329,15 +329,13 @@ impl AuthFailures {
 
 /// 429 `rate_limited` with `Retry-After`, for an address past its failed credentials.
 pub fn auth_rate_limited(wait: Duration) -> Response {
-    let mut r = error_response(
-        ErrorCode::RateLimited,
+    rate_limited_because(
         format!(
             "too many refused credentials from this address (--auth-fail-rate): retry in {} ms with a valid token, or without one",
             wait.as_millis().max(1)
         ),
-    );
-    r.headers_mut().insert(RETRY_AFTER, retry_after(wait));
-    r
+        wait,
+    )
 }
 
 /// Why [`authenticate`] refused a request.
@@ -399,13 +397,19 @@ pub fn retry_after(wait: Duration) -> HeaderValue {
 
 /// 429 `rate_limited` with `Retry-After`.
 pub fn rate_limited(wait: Duration) -> Response {
-    let mut r = error_response(
-        ErrorCode::RateLimited,
+    rate_limited_because(
         format!(
             "too many batches from this caller: retry in {} ms",
             wait.as_millis().max(1)
         ),
-    );
+        wait,
+    )
+}
+
+/// 429 `rate_limited` with this message and `Retry-After` of `wait` (whole seconds,
+/// rounded up, at least 1): every limit's refusal.
+pub fn rate_limited_because(message: String, wait: Duration) -> Response {
+    let mut r = error_response(ErrorCode::RateLimited, message);
     r.headers_mut().insert(RETRY_AFTER, retry_after(wait));
     r
 }

@@ -446,20 +446,15 @@ async fn invalidate_handler(
         );
     }
     if let Err(wait) = app.admission.invalidation() {
-        let mut r = error_response(
-            ErrorCode::RateLimited,
+        return crate::admission::rate_limited_because(
             format!(
                 "too many invalidations: at most {} a second with bursts of {} (--invalidate-rate, --invalidate-burst); retry in {} ms",
                 app.config.invalidate_rate,
                 app.config.invalidate_burst,
                 wait.as_millis().max(1)
             ),
+            wait,
         );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            crate::admission::retry_after(wait),
-        );
-        return r;
     }
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     if let Err(e) = check_content_type(content_type) {
@@ -608,20 +603,13 @@ async fn changes_handler(
                 app.config.changes_max_subscribers
             ),
         ),
-        Ok(Err(crate::stream::Full::Caller)) => {
-            let mut r = error_response(
-                ErrorCode::RateLimited,
-                format!(
-                    "this caller has {} change feed streams open (--changes-max-per-caller); close one or retry later",
-                    app.config.changes_max_per_caller
-                ),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from(app.admission.retry_after_s.max(1)),
-            );
-            r
-        }
+        Ok(Err(crate::stream::Full::Caller)) => crate::admission::rate_limited_because(
+            format!(
+                "this caller has {} change feed streams open (--changes-max-per-caller); close one or retry later",
+                app.config.changes_max_per_caller
+            ),
+            std::time::Duration::from_secs(app.admission.retry_after_s),
+        ),
         Err(e) => error_response(ErrorCode::Overloaded, e.to_string()),
     }
 }
