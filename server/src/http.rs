@@ -517,9 +517,7 @@ async fn invalidate_handler(
 /// How long `caller`'s credential still verifies (`None`: it has none that expires).
 fn expires_in(caller: &Caller) -> Option<std::time::Duration> {
     let at = caller.expires_at?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::Duration::from_millis(crate::tier::now_ms());
     Some(std::time::Duration::from_secs(at).saturating_sub(now))
 }
 

@@ -1,6 +1,6 @@
 //! How many items a data tile holds and how large they are, as the answers have shown
-//! them: what the planning round sizes its prefetch by, so that it asks for no more than the cache can keep
-//! ([`ItemCache::tiles_that_fit`](crate::cache::ItemCache::tiles_that_fit)).
+//! them: what the planning round sizes its prefetch by, so that it asks for no more than
+//! the cache can keep ([`ItemCache::tiles_that_fit`](crate::cache::ItemCache::tiles_that_fit)).
 
 use crate::protocol::TileList;
 
