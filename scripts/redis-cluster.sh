@@ -13,7 +13,11 @@
 #                                          failover: the replica took over)
 #   scripts/redis-cluster.sh stop DIR      kill the nodes (by their pid files), remove DIR
 #
-# Ports: 6 free ones whose cluster bus port (+10000) is free too, kept in DIR/ports.
+# Ports: each node gets a client port and a cluster bus port (--cluster-port), both free
+# and both below the kernel's ephemeral range (net.ipv4.ip_local_port_range), so that no
+# outgoing connection of a test running beside it can take one between the check and
+# redis-server's bind; a node that still fails to bind is started again on new ports
+# (up to 5 tries). Client ports are kept in DIR/ports.
 # No persistence (--save '' --appendonly no); --cluster-node-timeout 1000 ms so a killed
 # master is replaced by its replica within a few seconds. Debian's redis-server and
 # redis-cli (scripts/setup.sh redis, or server/tests/setup.sh) are needed.
@@ -26,21 +30,31 @@ cmd=$1
 dir=$2
 NODES=6
 
-# Free loopback ports p with p+10000 free too (the cluster bus), p <= 55535.
+# N pairs "PORT BUSPORT" of free loopback ports below the ephemeral range, one a line.
 free_ports() {
   python3 - "$1" <<'EOF'
-import socket, sys
-want, out, held = int(sys.argv[1]), [], []
-while len(out) < want:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; held.append(s)
-    if p > 55535 or p in out:
+import random, socket, sys
+want = int(sys.argv[1])
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+low = max(low, 11000)
+out, held = [], []
+while len(out) < want * 2:
+    p = random.randrange(10000, low)
+    if p in out:
         continue
-    b = socket.socket()
+    s = socket.socket()
     try:
-        b.bind(("127.0.0.1", p + 10000)); held.append(b); out.append(p)
+        s.bind(("127.0.0.1", p))
     except OSError:
-        b.close()
-print(" ".join(map(str, out)))
+        s.close()
+        continue
+    held.append(s)
+    out.append(p)
+for i in range(0, len(out), 2):
+    print(out[i], out[i + 1])
 EOF
 }
 
@@ -54,6 +68,13 @@ wait_for() {
     [ $SECONDS -lt $end ] || return 1
     sleep 0.1
   done
+}
+
+bind_failed() { grep -q 'Address already in use' "$dir/$1/log" 2>/dev/null; }
+
+# The node on port $1 answers PING, or its log says the port was taken.
+node_settled() {
+  bind_failed "$1" || cli "$1" ping
 }
 
 cluster_ok() {
@@ -82,18 +103,31 @@ case $cmd in
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     [ ! -f "$dir/ports" ] || die "$dir already holds a cluster (stop it first)"
-    free_ports $NODES > "$dir/ports"
-    for p in $(cat "$dir/ports"); do
-      mkdir -p "$dir/$p"
-      redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" \
-        --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
-        --cluster-node-timeout 1000 --save '' --appendonly no \
-        --daemonize yes --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" ||
-        die "redis-server on port $p did not start"
-    done
-    for p in $(cat "$dir/ports"); do
-      wait_for 10 cli "$p" ping || { tail -5 "$dir/$p/log" >&2; die "node $p does not answer PING"; }
-    done
+    : > "$dir/ports"
+    while read -r -u 3 p bus; do
+      for try in 1 2 3 4 5; do
+        mkdir -p "$dir/$p"
+        redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" \
+          --cluster-enabled yes --cluster-port "$bus" \
+          --cluster-config-file "$dir/$p/nodes.conf" \
+          --cluster-node-timeout 1000 --save '' --appendonly no \
+          --daemonize yes --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" ||
+          die "redis-server on port $p did not start"
+        wait_for 10 node_settled "$p" || true
+        if ! bind_failed "$p" && cli "$p" ping >/dev/null 2>&1; then
+          echo "$p" >> "$dir/ports"
+          break
+        fi
+        bind_failed "$p" && [ "$try" -lt 5 ] ||
+          { tail -5 "$dir/$p/log" >&2; die "node $p does not answer PING"; }
+        # Taken between the check and the bind: the same node again on new ports.
+        [ ! -f "$dir/$p/pid" ] || kill -9 "$(cat "$dir/$p/pid")" 2>/dev/null || true
+        rm -rf "${dir:?}/$p"
+        read -r p bus < <(free_ports 1)
+      done
+    done 3< <(free_ports $NODES)
+    ports=$(tr '\n' ' ' < "$dir/ports")
+    echo "${ports% }" > "$dir/ports"
     # shellcheck disable=SC2046
     redis-cli --cluster create $(sed 's/[0-9]\+/127.0.0.1:&/g' "$dir/ports") \
       --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||

@@ -254,13 +254,20 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
+    /// Starts one on a free loopback port. A port taken between the check and
+    /// redis-server's bind (another test's outgoing connection can get it) makes the
+    /// child exit; it is started again on a new port, up to 5 times.
     pub fn start() -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-        };
-        r.restart();
-        r
+        for _ in 0..5 {
+            let mut r = RedisServer {
+                port: free_port(),
+                child: None,
+            };
+            if r.try_restart() {
+                return r;
+            }
+        }
+        panic!("redis-server did not come up on 5 free ports");
     }
 
     pub fn url(&self) -> String {
@@ -269,6 +276,12 @@ impl RedisServer {
 
     /// Starts it (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
+        assert!(self.try_restart(), "redis-server did not come up");
+    }
+
+    /// Starts it on its port; true once it answers PING, false when it exited first
+    /// (the port was taken). Panics after 10 s of neither.
+    fn try_restart(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let child = tilewarm_server::tier::loopback_redis_command(self.port)
             .stderr(Stdio::null())
@@ -284,9 +297,15 @@ impl RedisServer {
                     let mut buf = [0u8; 16];
                     if let Ok(n) = s.read(&mut buf) {
                         if buf[..n].starts_with(b"+PONG") {
-                            return;
+                            return true;
                         }
                     }
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return false;
                 }
             }
             assert!(Instant::now() < deadline, "redis-server did not come up");
