@@ -731,3 +731,48 @@ fn real_homes_view_matches_the_data_set() {
     assert!(shown.len() > 100, "{}", shown.len());
     assert_eq!(shown, h.truth());
 }
+
+/// A one-tile view with more items than the cache holds, whose list is known: the tile
+/// misses a few items, so it is refreshed by id, and each id's answer evicts another of
+/// its items. The answer was for that tile; it is backed off and reported, not asked for
+/// again at once (the npm package's long sessions sent thousands of one-id requests a
+/// second this way when idle on such a view).
+#[test]
+fn a_tile_refreshed_by_ids_that_cannot_be_kept_backs_off() {
+    let mut config = ClientConfig::default();
+    config.cache.max_items = 3; // the one-tile view holds 5
+    let mut h = Harness::new(config);
+    h.set(view(0.0, 0.0, 0.5, 0.5));
+    assert_eq!(h.client.visible_tiles().len(), 1);
+    let start = h.now;
+    let (mut requests, mut by_id, mut kept_errors) = (0, 0, 0);
+    while h.now < start + 60_000 {
+        while let Some(s) = h.client.poll_request(h.now) {
+            requests += 1;
+            by_id += usize::from(!s.request.ids.is_empty());
+            assert!(
+                requests <= 200,
+                "a request loop: {requests} requests by {} ms",
+                h.now - start
+            );
+            let resp = h.origin.answer(&s.request, None);
+            h.client.on_response(s.id, resp, h.now);
+        }
+        kept_errors += h
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Error(f)
+                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
+            })
+            .count();
+        if !h.wake() {
+            break;
+        }
+    }
+    assert!(by_id >= 1, "the tile was refreshed by id");
+    assert!(kept_errors >= 2, "{kept_errors} errors");
+    assert!(!h.client.is_complete());
+    // Backoff 200 ms doubling to 10 s: a few dozen requests a minute at most.
+    assert!(requests <= 60, "{requests} requests in a minute");
+}

@@ -121,8 +121,11 @@ impl<P: Payload> Client<P> {
             self.report_unanswered(id, finished.kind, unanswered);
         }
         let states = self.visible_states(now_ms);
+        // The tiles this answer was for: listed ones, and those refreshed by id (an id's
+        // answer can evict another item of the same tile, which would be asked for at once).
         let answered = TileSet::new(finished.works.iter().filter_map(|w| match w {
             Work::Tile(t) if covered(*t) => Some(*t),
+            Work::Ids { tile, .. } => Some(*tile),
             _ => None,
         }));
         self.back_off_unkept(id, finished.kind, &states, &shown_before, &answered, now_ms);
