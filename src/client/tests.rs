@@ -1021,3 +1021,132 @@ fn tiles_outside_the_extent_take_no_room_from_prefetch() {
     assert!(gone.is_empty(), "pushed out: {gone:?}");
     assert!(c.is_complete());
 }
+
+/// Whatever the views, the cache's size and the backend's answers, the client never asks
+/// again and again at one instant: work that an answer could not complete waits for a
+/// backoff (or a new view), so a page cannot flood its backend from the event loop.
+mod no_request_loop {
+    use super::fast_path::{moved, origin};
+    use super::*;
+    use crate::protocol::{BatchRequest, BatchResponse};
+    use proptest::prelude::*;
+
+    /// Requests one instant may send: a round's foreground and prefetch work (16 tiles a
+    /// request) and what its answers queue again; a loop sends thousands.
+    const MAX_AT_ONE_INSTANT: usize = 64;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Move to (x, y) eighths of a tile, a size (index), a zoom (index).
+        View(i8, i8, u8, u8),
+        /// Time passes; the client's timeouts run when due.
+        Advance(u32),
+        /// Until its next wake-up.
+        Wake,
+        InvalidateIds(Vec<u8>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (-24i8..=24, -24i8..=24, 0u8..4, 0u8..3).prop_map(|(x, y, w, z)| Op::View(x, y, w, z)),
+            3 => (0u32..30_000).prop_map(Op::Advance),
+            3 => Just(Op::Wake),
+            1 => proptest::collection::vec(0u8..144, 0..4).prop_map(Op::InvalidateIds),
+        ]
+    }
+
+    /// How the backend answers: as it should, or leaving out some of what was asked.
+    #[derive(Clone, Copy, Debug)]
+    enum Backend {
+        Honest,
+        /// Lists every tile but sends only the items with an even number.
+        HalfTheItems,
+        /// Leaves the first requested tile's list out.
+        OmitsATile,
+        /// Says every requested id is gone.
+        IdsMissing,
+    }
+
+    fn answer(
+        o: &Origin<String>,
+        backend: Backend,
+        request: &BatchRequest,
+    ) -> BatchResponse<String> {
+        let mut r = o.answer(request, None);
+        match backend {
+            Backend::Honest => {}
+            Backend::HalfTheItems => r
+                .items
+                .retain(|i| i.id[1..].parse::<u32>().is_ok_and(|n| n % 2 == 0)),
+            Backend::OmitsATile => {
+                if let Some(&first) = request.tiles.first() {
+                    r.tiles.retain(|l| l.tile != first);
+                }
+            }
+            Backend::IdsMissing => {
+                r.items.retain(|i| !request.ids.contains(&i.id));
+                r.missing = request.ids.clone();
+            }
+        }
+        r
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #[test]
+        fn no_instant_sends_without_bound(
+            max_items in 1usize..60,
+            levels in 0u8..3,
+            backend in prop_oneof![
+                Just(Backend::Honest),
+                Just(Backend::HalfTheItems),
+                Just(Backend::OmitsATile),
+                Just(Backend::IdsMissing),
+            ],
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let o = origin();
+            let mut config = ClientConfig::default();
+            config.cache.max_items = max_items;
+            config.batch.coalesce_levels = levels;
+            config.planner.align_levels = levels;
+            let mut c = client(config);
+            let mut now = 1_000u64;
+            for op in ops {
+                match op {
+                    Op::View(x, y, w, z) => {
+                        let w = [0.4, 1.0, 2.6, 5.0][w as usize];
+                        let vp = moved(f64::from(x) / 8.0, f64::from(y) / 8.0, w, [14.5, 15.0, 13.0][z as usize]);
+                        c.set_viewport(vp, now, |_, _| {});
+                    }
+                    Op::Advance(ms) => {
+                        now += u64::from(ms);
+                        c.handle_timeout(now);
+                    }
+                    Op::Wake => {
+                        if let Some(at) = c.next_wakeup(now) {
+                            now = now.max(at);
+                            c.handle_timeout(now);
+                        }
+                    }
+                    Op::InvalidateIds(ns) => {
+                        let ids: Vec<String> = ns.iter().map(|n| format!("i{n}")).collect();
+                        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                        c.invalidate(Invalidate::Ids(&ids), now);
+                    }
+                }
+                let mut sent = 0;
+                while let Some(t) = c.poll_request(now) {
+                    sent += 1;
+                    prop_assert!(
+                        sent <= MAX_AT_ONE_INSTANT,
+                        "{} requests at one instant (the last {:?})", sent, t.request
+                    );
+                    let r = answer(&o, backend, &t.request);
+                    c.on_response(t.id, r, now);
+                }
+                events(&mut c);
+            }
+        }
+    }
+}
