@@ -2,19 +2,19 @@
 //! overload and abuse cost a quick refusal instead of growing latency and memory.
 //!
 //! In the order a `POST /v1/batch` meets them:
-//! 0. Failed credentials ([`AuthFailures`]): a client address whose credentials failed more
-//!    than `--auth-fail-burst` times, refilled at `--auth-fail-rate` a second, gets 429
-//!    `rate_limited` with `Retry-After` for a request carrying a credential *before* it is
-//!    checked, so invalid or expired tokens cannot make the server verify signatures at any
-//!    rate. At most `--auth-fail-max-addresses` addresses are tracked (an IPv6 address by
+//! 0. Failed credentials ([`AuthFailures`]): a client address ([`crate::client_addr`])
+//!    whose credentials failed more than `--auth-fail-burst` times, refilled at
+//!    `--auth-fail-rate` a second, gets 429 `rate_limited` with `Retry-After` for a request
+//!    carrying a credential *before* it is checked, so invalid or expired tokens cannot
+//!    make the server verify signatures at any rate. At most `--auth-fail-max-addresses` addresses are tracked (an IPv6 address by
 //!    its /64); past them the rest share one bucket, so memory stays bounded.
 //! 1. Connections: at most `--max-connections` at once (more wait in the kernel's accept
 //!    backlog), and a request's headers must arrive within `--header-timeout-ms` (hyper's
 //!    header read timeout; [`crate::start`]'s accept loop).
 //! 2. Per caller ([`per_caller`]): at most `--caller-rate` batches a second with bursts of
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
-//!    else by the peer address; past it, 429 `rate_limited` with `Retry-After`
-//!    (a [`governor`] keyed limiter, GCRA).
+//!    else by the client address ([`crate::client_addr`]); past it, 429 `rate_limited`
+//!    with `Retry-After` (a [`governor`] keyed limiter, GCRA).
 //! 3. The body, read whole before a slot is asked for (a slot is for the server's own
 //!    work; a client sending its body slowly holds a connection, bounded by
 //!    `--max-connections`, not a slot): at most the protocol's largest valid request
@@ -33,13 +33,13 @@
 //! origin, so even an admin token must not be able to repeat them without bound.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -52,6 +52,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::adaptive::InFlightLimit;
 use crate::auth::Caller;
+use crate::client_addr::ClientAddr;
 use crate::http::{error_response, unauthorized};
 use crate::App;
 
@@ -158,7 +159,7 @@ async fn sweep_auth_failures(failures: Weak<AuthFailures>) {
     }
 }
 
-/// Where failed credentials are counted: the peer's IPv4 address, or the /64 network of
+/// Where failed credentials are counted: the client's IPv4 address, or the /64 network of
 /// its IPv6 address (one host usually holds a whole /64, so counting single IPv6
 /// addresses would let it pick a fresh key for every request).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,14 +167,14 @@ pub enum AddrKey {
     V4(Ipv4Addr),
     /// The upper 64 bits of an IPv6 address.
     V6Net(u64),
-    /// No peer address known (a handler called without the accept loop).
+    /// No client address known (the router served without the peer's address).
     Unknown,
 }
 
 impl AddrKey {
-    /// The key of `peer` (an IPv4-mapped IPv6 address counts as its IPv4 address).
-    pub fn of(peer: Option<IpAddr>) -> AddrKey {
-        match peer {
+    /// The key of `client` (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn of(client: Option<IpAddr>) -> AddrKey {
+        match client {
             Some(IpAddr::V4(a)) => AddrKey::V4(a),
             Some(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
                 Some(v4) => AddrKey::V4(v4),
@@ -365,12 +366,12 @@ impl Refused {
 pub fn authenticate(
     app: &App,
     headers: &HeaderMap,
-    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
 ) -> Result<Caller, Refused> {
     if !app.auth.credential_sent(headers) {
         return Ok(Caller::anonymous());
     }
-    let key = AddrKey::of(peer);
+    let key = AddrKey::of(client);
     let failures = &app.admission.auth_failures;
     failures.admit(key).map_err(Refused::TooManyFailures)?;
     app.auth.caller(headers).map_err(|e| {
@@ -379,10 +380,11 @@ pub fn authenticate(
     })
 }
 
-/// Whom a per-caller limit counts against: the verified token's `sub`, else the peer's
-/// address (the whole address; behind a proxy every caller shares the proxy's).
-pub fn caller_key(caller: &Caller, peer: Option<IpAddr>) -> String {
-    match (&caller.sub, peer) {
+/// Whom a per-caller limit counts against: the verified token's `sub`, else the client's
+/// address ([`crate::client_addr`]: behind an untrusted proxy, every caller shares the
+/// proxy's).
+pub fn caller_key(caller: &Caller, client: Option<IpAddr>) -> String {
+    match (&caller.sub, client) {
         (Some(sub), _) => format!("sub:{sub}"),
         (None, Some(ip)) => format!("ip:{ip}"),
         (None, None) => "unknown".to_owned(),
@@ -444,16 +446,13 @@ fn is_unlimited(caller: &Caller, unlimited: &[String]) -> bool {
 /// credential, before anything else), then the per-caller limit (429). The verified
 /// [`Caller`] goes on in the request's extensions.
 pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let caller = match authenticate(&app, req.headers(), peer) {
+    let client = ClientAddr::of(&req);
+    let caller = match authenticate(&app, req.headers(), client) {
         Ok(c) => c,
         Err(refused) => return refused.into_response(),
     };
     if !is_unlimited(&caller, &app.config.unlimited_subs) {
-        if let Err(wait) = app.admission.check(&caller_key(&caller, peer)) {
+        if let Err(wait) = app.admission.check(&caller_key(&caller, client)) {
             return rate_limited(wait);
         }
     }

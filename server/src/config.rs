@@ -299,6 +299,15 @@ pub struct Config {
     #[arg(long = "unlimited-sub", value_name = "SUB")]
     pub unlimited_subs: Vec<String>,
 
+    /// A reverse proxy whose `X-Forwarded-For` is believed: a CIDR range (10.0.0.0/8,
+    /// 2001:db8::/32) or an address; repeatable. When the TCP peer is in one of them, the
+    /// client address (for --auth-fail-rate, the per-caller limits of callers without a
+    /// token `sub`, and --dev-tokens' loopback check) is the right-most `X-Forwarded-For`
+    /// entry that is not itself a trusted proxy; from any other peer the header is ignored.
+    /// Only `X-Forwarded-For` is read, not `Forwarded` or `X-Real-IP`.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<crate::client_addr::TrustedProxy>,
+
     /// Refused credentials a second per client address (an IPv6 address by its /64),
     /// after a burst of --auth-fail-burst: past it a request carrying a credential from that
     /// address is answered 429 `rate_limited` with `Retry-After` before its token is

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
 use axum::extract::{Extension, Request, State};
 use axum::handler::HandlerWithoutStateExt;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -26,6 +25,7 @@ use tower_http::trace::TraceLayer;
 use crate::admission::HeldSlot;
 use crate::auth::Caller;
 use crate::batch;
+use crate::client_addr::ClientAddr;
 use crate::App;
 
 /// A protocol error body with its status.
@@ -185,8 +185,13 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
         ),
         None => router.fallback(not_found),
     };
+    // The client's address first, for everything keyed by it (crate::client_addr).
     let mut router = router
         .layer(middleware::from_fn_with_state(Arc::clone(&app), count))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::client_addr::layer,
+        ))
         .with_state(Arc::clone(&app));
     if let Some(cors) = cors_layer(&app.config.cors)? {
         router = router.layer(cors);
@@ -419,13 +424,13 @@ pub fn refusal_response(app: &App, refusal: batch::Refusal) -> Response {
 async fn invalidate_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
-    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let caller = match caller {
         Some(c) => c.0,
-        None => match crate::admission::authenticate(&app, &headers, peer.map(|p| p.0 .0.ip())) {
+        None => match crate::admission::authenticate(&app, &headers, client.map(|c| c.0 .0)) {
             Ok(c) => c,
             Err(refused) => return refused.into_response(),
         },
@@ -535,7 +540,7 @@ fn expires_in(caller: &Caller) -> Option<std::time::Duration> {
 async fn changes_handler(
     State(app): State<Arc<App>>,
     caller: Option<Extension<Caller>>,
-    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
@@ -549,7 +554,7 @@ async fn changes_handler(
         .is_some_and(|sub| app.config.unlimited_subs.iter().any(|u| u == sub));
     let slot = (!unlimited).then(|| {
         (
-            crate::admission::caller_key(&caller, peer.map(|p| p.0 .0.ip())),
+            crate::admission::caller_key(&caller, client.map(|c| c.0 .0)),
             app.config.changes_max_per_caller,
         )
     });
@@ -614,13 +619,10 @@ async fn changes_handler(
 
 /// `POST /dev/token {"access":"<tier>", "admin": true?}` (`--dev-tokens` only): a
 /// short-lived token for that tier (allowed to invalidate with `admin`), to loopback
-/// callers only.
+/// callers only: the client's address ([`crate::client_addr`]), so that behind a trusted
+/// proxy on the same host a remote caller is refused.
 async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
-    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+    if !ClientAddr::of(&req).is_some_and(|ip| ip.is_loopback()) {
         return error_response(
             ErrorCode::Forbidden,
             "/dev/token answers loopback callers only",

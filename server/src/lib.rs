@@ -13,6 +13,7 @@ pub mod adaptive;
 pub mod admission;
 pub mod auth;
 pub mod batch;
+pub mod client_addr;
 pub mod config;
 pub mod empty_tiles;
 pub mod http;
@@ -170,6 +171,17 @@ async fn build_app(
         info!(auth = %verifier.describe(), "callers");
     } else {
         tracing::warn!(auth = %verifier.describe(), "callers");
+    }
+    if !config.trusted_proxies.is_empty() {
+        let ranges: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        info!(ranges = %ranges.join(","), "X-Forwarded-For believed from these peers (--trusted-proxy)");
+        if config.trusted_proxies.iter().any(|t| t.is_everything()) {
+            tracing::warn!("--trusted-proxy trusts every peer: any client can choose its address with X-Forwarded-For");
+        }
     }
     if config.dev_tokens {
         tracing::warn!("--dev-tokens: POST /dev/token issues tokens for any tier to loopback callers; development only");
@@ -441,7 +453,7 @@ async fn serve_api(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        // The peer address is kept for per-caller limits and `/dev/token`'s loopback check.
+        // The peer address, from which `client_addr::layer` finds the client's address.
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);

@@ -14,6 +14,7 @@ mod postgis;
 mod redis;
 mod tiers;
 mod tiles;
+mod trusted_proxy;
 mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
