@@ -1,33 +1,35 @@
 //! The client's address: the TCP peer's, or, when the peer is a reverse proxy the operator
 //! trusts (`--trusted-proxy`), the address that proxy says it forwarded for in
-//! `X-Forwarded-For`. Computed once per request ([`layer`]) and used by everything keyed by
+//! `X-Forwarded-For` (or `Forwarded`, `--trusted-proxy-header`). Computed once per request ([`layer`]) and used by everything keyed by
 //! the client's address: refused credentials ([`crate::admission::AuthFailures`]), the
 //! per-caller rate of anonymous callers and the change feed's per-caller cap
 //! ([`crate::admission::caller_key`]), and `/dev/token`'s loopback check.
 //!
 //! The walk (as nginx's `set_real_ip_from` with `real_ip_recursive on`):
 //! - A peer outside every trusted range is the client; its headers are not read.
-//! - Otherwise `X-Forwarded-For` is read from the right (several header lines are one list,
-//!   in order): each proxy appends the address it received the request from, so the
+//! - Otherwise the header is read from the right (several header lines are one list, in
+//!   order): each proxy appends the address it received the request from, so the
 //!   entries on the right were written by trusted hops and those on the left by whoever
 //!   sent the request, possibly the client itself. A trusted entry is skipped; the first
 //!   one that is not trusted is the client.
-//! - An entry the walk reaches that is not an address (garbage, `unknown`, an empty
-//!   element, a line that is not UTF-8) ends it: the client is the last trusted hop, the
-//!   proxy that wrote it. Nothing left of such an entry is believed.
+//! - An entry the walk reaches that is not an address (garbage, `unknown`, an obfuscated
+//!   `_name`, an empty element, a `Forwarded` element without exactly one `for=`, a line
+//!   that is not UTF-8) ends it: the client is the last trusted hop, the proxy that wrote
+//!   it. Nothing left of such an entry is believed.
 //! - No header, or every entry trusted: the client is the last trusted hop (the left-most
 //!   entry, or the peer itself).
 //!
 //! An entry may be an IPv4 or IPv6 address, an IPv6 address in brackets, or either with a
-//! port (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the port is dropped. IPv4-mapped IPv6
-//! addresses (`::ffff:192.0.2.1`, what a dual-stack listener reports) count as their IPv4
-//! address, in ranges, peers and entries alike.
+//! port (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the port is dropped. In `Forwarded`
+//! (RFC 7239) an entry is the `for=` parameter of an element, quoted or not
+//! (`for=192.0.2.1;proto=https`, `for="[2001:db8::1]:4711"`); its other parameters are not
+//! read. IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`, what a dual-stack listener
+//! reports) count as their IPv4 address, in ranges, peers and entries alike.
 //!
-//! Only `X-Forwarded-For` is read: not `Forwarded` (RFC 7239), `X-Real-IP` or a vendor's
-//! header. A proxy that writes only one of them passes the others on as the client sent
-//! them, so reading a second header would let a client choose its address; every common
-//! proxy (nginx, HAProxy, Envoy, Caddy, Traefik, cloud load balancers) can write
-//! `X-Forwarded-For`.
+//! One header is read, the one `--trusted-proxy-header` names (`X-Forwarded-For` by
+//! default, or `Forwarded`); never both, nor `X-Real-IP` or a vendor's header. A proxy that
+//! writes one of them passes the others on as the client sent them, so reading a second
+//! header would let a client choose its address.
 //!
 //! Not `axum-client-ip`: it takes the right-most `X-Forwarded-For` entry from every peer
 //! (a client that reaches the server directly chooses its address) and skips no trusted
@@ -47,8 +49,40 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::App;
 
-/// The header read from trusted proxies.
+/// The header read from trusted proxies by default.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The standard header (RFC 7239) that may be read instead.
+pub const FORWARDED: &str = "forwarded";
+
+/// Which header trusted proxies write (`--trusted-proxy-header`): the one read, the other
+/// ignored.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1;proto=https` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => FORWARDED,
+        }
+    }
+
+    /// The address of one comma-separated element; `None` when it holds none.
+    fn entry(self, element: &str) -> Option<IpAddr> {
+        match self {
+            ForwardedHeader::XForwardedFor => parse_entry(element),
+            ForwardedHeader::Forwarded => parse_forwarded_element(element),
+        }
+    }
+}
 
 /// A range of proxies whose `X-Forwarded-For` is believed: one `--trusted-proxy` value, a
 /// CIDR range (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128).
@@ -128,19 +162,25 @@ fn canonical_net(net: IpNet) -> IpNet {
 }
 
 /// The client address of a request from `peer` with these headers, given the trusted
-/// proxies (see the module doc for the walk). Without trusted proxies: `peer`.
-pub fn client_addr(trusted: &[TrustedProxy], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+/// proxies and the header they write (see the module doc for the walk). Without trusted
+/// proxies: `peer`.
+pub fn client_addr(
+    trusted: &[TrustedProxy],
+    header: ForwardedHeader,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
     let mut hop = peer.to_canonical();
     if !is_trusted(hop) {
         return hop;
     }
-    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+    for line in headers.get_all(header.name()).iter().rev() {
         let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
             return hop;
         };
         for entry in line.rsplit(',') {
-            let Some(addr) = parse_entry(entry) else {
+            let Some(addr) = header.entry(entry) else {
                 return hop;
             };
             if !is_trusted(addr) {
@@ -170,6 +210,28 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// One `Forwarded` element's `for=` address (`for=192.0.2.1;proto=https`,
+/// `For="[2001:db8::1]:4711"`); `None` without exactly one `for=` or when it is not an
+/// address.
+fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
+    let mut value = None;
+    for pair in element.split(';') {
+        let (name, v) = pair.split_once('=')?;
+        if name.trim_matches([' ', '\t']).eq_ignore_ascii_case("for") {
+            if value.is_some() {
+                return None;
+            }
+            value = Some(v.trim_matches([' ', '\t']));
+        }
+    }
+    let v = value?;
+    let v = match v.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => v,
+    };
+    parse_entry(v)
+}
+
 /// The client's address of a request, in its extensions (set by [`layer`]; absent when the
 /// router is served without the peer's address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +252,13 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     if let Some(peer) = peer {
-        let addr = client_addr(&app.config.trusted_proxies, peer, req.headers());
+        let c = &app.config;
+        let addr = client_addr(
+            &c.trusted_proxies,
+            c.trusted_proxy_header,
+            peer,
+            req.headers(),
+        );
         req.extensions_mut().insert(ClientAddr(addr));
     }
     next.run(req).await
@@ -209,18 +277,39 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn xff(lines: &[&[u8]]) -> HeaderMap {
+    fn lines_of(name: &'static str, lines: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for l in lines {
-            h.append(X_FORWARDED_FOR, HeaderValue::from_bytes(l).unwrap());
+            h.append(name, HeaderValue::from_bytes(l).unwrap());
         }
         h
+    }
+
+    fn xff(lines: &[&[u8]]) -> HeaderMap {
+        lines_of(X_FORWARDED_FOR, lines)
     }
 
     /// The client of a request from `peer` with these `X-Forwarded-For` lines.
     fn walk(trusted: &[&str], peer: &str, lines: &[&str]) -> IpAddr {
         let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
-        client_addr(&ranges(trusted), ip(peer), &xff(&lines))
+        let xff = ForwardedHeader::XForwardedFor;
+        client_addr(&ranges(trusted), xff, ip(peer), &self::xff(&lines))
+    }
+
+    /// The client of a request from `peer` with these `Forwarded` lines, read as `header`.
+    fn walk_forwarded(
+        header: ForwardedHeader,
+        trusted: &[&str],
+        peer: &str,
+        lines: &[&str],
+    ) -> IpAddr {
+        let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        client_addr(
+            &ranges(trusted),
+            header,
+            ip(peer),
+            &lines_of(FORWARDED, &lines),
+        )
     }
 
     #[test]
@@ -390,8 +479,9 @@ mod tests {
         // An empty line and a line that is not UTF-8.
         assert_eq!(walk(&t, "127.0.0.1", &[""]), ip("127.0.0.1"));
         let h = xff(&[b"6.6.6.6", b"10.0.0.2, \xff\xfe", b"10.0.0.3"]);
+        let xff = ForwardedHeader::XForwardedFor;
         assert_eq!(
-            client_addr(&ranges(&t), ip("127.0.0.1"), &h),
+            client_addr(&ranges(&t), xff, ip("127.0.0.1"), &h),
             ip("10.0.0.3")
         );
         // A long run of garbage does not panic and is not believed.
@@ -399,5 +489,63 @@ mod tests {
         assert_eq!(walk(&t, "127.0.0.1", &[&long]), ip("198.51.100.1"));
         let long = format!("198.51.100.1{}", ", 10.0.0.1".repeat(10_000));
         assert_eq!(walk(&t, "127.0.0.1", &[&long]), ip("198.51.100.1"));
+    }
+
+    #[test]
+    fn forwarded_is_read_only_when_named_and_its_for_parameter_is_the_entry() {
+        use ForwardedHeader::{Forwarded, XForwardedFor};
+        let t = ["127.0.0.1", "10.0.0.0/8", "2001:db8:ffff::/48"];
+        let p = "127.0.0.1";
+        // Not named: ignored, whatever it says.
+        assert_eq!(
+            walk_forwarded(XForwardedFor, &t, p, &["for=198.51.100.1"]),
+            ip(p)
+        );
+        // Named: the right-most untrusted `for=`, other parameters not read.
+        let f = |lines: &[&str]| walk_forwarded(Forwarded, &t, p, lines);
+        assert_eq!(f(&["for=198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(
+            f(&["for=6.6.6.6, For=198.51.100.1;proto=https;by=10.0.0.1, for=10.0.0.2"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            f(&["proto=http; for=\"198.51.100.1:4711\" ;host=a.example"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            f(&["for=\"[2001:db8::7]:4711\", for=\"[2001:db8:ffff::1]\""]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            f(&["for=6.6.6.6, for=198.51.100.1", "for=10.0.0.2"]),
+            ip("198.51.100.1")
+        );
+        // No header: the proxy.
+        assert_eq!(f(&[]), ip(p));
+        // An element the walk reaches without exactly one usable `for=`: the last trusted
+        // hop, never the element left of it.
+        for bad in [
+            "for=unknown",
+            "for=_hidden",
+            "for=\"198.51.100.1",
+            "for=",
+            "proto=https",
+            "by=10.0.0.1",
+            "for=198.51.100.1;for=198.51.100.2",
+            "for=198.51.100.1;proto",
+            "198.51.100.1",
+            "",
+            "for=\"198.51.100.1\"x",
+        ] {
+            assert_eq!(f(&[&format!("for=6.6.6.6, {bad}")]), ip(p), "{bad:?}");
+            assert_eq!(
+                f(&[&format!("for=6.6.6.6,{bad},for=10.0.0.2")]),
+                ip("10.0.0.2"),
+                "{bad:?}"
+            );
+        }
+        // X-Forwarded-For is not read when Forwarded is named.
+        let h = xff(&[b"198.51.100.1"]);
+        assert_eq!(client_addr(&ranges(&t), Forwarded, ip(p), &h), ip(p));
     }
 }

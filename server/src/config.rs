@@ -299,14 +299,20 @@ pub struct Config {
     #[arg(long = "unlimited-sub", value_name = "SUB")]
     pub unlimited_subs: Vec<String>,
 
-    /// A reverse proxy whose `X-Forwarded-For` is believed: a CIDR range (10.0.0.0/8,
-    /// 2001:db8::/32) or an address; repeatable. When the TCP peer is in one of them, the
-    /// client address (for --auth-fail-rate, the per-caller limits of callers without a
-    /// token `sub`, and --dev-tokens' loopback check) is the right-most `X-Forwarded-For`
-    /// entry that is not itself a trusted proxy; from any other peer the header is ignored.
-    /// Only `X-Forwarded-For` is read, not `Forwarded` or `X-Real-IP`.
+    /// A reverse proxy whose `X-Forwarded-For` (--trusted-proxy-header) is believed: a CIDR
+    /// range (10.0.0.0/8, 2001:db8::/32) or an address; repeatable. When the TCP peer is in
+    /// one of them, the client address (for --auth-fail-rate, the per-caller limits of
+    /// callers without a token `sub`, and --dev-tokens' loopback check) is the right-most
+    /// entry of the header that is not itself a trusted proxy (a malformed one: the last
+    /// trusted hop); from any other peer the header is ignored.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<crate::client_addr::TrustedProxy>,
+
+    /// The header --trusted-proxy peers write the client's address in, the one read:
+    /// `x-forwarded-for`, or `forwarded` (RFC 7239, its `for=`). Never both: a proxy passes
+    /// the other on as the client sent it.
+    #[arg(long, value_enum, default_value_t = crate::client_addr::ForwardedHeader::XForwardedFor, value_name = "HEADER")]
+    pub trusted_proxy_header: crate::client_addr::ForwardedHeader,
 
     /// Refused credentials a second per client address (an IPv6 address by its /64),
     /// after a burst of --auth-fail-burst: past it a request carrying a credential from that

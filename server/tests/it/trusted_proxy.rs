@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tilewarm::access::Access;
 use tilewarm::tile::TileId;
+use tilewarm_server::client_addr::ForwardedHeader;
 use tilewarm_server::Server;
 
 use crate::common::{config, server, Config, Http, Reply};
@@ -120,6 +121,47 @@ async fn an_untrusted_peers_forwarded_for_is_ignored() {
             .error(429, "rate_limited");
     }
     assert_eq!(s.app.admission.auth_failures.tracked(), 1);
+    s.shutdown().await;
+}
+
+/// With `--trusted-proxy-header forwarded`, the client is the right-most untrusted `for=`
+/// of `Forwarded`, and `X-Forwarded-For` (which that proxy would pass on as the client sent
+/// it) is not read. Fails when the named header is not the one read (the request with a
+/// fresh `X-Forwarded-For` gets 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_forwarded_named_its_for_is_the_client_and_x_forwarded_for_is_ignored() {
+    let s = server(trusting(
+        &["127.0.0.1"],
+        Config {
+            trusted_proxy_header: ForwardedHeader::Forwarded,
+            ..three_bad_tokens()
+        },
+    ))
+    .await;
+    let bad = |headers: &'static [(&'static str, &'static str)]| {
+        let url = format!("{}/v1/batch", s.url());
+        async move {
+            let mut h = vec![("content-type", "application/json")];
+            h.extend_from_slice(headers);
+            Http::with_token(Some("not-a-jwt".into()))
+                .send("POST", &url, &h, "{}")
+                .await
+        }
+    };
+    let a = &[("forwarded", "for=198.51.100.1;proto=https")];
+    for _ in 0..3 {
+        bad(a).await.error(401, "unauthorized");
+    }
+    bad(a).await.error(429, "rate_limited");
+    bad(&[
+        ("forwarded", "for=203.0.113.7, for=198.51.100.1"),
+        ("x-forwarded-for", "198.51.100.9"),
+    ])
+    .await
+    .error(429, "rate_limited");
+    bad(&[("forwarded", "for=\"[2001:db8::b]:443\"")])
+        .await
+        .error(401, "unauthorized");
     s.shutdown().await;
 }
 
@@ -254,4 +296,15 @@ fn a_bad_trusted_proxy_is_refused_at_start() {
     .unwrap();
     let got: Vec<String> = c.trusted_proxies.iter().map(|t| t.to_string()).collect();
     assert_eq!(got, ["10.0.0.0/8", "::1/128"]);
+    assert_eq!(c.trusted_proxy_header, ForwardedHeader::XForwardedFor);
+    let c =
+        Config::try_parse_from(["tilewarm-server", "--trusted-proxy-header", "forwarded"]).unwrap();
+    assert_eq!(c.trusted_proxy_header, ForwardedHeader::Forwarded);
+    let e = Config::try_parse_from(["tilewarm-server", "--trusted-proxy-header", "x-real-ip"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x-forwarded-for") && e.contains("forwarded"),
+        "{e}"
+    );
 }
