@@ -192,8 +192,8 @@ pub fn client_addr(
     hop
 }
 
-/// One `X-Forwarded-For` entry: an address, a bracketed IPv6 address, or either with a
-/// port; `None` for anything else.
+/// One entry (an `X-Forwarded-For` element, a `Forwarded` `for=` value): an address, a
+/// bracketed IPv6 address, or either with a port; `None` for anything else.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
     let e = entry.trim_matches([' ', '\t']);
     let ip = e
