@@ -178,9 +178,10 @@ async fn build_app(
             .iter()
             .map(|t| t.to_string())
             .collect();
-        info!(ranges = %ranges.join(","), "X-Forwarded-For believed from these peers (--trusted-proxy)");
+        let header = config.trusted_proxy_header.name();
+        info!(ranges = %ranges.join(","), header, "the client address is read from this header of these peers (--trusted-proxy)");
         if config.trusted_proxies.iter().any(|t| t.is_everything()) {
-            tracing::warn!("--trusted-proxy trusts every peer: any client can choose its address with X-Forwarded-For");
+            tracing::warn!(header, "--trusted-proxy trusts every peer: any client can choose its address with this header");
         }
     }
     if config.dev_tokens {
