@@ -1044,6 +1044,8 @@ mod no_request_loop {
         /// Until its next wake-up.
         Wake,
         InvalidateIds(Vec<u8>),
+        /// The page sets the caller's tier (index into `Access::ALL`).
+        SetAccess(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1052,6 +1054,7 @@ mod no_request_loop {
             3 => (0u32..30_000).prop_map(Op::Advance),
             3 => Just(Op::Wake),
             1 => proptest::collection::vec(0u8..144, 0..4).prop_map(Op::InvalidateIds),
+            1 => (0u8..4).prop_map(Op::SetAccess),
         ]
     }
 
@@ -1065,6 +1068,9 @@ mod no_request_loop {
         OmitsATile,
         /// Says every requested id is gone.
         IdsMissing,
+        /// Answers at the public tier whatever the caller asked for (its credential gives
+        /// no more).
+        PublicOnly,
     }
 
     fn answer(
@@ -1087,6 +1093,16 @@ mod no_request_loop {
                 r.items.retain(|i| !request.ids.contains(&i.id));
                 r.missing = request.ids.clone();
             }
+            Backend::PublicOnly => {
+                r = o.answer(
+                    &BatchRequest {
+                        access: Access::Public,
+                        ..request.clone()
+                    },
+                    None,
+                );
+                r.access = Some(Access::Public);
+            }
         }
         r
     }
@@ -1102,6 +1118,7 @@ mod no_request_loop {
                 Just(Backend::HalfTheItems),
                 Just(Backend::OmitsATile),
                 Just(Backend::IdsMissing),
+                Just(Backend::PublicOnly),
             ],
             ops in proptest::collection::vec(op(), 1..40),
         ) {
@@ -1134,6 +1151,7 @@ mod no_request_loop {
                         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                         c.invalidate(Invalidate::Ids(&ids), now);
                     }
+                    Op::SetAccess(k) => c.set_access(Access::ALL[usize::from(k)], now),
                 }
                 let mut sent = 0;
                 while let Some(t) = c.poll_request(now) {
