@@ -249,8 +249,10 @@ for bounds,f in (("none", sys.argv[1]), ("page", sys.argv[2]), ("server", sys.ar
     echo 'out, to be fetched again next round. At 20,000 items it changes little (half B: 98.8%'
     echo 'to 98.6% of viewports, 235 to 237 requests) and at the default, 50,000, the rows above'
     echo 'moved by a few requests. On the synthetic traces, in caches this small, tilewarm'"'"'s wide'
-    echo 'neighbourhood completes fewer viewports than ring1'"'"'s single ring (80.4% against 91.1% at'
-    echo '5,000), on half B more; sizing `viewRing` to the cache was not tried.'
+    echo 'neighbourhood completes fewer viewports than ring1'"'"'s single ring (80.3% against 90.9% at'
+    echo '5,000), on half B more; sizing `viewRing` to the cache was not tried. (2026-12-04, after'
+    echo '10f3681, an answer to a tile'"'"'s id refresh that leaves it unshowable backs it off: these rows'
+    echo 'moved by under 1 point of viewports and 4% of requests.)'
     echo
     echo "| trace | maxItems | policy | viewport hit | requests | items fetched | items / oracle |"
     echo "|---|---:|---|---:|---:|---:|---:|"
