@@ -19,8 +19,10 @@ export interface FollowOptions {
   onEvent?: (event: FeedEvent) => void;
   /** Connection failures and bad events (following goes on). */
   onError?: (error: unknown) => void;
-  /** First reconnect delay, doubled per failure up to `maxRetryMs` (with jitter). Defaults
-   * 500 and 30 000. */
+  /** First reconnect delay, doubled per reconnect up to `maxRetryMs` (with jitter), and
+   * back to `minRetryMs` once a connection has stayed up for 30 s (or `maxRetryMs`, when
+   * less): a feed that ends each stream right after `ready` is not reconnected to in a
+   * tight loop. Defaults 500 and 30 000. */
   minRetryMs?: number;
   maxRetryMs?: number;
 }

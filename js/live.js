@@ -8,8 +8,10 @@
 // header. Each `invalidate` event goes through cache.invalidate (the core's invalidation);
 // `reset` (the server could not replay what was missed) invalidates everything. A dropped
 // connection reconnects with `Last-Event-ID` and backs off (0.5 s doubling to 30 s, with
-// jitter; back to 0.5 s once a connection is up), so no event is lost while the server
-// still holds it. The first connection invalidates everything too: what the cache held
+// jitter; back to 0.5 s once a connection has stayed up for STABLE_MS, or maxRetryMs when
+// that is less), so no event is lost while the server still holds it, and a server or proxy
+// that ends each stream right after `ready` (or sends `expired` at once) is not reconnected
+// to several times a second. The first connection invalidates everything too: what the cache held
 // before it cannot be proven fresh (follow right after create and that is nothing).
 // The server filters the feed for the connection's verified tier (ids go to the top tier
 // only), so when the cache's tier changes (cache.onAccess: setAccess, or a lower tier the
@@ -22,6 +24,10 @@
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
 const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+/** How long a connection must stay up after its `ready` for the backoff to start over at
+ * minRetryMs (at most maxRetryMs). A `ready` alone proves nothing: a feed that closes right
+ * after it used to be reconnected to every 0.25-0.5 s for ever. */
+const STABLE_MS = 30_000;
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -131,11 +137,14 @@ export function follow(cache, url, options = {}) {
     return true;
   };
 
+  const stableMs = Math.min(STABLE_MS, maxMs);
   const run = async () => {
     let wait = minMs, first = state.lastEventId === undefined;
     while (!ctrl.signal.aborted) {
       const c = new AbortController();
       conn = c;
+      // When this connection's `ready` came (Date.now()); undefined until then.
+      let upAt;
       const cut = () => c.abort();
       ctrl.signal.addEventListener('abort', cut, { once: true });
       try {
@@ -166,10 +175,10 @@ export function follow(cache, url, options = {}) {
           // Sent for the tier before a change: not applied, not reported.
           if (c.signal.aborted) break;
           // The token the connection was opened with stopped verifying: the server ends
-          // the stream; connect again (after the short wait) with a fresh auth.token().
+          // the stream; connect again (after the wait) with a fresh auth.token().
           if (ev.event === 'expired') { expired = true; break; }
           if (ev.event === 'ready') {
-            wait = minMs;
+            upAt ??= Date.now();
             if (first) {
               first = false;
               if (!apply(ev, true)) return;
@@ -188,6 +197,9 @@ export function follow(cache, url, options = {}) {
       } finally {
         ctrl.signal.removeEventListener('abort', cut);
         conn = null;
+        // A connection that stayed up long enough was a healthy one: the next wait starts
+        // over. (A change of tier skips the wait and keeps it as it is.)
+        if (upAt !== undefined && Date.now() - upAt >= stableMs) wait = minMs;
       }
       const jittered = wait / 2 + Math.random() * (wait / 2);
       await new Promise((ok) => {

@@ -2,7 +2,7 @@
 // target/debug/tilewarm-server; scripts/test-node.sh builds it) whose origin is the test
 // backend (support/backend.mjs), so a test can change an item at the origin, invalidate it
 // through POST /v1/invalidate, and watch the page show the new value through the feed.
-import { test, before, after } from 'node:test';
+import { test, before, after, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -365,6 +365,91 @@ test('events a connection delivers after a change of tier are neither applied no
   assert.equal(f.lastEventId, '2-0');
   cache.dispose();
   await f.done;
+});
+
+// A feed that accepts each connection and ends it at once, after `ready` (a proxy that cuts
+// event streams, or a broken server), or after `ready` and `expired`: a `ready` alone used to
+// reset the backoff, so each was reconnected to every 0.25-0.5 s for as long as the page
+// stayed open (about 160 connections a minute, and an invalidate-all each with no
+// lastEventId). Now the backoff starts over only after a connection stayed up for 30 s.
+for (const [what, body] of [
+  ['closes right after ready', 'event: ready\nid: 1-0\ndata: {}\n\n'],
+  ['sends ready then expired', 'event: ready\nid: 1-0\ndata: {}\n\nevent: expired\ndata: {}\n\n'],
+]) {
+  test(`a feed that ${what} is reconnected to with a growing backoff, not several times a second`, async () => {
+    mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
+    try {
+      const cache = await TileCache.create({ endpoint: backend.url });
+      const at = [];
+      let tokens = 0;
+      const feed = async () => {
+        at.push(Date.now());
+        return new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } });
+      };
+      const stop = new AbortController();
+      const f = follow(cache, 'http://feed.test/v1/changes', {
+        fetch: feed, signal: stop.signal, onError: () => {}, auth: { token: () => { tokens++; return 't0k3n'; } },
+      });
+      const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
+      for (let ms = 0; ms < 120_000; ms += 50) {
+        await settle();
+        mock.timers.tick(50);
+      }
+      await settle();
+      const gaps = at.slice(1).map((t, i) => t - at[i]);
+      // 0.5, 1, 2, 4, 8, 16 s, then 30 s (each with jitter down to half): at most 11 in two
+      // minutes; the bug made about 320.
+      assert.ok(at.length >= 5 && at.length <= 11, `${at.length} connections in two minutes; gaps ${gaps}`);
+      assert.ok(gaps.slice(-2).every((g) => g >= 15_000), `the last gaps ${gaps.slice(-2)} reach the 30 s cap`);
+      assert.equal(tokens, at.length, 'one auth.token() per connection');
+      stop.abort();
+      await settle();
+      await f.done;
+      cache.dispose();
+    } finally {
+      mock.timers.reset();
+    }
+  });
+}
+
+test('a connection that stayed up 30 s counts as healthy: the next reconnect is after 0.25-0.5 s again', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
+  try {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const at = [];
+    // Four connections cut at once after ready, then one that lasts 31 s, then cut ones again.
+    const feed = async (_url, { signal }) => {
+      at.push(Date.now());
+      const long = at.length === 5;
+      return new Response(new ReadableStream({
+        start(c) {
+          c.enqueue(new TextEncoder().encode('event: ready\nid: 1-0\ndata: {}\n\n'));
+          if (!long) { c.close(); return; }
+          const t = setTimeout(() => c.close(), 31_000);
+          signal.addEventListener('abort', () => { clearTimeout(t); c.error(signal.reason); }, { once: true });
+        },
+      }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+    };
+    const stop = new AbortController();
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, onError: () => {} });
+    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
+    for (let ms = 0; at.length < 6 && ms < 120_000; ms += 10) {
+      await settle();
+      mock.timers.tick(10);
+    }
+    const gaps = at.slice(1).map((t, i) => t - at[i]);
+    assert.equal(at.length, 6, `connections at gaps ${gaps}`);
+    // Before the long one the waits grew (0.5, 1, 2, 4 s with jitter: the fourth at least 2 s).
+    assert.ok(gaps[3] >= 2000, `gaps ${gaps}`);
+    // After it: 31 s up, then 0.25-0.5 s.
+    assert.ok(gaps[4] - 31_000 >= 250 && gaps[4] - 31_000 <= 520, `gaps ${gaps}`);
+    stop.abort();
+    await settle();
+    await f.done;
+    cache.dispose();
+  } finally {
+    mock.timers.reset();
+  }
 });
 
 test('onDispose: called once at dispose, at once on a disposed cache, not after unsubscribing', async () => {
