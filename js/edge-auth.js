@@ -29,6 +29,13 @@ export const JWKS_STALE_IF_ERROR_MS = 3_600_000;
  * key server again: a failing key server is not asked once per request. */
 export const JWKS_RETRY_AFTER_FAILURE_MS = 30_000;
 
+/** With no key set to fall back on (the key server never answered, or its last set is past
+ * JWKS_STALE_IF_ERROR_MS), how long after a failed fetch of JWKS_URL requests with a token
+ * are answered 502 at once instead of asking the key server again; doubled per failure in a
+ * row, up to JWKS_RETRY_AFTER_FAILURE_MS. jose keeps no failure: without this a key server
+ * that is down was asked once per request. */
+export const JWKS_FIRST_RETRY_MS = 250;
+
 /**
  * Tokens this isolate verified: the exact token text → its tier and `exp`. Only a token that
  * passed every check is remembered, with the tier read from its verified claims; the key is
@@ -182,21 +189,35 @@ export function createAuth(env, options = {}) {
     const fetched = {};
     const remote = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
     // The last good set, while it is within JWKS_STALE_IF_ERROR_MS past its max age.
-    let lastSet = null, last = null, failedAt = -Infinity;
+    let lastSet = null, last = null;
+    // The key server's failures in a row, the last one's time and error.
+    let failures = 0, failedAt = -Infinity, failure = null;
     const lastGood = () => {
       if (!fetched.jwks || !(Date.now() - fetched.uat < maxAge * 1000 + JWKS_STALE_IF_ERROR_MS)) return null;
       if (fetched.jwks !== lastSet) [lastSet, last] = [fetched.jwks, createLocalJWKSet(fetched.jwks)];
       return last;
     };
     key = async (header, token) => {
-      const recent = Date.now() - failedAt < JWKS_RETRY_AFTER_FAILURE_MS ? lastGood() : null;
+      const since = Date.now() - failedAt;
+      const recent = since < JWKS_RETRY_AFTER_FAILURE_MS ? lastGood() : null;
       if (recent) return recent(header, token);
+      const wait = Math.min(JWKS_RETRY_AFTER_FAILURE_MS, JWKS_FIRST_RETRY_MS * 2 ** Math.min(20, failures - 1));
+      if (failures > 0 && since < wait) {
+        throw new Error(`${failure} (${failures} failure${failures > 1 ? 's' : ''} in a row; asked again in ${Math.ceil(wait - since)} ms)`);
+      }
       try {
-        return await remote(header, token);
+        const k = await remote(header, token);
+        failures = 0;
+        return k;
       } catch (e) {
-        if (aboutTheToken(e)) throw e;
+        if (aboutTheToken(e)) {
+          failures = 0;
+          throw e;
+        }
         // The key server failed: the last good set verifies while it may (else 502).
+        failures++;
         failedAt = Date.now();
+        failure = e?.message ?? String(e);
         const stale = lastGood();
         if (!stale) throw e;
         return stale(header, token);

@@ -7,7 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
-import { VerifiedTokens, MAX_CACHED_TOKEN_CHARS } from '../../js/edge-auth.js';
+import { VerifiedTokens, MAX_CACHED_TOKEN_CHARS, JWKS_FIRST_RETRY_MS } from '../../js/edge-auth.js';
 import { freePort, post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import {
   SECRET, ISSUER, AUDIENCE, TIERS, RANK, hsToken, callerToken, serviceToken, rsaKeys, unsigned,
@@ -473,8 +473,13 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
   it('answers 502 upstream_error for a key server answering 500, a redirect, not JSON or not a key set', async () => {
     const token = await keys.sign({ tilewarm_access: 'registered' });
     const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    let wait = 0;
     for (const [m, why] of [['error', /200 OK/], ['redirect', /200 OK/], ['not-json', /JSON/], ['not-a-key-set', /malformed/]]) {
       mode = m;
+      // After a failure the key server is not asked again before JWKS_FIRST_RETRY_MS,
+      // doubled per failure in a row (502 at once meanwhile).
+      await new Promise((ok) => setTimeout(ok, wait));
+      wait = wait ? wait * 2 : JWKS_FIRST_RETRY_MS + 20;
       const r = await post(edge.batch, req, bearer(token));
       assert.equal(r.status, 502, `${m}: ${r.text}`);
       assert.equal(r.json.error.code, 'upstream_error', m);
@@ -484,6 +489,7 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
     }
     // Once the keys are served again the same token passes: it was never the token.
     mode = 'ok';
+    await new Promise((ok) => setTimeout(ok, wait));
     const r = await post(edge.batch, req, bearer(token));
     assert.equal(r.status, 200, r.text);
   });
@@ -529,6 +535,70 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
     const other = await rsaKeys('k9');
     const r = await post(edge.batch, req, bearer(await other.sign({ tilewarm_access: 'registered' })));
     assert.equal(r.status, 401, r.text);
+  });
+});
+
+describe('edge worker: a JWKS_URL under a flood of tokens', () => {
+  // The key server is asked at most once per failure backoff, whatever the callers send:
+  // before, a key server that had never answered was fetched once per request (jose keeps
+  // no failure, and the last-good-set rule needs a set), and a flood of tokens each with a
+  // `kid` of its own must not fetch it once per token either.
+  let stack, edge, keys, up = false, asked = 0;
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    stack = await jwksStack((req, res) => {
+      asked++;
+      if (!up) {
+        res.writeHead(503, { 'content-type': 'text/plain' });
+        return res.end('the key server is down');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    }, { changesPollMs: 0 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it('asks a key server that never answered once per backoff, not once per request, and uses it once it is up', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const token = await keys.sign({ tilewarm_access: 'registered' });
+    const start = Date.now();
+    const statuses = [];
+    while (Date.now() - start < 1200) statuses.push((await post(edge.batch, req, bearer(token))).status);
+    const elapsed = Date.now() - start;
+    assert.ok(statuses.every((s) => s === 502), `statuses ${statuses}`);
+    assert.ok(statuses.length >= 20, `only ${statuses.length} requests in ${elapsed} ms: the machine was too slow for this test`);
+    // Asked at the first request, then not before 250 ms, 500 ms and 1 s have passed after
+    // each failure: at most 3 times within 1.75 s (each request takes well under 0.5 s).
+    assert.ok(asked <= 3, `the key server was asked ${asked} times for ${statuses.length} requests in ${elapsed} ms`);
+    // Back up: the next request after the retry delay (at most 2 s) asks it, and passes.
+    up = true;
+    const before = asked;
+    let r;
+    for (const end = Date.now() + 3000; Date.now() < end;) {
+      r = await post(edge.batch, req, bearer(token));
+      if (r.status === 200) break;
+      assert.equal(r.status, 502, r.text);
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    assert.equal(r.status, 200, r.text);
+    assert.equal(asked - before, 1);
+  });
+
+  it('fetches the keys again at most once per cool-down for tokens whose kid it does not know', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const before = asked;
+    const random = (i) => keys.sign({ tilewarm_access: 'registered', n: i }, { header: { kid: `r${i}-${Math.random()}` } });
+    for (let i = 0; i < 20; i++) {
+      const r = await post(edge.batch, req, bearer(await random(i)));
+      assert.equal(r.status, 401, r.text);
+    }
+    const many = await Promise.all(Array.from({ length: 20 }, async (_, i) => post(edge.batch, req, bearer(await random(100 + i)))));
+    assert.ok(many.every((r) => r.status === 401), many.map((r) => r.status).join());
+    // The set was fetched just before (the test above), so it is within jose's 30 s cool-down.
+    assert.equal(asked - before, 0, `the key server was asked ${asked - before} times for 40 unknown kids`);
   });
 });
 
