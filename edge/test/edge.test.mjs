@@ -359,4 +359,26 @@ describe('edge worker: warming after a hit', () => {
     assert.ok(second.body.tiles.every((t) => !warmed.includes(t) && t !== req.tiles[0]), 'two other neighbours');
     assert.equal(second.body.access, 'public');
   });
+
+  it('does not warm the same neighbours again on every hit while their warming fails', async () => {
+    // Before, each hit planned the same warming request again: one origin request per hit.
+    relay.failWarm = true;
+    try {
+      const req = { tiles: ['14/2630/5721'], access: 'public' };
+      const before = relay.requests('warm').length;
+      assert.equal((await post(edge.batch, req)).cache, 'miss');
+      await until(async () => relay.requests('warm').length === before + 1, 'the miss\'s warming request');
+      const start = Date.now();
+      for (let i = 0; i < 30; i++) assert.equal((await post(edge.batch, req)).cache, 'hit');
+      await Promise.all(Array.from({ length: 20 }, async () => assert.equal((await post(edge.batch, req)).cache, 'hit')));
+      await new Promise((ok) => setTimeout(ok, 200)); // let any warming go out
+      assert.ok(Date.now() - start < 4500, 'the machine was too slow for this test (WARM_RETRY_MS is 5 s)');
+      // The eight neighbours, two per request, go out once each: four requests, then none
+      // before WARM_RETRY_MS, never one per hit.
+      const sent = relay.requests('warm').length - before;
+      assert.equal(sent, 4, `${sent} warming requests for one miss and 50 hits`);
+    } finally {
+      relay.failWarm = false;
+    }
+  });
 });

@@ -80,7 +80,9 @@ pub struct ProxyConfig {
     /// cached (split onto its data tiles). Default 2; at most [`crate::cache::MAX_SPLIT_LEVELS`].
     pub split_levels: u8,
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
-    /// Default 1; at most 4.
+    /// Default 1; at most 4. A tile warmed and still not fresh is warmed again only after
+    /// [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`] (its answer may still
+    /// be out, or failed, or the cache could not keep it).
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
@@ -256,7 +258,30 @@ pub struct Proxy {
     wire: wire::Wire,
     /// Changes applied from the feed ([`change`]).
     changes: change::Changes,
+    /// Data tiles warmed and not seen fresh since, per tier: not warmed again before
+    /// their time ([`WARM_RETRY_MS`]).
+    warm_tries: LruCache<(Access, TileId), WarmTry>,
 }
+
+/// A data tile's warming tries since it was last seen fresh.
+#[derive(Clone, Copy, Debug)]
+struct WarmTry {
+    tries: u32,
+    not_before_ms: u64,
+}
+
+/// How long after a tile was warmed it is not warmed again while it is not fresh: its
+/// answer may still be out (the edge's `warmTimeoutMs` is 5 s), or it failed, or the cache
+/// could not keep it. Without it every hit planned the same warming request again, one
+/// origin request per hit. Doubled per try, up to [`WARM_RETRY_MAX_MS`]; forgotten once
+/// the tile is seen fresh.
+pub const WARM_RETRY_MS: u64 = 5_000;
+
+/// The longest wait between two warmings of a tile that does not become fresh.
+pub const WARM_RETRY_MAX_MS: u64 = 60_000;
+
+/// Most tiles whose warming tries are remembered (least recently used go first).
+pub const MAX_WARM_TRIES: usize = 4096;
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
 type TileRead = (Vec<Item<RawData>>, u64);
@@ -325,6 +350,9 @@ impl Proxy {
             stats: ProxyStats::default(),
             wire: wire::Wire::new(),
             changes: change::Changes::new(),
+            warm_tries: LruCache::new(
+                NonZeroUsize::new(MAX_WARM_TRIES).unwrap_or(NonZeroUsize::MIN),
+            ),
         })
     }
 
@@ -605,7 +633,8 @@ impl Proxy {
         response
     }
 
-    /// Neighbour data tiles of `data_tiles` that `tier`'s cache does not hold fresh, at most
+    /// Neighbour data tiles of `data_tiles` that `tier`'s cache does not hold fresh and that
+    /// were not warmed too recently ([`WARM_RETRY_MS`]), at most
     /// [`ProxyConfig::max_warm_tiles`], as a request at `tier`.
     fn plan_warm(
         &mut self,
@@ -618,14 +647,36 @@ impl Proxy {
         }
         let ring = ring_around(data_tiles, self.config.warm_ring).ok()?;
         let max = self.config.max_warm_tiles;
-        let cache = self.cache(tier);
+        let cache = &self.caches[tier.rank() as usize];
+        let warm_tries = &mut self.warm_tries;
         let tiles: Vec<TileId> = ring
             .into_iter()
-            .filter(|&t| cache.tile_freshness(t, tier, now_ms) != TileFreshness::Fresh)
+            .filter(|&t| {
+                if cache.tile_freshness(t, tier, now_ms) == TileFreshness::Fresh {
+                    warm_tries.pop(&(tier, t));
+                    return false;
+                }
+                warm_tries
+                    .peek(&(tier, t))
+                    .is_none_or(|w| w.not_before_ms <= now_ms)
+            })
             .take(max)
             .collect();
         if tiles.is_empty() {
             return None;
+        }
+        for &t in &tiles {
+            let tries = warm_tries.peek(&(tier, t)).map_or(0, |w| w.tries) + 1;
+            let delay = WARM_RETRY_MS
+                .saturating_mul(1 << (tries - 1).min(16))
+                .min(WARM_RETRY_MAX_MS);
+            warm_tries.put(
+                (tier, t),
+                WarmTry {
+                    tries,
+                    not_before_ms: now_ms.saturating_add(delay),
+                },
+            );
         }
         self.stats.warm_requests += 1;
         self.changes.warm_planned(tier, &tiles);

@@ -117,6 +117,11 @@ export async function startRelay(target, { requireToken } = {}) {
       return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
     }
     if (relay.mode === 'stall') return; // the worker's timeout ends it
+    if (relay.failWarm && req.headers['x-tilewarm-purpose'] === 'warm') {
+      // Warming requests only fail (`relay.failWarm`), as an origin that sheds them.
+      res.writeHead(503, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { code: 'overloaded', message: 'no warming now' } }));
+    }
     if (relay.mode === 'rate_limited' || relay.mode === 'overloaded') {
       // As tilewarm-server answers a caller over its rate (429) or at capacity (503).
       const [status, wait] = relay.mode === 'rate_limited' ? [429, '7'] : [503, '3'];
