@@ -30,7 +30,8 @@
 //!
 //! The connection is checked every [`PING_EVERY`] with a `SELECT 1` (failing after
 //! [`PING_TIMEOUT`]); a dropped or silent connection is replaced, with back-off from 100 ms
-//! to 2 s. **Rule: on every (re)connect, after `LISTEN` is in place, the whole tier is
+//! to 2 s (starting over at 100 ms only after a connection that lasted [`STABLE_AFTER`]).
+//! **Rule: on every (re)connect, after `LISTEN` is in place, the whole tier is
 //! invalidated** — notifications sent while nobody listened are lost, and a delete leaves no
 //! row whose update time could prove anything, so nothing cached before can be proven
 //! fresh. The first connect at startup does the same (a shared Redis tier may hold entries
@@ -70,6 +71,12 @@ use crate::App;
 pub const PING_EVERY: Duration = Duration::from_secs(2);
 /// How long a check may take before the connection is replaced.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a listening connection must have lasted for the back-off to start over at
+/// 100 ms when it drops. One dropped sooner (a pooler or proxy cutting it, a kill loop) keeps
+/// backing off to 2 s: each reconnect invalidates the whole tier and publishes that to every
+/// follower of the change feed, and starting over whenever the connection had come up at all
+/// made that ten times a second.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// What the listener needs: where to connect and which channel to listen on.
 #[derive(Clone)]
@@ -259,11 +266,14 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
             let zoom = strong.config.data_zoom;
             let queue_max = strong.config.change_queue_max;
             drop(strong);
+            let began = tokio::time::Instant::now();
             let result = listen_once(&app, &feed, zoom, queue_max).await;
             let Err(e) = result else { return }; // the app is gone
             if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
-                backoff = Duration::from_millis(100);
+                if began.elapsed() >= STABLE_AFTER {
+                    backoff = Duration::from_millis(100);
+                }
             } else {
                 debug!(error = %e, "change feed: cannot connect yet");
             }
