@@ -5,7 +5,9 @@
 //!   request's data tiles, cut to `--warmup-max-tiles`, is offered to a bounded queue with
 //!   `try_send`. A full queue drops the job (counted in `tilewarm_warmup_dropped_total`): a
 //!   request never waits for warm-up.
-//! - **Request filter** (worker): skips tiles being warmed by another job and tiles the
+//! - **Request filter** (worker): skips tiles being warmed by another job, tiles warmed
+//!   lately that the tier did not hold since ([`WARM_RETRY_MS`]: the origin failed them, or
+//!   the tier did not keep them, e.g. empty lists past `--max-empty-tiles`), and tiles the
 //!   cache tier already holds.
 //! - **Claim** (worker): before each origin call, claims its tiles in the shared tier
 //!   ([`crate::tier::CacheTier::claim`], Redis `SET NX PX`) and drops those another
@@ -17,7 +19,7 @@
 //!   `--origin-timeout-ms` (the job ends there and releases its tiles).
 //! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -32,6 +34,42 @@ use crate::metrics::Metrics;
 use crate::origin::{CallSource, OriginFailure};
 use crate::tier::now_ms;
 use crate::App;
+
+/// How long after a tile was warmed it is not warmed again while the tier does not hold it:
+/// its warming failed, or the tier did not keep it (an empty list past `--max-empty-tiles`).
+/// Without it every request queued the same ring again, one warm-up origin call per request.
+/// Doubled per try, up to [`WARM_RETRY_MAX_MS`]; forgotten once the tier holds the tile.
+pub const WARM_RETRY_MS: u64 = 5_000;
+
+/// The longest wait between two warmings of a tile the tier does not keep.
+pub const WARM_RETRY_MAX_MS: u64 = 60_000;
+
+/// Most tiles whose warming tries are remembered.
+const MAX_TRIES: usize = 4096;
+
+/// Tiles warmed and not seen held since: their tries and when they may be warmed again.
+#[derive(Default)]
+struct Tries(HashMap<TileId, (u32, u64)>);
+
+impl Tries {
+    fn due(&self, t: TileId, now: u64) -> bool {
+        self.0.get(&t).is_none_or(|&(_, at)| at <= now)
+    }
+
+    fn tried(&mut self, t: TileId, now: u64) {
+        if self.0.len() >= MAX_TRIES && !self.0.contains_key(&t) {
+            self.0.retain(|_, &mut (_, at)| at > now);
+            if self.0.len() >= MAX_TRIES {
+                self.0.clear();
+            }
+        }
+        let tries = self.0.get(&t).map_or(0, |&(n, _)| n) + 1;
+        let delay = WARM_RETRY_MS
+            .saturating_mul(1 << (tries - 1).min(16))
+            .min(WARM_RETRY_MAX_MS);
+        self.0.insert(t, (tries, now.saturating_add(delay)));
+    }
+}
 
 /// One job: data tiles to warm.
 #[derive(Debug)]
@@ -116,34 +154,47 @@ impl Warmup {
 pub fn run_workers(app: Weak<App>, rx: mpsc::Receiver<WarmJob>, n: usize) {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let in_flight: Arc<Mutex<HashSet<TileId>>> = Arc::default();
+    let tries: Arc<Mutex<Tries>> = Arc::default();
     // Who holds a claim (informational: a claim is never compared, only held or not).
     let owner: Arc<str> = format!("pid{}@{}", std::process::id(), now_ms()).into();
     for _ in 0..n {
         let rx = Arc::clone(&rx);
         let app = app.clone();
         let in_flight = Arc::clone(&in_flight);
+        let tries = Arc::clone(&tries);
         let owner = Arc::clone(&owner);
         tokio::spawn(async move {
             loop {
                 let job = { rx.lock().await.recv().await };
                 let Some(job) = job else { return };
                 let Some(app) = app.upgrade() else { return };
-                warm(&app, job, &in_flight, &owner).await;
+                warm(&app, job, &in_flight, &tries, &owner).await;
             }
         });
     }
 }
 
-async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>, owner: &str) {
+async fn warm(
+    app: &App,
+    job: WarmJob,
+    in_flight: &Mutex<HashSet<TileId>>,
+    tries: &Mutex<Tries>,
+    owner: &str,
+) {
     let m = &app.metrics;
     if !app.tier.available() {
         m.warmup_errors.fetch_add(1, Relaxed);
         return;
     }
-    // Filter: not being warmed by another job, not already cached.
+    // Filter: not being warmed by another job, not warmed lately, not already cached.
+    let now = now_ms();
     let claimed: Vec<TileId> = {
+        let tries = tries.lock().unwrap_or_else(|p| p.into_inner());
         let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        job.tiles.into_iter().filter(|t| set.insert(*t)).collect()
+        job.tiles
+            .into_iter()
+            .filter(|t| tries.due(*t, now) && set.insert(*t))
+            .collect()
     };
     let release = |tiles: &[TileId]| {
         let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,6 +218,16 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>, owner
         .collect();
     m.warmup_skipped_tiles
         .fetch_add((claimed.len() - todo.len()) as u64, Relaxed);
+    {
+        let mut tries = tries.lock().unwrap_or_else(|p| p.into_inner());
+        for (&t, &h) in claimed.iter().zip(&held) {
+            if h {
+                tries.0.remove(&t);
+            } else {
+                tries.tried(t, now);
+            }
+        }
+    }
     // Claim, fetch and write.
     let claim_ms = match app.config.origin_timeout_ms {
         0 => 60_000,
@@ -229,4 +290,39 @@ async fn warm(app: &App, job: WarmJob, in_flight: &Mutex<HashSet<TileId>>, owner
         }
     }
     release(&claimed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tile_tried_again_waits_longer_each_time_up_to_the_cap() {
+        let t: TileId = "14/1/1".parse().unwrap();
+        let mut tries = Tries::default();
+        assert!(tries.due(t, 0));
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            tries.tried(t, now);
+            assert!(!tries.due(t, now + 1));
+            let at = tries.0[&t].1;
+            waits.push(at - now);
+            now = at;
+            assert!(tries.due(t, now));
+        }
+        assert_eq!(
+            waits,
+            [5_000, 10_000, 20_000, 40_000, 60_000, 60_000, 60_000]
+        );
+    }
+
+    #[test]
+    fn the_tries_kept_stay_bounded() {
+        let mut tries = Tries::default();
+        for x in 0..(3 * MAX_TRIES as u32) {
+            tries.tried(TileId::new(14, x, 7).unwrap(), 0);
+            assert!(tries.0.len() <= MAX_TRIES);
+        }
+    }
 }

@@ -280,3 +280,32 @@ async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_lay
     }
     assert!(stats.leaked_items.load(Relaxed) > 0);
 }
+
+/// Warm-up of tiles the tier cannot keep (here a tile far from the data, whose ring is
+/// empty, with `--max-empty-tiles 0`: no empty list is stored; an origin failing warm-up
+/// calls is the same case): every request used to queue the same ring again, one warm-up
+/// origin call per request beside its own. A tile warmed and not seen held since is not
+/// warmed again before 5 s (doubling to 60 s).
+#[tokio::test]
+async fn warm_up_of_tiles_it_cannot_keep_is_not_repeated_per_request() {
+    let s = server(Config {
+        max_empty_tiles: 0,
+        warmup_ring: 1,
+        ..config()
+    })
+    .await;
+    let http = Http::new();
+    let far: tilewarm::tile::TileId = "14/100/100".parse().unwrap();
+    let m = &s.app.metrics;
+    for _ in 0..30 {
+        let r = http.ok(&s, &request(&[far], &[], Access::Public)).await;
+        assert!(r.tiles.iter().all(|l| l.ids.is_empty()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its own calls: each request asks again (an empty list is not stored), by design.
+    assert_eq!(m.origin_calls_request.load(Relaxed), 30);
+    let warm = m.origin_calls_warmup.load(Relaxed);
+    assert_eq!(warm, 1, "{warm} warm-up calls for 30 requests of one tile");
+    s.shutdown().await;
+}
