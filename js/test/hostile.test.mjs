@@ -317,6 +317,44 @@ test('a dead backend under a still page: the visible tiles are retried with a gr
   cache.dispose();
 }));
 
+// Every way a backend or a token provider can keep failing, under a still page with the
+// default prefetch and a get() waiting: the cache's requests (and auth.token() calls) in
+// ten minutes stay within a growing backoff, never a loop.
+for (const [what, trouble, auth] of [
+  ['401 (a fresh token each try)', () => status(401), { token: () => 'tok' }],
+  ['403', () => status(403)],
+  ['404', () => status(404)],
+  ['429 without Retry-After', () => status(429)],
+  ['500', () => status(500)],
+  ['503 with Retry-After: 0', () => status(503, { 'retry-after': '0' })],
+  ['200 with a body that is not JSON', () => new Response('<html>', { status: 200 })],
+  ['200 with JSON that is not an answer', () => new Response('[]', { status: 200 })],
+  ['a rejected fetch', () => Promise.reject(new TypeError('fetch failed'))],
+  ['auth.token() throwing', null, { token: () => { throw new Error('no session'); } }],
+  ['auth.token() giving garbage', null, { token: () => 'not a token' }],
+]) {
+  test(`a backend that keeps failing (${what}) is asked with a growing backoff: no loop in ten minutes`, (t) => withMockedTimers(async () => {
+    const s = scripted();
+    if (trouble) s.trouble = trouble;
+    let tokens = 0;
+    const options = { endpoint: backend.url, fetch: s.fetch, now: () => s.now };
+    if (auth) options.auth = { token: () => { tokens++; return auth.token(); } };
+    const cache = await TileCache.create(options);
+    cache.onError(() => {});
+    cache.setViewport(viewOf(SX, SY));
+    cache.get('no-such-id').catch(() => {});
+    await s.advance(600_000, 100);
+    const asked = Math.max(s.calls.length, tokens);
+    // The dead-backend test above: under 150 with no prefetch (foreground only). With the
+    // prefetch ring too, every tile backs off on its own; a loop would ask thousands of times.
+    assert.ok(asked < 400, `${s.calls.length} requests and ${tokens} auth.token() calls in 10 minutes`);
+    const last = s.calls.filter((c) => c.at > s.now - 60_000).length;
+    t.diagnostic(`${what}: ${s.calls.length} requests, ${tokens} tokens; ${last} in the last minute`);
+    assert.ok(last < 60, `${last} requests in the last minute`);
+    cache.dispose();
+  }));
+}
+
 test('the breaker: opens after consecutive failures (prefetch held, foreground tried), closes after recovery', () => withMockedTimers(async () => {
   const s = scripted();
   s.trouble = () => status(503);
