@@ -22,7 +22,8 @@ export interface FollowOptions {
   /** First reconnect delay, doubled per reconnect up to `maxRetryMs` (with jitter), and
    * back to `minRetryMs` once a connection has stayed up for 30 s (or `maxRetryMs`, when
    * less): a feed that ends each stream right after `ready` is not reconnected to in a
-   * tight loop. Defaults 500 and 30 000. */
+   * tight loop. A refusal's `Retry-After` (429, 503; at most an hour) is the least wait.
+   * Defaults 500 and 30 000. */
   minRetryMs?: number;
   maxRetryMs?: number;
 }

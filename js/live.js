@@ -8,11 +8,12 @@
 // header. Each `invalidate` event goes through cache.invalidate (the core's invalidation);
 // `reset` (the server could not replay what was missed) invalidates everything. A dropped
 // connection reconnects with `Last-Event-ID` and backs off (0.5 s doubling to 30 s, with
-// jitter; back to 0.5 s once a connection has stayed up for STABLE_MS, or maxRetryMs when
-// that is less), so no event is lost while the server still holds it, and a server or proxy
-// that ends each stream right after `ready` (or sends `expired` at once) is not reconnected
-// to several times a second. The first connection invalidates everything too: what the cache held
-// before it cannot be proven fresh (follow right after create and that is nothing).
+// jitter, and at least a refusal's Retry-After; back to 0.5 s once a connection has stayed
+// up for STABLE_MS, or maxRetryMs when that is less), so no event is lost while the server
+// still holds it, and a server or proxy that ends each stream right after `ready` (or sends
+// `expired` at once) is not reconnected to several times a second. The first connection
+// invalidates everything too: what the cache held before it cannot be proven fresh
+// (follow right after create and that is nothing).
 // The server filters the feed for the connection's verified tier (ids go to the top tier
 // only), so when the cache's tier changes (cache.onAccess: setAccess, or a lower tier the
 // server reported) the connection is dropped and made again at once with a fresh
@@ -28,6 +29,17 @@ const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
  * minRetryMs (at most maxRetryMs). A `ready` alone proves nothing: a feed that closes right
  * after it used to be reconnected to every 0.25-0.5 s for ever. */
 const STABLE_MS = 30_000;
+
+/** Longest Retry-After honoured (an hour), as the batch requests' backoff takes it. */
+const MAX_RETRY_AFTER_MS = 3_600_000;
+
+/** A `Retry-After` (delay seconds or an HTTP date) in milliseconds, at most
+ * MAX_RETRY_AFTER_MS; 0 when there is none or it cannot be read. */
+function retryAfterMs(h) {
+  if (h == null) return 0;
+  const ms = /^\s*\d+\s*$/.test(h) ? Number(h) * 1000 : Date.parse(h) - Date.now();
+  return Number.isNaN(ms) ? 0 : Math.min(MAX_RETRY_AFTER_MS, Math.max(0, ms));
+}
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -139,7 +151,8 @@ export function follow(cache, url, options = {}) {
 
   const stableMs = Math.min(STABLE_MS, maxMs);
   const run = async () => {
-    let wait = minMs, first = state.lastEventId === undefined;
+    // `floor`: the Retry-After of the last refusal (429, 503), the least the next wait is.
+    let wait = minMs, floor = 0, first = state.lastEventId === undefined;
     while (!ctrl.signal.aborted) {
       const c = new AbortController();
       conn = c;
@@ -168,7 +181,8 @@ export function follow(cache, url, options = {}) {
         }
         if (!res.ok || !res.body) {
           res.body?.cancel().catch(() => {});
-          throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}`);
+          floor = res.ok ? 0 : retryAfterMs(res.headers?.get?.('retry-after'));
+          throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}` + (floor ? ` (Retry-After: ${Math.ceil(floor / 1000)} s)` : ''));
         }
         let expired = false;
         for await (const ev of events(res.body)) {
@@ -201,7 +215,8 @@ export function follow(cache, url, options = {}) {
         // over. (A change of tier skips the wait and keeps it as it is.)
         if (upAt !== undefined && Date.now() - upAt >= stableMs) wait = minMs;
       }
-      const jittered = wait / 2 + Math.random() * (wait / 2);
+      const jittered = Math.max(floor, wait / 2 + Math.random() * (wait / 2));
+      floor = 0;
       await new Promise((ok) => {
         const done = () => { clearTimeout(t); ctrl.signal.removeEventListener('abort', done); wake = null; ok(); };
         const t = setTimeout(done, jittered);

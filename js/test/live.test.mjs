@@ -412,6 +412,44 @@ for (const [what, body] of [
   });
 }
 
+test('a feed refusing with 429 or 503 and Retry-After is not asked again before it', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
+  try {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const at = [], errors = [];
+    const refusals = [
+      ['429', { 'retry-after': '20' }], ['503', { 'retry-after': new Date(Date.now() + 60_000).toUTCString() }],
+      ['429', { 'retry-after': '999999' }],
+    ];
+    const feed = async () => {
+      at.push(Date.now());
+      const [status, headers] = refusals[Math.min(at.length - 1, refusals.length - 1)];
+      return new Response('{"error":{"code":"rate_limited","message":"later"}}', { status: Number(status), headers });
+    };
+    const stop = new AbortController();
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, onError: (e) => errors.push(e.message) });
+    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
+    for (let ms = 0; ms < 2 * 3_600_000; ms += 1000) {
+      await settle();
+      mock.timers.tick(1000);
+    }
+    const gaps = at.slice(1).map((t, i) => t - at[i]);
+    // 20 s, then the date a minute on (from the second connection, 20 s later: 40 s
+    // more), then an hour (the longest honoured) each time.
+    assert.ok(gaps[0] >= 20_000 && gaps[0] <= 21_000, `gaps ${gaps}`);
+    assert.ok(gaps[1] >= 39_000 && gaps[1] <= 41_000, `gaps ${gaps}`);
+    assert.ok(gaps.slice(2).every((g) => g >= 3_600_000 && g <= 3_601_000), `gaps ${gaps}`);
+    assert.equal(at.length, 4);
+    assert.match(errors[0], /HTTP 429 \(Retry-After: 20 s\)/);
+    stop.abort();
+    await settle();
+    await f.done;
+    cache.dispose();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
 test('a connection that stayed up 30 s counts as healthy: the next reconnect is after 0.25-0.5 s again', async () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
   try {
