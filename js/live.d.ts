@@ -47,7 +47,9 @@ export interface Following {
 /**
  * Follows the server's change feed (`GET /v1/changes`, server-sent events): each change is
  * invalidated in `cache` (visible tiles are fetched again and `onUpdate` fires); `reset`
- * invalidates everything; a dropped connection resumes with `Last-Event-ID`. The server
+ * invalidates everything (at most once a second: resets within a second of the last are
+ * applied once at its end, as the view is fetched again each time); a dropped connection
+ * resumes with `Last-Event-ID`. The server
  * filters the feed by the connection's verified tier, so a change of the cache's tier
  * (`cache.onAccess`) makes the connection again at once with a fresh `auth.token()`,
  * resuming after the last event applied; events of the old connection are not applied.

@@ -6,7 +6,8 @@
 //
 // An EventSource-like reader over fetch, because EventSource cannot send an Authorization
 // header. Each `invalidate` event goes through cache.invalidate (the core's invalidation);
-// `reset` (the server could not replay what was missed) invalidates everything. A dropped
+// `reset` (the server could not replay what was missed) invalidates everything (at most
+// once per RESET_GAP_MS: one arriving sooner is applied at the end of it). A dropped
 // connection reconnects with `Last-Event-ID` and backs off (0.5 s doubling to 30 s, with
 // jitter, and at least a refusal's Retry-After; back to 0.5 s once a connection has stayed
 // up for STABLE_MS, or maxRetryMs when that is less), so no event is lost while the server
@@ -29,6 +30,13 @@ const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
  * minRetryMs (at most maxRetryMs). A `ready` alone proves nothing: a feed that closes right
  * after it used to be reconnected to every 0.25-0.5 s for ever. */
 const STABLE_MS = 30_000;
+
+/** Least time between two invalidations of everything the feed makes (`reset`, an event
+ * that cannot be read, `all`): the first is applied at once, those within this much of it
+ * once at its end. Each one refetches the whole view, and a server sends a `reset` for
+ * every change by id to a follower below the top tier (a busy database's changes, say): one
+ * view refetch per event, twenty a second, before. */
+const RESET_GAP_MS = 1000;
 
 /** Longest Retry-After honoured (an hour), as the batch requests' backoff takes it. */
 const MAX_RETRY_AFTER_MS = 3_600_000;
@@ -120,6 +128,21 @@ export function follow(cache, url, options = {}) {
     wake?.();
   });
 
+  // When everything was last invalidated (Date.now()), and the timer of the one put off
+  // until RESET_GAP_MS after it, if any.
+  let allAt = -Infinity, allLater = null;
+  /** Invalidates everything now; false when the cache is gone. */
+  const invalidateAll = () => {
+    clearTimeout(allLater);
+    allLater = null;
+    allAt = Date.now();
+    try { cache.invalidate({ all: true }); } catch (e) {
+      if (e?.code === 'ERR_DISPOSED') return false;
+      onError(e);
+    }
+    return true;
+  };
+
   /** Applies one event (a `ready` with `all` invalidates everything); false when the
    * cache is gone. */
   const apply = (ev, all = false) => {
@@ -135,7 +158,12 @@ export function follow(cache, url, options = {}) {
     } else if (ev.event !== 'ready') {
       return true; // unknown events are ignored, as EventSource does
     }
-    if (what) {
+    if (what?.all) {
+      // Within RESET_GAP_MS of the last: once, at the end of it (it covers every one since).
+      const early = Date.now() - allAt < RESET_GAP_MS;
+      if (!early && !invalidateAll()) return false;
+      if (early) allLater ??= setTimeout(invalidateAll, allAt + RESET_GAP_MS - Date.now());
+    } else if (what) {
       try {
         cache.invalidate(what);
       } catch (e) {
@@ -228,6 +256,8 @@ export function follow(cache, url, options = {}) {
     }
   };
   state.done = run().finally(() => {
+    // One put off is applied now (nothing when the cache is gone).
+    if (allLater) invalidateAll();
     signal?.removeEventListener('abort', stop);
     offDispose();
     offAccess();

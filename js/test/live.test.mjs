@@ -450,6 +450,61 @@ test('a feed refusing with 429 or 503 and Retry-After is not asked again before 
   }
 });
 
+// A server sends `reset` to a follower below the top tier for every change by id (a busy
+// database's, say): each refetched the whole view, one batch request per reset (about 60
+// in 3 s at 20 resets a second). Everything is now invalidated at most once a second: the
+// first at once, the rest of that second once at its end, so no change is missed.
+test('resets in a burst invalidate everything once at once and once at the end of the second', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
+  try {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const alls = [];
+    const invalidate = cache.invalidate.bind(cache);
+    cache.invalidate = (what) => { if (what.all) alls.push(Date.now()); return invalidate(what); };
+    let sent = 0;
+    const feed = async (_url, { signal }) => new Response(new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('event: ready\nid: 1-0\ndata: {}\n\n'));
+        // A reset every 50 ms for 3 s, then one more 5 s later.
+        let tick;
+        const next = () => {
+          sent++;
+          c.enqueue(new TextEncoder().encode(`event: reset\nid: ${sent + 1}-0\ndata: {}\n\n`));
+          if (sent < 60) tick = setTimeout(next, 50);
+        };
+        tick = setTimeout(next, 50);
+        const last = setTimeout(() => c.enqueue(new TextEncoder().encode('event: reset\nid: 99-0\ndata: {}\n\n')), 8000);
+        signal.addEventListener('abort', () => { clearTimeout(tick); clearTimeout(last); c.error(signal.reason); }, { once: true });
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+    const stop = new AbortController();
+    const events = [];
+    const errors = [];
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, lastEventId: '1-0', onEvent: (e) => events.push(e.type), onError: (e) => errors.push(e.message) });
+    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
+    const t0 = Date.now();
+    for (let ms = 0; ms < 10_000; ms += 10) {
+      await settle();
+      mock.timers.tick(10);
+    }
+    await settle();
+    const at = alls.map((t) => t - t0);
+    assert.deepEqual(errors, []);
+    assert.equal(events.filter((e) => e === 'reset').length, 61, 'each reported');
+    assert.equal(f.lastEventId, '99-0');
+    // At 50 ms, then 1.05, 2.05, 3.05 s (the resets of each second once at its end), then 8 s.
+    assert.equal(alls.length, 5, `everything invalidated at ${at}`);
+    assert.ok(at.slice(1).every((t, i) => t - at[i] >= 1000), `at ${at}`);
+    assert.ok(at[3] <= 3100 && at[4] >= 8000 && at[4] <= 8020, `at ${at}`);
+    stop.abort();
+    await settle();
+    await f.done;
+    cache.dispose();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
 test('a connection that stayed up 30 s counts as healthy: the next reconnect is after 0.25-0.5 s again', async () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
   try {
