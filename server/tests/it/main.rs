@@ -563,8 +563,9 @@ async fn a_stalled_origin_times_out_misses_and_leaves_hits_alone() {
 }
 
 /// Warm-up's origin calls are bounded by `--origin-timeout-ms` too: with the origin stalled
-/// for a minute, a job ends after the timeout (counted) and releases its tiles, which the
-/// next job then warms once the origin is back.
+/// for a minute, a job ends after the timeout (counted) and releases its tiles, which a job
+/// warms once the origin is back and their retry delay (`WARM_RETRY_MS`) has passed: not
+/// the next request's job at once, or a failing origin would get a warm-up call per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_origin_ends_warmup_jobs_at_the_timeout_and_frees_their_tiles() {
     let o = origin(42, 5_000);
@@ -596,8 +597,17 @@ async fn a_stalled_origin_ends_warmup_jobs_at_the_timeout_and_frees_their_tiles(
     );
     assert_eq!(m.warmup_tiles.load(Relaxed), warmed);
 
-    // Origin back: the same ring is warmed, so the timed-out job released its claim.
+    let timed_out = std::time::Instant::now();
+
+    // Origin back: a request at once does not warm the ring again (its tiles wait)...
     s.app.origin.set_stall_ms(0);
+    http.ok(&s, &east).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.warmup_tiles.load(Relaxed), warmed);
+    // ...one after the retry delay does, so the timed-out job released its claim.
+    let retry = Duration::from_millis(tilewarm_server::warmup::WARM_RETRY_MS);
+    tokio::time::sleep((timed_out + retry).saturating_duration_since(std::time::Instant::now()))
+        .await;
     http.ok(&s, &east).await;
     let warmed_more = || m.warmup_tiles.load(Relaxed) > warmed;
     assert!(
