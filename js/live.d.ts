@@ -15,7 +15,9 @@ export interface FollowOptions {
   /** Resume after this event id (one a previous `follow` reached) instead of invalidating
    * everything on the first connection. */
   lastEventId?: string;
-  /** Called after each event was applied: `ready` (connected), `invalidate` or `reset`. */
+  /** Called after each event was applied: `ready` (connected), `invalidate` or `reset` (a
+   * reset within a second of the last invalidation of everything is reported when it
+   * arrives and applied at the end of that second). */
   onEvent?: (event: FeedEvent) => void;
   /** Connection failures and bad events (following goes on). */
   onError?: (error: unknown) => void;
