@@ -895,6 +895,13 @@ impl Proxy {
         let n = response.items.len();
         self.fill(request.access, response, &request.ids, now_ms, true);
         self.stats.warm_fills += 1;
+        // The tiles it filled are warmed again as soon as they expire, not after a delay.
+        let cache = &self.caches[request.access.rank() as usize];
+        for &t in &request.tiles {
+            if cache.tile_freshness(t, request.access, now_ms) == TileFreshness::Fresh {
+                self.warm_tries.pop(&(request.access, t));
+            }
+        }
         Ok(n)
     }
 }

@@ -517,8 +517,9 @@ fn warming_that_does_not_fill_is_not_asked_again_per_hit() {
     assert_eq!(warms, [0, 5_000, 15_000, 35_000, 75_000, 135_000, 195_000]);
 }
 
-/// Warming that filled its tiles does not hold them back: once they expire, the next hit
-/// warms them again at once.
+/// Warming that filled its tiles does not hold them back, nor count as a try: once they
+/// expire, the next hit warms them again at once, and a failure then waits the first
+/// delay, not a longer one.
 #[test]
 fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
     let o = origin();
@@ -532,12 +533,16 @@ fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
         body: body.as_bytes(),
     };
     p.warmed(&warm, ok, 0).unwrap();
-    let (_, a, _) = run(&mut p, &o, centre.clone(), 1_000);
-    assert!(a.warm.is_none(), "the neighbours are fresh");
     // 300 s later the centre and its neighbours have expired: the centre is fetched, and
     // the neighbours warmed with it.
-    let (fwd, a, _) = run(&mut p, &o, centre, 301_000);
+    let (fwd, a, _) = run(&mut p, &o, centre.clone(), 301_000);
     assert!(fwd.is_some());
+    let warm = a.warm.unwrap();
+    assert_eq!(warm.tiles.len(), 8);
+    assert!(p.warmed(&warm, OriginOutcome::Timeout, 301_000).is_err());
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 301_000 + WARM_RETRY_MS - 1);
+    assert!(a.warm.is_none());
+    let (_, a, _) = run(&mut p, &o, centre, 301_000 + WARM_RETRY_MS);
     assert_eq!(a.warm.map(|w| w.tiles.len()), Some(8));
 }
 
