@@ -108,6 +108,17 @@ impl Harness {
         ids
     }
 
+    /// Takes the events; how many say that answered tiles could not be kept.
+    fn kept_errors(&mut self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Error(f)
+                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
+            })
+            .count()
+    }
+
     /// Jumps the clock to the client's next wake-up and handles its timeouts; false when
     /// nothing is pending.
     fn wake(&mut self) -> bool {
@@ -557,14 +568,7 @@ fn a_view_larger_than_the_cache_is_an_error_not_a_request_loop() {
             "a request loop: {requests} requests by {}",
             h.now - start
         );
-        kept_errors += h
-            .events()
-            .iter()
-            .filter(|e| {
-                matches!(e, Event::Error(f)
-                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
-            })
-            .count();
+        kept_errors += h.kept_errors();
         if !h.wake() {
             break;
         }
@@ -758,14 +762,7 @@ fn a_tile_refreshed_by_ids_that_cannot_be_kept_backs_off() {
             let resp = h.origin.answer(&s.request, None);
             h.client.on_response(s.id, resp, h.now);
         }
-        kept_errors += h
-            .events()
-            .iter()
-            .filter(|e| {
-                matches!(e, Event::Error(f)
-                if matches!(&f.failure, Failure::Invalid(m) if m.contains("could not be kept")))
-            })
-            .count();
+        kept_errors += h.kept_errors();
         if !h.wake() {
             break;
         }

@@ -367,6 +367,29 @@ test('events a connection delivers after a change of tier are neither applied no
   await f.done;
 });
 
+/** Lets the work a mocked clock's timers started run (promises, stream reads). */
+const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
+
+/** Runs `body` with setTimeout and Date mocked, from a fixed start. */
+async function withMockClock(body) {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
+  try {
+    return await body();
+  } finally {
+    mock.timers.reset();
+  }
+}
+
+/** Moves the mocked clock on by `ms` in steps of `step`, letting each step's work run;
+ * stops early once `until()` holds. */
+async function advance(ms, step, until = () => false) {
+  for (let t = 0; t < ms && !until(); t += step) {
+    await settle();
+    mock.timers.tick(step);
+  }
+  await settle();
+}
+
 // A feed that accepts each connection and ends it at once, after `ready` (a proxy that cuts
 // event streams, or a broken server), or after `ready` and `expired`: a `ready` alone used to
 // reset the backoff, so each was reconnected to every 0.25-0.5 s for as long as the page
@@ -377,8 +400,7 @@ for (const [what, body] of [
   ['sends ready then expired', 'event: ready\nid: 1-0\ndata: {}\n\nevent: expired\ndata: {}\n\n'],
 ]) {
   test(`a feed that ${what} is reconnected to with a growing backoff, not several times a second`, async () => {
-    mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
-    try {
+    await withMockClock(async () => {
       const cache = await TileCache.create({ endpoint: backend.url });
       const at = [];
       let tokens = 0;
@@ -390,12 +412,7 @@ for (const [what, body] of [
       const f = follow(cache, 'http://feed.test/v1/changes', {
         fetch: feed, signal: stop.signal, onError: () => {}, auth: { token: () => { tokens++; return 't0k3n'; } },
       });
-      const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
-      for (let ms = 0; ms < 120_000; ms += 50) {
-        await settle();
-        mock.timers.tick(50);
-      }
-      await settle();
+      await advance(120_000, 50);
       const gaps = at.slice(1).map((t, i) => t - at[i]);
       // 0.5, 1, 2, 4, 8, 16 s, then 30 s (each with jitter down to half): at most 11 in two
       // minutes; the bug made about 320.
@@ -406,15 +423,12 @@ for (const [what, body] of [
       await settle();
       await f.done;
       cache.dispose();
-    } finally {
-      mock.timers.reset();
-    }
+    });
   });
 }
 
 test('a feed refusing with 429 or 503 and Retry-After is not asked again before it', async () => {
-  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
-  try {
+  await withMockClock(async () => {
     const cache = await TileCache.create({ endpoint: backend.url });
     const at = [], errors = [];
     const refusals = [
@@ -428,11 +442,7 @@ test('a feed refusing with 429 or 503 and Retry-After is not asked again before 
     };
     const stop = new AbortController();
     const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, onError: (e) => errors.push(e.message) });
-    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
-    for (let ms = 0; ms < 2 * 3_600_000; ms += 1000) {
-      await settle();
-      mock.timers.tick(1000);
-    }
+    await advance(2 * 3_600_000, 1000);
     const gaps = at.slice(1).map((t, i) => t - at[i]);
     // 20 s, then the date a minute on (from the second connection, 20 s later: 40 s
     // more), then an hour (the longest honoured) each time.
@@ -445,9 +455,7 @@ test('a feed refusing with 429 or 503 and Retry-After is not asked again before 
     await settle();
     await f.done;
     cache.dispose();
-  } finally {
-    mock.timers.reset();
-  }
+  });
 });
 
 // A server sends `reset` to a follower below the top tier for every change by id (a busy
@@ -455,8 +463,7 @@ test('a feed refusing with 429 or 503 and Retry-After is not asked again before 
 // in 3 s at 20 resets a second). Everything is now invalidated at most once a second: the
 // first at once, the rest of that second once at its end, so no change is missed.
 test('resets in a burst invalidate everything once at once and once at the end of the second', async () => {
-  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
-  try {
+  await withMockClock(async () => {
     const cache = await TileCache.create({ endpoint: backend.url });
     const alls = [];
     const invalidate = cache.invalidate.bind(cache);
@@ -481,13 +488,8 @@ test('resets in a burst invalidate everything once at once and once at the end o
     const events = [];
     const errors = [];
     const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, lastEventId: '1-0', onEvent: (e) => events.push(e.type), onError: (e) => errors.push(e.message) });
-    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
     const t0 = Date.now();
-    for (let ms = 0; ms < 10_000; ms += 10) {
-      await settle();
-      mock.timers.tick(10);
-    }
-    await settle();
+    await advance(10_000, 10);
     const at = alls.map((t) => t - t0);
     assert.deepEqual(errors, []);
     assert.equal(events.filter((e) => e === 'reset').length, 61, 'each reported');
@@ -500,14 +502,11 @@ test('resets in a burst invalidate everything once at once and once at the end o
     await settle();
     await f.done;
     cache.dispose();
-  } finally {
-    mock.timers.reset();
-  }
+  });
 });
 
 test('a connection that stayed up 30 s counts as healthy: the next reconnect is after 0.25-0.5 s again', async () => {
-  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 });
-  try {
+  await withMockClock(async () => {
     const cache = await TileCache.create({ endpoint: backend.url });
     const at = [];
     // Four connections cut at once after ready, then one that lasts 31 s, then cut ones again.
@@ -525,11 +524,7 @@ test('a connection that stayed up 30 s counts as healthy: the next reconnect is 
     };
     const stop = new AbortController();
     const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, onError: () => {} });
-    const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
-    for (let ms = 0; at.length < 6 && ms < 120_000; ms += 10) {
-      await settle();
-      mock.timers.tick(10);
-    }
+    await advance(120_000, 10, () => at.length >= 6);
     const gaps = at.slice(1).map((t, i) => t - at[i]);
     assert.equal(at.length, 6, `connections at gaps ${gaps}`);
     // Before the long one the waits grew (0.5, 1, 2, 4 s with jitter: the fourth at least 2 s).
@@ -540,9 +535,7 @@ test('a connection that stayed up 30 s counts as healthy: the next reconnect is 
     await settle();
     await f.done;
     cache.dispose();
-  } finally {
-    mock.timers.reset();
-  }
+  });
 });
 
 test('onDispose: called once at dispose, at once on a disposed cache, not after unsubscribing', async () => {
