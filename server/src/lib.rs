@@ -12,6 +12,7 @@
 pub mod adaptive;
 pub mod admission;
 pub mod auth;
+pub mod backoff;
 pub mod batch;
 pub mod client_addr;
 pub mod config;

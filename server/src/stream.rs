@@ -58,6 +58,7 @@ use tilewarm::protocol::{decode_invalidation, Invalidation, Limits, StreamId};
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
 use crate::tier::now_ms;
 use crate::App;
@@ -71,6 +72,13 @@ pub const READ_BLOCK: Duration = Duration::from_secs(2);
 /// How long the reader's `XREAD` blocks while failed invalidations wait to be applied
 /// again.
 const RETRY_BLOCK: Duration = Duration::from_millis(100);
+
+/// How long the reader's connection must have been reading for its reconnect back-off
+/// (100 ms doubling to 2 s) to start over at 100 ms when it drops. Without it a reader
+/// that had once waited 2 s to reconnect waited 2 s at every later drop, however long
+/// after; one whose connection drops as soon as it reads (a kill loop, a proxy cutting it)
+/// keeps backing off.
+pub const READER_STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// Events a slow subscriber may fall behind by before its stream is ended (it then
 /// reconnects and resumes from its last id).
@@ -699,14 +707,15 @@ pub fn spawn_reader(app: Weak<App>) {
     tokio::spawn(async move {
         let mut last: Option<StreamId> = None;
         let mut failed = Vec::new();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
-            match read_once(&app, &mut last, &mut failed).await {
+            let mut reading_since = None;
+            match read_once(&app, &mut last, &mut failed, &mut reading_since).await {
                 Ok(()) => return, // the app is gone
                 Err(e) => {
                     debug!(error = %e, "change stream reader: reconnecting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let up_for = reading_since.map(|t: tokio::time::Instant| t.elapsed());
+                    tokio::time::sleep(backoff.after_connection(up_for, READER_STABLE_AFTER)).await;
                 }
             }
         }
@@ -742,10 +751,13 @@ async fn retry_failed(app: &App, failed: &mut Vec<Invalidation>) {
     }
 }
 
+/// One connection's life: `Ok` when the app is gone, else why it ended. `reading_since`
+/// is set at its first successful `XREAD` (for the reconnect back-off).
 async fn read_once(
     app: &Weak<App>,
     last: &mut Option<StreamId>,
     failed: &mut Vec<Invalidation>,
+    reading_since: &mut Option<tokio::time::Instant>,
 ) -> Result<(), StreamError> {
     let (target, key, mut info_conn, timeout) = {
         let Some(a) = app.upgrade() else {
@@ -808,6 +820,7 @@ async fn read_once(
             .query_async(&mut conn)
             .await
             .map_err(redis_err)?;
+        reading_since.get_or_insert_with(tokio::time::Instant::now);
         let Some(a) = app.upgrade() else {
             return Ok(());
         };

@@ -64,6 +64,7 @@ use tilewarm::TileId;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::invalidate::{invalidate, Invalidation};
 use crate::App;
 
@@ -260,7 +261,7 @@ pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
 /// then turn notifications into invalidations; reconnect on any failure (module docs).
 pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let Some(strong) = app.upgrade() else { return };
             let zoom = strong.config.data_zoom;
@@ -269,16 +270,14 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
             let began = tokio::time::Instant::now();
             let result = listen_once(&app, &feed, zoom, queue_max).await;
             let Err(e) = result else { return }; // the app is gone
-            if feed.stats.connected.swap(false, Relaxed) {
+            let up_for = if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
-                if began.elapsed() >= STABLE_AFTER {
-                    backoff = Duration::from_millis(100);
-                }
+                Some(began.elapsed())
             } else {
                 debug!(error = %e, "change feed: cannot connect yet");
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+                None
+            };
+            tokio::time::sleep(backoff.after_connection(up_for, STABLE_AFTER)).await;
         }
     });
 }
