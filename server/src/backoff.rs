@@ -1,5 +1,5 @@
-//! The back-off of the server's background loops that reconnect: the change
-//! stream's reader ([`crate::stream`]) and the PostGIS listener
+//! The back-off of the server's background loops that reconnect or retry: the change
+//! stream's reader ([`crate::stream`]), the PostGIS listener and its retried invalidation
 //! ([`crate::origin::changes`]). Delays double from a first one to a cap; a loop whose
 //! connection stayed up long enough starts over at the first delay
 //! ([`Backoff::after_connection`]), so one brief drop hours after an outage is not waited

@@ -60,7 +60,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
-use crate::tier::now_ms;
+use crate::tier::{now_ms, ReadHold};
 use crate::App;
 
 /// The stream entry's field holding the invalidation JSON.
@@ -731,7 +731,7 @@ const MAX_FAILED: usize = 64;
 /// ([`crate::tier::CacheTier::hold_reads`]).
 async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
     if crate::invalidate::apply_remote(app, &inv).await.is_err() {
-        app.tier.hold_reads(true);
+        app.tier.hold_reads(ReadHold::ChangeStream, true);
         app.changes.stats.apply_failures.fetch_add(1, Relaxed);
         if inv.all || failed.len() >= MAX_FAILED {
             *failed = vec![Invalidation::everything()];
@@ -799,7 +799,8 @@ async fn read_once(
                 return Ok(());
             };
             retry_failed(&a, failed).await;
-            a.tier.hold_reads(!failed.is_empty());
+            a.tier
+                .hold_reads(ReadHold::ChangeStream, !failed.is_empty());
         }
         // While invalidations wait to be applied again (and requests are held off the
         // tier), they are retried every RETRY_BLOCK, not after a whole READ_BLOCK.

@@ -24,8 +24,8 @@
 //! tiles holding it: by id, the item key's stored position names its data tile
 //! ([`RedisTier::invalidate`]).
 
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,6 +82,16 @@ pub struct Fill {
 #[error("cache tier unavailable: {0}")]
 pub struct TierError(pub String);
 
+/// Who holds requests off the Redis tier ([`CacheTier::hold_reads`]); each holds on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReadHold {
+    /// The change stream's reader ([`crate::stream`]): another instance's invalidation.
+    ChangeStream = 1,
+    /// The PostGIS change feed ([`crate::origin::changes`]): a database change.
+    DatabaseFeed = 2,
+}
+
 /// The cache tier.
 pub enum CacheTier {
     Local(Box<LocalTier>),
@@ -102,20 +112,29 @@ impl CacheTier {
     pub fn available(&self) -> bool {
         match self {
             CacheTier::Local(_) => true,
-            CacheTier::Redis(r) => !r.degraded.load(Relaxed) && !r.held.load(Relaxed),
+            CacheTier::Redis(r) => !r.degraded.load(Relaxed) && r.held.load(Relaxed) == 0,
         }
     }
 
-    /// Holds requests off the tier (`true`) while invalidations the change stream's reader
-    /// failed to apply wait to be applied again, and lets them back (`false`) once they
-    /// are: the probe brings a tier that was marked down back within a few hundred
-    /// milliseconds, and until those deletes land it could serve what they cover. The
-    /// invalidations themselves still reach Redis. The in-process tier never fails one.
-    pub fn hold_reads(&self, held: bool) {
+    /// Holds requests off the tier (`true`) while invalidations that `by` failed to apply
+    /// wait to be applied again, and lets them back (`false`) once they are: the probe
+    /// brings a tier that was marked down back within its back-off (a Redis restarted with
+    /// its data answers `PING` before the retried delete has run), and until those deletes
+    /// land it could serve what they cover. Each [`ReadHold`] holds on its own: reads come
+    /// back when no one holds them. The invalidations themselves still reach Redis. The
+    /// in-process tier never fails one.
+    pub fn hold_reads(&self, by: ReadHold, held: bool) {
         if let CacheTier::Redis(r) = self {
-            if r.held.swap(held, Relaxed) != held {
+            let bit = by as u8;
+            let before = if held {
+                r.held.fetch_or(bit, Relaxed)
+            } else {
+                r.held.fetch_and(!bit, Relaxed)
+            };
+            if (before & bit != 0) != held {
                 info!(
                     held,
+                    by = ?by,
                     "redis reads held back while failed invalidations wait"
                 );
             }
@@ -325,9 +344,9 @@ pub struct RedisTier {
     keys: Keys,
     timeout: Duration,
     degraded: AtomicBool,
-    /// Invalidations read from the change stream failed here and wait to be applied again:
+    /// Invalidations failed here and wait to be applied again (one bit per [`ReadHold`]):
     /// what they cover may still be in Redis, so requests skip it as when it is down.
-    held: AtomicBool,
+    held: AtomicU8,
     metrics: Arc<Metrics>,
 }
 
@@ -352,7 +371,7 @@ impl RedisTier {
             prefix,
             timeout,
             degraded: AtomicBool::new(false),
-            held: AtomicBool::new(false),
+            held: AtomicU8::new(0),
             metrics,
         })
     }
@@ -775,6 +794,32 @@ pub fn loopback_redis_command(port: u16) -> std::process::Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The change stream's reader and the database feed hold reads each on its own: one
+    /// letting go while the other still waits must not let requests back onto the tier.
+    #[tokio::test]
+    async fn reads_come_back_only_when_no_one_holds_them() {
+        // Lazy: nothing connects to this address.
+        let target = RedisTarget::parse("redis://127.0.0.1:9/0").unwrap();
+        let r = RedisTier::new(
+            &target,
+            "t:".into(),
+            Duration::from_millis(100),
+            false,
+            Arc::default(),
+        )
+        .unwrap();
+        let tier = CacheTier::Redis(Arc::new(r));
+        assert!(tier.available());
+        tier.hold_reads(ReadHold::ChangeStream, true);
+        tier.hold_reads(ReadHold::DatabaseFeed, true);
+        tier.hold_reads(ReadHold::ChangeStream, false);
+        assert!(!tier.available(), "the database feed still holds them");
+        tier.hold_reads(ReadHold::ChangeStream, false);
+        assert!(!tier.available());
+        tier.hold_reads(ReadHold::DatabaseFeed, false);
+        assert!(tier.available());
+    }
 
     #[test]
     fn ttl_left_rounds_up_and_is_at_least_one() {

@@ -41,8 +41,13 @@
 //! unreachable nothing is invalidated and cached entries are served until their TTL (the
 //! origin cannot answer either); they are dropped as soon as it is reachable again.
 //!
-//! An invalidation the tier cannot apply (Redis down) is retried as `all` every 100 ms until
-//! it is applied; meanwhile the Redis tier is marked down and not read.
+//! An invalidation the tier cannot apply (Redis down, or refusing or timing out the
+//! deletes) is retried as `all` until it is applied, after 100 ms, doubling to 2 s
+//! ([`RETRY_FIRST`], [`RETRY_MAX`]). Meanwhile requests are held off the Redis tier
+//! ([`crate::tier::CacheTier::hold_reads`]), not only while it is marked down: the tier's
+//! probe brings it back as soon as it answers `PING`, and a Redis that kept its data (a
+//! restart with persistence, a network partition, refused deletes) would otherwise serve
+//! what the failed invalidation covers until the retry lands.
 //!
 //! # The queue between the connection and the tier
 //! Notifications arrive as fast as the database commits; they are applied as fast as the
@@ -66,6 +71,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::invalidate::{invalidate, Invalidation};
+use crate::tier::ReadHold;
 use crate::App;
 
 /// How often the listening connection is checked.
@@ -78,6 +84,16 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// follower of the change feed, and starting over whenever the connection had come up at all
 /// made that ten times a second.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// The first wait before an invalidation the tier could not apply is tried again (as
+/// `all`); each further failure doubles it, up to [`RETRY_MAX`]. Requests skip the tier
+/// meanwhile, so the wait costs origin load, not stale answers; backing off keeps a Redis
+/// that answers `PING` but refuses or times out the deletes from being sent a `SCAN` of
+/// every key ten times a second, and its log from flipping between down and back as often.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failed invalidation: the tier's own probe backs
+/// off to the same 2 s, so a Redis that comes back is used again about as soon as without.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the listener needs: where to connect and which channel to listen on.
 #[derive(Clone)]
@@ -328,15 +344,13 @@ async fn listen_once(
         .await
         .map_err(|e| e.to_string())?;
     // Nothing cached before this point can be proven fresh.
-    let Some(a) = app.upgrade() else {
+    if !apply(app, Invalidation::everything()).await {
         return Ok(());
-    };
-    apply(&a, Invalidation::everything()).await;
+    }
     feed.stats.connects.fetch_add(1, Relaxed);
     if !feed.stats.connected.swap(true, Relaxed) {
         info!(channel = %feed.channel, "change feed: listening; cache tier invalidated");
     }
-    drop(a);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -345,9 +359,10 @@ async fn listen_once(
                 if let Taken::Closed(why) = taken {
                     return Err(why);
                 }
-                let Some(a) = app.upgrade() else { return Ok(()) };
                 // Everything already queued goes out as one invalidation.
-                apply(&a, batch_invalidation(&taken, zoom, &feed.stats)).await;
+                if !apply(app, batch_invalidation(&taken, zoom, &feed.stats)).await {
+                    return Ok(());
+                }
             }
             _ = ping.tick() => {
                 if app.upgrade().is_none() {
@@ -363,24 +378,38 @@ async fn listen_once(
     }
 }
 
-/// Applies an invalidation; while the tier cannot, retries it as `all` every 100 ms. Once
-/// applied, it goes on the change stream too ([`crate::stream`]), so pages following
-/// `GET /v1/changes` (and the other instances) learn of database changes as of
-/// `POST /v1/invalidate`s. (Every instance listening to the database publishes the change:
-/// followers see it once per instance, which costs a repeated invalidation, not a wrong
-/// answer.)
-async fn apply(app: &Arc<App>, inv: Invalidation) {
-    if invalidate(app, &inv).await.is_ok() {
-        publish(app, &inv).await;
-        return;
+/// Applies an invalidation; while the tier cannot, holds requests off it and retries it as
+/// `all` (module docs, [`RETRY_FIRST`]). Once applied, it goes on the change stream too
+/// ([`crate::stream`]), so pages following `GET /v1/changes` (and the other instances)
+/// learn of database changes as of `POST /v1/invalidate`s. (Every instance listening to the
+/// database publishes the change: followers see it once per instance, which costs a
+/// repeated invalidation, not a wrong answer.) False when the app is gone.
+async fn apply(app: &Weak<App>, inv: Invalidation) -> bool {
+    {
+        let Some(a) = app.upgrade() else {
+            return false;
+        };
+        if invalidate(&a, &inv).await.is_ok() {
+            publish(&a, &inv).await;
+            return true;
+        }
+        // What `inv` covers may still be in Redis (or be there again: a Redis restarted
+        // with its data), and the tier's probe brings it back as soon as it answers `PING`,
+        // before the retry below has run: requests skip the tier until it has.
+        a.tier.hold_reads(ReadHold::DatabaseFeed, true);
     }
     let all = Invalidation::everything();
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if invalidate(app, &all).await.is_ok() {
+        tokio::time::sleep(backoff.next_delay()).await;
+        let Some(a) = app.upgrade() else {
+            return false;
+        };
+        if invalidate(&a, &all).await.is_ok() {
+            a.tier.hold_reads(ReadHold::DatabaseFeed, false);
             info!("change feed: the cache tier is back and was invalidated");
-            publish(app, &all).await;
-            return;
+            publish(&a, &all).await;
+            return true;
         }
     }
 }

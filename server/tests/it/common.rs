@@ -225,6 +225,10 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Where a persistent one keeps its snapshot ([`RedisServer::start_persistent`]).
+    dir: Option<std::path::PathBuf>,
+    /// Config given to the next start only ([`RedisServer::restart_with`]).
+    next_args: Vec<String>,
 }
 
 /// Whether `redis-server` can be run. When it cannot, Redis tests print SKIP and pass,
@@ -262,12 +266,45 @@ impl RedisServer {
             let mut r = RedisServer {
                 port: free_port(),
                 child: None,
+                dir: None,
+                next_args: Vec::new(),
             };
             if r.try_restart() {
                 return r;
             }
         }
         panic!("redis-server did not come up on 5 free ports");
+    }
+
+    /// One that keeps its data across [`Self::kill`] and [`Self::restart`] as a production
+    /// Redis with persistence does: a `SAVE` writes a snapshot into a directory of its own
+    /// (removed on drop), which the next start loads.
+    pub fn start_persistent() -> RedisServer {
+        for attempt in 0..5 {
+            let dir = std::env::temp_dir().join(format!(
+                "tw-redis-{}-{attempt}-{}",
+                std::process::id(),
+                free_port()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut r = RedisServer {
+                port: free_port(),
+                child: None,
+                dir: Some(dir),
+                next_args: Vec::new(),
+            };
+            if r.try_restart() {
+                return r;
+            }
+        }
+        panic!("redis-server did not come up on 5 free ports");
+    }
+
+    /// Starts it again on the same port with `args` (config directives, as
+    /// `["--user", "default", "on", ...]`) added for this start only.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.next_args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
     }
 
     pub fn url(&self) -> String {
@@ -283,7 +320,12 @@ impl RedisServer {
     /// (the port was taken). Panics after 10 s of neither.
     fn try_restart(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
-        let child = tilewarm_server::tier::loopback_redis_command(self.port)
+        let mut cmd = tilewarm_server::tier::loopback_redis_command(self.port);
+        if let Some(dir) = &self.dir {
+            cmd.arg("--dir").arg(dir);
+        }
+        let child = cmd
+            .args(std::mem::take(&mut self.next_args))
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
@@ -325,6 +367,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

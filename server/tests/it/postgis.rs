@@ -1102,6 +1102,135 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
     s.shutdown().await;
 }
 
+/// A database change the Redis tier could not take (Redis killed) holds requests off the
+/// tier until its retried invalidation has landed, though the tier's probe brings Redis
+/// back as soon as it answers `PING`. Redis here keeps its data (a snapshot taken before it
+/// is killed, loaded when it starts again, as a production Redis with persistence does), so
+/// the changed item's old value is in it again; and it starts again refusing deletes for a
+/// while (`--user default … -unlink -del`), which makes the window between the probe's
+/// recovery and the retry landing as long as the test needs instead of one random back-off
+/// step. Fails without the hold: the old price is served from Redis in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands() {
+    if !postgres_available() || !crate::common::redis_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let mut redis = crate::common::RedisServer::start_persistent();
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(&pg, &items, &Layout::default()).await;
+    let o = Origin::new(items).unwrap();
+    let (t, _) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let home = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let http = Http::new();
+    let s = server(Config {
+        redis: Some(redis.url()),
+        redis_prefix: "pghold:".into(),
+        redis_timeout_ms: 200,
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    let inv = &s.app.invalidation.stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let body = request(&[t], &[], Access::Agent);
+    let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
+    let tier = &s.app.tier;
+    let in_redis = || async {
+        tier.read(&[t], &[])
+            .await
+            .is_ok_and(|r| r.tiles[0].is_some())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_redis().await {
+        assert!(Instant::now() < deadline, "{t} was not written to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    drop(conn);
+    redis.kill();
+
+    let errors_before = inv.errors.load(Relaxed);
+    let admin = pg.client().await;
+    admin
+        .execute(
+            "UPDATE tilewarm_items SET data = jsonb_set(data, '{estimate}', to_jsonb($2::bigint)) WHERE id = $1",
+            &[&home, &(old + 1)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || inv.errors.load(Relaxed)
+            > errors_before)
+        .await,
+        "the change was not tried against the killed Redis"
+    );
+    // Back with the snapshot (the old price), answering PING, refusing deletes.
+    redis.restart_with(&[
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-unlink", "-del",
+    ]);
+    let (mut probed_back, mut stale) = (0, Vec::new());
+    let start = Instant::now();
+    while probed_back < 50 && start.elapsed() < Duration::from_secs(15) {
+        if tier.redis_degraded() == Some(false) {
+            probed_back += 1;
+        }
+        let r = http.ok(&s, &body).await;
+        match price_of(&r, &home) {
+            Some(p) if p == old => stale.push(start.elapsed().as_millis()),
+            Some(p) => assert_eq!(p, old + 1),
+            None => panic!("{home} is not in the answer"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        probed_back > 0,
+        "the probe never brought Redis back: the test did not test"
+    );
+    assert!(
+        stale.is_empty(),
+        "the old price was served from Redis at {stale:?} ms after its restart"
+    );
+    assert!(!tier.available(), "reads are held while the change waits");
+
+    // Deletes allowed again: the retry lands, reads come back, the old value is gone.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+unlink")
+        .arg("+del")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || tier.available()).await,
+        "reads were not let back once the invalidation landed"
+    );
+    let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
+    assert_eq!(price_of(&http.ok(&s, &body).await, &home), Some(old + 1));
+    assert_eq!(price_of(&http.ok(&s, &body).await, &home), Some(old + 1));
+    assert!(
+        s.app.metrics.cache.tile_hits.load(Relaxed) > hits,
+        "the tier is read again"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgis_origin_that_is_down_at_start_is_picked_up_later() {
     if !postgres_available() {
