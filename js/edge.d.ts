@@ -61,6 +61,8 @@ export interface EdgeOptions {
   /**
    * At most how often a request starts a poll of the origin's change feed
    * (`GET /v1/changes?follow=false`, inside `ctx.waitUntil`), in ms. Default 5000; 0 = off.
+   * A failed poll puts the next one off longer: at least the answer's `Retry-After`, and
+   * doubling for failures of one kind in a row, each at most 60 s (or this, if longer).
    * See docs/edge.md, "Changes".
    */
   changesPollMs?: number;

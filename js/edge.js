@@ -34,6 +34,13 @@ const DEFAULTS = {
 };
 /** Largest change-feed answer read in one poll. */
 const MAX_FEED_BYTES = 4 * 1024 * 1024;
+/**
+ * The longest a failed poll puts off the next one (the origin's `Retry-After`, or the
+ * back-off of failures in a row; `changesPollMs` if that is longer): while polls fail,
+ * this isolate serves what it holds without the changes, so the feed is never left for
+ * longer, whatever the origin asks.
+ */
+const MAX_POLL_WAIT_MS = 60_000;
 
 // The shared cache's keys live under a host no client can send a request to, so an entry
 // (which may hold a tier above `public`) is only ever read back through this worker.
@@ -120,6 +127,27 @@ function originRequest(url, token, body, timeoutMs, purpose) {
 }
 
 class TooLarge extends Error {}
+
+/** A change feed answer other than 200: its status, and its `Retry-After` in ms (or null). */
+class FeedRefused extends Error {
+  constructor(status, retryAfterMs) {
+    super(`the change feed answered HTTP ${status}`);
+    this.status = status;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/**
+ * The wait an answer's `Retry-After` asks for, in ms from `now`: delay seconds or an HTTP
+ * date (one in the past: 0); null without one or with one that is neither.
+ */
+function retryAfterMs(res, now) {
+  const v = res.headers.get('retry-after')?.trim();
+  if (!v) return null;
+  if (/^\d{1,10}$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
+}
 
 /** The server-sent events of a whole text: [{ event, id, data }] (the HTML spec's rules;
  * id undefined when the event set none). */
@@ -276,7 +304,10 @@ export function createWorker(defaults = {}) {
   // poll in flight, the next poll not before `nextAt`.
   // `tooLarge`: answers over MAX_FEED_BYTES, each taken as a reset; `replaying`: a new
   // isolate's replay from `changesLookbackMs` before its start is not applied yet.
-  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false };
+  // `failing`: the kind of the last failures in a row (an HTTP status, or 'error': no
+  // answer, or one that could not be read), `failures` how many, `waitMs` how long the next
+  // poll waits after the last one (pollWait), which started at `lastPollAt`.
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false, failing: null, failures: 0, waitMs: 0, lastPollAt: 0 };
 
   function setup(env) {
     if (proxy) return null;
@@ -322,7 +353,7 @@ export function createWorker(defaults = {}) {
     const res = await fetch(url, { headers, signal: AbortSignal.timeout(options.originTimeoutMs) });
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
-      throw new Error(`the change feed answered HTTP ${res.status}`);
+      throw new FeedRefused(res.status, retryAfterMs(res, Date.now()));
     }
     const bytes = await readBody(res, MAX_FEED_BYTES, "the change feed's answer");
     return sseEvents(new TextDecoder().decode(bytes));
@@ -340,11 +371,13 @@ export function createWorker(defaults = {}) {
    * (`applyChange`: the isolate's caches, and the log that refuses older shared-cache
    * entries). A new isolate first learns the feed's position; when the last change is
    * within `changesLookbackMs` of the isolate's start it replays from there, so shared-cache
-   * entries stored before those changes are refused too. A failed poll is retried at the
-   * next interval from the same id (nothing is lost while the origin holds the events).
+   * entries stored before those changes are refused too. A failed poll is retried from the
+   * same id (nothing is lost while the origin holds the events), after `pollWait`.
    * An answer over MAX_FEED_BYTES is taken as a reset (see below).
    */
   async function poll(env) {
+    const began = Date.now();
+    feed.lastPollAt = began;
     try {
       const url = changesUrl(String(env.ORIGIN));
       if (feed.lastId === null) {
@@ -374,6 +407,7 @@ export function createWorker(defaults = {}) {
         feed.lastId = at;
         feed.replaying = false;
         feed.polls++;
+        succeeded();
         return;
       }
       // The origin's answer when it cannot replay from an id (its feed starts later, e.g. a
@@ -397,16 +431,46 @@ export function createWorker(defaults = {}) {
       }
       feed.replaying = false;
       feed.polls++;
+      succeeded();
     } catch (e) {
       feed.errors++;
       feed.lastError = String(e?.message ?? e);
+      const { wait, retryAfter } = pollWait(e);
+      feed.waitMs = Math.max(wait, retryAfter);
+      feed.nextAt = Math.max(feed.nextAt, began + wait, Date.now() + retryAfter);
     } finally {
       feed.inFlight = false;
     }
   }
 
+  /** A poll applied: the next one after `changesPollMs`, failures forgotten. */
+  function succeeded() {
+    feed.failing = null;
+    feed.failures = 0;
+    feed.waitMs = options.changesPollMs;
+  }
+
   /**
-   * Starts a poll inside `ctx.waitUntil` when one is due and none is in flight. Until this
+   * How long after a failed poll the next one waits: `wait`, from the poll's start,
+   * `changesPollMs` for a failure of a new kind (an HTTP status, or 'error' for no answer
+   * or one that could not be read), doubling for each further one of the same kind;
+   * `retryAfter`, from the answer, the origin's `Retry-After` (0 without one). Each at
+   * most MAX_POLL_WAIT_MS (or `changesPollMs`, if longer).
+   */
+  function pollWait(e) {
+    const every = options.changesPollMs;
+    const cap = Math.max(MAX_POLL_WAIT_MS, every);
+    const kind = e instanceof FeedRefused ? e.status : 'error';
+    feed.failures = kind === feed.failing ? feed.failures + 1 : 1;
+    feed.failing = kind;
+    const wait = Math.min(every * 2 ** (feed.failures - 1), cap);
+    const retryAfter = Math.min((e instanceof FeedRefused && e.retryAfterMs) || 0, cap);
+    return { wait, retryAfter };
+  }
+
+  /**
+   * Starts a poll inside `ctx.waitUntil` when one is due (`changesPollMs` after the last
+   * one started, or later after a failed one: `pollWait`) and none is in flight. Until this
    * isolate's first poll has finished (applied, or failed), requests wait for it, so a new
    * isolate never answers from a Cache API entry older than a change it has not seen yet
    * (two round trips, the feed's position then the changes after it, each bounded by

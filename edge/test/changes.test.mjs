@@ -235,3 +235,120 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
     assert.equal(s.changes.replaying, false);
   });
 });
+
+describe('edge worker: a refused or failing poll of the change feed waits longer', () => {
+  // The relay answers the feed itself; no batch request is made. Positions are ids of 1970,
+  // so a new isolate does not replay. changesPollMs is 50 ms: without the waits below,
+  // every request 50 ms after the last poll would start another.
+  const started = [];
+  after(async () => {
+    for (const { edge, relay } of started) {
+      await edge.stop();
+      await relay.close();
+    }
+  });
+
+  async function isolate(answer) {
+    const relay = await startRelay('http://127.0.0.1:9/v1/batch');
+    relay.changes = answer;
+    const edge = await startWorkerd(relay.url, { changesPollMs: 50, originTimeoutMs: 2000 });
+    started.push({ edge, relay });
+    const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+    return { edge, relay, health };
+  }
+
+  /** Requests to the worker (each may start a due poll) for at least `ms`. */
+  async function requestsFor(health, ms) {
+    const end = Date.now() + ms;
+    let n = 0;
+    while (Date.now() < end) {
+      await health();
+      n++;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return n;
+  }
+
+  it('waits out a 429\'s Retry-After in seconds, at most 60 s, however many requests come', async () => {
+    const { edge, relay, health } = await isolate(() => ({ status: 429, headers: { 'retry-after': '3600' }, body: '' }));
+    await health(); // a new isolate's first request waits for its first poll
+    const s = (await edge.stats()).changes;
+    assert.equal(s.errors, 1, JSON.stringify(s));
+    assert.equal(s.failing, 429);
+    assert.equal(s.waitMs, 60_000, 'Retry-After: 3600 is capped at 60 s');
+    const n = await requestsFor(health, 1000);
+    assert.ok(n >= 10, `${n} requests`);
+    assert.equal(relay.polls.length, 1, 'no poll before the Retry-After has passed');
+  });
+
+  it('waits out a 503\'s Retry-After given as an HTTP date', async () => {
+    const { edge, relay, health } = await isolate(() => ({
+      status: 503,
+      headers: { 'retry-after': new Date(Date.now() + 30_000).toUTCString() },
+      body: '',
+    }));
+    await health();
+    const s = (await edge.stats()).changes;
+    assert.equal(s.errors, 1, JSON.stringify(s));
+    assert.ok(s.waitMs > 20_000 && s.waitMs <= 30_000, `waits ${s.waitMs} ms for a date 30 s ahead`);
+    await requestsFor(health, 500);
+    assert.equal(relay.polls.length, 1, 'no poll before the date');
+  });
+
+  it('doubles the wait for failures of one kind in a row, starts over for a new kind and after a success', async () => {
+    let answer = { status: 500, body: 'not now' };
+    const { edge, relay, health } = await isolate(({ lastEventId }) => {
+      if (answer !== 'ok') return answer;
+      return { body: sse([{ event: 'ready', id: lastEventId ?? '1000-0' }]) };
+    });
+    await health();
+    // Each stats snapshot is consistent (a poll's outcome is recorded in one step); those
+    // taken with no poll in flight are kept, by the failures counted so far.
+    const seen = new Map();
+    const watch = async () => {
+      const c = (await edge.stats()).changes;
+      if (!c.inFlight) seen.set(c.errors, c);
+      return c;
+    };
+    await until(async () => (await watch()).errors >= 5, 'five failed polls', health);
+    let spaced = 0;
+    for (const [errors, c] of seen) {
+      assert.equal(c.failing, 500);
+      assert.equal(c.failures, errors);
+      assert.equal(c.waitMs, 50 * 2 ** (errors - 1), `wait after failure ${errors}: ${JSON.stringify(c)}`);
+      // The next poll did not start before that wait had passed (the isolate's own clock).
+      const next = seen.get(errors + 1);
+      if (next) {
+        assert.ok(next.lastPollAt - c.lastPollAt >= c.waitMs, `poll ${errors + 1} started ${next.lastPollAt - c.lastPollAt} ms after poll ${errors}, which set a wait of ${c.waitMs} ms`);
+        spaced++;
+      }
+    }
+    assert.ok(spaced >= 2, `saw ${spaced} pairs of polls in a row: ${JSON.stringify([...seen.keys()])}`);
+    const five = relay.polls.length;
+
+    // Another kind of failure: its first waits changesPollMs again.
+    answer = { status: 503, body: 'busy' };
+    const before = (await edge.stats()).changes.errors;
+    await until(async () => (await watch()).errors > before, 'a 503', health);
+    let c = seen.get(before + 1);
+    assert.equal(c.failing, 503);
+    assert.equal(c.failures, 1);
+    assert.equal(c.waitMs, 50);
+    assert.ok(relay.polls.length > five);
+
+    // A success: failures forgotten, the next poll after changesPollMs.
+    answer = 'ok';
+    await until(async () => (await edge.stats()).changes.polls >= 1, 'a poll applied', health);
+    c = (await edge.stats()).changes;
+    assert.equal(c.failing, null);
+    assert.equal(c.failures, 0);
+    assert.equal(c.waitMs, 50);
+    // And a 503 after it is a first failure again, not the second in a row.
+    answer = { status: 503, body: 'busy' };
+    const errors = c.errors;
+    await until(async () => (await watch()).errors > errors, 'a 503 after the success', health);
+    c = seen.get(errors + 1);
+    assert.equal(c.failures, 1);
+    assert.equal(c.waitMs, 50);
+  });
+});

@@ -92,12 +92,12 @@ export async function startRelay(target, { requireToken } = {}) {
         res.writeHead(401, { 'content-type': 'application/json' });
         return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
       }
-      // A test's own feed: `relay.changes({ lastEventId })` answers { status, body } in
-      // place of the origin (undefined: passed on).
+      // A test's own feed: `relay.changes({ lastEventId })` answers { status, body, headers }
+      // in place of the origin (undefined: passed on).
       const own = relay.changes?.({ lastEventId: req.headers['last-event-id'] });
       if (own !== undefined) {
         res.on('error', () => {});
-        res.writeHead(own.status ?? 200, { 'content-type': 'text/event-stream' });
+        res.writeHead(own.status ?? 200, { 'content-type': 'text/event-stream', ...own.headers });
         return res.end(own.body);
       }
       try {
