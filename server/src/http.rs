@@ -494,6 +494,9 @@ async fn invalidate_handler(
     // from here. Then the stream, then the tier again: an instance whose write-back lands
     // after that delete finds the entry on the stream (crate::stream).
     if let Err(e) = crate::invalidate::invalidate(&app, &inv).await {
+        // Until the caller retries, a Redis that comes back with its data would serve
+        // what this call covers: reads skip it until an `all` lands.
+        crate::invalidate::spawn_everything_until_applied(&app, crate::tier::ReadHold::Endpoint);
         return error_response(
             ErrorCode::Overloaded,
             format!("this instance's {e}: nothing was published, retry"),

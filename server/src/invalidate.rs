@@ -26,13 +26,15 @@
 //! invalidation recorded while its write was in flight to what the write put in the tier.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tilewarm::TileId;
 
-use crate::tier::{Fill, StoredItem, TierError};
+use crate::backoff::Backoff;
+use crate::tier::{Fill, ReadHold, StoredItem, TierError};
 use crate::App;
 
 /// What to invalidate: the core's wire type, shared with the edge and the package.
@@ -230,6 +232,9 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
 pub struct Invalidations {
     pub guard: WriteGuard,
     pub stats: InvalidationStats,
+    /// The [`ReadHold`]s whose [`everything_until_applied`] is running (bits), so that
+    /// concurrent failures start one retry, not one each.
+    retrying: AtomicU8,
 }
 
 impl Invalidations {
@@ -240,6 +245,62 @@ impl Invalidations {
             self.stats.writes_dropped.fetch_add(n as u64, Relaxed);
         }
     }
+}
+
+/// The first wait before an invalidation the tier could not apply is tried again (as
+/// `all`); each further failure doubles it, up to [`RETRY_MAX`]. Requests skip the tier
+/// meanwhile, so the wait costs origin load, not stale answers; backing off keeps a Redis
+/// that answers `PING` but refuses or times out the deletes from being sent a `SCAN` of
+/// every key ten times a second, and its log from flipping between down and back as often.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failed invalidation: the tier's own probe backs
+/// off to the same 2 s, so a Redis that comes back is used again about as soon as without.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// After an invalidation failed on the tier (Redis down, or refusing or timing out the
+/// deletes): holds requests off the Redis tier for `by` ([`crate::tier::CacheTier::hold_reads`])
+/// and tries `all` until it lands, after [`RETRY_FIRST`] doubling to [`RETRY_MAX`], then lets
+/// reads back. What the failed one covers may still be in Redis, or be there again (a Redis
+/// restarted with its data), and the tier's probe brings it back as soon as it answers
+/// `PING`, before a retry has run. False when the app went away first.
+pub async fn everything_until_applied(app: &Weak<App>, by: ReadHold) -> bool {
+    match app.upgrade() {
+        Some(a) => a.tier.hold_reads(by, true),
+        None => return false,
+    }
+    let all = Invalidation::everything();
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        let Some(a) = app.upgrade() else {
+            return false;
+        };
+        if invalidate(&a, &all).await.is_ok() {
+            a.tier.hold_reads(by, false);
+            return true;
+        }
+    }
+}
+
+/// [`everything_until_applied`] in a task of its own, unless one for `by` is running
+/// already (its `all` covers this failure too). For a caller that answers at once, as
+/// `POST /v1/invalidate` does with a 503.
+pub fn spawn_everything_until_applied(app: &Arc<App>, by: ReadHold) {
+    let bit = by as u8;
+    app.tier.hold_reads(by, true);
+    if app.invalidation.retrying.fetch_or(bit, Relaxed) & bit != 0 {
+        return;
+    }
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let landed = everything_until_applied(&weak, by).await;
+        if let Some(a) = weak.upgrade() {
+            a.invalidation.retrying.fetch_and(!bit, Relaxed);
+            if landed {
+                tracing::info!(by = ?by, "the cache tier is back and was invalidated");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

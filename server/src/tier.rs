@@ -90,6 +90,8 @@ pub enum ReadHold {
     ChangeStream = 1,
     /// The PostGIS change feed ([`crate::origin::changes`]): a database change.
     DatabaseFeed = 2,
+    /// `POST /v1/invalidate` ([`crate::http`]): a call whose delete failed (answered 503).
+    Endpoint = 4,
 }
 
 /// The cache tier.

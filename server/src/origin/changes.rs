@@ -43,7 +43,7 @@
 //!
 //! An invalidation the tier cannot apply (Redis down, or refusing or timing out the
 //! deletes) is retried as `all` until it is applied, after 100 ms, doubling to 2 s
-//! ([`RETRY_FIRST`], [`RETRY_MAX`]). Meanwhile requests are held off the Redis tier
+//! ([`crate::invalidate::RETRY_FIRST`], [`crate::invalidate::RETRY_MAX`]). Meanwhile requests are held off the Redis tier
 //! ([`crate::tier::CacheTier::hold_reads`]), not only while it is marked down: the tier's
 //! probe brings it back as soon as it answers `PING`, and a Redis that kept its data (a
 //! restart with persistence, a network partition, refused deletes) would otherwise serve
@@ -70,7 +70,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::invalidate::{invalidate, Invalidation};
+use crate::invalidate::{everything_until_applied, invalidate, Invalidation};
 use crate::tier::ReadHold;
 use crate::App;
 
@@ -84,16 +84,6 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// follower of the change feed, and starting over whenever the connection had come up at all
 /// made that ten times a second.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
-
-/// The first wait before an invalidation the tier could not apply is tried again (as
-/// `all`); each further failure doubles it, up to [`RETRY_MAX`]. Requests skip the tier
-/// meanwhile, so the wait costs origin load, not stale answers; backing off keeps a Redis
-/// that answers `PING` but refuses or times out the deletes from being sent a `SCAN` of
-/// every key ten times a second, and its log from flipping between down and back as often.
-pub const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between two tries of a failed invalidation: the tier's own probe backs
-/// off to the same 2 s, so a Redis that comes back is used again about as soon as without.
-pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the listener needs: where to connect and which channel to listen on.
 #[derive(Clone)]
@@ -379,7 +369,7 @@ async fn listen_once(
 }
 
 /// Applies an invalidation; while the tier cannot, holds requests off it and retries it as
-/// `all` (module docs, [`RETRY_FIRST`]). Once applied, it goes on the change stream too
+/// `all` (module docs, [`crate::invalidate::everything_until_applied`]). Once applied, it goes on the change stream too
 /// ([`crate::stream`]), so pages following `GET /v1/changes` (and the other instances)
 /// learn of database changes as of `POST /v1/invalidate`s. (Every instance listening to the
 /// database publishes the change: followers see it once per instance, which costs a
@@ -393,25 +383,16 @@ async fn apply(app: &Weak<App>, inv: Invalidation) -> bool {
             publish(&a, &inv).await;
             return true;
         }
-        // What `inv` covers may still be in Redis (or be there again: a Redis restarted
-        // with its data), and the tier's probe brings it back as soon as it answers `PING`,
-        // before the retry below has run: requests skip the tier until it has.
-        a.tier.hold_reads(ReadHold::DatabaseFeed, true);
     }
-    let all = Invalidation::everything();
-    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
-    loop {
-        tokio::time::sleep(backoff.next_delay()).await;
-        let Some(a) = app.upgrade() else {
-            return false;
-        };
-        if invalidate(&a, &all).await.is_ok() {
-            a.tier.hold_reads(ReadHold::DatabaseFeed, false);
-            info!("change feed: the cache tier is back and was invalidated");
-            publish(&a, &all).await;
-            return true;
-        }
+    if !everything_until_applied(app, ReadHold::DatabaseFeed).await {
+        return false;
     }
+    let Some(a) = app.upgrade() else {
+        return false;
+    };
+    info!("change feed: the cache tier is back and was invalidated");
+    publish(&a, &Invalidation::everything()).await;
+    true
 }
 
 async fn publish(app: &Arc<App>, inv: &Invalidation) {

@@ -782,3 +782,100 @@ async fn invalidating_an_id_or_a_class_makes_the_tiles_holding_it_misses_in_redi
     }
     s.shutdown().await;
 }
+
+/// A `POST /v1/invalidate` whose delete fails (Redis down) is answered 503, and until an
+/// `all` lands requests skip Redis: here Redis comes back from a snapshot that still holds
+/// the invalidated tile, answering `PING` but refusing deletes, and is not read though its
+/// probe says it is back. Once deletes are allowed the retry lands, the tile is gone from
+/// Redis and reads come back. Fails without the hold: the tile is served from Redis as
+/// soon as the probe brings it back, until the caller retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start_persistent();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(Config {
+        redis_timeout_ms: 200,
+        ..redis_config(&redis)
+    })
+    .await;
+    let body = request(&[t], &[], Access::Agent);
+    http.ok(&s, &body).await;
+    let tier = &s.app.tier;
+    let in_redis = || async {
+        tier.read(&[t], &[])
+            .await
+            .is_ok_and(|r| r.tiles[0].is_some())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !in_redis().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{t} was not written to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    drop(conn);
+    redis.kill();
+
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Back with the snapshot (the tile still in it), answering PING, refusing deletes.
+    redis.restart_with(&[
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-unlink", "-del",
+    ]);
+    let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
+    let (mut probed_back, start) = (0, std::time::Instant::now());
+    while probed_back < 50 && start.elapsed() < Duration::from_secs(15) {
+        if tier.redis_degraded() == Some(false) {
+            probed_back += 1;
+            assert!(
+                !tier.available(),
+                "reads let back before the invalidation landed"
+            );
+        }
+        http.ok(&s, &body).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        probed_back > 0,
+        "the probe never brought Redis back: the test did not test"
+    );
+    assert_eq!(
+        s.app.metrics.cache.tile_hits.load(Relaxed),
+        hits,
+        "the invalidated tile was served from Redis"
+    );
+
+    // Deletes allowed again: the retry lands, reads come back, the tile is gone.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+unlink")
+        .arg("+del")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || tier.available()).await,
+        "reads were not let back once the invalidation landed"
+    );
+    assert!(!in_redis().await, "{t} is still in Redis");
+    s.shutdown().await;
+}
