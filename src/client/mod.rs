@@ -64,6 +64,12 @@ use fresh::FreshTiles;
 /// Most prefetched tiles remembered for the used/wasted counters.
 const MAX_PREFETCH_MARKS: usize = 8192;
 
+/// Most events ([`Client::poll_event`]) and most cancels ([`Client::poll_cancel`]) queued
+/// for a shell that does not poll them: past it the oldest is dropped. An
+/// [`Event::Updated`] or [`Event::Complete`] already queued is not queued again (the page
+/// reads the view when it hears of it, which covers both).
+pub const MAX_QUEUED_EVENTS: usize = 256;
+
 /// The longest a planning round is reused for viewports with the same visible tiles and
 /// motion ([`Client::set_viewport`]): prefetch candidates turn stale with time too.
 const REPLAN_MS: u64 = 500;
@@ -120,6 +126,7 @@ pub struct Client<P> {
     /// `HashMap<RequestId, Access>` costs the browser wasm 0.47 KB gzipped more (68,750 →
     /// 69,221 bytes).
     request_access: Vec<(RequestId, Access)>,
+    /// At most [`MAX_QUEUED_EVENTS`] each ([`Client::queue_event`], [`Client::queue_cancel`]).
     cancels: VecDeque<RequestId>,
     events: VecDeque<Event>,
     /// Prefetched tiles not shown yet, with when they arrived.
@@ -608,7 +615,7 @@ impl<P: Payload> Client<P> {
             plan.is_some_and(|p| p.wants(t)) || destinations.contains(&t) || loading.contains(&t)
         }) {
             self.sent_with(id);
-            self.cancels.push_back(id);
+            self.queue_cancel(id);
         }
     }
 
@@ -617,9 +624,31 @@ impl<P: Payload> Client<P> {
         Some(self.request_access.swap_remove(i).1)
     }
 
-    /// The next event for the page.
+    /// The next event for the page. At most [`MAX_QUEUED_EVENTS`] wait: a shell that
+    /// polls seldom loses the oldest errors (the `errors` counter still counts them), and
+    /// hears `Updated` and `Complete` once however many answers came.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Queues `event` for [`Client::poll_event`], within [`MAX_QUEUED_EVENTS`].
+    fn queue_event(&mut self, event: Event) {
+        if matches!(event, Event::Updated | Event::Complete) && self.events.contains(&event) {
+            return;
+        }
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Queues `id` for [`Client::poll_cancel`], within [`MAX_QUEUED_EVENTS`] (an abort
+    /// dropped only wastes the request: its late answer is ignored).
+    fn queue_cancel(&mut self, id: RequestId) {
+        if self.cancels.len() >= MAX_QUEUED_EVENTS {
+            self.cancels.pop_front();
+        }
+        self.cancels.push_back(id);
     }
 
     /// Whether each visible tile can be shown now, in [`Client::visible_tiles`] order.
@@ -686,7 +715,7 @@ impl<P: Payload> Client<P> {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.changed();
         for id in self.batcher.overdue(now_ms) {
-            self.cancels.push_back(id);
+            self.queue_cancel(id);
             self.on_failure(id, Failure::Timeout, now_ms);
         }
     }

@@ -131,11 +131,11 @@ impl<P: Payload> Client<P> {
         self.back_off_unkept(id, finished.kind, &states, &shown_before, &answered, now_ms);
         let now_complete = self.queue_foreground(states, now_ms);
         if touched_visible {
-            self.events.push_back(Event::Updated);
+            self.queue_event(Event::Updated);
         }
         self.complete = now_complete;
         if now_complete && !was_complete {
-            self.events.push_back(Event::Complete);
+            self.queue_event(Event::Complete);
         }
     }
 
@@ -159,7 +159,7 @@ impl<P: Payload> Client<P> {
         if !will_retry {
             self.give_up_loading(&tiles);
         }
-        self.events.push_back(Event::Error(FetchError {
+        self.queue_event(Event::Error(FetchError {
             request: id,
             kind: finished.kind,
             tiles,
@@ -240,7 +240,7 @@ impl<P: Payload> Client<P> {
     /// at once, for ever. (The batcher already holds them back.)
     fn report_unanswered(&mut self, id: RequestId, kind: Kind, unanswered: Vec<TileId>) {
         self.errors += 1;
-        self.events.push_back(Event::Error(FetchError {
+        self.queue_event(Event::Error(FetchError {
             request: id,
             kind,
             failure: Failure::Invalid(format!(
@@ -290,7 +290,7 @@ impl<P: Payload> Client<P> {
         self.batcher.back_off(&unkept, self.unkept_rounds, now_ms);
         let config = self.cache.config();
         self.errors += 1;
-        self.events.push_back(Event::Error(FetchError {
+        self.queue_event(Event::Error(FetchError {
             request: id,
             kind,
             failure: Failure::Invalid(format!(

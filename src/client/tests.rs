@@ -1168,3 +1168,61 @@ mod no_request_loop {
         }
     }
 }
+
+/// A shell that never polls events or cancels (the simulator polls no events) keeps at
+/// most `MAX_QUEUED_EVENTS` of each, however long the session: one `Updated` and one
+/// `Complete` for any number of answers, the latest errors, the latest aborts.
+#[test]
+fn a_shell_that_never_polls_events_or_cancels_holds_a_bounded_queue() {
+    let o = origin();
+    let mut config = ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    };
+    config.batch.timeout_ms = 100;
+    let mut c = client(config);
+    let mut now = 0;
+    c.set_viewport(view(1.0), now, |_, _| {});
+    let rounds = 4 * MAX_QUEUED_EVENTS as u64;
+    for round in 0..rounds {
+        // Past any backoff: the view's tile goes out again.
+        now += 3_600_000;
+        c.handle_timeout(now);
+        let t = c.poll_request(now).expect("the visible tile is asked for");
+        match round % 4 {
+            0 => c.on_failure(
+                t.id,
+                Failure::Http {
+                    status: 503,
+                    retry_after_ms: None,
+                },
+                now,
+            ),
+            // Overdue: an abort for poll_cancel and a timeout error.
+            1 | 2 => c.handle_timeout(now + t.timeout_ms),
+            _ => {
+                c.on_response(t.id, o.answer(&t.request, None), now);
+                c.invalidate(crate::cache::Invalidate::All, now);
+            }
+        }
+    }
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), MAX_QUEUED_EVENTS, "the queue is full, not larger");
+    let count = |want: &Event| ev.iter().filter(|e| *e == want).count();
+    assert_eq!((count(&Event::Updated), count(&Event::Complete)), (1, 1));
+    assert!(
+        c.stats().errors >= 3 * rounds / 4,
+        "every error is still counted"
+    );
+    // The latest error is the last round's timeout, kept.
+    let last = ev.iter().rev().find_map(|e| match e {
+        Event::Error(e) => Some(e),
+        _ => None,
+    });
+    assert!(
+        last.is_some_and(|e| e.failure == Failure::Timeout),
+        "{last:?}"
+    );
+    let cancels = std::iter::from_fn(|| c.poll_cancel()).count();
+    assert_eq!(cancels, MAX_QUEUED_EVENTS);
+}
