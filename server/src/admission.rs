@@ -13,8 +13,9 @@
 //!    header read timeout; [`crate::start`]'s accept loop).
 //! 2. Per caller ([`per_caller`]): at most `--caller-rate` batches a second with bursts of
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
-//!    else by the client address ([`crate::client_addr`]); past it, 429 `rate_limited`
-//!    with `Retry-After` (a [`governor`] keyed limiter, GCRA).
+//!    else by the client address ([`crate::client_addr`]; an IPv6 one by its /64); past
+//!    it, 429 `rate_limited` with `Retry-After` (a [`governor`] keyed limiter, GCRA; at
+//!    most [`MAX_CALLERS`] callers tracked, the rest sharing one bucket).
 //! 3. The body, read whole before a slot is asked for (a slot is for the server's own
 //!    work; a client sending its body slowly holds a connection, bounded by
 //!    `--max-connections`, not a slot): at most the protocol's largest valid request
@@ -33,9 +34,9 @@
 //! origin, so even an admin token must not be able to repeat them without bound.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tilewarm::protocol::ErrorCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -56,10 +61,72 @@ use crate::client_addr::ClientAddr;
 use crate::http::{error_response, unauthorized};
 use crate::App;
 
+/// Most callers the per-caller table tracks ([`Admission::check`]).
+pub const MAX_CALLERS: usize = 100_000;
+
+/// The key the callers share that find the per-caller table full (every caller key is
+/// `sub:…`, `ip:…` or `unknown`: see [`caller_key`]).
+const OVERFLOW_CALLER: &str = "overflow";
+
+/// The per-caller table: `governor`'s keyed store (a `DashMap`) holding at most `max`
+/// callers (and the shared bucket). A caller not in it that finds it full is counted in
+/// the one bucket of [`OVERFLOW_CALLER`]: a flood from more callers than that is limited
+/// as one caller, and memory stays bounded. (Two callers arriving at once may each see
+/// room for one: it can hold a few more, as many as run at once.)
+struct Callers {
+    map: DefaultKeyedStateStore<String>,
+    max: usize,
+}
+
+impl StateStore for Callers {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if self.map.len() >= self.max && !self.map.contains_key(key) {
+            return self.map.measure_and_replace(&OVERFLOW_CALLER.to_owned(), f);
+        }
+        self.map.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for Callers {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&self.map);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type CallerLimiter =
+    RateLimiter<String, Callers, DefaultClock, NoOpMiddleware<<DefaultClock as Clock>::Instant>>;
+
+/// The per-caller limiter and when its table was last swept because it was full.
+struct PerCaller {
+    limiter: Arc<CallerLimiter>,
+    /// The table's [`Callers::max`].
+    max: usize,
+    start: Instant,
+    /// Milliseconds since `start`; a full table is swept at most once a second.
+    swept_ms: AtomicU64,
+}
+
 /// The admission state shared by every request.
 pub struct Admission {
     /// Per-caller rate limits; `None` when `--caller-rate 0`.
-    callers: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    callers: Option<PerCaller>,
     /// Failed credentials per client address (off until [`Admission::with_auth_failures`]).
     pub auth_failures: Arc<AuthFailures>,
     /// The server-wide rate of `POST /v1/invalidate`; `None` when off.
@@ -72,16 +139,42 @@ pub struct Admission {
 
 impl Admission {
     /// `rate` batches a second per caller with bursts of `burst` (`rate` 0: no per-caller
-    /// limit). Needs a Tokio runtime: a background task forgets idle callers every 10 s so
-    /// the table stays as small as the set of recent callers.
+    /// limit), at most [`MAX_CALLERS`] callers tracked. Needs a Tokio runtime: a background
+    /// task forgets idle callers every 10 s so the table stays as small as the set of
+    /// recent callers.
     pub fn new(rate: u32, burst: u32, retry_after_s: u64, body_timeout: Duration) -> Admission {
+        Admission::with_max_callers(rate, burst, MAX_CALLERS, retry_after_s, body_timeout)
+    }
+
+    /// The same with at most `max_callers` callers tracked (at least 1): when the table
+    /// is full, the callers that have refilled are forgotten (at most once a second), and
+    /// if it is still full, callers not in it share one bucket.
+    pub fn with_max_callers(
+        rate: u32,
+        burst: u32,
+        max_callers: usize,
+        retry_after_s: u64,
+        body_timeout: Duration,
+    ) -> Admission {
+        let max = max_callers.max(1);
         let callers = NonZeroU32::new(rate).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            let limiter = Arc::new(RateLimiter::keyed(
+            let store = Callers {
+                map: DefaultKeyedStateStore::default(),
+                max,
+            };
+            let limiter = Arc::new(RateLimiter::new(
                 Quota::per_second(rate).allow_burst(burst),
+                store,
+                DefaultClock::default(),
             ));
             tokio::spawn(forget_idle(Arc::downgrade(&limiter)));
-            limiter
+            PerCaller {
+                limiter,
+                max,
+                start: Instant::now(),
+                swept_ms: AtomicU64::new(0),
+            }
         });
         Admission {
             callers,
@@ -124,23 +217,36 @@ impl Admission {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
-    /// Callers the per-caller table holds now.
+    /// Callers the per-caller table holds now (with the shared bucket, when in use).
     pub fn tracked_callers(&self) -> usize {
-        self.callers.as_ref().map_or(0, |l| l.len())
+        self.callers.as_ref().map_or(0, |c| c.limiter.len())
     }
 
     /// `Ok` when `key` may send a batch now, else how long it should wait.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let Some(limiter) = &self.callers else {
+        let Some(callers) = &self.callers else {
             return Ok(());
         };
+        let limiter = &callers.limiter;
+        if limiter.len() >= callers.max {
+            let now = callers.start.elapsed().as_millis() as u64;
+            let last = callers.swept_ms.load(Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && callers
+                    .swept_ms
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                limiter.retain_recent();
+            }
+        }
         limiter
             .check_key(&key.to_owned())
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 
-async fn forget_idle(limiter: Weak<DefaultKeyedRateLimiter<String>>) {
+async fn forget_idle(limiter: Weak<CallerLimiter>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
@@ -382,12 +488,15 @@ pub fn authenticate(
 
 /// Whom a per-caller limit counts against: the verified token's `sub`, else the client's
 /// address ([`crate::client_addr`]: behind an untrusted proxy, every caller shares the
-/// proxy's).
+/// proxy's), an IPv6 address by its /64 as [`AddrKey`] counts it: a host is given a whole
+/// /64, and keyed by address it could be any number of callers, each with its own burst
+/// and its own entry in the table.
 pub fn caller_key(caller: &Caller, client: Option<IpAddr>) -> String {
-    match (&caller.sub, client) {
+    match (&caller.sub, AddrKey::of(client)) {
         (Some(sub), _) => format!("sub:{sub}"),
-        (None, Some(ip)) => format!("ip:{ip}"),
-        (None, None) => "unknown".to_owned(),
+        (None, AddrKey::V4(a)) => format!("ip:{a}"),
+        (None, AddrKey::V6Net(net)) => format!("ip:{}/64", Ipv6Addr::from(u128::from(net) << 64)),
+        (None, AddrKey::Unknown) => "unknown".to_owned(),
     }
 }
 
@@ -705,6 +814,12 @@ mod tests {
         assert_eq!(caller_key(&with_sub, Some(ip)), "sub:alice");
         assert_eq!(caller_key(&Caller::anonymous(), Some(ip)), "ip:192.0.2.7");
         assert_eq!(caller_key(&Caller::anonymous(), None), "unknown");
+        // An IPv6 host is one caller for its whole /64 (and an IPv4-mapped one its IPv4).
+        let v6 = |a: &str| caller_key(&Caller::anonymous(), Some(a.parse().unwrap()));
+        assert_eq!(v6("2001:db8:1:2::1"), "ip:2001:db8:1:2::/64");
+        assert_eq!(v6("2001:db8:1:2:ffff:1:2:3"), v6("2001:db8:1:2::1"));
+        assert_ne!(v6("2001:db8:1:3::1"), v6("2001:db8:1:2::1"));
+        assert_eq!(v6("::ffff:192.0.2.7"), "ip:192.0.2.7");
     }
 
     #[test]
@@ -815,5 +930,25 @@ mod tests {
         for _ in 0..100 {
             assert!(off.check("ip:a").is_ok());
         }
+    }
+
+    #[tokio::test]
+    async fn the_caller_table_stays_bounded_and_callers_past_it_share_one_bucket() {
+        let a = Admission::with_max_callers(1, 2, 100, 1, Duration::from_secs(1));
+        let key = |i: u32| format!("ip:10.0.{}.{}", i / 256, i % 256);
+        for i in 0..1000 {
+            let _ = a.check(&key(i));
+            assert!(
+                a.tracked_callers() <= 101,
+                "{} callers tracked",
+                a.tracked_callers()
+            );
+        }
+        // The callers in the table keep their own bucket (one of two cells left) ...
+        assert!(a.check(&key(5)).is_ok());
+        // ... while the 900 after them took the shared one's long ago.
+        assert!(a.check(&key(999)).is_err());
+        assert!(a.check("ip:192.0.2.1").is_err());
+        assert_eq!(a.tracked_callers(), 101);
     }
 }
