@@ -19,7 +19,9 @@ export interface FollowOptions {
    * reset within a second of the last invalidation of everything is reported when it
    * arrives and applied at the end of that second). */
   onEvent?: (event: FeedEvent) => void;
-  /** Connection failures and bad events (following goes on). */
+  /** Connection failures and bad events (following goes on): `ERR_BAD_EVENT` for an
+   * `invalidate` whose data is not an invalidation, or an event longer than 1 Mi characters
+   * (skipped as it arrives, not kept; an `invalidate` one invalidates everything). */
   onError?: (error: unknown) => void;
   /** First reconnect delay, doubled per reconnect up to `maxRetryMs` (with jitter), and
    * back to `minRetryMs` once a connection has stayed up for 30 s (or `maxRetryMs`, when

@@ -22,6 +22,8 @@
 // delivers are not applied or reported. The server ends a stream whose token stopped
 // verifying with an `expired` event: the next connection asks auth.token() again, with no
 // error reported.
+// What a connection can make the reader hold is bounded: an event past MAX_EVENT_CHARS is
+// skipped as it arrives (an `invalidate` one invalidates everything).
 // Types: live.d.ts.
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
@@ -55,11 +57,26 @@ function fail(Class, code, message) {
   return e;
 }
 
+/** Most characters an event (its data lines, and the line being read) may hold: 1 Mi, above
+ * the largest the server sends (an invalidation within the protocol's request limits, under
+ * 600 KiB). A longer one is not kept: the reader skips to its end (memory stays bounded
+ * whatever a server or proxy sends, a line that never ends included) and hands it on as
+ * `tooLong`, an event that cannot be read. */
+const MAX_EVENT_CHARS = 1 << 20;
+
 /** Splits a text stream into server-sent events: { event, id, data } (id undefined when
- * the event set none). Follows the HTML spec's parsing rules. */
-async function* events(body) {
+ * the event set none), or { event, id, tooLong: true } for one past MAX_EVENT_CHARS, after
+ * `onTooLong()` was called when it passed it. Follows the HTML spec's parsing rules. */
+async function* events(body, onTooLong) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = '', event = '', data = [], id;
+  // `size`: the characters of `data`; `skip`: the rest of the line being read is dropped
+  // (it made the event too long).
+  let buf = '', event = '', data = [], size = 0, id, tooLong = false, skip = false;
+  const overflow = () => {
+    if (!tooLong) onTooLong();
+    tooLong = true;
+    data = [];
+  };
   try {
     for (;;) {
       const { value, done } = await reader.read();
@@ -69,9 +86,14 @@ async function* events(body) {
       while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
+        if (skip) {
+          skip = false;
+          continue;
+        }
         if (line === '') {
-          if (data.length || event) yield { event: event || 'message', id, data: data.join('\n') };
-          event = ''; data = []; id = undefined;
+          if (tooLong) yield { event: event || 'message', id, tooLong };
+          else if (data.length || event) yield { event: event || 'message', id, data: data.join('\n') };
+          event = ''; data = []; size = 0; id = undefined; tooLong = false;
           continue;
         }
         if (line.startsWith(':')) continue;
@@ -80,9 +102,18 @@ async function* events(body) {
         let v = colon < 0 ? '' : line.slice(colon + 1);
         if (v.startsWith(' ')) v = v.slice(1);
         if (field === 'event') event = v;
-        else if (field === 'data') data.push(v);
-        else if (field === 'id' && !v.includes('\0')) id = v;
+        else if (field === 'data') {
+          size += v.length + 1;
+          if (size > MAX_EVENT_CHARS) overflow();
+          else data.push(v);
+        } else if (field === 'id' && !v.includes('\0')) id = v;
       }
+      // A line not ended yet that makes the event too long: dropped up to its end.
+      if (!skip && size + buf.length > MAX_EVENT_CHARS) {
+        overflow();
+        skip = true;
+      }
+      if (skip) buf = '';
     }
   } finally {
     reader.cancel().catch(() => {});
@@ -147,7 +178,9 @@ export function follow(cache, url, options = {}) {
    * cache is gone. */
   const apply = (ev, all = false) => {
     let what = all ? { all: true } : undefined;
-    if (ev.event === 'invalidate') {
+    if (ev.event === 'invalidate' && ev.tooLong) {
+      what = { all: true }; // reported when it passed the limit
+    } else if (ev.event === 'invalidate') {
       try { what = JSON.parse(ev.data); } catch { what = undefined; }
       const ok = what && typeof what === 'object' && !Array.isArray(what);
       // An event that cannot be read cannot be proven harmless.
@@ -213,7 +246,9 @@ export function follow(cache, url, options = {}) {
           throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}` + (floor ? ` (Retry-After: ${Math.ceil(floor / 1000)} s)` : ''));
         }
         let expired = false;
-        for await (const ev of events(res.body)) {
+        const tooLong = () => onError(fail(Error, 'ERR_BAD_EVENT',
+          `change feed: an event longer than ${MAX_EVENT_CHARS} characters; it is skipped, and if it is an invalidate, everything is invalidated`));
+        for await (const ev of events(res.body, tooLong)) {
           // Sent for the tier before a change: not applied, not reported.
           if (c.signal.aborted) break;
           // The token the connection was opened with stopped verifying: the server ends

@@ -563,3 +563,52 @@ test('follow checks its arguments', { skip }, async () => {
   assert.throws(() => cache.invalidate({ classes: 'sold' }), { code: 'ERR_INVALID_ARG_TYPE' });
   cache.dispose();
 });
+
+test('an event past 1 Mi characters is dropped as it arrives, not kept whole, and the feed goes on', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url });
+  const applied = [];
+  const invalidate = cache.invalidate.bind(cache);
+  cache.invalidate = (what) => { applied.push(what); return invalidate(what); };
+  const enc = (s) => new TextEncoder().encode(s);
+  // One data line of 4 Mi characters, sent 64 Ki at a time, then an event that fits.
+  const CHUNK = 'x'.repeat(64 * 1024), CHUNKS = 64;
+  let pulled = 0, atError;
+  const feed = async (_url, { signal }) => {
+    let at = 'head';
+    return new Response(new ReadableStream({
+      pull(c) {
+        if (at === 'head') {
+          c.enqueue(enc('event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid: 2-0\ndata: '));
+          at = 'long';
+        } else if (at === 'long' && pulled < CHUNKS) {
+          pulled++;
+          c.enqueue(enc(CHUNK));
+        } else if (at === 'long') {
+          c.enqueue(enc('\n\nevent: invalidate\nid: 3-0\ndata: {"ids":["a"]}\n\n'));
+          at = 'open';
+        } else {
+          return new Promise((ok) => signal.addEventListener('abort', () => { c.error(signal.reason); ok(); }, { once: true }));
+        }
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  };
+  const events = [], errors = [];
+  const f = follow(cache, 'http://feed.test/v1/changes', {
+    fetch: feed,
+    lastEventId: '0-0',
+    onEvent: (e) => events.push(e),
+    onError: (e) => { errors.push(e); atError ??= pulled; },
+  });
+  await until(() => events.some((e) => e.id === '3-0'), 'the event after the long one');
+  assert.equal(errors.length, 1, String(errors));
+  assert.equal(errors[0].code, 'ERR_BAD_EVENT');
+  assert.match(errors[0].message, /longer than 1048576 characters/);
+  // Reported when the line passed the limit (16 chunks), not at its end (64).
+  assert.ok(atError <= 17, `reported after ${atError} chunks of 64 Ki`);
+  assert.deepEqual(events.map((e) => `${e.type} ${e.id}`), ['ready 1-0', 'invalidate 2-0', 'invalidate 3-0']);
+  assert.deepEqual(events[1].invalidation, { all: true }, 'an invalidate that cannot be read drops everything');
+  assert.deepEqual(applied.at(-1).ids, ['a']);
+  assert.equal(f.lastEventId, '3-0');
+  cache.dispose();
+  await f.done;
+});
