@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use futures_channel::{mpsc, oneshot};
+use futures_channel::oneshot;
 use gloo_net::http::Request;
 use gloo_timers::callback::Timeout;
 use serde::de::DeserializeOwned;
@@ -33,6 +33,7 @@ use tilewarm::{Access, TileId};
 use crate::auth::{show, Auth};
 use crate::error::{Error, ErrorCode};
 use crate::options::Options;
+use crate::updates::{QueueRule, Queued, Subscribers, Updates};
 
 /// A cached item: the wire fields, and `data` decoded into `T`.
 #[derive(Debug, PartialEq)]
@@ -93,6 +94,16 @@ pub enum Update<T> {
     Error(Error),
 }
 
+impl<T> QueueRule for Update<T> {
+    fn rule(&self) -> Queued {
+        match self {
+            Update::View(_) => Queued::Latest,
+            Update::Complete => Queued::Once,
+            Update::Error(_) => Queued::Each,
+        }
+    }
+}
+
 impl<T> Clone for Update<T> {
     fn clone(&self) -> Self {
         match self {
@@ -130,7 +141,7 @@ struct State<T> {
     complete: bool,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
-    subscribers: Vec<mpsc::UnboundedSender<Update<T>>>,
+    subscribers: Subscribers<Update<T>>,
     /// The ids of the request whose failure the core is handling (it has left `requests`).
     ending: Option<(RequestId, Vec<String>)>,
 }
@@ -190,7 +201,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     complete: true,
                     waiters: Vec::new(),
                     gets: HashMap::new(),
-                    subscribers: Vec::new(),
+                    subscribers: Subscribers::default(),
                     ending: None,
                 }),
                 endpoint: checked.endpoint,
@@ -304,11 +315,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// A stream of [`Update`]s from now on, for UI frameworks to subscribe to. Dropping
-    /// the stream unsubscribes.
-    pub fn updates(&self) -> mpsc::UnboundedReceiver<Update<T>> {
-        let (tx, rx) = mpsc::unbounded();
-        self.inner.state.borrow_mut().subscribers.push(tx);
-        rx
+    /// the stream unsubscribes. A subscriber that falls behind holds at most
+    /// [`MAX_QUEUED_UPDATES`](crate::MAX_QUEUED_UPDATES) updates: the latest view (a new
+    /// one replaces the one not read yet), one `Complete`, and the latest errors.
+    pub fn updates(&self) -> Updates<Update<T>> {
+        self.inner.state.borrow_mut().subscribers.subscribe()
     }
 
     /// One item by id: from the cache, else fetched; `None` when it does not exist or the
@@ -428,8 +439,7 @@ impl<T> State<T> {
     }
 
     fn broadcast(&mut self, update: Update<T>) {
-        self.subscribers
-            .retain(|s| s.unbounded_send(update.clone()).is_ok());
+        self.subscribers.send(&update);
     }
 
     /// A foreground request gave up: `when_complete` and the `get`s it carried fail.

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
-//! ([`Auth`], the token callback), `cache.rs` ([`TileCache`], wasm32 only: everything
-//! that touches the browser). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
+//! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
+//! `TileCache::updates`), `cache.rs` (`TileCache`, wasm32 only: everything that touches
+//! the browser). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
 mod auth;
@@ -23,6 +24,9 @@ mod body;
 mod cache;
 mod error;
 mod options;
+// Its sending side is used by cache.rs only, in the browser; host builds test it.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod updates;
 
 pub use auth::{Auth, TokenFuture};
 #[cfg(target_arch = "wasm32")]
@@ -33,3 +37,4 @@ pub use options::{BatchOptions, Checked, Options, PrefetchOptions, TtlOptions};
 pub use tilewarm::cache::Invalidate;
 pub use tilewarm::client::{ClientStats, TileState};
 pub use tilewarm::{Access, TileId};
+pub use updates::{Updates, MAX_QUEUED_UPDATES};

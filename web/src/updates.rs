@@ -1,0 +1,209 @@
+//! The stream behind [`TileCache::updates`](crate::TileCache::updates): one bounded queue
+//! per subscriber, so a subscriber that stops polling (a stream kept and never read) holds
+//! at most the latest view, one `Complete` and [`MAX_QUEUED_UPDATES`] updates in all,
+//! instead of a copy of every view since.
+//!
+//! Host-compiled (no browser types), so its bound is tested by `cargo test`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+/// Most updates queued for one subscriber. A new view replaces the one queued, a
+/// `Complete` already queued is not queued again, and past the cap the oldest error is
+/// dropped.
+pub const MAX_QUEUED_UPDATES: usize = 64;
+
+/// How an update is queued for a subscriber that has not read the last ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// The view as it is now: replaces a view still queued.
+    Latest,
+    /// A state reached (`Complete`): queued once.
+    Once,
+    /// Its own news (an error): kept, the oldest dropped past the cap.
+    Each,
+}
+
+/// An update's [`Queued`] rule.
+pub(crate) trait QueueRule {
+    fn rule(&self) -> Queued;
+}
+
+struct Queue<U> {
+    items: VecDeque<U>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+/// A stream of updates ([`futures_core::Stream`] in the browser). It ends when the cache is
+/// dropped; dropping it unsubscribes.
+pub struct Updates<U> {
+    queue: Rc<RefCell<Queue<U>>>,
+}
+
+impl<U> Updates<U> {
+    /// The next update if one is queued (`Ready(None)`: the cache is gone), else registers
+    /// the task to wake.
+    pub fn poll_update(&self, cx: &mut Context<'_>) -> Poll<Option<U>> {
+        let mut q = self.queue.borrow_mut();
+        if let Some(u) = q.items.pop_front() {
+            return Poll::Ready(Some(u));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        q.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Updates queued now.
+    pub fn queued(&self) -> usize {
+        self.queue.borrow().items.len()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl<U> futures_core::Stream for Updates<U> {
+    type Item = U;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<U>> {
+        self.poll_update(cx)
+    }
+}
+
+/// The sending side: every subscriber's queue, held weakly (a dropped stream is forgotten
+/// at the next send). Dropping it ends every stream.
+pub(crate) struct Subscribers<U> {
+    queues: Vec<Weak<RefCell<Queue<U>>>>,
+}
+
+impl<U> Default for Subscribers<U> {
+    fn default() -> Self {
+        Subscribers { queues: Vec::new() }
+    }
+}
+
+impl<U: Clone + QueueRule> Subscribers<U> {
+    /// A new subscriber's stream, from now on.
+    pub(crate) fn subscribe(&mut self) -> Updates<U> {
+        let queue = Rc::new(RefCell::new(Queue {
+            items: VecDeque::new(),
+            waker: None,
+            closed: false,
+        }));
+        self.queues.push(Rc::downgrade(&queue));
+        Updates { queue }
+    }
+
+    /// Queues `update` for every subscriber, by its [`Queued`] rule.
+    pub(crate) fn send(&mut self, update: &U) {
+        self.queues.retain(|weak| {
+            let Some(queue) = weak.upgrade() else {
+                return false;
+            };
+            let mut q = queue.borrow_mut();
+            let rule = update.rule();
+            match rule {
+                Queued::Latest => q.items.retain(|u| u.rule() != Queued::Latest),
+                Queued::Once if q.items.iter().any(|u| u.rule() == Queued::Once) => return true,
+                _ => {}
+            }
+            if q.items.len() >= MAX_QUEUED_UPDATES {
+                // Views and states are at most one each: an error is the oldest to go.
+                if let Some(i) = q.items.iter().position(|u| u.rule() == Queued::Each) {
+                    q.items.remove(i);
+                }
+            }
+            q.items.push_back(update.clone());
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+            true
+        });
+    }
+}
+
+impl<U> Drop for Subscribers<U> {
+    fn drop(&mut self) {
+        for queue in self.queues.iter().filter_map(Weak::upgrade) {
+            let mut q = queue.borrow_mut();
+            q.closed = true;
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum U {
+        View(u32),
+        Complete,
+        Error(u32),
+    }
+
+    impl QueueRule for U {
+        fn rule(&self) -> Queued {
+            match self {
+                U::View(_) => Queued::Latest,
+                U::Complete => Queued::Once,
+                U::Error(_) => Queued::Each,
+            }
+        }
+    }
+
+    fn drain(s: &Updates<U>) -> Vec<U> {
+        let mut cx = Context::from_waker(Waker::noop());
+        std::iter::from_fn(|| match s.poll_update(&mut cx) {
+            Poll::Ready(u) => u,
+            Poll::Pending => None,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_subscriber_that_never_reads_holds_a_bounded_queue() {
+        let mut subs = Subscribers::default();
+        let idle = subs.subscribe();
+        let reader = subs.subscribe();
+        let mut read = Vec::new();
+        for i in 0..10 * MAX_QUEUED_UPDATES as u32 {
+            subs.send(&U::View(i));
+            subs.send(&U::Complete);
+            subs.send(&U::Error(i));
+            assert!(idle.queued() <= MAX_QUEUED_UPDATES, "{}", idle.queued());
+            read.extend(drain(&reader));
+        }
+        // The one that read saw everything, in order.
+        assert_eq!(read.len(), 30 * MAX_QUEUED_UPDATES);
+        assert_eq!(&read[..3], [U::View(0), U::Complete, U::Error(0)]);
+        // The idle one: the latest view, one Complete, the latest errors.
+        let last = 10 * MAX_QUEUED_UPDATES as u32 - 1;
+        let got = drain(&idle);
+        assert_eq!(got.len(), MAX_QUEUED_UPDATES);
+        assert_eq!(got.iter().filter(|u| **u == U::Complete).count(), 1);
+        assert_eq!(got.last(), Some(&U::Error(last)));
+        assert!(got.contains(&U::View(last)));
+        assert!(!got.iter().any(|u| matches!(u, U::View(v) if *v != last)));
+    }
+
+    #[test]
+    fn a_dropped_stream_is_forgotten_and_dropping_the_sender_ends_the_rest() {
+        let mut subs = Subscribers::default();
+        let gone = subs.subscribe();
+        let kept = subs.subscribe();
+        drop(gone);
+        subs.send(&U::Complete);
+        assert_eq!(subs.queues.len(), 1);
+        drop(subs);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(kept.poll_update(&mut cx), Poll::Ready(Some(U::Complete)));
+        assert_eq!(kept.poll_update(&mut cx), Poll::Ready(None));
+    }
+}
