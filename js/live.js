@@ -71,7 +71,9 @@ async function* events(body, onTooLong) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   // `size`: the characters of `data`; `skip`: the rest of the line being read is dropped
   // (it made the event too long).
-  let buf = '', event = '', data = [], size = 0, id, tooLong = false, skip = false;
+  // `afterCR`: the last line ended with a `\r` that closed the chunk, so a `\n` opening the
+  // next chunk is the rest of that line end (`\r\n` split across chunks), not an empty line.
+  let buf = '', event = '', data = [], size = 0, id, tooLong = false, skip = false, afterCR = false;
   const overflow = () => {
     if (!tooLong) onTooLong();
     tooLong = true;
@@ -81,11 +83,15 @@ async function* events(body, onTooLong) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buf += value;
+      if (!value) continue;
+      buf += afterCR && value.startsWith('\n') ? value.slice(1) : value;
+      afterCR = false;
       let nl;
       while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
         const line = buf.slice(0, nl);
-        buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
+        const crlf = buf.startsWith('\r\n', nl);
+        afterCR = !crlf && buf[nl] === '\r' && nl + 1 === buf.length;
+        buf = buf.slice(nl + (crlf ? 2 : 1));
         if (skip) {
           skip = false;
           continue;

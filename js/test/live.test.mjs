@@ -612,3 +612,32 @@ test('an event past 1 Mi characters is dropped as it arrives, not kept whole, an
   cache.dispose();
   await f.done;
 });
+
+// A `\r\n` split across two chunks is one line end: the `\n` opening the second chunk is
+// not an empty line (which would end the event before its data, dropping the change).
+test('a CRLF split across chunks ends one line, not the event', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url });
+  const applied = [];
+  const invalidate = cache.invalidate.bind(cache);
+  cache.invalidate = (what) => { applied.push(what); return invalidate(what); };
+  const chunks = ['event: ready\r\nid: 1-0\r\ndata: {}\r\n\r\n', 'event: invalidate\r', '\nid: 2-0\r', '\ndata: {"ids":["a"]}\r', '\n\r', '\n'];
+  const feed = async (_url, { signal }) => new Response(new ReadableStream({
+    start(c) {
+      for (const k of chunks) c.enqueue(new TextEncoder().encode(k));
+      signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+    },
+  }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  const events = [], errors = [];
+  const stop = new AbortController();
+  const f = follow(cache, 'http://feed.test/v1/changes', {
+    fetch: feed, signal: stop.signal, lastEventId: '0-0', onEvent: (e) => events.push(`${e.type} ${e.id}`), onError: (e) => errors.push(e.message),
+  });
+  await until(() => events.length >= 2, 'two events');
+  await settle();
+  assert.deepEqual(events, ['ready 1-0', 'invalidate 2-0']);
+  assert.deepEqual(errors, []);
+  assert.deepEqual(applied.map((w) => [w.all, w.ids]), [[false, ['a']]], 'the change by id, nothing else');
+  stop.abort();
+  await f.done;
+  cache.dispose();
+});
