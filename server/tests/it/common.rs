@@ -300,6 +300,44 @@ impl RedisServer {
         panic!("redis-server did not come up on 5 free ports");
     }
 
+    /// Writes a snapshot (`SAVE`, with [`RedisServer::start_persistent`]) and kills it: a
+    /// restart brings that data back, as a Redis with persistence does.
+    pub async fn save_and_kill(&mut self) {
+        let mut conn = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+        drop(conn);
+        self.kill();
+    }
+
+    /// Starts it again (from its snapshot) answering `PING` but refusing deletes (`DEL`,
+    /// `UNLINK`) until [`RedisServer::allow_deletes`]: an invalidation cannot land.
+    pub fn restart_refusing_deletes(&mut self) {
+        self.restart_with(&[
+            "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-unlink", "-del",
+        ]);
+    }
+
+    /// Lets deletes through again after [`RedisServer::restart_refusing_deletes`].
+    pub async fn allow_deletes(&self) {
+        let mut conn = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("+unlink")
+            .arg("+del")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// Starts it again on the same port with `args` (config directives, as
     /// `["--user", "default", "on", ...]`) added for this start only.
     pub fn restart_with(&mut self, args: &[&str]) {

@@ -819,22 +819,13 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
-    drop(conn);
-    redis.kill();
+    redis.save_and_kill().await;
 
     let admin = Http::with_token(Some(admin_token()));
     let r = post_invalidate(&admin, &s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
     assert_eq!(r.status, 503, "{}", r.text());
     // Back with the snapshot (the tile still in it), answering PING, refusing deletes.
-    redis.restart_with(&[
-        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-unlink", "-del",
-    ]);
+    redis.restart_refusing_deletes();
     let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
     let (mut probed_back, start) = (0, std::time::Instant::now());
     while probed_back < 50 && start.elapsed() < Duration::from_secs(15) {
@@ -859,19 +850,7 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
     );
 
     // Deletes allowed again: the retry lands, reads come back, the tile is gone.
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("+unlink")
-        .arg("+del")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.allow_deletes().await;
     assert!(
         eventually(Duration::from_secs(10), || tier.available()).await,
         "reads were not let back once the invalidation landed"

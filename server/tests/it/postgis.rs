@@ -1037,16 +1037,11 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
     s.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_tier_over_postgis_is_invalidated_too() {
-    if !postgres_available() || !crate::common::redis_available() {
-        return;
-    }
-    let pg = Pg::start();
-    let redis = crate::common::RedisServer::start();
+/// The synthetic city loaded into `pg`: its densest data tile and a home in it.
+async fn densest_loaded(pg: &Pg) -> (TileId, String) {
     let c = config();
     let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    load(pg, &items, &Layout::default()).await;
     let o = Origin::new(items).unwrap();
     let (t, _) = o
         .occupied_tiles(14)
@@ -1054,6 +1049,17 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
         .max_by_key(|x| x.1)
         .unwrap();
     let home = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    (t, home)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_tier_over_postgis_is_invalidated_too() {
+    if !postgres_available() || !crate::common::redis_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let redis = crate::common::RedisServer::start();
+    let (t, home) = densest_loaded(&pg).await;
     let http = Http::new();
     let s = server(Config {
         redis: Some(redis.url()),
@@ -1117,16 +1123,7 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
     }
     let pg = Pg::start();
     let mut redis = crate::common::RedisServer::start_persistent();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
-    let o = Origin::new(items).unwrap();
-    let (t, _) = o
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let home = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let (t, home) = densest_loaded(&pg).await;
     let http = Http::new();
     let s = server(Config {
         redis: Some(redis.url()),
@@ -1151,14 +1148,7 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
         assert!(Instant::now() < deadline, "{t} was not written to Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
-    drop(conn);
-    redis.kill();
+    redis.save_and_kill().await;
 
     let errors_before = inv.errors.load(Relaxed);
     let admin = pg.client().await;
@@ -1176,9 +1166,7 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
         "the change was not tried against the killed Redis"
     );
     // Back with the snapshot (the old price), answering PING, refusing deletes.
-    redis.restart_with(&[
-        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-unlink", "-del",
-    ]);
+    redis.restart_refusing_deletes();
     let (mut probed_back, mut stale) = (0, Vec::new());
     let start = Instant::now();
     while probed_back < 50 && start.elapsed() < Duration::from_secs(15) {
@@ -1204,19 +1192,7 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
     assert!(!tier.available(), "reads are held while the change waits");
 
     // Deletes allowed again: the retry lands, reads come back, the old value is gone.
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("+unlink")
-        .arg("+del")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.allow_deletes().await;
     assert!(
         eventually(Duration::from_secs(10), || tier.available()).await,
         "reads were not let back once the invalidation landed"
