@@ -514,6 +514,9 @@ async fn invalidate_handler(
         }
     };
     if let Err(e) = crate::invalidate::invalidate(&app, &inv).await {
+        // A write-back that landed between the two deletes is still in Redis, and this
+        // instance's reader skips its own entries: held as after the first.
+        crate::invalidate::spawn_everything_until_applied(&app, crate::tier::ReadHold::Endpoint);
         return error_response(
             ErrorCode::Overloaded,
             format!("the change is on the stream as {id} but this instance's {e}; retry"),

@@ -26,15 +26,15 @@
 //! invalidation recorded while its write was in flight to what the write put in the tier.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tilewarm::TileId;
 
 use crate::backoff::Backoff;
-use crate::tier::{Fill, ReadHold, StoredItem, TierError};
+use crate::tier::{CacheTier, Fill, ReadHold, StoredItem, TierError};
 use crate::App;
 
 /// What to invalidate: the core's wire type, shared with the edge and the package.
@@ -232,12 +232,51 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
 pub struct Invalidations {
     pub guard: WriteGuard,
     pub stats: InvalidationStats,
-    /// The [`ReadHold`]s whose [`everything_until_applied`] is running (bits), so that
-    /// concurrent failures start one retry, not one each.
-    retrying: AtomicU8,
+    /// Failed invalidations waiting for an `all` to land, per [`ReadHold`].
+    pending: Mutex<Pending>,
+}
+
+/// Per [`ReadHold`] (by its bit's index): the failures noted, and whether a retry
+/// ([`everything_until_applied`]) is running. One lock over both and the hold itself, so
+/// that a retry finishing cannot let reads back over a failure noted while its `all` was
+/// out, nor leave them held with no retry running.
+#[derive(Default)]
+struct Pending {
+    failures: [u64; 8],
+    running: u8,
 }
 
 impl Invalidations {
+    /// Notes a failed invalidation for `by` and holds reads off the tier for it. Returns
+    /// whether a retry for `by` is running already (its next `all` covers this one).
+    fn note_failure(&self, tier: &CacheTier, by: ReadHold) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (bit, i) = (by as u8, (by as u8).trailing_zeros() as usize);
+        p.failures[i] += 1;
+        tier.hold_reads(by, true);
+        let running = p.running & bit != 0;
+        p.running |= bit;
+        running
+    }
+
+    /// The failures noted for `by` so far.
+    fn failures(&self, by: ReadHold) -> u64 {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.failures[(by as u8).trailing_zeros() as usize]
+    }
+
+    /// An `all` begun when `seen` failures were noted for `by` landed: lets reads back and
+    /// ends the retry, unless a failure was noted since (then false: another `all` is due).
+    fn landed(&self, tier: &CacheTier, by: ReadHold, seen: u64) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.failures[(by as u8).trailing_zeros() as usize] != seen {
+            return false;
+        }
+        tier.hold_reads(by, false);
+        p.running &= !(by as u8);
+        true
+    }
+
     /// Drops from `fill` what changed since `epoch` (counted).
     pub fn filter(&self, fill: &mut Fill, epoch: u64) {
         let n = self.guard.filter(fill, epoch);
@@ -259,15 +298,36 @@ pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// After an invalidation failed on the tier (Redis down, or refusing or timing out the
 /// deletes): holds requests off the Redis tier for `by` ([`crate::tier::CacheTier::hold_reads`])
-/// and tries `all` until it lands, after [`RETRY_FIRST`] doubling to [`RETRY_MAX`], then lets
-/// reads back. What the failed one covers may still be in Redis, or be there again (a Redis
-/// restarted with its data), and the tier's probe brings it back as soon as it answers
-/// `PING`, before a retry has run. False when the app went away first.
+/// and tries `all` until one that began after the last failure noted for `by` lands, after
+/// [`RETRY_FIRST`] doubling to [`RETRY_MAX`], then lets reads back. What a failed one covers
+/// may still be in Redis, or be there again (a Redis restarted with its data), and the
+/// tier's probe brings it back as soon as it answers `PING`, before a retry has run. False
+/// when the app went away first.
 pub async fn everything_until_applied(app: &Weak<App>, by: ReadHold) -> bool {
     match app.upgrade() {
-        Some(a) => a.tier.hold_reads(by, true),
+        Some(a) => a.invalidation.note_failure(&a.tier, by),
         None => return false,
+    };
+    retry_everything(app, by).await
+}
+
+/// [`everything_until_applied`] in a task of its own, unless one for `by` is running
+/// already (it goes on until an `all` begun after this failure lands). For a caller that
+/// answers at once, as `POST /v1/invalidate` does with a 503.
+pub fn spawn_everything_until_applied(app: &Arc<App>, by: ReadHold) {
+    if app.invalidation.note_failure(&app.tier, by) {
+        return;
     }
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        if retry_everything(&weak, by).await {
+            tracing::info!(by = ?by, "the cache tier is back and was invalidated");
+        }
+    });
+}
+
+/// The retry loop of [`everything_until_applied`], once the failure is noted.
+async fn retry_everything(app: &Weak<App>, by: ReadHold) -> bool {
     let all = Invalidation::everything();
     let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
@@ -275,32 +335,11 @@ pub async fn everything_until_applied(app: &Weak<App>, by: ReadHold) -> bool {
         let Some(a) = app.upgrade() else {
             return false;
         };
-        if invalidate(&a, &all).await.is_ok() {
-            a.tier.hold_reads(by, false);
+        let seen = a.invalidation.failures(by);
+        if invalidate(&a, &all).await.is_ok() && a.invalidation.landed(&a.tier, by, seen) {
             return true;
         }
     }
-}
-
-/// [`everything_until_applied`] in a task of its own, unless one for `by` is running
-/// already (its `all` covers this failure too). For a caller that answers at once, as
-/// `POST /v1/invalidate` does with a 503.
-pub fn spawn_everything_until_applied(app: &Arc<App>, by: ReadHold) {
-    let bit = by as u8;
-    app.tier.hold_reads(by, true);
-    if app.invalidation.retrying.fetch_or(bit, Relaxed) & bit != 0 {
-        return;
-    }
-    let weak = Arc::downgrade(app);
-    tokio::spawn(async move {
-        let landed = everything_until_applied(&weak, by).await;
-        if let Some(a) = weak.upgrade() {
-            a.invalidation.retrying.fetch_and(!bit, Relaxed);
-            if landed {
-                tracing::info!(by = ?by, "the cache tier is back and was invalidated");
-            }
-        }
-    });
 }
 
 #[cfg(test)]
@@ -329,6 +368,56 @@ mod tests {
                 (u, vec!["b".into(), "c".into()], 1),
             ],
         }
+    }
+
+    /// A Redis tier that never connects (nothing is read), for the holds.
+    fn lazy_redis() -> CacheTier {
+        let target = crate::redis_conn::RedisTarget::parse("redis://127.0.0.1:9/0").unwrap();
+        let r = crate::tier::RedisTier::new(
+            &target,
+            "t:".into(),
+            std::time::Duration::from_millis(100),
+            false,
+            Arc::default(),
+        )
+        .unwrap();
+        CacheTier::Redis(Arc::new(r))
+    }
+
+    #[tokio::test]
+    async fn a_failure_noted_while_an_all_was_out_keeps_reads_held_and_the_retry_running() {
+        let (inv, tier, by) = (Invalidations::default(), lazy_redis(), ReadHold::Endpoint);
+        assert!(
+            !inv.note_failure(&tier, by),
+            "the first failure starts a retry"
+        );
+        assert!(!tier.available());
+        let seen = inv.failures(by);
+        // Another call fails while the retry's `all` is out: that `all` may have begun
+        // before its delete was recorded.
+        assert!(inv.note_failure(&tier, by), "a retry is running already");
+        assert!(
+            !inv.landed(&tier, by, seen),
+            "reads let back over the later failure"
+        );
+        assert!(!tier.available());
+        // The next `all` began after it: reads come back, the retry ends.
+        assert!(inv.landed(&tier, by, inv.failures(by)));
+        assert!(tier.available());
+        // A failure after that starts a retry of its own (none is left running).
+        assert!(
+            !inv.note_failure(&tier, by),
+            "a failure after the end found a retry running"
+        );
+        assert!(!tier.available());
+        // The holds are per source: another's landing lets none of this one's reads back.
+        assert!(!inv.note_failure(&tier, ReadHold::DatabaseFeed));
+        assert!(inv.landed(
+            &tier,
+            ReadHold::DatabaseFeed,
+            inv.failures(ReadHold::DatabaseFeed)
+        ));
+        assert!(!tier.available());
     }
 
     #[test]
