@@ -280,6 +280,13 @@ async fn warm(
         let (mut fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
         match crate::invalidate::write_back(app, &mut fill, epoch).await {
             Ok(()) => {
+                // What the tier was given (past the write guard and the empty-tile cap)
+                // is held: its tries start over, so a later failure waits the first delay.
+                let mut tries = tries.lock().unwrap_or_else(|p| p.into_inner());
+                for (t, _, _) in &fill.tiles {
+                    tries.0.remove(t);
+                }
+                drop(tries);
                 m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);
                 debug!(tiles = chunk.len(), items = fill.items.len(), "warmed");
             }
