@@ -170,26 +170,38 @@ pub fn client_addr(
     peer: IpAddr,
     headers: &HeaderMap,
 ) -> IpAddr {
+    walk(trusted, header, peer, headers).0
+}
+
+/// The walk of [`client_addr`]: the address, and whether it stopped at a trusted hop
+/// because the entry before it could not be read (then the client is not known, only the
+/// proxy that forwarded it).
+fn walk(
+    trusted: &[TrustedProxy],
+    header: ForwardedHeader,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> (IpAddr, bool) {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
     let mut hop = peer.to_canonical();
     if !is_trusted(hop) {
-        return hop;
+        return (hop, false);
     }
     for line in headers.get_all(header.name()).iter().rev() {
         let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
-            return hop;
+            return (hop, true);
         };
         for entry in line.rsplit(',') {
             let Some(addr) = header.entry(entry) else {
-                return hop;
+                return (hop, true);
             };
             if !is_trusted(addr) {
-                return addr;
+                return (addr, false);
             }
             hop = addr;
         }
     }
-    hop
+    (hop, false)
 }
 
 /// One entry (an `X-Forwarded-For` element, a `Forwarded` `for=` value): an address, a
@@ -244,6 +256,13 @@ impl ClientAddr {
     }
 }
 
+/// In a request's extensions (set by [`layer`]) when a trusted proxy forwarded it with an
+/// entry that is not an address (`unknown`, an obfuscated `_name`, garbage): its
+/// [`ClientAddr`] is then that proxy's, good enough to key limits by, but the client is
+/// not known, so a check that the caller is local (`/dev/token`) must refuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientUnknown;
+
 /// Middleware on every route: puts the request's [`ClientAddr`] in its extensions, from the
 /// peer's address (`ConnectInfo`, set by the accept loop) and `--trusted-proxy`.
 pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
@@ -253,13 +272,16 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         .map(|c| c.0.ip());
     if let Some(peer) = peer {
         let c = &app.config;
-        let addr = client_addr(
+        let (addr, unknown) = walk(
             &c.trusted_proxies,
             c.trusted_proxy_header,
             peer,
             req.headers(),
         );
         req.extensions_mut().insert(ClientAddr(addr));
+        if unknown {
+            req.extensions_mut().insert(ClientUnknown);
+        }
     }
     next.run(req).await
 }

@@ -634,6 +634,17 @@ async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
             "/dev/token answers loopback callers only",
         );
     }
+    if req
+        .extensions()
+        .get::<crate::client_addr::ClientUnknown>()
+        .is_some()
+    {
+        return error_response(
+            ErrorCode::Forbidden,
+            "/dev/token answers loopback callers only: a trusted proxy forwarded this \
+             request for a client it does not name by address",
+        );
+    }
     let bytes = match Limited::new(req.into_body(), 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => {

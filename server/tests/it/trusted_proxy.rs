@@ -230,8 +230,10 @@ async fn per_caller_limits_of_anonymous_callers_count_the_forwarded_client() {
 
 /// `/dev/token` behind a trusted proxy on the same host answers only a forwarded client
 /// that is itself loopback (or the proxy's own request), never a remote one, whatever it
-/// wrote in front of its address. Without --trusted-proxy the header is ignored, as
-/// before. Fails when the check looks at the peer (the remote client gets a token).
+/// wrote in front of its address, nor one the proxy does not name by address. Without
+/// --trusted-proxy the header is ignored, as before. Fails when the check looks at the
+/// peer (the remote client gets a token), or when it takes the proxy for the client after
+/// an entry that is not an address.
 #[tokio::test]
 async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
     let dev = || Config {
@@ -259,6 +261,12 @@ async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
     ask(&s, "::1, [2001:db8::9]:443")
         .await
         .error(403, "forbidden");
+    // A client the proxy does not name by address (`unknown`, an obfuscated name, garbage):
+    // the walk ends at the proxy, which is loopback, but the client may be anyone.
+    for unnamed in ["unknown", "_hidden", "127.0.0.1, unknown", "not an address"] {
+        let m = ask(&s, unnamed).await.error(403, "forbidden");
+        assert!(m.contains("does not name"), "{unnamed}: {m}");
+    }
     // A local browser through the proxy, and the proxy itself.
     assert_eq!(ask(&s, "127.0.0.1").await.status, 200);
     assert_eq!(ask(&s, "[::1]:50000").await.status, 200);
