@@ -722,11 +722,18 @@ pub fn parse_batch(
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let degraded = app.tier.redis_degraded().unwrap_or(false);
+    let holds: Vec<&str> = app
+        .tier
+        .read_holds()
+        .into_iter()
+        .map(|h| h.name())
+        .collect();
+    let degraded = app.tier.redis_degraded().unwrap_or(false) || !holds.is_empty();
     let body = serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
         "tier": app.tier.name(),
         "redis_degraded": app.tier.redis_degraded(),
+        "redis_reads_held_by": holds,
         "origin": app.origin.kind(),
         "origin_items": app.origin.dataset_items(),
         "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed)),

@@ -409,8 +409,13 @@ fn read_app(app: &App, s: &mut Scrape) {
     if let Some(d) = app.tier.redis_degraded() {
         s.gauge(
             "tilewarm_redis_degraded",
-            "1 while Redis is unavailable and requests go to the origin.",
+            "1 while Redis is marked unavailable and requests go to the origin.",
             d as u64,
+        );
+        s.gauge(
+            "tilewarm_redis_reads_held",
+            "How many sources hold reads off Redis while a failed invalidation waits to be applied again (requests go to the origin; /healthz names them).",
+            app.tier.read_holds().len() as u64,
         );
     }
     s.gauge(

@@ -94,6 +94,17 @@ pub enum ReadHold {
     Endpoint = 4,
 }
 
+impl ReadHold {
+    /// Its name in `/metrics` and `/healthz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadHold::ChangeStream => "change_stream",
+            ReadHold::DatabaseFeed => "database_feed",
+            ReadHold::Endpoint => "invalidate_endpoint",
+        }
+    }
+}
+
 /// The cache tier.
 pub enum CacheTier {
     Local(Box<LocalTier>),
@@ -224,6 +235,25 @@ impl CacheTier {
         match self {
             CacheTier::Local(l) => Some(l.cache.lock().map(|c| c.len()).unwrap_or(0)),
             CacheTier::Redis(_) => None,
+        }
+    }
+
+    /// Who holds reads off Redis now ([`CacheTier::hold_reads`]; empty for the in-process
+    /// tier or when none does).
+    pub fn read_holds(&self) -> Vec<ReadHold> {
+        match self {
+            CacheTier::Local(_) => Vec::new(),
+            CacheTier::Redis(r) => {
+                let held = r.held.load(Relaxed);
+                [
+                    ReadHold::ChangeStream,
+                    ReadHold::DatabaseFeed,
+                    ReadHold::Endpoint,
+                ]
+                .into_iter()
+                .filter(|&h| held & h as u8 != 0)
+                .collect()
+            }
         }
     }
 

@@ -848,6 +848,15 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
         hits,
         "the invalidated tile was served from Redis"
     );
+    // The hold shows, though Redis answers.
+    let h = http.get(&format!("{}/healthz", s.url())).await.json();
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["redis_degraded"], false, "{h}");
+    assert_eq!(
+        h["redis_reads_held_by"],
+        serde_json::json!(["invalidate_endpoint"]),
+        "{h}"
+    );
 
     // Deletes allowed again: the retry lands, reads come back, the tile is gone.
     redis.allow_deletes().await;
@@ -856,5 +865,10 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
         "reads were not let back once the invalidation landed"
     );
     assert!(!in_redis().await, "{t} is still in Redis");
+    let h = http.get(&format!("{}/healthz", s.url())).await.json();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["redis_reads_held_by"], serde_json::json!([]), "{h}");
+    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(text.contains("tilewarm_redis_reads_held 0"), "{text}");
     s.shutdown().await;
 }
