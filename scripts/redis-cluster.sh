@@ -13,11 +13,14 @@
 #                                          failover: the replica took over)
 #   scripts/redis-cluster.sh stop DIR      kill the nodes (by their pid files), remove DIR
 #
-# Ports: each node gets a client port and a cluster bus port (--cluster-port), both free
-# and both below the kernel's ephemeral range (net.ipv4.ip_local_port_range), so that no
+# Ports: each node gets a client port and a cluster bus port (--cluster-port), both free,
+# from 10000 up to the kernel's ephemeral range (net.ipv4.ip_local_port_range), so that no
 # outgoing connection of a test running beside it can take one between the check and
 # redis-server's bind; a node that still fails to bind is started again on new ports
-# (up to 5 tries). Client ports are kept in DIR/ports.
+# (up to 5 tries). Where the ephemeral range starts below 11000 (containers often have
+# `1024 65535`) the ports are taken from 10000-10999, inside it: `start` says so on stderr
+# (one line) and the retries are what covers a port taken meanwhile. Client ports are kept
+# in DIR/ports.
 # No persistence (--save '' --appendonly no); --cluster-node-timeout 1000 ms so a killed
 # master is replaced by its replica within a few seconds. Debian's redis-server and
 # redis-cli (scripts/setup.sh redis, or server/tests/setup.sh) are needed.
@@ -30,15 +33,21 @@ cmd=$1
 dir=$2
 NODES=6
 
-# N pairs "PORT BUSPORT" of free loopback ports below the ephemeral range, one a line.
+# N pairs "PORT BUSPORT" of free loopback ports below the ephemeral range, one a line
+# (from 10000-10999 when it starts lower; with a second argument `warn`, one line on stderr
+# says so).
 free_ports() {
-  python3 - "$1" <<'EOF'
+  python3 - "$@" <<'EOF'
 import random, socket, sys
 want = int(sys.argv[1])
 try:
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 except (OSError, ValueError, IndexError):
     low = 32768
+if low < 11000 and sys.argv[2:] == ["warn"]:
+    print(f"redis-cluster: the ephemeral port range (net.ipv4.ip_local_port_range) starts at {low}, "
+          "so the ports taken here (10000-10999) may be inside it and collide with an outgoing "
+          "connection (a node whose port was taken is started again on new ones)", file=sys.stderr)
 low = max(low, 11000)
 out, held = [], []
 while len(out) < want * 2:
@@ -125,7 +134,7 @@ case $cmd in
         rm -rf "${dir:?}/$p"
         read -r p bus < <(free_ports 1)
       done
-    done 3< <(free_ports $NODES)
+    done 3< <(free_ports $NODES warn)
     ports=$(tr '\n' ' ' < "$dir/ports")
     echo "${ports% }" > "$dir/ports"
     # shellcheck disable=SC2046
