@@ -65,9 +65,9 @@ use fresh::FreshTiles;
 const MAX_PREFETCH_MARKS: usize = 8192;
 
 /// Most events ([`Client::poll_event`]) and most cancels ([`Client::poll_cancel`]) queued
-/// for a shell that does not poll them: past it the oldest is dropped. An
-/// [`Event::Updated`] or [`Event::Complete`] already queued is not queued again (the page
-/// reads the view when it hears of it, which covers both).
+/// for a shell that does not poll them: past it the oldest error, or the oldest cancel, is
+/// dropped. An [`Event::Updated`] or [`Event::Complete`] already queued is not queued again
+/// (the page reads the view when it hears of it, which covers both), and is never dropped.
 pub const MAX_QUEUED_EVENTS: usize = 256;
 
 /// The longest a planning round is reused for viewports with the same visible tiles and
@@ -631,13 +631,25 @@ impl<P: Payload> Client<P> {
         self.events.pop_front()
     }
 
-    /// Queues `event` for [`Client::poll_event`], within [`MAX_QUEUED_EVENTS`].
+    /// Queues `event` for [`Client::poll_event`], within [`MAX_QUEUED_EVENTS`]: when full,
+    /// the oldest error makes room, never the one `Updated` or `Complete` (a page that polls
+    /// late must still hear of them).
     fn queue_event(&mut self, event: Event) {
         if matches!(event, Event::Updated | Event::Complete) && self.events.contains(&event) {
             return;
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {
-            self.events.pop_front();
+            // At most one `Updated` and one `Complete` are queued, so a full queue holds an
+            // error; the front goes only if none (never while MAX_QUEUED_EVENTS > 2).
+            let oldest_error = self
+                .events
+                .iter()
+                .position(|e| matches!(e, Event::Error(_)));
+            if let Some(i) = oldest_error {
+                self.events.remove(i);
+            } else {
+                self.events.pop_front();
+            }
         }
         self.events.push_back(event);
     }

@@ -1226,3 +1226,53 @@ fn a_shell_that_never_polls_events_or_cancels_holds_a_bounded_queue() {
     let cancels = std::iter::from_fn(|| c.poll_cancel()).count();
     assert_eq!(cancels, MAX_QUEUED_EVENTS);
 }
+
+/// A full event queue makes room by dropping the oldest error, never the one `Updated` or
+/// `Complete`: a page that polls late, after one answer and more failures than the queue
+/// holds, still hears that data arrived (before, the oldest event went whatever its kind).
+#[test]
+fn a_full_event_queue_drops_the_oldest_error_not_updated_or_complete() {
+    let o = origin();
+    let config = ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    };
+    let mut c = client(config);
+    let mut now = 0;
+    c.set_viewport(view(1.0), now, |_, _| {});
+    let t = c.poll_request(now).expect("the visible tile is asked for");
+    c.on_response(t.id, o.answer(&t.request, None), now);
+    c.invalidate(crate::cache::Invalidate::All, now);
+    let not_errors = |ev: &[Event]| -> Vec<Event> {
+        ev.iter()
+            .filter(|e| !matches!(e, Event::Error(_)))
+            .cloned()
+            .collect()
+    };
+    let heard: Vec<Event> = c.events.iter().cloned().collect();
+    assert!(heard.contains(&Event::Updated), "{heard:?}");
+    let mut last = None;
+    for _ in 0..=MAX_QUEUED_EVENTS {
+        // Past any backoff: the view's tile goes out again, and fails.
+        now += 3_600_000;
+        c.handle_timeout(now);
+        let t = c.poll_request(now).expect("the visible tile is asked for");
+        c.on_failure(
+            t.id,
+            Failure::Http {
+                status: 503,
+                retry_after_ms: None,
+            },
+            now,
+        );
+        last = Some(t.id);
+    }
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), MAX_QUEUED_EVENTS, "the queue is full, not larger");
+    assert_eq!(not_errors(&ev), not_errors(&heard), "kept, in order");
+    // The errors kept are the latest.
+    match ev.last() {
+        Some(Event::Error(e)) => assert_eq!(Some(e.request), last),
+        other => panic!("the last event is the last failure, got {other:?}"),
+    }
+}
