@@ -32,8 +32,8 @@ export const JWKS_RETRY_AFTER_FAILURE_MS = 30_000;
 /** With no key set to fall back on (the key server never answered, or its last set is past
  * JWKS_STALE_IF_ERROR_MS), how long after a failed fetch of JWKS_URL requests with a token
  * are answered 502 at once instead of asking the key server again; doubled per failure in a
- * row, up to JWKS_RETRY_AFTER_FAILURE_MS. jose keeps no failure: without this a key server
- * that is down was asked once per request. */
+ * row (fetches in flight together failing count as one), up to JWKS_RETRY_AFTER_FAILURE_MS.
+ * jose keeps no failure: without this a key server that is down was asked once per request. */
 export const JWKS_FIRST_RETRY_MS = 250;
 
 /**
@@ -190,14 +190,18 @@ export function createAuth(env, options = {}) {
     const remote = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
     // The last good set, while it is within JWKS_STALE_IF_ERROR_MS past its max age.
     let lastSet = null, last = null;
-    // The key server's failures in a row, the last one's time and error.
-    let failures = 0, failedAt = -Infinity, failure = null;
+    // The key server's failures in a row, the last one's time and error. Requests in flight
+    // together fail together (on workerd jose shares no fetch between requests: each asks
+    // the key server itself), so a failure counts only if none was counted since its request
+    // asked (`counted` numbers them): one outage is one failure however many requests saw it.
+    let failures = 0, failedAt = -Infinity, failure = null, counted = 0;
     const lastGood = () => {
       if (!fetched.jwks || !(Date.now() - fetched.uat < maxAge * 1000 + JWKS_STALE_IF_ERROR_MS)) return null;
       if (fetched.jwks !== lastSet) [lastSet, last] = [fetched.jwks, createLocalJWKSet(fetched.jwks)];
       return last;
     };
     key = async (header, token) => {
+      const countedBefore = counted;
       const since = Date.now() - failedAt;
       const recent = since < JWKS_RETRY_AFTER_FAILURE_MS ? lastGood() : null;
       if (recent) return recent(header, token);
@@ -215,7 +219,10 @@ export function createAuth(env, options = {}) {
           throw e;
         }
         // The key server failed: the last good set verifies while it may (else 502).
-        failures++;
+        if (counted === countedBefore) {
+          failures++;
+          counted++;
+        }
         failedAt = Date.now();
         failure = e?.message ?? String(e);
         const stale = lastGood();

@@ -602,6 +602,57 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
   });
 });
 
+describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
+  // On workerd jose shares no fetch between requests, so requests in flight together each
+  // ask the key server: one outage they all see is one failure in a row, not one per
+  // request (before, 10 of them made the retry delay 250 ms × 2^9, capped at 30 s).
+  let stack, edge, keys, up = false, asked = 0;
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    stack = await jwksStack((req, res) => {
+      asked++;
+      if (!up) {
+        // Slow to fail, so the requests' fetches are all in flight together.
+        setTimeout(() => {
+          res.writeHead(503, { 'content-type': 'text/plain' });
+          res.end('the key server is down');
+        }, 500);
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    }, { changesPollMs: 0 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it('verifies again about the first retry delay after the key server is back, not 30 s', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const tokens = await Promise.all(Array.from({ length: 10 }, (_, i) => keys.sign({ tilewarm_access: 'registered', n: i })));
+    const during = await Promise.all(tokens.map((t) => post(edge.batch, req, bearer(t))));
+    assert.ok(during.every((r) => r.status === 502), during.map((r) => r.status).join());
+    // Else the requests did not overlap and this test shows nothing (a count of 5 or more
+    // failures would have made the delay at least 4 s).
+    assert.ok(asked >= 5, `only ${asked} of 10 requests asked the key server while it was down`);
+    up = true;
+    const back = Date.now();
+    let r;
+    for (const end = back + 4000; Date.now() < end;) {
+      r = await post(edge.batch, req, bearer(tokens[0]));
+      if (r.status === 200) break;
+      assert.equal(r.status, 502, r.text);
+      // Every fetch since the outage succeeds: the count stays at the outage's one.
+      assert.match(r.json.error.message, /\(1 failure in a row;/);
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    const waited = Date.now() - back;
+    assert.equal(r.status, 200, `still refused ${waited} ms after the key server came back: ${r.text}`);
+    assert.ok(waited < JWKS_FIRST_RETRY_MS + 1500, `verified again only after ${waited} ms (first retry delay ${JWKS_FIRST_RETRY_MS} ms)`);
+  });
+});
+
 describe('VerifiedTokens (js/edge-auth.js)', () => {
   const keys = {};
 
