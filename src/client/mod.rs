@@ -635,21 +635,23 @@ impl<P: Payload> Client<P> {
     /// the oldest error makes room, never the one `Updated` or `Complete` (a page that polls
     /// late must still hear of them).
     fn queue_event(&mut self, event: Event) {
-        if matches!(event, Event::Updated | Event::Complete) && self.events.contains(&event) {
+        let queued = match event {
+            Event::Updated => self.events.iter().any(|e| matches!(e, Event::Updated)),
+            Event::Complete => self.events.iter().any(|e| matches!(e, Event::Complete)),
+            Event::Error(_) => false,
+        };
+        if queued {
             return;
         }
         if self.events.len() >= MAX_QUEUED_EVENTS {
-            // At most one `Updated` and one `Complete` are queued, so a full queue holds an
-            // error; the front goes only if none (never while MAX_QUEUED_EVENTS > 2).
-            let oldest_error = self
-                .events
-                .iter()
-                .position(|e| matches!(e, Event::Error(_)));
-            if let Some(i) = oldest_error {
-                self.events.remove(i);
-            } else {
-                self.events.pop_front();
-            }
+            // The oldest error goes (at most one `Updated` and one `Complete` are queued, so
+            // a full queue holds errors).
+            let mut dropped = false;
+            self.events.retain(|e| {
+                let drop = !dropped && matches!(e, Event::Error(_));
+                dropped |= drop;
+                !drop
+            });
         }
         self.events.push_back(event);
     }
