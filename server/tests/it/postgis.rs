@@ -211,6 +211,16 @@ fn memory_service(items: Vec<Item<RawData>>, c: &Config) -> OriginService {
     )
 }
 
+/// Sets item `id`'s `estimate` (the price the tests read back with [`price_of`]).
+async fn set_estimate(db: &tokio_postgres::Client, id: &str, price: i64) {
+    db.execute(
+        "UPDATE tilewarm_items SET data = jsonb_set(data, '{estimate}', to_jsonb($2::bigint)) WHERE id = $1",
+        &[&id, &price],
+    )
+    .await
+    .unwrap();
+}
+
 fn price_of(r: &tilewarm::protocol::BatchResponse<RawData>, id: &str) -> Option<i64> {
     let it = r.items.iter().find(|i| i.id == id)?;
     let v: serde_json::Value = serde_json::from_str(it.data.get()).ok()?;
@@ -971,13 +981,7 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
 
     // UPDATE of the price.
     let new_price = old_price + 12_345;
-    admin
-        .execute(
-            "UPDATE tilewarm_items SET data = jsonb_set(data, '{estimate}', to_jsonb($2::bigint)) WHERE id = $1",
-            &[&home, &new_price],
-        )
-        .await
-        .unwrap();
+    set_estimate(&admin, &home, new_price).await;
     let h = home.clone();
     let took = served_within(
         Box::new(move |r| price_of(r, &h) == Some(new_price)),
@@ -1073,13 +1077,7 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
     let r = http.ok(&s, &body).await;
     let old = price_of(&r, &home).unwrap();
     let admin = pg.client().await;
-    admin
-        .execute(
-            "UPDATE tilewarm_items SET data = jsonb_set(data, '{estimate}', to_jsonb($2::bigint)) WHERE id = $1",
-            &[&home, &(old + 1)],
-        )
-        .await
-        .unwrap();
+    set_estimate(&admin, &home, old + 1).await;
     let started = Instant::now();
     let mut seen = false;
     while started.elapsed() < Duration::from_secs(2) {
@@ -1152,13 +1150,7 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
 
     let errors_before = inv.errors.load(Relaxed);
     let admin = pg.client().await;
-    admin
-        .execute(
-            "UPDATE tilewarm_items SET data = jsonb_set(data, '{estimate}', to_jsonb($2::bigint)) WHERE id = $1",
-            &[&home, &(old + 1)],
-        )
-        .await
-        .unwrap();
+    set_estimate(&admin, &home, old + 1).await;
     assert!(
         eventually(Duration::from_secs(10), || inv.errors.load(Relaxed)
             > errors_before)
