@@ -393,6 +393,30 @@ async function jwksStack(keys, options) {
   };
 }
 
+/** A key server for jwksStack that counts the requests it gets (`asked`) and serves `keys`'
+ * set while `up`; else it answers `status`, after `delayMs`. */
+function keyServer(keys, { up, status, delayMs = 0 }) {
+  const ks = {
+    up,
+    asked: 0,
+    handle(req, res) {
+      ks.asked++;
+      if (ks.up) {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(keys.jwks));
+        return;
+      }
+      const down = () => {
+        res.writeHead(status, { 'content-type': 'text/plain' });
+        res.end('the key server is down');
+      };
+      if (delayMs > 0) setTimeout(down, delayMs);
+      else down();
+    },
+  };
+  return ks;
+}
+
 describe('edge worker: remembered tokens and a JWKS_URL whose keys change', () => {
   let stack, edge, keys, served, fetches = 0;
 
@@ -499,19 +523,12 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
   // Stale-if-error: the last key set fetched verifies tokens while the key server fails
   // (within JWKS_STALE_IF_ERROR_MS past its max age), and the failing server is asked again
   // only after JWKS_RETRY_AFTER_FAILURE_MS, not once per request.
-  let stack, edge, keys, up = true, asked = 0;
+  let stack, edge, keys, ks;
 
   before(async () => {
     keys = await rsaKeys('k1');
-    stack = await jwksStack((req, res) => {
-      asked++;
-      if (!up) {
-        res.writeHead(500, { 'content-type': 'text/plain' });
-        return res.end('the key server is down');
-      }
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(keys.jwks));
-    }, { changesPollMs: 0, jwksCacheMaxAgeS: 1 });
+    ks = keyServer(keys, { up: true, status: 500 });
+    stack = await jwksStack(ks.handle, { changesPollMs: 0, jwksCacheMaxAgeS: 1 });
     edge = stack.edge;
   });
 
@@ -523,14 +540,14 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
     assert.equal(first.status, 200, first.text);
     // The set goes stale (1 s) and the key server goes down.
     await new Promise((r) => setTimeout(r, 1200));
-    up = false;
-    const before = asked;
+    ks.up = false;
+    const before = ks.asked;
     for (let i = 0; i < 5; i++) {
       // A new token each time: none is in the verified-token cache.
       const r = await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered', n: i })));
       assert.equal(r.status, 200, `token ${i}: ${r.text}`);
     }
-    assert.equal(asked - before, 1, 'the failing key server was asked once');
+    assert.equal(ks.asked - before, 1, 'the failing key server was asked once');
     // A token the last set cannot verify is still refused as the caller's.
     const other = await rsaKeys('k9');
     const r = await post(edge.batch, req, bearer(await other.sign({ tilewarm_access: 'registered' })));
@@ -543,19 +560,12 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
   // before, a key server that had never answered was fetched once per request (jose keeps
   // no failure, and the last-good-set rule needs a set), and a flood of tokens each with a
   // `kid` of its own must not fetch it once per token either.
-  let stack, edge, keys, up = false, asked = 0;
+  let stack, edge, keys, ks;
 
   before(async () => {
     keys = await rsaKeys('k1');
-    stack = await jwksStack((req, res) => {
-      asked++;
-      if (!up) {
-        res.writeHead(503, { 'content-type': 'text/plain' });
-        return res.end('the key server is down');
-      }
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(keys.jwks));
-    }, { changesPollMs: 0 });
+    ks = keyServer(keys, { up: false, status: 503 });
+    stack = await jwksStack(ks.handle, { changesPollMs: 0 });
     edge = stack.edge;
   });
 
@@ -572,10 +582,10 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
     assert.ok(statuses.length >= 20, `only ${statuses.length} requests in ${elapsed} ms: the machine was too slow for this test`);
     // Asked at the first request, then not before 250 ms, 500 ms and 1 s have passed after
     // each failure: at most 3 times within 1.75 s (each request takes well under 0.5 s).
-    assert.ok(asked <= 3, `the key server was asked ${asked} times for ${statuses.length} requests in ${elapsed} ms`);
+    assert.ok(ks.asked <= 3, `the key server was asked ${ks.asked} times for ${statuses.length} requests in ${elapsed} ms`);
     // Back up: the next request after the retry delay (at most 2 s) asks it, and passes.
-    up = true;
-    const before = asked;
+    ks.up = true;
+    const before = ks.asked;
     let r;
     for (const end = Date.now() + 3000; Date.now() < end;) {
       r = await post(edge.batch, req, bearer(token));
@@ -584,12 +594,12 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
       await new Promise((ok) => setTimeout(ok, 100));
     }
     assert.equal(r.status, 200, r.text);
-    assert.equal(asked - before, 1);
+    assert.equal(ks.asked - before, 1);
   });
 
   it('fetches the keys again at most once per cool-down for tokens whose kid it does not know', async () => {
     const req = { tiles: ['14/2624/5721'], access: 'registered' };
-    const before = asked;
+    const before = ks.asked;
     const random = (i) => keys.sign({ tilewarm_access: 'registered', n: i }, { header: { kid: `r${i}-${Math.random()}` } });
     for (let i = 0; i < 20; i++) {
       const r = await post(edge.batch, req, bearer(await random(i)));
@@ -598,7 +608,7 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
     const many = await Promise.all(Array.from({ length: 20 }, async (_, i) => post(edge.batch, req, bearer(await random(100 + i)))));
     assert.ok(many.every((r) => r.status === 401), many.map((r) => r.status).join());
     // The set was fetched just before (the test above), so it is within jose's 30 s cool-down.
-    assert.equal(asked - before, 0, `the key server was asked ${asked - before} times for 40 unknown kids`);
+    assert.equal(ks.asked - before, 0, `the key server was asked ${ks.asked - before} times for 40 unknown kids`);
   });
 });
 
@@ -606,23 +616,13 @@ describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
   // On workerd jose shares no fetch between requests, so requests in flight together each
   // ask the key server: one outage they all see is one failure in a row, not one per
   // request (before, 10 of them made the retry delay 250 ms × 2^9, capped at 30 s).
-  let stack, edge, keys, up = false, asked = 0;
+  let stack, edge, keys, ks;
 
   before(async () => {
     keys = await rsaKeys('k1');
-    stack = await jwksStack((req, res) => {
-      asked++;
-      if (!up) {
-        // Slow to fail, so the requests' fetches are all in flight together.
-        setTimeout(() => {
-          res.writeHead(503, { 'content-type': 'text/plain' });
-          res.end('the key server is down');
-        }, 500);
-        return;
-      }
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(keys.jwks));
-    }, { changesPollMs: 0 });
+    // Slow to fail, so the requests' fetches are all in flight together.
+    ks = keyServer(keys, { up: false, status: 503, delayMs: 500 });
+    stack = await jwksStack(ks.handle, { changesPollMs: 0 });
     edge = stack.edge;
   });
 
@@ -635,8 +635,8 @@ describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
     assert.ok(during.every((r) => r.status === 502), during.map((r) => r.status).join());
     // Else the requests did not overlap and this test shows nothing (a count of 5 or more
     // failures would have made the delay at least 4 s).
-    assert.ok(asked >= 5, `only ${asked} of 10 requests asked the key server while it was down`);
-    up = true;
+    assert.ok(ks.asked >= 5, `only ${ks.asked} of 10 requests asked the key server while it was down`);
+    ks.up = true;
     const back = Date.now();
     let r;
     for (const end = back + 4000; Date.now() < end;) {
