@@ -19,12 +19,13 @@
 //!   `--origin-timeout-ms` (the job ends there and releases its tiles).
 //! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 
 use tilewarm::access::Access;
 use tilewarm::protocol::BatchRequest;
+use tilewarm::proxy::WarmTries;
 use tilewarm::tile::{ring_around, TileId};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -35,41 +36,12 @@ use crate::origin::{CallSource, OriginFailure};
 use crate::tier::now_ms;
 use crate::App;
 
-/// How long after a tile was warmed it is not warmed again while the tier does not hold it:
-/// its warming failed, or the tier did not keep it (an empty list past `--max-empty-tiles`).
-/// Without it every request queued the same ring again, one warm-up origin call per request.
-/// Doubled per try, up to [`WARM_RETRY_MAX_MS`]; forgotten once the tier holds the tile.
-pub const WARM_RETRY_MS: u64 = 5_000;
-
-/// The longest wait between two warmings of a tile the tier does not keep.
-pub const WARM_RETRY_MAX_MS: u64 = 60_000;
-
-/// Most tiles whose warming tries are remembered.
-const MAX_TRIES: usize = 4096;
-
-/// Tiles warmed and not seen held since: their tries and when they may be warmed again.
-#[derive(Default)]
-struct Tries(HashMap<TileId, (u32, u64)>);
-
-impl Tries {
-    fn due(&self, t: TileId, now: u64) -> bool {
-        self.0.get(&t).is_none_or(|&(_, at)| at <= now)
-    }
-
-    fn tried(&mut self, t: TileId, now: u64) {
-        if self.0.len() >= MAX_TRIES && !self.0.contains_key(&t) {
-            self.0.retain(|_, &mut (_, at)| at > now);
-            if self.0.len() >= MAX_TRIES {
-                self.0.clear();
-            }
-        }
-        let tries = self.0.get(&t).map_or(0, |&(n, _)| n) + 1;
-        let delay = WARM_RETRY_MS
-            .saturating_mul(1 << (tries - 1).min(16))
-            .min(WARM_RETRY_MAX_MS);
-        self.0.insert(t, (tries, now.saturating_add(delay)));
-    }
-}
+/// Tiles warmed and not seen held since are not warmed again before their time: the core's
+/// [`WarmTries`] (the edge proxy's rule), [`tilewarm::proxy::WARM_RETRY_MS`] doubling to
+/// [`tilewarm::proxy::WARM_RETRY_MAX_MS`]. Its warming failed, or the tier did not keep it
+/// (an empty list past `--max-empty-tiles`); without it every request queued the same ring
+/// again, one warm-up origin call per request.
+type Tries = WarmTries<TileId>;
 
 /// One job: data tiles to warm.
 #[derive(Debug)]
@@ -193,7 +165,7 @@ async fn warm(
         let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
         job.tiles
             .into_iter()
-            .filter(|t| tries.due(*t, now) && set.insert(*t))
+            .filter(|t| tries.due(t, now) && set.insert(*t))
             .collect()
     };
     let release = |tiles: &[TileId]| {
@@ -222,7 +194,7 @@ async fn warm(
         let mut tries = tries.lock().unwrap_or_else(|p| p.into_inner());
         for (&t, &h) in claimed.iter().zip(&held) {
             if h {
-                tries.0.remove(&t);
+                tries.forget(&t);
             } else {
                 tries.tried(t, now);
             }
@@ -284,7 +256,7 @@ async fn warm(
                 // is held: its tries start over, so a later failure waits the first delay.
                 let mut tries = tries.lock().unwrap_or_else(|p| p.into_inner());
                 for (t, _, _) in &fill.tiles {
-                    tries.0.remove(t);
+                    tries.forget(t);
                 }
                 drop(tries);
                 m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);
@@ -297,39 +269,4 @@ async fn warm(
         }
     }
     release(&claimed);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tile_tried_again_waits_longer_each_time_up_to_the_cap() {
-        let t: TileId = "14/1/1".parse().unwrap();
-        let mut tries = Tries::default();
-        assert!(tries.due(t, 0));
-        let mut now = 0;
-        let mut waits = Vec::new();
-        for _ in 0..7 {
-            tries.tried(t, now);
-            assert!(!tries.due(t, now + 1));
-            let at = tries.0[&t].1;
-            waits.push(at - now);
-            now = at;
-            assert!(tries.due(t, now));
-        }
-        assert_eq!(
-            waits,
-            [5_000, 10_000, 20_000, 40_000, 60_000, 60_000, 60_000]
-        );
-    }
-
-    #[test]
-    fn the_tries_kept_stay_bounded() {
-        let mut tries = Tries::default();
-        for x in 0..(3 * MAX_TRIES as u32) {
-            tries.tried(TileId::new(14, x, 7).unwrap(), 0);
-            assert!(tries.0.len() <= MAX_TRIES);
-        }
-    }
 }

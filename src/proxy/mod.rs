@@ -47,6 +47,7 @@
 pub mod change;
 pub mod policy;
 pub mod shared;
+pub mod warm_tries;
 mod wire;
 
 use std::fmt;
@@ -67,6 +68,7 @@ use crate::protocol::{
 use crate::tile::{ring_around, TileId};
 use crate::util::{HashMap, HashSet};
 use policy::{CoarseMiss, IdSource, Plan, Read, Rules, TileSource};
+pub use warm_tries::{WarmTries, MAX_WARM_TRIES, WARM_RETRY_MAX_MS, WARM_RETRY_MS};
 
 /// How the proxy caches and warms. Every field has a documented default.
 #[derive(Clone, Debug, PartialEq)]
@@ -260,28 +262,8 @@ pub struct Proxy {
     changes: change::Changes,
     /// Data tiles warmed and not seen fresh since, per tier: not warmed again before
     /// their time ([`WARM_RETRY_MS`]).
-    warm_tries: LruCache<(Access, TileId), WarmTry>,
+    warm_tries: WarmTries<(Access, TileId)>,
 }
-
-/// A data tile's warming tries since it was last seen fresh.
-#[derive(Clone, Copy, Debug)]
-struct WarmTry {
-    tries: u32,
-    not_before_ms: u64,
-}
-
-/// How long after a tile was warmed it is not warmed again while it is not fresh: its
-/// answer may still be out (the edge's `warmTimeoutMs` is 5 s), or it failed, or the cache
-/// could not keep it. Without it every hit planned the same warming request again, one
-/// origin request per hit. Doubled per try, up to [`WARM_RETRY_MAX_MS`]; forgotten once
-/// the tile is seen fresh.
-pub const WARM_RETRY_MS: u64 = 5_000;
-
-/// The longest wait between two warmings of a tile that does not become fresh.
-pub const WARM_RETRY_MAX_MS: u64 = 60_000;
-
-/// Most tiles whose warming tries are remembered (least recently used go first).
-pub const MAX_WARM_TRIES: usize = 4096;
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
 type TileRead = (Vec<Item<RawData>>, u64);
@@ -350,9 +332,7 @@ impl Proxy {
             stats: ProxyStats::default(),
             wire: wire::Wire::new(),
             changes: change::Changes::new(),
-            warm_tries: LruCache::new(
-                NonZeroUsize::new(MAX_WARM_TRIES).unwrap_or(NonZeroUsize::MIN),
-            ),
+            warm_tries: WarmTries::default(),
         })
     }
 
@@ -653,12 +633,10 @@ impl Proxy {
             .into_iter()
             .filter(|&t| {
                 if cache.tile_freshness(t, tier, now_ms) == TileFreshness::Fresh {
-                    warm_tries.pop(&(tier, t));
+                    warm_tries.forget(&(tier, t));
                     return false;
                 }
-                warm_tries
-                    .peek(&(tier, t))
-                    .is_none_or(|w| w.not_before_ms <= now_ms)
+                warm_tries.due(&(tier, t), now_ms)
             })
             .take(max)
             .collect();
@@ -666,17 +644,7 @@ impl Proxy {
             return None;
         }
         for &t in &tiles {
-            let tries = warm_tries.peek(&(tier, t)).map_or(0, |w| w.tries) + 1;
-            let delay = WARM_RETRY_MS
-                .saturating_mul(1 << (tries - 1).min(16))
-                .min(WARM_RETRY_MAX_MS);
-            warm_tries.put(
-                (tier, t),
-                WarmTry {
-                    tries,
-                    not_before_ms: now_ms.saturating_add(delay),
-                },
-            );
+            warm_tries.tried((tier, t), now_ms);
         }
         self.stats.warm_requests += 1;
         self.changes.warm_planned(tier, &tiles);
@@ -899,7 +867,7 @@ impl Proxy {
         let cache = &self.caches[request.access.rank() as usize];
         for &t in &request.tiles {
             if cache.tile_freshness(t, request.access, now_ms) == TileFreshness::Fresh {
-                self.warm_tries.pop(&(request.access, t));
+                self.warm_tries.forget(&(request.access, t));
             }
         }
         Ok(n)

@@ -605,7 +605,7 @@ async fn a_stalled_origin_ends_warmup_jobs_at_the_timeout_and_frees_their_tiles(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(m.warmup_tiles.load(Relaxed), warmed);
     // ...one after the retry delay does, so the timed-out job released its claim.
-    let retry = Duration::from_millis(tilewarm_server::warmup::WARM_RETRY_MS);
+    let retry = Duration::from_millis(tilewarm::proxy::WARM_RETRY_MS);
     tokio::time::sleep((timed_out + retry).saturating_duration_since(std::time::Instant::now()))
         .await;
     http.ok(&s, &east).await;
