@@ -14,6 +14,7 @@ import {
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER,
 } from './gen/boundary.js';
+import { retryAfterMs } from './retry-after.js';
 
 // For the tile functions' JavaScript half (api.js), which is not bundled with gen/.
 export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
@@ -221,17 +222,6 @@ async function readBody(res) {
     }
     text += decoder.decode(value, { stream: true });
   }
-}
-
-/** Retry-After: delta seconds or an HTTP date, as milliseconds; -1 when absent or bad. A
- * date is measured from `now`, the cache's clock (the `now` option), as every other time
- * the engine is given is: against `Date.now()` a cache on another clock would wait the
- * wrong time. */
-function retryAfterMs(h, now) {
-  if (h == null) return -1;
-  if (/^\s*\d+\s*$/.test(h)) return Number(h) * 1000;
-  const at = Date.parse(h);
-  return Number.isNaN(at) ? -1 : Math.max(0, at - now);
 }
 
 function report(e) {
@@ -888,7 +878,10 @@ export class TileCache {
       try { detail = JSON.parse(text)?.error; } catch { /* not JSON */ }
       req.detail = isObject(detail) ? detail : undefined;
       const failure = res.status === 401 ? FAILED_UNAUTHORIZED : FAILED_HTTP;
-      return this.#failed(req, failure, res.status, retryAfterMs(res.headers.get('retry-after'), this.#now()), '');
+      // A date is measured from the cache's clock (the `now` option), as every other time
+      // the engine is given is; -1: none, or one that could not be read.
+      const wait = retryAfterMs(res.headers.get('retry-after'), this.#now()) ?? -1;
+      return this.#failed(req, failure, res.status, wait, '');
     }
     let f;
     try {

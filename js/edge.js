@@ -24,6 +24,7 @@ import { initSync, EdgeProxy } from './tilewarm_edge.js';
 import { createAuth, checkedUrl, Unauthorized, KeysUnavailable } from './edge-auth.js';
 // The header a server declares the data's extent in (bundled in by build-pkg.sh).
 import { BOUNDS_HEADER } from './gen/boundary.js';
+import { retryAfterMs } from './retry-after.js';
 
 export { EdgeProxy };
 
@@ -110,8 +111,7 @@ function respond(s, bounds, retryAfter = null) {
 function originRetryAfter(res) {
   if (res.status !== 429 && res.status !== 503) return null;
   const v = res.headers.get('retry-after')?.trim();
-  if (!v) return null;
-  return /^\d{1,10}$/.test(v) || !Number.isNaN(Date.parse(v)) ? v : null;
+  return retryAfterMs(v, 0) === null ? null : v;
 }
 
 /** A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. */
@@ -135,18 +135,6 @@ class FeedRefused extends Error {
     this.status = status;
     this.retryAfterMs = retryAfterMs;
   }
-}
-
-/**
- * The wait an answer's `Retry-After` asks for, in ms from `now`: delay seconds or an HTTP
- * date (one in the past: 0); null without one or with one that is neither.
- */
-function retryAfterMs(res, now) {
-  const v = res.headers.get('retry-after')?.trim();
-  if (!v) return null;
-  if (/^\d{1,10}$/.test(v)) return Number(v) * 1000;
-  const at = Date.parse(v);
-  return Number.isNaN(at) ? null : Math.max(0, at - now);
 }
 
 /** The server-sent events of a whole text: [{ event, id, data }] (the HTML spec's rules;
@@ -353,7 +341,7 @@ export function createWorker(defaults = {}) {
     const res = await fetch(url, { headers, signal: AbortSignal.timeout(options.originTimeoutMs) });
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
-      throw new FeedRefused(res.status, retryAfterMs(res, Date.now()));
+      throw new FeedRefused(res.status, retryAfterMs(res.headers.get('retry-after'), Date.now()));
     }
     const bytes = await readBody(res, MAX_FEED_BYTES, "the change feed's answer");
     return sseEvents(new TextDecoder().decode(bytes));

@@ -26,6 +26,8 @@
 // skipped as it arrives (an `invalidate` one invalidates everything).
 // Types: live.d.ts.
 
+import { retryAfterMs } from './retry-after.js';
+
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
 const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 /** How long a connection must stay up after its `ready` for the backoff to start over at
@@ -42,14 +44,6 @@ const RESET_GAP_MS = 1000;
 
 /** Longest Retry-After honoured (an hour), as the batch requests' backoff takes it. */
 const MAX_RETRY_AFTER_MS = 3_600_000;
-
-/** A `Retry-After` (delay seconds or an HTTP date) in milliseconds, at most
- * MAX_RETRY_AFTER_MS; 0 when there is none or it cannot be read. */
-function retryAfterMs(h) {
-  if (h == null) return 0;
-  const ms = /^\s*\d+\s*$/.test(h) ? Number(h) * 1000 : Date.parse(h) - Date.now();
-  return Number.isNaN(ms) ? 0 : Math.min(MAX_RETRY_AFTER_MS, Math.max(0, ms));
-}
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -248,7 +242,7 @@ export function follow(cache, url, options = {}) {
         }
         if (!res.ok || !res.body) {
           res.body?.cancel().catch(() => {});
-          floor = res.ok ? 0 : retryAfterMs(res.headers?.get?.('retry-after'));
+          floor = res.ok ? 0 : Math.min(MAX_RETRY_AFTER_MS, retryAfterMs(res.headers?.get?.('retry-after'), Date.now()) ?? 0);
           throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}` + (floor ? ` (Retry-After: ${Math.ceil(floor / 1000)} s)` : ''));
         }
         let expired = false;
