@@ -252,7 +252,8 @@ impl Invalidations {
     fn note_failure(&self, tier: &CacheTier, by: ReadHold) -> bool {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (bit, i) = (by as u8, (by as u8).trailing_zeros() as usize);
-        p.failures[i] += 1;
+        // Compared for equality only ([`Self::landed`]), so wrapping is harmless.
+        p.failures[i] = p.failures[i].wrapping_add(1);
         tier.hold_reads(by, true);
         let running = p.running & bit != 0;
         p.running |= bit;
