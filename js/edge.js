@@ -137,6 +137,11 @@ class FeedRefused extends Error {
   }
 }
 
+/** The `reason` a `reset` event's data gives (`gap`, `unreadable`, `ids`), or undefined. */
+function resetReason(data) {
+  try { return JSON.parse(data)?.reason; } catch { return undefined; }
+}
+
 /** The server-sent events of a whole text: [{ event, id, data }] (the HTML spec's rules;
  * id undefined when the event set none). */
 function sseEvents(text) {
@@ -399,13 +404,16 @@ export function createWorker(defaults = {}) {
         return;
       }
       // The origin's answer when it cannot replay from an id (its feed starts later, e.g. a
-      // restarted origin without Redis, or past its retention) is `ready` and one `reset`.
-      // For a new isolate's replay that changes nothing here: the isolate's caches are still
-      // empty (requests wait for the first poll), and Cache API entries older than the
-      // feed's start are then not checked (docs/edge.md, "Changes"). Every other `reset` is
-      // applied, in a replay too: the origin also sends one for an invalidation by id to a
-      // subscriber below tier agent, and for an entry it could not read.
-      const cannotReplay = feed.replaying && events.length === 2 && events[0].event === 'ready' && events[1].event === 'reset';
+      // restarted origin without Redis, or past its retention) is `ready` and one `reset`
+      // whose reason is `gap`. For a new isolate's replay that changes nothing here: the
+      // isolate's caches are still empty (requests wait for the first poll), and Cache API
+      // entries older than the feed's start are then not checked (docs/edge.md, "Changes").
+      // Every other `reset` is applied, in a replay too: the origin also sends one for an
+      // invalidation by id to a subscriber below tier agent (`ids`), and for an entry it
+      // could not read (`unreadable`). An origin of before the reasons sends `{}`, read as
+      // a gap when it is the replay's lone event.
+      const cannotReplay = feed.replaying && events.length === 2 && events[0].event === 'ready'
+        && events[1].event === 'reset' && [undefined, 'gap'].includes(resetReason(events[1].data));
       for (const e of events) {
         if (cannotReplay && e.event === 'reset') {
           feed.lastId = e.id ?? feed.lastId;

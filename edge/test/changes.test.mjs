@@ -223,7 +223,7 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
     const { edge, relay, health } = await isolate((lastEventId, n, position) => {
       if (n === 0) return { status: 500, body: 'not now' };
       if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
-      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: '{"reason":"gap"}' }]) };
     });
     await health();
     await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
@@ -234,6 +234,40 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
     assert.equal(s.changes.events, 0, `nothing applied: ${JSON.stringify(s.changes)}`);
     assert.equal(s.changes.replaying, false);
   });
+});
+
+describe('edge worker: a replay whose lone event is a reset with another reason', () => {
+  // The origin says why it resets (server/src/stream.rs, ResetReason): only a `gap` (it
+  // cannot replay that far) is skipped by a new isolate's replay. A lone `reset` for an
+  // entry it could not read, or for an id invalidation below tier agent, is a change and is
+  // applied: skipped, the Cache API entries it covers would be served until their max-age.
+  const started = [];
+  after(async () => {
+    for (const { edge, relay } of started) {
+      await edge.stop();
+      await relay.close();
+    }
+  });
+
+  for (const reason of ['unreadable', 'ids']) {
+    it(`applies a lone reset of reason ${reason}`, async () => {
+      const relay = await startRelay('http://127.0.0.1:9/v1/batch');
+      const position = `${Date.now()}-0`;
+      const change = `${Date.now() - 60_000}-0`;
+      relay.changes = ({ lastEventId }) => {
+        if (lastEventId === undefined || lastEventId === change) return { body: sse([{ event: 'ready', id: lastEventId ?? position }]) };
+        return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: change, data: JSON.stringify({ reason }) }]) };
+      };
+      const edge = await startWorkerd(relay.url, { changesPollMs: 50, originTimeoutMs: 2000 });
+      started.push({ edge, relay });
+      const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+      await health();
+      await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
+      const s = await edge.stats();
+      assert.equal(s.changes.events, 1, `the reset was applied: ${JSON.stringify(s.changes)}`);
+      assert.equal(s.changes.lastId, change);
+    });
+  }
 });
 
 describe('edge worker: a refused or failing poll of the change feed waits longer', () => {

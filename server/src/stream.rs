@@ -100,14 +100,40 @@ pub fn changes_key(prefix: &str) -> String {
 pub enum Event {
     /// These entries changed.
     Invalidate(StreamId, Arc<Invalidation>),
-    /// Events were lost (past retention, or an unknown id): invalidate everything.
-    Reset(StreamId),
+    /// Invalidate everything, for the reason given.
+    Reset(StreamId, ResetReason),
+}
+
+/// Why a follower is told to invalidate everything: the `reason` in a `reset` event's data.
+/// A follower applies every `reset` alike; the edge tells them apart in one place (a new
+/// isolate's replay skips only a `gap`, see docs/edge.md "Changes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The events after the follower's id cannot be sent: older than what the stream keeps,
+    /// unknown to it, more than [`MAX_BACKLOG`], or lost while this instance's reader was
+    /// disconnected.
+    Gap,
+    /// A stream entry whose id or body cannot be read: a change nobody can name.
+    Unreadable,
+    /// An invalidation naming ids, sent to a follower below the top tier (see
+    /// [`Event::to_sse`]).
+    Ids,
+}
+
+impl ResetReason {
+    fn data(self) -> &'static str {
+        match self {
+            ResetReason::Gap => r#"{"reason":"gap"}"#,
+            ResetReason::Unreadable => r#"{"reason":"unreadable"}"#,
+            ResetReason::Ids => r#"{"reason":"ids"}"#,
+        }
+    }
 }
 
 impl Event {
     pub fn id(&self) -> StreamId {
         match self {
-            Event::Invalidate(id, _) | Event::Reset(id) => *id,
+            Event::Invalidate(id, _) | Event::Reset(id, _) => *id,
         }
     }
 
@@ -120,16 +146,16 @@ impl Event {
     fn to_sse(&self, tier: Access) -> SseEvent {
         match self {
             Event::Invalidate(id, inv) if !inv.ids.is_empty() && tier < Access::Agent => {
-                Event::Reset(*id).to_sse(tier)
+                Event::Reset(*id, ResetReason::Ids).to_sse(tier)
             }
             Event::Invalidate(id, inv) => SseEvent::default()
                 .event("invalidate")
                 .id(id.to_string())
                 .data(inv.to_json()),
-            Event::Reset(id) => SseEvent::default()
+            Event::Reset(id, why) => SseEvent::default()
                 .event("reset")
                 .id(id.to_string())
-                .data("{}"),
+                .data(why.data()),
         }
     }
 }
@@ -361,7 +387,7 @@ impl ChangeStream {
                     return Ok((Vec::new(), r.last));
                 };
                 if after > r.last || after < r.max_deleted {
-                    return Ok((vec![Event::Reset(r.last)], r.last));
+                    return Ok((vec![Event::Reset(r.last, ResetReason::Gap)], r.last));
                 }
                 let events: Vec<Event> = r
                     .entries
@@ -371,7 +397,7 @@ impl ChangeStream {
                     .map(|(id, inv)| Event::Invalidate(*id, Arc::clone(inv)))
                     .collect();
                 if events.len() > MAX_BACKLOG {
-                    return Ok((vec![Event::Reset(r.last)], r.last));
+                    return Ok((vec![Event::Reset(r.last, ResetReason::Gap)], r.last));
                 }
                 Ok((events, r.last))
             }
@@ -383,7 +409,7 @@ impl ChangeStream {
                         return Ok((Vec::new(), last));
                     };
                     if after > last || after < max_deleted {
-                        return Ok((vec![Event::Reset(last)], last));
+                        return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                     }
                     let mut events = Vec::new();
                     let mut from = after;
@@ -401,7 +427,7 @@ impl ChangeStream {
                         for (id, f) in &batch {
                             match entry(id, f) {
                                 Some(e) => {
-                                    if matches!(e, Event::Reset(_)) {
+                                    if matches!(e, Event::Reset(..)) {
                                         self.stats.bad_entries.fetch_add(1, Relaxed);
                                     }
                                     events.push(e);
@@ -410,12 +436,15 @@ impl ChangeStream {
                                     // An id that cannot be read: what follows cannot be
                                     // resumed from it either; the client starts over.
                                     self.stats.bad_entries.fetch_add(1, Relaxed);
-                                    return Ok((vec![Event::Reset(last)], last));
+                                    return Ok((
+                                        vec![Event::Reset(last, ResetReason::Unreadable)],
+                                        last,
+                                    ));
                                 }
                             }
                         }
                         if events.len() > MAX_BACKLOG {
-                            return Ok((vec![Event::Reset(last)], last));
+                            return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                         }
                         from = parse_id(tail)?;
                     }
@@ -614,7 +643,7 @@ impl Live {
                 }
             };
             match got {
-                Ok(e) if e.id() > self.sent || matches!(e, Event::Reset(_)) => {
+                Ok(e) if e.id() > self.sent || matches!(e, Event::Reset(..)) => {
                     self.sent = self.sent.max(e.id());
                     return Some(e.to_sse(self.tier));
                 }
@@ -644,7 +673,7 @@ fn entry(id: &str, fields: &[Vec<u8>]) -> Option<Event> {
     Some(
         match body.and_then(|b| decode_invalidation(b, &Limits::default()).ok()) {
             Some(inv) => Event::Invalidate(id, Arc::new(inv)),
-            None => Event::Reset(id),
+            None => Event::Reset(id, ResetReason::Unreadable),
         },
     )
 }
@@ -788,7 +817,7 @@ async fn read_once(
             warn!(from = %l, "change stream: entries were lost while disconnected; invalidating everything");
             a.changes.stats.resets.fetch_add(1, Relaxed);
             apply(&a, Invalidation::everything(), failed).await;
-            let _ = a.changes.tx.send(Event::Reset(end));
+            let _ = a.changes.tx.send(Event::Reset(end, ResetReason::Gap));
             *last = Some(end);
         }
         Some(_) => {}
@@ -835,14 +864,14 @@ async fn read_once(
                     continue;
                 };
                 *last = Some(event.id());
-                if let Event::Reset(_) = event {
+                if let Event::Reset(..) = event {
                     // A body that is not an invalidation: it cannot be proven harmless.
                     a.changes.stats.bad_entries.fetch_add(1, Relaxed);
                 }
                 if !a.changes.is_own(event.id()) {
                     let inv = match &event {
                         Event::Invalidate(_, inv) => (**inv).clone(),
-                        Event::Reset(_) => Invalidation::everything(),
+                        Event::Reset(..) => Invalidation::everything(),
                     };
                     a.changes.stats.applied_remote.fetch_add(1, Relaxed);
                     // A tier failure marks Redis down (the tier is not read until it is
@@ -859,7 +888,10 @@ async fn read_once(
             warn!(to = %end, "change stream: an entry id could not be read; invalidating everything");
             a.changes.stats.resets.fetch_add(1, Relaxed);
             apply(&a, Invalidation::everything(), failed).await;
-            let _ = a.changes.tx.send(Event::Reset(end));
+            let _ = a
+                .changes
+                .tx
+                .send(Event::Reset(end, ResetReason::Unreadable));
             *last = Some(end.max(last.unwrap_or(StreamId::ZERO)));
         }
     }
@@ -892,7 +924,10 @@ mod tests {
         // Past retention: `a` is trimmed, so a client at `start` cannot be caught up.
         let c = s.publish(&inv("c")).await.unwrap();
         let (ev, pos) = s.since(Some(start)).await.unwrap();
-        assert!(matches!(ev[..], [Event::Reset(id)] if id == c), "{ev:?}");
+        assert!(
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == c),
+            "{ev:?}"
+        );
         assert_eq!(pos, c);
         // `a` itself is still a good resume point (nothing after it was trimmed).
         let (ev, _) = s.since(Some(a)).await.unwrap();
@@ -903,7 +938,7 @@ mod tests {
             seq: 0,
         };
         let (ev, _) = s.since(Some(future)).await.unwrap();
-        assert!(matches!(ev[..], [Event::Reset(_)]));
+        assert!(matches!(ev[..], [Event::Reset(_, ResetReason::Gap)]));
     }
 
     #[tokio::test]
@@ -942,7 +977,7 @@ mod tests {
         // All are kept (retention), but one more than the bound: a single reset.
         let (ev, pos) = s.since(Some(start)).await.unwrap();
         assert!(
-            matches!(ev[..], [Event::Reset(id)] if id == pos),
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == pos),
             "{}",
             ev.len()
         );
@@ -995,7 +1030,10 @@ mod tests {
         let ok = entry("5-1", &[b"inv".to_vec(), br#"{"ids":["a"]}"#.to_vec()]);
         assert!(matches!(ok, Some(Event::Invalidate(..))));
         let bad = entry("5-2", &[b"inv".to_vec(), b"{}".to_vec()]);
-        assert!(matches!(bad, Some(Event::Reset(_))));
+        assert!(matches!(
+            bad,
+            Some(Event::Reset(_, ResetReason::Unreadable))
+        ));
         assert!(entry("x", &[]).is_none());
     }
 }

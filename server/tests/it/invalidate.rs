@@ -389,6 +389,7 @@ async fn an_unreadable_stream_entry_resets_followers_and_is_counted() {
     assert!(out.status.success());
     let ev = feed.next().await;
     assert_eq!(ev.event, "reset", "{ev:?}");
+    assert_eq!(ev.data, serde_json::json!({ "reason": "unreadable" }));
     let stats = &s.app.changes.stats;
     assert!(
         eventually(Duration::from_secs(10), || stats.bad_entries.load(Relaxed)
@@ -557,6 +558,7 @@ async fn the_feed_resumes_and_resets_past_retention() {
         assert_eq!(ev.data["ids"], serde_json::json!([format!("x{i}")]));
         let ev = anon.next().await;
         assert_eq!((ev.event.as_str(), ev.id.as_str()), ("reset", &*ids[i]));
+        assert_eq!(ev.data, serde_json::json!({ "reason": "ids" }));
         assert!(
             !ev.data.to_string().contains(&format!("x{i}")),
             "{:?}",
@@ -589,6 +591,7 @@ async fn the_feed_resumes_and_resets_past_retention() {
         (reset.event.as_str(), reset.id.as_str()),
         ("reset", &*ids[3])
     );
+    assert_eq!(reset.data, serde_json::json!({ "reason": "gap" }));
     // A poll (`follow=false`): the stored events after the id, then the stream ends.
     let poll = Http::anonymous()
         .send(
@@ -612,7 +615,11 @@ async fn the_feed_resumes_and_resets_past_retention() {
     // An id this server never made (a restarted in-process server): `reset` too.
     let mut f = Feed::open(&s, None, Some("1-0")).await;
     f.next().await;
-    assert_eq!(f.next().await.event, "reset");
+    let reset = f.next().await;
+    assert_eq!(
+        (reset.event.as_str(), &reset.data),
+        ("reset", &serde_json::json!({ "reason": "gap" }))
+    );
     // Shutdown ends open feeds (without it they would stay open, sending keep-alives).
     s.shutdown().await;
     loop {
