@@ -14,7 +14,7 @@
 //! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
 //! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
 //! `TileCache::updates`), `cache.rs` (`TileCache`, wasm32 only: everything that touches
-//! the browser). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
+//! the browser), `body.rs` (an answer's body read with a cap, wasm32 only). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
 mod auth;
