@@ -179,7 +179,8 @@ pub struct Config {
     pub metrics_public: bool,
 
     /// Development only: `POST /dev/token {"access":"<tier>"}` issues short-lived tokens
-    /// signed with the HS256 secret, to loopback callers only (`make demo`).
+    /// signed with the HS256 secret, to loopback callers only (by client address, see
+    /// --trusted-proxy; `make demo`).
     #[arg(long)]
     pub dev_tokens: bool,
 
@@ -245,7 +246,7 @@ pub struct Config {
 
     /// How many batches are answered at once: `adaptive` (the default) starts at two per
     /// core and moves with how long batches hold their slot, up to --max-in-flight
-    /// (docs/server.md, "Overload"); `fixed` is always --max-in-flight.
+    /// (docs/server.md, "Admission control"); `fixed` is always --max-in-flight.
     #[arg(long, value_enum, default_value_t = InFlightLimitKind::Adaptive)]
     pub in_flight_limit: InFlightLimitKind,
 
@@ -284,8 +285,9 @@ pub struct Config {
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub retry_after_s: u64,
 
-    /// Batches a second per caller (the verified token's `sub`, else the peer address);
-    /// past it and the burst, 429 `rate_limited` with `Retry-After`. 0: no per-caller limit.
+    /// Batches a second per caller (the verified token's `sub`, else the client address, see
+    /// --trusted-proxy; an IPv6 one by its /64); past it and the burst, 429 `rate_limited`
+    /// with `Retry-After`. 0: no per-caller limit.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub caller_rate: u32,
 
