@@ -150,8 +150,9 @@ export function createAuth(env, options = {}) {
   const audience = optionString(options, 'jwtAudience');
   const claim = optionString(options, 'jwtTierClaim') ?? 'tilewarm_access';
   const leeway = options.jwtLeewayS ?? 30;
-  if (!Number.isInteger(leeway) || leeway < 0 || leeway > 300) {
-    throw new Error(`jwtLeewayS must be an integer from 0 to 300 seconds, got ${JSON.stringify(leeway)}`);
+  // The server's --jwt-leeway-s bound, so one setting fits both.
+  if (!Number.isInteger(leeway) || leeway < 0 || leeway > 600) {
+    throw new Error(`jwtLeewayS must be an integer from 0 to 600 seconds, got ${JSON.stringify(leeway)}`);
   }
   const cacheSize = options.jwtCacheSize ?? TOKEN_CACHE_SIZE;
   if (!Number.isInteger(cacheSize) || cacheSize < 0 || cacheSize > 100_000) {

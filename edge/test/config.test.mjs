@@ -7,11 +7,21 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
-import { checkedUrl, isLoopback } from '../../js/edge-auth.js';
+import { checkedUrl, createAuth, isLoopback } from '../../js/edge-auth.js';
 import { freePort, post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
 import { SECRET, bearer, rsaKeys, serviceToken } from './support/tokens.mjs';
 
 const ALLOWED = /must be an https URL \(plain http only to a loopback host: 127\.0\.0\.0\/8, ::1, localhost; or to any host with the option allowInsecureOrigin: true\)/;
+
+describe('jwtLeewayS (js/edge-auth.js, createAuth)', () => {
+  it("takes 0 to 600 seconds, the server's --jwt-leeway-s range, and names the range otherwise", () => {
+    for (const s of [0, 30, 600]) assert.ok(createAuth({ JWT_SECRET: SECRET }, { jwtLeewayS: s }).configured, String(s));
+    for (const s of [-1, 601, 1.5, '30']) {
+      assert.throws(() => createAuth({ JWT_SECRET: SECRET }, { jwtLeewayS: s }),
+        new RegExp(`^Error: jwtLeewayS must be an integer from 0 to 600 seconds, got ${JSON.stringify(s)}$`.replace(/[.]/g, '\\.')), String(s));
+    }
+  });
+});
 
 describe('checkedUrl (js/edge-auth.js)', () => {
   it('takes https anywhere and plain http to loopback hosts only', () => {
