@@ -272,7 +272,7 @@ pub struct Config {
     pub degraded_origin_calls: usize,
 
     /// Longest life of an empty tile list in the cache tier, in seconds (a tile the origin
-    /// has nothing for); at most `--tile-ttl-s`.
+    /// has nothing for, or nothing `public` may see); at most `--tile-ttl-s`.
     #[arg(long, default_value_t = 60, value_name = "S")]
     pub empty_tile_ttl_s: u64,
 

@@ -13,9 +13,21 @@
 //! The cap counts what this instance wrote in the last TTL (a queue of expiries, at most
 //! the cap long), so the keys for empty tiles in Redis stay below instances x cap however
 //! many distinct tiles are asked for.
+//!
+//! # Empty to whom
+//! A list counts as empty when it names no item the lowest tier (`public`) may see, not
+//! only when it names none at all. The tier holds the top tier's lists and every caller
+//! reads them, and a list's `ttl` (and `GET /v1/tiles`' `Cache-Control`) shows how long
+//! it lives there: were only lists with no ids shortened, a tile whose items are all above
+//! `public` would answer a `public` caller with the full tile TTL where a tile with nothing
+//! answers the short one, telling it that items it may not see are there. So such a tile is
+//! stored like an empty one, for every tier (its `agent` callers ask the origin for it
+//! again after `--empty-tile-ttl-s`, and past the cap on each request).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
+
+use tilewarm::access::Access;
 
 use crate::tier::Fill;
 
@@ -38,9 +50,19 @@ impl EmptyTiles {
     }
 
     /// Shortens the expiry of each empty list in `fill` to the negative TTL and drops those
-    /// past the cap; lists with ids are untouched. Returns how many were dropped.
+    /// past the cap; lists naming an item of `fill` that `public` may see are untouched.
+    /// Empty means naming no such item (see the module docs: a list of items above
+    /// `public` only must not live longer than one of nothing). Returns how many were
+    /// dropped.
     pub fn limit(&self, fill: &mut Fill, now_ms: u64) -> usize {
-        if !fill.tiles.iter().any(|(_, ids, _)| ids.is_empty()) {
+        let public: HashSet<&str> = fill
+            .items
+            .iter()
+            .filter(|it| Access::Public.can_see(it.access()))
+            .map(|it| it.id())
+            .collect();
+        let shown = |ids: &[String]| ids.iter().any(|id| public.contains(id.as_str()));
+        if fill.tiles.iter().all(|(_, ids, _)| shown(ids)) {
             return 0;
         }
         let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
@@ -50,7 +72,7 @@ impl EmptyTiles {
         let before = fill.tiles.len();
         let short = now_ms.saturating_add(self.ttl_ms);
         fill.tiles.retain_mut(|(_, ids, exp)| {
-            if !ids.is_empty() {
+            if shown(ids) {
                 return true;
             }
             if alive.len() >= self.cap {
@@ -74,8 +96,16 @@ impl EmptyTiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tier::StoredItem;
+    use std::sync::Arc;
     use tilewarm::tile::TileId;
 
+    fn item(id: &str, access: Access) -> Arc<StoredItem> {
+        let data = serde_json::value::RawValue::from_string("null".into()).unwrap();
+        Arc::new(StoredItem::new(id, 0.0, 0.0, "c", access, 1, &data))
+    }
+
+    /// `empty` lists with no ids, then `full` lists each naming one public item of the fill.
     fn fill(empty: u32, full: u32, exp: u64) -> Fill {
         let mut f = Fill::default();
         for x in 0..empty {
@@ -83,10 +113,51 @@ mod tests {
                 .push((TileId::new(14, x, 1).unwrap(), Vec::new(), exp));
         }
         for x in 0..full {
+            let id = format!("id{x}");
+            f.items.push(item(&id, Access::Public));
             f.tiles
-                .push((TileId::new(14, x, 2).unwrap(), vec![format!("id{x}")], exp));
+                .push((TileId::new(14, x, 2).unwrap(), vec![id], exp));
         }
         f
+    }
+
+    /// A list whose items are all above `public` (or not in the fill) is an empty one to a
+    /// `public` caller, so it is stored as one: the short TTL, within the cap. One naming a
+    /// single public item among hidden ones keeps the tile TTL.
+    #[test]
+    fn a_list_of_items_above_public_is_empty() {
+        let e = EmptyTiles::new(60_000, 2);
+        let mut f = Fill::default();
+        for (x, a) in [Access::Registered, Access::Verified, Access::Agent]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("hidden{x}");
+            f.items.push(item(&id, a));
+            f.tiles
+                .push((TileId::new(14, x as u32, 3).unwrap(), vec![id], 3_600_000));
+        }
+        f.items.push(item("seen", Access::Public));
+        let mixed = vec!["hidden2".to_string(), "seen".to_string()];
+        f.tiles
+            .push((TileId::new(14, 9, 3).unwrap(), mixed.clone(), 3_600_000));
+        // Named, but its item is not in the fill: not known to be public.
+        f.tiles.push((
+            TileId::new(14, 10, 3).unwrap(),
+            vec!["elsewhere".into()],
+            3_600_000,
+        ));
+        // Cap 2: of the four lists empty to `public`, two are kept with the short TTL.
+        assert_eq!(e.limit(&mut f, 0), 2);
+        let exps: Vec<(Vec<String>, u64)> = f.tiles.iter().map(|t| (t.1.clone(), t.2)).collect();
+        assert_eq!(
+            exps,
+            vec![
+                (vec!["hidden0".to_string()], 60_000),
+                (vec!["hidden1".to_string()], 60_000),
+                (mixed, 3_600_000),
+            ]
+        );
     }
 
     #[test]

@@ -387,3 +387,89 @@ fn coarse_and_direct_tiles_never_answer_or_cache_above_the_callers_tier() {
         });
     }
 }
+
+/// The `ttl` of a tile list tells a caller how long the list stays in the shared tier, and
+/// empty lists live shorter there (`--empty-tile-ttl-s`, issue 15). A data tile whose items
+/// are all above `public` must look to a `public` caller exactly as a tile with no items at
+/// all: were only lists empty at the top tier shortened, such a tile would answer `public`
+/// with the full tile TTL and an empty tile with the short one, and the `ttl` (or the
+/// `Cache-Control` of `GET /v1/tiles`) would tell that items it may not see are there.
+/// Both tiles are filled by an `agent` first (the shared tier holds the top tier's lists),
+/// then read by `public`: both lists are empty and both carry the short TTL. Fails when
+/// `EmptyTiles::limit` shortens only the lists with no ids at all.
+#[test]
+fn a_tile_of_hidden_items_has_the_ttl_of_an_empty_tile() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = redis_available().then(RedisServer::start);
+    let mut configs = vec![config()];
+    if let Some(r) = &redis {
+        configs.push(Config {
+            redis: Some(r.url()),
+            redis_prefix: "hidden:".into(),
+            redis_timeout_ms: 500,
+            ..config()
+        });
+    }
+    for cfg in configs {
+        let on_redis = cfg.redis.is_some();
+        rt.block_on(async {
+            let app = build(Config {
+                tile_ttl_s: 3600,
+                empty_tile_ttl_s: 30,
+                warmup_ring: 0,
+                ..cfg
+            })
+            .await
+            .expect("server builds");
+            let o = app.origin.index().expect("the memory origin");
+            let dz = app.config.data_zoom;
+            let hidden = o
+                .occupied_tiles(dz)
+                .into_iter()
+                .map(|(t, _)| t)
+                .find(|&t| o.tile_items(t, Access::Public).next().is_none())
+                .expect("a data tile holding only items above public");
+            // Far out in the ocean: nothing at any tier.
+            let empty = TileId::new(dz, 0, 100).unwrap();
+            assert!(o.tile_items(empty, Access::Agent).next().is_none());
+            let ask = |access| BatchRequest {
+                tiles: vec![hidden, empty],
+                ids: Vec::new(),
+                access,
+            };
+            let limits = tilewarm::protocol::Limits::default();
+            let lists = |body: &str| decode_response(body.as_bytes(), &limits).unwrap().tiles;
+            let agent = answer(
+                &app,
+                &ask(Access::Agent),
+                Access::Agent,
+                &Default::default(),
+            )
+            .await
+            .expect("answered");
+            assert!(!lists(&agent)[0].ids.is_empty(), "agent sees the items");
+            for round in ["first", "second"] {
+                let public = answer(
+                    &app,
+                    &ask(Access::Public),
+                    Access::Public,
+                    &Default::default(),
+                )
+                .await
+                .expect("answered");
+                let got = lists(&public);
+                assert!(got.iter().all(|l| l.ids.is_empty()), "{public}");
+                let ttls: Vec<Option<u32>> = got.iter().map(|l| l.ttl).collect();
+                assert!(
+                    ttls.iter().all(|t| t.is_some_and(|s| s <= 30)),
+                    "redis {on_redis}, {round} public read: ttls {ttls:?} (hidden tile, empty \
+                     tile): a tile of hidden items must carry the empty-tile TTL"
+                );
+            }
+        });
+    }
+}
