@@ -735,7 +735,8 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "redis_degraded": app.tier.redis_degraded(),
         "redis_reads_held_by": holds,
         "origin": app.origin.kind(),
-        "origin_items": app.origin.dataset_items(),
+        // No count of the data set: this answers anyone, and the total would count items
+        // above `public` (the operator's is `tilewarm_origin_dataset_items` on /metrics).
         "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed)),
         "data_zoom": app.config.data_zoom,
     });

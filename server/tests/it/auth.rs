@@ -601,6 +601,32 @@ async fn metrics_are_not_public_by_default() {
     s.shutdown().await;
 }
 
+/// `/healthz` answers anyone, without a token: it must not count the data set, whose items
+/// above `public` an anonymous caller may not see, not even as a number (the total less the
+/// public items it can list itself). The operator reads the count on `/metrics`
+/// (`tilewarm_origin_dataset_items`), not public by default.
+#[tokio::test]
+async fn healthz_does_not_count_the_items() {
+    let s = server(config()).await;
+    let total = s.app.origin.dataset_items().expect("the memory origin");
+    assert!(total > 0);
+    let h = Http::anonymous().get(&format!("{}/healthz", s.url())).await;
+    assert_eq!(h.status, 200);
+    let body = h.json();
+    assert_eq!(body["status"], "ok");
+    let numbers: Vec<(&String, &serde_json::Value)> = body
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| v.as_u64() == Some(total as u64) || k.contains("items"))
+        .collect();
+    assert!(
+        numbers.is_empty(),
+        "/healthz counts the data set: {numbers:?}"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn dev_tokens_only_with_the_flag() {
     let s = server(config()).await;
