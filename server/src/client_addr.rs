@@ -17,7 +17,8 @@
 //!   that is not UTF-8) ends it: the client is the last trusted hop, the proxy that wrote
 //!   it. Nothing left of such an entry is believed.
 //! - No header, or every entry trusted: the client is the last trusted hop (the left-most
-//!   entry, or the peer itself).
+//!   entry, or the peer itself). With no entry at all the client is not known either
+//!   ([`ClientUnknown`]): a proxy that writes no header forwards every client so.
 //!
 //! An entry may be an IPv4 or IPv6 address, an IPv6 address in brackets, or either with a
 //! port (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the port is dropped. In `Forwarded`
@@ -174,8 +175,10 @@ pub fn client_addr(
 }
 
 /// The walk of [`client_addr`]: the address, and whether it stopped at a trusted hop
-/// because the entry before it could not be read (then the client is not known, only the
-/// proxy that forwarded it).
+/// because the entry before it could not be read, or because a trusted peer named no
+/// client at all (no header line, nothing in it): then the client is not known, only the
+/// proxy that forwarded it (a proxy that writes no header, as nginx without
+/// `proxy_set_header X-Forwarded-For`, forwards every remote client so).
 fn walk(
     trusted: &[TrustedProxy],
     header: ForwardedHeader,
@@ -187,6 +190,7 @@ fn walk(
     if !is_trusted(hop) {
         return (hop, false);
     }
+    let mut named = false;
     for line in headers.get_all(header.name()).iter().rev() {
         let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
             return (hop, true);
@@ -199,9 +203,10 @@ fn walk(
                 return (addr, false);
             }
             hop = addr;
+            named = true;
         }
     }
-    (hop, false)
+    (hop, !named)
 }
 
 /// One entry (an `X-Forwarded-For` element, a `Forwarded` `for=` value): an address, a
@@ -257,7 +262,8 @@ impl ClientAddr {
 }
 
 /// In a request's extensions (set by [`layer`]) when a trusted proxy forwarded it with an
-/// entry that is not an address (`unknown`, an obfuscated `_name`, garbage): its
+/// entry that is not an address (`unknown`, an obfuscated `_name`, garbage), or with no
+/// entry at all (a proxy that writes no header forwards every remote client so): its
 /// [`ClientAddr`] is then that proxy's, good enough to key limits by, but the client is
 /// not known, so a check that the caller is local (`/dev/token`) must refuse it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -229,11 +229,12 @@ async fn per_caller_limits_of_anonymous_callers_count_the_forwarded_client() {
 }
 
 /// `/dev/token` behind a trusted proxy on the same host answers only a forwarded client
-/// that is itself loopback (or the proxy's own request), never a remote one, whatever it
-/// wrote in front of its address, nor one the proxy does not name by address. Without
-/// --trusted-proxy the header is ignored, as before. Fails when the check looks at the
-/// peer (the remote client gets a token), or when it takes the proxy for the client after
-/// an entry that is not an address.
+/// that is itself loopback, never a remote one, whatever it wrote in front of its address,
+/// nor one the proxy does not name by address, nor a request the proxy forwarded with no
+/// header (nginx's default: every remote client would come from the proxy's loopback
+/// address). Without --trusted-proxy the header is ignored, as before. Fails when the check
+/// looks at the peer (the remote client gets a token), or when it takes the proxy for the
+/// client after an entry that is not an address or when no entry names one.
 #[tokio::test]
 async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
     let dev = || Config {
@@ -267,10 +268,13 @@ async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
         let m = ask(&s, unnamed).await.error(403, "forbidden");
         assert!(m.contains("does not name"), "{unnamed}: {m}");
     }
-    // A local browser through the proxy, and the proxy itself.
+    // No header at all: a proxy that writes none (nginx unless told to) forwards every
+    // remote client so, from its loopback address; the client may be anyone.
+    let m = ask(&s, "").await.error(403, "forbidden");
+    assert!(m.contains("does not name"), "no header: {m}");
+    // A local browser through the proxy.
     assert_eq!(ask(&s, "127.0.0.1").await.status, 200);
     assert_eq!(ask(&s, "[::1]:50000").await.status, 200);
-    assert_eq!(ask(&s, "").await.status, 200);
     s.shutdown().await;
 
     let s = server(dev()).await;
