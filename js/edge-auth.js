@@ -88,6 +88,10 @@ export class VerifiedTokens {
   }
 }
 
+/** The claim that lets a verified token read `/edge/stats` (the server's claim for
+ * `POST /v1/invalidate`): `"tilewarm_admin": true`, a boolean; any other value is no grant. */
+export const ADMIN_CLAIM = 'tilewarm_admin';
+
 /** HMAC algorithms for a shared secret; asymmetric ones for a JWKS. Pinned per key kind, so
  * `alg: none` and HS/RS confusion (an RSA public key used as an HMAC secret) cannot verify. */
 const HMAC_ALGS = ['HS256', 'HS384', 'HS512'];
@@ -234,6 +238,44 @@ export function createAuth(env, options = {}) {
     keysNow = () => (remote.fresh ? fetched.jwks : undefined);
   }
   const verified = new VerifiedTokens(cacheSize, leeway);
+  /** The bearer token of `request`, checked for form; null without an Authorization header.
+   * Throws `Unauthorized`. */
+  function bearerOf(request) {
+    const header = request.headers.get('authorization');
+    if (header === null) return null;
+    if (header.length > MAX_TOKEN_BYTES + 7) {
+      throw new Unauthorized(`the bearer token is longer than ${MAX_TOKEN_BYTES} bytes`);
+    }
+    const m = /^Bearer +([A-Za-z0-9_.~+/=-]+) *$/i.exec(header);
+    if (!m) throw new Unauthorized('the Authorization header must be "Bearer <token>"');
+    if (key === null) {
+      throw new Unauthorized('this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding): every caller is public; send no Authorization header');
+    }
+    return m[1];
+  }
+  /** The verified claims of `token`. Throws `Unauthorized` or `KeysUnavailable`. */
+  async function verify(token) {
+    try {
+      const { payload } = await jwtVerify(token, key, {
+        algorithms,
+        issuer,
+        audience,
+        clockTolerance: leeway,
+        requiredClaims: ['exp'],
+      });
+      return payload;
+    } catch (e) {
+      // With JWKS_URL, anything that is not about the token is about the key source: jose
+      // raises a plain JOSEError for an answer that is not 200 (a redirect too: it fetches
+      // with redirect: 'manual') or not JSON, JWKSInvalid for a malformed set, JWKSTimeout,
+      // and the runtime's own errors for a failed fetch. That is the edge's problem (502),
+      // not the caller's: a 401 would tell it to get another token.
+      if (source === 'JWKS_URL' && !aboutTheToken(e)) {
+        throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched or used: ${e?.message ?? e}`);
+      }
+      throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
+    }
+  }
 
   return {
     /** Whether a key source is configured. */
@@ -245,42 +287,14 @@ export function createAuth(env, options = {}) {
      * one. Throws `Unauthorized` (401) or `KeysUnavailable` (502).
      */
     async tier(request) {
-      const header = request.headers.get('authorization');
-      if (header === null) return 'public';
-      if (header.length > MAX_TOKEN_BYTES + 7) {
-        throw new Unauthorized(`the bearer token is longer than ${MAX_TOKEN_BYTES} bytes`);
-      }
-      const m = /^Bearer +([A-Za-z0-9_.~+/=-]+) *$/i.exec(header);
-      if (!m) throw new Unauthorized('the Authorization header must be "Bearer <token>"');
-      if (key === null) {
-        throw new Unauthorized('this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding): every caller is public; send no Authorization header');
-      }
-      const token = m[1];
+      const token = bearerOf(request);
+      if (token === null) return 'public';
       const keys = keysNow();
       if (keys !== undefined) {
         const known = verified.get(token, keys, Date.now());
         if (known !== undefined) return known;
       }
-      let payload;
-      try {
-        ({ payload } = await jwtVerify(token, key, {
-          algorithms,
-          issuer,
-          audience,
-          clockTolerance: leeway,
-          requiredClaims: ['exp'],
-        }));
-      } catch (e) {
-        // With JWKS_URL, anything that is not about the token is about the key source: jose
-        // raises a plain JOSEError for an answer that is not 200 (a redirect too: it fetches
-        // with redirect: 'manual') or not JSON, JWKSInvalid for a malformed set, JWKSTimeout,
-        // and the runtime's own errors for a failed fetch. That is the edge's problem (502),
-        // not the caller's: a 401 would tell it to get another token.
-        if (source === 'JWKS_URL' && !aboutTheToken(e)) {
-          throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched or used: ${e?.message ?? e}`);
-        }
-        throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
-      }
+      const payload = await verify(token);
       const tier = payload[claim];
       if (tier !== undefined && (typeof tier !== 'string' || !TIERS.includes(tier))) {
         throw new Unauthorized(`the token's "${claim}" claim must be one of ${TIERS.join(', ')}`);
@@ -291,6 +305,16 @@ export function createAuth(env, options = {}) {
       // refetch, by this request or another): it is then the set the token passed with.
       if (keys !== undefined && keysNow() === keys) verified.set(token, keys, result, payload.exp);
       return result;
+    },
+    /**
+     * Whether the request's bearer token verifies and carries `ADMIN_CLAIM: true` (verified
+     * in full on every call: the token cache holds tiers only); false without a token.
+     * Throws `Unauthorized` (401) or `KeysUnavailable` (502).
+     */
+    async admin(request) {
+      const token = bearerOf(request);
+      if (token === null) return false;
+      return (await verify(token))[ADMIN_CLAIM] === true;
     },
   };
 }

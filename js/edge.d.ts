@@ -74,6 +74,12 @@ export interface EdgeOptions {
    * makes every request a 500 naming the binding.
    */
   allowInsecureOrigin?: boolean;
+  /**
+   * Serve `GET /edge/stats` to anyone. Default false: the counters hold the cache sizes of
+   * every tier, so only a caller whose verified token carries `"tilewarm_admin": true` reads
+   * them (401 without a token, 403 with another; 403 for everyone on an edge with no key).
+   */
+  statsPublic?: boolean;
 }
 
 export interface EdgeEnv {

@@ -13,7 +13,8 @@
 // ORIGIN_TOKEN (the edge's own bearer token for the origin), JWT_SECRET | JWKS | JWKS_URL (the
 // keys callers' tokens are verified with, js/edge-auth.js), TILEWARM_OPTIONS (optional JSON,
 // see edge.d.ts). Routes: POST /v1/batch (the protocol), GET /healthz, GET /edge/stats (this
-// isolate's counters).
+// isolate's counters; to a verified token with `tilewarm_admin: true` only, unless the option
+// statsPublic is set: they count what the caches of every tier hold).
 //
 // Tiers: the caller's tier is what its verified token says (`public` without one); the body's
 // `access` may only lower it (asking for more is a 403 from the core). The core keys its
@@ -314,6 +315,8 @@ export function createWorker(defaults = {}) {
       const insecure = options.allowInsecureOrigin ?? false;
       if (typeof insecure !== 'boolean') throw new Error(`allowInsecureOrigin must be true or false, got ${JSON.stringify(insecure)}`);
       checkedUrl('ORIGIN', env.ORIGIN, insecure);
+      const statsPublic = options.statsPublic ?? false;
+      if (typeof statsPublic !== 'boolean') throw new Error(`statsPublic must be true or false, got ${JSON.stringify(statsPublic)}`);
       auth = createAuth(env, options);
       proxy = new EdgeProxy(JSON.stringify(options));
       shared = sharedCache(String(env.ORIGIN), options.sharedCacheTimeoutMs);
@@ -488,6 +491,34 @@ export function createWorker(defaults = {}) {
     }
   }
 
+  /**
+   * Why `request` may not read /edge/stats (its answer), or null when it may. The counters
+   * hold the cache sizes of every tier (how many items above `public` this isolate holds,
+   * how that changes as its callers move): only a verified token with `tilewarm_admin:
+   * true` (ADMIN_CLAIM, the server's claim for POST /v1/invalidate) reads them, unless the
+   * option statsPublic opens them to anyone.
+   */
+  async function statsRefused(request) {
+    if (options.statsPublic === true) return null;
+    const forbidden = (why) => error(403, 'forbidden', `/edge/stats ${why}; or set the option statsPublic: true to serve them to anyone`);
+    if (!auth.configured) return forbidden('answers a verified token with "tilewarm_admin": true only, and this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding)');
+    let admin;
+    try {
+      admin = await auth.admin(request);
+    } catch (e) {
+      if (e instanceof Unauthorized) {
+        return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      }
+      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message);
+      return error(500, 'internal', 'the caller\'s token could not be checked');
+    }
+    if (admin) return null;
+    if (!request.headers.has('authorization')) {
+      return error(401, 'unauthorized', '/edge/stats needs a bearer token with "tilewarm_admin": true', { 'www-authenticate': 'Bearer' });
+    }
+    return forbidden('needs "tilewarm_admin": true in a verified token');
+  }
+
   async function warm(origin, token, body, tier) {
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
@@ -589,6 +620,8 @@ export function createWorker(defaults = {}) {
       }
       if (pathname === '/healthz' && request.method === 'GET') return new Response('ok\n');
       if (pathname === '/edge/stats' && request.method === 'GET') {
+        const refused = await statsRefused(request);
+        if (refused) return refused;
         const stats = JSON.parse(proxy.stats());
         stats.shared = { enabled: shared.enabled, ...shared.stats };
         stats.tokens = auth.stats();

@@ -74,6 +74,10 @@ struct Options {
     /// to a loopback one (js/edge-auth.js, `checkedUrl`).
     #[allow(dead_code)]
     allow_insecure_origin: Option<bool>,
+    /// Read by the worker: `GET /edge/stats` to anyone, not only to a verified token with
+    /// `tilewarm_admin: true` (js/edge.js, `statsRefused`).
+    #[allow(dead_code)]
+    stats_public: Option<bool>,
 }
 
 /// Default most data tiles looked up in the shared cache per request (and written to it,

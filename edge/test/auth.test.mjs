@@ -37,11 +37,12 @@ describe('edge worker: caller authentication', () => {
     rsa = await rsaKeys('k1');
     const options = { originTimeoutMs: 2000, warmRing: 0 };
     const started = await Promise.allSettled([
-      startWorkerd(relay.url, { ...options, jwtIssuer: ISSUER, jwtAudience: AUDIENCE }, {
+      // /edge/stats closed (the default): read with an admin token (`statsOf`).
+      startWorkerd(relay.url, { ...options, jwtIssuer: ISSUER, jwtAudience: AUDIENCE, statsPublic: false }, {
         TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken,
       }),
       startWorkerd(relay.url, options, { TILEWARM_JWKS: JSON.stringify(rsa.jwks), TILEWARM_ORIGIN_TOKEN: originToken }),
-      startWorkerd(relay.url, options, { TILEWARM_ORIGIN_TOKEN: originToken }),
+      startWorkerd(relay.url, { ...options, statsPublic: false }, { TILEWARM_ORIGIN_TOKEN: originToken }),
     ]);
     [hmac, jwks, keyless] = started.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
     const failed = started.find((s) => s.status === 'rejected');
@@ -53,6 +54,13 @@ describe('edge worker: caller authentication', () => {
     await relay?.close();
     await server?.stop();
   });
+
+  /** `hmac`'s /edge/stats, read with a token carrying `tilewarm_admin: true`. */
+  const statsOf = async () => {
+    const r = await fetch(`${hmac.url}/edge/stats`, { headers: bearer(await callerToken('public', { claims: { tilewarm_admin: true } })) });
+    assert.equal(r.status, 200);
+    return r.json();
+  };
 
   /** The origin's own answer at `tier` (with an agent service token, body lowered). */
   const direct = async (req) => {
@@ -208,7 +216,6 @@ describe('edge worker: caller authentication', () => {
 
   it('cache poisoning: a forged tier (body, header, bad token) never fills or reads a higher cache', async () => {
     const tile = '14/2622/5719';
-    const statsOf = async () => (await fetch(`${hmac.url}/edge/stats`)).json();
     const before = await statsOf();
     const n = relay.seen.length;
     const forged = [
@@ -226,6 +233,40 @@ describe('edge worker: caller authentication', () => {
     // A real agent request afterwards is a miss: nothing was stored for it.
     const agent = await post(hmac.batch, { tiles: [tile], access: 'agent' }, bearer(await callerToken('agent')));
     assert.equal(agent.cache, 'miss');
+  });
+
+  it('/edge/stats (the cache sizes of every tier) answers only a verified admin token, unless statsPublic', async () => {
+    // The agent tier's cache holds something, which an anonymous caller must not count.
+    const a = await post(hmac.batch, { tiles: ['14/2620/5721'], access: 'agent' }, bearer(await callerToken('agent')));
+    assert.equal(a.status, 200);
+    const get = async (edge, headers = {}) => {
+      const r = await fetch(`${edge.url}/edge/stats`, { headers });
+      return { status: r.status, www: r.headers.get('www-authenticate'), text: await r.text() };
+    };
+    const closed = (r, status, code, why) => {
+      assert.equal(r.status, status, r.text);
+      const body = JSON.parse(r.text);
+      assert.equal(body.error.code, code);
+      assert.match(body.error.message, why);
+      assert.ok(!('tiers' in body), 'no counters');
+    };
+    const anon = await get(hmac);
+    closed(anon, 401, 'unauthorized', /tilewarm_admin/);
+    assert.equal(anon.www, 'Bearer');
+    closed(await get(hmac, bearer(await callerToken('agent'))), 403, 'forbidden', /tilewarm_admin/);
+    // The claim must be the boolean true, in a token that verifies.
+    closed(await get(hmac, bearer(await callerToken('agent', { claims: { tilewarm_admin: 'true' } }))), 403, 'forbidden', /tilewarm_admin/);
+    const forged = await callerToken('agent', { claims: { tilewarm_admin: true }, secret: 'forged-forged-forged-forged-forged-forged' });
+    closed(await get(hmac, bearer(forged)), 401, 'unauthorized', /not valid/);
+    closed(await get(hmac, bearer(tampered(await callerToken('public'), 'agent'))), 401, 'unauthorized', /not valid/);
+    // No key: nobody can show the claim.
+    closed(await get(keyless), 403, 'forbidden', /verifies no tokens.*statsPublic/);
+    const stats = await statsOf();
+    assert.ok(stats.tiers.agent.entries > 0, 'the admin reads every tier');
+    // Opened by the option (the other edges of these tests): anyone.
+    const open = await get(jwks);
+    assert.equal(open.status, 200);
+    assert.ok('tiers' in JSON.parse(open.text));
   });
 
   it('cache poisoning: an anonymous caller after an agent gets only public items, from the origin', async () => {
@@ -298,7 +339,7 @@ describe('edge worker: caller authentication', () => {
 
   // The verified-token cache (js/edge-auth.js, VerifiedTokens): a token that passed is
   // remembered until its exp, by its exact text, with the tier from its verified claims.
-  const tokenStats = async (edge) => (await edge.stats()).tokens;
+  const tokenStats = async (edge) => (edge === hmac ? await statsOf() : await edge.stats()).tokens;
   const payloadOf = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString());
 
   it('remembers a verified token: the next request with it is not verified again', async () => {

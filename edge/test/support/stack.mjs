@@ -176,7 +176,8 @@ export async function startRelay(target, { requireToken } = {}) {
 
 /**
  * workerd running the edge worker; `env` adds bindings (ORIGIN_TOKEN, JWT_SECRET, JWKS,
- * JWKS_URL). Its Cache API goes to its own in-memory cache (edge/cache-service.js, on a free
+ * JWKS_URL). `options` are TILEWARM_OPTIONS over `statsPublic: true` (tests read
+ * `/edge/stats` as its operator would; auth.test.mjs checks the default, closed). Its Cache API goes to its own in-memory cache (edge/cache-service.js, on a free
  * port: `cacheAddr`), or to `sharedCache` (another instance's `cacheAddr`), so that two
  * processes share one cache as the isolates of a data centre do. `misconfigured`: the
  * worker is expected to refuse its configuration, so any answer of /healthz means it is up.
@@ -208,7 +209,7 @@ async function startWorkerdOnce(origin, options, env, sharedCache, misconfigured
     '--external-addr', `cache=${cacheAddr}`,
   ], {
     TILEWARM_ORIGIN: origin,
-    TILEWARM_OPTIONS: JSON.stringify(options),
+    TILEWARM_OPTIONS: JSON.stringify({ statsPublic: true, ...options }),
     ...env,
   });
   try {
