@@ -265,6 +265,29 @@ test('an access downgrade purges at once; an upgrade refetches', async () => {
   cache.dispose();
 });
 
+test('an answer to a request made before a downgrade brings nothing above the new tier: get() and the view', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
+  const v = viewOf(SX, SY);
+  const secret = viewTiles(v).flatMap((t) => backend.tileItems(t, 'agent')).find((i) => i.access === 'agent');
+  assert.ok(secret, 'the view holds an agent item');
+  backend.delayMs = 150;
+  const pending = cache.get(secret.id);
+  cache.setViewport(v);
+  await until(() => backend.requests.length >= 1, 'the requests out');
+  assert.ok(backend.requests.every((r) => r.access === 'agent'), 'asked at agent');
+  cache.setAccess('public');
+  // The agent answer lands after the change: its items are not the page's any more.
+  assert.equal(await pending, undefined, 'get() of an agent item resolves as not visible');
+  await until(() => cache.stats().inFlight === 0, 'quiet');
+  await cache.whenComplete();
+  const view = cache.setViewport(v).items;
+  assert.ok(view.length > 0 && view.every((i) => i.access === 'public'), 'no agent item in the view');
+  backend.delayMs = 0;
+  assert.equal(await cache.get(secret.id), undefined, 'nor asked again at public');
+  cache.dispose();
+});
+
 test('onAccess hears each change of the tier, by setAccess or a lower one an answer reported, before onUpdate', async () => {
   fresh();
   const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
