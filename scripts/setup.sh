@@ -32,7 +32,9 @@
 # Debian packages below their minimum are upgraded: setup refreshes apt's lists (a new
 # machine's lists can be old, and an old list offers old versions) and installs the
 # candidate; if the registry still cannot give the version, setup stops and names the
-# tool, the version found and the version needed.
+# tool, the version found and the version needed. An install from lists not refreshed in
+# this run that fails (old lists name .debs the mirror has since dropped) refreshes them
+# and tries once more.
 #
 # TILEWARM_WASM_STD=rustup|debian forces how wasm-target gets a wasm32 std. By default a
 # machine without rustup's wasm32 target uses Debian's packages when apt-get is there and
@@ -150,6 +152,15 @@ need_deb() {
         local log
         log=$(mktemp)
         if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg=$candidate" >"$log" 2>&1; then
+          if [ -z "$apt_updated" ]; then
+            # Old lists name .debs the mirror no longer has (404 after a security
+            # update): refresh them and decide again.
+            rm -f "$log"
+            say "apt-get install $pkg=$candidate failed with apt's lists as they were: refreshing them"
+            apt_update
+            tried=""
+            continue
+          fi
           tail -20 "$log" >&2
           rm -f "$log"
           die "apt-get install $pkg=$candidate failed"

@@ -66,7 +66,7 @@ expect_eq "no minimum, absent, known" "$(apt_decide '' 7.0.15 0 '')" install
 # --- need_deb against a fake apt with stale lists
 fake=$(mktemp -d)
 trap 'rm -rf "$fake"' EXIT
-mkdir -p "$fake/bin" "$fake/installed" "$fake/stale" "$fake/fresh"
+mkdir -p "$fake/bin" "$fake/installed" "$fake/stale" "$fake/fresh" "$fake/mirror"
 cat > "$fake/bin/apt-cache" <<'EOF'
 #!/usr/bin/env bash
 # apt-cache policy PKG
@@ -86,6 +86,10 @@ case " $* " in
       case $a in
         *=*) p=${a%%=*} v=${a#*=}
              [ "$(cat "$FAKE_APT/$lists/$p" 2>/dev/null)" = "$v" ] || { echo "E: Version '$v' for '$p' was not found" >&2; exit 100; }
+             # The mirror serves only the current .deb: old lists name one it dropped.
+             if [ -e "$FAKE_APT/mirror/$p" ] && [ "$(cat "$FAKE_APT/mirror/$p")" != "$v" ]; then
+               echo "E: Failed to fetch http://deb.debian.org/debian/pool/main/${p}_${v}_amd64.deb  404  Not Found" >&2; exit 100
+             fi
              echo "$v" > "$FAKE_APT/installed/$p" ;;
       esac
     done ;;
@@ -111,7 +115,7 @@ run_need() {
   rc=$?
   echo "$rc $err"
 }
-reset_fake() { rm -f "$fake/updated" "$fake/log" "$fake/installed/"* "$fake/stale/"* "$fake/fresh/"*; }
+reset_fake() { rm -f "$fake/updated" "$fake/log" "$fake/installed/"* "$fake/stale/"* "$fake/fresh/"* "$fake/mirror/"*; }
 
 # A new machine: rustc-web absent, the stale lists offer 1.85, the fresh ones 1.96.
 reset_fake
@@ -145,6 +149,31 @@ echo 7.0.15-1~deb12u7 > "$fake/stale/redis-server"
 out=$(run_need redis-server 7.0.0)
 expect_eq "candidate enough: installed" "$(cat "$fake/installed/redis-server")" 7.0.15-1~deb12u7
 expect_eq "candidate enough: no update" "$(grep -c update "$fake/log")" 0
+
+# Old lists whose candidate is enough but whose .deb the mirror has dropped (a security
+# update since): the failed install refreshes the lists and installs the current one.
+reset_fake
+echo 5:7.0.15-1~deb12u1 > "$fake/stale/redis-server"
+echo 5:7.0.15-1~deb12u7 > "$fake/fresh/redis-server"
+echo 5:7.0.15-1~deb12u7 > "$fake/mirror/redis-server"
+out=$(run_need redis-server 7.0.0)
+expect_eq "dropped .deb: need_deb succeeds" "${out%% *}" 0
+expect_eq "dropped .deb: the current one installed" "$(cat "$fake/installed/redis-server" 2>/dev/null)" 5:7.0.15-1~deb12u7
+expect_eq "dropped .deb: install, update, install" "$(tr '\n' ';' < "$fake/log")" \
+  "apt-get install -y -qq redis-server=5:7.0.15-1~deb12u1;apt-get update -qq;apt-get install -y -qq redis-server=5:7.0.15-1~deb12u7;"
+
+# The same with fresh lists: the failure is reported, not retried.
+reset_fake
+echo 5:7.0.15-1~deb12u1 > "$fake/stale/redis-server"
+echo 5:7.0.15-1~deb12u1 > "$fake/fresh/redis-server"
+echo 5:7.0.15-1~deb12u7 > "$fake/mirror/redis-server"
+out=$(run_need redis-server 7.0.0)
+expect_eq "dropped .deb, fresh lists too: fails" "${out%% *}" 1
+case $out in
+  *"404  Not Found"*"apt-get install redis-server=5:7.0.15-1~deb12u1 failed"*) pass ;;
+  *) fail "dropped .deb, fresh lists too: message shows apt's error: $out" ;;
+esac
+expect_eq "dropped .deb, fresh lists too: one update" "$(grep -c update "$fake/log")" 1
 
 # The registry cannot give it even after the update: stop, naming the tool and versions.
 reset_fake
