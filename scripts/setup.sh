@@ -17,17 +17,28 @@
 #                 built with -Zbuild-std, see scripts/wasm-cargo.sh)
 #   wasm-bindgen  wasm-bindgen-cli at exactly the version of wasm-bindgen in Cargo.lock
 #   wasm          wasm-target + wasm-bindgen
-#   node          Node >= NODE_MIN and the root package.json's devDependencies (npm ci):
-#                 wasm-opt from the npm package binaryen, esbuild, typescript
+#   node          Node >= NODE_MIN (not in NODE_GAP) and the root package.json's
+#                 devDependencies (npm ci): wasm-opt from the npm package binaryen,
+#                 esbuild, typescript
 #   edge          workerd for the edge worker's tests: edge/package.json's devDependencies
 #                 (npm install in edge/, after the node step)
-#   redis         Debian's redis-server and redis-tools (for suites that need them)
-#   chromium      Debian's chromium and chromium-driver (for browser suites)
-#   postgis       Debian's postgresql-15 and postgresql-15-postgis-3 (the server's PostGIS
-#                 origin: server/tests/postgis.sh, the postgis bench, make demo-postgis)
+#   redis         redis-server and redis-cli >= REDIS_MIN (Debian's redis-server and
+#                 redis-tools) and python3 (scripts/redis-cluster.sh picks ports with it)
+#   chromium      chromium and chromedriver of the same major version, >= CHROMIUM_MIN
+#                 (Debian's chromium and chromium-driver) for the browser suites; the
+#                 browser is $CHROMIUM, else /usr/bin/chromium, as the tests take it
+#   postgis       PostgreSQL >= POSTGRES_MIN with PostGIS (Debian's postgresql-15 and
+#                 postgresql-15-postgis-3) where scripts/pg-scratch.sh looks ($PG_BINDIR,
+#                 /usr/lib/postgresql/15/bin, PATH), and python3 (its port picker)
 #   fuzz          rustup's nightly toolchain and cargo-fuzz (pinned) for fuzz/ (scripts/fuzz.sh)
 #   schemathesis  a Python venv in target/schemathesis-venv with schemathesis (pinned)
 #   all           every step above
+#
+# Each tool is checked as the scripts run it, whatever installed it: one at its version is
+# left alone. With apt-get (Debian), a missing or short tool is installed or upgraded from
+# its Debian packages; without it (macOS, other systems) setup stops and says what to
+# install. cargo needs a C compiler as linker (cc, Debian's gcc); the fuzz targets a C++
+# one (c++, g++).
 #
 # Debian packages below their minimum are upgraded: setup refreshes apt's lists (a new
 # machine's lists can be old, and an old list offers old versions) and installs the
@@ -126,11 +137,13 @@ deb_candidate() {
   apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }' || true
 }
 
-# need_deb PKG [MIN]: PKG installed, at least MIN (default: any version). Refreshes the
-# lists and upgrades when the installed version or apt's candidate falls short; stops with
-# the package, the version found and the version needed when the registry cannot give it.
+# need_deb PKG [MIN [HINT]]: PKG installed, at least MIN (default: any version). Refreshes
+# the lists and upgrades when the installed version or apt's candidate falls short; stops
+# with the package, the version found, the version needed and HINT (default: which Debian
+# 12 sources to add) when the registry cannot give it.
 need_deb() {
   local pkg=$1 min=${2:-0} installed candidate tried=""
+  local hint=${3:-"Add a source that has it (for Debian 12: bookworm-security or bookworm-backports) and run scripts/setup.sh again"}
   while :; do
     installed=$(deb_installed "$pkg")
     if [ -z "$installed" ] || ! version_ge "$installed" "$min"; then
@@ -167,9 +180,27 @@ need_deb() {
         fi
         rm -f "$log" ;;
       fail)
-        die "$pkg: found ${installed:-none}, need >= $min; apt offers ${candidate:-nothing} even after apt-get update. Add a source that has it (for Debian 12: bookworm-security or bookworm-backports) and run scripts/setup.sh again" ;;
+        die "$pkg: found ${installed:-none}, need >= $min; apt offers ${candidate:-nothing} even after apt-get update: $hint" ;;
     esac
   done
+}
+
+# need_tool TOOL MIN HAVE_FN HINT DEB...: TOOL, as the scripts run it (HAVE_FN prints its
+# version, empty when absent), at least MIN. Enough already, whatever installed it: nothing
+# to do. Else with apt-get the Debian packages DEB... are installed or upgraded to MIN
+# (need_deb) and TOOL is checked again; without apt-get, setup stops with HINT (what to
+# install by hand).
+need_tool() {
+  local tool=$1 min=$2 have_fn=$3 hint=$4 have pkg
+  shift 4
+  have=$("$have_fn")
+  version_ge "$have" "$min" && return 0
+  command -v apt-get >/dev/null ||
+    die "$tool: found ${have:-none}, need >= $min, and there is no apt-get to install it: $hint"
+  for pkg in "$@"; do need_deb "$pkg" "$min" "$hint"; done
+  have=$("$have_fn")
+  version_ge "$have" "$min" ||
+    die "$tool: found ${have:-none} although Debian's $* is >= $min (another $tool first on PATH?): $hint"
 }
 
 # ---- the versions tools report (empty when absent) ----
@@ -183,18 +214,39 @@ have_nightly() { first_word_version rustup run nightly rustc --version; }
 have_wasm_bindgen() { PATH="$(cargo_bin):$PATH" first_word_version wasm-bindgen --version; }
 have_cargo_fuzz() { PATH="$(cargo_bin):$PATH" first_word_version cargo fuzz --version; }
 have_node() { first_word_version node --version; }
+have_python() { first_word_version python3 --version; }
+have_cc() { cc -dumpversion 2>/dev/null | head -1 || true; }
+have_cxx() { c++ -dumpversion 2>/dev/null | head -1 || true; }
+have_wasm_bindgen_test_runner() {
+  PATH="$(cargo_bin):$PATH" first_word_version wasm-bindgen-test-runner --version
+}
 have_wasm_opt() { "$setup_root/node_modules/.bin/wasm-opt" --version 2>/dev/null | grep -oE '[0-9]+' | head -1 || true; }
 have_workerd() {
   node -p 'require(process.argv[1]).version' "$setup_root/edge/node_modules/workerd/package.json" 2>/dev/null || true
 }
 have_redis() { redis-server --version 2>/dev/null | grep -oE 'v=[0-9.]+' | cut -c3- || true; }
-have_postgres() { first_word_version /usr/lib/postgresql/15/bin/postgres --version; }
+have_redis_cli() { first_word_version redis-cli --version; }
+# PostgreSQL where scripts/pg-scratch.sh takes it: $PG_BINDIR, else Debian's
+# /usr/lib/postgresql/15/bin, else the pg_ctl on PATH.
+pg_bindir() {
+  local d=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+  [ -x "$d/pg_ctl" ] || d=$(dirname "$(command -v pg_ctl 2>/dev/null || echo /nonexistent/pg_ctl)")
+  echo "$d"
+}
+have_postgres() { first_word_version "$(pg_bindir)/postgres" --version; }
+# The PostGIS installed for that PostgreSQL: the version of its extension script.
 have_postgis() {
-  ls /usr/share/postgresql/15/extension/postgis--*.sql 2>/dev/null |
+  local share
+  share=$("$(pg_bindir)/pg_config" --sharedir 2>/dev/null || echo /usr/share/postgresql/15)
+  ls "$share"/extension/postgis--*.sql 2>/dev/null |
     grep -oE 'postgis--[0-9]+(\.[0-9]+)+\.sql' | grep -oE '[0-9]+(\.[0-9]+)+' | sort -V | tail -1 || true
 }
-have_chromium() { first_word_version chromium --version; }
-have_chromedriver() { first_word_version chromedriver --version; }
+# The browser and the driver the tests use: $CHROMIUM (else /usr/bin/chromium, as
+# js/test/browser/support.mjs, www/test/e2e.mjs and scripts/test-web.sh take it) and
+# $CHROMEDRIVER (else the chromedriver on PATH).
+chromium_bin() { echo "${CHROMIUM:-/usr/bin/chromium}"; }
+have_chromium() { first_word_version "$(chromium_bin)" --version; }
+have_chromedriver() { first_word_version "${CHROMEDRIVER:-chromedriver}" --version; }
 have_lld() { first_word_version wasm-ld-19 --version; }
 have_schemathesis() {
   "$setup_root/target/schemathesis-venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}' || true
@@ -218,6 +270,8 @@ want_workerd() { pinned_npm "$setup_root/edge/package.json" workerd; }
 
 step_rust() {
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first (https://rustup.rs)"
+  need_tool "cc (C compiler, cargo's linker)" 0 have_cc \
+    "install a C compiler (Debian: gcc; macOS: xcode-select --install)" gcc
   local have
   have=$(have_cargo)
   version_ge "$have" "$RUST_MIN" ||
@@ -253,8 +307,6 @@ step_wasm_target() {
       need_deb cargo-web "$RUSTC_WEB_MIN"
       need_deb rust-web-src "$RUSTC_WEB_MIN"
       need_deb lld-19 "$LLD_MIN"
-      ls -d /usr/src/rustc-*/library >/dev/null 2>&1 ||
-        die "rust-web-src is installed but /usr/src/rustc-*/library is missing"
       if ! rustup toolchain list | grep -q '^debian-web'; then
         say "rustup toolchain link debian-web /usr"
         rustup toolchain link debian-web /usr
@@ -262,30 +314,49 @@ step_wasm_target() {
       local have
       have=$(have_rustc_web)
       version_ge "$have" "$RUSTC_WEB_MIN" ||
-        die "toolchain debian-web (/usr/bin/rustc): found ${have:-none}, need >= $RUSTC_WEB_MIN" ;;
+        die "toolchain debian-web (/usr/bin/rustc): found ${have:-none}, need >= $RUSTC_WEB_MIN"
+      # -Zbuild-std compiles std from the sysroot's library sources (rust-web-src's).
+      local src
+      src=$(rustup run debian-web rustc --print sysroot)/lib/rustlib/src/rust/library
+      [ -f "$src/std/Cargo.toml" ] ||
+        die "rust-web-src is installed but $src/std is missing: -Zbuild-std needs it (apt-get install --reinstall rust-web-src)" ;;
     *) die "TILEWARM_WASM_STD must be rustup or debian, got '$how'" ;;
   esac
 }
 
+# wasm-bindgen (the package build) and wasm-bindgen-test-runner (scripts/test-web.sh), both
+# from wasm-bindgen-cli, at the crate's version.
 step_wasm_bindgen() {
-  local want have
+  local want have runner
   want=$(locked_wasm_bindgen)
   [ -n "$want" ] || die "Cargo.lock has no wasm-bindgen entry"
   have=$(have_wasm_bindgen)
-  [ "$have" = "$want" ] && return 0
+  runner=$(have_wasm_bindgen_test_runner)
+  [ "$have" = "$want" ] && [ "$runner" = "$want" ] && return 0
   say "cargo install wasm-bindgen-cli --version $want${have:+ (found $have)}; takes about 5 minutes"
   # No --locked: the CLI's own lock file pins a crate version the registry may not serve.
-  cargo install wasm-bindgen-cli --version "$want"
+  # --force: replaces a wasm-bindgen-test-runner left at another version.
+  cargo install --force wasm-bindgen-cli --version "$want" ||
+    die "cargo install wasm-bindgen-cli --version $want failed (above): it builds from crates.io"
 }
 
+# node_ok V: V at least NODE_MIN and not in NODE_GAP.
+node_ok() {
+  local from to
+  read -r from to <<<"$NODE_GAP"
+  version_ge "$1" "$NODE_MIN" && { ! version_ge "$1" "$from" || version_ge "$1" "$to"; }
+}
+node_hint="install Node $NODE_MIN or later, not ${NODE_GAP% *} up to ${NODE_GAP#* } (NodeSource's node_22.x packages, nvm, or nodejs.org; Debian 12's own nodejs is 18)"
+
 step_node() {
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    need_deb nodejs "$NODE_MIN"
-    command -v npm >/dev/null || need_deb npm
-  fi
+  need_tool node "$NODE_MIN" have_node "$node_hint" nodejs
   local have
   have=$(have_node)
-  version_ge "$have" "$NODE_MIN" || die "node: found $have, need >= $NODE_MIN"
+  node_ok "$have" || die "node: found $have, which vite (the browser tests) does not run on: $node_hint"
+  if ! command -v npm >/dev/null; then
+    command -v apt-get >/dev/null || die "npm not found beside node $have: install the npm of that Node"
+    need_deb npm
+  fi
   local stamp=$setup_root/node_modules/.tilewarm-setup want
   want=$(cat "$setup_root/package.json" "$setup_root/package-lock.json" | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
@@ -308,23 +379,39 @@ step_edge() {
   fi
 }
 
+step_python() {
+  need_tool python3 "$PYTHON_MIN" have_python "install Python >= $PYTHON_MIN as python3" python3
+}
+
 step_redis() {
-  need_deb redis-server "$REDIS_MIN"
-  need_deb redis-tools "$REDIS_MIN"
+  local hint="install Redis >= $REDIS_MIN (server and redis-cli; macOS: brew install redis)"
+  need_tool redis-server "$REDIS_MIN" have_redis "$hint" redis-server
+  need_tool redis-cli "$REDIS_MIN" have_redis_cli "$hint" redis-tools
+  step_python
 }
 
 step_postgis() {
-  need_deb postgresql-15 "$POSTGRES_MIN"
-  need_deb postgresql-15-postgis-3 "$POSTGIS_MIN"
+  local hint="install PostgreSQL >= $POSTGRES_MIN and PostGIS >= $POSTGIS_MIN and set PG_BINDIR to the directory holding their pg_ctl and postgres"
+  need_tool postgres "$POSTGRES_MIN" have_postgres "$hint" postgresql-15
+  need_tool postgis "$POSTGIS_MIN" have_postgis "$hint" postgresql-15-postgis-3
+  step_python
 }
 
 step_chromium() {
-  need_deb chromium "$CHROMIUM_MIN"
-  need_deb chromium-driver "$CHROMIUM_MIN"
+  local hint="install Chromium or Chrome >= $CHROMIUM_MIN and the chromedriver of the same version, and set CHROMIUM=/path/to/the/browser (and CHROMEDRIVER= if it is not on PATH)"
+  need_tool "chromium ($(chromium_bin))" "$CHROMIUM_MIN" have_chromium "$hint" chromium
+  need_tool chromedriver "$CHROMIUM_MIN" have_chromedriver "$hint" chromium-driver
+  local browser driver
+  browser=$(have_chromium)
+  driver=$(have_chromedriver)
+  [ "${browser%%.*}" = "${driver%%.*}" ] ||
+    die "chromium $browser and chromedriver $driver: a chromedriver drives only its own major version; $hint"
 }
 
 step_fuzz() {
   command -v rustup >/dev/null || die "rustup not found: the fuzz targets need its nightly toolchain"
+  need_tool "c++ (C++ compiler, for libFuzzer)" 0 have_cxx \
+    "install a C++ compiler (Debian: g++; macOS: xcode-select --install)" g++
   local have
   have=$(have_nightly)
   if ! version_ge "$have" "$NIGHTLY_MIN"; then
@@ -343,7 +430,7 @@ step_fuzz() {
 step_schemathesis() {
   local venv=$setup_root/target/schemathesis-venv
   [ "$(have_schemathesis)" = "$SCHEMATHESIS_VERSION" ] && return 0
-  command -v python3 >/dev/null || need_deb python3
+  step_python
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_deb python3-venv; fi
   say "pip install schemathesis==$SCHEMATHESIS_VERSION into $venv"
   python3 -m venv "$venv"
@@ -357,7 +444,7 @@ check_failed=0
 check_row() {
   local mark=ok
   [ "$4" = ok ] || { mark="SHORT: $4"; check_failed=1; }
-  printf 'setup: %-16s %-16s %-30s %s\n' "$1" "${2:-none}" "$3" "$mark"
+  printf 'setup: %-24s %-16s %-30s %s\n' "$1" "${2:-none}" "$3" "$mark"
 }
 check_min() { # TOOL FOUND MIN
   if version_ge "$2" "$3"; then check_row "$1" "$2" ">= $3" ok
@@ -372,6 +459,7 @@ check_step() {
   case $1 in
     rust)
       check_min cargo "$(have_cargo)" "$RUST_MIN"
+      check_min "cc" "$(have_cc)" 0
       if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
         check_row "rustfmt, clippy" present present ok
       else check_row "rustfmt, clippy" missing present missing; fi ;;
@@ -382,23 +470,38 @@ check_step() {
         check_min rustc-web "$(have_rustc_web)" "$RUSTC_WEB_MIN"
         check_min wasm-ld-19 "$(have_lld)" "$LLD_MIN"
       fi ;;
-    wasm-bindgen) check_exact wasm-bindgen "$(have_wasm_bindgen)" "$(locked_wasm_bindgen)" ;;
+    wasm-bindgen)
+      check_exact wasm-bindgen "$(have_wasm_bindgen)" "$(locked_wasm_bindgen)"
+      check_exact wasm-bindgen-test-runner "$(have_wasm_bindgen_test_runner)" "$(locked_wasm_bindgen)" ;;
     wasm) check_step wasm-target; check_step wasm-bindgen ;;
     node)
-      check_min node "$(have_node)" "$NODE_MIN"
+      local node
+      node=$(have_node)
+      if node_ok "$node"; then check_row node "$node" ">= $NODE_MIN, not [${NODE_GAP/ /, })" ok
+      else check_row node "$node" ">= $NODE_MIN, not [${NODE_GAP/ /, })" "outside the range"; fi
       check_exact "wasm-opt" "$(have_wasm_opt)" "$(want_binaryen)" ;;
     edge) check_exact workerd "$(have_workerd)" "$(want_workerd)" ;;
-    redis) check_min redis-server "$(have_redis)" "$REDIS_MIN" ;;
+    redis)
+      check_min redis-server "$(have_redis)" "$REDIS_MIN"
+      check_min redis-cli "$(have_redis_cli)" "$REDIS_MIN"
+      check_min python3 "$(have_python)" "$PYTHON_MIN" ;;
     postgis)
       check_min postgres "$(have_postgres)" "$POSTGRES_MIN"
       check_min postgis "$(have_postgis)" "$POSTGIS_MIN" ;;
     chromium)
-      check_min chromium "$(have_chromium)" "$CHROMIUM_MIN"
-      check_min chromedriver "$(have_chromedriver)" "$CHROMIUM_MIN" ;;
+      local browser driver
+      browser=$(have_chromium)
+      driver=$(have_chromedriver)
+      check_min chromium "$browser" "$CHROMIUM_MIN"
+      if [ -n "$driver" ] && [ "${browser%%.*}" = "${driver%%.*}" ]; then
+        check_row chromedriver "$driver" "chromium's major version" ok
+      else check_row chromedriver "$driver" "chromium's major version" "not chromium's major version"; fi ;;
     fuzz)
+      check_min "c++" "$(have_cxx)" 0
       check_min "rust nightly" "$(have_nightly)" "$NIGHTLY_MIN"
       check_exact cargo-fuzz "$(have_cargo_fuzz)" "$CARGO_FUZZ_VERSION" ;;
-    schemathesis) check_exact schemathesis "$(have_schemathesis)" "$SCHEMATHESIS_VERSION" ;;
+    schemathesis)
+      check_exact schemathesis "$(have_schemathesis)" "$SCHEMATHESIS_VERSION" ;;
     all) for s in $ALL_STEPS; do check_step "$s"; done ;;
     *) die "unknown step '$1' (steps: $ALL_STEPS all)" ;;
   esac
@@ -428,7 +531,7 @@ setup_main() {
   if [ "${1:-}" = --check ]; then
     shift
     [ $# -gt 0 ] || set -- all
-    printf 'setup: %-16s %-16s %-30s %s\n' tool found required status
+    printf 'setup: %-24s %-16s %-30s %s\n' tool found required status
     for step in "$@"; do check_step "$step"; done
     [ "$check_failed" = 0 ] || { echo "setup: some tools fall short: run scripts/setup.sh $*" >&2; exit 1; }
     return 0

@@ -48,6 +48,18 @@ expect_eq "nothing is never enough" "$(ge '' 0)" no
 expect_eq "words are never enough" "$(ge none 1.0)" no
 expect_eq "any version meets no minimum" "$(ge 0.1 0)" yes
 
+# --- node_ok: NODE_MIN and not in NODE_GAP (vite's ^20.19.0 || >=22.12.0)
+ok() { if node_ok "$1"; then echo yes; else echo no; fi; }
+expect_eq "node 18 (Debian 12)" "$(ok 18.20.4)" no
+expect_eq "node 20.18" "$(ok 20.18.3)" no
+expect_eq "node 20.19" "$(ok 20.19.0)" yes
+expect_eq "node 20.20 (NodeSource)" "$(ok v20.20.2)" yes
+expect_eq "node 21" "$(ok 21.7.3)" no
+expect_eq "node 22.11" "$(ok 22.11.0)" no
+expect_eq "node 22.12" "$(ok 22.12.0)" yes
+expect_eq "node 24" "$(ok 24.1.0)" yes
+expect_eq "no node" "$(ok '')" no
+
 # --- apt_decide INSTALLED CANDIDATE MIN UPDATED
 expect_eq "absent, stale lists offer 1.85" "$(apt_decide '' 1.85.0+dfsg3-1~deb12u3 1.96.0 '')" update
 expect_eq "absent, fresh lists offer 1.96" "$(apt_decide '' 1.96.0+dfsg1-1~deb12u2 1.96.0 1)" install
@@ -194,6 +206,133 @@ expect_eq "unknown package: fails" "${out%% *}" 1
 case $out in
   *"postgresql-99: found none, need >= 1.0; apt offers nothing even after apt-get update"*) pass ;;
   *) fail "unknown package: message: $out" ;;
+esac
+
+# --- need_tool: the tool as the scripts run it, stubs on PATH printing their versions.
+# $fake/sys holds only the system tools setup's functions use, so that "no apt-get" (a
+# laptop: macOS, another Linux) can be tested on this machine.
+mkdir -p "$fake/sys" "$fake/tools"
+for t in bash env cat grep head tail awk sed cut sort ls dirname mktemp rm tr id touch cp chmod; do
+  ln -sf "$(command -v "$t")" "$fake/sys/$t"
+done
+stub() { # NAME OUTPUT...: a tool printing OUTPUT for any arguments
+  local f=$fake/tools/$1
+  shift
+  printf '#!%s\nprintf "%%s\\n" %s\n' "$(command -v bash)" "$(printf '%q ' "$@")" > "$f"
+  chmod +x "$f"
+}
+reset_tools() { rm -f "$fake/tools/"*; }
+# run_tool STEP_OR_FN [ARGS]: a setup function on the stubs and the fake apt (WITH_APT=1)
+# or with no apt at all; prints its exit status and its error message on one line.
+run_tool() {
+  local err rc path=$fake/tools:$fake/sys
+  [ -z "${WITH_APT:-}" ] || path=$fake/tools:$fake/bin:$fake/sys
+  err=$( (PATH=$path apt_updated="" "$@") 2>&1 >/dev/null)
+  rc=$?
+  echo "$rc $err"
+}
+
+# A laptop without apt, with Homebrew's Redis: enough, whatever installed it.
+reset_tools
+stub redis-server "Redis server v=7.2.4 sha=00000000:0 malloc=libc bits=64 build=1"
+stub redis-cli "redis-cli 7.2.4"
+stub python3 "Python 3.12.1"
+out=$(run_tool step_redis)
+expect_eq "no apt, Redis 7.2 on PATH: ok" "$out" "0 "
+# ... an old one: stops, saying what is there and what to do.
+stub redis-server "Redis server v=6.2.14 sha=00000000:0 malloc=libc bits=64 build=1"
+out=$(run_tool step_redis)
+expect_eq "no apt, Redis 6.2: fails" "${out%% *}" 1
+case $out in
+  *"redis-server: found 6.2.14, need >= $REDIS_MIN, and there is no apt-get to install it: install Redis"*) pass ;;
+  *) fail "no apt, Redis 6.2: message: $out" ;;
+esac
+# ... none at all.
+reset_tools
+stub python3 "Python 3.12.1"
+out=$(run_tool step_redis)
+case $out in
+  "1 "*"redis-server: found none, need >= $REDIS_MIN, and there is no apt-get"*) pass ;;
+  *) fail "no apt, no Redis: message: $out" ;;
+esac
+
+# Chrome on a laptop through $CHROMIUM, its chromedriver a major version behind.
+reset_tools
+stub chrome "Google Chrome 150.0.7700.10"
+stub chromedriver "ChromeDriver 149.0.7600.3 (abc)"
+out=$(CHROMIUM=$fake/tools/chrome run_tool step_chromium)
+case $out in
+  "1 "*"chromium 150.0.7700.10 and chromedriver 149.0.7600.3: a chromedriver drives only its own major version"*) pass ;;
+  *) fail "chromedriver of another major: message: $out" ;;
+esac
+stub chromedriver "ChromeDriver 150.0.7700.10 (abc)"
+out=$(CHROMIUM=$fake/tools/chrome run_tool step_chromium)
+expect_eq "Chrome and chromedriver 150 through CHROMIUM: ok" "$out" "0 "
+# The browser the tests run is $CHROMIUM, not whatever is on PATH.
+stub chromium "Chromium 156.0.8078.114 built on Debian GNU/Linux 12 (bookworm)"
+stub chrome "Google Chrome 120.0.6099.5"
+out=$(CHROMIUM=$fake/tools/chrome run_tool step_chromium)
+case $out in
+  "1 setup: error: chromium ($fake/tools/chrome): found 120.0.6099.5, need >= $CHROMIUM_MIN"*) pass ;;
+  *) fail "old \$CHROMIUM with a new chromium on PATH: message: $out" ;;
+esac
+
+# Node: Debian 12's 18 is too old; 22.5 is in the gap vite does not run on.
+reset_tools
+stub node v18.20.4
+stub npm 9.2.0
+out=$(run_tool step_node)
+case $out in
+  "1 setup: error: node: found 18.20.4, need >= $NODE_MIN, and there is no apt-get to install it: install Node"*) pass ;;
+  *) fail "node 18: message: $out" ;;
+esac
+stub node v22.5.1
+out=$(run_tool step_node)
+case $out in
+  "1 setup: error: node: found 22.5.1, which vite (the browser tests) does not run on"*) pass ;;
+  *) fail "node 22.5: message: $out" ;;
+esac
+# ... and with apt whose lists have nothing newer than 18: the message says where to look.
+reset_fake
+echo 18.20.4+dfsg-1~deb12u3 > "$fake/installed/nodejs"
+echo 18.20.4+dfsg-1~deb12u3 > "$fake/stale/nodejs"
+echo 18.20.4+dfsg-1~deb12u3 > "$fake/fresh/nodejs"
+stub node v18.20.4
+out=$(WITH_APT=1 run_tool step_node)
+case $out in
+  "1 setup: error: nodejs: found 18.20.4+dfsg-1~deb12u3, need >= $NODE_MIN; apt offers 18.20.4+dfsg-1~deb12u3 even after apt-get update: install Node $NODE_MIN or later"*) pass ;;
+  *) fail "node 18 from apt: message: $out" ;;
+esac
+
+# Debian's package is new enough but another, older tool comes first on PATH.
+reset_fake
+reset_tools
+echo 5:7.0.15-1~deb12u7 > "$fake/installed/redis-server"
+stub redis-server "Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc-5.2.1 bits=64 build=1"
+out=$(WITH_APT=1 run_tool need_tool redis-server "$REDIS_MIN" have_redis "HINT" redis-server)
+case $out in
+  "1 setup: error: redis-server: found 6.0.16 although Debian's redis-server is >= $REDIS_MIN (another redis-server first on PATH?): HINT") pass ;;
+  *) fail "shadowed redis-server: message: $out" ;;
+esac
+expect_eq "shadowed redis-server: apt not asked" "$(cat "$fake/log" 2>/dev/null)" ""
+
+# PostgreSQL through PG_BINDIR (a laptop's), PostGIS found through its pg_config.
+reset_tools
+mkdir -p "$fake/pg/bin" "$fake/pg/share/extension"
+stub postgres "postgres (PostgreSQL) 16.4"
+stub pg_config "$fake/pg/share"
+mv "$fake/tools/postgres" "$fake/tools/pg_config" "$fake/pg/bin/"
+touch "$fake/pg/bin/pg_ctl" && chmod +x "$fake/pg/bin/pg_ctl"
+touch "$fake/pg/share/extension/postgis--3.5.2.sql" "$fake/pg/share/extension/postgis--3.4.0--3.5.2.sql"
+stub python3 "Python 3.12.1"
+expect_eq "postgis through PG_BINDIR's pg_config" "$(PG_BINDIR=$fake/pg/bin PATH=$fake/tools:$fake/sys have_postgis)" 3.5.2
+out=$(PG_BINDIR=$fake/pg/bin run_tool step_postgis)
+expect_eq "no apt, PostgreSQL 16 + PostGIS 3.5 in PG_BINDIR: ok" "$out" "0 "
+rm "$fake/pg/share/extension/postgis--3.5.2.sql"
+out=$(PG_BINDIR=$fake/pg/bin run_tool step_postgis)
+case $out in
+  "1 setup: error: postgis: found none, need >= $POSTGIS_MIN, and there is no apt-get"*"PG_BINDIR"*) pass ;;
+  *) fail "no PostGIS: message: $out" ;;
 esac
 
 echo "test-setup: $passes passed, $failures failed"

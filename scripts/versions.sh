@@ -23,7 +23,18 @@ RUSTC_WEB_MIN=1.96.0
 LLD_MIN=19.1.0
 
 # Node.js runs the build tools (esbuild, wasm-opt from binaryen, typescript) and the tests.
-NODE_MIN=18.0.0
+# The floor is the test tools', not the package's (which runs on Node >= 18): vite 8 and
+# its rolldown (js/test/browser) declare ^20.19.0 || >=22.12.0 (require(esm) without a
+# flag), playwright-core >= 20, and the scripts use `node --test --test-concurrency`
+# (20.10) and import.meta.dirname (20.11). Debian 12's nodejs is 18: the machine brings
+# its own (NodeSource, nvm, ...). NODE_GAP: the versions from the first up to the second
+# (not included) fall between vite's two ranges (Node 21, 22.0-22.11).
+NODE_MIN=20.19.0
+NODE_GAP="21.0.0 22.12.0"
+
+# Python 3 runs the test scripts' port pickers (scripts/redis-cluster.sh,
+# scripts/pg-scratch.sh) and schemathesis (which needs 3.9).
+PYTHON_MIN=3.9.0
 
 # Debian's chromium for the browser suites, driven by playwright-core (www/package.json)
 # over CDP; older browsers lack protocol methods that playwright-core 1.65 calls.
