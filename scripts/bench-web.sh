@@ -28,13 +28,24 @@ port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{
 target/debug/tilewarm-server --listen "127.0.0.1:$port" --www "$www" --log-level warn >"$www/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$www"' EXIT
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.2; done
+# GET URL answers 2xx (node's fetch: no curl needed).
+healthy() { node -e 'fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$1"; }
+for _ in $(seq 100); do healthy "http://127.0.0.1:$port/healthz" && break; sleep 0.2; done
 
 export TILEWARM_WEB_BENCH_SERVER="http://127.0.0.1:$port"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
 export CHROMEDRIVER_ARGS=${CHROMEDRIVER_ARGS:---silent}
-export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/web/tests/webdriver.json"
+# web/tests/webdriver.json with the browser the other suites use ($CHROMIUM, else
+# /usr/bin/chromium; scripts/setup.sh chromium checks it).
+node -e '
+const fs = require("fs");
+const [from, browser, to] = process.argv.slice(1);
+const caps = JSON.parse(fs.readFileSync(from, "utf8"));
+caps["goog:chromeOptions"].binary = browser;
+fs.writeFileSync(to, JSON.stringify(caps, null, 2));
+' web/tests/webdriver.json "${CHROMIUM:-/usr/bin/chromium}" "$www/webdriver.json"
+export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$www/webdriver.json"
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300}
 line=$(scripts/wasm-cargo.sh test -j 2 --release -p tilewarm-web --test bench -- --nocapture 2>&1 | tee "$out/web-bench.log" | grep -o 'BENCH .*' | head -1)
 [ -n "$line" ] || { echo "bench-web: no BENCH line; see $out/web-bench.log" >&2; exit 1; }

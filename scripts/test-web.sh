@@ -23,19 +23,32 @@ target/debug/tilewarm-server --listen "127.0.0.1:$port" --synthetic-homes 20000 
 pids+=($!)
 node web/tests/fault-proxy.mjs "http://127.0.0.1:$port/v1/batch" >"$tmp/proxy.log" 2>&1 &
 pids+=($!)
+# GET URL answers 2xx (node's fetch: no curl needed).
+healthy() { node -e 'fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$1"; }
 for _ in $(seq 100); do
-  if grep -q '^listening' "$tmp/proxy.log" && curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then break; fi
+  if grep -q '^listening' "$tmp/proxy.log" && healthy "http://127.0.0.1:$port/healthz"; then break; fi
   sleep 0.2
 done
 proxy_port=$(sed -n 's/^listening //p' "$tmp/proxy.log")
 [ -n "$proxy_port" ] || { echo "test-web: the fault proxy did not start:" >&2; cat "$tmp/proxy.log" >&2; exit 1; }
+healthy "http://127.0.0.1:$port/healthz" ||
+  { echo "test-web: tilewarm-server did not answer /healthz:" >&2; tail -20 "$tmp/server.log" >&2; exit 1; }
 echo "test-web: tilewarm-server on :$port, fault proxy on :$proxy_port"
 
 export TILEWARM_WEB_PROXY="http://127.0.0.1:$proxy_port"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
 export CHROMEDRIVER_ARGS=${CHROMEDRIVER_ARGS:---silent}
-export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/web/tests/webdriver.json"
+# web/tests/webdriver.json with the browser the other suites use ($CHROMIUM, else
+# /usr/bin/chromium; scripts/setup.sh chromium checks it).
+node -e '
+const fs = require("fs");
+const [from, browser, to] = process.argv.slice(1);
+const caps = JSON.parse(fs.readFileSync(from, "utf8"));
+caps["goog:chromeOptions"].binary = browser;
+fs.writeFileSync(to, JSON.stringify(caps, null, 2));
+' web/tests/webdriver.json "${CHROMIUM:-/usr/bin/chromium}" "$tmp/webdriver.json"
+export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$tmp/webdriver.json"
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-120}
 if ! scripts/wasm-cargo.sh test -j 2 -p tilewarm-web --test browser -- "$@"; then
   echo "test-web: server log (tail):" >&2
