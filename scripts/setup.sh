@@ -200,7 +200,7 @@ need_tool() {
   for pkg in "$@"; do need_deb "$pkg" "$min" "$hint"; done
   have=$("$have_fn")
   version_ge "$have" "$min" ||
-    die "$tool: found ${have:-none} although Debian's $* is >= $min (another $tool first on PATH?): $hint"
+    die "$tool: found ${have:-none} although Debian's $* is >= $min: the one the scripts run is another (earlier on PATH, or named by an environment variable); $hint"
 }
 
 # ---- the versions tools report (empty when absent) ----
