@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = chromium ]; then scripts/setup.sh node chromium; else scripts/setup.sh node; fi
 stamp=www/node_modules/.tilewarm-setup
-want=$(cat www/package.json www/package-lock.json | sha256sum | cut -d' ' -f1)
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh   # files_hash
+want=$(files_hash www/package.json www/package-lock.json)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "demo-deps: npm ci in www/ (maplibre-gl, playwright-core)"
   (cd www && npm ci --no-audit --no-fund --loglevel=error)

@@ -266,6 +266,13 @@ pinned_npm() { # FILE PACKAGE
 want_binaryen() { pinned_npm "$setup_root/package.json" binaryen | cut -d. -f1; }
 want_workerd() { pinned_npm "$setup_root/edge/package.json" workerd; }
 
+# files_hash FILE...: one hash of the files' contents, for the stamps that say when to run
+# npm ci again (sha256sum, else macOS's shasum).
+files_hash() {
+  if command -v sha256sum >/dev/null; then cat "$@" | sha256sum; else cat "$@" | shasum -a 256; fi |
+    cut -d' ' -f1
+}
+
 # ---- steps ----
 
 step_rust() {
@@ -299,8 +306,11 @@ step_wasm_target() {
   fi
   case $how in
     rustup)
+      command -v rustup >/dev/null ||
+        die "no wasm32 std: the build needs rustup's wasm32-unknown-unknown target (install Rust with rustup, https://rustup.rs), or on Debian run setup as root for rustc-web"
       say "rustup target add wasm32-unknown-unknown"
-      rustup target add wasm32-unknown-unknown ;;
+      rustup target add wasm32-unknown-unknown ||
+        die "rustup target add wasm32-unknown-unknown failed (above); on Debian, TILEWARM_WASM_STD=debian (as root) takes Debian's rustc-web instead" ;;
     debian)
       command -v rustup >/dev/null || die "rustup not found: it is needed to select Debian's rustc-web"
       need_deb rustc-web "$RUSTC_WEB_MIN"
@@ -358,7 +368,7 @@ step_node() {
     need_deb npm
   fi
   local stamp=$setup_root/node_modules/.tilewarm-setup want
-  want=$(cat "$setup_root/package.json" "$setup_root/package-lock.json" | sha256sum | cut -d' ' -f1)
+  want=$(files_hash "$setup_root/package.json" "$setup_root/package-lock.json")
   if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     say "npm ci (binaryen for wasm-opt, esbuild, typescript)"
     (cd "$setup_root" && npm ci --no-audit --no-fund --loglevel=error)
@@ -369,7 +379,7 @@ step_node() {
 step_edge() {
   step_node
   local stamp=$setup_root/edge/node_modules/.tilewarm-setup want
-  want=$(sha256sum < "$setup_root/edge/package.json" | cut -d' ' -f1)
+  want=$(files_hash "$setup_root/edge/package.json")
   if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x "$setup_root/edge/node_modules/.bin/workerd" ]; then
     # No lock file: workerd is pinned exactly and pins its per-platform binary package
     # exactly, and a lock written on one platform lacks the other platforms' entries.

@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh node chromium
 dir=js/test/browser
 stamp=$dir/node_modules/.tilewarm-setup
-want=$(cat $dir/package.json $dir/package-lock.json | sha256sum | cut -d' ' -f1)
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh   # files_hash
+want=$(files_hash $dir/package.json $dir/package-lock.json)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "test-browser: npm ci in $dir"
   (cd $dir && npm ci --no-audit --no-fund --loglevel=error)

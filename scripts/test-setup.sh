@@ -335,5 +335,12 @@ case $out in
   *) fail "no PostGIS: message: $out" ;;
 esac
 
+# files_hash without sha256sum (macOS): shasum, the same hash.
+if command -v shasum >/dev/null; then
+  ln -sf "$(command -v shasum)" "$fake/sys/shasum"
+  expect_eq "files_hash with shasum" "$(PATH=$fake/sys files_hash scripts/versions.sh)" \
+    "$(sha256sum < scripts/versions.sh | cut -d' ' -f1)"
+fi
+
 echo "test-setup: $passes passed, $failures failed"
 [ "$failures" -eq 0 ]
