@@ -120,11 +120,17 @@ as_root() {
   else die "needs root: $*"; fi
 }
 
+# A new machine's first minutes are when apt-daily and unattended-upgrades hold dpkg's
+# lock: wait for it (up to 5 minutes) rather than fail at once.
+apt_get() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+}
+
 apt_updated=""
 apt_update() {
   [ -n "$apt_updated" ] && return 0
   say "apt-get update"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  apt_get update -qq
   apt_updated=1
 }
 
@@ -164,7 +170,7 @@ need_deb() {
         say "apt-get install $pkg=$candidate${installed:+ (was $installed)}"
         local log
         log=$(mktemp)
-        if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg=$candidate" >"$log" 2>&1; then
+        if ! apt_get install -y -qq "$pkg=$candidate" >"$log" 2>&1; then
           if [ -z "$apt_updated" ]; then
             # Old lists name .debs the mirror no longer has (404 after a security
             # update): refresh them and decide again.
