@@ -290,6 +290,8 @@ step_rust() {
   version_ge "$have" "$RUST_MIN" ||
     die "cargo: found ${have:-none}, need >= $RUST_MIN: run rustup update stable"
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null ||
+      die "cargo fmt or cargo clippy missing, and no rustup to add them: install rustfmt and clippy for $(command -v cargo)"
     say "rustup component add rustfmt clippy"
     rustup component add rustfmt clippy
   fi
