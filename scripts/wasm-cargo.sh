@@ -5,15 +5,23 @@
 #     `scripts/setup.sh wasm-target`, compiling std from rust-web-src with -Zbuild-std
 #     and linking with wasm-ld-19.
 # Usage: scripts/wasm-cargo.sh build --lib [--release] [--features wasm]
+#        scripts/wasm-cargo.sh --std     prints which of the two this machine uses:
+#                                        `rustup` or `build-std`
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: $0 CARGO_SUBCOMMAND [ARGS...]" >&2; exit 2; }
-sub=$1
-shift
+[ $# -ge 1 ] || { echo "usage: $0 CARGO_SUBCOMMAND [ARGS...] | --std" >&2; exit 2; }
+rustup_std=""
 if command -v rustup >/dev/null &&
   rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-  exec cargo "$sub" --target wasm32-unknown-unknown "$@"
+  rustup_std=1
 fi
+if [ "$1" = --std ]; then
+  if [ -n "$rustup_std" ]; then echo rustup; else echo build-std; fi
+  exit 0
+fi
+sub=$1
+shift
+[ -z "$rustup_std" ] || exec cargo "$sub" --target wasm32-unknown-unknown "$@"
 if ! rustup toolchain list 2>/dev/null | grep -q '^debian-web'; then
   echo "wasm-cargo: no wasm32 std found: run scripts/setup.sh wasm-target" >&2
   exit 1
