@@ -451,7 +451,8 @@ step_schemathesis() {
   step_python
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_deb python3-venv; fi
   say "pip install schemathesis==$SCHEMATHESIS_VERSION into $venv"
-  python3 -m venv "$venv"
+  # --clear: a venv left by a python3 that is gone (or another version) is made anew.
+  python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 

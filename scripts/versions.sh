@@ -40,7 +40,9 @@ PYTHON_MIN=3.9.0
 # over CDP; older browsers lack protocol methods that playwright-core 1.65 calls.
 CHROMIUM_MIN=140.0
 
-# Debian's redis-server: the Redis tier's tests, the soak and load tests.
+# Debian's redis-server and redis-cli: the Redis tier's tests, the soak and load tests, and
+# the cluster tests (scripts/redis-cluster.sh passes --cluster-port, new in 7.0, and uses
+# redis-cli --cluster create).
 REDIS_MIN=7.0.0
 
 # Debian's PostgreSQL 15 and PostGIS 3 for the server's PostGIS origin (its tests, its
