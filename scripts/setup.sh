@@ -364,7 +364,7 @@ node_ok() {
   read -r from to <<<"$NODE_GAP"
   version_ge "$1" "$NODE_MIN" && { ! version_ge "$1" "$from" || version_ge "$1" "$to"; }
 }
-node_hint="install Node $NODE_MIN or later, not ${NODE_GAP% *} up to ${NODE_GAP#* } (NodeSource's node_22.x packages, nvm, or nodejs.org; Debian 12's own nodejs is 18)"
+node_hint="install Node >= $NODE_MIN, not in [${NODE_GAP/ /, }) (NodeSource's node_22.x packages, nvm, or nodejs.org; Debian 12's own nodejs is 18)"
 
 step_node() {
   need_tool node "$NODE_MIN" have_node "$node_hint" nodejs
