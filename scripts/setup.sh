@@ -23,7 +23,8 @@
 #   edge          workerd for the edge worker's tests: edge/package.json's devDependencies
 #                 (npm install in edge/, after the node step)
 #   redis         redis-server and redis-cli >= REDIS_MIN (Debian's redis-server and
-#                 redis-tools) and python3 (scripts/redis-cluster.sh picks ports with it)
+#                 redis-tools), python3 (scripts/redis-cluster.sh picks ports with it) and
+#                 the kill executable (procps: tw-soak and the cluster tests signal Redis)
 #   chromium      chromium and chromedriver of the same major version, >= CHROMIUM_MIN
 #                 (Debian's chromium and chromium-driver) for the browser suites; the
 #                 browser is $CHROMIUM, else /usr/bin/chromium, as the tests take it
@@ -207,6 +208,17 @@ need_tool() {
   have=$("$have_fn")
   version_ge "$have" "$min" ||
     die "$tool: found ${have:-none} although Debian's $* is >= $min: the one the scripts run is another (earlier on PATH, or named by an environment variable); $hint"
+}
+
+# need_cmd CMD HINT DEB...: an executable CMD on PATH (a shell builtin of that name does not
+# count), with no version to check: else Debian's DEB... with apt-get, or a stop with HINT.
+need_cmd() {
+  local cmd=$1 hint=$2 pkg
+  shift 2
+  type -P "$cmd" >/dev/null && return 0
+  command -v apt-get >/dev/null || die "$cmd not found, and there is no apt-get to install it: $hint"
+  for pkg in "$@"; do need_deb "$pkg"; done
+  type -P "$cmd" >/dev/null || die "$cmd not found although Debian's $* is installed: $hint"
 }
 
 # ---- the versions tools report (empty when absent) ----
@@ -405,6 +417,9 @@ step_redis() {
   local hint="install Redis >= $REDIS_MIN (server and redis-cli; macOS: brew install redis)"
   need_tool redis-server "$REDIS_MIN" have_redis "$hint" redis-server
   need_tool redis-cli "$REDIS_MIN" have_redis_cli "$hint" redis-tools
+  # The soak test and the cluster tests signal redis-server with the kill executable
+  # (Debian's procps, which minimal images leave out).
+  need_cmd kill "install a kill executable (procps)" procps
   step_python
 }
 
@@ -503,6 +518,8 @@ check_step() {
     redis)
       check_min redis-server "$(have_redis)" "$REDIS_MIN"
       check_min redis-cli "$(have_redis_cli)" "$REDIS_MIN"
+      if type -P kill >/dev/null; then check_row kill "$(type -P kill)" present ok
+      else check_row kill "" present missing; fi
       check_min python3 "$(have_python)" "$PYTHON_MIN" ;;
     postgis)
       check_min postgres "$(have_postgres)" "$POSTGRES_MIN"

@@ -240,8 +240,17 @@ reset_tools
 stub redis-server "Redis server v=7.2.4 sha=00000000:0 malloc=libc bits=64 build=1"
 stub redis-cli "redis-cli 7.2.4"
 stub python3 "Python 3.12.1"
+stub kill ""
 out=$(run_tool step_redis)
 expect_eq "no apt, Redis 7.2 on PATH: ok" "$out" "0 "
+# ... but no kill executable (bash's builtin does not count: Rust runs the executable).
+rm "$fake/tools/kill"
+out=$(run_tool step_redis)
+case $out in
+  "1 setup: error: kill not found, and there is no apt-get to install it: install a kill executable (procps)") pass ;;
+  *) fail "no kill executable: message: $out" ;;
+esac
+stub kill ""
 # ... an old one: stops, saying what is there and what to do.
 stub redis-server "Redis server v=6.2.14 sha=00000000:0 malloc=libc bits=64 build=1"
 out=$(run_tool step_redis)
