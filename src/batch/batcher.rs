@@ -407,6 +407,17 @@ impl Batcher {
         self.backoff.hold_back(tiles, 0, at_least, None, now_ms)
     }
 
+    /// The request ended in a way the caller has dealt with and that says nothing about the
+    /// backend or the work (a 403 that told the client a lower tier to ask at): its work goes
+    /// back to the front of its queues as the same attempt, to go out again at once. No
+    /// failure is counted, the breaker and the tiles' backoff are unchanged. Returns what it
+    /// was for, or `None` if it was no longer tracked.
+    pub fn send_again(&mut self, id: RequestId) -> Option<Finished> {
+        let f = self.finish(id)?;
+        self.queues.requeue(&f, f.attempt, 0);
+        Some(f)
+    }
+
     /// The request failed. Retryable failures within the retry limit requeue the work
     /// with a backoff; everything else drops it.
     pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {

@@ -603,8 +603,6 @@ impl<P: Payload> Client<P> {
         self.cancels.pop_front()
     }
 
-    /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
-    /// the request.
     /// Cancels the in-flight prefetch requests none of whose tiles the view's `plan` wants
     /// (none without one), a known destination holds, or a host waits for (`load_tile`:
     /// such a tile was not queued again this round because it was in flight); the shell
@@ -619,6 +617,16 @@ impl<P: Payload> Client<P> {
         }
     }
 
+    /// The access tier request `id` was sent with, kept.
+    fn sent_at(&self, id: RequestId) -> Option<Access> {
+        self.request_access
+            .iter()
+            .find(|&&(r, _)| r == id)
+            .map(|&(_, a)| a)
+    }
+
+    /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
+    /// the request.
     fn sent_with(&mut self, id: RequestId) -> Option<Access> {
         let i = self.request_access.iter().position(|&(r, _)| r == id)?;
         Some(self.request_access.swap_remove(i).1)

@@ -1,6 +1,8 @@
 //! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
 
-use super::{Client, Event, Failure, FetchError, Kind, Payload, RequestId, MAX_PREFETCH_MARKS};
+use super::{
+    Access, Client, Event, Failure, FetchError, Kind, Payload, RequestId, MAX_PREFETCH_MARKS,
+};
 use crate::batch::FailureOutcome;
 use crate::cache::{item_size_bytes, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
@@ -73,13 +75,7 @@ impl<P: Payload> Client<P> {
         // lowered it (the caller's credential gives less): the cache follows at once (what
         // the reported tier may not see goes, as with `set_access`) and views as no more
         // from then on. A higher report changes nothing: the cache reads at its own tier.
-        let mut lowered = false;
-        if let Some(reported) = response.access.filter(|&r| r < self.access) {
-            self.cache.drop_above(reported);
-            self.access = reported;
-            self.verified = Some(reported);
-            lowered = true;
-        }
+        let lowered = response.access.is_some_and(|r| self.lower_to(r));
         // The extent it declares; one out of range counts as none.
         let extent_changed = declared.is_some_and(|declared| {
             let cache = &mut self.cache;
@@ -169,6 +165,58 @@ impl<P: Payload> Client<P> {
         if !will_retry {
             self.refresh_foreground(now_ms);
         }
+    }
+
+    /// [`on_failure`](Self::on_failure) for a failure whose headers report the caller's
+    /// verified tier ([`ACCESS_HEADER`](crate::protocol::ACCESS_HEADER)): `reported` is that
+    /// tier, `None` when they report none or one that does not read as a tier.
+    ///
+    /// A 403 reporting a tier below the current one, for a request sent at the current
+    /// tier, is the server refusing a tier the credential no longer gives (a subscription
+    /// ended, another user signed in): the cache follows it as it follows an answer
+    /// reporting a lower tier (what that tier may not see goes at once, the tier is lowered
+    /// and [`verified`](Self::verified) set, [`Event::Updated`] is queued), and the request
+    /// goes out again at once at the lower tier, with no error reported and nothing counted
+    /// towards the breaker, the backoff or the retries. Anything else (another status, a
+    /// tier not below the current one, none, or a request sent before the tier changed) is
+    /// the failure it is, as `on_failure` handles it.
+    pub fn on_reported_failure(
+        &mut self,
+        id: RequestId,
+        failure: Failure,
+        reported: Option<Access>,
+        now_ms: u64,
+    ) {
+        let lower = reported.filter(|&r| {
+            matches!(failure, Failure::Http { status: 403, .. })
+                && r < self.access
+                && self.sent_at(id) == Some(self.access)
+        });
+        let Some(reported) = lower else {
+            return self.on_failure(id, failure, now_ms);
+        };
+        self.changed();
+        self.sent_with(id);
+        if self.batcher.send_again(id).is_none() {
+            return; // cancelled meanwhile: its late end changes nothing
+        }
+        self.lower_to(reported);
+        self.complete = self.refresh_foreground(now_ms);
+        self.queue_event(Event::Updated);
+    }
+
+    /// Lowers the caller to `reported`, a tier the server reported for its credential, when
+    /// it is below the current one: what it may not see is dropped, and views go at no more
+    /// from then on ([`Client::verified`]). Returns whether it lowered. A higher report
+    /// changes nothing: the cache reads at its own tier.
+    fn lower_to(&mut self, reported: Access) -> bool {
+        if reported >= self.access {
+            return false;
+        }
+        self.cache.drop_above(reported);
+        self.access = reported;
+        self.verified = Some(reported);
+        true
     }
 
     /// Puts an answer's items into the cache (those the caller may see); returns whether

@@ -408,6 +408,197 @@ fn a_refused_credential_is_retried_with_backoff_and_does_not_trip_the_breaker() 
     assert!(!c.stats().breaker_open);
 }
 
+fn forbidden() -> Failure {
+    Failure::Http {
+        status: 403,
+        retry_after_ms: None,
+    }
+}
+
+/// Whether the cache holds an item of [`fast_path::origin`] for registered callers.
+fn holds_registered(c: &Client<String>) -> bool {
+    (0..36 * 4)
+        .step_by(5)
+        .any(|n| c.cache().contains(&format!("i{n}")))
+}
+
+/// The tiers of the items a view shows now.
+fn shown_tiers(c: &mut Client<String>, now: u64) -> Vec<Access> {
+    let mut tiers = Vec::new();
+    c.view_items(now, |item, _| tiers.push(item.access()));
+    tiers
+}
+
+#[test]
+fn a_403_reporting_a_lower_tier_lowers_the_cache_and_asks_again_at_once() {
+    // Every fifth item is for registered callers: the cache holds some after a first view.
+    let o = fast_path::origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Registered, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    c.set_viewport(view(3.0), 10, |_, _| {});
+    assert!(shown_tiers(&mut c, 10).contains(&Access::Registered));
+    events(&mut c);
+    let before = c.stats();
+    // The token dropped to public: the server refuses the tier asked, naming public.
+    let t = c.poll_request(10).unwrap();
+    assert_eq!(t.request.access, Access::Registered);
+    let tiles = t.request.tiles.clone();
+    c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 20);
+    assert_eq!(
+        (c.access(), c.verified()),
+        (Access::Public, Some(Access::Public))
+    );
+    assert!(!c.is_complete());
+    assert_eq!(events(&mut c), vec![Event::Updated]);
+    assert!(
+        shown_tiers(&mut c, 20).iter().all(|&a| a == Access::Public),
+        "nothing above the verified tier stays in the view"
+    );
+    assert!(!holds_registered(&c));
+    // Not a backend failure: no error, no breaker, no backoff, no retry counted.
+    let after = c.stats();
+    assert_eq!(after.errors, before.errors);
+    assert_eq!(after.batch.failures, before.batch.failures);
+    assert_eq!(after.batch.retries, before.batch.retries);
+    assert!(!after.breaker_open);
+    // The refused work goes out again at once, at the lower tier, and the view completes.
+    let again: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(20)).collect();
+    assert!(again
+        .iter()
+        .all(|t| t.request.access == Access::Public && t.attempt == 0));
+    assert!(tiles.iter().all(|&t| again.iter().any(|a| a
+        .request
+        .tiles
+        .iter()
+        .any(|r| r.contains(t)))));
+    for t in again {
+        c.on_response(t.id, o.answer(&t.request, None), 30);
+    }
+    answer_all(&mut c, &o, 30);
+    assert!(c.is_complete());
+    assert!(events(&mut c).contains(&Event::Complete));
+}
+
+#[test]
+fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
+    let o = fast_path::origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Registered, 0);
+    assert!(c.get("i0", 0).is_none());
+    let t = c.poll_request(0).unwrap();
+    assert_eq!(t.request.ids, vec!["i0".to_string()]);
+    c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 10);
+    let again = c.poll_request(10).unwrap();
+    assert_eq!(
+        (again.request.access, &again.request.ids),
+        (Access::Public, &vec!["i0".to_string()])
+    );
+    // i0 is for registered callers: at public, it is missing, and nothing keeps it.
+    c.on_response(again.id, o.answer(&again.request, None), 20);
+    assert!(c.get_cached("i0", 20).is_none());
+}
+
+#[test]
+fn a_403_lowers_the_tier_only_when_it_reports_a_lower_one_for_the_current_tier() {
+    let other = |status| Failure::Http {
+        status,
+        retry_after_ms: None,
+    };
+    // (failure, reported tier): each stays the failure it is, at the tier asked.
+    let cases = [
+        (forbidden(), None),
+        (forbidden(), Some(Access::Registered)),
+        (forbidden(), Some(Access::Agent)),
+        (other(401), Some(Access::Public)),
+        (other(500), Some(Access::Public)),
+        (Failure::Timeout, Some(Access::Public)),
+    ];
+    for (failure, reported) in cases {
+        let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+        c.set_access(Access::Registered, 0);
+        c.set_viewport(view(1.0), 0, |_, _| {});
+        let t = c.poll_request(0).unwrap();
+        c.on_reported_failure(t.id, failure.clone(), reported, 10);
+        assert_eq!(
+            (c.access(), c.verified()),
+            (Access::Registered, None),
+            "{failure:?} {reported:?}"
+        );
+        let ev = events(&mut c);
+        assert!(
+            matches!(&ev[..], [Event::Error(e)] if e.failure == failure),
+            "{failure:?} {reported:?}: {ev:?}"
+        );
+        assert_eq!(c.stats().batch.failures, 1);
+    }
+    // A request sent before a tier change: its 403 says nothing of the newer choice.
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Agent, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    c.set_access(Access::Registered, 5);
+    c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 10);
+    assert_eq!((c.access(), c.verified()), (Access::Registered, None));
+    // A request no longer tracked (cancelled, answered): nothing.
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Registered, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    c.on_failure(t.id, Failure::Aborted, 5);
+    c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 10);
+    assert_eq!((c.access(), c.verified()), (Access::Registered, None));
+}
+
+/// Over random tiers sent, changed to and reported, and statuses: a failure lowers the
+/// tier exactly when it is a 403 reporting a tier below the current one for a request sent
+/// at it, and the cache never holds an item above the tier after it.
+mod reported_failure {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tier() -> impl Strategy<Value = Access> {
+        prop::sample::select(Access::ALL.to_vec())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn lowers_exactly_when_a_403_reports_less_than_the_tier_it_was_sent_at(
+            sent in tier(),
+            now_at in prop::option::of(tier()),
+            reported in prop::option::of(tier()),
+            status in prop::sample::select(vec![401u16, 403, 404, 500]),
+        ) {
+            let o = fast_path::origin();
+            let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+            c.set_access(sent, 0);
+            c.set_viewport(view(1.0), 0, |_, _| {});
+            answer_all(&mut c, &o, 0);
+            c.set_viewport(view(3.0), 10, |_, _| {});
+            let t = c.poll_request(10).unwrap();
+            if let Some(a) = now_at {
+                c.set_access(a, 15);
+            }
+            let current = c.access();
+            let failure = Failure::Http { status, retry_after_ms: None };
+            c.on_reported_failure(t.id, failure, reported, 20);
+            let lowers = status == 403 && now_at.is_none_or(|a| a == sent)
+                && reported.is_some_and(|r| r < current);
+            let expected = if lowers { reported.unwrap() } else { current };
+            prop_assert_eq!(c.access(), expected);
+            prop_assert_eq!(c.verified(), lowers.then_some(expected));
+            prop_assert!(expected >= Access::Registered || !holds_registered(&c));
+            prop_assert_eq!(c.stats().batch.failures, u64::from(!lowers));
+            if lowers {
+                let again = c.poll_request(20).unwrap();
+                prop_assert_eq!(again.request.access, expected);
+            }
+        }
+    }
+}
+
 /// The fast path of [`Client::update_viewport`] against a full read: two clients are
 /// driven alike, one through `update_viewport` (keeping the last view it was given, as
 /// `cache.js` does), the other through `set_viewport`, which reads the view in full every

@@ -99,5 +99,12 @@ pub use validate::{ttl_left_s, validate_item_fields};
 /// extent, declares none.
 pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
 
+/// The response header naming the caller's tier: on an answer, the tier it was filtered
+/// for; on a `403` refusing a request `access` above the caller's credential, the tier the
+/// credential gives ([`AboveCredential::verified`](crate::access::AboveCredential)), which a
+/// client that asked above it follows
+/// ([`Client::on_reported_failure`](crate::client::Client::on_reported_failure)).
+pub const ACCESS_HEADER: &str = "x-tilewarm-access";
+
 use error::{clip, quote};
 use validate::{check_body, check_id, check_ttl, dedup, parse_tile, ttl_from_wire};
