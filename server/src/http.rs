@@ -44,8 +44,9 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The response header naming the tier an answer was filtered for.
-pub const ACCESS_HEADER: &str = "x-tilewarm-access";
+/// The response header naming the tier an answer was filtered for, or on a 403 for a tier
+/// above the credential, the tier the credential gives.
+pub use tilewarm::protocol::ACCESS_HEADER;
 
 /// The response header declaring the data's extent (`--bounds`), `west,south,east,north`.
 pub use tilewarm::protocol::BOUNDS_HEADER;
@@ -72,9 +73,15 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
 }
 
 /// 403 for a request `access` above the caller's verified tier, naming both tiers (the
-/// core's message, the edge's too).
+/// core's message, the edge's too), with the verified tier in [`ACCESS_HEADER`]: a client
+/// that asked above it follows it down instead of keeping what the higher tier showed.
 pub fn forbidden_tier(above: AboveCredential) -> Response {
-    error_response(ErrorCode::Forbidden, above.to_string())
+    let mut r = error_response(ErrorCode::Forbidden, above.to_string());
+    r.headers_mut().insert(
+        ACCESS_HEADER,
+        HeaderValue::from_static(above.verified.as_str()),
+    );
+    r
 }
 
 fn json_response(body: String) -> Response {

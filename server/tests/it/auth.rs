@@ -129,7 +129,10 @@ async fn anonymous_callers_get_public_and_asking_for_more_is_403() {
     assert!(items.iter().all(|&a| a == Access::Public), "{items:?}");
     // The reproduction: no credential, body says agent.
     for asked in [Access::Registered, Access::Verified, Access::Agent] {
-        let m = call(&s, None, asked).await.error(403, "forbidden");
+        let r = call(&s, None, asked).await;
+        // The verified tier in the tier header: a client that asked above it follows it.
+        assert_eq!(r.headers["x-tilewarm-access"], "public");
+        let m = r.error(403, "forbidden");
         assert!(
             m.contains(&format!("\"{asked}\"")) && m.contains("\"public\""),
             "names both tiers: {m}"
@@ -155,9 +158,9 @@ async fn the_body_may_lower_the_token_tier_never_raise_it() {
     let (tier, items) = served(&call(&s, Some(&registered), Access::Public).await);
     assert_eq!(tier, Access::Public);
     assert!(items.iter().all(|&a| a == Access::Public));
-    let m = call(&s, Some(&registered), Access::Agent)
-        .await
-        .error(403, "forbidden");
+    let r = call(&s, Some(&registered), Access::Agent).await;
+    assert_eq!(r.headers["x-tilewarm-access"], "registered");
+    let m = r.error(403, "forbidden");
     assert!(
         m.contains("\"agent\"") && m.contains("\"registered\""),
         "{m}"

@@ -110,6 +110,12 @@ async fn bad_paths_and_queries_and_tiers_are_refused_and_not_kept() {
     ];
     for (path, status, code) in cases {
         let r = anon.get(&format!("{}{path}", s.url())).await;
+        // Only the 403 for a tier above the credential names the caller's (verified) tier.
+        assert_eq!(
+            header(&r, "x-tilewarm-access"),
+            (status == 403).then_some("public"),
+            "{path}"
+        );
         let message = r.error(status, code);
         assert_eq!(
             header(&r, "cache-control"),
