@@ -224,7 +224,9 @@ impl Step {
         self.origin_error.clone()
     }
     /// The tier a `200` answer was filtered for (the `x-tilewarm-access` header and the
-    /// body's `access`); with [`Step::origin`], the tier the request is served at.
+    /// body's `access`); with [`Step::origin`], the tier the request is served at; on the
+    /// `403` for a body asking above the caller's tier, the caller's verified tier (the
+    /// header only).
     #[wasm_bindgen(getter)]
     pub fn access(&self) -> Option<String> {
         self.access.map(|a| a.as_str().to_owned())
@@ -346,7 +348,8 @@ impl EdgeProxy {
     /// request for the misses (with a handle). `verified` is the caller's tier from its
     /// checked token (`public` without one): the body's `access` may only lower it, and the
     /// request is served (cached, forwarded) at that effective tier. A bad body is answered
-    /// with the protocol's error (400/413), a body asking above `verified` with 403.
+    /// with the protocol's error (400/413), a body asking above `verified` with 403 whose
+    /// [`Step::access`] is `verified`.
     pub fn begin(&mut self, body: &[u8], verified: &str, now_ms: f64) -> Step {
         let Ok(verified) = verified.parse::<Access>() else {
             return Step::error(&ErrorBody {
@@ -359,10 +362,15 @@ impl EdgeProxy {
             Err(e) => return Step::error(&ErrorBody::from(&e)),
         };
         if let Err(e) = effective_tier(verified, request.access) {
-            return Step::error(&ErrorBody {
-                code: ErrorCode::Forbidden,
-                message: e.to_string(),
-            });
+            // The tier the credential gives goes in the tier header: a client that asked
+            // above it follows it down (`Client::on_reported_failure`).
+            return Step {
+                access: Some(e.verified),
+                ..Step::error(&ErrorBody {
+                    code: ErrorCode::Forbidden,
+                    message: e.to_string(),
+                })
+            };
         }
         let now = now_ms.max(0.0) as u64;
         let pending = match self.proxy.begin(request, now) {

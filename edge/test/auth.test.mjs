@@ -100,6 +100,7 @@ describe('edge worker: caller authentication', () => {
       assert.equal(r.status, 403, r.text);
       assert.equal(r.json.error.code, 'forbidden');
       assert.match(r.json.error.message, new RegExp(`"${access}" is above .*"public"`));
+      assert.equal(r.access, 'public', 'the verified tier in the tier header: a client follows it down');
     }
     assert.equal(relay.seen.length, n);
   });
@@ -127,6 +128,7 @@ describe('edge worker: caller authentication', () => {
     assert.equal(high.status, 403);
     assert.equal(high.json.error.code, 'forbidden');
     assert.match(high.json.error.message, /"agent" is above the tier the credential gives \("verified"\)/);
+    assert.equal(high.access, 'verified');
   });
 
   it('accepts RS256 tokens from the JWKS, the key chosen by kid', async () => {
