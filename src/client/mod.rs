@@ -617,14 +617,6 @@ impl<P: Payload> Client<P> {
         }
     }
 
-    /// The access tier request `id` was sent with, kept.
-    fn sent_at(&self, id: RequestId) -> Option<Access> {
-        self.request_access
-            .iter()
-            .find(|&&(r, _)| r == id)
-            .map(|&(_, a)| a)
-    }
-
     /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
     /// the request.
     fn sent_with(&mut self, id: RequestId) -> Option<Access> {

@@ -190,13 +190,13 @@ impl<P: Payload> Client<P> {
         let lower = reported.filter(|&r| {
             matches!(failure, Failure::Http { status: 403, .. })
                 && r < self.access
-                && self.sent_at(id) == Some(self.access)
+                && self.sent_with(id) == Some(self.access)
         });
         let Some(reported) = lower else {
+            // (A tier taken by `sent_with` above is not needed there: it only forgets it.)
             return self.on_failure(id, failure, now_ms);
         };
         self.changed();
-        self.sent_with(id);
         if self.batcher.send_again(id).is_none() {
             return; // cancelled meanwhile: its late end changes nothing
         }
