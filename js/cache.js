@@ -12,7 +12,7 @@ import {
   TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
-  STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER,
+  STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER, ACCESS_HEADER,
 } from './gen/boundary.js';
 import { retryAfterMs } from './retry-after.js';
 
@@ -881,7 +881,9 @@ export class TileCache {
       // A date is measured from the cache's clock (the `now` option), as every other time
       // the engine is given is; -1: none, or one that could not be read.
       const wait = retryAfterMs(res.headers.get('retry-after'), this.#now()) ?? -1;
-      return this.#failed(req, failure, res.status, wait, '');
+      // A 403 names the tier the credential gives: the engine decides whether the cache
+      // follows it down (-1: none, or not a tier).
+      return this.#failed(req, failure, res.status, wait, '', TIERS.indexOf(res.headers.get(ACCESS_HEADER)));
     }
     let f;
     try {
@@ -938,10 +940,10 @@ export class TileCache {
     this.#requests.delete(req.id);
   }
 
-  #failed(req, failure, status, retryAfter, message) {
+  #failed(req, failure, status, retryAfter, message, access = -1) {
     if (this.#disposed) return;
     this.#pendingDetail = req;
-    this.#run(this.#engine.failure(req.id, failure, status, retryAfter, message, this.#now()), 0, 1);
+    this.#run(this.#engine.failure(req.id, failure, status, retryAfter, message, access, this.#now()), 0, 1);
     this.#pendingDetail = undefined;
     this.#checkLoads();
   }

@@ -180,7 +180,8 @@ export class TileCache<Data = unknown> {
    * returns a function that unsubscribes. */
   onUpdate(listener: (items: Item<Data>[], view: Omit<View<Data>, 'items'>) => void): () => void;
   /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
-   * reporting a lower tier than asked (which the cache follows at once). It runs after what
+   * (or a `403` naming the token's tier in `x-tilewarm-access`) reporting a lower tier than
+   * asked (which the cache follows at once). It runs after what
    * the new tier may not see was dropped, and before the `onUpdate` listeners hear of it:
    * a host that holds items itself (tiles drawn from `loadTiles`) must drop them and load
    * again, since they may be above the new tier. The map adapters do. Returns a function
@@ -227,7 +228,8 @@ export class TileCache<Data = unknown> {
    */
   prefetch(destination: Viewport | string[]): number;
   /** Changes the tier the cache views as; lowering it drops what the new tier may not see at
-   * once. Once the server has reported a lower tier than asked (the credential gives no more),
+   * once; raising it is how the page asks for more after a sign-in. Once the server has
+   * reported a lower tier than asked (the credential gives no more, in an answer or a 403),
    * a tier above that one throws a RangeError (`ERR_OUT_OF_RANGE`). */
   setAccess(access: Access): void;
   stats(): TileCacheStats;

@@ -116,6 +116,8 @@ export const TILE_Z = 281474976710656;
 export const TILE_X = 16777216;
 /** The response header declaring the data's extent (`protocol::BOUNDS_HEADER`). */
 export const BOUNDS_HEADER = 'x-tilewarm-bounds';
+/** The response header naming the caller's tier (`protocol::ACCESS_HEADER`): on a 403, the tier its credential gives. */
+export const ACCESS_HEADER = 'x-tilewarm-access';
 /** The deepest zoom and the Mercator limit of latitude (`tile::MAX_ZOOM`, `tile::MAX_LATITUDE`). */
 export const MAX_ZOOM = 24;
 export const MAX_LATITUDE = 85.0511287798066;

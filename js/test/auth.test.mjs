@@ -1,8 +1,10 @@
 // TileCache with `auth` against a backend that requires bearer tokens the way tilewarm-server
 // and the edge do (HS256 verified with jose; no token = public; a bad token 401 with
 // WWW-Authenticate; a body `access` above the token's tier 403 `forbidden`; every answer
-// reports the tier it was filtered for). Refresh on 401, ERR_UNAUTHORIZED, no token in any
-// error or log, and a property over random token tiers, `access` and sequences.
+// reports the tier it was filtered for; with `tierHeader`, the 403 names the token's tier in
+// x-tilewarm-access as they do). Refresh on 401, ERR_UNAUTHORIZED, no token in any error or
+// log, a 403 naming a lower tier lowering the cache, and a property over random token tiers,
+// `access` and sequences.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { jwtVerify } from 'jose';
@@ -15,6 +17,8 @@ const NO_PREFETCH = { ring: 0, lookaheadMs: 0, viewRing: 0 };
 let backend;
 /** Every Authorization header the backend saw, and its answers' statuses. */
 let seen = [];
+/** Whether the 403 names the token's tier in `x-tilewarm-access`, as the server does. */
+let tierHeader = false;
 
 function answer(res, status, body, headers = {}) {
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
@@ -41,7 +45,8 @@ before(async () => {
     const asked = request.access ?? 'public';
     if (RANK[asked] > RANK[verified]) {
       seen.push({ header, status: 403 });
-      return answer(res, 403, { error: { code: 'forbidden', message: `access "${asked}" is above the tier the credential gives ("${verified}")` } });
+      return answer(res, 403, { error: { code: 'forbidden', message: `access "${asked}" is above the tier the credential gives ("${verified}")` } },
+        tierHeader ? { 'x-tilewarm-access': verified } : {});
     }
     seen.push({ header, status: 200 });
     answer(res, 200, { ...backend.answer({ ...request, access: asked }), access: asked });
@@ -157,6 +162,63 @@ test('auth: a token() that throws or gives no token is ERR_UNAUTHORIZED without 
   assert.equal(backend.requests.length, 0, 'nothing was sent without a usable token');
   await assert.rejects(TileCache.create({ endpoint: backend.url, auth: { token: 'abc' } }),
     (e) => e.code === 'ERR_INVALID_ARG_TYPE' && /auth must be an object/.test(e.message) && !e.message.includes('abc'));
+});
+
+/** A cache at `agent` whose token drops to `public` after a first view: the next request,
+ * asked at agent, is a 403. Returns what the page saw. */
+async function tokenDropsToPublic() {
+  fresh();
+  const tokens = { agent: await hsToken({ tilewarm_access: 'agent' }), public: await hsToken({ tilewarm_access: 'public' }) };
+  let session = 'agent';
+  const cache = await TileCache.create({
+    endpoint: backend.url, access: 'agent', prefetch: NO_PREFETCH, batch: { retries: 0 },
+    auth: { token: () => tokens[session] },
+  });
+  const errors = [], heard = [];
+  cache.onError((e) => errors.push(e));
+  cache.onAccess((access) => heard.push(access));
+  const home = viewOf(SX, SY);
+  cache.setViewport(home);
+  await cache.whenComplete();
+  const secret = cache.setViewport(home).items.find((i) => i.access === 'agent');
+  assert.ok(secret, 'the first view holds an agent item');
+  assert.equal(await cache.get(secret.id), secret);
+  session = 'public'; // the subscription ended; the page did not call setAccess
+  cache.setViewport(viewOf(SX + 5, SY));
+  const complete = await cache.whenComplete().then(() => true, () => false);
+  await until(() => cache.stats().inFlight === 0, 'quiet');
+  const view = cache.setViewport(home);
+  return { cache, errors, heard, complete, view, secret, asked: backend.requests.map((r) => r.access) };
+}
+
+test('auth: a 403 naming a lower tier lowers the cache: nothing above it in get() or the view', async () => {
+  tierHeader = true;
+  try {
+    const { cache, errors, heard, complete, view, secret, asked } = await tokenDropsToPublic();
+    assert.deepEqual(errors, [], 'the refused request is asked again at public, not an error');
+    assert.ok(complete, 'the view completes');
+    assert.deepEqual(seen.map((s) => s.status).slice(-2), [403, 200]);
+    assert.equal(asked.at(-1), 'public', 'the next request goes at public');
+    assert.equal(cache.access, 'public');
+    assert.deepEqual(heard, ['public'], 'onAccess hears of it');
+    assert.ok(view.items.every((i) => i.access === 'public'), 'no agent item in the view');
+    assert.equal(await cache.get(secret.id), undefined, 'get() of an agent item: not visible');
+    await cache.whenComplete();
+    assert.ok(cache.setViewport(viewOf(SX, SY)).complete, 'the view completes at public');
+    assert.throws(() => cache.setAccess('agent'), { name: 'RangeError' });
+    cache.dispose();
+  } finally {
+    tierHeader = false;
+  }
+});
+
+test('auth: a 403 that names no tier keeps the cache at its tier (the page calls setAccess)', async () => {
+  const { cache, errors, heard, view } = await tokenDropsToPublic();
+  assert.ok(errors.some((e) => e.code === 'ERR_HTTP' && e.status === 403 && e.serverCode === 'forbidden'));
+  assert.equal(cache.access, 'agent');
+  assert.deepEqual(heard, []);
+  assert.ok(view.items.some((i) => i.access === 'agent'), 'what the cache holds is its tier\'s until told');
+  cache.dispose();
 });
 
 test('auth property: no item above min(token tier, access) is ever in a view', async () => {

@@ -339,6 +339,14 @@ pub(crate) fn js() -> String {
         "export const BOUNDS_HEADER = {};",
         quoted(crate::protocol::BOUNDS_HEADER)
     );
+    s.push_str(
+        "/** The response header naming the caller's tier (`protocol::ACCESS_HEADER`): on a 403, the tier its credential gives. */\n",
+    );
+    let _ = writeln!(
+        s,
+        "export const ACCESS_HEADER = {};",
+        quoted(crate::protocol::ACCESS_HEADER)
+    );
     s.push_str("/** The deepest zoom and the Mercator limit of latitude (`tile::MAX_ZOOM`, `tile::MAX_LATITUDE`). */\n");
     let _ = writeln!(s, "export const MAX_ZOOM = {};", crate::tile::MAX_ZOOM);
     let _ = writeln!(

@@ -266,7 +266,10 @@ impl Engine {
 
     /// A request failed: `failure` is a [`FailureCode`] (HTTP with `status` and
     /// `retry_after_ms`, negative for none); any other number means the shell gave the
-    /// request up (aborted).
+    /// request up (aborted). `access` is the tier code the answer's `x-tilewarm-access`
+    /// header names (-1 for none or an unknown one): the core decides whether it lowers the
+    /// cache ([`Client::on_reported_failure`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn failure(
         &mut self,
         id: f64,
@@ -274,6 +277,7 @@ impl Engine {
         status: u16,
         retry_after_ms: f64,
         message: String,
+        access: f64,
         now: f64,
     ) -> Vec<JsValue> {
         let f = match FailureCode::from_num(failure) {
@@ -291,7 +295,8 @@ impl Engine {
             None => Failure::Aborted,
         };
         let now = ms(now);
-        self.client.on_failure(RequestId(id as u64), f, now);
+        self.client
+            .on_reported_failure(RequestId(id as u64), f, tier(access), now);
         let mut out = Out::default();
         self.pump(&mut out, now);
         out.finish()
