@@ -26,7 +26,9 @@ use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
 use tilewarm::client::{Client, ClientStats, Event, Payload, TileState};
 use tilewarm::planner::Viewport;
-use tilewarm::protocol::{decode_response, BatchResponse, Item as WireItem, Limits, BOUNDS_HEADER};
+use tilewarm::protocol::{
+    decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
+};
 use tilewarm::tile::Bbox;
 use tilewarm::{Access, TileId};
 
@@ -459,7 +461,9 @@ impl<T> State<T> {
 enum Outcome<T> {
     /// The answer, and the data's extent the server declared with it (`BOUNDS_HEADER`).
     Answer(BatchResponse<Stored<T>>, Option<Bbox>),
-    Failed(Failure),
+    /// The failure, and the tier the failed answer's `ACCESS_HEADER` names (a 403 names the
+    /// tier the credential gives; the core decides whether the cache follows it down).
+    Failed(Failure, Option<Access>),
 }
 
 impl<T: DeserializeOwned + 'static> Inner<T> {
@@ -531,7 +535,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 Ok(c) => c,
                 Err(e) => {
                     let f = Failure::Network(format!("no AbortController: {}", show(&e)));
-                    Inner::finish(this, t.id, Outcome::Failed(f));
+                    Inner::finish(this, t.id, Outcome::Failed(f, None));
                     continue;
                 }
             };
@@ -594,9 +598,9 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     }
                 }
             }
-            Outcome::Failed(f) => {
+            Outcome::Failed(f, reported) => {
                 st.ending = Some((id, flight.ids));
-                st.client.on_failure(id, f, now);
+                st.client.on_reported_failure(id, f, reported, now);
             }
         }
         let sends = Inner::pump(this, &mut st, now);
@@ -626,7 +630,7 @@ async fn exchange<T: DeserializeOwned>(
         let token = match &auth {
             Some(a) => match a.token().await {
                 Ok(t) => Some(t),
-                Err(m) => return Outcome::Failed(Failure::Network(m)),
+                Err(m) => return Outcome::Failed(Failure::Network(m), None),
             },
             None => None,
         };
@@ -643,7 +647,7 @@ async fn exchange<T: DeserializeOwned>(
         };
         let res = match sent {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(Failure::Network(e.to_string())),
+            Err(e) => return Outcome::Failed(Failure::Network(e.to_string()), None),
         };
         if res.status() == 401 && auth.is_some() && !asked_again {
             asked_again = true;
@@ -652,10 +656,17 @@ async fn exchange<T: DeserializeOwned>(
         break res;
     };
     if !res.ok() {
-        return Outcome::Failed(Failure::Http {
-            status: res.status(),
-            retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
-        });
+        let reported = res
+            .headers()
+            .get(ACCESS_HEADER)
+            .and_then(|h| h.parse().ok());
+        return Outcome::Failed(
+            Failure::Http {
+                status: res.status(),
+                retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
+            },
+            reported,
+        );
     }
     // The data's extent the server declares; a header that does not read as one declares none.
     let bounds = res
@@ -664,11 +675,11 @@ async fn exchange<T: DeserializeOwned>(
         .and_then(|h| parse_bounds(&h).ok());
     let bytes = match crate::body::read_body(&res, limits.max_body_bytes).await {
         Ok(b) => b,
-        Err(failure) => return Outcome::Failed(failure),
+        Err(failure) => return Outcome::Failed(failure, None),
     };
     match decode::<T>(&bytes, limits) {
         Ok(r) => Outcome::Answer(r, bounds),
-        Err(m) => Outcome::Failed(Failure::Invalid(m)),
+        Err(m) => Outcome::Failed(Failure::Invalid(m), None),
     }
 }
 

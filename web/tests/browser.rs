@@ -337,6 +337,33 @@ async fn items_above_the_callers_tier_never_reach_the_page() {
     assert_eq!(cache.stats().cache.entries, 0);
 }
 
+/// Security: a cache asking above the caller's verified tier (no token: public) gets the
+/// server's 403, which names that tier in `x-tilewarm-access`; the cache follows it down and
+/// asks again at it, so the view completes with nothing above it and no error.
+#[wasm_bindgen_test]
+async fn a_403_naming_a_lower_tier_lowers_the_cache() {
+    let s = "forbidden-tier";
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let view = cache.view();
+    assert!(!view.items.is_empty());
+    assert!(view.items.iter().all(|i| i.item.access == Access::Public));
+    let bodies = control(s, "log").await["bodies"].clone();
+    let asked: Vec<&str> = bodies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["access"].as_str().unwrap())
+        .collect();
+    assert_eq!(asked, ["agent", "public"]);
+    assert_eq!(cache.stats().errors, 0);
+}
+
 #[wasm_bindgen_test]
 async fn get_and_get_many_use_the_cache_then_the_endpoint() {
     let s = "get";

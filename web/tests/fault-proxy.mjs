@@ -1,7 +1,7 @@
 // The browser tests' fault injector: a loopback HTTP proxy in front of tilewarm-server.
 // Each test uses its own session, /s/NAME/..., so tests cannot disturb each other:
 //   POST /s/NAME/v1/batch   the batch endpoint, answered per the session's mode:
-//                           pass (forward), slow (forward after 1500 ms), 500, stall (never
+//                           pass (forward, with the server's x-tilewarm-access), slow (forward after 1500 ms), 500, stall (never
 //                           answers), hostile (the next of HOSTILE), auth (forward only with
 //                           "Authorization: Bearer good", else 401), tier (well-formed
 //                           answers whose items are all of tier "agent"), bounds=W,S,E,N
@@ -19,7 +19,7 @@ const CORS = {
   'access-control-allow-origin': '*',
   'access-control-allow-headers': 'content-type, authorization',
   'access-control-allow-methods': 'GET, POST, OPTIONS',
-  'access-control-expose-headers': 'retry-after, x-tilewarm-bounds',
+  'access-control-expose-headers': 'retry-after, x-tilewarm-bounds, x-tilewarm-access',
 };
 const ITEM = (over) => ({ id: 'h1', lon: -122.3, lat: 47.6, class: 'active', access: 'public', data: {}, ...over });
 // Answers a batch endpoint must never give; the last one is well formed but carries an item
@@ -83,7 +83,10 @@ function forward(res, text, headers = {}) {
     const chunks = [];
     u.on('data', (c) => chunks.push(c));
     u.on('end', () => {
-      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString(), headers);
+      // The tier header as the server sent it (on a 403: the tier the credential gives).
+      const tier = u.headers['x-tilewarm-access'];
+      const own = tier === undefined ? headers : { 'x-tilewarm-access': tier, ...headers };
+      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString(), own);
     });
   });
   up.on('error', (e) => { if (!res.destroyed) send(res, 502, { error: { code: 'upstream', message: e.message } }); });
