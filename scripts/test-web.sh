@@ -39,15 +39,8 @@ export TILEWARM_WEB_PROXY="http://127.0.0.1:$proxy_port"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
 export CHROMEDRIVER_ARGS=${CHROMEDRIVER_ARGS:---silent}
-# web/tests/webdriver.json with the browser the other suites use ($CHROMIUM, else
-# /usr/bin/chromium; scripts/setup.sh chromium checks it).
-node -e '
-const fs = require("fs");
-const [from, browser, to] = process.argv.slice(1);
-const caps = JSON.parse(fs.readFileSync(from, "utf8"));
-caps["goog:chromeOptions"].binary = browser;
-fs.writeFileSync(to, JSON.stringify(caps, null, 2));
-' web/tests/webdriver.json "${CHROMIUM:-/usr/bin/chromium}" "$tmp/webdriver.json"
+# The browser the other suites use ($CHROMIUM, else /usr/bin/chromium).
+node scripts/webdriver-json.mjs "$tmp/webdriver.json"
 export WASM_BINDGEN_TEST_WEBDRIVER_JSON="$tmp/webdriver.json"
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-120}
 if ! scripts/wasm-cargo.sh test -j 2 -p tilewarm-web --test browser -- "$@"; then

@@ -205,12 +205,33 @@ fn tier_config() -> Config {
     }
 }
 
-fn run_property(config: Config, cases: u32) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime each test here runs its servers on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The test configuration with the in-process tier, and with a scratch Redis under
+/// `prefix` when one can be started (kept alive by the guard returned with them).
+fn in_process_and_redis(prefix: &str) -> (Option<RedisServer>, Vec<Config>) {
+    let redis = redis_available().then(RedisServer::start);
+    let mut configs = vec![config()];
+    if let Some(r) = &redis {
+        configs.push(Config {
+            redis: Some(r.url()),
+            redis_prefix: prefix.into(),
+            redis_timeout_ms: 500,
+            ..config()
+        });
+    }
+    (redis, configs)
+}
+
+fn run_property(config: Config, cases: u32) {
+    let rt = runtime();
     // One server for the whole run: its cache tier is shared across cases (as across
     // callers), so every case starts from whatever the earlier ones left in it.
     let world = rt.block_on(World::new(config));
@@ -259,11 +280,7 @@ fn the_redis_tier_never_answers_above_the_callers_tier() {
 /// cold or was warmed by an agent first.
 #[test]
 fn the_verified_tier_bounds_the_answer_not_the_claimed_access() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let world = World::new(config()).await;
         let claimed = world.request(&(
@@ -304,21 +321,8 @@ fn the_verified_tier_bounds_the_answer_not_the_claimed_access() {
 /// in `proxy::policy::Read::assemble` is removed.
 #[test]
 fn coarse_and_direct_tiles_never_answer_or_cache_above_the_callers_tier() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let redis = redis_available().then(RedisServer::start);
-    let mut configs = vec![config()];
-    if let Some(r) = &redis {
-        configs.push(Config {
-            redis: Some(r.url()),
-            redis_prefix: "coarse:".into(),
-            redis_timeout_ms: 500,
-            ..config()
-        });
-    }
+    let rt = runtime();
+    let (_redis, configs) = in_process_and_redis("coarse:");
     for cfg in configs {
         let on_redis = cfg.redis.is_some();
         rt.block_on(async {
@@ -399,21 +403,8 @@ fn coarse_and_direct_tiles_never_answer_or_cache_above_the_callers_tier() {
 /// `EmptyTiles::limit` shortens only the lists with no ids at all.
 #[test]
 fn a_tile_of_hidden_items_has_the_ttl_of_an_empty_tile() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let redis = redis_available().then(RedisServer::start);
-    let mut configs = vec![config()];
-    if let Some(r) = &redis {
-        configs.push(Config {
-            redis: Some(r.url()),
-            redis_prefix: "hidden:".into(),
-            redis_timeout_ms: 500,
-            ..config()
-        });
-    }
+    let rt = runtime();
+    let (_redis, configs) = in_process_and_redis("hidden:");
     for cfg in configs {
         let on_redis = cfg.redis.is_some();
         rt.block_on(async {
