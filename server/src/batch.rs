@@ -240,10 +240,13 @@ pub async fn answer(
                 }
             }
             Err(refusal) => {
-                // This request's own direct tiles over the limit are no answer for the
-                // requests following its data tiles: the lead goes unpublished and they
-                // fetch those tiles themselves (`Followed::Abandoned`).
-                if refusal != over_max_items(max) {
+                // The requests following its data tiles share a refusal that says the
+                // backend cannot answer now (asking again would only add load). One about
+                // this request's own call (its direct tiles over the limit, an upstream's
+                // 4xx about its ids) is no answer for them, and its message may name what
+                // this request asked: the lead goes unpublished and they fetch those tiles
+                // themselves (`Followed::Abandoned`).
+                if backend_unavailable(refusal.code) {
                     lead.fail(&refusal);
                 }
                 return Err(refusal);
@@ -444,6 +447,19 @@ fn origin_waits_full(max: usize) -> Refusal {
              {max} may at once (--max-origin-waits); retry later"
         ),
     }
+}
+
+/// Whether a refused origin call says the backend cannot answer now (it failed, timed out,
+/// or asks callers to slow down), rather than what one request asked being refused.
+fn backend_unavailable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::UpstreamError
+            | ErrorCode::UpstreamTimeout
+            | ErrorCode::RateLimited
+            | ErrorCode::Overloaded
+            | ErrorCode::Internal
+    )
 }
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in

@@ -26,7 +26,7 @@ use common::{config, eventually, server, Http};
 use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
+use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorBody, ErrorCode, RawData};
 use tilewarm::tile::TileId;
 use tilewarm_server::origin::{ItemBound, ItemCount, OriginBackend, OriginFailure, OriginFuture};
 
@@ -859,6 +859,108 @@ async fn a_request_following_a_fetch_refused_for_its_size_fetches_its_tiles_itse
     let msg = led.error(400, "bad_request");
     assert!(msg.contains(&format!("more than {max} items")), "{msg}");
     assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(!followed.json()["tiles"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
+}
+
+/// An origin that refuses, as the caller's mistake (an upstream's 400), every call naming
+/// the id [`RefusesAnId::ID`], and answers the rest from a synthetic city once `gate` has a
+/// permit.
+struct RefusesAnId {
+    city: Origin<RawData>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl RefusesAnId {
+    const ID: &'static str = "no-such-home-42";
+}
+
+impl OriginBackend for RefusesAnId {
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            drop(self.gate.acquire().await);
+            if request.ids.iter().any(|id| id == Self::ID) {
+                return Err(OriginFailure::Refused(ErrorBody {
+                    code: ErrorCode::BadRequest,
+                    message: format!("unknown id {:?}", Self::ID),
+                }));
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "an upstream that refuses one id".into()
+    }
+}
+
+/// A request following a data tile whose leader's origin call is refused for the leader's
+/// own request (an upstream 400 about an id only the leader asked for) is not handed that
+/// refusal, nor its message, which names what the leader asked: it fetches the tile itself.
+/// Backend trouble (502, 504, 429, 503) is still shared (`followers_hear_failures_and_abandonment`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_tiles_itself() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
+    let (d, _) = city
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let s = tilewarm_server::start_with_origin(
+        common::Config {
+            warmup_ring: 0,
+            ..config()
+        },
+        Box::new(RefusesAnId {
+            city,
+            gate: Arc::clone(&gate),
+        }),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::with_token(Some(common::token_for(Access::Public)));
+    let within = Duration::from_secs(20);
+    let (leader, follower) = (
+        request(&[d], &[RefusesAnId::ID], Access::Public),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = tokio::join!(http.batch(&s, &leader), async {
+        // The first request leads `d` and waits at the gate; the second follows it.
+        assert!(eventually(within, || s.app.single_flight.len() == 1).await);
+        let follow = http.batch(&s, &follower);
+        let open = async {
+            assert!(eventually(within, || s.app.origin_waits.waiting() == 2).await);
+            gate.add_permits(2);
+        };
+        tokio::join!(follow, open).0
+    });
+    let msg = led.error(400, "bad_request");
+    assert!(msg.contains(RefusesAnId::ID), "{msg}");
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(!followed.text().contains(RefusesAnId::ID));
     assert!(!followed.json()["tiles"][0]["ids"]
         .as_array()
         .unwrap()
