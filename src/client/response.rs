@@ -171,15 +171,20 @@ impl<P: Payload> Client<P> {
     /// verified tier ([`ACCESS_HEADER`](crate::protocol::ACCESS_HEADER)): `reported` is that
     /// tier, `None` when they report none or one that does not read as a tier.
     ///
-    /// A 403 reporting a tier below the current one, for a request sent at the current
-    /// tier, is the server refusing a tier the credential no longer gives (a subscription
-    /// ended, another user signed in): the cache follows it as it follows an answer
-    /// reporting a lower tier (what that tier may not see goes at once, the tier is lowered
-    /// and [`verified`](Self::verified) set, [`Event::Updated`] is queued), and the request
-    /// goes out again at once at the lower tier, with no error reported and nothing counted
-    /// towards the breaker, the backoff or the retries. Anything else (another status, a
-    /// tier not below the current one, none, or a request sent before the tier changed) is
-    /// the failure it is, as `on_failure` handles it.
+    /// A 403 reporting a tier below the one the request was sent at is the server refusing
+    /// a tier the credential no longer gives (a subscription ended, another user signed in).
+    /// Sent at the current tier, the cache follows it as it follows an answer reporting a
+    /// lower tier: what that tier may not see goes at once, the tier is lowered and
+    /// [`verified`](Self::verified) set, [`Event::Updated`] is queued. Sent at a tier the
+    /// cache has left for a lower one since (the other requests in flight when the first
+    /// such 403 lowered it, or a `set_access` down), the refusal is explained by that
+    /// change and lowers nothing: a newer choice is not overridden by an old request's
+    /// answer. Either way the request's work goes out again at once, at the current tier,
+    /// with no error reported and nothing counted towards the breaker, the backoff or the
+    /// retries; each such 403 is for a request sent at a tier above the current one, which
+    /// only goes down, so this cannot repeat without bound. Anything else (another status, a
+    /// tier not below the one sent at, none, or a request sent at a tier below the current
+    /// one) is the failure it is, as `on_failure` handles it.
     pub fn on_reported_failure(
         &mut self,
         id: RequestId,
@@ -187,22 +192,27 @@ impl<P: Payload> Client<P> {
         reported: Option<Access>,
         now_ms: u64,
     ) {
-        let lower = reported.filter(|&r| {
-            matches!(failure, Failure::Http { status: 403, .. })
-                && r < self.access
-                && self.sent_with(id) == Some(self.access)
-        });
-        let Some(reported) = lower else {
-            // (A tier taken by `sent_with` above is not needed there: it only forgets it.)
+        let forbidden = matches!(failure, Failure::Http { status: 403, .. });
+        // (A tier taken by `sent_with` here is not needed by `on_failure`: it only forgets it.)
+        let sent = match reported {
+            Some(_) if forbidden => self.sent_with(id),
+            _ => None,
+        };
+        let (Some(reported), Some(sent)) = (reported, sent) else {
             return self.on_failure(id, failure, now_ms);
         };
+        if reported >= sent || sent < self.access {
+            return self.on_failure(id, failure, now_ms);
+        }
         self.changed();
         if self.batcher.send_again(id).is_none() {
             return; // cancelled meanwhile: its late end changes nothing
         }
-        self.lower_to(reported);
+        let lowered = sent == self.access && self.lower_to(reported);
         self.complete = self.refresh_foreground(now_ms);
-        self.queue_event(Event::Updated);
+        if lowered {
+            self.queue_event(Event::Updated);
+        }
     }
 
     /// Lowers the caller to `reported`, a tier the server reported for its credential, when

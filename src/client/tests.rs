@@ -481,6 +481,50 @@ fn a_403_reporting_a_lower_tier_lowers_the_cache_and_asks_again_at_once() {
     assert!(events(&mut c).contains(&Event::Complete));
 }
 
+/// Every request in flight when the token dropped is refused alike: the first 403 lowers
+/// the tier, the others were sent at the tier just left, and each is asked again at the
+/// lower one, with no error, failure or given-up load for any of them.
+#[test]
+fn the_other_requests_refused_with_the_first_403_are_asked_again_without_errors() {
+    let o = fast_path::origin();
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            max_tiles: 2,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default().with_tile_zoom(Z)
+    });
+    c.set_access(Access::Registered, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let sent: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(0)).collect();
+    assert!(sent.len() >= 2, "{} requests", sent.len());
+    for t in &sent {
+        assert_eq!(t.request.access, Access::Registered);
+        c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 10);
+    }
+    assert_eq!(
+        (c.access(), c.verified()),
+        (Access::Public, Some(Access::Public))
+    );
+    let s = c.stats();
+    assert_eq!((s.errors, s.batch.failures, s.batch.retries), (0, 0, 0));
+    assert!(events(&mut c).iter().all(|e| !matches!(e, Event::Error(_))));
+    // Every refused tile is asked again at public, and the view completes.
+    let again: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(10)).collect();
+    assert!(again.iter().all(|t| t.request.access == Access::Public));
+    for t in sent.iter().flat_map(|t| t.request.tiles.iter()) {
+        assert!(
+            again.iter().any(|a| a.request.tiles.contains(t)),
+            "{t} not asked again"
+        );
+    }
+    for t in again {
+        c.on_response(t.id, o.answer(&t.request, None), 20);
+    }
+    answer_all(&mut c, &o, 20);
+    assert!(c.is_complete());
+}
+
 #[test]
 fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
     let o = fast_path::origin();
@@ -533,7 +577,8 @@ fn a_403_lowers_the_tier_only_when_it_reports_a_lower_one_for_the_current_tier()
         );
         assert_eq!(c.stats().batch.failures, 1);
     }
-    // A request sent before a tier change: its 403 says nothing of the newer choice.
+    // A request sent before a tier change down: its 403 says nothing of the newer choice
+    // (the work is asked again at it, with no error).
     let mut c = client(ClientConfig::default().with_tile_zoom(Z));
     c.set_access(Access::Agent, 0);
     c.set_viewport(view(1.0), 0, |_, _| {});
@@ -541,6 +586,11 @@ fn a_403_lowers_the_tier_only_when_it_reports_a_lower_one_for_the_current_tier()
     c.set_access(Access::Registered, 5);
     c.on_reported_failure(t.id, forbidden(), Some(Access::Public), 10);
     assert_eq!((c.access(), c.verified()), (Access::Registered, None));
+    assert_eq!(c.stats().errors, 0);
+    assert_eq!(
+        c.poll_request(10).unwrap().request.access,
+        Access::Registered
+    );
     // A request no longer tracked (cancelled, answered): nothing.
     let mut c = client(ClientConfig::default().with_tile_zoom(Z));
     c.set_access(Access::Registered, 0);
@@ -584,14 +634,18 @@ mod reported_failure {
             let current = c.access();
             let failure = Failure::Http { status, retry_after_ms: None };
             c.on_reported_failure(t.id, failure, reported, 20);
-            let lowers = status == 403 && now_at.is_none_or(|a| a == sent)
-                && reported.is_some_and(|r| r < current);
+            // A 403 below the tier sent at, for a request sent at the current tier or one
+            // left since for a lower one, is asked again at the current tier; only one sent
+            // at the current tier lowers it.
+            let again = status == 403 && reported.is_some_and(|r| r < sent) && sent >= current;
+            let lowers = again && sent == current;
             let expected = if lowers { reported.unwrap() } else { current };
             prop_assert_eq!(c.access(), expected);
             prop_assert_eq!(c.verified(), lowers.then_some(expected));
             prop_assert!(expected >= Access::Registered || !holds_registered(&c));
-            prop_assert_eq!(c.stats().batch.failures, u64::from(!lowers));
-            if lowers {
+            prop_assert_eq!(c.stats().batch.failures, u64::from(!again));
+            prop_assert_eq!(c.stats().errors, u64::from(!again));
+            if again {
                 let again = c.poll_request(20).unwrap();
                 prop_assert_eq!(again.request.access, expected);
             }
