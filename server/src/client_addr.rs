@@ -3,7 +3,8 @@
 //! `X-Forwarded-For` (or `Forwarded`, `--trusted-proxy-header`). Computed once per request ([`layer`]) and used by everything keyed by
 //! the client's address: refused credentials ([`crate::admission::AuthFailures`]), the
 //! per-caller rate of anonymous callers and the change feed's per-caller cap
-//! ([`crate::admission::caller_key`]), and `/dev/token`'s loopback check.
+//! ([`crate::admission::caller_key`]); not `/dev/token`'s loopback check, which refuses
+//! forwarded requests ([`ClientForwarded`]).
 //!
 //! The walk (as nginx's `set_real_ip_from` with `real_ip_recursive on`):
 //! - A peer outside every trusted range is the client; its headers are not read.
@@ -17,8 +18,11 @@
 //!   that is not UTF-8) ends it: the client is the last trusted hop, the proxy that wrote
 //!   it. Nothing left of such an entry is believed.
 //! - No header, or every entry trusted: the client is the last trusted hop (the left-most
-//!   entry, or the peer itself). With no entry at all the client is not known either
-//!   ([`ClientUnknown`]): a proxy that writes no header forwards every client so.
+//!   entry, or the peer itself).
+//!
+//! A forwarded request is marked ([`ClientForwarded`]): its address is what a header says,
+//! which a proxy that does not append to it passes on as the client wrote it, so
+//! `/dev/token` (loopback callers only) refuses every forwarded request.
 //!
 //! An entry may be an IPv4 or IPv6 address, an IPv6 address in brackets, or either with a
 //! port (`192.0.2.1:4711`, `[2001:db8::1]:4711`); the port is dropped. In `Forwarded`
@@ -171,42 +175,33 @@ pub fn client_addr(
     peer: IpAddr,
     headers: &HeaderMap,
 ) -> IpAddr {
-    walk(trusted, header, peer, headers).0
-}
-
-/// The walk of [`client_addr`]: the address, and whether it stopped at a trusted hop
-/// because the entry before it could not be read, or because a trusted peer named no
-/// client at all (no header line, nothing in it): then the client is not known, only the
-/// proxy that forwarded it (a proxy that writes no header, as nginx without
-/// `proxy_set_header X-Forwarded-For`, forwards every remote client so).
-fn walk(
-    trusted: &[TrustedProxy],
-    header: ForwardedHeader,
-    peer: IpAddr,
-    headers: &HeaderMap,
-) -> (IpAddr, bool) {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
     let mut hop = peer.to_canonical();
     if !is_trusted(hop) {
-        return (hop, false);
+        return hop;
     }
-    let mut named = false;
     for line in headers.get_all(header.name()).iter().rev() {
         let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
-            return (hop, true);
+            return hop;
         };
         for entry in line.rsplit(',') {
             let Some(addr) = header.entry(entry) else {
-                return (hop, true);
+                return hop;
             };
             if !is_trusted(addr) {
-                return (addr, false);
+                return addr;
             }
             hop = addr;
-            named = true;
         }
     }
-    (hop, !named)
+    hop
+}
+
+/// Whether `peer` is a trusted proxy, so that a request from it is forwarded: its
+/// [`ClientAddr`] comes from a header (or is the proxy's own).
+pub fn is_forwarded(trusted: &[TrustedProxy], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|t| t.contains(peer))
 }
 
 /// One entry (an `X-Forwarded-For` element, a `Forwarded` `for=` value): an address, a
@@ -261,13 +256,15 @@ impl ClientAddr {
     }
 }
 
-/// In a request's extensions (set by [`layer`]) when a trusted proxy forwarded it with an
-/// entry that is not an address (`unknown`, an obfuscated `_name`, garbage), or with no
-/// entry at all (a proxy that writes no header forwards every remote client so): its
-/// [`ClientAddr`] is then that proxy's, good enough to key limits by, but the client is
-/// not known, so a check that the caller is local (`/dev/token`) must refuse it.
+/// In a request's extensions (set by [`layer`]) when a trusted proxy forwarded it: its
+/// [`ClientAddr`] is then what the proxies' header says, good enough to key limits by, but
+/// not proof of where the request came from. A proxy configured to append the address it
+/// received the request from writes the truth; one that does not (nginx without
+/// `proxy_set_header X-Forwarded-For`) passes on whatever the client wrote, a loopback
+/// address included, or nothing. The two cannot be told apart here, so a check that the
+/// caller is local (`/dev/token`) refuses every forwarded request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientUnknown;
+pub struct ClientForwarded;
 
 /// Middleware on every route: puts the request's [`ClientAddr`] in its extensions, from the
 /// peer's address (`ConnectInfo`, set by the accept loop) and `--trusted-proxy`.
@@ -278,15 +275,15 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         .map(|c| c.0.ip());
     if let Some(peer) = peer {
         let c = &app.config;
-        let (addr, unknown) = walk(
+        let addr = client_addr(
             &c.trusted_proxies,
             c.trusted_proxy_header,
             peer,
             req.headers(),
         );
         req.extensions_mut().insert(ClientAddr(addr));
-        if unknown {
-            req.extensions_mut().insert(ClientUnknown);
+        if is_forwarded(&c.trusted_proxies, peer) {
+            req.extensions_mut().insert(ClientForwarded);
         }
     }
     next.run(req).await

@@ -179,8 +179,8 @@ pub struct Config {
     pub metrics_public: bool,
 
     /// Development only: `POST /dev/token {"access":"<tier>"}` issues short-lived tokens
-    /// signed with the HS256 secret, to loopback callers only (by client address, see
-    /// --trusted-proxy; `make demo`).
+    /// signed with the HS256 secret, to loopback callers only, never to a request a
+    /// --trusted-proxy forwarded (`make demo`).
     #[arg(long)]
     pub dev_tokens: bool,
 

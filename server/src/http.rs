@@ -643,13 +643,14 @@ async fn dev_token(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     if req
         .extensions()
-        .get::<crate::client_addr::ClientUnknown>()
+        .get::<crate::client_addr::ClientForwarded>()
         .is_some()
     {
         return error_response(
             ErrorCode::Forbidden,
-            "/dev/token answers loopback callers only: a trusted proxy forwarded this \
-             request for a client it does not name by address",
+            "/dev/token answers loopback callers that reach the server directly: this \
+             request came through a trusted proxy (--trusted-proxy), whose forwarded address \
+             a client can write itself; call /dev/token on the server's own address",
         );
     }
     let bytes = match Limited::new(req.into_body(), 1024).collect().await {

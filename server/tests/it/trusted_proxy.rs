@@ -228,15 +228,16 @@ async fn per_caller_limits_of_anonymous_callers_count_the_forwarded_client() {
     s.shutdown().await;
 }
 
-/// `/dev/token` behind a trusted proxy on the same host answers only a forwarded client
-/// that is itself loopback, never a remote one, whatever it wrote in front of its address,
-/// nor one the proxy does not name by address, nor a request the proxy forwarded with no
-/// header (nginx's default: every remote client would come from the proxy's loopback
-/// address). Without --trusted-proxy the header is ignored, as before. Fails when the check
-/// looks at the peer (the remote client gets a token), or when it takes the proxy for the
-/// client after an entry that is not an address or when no entry names one.
+/// `/dev/token` refuses every request a trusted proxy forwarded, whatever it names: a
+/// remote client, one it does not name by address, none at all (nginx's default, which
+/// writes no header: every remote client would come from the proxy's loopback address), or
+/// a loopback address, which a proxy that does not append to the header passes on as the
+/// remote client wrote it. A loopback caller reaching the server directly, from an address
+/// outside the trusted ranges, is answered. Without --trusted-proxy the header is ignored,
+/// as before. Fails when the check looks at the peer (the remote client gets a token), or
+/// believes a forwarded address.
 #[tokio::test]
-async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
+async fn dev_tokens_refuse_every_request_a_trusted_proxy_forwarded() {
     let dev = || Config {
         dev_tokens: true,
         ..config()
@@ -254,27 +255,34 @@ async fn dev_tokens_behind_a_trusted_proxy_refuse_a_remote_forwarded_client() {
         }
     };
     let s = server(trusting(&["127.0.0.1"], dev())).await;
-    let m = ask(&s, "203.0.113.9").await.error(403, "forbidden");
-    assert!(m.contains("loopback"), "{m}");
-    ask(&s, "127.0.0.1, 203.0.113.9")
-        .await
-        .error(403, "forbidden");
-    ask(&s, "::1, [2001:db8::9]:443")
-        .await
-        .error(403, "forbidden");
-    // A client the proxy does not name by address (`unknown`, an obfuscated name, garbage):
-    // the walk ends at the proxy, which is loopback, but the client may be anyone.
-    for unnamed in ["unknown", "_hidden", "127.0.0.1, unknown", "not an address"] {
-        let m = ask(&s, unnamed).await.error(403, "forbidden");
-        assert!(m.contains("does not name"), "{unnamed}: {m}");
+    for forwarded in [
+        "203.0.113.9",
+        "127.0.0.1, 203.0.113.9",
+        "::1, [2001:db8::9]:443",
+        "unknown",
+        "_hidden",
+        "127.0.0.1, unknown",
+        "not an address",
+        "",
+        // What a remote client writes itself through a proxy that does not append.
+        "127.0.0.1",
+        "[::1]:50000",
+    ] {
+        let m = ask(&s, forwarded).await.error(403, "forbidden");
+        assert!(m.contains("loopback"), "{forwarded:?}: {m}");
+        // A loopback address forwarded: refused for being forwarded, not for the address.
+        if forwarded.contains("127.0.0.1") && !forwarded.contains(',')
+            || forwarded.starts_with("[::1]")
+        {
+            assert!(m.contains("trusted proxy"), "{forwarded:?}: {m}");
+        }
     }
-    // No header at all: a proxy that writes none (nginx unless told to) forwards every
-    // remote client so, from its loopback address; the client may be anyone.
-    let m = ask(&s, "").await.error(403, "forbidden");
-    assert!(m.contains("does not name"), "no header: {m}");
-    // A local browser through the proxy.
-    assert_eq!(ask(&s, "127.0.0.1").await.status, 200);
-    assert_eq!(ask(&s, "[::1]:50000").await.status, 200);
+    s.shutdown().await;
+
+    // A proxy trusted elsewhere: the loopback caller reaches the server directly.
+    let s = server(trusting(&["10.0.0.0/8"], dev())).await;
+    assert_eq!(ask(&s, "").await.status, 200);
+    assert_eq!(ask(&s, "203.0.113.9").await.status, 200);
     s.shutdown().await;
 
     let s = server(dev()).await;
