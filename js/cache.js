@@ -893,8 +893,9 @@ export class TileCache {
     }
     const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs.map(hold));
     if (out[0][0] !== 1) {
-      // The engine found the answer invalid: its ERROR record fails (or retries) the
-      // request, with the get()s waiting for it.
+      // 0: the engine found the answer invalid: its ERROR record fails (or retries) the
+      // request, with the get()s waiting for it. 2: it was sent at a tier the cache has
+      // left since, and its work is asked again: the get()s wait for that answer.
       this.#pendingDetail = req;
       this.#run(out, 1, 1);
       this.#pendingDetail = undefined;

@@ -288,6 +288,26 @@ test('an answer to a request made before a downgrade brings nothing above the ne
   cache.dispose();
 });
 
+// The same answer, for a public item: dropped with the rest, and its id asked again at the
+// new tier, so the get() finds the item (it resolved undefined, as if it did not exist,
+// when the dropped answer ended it).
+test('a get() whose answer lands after a downgrade is asked again at the new tier and finds a public item', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
+  const v = viewOf(SX, SY);
+  const open = viewTiles(v).flatMap((t) => backend.tileItems(t, 'agent')).find((i) => i.access === 'public');
+  assert.ok(open, 'the view holds a public item');
+  backend.delayMs = 150;
+  const pending = cache.get(open.id);
+  await until(() => backend.requests.length >= 1, 'the request out');
+  assert.equal(backend.requests[0].access, 'agent');
+  cache.setAccess('public');
+  const item = await pending;
+  assert.equal(item?.id, open.id, 'the get() found the public item');
+  assert.ok(backend.requests.some((r) => r.access === 'public' && r.ids.includes(open.id)), 'asked again at public');
+  cache.dispose();
+});
+
 test('onAccess hears each change of the tier, by setAccess or a lower one an answer reported, before onUpdate', async () => {
   fresh();
   const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });

@@ -303,7 +303,7 @@ impl Shell for ClientShell {
         match self.declared_bounds {
             Some(b) => self.client.on_declared_response(id, resp, Some(&b), now),
             None => self.client.on_response(id, resp, now),
-        }
+        };
         Ok(())
     }
     fn is_complete(&self, _now: u64) -> bool {

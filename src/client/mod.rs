@@ -43,6 +43,7 @@ use density::Density;
 pub use event::{Event, FetchError, TileState, ViewOutcome};
 pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
 pub use payload::Payload;
+pub use response::Answered;
 pub use stats::ClientStats;
 
 /// The batch layer's types the client speaks in, re-exported: requests go out as

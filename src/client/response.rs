@@ -10,6 +10,20 @@ use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
 use crate::util::sort_pairs;
 
+/// What became of an answer ([`Client::on_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// Taken into the cache; or, invalid, handled as a failure
+    /// ([`Failure::Invalid`]).
+    Taken,
+    /// Sent at a tier the client has left since: dropped, and its work asked again at the
+    /// current tier, so what it was for (a `get` of an id in it) is answered by a later
+    /// request, not by this one.
+    AskedAgain,
+    /// For a request no longer tracked (cancelled, answered, unknown): nothing changed.
+    Ignored,
+}
+
 impl<P: Payload> Client<P> {
     /// A request answered. The response is validated; items and tile lists go into the
     /// cache. An invalid response is handled as [`Failure::Invalid`] (retried per the batch
@@ -21,8 +35,13 @@ impl<P: Payload> Client<P> {
     /// showable; ingest items, missing ids and tile lists; report left-out tiles; read each
     /// visible tile's state once; back off visible tiles the cache could not keep; queue
     /// the foreground again from the same states; tell the page.
-    pub fn on_response(&mut self, id: RequestId, response: BatchResponse<P>, now_ms: u64) {
-        self.answer(id, response, None, now_ms);
+    pub fn on_response(
+        &mut self,
+        id: RequestId,
+        response: BatchResponse<P>,
+        now_ms: u64,
+    ) -> Answered {
+        self.answer(id, response, None, now_ms)
     }
 
     /// [`on_response`](Self::on_response) for an answer whose headers declare the data's
@@ -39,8 +58,8 @@ impl<P: Payload> Client<P> {
         response: BatchResponse<P>,
         declared: Option<&Bbox>,
         now_ms: u64,
-    ) {
-        self.answer(id, response, Some(declared), now_ms);
+    ) -> Answered {
+        self.answer(id, response, Some(declared), now_ms)
     }
 
     /// An answer; `declared`, when given, is the extent its headers declare.
@@ -50,27 +69,33 @@ impl<P: Payload> Client<P> {
         response: BatchResponse<P>,
         declared: Option<Option<&Bbox>>,
         now_ms: u64,
-    ) {
+    ) -> Answered {
         self.changed();
         if let Err(e) = response.validate(&self.limits) {
             self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
-            return;
+            return Answered::Taken;
         }
         let sent_with = self.sent_with(id);
+        if sent_with.is_some_and(|s| s != self.access) {
+            // The tier changed while it was out: its lists are for another tier, and its
+            // items may be above the current one. Drop it, and ask its work again at the
+            // current tier (the visible tiles would be asked for anyway; the ids of a `get`
+            // would not, and the get would end with nothing). Nothing is counted: the
+            // backend did nothing wrong, and the work is the same.
+            if self.batcher.send_again(id).is_none() {
+                return Answered::Ignored;
+            }
+            self.discarded += 1;
+            self.refresh_foreground(now_ms);
+            return Answered::AskedAgain;
+        }
         // Data tiles the request was for that no tile list in the answer covers (the list
         // of the tile or of an ancestor) back off in the batcher and become an error below.
         let listed = TileSet::new(response.tiles.iter().map(|l| l.tile));
         let covered = |t: TileId| covers(&listed, t);
         let Some((finished, unanswered)) = self.batcher.on_answer(id, covered, now_ms) else {
-            return; // cancelled or unknown: its tiles were not wanted any more
+            return Answered::Ignored; // cancelled or unknown: its tiles were not wanted any more
         };
-        if sent_with != Some(self.access) {
-            // The tier changed while it was out: its lists are for another tier, and its
-            // items may be above the current one. Drop it; the next round asks again.
-            self.discarded += 1;
-            self.refresh_foreground(now_ms);
-            return;
-        }
         // The server reports the tier it filtered the answer for. Below the tier asked, it
         // lowered it (the caller's credential gives less): the cache follows at once (what
         // the reported tier may not see goes, as with `set_access`) and views as no more
@@ -133,6 +158,7 @@ impl<P: Payload> Client<P> {
         if now_complete && !was_complete {
             self.queue_event(Event::Complete);
         }
+        Answered::Taken
     }
 
     /// A request failed (timeout, network, HTTP error, undecodable answer, or aborted by the

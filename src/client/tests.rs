@@ -525,6 +525,44 @@ fn the_other_requests_refused_with_the_first_403_are_asked_again_without_errors(
     assert!(c.is_complete());
 }
 
+/// An answer to a `get` sent before a tier change is dropped (its items may be above the
+/// new tier) and its ids are asked again at the new tier: said so to the shell
+/// ([`Answered::AskedAgain`]), which then leaves the get waiting for that answer instead of
+/// ending it with nothing. A public item the page asked for is found.
+#[test]
+fn a_get_answered_at_a_tier_left_since_is_asked_again_at_the_new_one() {
+    let o = fast_path::origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Registered, 0);
+    // i1 is public (every fifth item, i0 among them, is for registered callers).
+    assert!(c.get("i1", 0).is_none());
+    let t = c.poll_request(0).unwrap();
+    assert_eq!(
+        (t.request.ids.clone(), t.request.access),
+        (vec!["i1".to_string()], Access::Registered)
+    );
+    c.set_access(Access::Public, 5);
+    let answer = o.answer(&t.request, None);
+    assert_eq!(c.on_response(t.id, answer, 10), Answered::AskedAgain);
+    assert!(c.cache().peek("i1", Access::Public, 10).is_none());
+    assert_eq!(c.stats().discarded_responses, 1);
+    let again = c.poll_request(10).unwrap();
+    assert_eq!(
+        (again.request.ids.clone(), again.request.access),
+        (vec!["i1".to_string()], Access::Public)
+    );
+    assert_eq!(
+        c.on_response(again.id, o.answer(&again.request, None), 20),
+        Answered::Taken
+    );
+    assert!(c.cache().peek("i1", Access::Public, 20).is_some());
+    // A second answer to the first request changes nothing.
+    assert_eq!(
+        c.on_response(t.id, o.answer(&t.request, None), 30),
+        Answered::Ignored
+    );
+}
+
 #[test]
 fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
     let o = fast_path::origin();

@@ -28,7 +28,7 @@ use super::{thrown, value};
 use crate::access::Access;
 use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
-use crate::client::{Client, Event, Payload, ViewOutcome};
+use crate::client::{Answered, Client, Event, Payload, ViewOutcome};
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
@@ -249,10 +249,18 @@ impl Engine {
             .map(|slot| JsItem { slot, size: 0 })
             .collect();
         match build_response(&nums, strs, payloads) {
+            // 1: taken (or for a request no longer tracked); 2: sent at a tier left since,
+            // so asked again: the get()s it was for wait for that answer.
             Ok((r, bounds)) => {
+                let at = out.nums.len();
                 out.nums.push(1.0);
-                self.client
-                    .on_declared_response(rid, r, bounds.as_ref(), now);
+                if self
+                    .client
+                    .on_declared_response(rid, r, bounds.as_ref(), now)
+                    == Answered::AskedAgain
+                {
+                    out.nums[at] = 2.0;
+                }
             }
             // An invalid response is reported as a failure by the core itself.
             Err(reason) => {
