@@ -24,7 +24,7 @@ use web_sys::{AbortController, AbortSignal};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
-use tilewarm::client::{Client, ClientStats, Event, Payload, TileState};
+use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState};
 use tilewarm::planner::Viewport;
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
@@ -387,15 +387,30 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// Changes the caller's tier; lowering it drops what the new tier may not see at once.
-    pub fn set_access(&self, access: Access) {
+    /// Once the server has reported a lower tier for the credential (an answer, or a `403`
+    /// naming it), a tier above that one is an `OutOfRange` error, as in the npm package:
+    /// a host that set its old tier again at every update would otherwise send a request,
+    /// be refused and be lowered, round trip after round trip. After a sign-in that raises
+    /// the tier, make a new cache.
+    pub fn set_access(&self, access: Access) -> Result<(), Error> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
+        if let Some(verified) = st.client.verified().filter(|&v| access > v) {
+            return Err(Error::new(
+                ErrorCode::OutOfRange,
+                format!(
+                    "access must be at most \"{verified}\", the tier the server reported for \
+                     this credential, got \"{access}\""
+                ),
+            ));
+        }
         st.client.set_access(access, now);
         let view = st.read_view(now);
         st.broadcast(Update::View(view));
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
         Inner::start(&self.inner, sends);
+        Ok(())
     }
 
     /// Each data tile's display state.
@@ -580,7 +595,14 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 let missing = r.missing.clone();
                 answered.extend(missing.iter().cloned());
                 answered.extend(flight.ids.iter().cloned());
-                st.client.on_declared_response(id, r, bounds.as_ref(), now);
+                let taken = st.client.on_declared_response(id, r, bounds.as_ref(), now);
+                // Sent at a tier left since: its work is asked again, and that answer ends
+                // the gets it was for.
+                let answered = if taken == Answered::AskedAgain {
+                    Vec::new()
+                } else {
+                    answered
+                };
                 for gid in answered {
                     if !st.gets.contains_key(&gid) {
                         continue;

@@ -362,6 +362,11 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
         .collect();
     assert_eq!(asked, ["agent", "public"]);
     assert_eq!(cache.stats().errors, 0);
+    // The old tier cannot be set again (a host doing so at every update would loop).
+    let e = cache.set_access(Access::Agent).unwrap_err();
+    assert_eq!(e.code, tilewarm_web::ErrorCode::OutOfRange, "{e}");
+    assert!(e.message.contains("at most \"public\""), "{e}");
+    cache.set_access(Access::Public).unwrap();
 }
 
 #[wasm_bindgen_test]
