@@ -234,33 +234,18 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
     assert.equal(s.changes.events, 0, `nothing applied: ${JSON.stringify(s.changes)}`);
     assert.equal(s.changes.replaying, false);
   });
-});
 
-describe('edge worker: a replay whose lone event is a reset with another reason', () => {
   // The origin says why it resets (server/src/stream.rs, ResetReason): only a `gap` (it
-  // cannot replay that far) is skipped by a new isolate's replay. A lone `reset` for an
-  // entry it could not read, or for an id invalidation below tier agent, is a change and is
-  // applied: skipped, the Cache API entries it covers would be served until their max-age.
-  const started = [];
-  after(async () => {
-    for (const { edge, relay } of started) {
-      await edge.stop();
-      await relay.close();
-    }
-  });
-
+  // cannot replay that far) is skipped. A lone `reset` for an entry it could not read, or
+  // for an id invalidation below tier agent, is a change and is applied: skipped, the
+  // Cache API entries it covers would be served until their max-age.
   for (const reason of ['unreadable', 'ids']) {
     it(`applies a lone reset of reason ${reason}`, async () => {
-      const relay = await startRelay('http://127.0.0.1:9/v1/batch');
-      const position = `${Date.now()}-0`;
       const change = `${Date.now() - 60_000}-0`;
-      relay.changes = ({ lastEventId }) => {
-        if (lastEventId === undefined || lastEventId === change) return { body: sse([{ event: 'ready', id: lastEventId ?? position }]) };
-        return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: change, data: JSON.stringify({ reason }) }]) };
-      };
-      const edge = await startWorkerd(relay.url, { changesPollMs: 50, originTimeoutMs: 2000 });
-      started.push({ edge, relay });
-      const health = () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+      const { edge, health } = await isolate((lastEventId, n) => {
+        if (n === 0) return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: change, data: JSON.stringify({ reason }) }]) };
+        return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      });
       await health();
       await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
       const s = await edge.stats();

@@ -833,6 +833,27 @@ async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cache
     s.shutdown().await;
 }
 
+/// Sends `leader`, which leads its data tile and waits at `gate` in the origin, then
+/// `follower`, which follows that tile; opens the gate once both wait. Their replies.
+async fn lead_then_follow(
+    s: &tilewarm_server::Server,
+    http: &Http,
+    gate: &tokio::sync::Semaphore,
+    leader: &str,
+    follower: &str,
+) -> (common::Reply, common::Reply) {
+    let within = Duration::from_secs(20);
+    tokio::join!(http.batch(s, leader), async {
+        assert!(eventually(within, || s.app.single_flight.len() == 1).await);
+        let follow = http.batch(s, follower);
+        let open = async {
+            assert!(eventually(within, || s.app.origin_waits.waiting() == 2).await);
+            gate.add_permits(1);
+        };
+        tokio::join!(follow, open).0
+    })
+}
+
 /// A request following a data tile whose leader's fetch is refused for the leader's own
 /// coarse tiles is not handed that refusal: it fetches the tile itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -841,21 +862,11 @@ async fn a_request_following_a_fetch_refused_for_its_size_fetches_its_tiles_itse
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (s, t10, d) = GrowsAfterTheCount::serve(max, Arc::clone(&gate)).await;
     let http = Http::with_token(Some(common::token_for(Access::Public)));
-    let within = Duration::from_secs(20);
     let (coarse, fine) = (
         request(&[t10, d], &[], Access::Public),
         request(&[d], &[], Access::Public),
     );
-    let (led, followed) = tokio::join!(http.batch(&s, &coarse), async {
-        // The first request leads `d` and waits at the gate; the second follows it.
-        assert!(eventually(within, || s.app.single_flight.len() == 1).await);
-        let follow = http.batch(&s, &fine);
-        let open = async {
-            assert!(eventually(within, || s.app.origin_waits.waiting() == 2).await);
-            gate.add_permits(1);
-        };
-        tokio::join!(follow, open).0
-    });
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &coarse, &fine).await;
     let msg = led.error(400, "bad_request");
     assert!(msg.contains(&format!("more than {max} items")), "{msg}");
     assert_eq!(followed.status, 200, "{}", followed.text());
@@ -942,21 +953,11 @@ async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_til
     .await
     .unwrap();
     let http = Http::with_token(Some(common::token_for(Access::Public)));
-    let within = Duration::from_secs(20);
     let (leader, follower) = (
         request(&[d], &[RefusesAnId::ID], Access::Public),
         request(&[d], &[], Access::Public),
     );
-    let (led, followed) = tokio::join!(http.batch(&s, &leader), async {
-        // The first request leads `d` and waits at the gate; the second follows it.
-        assert!(eventually(within, || s.app.single_flight.len() == 1).await);
-        let follow = http.batch(&s, &follower);
-        let open = async {
-            assert!(eventually(within, || s.app.origin_waits.waiting() == 2).await);
-            gate.add_permits(2);
-        };
-        tokio::join!(follow, open).0
-    });
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
     let msg = led.error(400, "bad_request");
     assert!(msg.contains(RefusesAnId::ID), "{msg}");
     assert_eq!(followed.status, 200, "{}", followed.text());
