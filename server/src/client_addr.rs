@@ -175,9 +175,8 @@ pub fn client_addr(
     peer: IpAddr,
     headers: &HeaderMap,
 ) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
     let mut hop = peer.to_canonical();
-    if !is_trusted(hop) {
+    if !is_trusted(trusted, hop) {
         return hop;
     }
     for line in headers.get_all(header.name()).iter().rev() {
@@ -188,7 +187,7 @@ pub fn client_addr(
             let Some(addr) = header.entry(entry) else {
                 return hop;
             };
-            if !is_trusted(addr) {
+            if !is_trusted(trusted, addr) {
                 return addr;
             }
             hop = addr;
@@ -197,11 +196,11 @@ pub fn client_addr(
     hop
 }
 
-/// Whether `peer` is a trusted proxy, so that a request from it is forwarded: its
-/// [`ClientAddr`] comes from a header (or is the proxy's own).
-pub fn is_forwarded(trusted: &[TrustedProxy], peer: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    trusted.iter().any(|t| t.contains(peer))
+/// Whether `ip` is in a trusted range: a hop of the walk, or a peer whose requests are
+/// forwarded (their [`ClientAddr`] comes from a header, or is the proxy's own).
+pub fn is_trusted(trusted: &[TrustedProxy], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|t| t.contains(ip))
 }
 
 /// One entry (an `X-Forwarded-For` element, a `Forwarded` `for=` value): an address, a
@@ -282,7 +281,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             req.headers(),
         );
         req.extensions_mut().insert(ClientAddr(addr));
-        if is_forwarded(&c.trusted_proxies, peer) {
+        if is_trusted(&c.trusted_proxies, peer) {
             req.extensions_mut().insert(ClientForwarded);
         }
     }
