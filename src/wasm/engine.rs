@@ -252,15 +252,14 @@ impl Engine {
             // 1: taken (or for a request no longer tracked); 2: sent at a tier left since,
             // so asked again: the get()s it was for wait for that answer.
             Ok((r, bounds)) => {
-                let at = out.nums.len();
-                out.nums.push(1.0);
-                if self
+                let taken = self
                     .client
-                    .on_declared_response(rid, r, bounds.as_ref(), now)
-                    == Answered::AskedAgain
-                {
-                    out.nums[at] = 2.0;
-                }
+                    .on_declared_response(rid, r, bounds.as_ref(), now);
+                out.nums.push(if taken == Answered::AskedAgain {
+                    2.0
+                } else {
+                    1.0
+                });
             }
             // An invalid response is reported as a failure by the core itself.
             Err(reason) => {
