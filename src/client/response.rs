@@ -1,7 +1,8 @@
 //! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
 
 use super::{
-    Access, Client, Event, Failure, FetchError, Kind, Payload, RequestId, MAX_PREFETCH_MARKS,
+    Access, Client, Density, Event, Failure, FetchError, Kind, Payload, RequestId,
+    MAX_PREFETCH_MARKS,
 };
 use crate::batch::FailureOutcome;
 use crate::cache::{item_size_bytes, ItemMeta, Priority, TileFreshness};
@@ -243,13 +244,15 @@ impl<P: Payload> Client<P> {
 
     /// Lowers the caller to `reported`, a tier the server reported for its credential, when
     /// it is below the current one: what it may not see is dropped, and views go at no more
-    /// from then on ([`Client::verified`]). Returns whether it lowered. A higher report
-    /// changes nothing: the cache reads at its own tier.
+    /// from then on ([`Client::verified`]), and the density the answers showed (for the
+    /// tier left) is forgotten, as `set_access` forgets it. Returns whether it lowered. A
+    /// higher report changes nothing: the cache reads at its own tier.
     fn lower_to(&mut self, reported: Access) -> bool {
         if reported >= self.access {
             return false;
         }
         self.cache.drop_above(reported);
+        self.density = Density::default();
         self.access = reported;
         self.verified = Some(reported);
         true

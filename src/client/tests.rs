@@ -364,17 +364,22 @@ fn the_cache_follows_a_lower_tier_the_server_reports_and_no_higher_one() {
     let o = origin();
     let mut c = client(ClientConfig::default().with_tile_zoom(Z));
     c.set_access(Access::Agent, 0);
+    // What agent answers showed of the items per tile is not what a lower tier sees.
+    c.density.observe_items(10, 100_000);
     c.set_viewport(view(1.0), 0, |_, _| {});
     let t = c.poll_request(0).unwrap();
     assert_eq!(t.request.access, Access::Agent);
     // The server filtered for `registered`: the credential gives no more.
     let mut answer = o.answer(&t.request, None);
     answer.access = Some(Access::Registered);
+    assert!(!answer.items.is_empty());
     c.on_response(t.id, answer, 10);
     assert_eq!(
         (c.access(), c.verified()),
         (Access::Registered, Some(Access::Registered))
     );
+    // The answer's items are a few hundred bytes each; the agent ones' 10,000 are forgotten.
+    assert!(c.density.per_item() < 1000.0, "{}", c.density.per_item());
     assert!(events(&mut c).contains(&Event::Updated));
     // An answer reporting more than was asked changes nothing.
     c.set_access(Access::Public, 20);
