@@ -308,6 +308,39 @@ test('a get() whose answer lands after a downgrade is asked again at the new tie
   cache.dispose();
 });
 
+// An answer the backend read before a change, landing after the change reached the page
+// (tilewarm/live calls invalidate): cached, its old value would be served for a full TTL.
+// It is dropped and asked again; the get() waiting for it gets the new value.
+test('an answer read before an invalidation that reached the page meanwhile is asked again', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const v = viewOf(SX, SY);
+  const item = viewTiles(v).flatMap((t) => backend.tileItems(t, 'public'))[0];
+  const before = item.data.price;
+  backend.delayMs = 150;
+  const pending = cache.get(item.id);
+  await until(() => backend.requests.length >= 1, 'the request out');
+  // The backend reads the old value now, and answers with it after its delay.
+  let old = JSON.stringify(backend.answer(backend.requests[0]));
+  backend.hostile = (res, answer) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(old ?? JSON.stringify(answer));
+    old = undefined;
+  };
+  item.data = { ...item.data, price: before + 1 };
+  try {
+    cache.invalidate({ ids: [item.id] });
+    assert.equal((await pending)?.data.price, before + 1, 'the get() has the new value');
+    assert.equal(backend.requests.length, 2, 'asked again once');
+    assert.equal((await cache.get(item.id))?.data.price, before + 1, 'the cache holds the new value');
+    assert.equal(cache.stats().errors, 0);
+  } finally {
+    item.data = { ...item.data, price: before };
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('onAccess hears each change of the tier, by setAccess or a lower one an answer reported, before onUpdate', async () => {
   fresh();
   const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });

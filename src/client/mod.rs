@@ -25,13 +25,15 @@
 //! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `load.rs` (tiles a
 //! host asks for itself, and prefetch of known destinations), `config.rs`, `event.rs`,
 //! `stats.rs`, `payload.rs`, `density.rs` (items per data tile, which sizes prefetch to
-//! the cache); tests in `tests.rs`.
+//! the cache), `overtaking.rs` (answers an invalidation made since they were sent covers);
+//! tests in `tests.rs`.
 
 mod config;
 mod density;
 mod event;
 mod fresh;
 mod load;
+mod overtaking;
 mod payload;
 mod response;
 mod stats;
@@ -42,6 +44,7 @@ pub use config::{ClientConfig, ClientConfigError, ViewTooLarge};
 use density::Density;
 pub use event::{Event, FetchError, TileState, ViewOutcome};
 pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
+use overtaking::Overtaking;
 pub use payload::Payload;
 pub use response::Answered;
 pub use stats::ClientStats;
@@ -103,6 +106,14 @@ struct Shown {
     counted: (u64, u64, u64),
 }
 
+/// What a request in flight was sent with.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    access: Access,
+    /// The invalidations made before it ([`Overtaking::count`]).
+    at: u64,
+}
+
 /// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
 /// natively).
 pub struct Client<P> {
@@ -120,13 +131,16 @@ pub struct Client<P> {
     /// range to it, without listing the tiles.
     visible_range: Option<CoverRange>,
     visible_set: TileSet,
-    /// Access tier each request the batcher tracks was sent with. A `Vec` searched linearly
+    /// Access tier and invalidation count ([`Overtaking::count`]) each request the batcher
+    /// tracks was sent with. A `Vec` searched linearly
     /// rather than a hash map (one hash table type fewer in the wasm): an entry goes when
     /// the batcher stops tracking its request (answer, failure, cancel), so it holds at most
     /// `max_in_flight` (at most 64) entries. Measured on 2026-12-02: a
     /// `HashMap<RequestId, Access>` costs the browser wasm 0.47 KB gzipped more (68,750 →
     /// 69,221 bytes).
-    request_access: Vec<(RequestId, Access)>,
+    request_access: Vec<(RequestId, Sent)>,
+    /// Invalidations made while requests were out (`overtaking.rs`).
+    overtaking: Overtaking,
     /// At most [`MAX_QUEUED_EVENTS`] each ([`Client::queue_event`], [`Client::queue_cancel`]).
     cancels: VecDeque<RequestId>,
     events: VecDeque<Event>,
@@ -189,6 +203,7 @@ impl<P: Payload> Client<P> {
             visible_range: None,
             visible_set: TileSet::default(),
             request_access: Vec::new(),
+            overtaking: Overtaking::default(),
             cancels: VecDeque::new(),
             events: VecDeque::new(),
             prefetched: HashMap::new(),
@@ -594,7 +609,8 @@ impl<P: Payload> Client<P> {
                 .has_bounds()
                 .then_some(&empty as &dyn Fn(TileId) -> bool),
         )?;
-        self.request_access.push((out.id, access));
+        let at = self.overtaking.count();
+        self.request_access.push((out.id, Sent { access, at }));
         Some(out)
     }
 
@@ -618,9 +634,9 @@ impl<P: Payload> Client<P> {
         }
     }
 
-    /// The access tier request `id` was sent with, forgotten: the batcher no longer tracks
-    /// the request.
-    fn sent_with(&mut self, id: RequestId) -> Option<Access> {
+    /// What request `id` was sent with, forgotten: the batcher no longer tracks the
+    /// request.
+    fn sent_with(&mut self, id: RequestId) -> Option<Sent> {
         let i = self.request_access.iter().position(|&(r, _)| r == id)?;
         Some(self.request_access.swap_remove(i).1)
     }
@@ -768,6 +784,8 @@ impl<P: Payload> Client<P> {
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
         self.changed();
+        let oldest_out = self.request_access.iter().map(|(_, s)| s.at).min();
+        self.overtaking.record(&what, oldest_out);
         let n = self.cache.invalidate(what);
         self.complete = self.refresh_foreground(now_ms);
         n

@@ -76,13 +76,17 @@ impl<P: Payload> Client<P> {
             self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
             return Answered::Taken;
         }
-        let sent_with = self.sent_with(id);
-        if sent_with.is_some_and(|s| s != self.access) {
-            // The tier changed while it was out: its lists are for another tier, and its
-            // items may be above the current one. Drop it, and ask its work again at the
-            // current tier (the visible tiles would be asked for anyway; the ids of a `get`
-            // would not, and the get would end with nothing). Nothing is counted: the
-            // backend did nothing wrong, and the work is the same.
+        let tile_zoom = self.cache.config().tile_zoom;
+        let sent = self.sent_with(id);
+        if sent.is_some_and(|s| {
+            s.access != self.access || self.overtaking.covers(s.at, &response, tile_zoom)
+        }) {
+            // The tier changed while it was out (its lists are for another tier, and its
+            // items may be above the current one), or an invalidation made since covers it
+            // (cached, it would bring back what the change dropped: `overtaking.rs`). Drop
+            // it, and ask its work again (the visible tiles would be asked for anyway; the
+            // ids of a `get` would not, and the get would end with nothing). Nothing is
+            // counted: the backend did nothing wrong, and the work is the same.
             if self.batcher.send_again(id).is_none() {
                 return Answered::Ignored;
             }
@@ -222,7 +226,7 @@ impl<P: Payload> Client<P> {
         let forbidden = matches!(failure, Failure::Http { status: 403, .. });
         // (A tier taken by `sent_with` here is not needed by `on_failure`: it only forgets it.)
         let sent = match reported {
-            Some(_) if forbidden => self.sent_with(id),
+            Some(_) if forbidden => self.sent_with(id).map(|s| s.access),
             _ => None,
         };
         let (Some(reported), Some(sent)) = (reported, sent) else {

@@ -568,6 +568,43 @@ fn a_get_answered_at_a_tier_left_since_is_asked_again_at_the_new_one() {
     );
 }
 
+/// An answer sent before an invalidation that reached the page while it was out (a change
+/// from `tilewarm/live`) may hold what the change dropped: cached, it would be served for a
+/// full TTL and fill the tile the change emptied. It is dropped and its work asked again;
+/// an invalidation of something else lets it in.
+#[test]
+fn an_answer_sent_before_an_invalidation_that_covers_it_is_asked_again() {
+    let o = origin();
+    for (covering, expected) in [(true, Answered::AskedAgain), (false, Answered::Taken)] {
+        let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+        c.set_viewport(view(1.0), 0, |_, _| {});
+        let t = c.poll_request(0).unwrap();
+        let tile = t.request.tiles[0];
+        let answer = o.answer(&t.request, None); // read before the change
+        let changed = if covering {
+            tile
+        } else {
+            tile.offset(500, 0).unwrap()
+        };
+        c.invalidate(Invalidate::Tiles(&[changed]), 5);
+        assert_eq!(c.on_response(t.id, answer, 10), expected, "{changed}");
+        if !covering {
+            assert_eq!(c.tile_state(tile, 10), TileState::Loaded);
+            continue;
+        }
+        assert_ne!(c.tile_state(tile, 10), TileState::Loaded);
+        let again = c.poll_request(10).expect("the tile is asked again");
+        assert!(again.request.tiles.contains(&tile));
+        assert_eq!(
+            c.on_response(again.id, o.answer(&again.request, None), 20),
+            Answered::Taken
+        );
+        answer_all(&mut c, &o, 20);
+        assert!(c.is_complete());
+        assert_eq!(c.stats().errors, 0);
+    }
+}
+
 #[test]
 fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
     let o = fast_path::origin();
