@@ -17,8 +17,11 @@ export interface OpenLayers {
 }
 
 export interface SourceOptions {
-  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a view not in
-   * EPSG:3857) and of `setViewport`; default `reportError`. */
+  /** Errors of tiles (a request that gave up, a view not in EPSG:3857, a tile asked of a
+   * disposed cache: each once, the tile then stays failed until it leaves the view, the
+   * source is refreshed or the tier changes; tiles over maxVisibleTiles data tiles, loaded
+   * empty: `ERR_TOO_MANY_TILES` once per zoom the view comes to) and of `setViewport`;
+   * default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
 }
 
@@ -31,7 +34,9 @@ export interface SourceOptions {
  * `source.refresh()` and `source.clear()` work as for any vector source (the adapter forgets
  * what it held). `source.dispose()` lets go of the cache: the source's `onAccess` listener
  * is removed, its loads out are aborted and its `follow()`s detached, so nothing of the
- * cache reaches a disposed source.
+ * cache reaches a disposed source. One cache per map (the cache follows one view).
+ * A tile covering more than `maxVisibleTiles` data tiles (below zoom 9 with the defaults)
+ * is loaded empty: give the layer a `minZoom` (`new VectorLayer({ source, minZoom: 9 })`).
  * Views in EPSG:3857.
  * @example
  * import VectorSource from 'ol/source/Vector.js';
@@ -48,7 +53,8 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
 /**
  * Feeds `map`'s view to the source's cache once per animation frame while it moves (so
  * tilewarm's prefetch runs) and, when a move ends, removes the features of tiles that left
- * the view. Returns `detach()`; disposing of the source detaches it too.
+ * the view (the view in any copy of the world). Returns `detach()`; disposing of the source
+ * or of its cache detaches it too.
  */
 export function follow(
   map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },

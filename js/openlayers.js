@@ -9,10 +9,14 @@
 //
 // Each tile the strategy asks for is one `loadTiles` call (the calls of a tick go out
 // together); a feature per item, its id the item's id, so an item in tiles of two zooms is
-// one feature (held while any loaded tile has it). When the cache's tier changes, the source
-// is emptied and loads again. `source.dispose()` lets go of the cache: its listener, the
-// loads out (aborted) and the follow()s of the source (detached). Views in EPSG:3857
-// (OpenLayers' default).
+// one feature (held while any loaded tile has it). A tile that failed stays failed (empty)
+// until it leaves the view, the source is refreshed or the tier changes: OpenLayers redraws
+// on a failure and would ask for it again at once, every frame. A tile too coarse for the
+// cache (more than maxVisibleTiles data tiles) is loaded empty, reported once per zoom.
+// When the cache's tier changes, the source is emptied and loads again.
+// `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
+// follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
+// tile asked of it after that fails with ERR_DISPOSED, once). Views in EPSG:3857 (OpenLayers' default).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
 
@@ -24,6 +28,8 @@ const OL_NAMES = ['VectorSource', 'Feature', 'Point', 'tileStrategy', 'createXYZ
 const HALF = 20037508.342789244;
 /** Metres per pixel at zoom 0 of 256-px tiles (156543.03…). */
 const Z0_RESOLUTION = (2 * HALF) / 256;
+/** The width of the EPSG:3857 world, in metres. */
+const WORLD = 2 * HALF;
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -56,7 +62,9 @@ export function createSource(ol, cache, options = {}) {
   for (const k of OL_NAMES) {
     if (typeof ol[k] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol.${k} must be OpenLayers' ${k}`);
   }
-  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function' || typeof cache.onDispose !== 'function') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) {
@@ -74,7 +82,10 @@ export function createSource(ol, cache, options = {}) {
   const held = new Map();
   /** The detach() of each follow() of the source. */
   const followers = new Set();
-  let source, disposed = false;
+  /** `disposed`: the source was; `gone`: the cache was (its follow()s detached). */
+  let source, disposed = false, gone = false;
+  /** The zoom whose tiles were last reported too coarse (once per zoom the view comes to). */
+  let coarseZ;
 
   function featureOf(item) {
     const f = new ol.Feature({ geometry: new ol.Point(toMercator(item.lon, item.lat)) });
@@ -134,6 +145,14 @@ export function createSource(ol, cache, options = {}) {
     source.removeLoadedExtent(t.extent);
   }
 
+  /** The tile has no items now (its load failed, or it is too coarse for the cache), and
+   * stays so until it is dropped or the source cleared: its extent stays loaded, so
+   * OpenLayers does not ask for it again on every redraw. */
+  function empty(key, t) {
+    for (const id of t.ids) release(id, key);
+    t.ids = new Set();
+  }
+
   function loader(extent, resolution, projection, success, failure) {
     if (disposed) return;
     if (projection.getCode() !== 'EPSG:3857') {
@@ -145,6 +164,7 @@ export function createSource(ol, cache, options = {}) {
     const c = [(extent[0] + extent[2]) / 2, (extent[1] + extent[3]) / 2];
     const [, x, y] = grid.getTileCoordForCoordAndZ(c, z);
     if (x < 0 || y < 0 || x >= 2 ** z || y >= 2 ** z) { success([]); return; } // another world's copy
+    if (z !== coarseZ) coarseZ = undefined; // the view is at another zoom: report again there
     const key = `${z}/${x}/${y}`;
     tiles.get(key)?.ctrl.abort();
     const ctrl = new AbortController();
@@ -154,7 +174,7 @@ export function createSource(ol, cache, options = {}) {
     try {
       loading = cache.loadTiles([key], { signal: ctrl.signal });
     } catch (e) {
-      tiles.delete(key);
+      empty(key, t);
       onError(e);
       failure();
       return;
@@ -165,11 +185,17 @@ export function createSource(ol, cache, options = {}) {
     loading.then(([got]) => {
       if (disposed) return;
       if (tiles.get(key) !== t) { success([]); return; }
+      if (got.error?.code === 'ERR_TOO_MANY_TILES') {
+        // Not a failure: nothing can be shown at this zoom (as below the cache's minZoom).
+        empty(key, t);
+        if (coarseZ !== z) { coarseZ = z; onError(got.error); }
+        success([]);
+        return;
+      }
       if (got.error) {
+        // A request that gave up: the tile stays failed, as Leaflet and deck.gl keep theirs.
+        empty(key, t);
         onError(got.error);
-        tiles.delete(key);
-        for (const id of t.ids) release(id, key);
-        source.removeLoadedExtent(t.extent);
         failure();
         return;
       }
@@ -177,6 +203,7 @@ export function createSource(ol, cache, options = {}) {
     }, (e) => {
       if (disposed) return;
       if (ctrl.signal.aborted) { success([]); return; }
+      empty(key, t);
       onError(e);
       failure();
     });
@@ -196,6 +223,7 @@ export function createSource(ol, cache, options = {}) {
   function teardown() {
     disposed = true;
     offAccess();
+    offDispose();
     for (const detach of [...followers]) detach();
     reset();
     states.delete(source);
@@ -215,7 +243,13 @@ export function createSource(ol, cache, options = {}) {
   // tier may not see: the source is emptied at once (a clear: reset) and loads the view
   // again. Held until the source is disposed.
   const offAccess = cache.onAccess(() => source.refresh());
-  states.set(source, { cache, tiles, drop, onError, followers });
+  // A disposed cache would answer every view follow() feeds it with ERR_DISPOSED, on every
+  // frame of a move: the follow()s detach. (A tile asked of it fails, once, as a tile.)
+  const offDispose = cache.onDispose(() => {
+    gone = true;
+    for (const detach of [...followers]) detach();
+  });
+  states.set(source, { cache, tiles, drop, onError, followers, gone: () => gone });
   return source;
 }
 
@@ -233,6 +267,7 @@ export function follow(map, source) {
   const st = states.get(source);
   if (!st) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'source must come from createSource, not disposed');
   const { cache, tiles, drop, onError, followers } = st;
+  if (st.gone()) return () => {}; // the cache was disposed: nothing to feed
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
   let frame = 0, detached = false;
 
@@ -270,10 +305,16 @@ export function follow(map, source) {
     // Tiles a quarter of the view beyond it stay: OpenLayers loads a render buffer
     // (100 px by default) around the view, which would be loaded again at once.
     const m = Math.max(v[2] - v[0], v[3] - v[1]) / 4;
-    const e = [v[0] - m, v[1] - m, v[2] + m, v[3] + m];
+    // The tiles are in the real world (OpenLayers wraps what it loads into it); the view
+    // may be in another world's copy, or across the antimeridian: shifted so its centre is
+    // in the real world, and compared with its twin a world to either side too.
+    const shift = Math.floor(((v[0] + v[2]) / 2 + HALF) / WORLD) * WORLD;
+    const e = [v[0] - m - shift, v[1] - m, v[2] + m - shift, v[3] + m];
+    const wide = e[2] - e[0] >= WORLD;
+    const apart = (x, dx) => x[2] <= e[0] + dx || x[0] >= e[2] + dx;
     for (const [key, t] of [...tiles]) {
       const x = t.extent;
-      if (x[2] <= e[0] || x[0] >= e[2] || x[3] <= e[1] || x[1] >= e[3]) drop(key);
+      if (x[3] <= e[1] || x[1] >= e[3] || (!wide && apart(x, 0) && apart(x, -WORLD) && apart(x, WORLD))) drop(key);
     }
     schedule();
   }

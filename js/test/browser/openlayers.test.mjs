@@ -6,7 +6,11 @@
 // after source.refresh() the source holds the view's items again; a tier drop takes the
 // features above the new tier out of the source at once; follow() gives the cache the zoom
 // of the view's resolution, whatever the view's own zoom levels; a disposed source lets go of
-// the cache (no tier reload, loads aborted, follow() detached); no console errors. Screenshot:
+// the cache (no tier reload, loads aborted, follow() detached); a view too coarse for the
+// cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
+// frame); a tile whose request gave up is not asked for again on every redraw; a view in
+// another world's copy or across the antimeridian keeps its tiles at a move's end; the
+// cache's dispose() detaches follow(); no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +20,7 @@ import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mj
 import { browserPath, CHROMIUM_ARGS, dist, startPageServer, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
+const [SEATTLE_LON, SEATTLE_LAT] = tileCorner(14, SX + 0.5, SY + 0.5);
 const HALF = 20037508.342789244;
 const lonLat = (x, y) => [(x / HALF) * 180, (Math.atan(Math.exp((y / HALF) * Math.PI)) * 360) / Math.PI - 90];
 /** One z14 data tile in EPSG:3857 metres. */
@@ -247,6 +252,171 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.equal(r.otherRefreshed, 1, 'the other source still hears of tier changes');
     assert.equal(r.views, 0, 'follow() of the disposed source fed the cache a view');
     assert.deepEqual(r.errors, []);
+  });
+
+  it('a view too coarse for the cache loads its tiles empty: reported once per zoom, not asked for again every frame', async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
+      // The README's setup: no minZoom anywhere. At zoom 4 a tile covers 4^10 data tiles,
+      // far more than maxVisibleTiles (1024).
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href });
+      let loads = 0;
+      const loadTiles = cache.loadTiles.bind(cache);
+      cache.loadTiles = (tiles, o) => { loads++; return loadTiles(tiles, o); };
+      const errors = [];
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 4 }) });
+      const wait = (ms) => new Promise((ok) => setTimeout(ok, ms));
+      await wait(1500);
+      const at4 = { loads, errors: [...errors], loading: source.loading };
+      map.getView().setZoom(5);
+      await wait(1500);
+      const at5 = { loads, errors: [...errors], loading: source.loading };
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { at4, at5 };
+    }, tileCorner(14, SX + 0.5, SY + 0.5));
+    // A 400 x 300 view at zoom 4 and its render buffer: a handful of tiles, each asked once.
+    assert.ok(r.at4.loads > 0 && r.at4.loads <= 16, `loadTiles calls at zoom 4: ${r.at4.loads}`);
+    assert.deepEqual(r.at4.errors, ['ERR_TOO_MANY_TILES'], 'reported once');
+    assert.ok(!r.at4.loading, 'no load left');
+    assert.ok(r.at5.loads - r.at4.loads <= 16, `loadTiles calls at zoom 5: ${r.at5.loads - r.at4.loads}`);
+    assert.deepEqual(r.at5.errors, ['ERR_TOO_MANY_TILES', 'ERR_TOO_MANY_TILES'], 'reported once more at the new zoom');
+  });
+
+  it('a tile whose request gave up stays failed: not asked for again on every redraw', async () => {
+    // A page of its own: Chromium logs each 500 as a console error.
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error' && !/status of 500/.test(m.text())) problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    await p.goto(`${pages.url}openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`);
+    await until(p, () => window.__tw !== undefined, null, 'the page');
+    await settled('the page', p);
+    backend.mode = 500;
+    let r;
+    try {
+      r = await p.evaluate(async ([lon, lat]) => {
+        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
+        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, batch: { retries: 0 }, prefetch: { ring: 0, viewRing: 0 } });
+        const asked = [];
+        const loadTiles = cache.loadTiles.bind(cache);
+        cache.loadTiles = (tiles, o) => { asked.push(tiles[0]); return loadTiles(tiles, o); };
+        const errors = [];
+        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
+        const div = document.createElement('div');
+        div.style.cssText = 'width: 400px; height: 300px';
+        document.body.append(div);
+        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+        const end = Date.now() + 10_000;
+        while (errors.length === 0 && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
+        await new Promise((ok) => setTimeout(ok, 1500)); // many redraws later
+        const out = { asked, errors, loading: source.loading };
+        map.setTarget(undefined);
+        div.remove();
+        source.dispose();
+        cache.dispose();
+        return out;
+      }, tileCorner(14, SX + 8.5, SY - 9.5));
+    } finally {
+      backend.mode = 'ok';
+      await p.close();
+    }
+    assert.ok(r.errors.length > 0 && r.errors.every((c) => c === 'ERR_HTTP'), `errors: ${r.errors}`);
+    assert.equal(new Set(r.asked).size, r.asked.length, `each tile asked for once: ${r.asked.length} calls for ${new Set(r.asked).size} tiles`);
+    assert.ok(!r.loading, 'no load left');
+  });
+
+  it('a view in a world copy or across the antimeridian keeps its tiles when a move ends', async () => {
+    const [lon, lat] = tileCorner(14, SX - 0.5, SY + 3.5);
+    // View centres in EPSG:3857 metres, unwrapped as OpenLayers keeps them after a pan
+    // across the antimeridian (x = lon / 180 * HALF for any lon).
+    const y = Math.log(Math.tan(Math.PI / 4 + (lat * Math.PI) / 360)) * HALF / Math.PI;
+    for (const [name, center] of [['two worlds east', [((lon + 720) / 180) * HALF, y]], ['the antimeridian', [HALF, y]], ['the antimeridian, a world west', [-HALF, y]], ['the antimeridian, a world east', [3 * HALF, y]]]) {
+      const r = await page.evaluate(async (center) => {
+        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+        let loads = 0;
+        const loadTiles = cache.loadTiles.bind(cache);
+        cache.loadTiles = (tiles, o) => { loads++; return loadTiles(tiles, o); };
+        const errors = [];
+        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(String(e)) });
+        const div = document.createElement('div');
+        div.style.cssText = 'width: 400px; height: 300px';
+        document.body.append(div);
+        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center, zoom: 15 }) });
+        const detach = follow(map, source);
+        const idle = () => !source.loading && loads > 0 && cache.stats().inFlight === 0;
+        const end = Date.now() + 10_000;
+        while (!idle() && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
+        await new Promise((ok) => setTimeout(ok, 300));
+        const before = { features: source.getFeatures().length, loads };
+        // A pan of a few metres: the same tiles in view. What the move's end leaves.
+        const atEnd = new Promise((ok) => map.once('moveend', () => ok(source.getFeatures().length)));
+        const [cx, cy] = map.getView().getCenter();
+        map.getView().setCenter([cx + 5, cy]);
+        const featuresAtEnd = await atEnd;
+        // A frame drawn anew after it (a view with no features would not redraw):
+        // OpenLayers asks again for any tile whose extent was dropped.
+        source.changed();
+        map.renderSync();
+        await new Promise((ok) => setTimeout(ok, 500));
+        const out = { before, featuresAtEnd, loadsAfter: loads - before.loads, errors };
+        detach();
+        map.setTarget(undefined);
+        div.remove();
+        source.dispose();
+        cache.dispose();
+        return out;
+      }, center);
+      if (name === 'two worlds east') assert.ok(r.before.features > 0, `${name}: features shown`);
+      assert.equal(r.featuresAtEnd, r.before.features, `${name}: features kept at the move's end`);
+      assert.equal(r.loadsAfter, 0, `${name}: no tile asked for again`);
+      assert.deepEqual(r.errors, []);
+    }
+  });
+
+  it("the cache's dispose() detaches follow(): no view fed to it (ERR_DISPOSED) on every frame", async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      let views = 0;
+      const setViewport = cache.setViewport.bind(cache);
+      cache.setViewport = (v) => { views++; return setViewport(v); };
+      const errors = [];
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      follow(map, source);
+      const end = Date.now() + 10_000;
+      while ((source.loading || source.getFeatures().length === 0) && Date.now() < end) await frames(1);
+      const features = source.getFeatures().length;
+      cache.dispose();
+      const viewsBefore = views;
+      // A slow pan within the tiles in view, a frame at a time.
+      for (let i = 0; i < 10; i++) {
+        const [cx, cy] = map.getView().getCenter();
+        map.getView().setCenter([cx + 2, cy]);
+        await frames(1);
+      }
+      await frames(3);
+      const out = { views: views - viewsBefore, errors, features, kept: source.getFeatures().length };
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      return out;
+    }, tileCorner(14, SX + 5.5, SY + 5.5));
+    assert.equal(r.views, 0, 'views fed to the disposed cache');
+    assert.deepEqual(r.errors, []);
+    assert.ok(r.features > 0);
+    assert.equal(r.kept, r.features, 'the source keeps what it holds');
   });
 
   it('no console errors', () => {
