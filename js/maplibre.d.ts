@@ -9,6 +9,7 @@ export interface MapLike {
   getSource(id: string): unknown;
   addSource(id: string, source: object): unknown;
   on(type: string, listener: (...args: any[]) => void): unknown;
+  once(type: string, listener: (...args: any[]) => void): unknown;
   off(type: string, listener: (...args: any[]) => void): unknown;
 }
 
@@ -34,8 +35,15 @@ export interface AttachOptions<Data = unknown> {
  * bounds and zoom itself (512-px tiles, wrapped worlds, pitch), calls `setViewport` at most
  * once per animation frame, and updates the source by diffs (`updateData`), falling back to
  * `setData`. Features carry the item's id, `class`, `access` and `stale`.
+ *
+ * One cache per map: a cache follows one view, so a second map attached to it would show
+ * the first one's items. Attaching a cache that another map is attached to throws; the same
+ * map may be attached several times (a source each).
  * @returns `detach()`: stops following the map (the source keeps its data); done by itself
- * when the map is removed (`map.remove()`)
+ * when the map is removed (`map.remove()`) or the cache disposed (`cache.dispose()`)
+ * @throws {TypeError} `ERR_INVALID_ARG_VALUE` when another map is attached to `cache` (not
+ * detached yet); `ERR_INVALID_ARG_TYPE`/`ERR_INVALID_ARG_VALUE` for bad arguments or options.
+ * An attach that throws (a map method that threw too) leaves no listener behind.
  * @example
  * const cache = await TileCache.create({ endpoint, tileSize: 512 });
  * const detach = attach(map, cache, { sourceId: 'homes' });

@@ -9,12 +9,16 @@
 // (`updateData` on a source with `promoteId`: only added, removed and changed items),
 // falling back to `setData` where `updateData` is missing; a frame that changed nothing
 // updates nothing. Fetch errors go to the cache's `onError` listeners; errors of the map
-// calls to `options.onError`. Types: maplibre.d.ts.
+// calls to `options.onError`. One cache per map: the cache has one view, so a second map
+// attached to it would show the first one's items (refused; the same map may take several
+// sources). Detached when the map is removed or the cache disposed. Types: maplibre.d.ts.
 
 import { wrapBox } from './box.js';
 
 /** What the page's options may hold, and their defaults. */
 const OPTION_NAMES = ['sourceId', 'promoteId', 'properties', 'onView', 'onError', 'useUpdateData'];
+/** cache -> { map, n }: the map a cache follows, and how many attach()es of it are live. */
+const owners = new WeakMap();
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -43,10 +47,10 @@ function featureOf(item, promoteId, properties) {
  * its data).
  */
 export function attach(map, cache, options) {
-  if (!map || typeof map.getBounds !== 'function' || typeof map.on !== 'function') {
+  if (!map || ['getBounds', 'getZoom', 'getSource', 'addSource', 'on', 'off', 'once'].some((k) => typeof map[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'map must be a maplibregl.Map');
   }
-  if (!cache || typeof cache.setViewport !== 'function') {
+  if (!cache || ['setViewport', 'onUpdate', 'onDispose'].some((k) => typeof cache[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   }
   if (options === null || typeof options !== 'object') {
@@ -64,6 +68,11 @@ export function attach(map, cache, options) {
   }
   for (const [name, f] of [['properties', properties], ['onView', onView], ['onError', options.onError]]) {
     if (f !== undefined && typeof f !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
+  }
+  const owner = owners.get(cache);
+  if (owner && owner.map !== map) {
+    throw fail(TypeError, 'ERR_INVALID_ARG_VALUE',
+      'cache is attached to another map: a TileCache follows one view, so each map needs its own (TileCache.create one for this map, or detach() the other first)');
   }
   const zoomOffset = cache.tileSize === 512 ? 0 : 1;
 
@@ -157,30 +166,44 @@ export function attach(map, cache, options) {
     if (!synced || !map.getSource(sourceId)) { source(); synced = false; schedule(); }
   }
 
-  const offUpdate = cache.onUpdate((items, view) => {
-    if (detached) return;
-    try {
-      show(items);
-      onView?.({ items, ...view });
-    } catch (e) {
-      onError(e);
-    }
-  });
-  map.on('move', schedule);
-  map.on('moveend', schedule);
-  map.on('styledata', onStyle);
-  // A removed map is detached from: the cache's listener would keep it alive and read
-  // sources of a map that has none.
-  map.once('remove', detach);
+  let offUpdate, offDispose;
+  owners.set(cache, { map, n: (owner?.n ?? 0) + 1 });
+  try {
+    offUpdate = cache.onUpdate((items, view) => {
+      if (detached) return;
+      try {
+        show(items);
+        onView?.({ items, ...view });
+      } catch (e) {
+        onError(e);
+      }
+    });
+    map.on('move', schedule);
+    map.on('moveend', schedule);
+    map.on('styledata', onStyle);
+    // A removed map is detached from: the cache's listener would keep it alive and read
+    // sources of a map that has none.
+    map.once('remove', detach);
+  } catch (e) {
+    // Nothing of a failed attach stays behind (the listeners added before the throw).
+    try { detach(); } catch { /* the first error is the one to report */ }
+    throw e;
+  }
   // At once: the cache starts on the view even before the style is ready.
   push();
+  // A disposed cache would answer every frame's view with ERR_DISPOSED. (At once when it
+  // was disposed already, after push() reported that once.)
+  offDispose = cache.onDispose(detach);
   return detach;
 
   function detach() {
     if (detached) return;
     detached = true;
+    const o = owners.get(cache);
+    if (o && o.map === map && --o.n === 0) owners.delete(cache);
     if (frame) cancelAnimationFrame(frame);
-    offUpdate();
+    offUpdate?.();
+    offDispose?.();
     map.off('move', schedule);
     map.off('moveend', schedule);
     map.off('styledata', onStyle);

@@ -27,8 +27,12 @@ export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBu
   const map = {
     getBounds: () => ({ getWest: () => 0, getSouth: () => 0, getEast: () => 1, getNorth: () => 1 }),
     getZoom: () => 14, getSource: () => undefined, addSource: () => undefined, on: () => undefined, off: () => undefined,
+    once: () => undefined,
   };
   const detach: () => void = attach(map, cache, { sourceId: 'homes' });
+  const { once: _once, ...noOnce } = map;
+  // @ts-expect-error attach calls map.once: a map without it is not a MapLike
+  attach(noOnce, cache, { sourceId: 'homes' });
   const layer = createLayer({}, cache, { draw: (ctx, item, x, y) => ctx.fillRect(x, y, item.data.price > 0 ? 2 : 1, 2) });
   class FakeTileLayer { constructor(public props: { id: string; minZoom?: number }) {} }
   const Layer = extendTileLayer(FakeTileLayer);
