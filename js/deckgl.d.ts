@@ -22,7 +22,8 @@ export type TileData<Data = unknown> = Item<Data>[];
  * together) and which feeds deck's view to the cache. `maxRequests` defaults to 0: the cache
  * batches the tiles itself. When the cache's tier changes (`cache.onAccess`: `setAccess`, or
  * a lower tier the server reported) or the `cache` prop is another cache, every tile is
- * emptied by the next frame and loaded again.
+ * emptied by the next frame and loaded again. One cache per map (the cache follows one
+ * view); when the cache is disposed the layer stops feeding it the view.
  * @example
  * import { TileLayer } from '@deck.gl/geo-layers';
  * import { ScatterplotLayer } from '@deck.gl/layers';

@@ -43,7 +43,7 @@ export function extendTileLayer(TileLayer) {
   class TilewarmTileLayer extends TileLayer {
     updateState(params) {
       const { cache } = this.props;
-      if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') {
+      if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
         throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
       }
       const st = this.state;
@@ -51,6 +51,7 @@ export function extendTileLayer(TileLayer) {
         // The first cache, or another one: deck sees a changed prop, not changed data, and
         // would keep the tiles of the old cache (which may be of a higher tier).
         st.tilewarmOff?.();
+        st.tilewarmOffDispose?.();
         st.tilewarmGeneration ??= 0;
         st.tilewarmContents ??= new WeakMap();
         if (st.tilewarmCache) this.tilewarmReload();
@@ -59,11 +60,16 @@ export function extendTileLayer(TileLayer) {
         // `this` may be an older instance of the layer by then: deck moves the state to
         // each new one, and this one still reaches it.
         st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
+        // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every
+        // frame of a move: the layer stops following (a tile asked of it after that fails,
+        // once, as a tile). At once when it was disposed already.
+        st.tilewarmGone = false;
+        st.tilewarmOffDispose = cache.onDispose(() => { st.tilewarmGone = true; });
       }
       super.updateState(params);
       // deck calls this on a frame where the view (or a prop) changed: at most once a frame.
       const viewport = this.context.viewport;
-      if (this.props.followView && viewport && viewport !== this.state.tilewarmViewport) {
+      if (this.props.followView && !st.tilewarmGone && viewport && viewport !== this.state.tilewarmViewport) {
         this.state.tilewarmViewport = viewport;
         try {
           cache.setViewport(viewportOf(viewport, cache));
@@ -75,6 +81,7 @@ export function extendTileLayer(TileLayer) {
 
     finalizeState(context) {
       this.state?.tilewarmOff?.();
+      this.state?.tilewarmOffDispose?.();
       super.finalizeState(context);
     }
 

@@ -6,8 +6,8 @@ export interface LayerOptions<Data = unknown> {
   /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
   draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
   /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a tile asked of a
-   * disposed cache, a `draw` that threw), each also the tile's Leaflet `tileerror`; default
-   * `reportError`. */
+   * disposed cache, a `draw` that threw), each also the tile's Leaflet `tileerror`, and of
+   * `setViewport`; default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
   /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
    * prefetch runs (Leaflet prefetches nothing for a GridLayer). Default true. */
@@ -22,7 +22,9 @@ export interface LayerOptions<Data = unknown> {
  * A Leaflet `GridLayer` whose tiles come from `cache.loadTiles` (one call per tile; a tick's
  * calls go out together), drawn on canvases; an unloaded tile aborts its call. When the
  * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
- * while the layer is on a map, every tile is taken off at once and drawn again.
+ * while the layer is on a map, every tile is taken off at once and drawn again. One cache
+ * per map (the cache follows one view); when the cache is disposed the layer stops feeding
+ * it the view.
  * @param L the Leaflet namespace (`import * as L from 'leaflet'`)
  * @example
  * const cache = await TileCache.create({ endpoint });

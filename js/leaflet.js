@@ -41,7 +41,9 @@ function dot(ctx, item, x, y) {
  */
 export function createLayer(L, cache, options = {}) {
   if (!L || typeof L.GridLayer?.extend !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'L must be the Leaflet namespace');
-  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
+  }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) {
@@ -98,29 +100,42 @@ export function createLayer(L, cache, options = {}) {
   // A tier change (setAccess, or a lower tier the server reported) leaves the drawn tiles
   // with items the new tier may not see: redraw unloads every tile at once (aborting its
   // load, so one that resolved before the change draws nothing) and loads the grid again.
-  let offAccess;
-  layer.on('add', () => { offAccess = cache.onAccess(() => layer.redraw()); });
-  layer.on('remove', () => { offAccess?.(); offAccess = undefined; });
-  if (followView) {
-    let frame = 0;
-    const push = () => {
-      frame = 0;
-      const map = layer._map;
-      if (!map) return;
-      const b = map.getBounds();
-      try {
-        cache.setViewport({
-          west: b.getWest(), south: Math.max(-90, b.getSouth()), east: b.getEast(), north: Math.min(90, b.getNorth()),
-          zoom: Math.min(30, Math.max(0, map.getZoom() + zoomOffset)),
-        });
-      } catch (e) {
-        onError(e);
-      }
-    };
-    const schedule = () => { if (!frame) frame = requestAnimationFrame(push); };
-    layer.on('add', () => { layer._map.on('move moveend', schedule); push(); });
-    layer.on('remove', (e) => { e.target._map?.off('move moveend', schedule); if (frame) cancelAnimationFrame(frame); frame = 0; });
-    layer._tilewarmSchedule = schedule;
-  }
+  // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every frame
+  // of a move: the layer stops following the map (a tile asked of it after that fails, once,
+  // as a tile). Both listeners are held while the layer is on a map.
+  let offAccess, offDispose, gone = false, frame = 0;
+  const push = () => {
+    frame = 0;
+    const map = layer._map;
+    if (!map || gone) return;
+    const b = map.getBounds();
+    try {
+      cache.setViewport({
+        west: b.getWest(), south: Math.max(-90, b.getSouth()), east: b.getEast(), north: Math.min(90, b.getNorth()),
+        zoom: Math.min(30, Math.max(0, map.getZoom() + zoomOffset)),
+      });
+    } catch (e) {
+      onError(e);
+    }
+  };
+  const schedule = () => { if (!frame && !gone) frame = requestAnimationFrame(push); };
+  const unfollow = (map) => {
+    map?.off('move moveend', schedule);
+    if (frame) cancelAnimationFrame(frame);
+    frame = 0;
+  };
+  layer.on('add', () => {
+    offAccess = cache.onAccess(() => layer.redraw());
+    // At once when the cache was disposed already.
+    offDispose = cache.onDispose(() => { gone = true; unfollow(layer._map); });
+    if (followView && !gone) { layer._map.on('move moveend', schedule); push(); }
+  });
+  layer.on('remove', (e) => {
+    offAccess?.();
+    offDispose?.();
+    offAccess = offDispose = undefined;
+    unfollow(e.target._map);
+  });
+  if (followView) layer._tilewarmSchedule = schedule;
   return layer;
 }

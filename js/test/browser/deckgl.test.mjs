@@ -3,7 +3,8 @@
 // visible tiles draw exactly the items the backend has (nothing twice, nothing left over);
 // a one-tile pan after prefetch sends no foreground request (the layer feeds deck's view to
 // the planner); a tier drop takes the items above the new tier off the screen by the next
-// frame; no console errors. Screenshot: target/browser-test/deckgl.png.
+// frame; a disposed cache is fed no view; no console errors. Screenshot:
+// target/browser-test/deckgl.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -120,6 +121,38 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       s = await settled('tiles of a public cache', p);
       assert.equal(s.shown.agent, undefined);
       checkDrawn(assert, backend, s.drawn);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it("the cache's dispose() stops the layer feeding it views (ERR_DISPOSED on every frame)", async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX - 3.5, SY + 2.5);
+      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await settled('first tiles', p);
+      const r = await p.evaluate(async ([lon, lat]) => {
+        const { cache, setView, frames, state } = window.__tw;
+        let views = 0;
+        const setViewport = cache.setViewport.bind(cache);
+        cache.setViewport = (v) => { views++; return setViewport(v); };
+        const all = state().errors; // the page's array (state() reads the cache: not after dispose)
+        const errors = all.length;
+        cache.dispose();
+        // A slow pan within the tiles in view, a frame at a time.
+        for (let i = 1; i <= 10; i++) {
+          setView({ longitude: lon + i * 1e-6, latitude: lat });
+          await frames(1);
+        }
+        await frames(3);
+        return { views, errors: all.slice(errors) };
+      }, [lon, lat]);
+      assert.equal(r.views, 0, 'views fed to the disposed cache');
+      assert.deepEqual(r.errors, []);
     } finally {
       await p.close();
     }

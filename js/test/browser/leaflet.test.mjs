@@ -2,8 +2,9 @@
 // package (scripts/test-browser.sh). Checks: the grid draws exactly the items the backend
 // has in each data tile it fully shows; a one-tile pan after prefetch sends no foreground request (the layer feeds the
 // view to the planner); a tier drop takes the items above the new tier off the screen at
-// once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet; no
-// console errors. Screenshot: target/browser-test/leaflet.png.
+// once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet, and a
+// disposed cache is fed no view; no console errors. Screenshot:
+// target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -101,7 +102,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     }
   });
 
-  it('a tile that cannot load (disposed cache) or draw fails as a tile, never throwing into Leaflet', async () => {
+  it('a tile that cannot load (disposed cache) or draw fails as a tile, never throwing into Leaflet; a disposed cache is not followed', async () => {
     const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
     const seen = [];
     p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
@@ -115,17 +116,35 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       await p.evaluate(() => { window.__tw.failDraw = true; window.__tw.map.panBy([700, 0], { animate: false }); });
       await until(p, () => window.__tw.tileErrors.some((e) => e === 'Error: draw failed'), null, 'tileerror of the draw');
       assert.ok(await p.evaluate(() => window.__tw.errors.includes('Error: draw failed')));
-      // A disposed cache: loadTiles throws ERR_DISPOSED, which a new tile gets as its error.
+      // A disposed cache: loadTiles throws ERR_DISPOSED, which a new tile gets as its error;
+      // the layer stops feeding it the view (which would fail on every frame of a move).
       const thrown = await p.evaluate(() => {
         window.__tw.failDraw = false;
-        window.__tw.cache.dispose();
+        const { cache } = window.__tw;
+        window.__tw.views = 0;
+        const setViewport = cache.setViewport.bind(cache);
+        cache.setViewport = (v) => { window.__tw.views++; return setViewport(v); };
+        cache.dispose();
         try { window.__tw.map.panBy([0, 700], { animate: false }); } catch (e) { return String(e); }
         return null;
       });
       assert.equal(thrown, null, 'nothing thrown into Leaflet');
       await until(p, () => window.__tw.tileErrors.some((e) => /disposed/.test(e)), null, 'tileerror of the disposed cache');
+      await p.evaluate(async () => {
+        for (let i = 0; i < 5; i++) {
+          window.__tw.map.panBy([3, 0], { animate: false });
+          await new Promise((ok) => requestAnimationFrame(ok));
+        }
+      });
       await new Promise((r) => setTimeout(r, 200));
       assert.deepEqual(seen, [], 'no unhandled error');
+      const after = await p.evaluate(() => ({
+        views: window.__tw.views,
+        errors: window.__tw.errors.filter((e) => /disposed/.test(e)).length,
+        tileErrors: window.__tw.tileErrors.filter((e) => /disposed/.test(e)).length,
+      }));
+      assert.equal(after.views, 0, 'views fed to the disposed cache');
+      assert.equal(after.errors, after.tileErrors, 'ERR_DISPOSED only as the errors of tiles, once each');
     } finally {
       await p.close();
     }
