@@ -16,11 +16,18 @@ export interface LayerOptions<Data = unknown> {
   pane?: string;
   zIndex?: number;
   opacity?: number;
+  /** Passed to the GridLayer: the zooms and the area (`L.LatLngBounds`) it shows tiles at.
+   * A `minZoom` at which a tile covers at most `maxVisibleTiles` data tiles (9 or more with
+   * the defaults) asks for no tile the cache cannot show. */
+  minZoom?: number;
+  maxZoom?: number;
+  bounds?: unknown;
 }
 
 /**
  * A Leaflet `GridLayer` whose tiles come from `cache.loadTiles` (one call per tile; a tick's
- * calls go out together), drawn on canvases; an unloaded tile aborts its call. When the
+ * calls go out together), drawn on canvases of the screen's device pixels (`draw` draws in
+ * CSS pixels); an unloaded tile aborts its call. When the
  * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
  * while the layer is on a map, every tile is taken off at once and drawn again. One cache
  * per map (the cache follows one view); when the cache is disposed the layer stops feeding

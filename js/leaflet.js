@@ -9,7 +9,7 @@
 // aborts its call. When the cache's tier changes, every tile is drawn again (see below).
 // Types: leaflet.d.ts.
 
-const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity'];
+const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity', 'minZoom', 'maxZoom', 'bounds'];
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -58,8 +58,11 @@ export function createLayer(L, cache, options = {}) {
     createTile(coords, done) {
       const tile = L.DomUtil.create('canvas', 'tilewarm-tile');
       const size = this.getTileSize();
-      tile.width = size.x;
-      tile.height = size.y;
+      // Device pixels (sharp on a high-density screen); Leaflet sizes the tile in CSS pixels,
+      // and `draw` draws in them.
+      const ratio = globalThis.devicePixelRatio > 0 ? globalThis.devicePixelRatio : 1;
+      tile.width = Math.round(size.x * ratio);
+      tile.height = Math.round(size.y * ratio);
       const ctrl = new AbortController();
       tile._tilewarmAbort = ctrl;
       const name = `${coords.z}/${coords.x}/${coords.y}`;
@@ -80,6 +83,7 @@ export function createLayer(L, cache, options = {}) {
         if (ctrl.signal.aborted) return;
         if (got.error) throw got.error;
         const ctx = tile.getContext('2d');
+        ctx.setTransform(tile.width / size.x, 0, 0, tile.height / size.y, 0, 0);
         const k = size.x / 256;
         tile.dataset.items = String(got.items.length);
         for (const item of got.items) {

@@ -3,7 +3,8 @@
 // has in each data tile it fully shows; a one-tile pan after prefetch sends no foreground request (the layer feeds the
 // view to the planner); a tier drop takes the items above the new tier off the screen at
 // once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet, and a
-// disposed cache is fed no view; no console errors. Screenshot:
+// disposed cache is fed no view; on a high-density screen tiles are drawn in device pixels;
+// the GridLayer's zoom and bounds options pass; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -145,6 +146,45 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       }));
       assert.equal(after.views, 0, 'views fed to the disposed cache');
       assert.equal(after.errors, after.tileErrors, 'ERR_DISPOSED only as the errors of tiles, once each');
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('on a high-density screen the tiles are drawn in device pixels; minZoom, maxZoom and bounds are passed to the GridLayer', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 }, deviceScaleFactor: 2 });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 3.5, SY - 2.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const s = await settled('the grid', p);
+      checkDrawn(assert, backend, s.drawn);
+      const r = await p.evaluate(() => {
+        const out = { ratio: devicePixelRatio, sizes: new Set(), points: 0, painted: 0 };
+        for (const c of document.querySelectorAll('canvas.tilewarm-tile')) {
+          out.sizes.add(`${c.width}x${c.height} in ${c.style.width}x${c.style.height}`);
+          const ctx = c.getContext('2d');
+          for (const [x, y] of c.points ?? []) {
+            if (x < 0 || y < 0 || x >= 256 || y >= 256) continue;
+            out.points++;
+            // Each item is a 6 x 6 CSS-pixel square at (x, y): its middle is painted.
+            if (ctx.getImageData(Math.floor(x * devicePixelRatio), Math.floor(y * devicePixelRatio), 1, 1).data[3] > 0) out.painted++;
+          }
+        }
+        const { L, createLayer, cache } = window.__tw;
+        const bounds = L.latLngBounds([47, -123], [48, -122]);
+        const layer = createLayer(L, cache, { minZoom: 13, maxZoom: 17, bounds });
+        out.options = { minZoom: layer.options.minZoom, maxZoom: layer.options.maxZoom, bounds: layer.options.bounds === bounds };
+        out.sizes = [...out.sizes];
+        return out;
+      });
+      assert.equal(r.ratio, 2);
+      assert.deepEqual(r.sizes, ['512x512 in 256pxx256px']);
+      assert.ok(r.points > 0);
+      assert.equal(r.painted, r.points, 'every item painted where it is, in device pixels');
+      assert.deepEqual(r.options, { minZoom: 13, maxZoom: 17, bounds: true });
     } finally {
       await p.close();
     }

@@ -20,6 +20,7 @@ cache.onError((e) => errors.push(e.message));
 function draw(ctx, item, x, y) {
   if (window.__tw.failDraw) throw new Error('draw failed');
   (ctx.canvas.tiers ??= []).push(item.access);
+  (ctx.canvas.points ??= []).push([x, y]);
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
@@ -40,4 +41,4 @@ function state() {
   }
   return { drawn, shown, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
-window.__tw = { map, cache, layer, state, L, errors, tileErrors, failDraw: false };
+window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false };
