@@ -151,6 +151,16 @@ async function makeCache() {
     $('replay-status').textContent = `cache error: ${err?.message ?? err}`;
     console.warn('tilewarm:', err);
   });
+  // The server answered at a lower tier than asked (a 403 for a tier without a sign-in):
+  // the cache follows it, and so does the selector.
+  const own = cache;
+  cache.onAccess((access) => {
+    if (cache !== own || access === opts.access) return;
+    $('access-status').textContent = `The server answered as ${access}, not ${opts.access}${signInHint()}.`;
+    opts.access = access;
+    $('c-access').value = access;
+    tracker.reset();
+  });
   $('tile-source').textContent = tileStateSource();
   // Reads the map's view each frame it moves and keeps the 'items' source in sync.
   detachMap = attach(map, cache, { sourceId: 'items', onView: showView, onError: (e) => console.warn('tilewarm:', e) });
@@ -460,10 +470,25 @@ $('c-lookahead').checked = opts.lookahead;
 $('tile-zoom').textContent = String(TILE_ZOOM);
 
 $('c-access').addEventListener('change', (e) => {
-  opts.access = e.target.value;
-  cache.setAccess(opts.access);
+  const was = opts.access;
+  opts.access = e.target.value; // before setAccess: its onAccess is then no news
+  try {
+    cache.setAccess(opts.access);
+  } catch (err) {
+    // Above the tier the server reported (a 403 lowered the cache): a RangeError.
+    if (!(err instanceof RangeError)) throw err;
+    opts.access = was;
+    e.target.value = cache.access;
+    $('access-status').textContent = `Still ${cache.access}: ${err.message}${signInHint()}.`;
+    return;
+  }
+  $('access-status').textContent = '';
   tracker.reset(); // the cache's refresh after setAccess reaches showView through attach
 });
+
+function signInHint() {
+  return auth.unavailable ? ' (this server issues no tokens: `make demo` runs it with --dev-tokens)' : '';
+}
 $('c-ring').addEventListener('change', (e) => {
   opts.ring = Number(e.target.value);
   void makeCache();

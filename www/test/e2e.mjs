@@ -232,6 +232,35 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     await page.waitForFunction(() => !window.tilewarmDemo.items.some((i) => i.access !== 'public'), null, { timeout: 30_000 });
   });
 
+  it('without a sign-in the tier selector follows the tier the server allows, and says why', async () => {
+    // A server that issues no tokens (no --dev-tokens): /dev/token answers 404.
+    const p = await context.newPage();
+    // Chromium logs the 404 of /dev/token and the batch endpoint's 403 as console errors.
+    p.on('console', (m) => {
+      if (m.type() === 'error' && !/status of 40[34]/.test(m.text())) problems.push(`console.error (no sign-in): ${m.text()}`);
+    });
+    p.on('pageerror', (e) => problems.push(`page error (no sign-in): ${e.stack ?? e.message}`));
+    try {
+      await p.route('**/dev/token', (r) => r.fulfill({ status: 404, body: '' }));
+      await p.goto(baseUrl);
+      await p.waitForFunction(() => window.tilewarmDemo?.cache, null, { timeout: 30_000 });
+      await p.evaluate(() => window.tilewarmDemo.ready);
+      // Registered without a token: refused (403 naming public), the cache lowers to public,
+      // and the selector with it.
+      await p.selectOption('#c-access', 'registered');
+      await p.waitForFunction(() => window.tilewarmDemo.cache.access === 'public' && document.getElementById('c-access').value === 'public',
+        null, { timeout: 30_000 });
+      assert.match(await p.textContent('#access-status'), /answered as public, not registered.*--dev-tokens/);
+      // A higher tier now is refused by the cache (RangeError), said on the page, not thrown.
+      await p.selectOption('#c-access', 'agent');
+      assert.equal(await p.inputValue('#c-access'), 'public');
+      assert.match(await p.textContent('#access-status'), /^Still public: .*at most "public"/);
+      assert.equal(await p.evaluate(() => window.tilewarmDemo.options.access), 'public');
+    } finally {
+      await p.close();
+    }
+  });
+
   it('logged no console errors and no page errors', () => {
     assert.deepEqual(problems, []);
   });
