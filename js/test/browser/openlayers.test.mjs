@@ -380,7 +380,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     }
   });
 
-  it("the cache's dispose() detaches follow(): no view fed to it (ERR_DISPOSED) on every frame", async () => {
+  it("the cache's dispose() detaches follow() (and a later one feeds nothing): no view fed to it (ERR_DISPOSED) on every frame", async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
       const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
       const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
@@ -407,6 +407,8 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
         await frames(1);
       }
       await frames(3);
+      // A follow() of the source after that has nothing to feed either.
+      follow(map, source)();
       const out = { views: views - viewsBefore, errors, features, kept: source.getFeatures().length };
       map.setTarget(undefined);
       div.remove();
