@@ -16,7 +16,8 @@
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
-// tile asked of it after that fails with ERR_DISPOSED, once). Views in EPSG:3857 (OpenLayers' default).
+// tile asked of it after that fails with ERR_DISPOSED, once). Views in EPSG:3857
+// (OpenLayers' default).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
 
