@@ -173,9 +173,17 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
       const fg0 = d.foregroundRequests();
       // Four data tiles: past the coarse tiles (a block of 4 x 4 data tiles) the view's
       // requests may have asked for instead of its data tiles (batch.coalesceMinShare).
+      // Whether the view the pan gave the cache was complete, read from the adapter's
+      // own setViewport call (two frames later an answer may have landed already).
+      let complete;
+      d.cache.setViewport = function (v) {
+        const out = Object.getPrototypeOf(this).setViewport.call(this, v);
+        complete ??= out.complete;
+        return out;
+      };
       d.map.panBy([4 * d.dataTilePx(), 0], { animate: false });
-      await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
-      const complete = d.lastView().complete;
+      while (complete === undefined) await new Promise((ok) => requestAnimationFrame(ok));
+      delete d.cache.setViewport;
       await d.cache.whenComplete();
       const fg1 = d.foregroundRequests();
       await d.setPrefetch({ ring: 1, lookahead: true, views: true });
