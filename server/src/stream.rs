@@ -18,10 +18,19 @@
 //! reader was reconnecting, or a client whose connection dropped, would miss the change and
 //! keep serving the old value for a whole TTL. A stream keeps the entries: a reader resumes
 //! from the last id it saw (`XREAD` from it, `XRANGE` for a client's `Last-Event-ID`), and
-//! when that id is older than what the stream still holds (Redis's `max-deleted-entry-id`
-//! is past it) or unknown to it (newer than the last id the stream made: the stream was
-//! deleted or this is another server), the event it gets is `reset`: invalidate everything
-//! that cannot be proven fresh. Nothing is lost silently.
+//! when entries after that id are gone or it is unknown to the stream (newer than the last
+//! id the stream made: the stream was deleted or this is another server), the event it gets
+//! is `reset`: invalidate everything that cannot be proven fresh. Nothing is lost silently.
+//!
+//! Which entries are gone is read from `XINFO STREAM` ([`Horizon`]): Redis records
+//! `max-deleted-entry-id` for `XDEL` only, while the trimming by `XADD MAXLEN ~` leaves it
+//! as it was; a trim shows as `entries-added` above `length`, and then an id older than the
+//! oldest entry kept (`recorded-first-entry-id`) is a gap (a reader exactly at the newest
+//! trimmed entry gets a reset it did not need: which ids were trimmed is not recorded). The
+//! reader checks this when it (re)connects and after every `XREAD` that answered entries (a
+//! reader slower than the appends, one applying a class's `SCAN` on a big tier, falls behind
+//! by more than the retention, and `XREAD` answers what is left without a word); a
+//! `Last-Event-ID` catch-up before and after its `XRANGE`s.
 //!
 //! # A stream ends with its credential
 //! A client's feed is filtered by the tier its token verified to, and a token expires: the
@@ -110,8 +119,8 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetReason {
     /// The events after the follower's id cannot be sent: older than what the stream keeps,
-    /// unknown to it, more than [`MAX_BACKLOG`], or lost while this instance's reader was
-    /// disconnected.
+    /// unknown to it, more than [`MAX_BACKLOG`], or trimmed before this instance's reader
+    /// read them (it was disconnected, or fell more than the retention behind).
     Gap,
     /// A stream entry whose id or body cannot be read: a change nobody can name.
     Unreadable,
@@ -404,11 +413,12 @@ impl ChangeStream {
             Backend::Redis(s) => {
                 let fut = async {
                     let mut conn = s.conn.clone();
-                    let (last, max_deleted) = stream_info(&mut conn, &s.key).await?;
+                    let horizon = stream_info(&mut conn, &s.key).await?;
+                    let last = horizon.last;
                     let Some(after) = after else {
                         return Ok((Vec::new(), last));
                     };
-                    if after > last || after < max_deleted {
+                    if horizon.lost_after(after) {
                         return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                     }
                     let mut events = Vec::new();
@@ -447,6 +457,11 @@ impl ChangeStream {
                             return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                         }
                         from = parse_id(tail)?;
+                    }
+                    // Entries after `after` trimmed while they were being read (between the
+                    // XINFO and an XRANGE) would be missing without a word.
+                    if stream_info(&mut conn, &s.key).await?.lost_after(after) {
+                        return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                     }
                     Ok((events, last))
                 };
@@ -678,16 +693,70 @@ fn entry(id: &str, fields: &[Vec<u8>]) -> Option<Event> {
     )
 }
 
-/// The stream's last made id and the newest id trimmed away (`XINFO STREAM`, Redis 7);
-/// both `0-0` when the stream does not exist yet.
-async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<(StreamId, StreamId), StreamError> {
+/// What `XINFO STREAM` says about resuming from an id: the last id the stream made, and the
+/// oldest id a reader can resume from without missing an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Horizon {
+    last: StreamId,
+    /// Resuming from an older id may miss entries that were removed (trimmed by `XADD
+    /// MAXLEN`, `XTRIM`, or deleted by `XDEL`).
+    resumable_from: StreamId,
+}
+
+impl Horizon {
+    /// A stream that does not exist (yet).
+    const NONE: Horizon = Horizon {
+        last: StreamId::ZERO,
+        resumable_from: StreamId::ZERO,
+    };
+
+    /// From `XINFO STREAM`'s fields. `max-deleted-entry-id` is set by `XDEL` only: a trim
+    /// (`XADD MAXLEN`, `XTRIM`) leaves it as it was, so a trim is seen from `entries-added`
+    /// being more than `length` (something was removed), and then every entry older than
+    /// the oldest kept one (`recorded-first-entry-id`; with none kept, the last id made) may
+    /// have been removed. A reader exactly at the newest trimmed entry is reset though it
+    /// missed nothing (which ids were trimmed is not recorded): a spurious reset at the
+    /// boundary, never a silent loss.
+    fn from_info(
+        last: StreamId,
+        max_deleted: StreamId,
+        length: u64,
+        entries_added: u64,
+        first: StreamId,
+    ) -> Horizon {
+        let trimmed = if entries_added > length {
+            if length == 0 {
+                last
+            } else {
+                first
+            }
+        } else {
+            StreamId::ZERO
+        };
+        Horizon {
+            last,
+            resumable_from: max_deleted.max(trimmed),
+        }
+    }
+
+    /// Whether a reader that saw everything up to `after` cannot resume from it: entries
+    /// after it are gone, or the stream never made it (newer than its last id: the stream
+    /// was deleted, or this is another server).
+    fn lost_after(&self, after: StreamId) -> bool {
+        after > self.last || after < self.resumable_from
+    }
+}
+
+/// The stream's [`Horizon`] (`XINFO STREAM`, Redis 7); [`Horizon::NONE`] when the stream
+/// does not exist yet.
+async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<Horizon, StreamError> {
     let exists: bool = redis::cmd("EXISTS")
         .arg(key)
         .query_async(conn)
         .await
         .map_err(redis_err)?;
     if !exists {
-        return Ok((StreamId::ZERO, StreamId::ZERO));
+        return Ok(Horizon::NONE);
     }
     let info: redis::Value = redis::cmd("XINFO")
         .arg("STREAM")
@@ -711,8 +780,8 @@ async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<(StreamId, Strea
             .collect(),
         other => return Err(StreamError(format!("XINFO STREAM answered {other:?}"))),
     };
-    let field = |name: &str| -> Result<StreamId, StreamError> {
-        let v = pairs
+    let value = |name: &str| -> Result<&redis::Value, StreamError> {
+        pairs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v)
@@ -720,12 +789,24 @@ async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<(StreamId, Strea
                 StreamError(format!(
                     "XINFO STREAM has no {name} (the change stream needs Redis 7 or later)"
                 ))
-            })?;
-        let s: String = redis::from_redis_value_ref(v)
+            })
+    };
+    let id = |name: &str| -> Result<StreamId, StreamError> {
+        let s: String = redis::from_redis_value_ref(value(name)?)
             .map_err(|e| StreamError(format!("XINFO STREAM {name}: {e}")))?;
         parse_id(&s)
     };
-    Ok((field("last-generated-id")?, field("max-deleted-entry-id")?))
+    let count = |name: &str| -> Result<u64, StreamError> {
+        redis::from_redis_value_ref(value(name)?)
+            .map_err(|e| StreamError(format!("XINFO STREAM {name}: {e}")))
+    };
+    Ok(Horizon::from_info(
+        id("last-generated-id")?,
+        id("max-deleted-entry-id")?,
+        count("length")?,
+        count("entries-added")?,
+        id("recorded-first-entry-id")?,
+    ))
 }
 
 /// Runs this instance's reader until the app is dropped (module docs). Starts at the
@@ -770,6 +851,15 @@ async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
     }
 }
 
+/// What the reader could not read is gone or cannot be named: nothing this instance holds
+/// can be proven fresh. Invalidates everything here (recorded in the write guard, so a
+/// fetch in flight does not write back either) and sends the subscribers a `reset` to `to`.
+async fn reset_everything(a: &App, failed: &mut Vec<Invalidation>, to: StreamId, why: ResetReason) {
+    a.changes.stats.resets.fetch_add(1, Relaxed);
+    apply(a, Invalidation::everything(), failed).await;
+    let _ = a.changes.tx.send(Event::Reset(to, why));
+}
+
 /// Applies again what failed before, oldest first, until one fails again.
 async fn retry_failed(app: &App, failed: &mut Vec<Invalidation>) {
     while let Some(inv) = failed.first() {
@@ -803,21 +893,19 @@ async fn read_once(
         read_from_replicas: false,
     };
     let mut conn = RedisConn::open(&target, opts).map_err(redis_err)?;
-    let (end, max_deleted) = stream_info(&mut info_conn, &key).await?;
+    let horizon = stream_info(&mut info_conn, &key).await?;
+    let end = horizon.last;
     match *last {
         None => {
             *last = Some(end);
             info!(key = %key, from = %end, "change stream reader started");
         }
-        Some(l) if l > end || l < max_deleted => {
-            // Entries this instance never read are gone: nothing held can be proven fresh.
+        Some(l) if horizon.lost_after(l) => {
             let Some(a) = app.upgrade() else {
                 return Ok(());
             };
-            warn!(from = %l, "change stream: entries were lost while disconnected; invalidating everything");
-            a.changes.stats.resets.fetch_add(1, Relaxed);
-            apply(&a, Invalidation::everything(), failed).await;
-            let _ = a.changes.tx.send(Event::Reset(end, ResetReason::Gap));
+            warn!(from = %l, to = %end, "change stream: entries were lost while disconnected; invalidating everything");
+            reset_everything(&a, failed, end, ResetReason::Gap).await;
             *last = Some(end);
         }
         Some(_) => {}
@@ -854,8 +942,25 @@ async fn read_once(
         let Some(a) = app.upgrade() else {
             return Ok(());
         };
+        let reply = reply.unwrap_or_default();
+        if reply.iter().any(|(_, entries)| !entries.is_empty()) {
+            // A reader that fell more than the retention behind (a slow apply: a class's
+            // SCAN on a big tier) is answered the entries still kept, without a word about
+            // the ones trimmed after `from`. The stream's horizon, read after the XREAD,
+            // tells: trimming only moves it forward, so entries the XREAD skipped put it
+            // past `from` now.
+            let horizon = stream_info(&mut info_conn, &key).await?;
+            if horizon.lost_after(from) {
+                let end = horizon.last;
+                warn!(from = %from, to = %end, "change stream: the reader fell behind past the retention and entries were trimmed before it read them; invalidating everything");
+                // Covers what this XREAD answered too: its entries are not before `end`.
+                reset_everything(&a, failed, end, ResetReason::Gap).await;
+                *last = Some(end);
+                continue;
+            }
+        }
         let mut bad_id = false;
-        for (_, entries) in reply.unwrap_or_default() {
+        for (_, entries) in reply {
             for (id, fields) in entries {
                 let Some(event) = entry(&id, &fields) else {
                     // An id that cannot be read: handled below as a reset.
@@ -884,14 +989,9 @@ async fn read_once(
         if bad_id {
             // The stream's end is read before invalidating everything, so every entry up to
             // it is covered; reading resumes after it.
-            let (end, _) = stream_info(&mut info_conn, &key).await?;
+            let end = stream_info(&mut info_conn, &key).await?.last;
             warn!(to = %end, "change stream: an entry id could not be read; invalidating everything");
-            a.changes.stats.resets.fetch_add(1, Relaxed);
-            apply(&a, Invalidation::everything(), failed).await;
-            let _ = a
-                .changes
-                .tx
-                .send(Event::Reset(end, ResetReason::Unreadable));
+            reset_everything(&a, failed, end, ResetReason::Unreadable).await;
             *last = Some(end.max(last.unwrap_or(StreamId::ZERO)));
         }
     }
@@ -1023,6 +1123,39 @@ mod tests {
             .unwrap()
             .is_ok());
         drop(a2);
+    }
+
+    fn sid(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    /// `max-deleted-entry-id` moves on `XDEL` only (Redis 7.0.15: `XADD MAXLEN ~` and
+    /// `XTRIM` leave it `0-0`), so a trim must be read from `entries-added` and the first
+    /// entry kept.
+    #[test]
+    fn a_trim_is_a_gap_though_redis_records_no_deleted_id() {
+        // 300 added, 100 kept from 201 on, nothing deleted by XDEL.
+        let h = Horizon::from_info(sid(300), StreamId::ZERO, 100, 300, sid(201));
+        assert!(h.lost_after(sid(1)), "entries 2 to 200 were trimmed");
+        assert!(h.lost_after(StreamId::ZERO));
+        // (200 itself may have been the last trimmed: a spurious reset, not a loss.)
+        assert!(h.lost_after(sid(200)));
+        assert!(!h.lost_after(sid(201)));
+        assert!(!h.lost_after(sid(300)));
+        assert!(h.lost_after(sid(301)), "never made");
+        // Nothing removed: the stream holds everything it made, from any id.
+        let h = Horizon::from_info(sid(300), StreamId::ZERO, 300, 300, sid(1));
+        assert!(!h.lost_after(StreamId::ZERO));
+        // Everything trimmed (`XTRIM MAXLEN 0`; Redis then records `0-0` as the first).
+        let h = Horizon::from_info(sid(300), StreamId::ZERO, 0, 300, StreamId::ZERO);
+        assert!(h.lost_after(sid(299)));
+        assert!(!h.lost_after(sid(300)));
+        // An entry in the middle deleted with XDEL.
+        let h = Horizon::from_info(sid(300), sid(150), 299, 300, sid(1));
+        assert!(h.lost_after(sid(149)));
+        assert!(!h.lost_after(sid(150)));
+        assert!(!Horizon::NONE.lost_after(StreamId::ZERO));
+        assert!(Horizon::NONE.lost_after(sid(1)));
     }
 
     #[test]

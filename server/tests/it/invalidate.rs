@@ -879,3 +879,283 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
     assert!(text.contains("tilewarm_redis_reads_held 0"), "{text}");
     s.shutdown().await;
 }
+
+/// One command to the test's Redis (as the default user), its answer.
+async fn redis_do(r: &RedisServer, args: &[&str]) -> redis::Value {
+    let mut conn = redis::Client::open(r.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+async fn xlen(r: &RedisServer) -> u64 {
+    redis::from_redis_value(redis_do(r, &["XLEN", "tw:changes"]).await).unwrap()
+}
+
+fn ids_inv(id: &str) -> tilewarm::protocol::Invalidation {
+    tilewarm::protocol::Invalidation {
+        ids: vec![id.into()],
+        ..Default::default()
+    }
+}
+
+fn class_inv(class: &str) -> tilewarm::protocol::Invalidation {
+    tilewarm::protocol::Invalidation {
+        classes: vec![class.into()],
+        ..Default::default()
+    }
+}
+
+/// The events `rx` hands out until one at or past `until` (at most `within`).
+async fn events_until(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    until: tilewarm::protocol::StreamId,
+    within: Duration,
+) -> Vec<Event> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) => {
+                let done = e.id() >= until;
+                got.push(e);
+                if done {
+                    return got;
+                }
+            }
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => return got,
+        }
+    }
+}
+
+/// Publishes `inv` from `a` until `b`'s reader hands one out (it starts at the stream's end,
+/// a moment after the server does); the id it handed out.
+async fn until_read(
+    a: &Server,
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    inv: &tilewarm::protocol::Invalidation,
+) -> tilewarm::protocol::StreamId {
+    for _ in 0..50 {
+        let id = a.app.changes.publish(inv).await.unwrap();
+        let got = events_until(rx, id, Duration::from_millis(200)).await;
+        if got.last().map(Event::id) == Some(id) {
+            return id;
+        }
+    }
+    panic!("the reader never handed out an entry");
+}
+
+fn is_gap(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Reset(_, tilewarm_server::stream::ResetReason::Gap)
+    )
+}
+
+/// Redis records an entry removed by `XADD MAXLEN ~` or `XTRIM` nowhere in
+/// `max-deleted-entry-id` (that is `XDEL`'s): a follower resuming from before what was
+/// trimmed must get `reset`, not what is left. Retention 100 (Redis trims whole nodes of
+/// 100 entries with `~`), 300 changes. Fails when the gap is read from
+/// `max-deleted-entry-id` alone: the first event is an invalidation some 100 changes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_resuming_from_before_what_redis_trimmed_gets_a_reset() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(Config {
+        changes_retention: 100,
+        ..redis_config(&redis)
+    })
+    .await;
+    let changes = &s.app.changes;
+    let first = changes.publish(&ids_inv("x0")).await.unwrap();
+    for i in 1..300 {
+        changes.publish(&ids_inv(&format!("x{i}"))).await.unwrap();
+    }
+    let kept = xlen(&redis).await;
+    assert!(
+        (100..300).contains(&kept),
+        "XLEN {kept}: nothing was trimmed"
+    );
+    let mut f = Feed::open(&s, Some(&agent_token()), Some(&first.to_string())).await;
+    assert_eq!(f.next().await.event, "ready");
+    let ev = f.next().await;
+    assert_eq!(
+        (ev.event.as_str(), &ev.data),
+        ("reset", &serde_json::json!({ "reason": "gap" })),
+        "{ev:?}"
+    );
+    // From the oldest entry kept, nothing is missing: the rest, as before.
+    let oldest: Vec<(String, Vec<Vec<u8>>)> = redis::from_redis_value(
+        redis_do(&redis, &["XRANGE", "tw:changes", "-", "+", "COUNT", "1"]).await,
+    )
+    .unwrap();
+    let oldest = oldest[0].0.parse().unwrap();
+    let (events, _) = changes.since(Some(oldest)).await.unwrap();
+    assert_eq!(events.len() as u64, kept - 1);
+    assert!(events.iter().all(|e| matches!(e, Event::Invalidate(..))));
+    s.shutdown().await;
+}
+
+/// An instance whose reader cannot read while more than the retention is appended finds,
+/// when it reconnects, that entries it never read were trimmed: it invalidates everything
+/// (its tier and its write guard) and sends its subscribers `reset`. Here B's reader may
+/// connect but not `XREAD` (an ACL), so it reconnects over and over; the reset must come
+/// from the reconnect's check, before it may read again. Fails when the check reads
+/// `max-deleted-entry-id` alone (which a trim leaves at `0-0`): no reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_cut_off_while_its_entries_were_trimmed_resets_its_instance() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    redis_do(
+        &redis,
+        &["ACL", "SETUSER", "b", "on", ">pw", "~*", "&*", "+@all"],
+    )
+    .await;
+    let a = server(Config {
+        changes_retention: 100,
+        ..redis_config(&redis)
+    })
+    .await;
+    let b = server(Config {
+        changes_retention: 100,
+        redis: Some(format!("redis://b:pw@127.0.0.1:{}/0", redis.port)),
+        ..redis_config(&redis)
+    })
+    .await;
+    let mut events = b.app.changes.events();
+    // B's reader is reading: it hands out A's entry.
+    let seen = until_read(&a, &mut events, &ids_inv("w")).await;
+    redis_do(&redis, &["ACL", "SETUSER", "b", "-xread"]).await;
+    let all_before = b.app.invalidation.stats.all.load(Relaxed);
+    let mut last = seen;
+    for i in 0..300 {
+        last = a
+            .app
+            .changes
+            .publish(&ids_inv(&format!("x{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(xlen(&redis).await < 300, "nothing was trimmed");
+    let stats = &b.app.changes.stats;
+    assert!(
+        eventually(Duration::from_secs(15), || stats.resets.load(Relaxed) >= 1).await,
+        "B's reader reconnected past trimmed entries without a reset"
+    );
+    assert!(b.app.invalidation.stats.all.load(Relaxed) > all_before);
+    // What B handed out while cut off: perhaps the first few entries, then the reset, and
+    // nothing skipped silently.
+    let got = events_until(&mut events, last, Duration::from_secs(5)).await;
+    assert!(got.iter().any(is_gap), "{got:?}");
+    // Allowed to read again: it goes on from the stream's end.
+    redis_do(&redis, &["ACL", "SETUSER", "b", "+xread"]).await;
+    let next = a.app.changes.publish(&ids_inv("y")).await.unwrap();
+    let got = events_until(&mut events, next, Duration::from_secs(10)).await;
+    assert!(
+        matches!(got.last(), Some(Event::Invalidate(id, _)) if *id == next),
+        "{got:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A connected reader that falls more than the retention behind (here B applies a class
+/// invalidation, which walks the whole tier, 50 000 keys, while A makes 300 more changes)
+/// is answered by its next `XREAD` with the entries still kept and nothing about the
+/// trimmed ones: it must see the gap, invalidate everything and send `reset`. Checks that
+/// between two events B hands out, no entry A made is skipped without a `reset`. Fails
+/// without the check after each `XREAD` (B hands out an entry some 100 changes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_reader_that_falls_behind_the_retention_resets_its_instance() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    {
+        let mut conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for chunk in (0..50_000).collect::<Vec<u32>>().chunks(1000) {
+            let mut p = redis::pipe();
+            for n in chunk {
+                p.cmd("SET")
+                    .arg(format!("tw:v3:i:junk{n}"))
+                    .arg("x")
+                    .ignore();
+            }
+            let () = p.query_async(&mut conn).await.unwrap();
+        }
+    }
+    let a = server(Config {
+        changes_retention: 100,
+        ..redis_config(&redis)
+    })
+    .await;
+    let b = server(Config {
+        changes_retention: 100,
+        ..redis_config(&redis)
+    })
+    .await;
+    let mut events = b.app.changes.events();
+    let first = until_read(&a, &mut events, &ids_inv("w")).await;
+    let all_before = b.app.invalidation.stats.all.load(Relaxed);
+    // B's next XREAD answers this one alone (it was waiting); B takes a while to apply it.
+    let mut made = vec![
+        first,
+        a.app.changes.publish(&class_inv("sold")).await.unwrap(),
+    ];
+    // All at once (pipelined on A's connection), so that they are made while B applies.
+    let invs: Vec<_> = (0..300).map(|i| ids_inv(&format!("x{i}"))).collect();
+    let publish = invs.iter().map(|inv| a.app.changes.publish(inv));
+    for id in futures_util::future::join_all(publish).await {
+        made.push(id.unwrap());
+    }
+    made.sort();
+    assert!(
+        b.app.changes.stats.applied_remote.load(Relaxed) < 10,
+        "B kept up with A: the test did not test"
+    );
+    assert!(xlen(&redis).await < 300, "nothing was trimmed");
+    let last = *made.last().unwrap();
+    let got = events_until(&mut events, last, Duration::from_secs(30)).await;
+    // Every entry B handed out follows the one before it in what A made, unless a reset
+    // came between.
+    let mut at = 0;
+    let mut reset = false;
+    for e in &got {
+        match e {
+            Event::Invalidate(id, _) => {
+                let i = made.iter().position(|m| m == id).expect("one of A's");
+                assert!(
+                    i == at + 1 || reset,
+                    "B handed out A's entry {i} after entry {at}, without a reset"
+                );
+                (at, reset) = (i, false);
+            }
+            Event::Reset(..) => reset = true,
+        }
+    }
+    assert_eq!(got.last().map(Event::id), Some(last), "B did not catch up");
+    assert!(
+        got.iter().any(is_gap),
+        "B never fell behind: the test did not test"
+    );
+    assert!(b.app.invalidation.stats.all.load(Relaxed) > all_before);
+    a.shutdown().await;
+    b.shutdown().await;
+}
