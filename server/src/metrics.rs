@@ -510,6 +510,11 @@ fn read_app(app: &App, s: &mut Scrape) {
                 "Times more changes waited than --change-queue-max and they were collapsed into one invalidate-all.",
                 &c.queue_overflows,
             ),
+            (
+                "tilewarm_changes_unpublished",
+                "Database changes applied to the cache tier that the change stream did not take, retries included (owed to its followers as one invalidate-all).",
+                &c.unpublished,
+            ),
         ] {
             s.counter(name, help, v);
         }

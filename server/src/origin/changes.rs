@@ -49,6 +49,18 @@
 //! restart with persistence, a network partition, refused deletes) would otherwise serve
 //! what the failed invalidation covers until the retry lands.
 //!
+//! # When the change stream does not take a change
+//! Once applied to the tier, a change goes on the change stream ([`crate::stream`]) for the
+//! other instances and the pages following `GET /v1/changes`. An `XADD` that fails (the
+//! stream's Redis node down or refusing it, while the tier's deletes went through) is tried
+//! [`PUBLISH_TRIES`] times, 100 ms then 200 ms apart; if it still fails, no follower can
+//! ever learn of that change from the stream (no entry was written, so no gap shows
+//! either), so the listener owes them an invalidate-all: logged (warn), counted in
+//! `tilewarm_changes_unpublished_total`, and the next change it publishes goes out as `all`,
+//! which covers the missed one and everything between. Without waiting for a next change,
+//! the `all` is tried on its own every 100 ms doubling to 2 s (also between reconnects to the
+//! database) until the stream takes it ([`Outbox`]).
+//!
 //! # The queue between the connection and the tier
 //! Notifications arrive as fast as the database commits; they are applied as fast as the
 //! tier can (and not at all while it is down, above). Between the two they wait in a
@@ -103,6 +115,88 @@ pub struct ChangeStats {
     /// Times the queue of waiting changes overflowed and was collapsed into one
     /// invalidate-all ([`ChangeQueue`]).
     pub queue_overflows: AtomicU64,
+    /// Changes applied to the tier that the change stream did not take after
+    /// [`PUBLISH_TRIES`] tries (owed to its followers as one invalidate-all, [`Outbox`]).
+    pub unpublished: AtomicU64,
+}
+
+/// Tries of a change on the change stream before it is owed as an invalidate-all (module
+/// docs).
+pub const PUBLISH_TRIES: u32 = 3;
+
+/// The listener's way onto the change stream, and what it owes the stream's followers: a
+/// change the stream did not take is paid as one invalidate-all, with the next change or on
+/// its own, whichever publishes first (module docs). One per listener, kept across
+/// reconnects.
+struct Outbox {
+    stats: Arc<ChangeStats>,
+    /// A change applied to the tier is not on the stream.
+    owed: bool,
+    /// Between tries to pay it on its own: 100 ms doubling to 2 s.
+    backoff: Backoff,
+    next_try: tokio::time::Instant,
+}
+
+impl Outbox {
+    fn new(stats: Arc<ChangeStats>) -> Outbox {
+        Outbox {
+            stats,
+            owed: false,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+            next_try: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Puts `inv`, applied to the tier, on the stream ([`PUBLISH_TRIES`] tries); as `all`
+    /// while something is owed. If the stream does not take it, it is owed.
+    async fn publish(&mut self, app: &App, inv: &Invalidation) {
+        let everything = Invalidation::everything();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=PUBLISH_TRIES {
+            // Read at each try: a change owed by now is covered only by `all`.
+            let sent = if self.owed { &everything } else { inv };
+            match app.changes.publish(sent).await {
+                Ok(id) => {
+                    self.paid(id);
+                    return;
+                }
+                Err(e) if attempt < PUBLISH_TRIES => {
+                    debug!(error = %e, attempt, "change feed: the change stream did not take a change; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    self.stats.unpublished.fetch_add(1, Relaxed);
+                    if !self.owed {
+                        warn!(error = %e, tries = PUBLISH_TRIES, "change feed: a change applied to the cache tier is not on the change stream; its followers get an invalidate-all once it takes one");
+                        self.owed = true;
+                        self.backoff.reset();
+                    }
+                    self.next_try = tokio::time::Instant::now() + self.backoff.next_delay();
+                }
+            }
+        }
+    }
+
+    /// One try to pay what is owed on its own; the next is scheduled if it fails.
+    async fn pay(&mut self, app: &App) {
+        if !self.owed {
+            return;
+        }
+        match app.changes.publish(&Invalidation::everything()).await {
+            Ok(id) => self.paid(id),
+            Err(e) => {
+                debug!(error = %e, "change feed: the change stream still does not take the owed invalidate-all");
+                self.next_try = tokio::time::Instant::now() + self.backoff.next_delay();
+            }
+        }
+    }
+
+    fn paid(&mut self, id: tilewarm::protocol::StreamId) {
+        if std::mem::take(&mut self.owed) {
+            info!(id = %id, "change feed: the change stream takes changes again; the ones it missed went out as an invalidate-all");
+        }
+    }
 }
 
 /// Change payloads received and not yet applied, at most `max` of them (module docs).
@@ -268,13 +362,16 @@ pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
 pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut outbox = Outbox::new(Arc::clone(&feed.stats));
         loop {
             let Some(strong) = app.upgrade() else { return };
             let zoom = strong.config.data_zoom;
             let queue_max = strong.config.change_queue_max;
+            // While the database is unreachable too: the followers need not wait for it.
+            outbox.pay(&strong).await;
             drop(strong);
             let began = tokio::time::Instant::now();
-            let result = listen_once(&app, &feed, zoom, queue_max).await;
+            let result = listen_once(&app, &feed, &mut outbox, zoom, queue_max).await;
             let Err(e) = result else { return }; // the app is gone
             let up_for = if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
@@ -292,6 +389,7 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
 async fn listen_once(
     app: &Weak<App>,
     feed: &ChangeFeed,
+    outbox: &mut Outbox,
     zoom: u8,
     queue_max: usize,
 ) -> Result<(), String> {
@@ -334,7 +432,7 @@ async fn listen_once(
         .await
         .map_err(|e| e.to_string())?;
     // Nothing cached before this point can be proven fresh.
-    if !apply(app, Invalidation::everything()).await {
+    if !apply(app, outbox, Invalidation::everything()).await {
         return Ok(());
     }
     feed.stats.connects.fetch_add(1, Relaxed);
@@ -350,9 +448,15 @@ async fn listen_once(
                     return Err(why);
                 }
                 // Everything already queued goes out as one invalidation.
-                if !apply(app, batch_invalidation(&taken, zoom, &feed.stats)).await {
+                if !apply(app, outbox, batch_invalidation(&taken, zoom, &feed.stats)).await {
                     return Ok(());
                 }
+            }
+            _ = tokio::time::sleep_until(outbox.next_try), if outbox.owed => {
+                let Some(a) = app.upgrade() else {
+                    return Ok(());
+                };
+                outbox.pay(&a).await;
             }
             _ = ping.tick() => {
                 if app.upgrade().is_none() {
@@ -373,14 +477,15 @@ async fn listen_once(
 /// ([`crate::stream`]), so pages following `GET /v1/changes` (and the other instances)
 /// learn of database changes as of `POST /v1/invalidate`s. (Every instance listening to the
 /// database publishes the change: followers see it once per instance, which costs a
-/// repeated invalidation, not a wrong answer.) False when the app is gone.
-async fn apply(app: &Weak<App>, inv: Invalidation) -> bool {
+/// repeated invalidation, not a wrong answer.) A change the stream does not take is owed as
+/// an invalidate-all ([`Outbox`]). False when the app is gone.
+async fn apply(app: &Weak<App>, outbox: &mut Outbox, inv: Invalidation) -> bool {
     {
         let Some(a) = app.upgrade() else {
             return false;
         };
         if invalidate(&a, &inv).await.is_ok() {
-            publish(&a, &inv).await;
+            outbox.publish(&a, &inv).await;
             return true;
         }
     }
@@ -391,15 +496,8 @@ async fn apply(app: &Weak<App>, inv: Invalidation) -> bool {
         return false;
     };
     info!("change feed: the cache tier is back and was invalidated");
-    publish(&a, &Invalidation::everything()).await;
+    outbox.publish(&a, &Invalidation::everything()).await;
     true
-}
-
-async fn publish(app: &Arc<App>, inv: &Invalidation) {
-    if let Err(e) = app.changes.publish(inv).await {
-        // The stream shares Redis with the tier: its followers resume or reset later.
-        debug!(error = %e, "change feed: not on the change stream");
-    }
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

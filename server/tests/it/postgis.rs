@@ -1334,3 +1334,92 @@ async fn changes_past_the_queue_bound_collapse_into_one_invalidate_all() {
     assert!(inv.all.load(Relaxed) >= all_before + 2);
     s.shutdown().await;
 }
+
+/// A database change that the change stream does not take (Redis refuses `XADD` for a
+/// while, by an ACL; the tier's deletes go through) is owed to the stream's followers:
+/// retried, logged and counted, and as soon as `XADD` works again an invalidate-all goes on
+/// the stream, without waiting for another change (no entry was written, so no follower
+/// could see a gap). Fails when a failed publish is only logged: nothing reaches the
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_change_the_stream_refused_reaches_followers_as_an_invalidate_all() {
+    if !postgres_available() || !crate::common::redis_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let redis = crate::common::RedisServer::start();
+    let (_, home) = densest_loaded(&pg).await;
+    let s = server(Config {
+        redis: Some(redis.url()),
+        redis_prefix: "pgowed:".into(),
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    // The connect's invalidate-all is on the stream: follow from after it.
+    let (_, from) = s.app.changes.since(None).await.unwrap();
+    let acl = |rule: &'static str| {
+        let url = redis.url();
+        async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    acl("-xadd").await;
+    let applied = s.app.invalidation.stats.applied.load(Relaxed);
+    let admin = pg.client().await;
+    set_estimate(&admin, &home, 1).await;
+    assert!(
+        eventually(Duration::from_secs(10), || feed.unpublished.load(Relaxed)
+            >= 1)
+        .await,
+        "the refused change was not counted"
+    );
+    assert!(
+        s.app.invalidation.stats.applied.load(Relaxed) > applied,
+        "applied to the tier"
+    );
+    let after = || async {
+        s.app
+            .changes
+            .since(Some(from))
+            .await
+            .unwrap()
+            .0
+            .into_iter()
+            .filter_map(|e| match e {
+                tilewarm_server::stream::Event::Invalidate(_, inv) => Some(inv),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(after().await.is_empty(), "{:?}", after().await);
+    let m = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    assert!(m.contains("tilewarm_changes_unpublished_total 1"), "{m}");
+    // XADD allowed again, and no other change: the owed invalidate-all goes out.
+    acl("+xadd").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = after().await;
+        if !events.is_empty() || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(matches!(&events[..], [inv] if inv.all), "{events:?}");
+    s.shutdown().await;
+}
