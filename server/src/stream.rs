@@ -51,7 +51,9 @@
 //! guard and deletes again, so the old value cannot stay. It can be *served* between B's
 //! write and B's reader seeing the entry (the stream's delivery delay, milliseconds on one
 //! network), and only when B had an origin fetch of that item in flight across the
-//! change; see docs/server.md.
+//! change; see docs/server.md. All of this holds while Redis keeps what it acknowledged: no
+//! `WAIT` is sent, so a failover to a replica that had not received the deletes and the
+//! entry loses them (docs/server.md, "What returned guarantees").
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
