@@ -42,7 +42,10 @@ pub struct Options {
     /// The caller's tier: `"public"` (default), `"registered"`, `"verified"` or `"agent"`.
     /// The server decides what a caller may see; this only says what to ask for.
     pub access: Option<String>,
-    /// Extra request headers (`content-type` is always `application/json`).
+    /// Extra request headers (`content-type` is always `application/json`). Names are HTTP
+    /// tokens; values have no line breaks or NUL and no character above U+00FF (what a
+    /// browser's `Headers` takes): anything else is refused by [`Options::check`], not by
+    /// the browser in the middle of a request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
@@ -114,6 +117,33 @@ fn secs(field: &str, s: u64) -> Result<u64, Error> {
             format!("{field} must be a number of seconds below 2^54, got {s}"),
         )
     })
+}
+
+/// A header the browser's `Headers.set` takes: the name an HTTP token (RFC 9110 5.6.2),
+/// the value without NUL, CR or LF and with no character above U+00FF (a `ByteString`).
+fn check_header(name: &str, value: &str) -> Result<(), Error> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(tchar) {
+        return Err(Error::new(
+            ErrorCode::InvalidArgValue,
+            format!(
+                "headers: a header name must be letters, digits and !#$%&'*+-.^_`|~, got {name:?}"
+            ),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|&c| matches!(c, '\0' | '\r' | '\n') || c > '\u{ff}')
+    {
+        return Err(Error::new(
+            ErrorCode::InvalidArgValue,
+            format!(
+                "headers.{name} must have no line break, NUL or character above U+00FF, got \
+                 one with {c:?}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Options {
@@ -213,6 +243,9 @@ impl Options {
         // The core checks every range once, with messages naming the field.
         tilewarm::client::Client::<()>::new(c.clone())
             .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;
+        for (k, v) in &self.headers {
+            check_header(k, v)?;
+        }
         let mut headers: Vec<(String, String)> = self
             .headers
             .iter()
@@ -318,5 +351,29 @@ mod tests {
         });
         assert_eq!(e.code, ErrorCode::OutOfRange);
         assert!(e.message.contains("bounds.south"), "{e}");
+    }
+
+    #[test]
+    fn headers_a_browser_would_refuse_are_refused_at_creation() {
+        let with = |k: &str, v: &str| Options {
+            headers: BTreeMap::from([(k.to_string(), v.to_string())]),
+            ..Options::new("http://h/")
+        };
+        for (k, v) in [("x-app", "demo v1"), ("X_Trace.Id", "caf\u{e9}\t1")] {
+            assert!(with(k, v).check().is_ok(), "{k}: {v:?}");
+        }
+        for (k, v, says) in [
+            ("x-bad", "a\nb", "headers.x-bad must have no line break"),
+            ("x-bad", "a\r", "got one with '\\r'"),
+            ("x-bad", "\0", "no line break, NUL"),
+            ("x-bad", "\u{2713}", "above U+00FF"),
+            ("x bad", "v", "a header name must be"),
+            ("", "v", "got \"\""),
+            ("x:y", "v", "got \"x:y\""),
+        ] {
+            let e = with(k, v).check().unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgValue, "{k}: {v:?}");
+            assert!(e.message.contains(says), "{k}: {v:?}: {e}");
+        }
     }
 }
