@@ -2,8 +2,11 @@
 //! `auth: { token: () => string | Promise<string> }`. It is called for every request; the
 //! token goes out as `Authorization: Bearer <token>`. A 401 calls it once more and sends
 //! the request again; a second 401 is an [`ErrorCode::Unauthorized`](crate::ErrorCode)
-//! error (`ERR_UNAUTHORIZED`). A callback that fails fails the request as a network error
-//! (retried like one).
+//! error (`ERR_UNAUTHORIZED`). A callback that fails, or gives something that is not a
+//! bearer token (RFC 6750's b64token: letters, digits and `-._~+/`, then `=` padding; no
+//! spaces or line breaks, which the browser would refuse in a header), is the same error
+//! with nothing sent, as in the npm package: retried like a 401, and not counted towards
+//! the breaker (the backend did nothing wrong).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,6 +67,25 @@ impl Auth {
     }
 }
 
+/// Whether `token` can go out as `Authorization: Bearer <token>`: RFC 6750's b64token
+/// (`[A-Za-z0-9-._~+/]+=*`). The error says why not, never the token itself.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
+pub(crate) fn check_token(token: &str) -> Result<(), String> {
+    let body = token.trim_end_matches('=');
+    let ok = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "the auth token callback must give a bearer token (letters, digits and -._~+/, then \
+         = padding), got a string of {} characters that is not one",
+        token.chars().count()
+    ))
+}
+
 #[cfg(target_arch = "wasm32")]
 pub(crate) fn show(v: &wasm_bindgen::JsValue) -> String {
     js_sys::JSON::stringify(v)
@@ -76,5 +98,36 @@ pub(crate) fn show(v: &wasm_bindgen::JsValue) -> String {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Auth(token callback)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_token;
+
+    #[test]
+    fn only_rfc_6750_bearer_tokens_go_out() {
+        for good in [
+            "abc",
+            "eyJhbGciOi.eyJzdWIi.c2ln",
+            "a-b_c~d+e/f",
+            "YWJj==",
+            "x=",
+        ] {
+            assert_eq!(check_token(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "=",
+            "good\nbad",
+            "a b",
+            "tok\r",
+            "a=b",
+            "caf\u{e9}",
+            "a,b",
+        ] {
+            let e = check_token(bad).unwrap_err();
+            assert!(e.contains("must give a bearer token"), "{bad:?}: {e}");
+        }
     }
 }

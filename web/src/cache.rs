@@ -32,7 +32,7 @@ use tilewarm::protocol::{
 use tilewarm::tile::Bbox;
 use tilewarm::{Access, TileId};
 
-use crate::auth::{show, Auth};
+use crate::auth::{check_token, show, Auth};
 use crate::error::{Error, ErrorCode};
 use crate::options::Options;
 use crate::updates::{QueueRule, Queued, Subscribers, Updates};
@@ -136,6 +136,14 @@ struct InFlight {
     ids: Vec<String>,
 }
 
+/// The request whose failure the core is handling (it has left `requests`): its ids, and
+/// why its token never went out, if that is why it failed.
+struct Ending {
+    id: RequestId,
+    ids: Vec<String>,
+    token: Option<String>,
+}
+
 struct State<T> {
     client: Client<Stored<T>>,
     requests: HashMap<u64, InFlight>,
@@ -144,8 +152,7 @@ struct State<T> {
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
     subscribers: Subscribers<Update<T>>,
-    /// The ids of the request whose failure the core is handling (it has left `requests`).
-    ending: Option<(RequestId, Vec<String>)>,
+    ending: Option<Ending>,
 }
 
 impl<T> Drop for State<T> {
@@ -476,6 +483,8 @@ impl<T> State<T> {
 enum Outcome<T> {
     /// The answer, and the data's extent the server declared with it (`BOUNDS_HEADER`).
     Answer(BatchResponse<Stored<T>>, Option<Bbox>),
+    /// The auth token callback failed or gave no bearer token: why (nothing was sent).
+    TokenRefused(String),
     /// The failure, and the tier the failed answer's `ACCESS_HEADER` names (a 403 names the
     /// tier the credential gives; the core decides whether the cache follows it down).
     Failed(Failure, Option<Access>),
@@ -499,10 +508,14 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     st.broadcast(Update::Complete);
                 }
                 Event::Error(fe) => {
-                    let err = Error::from_fetch(&fe);
+                    let ending = st.ending.as_ref().filter(|e| e.id == fe.request);
+                    let err = match ending.and_then(|e| e.token.as_deref()) {
+                        Some(why) => Error::from_token_failure(&fe, why),
+                        None => Error::from_fetch(&fe),
+                    };
                     if fe.kind == Kind::Foreground && !fe.will_retry {
-                        let ids = match (&st.ending, st.requests.get(&fe.request.0)) {
-                            (Some((id, ids)), _) if *id == fe.request => ids.clone(),
+                        let ids = match (ending, st.requests.get(&fe.request.0)) {
+                            (Some(e), _) => e.ids.clone(),
                             (_, Some(r)) => r.ids.clone(),
                             _ => Vec::new(),
                         };
@@ -621,8 +634,26 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 }
             }
             Outcome::Failed(f, reported) => {
-                st.ending = Some((id, flight.ids));
+                st.ending = Some(Ending {
+                    id,
+                    ids: flight.ids,
+                    token: None,
+                });
                 st.client.on_reported_failure(id, f, reported, now);
+            }
+            Outcome::TokenRefused(why) => {
+                // Nothing was sent: a 401 to the core (retried like one, not the backend's
+                // trouble), with the reason for the page.
+                st.ending = Some(Ending {
+                    id,
+                    ids: flight.ids,
+                    token: Some(why),
+                });
+                let f = Failure::Http {
+                    status: 401,
+                    retry_after_ms: None,
+                };
+                st.client.on_reported_failure(id, f, None, now);
             }
         }
         let sends = Inner::pump(this, &mut st, now);
@@ -651,8 +682,13 @@ async fn exchange<T: DeserializeOwned>(
     let res = loop {
         let token = match &auth {
             Some(a) => match a.token().await {
-                Ok(t) => Some(t),
-                Err(m) => return Outcome::Failed(Failure::Network(m), None),
+                Ok(t) => match check_token(&t) {
+                    Ok(()) => Some(t),
+                    Err(why) => return Outcome::TokenRefused(why),
+                },
+                Err(m) => {
+                    return Outcome::TokenRefused(format!("the auth token callback failed: {m}"))
+                }
             },
             None => None,
         };

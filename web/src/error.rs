@@ -11,12 +11,13 @@ use tilewarm::client::FetchError;
 pub enum ErrorCode {
     /// A request got no answer within `batch.timeoutMs`.
     Timeout,
-    /// The request could not be made (connection refused, CORS, offline) or the auth token
-    /// callback failed.
+    /// The request could not be made (connection refused, CORS, offline).
     Network,
     /// The server answered with an HTTP error status.
     Http,
-    /// The server answered 401 twice, the second time with a token fetched again.
+    /// The server answered 401 twice, the second time with a token fetched again; or the
+    /// token callback failed or gave something that is not a bearer token (nothing was
+    /// sent then, and `status` is `None`).
     Unauthorized,
     /// The answer was not a valid batch response (or an item's `data` did not fit `T`).
     InvalidResponse,
@@ -115,6 +116,34 @@ impl Error {
             retry_after_ms,
         }
     }
+
+    /// A failed request whose token never went out: the callback failed or gave something
+    /// that is not a bearer token (`why` says which, never the token). The core had it as a
+    /// 401 (retried like one, not a sign of the backend's health); no status was answered.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
+    pub(crate) fn from_token_failure(e: &FetchError, why: &str) -> Error {
+        let retry = if e.will_retry { " (will retry)" } else { "" };
+        Error {
+            code: ErrorCode::Unauthorized,
+            message: format!(
+                "{} batch request for {} tiles failed: {why}{retry}",
+                kind_name(e.kind),
+                e.tiles.len()
+            ),
+            kind: Some(e.kind),
+            will_retry: e.will_retry,
+            status: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Foreground => "foreground",
+        Kind::Prefetch => "prefetch",
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +184,26 @@ mod tests {
         assert_eq!(
             failed(Failure::Invalid("x".into())).code,
             ErrorCode::InvalidResponse
+        );
+    }
+
+    #[test]
+    fn a_token_that_never_went_out_is_unauthorized_without_a_status() {
+        let fe = FetchError {
+            request: RequestId(1),
+            kind: Kind::Prefetch,
+            failure: Failure::Http {
+                status: 401,
+                retry_after_ms: None,
+            },
+            tiles: vec![],
+            will_retry: false,
+        };
+        let e = Error::from_token_failure(&fe, "the auth token callback failed: offline");
+        assert_eq!((e.code, e.status), (ErrorCode::Unauthorized, None));
+        assert_eq!(
+            e.message,
+            "prefetch batch request for 0 tiles failed: the auth token callback failed: offline"
         );
     }
 }

@@ -489,3 +489,54 @@ async fn a_token_refused_twice_is_err_unauthorized() {
     assert_eq!(e.code.as_str(), "ERR_UNAUTHORIZED", "{e}");
     assert_eq!(log(s).await.0, 2, "asked again once, not more");
 }
+
+/// Resolves to `None` when `f` has not finished within `ms` (a guard against hanging).
+async fn within<F: std::future::Future + Unpin>(ms: u32, f: F) -> Option<F::Output> {
+    use futures_util::future::{select, Either};
+    match select(f, TimeoutFuture::new(ms)).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+/// A token the browser would refuse in a header (a line break) is `ERR_UNAUTHORIZED` with
+/// nothing sent, not a request that throws and times out; so is a callback that fails,
+/// which is not the backend's trouble (the breaker stays shut). A bad header is refused
+/// when the cache is made.
+#[wasm_bindgen_test]
+async fn tokens_and_headers_the_browser_would_refuse_never_go_out() {
+    let s = "token-newline";
+    let cache: TileCache =
+        TileCache::with_auth(&options(s, 0, 0), Some(Auth::fixed("good\nbad"))).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let e = within(600, Box::pin(cache.when_complete()))
+        .await
+        .expect("failed before the 800 ms timeout")
+        .unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Unauthorized, None), "{e}");
+    assert!(e.message.contains("must give a bearer token"), "{e}");
+    assert!(!e.message.contains("good"), "never the token: {e}");
+    assert_eq!(log(s).await.0, 0, "nothing sent");
+
+    let s = "token-fails";
+    let cache: TileCache = TileCache::with_auth(
+        &options(s, 0, 0),
+        Some(Auth::new(|| async { Err("signed out".to_string()) })),
+    )
+    .unwrap();
+    for i in 0..4 {
+        show(&cache, inside(tile(20 + i, 20)));
+        let e = cache.when_complete().await.unwrap_err();
+        assert_eq!((e.code, e.status), (ErrorCode::Unauthorized, None), "{e}");
+        assert!(e.message.contains("callback failed: signed out"), "{e}");
+    }
+    let st = cache.stats();
+    assert_eq!((st.breaker_open, st.batch.breaker_opened), (false, 0));
+    assert_eq!(log(s).await.0, 0, "nothing sent");
+
+    let mut o = options("header", 0, 0);
+    o.headers.insert("x-bad".into(), "a\nb".into());
+    let e = TileCache::<Value>::new(&o).err().unwrap();
+    assert_eq!(e.code, ErrorCode::InvalidArgValue);
+    assert!(e.message.contains("headers.x-bad"), "{e}");
+}
