@@ -12,7 +12,7 @@
 //! copies.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use futures_channel::oneshot;
@@ -92,7 +92,8 @@ pub enum Update<T> {
     View(View<T>),
     /// Every visible tile can now be shown.
     Complete,
-    /// A request failed (foreground or prefetch); cached data stays usable.
+    /// A request failed (foreground or prefetch), or an answer left requested ids out;
+    /// cached data stays usable.
     Error(Error),
 }
 
@@ -130,9 +131,10 @@ impl<T> Payload for Stored<T> {
 
 type Found<T> = Result<Option<Rc<Item<T>>>, Error>;
 
-/// A request that is out: its abort handle and the ids it asked for (for `get`).
+/// A request that is out: its abort handle, its kind and the ids it asked for (for `get`).
 struct InFlight {
     ctrl: AbortController,
+    kind: Kind,
     ids: Vec<String>,
 }
 
@@ -332,7 +334,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// One item by id: from the cache, else fetched; `None` when it does not exist or the
-    /// tier may not see it.
+    /// tier may not see it. Fails with the error of the request that carried the id when
+    /// that request gave up (foreground or prefetch), and when an answer left the id out of
+    /// both its items and `missing` (a partial answer: the edge's origin failed; the error
+    /// goes to [`TileCache::updates`] too).
     pub async fn get(&self, id: &str) -> Found<T> {
         let mut all = self.get_many(&[id]).await?;
         Ok(all.pop().flatten())
@@ -466,14 +471,42 @@ impl<T> State<T> {
         self.subscribers.send(&update);
     }
 
-    /// A foreground request gave up: `when_complete` and the `get`s it carried fail.
+    /// A request gave up: the `get`s of the ids it carried fail, whatever its kind (an id a
+    /// `get` waits for may have gone out in a prefetch request, and nothing asks again);
+    /// `when_complete` fails too when it was a foreground request.
     fn reject(&mut self, e: &Error, ids: &[String]) {
-        for w in self.waiters.drain(..) {
-            let _ = w.send(Err(e.clone()));
+        if e.kind == Some(Kind::Foreground) {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(Err(e.clone()));
+            }
         }
+        self.reject_gets(e, ids);
+    }
+
+    fn reject_gets(&mut self, e: &Error, ids: &[String]) {
         for id in ids {
             for w in self.gets.remove(id).unwrap_or_default() {
                 let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+
+    /// `get`s of `ids` whose request went away without answering them (cancelled, or an
+    /// answer the core did not take): answered from the cache, or queued again, or nothing
+    /// would ever answer them.
+    fn ask_again(&mut self, ids: &[String], now: u64) {
+        for gid in ids {
+            if !self.gets.contains_key(gid) {
+                continue;
+            }
+            let found = self
+                .client
+                .get(gid, now)
+                .map(|l| Rc::clone(&l.item.payload().item));
+            if let Some(item) = found {
+                for w in self.gets.remove(gid).unwrap_or_default() {
+                    let _ = w.send(Ok(Some(Rc::clone(&item))));
+                }
             }
         }
     }
@@ -481,8 +514,9 @@ impl<T> State<T> {
 
 /// How a request ended, as the shell saw it.
 enum Outcome<T> {
-    /// The answer, and the data's extent the server declared with it (`BOUNDS_HEADER`).
-    Answer(BatchResponse<Stored<T>>, Option<Bbox>),
+    /// The answer, the data's extent the server declared with it (`BOUNDS_HEADER`), and,
+    /// when it left requested ids out, its `error` member.
+    Answer(BatchResponse<Stored<T>>, Option<Bbox>, Option<Why>),
     /// The auth token callback failed or gave no bearer token: why (nothing was sent).
     TokenRefused(String),
     /// The failure, and the tier the failed answer's `ACCESS_HEADER` names (a 403 names the
@@ -496,39 +530,50 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// no longer borrowed).
     fn pump(this: &Rc<Self>, st: &mut State<T>, now: u64) -> Vec<Transmit> {
         let mut sends = Vec::new();
-        while let Some(t) = st.client.poll_request(now) {
-            sends.push(t);
-        }
         let mut updated = false;
-        while let Some(e) = st.client.poll_event() {
-            match e {
-                Event::Updated => updated = true,
-                Event::Complete => {
-                    st.set_complete(true);
-                    st.broadcast(Update::Complete);
-                }
-                Event::Error(fe) => {
-                    let ending = st.ending.as_ref().filter(|e| e.id == fe.request);
-                    let err = match ending.and_then(|e| e.token.as_deref()) {
-                        Some(why) => Error::from_token_failure(&fe, why),
-                        None => Error::from_fetch(&fe),
-                    };
-                    if fe.kind == Kind::Foreground && !fe.will_retry {
-                        let ids = match (ending, st.requests.get(&fe.request.0)) {
-                            (Some(e), _) => e.ids.clone(),
-                            (_, Some(r)) => r.ids.clone(),
-                            _ => Vec::new(),
-                        };
-                        st.reject(&err, &ids);
+        loop {
+            while let Some(t) = st.client.poll_request(now) {
+                sends.push(t);
+            }
+            while let Some(e) = st.client.poll_event() {
+                match e {
+                    Event::Updated => updated = true,
+                    Event::Complete => {
+                        st.set_complete(true);
+                        st.broadcast(Update::Complete);
                     }
-                    st.broadcast(Update::Error(err));
+                    Event::Error(fe) => {
+                        let ending = st.ending.as_ref().filter(|e| e.id == fe.request);
+                        let err = match ending.and_then(|e| e.token.as_deref()) {
+                            Some(why) => Error::from_token_failure(&fe, why),
+                            None => Error::from_fetch(&fe),
+                        };
+                        if !fe.will_retry {
+                            let ids = match (ending, st.requests.get(&fe.request.0)) {
+                                (Some(e), _) => e.ids.clone(),
+                                (_, Some(r)) => r.ids.clone(),
+                                _ => Vec::new(),
+                            };
+                            st.reject(&err, &ids);
+                        }
+                        st.broadcast(Update::Error(err));
+                    }
                 }
             }
-        }
-        while let Some(id) = st.client.poll_cancel() {
-            if let Some(r) = st.requests.remove(&id.0) {
-                r.ctrl.abort();
+            // After the errors: a get() they ended is not asked again.
+            let mut again = Vec::new();
+            while let Some(id) = st.client.poll_cancel() {
+                if let Some(r) = st.requests.remove(&id.0) {
+                    r.ctrl.abort();
+                    // A get() of an id this request carried was not queued on its own (the
+                    // id was in flight): it is asked for again.
+                    again.extend(r.ids.into_iter().filter(|g| st.gets.contains_key(g)));
+                }
             }
+            if again.is_empty() {
+                break;
+            }
+            st.ask_again(&again, now);
         }
         if updated {
             let view = st.read_view(now);
@@ -570,10 +615,15 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             let signal = ctrl.signal();
             let body = t.request.to_json();
             let ids = t.request.ids.clone();
-            this.state
-                .borrow_mut()
-                .requests
-                .insert(t.id.0, InFlight { ctrl, ids });
+            let asked = ids.clone();
+            this.state.borrow_mut().requests.insert(
+                t.id.0,
+                InFlight {
+                    ctrl,
+                    kind: t.kind,
+                    ids,
+                },
+            );
             let weak = Rc::downgrade(this);
             wasm_bindgen_futures::spawn_local(async move {
                 let Some((endpoint, headers, auth, limits)) = weak.upgrade().map(|i| {
@@ -586,7 +636,8 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 }) else {
                     return;
                 };
-                let outcome = exchange::<T>(&endpoint, &headers, auth, &limits, body, signal).await;
+                let outcome =
+                    exchange::<T>(&endpoint, &headers, auth, &limits, body, &asked, signal).await;
                 if let Some(inner) = weak.upgrade() {
                     Inner::finish(&inner, t.id, outcome);
                 }
@@ -603,33 +654,49 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             return; // aborted (cancelled or past its deadline): the core already knows
         };
         match outcome {
-            Outcome::Answer(r, bounds) => {
-                let mut answered: Vec<String> = r.items.iter().map(|i| i.id.clone()).collect();
-                let missing = r.missing.clone();
-                answered.extend(missing.iter().cloned());
-                answered.extend(flight.ids.iter().cloned());
-                let taken = st.client.on_declared_response(id, r, bounds.as_ref(), now);
-                // Sent at a tier left since: its work is asked again, and that answer ends
-                // the gets it was for.
-                let answered = if taken == Answered::AskedAgain {
-                    Vec::new()
-                } else {
-                    answered
-                };
-                for gid in answered {
-                    if !st.gets.contains_key(&gid) {
-                        continue;
-                    }
-                    let c = &st.client;
-                    let found = c
-                        .cache()
-                        .peek(&gid, c.access(), now)
-                        .map(|l| Rc::clone(&l.item.payload().item));
-                    if found.is_none() && !missing.contains(&gid) && !flight.ids.contains(&gid) {
-                        continue;
-                    }
-                    for w in st.gets.remove(&gid).unwrap_or_default() {
-                        let _ = w.send(Ok(found.clone()));
+            Outcome::Answer(r, bounds, why) => {
+                let missing: HashSet<String> = r.missing.iter().cloned().collect();
+                let mut known: HashSet<String> = r.items.iter().map(|i| i.id.clone()).collect();
+                known.extend(missing.iter().cloned());
+                match st.client.on_declared_response(id, r, bounds.as_ref(), now) {
+                    // Sent at a tier left since: its work is asked again, and that answer
+                    // ends the gets it was for.
+                    Answered::AskedAgain => {}
+                    // Not taken (the core no longer tracked it): nothing of it is cached,
+                    // and nothing asks for its ids again but this.
+                    Answered::Ignored => st.ask_again(&flight.ids, now),
+                    Answered::Taken => {
+                        for gid in &known {
+                            if !st.gets.contains_key(gid) {
+                                continue;
+                            }
+                            let c = &st.client;
+                            let found = c
+                                .cache()
+                                .peek(gid, c.access(), now)
+                                .map(|l| Rc::clone(&l.item.payload().item));
+                            if found.is_none()
+                                && !missing.contains(gid)
+                                && !flight.ids.contains(gid)
+                            {
+                                continue;
+                            }
+                            for w in st.gets.remove(gid).unwrap_or_default() {
+                                let _ = w.send(Ok(found.clone()));
+                            }
+                        }
+                        // Ids asked for and left out of both items and missing (a partial
+                        // answer: its `error` says why) are not known not to exist.
+                        let left: Vec<String> = (flight.ids.iter())
+                            .filter(|g| !known.contains(*g))
+                            .cloned()
+                            .collect();
+                        if !left.is_empty() {
+                            let why = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
+                            let e = Error::unanswered(flight.kind, &left, why);
+                            st.reject_gets(&e, &left);
+                            st.broadcast(Update::Error(e));
+                        }
                     }
                 }
             }
@@ -669,13 +736,29 @@ fn retry_after_ms(v: Option<String>) -> Option<u64> {
     (s.is_finite() && s >= 0.0).then(|| (s.min(86_400.0) * 1000.0) as u64)
 }
 
-/// One POST (two if a 401 made it ask `auth` again), decoded.
+/// The `error` member of a partial answer (the core's `Unanswered`): why it left some of
+/// the requested tiles and ids out.
+#[derive(serde::Deserialize)]
+struct Why {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Partial {
+    error: Option<Why>,
+}
+
+/// One POST (two if a 401 made it ask `auth` again), decoded. `asked`: the ids the request
+/// asked for.
 async fn exchange<T: DeserializeOwned>(
     endpoint: &str,
     headers: &[(String, String)],
     auth: Option<Auth>,
     limits: &Limits,
     body: String,
+    asked: &[String],
     signal: AbortSignal,
 ) -> Outcome<T> {
     let mut asked_again = false;
@@ -736,7 +819,20 @@ async fn exchange<T: DeserializeOwned>(
         Err(failure) => return Outcome::Failed(failure, None),
     };
     match decode::<T>(&bytes, limits) {
-        Ok(r) => Outcome::Answer(r, bounds),
+        Ok(r) => {
+            // Read only when it left an asked id out: the body's `error` says why.
+            let known: HashSet<&str> = (r.items.iter().map(|i| i.id.as_str()))
+                .chain(r.missing.iter().map(String::as_str))
+                .collect();
+            let why = if asked.iter().all(|id| known.contains(id.as_str())) {
+                None
+            } else {
+                serde_json::from_slice::<Partial>(&bytes)
+                    .ok()
+                    .and_then(|p| p.error)
+            };
+            Outcome::Answer(r, bounds, why)
+        }
         Err(m) => Outcome::Failed(Failure::Invalid(m), None),
     }
 }

@@ -19,7 +19,8 @@ pub enum ErrorCode {
     /// token callback failed or gave something that is not a bearer token (nothing was
     /// sent then, and `status` is `None`).
     Unauthorized,
-    /// The answer was not a valid batch response (or an item's `data` did not fit `T`).
+    /// The answer was not a valid batch response (or an item's `data` did not fit `T`); or
+    /// it left a requested id out of both `items` and `missing` without saying why.
     InvalidResponse,
     /// An option or argument has a wrong type or shape.
     InvalidArgType,
@@ -136,6 +137,44 @@ impl Error {
             retry_after_ms: None,
         }
     }
+
+    /// A `200` that left some of the requested `ids` out of both `items` and `missing`: a
+    /// partial answer, whose `error` member (`why`: its code and message) says why, as the
+    /// edge gives when its origin fails. Those ids are not known not to exist: the `get`s
+    /// of them fail with this, as in the npm package (`ERR_HTTP`, 504 for an
+    /// `upstream_timeout`, else 502; `ERR_INVALID_RESPONSE` when the answer says nothing).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
+    pub(crate) fn unanswered(kind: Kind, ids: &[String], why: Option<(&str, &str)>) -> Error {
+        let first = ids.first().map(String::as_str).unwrap_or_default();
+        let head = format!(
+            "{} batch request failed for {} of its ids (first {first:?}): ",
+            kind_name(kind),
+            ids.len()
+        );
+        let (code, status, message) = match why {
+            Some((code, message)) => {
+                let status = if code == "upstream_timeout" { 504 } else { 502 };
+                (
+                    ErrorCode::Http,
+                    Some(status),
+                    format!("{head}{code}: {message}"),
+                )
+            }
+            None => (
+                ErrorCode::InvalidResponse,
+                None,
+                format!("{head}the answer neither lists them in items nor in missing"),
+            ),
+        };
+        Error {
+            code,
+            message,
+            kind: Some(kind),
+            will_retry: false,
+            status,
+            retry_after_ms: None,
+        }
+    }
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
@@ -204,6 +243,31 @@ mod tests {
         assert_eq!(
             e.message,
             "prefetch batch request for 0 tiles failed: the auth token callback failed: offline"
+        );
+    }
+
+    #[test]
+    fn ids_a_partial_answer_left_out_are_the_npm_packages_errors() {
+        let ids = ["a1".to_string(), "a2".to_string()];
+        let e = Error::unanswered(
+            Kind::Foreground,
+            &ids,
+            Some(("upstream_timeout", "the origin did not answer in time")),
+        );
+        assert_eq!((e.code, e.status), (ErrorCode::Http, Some(504)));
+        assert_eq!(
+            e.message,
+            "foreground batch request failed for 2 of its ids (first \"a1\"): \
+             upstream_timeout: the origin did not answer in time"
+        );
+        let e = Error::unanswered(Kind::Prefetch, &ids, Some(("upstream_error", "502")));
+        assert_eq!((e.code, e.status), (ErrorCode::Http, Some(502)));
+        let e = Error::unanswered(Kind::Prefetch, &ids, None);
+        assert_eq!((e.code, e.status), (ErrorCode::InvalidResponse, None));
+        assert!(
+            e.message
+                .ends_with("neither lists them in items nor in missing"),
+            "{e}"
         );
     }
 }

@@ -34,6 +34,7 @@ pub use cache::{Item, Shown, TileCache, Update, View};
 pub use error::{Error, ErrorCode};
 pub use options::{BatchOptions, Checked, Options, PrefetchOptions, TtlOptions};
 /// The core's types a caller of [`TileCache`] meets.
+pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;
 pub use tilewarm::client::{ClientStats, TileState};
 pub use tilewarm::{Access, TileId};

@@ -499,6 +499,139 @@ async fn within<F: std::future::Future + Unpin>(ms: u32, f: F) -> Option<F::Outp
     }
 }
 
+/// The next error on `updates`, skipping views.
+async fn next_error<T>(updates: &mut tilewarm_web::Updates<Update<T>>) -> tilewarm_web::Error {
+    loop {
+        match within(5000, updates.next()).await {
+            Some(Some(Update::Error(e))) => return e,
+            Some(Some(_)) => {}
+            other => panic!(
+                "no error on the update stream: {:?}",
+                other.map(|u| u.is_some())
+            ),
+        }
+    }
+}
+
+/// A partial answer (200, the edge's origin failed) leaves an item that exists out of both
+/// `items` and `missing`: its `get` fails with the answer's `error`, never "does not
+/// exist", and the page hears of it; one with no `error` member is an invalid answer.
+#[wasm_bindgen_test]
+async fn a_get_a_partial_answer_left_out_fails() {
+    for (mode, code, status, says) in [
+        (
+            "partial",
+            ErrorCode::Http,
+            Some(504),
+            "upstream_timeout: injected by fault-proxy",
+        ),
+        (
+            "partial-bare",
+            ErrorCode::InvalidResponse,
+            None,
+            "neither lists them in items nor in missing",
+        ),
+    ] {
+        let cache: TileCache = TileCache::new(&options(mode, 0, 0)).unwrap();
+        show(&cache, inside(tile(0, 0)));
+        cache.when_complete().await.unwrap();
+        let id = cache.view().items[0].item.id.clone();
+        // Out of the view (which would fetch its tile again), then out of the cache.
+        show(&cache, inside(tile(40, 40)));
+        cache.when_complete().await.unwrap();
+        cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+        let mut updates = cache.updates();
+        set_mode(mode, mode).await;
+        let e = within(5000, Box::pin(cache.get(&id)))
+            .await
+            .expect("the get ended")
+            .unwrap_err();
+        assert_eq!((e.code, e.status), (code, status), "{mode}: {e}");
+        assert!(e.message.contains(says), "{mode}: {e}");
+        assert!(e.message.contains(&format!("(first {id:?})")), "{e}");
+        assert_eq!(next_error(&mut updates).await, e);
+        // The server has it: once the answer is whole, the get finds it.
+        set_mode(mode, "pass").await;
+        assert_eq!(cache.get(&id).await.unwrap().unwrap().id, id);
+    }
+}
+
+/// Shows tile (0, 0) with its ring prefetched, then drops one item of the tile east from
+/// the cache and shows (0, 0) again with the proxy stalling: the refresh of that item goes
+/// out in a prefetch request. Returns the item's id.
+async fn an_id_in_a_stalled_prefetch(s: &str, cache: &TileCache) -> String {
+    show(cache, inside(tile(1, 0)));
+    cache.when_complete().await.unwrap();
+    let victim = cache.view().items[0].item.id.clone();
+    show(cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    wait_until("the ring has arrived", || async {
+        cache.stats().in_flight == 0
+    })
+    .await;
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&[victim.as_str()]));
+    set_mode(s, "stall").await;
+    let before = cache.stats().batch.prefetch_requests;
+    show(cache, inside(tile(0, 0)));
+    let st = cache.stats();
+    assert!(
+        st.batch.prefetch_requests > before && st.in_flight > 0,
+        "the item's refresh went out in a prefetch: {st:?}"
+    );
+    victim
+}
+
+/// A `get` of an id already out in a prefetch request joins it (no request of its own);
+/// when that request is cancelled (the map moved away) the id is asked for again, and when
+/// it gives up the get fails with its error: it never waits for ever.
+#[wasm_bindgen_test]
+async fn a_get_joined_to_a_prefetch_outlives_its_cancel_and_ends_with_its_failure() {
+    let s = "get-cancelled";
+    let mut o = options(s, 1, 0);
+    o.batch.timeout_ms = Some(5000);
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let victim = an_id_in_a_stalled_prefetch(s, &cache).await;
+    let requests = cache.stats().batch.requests;
+    let mut get = Box::pin(cache.get(&victim));
+    assert!(within(300, &mut get).await.is_none());
+    assert_eq!(
+        cache.stats().batch.requests,
+        requests,
+        "joined the prefetch"
+    );
+    set_mode(s, "pass").await;
+    show(&cache, inside(tile(40, 40)));
+    assert!(cache.stats().batch.cancelled >= 1);
+    let got = within(3000, &mut get).await.expect("asked again, answered");
+    assert_eq!(got.unwrap().unwrap().id, victim);
+
+    // No retries: the prefetch's timeout is the end of it.
+    let s = "get-gave-up";
+    let mut o = options(s, 1, 0);
+    o.batch.timeout_ms = Some(1500);
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let victim = an_id_in_a_stalled_prefetch(s, &cache).await;
+    let requests = cache.stats().batch.requests;
+    let e = within(3000, Box::pin(cache.get(&victim)))
+        .await
+        .expect("the get ended with its prefetch")
+        .unwrap_err();
+    assert_eq!(
+        cache.stats().batch.requests,
+        requests,
+        "joined the prefetch"
+    );
+    assert_eq!(
+        (e.code, e.kind, e.will_retry),
+        (
+            ErrorCode::Timeout,
+            Some(tilewarm_web::Kind::Prefetch),
+            false
+        ),
+        "{e}"
+    );
+}
+
 /// A token the browser would refuse in a header (a line break) is `ERR_UNAUTHORIZED` with
 /// nothing sent, not a request that throws and times out; so is a callback that fails,
 /// which is not the backend's trouble (the breaker stays shut). A bad header is refused

@@ -7,7 +7,11 @@
 //                           answers whose items are all of tier "agent"), bounds=W,S,E,N
 //                           (forward, declaring that extent in x-tilewarm-bounds), huge
 //                           (a 9 MiB body with its content-length), huge-stream (9 MiB
-//                           sent in 64 KiB chunks with no length, until the client goes)
+//                           sent in 64 KiB chunks with no length, until the client goes),
+//                           partial (the edge's partial answer: the tiles forwarded, the
+//                           ids left out and listed in an `error` member, as when the
+//                           edge's origin times out), partial-bare (the ids left out, no
+//                           `error` member)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -47,6 +51,18 @@ function aboveTier(request) {
   const items = request.tiles.map((t, i) => ITEM({ id: `secret-${i}`, access: 'agent', ...centre(t) }));
   return { tiles, items, missing: [] };
 }
+// The edge's partial answer to `request`: its tiles answered by the server, its ids in
+// neither `items` nor `missing`, listed in an `error` member (`withError`) or not at all.
+function partial(res, request, withError) {
+  const leaveOut = (answer) => ({
+    ...answer,
+    ...(withError && {
+      error: { code: 'upstream_timeout', message: 'injected by fault-proxy', tiles: [], ids: request.ids ?? [] },
+    }),
+  });
+  if (!request.tiles?.length) { send(res, 200, leaveOut({ tiles: [], items: [], missing: [] })); return; }
+  forward(res, JSON.stringify({ ...request, ids: [] }), {}, leaveOut);
+}
 const sessions = new Map();
 const session = (name) => {
   if (!sessions.has(name)) sessions.set(name, { mode: 'pass', requests: 0, aborted: 0, hostile: 0, auth: [], bodies: [] });
@@ -78,7 +94,8 @@ function huge(res, declared) {
   more();
 }
 
-function forward(res, text, headers = {}) {
+// `edit`, if given, rewrites a 200's body (parsed) before it is sent on.
+function forward(res, text, headers = {}, edit = undefined) {
   const up = http.request(upstream, { method: 'POST', headers: { 'content-type': 'application/json' } }, (u) => {
     const chunks = [];
     u.on('data', (c) => chunks.push(c));
@@ -86,7 +103,9 @@ function forward(res, text, headers = {}) {
       // The tier header as the server sent it (on a 403: the tier the credential gives).
       const tier = u.headers['x-tilewarm-access'];
       const own = tier === undefined ? headers : { 'x-tilewarm-access': tier, ...headers };
-      if (!res.destroyed) send(res, u.statusCode, Buffer.concat(chunks).toString(), own);
+      let body = Buffer.concat(chunks).toString();
+      if (edit && u.statusCode === 200) body = JSON.stringify(edit(JSON.parse(body)));
+      if (!res.destroyed) send(res, u.statusCode, body, own);
     });
   });
   up.on('error', (e) => { if (!res.destroyed) send(res, 502, { error: { code: 'upstream', message: e.message } }); });
@@ -120,6 +139,8 @@ const server = http.createServer((req, res) => {
       case 'tier': send(res, 200, aboveTier(JSON.parse(text))); break;
       case 'huge': huge(res, true); break;
       case 'huge-stream': huge(res, false); break;
+      case 'partial': partial(res, JSON.parse(text), true); break;
+      case 'partial-bare': partial(res, JSON.parse(text), false); break;
       case 'auth':
         if (req.headers.authorization === 'Bearer good') forward(res, text);
         else send(res, 401, { error: { code: 'unauthorized', message: 'bad token' } });
