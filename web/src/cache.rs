@@ -24,7 +24,7 @@ use web_sys::{AbortController, AbortSignal};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
-use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState};
+use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState, ViewTooLarge};
 use tilewarm::planner::Viewport;
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
@@ -151,6 +151,8 @@ struct State<T> {
     requests: HashMap<u64, InFlight>,
     timer: Option<Timeout>,
     complete: bool,
+    /// The view is too wide to fetch (nothing is, so it never completes).
+    too_wide: Option<ViewTooLarge>,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
     subscribers: Subscribers<Update<T>>,
@@ -210,6 +212,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     requests: HashMap::new(),
                     timer: None,
                     complete: true,
+                    too_wide: None,
                     waiters: Vec::new(),
                     gets: HashMap::new(),
                     subscribers: Subscribers::default(),
@@ -283,15 +286,17 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     stale,
                 })
             });
-        // The core makes a view too wide to fetch a state (nothing fetched for it); this
-        // shell still reports it as an error.
-        if let Some(e) = outcome.too_wide {
-            return Err(Error::new(ErrorCode::TooManyTiles, e.to_string()));
-        }
         st.set_complete(outcome.complete);
+        // The core makes a view too wide to fetch a state (nothing fetched for it, and what
+        // was fetched for the last view cancelled); this shell still reports it as an
+        // error, after acting on it: `when_complete` fails with it until the map moves.
+        st.set_too_wide(outcome.too_wide);
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
         Inner::start(&self.inner, sends);
+        if let Some(e) = outcome.too_wide {
+            return Err(too_wide_error(&e));
+        }
         Ok(View {
             items,
             complete: outcome.complete,
@@ -311,10 +316,14 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// Resolves when every visible tile can be shown; fails with the error of a
-    /// foreground request that gave up.
+    /// foreground request that gave up, and with `TooManyTiles` while the view is too wide
+    /// to fetch (it never completes).
     pub async fn when_complete(&self) -> Result<(), Error> {
         let rx = {
             let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.too_wide {
+                return Err(too_wide_error(e));
+            }
             if st.complete {
                 return Ok(());
             }
@@ -441,7 +450,25 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 }
 
+/// The error of a view too wide to fetch.
+fn too_wide_error(e: &ViewTooLarge) -> Error {
+    Error::new(
+        ErrorCode::TooManyTiles,
+        format!("{e} (nothing is fetched for it, so it never completes)"),
+    )
+}
+
 impl<T> State<T> {
+    fn set_too_wide(&mut self, too_wide: Option<ViewTooLarge>) {
+        self.too_wide = too_wide;
+        if let Some(e) = too_wide {
+            let err = too_wide_error(&e);
+            for w in self.waiters.drain(..) {
+                let _ = w.send(Err(err.clone()));
+            }
+        }
+    }
+
     fn set_complete(&mut self, complete: bool) {
         self.complete = complete;
         if complete {
@@ -460,6 +487,7 @@ impl<T> State<T> {
             })
         });
         self.set_complete(outcome.complete);
+        self.set_too_wide(outcome.too_wide);
         View {
             items,
             complete: outcome.complete,

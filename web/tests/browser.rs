@@ -632,6 +632,59 @@ async fn a_get_joined_to_a_prefetch_outlives_its_cancel_and_ends_with_its_failur
     );
 }
 
+/// A view too wide to fetch never completes: `when_complete` fails with `TooManyTiles`
+/// (the waiters of the view before too), and what was in flight for the last view is
+/// cancelled on the wire at once.
+#[wasm_bindgen_test]
+async fn a_view_too_wide_fails_when_complete_and_cancels_at_once() {
+    const WIDE: [f64; 5] = [-125.0, 40.0, -115.0, 50.0, 14.5];
+    let s = "too-wide";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let e = cache
+        .set_viewport(WIDE[0], WIDE[1], WIDE[2], WIDE[3], WIDE[4])
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManyTiles);
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
+    assert!(e.message.contains("never completes"), "{e}");
+    assert!(!cache.view().complete);
+    // Back to a view it can fetch: complete again.
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+
+    let s = "too-wide-cancels";
+    set_mode(s, "slow").await;
+    let cache: TileCache = TileCache::new(&Options {
+        batch: BatchOptions {
+            timeout_ms: Some(6000),
+            ..BatchOptions::default()
+        },
+        ..options(s, 1, 0)
+    })
+    .unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let waiting = cache.when_complete();
+    let sent = cache.stats().batch.requests;
+    assert!(cache.stats().batch.prefetch_requests >= 1);
+    wait_until("the requests reached the proxy", || async {
+        log(s).await.0 >= sent
+    })
+    .await;
+    let _ = cache.set_viewport(WIDE[0], WIDE[1], WIDE[2], WIDE[3], WIDE[4]);
+    let e = within(500, Box::pin(waiting))
+        .await
+        .expect("failed at once");
+    assert_eq!(e.unwrap_err().code, ErrorCode::TooManyTiles);
+    let cancelled = cache.stats().batch.cancelled;
+    assert!(cancelled >= 1, "the prefetches were cancelled");
+    wait_until("the proxy saw them aborted", || async {
+        log(s).await.1 >= cancelled
+    })
+    .await;
+}
+
 /// A token the browser would refuse in a header (a line break) is `ERR_UNAUTHORIZED` with
 /// nothing sent, not a request that throws and times out; so is a callback that fails,
 /// which is not the backend's trouble (the breaker stays shut). A bad header is refused
