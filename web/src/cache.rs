@@ -35,6 +35,7 @@ use tilewarm::{Access, TileId};
 use crate::auth::{check_token, show, Auth};
 use crate::error::{Error, ErrorCode};
 use crate::options::Options;
+use crate::retry_after::retry_after_ms;
 use crate::updates::{QueueRule, Queued, Subscribers, Updates};
 
 /// A cached item: the wire fields, and `data` decoded into `T`.
@@ -758,12 +759,6 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by tilewarm servers).
-fn retry_after_ms(v: Option<String>) -> Option<u64> {
-    let s: f64 = v?.trim().parse().ok()?;
-    (s.is_finite() && s >= 0.0).then(|| (s.min(86_400.0) * 1000.0) as u64)
-}
-
 /// The `error` member of a partial answer (the core's `Unanswered`): why it left some of
 /// the requested tiles and ids out.
 #[derive(serde::Deserialize)]
@@ -832,7 +827,9 @@ async fn exchange<T: DeserializeOwned>(
         return Outcome::Failed(
             Failure::Http {
                 status: res.status(),
-                retry_after_ms: retry_after_ms(res.headers().get("retry-after")),
+                retry_after_ms: res.headers().get("retry-after").and_then(|v| {
+                    retry_after_ms(&v, js_sys::Date::now(), |d| js_sys::Date::parse(d))
+                }),
             },
             reported,
         );

@@ -14,7 +14,8 @@
 //! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
 //! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
 //! `TileCache::updates`), `cache.rs` (`TileCache`, wasm32 only: everything that touches
-//! the browser), `body.rs` (an answer's body read with a cap, wasm32 only). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
+//! the browser), `body.rs` (an answer's body read with a cap, wasm32 only), `retry_after.rs`
+//! (a `Retry-After` read as the npm package reads it). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
 mod auth;
@@ -24,6 +25,7 @@ mod body;
 mod cache;
 mod error;
 mod options;
+mod retry_after;
 // Its sending side is used by cache.rs only, in the browser; host builds test it.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod updates;

@@ -726,3 +726,18 @@ async fn tokens_and_headers_the_browser_would_refuse_never_go_out() {
     assert_eq!(e.code, ErrorCode::InvalidArgValue);
     assert!(e.message.contains("headers.x-bad"), "{e}");
 }
+
+/// A `Retry-After` given as an HTTP date is honoured (the wait until then), as in the npm
+/// package.
+#[wasm_bindgen_test]
+async fn a_retry_after_date_is_a_wait() {
+    let s = "retry-date";
+    set_mode(s, "503-date").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
+    // 3 s ahead, to the second the date holds, less the time the answer took.
+    let wait = e.retry_after_ms.expect("a wait");
+    assert!((1000..=3000).contains(&wait), "{wait} ms");
+}

@@ -11,7 +11,8 @@
 //                           partial (the edge's partial answer: the tiles forwarded, the
 //                           ids left out and listed in an `error` member, as when the
 //                           edge's origin times out), partial-bare (the ids left out, no
-//                           `error` member)
+//                           `error` member), 503-date (503 with a Retry-After 3 s ahead, as
+//                           an HTTP date)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -139,6 +140,10 @@ const server = http.createServer((req, res) => {
       case 'tier': send(res, 200, aboveTier(JSON.parse(text))); break;
       case 'huge': huge(res, true); break;
       case 'huge-stream': huge(res, false); break;
+      case '503-date':
+        send(res, 503, { error: { code: 'overloaded', message: 'injected by fault-proxy' } },
+          { 'retry-after': new Date(Date.now() + 3000).toUTCString() });
+        break;
       case 'partial': partial(res, JSON.parse(text), true); break;
       case 'partial-bare': partial(res, JSON.parse(text), false); break;
       case 'auth':
