@@ -93,6 +93,10 @@ pub enum Update<T> {
     View(View<T>),
     /// Every visible tile can now be shown.
     Complete,
+    /// The tier the cache asks and views at changed: [`TileCache::set_access`], or a lower
+    /// tier the server reported for the credential (an answer, or a `403` naming it), as
+    /// the npm package's `onAccess` tells. Sent before the view it changed.
+    Access(Access),
     /// A request failed (foreground or prefetch), or an answer left requested ids out;
     /// cached data stays usable.
     Error(Error),
@@ -101,7 +105,8 @@ pub enum Update<T> {
 impl<T> QueueRule for Update<T> {
     fn rule(&self) -> Queued {
         match self {
-            Update::View(_) => Queued::Latest,
+            Update::View(_) => Queued::Latest(0),
+            Update::Access(_) => Queued::Latest(1),
             Update::Complete => Queued::Once,
             Update::Error(_) => Queued::Each,
         }
@@ -113,6 +118,7 @@ impl<T> Clone for Update<T> {
         match self {
             Update::View(v) => Update::View(v.clone()),
             Update::Complete => Update::Complete,
+            Update::Access(a) => Update::Access(*a),
             Update::Error(e) => Update::Error(e.clone()),
         }
     }
@@ -157,6 +163,8 @@ struct State<T> {
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
     subscribers: Subscribers<Update<T>>,
+    /// The tier last told to subscribers.
+    access: Access,
     ending: Option<Ending>,
 }
 
@@ -206,6 +214,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let limits = checked.config.limits;
         let client = Client::new(checked.config)
             .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;
+        let access = client.access();
         Ok(TileCache {
             inner: Rc::new(Inner {
                 state: RefCell::new(State {
@@ -217,6 +226,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     waiters: Vec::new(),
                     gets: HashMap::new(),
                     subscribers: Subscribers::default(),
+                    access,
                     ending: None,
                 }),
                 endpoint: checked.endpoint,
@@ -337,8 +347,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
 
     /// A stream of [`Update`]s from now on, for UI frameworks to subscribe to. Dropping
     /// the stream unsubscribes. A subscriber that falls behind holds at most
-    /// [`MAX_QUEUED_UPDATES`](crate::MAX_QUEUED_UPDATES) updates: the latest view (a new
-    /// one replaces the one not read yet), one `Complete`, and the latest errors.
+    /// [`MAX_QUEUED_UPDATES`](crate::MAX_QUEUED_UPDATES) updates: the latest view and the
+    /// latest tier (a new one replaces the one not read yet), one `Complete`, and the latest
+    /// errors.
     pub fn updates(&self) -> Updates<Update<T>> {
         self.inner.state.borrow_mut().subscribers.subscribe()
     }
@@ -400,8 +411,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
         let n = st.client.invalidate(what, now);
-        let view = st.read_view(now);
-        st.broadcast(Update::View(view));
+        st.tell_view(now);
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
         Inner::start(&self.inner, sends);
@@ -427,12 +437,18 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             ));
         }
         st.client.set_access(access, now);
-        let view = st.read_view(now);
-        st.broadcast(Update::View(view));
+        st.tell_view(now);
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
         Inner::start(&self.inner, sends);
         Ok(())
+    }
+
+    /// The tier the cache asks and views at: the `access` option, or what
+    /// [`TileCache::set_access`] set since, or a lower tier the server reported for the
+    /// credential ([`Update::Access`] tells when it changes).
+    pub fn access(&self) -> Access {
+        self.inner.state.borrow().client.access()
     }
 
     /// Each data tile's display state.
@@ -498,6 +514,28 @@ impl<T> State<T> {
 
     fn broadcast(&mut self, update: Update<T>) {
         self.subscribers.send(&update);
+    }
+
+    /// Tells subscribers the tier, when it is not the one they last heard.
+    fn tell_access(&mut self) {
+        let access = self.client.access();
+        if access != self.access {
+            self.access = access;
+            self.broadcast(Update::Access(access));
+        }
+    }
+
+    /// After a call that changed the view at once (`invalidate`, `set_access`): tells
+    /// subscribers the tier if it changed, `Complete` if the view became complete, and the
+    /// view.
+    fn tell_view(&mut self, now: u64) {
+        let was_complete = self.complete;
+        self.tell_access();
+        let view = self.read_view(now);
+        if view.complete && !was_complete {
+            self.broadcast(Update::Complete);
+        }
+        self.broadcast(Update::View(view));
     }
 
     /// A request gave up: the `get`s of the ids it carried fail, whatever its kind (an id a
@@ -604,6 +642,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             }
             st.ask_again(&again, now);
         }
+        st.tell_access();
         if updated {
             let view = st.read_view(now);
             st.broadcast(Update::View(view));

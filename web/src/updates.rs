@@ -1,7 +1,7 @@
 //! The stream behind [`TileCache::updates`](crate::TileCache::updates): one bounded queue
 //! per subscriber, so a subscriber that stops polling (a stream kept and never read) holds
-//! at most the latest view, one `Complete` and [`MAX_QUEUED_UPDATES`] updates in all,
-//! instead of a copy of every view since.
+//! at most the latest view, the latest tier, one `Complete` and [`MAX_QUEUED_UPDATES`]
+//! updates in all, instead of a copy of every view since.
 //!
 //! Host-compiled (no browser types), so its bound is tested by `cargo test`.
 
@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
-/// Most updates queued for one subscriber. A new view replaces the one queued, a
+/// Most updates queued for one subscriber. A new view (or tier) replaces the one queued, a
 /// `Complete` already queued is not queued again, and past the cap the oldest error is
 /// dropped.
 pub const MAX_QUEUED_UPDATES: usize = 64;
@@ -18,8 +18,9 @@ pub const MAX_QUEUED_UPDATES: usize = 64;
 /// How an update is queued for a subscriber that has not read the last ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Queued {
-    /// The view as it is now: replaces a view still queued.
-    Latest,
+    /// A value as it is now (the view, the tier): replaces one of the same slot still
+    /// queued.
+    Latest(u8),
     /// A state reached (`Complete`): queued once.
     Once,
     /// Its own news (an error): kept, the oldest dropped past the cap.
@@ -106,12 +107,13 @@ impl<U: Clone + QueueRule> Subscribers<U> {
             let mut q = queue.borrow_mut();
             let rule = update.rule();
             match rule {
-                Queued::Latest => q.items.retain(|u| u.rule() != Queued::Latest),
+                Queued::Latest(_) => q.items.retain(|u| u.rule() != rule),
                 Queued::Once if q.items.iter().any(|u| u.rule() == Queued::Once) => return true,
                 _ => {}
             }
             if q.items.len() >= MAX_QUEUED_UPDATES {
-                // Views and states are at most one each: an error is the oldest to go.
+                // Latest values and states are at most one each: an error is the oldest
+                // to go.
                 if let Some(i) = q.items.iter().position(|u| u.rule() == Queued::Each) {
                     q.items.remove(i);
                 }
@@ -144,6 +146,7 @@ mod tests {
     #[derive(Clone, Debug, PartialEq)]
     enum U {
         View(u32),
+        Access(u32),
         Complete,
         Error(u32),
     }
@@ -151,7 +154,8 @@ mod tests {
     impl QueueRule for U {
         fn rule(&self) -> Queued {
             match self {
-                U::View(_) => Queued::Latest,
+                U::View(_) => Queued::Latest(0),
+                U::Access(_) => Queued::Latest(1),
                 U::Complete => Queued::Once,
                 U::Error(_) => Queued::Each,
             }
@@ -175,22 +179,28 @@ mod tests {
         let mut read = Vec::new();
         for i in 0..10 * MAX_QUEUED_UPDATES as u32 {
             subs.send(&U::View(i));
+            subs.send(&U::Access(i));
             subs.send(&U::Complete);
             subs.send(&U::Error(i));
             assert!(idle.queued() <= MAX_QUEUED_UPDATES, "{}", idle.queued());
             read.extend(drain(&reader));
         }
         // The one that read saw everything, in order.
-        assert_eq!(read.len(), 30 * MAX_QUEUED_UPDATES);
-        assert_eq!(&read[..3], [U::View(0), U::Complete, U::Error(0)]);
-        // The idle one: the latest view, one Complete, the latest errors.
+        assert_eq!(read.len(), 40 * MAX_QUEUED_UPDATES);
+        assert_eq!(
+            &read[..4],
+            [U::View(0), U::Access(0), U::Complete, U::Error(0)]
+        );
+        // The idle one: the latest view and tier, one Complete, the latest errors.
         let last = 10 * MAX_QUEUED_UPDATES as u32 - 1;
         let got = drain(&idle);
         assert_eq!(got.len(), MAX_QUEUED_UPDATES);
         assert_eq!(got.iter().filter(|u| **u == U::Complete).count(), 1);
         assert_eq!(got.last(), Some(&U::Error(last)));
-        assert!(got.contains(&U::View(last)));
-        assert!(!got.iter().any(|u| matches!(u, U::View(v) if *v != last)));
+        assert!(got.contains(&U::View(last)) && got.contains(&U::Access(last)));
+        assert!(!got
+            .iter()
+            .any(|u| matches!(u, U::View(v) | U::Access(v) if *v != last)));
     }
 
     #[test]

@@ -280,7 +280,7 @@ async fn a_500_and_a_stall_leave_cached_data_usable() {
     while codes.len() < 2 {
         match updates.next().await.unwrap() {
             Update::Error(e) => codes.push(e.code),
-            Update::View(_) | Update::Complete => {}
+            Update::View(_) | Update::Complete | Update::Access(_) => {}
         }
     }
     assert_eq!(codes, vec![ErrorCode::Http, ErrorCode::Timeout]);
@@ -348,11 +348,22 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
         ..options(s, 0, 0)
     };
     let cache: TileCache = TileCache::new(&o).unwrap();
+    assert_eq!(cache.access(), Access::Agent);
+    let mut updates = cache.updates();
     show(&cache, inside(tile(0, 0)));
     cache.when_complete().await.unwrap();
     let view = cache.view();
     assert!(!view.items.is_empty());
     assert!(view.items.iter().all(|i| i.item.access == Access::Public));
+    // The page can read the tier it was lowered to, and heard of it once.
+    assert_eq!(cache.access(), Access::Public);
+    let mut heard = Vec::new();
+    while let Some(Some(u)) = within(100, updates.next()).await {
+        if let Update::Access(a) = u {
+            heard.push(a);
+        }
+    }
+    assert_eq!(heard, [Access::Public]);
     let bodies = control(s, "log").await["bodies"].clone();
     let asked: Vec<&str> = bodies
         .as_array()
@@ -740,4 +751,32 @@ async fn a_retry_after_date_is_a_wait() {
     // 3 s ahead, to the second the date holds, less the time the answer took.
     let wait = e.retry_after_ms.expect("a wait");
     assert!((1000..=3000).contains(&wait), "{wait} ms");
+}
+
+/// A view that `set_access` makes complete at once (back to a tier whose tiles are cached)
+/// says so on the update stream, as an answer completing it does.
+#[wasm_bindgen_test]
+async fn a_view_set_access_completes_is_a_complete_update() {
+    let s = "access-complete";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    set_mode(s, "stall").await;
+    cache.set_access(Access::Registered).unwrap();
+    assert!(
+        !cache.view().complete,
+        "the public lists do not serve a registered caller"
+    );
+    let mut updates = cache.updates();
+    cache.set_access(Access::Public).unwrap();
+    let mut got = Vec::new();
+    while let Some(Some(u)) = within(100, updates.next()).await {
+        got.push(match u {
+            Update::View(v) => format!("view complete={}", v.complete),
+            Update::Access(a) => format!("access {a}"),
+            Update::Complete => "complete".to_string(),
+            Update::Error(e) => format!("error {e}"),
+        });
+    }
+    assert_eq!(got, ["access public", "complete", "view complete=true"]);
 }

@@ -176,7 +176,7 @@ pub fn start() -> Result<(), JsValue> {
             match u {
                 Update::View(view) => map.borrow().draw(&view),
                 Update::Error(e) => web_sys::console::warn_1(&e.to_string().into()),
-                Update::Complete => {}
+                Update::Complete | Update::Access(_) => {}
             }
         }
     });
