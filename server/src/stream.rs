@@ -100,6 +100,31 @@ pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// retention).
 pub const MAX_BACKLOG: usize = 1000;
 
+/// Most bytes of changes a `Last-Event-ID` catch-up holds ([`backlog_bytes`]); a client
+/// further behind gets one `reset` instead, as past [`MAX_BACKLOG`] events. An entry may
+/// name 1000 ids of 256 bytes, so the event bound alone would let one catch-up hold a few
+/// hundred megabytes, per subscriber.
+pub const MAX_BACKLOG_BYTES: usize = 4 << 20;
+
+/// The bytes a catch-up is charged for an event: its ids', classes' and tiles' sizes, and a
+/// little for the event itself (it is held decoded, then written as SSE text).
+fn backlog_bytes(e: &Event) -> usize {
+    match e {
+        Event::Invalidate(_, inv) => {
+            64 + inv.ids.iter().map(|i| i.len() + 8).sum::<usize>()
+                + inv.classes.iter().map(|c| c.len() + 8).sum::<usize>()
+                + inv.tiles.len() * 24
+        }
+        Event::Reset(..) => 64,
+    }
+}
+
+/// Whether `events` are more than a catch-up may hold.
+fn over_backlog(events: &[Event]) -> bool {
+    events.len() > MAX_BACKLOG
+        || events.iter().map(backlog_bytes).sum::<usize>() > MAX_BACKLOG_BYTES
+}
+
 /// The Redis key of the change stream for a key prefix. Not an item or tile key, so
 /// invalidating everything keeps it (see [`crate::tier`]).
 pub fn changes_key(prefix: &str) -> String {
@@ -407,7 +432,7 @@ impl ChangeStream {
                     .take(MAX_BACKLOG + 1)
                     .map(|(id, inv)| Event::Invalidate(*id, Arc::clone(inv)))
                     .collect();
-                if events.len() > MAX_BACKLOG {
+                if over_backlog(&events) {
                     return Ok((vec![Event::Reset(r.last, ResetReason::Gap)], r.last));
                 }
                 Ok((events, r.last))
@@ -431,7 +456,7 @@ impl ChangeStream {
                             .arg(format!("({from}"))
                             .arg(last.to_string())
                             .arg("COUNT")
-                            .arg(1000)
+                            .arg(100)
                             .query_async(&mut conn)
                             .await
                             .map_err(redis_err)?;
@@ -455,7 +480,7 @@ impl ChangeStream {
                                 }
                             }
                         }
-                        if events.len() > MAX_BACKLOG {
+                        if over_backlog(&events) {
                             return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
                         }
                         from = parse_id(tail)?;
@@ -1086,6 +1111,31 @@ mod tests {
         // Exactly the bound: the events.
         let (ev, _) = s.since(Some(ids[0])).await.unwrap();
         assert_eq!(ev.len(), MAX_BACKLOG);
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_larger_than_the_byte_bound_is_a_reset() {
+        let s = ChangeStream::local(100, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        // 1000 ids of 200 bytes an entry: about 200 KB each, so about 20 entries fill the
+        // bound, far fewer than MAX_BACKLOG.
+        let big = |n: usize| Invalidation {
+            ids: (0..1000).map(|i| format!("{n:03}{i:0>197}")).collect(),
+            ..Invalidation::default()
+        };
+        let mut ids = Vec::new();
+        for n in 0..40 {
+            ids.push(s.publish(&big(n)).await.unwrap());
+        }
+        let (ev, pos) = s.since(Some(start)).await.unwrap();
+        assert!(
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == pos),
+            "{} events",
+            ev.len()
+        );
+        // A few entries behind: the events.
+        let (ev, _) = s.since(Some(ids[35])).await.unwrap();
+        assert_eq!(ev.len(), 4);
     }
 
     #[tokio::test]
