@@ -89,7 +89,7 @@ pub use error_body::{
 };
 pub use limits::Limits;
 pub use request::{decode_request, BatchRequest};
-pub use response::{decode_response, BatchResponse, Item, RawData, TileList};
+pub use response::{decode_response, BatchResponse, Item, OtherTier, RawData, TileList};
 pub use validate::{ttl_left_s, validate_item_fields};
 
 /// The response header in which a server declares the data's extent, `west,south,east,north`

@@ -65,6 +65,28 @@ impl<D> Item<D> {
     }
 }
 
+/// An origin's answer reports a tier other than the one it was asked at
+/// ([`BatchResponse::check_tier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherTier {
+    /// The tier the request was made at.
+    pub asked: Access,
+    /// The tier the answer says it was filtered for.
+    pub reported: Access,
+}
+
+impl std::fmt::Display for OtherTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the origin answered for tier \"{}\", not the \"{}\" asked for",
+            self.reported, self.asked
+        )
+    }
+}
+
+impl std::error::Error for OtherTier {}
+
 /// A decoded batch response.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchResponse<D> {
@@ -283,6 +305,30 @@ impl<D> BatchResponse<D> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the answer was made for the tier `asked` for, as a proxy that caches it under
+    /// that tier needs: an answer that reports another tier (its origin filtered it for the
+    /// tier the proxy's own credential gives, say) is [`OtherTier`], and must be neither
+    /// used nor stored. An answer that reports no tier (a server from before the field) is
+    /// taken as made for `asked`. The edge proxy and the server's upstream origin both
+    /// apply this rule. (A client is different: it follows a lower tier the server
+    /// reports.)
+    ///
+    /// ```
+    /// use tilewarm::protocol::BatchResponse;
+    /// use tilewarm::Access;
+    /// let mut r = BatchResponse::<()>::default();
+    /// assert!(r.check_tier(Access::Agent).is_ok());
+    /// r.access = Some(Access::Registered);
+    /// let e = r.check_tier(Access::Agent).unwrap_err();
+    /// assert_eq!(e.to_string(), "the origin answered for tier \"registered\", not the \"agent\" asked for");
+    /// ```
+    pub fn check_tier(&self, asked: Access) -> Result<(), OtherTier> {
+        match self.access {
+            Some(reported) if reported != asked => Err(OtherTier { asked, reported }),
+            _ => Ok(()),
+        }
     }
 
     /// Requested tiles that the response does not list (a server bug or truncation); the

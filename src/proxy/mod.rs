@@ -478,22 +478,20 @@ impl Proxy {
     /// Turns the origin's outcome into a decoded response, or the error to report.
     /// The origin's answer to a request made at `tier`. An answer that reports another tier
     /// (the origin filtered it for a tier the edge did not ask at, e.g. its `ORIGIN_TOKEN`
-    /// gives less) is refused: an answer is never stored under a tier it was not made for.
+    /// gives less) is refused ([`BatchResponse::check_tier`]): an answer is never stored
+    /// under a tier it was not made for.
     fn decode_origin(
         &self,
         outcome: OriginOutcome<'_>,
         tier: Access,
     ) -> Result<BatchResponse<RawData>, ErrorBody> {
         let response = self.decode_origin_body(outcome)?;
-        match response.access {
-            Some(reported) if reported != tier => Err(ErrorBody {
+        match response.check_tier(tier) {
+            Err(other) => Err(ErrorBody {
                 code: ErrorCode::UpstreamError,
-                message: format!(
-                    "the origin answered for tier \"{reported}\", not the \"{tier}\" asked for: \
-                     check the tier of the edge's origin credential"
-                ),
+                message: format!("{other}: check the tier of the edge's origin credential"),
             }),
-            _ => Ok(response),
+            Ok(()) => Ok(response),
         }
     }
 

@@ -22,7 +22,10 @@
 //!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`;
 //! - the **shape guard**: an answer that leaves out a requested tile or id is a failure (not
 //!   a silent hole that would be cached as "empty"); lists of tiles nobody asked for are
-//!   dropped.
+//!   dropped;
+//! - an answer that reports a tier other than the one asked for
+//!   ([`BatchResponse::check_tier`], the edge's rule too: an upstream whose token gives
+//!   less) is a failure: its lists lack items of the asked tier.
 //!
 //! # Counting before paying: [`OriginService::count_up_to`]
 //! A request's coarse "direct" tiles (more than `--split-levels` above the data zoom) are
@@ -541,6 +544,17 @@ impl OriginService {
         mut r: BatchResponse<RawData>,
     ) -> Result<BatchResponse<RawData>, OriginFailure> {
         let asked = request.access;
+        // An answer made for another tier (an upstream whose token gives less than asked)
+        // lacks items the asked tier sees: cached, its lists would be wrong for every tier.
+        // The edge refuses it by the same rule.
+        if let Err(other) = r.check_tier(asked) {
+            tracing::warn!(origin = self.kind(), "{other}; refused");
+            return Err(OriginFailure::Failed(format!(
+                "{other}: check the tier of the server's origin token \
+                 (--origin-token-file or {})",
+                upstream::TOKEN_ENV
+            )));
+        }
         let mut dropped: HashSet<String> = HashSet::new();
         r.items.retain(|it| {
             let ok = asked.can_see(it.access);

@@ -18,8 +18,9 @@
 //! - no answer within `--origin-timeout-ms` is a 504 (the request is dropped, which closes
 //!   its connection);
 //! - items above the asked tier (a leaking upstream) are dropped and counted by
-//!   [`super::OriginService`]'s tier guard, and an answer that leaves out a requested tile or
-//!   id is a 502, as for every backend.
+//!   [`super::OriginService`]'s tier guard, an answer that reports another tier than the
+//!   one asked (the upstream filtered for what the server's token gives) or that leaves out
+//!   a requested tile or id is a 502, as for every backend.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
 //! applies its own `--max-response-items` (a 400, passed on). Nor can the fetch stop

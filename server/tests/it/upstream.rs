@@ -30,6 +30,9 @@ const LEAK: u8 = 3;
 const DROP_TILE: u8 = 4;
 const FAIL_500: u8 = 5;
 const LIMITED_429: u8 = 6;
+/// Answers for `registered` and says so, whatever was asked (an upstream whose token gives
+/// less than the server asks at).
+const LOWER_TIER: u8 = 7;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -65,6 +68,15 @@ async fn answer(
         DROP_TILE => {
             let mut r = stub.origin.answer(&req, Some(60));
             r.tiles.pop();
+            (StatusCode::OK, r.to_json())
+        }
+        LOWER_TIER => {
+            let lower = BatchRequest {
+                access: Access::Registered,
+                ..req
+            };
+            let mut r = stub.origin.answer(&lower, Some(60));
+            r.access = Some(Access::Registered);
             (StatusCode::OK, r.to_json())
         }
         FAIL_500 => (
@@ -211,6 +223,14 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
         (DROP_TILE, 502, "upstream_error", "left out"),
         (FAIL_500, 502, "upstream_error", "HTTP 500: boom"),
         (LIMITED_429, 429, "rate_limited", "slow down"),
+        // Made for a lower tier than asked (removing the tier check in the origin guard
+        // caches it, and the honest answer below is never fetched).
+        (
+            LOWER_TIER,
+            502,
+            "upstream_error",
+            r#"answered for tier "registered", not the "agent" asked for"#,
+        ),
         (STALL, 504, "upstream_timeout", "500 ms"),
     ] {
         stub.mode.store(mode, Relaxed);
