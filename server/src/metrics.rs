@@ -459,6 +459,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             &o.incomplete_answers,
         ),
         (
+            "tilewarm_origin_misplaced_items",
+            "Tile list entries the origin answered for items outside the tile, dropped by the shape guard.",
+            &o.misplaced_items,
+        ),
+        (
             "tilewarm_origin_bad_rows",
             "Database rows skipped as unusable (id, coordinates, class or tier).",
             &o.bad_rows,

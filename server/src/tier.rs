@@ -523,9 +523,9 @@ impl RedisTier {
     }
 
     /// `UNLINK`s item keys and the keys of the data tiles holding their items: each item's
-    /// stored position names its data tile (the origin files an item under the data tile
-    /// its position falls in), so invalidating an id also makes every tile value holding a
-    /// copy of it a miss.
+    /// stored position names its data tile (an item is cached only under the tile its
+    /// position falls in: the origin's shape guard drops it from any other list), so
+    /// invalidating an id also makes every tile value holding a copy of it a miss.
     async fn unlink_items_and_their_tiles(
         &self,
         item_keys: &[String],

@@ -22,7 +22,9 @@
 //!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`;
 //! - the **shape guard**: an answer that leaves out a requested tile or id is a failure (not
 //!   a silent hole that would be cached as "empty"); lists of tiles nobody asked for are
-//!   dropped;
+//!   dropped; a list keeps only the items that lie in its tile by the core's rule
+//!   ([`TileId::contains_point`]: the cache finds the tiles holding an item by its position
+//!   when it invalidates it), the others counted in `tilewarm_origin_misplaced_items_total`;
 //! - an answer that reports a tier other than the one asked for
 //!   ([`BatchResponse::check_tier`], the edge's rule too: an upstream whose token gives
 //!   less) is a failure: its lists lack items of the asked tier.
@@ -265,6 +267,8 @@ pub struct OriginStats {
     pub leaked_items: AtomicU64,
     /// Answers refused by the shape guard (a requested tile or id left out).
     pub incomplete_answers: AtomicU64,
+    /// Tile list entries the shape guard dropped: their item does not lie in the tile.
+    pub misplaced_items: AtomicU64,
     /// Rows a database backend skipped as unusable (bad id, coordinates, class or tier).
     pub bad_rows: AtomicU64,
     /// Items the backend's data set holds, when it knows (memory).
@@ -585,6 +589,7 @@ impl OriginService {
         // Shape: every requested tile and id answered; no lists nobody asked for.
         let wanted: HashSet<TileId> = request.tiles.iter().copied().collect();
         r.tiles.retain(|l| wanted.contains(&l.tile));
+        self.drop_misplaced(request, &mut r);
         let unanswered_tiles = r.unanswered_tiles(request);
         let unanswered_ids = r.unanswered_ids(request);
         if !unanswered_tiles.is_empty() || !unanswered_ids.is_empty() {
@@ -601,6 +606,57 @@ impl OriginService {
             )));
         }
         Ok(r)
+    }
+
+    /// Place: a tile list keeps only the items inside its tile by the core's rule
+    /// ([`TileId::contains_point`], by which [`assemble`] and the memory origin file them).
+    /// The cache tier finds the tiles holding an item by its position (Redis invalidation
+    /// by id drops the item's own data tile, `tier.rs`), so an item listed under another
+    /// tile would outlive every invalidation there. Dropped entries are counted
+    /// (`tilewarm_origin_misplaced_items_total`) and logged; items no list or requested id
+    /// names any more go too.
+    fn drop_misplaced(&self, request: &BatchRequest, r: &mut BatchResponse<RawData>) {
+        use std::collections::HashMap;
+        let at: HashMap<&str, (f64, f64)> = r
+            .items
+            .iter()
+            .map(|it| (it.id.as_str(), (it.lon, it.lat)))
+            .collect();
+        let mut misplaced = 0usize;
+        let mut first = None;
+        for list in &mut r.tiles {
+            let tile = list.tile;
+            list.ids.retain(|id| {
+                let inside = at
+                    .get(id.as_str())
+                    .is_some_and(|&(lon, lat)| tile.contains_point(lon, lat));
+                if !inside {
+                    misplaced += 1;
+                    first.get_or_insert_with(|| format!("{id:?} under {tile}"));
+                }
+                inside
+            });
+        }
+        if misplaced == 0 {
+            return;
+        }
+        self.stats
+            .misplaced_items
+            .fetch_add(misplaced as u64, Relaxed);
+        tracing::warn!(
+            origin = self.kind(),
+            entries = misplaced,
+            first = first.as_deref().unwrap_or_default(),
+            "the origin listed items under tiles they do not lie in; dropped from those lists"
+        );
+        let named: HashSet<&str> = r
+            .tiles
+            .iter()
+            .flat_map(|l| l.ids.iter())
+            .chain(&request.ids)
+            .map(String::as_str)
+            .collect();
+        r.items.retain(|it| named.contains(it.id.as_str()));
     }
 
     /// Sets the injected extra latency of every origin call (the fault hook); 0 clears it.

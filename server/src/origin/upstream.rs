@@ -20,7 +20,8 @@
 //! - items above the asked tier (a leaking upstream) are dropped and counted by
 //!   [`super::OriginService`]'s tier guard, an answer that reports another tier than the
 //!   one asked (the upstream filtered for what the server's token gives) or that leaves out
-//!   a requested tile or id is a 502, as for every backend.
+//!   a requested tile or id is a 502, and list entries for items outside their tile are
+//!   dropped, as for every backend.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
 //! applies its own `--max-response-items` (a 400, passed on). Nor can the fetch stop

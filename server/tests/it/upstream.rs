@@ -20,7 +20,9 @@ use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::upstream::UpstreamOrigin;
 use tilewarm_server::origin::{CallSource, OriginService, OriginStats};
 
-use crate::common::{config, server, Config, Http};
+use crate::common::{
+    config, now_s, redis_available, server, sign_hs256, Config, Http, RedisServer,
+};
 use crate::{densest, digest, request};
 
 const HONEST: u8 = 0;
@@ -33,6 +35,9 @@ const LIMITED_429: u8 = 6;
 /// Answers for `registered` and says so, whatever was asked (an upstream whose token gives
 /// less than the server asks at).
 const LOWER_TIER: u8 = 7;
+/// Answers honestly, and also lists under each requested tile the first item of the data
+/// tile east of it (an item the tile does not hold).
+const MISPLACE: u8 = 8;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -77,6 +82,22 @@ async fn answer(
             };
             let mut r = stub.origin.answer(&lower, Some(60));
             r.access = Some(Access::Registered);
+            (StatusCode::OK, r.to_json())
+        }
+        MISPLACE => {
+            let mut r = stub.origin.answer(&req, Some(60));
+            for list in &mut r.tiles {
+                let Some(east) = list.tile.offset(1, 0) else {
+                    continue;
+                };
+                let Some(stray) = stub.origin.tile_items(east, Access::Agent).next() else {
+                    continue;
+                };
+                list.ids.push(stray.id.clone());
+                if !r.items.iter().any(|i| i.id == stray.id) {
+                    r.items.push(stray.clone());
+                }
+            }
             (StatusCode::OK, r.to_json())
         }
         FAIL_500 => (
@@ -327,5 +348,76 @@ async fn warm_up_of_tiles_it_cannot_keep_is_not_repeated_per_request() {
     assert_eq!(m.origin_calls_request.load(Relaxed), 30);
     let warm = m.origin_calls_warmup.load(Relaxed);
     assert_eq!(warm, 1, "{warm} warm-up calls for 30 requests of one tile");
+    s.shutdown().await;
+}
+
+/// An item an upstream lists under a tile it does not lie in is dropped from that list and
+/// counted, never cached there: the Redis tier finds the tiles holding an item by its
+/// position, so a copy cached under another tile outlived `POST /v1/invalidate` of the item
+/// (or of its own tile) and was served old. Removing the placement check in the origin's
+/// shape guard lists the stray item under the tile and fails the first assertion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_listed_under_a_tile_they_do_not_lie_in_are_dropped_before_the_cache() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (stub, url) = stub(42, 5_000).await;
+    let http = Http::new();
+    let s = server(Config {
+        redis: Some(redis.url()),
+        redis_timeout_ms: 2_000,
+        ..upstream_config(&url)
+    })
+    .await;
+    let o = &stub.origin;
+    let a = densest(o);
+    let b = a.offset(1, 0).unwrap();
+    let stray = o.tile_items(b, Access::Agent).next().unwrap().id.clone();
+    let honest: Vec<String> = o
+        .tile_items(a, Access::Agent)
+        .map(|i| i.id.clone())
+        .collect();
+    let body = request(&[a], &[], Access::Agent);
+
+    stub.mode.store(MISPLACE, Relaxed);
+    let got = http.ok(&s, &body).await;
+    assert!(
+        !got.tiles[0].ids.contains(&stray),
+        "{stray} listed under {a}"
+    );
+    assert_eq!(got.tiles[0].ids, honest);
+    assert!(got.items.iter().all(|i| i.id != stray), "{stray} answered");
+    assert_eq!(s.app.origin.stats.misplaced_items.load(Relaxed), 1);
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(m.contains("tilewarm_origin_misplaced_items_total 1"), "{m}");
+
+    // The stray item is invalidated by id and by its own tile; the tile it was listed under
+    // is answered from the tier (no upstream call) and still does not hold it.
+    stub.mode.store(HONEST, Relaxed);
+    let admin = Http::with_token(Some(sign_hs256(&serde_json::json!({
+        "sub": "ops", "exp": now_s() + 3600, "tilewarm_access": "agent", "tilewarm_admin": true,
+    }))));
+    for inv in [
+        format!(r#"{{"ids":["{stray}"]}}"#),
+        format!(r#"{{"tiles":["{b}"]}}"#),
+    ] {
+        let r = admin
+            .send(
+                "POST",
+                &format!("{}/v1/invalidate", s.url()),
+                &[("content-type", "application/json")],
+                inv.clone(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{inv}: {}", r.text());
+    }
+    let calls = stub.calls.load(Relaxed);
+    let again = http.ok(&s, &body).await;
+    assert_eq!(stub.calls.load(Relaxed), calls, "{a} is a tier hit");
+    assert_eq!(again.tiles[0].ids, honest);
+    // The stray item where it lies.
+    let at_b = http.ok(&s, &request(&[b], &[], Access::Agent)).await;
+    assert!(at_b.tiles[0].ids.contains(&stray));
     s.shutdown().await;
 }
