@@ -665,11 +665,12 @@ impl Shed {
 }
 
 /// A held slot of a [`Shed`]. Given back on drop, reporting how long it was held to the
-/// adaptive limit.
+/// adaptive limit when it did the work ([`HeldSlot::worked`]).
 pub struct Slot {
     shed: Arc<Shed>,
     permit: Option<OwnedSemaphorePermit>,
     since: Instant,
+    worked: bool,
 }
 
 impl Slot {
@@ -678,16 +679,23 @@ impl Slot {
             shed: Arc::clone(shed),
             permit: Some(permit),
             since: Instant::now(),
+            worked: false,
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.shed.adaptive {
+        if !self.shed.adaptive {
+            return;
+        }
+        if self.worked {
             let in_flight = self.shed.limit.in_flight();
             drop(self.permit.take());
             self.shed.limit.observe(self.since.elapsed(), in_flight);
+        } else {
+            drop(self.permit.take());
+            self.shed.limit.settle();
         }
     }
 }
@@ -701,6 +709,18 @@ pub struct HeldSlot(Arc<std::sync::Mutex<Option<Slot>>>);
 impl HeldSlot {
     fn holding(slot: Slot) -> HeldSlot {
         HeldSlot(Arc::new(std::sync::Mutex::new(Some(slot))))
+    }
+
+    /// The request did the server's work in this slot (it read the cache tier): how long
+    /// the slot is held is reported to the adaptive limit when it is given back. A slot
+    /// given back without it (a request refused before, or one that gave its slot back to
+    /// wait for the origin right after planning) reports nothing: such holds are far
+    /// shorter than a batch's work and would read as the no-load time
+    /// ([`crate::adaptive`]). Nothing once the slot was given back.
+    pub fn worked(&self) {
+        if let Some(slot) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            slot.worked = true;
+        }
     }
 
     /// Gives the slot back now: the request goes on without one (the origin's wait is not
@@ -782,6 +802,28 @@ mod tests {
 
     /// A request dropped while it waits gives its queue place back; a later one still
     /// queues instead of being refused at once.
+    #[tokio::test]
+    async fn only_slots_that_did_the_work_report_their_hold_time() {
+        let shed = Arc::new(Shed::adaptive(4, 64, 8, Duration::from_secs(1), 1));
+        // Refused inside its slot: no sample.
+        drop(shed.admit().await.ok().unwrap());
+        // Given back to wait for the origin before reading the tier: none either, and
+        // marking it afterwards changes nothing.
+        let held = HeldSlot::holding(shed.admit().await.ok().unwrap());
+        held.release();
+        held.worked();
+        drop(held);
+        assert_eq!(shed.limit.reported(), 0);
+        assert_eq!(shed.limit.in_flight(), 0);
+        // Read the tier: one sample, when the slot is given back.
+        let held = HeldSlot::holding(shed.admit().await.ok().unwrap());
+        held.worked();
+        assert_eq!(shed.limit.reported(), 0);
+        held.release();
+        assert_eq!(shed.limit.reported(), 1);
+        assert_eq!(shed.limit.in_flight(), 0);
+    }
+
     #[tokio::test]
     async fn a_waiter_dropped_in_the_queue_gives_its_place_back() {
         let shed = Arc::new(Shed::fixed(1, 1, Duration::from_secs(60), 1));

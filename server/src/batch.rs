@@ -166,6 +166,7 @@ pub async fn answer(
 
     // 2. The cache tier; unavailable means everything is a miss and nothing is written.
     let mut degraded = !app.tier.available();
+    let read_tier = !degraded;
     let read = if degraded {
         None
     } else {
@@ -183,6 +184,10 @@ pub async fn answer(
     });
     if degraded {
         app.metrics.degraded_requests.fetch_add(1, Relaxed);
+    }
+    if read_tier {
+        // The adaptive limit learns from holds that did this work (`crate::adaptive`).
+        slot.worked();
     }
     let m = &app.metrics.cache;
     let tile_hits = read.tiles.iter().filter(|t| t.is_some()).count() as u64;
