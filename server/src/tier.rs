@@ -785,7 +785,9 @@ fn list_exp(stored: u64, pttl_ms: i64, now: u64) -> Option<u64> {
 const TILE_VALUES_PER_MGET: usize = 64;
 
 /// The data tile an item is filed under: the one its position falls in, as the origin
-/// assigns it (its zoom-24 tile's ancestor). `None` for a position off the map.
+/// assigns it (its zoom-24 tile's ancestor): the one tile at `data_zoom` whose
+/// [`TileId::contains_point`] holds for it, the rule the origin's shape guard keeps lists
+/// to. `None` for a position off the map.
 fn data_tile_of(item: &StoredItem, data_zoom: u8) -> Option<TileId> {
     TileId::from_lon_lat(item.lon(), item.lat(), tilewarm::tile::MAX_ZOOM)
         .ok()?
@@ -851,6 +853,38 @@ mod tests {
         assert!(!tier.available());
         tier.hold_reads(ReadHold::DatabaseFeed, false);
         assert!(tier.available());
+    }
+
+    /// Invalidation by id finds an item's tile by the rule the origin's shape guard files it
+    /// by: the two must agree, on tile edges too, or a cached copy outlives invalidation.
+    #[test]
+    fn the_data_tile_of_an_item_is_the_one_the_origin_guard_lets_it_be_listed_under() {
+        let data = serde_json::value::RawValue::from_string("null".into()).unwrap();
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        let b = t.bounds();
+        let (cx, cy) = b.centre();
+        let points = [
+            (b.west, b.north),
+            (b.east, b.south),
+            (b.west, b.south),
+            (b.east, b.north),
+            (cx, cy),
+            (b.west, cy),
+            (cx, b.south),
+            (180.0, 0.0),
+            (-180.0, 85.1),
+        ];
+        for (lon, lat) in points {
+            let it = StoredItem::new("a", lon, lat, "active", Access::Public, 0, &data);
+            let d = data_tile_of(&it, 14).unwrap();
+            assert!(d.contains_point(lon, lat), "({lon}, {lat}) in {d}");
+            for n in d.neighbours(1).unwrap() {
+                assert!(
+                    n == d || !n.contains_point(lon, lat),
+                    "({lon}, {lat}) in {n} too"
+                );
+            }
+        }
     }
 
     #[test]
