@@ -401,7 +401,12 @@ export class TileCache {
     this.#alive();
     checkStrings('ids', ids);
     if (ids.some((id) => id === '')) throw argError(RangeError, ERR_OUT_OF_RANGE, 'ids must not contain an empty string');
-    const out = this.#engine.get(ids, this.#now());
+    let out;
+    try {
+      out = this.#engine.get(ids, this.#now());
+    } catch (e) {
+      throw thrown(e, (f) => ids[Number(f.slice(4, -1))]);
+    }
     const slots = out[0];
     const results = ids.map((id, i) => slots[1 + i] >= 0 ? OBJS[slots[1 + i]] : new Promise((resolve, reject) => {
       const w = this.#gets.get(id) ?? [];

@@ -194,9 +194,12 @@ export class TileCache<Data = unknown> {
   /** Calls `listener` for every failed request attempt; returns a function that unsubscribes. */
   onError(listener: (error: FetchError) => void): () => void;
   /** One item by id, from the cache or fetched by id; `undefined` if it does not exist or
-   * the tier may not see it. Rejects with the {@link FetchError} if the fetch gave up. */
+   * the tier may not see it. Rejects with the {@link FetchError} if the fetch gave up, and
+   * with a RangeError (`ERR_OUT_OF_RANGE`) for an id no item can have (empty, longer than
+   * 256 bytes, or holding a control character), with nothing sent. */
   get(id: string): Promise<Item<Data> | undefined>;
-  /** Items by id, in order, fetching the unknown ones together. */
+  /** Items by id, in order, fetching the unknown ones together; ids as `get` takes them
+   * (one it refuses rejects the call, and nothing is sent). */
   getMany(ids: string[]): Promise<(Item<Data> | undefined)[]>;
   /** Drops items, tiles or everything; returns how many entries went. Visible tiles that
    * emptied are fetched again. */

@@ -88,6 +88,26 @@ test('bad viewports: exact messages', async () => {
   cache.dispose();
 });
 
+// An id no item can have is the caller's error, and nothing is sent: in a request it
+// would make the server refuse the whole batch, with the view's tiles that went in it.
+test('get() of an id the protocol refuses rejects with what is allowed, and sends nothing', async () => {
+  let fetched = 0;
+  const cache = await create({ fetch: async () => { fetched++; throw new TypeError('no network in this test'); } });
+  const long = 'x'.repeat(257);
+  const allowed = 'a non-empty id of at most 256 bytes without control characters';
+  await assert.rejects(cache.get(long), (e) => {
+    assert.equal(e.name, 'RangeError');
+    assert.equal(e.code, 'ERR_OUT_OF_RANGE');
+    assert.ok(e.message.startsWith(`ids[0] must be ${allowed}, got "xxx`), e.message);
+    return true;
+  });
+  await assert.rejects(cache.getMany(['h1', 'a\u0007b']), { code: 'ERR_OUT_OF_RANGE', message: `ids[1] must be ${allowed}, got "a\\u0007b"` });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(fetched, 0, 'nothing was sent, not even the valid id');
+  assert.equal(cache.stats().requests, 0);
+  cache.dispose();
+});
+
 test('no input panics the wasm instance', async () => {
   const odd = [
     NaN, Infinity, -Infinity, -0, 1e308, -1e308, 2 ** 32, 2 ** 53 + 2, Number.MIN_VALUE, -1, 0.5,

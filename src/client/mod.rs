@@ -791,10 +791,25 @@ impl<P: Payload> Client<P> {
         n
     }
 
+    /// The protocol's limits the client checks answers (and ids it is asked for) against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether `id` can be asked for, by the protocol's rule for ids (non-empty, at most
+    /// [`Limits::max_id_len`] bytes, no control characters): `Err` says what is wrong. No
+    /// item has such an id, and a server refuses a request naming one, with the visible
+    /// tiles and other ids that went in it; so a shell checks ids with this before
+    /// [`Client::get`], and `get` never queues one that fails it.
+    pub fn check_id(&self, id: &str) -> Result<(), String> {
+        crate::protocol::check_id(id, &self.limits)
+    }
+
     /// One item by id, from the cache (counts a hit or a miss). A miss queues the id for
-    /// a foreground fetch; call [`Client::poll_request`] after.
+    /// a foreground fetch (unless [`check_id`](Self::check_id) refuses it); call
+    /// [`Client::poll_request`] after.
     pub fn get(&mut self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
-        if self.cache.peek(id, self.access, now_ms).is_none() {
+        if self.cache.peek(id, self.access, now_ms).is_none() && self.check_id(id).is_ok() {
             self.batcher.request_ids([id]);
         }
         self.cache.get(id, self.access, now_ms)
@@ -807,11 +822,13 @@ impl<P: Payload> Client<P> {
         self.cache.get_hit(id, self.access, now_ms)
     }
 
-    /// Queues ids for a foreground fetch (those not fresh in the cache).
+    /// Queues ids for a foreground fetch (those not fresh in the cache; none that
+    /// [`check_id`](Self::check_id) refuses).
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>, now_ms: u64) {
-        let (cache, access) = (&self.cache, self.access);
+        let (cache, access, limits) = (&self.cache, self.access, &self.limits);
         let wanted: Vec<&str> = ids
             .into_iter()
+            .filter(|id| crate::protocol::check_id(id, limits).is_ok())
             .filter(|id| cache.peek(id, access, now_ms).is_none_or(|l| l.stale))
             .collect();
         self.batcher.request_ids(wanted);

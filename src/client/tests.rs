@@ -605,6 +605,29 @@ fn an_answer_sent_before_an_invalidation_that_covers_it_is_asked_again() {
     }
 }
 
+/// An id no item can have (too long, a control character) is never queued: sent, the
+/// server would refuse the whole request, with the view's tiles that went in it.
+#[test]
+fn an_id_the_protocol_refuses_is_never_asked_for() {
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    let long = "x".repeat(c.limits().max_id_len + 1);
+    for bad in [long.as_str(), "a\u{7}b", ""] {
+        assert!(c.check_id(bad).is_err(), "{bad:?}");
+        assert!(c.get(bad, 0).is_none());
+    }
+    c.request_ids([long.as_str(), "ok"], 0);
+    assert!(c.check_id("h1").is_ok());
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let sent: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(0)).collect();
+    assert!(!sent.is_empty());
+    let ids: Vec<&String> = sent.iter().flat_map(|t| &t.request.ids).collect();
+    assert_eq!(ids, ["ok"], "only the valid id goes out");
+    for t in &sent {
+        crate::protocol::decode_request(t.request.to_json().as_bytes(), c.limits())
+            .expect("the server would take the request");
+    }
+}
+
 #[test]
 fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
     let o = fast_path::origin();

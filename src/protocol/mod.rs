@@ -107,4 +107,5 @@ pub const BOUNDS_HEADER: &str = "x-tilewarm-bounds";
 pub const ACCESS_HEADER: &str = "x-tilewarm-access";
 
 use error::{clip, quote};
-use validate::{check_body, check_id, check_ttl, dedup, parse_tile, ttl_from_wire};
+pub(crate) use validate::check_id;
+use validate::{check_body, check_ttl, dedup, parse_tile, ttl_from_wire};

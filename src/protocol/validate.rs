@@ -10,7 +10,7 @@ use super::{clip, quote, Limits, ProtocolError};
 use crate::tile::{TileError, TileId};
 use crate::util::{HashSet, Num, QuotedChar};
 
-pub(super) fn check_id(id: &str, limits: &Limits) -> Result<(), String> {
+pub(crate) fn check_id(id: &str, limits: &Limits) -> Result<(), String> {
     if id.is_empty() {
         return Err("id must not be empty".to_owned());
     }

@@ -319,7 +319,22 @@ impl Engine {
     }
 
     /// `getMany`: header `count, per id its item's slot or -1`; misses are queued.
-    pub fn get(&mut self, ids: Vec<String>, now: f64) -> Vec<JsValue> {
+    pub fn get(&mut self, ids: Vec<String>, now: f64) -> Result<Vec<JsValue>, JsValue> {
+        // An id no item can have is the caller's error, before anything is queued (sent,
+        // it would fail the request it rides in, visible tiles and other ids with it).
+        for (i, id) in ids.iter().enumerate() {
+            if self.client.check_id(id).is_err() {
+                return Err(thrown(ArgError::must(
+                    ErrorClass::Range,
+                    Code::OutOfRange,
+                    &format!("ids[{i}]"),
+                    &format!(
+                        "a non-empty id of at most {} bytes without control characters",
+                        self.client.limits().max_id_len
+                    ),
+                )));
+            }
+        }
         let now = ms(now);
         let mut out = Out::default();
         out.nums.push(ids.len() as f64);
@@ -328,7 +343,7 @@ impl Engine {
             out.nums.push(found);
         }
         self.pump(&mut out, now);
-        out.finish()
+        Ok(out.finish())
     }
 
     /// `get` of one id held in the cache: the item's slot (counted as a hit, as `get`

@@ -358,7 +358,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// tier may not see it. Fails with the error of the request that carried the id when
     /// that request gave up (foreground or prefetch), and when an answer left the id out of
     /// both its items and `missing` (a partial answer: the edge's origin failed; the error
-    /// goes to [`TileCache::updates`] too).
+    /// goes to [`TileCache::updates`] too). An id no item can have (empty, longer than 256
+    /// bytes, or holding a control character) is an [`ErrorCode::OutOfRange`] error, with
+    /// nothing sent.
     pub async fn get(&self, id: &str) -> Found<T> {
         let mut all = self.get_many(&[id]).await?;
         Ok(all.pop().flatten())
@@ -377,6 +379,16 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let mut pending = Vec::with_capacity(ids.len());
         {
             let mut st = self.inner.state.borrow_mut();
+            // An id no item can have, before anything is queued (sent, it would fail the
+            // request it rides in, visible tiles and other ids with it).
+            for (i, id) in ids.iter().enumerate() {
+                if let Err(why) = st.client.check_id(id) {
+                    return Err(Error::new(
+                        ErrorCode::OutOfRange,
+                        format!("ids[{i}]: {why}"),
+                    ));
+                }
+            }
             for &id in ids {
                 let found = st
                     .client
