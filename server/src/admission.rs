@@ -9,8 +9,11 @@
 //!    make the server verify signatures at any rate. At most `--auth-fail-max-addresses` addresses are tracked (an IPv6 address by
 //!    its /64); past them the rest share one bucket, so memory stays bounded.
 //! 1. Connections: at most `--max-connections` at once (more wait in the kernel's accept
-//!    backlog), and a request's headers must arrive within `--header-timeout-ms` (hyper's
-//!    header read timeout; [`crate::start`]'s accept loop).
+//!    backlog), a request's headers must arrive within `--header-timeout-ms` (hyper's
+//!    header read timeout; [`crate::start`]'s accept loop), and a write the client takes
+//!    no byte of for `--write-timeout-ms` closes the connection
+//!    ([`crate::write_timeout`]), so a client that never reads its answers cannot keep its
+//!    connection.
 //! 2. Per caller ([`per_caller`]): at most `--caller-rate` batches a second with bursts of
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
 //!    else by the client address ([`crate::client_addr`]; an IPv6 one by its /64); past

@@ -352,6 +352,13 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub header_timeout_ms: u64,
 
+    /// Longest a write to a client may make no progress, in milliseconds (the client takes
+    /// no byte of the answer); then the connection is closed, its slot freed and the unsent
+    /// answer dropped. A client reading slowly is not cut off: each byte it takes restarts
+    /// the clock.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub write_timeout_ms: u64,
+
     /// Longest wait for a request's body, in milliseconds; then 408 `request_timeout`.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub body_timeout_ms: u64,
@@ -550,6 +557,7 @@ impl Config {
             ("--max-queue-wait-ms", self.max_queue_wait_ms as usize),
             ("--max-connections", self.max_connections),
             ("--header-timeout-ms", self.header_timeout_ms as usize),
+            ("--write-timeout-ms", self.write_timeout_ms as usize),
             ("--body-timeout-ms", self.body_timeout_ms as usize),
             ("--warmup-queue", self.warmup_queue),
             ("--warmup-workers", self.warmup_workers),
@@ -670,6 +678,7 @@ mod tests {
         let c = Config::parse_from(["x", "--postgis-load"]);
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
         for flag in [
+            "--write-timeout-ms",
             "--auth-fail-burst",
             "--auth-fail-max-addresses",
             "--invalidate-burst",

@@ -29,6 +29,7 @@ pub mod stream;
 pub mod tier;
 pub mod tiles;
 pub mod warmup;
+pub mod write_timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -396,9 +397,12 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
         None => None,
     };
     let conns = app.config.max_connections;
-    let header_timeout = Duration::from_millis(app.config.header_timeout_ms);
+    let timeouts = ConnTimeouts {
+        header: Duration::from_millis(app.config.header_timeout_ms),
+        write: Duration::from_millis(app.config.write_timeout_ms),
+    };
     let task = tokio::spawn(async move {
-        serve_api(listener, router, rx, conns, header_timeout).await;
+        serve_api(listener, router, rx, conns, timeouts).await;
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
@@ -413,16 +417,26 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
     })
 }
 
+/// A connection's timers: hyper's header read timeout (`--header-timeout-ms`) and the
+/// deadline on writes that make no progress (`--write-timeout-ms`, [`write_timeout`]).
+#[derive(Clone, Copy)]
+struct ConnTimeouts {
+    header: Duration,
+    write: Duration,
+}
+
 /// The API's accept loop: at most `max_conns` connections at once (the next accept waits
 /// for one to close), each HTTP/1 with hyper's header read timeout (axum's `serve` sets no
-/// timer, so it has none). On `stop`: no more accepts, every connection finishes its
-/// request in flight, and this returns when all are closed.
+/// timer, so it has none) over a socket whose stalled writes fail
+/// ([`write_timeout::WriteTimeout`]: hyper has no write timeout, and a client that never
+/// reads its answers would otherwise hold its slot forever). On `stop`: no more accepts,
+/// every connection finishes its request in flight, and this returns when all are closed.
 async fn serve_api(
     listener: TcpListener,
     router: axum::Router,
     stop: watch::Receiver<bool>,
     max_conns: usize,
-    header_timeout: Duration,
+    timeouts: ConnTimeouts,
 ) {
     use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -468,8 +482,9 @@ async fn serve_api(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                .header_read_timeout(timeouts.header);
+            let io = write_timeout::WriteTimeout::new(stream, timeouts.write);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

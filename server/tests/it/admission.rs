@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use tilewarm::access::Access;
+use tilewarm::tile::TileId;
 
 use crate::common::{config, server, token_for, Config, Http, InFlightLimitKind};
 use crate::{densest, origin, request};
@@ -366,6 +367,59 @@ async fn past_max_connections_the_next_connection_waits_for_one_to_close() {
     .await
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A client that pipelines requests for a large answer and never reads what comes back
+/// (issue: its write stays pending, hyper has no write timer) loses its connection once a
+/// write has made no progress for `--write-timeout-ms`: the only connection slot comes
+/// back and the next client is answered. Fails without `write_timeout::WriteTimeout` in
+/// `serve_api` (the second client waits in the backlog forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_gives_its_slot_back_at_the_write_timeout() {
+    let s = server(Config {
+        max_connections: 1,
+        write_timeout_ms: 500,
+        caller_rate: 0,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    // The whole city in one tile: an answer of about a megabyte.
+    let body = request(&[TileId::new(0, 0, 0).unwrap()], &[], Access::Public);
+    let one = Http::new().batch(&s, &body).await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    let size = one.text().len();
+    assert!(size > 256 * 1024, "answer of {size} bytes");
+    // Enough answers to fill both ends' socket buffers many times over.
+    let n = 64 * 1024 * 1024 / size + 1;
+    let addr = s.addr;
+    let served = tokio::task::spawn_blocking(move || {
+        let mut hog = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        for _ in 0..n {
+            hog.write_all(head.as_bytes()).unwrap();
+        }
+        // The hog reads nothing. Another client, waiting for the only slot.
+        let mut next = std::net::TcpStream::connect(addr).unwrap();
+        next.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let _ = next.read_to_end(&mut got);
+        drop(hog);
+        (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    })
+    .await
+    .unwrap();
+    let (answer, waited) = served;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "not served within {waited:?}: {answer:?}"
+    );
 }
 
 /// Invalid and expired tokens from one address are refused (401) up to
