@@ -43,6 +43,20 @@ use crate::App;
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// The `Retry-After` of a 429 or 503, in seconds, when not `--retry-after-s` (an
+    /// upstream's own, passed on: [`OriginFailure::retry_after_s`]).
+    pub retry_after_s: Option<u64>,
+}
+
+impl Refusal {
+    /// A refusal with this code and message (and the server's `Retry-After`, if any).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
 }
 
 /// A data tile's items and the expiry of its list, from the origin.
@@ -135,10 +149,7 @@ pub async fn answer(
             max_data_tiles: app.config.max_data_tiles,
         },
     )
-    .map_err(|e| Refusal {
-        code: ErrorCode::BadRequest,
-        message: e.to_string(),
-    })?;
+    .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
     let data_tiles = plan.data_tiles().to_vec();
     let direct = plan.direct_tiles();
     let max = app.config.max_response_items;
@@ -334,9 +345,11 @@ pub async fn answer(
         app.warmup.plan(&data_tiles);
     }
 
-    let serialise = |e: serde_json::Error| Refusal {
-        code: ErrorCode::Internal,
-        message: format!("could not serialise the response: {e}"),
+    let serialise = |e: serde_json::Error| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("could not serialise the response: {e}"),
+        )
     };
     let mut json = write_response(caller, &lists, &items, &missing, now).map_err(serialise)?;
     if let Some(error) = unanswered {
@@ -379,14 +392,14 @@ async fn fetch(
             Ok(p) => Some(p),
             Err(_) => {
                 app.metrics.degraded_refusals.fetch_add(1, Relaxed);
-                return Err(Refusal {
-                    code: ErrorCode::Overloaded,
-                    message: format!(
+                return Err(Refusal::new(
+                    ErrorCode::Overloaded,
+                    format!(
                         "the cache tier is down and {n} origin calls are in flight, at most \
                          {n} are allowed until it is back: retry later",
                         n = app.config.degraded_origin_calls
                     ),
-                });
+                ));
             }
         }
     } else {
@@ -445,13 +458,13 @@ fn wait_for_origin<'a>(app: &'a App, slot: &HeldSlot) -> Result<OriginWait<'a>, 
 }
 
 fn origin_waits_full(max: usize) -> Refusal {
-    Refusal {
-        code: ErrorCode::Overloaded,
-        message: format!(
+    Refusal::new(
+        ErrorCode::Overloaded,
+        format!(
             "the server is at capacity: {max} requests are waiting for the origin, at most \
              {max} may at once (--max-origin-waits); retry later"
         ),
-    }
+    )
 }
 
 /// Whether a refused origin call says the backend cannot answer now (it failed, timed out,
@@ -468,16 +481,16 @@ fn backend_unavailable(code: ErrorCode) -> bool {
 }
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in
-/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on,
-/// 400 for direct tiles over the fetch's bound.
+/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on
+/// (a 429 with its `Retry-After`), 400 for direct tiles over the fetch's bound.
 fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
     if matches!(failure, OriginFailure::Timeout { .. }) {
         app.metrics.origin_timeouts.fetch_add(1, Relaxed);
     }
     let e = failure.to_error();
     Refusal {
-        code: e.code,
-        message: e.message,
+        retry_after_s: failure.retry_after_s(),
+        ..Refusal::new(e.code, e.message)
     }
 }
 
@@ -485,19 +498,16 @@ fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
 /// the fetch found, or the fetch's own bound ([`OriginFailure::TooManyItems`]).
 fn over_max_items(max: usize) -> Refusal {
     let e = OriginFailure::TooManyItems { limit: max }.to_error();
-    Refusal {
-        code: e.code,
-        message: e.message,
-    }
+    Refusal::new(e.code, e.message)
 }
 
 fn too_many_items(count: usize, max: usize) -> Refusal {
-    Refusal {
-        code: ErrorCode::BadRequest,
-        message: format!(
+    Refusal::new(
+        ErrorCode::BadRequest,
+        format!(
             "response would hold {count} items, at most {max} are allowed: request finer tiles"
         ),
-    }
+    )
 }
 
 #[cfg(test)]

@@ -412,13 +412,21 @@ async fn batch_inner(
     }
 }
 
-/// A request the batch path refused, as its response: an `overloaded` one with
-/// `Retry-After` (`--retry-after-s`), any other as the JSON error.
+/// A request the batch path refused, as its response: an `overloaded` (503) or
+/// `rate_limited` (429, an upstream's passed on) one with `Retry-After` (the upstream's, else
+/// `--retry-after-s`), any other as the JSON error.
 pub fn refusal_response(app: &App, refusal: batch::Refusal) -> Response {
-    if refusal.code == ErrorCode::Overloaded {
-        return crate::admission::overloaded_because(refusal.message, app.config.retry_after_s);
+    let retry_after_s = refusal.retry_after_s.unwrap_or(app.config.retry_after_s);
+    match refusal.code {
+        ErrorCode::Overloaded => {
+            crate::admission::overloaded_because(refusal.message, retry_after_s)
+        }
+        ErrorCode::RateLimited => crate::admission::rate_limited_because(
+            refusal.message,
+            std::time::Duration::from_secs(retry_after_s),
+        ),
+        code => error_response(code, refusal.message),
     }
-    error_response(refusal.code, refusal.message)
 }
 
 /// `POST /v1/invalidate`: a caller whose verified token has [`crate::auth::ADMIN_CLAIM`]
@@ -504,19 +512,19 @@ async fn invalidate_handler(
         // Until the caller retries, a Redis that comes back with its data would serve
         // what this call covers: reads skip it until an `all` lands.
         crate::invalidate::spawn_everything_until_applied(&app, crate::tier::ReadHold::Endpoint);
-        return error_response(
-            ErrorCode::Overloaded,
+        return crate::admission::overloaded_because(
             format!("this instance's {e}: nothing was published, retry"),
+            app.config.retry_after_s,
         );
     }
     let id = match app.changes.publish(&inv).await {
         Ok(id) => id,
         Err(e) => {
-            return error_response(
-                ErrorCode::Overloaded,
+            return crate::admission::overloaded_because(
                 format!(
                     "{e}: this instance's tier dropped it but no other instance was told, retry"
                 ),
+                app.config.retry_after_s,
             )
         }
     };
@@ -524,9 +532,9 @@ async fn invalidate_handler(
         // A write-back that landed between the two deletes is still in Redis, and this
         // instance's reader skips its own entries: held as after the first.
         crate::invalidate::spawn_everything_until_applied(&app, crate::tier::ReadHold::Endpoint);
-        return error_response(
-            ErrorCode::Overloaded,
+        return crate::admission::overloaded_because(
             format!("the change is on the stream as {id} but this instance's {e}; retry"),
+            app.config.retry_after_s,
         );
     }
     json_response(serde_json::json!({ "id": id }).to_string())
@@ -612,12 +620,12 @@ async fn changes_handler(
         .await
     {
         Ok(Ok(sse)) => sse.into_response(),
-        Ok(Err(crate::stream::Full::Server)) => error_response(
-            ErrorCode::Overloaded,
+        Ok(Err(crate::stream::Full::Server)) => crate::admission::overloaded_because(
             format!(
                 "{} change feed streams are open (--changes-max-subscribers); retry later",
                 app.config.changes_max_subscribers
             ),
+            app.config.retry_after_s,
         ),
         Ok(Err(crate::stream::Full::Caller)) => crate::admission::rate_limited_because(
             format!(
@@ -626,7 +634,7 @@ async fn changes_handler(
             ),
             std::time::Duration::from_secs(app.admission.retry_after_s),
         ),
-        Err(e) => error_response(ErrorCode::Overloaded, e.to_string()),
+        Err(e) => crate::admission::overloaded_because(e.to_string(), app.config.retry_after_s),
     }
 }
 

@@ -228,10 +228,7 @@ mod tests {
         let f = SingleFlight::default();
         let (lead, _) = f.claim(&[t(1)]);
         let (_, follow) = f.claim(&[t(1)]);
-        lead.fail(&Refusal {
-            code: ErrorCode::UpstreamTimeout,
-            message: "slow".into(),
-        });
+        lead.fail(&Refusal::new(ErrorCode::UpstreamTimeout, "slow"));
         let got = follow.into_iter().next().unwrap().wait().await;
         assert!(matches!(got, Followed::Failed(r) if r.code == ErrorCode::UpstreamTimeout));
         drop(lead);

@@ -13,8 +13,9 @@
 //! - the timeout: [`OriginService::fetch_within`] gives up after `--origin-timeout-ms`
 //!   ([`OriginFailure::Timeout`], a 504 `upstream_timeout`); a backend's own failure is
 //!   [`OriginFailure::Failed`] (a 502 `upstream_error`), or [`OriginFailure::Refused`] when
-//!   an upstream refused the request as the caller's mistake (400, 413, 429 passed on, as the
-//!   edge does). Nothing from a failed call is ever cached: the caller gets no response to
+//!   an upstream refused the request as the caller's mistake (400, 413 passed on, as the
+//!   edge does), or [`OriginFailure::RateLimited`] for its 429 (passed on with its
+//!   `Retry-After`). Nothing from a failed call is ever cached: the caller gets no response to
 //!   write back;
 //! - the **tier guard**: an item above the tier the request was asked at never leaves this
 //!   module, whatever the backend answered (a PostGIS view with a wrong filter, an upstream
@@ -99,9 +100,16 @@ pub enum OriginFailure {
     /// The backend failed (connection refused or dropped, a query error, an upstream's 5xx
     /// or an answer that does not decode): 502 `upstream_error`. The message says what.
     Failed(String),
-    /// An upstream refused the request as the caller's mistake (400, 413, 429): passed on
-    /// with its code and message, as the edge does.
+    /// An upstream refused the request as the caller's mistake (400, 413): passed on with
+    /// its code and message, as the edge does.
     Refused(ErrorBody),
+    /// An upstream asked this server to slow down (429): passed on as a 429
+    /// `rate_limited` with its message and its `Retry-After` in seconds (`None`: it sent
+    /// none the server could read, and `--retry-after-s` is sent instead).
+    RateLimited {
+        message: String,
+        retry_after_s: Option<u64>,
+    },
     /// The bounded tiles of the call ([`ItemBound`]) held more than `limit` items: 400
     /// `bad_request`, as when the count before the call says so.
     TooManyItems { limit: usize },
@@ -125,12 +133,24 @@ impl OriginFailure {
                 code: e.code,
                 message: format!("the origin refused the request: {}", e.message),
             },
+            OriginFailure::RateLimited { message, .. } => ErrorBody {
+                code: ErrorCode::RateLimited,
+                message: format!("the origin refused the request: {message}"),
+            },
             OriginFailure::TooManyItems { limit } => ErrorBody {
                 code: ErrorCode::BadRequest,
                 message: format!(
                     "response would hold more than {limit} items, at most {limit} are allowed: request finer tiles"
                 ),
             },
+        }
+    }
+
+    /// The `Retry-After` the backend asked for, in seconds (an upstream's 429).
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            OriginFailure::RateLimited { retry_after_s, .. } => *retry_after_s,
+            _ => None,
         }
     }
 }

@@ -14,7 +14,9 @@
 //!   [`decode_response`]; garbage, a truncated or oversized body, or an invalid answer is a
 //!   502 `upstream_error` naming what was wrong;
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
-//!   are the request's problem and passed on with their code (as the edge does);
+//!   are the request's problem and passed on with their code (as the edge does); a 429
+//!   keeps the upstream's `Retry-After` when it is a number of seconds (at most
+//!   [`MAX_RETRY_AFTER_S`]; a date or none: the server's `--retry-after-s`);
 //! - no answer within `--origin-timeout-ms` is a 504 (the request is dropped, which closes
 //!   its connection);
 //! - items above the asked tier (a leaking upstream) are dropped and counted by
@@ -47,6 +49,24 @@ use tilewarm::{Access, TileId};
 
 use super::{ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;
+
+/// The longest upstream `Retry-After` passed on, in seconds: an upstream that asks for more
+/// (by mistake or not) does not park every client for longer than an hour.
+pub const MAX_RETRY_AFTER_S: u64 = 3_600;
+
+/// An upstream's `Retry-After` in seconds, when it is delta-seconds (RFC 9110 10.2.3),
+/// capped at [`MAX_RETRY_AFTER_S`]; an HTTP date, garbage or none: `None`.
+pub fn retry_after_s(value: Option<&hyper::header::HeaderValue>) -> Option<u64> {
+    let text = value?.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: only an overflow fails, and that is more than the cap.
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_RETRY_AFTER_S, |s| s.min(MAX_RETRY_AFTER_S)),
+    )
+}
 
 /// The environment variable that holds the upstream token when no file is given.
 pub const TOKEN_ENV: &str = "TILEWARM_ORIGIN_TOKEN";
@@ -167,6 +187,7 @@ impl UpstreamOrigin {
             ))
         })?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after_s(resp.headers().get(hyper::header::RETRY_AFTER));
         let max = self.limits.max_body_bytes;
         let body = Limited::new(resp.into_body(), max)
             .collect()
@@ -185,7 +206,11 @@ impl UpstreamOrigin {
         let said = decode_error(&body);
         let message = said.as_ref().map_or("", |e| e.message.as_str()).to_owned();
         Err(match status {
-            400 | 413 | 429 => OriginFailure::Refused(tilewarm::protocol::ErrorBody {
+            429 => OriginFailure::RateLimited {
+                message,
+                retry_after_s: retry_after,
+            },
+            400 | 413 => OriginFailure::Refused(tilewarm::protocol::ErrorBody {
                 code: ErrorCode::from_http_status(status),
                 message,
             }),
@@ -253,5 +278,21 @@ mod tests {
         let e = check_token("sec ret", "file f").unwrap_err();
         assert!(!e.contains("sec"), "{e}");
         assert!(check_token("", "x").is_err());
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_and_capped() {
+        let h = |s: &'static str| hyper::header::HeaderValue::from_static(s);
+        assert_eq!(retry_after_s(Some(&h("7"))), Some(7));
+        assert_eq!(retry_after_s(Some(&h(" 0 "))), Some(0));
+        assert_eq!(retry_after_s(Some(&h("86400"))), Some(MAX_RETRY_AFTER_S));
+        assert_eq!(
+            retry_after_s(Some(&h("99999999999999999999999"))),
+            Some(MAX_RETRY_AFTER_S)
+        );
+        for bad in ["Wed, 21 Oct 2015 07:28:00 GMT", "-1", "1.5", ""] {
+            assert_eq!(retry_after_s(Some(&h(bad))), None, "{bad}");
+        }
+        assert_eq!(retry_after_s(None), None);
     }
 }

@@ -288,6 +288,26 @@ async fn one_caller_cannot_hold_every_feed_slot() {
     s.shutdown().await;
 }
 
+/// Past `--changes-max-subscribers` open streams the next is a 503 `overloaded` with
+/// `Retry-After` (`--retry-after-s`), as every 503. Fails without the header.
+#[tokio::test]
+async fn a_full_change_feed_is_a_503_with_retry_after() {
+    let s = server(Config {
+        changes_max_subscribers: 1,
+        retry_after_s: 3,
+        ..config()
+    })
+    .await;
+    let _a = Feed::open(&s, None, None).await;
+    let r = Http::anonymous()
+        .get(&format!("{}/v1/changes?follow=false", s.url()))
+        .await;
+    let msg = r.error(503, "overloaded");
+    assert!(msg.contains("--changes-max-subscribers"), "{msg}");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "3");
+    s.shutdown().await;
+}
+
 fn redis_config(r: &RedisServer) -> Config {
     Config {
         redis: Some(r.url()),
@@ -807,6 +827,7 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
     let http = Http::new();
     let s = server(Config {
         redis_timeout_ms: 200,
+        retry_after_s: 2,
         ..redis_config(&redis)
     })
     .await;
@@ -830,7 +851,9 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
 
     let admin = Http::with_token(Some(admin_token()));
     let r = post_invalidate(&admin, &s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
-    assert_eq!(r.status, 503, "{}", r.text());
+    r.error(503, "overloaded");
+    // Like every 503 (fails without it: no header).
+    assert_eq!(r.headers.get("retry-after").unwrap(), "2");
     // Back with the snapshot (the tile still in it), answering PING, refusing deletes.
     redis.restart_refusing_deletes();
     let hits = s.app.metrics.cache.tile_hits.load(Relaxed);

@@ -38,6 +38,8 @@ const LOWER_TIER: u8 = 7;
 /// Answers honestly, and also lists under each requested tile the first item of the data
 /// tile east of it (an item the tile does not hold).
 const MISPLACE: u8 = 8;
+/// A 429 with `Retry-After: 7`.
+const LIMITED_429_RETRY_7: u8 = 9;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -50,13 +52,28 @@ async fn answer(
     State(stub): State<Arc<Stub>>,
     headers: HeaderMap,
     body: AxBytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mode = stub.mode.load(Relaxed);
+    let mut r = answer_as(&stub, mode, headers, body).await.into_response();
+    if mode == LIMITED_429_RETRY_7 {
+        r.headers_mut().insert("retry-after", 7.into());
+    }
+    r
+}
+
+async fn answer_as(
+    stub: &Stub,
+    mode: u8,
+    headers: HeaderMap,
+    body: AxBytes,
 ) -> (StatusCode, String) {
     stub.calls.fetch_add(1, Relaxed);
     *stub.auth.lock().unwrap() = headers
         .get("authorization")
         .map(|v| v.to_str().unwrap().to_string());
     let req = tilewarm::protocol::decode_request(&body, &Limits::default()).unwrap();
-    match stub.mode.load(Relaxed) {
+    match mode {
         GARBAGE => (StatusCode::OK, "{\"tiles\": [oops".into()),
         STALL => {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -104,7 +121,7 @@ async fn answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             "{\"error\":{\"code\":\"internal\",\"message\":\"boom\"}}".into(),
         ),
-        LIMITED_429 => (
+        LIMITED_429 | LIMITED_429_RETRY_7 => (
             StatusCode::TOO_MANY_REQUESTS,
             "{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down\"}}".into(),
         ),
@@ -239,11 +256,20 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     .await;
     let t = densest(&stub.origin);
     let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
-    for (mode, status, code, says) in [
-        (GARBAGE, 502, "upstream_error", "invalid"),
-        (DROP_TILE, 502, "upstream_error", "left out"),
-        (FAIL_500, 502, "upstream_error", "HTTP 500: boom"),
-        (LIMITED_429, 429, "rate_limited", "slow down"),
+    // A 429 keeps the upstream's Retry-After, else gets --retry-after-s (fails without
+    // either: no header).
+    for (mode, status, code, says, retry_after) in [
+        (GARBAGE, 502, "upstream_error", "invalid", None),
+        (DROP_TILE, 502, "upstream_error", "left out", None),
+        (FAIL_500, 502, "upstream_error", "HTTP 500: boom", None),
+        (LIMITED_429, 429, "rate_limited", "slow down", Some("1")),
+        (
+            LIMITED_429_RETRY_7,
+            429,
+            "rate_limited",
+            "slow down",
+            Some("7"),
+        ),
         // Made for a lower tier than asked (removing the tier check in the origin guard
         // caches it, and the honest answer below is never fetched).
         (
@@ -251,13 +277,20 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
             502,
             "upstream_error",
             r#"answered for tier "registered", not the "agent" asked for"#,
+            None,
         ),
-        (STALL, 504, "upstream_timeout", "500 ms"),
+        (STALL, 504, "upstream_timeout", "500 ms", None),
     ] {
         stub.mode.store(mode, Relaxed);
         let started = Instant::now();
-        let msg = http.batch(&s, &body).await.error(status, code);
+        let r = http.batch(&s, &body).await;
+        let msg = r.error(status, code);
         assert!(msg.contains(says), "mode {mode}: {msg}");
+        assert_eq!(
+            r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
+            retry_after,
+            "mode {mode}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3), "mode {mode}");
     }
     // Nothing of that was cached: the honest answer is fetched, then cached.
