@@ -52,6 +52,7 @@ pub struct Config {
     /// misses the origin has not answered by then gets a 504 `upstream_timeout` instead of
     /// waiting on (requests the cache tier answers never wait for the origin). Warm-up's
     /// origin calls are given up after the same time. 0 waits as long as the origin takes.
+    /// At most 2147483647 (about 24.8 days, PostgreSQL's longest `statement_timeout`).
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub origin_timeout_ms: u64,
 
@@ -434,6 +435,10 @@ impl Default for Config {
     }
 }
 
+/// The longest `--origin-timeout-ms`: PostgreSQL's `statement_timeout` is an `int` of
+/// milliseconds.
+pub const MAX_ORIGIN_TIMEOUT_MS: u64 = i32::MAX as u64;
+
 /// A configuration value out of range; the message names the flag and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -596,6 +601,17 @@ impl Config {
                 "--origin-token-file is for an upstream origin (--origin http(s)://…)".into(),
             );
         }
+        // A PostGIS origin sets it as each connection's statement_timeout, an int of ms in
+        // PostgreSQL: past that every connection fails to start and every call is a 502.
+        // One bound for every origin, so that switching origins never makes it invalid.
+        if self.origin_timeout_ms > MAX_ORIGIN_TIMEOUT_MS {
+            return bad(format!(
+                "--origin-timeout-ms must be at most {MAX_ORIGIN_TIMEOUT_MS} (about 24.8 days, \
+                 PostgreSQL's longest statement_timeout; 0 waits as long as the origin takes), \
+                 got {}",
+                self.origin_timeout_ms
+            ));
+        }
         if self.jwt_leeway_s > 600 {
             return bad(format!(
                 "--jwt-leeway-s must be in 0..=600, got {}",
@@ -686,6 +702,20 @@ mod tests {
         ] {
             let c = Config::parse_from(["x", flag, "0"]);
             assert!(c.validate().unwrap_err().0.contains(flag), "{flag}");
+        }
+        // PostgreSQL's statement_timeout cap, for every origin; 0 and the cap itself pass.
+        for origin in ["memory", "postgres://h/db"] {
+            let c =
+                Config::parse_from(["x", "--origin", origin, "--origin-timeout-ms", "2147483648"]);
+            let e = c.validate().unwrap_err().0;
+            assert!(
+                e.contains("--origin-timeout-ms") && e.contains("2147483647"),
+                "{e}"
+            );
+            for ok in ["0", "2147483647"] {
+                let c = Config::parse_from(["x", "--origin", origin, "--origin-timeout-ms", ok]);
+                c.validate().unwrap();
+            }
         }
         let c = Config::parse_from(["x", "--origin-token-file", "t"]);
         assert!(c.validate().unwrap_err().0.contains("--origin-token-file"));
