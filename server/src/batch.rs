@@ -153,6 +153,8 @@ pub async fn answer(
     let data_tiles = plan.data_tiles().to_vec();
     let direct = plan.direct_tiles();
     let max = app.config.max_response_items;
+    // Every wait for the origin below draws on one budget (`OriginDeadline`).
+    let mut deadline = OriginDeadline::new(app.config.origin_timeout_ms);
     if !direct.is_empty() {
         // Bounded before paying for them (free in memory; see `origin`'s docs). Counting
         // asks an origin out of process, and such a wait is not this server's work: the
@@ -162,9 +164,10 @@ pub async fn answer(
         } else {
             None
         };
+        let ms = deadline.left_ms(app)?;
         let count = app
             .origin
-            .count_up_to(&direct, caller, max, app.config.origin_timeout_ms)
+            .count_up_to(&direct, caller, max, ms)
             .await
             .map_err(|f| origin_refusal(app, &f))?;
         if let crate::origin::ItemCount::MoreThan(_) = count {
@@ -244,7 +247,10 @@ pub async fn answer(
             access: caller,
             limit: max,
         });
-        let call = fetch(app, &policy, ask, miss_ids, degraded, bound).await;
+        // A budget already spent refuses here, the lead unpublished: its followers have
+        // budgets of their own and fetch those tiles themselves (`Followed::Abandoned`).
+        let ms = deadline.left_ms(app)?;
+        let call = fetch(app, &policy, ask, miss_ids, degraded, bound, ms).await;
         match call {
             Ok(f) => {
                 lead.publish(|t| f.tiles.get(&t).cloned());
@@ -261,8 +267,12 @@ pub async fn answer(
                 // this request's own call (its direct tiles over the limit, an upstream's
                 // 4xx about its ids) is no answer for them, and its message may name what
                 // this request asked: the lead goes unpublished and they fetch those tiles
-                // themselves (`Followed::Abandoned`).
-                if backend_unavailable(refusal.code) {
+                // themselves (`Followed::Abandoned`). So does a timeout of a call this
+                // request gave less than `--origin-timeout-ms` (its count took the rest):
+                // that says little of the origin, and the followers' budgets are their own.
+                let cut_short = ms != app.config.origin_timeout_ms;
+                let timed_out = refusal.code == ErrorCode::UpstreamTimeout;
+                if backend_unavailable(refusal.code) && !(timed_out && cut_short) {
                     lead.fail(&refusal);
                 }
                 return Err(refusal);
@@ -274,7 +284,13 @@ pub async fn answer(
     let mut abandoned = Vec::new();
     for f in follows {
         let tile = f.tile;
-        match f.wait().await {
+        let followed = match deadline.left(app)? {
+            None => f.wait().await,
+            Some(left) => tokio::time::timeout(left, f.wait())
+                .await
+                .map_err(|_| deadline.spent(app))?,
+        };
+        match followed {
             Followed::Answer(Some(list)) => {
                 fetched.tiles.insert(tile, list);
             }
@@ -285,7 +301,8 @@ pub async fn answer(
     }
     if !abandoned.is_empty() {
         // Their leader went away unanswered (its caller hung up): ask for them here.
-        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded, None).await?;
+        let ms = deadline.left_ms(app)?;
+        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded, None, ms).await?;
         if let Some(mut fill) = again.fill.take() {
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
@@ -378,7 +395,8 @@ struct Fetched {
 /// the tier is degraded, at most `--degraded-origin-calls` such calls run at once; past it
 /// the request is refused with 503 `overloaded` (the origin is not made to absorb every
 /// request the tier used to answer). What is written back is the policy's rule; nothing is
-/// when the call fails, `bound` exceeded included.
+/// when the call fails, `bound` exceeded included. Given up after `timeout_ms` (0: never),
+/// what is left of the request's [`OriginDeadline`].
 async fn fetch(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
@@ -386,6 +404,7 @@ async fn fetch(
     ids: Vec<String>,
     degraded: bool,
     bound: Option<ItemBound<'_>>,
+    timeout_ms: u64,
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -410,11 +429,10 @@ async fn fetch(
         ids,
         access: Access::Agent,
     };
-    let ms = app.config.origin_timeout_ms;
     let epoch = app.invalidation.guard.epoch();
     let response = app
         .origin
-        .fetch_within(&origin_req, CallSource::Request, ms, bound)
+        .fetch_within(&origin_req, CallSource::Request, timeout_ms, bound)
         .await
         .map_err(|f| origin_refusal(app, &f))?;
     let missing = response.missing.iter().cloned().collect();
@@ -442,6 +460,56 @@ async fn fetch(
         fill: (!degraded).then_some(fill),
         epoch,
     })
+}
+
+/// One request's budget for waiting on the origin: `--origin-timeout-ms` in all, from its
+/// first wait (0: no limit). Counting its coarse tiles, its own call, following another
+/// request's call for a tile (`single_flight`) and fetching again what an abandoned leader
+/// left each take what is left, so the request gets its 504 `upstream_timeout` at the
+/// timeout, not at two or three times it.
+struct OriginDeadline {
+    total_ms: u64,
+    /// Set by the first wait.
+    at: Option<tokio::time::Instant>,
+}
+
+impl OriginDeadline {
+    fn new(total_ms: u64) -> OriginDeadline {
+        OriginDeadline { total_ms, at: None }
+    }
+
+    /// What is left (`None`: no limit), starting the clock on the first call; spent: the
+    /// 504.
+    fn left(&mut self, app: &App) -> Result<Option<std::time::Duration>, Refusal> {
+        if self.total_ms == 0 {
+            return Ok(None);
+        }
+        let total = std::time::Duration::from_millis(self.total_ms);
+        let at = *self
+            .at
+            .get_or_insert_with(|| tokio::time::Instant::now() + total);
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(self.spent(app));
+        }
+        Ok(Some(left))
+    }
+
+    /// [`left`](Self::left) as an origin call's timeout in ms (0: no limit), rounded up:
+    /// the whole budget on the first call.
+    fn left_ms(&mut self, app: &App) -> Result<u64, Refusal> {
+        Ok(self.left(app)?.map_or(0, |d| {
+            let ms = d.as_micros().div_ceil(1000);
+            u64::try_from(ms)
+                .unwrap_or(u64::MAX)
+                .clamp(1, self.total_ms)
+        }))
+    }
+
+    /// The 504 of a spent budget (counted as an origin timeout).
+    fn spent(&self, app: &App) -> Refusal {
+        origin_refusal(app, &OriginFailure::Timeout { ms: self.total_ms })
+    }
 }
 
 /// 503 for a request past `--max-origin-waits`.
@@ -484,10 +552,16 @@ fn backend_unavailable(code: ErrorCode) -> bool {
 /// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on
 /// (a 429 with its `Retry-After`), 400 for direct tiles over the fetch's bound.
 fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
-    if matches!(failure, OriginFailure::Timeout { .. }) {
+    let e = if let OriginFailure::Timeout { .. } = failure {
         app.metrics.origin_timeouts.fetch_add(1, Relaxed);
-    }
-    let e = failure.to_error();
+        // A call given what was left of the request's budget names the budget.
+        OriginFailure::Timeout {
+            ms: app.config.origin_timeout_ms,
+        }
+        .to_error()
+    } else {
+        failure.to_error()
+    };
     Refusal {
         retry_after_s: failure.retry_after_s(),
         ..Refusal::new(e.code, e.message)

@@ -50,7 +50,9 @@ pub struct Config {
 
     /// Longest wait for the origin on the request path, in milliseconds: a request whose
     /// misses the origin has not answered by then gets a 504 `upstream_timeout` instead of
-    /// waiting on (requests the cache tier answers never wait for the origin). Warm-up's
+    /// waiting on (requests the cache tier answers never wait for the origin). It is one
+    /// budget per request, from its first wait: counting a coarse tile's items, its own
+    /// call and following another request's call for the same tile all draw on it. Warm-up's
     /// origin calls are given up after the same time. 0 waits as long as the origin takes.
     /// At most 2147483647 (about 24.8 days, PostgreSQL's longest `statement_timeout`).
     #[arg(long, default_value_t = 10_000, value_name = "MS")]

@@ -969,3 +969,72 @@ async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_til
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     s.shutdown().await;
 }
+
+/// One request's waits for the origin share `--origin-timeout-ms`: counting a coarse
+/// tile's items and then fetching them, 700 ms each with a 1 s timeout, is a 504 at the
+/// timeout, not a 200 after 1.4 s. Fails without `batch::OriginDeadline` (each call had
+/// the whole timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_and_fetching_share_one_origin_timeout() {
+    let o = origin(42, 5_000);
+    let d = densest(&o);
+    let s = server(common::Config {
+        origin_latency_ms: 700,
+        origin_timeout_ms: 1_000,
+        warmup_ring: 0,
+        ..config()
+    })
+    .await;
+    let http = Http::new();
+    let coarse = d.ancestor(11).unwrap();
+    let msg = http
+        .batch(&s, &request(&[coarse], &[], Access::Public))
+        .await
+        .error(504, "upstream_timeout");
+    assert!(msg.contains("1000 ms (--origin-timeout-ms)"), "{msg}");
+    assert_eq!(s.app.metrics.origin_timeouts.load(Relaxed), 1);
+    // One call alone fits in the budget.
+    http.ok(&s, &request(&[d], &[], Access::Public)).await;
+    s.shutdown().await;
+}
+
+/// A request following a data tile whose leader's call is refused for the leader's own
+/// request fetches the tile itself within what is left of its own budget: the leader's
+/// call took 800 ms of the follower's 1 s, so the follower's 800 ms fetch is a 504 at the
+/// timeout, not a 200 after 1.6 s. Fails without `batch::OriginDeadline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_then_fetching_again_share_one_origin_timeout() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
+    let (d, _) = city
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let s = tilewarm_server::start_with_origin(
+        common::Config {
+            origin_latency_ms: 800,
+            origin_timeout_ms: 1_000,
+            warmup_ring: 0,
+            ..config()
+        },
+        Box::new(RefusesAnId {
+            city,
+            gate: Arc::clone(&gate),
+        }),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::with_token(Some(common::token_for(Access::Public)));
+    let (leader, follower) = (
+        request(&[d], &[RefusesAnId::ID], Access::Public),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    led.error(400, "bad_request");
+    let msg = followed.error(504, "upstream_timeout");
+    assert!(msg.contains("1000 ms (--origin-timeout-ms)"), "{msg}");
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
+}
