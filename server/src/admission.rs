@@ -13,7 +13,9 @@
 //!    header read timeout; [`crate::start`]'s accept loop), and a write the client takes
 //!    no byte of for `--write-timeout-ms` closes the connection
 //!    ([`crate::write_timeout`]), so a client that never reads its answers cannot keep its
-//!    connection.
+//!    connection. With `--max-connections-per-address N`, one TCP peer address outside
+//!    the trusted proxies has at most N open ([`ConnsPerAddress`]; one more is closed at
+//!    accept).
 //! 2. Per caller ([`per_caller`]): at most `--caller-rate` batches a second with bursts of
 //!    `--caller-burst` per caller, keyed by the verified token's `sub` when there is one,
 //!    else by the client address ([`crate::client_addr`]; an IPv6 one by its /64); past
@@ -290,6 +292,65 @@ impl AddrKey {
                 None => AddrKey::V6Net((u128::from(a) >> 64) as u64),
             },
             None => AddrKey::Unknown,
+        }
+    }
+}
+
+/// Open connections per TCP peer address (`--max-connections-per-address`), so that one
+/// address cannot take every `--max-connections` slot. Keyed as [`AddrKey`] (an IPv6 peer
+/// by its /64). The peer, not the client address of [`crate::client_addr`]: the cap is
+/// applied at accept, before any header is read; peers in `--trusted-proxy` ranges are
+/// not capped (the accept loop skips them), as they carry many clients' connections.
+/// The table holds only addresses with a connection open: at most `--max-connections`.
+pub struct ConnsPerAddress {
+    max: usize,
+    open: Arc<Mutex<HashMap<AddrKey, usize>>>,
+}
+
+/// One open connection counted against its address; dropping it gives the place back.
+pub struct AddressConn {
+    open: Arc<Mutex<HashMap<AddrKey, usize>>>,
+    key: AddrKey,
+}
+
+impl ConnsPerAddress {
+    /// At most `max` open connections per address.
+    pub fn new(max: usize) -> ConnsPerAddress {
+        ConnsPerAddress {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `peer`, or `None` when it has `max` open.
+    pub fn enter(&self, peer: IpAddr) -> Option<AddressConn> {
+        let key = AddrKey::of(Some(peer));
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressConn {
+            open: Arc::clone(&self.open),
+            key,
+        })
+    }
+
+    /// Addresses with a connection open.
+    pub fn addresses(&self) -> usize {
+        self.open.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for AddressConn {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
         }
     }
 }
@@ -865,6 +926,27 @@ mod tests {
         assert_eq!(v6("2001:db8:1:2:ffff:1:2:3"), v6("2001:db8:1:2::1"));
         assert_ne!(v6("2001:db8:1:3::1"), v6("2001:db8:1:2::1"));
         assert_eq!(v6("::ffff:192.0.2.7"), "ip:192.0.2.7");
+    }
+
+    /// An IPv6 /64 is one address (one host holds it whole); a place given back is reused
+    /// and the table forgets addresses with nothing open.
+    #[test]
+    fn connections_per_address_count_an_ipv6_64_as_one() {
+        let cap = ConnsPerAddress::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = cap.enter(ip("2001:db8::1")).unwrap();
+        let b = cap.enter(ip("2001:db8::ffff:2")).unwrap();
+        assert!(cap.enter(ip("2001:db8::3")).is_none());
+        let c = cap.enter(ip("2001:db8:0:1::1")).unwrap();
+        let d = cap.enter(ip("192.0.2.1")).unwrap();
+        // An IPv4-mapped IPv6 peer is its IPv4 address.
+        let e = cap.enter(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(cap.enter(ip("192.0.2.1")).is_none());
+        assert_eq!(cap.addresses(), 3);
+        drop(a);
+        let a = cap.enter(ip("2001:db8::9")).unwrap();
+        drop((a, b, c, d, e));
+        assert_eq!(cap.addresses(), 0);
     }
 
     #[test]

@@ -350,6 +350,13 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
 
+    /// Most open connections from one TCP peer address (an IPv6 one by its /64); one more
+    /// is closed at once, unread. Peers in --trusted-proxy ranges are not capped (they carry
+    /// many clients); behind a proxy not named there every client shares its address. 0
+    /// (the default): no cap.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_connections_per_address: usize,
+
     /// Longest wait for a request's headers (on a new or idle kept-alive connection), in
     /// milliseconds; then the connection is closed.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]

@@ -32,6 +32,7 @@ pub mod warmup;
 pub mod write_timeout;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -396,13 +397,17 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
         }
         None => None,
     };
-    let conns = app.config.max_connections;
-    let timeouts = ConnTimeouts {
-        header: Duration::from_millis(app.config.header_timeout_ms),
-        write: Duration::from_millis(app.config.write_timeout_ms),
+    let limits = ConnLimits {
+        max: app.config.max_connections,
+        per_address: (app.config.max_connections_per_address > 0)
+            .then(|| admission::ConnsPerAddress::new(app.config.max_connections_per_address)),
+        trusted: app.config.trusted_proxies.clone(),
+        header_timeout: Duration::from_millis(app.config.header_timeout_ms),
+        write_timeout: Duration::from_millis(app.config.write_timeout_ms),
+        metrics: Arc::clone(&app.metrics),
     };
     let task = tokio::spawn(async move {
-        serve_api(listener, router, rx, conns, timeouts).await;
+        serve_api(listener, router, rx, limits).await;
         if let Some(t) = metrics_task {
             let _ = t.await;
         }
@@ -417,26 +422,49 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
     })
 }
 
-/// A connection's timers: hyper's header read timeout (`--header-timeout-ms`) and the
-/// deadline on writes that make no progress (`--write-timeout-ms`, [`write_timeout`]).
-#[derive(Clone, Copy)]
-struct ConnTimeouts {
-    header: Duration,
-    write: Duration,
+/// The connections' bounds and timers.
+struct ConnLimits {
+    /// `--max-connections`.
+    max: usize,
+    /// `--max-connections-per-address` (`None`: 0, no cap), not applied to `trusted`.
+    per_address: Option<admission::ConnsPerAddress>,
+    /// `--trusted-proxy`.
+    trusted: Vec<client_addr::TrustedProxy>,
+    /// hyper's header read timeout (`--header-timeout-ms`).
+    header_timeout: Duration,
+    /// The deadline on writes that make no progress (`--write-timeout-ms`,
+    /// [`write_timeout`]).
+    write_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
-/// The API's accept loop: at most `max_conns` connections at once (the next accept waits
-/// for one to close), each HTTP/1 with hyper's header read timeout (axum's `serve` sets no
-/// timer, so it has none) over a socket whose stalled writes fail
-/// ([`write_timeout::WriteTimeout`]: hyper has no write timeout, and a client that never
-/// reads its answers would otherwise hold its slot forever). On `stop`: no more accepts,
-/// every connection finishes its request in flight, and this returns when all are closed.
+/// Whether a connection ended because [`write_timeout::WriteTimeout`] failed a write.
+fn is_write_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The API's accept loop: at most `--max-connections` connections at once (the next accept
+/// waits for one to close) and, when capped, `--max-connections-per-address` from one peer
+/// address outside the trusted proxies (one more is closed at once), each HTTP/1 with
+/// hyper's header read timeout (axum's `serve` sets no timer, so it has none) over a socket
+/// whose stalled writes fail ([`write_timeout::WriteTimeout`]: hyper has no write timeout,
+/// and a client that never reads its answers would otherwise hold its slot forever). On
+/// `stop`: no more accepts, every connection finishes its request in flight, and this
+/// returns when all are closed.
 async fn serve_api(
     listener: TcpListener,
     router: axum::Router,
     stop: watch::Receiver<bool>,
-    max_conns: usize,
-    timeouts: ConnTimeouts,
+    limits: ConnLimits,
 ) {
     use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -446,6 +474,7 @@ async fn serve_api(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let max_conns = limits.max;
     let slots = Arc::new(Semaphore::new(max_conns));
     loop {
         let permit = tokio::select! {
@@ -467,6 +496,20 @@ async fn serve_api(
             },
             _ = stopped(stop.clone()) => break,
         };
+        let address_slot = match &limits.per_address {
+            Some(cap) if !client_addr::is_trusted(&limits.trusted, peer.ip()) => {
+                match cap.enter(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        // Closed unread: nothing of the request is worth its cost.
+                        limits.metrics.connections_refused.fetch_add(1, Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         // The peer address, from which `client_addr::layer` finds the client's address.
@@ -477,21 +520,27 @@ async fn serve_api(
                 router.clone().oneshot(req)
             });
         let stop = stop.clone();
+        let (header_timeout, write_timeout) = (limits.header_timeout, limits.write_timeout);
+        let metrics = Arc::clone(&limits.metrics);
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.header);
-            let io = write_timeout::WriteTimeout::new(stream, timeouts.write);
+                .header_read_timeout(header_timeout);
+            let io = write_timeout::WriteTimeout::new(stream, write_timeout);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
                 _ = stopped(stop) => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    conn.await
                 }
+            };
+            if ended.is_err_and(|e| is_write_timeout(&e)) {
+                metrics.write_timeouts.fetch_add(1, Relaxed);
             }
         });
     }

@@ -99,6 +99,11 @@ pub struct Metrics {
     pub degraded_refusals: AtomicU64,
     /// Requests refused with 504 because the origin passed `--origin-timeout-ms`.
     pub origin_timeouts: AtomicU64,
+    /// Connections closed because a write made no progress for `--write-timeout-ms`.
+    pub write_timeouts: AtomicU64,
+    /// Connections closed at accept because their address had
+    /// `--max-connections-per-address` open.
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -397,6 +402,16 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_degraded_refusals",
             "Requests refused with 503 because the cache tier was down and --degraded-origin-calls origin calls were in flight.",
             &m.degraded_refusals,
+        ),
+        (
+            "tilewarm_write_timeouts",
+            "Connections closed because a write to the client made no progress for --write-timeout-ms.",
+            &m.write_timeouts,
+        ),
+        (
+            "tilewarm_connections_refused",
+            "Connections closed at accept because their address had --max-connections-per-address open.",
+            &m.connections_refused,
         ),
         (
             "tilewarm_origin_timeouts",

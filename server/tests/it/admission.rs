@@ -2,6 +2,7 @@
 //! headers and bodies are cut off, and a body is capped at the largest valid request.
 
 use std::io::{Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tilewarm::access::Access;
@@ -420,6 +421,81 @@ async fn a_client_that_never_reads_its_answers_gives_its_slot_back_at_the_write_
         answer.starts_with("HTTP/1.1 200"),
         "not served within {waited:?}: {answer:?}"
     );
+    assert_eq!(s.app.metrics.write_timeouts.load(Relaxed), 1);
+    let m = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    assert!(m.contains("tilewarm_write_timeouts_total 1"), "{m}");
+}
+
+/// A connection to `addr` from the loopback address `from`.
+async fn connect_from(addr: std::net::SocketAddr, from: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A connection from `from` that sends `GET /healthz` and reads the answer: what came back
+/// within 20 s (empty: closed unanswered).
+async fn healthz_from(addr: std::net::SocketAddr, from: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect_from(addr, from).await;
+    let _ = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// With `--max-connections-per-address 1`, a second connection from an address that has one
+/// open is closed unanswered while another address is served, and once the first closes
+/// the address is served again; a `--trusted-proxy` peer is not capped. Fails without the
+/// cap in `serve_api` (the second connection is answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection_slot() {
+    let s = server(Config {
+        max_connections: 8,
+        max_connections_per_address: 1,
+        ..config()
+    })
+    .await;
+    // Holds 127.0.0.1's one place, sending nothing.
+    let first = connect_from(s.addr, "127.0.0.1").await;
+    let second = healthz_from(s.addr, "127.0.0.1").await;
+    let other = healthz_from(s.addr, "127.0.0.2").await;
+    drop(first);
+    let mut again = String::new();
+    for _ in 0..100 {
+        again = healthz_from(s.addr, "127.0.0.1").await;
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        second, "",
+        "a second connection from 127.0.0.1 was answered"
+    );
+    assert!(other.starts_with("HTTP/1.1 200"), "{other:?}");
+    assert!(again.starts_with("HTTP/1.1 200"), "{again:?}");
+    assert!(s.app.metrics.connections_refused.load(Relaxed) >= 1);
+    s.shutdown().await;
+
+    // A trusted proxy's connections are not capped.
+    let s = server(Config {
+        max_connections: 8,
+        max_connections_per_address: 1,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..config()
+    })
+    .await;
+    let _first = connect_from(s.addr, "127.0.0.1").await;
+    let second = healthz_from(s.addr, "127.0.0.1").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
+    assert_eq!(s.app.metrics.connections_refused.load(Relaxed), 0);
+    s.shutdown().await;
 }
 
 /// Invalid and expired tokens from one address are refused (401) up to
