@@ -484,11 +484,11 @@ impl OriginDeadline {
         if self.total_ms == 0 {
             return Ok(None);
         }
+        // One reading of the clock: the first call gets the whole budget, exactly.
+        let now = tokio::time::Instant::now();
         let total = std::time::Duration::from_millis(self.total_ms);
-        let at = *self
-            .at
-            .get_or_insert_with(|| tokio::time::Instant::now() + total);
-        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        let at = *self.at.get_or_insert(now + total);
+        let left = at.saturating_duration_since(now);
         if left.is_zero() {
             return Err(self.spent(app));
         }
