@@ -47,8 +47,12 @@ const MAX_POLL_WAIT_MS = 60_000;
 // The shared cache's keys live under a host no client can send a request to, so an entry
 // (which may hold a tier above `public`) is only ever read back through this worker.
 const SHARED_HOST = 'https://tilewarm-edge.internal';
-/** The header beside a shared-cache entry saying when it was stored (ms since the epoch). */
-const STORED_AT = 'x-tilewarm-stored-at';
+/**
+ * The header beside a shared-cache entry giving its date (ms since the epoch): when the
+ * origin request its data came from was planned, not when it was stored (src/proxy/change.rs).
+ * An entry without it (written by a worker of before it) reads as 0: expired, refused.
+ */
+const FETCHED_AT = 'x-tilewarm-fetched-at';
 
 let initialised = false;
 
@@ -197,27 +201,28 @@ function sharedCache(origin, timeoutMs) {
   return {
     enabled: true,
     stats,
-    /** The entry of `tile` at `tier`: { body: Uint8Array, storedAt } or null. */
+    /** The entry of `tile` at `tier`: { body: Uint8Array, fetchedAt } or null. */
     async get(tier, tile) {
       stats.lookups++;
       try {
         const r = await within(cache.match(key(tier, tile)));
         if (!r) return null;
-        const storedAt = Number(r.headers.get(STORED_AT));
+        const fetchedAt = Number(r.headers.get(FETCHED_AT));
         const body = new Uint8Array(await within(r.arrayBuffer()));
-        if (!Number.isFinite(storedAt)) return null;
+        if (!Number.isFinite(fetchedAt)) return null;
         stats.hits++;
-        return { body, storedAt };
+        return { body, fetchedAt };
       } catch {
         stats.errors++;
         return null;
       }
     },
-    async put(tier, tile, entry, storedAt) {
+    /** Writes `entry` (an EdgeProxy SharedEntry, freed here) under `tile` at `tier`. */
+    async put(tier, tile, entry) {
       const headers = {
         'content-type': JSON_TYPE,
         'cache-control': `max-age=${entry.maxAge}`,
-        [STORED_AT]: String(storedAt),
+        [FETCHED_AT]: String(entry.fetchedAt),
       };
       const body = entry.body;
       entry.free();
@@ -329,14 +334,17 @@ export function createWorker(defaults = {}) {
     }
   }
 
-  /** Writes the entries of `tiles` (space separated) at `tier` to the shared cache. */
+  /**
+   * Writes the entries of `tiles` (space separated) at `tier` to the shared cache, each
+   * dated by the core (`fetchedAt`: when the origin request its data came from was planned).
+   */
   function sharePut(tier, tiles) {
     if (!shared.enabled || !tiles || proxy.sharedTiles === 0) return null;
     const now = Date.now();
     const puts = [];
     for (const tile of tiles.split(' ').slice(0, proxy.sharedTiles)) {
       const entry = proxy.sharedEntry(tier, tile, now);
-      if (entry) puts.push(shared.put(tier, tile, entry, now));
+      if (entry) puts.push(shared.put(tier, tile, entry));
     }
     return puts.length ? Promise.all(puts) : null;
   }
@@ -540,7 +548,7 @@ export function createWorker(defaults = {}) {
     let filled = 0;
     tiles.forEach((t, i) => {
       const e = found[i];
-      if (e && proxy.sharedFill(step.handle, t, e.body, e.storedAt, now) >= 0) filled++;
+      if (e && proxy.sharedFill(step.handle, t, e.body, e.fetchedAt, now) >= 0) filled++;
     });
     if (filled === 0) return step;
     return take(proxy.resume(step.handle, now));

@@ -245,11 +245,12 @@ impl Step {
     }
 }
 
-/// A shared-cache entry: the body to store and its lifetime.
+/// A shared-cache entry: the body to store, its lifetime and its date.
 #[wasm_bindgen]
 pub struct SharedEntry {
     body: String,
     max_age_s: u32,
+    fetched_at_ms: u64,
 }
 
 #[wasm_bindgen]
@@ -263,6 +264,13 @@ impl SharedEntry {
     #[wasm_bindgen(getter, js_name = maxAge)]
     pub fn max_age(&self) -> u32 {
         self.max_age_s
+    }
+    /// When the origin request its data came from was planned (ms since the epoch): store
+    /// it beside the entry and give it back to `sharedFill` (not the time it is stored: see
+    /// `proxy::change`).
+    #[wasm_bindgen(getter, js_name = fetchedAt)]
+    pub fn fetched_at(&self) -> f64 {
+        self.fetched_at_ms as f64
     }
 }
 
@@ -421,27 +429,28 @@ impl EdgeProxy {
         }
     }
 
-    /// A shared-cache entry for data tile `tile` (one of [`Step::shared`]), stored at
-    /// `stored_at_ms`, for the request of `handle`: fills the cache of the request's tier.
-    /// Returns the number of items taken, or -1 when the entry was refused (not that tile's
-    /// answer at that tier, expired, invalid) or the handle is unknown.
+    /// A shared-cache entry for data tile `tile` (one of [`Step::shared`]), fetched at
+    /// `fetched_at_ms` (its [`SharedEntry::fetched_at`]), for the request of `handle`: fills
+    /// the cache of the request's tier. Returns the number of items taken, or -1 when the
+    /// entry was refused (not that tile's answer at that tier, expired, invalid, fetched
+    /// before a change that covers it) or the handle is unknown.
     #[wasm_bindgen(js_name = sharedFill)]
     pub fn shared_fill(
         &mut self,
         handle: u32,
         tile: &str,
         body: &[u8],
-        stored_at_ms: f64,
+        fetched_at_ms: f64,
         now_ms: f64,
     ) -> i32 {
         let (Some((p, _)), Ok(tile)) = (self.pending.get(&handle), tile.parse::<TileId>()) else {
             return -1;
         };
         let tier = p.request().access;
-        let stored = stored_at_ms.max(0.0) as u64;
+        let fetched = fetched_at_ms.max(0.0) as u64;
         match self
             .proxy
-            .shared_fill(tier, tile, body, stored, now_ms.max(0.0) as u64)
+            .shared_fill(tier, tile, body, fetched, now_ms.max(0.0) as u64)
         {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
@@ -476,6 +485,7 @@ impl EdgeProxy {
             .map(|e| SharedEntry {
                 body: e.body,
                 max_age_s: e.max_age_s,
+                fetched_at_ms: e.fetched_at_ms,
             })
     }
 

@@ -111,6 +111,76 @@ describe('edge worker: the change feed under workerd', () => {
   });
 });
 
+describe('edge worker: an old answer written to the Cache API after another isolate applied the change', () => {
+  // Two isolates sharing one Cache API (two workerd processes, as in shared.test.mjs).
+  // A's origin request is answered before a change C, and the answer reaches A only after
+  // B applied C; A, which has not polled since (changesPollMs of 10 minutes), writes it to
+  // the Cache API. The entry is dated by when A planned the request (src/proxy/change.rs),
+  // before B applied C, so B refuses it; dated by when A stored it, B would serve it.
+  let server;
+  let relay;
+  let a;
+  let b;
+  let token;
+  let adminToken;
+  const tile = '14/2640/5730';
+
+  before(async () => {
+    token = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    adminToken = await hsToken({ tilewarm_access: 'agent', tilewarm_admin: true }, { exp: 3600 });
+    const originToken = await serviceToken('agent');
+    server = await startServer(await serverAuthArgs(SECRET));
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    const env = { TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken };
+    a = await startWorkerd(relay.url, { originTimeoutMs: 5000, warmRing: 0, changesPollMs: 600_000 }, env);
+    b = await startWorkerd(relay.url, { originTimeoutMs: 5000, warmRing: 0, changesPollMs: 50 }, env, { sharedCache: a.cacheAddr });
+  });
+
+  after(async () => {
+    relay?.release?.();
+    await b?.stop();
+    await a?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const post = (edge, body) =>
+    postAs(edge.batch, body, { 'content-type': 'application/json', authorization: `Bearer ${token}` });
+  const health = (edge) => () => fetch(`${edge.url}/healthz`).then((r) => r.text());
+
+  it('is refused by the isolate that applied the change first', async () => {
+    await health(a)(); // each isolate's first poll
+    await health(b)();
+    const req = { tiles: [tile], access: 'registered' };
+    relay.holdAnswers = new Promise((ok) => { relay.release = ok; });
+    const pending = post(a, req);
+    await until(async () => relay.held === 1, 'the origin\'s answer to A in the relay\'s hands');
+
+    const applied = (await b.stats()).changes.events;
+    const r = await postAs(`${server.url}/v1/invalidate`, { tiles: [tile] }, {
+      'content-type': 'application/json', authorization: `Bearer ${adminToken}`,
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+    await until(async () => (await b.stats()).changes.events > applied, 'B applied the change', health(b));
+
+    relay.holdAnswers = null;
+    relay.release();
+    const first = await pending;
+    assert.equal(first.status, 200);
+    assert.equal(first.cache, 'miss');
+    await until(async () => (await a.stats()).shared.puts >= 1, 'A wrote the answer to the Cache API');
+    assert.equal((await a.stats()).changes.polls, 1, 'A has not polled since its first request');
+
+    const asked = relay.requests().length;
+    const refused = (await b.stats()).sharedRefused;
+    const second = await post(b, req);
+    assert.equal(second.status, 200);
+    assert.notEqual(second.cache, 'hit', 'B does not answer from the entry A wrote after B applied the change');
+    assert.equal(relay.requests().length, asked + 1, 'B asked the origin');
+    assert.equal((await b.stats()).sharedRefused, refused + 1, 'the entry was refused');
+  });
+});
+
 describe('edge worker: a change feed answer over the size cap (4 MiB)', () => {
   // The relay answers the feed itself (relay.changes): positions are ids of 1970, far before
   // the isolate's start, so a new isolate does not replay.

@@ -10,13 +10,32 @@
 //!   item invalidated may exist again).
 //! - **Shared-cache entries** ([`super::shared`]) cannot be listed or purged by id. So the
 //!   proxy keeps a log of recent changes with the time this isolate applied each
-//!   ([`MAX_CHANGE_LOG`]), and [`Proxy::shared_fill`] refuses an entry stored before a
+//!   ([`MAX_CHANGE_LOG`]), and [`Proxy::shared_fill`] refuses an entry fetched before a
 //!   change that covers it: `all`, a tile covering the entry's data tile, an id or a class
 //!   of one of its items. Past the log's size the oldest changes are folded into a time
-//!   floor: every entry stored before it is refused. Times are this isolate's clock when it
-//!   applied the change, which is later than the change itself, so an entry another isolate
-//!   stored in between is refused too (safe, one extra origin call); skew between isolates'
-//!   clocks larger than the feed's poll interval could let an old entry through.
+//!   floor: every entry fetched before it is refused.
+//!
+//! # An entry is dated by when its origin request was planned
+//! The time an entry is compared by ([`super::shared::SharedEntry::fetched_at_ms`]) is
+//! when the origin request whose answer it holds was planned ([`Proxy::begin`], or the
+//! warming request's planning), which is before that request left; not when it was
+//! stored. Stored-at would be wrong: isolate A's origin request leaves before change C,
+//! its answer (the old value) comes back after C reached the origin but before A's poll
+//! applied C, so A's epoch is unchanged and A writes the old value to the shared cache
+//! at S; isolate B applied C at Tb < S, and an entry dated S would pass B's check
+//! (`S < Tb` is false) and be served until its `max-age`. Dated by its planning, the
+//! entry is older than Tb and refused. The other way round holds too: an entry whose
+//! request was planned after Tb (B's apply time, which is after the origin published C)
+//! read the origin after C was published, so it holds the new value (up to the origin's
+//! own window for an answer in flight across a change, docs/server.md), and taking it is
+//! right. The time of a tile's last fill is kept per (tier, data tile) ([`MAX_FETCHED`]):
+//! an origin answer's planning time, or a shared-cache entry's own date when it filled the
+//! tile.
+//!
+//! Times are this isolate's clock: B compares A's planning time with the time B applied
+//! the change, which is later than the change itself, so an entry planned in between is
+//! refused too (safe, one extra origin call); skew between isolates' clocks larger than
+//! the feed's poll interval could let an old entry through.
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
@@ -37,53 +56,79 @@ pub const MAX_CHANGE_LOG: usize = 64;
 /// remembered is not written (it only loses warming).
 pub const MAX_WARM_EPOCHS: usize = 256;
 
+/// Most (tier, data tile) pairs whose last fill's time is remembered (module docs); a tile
+/// whose time is forgotten gives no shared-cache entry (a write lost, never a wrong date).
+/// Far more than one answer names with the default [`super::ProxyConfig::max_data_tiles`]
+/// (256), and the shell asks for the entries right after the answer.
+pub const MAX_FETCHED: usize = 4096;
+
 /// The proxy's record of applied changes.
 pub(super) struct Changes {
     /// Starts at 0; +1 per change.
     pub(super) epoch: u64,
     /// Recent changes, oldest first, with the time they were applied.
     log: VecDeque<(u64, Invalidation)>,
-    /// Shared-cache entries stored before this are refused.
+    /// Shared-cache entries fetched before this are refused.
     floor_ms: u64,
-    /// Outstanding warming requests (tier, tiles) and the epoch they were planned in.
-    warm: LruCache<(Access, Vec<TileId>), u64>,
+    /// Outstanding warming requests (tier, tiles): the epoch and the time they were planned
+    /// in.
+    warm: LruCache<(Access, Vec<TileId>), (u64, u64)>,
+    /// Per (tier, data tile): when the origin request of the answer that last filled it was
+    /// planned (module docs).
+    fetched: LruCache<(Access, TileId), u64>,
 }
 
 impl Changes {
     pub(super) fn new() -> Changes {
-        let cap = NonZeroUsize::new(MAX_WARM_EPOCHS).unwrap_or(NonZeroUsize::MIN);
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Changes {
             epoch: 0,
             log: VecDeque::new(),
             floor_ms: 0,
-            warm: LruCache::new(cap),
+            warm: LruCache::new(cap(MAX_WARM_EPOCHS)),
+            fetched: LruCache::new(cap(MAX_FETCHED)),
         }
     }
 
-    /// Remembers that a warming request for `tiles` at `tier` was planned now.
-    pub(super) fn warm_planned(&mut self, tier: Access, tiles: &[TileId]) {
-        self.warm.put((tier, tiles.to_vec()), self.epoch);
+    /// Remembers that a warming request for `tiles` at `tier` was planned at `now_ms`.
+    pub(super) fn warm_planned(&mut self, tier: Access, tiles: &[TileId], now_ms: u64) {
+        self.warm.put((tier, tiles.to_vec()), (self.epoch, now_ms));
     }
 
-    /// Whether the answer to that warming request may be written (planned in this epoch).
-    pub(super) fn warm_current(&mut self, tier: Access, tiles: &[TileId]) -> bool {
-        self.warm.pop(&(tier, tiles.to_vec())) == Some(self.epoch)
+    /// When that warming request was planned, if its answer may be written (it was planned
+    /// in this epoch).
+    pub(super) fn warm_current(&mut self, tier: Access, tiles: &[TileId]) -> Option<u64> {
+        match self.warm.pop(&(tier, tiles.to_vec())) {
+            Some((epoch, planned_ms)) if epoch == self.epoch => Some(planned_ms),
+            _ => None,
+        }
     }
 
-    /// Whether a shared-cache entry for `tile`, stored at `stored_at_ms`, holding `entry`,
-    /// is older than a change that covers it.
+    /// Remembers that data tile `tile` of `tier` was filled from an answer whose origin
+    /// request was planned at `planned_ms`.
+    pub(super) fn fetched(&mut self, tier: Access, tile: TileId, planned_ms: u64) {
+        self.fetched.put((tier, tile), planned_ms);
+    }
+
+    /// When the origin request of the answer that last filled `tile` of `tier` was planned.
+    pub(super) fn fetched_at(&self, tier: Access, tile: TileId) -> Option<u64> {
+        self.fetched.peek(&(tier, tile)).copied()
+    }
+
+    /// Whether a shared-cache entry for `tile`, fetched at `fetched_at_ms` (its origin
+    /// request planned then), holding `entry`, is older than a change that covers it.
     pub(super) fn covers_entry(
         &self,
         tile: TileId,
         entry: &BatchResponse<RawData>,
-        stored_at_ms: u64,
+        fetched_at_ms: u64,
     ) -> bool {
-        if stored_at_ms < self.floor_ms {
+        if fetched_at_ms < self.floor_ms {
             return true;
         }
         self.log
             .iter()
-            .filter(|(at, _)| stored_at_ms < *at)
+            .filter(|(at, _)| fetched_at_ms < *at)
             .any(|(_, inv)| {
                 inv.covers_tile(tile)
                     || entry

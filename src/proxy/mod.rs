@@ -191,6 +191,9 @@ pub struct Pending {
     /// The epoch it was planned in ([`change`]): its origin answer is written back only
     /// if no change was applied since.
     epoch: u64,
+    /// When it was planned (before its origin request left): what the tiles its answer
+    /// fills are dated by for the shared cache ([`change`]).
+    planned_ms: u64,
 }
 
 impl Pending {
@@ -415,6 +418,7 @@ impl Proxy {
                     origin: None,
                     spliced: Some(body),
                     epoch: self.changes.epoch,
+                    planned_ms: now_ms,
                 });
             }
         }
@@ -472,6 +476,7 @@ impl Proxy {
             origin,
             spliced: None,
             epoch: self.changes.epoch,
+            planned_ms: now_ms,
         })
     }
 
@@ -534,15 +539,16 @@ impl Proxy {
     /// Fills `tier`'s cache from an origin answer to a request made at `tier` that asked
     /// for `asked_ids`. Items above `tier` are dropped first (see the module docs); what is
     /// written is the policy's rule ([`Rules::write_back`]); nothing is written when `write`
-    /// is false (an answer planned before a change, [`change`]). Returns the answer,
-    /// filtered.
+    /// is false (an answer planned before a change, [`change`]). The data tiles it fills
+    /// are dated `planned_ms`, when the answer's origin request was planned (for the shared
+    /// cache, [`change`]). Returns the answer, filtered.
     fn fill(
         &mut self,
         tier: Access,
         mut response: BatchResponse<RawData>,
         asked_ids: &[String],
         now_ms: u64,
-        write: bool,
+        write: Option<u64>,
     ) -> BatchResponse<RawData> {
         let before = response.items.len();
         let mut dropped_ids = Vec::new();
@@ -564,9 +570,9 @@ impl Proxy {
                 list.ids.retain(|id| kept.contains(id));
             }
         }
-        if !write {
+        let Some(planned_ms) = write else {
             return response;
-        }
+        };
         // Every serialised tile of this tier is out of date now.
         self.wire.changed(tier);
         let rules = self.rules();
@@ -608,6 +614,14 @@ impl Proxy {
                 let _ = cache.insert_tile(t, &ids, ttl_ms, tier, now_ms);
             }
         }
+        let (dz, levels) = (rules.data_zoom, rules.split_levels);
+        for list in &response.tiles {
+            if rules.cacheable(list.tile) {
+                for d in list.tile.data_tiles(dz, levels).unwrap_or_default() {
+                    self.changes.fetched(tier, d, planned_ms);
+                }
+            }
+        }
         response
     }
 
@@ -645,7 +659,7 @@ impl Proxy {
             warm_tries.tried((tier, t), now_ms);
         }
         self.stats.warm_requests += 1;
-        self.changes.warm_planned(tier, &tiles);
+        self.changes.warm_planned(tier, &tiles, now_ms);
         Some(BatchRequest {
             tiles,
             ids: Vec::new(),
@@ -669,8 +683,9 @@ impl Proxy {
             origin,
             spliced,
             epoch,
+            planned_ms,
         } = pending;
-        let write = self.current(epoch);
+        let write = self.current(epoch).then_some(planned_ms);
         let tier = request.access;
         if let Some(body) = spliced {
             self.stats.hits += 1;
@@ -850,16 +865,22 @@ impl Proxy {
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
         let response = self.decode_origin(outcome, request.access)?;
-        if !self.changes.warm_current(request.access, &request.tiles) {
+        let Some(planned_ms) = self.changes.warm_current(request.access, &request.tiles) else {
             return Err(ErrorBody {
                 code: ErrorCode::UpstreamError,
                 message: "the warming answer was asked for before a change to the cache \
                           (or is not one this proxy planned); not written"
                     .into(),
             });
-        }
+        };
         let n = response.items.len();
-        self.fill(request.access, response, &request.ids, now_ms, true);
+        self.fill(
+            request.access,
+            response,
+            &request.ids,
+            now_ms,
+            Some(planned_ms),
+        );
         self.stats.warm_fills += 1;
         // The tiles it filled are warmed again as soon as they expire, not after a delay.
         let cache = &self.caches[request.access.rank() as usize];

@@ -6,8 +6,11 @@
 //!
 //! An entry is the protocol's answer for that one data tile at that tier, the body
 //! `GET /v1/tiles/{z}/{x}/{y}?access=<tier>` on the server answers: the tile's list and the
-//! items the tier may see, each with its `ttl` in seconds as of `stored_at_ms` (the shell
-//! keeps that instant beside the entry). Its lifetime is [`SharedEntry::max_age_s`], the
+//! items the tier may see, each with its `ttl` in seconds as of when it was stored. The
+//! shell keeps [`SharedEntry::fetched_at_ms`] beside it: when the origin request it came
+//! from was planned, which dates it against the changes from the feed
+//! ([`super::change`]) and ages its TTLs when it is read back (a little early, by the
+//! origin's round trip: on the safe side). Its lifetime is [`SharedEntry::max_age_s`], the
 //! shortest TTL it holds, so the shared cache never keeps an item beyond its class TTL.
 //!
 //! # Tiers never cross
@@ -30,6 +33,10 @@ pub struct SharedEntry {
     pub body: String,
     /// Seconds it may be kept: the shortest `ttl` of the list and the items; at least 1.
     pub max_age_s: u32,
+    /// When the origin request whose answer it holds was planned (ms since the epoch, this
+    /// isolate's clock): the date to store beside it and give back to
+    /// [`Proxy::shared_fill`] (see [`super::change`] for why not the time it is stored).
+    pub fetched_at_ms: u64,
 }
 
 fn refused(message: String) -> ErrorBody {
@@ -67,23 +74,24 @@ impl Proxy {
         self.begin(pending.request, now_ms)
     }
 
-    /// Fills `tier`'s cache from a shared-cache entry for data tile `tile`, stored at
-    /// `stored_at_ms`: every `ttl` in it is shortened by the entry's age, and what has run
-    /// out is left out. Returns the number of items taken, or why the entry was refused (it
-    /// is not an answer for `tile` at `tier`, or it is not a valid answer).
+    /// Fills `tier`'s cache from a shared-cache entry for data tile `tile`, fetched at
+    /// `fetched_at_ms` ([`SharedEntry::fetched_at_ms`]): every `ttl` in it is shortened by
+    /// the time since, and what has run out is left out. Returns the number of items taken,
+    /// or why the entry was refused (it is not an answer for `tile` at `tier`, it is not a
+    /// valid answer, or it was fetched before a change that covers it, [`super::change`]).
     pub fn shared_fill(
         &mut self,
         tier: Access,
         tile: TileId,
         body: &[u8],
-        stored_at_ms: u64,
+        fetched_at_ms: u64,
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
-        let result = self.shared_decode(tier, tile, body, stored_at_ms, now_ms);
+        let result = self.shared_decode(tier, tile, body, fetched_at_ms, now_ms);
         match result {
             Ok(response) => {
                 let n = response.items.len();
-                self.fill(tier, response, &[], now_ms, true);
+                self.fill(tier, response, &[], now_ms, Some(fetched_at_ms));
                 self.stats.shared_fills += 1;
                 Ok(n)
             }
@@ -99,7 +107,7 @@ impl Proxy {
         tier: Access,
         tile: TileId,
         body: &[u8],
-        stored_at_ms: u64,
+        fetched_at_ms: u64,
         now_ms: u64,
     ) -> Result<crate::protocol::BatchResponse<crate::protocol::RawData>, ErrorBody> {
         let mut response = decode_response(body, &self.config.limits).map_err(|e| {
@@ -121,8 +129,8 @@ impl Proxy {
                 "the shared cache's entry for {tile} is not that data tile's answer"
             )));
         }
-        // Whole seconds since it was stored, rounded up; a clock behind ours counts as 0.
-        let age_ms = now_ms.saturating_sub(stored_at_ms);
+        // Whole seconds since it was fetched, rounded up; a clock behind ours counts as 0.
+        let age_ms = now_ms.saturating_sub(fetched_at_ms);
         let age_s = u32::try_from(age_ms.div_ceil(1000)).unwrap_or(u32::MAX);
         let list = &mut response.tiles[0];
         match list.ttl {
@@ -141,21 +149,22 @@ impl Proxy {
             _ => false,
         });
         response.missing.clear();
-        if self.changes.covers_entry(tile, &response, stored_at_ms) {
+        if self.changes.covers_entry(tile, &response, fetched_at_ms) {
             return Err(refused(format!(
-                "the shared cache's entry for {tile} was stored before a change that covers it"
+                "the shared cache's entry for {tile} was fetched before a change that covers it"
             )));
         }
         Ok(response)
     }
 
     /// The shared-cache entry for data tile `tile` at `tier`, when this isolate's cache of
-    /// `tier` holds it fresh.
+    /// `tier` holds it fresh (and remembers when it was fetched, [`super::change`]).
     pub fn shared_entry(&mut self, tier: Access, tile: TileId, now_ms: u64) -> Option<SharedEntry> {
         let cache = &self.caches[tier.rank() as usize];
         if cache.tile_freshness(tile, tier, now_ms) != TileFreshness::Fresh {
             return None;
         }
+        let fetched_at_ms = self.changes.fetched_at(tier, tile)?;
         let (items, exp) = self.read_data_tile(tile, tier, now_ms);
         let list_ttl = crate::protocol::ttl_left_s(exp, now_ms);
         let max_age_s = items
@@ -176,6 +185,10 @@ impl Proxy {
             access: Some(tier),
         };
         let body = serde_json::to_string(&out).ok()?;
-        Some(SharedEntry { body, max_age_s })
+        Some(SharedEntry {
+            body,
+            max_age_s,
+            fetched_at_ms,
+        })
     }
 }

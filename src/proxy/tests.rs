@@ -863,7 +863,7 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
         body: json.as_bytes(),
     };
     // (As if the proxy had planned it: only planned warming answers are written.)
-    p.changes.warm_planned(Access::Agent, &warm.tiles);
+    p.changes.warm_planned(Access::Agent, &warm.tiles, 2_000);
     p.warmed(&warm, outcome, 2_000).unwrap();
     let (_, _, body) = run(&mut p, &o, req(&tiles, &[], Access::Agent), 3_000);
     let item = body
@@ -1099,5 +1099,88 @@ mod changes {
                 3_000
             )
             .is_ok());
+    }
+
+    /// Isolate A's origin request leaves before change C; its (old) answer comes back after
+    /// C reached the origin and after isolate B applied C, but before A's poll did, so A's
+    /// epoch is unchanged and A writes the answer to the shared cache. The entry is dated
+    /// by when A planned the request, before B applied C: B refuses it. Dated by when A
+    /// stored it (after B applied C), B would take the old value.
+    #[test]
+    fn an_old_answer_stored_after_another_isolate_applied_the_change_is_refused_there() {
+        let old = origin();
+        let t = tile(CENTRE);
+        let mut a = Proxy::new(no_warm()).unwrap();
+        let mut b = Proxy::new(no_warm()).unwrap();
+        let r = req(&[CENTRE], &[], Access::Public);
+        let pending = a.begin(r.clone(), 1_000).unwrap();
+        let body = old
+            .answer(pending.origin_request().unwrap(), Some(300))
+            .to_json();
+        // C reaches the origin, then B (at 2 000); A has not polled yet.
+        b.invalidate(&inv_ids(&["2624-5721-public"]), 2_000);
+        let answer = a.complete(
+            pending,
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            },
+            3_000,
+        );
+        assert_eq!(
+            answer.shared_put,
+            vec![t],
+            "A's epoch is unchanged: it writes"
+        );
+        let e = a.shared_entry(Access::Public, t, 3_000).unwrap();
+        assert_eq!(e.fetched_at_ms, 1_000, "dated when A planned the request");
+        let err = b
+            .shared_fill(Access::Public, t, e.body.as_bytes(), e.fetched_at_ms, 3_500)
+            .unwrap_err();
+        assert!(err.message.contains("before a change"), "{}", err.message);
+        assert!(b
+            .begin(r.clone(), 3_500)
+            .unwrap()
+            .origin_request()
+            .is_some());
+        // An answer to a request planned after B applied C read the origin after C was
+        // published: its entry is taken.
+        let mut a2 = Proxy::new(no_warm()).unwrap();
+        let (_, answer, _) = run(&mut a2, &changed_origin("2624-5721-public"), r, 2_500);
+        assert_eq!(answer.shared_put, vec![t]);
+        let e = a2.shared_entry(Access::Public, t, 3_000).unwrap();
+        assert_eq!(e.fetched_at_ms, 2_500);
+        assert!(b
+            .shared_fill(Access::Public, t, e.body.as_bytes(), e.fetched_at_ms, 3_500)
+            .is_ok());
+    }
+
+    /// A warming answer is dated by when the warming request was planned too, and a tile
+    /// filled from a shared-cache entry keeps the entry's date.
+    #[test]
+    fn warming_answers_and_shared_fills_keep_the_date_of_their_origin_request() {
+        let o = origin();
+        let mut a = Proxy::new(ProxyConfig::default()).unwrap();
+        let (_, answer, _) = run(&mut a, &o, req(&[CENTRE], &[], Access::Public), 1_000);
+        let warm = answer.warm.unwrap();
+        let body = o.answer(&warm, Some(300)).to_json();
+        let outcome = OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+        };
+        a.warmed(&warm, outcome, 4_000).unwrap();
+        let w = warm.tiles[0];
+        let e = a.shared_entry(Access::Public, w, 4_000).unwrap();
+        assert_eq!(e.fetched_at_ms, 1_000, "planned with the answer at 1 000");
+        let mut b = Proxy::new(no_warm()).unwrap();
+        b.invalidate(&inv_ids(&["nothing-here"]), 2_000);
+        b.shared_fill(Access::Public, w, e.body.as_bytes(), e.fetched_at_ms, 5_000)
+            .unwrap();
+        assert_eq!(
+            b.shared_entry(Access::Public, w, 5_000)
+                .unwrap()
+                .fetched_at_ms,
+            1_000
+        );
     }
 }

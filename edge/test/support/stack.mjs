@@ -73,12 +73,13 @@ export function sse(events) {
 /**
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
  * 'drop' (close the connection), 'rate_limited' / 'overloaded' (429 with Retry-After: 7,
- * 503 with Retry-After: 3, as the server answers them), 'huge' (a 12 MiB answer). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
+ * 503 with Retry-After: 3, as the server answers them), 'huge' (a 12 MiB answer); with
+ * `holdAnswers` (a promise) set, a passed-on answer waits for it (`held` counts them). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
  */
 export async function startRelay(target, { requireToken } = {}) {
-  const relay = { mode: 'pass', seen: [], polls: [], target };
+  const relay = { mode: 'pass', seen: [], polls: [], target, holdAnswers: null, held: 0 };
   const server = createHttpServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
@@ -154,6 +155,12 @@ export async function startRelay(target, { requireToken } = {}) {
       if (authorization !== undefined) headers.authorization = authorization;
       const r = await fetch(relay.target, { method: 'POST', headers, body });
       const text = await r.text();
+      if (relay.holdAnswers) {
+        // The origin's answer is in hand (`held` counts them) but reaches the worker only
+        // once the promise settles: an answer made before a change, arriving after it.
+        relay.held++;
+        await relay.holdAnswers;
+      }
       const out = { 'content-type': r.headers.get('content-type') ?? 'application/json' };
       if (r.headers.get('x-tilewarm-bounds') !== null) out['x-tilewarm-bounds'] = r.headers.get('x-tilewarm-bounds');
       res.writeHead(r.status, out);
