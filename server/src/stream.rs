@@ -142,13 +142,18 @@ pub enum Event {
 
 /// Why a follower is told to invalidate everything: the `reason` in a `reset` event's data.
 /// A follower applies every `reset` alike; the edge tells them apart in one place (a new
-/// isolate's replay skips only a `gap`, see docs/edge.md "Changes").
+/// isolate's replay of a `gap` with `from`, see docs/edge.md "Changes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetReason {
     /// The events after the follower's id cannot be sent: older than what the stream keeps,
     /// unknown to it, more than [`MAX_BACKLOG`], or trimmed before this instance's reader
-    /// read them (it was disconnected, or fell more than the retention behind).
-    Gap,
+    /// read them (it was disconnected, or fell more than the retention behind). `from`,
+    /// when the stream can say so, is the oldest id it can replay from: it holds every
+    /// change after it (with Redis, the `Horizon`'s `resumable_from`; for the in-process
+    /// ring its newest dropped id, at first the server's start), so a follower that cannot
+    /// trust what it holds from before `from` may replay the rest from there (data
+    /// `"from"`).
+    Gap { from: Option<StreamId> },
     /// A stream entry whose id or body cannot be read: a change nobody can name.
     Unreadable,
     /// An invalidation naming ids, sent to a follower below the top tier (see
@@ -157,11 +162,15 @@ pub enum ResetReason {
 }
 
 impl ResetReason {
-    fn data(self) -> &'static str {
+    /// A gap the stream cannot say more of.
+    pub const GAP: ResetReason = ResetReason::Gap { from: None };
+
+    fn data(self) -> String {
         match self {
-            ResetReason::Gap => r#"{"reason":"gap"}"#,
-            ResetReason::Unreadable => r#"{"reason":"unreadable"}"#,
-            ResetReason::Ids => r#"{"reason":"ids"}"#,
+            ResetReason::Gap { from: None } => r#"{"reason":"gap"}"#.into(),
+            ResetReason::Gap { from: Some(id) } => format!(r#"{{"reason":"gap","from":"{id}"}}"#),
+            ResetReason::Unreadable => r#"{"reason":"unreadable"}"#.into(),
+            ResetReason::Ids => r#"{"reason":"ids"}"#.into(),
         }
     }
 }
@@ -422,8 +431,13 @@ impl ChangeStream {
                 let Some(after) = after else {
                     return Ok((Vec::new(), r.last));
                 };
+                // The ring holds every change after `max_deleted` (at first this process's
+                // start: nothing from before it is known).
+                let gap = ResetReason::Gap {
+                    from: Some(r.max_deleted),
+                };
                 if after > r.last || after < r.max_deleted {
-                    return Ok((vec![Event::Reset(r.last, ResetReason::Gap)], r.last));
+                    return Ok((vec![Event::Reset(r.last, gap)], r.last));
                 }
                 let events: Vec<Event> = r
                     .entries
@@ -433,7 +447,7 @@ impl ChangeStream {
                     .map(|(id, inv)| Event::Invalidate(*id, Arc::clone(inv)))
                     .collect();
                 if over_backlog(&events) {
-                    return Ok((vec![Event::Reset(r.last, ResetReason::Gap)], r.last));
+                    return Ok((vec![Event::Reset(r.last, gap)], r.last));
                 }
                 Ok((events, r.last))
             }
@@ -446,7 +460,7 @@ impl ChangeStream {
                         return Ok((Vec::new(), last));
                     };
                     if horizon.lost_after(after) {
-                        return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
+                        return Ok((vec![Event::Reset(last, horizon.gap(after))], last));
                     }
                     let mut events = Vec::new();
                     let mut from = after;
@@ -481,14 +495,15 @@ impl ChangeStream {
                             }
                         }
                         if over_backlog(&events) {
-                            return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
+                            return Ok((vec![Event::Reset(last, horizon.gap(after))], last));
                         }
                         from = parse_id(tail)?;
                     }
                     // Entries after `after` trimmed while they were being read (between the
                     // XINFO and an XRANGE) would be missing without a word.
-                    if stream_info(&mut conn, &s.key).await?.lost_after(after) {
-                        return Ok((vec![Event::Reset(last, ResetReason::Gap)], last));
+                    let now = stream_info(&mut conn, &s.key).await?;
+                    if now.lost_after(after) {
+                        return Ok((vec![Event::Reset(last, now.gap(after))], last));
                     }
                     Ok((events, last))
                 };
@@ -741,9 +756,11 @@ impl Horizon {
     /// (`XADD MAXLEN`, `XTRIM`) leaves it as it was, so a trim is seen from `entries-added`
     /// being more than `length` (something was removed), and then every entry older than
     /// the oldest kept one (`recorded-first-entry-id`; with none kept, the last id made) may
-    /// have been removed. A reader exactly at the newest trimmed entry is reset though it
-    /// missed nothing (which ids were trimmed is not recorded): a spurious reset at the
-    /// boundary, never a silent loss.
+    /// have been removed: a reader resumes without a loss from the id just before the
+    /// oldest kept one (no entry lies between), which is the `from` its gap names. A reader
+    /// exactly at the newest trimmed entry is reset though it missed nothing (which ids
+    /// were trimmed is not recorded): a spurious reset at the boundary, never a silent
+    /// loss.
     fn from_info(
         last: StreamId,
         max_deleted: StreamId,
@@ -755,7 +772,7 @@ impl Horizon {
             if length == 0 {
                 last
             } else {
-                first
+                just_before(first)
             }
         } else {
             StreamId::ZERO
@@ -771,6 +788,28 @@ impl Horizon {
     /// was deleted, or this is another server).
     fn lost_after(&self, after: StreamId) -> bool {
         after > self.last || after < self.resumable_from
+    }
+
+    /// The `gap` for a reader at `after` that [`Horizon::lost_after`]: `from`
+    /// `resumable_from`, except for an id the stream never made (it was deleted: what it
+    /// held before is unknown).
+    fn gap(&self, after: StreamId) -> ResetReason {
+        if after > self.last {
+            ResetReason::GAP
+        } else {
+            ResetReason::Gap {
+                from: Some(self.resumable_from),
+            }
+        }
+    }
+}
+
+/// The id just before `id` (`0-0` for `0-0`).
+fn just_before(id: StreamId) -> StreamId {
+    match (id.seq.checked_sub(1), id.ms.checked_sub(1)) {
+        (Some(seq), _) => StreamId { ms: id.ms, seq },
+        (None, Some(ms)) => StreamId { ms, seq: u64::MAX },
+        (None, None) => StreamId::ZERO,
     }
 }
 
@@ -932,7 +971,7 @@ async fn read_once(
                 return Ok(());
             };
             warn!(from = %l, to = %end, "change stream: entries were lost while disconnected; invalidating everything");
-            reset_everything(&a, failed, end, ResetReason::Gap).await;
+            reset_everything(&a, failed, end, ResetReason::GAP).await;
             *last = Some(end);
         }
         Some(_) => {}
@@ -981,7 +1020,7 @@ async fn read_once(
                 let end = horizon.last;
                 warn!(from = %from, to = %end, "change stream: the reader fell behind past the retention and entries were trimmed before it read them; invalidating everything");
                 // Covers what this XREAD answered too: its entries are not before `end`.
-                reset_everything(&a, failed, end, ResetReason::Gap).await;
+                reset_everything(&a, failed, end, ResetReason::GAP).await;
                 *last = Some(end);
                 continue;
             }
@@ -1051,11 +1090,17 @@ mod tests {
         // Past retention: `a` is trimmed, so a client at `start` cannot be caught up.
         let c = s.publish(&inv("c")).await.unwrap();
         let (ev, pos) = s.since(Some(start)).await.unwrap();
+        // It holds every change after `a`, the newest it trimmed: a replay may start there.
         assert!(
-            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == c),
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap { from: Some(f) })] if id == c && f == a),
             "{ev:?}"
         );
         assert_eq!(pos, c);
+        assert_eq!(
+            ResetReason::Gap { from: Some(a) }.data(),
+            format!(r#"{{"reason":"gap","from":"{a}"}}"#)
+        );
+        assert_eq!(ResetReason::GAP.data(), r#"{"reason":"gap"}"#);
         // `a` itself is still a good resume point (nothing after it was trimmed).
         let (ev, _) = s.since(Some(a)).await.unwrap();
         assert_eq!(ev.len(), 2);
@@ -1065,7 +1110,29 @@ mod tests {
             seq: 0,
         };
         let (ev, _) = s.since(Some(future)).await.unwrap();
-        assert!(matches!(ev[..], [Event::Reset(_, ResetReason::Gap)]));
+        assert!(matches!(ev[..], [Event::Reset(_, ResetReason::Gap { from: Some(f) })] if f == a));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_ring_says_it_holds_the_changes_since_its_start() {
+        // An in-process stream knows nothing from before it started: a follower's id from
+        // before then (a client of the last process) gets a gap from the start.
+        let s = ChangeStream::local(16, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        let a = s.publish(&inv("a")).await.unwrap();
+        let old = StreamId {
+            ms: start.ms - 1,
+            seq: 0,
+        };
+        let (ev, pos) = s.since(Some(old)).await.unwrap();
+        assert!(
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap { from: Some(f) })] if id == a && f == start),
+            "{ev:?}"
+        );
+        assert_eq!(pos, a);
+        // From there, the changes since.
+        let (ev, _) = s.since(Some(start)).await.unwrap();
+        assert_eq!(ev.iter().map(Event::id).collect::<Vec<_>>(), [a]);
     }
 
     #[tokio::test]
@@ -1103,8 +1170,10 @@ mod tests {
         }
         // All are kept (retention), but one more than the bound: a single reset.
         let (ev, pos) = s.since(Some(start)).await.unwrap();
+        // Everything is kept (nothing trimmed since the start): `from` says so, and is no
+        // later than the id asked from.
         assert!(
-            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == pos),
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap { from: Some(f) })] if id == pos && f == start),
             "{}",
             ev.len()
         );
@@ -1129,7 +1198,7 @@ mod tests {
         }
         let (ev, pos) = s.since(Some(start)).await.unwrap();
         assert!(
-            matches!(ev[..], [Event::Reset(id, ResetReason::Gap)] if id == pos),
+            matches!(ev[..], [Event::Reset(id, ResetReason::Gap { from: Some(f) })] if id == pos && f == start),
             "{} events",
             ev.len()
         );
@@ -1195,6 +1264,24 @@ mod tests {
         assert!(!h.lost_after(sid(201)));
         assert!(!h.lost_after(sid(300)));
         assert!(h.lost_after(sid(301)), "never made");
+        // Just before 201 nothing can be missed: that is where a gap says to replay from
+        // (201 itself is then replayed), and resuming there is no gap.
+        let from = StreamId {
+            ms: 200,
+            seq: u64::MAX,
+        };
+        assert_eq!(h.gap(sid(1)), ResetReason::Gap { from: Some(from) });
+        assert!(!h.lost_after(from));
+        assert_eq!(h.gap(sid(301)), ResetReason::GAP, "unknown: no `from`");
+        assert_eq!(just_before(sid(201)), from);
+        assert_eq!(
+            just_before(from),
+            StreamId {
+                ms: 200,
+                seq: u64::MAX - 1
+            }
+        );
+        assert_eq!(just_before(StreamId::ZERO), StreamId::ZERO);
         // Nothing removed: the stream holds everything it made, from any id.
         let h = Horizon::from_info(sid(300), StreamId::ZERO, 300, 300, sid(1));
         assert!(!h.lost_after(StreamId::ZERO));

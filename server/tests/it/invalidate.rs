@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tilewarm::access::Access;
-use tilewarm_server::stream::Event;
+use tilewarm::protocol::StreamId;
+use tilewarm_server::stream::{Event, ResetReason};
 use tilewarm_server::Server;
 
 use crate::common::{
@@ -383,6 +384,68 @@ async fn a_follower_told_of_a_change_does_not_read_the_old_value_back() {
     s.shutdown().await;
 }
 
+/// With Redis, a gap says from where the stream can replay (`from`: just before the oldest
+/// entry kept), as the edge's replay uses (docs/edge.md, "Changes"), and resuming there
+/// misses nothing; an id newer than the stream ever made (a deleted stream: what it held is
+/// unknown) gets no `from`. Trimmed exactly (`XTRIM`, not `~`), so which entry is first kept
+/// is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_gap_says_from_where_the_stream_can_replay() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let admin = Http::with_token(Some(admin_token()));
+    let changes = &s.app.changes;
+    let (_, start) = changes.since(None).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = post_invalidate(&admin, &s, &format!(r#"{{"ids":["x{i}"]}}"#)).await;
+        ids.push(
+            r.json()["id"]
+                .as_str()
+                .unwrap()
+                .parse::<StreamId>()
+                .unwrap(),
+        );
+    }
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url(), "XTRIM", "tw:changes", "MAXLEN", "2"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success());
+    let first = ids[1];
+    let from = match first.seq {
+        0 => StreamId {
+            ms: first.ms - 1,
+            seq: u64::MAX,
+        },
+        seq => StreamId {
+            ms: first.ms,
+            seq: seq - 1,
+        },
+    };
+    let (ev, pos) = changes.since(Some(start)).await.unwrap();
+    assert_eq!(pos, ids[2]);
+    assert!(
+        matches!(ev[..], [Event::Reset(id, ResetReason::Gap { from: Some(f) })] if id == ids[2] && f == from),
+        "{ev:?}"
+    );
+    let (ev, _) = changes.since(Some(from)).await.unwrap();
+    assert_eq!(ev.iter().map(Event::id).collect::<Vec<_>>(), ids[1..]);
+    let future = StreamId {
+        ms: ids[2].ms + 1_000_000,
+        seq: 0,
+    };
+    let (ev, _) = changes.since(Some(future)).await.unwrap();
+    assert!(
+        matches!(ev[..], [Event::Reset(_, ResetReason::Gap { from: None })]),
+        "{ev:?}"
+    );
+    s.shutdown().await;
+}
+
 /// A stream entry that is not an invalidation (written by something else, or damaged) is
 /// a `reset` for followers and an `all` on every instance, counted; never skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,7 +666,8 @@ async fn the_feed_resumes_and_resets_past_retention() {
     assert_eq!(f.next().await.id, ids[2]);
     assert_eq!(f.next().await.id, ids[3]);
     // Resuming from before the first: it was trimmed (retention 2), so `reset`, with the
-    // id to resume from after it.
+    // id to resume from after it, and `from`: the newest trimmed id, after which the feed
+    // holds every change (a replay may start there).
     let mut f = Feed::open(&s, Some(&agent), Some(&start.id)).await;
     f.next().await;
     let reset = f.next().await;
@@ -611,7 +675,13 @@ async fn the_feed_resumes_and_resets_past_retention() {
         (reset.event.as_str(), reset.id.as_str()),
         ("reset", &*ids[3])
     );
-    assert_eq!(reset.data, serde_json::json!({ "reason": "gap" }));
+    assert_eq!(
+        reset.data,
+        serde_json::json!({ "reason": "gap", "from": ids[1] })
+    );
+    let mut f = Feed::open(&s, Some(&agent), Some(&ids[1])).await;
+    f.next().await;
+    assert_eq!(f.next().await.id, ids[2]);
     // A poll (`follow=false`): the stored events after the id, then the stream ends.
     let poll = Http::anonymous()
         .send(
@@ -638,7 +708,10 @@ async fn the_feed_resumes_and_resets_past_retention() {
     let reset = f.next().await;
     assert_eq!(
         (reset.event.as_str(), &reset.data),
-        ("reset", &serde_json::json!({ "reason": "gap" }))
+        (
+            "reset",
+            &serde_json::json!({ "reason": "gap", "from": ids[1] })
+        )
     );
     // Shutdown ends open feeds (without it they would stay open, sending keep-alives).
     s.shutdown().await;
@@ -980,7 +1053,7 @@ async fn until_read(
 fn is_gap(e: &Event) -> bool {
     matches!(
         e,
-        Event::Reset(_, tilewarm_server::stream::ResetReason::Gap)
+        Event::Reset(_, tilewarm_server::stream::ResetReason::Gap { .. })
     )
 }
 
@@ -1013,17 +1086,25 @@ async fn a_follower_resuming_from_before_what_redis_trimmed_gets_a_reset() {
     let mut f = Feed::open(&s, Some(&agent_token()), Some(&first.to_string())).await;
     assert_eq!(f.next().await.event, "ready");
     let ev = f.next().await;
-    assert_eq!(
-        (ev.event.as_str(), &ev.data),
-        ("reset", &serde_json::json!({ "reason": "gap" })),
-        "{ev:?}"
-    );
     // From the oldest entry kept, nothing is missing: the rest, as before.
     let oldest: Vec<(String, Vec<Vec<u8>>)> = redis::from_redis_value(
         redis_do(&redis, &["XRANGE", "tw:changes", "-", "+", "COUNT", "1"]).await,
     )
     .unwrap();
-    let oldest = oldest[0].0.parse().unwrap();
+    let oldest: StreamId = oldest[0].0.parse().unwrap();
+    // The gap says to replay from just before it (`from`).
+    let from = match oldest.seq {
+        0 => format!("{}-{}", oldest.ms - 1, u64::MAX),
+        seq => format!("{}-{}", oldest.ms, seq - 1),
+    };
+    assert_eq!(
+        (ev.event.as_str(), &ev.data),
+        (
+            "reset",
+            &serde_json::json!({ "reason": "gap", "from": from })
+        ),
+        "{ev:?}"
+    );
     let (events, _) = changes.since(Some(oldest)).await.unwrap();
     assert_eq!(events.len() as u64, kept - 1);
     assert!(events.iter().all(|e| matches!(e, Event::Invalidate(..))));
