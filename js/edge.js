@@ -142,9 +142,40 @@ class FeedRefused extends Error {
   }
 }
 
-/** The `reason` a `reset` event's data gives (`gap`, `unreadable`, `ids`), or undefined. */
-function resetReason(data) {
-  try { return JSON.parse(data)?.reason; } catch { return undefined; }
+/** A `reset` event's data as an object ({} when it is not one). */
+function resetData(data) {
+  try {
+    const d = JSON.parse(data);
+    return d !== null && typeof d === 'object' ? d : {};
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * Whether a poll's events are the origin's answer for a gap: `ready` and one `reset` whose
+ * reason is `gap`, or that gives none (an origin of before the reasons sends `{}`).
+ */
+function loneGap(events) {
+  return events.length === 2 && events[0].event === 'ready' && events[1].event === 'reset'
+    && [undefined, 'gap'].includes(resetData(events[1].data).reason);
+}
+
+const STREAM_ID = /^(\d{1,15})-(\d{1,15})$/;
+
+/** The `from` of a gap's data (the oldest id the origin can replay from), or null. */
+function gapFrom(data) {
+  const from = resetData(data).from;
+  return typeof from === 'string' && STREAM_ID.test(from) ? from : null;
+}
+
+/** Whether stream id `a` (`<ms>-<seq>`) comes after `b`; false when either is not one. */
+function idAfter(a, b) {
+  const x = STREAM_ID.exec(a);
+  const y = STREAM_ID.exec(b);
+  if (!x || !y) return false;
+  const [am, as, bm, bs] = [x[1], x[2], y[1], y[2]].map(Number);
+  return am > bm || (am === bm && as > bs);
 }
 
 /** The server-sent events of a whole text: [{ event, id, data }] (the HTML spec's rules;
@@ -302,11 +333,13 @@ export function createWorker(defaults = {}) {
   // The change feed (docs/edge.md, "Changes"): this isolate's position in it, at most one
   // poll in flight, the next poll not before `nextAt`.
   // `tooLarge`: answers over MAX_FEED_BYTES, each taken as a reset; `replaying`: a new
-  // isolate's replay from `changesLookbackMs` before its start is not applied yet.
+  // isolate's replay from `changesLookbackMs` before its start is not applied yet;
+  // `replayedFrom`: the later id the origin said it could replay from, when it could not
+  // from the one asked (entries fetched before it are refused).
   // `failing`: the kind of the last failures in a row (an HTTP status, or 'error': no
   // answer, or one that could not be read), `failures` how many, `waitMs` how long the next
   // poll waits after the last one (pollWait), which started at `lastPollAt`.
-  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false, failing: null, failures: 0, waitMs: 0, lastPollAt: 0 };
+  const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false, replayedFrom: null, failing: null, failures: 0, waitMs: 0, lastPollAt: 0 };
 
   function setup(env) {
     if (proxy) return null;
@@ -375,61 +408,47 @@ export function createWorker(defaults = {}) {
    * (`applyChange`: the isolate's caches, and the log that refuses older shared-cache
    * entries). A new isolate first learns the feed's position; when the last change is
    * within `changesLookbackMs` of the isolate's start it replays from there, so shared-cache
-   * entries stored before those changes are refused too. A failed poll is retried from the
+   * entries fetched before those changes are refused too. A failed poll is retried from the
    * same id (nothing is lost while the origin holds the events), after `pollWait`.
-   * An answer over MAX_FEED_BYTES is taken as a reset (see below).
+   * An answer over MAX_FEED_BYTES is taken as a reset (`changesAfter`).
    */
   async function poll(env) {
     const began = Date.now();
     feed.lastPollAt = began;
     try {
       const url = changesUrl(String(env.ORIGIN));
+      const token = env.ORIGIN_TOKEN;
       if (feed.lastId === null) {
-        const at = await position(url, env.ORIGIN_TOKEN);
+        const at = await position(url, token);
         const from = Math.max(0, feed.startedAt - options.changesLookbackMs);
         // Kept in the feed's state until a poll of the replay has been applied: a failed
         // one is retried from `${from}-0`, and is still the replay.
         feed.replaying = Number(at.split('-')[0]) >= from;
         feed.lastId = feed.replaying ? `${from}-0` : at;
       }
-      let events;
-      try {
-        events = await fetchChanges(url, env.ORIGIN_TOKEN, feed.lastId);
-      } catch (e) {
-        if (!(e instanceof TooLarge)) throw e;
-        // More changes since lastId than one answer may hold: retried from the same id it
-        // would fail the same way at every poll, and no change would be applied again. So it
-        // is a reset, as the origin's own for events it cannot replay: the feed's position
-        // first, then everything dropped (the isolate's caches, and Cache API entries stored
-        // before now), then on from that position. A change after the position comes in the
-        // next poll; one before it is covered by the reset (an answer asked of the origin
-        // before the reset is not written back, src/proxy/change.rs).
-        const at = await position(url, env.ORIGIN_TOKEN);
-        proxy.applyChange('reset', '{}', Date.now());
-        feed.events++;
-        feed.tooLarge++;
-        feed.lastId = at;
-        feed.replaying = false;
-        feed.polls++;
-        succeeded();
-        return;
-      }
-      // The origin's answer when it cannot replay from an id (its feed starts later, e.g. a
-      // restarted origin without Redis, or past its retention) is `ready` and one `reset`
-      // whose reason is `gap`. For a new isolate's replay that changes nothing here: the
-      // isolate's caches are still empty (requests wait for the first poll), and Cache API
-      // entries older than the feed's start are then not checked (docs/edge.md, "Changes").
-      // Every other `reset` is applied, in a replay too: the origin also sends one for an
-      // invalidation by id to a subscriber below tier agent (`ids`), and for an entry it
-      // could not read (`unreadable`). An origin of before the reasons sends `{}`, read as
-      // a gap when it is the replay's lone event.
-      const cannotReplay = feed.replaying && events.length === 2 && events[0].event === 'ready'
-        && events[1].event === 'reset' && [undefined, 'gap'].includes(resetReason(events[1].data));
-      for (const e of events) {
-        if (cannotReplay && e.event === 'reset') {
-          feed.lastId = e.id ?? feed.lastId;
-          continue;
+      let events = await changesAfter(url, token);
+      // A replay the origin cannot serve from the id asked (its feed starts later: a
+      // restarted origin without Redis, past its retention; or more than its backlog bound
+      // of 1000 events) is answered `ready` and one `reset` whose reason is `gap`. Skipped,
+      // Cache API entries fetched before the changes it stands for would be served until
+      // their max-age. When it says from where it can replay (`from`: it holds every change
+      // after that id), and that is later than the id asked, entries fetched before `from`
+      // are refused (the core's floor) and the changes after it are replayed at once.
+      // Otherwise (an origin of before `from` sends `{"reason":"gap"}` or `{}`; or the
+      // backlog bound, `from` then no later than the id asked) it is applied as every
+      // `reset` is: everything dropped, and entries fetched before now refused
+      // (docs/edge.md, "Changes").
+      if (events !== null && feed.replaying && loneGap(events)) {
+        const from = gapFrom(events[1].data);
+        if (from !== null && idAfter(from, feed.lastId)) {
+          proxy.invalidateAllBefore(Number(from.split('-')[0]) + 1);
+          feed.events++;
+          feed.replayedFrom = from;
+          feed.lastId = from;
+          events = await changesAfter(url, token);
         }
+      }
+      for (const e of events ?? []) {
         if (e.event === 'invalidate' || e.event === 'reset') {
           proxy.applyChange(e.event, e.data, Date.now());
           feed.events++;
@@ -447,6 +466,31 @@ export function createWorker(defaults = {}) {
       feed.nextAt = Math.max(feed.nextAt, began + wait, Date.now() + retryAfter);
     } finally {
       feed.inFlight = false;
+    }
+  }
+
+  /**
+   * The events after `feed.lastId`, or null when the answer was over MAX_FEED_BYTES and has
+   * been taken as a reset. More changes since lastId than one answer may hold: retried from
+   * the same id it would fail the same way at every poll, and no change would be applied
+   * again. So it is a reset, as the origin's own for events it cannot replay: the feed's
+   * position first, then everything dropped (the isolate's caches, and Cache API entries
+   * fetched before now), then on from that position. A change after the position comes in
+   * the next poll; one before it is covered by the reset (an answer asked of the origin
+   * before the reset is not written back, src/proxy/change.rs).
+   */
+  async function changesAfter(url, token) {
+    try {
+      return await fetchChanges(url, token, feed.lastId);
+    } catch (e) {
+      if (!(e instanceof TooLarge)) throw e;
+      const at = await position(url, token);
+      proxy.applyChange('reset', '{}', Date.now());
+      feed.events++;
+      feed.tooLarge++;
+      feed.lastId = at;
+      feed.replaying = false;
+      return null;
     }
   }
 

@@ -558,6 +558,17 @@ impl EdgeProxy {
         }
     }
 
+    /// The feed cannot replay the changes before `floor_ms` (a `reset` whose `from` says
+    /// where it can replay from, docs/edge.md "Changes"): drops everything, as a `reset`,
+    /// but refuses only shared-cache entries fetched before `floor_ms`
+    /// ([`Proxy::invalidate_all_before`]); the worker then replays the changes after it.
+    /// Returns the items dropped.
+    #[wasm_bindgen(js_name = invalidateAllBefore)]
+    pub fn invalidate_all_before(&mut self, floor_ms: f64) -> i32 {
+        let n = self.proxy.invalidate_all_before(floor_ms.max(0.0) as u64);
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
     /// Counters as JSON: verdicts, origin calls and failures, warming, per-tier cache sizes.
     pub fn stats(&self) -> String {
         let s = self.proxy.stats();

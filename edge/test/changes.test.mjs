@@ -289,26 +289,66 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
     assert.equal(s.changes.lastId, `${t + 1}-0`);
   });
 
-  it('skips the lone reset of a replay the origin cannot serve, also when the first try failed', async () => {
+  // A lone `gap` without `from` (an origin of before it, or `{}`: before the reasons) is
+  // applied as every reset: skipped, Cache API entries fetched before the changes it
+  // stands for would be served until their max-age (the Cache API side is tested below).
+  for (const data of ['{"reason":"gap"}', '{}']) {
+    it(`applies the lone reset ${data} of a replay the origin cannot serve, also when the first try failed`, async () => {
+      const { edge, relay, health } = await isolate((lastEventId, n, position) => {
+        if (n === 0) return { status: 500, body: 'not now' };
+        if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+        return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data }]) };
+      });
+      await health();
+      await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
+      const s = await edge.stats();
+      assert.equal(s.changes.errors, 1, 'the first try failed');
+      const withIds = relay.polls.filter((p) => p.lastEventId !== undefined).map((p) => p.lastEventId);
+      assert.equal(withIds[0], withIds[1], 'retried from the same id');
+      assert.equal(s.changes.events, 1, `the reset was applied: ${JSON.stringify(s.changes)}`);
+      assert.equal(s.changes.replaying, false);
+      assert.equal(s.changes.replayedFrom, null);
+    });
+  }
+
+  it('replays from the `from` of a gap when it is later than the id asked, and on from there', async () => {
+    const from = `${Date.now() - 60_000}-3`;
+    const tiles = JSON.stringify({ ids: [], tiles: ['14/2624/5721'], classes: [], all: false });
     const { edge, relay, health } = await isolate((lastEventId, n, position) => {
-      if (n === 0) return { status: 500, body: 'not now' };
+      if (lastEventId === from) {
+        return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'invalidate', id: position, data: tiles }]) };
+      }
       if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
-      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: '{"reason":"gap"}' }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: JSON.stringify({ reason: 'gap', from }) }]) };
     });
     await health();
     await until(async () => (await edge.stats()).changes.polls >= 2, 'two polls', health);
     const s = await edge.stats();
-    assert.equal(s.changes.errors, 1, 'the first try failed');
+    assert.equal(s.changes.replayedFrom, from);
     const withIds = relay.polls.filter((p) => p.lastEventId !== undefined).map((p) => p.lastEventId);
-    assert.equal(withIds[0], withIds[1], 'retried from the same id');
-    assert.equal(s.changes.events, 0, `nothing applied: ${JSON.stringify(s.changes)}`);
-    assert.equal(s.changes.replaying, false);
+    assert.equal(withIds[1], from, `the replay went on from \`from\` at once: ${withIds}`);
+    assert.equal(s.changes.events, 2, `the floor and the invalidation: ${JSON.stringify(s.changes)}`);
+    assert.equal(s.changes.errors, 0, s.changes.lastError);
   });
 
-  // The origin says why it resets (server/src/stream.rs, ResetReason): only a `gap` (it
-  // cannot replay that far) is skipped. A lone `reset` for an entry it could not read, or
-  // for an id invalidation below tier agent, is a change and is applied: skipped, the
-  // Cache API entries it covers would be served until their max-age.
+  it('applies a gap whose `from` is no later than the id asked (the backlog bound) as a reset', async () => {
+    let at;
+    const { edge, relay, health } = await isolate((lastEventId, n, position) => {
+      at = position;
+      if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: '{"reason":"gap","from":"5-0"}' }]) };
+    });
+    await health();
+    const s = await edge.stats();
+    assert.equal(s.changes.events, 1, JSON.stringify(s.changes));
+    assert.equal(s.changes.replayedFrom, null);
+    const replays = relay.polls.filter((p) => p.lastEventId !== undefined && p.lastEventId !== at);
+    assert.equal(replays.length, 1, 'not replayed from `from`');
+  });
+
+  // The origin says why it resets (server/src/stream.rs, ResetReason): a lone `reset` for an
+  // entry it could not read, or for an id invalidation below tier agent, is a change and is
+  // applied, as a `gap` is.
   for (const reason of ['unreadable', 'ids']) {
     it(`applies a lone reset of reason ${reason}`, async () => {
       const change = `${Date.now() - 60_000}-0`;
@@ -323,6 +363,108 @@ describe('edge worker: a new isolate\'s replay of the change feed', () => {
       assert.equal(s.changes.lastId, change);
     });
   }
+});
+
+describe('edge worker: Cache API entries after a new isolate\'s replay the origin cannot serve', () => {
+  // Isolate A (whose feed position is of 1970: no replay) writes Cache API entries; each
+  // new isolate B shares that cache and its feed answers B's replay with a lone `gap`.
+  // Skipped, the gap would let B serve every entry A wrote, whatever changed before. One
+  // relay (the origin is in the entries' key), whose feed answers B once A is set up (A is
+  // sent no request after that, so it does not poll).
+  let server;
+  let relay;
+  let a;
+  let token;
+  let originToken;
+  let fetchedAt;
+  const started = [];
+  // One tile per question: an isolate that refuses an entry writes a newer one.
+  const [t1, t2, t3, t4] = ['14/2634/5726', '14/2635/5726', '14/2634/5727', '14/2635/5727'];
+  const env = () => ({ TILEWARM_JWT_SECRET: SECRET, TILEWARM_ORIGIN_TOKEN: originToken });
+  const options = { originTimeoutMs: 5000, warmRing: 0, changesPollMs: 50 };
+  const post = (edge, body) =>
+    postAs(edge.batch, body, { 'content-type': 'application/json', authorization: `Bearer ${token}` });
+
+  before(async () => {
+    token = await hsToken({ tilewarm_access: 'agent' }, { exp: 3600 });
+    originToken = await serviceToken('agent');
+    server = await startServer(await serverAuthArgs(SECRET));
+    relay = await startRelay(server.batch, { requireToken: originToken });
+    relay.changes = ({ lastEventId }) => ({ body: sse([{ event: 'ready', id: lastEventId ?? '1000-0' }]) });
+    a = await startWorkerd(relay.url, options, env());
+    const before = Date.now();
+    const r = await post(a, { tiles: [t1, t2, t3, t4], access: 'registered' });
+    assert.equal(r.status, 200);
+    await until(async () => (await a.stats()).shared.puts >= 4, 'A wrote the entries');
+    fetchedAt = { after: before - 1, before: Date.now() + 1 };
+  });
+
+  after(async () => {
+    for (const edge of started) await edge.stop();
+    await a?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  /** A new isolate B sharing A's Cache API, whose feed `answer(lastEventId, position)` gives. */
+  async function isolateB(answer) {
+    const position = `${Date.now()}-0`;
+    relay.changes = ({ lastEventId }) => {
+      if (lastEventId === undefined) return { body: sse([{ event: 'ready', id: position }]) };
+      return answer(lastEventId, position);
+    };
+    const edge = await startWorkerd(relay.url, options, env(), { sharedCache: a.cacheAddr });
+    started.push(edge);
+    return edge;
+  }
+
+  /** B's answer for `tile`, whether the origin was asked, and whether an entry was refused. */
+  async function ask(b, tile) {
+    const asked = relay.requests().length;
+    const refused = (await b.stats()).sharedRefused;
+    const r = await post(b, { tiles: [tile], access: 'registered' });
+    assert.equal(r.status, 200);
+    return {
+      cache: r.cache,
+      origin: relay.requests().length > asked,
+      refused: (await b.stats()).sharedRefused > refused,
+    };
+  }
+
+  it('a gap without `from` (an older origin) refuses every entry fetched before it', async () => {
+    const b = await isolateB((lastEventId, position) => {
+      if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: '{"reason":"gap"}' }]) };
+    });
+    assert.deepEqual(await ask(b, t1), { cache: 'miss', origin: true, refused: true });
+  });
+
+  it('a gap whose `from` is after the entries were fetched refuses them', async () => {
+    const from = `${fetchedAt.before}-0`;
+    const b = await isolateB((lastEventId, position) => {
+      if (lastEventId === position || lastEventId === from) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: JSON.stringify({ reason: 'gap', from }) }]) };
+    });
+    assert.deepEqual(await ask(b, t2), { cache: 'miss', origin: true, refused: true });
+    assert.equal((await b.stats()).changes.replayedFrom, from);
+  });
+
+  it('a gap whose `from` is before the entries were fetched takes them, unless a change after `from` covers them', async () => {
+    const from = `${fetchedAt.after}-0`;
+    const change = JSON.stringify({ ids: [], tiles: [t4], classes: [], all: false });
+    const b = await isolateB((lastEventId, position) => {
+      if (lastEventId === position) return { body: sse([{ event: 'ready', id: lastEventId }]) };
+      if (lastEventId === from) {
+        return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'invalidate', id: position, data: change }]) };
+      }
+      return { body: sse([{ event: 'ready', id: lastEventId }, { event: 'reset', id: position, data: JSON.stringify({ reason: 'gap', from }) }]) };
+    });
+    assert.deepEqual(await ask(b, t3), { cache: 'hit', origin: false, refused: false });
+    assert.deepEqual(await ask(b, t4), { cache: 'miss', origin: true, refused: true });
+    const s = (await b.stats()).changes;
+    assert.equal(s.replayedFrom, from);
+    assert.equal(s.events, 2, JSON.stringify(s));
+  });
 });
 
 describe('edge worker: a refused or failing poll of the change feed waits longer', () => {

@@ -13,7 +13,9 @@
 //!   ([`MAX_CHANGE_LOG`]), and [`Proxy::shared_fill`] refuses an entry fetched before a
 //!   change that covers it: `all`, a tile covering the entry's data tile, an id or a class
 //!   of one of its items. Past the log's size the oldest changes are folded into a time
-//!   floor: every entry fetched before it is refused.
+//!   floor: every entry fetched before it is refused ([`Proxy::invalidate_all_before`]
+//!   raises the floor to a time the shell names, for a feed that lost the changes before
+//!   it).
 //!
 //! # An entry is dated by when its origin request was planned
 //! The time an entry is compared by ([`super::shared::SharedEntry::fetched_at_ms`]) is
@@ -181,7 +183,29 @@ impl Proxy {
         dropped
     }
 
-    /// The current epoch: +1 per [`Proxy::invalidate`].
+    /// Everything changed at `floor_ms`, and what is unknown: every tier's cache is dropped
+    /// (as [`Proxy::invalidate`] of everything), and shared-cache entries fetched before
+    /// `floor_ms` are refused, those fetched since are still checked against the changes
+    /// applied. For a feed that cannot replay the changes before `floor_ms` (it starts
+    /// later), which the shell then replays from there (docs/edge.md, "Changes"). The
+    /// floor never moves back. Returns the items dropped.
+    pub fn invalidate_all_before(&mut self, floor_ms: u64) -> usize {
+        let mut dropped = 0;
+        for tier in Access::ALL {
+            let t = tier.rank() as usize;
+            dropped += self.caches[t].invalidate(Invalidate::All);
+            self.missing[t].clear();
+            self.wire.changed(tier);
+        }
+        let c = &mut self.changes;
+        c.epoch = c.epoch.wrapping_add(1);
+        c.floor_ms = c.floor_ms.max(floor_ms);
+        let floor = c.floor_ms;
+        c.log.retain(|(at, _)| *at > floor);
+        dropped
+    }
+
+    /// The current epoch: +1 per [`Proxy::invalidate`] or [`Proxy::invalidate_all_before`].
     pub fn epoch(&self) -> u64 {
         self.changes.epoch
     }

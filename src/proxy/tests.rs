@@ -1183,4 +1183,55 @@ mod changes {
             1_000
         );
     }
+
+    /// A feed that cannot replay the changes before a time: everything held is dropped,
+    /// shared-cache entries fetched before it are refused, later ones are still checked
+    /// against the changes applied.
+    #[test]
+    fn everything_before_a_floor_is_refused_and_later_entries_are_checked() {
+        let o = origin();
+        let t = tile(CENTRE);
+        let other = tile("14/2626/5721");
+        let mut a = Proxy::new(no_warm()).unwrap();
+        run(
+            &mut a,
+            &o,
+            req(&[CENTRE, "14/2626/5721"], &[], Access::Public),
+            5_000,
+        );
+        let e = a.shared_entry(Access::Public, t, 5_000).unwrap();
+        let e_other = a.shared_entry(Access::Public, other, 5_000).unwrap();
+        let mut b = Proxy::new(no_warm()).unwrap();
+        run(&mut b, &o, req(&[CENTRE], &[], Access::Public), 1_000);
+        let epoch = b.epoch();
+        assert!(
+            b.invalidate_all_before(4_000) > 0,
+            "what it held is dropped"
+        );
+        assert_eq!(b.epoch(), epoch + 1);
+        assert_eq!(b.cache_stats(Access::Public).entries, 0);
+        // The replay after the floor: a change naming one of the centre's items.
+        b.invalidate(&inv_ids(&["2624-5721-public"]), 6_000);
+        assert!(b
+            .shared_fill(Access::Public, other, e_other.body.as_bytes(), 3_999, 6_500)
+            .is_err());
+        assert!(b
+            .shared_fill(Access::Public, t, e.body.as_bytes(), e.fetched_at_ms, 6_500)
+            .is_err());
+        assert!(b
+            .shared_fill(Access::Public, other, e_other.body.as_bytes(), 4_000, 6_500)
+            .is_ok());
+        // The floor never moves back, and the log it covers is folded into it.
+        b.invalidate_all_before(1_000);
+        assert!(b
+            .shared_fill(Access::Public, other, e_other.body.as_bytes(), 3_999, 6_500)
+            .is_err());
+        b.invalidate_all_before(7_000);
+        assert!(b
+            .shared_fill(Access::Public, other, e_other.body.as_bytes(), 6_999, 7_500)
+            .is_err());
+        assert!(b
+            .shared_fill(Access::Public, t, e.body.as_bytes(), 7_000, 7_500)
+            .is_ok());
+    }
 }
