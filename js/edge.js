@@ -161,7 +161,8 @@ function loneGap(events) {
     && [undefined, 'gap'].includes(resetData(events[1].data).reason);
 }
 
-const STREAM_ID = /^(\d{1,15})-(\d{1,15})$/;
+/** A stream id, `<ms>-<seq>`, each part a u64 (a `from` may be `<ms>-18446744073709551615`). */
+const STREAM_ID = /^(\d{1,20})-(\d{1,20})$/;
 
 /** The `from` of a gap's data (the oldest id the origin can replay from), or null. */
 function gapFrom(data) {
@@ -174,7 +175,7 @@ function idAfter(a, b) {
   const x = STREAM_ID.exec(a);
   const y = STREAM_ID.exec(b);
   if (!x || !y) return false;
-  const [am, as, bm, bs] = [x[1], x[2], y[1], y[2]].map(Number);
+  const [am, as, bm, bs] = [x[1], x[2], y[1], y[2]].map(BigInt);
   return am > bm || (am === bm && as > bs);
 }
 

@@ -25,8 +25,9 @@
 //! Which entries are gone is read from `XINFO STREAM` ([`Horizon`]): Redis records
 //! `max-deleted-entry-id` for `XDEL` only, while the trimming by `XADD MAXLEN ~` leaves it
 //! as it was; a trim shows as `entries-added` above `length`, and then an id older than the
-//! oldest entry kept (`recorded-first-entry-id`) is a gap (a reader exactly at the newest
-//! trimmed entry gets a reset it did not need: which ids were trimmed is not recorded). The
+//! one just before the oldest entry kept (`recorded-first-entry-id`) is a gap, whose `from`
+//! is that id (a reader exactly at the newest trimmed entry gets a reset it did not need:
+//! which ids were trimmed is not recorded). The
 //! reader checks this when it (re)connects and after every `XREAD` that answered entries (a
 //! reader slower than the appends, one applying a class's `SCAN` on a big tier, falls behind
 //! by more than the retention, and `XREAD` answers what is left without a word); a
