@@ -45,6 +45,7 @@ use density::Density;
 pub use event::{Event, FetchError, TileState, ViewOutcome};
 pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
 use overtaking::Overtaking;
+pub use overtaking::MAX_OVERTAKING;
 pub use payload::Payload;
 pub use response::Answered;
 pub use stats::ClientStats;
@@ -112,6 +113,8 @@ struct Sent {
     access: Access,
     /// The invalidations made before it ([`Overtaking::count`]).
     at: u64,
+    /// It carries work an overtaken answer asked again: its answer is taken.
+    again: bool,
 }
 
 /// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
@@ -610,7 +613,9 @@ impl<P: Payload> Client<P> {
                 .then_some(&empty as &dyn Fn(TileId) -> bool),
         )?;
         let at = self.overtaking.count();
-        self.request_access.push((out.id, Sent { access, at }));
+        let again = self.overtaking.carries_again(&out.request);
+        self.request_access
+            .push((out.id, Sent { access, at, again }));
         Some(out)
     }
 

@@ -9,16 +9,29 @@
 //!
 //! An invalidation covers an answer when it is `all`, names one of its items' or missing
 //! ids, one of its items' classes, or a tile that contains or lies in one of its lists' tiles
-//! or its items' data tiles. Past [`MAX_OVERTAKING`] invalidations kept, the oldest are folded
-//! into a floor: an answer sent before it is covered whatever it holds (asked again: one
-//! more request, never an old value).
+//! or its items' data tiles. Past [`MAX_OVERTAKING`] ids, tiles and classes kept, the oldest
+//! invalidations are folded into a floor: an answer sent before it is covered whatever it
+//! holds.
+//!
+//! Work is asked again once: the answer to a request carrying work asked again is taken
+//! even when another invalidation covers it too. Changes that keep coming faster than a
+//! round trip (a feed flooding every class or the view's tiles) would otherwise drop every
+//! answer, for ever; taken, the answer is at most a round trip older than the last change
+//! it crossed, and a change still coming invalidates it again.
 
+use crate::batch::Finished;
 use crate::cache::Invalidate;
-use crate::protocol::BatchResponse;
+use crate::planner::Work;
+use crate::protocol::{BatchRequest, BatchResponse};
 use crate::tile::TileId;
 
-/// Most invalidations kept for the requests in flight; older ones fold into a floor.
-pub const MAX_OVERTAKING: usize = 32;
+/// Most ids, tiles and classes kept for the requests in flight (an `all` counts one); the
+/// oldest invalidations past it fold into a floor.
+pub const MAX_OVERTAKING: usize = 1024;
+
+/// Most pieces of work remembered as asked again (the oldest are forgotten: their work
+/// was dropped before it went out again, or it is asked again twice at worst).
+const MAX_ASKED_AGAIN: usize = 256;
 
 /// An invalidation, owned.
 #[derive(Debug)]
@@ -30,6 +43,15 @@ enum Change {
 }
 
 impl Change {
+    /// Its ids, tiles and classes, for [`MAX_OVERTAKING`].
+    fn keys(&self) -> usize {
+        match self {
+            Change::Ids(ids) => ids.len(),
+            Change::Tiles(tiles) => tiles.len(),
+            Change::Class(_) | Change::All => 1,
+        }
+    }
+
     fn of(what: &Invalidate<'_>) -> Change {
         match *what {
             Invalidate::Ids(ids) => Change::Ids(ids.iter().map(|&i| i.to_string()).collect()),
@@ -68,10 +90,13 @@ pub(super) struct Overtaking {
     /// Invalidations so far; a request remembers the count it was sent at.
     count: u64,
     /// The kept ones, oldest first, each with the count it made. (A `Vec`: a `VecDeque`
-    /// costs the browser page 0.4 KB gzipped more, for at most 32 entries.)
+    /// costs the browser page 0.4 KB gzipped more.)
     kept: Vec<(u64, Change)>,
     /// Answers to requests sent at a count below this are covered whatever they hold.
     floor: u64,
+    /// Data tiles and ids of work an overtaken answer asked again, not sent again yet.
+    again_tiles: Vec<TileId>,
+    again_ids: Vec<String>,
 }
 
 impl Overtaking {
@@ -91,10 +116,41 @@ impl Overtaking {
         // Changes no request out predates are of no answer's concern.
         self.kept.retain(|&(n, _)| n > oldest);
         self.kept.push((self.count, Change::of(what)));
-        if self.kept.len() > MAX_OVERTAKING {
-            let (n, _) = self.kept.remove(0);
+        let mut keys: usize = self.kept.iter().map(|(_, c)| c.keys()).sum();
+        while keys > MAX_OVERTAKING && !self.kept.is_empty() {
+            let (n, oldest) = self.kept.remove(0);
+            keys -= oldest.keys();
             self.floor = n;
         }
+    }
+
+    /// An overtaken answer's work (`finished`) is asked again.
+    pub(super) fn asked_again(&mut self, finished: &Finished) {
+        self.again_tiles.extend(finished.tiles());
+        self.again_ids.extend(finished.loose_ids.iter().cloned());
+        for w in &finished.works {
+            if let Work::Ids { ids, .. } = w {
+                self.again_ids.extend(ids.iter().cloned());
+            }
+        }
+        let over = self.again_tiles.len().saturating_sub(MAX_ASKED_AGAIN);
+        self.again_tiles.drain(..over);
+        let over = self.again_ids.len().saturating_sub(MAX_ASKED_AGAIN);
+        self.again_ids.drain(..over);
+    }
+
+    /// Whether `request`, going out now, carries work an overtaken answer asked again (its
+    /// answer is then taken whatever covers it); that work is forgotten.
+    pub(super) fn carries_again(&mut self, request: &BatchRequest) -> bool {
+        let (tiles, ids) = (self.again_tiles.len(), self.again_ids.len());
+        self.again_tiles.retain(|&t| {
+            !request
+                .tiles
+                .iter()
+                .any(|&r| r.contains(t) || t.contains(r))
+        });
+        self.again_ids.retain(|id| !request.ids.contains(id));
+        (tiles, ids) != (self.again_tiles.len(), self.again_ids.len())
     }
 
     /// Whether an invalidation made after a request was sent at `sent_at` covers its

@@ -78,17 +78,24 @@ impl<P: Payload> Client<P> {
         }
         let tile_zoom = self.cache.config().tile_zoom;
         let sent = self.sent_with(id);
-        if sent.is_some_and(|s| {
-            s.access != self.access || self.overtaking.covers(s.at, &response, tile_zoom)
-        }) {
+        let overtaken = sent.is_some_and(|s| {
+            s.access == self.access
+                && !s.again
+                && self.overtaking.covers(s.at, &response, tile_zoom)
+        });
+        if overtaken || sent.is_some_and(|s| s.access != self.access) {
             // The tier changed while it was out (its lists are for another tier, and its
             // items may be above the current one), or an invalidation made since covers it
-            // (cached, it would bring back what the change dropped: `overtaking.rs`). Drop
+            // (cached, it would bring back what the change dropped: `overtaking.rs`; work is
+            // asked again so once, then its answer is taken). Drop
             // it, and ask its work again (the visible tiles would be asked for anyway; the
             // ids of a `get` would not, and the get would end with nothing). Nothing is
             // counted: the backend did nothing wrong, and the work is the same.
-            if self.batcher.send_again(id).is_none() {
+            let Some(finished) = self.batcher.send_again(id) else {
                 return Answered::Ignored;
+            };
+            if overtaken {
+                self.overtaking.asked_again(&finished);
             }
             self.discarded += 1;
             self.refresh_foreground(now_ms);

@@ -605,6 +605,45 @@ fn an_answer_sent_before_an_invalidation_that_covers_it_is_asked_again() {
     }
 }
 
+/// Changes that keep coming faster than a round trip (a feed flooding unrelated ids past
+/// what is kept, or invalidating the view's class every time) do not drop every answer for
+/// ever: work is asked again once, and the answer to that is taken.
+#[test]
+fn invalidations_faster_than_a_round_trip_ask_an_answer_again_once_only() {
+    let o = origin();
+    for flood in [
+        "unrelated ids past what is kept",
+        "the view's class each time",
+    ] {
+        let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+        c.set_viewport(view(1.0), 0, |_, _| {});
+        let mut outcomes = Vec::new();
+        for round in 0..6u64 {
+            let Some(t) = c.poll_request(round * 10) else {
+                break;
+            };
+            let answer = o.answer(&t.request, None);
+            let class = answer.items[0].class.clone();
+            if flood.starts_with("unrelated") {
+                for i in 0..=MAX_OVERTAKING {
+                    c.invalidate(
+                        Invalidate::Ids(&[format!("far-{round}-{i}").as_str()]),
+                        round * 10 + 5,
+                    );
+                }
+            } else {
+                c.invalidate(Invalidate::Class(&class), round * 10 + 5);
+            }
+            outcomes.push(c.on_response(t.id, answer, round * 10 + 9));
+        }
+        assert_eq!(
+            outcomes[..2],
+            [Answered::AskedAgain, Answered::Taken],
+            "{flood}: {outcomes:?}"
+        );
+    }
+}
+
 /// An id no item can have (too long, a control character) is never queued: sent, the
 /// server would refuse the whole request, with the view's tiles that went in it.
 #[test]
