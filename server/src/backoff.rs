@@ -4,7 +4,9 @@
 //! connection stayed up long enough starts over at the first delay
 //! ([`Backoff::after_connection`]), so one brief drop hours after an outage is not waited
 //! out at the cap, while a connection that drops as soon as it is up (a kill loop, a proxy
-//! cutting it) is not retried ten times a second.
+//! cutting it) is not retried ten times a second. [`jitter`] spreads a delay over its upper
+//! half, for loops that many instances run against one peer at once (the upstream feed's
+//! followers, [`crate::origin::upstream_changes`]), so that they do not reconnect in step.
 
 use std::time::Duration;
 
@@ -53,6 +55,23 @@ impl Backoff {
     }
 }
 
+/// A delay between half of `d` and `d`, chosen at random ("equal jitter"): instances that
+/// lost the same peer at the same moment spread their reconnects over the upper half of
+/// the delay instead of all arriving together. The randomness is std's per-process hash
+/// seed mixed with the clock: enough to spread reconnects, not meant for anything secret.
+pub fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos()),
+    );
+    let half = d / 2;
+    // A fraction of the half in 1/1024ths: uniform enough for spreading reconnects.
+    half + half * (h.finish() % 1025) as u32 / 1024
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +115,14 @@ mod tests {
         let mut b = Backoff::new(500 * MS, 100 * MS);
         assert_eq!(b.next_delay(), 500 * MS);
         assert_eq!(b.next_delay(), 500 * MS);
+    }
+
+    #[test]
+    fn jitter_stays_in_the_upper_half_and_varies() {
+        let d = 2000 * MS;
+        let got: Vec<Duration> = (0..64).map(|_| jitter(d)).collect();
+        assert!(got.iter().all(|j| *j >= d / 2 && *j <= d), "{got:?}");
+        assert!(got.iter().any(|j| *j != got[0]), "never varies: {got:?}");
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
 }

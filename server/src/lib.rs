@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod origin;
 pub mod redis_conn;
 pub mod single_flight;
+pub mod sse;
 pub mod stored;
 pub mod stream;
 pub mod tier;

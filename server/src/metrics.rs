@@ -533,7 +533,7 @@ fn read_app(app: &App, s: &mut Scrape) {
             (
                 "tilewarm_changes_unpublished",
                 "Database changes applied to the cache tier that the change stream did not take, retries included (owed to its followers as one invalidate-all).",
-                &c.unpublished,
+                &*c.unpublished,
             ),
         ] {
             s.counter(name, help, v);

@@ -52,14 +52,12 @@
 //! # When the change stream does not take a change
 //! Once applied to the tier, a change goes on the change stream ([`crate::stream`]) for the
 //! other instances and the pages following `GET /v1/changes`. An `XADD` that fails (the
-//! stream's Redis node down or refusing it, while the tier's deletes went through) is tried
-//! [`PUBLISH_TRIES`] times, 100 ms then 200 ms apart; if it still fails, no follower can
-//! ever learn of that change from the stream (no entry was written, so no gap shows
-//! either), so the listener owes them an invalidate-all: logged (warn), counted in
-//! `tilewarm_changes_unpublished_total`, and the next change it publishes goes out as `all`,
-//! which covers the missed one and everything between. Without waiting for a next change,
-//! the `all` is tried on its own every 100 ms doubling to 2 s (also between reconnects to the
-//! database) until the stream takes it ([`Outbox`]).
+//! stream's Redis node down or refusing it, while the tier's deletes went through) is
+//! retried, then owed to the followers as one invalidate-all ([`super::relay`], counted in
+//! `tilewarm_changes_unpublished_total`), paid with the next change or on its own (also
+//! between reconnects to the database). (Every instance listening to the database publishes
+//! the change: followers see it once per instance, which costs a repeated invalidation, not
+//! a wrong answer.)
 //!
 //! # The queue between the connection and the tier
 //! Notifications arrive as fast as the database commits; they are applied as fast as the
@@ -81,8 +79,9 @@ use tilewarm::TileId;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::relay::Relay;
 use crate::backoff::Backoff;
-use crate::invalidate::{everything_until_applied, invalidate, Invalidation};
+use crate::invalidate::Invalidation;
 use crate::tier::ReadHold;
 use crate::App;
 
@@ -116,87 +115,9 @@ pub struct ChangeStats {
     /// invalidate-all ([`ChangeQueue`]).
     pub queue_overflows: AtomicU64,
     /// Changes applied to the tier that the change stream did not take after
-    /// [`PUBLISH_TRIES`] tries (owed to its followers as one invalidate-all, [`Outbox`]).
-    pub unpublished: AtomicU64,
-}
-
-/// Tries of a change on the change stream before it is owed as an invalidate-all (module
-/// docs).
-pub const PUBLISH_TRIES: u32 = 3;
-
-/// The listener's way onto the change stream, and what it owes the stream's followers: a
-/// change the stream did not take is paid as one invalidate-all, with the next change or on
-/// its own, whichever publishes first (module docs). One per listener, kept across
-/// reconnects.
-struct Outbox {
-    stats: Arc<ChangeStats>,
-    /// A change applied to the tier is not on the stream.
-    owed: bool,
-    /// Between tries to pay it on its own: 100 ms doubling to 2 s.
-    backoff: Backoff,
-    next_try: tokio::time::Instant,
-}
-
-impl Outbox {
-    fn new(stats: Arc<ChangeStats>) -> Outbox {
-        Outbox {
-            stats,
-            owed: false,
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
-            next_try: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Puts `inv`, applied to the tier, on the stream ([`PUBLISH_TRIES`] tries); as `all`
-    /// while something is owed. If the stream does not take it, it is owed.
-    async fn publish(&mut self, app: &App, inv: &Invalidation) {
-        let everything = Invalidation::everything();
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=PUBLISH_TRIES {
-            // Read at each try: a change owed by now is covered only by `all`.
-            let sent = if self.owed { &everything } else { inv };
-            match app.changes.publish(sent).await {
-                Ok(id) => {
-                    self.paid(id);
-                    return;
-                }
-                Err(e) if attempt < PUBLISH_TRIES => {
-                    debug!(error = %e, attempt, "change feed: the change stream did not take a change; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    self.stats.unpublished.fetch_add(1, Relaxed);
-                    if !self.owed {
-                        warn!(error = %e, tries = PUBLISH_TRIES, "change feed: a change applied to the cache tier is not on the change stream; its followers get an invalidate-all once it takes one");
-                        self.owed = true;
-                        self.backoff.reset();
-                    }
-                    self.next_try = tokio::time::Instant::now() + self.backoff.next_delay();
-                }
-            }
-        }
-    }
-
-    /// One try to pay what is owed on its own; the next is scheduled if it fails.
-    async fn pay(&mut self, app: &App) {
-        if !self.owed {
-            return;
-        }
-        match app.changes.publish(&Invalidation::everything()).await {
-            Ok(id) => self.paid(id),
-            Err(e) => {
-                debug!(error = %e, "change feed: the change stream still does not take the owed invalidate-all");
-                self.next_try = tokio::time::Instant::now() + self.backoff.next_delay();
-            }
-        }
-    }
-
-    fn paid(&mut self, id: tilewarm::protocol::StreamId) {
-        if std::mem::take(&mut self.owed) {
-            info!(id = %id, "change feed: the change stream takes changes again; the ones it missed went out as an invalidate-all");
-        }
-    }
+    /// [`super::relay::PUBLISH_TRIES`] tries (owed to its followers as one invalidate-all,
+    /// [`Relay`]).
+    pub unpublished: Arc<AtomicU64>,
 }
 
 /// Change payloads received and not yet applied, at most `max` of them (module docs).
@@ -362,7 +283,11 @@ pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
 pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut outbox = Outbox::new(Arc::clone(&feed.stats));
+        let mut outbox = Relay::new(
+            "change feed",
+            ReadHold::DatabaseFeed,
+            Arc::clone(&feed.stats.unpublished),
+        );
         loop {
             let Some(strong) = app.upgrade() else { return };
             let zoom = strong.config.data_zoom;
@@ -389,7 +314,7 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
 async fn listen_once(
     app: &Weak<App>,
     feed: &ChangeFeed,
-    outbox: &mut Outbox,
+    outbox: &mut Relay,
     zoom: u8,
     queue_max: usize,
 ) -> Result<(), String> {
@@ -432,7 +357,7 @@ async fn listen_once(
         .await
         .map_err(|e| e.to_string())?;
     // Nothing cached before this point can be proven fresh.
-    if !apply(app, outbox, Invalidation::everything()).await {
+    if !outbox.apply(app, Invalidation::everything()).await {
         return Ok(());
     }
     feed.stats.connects.fetch_add(1, Relaxed);
@@ -448,11 +373,11 @@ async fn listen_once(
                     return Err(why);
                 }
                 // Everything already queued goes out as one invalidation.
-                if !apply(app, outbox, batch_invalidation(&taken, zoom, &feed.stats)).await {
+                if !outbox.apply(app, batch_invalidation(&taken, zoom, &feed.stats)).await {
                     return Ok(());
                 }
             }
-            _ = tokio::time::sleep_until(outbox.next_try), if outbox.owed => {
+            _ = tokio::time::sleep_until(outbox.next_try()), if outbox.owed() => {
                 let Some(a) = app.upgrade() else {
                     return Ok(());
                 };
@@ -470,34 +395,6 @@ async fn listen_once(
             }
         }
     }
-}
-
-/// Applies an invalidation; while the tier cannot, holds requests off it and retries it as
-/// `all` (module docs, [`crate::invalidate::everything_until_applied`]). Once applied, it goes on the change stream too
-/// ([`crate::stream`]), so pages following `GET /v1/changes` (and the other instances)
-/// learn of database changes as of `POST /v1/invalidate`s. (Every instance listening to the
-/// database publishes the change: followers see it once per instance, which costs a
-/// repeated invalidation, not a wrong answer.) A change the stream does not take is owed as
-/// an invalidate-all ([`Outbox`]). False when the app is gone.
-async fn apply(app: &Weak<App>, outbox: &mut Outbox, inv: Invalidation) -> bool {
-    {
-        let Some(a) = app.upgrade() else {
-            return false;
-        };
-        if invalidate(&a, &inv).await.is_ok() {
-            outbox.publish(&a, &inv).await;
-            return true;
-        }
-    }
-    if !everything_until_applied(app, ReadHold::DatabaseFeed).await {
-        return false;
-    }
-    let Some(a) = app.upgrade() else {
-        return false;
-    };
-    info!("change feed: the cache tier is back and was invalidated");
-    outbox.publish(&a, &Invalidation::everything()).await;
-    true
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

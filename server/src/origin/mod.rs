@@ -64,6 +64,7 @@
 pub mod changes;
 pub mod memory;
 pub mod postgis;
+pub mod relay;
 pub mod upstream;
 
 use std::collections::HashSet;
