@@ -75,6 +75,18 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     pub origin_token_file: Option<PathBuf>,
 
+    /// With an upstream origin (another tilewarm-server): its change feed, followed so that
+    /// an invalidation made there reaches this server's tier and followers. Without it:
+    /// the --origin URL with `/v1/batch` replaced by `/v1/changes`; `off` follows none.
+    /// Sent the same bearer token as the batch calls.
+    #[arg(long, value_name = "URL|off")]
+    pub origin_changes: Option<String>,
+
+    /// The upstream change feed's connection is replaced when nothing (not even a
+    /// keep-alive, which a tilewarm-server sends every 15 s) arrived for this long.
+    #[arg(long, default_value_t = 35_000, value_name = "MS")]
+    pub origin_changes_idle_ms: u64,
+
     /// Connections to the origin: the PostGIS pool's size, an upstream's idle
     /// connections kept.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -621,6 +633,22 @@ impl Config {
                 self.origin_timeout_ms
             ));
         }
+        if let Some(v) = &self.origin_changes {
+            let crate::origin::OriginSpec::Upstream(origin) = &spec else {
+                return bad(
+                    "--origin-changes is the change feed of an upstream origin: it needs --origin http(s)://…"
+                        .into(),
+                );
+            };
+            crate::origin::upstream_changes::FeedUrl::choose(origin, Some(v))
+                .map_err(ConfigError)?;
+        }
+        if !(100..=3_600_000).contains(&self.origin_changes_idle_ms) {
+            return bad(format!(
+                "--origin-changes-idle-ms must be in 100..=3600000, got {}",
+                self.origin_changes_idle_ms
+            ));
+        }
         if self.jwt_leeway_s > 600 {
             return bad(format!(
                 "--jwt-leeway-s must be in 0..=600, got {}",
@@ -728,6 +756,38 @@ mod tests {
         }
         let c = Config::parse_from(["x", "--origin-token-file", "t"]);
         assert!(c.validate().unwrap_err().0.contains("--origin-token-file"));
+        let c = Config::parse_from(["x", "--origin-changes", "off"]);
+        assert!(c.validate().unwrap_err().0.contains("--origin-changes"));
+        for bad in ["ftp://h/v1/changes", "http:///v1/changes", "", "of"] {
+            let c = Config::parse_from([
+                "x",
+                "--origin",
+                "http://up/v1/batch",
+                "--origin-changes",
+                bad,
+            ]);
+            let e = c.validate().unwrap_err().0;
+            assert!(
+                e.contains("--origin-changes") && e.contains("off"),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["off", "OFF", "https://up:8443/feed/v1/changes"] {
+            let c = Config::parse_from([
+                "x",
+                "--origin",
+                "http://up/v1/batch",
+                "--origin-changes",
+                good,
+            ]);
+            c.validate().unwrap();
+        }
+        let c = Config::parse_from(["x", "--origin-changes-idle-ms", "5"]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("--origin-changes-idle-ms"));
         let c = Config::parse_from([
             "x",
             "--origin",

@@ -753,7 +753,11 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "origin": app.origin.kind(),
         // No count of the data set: this answers anyone, and the total would count items
         // above `public` (the operator's is `tilewarm_origin_dataset_items` on /metrics).
-        "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed)),
+        "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed))
+            .or_else(|| app.origin.upstream_feed().map(|f| f.stats.state() == crate::origin::upstream_changes::FeedState::Connected)),
+        // The upstream's change feed (an upstream origin): `connected`, `connecting`, or why
+        // it is not followed (`not_found`, `refused`, `not_a_feed`); null when none is.
+        "upstream_changes": app.origin.upstream_feed().map(|f| f.stats.state().name()),
         "data_zoom": app.config.data_zoom,
     });
     json_response(body.to_string())

@@ -305,6 +305,10 @@ async fn build_app(
     if let Some(feed) = app.origin.change_feed() {
         origin::changes::spawn(Arc::downgrade(&app), feed);
     }
+    if let Some(feed) = app.origin.upstream_feed() {
+        info!(url = %feed.url(), "following the upstream's change feed");
+        origin::upstream_changes::spawn(Arc::downgrade(&app), feed);
+    }
     if let Some(rx) = rx {
         warmup::run_workers(Arc::downgrade(&app), rx, app.config.warmup_workers);
     }

@@ -539,6 +539,59 @@ fn read_app(app: &App, s: &mut Scrape) {
             s.counter(name, help, v);
         }
     }
+    if let Some(feed) = app.origin.upstream_feed() {
+        let c = &feed.stats;
+        let state = c.state();
+        s.gauge(
+            "tilewarm_upstream_changes_connected",
+            "1 while the upstream's change feed is followed (its stream is in place).",
+            (state == crate::origin::upstream_changes::FeedState::Connected) as u64,
+        );
+        s.gauge(
+            "tilewarm_upstream_changes_unavailable",
+            "1 while the upstream serves no change feed to this server (it answered 404, 401 or 403, or not an event stream); retried slowly.",
+            state.unavailable() as u64,
+        );
+        for (name, help, v) in [
+            (
+                "tilewarm_upstream_changes_events",
+                "Invalidations from the upstream's change feed applied here.",
+                &c.events,
+            ),
+            (
+                "tilewarm_upstream_changes_resets",
+                "Invalidate-alls because of the upstream's feed: its reset events, and connects that could not resume.",
+                &c.resets,
+            ),
+            (
+                "tilewarm_upstream_changes_connects",
+                "Times the upstream's change feed came up.",
+                &c.connects,
+            ),
+            (
+                "tilewarm_upstream_changes_reconnects",
+                "Connection attempts to the upstream's change feed after a lost or failed one.",
+                &c.reconnects,
+            ),
+            (
+                "tilewarm_upstream_changes_resumes",
+                "Reconnects to the upstream's change feed that resumed with Last-Event-ID.",
+                &c.resumes,
+            ),
+            (
+                "tilewarm_upstream_changes_bad_events",
+                "Events of the upstream's change feed that could not be read (applied as invalidate-all).",
+                &c.bad_events,
+            ),
+            (
+                "tilewarm_upstream_changes_unpublished",
+                "Upstream invalidations applied here that this server's change stream did not take, retries included (owed to its followers as one invalidate-all).",
+                &*c.unpublished,
+            ),
+        ] {
+            s.counter(name, help, v);
+        }
+    }
     let i = &app.invalidation.stats;
     for (name, help, v) in [
         (

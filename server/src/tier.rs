@@ -92,6 +92,9 @@ pub enum ReadHold {
     DatabaseFeed = 2,
     /// `POST /v1/invalidate` ([`crate::http`]): a call whose delete failed (answered 503).
     Endpoint = 4,
+    /// The upstream's change feed ([`crate::origin::upstream_changes`]): an invalidation
+    /// made on the upstream tilewarm-server.
+    UpstreamFeed = 8,
 }
 
 impl ReadHold {
@@ -101,6 +104,7 @@ impl ReadHold {
             ReadHold::ChangeStream => "change_stream",
             ReadHold::DatabaseFeed => "database_feed",
             ReadHold::Endpoint => "invalidate_endpoint",
+            ReadHold::UpstreamFeed => "upstream_feed",
         }
     }
 }
@@ -249,6 +253,7 @@ impl CacheTier {
                     ReadHold::ChangeStream,
                     ReadHold::DatabaseFeed,
                     ReadHold::Endpoint,
+                    ReadHold::UpstreamFeed,
                 ]
                 .into_iter()
                 .filter(|&h| held & h as u8 != 0)

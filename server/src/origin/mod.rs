@@ -66,6 +66,7 @@ pub mod memory;
 pub mod postgis;
 pub mod relay;
 pub mod upstream;
+pub mod upstream_changes;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -275,6 +276,12 @@ pub trait OriginBackend: Send + Sync + 'static {
     fn change_feed(&self) -> Option<changes::ChangeFeed> {
         None
     }
+
+    /// The upstream tilewarm-server's change feed this server follows, for an upstream
+    /// backend that has one; see [`upstream_changes`].
+    fn upstream_feed(&self) -> Option<upstream_changes::UpstreamFeed> {
+        None
+    }
 }
 
 /// Counters of what the guards and backends saw (`/metrics`).
@@ -460,6 +467,11 @@ impl OriginService {
     /// The change feed of a database backend.
     pub fn change_feed(&self) -> Option<changes::ChangeFeed> {
         self.backend.change_feed()
+    }
+
+    /// The upstream's change feed this server follows (an upstream backend).
+    pub fn upstream_feed(&self) -> Option<upstream_changes::UpstreamFeed> {
+        self.backend.upstream_feed()
     }
 
     /// One origin call: waits the configured latency, then asks the backend at the

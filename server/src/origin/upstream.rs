@@ -8,6 +8,10 @@
 //! which carries the tier once the upstream verifies tokens (issue 14). The token never
 //! appears in logs or error messages.
 //!
+//! When the upstream is another tilewarm-server, its change feed (`GET /v1/changes`) is
+//! followed with the same client and token ([`super::upstream_changes`]), so that what is
+//! invalidated there is invalidated here too.
+//!
 //! Answers pass through unchanged (items, their `ttl`s, lists) after the checks the edge
 //! makes of its origin:
 //! - the body is read up to the protocol's 8 MiB and decoded with the core's bounded
@@ -32,7 +36,7 @@
 //! when they hold more than the limit.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -71,8 +75,8 @@ pub fn retry_after_s(value: Option<&hyper::header::HeaderValue>) -> Option<u64> 
 /// The environment variable that holds the upstream token when no file is given.
 pub const TOKEN_ENV: &str = "TILEWARM_ORIGIN_TOKEN";
 
-/// Where the bearer token comes from.
-enum Token {
+/// Where the bearer token comes from (shared with the change feed's follower).
+pub(super) enum Token {
     None,
     Fixed(String),
     /// Re-read when the file's modification time changes (rotated secrets).
@@ -104,7 +108,8 @@ fn read_token(path: &PathBuf) -> Result<(Option<SystemTime>, String), String> {
 }
 
 impl Token {
-    fn current(&self) -> Result<Option<String>, String> {
+    /// The token to send now (`None`: none is configured); re-reads a changed file.
+    pub(super) fn current(&self) -> Result<Option<String>, String> {
         match self {
             Token::None => Ok(None),
             Token::Fixed(t) => Ok(Some(t.clone())),
@@ -122,11 +127,15 @@ impl Token {
 
 /// The HTTP client and the endpoint.
 pub struct UpstreamOrigin {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: UpstreamClient,
     url: hyper::Uri,
-    token: Token,
+    token: Arc<Token>,
     limits: Limits,
+    feed: Option<super::upstream_changes::UpstreamFeed>,
 }
+
+/// The HTTP client of the upstream origin and its change feed's follower.
+pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl UpstreamOrigin {
     /// A client for `url` (`http://` or `https://`, with the web PKI's roots).
@@ -159,11 +168,20 @@ impl UpstreamOrigin {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.origin_pool)
             .build(https);
+        let token = Arc::new(token);
+        let feed = super::upstream_changes::UpstreamFeed::new(
+            url,
+            config,
+            client.clone(),
+            Arc::clone(&token),
+        )
+        .map_err(LoadError::Upstream)?;
         Ok(UpstreamOrigin {
             client,
             url: uri,
             token,
             limits: Limits::default(),
+            feed,
         })
     }
 
@@ -220,7 +238,7 @@ impl UpstreamOrigin {
 }
 
 /// An error with its sources, for a message.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -255,8 +273,12 @@ impl OriginBackend for UpstreamOrigin {
         Box::pin(async { Ok(ItemCount::Unknown) })
     }
 
+    fn upstream_feed(&self) -> Option<super::upstream_changes::UpstreamFeed> {
+        self.feed.clone()
+    }
+
     fn describe(&self) -> String {
-        let auth = match self.token {
+        let auth = match *self.token {
             Token::None => "no token",
             Token::Fixed(_) => "bearer token from TILEWARM_ORIGIN_TOKEN",
             Token::File { .. } => "bearer token from --origin-token-file",

@@ -8,7 +8,7 @@ use crate::common::{config, redis_available, Config};
 
 /// A `MakeWriter` that keeps everything written, for reading back.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

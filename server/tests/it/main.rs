@@ -16,6 +16,7 @@ mod tiers;
 mod tiles;
 mod trusted_proxy;
 mod upstream;
+mod upstream_feed;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
