@@ -133,7 +133,9 @@ async fn a_request_after_an_invalidation_does_not_follow_an_older_fetch() {
 /// An open `GET /v1/changes`.
 struct Feed {
     body: Incoming,
-    buf: String,
+    /// The server's own event-stream reader (`tilewarm_server::sse`).
+    parser: tilewarm_server::sse::Parser,
+    read: std::collections::VecDeque<tilewarm_server::sse::Message>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,30 +164,22 @@ impl Feed {
         assert!(ct.starts_with("text/event-stream"), "{ct}");
         Feed {
             body: resp.into_body(),
-            buf: String::new(),
+            parser: tilewarm_server::sse::Parser::new(1 << 20),
+            read: Default::default(),
         }
     }
 
-    /// The next event (comments skipped); panics after 10 s.
+    /// The next event (comments skipped; `id` is the stream's last event id, as a browser
+    /// keeps it); panics after 10 s.
     async fn next(&mut self) -> Sse {
         loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
-                }
-                if event.is_empty() {
-                    continue; // keep-alive comment
-                }
-                let data = serde_json::from_str(&data).unwrap();
-                return Sse { event, id, data };
+            if let Some(m) = self.read.pop_front() {
+                let data = serde_json::from_str(&m.data).unwrap();
+                return Sse {
+                    event: m.event,
+                    id: m.id.unwrap_or_default(),
+                    data,
+                };
             }
             let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
                 .await
@@ -193,7 +187,9 @@ impl Feed {
                 .expect("the stream is open")
                 .unwrap();
             if let Ok(d) = frame.into_data() {
-                self.buf.push_str(&String::from_utf8_lossy(&d));
+                let mut out = Vec::new();
+                self.parser.push(&d, &mut out).unwrap();
+                self.read.extend(out);
             }
         }
     }
