@@ -417,6 +417,12 @@ async fn follow_once(
                 FeedState::Refused,
                 format!("{said} (the token of --origin-token-file or TILEWARM_ORIGIN_TOKEN is refused for its feed)"),
             ),
+            400 if last.is_some() => {
+                // The only thing a follower sends that can be wrong is its id (one this
+                // upstream cannot read): connect afresh next time, invalidating everything.
+                *last = None;
+                Ended::Failed(format!("{said} (the next connect starts afresh, without Last-Event-ID)"))
+            }
             _ => Ended::Failed(said),
         };
     }

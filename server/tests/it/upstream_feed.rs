@@ -627,3 +627,53 @@ async fn an_upstream_without_a_feed_is_warned_once_without_the_token() {
     );
     assert!(!text.contains(&token), "the token is in the log");
 }
+
+/// An upstream that cannot read the id the follower resumes from answers 400: the follower
+/// drops the id and connects afresh (invalidating everything) instead of sending the same
+/// id for ever. A stub feed that gives an id the real server would refuse, then ends.
+/// Fails when the id is kept: one reset, then 400s only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_the_upstream_refuses_is_dropped_and_the_follower_starts_afresh() {
+    use axum::http::{HeaderMap, StatusCode};
+    let refused = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&refused);
+    let app = axum::Router::new().route(
+        "/v1/changes",
+        axum::routing::get(move |headers: HeaderMap| {
+            let r = Arc::clone(&r);
+            async move {
+                if headers.contains_key("last-event-id") {
+                    r.fetch_add(1, Relaxed);
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        [("content-type", "application/json")],
+                        r#"{"error":{"code":"bad_request","message":"Last-Event-ID: not a stream id"}}"#,
+                    );
+                }
+                (
+                    StatusCode::OK,
+                    [("content-type", "text/event-stream")],
+                    "event: ready\nid: not-a-stream-id\ndata: {}\n\n",
+                )
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let (up, _data, _) = upstream("127.0.0.1:0").await;
+    let down = downstream(&up.url(), "bad-id", |c| Config {
+        origin_changes: Some(format!("{stub}/v1/changes")),
+        ..c
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || stat(&down, |s| &s.resets) >= 2).await,
+        "resets {}, refused {}",
+        stat(&down, |s| &s.resets),
+        refused.load(Relaxed)
+    );
+    assert!(refused.load(Relaxed) >= 1);
+    down.shutdown().await;
+    up.shutdown().await;
+}
