@@ -677,3 +677,45 @@ async fn an_id_the_upstream_refuses_is_dropped_and_the_follower_starts_afresh() 
     down.shutdown().await;
     up.shutdown().await;
 }
+
+/// Two instances sharing one Redis each follow the upstream and each publish what they
+/// apply (as each PostGIS listener does): both serve the change fresh, and a follower of
+/// either hears it once per instance (docs/server.md, "Several instances").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_redis_each_follow_and_their_followers_hear_each_change_per_instance() {
+    if !crate::common::redis_available() {
+        return;
+    }
+    let redis = crate::common::RedisServer::start();
+    let http = Http::new();
+    let (up, data, id) = upstream("127.0.0.1:0").await;
+    let with_redis = |c: Config| Config {
+        redis: Some(redis.url()),
+        redis_timeout_ms: 500,
+        ..c
+    };
+    let a = downstream(&up.url(), "redis-a", with_redis).await;
+    let b = downstream(&up.url(), "redis-b", with_redis).await;
+    connected(&a).await;
+    connected(&b).await;
+    let mut follower = Follower::open(&a).await;
+    assert_eq!(version(&http, &a, &id).await, 1);
+    assert_eq!(version(&http, &b, &id).await, 1);
+    data.set(2);
+    invalidate(&up, &format!(r#"{{"ids":["{id}"]}}"#)).await;
+    assert!(serves(&http, &a, &id, 2, Duration::from_secs(5)).await);
+    assert!(serves(&http, &b, &id, 2, Duration::from_secs(5)).await);
+    let names = |v: &serde_json::Value| {
+        v["ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i == id.as_str()))
+    };
+    let first = follower.until(names).await;
+    let second = follower.until(names).await;
+    assert_ne!(first.id, second.id, "two entries, one per instance");
+    assert_eq!(stat(&a, |s| &s.events), 1);
+    assert_eq!(stat(&b, |s| &s.events), 1);
+    b.shutdown().await;
+    a.shutdown().await;
+    up.shutdown().await;
+}
