@@ -1,5 +1,6 @@
 //! Invalidation of the server's cache tier: the one entry point for whatever learns that
-//! items changed — the PostGIS change feed ([`crate::origin::changes`]), the authenticated
+//! items changed — the PostGIS change feed ([`crate::origin::changes`]), an upstream
+//! tilewarm-server's change feed ([`crate::origin::upstream_changes`]), the authenticated
 //! `POST /v1/invalidate` ([`crate::stream`] then tells the other instances and the
 //! clients), and another instance's invalidation read from the change stream
 //! ([`apply_remote`]).
