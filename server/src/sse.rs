@@ -9,7 +9,7 @@
 //! starting with `:` is a comment (a keep-alive); `event`, `data` and `id` are read,
 //! `retry` and unknown fields are ignored (the follower chooses its own back-off); a blank
 //! line dispatches the event, unless it had no `data` (the id still counts, as in a
-//! browser). An `id` holding NUL is ignored.
+//! browser). An `id` holding NUL is ignored; one longer than [`MAX_ID_BYTES`] is an error.
 //!
 //! **Memory is bounded**: a line longer than the parser's `max_bytes`, or an event whose
 //! data adds up to more, is an error ([`SseError`]) before it is buffered, so a peer that
@@ -38,7 +38,15 @@ pub enum SseError {
     /// The data lines of one event add up to more than the bound.
     #[error("an event of the event stream holds more than {max} bytes of data")]
     EventTooLarge { max: usize },
+    /// An `id` longer than [`MAX_ID_BYTES`].
+    #[error("an event id of the event stream is longer than {MAX_ID_BYTES} bytes")]
+    IdTooLong,
 }
+
+/// The longest event `id` read. Every dispatched event carries a copy of the last id, so an
+/// id as long as a line would make a chunk of small events cost that much each; a change
+/// stream's ids (`<ms>-<seq>`) are at most 41 bytes.
+pub const MAX_ID_BYTES: usize = 256;
 
 /// An incremental, bounded event-stream reader (module docs).
 #[derive(Debug)]
@@ -157,6 +165,7 @@ impl Parser {
                 self.data.push_str(&value);
                 self.has_data = true;
             }
+            b"id" if value.len() > MAX_ID_BYTES => return Err(SseError::IdTooLong),
             b"id" if !value.contains('\0') => self.last_id = Some(value.into_owned()),
             _ => {} // retry, unknown fields: ignored
         }
@@ -184,6 +193,18 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_longer_than_the_bound_is_an_error_not_a_copy_per_event() {
+        let mut p = Parser::new(1 << 20);
+        let long = format!("id: {}\n", "7".repeat(MAX_ID_BYTES + 1));
+        let mut out = Vec::new();
+        let err = p.push(long.as_bytes(), &mut out).unwrap_err();
+        assert!(matches!(err, SseError::IdTooLong), "{err}");
+        let mut p = Parser::new(1 << 20);
+        let ok = format!("id: {}\ndata: x\n\n", "7".repeat(MAX_ID_BYTES));
+        assert_eq!(all(&mut p, &[ok.as_bytes()]).unwrap().len(), 1);
+    }
 
     fn all(parser: &mut Parser, chunks: &[&[u8]]) -> Result<Vec<Message>, SseError> {
         let mut out = Vec::new();

@@ -288,6 +288,13 @@ enum Ended {
 
 /// Runs the follower until the app is dropped (module docs).
 pub fn spawn(app: Weak<App>, feed: UpstreamFeed) {
+    // A tilewarm-server sends a keep-alive every 15 s (crate::stream).
+    if feed.idle < Duration::from_secs(15) {
+        warn!(
+            idle_ms = feed.idle.as_millis() as u64,
+            "--origin-changes-idle-ms is below the upstream's 15 s keep-alive: a quiet feed is replaced each time (nothing is lost)"
+        );
+    }
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut relay = Relay::new(
@@ -380,7 +387,13 @@ async fn follow_once(
     }
     let req = match req.body(Full::new(Bytes::new())) {
         Ok(r) => r,
-        Err(e) => return Ended::Failed(format!("cannot build the request: {e}")),
+        Err(e) => {
+            // Only the id can be unsendable (a control character): start afresh.
+            *last = None;
+            return Ended::Failed(format!(
+                "cannot build the request: {e} (the next connect starts afresh, without Last-Event-ID)"
+            ));
+        }
     };
     let resp = match tokio::time::timeout(CONNECT_TIMEOUT, feed.client.request(req)).await {
         Err(_) => {
@@ -417,9 +430,10 @@ async fn follow_once(
                 FeedState::Refused,
                 format!("{said} (the token of --origin-token-file or TILEWARM_ORIGIN_TOKEN is refused for its feed)"),
             ),
-            400 if last.is_some() => {
+            400 | 413 | 414 | 431 if last.is_some() => {
                 // The only thing a follower sends that can be wrong is its id (one this
-                // upstream cannot read): connect afresh next time, invalidating everything.
+                // upstream cannot read, or too long): connect afresh next time,
+                // invalidating everything, rather than resend it for ever.
                 *last = None;
                 Ended::Failed(format!("{said} (the next connect starts afresh, without Last-Event-ID)"))
             }
@@ -488,7 +502,13 @@ async fn follow_once(
             }
         }
         if let Err(e) = read {
-            return Ended::Failed(e.to_string());
+            // The stream cannot be read past this point, and resuming after the last id
+            // read would meet the same event again, for ever: start afresh (invalidating
+            // everything) instead.
+            *last = None;
+            return Ended::Failed(format!(
+                "{e} (the next connect starts afresh, without Last-Event-ID)"
+            ));
         }
     }
 }
