@@ -678,6 +678,60 @@ async fn an_id_the_upstream_refuses_is_dropped_and_the_follower_starts_afresh() 
     up.shutdown().await;
 }
 
+/// A stream the follower cannot read past (here an event id longer than the SSE reader's
+/// bound) must not be resumed into again: resuming after the last id read meets the same
+/// event, for ever, and no change after it is ever applied. The follower connects afresh
+/// instead (invalidating everything). A stub feed that sends `ready` with a good id, then
+/// an over-long id, each time. Fails when the id is kept: one reset, then resumes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_cannot_be_read_past_is_followed_afresh_not_resumed_into() {
+    use axum::http::{HeaderMap, StatusCode};
+    let resumed = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&resumed);
+    let body = format!(
+        "event: ready\nid: 1-1\ndata: {{}}\n\nid: {}\ndata: {{}}\n\n",
+        "7".repeat(tilewarm_server::sse::MAX_ID_BYTES + 1)
+    );
+    let app = axum::Router::new().route(
+        "/v1/changes",
+        axum::routing::get(move |headers: HeaderMap| {
+            let (r, body) = (Arc::clone(&r), body.clone());
+            async move {
+                if headers.contains_key("last-event-id") {
+                    r.fetch_add(1, Relaxed);
+                }
+                (
+                    StatusCode::OK,
+                    [("content-type", "text/event-stream")],
+                    body,
+                )
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let (up, _data, _) = upstream("127.0.0.1:0").await;
+    let down = downstream(&up.url(), "unreadable", |c| Config {
+        origin_changes: Some(format!("{stub}/v1/changes")),
+        ..c
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || stat(&down, |s| &s.resets) >= 3).await,
+        "resets {}, resumed {}",
+        stat(&down, |s| &s.resets),
+        resumed.load(Relaxed)
+    );
+    assert_eq!(
+        resumed.load(Relaxed),
+        0,
+        "never resumed into the unreadable event"
+    );
+    down.shutdown().await;
+    up.shutdown().await;
+}
+
 /// Two instances sharing one Redis each follow the upstream and each publish what they
 /// apply (as each PostGIS listener does): both serve the change fresh, and a follower of
 /// either hears it once per instance (docs/server.md, "Several instances").
