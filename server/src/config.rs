@@ -78,7 +78,8 @@ pub struct Config {
     /// With an upstream origin (another tilewarm-server): its change feed, followed so that
     /// an invalidation made there reaches this server's tier and followers. Without it:
     /// the --origin URL with `/v1/batch` replaced by `/v1/changes`; `off` follows none.
-    /// Sent the same bearer token as the batch calls.
+    /// Sent the same bearer token as the batch calls (so never plain http when --origin is
+    /// https).
     #[arg(long, value_name = "URL|off")]
     pub origin_changes: Option<String>,
 

@@ -127,6 +127,15 @@ impl FeedUrl {
                     .then(|| v.parse::<hyper::Uri>().ok())
                     .flatten()
                     .filter(|u| u.host().is_some_and(|h| !h.is_empty()));
+                // The origin's token goes with it: never in clear when the origin is
+                // reached over TLS.
+                if origin.to_ascii_lowercase().starts_with("https://")
+                    && lower.starts_with("http://")
+                {
+                    return Err(format!(
+                        "--origin-changes {shown:?} is plain http while --origin is https: the origin's token would be sent in clear; use https"
+                    ));
+                }
                 match uri {
                     Some(_) => Ok(FeedUrl::Follow(v.to_owned())),
                     None => Err(format!(
@@ -594,7 +603,13 @@ mod tests {
             Ok(FeedUrl::Follow("http://feed:81/x".into()))
         );
         let e = c("http://up/v1/batch", Some("https://u:pw@/v1/changes")).unwrap_err();
-        assert!(e.contains("--origin-changes") && !e.contains("pw"), "{e}");
+        assert!(e.contains("--origin-changes") && !e.contains("pw"), "{e}"); // The origin's token never goes in clear when the origin is reached over TLS.
+        let e = c("https://up/v1/batch", Some("http://up/v1/changes")).unwrap_err();
+        assert!(e.contains("in clear"), "{e}");
+        assert_eq!(
+            c("https://up/v1/batch", Some("HTTPS://feed/v1/changes")),
+            Ok(FeedUrl::Follow("HTTPS://feed/v1/changes".into()))
+        );
     }
 
     #[test]
