@@ -6,10 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use tilewarm::access::Access;
 use tilewarm::protocol::StreamId;
 use tilewarm_server::stream::{Event, ResetReason};
@@ -18,6 +15,7 @@ use tilewarm_server::Server;
 use crate::common::{
     config, eventually, now_s, redis_available, server, sign_hs256, Config, Http, RedisServer,
 };
+use crate::feed::Feed;
 use crate::{densest, origin, request};
 
 fn admin_token() -> String {
@@ -128,71 +126,6 @@ async fn a_request_after_an_invalidation_does_not_follow_an_older_fetch() {
     assert_eq!(calls(), 2, "the second request asked the origin itself");
     assert_eq!(first.await.unwrap().status, 200);
     s.shutdown().await;
-}
-
-/// An open `GET /v1/changes`.
-struct Feed {
-    body: Incoming,
-    /// The server's own event-stream reader (`tilewarm_server::sse`).
-    parser: tilewarm_server::sse::Parser,
-    read: std::collections::VecDeque<tilewarm_server::sse::Message>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Sse {
-    event: String,
-    id: String,
-    data: serde_json::Value,
-}
-
-impl Feed {
-    async fn open(s: &Server, token: Option<&str>, last_id: Option<&str>) -> Feed {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let mut req = hyper::Request::get(format!("{}/v1/changes", s.url()));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(id) = last_id {
-            req = req.header("last-event-id", id);
-        }
-        let resp = client
-            .request(req.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(ct.starts_with("text/event-stream"), "{ct}");
-        Feed {
-            body: resp.into_body(),
-            parser: tilewarm_server::sse::Parser::new(1 << 20),
-            read: Default::default(),
-        }
-    }
-
-    /// The next event (comments skipped; `id` is the stream's last event id, as a browser
-    /// keeps it); panics after 10 s.
-    async fn next(&mut self) -> Sse {
-        loop {
-            if let Some(m) = self.read.pop_front() {
-                let data = serde_json::from_str(&m.data).unwrap();
-                return Sse {
-                    event: m.event,
-                    id: m.id.unwrap_or_default(),
-                    data,
-                };
-            }
-            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
-                .await
-                .expect("an event within 10 s")
-                .expect("the stream is open")
-                .unwrap();
-            if let Ok(d) = frame.into_data() {
-                let mut out = Vec::new();
-                self.parser.push(&d, &mut out).unwrap();
-                self.read.extend(out);
-            }
-        }
-    }
 }
 
 /// A feed lives no longer than the token it was opened with: when the token stops

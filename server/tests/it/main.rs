@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod common;
 mod fastpath;
+mod feed;
 mod invalidate;
 mod logs;
 mod openapi;

@@ -11,10 +11,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
@@ -22,12 +18,12 @@ use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
 use tilewarm::tile::TileId;
 use tilewarm_server::origin::upstream_changes::FeedState;
 use tilewarm_server::origin::{ItemCount, OriginBackend, OriginFailure, OriginFuture};
-use tilewarm_server::sse::{Message, Parser};
 use tilewarm_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{config, eventually, now_s, server, sign_hs256, token_for, Config, Http};
+use crate::feed::Feed;
 use crate::request;
 
 // ---------------------------------------------------------------------------------------
@@ -196,65 +192,11 @@ fn stat(
     f(&s.app.origin.upstream_feed().unwrap().stats).load(Relaxed)
 }
 
-// ---------------------------------------------------------------------------------------
-// A follower of a server's feed over HTTP, read with the server's own SSE parser.
-// ---------------------------------------------------------------------------------------
-
-struct Follower {
-    body: Incoming,
-    parser: Parser,
-    ready: std::collections::VecDeque<Message>,
-}
-
-impl Follower {
-    async fn open(s: &Server) -> Follower {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let req = hyper::Request::get(format!("{}/v1/changes", s.url()))
-            .header(
-                "authorization",
-                format!("Bearer {}", token_for(Access::Agent)),
-            )
-            .body(Empty::new())
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut f = Follower {
-            body: resp.into_body(),
-            parser: Parser::new(1 << 20),
-            ready: Default::default(),
-        };
-        assert_eq!(f.next().await.event, "ready");
-        f
-    }
-
-    /// The next event; panics after 10 s.
-    async fn next(&mut self) -> Message {
-        loop {
-            if let Some(m) = self.ready.pop_front() {
-                return m;
-            }
-            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
-                .await
-                .expect("an event within 10 s")
-                .expect("the stream is open")
-                .unwrap();
-            if let Ok(d) = frame.into_data() {
-                let mut out = Vec::new();
-                self.parser.push(&d, &mut out).unwrap();
-                self.ready.extend(out);
-            }
-        }
-    }
-
-    /// Events until one whose data satisfies `f` (at most 10 s each).
-    async fn until(&mut self, f: impl Fn(&serde_json::Value) -> bool) -> Message {
-        loop {
-            let m = self.next().await;
-            if m.event == "invalidate" && f(&serde_json::from_str(&m.data).unwrap()) {
-                return m;
-            }
-        }
-    }
+/// A follower of `s`'s own feed at the top tier, past its `ready`.
+async fn follow(s: &Server) -> Feed {
+    let mut f = Feed::open(s, Some(&token_for(Access::Agent)), None).await;
+    assert_eq!(f.next().await.event, "ready");
+    f
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,7 +325,7 @@ async fn an_invalidation_upstream_reaches_the_downstreams_tier_and_followers() {
     let (up, data, id) = upstream("127.0.0.1:0").await;
     let down = downstream(&up.url(), "fresh", |c| c).await;
     connected(&down).await;
-    let mut follower = Follower::open(&down).await;
+    let mut follower = follow(&down).await;
     assert_eq!(version(&http, &down, &id).await, 1);
     data.set(2);
     // Cached on both tiers: nobody asks the origin, both serve version 1.
@@ -404,7 +346,7 @@ async fn an_invalidation_upstream_reaches_the_downstreams_tier_and_followers() {
                 .is_some_and(|ids| ids.iter().any(|i| i == id.as_str()))
         })
         .await;
-    assert!(m.id.is_some());
+    assert!(!m.id.is_empty(), "an id");
     assert!(stat(&down, |s| &s.events) >= 1);
     let metrics = http.get(&format!("{}/metrics", down.url())).await.text();
     assert!(
@@ -446,7 +388,7 @@ async fn a_cut_or_silent_feed_connection_resumes_from_its_last_id() {
     connected(&down).await;
     let resets = stat(&down, |s| &s.resets);
     assert_eq!(resets, 1, "the first connect invalidates everything");
-    let mut follower = Follower::open(&down).await;
+    let mut follower = follow(&down).await;
     for (round, version_now) in [("cut", 2u32), ("frozen", 3)] {
         assert_eq!(version(&http, &down, &id).await, u64::from(version_now - 1));
         let accepted = proxy.accepted.load(Relaxed);
@@ -480,7 +422,7 @@ async fn a_cut_or_silent_feed_connection_resumes_from_its_last_id() {
                     .is_some_and(|ids| ids.iter().any(|i| i == id.as_str()))
             })
             .await;
-        assert!(m.id.is_some(), "{round}");
+        assert!(!m.id.is_empty(), "{round}");
         assert_eq!(
             stat(&down, |s| &s.resets),
             resets,
@@ -508,7 +450,7 @@ async fn an_upstream_restart_that_cannot_resume_resets_the_downstream() {
     invalidate(&up, r#"{"tiles":["3/1/1"]}"#).await;
     assert!(eventually(Duration::from_secs(5), || stat(&down, |s| &s.events) == 1).await);
     assert_eq!(version(&http, &down, &id).await, 1);
-    let mut follower = Follower::open(&down).await;
+    let mut follower = follow(&down).await;
     let resets = stat(&down, |s| &s.resets);
     up.shutdown().await;
     // The same address, a new process's stream, and the item changed meanwhile.
@@ -752,7 +694,7 @@ async fn instances_sharing_redis_each_follow_and_their_followers_hear_each_chang
     let b = downstream(&up.url(), "redis-b", with_redis).await;
     connected(&a).await;
     connected(&b).await;
-    let mut follower = Follower::open(&a).await;
+    let mut follower = follow(&a).await;
     assert_eq!(version(&http, &a, &id).await, 1);
     assert_eq!(version(&http, &b, &id).await, 1);
     data.set(2);
