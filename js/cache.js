@@ -522,12 +522,17 @@ export class TileCache {
     return Array.from(codes, (c) => TILE_STATES[c]);
   }
 
-  /** Changes the caller's tier; lowering it drops what the new tier may not see at once. */
-  setAccess(access) {
+  /** Changes the caller's tier; lowering it drops what the new tier may not see at once.
+   * `{ newCredential: true }` after a sign-in: see index.d.ts. */
+  setAccess(access, options) {
     this.#alive();
+    if (options !== undefined && (!isObject(options) ||
+        (options.newCredential !== undefined && typeof options.newCredential !== 'boolean'))) {
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `options must be an object { newCredential?: boolean }, got ${show(options)}`);
+    }
     let out;
     try {
-      out = this.#engine.setAccess(access, this.#now());
+      out = this.#engine.setAccess(access, options?.newCredential === true, this.#now());
     } catch (e) {
       throw thrown(e, () => access);
     }

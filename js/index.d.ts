@@ -231,10 +231,16 @@ export class TileCache<Data = unknown> {
    */
   prefetch(destination: Viewport | string[]): number;
   /** Changes the tier the cache views as; lowering it drops what the new tier may not see at
-   * once; raising it is how the page asks for more after a sign-in. Once the server has
-   * reported a lower tier than asked (the credential gives no more, in an answer or a 403),
-   * a tier above that one throws a RangeError (`ERR_OUT_OF_RANGE`). */
-  setAccess(access: Access): void;
+   * once; raising it is how the page asks for more. Once the server has reported a lower
+   * tier than asked (the credential gives no more, in an answer or a 403), a tier above that
+   * one throws a RangeError (`ERR_OUT_OF_RANGE`): a page that set its old tier again at every
+   * update would be refused and lowered round trip after round trip. After a sign-in (or
+   * anything that changes the credential `auth.token()` or the cookies carry), pass
+   * `{ newCredential: true }`: the tier reported for the old credential is forgotten, the
+   * cache asks at `access`, and keeps what it holds (a lower tier's items stay valid). If the
+   * new credential gives less, its first answer lowers the cache again, as any answer does.
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for options other than `{ newCredential?: boolean }` */
+  setAccess(access: Access, options?: { newCredential?: boolean }): void;
   stats(): TileCacheStats;
   /** Aborts every request, stops timers, rejects pending promises, frees the wasm memory. */
   dispose(): void;

@@ -470,18 +470,11 @@ $('c-lookahead').checked = opts.lookahead;
 $('tile-zoom').textContent = String(TILE_ZOOM);
 
 $('c-access').addEventListener('change', (e) => {
-  const was = opts.access;
   opts.access = e.target.value; // before setAccess: its onAccess is then no news
-  try {
-    cache.setAccess(opts.access);
-  } catch (err) {
-    // Above the tier the server reported (a 403 lowered the cache): a RangeError.
-    if (!(err instanceof RangeError)) throw err;
-    opts.access = was;
-    e.target.value = cache.access;
-    $('access-status').textContent = `Still ${cache.access}: ${err.message}${signInHint()}.`;
-    return;
-  }
+  // Choosing a tier signs in as it (`tokenFor`): a new credential, so the cache may ask
+  // above a tier the server reported for the old one. If this one gives less too, the
+  // server says so and `onAccess` above puts the selector back.
+  cache.setAccess(opts.access, { newCredential: true });
   $('access-status').textContent = '';
   tracker.reset(); // the cache's refresh after setAccess reaches showView through attach
 });

@@ -188,7 +188,8 @@ async function tokenDropsToPublic() {
   const complete = await cache.whenComplete().then(() => true, () => false);
   await until(() => cache.stats().inFlight === 0, 'quiet');
   const view = cache.setViewport(home);
-  return { cache, errors, heard, complete, view, secret, asked: backend.requests.map((r) => r.access) };
+  const signIn = (tier) => { session = tier; };
+  return { cache, errors, heard, complete, view, secret, signIn, asked: backend.requests.map((r) => r.access) };
 }
 
 test('auth: a 403 naming a lower tier lowers the cache: nothing above it in get() or the view', async () => {
@@ -206,6 +207,49 @@ test('auth: a 403 naming a lower tier lowers the cache: nothing above it in get(
     await cache.whenComplete();
     assert.ok(cache.setViewport(viewOf(SX, SY)).complete, 'the view completes at public');
     assert.throws(() => cache.setAccess('agent'), { name: 'RangeError' });
+    cache.dispose();
+  } finally {
+    tierHeader = false;
+  }
+});
+
+test('auth: after a sign-in, setAccess with newCredential asks above the tier reported for the old token and keeps the cache', async () => {
+  tierHeader = true;
+  try {
+    const { cache, errors, heard, signIn } = await tokenDropsToPublic();
+    await cache.whenComplete();
+    const kept = cache.setViewport(viewOf(SX, SY)).items;
+    assert.ok(kept.length > 0 && kept.every((i) => i.access === 'public'));
+    // Still the public token: the old tier cannot be set again, and bad options are refused.
+    assert.throws(() => cache.setAccess('agent'), (e) => e.name === 'RangeError' && /newCredential/.test(e.message));
+    assert.throws(() => cache.setAccess('agent', { newCredential: 'yes' }), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+    assert.throws(() => cache.setAccess('agent', 1), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+    assert.equal(cache.access, 'public');
+    // Said while the token is still public: asked at agent once, refused, back to public
+    // (whose lists it still holds: nothing is asked again).
+    let before = backend.requests.length;
+    cache.setAccess('agent', { newCredential: true });
+    assert.equal(cache.access, 'agent');
+    await until(() => cache.access === 'public' && cache.stats().inFlight === 0, 'lowered again');
+    await cache.whenComplete();
+    assert.deepEqual(backend.requests.slice(before).map((r) => r.access), ['agent']);
+    assert.deepEqual(seen.slice(-1).map((s) => s.status), [403]);
+    assert.deepEqual(errors, []);
+    assert.throws(() => cache.setAccess('agent'), { name: 'RangeError' });
+    // The sign-in: the token now gives agent.
+    signIn('agent');
+    before = backend.requests.length;
+    cache.setAccess('agent', { newCredential: true });
+    assert.equal(cache.access, 'agent');
+    const first = cache.setViewport(viewOf(SX, SY));
+    assert.ok(kept.every((k) => first.items.some((i) => i.id === k.id)), 'the public items stay while the agent lists load');
+    await cache.whenComplete();
+    await until(() => cache.stats().inFlight === 0, 'quiet');
+    assert.equal(cache.access, 'agent');
+    assert.ok(backend.requests.slice(before).every((r) => r.access === 'agent'));
+    assert.ok(cache.setViewport(viewOf(SX, SY)).items.some((i) => i.access === 'agent'), 'the agent items are in the view');
+    assert.deepEqual(heard, ['public', 'agent', 'public', 'agent']);
+    assert.deepEqual(errors, []);
     cache.dispose();
   } finally {
     tierHeader = false;

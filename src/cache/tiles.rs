@@ -31,11 +31,12 @@ pub enum TileFreshness {
     Stale(Refresh),
     /// Not showable: the membership is known but some listed items are missing (evicted,
     /// expired beyond the window, never arrived). `Ids(missing)`, or `Tile` when the
-    /// membership is stale, when more than half of the list is missing, or when the list
-    /// came from a coarser tile whose split was uncertain.
+    /// membership is stale, when more than half of the list is missing, when the list
+    /// came from a coarser tile whose split was uncertain, or when it was fetched at a tier
+    /// below the caller's (it may lack items the caller may see).
     Partial(Refresh),
-    /// Never fetched, expired beyond the window, dropped from the tile index, fetched at a
-    /// tier below the caller's, or not a data-zoom tile.
+    /// Never fetched, expired beyond the window, dropped from the tile index, or not a
+    /// data-zoom tile.
     Unknown,
 }
 
@@ -234,9 +235,6 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         until: &mut u64,
     ) -> TileFreshness {
-        if e.fetched_at < caller {
-            return TileFreshness::Unknown;
-        }
         let swr = self.swr();
         let membership_stale = match expiry(e.expires_at_ms, swr, now_ms) {
             Expiry::Gone => return TileFreshness::Unknown,
@@ -262,7 +260,10 @@ impl<P> ItemCache<P> {
                 },
             }
         }
-        if !e.complete {
+        if !e.complete || e.fetched_at < caller {
+            // A list fetched at a lower tier may lack items the caller may see: it is
+            // fetched again whole, and what it lists is shown meanwhile (after a sign-in the
+            // public items stay on the map while the new tier's lists load).
             TileFreshness::Partial(Refresh::Tile)
         } else if !missing.is_empty() {
             if membership_stale || missing.len() * 2 > e.ids.len() {
@@ -280,7 +281,8 @@ impl<P> ItemCache<P> {
     }
 
     /// The state of a data-zoom tile for a caller at tier `caller`. A list fetched at a tier
-    /// below the caller's is `Unknown` (it may lack items the caller may see); listed items
+    /// below the caller's is `Partial(Refresh::Tile)` (it may lack items the caller may see;
+    /// what it lists is shown while it is fetched again); listed items
     /// above the caller's tier are ignored; a listed id that is not held counts as missing
     /// whatever its tier. Does not touch LRU order or counters. A tile at another zoom is
     /// `Unknown`; one [outside the bounds](Self::outside_bounds) is `Fresh`.
@@ -295,7 +297,7 @@ impl<P> ItemCache<P> {
     /// cache.insert_tile(t, &["gone", "a", "b"], None, Access::Public, 0).unwrap();
     /// // None of the three items is held: more than half missing, refetch the tile.
     /// assert_eq!(cache.tile_freshness(t, Access::Public, 0), TileFreshness::Partial(Refresh::Tile));
-    /// assert_eq!(cache.tile_freshness(t, Access::Agent, 0), TileFreshness::Unknown);
+    /// assert_eq!(cache.tile_freshness(t, Access::Agent, 0), TileFreshness::Partial(Refresh::Tile));
     /// ```
     pub fn tile_freshness(&self, tile: TileId, caller: Access, now_ms: u64) -> TileFreshness {
         let mut until = u64::MAX;

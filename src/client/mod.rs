@@ -249,9 +249,21 @@ impl<P: Payload> Client<P> {
     }
 
     /// The highest tier the server has shown the caller may see, once an answer reported a
-    /// tier below the one asked for (see [`Client::on_response`]); `None` before.
+    /// tier below the one asked for (see [`Client::on_response`]); `None` before, and after
+    /// [`Client::new_credential`].
     pub fn verified(&self) -> Option<Access> {
         self.verified
+    }
+
+    /// The caller's credential changed (a sign-in, an upgraded subscription): what the server
+    /// reported for the old one ([`Client::verified`]) says nothing of the new one, so it is
+    /// forgotten. The shells refuse a tier above [`Client::verified`] (a host setting its old
+    /// tier again at every update would be refused and lowered round trip after round trip);
+    /// after this, the next [`Client::set_access`] may ask above it, and the answers report
+    /// the new credential's tier (a lower one lowers the cache again, as any answer does).
+    /// What the cache holds stays: items and lists of a tier the caller could see still are.
+    pub fn new_credential(&mut self) {
+        self.verified = None;
     }
 
     /// Visible data tiles of the current viewport.
@@ -757,7 +769,8 @@ impl<P: Payload> Client<P> {
     }
 
     /// Changes the caller's tier. Lowering it drops every cached item and tile list above
-    /// the new tier at once; raising it makes tile lists fetched at a lower tier incomplete.
+    /// the new tier at once; raising it makes tile lists fetched at a lower tier incomplete
+    /// (what they list is still shown while they are fetched again).
     /// Visible tiles that became incomplete are queued again.
     pub fn set_access(&mut self, access: Access, now_ms: u64) {
         self.changed();

@@ -395,6 +395,57 @@ fn the_cache_follows_a_lower_tier_the_server_reports_and_no_higher_one() {
 }
 
 #[test]
+fn a_new_credential_forgets_the_reported_tier_and_keeps_what_is_cached() {
+    let o = origin();
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    c.set_access(Access::Agent, 0);
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let t = c.poll_request(0).unwrap();
+    let public = crate::protocol::BatchRequest {
+        access: Access::Public,
+        ..t.request.clone()
+    };
+    let mut answer = o.answer(&public, None);
+    answer.access = Some(Access::Public);
+    let public_items: Vec<String> = answer.items.iter().map(|i| i.id.clone()).collect();
+    assert!(!public_items.is_empty());
+    c.on_response(t.id, answer, 10);
+    assert_eq!(c.verified(), Some(Access::Public));
+    // A sign-in: the reported tier was the old credential's.
+    c.new_credential();
+    assert_eq!((c.access(), c.verified()), (Access::Public, None));
+    c.set_access(Access::Agent, 20);
+    for id in &public_items {
+        let kept = c.cache().peek(id, Access::Public, 20);
+        assert!(kept.is_some(), "{id} was dropped");
+    }
+    // The lists fetched at public are asked again at agent.
+    let t = c
+        .poll_request(20)
+        .expect("the view's tiles are asked again");
+    assert_eq!(t.request.access, Access::Agent);
+    let mut answer = o.answer(&t.request, None);
+    answer.access = Some(Access::Agent);
+    c.on_response(t.id, answer, 30);
+    assert_eq!((c.access(), c.verified()), (Access::Agent, None));
+    // A new credential that gives less is followed down by its first answer, as before.
+    c.new_credential();
+    c.invalidate(Invalidate::All, 40);
+    let t = c.poll_request(40).unwrap();
+    let registered = crate::protocol::BatchRequest {
+        access: Access::Registered,
+        ..t.request.clone()
+    };
+    let mut answer = o.answer(&registered, None);
+    answer.access = Some(Access::Registered);
+    c.on_response(t.id, answer, 50);
+    assert_eq!(
+        (c.access(), c.verified()),
+        (Access::Registered, Some(Access::Registered))
+    );
+}
+
+#[test]
 fn a_refused_credential_is_retried_with_backoff_and_does_not_trip_the_breaker() {
     let mut c = client(ClientConfig::default().with_tile_zoom(Z));
     c.set_viewport(view(1.0), 0, |_, _| {});

@@ -476,17 +476,27 @@ impl Engine {
         Ok(self.prefetch(&data, ms(now)))
     }
 
-    /// `setAccess`.
+    /// `setAccess`; `new_credential` when the page says its credential changed (a sign-in:
+    /// [`Client::new_credential`]), which lets it ask above the tier reported for the old one.
     #[wasm_bindgen(js_name = setAccess)]
-    pub fn set_access(&mut self, access: &JsValue, now: f64) -> Result<Vec<JsValue>, JsValue> {
+    pub fn set_access(
+        &mut self,
+        access: &JsValue,
+        new_credential: bool,
+        now: f64,
+    ) -> Result<Vec<JsValue>, JsValue> {
         let tier = config::access("access", &value(access)).map_err(thrown)?;
+        if new_credential {
+            self.client.new_credential();
+        }
         if let Some(verified) = self.client.verified().filter(|&v| tier > v) {
             return Err(thrown(ArgError::must(
                 ErrorClass::Range,
                 Code::OutOfRange,
                 "access",
                 &format!(
-                    "at most \"{verified}\", the tier the server reported for this credential"
+                    "at most \"{verified}\", the tier the server reported for this \
+                     credential (after a sign-in, any tier with {{ newCredential: true }})"
                 ),
             )));
         }

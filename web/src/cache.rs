@@ -434,17 +434,35 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// Once the server has reported a lower tier for the credential (an answer, or a `403`
     /// naming it), a tier above that one is an `OutOfRange` error, as in the npm package:
     /// a host that set its old tier again at every update would otherwise send a request,
-    /// be refused and be lowered, round trip after round trip. After a sign-in that raises
-    /// the tier, make a new cache.
+    /// be refused and be lowered, round trip after round trip. After a sign-in, use
+    /// [`TileCache::set_access_new_credential`].
     pub fn set_access(&self, access: Access) -> Result<(), Error> {
+        self.change_access(access, false)
+    }
+
+    /// [`TileCache::set_access`] after the credential changed (a sign-in, an upgraded
+    /// subscription: what the [`Auth`] callback or the cookies carry): the tier the server
+    /// reported for the old credential is forgotten and the cache asks at `access`, keeping
+    /// what it holds (a lower tier's items and lists are still right). If the new credential
+    /// gives less, its first answer lowers the cache again ([`Update::Access`]). The npm
+    /// package's `setAccess(access, { newCredential: true })`.
+    pub fn set_access_new_credential(&self, access: Access) -> Result<(), Error> {
+        self.change_access(access, true)
+    }
+
+    fn change_access(&self, access: Access, new_credential: bool) -> Result<(), Error> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
+        if new_credential {
+            st.client.new_credential();
+        }
         if let Some(verified) = st.client.verified().filter(|&v| access > v) {
             return Err(Error::new(
                 ErrorCode::OutOfRange,
                 format!(
                     "access must be at most \"{verified}\", the tier the server reported for \
-                     this credential, got \"{access}\""
+                     this credential (after a sign-in, any tier by set_access_new_credential), \
+                     got \"{access}\""
                 ),
             ));
         }

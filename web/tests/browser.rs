@@ -378,6 +378,42 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
     assert_eq!(e.code, tilewarm_web::ErrorCode::OutOfRange, "{e}");
     assert!(e.message.contains("at most \"public\""), "{e}");
     cache.set_access(Access::Public).unwrap();
+    // A sign-in is said with set_access_new_credential: the cache asks at agent again, and
+    // shows the public items meanwhile. This credential (none) still gives public: the
+    // server refuses again and the cache follows it down again, with no error.
+    cache.set_access_new_credential(Access::Agent).unwrap();
+    assert_eq!(cache.access(), Access::Agent);
+    assert!(
+        !cache.view().items.is_empty(),
+        "the public items stay while agent loads"
+    );
+    let mut heard = Vec::new();
+    while let Some(Some(u)) = within(100, updates.next()).await {
+        if let Update::Access(a) = u {
+            heard.push(a);
+        }
+        if cache.access() == Access::Public {
+            break;
+        }
+    }
+    cache.when_complete().await.unwrap();
+    while let Some(Some(u)) = within(100, updates.next()).await {
+        if let Update::Access(a) = u {
+            heard.push(a);
+        }
+    }
+    assert_eq!(cache.access(), Access::Public);
+    assert_eq!(heard.first(), Some(&Access::Agent), "{heard:?}");
+    assert_eq!(heard.last(), Some(&Access::Public), "{heard:?}");
+    let bodies = control(s, "log").await["bodies"].clone();
+    let asked: Vec<&str> = bodies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["access"].as_str().unwrap())
+        .collect();
+    assert_eq!(asked, ["agent", "public", "agent"]);
+    assert_eq!(cache.stats().errors, 0);
 }
 
 #[wasm_bindgen_test]

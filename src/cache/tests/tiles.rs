@@ -143,21 +143,25 @@ fn tile_lists_and_tiers() {
         c.tile_freshness(t, Access::Verified, 0),
         TileFreshness::Fresh
     );
+    // An agent caller fetches it again whole, and is shown what it lists meanwhile.
     assert_eq!(
         c.tile_freshness(t, Access::Agent, 0),
-        TileFreshness::Unknown
+        TileFreshness::Partial(Refresh::Tile)
     );
+    let mut seen = Vec::new();
+    c.read_tile(t, Access::Agent, 0, |it, _| seen.push(it.id().to_string()));
+    assert_eq!(seen, ["pub"]);
     // An agent list: a public caller ignores the agent item, even when it is stale.
     c.insert_tile(t, &["pub", "agt"], None, Access::Agent, 0)
         .unwrap();
     assert_eq!(c.tile_freshness(t, Access::Agent, 0), TileFreshness::Fresh);
-    let mut seen = Vec::new();
+    seen.clear();
     c.read_tile(t, Access::Public, 0, |it, _| seen.push(it.id().to_string()));
     assert_eq!(seen, ["pub"]);
     seen.clear();
     c.read_tile(t, Access::Agent, 0, |it, _| seen.push(it.id().to_string()));
     assert_eq!(seen, ["pub", "agt"]);
-    assert_eq!(c.stats().hits, 3);
+    assert_eq!(c.stats().hits, 4);
 }
 
 #[test]
