@@ -74,6 +74,11 @@ pub struct View<T> {
     pub complete: bool,
     /// Visible data tiles not showable yet (being fetched).
     pub missing_tiles: Vec<TileId>,
+    /// The view covers more data tiles than the planner's `max_visible_tiles` (a large
+    /// window at a low zoom, a pitched view): nothing is fetched for it and `items` are the
+    /// cached ones in it. Not an error (the npm package's `tooWide`): zoom in, or raise the
+    /// option. [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
+    pub too_wide: Option<ViewTooLarge>,
 }
 
 impl<T> Clone for View<T> {
@@ -82,6 +87,7 @@ impl<T> Clone for View<T> {
             items: self.items.clone(),
             complete: self.complete,
             missing_tiles: self.missing_tiles.clone(),
+            too_wide: self.too_wide,
         }
     }
 }
@@ -298,20 +304,18 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 })
             });
         st.set_complete(outcome.complete);
-        // The core makes a view too wide to fetch a state (nothing fetched for it, and what
-        // was fetched for the last view cancelled); this shell still reports it as an
-        // error, after acting on it: `when_complete` fails with it until the map moves.
+        // A view too wide to fetch is a state of the view (nothing fetched for it, what was
+        // in flight for the last view cancelled, its cached items shown): `when_complete`
+        // fails with it until the map moves.
         st.set_too_wide(outcome.too_wide);
         let sends = Inner::pump(&self.inner, &mut st, now);
         drop(st);
         Inner::start(&self.inner, sends);
-        if let Some(e) = outcome.too_wide {
-            return Err(too_wide_error(&e));
-        }
         Ok(View {
             items,
             complete: outcome.complete,
             missing_tiles: outcome.missing,
+            too_wide: outcome.too_wide,
         })
     }
 
@@ -539,6 +543,7 @@ impl<T> State<T> {
             items,
             complete: outcome.complete,
             missing_tiles: outcome.missing,
+            too_wide: outcome.too_wide,
         }
     }
 

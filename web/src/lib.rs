@@ -38,6 +38,6 @@ pub use options::{BatchOptions, Checked, Options, PrefetchOptions, TtlOptions};
 /// The core's types a caller of [`TileCache`] meets.
 pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;
-pub use tilewarm::client::{ClientStats, TileState};
+pub use tilewarm::client::{ClientStats, TileState, ViewTooLarge};
 pub use tilewarm::{Access, TileId};
 pub use updates::{Updates, MAX_QUEUED_UPDATES};

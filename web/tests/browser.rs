@@ -679,9 +679,10 @@ async fn a_get_joined_to_a_prefetch_outlives_its_cancel_and_ends_with_its_failur
     );
 }
 
-/// A view too wide to fetch never completes: `when_complete` fails with `TooManyTiles`
-/// (the waiters of the view before too), and what was in flight for the last view is
-/// cancelled on the wire at once.
+/// A view too wide to fetch is not an error: it says so (`too_wide`) and holds the cached
+/// items in it; it never completes, so `when_complete` fails with `TooManyTiles` (the
+/// waiters of the view before too), and what was in flight for the last view is cancelled
+/// on the wire at once.
 #[wasm_bindgen_test]
 async fn a_view_too_wide_fails_when_complete_and_cancels_at_once() {
     const WIDE: [f64; 5] = [-125.0, 40.0, -115.0, 50.0, 14.5];
@@ -689,10 +690,25 @@ async fn a_view_too_wide_fails_when_complete_and_cancels_at_once() {
     let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
     show(&cache, inside(tile(0, 0)));
     cache.when_complete().await.unwrap();
-    let e = cache
+    let cached = cache.view().items.len();
+    assert!(cached > 0);
+    let sent = cache.stats().batch.requests;
+    let wide = cache
         .set_viewport(WIDE[0], WIDE[1], WIDE[2], WIDE[3], WIDE[4])
-        .unwrap_err();
-    assert_eq!(e.code, ErrorCode::TooManyTiles);
+        .unwrap();
+    let limit = wide.too_wide.expect("too wide");
+    assert!(limit.max > 0);
+    assert!(!wide.complete);
+    assert!(
+        wide.items.len() >= cached,
+        "the cached items in it are shown"
+    );
+    assert_eq!(cache.view().too_wide, Some(limit));
+    assert_eq!(
+        cache.stats().batch.requests,
+        sent,
+        "nothing is fetched for it"
+    );
     let e = cache.when_complete().await.unwrap_err();
     assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
     assert!(e.message.contains("never completes"), "{e}");
