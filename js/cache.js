@@ -809,6 +809,7 @@ export class TileCache {
   #refresh() {
     if (this.#disposed) return;
     this.#checkAccess();
+    if (this.#disposed) return; // an onAccess listener let the cache go
     const out = this.#engine.items(this.#now());
     const at = this.#view(out);
     this.#run(out, at.n, at.r);

@@ -381,6 +381,31 @@ test('onAccess hears each change of the tier, by setAccess or a lower one an ans
   cache.dispose();
 });
 
+test('an onAccess listener may dispose the cache (an answer lowered the tier): nothing throws after it', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
+  const problems = [];
+  const onRejection = (e) => problems.push(e);
+  process.on('unhandledRejection', onRejection);
+  backend.hostile = (res, _answer, request) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ...backend.answer({ ...request, access: 'public' }), access: 'public' }));
+  };
+  try {
+    let heard = null;
+    cache.onAccess((access) => { heard = access; cache.dispose(); });
+    cache.onUpdate(() => problems.push(new Error('onUpdate after dispose')));
+    cache.setViewport(viewOf(SX, SY));
+    await until(() => heard !== null, 'the lower tier');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(heard, 'public');
+    assert.deepEqual(problems.map((e) => e?.message ?? String(e)), []);
+  } finally {
+    backend.hostile = null;
+    process.off('unhandledRejection', onRejection);
+  }
+});
+
 test('invalidation by id, by tile and of everything refetches what is visible', async () => {
   fresh();
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
