@@ -738,7 +738,7 @@ mod tests {
         let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
         let fill = |p: &mut EdgeProxy| {
             let s = p.begin(body, "agent", 0.0);
-            let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],"items":[{"id":"a","lon":-122.33,"lat":47.6,"class":"active","access":"public","ttl":300,"data":1}],"missing":[]}"#;
+            let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],"items":[{"id":"a","lon":-122.33,"lat":47.613,"class":"active","access":"public","ttl":300,"data":1}],"missing":[]}"#;
             p.complete(s.handle, 200, origin, 0.0);
         };
         let hit = |p: &mut EdgeProxy| p.begin(body, "agent", 1.0).cache == Some("hit");

@@ -136,6 +136,9 @@ impl<P> ItemCache<P> {
         }
 
         if tile.z() == dz {
+            // An item held at another tile's position is not this tile's (a server listing
+            // it twice would have it shown twice); one not held yet is checked when read.
+            listed.retain(|&(_, t)| t.is_none_or(|t| t == tile));
             if !listed.is_empty() {
                 self.bounds.listed_with_items(tile);
             }
@@ -230,6 +233,7 @@ impl<P> ItemCache<P> {
     /// result could change with no change to the cache.
     fn classify(
         &self,
+        tile: TileId,
         e: &TileEntry,
         caller: Access,
         now_ms: u64,
@@ -248,8 +252,9 @@ impl<P> ItemCache<P> {
         for id in &e.ids {
             match self.items.peek(id) {
                 None => missing.push(id.to_string()),
-                // Not shown to this caller, so it cannot leave a hole.
-                Some(item) if !caller.can_see(item.access) => {}
+                // Not shown to this caller, or not here (it lies in another tile), so it
+                // cannot leave a hole.
+                Some(item) if !caller.can_see(item.access) || item.tile != tile => {}
                 Some(item) => match expiry(item.expires_at_ms, swr, now_ms) {
                     Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
                     Expiry::Stale => {
@@ -322,7 +327,7 @@ impl<P> ItemCache<P> {
             return TileFreshness::Fresh;
         }
         match entry {
-            Some(e) => self.classify(e, caller, now_ms, until),
+            Some(e) => self.classify(tile, e, caller, now_ms, until),
             None => TileFreshness::Unknown,
         }
     }
@@ -506,8 +511,9 @@ impl<P> ItemCache<P> {
                 stats.misses += 1;
                 continue;
             };
-            // Items the caller may not see are not shown, so they count for nothing.
-            if !caller.can_see(item.access) {
+            // Items the caller may not see, or that lie in another tile (listed here by
+            // mistake, or moved since), are not shown here, so they count for nothing.
+            if !caller.can_see(item.access) || item.tile != tile {
                 continue;
             }
             match expiry(item.expires_at_ms, swr, now_ms) {

@@ -156,7 +156,8 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
                 let item = c.items.peek(&**id);
                 prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);
                 let Some(item) = item else { continue };
-                if !caller.can_see(item.access) {
+                // Not shown here: above the caller, or lying in another tile.
+                if !caller.can_see(item.access) || item.tile != *t {
                     continue;
                 }
                 let f = expiry(item.expires_at_ms, swr, now);

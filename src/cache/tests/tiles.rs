@@ -500,8 +500,8 @@ fn an_extent_the_data_plainly_lies_outside_is_set_aside() {
     assert_eq!(c.adopt_bounds(Some(&bounds)), Ok(true));
     let far = tile(200, 200);
     assert!(c.outside_bounds(far));
-    put(&mut c, "x", tile(1, 1), 1, Priority::Visible);
-    // Lists naming the item in tiles all around, each outside the extent.
+    // Lists naming an item (not held yet, so wherever it lies) in tiles all around, each
+    // outside the extent.
     let mut n = 0;
     'outer: for y in 2..100 {
         for x in 2..100 {
@@ -549,4 +549,37 @@ fn an_adopted_extent_keeps_the_tiles_already_listed_with_items_outside_it() {
         c.tile_freshness(empty, Access::Public, 0),
         TileFreshness::Fresh
     );
+}
+
+#[test]
+fn an_item_is_read_only_in_the_tile_it_lies_in() {
+    let (a, b) = (tile(0, 0), tile(1, 0));
+    let mut c = small(10, 1000);
+    put(&mut c, "h", a, 1, Priority::Visible);
+    put(&mut c, "b1", b, 1, Priority::Visible);
+    // A server lists "h" under both tiles: it is b's by mistake, and not kept there.
+    c.insert_tile(a, &["h"], None, Access::Public, 0).unwrap();
+    c.insert_tile(b, &["h", "b1"], None, Access::Public, 0)
+        .unwrap();
+    let read = |c: &mut ItemCache<u32>, t| {
+        let mut seen = Vec::new();
+        c.read_tile(t, Access::Public, 0, |it, _| seen.push(it.id().to_string()));
+        seen
+    };
+    assert_eq!(read(&mut c, a), ["h"]);
+    assert_eq!(read(&mut c, b), ["b1"]);
+    assert_eq!(c.tile_freshness(b, Access::Public, 0), TileFreshness::Fresh);
+    // Listed before it is held, then arriving at a's position: b does not show it either.
+    c.insert_tile(b, &["b1", "late"], None, Access::Public, 0)
+        .unwrap();
+    assert_eq!(
+        c.tile_freshness(b, Access::Public, 0),
+        TileFreshness::Partial(ids(&["late"]))
+    );
+    put(&mut c, "late", a, 1, Priority::Visible);
+    assert_eq!(read(&mut c, b), ["b1"]);
+    assert_eq!(c.tile_freshness(b, Access::Public, 0), TileFreshness::Fresh);
+    // An item that moved (a new version at b's position) leaves a's list.
+    put(&mut c, "h", b, 1, Priority::Visible);
+    assert!(read(&mut c, a).is_empty());
 }
