@@ -157,6 +157,8 @@ struct Ending {
     id: RequestId,
     ids: Vec<String>,
     token: Option<String>,
+    /// The `error` member of the server's error body.
+    why: Option<Why>,
 }
 
 struct State<T> {
@@ -621,9 +623,10 @@ enum Outcome<T> {
     Answer(BatchResponse<Stored<T>>, Option<Bbox>, Option<Why>),
     /// The auth token callback failed or gave no bearer token: why (nothing was sent).
     TokenRefused(String),
-    /// The failure, and the tier the failed answer's `ACCESS_HEADER` names (a 403 names the
-    /// tier the credential gives; the core decides whether the cache follows it down).
-    Failed(Failure, Option<Access>),
+    /// The failure, the tier the failed answer's `ACCESS_HEADER` names (a 403 names the
+    /// tier the credential gives; the core decides whether the cache follows it down), and
+    /// the `error` member of its body, when it sent one.
+    Failed(Failure, Option<Access>, Option<Why>),
 }
 
 impl<T: DeserializeOwned + 'static> Inner<T> {
@@ -646,17 +649,25 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     }
                     Event::Error(fe) => {
                         let ending = st.ending.as_ref().filter(|e| e.id == fe.request);
+                        let ids = match (ending, st.requests.get(&fe.request.0)) {
+                            (Some(e), _) => e.ids.clone(),
+                            (_, Some(r)) => r.ids.clone(),
+                            _ => Vec::new(),
+                        };
                         let err = match ending.and_then(|e| e.token.as_deref()) {
-                            Some(why) => Error::from_token_failure(&fe, why),
-                            None => Error::from_fetch(&fe),
+                            Some(why) => {
+                                let mut err = Error::from_token_failure(&fe, why);
+                                err.ids = ids;
+                                err
+                            }
+                            None => {
+                                let why = ending.and_then(|e| e.why.as_ref());
+                                let detail = why.map(|w| (w.code.as_str(), w.message.as_str()));
+                                Error::from_failed_request(&fe, detail, ids)
+                            }
                         };
                         if !fe.will_retry {
-                            let ids = match (ending, st.requests.get(&fe.request.0)) {
-                                (Some(e), _) => e.ids.clone(),
-                                (_, Some(r)) => r.ids.clone(),
-                                _ => Vec::new(),
-                            };
-                            st.reject(&err, &ids);
+                            st.reject(&err, &err.ids);
                         }
                         st.broadcast(Update::Error(err));
                     }
@@ -711,7 +722,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 Ok(c) => c,
                 Err(e) => {
                     let f = Failure::Network(format!("no AbortController: {}", show(&e)));
-                    Inner::finish(this, t.id, Outcome::Failed(f, None));
+                    Inner::finish(this, t.id, Outcome::Failed(f, None, None));
                     continue;
                 }
             };
@@ -803,11 +814,12 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     }
                 }
             }
-            Outcome::Failed(f, reported) => {
+            Outcome::Failed(f, reported, why) => {
                 st.ending = Some(Ending {
                     id,
                     ids: flight.ids,
                     token: None,
+                    why,
                 });
                 st.client.on_reported_failure(id, f, reported, now);
             }
@@ -818,6 +830,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     id,
                     ids: flight.ids,
                     token: Some(why),
+                    why: None,
                 });
                 let f = Failure::Http {
                     status: 401,
@@ -833,8 +846,11 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     }
 }
 
-/// The `error` member of a partial answer (the core's `Unanswered`): why it left some of
-/// the requested tiles and ids out.
+/// The largest error body read for its `error` member.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The `error` member of a partial answer (the core's `Unanswered`), or of an error body:
+/// why it left some of the requested tiles and ids out, or why it failed.
 #[derive(serde::Deserialize)]
 struct Why {
     code: String,
@@ -885,7 +901,7 @@ async fn exchange<T: DeserializeOwned>(
         };
         let res = match sent {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(Failure::Network(e.to_string()), None),
+            Err(e) => return Outcome::Failed(Failure::Network(e.to_string()), None, None),
         };
         if res.status() == 401 && auth.is_some() && !asked_again {
             asked_again = true;
@@ -898,15 +914,21 @@ async fn exchange<T: DeserializeOwned>(
             .headers()
             .get(ACCESS_HEADER)
             .and_then(|h| h.parse().ok());
-        return Outcome::Failed(
-            Failure::Http {
-                status: res.status(),
-                retry_after_ms: res.headers().get("retry-after").and_then(|v| {
-                    retry_after_ms(&v, js_sys::Date::now(), |d| js_sys::Date::parse(d))
-                }),
-            },
-            reported,
-        );
+        let failure = Failure::Http {
+            status: res.status(),
+            retry_after_ms: res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| retry_after_ms(&v, js_sys::Date::now(), |d| js_sys::Date::parse(d))),
+        };
+        // The body's `error` member says why (read within the limit; a body that is not
+        // one says nothing).
+        let why = crate::body::read_body(&res, MAX_ERROR_BODY_BYTES)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Partial>(&b).ok())
+            .and_then(|p| p.error);
+        return Outcome::Failed(failure, reported, why);
     }
     // The data's extent the server declares; a header that does not read as one declares none.
     let bounds = res
@@ -915,7 +937,7 @@ async fn exchange<T: DeserializeOwned>(
         .and_then(|h| parse_bounds(&h).ok());
     let bytes = match crate::body::read_body(&res, limits.max_body_bytes).await {
         Ok(b) => b,
-        Err(failure) => return Outcome::Failed(failure, None),
+        Err(failure) => return Outcome::Failed(failure, None, None),
     };
     match decode::<T>(&bytes, limits) {
         Ok(r) => {
@@ -932,7 +954,7 @@ async fn exchange<T: DeserializeOwned>(
             };
             Outcome::Answer(r, bounds, why)
         }
-        Err(m) => Outcome::Failed(Failure::Invalid(m), None),
+        Err(m) => Outcome::Failed(Failure::Invalid(m), None, None),
     }
 }
 

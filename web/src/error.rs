@@ -69,6 +69,11 @@ pub struct Error {
     pub status: Option<u16>,
     /// The server's `Retry-After`, in ms.
     pub retry_after_ms: Option<u64>,
+    /// The `error.code` of the server's error body, when it sent one (`forbidden`,
+    /// `upstream_timeout`, `overloaded`…; the npm package's `serverCode`).
+    pub server_code: Option<String>,
+    /// For a failed request: the ids it asked for (a partial answer: the ids it left out).
+    pub ids: Vec<String>,
 }
 
 impl Error {
@@ -81,6 +86,8 @@ impl Error {
             will_retry: false,
             status: None,
             retry_after_ms: None,
+            server_code: None,
+            ids: Vec::new(),
         }
     }
 
@@ -115,7 +122,42 @@ impl Error {
             will_retry: e.will_retry,
             status,
             retry_after_ms,
+            server_code: None,
+            ids: Vec::new(),
         }
+    }
+
+    /// [`Error::from_fetch`] for the request that asked for `ids`, with the `error` member
+    /// of the server's error body (`detail`: its code and message), when it sent one: the
+    /// code is `server_code`, and both are in the message (the message cut at 256 bytes).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
+    pub(crate) fn from_failed_request(
+        e: &FetchError,
+        detail: Option<(&str, &str)>,
+        ids: Vec<String>,
+    ) -> Error {
+        let mut err = Error::from_fetch(e);
+        err.ids = ids;
+        if let (Some((code, message)), Failure::Http { .. }) = (detail, &e.failure) {
+            let mut message = message.to_string();
+            if message.len() > 256 {
+                let mut end = 256;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push('…');
+            }
+            let retry = if e.will_retry { " (will retry)" } else { "" };
+            err.message = format!(
+                "{} batch request for {} tiles failed: {}: {code}: {message}{retry}",
+                kind_name(e.kind),
+                e.tiles.len(),
+                e.failure
+            );
+            err.server_code = Some(code.to_string());
+        }
+        err
     }
 
     /// A failed request whose token never went out: the callback failed or gave something
@@ -135,6 +177,8 @@ impl Error {
             will_retry: e.will_retry,
             status: None,
             retry_after_ms: None,
+            server_code: None,
+            ids: Vec::new(),
         }
     }
 
@@ -173,6 +217,8 @@ impl Error {
             will_retry: false,
             status,
             retry_after_ms: None,
+            server_code: why.map(|(code, _)| code.to_string()),
+            ids: ids.to_vec(),
         }
     }
 }
@@ -224,6 +270,39 @@ mod tests {
             failed(Failure::Invalid("x".into())).code,
             ErrorCode::InvalidResponse
         );
+    }
+
+    #[test]
+    fn a_servers_error_body_gives_the_code_and_is_in_the_message() {
+        let fe = FetchError {
+            request: RequestId(1),
+            kind: Kind::Foreground,
+            failure: Failure::Http {
+                status: 503,
+                retry_after_ms: Some(1000),
+            },
+            tiles: vec![],
+            will_retry: true,
+        };
+        let ids = vec!["h1".to_string()];
+        let long = "x".repeat(300);
+        let e = Error::from_failed_request(&fe, Some(("overloaded", &long)), ids.clone());
+        assert_eq!(e.server_code.as_deref(), Some("overloaded"));
+        assert_eq!(
+            (e.status, e.retry_after_ms, &e.ids),
+            (Some(503), Some(1000), &ids)
+        );
+        assert!(
+            e.message.starts_with(
+                "foreground batch request for 0 tiles failed: backend answered HTTP 503: overloaded: xxx"
+            ) && e.message.ends_with("x… (will retry)"),
+            "{e}"
+        );
+        let plain = Error::from_failed_request(&fe, None, Vec::new());
+        assert_eq!((plain.server_code, plain.message), (None, fe.to_string()));
+        let partial = Error::unanswered(Kind::Prefetch, &ids, Some(("upstream_timeout", "slow")));
+        assert_eq!(partial.server_code.as_deref(), Some("upstream_timeout"));
+        assert_eq!(partial.ids, ids);
     }
 
     #[test]

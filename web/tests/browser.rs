@@ -596,6 +596,7 @@ async fn a_get_a_partial_answer_left_out_fails() {
         assert_eq!((e.code, e.status), (code, status), "{mode}: {e}");
         assert!(e.message.contains(says), "{mode}: {e}");
         assert!(e.message.contains(&format!("(first {id:?})")), "{e}");
+        assert_eq!(e.ids, [id.clone()], "{e}");
         assert_eq!(next_error(&mut updates).await, e);
         // The server has it: once the answer is whole, the get finds it.
         set_mode(mode, "pass").await;
@@ -800,6 +801,13 @@ async fn a_retry_after_date_is_a_wait() {
     show(&cache, inside(tile(0, 0)));
     let e = cache.when_complete().await.unwrap_err();
     assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
+    // The error body's code, as the npm package's serverCode, and its message.
+    assert_eq!(e.server_code.as_deref(), Some("overloaded"), "{e}");
+    assert!(
+        e.message
+            .contains("HTTP 503: overloaded: injected by fault-proxy"),
+        "{e}"
+    );
     // 3 s ahead, to the second the date holds, less the time the answer took.
     let wait = e.retry_after_ms.expect("a wait");
     assert!((1000..=3000).contains(&wait), "{wait} ms");
