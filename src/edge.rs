@@ -68,7 +68,7 @@ struct Options {
     /// (0 = never), and how far back a new isolate asks (docs/edge.md, *Changes*).
     #[allow(dead_code)]
     changes_poll_ms: Option<u64>,
-    #[allow(dead_code)]
+    /// Also caps how long a shared-cache entry is kept ([`ProxyConfig::changes_lookback_ms`]).
     changes_lookback_ms: Option<u64>,
     /// Read by the worker: plain `http://` for `ORIGIN` and `JWKS_URL` to any host, not only
     /// to a loopback one (js/edge-auth.js, `checkedUrl`).
@@ -148,6 +148,9 @@ fn config_from(o: Options) -> ProxyConfig {
     }
     if let Some(b) = o.spliced_hits {
         c.spliced_hits = b;
+    }
+    if let Some(ms) = o.changes_lookback_ms {
+        c.changes_lookback_ms = ms;
     }
     if let Some(m) = o.class_ttl {
         c.cache.class_ttl_ms = m
@@ -628,6 +631,10 @@ mod tests {
         assert_eq!(c.warm_ring, 0);
         assert!(c.spliced_hits);
         assert!(!config(r#"{"splicedHits":false}"#).unwrap().spliced_hits);
+        // The change look-back caps the shared cache's entries (ProxyConfig).
+        assert_eq!(c.changes_lookback_ms, 4 * 3_600_000);
+        let l = config(r#"{"changesLookbackMs":600000}"#).unwrap();
+        assert_eq!(l.changes_lookback_ms, 600_000);
         assert_eq!(shared_tiles(r#"{"sharedCacheTiles":0}"#), Ok(0));
         assert!(shared_tiles(r#"{"sharedCacheTiles":65}"#)
             .unwrap_err()

@@ -98,7 +98,18 @@ pub struct ProxyConfig {
     /// Answer whole hits of data tiles from their serialised form ([`wire`]). Default
     /// true; the answers are the same either way.
     pub spliced_hits: bool,
+    /// How far back a new isolate replays the origin's change feed (the worker's
+    /// `changesLookbackMs`), in ms. A shared-cache entry is kept at most this long after its
+    /// origin request ([`shared::SharedEntry::max_age_s`]) and refused when read back older:
+    /// a new isolate does not replay a change made longer ago than this before its start,
+    /// so it could not refuse an entry fetched before such a change. Default
+    /// [`DEFAULT_CHANGES_LOOKBACK_MS`] (4 h); 0: no entry is shared.
+    pub changes_lookback_ms: u64,
 }
+
+/// The default [`ProxyConfig::changes_lookback_ms`]: 4 h, the longest default class TTL
+/// (`off_market`), as the worker's `changesLookbackMs`.
+pub const DEFAULT_CHANGES_LOOKBACK_MS: u64 = 4 * 3_600_000;
 
 impl Default for ProxyConfig {
     fn default() -> ProxyConfig {
@@ -114,6 +125,7 @@ impl Default for ProxyConfig {
             max_data_tiles: policy::DEFAULT_MAX_DATA_TILES,
             limits: Limits::default(),
             spliced_hits: true,
+            changes_lookback_ms: DEFAULT_CHANGES_LOOKBACK_MS,
         }
     }
 }

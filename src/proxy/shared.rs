@@ -11,7 +11,11 @@
 //! from was planned, which dates it against the changes from the feed
 //! ([`super::change`]) and ages its TTLs when it is read back (a little early, by the
 //! origin's round trip: on the safe side). Its lifetime is [`SharedEntry::max_age_s`], the
-//! shortest TTL it holds, so the shared cache never keeps an item beyond its class TTL.
+//! shortest TTL it holds, so the shared cache never keeps an item beyond its class TTL,
+//! and never past [`super::ProxyConfig::changes_lookback_ms`] after that date: a new
+//! isolate replays the changes of that window only, so an entry older than it could hold
+//! an item a change before the window altered, which that isolate would never see (an
+//! entry read back older than the look-back is refused too).
 //!
 //! # Tiers never cross
 //! The key holds the tier, an entry is written only from the isolate's cache of that tier
@@ -31,7 +35,9 @@ use crate::tile::TileId;
 pub struct SharedEntry {
     /// The protocol's answer for the one data tile at the tier.
     pub body: String,
-    /// Seconds it may be kept: the shortest `ttl` of the list and the items; at least 1.
+    /// Seconds it may be kept: the shortest `ttl` of the list and the items, at least 1;
+    /// and no longer than the look-back ([`super::ProxyConfig::changes_lookback_ms`]) leaves
+    /// after [`SharedEntry::fetched_at_ms`] (whole seconds, rounded down).
     pub max_age_s: u32,
     /// When the origin request whose answer it holds was planned (ms since the epoch, this
     /// isolate's clock): the date to store beside it and give back to
@@ -131,6 +137,16 @@ impl Proxy {
         }
         // Whole seconds since it was fetched, rounded up; a clock behind ours counts as 0.
         let age_ms = now_ms.saturating_sub(fetched_at_ms);
+        // Written with a max-age that ends within the look-back (`shared_entry`); one read
+        // later (another writer's clock, or a writer that did not cap it) may predate a
+        // change this isolate never replayed.
+        if age_ms >= self.config.changes_lookback_ms {
+            return Err(refused(format!(
+                "the shared cache's entry for {tile} was fetched {} s ago, longer than the change look-back ({} s)",
+                age_ms / 1000,
+                self.config.changes_lookback_ms / 1000
+            )));
+        }
         let age_s = u32::try_from(age_ms.div_ceil(1000)).unwrap_or(u32::MAX);
         let list = &mut response.tiles[0];
         match list.ttl {
@@ -158,13 +174,25 @@ impl Proxy {
     }
 
     /// The shared-cache entry for data tile `tile` at `tier`, when this isolate's cache of
-    /// `tier` holds it fresh (and remembers when it was fetched, [`super::change`]).
+    /// `tier` holds it fresh (and remembers when it was fetched, [`super::change`]) and it
+    /// was fetched less than a second short of the look-back ago
+    /// ([`super::ProxyConfig::changes_lookback_ms`]: nothing is left of its lifetime).
     pub fn shared_entry(&mut self, tier: Access, tile: TileId, now_ms: u64) -> Option<SharedEntry> {
         let cache = &self.caches[tier.rank() as usize];
         if cache.tile_freshness(tile, tier, now_ms) != TileFreshness::Fresh {
             return None;
         }
         let fetched_at_ms = self.changes.fetched_at(tier, tile)?;
+        // What the look-back leaves of its lifetime, in whole seconds rounded down (the
+        // Cache API's max-age counts from the write, which is after `fetched_at_ms`).
+        let left_ms = self
+            .config
+            .changes_lookback_ms
+            .saturating_sub(now_ms.saturating_sub(fetched_at_ms));
+        let left_s = u32::try_from(left_ms / 1000).unwrap_or(u32::MAX);
+        if left_s == 0 {
+            return None;
+        }
         let (items, exp) = self.read_data_tile(tile, tier, now_ms);
         let list_ttl = crate::protocol::ttl_left_s(exp, now_ms);
         let max_age_s = items
@@ -173,7 +201,8 @@ impl Proxy {
             .chain([list_ttl])
             .min()
             .unwrap_or(list_ttl)
-            .max(1);
+            .max(1)
+            .min(left_s);
         let out = OutResponse {
             tiles: vec![TileList {
                 tile,

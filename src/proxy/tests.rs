@@ -733,6 +733,67 @@ mod shared {
     }
 
     #[test]
+    fn an_entry_lives_no_longer_than_the_change_look_back_after_its_origin_request() {
+        // Items and list kept 300 s (not the centre tile: an item there has a ttl of 60 s), a look-back of 100 s: a new isolate replays only the
+        // changes of the last 100 s, so an entry must be gone 100 s after its origin request.
+        let config = ProxyConfig {
+            changes_lookback_ms: 100_000,
+            ..no_warm()
+        };
+        let t = tile("14/2625/5721");
+        let o = origin();
+        let mut a = Proxy::new(config.clone()).unwrap();
+        run(
+            &mut a,
+            &o,
+            req(&["14/2625/5721"], &[], Access::Public),
+            1_000,
+        );
+        let e = a.shared_entry(Access::Public, t, 1_000).unwrap();
+        assert_eq!(
+            e.max_age_s, 100,
+            "capped at the look-back, not the TTL of 300 s"
+        );
+        // Written later: what the look-back leaves after the origin request, rounded down.
+        assert_eq!(
+            a.shared_entry(Access::Public, t, 41_500).unwrap().max_age_s,
+            59
+        );
+        assert_eq!(
+            a.shared_entry(Access::Public, t, 99_999).unwrap().max_age_s,
+            1
+        );
+        assert!(
+            a.shared_entry(Access::Public, t, 100_001).is_none(),
+            "less than a second left: not written"
+        );
+        // The default look-back (4 h) is longer than these TTLs: the shortest TTL rules.
+        let mut d = Proxy::new(no_warm()).unwrap();
+        run(
+            &mut d,
+            &o,
+            req(&["14/2625/5721"], &[], Access::Public),
+            1_000,
+        );
+        let long = d.shared_entry(Access::Public, t, 1_000).unwrap();
+        assert!(
+            long.max_age_s > 100 && long.max_age_s <= 300,
+            "{}",
+            long.max_age_s
+        );
+        // Read back older than the look-back (a writer that did not cap it): refused.
+        let mut b = Proxy::new(config).unwrap();
+        let err = b
+            .shared_fill(Access::Public, t, long.body.as_bytes(), 1_000, 101_000)
+            .unwrap_err();
+        assert!(err.message.contains("look-back"), "{}", err.message);
+        assert_eq!(b.cache_stats(Access::Public).entries, 0);
+        assert!(b
+            .shared_fill(Access::Public, t, long.body.as_bytes(), 1_000, 100_999)
+            .is_ok());
+    }
+
+    #[test]
     fn an_entry_is_only_taken_for_its_own_tile_and_tier_and_while_fresh() {
         let t = tile("14/2624/5721");
         let (mut a, _) = filled(&["14/2624/5721"], Access::Agent, 0);
