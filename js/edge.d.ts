@@ -34,7 +34,7 @@ export interface EdgeOptions {
   jwtIssuer?: string;
   /** Required `aud` of callers' tokens (unchecked when absent). */
   jwtAudience?: string;
-  /** Clock leeway for `exp` and `nbf`, in seconds (0..300). Default 30. */
+  /** Clock leeway for `exp` and `nbf`, in seconds (0..600, as the server's `--jwt-leeway-s`). Default 30. */
   jwtLeewayS?: number;
   /** The claim that names the caller's tier. Default `tilewarm_access`. */
   jwtTierClaim?: string;
