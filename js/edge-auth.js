@@ -36,6 +36,18 @@ export const JWKS_RETRY_AFTER_FAILURE_MS = 30_000;
  * jose keeps no failure: without this a key server that is down was asked once per request. */
 export const JWKS_FIRST_RETRY_MS = 250;
 
+/** Default `jwksCooldownS`: a token whose `kid` the JWKS_URL set lacks makes the isolate
+ * fetch the set again only if no fetch started in the last this many seconds. */
+export const JWKS_COOLDOWN_S = 30;
+
+/** Longest a fetch of JWKS_URL may take (jose's `timeoutDuration`). */
+export const JWKS_FETCH_TIMEOUT_MS = 5000;
+
+/** How long past JWKS_FETCH_TIMEOUT_MS a request waiting for another request's fetch of
+ * JWKS_URL waits before it gives up (502): that request may have been cancelled, and then
+ * never says how its fetch ended. A fetch older than both counts as over. */
+export const JWKS_WAIT_MARGIN_MS = 1000;
+
 /**
  * Tokens this isolate verified: the exact token text → its tier and `exp`. Only a token that
  * passed every check is remembered, with the tier read from its verified claims; the key is
@@ -141,7 +153,9 @@ function optionString(options, name) {
 /**
  * The verifier from the worker's bindings and options. Bindings (at most one key source):
  * `JWT_SECRET` (HMAC secret, HS256/384/512), `JWKS` (a JWKS as JSON text), `JWKS_URL` (a
- * JWKS fetched over https (see `checkedUrl`) and cached by jose: `jwksCacheMaxAgeS`, default 600 s). Options
+ * JWKS fetched over https (see `checkedUrl`) and kept `jwksCacheMaxAgeS`, default 600 s;
+ * fetched again for an unknown `kid` at most every `jwksCooldownS`, default 30 s; see
+ * `remoteKeys`). Options
  * (TILEWARM_OPTIONS): `jwtIssuer`, `jwtAudience`, `jwtLeewayS` (default 30), `jwtTierClaim`
  * (default `tilewarm_access`). Throws an Error naming the binding or option when misconfigured.
  * With no key source every caller is `public` and any token is refused (401).
@@ -165,8 +179,8 @@ export function createAuth(env, options = {}) {
   let key = null;
   let algorithms = PUBLIC_KEY_ALGS;
   // The key set tokens are verified with now, for the verified-token cache: one for a secret
-  // or a JWKS binding; for JWKS_URL, the document jose fetched last (a new object at every
-  // refetch), and none while it is stale or not fetched yet (jose fetches it then, and no
+  // or a JWKS binding; for JWKS_URL, the document fetched last (a new object at every
+  // refetch), and none while it is stale or not fetched yet (it is fetched then, and no
   // token is answered from the cache).
   const fixedKeys = {};
   let keysNow = () => fixedKeys;
@@ -191,51 +205,11 @@ export function createAuth(env, options = {}) {
     const url = checkedUrl('JWKS_URL', env.JWKS_URL, options.allowInsecureOrigin === true);
     const maxAge = options.jwksCacheMaxAgeS ?? 600;
     if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
-    const fetched = {};
-    const remote = createRemoteJWKSet(url, { cacheMaxAge: maxAge * 1000, cooldownDuration: 30_000, timeoutDuration: 5000, [jwksCache]: fetched });
-    // The last good set, while it is within JWKS_STALE_IF_ERROR_MS past its max age.
-    let lastSet = null, last = null;
-    // The key server's failures in a row, the last one's time and error. Requests in flight
-    // together fail together (on workerd jose shares no fetch between requests: each asks
-    // the key server itself), so a failure counts only if none was counted since its request
-    // asked (`counted` numbers them): one outage is one failure however many requests saw it.
-    let failures = 0, failedAt = -Infinity, failure = null, counted = 0;
-    const lastGood = () => {
-      if (!fetched.jwks || !(Date.now() - fetched.uat < maxAge * 1000 + JWKS_STALE_IF_ERROR_MS)) return null;
-      if (fetched.jwks !== lastSet) [lastSet, last] = [fetched.jwks, createLocalJWKSet(fetched.jwks)];
-      return last;
-    };
-    key = async (header, token) => {
-      const countedBefore = counted;
-      const since = Date.now() - failedAt;
-      const recent = since < JWKS_RETRY_AFTER_FAILURE_MS ? lastGood() : null;
-      if (recent) return recent(header, token);
-      const wait = Math.min(JWKS_RETRY_AFTER_FAILURE_MS, JWKS_FIRST_RETRY_MS * 2 ** Math.min(20, failures - 1));
-      if (failures > 0 && since < wait) {
-        throw new Error(`${failure} (${failures} failure${failures > 1 ? 's' : ''} in a row; asked again in ${Math.ceil(wait - since)} ms)`);
-      }
-      try {
-        const k = await remote(header, token);
-        failures = 0;
-        return k;
-      } catch (e) {
-        if (aboutTheToken(e)) {
-          failures = 0;
-          throw e;
-        }
-        // The key server failed: the last good set verifies while it may (else 502).
-        if (counted === countedBefore) {
-          failures++;
-          counted++;
-        }
-        failedAt = Date.now();
-        failure = e?.message ?? String(e);
-        const stale = lastGood();
-        if (!stale) throw e;
-        return stale(header, token);
-      }
-    };
-    keysNow = () => (remote.fresh ? fetched.jwks : undefined);
+    const cooldown = options.jwksCooldownS ?? JWKS_COOLDOWN_S;
+    if (!Number.isInteger(cooldown) || cooldown < 1 || cooldown > 3600) {
+      throw new Error(`jwksCooldownS must be an integer from 1 to 3600 seconds, got ${JSON.stringify(cooldown)}`);
+    }
+    ({ key, keysNow } = remoteKeys(url, maxAge * 1000, cooldown * 1000));
   }
   const verified = new VerifiedTokens(cacheSize, leeway);
   /** The bearer token of `request`, checked for form; null without an Authorization header.
@@ -317,6 +291,150 @@ export function createAuth(env, options = {}) {
       return (await verify(token))[ADMIN_CLAIM] === true;
     },
   };
+}
+
+/**
+ * The key source for `JWKS_URL`: `key` for jwtVerify, and `keysNow()`, the set tokens are
+ * verified with now (for the verified-token cache: a new object per fetch; undefined while
+ * the set is older than `maxAgeMs` or not fetched yet).
+ *
+ * jose's `createRemoteJWKSet` fetches (its checks and errors), but this decides when, so that
+ * an isolate has at most one fetch of the keys in flight. jose does not share one between
+ * requests on workerd (it drops its pending fetch there), so a burst of requests that each
+ * needed the keys (a new isolate's first, the first after `maxAgeMs`, or tokens with unknown
+ * `kid`s past the cool-down) each asked the key server, and each new set emptied the
+ * verified-token cache again.
+ *
+ * Sharing on workerd: a request may not await a promise another request's I/O made (the
+ * runtime ties it to that request: when that one ends or is cancelled first, the waiter is
+ * never resumed, "the script will never generate a response"). So the request that fetches
+ * (the leader) keeps its fetch to itself; every other request that needs the keys meanwhile
+ * waits on a promise it made itself, which the leader resolves with the outcome (plain
+ * data) when its fetch is done. workerd runs a continuation of a promise resolved from
+ * another request in the request that made the promise (`handle_cross_request_promise_resolution`,
+ * on from compatibility date 2024-10-14; edge/config.capnp and wrangler.toml use 2025-09-01),
+ * and drops it only if that request is gone. A leader that is cancelled mid-fetch never
+ * resolves anything: each waiter also waits on its own timer, up to the fetch's timeout
+ * (JWKS_FETCH_TIMEOUT_MS) past the start plus JWKS_WAIT_MARGIN_MS, and then answers 502
+ * (not 503-and-retry: a waiter that can wait gets its answer in the same request); the
+ * next request after that starts a fetch of its own.
+ *
+ * When: a fetch starts (or is joined) when the set is missing or older than `maxAgeMs`, or
+ * when a token's `kid` is not in it and no fetch started in the last `cooldownMs` (the time
+ * of the last attempt, recorded when it starts, not the last success: jose's cool-down
+ * counted from the last success, so while a fetch was in flight, or after one failed, every
+ * unknown `kid` asked again). After a failure the key server is not asked again for
+ * JWKS_RETRY_AFTER_FAILURE_MS while the last set is within JWKS_STALE_IF_ERROR_MS past its
+ * max age (it verifies meanwhile), else for JWKS_FIRST_RETRY_MS doubled per failure in a row.
+ * A token whose `kid` the set lacks is a 401 when that set is the key server's latest answer,
+ * and a 502 when the last fetch failed: the key may be in the set it could not fetch.
+ */
+function remoteKeys(url, maxAgeMs, cooldownMs) {
+  // The last good set: the document, jose's key lookup over it, and when it was fetched.
+  let set = null;
+  // When the last fetch started; the fetch in flight (its start and the resolvers of the
+  // requests waiting for it), if any.
+  let attemptAt = -Infinity;
+  let flight = null;
+  // The key server's failures in a row (one per fetch: at most one is in flight), the last
+  // one's time and message.
+  let failures = 0, failedAt = -Infinity, failure = null;
+
+  const fresh = (now) => set !== null && now - set.at < maxAgeMs;
+  const usable = (now) => set !== null && now - set.at < maxAgeMs + JWKS_STALE_IF_ERROR_MS;
+  const live = (now) => flight !== null && now - flight.startedAt < JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS;
+
+  /** Fetches the set: `{ ok: true }` or `{ ok: false, error }`, never throws. */
+  async function lead(now) {
+    const f = { startedAt: now, waiters: [] };
+    flight = f;
+    attemptAt = now;
+    let outcome;
+    try {
+      // jose's remote set, for its fetch (checks and errors) only, one per fetch: one that
+      // never ended (its request cancelled) is not awaited again (jose shares its pending
+      // fetch outside workerd). `fetched` receives the document and its time.
+      const fetched = {};
+      await createRemoteJWKSet(url, { timeoutDuration: JWKS_FETCH_TIMEOUT_MS, [jwksCache]: fetched }).reload();
+      set = { jwks: fetched.jwks, local: createLocalJWKSet(fetched.jwks), at: fetched.uat };
+      failures = 0;
+      outcome = { ok: true };
+    } catch (e) {
+      failures++;
+      failedAt = Date.now();
+      failure = e?.message ?? String(e);
+      outcome = { ok: false, error: e };
+    } finally {
+      if (flight === f) flight = null;
+    }
+    // Plain data to promises each waiting request made itself (see above).
+    for (const resolve of f.waiters) resolve(outcome);
+    return outcome;
+  }
+
+  /** Waits for the fetch in flight (another request's) on a promise of this request's own. */
+  async function follow(now) {
+    const f = flight;
+    let timer;
+    const waitMs = f.startedAt + JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS - now;
+    const gaveUp = new Promise((resolve) => {
+      timer = setTimeout(() => resolve({
+        ok: false,
+        error: new Error(`the fetch of the keys another request started did not finish within ${JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS} ms`),
+      }), Math.max(0, waitMs));
+    });
+    const done = new Promise((resolve) => f.waiters.push(resolve));
+    try {
+      return await Promise.race([done, gaveUp]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The outcome of the fetch this request joins or starts, or of the failure that keeps it
+   * from asking the key server (backing off). */
+  function refresh(now) {
+    if (live(now)) return follow(now);
+    if (failures > 0) {
+      const since = now - failedAt;
+      const wait = usable(now) ? JWKS_RETRY_AFTER_FAILURE_MS : Math.min(JWKS_RETRY_AFTER_FAILURE_MS, JWKS_FIRST_RETRY_MS * 2 ** Math.min(20, failures - 1));
+      if (since < wait) {
+        return { ok: false, error: new Error(`${failure} (${failures} failure${failures > 1 ? 's' : ''} in a row; asked again in ${Math.ceil(wait - since)} ms)`) };
+      }
+    }
+    return lead(now);
+  }
+
+  /** The error for a token whose `kid` the last good set lacks: the caller's (401) when that
+   * set is the key server's latest answer, the key source's (502) when the last fetch failed
+   * (`why`; or the fetch this request waited for did not finish). */
+  const noKey = (e, why = failures > 0 ? failure : null) => (e instanceof errors.JWKSNoMatchingKey && why !== null
+    ? new Error(`no key of the last key set fetched matches the token's "kid", and the key server failed since: ${why}`)
+    : e);
+
+  const key = async (header, token) => {
+    const now = Date.now();
+    if (fresh(now)) {
+      try {
+        return await set.local(header, token);
+      } catch (e) {
+        if (!(e instanceof errors.JWKSNoMatchingKey)) throw e;
+        // An unknown kid: the keys are asked for again at most once per cool-down (a
+        // fetch in flight is joined: the key it brings may be this token's).
+        if (!live(now) && now - attemptAt < cooldownMs) throw noKey(e);
+      }
+    }
+    const outcome = await refresh(now);
+    if (outcome.ok) return set.local(header, token);
+    // The key server failed: the last good set verifies while it may (else 502).
+    if (!usable(Date.now())) throw outcome.error;
+    try {
+      return await set.local(header, token);
+    } catch (e) {
+      throw noKey(e, outcome.error?.message ?? String(outcome.error));
+    }
+  };
+  return { key, keysNow: () => (fresh(Date.now()) ? set.jwks : undefined) };
 }
 
 /** jose's errors that say what is wrong with the token itself (its form, signature, claims,

@@ -41,6 +41,11 @@ export interface EdgeOptions {
   /** How long keys fetched from `JWKS_URL` are kept, in seconds. Default 600. */
   jwksCacheMaxAgeS?: number;
   /**
+   * A token whose `kid` the `JWKS_URL` keys lack makes the isolate fetch them again only if
+   * no fetch of them started in the last this many seconds (1..3600). Default 30.
+   */
+  jwksCooldownS?: number;
+  /**
    * Most verified tokens an isolate remembers (0..100000; 0: every request verifies its
    * token). A remembered token skips the signature check until its `exp`; a change of keys
    * forgets them all. Default 1000.

@@ -56,6 +56,8 @@ struct Options {
     #[allow(dead_code)]
     jwks_cache_max_age_s: Option<u32>,
     #[allow(dead_code)]
+    jwks_cooldown_s: Option<u32>,
+    #[allow(dead_code)]
     jwt_cache_size: Option<u32>,
     /// Most data tiles looked up in (and, separately, written to) the shared cache per
     /// request; 0 turns the shared cache off. Default [`SHARED_TILES`].

@@ -7,7 +7,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
-import { VerifiedTokens, MAX_CACHED_TOKEN_CHARS, JWKS_FIRST_RETRY_MS } from '../../js/edge-auth.js';
+import {
+  VerifiedTokens, MAX_CACHED_TOKEN_CHARS, JWKS_FIRST_RETRY_MS, JWKS_FETCH_TIMEOUT_MS, JWKS_WAIT_MARGIN_MS,
+  KeysUnavailable, createAuth,
+} from '../../js/edge-auth.js';
 import { freePort, post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import {
   SECRET, ISSUER, AUDIENCE, TIERS, RANK, hsToken, callerToken, serviceToken, rsaKeys, unsigned,
@@ -437,16 +440,23 @@ async function jwksStack(keys, options) {
 }
 
 /** A key server for jwksStack that counts the requests it gets (`asked`) and serves `keys`'
- * set while `up`; else it answers `status`, after `delayMs`. */
-function keyServer(keys, { up, status, delayMs = 0 }) {
+ * set while `up` (after `latencyMs`; `answeredAt`: when it last did); else it answers
+ * `status`, after `delayMs`. */
+function keyServer(keys, { up, status, delayMs = 0, latencyMs = 0 }) {
   const ks = {
     up,
     asked: 0,
+    answeredAt: 0,
     handle(req, res) {
       ks.asked++;
       if (ks.up) {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(keys.jwks));
+        const answer = () => {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(JSON.stringify(keys.jwks));
+          ks.answeredAt = Date.now();
+        };
+        if (latencyMs > 0) setTimeout(answer, latencyMs);
+        else answer();
         return;
       }
       const down = () => {
@@ -591,10 +601,15 @@ describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
       assert.equal(r.status, 200, `token ${i}: ${r.text}`);
     }
     assert.equal(ks.asked - before, 1, 'the failing key server was asked once');
-    // A token the last set cannot verify is still refused as the caller's.
+    // A token of a key the last set lacks (a key added since, say) is not refused as the
+    // caller's: the set the key server failed to give may hold it. 502, as for the failure.
     const other = await rsaKeys('k9');
     const r = await post(edge.batch, req, bearer(await other.sign({ tilewarm_access: 'registered' })));
-    assert.equal(r.status, 401, r.text);
+    assert.equal(r.status, 502, r.text);
+    assert.equal(r.json.error.code, 'upstream_error');
+    assert.match(r.json.error.message, /JWKS_URL.*no key of the last key set fetched matches the token's "kid", and the key server failed since/);
+    assert.equal(r.wwwAuthenticate, null, 'not the caller\'s fault');
+    assert.equal(ks.asked - before, 1, 'and not asked again for it');
   });
 });
 
@@ -650,15 +665,15 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
     }
     const many = await Promise.all(Array.from({ length: 20 }, async (_, i) => post(edge.batch, req, bearer(await random(100 + i)))));
     assert.ok(many.every((r) => r.status === 401), many.map((r) => r.status).join());
-    // The set was fetched just before (the test above), so it is within jose's 30 s cool-down.
+    // The set was fetched just before (the test above), so it is within the 30 s cool-down.
     assert.equal(ks.asked - before, 0, `the key server was asked ${ks.asked - before} times for 40 unknown kids`);
   });
 });
 
 describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
-  // On workerd jose shares no fetch between requests, so requests in flight together each
-  // ask the key server: one outage they all see is one failure in a row, not one per
-  // request (before, 10 of them made the retry delay 250 ms × 2^9, capped at 30 s).
+  // Requests in flight together share one fetch of the keys (js/edge-auth.js, remoteKeys),
+  // so one outage they all see is one failure in a row, not one per request (when each
+  // asked itself, 10 of them made the retry delay 250 ms × 2^9, capped at 30 s).
   let stack, edge, keys, ks;
 
   before(async () => {
@@ -676,9 +691,8 @@ describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
     const tokens = await Promise.all(Array.from({ length: 10 }, (_, i) => keys.sign({ tilewarm_access: 'registered', n: i })));
     const during = await Promise.all(tokens.map((t) => post(edge.batch, req, bearer(t))));
     assert.ok(during.every((r) => r.status === 502), during.map((r) => r.status).join());
-    // Else the requests did not overlap and this test shows nothing (a count of 5 or more
-    // failures would have made the delay at least 4 s).
-    assert.ok(ks.asked >= 5, `only ${ks.asked} of 10 requests asked the key server while it was down`);
+    // One fetch for the 10 (a count of 5 or more failures would make the delay at least 4 s).
+    assert.equal(ks.asked, 1, `${ks.asked} of 10 requests asked the key server while it was down`);
     ks.up = true;
     const back = Date.now();
     let r;
@@ -693,6 +707,183 @@ describe('edge worker: a JWKS_URL outage seen by many requests at once', () => {
     const waited = Date.now() - back;
     assert.equal(r.status, 200, `still refused ${waited} ms after the key server came back: ${r.text}`);
     assert.ok(waited < JWKS_FIRST_RETRY_MS + 1500, `verified again only after ${waited} ms (first retry delay ${JWKS_FIRST_RETRY_MS} ms)`);
+  });
+});
+
+describe('edge worker: bursts of requests that need the JWKS_URL keys', () => {
+  // At most one fetch of the keys in flight per isolate (js/edge-auth.js, remoteKeys): on
+  // workerd jose shares none between requests, so each request of a burst that needed the
+  // keys asked the key server itself (and each new set emptied the verified-token cache).
+  // A slow key server (300 ms) keeps the requests of a burst in flight together. A cool-down
+  // of 1 s (jwksCooldownS) and a max age of 3 s, so the test waits past both.
+  let stack, edge, keys, ks;
+  const req = { tiles: ['14/2624/5721'], access: 'registered' };
+  const sleepUntil = (t) => new Promise((ok) => setTimeout(ok, Math.max(0, t - Date.now())));
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    ks = keyServer(keys, { up: true, latencyMs: 300 });
+    stack = await jwksStack(ks.handle, { changesPollMs: 0, jwksCacheMaxAgeS: 3, jwksCooldownS: 1 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it("fetches the keys once for a new isolate's first burst, every request waiting for that fetch", async () => {
+    const tokens = await Promise.all(Array.from({ length: 20 }, (_, i) => keys.sign({ tilewarm_access: 'registered', n: i })));
+    const rs = await Promise.all(tokens.map((t) => post(edge.batch, req, bearer(t))));
+    assert.ok(rs.every((r) => r.status === 200), rs.map((r) => r.status).join());
+    assert.equal(ks.asked, 1, `the key server was asked ${ks.asked} times for 20 requests at once`);
+  });
+
+  it('fetches the keys once for N concurrent tokens with unknown kids, past the cool-down', async () => {
+    // The set is fresh (3 s) and the cool-down (1 s) over: an unknown kid may ask again.
+    await sleepUntil(ks.answeredAt + 1200);
+    const before = ks.asked;
+    const random = (i) => keys.sign({ tilewarm_access: 'registered', n: i }, { header: { kid: `r${i}-${Math.random()}` } });
+    const tokens = await Promise.all(Array.from({ length: 50 }, (_, i) => random(i)));
+    const started = Date.now();
+    const rs = await Promise.all(tokens.map((t) => post(edge.batch, req, bearer(t))));
+    assert.ok(Date.now() - started < 1800, 'the machine was too slow for this test (the set went stale during it)');
+    assert.ok(rs.every((r) => r.status === 401), rs.map((r) => r.status).join());
+    assert.ok(rs.every((r) => /no key matches/.test(r.json.error.message)), rs[0].text);
+    assert.equal(ks.asked - before, 1, `the key server was asked ${ks.asked - before} times for 50 unknown kids at once`);
+    // Within the cool-down of that fetch, more unknown kids do not ask; a good token passes.
+    const more = await Promise.all(Array.from({ length: 10 }, async (_, i) => post(edge.batch, req, bearer(await random(100 + i)))));
+    assert.ok(more.every((r) => r.status === 401), more.map((r) => r.status).join());
+    assert.equal(ks.asked - before, 1);
+    assert.equal((await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered' })))).status, 200);
+  });
+
+  it('fetches the keys once for a burst after the set went stale (jwksCacheMaxAgeS)', async () => {
+    await sleepUntil(ks.answeredAt + 3200);
+    const before = ks.asked;
+    const tokens = await Promise.all(Array.from({ length: 20 }, (_, i) => keys.sign({ tilewarm_access: 'registered', n: 200 + i })));
+    const rs = await Promise.all(tokens.map((t) => post(edge.batch, req, bearer(t))));
+    assert.ok(rs.every((r) => r.status === 200), rs.map((r) => r.status).join());
+    assert.equal(ks.asked - before, 1, `the key server was asked ${ks.asked - before} times for 20 requests at once`);
+  });
+});
+
+describe('edge worker: a JWKS_URL that fails when an unknown kid makes the edge ask again', () => {
+  // A fresh set, the cool-down (1 s) over, and the key server down: the token whose kid made
+  // the edge ask, and those with unknown kids after it, get 502 (their key may be in the set
+  // that could not be fetched), not a 401 telling the caller to drop a good token; tokens
+  // the set verifies pass.
+  let stack, edge, keys, ks;
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    ks = keyServer(keys, { up: true, status: 503 });
+    stack = await jwksStack(ks.handle, { changesPollMs: 0, jwksCooldownS: 1 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it('answers 502 for an unknown kid after the fetch it caused failed, and verifies known ones', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    assert.equal((await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered' })))).status, 200);
+    assert.equal(ks.asked, 1);
+    ks.up = false;
+    await new Promise((ok) => setTimeout(ok, 1200));
+    const rotated = await rsaKeys('k2');
+    for (let i = 0; i < 3; i++) {
+      const r = await post(edge.batch, req, bearer(await rotated.sign({ tilewarm_access: 'registered', n: i })));
+      assert.equal(r.status, 502, `${i}: ${r.text}`);
+      assert.equal(r.json.error.code, 'upstream_error');
+      assert.match(r.json.error.message, /no key of the last key set fetched matches the token's "kid", and the key server failed since: Expected 200 OK/);
+      assert.equal(r.wwwAuthenticate, null);
+    }
+    assert.equal(ks.asked, 2, 'asked once, for the first of them');
+    const known = await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered', n: 9 })));
+    assert.equal(known.status, 200, known.text);
+  });
+});
+
+describe('edge worker: the request fetching the JWKS_URL keys goes away', () => {
+  // The requests waiting for another request's fetch of the keys wait on promises of their
+  // own, which the fetching request resolves when its fetch ends. Its client leaving does
+  // not leave them hanging: they are answered (here by the fetch's own timeout, 5 s: local
+  // workerd lets the request run on; were it cancelled, by their own timers, a second later,
+  // see the next test), and the next request fetches the keys itself.
+  let stack, edge, keys, asked = 0;
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    stack = await jwksStack((req, res) => {
+      asked++;
+      // The first fetch is never answered (its connection closes when workerd gives it up).
+      if (asked === 1) return;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    }, { changesPollMs: 0 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it('answers the waiting requests within the fetch timeout and a margin, then fetches again', async () => {
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    const token = await keys.sign({ tilewarm_access: 'registered' });
+    const start = Date.now();
+    // The first request starts the fetch; its client leaves after 300 ms.
+    const first = fetch(edge.batch, {
+      method: 'POST', headers: bearer(token), body: JSON.stringify(req), signal: AbortSignal.timeout(300),
+    }).then((r) => r.status, (e) => e.name);
+    await new Promise((ok) => setTimeout(ok, 100));
+    const waiting = await Promise.all(Array.from({ length: 5 }, async (_, i) => post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered', n: i })))));
+    const waited = Date.now() - start;
+    assert.equal(await first, 'TimeoutError');
+    for (const r of waiting) {
+      assert.equal(r.status, 502, r.text);
+      assert.match(r.json.error.message, /JWKS_URL could not be fetched or used: (request timed out|the fetch of the keys another request started did not finish)/);
+    }
+    assert.ok(waited < JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS + 1500, `answered after ${waited} ms`);
+    assert.equal(asked, 1, 'the waiting requests did not ask the key server themselves');
+    // After the first retry delay (the fetch timed out: one failure), the next one asks.
+    await new Promise((ok) => setTimeout(ok, JWKS_FIRST_RETRY_MS + 50));
+    const r = await post(edge.batch, req, bearer(token));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(asked, 2);
+  });
+});
+
+describe('createAuth with JWKS_URL: a fetch of the keys that never ends (js/edge-auth.js)', () => {
+  // Under Node, with `fetch` replaced: the first fetch never settles and ignores its abort
+  // signal, as a fetch of a request workerd cancelled (its continuations are dropped).
+  it('lets the requests waiting for it give up after the fetch timeout and a margin, and the next one fetch again', async () => {
+    const keys = await rsaKeys('k1');
+    const realFetch = globalThis.fetch;
+    let calls = 0;
+    globalThis.fetch = async () => {
+      calls++;
+      if (calls === 1) return new Promise(() => {});
+      return new Response(JSON.stringify(keys.jwks), { status: 200, headers: { 'content-type': 'application/json' } });
+    };
+    try {
+      const auth = createAuth({ JWKS_URL: 'https://keys.example.com/jwks.json' });
+      const request = async (n) => new Request('https://edge.example.com/v1/batch', {
+        headers: { authorization: `Bearer ${await keys.sign({ tilewarm_access: 'registered', n })}` },
+      });
+      const start = Date.now();
+      auth.tier(await request(0)).catch(() => {});
+      const waiting = await Promise.allSettled([1, 2, 3].map(async (n) => auth.tier(await request(n))));
+      const waited = Date.now() - start;
+      for (const w of waiting) {
+        assert.equal(w.status, 'rejected');
+        assert.ok(w.reason instanceof KeysUnavailable, String(w.reason));
+        assert.match(w.reason.message, new RegExp(`another request started did not finish within ${JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS} ms`));
+      }
+      const limit = JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS;
+      assert.ok(waited >= limit - 100 && waited < limit + 1500, `gave up after ${waited} ms`);
+      assert.equal(calls, 1, 'they did not fetch themselves meanwhile');
+      // The fetch that never ended is over for the isolate: the next request fetches again.
+      assert.equal(await auth.tier(await request(4)), 'registered');
+      assert.equal(calls, 2);
+    } finally {
+      globalThis.fetch = realFetch;
+    }
   });
 });
 

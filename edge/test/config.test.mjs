@@ -23,6 +23,17 @@ describe('jwtLeewayS (js/edge-auth.js, createAuth)', () => {
   });
 });
 
+describe('jwksCooldownS (js/edge-auth.js, createAuth)', () => {
+  it('takes 1 to 3600 seconds and names the range otherwise', () => {
+    const env = { JWKS_URL: 'https://keys.example.com/jwks.json' };
+    for (const s of [1, 30, 3600]) assert.ok(createAuth(env, { jwksCooldownS: s }).configured, String(s));
+    for (const s of [0, -1, 3601, 1.5, '30']) {
+      assert.throws(() => createAuth(env, { jwksCooldownS: s }),
+        new RegExp(`^Error: jwksCooldownS must be an integer from 1 to 3600 seconds, got ${JSON.stringify(s)}$`.replace(/[.]/g, '\\.')), String(s));
+    }
+  });
+});
+
 describe('checkedUrl (js/edge-auth.js)', () => {
   it('takes https anywhere and plain http to loopback hosts only', () => {
     for (const u of [
