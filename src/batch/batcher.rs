@@ -126,10 +126,24 @@ impl Batcher {
         self.queues.extend_prefetch(works);
     }
 
-    /// Queues ids asked for directly (not through a tile) as foreground work.
+    /// Queues ids asked for directly (not through a tile) as foreground work. An id already
+    /// in flight is not asked for twice, but the request it went out in (a tile's refresh by
+    /// id, say) notes it as asked for directly: if that request is retried or sent again,
+    /// the id goes back with the ids asked for directly, which no new round replaces, so the
+    /// caller waiting for it is answered even when the tile's work is dropped meanwhile.
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
-        let in_flight = &self.ids_in_flight;
-        self.queues.add_ids(ids, |id| in_flight.contains_key(id));
+        let (ids_in_flight, in_flight) = (&self.ids_in_flight, &mut self.in_flight);
+        self.queues.add_ids(ids, |id| {
+            let Some(&request) = ids_in_flight.get(id) else {
+                return false;
+            };
+            if let Some(f) = in_flight.iter_mut().find(|f| f.request.id == request) {
+                if !f.request.loose_ids.iter().any(|l| l == id) {
+                    f.request.loose_ids.push(id.to_owned());
+                }
+            }
+            true
+        });
     }
 
     /// The next request to send, asking at tier `access`, if any may go out now. Call until
@@ -296,6 +310,12 @@ impl Batcher {
             let mut rest = Vec::new();
             for l in std::mem::take(&mut self.queues.loose_ids) {
                 if self.is_id_in_flight(&l.id) {
+                    continue;
+                }
+                if ids.contains(&l.id) {
+                    // Asked for directly and in a tile's work taken above (a retried refresh
+                    // by id): sent once, and still noted as asked for directly.
+                    loose.push(l.id);
                     continue;
                 }
                 if l.not_before_ms > now_ms || ids.len() >= self.config.max_ids {

@@ -56,7 +56,7 @@ impl Queues {
     pub(super) fn add_ids<'a>(
         &mut self,
         ids: impl IntoIterator<Item = &'a str>,
-        in_flight: impl Fn(&str) -> bool,
+        mut in_flight: impl FnMut(&str) -> bool,
     ) {
         // A set of borrowed ids (the key type the protocol's checks use too), so the new
         // ones are collected before they are queued.

@@ -80,6 +80,8 @@ pub struct Finished {
     pub id: RequestId,
     pub kind: Kind,
     pub works: Vec<Work>,
+    /// The ids asked for directly ([`Batcher::request_ids`](super::Batcher::request_ids)),
+    /// also those of its tiles' work asked for so while it was out.
     pub loose_ids: Vec<String>,
     pub sent_at_ms: u64,
     pub attempt: u32,

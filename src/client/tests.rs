@@ -718,6 +718,99 @@ fn an_id_the_protocol_refuses_is_never_asked_for() {
     }
 }
 
+/// A view of `w` x `w` data tiles centred `dx` data tiles east of Seattle's tile.
+fn view_east(w: f64, dx: i64) -> Viewport {
+    let base = seattle().offset(dx, 0).unwrap();
+    let (x, y) = (base.x() as f64 + 0.5, base.y() as f64 + 0.5);
+    let (west, north) = unproject(
+        TilePoint {
+            x: x - w / 2.0,
+            y: y - w / 2.0,
+        },
+        Z,
+    );
+    let (east, south) = unproject(
+        TilePoint {
+            x: x + w / 2.0,
+            y: y + w / 2.0,
+        },
+        Z,
+    );
+    Viewport::new(west, south, east, north, 14.5).unwrap()
+}
+
+/// A `get` of an id out in a visible tile's refresh by id (its item was invalidated) is
+/// not queued on its own: it waits for that request. When the request is retried (a 503)
+/// or asked again (an overtaken answer), the id stays asked for directly, so a pan, which
+/// replaces the tile's work, does not leave the get waiting for ever; and it goes out once
+/// per request, not once for the tile and once for the get.
+#[test]
+fn a_get_of_an_id_in_a_tiles_retried_refresh_is_asked_again_after_a_pan() {
+    let o = origin();
+    // i84 is the first item of Seattle's tile.
+    for (how, pan) in [
+        ("retried", true),
+        ("retried", false),
+        ("asked again", true),
+        ("asked again", false),
+    ] {
+        let mut c = client(ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        });
+        c.set_viewport(view(0.8), 0, |_, _| {});
+        answer_all(&mut c, &o, 0);
+        assert!(c.is_complete());
+        c.invalidate(Invalidate::Ids(&["i84"]), 10);
+        let t = c.poll_request(10).expect("the tile's refresh by id");
+        assert_eq!(t.request.ids, ["i84"], "{how}");
+        assert!(t.request.tiles.is_empty(), "{how}");
+        assert!(c.get("i84", 11).is_none(), "{how}: a miss");
+        assert!(
+            c.poll_request(11).is_none(),
+            "{how}: in flight, not asked twice"
+        );
+        if how == "retried" {
+            let unavailable = Failure::Http {
+                status: 503,
+                retry_after_ms: None,
+            };
+            events(&mut c);
+            c.on_failure(t.id, unavailable, 20);
+            assert!(
+                matches!(&events(&mut c)[..], [Event::Error(e)] if e.will_retry),
+                "{how}"
+            );
+        } else {
+            // An invalidation of i84 made while the request was out covers its answer.
+            c.invalidate(Invalidate::Ids(&["i84"]), 15);
+            let answer = o.answer(&t.request, None);
+            assert_eq!(c.on_response(t.id, answer, 20), Answered::AskedAgain);
+        }
+        if pan {
+            c.set_viewport(view_east(0.8, 40), 30, |_, _| {});
+        }
+        let mut asked = Vec::new();
+        let mut now = 30;
+        while now < 60_000 && c.cache().peek("i84", Access::Public, now).is_none() {
+            while let Some(t) = c.poll_request(now) {
+                asked.push(t.request.ids.iter().filter(|i| *i == "i84").count());
+                c.on_response(t.id, o.answer(&t.request, None), now);
+            }
+            c.handle_timeout(now);
+            now += 100;
+        }
+        assert!(
+            c.cache().peek("i84", Access::Public, now).is_some(),
+            "{how}, pan {pan}: the get of i84 is answered"
+        );
+        assert!(
+            asked.iter().all(|&n| n <= 1),
+            "{how}, pan {pan}: once per request: {asked:?}"
+        );
+    }
+}
+
 #[test]
 fn a_get_refused_by_a_403_reporting_a_lower_tier_is_asked_again() {
     let o = fast_path::origin();
