@@ -390,6 +390,37 @@ test('the breaker: opens after consecutive failures (prefetch held, foreground t
   cache.dispose();
 }));
 
+// A get() of an id out in a visible tile's refresh by id (its item was invalidated) waits for
+// that request. A 503 retries it, and the user pans away before the retry: the id is still
+// asked for, and the get() settles with the item. (It never settled: the pan replaced the
+// tile's work, the retry never went out, and nothing asked for the id again.)
+test('a get() of an id in a refresh by id that is retried settles after a pan', () => withMockedTimers(async () => {
+  const s = scripted();
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH });
+  const errors = [];
+  cache.onError((e) => errors.push([e.status, e.willRetry]));
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await s.advance(100);
+  const shown = cache.setViewport(v);
+  assert.equal(shown.complete, true);
+  const id = shown.items[0].id;
+  let refused = 0;
+  s.trouble = (r) => (r.ids.includes(id) && refused++ === 0 ? status(503) : undefined);
+  const sent = s.calls.length;
+  cache.invalidate({ ids: [id] });
+  assert.deepEqual(s.calls.slice(sent).map((c) => c.request.ids), [[id]], 'the refresh by id is out');
+  let settled = 'pending';
+  cache.get(id).then((item) => { settled = item?.id; }, (e) => { settled = e; });
+  await s.advance(10);
+  assert.deepEqual(errors, [[503, true]]);
+  cache.setViewport(viewOf(SX + 8, SY, 1, 1));
+  await s.advance(5000);
+  assert.equal(settled, id, 'the get() settles with the item');
+  assert.equal(s.calls.filter((c) => c.request.ids.includes(id)).length, 2, 'asked once more');
+  cache.dispose();
+}));
+
 // -- long sessions ------------------------------------------------------------------------
 
 /** Live timers and unsettled fetches of the code under test, counted from outside. */
