@@ -11,8 +11,9 @@
 //! 3. [`Client::on_response`] / [`Client::on_failure`] when a request ends.
 //! 4. [`Client::poll_event`] for what to tell the page: new data in view, view complete,
 //!    errors. [`Client::next_wakeup`] says when to call [`Client::handle_timeout`] if
-//!    nothing else happens (retry backoff, breaker probe, request deadline); that is the
-//!    one way time passes for the engine.
+//!    nothing else happens (retry backoff, breaker probe, request deadline, the view
+//!    changing with time: a shown item turning stale or expiring); that is the one way
+//!    time passes for the engine.
 //!
 //! The engine never blocks and never fails on backend trouble. Failed requests and bad
 //! answers have one channel: an [`Event::Error`] (and a counter); `on_response` and
@@ -175,6 +176,12 @@ pub struct Client<P> {
     changes: u64,
     planned: Option<Planned>,
     shown: Option<Shown>,
+    /// When the view, as last read ([`Shown::until`]) or refreshed by
+    /// [`Client::handle_timeout`], could next read differently with nothing else changed (a
+    /// shown item or tile list turning stale or expiring past the stale-while-revalidate
+    /// window): [`Client::next_wakeup`] includes it, so a map at rest hears of it. `u64::MAX`:
+    /// never.
+    view_until: u64,
     /// Data tiles known fresh (a planning round asks for the state of about a hundred).
     fresh: FreshTiles,
     /// Items per data tile, from the answers: sizes prefetch to the cache.
@@ -226,6 +233,7 @@ impl<P: Payload> Client<P> {
             changes: 0,
             planned: None,
             shown: None,
+            view_until: u64::MAX,
             fresh: FreshTiles::new(config.access),
             density: Density::default(),
             #[cfg(test)]
@@ -597,6 +605,7 @@ impl<P: Payload> Client<P> {
             out
         };
         let after = self.cache.stats();
+        self.view_until = until;
         self.shown = Some(Shown {
             generation: self.cache.generation(),
             access: self.access,
@@ -712,11 +721,20 @@ impl<P: Payload> Client<P> {
         showable
     }
 
-    /// Each visible tile's state for the caller, in [`Client::visible_tiles`] order.
-    fn visible_states(&self, now_ms: u64) -> Vec<TileFreshness> {
+    /// Each visible tile's state for the caller, in [`Client::visible_tiles`] order. Notes
+    /// when the first of them can change with time (the view's next change, for
+    /// [`Client::next_wakeup`]), unless the view is too wide to fetch.
+    fn visible_states(&mut self, now_ms: u64) -> Vec<TileFreshness> {
+        let mut until = u64::MAX;
         let mut states = Vec::with_capacity(self.visible.len());
         for &t in &self.visible {
-            states.push(self.cache.tile_freshness(t, self.access, now_ms));
+            states.push(
+                self.cache
+                    .tile_freshness_until(t, self.access, now_ms, &mut until),
+            );
+        }
+        if self.too_wide.is_none() {
+            self.view_until = until;
         }
         states
     }
@@ -752,20 +770,62 @@ impl<P: Payload> Client<P> {
         complete && self.too_wide.is_none()
     }
 
-    /// When to call [`Client::handle_timeout`] if nothing else happens first.
+    /// When to call [`Client::handle_timeout`] if nothing else happens first: a backoff
+    /// ends, the breaker allows a probe, a request reaches its deadline, or the view reads
+    /// differently (the first time a shown item or tile list turns stale or expires past
+    /// the stale-while-revalidate window: a wake-up per change of the view, not a poll).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
-        self.batcher.next_wakeup(now_ms)
+        let view = Some(self.view_until).filter(|&t| t > now_ms && t < u64::MAX);
+        self.batcher
+            .next_wakeup(now_ms)
+            .into_iter()
+            .chain(view)
+            .min()
     }
 
     /// Time passed: requests past their deadline fail with [`Failure::Timeout`] and are
     /// named by [`Client::poll_cancel`] for the shell to abort, and work whose backoff
-    /// ended becomes sendable (then call [`Client::poll_request`]).
+    /// ended becomes sendable (then call [`Client::poll_request`]). When the view reads
+    /// differently from now on with nothing else changed, it is refreshed as a new round
+    /// would: visible tiles shown stale are queued for a refresh, those that cannot be
+    /// shown any more for the foreground ([`Client::is_complete`] follows), and
+    /// [`Event::Updated`] tells the page to read it again (the stale flags changed).
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.changed();
         for id in self.batcher.overdue(now_ms) {
             self.queue_cancel(id);
             self.on_failure(id, Failure::Timeout, now_ms);
         }
+        if self.view_until <= now_ms {
+            self.refresh_view(now_ms);
+        }
+    }
+
+    /// The view reads differently at `now_ms` than when it was last read (see
+    /// [`Client::handle_timeout`]): each visible tile is classified again (no item is read
+    /// or counted: the page reads the view when it hears of it), its work queued, and the
+    /// next time the view can change noted.
+    fn refresh_view(&mut self, now_ms: u64) {
+        if let Some((_, range)) = self.too_wide {
+            // Nothing is fetched for it; the cached tiles it shows still change.
+            let mut until = u64::MAX;
+            for t in self.cache.cached_tiles().filter(|&t| range.contains(t)) {
+                self.cache
+                    .tile_freshness_until(t, self.access, now_ms, &mut until);
+            }
+            self.view_until = until;
+        } else {
+            let states = self.visible_states(now_ms);
+            let mut refresh = Vec::new();
+            for (&t, state) in self.visible.iter().zip(&states) {
+                if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
+                    refresh.extend(Work::from_state(t, state.clone()));
+                }
+            }
+            self.batcher.extend_prefetch(refresh);
+            self.complete = self.queue_foreground(states, now_ms);
+        }
+        self.queue_event(Event::Updated);
     }
 
     /// Changes the caller's tier. Lowering it drops every cached item and tile list above

@@ -718,6 +718,113 @@ fn an_id_the_protocol_refuses_is_never_asked_for() {
     }
 }
 
+/// A map at rest (no viewport calls) hears of time passing over its view: the client wakes
+/// up when the shown items turn stale and when they expire past the stale-while-revalidate
+/// window, not in between; each time the view is refreshed (`Updated`, a refresh while it
+/// is shown stale, a foreground request and an incomplete view once it cannot be shown).
+/// Before, nothing woke it: the items stayed drawn, flagged fresh, for ever.
+#[test]
+fn a_view_at_rest_wakes_when_its_items_turn_stale_and_expire() {
+    let (ttl, swr) = (300_000, 60_000);
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            stale_while_revalidate_ms: swr,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    events(&mut c);
+    assert!(c.is_complete());
+    assert_eq!(c.next_wakeup(10), Some(ttl), "when the items turn stale");
+    c.handle_timeout(ttl - 1);
+    assert!(events(&mut c).is_empty() && c.poll_request(ttl - 1).is_none());
+    // Stale: shown, flagged stale, refreshed in the background.
+    c.handle_timeout(ttl);
+    assert_eq!(events(&mut c), [Event::Updated]);
+    assert!(c.is_complete());
+    let refresh = c.poll_request(ttl).expect("a refresh of the stale tile");
+    assert_eq!(refresh.kind, Kind::Prefetch);
+    assert_eq!(refresh.request.tiles, [seattle()]);
+    let mut stale = 0;
+    c.view_items(ttl, |_, s| stale += s as usize);
+    assert_eq!(stale, 4, "the page reads the items flagged stale");
+    // The refresh does not come: past the window the tile cannot be shown.
+    assert_eq!(
+        c.next_wakeup(ttl),
+        Some(refresh.timeout_ms + ttl),
+        "its deadline"
+    );
+    c.handle_timeout(ttl + refresh.timeout_ms);
+    events(&mut c);
+    while let Some(id) = c.poll_cancel() {
+        assert_eq!(id, refresh.id);
+    }
+    let (mut wakeups, mut sent) = (Vec::new(), Vec::new());
+    let mut now = ttl + refresh.timeout_ms;
+    while let Some(at) = c.next_wakeup(now).filter(|&at| at <= ttl + swr) {
+        // Retries of the refresh, which keep timing out, then the end of the window.
+        now = at;
+        wakeups.push(at);
+        c.handle_timeout(now);
+        sent.extend(std::iter::from_fn(|| c.poll_request(now)));
+        while c.poll_cancel().is_some() {}
+    }
+    assert_eq!(wakeups.last(), Some(&(ttl + swr)), "{wakeups:?}");
+    assert!(wakeups.len() < 20, "{wakeups:?}");
+    assert!(events(&mut c).contains(&Event::Updated));
+    assert!(!c.is_complete());
+    let out = c.view_items(now, |_, _| {});
+    assert_eq!(out.missing, [seattle()]);
+    // The foreground asks for it; answered, the view completes and the next wake-up is its
+    // items' next expiry.
+    let t = sent.pop().expect("a request at the end of the window");
+    assert_eq!(
+        (t.kind, &t.request.tiles[..]),
+        (Kind::Foreground, &[seattle()][..])
+    );
+    assert!(sent.iter().all(|t| t.request.tiles == [seattle()]));
+    assert_eq!(c.tile_state(seattle(), now), TileState::InFlight);
+    c.on_response(t.id, o.answer(&t.request, None), now);
+    assert!(events(&mut c).contains(&Event::Complete));
+    assert_eq!(c.next_wakeup(now), Some(now + ttl));
+}
+
+/// An idle view whose refreshes are answered wakes once per expiry of its items: in an
+/// hour of 300 s items, twelve wake-ups, each with one refresh.
+#[test]
+fn an_idle_view_wakes_once_per_expiry_of_its_items() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            stale_while_revalidate_ms: 60_000,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    let (mut now, mut wakeups, mut requests) = (0, 0, 0);
+    while let Some(at) = c.next_wakeup(now).filter(|&at| at <= 3_600_000) {
+        now = at;
+        wakeups += 1;
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now) {
+            requests += 1;
+            c.on_response(t.id, o.answer(&t.request, None), now);
+        }
+        if events(&mut c).contains(&Event::Updated) {
+            c.view_items(now, |_, _| {});
+        }
+        assert!(c.is_complete());
+    }
+    assert_eq!((wakeups, requests), (12, 12));
+}
+
 /// A view of `w` x `w` data tiles centred `dx` data tiles east of Seattle's tile.
 fn view_east(w: f64, dx: i64) -> Viewport {
     let base = seattle().offset(dx, 0).unwrap();
