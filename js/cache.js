@@ -48,6 +48,8 @@ const ABANDONED = typeof FinalizationRegistry === 'function'
   ? new FinalizationRegistry((engine) => { engine.free(); release(takeFreed()); })
   : { register() {}, unregister() {} };
 const CREATE = Symbol('create');
+/** A reference that lets `o` be collected, where the runtime has `WeakRef`. */
+const weakly = typeof WeakRef === 'function' ? (o) => new WeakRef(o) : (o) => ({ deref: () => o });
 
 /** A value the way an error message shows it. */
 function show(v) {
@@ -350,10 +352,12 @@ export class TileCache {
     if (this.#disposed) return Promise.reject(disposedError());
     if (this.#complete) return Promise.resolve();
     if (this.#tooWide) return Promise.reject(tooWideError(this.#tooWide));
+    this.#timer?.ref?.();
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
 
-  /** Calls `listener(items, view)` when data for the view arrived; returns unsubscribe. */
+  /** Calls `listener(items, view)` when data for the view arrived, or its items turned
+   * stale or expired; returns unsubscribe. */
   onUpdate(listener) {
     return this.#listen(this.#updates, listener, 'onUpdate');
   }
@@ -819,15 +823,24 @@ export class TileCache {
     }
   }
 
+  /** Arms the one timer for the engine's next wake-up (`at`, -1: none). A view at rest
+   * wakes at each expiry of its items for as long as the cache lives, so the timer holds
+   * the cache weakly (one let go of without dispose() is still collected), and in Node it
+   * keeps the process alive only while something is out or awaited. */
   #schedule(at) {
     clearTimeout(this.#timer);
     this.#timer = null;
     if (at < 0 || this.#disposed) return;
     const delay = Math.min(Math.max(0, at - this.#now()), 2 ** 31 - 1);
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      if (!this.#disposed) this.#run(this.#engine.tick(this.#now()), 0, 1);
-    }, delay);
+    // (No closure here may name `this`: the timer's would hold it through their context.)
+    const self = weakly(this);
+    this.#timer = setTimeout(() => self.deref()?.#tick(), delay);
+    if (!this.#requests.size && !this.#gets.size && !this.#waiters.length && !this.#pendingLoads.size) this.#timer?.unref?.();
+  }
+
+  #tick() {
+    this.#timer = null;
+    if (!this.#disposed) this.#run(this.#engine.tick(this.#now()), 0, 1);
   }
 
   #send(id, kind, timeoutMs, body, ids) {

@@ -176,8 +176,9 @@ export class TileCache<Data = unknown> {
    * foreground request that gave up, and with a RangeError `ERR_TOO_MANY_TILES` while the
    * view is `tooWide` (nothing is fetched for it, so it never completes). */
   whenComplete(): Promise<void>;
-  /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`);
-   * returns a function that unsubscribes. */
+  /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`,
+   * and when the view's items turn stale or expire with the map at rest: they are
+   * refetched); returns a function that unsubscribes. */
   onUpdate(listener: (items: Item<Data>[], view: Omit<View<Data>, 'items'>) => void): () => void;
   /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
    * (or a `403` naming the token's tier in `x-tilewarm-access`) reporting a lower tier than

@@ -9,6 +9,8 @@
 import { test, before, after, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { TileCache } from 'tilewarm';
 import * as raw from 'tilewarm/raw';
 import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
@@ -420,6 +422,81 @@ test('a get() of an id in a refresh by id that is retried settles after a pan', 
   assert.equal(s.calls.filter((c) => c.request.ids.includes(id)).length, 2, 'asked once more');
   cache.dispose();
 }));
+
+// A map at rest (no setViewport calls) over items with a 300 s TTL and a 60 s
+// staleWhileRevalidate. At 300 s the view is refreshed: onUpdate with the items flagged
+// stale, and a refetch. When the refetch fails, at 360 s the tile cannot be shown: onUpdate
+// with an incomplete view, and whenComplete() waits for it. (Nothing woke the cache: the
+// items stayed drawn flagged fresh for ever, and whenComplete() resolved at once.) Answered,
+// an hour at rest costs one request per expiry, not a poll.
+test('a view at rest is refreshed when its items turn stale and expire, once per expiry', () => withMockedTimers(async () => {
+  const s = scripted();
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH, ttl: { staleWhileRevalidate: 60 } });
+  cache.onError(() => {});
+  const updates = [];
+  cache.onUpdate((items, view) => updates.push({ at: s.now, stale: items.filter((i) => i.stale).length, complete: view.complete }));
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await s.advance(100);
+  const start = s.now;
+  const shown = cache.setViewport(v);
+  assert.equal(shown.complete, true);
+  const active = shown.items.filter((i) => i.class === 'active').length;
+  assert.ok(active > 0, 'the view shows items with a 300 s TTL');
+  updates.length = 0;
+  s.trouble = () => status(503);
+  const sent = s.calls.length;
+  await s.advance(299_000, 1000);
+  assert.deepEqual(updates, [], 'nothing changes before 300 s');
+  assert.equal(s.calls.length, sent, 'and nothing is asked');
+  await s.advance(2000, 1000);
+  assert.ok(updates.some((u) => u.stale === active && u.complete), `flagged stale at 300 s: ${JSON.stringify(updates)}`);
+  assert.ok(s.calls.length > sent, 'and refetched');
+  await s.advance(60_000, 1000);
+  assert.equal(updates.at(-1).complete, false, 'past the window the tile cannot be shown');
+  let done = false;
+  cache.whenComplete().then(() => { done = true; }, () => { done = true; });
+  await s.advance(100);
+  assert.equal(done, false, 'whenComplete() waits for it');
+  s.trouble = null;
+  await s.advance(15_000, 100);
+  assert.equal(done, true, 'and resolves once the backend answers');
+  assert.equal(updates.at(-1).complete, true);
+  // An hour at rest with a working backend: a request per expiry of the items (300 s).
+  const calls = s.calls.length;
+  await s.advance(3_600_000, 1000);
+  const n = s.calls.length - calls;
+  assert.ok(n >= 11 && n <= 13, `${n} requests in an hour at rest`);
+  assert.equal(cache.setViewport(v).complete, true);
+  assert.ok(s.now - start > 3_600_000);
+  cache.dispose();
+}));
+
+// That wake-up (at the items' expiry, for as long as the cache lives) neither keeps a cache
+// the page let go of without dispose() from being collected, nor keeps a Node process alive
+// when nothing is out or awaited.
+test('the wake-up of a view at rest holds the cache weakly and does not keep Node running', () => {
+  const code = `
+    import { TileCache } from 'tilewarm';
+    const fetch = async (url, init) => {
+      const r = JSON.parse(init.body);
+      return new Response(JSON.stringify({ tiles: r.tiles.map((tile) => ({ tile, ids: [] })), items: [], missing: r.ids }));
+    };
+    let cache = await TileCache.create({ endpoint: 'http://x/v1/batch', fetch, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 } });
+    cache.setViewport({ west: -122.34, south: 47.59, east: -122.32, north: 47.61, zoom: 15 });
+    await cache.whenComplete();
+    const ref = new WeakRef(cache);
+    cache = null;
+    await new Promise((r) => setImmediate(r));
+    globalThis.gc();
+    console.log(ref.deref() === undefined ? 'collected' : 'alive');`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], {
+    cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8', timeout: 20_000,
+  });
+  assert.equal(r.signal, null, 'the process ended by itself, not after the 300 s wake-up');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'collected');
+});
 
 // -- long sessions ------------------------------------------------------------------------
 
