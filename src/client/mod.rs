@@ -806,25 +806,18 @@ impl<P: Payload> Client<P> {
     /// or counted: the page reads the view when it hears of it), its work queued, and the
     /// next time the view can change noted.
     fn refresh_view(&mut self, now_ms: u64) {
-        if let Some((_, range)) = self.too_wide {
-            // Nothing is fetched for it; the cached tiles it shows still change.
-            let mut until = u64::MAX;
-            for t in self.cache.cached_tiles().filter(|&t| range.contains(t)) {
-                self.cache
-                    .tile_freshness_until(t, self.access, now_ms, &mut until);
+        // A view too wide to fetch has no visible tiles and no work: its next change is
+        // noted when the page reads it again.
+        self.view_until = u64::MAX;
+        let states = self.visible_states(now_ms);
+        let mut refresh = Vec::new();
+        for (&t, state) in self.visible.iter().zip(&states) {
+            if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
+                refresh.extend(Work::from_state(t, state.clone()));
             }
-            self.view_until = until;
-        } else {
-            let states = self.visible_states(now_ms);
-            let mut refresh = Vec::new();
-            for (&t, state) in self.visible.iter().zip(&states) {
-                if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
-                    refresh.extend(Work::from_state(t, state.clone()));
-                }
-            }
-            self.batcher.extend_prefetch(refresh);
-            self.complete = self.queue_foreground(states, now_ms);
         }
+        self.batcher.extend_prefetch(refresh);
+        self.complete = self.queue_foreground(states, now_ms);
         self.queue_event(Event::Updated);
     }
 

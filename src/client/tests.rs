@@ -135,10 +135,22 @@ fn a_viewport_too_wide_is_a_state_that_fetches_nothing_and_shows_the_cache() {
     c.invalidate(Invalidate::All, 2);
     assert!(c.poll_request(2).is_none(), "still nothing queued");
     assert_eq!(c.stats().viewports, 2);
+    // At rest, it wakes when the items it shows expire (none are left after the
+    // invalidation, so reload some first); read again, they are gone, nothing is fetched.
+    c.set_viewport(view(1.5), 3, |_, _| {});
+    answer_all(&mut c, &o, 3);
+    c.set_viewport(view(5.0), 4, |_, _| {});
+    events(&mut c);
+    assert_eq!(c.next_wakeup(4), Some(300_003), "the shown items' expiry");
+    c.handle_timeout(300_003);
+    assert_eq!(events(&mut c), [Event::Updated]);
+    assert!(c.poll_request(300_003).is_none());
+    assert_eq!(c.view_items(300_003, |_, _| {}).items, 0);
+    assert_eq!(c.next_wakeup(300_003), None);
     // A view within the limit plans as usual again.
-    let out = c.set_viewport(view(1.0), 3, |_, _| {});
+    let out = c.set_viewport(view(1.0), 300_004, |_, _| {});
     assert!(out.too_wide.is_none() && !c.is_too_wide());
-    assert!(c.poll_request(3).is_some());
+    assert!(c.poll_request(300_004).is_some());
 }
 
 #[test]
