@@ -476,19 +476,19 @@ impl Batcher {
     }
 
     /// In-flight prefetch requests none of whose tiles is still wanted. They stop being
-    /// tracked; the shell should abort them (a late answer is then ignored).
+    /// tracked; the shell should abort them (a late answer is then ignored). Ids asked for
+    /// directly while one was out ([`request_ids`](Self::request_ids)) are queued again.
     pub fn cancel_unwanted(&mut self, mut wanted: impl FnMut(TileId) -> bool) -> Vec<RequestId> {
         let mut doomed = Vec::new();
         for InFlight { request: f, .. } in &self.in_flight {
-            if f.kind == Kind::Prefetch
-                && f.loose_ids.is_empty()
-                && !f.works.iter().any(|w| wanted(w.tile()))
-            {
+            if f.kind == Kind::Prefetch && !f.works.iter().any(|w| wanted(w.tile())) {
                 doomed.push(f.id);
             }
         }
         for id in &doomed {
-            self.finish(*id);
+            if let Some(f) = self.finish(*id) {
+                self.request_ids(f.loose_ids.iter().map(String::as_str));
+            }
             self.stats.cancelled += 1;
         }
         doomed

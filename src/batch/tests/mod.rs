@@ -248,6 +248,26 @@ fn breaker_suspends_prefetch_not_foreground_and_probes() {
     assert!(b.poll(3000, P, all).is_some());
 }
 
+/// An id a caller asks for while it is out in a prefetch's refresh by id joins that request;
+/// when the request is cancelled (its tile no longer wanted), the id is asked for again.
+#[test]
+fn an_id_joined_to_a_cancelled_prefetch_is_asked_again() {
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_prefetch(vec![Work::Ids {
+        tile: t(1),
+        ids: vec!["x".into(), "y".into()],
+    }]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.kind, Kind::Prefetch);
+    assert_eq!(r.request.ids, ["x", "y"]);
+    b.request_ids(["x"]);
+    assert_eq!(b.poll(0, P, all), None, "joined, not asked twice");
+    assert_eq!(b.cancel_unwanted(|_| false), [r.id]);
+    let again = b.poll(0, P, all).expect("asked again");
+    assert_eq!(again.kind, Kind::Foreground);
+    assert_eq!(again.request.ids, ["x"]);
+}
+
 #[test]
 fn cancel_unwanted_prefetch_only() {
     let mut b = Batcher::new(BatchConfig {
