@@ -132,8 +132,14 @@ impl Batcher {
     /// the id goes back with the ids asked for directly, which no new round replaces, so the
     /// caller waiting for it is answered even when the tile's work is dropped meanwhile.
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        // One body for every caller's iterator type (the wasm carries it once).
+        let ids: Vec<&str> = ids.into_iter().collect();
+        self.queue_ids(&ids);
+    }
+
+    fn queue_ids(&mut self, ids: &[&str]) {
         let (ids_in_flight, in_flight) = (&self.ids_in_flight, &mut self.in_flight);
-        self.queues.add_ids(ids, |id| {
+        self.queues.add_ids(ids.iter().copied(), |id| {
             let Some(&request) = ids_in_flight.get(id) else {
                 return false;
             };
@@ -487,7 +493,8 @@ impl Batcher {
         }
         for id in &doomed {
             if let Some(f) = self.finish(*id) {
-                self.request_ids(f.loose_ids.iter().map(String::as_str));
+                let ids: Vec<&str> = f.loose_ids.iter().map(String::as_str).collect();
+                self.queue_ids(&ids);
             }
             self.stats.cancelled += 1;
         }
