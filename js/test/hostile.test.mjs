@@ -319,6 +319,39 @@ test('a dead backend under a still page: the visible tiles are retried with a gr
   cache.dispose();
 }));
 
+// An answer that fails the engine's checks (the JS side cannot see them) is not taken: the
+// get() of an id in it waits for the retry, or rejects with the error, never resolves
+// undefined (as if the item did not exist).
+for (const [what, spoil] of [
+  ['a latitude out of range', (a) => ({ ...a, items: [{ ...a.items[0], lat: 95 }] })],
+  ['an item listed twice', (a) => ({ ...a, items: [a.items[0], a.items[0]] })],
+  ['an id both in items and missing', (a) => ({ ...a, missing: [a.items[0].id] })],
+]) {
+  test(`get(): an answer with ${what} is retried, then the error rejects the get()`, async () => {
+    const id = backend.items.find((it) => it.access === 'public').id;
+    let calls = 0, spoiled = 1;
+    const fetch = async (url, init) => {
+      const answer = backend.answer(JSON.parse(init.body));
+      return new Response(JSON.stringify(calls++ < spoiled ? spoil(answer) : answer));
+    };
+    const errors = [];
+    const cache = await TileCache.create({ endpoint: backend.url, fetch, prefetch: NO_PREFETCH, batch: { retries: 1 } });
+    cache.onError((e) => errors.push(e));
+    const got = await cache.get(id);
+    assert.equal(got?.id, id, 'answered by the retry');
+    assert.equal(calls, 2);
+    assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [['ERR_INVALID_RESPONSE', true]]);
+    // Every answer spoiled: the get() rejects with the last error.
+    calls = 0;
+    spoiled = Infinity;
+    errors.length = 0;
+    const other = backend.items.filter((it) => it.access === 'public')[1].id;
+    await assert.rejects(cache.get(other), (e) => e.code === 'ERR_INVALID_RESPONSE' && !e.willRetry && errors.includes(e));
+    assert.equal(calls, 2);
+    cache.dispose();
+  });
+}
+
 // Every way a backend or a token provider can keep failing, under a still page with the
 // default prefetch and a get() waiting: the cache's requests (and auth.token() calls) in
 // ten minutes stay within a growing backoff, never a loop.

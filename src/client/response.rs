@@ -14,9 +14,13 @@ use crate::util::sort_pairs;
 /// What became of an answer ([`Client::on_response`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answered {
-    /// Taken into the cache; or, invalid, handled as a failure
-    /// ([`Failure::Invalid`]).
+    /// Taken into the cache.
     Taken,
+    /// Invalid ([`BatchResponse::validate`] refused it): nothing of it was cached, and it
+    /// was handled as a [`Failure::Invalid`], retried per the batch config or given up with
+    /// an [`Event::Error`]. What it was for (a `get` of an id in it) is not answered: it
+    /// waits for the retry, or ends with that error.
+    Invalid,
     /// Sent at a tier the client has left since: dropped, and its work asked again at the
     /// current tier, so what it was for (a `get` of an id in it) is answered by a later
     /// request, not by this one.
@@ -29,7 +33,9 @@ impl<P: Payload> Client<P> {
     /// A request answered. The response is validated; items and tile lists go into the
     /// cache. An invalid response is handled as [`Failure::Invalid`] (retried per the batch
     /// config) and reported like any failed request, as an [`Event::Error`]; the cache is
-    /// unchanged then. A late answer (cancelled, or past its deadline) is ignored.
+    /// unchanged then, and the result is [`Answered::Invalid`], so a shell does not end the
+    /// `get`s it was for with nothing. A late answer (cancelled, or past its deadline) is
+    /// ignored.
     ///
     /// The steps: validate; settle the request with the batcher (tiles the answer left out
     /// back off); drop an answer sent under another tier; note which visible tiles were
@@ -73,8 +79,11 @@ impl<P: Payload> Client<P> {
     ) -> Answered {
         self.changed();
         if let Err(e) = response.validate(&self.limits) {
-            self.on_failure(id, Failure::Invalid(e.to_string()), now_ms);
-            return Answered::Taken;
+            return if self.fail(id, Failure::Invalid(e.to_string()), now_ms) {
+                Answered::Invalid
+            } else {
+                Answered::Ignored // cancelled or unknown: nothing changed
+            };
         }
         let tile_zoom = self.cache.config().tile_zoom;
         let sent = self.sent_with(id);
@@ -177,16 +186,22 @@ impl<P: Payload> Client<P> {
     /// shell). Never fails: the error becomes an [`Event::Error`] and a counter (an abort
     /// is silent).
     pub fn on_failure(&mut self, id: RequestId, failure: Failure, now_ms: u64) {
+        self.fail(id, failure, now_ms);
+    }
+
+    /// [`on_failure`](Self::on_failure); returns whether the request was tracked (`false`:
+    /// cancelled, already ended or unknown, and nothing changed).
+    fn fail(&mut self, id: RequestId, failure: Failure, now_ms: u64) -> bool {
         self.changed();
         self.sent_with(id);
         let outcome = self.batcher.on_failure(id, &failure, now_ms);
         let (finished, will_retry) = match outcome {
-            FailureOutcome::Unknown => return,
+            FailureOutcome::Unknown => return false,
             FailureOutcome::Retrying { request, .. } => (request, true),
             FailureOutcome::GaveUp(request) => (request, false),
         };
         if matches!(failure, Failure::Aborted) {
-            return;
+            return true;
         }
         self.errors += 1;
         let tiles: Vec<TileId> = finished.tiles().collect();
@@ -203,6 +218,7 @@ impl<P: Payload> Client<P> {
         if !will_retry {
             self.refresh_foreground(now_ms);
         }
+        true
     }
 
     /// [`on_failure`](Self::on_failure) for a failure whose headers report the caller's

@@ -1926,3 +1926,83 @@ fn a_full_event_queue_drops_the_oldest_error_not_updated_or_complete() {
         other => panic!("the last event is the last failure, got {other:?}"),
     }
 }
+
+/// The ways an answer fails validation that a shell cannot see before the core checks it.
+fn spoiled(
+    mut r: crate::protocol::BatchResponse<String>,
+    how: &str,
+) -> crate::protocol::BatchResponse<String> {
+    let first = r.items[0].clone();
+    match how {
+        "a latitude out of range" => r.items[0].lat = 95.0,
+        "an item listed twice" => r.items.push(first),
+        "an id in both items and missing" => r.missing.push(first.id),
+        "a bad class" => r.items[0].class = "Sold!".into(),
+        other => unreachable!("{other}"),
+    }
+    r
+}
+
+/// An answer that fails validation is refused ([`Answered::Invalid`], not `Taken`), so a
+/// shell does not end the `get`s it was for with nothing: nothing is cached, the failure
+/// is reported as retrying, and the id goes out again and is then found. Out of retries,
+/// the error says so (`will_retry` false), for the shell to end the `get`s with it. An
+/// invalid answer to a request no longer tracked changes nothing ([`Answered::Ignored`]).
+#[test]
+fn an_invalid_answer_is_refused_and_its_get_waits_for_the_retry() {
+    let o = origin();
+    for how in [
+        "a latitude out of range",
+        "an item listed twice",
+        "an id in both items and missing",
+        "a bad class",
+    ] {
+        let mut c = client(ClientConfig::default());
+        assert!(c.get("i5", 0).is_none());
+        let t = c.poll_request(0).expect("the get's id goes out");
+        assert_eq!(t.request.ids, ["i5"]);
+        let bad = spoiled(o.answer(&t.request, None), how);
+        assert!(bad.validate(c.limits()).is_err(), "{how}");
+        assert_eq!(c.on_response(t.id, bad, 10), Answered::Invalid, "{how}");
+        assert!(c.cache().peek("i5", Access::Public, 10).is_none(), "{how}");
+        let errs: Vec<FetchError> = events(&mut c)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Error(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errs.len(), 1, "{how}");
+        assert!(errs[0].will_retry, "{how}");
+        assert!(matches!(errs[0].failure, Failure::Invalid(_)), "{how}");
+        // The retry asks for i5 again; its valid answer is taken.
+        let at = c.next_wakeup(10).expect("a retry is scheduled");
+        c.handle_timeout(at);
+        let again = c.poll_request(at).expect("the id is asked again");
+        assert_eq!(again.request.ids, ["i5"], "{how}");
+        let good = o.answer(&again.request, None);
+        assert_eq!(c.on_response(again.id, good, at), Answered::Taken);
+        assert!(c.cache().peek("i5", Access::Public, at).is_some(), "{how}");
+        // A late invalid answer to the first request changes nothing.
+        let late = spoiled(o.answer(&t.request, None), how);
+        assert_eq!(c.on_response(t.id, late, at), Answered::Ignored, "{how}");
+        assert!(events(&mut c).is_empty(), "{how}");
+    }
+    // No retries left: the error says the work is dropped.
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            retries: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    assert!(c.get("i5", 0).is_none());
+    let t = c.poll_request(0).unwrap();
+    let bad = spoiled(o.answer(&t.request, None), "a latitude out of range");
+    assert_eq!(c.on_response(t.id, bad, 10), Answered::Invalid);
+    match events(&mut c).as_slice() {
+        [Event::Error(e)] => assert!(!e.will_retry && e.request == t.id, "{e:?}"),
+        other => panic!("one error, got {other:?}"),
+    }
+    assert!(c.poll_request(10).is_none());
+}

@@ -249,17 +249,19 @@ impl Engine {
             .map(|slot| JsItem { slot, size: 0 })
             .collect();
         match build_response(&nums, strs, payloads) {
-            // 1: taken (or for a request no longer tracked); 2: sent at a tier left since,
-            // so asked again: the get()s it was for wait for that answer.
+            // 1: taken (or for a request no longer tracked); 0: invalid, its ERROR record
+            // follows (the get()s it was for wait for the retry, or end with the error);
+            // 2: sent at a tier left since, so asked again: the get()s wait for that answer.
             Ok((r, bounds)) => {
-                let taken = self
+                let code = match self
                     .client
-                    .on_declared_response(rid, r, bounds.as_ref(), now);
-                out.nums.push(if taken == Answered::AskedAgain {
-                    2.0
-                } else {
-                    1.0
-                });
+                    .on_declared_response(rid, r, bounds.as_ref(), now)
+                {
+                    Answered::Taken | Answered::Ignored => 1.0,
+                    Answered::Invalid => 0.0,
+                    Answered::AskedAgain => 2.0,
+                };
+                out.nums.push(code);
             }
             // An invalid response is reported as a failure by the core itself.
             Err(reason) => {

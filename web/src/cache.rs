@@ -779,6 +779,16 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     // Not taken (the core no longer tracked it): nothing of it is cached,
                     // and nothing asks for its ids again but this.
                     Answered::Ignored => st.ask_again(&flight.ids, now),
+                    // Invalid: nothing of it is cached, and its error (below, in `pump`)
+                    // ends the gets it was for, or they wait for the retry.
+                    Answered::Invalid => {
+                        st.ending = Some(Ending {
+                            id,
+                            ids: flight.ids,
+                            token: None,
+                            why: None,
+                        });
+                    }
                     Answered::Taken => {
                         for gid in &known {
                             if !st.gets.contains_key(gid) {

@@ -604,6 +604,40 @@ async fn a_get_a_partial_answer_left_out_fails() {
     }
 }
 
+/// An answer the client's checks refuse (well-formed JSON, an item's latitude out of range)
+/// is not taken: the `get` of an id in it ends with the error when no retry is left, or
+/// waits for the retry, whose whole answer it gets; never `Ok(None)`, as if the item did
+/// not exist.
+#[wasm_bindgen_test]
+async fn a_get_an_invalid_answer_was_for_fails_or_waits_for_the_retry() {
+    for (mode, retries) in [("bad-lat", 0), ("bad-lat-once", 1)] {
+        let cache: TileCache = TileCache::new(&options(mode, 0, retries)).unwrap();
+        show(&cache, inside(tile(0, 0)));
+        cache.when_complete().await.unwrap();
+        let id = cache.view().items[0].item.id.clone();
+        // Out of the view (which would fetch its tile again), then out of the cache.
+        show(&cache, inside(tile(40, 40)));
+        cache.when_complete().await.unwrap();
+        cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+        let mut updates = cache.updates();
+        set_mode(mode, mode).await;
+        let got = within(5000, Box::pin(cache.get(&id)))
+            .await
+            .expect("the get ended");
+        let e = next_error(&mut updates).await;
+        assert_eq!(e.code, ErrorCode::InvalidResponse, "{mode}: {e}");
+        assert!(
+            e.message.contains("lat must be in -90..=90, got 95"),
+            "{mode}: {e}"
+        );
+        if retries == 0 {
+            assert_eq!(got.unwrap_err(), e, "{mode}");
+        } else {
+            assert_eq!(got.unwrap().expect("found by the retry").id, id, "{mode}");
+        }
+    }
+}
+
 /// Shows tile (0, 0) with its ring prefetched, then drops one item of the tile east from
 /// the cache and shows (0, 0) again with the proxy stalling: the refresh of that item goes
 /// out in a prefetch request. Returns the item's id.

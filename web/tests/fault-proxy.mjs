@@ -12,7 +12,9 @@
 //                           ids left out and listed in an `error` member, as when the
 //                           edge's origin times out), partial-bare (the ids left out, no
 //                           `error` member), 503-date (503 with a Retry-After 3 s ahead, as
-//                           an HTTP date)
+//                           an HTTP date), bad-lat (forward, the first item's lat set to
+//                           95: well-formed JSON the client's checks refuse), bad-lat-once
+//                           (bad-lat for one answer, then pass)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -64,6 +66,8 @@ function partial(res, request, withError) {
   if (!request.tiles?.length) { send(res, 200, leaveOut({ tiles: [], items: [], missing: [] })); return; }
   forward(res, JSON.stringify({ ...request, ids: [] }), {}, leaveOut);
 }
+// An answer with its first item's latitude out of range (none to spoil: as it is).
+const badLat = (answer) => ({ ...answer, items: answer.items.map((it, i) => (i ? it : { ...it, lat: 95 })) });
 const sessions = new Map();
 const session = (name) => {
   if (!sessions.has(name)) sessions.set(name, { mode: 'pass', requests: 0, aborted: 0, hostile: 0, auth: [], bodies: [] });
@@ -146,6 +150,8 @@ const server = http.createServer((req, res) => {
         break;
       case 'partial': partial(res, JSON.parse(text), true); break;
       case 'partial-bare': partial(res, JSON.parse(text), false); break;
+      case 'bad-lat-once': s.mode = 'pass'; // fall through
+      case 'bad-lat': forward(res, text, {}, badLat); break;
       case 'auth':
         if (req.headers.authorization === 'Bearer good') forward(res, text);
         else send(res, 401, { error: { code: 'unauthorized', message: 'bad token' } });
