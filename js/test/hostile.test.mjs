@@ -319,6 +319,24 @@ test('a dead backend under a still page: the visible tiles are retried with a gr
   cache.dispose();
 }));
 
+test('a tile an answer leaves out fails its load once, and is not asked for again every few seconds', () => withMockedTimers(async () => {
+  const s = scripted();
+  // Every answer lists no tile (a server bug): the engine used to keep the tile queued for
+  // the failed load and ask for it after each backoff, for as long as the page stayed open.
+  s.trouble = (request) => new Response(JSON.stringify({ ...backend.answer(request), tiles: [] }));
+  const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  const load = cache.loadTiles([`14/${SX}/${SY}`]);
+  await s.advance(100);
+  const [got] = await load;
+  assert.match(got.error?.message ?? '', /leaves out 1 of the requested tiles/);
+  await s.advance(600_000, 100);
+  assert.equal(s.calls.length, 1, `${s.calls.length} requests in 10 minutes`);
+  assert.deepEqual(errors, [got.error]);
+  cache.dispose();
+}));
+
 // An answer that fails the engine's checks (the JS side cannot see them) is not taken: the
 // get() of an id in it waits for the retry, or rejects with the error, never resolves
 // undefined (as if the item did not exist).

@@ -351,8 +351,11 @@ impl<P: Payload> Client<P> {
     }
 
     /// Tiles the answer left out are an error, or a visible one would be asked for again
-    /// at once, for ever. (The batcher already holds them back.)
+    /// at once, for ever. (The batcher already holds them back.) A host's load of them
+    /// ([`Client::load_tile`]) fails with the error: they leave the loading tiles, or they
+    /// would be asked for again after each backoff for as long as the page stays open.
     fn report_unanswered(&mut self, id: RequestId, kind: Kind, unanswered: Vec<TileId>) {
+        self.give_up_loading(&unanswered);
         self.errors += 1;
         self.queue_event(Event::Error(FetchError {
             request: id,

@@ -2006,3 +2006,35 @@ fn an_invalid_answer_is_refused_and_its_get_waits_for_the_retry() {
     }
     assert!(c.poll_request(10).is_none());
 }
+
+/// A tile a host waits for that an answer leaves out fails the load (reported once) and
+/// leaves the loading tiles: it is not asked for again every few seconds for as long as
+/// the page stays open, a list growing with each such load.
+#[test]
+fn a_loading_tile_an_answer_leaves_out_is_not_asked_for_again() {
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    assert_eq!(c.load_tile(seattle(), true, 0, |_, _| {}), Ok(false));
+    let (mut sent, mut errors) = (0, Vec::new());
+    for now in (0..600_000).step_by(1000) {
+        while let Some(t) = c.poll_request(now) {
+            sent += 1;
+            let empty = crate::protocol::BatchResponse::default();
+            assert_eq!(c.on_response(t.id, empty, now), Answered::Taken);
+        }
+        errors.extend(events(&mut c).into_iter().filter_map(|e| match e {
+            Event::Error(e) => Some(e),
+            _ => None,
+        }));
+        c.handle_timeout(now);
+    }
+    assert_eq!(sent, 1, "asked for again");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].tiles.as_slice(), errors[0].will_retry),
+        ([seattle()].as_slice(), false)
+    );
+    assert!(c.loading_tiles().is_empty());
+}
