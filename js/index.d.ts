@@ -133,8 +133,10 @@ export type TileLoad<Data = unknown> =
   | {
       tile: string;
       items?: undefined;
-      /** The {@link FetchError} of the request that gave up on it, or a `RangeError`
-       * (`ERR_TOO_MANY_TILES`) for a tile that covers more than `maxVisibleTiles` data tiles. */
+      /** The {@link FetchError} of the request that gave up on it (or of an answer that left
+       * it out, or whose items the cache could not keep: more than `maxItems`/`maxBytes`),
+       * or a `RangeError` (`ERR_TOO_MANY_TILES`) for a tile that covers more than
+       * `maxVisibleTiles` data tiles. */
       error: FetchError | TilewarmError;
     };
 

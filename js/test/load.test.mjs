@@ -128,6 +128,42 @@ test('loadTiles: a tile an answer leaves out fails with the error; the tiles it 
   }
 });
 
+test('loadTiles: a host tile holding more items than maxItems fails with an error naming the limit, not a request loop', async () => {
+  fresh();
+  const cache = await make({ maxItems: 20 });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  // A z12 tile: its 16 data tiles hold 48 items. Each answer evicted what the one before
+  // brought, the tiles were asked for again at once, and the load never settled.
+  const host = `12/${SX >> 2}/${SY >> 2}`;
+  try {
+    const got = await Promise.race([
+      cache.loadTiles([host]),
+      new Promise((r) => setTimeout(() => r('still waiting'), 3000)),
+    ]);
+    assert.notEqual(got, 'still waiting', `${backend.requests.length} requests`);
+    assert.equal(got[0].items, undefined);
+    assert.equal(got[0].error.code, 'ERR_INVALID_RESPONSE');
+    assert.match(got[0].error.message, /could not be kept .*the tiles a host loads.*max_items 20.*loads fail/);
+    assert.ok(errors.includes(got[0].error));
+    const sent = backend.requests.length;
+    assert.ok(sent <= 16, `${sent} requests`);
+    // Asked for again at once, the tiles wait for a backoff (100 ms at least) before they
+    // go out, and fail the same way.
+    const again = cache.loadTiles([host]);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(backend.requests.length, sent, 'asked for again before a backoff');
+    assert.match((await again)[0].error?.message ?? '', /could not be kept/);
+    // Then nothing asks for them again.
+    const after = backend.requests.length;
+    assert.ok(after <= 2 * sent, `${after} requests`);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(backend.requests.length, after, 'asked for again');
+  } finally {
+    cache.dispose();
+  }
+});
+
 /** A cache whose view at Seattle's tile and its ring are loaded, then one item of the ring
  * tile to the east dropped: its list is known, so the next round refreshes it by id in a
  * prefetch request. Returns the cache and that item's id. */

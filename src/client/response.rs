@@ -370,11 +370,14 @@ impl<P: Payload> Client<P> {
         }));
     }
 
-    /// Visible tiles this answer covered, or that were showable before it, that cannot be
-    /// shown now: the view needs more items or bytes than the cache may hold (inserting
-    /// one visible tile evicted another), or the lists name items above the tier. Asking
-    /// for them again at once would loop for ever, tile after tile, so they back off and
-    /// are reported.
+    /// Visible tiles this answer covered, or that were showable before it, and tiles a host
+    /// waits for ([`Client::load_tile`]) that it covered, that cannot be shown now: the view
+    /// or the host's tiles need more items or bytes than the cache may hold (inserting one
+    /// tile evicted another), the lists name items above the tier, or a list is coarser
+    /// than the cache can split. Asking for them again at once would loop for ever, tile
+    /// after tile, so they back off and are reported: visible tiles are asked for again
+    /// after the backoff; the loads fail (the tiles leave the loading tiles), since the
+    /// same answer would not be kept the next time either.
     fn back_off_unkept(
         &mut self,
         id: RequestId,
@@ -393,6 +396,13 @@ impl<P: Payload> Client<P> {
                 }
             }
         }
+        // Tiles a host waits for that the answer covered and that cannot be shown.
+        let (cache, access) = (&self.cache, self.access);
+        let lost: Vec<TileId> = (self.loading.iter().copied())
+            .filter(|&t| answered.contains(t) && !unkept.contains(&t))
+            .filter(|&t| !cache.tile_freshness(t, access, now_ms).is_showable())
+            .collect();
+        unkept.extend(lost);
         if unkept.is_empty() {
             // An answer for none of the visible tiles (ids, prefetch) leaves the streak
             // as it is: only one that kept them all ends it.
@@ -405,15 +415,19 @@ impl<P: Payload> Client<P> {
         // backoff: the streak that grows the delay is the view's, not the tile's.
         self.unkept_rounds = self.unkept_rounds.saturating_add(1);
         self.batcher.back_off(&unkept, self.unkept_rounds, now_ms);
+        // A load waiting for a visible tile fails with this error too (a shell fails the
+        // loads waiting for any tile an error names): it is no longer loading either.
+        self.give_up_loading(&unkept);
         let config = self.cache.config();
         self.errors += 1;
         self.queue_event(Event::Error(FetchError {
             request: id,
             kind,
             failure: Failure::Invalid(format!(
-                "{} answered tiles could not be kept (first {}): the view needs more than \
-                 the cache holds (max_items {}, max_bytes {}), or the answer's lists name \
-                 items above the caller's tier; they are asked for again after a backoff",
+                "{} answered tiles could not be kept (first {}): the view, or the tiles a host \
+                 loads, need more than the cache holds (max_items {}, max_bytes {}), or the \
+                 answer's lists name items above the caller's tier; visible tiles are asked \
+                 for again after a backoff, loads fail",
                 unkept.len(),
                 unkept[0],
                 config.max_items,

@@ -2007,6 +2007,84 @@ fn an_invalid_answer_is_refused_and_its_get_waits_for_the_retry() {
     assert!(c.poll_request(10).is_none());
 }
 
+/// A host tile whose data tiles hold more items than the cache may keep (a map library
+/// tiling its own layer at a low zoom over dense data): each answer evicts what the one
+/// before brought. The tiles are not asked for again in a loop: the load fails with an
+/// error that names the limit, the tiles leave the loading tiles and back off, so a host
+/// that asks again at once waits for the backoff.
+#[test]
+fn a_load_the_cache_cannot_keep_fails_instead_of_asking_again_in_a_loop() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            max_items: 10,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    // 16 data tiles, 4 items each (the origin's 6 x 6 block holds this z12 tile's 4 x 4).
+    let host = seattle().ancestor(12).unwrap();
+    assert_eq!(c.load_tile(host, true, 0, |_, _| {}), Ok(false));
+    assert_eq!(c.loading_tiles().len(), 16);
+    let mut sent = 0;
+    while let Some(t) = c.poll_request(0) {
+        sent += 1;
+        assert!(sent <= 16, "a request loop");
+        c.on_response(t.id, o.answer(&t.request, None), 0);
+    }
+    let errs: Vec<FetchError> = events(&mut c)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Error(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert!(!errs.is_empty(), "the load fails with an error");
+    for e in &errs {
+        assert!(!e.will_retry);
+        let Failure::Invalid(why) = &e.failure else {
+            panic!("{e:?}");
+        };
+        assert!(
+            why.contains("a host loads") && why.contains("max_items 10"),
+            "{why}"
+        );
+    }
+    // Every data tile that cannot be shown is named by an error (a shell fails the loads
+    // waiting for it) and is no longer loading.
+    let data = c.data_tiles_of(host).unwrap();
+    for t in &data {
+        if c.tile_state(*t, 0) != TileState::Loaded {
+            assert!(errs.iter().any(|e| e.tiles.contains(t)), "{t} not reported");
+        }
+    }
+    assert!(c.loading_tiles().is_empty(), "{:?}", c.loading_tiles());
+    // Nothing asks for them again, now or later.
+    for now in (0..600_000).step_by(1000) {
+        c.handle_timeout(now);
+        assert!(c.poll_request(now).is_none(), "asked again at {now}");
+    }
+    // A host asking again at once waits for a backoff.
+    let mut c2 = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            max_items: 10,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let mut requests = 0;
+    for _ in 0..50 {
+        let _ = c2.load_tile(host, true, 5, |_, _| {});
+        while let Some(t) = c2.poll_request(5) {
+            requests += 1;
+            c2.on_response(t.id, o.answer(&t.request, None), 5);
+        }
+    }
+    assert!(requests <= 16, "{requests} requests at one instant");
+}
+
 /// A tile a host waits for that an answer leaves out fails the load (reported once) and
 /// leaves the loading tiles: it is not asked for again every few seconds for as long as
 /// the page stays open, a list growing with each such load.
