@@ -488,12 +488,14 @@ impl<P> ItemCache<P> {
     ) -> TileFreshness {
         // The state covers the list and every item the caller may see: their next change
         // bounds the read's. (Unknown stays unknown until the cache changes.)
-        let state = match fresh_until {
-            Some(t) if now_ms < t => {
-                *until = (*until).min(t);
-                TileFreshness::Fresh
-            }
-            _ => self.tile_freshness_until(tile, caller, now_ms, until),
+        // A tile known fresh is not classified: the read itself bounds `until` exactly, by
+        // the list's expiry and each shown item's (`t`, the planner's bound, may be earlier:
+        // the first change of any tile of its round).
+        let known = matches!(fresh_until, Some(t) if now_ms < t);
+        let state = if known {
+            TileFreshness::Fresh
+        } else {
+            self.tile_freshness_until(tile, caller, now_ms, until)
         };
         if matches!(state, TileFreshness::Unknown) {
             return state;
@@ -505,6 +507,9 @@ impl<P> ItemCache<P> {
         let Some(e) = tiles.get(&tile) else {
             return state;
         };
+        if known {
+            *until = (*until).min(next_change(e.expires_at_ms, swr, now_ms));
+        }
         let mut gone = Vec::new();
         for id in &e.ids {
             let Some(item) = items.get(id) else {
@@ -519,6 +524,9 @@ impl<P> ItemCache<P> {
             match expiry(item.expires_at_ms, swr, now_ms) {
                 Expiry::Gone => gone.push(id.clone()),
                 f => {
+                    if known {
+                        *until = (*until).min(next_change(item.expires_at_ms, swr, now_ms));
+                    }
                     let stale = f == Expiry::Stale;
                     if stale {
                         stats.stale_hits += 1;
