@@ -725,6 +725,10 @@ impl<P: Payload> Client<P> {
     /// when the first of them can change with time (the view's next change, for
     /// [`Client::next_wakeup`]), unless the view is too wide to fetch.
     fn visible_states(&mut self, now_ms: u64) -> Vec<TileFreshness> {
+        // A change of the view already due (an answer or a call came before the timer) is
+        // acted on here, as `handle_timeout` would have: once `view_until` moves on below,
+        // the timer no longer sees it.
+        let due = self.view_until <= now_ms;
         let mut until = u64::MAX;
         let mut states = Vec::with_capacity(self.visible.len());
         for &t in &self.visible {
@@ -736,7 +740,23 @@ impl<P: Payload> Client<P> {
         if self.too_wide.is_none() {
             self.view_until = until;
         }
+        if due {
+            self.refresh_stale(&states);
+        }
         states
+    }
+
+    /// Queues a refresh of the visible tiles shown stale, and tells the page the view reads
+    /// differently ([`Event::Updated`]).
+    fn refresh_stale(&mut self, states: &[TileFreshness]) {
+        let mut refresh = Vec::new();
+        for (&t, state) in self.visible.iter().zip(states) {
+            if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
+                refresh.extend(Work::from_state(t, state.clone()));
+            }
+        }
+        self.batcher.extend_prefetch(refresh);
+        self.queue_event(Event::Updated);
     }
 
     /// Re-derives the foreground queue from the visible tiles (after failures,
@@ -775,7 +795,10 @@ impl<P: Payload> Client<P> {
     /// differently (the first time a shown item or tile list turns stale or expires past
     /// the stale-while-revalidate window: a wake-up per change of the view, not a poll).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
-        let view = Some(self.view_until).filter(|&t| t > now_ms && t < u64::MAX);
+        // A change already due (a call came before the timer) is due now, not dropped.
+        let view = Some(self.view_until)
+            .filter(|&t| t < u64::MAX)
+            .map(|t| t.max(now_ms));
         self.batcher
             .next_wakeup(now_ms)
             .into_iter()
@@ -810,15 +833,8 @@ impl<P: Payload> Client<P> {
         // noted when the page reads it again.
         self.view_until = u64::MAX;
         let states = self.visible_states(now_ms);
-        let mut refresh = Vec::new();
-        for (&t, state) in self.visible.iter().zip(&states) {
-            if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
-                refresh.extend(Work::from_state(t, state.clone()));
-            }
-        }
-        self.batcher.extend_prefetch(refresh);
+        self.refresh_stale(&states);
         self.complete = self.queue_foreground(states, now_ms);
-        self.queue_event(Event::Updated);
     }
 
     /// Changes the caller's tier. Lowering it drops every cached item and tile list above

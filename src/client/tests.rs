@@ -735,6 +735,36 @@ fn an_id_the_protocol_refuses_is_never_asked_for() {
 /// window, not in between; each time the view is refreshed (`Updated`, a refresh while it
 /// is shown stale, a foreground request and an incomplete view once it cannot be shown).
 /// Before, nothing woke it: the items stayed drawn, flagged fresh, for ever.
+/// A change of the view that falls due while an answer is on its way is acted on by the
+/// answer (the timer then no longer sees it): the stale tile is refreshed and the page told.
+#[test]
+fn a_view_change_due_when_an_answer_lands_is_not_lost() {
+    let ttl = 300_000;
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    events(&mut c);
+    assert_eq!(c.next_wakeup(10), Some(ttl));
+    // Before the timer runs, a get() of an id elsewhere is answered.
+    c.request_ids(["far"], ttl - 10);
+    let t = c.poll_request(ttl - 10).expect("the get's request");
+    let r = o.answer(&t.request, None);
+    c.on_response(t.id, r, ttl + 1);
+    c.handle_timeout(ttl + 2);
+    assert!(
+        events(&mut c).contains(&Event::Updated),
+        "the page hears of the stale view"
+    );
+    let refresh = c
+        .poll_request(ttl + 2)
+        .expect("a refresh of the stale tile");
+    assert_eq!(refresh.request.tiles, [seattle()]);
+}
+
 #[test]
 fn a_view_at_rest_wakes_when_its_items_turn_stale_and_expire() {
     let (ttl, swr) = (300_000, 60_000);
@@ -752,6 +782,8 @@ fn a_view_at_rest_wakes_when_its_items_turn_stale_and_expire() {
     events(&mut c);
     assert!(c.is_complete());
     assert_eq!(c.next_wakeup(10), Some(ttl), "when the items turn stale");
+    // A call after the change is due and before the timer ran: still due, not dropped.
+    assert_eq!(c.next_wakeup(ttl + 5), Some(ttl + 5));
     c.handle_timeout(ttl - 1);
     assert!(events(&mut c).is_empty() && c.poll_request(ttl - 1).is_none());
     // Stale: shown, flagged stale, refreshed in the background.
