@@ -140,16 +140,13 @@ impl Batcher {
     fn queue_ids(&mut self, ids: &[&str]) {
         let (ids_in_flight, in_flight) = (&self.ids_in_flight, &mut self.in_flight);
         self.queues.add_ids(ids.iter().copied(), |id| {
-            let Some(&request) = ids_in_flight.get(id) else {
-                return false;
-            };
-            if let Some(f) = in_flight.iter_mut().find(|f| f.request.id == request) {
-                if !f.request.loose_ids.iter().any(|l| l == id) {
-                    f.request.loose_ids.push(id.to_owned());
-                }
-            }
-            true
+            note_on_request(ids_in_flight, in_flight, id)
         });
+    }
+
+    /// Notes `id` as asked for directly on the request it is out in, if any.
+    fn note_asked_directly(&mut self, id: &str) {
+        note_on_request(&self.ids_in_flight, &mut self.in_flight, id);
     }
 
     /// The next request to send, asking at tier `access`, if any may go out now. Call until
@@ -316,6 +313,9 @@ impl Batcher {
             let mut rest = Vec::new();
             for l in std::mem::take(&mut self.queues.loose_ids) {
                 if self.is_id_in_flight(&l.id) {
+                    // Out in another request (a prefetch's refresh by id): noted there as
+                    // asked for directly, so its retry, re-send or cancel queues it again.
+                    self.note_asked_directly(&l.id);
                     continue;
                 }
                 if ids.contains(&l.id) {
@@ -541,4 +541,23 @@ impl Batcher {
         }
         next
     }
+}
+
+/// Notes `id` as asked for directly (a `get()`'s) on the request in flight carrying it, so
+/// that request's retry, re-send or cancel queues it again with the ids no new round
+/// replaces; whether it is out at all.
+fn note_on_request(
+    ids_in_flight: &HashMap<String, RequestId>,
+    in_flight: &mut [InFlight],
+    id: &str,
+) -> bool {
+    let Some(&request) = ids_in_flight.get(id) else {
+        return false;
+    };
+    if let Some(f) = in_flight.iter_mut().find(|f| f.request.id == request) {
+        if !f.request.loose_ids.iter().any(|l| l == id) {
+            f.request.loose_ids.push(id.to_owned());
+        }
+    }
+    true
 }
