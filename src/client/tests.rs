@@ -46,23 +46,7 @@ fn origin() -> Origin<String> {
 
 /// A viewport of `w` x `w` data tiles centred on Seattle's tile.
 fn view(w: f64) -> Viewport {
-    let base = seattle();
-    let (x, y) = (base.x() as f64 + 0.5, base.y() as f64 + 0.5);
-    let (west, north) = unproject(
-        TilePoint {
-            x: x - w / 2.0,
-            y: y - w / 2.0,
-        },
-        Z,
-    );
-    let (east, south) = unproject(
-        TilePoint {
-            x: x + w / 2.0,
-            y: y + w / 2.0,
-        },
-        Z,
-    );
-    Viewport::new(west, south, east, north, 14.5).unwrap()
+    view_east(w, 0)
 }
 
 fn client(config: ClientConfig) -> Client<String> {
