@@ -51,6 +51,9 @@ const CREATE = Symbol('create');
 /** A reference that lets `o` be collected, where the runtime has `WeakRef`. */
 const weakly = typeof WeakRef === 'function' ? (o) => new WeakRef(o) : (o) => ({ deref: () => o });
 
+/** The page's document when it can say whether the page is seen (none in Node or a worker). */
+const seenDocument = () => (typeof document === 'object' && document !== null && 'visibilityState' in document ? document : null);
+
 /** A value the way an error message shows it. */
 function show(v) {
   switch (typeof v) {
@@ -249,6 +252,8 @@ export class TileCache {
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
+  /** The visibilitychange listener of a wake-up put off while the page is hidden. */
+  #onShown = null;
   #updates = new Set();
   #errors = new Set();
   #accessListeners = new Set();
@@ -350,6 +355,8 @@ export class TileCache {
    * foreground request that gave up. */
   whenComplete() {
     if (this.#disposed) return Promise.reject(disposedError());
+    // A wake-up put off while the page is hidden is due now that the page asks.
+    if (this.#onShown) this.#wake();
     if (this.#complete) return Promise.resolve();
     if (this.#tooWide) return Promise.reject(tooWideError(this.#tooWide));
     this.#timer?.ref?.();
@@ -561,6 +568,7 @@ export class TileCache {
     for (const req of this.#requests.values()) { clearTimeout(req.timer); req.ctrl.abort(); }
     this.#requests.clear();
     clearTimeout(this.#timer);
+    this.#stopWaitingToBeShown();
     const err = disposedError();
     for (const l of [...this.#queuedLoads, ...this.#pendingLoads]) this.#settleLoad(l, err);
     this.#queuedLoads = [];
@@ -835,12 +843,51 @@ export class TileCache {
     // (No closure here may name `this`: the timer's would hold it through their context.)
     const self = weakly(this);
     this.#timer = setTimeout(() => self.deref()?.#tick(), delay);
-    if (!this.#requests.size && !this.#gets.size && !this.#waiters.length && !this.#pendingLoads.size) this.#timer?.unref?.();
+    if (!this.#awaited()) this.#timer?.unref?.();
   }
 
+  /** Whether a request is out or a promise of the page waits (whenComplete, get, loadTiles). */
+  #awaited() {
+    return this.#requests.size > 0 || this.#gets.size > 0 || this.#waiters.length > 0 || this.#pendingLoads.size > 0;
+  }
+
+  /** The engine's wake-up. A hidden page (another tab in front, a minimised window) that
+   * waits for nothing puts it off until it is shown: the refreshes of a view at rest, the
+   * prefetch and the retries due meanwhile would be paid for and seen by nobody. */
   #tick() {
     this.#timer = null;
-    if (!this.#disposed) this.#run(this.#engine.tick(this.#now()), 0, 1);
+    if (this.#disposed) return;
+    const doc = seenDocument();
+    if (doc?.visibilityState === 'hidden' && !this.#awaited()) {
+      if (!this.#onShown) this.#waitToBeShown(doc);
+      return;
+    }
+    this.#wake();
+  }
+
+  #wake() {
+    this.#stopWaitingToBeShown();
+    this.#run(this.#engine.tick(this.#now()), 0, 1);
+  }
+
+  /** Ticks when `doc` is shown again; holds the cache weakly, as the timer does. */
+  #waitToBeShown(doc) {
+    // (No closure here may name `this`: the document would hold the cache through it.)
+    const self = weakly(this);
+    const onShown = () => {
+      if (doc.visibilityState === 'hidden') return;
+      const cache = self.deref();
+      if (!cache) { doc.removeEventListener('visibilitychange', onShown); return; }
+      cache.#wake();
+    };
+    this.#onShown = onShown;
+    doc.addEventListener('visibilitychange', onShown);
+  }
+
+  #stopWaitingToBeShown() {
+    if (!this.#onShown) return;
+    seenDocument()?.removeEventListener('visibilitychange', this.#onShown);
+    this.#onShown = null;
   }
 
   #send(id, kind, timeoutMs, body, ids) {

@@ -180,7 +180,10 @@ export class TileCache<Data = unknown> {
   whenComplete(): Promise<void>;
   /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`,
    * and when the view's items turn stale or expire with the map at rest: they are
-   * refetched); returns a function that unsubscribes. */
+   * refetched); returns a function that unsubscribes. A hidden page (`document.visibilityState`
+   * `'hidden'`: another tab in front, a minimised window) that waits for nothing makes no
+   * requests at rest: the refreshes, prefetch and retries due wait until it is shown, or
+   * until it asks (`whenComplete`, `get`, `loadTiles`, `setViewport`). */
   onUpdate(listener: (items: Item<Data>[], view: Omit<View<Data>, 'items'>) => void): () => void;
   /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
    * (or a `403` naming the token's tier in `x-tilewarm-access`) reporting a lower tier than

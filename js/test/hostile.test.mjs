@@ -528,6 +528,53 @@ test('a view at rest is refreshed when its items turn stale and expire, once per
   cache.dispose();
 }));
 
+// A hidden page (another tab in front) asks for nothing at rest: the wake-ups are put off
+// until it is shown, and then the view is refreshed at once. A page that waits (here
+// whenComplete) is woken while hidden.
+test('a hidden page at rest makes no requests until it is shown again', () => withMockedTimers(async () => {
+  const doc = new EventTarget();
+  doc.visibilityState = 'visible';
+  globalThis.document = doc;
+  try {
+    const s = scripted();
+    const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH });
+    const updates = [];
+    cache.onUpdate((items, view) => updates.push(view.complete));
+    const v = viewOf(SX, SY, 1, 1);
+    cache.setViewport(v);
+    await s.advance(100);
+    assert.equal(cache.setViewport(v).complete, true);
+    const sent = s.calls.length;
+    doc.visibilityState = 'hidden';
+    doc.dispatchEvent(new Event('visibilitychange'));
+    await s.advance(3_600_000, 1000);
+    assert.equal(s.calls.length, sent, 'an hour hidden at rest: no request');
+    // Shown again: the view's expired items are asked for at once.
+    doc.visibilityState = 'visible';
+    doc.dispatchEvent(new Event('visibilitychange'));
+    await s.advance(100);
+    assert.ok(s.calls.length > sent, 'refreshed when shown');
+    assert.equal(cache.setViewport(v).complete, true);
+    // Hidden again past the next expiry, the view cannot be shown; a whenComplete() wakes
+    // the cache although the page is hidden.
+    doc.visibilityState = 'hidden';
+    doc.dispatchEvent(new Event('visibilitychange'));
+    const before = s.calls.length;
+    await s.advance(3_600_000, 1000);
+    assert.equal(s.calls.length, before);
+    let done = false;
+    updates.length = 0;
+    cache.whenComplete().then(() => { done = true; });
+    assert.deepEqual(updates, [false], 'whenComplete() wakes the cache, which sees the view expired');
+    await s.advance(1000, 100);
+    assert.equal(done, true, 'and resolves while the page is hidden, once refetched');
+    assert.ok(s.calls.length > before);
+    cache.dispose();
+  } finally {
+    delete globalThis.document;
+  }
+}));
+
 // That wake-up (at the items' expiry, for as long as the cache lives) neither keeps a cache
 // the page let go of without dispose() from being collected, nor keeps a Node process alive
 // when nothing is out or awaited.
