@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use futures_channel::oneshot;
+use gloo_events::EventListener;
 use gloo_net::http::Request;
 use gloo_timers::callback::Timeout;
 use serde::de::DeserializeOwned;
@@ -165,6 +166,8 @@ struct State<T> {
     client: Client<Stored<T>>,
     requests: HashMap<u64, InFlight>,
     timer: Option<Timeout>,
+    /// The `visibilitychange` listener of a wake-up put off while the page is hidden.
+    on_shown: Option<EventListener>,
     complete: bool,
     /// The view is too wide to fetch (nothing is, so it never completes).
     too_wide: Option<ViewTooLarge>,
@@ -210,6 +213,12 @@ fn now_ms() -> u64 {
     js_sys::Date::now() as u64
 }
 
+/// The page's document while the page is hidden (`document.visibilityState` is `hidden`).
+fn hidden_document() -> Option<web_sys::Document> {
+    let doc = web_sys::window()?.document()?;
+    (doc.visibility_state() == web_sys::VisibilityState::Hidden).then_some(doc)
+}
+
 impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// A cache with these options (checked; see [`Options::check`]).
     pub fn new(options: &Options) -> Result<TileCache<T>, Error> {
@@ -229,6 +238,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     client,
                     requests: HashMap::new(),
                     timer: None,
+                    on_shown: None,
                     complete: true,
                     too_wide: None,
                     waiters: Vec::new(),
@@ -336,6 +346,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// foreground request that gave up, and with `TooManyTiles` while the view is too wide
     /// to fetch (it never completes).
     pub async fn when_complete(&self) -> Result<(), Error> {
+        // A wake-up put off while the page is hidden is due now that the page asks.
+        if self.inner.state.borrow().on_shown.is_some() {
+            Inner::wake(&self.inner);
+        }
         let rx = {
             let mut st = self.inner.state.borrow_mut();
             if let Some(e) = &st.too_wide {
@@ -705,10 +719,39 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         sends
     }
 
+    /// The core's wake-up. A hidden page (another tab in front, a minimised window) that
+    /// waits for nothing puts it off until it is shown: the refreshes of a view at rest, the
+    /// prefetch and the retries due meanwhile would be paid for and seen by nobody.
     fn tick(this: &Rc<Self>) {
+        let mut st = this.state.borrow_mut();
+        st.timer = None;
+        let awaited = !(st.requests.is_empty() && st.gets.is_empty() && st.waiters.is_empty());
+        if let Some(doc) = hidden_document().filter(|_| !awaited) {
+            if st.on_shown.is_none() {
+                let weak = Rc::downgrade(this);
+                st.on_shown = Some(EventListener::new(&doc, "visibilitychange", move |_| {
+                    if hidden_document().is_none() {
+                        let weak = weak.clone();
+                        // Not from inside the listener, which waking drops.
+                        wasm_bindgen_futures::spawn_local(async move {
+                            if let Some(inner) = weak.upgrade() {
+                                Inner::wake(&inner);
+                            }
+                        });
+                    }
+                }));
+            }
+            return;
+        }
+        drop(st);
+        Inner::wake(this);
+    }
+
+    fn wake(this: &Rc<Self>) {
         let now = now_ms();
         let mut st = this.state.borrow_mut();
         st.timer = None;
+        st.on_shown = None;
         st.client.handle_timeout(now);
         let sends = Inner::pump(this, &mut st, now);
         drop(st);

@@ -560,6 +560,18 @@ async fn next_error<T>(updates: &mut tilewarm_web::Updates<Update<T>>) -> tilewa
     }
 }
 
+/// Shows tile (0, 0), then a view far from it (which would otherwise fetch its tile again),
+/// and drops one of its items from the cache: a `get` of that id must go to the endpoint.
+async fn an_id_no_longer_cached(cache: &TileCache) -> String {
+    show(cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let id = cache.view().items[0].item.id.clone();
+    show(cache, inside(tile(40, 40)));
+    cache.when_complete().await.unwrap();
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+    id
+}
+
 /// A partial answer (200, the edge's origin failed) leaves an item that exists out of both
 /// `items` and `missing`: its `get` fails with the answer's `error`, never "does not
 /// exist", and the page hears of it; one with no `error` member is an invalid answer.
@@ -580,13 +592,7 @@ async fn a_get_a_partial_answer_left_out_fails() {
         ),
     ] {
         let cache: TileCache = TileCache::new(&options(mode, 0, 0)).unwrap();
-        show(&cache, inside(tile(0, 0)));
-        cache.when_complete().await.unwrap();
-        let id = cache.view().items[0].item.id.clone();
-        // Out of the view (which would fetch its tile again), then out of the cache.
-        show(&cache, inside(tile(40, 40)));
-        cache.when_complete().await.unwrap();
-        cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+        let id = an_id_no_longer_cached(&cache).await;
         let mut updates = cache.updates();
         set_mode(mode, mode).await;
         let e = within(5000, Box::pin(cache.get(&id)))
@@ -612,13 +618,7 @@ async fn a_get_a_partial_answer_left_out_fails() {
 async fn a_get_an_invalid_answer_was_for_fails_or_waits_for_the_retry() {
     for (mode, retries) in [("bad-lat", 0), ("bad-lat-once", 1)] {
         let cache: TileCache = TileCache::new(&options(mode, 0, retries)).unwrap();
-        show(&cache, inside(tile(0, 0)));
-        cache.when_complete().await.unwrap();
-        let id = cache.view().items[0].item.id.clone();
-        // Out of the view (which would fetch its tile again), then out of the cache.
-        show(&cache, inside(tile(40, 40)));
-        cache.when_complete().await.unwrap();
-        cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+        let id = an_id_no_longer_cached(&cache).await;
         let mut updates = cache.updates();
         set_mode(mode, mode).await;
         let got = within(5000, Box::pin(cache.get(&id)))
@@ -873,4 +873,50 @@ async fn a_view_set_access_completes_is_a_complete_update() {
         });
     }
     assert_eq!(got, ["access public", "complete", "view complete=true"]);
+}
+
+/// Sets `document.visibilityState` as the browser would for a tab behind another (hidden)
+/// or in front again, and tells the page.
+fn page_hidden(hidden: bool) {
+    let js = if hidden {
+        "Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });"
+    } else {
+        "delete document.visibilityState;"
+    };
+    js_sys::Function::new_no_args(&format!(
+        "{js} document.dispatchEvent(new Event('visibilitychange'));"
+    ))
+    .call0(&JsValue::NULL)
+    .unwrap();
+}
+
+/// A view at rest is refreshed when its items expire (here every second), but not while
+/// the page is hidden: the wake-up waits until it is shown, or until the page waits.
+#[wasm_bindgen_test]
+async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
+    let s = "hidden";
+    set_mode(s, "ttl1").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    page_hidden(true);
+    let (before, _) = log(s).await;
+    TimeoutFuture::new(3000).await;
+    let (hidden, _) = log(s).await;
+    page_hidden(false);
+    assert_eq!(hidden, before, "no request in 3 s hidden at rest");
+    wait_until("the view is refreshed once shown", || async {
+        log(s).await.0 > before
+    })
+    .await;
+    // Hidden again: when_complete wakes the cache, which sees the view expired.
+    page_hidden(true);
+    TimeoutFuture::new(2500).await;
+    let (hidden, _) = log(s).await;
+    cache.when_complete().await.unwrap();
+    wait_until("when_complete() refetches the expired view", || async {
+        log(s).await.0 > hidden
+    })
+    .await;
+    page_hidden(false);
 }

@@ -14,7 +14,8 @@
 //                           `error` member), 503-date (503 with a Retry-After 3 s ahead, as
 //                           an HTTP date), bad-lat (forward, the first item's lat set to
 //                           95: well-formed JSON the client's checks refuse), bad-lat-once
-//                           (bad-lat for one answer, then pass)
+//                           (bad-lat for one answer, then pass), ttl1 (forward, every
+//                           item's ttl set to 1 s: a view at rest turns stale at once)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -67,6 +68,7 @@ function partial(res, request, withError) {
   forward(res, JSON.stringify({ ...request, ids: [] }), {}, leaveOut);
 }
 // An answer with its first item's latitude out of range (none to spoil: as it is).
+const ttl1 = (answer) => ({ ...answer, items: answer.items.map((it) => ({ ...it, ttl: 1 })) });
 const badLat = (answer) => ({ ...answer, items: answer.items.map((it, i) => (i ? it : { ...it, lat: 95 })) });
 const sessions = new Map();
 const session = (name) => {
@@ -152,6 +154,7 @@ const server = http.createServer((req, res) => {
       case 'partial-bare': partial(res, JSON.parse(text), false); break;
       case 'bad-lat-once': s.mode = 'pass'; // fall through
       case 'bad-lat': forward(res, text, {}, badLat); break;
+      case 'ttl1': forward(res, text, {}, ttl1); break;
       case 'auth':
         if (req.headers.authorization === 'Bearer good') forward(res, text);
         else send(res, 401, { error: { code: 'unauthorized', message: 'bad token' } });
