@@ -142,6 +142,23 @@ Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {}
         }
         s.push('\n');
     }
+    if r.policies.iter().any(|m| m.idle_requests > 0) {
+        let list = |f: fn(&Metrics) -> u64| {
+            r.policies
+                .iter()
+                .map(|m| format!("{} {}", m.policy, f(m)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "\nNot counted above: after each session's last viewport, the page left open fetches \
+the view's items again as they expire, for the rest of the run's 10 minutes. Requests: {} \
+(foreground: {}); items: {}.\n",
+            list(|m| m.idle_requests),
+            list(|m| m.idle_foreground_requests),
+            list(|m| m.idle_items_fetched),
+        ));
+    }
     s
 }
 

@@ -10,8 +10,14 @@
 //!   shown. Its *time to complete* is when every visible tile became showable minus when it
 //!   was shown (0 for hits). A viewport left before it completed counts as *abandoned*;
 //!   its time to complete is then how long it was on screen (a lower bound).
-//! - After a session's last viewport the simulation runs until nothing is in flight or
-//!   queued (so every policy's whole traffic is counted).
+//! - After a session's last viewport the simulation runs on for 10 minutes, so the
+//!   session's work still queued or in flight finishes and every policy's whole traffic is
+//!   counted. A view at rest also wakes when its items expire and fetches them again
+//!   (`Client::handle_timeout`); after the session, that is a page left open, whose
+//!   traffic grows with how long the run goes on, not with the trace or the policy. From
+//!   the last view's first such wake-up on, requests and what they bring are counted apart
+//!   ([`Metrics::idle_requests`]). Within a session a view's wake-ups count as any
+//!   request does: the user is looking at it.
 //!
 //! Everything is deterministic: the batcher's jitter is seeded, answers are ordered by
 //! (time, send order).
@@ -21,7 +27,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use tilewarm::access::Access;
 use tilewarm::batch::{BatchConfig, Batcher, Failure, Kind, RequestId};
-use tilewarm::client::{Client, ClientConfig, Payload};
+use tilewarm::client::{Client, ClientConfig, Event, Payload};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
 use tilewarm::protocol::{BatchRequest, BatchResponse};
@@ -243,7 +249,9 @@ trait Shell {
     ) -> Result<(), String>;
     fn is_complete(&self, now: u64) -> bool;
     fn next_wakeup(&self, now: u64) -> Option<u64>;
-    fn handle_timeout(&mut self, now: u64);
+    /// Time passed; returns whether the view woke (its items or tile lists read
+    /// differently from now on) and was refreshed.
+    fn handle_timeout(&mut self, now: u64) -> bool;
     /// The backend answered `id` with an error status.
     fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64);
 }
@@ -312,8 +320,16 @@ impl Shell for ClientShell {
     fn next_wakeup(&self, now: u64) -> Option<u64> {
         self.client.next_wakeup(now)
     }
-    fn handle_timeout(&mut self, now: u64) {
-        self.client.handle_timeout(now)
+    fn handle_timeout(&mut self, now: u64) -> bool {
+        // The sim reads no events but this one: a timeout that refreshes the view queues
+        // `Updated` (one that fails an overdue request queues an `Error` only).
+        while self.client.poll_event().is_some() {}
+        self.client.handle_timeout(now);
+        let mut woke = false;
+        while let Some(e) = self.client.poll_event() {
+            woke |= matches!(e, Event::Updated);
+        }
+        woke
     }
     fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64) {
         self.client.on_failure(id, failure, now)
@@ -375,7 +391,9 @@ impl Shell for NoneShell {
     fn next_wakeup(&self, now: u64) -> Option<u64> {
         self.batcher.next_wakeup(now)
     }
-    fn handle_timeout(&mut self, _now: u64) {}
+    fn handle_timeout(&mut self, _now: u64) -> bool {
+        false
+    }
     fn on_failure(&mut self, id: RequestId, failure: Failure, now: u64) {
         self.batcher.on_failure(id, &failure, now);
     }
@@ -439,6 +457,13 @@ pub struct Metrics {
     /// `--slow-share`).
     pub failed_requests: u64,
     pub slow_requests: u64,
+    /// After a session's last viewport, from the view's first wake-up at its items' expiry
+    /// on (the page left open, for the rest of the run's 10 minutes): the requests sent,
+    /// those in the foreground, and the items their answers brought. Counted in no other
+    /// field (requests, items, bytes, failures, prefetch tiles).
+    pub idle_requests: u64,
+    pub idle_foreground_requests: u64,
+    pub idle_items_fetched: u64,
     pub viewport_hit_rate: f64,
     pub item_hit_rate: f64,
 }
@@ -529,6 +554,8 @@ struct Flight {
     response: BatchResponse<Size>,
     /// The backend answers this one with a 503.
     fails: bool,
+    /// Sent by the page left open after the session ([`Metrics::idle_requests`]).
+    idle: bool,
 }
 
 struct SessionRun<'a> {
@@ -545,12 +572,16 @@ struct SessionRun<'a> {
     /// Prefetched tiles not yet seen in view.
     prefetched: HashMap<TileId, u32>,
     woke_at: Option<u64>,
+    /// After the session's last viewport: whether its view has woken at an expiry, so what
+    /// is sent from now on is the page left open's ([`Metrics::idle_requests`]).
+    draining: bool,
+    idle: bool,
 }
 
 impl SessionRun<'_> {
     fn pump(&mut self, m: &mut Metrics) {
         while let Some(id) = self.shell.poll_cancel() {
-            if self.flights.remove(&id.0).is_some() {
+            if self.flights.remove(&id.0).is_some_and(|f| !f.idle) {
                 m.cancelled += 1;
             }
         }
@@ -563,16 +594,21 @@ impl SessionRun<'_> {
                 (u < cfg.fail_share, u >= 1.0 - cfg.slow_share)
             };
             let mut done = self.now + self.cfg.latency(response.items.len());
+            let idle = self.idle;
             if fails {
-                m.failed_requests += 1;
+                m.failed_requests += u64::from(!idle);
                 done = self.now + self.cfg.latency(0);
             } else if slow {
-                m.slow_requests += 1;
+                m.slow_requests += u64::from(!idle);
                 done += self.cfg.slow_ms;
             }
-            m.requests += 1;
-            if req.kind == Kind::Foreground {
-                m.foreground_requests += 1;
+            let foreground = u64::from(req.kind == Kind::Foreground);
+            if idle {
+                m.idle_requests += 1;
+                m.idle_foreground_requests += foreground;
+            } else {
+                m.requests += 1;
+                m.foreground_requests += foreground;
             }
             self.seq += 1;
             self.heap.push(Reverse((done, self.seq, req.id.0)));
@@ -583,6 +619,7 @@ impl SessionRun<'_> {
                     tiles: req.request.tiles.clone(),
                     response,
                     fails,
+                    idle,
                 },
             );
         }
@@ -625,9 +662,13 @@ impl SessionRun<'_> {
                         false
                     }
                 }) {
-                    m.items_fetched += f.response.items.len() as u64;
-                    m.bytes += answer_bytes(&f.response);
-                    if f.kind == Kind::Prefetch {
+                    if f.idle {
+                        m.idle_items_fetched += f.response.items.len() as u64;
+                    } else {
+                        m.items_fetched += f.response.items.len() as u64;
+                        m.bytes += answer_bytes(&f.response);
+                    }
+                    if f.kind == Kind::Prefetch && !f.idle {
                         for t in &f.tiles {
                             m.prefetch_tiles += 1;
                             *self.prefetched.entry(*t).or_default() += 1;
@@ -643,7 +684,9 @@ impl SessionRun<'_> {
                 }
             } else {
                 self.woke_at = Some(self.now);
-                self.shell.handle_timeout(self.now);
+                if self.shell.handle_timeout(self.now) && self.draining {
+                    self.idle = true;
+                }
             }
             self.pump(m);
             self.check_complete(m);
@@ -674,6 +717,8 @@ fn run_session(
         waiting: None,
         prefetched: HashMap::new(),
         woke_at: None,
+        draining: false,
+        idle: false,
     };
     for (i, &(t, vp)) in session.events.iter().enumerate() {
         let at = EPOCH + (t - t_first);
@@ -724,8 +769,10 @@ fn run_session(
         run.pump(m);
         run.check_complete(m);
     }
-    // Let the last viewport complete and every request finish (bounded: 10 minutes).
+    // Let the last viewport complete and every request finish (bounded: 10 minutes); the
+    // view's refreshes at rest from its first expiry on are the idle page's, counted apart.
     let end = run.now + 600_000;
+    run.draining = true;
     run.advance(end, m);
     if let Some(shown) = run.waiting.take() {
         m.abandoned += 1;

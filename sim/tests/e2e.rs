@@ -199,3 +199,47 @@ fn real_user_study_logs_replay_if_present() {
         assert!(m.viewports > 0);
     }
 }
+
+/// A view at rest fetches its items again as they expire (the client wakes at their
+/// expiry). Within a session that is traffic like any other: the user is looking at it.
+/// After the session's last viewport it is the page left open, for as long as the run
+/// goes on, and is counted apart (`idle_*`), so the rest of the run does not add to a
+/// policy's requests and items.
+#[test]
+fn a_view_at_rest_refreshes_and_after_the_session_that_is_counted_apart() {
+    let line = |t: u64| {
+        format!(
+            r#"{{"session":"a","t":{t},"west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5}}"#
+        )
+    };
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let cfg = SimConfig::default();
+    let run = |lines: &[String]| {
+        let sessions = trace::parse(lines.join("\n").as_bytes()).unwrap();
+        let m = sim::run_policy(Policy::Lru, &sessions, &origin, &cfg);
+        check_consistent(&m);
+        m
+    };
+
+    // One view: one request fetches it; the 10 minutes after it hold its items' expiry.
+    let once = run(&[line(0)]);
+    assert_eq!(
+        (once.requests, once.foreground_requests),
+        (1, 1),
+        "{once:?}"
+    );
+    assert!(once.items_fetched > 0, "{once:?}");
+    assert!(
+        once.idle_requests >= 1 && once.idle_foreground_requests == once.idle_requests,
+        "{once:?}"
+    );
+    assert_eq!(once.idle_items_fetched, once.items_fetched, "{once:?}");
+
+    // The same view shown again 400 s later, the items having expired at rest in between:
+    // the refresh at 300 s is the session's, and the view is ready when shown again.
+    let twice = run(&[line(0), line(400_000)]);
+    assert_eq!(twice.requests, 2, "{twice:?}");
+    assert_eq!(twice.items_fetched, 2 * once.items_fetched, "{twice:?}");
+    assert_eq!(twice.hits, 1, "{twice:?}");
+    assert!(twice.idle_requests >= 1, "{twice:?}");
+}
