@@ -19,8 +19,9 @@
 //!   502 `upstream_error` naming what was wrong;
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
 //!   are the request's problem and passed on with their code (as the edge does); a 429
-//!   keeps the upstream's `Retry-After` when it is a number of seconds (at most
-//!   [`MAX_RETRY_AFTER_S`]; a date or none: the server's `--retry-after-s`);
+//!   keeps the upstream's `Retry-After` ([`retry_after_s`]: seconds, or an HTTP date as the
+//!   seconds from now; at most [`MAX_RETRY_AFTER_S`]; none or unreadable: the server's
+//!   `--retry-after-s`);
 //! - no answer within `--origin-timeout-ms` is a 504 (the request is dropped, which closes
 //!   its connection);
 //! - items above the asked tier (a leaking upstream) are dropped and counted by
@@ -58,12 +59,20 @@ use crate::config::Config;
 /// (by mistake or not) does not park every client for longer than an hour.
 pub const MAX_RETRY_AFTER_S: u64 = 3_600;
 
-/// An upstream's `Retry-After` in seconds, when it is delta-seconds (RFC 9110 10.2.3),
-/// capped at [`MAX_RETRY_AFTER_S`]; an HTTP date, garbage or none: `None`.
-pub fn retry_after_s(value: Option<&hyper::header::HeaderValue>) -> Option<u64> {
+/// An upstream's `Retry-After` in seconds from `now` (RFC 9110 10.2.3): delay-seconds, or
+/// an HTTP date (`httpdate`: the IMF-fixdate and the two obsolete forms), counted from
+/// `now` and rounded up (a date in the past: 0); either capped at [`MAX_RETRY_AFTER_S`].
+/// Garbage or none: `None`.
+pub fn retry_after_s(value: Option<&hyper::header::HeaderValue>, now: SystemTime) -> Option<u64> {
     let text = value?.to_str().ok()?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        let at = httpdate::parse_http_date(text).ok()?;
+        let ahead = at.duration_since(now).unwrap_or_default();
+        let whole = ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0);
+        return Some(whole.min(MAX_RETRY_AFTER_S));
     }
     // All digits: only an overflow fails, and that is more than the cap.
     Some(
@@ -205,7 +214,10 @@ impl UpstreamOrigin {
             ))
         })?;
         let status = resp.status().as_u16();
-        let retry_after = retry_after_s(resp.headers().get(hyper::header::RETRY_AFTER));
+        let retry_after = retry_after_s(
+            resp.headers().get(hyper::header::RETRY_AFTER),
+            SystemTime::now(),
+        );
         let max = self.limits.max_body_bytes;
         let body = Limited::new(resp.into_body(), max)
             .collect()
@@ -305,16 +317,63 @@ mod tests {
     #[test]
     fn retry_after_is_read_as_seconds_and_capped() {
         let h = |s: &'static str| hyper::header::HeaderValue::from_static(s);
-        assert_eq!(retry_after_s(Some(&h("7"))), Some(7));
-        assert_eq!(retry_after_s(Some(&h(" 0 "))), Some(0));
-        assert_eq!(retry_after_s(Some(&h("86400"))), Some(MAX_RETRY_AFTER_S));
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(retry_after_s(Some(&h("7")), now), Some(7));
+        assert_eq!(retry_after_s(Some(&h(" 0 ")), now), Some(0));
         assert_eq!(
-            retry_after_s(Some(&h("99999999999999999999999"))),
+            retry_after_s(Some(&h("86400")), now),
             Some(MAX_RETRY_AFTER_S)
         );
-        for bad in ["Wed, 21 Oct 2015 07:28:00 GMT", "-1", "1.5", ""] {
-            assert_eq!(retry_after_s(Some(&h(bad))), None, "{bad}");
+        assert_eq!(
+            retry_after_s(Some(&h("99999999999999999999999")), now),
+            Some(MAX_RETRY_AFTER_S)
+        );
+        for bad in [
+            "-1",
+            "1.5",
+            "",
+            "soon",
+            "Wed, 21 Oct 2015 07:28:00",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(retry_after_s(Some(&h(bad)), now), None, "{bad}");
         }
-        assert_eq!(retry_after_s(None), None);
+        assert_eq!(retry_after_s(None, now), None);
+    }
+
+    /// RFC 9110 10.2.3: `Retry-After` may be an HTTP date; it is read as the seconds from
+    /// the `now` given (rounded up), capped, and 0 once past. Fails when dates are ignored
+    /// (`None`: the server's `--retry-after-s` would be sent instead).
+    #[test]
+    fn retry_after_as_an_http_date_is_the_seconds_from_now() {
+        let h = |s: &'static str| hyper::header::HeaderValue::from_static(s);
+        // Wed, 21 Oct 2015 07:28:00 GMT.
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_445_412_480);
+        let before = |s: u64| at - std::time::Duration::from_secs(s);
+        for form in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(
+                retry_after_s(Some(&h(form)), before(90)),
+                Some(90),
+                "{form}"
+            );
+        }
+        let date = h("Wed, 21 Oct 2015 07:28:00 GMT");
+        // Part of a second ahead counts as a whole one: the client waits until the date.
+        let almost = before(7) + std::time::Duration::from_millis(400);
+        assert_eq!(retry_after_s(Some(&date), almost), Some(7));
+        assert_eq!(retry_after_s(Some(&date), at), Some(0));
+        assert_eq!(
+            retry_after_s(Some(&date), at + std::time::Duration::from_secs(60)),
+            Some(0),
+            "a date in the past"
+        );
+        assert_eq!(
+            retry_after_s(Some(&date), before(86_400)),
+            Some(MAX_RETRY_AFTER_S)
+        );
     }
 }

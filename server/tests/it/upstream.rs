@@ -40,6 +40,8 @@ const LOWER_TIER: u8 = 7;
 const MISPLACE: u8 = 8;
 /// A 429 with `Retry-After: 7`.
 const LIMITED_429_RETRY_7: u8 = 9;
+/// A 429 with `Retry-After` an HTTP date 30 s from now.
+const LIMITED_429_RETRY_DATE: u8 = 10;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -58,6 +60,11 @@ async fn answer(
     let mut r = answer_as(&stub, mode, headers, body).await.into_response();
     if mode == LIMITED_429_RETRY_7 {
         r.headers_mut().insert("retry-after", 7.into());
+    }
+    if mode == LIMITED_429_RETRY_DATE {
+        let at = std::time::SystemTime::now() + Duration::from_secs(30);
+        r.headers_mut()
+            .insert("retry-after", httpdate::fmt_http_date(at).parse().unwrap());
     }
     r
 }
@@ -121,7 +128,7 @@ async fn answer_as(
             StatusCode::INTERNAL_SERVER_ERROR,
             "{\"error\":{\"code\":\"internal\",\"message\":\"boom\"}}".into(),
         ),
-        LIMITED_429 | LIMITED_429_RETRY_7 => (
+        LIMITED_429 | LIMITED_429_RETRY_7 | LIMITED_429_RETRY_DATE => (
             StatusCode::TOO_MANY_REQUESTS,
             "{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down\"}}".into(),
         ),
@@ -293,6 +300,13 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
         );
         assert!(started.elapsed() < Duration::from_secs(3), "mode {mode}");
     }
+    // A Retry-After given as an HTTP date 30 s ahead is passed on as about 30 seconds
+    // (fails when dates are not read: --retry-after-s, 1).
+    stub.mode.store(LIMITED_429_RETRY_DATE, Relaxed);
+    let r = http.batch(&s, &body).await;
+    assert!(r.error(429, "rate_limited").contains("slow down"));
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((28..=30).contains(&secs), "Retry-After: {secs}");
     // Nothing of that was cached: the honest answer is fetched, then cached.
     stub.mode.store(HONEST, Relaxed);
     let calls = stub.calls.load(Relaxed);
