@@ -756,7 +756,8 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "changes_connected": app.origin.change_feed().map(|f| f.stats.connected.load(std::sync::atomic::Ordering::Relaxed))
             .or_else(|| app.origin.upstream_feed().map(|f| f.stats.state() == crate::origin::upstream_changes::FeedState::Connected)),
         // The upstream's change feed (an upstream origin): `connected`, `connecting`, or why
-        // it is not followed (`not_found`, `refused`, `not_a_feed`); null when none is.
+        // it is not followed (`not_found`, `refused`, `redirected`, `not_a_feed`); null when
+        // none is.
         "upstream_changes": app.origin.upstream_feed().map(|f| f.stats.state().name()),
         "data_zoom": app.config.data_zoom,
     });

@@ -33,17 +33,31 @@
 //! The last event id is kept only once its event is applied, so a drop in the middle
 //! resumes from before it.
 //!
-//! # Reconnects, silence, and an upstream without a feed
-//! A lost connection is replaced after 100 ms doubling to 2 s (starting over only after a
-//! connection that lasted [`STABLE_AFTER`]), each delay jittered over its upper half
-//! ([`crate::backoff::jitter`]) so that the instances of a fleet do not reconnect in step.
-//! A connection on which nothing arrives for `--origin-changes-idle-ms` (35 s by default;
-//! a tilewarm-server sends a keep-alive comment every 15 s) is dropped and replaced: a peer
-//! that died without closing (a lost NAT entry, a stopped VM) is not waited on for ever.
+//! # Reconnects, silence, refusals, and an upstream without a feed
+//! A lost connection (or one that could not be made, or a 5xx answer: an upstream that is
+//! restarting, or a proxy in front of it) is replaced after 100 ms doubling to 2 s
+//! (starting over only after a connection that lasted [`STABLE_AFTER`]): short, because
+//! while the follower is away nothing is invalidated here. Each delay is jittered over its
+//! upper half ([`crate::backoff::jitter`]) so that the instances of a fleet do not
+//! reconnect in step. A connection on which nothing arrives for `--origin-changes-idle-ms`
+//! (35 s by default; a tilewarm-server sends a keep-alive comment every 15 s) is dropped
+//! and replaced: a peer that died without closing (a lost NAT entry, a stopped VM) is not
+//! waited on for ever.
+//!
+//! Any other 4xx (429 over the upstream's `--changes-max-per-caller`, a 400 to a request
+//! without an id, a 405, …) says that asking again at once will not help: such answers
+//! in a row wait [`REFUSED_FIRST`] doubling to [`SLOW_RETRY`], jittered. Whatever the
+//! status, an answer's `Retry-After` (seconds or an HTTP date,
+//! [`super::upstream::retry_after_s`]) is the least the next try waits, up to
+//! [`MAX_RETRY_AFTER`]. Each kind of failure (a status, or no answer) is logged at warn
+//! once until the stream is up again, then at debug.
+//!
 //! An upstream that answers 404 (a version without the feed, or not a tilewarm-server), 401
-//! or 403 (the token is refused for the feed), or 200 with something else than an event
-//! stream, is logged once at warn and tried again every [`SLOW_RETRY`] (it may be
-//! upgraded, or the token rotated); `/healthz` says so (`upstream_changes`) and so does
+//! or 403 (the token is refused for the feed), a redirect (3xx: a configuration error; it
+//! is not followed, since the token would go wherever it points: the warning names the URL
+//! and where it points), or 200 with something else than an event stream, is logged once
+//! at warn and tried again every [`SLOW_RETRY`] (it may be upgraded, reconfigured, or the
+//! token rotated); `/healthz` says so (`upstream_changes`) and so does
 //! `tilewarm_upstream_changes_unavailable`. Meanwhile, and while the upstream is
 //! unreachable, nothing is invalidated from it: cached entries are served until their TTL.
 //!
@@ -66,11 +80,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use tilewarm::protocol::{decode_error, decode_invalidation, Limits};
 use tracing::{debug, info, warn};
 
@@ -96,9 +110,18 @@ pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// How long the answer's head may take (connect, TLS, the upstream's catch-up).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Between tries while the upstream has no feed for this server (404, 401, 403, not an
-/// event stream).
+/// Between tries while the upstream has no feed for this server (404, 401, 403, a
+/// redirect, not an event stream); the longest wait between refused tries.
 pub const SLOW_RETRY: Duration = Duration::from_secs(30);
+
+/// The first wait after a refusal (a 4xx that is not about the feed or the id sent),
+/// doubling per refusal in a row up to [`SLOW_RETRY`].
+pub const REFUSED_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest upstream `Retry-After` the follower honours: an upstream that asks for more
+/// (by mistake or not) leaves this tier without its invalidations for no longer than this
+/// between tries.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How long a connection must have lasted for the reconnect back-off to start over.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -168,6 +191,8 @@ pub enum FeedState {
     Refused = 3,
     /// The upstream answered 200 with something else than an event stream.
     NotAFeed = 4,
+    /// The upstream answered a redirect (3xx), which the follower does not follow.
+    Redirected = 5,
 }
 
 impl FeedState {
@@ -177,6 +202,7 @@ impl FeedState {
             2 => FeedState::NotFound,
             3 => FeedState::Refused,
             4 => FeedState::NotAFeed,
+            5 => FeedState::Redirected,
             _ => FeedState::Connecting,
         }
     }
@@ -189,6 +215,7 @@ impl FeedState {
             FeedState::NotFound => "not_found",
             FeedState::Refused => "refused",
             FeedState::NotAFeed => "not_a_feed",
+            FeedState::Redirected => "redirected",
         }
     }
 
@@ -196,7 +223,7 @@ impl FeedState {
     pub fn unavailable(self) -> bool {
         matches!(
             self,
-            FeedState::NotFound | FeedState::Refused | FeedState::NotAFeed
+            FeedState::NotFound | FeedState::Refused | FeedState::NotAFeed | FeedState::Redirected
         )
     }
 }
@@ -289,10 +316,45 @@ enum Ended {
     AppGone,
     /// The upstream's `expired`: reconnect now with the current token.
     Expired,
-    /// The upstream serves no feed to this server (404, 401, 403, not an event stream).
+    /// The upstream serves no feed to this server (404, 401, 403, a redirect, not an event
+    /// stream).
     Unavailable(FeedState, String),
-    /// Anything else: why.
+    /// Any other error answer: its status, what it said, and its `Retry-After`.
+    Answered {
+        status: u16,
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    /// No answer, or a connection that failed or ended: why.
     Failed(String),
+}
+
+/// The wait before the next try after an error answer with `status`: the next delay of
+/// `backoff` (5xx: the upstream or a proxy in front of it is failing, tried again soon) or
+/// of `refused` (any other status: asking again at once will not help), jittered, and at
+/// least the answer's `Retry-After` (capped at [`MAX_RETRY_AFTER`]).
+fn wait_after_answer(
+    status: u16,
+    retry_after: Option<Duration>,
+    backoff: &mut Backoff,
+    refused: &mut Backoff,
+) -> Duration {
+    let delay = if status >= 500 {
+        backoff.after_connection(None, STABLE_AFTER)
+    } else {
+        refused.next_delay()
+    };
+    jitter(delay).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+/// Whether a failure of `kind` (an HTTP status, 0 for no answer) is logged at warn: the
+/// first of each kind since the stream was last up (`warned` holds those already told).
+fn first_of_its_kind(warned: &mut Vec<u16>, kind: u16) -> bool {
+    if warned.contains(&kind) {
+        return false;
+    }
+    warned.push(kind);
+    true
 }
 
 /// Runs the follower until the app is dropped (module docs).
@@ -306,14 +368,16 @@ pub fn spawn(app: Weak<App>, feed: UpstreamFeed) {
     }
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut refused = Backoff::new(REFUSED_FIRST, SLOW_RETRY);
         let mut relay = Relay::new(
             "upstream feed",
             ReadHold::UpstreamFeed,
             Arc::clone(&feed.stats.unpublished),
         );
         let mut last: Option<String> = None;
-        // A failure not logged at warn yet since the last connection came up.
-        let mut quiet_failures = false;
+        // The kinds of failure (a status, 0: no answer) logged at warn since the stream was
+        // last up: later ones of the same kind are logged at debug.
+        let mut warned: Vec<u16> = Vec::new();
         let mut warned_ids = false;
         let mut first = true;
         loop {
@@ -330,6 +394,12 @@ pub fn spawn(app: Weak<App>, feed: UpstreamFeed) {
             let ended =
                 follow_once(&app, &feed, &mut relay, &mut last, &mut up, &mut warned_ids).await;
             let was = feed.stats.set(FeedState::Connecting);
+            if up || was.unavailable() {
+                // Connected, or no longer refused as unavailable: what goes wrong now is
+                // news.
+                warned.clear();
+                refused.reset();
+            }
             let wait = match ended {
                 Ended::AppGone => return,
                 Ended::Expired => {
@@ -349,13 +419,26 @@ pub fn spawn(app: Weak<App>, feed: UpstreamFeed) {
                         debug!(why = %why, "upstream feed: still not served");
                     }
                     backoff.reset();
+                    refused.reset();
                     jitter(SLOW_RETRY)
+                }
+                Ended::Answered {
+                    status,
+                    why,
+                    retry_after,
+                } => {
+                    let wait = wait_after_answer(status, retry_after, &mut backoff, &mut refused);
+                    if first_of_its_kind(&mut warned, status) {
+                        warn!(url = %feed.shown, error = %why, retry_in_ms = wait.as_millis() as u64, "upstream feed: not served; trying again after a delay that grows (further answers of this kind are logged at debug until it connects)");
+                    } else {
+                        debug!(error = %why, retry_in_ms = wait.as_millis() as u64, "upstream feed: not served yet");
+                    }
+                    wait
                 }
                 Ended::Failed(why) => {
                     if up {
                         warn!(url = %feed.shown, error = %why, resume_from = last.as_deref().unwrap_or("none"), "upstream feed: connection lost; reconnecting");
-                        quiet_failures = false;
-                    } else if !std::mem::replace(&mut quiet_failures, true) || was.unavailable() {
+                    } else if first_of_its_kind(&mut warned, 0) {
                         warn!(url = %feed.shown, error = %why, "upstream feed: cannot connect; retrying (further failures are logged at debug until it connects)");
                     } else {
                         debug!(error = %why, "upstream feed: cannot connect yet");
@@ -364,9 +447,6 @@ pub fn spawn(app: Weak<App>, feed: UpstreamFeed) {
                     jitter(backoff.after_connection(up_for, STABLE_AFTER))
                 }
             };
-            if up {
-                quiet_failures = false;
-            }
             tokio::time::sleep(wait).await;
         }
     });
@@ -418,6 +498,13 @@ async fn follow_once(
     };
     let status = resp.status().as_u16();
     if status != 200 {
+        let retry_after =
+            super::upstream::retry_after_s(resp.headers().get(RETRY_AFTER), SystemTime::now())
+                .map(Duration::from_secs);
+        let location = resp.headers().get(LOCATION).map(|v| match v.to_str() {
+            Ok(l) => super::redact_url(&l.chars().take(300).collect::<String>()),
+            Err(_) => "(a Location that is not visible ASCII)".to_owned(),
+        });
         let body = tokio::time::timeout(
             Duration::from_secs(5),
             Limited::new(resp.into_body(), MAX_ERROR_BYTES).collect(),
@@ -431,6 +518,14 @@ async fn follow_once(
         .unwrap_or_default();
         let said = format!("the upstream answered HTTP {status}{message}");
         return match status {
+            300..=399 => Ended::Unavailable(
+                FeedState::Redirected,
+                format!(
+                    "{} redirects (HTTP {status}) to {}: redirects are not followed (the token would go wherever they point); set --origin-changes (or --origin) to the URL it points to",
+                    feed.shown,
+                    location.as_deref().unwrap_or("nowhere (no Location)")
+                ),
+            ),
             404 => Ended::Unavailable(
                 FeedState::NotFound,
                 format!("{said} (it has no change feed there: an older tilewarm-server, or not one; --origin-changes sets the URL, or off)"),
@@ -446,7 +541,11 @@ async fn follow_once(
                 *last = None;
                 Ended::Failed(format!("{said} (the next connect starts afresh, without Last-Event-ID)"))
             }
-            _ => Ended::Failed(said),
+            _ => Ended::Answered {
+                status,
+                why: said,
+                retry_after,
+            },
         };
     }
     let content_type = resp
@@ -612,6 +711,55 @@ mod tests {
         );
     }
 
+    /// 5xx: the short back-off; other statuses: the refused one, from 1 s doubling to 30 s;
+    /// either at least the answer's `Retry-After`, capped. Fails when a 4xx takes the short
+    /// back-off (tried every 2 s at most) or `Retry-After` is ignored.
+    #[test]
+    fn an_answer_waits_by_its_kind_and_at_least_its_retry_after() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let fresh = || {
+            (
+                Backoff::new(ms(100), s(2)),
+                Backoff::new(REFUSED_FIRST, SLOW_RETRY),
+            )
+        };
+        let within = |d: Duration, full: Duration| d >= full / 2 && d <= full;
+        let (mut b, mut r) = fresh();
+        for full in [1, 2, 4, 8, 16, 30, 30].map(s) {
+            let w = wait_after_answer(429, None, &mut b, &mut r);
+            assert!(within(w, full), "{w:?} for {full:?}");
+        }
+        let (mut b, mut r) = fresh();
+        for full in [100, 200, 400, 800, 1600, 2000].map(ms) {
+            let w = wait_after_answer(502, None, &mut b, &mut r);
+            assert!(within(w, full), "{w:?} for {full:?}");
+        }
+        let (mut b, mut r) = fresh();
+        assert_eq!(wait_after_answer(503, Some(s(7)), &mut b, &mut r), s(7));
+        assert_eq!(wait_after_answer(429, Some(s(7)), &mut b, &mut r), s(7));
+        assert_eq!(
+            wait_after_answer(429, Some(s(3_600)), &mut b, &mut r),
+            MAX_RETRY_AFTER
+        );
+        // A Retry-After shorter than the back-off does not shorten it.
+        let (mut b, mut r) = fresh();
+        for _ in 0..5 {
+            wait_after_answer(410, None, &mut b, &mut r);
+        }
+        assert!(wait_after_answer(410, Some(s(1)), &mut b, &mut r) >= s(15));
+    }
+
+    #[test]
+    fn each_kind_of_failure_is_warned_once() {
+        let mut warned = Vec::new();
+        assert!(first_of_its_kind(&mut warned, 0));
+        assert!(!first_of_its_kind(&mut warned, 0));
+        assert!(first_of_its_kind(&mut warned, 429));
+        assert!(!first_of_its_kind(&mut warned, 429));
+        assert!(!first_of_its_kind(&mut warned, 0));
+    }
+
     #[test]
     fn states_round_trip() {
         for s in [
@@ -620,6 +768,7 @@ mod tests {
             FeedState::NotFound,
             FeedState::Refused,
             FeedState::NotAFeed,
+            FeedState::Redirected,
         ] {
             assert_eq!(FeedState::from_u8(s as u8), s);
         }

@@ -715,3 +715,181 @@ async fn instances_sharing_redis_each_follow_and_their_followers_hear_each_chang
     a.shutdown().await;
     up.shutdown().await;
 }
+
+/// A stub feed at `/v1/changes` that gives every request `answer`'s response and records
+/// when each came; its root URL.
+async fn stub_feed(
+    answer: impl Fn() -> axum::response::Response + Clone + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<tokio::time::Instant>>>) {
+    let calls: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let c = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v1/changes",
+        axum::routing::get(move || {
+            let (c, answer) = (Arc::clone(&c), answer.clone());
+            async move {
+                c.lock().unwrap().push(tokio::time::Instant::now());
+                answer()
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, calls)
+}
+
+/// A downstream whose origin and feed are the stub at `stub` (no token).
+async fn following(stub: &str) -> Server {
+    server(Config {
+        origin: Some(format!("{stub}/v1/batch")),
+        origin_changes: Some(format!("{stub}/v1/changes")),
+        warmup_ring: 0,
+        ..config()
+    })
+    .await
+}
+
+/// The gaps between the calls recorded.
+fn gaps(calls: &Mutex<Vec<tokio::time::Instant>>) -> Vec<Duration> {
+    let c = calls.lock().unwrap();
+    c.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// An upstream whose feed answers 429 with `Retry-After: 2` or 503 with a `Retry-After`
+/// date 4 s ahead is not asked again sooner; one that answers 410 (neither the feed's
+/// absence nor the id: asking again at once will not help) is asked after 1 s, doubling,
+/// not every 2 s at most; each is warned once. Fails when Retry-After is ignored (the
+/// reconnect back-off's 100 ms…2 s) or when a 4xx takes that back-off (about 8 calls in
+/// 5 s). Current-thread runtime: the scoped subscriber sees the followers' tasks.
+#[tokio::test]
+async fn feed_answers_that_say_wait_are_waited_for_and_refusals_backed_off() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let log = crate::logs::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let body = r#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
+    let (limited, limited_calls) = stub_feed(move || {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "2"), ("content-type", "application/json")],
+            body,
+        )
+            .into_response()
+    })
+    .await;
+    let (full, full_calls) = stub_feed(|| {
+        let at = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(4));
+        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", at)], "").into_response()
+    })
+    .await;
+    let (gone, gone_calls) = stub_feed(|| StatusCode::GONE.into_response()).await;
+    let downs = [
+        following(&limited).await,
+        following(&full).await,
+        following(&gone).await,
+    ];
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for d in downs {
+        assert_eq!(state(&d), FeedState::Connecting);
+        d.shutdown().await;
+    }
+    drop(guard);
+    let g = gaps(&limited_calls);
+    assert!(!g.is_empty(), "asked again after its Retry-After");
+    assert!(
+        g.iter().all(|g| *g >= Duration::from_millis(1_950)),
+        "429 with Retry-After: 2: {g:?}"
+    );
+    let g = gaps(&full_calls);
+    assert!(!g.is_empty(), "asked again after its Retry-After");
+    // A date is whole seconds: 4 s ahead at the answer is at least 3 s after it.
+    assert!(
+        g.iter().all(|g| *g >= Duration::from_millis(2_950)),
+        "503 with a Retry-After date: {g:?}"
+    );
+    let g = gaps(&gone_calls);
+    assert!(
+        (1..=3).contains(&g.len()) && g.iter().all(|g| *g >= Duration::from_millis(450)),
+        "410: 1 s doubling, jittered: {g:?}"
+    );
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    for (says, url) in [
+        ("HTTP 429: slow down", &limited),
+        ("HTTP 503", &full),
+        ("HTTP 410", &gone),
+    ] {
+        let warned: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("WARN") && l.contains(says) && l.contains(&format!("{url}/v1/changes "))
+            })
+            .collect();
+        assert_eq!(warned.len(), 1, "{says}: log: {text}");
+    }
+}
+
+/// A feed URL that redirects is a configuration error: it is not followed (the token would
+/// go wherever it points), the warning says once which URL redirects and where to, `/healthz`
+/// says `redirected`, and it is asked again only after the slow retry (30 s, jittered), not
+/// every 2 s. Fails without the redirect case (state `connecting`, asked again within 2 s,
+/// no Location in the log). Current-thread runtime: the scoped subscriber sees the
+/// follower's task.
+#[tokio::test]
+async fn a_feed_url_that_redirects_is_warned_once_with_where_it_points() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let log = crate::logs::Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let (stub, calls) = stub_feed(|| {
+        (
+            StatusCode::MOVED_PERMANENTLY,
+            [("location", "https://feed.example/v1/changes")],
+        )
+            .into_response()
+    })
+    .await;
+    let down = following(&stub).await;
+    assert!(
+        eventually(Duration::from_secs(10), || state(&down)
+            == FeedState::Redirected)
+        .await,
+        "{:?}",
+        state(&down)
+    );
+    let http = Http::new();
+    let health = http.get(&format!("{}/healthz", down.url())).await.json();
+    assert_eq!(health["upstream_changes"], "redirected");
+    let metrics = http.get(&format!("{}/metrics", down.url())).await.text();
+    assert!(
+        metrics.contains("tilewarm_upstream_changes_unavailable 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls.lock().unwrap().len(), 1, "asked again within 3 s");
+    down.shutdown().await;
+    drop(guard);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("upstream feed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "log: {text}");
+    assert!(
+        warned[0].contains(&format!(
+            "{stub}/v1/changes redirects (HTTP 301) to https://feed.example/v1/changes"
+        )) && warned[0].contains("--origin-changes"),
+        "{}",
+        warned[0]
+    );
+}
