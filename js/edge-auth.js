@@ -112,8 +112,15 @@ const PUBLIC_KEY_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', '
 /** A credential the caller sent that is not good: a 401 with `message` (never the token). */
 export class Unauthorized extends Error {}
 
-/** The key source could not be used (a JWKS URL that did not answer): a 502. */
-export class KeysUnavailable extends Error {}
+/** The key source could not be used (a JWKS URL that did not answer): a 502, whose
+ * `Retry-After` is `retryAfterS`, the whole seconds (at least 1) until this isolate may
+ * next fetch the keys for the request (see `remoteKeys`): asking sooner gets the same 502. */
+export class KeysUnavailable extends Error {
+  constructor(message, retryAfterS = 1) {
+    super(message);
+    this.retryAfterS = retryAfterS;
+  }
+}
 
 /** Whether `hostname` (as `URL` writes it: IPv4 in dotted decimal, IPv6 in brackets) is a
  * loopback host: 127.0.0.0/8, ::1 or localhost. */
@@ -178,6 +185,8 @@ export function createAuth(env, options = {}) {
   }
   let key = null;
   let algorithms = PUBLIC_KEY_ALGS;
+  // For JWKS_URL: the seconds until the keys may next be fetched (see remoteKeys).
+  let retryAfterS = () => 1;
   // The key set tokens are verified with now, for the verified-token cache: one for a secret
   // or a JWKS binding; for JWKS_URL, the document fetched last (a new object at every
   // refetch), and none while it is stale or not fetched yet (it is fetched then, and no
@@ -209,7 +218,7 @@ export function createAuth(env, options = {}) {
     if (!Number.isInteger(cooldown) || cooldown < 1 || cooldown > 3600) {
       throw new Error(`jwksCooldownS must be an integer from 1 to 3600 seconds, got ${JSON.stringify(cooldown)}`);
     }
-    ({ key, keysNow } = remoteKeys(url, maxAge * 1000, cooldown * 1000));
+    ({ key, keysNow, retryAfterS } = remoteKeys(url, maxAge * 1000, cooldown * 1000));
   }
   const verified = new VerifiedTokens(cacheSize, leeway);
   /** The bearer token of `request`, checked for form; null without an Authorization header.
@@ -243,9 +252,13 @@ export function createAuth(env, options = {}) {
       // raises a plain JOSEError for an answer that is not 200 (a redirect too: it fetches
       // with redirect: 'manual') or not JSON, JWKSInvalid for a malformed set, JWKSTimeout,
       // and the runtime's own errors for a failed fetch. That is the edge's problem (502),
-      // not the caller's: a 401 would tell it to get another token.
+      // not the caller's: a 401 would tell it to get another token. remoteKeys's own
+      // failures carry when the keys may be fetched next; any other (a key of the set that
+      // cannot be used) waits for the next fetch allowed at all.
+      const prefix = 'the keys at JWKS_URL could not be fetched or used';
+      if (e instanceof KeysUnavailable) throw new KeysUnavailable(`${prefix}: ${e.message}`, e.retryAfterS);
       if (source === 'JWKS_URL' && !aboutTheToken(e)) {
-        throw new KeysUnavailable(`the keys at JWKS_URL could not be fetched or used: ${e?.message ?? e}`);
+        throw new KeysUnavailable(`${prefix}: ${e?.message ?? e}`, retryAfterS(Date.now(), false));
       }
       throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
     }
@@ -294,9 +307,12 @@ export function createAuth(env, options = {}) {
 }
 
 /**
- * The key source for `JWKS_URL`: `key` for jwtVerify, and `keysNow()`, the set tokens are
+ * The key source for `JWKS_URL`: `key` for jwtVerify, `keysNow()`, the set tokens are
  * verified with now (for the verified-token cache: a new object per fetch; undefined while
- * the set is older than `maxAgeMs` or not fetched yet).
+ * the set is older than `maxAgeMs` or not fetched yet), and `retryAfterS(now, kidUnknown)`,
+ * the whole seconds (at least 1) until a fetch may be tried for a request that failed (see
+ * *Retry-After* below). `key` throws `KeysUnavailable` (with that wait) when the key source
+ * failed the request, and jose's errors when the token is at fault.
  *
  * jose's `createRemoteJWKSet` fetches (its checks and errors), but this decides when, so that
  * an isolate has at most one fetch of the keys in flight. jose does not share one between
@@ -328,6 +344,12 @@ export function createAuth(env, options = {}) {
  * max age (it verifies meanwhile), else for JWKS_FIRST_RETRY_MS doubled per failure in a row.
  * A token whose `kid` the set lacks is a 401 when that set is the key server's latest answer,
  * and a 502 when the last fetch failed: the key may be in the set it could not fetch.
+ *
+ * Retry-After: a 502 tells the caller when asking again can get another answer: when the
+ * failure back-off above is over (counted from the last failure) and, for a token whose
+ * `kid` the fresh set lacks, when the cool-down is over (counted from the last attempt);
+ * at least 1 s (a fetch in flight, or one that another request gave up waiting for, may be
+ * tried at once).
  */
 function remoteKeys(url, maxAgeMs, cooldownMs) {
   // The last good set: the document, jose's key lookup over it, and when it was fetched.
@@ -343,6 +365,8 @@ function remoteKeys(url, maxAgeMs, cooldownMs) {
   const fresh = (now) => set !== null && now - set.at < maxAgeMs;
   const usable = (now) => set !== null && now - set.at < maxAgeMs + JWKS_STALE_IF_ERROR_MS;
   const live = (now) => flight !== null && now - flight.startedAt < JWKS_FETCH_TIMEOUT_MS + JWKS_WAIT_MARGIN_MS;
+  /** How long after the last failure the key server is not asked again. */
+  const failureWait = (now) => (usable(now) ? JWKS_RETRY_AFTER_FAILURE_MS : Math.min(JWKS_RETRY_AFTER_FAILURE_MS, JWKS_FIRST_RETRY_MS * 2 ** Math.min(20, failures - 1)));
 
   /** Fetches the set: `{ ok: true }` or `{ ok: false, error }`, never throws. */
   async function lead(now) {
@@ -397,7 +421,7 @@ function remoteKeys(url, maxAgeMs, cooldownMs) {
     if (live(now)) return follow(now);
     if (failures > 0) {
       const since = now - failedAt;
-      const wait = usable(now) ? JWKS_RETRY_AFTER_FAILURE_MS : Math.min(JWKS_RETRY_AFTER_FAILURE_MS, JWKS_FIRST_RETRY_MS * 2 ** Math.min(20, failures - 1));
+      const wait = failureWait(now);
       if (since < wait) {
         return { ok: false, error: new Error(`${failure} (${failures} failure${failures > 1 ? 's' : ''} in a row; asked again in ${Math.ceil(wait - since)} ms)`) };
       }
@@ -405,11 +429,24 @@ function remoteKeys(url, maxAgeMs, cooldownMs) {
     return lead(now);
   }
 
+  /** The whole seconds (at least 1) from `now` until a fetch of the keys may be tried for a
+   * request that failed: after the failure back-off, and for a token whose `kid` the set
+   * lacks (`kidUnknown`) while that set is fresh, after the cool-down too. */
+  const retryAfterS = (now, kidUnknown) => {
+    let at = now;
+    if (failures > 0) at = Math.max(at, failedAt + failureWait(now));
+    if (kidUnknown && fresh(now)) at = Math.max(at, attemptAt + cooldownMs);
+    return Math.max(1, Math.ceil((at - now) / 1000));
+  };
+
+  /** The key source's failure `e` (502), with when to ask again. */
+  const unavailable = (e, kidUnknown) => new KeysUnavailable(e?.message ?? String(e), retryAfterS(Date.now(), kidUnknown));
+
   /** The error for a token whose `kid` the last good set lacks: the caller's (401) when that
    * set is the key server's latest answer, the key source's (502) when the last fetch failed
    * (`why`; or the fetch this request waited for did not finish). */
   const noKey = (e, why = failures > 0 ? failure : null) => (e instanceof errors.JWKSNoMatchingKey && why !== null
-    ? new Error(`no key of the last key set fetched matches the token's "kid", and the key server failed since: ${why}`)
+    ? unavailable(new Error(`no key of the last key set fetched matches the token's "kid", and the key server failed since: ${why}`), true)
     : e);
 
   const key = async (header, token) => {
@@ -427,14 +464,14 @@ function remoteKeys(url, maxAgeMs, cooldownMs) {
     const outcome = await refresh(now);
     if (outcome.ok) return set.local(header, token);
     // The key server failed: the last good set verifies while it may (else 502).
-    if (!usable(Date.now())) throw outcome.error;
+    if (!usable(Date.now())) throw unavailable(outcome.error, false);
     try {
       return await set.local(header, token);
     } catch (e) {
       throw noKey(e, outcome.error?.message ?? String(outcome.error));
     }
   };
-  return { key, keysNow: () => (fresh(Date.now()) ? set.jwks : undefined) };
+  return { key, keysNow: () => (fresh(Date.now()) ? set.jwks : undefined), retryAfterS };
 }
 
 /** jose's errors that say what is wrong with the token itself (its form, signature, claims,

@@ -42,7 +42,9 @@ export interface EdgeOptions {
   jwksCacheMaxAgeS?: number;
   /**
    * A token whose `kid` the `JWKS_URL` keys lack makes the isolate fetch them again only if
-   * no fetch of them started in the last this many seconds (1..3600). Default 30.
+   * no fetch of them started in the last this many seconds (1..3600). Default 30. A `502`
+   * because the keys could not be fetched says in `Retry-After` when they may be fetched
+   * again (this cool-down and the failure back-off counted in).
    */
   jwksCooldownS?: number;
   /**

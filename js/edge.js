@@ -562,7 +562,7 @@ export function createWorker(defaults = {}) {
       if (e instanceof Unauthorized) {
         return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
       }
-      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message);
+      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
     }
     if (admin) return null;
@@ -613,7 +613,7 @@ export function createWorker(defaults = {}) {
       if (e instanceof Unauthorized) {
         return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
       }
-      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message);
+      if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
     }
     const max = proxy.maxBodyBytes;

@@ -551,7 +551,9 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
     const token = await keys.sign({ tilewarm_access: 'registered' });
     const req = { tiles: ['14/2624/5721'], access: 'registered' };
     let wait = 0;
-    for (const [m, why] of [['error', /200 OK/], ['redirect', /200 OK/], ['not-json', /JSON/], ['not-a-key-set', /malformed/]]) {
+    // Retry-After: the failure back-off after each (250 ms, 0.5, 1, 2 s), in whole seconds,
+    // at least 1.
+    for (const [m, why, retryAfter] of [['error', /200 OK/, '1'], ['redirect', /200 OK/, '1'], ['not-json', /JSON/, '1'], ['not-a-key-set', /malformed/, '2']]) {
       mode = m;
       // After a failure the key server is not asked again before JWKS_FIRST_RETRY_MS,
       // doubled per failure in a row (502 at once meanwhile).
@@ -563,6 +565,7 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
       assert.match(r.json.error.message, /JWKS_URL/, m);
       assert.match(r.json.error.message, why, m);
       assert.equal(r.wwwAuthenticate, null, `${m}: not the caller's fault`);
+      assert.equal(r.retryAfter, retryAfter, m);
     }
     // Once the keys are served again the same token passes: it was never the token.
     mode = 'ok';
@@ -794,6 +797,9 @@ describe('edge worker: a JWKS_URL that fails when an unknown kid makes the edge 
       assert.equal(r.json.error.code, 'upstream_error');
       assert.match(r.json.error.message, /no key of the last key set fetched matches the token's "kid", and the key server failed since: Expected 200 OK/);
       assert.equal(r.wwwAuthenticate, null);
+      // The key server is asked again 30 s after the failure (the cool-down, 1 s, is over
+      // sooner): the caller is told so.
+      assert.ok(['29', '30'].includes(r.retryAfter), `${i}: Retry-After ${r.retryAfter}`);
     }
     assert.equal(ks.asked, 2, 'asked once, for the first of them');
     const known = await post(edge.batch, req, bearer(await keys.sign({ tilewarm_access: 'registered', n: 9 })));
@@ -884,6 +890,101 @@ describe('createAuth with JWKS_URL: a fetch of the keys that never ends (js/edge
     } finally {
       globalThis.fetch = realFetch;
     }
+  });
+});
+
+describe('createAuth with JWKS_URL: the Retry-After of its 502s (js/edge-auth.js)', () => {
+  // Under Node, with `fetch` and `Date.now` replaced (jose and remoteKeys read the clock
+  // through Date.now; the tokens' exp is far enough ahead for the minutes moved here). A 502
+  // of the key source says, in whole seconds and at least 1, when a fetch of the keys may be
+  // tried next for that request: the failure back-off counted from the last failure, and
+  // for a token whose kid the fresh set lacks the cool-down counted from the last attempt.
+  // Fails when KeysUnavailable carries no wait, or the wait ignores either rule.
+  const realFetch = globalThis.fetch, realNow = Date.now;
+  let offset = 0, up = true, calls = 0;
+  let keys;
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    Date.now = () => realNow() + offset;
+    globalThis.fetch = async () => {
+      calls++;
+      if (!up) return new Response('the key server is down', { status: 503 });
+      return new Response(JSON.stringify(keys.jwks), { status: 200, headers: { 'content-type': 'application/json' } });
+    };
+  });
+
+  after(() => {
+    globalThis.fetch = realFetch;
+    Date.now = realNow;
+  });
+
+  const request = async (signer, n) => new Request('https://edge.example.com/v1/batch', {
+    headers: { authorization: `Bearer ${await signer.sign({ tilewarm_access: 'registered', n })}` },
+  });
+  /** The KeysUnavailable `auth.tier(req)` throws. */
+  const refused = async (auth, req) => {
+    const e = await auth.tier(req).then((t) => assert.fail(`verified as ${t}`), (err) => err);
+    assert.ok(e instanceof KeysUnavailable, String(e));
+    return e;
+  };
+
+  it('with no set to fall back on: the failure back-off left, 250 ms doubling to 30 s', async () => {
+    offset = 0; up = false; calls = 0;
+    const auth = createAuth({ JWKS_URL: 'https://keys.example.com/a.json' });
+    // Each try once the back-off is over fails again: 250 ms, 0.5, 1, 2, 4, 8, 16, 30 s.
+    for (const [i, want] of [1, 1, 1, 2, 4, 8, 16, 30, 30].entries()) {
+      const e = await refused(auth, await request(keys, i));
+      assert.equal(e.retryAfterS, want, `failure ${i + 1}: ${e.message}`);
+      assert.equal(calls, i + 1);
+      offset += want * 1000;
+    }
+    // Asked within the back-off: what is left of it (30 s, 12 s ago).
+    offset -= 30_000 - 12_000;
+    const e = await refused(auth, await request(keys, 99));
+    assert.match(e.message, /asked again in/);
+    assert.equal(e.retryAfterS, 18);
+    assert.equal(calls, 9, 'not asked within the back-off');
+  });
+
+  it('for a kid the fresh set lacks after a failed fetch: the later of the cool-down and the failure back-off', async () => {
+    offset = 0; up = true; calls = 0;
+    const auth = createAuth({ JWKS_URL: 'https://keys.example.com/b.json' }, { jwksCooldownS: 120 });
+    assert.equal(await auth.tier(await request(keys, 0)), 'registered');
+    assert.equal(calls, 1);
+    const rotated = await rsaKeys('k2');
+    // Within the cool-down, the set being the key server's last answer: the caller's (401).
+    await assert.rejects(auth.tier(await request(rotated, 1)), (e) => !(e instanceof KeysUnavailable));
+    // Past the cool-down the unknown kid makes the edge ask, and the key server is down:
+    // the next fetch for such a token is the cool-down (120 s) away, after the back-off (30 s).
+    offset = 121_000; up = false;
+    let e = await refused(auth, await request(rotated, 2));
+    assert.match(e.message, /no key of the last key set fetched matches/);
+    assert.equal(e.retryAfterS, 120);
+    assert.equal(calls, 2);
+    // 40 s later: 80 s of the cool-down left, not asked again.
+    offset += 40_000;
+    e = await refused(auth, await request(rotated, 3));
+    assert.equal(e.retryAfterS, 80);
+    assert.equal(calls, 2);
+    // The set still verifies its own keys meanwhile.
+    assert.equal(await auth.tier(await request(keys, 4)), 'registered');
+  });
+
+  it('for a stale set whose key server fails: the 30 s until it is asked again', async () => {
+    offset = 0; up = true; calls = 0;
+    const auth = createAuth({ JWKS_URL: 'https://keys.example.com/c.json' }, { jwksCacheMaxAgeS: 60, jwksCooldownS: 3600 });
+    assert.equal(await auth.tier(await request(keys, 0)), 'registered');
+    offset = 61_000; up = false;
+    // The stale set verifies its own keys (stale-if-error), the failing server asked once.
+    assert.equal(await auth.tier(await request(keys, 1)), 'registered');
+    assert.equal(calls, 2);
+    offset += 5_000;
+    // The set is not fresh: no cool-down applies (a refetch is due anyway), only the 30 s
+    // back-off after the failure, 5 s ago.
+    const e = await refused(auth, await request(await rsaKeys('k3'), 2));
+    assert.equal(e.retryAfterS, 25);
+    assert.equal(calls, 2);
   });
 });
 
