@@ -757,7 +757,7 @@ fn gaps(calls: &Mutex<Vec<tokio::time::Instant>>) -> Vec<Duration> {
 }
 
 /// An upstream whose feed answers 429 with `Retry-After: 2` or 503 with a `Retry-After`
-/// date 4 s ahead is not asked again sooner; one that answers 410 (neither the feed's
+/// date 3 s ahead is not asked again sooner; one that answers 410 (neither the feed's
 /// absence nor the id: asking again at once will not help) is asked after 1 s, doubling,
 /// not every 2 s at most; each is warned once. Fails when Retry-After is ignored (the
 /// reconnect back-off's 100 ms…2 s) or when a 4xx takes that back-off (about 8 calls in
@@ -784,7 +784,7 @@ async fn feed_answers_that_say_wait_are_waited_for_and_refusals_backed_off() {
     })
     .await;
     let (full, full_calls) = stub_feed(|| {
-        let at = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(4));
+        let at = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
         (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", at)], "").into_response()
     })
     .await;
@@ -808,9 +808,9 @@ async fn feed_answers_that_say_wait_are_waited_for_and_refusals_backed_off() {
     );
     let g = gaps(&full_calls);
     assert!(!g.is_empty(), "asked again after its Retry-After");
-    // A date is whole seconds: 4 s ahead at the answer is at least 3 s after it.
+    // A date is whole seconds: 3 s ahead at the answer is at least 2 s after it.
     assert!(
-        g.iter().all(|g| *g >= Duration::from_millis(2_950)),
+        g.iter().all(|g| *g >= Duration::from_millis(1_950)),
         "503 with a Retry-After date: {g:?}"
     );
     let g = gaps(&gone_calls);
