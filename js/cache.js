@@ -271,6 +271,10 @@ export class TileCache {
   #queuedLoads = [];
   /** loadTiles calls waiting for data tiles: { tiles, results, waiting: Map<index, packed[]>, ... } */
   #pendingLoads = new Set();
+  /** Data tiles (packed) of loads settled since the last release: the engine keeps a load's
+   * data tiles (asked for while they cannot be shown, protected from eviction) until they
+   * are released. */
+  #settledTiles = [];
   /** The last view read ({items, complete, tooWide, missingTiles}), handed back as it is
    * while the engine says the view reads the same (`unchanged`). */
   #last;
@@ -653,8 +657,10 @@ export class TileCache {
       if (load.results[i]) return;
       const got = byTile.get(tile);
       if (!got) return;
-      if (got.data) load.waiting.set(i, got.data);
-      else {
+      if (got.data) {
+        load.waiting.set(i, got.data);
+        (load.data ??= []).push(...got.data);
+      } else {
         load.waiting.delete(i);
         load.results[i] = got.items ? { tile, items: got.items } : { tile, error: got.error };
       }
@@ -691,6 +697,7 @@ export class TileCache {
   /** Resolves a load (or rejects it with `error`) and forgets it. */
   #settleLoad(load, error) {
     this.#pendingLoads.delete(load);
+    if (load.data) this.#settledTiles.push(...load.data);
     load.signal?.removeEventListener('abort', load.onAbort);
     if (error) load.reject(error);
     else load.resolve(load.results);
@@ -699,13 +706,18 @@ export class TileCache {
   #abortLoad(load) {
     const queued = this.#queuedLoads.indexOf(load);
     if (queued >= 0) this.#queuedLoads.splice(queued, 1);
-    const was = this.#pendingLoads.has(load);
     this.#settleLoad(load, load.signal.reason);
-    if (!was || this.#disposed) return;
-    // Data tiles no other load waits for are no longer queued.
+    this.#releaseSettled();
+  }
+
+  /** Releases the data tiles of the loads settled since the last call that no pending load
+   * waits for: the engine no longer asks for them or keeps them from eviction. */
+  #releaseSettled() {
+    if (!this.#settledTiles.length || this.#disposed) return;
     const still = new Set();
     for (const l of this.#pendingLoads) for (const d of l.waiting.values()) for (const t of d) still.add(t);
-    const drop = [...new Set([...load.waiting.values()].flat())].filter((t) => !still.has(t));
+    const drop = [...new Set(this.#settledTiles)].filter((t) => !still.has(t));
+    this.#settledTiles = [];
     if (drop.length) this.#run(this.#engine.tiles(TILES_RELEASE, drop.map(tileName), this.#now()), 0, 1);
   }
 
@@ -804,6 +816,7 @@ export class TileCache {
     for (const e of errors) this.#emitError(e);
     if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
     if (updated) this.#refresh();
+    this.#releaseSettled();
   }
 
   /** Tells onAccess listeners when the engine's tier is not the one they last heard. */

@@ -221,10 +221,14 @@ export class TileCache<Data = unknown> {
    * data tiles (at most `maxVisibleTiles`). Tiles whose data tiles can be shown are
    * answered without a request; calls made in the same tick are read together, so N
    * one-tile calls need ceil(N / `batch.maxTiles`) requests. What is waited for stays
-   * queued across `setViewport` until it arrives.
+   * queued across `setViewport` until the call settles, and the data tiles it waits for are
+   * kept in the cache meanwhile as the view's are (one dropped before the call read it, by
+   * `invalidate` or expiry, is asked for again).
    *
    * Resolves with one {@link TileLoad} per tile, in order; a tile whose request gave up
-   * has an `error`, the others still load. Rejects with `signal.reason` when the signal
+   * has an `error`, the others still load; so has a tile whose data tiles do not fit in the
+   * cache with the view and the other tiles waited for (`maxItems`, `maxBytes`: an answer
+   * pushed one out before it could be read), rather than being fetched again in a loop. Rejects with `signal.reason` when the signal
    * aborts (the tiles no other call waits for are no longer queued).
    * @throws {TilewarmError} for a tile string that is not `z/x/y` or a bad `signal`
    */

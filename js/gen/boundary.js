@@ -39,14 +39,20 @@ export const TILES_STATES = 0;
  * more data tiles than `maxVisibleTiles`).
  */
 export const TILES_LOAD = 1;
-/** As `TILES_LOAD`, without queueing: pending loads read again. */
+/**
+ * As `TILES_LOAD`, without making tiles loading: pending loads read again (their data tiles are
+ * loading since their `TILES_LOAD`).
+ */
 export const TILES_READ = 2;
 /**
  * `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile `index` covers
  * more than `maxVisibleTiles` data tiles (nothing queued).
  */
 export const TILES_PREFETCH = 3;
-/** Aborted loads: these data tiles are no longer queued unless visible. */
+/**
+ * Settled or aborted loads: these data tiles are no longer loading (queued while they cannot be
+ * shown, kept from eviction) unless visible.
+ */
 export const TILES_RELEASE = 4;
 /** Failure codes for `Engine.failure`; the `code` of the page's error is at that index. */
 export const FAILED_TIMEOUT = 0;

@@ -374,3 +374,100 @@ test('loadTiles: items expired within staleWhileRevalidate come flagged stale, f
   assert.ok(later.items.some((i) => i.stale) && later.items.some((i) => !i.stale));
   cache.dispose();
 });
+
+/** A load's promise, or 'still waiting' after `ms`. */
+const within = (p, ms = 3000) => Promise.race([p, new Promise((r) => setTimeout(() => r('still waiting'), ms))]);
+
+/** The z13 tile over Seattle's data tile, and its four data tiles. */
+const Z13 = `13/${SX >> 1}/${SY >> 1}`;
+const QUAD = [[0, 0], [1, 0], [0, 1], [1, 1]].map(([dx, dy]) => `14/${(SX & ~1) + dx}/${(SY & ~1) + dy}`);
+
+/** Answers requests for `first` (and requests without tiles: get()s) at once and holds the
+ * others until `release()`. */
+function holdAllBut(first) {
+  const held = [];
+  backend.hostile = (res, answer, request) => {
+    const send = () => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    if ((request.tiles ?? []).every((t) => t === first)) send(); else held.push(send);
+  };
+  return { release: () => { for (const send of held.splice(0)) send(); } };
+}
+
+test('loadTiles: a host tile answered in several requests that the cache cannot keep fails, instead of waiting for ever', async () => {
+  fresh();
+  // One data tile per request: each answer pushed out what an earlier one brought before
+  // the host tile was read, and nothing asked for it again or failed the load.
+  const cache = await make({ maxItems: 20, batch: { maxTiles: 1, coalesceLevels: 0 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  const host = `12/${SX >> 2}/${SY >> 2}`;
+  try {
+    const got = await within(cache.loadTiles([host]));
+    assert.notEqual(got, 'still waiting', `${backend.requests.length} requests, ${JSON.stringify(cache.stats())}`);
+    assert.equal(got[0].items, undefined);
+    assert.match(got[0].error.message, /could not be kept .*max_items 20/);
+    assert.ok(errors.includes(got[0].error));
+    // Each data tile asked for once: none is fetched again in a loop.
+    assert.ok(backend.requests.length <= 16, `${backend.requests.length} requests`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(backend.requests.length <= 16, `${backend.requests.length} requests`);
+  } finally {
+    cache.dispose();
+  }
+});
+
+test('loadTiles: a host tile that fits keeps its first data tile while other answers come, and loads', async () => {
+  fresh();
+  const want = truth(Z13);
+  // Room for the host tile and nothing more.
+  const cache = await make({ maxItems: want.length, batch: { maxTiles: 1, coalesceLevels: 0 } });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  const { release } = holdAllBut(QUAD[0]);
+  try {
+    const load = cache.loadTiles([Z13]);
+    await until(() => cache.tileStates([QUAD[0]])[0] === 'loaded', 'the first data tile');
+    // Items elsewhere, fetched by id after it: the least recently used was the first data
+    // tile, which the last answer pushed out before the host tile could be read.
+    const far = truth(t14(-8, -8));
+    assert.ok(far.length > 0);
+    assert.ok((await cache.getMany(far)).every((it) => it !== undefined));
+    release();
+    const got = await within(load);
+    assert.notEqual(got, 'still waiting', JSON.stringify(cache.tileStates(QUAD)));
+    assert.equal(got[0].error, undefined, got[0].error?.message);
+    assert.deepEqual(ids(got[0].items), want);
+    assert.deepEqual(errors, []);
+    assert.equal(backend.requests.length, 5, 'four data tiles and the ids');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('loadTiles: a data tile dropped after it arrived and before the host tile was read is asked for again', async () => {
+  fresh();
+  const cache = await make({ batch: { maxTiles: 1, coalesceLevels: 0 } });
+  const { release } = holdAllBut(QUAD[0]);
+  try {
+    const load = cache.loadTiles([Z13]);
+    await until(() => cache.tileStates([QUAD[0]])[0] === 'loaded', 'the first data tile');
+    cache.invalidate({ tiles: [QUAD[0]] });
+    await until(() => backend.requests.filter((r) => r.tiles?.includes(QUAD[0])).length === 2, 'asked for again');
+    release();
+    const got = await within(load);
+    assert.notEqual(got, 'still waiting', JSON.stringify(cache.tileStates(QUAD)));
+    assert.deepEqual(ids(got[0].items), truth(Z13));
+    // Read, the load's data tiles are released: dropped again, nothing asks for them.
+    const sent = backend.requests.length;
+    cache.invalidate({ tiles: [QUAD[0]] });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(backend.requests.length, sent, 'asked for after the load settled');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});

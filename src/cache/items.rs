@@ -417,9 +417,10 @@ impl<P> ItemCache<P> {
         }
     }
 
-    /// Protect the items of these data-zoom tiles (what the user is looking at) from
-    /// eviction by [`Priority::Prefetch`] inserts, and their tile-index entries from being
-    /// trimmed first. Replaces the previous set; tiles at other zooms are ignored.
+    /// Protect the items of these data-zoom tiles (what the user is looking at, and what a
+    /// host waits for: the client passes its visible and loading tiles) from eviction by
+    /// [`Priority::Prefetch`] inserts, and their tile-index entries from being trimmed
+    /// first. Replaces the previous set; tiles at other zooms are ignored.
     ///
     /// ```
     /// use tilewarm::access::Access;

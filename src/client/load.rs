@@ -3,8 +3,10 @@
 //! advance (a `flyTo`, a route, a search result).
 //!
 //! - [`Client::load_tile`] reads a host tile from the cache when its data tiles can be
-//!   shown, and otherwise queues them as foreground work that stays queued across
-//!   viewports ("loading") until they can be shown, fail for good or are released.
+//!   shown, and otherwise makes them "loading" until the host releases them or a request
+//!   for them fails for good: those that cannot be shown are queued as foreground work
+//!   across viewports, and all of them are protected from eviction as visible tiles are,
+//!   so one answered early is still there when the last one comes.
 //! - [`Client::prefetch`] queues data tiles as prefetch work that stays queued across
 //!   viewports ("destinations") until they are fetched, behind the planner's own.
 
@@ -61,10 +63,16 @@ impl<P: Payload> Client<P> {
 
     /// A host tile, read from the cache if every data tile it needs can be shown: then
     /// `sink(item, stale)` gets its items (those inside `tile` when it is finer than the
-    /// data zoom) and the result is `true`. Otherwise nothing is read, the data tiles that
-    /// cannot be shown are queued as foreground work (when `queue`) and stay queued until
-    /// they can be shown, a request for them fails for good, or
-    /// [`Client::release_tiles`] drops them; call [`Client::poll_request`] after.
+    /// data zoom) and the result is `true`. Otherwise nothing is read and, when `queue`,
+    /// its data tiles become loading ([`Client::loading_tiles`]) until
+    /// [`Client::release_tiles`] drops them or a request for them fails for good: those
+    /// that cannot be shown are queued as foreground work (call [`Client::poll_request`]
+    /// after), and are queued again whenever they cannot be shown (dropped by an
+    /// invalidation, expired); all of them are protected from eviction as the visible
+    /// tiles are. A loading tile that an answer evicts all the same (the loads and the view
+    /// need more than the cache holds) is given up with an error, as a visible one is.
+    /// So a host that waits for a tile reads it again after each answer (with `queue`
+    /// false) and releases its data tiles once it has read it or given up on it.
     pub fn load_tile(
         &mut self,
         tile: TileId,
@@ -82,11 +90,14 @@ impl<P: Payload> Client<P> {
             .collect();
         if !waiting.is_empty() {
             if queue {
-                for t in waiting {
+                // All of them: one that can be shown now must still be there when the
+                // others come.
+                for t in data {
                     if !self.loading.contains(&t) {
                         self.loading.push(t);
                     }
                 }
+                self.protect();
                 self.refresh_foreground(now_ms);
             }
             return Ok(false);
@@ -102,16 +113,19 @@ impl<P: Payload> Client<P> {
         Ok(true)
     }
 
-    /// Data tiles queued by [`Client::load_tile`] that nobody waits for any more (an
-    /// aborted load): they are no longer queued, unless visible. A request already out
-    /// is not aborted; its answer is cached.
+    /// Data tiles made loading by [`Client::load_tile`] that nobody waits for any more (the
+    /// host read its tile, gave up on it, or the load was aborted): they are no longer
+    /// queued or protected, unless visible. A request already out is not aborted; its
+    /// answer is cached.
     pub fn release_tiles(&mut self, tiles: &[TileId], now_ms: u64) {
         self.changed();
         self.loading.retain(|t| !tiles.contains(t));
+        self.protect();
         self.refresh_foreground(now_ms);
     }
 
-    /// Data tiles queued by [`Client::load_tile`] and not showable yet.
+    /// Data tiles made loading by [`Client::load_tile`] and not released or given up yet
+    /// (shown or not).
     pub fn loading_tiles(&self) -> &[TileId] {
         &self.loading
     }
@@ -142,23 +156,27 @@ impl<P: Payload> Client<P> {
     }
 
     /// Foreground work for the loading tiles that cannot be shown and are not in flight,
-    /// after `works`; the tiles that can be shown now are forgotten.
-    pub(super) fn with_loading(&mut self, mut works: Vec<Work>, now_ms: u64) -> Vec<Work> {
-        if self.loading.is_empty() {
-            return works;
-        }
-        let (cache, access, batcher) = (&self.cache, self.access, &self.batcher);
-        self.loading.retain(|&t| {
-            let st = cache.tile_freshness(t, access, now_ms);
-            if st.is_showable() {
-                return false;
-            }
-            if !batcher.is_tile_in_flight(t) {
+    /// after `works`. Those that can be shown stay loading (a later answer or an
+    /// invalidation may take them away before the host reads them).
+    pub(super) fn with_loading(&self, mut works: Vec<Work>, now_ms: u64) -> Vec<Work> {
+        for &t in &self.loading {
+            let st = self.cache.tile_freshness(t, self.access, now_ms);
+            if !st.is_showable() && !self.batcher.is_tile_in_flight(t) {
                 works.extend(Work::from_state(t, st));
             }
-            true
-        });
+        }
         works
+    }
+
+    /// The loading tiles that can be shown now.
+    pub(super) fn showable_loading(&self, now_ms: u64) -> Vec<TileId> {
+        (self.loading.iter().copied())
+            .filter(|&t| {
+                self.cache
+                    .tile_freshness(t, self.access, now_ms)
+                    .is_showable()
+            })
+            .collect()
     }
 
     /// Queues the destinations that are not fetched yet behind the prefetch queue; the
@@ -178,8 +196,12 @@ impl<P: Payload> Client<P> {
     /// Forgets the loading tiles a request that gave up was for (its tiles may be coarser
     /// than the data zoom, standing for the data tiles inside them).
     pub(super) fn give_up_loading(&mut self, tiles: &[TileId]) {
+        let before = self.loading.len();
         self.loading
             .retain(|&t| !tiles.iter().any(|&r| r.contains(t) || t.contains(r)));
+        if self.loading.len() != before {
+            self.protect();
+        }
         self.destinations
             .retain(|&t| !tiles.iter().any(|&r| r.contains(t) || t.contains(r)));
     }

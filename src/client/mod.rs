@@ -162,8 +162,9 @@ pub struct Client<P> {
     /// The current viewport covers more than `max_visible_tiles` data tiles: nothing is
     /// fetched for it, and views read the cached tiles in this range.
     too_wide: Option<(ViewTooLarge, CoverRange)>,
-    /// Data tiles a host asked for ([`Client::load_tile`]) that cannot be shown yet: kept
-    /// in the foreground queue.
+    /// Data tiles a host waits for ([`Client::load_tile`]) until it releases them: those
+    /// that cannot be shown are kept in the foreground queue, and all are protected in the
+    /// cache with the visible tiles ([`Client::protect`]).
     loading: Vec<TileId>,
     /// Data tiles of known destinations ([`Client::prefetch`]) not fetched yet: kept
     /// behind the prefetch queue.
@@ -428,7 +429,7 @@ impl<P: Payload> Client<P> {
                 self.visible_range = None;
                 self.fresh.keep_round(None);
                 self.visible_set = TileSet::default();
-                self.cache.set_visible(&[]);
+                self.protect();
                 let loading = self.with_loading(Vec::new(), now_ms);
                 self.batcher.set_foreground(loading);
                 self.batcher.set_prefetch(Vec::new());
@@ -448,7 +449,7 @@ impl<P: Payload> Client<P> {
             self.visible = std::mem::take(&mut plan.visible);
             self.visible_range = visible.ok().flatten();
             self.visible_set = TileSet::new(self.visible.iter().copied());
-            self.cache.set_visible(&self.visible);
+            self.protect();
             for t in &self.visible {
                 if self.prefetched.remove(t).is_some() {
                     self.prefetch_tiles_used += 1;
@@ -486,6 +487,23 @@ impl<P: Payload> Client<P> {
             until: self.shown.as_ref().map_or(0, |s| s.until),
             ..planned
         });
+    }
+
+    /// Protects the visible and the loading tiles' items from eviction by prefetch (and
+    /// their tile lists from being trimmed first): what the user sees, and what a host
+    /// waits for, stay until nothing else is left to evict.
+    fn protect(&mut self) {
+        if self.loading.is_empty() {
+            self.cache.set_visible(&self.visible);
+        } else {
+            let mut tiles = self.visible.clone();
+            tiles.extend(
+                self.loading
+                    .iter()
+                    .filter(|t| !self.visible_set.contains(**t)),
+            );
+            self.cache.set_visible(&tiles);
+        }
     }
 
     /// Something other than a viewport changed the queues, the tier or the loading and

@@ -132,6 +132,7 @@ impl<P: Payload> Client<P> {
         });
         let was_complete = self.complete;
         let shown_before = self.showable_visible(now_ms);
+        let loading_before = self.showable_loading(now_ms);
         let BatchResponse {
             mut tiles,
             items,
@@ -170,7 +171,8 @@ impl<P: Payload> Client<P> {
             Work::Ids { tile, .. } => Some(*tile),
             _ => None,
         }));
-        self.back_off_unkept(id, finished.kind, &states, &shown_before, &answered, now_ms);
+        let before = (&shown_before[..], &loading_before[..]);
+        self.back_off_unkept(id, finished.kind, &states, before, &answered, now_ms);
         let now_complete = self.queue_foreground(states, now_ms);
         if touched_visible {
             self.queue_event(Event::Updated);
@@ -370,23 +372,26 @@ impl<P: Payload> Client<P> {
         }));
     }
 
-    /// Visible tiles this answer covered, or that were showable before it, and tiles a host
-    /// waits for ([`Client::load_tile`]) that it covered, that cannot be shown now: the view
-    /// or the host's tiles need more items or bytes than the cache may hold (inserting one
-    /// tile evicted another), the lists name items above the tier, or a list is coarser
-    /// than the cache can split. Asking for them again at once would loop for ever, tile
-    /// after tile, so they back off and are reported: visible tiles are asked for again
-    /// after the backoff; the loads fail (the tiles leave the loading tiles), since the
-    /// same answer would not be kept the next time either.
+    /// Visible tiles, and tiles a host waits for ([`Client::load_tile`]), that this answer
+    /// covered or that were showable before it, and that cannot be shown now: the view or
+    /// the host's tiles need more items or bytes than the cache may hold (inserting one
+    /// tile evicted another, protected as they all are), the lists name items above the
+    /// tier, or a list is coarser than the cache can split. Asking for them again at once
+    /// would loop for ever, tile after tile, so they back off and are reported: visible
+    /// tiles are asked for again after the backoff; the loads fail (the tiles leave the
+    /// loading tiles), since the same answers would not be kept the next time either.
+    /// `before` is which visible tiles (in [`Client::visible_tiles`] order) and which
+    /// loading tiles were showable before the answer.
     fn back_off_unkept(
         &mut self,
         id: RequestId,
         kind: Kind,
         states: &[TileFreshness],
-        shown_before: &[bool],
+        before: (&[bool], &[TileId]),
         answered: &TileSet,
         now_ms: u64,
     ) {
+        let (shown_before, loading_before) = before;
         let (mut unkept, mut touched) = (Vec::new(), false);
         for ((&t, state), &before) in self.visible.iter().zip(states).zip(shown_before) {
             if before || answered.contains(t) {
@@ -396,10 +401,13 @@ impl<P: Payload> Client<P> {
                 }
             }
         }
-        // Tiles a host waits for that the answer covered and that cannot be shown.
+        // Tiles a host waits for that the answer covered, or that it pushed out, and that
+        // cannot be shown. (One pushed out before the host read it would otherwise be asked
+        // for again, pushing out another, for ever.)
         let (cache, access) = (&self.cache, self.access);
         let lost: Vec<TileId> = (self.loading.iter().copied())
-            .filter(|&t| answered.contains(t) && !unkept.contains(&t))
+            .filter(|&t| answered.contains(t) || loading_before.contains(&t))
+            .filter(|t| !unkept.contains(t))
             .filter(|&t| !cache.tile_freshness(t, access, now_ms).is_showable())
             .collect();
         unkept.extend(lost);

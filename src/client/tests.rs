@@ -2116,3 +2116,152 @@ fn a_loading_tile_an_answer_leaves_out_is_not_asked_for_again() {
     );
     assert!(c.loading_tiles().is_empty());
 }
+
+/// The errors among `events`.
+fn errors_of(events: Vec<Event>) -> Vec<FetchError> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Error(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A client that loads one data tile per request and prefetches nothing, holding at most
+/// `max_items` items.
+fn one_tile_per_request(max_items: usize) -> Client<String> {
+    client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            max_items,
+            ..CacheConfig::default()
+        },
+        // Data tiles only: no coarse tile for the host's whole block.
+        batch: BatchConfig {
+            max_tiles: 1,
+            coalesce_levels: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    })
+}
+
+/// The z13 tile over Seattle's data tile (4 data tiles of 4 items each).
+fn host13() -> TileId {
+    seattle().ancestor(13).unwrap()
+}
+
+/// A host tile answered in several requests, whose data tiles need more items than the
+/// cache holds: a later answer evicts a data tile an earlier one brought. That tile had left
+/// the loading tiles when it could be shown, so nothing asked for it again and no error
+/// named it: a shell re-reading the host tile waited for ever. Every data tile that cannot
+/// be shown at the end is named by an error (the load fails), and nothing loops.
+#[test]
+fn a_load_answered_in_several_requests_that_the_cache_cannot_keep_fails_its_evicted_tiles() {
+    let o = origin();
+    let mut c = one_tile_per_request(10);
+    let host = host13();
+    assert_eq!(c.load_tile(host, true, 0, |_, _| {}), Ok(false));
+    let mut out = Vec::new();
+    while let Some(t) = c.poll_request(0) {
+        out.push(t);
+    }
+    assert_eq!(out.len(), 4, "one request per data tile");
+    let mut errs = Vec::new();
+    let mut sent = out.len();
+    for now in (0..600_000).step_by(1000) {
+        c.handle_timeout(now);
+        loop {
+            while let Some(t) = c.poll_request(now) {
+                out.push(t);
+                sent += 1;
+            }
+            assert!(sent <= 8, "a request loop: {sent} requests");
+            // One answer at a time, oldest first.
+            if out.is_empty() {
+                break;
+            }
+            let t = out.remove(0);
+            c.on_response(t.id, o.answer(&t.request, None), now);
+        }
+        errs.extend(errors_of(events(&mut c)));
+        if now == 0 {
+            // Once answered, every data tile that cannot be shown is named by an error
+            // (which fails the loads waiting for it).
+            for t in c.data_tiles_of(host).unwrap() {
+                if c.tile_state(t, now) == TileState::Missing {
+                    assert!(errs.iter().any(|e| e.tiles.contains(&t)), "{t} never named");
+                }
+            }
+        }
+    }
+    assert!(out.is_empty());
+    assert_eq!(sent, 4, "nothing is asked for again");
+    assert!(!errs.is_empty(), "the load cannot be kept: it fails");
+    for e in &errs {
+        let Failure::Invalid(why) = &e.failure else {
+            panic!("{e:?}");
+        };
+        assert!(why.contains("max_items 10") && !e.will_retry, "{why}");
+    }
+}
+
+/// A host tile that fits in the cache, answered in several requests, with other answers
+/// (a get()'s) in between: without protection, the last answer pushed out the first data
+/// tile (the least recently used), which had left the loading tiles, and the host tile
+/// never read. The load's data tiles are kept until the host releases them.
+#[test]
+fn a_load_that_fits_keeps_its_first_tile_while_other_answers_come() {
+    let o = origin();
+    let mut c = one_tile_per_request(16);
+    let host = host13();
+    assert_eq!(c.load_tile(host, true, 0, |_, _| {}), Ok(false));
+    let mut out: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(0)).collect();
+    assert_eq!(out.len(), 4);
+    let first = out.remove(0);
+    c.on_response(first.id, o.answer(&first.request, None), 1);
+    // A host waiting for the other three reads nothing yet.
+    assert_eq!(c.load_tile(host, false, 1, |_, _| {}), Ok(false));
+    // Four items of a tile outside the host tile, fetched by id after the first answer.
+    let far = seattle().offset(-3, -3).unwrap();
+    assert!(!host.contains(far));
+    for id in ["i0", "i1", "i2", "i3"] {
+        assert!(c.get(id, 2).is_none());
+    }
+    let t = c.poll_request(2).expect("the ids go out");
+    c.on_response(t.id, o.answer(&t.request, None), 2);
+    assert!(c.get_cached("i0", 2).is_some());
+    for t in out {
+        c.on_response(t.id, o.answer(&t.request, None), 3);
+    }
+    assert!(errors_of(events(&mut c)).is_empty());
+    let mut n = 0;
+    assert_eq!(c.load_tile(host, false, 3, |_, _| n += 1), Ok(true));
+    assert_eq!(n, 16, "every item of the host tile");
+    // Released once read, its tiles are no longer loading.
+    c.release_tiles(&c.data_tiles_of(host).unwrap(), 3);
+    assert!(c.loading_tiles().is_empty());
+}
+
+/// A data tile a host waits for, invalidated after it could be shown and before the host
+/// read it (its other data tiles still out): it is asked for again, and the host tile reads.
+#[test]
+fn a_loading_tile_dropped_before_the_host_read_it_is_asked_for_again() {
+    let o = origin();
+    let mut c = one_tile_per_request(10_000);
+    let host = host13();
+    assert_eq!(c.load_tile(host, true, 0, |_, _| {}), Ok(false));
+    let mut out: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(0)).collect();
+    let first = out.remove(0);
+    let tile = first.request.tiles[0];
+    c.on_response(first.id, o.answer(&first.request, None), 1);
+    c.invalidate(Invalidate::Tiles(&[tile]), 2);
+    let again = c.poll_request(2).expect("asked for again");
+    assert_eq!(again.request.tiles, [tile]);
+    out.push(again);
+    for t in out {
+        c.on_response(t.id, o.answer(&t.request, None), 3);
+    }
+    assert_eq!(c.load_tile(host, false, 3, |_, _| {}), Ok(true));
+}

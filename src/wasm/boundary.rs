@@ -121,12 +121,14 @@ codes! {
         /// foreground work) or `2, count, max, minZ` (it covers more data tiles than
         /// `maxVisibleTiles`).
         Load = 1 => "TILES_LOAD",
-        /// As `TILES_LOAD`, without queueing: pending loads read again.
+        /// As `TILES_LOAD`, without making tiles loading: pending loads read again (their
+        /// data tiles are loading since their `TILES_LOAD`).
         Read = 2 => "TILES_READ",
         /// `prefetch(tiles)`: header `queued`, or `-1, index, count, max, minZ` when tile
         /// `index` covers more than `maxVisibleTiles` data tiles (nothing queued).
         Prefetch = 3 => "TILES_PREFETCH",
-        /// Aborted loads: these data tiles are no longer queued unless visible.
+        /// Settled or aborted loads: these data tiles are no longer loading (queued while
+        /// they cannot be shown, kept from eviction) unless visible.
         Release = 4 => "TILES_RELEASE",
     }
 }
