@@ -796,11 +796,11 @@ export class TileCache {
         case UPDATED: updated = true; break;
         case COMPLETE: this.#setComplete(true); break;
         case ERROR: {
-          const [id, kind, willRetry, failure, status, retryAfter, nt] = nums.subarray(n, n + 7);
-          const tiles = Array.from(nums.subarray(n + 7, n + 7 + nt));
-          n += 7 + nt;
+          const [id, kind, willRetry, viewIncomplete, failure, status, retryAfter, nt] = nums.subarray(n, n + 8);
+          const tiles = Array.from(nums.subarray(n + 8, n + 8 + nt));
+          n += 8 + nt;
           const e = this.#error(id, kind, willRetry === 1, failure, status, retryAfter, out[r++]);
-          errors.push(e);
+          errors.push([e, viewIncomplete === 1]);
           // The loads waiting on its tiles end with the error: nothing will answer them now
           // (a failed request given up, tiles an answer left out or could not keep).
           if (willRetry !== 1 && tiles.length) gaveUp.push([tiles, e]);
@@ -813,7 +813,7 @@ export class TileCache {
     }
     this.#schedule(wakeup);
     for (const [tiles, e] of gaveUp) this.#failLoads(tiles, e);
-    for (const e of errors) this.#emitError(e);
+    for (const [e, viewIncomplete] of errors) this.#emitError(e, viewIncomplete);
     if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
     if (updated) this.#refresh();
     this.#releaseSettled();
@@ -1072,8 +1072,11 @@ export class TileCache {
     this.#run(out, 1 + ids.length, 1);
   }
 
-  #emitError(e) {
-    if (e.kind === 'foreground' && !e.willRetry) for (const w of this.#takeWaiters()) w.reject(e);
+  /** Tells onError listeners of `e`; rejects the whenComplete() calls waiting when it gave
+   * up on a foreground request that leaves the view incomplete (`viewIncomplete`: it
+   * carried one of the view's data tiles that cannot be shown). */
+  #emitError(e, viewIncomplete) {
+    if (e.kind === 'foreground' && !e.willRetry && viewIncomplete) for (const w of this.#takeWaiters()) w.reject(e);
     // The get()s of its ids, whatever its kind: an id a get() waits for may have gone out
     // in a prefetch request (a refresh of a neighbour's items), and nothing asks again.
     if (!e.willRetry) this.#rejectGets(e.ids, e);

@@ -17,9 +17,10 @@ export const UPDATED = 3;
 /** Every visible tile can be shown. */
 export const COMPLETE = 4;
 /**
- * `id, kind, willRetry, failure, status, retryAfterMs, tiles, tiles... | message`: a request
- * failed (`retryAfterMs` -1 for none), for these data tiles (all of its tiles, or those an
- * answer left out or that could not be kept).
+ * `id, kind, willRetry, viewIncomplete, failure, status, retryAfterMs, tiles, tiles... |
+ * message`: a request failed (`retryAfterMs` -1 for none), for these data tiles (all of its
+ * tiles, or those an answer left out or that could not be kept); `viewIncomplete` 1 when one of
+ * the view's tiles cannot be shown for want of it (`FetchError::view_incomplete`).
  */
 export const ERROR = 5;
 /** `at`: the clock time at which to call `tick`. */

@@ -471,3 +471,44 @@ test('loadTiles: a data tile dropped after it arrived and before the host tile w
     cache.dispose();
   }
 });
+
+test('whenComplete: a get() that gives up does not reject it; a request for the view that gives up does', async () => {
+  fresh();
+  const cache = await make({ batch: { retries: 0 } });
+  cache.onError(() => {});
+  // Ids fail at once; the view's tile is held until released.
+  let held = [];
+  backend.hostile = (res, answer, request) => {
+    const send = () => {
+      if ((request.ids ?? []).length || backend.mode === 'fail') {
+        res.writeHead(500, { 'content-type': 'application/json' });
+        res.end('{"error":{"code":"boom","message":"no"}}');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    if ((request.ids ?? []).length) send(); else held.push(send);
+  };
+  try {
+    cache.setViewport(viewOf(SX, SY, 1, 1));
+    const complete = cache.whenComplete().then(() => 'complete', (e) => e);
+    await assert.rejects(cache.get(truth(t14(-8, -8))[0]), (e) => e.code === 'ERR_HTTP' && e.kind === 'foreground');
+    await until(() => held.length > 0, 'the view sent');
+    for (const send of held.splice(0)) send();
+    assert.equal(await within(complete), 'complete');
+    // The view elsewhere, its request failing for good: that rejects it.
+    cache.setViewport(viewOf(SX + 5, SY + 5, 1, 1));
+    const failed = cache.whenComplete().then(() => 'complete', (e) => e);
+    await until(() => held.length > 0, 'the view sent');
+    backend.mode = 'fail';
+    for (const send of held.splice(0)) send();
+    const e = await within(failed);
+    assert.equal(e.code, 'ERR_HTTP');
+    assert.equal(e.kind, 'foreground');
+  } finally {
+    backend.hostile = null;
+    backend.mode = 'ok';
+    cache.dispose();
+  }
+});

@@ -47,6 +47,11 @@ pub struct FetchError {
     pub tiles: Vec<TileId>,
     /// The work is queued again (after a backoff).
     pub will_retry: bool,
+    /// One of the view's data tiles this request was for cannot be shown after it: the view
+    /// is incomplete for want of it. A request that carried none of them (a `get`'s ids, the
+    /// tiles a host loads, a neighbour's) leaves the view as it was, so a shell fails a wait
+    /// for the complete view with an error that will not be retried only when this is set.
+    pub view_incomplete: bool,
 }
 
 impl std::fmt::Display for FetchError {

@@ -161,7 +161,7 @@ impl<P: Payload> Client<P> {
             touched_visible |= tiles.iter().any(|t| range.contains(t.tile));
         }
         if !unanswered.is_empty() {
-            self.report_unanswered(id, finished.kind, unanswered);
+            self.report_unanswered(id, finished.kind, unanswered, now_ms);
         }
         let states = self.visible_states(now_ms);
         // The tiles this answer was for: listed ones, and those refreshed by id (an id's
@@ -210,12 +210,14 @@ impl<P: Payload> Client<P> {
         if !will_retry {
             self.give_up_loading(&tiles);
         }
+        let view_incomplete = self.leaves_view_incomplete(&tiles, now_ms);
         self.queue_event(Event::Error(FetchError {
             request: id,
             kind: finished.kind,
             tiles,
             failure,
             will_retry,
+            view_incomplete,
         }));
         if !will_retry {
             self.refresh_foreground(now_ms);
@@ -356,9 +358,16 @@ impl<P: Payload> Client<P> {
     /// at once, for ever. (The batcher already holds them back.) A host's load of them
     /// ([`Client::load_tile`]) fails with the error: they leave the loading tiles, or they
     /// would be asked for again after each backoff for as long as the page stays open.
-    fn report_unanswered(&mut self, id: RequestId, kind: Kind, unanswered: Vec<TileId>) {
+    fn report_unanswered(
+        &mut self,
+        id: RequestId,
+        kind: Kind,
+        unanswered: Vec<TileId>,
+        now_ms: u64,
+    ) {
         self.give_up_loading(&unanswered);
         self.errors += 1;
+        let view_incomplete = self.leaves_view_incomplete(&unanswered, now_ms);
         self.queue_event(Event::Error(FetchError {
             request: id,
             kind,
@@ -369,6 +378,7 @@ impl<P: Payload> Client<P> {
             )),
             tiles: unanswered,
             will_retry: false,
+            view_incomplete,
         }));
     }
 
@@ -426,6 +436,7 @@ impl<P: Payload> Client<P> {
         // A load waiting for a visible tile fails with this error too (a shell fails the
         // loads waiting for any tile an error names): it is no longer loading either.
         self.give_up_loading(&unkept);
+        let view_incomplete = self.leaves_view_incomplete(&unkept, now_ms);
         let config = self.cache.config();
         self.errors += 1;
         self.queue_event(Event::Error(FetchError {
@@ -443,7 +454,19 @@ impl<P: Payload> Client<P> {
             )),
             tiles: unkept,
             will_retry: false,
+            view_incomplete,
         }));
+    }
+
+    /// Whether one of the visible tiles that cannot be shown is one of `tiles` or inside one
+    /// ([`FetchError::view_incomplete`]).
+    fn leaves_view_incomplete(&self, tiles: &[TileId], now_ms: u64) -> bool {
+        (self.visible.iter()).any(|&v| {
+            tiles.iter().any(|r| r.contains(v))
+                && !(self.cache)
+                    .tile_freshness(v, self.access, now_ms)
+                    .is_showable()
+        })
     }
 
     fn mark_prefetched(&mut self, t: TileId, now_ms: u64) {

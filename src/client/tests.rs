@@ -2265,3 +2265,37 @@ fn a_loading_tile_dropped_before_the_host_read_it_is_asked_for_again() {
     }
     assert_eq!(c.load_tile(host, false, 3, |_, _| {}), Ok(true));
 }
+
+/// Whether an error leaves the view incomplete: a foreground request that carried one of
+/// the view's missing data tiles does; a get()'s (ids only) does not, though it is
+/// foreground too: a shell fails a wait for the view only with the first.
+#[test]
+fn an_error_says_whether_it_leaves_the_view_incomplete() {
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        batch: BatchConfig {
+            retries: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let tile = c.poll_request(0).expect("the view's tile");
+    assert!(c.get("i0", 0).is_none());
+    let ids = c.poll_request(0).expect("the id");
+    assert!(ids.request.tiles.is_empty() && ids.kind == Kind::Foreground);
+    let status = Failure::Http {
+        status: 500,
+        retry_after_ms: None,
+    };
+    c.on_failure(ids.id, status.clone(), 1);
+    match errors_of(events(&mut c)).as_slice() {
+        [e] => assert!(!e.view_incomplete && !e.will_retry, "{e:?}"),
+        other => panic!("one error, got {other:?}"),
+    }
+    c.on_failure(tile.id, status, 2);
+    match errors_of(events(&mut c)).as_slice() {
+        [e] => assert!(e.view_incomplete && !e.will_retry, "{e:?}"),
+        other => panic!("one error, got {other:?}"),
+    }
+}

@@ -77,9 +77,11 @@ codes! {
         Updated = 3 => "UPDATED",
         /// Every visible tile can be shown.
         Complete = 4 => "COMPLETE",
-        /// `id, kind, willRetry, failure, status, retryAfterMs, tiles, tiles... | message`: a
-        /// request failed (`retryAfterMs` -1 for none), for these data tiles (all of its
-        /// tiles, or those an answer left out or that could not be kept).
+        /// `id, kind, willRetry, viewIncomplete, failure, status, retryAfterMs, tiles,
+        /// tiles... | message`: a request failed (`retryAfterMs` -1 for none), for these data
+        /// tiles (all of its tiles, or those an answer left out or that could not be kept);
+        /// `viewIncomplete` 1 when one of the view's tiles cannot be shown for want of it
+        /// (`FetchError::view_incomplete`).
         Error = 5 => "ERROR",
         /// `at`: the clock time at which to call `tick`.
         Wakeup = 6 => "WAKEUP",

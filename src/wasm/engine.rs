@@ -621,6 +621,7 @@ impl Engine {
                         e.request.0 as f64,
                         request_kind_num(e.kind),
                         e.will_retry as u8 as f64,
+                        e.view_incomplete as u8 as f64,
                         code.num(),
                         status as f64,
                         retry_after.map_or(-1.0, |ms| ms as f64),

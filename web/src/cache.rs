@@ -343,8 +343,12 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// Resolves when every visible tile can be shown; fails with the error of a
-    /// foreground request that gave up, and with `TooManyTiles` while the view is too wide
-    /// to fetch (it never completes).
+    /// foreground request that gave up on one of the view's data tiles (one that cannot be
+    /// shown for want of it: [`FetchError::view_incomplete`]; a `get`'s failure does not
+    /// end the wait), and with `TooManyTiles` while the view is too wide to fetch (it
+    /// never completes).
+    ///
+    /// [`FetchError::view_incomplete`]: tilewarm::client::FetchError::view_incomplete
     pub async fn when_complete(&self) -> Result<(), Error> {
         // A wake-up put off while the page is hidden is due now that the page asks.
         if self.inner.state.borrow().on_shown.is_some() {
@@ -591,9 +595,10 @@ impl<T> State<T> {
 
     /// A request gave up: the `get`s of the ids it carried fail, whatever its kind (an id a
     /// `get` waits for may have gone out in a prefetch request, and nothing asks again);
-    /// `when_complete` fails too when it was a foreground request.
-    fn reject(&mut self, e: &Error, ids: &[String]) {
-        if e.kind == Some(Kind::Foreground) {
+    /// `when_complete` fails too when it was a foreground request that leaves the view
+    /// incomplete (`view_incomplete`: it carried one of the view's missing data tiles).
+    fn reject(&mut self, e: &Error, ids: &[String], view_incomplete: bool) {
+        if view_incomplete && e.kind == Some(Kind::Foreground) {
             for w in self.waiters.drain(..) {
                 let _ = w.send(Err(e.clone()));
             }
@@ -681,7 +686,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             }
                         };
                         if !fe.will_retry {
-                            st.reject(&err, &err.ids);
+                            st.reject(&err, &err.ids, fe.view_incomplete);
                         }
                         st.broadcast(Update::Error(err));
                     }

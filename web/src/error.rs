@@ -243,6 +243,7 @@ mod tests {
             failure,
             tiles: vec![],
             will_retry: true,
+            view_incomplete: false,
         })
     }
 
@@ -283,6 +284,7 @@ mod tests {
             },
             tiles: vec![],
             will_retry: true,
+            view_incomplete: false,
         };
         let ids = vec!["h1".to_string()];
         let long = "x".repeat(300);
@@ -316,6 +318,7 @@ mod tests {
             },
             tiles: vec![],
             will_retry: false,
+            view_incomplete: false,
         };
         let e = Error::from_token_failure(&fe, "the auth token callback failed: offline");
         assert_eq!((e.code, e.status), (ErrorCode::Unauthorized, None));

@@ -920,3 +920,23 @@ async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
     .await;
     page_hidden(false);
 }
+
+/// A `get` whose request gives up (a foreground request of ids alone) fails, and
+/// `when_complete` waits on for the view, which it does not touch: it fails only with a
+/// request for one of the view's tiles.
+#[wasm_bindgen_test]
+async fn a_get_that_fails_does_not_fail_when_complete() {
+    let s = "get-500";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let id = an_id_no_longer_cached(&cache).await;
+    set_mode(s, "ids-500").await;
+    // A cold view, answered after 500 ms; the get's 500 comes first. Both are awaited
+    // together, so the wait for the view is registered before the get fails.
+    show(&cache, inside(tile(-3, 2)));
+    let both = futures_util::future::join(cache.when_complete(), Box::pin(cache.get(&id)));
+    let (complete, got) = within(5000, Box::pin(both)).await.expect("both ended");
+    let e = got.unwrap_err();
+    assert_eq!(e.status, Some(500), "{e}");
+    complete.expect("the view completes: the get's failure is not the view's");
+    assert!(cache.view().complete);
+}

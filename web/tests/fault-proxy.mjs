@@ -15,7 +15,9 @@
 //                           an HTTP date), bad-lat (forward, the first item's lat set to
 //                           95: well-formed JSON the client's checks refuse), bad-lat-once
 //                           (bad-lat for one answer, then pass), ttl1 (forward, every
-//                           item's ttl set to 1 s: a view at rest turns stale at once)
+//                           item's ttl set to 1 s: a view at rest turns stale at once),
+//                           ids-500 (a request of ids alone, a get's: 500 at once; others
+//                           forwarded after 500 ms)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
 //                           ({ requests, aborted, auth: [header...], bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
@@ -152,6 +154,12 @@ const server = http.createServer((req, res) => {
         break;
       case 'partial': partial(res, JSON.parse(text), true); break;
       case 'partial-bare': partial(res, JSON.parse(text), false); break;
+      case 'ids-500': {
+        const body = JSON.parse(text);
+        if (body.ids?.length && !body.tiles?.length) send(res, 500, { error: { code: 'internal', message: 'injected by fault-proxy' } });
+        else setTimeout(() => { if (!res.destroyed) forward(res, text); }, 500);
+        break;
+      }
       case 'bad-lat-once': s.mode = 'pass'; // fall through
       case 'bad-lat': forward(res, text, {}, badLat); break;
       case 'ttl1': forward(res, text, {}, ttl1); break;
