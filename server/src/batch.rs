@@ -35,7 +35,7 @@ use tilewarm::tile::TileId;
 use crate::admission::{HeldSlot, OriginWait};
 use crate::origin::{CallSource, ItemBound, OriginFailure};
 use crate::single_flight::Followed;
-use crate::tier::{now_ms, ttl_left_s, Fill, StoredItem, TierRead};
+use crate::tier::{now_ms, ttl_left_s, Fill, Generations, StoredItem, TierRead};
 use crate::App;
 
 /// A request the server refuses after decoding it.
@@ -195,6 +195,7 @@ pub async fn answer(
     let read = read.unwrap_or_else(|| TierRead {
         tiles: (0..data_tiles.len()).map(|_| None).collect(),
         ids: (0..req.ids.len()).map(|_| None).collect(),
+        ..TierRead::default()
     });
     if degraded {
         app.metrics.degraded_requests.fetch_add(1, Relaxed);
@@ -250,7 +251,7 @@ pub async fn answer(
         // A budget already spent refuses here, the lead unpublished: its followers have
         // budgets of their own and fetch those tiles themselves (`Followed::Abandoned`).
         let ms = deadline.left_ms(app)?;
-        let call = fetch(app, &policy, ask, miss_ids, degraded, bound, ms).await;
+        let call = fetch(app, &policy, ask, miss_ids, degraded, bound, ms, &read.gens).await;
         match call {
             Ok(f) => {
                 lead.publish(|t| f.tiles.get(&t).cloned());
@@ -302,7 +303,17 @@ pub async fn answer(
     if !abandoned.is_empty() {
         // Their leader went away unanswered (its caller hung up): ask for them here.
         let ms = deadline.left_ms(app)?;
-        let mut again = fetch(app, &policy, abandoned, Vec::new(), degraded, None, ms).await?;
+        let mut again = fetch(
+            app,
+            &policy,
+            abandoned,
+            Vec::new(),
+            degraded,
+            None,
+            ms,
+            &read.gens,
+        )
+        .await?;
         if let Some(mut fill) = again.fill.take() {
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
@@ -396,7 +407,9 @@ struct Fetched {
 /// the request is refused with 503 `overloaded` (the origin is not made to absorb every
 /// request the tier used to answer). What is written back is the policy's rule; nothing is
 /// when the call fails, `bound` exceeded included. Given up after `timeout_ms` (0: never),
-/// what is left of the request's [`OriginDeadline`].
+/// what is left of the request's [`OriginDeadline`]. `gens` are the class generations the
+/// request's tier read (before this call) found: the write-back is stamped with them.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
@@ -405,6 +418,7 @@ async fn fetch(
     degraded: bool,
     bound: Option<ItemBound<'_>>,
     timeout_ms: u64,
+    gens: &Generations,
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -453,6 +467,7 @@ async fn fetch(
     }
     drop(keep);
     fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
+    fill.gens = gens.clone();
     Ok(Fetched {
         tiles,
         items: by_id,

@@ -150,6 +150,11 @@ pub struct InvalidationStats {
 /// covered entries. The entry point for the change feed and (issue 19) `POST
 /// /v1/invalidate`.
 pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> {
+    apply(app, inv, inv).await
+}
+
+/// [`invalidate`], recording `inv` and applying `on_tier` (a part of it) to the tier.
+async fn apply(app: &App, inv: &Invalidation, on_tier: &Invalidation) -> Result<(), TierError> {
     if inv.is_empty() {
         return Ok(());
     }
@@ -164,7 +169,10 @@ pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> 
     if inv.all {
         s.all.fetch_add(1, Relaxed);
     }
-    let r = app.tier.invalidate(inv, app.config.data_zoom).await;
+    if on_tier.is_empty() {
+        return Ok(());
+    }
+    let r = app.tier.invalidate(on_tier, app.config.data_zoom).await;
     if r.is_err() {
         s.errors.fetch_add(1, Relaxed);
     }
@@ -174,9 +182,30 @@ pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> 
 /// Applies another instance's invalidation, read from the change stream: recorded in this
 /// instance's write guard (so a fetch of this instance that was in flight across the change
 /// does not write the old value back) and deleted from the tier again (a write-back of
-/// this instance that landed between the other instance's delete and now is removed).
+/// this instance that landed between the other instance's delete and now is removed), as
+/// [`invalidate_again`] does.
 pub async fn apply_remote(app: &App, inv: &Invalidation) -> Result<(), TierError> {
-    invalidate(app, inv).await
+    invalidate_again(app, inv).await
+}
+
+/// [`invalidate`] for an invalidation already applied to the shared tier (by another
+/// instance, or by this one before publishing it): recorded and deleted again, but its
+/// classes are not bumped again in Redis. The first bump covers every instance (the
+/// generations are shared), and a write-back made across it was stamped with the
+/// generation read before its origin call, so it is stale already
+/// ([`crate::tier::Fill::gens`]); bumping again would only make what was fetched after the
+/// first bump a miss, once more per instance.
+pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierError> {
+    match &app.tier {
+        CacheTier::Redis(_) if !inv.classes.is_empty() && !inv.all => {
+            let on_tier = Invalidation {
+                classes: Vec::new(),
+                ..inv.clone()
+            };
+            apply(app, inv, &on_tier).await
+        }
+        _ => invalidate(app, inv).await,
+    }
 }
 
 /// Writes `fill`, fetched from the origin after `epoch`, into the tier: whatever an
@@ -198,6 +227,7 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
         let mut kept = Fill {
             items: fill.items.clone(),
             tiles: fill.tiles.clone(),
+            gens: fill.gens.clone(),
         };
         app.invalidation.guard.filter(&mut kept, before);
         let kept_ids: HashSet<&str> = kept.items.iter().map(|i| i.id()).collect();
@@ -369,6 +399,7 @@ mod tests {
                 (t, vec!["a".into()], 1),
                 (u, vec!["b".into(), "c".into()], 1),
             ],
+            ..Fill::default()
         }
     }
 
@@ -484,7 +515,7 @@ mod tests {
         // Asked for by id: no list names it, its position is in t.
         let mut f = Fill {
             items: vec![item("a")],
-            tiles: vec![],
+            ..Fill::default()
         };
         assert_eq!(g.filter(&mut f, e), 1);
         assert!(f.items.is_empty());
@@ -496,7 +527,7 @@ mod tests {
         });
         let mut f = Fill {
             items: vec![item("a")],
-            tiles: vec![],
+            ..Fill::default()
         };
         assert_eq!(g.filter(&mut f, e), 0);
     }

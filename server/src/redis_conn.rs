@@ -489,27 +489,34 @@ impl RedisConn {
         }
     }
 
-    /// `MGET` of `keys` and `PTTL` of `ttl_keys` in the same round trip (one pipeline on one
-    /// Redis; on a cluster the per-slot `MGET`s and the `PTTL`s grouped by node as
-    /// [`Self::mget`] does, from the same nodes, replicas included with replica reads):
-    /// the values in key order, and per `ttl_keys` key its remaining life in milliseconds
-    /// as Redis counts it (`-2`: no such key, `-1`: no expiry).
-    pub async fn mget_and_pttl(
+    /// `MGET` of `keys`, `PTTL` of `ttl_keys` and one more single-key command `also` (given
+    /// with its key) in the same round trip (one pipeline on one Redis; on a cluster the
+    /// per-slot `MGET`s, the `PTTL`s and `also` grouped by node as [`Self::mget`] does, from
+    /// the same nodes, replicas included with replica reads): the values in key order, per
+    /// `ttl_keys` key its remaining life in milliseconds as Redis counts it (`-2`: no such
+    /// key, `-1`: no expiry), and `also`'s answer.
+    pub async fn mget_pttl_and(
         &self,
         keys: &[String],
         ttl_keys: &[String],
-    ) -> RedisResult<(Vec<Option<Vec<u8>>>, Vec<i64>)> {
-        if ttl_keys.is_empty() {
-            return Ok((self.mget(keys).await?, Vec::new()));
-        }
+        also: (&str, Cmd),
+    ) -> RedisResult<(Vec<Option<Vec<u8>>>, Vec<i64>, Value)> {
         let pttl = |k: &String| {
             let mut c = redis::cmd("PTTL");
             c.arg(k);
             c
         };
+        let ttls_of = |answers: Vec<Value>| {
+            answers
+                .into_iter()
+                .map(|v| Ok(redis::from_redis_value::<i64>(v)?))
+                .collect::<RedisResult<Vec<i64>>>()
+        };
+        let (also_key, also) = also;
         match self {
             RedisConn::Single(conn) => {
                 let mut pipe = redis::pipe();
+                pipe.add_command(also);
                 if !keys.is_empty() {
                     pipe.cmd("MGET").arg(keys);
                 }
@@ -517,33 +524,36 @@ impl RedisConn {
                     pipe.add_command(pttl(k));
                 }
                 let mut answers: Vec<Value> = pipe.query_async(&mut conn.clone()).await?;
-                let values = if keys.is_empty() {
-                    Vec::new()
-                } else {
-                    redis::from_redis_value(answers.remove(0))?
+                let expected = 1 + usize::from(!keys.is_empty()) + ttl_keys.len();
+                if answers.len() != expected {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a pipeline answered a different number of replies than commands",
+                    )));
+                }
+                let ttl_answers = answers.split_off(expected - ttl_keys.len());
+                let mut answers = answers.into_iter();
+                let also = answers.next().unwrap_or(Value::Nil);
+                let values = match answers.next() {
+                    Some(v) => redis::from_redis_value(v)?,
+                    None => Vec::new(),
                 };
-                let ttls = answers
-                    .into_iter()
-                    .map(|v| Ok(redis::from_redis_value::<i64>(v)?))
-                    .collect::<RedisResult<Vec<i64>>>()?;
-                Ok((values, ttls))
+                Ok((values, ttls_of(ttl_answers)?, also))
             }
             RedisConn::Cluster(lazy) => {
                 let groups = by_slot(keys);
                 let mut cmds = mget_per_slot(keys, &groups);
                 cmds.extend(ttl_keys.iter().map(|k| (key_slot(k.as_bytes()), pttl(k))));
+                cmds.push((key_slot(also_key.as_bytes()), also));
                 let replica = self.reads_replicas(ReadFrom::Any);
                 let mut answers = lazy.on_nodes(cmds, replica).await?;
+                let also = answers.pop().unwrap_or(Value::Nil);
                 let ttl_answers = answers.split_off(groups.len());
                 let mut values = vec![None; keys.len()];
                 for (g, v) in groups.iter().zip(answers) {
                     place(&mut values, g, redis::from_redis_value(v)?)?;
                 }
-                let ttls = ttl_answers
-                    .into_iter()
-                    .map(|v| Ok(redis::from_redis_value::<i64>(v)?))
-                    .collect::<RedisResult<Vec<i64>>>()?;
-                Ok((values, ttls))
+                Ok((values, ttls_of(ttl_answers)?, also))
             }
         }
     }

@@ -8,27 +8,38 @@
 //! needs without parsing JSON (the tier, for the per-caller filter; the position, for tiles
 //! finer than the data zoom; the expiry) sits in a fixed-size binary trailer.
 //!
-//! # Format version 3 (keys `<prefix>v3:…`)
+//! # Format version 4 (keys `<prefix>v4:…`)
 //! The version is part of every key ([`VERSION`]), so entries written in another format are
 //! never read as this one (they are simply not found, and expire).
-//! - `<prefix>v3:i:<id>` → item: UTF-8 text `id ‖ class ‖ head ‖ tail`, then a 38-byte
+//! - `<prefix>v4:i:<id>` → item: UTF-8 text `id ‖ class ‖ head ‖ tail`, then a 46-byte
 //!   *item trailer*, little-endian: `access` (u8, 0 = public … 3 = agent), `exp` (u64, Unix
-//!   ms), `lon`, `lat` (f64), the byte lengths of id, class and head (u32 each), and the
-//!   version byte `3`.
-//! - `<prefix>v3:t:<z>/<x>/<y>` → tile: the tile's items themselves, in list order, so a
+//!   ms), `lon`, `lat` (f64), `gen` (u64: the generation of its class it was fetched under,
+//!   [`Generations`]), the byte lengths of id, class and head (u32 each), and the version
+//!   byte `4`.
+//! - `<prefix>v4:t:<z>/<x>/<y>` → tile: the tile's items themselves, in list order, so a
 //!   tile hit is one value (version 2 stored the ids and the reader fetched every item key
 //!   in a second `MGET`, about 1,700 keys per 16-tile batch). Laid out as the items' texts
 //!   concatenated (UTF-8), then per item its text's byte length (u32) and its item trailer
-//!   (the 38 bytes an item value ends with), then a 13-byte *tile trailer*: the item count
-//!   (u32), `exp` (u64, Unix ms) and the version byte `3`. The texts come first so the
-//!   whole value is checked as UTF-8 once and its items share that one buffer (no copy or
-//!   allocation of text per item). `exp` is the *minimum* of the list's expiry and every
-//!   item's ([`encode_tile`]): the tile stops being a hit when its first item stops being
-//!   fresh, which is the tier's rule that a tile is a hit only when its list and every
-//!   listed item are fresh. Each item keeps its own `exp` inside, for its `ttl` in answers.
+//!   (the 46 bytes an item value ends with, its `gen` included), then a 13-byte *tile
+//!   trailer*: the item count (u32), `exp` (u64, Unix ms) and the version byte `4`. The texts
+//!   come first so the whole value is checked as UTF-8 once and its items share that one
+//!   buffer (no copy or allocation of text per item). `exp` is the *minimum* of the list's
+//!   expiry and every item's ([`encode_tile`]): the tile stops being a hit when its first
+//!   item stops being fresh, which is the tier's rule that a tile is a hit only when its
+//!   list and every listed item are fresh. Each item keeps its own `exp` inside, for its
+//!   `ttl` in answers.
+//! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation* (a counter,
+//!   `HINCRBY` by each invalidation of the class; a class never invalidated is at 0). No
+//!   expiry. An item or tile value is stale when one of its items' `gen` is below its
+//!   class's current generation (`crate::tier`).
+//!
+//! Version 3 was the same without `gen` (a 38-byte item trailer, version byte `3`, keys
+//! `<prefix>v3:…`): a class was invalidated by reading every value, which a big tier could
+//! not do in time. Its values are under other keys and never read by this version; were one
+//! read anyway, its version byte refuses it.
 //!
 //! Every item of a tile is also written under its item key (reads by id, invalidation by
-//! id and class find it there), so Redis holds an item twice while its tile is cached.
+//! id find it there), so Redis holds an item twice while its tile is cached.
 //!
 //! A value that does not decode (wrong version byte, lengths or counts that do not fit,
 //! text that is not UTF-8, an unknown tier) is treated as absent, never served.
@@ -42,13 +53,13 @@ use tilewarm::proxy::policy::ProxyItem;
 use tilewarm::tile::TileId;
 
 /// The storage format's part of every Redis key (after the configured prefix).
-pub const VERSION: &str = "v3:";
+pub const VERSION: &str = "v4:";
 
 /// The last byte of every stored value and of every item trailer.
-const VERSION_BYTE: u8 = 3;
+const VERSION_BYTE: u8 = 4;
 
-/// Item trailer: access, exp, lon, lat, three lengths, version.
-const ITEM_TRAILER: usize = 1 + 8 + 8 + 8 + 4 + 4 + 4 + 1;
+/// Item trailer: access, exp, lon, lat, gen, three lengths, version.
+const ITEM_TRAILER: usize = 1 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 1;
 
 /// Per item of a tile value: its text length, then its item trailer.
 const TILE_ENTRY: usize = 4 + ITEM_TRAILER;
@@ -80,6 +91,9 @@ pub struct StoredItem {
     exp: u64,
     lon: f64,
     lat: f64,
+    /// The generation of its class it was fetched under ([`Generations`]); 0 until the
+    /// Redis tier stamps it on writing ([`StoredItem::with_gen`]).
+    gen: u64,
 }
 
 impl std::fmt::Debug for StoredItem {
@@ -88,6 +102,7 @@ impl std::fmt::Debug for StoredItem {
             .field("id", &self.id())
             .field("access", &self.access)
             .field("exp", &self.exp)
+            .field("gen", &self.gen)
             .field("wire", &self.wire(0))
             .finish()
     }
@@ -109,6 +124,7 @@ struct Trailer {
     exp: u64,
     lon: f64,
     lat: f64,
+    gen: u64,
     id_len: usize,
     class_len: usize,
     head_len: usize,
@@ -126,9 +142,10 @@ impl Trailer {
             exp: u64_at(t, 1)?,
             lon: f64::from_bits(u64_at(t, 9)?),
             lat: f64::from_bits(u64_at(t, 17)?),
-            id_len: u32_at(t, 25)?,
-            class_len: u32_at(t, 29)?,
-            head_len: u32_at(t, 33)?,
+            gen: u64_at(t, 25)?,
+            id_len: u32_at(t, 33)?,
+            class_len: u32_at(t, 37)?,
+            head_len: u32_at(t, 41)?,
         })
     }
 }
@@ -187,6 +204,16 @@ impl StoredItem {
             exp,
             lon,
             lat,
+            gen: 0,
+        }
+    }
+
+    /// The same item stamped with generation `gen` of its class (the text is shared, not
+    /// copied).
+    pub fn with_gen(&self, gen: u64) -> StoredItem {
+        StoredItem {
+            gen,
+            ..self.clone()
         }
     }
 
@@ -214,6 +241,7 @@ impl StoredItem {
             exp: t.exp,
             lon: t.lon,
             lat: t.lat,
+            gen: t.gen,
         })
     }
 
@@ -248,6 +276,12 @@ impl StoredItem {
     /// Unix milliseconds at which it stops being fresh.
     pub fn exp(&self) -> u64 {
         self.exp
+    }
+
+    /// The generation of its class it was fetched under (0 for an item not read from
+    /// Redis).
+    pub fn gen(&self) -> u64 {
+        self.gen
     }
 
     /// Longitude.
@@ -299,6 +333,7 @@ impl StoredItem {
         v.extend_from_slice(&self.exp.to_le_bytes());
         v.extend_from_slice(&self.lon.to_le_bytes());
         v.extend_from_slice(&self.lat.to_le_bytes());
+        v.extend_from_slice(&self.gen.to_le_bytes());
         for len in [
             self.id_end,
             self.class_end - self.id_end,
@@ -319,7 +354,7 @@ impl StoredItem {
     }
 
     /// An item from its Redis value (the buffer becomes the item's text, not copied), or
-    /// `None` when it is not a version-3 item.
+    /// `None` when it is not a version-4 item.
     pub fn decode(mut v: Vec<u8>) -> Option<StoredItem> {
         let at = v.len().checked_sub(ITEM_TRAILER)?;
         let trailer = Trailer::read(&v[at..])?;
@@ -369,7 +404,7 @@ pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
 }
 
 /// A tile from its Redis value: its expiry and its items in list order (sharing the value's
-/// buffer, not copied), or `None` when it is not a version-3 tile.
+/// buffer, not copied), or `None` when it is not a version-4 tile.
 pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
     let at = v.len().checked_sub(TILE_TRAILER)?;
     let trailer = &v[at..];
@@ -399,15 +434,88 @@ pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
     Some((exp, items))
 }
 
+/// The current generation of each class that has one (module docs): read from Redis in
+/// the same round trip as the values it judges, and, read before an origin call, the
+/// generations the items it answers are stamped with. A class it does not name is at 0.
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Generations(Arc<GenTable>);
+
+/// A few classes are looked up by a scan (cheaper than hashing each item's class), many
+/// in a map.
+#[derive(Debug, Default)]
+enum GenTable {
+    #[default]
+    None,
+    Few(Vec<(String, u64)>),
+    Many(std::collections::HashMap<String, u64>),
+}
+
+/// Up to this many classes are scanned.
+const FEW_CLASSES: usize = 16;
+
+impl Generations {
+    /// From the hash's fields and values. A value that is not a number is an error: one
+    /// read as 0 could hide an invalidation.
+    pub fn from_fields(fields: Vec<(String, String)>) -> Result<Generations, String> {
+        let gens = fields
+            .into_iter()
+            .map(|(class, n)| match n.parse::<u64>() {
+                Ok(n) => Ok((class, n)),
+                Err(_) => Err(format!(
+                    "the generation of class {class:?} is {n:?}, not a number"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let table = match gens.len() {
+            0 => GenTable::None,
+            n if n <= FEW_CLASSES => GenTable::Few(gens),
+            _ => GenTable::Many(gens.into_iter().collect()),
+        };
+        Ok(Generations(Arc::new(table)))
+    }
+
+    /// The current generation of `class` (0 when it was never invalidated).
+    pub fn of(&self, class: &str) -> u64 {
+        match &*self.0 {
+            GenTable::None => 0,
+            GenTable::Few(v) => v.iter().find(|(c, _)| c == class).map_or(0, |(_, n)| *n),
+            GenTable::Many(m) => m.get(class).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether `item` was fetched under its class's current generation or a later one:
+    /// false when its class was invalidated since (a stale copy: a miss).
+    pub fn current(&self, item: &StoredItem) -> bool {
+        matches!(*self.0, GenTable::None) || item.gen >= self.of(item.class())
+    }
+
+    /// How many classes have a generation.
+    pub fn len(&self) -> usize {
+        match &*self.0 {
+            GenTable::None => 0,
+            GenTable::Few(v) => v.len(),
+            GenTable::Many(m) => m.len(),
+        }
+    }
+
+    /// Whether no class has one.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The Redis keys under a configured prefix, in this format's version.
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// The configured prefix.
     prefix: String,
-    /// `<prefix>v3:i:`
+    /// `<prefix>v4:i:`
     items: String,
-    /// `<prefix>v3:t:`
+    /// `<prefix>v4:t:`
     tiles: String,
+    /// `<prefix>v4:g`
+    gens: String,
 }
 
 impl Keys {
@@ -416,6 +524,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             items: format!("{prefix}{VERSION}i:"),
             tiles: format!("{prefix}{VERSION}t:"),
+            gens: format!("{prefix}{VERSION}g"),
         }
     }
 
@@ -434,7 +543,12 @@ impl Keys {
         &self.tiles
     }
 
-    /// `<prefix>v3:i:<id>`
+    /// `<prefix>v4:g`: the class generations ([`Generations`]).
+    pub fn gens(&self) -> &str {
+        &self.gens
+    }
+
+    /// `<prefix>v4:i:<id>`
     pub fn item(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.items.len() + id.len());
         k.push_str(&self.items);
@@ -442,7 +556,7 @@ impl Keys {
         k
     }
 
-    /// `<prefix>v3:t:<z>/<x>/<y>`
+    /// `<prefix>v4:t:<z>/<x>/<y>`
     pub fn tile(&self, t: TileId) -> String {
         format!("{}{t}", self.tiles)
     }
@@ -482,13 +596,14 @@ mod tests {
             42,
             &data,
         );
-        let back = StoredItem::decode(it.encode()).unwrap();
+        let back = StoredItem::decode(it.with_gen(u64::MAX - 1).encode()).unwrap();
         assert_eq!(back.id(), "a\"b\\ü");
         assert_eq!(back.class(), "off_market");
         assert_eq!(
-            (back.lon, back.lat, back.access, back.exp),
-            (it.lon, 47.1, Access::Agent, 42)
+            (back.lon, back.lat, back.access, back.exp, back.gen()),
+            (it.lon, 47.1, Access::Agent, 42, u64::MAX - 1)
         );
+        assert_eq!(it.gen(), 0, "stamping makes a copy");
         assert_eq!(back.data(), data.get());
         let want = serde_json::to_string(&WireItem {
             id: "a\"b\\ü",
@@ -530,6 +645,102 @@ mod tests {
         assert!(decode_tile(it.encode()).is_none());
     }
 
+    /// An item value of format version 3 (before class generations), as its encoder wrote
+    /// it: the same text, then a 38-byte trailer without `gen`, ending in 3.
+    fn v3_trailer(it: &StoredItem, v: &mut Vec<u8>) {
+        v.push(it.access.rank());
+        v.extend_from_slice(&it.exp.to_le_bytes());
+        v.extend_from_slice(&it.lon.to_le_bytes());
+        v.extend_from_slice(&it.lat.to_le_bytes());
+        for len in [
+            it.id_end,
+            it.class_end - it.id_end,
+            it.head_end - it.class_end,
+        ] {
+            v.extend_from_slice(&(len as u32).to_le_bytes());
+        }
+        v.push(3);
+    }
+
+    fn v3_item(it: &StoredItem) -> Vec<u8> {
+        let mut v = it.text().as_bytes().to_vec();
+        v3_trailer(it, &mut v);
+        v
+    }
+
+    fn v3_tile(items: &[&StoredItem], exp: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        for it in items {
+            v.extend_from_slice(it.text().as_bytes());
+        }
+        for it in items {
+            v.extend_from_slice(&(it.len as u32).to_le_bytes());
+            v3_trailer(it, &mut v);
+        }
+        v.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        v.extend_from_slice(&exp.to_le_bytes());
+        v.push(3);
+        v
+    }
+
+    /// Values of format version 3 carry no class generation: read as version 4 they would
+    /// be items of generation 0 (or garbage), so they are refused, whole or in part, even
+    /// when their lengths happen to fit.
+    #[test]
+    fn values_of_version_3_are_refused() {
+        let (a, b) = (item("a", 900), item("b/ü", 500));
+        assert!(StoredItem::decode(v3_item(&a)).is_none());
+        assert!(decode_tile(v3_tile(&[&a, &b], 800)).is_none());
+        assert!(decode_tile(v3_tile(&[], 800)).is_none());
+        // A v3 value with only its last byte changed to 4 does not decode either: the
+        // trailer is 8 bytes shorter, so its lengths and text do not fit.
+        for mut v in [v3_item(&a), v3_item(&b)] {
+            *v.last_mut().unwrap() = VERSION_BYTE;
+            assert!(StoredItem::decode(v).is_none());
+        }
+        // The keys differ, so a v4 server never asks for one anyway.
+        assert!(Keys::new("tw:").item("a").starts_with("tw:v4:i:"));
+        assert!(Keys::new("tw:")
+            .tile(TileId::new(1, 0, 0).unwrap())
+            .starts_with("tw:v4:t:"));
+    }
+
+    #[test]
+    fn generations_say_which_items_are_stale() {
+        let it = item("a", 9);
+        assert!(Generations::default().current(&it));
+        let gens = |fields: &[(&str, &str)]| {
+            Generations::from_fields(
+                fields
+                    .iter()
+                    .map(|(c, n)| (c.to_string(), n.to_string()))
+                    .collect(),
+            )
+        };
+        let g = gens(&[("sold", "4"), ("active", "2")]).unwrap();
+        assert_eq!((g.of("active"), g.of("sold"), g.of("other")), (2, 4, 0));
+        // Stamped before the bump to 2: stale; at 2 or after: current.
+        assert!(!g.current(&it));
+        assert!(!g.current(&it.with_gen(1)));
+        assert!(g.current(&it.with_gen(2)) && g.current(&it.with_gen(3)));
+        // Another class's bump does not touch it.
+        assert!(gens(&[("sold", "4")]).unwrap().current(&it));
+        // Many classes (a map rather than a scan) answer the same.
+        let many: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("c{i}"), i.to_string()))
+            .chain([("active".to_string(), "7".to_string())])
+            .collect();
+        let g = Generations::from_fields(many).unwrap();
+        assert_eq!((g.len(), g.of("c39"), g.of("x")), (41, 39, 0));
+        assert!(!g.current(&it.with_gen(6)) && g.current(&it.with_gen(7)));
+        // A generation that is not a number is an error, not 0.
+        let e = gens(&[("active", "x")]).unwrap_err();
+        assert!(
+            e.contains("\"active\"") && e.contains("not a number"),
+            "{e}"
+        );
+    }
+
     fn item(id: &str, exp: u64) -> StoredItem {
         StoredItem::new(
             id,
@@ -545,6 +756,7 @@ mod tests {
     #[test]
     fn a_tile_round_trips_its_items_in_order_sharing_one_buffer() {
         let (a, b, c) = (item("a", 900), item("b/ü", 500), item("c", 700));
+        let (a, c) = (a.with_gen(3), c.with_gen(1 << 40));
         let v = encode_tile(&[&a, &b, &c], 800).unwrap();
         let (exp, items) = decode_tile(v).unwrap();
         // The soonest expiry of the list and its items: b's.
@@ -553,7 +765,10 @@ mod tests {
         assert_eq!(ids, ["a", "b/ü", "c"]);
         for (back, it) in items.iter().zip([&a, &b, &c]) {
             assert_eq!(back.wire(42), it.wire(42));
-            assert_eq!((back.exp(), back.access()), (it.exp(), it.access()));
+            assert_eq!(
+                (back.exp(), back.access(), back.gen()),
+                (it.exp(), it.access(), it.gen())
+            );
             assert_eq!((back.lon(), back.lat()), (it.lon(), it.lat()));
             // The item re-encoded alone is its item key's value.
             assert_eq!(back.encode(), it.encode());

@@ -10,19 +10,24 @@
 //! anything less is a miss and the whole tile is refetched.
 //!
 //! Items are held as the JSON text they are served as ([`crate::stored`]: the storage format
-//! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v3:i:<id>`
-//! → item, `SET … EX <class ttl>`; `<prefix>v3:t:<z>/<x>/<y>` → the tile's items themselves,
-//! `SET … EX` until the soonest of its list's and its items' expiries; warm-up claims
-//! `<prefix>w:<z>/<x>/<y>` → owner, `SET … NX PX`. A read is one `MGET` of the tile keys and
-//! the requested ids' item keys, decoded without parsing JSON, with the tile keys' `PTTL`s in
-//! the same pipeline (a hit's answered `ttl` never outlives its key); writes are one
-//! pipeline. On a
+//! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v4:i:<id>`
+//! → item, `SET … EX <class ttl>`; `<prefix>v4:t:<z>/<x>/<y>` → the tile's items themselves,
+//! `SET … EX` until the soonest of its list's and its items' expiries; `<prefix>v4:g` → the
+//! class generations (a hash, no expiry); warm-up claims `<prefix>w:<z>/<x>/<y>` → owner,
+//! `SET … NX PX`. A read is one `MGET` of the tile keys and the requested ids' item keys,
+//! decoded without parsing JSON, with the tile keys' `PTTL`s and the class generations
+//! (`HGETALL`) in the same pipeline (a hit's answered `ttl` never outlives its key; an item
+//! whose class was invalidated since it was fetched is a miss); writes are one pipeline. On a
 //! Redis Cluster ([`crate::redis_conn`]) the same `MGET` is split by slot and sent to the
 //! masters concurrently, and writes are concurrent commands.
 //!
 //! Because a tile's value holds copies of its items, invalidating an item must find the
 //! tiles holding it: by id, the item key's stored position names its data tile
-//! ([`RedisTier::invalidate`]).
+//! ([`RedisTier::invalidate`]). A class is invalidated without finding anything: its
+//! generation is bumped (`HINCRBY`), one command whatever the tier holds, and every value
+//! holding an item stamped with an older generation reads as a miss from then on
+//! ([`Generations`]); each item is stamped with the generation read *before* its origin
+//! call ([`Fill::gens`]), so a write-back racing the bump is born stale.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -36,8 +41,8 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
-pub use crate::stored::StoredItem;
 use crate::stored::{decode_tile, encode_tile, tile_exp, Keys};
+pub use crate::stored::{Generations, StoredItem};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
@@ -68,6 +73,9 @@ pub struct TierRead {
     pub tiles: Vec<Option<TileHit>>,
     /// Per requested id.
     pub ids: Vec<Option<Arc<StoredItem>>>,
+    /// The class generations read with them (Redis; none in-process): what an origin call
+    /// made after this read stamps the items it writes back with ([`Fill::gens`]).
+    pub gens: Generations,
 }
 
 /// What to write: items, then the lists of data tiles (ids, exp).
@@ -75,6 +83,12 @@ pub struct TierRead {
 pub struct Fill {
     pub items: Vec<Arc<StoredItem>>,
     pub tiles: Vec<(TileId, Vec<String>, u64)>,
+    /// The class generations read *before* the origin call that answered these items
+    /// (a tier read's [`TierRead::gens`], or [`CacheTier::generations`]): the Redis tier
+    /// stamps each item with its class's, so that an invalidation of the class made while
+    /// the call was out leaves the write-back stale. Older generations than the current
+    /// ones (none at all, the default, included) only make more of it stale: never wrong.
+    pub gens: Generations,
 }
 
 /// The tier could not be used; the request is answered from the origin.
@@ -177,6 +191,16 @@ impl CacheTier {
                 Ok(())
             }
             CacheTier::Redis(r) => r.guard(r.write(fill, now_ms())).await,
+        }
+    }
+
+    /// The class generations now, to stamp what an origin call about to be made answers
+    /// ([`Fill::gens`]): for a caller that did not read the tier just before (warm-up).
+    /// None in-process.
+    pub async fn generations(&self) -> Result<Generations, TierError> {
+        match self {
+            CacheTier::Local(_) => Ok(Generations::default()),
+            CacheTier::Redis(r) => r.guard(r.generations()).await,
         }
     }
 
@@ -299,6 +323,7 @@ impl LocalTier {
         let mut out = TierRead {
             tiles: Vec::with_capacity(tiles.len()),
             ids: Vec::with_capacity(ids.len()),
+            gens: Generations::default(),
         };
         for &t in tiles {
             if cache.tile_freshness(t, Access::Agent, now) != TileFreshness::Fresh {
@@ -453,10 +478,14 @@ impl RedisTier {
     /// - **tiles**: the keys of the data tiles they cover and the item keys of the items
     ///   inside (a tile more than 4 levels coarser than the data zoom by one `SCAN` of the
     ///   tile keys);
-    /// - **classes**: one `SCAN` of the item keys and one of the tile keys, each value read:
-    ///   the items of the class and the tiles holding one;
+    /// - **classes**: nothing is deleted: each class's generation is bumped (`HINCRBY` of
+    ///   its field in `<prefix>v4:g`), which makes every item and tile value holding an item
+    ///   of it stamped before a miss ([`Generations::current`]); they are overwritten by the
+    ///   refetch or expire;
     /// - **all**: every key under the prefix, of any storage format version (`SCAN` +
-    ///   `UNLINK`).
+    ///   `UNLINK`), but the change stream and the class generations (deleting those would
+    ///   set every class back to 0, and a write-back stamped before a class's bump, landing
+    ///   after this, would read as current).
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
     /// by `maxmemory` before the tile) or names another tile (the item moved and was written
@@ -467,10 +496,14 @@ impl RedisTier {
         data_zoom: u8,
     ) -> redis::RedisResult<()> {
         if inv.all {
-            // Everything but the change stream, which records this very invalidation.
+            // Everything but the change stream, which records this very invalidation, and
+            // the class generations.
             let stream = crate::stream::changes_key(&self.prefix);
+            let gens = self.keys.gens();
             return self
-                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| k != stream)
+                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| {
+                    k != stream && k != gens
+                })
                 .await;
         }
         let item_keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
@@ -512,17 +545,21 @@ impl RedisTier {
             }
         }
         if !inv.classes.is_empty() {
-            let of_class = |it: &StoredItem| inv.classes.iter().any(|c| c == it.class());
-            let items = format!("{}*", glob_escape(self.keys.items_prefix()));
-            self.unlink_scan_values(&items, 1000, |v| {
-                StoredItem::decode(v).is_some_and(|it| of_class(&it))
-            })
-            .await?;
-            let tiles = format!("{}*", glob_escape(self.keys.tiles_prefix()));
-            self.unlink_scan_values(&tiles, TILE_VALUES_PER_MGET, |v| {
-                decode_tile(v).is_some_and(|(_, items)| items.iter().any(of_class))
-            })
-            .await?;
+            let key = self.keys.gens();
+            let cmds = inv
+                .classes
+                .iter()
+                .map(|class| {
+                    let mut c = redis::cmd("HINCRBY");
+                    c.arg(key).arg(class).arg(1);
+                    (key.to_owned(), c)
+                })
+                .collect();
+            for answer in self.conn.per_key(cmds).await? {
+                // A failed bump (the field is not a number) must not pass for one that
+                // took: the class's values would go on being served.
+                redis::from_redis_value::<i64>(answer)?;
+            }
         }
         Ok(())
     }
@@ -562,29 +599,6 @@ impl RedisTier {
                 }
             }
             self.conn.unlink(&doomed).await?;
-        }
-        Ok(())
-    }
-
-    /// `SCAN MATCH pattern`, reading the values `per_mget` keys at a time, and `UNLINK` the
-    /// keys whose value `pick` picks.
-    async fn unlink_scan_values(
-        &self,
-        pattern: &str,
-        per_mget: usize,
-        pick: impl Fn(Vec<u8>) -> bool,
-    ) -> redis::RedisResult<()> {
-        let mut scan = self.conn.scan(pattern, 1000).await?;
-        while let Some(batch) = scan.next_batch().await? {
-            for chunk in batch.chunks(per_mget) {
-                let values = self.mget_masters(chunk).await?;
-                let doomed: Vec<&String> = chunk
-                    .iter()
-                    .zip(values)
-                    .filter_map(|(k, v)| pick(v?).then_some(k))
-                    .collect();
-                self.conn.unlink(&doomed).await?;
-            }
         }
         Ok(())
     }
@@ -671,7 +685,11 @@ impl RedisTier {
         let tile_keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
         let mut keys = tile_keys.clone();
         keys.extend(ids.iter().map(|id| self.item_key(id)));
-        let (mut values, mut pttls) = self.conn.mget_and_pttl(&keys, &tile_keys).await?;
+        let (mut values, mut pttls, gens) = self
+            .conn
+            .mget_pttl_and(&keys, &tile_keys, (self.keys.gens(), self.gens_cmd()))
+            .await?;
+        let gens = parse_gens(gens)?;
         values.resize(keys.len(), None);
         pttls.resize(tile_keys.len(), -2);
         let id_values = values.split_off(tiles.len());
@@ -681,7 +699,7 @@ impl RedisTier {
             .map(|(v, pttl)| {
                 let (stored, items) = decode_tile(v?)?;
                 let exp = list_exp(stored, pttl, now)?;
-                let fresh = exp > now && items.iter().all(|it| it.exp() > now);
+                let fresh = exp > now && items.iter().all(|it| it.exp() > now && gens.current(it));
                 fresh.then_some(TileHit { items, exp })
             })
             .collect();
@@ -689,23 +707,43 @@ impl RedisTier {
             .into_iter()
             .map(|v| {
                 let item = StoredItem::decode(v?)?;
-                (item.exp() > now).then(|| Arc::new(item))
+                (item.exp() > now && gens.current(&item)).then(|| Arc::new(item))
             })
             .collect();
-        Ok(TierRead { tiles, ids })
+        Ok(TierRead { tiles, ids, gens })
+    }
+
+    /// `HGETALL` of the class generations.
+    fn gens_cmd(&self) -> redis::Cmd {
+        let mut c = redis::cmd("HGETALL");
+        c.arg(self.keys.gens());
+        c
+    }
+
+    /// The class generations now ([`CacheTier::generations`]).
+    async fn generations(&self) -> redis::RedisResult<Generations> {
+        let key = self.keys.gens().to_owned();
+        let mut answers = self.conn.per_key(vec![(key, self.gens_cmd())]).await?;
+        parse_gens(answers.pop().unwrap_or(redis::Value::Nil))
     }
 
     /// One pipeline of `SET EX`s: each item under its key, and each tile's items under the
-    /// tile's key (until the soonest expiry among them and the list).
+    /// tile's key (until the soonest expiry among them and the list), every item stamped
+    /// with its class's generation in [`Fill::gens`].
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
-        for item in &fill.items {
+        let stamped: Vec<StoredItem> = fill
+            .items
+            .iter()
+            .map(|it| it.with_gen(fill.gens.of(it.class())))
+            .collect();
+        for item in &stamped {
             let ttl = ttl_left_s(item.exp(), now) as u64;
             let key = self.item_key(item.id());
             cmds.push((key.clone(), redis::Cmd::set_ex(key, item.encode(), ttl)));
         }
         let by_id: std::collections::HashMap<&str, &StoredItem> =
-            fill.items.iter().map(|it| (it.id(), &**it)).collect();
+            stamped.iter().map(|it| (it.id(), it)).collect();
         for (tile, ids, exp) in &fill.tiles {
             // A list naming an item the fill does not hold (the write guard dropped it, or
             // the origin left it out) is not cached: the tile stays a miss, as it would be
@@ -770,6 +808,16 @@ impl RedisTier {
             .map(|v| Ok(redis::from_redis_value(v)?))
             .collect()
     }
+}
+
+/// The class generations from an `HGETALL` answer (none: no class was invalidated yet).
+fn parse_gens(v: redis::Value) -> redis::RedisResult<Generations> {
+    let fields: Vec<(String, String)> = match v {
+        redis::Value::Nil => Vec::new(),
+        v => redis::from_redis_value(v)?,
+    };
+    Generations::from_fields(fields)
+        .map_err(|e| redis::RedisError::from((redis::ErrorKind::Parse, "class generations", e)))
 }
 
 /// When a tile list read from Redis stops being fresh, for the reader at `now`: the sooner of
@@ -930,6 +978,7 @@ mod tests {
         let fill = Fill {
             items: vec![item("a", 1_000), item("b", 500)],
             tiles: vec![(t, vec!["a".into(), "b".into()], 2_000)],
+            ..Fill::default()
         };
         tier.write(&fill, 0);
         let r = tier.read(&[t], &["a".into(), "zz".into()], 100);

@@ -230,6 +230,15 @@ async fn warm(
             access: Access::Agent,
         };
         let timeout_ms = app.config.origin_timeout_ms;
+        // Read before the origin call: what it answers is stamped with them, so an
+        // invalidation of a class made while it is out leaves the write-back stale.
+        let gens = match app.tier.generations().await {
+            Ok(g) => g,
+            Err(_) => {
+                m.warmup_errors.fetch_add(1, Relaxed);
+                break;
+            }
+        };
         let epoch = app.invalidation.guard.epoch();
         let response = match app
             .origin
@@ -250,6 +259,7 @@ async fn warm(
             }
         };
         let (mut fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
+        fill.gens = gens;
         match crate::invalidate::write_back(app, &mut fill, epoch).await {
             Ok(()) => {
                 // What the tier was given (past the write guard and the empty-tile cap)

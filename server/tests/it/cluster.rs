@@ -378,14 +378,37 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
         a_calls + 1,
         "A served after `all`"
     );
+    // A class, from A: its generation (one key, on one master) is read in the same
+    // round trip as the values, from whichever masters they are on, so B misses the tiles
+    // holding an item of the class, and only those.
+    let has_active = |t: &TileId| o.tile_items(*t, Access::Agent).any(|i| i.class == "active");
+    let miss = *occupied.iter().find(|t| has_active(t)).unwrap();
+    let hit = *occupied.iter().find(|t| !has_active(t)).unwrap();
+    let class = "active";
+    let body = request(&[hit, miss], &[], Access::Agent);
+    http.ok(&a, &body).await;
+    http.ok(&b, &body).await;
+    let b_calls = b.app.metrics.origin_calls();
+    invalidate(&a, &format!(r#"{{"classes":["{class}"]}}"#)).await;
+    let misses = b.app.metrics.cache.tile_misses.load(Relaxed);
+    http.ok(&b, &request(&[hit, miss], &[], Access::Agent))
+        .await;
+    assert_eq!(
+        (
+            b.app.metrics.origin_calls(),
+            b.app.metrics.cache.tile_misses.load(Relaxed)
+        ),
+        (b_calls + 1, misses + 1),
+        "B served a tile holding an item of {class} (or missed the other one)"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
 
 /// With `--redis-read-from-replicas` (`d`, whose requests read the replicas), what an
 /// invalidation reads to find the keys to delete (the items' values naming their tiles, the
-/// tiles' values naming their items, the values a class is matched in) is read from the
-/// masters: a replica lagging its master would hide a key just written, which would then
+/// tiles' values naming their items; a class reads none, its generation is bumped) is read
+/// from the masters: a replica lagging its master would hide a key just written, which would then
 /// outlive the invalidation. Counted with `INFO commandstats`: while the invalidations run
 /// (nothing else reads: no warm-up, no requests), no replica answers an `MGET` and the
 /// masters do. Fails when invalidation reads go through the replica-read routing (the

@@ -18,7 +18,7 @@ use crate::common::{
 use crate::feed::Feed;
 use crate::{densest, origin, request};
 
-fn admin_token() -> String {
+pub(crate) fn admin_token() -> String {
     sign_hs256(&serde_json::json!({
         "sub": "ops",
         "exp": now_s() + 3600,
@@ -36,7 +36,7 @@ fn agent_token() -> String {
     }))
 }
 
-async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crate::common::Reply {
+pub(crate) async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crate::common::Reply {
     http.send(
         "POST",
         &format!("{}/v1/invalidate", s.url()),
@@ -238,7 +238,7 @@ async fn a_full_change_feed_is_a_503_with_retry_after() {
     s.shutdown().await;
 }
 
-fn redis_config(r: &RedisServer) -> Config {
+pub(crate) fn redis_config(r: &RedisServer) -> Config {
     Config {
         redis: Some(r.url()),
         redis_timeout_ms: 500,
@@ -906,7 +906,7 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
 }
 
 /// One command to the test's Redis (as the default user), its answer.
-async fn redis_do(r: &RedisServer, args: &[&str]) -> redis::Value {
+pub(crate) async fn redis_do(r: &RedisServer, args: &[&str]) -> redis::Value {
     let mut conn = redis::Client::open(r.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -932,9 +932,11 @@ fn ids_inv(id: &str) -> tilewarm::protocol::Invalidation {
     }
 }
 
-fn class_inv(class: &str) -> tilewarm::protocol::Invalidation {
+/// A zoom-1 tile: more than 4 levels above the data zoom, applied in Redis by a `SCAN` of
+/// every tile key.
+fn wide_tile_inv() -> tilewarm::protocol::Invalidation {
     tilewarm::protocol::Invalidation {
-        classes: vec![class.into()],
+        tiles: vec![tilewarm::tile::TileId::new(1, 0, 0).unwrap()],
         ..Default::default()
     }
 }
@@ -1105,8 +1107,9 @@ async fn a_reader_cut_off_while_its_entries_were_trimmed_resets_its_instance() {
     b.shutdown().await;
 }
 
-/// A connected reader that falls more than the retention behind (here B applies a class
-/// invalidation, which walks the whole tier, 50 000 keys, while A makes 300 more changes)
+/// A connected reader that falls more than the retention behind (here B applies the
+/// invalidation of a very coarse tile, which walks every tile key, 50 000 of them, while A
+/// makes 300 more changes)
 /// is answered by its next `XREAD` with the entries still kept and nothing about the
 /// trimmed ones: it must see the gap, invalidate everything and send `reset`. Checks that
 /// between two events B hands out, no entry A made is skipped without a `reset`. Fails
@@ -1127,7 +1130,7 @@ async fn a_connected_reader_that_falls_behind_the_retention_resets_its_instance(
             let mut p = redis::pipe();
             for n in chunk {
                 p.cmd("SET")
-                    .arg(format!("tw:v3:i:junk{n}"))
+                    .arg(format!("tw:v4:t:junk{n}"))
                     .arg("x")
                     .ignore();
             }
@@ -1150,7 +1153,7 @@ async fn a_connected_reader_that_falls_behind_the_retention_resets_its_instance(
     // B's next XREAD answers this one alone (it was waiting); B takes a while to apply it.
     let mut made = vec![
         first,
-        a.app.changes.publish(&class_inv("sold")).await.unwrap(),
+        a.app.changes.publish(&wide_tile_inv()).await.unwrap(),
     ];
     // All at once (pipelined on A's connection), so that they are made while B applies.
     let invs: Vec<_> = (0..300).map(|i| ids_inv(&format!("x{i}"))).collect();

@@ -3,6 +3,7 @@
 
 mod admission;
 mod auth;
+mod class_generations;
 mod cluster;
 mod common;
 mod fastpath;

@@ -1,0 +1,333 @@
+//! Class invalidation in Redis by generation (`docs/server.md`, *Cache tier*): a class's
+//! generation is bumped, nothing is scanned, and every instance treats a value stamped
+//! with an older generation as a miss; a write-back fetched before the bump is born stale;
+//! `all` keeps the generations. Real Redis (one, or a cluster in `cluster.rs`).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tilewarm::access::Access;
+use tilewarm::tile::TileId;
+use tilewarm_server::invalidate::{invalidate, Invalidation};
+use tilewarm_server::tier::{Fill, StoredItem};
+
+use crate::common::{eventually, redis_available, server, Http, RedisServer};
+use crate::invalidate::{admin_token, post_invalidate, redis_config, redis_do};
+use crate::{densest, origin, request};
+
+fn classes(c: &[&str]) -> Invalidation {
+    Invalidation {
+        classes: c.iter().map(|c| c.to_string()).collect(),
+        ..Invalidation::default()
+    }
+}
+
+/// `HGET tw:v4:g <class>`, 0 when absent.
+async fn generation(r: &RedisServer, class: &str) -> u64 {
+    match redis_do(r, &["HGET", "tw:v4:g", class]).await {
+        redis::Value::Nil => 0,
+        v => redis::from_redis_value::<String>(v)
+            .unwrap()
+            .parse()
+            .unwrap(),
+    }
+}
+
+/// `calls=` of `cmdstat_<cmd>` in `INFO commandstats`.
+async fn calls(r: &RedisServer, cmd: &str) -> u64 {
+    let info: String =
+        redis::from_redis_value(redis_do(r, &["INFO", "commandstats"]).await).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two instances on one Redis: once `POST /v1/invalidate {"classes":[…]}` on A returns,
+/// neither serves an item of the class cached before it, by id or inside a tile, while
+/// items of other classes are still hits. Redis is sent no `SCAN` and no value is read to
+/// do it; the class is bumped once, not again by B's reader nor by A's second delete
+/// (fails if either re-bumps: the generation reads 2 or 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_invalidation_reaches_every_instance_without_a_scan() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let of = |class: &str| {
+        o.tile_items(t, Access::Agent)
+            .find(|i| i.class == class)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (active, off) = (of("active"), of("off_market"));
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    let b = server(redis_config(&redis)).await;
+    let body = request(&[t], &[&active, &off], Access::Agent);
+    http.ok(&a, &body).await;
+    http.ok(&b, &body).await;
+    assert_eq!(b.app.metrics.origin_calls(), 0, "B did not read A's writes");
+    let (scans, mgets) = (calls(&redis, "scan").await, calls(&redis, "mget").await);
+
+    let admin = Http::with_token(Some(admin_token()));
+    let r = post_invalidate(&admin, &a, r#"{"classes":["active"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        calls(&redis, "scan").await,
+        scans,
+        "a class invalidation scanned"
+    );
+    assert_eq!(
+        calls(&redis, "mget").await,
+        mgets,
+        "a class invalidation read values"
+    );
+
+    // Another class is still a hit, on both.
+    for s in [&a, &b] {
+        let before = s.app.metrics.origin_calls();
+        http.ok(s, &request(&[], &[&off], Access::Agent)).await;
+        assert_eq!(s.app.metrics.origin_calls(), before, "off_market missed");
+    }
+    // B: the active item by id is a miss (its refetch writes it back, current).
+    let before = b.app.metrics.origin_calls();
+    http.ok(&b, &request(&[], &[&active], Access::Agent)).await;
+    assert_eq!(
+        b.app.metrics.origin_calls(),
+        before + 1,
+        "B served an item of an invalidated class from Redis"
+    );
+    // A: the tile holds copies of active items (not written again since): a miss.
+    let before = a.app.metrics.origin_calls();
+    let misses = a.app.metrics.cache.tile_misses.load(Relaxed);
+    http.ok(&a, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(
+        (
+            a.app.metrics.origin_calls(),
+            a.app.metrics.cache.tile_misses.load(Relaxed)
+        ),
+        (before + 1, misses + 1),
+        "A served a tile holding an item of an invalidated class from Redis"
+    );
+    // Written back by A's refetch, current: both hit it again.
+    for s in [&a, &b] {
+        let before = s.app.metrics.origin_calls();
+        http.ok(s, &request(&[t], &[&active], Access::Agent)).await;
+        assert_eq!(
+            s.app.metrics.origin_calls(),
+            before,
+            "the refetch was not kept"
+        );
+    }
+    // B's reader applied A's change (its write guard has it) without bumping again.
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .app
+            .changes
+            .stats
+            .applied_remote
+            .load(Relaxed)
+            >= 1)
+        .await
+    );
+    assert_eq!(generation(&redis, "active").await, 1);
+    assert_eq!(generation(&redis, "off_market").await, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A write-back whose origin call began before a class's bump is stamped with the
+/// generation read before it, so it lands stale: here written straight to the tier after
+/// the bump (as a fetch in flight on an instance whose write guard has not heard of the
+/// change would), its tile and its items of the class are misses. Fails when the write
+/// stamps the generations current at writing. The same write stamped after the bump is a
+/// hit. `all` keeps the generations: the old write-back is still stale after it (fails
+/// when `all` deletes `tw:v4:g`, which sets every class back to 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_fetched_before_a_class_bump_is_born_stale() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let ids: Vec<String> = o
+        .tile_items(t, Access::Agent)
+        .map(|i| i.id.clone())
+        .collect();
+    let active = o
+        .tile_items(t, Access::Agent)
+        .find(|i| i.class == "active")
+        .unwrap()
+        .id
+        .clone();
+    let off = o
+        .tile_items(t, Access::Agent)
+        .find(|i| i.class == "off_market")
+        .unwrap()
+        .id
+        .clone();
+    let http = Http::new();
+    let s = server(redis_config(&redis)).await;
+    // Invalidated once before: generations are there, and the items written since carry 1.
+    invalidate(&s.app, &classes(&["active"])).await.unwrap();
+    http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    let tier = &s.app.tier;
+    let asked = [active.clone(), off.clone()];
+    // What a fetch starting now reads before calling the origin: t and its items.
+    let before = tier.read(&[t], &[]).await.unwrap();
+    assert_eq!(before.gens.of("active"), 1);
+    let items: Vec<Arc<StoredItem>> = before.tiles[0]
+        .as_ref()
+        .expect("t is in Redis")
+        .items
+        .iter()
+        .cloned()
+        .map(Arc::new)
+        .collect();
+    let exp = tilewarm_server::tier::now_ms() + 60_000;
+    let fill = |gens| Fill {
+        items: items.clone(),
+        tiles: vec![(t, ids.clone(), exp)],
+        gens,
+    };
+    let hits = |r: &tilewarm_server::tier::TierRead| {
+        (r.tiles[0].is_some(), r.ids[0].is_some(), r.ids[1].is_some())
+    };
+
+    invalidate(&s.app, &classes(&["active"])).await.unwrap();
+    assert_eq!(generation(&redis, "active").await, 2);
+    tier.write(&fill(before.gens.clone())).await.unwrap();
+    let r = tier.read(&[t], &asked).await.unwrap();
+    assert_eq!(
+        hits(&r),
+        (false, false, true),
+        "a write-back fetched before the bump was served"
+    );
+    // Fetched after the bump: current.
+    tier.write(&fill(r.gens.clone())).await.unwrap();
+    let r = tier.read(&[t], &asked).await.unwrap();
+    assert_eq!(hits(&r), (true, true, true));
+
+    invalidate(&s.app, &Invalidation::everything())
+        .await
+        .unwrap();
+    assert_eq!(
+        generation(&redis, "active").await,
+        2,
+        "`all` reset the class"
+    );
+    tier.write(&fill(before.gens.clone())).await.unwrap();
+    let r = tier.read(&[t], &asked).await.unwrap();
+    assert_eq!(
+        hits(&r),
+        (false, false, true),
+        "a write-back fetched before the bump was served after `all`"
+    );
+    s.shutdown().await;
+}
+
+/// A generation that is not a number (written by something else) fails the read instead
+/// of reading as 0, which would serve the class's stale values: the tier is marked down
+/// and requests are answered from the origin. The bump fails too (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_that_is_not_a_number_fails_safe() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(redis_config(&redis)).await;
+    http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    redis_do(&redis, &["HSET", "tw:v4:g", "active", "x"]).await;
+    let Err(e) = s.app.tier.read(&[t], &[]).await else {
+        panic!("a generation that is not a number was read as one");
+    };
+    assert!(e.to_string().contains("not a number"), "{e}");
+    assert_eq!(s.app.tier.redis_degraded(), Some(true));
+    assert!(
+        eventually(Duration::from_secs(5), || s.app.tier.redis_degraded()
+            == Some(false))
+        .await
+    );
+    let r = invalidate(&s.app, &classes(&["active"])).await;
+    assert!(r.is_err(), "a failed bump passed for one that took");
+    s.shutdown().await;
+}
+
+/// The measurement behind docs/BENCHMARKS.md "Class invalidation on a big Redis tier": a
+/// tier of `TILEWARM_BENCH_KEYS` item keys (default 1,000,000; every 100 items also under
+/// a tile key) filled through the tier's own writes, then one class invalidated through
+/// `invalidate::invalidate`, timed. Written against APIs main had before generations, so
+/// the same file measures the scan it replaced. Run:
+/// `TILEWARM_BENCH_KEYS=1000000 cargo test --release -p tilewarm-server --test it
+/// class_invalidation_on_a_big_tier -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: fills Redis with a million keys"]
+async fn class_invalidation_on_a_big_tier() {
+    if !redis_available() {
+        return;
+    }
+    let n: usize = std::env::var("TILEWARM_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let data = serde_json::value::to_raw_value(&serde_json::json!({
+        "price": 450_000, "beds": 3, "baths": 2, "sqft": 1_800,
+        "address": "1234 Some Street, Some Town", "photo": "https://example.com/p/123.jpg"
+    }))
+    .unwrap();
+    let exp = tilewarm_server::tier::now_ms() + 3_600_000;
+    let filled = Instant::now();
+    let per_fill = 10_000;
+    for start in (0..n).step_by(per_fill) {
+        let mut fill = Fill::default();
+        for i in start..(start + per_fill).min(n) {
+            // Spread over a zoom-14 grid, 100 items per tile.
+            let (tx, ty) = ((i / 100) % 1000, (i / 100) / 1000);
+            let tile = TileId::new(14, 2000 + tx as u32, 5000 + ty as u32).unwrap();
+            let (lon, lat) = tile.bounds().centre();
+            let class = if i % 7 == 0 { "active" } else { "off_market" };
+            let id = format!("bench-{i}");
+            fill.items.push(Arc::new(StoredItem::new(
+                &id,
+                lon,
+                lat,
+                class,
+                Access::Public,
+                exp,
+                &data,
+            )));
+            if i % 100 == 99 {
+                let ids = (i - 99..=i).map(|j| format!("bench-{j}")).collect();
+                fill.tiles.push((tile, ids, exp));
+            }
+        }
+        s.app.tier.write(&fill).await.expect("written");
+    }
+    let keys: u64 = redis::from_redis_value(redis_do(&redis, &["DBSIZE"]).await).unwrap();
+    eprintln!(
+        "filled {keys} keys ({n} items, {} tiles) in {:.1} s",
+        n / 100,
+        filled.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let r = invalidate(&s.app, &classes(&["active"])).await;
+    let took = started.elapsed();
+    eprintln!(
+        "class invalidation over {keys} keys: {} in {:.1} ms",
+        if r.is_ok() { "applied" } else { "FAILED" },
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(r.is_ok(), "{r:?}");
+    s.shutdown().await;
+}
