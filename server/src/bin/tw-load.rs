@@ -64,6 +64,12 @@ struct Args {
     /// this build's tile keys under the bench's prefix.
     #[arg(long)]
     mget_tile_key_prefix: Option<String>,
+    /// Classes given a generation in Redis before the redis-tier run (as invalidating them
+    /// would: the data's `active` and `off_market`, then made-up ones up to this many), so
+    /// that every read fetches them and checks every item against its class's. 0: none,
+    /// the hash is absent (no class was ever invalidated).
+    #[arg(long, default_value_t = 0)]
+    class_generations: usize,
 }
 
 struct Run {
@@ -272,6 +278,22 @@ fn main() {
             .expect("redis-server (run server/tests/setup.sh)"),
     );
     wait_port(redis_port, Duration::from_secs(10));
+    if args.class_generations > 0 {
+        let gens = tilewarm_server::stored::Keys::new("tw:bench:")
+            .gens()
+            .to_string();
+        let mut cmd = std::process::Command::new("redis-cli");
+        cmd.args(["-p", &redis_port.to_string(), "HSET", &gens]);
+        let classes = ["active".to_string(), "off_market".to_string()]
+            .into_iter()
+            .chain((0..).map(|i| format!("made-up-{i}")))
+            .take(args.class_generations);
+        for (i, class) in classes.enumerate() {
+            cmd.arg(class).arg((i + 1).to_string());
+        }
+        let ok = cmd.output().is_ok_and(|o| o.status.success());
+        assert!(ok, "redis-cli HSET {gens} (run server/tests/setup.sh)");
+    }
 
     let mut runs = Vec::new();
     for (label, extra) in [
@@ -334,6 +356,13 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0),
     ));
+    if args.class_generations > 0 {
+        md.push_str(&format!(
+            "The Redis tier ran with {} classes holding a generation \
+             (`--class-generations`): each read fetched them and checked every item.\n\n",
+            args.class_generations
+        ));
+    }
     md.push_str("| what | batches/s | items/s | p50 ms | p99 ms | errors | degraded |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for r in &runs {
         md.push_str(&format!(
