@@ -114,7 +114,8 @@ pub struct Config {
     #[arg(long)]
     pub redis_read_from_replicas: bool,
 
-    /// Prefix of every Redis key (items `<prefix>v3:i:<id>`, tile lists `<prefix>v3:t:<z/x/y>`).
+    /// Prefix of every Redis key (items `<prefix>v4:i:<id>`, tiles `<prefix>v4:t:<z/x/y>`, the
+    /// class generations `<prefix>v4:g`).
     /// Give instances serving different data sets different prefixes.
     #[arg(long, default_value = "tw:", value_name = "PREFIX")]
     pub redis_prefix: String,
