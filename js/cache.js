@@ -252,6 +252,9 @@ export class TileCache {
   /** request id -> { ctrl, timer, kind, ids, timeoutMs, detail } while it is out */
   #requests = new Map();
   #timer = null;
+  /** The wake-up the timer is armed for, and whether it holds the cache (see #schedule). */
+  #wakeAt = -1;
+  #timerHolds = false;
   /** The visibilitychange listener of a wake-up put off while the page is hidden. */
   #onShown = null;
   #updates = new Set();
@@ -363,8 +366,9 @@ export class TileCache {
     if (this.#onShown) this.#wake();
     if (this.#complete) return Promise.resolve();
     if (this.#tooWide) return Promise.reject(tooWideError(this.#tooWide));
-    this.#timer?.ref?.();
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    const p = new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    this.#rearm();
+    return p;
   }
 
   /** Calls `listener(items, view)` when data for the view arrived, or its items turned
@@ -817,6 +821,8 @@ export class TileCache {
     if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
     if (updated) this.#refresh();
     this.#releaseSettled();
+    // The errors may have settled the promises that waited when the timer was armed.
+    this.#rearm();
   }
 
   /** Tells onAccess listeners when the engine's tier is not the one they last heard. */
@@ -845,18 +851,34 @@ export class TileCache {
   }
 
   /** Arms the one timer for the engine's next wake-up (`at`, -1: none). A view at rest
-   * wakes at each expiry of its items for as long as the cache lives, so the timer holds
-   * the cache weakly (one let go of without dispose() is still collected), and in Node it
-   * keeps the process alive only while something is out or awaited. */
+   * wakes at each expiry of its items for as long as the cache lives, so while nothing is
+   * out or awaited the timer holds the cache weakly (one let go of without dispose() is
+   * still collected) and in Node does not keep the process alive. While a promise of the
+   * page waits it holds the cache: the page's code awaiting it (an async function that
+   * awaits whenComplete() and holds the only reference to the cache) is reachable only
+   * through the cache, and a GC took both while a retry was backing off, so the await
+   * never ended. */
   #schedule(at) {
     clearTimeout(this.#timer);
     this.#timer = null;
+    this.#wakeAt = at;
     if (at < 0 || this.#disposed) return;
     const delay = Math.min(Math.max(0, at - this.#now()), 2 ** 31 - 1);
-    // (No closure here may name `this`: the timer's would hold it through their context.)
-    const self = weakly(this);
-    this.#timer = setTimeout(() => self.deref()?.#tick(), delay);
-    if (!this.#awaited()) this.#timer?.unref?.();
+    this.#timerHolds = this.#awaited();
+    this.#timer = setTimeout(TileCache.#wakeUp, delay, this.#timerHolds ? this : weakly(this));
+    if (!this.#timerHolds) this.#timer?.unref?.();
+  }
+
+  /** The timer's callback (no closure: one made in a method could hold `this` through its
+   * context): `held` is the cache, or a WeakRef to it. */
+  static #wakeUp(held) {
+    (held instanceof TileCache ? held : held.deref())?.#tick();
+  }
+
+  /** Arms the timer again for the same wake-up when whether it must hold the cache changed:
+   * a promise of the page waits now, or none does any more. */
+  #rearm() {
+    if (this.#timer !== null && this.#timerHolds !== this.#awaited()) this.#schedule(this.#wakeAt);
   }
 
   /** Whether a request is out or a promise of the page waits (whenComplete, get, loadTiles). */

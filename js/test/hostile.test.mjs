@@ -577,28 +577,99 @@ test('a hidden page at rest makes no requests until it is shown again', () => wi
 
 // That wake-up (at the items' expiry, for as long as the cache lives) neither keeps a cache
 // the page let go of without dispose() from being collected, nor keeps a Node process alive
-// when nothing is out or awaited.
+// when nothing is out or awaited: after a whenComplete() that resolved, nor after one that
+// rejected (a give-up, with the tiles' retry 30 s off: the timer, armed while it waited,
+// holds the cache no more once it rejected).
 test('the wake-up of a view at rest holds the cache weakly and does not keep Node running', () => {
   const code = `
     import { TileCache } from 'tilewarm';
-    const fetch = async (url, init) => {
+    const answer = async (url, init) => {
       const r = JSON.parse(init.body);
       return new Response(JSON.stringify({ tiles: r.tiles.map((tile) => ({ tile, ids: [] })), items: [], missing: r.ids }));
     };
-    let cache = await TileCache.create({ endpoint: 'http://x/v1/batch', fetch, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 } });
-    cache.setViewport({ west: -122.34, south: 47.59, east: -122.32, north: 47.61, zoom: 15 });
-    await cache.whenComplete();
-    const ref = new WeakRef(cache);
-    cache = null;
+    const refuse = async () => new Response('{"error":{"code":"upstream_error","message":"down"}}', { status: 503, headers: { 'retry-after': '30' } });
+    const refs = [];
+    for (const fetch of [answer, refuse]) {
+      let cache = await TileCache.create({ endpoint: 'http://x/v1/batch', fetch, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 }, batch: { retries: 0 } });
+      cache.onError(() => {});
+      cache.setViewport({ west: -122.34, south: 47.59, east: -122.32, north: 47.61, zoom: 15 });
+      await cache.whenComplete().catch(() => {});
+      refs.push(new WeakRef(cache));
+      cache = null;
+    }
     await new Promise((r) => setImmediate(r));
     globalThis.gc();
-    console.log(ref.deref() === undefined ? 'collected' : 'alive');`;
+    console.log(refs.map((ref) => (ref.deref() === undefined ? 'collected' : 'alive')).join(' '));`;
   const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], {
     cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8', timeout: 20_000,
   });
-  assert.equal(r.signal, null, 'the process ended by itself, not after the 300 s wake-up');
+  assert.equal(r.signal, null, 'the process ended by itself, not after the 300 s wake-up or the 30 s retry');
   assert.equal(r.status, 0, r.stderr);
-  assert.equal(r.stdout.trim(), 'collected');
+  assert.equal(r.stdout.trim(), 'collected collected');
+});
+
+// But while the page awaits one of its promises, the timer holds the cache. An async function
+// that awaits whenComplete() (or a get(), a loadTiles()) and holds the only reference to the
+// cache is reachable only through the cache's list of waiters: with the timer holding the
+// cache weakly, a GC while a retry was backing off took both, the retry never went out and
+// the await never ended (the first test above hung so, about one run in four on a loaded
+// machine, where the 50 001-item answer's garbage brought a GC into the ~150 ms backoff).
+// Each function here gets a 503 first, and a GC comes while its retry backs off.
+test('a promise the page awaits while a retry backs off settles, though only the awaiting code holds the cache', () => {
+  const code = `
+    import { TileCache } from 'tilewarm';
+    const view = { west: -122.34, south: 47.59, east: -122.32, north: 47.61, zoom: 15 };
+    const failed = {}, waiting = {}, got = {};
+    const create = (name) => {
+      const fetch = async (url, init) => {
+        const r = JSON.parse(init.body);
+        if (!failed[name]) {
+          failed[name] = true;
+          // Retry-After: 2 holds the retry back for 2 s, for the GC to come first.
+          return new Response('{"error":{"code":"upstream_error","message":"down"}}', { status: 503, headers: { 'retry-after': '2' } });
+        }
+        return new Response(JSON.stringify({ tiles: r.tiles.map((tile) => ({ tile, ids: [] })), items: [], missing: r.ids }));
+      };
+      return TileCache.create({ endpoint: 'http://x/v1/batch', fetch, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 } });
+    };
+    const turn = () => new Promise((r) => setImmediate(r));
+    const ways = {
+      // whenComplete() waiting when the 503 comes (the timer is armed while it waits) ...
+      async whenCompleteFirst(cache) { cache.setViewport(view); waiting.whenCompleteFirst = true; await cache.whenComplete(); },
+      // ... and called after it (the timer was armed while nothing waited), as the test above.
+      async whenCompleteAfter(cache) {
+        cache.setViewport(view);
+        while (!failed.whenCompleteAfter) await turn();
+        for (let i = 0; i < 3; i++) await turn();
+        waiting.whenCompleteAfter = true;
+        await cache.whenComplete();
+      },
+      async get(cache) { waiting.get = true; return cache.get('h1'); },
+      async loadTiles(cache) { waiting.loadTiles = true; return (await cache.loadTiles(['14/2624/5721']))[0].tile; },
+    };
+    for (const [name, way] of Object.entries(ways)) {
+      (async () => {
+        const cache = await create(name);
+        cache.onError(() => {});
+        const v = await way(cache);
+        got[name] = v === undefined ? 'settled' : v;
+        cache.dispose();
+      })();
+    }
+    const names = Object.keys(ways);
+    while (!names.every((n) => waiting[n] && failed[n])) await turn();
+    for (let i = 0; i < 3; i++) await turn();
+    if (Object.keys(got).length) throw new Error('a retry went out before the GC: ' + JSON.stringify(got));
+    globalThis.gc();
+    process.on('exit', () => console.log(JSON.stringify(got)));`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], {
+    cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8', timeout: 20_000,
+  });
+  assert.equal(r.signal, null, 'the process ended by itself');
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    whenCompleteFirst: 'settled', whenCompleteAfter: 'settled', get: 'settled', loadTiles: '14/2624/5721',
+  });
 });
 
 // -- long sessions ------------------------------------------------------------------------
