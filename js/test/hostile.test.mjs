@@ -328,8 +328,8 @@ test('a tile an answer leaves out fails its load once, and is not asked for agai
   const errors = [];
   cache.onError((e) => errors.push(e));
   const load = cache.loadTiles([`14/${SX}/${SY}`]);
-  // Mocked time moves only when told: move it until the load ends (reading the answer's
-  // body may take more turns of the event loop on a loaded machine), never await it bare.
+  // Mocked time moves only when told: move it until the load ends, never await it bare
+  // (nothing would move the clock again if the load needed more of it).
   let ended = false;
   load.then(() => { ended = true; }, () => { ended = true; });
   for (let i = 0; i < 2000 && !ended; i++) await s.advance(1, 1);
