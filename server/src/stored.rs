@@ -28,9 +28,10 @@
 //!   item stops being fresh, which is the tier's rule that a tile is a hit only when its
 //!   list and every listed item are fresh. Each item keeps its own `exp` inside, for its
 //!   `ttl` in answers.
-//! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation* (a counter,
-//!   `HINCRBY` by each invalidation of the class; a class never invalidated is at 0). No
-//!   expiry. An item or tile value is stale when one of its items' `gen` is below its
+//! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation*, which each
+//!   invalidation of the class raises to the larger of one more and the time of the bump in
+//!   Unix ms (`crate::tier`'s bump script, so a bump passes every stamp made before it even
+//!   after the hash lost its value); a class never invalidated is at 0. No expiry. An item or tile value is stale when one of its items' `gen` is below its
 //!   class's current generation (`crate::tier`).
 //!
 //! Version 3 was the same without `gen` (a 38-byte item trailer, version byte `3`, keys

@@ -24,7 +24,7 @@
 //! Because a tile's value holds copies of its items, invalidating an item must find the
 //! tiles holding it: by id, the item key's stored position names its data tile
 //! ([`RedisTier::invalidate`]). A class is invalidated without finding anything: its
-//! generation is bumped (`HINCRBY`), one command whatever the tier holds, and every value
+//! generation is bumped ([`BUMP_SCRIPT`]), one command whatever the tier holds, and every value
 //! holding an item stamped with an older generation reads as a miss from then on
 //! ([`Generations`]); each item is stamped with the generation read *before* its origin
 //! call ([`Fill::gens`]), so a write-back racing the bump is born stale.
@@ -478,8 +478,8 @@ impl RedisTier {
     /// - **tiles**: the keys of the data tiles they cover and the item keys of the items
     ///   inside (a tile more than 4 levels coarser than the data zoom by one `SCAN` of the
     ///   tile keys);
-    /// - **classes**: nothing is deleted: each class's generation is bumped (`HINCRBY` of
-    ///   its field in `<prefix>v4:g`), which makes every item and tile value holding an item
+    /// - **classes**: nothing is deleted: each class's generation is bumped ([`BUMP_SCRIPT`]
+    ///   on its field in `<prefix>v4:g`), which makes every item and tile value holding an item
     ///   of it stamped before a miss ([`Generations::current`]); they are overwritten by the
     ///   refetch or expire;
     /// - **all**: every key under the prefix, of any storage format version (`SCAN` +
@@ -546,12 +546,13 @@ impl RedisTier {
         }
         if !inv.classes.is_empty() {
             let key = self.keys.gens();
+            let now = now_ms().to_string();
             let cmds = inv
                 .classes
                 .iter()
                 .map(|class| {
-                    let mut c = redis::cmd("HINCRBY");
-                    c.arg(key).arg(class).arg(1);
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(BUMP_SCRIPT).arg(1).arg(key).arg(class).arg(&now);
                     (key.to_owned(), c)
                 })
                 .collect();
@@ -809,6 +810,30 @@ impl RedisTier {
             .collect()
     }
 }
+
+/// A class's bump (`EVAL`, `KEYS[1]` the generations hash, `ARGV` the class and this
+/// instance's clock in Unix ms): its generation becomes the larger of one more than it was
+/// and the time, atomically, and is returned. One more keeps generations growing whatever
+/// the clocks say; the time makes a bump pass every stamp made before it even when the
+/// hash lost its value meanwhile (evicted, a failover whose new master missed a bump,
+/// deleted by hand): counting on from what is left (`HINCRBY`) would land on a generation
+/// already stamped, and the values fetched before this change would read as current
+/// (`a_bump_after_the_generations_were_lost_still_passes_every_stamp`). Generations are
+/// below 2^53, where Lua's numbers are exact; a value that is not such a number is an
+/// error, never read as 0.
+const BUMP_SCRIPT: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+local g = 0
+if v then
+  g = tonumber(v)
+  if g == nil or g < 0 or g >= 9007199254740991 or g ~= math.floor(g) then
+    return redis.error_reply('ERR the generation of class ' .. ARGV[1] .. ' is not a number below 2^53: ' .. v)
+  end
+end
+local n = math.max(g + 1, tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', n))
+return n
+";
 
 /// The class generations from an `HGETALL` answer (none: no class was invalidated yet).
 fn parse_gens(v: redis::Value) -> redis::RedisResult<Generations> {
