@@ -549,6 +549,20 @@ impl Keys {
         &self.gens
     }
 
+    /// Whether `key`, found under this prefix, is the class generations of a deployment
+    /// whose prefix starts with this one (`tw:x:v4:g` under `tw:`): it ends as a generations
+    /// hash and is none of this format's item or tile keys (an item whose id ends in `v4:g`
+    /// is one). `all` must not delete it: that would set the other deployment's classes back
+    /// ([`Generations`]). A prefix that starts with this one's item or tile key prefix
+    /// (`tw:v4:i:`) cannot be told apart from an item: use prefixes that do not.
+    pub fn is_other_gens(&self, key: &str) -> bool {
+        key.len() > self.gens.len()
+            && key.starts_with(&self.prefix)
+            && key.ends_with(&self.gens[self.prefix.len()..])
+            && !key.starts_with(&self.items)
+            && !key.starts_with(&self.tiles)
+    }
+
     /// `<prefix>v4:i:<id>`
     pub fn item(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.items.len() + id.len());
@@ -704,6 +718,29 @@ mod tests {
         assert!(Keys::new("tw:")
             .tile(TileId::new(1, 0, 0).unwrap())
             .starts_with("tw:v4:t:"));
+    }
+
+    /// `all` keeps the generations of a deployment under a longer prefix, and nothing of
+    /// this one's that only ends like them.
+    #[test]
+    fn other_deployments_generations_are_told_from_this_ones_keys() {
+        let k = Keys::new("tw:");
+        for other in ["tw:x:v4:g", "tw:staging:v4:g", "tw:v4:v4:g", "tw:w:v4:g"] {
+            assert!(k.is_other_gens(other), "{other}");
+        }
+        for not in [
+            "tw:v4:g",
+            "tw:v4:i:v4:g",
+            "tw:v4:i:av4:g",
+            "tw:v4:t:v4:g",
+            "tw:x:v4:i:a",
+            "tw:x:v3:g",
+            "tw:changes",
+            "v4:g",
+            "xx:v4:g",
+        ] {
+            assert!(!k.is_other_gens(not), "{not}");
+        }
     }
 
     #[test]

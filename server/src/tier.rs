@@ -485,7 +485,8 @@ impl RedisTier {
     /// - **all**: every key under the prefix, of any storage format version (`SCAN` +
     ///   `UNLINK`), but the change stream and the class generations (deleting those would
     ///   set every class back to 0, and a write-back stamped before a class's bump, landing
-    ///   after this, would read as current).
+    ///   after this, would read as current), this deployment's and those of deployments
+    ///   under a longer prefix the pattern also matches ([`Keys::is_other_gens`]).
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
     /// by `maxmemory` before the tile) or names another tile (the item moved and was written
@@ -497,12 +498,14 @@ impl RedisTier {
     ) -> redis::RedisResult<()> {
         if inv.all {
             // Everything but the change stream, which records this very invalidation, and
-            // the class generations.
+            // the class generations: this deployment's, and those of a deployment whose
+            // prefix starts with this one's (`tw:x:` under `tw:`), whose keys the pattern
+            // matches too (`Keys::is_other_gens`).
             let stream = crate::stream::changes_key(&self.prefix);
             let gens = self.keys.gens();
             return self
                 .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| {
-                    k != stream && k != gens
+                    k != stream && k != gens && !self.keys.is_other_gens(k)
                 })
                 .await;
         }

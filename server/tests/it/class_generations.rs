@@ -298,6 +298,73 @@ async fn a_bump_after_the_generations_were_lost_still_passes_every_stamp() {
     s.shutdown().await;
 }
 
+/// `all` deletes every key under its prefix (`SCAN <prefix>*`), which also matches the keys
+/// of a deployment whose prefix starts with it (`tw:` and `tw:x:` on one Redis). Deleting
+/// that deployment's values is harmless (they are refetched), but not its class
+/// generations: a write-back it fetched before a bump of its own, landing after the `all`,
+/// would then read as current. Fails when `all` deletes every key ending like a
+/// generations hash but its own; this deployment's keys that merely end like one (an item
+/// whose id ends in `v4:g`) are still deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_keeps_the_generations_of_a_deployment_under_a_longer_prefix() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let ids: Vec<String> = o
+        .tile_items(t, Access::Agent)
+        .map(|i| i.id.clone())
+        .collect();
+    let http = Http::new();
+    let s = server(redis_config(&redis)).await;
+    let x = server(tilewarm_server::config::Config {
+        redis_prefix: "tw:x:".into(),
+        ..redis_config(&redis)
+    })
+    .await;
+    // X fetches t with the generations read before its origin call (none yet)...
+    http.ok(&x, &request(&[t], &[], Access::Agent)).await;
+    let before = x.app.tier.read(&[t], &[]).await.unwrap();
+    let items: Vec<Arc<StoredItem>> = before.tiles[0]
+        .as_ref()
+        .expect("t is in Redis")
+        .items
+        .iter()
+        .cloned()
+        .map(Arc::new)
+        .collect();
+    // ... a class of X's is invalidated while the call is out, then `all` on S ...
+    invalidate(&x.app, &classes(&["active"])).await.unwrap();
+    redis_do(&redis, &["SET", "tw:v4:i:zv4:g", "x"]).await;
+    invalidate(&s.app, &Invalidation::everything())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            redis_do(&redis, &["EXISTS", "tw:v4:i:zv4:g"]).await,
+            redis::Value::Int(0)
+        ),
+        "`all` kept a key of its own"
+    );
+    // ... and X's write-back lands: stale, as it would be without S.
+    let exp = tilewarm_server::tier::now_ms() + 60_000;
+    let fill = Fill {
+        items,
+        tiles: vec![(t, ids, exp)],
+        gens: before.gens.clone(),
+    };
+    x.app.tier.write(&fill).await.unwrap();
+    let r = x.app.tier.read(&[t], &[]).await.unwrap();
+    assert!(
+        r.tiles[0].is_none(),
+        "`all` under a shorter prefix set another deployment's classes back"
+    );
+    s.shutdown().await;
+    x.shutdown().await;
+}
+
 /// A generation that is not a number (written by something else) fails the read instead
 /// of reading as 0, which would serve the class's stale values: the tier is marked down
 /// and requests are answered from the origin. The bump fails too (503).
