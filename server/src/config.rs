@@ -116,9 +116,9 @@ pub struct Config {
 
     /// Prefix of every Redis key (items `<prefix>v4:i:<id>`, tiles `<prefix>v4:t:<z/x/y>`, the
     /// class generations `<prefix>v4:g`).
-    /// Give instances serving different data sets different prefixes (invalidating `all`
-    /// deletes every key under the prefix, so those of a longer prefix that starts with it
-    /// too, but for their change stream and class generations).
+    /// Give instances serving different data sets different prefixes, none starting with
+    /// another: invalidating `all` deletes every key under the prefix, so those of a longer
+    /// prefix too (all but its class generations, its change stream included).
     #[arg(long, default_value = "tw:", value_name = "PREFIX")]
     pub redis_prefix: String,
 
