@@ -672,6 +672,46 @@ test('a promise the page awaits while a retry backs off settles, though only the
   });
 });
 
+// In a hidden page the wake-up waits for `visibilitychange`: the document's listener holds
+// the cache weakly too (a closure naming the cache would keep it alive for as long as the
+// page lives), and removes itself once the page is shown with the cache gone.
+test('the wake-up a hidden page put off holds the cache weakly', () => {
+  const code = `
+    import { TileCache } from 'tilewarm';
+    const doc = new EventTarget();
+    doc.visibilityState = 'hidden';
+    globalThis.document = doc;
+    const listeners = new Set();
+    const [add, remove] = [doc.addEventListener.bind(doc), doc.removeEventListener.bind(doc)];
+    doc.addEventListener = (type, f, o) => { listeners.add(f); add(type, f, o); };
+    doc.removeEventListener = (type, f, o) => { listeners.delete(f); remove(type, f, o); };
+    let n = 0;
+    // The first request fails and is retried at once: that retry's wake-up is put off.
+    const fetch = async (url, init) => {
+      if (n++ === 0) return new Response('{"error":{"code":"x","message":"y"}}', { status: 503, headers: { 'retry-after': '0' } });
+      const r = JSON.parse(init.body);
+      return new Response(JSON.stringify({ tiles: r.tiles.map((tile) => ({ tile, ids: [] })), items: [], missing: r.ids }));
+    };
+    let cache = await TileCache.create({ endpoint: 'http://x/v1/batch', fetch, prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 } });
+    cache.onError(() => {});
+    cache.setViewport({ west: -122.34, south: 47.59, east: -122.32, north: 47.61, zoom: 15 });
+    for (let i = 0; i < 500 && listeners.size === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const waiting = listeners.size;
+    const ref = new WeakRef(cache);
+    cache = null;
+    await new Promise((r) => setImmediate(r));
+    globalThis.gc();
+    const collected = ref.deref() === undefined;
+    doc.visibilityState = 'visible';
+    doc.dispatchEvent(new Event('visibilitychange'));
+    console.log(JSON.stringify({ waiting, requests: n, collected, left: listeners.size }));`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', code], {
+    cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8', timeout: 20_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { waiting: 1, requests: 1, collected: true, left: 0 });
+});
+
 // -- long sessions ------------------------------------------------------------------------
 
 /** Live timers and unsettled fetches of the code under test, counted from outside. */
