@@ -274,9 +274,10 @@ export class TileCache {
   #queuedLoads = [];
   /** loadTiles calls waiting for data tiles: { tiles, results, waiting: Map<index, packed[]>, ... } */
   #pendingLoads = new Set();
-  /** Data tiles (packed) of loads settled since the last release: the engine keeps a load's
-   * data tiles (asked for while they cannot be shown, protected from eviction) until they
-   * are released. */
+  /** Data tiles (packed) of loads settled since the last release, per load and tile (not
+   * spread into one array: a call's tiles may cover more data tiles than a call takes
+   * arguments): the engine keeps a load's data tiles (asked for while they cannot be shown,
+   * protected from eviction) until they are released. */
   #settledTiles = [];
   /** The last view read ({items, complete, tooWide, missingTiles}), handed back as it is
    * while the engine says the view reads the same (`unchanged`). */
@@ -662,8 +663,9 @@ export class TileCache {
       const got = byTile.get(tile);
       if (!got) return;
       if (got.data) {
+        // Its data tiles, noted once (a pending load is read again after every answer).
+        if (!load.waiting.has(i)) (load.data ??= []).push(got.data);
         load.waiting.set(i, got.data);
-        (load.data ??= []).push(...got.data);
       } else {
         load.waiting.delete(i);
         load.results[i] = got.items ? { tile, items: got.items } : { tile, error: got.error };
@@ -701,7 +703,7 @@ export class TileCache {
   /** Resolves a load (or rejects it with `error`) and forgets it. */
   #settleLoad(load, error) {
     this.#pendingLoads.delete(load);
-    if (load.data) this.#settledTiles.push(...load.data);
+    if (load.data) this.#settledTiles.push(load.data);
     load.signal?.removeEventListener('abort', load.onAbort);
     if (error) load.reject(error);
     else load.resolve(load.results);
@@ -720,7 +722,7 @@ export class TileCache {
     if (!this.#settledTiles.length || this.#disposed) return;
     const still = new Set();
     for (const l of this.#pendingLoads) for (const d of l.waiting.values()) for (const t of d) still.add(t);
-    const drop = [...new Set(this.#settledTiles)].filter((t) => !still.has(t));
+    const drop = [...new Set(this.#settledTiles.flat(2))].filter((t) => !still.has(t));
     this.#settledTiles = [];
     if (drop.length) this.#run(this.#engine.tiles(TILES_RELEASE, drop.map(tileName), this.#now()), 0, 1);
   }

@@ -512,3 +512,27 @@ test('whenComplete: a get() that gives up does not reject it; a request for the 
     cache.dispose();
   }
 });
+
+test('loadTiles: a coarse host tile answered in many requests loads (its data tiles noted once, not once per answer)', async () => {
+  fresh();
+  // A z9 tile (1024 data tiles) in 128 requests of 8 data tiles. A pending load is read
+  // again after each answer: its data tiles were noted again each time (128 x 1024), then
+  // spread into one call's arguments when it settled, which threw (a RangeError, unhandled)
+  // and left the load waiting for ever.
+  const cache = await make({ batch: { maxTiles: 8, coalesceLevels: 0 } });
+  const z9 = `9/${SX >> 5}/${SY >> 5}`;
+  try {
+    const got = await within(cache.loadTiles([z9]), 20_000);
+    assert.notEqual(got, 'still waiting', `${backend.requests.length} requests`);
+    assert.equal(got[0].error, undefined, got[0].error?.message);
+    assert.deepEqual(ids(got[0].items), truth(z9));
+    assert.ok(got[0].items.length > 0);
+    assert.equal(backend.requests.length, 128);
+    // Settled, its data tiles are released: one dropped is not asked for again.
+    cache.invalidate({ tiles: [t14(0, 0)] });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(backend.requests.length, 128);
+  } finally {
+    cache.dispose();
+  }
+});
