@@ -29,7 +29,7 @@
 //! is that id (a reader exactly at the newest trimmed entry gets a reset it did not need:
 //! which ids were trimmed is not recorded). The
 //! reader checks this when it (re)connects and after every `XREAD` that answered entries (a
-//! reader slower than the appends, one applying a class's `SCAN` on a big tier, falls behind
+//! reader slower than the appends, one applying a very coarse tile's `SCAN` on a big tier, falls behind
 //! by more than the retention, and `XREAD` answers what is left without a word); a
 //! `Last-Event-ID` catch-up before and after its `XRANGE`s.
 //!
