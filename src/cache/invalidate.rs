@@ -136,6 +136,7 @@ impl<P> ItemCache<P> {
                 self.load.clear();
                 self.bytes = 0;
                 self.protected = Load::default();
+                self.loading_protected = Load::default();
                 n
             }
         }

@@ -1,5 +1,6 @@
 //! The item LRU: items by id in one `lru` list bounded by count and bytes, with the items
-//! of visible tiles protected from prefetch inserts (see [`ItemCache`]'s docs for how).
+//! of visible tiles, then those of tiles a host loads, protected from eviction (see
+//! [`ItemCache`]'s docs for how).
 
 use std::sync::Arc;
 
@@ -112,11 +113,16 @@ impl<P> Clone for Lookup<'_, P> {
 
 impl<P> Copy for Lookup<'_, P> {}
 
-/// Why an item is inserted: for the viewport, or ahead of it.
+/// Why an item is inserted: for the viewport, for a host waiting for it, or ahead of both.
+/// It decides which protected items the insert may evict (see [`ItemCache`]'s docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
-    /// Needed now: may evict protected (visible) items if nothing else is left.
+    /// Needed now, on screen: may evict the items of loading tiles, and those of visible
+    /// tiles as a last resort, if nothing else is left.
     Visible,
+    /// Waited for by a host (a tile it loads): may evict the items of other loading tiles
+    /// if nothing unprotected is left, never those of visible tiles; refused instead.
+    Loading,
     /// Wanted later: never evicts protected items; refused instead.
     Prefetch,
 }
@@ -127,7 +133,8 @@ pub struct InsertOutcome {
     /// Items evicted to make room.
     pub evicted: usize,
     /// A [`Priority::Prefetch`] insert was refused because only protected items could have
-    /// made room. Nothing changed.
+    /// made room, or a [`Priority::Loading`] one because only visible items could have.
+    /// Nothing changed.
     pub rejected: bool,
 }
 
@@ -138,16 +145,29 @@ pub(super) struct Load {
     pub(super) bytes: usize,
 }
 
+impl Load {
+    fn add(&mut self, size: usize) {
+        self.items += 1;
+        self.bytes += size;
+    }
+    fn sub(&mut self, size: usize) {
+        self.items = self.items.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(size);
+    }
+}
+
 impl<P> ItemCache<P> {
     /// Insert or replace an item. It expires at `now_ms + config.ttl_for(class, meta.ttl_ms)`.
     ///
     /// Errors (nothing changed): an empty id or one longer than [`MAX_ID_BYTES`](super::MAX_ID_BYTES), a
     /// longitude or latitude that is not finite or out of range, `size_bytes > max_bytes`.
     ///
-    /// Makes room by evicting least-recently-used items, unprotected ones first (see the
-    /// type docs). A [`Priority::Prefetch`] insert that could only fit by evicting protected
-    /// items is refused: `rejected: true`, counted in [`CacheStats::rejected`](super::CacheStats::rejected), nothing
-    /// changed (a replaced item stays as it was).
+    /// Makes room by evicting least-recently-used items, unprotected ones first, then those
+    /// of loading tiles, then those of visible tiles (see the type docs). An insert that
+    /// could only fit by evicting items it may not evict (a [`Priority::Prefetch`] one:
+    /// protected items; a [`Priority::Loading`] one: visible items) is refused:
+    /// `rejected: true`, counted in [`CacheStats::rejected`](super::CacheStats::rejected),
+    /// nothing changed (a replaced item stays as it was).
     ///
     /// Replacing an item whose position moved to another data tile moves its id from the old
     /// tile's list to the new tile's (if that list is held, complete, and fetched at a tier
@@ -216,21 +236,29 @@ impl<P> ItemCache<P> {
         })?;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
 
-        // What is held once the old version (if any) is gone, in all and in protected items.
+        // What is held once the old version (if any) is gone: in all, in visible tiles, and
+        // in loading tiles that are not visible.
         let mut after = self.held();
-        let mut protected_after = self.protected;
+        let (mut visible_after, mut loading_after) = (self.protected, self.loading_protected);
         if let Some(old) = self.items.peek(id) {
-            after.items -= 1;
-            after.bytes = after.bytes.saturating_sub(old.size_bytes);
-            if self.visible.contains(&old.tile) {
-                protected_after.items = protected_after.items.saturating_sub(1);
-                protected_after.bytes = protected_after.bytes.saturating_sub(old.size_bytes);
+            let size = old.size_bytes;
+            after.sub(size);
+            match self.protection(old.tile) {
+                Protection::Visible => visible_after.sub(size),
+                Protection::Loading => loading_after.sub(size),
+                Protection::None => {}
             }
         }
-        if priority == Priority::Prefetch
-            && !self.fits(after, size_bytes)
-            && !self.fits(protected_after, size_bytes)
-        {
+        // What the insert may not evict, and so must fit beside.
+        let kept = match priority {
+            Priority::Visible => None,
+            Priority::Loading => Some(visible_after),
+            Priority::Prefetch => Some(Load {
+                items: visible_after.items + loading_after.items,
+                bytes: visible_after.bytes + loading_after.bytes,
+            }),
+        };
+        if kept.is_some_and(|kept| !self.fits(after, size_bytes) && !self.fits(kept, size_bytes)) {
             self.stats.rejected += 1;
             return Ok(InsertOutcome {
                 evicted: 0,
@@ -242,7 +270,7 @@ impl<P> ItemCache<P> {
         let old = self.remove_item(id);
         let mut evicted = 0;
         while !self.fits(self.held(), size_bytes) {
-            if !self.evict_one(priority == Priority::Visible) {
+            if !self.evict_one(priority) {
                 break;
             }
             evicted += 1;
@@ -417,10 +445,11 @@ impl<P> ItemCache<P> {
         }
     }
 
-    /// Protect the items of these data-zoom tiles (what the user is looking at, and what a
-    /// host waits for: the client passes its visible and loading tiles) from eviction by
-    /// [`Priority::Prefetch`] inserts, and their tile-index entries from being trimmed
-    /// first. Replaces the previous set; tiles at other zooms are ignored.
+    /// Protect the items of these data-zoom tiles (what the user is looking at) from
+    /// eviction by [`Priority::Prefetch`] and [`Priority::Loading`] inserts, and from
+    /// [`Priority::Visible`] ones until nothing else is left; and their tile-index entries
+    /// from being trimmed first. Replaces the previous set; tiles at other zooms are ignored.
+    /// A tile both visible and [loading](Self::set_loading) is protected as visible.
     ///
     /// ```
     /// use tilewarm::access::Access;
@@ -439,26 +468,83 @@ impl<P> ItemCache<P> {
     pub fn set_visible(&mut self, tiles: &[TileId]) {
         let dz = self.config.tile_zoom;
         self.visible.clear();
-        for &t in tiles {
-            if t.z() == dz {
-                self.visible.insert(t);
-            }
-        }
-        let mut protected = Load::default();
-        for t in &self.visible {
-            if let Some(l) = self.load.get(t) {
-                protected.items += l.items;
-                protected.bytes += l.bytes;
-            }
-        }
-        self.protected = protected;
+        self.visible.extend(tiles.iter().filter(|t| t.z() == dz));
+        self.recount_protected();
     }
 
-    /// Whether the item is held and protected (its data tile is visible).
+    /// Protect the items of these data-zoom tiles (what a host waits for: the client
+    /// passes its loading tiles) one level below the [visible](Self::set_visible) ones:
+    /// from eviction by [`Priority::Prefetch`] inserts, and by [`Priority::Loading`] and
+    /// [`Priority::Visible`] ones until nothing unprotected is left, before any visible
+    /// item; and their tile-index entries from being trimmed first. Replaces the previous
+    /// set; tiles at other zooms are ignored.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// use tilewarm::tile::TileId;
+    /// let config = CacheConfig { max_items: 2, ..CacheConfig::default() };
+    /// let mut cache = ItemCache::new(config).unwrap();
+    /// let at = |lon: f64| ItemMeta { lon, lat: 48.85, class: "active".into(),
+    ///     access: Access::Public, ttl_ms: None, size_bytes: 10 };
+    /// let (seen, loaded) = (at(2.35), at(2.40));
+    /// cache.insert("seen", seen.clone(), (), 0, Priority::Visible).unwrap();
+    /// cache.insert("loaded", loaded.clone(), (), 0, Priority::Loading).unwrap();
+    /// cache.set_visible(&[TileId::from_lon_lat(seen.lon, seen.lat, 14).unwrap()]);
+    /// cache.set_loading(&[TileId::from_lon_lat(loaded.lon, loaded.lat, 14).unwrap()]);
+    /// let out = cache.insert("ahead", at(2.45), (), 0, Priority::Prefetch).unwrap();
+    /// assert!(out.rejected, "a prefetch pushes out neither");
+    /// // A load may push out another load's items, never the view's.
+    /// let out = cache.insert("loaded-2", loaded, (), 0, Priority::Loading).unwrap();
+    /// assert_eq!(out.evicted, 1);
+    /// assert!(cache.contains("seen") && !cache.contains("loaded"));
+    /// cache.set_visible(&[TileId::from_lon_lat(2.35, 48.85, 14).unwrap(),
+    ///     TileId::from_lon_lat(2.40, 48.85, 14).unwrap()]);
+    /// let out = cache.insert("elsewhere", at(2.45), (), 0, Priority::Loading).unwrap();
+    /// assert!(out.rejected, "only the view's items could make room");
+    /// // The view's own items push out the least recently used of its others.
+    /// let out = cache.insert("seen-2", seen, (), 0, Priority::Visible).unwrap();
+    /// assert_eq!(out.evicted, 1);
+    /// assert!(!cache.contains("seen") && cache.contains("loaded-2"));
+    /// ```
+    pub fn set_loading(&mut self, tiles: &[TileId]) {
+        let dz = self.config.tile_zoom;
+        self.loading.clear();
+        self.loading.extend(tiles.iter().filter(|t| t.z() == dz));
+        self.recount_protected();
+    }
+
+    /// The protected totals of both levels, from the per-tile loads.
+    fn recount_protected(&mut self) {
+        let total = |tiles: &mut dyn Iterator<Item = &TileId>| {
+            let mut sum = Load::default();
+            for l in tiles.filter_map(|t| self.load.get(t)) {
+                sum.items += l.items;
+                sum.bytes += l.bytes;
+            }
+            sum
+        };
+        self.protected = total(&mut self.visible.iter());
+        self.loading_protected =
+            total(&mut (self.loading.iter()).filter(|&t| !self.visible.contains(t)));
+    }
+
+    /// How an item positioned in `tile` is protected.
+    pub(super) fn protection(&self, tile: TileId) -> Protection {
+        if self.visible.contains(&tile) {
+            Protection::Visible
+        } else if self.loading.contains(&tile) {
+            Protection::Loading
+        } else {
+            Protection::None
+        }
+    }
+
+    /// Whether the item is held and protected (its data tile is visible or loading).
     pub fn is_protected(&self, id: &str) -> bool {
         self.items
             .peek(id)
-            .is_some_and(|item| self.visible.contains(&item.tile))
+            .is_some_and(|item| self.protection(item.tile) != Protection::None)
     }
 
     /// Whether one more item of `size` bytes would fit on top of `load`.
@@ -479,9 +565,10 @@ impl<P> ItemCache<P> {
         l.items += 1;
         l.bytes += size;
         self.bytes += size;
-        if self.visible.contains(&tile) {
-            self.protected.items += 1;
-            self.protected.bytes += size;
+        match self.protection(tile) {
+            Protection::Visible => self.protected.add(size),
+            Protection::Loading => self.loading_protected.add(size),
+            Protection::None => {}
         }
     }
 
@@ -494,9 +581,10 @@ impl<P> ItemCache<P> {
             }
         }
         self.bytes = self.bytes.saturating_sub(size);
-        if self.visible.contains(&tile) {
-            self.protected.items = self.protected.items.saturating_sub(1);
-            self.protected.bytes = self.protected.bytes.saturating_sub(size);
+        match self.protection(tile) {
+            Protection::Visible => self.protected.sub(size),
+            Protection::Loading => self.loading_protected.sub(size),
+            Protection::None => {}
         }
     }
 
@@ -519,31 +607,38 @@ impl<P> ItemCache<P> {
         removed
     }
 
-    /// Evicts one item: the least-recently-used unprotected one, or — only when
-    /// `allow_protected` and nothing unprotected is left — the least-recently-used one.
-    /// See the type docs for why this does not rescan.
-    pub(super) fn evict_one(&mut self, allow_protected: bool) -> bool {
+    /// Evicts one item for an insert of `priority`: the least-recently-used unprotected
+    /// one; when none is left and the insert is not a prefetch, the least-recently-used
+    /// one of a loading (not visible) tile; when none of those is left either and the
+    /// insert is for the view, the least-recently-used one. Returns false when it may evict
+    /// nothing. See the type docs for why this does not rescan.
+    pub(super) fn evict_one(&mut self, priority: Priority) -> bool {
         self.changed();
-        let unprotected = self.items.len().saturating_sub(self.protected.items);
-        if unprotected == 0 {
-            if !allow_protected {
-                return false;
-            }
+        let protected = self.protected.items + self.loading_protected.items;
+        // The level evicted: items less protected than it are gone, more protected ones
+        // are passed over (promoted).
+        let level = if self.items.len() > protected {
+            Protection::None
+        } else if self.loading_protected.items > 0 && priority != Priority::Prefetch {
+            Protection::Loading
+        } else if priority == Priority::Visible {
             let Some((_, item)) = self.items.pop_lru() else {
                 return false;
             };
             self.account_sub(item.tile, item.size_bytes);
             self.stats.evictions += 1;
             return true;
-        }
-        // At most `protected.items` promotions happen before an unprotected item is at
-        // the tail; the bound only guards against a broken count.
+        } else {
+            return false;
+        };
+        // At most as many promotions as items of the levels above happen before one of
+        // `level` is at the tail; the bound only guards against a broken count.
         for _ in 0..=self.items.len() {
-            let (key, protected) = match self.items.peek_lru() {
-                Some((k, item)) => (k.clone(), self.visible.contains(&item.tile)),
+            let (key, passed) = match self.items.peek_lru() {
+                Some((k, item)) => (k.clone(), self.protection(item.tile) != level),
                 None => return false,
             };
-            if protected {
+            if passed {
                 self.items.promote(&*key);
             } else {
                 self.remove_item(&key);
@@ -553,4 +648,15 @@ impl<P> ItemCache<P> {
         }
         false
     }
+}
+
+/// How an item is protected from eviction, by its data tile (see [`ItemCache`]'s docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Protection {
+    /// Neither visible nor loading.
+    None,
+    /// Loading ([`ItemCache::set_loading`]) and not visible.
+    Loading,
+    /// Visible ([`ItemCache::set_visible`]).
+    Visible,
 }

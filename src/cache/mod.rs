@@ -106,22 +106,31 @@ fn next_change(expires_at_ms: u64, swr_ms: u64, now_ms: u64) -> u64 {
 /// [`peek`](Self::peek) and [`tile_freshness`](Self::tile_freshness) do not.
 ///
 /// # Protected items
-/// An item whose data tile is in the [`set_visible`](Self::set_visible) set is protected.
-/// All items live in one LRU list; the cache also keeps, per data tile, how many items and
-/// bytes are positioned there, so the protected totals are known in O(1) per change and
-/// O(visible tiles) per `set_visible`. To evict, it looks at the LRU tail: an unprotected
-/// item there is evicted; a protected one is promoted to most-recent and skipped. Each
-/// protected item is passed at most once before the next unprotected item is found, and
-/// after promotion it sits at the head, so eviction is amortised O(1) with no rescans. The
-/// cost is that protected items are treated as just used — which they are: they are on
-/// screen. Because the protected totals are known, an insert that could only fit by
-/// evicting protected items is detected before anything is touched: a
-/// [`Priority::Prefetch`] insert is then refused with nothing changed, and a
-/// [`Priority::Visible`] insert evicts the least-recently-used items, protected ones
-/// included, since capacity is a hard limit.
+/// Items are protected at two levels, by their data tile: those of the
+/// [`set_visible`](Self::set_visible) tiles (on screen) above those of the
+/// [`set_loading`](Self::set_loading) tiles that are not visible (what a host waits for),
+/// above the rest. Eviction takes the least protected level present first: unprotected
+/// items, then loading ones, then visible ones. Which levels an insert may evict depends
+/// on its [`Priority`]: a [`Priority::Prefetch`] insert only unprotected items; a
+/// [`Priority::Loading`] one loading items too, never visible ones; a
+/// [`Priority::Visible`] one visible items too, as a last resort, since capacity is a hard
+/// limit. So a load never pushes out the view, however long the view has been at rest:
+/// the load's own items go instead (or the insert is refused), and its tiles cannot be
+/// shown, which fails the load in the client.
 ///
-/// The tile index (bounded by `max_tiles`) works the same way: entries of visible tiles
-/// are the last to go.
+/// All items live in one LRU list; the cache also keeps, per data tile, how many items and
+/// bytes are positioned there, so the protected totals of each level are known in O(1)
+/// per change and O(visible + loading tiles) per `set_visible` or `set_loading`. To evict
+/// from a level, it looks at the LRU tail: an item of that level there is evicted; a more
+/// protected one is promoted to most-recent and skipped. Each such item is passed at most
+/// once before the next one of the level is found, and after promotion it sits at the
+/// head, so eviction is amortised O(1) with no rescans. The cost is that protected items
+/// are treated as just used — which they are: they are on screen or waited for. Because
+/// the totals are known, an insert that could only fit by evicting items it may not evict
+/// is detected before anything is touched and refused with nothing changed.
+///
+/// The tile index (bounded by `max_tiles`) works the same way with one level: entries of
+/// visible and loading tiles are the last to go.
 pub struct ItemCache<P> {
     config: CacheConfig,
     /// `config.bounds` at the data zoom.
@@ -132,8 +141,12 @@ pub struct ItemCache<P> {
     visible: HashSet<TileId>,
     /// Items and bytes positioned in each data tile that has any.
     load: HashMap<TileId, Load>,
+    /// Data tiles a host loads ([`ItemCache::set_loading`]); those also visible count as visible.
+    loading: HashSet<TileId>,
     /// Items and bytes positioned in visible tiles.
     protected: Load,
+    /// Items and bytes positioned in loading tiles that are not visible.
+    loading_protected: Load,
     stats: CacheStats,
     /// Bumped by every change to what a read can return (see [`ItemCache::generation`]).
     generation: u64,
@@ -171,7 +184,9 @@ impl<P> ItemCache<P> {
             tiles: LruCache::unbounded(),
             visible: HashSet::new(),
             load: HashMap::new(),
+            loading: HashSet::new(),
             protected: Load::default(),
+            loading_protected: Load::default(),
             stats: CacheStats::default(),
             generation: 0,
             classes: classes::Classes::default(),

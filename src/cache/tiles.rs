@@ -75,7 +75,8 @@ impl<P> ItemCache<P> {
     /// of the request; listed items held at a higher tier are left out of the list (a list
     /// fetched at that tier cannot contain them). Duplicate ids count once. A new list
     /// replaces the old one. If the split makes the index exceed `max_tiles`, the least
-    /// recently used entries go, visible tiles last, then the new empty descendants first.
+    /// recently used entries go, visible and loading tiles last, then the new empty descendants
+    /// first.
     ///
     /// Errors (nothing changed): a tile finer than the data zoom ([`CacheError::TooFine`]),
     /// too coarse ([`CacheError::TooCoarse`]), an invalid id ([`CacheError::InvalidItem`]).
@@ -197,26 +198,24 @@ impl<P> ItemCache<P> {
         Ok(())
     }
 
-    /// Drops least-recently-used tile entries beyond `max_tiles`, visible tiles last.
+    /// Drops least-recently-used tile entries beyond `max_tiles`, visible and loading
+    /// tiles last.
     pub(super) fn trim_tiles(&mut self) {
         self.changed();
         if self.tiles.len() <= self.config.max_tiles {
             return;
         }
-        let mut visible_held = 0;
-        for t in &self.visible {
-            if self.tiles.contains(t) {
-                visible_held += 1;
-            }
-        }
-        // Each visible entry is promoted at most once before a non-visible one is at the
-        // tail; the bound only guards against a broken count.
+        let kept =
+            (self.visible.iter()).chain(self.loading.iter().filter(|&t| !self.visible.contains(t)));
+        let mut visible_held = kept.filter(|&t| self.tiles.contains(t)).count();
+        // Each visible or loading entry is promoted at most once before another one is at
+        // the tail; the bound only guards against a broken count.
         let mut budget = 2 * self.tiles.len() + 1;
         while self.tiles.len() > self.config.max_tiles {
             let Some((&t, _)) = self.tiles.peek_lru() else {
                 break;
             };
-            let is_visible = self.visible.contains(&t);
+            let is_visible = self.visible.contains(&t) || self.loading.contains(&t);
             if is_visible && visible_held < self.tiles.len() && budget > 0 {
                 budget -= 1;
                 self.tiles.promote(&t);

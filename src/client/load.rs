@@ -5,8 +5,9 @@
 //! - [`Client::load_tile`] reads a host tile from the cache when its data tiles can be
 //!   shown, and otherwise makes them "loading" until the host releases them or a request
 //!   for them fails for good: those that cannot be shown are queued as foreground work
-//!   across viewports, and all of them are protected from eviction as visible tiles are,
-//!   so one answered early is still there when the last one comes.
+//!   across viewports, and all of them are protected from eviction one step below the
+//!   visible tiles, so one answered early is still there when the last one comes, and
+//!   none pushes out the view's items.
 //! - [`Client::prefetch`] queues data tiles as prefetch work that stays queued across
 //!   viewports ("destinations") until they are fetched, behind the planner's own.
 
@@ -68,9 +69,10 @@ impl<P: Payload> Client<P> {
     /// [`Client::release_tiles`] drops them or a request for them fails for good: those
     /// that cannot be shown are queued as foreground work (call [`Client::poll_request`]
     /// after), and are queued again whenever they cannot be shown (dropped by an
-    /// invalidation, expired); all of them are protected from eviction as the visible
-    /// tiles are. A loading tile that an answer evicts all the same (the loads and the view
-    /// need more than the cache holds) is given up with an error, as a visible one is.
+    /// invalidation, expired); all of them are protected from eviction one step below the
+    /// visible tiles (their answers never evict the view's items). A loading tile that an
+    /// answer evicts or cannot keep all the same (the loads and the view need more than the
+    /// cache holds) is given up with an error, and the view stays as it was.
     /// So a host that waits for a tile reads it again after each answer (with `queue`
     /// false) and releases its data tiles once it has read it or given up on it.
     pub fn load_tile(

@@ -164,7 +164,7 @@ pub struct Client<P> {
     too_wide: Option<(ViewTooLarge, CoverRange)>,
     /// Data tiles a host waits for ([`Client::load_tile`]) until it releases them: those
     /// that cannot be shown are kept in the foreground queue, and all are protected in the
-    /// cache with the visible tiles ([`Client::protect`]).
+    /// cache one step below the visible tiles ([`Client::protect`]).
     loading: Vec<TileId>,
     /// Data tiles of known destinations ([`Client::prefetch`]) not fetched yet: kept
     /// behind the prefetch queue.
@@ -490,20 +490,13 @@ impl<P: Payload> Client<P> {
     }
 
     /// Protects the visible and the loading tiles' items from eviction by prefetch (and
-    /// their tile lists from being trimmed first): what the user sees, and what a host
-    /// waits for, stay until nothing else is left to evict.
+    /// their tile lists from being trimmed first), the visible ones above the loading ones:
+    /// what the user sees stays until nothing else is left to evict for the view itself; what
+    /// a host waits for stays until nothing unprotected is left, and never pushes out the
+    /// view (its load fails instead, see [`Client::on_response`]).
     fn protect(&mut self) {
-        if self.loading.is_empty() {
-            self.cache.set_visible(&self.visible);
-        } else {
-            let mut tiles = self.visible.clone();
-            tiles.extend(
-                self.loading
-                    .iter()
-                    .filter(|t| !self.visible_set.contains(**t)),
-            );
-            self.cache.set_visible(&tiles);
-        }
+        self.cache.set_visible(&self.visible);
+        self.cache.set_loading(&self.loading);
     }
 
     /// Something other than a viewport changed the queues, the tier or the loading and

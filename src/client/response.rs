@@ -291,11 +291,18 @@ impl<P: Payload> Client<P> {
 
     /// Puts an answer's items into the cache (those the caller may see); returns whether
     /// any is in a visible tile. Items for the view, or from a foreground request, are
-    /// inserted as [`Priority::Visible`], the rest as prefetch.
+    /// inserted as [`Priority::Visible`], except those of tiles a host loads (not visible):
+    /// [`Priority::Loading`], which never push out the view's items (refused instead, they
+    /// leave their tiles unshowable and the loads fail in `back_off_unkept`); the rest as
+    /// prefetch.
     fn ingest_items(&mut self, items: Vec<Item<P>>, kind: Kind, now_ms: u64) -> bool {
         let tile_zoom = self.cache.config().tile_zoom;
         let (mut touched_visible, mut kept, mut kept_bytes) = (false, 0, 0);
         self.items_fetched += items.len() as u64;
+        let loading = match kind {
+            Kind::Foreground => TileSet::new(self.loading.iter().copied()),
+            _ => TileSet::default(),
+        };
         for item in items {
             if !self.access.can_see(item.access) {
                 continue; // a server that ignores tiers must not put them in our cache
@@ -303,10 +310,14 @@ impl<P: Payload> Client<P> {
             let data_tile = TileId::from_lon_lat(item.lon, item.lat, tile_zoom).ok();
             let visible = data_tile.is_some_and(|t| self.visible_set.contains(t));
             touched_visible |= visible;
-            let priority = if visible || kind == Kind::Foreground {
+            let priority = if visible {
                 Priority::Visible
-            } else {
+            } else if kind != Kind::Foreground {
                 Priority::Prefetch
+            } else if data_tile.is_some_and(|t| loading.contains(t)) {
+                Priority::Loading
+            } else {
+                Priority::Visible
             };
             let size_bytes = item_size_bytes(&item.id, &item.class, item.data.size_bytes());
             let meta = ItemMeta {

@@ -2244,6 +2244,66 @@ fn a_load_that_fits_keeps_its_first_tile_while_other_answers_come() {
     assert!(c.loading_tiles().is_empty());
 }
 
+/// A view at rest, then a load bigger than what the cache has left beside it: the view's
+/// items are older than the load's, and both were protected alike, so the load's answers
+/// pushed out the view's (least recently used first): the view went incomplete with a
+/// "could not be kept" error and was asked for again after a backoff. The view's items are
+/// protected above a load's now: the view stays complete and the load fails instead.
+#[test]
+fn a_load_bigger_than_what_the_view_leaves_fails_and_the_view_stays_complete() {
+    let o = origin();
+    // The view's one data tile (4 items) and the host tile (16 items) need 20; 17 fit.
+    let mut c = one_tile_per_request(17);
+    let out = c.set_viewport(view_east(0.5, -2), 0, |_, _| {});
+    assert_eq!(out.visible, 1);
+    let seen = c.visible_tiles()[0];
+    let host = host13();
+    assert!(!host.contains(seen));
+    answer_all(&mut c, &o, 0);
+    assert!(c.is_complete());
+    assert!(errors_of(events(&mut c)).is_empty());
+    // At rest: the load's answers come later, so the view's items are the oldest.
+    assert_eq!(c.load_tile(host, true, 1_000, |_, _| {}), Ok(false));
+    let mut errs = Vec::new();
+    let mut sent = 0;
+    for now in (1_000..120_000).step_by(1000) {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now) {
+            sent += 1;
+            assert!(
+                sent <= 4,
+                "one request per data tile of the host, nothing again"
+            );
+            assert!(
+                !t.request.tiles.contains(&seen),
+                "the view is asked for again"
+            );
+            c.on_response(t.id, o.answer(&t.request, None), now);
+        }
+        errs.extend(errors_of(events(&mut c)));
+        assert!(c.is_complete(), "the view went incomplete at {now}");
+    }
+    assert_eq!(c.tile_state(seen, 120_000), TileState::Loaded);
+    assert!(
+        !errs.is_empty(),
+        "the load cannot be kept beside the view: it fails"
+    );
+    for e in &errs {
+        let Failure::Invalid(why) = &e.failure else {
+            panic!("{e:?}");
+        };
+        assert!(
+            why.contains("could not be kept") && why.contains("max_items 17"),
+            "{why}"
+        );
+        assert!(!e.view_incomplete && !e.will_retry, "{e:?}");
+        assert!(e.tiles.iter().all(|t| host.contains(*t)), "{e:?}");
+    }
+    // The tiles that failed are no longer waited for.
+    let failed: Vec<TileId> = errs.iter().flat_map(|e| e.tiles.clone()).collect();
+    assert!(c.loading_tiles().iter().all(|t| !failed.contains(t)));
+}
+
 /// A data tile a host waits for, invalidated after it could be shown and before the host
 /// read it (its other data tiles still out): it is asked for again, and the host tile reads.
 #[test]

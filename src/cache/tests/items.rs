@@ -273,6 +273,84 @@ fn visible_insert_evicts_lru_protected_item_in_order() {
     assert_eq!(held(&c), ["v1", "v3"]);
 }
 
+/// Two levels of protection: unprotected items go first, then those of loading tiles, then
+/// (for the view's own items only) those of visible tiles; a load never pushes out the
+/// view, however long the view has been at rest.
+#[test]
+fn eviction_takes_unprotected_then_loading_then_visible_items() {
+    let (v, l, u) = (tile(0, 0), tile(2, 0), tile(5, 5));
+    let mut c = small(4, 1000);
+    let load = |items, bytes| Load { items, bytes };
+    // The view's items are the oldest (at rest), then a load's, then another item.
+    put(&mut c, "v1", v, 1, Priority::Visible);
+    put(&mut c, "v2", v, 2, Priority::Visible);
+    put(&mut c, "l1", l, 10, Priority::Loading);
+    put(&mut c, "u1", u, 100, Priority::Prefetch);
+    c.set_visible(&[v]);
+    c.set_loading(&[l, v]);
+    assert_eq!(
+        (c.protected, c.loading_protected),
+        (load(2, 3), load(1, 10))
+    );
+    assert!(c.is_protected("v1") && c.is_protected("l1") && !c.is_protected("u1"));
+    // A load's answer: the unprotected item goes, not the older protected ones.
+    let out = put(&mut c, "l2", l, 20, Priority::Loading);
+    assert_eq!((out.evicted, out.rejected), (1, false));
+    assert_eq!(held(&c), ["l1", "l2", "v1", "v2"]);
+    assert_eq!(c.loading_protected, load(2, 30));
+    // Only protected items left: a prefetch is refused, nothing changed.
+    let out = put(&mut c, "p", u, 1, Priority::Prefetch);
+    assert!(out.rejected);
+    assert_eq!(held(&c), ["l1", "l2", "v1", "v2"]);
+    // Another load's answer pushes out the least recently used loading item (l1), though
+    // the view's are older.
+    let out = put(&mut c, "l3", l, 30, Priority::Loading);
+    assert_eq!((out.evicted, out.rejected), (1, false));
+    assert_eq!(held(&c), ["l2", "l3", "v1", "v2"]);
+    assert_eq!(
+        (c.protected, c.loading_protected),
+        (load(2, 3), load(2, 50))
+    );
+    // So does the view's own answer: loading items before visible ones, though the view's
+    // are the least recently used.
+    c.get("l2", Access::Public, 0);
+    c.get("l3", Access::Public, 0);
+    let out = put(&mut c, "v3", v, 3, Priority::Visible);
+    assert_eq!((out.evicted, out.rejected), (1, false));
+    assert_eq!(held(&c), ["l3", "v1", "v2", "v3"]);
+    assert_eq!(
+        (c.protected, c.loading_protected),
+        (load(3, 6), load(1, 30))
+    );
+    // A load that only the view's items could make room for is refused with nothing
+    // changed (l3, unprotected now, is not evicted for nothing): the load fails.
+    c.set_loading(&[]);
+    let stats = c.stats();
+    let out = put(&mut c, "big", u, 995, Priority::Loading);
+    assert_eq!((out.evicted, out.rejected), (0, true));
+    assert_eq!(held(&c), ["l3", "v1", "v2", "v3"]);
+    assert_eq!(c.stats().rejected, stats.rejected + 1);
+    assert_eq!(c.stats().evictions, stats.evictions);
+    // The room the rest makes is taken.
+    let out = put(&mut c, "big", u, 994, Priority::Loading);
+    assert_eq!((out.evicted, out.rejected), (1, false));
+    assert_eq!(held(&c), ["big", "v1", "v2", "v3"]);
+    // All visible: a load is refused; the view's own items push out the least recently
+    // used of its others.
+    c.set_visible(&[v, u]);
+    assert!(put(&mut c, "l4", l, 1, Priority::Loading).rejected);
+    for id in ["v2", "big", "v3"] {
+        c.get(id, Access::Public, 0);
+    }
+    let out = put(&mut c, "v4", v, 1, Priority::Visible);
+    assert_eq!((out.evicted, out.rejected), (1, false));
+    assert_eq!(held(&c), ["big", "v2", "v3", "v4"]);
+    assert_eq!(
+        (c.protected, c.loading_protected),
+        (load(4, 1000), load(0, 0))
+    );
+}
+
 #[test]
 fn prefetch_refused_when_unprotected_items_could_not_make_room() {
     let (v, o) = (tile(0, 0), tile(5, 5));

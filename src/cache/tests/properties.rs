@@ -34,7 +34,8 @@ enum Op {
         id: u8,
         pos: u8,
         size: usize,
-        prefetch: bool,
+        /// 0: visible, 1: loading, 2: prefetch.
+        priority: u8,
         access: u8,
         class: u8,
         ttl: Option<u64>,
@@ -59,6 +60,7 @@ enum Op {
         fetched_at: u8,
     },
     SetVisible(Vec<u8>),
+    SetLoading(Vec<u8>),
     InvalidateIds(Vec<u8>),
     InvalidateTile(u8),
     InvalidateClass(u8),
@@ -70,12 +72,14 @@ enum Op {
 
 const CLASSES: [&str; 3] = ["active", "off_market", "other"];
 
+const PRIORITIES: [Priority; 3] = [Priority::Visible, Priority::Loading, Priority::Prefetch];
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u8..10, 0u8..8, 0usize..=25, any::<bool>(), 0u8..4, 0u8..3,
+        8 => (0u8..10, 0u8..8, 0usize..=25, 0u8..3, 0u8..4, 0u8..3,
               proptest::option::of(0u64..400))
-            .prop_map(|(id, pos, size, prefetch, access, class, ttl)| Op::Insert {
-                id, pos, size, prefetch, access, class, ttl
+            .prop_map(|(id, pos, size, priority, access, class, ttl)| Op::Insert {
+                id, pos, size, priority, access, class, ttl
             }),
         3 => (0u8..10, 0u8..4).prop_map(|(id, caller)| Op::Get { id, caller }),
         1 => (0u8..10, 0u8..4).prop_map(|(id, caller)| Op::Peek { id, caller }),
@@ -86,6 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
                 zoom_up, pos, ids, ttl, fetched_at
             }),
         2 => proptest::collection::vec(0u8..8, 0..4).prop_map(Op::SetVisible),
+        2 => proptest::collection::vec(0u8..8, 0..4).prop_map(Op::SetLoading),
         1 => proptest::collection::vec(0u8..10, 0..3).prop_map(Op::InvalidateIds),
         1 => (0u8..8).prop_map(Op::InvalidateTile),
         1 => (0u8..3).prop_map(Op::InvalidateClass),
@@ -134,14 +139,20 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
         l.bytes += it.size_bytes;
     }
     prop_assert_eq!(&load, &c.load);
-    let mut protected = Load::default();
-    for t in &c.visible {
-        if let Some(l) = load.get(t) {
-            protected.items += l.items;
-            protected.bytes += l.bytes;
-        }
+    let (mut protected, mut loading) = (Load::default(), Load::default());
+    for (t, l) in &load {
+        let sum = if c.visible.contains(t) {
+            &mut protected
+        } else if c.loading.contains(t) {
+            &mut loading
+        } else {
+            continue;
+        };
+        sum.items += l.items;
+        sum.bytes += l.bytes;
     }
     prop_assert_eq!(protected, c.protected);
+    prop_assert_eq!(loading, c.loading_protected);
     // What a tile state promises is true.
     let swr = cfg.stale_while_revalidate_ms;
     for (t, e) in c.tiles.iter() {
@@ -194,11 +205,19 @@ proptest! {
         for (n, op) in ops.into_iter().enumerate() {
             let n = n as u32;
             match op {
-                Op::Insert { id: i, pos: p, size, prefetch, access, class, ttl } => {
+                Op::Insert { id: i, pos: p, size, priority, access, class, ttl } => {
                     let key = id(i);
-                    let priority = if prefetch { Priority::Prefetch } else { Priority::Visible };
-                    let protected_before: Vec<String> = c.items.iter()
-                        .filter(|(_, it)| c.visible.contains(&it.tile))
+                    let priority = PRIORITIES[priority as usize % 3];
+                    // What this insert may not evict: protected items for a prefetch,
+                    // visible ones for a load.
+                    let kept_before: Vec<String> = c.items.iter()
+                        .filter(|(_, it)| match priority {
+                            Priority::Visible => false,
+                            Priority::Loading => c.visible.contains(&it.tile),
+                            Priority::Prefetch => {
+                                c.visible.contains(&it.tile) || c.loading.contains(&it.tile)
+                            }
+                        })
                         .map(|(k, _)| k.to_string())
                         .collect();
                     let before = snapshot(&c);
@@ -206,7 +225,7 @@ proptest! {
                     let m = meta(p, size, tier(access), CLASSES[class as usize % 3], ttl);
                     let out = c.insert(&key, m, n, now, priority).unwrap();
                     if out.rejected {
-                        prop_assert!(prefetch);
+                        prop_assert!(priority != Priority::Visible);
                         prop_assert_eq!(snapshot(&c), before);
                         prop_assert_eq!(c.stats().rejected, stats.rejected + 1);
                     } else {
@@ -218,10 +237,8 @@ proptest! {
                         }
                     }
                     prop_assert_eq!(c.stats().evictions, stats.evictions + out.evicted as u64);
-                    if prefetch {
-                        for k in &protected_before {
-                            prop_assert!(c.contains(k), "prefetch evicted protected {}", k);
-                        }
+                    for k in kept_before.iter().filter(|k| **k != key) {
+                        prop_assert!(c.contains(k), "a {:?} insert evicted {}", priority, k);
                     }
                 }
                 Op::Get { id: i, caller } => {
@@ -260,6 +277,10 @@ proptest! {
                 Op::SetVisible(ps) => {
                     let tiles: Vec<TileId> = ps.iter().map(|&p| pos(p)).collect();
                     c.set_visible(&tiles);
+                }
+                Op::SetLoading(ps) => {
+                    let tiles: Vec<TileId> = ps.iter().map(|&p| pos(p)).collect();
+                    c.set_loading(&tiles);
                 }
                 Op::InvalidateIds(is) => {
                     let names: Vec<String> = is.iter().map(|&i| id(i)).collect();
@@ -310,12 +331,14 @@ proptest! {
 }
 
 /// Reference model: a plain list, least recently used first, evicting by the documented
-/// rule (skip-and-promote protected items; refuse a prefetch that only protected items
-/// could make room for).
+/// rule (evict the least protected level present, skipping and promoting more protected
+/// items; refuse a prefetch that only protected items could make room for, and a load that
+/// only visible items could).
 #[derive(Default)]
 struct Model {
     order: VecDeque<(String, TileId, usize)>,
     visible: HashSet<TileId>,
+    loading: HashSet<TileId>,
     /// The ids `pos(0)`'s tile list names, in list order. Replacing an item that moves
     /// out of that tile takes it off the list.
     listed0: Vec<String>,
@@ -328,6 +351,16 @@ impl Model {
     fn totals<'a>(it: impl Iterator<Item = &'a (String, TileId, usize)>) -> (usize, usize) {
         it.fold((0, 0), |(n, b), e| (n + 1, b + e.2))
     }
+    /// 2 for an item of a visible tile, 1 of a loading one, else 0.
+    fn level(&self, t: TileId) -> u8 {
+        if self.visible.contains(&t) {
+            2
+        } else if self.loading.contains(&t) {
+            1
+        } else {
+            0
+        }
+    }
     fn insert(
         &mut self,
         cfg: &CacheConfig,
@@ -336,11 +369,16 @@ impl Model {
         size: usize,
         p: Priority,
     ) -> InsertOutcome {
+        // The levels the insert may not evict start at `kept`.
+        let kept = match p {
+            Priority::Visible => 3,
+            Priority::Loading => 2,
+            Priority::Prefetch => 1,
+        };
         let others = || self.order.iter().filter(|e| e.0 != id);
         let (n, b) = Self::totals(others());
-        let (pn, pb) = Self::totals(others().filter(|e| self.visible.contains(&e.1)));
-        if p == Priority::Prefetch && !Self::fits(cfg, n, b, size) && !Self::fits(cfg, pn, pb, size)
-        {
+        let (kn, kb) = Self::totals(others().filter(|e| self.level(e.1) >= kept));
+        if !Self::fits(cfg, n, b, size) && !Self::fits(cfg, kn, kb, size) {
             return InsertOutcome {
                 evicted: 0,
                 rejected: true,
@@ -356,15 +394,11 @@ impl Model {
             if Self::fits(cfg, n, b, size) {
                 break;
             }
-            if self.order.iter().any(|e| !self.visible.contains(&e.1)) {
-                while self
-                    .order
-                    .front()
-                    .is_some_and(|e| self.visible.contains(&e.1))
-                {
-                    let e = self.order.pop_front().unwrap();
-                    self.order.push_back(e);
-                }
+            let lowest = self.order.iter().map(|e| self.level(e.1)).min().unwrap();
+            assert!(lowest < kept, "the check above leaves room");
+            while self.order.front().is_some_and(|e| self.level(e.1) > lowest) {
+                let e = self.order.pop_front().unwrap();
+                self.order.push_back(e);
             }
             self.order.pop_front();
             evicted += 1;
@@ -389,23 +423,26 @@ enum LruOp {
         id: u8,
         pos: u8,
         size: usize,
-        prefetch: bool,
+        /// An index in `PRIORITIES`.
+        priority: u8,
     },
     Get(u8),
     Peek(u8),
     ReadTile,
     SetVisible(Vec<u8>),
+    SetLoading(Vec<u8>),
 }
 
 fn lru_op(with_visible: bool) -> impl Strategy<Value = LruOp> {
     let vis = if with_visible { 2 } else { 0 };
     prop_oneof![
-        6 => (0u8..10, 0u8..8, 0usize..=20, any::<bool>())
-            .prop_map(|(id, pos, size, prefetch)| LruOp::Insert { id, pos, size, prefetch }),
+        6 => (0u8..10, 0u8..8, 0usize..=20, 0u8..3)
+            .prop_map(|(id, pos, size, priority)| LruOp::Insert { id, pos, size, priority }),
         3 => (0u8..10).prop_map(LruOp::Get),
         1 => (0u8..10).prop_map(LruOp::Peek),
         1 => Just(LruOp::ReadTile),
         vis => proptest::collection::vec(0u8..8, 0..4).prop_map(LruOp::SetVisible),
+        vis => proptest::collection::vec(0u8..8, 0..4).prop_map(LruOp::SetLoading),
     ]
 }
 
@@ -431,13 +468,9 @@ fn run_against_model(ops: Vec<LruOp>) -> Result<(), TestCaseError> {
                 id: i,
                 pos: p,
                 size,
-                prefetch,
+                priority,
             } => {
-                let pr = if prefetch {
-                    Priority::Prefetch
-                } else {
-                    Priority::Visible
-                };
+                let pr = PRIORITIES[priority as usize % 3];
                 let got = c
                     .insert(
                         &id(i),
@@ -468,6 +501,11 @@ fn run_against_model(ops: Vec<LruOp>) -> Result<(), TestCaseError> {
                 c.set_visible(&tiles);
                 m.visible = tiles.into_iter().collect();
             }
+            LruOp::SetLoading(ps) => {
+                let tiles: Vec<TileId> = ps.iter().map(|&p| pos(p)).collect();
+                c.set_loading(&tiles);
+                m.loading = tiles.into_iter().collect();
+            }
         }
         // The cache iterates most recent first.
         let mut got: Vec<String> = c.items.iter().map(|(k, _)| k.to_string()).collect();
@@ -487,7 +525,7 @@ proptest! {
         run_against_model(ops)?;
     }
 
-    /// With visible tiles, eviction follows the documented skip-and-promote rule.
+    /// With visible and loading tiles, eviction follows the documented skip-and-promote rule.
     #[test]
     fn eviction_matches_model_with_visible_tiles(ops in proptest::collection::vec(lru_op(true), 1..60)) {
         run_against_model(ops)?;
