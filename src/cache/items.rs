@@ -516,20 +516,29 @@ impl<P> ItemCache<P> {
 
     /// The protected totals of both levels, from the per-tile loads.
     fn recount_protected(&mut self) {
-        let total = |tiles: &mut dyn Iterator<Item = &TileId>| {
-            let mut sum = Load::default();
-            for l in tiles.filter_map(|t| self.load.get(t)) {
-                sum.items += l.items;
-                sum.bytes += l.bytes;
+        let (mut visible, mut loading) = (Load::default(), Load::default());
+        for t in &self.visible {
+            if let Some(held) = self.load.get(t) {
+                visible.items += held.items;
+                visible.bytes += held.bytes;
             }
-            sum
-        };
-        self.protected = total(&mut self.visible.iter());
-        self.loading_protected =
-            total(&mut (self.loading.iter()).filter(|&t| !self.visible.contains(t)));
+        }
+        for t in &self.loading {
+            match self.load.get(t) {
+                Some(held) if !self.visible.contains(t) => {
+                    loading.items += held.items;
+                    loading.bytes += held.bytes;
+                }
+                _ => {}
+            }
+        }
+        self.protected = visible;
+        self.loading_protected = loading;
     }
 
-    /// How an item positioned in `tile` is protected.
+    /// How an item positioned in `tile` is protected. (Not inlined: one copy of the two
+    /// lookups rather than one per caller keeps the wasm smaller.)
+    #[inline(never)]
     pub(super) fn protection(&self, tile: TileId) -> Protection {
         if self.visible.contains(&tile) {
             Protection::Visible
@@ -610,7 +619,7 @@ impl<P> ItemCache<P> {
     /// Evicts one item for an insert of `priority`: the least-recently-used unprotected
     /// one; when none is left and the insert is not a prefetch, the least-recently-used
     /// one of a loading (not visible) tile; when none of those is left either and the
-    /// insert is for the view, the least-recently-used one. Returns false when it may evict
+    /// insert is for the view, the least-recently-used (visible) one. Returns false when it may evict
     /// nothing. See the type docs for why this does not rescan.
     pub(super) fn evict_one(&mut self, priority: Priority) -> bool {
         self.changed();
@@ -622,12 +631,7 @@ impl<P> ItemCache<P> {
         } else if self.loading_protected.items > 0 && priority != Priority::Prefetch {
             Protection::Loading
         } else if priority == Priority::Visible {
-            let Some((_, item)) = self.items.pop_lru() else {
-                return false;
-            };
-            self.account_sub(item.tile, item.size_bytes);
-            self.stats.evictions += 1;
-            return true;
+            Protection::Visible
         } else {
             return false;
         };

@@ -65,7 +65,7 @@ use lru::LruCache;
 use crate::tile::TileId;
 use crate::util::{HashMap, HashSet};
 use error::{check_id, short};
-use items::Load;
+use items::{Load, Protection};
 use tiles::TileEntry;
 
 /// Where an item or a tile list is in its lifetime.

@@ -7,7 +7,7 @@ use super::key::ItemKey;
 
 use super::{
     check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
-    MAX_SPLIT_LEVELS,
+    Protection, MAX_SPLIT_LEVELS,
 };
 use crate::access::Access;
 use crate::tile::{Bbox, TileId};
@@ -215,7 +215,7 @@ impl<P> ItemCache<P> {
             let Some((&t, _)) = self.tiles.peek_lru() else {
                 break;
             };
-            let is_visible = self.visible.contains(&t) || self.loading.contains(&t);
+            let is_visible = self.protection(t) != Protection::None;
             if is_visible && visible_held < self.tiles.len() && budget > 0 {
                 budget -= 1;
                 self.tiles.promote(&t);
