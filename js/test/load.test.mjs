@@ -448,6 +448,41 @@ test('loadTiles: a host tile that fits keeps its first data tile while other ans
   }
 });
 
+test('loadTiles: a load bigger than what a view at rest leaves fails, and the view stays complete', async () => {
+  fresh();
+  // The view's items were older than the load's answers and kept no better: the load
+  // pushed them out and resolved, and the view went incomplete and was fetched again.
+  const seen = t14(-8, -8);
+  const view = truth(seen);
+  const want = truth(Z13);
+  assert.ok(view.length > 0 && want.length > 1);
+  // Room for the view and all but one of the host tile's items.
+  const cache = await make({ maxItems: view.length + want.length - 1 });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  try {
+    cache.setViewport(viewOf(SX - 8, SY - 8, 1, 1));
+    await cache.whenComplete();
+    const sent = backend.requests.length;
+    await new Promise((r) => setTimeout(r, 20)); // at rest
+    const got = await within(cache.loadTiles([Z13]));
+    assert.notEqual(got, 'still waiting', `${backend.requests.length} requests`);
+    assert.equal(got[0].items, undefined);
+    assert.match(got[0].error?.message ?? '', new RegExp(`could not be kept .*max_items ${view.length + want.length - 1}`));
+    await new Promise((r) => setTimeout(r, 300));
+    const again = backend.requests.slice(sent).filter((r) => r.tiles?.includes(seen));
+    assert.deepEqual(again, [], 'the view was asked for again');
+    const now = cache.setViewport(viewOf(SX - 8, SY - 8, 1, 1));
+    assert.ok(now.complete, JSON.stringify(now.missingTiles));
+    assert.deepEqual(ids(now.items), view);
+    // Every error names one of the load's tiles, none the view's.
+    assert.ok(errors.length > 0);
+    assert.ok(errors.every((e) => QUAD.some((t) => e.message.includes(`(first ${t})`))), errors.map((e) => e.message).join('; '));
+  } finally {
+    cache.dispose();
+  }
+});
+
 test('loadTiles: a data tile dropped after it arrived and before the host tile was read is asked for again', async () => {
   fresh();
   const cache = await make({ batch: { maxTiles: 1, coalesceLevels: 0 } });
