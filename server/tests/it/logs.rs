@@ -27,6 +27,20 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Captures what this thread logs at `level` and above, until the guard is dropped (a
+/// current-thread runtime's tasks log on it).
+pub(crate) fn captured_on_this_thread(
+    level: tracing::Level,
+) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(level)
+        .with_ansi(false)
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
 const PASSWORD: &str = "hunter2-not-for-logs";
 
 /// A password-protected `redis-server` on a free port, up and answering AUTH. The caller
@@ -72,13 +86,7 @@ async fn the_redis_password_never_reaches_the_log() {
         return;
     }
     let (mut redis, port) = redis_with_password();
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let (log, guard) = captured_on_this_thread(tracing::Level::TRACE);
     let s = crate::common::server(Config {
         redis: Some(format!("redis://:{PASSWORD}@127.0.0.1:{port}/0")),
         ..config()

@@ -532,13 +532,7 @@ async fn an_upstream_without_a_feed_is_shown_and_the_downstream_serves_on() {
 /// follower's task.
 #[tokio::test]
 async fn an_upstream_without_a_feed_is_warned_once_without_the_token() {
-    let log = crate::logs::Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let (log, guard) = crate::logs::captured_on_this_thread(tracing::Level::INFO);
     let (up, _data, _) = upstream("127.0.0.1:0").await;
     let token = token_for(Access::Agent);
     let down = server(Config {
@@ -766,13 +760,7 @@ fn gaps(calls: &Mutex<Vec<tokio::time::Instant>>) -> Vec<Duration> {
 async fn feed_answers_that_say_wait_are_waited_for_and_refusals_backed_off() {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let log = crate::logs::Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let (log, guard) = crate::logs::captured_on_this_thread(tracing::Level::INFO);
     let body = r#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
     let (limited, limited_calls) = stub_feed(move || {
         (
@@ -844,13 +832,7 @@ async fn feed_answers_that_say_wait_are_waited_for_and_refusals_backed_off() {
 async fn a_feed_url_that_redirects_is_warned_once_with_where_it_points() {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let log = crate::logs::Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let (log, guard) = crate::logs::captured_on_this_thread(tracing::Level::INFO);
     let (stub, calls) = stub_feed(|| {
         (
             StatusCode::MOVED_PERMANENTLY,
