@@ -154,6 +154,10 @@ impl Load {
         self.items = self.items.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(size);
     }
+    fn add_all(&mut self, other: Load) {
+        self.items += other.items;
+        self.bytes += other.bytes;
+    }
 }
 
 impl<P> ItemCache<P> {
@@ -253,10 +257,11 @@ impl<P> ItemCache<P> {
         let kept = match priority {
             Priority::Visible => None,
             Priority::Loading => Some(visible_after),
-            Priority::Prefetch => Some(Load {
-                items: visible_after.items + loading_after.items,
-                bytes: visible_after.bytes + loading_after.bytes,
-            }),
+            Priority::Prefetch => {
+                let mut protected = visible_after;
+                protected.add_all(loading_after);
+                Some(protected)
+            }
         };
         if kept.is_some_and(|kept| !self.fits(after, size_bytes) && !self.fits(kept, size_bytes)) {
             self.stats.rejected += 1;
@@ -518,17 +523,13 @@ impl<P> ItemCache<P> {
     fn recount_protected(&mut self) {
         let (mut visible, mut loading) = (Load::default(), Load::default());
         for t in &self.visible {
-            if let Some(held) = self.load.get(t) {
-                visible.items += held.items;
-                visible.bytes += held.bytes;
+            if let Some(&held) = self.load.get(t) {
+                visible.add_all(held);
             }
         }
         for t in &self.loading {
             match self.load.get(t) {
-                Some(held) if !self.visible.contains(t) => {
-                    loading.items += held.items;
-                    loading.bytes += held.bytes;
-                }
+                Some(&held) if !self.visible.contains(t) => loading.add_all(held),
                 _ => {}
             }
         }
@@ -570,9 +571,7 @@ impl<P> ItemCache<P> {
     }
 
     pub(super) fn account_add(&mut self, tile: TileId, size: usize) {
-        let l = self.load.entry(tile).or_default();
-        l.items += 1;
-        l.bytes += size;
+        self.load.entry(tile).or_default().add(size);
         self.bytes += size;
         match self.protection(tile) {
             Protection::Visible => self.protected.add(size),
@@ -583,8 +582,7 @@ impl<P> ItemCache<P> {
 
     pub(super) fn account_sub(&mut self, tile: TileId, size: usize) {
         if let Some(l) = self.load.get_mut(&tile) {
-            l.items = l.items.saturating_sub(1);
-            l.bytes = l.bytes.saturating_sub(size);
+            l.sub(size);
             if l.items == 0 {
                 self.load.remove(&tile);
             }
