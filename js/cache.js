@@ -175,6 +175,10 @@ function flatten(body, bounds) {
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
   const nums = [tl.length, n, reported, ...bounds], strs = [];
   const ids = new Array(n), objs = new Array(n);
+  // One string per class name in the answer, and the tier's own name: JSON.parse may give
+  // each item its own copy of the same value (Chromium's does for "off_market"), and the
+  // item objects keep them as long as they are cached (issue 22: bench/js/memory-browser.mjs).
+  const classes = new Map();
   tl.forEach((t, i) => {
     if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
       throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
@@ -193,11 +197,13 @@ function flatten(body, bounds) {
     }
     // An unknown tier is -1, which the engine refuses (an own-property lookup in an object
     // would find `toString` and the like).
-    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), TIERS.indexOf(it.access),
-      JSON.stringify(it.data)?.length ?? 0);
+    const tier = TIERS.indexOf(it.access);
+    nums.push(it.lon, it.lat, optTtl(it.ttl, `items[${j}]`), tier, JSON.stringify(it.data)?.length ?? 0);
     strs.push(it.id, it.class);
     ids[j] = it.id;
-    objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: it.class, access: it.access, data: it.data, stale: false };
+    let cls = classes.get(it.class);
+    if (cls === undefined) classes.set(it.class, cls = it.class);
+    objs[j] = { id: it.id, lon: it.lon, lat: it.lat, class: cls, access: tier >= 0 ? TIERS[tier] : it.access, data: it.data, stale: false };
   });
   for (const id of missing) {
     if (typeof id !== 'string') throw new Invalid(`missing must hold strings, got ${show(id)}`);
