@@ -16,6 +16,8 @@
 #   coldstart bench/js/coldstart.mjs (navigation to the first complete view in Chromium on a
 #           throttled network, 1.6 Mbps / 150 ms: a page on the package vs one on tile-cover +
 #           lru-cache + fetch; bytes per load)
+#   memory  bench/js/memory-browser.mjs (memory per cached item in Chromium, as
+#           bench/js/memory.mjs measures it in Node in the pkg part: 25k and 50k items)
 #   web     scripts/bench-web.sh (the Rust browser shell: example wasm size, set_viewport
 #           with 10k cached, next to the npm package's in the same Chromium page)
 # A part whose script is absent, or that fails, is reported as such in the document; the
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out" docs
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server overload cluster postgis live edge maplibre coldstart web)
+[ ${#parts[@]} -gt 0 ] || parts=(core pkg sim server overload cluster postgis live edge maplibre coldstart memory web)
 want() { local p; for p in "${parts[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 status() { echo "bench: $*" >&2; }
 
@@ -124,6 +126,15 @@ if want coldstart; then
     echo "bench/js/coldstart.mjs failed; see the output of \`scripts/bench.sh coldstart\`." > "$out/coldstart.md"
   fi
 fi
+if want memory; then
+  status "memory per cached item in Chromium (25k and 50k items)"
+  if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
+      && scripts/setup.sh node chromium >&2 \
+      && { [ -d js/test/browser/node_modules/playwright-core ] || (cd js/test/browser && npm ci --no-audit --no-fund >&2); } \
+      && node bench/js/memory-browser.mjs --md "$out/js-memory-chromium.md" > /dev/null; then :; else
+    echo "bench/js/memory-browser.mjs failed; see the output of \`scripts/bench.sh memory\`." > "$out/js-memory-chromium.md"
+  fi
+fi
 if want web; then
   status "Rust browser shell (tilewarm-web) vs the npm package"
   if { [ -f pkg/index.js ] || { scripts/setup.sh wasm node >&2 && scripts/build-pkg.sh >&2; }; } \
@@ -144,7 +155,7 @@ $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(rustc -
 These machines are shared and noisy: compare figures **within one run** (the ratio
 columns), not across runs. Reproduce any part with \`scripts/bench.sh PART\`
 (\`core\`, \`pkg\`, \`sim\`, \`server\`, \`overload\`, \`cluster\`, \`postgis\`, \`live\`, \`edge\`,
-\`maplibre\`, \`coldstart\`, \`web\`); raw outputs are in \`target/bench/\`.
+\`maplibre\`, \`coldstart\`, \`memory\`, \`web\`); raw outputs are in \`target/bench/\`.
 
 ## Core (Rust, divan): \`cargo bench --bench core\`
 
@@ -181,6 +192,14 @@ HEAD
   echo "does not grow with the items (the compiled code and fetch machinery, about 2 MB of heap)."
   echo
   section "$out/js-memory.md" "(memory not measured in this invocation)"
+  echo
+  echo "The same in Chromium (\`scripts/bench.sh memory\`: \`bench/js/memory-browser.mjs\`, the same"
+  echo "items, cache and views; the JS heap from the DevTools protocol after two full GCs, a fresh"
+  echo "browser per size). Chromium's V8 compresses pointers (4-byte fields), Node 20's does not."
+  echo
+  section "$out/js-memory-chromium.md" "(memory in Chromium not measured in this invocation)"
+  echo
+  cat docs/bench/memory.md
   echo
   section "$out/sim.md" "## Prefetch policies in simulation (tilewarm-sim)
 
