@@ -445,7 +445,9 @@ export class TileCache {
 
   /** Drops cached items (`ids`), tiles (`tiles`, "z/x/y"), classes (`classes`) or
    * everything (`all`); returns how many entries went. Visible tiles that emptied are
-   * fetched again. */
+   * fetched again: at once, or in a hidden page that awaits nothing when it is shown again
+   * (a change feed's every event would pay for refetches nobody sees; the wake-up that is
+   * then due now is put off, see #tick). */
   invalidate(what = {}) {
     this.#alive();
     if (!isObject(what)) throw argError(TypeError, ERR_INVALID_ARG_TYPE, `invalidate takes {ids, tiles, classes, all}, got ${show(what)}`);
@@ -455,14 +457,15 @@ export class TileCache {
     if (what.all !== undefined && typeof what.all !== 'boolean') {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `all must be a boolean, got ${show(what.all)}`);
     }
+    const plan = !this.#hiddenAtRest();
     let out;
     try {
-      out = this.#engine.invalidate(ids, tiles, classes, what.all === true, this.#now());
+      out = this.#engine.invalidate(ids, tiles, classes, what.all === true, this.#now(), plan);
     } catch (e) {
       throw thrown(e, () => tiles);
     }
-    this.#run(out, 1, 1);
-    this.#refresh();
+    this.#run(out, 1, 1, plan);
+    this.#refresh(plan);
     return out[0][0];
   }
 
@@ -777,7 +780,7 @@ export class TileCache {
   }
 
   /** Acts on the records from number `n` and reference `r` on. */
-  #run(out, n, r) {
+  #run(out, n, r, plan = true) {
     const nums = out[0];
     let updated = false, wakeup = -1;
     const errors = [], gaveUp = [], askAgain = [];
@@ -827,7 +830,7 @@ export class TileCache {
     for (const [tiles, e] of gaveUp) this.#failLoads(tiles, e);
     for (const [e, viewIncomplete] of errors) this.#emitError(e, viewIncomplete);
     if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
-    if (updated) this.#refresh();
+    if (updated) this.#refresh(plan);
     this.#releaseSettled();
     // The errors may have settled the promises that waited when the timer was armed.
     this.#rearm();
@@ -844,14 +847,15 @@ export class TileCache {
   }
 
   /** Re-reads the view and tells onUpdate listeners (onAccess ones first, when the tier
-   * changed: every change of it, by setAccess or an answer, ends here). */
-  #refresh() {
+   * changed: every change of it, by setAccess or an answer, ends here). Without `plan`
+   * the requests due are not sent (see invalidate). */
+  #refresh(plan = true) {
     if (this.#disposed) return;
     this.#checkAccess();
     if (this.#disposed) return; // an onAccess listener let the cache go
-    const out = this.#engine.items(this.#now());
+    const out = this.#engine.items(this.#now(), plan);
     const at = this.#view(out);
-    this.#run(out, at.n, at.r);
+    this.#run(out, at.n, at.r, plan);
     const view = this.#last;
     for (const { listener } of [...this.#updates]) {
       try { listener(view.items, { complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles }); } catch (e) { report(e); }
@@ -900,12 +904,16 @@ export class TileCache {
   #tick() {
     this.#timer = null;
     if (this.#disposed) return;
-    const doc = seenDocument();
-    if (doc?.visibilityState === 'hidden' && !this.#awaited()) {
-      if (!this.#onShown) this.#waitToBeShown(doc);
+    if (this.#hiddenAtRest()) {
+      if (!this.#onShown) this.#waitToBeShown(seenDocument());
       return;
     }
     this.#wake();
+  }
+
+  /** Whether the page is hidden and waits for nothing: what it would fetch now waits. */
+  #hiddenAtRest() {
+    return seenDocument()?.visibilityState === 'hidden' && !this.#awaited();
   }
 
   #wake() {

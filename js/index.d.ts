@@ -210,8 +210,9 @@ export class TileCache<Data = unknown> {
   /** Items by id, in order, fetching the unknown ones together; ids as `get` takes them
    * (one it refuses rejects the call, and nothing is sent). */
   getMany(ids: string[]): Promise<(Item<Data> | undefined)[]>;
-  /** Drops items, tiles or everything; returns how many entries went. Visible tiles that
-   * emptied are fetched again. */
+  /** Drops items, tiles or everything; returns how many entries went, and `onUpdate`
+   * listeners hear of it at once. Visible tiles that emptied are fetched again: at once, or
+   * in a hidden page that waits for nothing when it is shown again (or asks, as above). */
   invalidate(what: Invalidation): number;
   /** The state of each tile, in order (a tile not at `tileZoom` is never `loaded` or
    * `prefetched`). Throws a TypeError (`ERR_INVALID_TILE`) for a string that is not a tile

@@ -12,6 +12,7 @@ import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { TileCache } from 'tilewarm';
+import { follow } from 'tilewarm/live';
 import * as raw from 'tilewarm/raw';
 import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
 
@@ -570,6 +571,83 @@ test('a hidden page at rest makes no requests until it is shown again', () => wi
     assert.equal(done, true, 'and resolves while the page is hidden, once refetched');
     assert.ok(s.calls.length > before);
     cache.dispose();
+  } finally {
+    delete globalThis.document;
+  }
+}));
+
+// A change feed (tilewarm/live) invalidates visible items all day. A hidden page that awaits
+// nothing drops them at once (the view reports them gone: the cache never shows an
+// invalidated item) but refetches only when it is shown again, in one round; a visible page
+// refetches at once. (The engine's invalidate sent the refetches at once, hidden or not:
+// every event of the feed was a paid request nobody saw.)
+test('a hidden page following a change feed drops what changed at once and refetches once when shown', () => withMockedTimers(async () => {
+  const doc = new EventTarget();
+  doc.visibilityState = 'visible';
+  globalThis.document = doc;
+  try {
+    for (const hidden of [true, false]) {
+      const s = scripted();
+      const cache = await TileCache.create({ endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH });
+      const updates = [];
+      cache.onUpdate((items, view) => updates.push({ ids: new Set(items.map((i) => i.id)), complete: view.complete }));
+      const v = viewOf(SX - 2, SY - 2, 5, 4);
+      cache.setViewport(v);
+      await s.advance(100);
+      const shown = cache.setViewport(v);
+      assert.equal(shown.complete, true);
+      const ids = shown.items.map((i) => i.id).slice(0, 50);
+      assert.equal(ids.length, 50, 'the view shows 50 items or more');
+      doc.visibilityState = hidden ? 'hidden' : 'visible';
+      doc.dispatchEvent(new Event('visibilitychange'));
+      let feed;
+      // The requests made by the time each event was applied (its invalidate returned).
+      const atEvent = [];
+      const f = follow(cache, 'http://feed.test/v1/changes', {
+        lastEventId: '0-0',
+        onEvent: (e) => { if (e.type === 'invalidate') atEvent.push(s.calls.length); },
+        fetch: async (_url, { signal }) => new Response(new ReadableStream({
+          start(c) {
+            feed = c;
+            c.enqueue(new TextEncoder().encode('event: ready\nid: 0-0\ndata: {}\n\n'));
+            signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+          },
+        }), { status: 200, headers: { 'content-type': 'text/event-stream' } }),
+      });
+      await s.advance(100);
+      const sent = s.calls.length;
+      for (const [k, id] of ids.entries()) {
+        updates.length = 0;
+        feed.enqueue(new TextEncoder().encode(`event: invalidate\nid: ${k + 1}-0\ndata: ${JSON.stringify({ ids: [id] })}\n\n`));
+        await s.advance(1000, 100);
+        assert.equal(f.lastEventId, `${k + 1}-0`, 'the event was applied');
+        assert.ok(updates.length > 0 && !updates[0].ids.has(id), `the view reports ${id} gone at once`);
+        if (hidden) {
+          assert.equal(updates.at(-1).complete, false, 'and the view incomplete');
+          assert.equal(atEvent[k], sent);
+          assert.equal(s.calls.length, sent, `no request while hidden (event ${k + 1})`);
+        } else {
+          assert.ok(atEvent[k] > sent + k, `a visible page refetches at once (event ${k + 1})`);
+          assert.ok(updates.at(-1).ids.has(id) && updates.at(-1).complete, 'and shows it again');
+        }
+      }
+      if (hidden) {
+        await s.advance(60_000, 1000);
+        assert.equal(s.calls.length, sent, 'a minute later, still none');
+        doc.visibilityState = 'visible';
+        doc.dispatchEvent(new Event('visibilitychange'));
+        await s.advance(1000, 100);
+        const round = s.calls.slice(sent);
+        // The tiles of the 50 items, in one request.
+        assert.equal(round.length, 1, 'shown: the refetch goes out, in one round');
+        assert.ok(round[0].request.tiles.length > 1);
+        const last = updates.at(-1);
+        assert.equal(last.complete, true);
+        assert.ok(ids.every((id) => last.ids.has(id)), 'and the view shows the items again');
+      }
+      cache.dispose();
+      await f.done;
+    }
   } finally {
     delete globalThis.document;
   }

@@ -207,8 +207,9 @@ impl Engine {
         Ok(out.finish())
     }
 
-    /// The current view again (after an UPDATED record), then anything pending.
-    pub fn items(&mut self, now: f64) -> Vec<JsValue> {
+    /// The current view again (after an UPDATED record), then anything pending; `plan`
+    /// as for [`Engine::invalidate`].
+    pub fn items(&mut self, now: f64, plan: bool) -> Vec<JsValue> {
         let now = ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
@@ -216,7 +217,7 @@ impl Engine {
             if is_stale { &mut stale } else { &mut fresh }.push(slot(item));
         });
         out.view(&outcome, stale, fresh);
-        self.pump(&mut out, now);
+        self.pump_planned(&mut out, now, plan);
         out.finish()
     }
 
@@ -367,7 +368,11 @@ impl Engine {
             .map_or(-1.0, |l| slot(l.item))
     }
 
-    /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error.
+    /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error. What
+    /// went is gone at once; with `plan` false (a hidden page that awaits nothing: every
+    /// event of a change feed would pay for refetches nobody sees) the refetches it queued
+    /// are not sent: the WAKEUP record is then due now, and the wake-up `cache.js` puts off
+    /// until the page is shown sends them.
     pub fn invalidate(
         &mut self,
         ids: Vec<String>,
@@ -375,6 +380,7 @@ impl Engine {
         classes: Vec<String>,
         all: bool,
         now: f64,
+        plan: bool,
     ) -> Result<Vec<JsValue>, JsValue> {
         let now = ms(now);
         let parsed = parse_tiles(&tiles)?;
@@ -395,7 +401,7 @@ impl Engine {
         }
         let mut out = Out::default();
         out.nums.push(n as f64);
-        self.pump(&mut out, now);
+        self.pump_planned(&mut out, now, plan);
         Ok(out.finish())
     }
 
@@ -569,7 +575,13 @@ impl Engine {
     /// Appends every request, abort and event the last call caused, the next wake-up, and
     /// the slots given back since the last report.
     fn pump(&mut self, out: &mut Out, now: u64) {
-        while let Some(s) = self.client.poll_request(now) {
+        self.pump_planned(out, now, true);
+    }
+
+    /// [`Engine::pump`], sending the requests due only when `plan`; without, the WAKEUP
+    /// record is due now, for the shell's wake-up to send them.
+    fn pump_planned(&mut self, out: &mut Out, now: u64, plan: bool) {
+        while let Some(s) = plan.then(|| self.client.poll_request(now)).flatten() {
             let r = &s.request;
             out.nums.extend([
                 Tag::Transmit.num(),
@@ -632,7 +644,12 @@ impl Engine {
                 }
             }
         }
-        if let Some(at) = self.client.next_wakeup(now) {
+        let wakeup = if plan {
+            self.client.next_wakeup(now)
+        } else {
+            Some(now)
+        };
+        if let Some(at) = wakeup {
             out.nums.extend([Tag::Wakeup.num(), at as f64]);
         }
         let freed = take_freed();
