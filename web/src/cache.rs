@@ -331,12 +331,15 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         })
     }
 
-    /// The current view again, without planning.
+    /// The current view again, without planning. What reading it finds due (tiles turned
+    /// stale) is sent, except while the page is hidden and awaits nothing: then when it is
+    /// shown again.
     pub fn view(&self) -> View<T> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
         let view = st.read_view(now);
-        let sends = Inner::pump(&self.inner, &mut st, now);
+        let plan = st.plans_now();
+        let sends = Inner::pump_planned(&self.inner, &mut st, now, plan);
         drop(st);
         Inner::start(&self.inner, sends);
         view
@@ -442,13 +445,17 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// Drops cached items, tiles or everything; returns how many entries went. Visible
-    /// tiles that emptied are fetched again, and the view goes to [`TileCache::updates`].
+    /// tiles that emptied are fetched again, and the view goes to [`TileCache::updates`] at
+    /// once. A hidden page that awaits nothing fetches them when it is shown again (a change
+    /// feed's every event would pay for refetches nobody sees): the wake-up is then due
+    /// now, and put off as a hidden page's are.
     pub fn invalidate(&self, what: Invalidate<'_>) -> usize {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
         let n = st.client.invalidate(what, now);
         st.tell_view(now);
-        let sends = Inner::pump(&self.inner, &mut st, now);
+        let plan = st.plans_now();
+        let sends = Inner::pump_planned(&self.inner, &mut st, now, plan);
         drop(st);
         Inner::start(&self.inner, sends);
         n
@@ -571,6 +578,17 @@ impl<T> State<T> {
         self.subscribers.send(&update);
     }
 
+    /// Whether a request is out or a caller waits (`get`, `when_complete`).
+    fn awaited(&self) -> bool {
+        !(self.requests.is_empty() && self.gets.is_empty() && self.waiters.is_empty())
+    }
+
+    /// Whether what is due is sent now: not while the page is hidden and awaits nothing
+    /// (see [`Inner::tick`]).
+    fn plans_now(&self) -> bool {
+        self.awaited() || hidden_document().is_none()
+    }
+
     /// Tells subscribers the tier, when it is not the one they last heard.
     fn tell_access(&mut self) {
         let access = self.client.access();
@@ -653,10 +671,16 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// wake-up. Returns the requests to send (sent by [`Inner::start`] once the state is
     /// no longer borrowed).
     fn pump(this: &Rc<Self>, st: &mut State<T>, now: u64) -> Vec<Transmit> {
+        Inner::pump_planned(this, st, now, true)
+    }
+
+    /// [`Inner::pump`], taking the requests due only when `plan`; without, the wake-up is
+    /// due now, for [`Inner::tick`] to send them (or put them off while the page is hidden).
+    fn pump_planned(this: &Rc<Self>, st: &mut State<T>, now: u64, plan: bool) -> Vec<Transmit> {
         let mut sends = Vec::new();
         let mut updated = false;
         loop {
-            while let Some(t) = st.client.poll_request(now) {
+            while let Some(t) = plan.then(|| st.client.poll_request(now)).flatten() {
                 sends.push(t);
             }
             while let Some(e) = st.client.poll_event() {
@@ -712,7 +736,12 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             let view = st.read_view(now);
             st.broadcast(Update::View(view));
         }
-        st.timer = st.client.next_wakeup(now).map(|at| {
+        let wakeup = if plan {
+            st.client.next_wakeup(now)
+        } else {
+            Some(now)
+        };
+        st.timer = wakeup.map(|at| {
             let delay = at.saturating_sub(now).min(i32::MAX as u64) as u32;
             let weak = Rc::downgrade(this);
             Timeout::new(delay, move || {
@@ -730,8 +759,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     fn tick(this: &Rc<Self>) {
         let mut st = this.state.borrow_mut();
         st.timer = None;
-        let awaited = !(st.requests.is_empty() && st.gets.is_empty() && st.waiters.is_empty());
-        if let Some(doc) = hidden_document().filter(|_| !awaited) {
+        if let Some(doc) = hidden_document().filter(|_| !st.awaited()) {
             if st.on_shown.is_none() {
                 let weak = Rc::downgrade(this);
                 st.on_shown = Some(EventListener::new(&doc, "visibilitychange", move |_| {

@@ -921,6 +921,58 @@ async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
     page_hidden(false);
 }
 
+/// Invalidations (a change feed's, all day) drop what changed at once, in a hidden page
+/// too: the view reports the items gone. A hidden page that awaits nothing refetches only
+/// when it is shown again; a visible one at once.
+#[wasm_bindgen_test]
+async fn a_hidden_page_refetches_what_was_invalidated_only_when_shown() {
+    let s = "hidden-invalidate";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let ids: Vec<String> = cache
+        .view()
+        .items
+        .iter()
+        .map(|i| i.item.id.clone())
+        .collect();
+    assert!(ids.len() >= 50, "{} items in view", ids.len());
+    page_hidden(true);
+    let (before, _) = log(s).await;
+    for id in &ids[..50] {
+        assert_eq!(
+            cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()])),
+            1
+        );
+        let v = cache.view();
+        assert!(
+            !v.complete && v.items.iter().all(|i| &i.item.id != id),
+            "{id} gone at once"
+        );
+        TimeoutFuture::new(20).await;
+    }
+    TimeoutFuture::new(1000).await;
+    let (hidden, _) = log(s).await;
+    page_hidden(false);
+    assert_eq!(hidden, before, "no request while hidden");
+    wait_until("the view is refetched once shown", || async {
+        cache.view().complete
+    })
+    .await;
+    assert_eq!(log(s).await.0, before + 1, "one request");
+    let shown: Vec<String> = cache
+        .view()
+        .items
+        .iter()
+        .map(|i| i.item.id.clone())
+        .collect();
+    assert!(ids[..50].iter().all(|id| shown.contains(id)));
+    // A visible page refetches at once.
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&[ids[0].as_str()]));
+    assert_eq!(cache.stats().in_flight, 1, "sent at once when visible");
+    cache.when_complete().await.unwrap();
+}
+
 /// A `get` whose request gives up (a foreground request of ids alone) fails, and
 /// `when_complete` waits on for the view, which it does not touch: it fails only with a
 /// request for one of the view's tiles.
