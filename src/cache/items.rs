@@ -197,16 +197,32 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         priority: Priority,
     ) -> Result<InsertOutcome, CacheError> {
+        self.insert_or_return(id, meta, payload, now_ms, priority)
+            .map_err(|(e, _)| e)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`insert`](Self::insert), handing the payload back when it is not stored: with the
+    /// outcome of a refused insert (`rejected`), and with the error of one that failed.
+    pub(crate) fn insert_or_return(
+        &mut self,
+        id: &str,
+        meta: ItemMeta,
+        payload: P,
+        now_ms: u64,
+        priority: Priority,
+    ) -> Result<(InsertOutcome, Option<P>), (CacheError, P)> {
+        match self.check_item(id, &meta) {
+            Ok(tile) => Ok(self.insert_checked(id, tile, meta, payload, now_ms, priority)),
+            Err(e) => Err((e, payload)),
+        }
+    }
+
+    /// The data tile of an item [`insert`](Self::insert) may store; its errors otherwise.
+    fn check_item(&mut self, id: &str, meta: &ItemMeta) -> Result<TileId, CacheError> {
         self.changed();
         check_id(id)?;
-        let ItemMeta {
-            lon,
-            lat,
-            class,
-            access,
-            ttl_ms,
-            size_bytes,
-        } = meta;
+        let (lon, lat, size_bytes) = (meta.lon, meta.lat, meta.size_bytes);
         if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
             return Err(CacheError::InvalidItem {
                 id: short(id),
@@ -232,12 +248,31 @@ impl<P> ItemCache<P> {
                 max_bytes: self.config.max_bytes,
             });
         }
-        let tile = TileId::from_lon_lat(lon, lat, self.config.tile_zoom).map_err(|e| {
-            CacheError::InvalidItem {
-                id: short(id),
-                reason: e.to_string(),
-            }
-        })?;
+        TileId::from_lon_lat(lon, lat, self.config.tile_zoom).map_err(|e| CacheError::InvalidItem {
+            id: short(id),
+            reason: e.to_string(),
+        })
+    }
+
+    /// [`insert`](Self::insert) of a checked item in data tile `tile`: the outcome, and
+    /// the payload when the insert was refused.
+    fn insert_checked(
+        &mut self,
+        id: &str,
+        tile: TileId,
+        meta: ItemMeta,
+        payload: P,
+        now_ms: u64,
+        priority: Priority,
+    ) -> (InsertOutcome, Option<P>) {
+        let ItemMeta {
+            lon,
+            lat,
+            class,
+            access,
+            ttl_ms,
+            size_bytes,
+        } = meta;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
 
         // What is held once the old version (if any) is gone: in all, in visible tiles, and
@@ -265,10 +300,11 @@ impl<P> ItemCache<P> {
         };
         if kept.is_some_and(|kept| !self.fits(after, size_bytes) && !self.fits(kept, size_bytes)) {
             self.stats.rejected += 1;
-            return Ok(InsertOutcome {
+            let outcome = InsertOutcome {
                 evicted: 0,
                 rejected: true,
-            });
+            };
+            return (outcome, Some(payload));
         }
 
         // Committed: the insert will succeed.
@@ -283,10 +319,11 @@ impl<P> ItemCache<P> {
         if !self.fits(self.held(), size_bytes) {
             // Unreachable while the protected totals are right; refuse rather than overfill.
             self.stats.rejected += 1;
-            return Ok(InsertOutcome {
+            let outcome = InsertOutcome {
                 evicted,
                 rejected: true,
-            });
+            };
+            return (outcome, Some(payload));
         }
 
         let key = match &old {
@@ -314,10 +351,11 @@ impl<P> ItemCache<P> {
                 payload,
             },
         );
-        Ok(InsertOutcome {
+        let outcome = InsertOutcome {
             evicted,
             rejected: false,
-        })
+        };
+        (outcome, None)
     }
 
     /// Look up an item for `caller`, counting a hit, stale hit or miss and refreshing its

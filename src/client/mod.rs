@@ -172,6 +172,9 @@ pub struct Client<P> {
     /// Answers in a row after which some visible tile could not be kept (see
     /// [`Client::on_response`]); grows their backoff, reset by a new viewport.
     unkept_rounds: u32,
+    /// Items the last answer gave for ids asked for directly, at the caller's tier, that
+    /// the cache could not keep ([`Client::take_unkept`]); emptied by the next answer.
+    unkept: Vec<(String, P)>,
     /// Bumped by every call that changes the queues, the tier or the loading and
     /// destination tiles, so a planning round is not skipped after it.
     changes: u64,
@@ -231,6 +234,7 @@ impl<P: Payload> Client<P> {
             loading: Vec::new(),
             destinations: Vec::new(),
             unkept_rounds: 0,
+            unkept: Vec::new(),
             changes: 0,
             planned: None,
             shown: None,

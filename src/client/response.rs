@@ -4,8 +4,8 @@ use super::{
     Access, Client, Density, Event, Failure, FetchError, Kind, Payload, RequestId,
     MAX_PREFETCH_MARKS,
 };
-use crate::batch::FailureOutcome;
-use crate::cache::{item_size_bytes, ItemMeta, Priority, TileFreshness};
+use crate::batch::{FailureOutcome, Finished};
+use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
@@ -78,6 +78,7 @@ impl<P: Payload> Client<P> {
         now_ms: u64,
     ) -> Answered {
         self.changed();
+        self.unkept.clear();
         if let Err(e) = response.validate(&self.limits) {
             return if self.fail(id, Failure::Invalid(e.to_string()), now_ms) {
                 Answered::Invalid
@@ -149,7 +150,7 @@ impl<P: Payload> Client<P> {
         });
         self.density.observe(&tiles, self.cache.config().tile_zoom);
         let mut touched_visible =
-            self.ingest_items(items, finished.kind, now_ms) | lowered | extent_changed;
+            self.ingest_items(items, &finished, now_ms) | lowered | extent_changed;
         if !missing.is_empty() {
             let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
             self.cache.forget_ids(&ids);
@@ -290,16 +291,18 @@ impl<P: Payload> Client<P> {
     }
 
     /// Puts an answer's items into the cache (those the caller may see); returns whether
-    /// any is in a visible tile. Items for the view, or from a foreground request, are
-    /// inserted as [`Priority::Visible`], except those of tiles a host loads (not visible):
-    /// [`Priority::Loading`], which never push out the view's items (refused instead, they
-    /// leave their tiles unshowable and the loads fail in `back_off_unkept`); the rest as
-    /// prefetch.
-    fn ingest_items(&mut self, items: Vec<Item<P>>, kind: Kind, now_ms: u64) -> bool {
+    /// any is in a visible tile. Items of visible tiles are inserted as
+    /// [`Priority::Visible`]; those of tiles a host loads, from a foreground request, as
+    /// [`Priority::Loading`] (they never push out the view's items: refused instead, they
+    /// leave their tiles unshowable and the loads fail in `back_off_unkept`); the rest (a
+    /// `get`'s answer, a prefetch) as [`Priority::Prefetch`], so they never push out the
+    /// items of the view or of the tiles a host loads. An item asked for directly (a
+    /// `get`) that the cache refuses is kept aside for the shell ([`Client::take_unkept`]).
+    fn ingest_items(&mut self, items: Vec<Item<P>>, finished: &Finished, now_ms: u64) -> bool {
         let tile_zoom = self.cache.config().tile_zoom;
         let (mut touched_visible, mut kept, mut kept_bytes) = (false, 0, 0);
         self.items_fetched += items.len() as u64;
-        let loading = match kind {
+        let loading = match finished.kind {
             Kind::Foreground => TileSet::new(self.loading.iter().copied()),
             _ => TileSet::default(),
         };
@@ -312,12 +315,10 @@ impl<P: Payload> Client<P> {
             touched_visible |= visible;
             let priority = if visible {
                 Priority::Visible
-            } else if kind != Kind::Foreground {
-                Priority::Prefetch
             } else if data_tile.is_some_and(|t| loading.contains(t)) {
                 Priority::Loading
             } else {
-                Priority::Visible
+                Priority::Prefetch
             };
             let size_bytes = item_size_bytes(&item.id, &item.class, item.data.size_bytes());
             let meta = ItemMeta {
@@ -328,14 +329,33 @@ impl<P: Payload> Client<P> {
                 ttl_ms: item.ttl.map(|s| s as u64 * 1000),
                 size_bytes,
             };
-            // Validated above; an item the cache still refuses is skipped, not fatal.
-            let _ = self
-                .cache
-                .insert(&item.id, meta, item.data, now_ms, priority);
+            // Validated above; an item the cache still refuses is skipped, not fatal (but
+            // handed to a get that asked for it, when refused for want of room).
+            let refused =
+                match (self.cache).insert_or_return(&item.id, meta, item.data, now_ms, priority) {
+                    Ok((_, refused)) => refused,
+                    Err((CacheError::ItemTooLarge { .. }, data)) => Some(data),
+                    Err(_) => None,
+                };
+            if let Some(data) = refused.filter(|_| finished.loose_ids.contains(&item.id)) {
+                self.unkept.push((item.id, data));
+            }
             (kept, kept_bytes) = (kept + 1, kept_bytes + size_bytes);
         }
         self.density.observe_items(kept, kept_bytes);
         touched_visible
+    }
+
+    /// Items the last answer ([`on_response`](Self::on_response)) gave for ids asked for
+    /// directly ([`Client::get`], [`Client::request_ids`]) that the cache could not keep:
+    /// making room would have pushed out the items of the view or of the tiles a host loads
+    /// (which an answer for ids never does), or the item is larger than `max_bytes`. Each
+    /// passed the same tier check as the cached ones (an item above the caller's tier, or
+    /// above the tier the server reported for its credential, is never among them), so a
+    /// shell hands it to the `get` that waits for it instead of answering "does not
+    /// exist". Drained by this call; the next answer drops what was not taken.
+    pub fn take_unkept(&mut self) -> Vec<(String, P)> {
+        std::mem::take(&mut self.unkept)
     }
 
     /// Records an answer's tile lists at the caller's tier; returns whether any covers a

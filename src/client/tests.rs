@@ -2359,3 +2359,73 @@ fn an_error_says_whether_it_leaves_the_view_incomplete() {
         other => panic!("one error, got {other:?}"),
     }
 }
+
+/// A view at rest whose items fill the cache, then a `get` of an id outside it: its answer
+/// was inserted as if for the view and pushed out one of the view's items (the view went
+/// incomplete and was asked for again). It may push out only unprotected items now; when
+/// there are none, the cache refuses it and the shell is handed the item
+/// ([`Client::take_unkept`]), so the get still gets it. With room, it is kept as before.
+#[test]
+fn a_gets_answer_never_pushes_out_the_views_items_and_is_handed_out_when_not_kept() {
+    let o = origin();
+    for (max_items, kept) in [(4, false), (5, true)] {
+        let mut c = one_tile_per_request(max_items);
+        let out = c.set_viewport(view_east(0.5, -2), 0, |_, _| {});
+        assert_eq!(out.visible, 1);
+        let seen = c.visible_tiles()[0];
+        answer_all(&mut c, &o, 0);
+        assert!(c.is_complete());
+        assert_eq!(c.cache().len(), 4, "the view's four items");
+        events(&mut c);
+        assert!(c.get("i0", 1_000).is_none());
+        let t = c.poll_request(1_000).expect("the id is asked for");
+        assert!(t.request.tiles.is_empty() && t.request.ids == ["i0"]);
+        let r = o.answer(&t.request, None);
+        assert_eq!(r.items.len(), 1);
+        assert!(!seen.contains(TileId::from_lon_lat(r.items[0].lon, r.items[0].lat, Z).unwrap()));
+        assert_eq!(c.on_response(t.id, r, 1_000), Answered::Taken);
+        // The view stays complete: nothing of it went, nothing is asked for again.
+        assert!(c.is_complete(), "max_items {max_items}");
+        assert_eq!(c.tile_state(seen, 1_000), TileState::Loaded);
+        assert!(c.poll_request(1_000).is_none(), "max_items {max_items}");
+        assert!(errors_of(events(&mut c)).is_empty());
+        let held = c.cache().peek("i0", Access::Public, 1_000).is_some();
+        let unkept = c.take_unkept();
+        if kept {
+            assert!(held && unkept.is_empty(), "{unkept:?}");
+        } else {
+            assert!(!held, "the view's items leave no room for it");
+            let ids: Vec<&str> = unkept.iter().map(|(id, _)| id.as_str()).collect();
+            assert_eq!(ids, ["i0"], "the get's item, for the shell to hand out");
+            assert!(c.take_unkept().is_empty(), "taken once");
+        }
+    }
+}
+
+/// Security: an item the cache could not keep is handed out only when it passed the tier
+/// check. One above the caller's tier, or above a lower tier the server reports for the
+/// credential in the same answer (the verified tier), is neither cached nor handed out.
+#[test]
+fn an_unkept_item_above_the_verified_tier_is_never_handed_out() {
+    let o = origin();
+    for (item_tier, reported) in [
+        (Access::Verified, None),
+        (Access::Registered, Some(Access::Public)),
+    ] {
+        let mut c = one_tile_per_request(4);
+        c.set_access(Access::Registered, 0);
+        c.set_viewport(view_east(0.5, -2), 0, |_, _| {});
+        answer_all(&mut c, &o, 0);
+        assert!(c.is_complete());
+        assert!(c.get("i0", 1_000).is_none());
+        let t = c.poll_request(1_000).expect("the id is asked for");
+        let mut r = o.answer(&t.request, None);
+        r.items[0].access = item_tier;
+        r.access = reported;
+        assert_eq!(c.on_response(t.id, r, 1_000), Answered::Taken);
+        assert_eq!(c.verified(), reported);
+        let unkept = c.take_unkept();
+        assert!(unkept.is_empty(), "{item_tier:?} handed out: {unkept:?}");
+        assert!(c.cache().peek("i0", Access::Agent, 1_000).is_none());
+    }
+}
