@@ -409,7 +409,8 @@ export class TileCache {
     return this.#listen(this.#errors, listener, 'onError');
   }
 
-  /** One item by id: from the cache, else fetched through the batch endpoint;
+  /** One item by id: from the cache, else fetched through the batch endpoint (an answer the
+   * cache cannot keep beside the view's items is handed out all the same);
    * `undefined` when it does not exist or the tier may not see it; rejects when it could
    * not be answered (the request failed, or the answer left it out). */
   async get(id) {
@@ -1019,7 +1020,7 @@ export class TileCache {
       // request, with the get()s waiting for it. 2: it was sent at a tier the cache has
       // left since, and its work is asked again: the get()s wait for that answer.
       this.#pendingDetail = req;
-      this.#run(out, 1, 1);
+      this.#run(out, 2 + out[0][1], 1);
       this.#pendingDetail = undefined;
       this.#checkLoads();
       return;
@@ -1027,6 +1028,11 @@ export class TileCache {
     // Resolve get()s this response answered. Ids it asked for but left out of both items
     // and missing (a partial answer: the edge's origin failed; its `error` lists them) are
     // an error for those get()s and onError, never "does not exist".
+    // An item asked for that the cache could not keep (room for it would have pushed out
+    // the view's items) is handed out all the same: the engine names the slots of those
+    // that passed its tier check (their FREED record comes below, after the get()s).
+    const nums = out[0], unkept = new Map();
+    for (let i = 0; i < nums[1]; i++) unkept.set(OBJS[nums[2 + i]].id, OBJS[nums[2 + i]]);
     const known = new Set([...f.ids, ...f.missing]);
     const left = req.ids.filter((gid) => !known.has(gid));
     const now = this.#now();
@@ -1034,13 +1040,13 @@ export class TileCache {
       const ws = this.#gets.get(gid);
       if (!ws) continue;
       const slot = this.#engine.peek(gid, now);
-      const item = slot >= 0 ? OBJS[slot] : undefined;
+      const item = unkept.get(gid) ?? (slot >= 0 ? OBJS[slot] : undefined);
       if (item === undefined && !f.missing.includes(gid) && !req.ids.includes(gid)) continue;
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
     if (left.length) this.#unanswered(req, left, f.error);
-    this.#run(out, 1, 1);
+    this.#run(out, 2 + nums[1], 1);
     this.#checkLoads();
   }
 

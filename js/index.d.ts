@@ -203,7 +203,9 @@ export class TileCache<Data = unknown> {
   /** Calls `listener` for every failed request attempt; returns a function that unsubscribes. */
   onError(listener: (error: FetchError) => void): () => void;
   /** One item by id, from the cache or fetched by id; `undefined` if it does not exist or
-   * the tier may not see it. Rejects with the {@link FetchError} if the fetch gave up, and
+   * the tier may not see it. An answer never pushes out the view's items (nor those of
+   * tiles `loadTiles` waits for): when they fill the cache, the item is handed out without
+   * being kept. Rejects with the {@link FetchError} if the fetch gave up, and
    * with a RangeError (`ERR_OUT_OF_RANGE`) for an id no item can have (empty, longer than
    * 256 bytes, or holding a control character), with nothing sent. */
   get(id: string): Promise<Item<Data> | undefined>;

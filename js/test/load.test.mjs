@@ -571,3 +571,72 @@ test('loadTiles: a coarse host tile answered in many requests loads (its data ti
     cache.dispose();
   }
 });
+
+// A get() answer was inserted as if it were for the view: with the cache full of the view's
+// items at rest, it pushed one out, the view went incomplete and was fetched again. It may
+// only push out unprotected items now; with none left, the cache does not keep it, and the
+// get() is handed the item all the same (it resolved undefined: "does not exist").
+test('get(): with the cache full of a view at rest, an item outside it is handed out and the view keeps its items', async () => {
+  fresh();
+  const seen = t14(-8, -8);
+  const view = truth(seen);
+  const far = truth(t14(5, 5));
+  assert.ok(view.length > 0 && far.length > 0);
+  const cache = await make({ maxItems: view.length });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  try {
+    cache.setViewport(viewOf(SX - 8, SY - 8, 1, 1));
+    await cache.whenComplete();
+    const sent = backend.requests.length;
+    await new Promise((r) => setTimeout(r, 20)); // at rest
+    const got = await within(cache.getMany(far));
+    assert.notEqual(got, 'still waiting');
+    assert.deepEqual(got.map((it) => it?.id), far, 'every item handed out');
+    assert.deepEqual(got[0].data, backend.byId.get(far[0]).data);
+    assert.equal(await cache.get(far[0]).then((it) => it?.id), far[0], 'and again (not kept: fetched)');
+    await new Promise((r) => setTimeout(r, 300));
+    const again = backend.requests.slice(sent).filter((r) => r.tiles?.includes(seen));
+    assert.deepEqual(again, [], 'the view was asked for again');
+    const now = cache.setViewport(viewOf(SX - 8, SY - 8, 1, 1));
+    assert.ok(now.complete, JSON.stringify(now.missingTiles));
+    assert.deepEqual(ids(now.items), view);
+    assert.deepEqual(errors, []);
+    assert.ok(cache.stats().entries <= view.length);
+  } finally {
+    cache.dispose();
+  }
+});
+
+// Security: a get()'s item the cache does not keep is handed out only when the engine's
+// tier check passed it: an item above the tier (a server that ignores tiers), or above the
+// lower tier the server reports for the credential in that answer, resolves undefined.
+test('get(): an item above the verified tier answered to a get() is never handed out, kept or not', async () => {
+  const secret = backend.items.find((i) => i.access === 'agent' && !truth(t14(-8, -8), 'agent').includes(i.id));
+  assert.ok(secret);
+  for (const [access, reported] of [['public', null], ['agent', 'public']]) {
+    fresh();
+    const seen = t14(-8, -8);
+    const cache = await make({ access, maxItems: truth(seen, access).length });
+    try {
+      cache.setViewport(viewOf(SX - 8, SY - 8, 1, 1));
+      await cache.whenComplete();
+      backend.hostile = (res, answer, request) => {
+        const headers = { 'content-type': 'application/json' };
+        if ((request.ids ?? []).includes(secret.id)) {
+          if (!answer.items.includes(secret)) answer.items.push(secret);
+          answer.missing = answer.missing.filter((id) => id !== secret.id);
+          if (reported) answer.access = reported;
+        }
+        res.writeHead(200, headers);
+        res.end(JSON.stringify(answer));
+      };
+      const got = await within(cache.get(secret.id));
+      assert.equal(got, undefined, `${access}, reported ${reported}: handed out`);
+      assert.equal(cache.access, reported ?? access, 'the reported tier is followed');
+    } finally {
+      backend.hostile = null;
+      cache.dispose();
+    }
+  }
+});

@@ -221,8 +221,10 @@ impl Engine {
         out.finish()
     }
 
-    /// A response: header `accepted` (0 when it is invalid: an ERROR record for the
-    /// request follows). `cache.js` flattens the parsed JSON into three lists:
+    /// A response: header `accepted, unkept, slots...` (`accepted` 0 when it is invalid:
+    /// an ERROR record for the request follows; then the `unkept` slots of items asked for
+    /// by id, at the caller's tier, that the cache could not keep:
+    /// [`Client::take_unkept`]). `cache.js` flattens the parsed JSON into three lists:
     /// - `nums`: the tile count, the item count, the tier the server reports it
     ///   filtered for (0..=3; -1 when it does not say) and the data's extent it declares
     ///   (west, south, east, north from [`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER);
@@ -270,6 +272,14 @@ impl Engine {
                 self.client.on_failure(rid, Failure::Invalid(reason), now);
             }
         }
+        // The slots of the items asked for by id that passed the tier check and that the
+        // cache could not keep, for the get()s waiting for them; dropped here, they come
+        // back in the FREED record below, which `cache.js` reads after the get()s.
+        let unkept = self.client.take_unkept();
+        out.nums.push(unkept.len() as f64);
+        out.nums
+            .extend(unkept.iter().map(|(_, item)| f64::from(item.slot)));
+        drop(unkept);
         self.pump(&mut out, now);
         out.finish()
     }

@@ -382,7 +382,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     }
 
     /// One item by id: from the cache, else fetched; `None` when it does not exist or the
-    /// tier may not see it. Fails with the error of the request that carried the id when
+    /// tier may not see it. An answer never pushes out the items of the view or of the tiles
+    /// a host loads: one the cache cannot keep beside them is handed out all the same
+    /// ([`Client::take_unkept`]). Fails with the error of the request that carried the id when
     /// that request gave up (foreground or prefetch), and when an answer left the id out of
     /// both its items and `missing` (a partial answer: the edge's origin failed; the error
     /// goes to [`TileCache::updates`] too). An id no item can have (empty, longer than 256
@@ -866,15 +868,23 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                         });
                     }
                     Answered::Taken => {
+                        // Items asked for that the cache could not keep (room for them
+                        // would have pushed out the view's items) go to their gets all the
+                        // same: the core names those that passed its tier check.
+                        let unkept: HashMap<String, Rc<Item<T>>> = (st.client.take_unkept())
+                            .into_iter()
+                            .map(|(id, stored)| (id, stored.item))
+                            .collect();
                         for gid in &known {
                             if !st.gets.contains_key(gid) {
                                 continue;
                             }
                             let c = &st.client;
-                            let found = c
-                                .cache()
-                                .peek(gid, c.access(), now)
-                                .map(|l| Rc::clone(&l.item.payload().item));
+                            let found = unkept.get(gid).cloned().or_else(|| {
+                                c.cache()
+                                    .peek(gid, c.access(), now)
+                                    .map(|l| Rc::clone(&l.item.payload().item))
+                            });
                             if found.is_none()
                                 && !missing.contains(gid)
                                 && !flight.ids.contains(gid)

@@ -434,6 +434,42 @@ async fn get_and_get_many_use_the_cache_then_the_endpoint() {
     assert_eq!(e.code, ErrorCode::OutOfRange);
 }
 
+/// A get's answer never pushes out the view's items: with the cache full of a view at rest,
+/// an item outside it is handed to the get without being kept (it was, pushing one of the
+/// view's items out, and the view was fetched again), never `None`.
+#[wasm_bindgen_test]
+async fn a_get_with_the_cache_full_of_the_view_is_handed_out_and_the_view_stays() {
+    let s = "get-full";
+    // What the view and a tile beside it hold, read by a cache without limits.
+    let probe: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&probe, inside(tile(0, 0)));
+    probe.when_complete().await.unwrap();
+    let n = probe.view().items.len();
+    show(&probe, inside(tile(3, 0)));
+    probe.when_complete().await.unwrap();
+    let far = probe.view().items[0].item.clone();
+    drop(probe);
+    let full = Options {
+        max_items: Some(n),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&full).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let (asked, _) = log(s).await;
+    let got = cache.get(&far.id).await.unwrap();
+    assert_eq!(got.as_deref(), Some(&*far), "handed out, not None");
+    TimeoutFuture::new(200).await;
+    assert_eq!(log(s).await.0, asked + 1, "the id, and not the view again");
+    let now = show(&cache, inside(tile(0, 0)));
+    assert!(
+        now.complete && now.items.len() == n,
+        "{:?}",
+        now.missing_tiles
+    );
+    assert_eq!(cache.stats().errors, 0);
+}
+
 #[wasm_bindgen_test]
 async fn the_update_stream_and_invalidate() {
     let s = "stream";
