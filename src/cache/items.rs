@@ -197,13 +197,14 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         priority: Priority,
     ) -> Result<InsertOutcome, CacheError> {
-        self.insert_or_return(id, meta, payload, now_ms, priority)
+        self.insert_or_return(id, meta, payload, now_ms, priority, &mut |_, _| {})
             .map_err(|(e, _)| e)
             .map(|(outcome, _)| outcome)
     }
 
     /// [`insert`](Self::insert), handing the payload back when it is not stored: with the
-    /// outcome of a refused insert (`rejected`), and with the error of one that failed.
+    /// outcome of a refused insert (`rejected`), and with the error of one that failed. Each
+    /// item evicted to make room goes to `evicted` (its id and payload).
     pub(crate) fn insert_or_return(
         &mut self,
         id: &str,
@@ -211,9 +212,10 @@ impl<P> ItemCache<P> {
         payload: P,
         now_ms: u64,
         priority: Priority,
+        evicted: &mut dyn FnMut(&str, P),
     ) -> Result<(InsertOutcome, Option<P>), (CacheError, P)> {
         match self.check_item(id, &meta) {
-            Ok(tile) => Ok(self.insert_checked(id, tile, meta, payload, now_ms, priority)),
+            Ok(tile) => Ok(self.insert_checked(id, tile, meta, payload, now_ms, priority, evicted)),
             Err(e) => Err((e, payload)),
         }
     }
@@ -255,7 +257,8 @@ impl<P> ItemCache<P> {
     }
 
     /// [`insert`](Self::insert) of a checked item in data tile `tile`: the outcome, and
-    /// the payload when the insert was refused.
+    /// the payload when the insert was refused; each item evicted goes to `evicted`.
+    #[allow(clippy::too_many_arguments)]
     fn insert_checked(
         &mut self,
         id: &str,
@@ -264,6 +267,7 @@ impl<P> ItemCache<P> {
         payload: P,
         now_ms: u64,
         priority: Priority,
+        evicted_to: &mut dyn FnMut(&str, P),
     ) -> (InsertOutcome, Option<P>) {
         let ItemMeta {
             lon,
@@ -311,9 +315,10 @@ impl<P> ItemCache<P> {
         let old = self.remove_item(id);
         let mut evicted = 0;
         while !self.fits(self.held(), size_bytes) {
-            if !self.evict_one(priority) {
+            let Some(gone) = self.evict_one(priority) else {
                 break;
-            }
+            };
+            evicted_to(&gone.id, gone.payload);
             evicted += 1;
         }
         if !self.fits(self.held(), size_bytes) {
@@ -655,9 +660,9 @@ impl<P> ItemCache<P> {
     /// Evicts one item for an insert of `priority`: the least-recently-used unprotected
     /// one; when none is left and the insert is not a prefetch, the least-recently-used
     /// one of a loading (not visible) tile; when none of those is left either and the
-    /// insert is for the view, the least-recently-used (visible) one. Returns false when it may evict
-    /// nothing. See the type docs for why this does not rescan.
-    pub(super) fn evict_one(&mut self, priority: Priority) -> bool {
+    /// insert is for the view, the least-recently-used (visible) one. Returns the item evicted,
+    /// `None` when it may evict nothing. See the type docs for why this does not rescan.
+    pub(super) fn evict_one(&mut self, priority: Priority) -> Option<CacheItem<P>> {
         self.changed();
         let protected = self.protected.items + self.loading_protected.items;
         // The level evicted: items less protected than it are gone, more protected ones
@@ -669,24 +674,24 @@ impl<P> ItemCache<P> {
         } else if priority == Priority::Visible {
             Protection::Visible
         } else {
-            return false;
+            return None;
         };
         // At most as many promotions as items of the levels above happen before one of
         // `level` is at the tail; the bound only guards against a broken count.
         for _ in 0..=self.items.len() {
             let (key, passed) = match self.items.peek_lru() {
                 Some((k, item)) => (k.clone(), self.protection(item.tile) != level),
-                None => return false,
+                None => return None,
             };
             if passed {
                 self.items.promote(&*key);
             } else {
-                self.remove_item(&key);
+                let gone = self.remove_item(&key);
                 self.stats.evictions += 1;
-                return true;
+                return gone;
             }
         }
-        false
+        None
     }
 }
 

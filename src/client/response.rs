@@ -297,7 +297,8 @@ impl<P: Payload> Client<P> {
     /// leave their tiles unshowable and the loads fail in `back_off_unkept`); the rest (a
     /// `get`'s answer, a prefetch) as [`Priority::Prefetch`], so they never push out the
     /// items of the view or of the tiles a host loads. An item asked for directly (a
-    /// `get`) that the cache refuses is kept aside for the shell ([`Client::take_unkept`]).
+    /// `get`) that the cache refuses, or that a later item of the answer pushes out, is kept
+    /// aside for the shell ([`Client::take_unkept`]).
     fn ingest_items(&mut self, items: Vec<Item<P>>, finished: &Finished, now_ms: u64) -> bool {
         let tile_zoom = self.cache.config().tile_zoom;
         let (mut touched_visible, mut kept, mut kept_bytes) = (false, 0, 0);
@@ -306,6 +307,8 @@ impl<P: Payload> Client<P> {
             Kind::Foreground => TileSet::new(self.loading.iter().copied()),
             _ => TileSet::default(),
         };
+        // The ids asked for directly that this answer stored so far.
+        let mut asked_kept: Vec<String> = Vec::new();
         for item in items {
             if !self.access.can_see(item.access) {
                 continue; // a server that ignores tiers must not put them in our cache
@@ -330,15 +333,34 @@ impl<P: Payload> Client<P> {
                 size_bytes,
             };
             // Validated above; an item the cache still refuses is skipped, not fatal (but
-            // handed to a get that asked for it, when refused for want of room).
-            let refused =
-                match (self.cache).insert_or_return(&item.id, meta, item.data, now_ms, priority) {
-                    Ok((_, refused)) => refused,
-                    Err((CacheError::ItemTooLarge { .. }, data)) => Some(data),
-                    Err(_) => None,
-                };
-            if let Some(data) = refused.filter(|_| finished.loose_ids.contains(&item.id)) {
-                self.unkept.push((item.id, data));
+            // handed to a get that asked for it, when refused for want of room). One asked
+            // for and kept that a later item of this answer pushes out is handed out too.
+            let unkept = &mut self.unkept;
+            let mut evicted = |id: &str, data: P| {
+                if let Some(at) = asked_kept.iter().position(|k| k == id) {
+                    unkept.push((asked_kept.swap_remove(at), data));
+                }
+            };
+            let inserted = (self.cache).insert_or_return(
+                &item.id,
+                meta,
+                item.data,
+                now_ms,
+                priority,
+                &mut evicted,
+            );
+            let (refused, stored) = match inserted {
+                Ok((_, None)) => (None, true),
+                Ok((_, refused)) => (refused, false),
+                Err((CacheError::ItemTooLarge { .. }, data)) => (Some(data), false),
+                Err(_) => (None, false),
+            };
+            if finished.loose_ids.contains(&item.id) {
+                match refused {
+                    Some(data) => self.unkept.push((item.id, data)),
+                    None if stored => asked_kept.push(item.id),
+                    None => {}
+                }
             }
             (kept, kept_bytes) = (kept + 1, kept_bytes + size_bytes);
         }
@@ -349,7 +371,9 @@ impl<P: Payload> Client<P> {
     /// Items the last answer ([`on_response`](Self::on_response)) gave for ids asked for
     /// directly ([`Client::get`], [`Client::request_ids`]) that the cache could not keep:
     /// making room would have pushed out the items of the view or of the tiles a host loads
-    /// (which an answer for ids never does), or the item is larger than `max_bytes`. Each
+    /// (which an answer for ids never does), the item is larger than `max_bytes`, or a
+    /// later item of the same answer pushed it out again (ids asked for together, with room
+    /// for fewer of them beside the view's items). Each
     /// passed the same tier check as the cached ones (an item above the caller's tier, or
     /// above the tier the server reported for its credential, is never among them), so a
     /// shell hands it to the `get` that waits for it instead of answering "does not

@@ -2429,3 +2429,37 @@ fn an_unkept_item_above_the_verified_tier_is_never_handed_out() {
         assert!(c.cache().peek("i0", Access::Agent, 1_000).is_none());
     }
 }
+
+/// Several ids asked for together (a `getMany`) with room for fewer of them beside the view's
+/// items: each is either kept or handed out ([`Client::take_unkept`]), never neither. (Each
+/// was inserted as prefetch: the next one of the same answer pushed out the one kept just
+/// before it, which was then neither in the cache nor handed out, and its get ended with
+/// "does not exist".)
+#[test]
+fn each_id_of_a_gets_answer_is_kept_or_handed_out() {
+    let o = origin();
+    for max_items in [5, 6] {
+        let mut c = one_tile_per_request(max_items);
+        c.set_viewport(view_east(0.5, -2), 0, |_, _| {});
+        answer_all(&mut c, &o, 0);
+        assert!(c.is_complete());
+        let asked = ["i0", "i1", "i2"];
+        for id in asked {
+            assert!(c.get(id, 1_000).is_none());
+        }
+        let t = c.poll_request(1_000).expect("the ids are asked for");
+        assert_eq!(t.request.ids, asked);
+        let r = o.answer(&t.request, None);
+        assert_eq!(r.items.len(), 3);
+        assert_eq!(c.on_response(t.id, r, 1_000), Answered::Taken);
+        assert!(c.is_complete(), "the view keeps its items");
+        let unkept: Vec<String> = c.take_unkept().into_iter().map(|(id, _)| id).collect();
+        for id in asked {
+            let held = c.cache().peek(id, Access::Public, 1_000).is_some();
+            assert!(
+                held || unkept.iter().any(|u| u == id),
+                "max_items {max_items}: {id} neither kept nor handed out (unkept {unkept:?})"
+            );
+        }
+    }
+}
