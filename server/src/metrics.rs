@@ -526,6 +526,11 @@ fn read_app(app: &App, s: &mut Scrape) {
                 &c.bad_payloads,
             ),
             (
+                "tilewarm_changes_slow_checks",
+                "Checks of the LISTEN connection unanswered after 2 s (logged; the connection is kept until 15 s without an answer, then replaced).",
+                &c.slow_checks,
+            ),
+            (
                 "tilewarm_changes_queue_overflows",
                 "Times more changes waited than --change-queue-max and they were collapsed into one invalidate-all.",
                 &c.queue_overflows,

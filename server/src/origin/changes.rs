@@ -28,16 +28,30 @@
 //! new value from the origin; a fetch that was in flight across the change does not write
 //! its old answer back ([`crate::invalidate::WriteGuard`]).
 //!
-//! The connection is checked every [`PING_EVERY`] with a `SELECT 1` (failing after
-//! [`PING_TIMEOUT`]); a dropped or silent connection is replaced, with back-off from 100 ms
-//! to 2 s (starting over at 100 ms only after a connection that lasted [`STABLE_AFTER`]).
+//! The connection is checked every [`PING_EVERY`] with a `SELECT 1`, one check at a time,
+//! while notifications keep being applied (the check is an arm of the listener's loop, not a
+//! wait inside one). **A slow check is not a dead connection**: a database in a checkpoint's
+//! I/O stall, a loaded host or a network hiccup of a few seconds answers late, and replacing
+//! the connection then would invalidate the whole tier (below) and send the stampede of
+//! misses that follows onto that same struggling database. So a check unanswered after
+//! [`CHECK_SLOW`] is logged (once) and counted (`tilewarm_changes_slow_checks_total`), and
+//! the connection is kept; notifications that arrive meanwhile are applied as usual. The
+//! connection is replaced only when it fails (an error or a close from the driver, the OS's
+//! TCP keepalive or user timeout noticing a peer that is gone: [`tune_socket`]) or when a
+//! check has had no answer for [`CHECK_DEADLINE`] (a connection silently dead). It is
+//! replaced with back-off from 100 ms to 2 s (starting over at 100 ms only after a
+//! connection that lasted [`STABLE_AFTER`]).
 //! **Rule: on every (re)connect, after `LISTEN` is in place, the whole tier is
 //! invalidated** — notifications sent while nobody listened are lost, and a delete leaves no
 //! row whose update time could prove anything, so nothing cached before can be proven
 //! fresh. The first connect at startup does the same (a shared Redis tier may hold entries
 //! from before this instance). So with the database reachable, a change is served within
-//! the notification delay, or within the reconnect time (at most [`PING_EVERY`] +
-//! [`PING_TIMEOUT`] + 2 s) if the listening connection was lost. While the database is
+//! the notification delay once the database sends it (a slow database sends it late: a
+//! change committed during a stall is served when its notification arrives), or, if the
+//! listening connection was lost, within the reconnect time: the back-off (at most 2 s) after
+//! a connection that fails, and at most [`PING_EVERY`] + [`CHECK_DEADLINE`] + 2 s (19 s) for
+//! one that went silent without failing (the OS usually notices a peer that is gone
+//! sooner, about 11 s after its last answer, [`tune_socket`]). While the database is
 //! unreachable nothing is invalidated and cached entries are served until their TTL (the
 //! origin cannot answer either); they are dropped as soon as it is reachable again.
 //!
@@ -69,6 +83,8 @@
 //! counted in `tilewarm_changes_queue_overflows_total`. Memory is bounded by
 //! `--change-queue-max` times `NOTIFY`'s 8000-byte payload limit.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
@@ -87,8 +103,19 @@ use crate::App;
 
 /// How often the listening connection is checked.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
-/// How long a check may take before the connection is replaced.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a check may take before it is logged and counted as slow
+/// (`tilewarm_changes_slow_checks_total`). A slow check does not end the connection.
+pub const CHECK_SLOW: Duration = Duration::from_secs(2);
+/// How long a check may go unanswered, on a connection that has not failed, before the
+/// connection is taken for silently dead and replaced (module docs).
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(15);
+/// TCP keepalive of the listening connection ([`tune_socket`]): the first probe after this
+/// much silence, ...
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// ... then one every this often, ...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// ... and the connection fails after this many unanswered.
+pub const KEEPALIVE_RETRIES: u32 = 3;
 /// How long a listening connection must have lasted for the back-off to start over at
 /// 100 ms when it drops. One dropped sooner (a pooler or proxy cutting it, a kill loop) keeps
 /// backing off to 2 s: each reconnect invalidates the whole tier and publishes that to every
@@ -111,6 +138,9 @@ pub struct ChangeStats {
     pub connects: AtomicU64,
     pub notifications: AtomicU64,
     pub bad_payloads: AtomicU64,
+    /// Checks of the connection that took longer than [`CHECK_SLOW`] (the connection is
+    /// kept until [`CHECK_DEADLINE`]).
+    pub slow_checks: AtomicU64,
     /// Times the queue of waiting changes overflowed and was collapsed into one
     /// invalidate-all ([`ChangeQueue`]).
     pub queue_overflows: AtomicU64,
@@ -364,9 +394,12 @@ async fn listen_once(
     if !feed.stats.connected.swap(true, Relaxed) {
         info!(channel = %feed.channel, "change feed: listening; cache tier invalidated");
     }
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+    // One check at a time, started PING_EVERY after the last one was answered. It runs as
+    // an arm of the loop, so notifications keep being applied while it is outstanding.
+    let mut next_check = tokio::time::Instant::now() + PING_EVERY;
+    let mut check: Option<Check<'_>> = None;
     loop {
+        let pending = check.as_ref().map(|c| (c.started, c.warned));
         tokio::select! {
             taken = queue.take() => {
                 if let Taken::Closed(why) = taken {
@@ -383,18 +416,80 @@ async fn listen_once(
                 };
                 outbox.pay(&a).await;
             }
-            _ = ping.tick() => {
+            _ = tokio::time::sleep_until(next_check), if pending.is_none() => {
                 if app.upgrade().is_none() {
                     return Ok(());
                 }
-                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err(format!("no answer to a check within {} ms", PING_TIMEOUT.as_millis())),
+                check = Some(Check {
+                    answer: Box::pin(client.simple_query("SELECT 1")),
+                    started: tokio::time::Instant::now(),
+                    warned: false,
+                });
+            }
+            answer = async {
+                match check.as_mut() {
+                    Some(c) => c.answer.as_mut().await,
+                    None => std::future::pending().await,
                 }
+            }, if pending.is_some() => {
+                check = None;
+                if let Err(e) = answer {
+                    return Err(e.to_string());
+                }
+                if let Some((started, true)) = pending {
+                    info!(after_ms = started.elapsed().as_millis() as u64, "change feed: the slow check was answered; connection kept");
+                }
+                next_check = tokio::time::Instant::now() + PING_EVERY;
+            }
+            _ = tokio::time::sleep_until(pending.map_or(next_check, |(t, _)| t + CHECK_SLOW)), if matches!(pending, Some((_, false))) => {
+                if let Some(c) = check.as_mut() {
+                    c.warned = true;
+                }
+                feed.stats.slow_checks.fetch_add(1, Relaxed);
+                warn!(
+                    slow_ms = CHECK_SLOW.as_millis() as u64,
+                    deadline_ms = CHECK_DEADLINE.as_millis() as u64,
+                    "change feed: a check of the LISTEN connection is slow (database busy or network stalled); keeping the connection until the deadline"
+                );
+            }
+            _ = tokio::time::sleep_until(pending.map_or(next_check, |(t, _)| t + CHECK_DEADLINE)), if pending.is_some() => {
+                return Err(format!(
+                    "no answer to a check within {} s",
+                    CHECK_DEADLINE.as_secs()
+                ));
             }
         }
     }
+}
+
+/// The check outstanding on the listening connection.
+struct Check<'a> {
+    answer: Pin<
+        Box<
+            dyn Future<
+                    Output = Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+                > + Send
+                + 'a,
+        >,
+    >,
+    started: tokio::time::Instant,
+    /// Counted and logged as slow.
+    warned: bool,
+}
+
+/// Sets the listening connection's TCP keepalive ([`KEEPALIVE_IDLE`],
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`]) and user timeout ([`CHECK_DEADLINE`]), so
+/// the OS notices a peer that is gone (host down, network cut) without waiting for a check's
+/// deadline: keepalive while nothing is in flight, the user timeout while something sent is
+/// not acknowledged. A database that is slow but up acknowledges both, so neither ends the
+/// connection then.
+pub fn tune_socket(config: &mut tokio_postgres::Config) {
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(CHECK_DEADLINE);
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -512,6 +607,20 @@ mod tests {
         );
         assert!(inv.all);
         assert_eq!(stats.bad_payloads.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn the_listeners_socket_notices_a_peer_that_is_gone() {
+        let mut c: tokio_postgres::Config = "postgres://u@127.0.0.1:5432/db".parse().unwrap();
+        tune_socket(&mut c);
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&CHECK_DEADLINE));
+        // The OS gives up on a gone peer before the check's deadline would.
+        assert!(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES < CHECK_DEADLINE);
+        assert!(CHECK_SLOW < CHECK_DEADLINE);
     }
 
     #[test]

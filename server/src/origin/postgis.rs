@@ -632,6 +632,7 @@ impl OriginBackend for PostgisOrigin {
         let mut config = self.pg_config.clone();
         // The listener's own checks are short; no statement timeout needed beyond them.
         config.options("");
+        super::changes::tune_socket(&mut config);
         Some(ChangeFeed {
             config,
             channel: self.layout.channel.clone(),
