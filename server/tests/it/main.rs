@@ -12,6 +12,7 @@ mod invalidate;
 mod logs;
 mod openapi;
 mod overload;
+mod pause_relay;
 mod postgis;
 mod redis;
 mod tiers;

@@ -25,6 +25,7 @@ use tilewarm_server::origin::{
 };
 
 use crate::common::{config, eventually, server, Config, Http};
+use crate::pause_relay::{Pause, PauseRelay};
 use crate::request;
 
 /// A check of an answer.
@@ -1427,5 +1428,208 @@ async fn a_database_change_the_stream_refused_reaches_followers_as_an_invalidate
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(matches!(&events[..], [inv] if inv.all), "{events:?}");
+    s.shutdown().await;
+}
+
+/// `pg`'s URL with its port replaced by the relay's, and the relay.
+async fn through_a_relay(pg: &Pg) -> (String, PauseRelay) {
+    let (head, tail) = pg.url.rsplit_once(':').unwrap();
+    let (port, path) = tail.split_once('/').unwrap();
+    let relay = PauseRelay::start(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    (format!("{head}:{}/{path}", relay.addr.port()), relay)
+}
+
+/// Whether `body`'s answer gives `home` the price `want` within 2 s (the bound of
+/// `updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_ttl`).
+async fn serves_price(
+    http: &Http,
+    s: &tilewarm_server::Server,
+    body: &str,
+    home: &str,
+    want: i64,
+) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        if price_of(&http.ok(s, body).await, home) == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// A database that is slow but connected (a checkpoint's I/O stall, a loaded host, a
+/// network hiccup of a few seconds; here a relay that stops forwarding) keeps its listening
+/// connection: a check outstanding for 5 s (longer than the 2 s after which the connection
+/// used to be replaced, shorter than `CHECK_DEADLINE`) is counted as slow, and nothing
+/// reconnects, so the tier is not invalidated as a whole (the stampede of misses that
+/// follows would land on that same database). A change committed while nothing gets
+/// through is served once its notification arrives; one whose notification arrives while a
+/// check is outstanding is applied at once, not after the check. Fails with the old check
+/// (replaced after 2 s: a reconnect and an invalidate-all, and the change arriving while a
+/// check was outstanding is not applied until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_keeps_its_listener_and_the_tier() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let (t, home) = densest_loaded(&pg).await;
+    let (url, relay) = through_a_relay(&pg).await;
+    let http = Http::new();
+    let s = server(Config {
+        origin: Some(url),
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let body = request(&[t], &[], Access::Agent);
+    let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
+    let calls = s.app.metrics.origin_calls_request.load(Relaxed);
+    http.ok(&s, &body).await;
+    assert_eq!(
+        s.app.metrics.origin_calls_request.load(Relaxed),
+        calls,
+        "cached"
+    );
+    let inv = &s.app.invalidation.stats;
+    let (connects, all, slow) = (
+        feed.connects.load(Relaxed),
+        inv.all.load(Relaxed),
+        feed.slow_checks.load(Relaxed),
+    );
+    let admin = pg.client().await;
+
+    // Nothing gets through for 5 s (the listener's check is held too); a change is committed
+    // meanwhile, its notification held in the relay.
+    relay.set(Pause::Both);
+    let paused = Instant::now();
+    set_estimate(&admin, &home, old + 1).await;
+    while paused.elapsed() < Duration::from_secs(5) {
+        assert!(
+            feed.connected.load(Relaxed),
+            "dropped after {:?}",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.set(Pause::No);
+    assert!(
+        serves_price(&http, &s, &body, &home, old + 1).await,
+        "the change made during the stall was not served"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || feed.slow_checks.load(Relaxed)
+            > slow)
+        .await,
+        "the slow check was not counted"
+    );
+
+    // Only the checks are held (what the database sends still arrives): once a check is
+    // outstanding, a change's notification is applied at once, the check still unanswered.
+    http.ok(&s, &body).await; // cached again
+    relay.set(Pause::ToServer);
+    let paused = Instant::now();
+    let slow = feed.slow_checks.load(Relaxed);
+    // A check starts at most 2 s after the last answer and is slow 2 s later.
+    assert!(
+        eventually(Duration::from_secs(5), || feed.slow_checks.load(Relaxed)
+            > slow)
+        .await,
+        "no check was held"
+    );
+    let applied = inv.applied.load(Relaxed);
+    set_estimate(&admin, &home, old + 2).await;
+    assert!(
+        eventually(Duration::from_secs(1), || inv.applied.load(Relaxed)
+            > applied)
+        .await,
+        "the change was not applied while a check was outstanding"
+    );
+    assert!(paused.elapsed() < Duration::from_secs(6));
+    relay.set(Pause::No);
+    assert!(
+        serves_price(&http, &s, &body, &home, old + 2).await,
+        "the change made while a check was outstanding was not served"
+    );
+
+    assert!(feed.connected.load(Relaxed));
+    assert_eq!(feed.connects.load(Relaxed), connects, "reconnected");
+    assert_eq!(
+        inv.all.load(Relaxed),
+        all,
+        "the tier was invalidated as a whole"
+    );
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(
+        m.contains(&format!(
+            "tilewarm_changes_slow_checks_total {}",
+            feed.slow_checks.load(Relaxed)
+        )),
+        "{m}"
+    );
+    s.shutdown().await;
+}
+
+/// A listening connection that stays open but answers nothing (a peer gone silently, here a
+/// relay that forwards nothing) is replaced once a check has gone unanswered for
+/// `CHECK_DEADLINE`, and the reconnect invalidates the whole tier: a change committed while
+/// it was silent is served after it (the freshness bound of docs/postgis.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_silent_past_the_deadline_is_replaced_and_the_tier_invalidated() {
+    use tilewarm_server::origin::changes::{CHECK_DEADLINE, CHECK_SLOW, PING_EVERY};
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let (t, home) = densest_loaded(&pg).await;
+    let (url, relay) = through_a_relay(&pg).await;
+    let http = Http::new();
+    let s = server(Config {
+        origin: Some(url),
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let body = request(&[t], &[], Access::Agent);
+    let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
+    let inv = &s.app.invalidation.stats;
+    let (connects, all, slow) = (
+        feed.connects.load(Relaxed),
+        inv.all.load(Relaxed),
+        feed.slow_checks.load(Relaxed),
+    );
+    let admin = pg.client().await;
+    relay.set(Pause::Both);
+    let paused = Instant::now();
+    set_estimate(&admin, &home, old + 1).await;
+    let bound = PING_EVERY + CHECK_DEADLINE + Duration::from_secs(2);
+    assert!(
+        eventually(bound, || !feed.connected.load(Relaxed)).await,
+        "still connected after {bound:?} of silence"
+    );
+    let kept = paused.elapsed();
+    assert!(kept >= CHECK_DEADLINE, "replaced after {kept:?}");
+    assert_eq!(
+        feed.slow_checks.load(Relaxed),
+        slow + 1,
+        "one slow check, after {CHECK_SLOW:?}"
+    );
+    relay.set(Pause::No);
+    assert!(
+        eventually(Duration::from_secs(10), || feed.connected.load(Relaxed)).await,
+        "the change feed did not come back"
+    );
+    assert_eq!(feed.connects.load(Relaxed), connects + 1);
+    assert!(
+        inv.all.load(Relaxed) > all,
+        "the reconnect invalidated the tier"
+    );
+    assert!(
+        serves_price(&http, &s, &body, &home, old + 1).await,
+        "the change made while the listener was silent was not served"
+    );
     s.shutdown().await;
 }
