@@ -300,7 +300,8 @@ async fn build_app(
         config,
     });
     if app.changes.is_redis() {
-        stream::spawn_reader(Arc::downgrade(&app));
+        let from = app.changes.reader_start().await;
+        stream::spawn_reader(Arc::downgrade(&app), from);
     }
     if let Some(feed) = app.origin.change_feed() {
         origin::changes::spawn(Arc::downgrade(&app), feed);

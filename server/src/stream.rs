@@ -81,6 +81,9 @@ pub const FIELD: &str = "inv";
 /// How long one `XREAD` blocks.
 pub const READ_BLOCK: Duration = Duration::from_secs(2);
 
+/// How long the server's start waits for the stream's end ([`ChangeStream::reader_start`]).
+pub const START_WITHIN: Duration = Duration::from_secs(3);
+
 /// How long the reader's `XREAD` blocks while failed invalidations wait to be applied
 /// again.
 const RETRY_BLOCK: Duration = Duration::from_millis(100);
@@ -339,6 +342,44 @@ impl ChangeStream {
     /// Whether it is shared through Redis.
     pub fn is_redis(&self) -> bool {
         matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Where this instance's reader starts ([`spawn_reader`]): the stream's end, read
+    /// before the server answers its first request. Every entry made after it is applied
+    /// here, however late the reader's task first runs: taken by the reader itself (as
+    /// before), the start was wherever the stream was when that task got to it, and an
+    /// entry another instance made in between (after this one had served, and cached, what
+    /// it invalidates) was skipped. `None` (logged) when Redis does not answer within
+    /// [`START_WITHIN`] (the reader then starts where the stream is when it first reads
+    /// it, and the server starts anyway, its tier degraded until Redis answers).
+    pub async fn reader_start(&self) -> Option<StreamId> {
+        let Backend::Redis(s) = &self.backend else {
+            return None;
+        };
+        let mut conn = s.conn.clone();
+        let read = async {
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+            loop {
+                match stream_info(&mut conn, &s.key).await {
+                    Ok(h) => return h.last,
+                    Err(e) => {
+                        debug!(error = %e, "change stream: reading where to start");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(START_WITHIN, read).await {
+            Ok(last) => Some(last),
+            Err(_) => {
+                warn!(
+                    key = %s.key,
+                    "change stream: Redis did not answer within {START_WITHIN:?} at start; \
+                     the reader starts where the stream is when it first reads it"
+                );
+                None
+            }
+        }
     }
 
     /// Ends every open feed stream (server shutdown).
@@ -876,13 +917,17 @@ async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<Horizon, StreamE
     ))
 }
 
-/// Runs this instance's reader until the app is dropped (module docs). Starts at the
-/// stream's end; after a lost connection it resumes from the last entry read, and if
-/// entries it had not read were trimmed meanwhile, it invalidates everything here and
-/// sends `reset` to its subscribers.
-pub fn spawn_reader(app: Weak<App>) {
+/// Runs this instance's reader until the app is dropped (module docs). Starts after
+/// `from` ([`ChangeStream::reader_start`], read before the server answered anything), or
+/// without one at the stream's end when it first connects; after a lost connection it
+/// resumes from the last entry read, and if entries it had not read were trimmed
+/// meanwhile, it invalidates everything here and sends `reset` to its subscribers.
+pub fn spawn_reader(app: Weak<App>, from: Option<StreamId>) {
     tokio::spawn(async move {
-        let mut last: Option<StreamId> = None;
+        let mut last: Option<StreamId> = from;
+        if let Some(from) = from {
+            info!(from = %from, "change stream reader started");
+        }
         let mut failed = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {

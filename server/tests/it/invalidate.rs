@@ -964,8 +964,7 @@ async fn events_until(
     }
 }
 
-/// Publishes `inv` from `a` until `b`'s reader hands one out (it starts at the stream's end,
-/// a moment after the server does); the id it handed out.
+/// Publishes `inv` from `a` until `b`'s reader hands one out; the id it handed out.
 async fn until_read(
     a: &Server,
     rx: &mut tokio::sync::broadcast::Receiver<Event>,
@@ -1192,6 +1191,67 @@ async fn a_connected_reader_that_falls_behind_the_retention_resets_its_instance(
         "B never fell behind: the test did not test"
     );
     assert!(b.app.invalidation.stats.all.load(Relaxed) > all_before);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A change another instance makes just after this one started is applied here, however
+/// late this instance's reader task first runs: where the reader starts (the stream's end)
+/// is read while the server starts, before it answers anything
+/// (`ChangeStream::reader_start`). The reader task used to read it itself, so on a loaded
+/// machine an entry made before that task ran was skipped, and what the instance had
+/// cached meanwhile outlived the change (`invalidation_reaches_both_instances_on_a_cluster`
+/// failed so in a CI run on 2 busy cores). Here a current-thread runtime and a blocking
+/// `redis-cli XADD` right after `start` returns keep B's reader from running until the
+/// entry is there. Fails when the reader takes its start itself (B never applies it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_change_made_just_after_an_instance_started_is_applied_there() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = server(redis_config(&redis)).await;
+    let before = a.app.changes.publish(&ids_inv("before")).await.unwrap();
+    let b = server(redis_config(&redis)).await;
+    let mut events = b.app.changes.events();
+    let key = tilewarm_server::stream::changes_key(&b.app.config.redis_prefix);
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &redis.port.to_string(),
+            "XADD",
+            &key,
+            "*",
+        ])
+        .args([tilewarm_server::stream::FIELD, &ids_inv("after").to_json()])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "XADD: {out:?}");
+    let after: StreamId = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("XADD answered {out:?}: {e}"));
+    assert!(after > before);
+    // B hands out that entry, and only it (its start is after the one made before it).
+    let got = events_until(&mut events, after, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter().map(Event::id).collect::<Vec<_>>(),
+        [after],
+        "B's reader skipped the entry made just after B started (or read one from before)"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .app
+            .changes
+            .stats
+            .applied_remote
+            .load(Relaxed)
+            == 1)
+        .await,
+        "B did not apply the entry"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
