@@ -4,8 +4,9 @@
 # of the server benchmark. Nothing outside DIR is touched; no system service is used.
 #
 #   scripts/redis-cluster.sh start DIR     start 6 nodes, create the cluster, wait until
-#                                          every slot is served and every replica is in
-#                                          sync; print the URL
+#                                          every slot is served, every replica is in sync
+#                                          and every node's CLUSTER SLOTS lists a replica
+#                                          for every slot range; print the URL
 #                                          (redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...)
 #   scripts/redis-cluster.sh masters DIR   the master nodes now, one `PORT PID` a line
 #   scripts/redis-cluster.sh healthy DIR   exit 0 when 3 masters answer and every node that
@@ -22,7 +23,15 @@
 # (one line) and the retries are what covers a port taken meanwhile. Client ports are kept
 # in DIR/ports.
 # No persistence (--save '' --appendonly no); --cluster-node-timeout 1000 ms so a killed
-# master is replaced by its replica within a few seconds. Debian's redis-server and
+# master is replaced by its replica within a few seconds.
+#
+# Ready means more than cluster_state:ok and master_link_status:up. Redis 7 leaves a replica
+# out of CLUSTER SLOTS while its replication offset, as the other nodes last heard it by
+# gossip, is 0, and a fresh master's offset stays 0 until it replicates something: its
+# first write, or its ping to the replicas every --repl-ping-replica-period (10 s by
+# default, 1 s here). A client that read the topology in that window (up to ~10 s after
+# `create`, longer on a loaded machine) saw no replica at all; `start` waits until every
+# node lists one for every range. Debian's redis-server and
 # redis-cli (scripts/setup.sh redis, or server/tests/setup.sh) are needed.
 set -euo pipefail
 
@@ -99,10 +108,31 @@ replicas_in_sync() {
     role=$(cli "$p" info replication 2>/dev/null) || return 1
     if grep -q '^role:slave' <<<"$role"; then
       grep -q '^master_link_status:up' <<<"$role" || return 1
+      grep -q '^master_sync_in_progress:0' <<<"$role" || return 1
       n=$((n + 1))
     fi
   done
   [ "$n" -eq 3 ]
+}
+
+# The ports CLUSTER SLOTS on the node on port $1 lists, one slot range a line: the master's
+# port first, then its replicas'.
+slot_ports() {
+  redis-cli -h 127.0.0.1 -p "$1" --json cluster slots 2>/dev/null | python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    print(" ".join(str(n[1]) for n in r[2:]))
+'
+}
+
+# Every node lists 3 slot ranges, each with a master and a replica.
+replicas_listed() {
+  local p ranges
+  for p in $(cat "$dir/ports"); do
+    ranges=$(slot_ports "$p") || return 1
+    [ "$(wc -l <<<"$ranges")" -eq 3 ] || return 1
+    ! grep -qvE '^[0-9]+ [0-9]+' <<<"$ranges" || return 1
+  done
 }
 
 case $cmd in
@@ -119,7 +149,8 @@ case $cmd in
         redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" \
           --cluster-enabled yes --cluster-port "$bus" \
           --cluster-config-file "$dir/$p/nodes.conf" \
-          --cluster-node-timeout 1000 --save '' --appendonly no \
+          --cluster-node-timeout 1000 --repl-ping-replica-period 1 \
+          --save '' --appendonly no \
           --daemonize yes --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" ||
           die "redis-server on port $p did not start"
         wait_for 10 node_settled "$p" || true
@@ -141,8 +172,10 @@ case $cmd in
     redis-cli --cluster create $(sed 's/[0-9]\+/127.0.0.1:&/g' "$dir/ports") \
       --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
       { cat "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
-    wait_for 30 cluster_ok || die "cluster_state did not become ok within 30 s"
-    wait_for 30 replicas_in_sync || die "the replicas did not sync within 30 s"
+    wait_for 60 cluster_ok || die "cluster_state did not become ok on every node within 60 s"
+    wait_for 60 replicas_in_sync || die "the replicas did not sync within 60 s"
+    wait_for 60 replicas_listed ||
+      die "not every node's CLUSTER SLOTS listed a replica for every slot range within 60 s"
     echo "redis+cluster://$(sed 's/[0-9]\+/127.0.0.1:&/g; s/ /,/g' "$dir/ports")"
     ;;
   masters)

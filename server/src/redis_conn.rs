@@ -24,6 +24,15 @@
 //! items, the values a class is matched in) is read from the masters ([`ReadFrom::Master`],
 //! [`RedisConn::mget_from`]), or a key written just before, not yet on the replica, would
 //! be missed and outlive the invalidation.
+//!
+//! Which node a grouped read goes to comes from `CLUSTER SLOTS`, kept between reads. Redis
+//! lists a replica there only once it is up and its replication offset (as gossiped) is
+//! not 0, so a table read just after the cluster was made, while a replica was down or
+//! restarting, or after a failover (the old master not back yet) names no replica for some
+//! slots. With replica reads on, such a table is read again every
+//! [`REPLICA_RECHECK`] until it lists a replica for every slot: otherwise the reads of
+//! those slots would go to their master for as long as no read fails, and the setting would
+//! be silently ignored there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +44,11 @@ use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
+
+/// With replica reads on, how old a kept `CLUSTER SLOTS` table that lists no replica for
+/// some slot range may be before it is read again (see the module doc). A cluster whose
+/// ranges have no replica at all costs one `CLUSTER SLOTS` per interval.
+pub const REPLICA_RECHECK: Duration = Duration::from_secs(2);
 
 /// Where the Redis tier is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +198,13 @@ impl LazyCluster {
         Ok(conn.clone())
     }
 
-    async fn slot_table(&self, conn: &mut ClusterConnection) -> RedisResult<Arc<SlotTable>> {
+    /// The kept table, read when there is none, or (for `replica` reads) when it lacks a
+    /// replica for some range and is [`REPLICA_RECHECK`] old.
+    async fn slot_table(
+        &self,
+        conn: &mut ClusterConnection,
+        replica: bool,
+    ) -> RedisResult<Arc<SlotTable>> {
         if let Some(t) = self
             .0
             .slots
@@ -192,10 +212,12 @@ impl LazyCluster {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            return Ok(t);
+            if !(replica && t.recheck_for_replicas(std::time::Instant::now())) {
+                return Ok(t);
+            }
         }
         let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
-        let t = Arc::new(SlotTable::parse(&v));
+        let t = Arc::new(SlotTable::parse(&v, std::time::Instant::now()));
         *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
         Ok(t)
     }
@@ -213,7 +235,7 @@ impl LazyCluster {
     /// slot the table lacks go that way too.
     async fn on_nodes(&self, cmds: Vec<(u16, Cmd)>, replica: bool) -> RedisResult<Vec<Value>> {
         let mut conn = self.get().await?;
-        let table = self.slot_table(&mut conn).await?;
+        let table = self.slot_table(&mut conn, replica).await?;
         {
             let mut per_node: Vec<((String, u16), Vec<usize>)> = Vec::new();
             let mut unmapped: Vec<usize> = Vec::new();
@@ -287,16 +309,19 @@ impl LazyCluster {
 type NodeAddr = (String, u16);
 
 /// `CLUSTER SLOTS`: per slot range (first, last), the master's address then its replicas'.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SlotTable {
     ranges: Vec<(u16, u16, Vec<NodeAddr>)>,
+    /// When it was read.
+    read_at: std::time::Instant,
 }
 
 impl SlotTable {
-    fn parse(v: &Value) -> SlotTable {
+    /// The answer to `CLUSTER SLOTS`, read at `read_at`.
+    fn parse(v: &Value, read_at: std::time::Instant) -> SlotTable {
         let mut ranges = Vec::new();
         let Value::Array(rows) = v else {
-            return SlotTable::default();
+            return SlotTable { ranges, read_at };
         };
         for row in rows {
             let Value::Array(f) = row else { continue };
@@ -324,7 +349,15 @@ impl SlotTable {
                 ranges.push((s, e, nodes));
             }
         }
-        SlotTable { ranges }
+        SlotTable { ranges, read_at }
+    }
+
+    /// Whether a reader of replicas should read `CLUSTER SLOTS` again at `now`: some range
+    /// (or every slot: an empty table) has no replica listed, and the table is
+    /// [`REPLICA_RECHECK`] old.
+    fn recheck_for_replicas(&self, now: std::time::Instant) -> bool {
+        let lacks = self.ranges.is_empty() || self.ranges.iter().any(|(_, _, n)| n.len() < 2);
+        lacks && now.saturating_duration_since(self.read_at) >= REPLICA_RECHECK
     }
 
     /// The node that serves `slot`: its master, or with `replica` one of its replicas
@@ -850,11 +883,27 @@ mod tests {
             ]),
             Value::Array(vec![Value::Int(5461), Value::Int(16383), node("b", 2)]),
         ]);
-        let t = SlotTable::parse(&v);
+        let at = std::time::Instant::now();
+        let t = SlotTable::parse(&v, at);
         assert_eq!(t.node(0, false, 0), Some(&("a".to_owned(), 1)));
         assert_eq!(t.node(5460, true, 7), Some(&("a2".to_owned(), 11)));
         assert_eq!(t.node(5461, true, 0), Some(&("b".to_owned(), 2)));
-        assert_eq!(SlotTable::default().node(3, false, 0), None);
+        let empty = SlotTable::parse(&Value::Nil, at);
+        assert_eq!(empty.node(3, false, 0), None);
+        // A range without a replica: read again once REPLICA_RECHECK old, not before.
+        assert!(!t.recheck_for_replicas(at));
+        assert!(!t.recheck_for_replicas(at + REPLICA_RECHECK / 2));
+        assert!(t.recheck_for_replicas(at + REPLICA_RECHECK));
+        assert!(empty.recheck_for_replicas(at + REPLICA_RECHECK));
+        // Every range with a replica: kept.
+        let full = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node("a", 1),
+            node("a2", 11),
+        ])]);
+        let full = SlotTable::parse(&full, at);
+        assert!(!full.recheck_for_replicas(at + REPLICA_RECHECK * 100));
     }
 
     #[test]

@@ -518,6 +518,51 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The pid of the node on `port` (its pid file).
+    pub fn pid(&self, port: u16) -> u32 {
+        let f = self.dir.join(port.to_string()).join("pid");
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{f:?} holds {text:?}: {e}"))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let pid = self.pid(port).to_string();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// How many of the other nodes that answer list the node on `port` in their `CLUSTER
+    /// SLOTS` (as a master or a replica of a slot range), and how many answered.
+    pub fn listing(&self, port: u16) -> (usize, usize) {
+        let (mut listing, mut answered) = (0, 0);
+        for p in self.ports().into_iter().filter(|&p| p != port) {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &p.to_string(), "--json"])
+                .args(["cluster", "slots"])
+                .output()
+                .expect("redis-cli runs");
+            let Ok(serde_json::Value::Array(ranges)) = serde_json::from_slice(&out.stdout) else {
+                continue;
+            };
+            answered += 1;
+            let lists = ranges.iter().any(|r| {
+                r.as_array().is_some_and(|r| {
+                    r.iter()
+                        .skip(2)
+                        .any(|n| n.get(1).and_then(|v| v.as_u64()) == Some(u64::from(port)))
+                })
+            });
+            listing += usize::from(lists);
+        }
+        (listing, answered)
+    }
+
     /// `MGET` calls the node on `port` has answered (`INFO commandstats`).
     pub fn mget_calls(&self, port: u16) -> u64 {
         let out = Command::new("redis-cli")
