@@ -197,7 +197,7 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         priority: Priority,
     ) -> Result<InsertOutcome, CacheError> {
-        self.insert_or_return(id, meta, payload, now_ms, priority, &mut |_, _| {})
+        self.insert_or_return(id, meta, payload, now_ms, priority, &mut Vec::new())
             .map_err(|(e, _)| e)
             .map(|(outcome, _)| outcome)
     }
@@ -212,7 +212,7 @@ impl<P> ItemCache<P> {
         payload: P,
         now_ms: u64,
         priority: Priority,
-        evicted: &mut dyn FnMut(&str, P),
+        evicted: &mut Vec<(ItemKey, P)>,
     ) -> Result<(InsertOutcome, Option<P>), (CacheError, P)> {
         match self.check_item(id, &meta) {
             Ok(tile) => Ok(self.insert_checked(id, tile, meta, payload, now_ms, priority, evicted)),
@@ -267,7 +267,7 @@ impl<P> ItemCache<P> {
         payload: P,
         now_ms: u64,
         priority: Priority,
-        evicted_to: &mut dyn FnMut(&str, P),
+        evicted_to: &mut Vec<(ItemKey, P)>,
     ) -> (InsertOutcome, Option<P>) {
         let ItemMeta {
             lon,
@@ -318,7 +318,7 @@ impl<P> ItemCache<P> {
             let Some(gone) = self.evict_one(priority) else {
                 break;
             };
-            evicted_to(&gone.id, gone.payload);
+            evicted_to.push((gone.id, gone.payload));
             evicted += 1;
         }
         if !self.fits(self.held(), size_bytes) {

@@ -335,12 +335,7 @@ impl<P: Payload> Client<P> {
             // Validated above; an item the cache still refuses is skipped, not fatal (but
             // handed to a get that asked for it, when refused for want of room). One asked
             // for and kept that a later item of this answer pushes out is handed out too.
-            let unkept = &mut self.unkept;
-            let mut evicted = |id: &str, data: P| {
-                if let Some(at) = asked_kept.iter().position(|k| k == id) {
-                    unkept.push((asked_kept.swap_remove(at), data));
-                }
-            };
+            let mut evicted = Vec::new();
             let inserted = (self.cache).insert_or_return(
                 &item.id,
                 meta,
@@ -349,6 +344,11 @@ impl<P: Payload> Client<P> {
                 priority,
                 &mut evicted,
             );
+            for (id, data) in evicted {
+                if let Some(at) = asked_kept.iter().position(|k| **k == *id) {
+                    self.unkept.push((asked_kept.swap_remove(at), data));
+                }
+            }
             let (refused, stored) = match inserted {
                 Ok((_, None)) => (None, true),
                 Ok((_, refused)) => (refused, false),
