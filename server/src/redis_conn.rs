@@ -199,24 +199,53 @@ impl LazyCluster {
     }
 
     /// The kept table, read when there is none, or (for `replica` reads) when it lacks a
-    /// replica for some range and is [`REPLICA_RECHECK`] old.
+    /// replica for some range and is [`REPLICA_RECHECK`] old. A recheck is one read's
+    /// extra: the reads meanwhile keep using the kept table (the first to see it due
+    /// restamps it, so one `CLUSTER SLOTS` goes out per interval, not one per concurrent
+    /// read), and one that fails is logged and the kept table used, not the read failed.
     async fn slot_table(
         &self,
         conn: &mut ClusterConnection,
         replica: bool,
     ) -> RedisResult<Arc<SlotTable>> {
-        if let Some(t) = self
+        let kept = self
             .0
             .slots
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            if !(replica && t.recheck_for_replicas(std::time::Instant::now())) {
-                return Ok(t);
+            .clone();
+        let kept = match kept {
+            None => None,
+            Some(t) if !(replica && t.recheck_for_replicas(std::time::Instant::now())) => {
+                return Ok(t)
             }
-        }
-        let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+            Some(_) => {
+                // Claim the recheck: another read may have claimed it (or dropped the table)
+                // since the read lock.
+                let mut slots = self.0.slots.write().unwrap_or_else(|p| p.into_inner());
+                match slots.clone() {
+                    Some(t) if t.recheck_for_replicas(std::time::Instant::now()) => {
+                        *slots = Some(Arc::new(SlotTable {
+                            ranges: t.ranges.clone(),
+                            read_at: std::time::Instant::now(),
+                        }));
+                        Some(t)
+                    }
+                    Some(t) => return Ok(t),
+                    None => None,
+                }
+            }
+        };
+        let v: Value = match redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await {
+            Ok(v) => v,
+            Err(e) => match kept {
+                Some(t) => {
+                    tracing::warn!(error = %e, "reading CLUSTER SLOTS again for replicas failed; the kept table is used");
+                    return Ok(t);
+                }
+                None => return Err(e),
+            },
+        };
         let t = Arc::new(SlotTable::parse(&v, std::time::Instant::now()));
         *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
         Ok(t)

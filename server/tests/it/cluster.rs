@@ -246,6 +246,83 @@ async fn replica_reads_resume_on_a_replica_that_comes_back() {
     d.shutdown().await;
 }
 
+/// With `--redis-read-from-replicas` and a kept slot map that lacks a replica (here one is
+/// SIGSTOPped until no node lists it), the map is read again every
+/// `redis_conn::REPLICA_RECHECK`. That re-read is an extra: when it fails (here `CLUSTER
+/// SLOTS` is denied by an ACL once the map was read; in production a node timing out, or
+/// the command routed to a node that is down) the read goes on with the map kept, without
+/// a Redis error. Failed with the recheck's error returned as the read's: every 2 s a read
+/// failed, counted as a Redis error, though the kept map served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_recheck_of_the_slot_map_does_not_fail_the_read() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let masters = cluster.masters();
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|p| masters.iter().all(|(m, _)| m != p))
+        .expect("a replica");
+    let within = Duration::from_secs(60);
+    cluster.signal(replica, "STOP");
+    let unlisted = crate::common::eventually(within, || cluster.listing(replica).0 == 0).await;
+    if !unlisted {
+        cluster.signal(replica, "CONT");
+    }
+    assert!(unlisted, "replica {replica}, stopped, still listed");
+    let http = clients();
+    let traffic = mixed_requests(8);
+    let seeds: Vec<String> = masters
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    let d = server(Config {
+        warmup_ring: 0,
+        redis_read_from_replicas: true,
+        caller_rate: 0,
+        ..on(format!("redis+cluster://{}", seeds.join(",")))
+    })
+    .await;
+    for (tier, body) in &traffic {
+        client(&http, *tier).ok(&d, body).await;
+    }
+    assert_eq!(d.app.metrics.redis_errors.load(Relaxed), 0);
+    // The map d keeps lacks the stopped replica; reading it again now fails.
+    for p in cluster.ports().into_iter().filter(|p| *p != replica) {
+        let ok = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &p.to_string(),
+                "ACL",
+                "SETUSER",
+                "default",
+                "-cluster|slots",
+            ])
+            .output()
+            .expect("redis-cli");
+        assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).trim() == "OK");
+    }
+    // Past REPLICA_RECHECK, twice.
+    for _ in 0..2 {
+        tokio::time::sleep(
+            tilewarm_server::redis_conn::REPLICA_RECHECK + Duration::from_millis(200),
+        )
+        .await;
+        for (tier, body) in &traffic {
+            client(&http, *tier).ok(&d, body).await;
+        }
+    }
+    cluster.signal(replica, "CONT");
+    assert_eq!(
+        d.app.metrics.redis_errors.load(Relaxed),
+        0,
+        "a failed re-read of the slot map failed reads the kept map serves"
+    );
+    d.shutdown().await;
+}
+
 /// A master is SIGKILLed while two instances serve traffic. Every answer stays right (from
 /// the origin while the tier is marked down), the replica takes over, and both instances
 /// use the cluster again without a restart. Redis errors happen only between the kill and
