@@ -50,8 +50,11 @@
 //! change committed during a stall is served when its notification arrives), or, if the
 //! listening connection was lost, within the reconnect time: the back-off (at most 2 s) after
 //! a connection that fails, and at most [`PING_EVERY`] + [`CHECK_DEADLINE`] + 2 s (19 s) for
-//! one that went silent without failing (the OS usually notices a peer that is gone
-//! sooner, about 11 s after its last answer, [`tune_socket`]). While the database is
+//! one that went silent without failing. The OS does not notice a gone peer sooner: Linux
+//! sends keepalive probes only while nothing sent is unacknowledged, and a check goes out
+//! [`PING_EVERY`] after the last answer, so once the peer is silent the check's data is
+//! in flight and the TCP user timeout ends the connection [`CHECK_DEADLINE`] after it was
+//! sent, the moment the deadline fires too ([`tune_socket`]). While the database is
 //! unreachable nothing is invalidated and cached entries are served until their TTL (the
 //! origin cannot answer either); they are dropped as soon as it is reachable again.
 //!
@@ -479,10 +482,13 @@ struct Check<'a> {
 
 /// Sets the listening connection's TCP keepalive ([`KEEPALIVE_IDLE`],
 /// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`]) and user timeout ([`CHECK_DEADLINE`]), so
-/// the OS notices a peer that is gone (host down, network cut) without waiting for a check's
-/// deadline: keepalive while nothing is in flight, the user timeout while something sent is
-/// not acknowledged. A database that is slow but up acknowledges both, so neither ends the
-/// connection then.
+/// the OS ends a connection to a peer that is gone (host down, network cut): keepalive
+/// while nothing is in flight, the user timeout while something sent is not acknowledged.
+/// With checks every [`PING_EVERY`] something is in flight soon after the peer goes
+/// silent, so it is the user timeout that acts, [`CHECK_DEADLINE`] after the check was
+/// sent: no sooner than the check's own deadline (keepalive covers a loop held up
+/// longer than [`KEEPALIVE_IDLE`] without sending a check). A database that is slow but
+/// up acknowledges both at the TCP level, so neither ends the connection then.
 pub fn tune_socket(config: &mut tokio_postgres::Config) {
     config
         .keepalives(true)
@@ -618,7 +624,8 @@ mod tests {
         assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
         assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
         assert_eq!(c.get_tcp_user_timeout(), Some(&CHECK_DEADLINE));
-        // The OS gives up on a gone peer before the check's deadline would.
+        // Keepalive gives up on a peer silent while nothing is in flight before the
+        // check's deadline would.
         assert!(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES < CHECK_DEADLINE);
         assert!(CHECK_SLOW < CHECK_DEADLINE);
     }
