@@ -244,6 +244,21 @@ impl ChangeQueue {
         }
     }
 
+    /// What is waiting now, without waiting: `None` when nothing is (a close is not
+    /// taken).
+    pub fn take_now(&self) -> Option<Taken> {
+        let mut p = self.lock();
+        if p.everything {
+            p.everything = false;
+            p.payloads.clear();
+            return Some(Taken::Everything);
+        }
+        if !p.payloads.is_empty() {
+            return Some(Taken::Changes(std::mem::take(&mut p.payloads)));
+        }
+        None
+    }
+
     /// Payloads waiting now.
     pub fn len(&self) -> usize {
         self.lock().payloads.len()
@@ -437,6 +452,7 @@ async fn listen_once(
             }, if pending.is_some() => {
                 check = None;
                 if let Err(e) = answer {
+                    drain(&queue, app, outbox, zoom, &feed.stats).await;
                     return Err(e.to_string());
                 }
                 if let Some((started, true)) = pending {
@@ -456,12 +472,32 @@ async fn listen_once(
                 );
             }
             _ = tokio::time::sleep_until(pending.map_or(next_check, |(t, _)| t + CHECK_DEADLINE)), if pending.is_some() => {
+                drain(&queue, app, outbox, zoom, &feed.stats).await;
                 return Err(format!(
                     "no answer to a check within {} s",
                     CHECK_DEADLINE.as_secs()
                 ));
             }
         }
+    }
+}
+
+/// Applies what the connection's task queued and the loop has not taken yet, before the
+/// listener gives the connection up: a notification that arrived with the connection's
+/// end (the check's error and the queue are ready in the same turn, and `select!` picks at
+/// random) is a change received, to be applied now, not only once a reconnect succeeds
+/// (the database may stay unreachable).
+async fn drain(
+    queue: &ChangeQueue,
+    app: &Weak<App>,
+    outbox: &mut Relay,
+    zoom: u8,
+    stats: &ChangeStats,
+) {
+    if let Some(taken) = queue.take_now() {
+        outbox
+            .apply(app, batch_invalidation(&taken, zoom, stats))
+            .await;
     }
 }
 

@@ -1572,6 +1572,76 @@ async fn a_slow_database_keeps_its_listener_and_the_tier() {
     s.shutdown().await;
 }
 
+/// A notification that reaches the listener together with the end of its connection (the
+/// database sent it just before it went away: a crash, a failover, a terminated backend)
+/// is applied, even when the database stays unreachable: the change was received. Here a
+/// check is held in the relay, a change is committed and the listener's backend
+/// terminated, then the relay lets the notification, the FATAL error and the close through
+/// at once and holds everything again (the reconnect cannot get through). The check's
+/// error and the queued notification are ready in the same turn of the listener's loop,
+/// which picks among ready arms at random: it used to return on the check's error and drop
+/// the notification half the time (three rounds here), until a reconnect succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_that_arrives_with_the_connections_end_is_applied() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let (_t, home) = densest_loaded(&pg).await;
+    let (url, relay) = through_a_relay(&pg).await;
+    let s = server(Config {
+        origin: Some(url),
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    let inv = &s.app.invalidation.stats;
+    let admin = pg.client().await;
+    assert!(eventually(Duration::from_secs(10), || feed.connected.load(Relaxed)).await);
+    for round in 0..3 {
+        let connects = feed.connects.load(Relaxed);
+        relay.set(Pause::Both);
+        let slow = feed.slow_checks.load(Relaxed);
+        assert!(
+            eventually(Duration::from_secs(6), || feed.slow_checks.load(Relaxed)
+                > slow)
+            .await,
+            "round {round}: no check was held"
+        );
+        set_estimate(&admin, &home, 1000 + round).await;
+        let ended = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(ended.len(), 1, "round {round}: the listener's backend");
+        let applied = inv.applied.load(Relaxed);
+        // Let what the database sent through, then hold everything again (before the
+        // reconnect's first try, 100 ms at least).
+        relay.set(Pause::No);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        relay.set(Pause::Both);
+        let done = eventually(Duration::from_secs(2), || {
+            inv.applied.load(Relaxed) > applied
+        })
+        .await;
+        relay.set(Pause::No);
+        assert!(
+            done,
+            "round {round}: the notification received as the connection ended was not applied"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || feed.connects.load(Relaxed)
+                > connects)
+            .await,
+            "round {round}: not listening again"
+        );
+    }
+    s.shutdown().await;
+}
+
 /// A listening connection that stays open but answers nothing (a peer gone silently, here a
 /// relay that forwards nothing) is replaced once a check has gone unanswered for
 /// `CHECK_DEADLINE`, and the reconnect invalidates the whole tier: a change committed while
