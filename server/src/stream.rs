@@ -349,14 +349,17 @@ impl ChangeStream {
     /// here, however late the reader's task first runs: taken by the reader itself (as
     /// before), the start was wherever the stream was when that task got to it, and an
     /// entry another instance made in between (after this one had served, and cached, what
-    /// it invalidates) was skipped. `None` (logged) when Redis does not answer within
-    /// [`START_WITHIN`] (the reader then starts where the stream is when it first reads
+    /// it invalidates) was skipped. `None` (warned, with Redis's last error) when Redis does
+    /// not answer, or refuses, within [`START_WITHIN`] (the reader then starts where the stream is when it first reads
     /// it, and the server starts anyway, its tier degraded until Redis answers).
     pub async fn reader_start(&self) -> Option<StreamId> {
         let Backend::Redis(s) = &self.backend else {
             return None;
         };
         let mut conn = s.conn.clone();
+        // The last error, for the warning: Redis may answer, and refuse (an older Redis, an
+        // ACL, the key of another type).
+        let mut refused: Option<String> = None;
         let read = async {
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
             loop {
@@ -364,17 +367,21 @@ impl ChangeStream {
                     Ok(h) => return h.last,
                     Err(e) => {
                         debug!(error = %e, "change stream: reading where to start");
+                        refused = Some(e.to_string());
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
         };
-        match tokio::time::timeout(START_WITHIN, read).await {
+        let read = tokio::time::timeout(START_WITHIN, read).await;
+        match read {
             Ok(last) => Some(last),
             Err(_) => {
+                let error = refused.unwrap_or_else(|| "no answer".to_owned());
                 warn!(
                     key = %s.key,
-                    "change stream: Redis did not answer within {START_WITHIN:?} at start; \
+                    %error,
+                    "change stream: where the stream ends could not be read within {START_WITHIN:?} at start; \
                      the reader starts where the stream is when it first reads it"
                 );
                 None

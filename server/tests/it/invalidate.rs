@@ -1255,3 +1255,42 @@ async fn a_change_made_just_after_an_instance_started_is_applied_there() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A Redis that answers, with an error, the reads of where the reader starts (here the
+/// stream's key holds a string: WRONGTYPE; the same with a Redis older than 7, or an ACL
+/// without XINFO) holds the start for `START_WITHIN` as one that does not answer, and the
+/// warning says what Redis answered. It used to say that Redis did not answer, the error
+/// itself logged only at debug. Current-thread runtime: the scoped subscriber sees it.
+#[tokio::test]
+async fn a_reader_start_that_redis_refuses_is_warned_with_its_error() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let config = redis_config(&redis);
+    let key = tilewarm_server::stream::changes_key(&config.redis_prefix);
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &redis.port.to_string(),
+            "SET",
+            &key,
+            "x",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "SET: {out:?}");
+    let (log, guard) = crate::logs::captured_on_this_thread(tracing::Level::WARN);
+    let s = server(config).await;
+    s.shutdown().await;
+    drop(guard);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("change stream") && l.contains("at start"))
+        .collect();
+    assert_eq!(warned.len(), 1, "log: {text}");
+    assert!(warned[0].contains("WRONGTYPE"), "{}", warned[0]);
+}
