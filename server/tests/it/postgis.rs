@@ -1439,6 +1439,33 @@ async fn through_a_relay(pg: &Pg) -> (String, PauseRelay) {
     (format!("{head}:{}/{path}", relay.addr.port()), relay)
 }
 
+/// A server on `pg` whose origin, and so its LISTEN connection, goes through a relay that
+/// can stop forwarding, once its listener is connected: the server, the relay, the
+/// listener's stats, and the densest tile with a home in it.
+async fn behind_a_relay(
+    pg: &Pg,
+) -> (
+    tilewarm_server::Server,
+    PauseRelay,
+    Arc<tilewarm_server::origin::changes::ChangeStats>,
+    TileId,
+    String,
+) {
+    let (t, home) = densest_loaded(pg).await;
+    let (url, relay) = through_a_relay(pg).await;
+    let s = server(Config {
+        origin: Some(url),
+        ..pg_config(pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(
+        eventually(Duration::from_secs(10), || feed.connected.load(Relaxed)).await,
+        "the listener did not connect"
+    );
+    (s, relay, feed, t, home)
+}
+
 /// Whether `body`'s answer gives `home` the price `want` within 2 s (the bound of
 /// `updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_ttl`).
 async fn serves_price(
@@ -1474,16 +1501,8 @@ async fn a_slow_database_keeps_its_listener_and_the_tier() {
         return;
     }
     let pg = Pg::start();
-    let (t, home) = densest_loaded(&pg).await;
-    let (url, relay) = through_a_relay(&pg).await;
+    let (s, relay, feed, t, home) = behind_a_relay(&pg).await;
     let http = Http::new();
-    let s = server(Config {
-        origin: Some(url),
-        ..pg_config(&pg)
-    })
-    .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
     let body = request(&[t], &[], Access::Agent);
     let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
     let calls = s.app.metrics.origin_calls_request.load(Relaxed);
@@ -1587,17 +1606,9 @@ async fn a_notification_that_arrives_with_the_connections_end_is_applied() {
         return;
     }
     let pg = Pg::start();
-    let (_t, home) = densest_loaded(&pg).await;
-    let (url, relay) = through_a_relay(&pg).await;
-    let s = server(Config {
-        origin: Some(url),
-        ..pg_config(&pg)
-    })
-    .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
+    let (s, relay, feed, _t, home) = behind_a_relay(&pg).await;
     let inv = &s.app.invalidation.stats;
     let admin = pg.client().await;
-    assert!(eventually(Duration::from_secs(10), || feed.connected.load(Relaxed)).await);
     for round in 0..3 {
         let connects = feed.connects.load(Relaxed);
         relay.set(Pause::Both);
@@ -1653,16 +1664,8 @@ async fn a_listener_silent_past_the_deadline_is_replaced_and_the_tier_invalidate
         return;
     }
     let pg = Pg::start();
-    let (t, home) = densest_loaded(&pg).await;
-    let (url, relay) = through_a_relay(&pg).await;
+    let (s, relay, feed, t, home) = behind_a_relay(&pg).await;
     let http = Http::new();
-    let s = server(Config {
-        origin: Some(url),
-        ..pg_config(&pg)
-    })
-    .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
     let body = request(&[t], &[], Access::Agent);
     let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
     let inv = &s.app.invalidation.stats;
