@@ -346,6 +346,9 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
             let began = tokio::time::Instant::now();
             let result = listen_once(&app, &feed, &mut outbox, zoom, queue_max).await;
             let Err(e) = result else { return }; // the app is gone
+            if app.strong_count() == 0 {
+                return; // gone while the connection was ending: nothing was lost for it
+            }
             let up_for = if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
                 Some(began.elapsed())
@@ -416,6 +419,9 @@ async fn listen_once(
     // an arm of the loop, so notifications keep being applied while it is outstanding.
     let mut next_check = tokio::time::Instant::now() + PING_EVERY;
     let mut check: Option<Check<'_>> = None;
+    // While a check is outstanding, whether the app is still there is looked at every
+    // PING_EVERY too (not only when the check ends, up to CHECK_DEADLINE later).
+    let mut next_alive = next_check;
     loop {
         let pending = check.as_ref().map(|c| (c.started, c.warned));
         tokio::select! {
@@ -443,6 +449,13 @@ async fn listen_once(
                     started: tokio::time::Instant::now(),
                     warned: false,
                 });
+                next_alive = tokio::time::Instant::now() + PING_EVERY;
+            }
+            _ = tokio::time::sleep_until(next_alive), if pending.is_some() => {
+                if app.upgrade().is_none() {
+                    return Ok(());
+                }
+                next_alive = tokio::time::Instant::now() + PING_EVERY;
             }
             answer = async {
                 match check.as_mut() {

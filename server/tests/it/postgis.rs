@@ -1706,3 +1706,34 @@ async fn a_listener_silent_past_the_deadline_is_replaced_and_the_tier_invalidate
     );
     s.shutdown().await;
 }
+
+/// A server dropped while a check of its listening connection is outstanding (the database
+/// stalled) ends its listener within about `PING_EVERY`, not only when the check is answered
+/// or at `CHECK_DEADLINE` (up to 15 s later, and then with a "connection lost" warning for a
+/// server that is gone). Fails without the listener's look at the app while a check waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dropped_during_a_slow_check_ends_its_listener() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let (s, relay, feed, _t, _home) = behind_a_relay(&pg).await;
+    relay.set(Pause::Both);
+    let slow = feed.slow_checks.load(Relaxed);
+    assert!(
+        eventually(Duration::from_secs(6), || feed.slow_checks.load(Relaxed)
+            > slow)
+        .await,
+        "no check was held"
+    );
+    s.shutdown().await;
+    let dropped = Instant::now();
+    // The stats are held by this test and, while it runs, by the listener's task (and its
+    // connection's, which the listener aborts as it ends).
+    assert!(
+        eventually(Duration::from_secs(5), || Arc::strong_count(&feed) == 1).await,
+        "the listener still ran {:?} after the server was dropped",
+        dropped.elapsed()
+    );
+    drop(relay);
+}
