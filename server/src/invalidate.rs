@@ -24,7 +24,8 @@
 //! ([`WriteGuard::filter`]). The answer itself is still served (it was true when read). The
 //! log keeps the last [`LOG_LEN`] invalidations; a fetch older than that writes nothing.
 //! [`write_back`] does this for the request path and warm-up, and also re-applies an
-//! invalidation recorded while its write was in flight to what the write put in the tier.
+//! invalidation recorded while its write was in flight to what the write put in the tier
+//! (holding reads and retrying `all` when that fails, as every failed invalidation does).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -211,7 +212,9 @@ pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierE
 /// Writes `fill`, fetched from the origin after `epoch`, into the tier: whatever an
 /// invalidation recorded since `epoch` covers is dropped first ([`WriteGuard::filter`]), and
 /// whatever an invalidation recorded *while the write was in flight* covers is removed
-/// from the tier again after it, so the old value cannot land after its invalidation.
+/// from the tier again after it, so the old value cannot land after its invalidation. If
+/// that removal fails, reads are held off the tier and `all` is retried until it lands
+/// ([`spawn_everything_until_applied`], [`ReadHold::WriteBack`]).
 pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), TierError> {
     // Noted before the filter: an invalidation recorded between the filter and the write
     // is then re-applied after it (re-applying one the filter already saw is harmless).
@@ -252,7 +255,19 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
                 .stats
                 .writes_dropped
                 .fetch_add((again.ids.len() + again.tiles.len()) as u64, Relaxed);
-            let _ = app.tier.invalidate(&again, app.config.data_zoom).await;
+            if app
+                .tier
+                .invalidate(&again, app.config.data_zoom)
+                .await
+                .is_err()
+            {
+                // The old value may stay in Redis, and the probe brings the tier back on
+                // `PING`: reads are held until an `all` lands, as for any failed one.
+                app.invalidation.stats.errors.fetch_add(1, Relaxed);
+                if let Some(app) = app.this.upgrade() {
+                    spawn_everything_until_applied(&app, ReadHold::WriteBack);
+                }
+            }
         }
     }
     written

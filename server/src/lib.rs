@@ -84,6 +84,9 @@ pub struct App {
     /// `--bounds` as the `x-tilewarm-bounds` header value every answer with data carries
     /// ([`http::data_headers`]), written once.
     pub bounds_header: Option<axum::http::HeaderValue>,
+    /// The `Arc` this app lives in, for a path that has only `&App` and must spawn a task
+    /// holding it (a write-back's failed re-invalidation: [`invalidate::write_back`]).
+    this: std::sync::Weak<App>,
 }
 
 /// Each admitted route's own bound ([`admission::Shed`]).
@@ -259,7 +262,8 @@ async fn build_app(
         config.warmup_max_tiles,
         Arc::clone(&metrics),
     );
-    let app = Arc::new(App {
+    let app = Arc::new_cyclic(|this| App {
+        this: this.clone(),
         limits: config.limits(),
         tile_ttl_ms: config.tile_ttl_s * 1000,
         cache_config,

@@ -109,6 +109,10 @@ pub enum ReadHold {
     /// The upstream's change feed ([`crate::origin::upstream_changes`]): an invalidation
     /// made on the upstream tilewarm-server.
     UpstreamFeed = 8,
+    /// A write-back ([`crate::invalidate::write_back`]) whose removal of what an
+    /// invalidation recorded while its write was in flight failed: the old value it wrote
+    /// may be in Redis.
+    WriteBack = 16,
 }
 
 impl ReadHold {
@@ -119,6 +123,7 @@ impl ReadHold {
             ReadHold::DatabaseFeed => "database_feed",
             ReadHold::Endpoint => "invalidate_endpoint",
             ReadHold::UpstreamFeed => "upstream_feed",
+            ReadHold::WriteBack => "write_back",
         }
     }
 }
@@ -278,6 +283,7 @@ impl CacheTier {
                     ReadHold::DatabaseFeed,
                     ReadHold::Endpoint,
                     ReadHold::UpstreamFeed,
+                    ReadHold::WriteBack,
                 ]
                 .into_iter()
                 .filter(|&h| held & h as u8 != 0)

@@ -16,6 +16,7 @@ use crate::common::{
     config, eventually, now_s, redis_available, server, sign_hs256, Config, Http, RedisServer,
 };
 use crate::feed::Feed;
+use crate::redis::eventually_async;
 use crate::{densest, origin, request};
 
 pub(crate) fn admin_token() -> String {
@@ -902,6 +903,117 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
     assert_eq!(h["redis_reads_held_by"], serde_json::json!([]), "{h}");
     let text = http.get(&format!("{}/metrics", s.url())).await.text();
     assert!(text.contains("tilewarm_redis_reads_held 0"), "{text}");
+    s.shutdown().await;
+}
+
+/// A write-back whose removal of what an invalidation recorded while its write was out
+/// fails (Redis refuses deletes) holds reads off Redis until an `all` lands: the old value
+/// it wrote is not served once the probe brings Redis back. The write is held in Redis by
+/// `CLIENT PAUSE … WRITE` while the invalidation is recorded (as this instance's reader
+/// records one another instance already deleted). Fails without the hold: reads come back
+/// with the probe and the old tile is served from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_whose_re_invalidation_fails_holds_reads_until_everything_is_invalidated() {
+    use std::sync::Arc;
+    use tilewarm_server::invalidate::{invalidate, write_back, Invalidation};
+    use tilewarm_server::tier::{Fill, ReadHold};
+
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let http = Http::new();
+    let s = server(Config {
+        redis_timeout_ms: 2_000,
+        ..redis_config(&redis)
+    })
+    .await;
+    let tier = &s.app.tier;
+    let body = request(&[t], &[], Access::Agent);
+    // t's fill, as an origin call answers it: fetched once, read back, then wiped.
+    http.ok(&s, &body).await;
+    // Asked of Redis itself: the tier refuses reads while marked down.
+    let key = tilewarm_server::stored::Keys::new(&s.app.config.redis_prefix).tile(t);
+    let in_redis = || async { redis_do(&redis, &["EXISTS", &key]).await == redis::Value::Int(1) };
+    assert!(
+        eventually_async(Duration::from_secs(10), in_redis).await,
+        "{t} was not written to Redis"
+    );
+    let hit = tier.read(&[t], &[]).await.unwrap().tiles.remove(0).unwrap();
+    invalidate(&s.app, &Invalidation::everything())
+        .await
+        .unwrap();
+    assert!(!in_redis().await);
+    let ids: Vec<String> = hit.items.iter().map(|i| i.id().to_owned()).collect();
+    let mut fill = Fill {
+        items: hit.items.into_iter().map(Arc::new).collect(),
+        tiles: vec![(t, ids.clone(), hit.exp)],
+        gens: tier.generations().await.unwrap(),
+    };
+    let epoch = s.app.invalidation.guard.epoch();
+
+    redis_do(&redis, &["ACL", "SETUSER", "default", "-unlink", "-del"]).await;
+    redis_do(&redis, &["CLIENT", "PAUSE", "500", "WRITE"]).await;
+    let app = Arc::clone(&s.app);
+    let writing = tokio::spawn(async move { write_back(&app, &mut fill, epoch).await });
+    // The write is out (its `SET`s wait in Redis) when the invalidation is recorded.
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            let info = redis_do(&redis, &["INFO", "clients"]).await;
+            let info: String = redis::from_redis_value(info).unwrap();
+            !info.contains("blocked_clients:0")
+        })
+        .await,
+        "the write never reached Redis"
+    );
+    s.app.invalidation.guard.record(&Invalidation {
+        ids: vec![ids[0].clone()],
+        ..Invalidation::default()
+    });
+    assert!(writing.await.unwrap().is_ok(), "the write itself failed");
+    // The old tile landed and could not be removed again.
+    assert!(
+        in_redis().await,
+        "the test did not test: {t} is not in Redis"
+    );
+    assert_eq!(tier.read_holds(), [ReadHold::WriteBack]);
+
+    // The probe brings Redis back (it answers PING); reads stay held, t is not served.
+    let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
+    let (mut probed_back, start) = (0, std::time::Instant::now());
+    while probed_back < 20 && start.elapsed() < Duration::from_secs(15) {
+        if tier.redis_degraded() == Some(false) {
+            probed_back += 1;
+            assert!(
+                !tier.available(),
+                "reads let back with the old tile in Redis"
+            );
+        }
+        http.ok(&s, &body).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(probed_back > 0, "the probe never brought Redis back");
+    assert_eq!(
+        s.app.metrics.cache.tile_hits.load(Relaxed),
+        hits,
+        "the old tile was served from Redis"
+    );
+    let h = http.get(&format!("{}/healthz", s.url())).await.json();
+    assert_eq!(
+        h["redis_reads_held_by"],
+        serde_json::json!(["write_back"]),
+        "{h}"
+    );
+
+    // Deletes allowed again: the retry's `all` lands, reads come back without the old tile.
+    redis.allow_deletes().await;
+    assert!(
+        eventually(Duration::from_secs(10), || tier.available()).await,
+        "reads were not let back once the invalidation landed"
+    );
+    assert!(!in_redis().await, "the old {t} is still in Redis");
     s.shutdown().await;
 }
 

@@ -327,7 +327,7 @@ async fn a_failed_invalidation_from_the_stream_holds_reads_until_it_is_applied()
 }
 
 /// Polls `f` until it is true or `within` passes.
-async fn eventually_async<F: std::future::Future<Output = bool>>(
+pub(crate) async fn eventually_async<F: std::future::Future<Output = bool>>(
     within: Duration,
     mut f: impl FnMut() -> F,
 ) -> bool {
