@@ -1032,7 +1032,7 @@ export class TileCache {
     // the view's items) is handed out all the same: the engine names the slots of those
     // that passed its tier check (their FREED record comes below, after the get()s).
     const nums = out[0], unkept = new Map();
-    for (let i = 0; i < nums[1]; i++) unkept.set(OBJS[nums[2 + i]].id, OBJS[nums[2 + i]]);
+    for (const slot of nums.slice(2, 2 + nums[1])) unkept.set(OBJS[slot].id, OBJS[slot]);
     const known = new Set([...f.ids, ...f.missing]);
     const left = req.ids.filter((gid) => !known.has(gid));
     const now = this.#now();

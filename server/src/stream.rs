@@ -350,8 +350,9 @@ impl ChangeStream {
     /// before), the start was wherever the stream was when that task got to it, and an
     /// entry another instance made in between (after this one had served, and cached, what
     /// it invalidates) was skipped. `None` (warned, with Redis's last error) when Redis does
-    /// not answer, or refuses, within [`START_WITHIN`] (the reader then starts where the stream is when it first reads
-    /// it, and the server starts anyway, its tier degraded until Redis answers).
+    /// not answer, or refuses, within [`START_WITHIN`] (the reader then starts where the
+    /// stream is when it first reads it, and the server starts anyway, its tier degraded
+    /// until Redis answers).
     pub async fn reader_start(&self) -> Option<StreamId> {
         let Backend::Redis(s) = &self.backend else {
             return None;

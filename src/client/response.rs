@@ -349,17 +349,13 @@ impl<P: Payload> Client<P> {
                     self.unkept.push((asked_kept.swap_remove(at), data));
                 }
             }
-            let (refused, stored) = match inserted {
-                Ok((_, None)) => (None, true),
-                Ok((_, refused)) => (refused, false),
-                Err((CacheError::ItemTooLarge { .. }, data)) => (Some(data), false),
-                Err(_) => (None, false),
-            };
             if finished.loose_ids.contains(&item.id) {
-                match refused {
-                    Some(data) => self.unkept.push((item.id, data)),
-                    None if stored => asked_kept.push(item.id),
-                    None => {}
+                match inserted {
+                    Ok((_, None)) => asked_kept.push(item.id),
+                    Ok((_, Some(data))) | Err((CacheError::ItemTooLarge { .. }, data)) => {
+                        self.unkept.push((item.id, data))
+                    }
+                    Err(_) => {}
                 }
             }
             (kept, kept_bytes) = (kept + 1, kept_bytes + size_bytes);
