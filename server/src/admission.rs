@@ -61,9 +61,9 @@ use tilewarm::protocol::ErrorCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::adaptive::InFlightLimit;
-use crate::auth::Caller;
+use crate::auth::{Caller, CredentialError};
 use crate::client_addr::ClientAddr;
-use crate::http::{error_response, unauthorized};
+use crate::http::{error_response, keys_unavailable, unauthorized};
 use crate::App;
 
 /// Most callers the per-caller table tracks ([`Admission::check`]).
@@ -516,6 +516,8 @@ pub enum Refused {
     TooManyFailures(Duration),
     /// The credential was checked and refused: 401 with this message.
     Unauthorized(String),
+    /// The credential could not be checked: the `--jwks` URL's key server failed (502).
+    KeysUnavailable(crate::auth::KeysUnavailable),
 }
 
 impl Refused {
@@ -525,6 +527,7 @@ impl Refused {
         match self {
             Refused::TooManyFailures(wait) => auth_rate_limited(wait),
             Refused::Unauthorized(message) => unauthorized(message),
+            Refused::KeysUnavailable(e) => keys_unavailable(e),
         }
     }
 }
@@ -532,8 +535,9 @@ impl Refused {
 /// Who is calling ([`crate::auth`]), with failed credentials limited per address
 /// ([`AuthFailures`]): a request with no credential is `public` at no cost; one from an
 /// address past its failures is refused (429) before its credential is checked; a
-/// refused credential is a 401 and counts against the address.
-pub fn authenticate(
+/// refused credential is a 401 and counts against the address; one that could not be
+/// checked (the key server failed) is a 502 and does not.
+pub async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     client: Option<IpAddr>,
@@ -544,9 +548,12 @@ pub fn authenticate(
     let key = AddrKey::of(client);
     let failures = &app.admission.auth_failures;
     failures.admit(key).map_err(Refused::TooManyFailures)?;
-    app.auth.caller(headers).map_err(|e| {
-        failures.failed(key);
-        Refused::Unauthorized(e.0)
+    app.auth.caller(headers).await.map_err(|e| match e {
+        CredentialError::Unauthorized(e) => {
+            failures.failed(key);
+            Refused::Unauthorized(e.0)
+        }
+        CredentialError::KeysUnavailable(e) => Refused::KeysUnavailable(e),
     })
 }
 
@@ -620,7 +627,7 @@ fn is_unlimited(caller: &Caller, unlimited: &[String]) -> bool {
 /// [`Caller`] goes on in the request's extensions.
 pub async fn per_caller(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let client = ClientAddr::of(&req);
-    let caller = match authenticate(&app, req.headers(), client) {
+    let caller = match authenticate(&app, req.headers(), client).await {
         Ok(c) => c,
         Err(refused) => return refused.into_response(),
     };

@@ -20,6 +20,8 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
@@ -30,6 +32,7 @@ use jsonwebtoken::{
 use serde_json::Value;
 use tilewarm::access::Access;
 
+use crate::jwks::RemoteKeys;
 use crate::Config;
 
 /// Longest `Authorization` header read, in bytes; a longer one is refused unparsed.
@@ -80,11 +83,64 @@ pub const ADMIN_CLAIM: &str = "tilewarm_admin";
 #[error("{0}")]
 pub struct Unauthorized(pub String);
 
+/// Why a credential could not be checked: the `--jwks` URL's key server failed, and the
+/// token needs a key from it (answered 502 `upstream_error` with `Retry-After`: the
+/// caller's credential may be fine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct KeysUnavailable {
+    pub message: String,
+    /// Whole seconds until asking again may get another answer.
+    pub retry_after_s: u64,
+}
+
+/// Why a request's credential was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// The credential is refused (401).
+    #[error(transparent)]
+    Unauthorized(#[from] Unauthorized),
+    /// It could not be checked now (502).
+    #[error(transparent)]
+    KeysUnavailable(#[from] KeysUnavailable),
+}
+
 /// One verification key, pinned to one algorithm.
-struct Key {
-    kid: Option<String>,
+pub struct Key {
+    pub(crate) kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+}
+
+/// The key a token's `kid` selects among the fixed keys and a `--jwks` URL's set.
+enum Pick<'a> {
+    Found(&'a Key),
+    /// The token names a `kid` no key has.
+    UnknownKid,
+    Refused(Unauthorized),
+}
+
+fn pick<'a>(fixed: &'a [Key], remote: &'a [Key], kid: Option<&str>) -> Pick<'a> {
+    let mut all = fixed.iter().chain(remote);
+    match kid {
+        Some(kid) => all
+            .find(|k| k.kid.as_deref() == Some(kid))
+            .map_or(Pick::UnknownKid, Pick::Found),
+        // No kid: the secret if there is one, else the only key.
+        None => match all.clone().find(|k| k.kid.is_none()) {
+            Some(k) => Pick::Found(k),
+            None if fixed.len() + remote.len() == 1 => {
+                all.next().map_or(Pick::UnknownKid, Pick::Found)
+            }
+            None => Pick::Refused(Unauthorized(
+                "token has no kid and several keys are configured".into(),
+            )),
+        },
+    }
+}
+
+fn no_key() -> Unauthorized {
+    Unauthorized("token's kid names no configured key".into())
 }
 
 /// Where tiers come from.
@@ -92,8 +148,12 @@ enum Mode {
     /// No key configured: every caller is `public` and a bearer token is refused (it
     /// cannot be checked, and silently ignoring it would hide a misconfiguration).
     Off,
-    /// Bearer JWTs checked against these keys.
-    Jwt(Vec<Key>),
+    /// Bearer JWTs checked against these keys (the `--jwt-secret` and a `--jwks` file's),
+    /// and a `--jwks` URL's set, fetched again as its key server rotates it.
+    Jwt {
+        keys: Vec<Key>,
+        remote: Option<Arc<RemoteKeys>>,
+    },
     /// The named header, set by an authenticating gateway in front (`--trust-tier-header`).
     TrustHeader(String),
 }
@@ -173,11 +233,23 @@ impl Verifier {
                 "--dev-tokens signs with the HS256 secret: give --jwt-secret or {SECRET_ENV}"
             ));
         }
+        let mut remote = None;
         if let Some(text) = jwks_text {
-            keys.extend(parse_jwks(text)?);
+            let set = parse_jwks(text)?;
+            match config.jwks.as_deref().filter(|spec| is_url(spec)) {
+                Some(url) => {
+                    remote = Some(Arc::new(RemoteKeys::new(
+                        url.to_owned(),
+                        set,
+                        Duration::from_secs(config.jwks_max_age_s),
+                        Duration::from_secs(config.jwks_cooldown_s),
+                    )))
+                }
+                None => keys.extend(set),
+            }
         }
-        if !keys.is_empty() {
-            v.mode = Mode::Jwt(keys);
+        if !keys.is_empty() || remote.is_some() {
+            v.mode = Mode::Jwt { keys, remote };
         }
         Ok(v)
     }
@@ -186,9 +258,14 @@ impl Verifier {
     pub fn describe(&self) -> String {
         match &self.mode {
             Mode::Off => "no key configured (--jwt-secret, --jwks): every caller is public".into(),
-            Mode::Jwt(keys) => format!(
-                "bearer JWTs: {} key(s), tier claim {:?}, leeway {} s{}{}",
+            Mode::Jwt { keys, remote } => format!(
+                "bearer JWTs: {} key(s){}, tier claim {:?}, leeway {} s{}{}",
                 keys.len(),
+                if remote.is_some() {
+                    " and the --jwks URL's set"
+                } else {
+                    ""
+                },
                 self.tier_claim,
                 self.leeway_s,
                 self.issuer
@@ -208,7 +285,7 @@ impl Verifier {
 
     /// Whether tokens can be checked (a key is configured).
     pub fn verifies_tokens(&self) -> bool {
-        matches!(self.mode, Mode::Jwt(_))
+        matches!(self.mode, Mode::Jwt { .. })
     }
 
     /// Whether these headers carry a credential that [`Self::caller`] would check (an
@@ -217,78 +294,90 @@ impl Verifier {
     pub fn credential_sent(&self, headers: &HeaderMap) -> bool {
         match &self.mode {
             Mode::TrustHeader(name) => headers.contains_key(name.as_str()),
-            Mode::Off | Mode::Jwt(_) => headers.contains_key(AUTHORIZATION),
+            Mode::Off | Mode::Jwt { .. } => headers.contains_key(AUTHORIZATION),
         }
     }
 
-    /// The caller of a request with these headers.
-    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Unauthorized> {
-        match &self.mode {
-            Mode::TrustHeader(name) => match headers.get(name.as_str()) {
-                None => Ok(Caller::anonymous()),
-                Some(v) => {
-                    let tier = v
-                        .to_str()
-                        .ok()
-                        .and_then(|s| s.trim().parse::<Access>().ok())
-                        .ok_or_else(|| {
-                            Unauthorized(format!(
-                                "header {name} is not a tier: public, registered, verified or agent"
-                            ))
-                        })?;
-                    Ok(Caller {
-                        tier,
-                        sub: None,
-                        admin: false,
-                        expires_at: None,
-                    })
-                }
-            },
-            Mode::Off => match headers.get(AUTHORIZATION) {
+    /// The caller of a request with these headers. A token whose `kid` a `--jwks` URL's
+    /// set lacks may wait for that set to be fetched again ([`crate::jwks`]).
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, CredentialError> {
+        let (keys, remote) = match &self.mode {
+            Mode::TrustHeader(name) => return Ok(trusted_tier(name, headers)?),
+            Mode::Off => return match headers.get(AUTHORIZATION) {
                 None => Ok(Caller::anonymous()),
                 Some(_) => Err(Unauthorized(
                     "this server has no key to verify tokens with: send no Authorization header"
                         .into(),
-                )),
+                )
+                .into()),
             },
-            Mode::Jwt(keys) => match headers.get(AUTHORIZATION) {
-                None => Ok(Caller::anonymous()),
-                Some(v) => {
-                    let raw = v.as_bytes();
-                    if raw.len() > MAX_TOKEN_BYTES {
-                        return Err(Unauthorized(format!(
-                            "Authorization header is {} bytes, at most {MAX_TOKEN_BYTES} are allowed",
-                            raw.len()
-                        )));
-                    }
-                    let text = std::str::from_utf8(raw)
-                        .map_err(|_| Unauthorized("Authorization header is not text".into()))?;
-                    let token = bearer(text).ok_or_else(|| {
-                        Unauthorized("Authorization must be \"Bearer <token>\" with a JWT".into())
-                    })?;
-                    self.verify(keys, token)
-                }
+            Mode::Jwt { keys, remote } => (keys, remote),
+        };
+        let Some(token) = bearer_token(headers)? else {
+            return Ok(Caller::anonymous());
+        };
+        let header = decode_header(token)
+            .map_err(|e| Unauthorized(format!("token is not a JWT: {}", reason(&e))))?;
+        let kid = header.kid.as_deref();
+        let Some(remote) = remote else {
+            return match pick(keys, &[], kid) {
+                Pick::Found(key) => Ok(self.check(key, &header, token)?),
+                Pick::UnknownKid => Err(no_key().into()),
+                Pick::Refused(e) => Err(e.into()),
+            };
+        };
+        let seen = remote.keys();
+        if let Some(set) = &seen.keys {
+            match pick(keys, set, kid) {
+                Pick::Found(key) => return Ok(self.check(key, &header, token)?),
+                Pick::Refused(e) => return Err(e.into()),
+                Pick::UnknownKid => {}
+            }
+        } else if let Pick::Found(key) = pick(keys, &[], kid) {
+            // The fixed keys verify whatever the key server does.
+            return Ok(self.check(key, &header, token)?);
+        }
+        // The kid is unknown, or the URL's set is too old to use: fetch it again if the
+        // schedule allows (joining a fetch in flight).
+        let kid_unknown = seen.keys.is_some();
+        let now = match remote.refetch(&seen, kid_unknown).await {
+            Some(after) => after,
+            None => seen,
+        };
+        let unavailable = |why: &str, kid_unknown: bool| {
+            CredentialError::KeysUnavailable(KeysUnavailable {
+                message: format!("the token's key could not be fetched: {why}"),
+                retry_after_s: remote.retry_after_s(kid_unknown),
+            })
+        };
+        let Some(set) = &now.keys else {
+            let why = now
+                .failure
+                .as_deref()
+                .unwrap_or("the key set is too old to use");
+            return Err(unavailable(why, false));
+        };
+        match pick(keys, set, kid) {
+            Pick::Found(key) => Ok(self.check(key, &header, token)?),
+            Pick::Refused(e) => Err(e.into()),
+            // The key may be in the set the key server failed to send.
+            Pick::UnknownKid => match &now.failure {
+                Some(why) => Err(unavailable(
+                    &format!("no key of the last set fetched has the token's kid, and the key server failed since: {why}"),
+                    true,
+                )),
+                None => Err(no_key().into()),
             },
         }
     }
 
-    fn verify(&self, keys: &[Key], token: &str) -> Result<Caller, Unauthorized> {
-        let header = decode_header(token)
-            .map_err(|e| Unauthorized(format!("token is not a JWT: {}", reason(&e))))?;
-        let key = match &header.kid {
-            Some(kid) => keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-                .ok_or_else(|| Unauthorized("token's kid names no configured key".into()))?,
-            // No kid: the secret if there is one, else the only key.
-            None => keys
-                .iter()
-                .find(|k| k.kid.is_none())
-                .or(if keys.len() == 1 { keys.first() } else { None })
-                .ok_or_else(|| {
-                    Unauthorized("token has no kid and several keys are configured".into())
-                })?,
-        };
+    /// The caller `token` (with this `header`) names, checked with `key`.
+    fn check(
+        &self,
+        key: &Key,
+        header: &jsonwebtoken::Header,
+        token: &str,
+    ) -> Result<Caller, Unauthorized> {
         if header.alg != key.alg {
             return Err(Unauthorized(format!(
                 "token is signed with {:?}, its key allows only {:?}",
@@ -375,6 +464,47 @@ impl Verifier {
     }
 }
 
+/// The tier a gateway set in header `name` (`--trust-tier-header`), unverified.
+fn trusted_tier(name: &str, headers: &HeaderMap) -> Result<Caller, Unauthorized> {
+    let Some(v) = headers.get(name) else {
+        return Ok(Caller::anonymous());
+    };
+    let tier = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<Access>().ok())
+        .ok_or_else(|| {
+            Unauthorized(format!(
+                "header {name} is not a tier: public, registered, verified or agent"
+            ))
+        })?;
+    Ok(Caller {
+        tier,
+        sub: None,
+        admin: false,
+        expires_at: None,
+    })
+}
+
+/// The bearer token of the `Authorization` header, `None` without one.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Unauthorized> {
+    let Some(v) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let raw = v.as_bytes();
+    if raw.len() > MAX_TOKEN_BYTES {
+        return Err(Unauthorized(format!(
+            "Authorization header is {} bytes, at most {MAX_TOKEN_BYTES} are allowed",
+            raw.len()
+        )));
+    }
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| Unauthorized("Authorization header is not text".into()))?;
+    bearer(text)
+        .map(Some)
+        .ok_or_else(|| Unauthorized("Authorization must be \"Bearer <token>\" with a JWT".into()))
+}
+
 /// The token of `Bearer <token>` (scheme case-insensitive).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -402,7 +532,7 @@ fn reason(e: &jsonwebtoken::errors::Error) -> String {
 }
 
 /// The keys of a JWKS document, each pinned to one asymmetric algorithm.
-fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
+pub(crate) fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("--jwks: not a JWKS document: {e}"))?;
     if set.keys.is_empty() {
@@ -486,15 +616,21 @@ fn jwk_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
-/// Reads `--jwks`: a file path, or an `http(s)://` URL fetched once at startup.
+/// `--jwks` names a URL (its set is fetched again as it rotates), not a file.
+fn is_url(spec: &str) -> bool {
+    spec.starts_with("http://") || spec.starts_with("https://")
+}
+
+/// Reads `--jwks` at startup: a file path, or an `http(s)://` URL (fetched again later by
+/// [`crate::jwks::RemoteKeys`]).
 pub async fn read_jwks(spec: &str) -> Result<String, String> {
-    if spec.starts_with("http://") || spec.starts_with("https://") {
+    if is_url(spec) {
         return fetch_jwks(spec).await;
     }
     std::fs::read_to_string(Path::new(spec)).map_err(|e| format!("--jwks {spec}: {e}"))
 }
 
-async fn fetch_jwks(url: &str) -> Result<String, String> {
+pub(crate) async fn fetch_jwks(url: &str) -> Result<String, String> {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Limited};
     use hyper_util::client::legacy::Client;

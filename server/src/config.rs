@@ -160,11 +160,25 @@ pub struct Config {
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<String>,
 
-    /// Public keys that caller tokens are verified with: a JWKS file, or an http(s) URL
-    /// read once at startup. RS256/PS256/ES256/ES384/EdDSA; the token's `kid` selects the
-    /// key; each key verifies only its own algorithm.
+    /// Public keys that caller tokens are verified with: a JWKS file (read at startup), or
+    /// an http(s) URL (read at startup, and again as the key server rotates its keys: see
+    /// --jwks-max-age-s and --jwks-cooldown-s). RS256/PS256/ES256/ES384/EdDSA; the token's
+    /// `kid` selects the key; each key verifies only its own algorithm.
     #[arg(long, value_name = "FILE|URL")]
     pub jwks: Option<String>,
+
+    /// How long a key set fetched from a --jwks URL is used before it is fetched again, in
+    /// seconds (the edge's `jwksCacheMaxAgeS`). Requests go on with the old set while the
+    /// new one is fetched; if the key server fails, the old set verifies for up to an hour
+    /// more.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    pub jwks_max_age_s: u64,
+
+    /// A token whose `kid` the --jwks URL's set lacks makes the server fetch the set again
+    /// (the key server rotated its keys) only if no fetch started in the last this many
+    /// seconds (the edge's `jwksCooldownS`); 1..=3600.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub jwks_cooldown_s: u64,
 
     /// Required `iss` of caller tokens (not checked when absent).
     #[arg(long, value_name = "ISS")]
@@ -651,6 +665,18 @@ impl Config {
             return bad(format!(
                 "--origin-changes-idle-ms must be in 100..=3600000, got {}",
                 self.origin_changes_idle_ms
+            ));
+        }
+        if !(1..=86_400).contains(&self.jwks_max_age_s) {
+            return bad(format!(
+                "--jwks-max-age-s must be in 1..=86400, got {}",
+                self.jwks_max_age_s
+            ));
+        }
+        if !(1..=3600).contains(&self.jwks_cooldown_s) {
+            return bad(format!(
+                "--jwks-cooldown-s must be in 1..=3600, got {}",
+                self.jwks_cooldown_s
             ));
         }
         if self.jwt_leeway_s > 600 {

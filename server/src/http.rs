@@ -72,6 +72,26 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
     r
 }
 
+/// 502 `upstream_error` with `Retry-After`: the caller's token needs a key that the
+/// `--jwks` URL's key server could not provide ([`crate::jwks`]); the token may be fine.
+pub fn keys_unavailable(e: crate::auth::KeysUnavailable) -> Response {
+    let mut r = error_response(ErrorCode::UpstreamError, e.message);
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from(e.retry_after_s.max(1)),
+    );
+    r
+}
+
+/// The answer to a credential that was not accepted: 401, or 502 when it could not be
+/// checked.
+pub fn credential_refused(e: crate::auth::CredentialError) -> Response {
+    match e {
+        crate::auth::CredentialError::Unauthorized(e) => unauthorized(e.0),
+        crate::auth::CredentialError::KeysUnavailable(e) => keys_unavailable(e),
+    }
+}
+
 /// 403 for a request `access` above the caller's verified tier, naming both tiers (the
 /// core's message, the edge's too), with the verified tier in [`ACCESS_HEADER`]: a client
 /// that asked above it follows it down instead of keeping what the higher tier showed.
@@ -381,9 +401,12 @@ async fn batch_inner(
 ) -> Response {
     // Who is calling, before anything is read: a refused credential costs no body.
     // (Admission verified it already; verified here only when called without it.)
-    let caller = match caller.map_or_else(|| app.auth.caller(headers), Ok) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e.0),
+    let caller = match caller {
+        Some(c) => c,
+        None => match app.auth.caller(headers).await {
+            Ok(c) => c,
+            Err(e) => return credential_refused(e),
+        },
     };
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     if let Err(e) = check_content_type(content_type) {
@@ -445,10 +468,12 @@ async fn invalidate_handler(
 ) -> Response {
     let caller = match caller {
         Some(c) => c.0,
-        None => match crate::admission::authenticate(&app, &headers, client.map(|c| c.0 .0)) {
-            Ok(c) => c,
-            Err(refused) => return refused.into_response(),
-        },
+        None => {
+            match crate::admission::authenticate(&app, &headers, client.map(|c| c.0 .0)).await {
+                Ok(c) => c,
+                Err(refused) => return refused.into_response(),
+            }
+        }
     };
     if headers.get(AUTHORIZATION).is_none() {
         return unauthorized(format!(
@@ -565,9 +590,12 @@ async fn changes_handler(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match caller.map_or_else(|| app.auth.caller(&headers), |c| Ok(c.0)) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e.0),
+    let caller = match caller {
+        Some(c) => c.0,
+        None => match app.auth.caller(&headers).await {
+            Ok(c) => c,
+            Err(e) => return credential_refused(e),
+        },
     };
     let unlimited = caller
         .sub

@@ -19,6 +19,7 @@ pub mod config;
 pub mod empty_tiles;
 pub mod http;
 pub mod invalidate;
+pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
 pub mod origin;

@@ -36,7 +36,7 @@ use tilewarm::tile::{TileError, TileId};
 
 use crate::admission::HeldSlot;
 use crate::auth::Caller;
-use crate::http::{error_response, forbidden_tier, refusal_response, unauthorized};
+use crate::http::{error_response, forbidden_tier, refusal_response};
 use crate::App;
 
 /// The longest a shared cache (CDN, proxy) may keep a `public` answer, in seconds
@@ -189,9 +189,12 @@ async fn answer(
     path: &(String, String, String),
     query: Option<&str>,
 ) -> Response {
-    let caller = match caller.map_or_else(|| app.auth.caller(headers), Ok) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e.0),
+    let caller = match caller {
+        Some(c) => c,
+        None => match app.auth.caller(headers).await {
+            Ok(c) => c,
+            Err(e) => return crate::http::credential_refused(e),
+        },
     };
     let tile = match path_tile(app, path) {
         Ok(t) => t,

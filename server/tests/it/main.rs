@@ -9,6 +9,7 @@ mod common;
 mod fastpath;
 mod feed;
 mod invalidate;
+mod jwks_rotation;
 mod logs;
 mod openapi;
 mod overload;
