@@ -22,7 +22,7 @@
 //!   fetched.
 //!
 //! [`Schedule`] decides when (sans-IO: times in milliseconds come in); [`RemoteKeys`] does
-//! the fetching, at most one at a time.
+//! the fetching, at most one at a time, each in a task of its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -155,18 +155,21 @@ struct State {
     keys: Arc<[Key]>,
     schedule: Schedule,
     failure: Option<String>,
-    /// Fetches finished (a request that waited for the fetch lock sees whether one ended
-    /// meanwhile, and does not fetch again).
+    /// Fetches finished (a request that waits for a fetch waits for this to pass what it
+    /// saw).
     fetches: u64,
+    /// A fetch is running (its own task: a request that gives up waiting does not cancel it).
+    in_flight: bool,
 }
 
-/// The key set of a `--jwks` URL, fetched again by [`Schedule`]'s rules.
+/// The key set of a `--jwks` URL, fetched again by [`Schedule`]'s rules, at most one fetch
+/// at a time.
 pub struct RemoteKeys {
     url: String,
     epoch: Instant,
     state: Mutex<State>,
-    /// Held while fetching: at most one fetch at a time.
-    fetching: tokio::sync::Mutex<()>,
+    /// [`State::fetches`], sent when a fetch ends.
+    done: tokio::sync::watch::Sender<u64>,
 }
 
 /// What [`RemoteKeys::keys`] and [`RemoteKeys::refetch`] give a request.
@@ -190,8 +193,9 @@ impl RemoteKeys {
                 schedule: Schedule::new(max_age, cooldown, 0),
                 failure: None,
                 fetches: 0,
+                in_flight: false,
             }),
-            fetching: tokio::sync::Mutex::new(()),
+            done: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -203,7 +207,7 @@ impl RemoteKeys {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn snapshot(&self, state: &State, now_ms: u64) -> Snapshot {
+    fn snapshot(state: &State, now_ms: u64) -> Snapshot {
         Snapshot {
             keys: state
                 .schedule
@@ -215,31 +219,46 @@ impl RemoteKeys {
     }
 
     /// The set to verify with now. A set past its max age is fetched again in the
-    /// background (when the schedule allows), and used meanwhile.
+    /// background (when the schedule allows and no fetch runs), and used meanwhile.
     pub fn keys(self: &Arc<Self>) -> Snapshot {
         let now = self.now_ms();
-        let state = self.lock();
-        let snapshot = self.snapshot(&state, now);
-        let stale = !state.schedule.fresh(now) && state.schedule.may_fetch(now, false);
-        drop(state);
-        if stale && snapshot.keys.is_some() {
-            let me = Arc::clone(self);
-            let seen = snapshot.fetches;
-            tokio::spawn(async move { me.fetch_unless_done(seen, false).await });
+        let mut state = self.lock();
+        let snapshot = Self::snapshot(&state, now);
+        if snapshot.keys.is_some()
+            && !state.schedule.fresh(now)
+            && !state.in_flight
+            && state.schedule.may_fetch(now, false)
+        {
+            self.start(&mut state, now);
         }
         snapshot
     }
 
     /// For a token whose `kid` `seen`'s set lacks (`kid_unknown`), or when `seen` had no
-    /// set to verify with: the set after a fetch, if the schedule allows one now (a fetch
-    /// in flight is joined); `None` when it does not.
-    pub async fn refetch(&self, seen: &Snapshot, kid_unknown: bool) -> Option<Snapshot> {
-        if !self.lock().schedule.may_fetch(self.now_ms(), kid_unknown) {
-            return None;
+    /// set to verify with: the set after a fetch that ended since `seen` was taken, waiting
+    /// for the one running or starting one if the schedule allows; `None` when none ended,
+    /// none runs and the schedule allows none now.
+    pub async fn refetch(self: &Arc<Self>, seen: &Snapshot, kid_unknown: bool) -> Option<Snapshot> {
+        let mut done = self.done.subscribe();
+        {
+            let mut state = self.lock();
+            let now = self.now_ms();
+            if state.fetches != seen.fetches {
+                return Some(Self::snapshot(&state, now));
+            }
+            if !state.in_flight {
+                if !state.schedule.may_fetch(now, kid_unknown) {
+                    return None;
+                }
+                self.start(&mut state, now);
+            }
         }
-        self.fetch_unless_done(seen.fetches, kid_unknown).await;
+        // The fetch ends within FETCH_TIMEOUT; the margin only guards against a task that
+        // never ran (the runtime shutting down).
+        let wait = FETCH_TIMEOUT + Duration::from_secs(1);
+        let _ = tokio::time::timeout(wait, done.wait_for(|&n| n != seen.fetches)).await;
         let state = self.lock();
-        Some(self.snapshot(&state, self.now_ms()))
+        Some(Self::snapshot(&state, self.now_ms()))
     }
 
     /// Whole seconds until asking again may help a request refused because of the key
@@ -250,18 +269,16 @@ impl RemoteKeys {
             .retry_after_s(self.now_ms(), kid_unknown)
     }
 
-    /// Fetches the set, unless a fetch finished since `seen` was counted (a request that
-    /// waited for the one in flight uses its outcome) or the schedule no longer allows one.
-    async fn fetch_unless_done(&self, seen: u64, kid_unknown: bool) {
-        let _one = self.fetching.lock().await;
-        {
-            let mut state = self.lock();
-            let now = self.now_ms();
-            if state.fetches != seen || !state.schedule.may_fetch(now, kid_unknown) {
-                return;
-            }
-            state.schedule.started(now);
-        }
+    /// Starts a fetch in a task of its own (so a request that stops waiting for it does not
+    /// cancel it halfway).
+    fn start(self: &Arc<Self>, state: &mut State, now_ms: u64) {
+        state.in_flight = true;
+        state.schedule.started(now_ms);
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.fetch().await });
+    }
+
+    async fn fetch(&self) {
         let outcome = match tokio::time::timeout(FETCH_TIMEOUT, fetch_jwks(&self.url)).await {
             Err(_) => Err(format!(
                 "--jwks {}: no answer within {} s",
@@ -272,7 +289,6 @@ impl RemoteKeys {
         };
         let mut state = self.lock();
         let now = self.now_ms();
-        state.fetches += 1;
         match outcome {
             Ok(keys) => {
                 let kids = |k: &[Key]| k.iter().filter_map(|k| k.kid.clone()).collect::<Vec<_>>();
@@ -294,6 +310,11 @@ impl RemoteKeys {
                 state.failure = Some(e);
             }
         }
+        state.fetches += 1;
+        state.in_flight = false;
+        let n = state.fetches;
+        drop(state);
+        self.done.send_replace(n);
     }
 }
 
