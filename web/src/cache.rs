@@ -131,7 +131,7 @@ impl<T> Clone for Update<T> {
     }
 }
 
-/// The core's payload: the decoded item and the bytes its JSON took.
+/// The core's payload: the decoded item and the bytes its `data`'s JSON took.
 struct Stored<T> {
     item: Rc<Item<T>>,
     size: usize,
@@ -1066,7 +1066,9 @@ fn decode<T: DeserializeOwned>(
         let raw = it.data.get();
         let data: T = serde_json::from_str(raw)
             .map_err(|e| format!("items[{i}].data does not fit the item type: {e}"))?;
-        let size = raw.len() + it.id.len() + it.class.len() + 64;
+        // `data`'s JSON only, as the npm package's items carry it: the core charges the id,
+        // the class and its overhead on top (`item_size_bytes`), once.
+        let size = raw.len();
         let item = Rc::new(Item {
             id: it.id.clone(),
             lon: it.lon,

@@ -168,6 +168,26 @@ async fn a_cold_view_fetches_once_and_completes() {
     assert_eq!(cache.stats().batch.requests, 1);
 }
 
+/// `maxBytes` means what it means in the npm package: each item is charged its id, class
+/// and `data` as JSON, plus the core's overhead, once.
+#[wasm_bindgen_test]
+async fn an_item_is_charged_its_id_class_and_data_once() {
+    let cache: TileCache = TileCache::new(&options("charged", 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let items = cache.view().items;
+    assert!(!items.is_empty());
+    let stats = cache.stats().cache;
+    assert_eq!(stats.entries, items.len(), "only the view's tile is cached");
+    let charged: usize = (items.iter())
+        .map(|s| {
+            let data = serde_json::to_string(&s.item.data).unwrap();
+            tilewarm::cache::item_size_bytes(&s.item.id, &s.item.class, data.len())
+        })
+        .sum();
+    assert_eq!(stats.bytes, charged);
+}
+
 #[wasm_bindgen_test]
 async fn a_one_tile_pan_after_prefetch_needs_no_foreground_request() {
     let s = "pan";
