@@ -255,9 +255,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         })
     }
 
-    /// A cache from a JS options object of the npm package's shape, through
-    /// serde-wasm-bindgen; `auth.token`, if given, is a JS function returning a token or a
-    /// promise of one.
+    /// A cache from a JS options object of the npm package's shape, read as the npm package
+    /// reads it: a misspelt key is an error naming it, a key left `undefined` takes the
+    /// default, `null`, `NaN` and an infinity are errors naming the option, and `headers`
+    /// may be a plain object or a `Headers`. `auth.token`, if given, is a JS function
+    /// returning a token or a promise of one.
     pub fn from_js(options: &JsValue) -> Result<TileCache<T>, Error> {
         if !options.is_object() {
             return Err(Error::new(
@@ -284,10 +286,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         // The rest through serde: a copy without `auth` (functions are not data).
         let rest = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
         let _ = js_sys::Reflect::delete_property(&rest, &key);
-        // Through a JSON value: serde-wasm-bindgen reads a struct's own keys only, and a
-        // misspelt option must be an error, not silently the default.
-        let opts: Options = serde_wasm_bindgen::from_value::<serde_json::Value>(rest.into())
-            .and_then(|v| serde_json::from_value(v).map_err(|e| serde_wasm_bindgen::Error::new(e)))
+        // Through a JSON value read as the npm package reads its options (`options_json`),
+        // then serde with `deny_unknown_fields`: a misspelt option is an error, not
+        // silently the default.
+        let opts: Options = serde_json::from_value(options_json(&rest, "")?)
             .map_err(|e| Error::new(ErrorCode::InvalidArgType, format!("options: {e}")))?;
         TileCache::with_auth(&opts, auth)
     }
@@ -528,6 +530,86 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     pub fn stats(&self) -> ClientStats {
         self.inner.state.borrow().client.stats()
     }
+}
+
+/// A JS options value (`path`: its name, `ttl.default`) as JSON, read as the npm package
+/// reads its options: a key whose value is `undefined` is left out (its default), a group
+/// included; `null` and a number that is not finite (`NaN`, an infinity) are errors naming
+/// the option, never the default; `headers` may be a `Headers`. (serde-wasm-bindgen's JSON
+/// value would make `undefined`, `null` and `NaN` all `null`: the default for a number, an
+/// error for a group, and a `Headers` nothing, its entries not being own keys.)
+fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
+    use serde_json::Value;
+    if let Some(s) = v.as_string() {
+        return Ok(Value::String(s));
+    }
+    if let Some(b) = v.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Some(n) = v.as_f64() {
+        if !n.is_finite() {
+            let got = if n.is_nan() {
+                "NaN"
+            } else if n > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            };
+            return Err(Error::new(
+                ErrorCode::OutOfRange,
+                format!("options: {path} must be a finite number, got {got}"),
+            ));
+        }
+        // Integers as integers (serde takes no float for a count), up to 2^53.
+        let exact = n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0;
+        return Ok(match exact {
+            true if n < 0.0 => Value::from(n as i64),
+            true => Value::from(n as u64),
+            false => Value::from(n),
+        });
+    }
+    let mut map = serde_json::Map::new();
+    if let Some(h) = v.dyn_ref::<web_sys::Headers>() {
+        for entry in js_sys::try_iter(h).ok().flatten().into_iter().flatten() {
+            let pair: js_sys::Array = entry
+                .map_err(|e| {
+                    Error::new(
+                        ErrorCode::InvalidArgType,
+                        format!("options: {path}: {}", show(&e)),
+                    )
+                })?
+                .unchecked_into();
+            let (k, val) = (pair.get(0).as_string(), pair.get(1).as_string());
+            if let (Some(k), Some(val)) = (k, val) {
+                map.insert(k, Value::String(val));
+            }
+        }
+        return Ok(Value::Object(map));
+    }
+    if v.is_object() && !v.is_function() && !js_sys::Array::is_array(v) {
+        for key in js_sys::Object::keys(v.unchecked_ref::<js_sys::Object>()).iter() {
+            let Some(k) = key.as_string() else { continue };
+            let val = js_sys::Reflect::get(v, &key).unwrap_or(JsValue::UNDEFINED);
+            if !val.is_undefined() {
+                let inner = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                map.insert(k, options_json(&val, &inner)?);
+            }
+        }
+        return Ok(Value::Object(map));
+    }
+    let what = if v.is_null() {
+        "null (leave it out for the default)".to_string()
+    } else {
+        show(v)
+    };
+    Err(Error::new(
+        ErrorCode::InvalidArgType,
+        format!("options: {path} must be a number, a string, a boolean or an object, got {what}"),
+    ))
 }
 
 /// The error of a view too wide to fetch.

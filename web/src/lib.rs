@@ -1,7 +1,7 @@
 //! tilewarm for Rust web front-ends (Leptos, Yew, Dioxus, plain wasm-bindgen apps): a
 //! browser shell over the same sans-IO [`tilewarm::Client`] the npm package drives, with
 //! requests on gloo-net, aborts on web-sys `AbortController`, wake-ups on gloo-timers and
-//! options from Rust or from a JS object through serde-wasm-bindgen.
+//! options from Rust or from a JS object of the npm package's shape.
 //!
 //! ```ignore
 //! let cache: TileCache = TileCache::new(&Options::new("https://example.com/v1/batch"))?;

@@ -1,5 +1,5 @@
 //! [`Options`]: how a [`TileCache`](crate::TileCache) is configured, from a Rust struct or,
-//! through serde-wasm-bindgen, from a JS object of the same shape as the npm package's
+//! through `TileCache::from_js`, from a JS object of the same shape as the npm package's
 //! options (`{ endpoint, tileZoom, maxItems, ttl: { default }, batch: { timeoutMs }, ... }`).
 //!
 //! Every field but `endpoint` is optional; a missing one takes the core's default

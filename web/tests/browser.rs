@@ -581,6 +581,63 @@ async fn options_from_a_js_object_with_an_auth_callback() {
     assert_eq!(bad.err().unwrap().code, ErrorCode::InvalidArgType);
 }
 
+/// A JS options object is read as the npm package reads its options: a key left
+/// `undefined` (a group too) takes the default, `null` and a number that is not finite are
+/// errors naming the option (not silently the default), and `headers` may be a `Headers`.
+#[wasm_bindgen_test]
+async fn js_options_undefined_null_nan_and_a_headers_instance_as_in_the_npm_package() {
+    let s = "js-shapes";
+    set_mode(s, "auth").await;
+    let with = |key: &str, v: &JsValue| {
+        let o = js(&format!(
+            r#"{{"endpoint":"{}","prefetch":{{"ring":0,"viewRing":0,"lookaheadMs":0}},"batch":{{"retries":0}}}}"#,
+            endpoint(s)
+        ));
+        let (group, key) = key
+            .split_once('.')
+            .map_or((None, key), |(g, k)| (Some(g), k));
+        let target = group.map_or(o.clone(), |g| js_sys::Reflect::get(&o, &g.into()).unwrap());
+        js_sys::Reflect::set(&target, &key.into(), v).unwrap();
+        TileCache::<Value>::from_js(&o)
+    };
+    for key in [
+        "ttl",
+        "headers",
+        "bounds",
+        "maxItems",
+        "batch.timeoutMs",
+        "access",
+    ] {
+        assert!(with(key, &JsValue::UNDEFINED).is_ok(), "{key}: undefined");
+    }
+    for (key, v) in [
+        ("maxItems", JsValue::from_f64(f64::NAN)),
+        ("batch.timeoutMs", JsValue::from_f64(f64::INFINITY)),
+        ("minZoom", JsValue::from_f64(f64::NEG_INFINITY)),
+    ] {
+        let e = with(key, &v)
+            .err()
+            .unwrap_or_else(|| panic!("{key}: {v:?} was taken"));
+        assert_eq!(e.code, ErrorCode::OutOfRange, "{key}: {e}");
+        assert!(e.message.contains(key), "{key}: {e}");
+    }
+    for key in ["ttl", "headers", "maxItems", "batch.retries", "access"] {
+        let e = with(key, &JsValue::NULL)
+            .err()
+            .unwrap_or_else(|| panic!("{key}: null was taken"));
+        assert_eq!(e.code, ErrorCode::InvalidArgType, "{key}: {e}");
+        assert!(e.message.contains(key), "{key}: {e}");
+    }
+    // `headers: new Headers(...)`, as the npm package takes it: the header goes out.
+    let h = web_sys::Headers::new().unwrap();
+    h.set("authorization", "Bearer good").unwrap();
+    let cache = with("headers", &h).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let l = control(s, "log").await;
+    assert_eq!(l["auth"], serde_json::json!(["Bearer good"]));
+}
+
 #[wasm_bindgen_test]
 async fn a_token_refused_twice_is_err_unauthorized() {
     let s = "auth-bad";
