@@ -75,7 +75,7 @@ impl<U> futures_core::Stream for Updates<U> {
 }
 
 /// The sending side: every subscriber's queue, held weakly (a dropped stream is forgotten
-/// at the next send). Dropping it ends every stream.
+/// at the next send or subscribe). Dropping it ends every stream.
 pub(crate) struct Subscribers<U> {
     queues: Vec<Weak<RefCell<Queue<U>>>>,
 }
@@ -87,8 +87,11 @@ impl<U> Default for Subscribers<U> {
 }
 
 impl<U: Clone + QueueRule> Subscribers<U> {
-    /// A new subscriber's stream, from now on.
+    /// A new subscriber's stream, from now on. The streams dropped since the last send
+    /// are forgotten here too: a page that subscribes again at every render of a map at
+    /// rest (nothing sent) would otherwise hold an entry for each.
     pub(crate) fn subscribe(&mut self) -> Updates<U> {
+        self.queues.retain(|weak| weak.strong_count() > 0);
         let queue = Rc::new(RefCell::new(Queue {
             items: VecDeque::new(),
             waker: None,
@@ -201,6 +204,21 @@ mod tests {
         assert!(!got
             .iter()
             .any(|u| matches!(u, U::View(v) | U::Access(v) if *v != last)));
+    }
+
+    /// A page that subscribes and drops streams while nothing is sent (a component made
+    /// again at each render of a map at rest) holds no more for them.
+    #[test]
+    fn streams_dropped_while_nothing_is_sent_are_forgotten() {
+        let mut subs: Subscribers<U> = Subscribers::default();
+        let kept = subs.subscribe();
+        for _ in 0..1000 {
+            drop(subs.subscribe());
+        }
+        assert!(subs.queues.len() <= 2, "{} queues kept", subs.queues.len());
+        subs.send(&U::Complete);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(kept.poll_update(&mut cx), Poll::Ready(Some(U::Complete)));
     }
 
     #[test]
