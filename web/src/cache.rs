@@ -197,6 +197,12 @@ struct Inner<T> {
 
 /// The tile-aware cache for one batch endpoint, in the browser. Cheap to clone (one
 /// shared cache); dropping the last clone aborts every request and stops the timer.
+///
+/// Neither `Send` nor `Sync`, and neither are the futures of its methods: it lives on the
+/// page's thread (`Rc`, JS handles), so spawn them with `wasm_bindgen_futures::spawn_local`
+/// (Leptos's `spawn_local` or `LocalResource`, Yew's `spawn_local`), and share it where a
+/// framework asks for `Send + Sync` through its local-only storage. Clones compare equal
+/// (`PartialEq`: the same cache), as Yew's and Dioxus's props and contexts need.
 pub struct TileCache<T = serde_json::Value> {
     inner: Rc<Inner<T>>,
 }
@@ -206,6 +212,23 @@ impl<T> Clone for TileCache<T> {
         TileCache {
             inner: Rc::clone(&self.inner),
         }
+    }
+}
+
+/// The same cache: a clone, not one made with the same options.
+impl<T> PartialEq for TileCache<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl<T> Eq for TileCache<T> {}
+
+impl<T> std::fmt::Debug for TileCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileCache")
+            .field("endpoint", &self.inner.endpoint)
+            .finish_non_exhaustive()
     }
 }
 

@@ -140,6 +140,17 @@ async fn the_extent_a_server_declares_is_adopted() {
     assert_eq!(log(s).await.0, 2);
 }
 
+/// What Yew's and Dioxus's props and contexts ask of a value: clones of one cache are
+/// equal, two caches are not; and it can be printed.
+#[wasm_bindgen_test]
+fn a_cache_equals_its_clones_only() {
+    let a: TileCache = TileCache::new(&options("eq", 0, 0)).unwrap();
+    let b: TileCache = TileCache::new(&options("eq", 0, 0)).unwrap();
+    assert_eq!(a, a.clone());
+    assert_ne!(a, b);
+    assert!(format!("{a:?}").contains("/s/eq/v1/batch"), "{a:?}");
+}
+
 #[wasm_bindgen_test]
 async fn a_cold_view_fetches_once_and_completes() {
     let s = "cold";
