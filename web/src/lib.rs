@@ -13,8 +13,9 @@
 //!
 //! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
 //! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
-//! `TileCache::updates`), `cache.rs` (`TileCache`, wasm32 only: everything that touches
-//! the browser), `body.rs` (an answer's body read with a cap, wasm32 only), `retry_after.rs`
+//! `TileCache::updates`), `view.rs` ([`Item`], [`Shown`], [`View`], [`Update`]: what the
+//! cache hands out, host and wasm, so code shared with a server build can name them),
+//! `cache.rs` (`TileCache`, wasm32 only: everything that touches the browser), `body.rs` (an answer's body read with a cap, wasm32 only), `retry_after.rs`
 //! (a `Retry-After` read as the npm package reads it). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
@@ -29,10 +30,11 @@ mod retry_after;
 // Its sending side is used by cache.rs only, in the browser; host builds test it.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod updates;
+mod view;
 
 pub use auth::{Auth, TokenFuture};
 #[cfg(target_arch = "wasm32")]
-pub use cache::{Item, Shown, TileCache, Update, View};
+pub use cache::TileCache;
 pub use error::{Error, ErrorCode};
 pub use options::{BatchOptions, Checked, Options, PrefetchOptions, TtlOptions};
 /// The core's types a caller of [`TileCache`] meets.
@@ -41,3 +43,4 @@ pub use tilewarm::cache::Invalidate;
 pub use tilewarm::client::{ClientStats, TileState, ViewTooLarge};
 pub use tilewarm::{Access, TileId};
 pub use updates::{Updates, MAX_QUEUED_UPDATES};
+pub use view::{Item, Shown, Update, View};

@@ -1,0 +1,159 @@
+//! What a [`TileCache`](crate::TileCache) hands out: [`Item`]s, [`Shown`] in a [`View`], and
+//! the [`Update`]s of its stream. Plain data, host-compiled (unlike the cache, which is
+//! wasm32 only), so code shared with a server build (Leptos or Dioxus with SSR) can name
+//! them, in a signal's type say, and `cargo test` checks how the stream queues them.
+
+use std::rc::Rc;
+
+use tilewarm::client::ViewTooLarge;
+use tilewarm::{Access, TileId};
+
+use crate::error::Error;
+use crate::updates::{QueueRule, Queued};
+
+/// A cached item: the wire fields, and `data` decoded into `T`.
+#[derive(Debug, PartialEq)]
+pub struct Item<T> {
+    pub id: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub class: String,
+    pub access: Access,
+    pub data: T,
+}
+
+/// An item in a view, and whether it is stale (shown while it is fetched again).
+#[derive(Debug)]
+pub struct Shown<T> {
+    pub item: Rc<Item<T>>,
+    pub stale: bool,
+}
+
+impl<T> Clone for Shown<T> {
+    fn clone(&self) -> Self {
+        Shown {
+            item: Rc::clone(&self.item),
+            stale: self.stale,
+        }
+    }
+}
+
+/// What the cache has for the view.
+#[derive(Debug)]
+pub struct View<T> {
+    /// Every cached item in the visible tiles.
+    pub items: Vec<Shown<T>>,
+    /// Every visible tile can be shown.
+    pub complete: bool,
+    /// Visible data tiles not showable yet (being fetched).
+    pub missing_tiles: Vec<TileId>,
+    /// The view covers more data tiles than the planner's `max_visible_tiles` (a large
+    /// window at a low zoom, a pitched view): nothing is fetched for it and `items` are the
+    /// cached ones in it. Not an error (the npm package's `tooWide`): zoom in, or raise the
+    /// option. [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
+    pub too_wide: Option<ViewTooLarge>,
+}
+
+impl<T> Clone for View<T> {
+    fn clone(&self) -> Self {
+        View {
+            items: self.items.clone(),
+            complete: self.complete,
+            missing_tiles: self.missing_tiles.clone(),
+            too_wide: self.too_wide,
+        }
+    }
+}
+
+/// What [`TileCache::updates`] streams.
+#[derive(Debug)]
+pub enum Update<T> {
+    /// Data for the view arrived (or was invalidated): the view as it is now.
+    View(View<T>),
+    /// Every visible tile can now be shown.
+    Complete,
+    /// The tier the cache asks and views at changed: [`TileCache::set_access`], or a lower
+    /// tier the server reported for the credential (an answer, or a `403` naming it), as
+    /// the npm package's `onAccess` tells. Sent before the view it changed.
+    Access(Access),
+    /// A request failed (foreground or prefetch), or an answer left requested ids out;
+    /// cached data stays usable.
+    Error(Error),
+}
+
+impl<T> QueueRule for Update<T> {
+    fn rule(&self) -> Queued {
+        match self {
+            Update::View(_) => Queued::Latest(0),
+            Update::Access(_) => Queued::Latest(1),
+            Update::Complete => Queued::Once,
+            Update::Error(_) => Queued::Each,
+        }
+    }
+}
+
+impl<T> Clone for Update<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Update::View(v) => Update::View(v.clone()),
+            Update::Complete => Update::Complete,
+            Update::Access(a) => Update::Access(*a),
+            Update::Error(e) => Update::Error(e.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::updates::Subscribers;
+
+    fn view(n: usize) -> View<u32> {
+        let item = Rc::new(Item {
+            id: format!("h{n}"),
+            lon: 0.0,
+            lat: 0.0,
+            class: "active".into(),
+            access: Access::Public,
+            data: n as u32,
+        });
+        View {
+            items: vec![Shown { item, stale: false }],
+            complete: true,
+            missing_tiles: Vec::new(),
+            too_wide: None,
+        }
+    }
+
+    /// The stream's queue for a subscriber that does not read, with the shell's own
+    /// updates: the latest view and tier replace the ones not read, `Complete` is queued
+    /// once, errors each; the tier comes before the view it changed.
+    #[test]
+    fn a_subscriber_that_does_not_read_holds_the_latest_view_and_tier() {
+        let mut subs: Subscribers<Update<u32>> = Subscribers::default();
+        let idle = subs.subscribe();
+        subs.send(&Update::View(view(1)));
+        subs.send(&Update::Complete);
+        subs.send(&Update::Access(Access::Agent));
+        subs.send(&Update::Error(Error::disposed()));
+        subs.send(&Update::Access(Access::Public));
+        subs.send(&Update::View(view(2)));
+        subs.send(&Update::Complete);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(u)) = idle.poll_update(&mut cx) {
+            got.push(match u {
+                Update::View(v) => format!("view {}", v.items[0].item.data),
+                Update::Complete => "complete".into(),
+                Update::Access(a) => format!("access {a}"),
+                Update::Error(e) => format!("error {}", e.code.as_str()),
+            });
+        }
+        assert_eq!(
+            got,
+            ["complete", "error ERR_DISPOSED", "access public", "view 2"]
+        );
+    }
+}
