@@ -26,6 +26,9 @@ pub struct Options {
     pub tile_zoom: Option<u8>,
     /// Below this map zoom nothing is fetched.
     pub min_zoom: Option<f64>,
+    /// Most data tiles a view may cover (core default 1024): a wider one is
+    /// [`View::too_wide`](crate::View::too_wide), nothing fetched for it.
+    pub max_visible_tiles: Option<usize>,
     /// Most items cached.
     pub max_items: Option<usize>,
     /// Most bytes held: each item is charged its id, class and `data` as JSON, plus 96, as in
@@ -173,6 +176,9 @@ impl Options {
         if let Some(z) = self.min_zoom {
             c.planner.min_zoom = z;
         }
+        if let Some(n) = self.max_visible_tiles {
+            c.planner.max_visible_tiles = n;
+        }
         if let Some(n) = self.max_items {
             c.cache.max_items = n;
         }
@@ -303,6 +309,17 @@ mod tests {
                 ("content-type".to_string(), "application/json".to_string())
             ]
         );
+    }
+
+    /// The option a view too wide to fetch asks to raise, as the npm package names it.
+    #[test]
+    fn max_visible_tiles_is_an_option() {
+        let o = from_json(r#"{"endpoint":"http://h/","maxVisibleTiles":2048}"#).unwrap();
+        assert_eq!(o.check().unwrap().config.planner.max_visible_tiles, 2048);
+        let o = from_json(r#"{"endpoint":"http://h/","maxVisibleTiles":5000}"#).unwrap();
+        let e = o.check().unwrap_err();
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(e.message.contains("max_visible_tiles"), "{e}");
     }
 
     #[test]

@@ -49,8 +49,9 @@ pub struct View<T> {
     pub missing_tiles: Vec<TileId>,
     /// The view covers more data tiles than the planner's `max_visible_tiles` (a large
     /// window at a low zoom, a pitched view): nothing is fetched for it and `items` are the
-    /// cached ones in it. Not an error (the npm package's `tooWide`): zoom in, or raise the
-    /// option. [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
+    /// cached ones in it. Not an error (the npm package's `tooWide`): zoom in, or raise
+    /// [`Options::max_visible_tiles`](crate::Options::max_visible_tiles) (`maxVisibleTiles`).
+    /// [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
     pub too_wide: Option<ViewTooLarge>,
 }
 
