@@ -271,6 +271,22 @@ async fn a_stale_prefetch_is_aborted_on_the_wire() {
     assert!(cache.view().complete);
 }
 
+/// Dropping the last clone of a cache aborts what it has out (the proxy sees the request
+/// closed) and ends its update streams; nothing of it is left running.
+#[wasm_bindgen_test]
+async fn dropping_the_cache_aborts_its_requests_and_ends_its_streams() {
+    let s = "dropped";
+    set_mode(s, "stall").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let mut updates = cache.updates();
+    show(&cache, inside(tile(0, 0)));
+    wait_until("the request is out", || async { log(s).await.0 >= 1 }).await;
+    drop(cache);
+    wait_until("it is aborted", || async { log(s).await.1 >= 1 }).await;
+    let end = within(5000, updates.next()).await;
+    assert!(matches!(end, Some(None)), "{:?}", end.map(|u| u.is_some()));
+}
+
 #[wasm_bindgen_test]
 async fn a_500_and_a_stall_leave_cached_data_usable() {
     let s = "faults";
