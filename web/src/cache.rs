@@ -152,7 +152,8 @@ fn hidden_document() -> Option<web_sys::Document> {
 }
 
 impl<T: DeserializeOwned + 'static> TileCache<T> {
-    /// A cache with these options (checked; see [`Options::check`]).
+    /// A cache with these options (checked; see [`Options::check`]; the endpoint also as
+    /// the browser reads a URL).
     pub fn new(options: &Options) -> Result<TileCache<T>, Error> {
         TileCache::with_auth(options, None)
     }
@@ -160,6 +161,17 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// A cache whose requests carry a bearer token from `auth`.
     pub fn with_auth(options: &Options, auth: Option<Auth>) -> Result<TileCache<T>, Error> {
         let checked = options.check()?;
+        // The browser's own reading of it, as the npm package's `new URL(endpoint)`: one it
+        // cannot read would fail every request instead.
+        if web_sys::Url::new(&checked.endpoint).is_err() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgValue,
+                format!(
+                    "endpoint must be an absolute http(s) URL the browser can read, got {:?}",
+                    checked.endpoint
+                ),
+            ));
+        }
         let limits = checked.config.limits;
         let client = Client::new(checked.config)
             .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;

@@ -151,6 +151,24 @@ fn a_cache_equals_its_clones_only() {
     assert!(format!("{a:?}").contains("/s/eq/v1/batch"), "{a:?}");
 }
 
+/// An endpoint the browser cannot make a URL of is refused when the cache is made, as the
+/// npm package refuses it, not a network error at every request.
+#[wasm_bindgen_test]
+fn an_endpoint_that_is_not_a_url_is_refused_when_the_cache_is_made() {
+    for bad in [
+        "http://[::1/v1/batch",
+        "http://exa%zzmple.com/v1/batch",
+        "https://:443/v1",
+    ] {
+        let e = TileCache::<Value>::new(&Options::new(bad))
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was taken"));
+        assert_eq!(e.code, ErrorCode::InvalidArgValue, "{bad}: {e}");
+        assert!(e.message.contains("endpoint must be"), "{bad}: {e}");
+    }
+    assert!(TileCache::<Value>::new(&Options::new("http://127.0.0.1:1/v1/batch")).is_ok());
+}
+
 #[wasm_bindgen_test]
 async fn a_cold_view_fetches_once_and_completes() {
     let s = "cold";
