@@ -202,7 +202,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// A cache from a JS options object of the npm package's shape, read as the npm package
     /// reads it: a misspelt key is an error naming it, a key left `undefined` takes the
     /// default, `null`, `NaN` and an infinity are errors naming the option, and `headers`
-    /// may be a plain object or a `Headers`. `auth.token`, if given, is a JS function
+    /// may be a plain object, a `Headers` or a `Map`. `auth.token`, if given, is a JS function
     /// returning a token or a promise of one.
     pub fn from_js(options: &JsValue) -> Result<TileCache<T>, Error> {
         if !options.is_object() {
@@ -479,9 +479,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
 /// A JS options value (`path`: its name, `ttl.default`) as JSON, read as the npm package
 /// reads its options: a key whose value is `undefined` is left out (its default), a group
 /// included; `null` and a number that is not finite (`NaN`, an infinity) are errors naming
-/// the option, never the default; `headers` may be a `Headers`. (serde-wasm-bindgen's JSON
-/// value would make `undefined`, `null` and `NaN` all `null`: the default for a number, an
-/// error for a group, and a `Headers` nothing, its entries not being own keys.)
+/// the option, never the default; `headers` may be a `Headers` or a `Map`.
+/// (serde-wasm-bindgen's JSON value would make `undefined`, `null` and `NaN` all `null`: the
+/// default for a number, an error for a group; and a `Headers` or a `Map` nothing, their
+/// entries not being own keys.)
 fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
     use serde_json::Value;
     if let Some(s) = v.as_string() {
@@ -513,20 +514,26 @@ fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
         });
     }
     let mut map = serde_json::Map::new();
-    if let Some(h) = v.dyn_ref::<web_sys::Headers>() {
-        for entry in js_sys::try_iter(h).ok().flatten().into_iter().flatten() {
-            let pair: js_sys::Array = entry
-                .map_err(|e| {
-                    Error::new(
-                        ErrorCode::InvalidArgType,
-                        format!("options: {path}: {}", show(&e)),
-                    )
-                })?
-                .unchecked_into();
-            let (k, val) = (pair.get(0).as_string(), pair.get(1).as_string());
-            if let (Some(k), Some(val)) = (k, val) {
-                map.insert(k, Value::String(val));
-            }
+    // `headers` as a `Headers` or a `Map` (what the npm package hands to `new Headers`):
+    // their entries are not own keys.
+    let iterable = path == "headers" && v.is_object() && !js_sys::Array::is_array(v);
+    if let Some(entries) = iterable
+        .then(|| js_sys::try_iter(v).ok().flatten())
+        .flatten()
+    {
+        let bad = |what: String| {
+            Error::new(
+                ErrorCode::InvalidArgType,
+                format!("options: headers must map names to strings, {what}"),
+            )
+        };
+        for entry in entries {
+            let pair: js_sys::Array = entry.map_err(|e| bad(show(&e)))?.unchecked_into();
+            let (k, val) = (pair.get(0), pair.get(1));
+            match (k.as_string(), val.as_string()) {
+                (Some(k), Some(val)) => map.insert(k, Value::String(val)),
+                _ => return Err(bad(format!("got {}: {}", show(&k), show(&val)))),
+            };
         }
         return Ok(Value::Object(map));
     }

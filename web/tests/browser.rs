@@ -673,14 +673,19 @@ async fn js_options_undefined_null_nan_and_a_headers_instance_as_in_the_npm_pack
         assert_eq!(e.code, ErrorCode::InvalidArgType, "{key}: {e}");
         assert!(e.message.contains(key), "{key}: {e}");
     }
-    // `headers: new Headers(...)`, as the npm package takes it: the header goes out.
+    // `headers: new Headers(...)` or a `Map`, as the npm package takes them: the header
+    // goes out.
     let h = web_sys::Headers::new().unwrap();
     h.set("authorization", "Bearer good").unwrap();
-    let cache = with("headers", &h).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let m = js_sys::Map::new();
+    m.set(&"authorization".into(), &"Bearer good".into());
+    for (n, headers) in [JsValue::from(h), m.into()].iter().enumerate() {
+        let cache = with("headers", headers).unwrap();
+        show(&cache, inside(tile(n as i64, 0)));
+        cache.when_complete().await.unwrap();
+    }
     let l = control(s, "log").await;
-    assert_eq!(l["auth"], serde_json::json!(["Bearer good"]));
+    assert_eq!(l["auth"], serde_json::json!(["Bearer good", "Bearer good"]));
 }
 
 #[wasm_bindgen_test]
