@@ -552,15 +552,13 @@ fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
         }
         return Ok(Value::Object(map));
     }
-    let what = if v.is_null() {
-        "null (leave it out for the default)".to_string()
+    let message = if v.is_null() {
+        format!("options: {path} must not be null (an option left out takes its default)")
     } else {
-        show(v)
+        let got = show(v);
+        format!("options: {path} must be a number, a string, a boolean or an object, got {got}")
     };
-    Err(Error::new(
-        ErrorCode::InvalidArgType,
-        format!("options: {path} must be a number, a string, a boolean or an object, got {what}"),
-    ))
+    Err(Error::new(ErrorCode::InvalidArgType, message))
 }
 
 /// The error of a view too wide to fetch.
