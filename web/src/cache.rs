@@ -240,6 +240,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
 
     /// The map moved: what the cache has for the view now. Fetches it needs start at once;
     /// [`TileCache::updates`] and [`TileCache::when_complete`] say when they arrive.
+    ///
+    /// `zoom` is in 256-px tile units (Leaflet's and OpenLayers' zoom), as `minZoom` is: a
+    /// MapLibre or Mapbox GL map's zoom (512-px tiles) is one less, so add 1 to it (the npm
+    /// package's `tileSize: 512`, which this shell does not take).
     pub fn set_viewport(
         &self,
         west: f64,
