@@ -616,10 +616,11 @@ export function createWorker(defaults = {}) {
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
     }
-    const max = proxy.maxBodyBytes;
+    // A caller's body: at most what the tile and id limits allow (about 517 KiB, as the
+    // server reads), not the 8 MiB an origin answer may take (the isolate has 128 MB).
     let body;
     try {
-      body = await readBody(request, max, 'body');
+      body = await readBody(request, proxy.maxRequestBytes, 'body');
     } catch (e) {
       if (e instanceof TooLarge) return error(413, 'payload_too_large', e.message);
       return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
@@ -638,7 +639,7 @@ export function createWorker(defaults = {}) {
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
       retryAfter = originRetryAfter(res);
-      const bytes = await readBody(res, max, "the origin's answer");
+      const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
       if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
     } catch (e) {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::access::{effective_tier, Access};
-use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode};
+use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
 use crate::tile::TileId;
 use crate::util::HashMap;
@@ -119,6 +119,18 @@ fn parse_options(options: &str) -> Result<Options, String> {
         return Ok(Options::default());
     }
     serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))
+}
+
+/// The limits a caller's request is decoded with: the proxy's, with a body of at most
+/// [`Limits::max_request_bytes`] (the largest request the tile and id limits allow, about
+/// 517 KiB, as the server reads), not the 8 MiB an origin answer may take. A caller's body
+/// is held in the isolate (128 MB, shared by every request in it) and copied into the wasm
+/// memory, which never shrinks: a few concurrent 8 MiB bodies would take a large share of it.
+fn request_limits(limits: &Limits) -> Limits {
+    Limits {
+        max_body_bytes: limits.max_request_bytes().min(limits.max_body_bytes),
+        ..*limits
+    }
 }
 
 /// The proxy config from worker options.
@@ -351,10 +363,18 @@ impl EdgeProxy {
         self.shared_tiles
     }
 
-    /// Largest request body accepted, in bytes (check `content-length` before reading).
+    /// Largest origin answer read, in bytes (check `content-length` before reading): the
+    /// protocol's `max_body_bytes`, 8 MiB by default.
     #[wasm_bindgen(getter, js_name = maxBodyBytes)]
     pub fn max_body_bytes(&self) -> usize {
         self.proxy.config().limits.max_body_bytes
+    }
+
+    /// Largest request body accepted, in bytes (check `content-length` before reading): the
+    /// largest request the tile and id limits allow ([`request_limits`]), about 517 KiB.
+    #[wasm_bindgen(getter, js_name = maxRequestBytes)]
+    pub fn max_request_bytes(&self) -> usize {
+        request_limits(&self.proxy.config().limits).max_body_bytes
     }
 
     /// Decodes a request body and answers it from the cache, or hands out the origin
@@ -370,7 +390,7 @@ impl EdgeProxy {
                 message: "the worker passed an unknown verified tier".into(),
             });
         };
-        let request = match decode_request(body, &self.proxy.config().limits) {
+        let request = match decode_request(body, &request_limits(&self.proxy.config().limits)) {
             Ok(r) => r,
             Err(e) => return Step::error(&ErrorBody::from(&e)),
         };
@@ -686,6 +706,30 @@ mod tests {
         let unknown = p.complete(12345, 200, origin, 0.0);
         assert_eq!(unknown.status, 500);
         assert!(p.stats().contains("\"hits\":1"));
+    }
+
+    #[test]
+    fn a_request_body_is_at_most_what_the_tile_and_id_limits_allow_not_8_mib() {
+        let mut p = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let max = Limits::default().max_request_bytes();
+        assert_eq!(p.max_request_bytes(), max);
+        assert!(max < 600 * 1024 && p.max_body_bytes() == 8 * 1024 * 1024);
+        // A valid request padded with whitespace to `len` bytes.
+        let padded = |len: usize| {
+            let head = br#"{"tiles":["14/2624/5721"],"access":"agent""#;
+            let mut b = head.to_vec();
+            b.resize(len - 1, b' ');
+            b.push(b'}');
+            b
+        };
+        let s = p.begin(&padded(max), "agent", 0.0);
+        assert!(s.origin.is_some(), "{:?}", s.body);
+        p.abandon(s.handle);
+        let s = p.begin(&padded(max + 1), "agent", 0.0);
+        assert_eq!((s.status, s.origin), (413, None));
+        let body = s.body.unwrap();
+        assert!(body.contains("payload_too_large"), "{body}");
+        assert!(body.contains(&max.to_string()), "{body}");
     }
 
     #[test]

@@ -171,6 +171,17 @@ describe('edge worker under workerd', () => {
       assert.match(r.json.error.message, message);
       assert.equal(r.cache, null);
     }
+    // A caller's body is at most what the tile and id limits allow (as the server reads:
+    // about 517 KiB), not the 8 MiB an origin answer may take: a valid request padded
+    // with 600 KiB of whitespace is refused, and so is one declaring that length, unread.
+    const padded = `{"tiles":["14/2624/5721"],"access":"public"${' '.repeat(600 * 1024)}}`;
+    const over = await post(edge.batch, padded);
+    assert.equal(over.status, 413, over.text.slice(0, 200));
+    assert.equal(over.json.error.code, 'payload_too_large');
+    assert.match(over.json.error.message, /at most 5\d{5} are allowed/);
+    const declared = await postLarge(edge.batch, 600 * 1024);
+    assert.equal(declared.status, 413);
+    assert.match(declared.json.error.message, /body is 614400 bytes, at most 5\d{5} are allowed/);
     const big = await postLarge(edge.batch, 9 * 1024 * 1024);
     assert.equal(big.status, 413);
     assert.equal(big.json.error.code, 'payload_too_large');
