@@ -89,6 +89,7 @@ function take(step) {
     access: step.access,
     shared: step.shared,
     sharedPut: step.sharedPut,
+    retryAfter: step.retryAfter,
   };
   step.free();
   return s;
@@ -96,9 +97,11 @@ function take(step) {
 
 /**
  * The answer of step `s`; one with data carries the extent the origin last declared, an
- * error answer the origin's `Retry-After` (`retryAfter`, when it sent one with its 429 or 503).
+ * error answer the origin's `Retry-After` (`retryAfter`, when it sent one with its 429 or 503)
+ * or the core's own (`s.retryAfter`: the 503 of an isolate with too many requests waiting).
  */
 function respond(s, bounds, retryAfter = null) {
+  if (retryAfter === null && s.retryAfter != null) retryAfter = String(s.retryAfter);
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;

@@ -188,6 +188,7 @@ pub struct Step {
     access: Option<Access>,
     shared: Option<String>,
     shared_put: Option<String>,
+    retry_after_s: Option<u64>,
 }
 
 /// Tiles as one space-separated string (`None` for none): one string crosses the boundary.
@@ -260,6 +261,13 @@ impl Step {
     pub fn shared_put(&self) -> Option<String> {
         self.shared_put.clone()
     }
+    /// The `Retry-After` of an error answer of the proxy's own, in seconds: the `503
+    /// overloaded` of an isolate with [`MAX_PENDING`] requests waiting for the origin.
+    #[wasm_bindgen(getter, js_name = retryAfter)]
+    pub fn retry_after(&self) -> Option<u32> {
+        self.retry_after_s
+            .map(|s| u32::try_from(s).unwrap_or(u32::MAX))
+    }
 }
 
 /// A shared-cache entry: the body to store, its lifetime and its date.
@@ -304,6 +312,7 @@ impl Step {
             access: None,
             shared: None,
             shared_put: None,
+            retry_after_s: None,
         }
     }
 
@@ -319,6 +328,7 @@ impl Step {
             access: (a.status == 200).then_some(a.access),
             shared_put: tile_list(&a.shared_put),
             shared: None,
+            retry_after_s: None,
         }
     }
 }
@@ -331,6 +341,9 @@ pub struct EdgeProxy {
     pending: HashMap<u32, (Pending, u64)>,
     /// [`hold_ms`] of the options.
     hold_ms: u64,
+    /// The worker's `originTimeoutMs` (3 s by default): the `Retry-After` of the `503` past
+    /// [`MAX_PENDING`], when the requests waiting now have had their answer.
+    origin_timeout_ms: u64,
     next: u32,
     /// Most data tiles looked up in (or written to) the shared cache per request.
     shared_tiles: usize,
@@ -345,12 +358,14 @@ impl EdgeProxy {
         let options = parse_options(options).map_err(|e| JsError::new(&e))?;
         let shared_tiles = shared_tiles_from(&options).map_err(|e| JsError::new(&e))?;
         let hold_ms = hold_ms(&options);
+        let origin_timeout_ms = options.origin_timeout_ms.unwrap_or(3_000);
         let proxy = Proxy::new(config_from(options))
             .map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
         Ok(EdgeProxy {
             proxy,
             pending: HashMap::new(),
             hold_ms,
+            origin_timeout_ms,
             next: 1,
             shared_tiles,
         })
@@ -413,12 +428,19 @@ impl EdgeProxy {
         // Requests held past their time are ones no worker will come back for.
         self.pending.retain(|_, (_, until)| *until > now);
         if pending.origin_request().is_some() && self.pending.len() >= MAX_PENDING {
-            return Step::error(&ErrorBody {
-                code: ErrorCode::Internal,
-                message: format!(
-                    "more than {MAX_PENDING} requests are waiting for the origin in this isolate"
-                ),
-            });
+            // Refused at once, not queued: `503 overloaded` (as the server at capacity),
+            // asked again when the requests waiting now have had their origin's answer.
+            let retry_s = self.origin_timeout_ms.div_ceil(1000).max(1);
+            return Step {
+                retry_after_s: Some(retry_s),
+                ..Step::error(&ErrorBody {
+                    code: ErrorCode::Overloaded,
+                    message: format!(
+                        "this isolate has {MAX_PENDING} requests waiting for the origin, the most \
+                         it holds: retry in {retry_s} s"
+                    ),
+                })
+            };
         }
         let handle = self.next;
         self.next = self.next.checked_add(1).unwrap_or(1);
@@ -451,6 +473,7 @@ impl EdgeProxy {
             access,
             shared,
             shared_put: None,
+            retry_after_s: None,
         }
     }
 
@@ -673,6 +696,7 @@ mod tests {
             proxy: Proxy::new(config(r#"{"warmRing":0}"#).unwrap()).unwrap(),
             pending: HashMap::new(),
             hold_ms: hold_ms(&Options::default()),
+            origin_timeout_ms: 3_000,
             next: 1,
             shared_tiles: SHARED_TILES,
         };
@@ -742,9 +766,17 @@ mod tests {
         for _ in 0..MAX_PENDING {
             assert!(p.begin(body, "agent", 0.0).origin.is_some());
         }
+        // Refused at once as the server at capacity refuses: 503 overloaded, with a
+        // Retry-After (the origin timeout, 1 s here), not a 500 internal error.
         let full = p.begin(body, "agent", 11_999.0);
-        assert_eq!((full.status, full.origin), (500, None));
-        assert!(full.body.unwrap().contains("more than 1024 requests"));
+        assert_eq!(full.retry_after(), Some(1));
+        assert_eq!((full.status, full.origin), (503, None));
+        let msg = full.body.unwrap();
+        assert!(msg.contains("\"overloaded\""), "{msg}");
+        assert!(
+            msg.contains("1024 requests waiting for the origin"),
+            "{msg}"
+        );
         // Past the hold: the forgotten requests are let go and the isolate serves again.
         let s = p.begin(body, "agent", 12_000.0);
         assert!(s.origin.is_some(), "{:?}", s.body);

@@ -393,3 +393,44 @@ describe('edge worker: warming after a hit', () => {
     }
   });
 });
+
+describe('edge worker: more requests waiting for the origin than an isolate holds (1024)', () => {
+  // The origin stalls; each request waits for it (originTimeoutMs, 4 s here). The isolate
+  // holds at most 1024 such requests: the next is refused at once, as the server at
+  // capacity refuses: 503 overloaded with Retry-After (the origin timeout's seconds).
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    ({ server, relay, edge } = await stack([], {
+      originTimeoutMs: 4000, warmRing: 0, sharedCacheTiles: 0, changesPollMs: 0,
+    }));
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  it('refuses the next one at once with 503 overloaded and Retry-After, not 500, and does not hold it', async () => {
+    relay.mode = 'stall';
+    try {
+      const req = { tiles: ['14/2700/5800'], access: 'public' };
+      const waiting = Array.from({ length: 1024 }, () => post(edge.batch, req));
+      for (let i = 0; i < 400 && (await edge.stats()).pending < 1024; i++) await new Promise((ok) => setTimeout(ok, 10));
+      assert.equal((await edge.stats()).pending, 1024, 'the 1024 requests reached the origin call');
+      const r = await post(edge.batch, req);
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.json.error.code, 'overloaded');
+      assert.match(r.json.error.message, /1024 requests waiting for the origin/);
+      assert.equal(r.retryAfter, '4');
+      assert.equal((await edge.stats()).pending, 1024, 'not held: no origin call');
+      const done = await Promise.all(waiting);
+      assert.ok(done.every((d) => d.status === 504), `${done.find((d) => d.status !== 504)?.text}`);
+    } finally {
+      relay.mode = 'pass';
+    }
+  });
+});
