@@ -6,6 +6,10 @@
 //!   request remember the epoch they were planned in; an origin answer that arrives in a
 //!   later epoch is still given to its caller (it was asked before the change reached this
 //!   isolate) but is not written into the cache, so it cannot outlive the change here.
+//!   A warming answer is known by its tier and tiles only: the same tiles warmed again
+//!   while an answer is out count as planned when the first was
+//!   (`Changes::warm_planned`), so an answer asked before a change is never written as
+//!   one asked after it.
 //! - **Missing ids.** Ids remembered as missing that the change names are forgotten (an
 //!   item invalidated may exist again).
 //! - **Shared-cache entries** ([`super::shared`]) cannot be listed or purged by id. So the
@@ -93,8 +97,16 @@ impl Changes {
     }
 
     /// Remembers that a warming request for `tiles` at `tier` was planned at `now_ms`.
+    /// While one for the same tiles is still out (its answer not given back), the earlier
+    /// planning stands: an answer names its request by tier and tiles only, so either
+    /// answer may come back first, and one asked before a change must never be judged by
+    /// a planning after it (written and dated after the change). Whichever comes first is
+    /// judged as the earlier; the other finds nothing and is not written.
     pub(super) fn warm_planned(&mut self, tier: Access, tiles: &[TileId], now_ms: u64) {
-        self.warm.put((tier, tiles.to_vec()), (self.epoch, now_ms));
+        let key = (tier, tiles.to_vec());
+        if self.warm.get(&key).is_none() {
+            self.warm.put(key, (self.epoch, now_ms));
+        }
     }
 
     /// When that warming request was planned, if its answer may be written (it was planned

@@ -876,8 +876,11 @@ impl Proxy {
         outcome: OriginOutcome<'_>,
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
+        // Its planning is used up by any answer, a failure too (a warming of the same tiles
+        // planned later is judged by its own, [`change::Changes::warm_planned`]).
+        let planned = self.changes.warm_current(request.access, &request.tiles);
         let response = self.decode_origin(outcome, request.access)?;
-        let Some(planned_ms) = self.changes.warm_current(request.access, &request.tiles) else {
+        let Some(planned_ms) = planned else {
             return Err(ErrorBody {
                 code: ErrorCode::UpstreamError,
                 message: "the warming answer was asked for before a change to the cache \

@@ -1218,6 +1218,58 @@ mod changes {
 
     /// A warming answer is dated by when the warming request was planned too, and a tile
     /// filled from a shared-cache entry keeps the entry's date.
+    /// A warming answer names its request by tier and tiles only. Its tiles seen fresh
+    /// while it is out (another request filled them) are warmed again as soon as they are
+    /// not: after a change, the same tiles are warmed again, and the first answer, asked
+    /// before the change and still within `warmTimeoutMs`, must not be written as if it
+    /// were the second's (planned after the change).
+    #[test]
+    fn a_warming_answer_planned_before_a_change_is_not_written_when_the_same_tiles_are_warmed_again(
+    ) {
+        let old = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let centre = req(&[CENTRE], &[], Access::Public);
+        let (_, a, _) = run(&mut p, &old, centre.clone(), 0);
+        let first = a.warm.unwrap();
+        let first_answer = old.answer(&first, Some(300));
+        let first_body = first_answer.to_json();
+        let w = first.tiles[0];
+        let id = first_answer.tiles[0].ids[0].clone();
+        // Its tiles filled by a request of their own, and seen fresh by a hit on the centre.
+        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        run(&mut p, &old, req(&names, &[], Access::Public), 10);
+        assert_eq!(
+            run(&mut p, &old, centre.clone(), 20).1.verdict,
+            Verdict::Hit
+        );
+        // The change, then the centre again: the same tiles are warmed again.
+        p.invalidate(&Invalidation::everything(), 30);
+        let new = changed_origin(&id);
+        let again = run(&mut p, &new, centre, 40).1.warm.unwrap();
+        assert_eq!(again, first, "the same tiles warmed again after the change");
+        // The first warming's answer (the old value) comes back now.
+        let outcome = OriginOutcome::Answer {
+            status: 200,
+            body: first_body.as_bytes(),
+        };
+        let err = p.warmed(&first, outcome, 50).unwrap_err();
+        assert!(err.message.contains("before a change"), "{}", err.message);
+        // Not written: no shared entry holds the old value, and the tile is asked again.
+        assert!(p.shared_entry(Access::Public, w, 60).is_none());
+        let (forwarded, _, r) = run(
+            &mut p,
+            &new,
+            req(&[&w.to_string()], &[], Access::Public),
+            60,
+        );
+        assert!(
+            forwarded.is_some(),
+            "the old warming answer filled the tile"
+        );
+        assert_eq!(data_of(&r, &id), "{\"k\":99}");
+    }
+
     #[test]
     fn warming_answers_and_shared_fills_keep_the_date_of_their_origin_request() {
         let o = origin();
