@@ -34,7 +34,9 @@ export interface AttachOptions<Data = unknown> {
  * Keeps GeoJSON source `options.sourceId` of `map` in sync with `cache`: reads the map's
  * bounds and zoom itself (512-px tiles, wrapped worlds, pitch), calls `setViewport` at most
  * once per animation frame, and updates the source by diffs (`updateData`), falling back to
- * `setData`. Features carry the item's id, `class`, `access` and `stale`.
+ * `setData`. Features carry the item's id, `class`, `access` and `stale`. A new style
+ * (`map.setStyle`) gets the source again with all of the view's items (added back by its
+ * `style.load` when the style has none).
  *
  * One cache per map: a cache follows one view, so a second map attached to it would show
  * the first one's items. Attaching a cache that another map is attached to throws; the same

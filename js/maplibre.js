@@ -11,7 +11,9 @@
 // updates nothing. Fetch errors go to the cache's `onError` listeners; errors of the map
 // calls to `options.onError`. One cache per map: the cache has one view, so a second map
 // attached to it would show the first one's items (refused; the same map may take several
-// sources). Detached when the map is removed or the cache disposed. Types: maplibre.d.ts.
+// sources). A new style (setStyle) gets the source again with all of the view's items (added
+// at its 'style.load' when it has none). Detached when the map is removed or the cache
+// disposed. Types: maplibre.d.ts.
 
 import { wrapBox } from './box.js';
 
@@ -166,6 +168,16 @@ export function attach(map, cache, options) {
     if (!synced || !map.getSource(sourceId)) { source(); synced = false; schedule(); }
   }
 
+  function onStyleLoad() {
+    // A new style (setStyle): MapLibre diffs it into the map, and no 'styledata' comes
+    // before its 'style.load' listeners run; it dropped the source (added again here, so the
+    // page's layers added on 'style.load' find it), or, when it declares the source, set the
+    // style's data into it. Either way the source holds none of the view: all of it again.
+    synced = false;
+    source();
+    schedule();
+  }
+
   let offUpdate, offDispose;
   owners.set(cache, { map, n: (owner?.n ?? 0) + 1 });
   try {
@@ -181,6 +193,7 @@ export function attach(map, cache, options) {
     map.on('move', schedule);
     map.on('moveend', schedule);
     map.on('styledata', onStyle);
+    map.on('style.load', onStyleLoad);
     // A removed map is detached from: the cache's listener would keep it alive and read
     // sources of a map that has none.
     map.once('remove', detach);
@@ -207,6 +220,7 @@ export function attach(map, cache, options) {
     map.off('move', schedule);
     map.off('moveend', schedule);
     map.off('styledata', onStyle);
+    map.off('style.load', onStyleLoad);
     map.off('remove', detach);
   }
 }

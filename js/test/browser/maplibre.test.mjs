@@ -7,7 +7,8 @@
 // getData) holds exactly the view's items once each (the diffs match a full recomputation,
 // and so does a second source kept by setData);
 // a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
-// tooWide, not an error; a removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
+// tooWide, not an error; a new style (setStyle) holds the view's items again, whether it drops
+// the source or declares it empty; a removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -41,8 +42,8 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
   });
 
   /** Waits until the map is idle, nothing is in flight, and the source matches the view. */
-  async function settled(what) {
-    return until(page, async () => {
+  async function settled(what, p = page) {
+    return until(p, async () => {
       const { map, cache } = window.__tw;
       if (!map.loaded() || cache.stats().inFlight > 0) return false;
       const s = await window.__tw.state();
@@ -114,6 +115,41 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
     s = await settled('back in');
     checkOnce(s);
     assert.deepEqual(s.errors, [], 'no fetch errors');
+  });
+
+  it('a new style (setStyle) gets the view\'s items: with the source dropped, or declared empty', async () => {
+    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
+    const seen = [];
+    p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => seen.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await settled('first view', p);
+      const bg = (color) => ({ id: 'bg', type: 'background', paint: { 'background-color': color } });
+      const circles = { id: 'items', type: 'circle', source: 'items', paint: { 'circle-radius': 5 } };
+      // A basemap switch to a style without the source (MapLibre diffs the styles): the
+      // page adds its layer again on 'style.load', as MapLibre's docs show, and finds the source.
+      await p.evaluate(([style, layer]) => {
+        const { map } = window.__tw;
+        map.once('style.load', () => map.addLayer(layer));
+        map.setStyle(style);
+      }, [{ version: 8, sources: {}, layers: [bg('#dde3ea')] }, circles]);
+      let s = await settled('after a style without the source', p);
+      assert.ok(s.features.length >= 3, `${s.features.length} features`);
+      assert.ok(await p.evaluate(() => window.__tw.map.getLayer('items') !== undefined), 'the page\'s layer was added');
+      // A style that declares the sources itself, empty (so its layers can name them):
+      // MapLibre's diff empties the source the adapter filled.
+      const empty = { type: 'geojson', promoteId: 'id', data: { type: 'FeatureCollection', features: [] } };
+      await p.evaluate((style) => window.__tw.map.setStyle(style),
+        { version: 8, sources: { items: empty, 'items-setdata': empty }, layers: [bg('#eef2f7'), circles] });
+      s = await settled('after a style declaring the sources empty', p);
+      assert.ok(s.features.length >= 3, `${s.features.length} features`);
+      assert.deepEqual(seen, [], 'no console errors');
+    } finally {
+      await p.close();
+    }
   });
 
   it('a removed map is detached from: the cache\'s updates no longer reach it', async () => {
