@@ -52,7 +52,7 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
 
 /**
  * Feeds `map`'s view to the source's cache once per animation frame while it moves (so
- * tilewarm's prefetch runs) and, when a move ends, removes the features of tiles that left
+ * tilewarm's prefetch runs; the view the map has, also after `map.setView`) and, when a move ends, removes the features of tiles that left
  * the view (the view in any copy of the world). Returns `detach()`; disposing of the source
  * or of its cache detaches it too.
  */

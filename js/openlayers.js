@@ -257,9 +257,10 @@ export function createSource(ol, cache, options = {}) {
 /**
  * Follows `map` with a source from {@link createSource}: feeds the view to
  * `cache.setViewport` at most once per animation frame while it moves, so tilewarm's
- * prefetch runs, and when a move ends, removes the features of tiles that left the view
- * (and aborts their loads; tiles within a quarter of the view's size stay). Returns
- * `detach()`, which disposing of the source also does.
+ * prefetch runs (the view the map has: after `map.setView`, the new one), and when a move
+ * ends, removes the features of tiles that left the view (and aborts their loads; tiles
+ * within a quarter of the view's size stay). Returns `detach()`, which disposing of the
+ * source also does.
  */
 export function follow(map, source) {
   if (!map || typeof map.getView !== 'function' || typeof map.on !== 'function') {
@@ -320,9 +321,19 @@ export function follow(map, source) {
     schedule();
   }
 
-  const view = map.getView();
+  // The view the map has now: the page may give the map another one (map.setView).
+  let view = map.getView();
   view.on('change:center', schedule);
   view.on('change:resolution', schedule);
+  function onView() {
+    view.un('change:center', schedule);
+    view.un('change:resolution', schedule);
+    view = map.getView();
+    view.on('change:center', schedule);
+    view.on('change:resolution', schedule);
+    schedule();
+  }
+  map.on('change:view', onView);
   map.on('change:size', schedule);
   map.on('moveend', prune);
   push();
@@ -337,6 +348,7 @@ export function follow(map, source) {
     if (frame) cancelAnimationFrame(frame);
     view.un('change:center', schedule);
     view.un('change:resolution', schedule);
+    map.un('change:view', onView);
     map.un('change:size', schedule);
     map.un('moveend', prune);
   }

@@ -10,7 +10,8 @@
 // cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
-// cache's dispose() detaches follow(); no console errors. Screenshot:
+// cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
+// it moves and hears the old one no more; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -419,6 +420,57 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.deepEqual(r.errors, []);
     assert.ok(r.features > 0);
     assert.equal(r.kept, r.features, 'the source keeps what it holds');
+  });
+
+  it('follow() follows the view the map has: after map.setView(), a drag feeds the new view, and the old one nothing', async () => {
+    const r = await page.evaluate(async ([a, b]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const fed = [];
+      const setViewport = cache.setViewport.bind(cache);
+      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const old = new View({ center: window.__tw.fromLonLat(a), zoom: 15 });
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: old });
+      const detach = follow(map, source);
+      await frames(3);
+      // The page swaps the view (as apps do to change its projection or constraints).
+      const view = new View({ center: window.__tw.fromLonLat(b), zoom: 15 });
+      map.setView(view);
+      await frames(3);
+      // A drag: no moveend until it ends, the view's centre changes every frame.
+      const n = fed.length;
+      view.beginInteraction();
+      for (let i = 1; i <= 5; i++) {
+        const [cx, cy] = view.getCenter();
+        view.setCenter([cx + 50, cy]);
+        await frames(2);
+      }
+      const duringDrag = fed.slice(n);
+      view.endInteraction();
+      await frames(3);
+      // The old view, off the map, moved: nothing to feed.
+      const m = fed.length;
+      for (let i = 1; i <= 3; i++) {
+        old.setCenter([old.getCenter()[0] + 50, old.getCenter()[1]]);
+        await frames(2);
+      }
+      const fromOld = fed.length - m;
+      detach();
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { duringDrag, fromOld };
+    }, [tileCorner(14, SX + 0.5, SY + 0.5), tileCorner(14, SX + 6.5, SY - 4.5)]);
+    assert.ok(r.duringDrag.length > 0, 'views fed while the new view was dragged');
+    const [lon] = tileCorner(14, SX + 6.5, SY - 4.5);
+    for (const v of r.duringDrag) assert.ok(v.west < lon && v.east > lon, `a view of the new view: ${JSON.stringify(v)}`);
+    assert.equal(r.fromOld, 0, 'views fed for the old view');
   });
 
   it('no console errors', () => {
