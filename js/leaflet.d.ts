@@ -6,7 +6,7 @@ export interface LayerOptions<Data = unknown> {
   /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
   draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
   /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a tile asked of a
-   * disposed cache, a `draw` that threw), each also the tile's Leaflet `tileerror`, and of
+   * disposed cache, a `draw` that threw, a map not in EPSG:3857: once per map), each also the tile's Leaflet `tileerror`, and of
    * `setViewport`; default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
   /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
@@ -31,7 +31,8 @@ export interface LayerOptions<Data = unknown> {
  * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
  * while the layer is on a map, every tile is taken off at once and drawn again. One cache
  * per map (the cache follows one view); when the cache is disposed the layer stops feeding
- * it the view.
+ * it the view. Maps in EPSG:3857 (Leaflet's default CRS): on a map in another CRS every tile
+ * fails (`ERR_OUT_OF_RANGE`, reported to `onError` once per map).
  * @param L the Leaflet namespace (`import * as L from 'leaflet'`)
  * @example
  * const cache = await TileCache.create({ endpoint });

@@ -7,7 +7,7 @@
 // Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
 // so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
 // aborts its call. When the cache's tier changes, every tile is drawn again (see below).
-// Types: leaflet.d.ts.
+// Maps in EPSG:3857 (Leaflet's default CRS; another CRS fails every tile). Types: leaflet.d.ts.
 
 const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity', 'minZoom', 'maxZoom', 'bounds'];
 
@@ -22,6 +22,19 @@ function worldPx(lon, lat, z) {
   const n = 256 * 2 ** z;
   const r = (Math.max(-85.0511, Math.min(85.0511, lat)) * Math.PI) / 180;
   return [((lon + 180) / 360) * n, ((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * n];
+}
+
+/** Whether the map's CRS puts Web Mercator's 256-px tiles where Leaflet's tiles are (Leaflet's
+ * default EPSG:3857 does; EPSG:4326, EPSG:3395 or a Proj4Leaflet CRS need not): the tiles
+ * named z/x/y to the cache are those. Checked by two points of the zoom-0 and zoom-1 grids. */
+function mercatorTiles(L, crs) {
+  const at = (lat, lon, z) => crs?.latLngToPoint?.(L.latLng(lat, lon), z);
+  const near = (p, x, y) => Math.abs(p?.x - x) < 1e-6 && Math.abs(p?.y - y) < 1e-6;
+  try {
+    return near(at(0, 0, 0), 128, 128) && near(at(85.0511287798066, 180, 1), 512, 0);
+  } catch {
+    return false;
+  }
 }
 
 /** The default drawing: a dot per item, grey when stale. */
@@ -54,9 +67,20 @@ export function createLayer(L, cache, options = {}) {
   const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
   delete gridOptions.onError;
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
+  /** The maps whose CRS was found not to be Web Mercator (each reported once). */
+  const wrongCrs = new WeakSet();
   const Layer = L.GridLayer.extend({
     createTile(coords, done) {
       const tile = L.DomUtil.create('canvas', 'tilewarm-tile');
+      const crs = this._map?.options.crs;
+      if (!mercatorTiles(L, crs)) {
+        // Its tiles' z/x/y are not the cache's tiles: they would show other places' items.
+        const e = fail(RangeError, 'ERR_OUT_OF_RANGE',
+          `tilewarm/leaflet needs a map in EPSG:3857 (Leaflet's default CRS, L.CRS.EPSG3857), got ${crs?.code ?? 'a CRS without a code'}`);
+        if (!wrongCrs.has(this._map)) { wrongCrs.add(this._map); onError(e); }
+        queueMicrotask(() => done(e, tile));
+        return tile;
+      }
       const size = this.getTileSize();
       // Device pixels (sharp on a high-density screen); Leaflet sizes the tile in CSS pixels,
       // and `draw` draws in them.

@@ -4,7 +4,8 @@
 // view to the planner); a tier drop takes the items above the new tier off the screen at
 // once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet, and a
 // disposed cache is fed no view; on a high-density screen tiles are drawn in device pixels;
-// the GridLayer's zoom and bounds options pass; no console errors. Screenshot:
+// the GridLayer's zoom and bounds options pass; a map in another CRS than EPSG:3857 draws
+// nothing (its tiles fail, reported once); no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -188,6 +189,38 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     } finally {
       await p.close();
     }
+  });
+
+  it('a map in another CRS than EPSG:3857 draws nothing: its tiles fail, reported once', async () => {
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { L, createLayer, cache } = window.__tw;
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      // Leaflet's plate carrée: its tile z/x/y are not Web Mercator tiles.
+      const map = L.map(div, { crs: L.CRS.EPSG4326, zoomAnimation: false, fadeAnimation: false }).setView([lat, lon], 14);
+      const errors = [];
+      let tileErrors = 0;
+      const layer = createLayer(L, cache, { followView: false, onError: (e) => errors.push(e.code) });
+      layer.on('tileerror', () => { tileErrors++; });
+      layer.addTo(map);
+      const end = Date.now() + 10_000;
+      const tiles = () => Object.values(layer._tiles);
+      while ((!tiles().length || !tiles().every((t) => t.loaded)) && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
+      const out = {
+        tiles: tiles().length,
+        drawn: tiles().filter((t) => t.el.dataset.items !== undefined).length,
+        tileErrors, errors,
+      };
+      map.remove();
+      div.remove();
+      return out;
+    }, [lon, lat]);
+    assert.ok(r.tiles > 0);
+    assert.equal(r.drawn, 0, 'tiles drawn with the items of other places');
+    assert.equal(r.tileErrors, r.tiles, 'every tile failed');
+    assert.deepEqual(r.errors, ['ERR_OUT_OF_RANGE'], 'reported once');
   });
 
   it('no console errors', () => {
