@@ -17,9 +17,10 @@ export interface OpenLayers {
 }
 
 export interface SourceOptions {
-  /** Errors of tiles (a request that gave up, a view not in EPSG:3857, a tile asked of a
-   * disposed cache: each once, the tile then stays failed until it leaves the view, the
-   * source is refreshed or the tier changes; tiles over maxVisibleTiles data tiles, loaded
+  /** Errors of tiles (a request that gave up, a view not in EPSG:3857 or a user projection
+   * set, a tile asked of a disposed cache: each once, the tile then stays failed until it
+   * leaves the view, the source is refreshed or the tier changes; follow() with a user
+   * projection set: once; tiles over maxVisibleTiles data tiles, loaded
    * empty: `ERR_TOO_MANY_TILES` once per zoom the view comes to) and of `setViewport`;
    * default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
@@ -37,7 +38,8 @@ export interface SourceOptions {
  * cache reaches a disposed source. One cache per map (the cache follows one view).
  * A tile covering more than `maxVisibleTiles` data tiles (below zoom 9 with the defaults)
  * is loaded empty: give the layer a `minZoom` (`new VectorLayer({ source, minZoom: 9 })`).
- * Views in EPSG:3857.
+ * Views in EPSG:3857, with no user projection (`useGeographic()`): with one, tiles fail and
+ * `follow` feeds nothing, said to `onError`.
  * @example
  * import VectorSource from 'ol/source/Vector.js';
  * import Feature from 'ol/Feature.js';

@@ -17,7 +17,7 @@
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
 // tile asked of it after that fails with ERR_DISPOSED, once). Views in EPSG:3857
-// (OpenLayers' default).
+// (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
 
@@ -157,7 +157,8 @@ export function createSource(ol, cache, options = {}) {
   function loader(extent, resolution, projection, success, failure) {
     if (disposed) return;
     if (projection.getCode() !== 'EPSG:3857') {
-      onError(fail(RangeError, 'ERR_OUT_OF_RANGE', `tilewarm/openlayers needs a view in EPSG:3857, got ${projection.getCode()}`));
+      // (OpenLayers hands the loader the user projection when one is set: useGeographic().)
+      onError(fail(RangeError, 'ERR_OUT_OF_RANGE', `tilewarm/openlayers needs a view in EPSG:3857 and no user projection, got ${projection.getCode()}`));
       failure();
       return;
     }
@@ -271,13 +272,28 @@ export function follow(map, source) {
   const { cache, tiles, drop, onError, followers } = st;
   if (st.gone()) return () => {}; // the cache was disposed: nothing to feed
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
-  let frame = 0, detached = false;
+  let frame = 0, detached = false, userProjectionReported = false;
 
   function extent() {
     const size = map.getSize();
     const view = map.getView();
-    if (!size || !size[0] || !size[1] || view.getProjection().getCode() !== 'EPSG:3857') return undefined;
-    return view.calculateExtent(size);
+    const resolution = view.getResolution();
+    if (!size || !size[0] || !size[1] || !(resolution > 0) || view.getProjection().getCode() !== 'EPSG:3857') return undefined;
+    const e = view.calculateExtent(size);
+    // In the view's metres, as wide as the resolution says, unless a user projection is set
+    // (useGeographic(): degrees, which read as metres are a box at 0°, 0°): reported once,
+    // nothing fed.
+    const r = view.getRotation();
+    const width = resolution * (size[0] * Math.abs(Math.cos(r)) + size[1] * Math.abs(Math.sin(r)));
+    if (!(Math.abs(e[2] - e[0] - width) <= 1e-6 * width)) {
+      if (!userProjectionReported) {
+        userProjectionReported = true;
+        onError(fail(RangeError, 'ERR_OUT_OF_RANGE',
+          'tilewarm/openlayers needs coordinates in EPSG:3857, not a user projection: no useGeographic() or setUserProjection()'));
+      }
+      return undefined;
+    }
+    return e;
   }
 
   function push() {

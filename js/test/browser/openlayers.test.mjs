@@ -11,7 +11,8 @@
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
 // cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
-// it moves and hears the old one no more; no console errors. Screenshot:
+// it moves and hears the old one no more; with a user projection (useGeographic()) follow()
+// feeds nothing and says why, once; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -471,6 +472,51 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     const [lon] = tileCorner(14, SX + 6.5, SY - 4.5);
     for (const v of r.duringDrag) assert.ok(v.west < lon && v.east > lon, `a view of the new view: ${JSON.stringify(v)}`);
     assert.equal(r.fromOld, 0, 'views fed for the old view');
+  });
+
+  it('with a user projection (useGeographic()) follow() feeds nothing (no box at 0°, 0°) and says why, once', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      await p.goto(`${pages.url}openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await settled('the first map', p);
+      const r = await p.evaluate(async ([lon, lat]) => {
+        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection } = window.__tw.ol;
+        const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+        const fed = [];
+        const setViewport = cache.setViewport.bind(cache);
+        cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
+        const errors = [];
+        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push([e.code, e.message]) });
+        useGeographic();
+        const div = document.createElement('div');
+        div.style.cssText = 'width: 400px; height: 300px';
+        document.body.append(div);
+        // A view in EPSG:3857 (the default), its centre given in degrees.
+        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: [lon, lat], zoom: 15 }) });
+        follow(map, source);
+        const end = Date.now() + 10_000;
+        while (!map.isRendered?.() && Date.now() < end) await frames(1);
+        await frames(10);
+        const out = { fed, errors, requests: cache.stats().requests, features: source.getFeatures().length };
+        map.setTarget(undefined);
+        div.remove();
+        clearUserProjection();
+        source.dispose();
+        cache.dispose();
+        return out;
+      }, [SEATTLE_LON, SEATTLE_LAT]);
+      assert.deepEqual(r.fed, [], 'views fed in degrees read as metres');
+      assert.equal(r.requests, 0, 'requests for the tiles of other places');
+      // follow() once; the loader (given the user projection) once per tile.
+      assert.ok(r.errors.every(([code]) => code === 'ERR_OUT_OF_RANGE'), JSON.stringify(r.errors));
+      assert.equal(r.errors.filter(([, m]) => /not a user projection/.test(m)).length, 1, JSON.stringify(r.errors));
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {

@@ -9,7 +9,7 @@ import Feature from 'ol/Feature.js';
 import Point from 'ol/geom/Point.js';
 import { tile as tileStrategy } from 'ol/loadingstrategy.js';
 import { createXYZ } from 'ol/tilegrid.js';
-import { fromLonLat } from 'ol/proj.js';
+import { clearUserProjection, fromLonLat, useGeographic } from 'ol/proj.js';
 import { Circle, Fill, Stroke, Style } from 'ol/style.js';
 import { TileCache } from 'tilewarm';
 import { createSource, follow } from 'tilewarm/openlayers';
@@ -49,5 +49,5 @@ let rendered = 0;
 map.on('rendercomplete', () => { rendered++; });
 window.__tw = {
   map, cache, source, state, rendered: () => rendered, fromLonLat,
-  ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow },
+  ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection },
 };
