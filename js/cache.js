@@ -288,6 +288,8 @@ export class TileCache {
   /** The last view read ({items, complete, tooWide, missingTiles}), handed back as it is
    * while the engine says the view reads the same (`unchanged`). */
   #last;
+  /** Counts the rounds of onUpdate listeners (see #refresh). */
+  #rounds = 0;
 
   /** Checks the options and starts a cache; see index.d.ts for every option. */
   static async create(options) {
@@ -858,7 +860,12 @@ export class TileCache {
     const at = this.#view(out);
     this.#run(out, at.n, at.r, plan);
     const view = this.#last;
+    const round = ++this.#rounds;
     for (const { listener } of [...this.#updates]) {
+      // A listener that changed the view (setAccess, invalidate) had every listener told of
+      // the newer one already: the rest of this round would hand them the older view (above
+      // a lowered tier, say) after it.
+      if (round !== this.#rounds) break;
       try { listener(view.items, { complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles }); } catch (e) { report(e); }
     }
   }

@@ -186,7 +186,9 @@ export class TileCache<Data = unknown> {
    * refetched); returns a function that unsubscribes. A hidden page (`document.visibilityState`
    * `'hidden'`: another tab in front, a minimised window) that waits for nothing makes no
    * requests at rest: the refreshes, prefetch and retries due wait until it is shown, or
-   * until it asks (`whenComplete`, `get`, `loadTiles`, `setViewport`). */
+   * until it asks (`whenComplete`, `get`, `loadTiles`, `setViewport`). A listener that
+   * changes the view itself (`setAccess`, `invalidate`) has every listener hear the newer
+   * view at once; the listeners after it do not hear the older one after that. */
   onUpdate(listener: (items: Item<Data>[], view: Omit<View<Data>, 'items'>) => void): () => void;
   /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
    * (or a `403` naming the token's tier in `x-tilewarm-access`) reporting a lower tier than

@@ -123,3 +123,29 @@ test("the cache's dispose() detaches: no ERR_DISPOSED on every frame of a move",
   assert.deepEqual(errors, ['ERR_DISPOSED']);
   assert.equal(late.live(), 0);
 });
+
+test('a tier drop made by an onUpdate listener leaves no item above the new tier in the source', async () => {
+  // The page's listener hears of an update first and lowers the tier then (a session that
+  // ended): the cache tells every listener of the new view at once, inside that call; the
+  // adapter must not be handed the view from before the drop after that.
+  const cache = await TileCache.create({ endpoint: backend.url, access: 'agent', prefetch: { ring: 0, viewRing: 0 } });
+  try {
+    const v = viewOf(SX, SY);
+    let dropped = false;
+    cache.onUpdate((items) => {
+      if (!dropped && items.some((it) => it.access === 'agent')) { dropped = true; cache.setAccess('public'); }
+    });
+    const map = fakeMap(v);
+    attach(map, cache, { sourceId: 'homes', onError: (e) => assert.fail(e) });
+    const tiers = () => map.sources.get('homes').features.map((f) => f.properties.access);
+    await cache.whenComplete();
+    assert.ok(dropped, 'the page saw agent items and dropped the tier');
+    assert.deepEqual(tiers().filter((t) => t !== 'public'), [], 'items above the tier in the source');
+    // The view again at public, fetched since.
+    await cache.whenComplete();
+    assert.ok(tiers().length > 0);
+    assert.deepEqual(tiers().filter((t) => t !== 'public'), [], 'items above the tier in the source');
+  } finally {
+    cache.dispose();
+  }
+});
