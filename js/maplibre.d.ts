@@ -18,7 +18,9 @@ export interface AttachOptions<Data = unknown> {
   sourceId: string;
   /** The feature property that holds the item's id, and the source's `promoteId`. Default `'id'`. */
   promoteId?: string;
-  /** Extra feature properties per item (besides the id, `class`, `access` and `stale`). */
+  /** Extra feature properties per item (besides the id, `class`, `access` and `stale`); one
+   * named as `promoteId` is not taken: that property holds the item's id, by which the diffs
+   * find features. */
   properties?: (item: Item<Data>) => Record<string, unknown>;
   /** Called with every view the source was brought to (after `setViewport` and on updates):
    * `complete`, `tooWide`, `missingTiles`. */

@@ -36,10 +36,15 @@ export function boxOf(bounds) {
 }
 
 /** The GeoJSON feature of an item: its id (the source's `promoteId`), class, tier, stale
- * flag, then what `properties(item)` adds. */
+ * flag, then what `properties(item)` adds, but for the id: the diffs name features by it (one
+ * of `properties` in its place, say the item's data spread with its own `id`, would leave the
+ * features of items that left the view on the map). */
 function featureOf(item, promoteId, properties) {
   const props = { [promoteId]: item.id, class: item.class, access: item.access, stale: item.stale };
-  if (properties) Object.assign(props, properties(item));
+  if (properties) {
+    Object.assign(props, properties(item));
+    props[promoteId] = item.id;
+  }
   return { type: 'Feature', geometry: { type: 'Point', coordinates: [item.lon, item.lat] }, properties: props };
 }
 

@@ -8,7 +8,9 @@
 // and so does a second source kept by setData);
 // a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
 // tooWide, not an error; a new style (setStyle) holds the view's items again, whether it drops
-// the source or declares it empty; a removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
+// the source or declares it empty; properties() naming the promoteId (the item's data spread,
+// its own id with it) do not take the id, so items that left the view leave the source; a
+// removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -147,6 +149,35 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
       s = await settled('after a style declaring the sources empty', p);
       assert.ok(s.features.length >= 3, `${s.features.length} features`);
       assert.deepEqual(seen, [], 'no console errors');
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('properties() that name a feature property as the promoteId do not take the id: items that left the view leave the source', async () => {
+    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
+    try {
+      const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      // The item's data spread into the feature, its own `id` (a listing number) with it.
+      await p.evaluate(() => window.__tw.attach(window.__tw.map, window.__tw.cache, {
+        sourceId: 'spread', properties: (it) => ({ ...it.data, id: it.data.price }),
+      }));
+      const spread = (what) => until(p, async () => {
+        const { map, cache, lastItems } = window.__tw;
+        if (!map.loaded() || cache.stats().inFlight > 0) return false;
+        const ids = ((await map.getSource('spread')?.getData())?.features ?? []).map((f) => f.properties.id);
+        const want = lastItems().map((it) => it.id);
+        return want.length > 0 && ids.length === want.length ? { ids, want } : false;
+      }, null, what);
+      await settled('first view', p);
+      await spread('the spread source');
+      // Far enough that every item of the first view leaves it.
+      await p.evaluate(() => window.__tw.map.panBy([1400, 900], { animate: false }));
+      await settled('after a pan', p);
+      const { ids, want } = await spread('the spread source after a pan');
+      assert.deepEqual([...ids].sort(), [...want].sort(), 'the source holds the view\'s items, by the item\'s id');
     } finally {
       await p.close();
     }

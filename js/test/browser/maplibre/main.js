@@ -64,4 +64,4 @@ async function state() {
   return { features, setDataFeatures, full, stats: cache.stats(), views: views.slice(-3), errors, vp, pitch: map.getPitch() };
 }
 
-window.__tw = { map, cache, detach, detachFull, state, maplibregl, views };
+window.__tw = { map, cache, detach, detachFull, state, maplibregl, views, attach, lastItems: () => lastItems };
