@@ -11,8 +11,8 @@
 // updates nothing. Fetch errors go to the cache's `onError` listeners; errors of the map
 // calls to `options.onError`. One cache per map: the cache has one view, so a second map
 // attached to it would show the first one's items (refused; the same map may take several
-// sources). A new style (setStyle) gets the source again with all of the view's items (added
-// at its 'style.load' when it has none). Detached when the map is removed or the cache
+// sources). A new style (setStyle), or a source the page removed and added again, gets all of
+// the view's items (the source added at the style's 'style.load' when it has none). Detached when the map is removed or the cache
 // disposed. Types: maplibre.d.ts.
 
 import { wrapBox } from './box.js';
@@ -85,8 +85,8 @@ export function attach(map, cache, options) {
 
   /** id -> { item, stale } of what the source holds. */
   let shown = new Map();
-  /** The items array `shown` was built from. */
-  let shownItems;
+  /** The items array `shown` was built from, and the source object that holds them. */
+  let shownItems, shownSource;
   let frame = 0, detached = false, synced = false;
 
   /** The source, added when the style has none; undefined while the style is loading
@@ -110,6 +110,8 @@ export function attach(map, cache, options) {
   function show(items) {
     const src = source();
     if (!src) return;
+    // Another source object than the one filled (the page removed and added it): empty.
+    if (src !== shownSource) synced = false;
     // setViewport hands back the same list while the view is unchanged (most frames).
     if (items === shownItems && synced) return;
     shownItems = items;
@@ -143,6 +145,7 @@ export function attach(map, cache, options) {
       });
     }
     shown = next;
+    shownSource = src;
     synced = true;
   }
 
@@ -168,9 +171,10 @@ export function attach(map, cache, options) {
   }
 
   function onStyle() {
-    // The style loaded, or a new one dropped the sources: add it again with everything.
-    // The source is added at once, so layers added in a 'load' listener find it.
-    if (!synced || !map.getSource(sourceId)) { source(); synced = false; schedule(); }
+    // The style loaded, or the source is gone or another one (dropped by a new style, or
+    // removed and added by the page): add it again, and fill it with everything. The source
+    // is added at once, so layers added in a 'load' listener find it.
+    if (!synced || map.getSource(sourceId) !== shownSource) { source(); synced = false; schedule(); }
   }
 
   function onStyleLoad() {

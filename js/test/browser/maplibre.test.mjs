@@ -8,7 +8,7 @@
 // and so does a second source kept by setData);
 // a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
 // tooWide, not an error; a new style (setStyle) holds the view's items again, whether it drops
-// the source or declares it empty; properties() naming the promoteId (the item's data spread,
+// the source or declares it empty, and so does a source the page removed and added again; properties() naming the promoteId (the item's data spread,
 // its own id with it) do not take the id, so items that left the view leave the source; a
 // removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
@@ -119,7 +119,7 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
     assert.deepEqual(s.errors, [], 'no fetch errors');
   });
 
-  it('a new style (setStyle) gets the view\'s items: with the source dropped, or declared empty', async () => {
+  it('a new style (setStyle) or a source the page replaced gets the view\'s items: with the source dropped, declared empty, or added again', async () => {
     const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
     const seen = [];
     p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
@@ -147,6 +147,18 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
       await p.evaluate((style) => window.__tw.map.setStyle(style),
         { version: 8, sources: { items: empty, 'items-setdata': empty }, layers: [bg('#eef2f7'), circles] });
       s = await settled('after a style declaring the sources empty', p);
+      assert.ok(s.features.length >= 3, `${s.features.length} features`);
+      // The page removes the sources and adds them again itself (to change their options).
+      await p.evaluate(([empty, layer]) => {
+        const { map } = window.__tw;
+        map.removeLayer('items');
+        for (const id of ['items', 'items-setdata']) {
+          map.removeSource(id);
+          map.addSource(id, { ...empty, cluster: false });
+        }
+        map.addLayer(layer);
+      }, [empty, circles]);
+      s = await settled('after the page replaced the sources', p);
       assert.ok(s.features.length >= 3, `${s.features.length} features`);
       assert.deepEqual(seen, [], 'no console errors');
     } finally {
