@@ -257,11 +257,11 @@ export function createSource(ol, cache, options = {}) {
 
 /**
  * Follows `map` with a source from {@link createSource}: feeds the view to
- * `cache.setViewport` at most once per animation frame while it moves, so tilewarm's
- * prefetch runs (the view the map has: after `map.setView`, the new one), and when a move
- * ends, removes the features of tiles that left the view (and aborts their loads; tiles
- * within a quarter of the view's size stay). Returns `detach()`, which disposing of the
- * source also does.
+ * `cache.setViewport` at most once per animation frame while it moves or turns, so
+ * tilewarm's prefetch runs (the view the map has: after `map.setView`, the new one), and
+ * when a move ends, removes the features of tiles that left the view (and aborts their
+ * loads; tiles within a quarter of the view's size stay). Returns `detach()`, which
+ * disposing of the source also does.
  */
 export function follow(map, source) {
   if (!map || typeof map.getView !== 'function' || typeof map.on !== 'function') {
@@ -341,12 +341,15 @@ export function follow(map, source) {
   let view = map.getView();
   view.on('change:center', schedule);
   view.on('change:resolution', schedule);
+  view.on('change:rotation', schedule);
   function onView() {
     view.un('change:center', schedule);
     view.un('change:resolution', schedule);
+    view.un('change:rotation', schedule);
     view = map.getView();
     view.on('change:center', schedule);
     view.on('change:resolution', schedule);
+    view.on('change:rotation', schedule);
     schedule();
   }
   map.on('change:view', onView);
@@ -364,6 +367,7 @@ export function follow(map, source) {
     if (frame) cancelAnimationFrame(frame);
     view.un('change:center', schedule);
     view.un('change:resolution', schedule);
+    view.un('change:rotation', schedule);
     map.un('change:view', onView);
     map.un('change:size', schedule);
     map.un('moveend', prune);

@@ -11,7 +11,7 @@
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
 // cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
-// it moves and hears the old one no more; with a user projection (useGeographic()) follow()
+// it moves and hears the old one no more; a turning view is fed as it turns; with a user projection (useGeographic()) follow()
 // feeds nothing and says why, once; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
@@ -472,6 +472,43 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     const [lon] = tileCorner(14, SX + 6.5, SY - 4.5);
     for (const v of r.duringDrag) assert.ok(v.west < lon && v.east > lon, `a view of the new view: ${JSON.stringify(v)}`);
     assert.equal(r.fromOld, 0, 'views fed for the old view');
+  });
+
+  it('follow() feeds the view while it rotates: the box of the rotated view, not the one before', async () => {
+    const r = await page.evaluate(async (a) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const fed = [];
+      const setViewport = cache.setViewport.bind(cache);
+      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 600px; height: 200px';
+      document.body.append(div);
+      const view = new View({ center: window.__tw.fromLonLat(a), zoom: 15 });
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      const detach = follow(map, source);
+      await frames(3);
+      // A rotate gesture (no moveend until it ends): a quarter turn makes the wide view tall.
+      const n = fed.length;
+      view.beginInteraction();
+      view.setRotation(Math.PI / 2);
+      await frames(3);
+      const during = fed.slice(n);
+      view.endInteraction();
+      const before = fed[n - 1];
+      detach();
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { before, during };
+    }, tileCorner(14, SX + 0.5, SY + 0.5));
+    assert.ok(r.during.length > 0, 'views fed while the view rotated');
+    const v = r.during.at(-1);
+    const wide = (b) => (b.east - b.west) / (b.north - b.south);
+    assert.ok(wide(r.before) > 2 && wide(v) < 1, `the rotated view's box: ${JSON.stringify(r)}`);
   });
 
   it('with a user projection (useGeographic()) follow() feeds nothing (no box at 0°, 0°) and says why, once', async () => {
