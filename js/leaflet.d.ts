@@ -6,8 +6,8 @@ export interface LayerOptions<Data = unknown> {
   /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
   draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
   /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a tile asked of a
-   * disposed cache, a `draw` that threw, a map not in EPSG:3857: once per map), each also the tile's Leaflet `tileerror`, and of
-   * `setViewport`; default `reportError`. */
+   * disposed cache, a `draw` that threw, a map not in EPSG:3857: once per map), each also
+   * the tile's Leaflet `tileerror`, and of `setViewport`; default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
   /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
    * prefetch runs (Leaflet prefetches nothing for a GridLayer). Default true. */

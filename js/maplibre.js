@@ -12,8 +12,8 @@
 // calls to `options.onError`. One cache per map: the cache has one view, so a second map
 // attached to it would show the first one's items (refused; the same map may take several
 // sources). A new style (setStyle), or a source the page removed and added again, gets all of
-// the view's items (the source added at the style's 'style.load' when it has none). Detached when the map is removed or the cache
-// disposed. Types: maplibre.d.ts.
+// the view's items (the source added at the style's 'style.load' when it has none). Detached
+// when the map is removed or the cache disposed. Types: maplibre.d.ts.
 
 import { wrapBox } from './box.js';
 

@@ -3,12 +3,12 @@
 // it into target/browser-test). The batch endpoint is the Node tests' local backend
 // (../support/backend.mjs), reached through the page's own origin (/batch).
 //
-// Checks: items appear; after pans and zooms the source (read back through MapLibre's
-// getData) holds exactly the view's items once each (the diffs match a full recomputation,
-// and so does a second source kept by setData);
-// a one-tile pan after prefetch sends no foreground request; a pitched or zoomed-out view is
-// tooWide, not an error; a new style (setStyle) holds the view's items again, whether it drops
-// the source or declares it empty, and so does a source the page removed and added again; properties() naming the promoteId (the item's data spread,
+// Checks: items appear; after pans and zooms the source (read back through MapLibre's getData)
+// holds exactly the view's items once each (the diffs match a full recomputation, and so does
+// a second source kept by setData); a one-tile pan after prefetch sends no foreground request;
+// a pitched or zoomed-out view is tooWide, not an error; a new style (setStyle) holds the
+// view's items again, whether it drops the source or declares it empty, and so does a source
+// the page removed and added again; properties() naming the promoteId (the item's data spread,
 // its own id with it) do not take the id, so items that left the view leave the source; a
 // removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
 import { after, before, describe, it } from 'node:test';
