@@ -56,8 +56,8 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
  * Feeds `map`'s view to the source's cache once per animation frame while it moves or
  * turns (so tilewarm's prefetch runs; the view the map has, also after `map.setView`) and,
  * when a move ends, removes the features of tiles that left the view (the view in any copy
- * of the world). Returns `detach()`; disposing of the source or of its cache detaches it
- * too.
+ * of the world). A view with no centre yet is fed from when it has one. Returns `detach()`;
+ * disposing of the source or of its cache detaches it too.
  */
 export function follow(
   map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },

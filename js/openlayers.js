@@ -278,7 +278,9 @@ export function follow(map, source) {
     const size = map.getSize();
     const view = map.getView();
     const resolution = view.getResolution();
-    if (!size || !size[0] || !size[1] || !(resolution > 0) || view.getProjection().getCode() !== 'EPSG:3857') return undefined;
+    // No centre yet (set later): no view (calculateExtent would throw); its change brings us back.
+    if (!size || !size[0] || !size[1] || !(resolution > 0) || !view.getCenter()) return undefined;
+    if (view.getProjection().getCode() !== 'EPSG:3857') return undefined;
     const e = view.calculateExtent(size);
     // In the view's metres, as wide as the resolution says, unless a user projection is set
     // (useGeographic(): degrees, which read as metres are a box at 0°, 0°): reported once,

@@ -11,7 +11,8 @@
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
 // cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
-// it moves and hears the old one no more; a turning view is fed as it turns; with a user projection (useGeographic()) follow()
+// it moves and hears the old one no more; a turning view is fed as it turns; a view with no
+// centre yet is waited for (follow() does not throw); with a user projection (useGeographic()) follow()
 // feeds nothing and says why, once; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
@@ -472,6 +473,41 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     const [lon] = tileCorner(14, SX + 6.5, SY - 4.5);
     for (const v of r.duringDrag) assert.ok(v.west < lon && v.east > lon, `a view of the new view: ${JSON.stringify(v)}`);
     assert.equal(r.fromOld, 0, 'views fed for the old view');
+  });
+
+  it('follow() of a map whose view has no centre yet waits for one (nothing thrown), then feeds it', async () => {
+    const r = await page.evaluate(async (a) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const fed = [];
+      const setViewport = cache.setViewport.bind(cache);
+      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      // The centre comes later (a geolocation, a saved place): OpenLayers renders nothing until then.
+      const view = new View({ zoom: 15 });
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      let thrown = null, detach = () => {};
+      try { detach = follow(map, source); } catch (e) { thrown = String(e); }
+      await frames(2);
+      const before = fed.length;
+      view.setCenter(window.__tw.fromLonLat(a));
+      await frames(3);
+      const after = fed.slice(before);
+      detach();
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { thrown, before, after };
+    }, tileCorner(14, SX + 0.5, SY + 0.5));
+    assert.equal(r.thrown, null, 'follow() threw');
+    assert.equal(r.before, 0, 'views fed without a centre');
+    const [lon] = tileCorner(14, SX + 0.5, SY + 0.5);
+    assert.ok(r.after.length > 0 && r.after.every((v) => v.west < lon && v.east > lon), `views of the centre: ${JSON.stringify(r.after)}`);
   });
 
   it('follow() feeds the view while it rotates: the box of the rotated view, not the one before', async () => {
