@@ -23,11 +23,13 @@
 //!   (the 46 bytes an item value ends with, its `gen` included), then a 13-byte *tile
 //!   trailer*: the item count (u32), `exp` (u64, Unix ms) and the version byte `4`. The texts
 //!   come first so the whole value is checked as UTF-8 once and its items share that one
-//!   buffer (no copy or allocation of text per item). `exp` is the *minimum* of the list's
-//!   expiry and every item's ([`encode_tile`]): the tile stops being a hit when its first
-//!   item stops being fresh, which is the tier's rule that a tile is a hit only when its
-//!   list and every listed item are fresh. Each item keeps its own `exp` inside, for its
-//!   `ttl` in answers.
+//!   buffer (no copy or allocation of text per item). `exp` is the list's expiry
+//!   ([`encode_tile`]), and the key expires with it: not the soonest of its items', since
+//!   the value holds the items of every tier and a hit's `ttl` (`Cache-Control` too) counts
+//!   down to it, so an item above the caller's tier expiring sooner would show in it. The
+//!   tier's rule that a tile is a hit only when its list and every listed item are fresh is
+//!   kept by the read, which checks each item's own `exp`, kept inside for its `ttl` in
+//!   answers.
 //! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation*, which each
 //!   invalidation of the class raises to the larger of one more and the time of the bump in
 //!   Unix ms (`crate::tier`'s bump script, so a bump passes every stamp made before it even
@@ -381,14 +383,9 @@ impl ProxyItem for StoredItem {
     }
 }
 
-/// When a tile value of these items stops being a hit: the soonest of the list's expiry and
-/// every item's.
-pub fn tile_exp(items: &[&StoredItem], list_exp: u64) -> u64 {
-    items.iter().map(|it| it.exp).fold(list_exp, u64::min)
-}
-
-/// A tile's Redis value: its items in list order, expiring at [`tile_exp`] (module docs). `None` when it cannot be stored in this format (more
-/// items, or a longer item, than a u32 counts).
+/// A tile's Redis value: its items in list order, expiring with the list (`list_exp`, module
+/// docs). `None` when it cannot be stored in this format (more items, or a longer item,
+/// than a u32 counts).
 pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
     let text_len: usize = items.iter().map(|it| it.len).sum();
     let mut v = Vec::with_capacity(text_len + items.len() * TILE_ENTRY + TILE_TRAILER);
@@ -400,7 +397,7 @@ pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
         it.write_trailer(&mut v);
     }
     v.extend_from_slice(&u32::try_from(items.len()).ok()?.to_le_bytes());
-    v.extend_from_slice(&tile_exp(items, list_exp).to_le_bytes());
+    v.extend_from_slice(&list_exp.to_le_bytes());
     v.push(VERSION_BYTE);
     Some(v)
 }
@@ -798,8 +795,9 @@ mod tests {
         let (a, c) = (a.with_gen(3), c.with_gen(1 << 40));
         let v = encode_tile(&[&a, &b, &c], 800).unwrap();
         let (exp, items) = decode_tile(v).unwrap();
-        // The soonest expiry of the list and its items: b's.
-        assert_eq!(exp, 500);
+        // The list's expiry, not the soonest of its items' (b's): which items a tile holds
+        // is the top tier's business.
+        assert_eq!(exp, 800);
         let ids: Vec<&str> = items.iter().map(|i| i.id()).collect();
         assert_eq!(ids, ["a", "b/ü", "c"]);
         for (back, it) in items.iter().zip([&a, &b, &c]) {
@@ -813,9 +811,7 @@ mod tests {
             assert_eq!(back.encode(), it.encode());
         }
         assert!(Arc::ptr_eq(&items[0].buf, &items[2].buf));
-        // The list's expiry when it is the soonest; an empty tile.
-        let (exp, _) = decode_tile(encode_tile(&[&a], 300).unwrap()).unwrap();
-        assert_eq!(exp, 300);
+        // An empty tile.
         let (exp, items) = decode_tile(encode_tile(&[], 60).unwrap()).unwrap();
         assert_eq!((exp, items.len()), (60, 0));
     }
@@ -928,8 +924,7 @@ mod tests {
             let refs: Vec<&StoredItem> = items.iter().collect();
             let v = encode_tile(&refs, list_exp).unwrap();
             let (exp, back) = decode_tile(v.clone()).unwrap();
-            let soonest = items.iter().map(|i| i.exp()).fold(list_exp, u64::min);
-            prop_assert_eq!(exp, soonest);
+            prop_assert_eq!(exp, list_exp);
             prop_assert_eq!(back.len(), items.len());
             for (b, i) in back.iter().zip(&items) {
                 prop_assert_eq!(b.wire(7), i.wire(7));

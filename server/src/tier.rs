@@ -12,7 +12,7 @@
 //! Items are held as the JSON text they are served as ([`crate::stored`]: the storage format
 //! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v4:i:<id>`
 //! → item, `SET … EX <class ttl>`; `<prefix>v4:t:<z>/<x>/<y>` → the tile's items themselves,
-//! `SET … EX` until the soonest of its list's and its items' expiries; `<prefix>v4:g` → the
+//! `SET … EX` until its list's expiry (not its items': they are of every tier); `<prefix>v4:g` → the
 //! class generations (a hash, no expiry); warm-up claims `<prefix>w:<z>/<x>/<y>` → owner,
 //! `SET … NX PX`. A read is one `MGET` of the tile keys and the requested ids' item keys,
 //! decoded without parsing JSON, with the tile keys' `PTTL`s and the class generations
@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
-use crate::stored::{decode_tile, encode_tile, tile_exp, Keys};
+use crate::stored::{decode_tile, encode_tile, Keys};
 pub use crate::stored::{Generations, StoredItem};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
@@ -677,9 +677,8 @@ impl RedisTier {
 
     /// One `MGET` of the tile keys and the requested ids' item keys, with the tile keys'
     /// `PTTL`s in the same round trip. A tile value holds its items, so a fresh tile is a
-    /// hit as it stands: its stored `exp` is the soonest of its list's and its items'
-    /// (`stored`), and each item is checked fresh all the same, so "a tile is a hit only
-    /// when its list and every listed item are fresh" holds here too.
+    /// hit when each of its items is fresh too (its stored `exp` is its list's, `stored`):
+    /// "a tile is a hit only when its list and every listed item are fresh" holds here too.
     ///
     /// A hit's `exp` (what its answered `ttl` counts down to) is the sooner of the stored
     /// one and the key's own remaining life in Redis ([`list_exp`]): the stored `exp` is
@@ -738,8 +737,9 @@ impl RedisTier {
     }
 
     /// One pipeline of `SET EX`s: each item under its key, and each tile's items under the
-    /// tile's key (until the soonest expiry among them and the list), every item stamped
-    /// with its class's generation in [`Fill::gens`].
+    /// tile's key (until the list's expiry: a tile holds items of every tier, and a hit's
+    /// `ttl` must not follow one above the caller's; the read finds an expired item stale),
+    /// every item stamped with its class's generation in [`Fill::gens`].
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         let stamped: Vec<StoredItem> = fill
@@ -768,7 +768,7 @@ impl RedisTier {
             let Some(value) = encode_tile(&items, *exp) else {
                 continue;
             };
-            let ttl = ttl_left_s(tile_exp(&items, *exp), now) as u64;
+            let ttl = ttl_left_s(*exp, now) as u64;
             let key = self.tile_key(*tile);
             cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }

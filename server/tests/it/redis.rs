@@ -340,3 +340,75 @@ pub(crate) async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
     false
 }
+
+/// A Redis tile hit answers its list's `ttl`, not the soonest expiry of every item the tile
+/// holds: the tile's value holds the items of every tier, and a hit whose `ttl` (and
+/// `Cache-Control` max-age) followed the expiry of an item above the caller's tier would
+/// tell a `public` caller that such an item is there, and when it expires. Lists live an
+/// hour here, `active` items a minute, `off_market` ones an hour: the tile asked for shows
+/// `public` only `off_market` items and holds an `active` item above `public`. Fails
+/// without the fix (the hit's `ttl` is at most 60).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_hits_ttl_says_nothing_of_items_above_the_caller() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    // A data tile whose public items are all off_market, holding an active item above
+    // public.
+    let t = o
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(t, _)| t)
+        .find(|&t| {
+            let items: Vec<_> = o.tile_items(t, Access::Agent).collect();
+            let public: Vec<_> = items
+                .iter()
+                .filter(|it| it.access == Access::Public)
+                .collect();
+            !public.is_empty()
+                && public.iter().all(|it| it.class == "off_market")
+                && items
+                    .iter()
+                    .any(|it| it.access > Access::Public && it.class == "active")
+        })
+        .expect("such a tile in the test city");
+    let http = Http::anonymous();
+    let s = server(Config {
+        warmup_ring: 0,
+        tile_ttl_s: 3_600,
+        ttl_active_s: 60,
+        ttl_off_market_s: 3_600,
+        redis_prefix: "hidden-ttl:".into(),
+        ..redis_config(&redis)
+    })
+    .await;
+    let body = request(&[t], &[], Access::Public);
+    let first = http.ok(&s, &body).await;
+    assert!(first.items.iter().all(|it| it.class == "off_market"));
+    let hits = s.app.metrics.cache.tile_hits.load(Relaxed);
+    let again = http.ok(&s, &body).await;
+    assert_eq!(
+        s.app.metrics.cache.tile_hits.load(Relaxed),
+        hits + 1,
+        "a hit"
+    );
+    assert_eq!(digest(&again), digest(&first));
+    let ttl = again.tiles[0].ttl.expect("a ttl");
+    assert!(
+        ttl > 600,
+        "the hit's ttl {ttl} follows an item above public"
+    );
+    let r = http.get(&format!("{}/v1/tiles/{t}", s.url())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cc = r.headers["cache-control"].to_str().unwrap().to_owned();
+    assert!(cc.starts_with("public, max-age="), "{cc}");
+    let max_age: u32 = cc
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{cc}"));
+    assert!(max_age > 600, "{cc}");
+    s.shutdown().await;
+}
