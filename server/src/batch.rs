@@ -251,7 +251,10 @@ pub async fn answer(
         // A budget already spent refuses here, the lead unpublished: its followers have
         // budgets of their own and fetch those tiles themselves (`Followed::Abandoned`).
         let ms = deadline.left_ms(app)?;
-        let call = fetch(app, &policy, ask, miss_ids, degraded, bound, ms, &read.gens).await;
+        let call = fetch(
+            app, &policy, ask, miss_ids, degraded, bound, ms, &read.gens, caller,
+        )
+        .await;
         match call {
             Ok(f) => {
                 lead.publish(|t| f.tiles.get(&t).cloned());
@@ -312,6 +315,7 @@ pub async fn answer(
             None,
             ms,
             &read.gens,
+            caller,
         )
         .await?;
         if let Some(mut fill) = again.fill.take() {
@@ -408,7 +412,9 @@ struct Fetched {
 /// request the tier used to answer). What is written back is the policy's rule; nothing is
 /// when the call fails, `bound` exceeded included. Given up after `timeout_ms` (0: never),
 /// what is left of the request's [`OriginDeadline`]. `gens` are the class generations the
-/// request's tier read (before this call) found: the write-back is stamped with them.
+/// request's tier read (before this call) found: the write-back is stamped with them. A
+/// refusal is told as `caller` (the request's tier) may see it
+/// ([`OriginFailure::for_caller`]).
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
     app: &App,
@@ -419,6 +425,7 @@ async fn fetch(
     bound: Option<ItemBound<'_>>,
     timeout_ms: u64,
     gens: &Generations,
+    caller: Access,
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -448,7 +455,7 @@ async fn fetch(
         .origin
         .fetch_within(&origin_req, CallSource::Request, timeout_ms, bound)
         .await
-        .map_err(|f| origin_refusal(app, &f))?;
+        .map_err(|f| origin_refusal(app, &f.for_caller(caller)))?;
     let missing = response.missing.iter().cloned().collect();
     let (mut fill, by_id) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
     let mut tiles = HashMap::with_capacity(fill.tiles.len());

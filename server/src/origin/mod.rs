@@ -43,8 +43,9 @@
 //!   only refuse early, never let too much through; the exact count after the answer still
 //!   applies;
 //! - upstream: unknown ([`ItemCount::Unknown`]): the upstream enforces its own limit (a
-//!   tilewarm-server answers 400, passed on), and the request path's exact check after the
-//!   answer refuses what is still too large.
+//!   tilewarm-server answers 400, passed on) on the direct tiles, which it is asked for at
+//!   the caller's tier (in a call of their own), and the request path's exact check after
+//!   the answer refuses what is still too large.
 //!
 //! # Bounding the fetch: [`ItemBound`]
 //! A count is not a promise: between it and the fetch the data set can grow (PostGIS takes
@@ -103,8 +104,9 @@ pub enum OriginFailure {
     /// or an answer that does not decode): 502 `upstream_error`. The message says what.
     Failed(String),
     /// An upstream refused the request as the caller's mistake (400, 413): passed on with
-    /// its code and message, as the edge does.
-    Refused(ErrorBody),
+    /// its code and message, as the edge does, to a caller at the tier it was asked at
+    /// (`asked`); below it, without its message ([`OriginFailure::for_caller`]).
+    Refused { error: ErrorBody, asked: Access },
     /// An upstream asked this server to slow down (429): passed on as a 429
     /// `rate_limited` with its message and its `Retry-After` in seconds (`None`: it sent
     /// none the server could read, and `--retry-after-s` is sent instead).
@@ -131,9 +133,9 @@ impl OriginFailure {
                 code: ErrorCode::UpstreamError,
                 message: format!("the origin failed: {why}; retry later"),
             },
-            OriginFailure::Refused(e) => ErrorBody {
-                code: e.code,
-                message: format!("the origin refused the request: {}", e.message),
+            OriginFailure::Refused { error, .. } => ErrorBody {
+                code: error.code,
+                message: format!("the origin refused the request: {}", error.message),
             },
             OriginFailure::RateLimited { message, .. } => ErrorBody {
                 code: ErrorCode::RateLimited,
@@ -145,6 +147,27 @@ impl OriginFailure {
                     "response would hold more than {limit} items, at most {limit} are allowed: request finer tiles"
                 ),
             },
+        }
+    }
+
+    /// The failure as a caller at tier `caller` may see it. An upstream's refusal of a call
+    /// made at a tier above the caller's (the server asks at `agent` for every caller)
+    /// loses its message: the upstream counted what it was asked for at that tier (a
+    /// tilewarm-server's 400 names how many items the answer would hold), and the count of
+    /// items above the caller's tier must not reach it. The code is kept.
+    pub fn for_caller(self, caller: Access) -> OriginFailure {
+        match self {
+            OriginFailure::Refused { error, asked } if asked > caller => OriginFailure::Refused {
+                error: ErrorBody {
+                    code: error.code,
+                    message: format!(
+                        "asked at the \"{asked}\" tier this server asks at, its message is not \
+                         passed on below it; ask for fewer or finer tiles, or fewer ids"
+                    ),
+                },
+                asked,
+            },
+            other => other,
         }
     }
 

@@ -18,7 +18,9 @@
 //!   [`decode_response`]; garbage, a truncated or oversized body, or an invalid answer is a
 //!   502 `upstream_error` naming what was wrong;
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
-//!   are the request's problem and passed on with their code (as the edge does); a 429
+//!   are the request's problem and passed on with their code (as the edge does; a 400 or 413
+//!   of a call made at a tier above the caller's loses its message, which may count items
+//!   above the caller's tier: [`OriginFailure::for_caller`]); a 429
 //!   keeps the upstream's `Retry-After` ([`retry_after_s`]: seconds, or an HTTP date as the
 //!   seconds from now; at most [`MAX_RETRY_AFTER_S`]; none or unreadable: the server's
 //!   `--retry-after-s`);
@@ -31,8 +33,10 @@
 //!   dropped, as for every backend.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
-//! applies its own `--max-response-items` (a 400, passed on). Nor can the fetch stop
-//! early: the bound of its direct tiles ([`ItemBound`]) is checked by
+//! applies its own `--max-response-items` (a 400, passed on). So the direct tiles (the
+//! bound's) are asked at the caller's tier, in a call of their own beside the one at the
+//! request's ([`UpstreamOrigin::answer_split`]): the upstream counts them for the caller,
+//! not for the top tier, as PostGIS reads them. Nor can the fetch stop early: the bound of its direct tiles ([`ItemBound`]) is checked by
 //! [`super::OriginService`] on the decoded answer, which is dropped (400, nothing cached)
 //! when they hold more than the limit.
 
@@ -240,12 +244,78 @@ impl UpstreamOrigin {
                 message,
                 retry_after_s: retry_after,
             },
-            400 | 413 => OriginFailure::Refused(tilewarm::protocol::ErrorBody {
-                code: ErrorCode::from_http_status(status),
-                message,
-            }),
+            400 | 413 => OriginFailure::Refused {
+                error: tilewarm::protocol::ErrorBody {
+                    code: ErrorCode::from_http_status(status),
+                    message,
+                },
+                asked: request.access,
+            },
             _ => OriginFailure::Failed(format!("the upstream answered HTTP {status}: {message}")),
         })
+    }
+}
+
+impl UpstreamOrigin {
+    /// `request` with the tiles of `bound` (the request path's direct tiles, never cached)
+    /// asked at the bound's tier, the caller's, in a call of their own, and the rest at the
+    /// request's, the two at once; one answer. The upstream counts what it is asked for at
+    /// the tier it is asked at (a tilewarm-server refuses tiles holding more than its
+    /// `--max-response-items` with a message naming the count): asked at the top tier, a
+    /// coarse tile would be refused to a `public` caller for items it may not see, and the
+    /// message would count them (as PostGIS reads these tiles at the bound's tier). A
+    /// refusal of the caller's own call comes first: it is about what the caller may see.
+    async fn answer_split(
+        &self,
+        request: &BatchRequest,
+        bound: ItemBound<'_>,
+    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        let (low_tiles, high_tiles): (Vec<TileId>, Vec<TileId>) =
+            request.tiles.iter().partition(|&&t| bound.covers(t));
+        let low = BatchRequest {
+            tiles: low_tiles,
+            ids: Vec::new(),
+            access: bound.access,
+        };
+        let high = BatchRequest {
+            tiles: high_tiles,
+            ids: request.ids.clone(),
+            access: request.access,
+        };
+        let high_call = async {
+            if high.tiles.is_empty() && high.ids.is_empty() {
+                return Ok(BatchResponse::default());
+            }
+            self.answer_inner(&high).await
+        };
+        let (low_answer, high_answer) = tokio::join!(self.answer_inner(&low), high_call);
+        let mut low_answer = low_answer?;
+        let mut out = high_answer?;
+        if let Err(other) = low_answer.check_tier(bound.access) {
+            return Err(OriginFailure::Failed(format!(
+                "{other}: check the tier of the server's origin token (--origin-token-file or {TOKEN_ENV})"
+            )));
+        }
+        // Items above the bound's tier (a leaking upstream) are not the caller's: dropped
+        // here, since the service's guard checks at the request's tier.
+        let above: std::collections::HashSet<String> = low_answer
+            .items
+            .iter()
+            .filter(|it| !bound.access.can_see(it.access))
+            .map(|it| it.id.clone())
+            .collect();
+        let mut have: std::collections::HashSet<String> =
+            out.items.iter().map(|it| it.id.clone()).collect();
+        for mut list in low_answer.tiles.drain(..) {
+            list.ids.retain(|id| !above.contains(id));
+            out.tiles.push(list);
+        }
+        for it in low_answer.items {
+            if !above.contains(&it.id) && have.insert(it.id.clone()) {
+                out.items.push(it);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -267,13 +337,20 @@ impl OriginBackend for UpstreamOrigin {
     }
 
     /// The bound cannot be sent upstream: the answer is read whole (at most 8 MiB, decoded
-    /// by the bounded decoder) and [`super::OriginService`] checks it right after.
+    /// by the bounded decoder) and [`super::OriginService`] checks it right after. Its tiles
+    /// are asked at its tier, below the request's, in a call of their own
+    /// ([`UpstreamOrigin::answer_split`]).
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
+        bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(self.answer_inner(request))
+        match bound
+            .filter(|b| b.access < request.access && request.tiles.iter().any(|&t| b.covers(t)))
+        {
+            Some(b) => Box::pin(self.answer_split(request, b)),
+            None => Box::pin(self.answer_inner(request)),
+        }
     }
 
     fn count_up_to<'a>(

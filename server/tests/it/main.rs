@@ -908,10 +908,13 @@ impl OriginBackend for RefusesAnId {
         Box::pin(async move {
             drop(self.gate.acquire().await);
             if request.ids.iter().any(|id| id == Self::ID) {
-                return Err(OriginFailure::Refused(ErrorBody {
-                    code: ErrorCode::BadRequest,
-                    message: format!("unknown id {:?}", Self::ID),
-                }));
+                return Err(OriginFailure::Refused {
+                    error: ErrorBody {
+                        code: ErrorCode::BadRequest,
+                        message: format!("unknown id {:?}", Self::ID),
+                    },
+                    asked: request.access,
+                });
             }
             Ok(self.city.answer(request, Some(60)))
         })
@@ -934,7 +937,8 @@ impl OriginBackend for RefusesAnId {
 /// A request following a data tile whose leader's origin call is refused for the leader's
 /// own request (an upstream 400 about an id only the leader asked for) is not handed that
 /// refusal, nor its message, which names what the leader asked: it fetches the tile itself.
-/// Backend trouble (502, 504, 429, 503) is still shared (`followers_hear_failures_and_abandonment`).
+/// (The leader asks at `agent`, the tier the server asks its origin at: below it, an
+/// upstream's message is not passed on, `OriginFailure::for_caller`.) Backend trouble (502, 504, 429, 503) is still shared (`followers_hear_failures_and_abandonment`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_tiles_itself() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -957,9 +961,9 @@ async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_til
     )
     .await
     .unwrap();
-    let http = Http::with_token(Some(common::token_for(Access::Public)));
+    let http = Http::new();
     let (leader, follower) = (
-        request(&[d], &[RefusesAnId::ID], Access::Public),
+        request(&[d], &[RefusesAnId::ID], Access::Agent),
         request(&[d], &[], Access::Public),
     );
     let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
@@ -1031,9 +1035,9 @@ async fn following_then_fetching_again_share_one_origin_timeout() {
     )
     .await
     .unwrap();
-    let http = Http::with_token(Some(common::token_for(Access::Public)));
+    let http = Http::new();
     let (leader, follower) = (
-        request(&[d], &[RefusesAnId::ID], Access::Public),
+        request(&[d], &[RefusesAnId::ID], Access::Agent),
         request(&[d], &[], Access::Public),
     );
     let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;

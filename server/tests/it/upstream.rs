@@ -468,3 +468,76 @@ async fn items_listed_under_a_tile_they_do_not_lie_in_are_dropped_before_the_cac
     assert!(at_b.tiles[0].ids.contains(&stray));
     s.shutdown().await;
 }
+
+/// Two servers chained, B (upstream A, with an agent token) and A with a small
+/// `--max-response-items`: A counts what B asks for at the tier B asks at, and B asks at
+/// `agent` so that its tier serves every caller. A coarse tile (direct: answered straight
+/// from the origin, never cached) holding more items than A allows at `agent` but not at
+/// `public` was refused to a `public` caller of B, with A's message naming the `agent`
+/// count: what a `public` caller may not learn. B now asks for direct tiles at its caller's
+/// tier (as PostGIS reads them at it), so the `public` caller gets its answer; and a
+/// refusal of B's `agent` call (here: data tiles holding too many items at `agent`) reaches
+/// a caller below `agent` without A's message. Fails without the fix (a 400 naming the
+/// `agent` count, then A's message passed on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it() {
+    let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
+    let t = densest(&o);
+    let coarse = t.ancestor(11).unwrap();
+    let public = o.count_in(coarse, Access::Public);
+    let agent = o.count_in(coarse, Access::Agent);
+    assert!(agent > public, "{agent} > {public}");
+    let a = server(Config {
+        max_response_items: public,
+        ..config()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tw-chain-max-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let as_public = Http::anonymous();
+    // A at `agent` refuses the coarse tile, naming its count.
+    let r = Http::new()
+        .batch(&a, &request(&[coarse], &[], Access::Agent))
+        .await;
+    let m = r.error(400, "bad_request");
+    assert!(m.contains(&agent.to_string()), "{m}");
+    // B answers the public caller what A answers it.
+    let body = request(&[coarse], &[], Access::Public);
+    let got = as_public.batch(&b, &body).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = tilewarm::protocol::decode_response(&got.body, &Limits::default()).unwrap();
+    assert_eq!(digest(&got), digest(&as_public.ok(&a, &body).await));
+    // Data tiles (B's call at `agent`) holding more than A allows at `agent`: refused, and
+    // A's message, which counts them at `agent`, is not passed on below `agent`.
+    let block: Vec<_> = coarse.children().unwrap().to_vec();
+    let (p, g): (usize, usize) = block.iter().fold((0, 0), |(p, g), &c| {
+        (
+            p + o.count_in(c, Access::Public),
+            g + o.count_in(c, Access::Agent),
+        )
+    });
+    assert!(g > public && p <= public, "{p} <= {public} < {g}");
+    for tier in [Access::Public, Access::Registered, Access::Verified] {
+        let r = Http::with_token(Some(crate::common::token_for(tier)))
+            .batch(&b, &request(&block, &[], tier))
+            .await;
+        let m = r.error(400, "bad_request");
+        assert!(!m.contains(&g.to_string()), "{tier}: {m}");
+    }
+    // An agent caller gets A's message.
+    let r = Http::new()
+        .batch(&b, &request(&block, &[], Access::Agent))
+        .await;
+    let m = r.error(400, "bad_request");
+    assert!(m.contains(&g.to_string()), "{m}");
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
