@@ -277,7 +277,7 @@ pub async fn answer(
                 let cut_short = ms != app.config.origin_timeout_ms;
                 let timed_out = refusal.code == ErrorCode::UpstreamTimeout;
                 if backend_unavailable(refusal.code) && !(timed_out && cut_short) {
-                    lead.fail(&refusal);
+                    lead.fail(&for_followers(&refusal));
                 }
                 return Err(refusal);
             }
@@ -555,6 +555,24 @@ fn origin_waits_full(max: usize) -> Refusal {
              {max} may at once (--max-origin-waits); retry later"
         ),
     )
+}
+
+/// The refusal a lead whose origin call failed hands the requests following its data tiles
+/// (`single_flight`): its code and `Retry-After`, and its message unless that may be about
+/// what the lead asked. A 502's is the origin's (the shape guard names the first id the
+/// answer left out, an upstream's 5xx says what it likes), and the lead's ids may be items
+/// above a follower's tier: a follower gets a message of its own.
+fn for_followers(refusal: &Refusal) -> Refusal {
+    match refusal.code {
+        ErrorCode::UpstreamError => Refusal {
+            message: "the origin failed on the call fetching this request's data tiles (another \
+                      request's, whose message says what that one asked and is not passed on); \
+                      retry later"
+                .into(),
+            ..refusal.clone()
+        },
+        _ => refusal.clone(),
+    }
 }
 
 /// Whether a refused origin call says the backend cannot answer now (it failed, timed out,

@@ -979,6 +979,96 @@ async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_til
     s.shutdown().await;
 }
 
+/// An origin whose answers leave out the id `secret` (neither answered nor `missing`: the
+/// shape guard fails the call, a 502 naming the id), once `gate` has a permit.
+struct LeavesOutAnId {
+    city: Origin<RawData>,
+    gate: Arc<tokio::sync::Semaphore>,
+    secret: String,
+}
+
+impl OriginBackend for LeavesOutAnId {
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            drop(self.gate.acquire().await);
+            let mut r = self.city.answer(request, Some(60));
+            r.items.retain(|it| it.id != self.secret);
+            r.missing.retain(|id| *id != self.secret);
+            Ok(r)
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "an upstream that leaves out one id".into()
+    }
+}
+
+/// A request following a data tile whose leader's origin call failed shares the failure
+/// (a 502: the backend cannot answer now), but not its message, which says what the
+/// leader asked: here the shape guard's, naming the first id the answer left out, an
+/// `agent` item's that an `agent` leader asked for by id, which a `public` follower of the
+/// tile must not see. Fails without the follower's own message (the id in its 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_shared_with_followers_does_not_name_what_the_leader_asked() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
+    let (d, _) = city
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let secret = city
+        .items()
+        .iter()
+        .find(|it| it.access == Access::Agent && !d.contains_point(it.lon, it.lat))
+        .unwrap()
+        .id
+        .clone();
+    let s = tilewarm_server::start_with_origin(
+        common::Config {
+            warmup_ring: 0,
+            ..config()
+        },
+        Box::new(LeavesOutAnId {
+            city,
+            gate: Arc::clone(&gate),
+            secret: secret.clone(),
+        }),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::new();
+    let (leader, follower) = (
+        request(&[d], &[secret.as_str()], Access::Agent),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let msg = led.error(502, "upstream_error");
+    assert!(msg.contains(&secret), "{msg}");
+    let msg = followed.error(502, "upstream_error");
+    assert!(!msg.contains(&secret), "{msg}");
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    s.shutdown().await;
+}
+
 /// One request's waits for the origin share `--origin-timeout-ms`: counting a coarse
 /// tile's items and then fetching them, 700 ms each with a 1 s timeout, is a 504 at the
 /// timeout, not a 200 after 1.4 s. Fails without `batch::OriginDeadline` (each call had
