@@ -84,13 +84,25 @@ impl Invalidation {
     /// longest list needs. A merged burst of changes may be longer than any one decoder
     /// allows.
     ///
+    /// When the change names ids, so does every part (a part past the last run of ids
+    /// names the first id again, which costs a repeated delete): a part is never tiles or
+    /// classes alone, so a feed follower below the top tier, which gets a part naming ids
+    /// as a `reset` (the ids, and tiles that came with them, as the positions of changed
+    /// rows, may be of items above its tier), never sees such a part's tiles.
+    ///
     /// ```
     /// use tilewarm::protocol::{Invalidation, Limits};
-    /// let limits = Limits { max_ids: 2, ..Limits::default() };
+    /// let limits = Limits { max_ids: 2, max_tiles: 1, ..Limits::default() };
     /// let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     /// let parts = Invalidation { ids, ..Invalidation::default() }.split(&limits);
     /// assert_eq!(parts.len(), 2);
     /// assert_eq!((parts[0].ids.len(), parts[1].ids.len()), (2, 1));
+    /// // Three tiles: three parts, each naming an id.
+    /// let tiles = ["14/1/1", "14/1/2", "14/1/3"].map(|t| t.parse().unwrap()).to_vec();
+    /// let parts = Invalidation { ids: vec!["a".into()], tiles, ..Invalidation::default() }
+    ///     .split(&limits);
+    /// assert_eq!(parts.len(), 3);
+    /// assert!(parts.iter().all(|p| p.ids == ["a"] && p.tiles.len() == 1));
     /// ```
     pub fn split(&self, limits: &Limits) -> Vec<Invalidation> {
         if self.all {
@@ -107,11 +119,17 @@ impl Invalidation {
             list.chunks(n).nth(i).unwrap_or_default().to_vec()
         }
         (0..parts.into_iter().max().unwrap_or(0).max(1))
-            .map(|i| Invalidation {
-                ids: run(&self.ids, ids, i),
-                tiles: run(&self.tiles, tiles, i),
-                classes: run(&self.classes, MAX_CLASSES, i),
-                all: false,
+            .map(|i| {
+                let mut part_ids = run(&self.ids, ids, i);
+                if part_ids.is_empty() {
+                    part_ids.extend(self.ids.first().cloned());
+                }
+                Invalidation {
+                    ids: part_ids,
+                    tiles: run(&self.tiles, tiles, i),
+                    classes: run(&self.classes, MAX_CLASSES, i),
+                    all: false,
+                }
             })
             .collect()
     }

@@ -1406,3 +1406,62 @@ async fn a_reader_start_that_redis_refuses_is_warned_with_its_error() {
     assert_eq!(warned.len(), 1, "log: {text}");
     assert!(warned[0].contains("WRONGTYPE"), "{}", warned[0]);
 }
+
+/// A burst of database changes is applied as one invalidation (their ids, and the data
+/// tiles of their old and new positions), put on the stream in parts each reader decodes
+/// (`Invalidation::split`: at most 64 tiles a part). A follower below the top tier gets a
+/// part naming ids as a `reset`: the ids and the tiles of those rows' positions may be of
+/// items above its tier. A part holding only the burst's last tiles went out to it as an
+/// `invalidate` naming them: where items it may not see changed. Here 40 rows moved, 80
+/// tiles: fails without the fix (the anonymous feed's second event is an `invalidate` of
+/// 16 tiles).
+#[tokio::test]
+async fn a_burst_of_changes_split_in_parts_shows_a_lower_tier_no_tile_of_them() {
+    use tilewarm_server::origin::changes::{batch_invalidation, ChangeStats, Taken};
+    let s = server(config()).await;
+    let mut anon = Feed::open(&s, None, None).await;
+    assert_eq!(anon.next().await.event, "ready");
+    let mut agent = Feed::open(&s, Some(&agent_token()), None).await;
+    assert_eq!(agent.next().await.event, "ready");
+    let payloads: Vec<String> = (0..40)
+        .map(|i| {
+            let (lon, lat) = (-122.0 + 0.05 * i as f64, 47.0);
+            format!(
+                r#"{{"op":"U","id":"row{i}","old":[{lon},{lat}],"new":[{lon},{}]}}"#,
+                lat + 0.05
+            )
+        })
+        .collect();
+    let inv = batch_invalidation(
+        &Taken::Changes(payloads),
+        s.app.config.data_zoom,
+        &ChangeStats::default(),
+    );
+    assert_eq!((inv.ids.len(), inv.tiles.len()), (40, 80));
+    let last = s.app.changes.publish(&inv).await.unwrap().to_string();
+    // The top tier gets every id and tile.
+    let (mut ids, mut tiles) = (0, 0);
+    loop {
+        let e = agent.next().await;
+        assert_eq!(e.event, "invalidate");
+        ids += e.data["ids"].as_array().unwrap().len();
+        tiles += e.data["tiles"].as_array().unwrap().len();
+        if e.id == last {
+            break;
+        }
+    }
+    assert!(ids >= 40 && tiles == 80, "{ids} ids, {tiles} tiles");
+    // Below it: resets only.
+    loop {
+        let e = anon.next().await;
+        assert_eq!(
+            (e.event.as_str(), &e.data),
+            ("reset", &serde_json::json!({ "reason": "ids" })),
+            "{e:?}"
+        );
+        if e.id == last {
+            break;
+        }
+    }
+    s.shutdown().await;
+}
