@@ -210,7 +210,9 @@ impl CacheTier {
     }
 
     /// Which of these data tiles the tier holds (fresh list; for Redis, the list key
-    /// exists). Used by warm-up to skip what is already there.
+    /// exists, which it does until the list expires even when an item it holds expired
+    /// sooner or its class was invalidated: a request refetches such a tile, warm-up does
+    /// not). Used by warm-up to skip what is already there.
     pub async fn has_tiles(&self, tiles: &[TileId]) -> Result<Vec<bool>, TierError> {
         match self {
             CacheTier::Local(l) => Ok(l.has_tiles(tiles, now_ms())),
