@@ -35,7 +35,7 @@
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
 //! applies its own `--max-response-items` (a 400, passed on). So the direct tiles (the
 //! bound's) are asked at the caller's tier, in a call of their own beside the one at the
-//! request's ([`UpstreamOrigin::answer_split`]): the upstream counts them for the caller,
+//! request's (`UpstreamOrigin::answer_split`): the upstream counts them for the caller,
 //! not for the top tier, as PostGIS reads them. Nor can the fetch stop early: the bound of its direct tiles ([`ItemBound`]) is checked by
 //! [`super::OriginService`] on the decoded answer, which is dropped (400, nothing cached)
 //! when they hold more than the limit.
@@ -339,7 +339,7 @@ impl OriginBackend for UpstreamOrigin {
     /// The bound cannot be sent upstream: the answer is read whole (at most 8 MiB, decoded
     /// by the bounded decoder) and [`super::OriginService`] checks it right after. Its tiles
     /// are asked at its tier, below the request's, in a call of their own
-    /// ([`UpstreamOrigin::answer_split`]).
+    /// (`UpstreamOrigin::answer_split`).
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
