@@ -1629,11 +1629,17 @@ async fn a_notification_that_arrives_with_the_connections_end_is_applied() {
             .unwrap();
         assert_eq!(ended.len(), 1, "round {round}: the listener's backend");
         let applied = inv.applied.load(Relaxed);
-        // Let what the database sent through, then hold everything again (before the
-        // reconnect's first try, 100 ms at least).
+        // Let what the database sent through, up to its close, then hold everything again
+        // (the reconnect's first try is 100 ms later at least). Waiting for the close, not
+        // a fixed 40 ms: on a loaded machine the relay did not always forward in time.
+        let ends = relay.server_ends();
         relay.set(Pause::No);
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        let through = eventually(Duration::from_secs(10), || relay.server_ends() > ends).await;
         relay.set(Pause::Both);
+        assert!(
+            through,
+            "round {round}: the terminated backend's close never came through"
+        );
         let done = eventually(Duration::from_secs(2), || {
             inv.applied.load(Relaxed) > applied
         })
