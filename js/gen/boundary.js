@@ -1,4 +1,4 @@
-// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not
+// Generated from src/wasm/boundary.rs and src/client/options.rs by `make gen`: do not
 // edit. `cargo test --features wasm` fails when this file is stale.
 // The JS half of src/wasm/: what js/cache.js needs to read the engine's records and
 // to name what the wasm hands out as numbers.

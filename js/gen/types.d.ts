@@ -1,4 +1,4 @@
-// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not
+// Generated from src/wasm/boundary.rs and src/client/options.rs by `make gen`: do not
 // edit. `cargo test --features wasm` fails when this file is stale.
 // The public types built from the boundary's tables; index.d.ts re-exports them.
 

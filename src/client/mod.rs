@@ -25,7 +25,8 @@
 //!
 //! Files: `mod.rs` (the engine), `response.rs` (how a request ends), `load.rs` (tiles a
 //! host asks for itself, and prefetch of known destinations), `config.rs`, `event.rs`,
-//! `stats.rs`, `payload.rs`, `density.rs` (items per data tile, which sizes prefetch to
+//! `stats.rs`, `options.rs` (the npm package's options, by their JS names, onto
+//! [`ClientConfig`]), `payload.rs`, `density.rs` (items per data tile, which sizes prefetch to
 //! the cache), `overtaking.rs` (answers an invalidation made since they were sent covers);
 //! tests in `tests.rs`.
 
@@ -34,6 +35,7 @@ mod density;
 mod event;
 mod fresh;
 mod load;
+pub mod options;
 mod overtaking;
 mod payload;
 mod response;

@@ -1,5 +1,5 @@
 //! Writes the JavaScript side of the boundary from [`super::boundary`] and
-//! [`super::options`]:
+//! [`crate::client::options`]:
 //! - `js/gen/boundary.js`: the tags, codes, names and option lists `js/cache.js` imports
 //!   (`scripts/build-pkg.sh` bundles it into `cache.js`, so it costs the page no module of
 //!   its own);
@@ -20,8 +20,8 @@ use super::args::{MAX_BBOX_TILES, MAX_RING};
 use super::boundary::{
     Code, ErrorClass, FailureCode, Tag, TileOp, REQUEST_KINDS, STATS, TILE_STATES,
 };
-use super::options::{Check, Opt, ACCESS_ALLOWED, CLASS_TTL, OPTIONS};
 use crate::access::Access;
+use crate::client::options::{Check, Opt, ACCESS_ALLOWED, CLASS_TTL, OPTIONS};
 use crate::client::ClientConfig;
 use crate::planner::MAX_VIEW_ZOOM;
 use crate::protocol::Limits;
@@ -29,7 +29,7 @@ use crate::tile::TileId;
 use crate::tile::MAX_ZOOM;
 
 const HEADER: &str =
-    "// Generated from src/wasm/boundary.rs and src/wasm/options.rs by `make gen`: do not\n\
+    "// Generated from src/wasm/boundary.rs and src/client/options.rs by `make gen`: do not\n\
 // edit. `cargo test --features wasm` fails when this file is stale.\n";
 
 /// A doc with the limits it names (`{max_bbox_tiles}`, ...) written in.
@@ -318,7 +318,7 @@ pub(crate) fn js() -> String {
     statement(
         &mut s,
         "export const NUMBERS = ",
-        super::options::numbers().map(|(p, _)| quoted(p)),
+        crate::client::options::numbers().map(|(p, _)| quoted(p)),
     );
 
     s.push_str("\n/** Largest response body read, in bytes (the protocol's `Limits::max_body_bytes`). */\n");

@@ -8,8 +8,8 @@
 
 use super::args::{ArgError, Value, LATITUDE, LONGITUDE};
 use super::boundary::{Code, ErrorClass};
-use super::options::{numbers, Range, ACCESS_ALLOWED, CLASS_TTL};
 use crate::access::Access;
+use crate::client::options::{numbers, Range, ACCESS_ALLOWED, CLASS_TTL};
 use crate::client::ClientConfig;
 use crate::planner::{Viewport, MAX_VIEW_ZOOM};
 

@@ -140,7 +140,7 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// `values`: the numeric options in [`super::options::numbers`] order (`undefined`
+    /// `values`: the numeric options in [`crate::client::options::numbers`] order (`undefined`
     /// for the default); `classes`/`class_ttls`: the `ttl.byClass` entries, used when
     /// `by_class`; `tile_size`: the `tileSize` option.
     #[wasm_bindgen(constructor)]
@@ -170,7 +170,7 @@ impl Engine {
         .map_err(thrown)?;
         let zoom_offset = config::tile_size(&size).map_err(thrown)?;
         // The options are checked above within the core's ranges (the tests of
-        // `super::options` check every bound), so the core's own checks pass.
+        // `crate::client::options` check every bound), so the core's own checks pass.
         let client = Client::new(config).map_err(|_| {
             thrown(ArgError {
                 kind: ErrorClass::Range,

@@ -12,7 +12,7 @@
 //! declarations are in `js/index.d.ts`.
 //!
 //! Every code, tag, name and option that crosses is defined once, in [`boundary`] and
-//! [`options`]; [`codegen`] writes the JS and TypeScript side of them (`js/gen/`).
+//! [`crate::client::options`] (the option table, shared with tilewarm-web); [`codegen`] writes the JS and TypeScript side of them (`js/gen/`).
 
 mod args;
 mod boundary;
@@ -20,7 +20,6 @@ mod boundary;
 mod codegen;
 mod config;
 mod engine;
-mod options;
 
 use args::{ArgError, Value};
 use wasm_bindgen::prelude::*;

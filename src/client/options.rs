@@ -1,11 +1,14 @@
-//! Every option of the JS `TileCache`, once: its JavaScript path, how it is checked, where
-//! a number lands in the core's [`ClientConfig`] (whose `Default` is the option's default),
-//! and, for the generator only, its doc and TypeScript type.
+//! Every option of the npm package's `TileCache`, once: its JavaScript path, how it is
+//! checked, where a number lands in the core's [`ClientConfig`] (whose `Default` is the
+//! option's default), and, for the generator only, its doc and TypeScript type.
 //!
-//! [`super::config`] checks options against this table; [`super::codegen`] writes from it
-//! the option names `js/cache.js` accepts, the numbers' order `Engine::new` takes them in,
-//! the `TileCacheOptions` declarations and the option table of `js/README.md`. A new option
-//! is one entry here.
+//! The npm package's bindings (`src/wasm/`, feature `wasm`) check its options against this
+//! table (`config.rs`), and their generator (`codegen.rs`) writes from it the option names
+//! `js/cache.js` accepts, the numbers' order `Engine::new` takes them in, the
+//! `TileCacheOptions` declarations and the option table of `js/README.md`. Rust shells that
+//! take the same options (tilewarm-web) set them through [`set_number`] and
+//! [`set_class_ttls`], so their ranges and messages are the npm package's. A new option is
+//! one entry here.
 //!
 //! The ranges are the core's where the core has one (its config checks, the protocol's
 //! [`Limits`](crate::protocol::Limits)); where the core only asks for "at least 1", the
@@ -13,6 +16,7 @@
 //! below check both).
 
 use crate::client::ClientConfig;
+use crate::util::HashMap;
 
 /// The range of a number: `lo..=hi` (whole numbers), an integer or not, and how the allowed
 /// values are named in messages (`{what} in {lo}..={hi}`).
@@ -68,9 +72,8 @@ pub(crate) const MAX_TTL_S: f64 = 2_592_000.0;
 /// The range of every `ttl.byClass` value.
 pub(crate) const CLASS_TTL: Range = seconds(1.0);
 
-/// What an `access` must be.
-pub(crate) const ACCESS_ALLOWED: &str =
-    "one of \"public\", \"registered\", \"verified\", \"agent\"";
+/// What an `access` must be, as messages say it.
+pub const ACCESS_ALLOWED: &str = "one of \"public\", \"registered\", \"verified\", \"agent\"";
 
 /// A numeric option, in the units it names (seconds, ms): `set` writes a checked value
 /// (exactly: the range bounds it); `get` reads it back, which gives the default from
@@ -102,11 +105,11 @@ pub(crate) enum Check {
 pub(crate) struct Opt {
     pub path: &'static str,
     pub check: Check,
-    #[cfg(test)]
+    #[cfg(all(test, feature = "wasm"))]
     pub doc: &'static str,
-    #[cfg(test)]
+    #[cfg(all(test, feature = "wasm"))]
     pub ts: &'static str,
-    #[cfg(test)]
+    #[cfg(all(test, feature = "wasm"))]
     pub default: Option<&'static str>,
 }
 
@@ -125,11 +128,11 @@ const fn number(
             #[cfg(test)]
             get: _get,
         }),
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         doc: _doc,
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         ts: "number",
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         default: None,
     }
 }
@@ -144,11 +147,11 @@ const fn other(
     Opt {
         path,
         check,
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         doc: _doc,
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         ts: _ts,
-        #[cfg(test)]
+        #[cfg(all(test, feature = "wasm"))]
         default: _default,
     }
 }
@@ -419,6 +422,75 @@ pub(crate) fn numbers() -> impl Iterator<Item = (&'static str, &'static Num)> {
     })
 }
 
+/// Why [`set_number`] or [`set_class_ttls`] refused a value. Its message is the npm
+/// package's: `batch.maxTiles must be an integer in 1..=64, got 65`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptionError {
+    /// The value is outside the option's range, or not an integer where one is asked for.
+    #[error("{path} must be {allowed}, got {value}")]
+    OutOfRange {
+        /// The option's JavaScript path (`batch.maxTiles`, `ttl.byClass.sold`).
+        path: String,
+        /// What is allowed (`an integer in 1..=64`).
+        allowed: String,
+        value: f64,
+    },
+    /// No numeric option has this path.
+    #[error("{path} is not a numeric option of TileCache")]
+    Unknown { path: String },
+}
+
+/// Sets the numeric option `path` (the npm package's name: `tileZoom`, `batch.maxTiles`,
+/// `prefetch.budgetPerVisible`, ...; seconds for `ttl.*`, as there) in `config`, after
+/// checking `value` against its range. Nothing is changed when it is refused.
+///
+/// ```
+/// use tilewarm::client::{options, ClientConfig};
+///
+/// let mut c = ClientConfig::default();
+/// options::set_number(&mut c, "batch.coalesceLevels", 0.0).unwrap();
+/// assert_eq!(c.batch.coalesce_levels, 0);
+/// let e = options::set_number(&mut c, "batch.maxTiles", 65.0).unwrap_err();
+/// assert_eq!(e.to_string(), "batch.maxTiles must be an integer in 1..=64, got 65");
+/// ```
+pub fn set_number(config: &mut ClientConfig, path: &str, value: f64) -> Result<(), OptionError> {
+    let Some((_, num)) = numbers().find(|(p, _)| *p == path) else {
+        return Err(OptionError::Unknown { path: path.into() });
+    };
+    if !num.range.contains(value) {
+        return Err(OptionError::OutOfRange {
+            path: path.into(),
+            allowed: num.range.allowed(),
+            value,
+        });
+    }
+    (num.set)(config, value);
+    Ok(())
+}
+
+/// Sets `ttl.byClass`: seconds an item is fresh, per class, replacing the default table,
+/// each checked as the npm package checks it (`ttl.byClass.sold must be ...`). Nothing is
+/// changed when one is refused.
+pub fn set_class_ttls<'a>(
+    config: &mut ClientConfig,
+    classes: impl IntoIterator<Item = (&'a str, f64)>,
+) -> Result<(), OptionError> {
+    let mut table = HashMap::default();
+    for (class, secs) in classes {
+        if !CLASS_TTL.contains(secs) {
+            return Err(OptionError::OutOfRange {
+                path: format!("ttl.byClass.{class}"),
+                allowed: CLASS_TTL.allowed(),
+                value: secs,
+            });
+        }
+        table.insert(class.to_owned(), secs as u64 * 1000);
+    }
+    config.cache.class_ttl_ms = table;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +605,65 @@ mod tests {
         let n = tiers.len();
         let expected = format!("one of {}, {}", tiers[..n - 1].join(", "), tiers[n - 1]);
         assert_eq!(ACCESS_ALLOWED, expected);
+    }
+
+    /// The setters for Rust shells: every numeric option by its JS path, checked against
+    /// the same range, refused with the npm package's message and nothing changed.
+    #[test]
+    fn set_number_checks_and_sets_by_js_path() {
+        for (path, num) in numbers() {
+            let mut c = ClientConfig::default();
+            set_number(&mut c, path, num.range.hi).unwrap();
+            assert_eq!((num.get)(&c), num.range.hi, "{path}");
+            let before = c.clone();
+            let e = set_number(&mut c, path, num.range.hi + 1.0).unwrap_err();
+            let allowed = num.range.allowed();
+            let got = format!("{}", num.range.hi + 1.0);
+            assert_eq!(
+                e.to_string(),
+                format!("{path} must be {allowed}, got {got}")
+            );
+            assert!(set_number(&mut c, path, f64::NAN).is_err(), "{path}");
+            let same = (c.cache == before.cache, c.planner == before.planner);
+            assert_eq!(
+                same,
+                (true, true),
+                "{path}: a refused value changed the config"
+            );
+            assert_eq!(
+                c.batch, before.batch,
+                "{path}: a refused value changed the config"
+            );
+        }
+        let mut c = ClientConfig::default();
+        set_number(&mut c, "batch.coalesceLevels", 1.0).unwrap();
+        assert_eq!((c.batch.coalesce_levels, c.planner.align_levels), (1, 1));
+        let e = set_number(&mut c, "batch.maxTiles", 1.5).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "batch.maxTiles must be an integer in 1..=64, got 1.5"
+        );
+        let e = set_number(&mut c, "batch.maxtiles", 1.0).unwrap_err();
+        assert_eq!(
+            e,
+            OptionError::Unknown {
+                path: "batch.maxtiles".into()
+            }
+        );
+    }
+
+    #[test]
+    fn set_class_ttls_replaces_the_table_or_changes_nothing() {
+        let mut c = ClientConfig::default();
+        set_class_ttls(&mut c, [("sold", 2.0)]).unwrap();
+        assert_eq!(c.cache.class_ttl_ms.len(), 1);
+        assert_eq!(c.cache.class_ttl_ms["sold"], 2000);
+        let e = set_class_ttls(&mut c, [("a", 5.0), ("b", 0.0)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ttl.byClass.b must be an integer number of seconds in 1..=2592000, got 0"
+        );
+        assert_eq!(c.cache.class_ttl_ms.len(), 1);
     }
 
     #[test]
