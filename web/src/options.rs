@@ -3,16 +3,17 @@
 //! options (`{ endpoint, tileZoom, maxItems, ttl: { default }, batch: { timeoutMs }, ... }`).
 //!
 //! Every field but `endpoint` is optional; a missing one takes the core's default
-//! ([`ClientConfig::default`]). Ranges are the core's own checks ([`Client::new`]), so the
-//! Rust shell and the core cannot disagree on what is allowed.
-//!
-//! [`Client::new`]: tilewarm::client::Client::new
+//! ([`ClientConfig::default`]), which is the npm package's. Numbers are checked and set
+//! through the npm package's own option table ([`tilewarm::client::options`]), so the Rust
+//! shell, the npm package and the core cannot disagree on what is allowed or where it lands,
+//! and the messages are the npm package's (`batch.maxTiles must be an integer in 1..=64,
+//! got 65`).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tilewarm::access::Access;
-use tilewarm::client::ClientConfig;
+use tilewarm::client::{options, ClientConfig};
 
 use crate::error::{Error, ErrorCode};
 
@@ -113,14 +114,10 @@ pub struct Checked {
     pub headers: Vec<(String, String)>,
 }
 
-/// Seconds to ms, refusing what would overflow.
-fn secs(field: &str, s: u64) -> Result<u64, Error> {
-    s.checked_mul(1000).ok_or_else(|| {
-        Error::new(
-            ErrorCode::OutOfRange,
-            format!("{field} must be a number of seconds below 2^54, got {s}"),
-        )
-    })
+/// A number the npm package's table refused: its message names the option, the value and
+/// what is allowed (`batch.maxTiles must be an integer in 1..=64, got 65`).
+fn out_of_range(e: options::OptionError) -> Error {
+    Error::new(ErrorCode::OutOfRange, e.to_string())
 }
 
 /// A header the browser's `Headers.set` takes: the name an HTTP token (RFC 9110 5.6.2),
@@ -169,85 +166,58 @@ impl Options {
                 format!("endpoint must be an absolute http(s) URL, got {e:?}"),
             ));
         }
+        // Every number through the npm package's own table (`tilewarm::client::options`):
+        // the same ranges, the same fields (`batch.coalesceLevels` sets the planner's
+        // alignment too), the same messages.
         let mut c = ClientConfig::default();
-        if let Some(z) = self.tile_zoom {
-            c = c.with_tile_zoom(z);
-        }
-        if let Some(z) = self.min_zoom {
-            c.planner.min_zoom = z;
-        }
-        if let Some(n) = self.max_visible_tiles {
-            c.planner.max_visible_tiles = n;
-        }
-        if let Some(n) = self.max_items {
-            c.cache.max_items = n;
-        }
-        if let Some(n) = self.max_bytes {
-            c.cache.max_bytes = n;
-        }
-        let (b, to) = (&self.bounds, &mut c.cache.bounds);
-        for (edge, v) in [
-            (&mut to.west, b.west),
-            (&mut to.south, b.south),
-            (&mut to.east, b.east),
-            (&mut to.north, b.north),
-        ] {
+        let p = &self.prefetch;
+        let b = &self.batch;
+        let numbers = [
+            ("tileZoom", self.tile_zoom.map(f64::from)),
+            ("minZoom", self.min_zoom),
+            ("maxVisibleTiles", self.max_visible_tiles.map(|n| n as f64)),
+            ("bounds.west", self.bounds.west),
+            ("bounds.south", self.bounds.south),
+            ("bounds.east", self.bounds.east),
+            ("bounds.north", self.bounds.north),
+            ("maxItems", self.max_items.map(|n| n as f64)),
+            ("maxBytes", self.max_bytes.map(|n| n as f64)),
+            ("ttl.default", self.ttl.default.map(|s| s as f64)),
+            (
+                "ttl.staleWhileRevalidate",
+                self.ttl.stale_while_revalidate.map(|s| s as f64),
+            ),
+            ("prefetch.ring", p.ring.map(f64::from)),
+            ("prefetch.lookaheadMs", p.lookahead_ms.map(|n| n as f64)),
+            (
+                "prefetch.maxTilesPerRound",
+                p.max_tiles_per_round.map(|n| n as f64),
+            ),
+            ("prefetch.viewRing", p.view_ring),
+            ("batch.maxTiles", b.max_tiles.map(|n| n as f64)),
+            ("batch.maxIds", b.max_ids.map(|n| n as f64)),
+            ("batch.maxInFlight", b.max_in_flight.map(|n| n as f64)),
+            ("batch.timeoutMs", b.timeout_ms.map(|n| n as f64)),
+            ("batch.retries", b.retries.map(f64::from)),
+        ];
+        for (path, v) in numbers {
             if let Some(v) = v {
-                *edge = v;
+                options::set_number(&mut c, path, v).map_err(out_of_range)?;
             }
-        }
-        if let Some(s) = self.ttl.default {
-            c.cache.default_ttl_ms = secs("ttl.default", s)?;
         }
         if let Some(by) = &self.ttl.by_class {
-            c.cache.class_ttl_ms.clear();
-            for (class, &s) in by {
-                let ms = secs(&format!("ttl.byClass.{class}"), s)?;
-                c.cache.class_ttl_ms.insert(class.clone(), ms);
-            }
-        }
-        if let Some(s) = self.ttl.stale_while_revalidate {
-            c.cache.stale_while_revalidate_ms = secs("ttl.staleWhileRevalidate", s)?;
-        }
-        if let Some(n) = self.prefetch.ring {
-            c.planner.ring = n;
-        }
-        if let Some(n) = self.prefetch.view_ring {
-            c.planner.view_ring = n;
-        }
-        if let Some(n) = self.prefetch.lookahead_ms {
-            c.planner.lookahead_ms = n;
-        }
-        if let Some(n) = self.prefetch.max_tiles_per_round {
-            c.planner.max_tiles_per_round = n;
-        }
-        let b = &self.batch;
-        if let Some(n) = b.max_tiles {
-            c.batch.max_tiles = n;
-        }
-        if let Some(n) = b.max_ids {
-            c.batch.max_ids = n;
-        }
-        if let Some(n) = b.max_in_flight {
-            c.batch.max_in_flight = n;
-        }
-        if let Some(n) = b.timeout_ms {
-            c.batch.timeout_ms = n;
-        }
-        if let Some(n) = b.retries {
-            c.batch.retries = n;
+            let classes = by.iter().map(|(class, &s)| (class.as_str(), s as f64));
+            options::set_class_ttls(&mut c, classes).map_err(out_of_range)?;
         }
         if let Some(a) = &self.access {
             c.access = a.parse::<Access>().map_err(|_| {
                 Error::new(
                     ErrorCode::InvalidArgValue,
-                    format!(
-                        "access must be one of \"public\", \"registered\", \"verified\", \"agent\", got {a:?}"
-                    ),
+                    format!("access must be {}, got {a:?}", options::ACCESS_ALLOWED),
                 )
             })?;
         }
-        // The core checks every range once, with messages naming the field.
+        // The core checks what the table cannot (`bounds.south` above `bounds.north`).
         tilewarm::client::Client::<()>::new(c.clone())
             .map_err(|e| Error::new(ErrorCode::OutOfRange, e.to_string()))?;
         for (k, v) in &self.headers {
@@ -319,7 +289,34 @@ mod tests {
         let o = from_json(r#"{"endpoint":"http://h/","maxVisibleTiles":5000}"#).unwrap();
         let e = o.check().unwrap_err();
         assert_eq!(e.code, ErrorCode::OutOfRange);
-        assert!(e.message.contains("max_visible_tiles"), "{e}");
+        assert_eq!(
+            e.message,
+            "maxVisibleTiles must be an integer in 1..=4096, got 5000"
+        );
+    }
+
+    /// A request of more tiles or ids than the protocol's limits is refused by a server
+    /// with the default limits (400 for every request): the npm package's ranges, which
+    /// are the protocol's, are the shell's too, with its messages.
+    #[test]
+    fn batch_sizes_beyond_the_protocols_limits_are_refused() {
+        for (j, says) in [
+            (
+                r#"{"maxTiles":65}"#,
+                "batch.maxTiles must be an integer in 1..=64, got 65",
+            ),
+            (
+                r#"{"maxIds":1001}"#,
+                "batch.maxIds must be an integer in 1..=1000, got 1001",
+            ),
+        ] {
+            let o = from_json(&format!(r#"{{"endpoint":"http://h/","batch":{j}}}"#)).unwrap();
+            let e = o.check().unwrap_err();
+            assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
+        }
+        let o = from_json(r#"{"endpoint":"http://h/","batch":{"maxTiles":64,"maxIds":1000}}"#);
+        let c = o.unwrap().check().unwrap().config;
+        assert_eq!((c.batch.max_tiles, c.batch.max_ids), (64, 1000));
     }
 
     #[test]
@@ -350,7 +347,10 @@ mod tests {
             ..Options::new("http://h/")
         });
         assert_eq!(e.code, ErrorCode::OutOfRange);
-        assert!(e.message.contains("max_items"), "{e}");
+        assert_eq!(
+            e.message,
+            "maxItems must be an integer in 1..=10000000, got 0"
+        );
         let e = bad(Options {
             ttl: TtlOptions {
                 default: Some(u64::MAX),
@@ -358,7 +358,12 @@ mod tests {
             },
             ..Options::new("http://h/")
         });
-        assert!(e.message.contains("ttl.default"), "{e}");
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(
+            e.message
+                .starts_with("ttl.default must be an integer number of seconds in 1..=2592000"),
+            "{e}"
+        );
         let e = bad(Options {
             bounds: BoundsOptions {
                 south: Some(48.0),
