@@ -90,8 +90,14 @@ pub struct PrefetchOptions {
     pub view_ring: Option<f64>,
     /// How far ahead of the motion the planner looks, in ms.
     pub lookahead_ms: Option<u64>,
-    /// Most tiles prefetched per viewport change.
+    /// Most tiles prefetched per viewport change, at least (core default 32).
     pub max_tiles_per_round: Option<usize>,
+    /// The per-round budget grows to this many prefetch tiles per visible tile (0..=64,
+    /// default 8).
+    pub budget_per_visible: Option<f64>,
+    /// A view at most this many zoom levels below `minZoom` that is not zooming out
+    /// prefetches the data tiles under it, centre first (0..=4, default 0: off).
+    pub warm_below_min_zoom: Option<f64>,
 }
 
 /// `batch`: how requests are made.
@@ -104,6 +110,13 @@ pub struct BatchOptions {
     /// A request not answered within this many ms is aborted and retried.
     pub timeout_ms: Option<u64>,
     pub retries: Option<u32>,
+    /// Ask for a tile up to this many zooms coarser when enough of its data tiles are
+    /// missing (`coalesceMinShare`); prefetch areas widen to whole tiles of that zoom
+    /// (0..=4, default 2; 0 = off). The server must accept that zoom.
+    pub coalesce_levels: Option<u32>,
+    /// Percent of a coarse tile's data tiles that must be queued for it to be asked for
+    /// (1..=100, default 50).
+    pub coalesce_min_share: Option<u32>,
 }
 
 /// What the options say, checked: the core's config and the shell's own settings.
@@ -194,11 +207,18 @@ impl Options {
                 p.max_tiles_per_round.map(|n| n as f64),
             ),
             ("prefetch.viewRing", p.view_ring),
+            ("prefetch.budgetPerVisible", p.budget_per_visible),
+            ("prefetch.warmBelowMinZoom", p.warm_below_min_zoom),
             ("batch.maxTiles", b.max_tiles.map(|n| n as f64)),
             ("batch.maxIds", b.max_ids.map(|n| n as f64)),
             ("batch.maxInFlight", b.max_in_flight.map(|n| n as f64)),
             ("batch.timeoutMs", b.timeout_ms.map(|n| n as f64)),
             ("batch.retries", b.retries.map(f64::from)),
+            ("batch.coalesceLevels", b.coalesce_levels.map(f64::from)),
+            (
+                "batch.coalesceMinShare",
+                b.coalesce_min_share.map(f64::from),
+            ),
         ];
         for (path, v) in numbers {
             if let Some(v) = v {
@@ -317,6 +337,59 @@ mod tests {
         let o = from_json(r#"{"endpoint":"http://h/","batch":{"maxTiles":64,"maxIds":1000}}"#);
         let c = o.unwrap().check().unwrap().config;
         assert_eq!((c.batch.max_tiles, c.batch.max_ids), (64, 1000));
+    }
+
+    /// The npm package's prefetch and batch options that map onto the core's config, by
+    /// its names, with its defaults and its messages.
+    #[test]
+    fn budget_warm_and_coalesce_options_as_in_the_npm_package() {
+        let d = Options::new("http://h/").check().unwrap().config;
+        let core = ClientConfig::default();
+        assert_eq!(
+            d.planner.budget_per_visible,
+            core.planner.budget_per_visible
+        );
+        assert_eq!(d.planner.warm_below_min_zoom, 0.0);
+        assert_eq!((d.batch.coalesce_levels, d.planner.align_levels), (2, 2));
+        assert_eq!(d.batch.coalesce_min_share, 50);
+        let o = from_json(
+            r#"{"endpoint":"http://h/",
+                "prefetch":{"budgetPerVisible":2.5,"warmBelowMinZoom":1},
+                "batch":{"coalesceLevels":0,"coalesceMinShare":100}}"#,
+        )
+        .unwrap();
+        let c = o.check().unwrap().config;
+        assert_eq!(c.planner.budget_per_visible, 2.5);
+        assert_eq!(c.planner.warm_below_min_zoom, 1.0);
+        // Off for the batcher and for the planner's alignment of prefetch areas alike.
+        assert_eq!((c.batch.coalesce_levels, c.planner.align_levels), (0, 0));
+        assert_eq!(c.batch.coalesce_min_share, 100);
+        for (j, says) in [
+            (
+                r#""prefetch":{"budgetPerVisible":65}"#,
+                "prefetch.budgetPerVisible must be a number in 0..=64, got 65",
+            ),
+            (
+                r#""prefetch":{"warmBelowMinZoom":4.5}"#,
+                "prefetch.warmBelowMinZoom must be a number in 0..=4, got 4.5",
+            ),
+            (
+                r#""prefetch":{"budgetPerVisible":-1}"#,
+                "prefetch.budgetPerVisible must be a number in 0..=64, got -1",
+            ),
+            (
+                r#""batch":{"coalesceLevels":5}"#,
+                "batch.coalesceLevels must be an integer in 0..=4, got 5",
+            ),
+            (
+                r#""batch":{"coalesceMinShare":0}"#,
+                "batch.coalesceMinShare must be an integer in 1..=100, got 0",
+            ),
+        ] {
+            let o = from_json(&format!(r#"{{"endpoint":"http://h/",{j}}}"#)).unwrap();
+            let e = o.check().unwrap_err();
+            assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
+        }
     }
 
     #[test]

@@ -1155,3 +1155,86 @@ async fn a_get_that_fails_does_not_fail_when_complete() {
     complete.expect("the view completes: the get's failure is not the view's");
     assert!(cache.view().complete);
 }
+
+/// The tiles the session's first `requests` requests asked for, in the order they came.
+async fn asked_tiles(session: &str, requests: usize) -> Vec<String> {
+    let l = control(session, "log").await;
+    let bodies = l["bodies"].as_array().cloned().unwrap_or_default();
+    bodies
+        .iter()
+        .take(requests)
+        .flat_map(|b| b["tiles"].as_array().cloned().unwrap_or_default())
+        .map(|t| t.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `batch.coalesceLevels`: by default a view over the four data tiles of a zoom-13 tile asks
+/// for that one tile; at 0 it asks for the four data tiles.
+#[wasm_bindgen_test]
+async fn batch_coalesce_levels_changes_the_tiles_asked_for() {
+    let t13 = TileId::from_lon_lat(-122.3321, 47.6062, 13).unwrap();
+    let b = t13.bounds();
+    let (w, h) = (b.east - b.west, b.north - b.south);
+    let view = [
+        b.west + w * 0.1,
+        b.south + h * 0.1,
+        b.east - w * 0.1,
+        b.north - h * 0.1,
+        14.0,
+    ];
+    let mut data: Vec<String> = t13.children().unwrap().map(|t| t.to_string()).to_vec();
+    data.sort();
+    for (s, levels, want) in [
+        ("coalesce-default", None, vec![t13.to_string()]),
+        ("coalesce-off", Some(0), data),
+    ] {
+        let mut o = options(s, 0, 0);
+        o.batch.coalesce_levels = levels;
+        let cache: TileCache = TileCache::new(&o).unwrap();
+        assert!(!show(&cache, view).complete);
+        cache.when_complete().await.unwrap();
+        let mut asked = asked_tiles(s, usize::MAX).await;
+        asked.sort();
+        assert_eq!(asked, want, "{s}");
+    }
+}
+
+/// `prefetch.warmBelowMinZoom`: a view just below `minZoom` fetches nothing by default, and
+/// prefetches the data tiles under it when it is set; `prefetch.budgetPerVisible` 0 with
+/// `maxTilesPerRound` 1 holds that round to one tile.
+#[wasm_bindgen_test]
+async fn prefetch_warm_below_min_zoom_and_budget_change_what_is_prefetched() {
+    let v = inside(tile(0, 0));
+    let below = [v[0] - 0.02, v[1] - 0.01, v[2] + 0.02, v[3] + 0.01, 11.5];
+    let round = |s: &'static str, warm: Option<f64>, budget: Option<(f64, usize)>| async move {
+        let mut o = options(s, 0, 0);
+        o.prefetch.warm_below_min_zoom = warm;
+        if let Some((per_visible, per_round)) = budget {
+            o.prefetch.budget_per_visible = Some(per_visible);
+            o.prefetch.max_tiles_per_round = Some(per_round);
+        }
+        // Prefetch areas as data tiles, so the tiles asked for are counted as they are.
+        o.batch.coalesce_levels = Some(0);
+        let cache: TileCache = TileCache::new(&o).unwrap();
+        let view = show(&cache, below);
+        assert!(view.complete && view.items.is_empty(), "{s}: below minZoom");
+        // Planned and sent by set_viewport itself.
+        let prefetches = cache.stats().batch.prefetch_requests;
+        wait_until("the prefetches reached the proxy", || async {
+            log(s).await.0 >= prefetches
+        })
+        .await;
+        // The tiles of those requests (later rounds may follow their answers).
+        let n = asked_tiles(s, prefetches as usize).await.len();
+        drop(cache);
+        (prefetches, n)
+    };
+    assert_eq!(round("warm-default", None, None).await, (0, 0));
+    let (requests, tiles) = round("warm-on", Some(1.0), None).await;
+    assert!(
+        requests > 0 && tiles > 4,
+        "{requests} requests, {tiles} tiles"
+    );
+    let (requests, tiles) = round("warm-budget", Some(1.0), Some((0.0, 1))).await;
+    assert_eq!((requests, tiles), (1, 1));
+}
