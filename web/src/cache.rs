@@ -21,7 +21,7 @@ use gloo_net::http::Request;
 use gloo_timers::callback::Timeout;
 use serde::de::DeserializeOwned;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{AbortController, AbortSignal};
+use web_sys::{AbortController, AbortSignal, RequestCredentials};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
@@ -35,7 +35,7 @@ use tilewarm::{Access, TileId};
 
 use crate::auth::{check_token, show, Auth};
 use crate::error::{Error, ErrorCode};
-use crate::options::Options;
+use crate::options::{Credentials, Options};
 use crate::retry_after::retry_after_ms;
 use crate::updates::{Subscribers, Updates};
 use crate::view::{Item, Shown, Update, View};
@@ -100,6 +100,7 @@ struct Inner<T> {
     state: RefCell<State<T>>,
     endpoint: String,
     headers: Vec<(String, String)>,
+    credentials: RequestCredentials,
     limits: Limits,
     auth: Option<Auth>,
 }
@@ -193,6 +194,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 }),
                 endpoint: checked.endpoint,
                 headers: checked.headers,
+                credentials: match checked.credentials {
+                    Credentials::Omit => RequestCredentials::Omit,
+                    Credentials::SameOrigin => RequestCredentials::SameOrigin,
+                    Credentials::Include => RequestCredentials::Include,
+                },
                 limits,
                 auth,
             }),
@@ -853,18 +859,17 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             );
             let weak = Rc::downgrade(this);
             wasm_bindgen_futures::spawn_local(async move {
-                let Some((endpoint, headers, auth, limits)) = weak.upgrade().map(|i| {
-                    (
-                        i.endpoint.clone(),
-                        i.headers.clone(),
-                        i.auth.clone(),
-                        i.limits,
-                    )
+                let Some((to, auth, limits)) = weak.upgrade().map(|i| {
+                    let to = Target {
+                        endpoint: i.endpoint.clone(),
+                        headers: i.headers.clone(),
+                        credentials: i.credentials,
+                    };
+                    (to, i.auth.clone(), i.limits)
                 }) else {
                     return;
                 };
-                let outcome =
-                    exchange::<T>(&endpoint, &headers, auth, &limits, body, &asked, signal).await;
+                let outcome = exchange::<T>(&to, auth, &limits, body, &asked, signal).await;
                 if let Some(inner) = weak.upgrade() {
                     Inner::finish(&inner, t.id, outcome);
                 }
@@ -994,11 +999,17 @@ struct Partial {
     error: Option<Why>,
 }
 
+/// Where and how a request goes: the endpoint, the extra headers and the credentials mode.
+struct Target {
+    endpoint: String,
+    headers: Vec<(String, String)>,
+    credentials: RequestCredentials,
+}
+
 /// One POST (two if a 401 made it ask `auth` again), decoded. `asked`: the ids the request
 /// asked for.
 async fn exchange<T: DeserializeOwned>(
-    endpoint: &str,
-    headers: &[(String, String)],
+    to: &Target,
     auth: Option<Auth>,
     limits: &Limits,
     body: String,
@@ -1019,8 +1030,10 @@ async fn exchange<T: DeserializeOwned>(
             },
             None => None,
         };
-        let mut rb = Request::post(endpoint).abort_signal(Some(&signal));
-        for (k, v) in headers {
+        let mut rb = Request::post(&to.endpoint)
+            .abort_signal(Some(&signal))
+            .credentials(to.credentials);
+        for (k, v) in &to.headers {
             rb = rb.header(k, v);
         }
         if let Some(t) = &token {

@@ -36,7 +36,9 @@ pub use auth::{Auth, TokenFuture};
 #[cfg(target_arch = "wasm32")]
 pub use cache::TileCache;
 pub use error::{Error, ErrorCode};
-pub use options::{BatchOptions, BoundsOptions, Checked, Options, PrefetchOptions, TtlOptions};
+pub use options::{
+    BatchOptions, BoundsOptions, Checked, Credentials, Options, PrefetchOptions, TtlOptions,
+};
 /// The core's types a caller of [`TileCache`] meets.
 pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;

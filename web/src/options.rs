@@ -53,6 +53,64 @@ pub struct Options {
     /// the browser in the middle of a request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Whether the browser sends its cookies (and HTTP authentication, TLS client
+    /// certificates) with the batch requests: the fetch `credentials` mode,
+    /// `"same-origin"` by default, as the npm package's default `fetch`. An endpoint that
+    /// authenticates by a cookie on another origin needs `"include"`, and its answers (the
+    /// CORS preflight's too) must carry `Access-Control-Allow-Credentials: true` and name
+    /// the page's origin in `Access-Control-Allow-Origin` (not `*`), or the browser fails
+    /// every request.
+    pub credentials: Option<Credentials>,
+}
+
+/// `credentials`: the fetch credentials mode of the batch requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Credentials {
+    /// `"omit"`: never send cookies.
+    Omit,
+    /// `"same-origin"` (the default): cookies only to an endpoint of the page's origin.
+    #[default]
+    SameOrigin,
+    /// `"include"`: cookies to any endpoint, another origin's too.
+    Include,
+}
+
+impl Credentials {
+    /// What `credentials` may be, as messages say it.
+    pub const ALLOWED: &'static str = "one of \"omit\", \"same-origin\", \"include\"";
+
+    /// Its name in fetch's `RequestInit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credentials::Omit => "omit",
+            Credentials::SameOrigin => "same-origin",
+            Credentials::Include => "include",
+        }
+    }
+}
+
+impl std::str::FromStr for Credentials {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Credentials, Error> {
+        match s {
+            "omit" => Ok(Credentials::Omit),
+            "same-origin" => Ok(Credentials::SameOrigin),
+            "include" => Ok(Credentials::Include),
+            _ => Err(Error::new(
+                ErrorCode::InvalidArgValue,
+                format!("credentials must be {}, got {s:?}", Credentials::ALLOWED),
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Credentials {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Credentials, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: Error| serde::de::Error::custom(e.message))
+    }
 }
 
 /// `bounds`: the data's extent, in degrees, as a map source's bounds (the core's
@@ -125,6 +183,7 @@ pub struct Checked {
     pub config: ClientConfig,
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
+    pub credentials: Credentials,
 }
 
 /// A number the npm package's table refused: its message names the option, the value and
@@ -254,6 +313,7 @@ impl Options {
             config: c,
             endpoint: self.endpoint.clone(),
             headers,
+            credentials: self.credentials.unwrap_or_default(),
         })
     }
 }
@@ -390,6 +450,35 @@ mod tests {
             let e = o.check().unwrap_err();
             assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
         }
+    }
+
+    #[test]
+    fn credentials_are_a_fetch_credentials_mode() {
+        let mode = |j: &str| {
+            let o = from_json(&format!(r#"{{"endpoint":"http://h/"{j}}}"#)).unwrap();
+            o.check().unwrap().credentials
+        };
+        assert_eq!(mode(""), Credentials::SameOrigin);
+        assert_eq!(mode(r#","credentials":"omit""#), Credentials::Omit);
+        assert_eq!(
+            mode(r#","credentials":"same-origin""#),
+            Credentials::SameOrigin
+        );
+        assert_eq!(mode(r#","credentials":"include""#), Credentials::Include);
+        for c in [
+            Credentials::Omit,
+            Credentials::SameOrigin,
+            Credentials::Include,
+        ] {
+            assert_eq!(c.as_str().parse::<Credentials>().unwrap(), c);
+        }
+        let e = from_json(r#"{"endpoint":"http://h/","credentials":"Include"}"#).unwrap_err();
+        let says = r#"credentials must be one of "omit", "same-origin", "include", got "Include""#;
+        assert!(e.to_string().starts_with(says), "{e}");
+        let e = "cors".parse::<Credentials>().unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgValue);
+        let e = from_json(r#"{"endpoint":"http://h/","credentials":true}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
     }
 
     #[test]

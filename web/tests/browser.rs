@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use gloo_timers::future::TimeoutFuture;
 use serde_json::Value;
 use tilewarm_web::{
-    Access, Auth, BatchOptions, ErrorCode, Options, PrefetchOptions, TileCache, TileId, Update,
+    Access, Auth, BatchOptions, Credentials, ErrorCode, Options, PrefetchOptions, TileCache,
+    TileId, Update,
 };
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
@@ -1237,4 +1238,57 @@ async fn prefetch_warm_below_min_zoom_and_budget_change_what_is_prefetched() {
     );
     let (requests, tiles) = round("warm-budget", Some(1.0), Some((0.0, 1))).await;
     assert_eq!((requests, tiles), (1, 1));
+}
+
+/// The page's `document.cookie` (set or cleared), without web-sys's `HtmlDocument`.
+fn set_cookie(cookie: &str) {
+    let doc = web_sys::window().unwrap().document().unwrap();
+    js_sys::Reflect::set(
+        &doc,
+        &JsValue::from_str("cookie"),
+        &JsValue::from_str(cookie),
+    )
+    .unwrap();
+}
+
+/// `credentials: "include"` sends the page's cookies to the endpoint on another origin (the
+/// fault proxy is on another port of the page's host, so same-site: the cookie applies);
+/// by default (`"same-origin"`) and with `"omit"` they stay home. The proxy allows
+/// credentials for these sessions, so only the cache's mode decides.
+#[wasm_bindgen_test]
+async fn credentials_include_sends_the_pages_cookie_to_the_endpoint() {
+    let page = web_sys::window().unwrap().location().host().unwrap();
+    let proxy_host = proxy().split("://").nth(1).unwrap_or_default();
+    assert_eq!(
+        page.split(':').next(),
+        proxy_host.split(':').next(),
+        "the page and the proxy must share a host for its cookie to apply"
+    );
+    assert_ne!(page, proxy_host, "the endpoint must be on another origin");
+    set_cookie("tw_session=c1; path=/");
+    for (s, mode, want) in [
+        (
+            "cookie-include",
+            Some(Credentials::Include),
+            Some("tw_session=c1"),
+        ),
+        ("cookie-default", None, None),
+        ("cookie-omit", Some(Credentials::Omit), None),
+    ] {
+        set_mode(s, "credentials").await;
+        let o = Options {
+            credentials: mode,
+            ..options(s, 0, 0)
+        };
+        let cache: TileCache = TileCache::new(&o).unwrap();
+        show(&cache, inside(tile(0, 0)));
+        cache.when_complete().await.unwrap();
+        let l = control(s, "log").await;
+        let cookies = l["cookies"].as_array().cloned().unwrap_or_default();
+        assert!(!cookies.is_empty(), "{s}: no request");
+        for c in cookies {
+            assert_eq!(c.as_str(), want, "{s}");
+        }
+    }
+    set_cookie("tw_session=; path=/; max-age=0");
 }

@@ -17,9 +17,12 @@
 //                           (bad-lat for one answer, then pass), ttl1 (forward, every
 //                           item's ttl set to 1 s: a view at rest turns stale at once),
 //                           ids-500 (a request of ids alone, a get's: 500 at once; others
-//                           forwarded after 500 ms)
+//                           forwarded after 500 ms), credentials (forward; the CORS
+//                           answers, the preflight's too, name the page's origin and allow
+//                           credentials, so a fetch with credentials "include" may read them)
 //   GET  /s/NAME/mode/MODE  sets the mode; GET /s/NAME/log: what the session saw
-//                           ({ requests, aborted, auth: [header...], bodies: [...] })
+//                           ({ requests, aborted, auth: [header...], cookies: [header...],
+//                           bodies: [...] })
 // A request counts as aborted when the client closed it before an answer was sent.
 // Usage: node fault-proxy.mjs UPSTREAM_BATCH_URL   (prints "listening PORT")
 import http from 'node:http';
@@ -74,11 +77,12 @@ const ttl1 = (answer) => ({ ...answer, items: answer.items.map((it) => ({ ...it,
 const badLat = (answer) => ({ ...answer, items: answer.items.map((it, i) => (i ? it : { ...it, lat: 95 })) });
 const sessions = new Map();
 const session = (name) => {
-  if (!sessions.has(name)) sessions.set(name, { mode: 'pass', requests: 0, aborted: 0, hostile: 0, auth: [], bodies: [] });
+  if (!sessions.has(name)) sessions.set(name, { mode: 'pass', requests: 0, aborted: 0, hostile: 0, auth: [], cookies: [], bodies: [] });
   return sessions.get(name);
 };
+// The CORS headers of an answer: `res.cors` when the session set its own (credentials).
 const send = (res, status, body, headers = {}) => {
-  res.writeHead(status, { ...CORS, 'content-type': 'application/json', ...headers });
+  res.writeHead(status, { ...(res.cors ?? CORS), 'content-type': 'application/json', ...headers });
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 };
 
@@ -122,10 +126,13 @@ function forward(res, text, headers = {}, edit = undefined) {
 }
 
 const server = http.createServer((req, res) => {
-  if (req.method === 'OPTIONS') { res.writeHead(204, CORS); res.end(); return; }
   const m = req.url.match(/^\/s\/([\w-]+)\/(.*)$/);
+  const s = m && session(m[1]);
+  if (s?.mode === 'credentials' && req.headers.origin) {
+    res.cors = { ...CORS, 'access-control-allow-origin': req.headers.origin, 'access-control-allow-credentials': 'true', vary: 'origin' };
+  }
+  if (req.method === 'OPTIONS') { res.writeHead(204, res.cors ?? CORS); res.end(); return; }
   if (!m) { send(res, 404, { error: 'use /s/NAME/...' }); return; }
-  const s = session(m[1]);
   const rest = m[2];
   if (rest.startsWith('mode/')) { s.mode = rest.slice(5); send(res, 200, s); return; }
   if (rest === 'log') { send(res, 200, s); return; }
@@ -136,11 +143,12 @@ const server = http.createServer((req, res) => {
     const text = Buffer.concat(chunks).toString();
     s.requests += 1;
     s.auth.push(req.headers.authorization ?? null);
+    s.cookies.push(req.headers.cookie ?? null);
     try { s.bodies.push(JSON.parse(text)); } catch { s.bodies.push(text); }
     res.on('close', () => { if (!res.writableFinished) s.aborted += 1; });
     if (s.mode.startsWith('bounds=')) { forward(res, text, { 'x-tilewarm-bounds': s.mode.slice(7) }); return; }
     switch (s.mode) {
-      case 'pass': forward(res, text); break;
+      case 'pass': case 'credentials': forward(res, text); break;
       case 'slow': setTimeout(() => { if (!res.destroyed) forward(res, text); }, 1500); break;
       case '500': send(res, 500, { error: { code: 'internal', message: 'injected by fault-proxy' } }); break;
       case 'stall': break; // never answers; the client's timeout must abort it
