@@ -1274,13 +1274,24 @@ async fn credentials_include_sends_the_pages_cookie_to_the_endpoint() {
         ),
         ("cookie-default", None, None),
         ("cookie-omit", Some(Credentials::Omit), None),
+        ("cookie-include-js", None, Some("tw_session=c1")),
     ] {
         set_mode(s, "credentials").await;
-        let o = Options {
-            credentials: mode,
-            ..options(s, 0, 0)
+        let cache: TileCache = if s.ends_with("-js") {
+            // From a JS object, as the npm package's options are written.
+            TileCache::from_js(&js(&format!(
+                r#"{{"endpoint":"{}","credentials":"include",
+                    "prefetch":{{"ring":0,"viewRing":0,"lookaheadMs":0}}}}"#,
+                endpoint(s)
+            )))
+            .unwrap()
+        } else {
+            TileCache::new(&Options {
+                credentials: mode,
+                ..options(s, 0, 0)
+            })
+            .unwrap()
         };
-        let cache: TileCache = TileCache::new(&o).unwrap();
         show(&cache, inside(tile(0, 0)));
         cache.when_complete().await.unwrap();
         let l = control(s, "log").await;
@@ -1291,4 +1302,11 @@ async fn credentials_include_sends_the_pages_cookie_to_the_endpoint() {
         }
     }
     set_cookie("tw_session=; path=/; max-age=0");
+    let bad = TileCache::<Value>::from_js(&js(r#"{"endpoint":"http://h/","credentials":"cors"}"#));
+    let e = bad.err().unwrap();
+    assert_eq!(e.code, ErrorCode::InvalidArgValue);
+    assert_eq!(
+        e.message,
+        r#"credentials must be one of "omit", "same-origin", "include", got "cors""#
+    );
 }
