@@ -25,7 +25,9 @@ use web_sys::{AbortController, AbortSignal, RequestCredentials};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
-use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState, ViewTooLarge};
+use tilewarm::client::{
+    options, Answered, Client, ClientConfig, ClientStats, Event, Payload, TileState, ViewTooLarge,
+};
 use tilewarm::planner::Viewport;
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
@@ -35,7 +37,7 @@ use tilewarm::{Access, TileId};
 
 use crate::auth::{check_token, show, Auth};
 use crate::error::{Error, ErrorCode};
-use crate::options::{Credentials, Options};
+use crate::options::{out_of_range, Credentials, Options};
 use crate::retry_after::retry_after_ms;
 use crate::updates::{Subscribers, Updates};
 use crate::view::{Item, Shown, Update, View};
@@ -520,6 +522,17 @@ fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
                 ErrorCode::OutOfRange,
                 format!("options: {path} must be a finite number, got {got}"),
             ));
+        }
+        // A number for an option of the npm package's table is checked by it, so 1.5 or -1
+        // for an integer option is its error naming the option and what is allowed, not
+        // serde's type error, which names neither.
+        let scratch = &mut ClientConfig::default();
+        let checked = match path.strip_prefix("ttl.byClass.") {
+            Some(class) => options::set_class_ttls(scratch, [(class, n)]),
+            None => options::set_number(scratch, path, n),
+        };
+        if let Err(e @ options::OptionError::OutOfRange { .. }) = checked {
+            return Err(out_of_range(e));
         }
         // Integers as integers (serde takes no float for a count), up to 2^53.
         let exact = n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0;

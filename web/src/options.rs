@@ -188,7 +188,7 @@ pub struct Checked {
 
 /// A number the npm package's table refused: its message names the option, the value and
 /// what is allowed (`batch.maxTiles must be an integer in 1..=64, got 65`).
-fn out_of_range(e: options::OptionError) -> Error {
+pub(crate) fn out_of_range(e: options::OptionError) -> Error {
     Error::new(ErrorCode::OutOfRange, e.to_string())
 }
 

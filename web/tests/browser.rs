@@ -667,6 +667,40 @@ async fn js_options_undefined_null_nan_and_a_headers_instance_as_in_the_npm_pack
         assert_eq!(e.code, ErrorCode::OutOfRange, "{key}: {e}");
         assert!(e.message.contains(key), "{key}: {e}");
     }
+    // A fraction or a negative number for an integer option is the npm package's range
+    // error naming the option, as a number above its range is.
+    for (key, v, says) in [
+        (
+            "batch.maxTiles",
+            1.5,
+            "batch.maxTiles must be an integer in 1..=64, got 1.5",
+        ),
+        (
+            "batch.coalesceLevels",
+            -1.0,
+            "batch.coalesceLevels must be an integer in 0..=4, got -1",
+        ),
+        (
+            "tileZoom",
+            300.0,
+            "tileZoom must be an integer in 0..=24, got 300",
+        ),
+        (
+            "ttl",
+            0.5,
+            "ttl.byClass.sold must be an integer number of seconds in 1..=2592000, got 0.5",
+        ),
+    ] {
+        let v = if key == "ttl" {
+            js(&format!(r#"{{"byClass":{{"sold":{v}}}}}"#))
+        } else {
+            JsValue::from_f64(v)
+        };
+        let e = with(key, &v)
+            .err()
+            .unwrap_or_else(|| panic!("{key}: {v:?} was taken"));
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
+    }
     for key in ["ttl", "headers", "maxItems", "batch.retries", "access"] {
         let e = with(key, &JsValue::NULL)
             .err()
