@@ -177,13 +177,30 @@ pub struct BatchOptions {
     pub coalesce_min_share: Option<u32>,
 }
 
-/// What the options say, checked: the core's config and the shell's own settings.
+/// What the options say, checked: the core's config (its `batch.seed`, the retry jitter's,
+/// drawn at random by each [`Options::check`]) and the shell's own settings.
 #[derive(Clone, Debug)]
 pub struct Checked {
     pub config: ClientConfig,
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
     pub credentials: Credentials,
+}
+
+/// A seed for the batcher's retry jitter, drawn afresh for each cache, as the npm package
+/// draws one from `Math.random`: with the core's fixed default every page would draw the
+/// same jitter, and after an outage their retries would keep arriving together.
+fn jitter_seed() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
+    // Host builds (tests, a server build naming the options): std's per-process random
+    // hash keys.
+    #[cfg(not(target_arch = "wasm32"))]
+    let seed = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0u8)
+    };
+    seed
 }
 
 /// A number the npm package's table refused: its message names the option, the value and
@@ -242,6 +259,7 @@ impl Options {
         // the same ranges, the same fields (`batch.coalesceLevels` sets the planner's
         // alignment too), the same messages.
         let mut c = ClientConfig::default();
+        c.batch.seed = jitter_seed();
         let p = &self.prefetch;
         let b = &self.batch;
         let numbers = [
@@ -479,6 +497,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidArgValue);
         let e = from_json(r#"{"endpoint":"http://h/","credentials":true}"#).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    /// Each cache draws its own retry jitter, as the npm package's (`Math.random`): with the
+    /// core's fixed default seed every page would back off in step with every other, and
+    /// after an outage their retries would arrive together.
+    #[test]
+    fn each_check_draws_its_own_jitter_seed() {
+        let seed = || Options::new("http://h/").check().unwrap().config.batch.seed;
+        let (a, b) = (seed(), seed());
+        assert_ne!(a, b);
+        assert_ne!(a, ClientConfig::default().batch.seed);
     }
 
     #[test]

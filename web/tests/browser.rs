@@ -1344,3 +1344,16 @@ async fn credentials_include_sends_the_pages_cookie_to_the_endpoint() {
         r#"credentials must be one of "omit", "same-origin", "include", got "cors""#
     );
 }
+
+/// In the browser too each cache draws its own retry jitter (`Math.random`), not the core's
+/// fixed default seed, which would keep every page's retries in step.
+#[wasm_bindgen_test]
+fn each_cache_draws_its_own_jitter_seed() {
+    let seed = || {
+        let o = Options::new(endpoint("seed"));
+        o.check().unwrap().config.batch.seed
+    };
+    let (a, b) = (seed(), seed());
+    assert_ne!(a, b);
+    assert_ne!(a, tilewarm::batch::BatchConfig::default().seed);
+}
