@@ -6,8 +6,11 @@
 //
 // Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
 // so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
-// aborts its call. When the cache's tier changes, every tile is drawn again (see below).
+// aborts its call. A drawn tile whose items changed in the cache (onUpdate) is drawn again
+// from the cache; when the cache's tier changes, every tile is loaded again (see below).
 // Maps in EPSG:3857 (Leaflet's default CRS; another CRS fails every tile). Types: leaflet.d.ts.
+
+import { drawnWith, followUpdates } from './redraw.js';
 
 const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity', 'minZoom', 'maxZoom', 'bounds'];
 
@@ -54,7 +57,7 @@ function dot(ctx, item, x, y) {
  */
 export function createLayer(L, cache, options = {}) {
   if (!L || typeof L.GridLayer?.extend !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'L must be the Leaflet namespace');
-  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
+  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
@@ -89,6 +92,7 @@ export function createLayer(L, cache, options = {}) {
       tile.height = Math.round(size.y * ratio);
       const ctrl = new AbortController();
       tile._tilewarmAbort = ctrl;
+      tile._tilewarmAt = [coords, size];
       const name = `${coords.z}/${coords.x}/${coords.y}`;
       // Nothing throws into Leaflet: a tile that cannot load (the cache disposed, a tile
       // past zoom 24) or draw fails as a tile, through onError and done. (Leaflet takes
@@ -106,14 +110,7 @@ export function createLayer(L, cache, options = {}) {
         // tier now, and the canvas is no longer the grid's.
         if (ctrl.signal.aborted) return;
         if (got.error) throw got.error;
-        const ctx = tile.getContext('2d');
-        ctx.setTransform(tile.width / size.x, 0, 0, tile.height / size.y, 0, 0);
-        const k = size.x / 256;
-        tile.dataset.items = String(got.items.length);
-        for (const item of got.items) {
-          const [px, py] = worldPx(item.lon, item.lat, coords.z);
-          draw(ctx, item, (px - coords.x * 256) * k, (py - coords.y * 256) * k);
-        }
+        paint(tile, got.items);
         done(null, tile);
       }).catch((e) => {
         if (ctrl.signal.aborted) return;
@@ -123,6 +120,21 @@ export function createLayer(L, cache, options = {}) {
       return tile;
     },
   });
+  /** Draws `items` on a tile's canvas (cleared first: a tile is drawn again when its items
+   * changed, see followUpdates). */
+  const paint = (tile, items) => {
+    const [coords, size] = tile._tilewarmAt;
+    const ctx = tile.getContext('2d');
+    ctx.setTransform(tile.width / size.x, 0, 0, tile.height / size.y, 0, 0);
+    ctx.clearRect(0, 0, size.x, size.y);
+    const k = size.x / 256;
+    tile.dataset.items = String(items.length);
+    tile.tilewarmDrawn = drawnWith(items);
+    for (const item of items) {
+      const [px, py] = worldPx(item.lon, item.lat, coords.z);
+      draw(ctx, item, (px - coords.x * 256) * k, (py - coords.y * 256) * k);
+    }
+  };
   const layer = new Layer(gridOptions);
   layer.on('tileunload', (e) => e.tile?._tilewarmAbort?.abort());
   // A tier change (setAccess, or a lower tier the server reported) leaves the drawn tiles
@@ -131,7 +143,18 @@ export function createLayer(L, cache, options = {}) {
   // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every frame
   // of a move: the layer stops following the map (a tile asked of it after that fails, once,
   // as a tile). Both listeners are held while the layer is on a map.
-  let offAccess, offDispose, gone = false, frame = 0;
+  // The items of a drawn tile that changed in the cache (an invalidate, say by tilewarm/live's
+  // change feed; items refetched or turned stale) draw it again (see redraw.js).
+  let offAccess, offDispose, offUpdates, gone = false, frame = 0;
+  const shown = () => Object.values(layer._tiles).map(({ el, coords }) => [`${coords.z}/${coords.x}/${coords.y}`, el, el.tilewarmDrawn]);
+  const redraw = (tile, items, drawn) => {
+    if (tile.tilewarmDrawn !== drawn || tile._tilewarmAbort.signal.aborted) return; // drawn since, or unloaded
+    try {
+      paint(tile, items);
+    } catch (e) {
+      onError(e);
+    }
+  };
   const push = () => {
     frame = 0;
     const map = layer._map;
@@ -154,6 +177,7 @@ export function createLayer(L, cache, options = {}) {
   };
   layer.on('add', () => {
     offAccess = cache.onAccess(() => layer.redraw());
+    offUpdates = followUpdates(cache, shown, redraw);
     // At once when the cache was disposed already.
     offDispose = cache.onDispose(() => { gone = true; unfollow(layer._map); });
     if (followView && !gone) { layer._map.on('move moveend', schedule); push(); }
@@ -161,7 +185,8 @@ export function createLayer(L, cache, options = {}) {
   layer.on('remove', (e) => {
     offAccess?.();
     offDispose?.();
-    offAccess = offDispose = undefined;
+    offUpdates?.();
+    offAccess = offDispose = offUpdates = undefined;
     unfollow(e.target._map);
   });
   if (followView) layer._tilewarmSchedule = schedule;

@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
+import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
 import { browserPath, CHROMIUM_ARGS, checkDrawn, dist, startPageServer, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
@@ -221,6 +221,46 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     assert.equal(r.drawn, 0, 'tiles drawn with the items of other places');
     assert.equal(r.tileErrors, r.tiles, 'every tile failed');
     assert.deepEqual(r.errors, ['ERR_OUT_OF_RANGE'], 'reported once');
+  });
+
+  it('a drawn tile whose items changed in the cache is drawn again without them; other tiles are not', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (items are deleted from it).
+      const [lon, lat] = tileCorner(14, SX - 7.5, SY - 6.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the grid', p);
+      const parent = (key) => { const [x, y] = key.split(':').map(Number); return `14/${x >> 1}/${y >> 1}`; };
+      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
+      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
+      /** After `change(arg)` in the page, waits until `id` (of data tile `tile`) is drawn no
+       * more, and checks that no tile of another data tile was drawn again; returns the state. */
+      const tileA = dataTile(a), tileB = dataTile(b);
+      const gone = async (id, tile, change, arg) => {
+        const before = await p.evaluate(() => window.__tw.state());
+        await p.evaluate(change, arg);
+        await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} off the screen`);
+        const s = await settled('the grid again', p);
+        checkDrawn(assert, backend, s.drawn);
+        for (const [key, n] of Object.entries(before.paints)) {
+          if (parent(key) !== tile && key in s.paints) assert.equal(s.paints[key], n, `tile ${key} drawn again`);
+        }
+        return s;
+      };
+      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
+      backend.remove(a);
+      await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      // Deleted on the server, found gone when its tile is fetched again.
+      backend.remove(b);
+      const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
   });
 
   it('no console errors', () => {

@@ -101,6 +101,12 @@ export async function startBackend({ perTile = 3 } = {}) {
       }
       return { tiles, items: [...out.values()], missing };
     },
+    /** Deletes an item, as a server would: later answers leave it out. */
+    remove(id) {
+      b.items.splice(b.items.indexOf(byId.get(id)), 1);
+      byId.delete(id);
+      byZoom.clear();
+    },
     waitFor(n) {
       if (b.requests.length >= n) return Promise.resolve();
       return new Promise((resolve) => b.waiters.push({ n, resolve }));

@@ -16,11 +16,20 @@ const cache = await TileCache.create({
 });
 const errors = [];
 cache.onError((e) => errors.push(e.message));
-/** A square per item, its tier noted on the canvas (the tiers on screen are read back). */
+/** A square per item, its tier and id noted on the canvas (those on screen are read back;
+ * a tile drawn again starts its notes afresh: the draws of one drawing run in one task). */
 function draw(ctx, item, x, y) {
   if (window.__tw.failDraw) throw new Error('draw failed');
-  (ctx.canvas.tiers ??= []).push(item.access);
-  (ctx.canvas.points ??= []).push([x, y]);
+  const c = ctx.canvas;
+  if (!c.drawing) {
+    c.drawing = true;
+    c.paints = (c.paints ?? 0) + 1;
+    c.tiers = []; c.points = []; c.ids = [];
+    queueMicrotask(() => { c.drawing = false; });
+  }
+  c.tiers.push(item.access);
+  c.points.push([x, y]);
+  c.ids.push(item.id);
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
@@ -32,13 +41,18 @@ layer.on('tileerror', (e) => tileErrors.push(String(e.error)));
  * canvases, and counters. */
 function state() {
   const drawn = {};
+  const paints = {};
   for (const [key, t] of Object.entries(layer._tiles)) {
     if (t.loaded && t.el.dataset.items !== undefined) drawn[key] = Number(t.el.dataset.items);
+    paints[key] = t.el.paints ?? 0;
   }
-  const shown = {};
+  const shown = {}, ids = [];
   for (const c of document.querySelectorAll('canvas.tilewarm-tile')) {
+    // A tile drawn again with no item keeps the notes of its previous drawing.
+    if (c.dataset.items === '0') continue;
     for (const tier of c.tiers ?? []) shown[tier] = (shown[tier] ?? 0) + 1;
+    ids.push(...(c.ids ?? []));
   }
-  return { drawn, shown, stats: cache.stats(), errors, zoom: map.getZoom() };
+  return { drawn, paints, shown, ids, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
 window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false };
