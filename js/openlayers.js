@@ -13,6 +13,7 @@
 // until it leaves the view, the source is refreshed or the tier changes: OpenLayers redraws
 // on a failure and would ask for it again at once, every frame. A tile too coarse for the
 // cache (more than maxVisibleTiles data tiles) is loaded empty, reported once per zoom.
+// A loaded tile whose items changed in the cache (onUpdate) is filled again from the cache.
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
@@ -22,6 +23,7 @@
 // openlayers.d.ts.
 
 import { wrapBox } from './box.js';
+import { drawnWith, followUpdates } from './redraw.js';
 
 const OPTION_NAMES = ['onError'];
 const OL_NAMES = ['VectorSource', 'Feature', 'Point', 'tileStrategy', 'createXYZ'];
@@ -63,7 +65,7 @@ export function createSource(ol, cache, options = {}) {
   for (const k of OL_NAMES) {
     if (typeof ol[k] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol.${k} must be OpenLayers' ${k}`);
   }
-  if (!cache || typeof cache.loadTiles !== 'function' || typeof cache.onAccess !== 'function' || typeof cache.onDispose !== 'function') {
+  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate'].some((k) => typeof cache[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
@@ -77,7 +79,8 @@ export function createSource(ol, cache, options = {}) {
   }
   const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
   const grid = ol.createXYZ({ tileSize: 256, maxZoom: 24 });
-  /** key "z/x/y" -> { extent, ids: Set, ctrl } of tiles loaded or loading. */
+  /** key "z/x/y" -> { key, extent, ids: Set, ctrl, drawn } of tiles loaded or loading
+   * (`drawn`: the items it was last filled with, see redraw.js). */
   const tiles = new Map();
   /** id -> { feature, tiles: Set<key> } */
   const held = new Map();
@@ -121,6 +124,7 @@ export function createSource(ol, cache, options = {}) {
     }
     for (const id of t.ids) if (!next.has(id)) release(id, key);
     t.ids = next;
+    t.drawn = drawnWith(items);
     if (added.length) source.addFeatures(added);
     return added;
   }
@@ -152,6 +156,7 @@ export function createSource(ol, cache, options = {}) {
   function empty(key, t) {
     for (const id of t.ids) release(id, key);
     t.ids = new Set();
+    t.drawn = undefined;
   }
 
   function loader(extent, resolution, projection, success, failure) {
@@ -170,7 +175,7 @@ export function createSource(ol, cache, options = {}) {
     const key = `${z}/${x}/${y}`;
     tiles.get(key)?.ctrl.abort();
     const ctrl = new AbortController();
-    const t = { extent: extent.slice(), ids: tiles.get(key)?.ids ?? new Set(), ctrl };
+    const t = { key, extent: extent.slice(), ids: tiles.get(key)?.ids ?? new Set(), ctrl };
     tiles.set(key, t);
     let loading;
     try {
@@ -226,6 +231,7 @@ export function createSource(ol, cache, options = {}) {
     disposed = true;
     offAccess();
     offDispose();
+    offUpdates();
     for (const detach of [...followers]) detach();
     reset();
     states.delete(source);
@@ -247,6 +253,11 @@ export function createSource(ol, cache, options = {}) {
   const offAccess = cache.onAccess(() => source.refresh());
   // A disposed cache would answer every view follow() feeds it with ERR_DISPOSED, on every
   // frame of a move: the follow()s detach. (A tile asked of it fails, once, as a tile.)
+  // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
+  // change feed; items refetched or turned stale) is filled again (see redraw.js).
+  const offUpdates = followUpdates(cache, () => [...tiles].map(([key, t]) => [key, t, t.drawn]), (t, items, drawn) => {
+    if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
+  });
   const offDispose = cache.onDispose(() => {
     gone = true;
     for (const detach of [...followers]) detach();

@@ -35,8 +35,14 @@ export function followUpdates(cache, shown, redraw) {
     for (const [name, tile, drawn] of shown()) {
       if (!drawn) continue; // not drawn yet: its own load draws it
       if (busy.has(tile)) { again = true; continue; }
+      let loading;
+      try {
+        loading = cache.loadTiles([name], { signal: ctrl.signal });
+      } catch {
+        return; // the cache was disposed (after this pass was asked for): nothing to draw
+      }
       busy.add(tile);
-      cache.loadTiles([name], { signal: ctrl.signal }).then(([got]) => {
+      loading.then(([got]) => {
         // An error (a request that gave up) leaves the drawing as it is; the cache's
         // onError listeners heard of it.
         if (!got.error && !same(drawn, got.items)) redraw(tile, got.items, drawn);

@@ -5,7 +5,9 @@
 // once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet, and a
 // disposed cache is fed no view; on a high-density screen tiles are drawn in device pixels;
 // the GridLayer's zoom and bounds options pass; a map in another CRS than EPSG:3857 draws
-// nothing (its tiles fail, reported once); no console errors. Screenshot:
+// nothing (its tiles fail, reported once); an item deleted on the server and invalidated, or
+// found gone when its tile is fetched again, leaves the screen, and no tile of another data
+// tile is drawn again; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

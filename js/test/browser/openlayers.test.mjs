@@ -13,7 +13,9 @@
 // cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
 // it moves and hears the old one no more; a turning view is fed as it turns; a view with no
 // centre yet is waited for (follow() does not throw); with a user projection (useGeographic()) follow()
-// feeds nothing and says why, once; no console errors. Screenshot:
+// feeds nothing and says why, once; an item deleted on the server and invalidated, or found
+// gone when its tile is fetched again, leaves the source, and no feature of another data
+// tile changes; no console errors. Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -587,6 +589,47 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       // follow() once; the loader (given the user projection) once per tile.
       assert.ok(r.errors.every(([code]) => code === 'ERR_OUT_OF_RANGE'), JSON.stringify(r.errors));
       assert.equal(r.errors.filter(([, m]) => /not a user projection/.test(m)).length, 1, JSON.stringify(r.errors));
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a loaded tile whose items changed in the cache is filled again without them; other tiles are not', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (items are deleted from it).
+      const [lon, lat] = tileCorner(14, SX + 9.5, SY + 9.5);
+      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the features', p);
+      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
+      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles shown: ${first.ids}`);
+      const tileA = dataTile(a), tileB = dataTile(b);
+      const tiles = new Map(first.ids.map((id) => [id, dataTile(id)]));
+      /** After `change(arg)` in the page, waits until `id` (of data tile `tile`) is in the
+       * source no more, and checks that no feature of another data tile changed. */
+      const gone = async (id, tile, change, arg) => {
+        await p.evaluate(() => {
+          const touched = window.__tw.touched = [];
+          for (const e of ['addfeature', 'changefeature', 'removefeature']) window.__tw.source.on(e, (ev) => touched.push(ev.feature.getId()));
+        });
+        await p.evaluate(change, arg);
+        await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} out of the source`);
+        const s = await settled('the features again', p);
+        const touched = await p.evaluate(() => window.__tw.touched);
+        for (const t of touched) if (tiles.has(t)) assert.equal(tiles.get(t), tile, `feature ${t} changed`);
+        return s;
+      };
+      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
+      backend.remove(a);
+      await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      // Deleted on the server, found gone when its tile is fetched again.
+      backend.remove(b);
+      const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
     }
