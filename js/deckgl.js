@@ -9,10 +9,12 @@
 // `getTileData` is one `loadTiles` call per tile with the tile's abort signal (the calls of a
 // tick go out together, so deck's N tiles need ceil(N / batch.maxTiles) requests); a tile's
 // data is the array of its items. When the cache's tier changes, or the `cache` prop is
-// another cache, every tile is emptied and loaded again (see tilewarmReload). The adapter
+// another cache, every tile is emptied and loaded again (see tilewarmReload); a tile whose
+// items changed in the cache (onUpdate) gets them from the cache (tilewarmRedraw). The adapter
 // does not import deck.gl: the page passes its TileLayer class in. Types: deckgl.d.ts.
 
 import { wrapBox } from './box.js';
+import { drawnWith, followUpdates } from './redraw.js';
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -43,7 +45,7 @@ export function extendTileLayer(TileLayer) {
   class TilewarmTileLayer extends TileLayer {
     updateState(params) {
       const { cache } = this.props;
-      if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
+      if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
         throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
       }
       const st = this.state;
@@ -52,6 +54,7 @@ export function extendTileLayer(TileLayer) {
         // would keep the tiles of the old cache (which may be of a higher tier).
         st.tilewarmOff?.();
         st.tilewarmOffDispose?.();
+        st.tilewarmOffUpdates?.();
         st.tilewarmGeneration ??= 0;
         st.tilewarmContents ??= new WeakMap();
         if (st.tilewarmCache) this.tilewarmReload();
@@ -60,6 +63,9 @@ export function extendTileLayer(TileLayer) {
         // `this` may be an older instance of the layer by then: deck moves the state to
         // each new one, and this one still reaches it.
         st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
+        // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
+        // change feed; items refetched or turned stale) gets them (see redraw.js).
+        st.tilewarmOffUpdates = followUpdates(cache, () => this.tilewarmShown(), (tile, items, drawn) => this.tilewarmRedraw(tile, items, drawn));
         // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every
         // frame of a move: the layer stops following (a tile asked of it after that fails,
         // once, as a tile). At once when it was disposed already.
@@ -82,6 +88,7 @@ export function extendTileLayer(TileLayer) {
     finalizeState(context) {
       this.state?.tilewarmOff?.();
       this.state?.tilewarmOffDispose?.();
+      this.state?.tilewarmOffUpdates?.();
       super.finalizeState(context);
     }
 
@@ -95,12 +102,37 @@ export function extendTileLayer(TileLayer) {
       this.setNeedsUpdate();
     }
 
+    /** The tiles deck holds with items of this cache's current tier, and what they hold. */
+    tilewarmShown() {
+      const { tileset, tilewarmGeneration, tilewarmContents } = this.state;
+      const out = [];
+      for (const tile of tileset?.tiles ?? []) {
+        const loaded = tile.content ? tilewarmContents.get(tile.content) : undefined;
+        if (loaded?.at === tilewarmGeneration) {
+          const { x, y, z } = tile.index;
+          out.push([`${z}/${x}/${y}`, tile, loaded.drawn]);
+        }
+      }
+      return out;
+    }
+
+    /** A tile still holding what it was drawn with (`drawn`) holds `items` now, drawn by the
+     * next render. */
+    tilewarmRedraw(tile, items, drawn) {
+      const { tilewarmGeneration, tilewarmContents } = this.state;
+      if (!tile.content || tilewarmContents.get(tile.content)?.drawn !== drawn) return;
+      tilewarmContents.set(items, { at: tilewarmGeneration, drawn: drawnWith(items) });
+      tile.content = items;
+      tile.layers = null;
+      this.setNeedsUpdate();
+    }
+
     renderLayers() {
       // Items loaded before the last reload show nothing, whenever deck set them on the
       // tile: a load that resolved just before a tier change lands after it.
       const { tileset, tilewarmGeneration, tilewarmContents } = this.state;
       for (const tile of tileset?.tiles ?? []) {
-        const loadedAt = tile.content ? tilewarmContents.get(tile.content) : undefined;
+        const loadedAt = tile.content ? tilewarmContents.get(tile.content)?.at : undefined;
         if (loadedAt !== undefined && loadedAt !== tilewarmGeneration) {
           tile.content = [];
           tile.layers = null;
@@ -115,7 +147,7 @@ export function extendTileLayer(TileLayer) {
       const { tilewarmGeneration, tilewarmContents } = this.state;
       return this.props.cache.loadTiles([`${z}/${x}/${y}`], { signal: tile.signal }).then(([got]) => {
         if (got.error) throw got.error;
-        tilewarmContents.set(got.items, tilewarmGeneration);
+        tilewarmContents.set(got.items, { at: tilewarmGeneration, drawn: drawnWith(got.items) });
         return got.items;
       });
     }

@@ -3,13 +3,15 @@
 // visible tiles draw exactly the items the backend has (nothing twice, nothing left over);
 // a one-tile pan after prefetch sends no foreground request (the layer feeds deck's view to
 // the planner); a tier drop takes the items above the new tier off the screen by the next
-// frame; a disposed cache is fed no view; no console errors. Screenshot:
+// frame; a disposed cache is fed no view; an item deleted on the server and invalidated, or
+// found gone when its tile is fetched again, leaves the screen, and no tile of another data
+// tile is rendered again; no console errors. Screenshot:
 // target/browser-test/deckgl.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
+import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
 import { browserPath, CHROMIUM_ARGS, checkDrawn, dist, startPageServer, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
@@ -121,6 +123,44 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       s = await settled('tiles of a public cache', p);
       assert.equal(s.shown.agent, undefined);
       checkDrawn(assert, backend, s.drawn);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a tile whose items changed in the cache is drawn again without them; other tiles are not', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (items are deleted from it).
+      const [lon, lat] = tileCorner(14, SX - 8.5, SY - 8.5);
+      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the tiles', p);
+      const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
+      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
+      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
+      const tileA = dataTile(a), tileB = dataTile(b);
+      /** After `change(arg)` in the page, waits until `id` (of data tile `tile`) is drawn no
+       * more, and checks that no tile of another data tile was rendered again. */
+      const gone = async (id, tile, change, arg) => {
+        await p.evaluate(() => window.__tw.mark());
+        await p.evaluate(change, arg);
+        await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} off the screen`);
+        const s = await settled('the tiles again', p);
+        checkDrawn(assert, backend, s.drawn);
+        for (const key of s.redrawn) assert.equal(parent(key), tile, `tile ${key} rendered again`);
+        return s;
+      };
+      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
+      backend.remove(a);
+      await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      // Deleted on the server, found gone when its tile is fetched again.
+      backend.remove(b);
+      const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
     }

@@ -75,7 +75,7 @@ function tileset() {
 function state() {
   const ts = tileset();
   if (!ts) return null;
-  const drawn = {}, shown = {}, held = {};
+  const drawn = {}, shown = {}, held = {}, ids = [], redrawn = [];
   const selected = ts.selectedTiles.map((t) => t.id);
   for (const t of ts.tiles) {
     for (const l of t.layers ?? []) for (const d of l.props.data ?? []) held[d.access] = (held[d.access] ?? 0) + 1;
@@ -85,17 +85,25 @@ function state() {
     }
     if (!t.isVisible || !t.isLoaded) continue;
     const subs = (t.layers ?? []).filter((l) => l.isLoaded !== false);
-    drawn[`${t.index.x}:${t.index.y}:${t.index.z}`] = subs.length ? subs[0].props.data.length : -1;
+    const key = `${t.index.x}:${t.index.y}:${t.index.z}`;
+    drawn[key] = subs.length ? subs[0].props.data.length : -1;
+    for (const d of subs[0]?.props.data ?? []) ids.push(d.id);
+    // Sublayers made since mark() (the tile's items were rendered again).
+    if (t.layers && !t.layers.marked) redrawn.push(key);
   }
   // The view the layer last updated for is the one asked for (setProps applies on a frame).
   const vp = deck.layerManager.getLayers().find((l) => l.id === 'homes').context.viewport;
   const current = Math.abs(vp.zoom - viewState.zoom) < 1e-9 && Math.abs(vp.longitude - viewState.longitude) < 1e-9
     && Math.abs(vp.latitude - viewState.latitude) < 1e-9;
   return {
-    current, drawn, shown, held, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
+    current, drawn, shown, held, ids, redrawn, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
     loaded: ts.selectedTiles.every((t) => t.isLoaded), stats: cache.stats(), errors, zoom: viewState.zoom,
   };
 }
 /** Resolves after `n` animation frames (deck updates and draws on a frame). */
 const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-window.__tw = { deck, cache, setView, useCache, state, tileset, frames };
+/** Marks the sublayers the tiles have now (see state().redrawn). */
+function mark() {
+  for (const t of tileset().tiles) if (t.layers) t.layers.marked = true;
+}
+window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark };
