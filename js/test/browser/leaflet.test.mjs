@@ -7,7 +7,7 @@
 // the GridLayer's zoom and bounds options pass; a map in another CRS than EPSG:3857 draws
 // nothing (its tiles fail, reported once); an item deleted on the server and invalidated, or
 // found gone when its tile is fetched again, leaves the screen, and no tile of another data
-// tile is drawn again; no console errors. Screenshot:
+// tile is drawn again; items that turned stale are drawn again stale; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -261,6 +261,29 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
     } finally {
+      await p.close();
+    }
+  });
+
+  it('a drawn tile whose items turned stale is drawn again with them stale', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      const [lon, lat] = tileCorner(14, SX + 8.5, SY - 8.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&swr=3600`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the grid', p);
+      assert.deepEqual(first.stale, []);
+      // Past the active items' ttl (300 s), the refresh of the view's stale items never
+      // answered: the tiles show them stale (a call arms the cache's timer for the wake-up
+      // now due).
+      backend.mode = 'hang';
+      await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
+      const s = await until(p, () => { const s = window.__tw.state(); return s.stale.length > 0 && s; }, null, 'stale items drawn');
+      assert.ok(s.stale.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${s.stale}`);
+    } finally {
+      backend.mode = 'ok';
       await p.close();
     }
   });

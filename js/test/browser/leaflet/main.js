@@ -8,8 +8,12 @@ import { createLayer } from 'tilewarm/leaflet';
 const params = new URLSearchParams(location.search);
 const map = L.map('map', { zoomAnimation: false, fadeAnimation: false })
   .setView([Number(params.get('lat')), Number(params.get('lon'))], Number(params.get('zoom')));
+/** How far the cache's clock is ahead of the page's (window.__tw.skip moves it on). */
+let skew = 0;
 const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
+  now: () => Date.now() + skew,
+  ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
   access: params.get('access') ?? 'public',
@@ -24,12 +28,13 @@ function draw(ctx, item, x, y) {
   if (!c.drawing) {
     c.drawing = true;
     c.paints = (c.paints ?? 0) + 1;
-    c.tiers = []; c.points = []; c.ids = [];
+    c.tiers = []; c.points = []; c.ids = []; c.stale = [];
     queueMicrotask(() => { c.drawing = false; });
   }
   c.tiers.push(item.access);
   c.points.push([x, y]);
   c.ids.push(item.id);
+  if (item.stale) c.stale.push(item.id);
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
@@ -46,13 +51,15 @@ function state() {
     if (t.loaded && t.el.dataset.items !== undefined) drawn[key] = Number(t.el.dataset.items);
     paints[key] = t.el.paints ?? 0;
   }
-  const shown = {}, ids = [];
+  const shown = {}, ids = [], stale = [];
   for (const c of document.querySelectorAll('canvas.tilewarm-tile')) {
     // A tile drawn again with no item keeps the notes of its previous drawing.
     if (c.dataset.items === '0') continue;
     for (const tier of c.tiers ?? []) shown[tier] = (shown[tier] ?? 0) + 1;
     ids.push(...(c.ids ?? []));
+    stale.push(...(c.stale ?? []));
   }
-  return { drawn, paints, shown, ids, stats: cache.stats(), errors, zoom: map.getZoom() };
+  return { drawn, paints, shown, ids, stale, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
-window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false };
+const skip = (ms) => { skew += ms; };
+window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false, skip };
