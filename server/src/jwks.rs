@@ -224,11 +224,9 @@ impl RemoteKeys {
         let now = self.now_ms();
         let mut state = self.lock();
         let snapshot = Self::snapshot(&state, now);
-        if snapshot.keys.is_some()
-            && !state.schedule.fresh(now)
-            && !state.in_flight
-            && state.schedule.may_fetch(now, false)
-        {
+        // Without a kid to look for, the schedule allows a fetch only for a set past its
+        // max age. One without a usable set is fetched by the request (`refetch`).
+        if snapshot.keys.is_some() && !state.in_flight && state.schedule.may_fetch(now, false) {
             self.start(&mut state, now);
         }
         snapshot
