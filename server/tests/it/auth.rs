@@ -45,7 +45,8 @@ fn keys_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/auth_keys")
 }
 
-fn key_bytes(name: &str) -> Vec<u8> {
+/// A file of `auth_keys/` (throwaway test keys and their JWKS).
+pub(crate) fn key_bytes(name: &str) -> Vec<u8> {
     std::fs::read(keys_dir().join(name)).unwrap()
 }
 

@@ -13,6 +13,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tilewarm_server::Server;
 
+use crate::auth::key_bytes;
 use crate::common::{config, now_s, server, Config, Http, Reply};
 
 /// A key server: its JWKS (or a failure status) can be changed, and its fetches counted.
@@ -89,9 +90,7 @@ impl Drop for Idp {
 /// The test JWKS's P-256 key (`ec-1` in `auth_keys/jwks.json`) under each of `kids`: a
 /// rotation publishes the key a new token is signed with under a new `kid`.
 fn jwks(kids: &[&str]) -> String {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/auth_keys/jwks.json");
-    let set: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let set: Value = serde_json::from_slice(&key_bytes("jwks.json")).unwrap();
     let ec = set["keys"]
         .as_array()
         .unwrap()
@@ -112,11 +111,7 @@ fn jwks(kids: &[&str]) -> String {
 
 /// An ES256 token for `registered` signed with the test key, naming `kid`.
 fn token(kid: &str) -> String {
-    let der = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/it/auth_keys/ec_private_pkcs8.der"),
-    )
-    .unwrap();
+    let der = key_bytes("ec_private_pkcs8.der");
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(kid.into());
     encode(

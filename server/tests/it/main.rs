@@ -883,111 +883,25 @@ async fn a_request_following_a_fetch_refused_for_its_size_fetches_its_tiles_itse
     s.shutdown().await;
 }
 
-/// An origin that refuses, as the caller's mistake (an upstream's 400), every call naming
-/// the id [`RefusesAnId::ID`], and answers the rest from a synthetic city once `gate` has a
-/// permit.
-struct RefusesAnId {
+/// What [`TroubleOverAnId`] does with a call naming its id.
+enum IdTrouble {
+    /// Refuses it as the caller's mistake (an upstream's 400 naming the id).
+    Refuse,
+    /// Answers without the id (neither an item nor `missing`: the shape guard fails the
+    /// call, a 502 naming the id).
+    LeaveOut,
+}
+
+/// An origin that answers from a synthetic city once `gate` has a permit, with trouble
+/// ([`IdTrouble`]) over the id `id`.
+struct TroubleOverAnId {
     city: Origin<RawData>,
     gate: Arc<tokio::sync::Semaphore>,
+    id: String,
+    trouble: IdTrouble,
 }
 
-impl RefusesAnId {
-    const ID: &'static str = "no-such-home-42";
-}
-
-impl OriginBackend for RefusesAnId {
-    fn kind(&self) -> &'static str {
-        "upstream"
-    }
-
-    fn answer<'a>(
-        &'a self,
-        request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
-    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(async move {
-            drop(self.gate.acquire().await);
-            if request.ids.iter().any(|id| id == Self::ID) {
-                return Err(OriginFailure::Refused {
-                    error: ErrorBody {
-                        code: ErrorCode::BadRequest,
-                        message: format!("unknown id {:?}", Self::ID),
-                    },
-                    asked: request.access,
-                });
-            }
-            Ok(self.city.answer(request, Some(60)))
-        })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "an upstream that refuses one id".into()
-    }
-}
-
-/// A request following a data tile whose leader's origin call is refused for the leader's
-/// own request (an upstream 400 about an id only the leader asked for) is not handed that
-/// refusal, nor its message, which names what the leader asked: it fetches the tile itself.
-/// (The leader asks at `agent`, the tier the server asks its origin at: below it, an
-/// upstream's message is not passed on, `OriginFailure::for_caller`.) Backend trouble (502, 504, 429, 503) is still shared (`followers_hear_failures_and_abandonment`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_tiles_itself() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
-    let (d, _) = city
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let s = tilewarm_server::start_with_origin(
-        common::Config {
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(RefusesAnId {
-            city,
-            gate: Arc::clone(&gate),
-        }),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
-    let http = Http::new();
-    let (leader, follower) = (
-        request(&[d], &[RefusesAnId::ID], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
-    let msg = led.error(400, "bad_request");
-    assert!(msg.contains(RefusesAnId::ID), "{msg}");
-    assert_eq!(followed.status, 200, "{}", followed.text());
-    assert!(!followed.text().contains(RefusesAnId::ID));
-    assert!(!followed.json()["tiles"][0]["ids"]
-        .as_array()
-        .unwrap()
-        .is_empty());
-    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
-    s.shutdown().await;
-}
-
-/// An origin whose answers leave out the id `secret` (neither answered nor `missing`: the
-/// shape guard fails the call, a 502 naming the id), once `gate` has a permit.
-struct LeavesOutAnId {
-    city: Origin<RawData>,
-    gate: Arc<tokio::sync::Semaphore>,
-    secret: String,
-}
-
-impl OriginBackend for LeavesOutAnId {
+impl OriginBackend for TroubleOverAnId {
     fn kind(&self) -> &'static str {
         "upstream"
     }
@@ -1000,8 +914,22 @@ impl OriginBackend for LeavesOutAnId {
         Box::pin(async move {
             drop(self.gate.acquire().await);
             let mut r = self.city.answer(request, Some(60));
-            r.items.retain(|it| it.id != self.secret);
-            r.missing.retain(|id| *id != self.secret);
+            match self.trouble {
+                IdTrouble::Refuse if request.ids.contains(&self.id) => {
+                    return Err(OriginFailure::Refused {
+                        error: ErrorBody {
+                            code: ErrorCode::BadRequest,
+                            message: format!("unknown id {:?}", self.id),
+                        },
+                        asked: request.access,
+                    });
+                }
+                IdTrouble::Refuse => {}
+                IdTrouble::LeaveOut => {
+                    r.items.retain(|it| it.id != self.id);
+                    r.missing.retain(|id| *id != self.id);
+                }
+            }
             Ok(r)
         })
     }
@@ -1016,8 +944,76 @@ impl OriginBackend for LeavesOutAnId {
     }
 
     fn describe(&self) -> String {
-        "an upstream that leaves out one id".into()
+        "an upstream with trouble over one id".into()
     }
+}
+
+/// A server with `config` over [`TroubleOverAnId`] on a synthetic city, the id `pick`
+/// picks given the city and its densest data tile; with the gate, that tile and the id.
+async fn trouble_over_an_id(
+    config: common::Config,
+    trouble: IdTrouble,
+    pick: impl FnOnce(&Origin<RawData>, TileId) -> String,
+) -> (
+    tilewarm_server::Server,
+    Arc<tokio::sync::Semaphore>,
+    TileId,
+    String,
+) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
+    let (d, _) = city
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let id = pick(&city, d);
+    let s = tilewarm_server::start_with_origin(
+        config,
+        Box::new(TroubleOverAnId {
+            city,
+            gate: Arc::clone(&gate),
+            id: id.clone(),
+            trouble,
+        }),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    (s, gate, d, id)
+}
+
+/// A request following a data tile whose leader's origin call is refused for the leader's
+/// own request (an upstream 400 about an id only the leader asked for) is not handed that
+/// refusal, nor its message, which names what the leader asked: it fetches the tile itself.
+/// (The leader asks at `agent`, the tier the server asks its origin at: below it, an
+/// upstream's message is not passed on, `OriginFailure::for_caller`.) Backend trouble (502, 504, 429, 503) is still shared (`followers_hear_failures_and_abandonment`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_tiles_itself() {
+    let no_warmup = common::Config {
+        warmup_ring: 0,
+        ..config()
+    };
+    let (s, gate, d, id) = trouble_over_an_id(no_warmup, IdTrouble::Refuse, |_, _| {
+        "no-such-home-42".into()
+    })
+    .await;
+    let http = Http::new();
+    let (leader, follower) = (
+        request(&[d], &[id.as_str()], Access::Agent),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let msg = led.error(400, "bad_request");
+    assert!(msg.contains(&id), "{msg}");
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert!(!followed.text().contains(&id));
+    assert!(!followed.json()["tiles"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
 }
 
 /// A request following a data tile whose leader's origin call failed shares the failure
@@ -1027,34 +1023,19 @@ impl OriginBackend for LeavesOutAnId {
 /// tile must not see. Fails without the follower's own message (the id in its 502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_shared_with_followers_does_not_name_what_the_leader_asked() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
-    let (d, _) = city
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let secret = city
-        .items()
-        .iter()
-        .find(|it| it.access == Access::Agent && !d.contains_point(it.lon, it.lat))
-        .unwrap()
-        .id
-        .clone();
-    let s = tilewarm_server::start_with_origin(
-        common::Config {
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(LeavesOutAnId {
-            city,
-            gate: Arc::clone(&gate),
-            secret: secret.clone(),
-        }),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let no_warmup = common::Config {
+        warmup_ring: 0,
+        ..config()
+    };
+    let (s, gate, d, secret) = trouble_over_an_id(no_warmup, IdTrouble::LeaveOut, |city, d| {
+        city.items()
+            .iter()
+            .find(|it| it.access == Access::Agent && !d.contains_point(it.lon, it.lat))
+            .unwrap()
+            .id
+            .clone()
+    })
+    .await;
     let http = Http::new();
     let (leader, follower) = (
         request(&[d], &[secret.as_str()], Access::Agent),
@@ -1103,31 +1084,17 @@ async fn counting_and_fetching_share_one_origin_timeout() {
 /// timeout, not a 200 after 1.6 s. Fails without `batch::OriginDeadline`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_then_fetching_again_share_one_origin_timeout() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let city = Origin::new(synthetic_city(12, 2_000)).unwrap();
-    let (d, _) = city
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let s = tilewarm_server::start_with_origin(
-        common::Config {
-            origin_latency_ms: 800,
-            origin_timeout_ms: 1_000,
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(RefusesAnId {
-            city,
-            gate: Arc::clone(&gate),
-        }),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let slow = common::Config {
+        origin_latency_ms: 800,
+        origin_timeout_ms: 1_000,
+        warmup_ring: 0,
+        ..config()
+    };
+    let (s, gate, d, id) =
+        trouble_over_an_id(slow, IdTrouble::Refuse, |_, _| "no-such-home-42".into()).await;
     let http = Http::new();
     let (leader, follower) = (
-        request(&[d], &[RefusesAnId::ID], Access::Agent),
+        request(&[d], &[id.as_str()], Access::Agent),
         request(&[d], &[], Access::Public),
     );
     let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
