@@ -351,18 +351,14 @@ export function follow(map, source) {
   }
 
   // The view the map has now: the page may give the map another one (map.setView).
+  // OpenLayers' on/un take a list of event types.
+  const VIEW_CHANGES = ['change:center', 'change:resolution', 'change:rotation'];
   let view = map.getView();
-  view.on('change:center', schedule);
-  view.on('change:resolution', schedule);
-  view.on('change:rotation', schedule);
+  view.on(VIEW_CHANGES, schedule);
   function onView() {
-    view.un('change:center', schedule);
-    view.un('change:resolution', schedule);
-    view.un('change:rotation', schedule);
+    view.un(VIEW_CHANGES, schedule);
     view = map.getView();
-    view.on('change:center', schedule);
-    view.on('change:resolution', schedule);
-    view.on('change:rotation', schedule);
+    view.on(VIEW_CHANGES, schedule);
     schedule();
   }
   map.on('change:view', onView);
@@ -378,9 +374,7 @@ export function follow(map, source) {
     detached = true;
     followers.delete(detach);
     if (frame) cancelAnimationFrame(frame);
-    view.un('change:center', schedule);
-    view.un('change:resolution', schedule);
-    view.un('change:rotation', schedule);
+    view.un(VIEW_CHANGES, schedule);
     map.un('change:view', onView);
     map.un('change:size', schedule);
     map.un('moveend', prune);
