@@ -298,6 +298,16 @@ impl Verifier {
         }
     }
 
+    /// The `--jwks` URL's key set, when tokens are checked against one.
+    pub fn remote_keys(&self) -> Option<&RemoteKeys> {
+        match &self.mode {
+            Mode::Jwt {
+                remote: Some(r), ..
+            } => Some(r),
+            _ => None,
+        }
+    }
+
     /// The caller of a request with these headers. A token whose `kid` a `--jwks` URL's
     /// set lacks may wait for that set to be fetched again ([`crate::jwks`]).
     pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, CredentialError> {

@@ -772,7 +772,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         .into_iter()
         .map(|h| h.name())
         .collect();
-    let degraded = app.tier.redis_degraded().unwrap_or(false) || !holds.is_empty();
+    let jwks = app.auth.remote_keys().map(|k| k.health().state);
+    let degraded = app.tier.redis_degraded().unwrap_or(false)
+        || !holds.is_empty()
+        || jwks.is_some_and(|s| s.degraded());
     let body = serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
         "tier": app.tier.name(),
@@ -788,6 +791,11 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         // none is.
         "upstream_changes": app.origin.upstream_feed().map(|f| f.stats.state().name()),
         "data_zoom": app.config.data_zoom,
+        // The `--jwks` URL's key set: `fresh`, `stale` (past its max age, fetched again
+        // by the next request), `failing` (the last fetch failed; the last set verifies
+        // for up to an hour past its max age) or `unavailable` (tokens are answered 502);
+        // null without one.
+        "jwks": jwks.map(|s| s.name()),
     });
     json_response(body.to_string())
 }

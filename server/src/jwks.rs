@@ -92,6 +92,24 @@ impl Schedule {
         self.failures > 0
     }
 
+    /// What the set in use is now, for `/healthz` and `/metrics`.
+    pub fn state(&self, now_ms: u64) -> KeysState {
+        if !self.usable(now_ms) {
+            KeysState::Unavailable
+        } else if self.failing() {
+            KeysState::Failing
+        } else if self.fresh(now_ms) {
+            KeysState::Fresh
+        } else {
+            KeysState::Stale
+        }
+    }
+
+    /// How long ago the set in use was fetched, in ms.
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.set_at)
+    }
+
     /// How long after the last failure the key server is not asked again.
     fn failure_wait_ms(&self, now_ms: u64) -> u64 {
         if self.usable(now_ms) {
@@ -150,6 +168,48 @@ impl Schedule {
     }
 }
 
+/// The set in use, as `/healthz` names it (`jwks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeysState {
+    /// Within its max age.
+    Fresh,
+    /// Past its max age, to be fetched again by the next request that needs it.
+    Stale,
+    /// The last fetch failed; the last set verifies for up to [`STALE_IF_ERROR`] past its
+    /// max age.
+    Failing,
+    /// Past that: tokens are answered 502 until a fetch succeeds.
+    Unavailable,
+}
+
+impl KeysState {
+    /// Its name in `/healthz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeysState::Fresh => "fresh",
+            KeysState::Stale => "stale",
+            KeysState::Failing => "failing",
+            KeysState::Unavailable => "unavailable",
+        }
+    }
+
+    /// The key server needs the operator's eye (`/healthz` says `degraded`).
+    pub fn degraded(self) -> bool {
+        matches!(self, KeysState::Failing | KeysState::Unavailable)
+    }
+}
+
+/// The key set's health and its fetches since startup (`/healthz`, `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeysHealth {
+    pub state: KeysState,
+    /// Whole seconds since the set in use was fetched.
+    pub age_s: u64,
+    /// Fetches that brought a set, and fetches that failed (the one at startup not counted).
+    pub fetched: u64,
+    pub failed: u64,
+}
+
 /// The state shared by requests: the set in use, its schedule, and the last failure.
 struct State {
     keys: Arc<[Key]>,
@@ -160,6 +220,8 @@ struct State {
     fetches: u64,
     /// A fetch is running (its own task: a request that gives up waiting does not cancel it).
     in_flight: bool,
+    /// Of `fetches`, those that failed.
+    failed: u64,
 }
 
 /// The key set of a `--jwks` URL, fetched again by [`Schedule`]'s rules, at most one fetch
@@ -194,6 +256,7 @@ impl RemoteKeys {
                 failure: None,
                 fetches: 0,
                 in_flight: false,
+                failed: 0,
             }),
             done: tokio::sync::watch::Sender::new(0),
         }
@@ -259,6 +322,18 @@ impl RemoteKeys {
         Some(Self::snapshot(&state, self.now_ms()))
     }
 
+    /// The set's state and the fetches so far.
+    pub fn health(&self) -> KeysHealth {
+        let now = self.now_ms();
+        let state = self.lock();
+        KeysHealth {
+            state: state.schedule.state(now),
+            age_s: state.schedule.age_ms(now) / 1000,
+            fetched: state.fetches - state.failed,
+            failed: state.failed,
+        }
+    }
+
     /// Whole seconds until asking again may help a request refused because of the key
     /// server (its `Retry-After`).
     pub fn retry_after_s(&self, kid_unknown: bool) -> u64 {
@@ -306,6 +381,7 @@ impl RemoteKeys {
                 );
                 state.schedule.failed(now);
                 state.failure = Some(e);
+                state.failed += 1;
             }
         }
         state.fetches += 1;
@@ -394,5 +470,23 @@ mod tests {
         s.failed(now);
         assert_eq!(s.retry_after_s(now, false), 30);
         assert_eq!(s.retry_after_s(now + 29_500, false), 1);
+    }
+
+    #[test]
+    fn the_state_goes_fresh_stale_failing_unavailable_and_back_to_fresh() {
+        let mut s = at_start();
+        let state = |s: &Schedule, now| s.state(now).name();
+        assert_eq!(state(&s, 1_000), "fresh");
+        let old = 1_000 + 600_000;
+        assert_eq!(state(&s, old), "stale");
+        assert_eq!(s.age_ms(old), 600_000);
+        s.started(old);
+        s.failed(old);
+        assert_eq!(state(&s, old), "failing");
+        assert!(s.state(old).degraded() && !KeysState::Stale.degraded());
+        assert_eq!(state(&s, old + 3_600_000), "unavailable");
+        s.succeeded(old + 3_600_001);
+        assert_eq!(state(&s, old + 3_600_001), "fresh");
+        assert_eq!(s.age_ms(old + 3_600_001), 0);
     }
 }

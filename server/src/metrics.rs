@@ -597,6 +597,28 @@ fn read_app(app: &App, s: &mut Scrape) {
             s.counter(name, help, v);
         }
     }
+    if let Some(keys) = app.auth.remote_keys() {
+        let h = keys.health();
+        s.gauge(
+            "tilewarm_jwks_usable",
+            "1 while the --jwks URL's key set verifies tokens (0: past its max age plus an hour of failed fetches; tokens are answered 502).",
+            (h.state != crate::jwks::KeysState::Unavailable) as u64,
+        );
+        s.gauge(
+            "tilewarm_jwks_age_seconds",
+            "Seconds since the --jwks URL's key set in use was fetched.",
+            h.age_s,
+        );
+        s.push(
+            "tilewarm_jwks_fetches",
+            "Fetches of the --jwks URL's key set after startup, by result.",
+            MetricType::Counter,
+            vec![
+                (vec![("result", "ok".into())], h.fetched),
+                (vec![("result", "failed".into())], h.failed),
+            ],
+        );
+    }
     let i = &app.invalidation.stats;
     for (name, help, v) in [
         (

@@ -137,6 +137,28 @@ async fn call(s: &Server, kid: &str) -> Reply {
         .await
 }
 
+/// What `/healthz` says of the key set, and its `status`.
+async fn health(s: &Server) -> (String, String) {
+    let h = Http::anonymous()
+        .get(&format!("{}/healthz", s.url()))
+        .await
+        .json();
+    let name = |v: &Value| v.as_str().unwrap_or("null").to_owned();
+    (name(&h["jwks"]), name(&h["status"]))
+}
+
+/// The `/metrics` lines about the key set.
+async fn jwks_metrics(s: &Server) -> String {
+    let m = Http::anonymous()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    m.lines()
+        .filter(|l| l.starts_with("tilewarm_jwks_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn verified(r: &Reply) -> bool {
     r.status == 200 && r.headers["x-tilewarm-access"] == "registered"
 }
@@ -206,6 +228,7 @@ async fn while_the_key_server_fails_the_last_set_verifies_and_a_new_kid_is_a_502
     // Two refused credentials per address, then 429: a 502 is not the caller's, and must
     // not count.
     let s = idp.server(1, 1, 2).await;
+    assert_eq!(health(&s).await, ("fresh".into(), "ok".into()));
     idp.fail();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     // Past its max age, the set is fetched again and the fetch fails: it still verifies.
@@ -228,5 +251,15 @@ async fn while_the_key_server_fails_the_last_set_verifies_and_a_new_kid_is_a_502
         assert!(verified(&call(&s, "ec-1").await));
     }
     assert_eq!(idp.fetches(), fetched);
+    // The operator sees it: /healthz says the set is failing, /metrics counts the failure.
+    assert_eq!(health(&s).await, ("failing".into(), "degraded".into()));
+    let m = jwks_metrics(&s).await;
+    for line in [
+        "tilewarm_jwks_usable 1",
+        "tilewarm_jwks_fetches_total{result=\"failed\"} 1",
+        "tilewarm_jwks_fetches_total{result=\"ok\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
     s.shutdown().await;
 }
