@@ -5,7 +5,8 @@
 // the configured key with an allowed algorithm, carry `exp`, pass `nbf`, `iss`, `aud` (when
 // configured) within the leeway, and names its tier in a claim (`tilewarm_access` by
 // default). Anything else is a 401. The tier never comes from the request body.
-import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, jwksCache, errors } from 'jose';
+import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, jwksCache, customFetch, errors } from 'jose';
+import { readBody } from './edge-body.js';
 
 /** The tiers, lowest first (the core's `Access::ALL`). */
 export const TIERS = ['public', 'registered', 'verified', 'agent'];
@@ -40,8 +41,14 @@ export const JWKS_FIRST_RETRY_MS = 250;
  * fetch the set again only if no fetch started in the last this many seconds. */
 export const JWKS_COOLDOWN_S = 30;
 
-/** Longest a fetch of JWKS_URL may take (jose's `timeoutDuration`). */
+/** Longest a fetch of JWKS_URL may take, its answer's body read too (jose's
+ * `timeoutDuration`). */
 export const JWKS_FETCH_TIMEOUT_MS = 5000;
+
+/** Largest answer of JWKS_URL read (64 KiB: a key set of a few keys is 1 to 10 KB, one with
+ * X.509 chains rarely over 30 KB). A larger one is refused as the key server's failure
+ * (a 502, stale-if-error and the back-off as for any failed fetch), not buffered. */
+export const MAX_JWKS_BYTES = 64 * 1024;
 
 /** How long past JWKS_FETCH_TIMEOUT_MS a request waiting for another request's fetch of
  * JWKS_URL waits before it gives up (502): that request may have been cancelled, and then
@@ -307,6 +314,19 @@ export function createAuth(env, options = {}) {
 }
 
 /**
+ * jose's fetch of JWKS_URL (its `customFetch`): a 200 answer's body is read here, at most
+ * MAX_JWKS_BYTES (`TooLarge` past it, unread when its `content-length` says so: a failed
+ * fetch for `remoteKeys`), and given to jose whole. The read is bounded in time by the
+ * fetch's signal (jose's `timeoutDuration`: workerd errors the body of a fetch whose signal
+ * fires). Other answers are jose's to refuse, unread.
+ */
+export async function fetchKeys(url, init) {
+  const res = await fetch(url, init);
+  if (res.status !== 200) return res;
+  return new Response(await readBody(res, MAX_JWKS_BYTES, 'its answer'), { status: 200 });
+}
+
+/**
  * The key source for `JWKS_URL`: `key` for jwtVerify, `keysNow()`, the set tokens are
  * verified with now (for the verified-token cache: a new object per fetch; undefined while
  * the set is older than `maxAgeMs` or not fetched yet), and `retryAfterS(now, kidUnknown)`,
@@ -379,7 +399,9 @@ function remoteKeys(url, maxAgeMs, cooldownMs) {
       // never ended (its request cancelled) is not awaited again (jose shares its pending
       // fetch outside workerd). `fetched` receives the document and its time.
       const fetched = {};
-      await createRemoteJWKSet(url, { timeoutDuration: JWKS_FETCH_TIMEOUT_MS, [jwksCache]: fetched }).reload();
+      await createRemoteJWKSet(url, {
+        timeoutDuration: JWKS_FETCH_TIMEOUT_MS, [jwksCache]: fetched, [customFetch]: fetchKeys,
+      }).reload();
       set = { jwks: fetched.jwks, local: createLocalJWKSet(fetched.jwks), at: fetched.uat };
       failures = 0;
       outcome = { ok: true };

@@ -101,8 +101,9 @@ export interface EdgeEnv {
   JWT_SECRET?: string;
   /** A JSON Web Key Set (JSON text) of public keys for callers' tokens; `kid` selects. */
   JWKS?: string;
-  /** https URL of a JWKS (http only as for `ORIGIN`), fetched and cached. At most one of
-   * JWT_SECRET, JWKS, JWKS_URL. */
+  /** https URL of a JWKS (http only as for `ORIGIN`), fetched and cached; an answer over
+   * 64 KiB, or not read within 5 s, is a failed fetch. At most one of JWT_SECRET, JWKS,
+   * JWKS_URL. */
   JWKS_URL?: string;
 }
 

@@ -84,7 +84,7 @@ done
 # workerd config lists one module for it; the browser page never loads edge.js.
 "$esbuild" js/edge.js --bundle --external:./tilewarm_edge.js --external:./tilewarm_edge_bg.wasm \
   --minify --format=esm --log-level=warning --outfile="$out/edge.js" --allow-overwrite
-rm "$out/edge-auth.js"
+rm "$out/edge-auth.js" "$out/edge-body.js"
 # inline.js (tilewarm/inline): the browser wasm as base64 in place of its marker.
 node -e '
 const fs = require("fs");

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
 import {
   VerifiedTokens, MAX_CACHED_TOKEN_CHARS, JWKS_FIRST_RETRY_MS, JWKS_FETCH_TIMEOUT_MS, JWKS_WAIT_MARGIN_MS,
-  KeysUnavailable, createAuth,
+  MAX_JWKS_BYTES, KeysUnavailable, createAuth,
 } from '../../js/edge-auth.js';
 import { freePort, post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import {
@@ -575,6 +575,75 @@ describe('edge worker: a JWKS_URL that does not give usable keys', () => {
   });
 });
 
+describe('edge worker: a JWKS_URL whose answer is too large or never ends', () => {
+  // The key server's answer is read at most MAX_JWKS_BYTES and within the fetch's timeout:
+  // a huge or endless answer is the key server's failure (502 upstream_error with
+  // Retry-After), not a body buffered whole in the isolate, nor a 401.
+  let stack, edge, keys, mode = 'ok';
+
+  before(async () => {
+    keys = await rsaKeys('k1');
+    stack = await jwksStack((req, res) => {
+      res.on('error', () => {});
+      if (mode === 'huge' || mode === 'declared') {
+        // A valid key set followed by 4 MiB of JSON whitespace: one that is read whole parses.
+        const text = JSON.stringify(keys.jwks);
+        const headers = { 'content-type': 'application/json' };
+        const size = 4 * 1024 * 1024;
+        if (mode === 'declared') headers['content-length'] = String(size);
+        res.writeHead(200, headers);
+        res.write(text.slice(0, -1));
+        const chunk = Buffer.alloc(64 * 1024, 0x20);
+        let sent = text.length;
+        const pump = () => {
+          while (sent + chunk.length < size && !res.destroyed) {
+            sent += chunk.length;
+            if (!res.write(chunk)) return res.once('drain', pump);
+          }
+          if (!res.destroyed) res.end(' '.repeat(size - sent - 1) + '}');
+        };
+        return pump();
+      }
+      if (mode === 'endless') {
+        // The headers and part of the body, then nothing.
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.write('{"keys":[');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(keys.jwks));
+    }, { changesPollMs: 0 });
+    edge = stack.edge;
+  });
+
+  after(() => stack?.stop());
+
+  it(`answers 502 upstream_error for an answer over ${MAX_JWKS_BYTES} bytes (sent or declared) and one whose body never ends`, async () => {
+    const token = await keys.sign({ tilewarm_access: 'registered' });
+    const req = { tiles: ['14/2624/5721'], access: 'registered' };
+    let wait = 0;
+    for (const [m, why] of [
+      ['huge', new RegExp(`its answer is more than ${MAX_JWKS_BYTES} bytes, at most ${MAX_JWKS_BYTES} are allowed`)],
+      ['declared', new RegExp(`its answer is ${4 * 1024 * 1024} bytes, at most ${MAX_JWKS_BYTES} are allowed`)],
+      ['endless', /request timed out/],
+    ]) {
+      mode = m;
+      await new Promise((ok) => setTimeout(ok, wait));
+      wait = wait ? wait * 2 : JWKS_FIRST_RETRY_MS + 20;
+      const r = await post(edge.batch, req, bearer(token));
+      assert.equal(r.status, 502, `${m}: ${r.text.slice(0, 300)}`);
+      assert.equal(r.json.error.code, 'upstream_error', m);
+      assert.match(r.json.error.message, /the keys at JWKS_URL could not be fetched or used/, m);
+      assert.match(r.json.error.message, why, m);
+      assert.equal(r.wwwAuthenticate, null, `${m}: not the caller's fault`);
+      assert.equal(r.retryAfter, '1', m);
+    }
+    mode = 'ok';
+    await new Promise((ok) => setTimeout(ok, wait));
+    const r = await post(edge.batch, req, bearer(token));
+    assert.equal(r.status, 200, r.text);
+  });
+});
+
 describe('edge worker: a JWKS_URL that fails after it gave keys', () => {
   // Stale-if-error: the last key set fetched verifies tokens while the key server fails
   // (within JWKS_STALE_IF_ERROR_MS past its max age), and the failing server is asked again
@@ -890,6 +959,86 @@ describe('createAuth with JWKS_URL: a fetch of the keys that never ends (js/edge
     } finally {
       globalThis.fetch = realFetch;
     }
+  });
+});
+
+describe('createAuth with JWKS_URL: an answer too large (js/edge-auth.js)', () => {
+  // Under Node, with `fetch` and `Date.now` replaced. The key server's answer is read at
+  // most MAX_JWKS_BYTES; past it, it is the key server's failure (KeysUnavailable: a 502,
+  // stale-if-error and the back-off), never the caller's token (401).
+  const realFetch = globalThis.fetch, realNow = Date.now;
+  let offset = 0, answer, calls = 0;
+
+  before(() => {
+    Date.now = () => realNow() + offset;
+    globalThis.fetch = async (url, init) => {
+      calls++;
+      return answer(init);
+    };
+  });
+
+  after(() => {
+    globalThis.fetch = realFetch;
+    Date.now = realNow;
+  });
+
+  /** A key set's JSON text padded with whitespace to `size` bytes, as one chunk or in 1 KiB
+   * chunks (no content-length), or declaring its length. */
+  const padded = (jwks, size, { chunked = false, declared = false } = {}) => () => {
+    const text = JSON.stringify(jwks);
+    const bytes = new TextEncoder().encode(text.slice(0, -1) + ' '.repeat(size - text.length) + '}');
+    assert.equal(bytes.byteLength, size);
+    const headers = { 'content-type': 'application/json' };
+    if (declared) headers['content-length'] = String(size);
+    if (!chunked) return new Response(bytes, { status: 200, headers });
+    let at = 0;
+    const body = new ReadableStream({
+      pull(c) {
+        if (at >= bytes.byteLength) return c.close();
+        c.enqueue(bytes.slice(at, at + 1024));
+        at += 1024;
+      },
+    });
+    return new Response(body, { status: 200, headers });
+  };
+  const request = async (signer, n) => new Request('https://edge.example.com/v1/batch', {
+    headers: { authorization: `Bearer ${await signer.sign({ tilewarm_access: 'registered', n })}` },
+  });
+  const refused = async (auth, req) => {
+    const e = await auth.tier(req).then((t) => assert.fail(`verified as ${t}`), (err) => err);
+    assert.ok(e instanceof KeysUnavailable, String(e));
+    return e;
+  };
+
+  it(`refuses an answer over ${MAX_JWKS_BYTES} bytes as the key server's failure, whole, chunked or declared`, async () => {
+    const keys = await rsaKeys('k1');
+    offset = 0;
+    calls = 0;
+    const auth = createAuth({ JWKS_URL: 'https://keys.example.com/big.json' }, { jwksCacheMaxAgeS: 60 });
+    answer = padded(keys.jwks, MAX_JWKS_BYTES + 1);
+    let e = await refused(auth, await request(keys, 0));
+    assert.match(e.message, new RegExp(`JWKS_URL could not be fetched or used: its answer is more than ${MAX_JWKS_BYTES} bytes, at most ${MAX_JWKS_BYTES} are allowed`));
+    assert.equal(e.retryAfterS, 1, 'the failure back-off (250 ms)');
+    offset += 1000;
+    answer = padded(keys.jwks, 4 * 1024 * 1024, { chunked: true });
+    e = await refused(auth, await request(keys, 1));
+    assert.match(e.message, new RegExp(`more than ${MAX_JWKS_BYTES} bytes`));
+    offset += 1000;
+    answer = padded(keys.jwks, 4 * 1024 * 1024, { declared: true });
+    e = await refused(auth, await request(keys, 2));
+    assert.match(e.message, new RegExp(`its answer is ${4 * 1024 * 1024} bytes, at most ${MAX_JWKS_BYTES} are allowed`));
+    assert.equal(calls, 3);
+    // At the limit it is a key set like any other.
+    offset += 5000;
+    answer = padded(keys.jwks, MAX_JWKS_BYTES, { chunked: true });
+    assert.equal(await auth.tier(await request(keys, 3)), 'registered');
+    // Once the set is stale, a refetch answered too large leaves the last set verifying
+    // (stale-if-error), the key server asked once.
+    offset += 61_000;
+    answer = padded(keys.jwks, MAX_JWKS_BYTES + 1, { chunked: true });
+    assert.equal(await auth.tier(await request(keys, 4)), 'registered');
+    assert.equal(await auth.tier(await request(keys, 5)), 'registered');
+    assert.equal(calls, 5);
   });
 });
 
