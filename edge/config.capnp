@@ -39,6 +39,9 @@ const edgeWorker :Workerd.Worker = (
     (name = "tilewarm/tilewarm_edge_bg.wasm", wasm = embed "../pkg/tilewarm_edge_bg.wasm"),
   ],
   compatibilityDate = "2025-09-01",
+  # request.signal aborts when the client disconnects (no default date): a request whose
+  # client left gives its place among those waiting for the origin back at once.
+  compatibilityFlags = ["enable_request_signal"],
   globalOutbound = "internet",
   cacheApiOutbound = "cache",
   bindings = [

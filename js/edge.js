@@ -585,14 +585,37 @@ export function createWorker(defaults = {}) {
       if (e instanceof TooLarge) return error(413, 'payload_too_large', e.message);
       return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
     }
-    let step = take(proxy.begin(body, tier, Date.now()));
-    if (step.origin && step.shared && shared.enabled) step = await sharedLookups(step);
-    if (!step.origin) {
-      // A hit warms too: the core plans the neighbours its cache does not hold fresh (a
-      // ring wider than one warming request, a hit from the shared cache).
-      if (step.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, step.warm, step.access));
-      return respond(step, bounds);
+    const step = take(proxy.begin(body, tier, Date.now()));
+    if (!step.origin) return answered(step, origin, env, ctx);
+    // A client that leaves while its request waits (for the shared cache or the origin)
+    // gives its place among the requests an isolate holds (1024, src/edge.rs) back at once:
+    // workerd aborts `request.signal` when the client disconnects (with the compatibility
+    // flag enable_request_signal, edge/config.capnp and wrangler.toml; without it the
+    // signal never aborts and the place is let go after its hold time, src/edge.rs). Its
+    // origin call is not cancelled here; it is this request's own (no other request waits
+    // on it: docs/edge.md, "Per request, not across requests").
+    const left = () => proxy.abandon(step.handle);
+    request.signal?.addEventListener('abort', left, { once: true });
+    try {
+      return await waiting(step, origin, env, ctx);
+    } finally {
+      request.signal?.removeEventListener('abort', left);
     }
+  }
+
+  /** The answer of a step that needs no origin call; a hit warms too: the core plans the
+   * neighbours its cache does not hold fresh (a ring wider than one warming request, a hit
+   * from the shared cache). */
+  function answered(step, origin, env, ctx) {
+    if (step.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, step.warm, step.access));
+    return respond(step, bounds);
+  }
+
+  /** The answer of a request waiting under `step.handle`: the shared cache's entries
+   * first, then the origin for the rest. */
+  async function waiting(step, origin, env, ctx) {
+    if (step.shared && shared.enabled) step = await sharedLookups(step);
+    if (!step.origin) return answered(step, origin, env, ctx);
 
     let done;
     let retryAfter = null;

@@ -10,7 +10,8 @@
 //! numeric handle, at most [`MAX_PENDING`] at once, each for at most its hold time
 //! ([`hold_ms`]): a worker whose client went away may never call `complete`, `fail` or
 //! `abandon` (the runtime drops the request's continuation), so a request held longer than
-//! its calls can take is let go before the next one is taken.
+//! its calls can take is let go before the next one is taken. The worker calls `abandon`
+//! as soon as the client disconnects (`request.signal`), so that is the fallback.
 
 use std::collections::BTreeMap;
 

@@ -6,6 +6,7 @@
 // another test's tiles.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { post as postAs, postLarge, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
 
@@ -432,5 +433,55 @@ describe('edge worker: more requests waiting for the origin than an isolate hold
     } finally {
       relay.mode = 'pass';
     }
+  });
+});
+
+describe('edge worker: requests whose clients leave while they wait for the origin', () => {
+  // The origin stalls (30 s timeout here). 1024 requests wait for it and their clients all
+  // go away: workerd aborts each request's signal (enable_request_signal, edge/config.capnp)
+  // and the worker gives their places back at once, so the isolate serves the next live
+  // request instead of refusing it (503 overloaded) until their hold time (70 s) is over.
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    ({ server, relay, edge } = await stack([], {
+      originTimeoutMs: 30_000, warmRing: 0, sharedCacheTiles: 0, changesPollMs: 0,
+    }));
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  it('gives their places back when they are aborted, and serves the next request', async () => {
+    relay.mode = 'stall';
+    const req = { tiles: ['14/2700/5800'], access: 'public' };
+    const body = JSON.stringify(req);
+    const { hostname, port, pathname } = new URL(edge.batch);
+    try {
+      // Each on its own connection, which the client then resets (TCP RST): the disconnect
+      // workerd sees at once (a quiet close it notices only when it writes the answer).
+      const gone = Array.from({ length: 1024 }, () => {
+        const s = connect(Number(port), hostname, () => s.write(`POST ${pathname} HTTP/1.1\r\nhost: ${hostname}\r\n`
+          + `content-type: application/json\r\nauthorization: Bearer ${agentToken}\r\ncontent-length: ${body.length}\r\n\r\n${body}`));
+        s.on('error', () => {});
+        return s;
+      });
+      for (let i = 0; i < 400 && (await edge.stats()).pending < 1024; i++) await new Promise((ok) => setTimeout(ok, 10));
+      assert.equal((await edge.stats()).pending, 1024, 'the 1024 requests reached the origin call');
+      for (const s of gone) s.resetAndDestroy();
+      // Well within the origin's timeout (30 s), let alone the hold time.
+      for (let i = 0; i < 500 && (await edge.stats()).pending > 0; i++) await new Promise((ok) => setTimeout(ok, 20));
+      assert.equal((await edge.stats()).pending, 0, 'the places of the requests whose clients left are free');
+    } finally {
+      relay.mode = 'pass';
+    }
+    const r = await post(edge.batch, req);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.cache, 'miss');
   });
 });
