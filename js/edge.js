@@ -619,15 +619,22 @@ export function createWorker(defaults = {}) {
 
     let done;
     let retryAfter = null;
+    let status = 0;
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
+      status = res.status;
       retryAfter = originRetryAfter(res);
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
       if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
     } catch (e) {
-      const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
-      done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+      if (e instanceof TooLarge) {
+        // An answer, too large to read: the core says so with its size and the limit.
+        done = take(proxy.tooLarge(step.handle, status, e.seen, Date.now()));
+      } else {
+        const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
+        done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+      }
     } finally {
       proxy.abandon(step.handle);
     }

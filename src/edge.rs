@@ -553,6 +553,14 @@ impl EdgeProxy {
         self.finish(handle, outcome, now_ms)
     }
 
+    /// The origin answered `status` with a body over [`EdgeProxy::max_body_bytes`], not read
+    /// past it: `bytes` is its declared length, or what was read when it passed the limit.
+    #[wasm_bindgen(js_name = tooLarge)]
+    pub fn too_large(&mut self, handle: u32, status: u16, bytes: f64, now_ms: f64) -> Step {
+        let bytes = bytes.max(0.0) as u64;
+        self.finish(handle, OriginOutcome::TooLarge { status, bytes }, now_ms)
+    }
+
     /// Forgets a request that will not be completed.
     pub fn abandon(&mut self, handle: u32) {
         self.pending.remove(&handle);

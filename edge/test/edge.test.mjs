@@ -239,7 +239,10 @@ describe('edge worker under workerd', () => {
       const r = await post(edge.batch, { tiles: ['14/2640/5730'], access: 'public' });
       assert.equal(r.status, 502);
       assert.equal(r.json.error.code, 'upstream_error');
-      assert.match(r.json.error.message, /more than \d+ bytes/);
+      // What was wrong (the answer's size: it was reached) and what is allowed.
+      assert.match(r.json.error.message, /^the origin's answer \(HTTP 200\) is too large: \d+ bytes or more, at most 8388608 are allowed$/);
+      const seen = Number(/: (\d+) bytes or more/.exec(r.json.error.message)[1]);
+      assert.ok(seen > 8388608 && seen < 12 * 1024 * 1024, `read ${seen} bytes, not all 12 MiB`);
     } finally {
       relay.mode = 'pass';
     }

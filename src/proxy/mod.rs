@@ -183,6 +183,10 @@ pub enum OriginOutcome<'a> {
     Timeout,
     /// No answer at all (connection refused, DNS, TLS, ...), with the shell's description.
     Unreachable(&'a str),
+    /// An HTTP answer (`status`) whose body is over [`Limits::max_body_bytes`], not read
+    /// past it: `bytes` is its declared length, or what the shell had read when it passed
+    /// the limit (the body is at least that large).
+    TooLarge { status: u16, bytes: u64 },
 }
 
 /// A request between [`Proxy::begin`] and [`Proxy::complete`].
@@ -524,6 +528,14 @@ impl Proxy {
             OriginOutcome::Unreachable(why) => Err(ErrorBody {
                 code: ErrorCode::UpstreamError,
                 message: format!("the origin could not be reached: {why}"),
+            }),
+            OriginOutcome::TooLarge { status, bytes } => Err(ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: format!(
+                    "the origin's answer (HTTP {status}) is too large: {bytes} bytes or more, \
+                     at most {} are allowed",
+                    self.config.limits.max_body_bytes
+                ),
             }),
             OriginOutcome::Answer { status, body } if (200..300).contains(&status) => {
                 decode_response(body, &self.config.limits).map_err(|e| ErrorBody {

@@ -369,8 +369,16 @@ fn origin_failures_serve_what_is_cached() {
         &["extra", "2625-5722-public"],
         Access::Public,
     );
-    let cases: [(OriginOutcome<'_>, u16, ErrorCode); 5] = [
+    let cases: [(OriginOutcome<'_>, u16, ErrorCode); 6] = [
         (OriginOutcome::Timeout, 504, ErrorCode::UpstreamTimeout),
+        (
+            OriginOutcome::TooLarge {
+                status: 200,
+                bytes: 9 << 20,
+            },
+            502,
+            ErrorCode::UpstreamError,
+        ),
         (
             OriginOutcome::Unreachable("connection refused"),
             502,
@@ -426,6 +434,32 @@ fn origin_failures_serve_what_is_cached() {
         assert_eq!(v["error"]["ids"], serde_json::json!(["2625-5722-public"]));
         assert!(a.warm.is_none());
     }
+}
+
+#[test]
+fn an_origin_answer_over_the_body_limit_is_named_as_such_with_the_size_and_the_limit() {
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let max = p.config().limits.max_body_bytes;
+    let pending = p
+        .begin(req(&["14/2625/5722"], &[], Access::Public), 0)
+        .unwrap();
+    let outcome = OriginOutcome::TooLarge {
+        status: 200,
+        bytes: 12_582_912,
+    };
+    let a = p.complete(pending, outcome, 0);
+    assert_eq!(a.status, 502);
+    let e = decode_error(a.body.as_bytes()).unwrap();
+    assert_eq!(e.code, ErrorCode::UpstreamError);
+    // What was wrong (the answer's size, not the origin's reachability) and what is allowed.
+    assert_eq!(
+        e.message,
+        format!(
+            "the origin's answer (HTTP 200) is too large: 12582912 bytes or more, at most {max} \
+             are allowed"
+        )
+    );
+    assert_eq!(p.stats().origin_failures, 1);
 }
 
 #[test]
