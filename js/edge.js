@@ -44,6 +44,18 @@ const MAX_FEED_BYTES = 4 * 1024 * 1024;
  * longer, whatever the origin asks.
  */
 const MAX_POLL_WAIT_MS = 60_000;
+/**
+ * The most round trips a poll makes (the feed's position, the changes after it, and the
+ * replay from a later `from`): its fetches share a deadline of this many `originTimeoutMs`
+ * after its start.
+ */
+const POLL_ROUND_TRIPS = 3;
+/**
+ * How long past a poll's deadline the requests waiting for a new isolate's first poll wait
+ * on timers of their own: a poll that has not ended by then never will (its request was
+ * cancelled), and counts as failed.
+ */
+const POLL_WAIT_MARGIN_MS = 1000;
 
 // The shared cache's keys live under a host no client can send a request to, so an entry
 // (which may hold a tier above `public`) is only ever read back through this worker.
@@ -301,6 +313,9 @@ export function createWorker(defaults = {}) {
   // answer, or one that could not be read), `failures` how many, `waitMs` how long the next
   // poll waits after the last one (pollWait), which started at `lastPollAt`.
   const feed = { lastId: null, inFlight: false, nextAt: 0, startedAt: 0, polls: 0, events: 0, errors: 0, tooLarge: 0, lastError: null, firstDone: false, replaying: false, replayedFrom: null, failing: null, failures: 0, waitMs: 0, lastPollAt: 0 };
+  // The poll in flight, if any (not in `feed`, which /edge/stats shows): when it started, its
+  // deadline, and the resolvers of the requests waiting for it (see `waitFor`).
+  let flight = null;
 
   function setup(env) {
     if (proxy) return null;
@@ -348,7 +363,9 @@ export function createWorker(defaults = {}) {
     const headers = { accept: 'text/event-stream', 'x-tilewarm-purpose': 'changes' };
     if (token) headers.authorization = `Bearer ${token}`;
     if (lastId) headers['last-event-id'] = lastId;
-    const res = await fetch(url, { headers, signal: AbortSignal.timeout(options.originTimeoutMs) });
+    // Each fetch within `originTimeoutMs` and the poll's deadline.
+    const left = Math.min(options.originTimeoutMs, (flight?.deadline ?? Infinity) - Date.now());
+    const res = await fetch(url, { headers, signal: AbortSignal.timeout(Math.max(1, left)) });
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
       throw new FeedRefused(res.status, retryAfterMs(res.headers.get('retry-after'), Date.now()));
@@ -373,8 +390,8 @@ export function createWorker(defaults = {}) {
    * same id (nothing is lost while the origin holds the events), after `pollWait`.
    * An answer over MAX_FEED_BYTES is taken as a reset (`changesAfter`).
    */
-  async function poll(env) {
-    const began = Date.now();
+  async function poll(env, f) {
+    const began = f.startedAt;
     feed.lastPollAt = began;
     try {
       const url = changesUrl(String(env.ORIGIN));
@@ -420,14 +437,57 @@ export function createWorker(defaults = {}) {
       feed.polls++;
       succeeded();
     } catch (e) {
-      feed.errors++;
-      feed.lastError = String(e?.message ?? e);
-      const { wait, retryAfter } = pollWait(e);
-      feed.waitMs = Math.max(wait, retryAfter);
-      feed.nextAt = Math.max(feed.nextAt, began + wait, Date.now() + retryAfter);
+      failed(e, began);
     } finally {
+      over(f);
+    }
+  }
+
+  /** A poll that started at `began` failed with `e`: counted, and the next one put off. */
+  function failed(e, began) {
+    feed.errors++;
+    feed.lastError = String(e?.message ?? e);
+    const { wait, retryAfter } = pollWait(e);
+    feed.waitMs = Math.max(wait, retryAfter);
+    feed.nextAt = Math.max(feed.nextAt, began + wait, Date.now() + retryAfter);
+  }
+
+  /** Poll `f` is over (ended, or given up): no longer in flight, its waiting requests let go. */
+  function over(f) {
+    if (flight === f) {
+      flight = null;
       feed.inFlight = false;
     }
+    feed.firstDone = true;
+    for (const resolve of f.waiters.splice(0)) resolve();
+  }
+
+  /**
+   * Poll `f` did not end by its deadline and the margin: its request was cancelled (its
+   * continuations dropped; the fetches' own timeouts end every other poll). It is over for
+   * the isolate, as a failed poll: the next one starts when due.
+   */
+  function lost(f) {
+    if (flight !== f) return;
+    const ms = f.deadline - f.startedAt + POLL_WAIT_MARGIN_MS;
+    failed(new Error(`the change feed's poll did not finish within ${ms} ms`), f.startedAt);
+    over(f);
+  }
+
+  /**
+   * Waits for poll `f`, at most until its deadline and the margin, on a promise and a timer
+   * of this request's own: the poll's own promise belongs to the request that started it
+   * (a request awaiting another's is never resumed if that one is cancelled first,
+   * docs/edge.md "Per request, not across requests"); `over` resolves these with nothing.
+   */
+  async function waitFor(f, now) {
+    let timer;
+    const late = await new Promise((resolve) => {
+      f.waiters.push(() => resolve(false));
+      timer = setTimeout(() => resolve(true), Math.max(0, f.deadline + POLL_WAIT_MARGIN_MS - now));
+    });
+    clearTimeout(timer);
+    if (late) lost(f);
   }
 
   /**
@@ -482,26 +542,27 @@ export function createWorker(defaults = {}) {
 
   /**
    * Starts a poll inside `ctx.waitUntil` when one is due (`changesPollMs` after the last
-   * one started, or later after a failed one: `pollWait`) and none is in flight. Until this
-   * isolate's first poll has finished (applied, or failed), requests wait for it, so a new
-   * isolate never answers from a Cache API entry older than a change it has not seen yet
-   * (two round trips, the feed's position then the changes after it, each bounded by
-   * `originTimeoutMs`, once per isolate).
+   * one started, or later after a failed one: `pollWait`) and none is in flight (a poll
+   * past its deadline and the margin is not: `lost`). Until this isolate's first poll has
+   * finished (applied, or failed), requests wait for it (`waitFor`), so a new isolate never
+   * answers from a Cache API entry older than a change it has not seen yet (two round
+   * trips, the feed's position then the changes after it, three for a replay from a later
+   * `from`, each within `originTimeoutMs` and all within POLL_ROUND_TRIPS of them, once per
+   * isolate).
    */
   async function maybePoll(env, ctx) {
     const every = options.changesPollMs;
     const now = Date.now();
     if (!(every > 0)) return;
-    if (!feed.inFlight && now >= feed.nextAt) {
+    if (flight !== null && now >= flight.deadline + POLL_WAIT_MARGIN_MS) lost(flight);
+    if (flight === null && now >= feed.nextAt) {
+      const f = { startedAt: now, deadline: now + POLL_ROUND_TRIPS * options.originTimeoutMs, waiters: [] };
+      flight = f;
       feed.inFlight = true;
       feed.nextAt = now + every;
-      feed.running = poll(env);
-      ctx.waitUntil(feed.running);
+      ctx.waitUntil(poll(env, f));
     }
-    if (!feed.firstDone) {
-      await feed.running;
-      feed.firstDone = true;
-    }
+    if (!feed.firstDone && flight !== null) await waitFor(flight, now);
   }
 
   /**
@@ -669,7 +730,7 @@ export function createWorker(defaults = {}) {
         const stats = JSON.parse(proxy.stats());
         stats.shared = { enabled: shared.enabled, ...shared.stats };
         stats.tokens = auth.stats();
-        stats.changes = { ...feed, running: undefined };
+        stats.changes = { ...feed };
         return json(200, JSON.stringify(stats));
       }
       return error(404, 'not_found', 'no such route: the API is POST /v1/batch, GET /healthz, GET /edge/stats');

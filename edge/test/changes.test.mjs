@@ -587,3 +587,70 @@ describe('edge worker: a refused or failing poll of the change feed waits longer
     assert.equal(c.waitMs, 50);
   });
 });
+
+describe('the first poll of the change feed never ends (pkg/edge.js under Node)', () => {
+  // Under Node, with `fetch` replaced: the first poll's fetch never settles and ignores its
+  // signal, standing in for a poll whose request the runtime cancelled (its continuations
+  // dropped), which no timeout of its fetches ends. The requests waiting for a new
+  // isolate's first poll wait on promises and timers of their own: past the poll's bound
+  // they are served as after a failed first poll, and the poll no longer counts as in
+  // flight, so the next one due starts. Before, they awaited the poll itself: for ever, and
+  // no poll started again.
+  const realFetch = globalThis.fetch;
+  let feedCalls = 0;
+  let batchCalls = 0;
+
+  before(() => {
+    globalThis.fetch = async (url) => {
+      if (String(url).includes('/v1/changes')) {
+        feedCalls++;
+        if (feedCalls === 1) return new Promise(() => {});
+        return new Response(sse([{ event: 'ready', id: '5-0' }]), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+      }
+      batchCalls++;
+      const body = { tiles: [{ tile: '14/2624/5721', ids: [], ttl: 300 }], items: [], missing: [] };
+      return new Response(JSON.stringify(body), { status: 200, headers: { 'content-type': 'application/json' } });
+    };
+  });
+
+  after(() => {
+    globalThis.fetch = realFetch;
+  });
+
+  it('answers the requests waiting for it once its bound is over, and polls again', async () => {
+    const { createWorker } = await import('./support/node-worker.mjs');
+    const worker = createWorker();
+    const env = {
+      ORIGIN: 'http://127.0.0.1:9/v1/batch',
+      TILEWARM_OPTIONS: JSON.stringify({ originTimeoutMs: 200, changesPollMs: 1000, warmRing: 0, statsPublic: true }),
+    };
+    const waits = [];
+    const ctx = { waitUntil: (p) => waits.push(p) };
+    const batch = () => worker.fetch(new Request('http://edge.test/v1/batch', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tiles: ['14/2624/5721'] }),
+    }), env, ctx);
+    const stats = async () => (await worker.fetch(new Request('http://edge.test/edge/stats'), env, ctx)).json();
+    // A guard for the test itself: without the bound these never settle.
+    let timer;
+    const never = new Promise((ok) => {
+      timer = setTimeout(() => ok('still waiting'), 15_000);
+    });
+    const [a, b] = await Promise.race([Promise.all([batch(), batch()]), never]);
+    clearTimeout(timer);
+    assert.equal(a?.status, 200, 'the request that started the poll was answered');
+    assert.equal(b?.status, 200, 'the request that waited for it was answered');
+    assert.equal(feedCalls, 1);
+    assert.equal(batchCalls, 2);
+    // The next request starts the next poll (due changesPollMs after the lost one's start),
+    // which is applied: the feed's position, then the changes after it.
+    assert.equal((await batch()).status, 200);
+    await waits.at(-1);
+    assert.equal(feedCalls, 3);
+    const after = (await stats()).changes;
+    assert.equal(after.errors, 1);
+    assert.match(after.lastError, /the change feed's poll did not finish within 1600 ms/);
+    assert.equal(after.inFlight, false);
+    assert.equal(after.polls, 1);
+    assert.equal(after.lastId, '5-0');
+  });
+});
