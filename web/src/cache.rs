@@ -28,7 +28,7 @@ use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
 use tilewarm::client::{
     options, Answered, Client, ClientConfig, ClientStats, Event, Payload, TileState, ViewTooLarge,
 };
-use tilewarm::planner::Viewport;
+use tilewarm::planner::{Viewport, MAX_VIEW_ZOOM};
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
 };
@@ -40,7 +40,7 @@ use crate::error::{Error, ErrorCode};
 use crate::options::{out_of_range, Credentials, Options};
 use crate::retry_after::retry_after_ms;
 use crate::updates::{Subscribers, Updates};
-use crate::view::{Item, Shown, Update, View};
+use crate::view::{Item, Shown, TileLoad, Update, View};
 
 /// The core's payload: the decoded item and the bytes its `data`'s JSON took.
 struct Stored<T> {
@@ -55,6 +55,29 @@ impl<T> Payload for Stored<T> {
 }
 
 type Found<T> = Result<Option<Rc<Item<T>>>, Error>;
+
+type Loaded<T> = Result<Vec<TileLoad<T>>, Error>;
+
+/// A [`TileCache::load_tiles`] call: its host tiles, the answers so far, and, per tile still
+/// waited for, its data tiles.
+struct Load<T> {
+    id: u64,
+    tiles: Vec<TileId>,
+    results: Vec<Option<Result<Vec<Shown<T>>, Error>>>,
+    waiting: HashMap<usize, Vec<TileId>>,
+    /// Every data tile it waited for (released when it settles).
+    data: Vec<TileId>,
+    /// Not read yet: calls made in the same tick are read together, by one flush.
+    queued: bool,
+    tx: Option<oneshot::Sender<Loaded<T>>>,
+}
+
+/// What reading a host tile found: its items, the data tiles it waits for, or an error.
+enum Read<T> {
+    Items(Vec<Shown<T>>),
+    Data(Vec<TileId>),
+    Failed(Error),
+}
 
 /// A request that is out: its abort handle, its kind and the ids it asked for (for `get`).
 struct InFlight {
@@ -88,6 +111,15 @@ struct State<T> {
     /// The tier last told to subscribers.
     access: Access,
     ending: Option<Ending>,
+    /// `load_tiles` calls not settled yet.
+    loads: Vec<Load<T>>,
+    next_load: u64,
+    /// A flush of the queued loads is scheduled (a microtask).
+    flush_scheduled: bool,
+    /// Data tiles of loads settled since the last release (see `release_settled`).
+    settled: Vec<TileId>,
+    /// [`TileCache::dispose`] was called.
+    disposed: bool,
 }
 
 impl<T> Drop for State<T> {
@@ -105,10 +137,37 @@ struct Inner<T> {
     credentials: RequestCredentials,
     limits: Limits,
     auth: Option<Auth>,
+    /// The `tileSize` option, and the zoom levels it adds to a viewport's zoom.
+    tile_size: u32,
+    zoom_offset: f64,
+}
+
+/// Releases a `load_tiles` call's tiles when its future is dropped before it settled.
+struct AbortLoad<T: DeserializeOwned + 'static> {
+    inner: std::rc::Weak<Inner<T>>,
+    id: u64,
+}
+
+impl<T: DeserializeOwned + 'static> Drop for AbortLoad<T> {
+    fn drop(&mut self) {
+        let (weak, id) = (self.inner.clone(), self.id);
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.state.try_borrow_mut().is_ok() {
+            Inner::abort_load(&inner, id);
+        } else {
+            // Dropped from inside a call on the cache: once it returned.
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(inner) = weak.upgrade() {
+                    Inner::abort_load(&inner, id);
+                }
+            });
+        }
+    }
 }
 
 /// The tile-aware cache for one batch endpoint, in the browser. Cheap to clone (one
-/// shared cache); dropping the last clone aborts every request and stops the timer.
+/// shared cache); dropping the last clone aborts every request and stops the timer, and so
+/// does [`TileCache::dispose`] while clones live (a component unmounting).
 ///
 /// Neither `Send` nor `Sync`, and neither are the futures of its methods: it lives on the
 /// page's thread (`Rc`, JS handles), so spawn them with `wasm_bindgen_futures::spawn_local`
@@ -193,6 +252,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     subscribers: Subscribers::default(),
                     access,
                     ending: None,
+                    loads: Vec::new(),
+                    next_load: 0,
+                    flush_scheduled: false,
+                    settled: Vec::new(),
+                    disposed: false,
                 }),
                 endpoint: checked.endpoint,
                 headers: checked.headers,
@@ -203,6 +267,8 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 },
                 limits,
                 auth,
+                tile_size: checked.tile_size,
+                zoom_offset: checked.zoom_offset,
             }),
         })
     }
@@ -255,9 +321,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// The map moved: what the cache has for the view now. Fetches it needs start at once;
     /// [`TileCache::updates`] and [`TileCache::when_complete`] say when they arrive.
     ///
-    /// `zoom` is in 256-px tile units (Leaflet's and OpenLayers' zoom), as `minZoom` is: a
-    /// MapLibre or Mapbox GL map's zoom (512-px tiles) is one less, so add 1 to it (the npm
-    /// package's `tileSize: 512`, which this shell does not take).
+    /// `zoom` is in the units of the `tileSize` option, as `minZoom` is: 256 (the default:
+    /// Leaflet's and OpenLayers' zoom) or 512 (MapLibre's, Mapbox GL's and deck.gl's zoom
+    /// as is). Fails with `Disposed` after [`TileCache::dispose`].
     pub fn set_viewport(
         &self,
         west: f64,
@@ -268,8 +334,14 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     ) -> Result<View<T>, Error> {
         let vp = Viewport::new(west, south, east, north, zoom)
             .map_err(|e| Error::new(ErrorCode::InvalidArgValue, e.to_string()))?;
+        // In the core's 256-px zoom units (`tileSize` 512: one more), at most its limit.
+        let vp = Viewport {
+            zoom: (vp.zoom + self.inner.zoom_offset).min(MAX_VIEW_ZOOM),
+            ..vp
+        };
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
+        st.alive()?;
         let mut items = Vec::new();
         let outcome = st
             .client
@@ -302,6 +374,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
         let view = st.read_view(now);
+        if st.disposed {
+            return view;
+        }
         let plan = st.plans_now();
         let sends = Inner::pump_planned(&self.inner, &mut st, now, plan);
         drop(st);
@@ -323,6 +398,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         }
         let rx = {
             let mut st = self.inner.state.borrow_mut();
+            st.alive()?;
             if let Some(e) = &st.too_wide {
                 return Err(too_wide_error(e));
             }
@@ -372,6 +448,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let mut pending = Vec::with_capacity(ids.len());
         {
             let mut st = self.inner.state.borrow_mut();
+            st.alive()?;
             // An id no item can have, before anything is queued (sent, it would fail the
             // request it rides in, visible tiles and other ids with it).
             for (i, id) in ids.iter().enumerate() {
@@ -418,6 +495,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     pub fn invalidate(&self, what: Invalidate<'_>) -> usize {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
+        if st.disposed {
+            return 0;
+        }
         let n = st.client.invalidate(what, now);
         st.tell_view(now);
         let plan = st.plans_now();
@@ -450,6 +530,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     fn change_access(&self, access: Access, new_credential: bool) -> Result<(), Error> {
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
+        st.alive()?;
         if new_credential {
             st.client.new_credential();
         }
@@ -486,6 +567,108 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             .iter()
             .map(|&t| st.client.tile_state(t, now))
             .collect()
+    }
+
+    /// Items per host tile, for a map layer that tiles itself (the npm package's
+    /// `loadTiles`). Tiles are the host's `z/x/y` at any zoom: one finer than `tileZoom`
+    /// gets the items inside it, a coarser one those of its data tiles (at most
+    /// `maxVisibleTiles`). Tiles whose data tiles can be shown are answered without a
+    /// request; calls made in the same tick are read together, so N one-tile calls need
+    /// `ceil(N / batch.maxTiles)` requests. What is waited for stays queued across
+    /// `set_viewport` until the call settles, and the data tiles it waits for are kept in
+    /// the cache meanwhile as the view's are (one dropped before the call read it, by
+    /// `invalidate` or expiry, is asked for again).
+    ///
+    /// One [`TileLoad`] per tile, in order: a tile whose request gave up has an error, the
+    /// others still load; so has a tile whose data tiles do not fit in the cache with the
+    /// view and the other tiles waited for (`maxItems`, `maxBytes`), and one that covers
+    /// more than `maxVisibleTiles` data tiles (`TooManyTiles`). Dropping the future is the
+    /// npm package's abort signal: the tiles no other call waits for are no longer queued
+    /// or kept. Fails with `Disposed` once the cache is disposed.
+    pub async fn load_tiles(&self, tiles: &[TileId]) -> Loaded<T> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.inner.state.borrow_mut();
+            st.alive()?;
+            st.next_load += 1;
+            let id = st.next_load;
+            st.loads.push(Load {
+                id,
+                tiles: tiles.to_vec(),
+                results: tiles.iter().map(|_| None).collect(),
+                waiting: HashMap::new(),
+                data: Vec::new(),
+                queued: true,
+                tx: Some(tx),
+            });
+            if !st.flush_scheduled {
+                st.flush_scheduled = true;
+                let weak = Rc::downgrade(&self.inner);
+                // After the calls of this tick (a microtask).
+                wasm_bindgen_futures::spawn_local(async move {
+                    if let Some(inner) = weak.upgrade() {
+                        Inner::flush_loads(&inner);
+                    }
+                });
+            }
+            id
+        };
+        // Dropped before it settles (the caller gave up on it): its tiles are released.
+        let _abort = AbortLoad {
+            inner: Rc::downgrade(&self.inner),
+            id,
+        };
+        rx.await.unwrap_or_else(|_| Err(Error::disposed()))
+    }
+
+    /// The `tileSize` option, 256 or 512: the units of [`TileCache::set_viewport`]'s zoom
+    /// and of `minZoom` (adapters read it).
+    pub fn tile_size(&self) -> u32 {
+        self.inner.tile_size
+    }
+
+    /// Stops the cache, as the npm package's `dispose()`, for a component that unmounts
+    /// while clones of the handle live: aborts every request, stops the timer and the
+    /// `visibilitychange` listener, fails what is pending (`when_complete`, `get`,
+    /// `get_many`, `load_tiles`) with `Disposed`, ends every [`Updates`] stream and drops
+    /// the cached items. Afterwards the calls that return a `Result` (and the futures)
+    /// fail with `Disposed`; `view()` is an empty view, `invalidate` drops nothing,
+    /// `updates()` an ended stream. Calling it again does nothing.
+    pub fn dispose(&self) {
+        let mut st = self.inner.state.borrow_mut();
+        if st.disposed {
+            return;
+        }
+        st.disposed = true;
+        for (_, r) in st.requests.drain() {
+            r.ctrl.abort();
+        }
+        st.timer = None;
+        st.on_shown = None;
+        let err = Error::disposed();
+        for w in st.waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        for (_, ws) in st.gets.drain() {
+            for w in ws {
+                let _ = w.send(Err(err.clone()));
+            }
+        }
+        for mut l in st.loads.drain(..) {
+            if let Some(tx) = l.tx.take() {
+                let _ = tx.send(Err(err.clone()));
+            }
+        }
+        st.settled.clear();
+        st.subscribers.close();
+        st.client.invalidate(Invalidate::All, now_ms());
+        // Nothing it set in motion is sent: the core's queue is left behind.
+        while st.client.poll_event().is_some() {}
+    }
+
+    /// Whether [`TileCache::dispose`] was called.
+    pub fn is_disposed(&self) -> bool {
+        self.inner.state.borrow().disposed
     }
 
     /// The core's counters.
@@ -599,6 +782,132 @@ fn too_wide_error(e: &ViewTooLarge) -> Error {
 }
 
 impl<T> State<T> {
+    /// `Disposed` once [`TileCache::dispose`] was called.
+    fn alive(&self) -> Result<(), Error> {
+        match self.disposed {
+            true => Err(Error::new(
+                ErrorCode::Disposed,
+                "this TileCache was disposed",
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// Reads host tiles for `load_tiles` ([`Client::load_tile`]); with `queue`, the data
+    /// tiles of those that cannot be shown become loading (queued, kept from eviction).
+    fn read_tiles(&mut self, tiles: &[TileId], queue: bool, now: u64) -> HashMap<TileId, Read<T>> {
+        let mut out = HashMap::new();
+        for &t in tiles {
+            if out.contains_key(&t) {
+                continue;
+            }
+            let mut items = Vec::new();
+            let read = self.client.load_tile(t, queue, now, |ci, stale| {
+                items.push(Shown {
+                    item: Rc::clone(&ci.payload().item),
+                    stale,
+                })
+            });
+            let read = match read {
+                Ok(true) => Read::Items(items),
+                Ok(false) => Read::Data(self.client.data_tiles_of(t).unwrap_or_default()),
+                Err(e) => Read::Failed(Error::new(ErrorCode::TooManyTiles, e.to_string())),
+            };
+            out.insert(t, read);
+        }
+        out
+    }
+
+    /// Fills the loads read (not `queued`) from `read`, and settles those that wait for
+    /// nothing more.
+    fn fill_loads(&mut self, read: &HashMap<TileId, Read<T>>) {
+        for l in self.loads.iter_mut().filter(|l| !l.queued) {
+            for (i, tile) in l.tiles.iter().enumerate() {
+                if l.results[i].is_some() {
+                    continue;
+                }
+                match read.get(tile) {
+                    None => {}
+                    Some(Read::Data(d)) => {
+                        if l.waiting.insert(i, d.clone()).is_none() {
+                            l.data.extend(d.iter().copied());
+                        }
+                    }
+                    Some(Read::Items(items)) => {
+                        l.waiting.remove(&i);
+                        l.results[i] = Some(Ok(items.clone()));
+                    }
+                    Some(Read::Failed(e)) => {
+                        l.waiting.remove(&i);
+                        l.results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        self.settle_loads();
+    }
+
+    /// A request gave up on `tiles` (or an answer left them out, or could not keep them):
+    /// the loads waiting for one of their data tiles get `e` for that host tile.
+    fn fail_loads(&mut self, tiles: &[TileId], e: &Error) {
+        for l in self.loads.iter_mut().filter(|l| !l.queued) {
+            let failed: Vec<usize> = (l.waiting.iter())
+                .filter(|(_, data)| {
+                    data.iter()
+                        .any(|&d| tiles.iter().any(|&r| r.contains(d) || d.contains(r)))
+                })
+                .map(|(&i, _)| i)
+                .collect();
+            for i in failed {
+                l.waiting.remove(&i);
+                l.results[i] = Some(Err(e.clone()));
+            }
+        }
+        self.settle_loads();
+    }
+
+    /// Resolves the read loads that wait for nothing more; their data tiles are released
+    /// by the next pump.
+    fn settle_loads(&mut self) {
+        let mut i = 0;
+        while i < self.loads.len() {
+            let l = &self.loads[i];
+            if l.queued || !l.waiting.is_empty() {
+                i += 1;
+                continue;
+            }
+            let mut l = self.loads.remove(i);
+            self.settled.append(&mut l.data);
+            let results = (l.tiles.iter().zip(l.results))
+                .map(|(&tile, r)| TileLoad {
+                    tile,
+                    items: r.unwrap_or_else(|| Err(Error::disposed())),
+                })
+                .collect();
+            if let Some(tx) = l.tx.take() {
+                let _ = tx.send(Ok(results));
+            }
+        }
+    }
+
+    /// Releases the data tiles of the loads settled since the last call that no load still
+    /// waits for: the core no longer asks for them or keeps them from eviction.
+    fn release_settled(&mut self, now: u64) {
+        if self.settled.is_empty() {
+            return;
+        }
+        let still: HashSet<TileId> = (self.loads.iter())
+            .flat_map(|l| l.waiting.values().flatten().copied())
+            .collect();
+        let mut drop: Vec<TileId> = std::mem::take(&mut self.settled);
+        drop.retain(|t| !still.contains(t));
+        drop.sort_unstable();
+        drop.dedup();
+        if !drop.is_empty() {
+            self.client.release_tiles(&drop, now);
+        }
+    }
+
     fn set_too_wide(&mut self, too_wide: Option<ViewTooLarge>) {
         self.too_wide = too_wide;
         if let Some(e) = too_wide {
@@ -642,7 +951,10 @@ impl<T> State<T> {
 
     /// Whether a request is out or a caller waits (`get`, `when_complete`).
     fn awaited(&self) -> bool {
-        !(self.requests.is_empty() && self.gets.is_empty() && self.waiters.is_empty())
+        !(self.requests.is_empty()
+            && self.gets.is_empty()
+            && self.waiters.is_empty()
+            && self.loads.is_empty())
     }
 
     /// Whether what is due is sent now: not while the page is hidden and awaits nothing
@@ -742,6 +1054,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         let mut sends = Vec::new();
         let mut updated = false;
         loop {
+            st.release_settled(now);
             while let Some(t) = plan.then(|| st.client.poll_request(now)).flatten() {
                 sends.push(t);
             }
@@ -773,6 +1086,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                         };
                         if !fe.will_retry {
                             st.reject(&err, &err.ids, fe.view_incomplete);
+                            st.fail_loads(&fe.tiles, &err);
                         }
                         st.broadcast(Update::Error(err));
                     }
@@ -788,7 +1102,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                     again.extend(r.ids.into_iter().filter(|g| st.gets.contains_key(g)));
                 }
             }
-            if again.is_empty() {
+            if again.is_empty() && st.settled.is_empty() {
                 break;
             }
             st.ask_again(&again, now);
@@ -994,8 +1308,64 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                 st.client.on_reported_failure(id, f, None, now);
             }
         }
+        // The loads waiting for what this answered (or failed) read their tiles again.
+        Inner::check_loads(&mut st, now);
         let sends = Inner::pump(this, &mut st, now);
         st.ending = None;
+        drop(st);
+        Inner::start(this, sends);
+    }
+
+    /// Reads the `load_tiles` calls of this tick with one pass over their tiles (queuing
+    /// what is missing), then sends what that asks for.
+    fn flush_loads(this: &Rc<Self>) {
+        let now = now_ms();
+        let mut st = this.state.borrow_mut();
+        st.flush_scheduled = false;
+        if st.disposed {
+            return;
+        }
+        let tiles: Vec<TileId> = (st.loads.iter())
+            .filter(|l| l.queued)
+            .flat_map(|l| l.tiles.iter().copied())
+            .collect();
+        let read = st.read_tiles(&tiles, true, now);
+        for l in st.loads.iter_mut() {
+            l.queued = false;
+        }
+        st.fill_loads(&read);
+        let sends = Inner::pump(this, &mut st, now);
+        drop(st);
+        Inner::start(this, sends);
+    }
+
+    /// Re-reads the tiles pending loads wait for (after an answer or a failure).
+    fn check_loads(st: &mut State<T>, now: u64) {
+        let tiles: Vec<TileId> = (st.loads.iter())
+            .filter(|l| !l.queued)
+            .flat_map(|l| l.waiting.keys().map(|&i| l.tiles[i]))
+            .collect();
+        if tiles.is_empty() {
+            return;
+        }
+        let read = st.read_tiles(&tiles, false, now);
+        st.fill_loads(&read);
+    }
+
+    /// A `load_tiles` future dropped before it settled: its data tiles no other load waits
+    /// for are released.
+    fn abort_load(this: &Rc<Self>, id: u64) {
+        let now = now_ms();
+        let mut st = this.state.borrow_mut();
+        let Some(at) = st.loads.iter().position(|l| l.id == id) else {
+            return; // settled
+        };
+        let mut l = st.loads.remove(at);
+        st.settled.append(&mut l.data);
+        if st.disposed {
+            return;
+        }
+        let sends = Inner::pump(this, &mut st, now);
         drop(st);
         Inner::start(this, sends);
     }

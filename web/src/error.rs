@@ -32,7 +32,8 @@ pub enum ErrorCode {
     InvalidTile,
     /// A viewport covering more data tiles than the planner plans for.
     TooManyTiles,
-    /// The cache was dropped while this was pending.
+    /// The cache was disposed ([`TileCache::dispose`](crate::TileCache)) or dropped while
+    /// this was pending, or before this call.
     Disposed,
 }
 
@@ -91,11 +92,11 @@ impl Error {
         }
     }
 
-    /// A pending call whose cache was dropped.
+    /// A pending call whose cache was disposed or dropped.
     pub fn disposed() -> Error {
         Error::new(
             ErrorCode::Disposed,
-            "the TileCache was dropped while this was pending",
+            "the TileCache was disposed or dropped while this was pending",
         )
     }
 

@@ -15,7 +15,9 @@
 //! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
 //! `TileCache::updates`), `view.rs` ([`Item`], [`Shown`], [`View`], [`Update`]: what the
 //! cache hands out, host and wasm, so code shared with a server build can name them),
-//! `cache.rs` (`TileCache`, wasm32 only: everything that touches the browser), `body.rs` (an answer's body read with a cap, wasm32 only), `retry_after.rs`
+//! `tiles.rs` (the npm package's tile functions: `tile_for_point`, `tiles_for_bbox`,
+//! `neighbour_tiles`, `parent_tile`), `cache.rs` (`TileCache`, wasm32 only: everything that
+//! touches the browser, `load_tiles` and `dispose` included), `body.rs` (an answer's body read with a cap, wasm32 only), `retry_after.rs`
 //! (a `Retry-After` read as the npm package reads it). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
@@ -27,6 +29,7 @@ mod cache;
 mod error;
 mod options;
 mod retry_after;
+mod tiles;
 // Its sending side is used by cache.rs only, in the browser; host builds test it.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod updates;
@@ -39,10 +42,11 @@ pub use error::{Error, ErrorCode};
 pub use options::{
     BatchOptions, BoundsOptions, Checked, Credentials, Options, PrefetchOptions, TtlOptions,
 };
+pub use tiles::{neighbour_tiles, parent_tile, tile_for_point, tiles_for_bbox, MAX_BBOX_TILES};
 /// The core's types a caller of [`TileCache`] meets.
 pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;
 pub use tilewarm::client::{ClientStats, TileState, ViewTooLarge};
 pub use tilewarm::{Access, TileId};
 pub use updates::{Updates, MAX_QUEUED_UPDATES};
-pub use view::{Item, Shown, Update, View};
+pub use view::{Item, Shown, TileLoad, Update, View};

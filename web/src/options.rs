@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tilewarm::access::Access;
 use tilewarm::client::{options, ClientConfig};
+use tilewarm::planner::MAX_VIEW_ZOOM;
 
 use crate::error::{Error, ErrorCode};
 
@@ -25,6 +26,10 @@ pub struct Options {
     pub endpoint: String,
     /// The data zoom of the cache and the planner (core default 14).
     pub tile_zoom: Option<u8>,
+    /// The map's tile size in pixels, 256 (default) or 512: the units of
+    /// `TileCache::set_viewport`'s zoom and of `min_zoom`. 256 for Leaflet and OpenLayers;
+    /// 512 for MapLibre, Mapbox GL and deck.gl, whose zoom is then passed as it is.
+    pub tile_size: Option<u32>,
     /// Below this map zoom nothing is fetched.
     pub min_zoom: Option<f64>,
     /// Most data tiles a view may cover (core default 1024): a wider one is
@@ -182,6 +187,11 @@ pub struct BatchOptions {
 #[derive(Clone, Debug)]
 pub struct Checked {
     pub config: ClientConfig,
+    /// The `tileSize` option (256 or 512).
+    pub tile_size: u32,
+    /// The zoom levels added to a viewport's zoom (and to `minZoom`, in `config`) so the
+    /// core gets 256-px zooms: 0, or 1 for `tileSize` 512.
+    pub zoom_offset: f64,
     pub endpoint: String,
     pub headers: Vec<(String, String)>,
     pub credentials: Credentials,
@@ -302,6 +312,19 @@ impl Options {
                 options::set_number(&mut c, path, v).map_err(out_of_range)?;
             }
         }
+        let tile_size = self.tile_size.unwrap_or(256);
+        let zoom_offset = match tile_size {
+            256 => 0.0,
+            512 => 1.0,
+            n => {
+                return Err(Error::new(
+                    ErrorCode::OutOfRange,
+                    format!("tileSize must be 256 or 512, got {n}"),
+                ))
+            }
+        };
+        // `minZoom` is in the map's units: the core's are 256-px ones.
+        c.planner.min_zoom = (c.planner.min_zoom + zoom_offset).min(MAX_VIEW_ZOOM);
         if let Some(by) = &self.ttl.by_class {
             let classes = by.iter().map(|(class, &s)| (class.as_str(), s as f64));
             options::set_class_ttls(&mut c, classes).map_err(out_of_range)?;
@@ -329,6 +352,8 @@ impl Options {
         headers.push(("content-type".into(), "application/json".into()));
         Ok(Checked {
             config: c,
+            tile_size,
+            zoom_offset,
             endpoint: self.endpoint.clone(),
             headers,
             credentials: self.credentials.unwrap_or_default(),
@@ -468,6 +493,45 @@ mod tests {
             let e = o.check().unwrap_err();
             assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
         }
+    }
+
+    /// `tileSize`, as the npm package's: 512 puts `minZoom` (and the viewport's zoom, which
+    /// `TileCache::set_viewport` turns) one zoom up in the core's 256-px units.
+    #[test]
+    fn tile_size_sets_the_units_of_min_zoom() {
+        let c = from_json(r#"{"endpoint":"http://h/","minZoom":12}"#)
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!(
+            (c.tile_size, c.zoom_offset, c.config.planner.min_zoom),
+            (256, 0.0, 12.0)
+        );
+        let o = from_json(r#"{"endpoint":"http://h/","minZoom":12,"tileSize":512}"#).unwrap();
+        let c = o.check().unwrap();
+        assert_eq!(
+            (c.tile_size, c.zoom_offset, c.config.planner.min_zoom),
+            (512, 1.0, 13.0)
+        );
+        let d = Options {
+            tile_size: Some(512),
+            ..Options::new("http://h/")
+        }
+        .check()
+        .unwrap();
+        let core = ClientConfig::default().planner.min_zoom;
+        assert_eq!(d.config.planner.min_zoom, core + 1.0);
+        let e = from_json(r#"{"endpoint":"http://h/","tileSize":300}"#)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ErrorCode::OutOfRange,
+                "tileSize must be 256 or 512, got 300"
+            )
+        );
     }
 
     #[test]

@@ -78,11 +78,31 @@ impl<U> futures_core::Stream for Updates<U> {
 /// at the next send or subscribe). Dropping it ends every stream.
 pub(crate) struct Subscribers<U> {
     queues: Vec<Weak<RefCell<Queue<U>>>>,
+    /// [`Subscribers::close`] was called: new streams end at once.
+    closed: bool,
 }
 
 impl<U> Default for Subscribers<U> {
     fn default() -> Self {
-        Subscribers { queues: Vec::new() }
+        Subscribers {
+            queues: Vec::new(),
+            closed: false,
+        }
+    }
+}
+
+impl<U> Subscribers<U> {
+    /// Ends every stream (after what is queued), and every stream made from now on: the
+    /// cache was disposed.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+        for queue in self.queues.drain(..).filter_map(|w| w.upgrade()) {
+            let mut q = queue.borrow_mut();
+            q.closed = true;
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -95,9 +115,11 @@ impl<U: Clone + QueueRule> Subscribers<U> {
         let queue = Rc::new(RefCell::new(Queue {
             items: VecDeque::new(),
             waker: None,
-            closed: false,
+            closed: self.closed,
         }));
-        self.queues.push(Rc::downgrade(&queue));
+        if !self.closed {
+            self.queues.push(Rc::downgrade(&queue));
+        }
         Updates { queue }
     }
 
@@ -132,13 +154,7 @@ impl<U: Clone + QueueRule> Subscribers<U> {
 
 impl<U> Drop for Subscribers<U> {
     fn drop(&mut self) {
-        for queue in self.queues.iter().filter_map(Weak::upgrade) {
-            let mut q = queue.borrow_mut();
-            q.closed = true;
-            if let Some(w) = q.waker.take() {
-                w.wake();
-            }
-        }
+        self.close();
     }
 }
 
@@ -219,6 +235,22 @@ mod tests {
         subs.send(&U::Complete);
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(kept.poll_update(&mut cx), Poll::Ready(Some(U::Complete)));
+    }
+
+    /// A disposed cache's streams end, those it had and those asked for after; what was
+    /// queued before is still read.
+    #[test]
+    fn closing_ends_every_stream_and_every_later_one() {
+        let mut subs = Subscribers::default();
+        let kept = subs.subscribe();
+        subs.send(&U::Complete);
+        subs.close();
+        let later = subs.subscribe();
+        subs.send(&U::View(1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(kept.poll_update(&mut cx), Poll::Ready(Some(U::Complete)));
+        assert_eq!(kept.poll_update(&mut cx), Poll::Ready(None));
+        assert_eq!(later.poll_update(&mut cx), Poll::Ready(None));
     }
 
     #[test]

@@ -66,6 +66,28 @@ impl<T> Clone for View<T> {
     }
 }
 
+/// One tile's answer from [`TileCache::load_tiles`](crate::TileCache::load_tiles), the npm
+/// package's `TileLoad`: the host tile asked for, and its items (those inside it when it is
+/// finer than `tileZoom`, those of its data tiles when coarser), or why it has none: the
+/// [`Error`] of the request that gave up on it (or of an answer that left it out, or whose
+/// items the cache could not keep beside the view and the other tiles waited for:
+/// `maxItems`, `maxBytes`), or `TooManyTiles` for a tile covering more than
+/// `maxVisibleTiles` data tiles.
+#[derive(Debug)]
+pub struct TileLoad<T> {
+    pub tile: TileId,
+    pub items: Result<Vec<Shown<T>>, Error>,
+}
+
+impl<T> Clone for TileLoad<T> {
+    fn clone(&self) -> Self {
+        TileLoad {
+            tile: self.tile,
+            items: self.items.clone(),
+        }
+    }
+}
+
 /// What [`TileCache::updates`] streams.
 #[derive(Debug)]
 pub enum Update<T> {

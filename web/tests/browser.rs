@@ -1357,3 +1357,151 @@ fn each_cache_draws_its_own_jitter_seed() {
     assert_ne!(a, b);
     assert_ne!(a, tilewarm::batch::BatchConfig::default().seed);
 }
+
+/// `load_tiles`, the npm package's `loadTiles`: the calls of one tick go out in one request,
+/// each host tile gets its items (a finer tile those inside it), a tile read again comes
+/// from the cache, a tile too coarse and a tile whose request gave up get their own errors
+/// while the others load.
+#[wasm_bindgen_test]
+async fn load_tiles_reads_the_calls_of_a_tick_together_and_answers_per_tile() {
+    let s = "load-tiles";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let (a, b, c) = (tile(0, 0), tile(1, 0), tile(0, 1));
+    let (ra, rbc) =
+        futures_util::future::join(cache.load_tiles(&[a]), cache.load_tiles(&[b, c])).await;
+    let (ra, rbc) = (ra.unwrap(), rbc.unwrap());
+    assert_eq!(ra.len(), 1);
+    assert_eq!((rbc[0].tile, rbc[1].tile), (b, c));
+    let items = ra[0].items.as_ref().unwrap();
+    assert!(!items.is_empty());
+    for (load, t) in ra.iter().chain(&rbc).zip([a, b, c]) {
+        for shown in load.items.as_ref().unwrap() {
+            assert!(
+                t.contains_point(shown.item.lon, shown.item.lat),
+                "{t}: {:?}",
+                shown.item
+            );
+        }
+    }
+    assert_eq!(
+        log(s).await.0,
+        1,
+        "the three tiles of one tick in one request"
+    );
+    // Read again: from the cache, the same items, nothing asked.
+    let again = cache.load_tiles(&[a]).await.unwrap();
+    assert_eq!(again[0].items.as_ref().unwrap().len(), items.len());
+    assert_eq!(log(s).await.0, 1);
+    // A finer host tile gets the items inside it; the root covers more data tiles than a
+    // view may (TooManyTiles), and the other tile still loads.
+    let fine = a.children().unwrap();
+    let r = cache
+        .load_tiles(&[fine[0], TileId::ROOT, fine[3]])
+        .await
+        .unwrap();
+    let inside_fine = |i: usize, t: TileId| {
+        let got = r[i].items.as_ref().unwrap();
+        assert!(got.iter().all(|s| t.contains_point(s.item.lon, s.item.lat)));
+        got.len()
+    };
+    assert!(inside_fine(0, fine[0]) + inside_fine(2, fine[3]) <= items.len());
+    let e = r[1].items.as_ref().unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
+    // A request that gives up (a 500, no retries): that tile's error, the call resolves.
+    set_mode(s, "500").await;
+    let r = cache.load_tiles(&[tile(5, 5), a]).await.unwrap();
+    let e = r[0].items.as_ref().unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(500)), "{e}");
+    assert!(r[1].items.is_ok());
+}
+
+/// `dispose`, for a component that unmounts while clones of the handle live: what is
+/// pending fails with `Disposed` (none hangs), the request out is aborted, the streams
+/// end, and every later call is an error or does nothing, never a panic.
+#[wasm_bindgen_test]
+async fn dispose_fails_what_is_pending_and_every_later_call() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let s = "dispose";
+    set_mode(s, "stall").await;
+    let mut o = options(s, 0, 0);
+    o.batch.timeout_ms = Some(60_000);
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let mut updates = cache.updates();
+    show(&cache, inside(tile(0, 0)));
+    let ended: Rc<RefCell<Vec<tilewarm_web::Error>>> = Rc::default();
+    let (c, e) = (cache.clone(), ended.clone());
+    wasm_bindgen_futures::spawn_local(async move {
+        let r = c.when_complete().await.unwrap_err();
+        e.borrow_mut().push(r);
+    });
+    let (c, e) = (cache.clone(), ended.clone());
+    wasm_bindgen_futures::spawn_local(async move {
+        let r = c.get("h-not-cached").await.unwrap_err();
+        e.borrow_mut().push(r);
+    });
+    let (c, e) = (cache.clone(), ended.clone());
+    wasm_bindgen_futures::spawn_local(async move {
+        let r = c.load_tiles(&[tile(3, 3)]).await.unwrap_err();
+        e.borrow_mut().push(r);
+    });
+    // The view's, the get's and the load's.
+    wait_until("the requests are out", || async { log(s).await.0 >= 3 }).await;
+    assert!(ended.borrow().is_empty());
+    let clone = cache.clone();
+    clone.dispose();
+    assert!(cache.is_disposed());
+    wait_until("what was pending ends", || async {
+        ended.borrow().len() == 3
+    })
+    .await;
+    for e in ended.borrow().iter() {
+        assert_eq!(e.code, ErrorCode::Disposed, "{e}");
+    }
+    let sent = log(s).await.0;
+    wait_until("the requests are aborted", || async {
+        log(s).await.1 >= sent
+    })
+    .await;
+    let end = within(5000, updates.next()).await;
+    assert!(matches!(end, Some(None)), "{:?}", end.map(|u| u.is_some()));
+    let later = within(1000, cache.updates().next()).await;
+    assert!(
+        matches!(later, Some(None)),
+        "a stream made after dispose ends"
+    );
+    // Every later call: an error, or nothing.
+    let v = inside(tile(0, 0));
+    let disposed = |r: Result<(), tilewarm_web::Error>| {
+        assert_eq!(r.unwrap_err().code, ErrorCode::Disposed);
+    };
+    disposed(cache.set_viewport(v[0], v[1], v[2], v[3], v[4]).map(drop));
+    disposed(cache.when_complete().await);
+    disposed(cache.get("h1").await.map(drop));
+    disposed(cache.load_tiles(&[tile(0, 0)]).await.map(drop));
+    disposed(cache.set_access(Access::Registered));
+    assert!(cache.view().items.is_empty());
+    assert_eq!(cache.invalidate(tilewarm_web::Invalidate::All), 0);
+    cache.dispose();
+    TimeoutFuture::new(100).await;
+    assert_eq!(log(s).await.0, sent, "nothing sent after dispose");
+}
+
+/// `tile_size` 512 (MapLibre's zoom): the zoom is one more in the core's 256-px units, and
+/// so is `minZoom`: a view at MapLibre zoom 11.5 (256-px 12.5) with `minZoom` 12 fetches
+/// nothing, as in the npm package with `tileSize: 512`.
+#[wasm_bindgen_test]
+async fn tile_size_512_sets_the_units_of_the_zoom() {
+    let s = "tile-size";
+    let mut o = options(s, 0, 0);
+    o.tile_size = Some(512);
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    assert_eq!(cache.tile_size(), 512);
+    let mut v = inside(tile(0, 0));
+    v[4] = 11.5;
+    let view = show(&cache, v);
+    assert!(view.complete && view.missing_tiles.is_empty());
+    v[4] = 12.5;
+    assert!(!show(&cache, v).complete);
+    cache.when_complete().await.unwrap();
+}
