@@ -469,6 +469,20 @@ pub fn set_number(config: &mut ClientConfig, path: &str, value: f64) -> Result<(
     Ok(())
 }
 
+/// What the numeric option at `path` (its JavaScript path, `batch.maxTiles`) must be, as
+/// messages say it (`an integer in 1..=64`); `ttl.byClass.<class>` is one; `None` for a
+/// path that is no numeric option. For shells that read options themselves and refuse a
+/// value of another type with the npm package's message (`batch.maxTiles must be an
+/// integer in 1..=64, got "8"`).
+pub fn number_allowed(path: &str) -> Option<String> {
+    if path.starts_with("ttl.byClass.") {
+        return Some(CLASS_TTL.allowed());
+    }
+    numbers()
+        .find(|(p, _)| *p == path)
+        .map(|(_, n)| n.range.allowed())
+}
+
 /// Sets `ttl.byClass`: seconds an item is fresh, per class, replacing the default table,
 /// each checked as the npm package checks it (`ttl.byClass.sold must be ...`). Nothing is
 /// changed when one is refused.
@@ -609,6 +623,27 @@ mod tests {
 
     /// The setters for Rust shells: every numeric option by its JS path, checked against
     /// the same range, refused with the npm package's message and nothing changed.
+    #[test]
+    fn number_allowed_names_what_each_numeric_option_takes() {
+        for (path, num) in numbers() {
+            assert_eq!(number_allowed(path), Some(num.range.allowed()), "{path}");
+        }
+        assert_eq!(
+            number_allowed("ttl.byClass.sold").as_deref(),
+            Some("an integer number of seconds in 1..=2592000")
+        );
+        for other in [
+            "endpoint",
+            "access",
+            "tileSize",
+            "ttl.byClass",
+            "batch",
+            "nope",
+        ] {
+            assert_eq!(number_allowed(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn set_number_checks_and_sets_by_js_path() {
         for (path, num) in numbers() {

@@ -25,9 +25,7 @@ use web_sys::{AbortController, AbortSignal, RequestCredentials};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
-use tilewarm::client::{
-    options, Answered, Client, ClientConfig, ClientStats, Event, Payload, TileState, ViewTooLarge,
-};
+use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState, ViewTooLarge};
 use tilewarm::planner::{Viewport, MAX_VIEW_ZOOM};
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
@@ -37,7 +35,7 @@ use tilewarm::{Access, TileId};
 
 use crate::auth::{check_token, show, Auth};
 use crate::error::{Error, ErrorCode};
-use crate::options::{out_of_range, Credentials, Options};
+use crate::options::{Credentials, Options};
 use crate::retry_after::retry_after_ms;
 use crate::updates::{Subscribers, Updates};
 use crate::view::{Item, Shown, TileLoad, Update, View};
@@ -311,10 +309,10 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let rest = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
         let _ = js_sys::Reflect::delete_property(&rest, &key);
         // Through a JSON value read as the npm package reads its options (`options_json`),
-        // then serde with `deny_unknown_fields`: a misspelt option is an error, not
-        // silently the default.
-        let opts: Options = serde_json::from_value(options_json(&rest, "")?)
-            .map_err(|e| Error::new(ErrorCode::InvalidArgType, format!("options: {e}")))?;
+        // checked as it checks them (`Options::from_json`: a value of the wrong type or out
+        // of range is its message naming the option), then serde with
+        // `deny_unknown_fields`: a misspelt option is an error, not silently the default.
+        let opts = Options::from_json(options_json(&rest, "")?)?;
         TileCache::with_auth(&opts, auth)
     }
 
@@ -706,24 +704,9 @@ fn options_json(v: &JsValue, path: &str) -> Result<serde_json::Value, Error> {
                 format!("options: {path} must be a finite number, got {got}"),
             ));
         }
-        // A number for an option of the npm package's table is checked by it, so 1.5 or -1
-        // for an integer option is its error naming the option and what is allowed, not
-        // serde's type error, which names neither.
-        let scratch = &mut ClientConfig::default();
-        let checked = match path.strip_prefix("ttl.byClass.") {
-            Some(class) => options::set_class_ttls(scratch, [(class, n)]),
-            None => options::set_number(scratch, path, n),
-        };
-        if let Err(e @ options::OptionError::OutOfRange { .. }) = checked {
-            return Err(out_of_range(e));
-        }
-        // Integers as integers (serde takes no float for a count), up to 2^53.
-        let exact = n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0;
-        return Ok(match exact {
-            true if n < 0.0 => Value::from(n as i64),
-            true => Value::from(n as u64),
-            false => Value::from(n),
-        });
+        // Its range and type (a fraction for an integer option) are checked by
+        // `Options::from_json`, with the npm package's messages.
+        return Ok(Value::from(n));
     }
     let mut map = serde_json::Map::new();
     // `headers` as a `Headers` or a `Map` (what the npm package hands to `new Headers`):

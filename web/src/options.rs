@@ -246,7 +246,148 @@ fn check_header(name: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A JSON value as the npm package's messages show a JS value: a number or a boolean as
+/// is, a string quoted (cut at 40 characters), `null`, `an array`, `an object`.
+fn show(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+        Value::String(s) if s.chars().count() > 40 => {
+            let head: String = s.chars().take(40).collect();
+            let n = s.chars().count();
+            format!("{head:?}… (a string of {n} characters)")
+        }
+        Value::String(s) => format!("{s:?}"),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// `{path} must be {allowed}, got {value}`: a value of the wrong type, as the npm package
+/// says it.
+fn wrong_type(path: &str, allowed: &str, got: &serde_json::Value) -> Error {
+    Error::new(
+        ErrorCode::InvalidArgType,
+        format!("{path} must be {allowed}, got {}", show(got)),
+    )
+}
+
+/// A number option's value (`path` its JS path): of the option table's type and range, as
+/// the npm package checks it, so a string, a fraction for an integer or a number out of
+/// range is its message, not serde's (which names neither the option nor what it takes).
+fn check_number(path: &str, v: &serde_json::Value) -> Result<(), Error> {
+    let Some(allowed) = options::number_allowed(path) else {
+        return Ok(());
+    };
+    let Some(n) = v.as_f64() else {
+        return Err(wrong_type(path, &allowed, v));
+    };
+    let scratch = &mut ClientConfig::default();
+    match path.strip_prefix("ttl.byClass.") {
+        Some(class) => options::set_class_ttls(scratch, [(class, n)]),
+        None => options::set_number(scratch, path, n),
+    }
+    .map_err(out_of_range)
+}
+
+/// Every value of a JSON options object against the type the npm package takes for it;
+/// unknown keys are left to serde (`deny_unknown_fields`: an error naming the key).
+fn check_types(v: &serde_json::Value) -> Result<(), Error> {
+    use serde_json::Value;
+    let Value::Object(top) = v else {
+        return Err(wrong_type("options", "an object", v));
+    };
+    for (key, val) in top {
+        let text = |allowed: &str| match val {
+            Value::String(_) => Ok(()),
+            _ => Err(wrong_type(key, allowed, val)),
+        };
+        match key.as_str() {
+            "endpoint" => text("an absolute http(s) URL")?,
+            "access" => text(options::ACCESS_ALLOWED)?,
+            "credentials" => text(Credentials::ALLOWED)?,
+            "tileSize" => match val.as_f64() {
+                Some(n) if n == 256.0 || n == 512.0 => {}
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorCode::OutOfRange,
+                        format!("tileSize must be 256 or 512, got {}", show(val)),
+                    ))
+                }
+                None => return Err(wrong_type(key, "256 or 512", val)),
+            },
+            "headers" => {
+                let Value::Object(h) = val else {
+                    return Err(wrong_type(key, "an object of header names and values", val));
+                };
+                for (name, v) in h {
+                    if !v.is_string() {
+                        return Err(wrong_type(&format!("headers.{name}"), "a string", v));
+                    }
+                }
+            }
+            "ttl" | "prefetch" | "batch" | "bounds" => {
+                let Value::Object(group) = val else {
+                    return Err(wrong_type(key, "an object", val));
+                };
+                for (member, v) in group {
+                    let path = format!("{key}.{member}");
+                    if path != "ttl.byClass" {
+                        check_number(&path, v)?;
+                        continue;
+                    }
+                    let Value::Object(classes) = v else {
+                        return Err(wrong_type(&path, "an object of class names and seconds", v));
+                    };
+                    for (class, secs) in classes {
+                        check_number(&format!("ttl.byClass.{class}"), secs)?;
+                    }
+                }
+            }
+            _ => check_number(key, val)?,
+        }
+    }
+    Ok(())
+}
+
+/// Numbers that are whole (up to 2^53) as integers: JavaScript has one number type, so
+/// `8.0` is `8` for an integer option (serde takes no float for a count).
+fn whole_numbers_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            {
+                *v = match f < 0.0 {
+                    true => Value::from(f as i64),
+                    false => Value::from(f as u64),
+                };
+            }
+        }
+        Value::Object(m) => m.values_mut().for_each(whole_numbers_as_integers),
+        Value::Array(a) => a.iter_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
 impl Options {
+    /// Options from a JSON value of the npm package's shape (what
+    /// `TileCache::from_js` reads a JS options object into; a config file), checked as the
+    /// npm package checks its options: a value of the wrong type (a string where a number
+    /// belongs, a number for `access`, a group that is not an object) or a number out of
+    /// its option's range is an error naming the option and what it must be (`batch.maxTiles
+    /// must be an integer in 1..=64, got "8"`), and a misspelt key one naming the key.
+    pub fn from_json(mut v: serde_json::Value) -> Result<Options, Error> {
+        check_types(&v)?;
+        whole_numbers_as_integers(&mut v);
+        serde_json::from_value(v)
+            .map_err(|e| Error::new(ErrorCode::InvalidArgType, format!("options: {e}")))
+    }
+
     /// Options with this endpoint and every other field at its default.
     pub fn new(endpoint: impl Into<String>) -> Options {
         Options {
@@ -572,6 +713,83 @@ mod tests {
         let (a, b) = (seed(), seed());
         assert_ne!(a, b);
         assert_ne!(a, ClientConfig::default().batch.seed);
+    }
+
+    /// A value of the wrong type is the npm package's message, naming the option and what
+    /// it must be (serde's named neither: `invalid type: string "fast", expected u64`).
+    #[test]
+    fn wrong_types_are_the_npm_packages_messages() {
+        let bad = |j: &str| {
+            let v: serde_json::Value =
+                serde_json::from_str(&format!(r#"{{"endpoint":"http://h/",{j}}}"#)).unwrap();
+            Options::from_json(v).unwrap_err()
+        };
+        for (j, code, says) in [
+            (
+                r#""batch":{"timeoutMs":"fast"}"#,
+                ErrorCode::InvalidArgType,
+                r#"batch.timeoutMs must be an integer in 1..=600000, got "fast""#,
+            ),
+            (
+                r#""maxItems":true"#,
+                ErrorCode::InvalidArgType,
+                "maxItems must be an integer in 1..=10000000, got true",
+            ),
+            (
+                r#""minZoom":[12]"#,
+                ErrorCode::InvalidArgType,
+                "minZoom must be a number in 0..=30, got an array",
+            ),
+            (
+                r#""batch":{"maxTiles":1.5}"#,
+                ErrorCode::OutOfRange,
+                "batch.maxTiles must be an integer in 1..=64, got 1.5",
+            ),
+            (
+                r#""ttl":{"byClass":{"sold":"1h"}}"#,
+                ErrorCode::InvalidArgType,
+                r#"ttl.byClass.sold must be an integer number of seconds in 1..=2592000, got "1h""#,
+            ),
+            (
+                r#""ttl":{"byClass":[]}"#,
+                ErrorCode::InvalidArgType,
+                "ttl.byClass must be an object of class names and seconds, got an array",
+            ),
+            (
+                r#""prefetch":5"#,
+                ErrorCode::InvalidArgType,
+                "prefetch must be an object, got 5",
+            ),
+            (
+                r#""access":3"#,
+                ErrorCode::InvalidArgType,
+                r#"access must be one of "public", "registered", "verified", "agent", got 3"#,
+            ),
+            (
+                r#""credentials":true"#,
+                ErrorCode::InvalidArgType,
+                r#"credentials must be one of "omit", "same-origin", "include", got true"#,
+            ),
+            (
+                r#""headers":{"x-app":1}"#,
+                ErrorCode::InvalidArgType,
+                "headers.x-app must be a string, got 1",
+            ),
+            (
+                r#""tileSize":"512""#,
+                ErrorCode::InvalidArgType,
+                r#"tileSize must be 256 or 512, got "512""#,
+            ),
+        ] {
+            let e = bad(j);
+            assert_eq!((e.code, e.message.as_str()), (code, says), "{j}");
+        }
+        let e = Options::from_json(serde_json::json!({"endpoint": 5})).unwrap_err();
+        assert_eq!(e.message, "endpoint must be an absolute http(s) URL, got 5");
+        let e = Options::from_json(serde_json::json!({"endpoint": "http://h/", "maxitems": 5}));
+        assert!(e.unwrap_err().message.contains("unknown field `maxitems`"));
+        let ok = serde_json::json!({"endpoint": "http://h/", "batch": {"maxTiles": 8.0}});
+        assert_eq!(Options::from_json(ok).unwrap().batch.max_tiles, Some(8));
     }
 
     #[test]

@@ -701,6 +701,31 @@ async fn js_options_undefined_null_nan_and_a_headers_instance_as_in_the_npm_pack
             .unwrap_or_else(|| panic!("{key}: {v:?} was taken"));
         assert_eq!((e.code, e.message.as_str()), (ErrorCode::OutOfRange, says));
     }
+    // A value of another type: the npm package's message, naming the option and what it
+    // must be (serde's named neither).
+    for (key, v, says) in [
+        (
+            "batch.timeoutMs",
+            JsValue::from_str("fast"),
+            r#"batch.timeoutMs must be an integer in 1..=600000, got "fast""#,
+        ),
+        (
+            "maxItems",
+            JsValue::TRUE,
+            "maxItems must be an integer in 1..=10000000, got true",
+        ),
+        (
+            "access",
+            JsValue::from_f64(2.0),
+            r#"access must be one of "public", "registered", "verified", "agent", got 2"#,
+        ),
+    ] {
+        let e = with(key, &v).err().unwrap();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::InvalidArgType, says)
+        );
+    }
     for key in ["ttl", "headers", "maxItems", "batch.retries", "access"] {
         let e = with(key, &JsValue::NULL)
             .err()
