@@ -23,10 +23,21 @@ pub struct Item<T> {
 }
 
 /// An item in a view, and whether it is stale (shown while it is fetched again).
+///
+/// Equal (`==`) when it is the same cached item (`Rc::ptr_eq`: the same arrival; the cache
+/// hands out one `Rc` per item while it holds it) with the same `stale` flag: cheap, with no
+/// bound on `T`, and what a UI framework's equality (a Leptos `Memo`, Yew's props) needs to
+/// tell an unchanged view from a changed one.
 #[derive(Debug)]
 pub struct Shown<T> {
     pub item: Rc<Item<T>>,
     pub stale: bool,
+}
+
+impl<T> PartialEq for Shown<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.item, &other.item) && self.stale == other.stale
+    }
 }
 
 impl<T> Clone for Shown<T> {
@@ -39,6 +50,13 @@ impl<T> Clone for Shown<T> {
 }
 
 /// What the cache has for the view.
+///
+/// Each call hands out a new `View` (a `Vec` of `Rc`s: no item is copied), where the npm
+/// package hands back the same object while nothing changed. To tell whether anything did,
+/// compare with `==`: two views are equal when they hold the same cached items
+/// ([`Shown`]'s identity) with the same flags, the same missing tiles and the same `too_wide`
+/// (pointer comparisons, no bound on `T`), so a Leptos `Memo` or Yew's props skip a
+/// redraw when a pan reads the same view.
 #[derive(Debug)]
 pub struct View<T> {
     /// Every cached item in the visible tiles.
@@ -53,6 +71,15 @@ pub struct View<T> {
     /// [`Options::max_visible_tiles`](crate::Options::max_visible_tiles) (`maxVisibleTiles`).
     /// [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
     pub too_wide: Option<ViewTooLarge>,
+}
+
+impl<T> PartialEq for View<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.complete == other.complete
+            && self.too_wide == other.too_wide
+            && self.missing_tiles == other.missing_tiles
+            && self.items == other.items
+    }
 }
 
 impl<T> Clone for View<T> {
@@ -148,6 +175,46 @@ mod tests {
             missing_tiles: Vec::new(),
             too_wide: None,
         }
+    }
+
+    /// Views compare by the identity of their items (no `T: PartialEq`): the same cached
+    /// items are equal, an equal copy arrived since is not, nor a stale flag changed.
+    #[test]
+    fn views_are_equal_when_they_hold_the_same_cached_items() {
+        #[derive(Debug)]
+        struct NoEq;
+        let item = Rc::new(Item {
+            id: "h1".into(),
+            lon: 0.0,
+            lat: 0.0,
+            class: "active".into(),
+            access: Access::Public,
+            data: NoEq,
+        });
+        let view = |item: &Rc<Item<NoEq>>, stale: bool| View {
+            items: vec![Shown {
+                item: Rc::clone(item),
+                stale,
+            }],
+            complete: true,
+            missing_tiles: Vec::new(),
+            too_wide: None,
+        };
+        assert_eq!(view(&item, false), view(&item, false));
+        assert_ne!(view(&item, false), view(&item, true));
+        let again = Rc::new(Item {
+            id: "h1".into(),
+            lon: 0.0,
+            lat: 0.0,
+            class: "active".into(),
+            access: Access::Public,
+            data: NoEq,
+        });
+        assert_ne!(view(&item, false), view(&again, false));
+        let mut missing = view(&item, false);
+        missing.complete = false;
+        missing.missing_tiles.push(TileId::ROOT);
+        assert_ne!(view(&item, false), missing);
     }
 
     /// The stream's queue for a subscriber that does not read, with the shell's own

@@ -1530,3 +1530,24 @@ async fn tile_size_512_sets_the_units_of_the_zoom() {
     assert!(!show(&cache, v).complete);
     cache.when_complete().await.unwrap();
 }
+
+/// A pan that reads the same view hands out a view equal (`==`, by the items' identity) to
+/// the last, as the npm package hands back the same object; one an answer or an
+/// invalidation changed is not.
+#[wasm_bindgen_test]
+async fn a_view_read_again_unchanged_is_equal_to_the_last() {
+    let s = "view-eq";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let v = inside(tile(0, 0));
+    let cold = show(&cache, v);
+    cache.when_complete().await.unwrap();
+    let a = show(&cache, v);
+    assert_ne!(a, cold);
+    assert!(!a.items.is_empty());
+    let b = show(&cache, v);
+    assert_eq!(a, b);
+    assert_eq!(cache.view(), b);
+    let id = a.items[0].item.id.clone();
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
+    assert_ne!(cache.view(), b);
+}
