@@ -1144,6 +1144,10 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         let mut st = this.state.borrow_mut();
         st.timer = None;
         st.on_shown = None;
+        // A wake-up queued before `dispose` (the page shown meanwhile) sends nothing.
+        if st.disposed {
+            return;
+        }
         st.client.handle_timeout(now);
         let sends = Inner::pump(this, &mut st, now);
         drop(st);

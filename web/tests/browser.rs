@@ -1551,3 +1551,22 @@ async fn a_view_read_again_unchanged_is_equal_to_the_last() {
     cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
     assert_ne!(cache.view(), b);
 }
+
+/// A hidden page's put-off wake-up that the page's being shown set going just before
+/// `dispose` sends nothing: the disposed cache makes no request.
+#[wasm_bindgen_test]
+async fn a_wake_up_queued_before_dispose_sends_nothing() {
+    let s = "dispose-shown";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    page_hidden(true);
+    // Dropped: the refetch waits until the page is shown.
+    cache.invalidate(tilewarm_web::Invalidate::All);
+    TimeoutFuture::new(100).await;
+    let (before, _) = log(s).await;
+    page_hidden(false); // its listener queues the wake-up
+    cache.dispose();
+    TimeoutFuture::new(300).await;
+    assert_eq!(log(s).await.0, before, "a request after dispose");
+}
