@@ -583,7 +583,25 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// more than `maxVisibleTiles` data tiles (`TooManyTiles`). Dropping the future is the
     /// npm package's abort signal: the tiles no other call waits for are no longer queued
     /// or kept. Fails with `Disposed` once the cache is disposed.
-    pub async fn load_tiles(&self, tiles: &[TileId]) -> Loaded<T> {
+    ///
+    /// The call is made when `load_tiles` is called, as the npm package's promise is: the
+    /// future borrows neither the cache nor `tiles` (`'static`, for `spawn_local`).
+    pub fn load_tiles(&self, tiles: &[TileId]) -> impl std::future::Future<Output = Loaded<T>> {
+        let queued = self.queue_load(tiles);
+        async move {
+            // Dropped before it settles (the caller gave up on it): `_abort` releases its
+            // tiles.
+            let (rx, _abort) = queued?;
+            rx.await.unwrap_or_else(|_| Err(Error::disposed()))
+        }
+    }
+
+    /// Queues a `load_tiles` call for this tick's flush.
+    #[allow(clippy::type_complexity)]
+    fn queue_load(
+        &self,
+        tiles: &[TileId],
+    ) -> Result<(oneshot::Receiver<Loaded<T>>, AbortLoad<T>), Error> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = self.inner.state.borrow_mut();
@@ -611,12 +629,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             }
             id
         };
-        // Dropped before it settles (the caller gave up on it): its tiles are released.
-        let _abort = AbortLoad {
+        let abort = AbortLoad {
             inner: Rc::downgrade(&self.inner),
             id,
         };
-        rx.await.unwrap_or_else(|_| Err(Error::disposed()))
+        Ok((rx, abort))
     }
 
     /// The `tileSize` option, 256 or 512: the units of [`TileCache::set_viewport`]'s zoom

@@ -1570,3 +1570,49 @@ async fn a_wake_up_queued_before_dispose_sends_nothing() {
     TimeoutFuture::new(300).await;
     assert_eq!(log(s).await.0, before, "a request after dispose");
 }
+
+/// A tile whose items the cache cannot keep beside the view (`maxItems` full of it) is an
+/// error for that tile, not a load fetched again for ever or one that never ends; the view
+/// stays.
+#[wasm_bindgen_test]
+async fn a_loaded_tile_the_cache_cannot_keep_is_an_error_and_the_view_stays() {
+    let s = "load-full";
+    let probe: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&probe, inside(tile(0, 0)));
+    probe.when_complete().await.unwrap();
+    let n = probe.view().items.len();
+    probe.dispose();
+    let full = Options {
+        max_items: Some(n),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&full).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let r = within(10_000, Box::pin(cache.load_tiles(&[tile(3, 0)])))
+        .await
+        .expect("the load ends")
+        .unwrap();
+    let e = r[0].items.as_ref().unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidResponse, "{e}");
+    assert!(e.message.contains("could not be kept"), "{e}");
+    let now = show(&cache, inside(tile(0, 0)));
+    assert!(now.complete && now.items.len() == n);
+}
+
+/// Dropping a `load_tiles` future is the npm package's abort: a load dropped before its
+/// tick was read asks for nothing.
+#[wasm_bindgen_test]
+async fn a_load_dropped_before_it_is_read_asks_for_nothing() {
+    let s = "load-dropped";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    // The call is made (queued for this tick's read), and given up before the read.
+    let load = cache.load_tiles(&[tile(6, 6)]);
+    drop(load);
+    TimeoutFuture::new(300).await;
+    assert_eq!(log(s).await.0, 0);
+    // Read, it is asked for.
+    let r = cache.load_tiles(&[tile(6, 6)]).await.unwrap();
+    assert!(r[0].items.is_ok());
+    assert_eq!(log(s).await.0, 1);
+}
