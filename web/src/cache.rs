@@ -868,7 +868,12 @@ impl<T> State<T> {
 
     /// Resolves the read loads that wait for nothing more; their data tiles are released
     /// by the next pump.
+    ///
+    /// Security: a tile read before the tier was lowered (`set_access`, or a lower tier an
+    /// answer or a `403` reported) may hold items the tier no longer sees: only those it
+    /// sees now are handed out, as the view's are.
     fn settle_loads(&mut self) {
+        let tier = self.client.access();
         let mut i = 0;
         while i < self.loads.len() {
             let l = &self.loads[i];
@@ -881,7 +886,12 @@ impl<T> State<T> {
             let results = (l.tiles.iter().zip(l.results))
                 .map(|(&tile, r)| TileLoad {
                     tile,
-                    items: r.unwrap_or_else(|| Err(Error::disposed())),
+                    items: r
+                        .unwrap_or_else(|| Err(Error::disposed()))
+                        .map(|mut items| {
+                            items.retain(|s| s.item.access <= tier);
+                            items
+                        }),
                 })
                 .collect();
             if let Some(tx) = l.tx.take() {

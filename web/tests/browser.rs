@@ -1616,3 +1616,42 @@ async fn a_load_dropped_before_it_is_read_asks_for_nothing() {
     assert!(r[0].items.is_ok());
     assert_eq!(log(s).await.0, 1);
 }
+
+/// Security: a load that read one tile at a tier the page then lowered (a sign-out) hands
+/// out none of that tile's items above the new tier when its other tiles arrive.
+#[wasm_bindgen_test]
+async fn a_load_settled_after_the_tier_was_lowered_holds_nothing_above_it() {
+    let s = "load-tier";
+    set_mode(s, "tier").await; // every tile holds one "agent" item
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, 1)
+    };
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let (a, b) = (tile(0, 0), tile(2, 2));
+    let first = cache.load_tiles(&[a]).await.unwrap();
+    let secret = first[0].items.as_ref().unwrap();
+    assert!(secret.iter().any(|s| s.item.access == Access::Agent));
+    // `a` from the cache at once, `b` waits on a stalled request.
+    set_mode(s, "stall").await;
+    let load = cache.load_tiles(&[a, b]);
+    let before = log(s).await.0;
+    wait_until("b is asked for", || async { log(s).await.0 > before }).await;
+    cache.set_access(Access::Public).unwrap();
+    set_mode(s, "pass").await; // the retry, at the public tier, is answered
+    let r = within(15_000, Box::pin(load))
+        .await
+        .expect("the load ends")
+        .unwrap();
+    for t in &r {
+        for shown in t.items.as_ref().unwrap() {
+            assert_eq!(
+                shown.item.access,
+                Access::Public,
+                "{}: {:?}",
+                t.tile,
+                shown.item
+            );
+        }
+    }
+}
