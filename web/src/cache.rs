@@ -482,6 +482,14 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 Err(rx) => rx.await.unwrap_or_else(|_| Err(Error::disposed()))?,
             });
         }
+        // Security: an item found (cached, or answered) before the tier was lowered while
+        // the call waited for the rest is one the tier may no longer see.
+        let tier = self.access();
+        for found in &mut out {
+            if found.as_ref().is_some_and(|i| i.access > tier) {
+                *found = None;
+            }
+        }
         Ok(out)
     }
 

@@ -1655,3 +1655,40 @@ async fn a_load_settled_after_the_tier_was_lowered_holds_nothing_above_it() {
         }
     }
 }
+
+/// Security: a `get_many` that found one id cached at a tier the page then lowered, while
+/// it waited for another, hands out nothing above the new tier (`None`: the tier may not
+/// see it).
+#[wasm_bindgen_test]
+async fn a_get_many_ended_after_the_tier_was_lowered_holds_nothing_above_it() {
+    let s = "get-tier";
+    set_mode(s, "tier").await; // every tile holds one "agent" item, `secret-<i>`
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, 1)
+    };
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let first = cache.load_tiles(&[tile(0, 0)]).await.unwrap();
+    let secret = first[0].items.as_ref().unwrap()[0].item.id.clone();
+    assert_eq!(
+        cache.get(&secret).await.unwrap().unwrap().access,
+        Access::Agent
+    );
+    set_mode(s, "stall").await;
+    let (c, ids) = (cache.clone(), [secret.clone(), "h-unknown-id".to_string()]);
+    let many = async move {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        c.get_many(&ids).await
+    };
+    let mut many = Box::pin(many);
+    let before = log(s).await.0;
+    assert!(within(0, &mut many).await.is_none());
+    wait_until("the id is asked for", || async { log(s).await.0 > before }).await;
+    cache.set_access(Access::Public).unwrap();
+    set_mode(s, "pass").await; // the retry, at the public tier, is answered
+    let got = within(15_000, many).await.expect("get_many ends").unwrap();
+    assert!(
+        got.iter().flatten().all(|i| i.access == Access::Public),
+        "{got:?}"
+    );
+}
