@@ -330,13 +330,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         north: f64,
         zoom: f64,
     ) -> Result<View<T>, Error> {
-        let vp = Viewport::new(west, south, east, north, zoom)
-            .map_err(|e| Error::new(ErrorCode::InvalidArgValue, e.to_string()))?;
-        // In the core's 256-px zoom units (`tileSize` 512: one more), at most its limit.
-        let vp = Viewport {
-            zoom: (vp.zoom + self.inner.zoom_offset).min(MAX_VIEW_ZOOM),
-            ..vp
-        };
+        let vp = self.viewport(west, south, east, north, zoom)?;
         let now = now_ms();
         let mut st = self.inner.state.borrow_mut();
         st.alive()?;
@@ -362,6 +356,24 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             complete: outcome.complete,
             missing_tiles: outcome.missing,
             too_wide: outcome.too_wide,
+        })
+    }
+
+    /// A viewport checked, its zoom in the core's 256-px units (`tileSize` 512: one more),
+    /// at most its limit.
+    fn viewport(
+        &self,
+        west: f64,
+        south: f64,
+        east: f64,
+        north: f64,
+        zoom: f64,
+    ) -> Result<Viewport, Error> {
+        let vp = Viewport::new(west, south, east, north, zoom)
+            .map_err(|e| Error::new(ErrorCode::InvalidArgValue, e.to_string()))?;
+        Ok(Viewport {
+            zoom: (vp.zoom + self.inner.zoom_offset).min(MAX_VIEW_ZOOM),
+            ..vp
         })
     }
 
@@ -642,6 +654,57 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             id,
         };
         Ok((rx, abort))
+    }
+
+    /// Fetches a known destination ahead (a `fly_to`, a route, a search result), as the npm
+    /// package's `prefetch(tiles)`: host tiles `z/x/y` at any zoom (a coarser one stands for
+    /// its data tiles, at most `maxVisibleTiles`: more is a `TooManyTiles` error naming it,
+    /// and nothing is queued). Queued behind the planner's prefetch and kept across
+    /// viewports until fetched. Returns how many data tiles are not fresh (queued now or
+    /// already).
+    pub fn prefetch(&self, tiles: &[TileId]) -> Result<usize, Error> {
+        let now = now_ms();
+        let mut st = self.inner.state.borrow_mut();
+        st.alive()?;
+        let mut data = Vec::new();
+        for &t in tiles {
+            let d = (st.client.data_tiles_of(t))
+                .map_err(|e| Error::new(ErrorCode::TooManyTiles, e.to_string()))?;
+            data.extend(d);
+        }
+        let n = st.client.prefetch(&data, now);
+        let sends = Inner::pump(&self.inner, &mut st, now);
+        drop(st);
+        Inner::start(&self.inner, sends);
+        Ok(n)
+    }
+
+    /// [`TileCache::prefetch`] of a viewport, as [`TileCache::set_viewport`] takes it (the
+    /// npm package's `prefetch(viewport)`): its data tiles, none below `minZoom`; one
+    /// covering more than `maxVisibleTiles` is a `TooManyTiles` error, nothing queued.
+    pub fn prefetch_viewport(
+        &self,
+        west: f64,
+        south: f64,
+        east: f64,
+        north: f64,
+        zoom: f64,
+    ) -> Result<usize, Error> {
+        let vp = self.viewport(west, south, east, north, zoom)?;
+        let tiles = {
+            let st = self.inner.state.borrow();
+            st.alive()?;
+            st.client.planner().visible_tiles(&vp).map_err(|_| {
+                let max = st.client.planner().config().max_visible_tiles;
+                Error::new(
+                    ErrorCode::TooManyTiles,
+                    format!(
+                        "the viewport covers more than maxVisibleTiles ({max}) data tiles:                          prefetch a smaller one, or its tiles"
+                    ),
+                )
+            })?
+        };
+        self.prefetch(&tiles)
     }
 
     /// The `tileSize` option, 256 or 512: the units of [`TileCache::set_viewport`]'s zoom

@@ -1692,3 +1692,36 @@ async fn a_get_many_ended_after_the_tier_was_lowered_holds_nothing_above_it() {
         "{got:?}"
     );
 }
+
+/// `prefetch` (the npm package's `prefetch(destination)`): a destination's tiles, or a
+/// viewport's, are fetched ahead, and the view there is complete at once, with no
+/// request of its own.
+#[wasm_bindgen_test]
+async fn a_prefetched_destination_is_complete_when_the_map_gets_there() {
+    let s = "prefetch";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let (far, farther) = (tile(8, 8), tile(-8, 8));
+    assert_eq!(cache.prefetch(&[far]).unwrap(), 1);
+    let v = inside(farther);
+    assert_eq!(
+        cache
+            .prefetch_viewport(v[0], v[1], v[2], v[3], v[4])
+            .unwrap(),
+        1
+    );
+    wait_until("both are fetched", || async {
+        cache.tile_states(&[far, farther]) == [tilewarm_web::TileState::Prefetched; 2]
+    })
+    .await;
+    let asked = log(s).await.0;
+    assert!(show(&cache, inside(far)).complete);
+    assert!(show(&cache, v).complete);
+    TimeoutFuture::new(100).await;
+    assert_eq!(log(s).await.0, asked);
+    let e = cache.prefetch(&[TileId::ROOT]).unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
+    let e = cache
+        .prefetch_viewport(-180.0, -85.0, 180.0, 85.0, 12.0)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
+}
