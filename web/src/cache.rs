@@ -609,10 +609,23 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     pub fn load_tiles(&self, tiles: &[TileId]) -> impl std::future::Future<Output = Loaded<T>> {
         let queued = self.queue_load(tiles);
         async move {
-            // Dropped before it settles (the caller gave up on it): `_abort` releases its
+            // Dropped before it settles (the caller gave up on it): `abort` releases its
             // tiles.
-            let (rx, _abort) = queued?;
-            rx.await.unwrap_or_else(|_| Err(Error::disposed()))
+            let (rx, abort) = queued?;
+            let mut loads = rx.await.unwrap_or_else(|_| Err(Error::disposed()))?;
+            // Security: the tier may have been lowered since a tile was read (while the call
+            // waited for others, or before this future was polled: `set_access`, or a lower
+            // tier an answer or a `403` reported): what is handed out is what the tier sees
+            // now, as the view's.
+            if let Some(inner) = abort.inner.upgrade() {
+                let tier = inner.state.borrow().client.access();
+                for l in &mut loads {
+                    if let Ok(items) = &mut l.items {
+                        items.retain(|s| s.item.access <= tier);
+                    }
+                }
+            }
+            Ok(loads)
         }
     }
 
@@ -939,12 +952,9 @@ impl<T> State<T> {
 
     /// Resolves the read loads that wait for nothing more; their data tiles are released
     /// by the next pump.
-    ///
-    /// Security: a tile read before the tier was lowered (`set_access`, or a lower tier an
-    /// answer or a `403` reported) may hold items the tier no longer sees: only those it
-    /// sees now are handed out, as the view's are.
+    /// (A tile read before the tier was lowered may hold items the tier no longer sees: the
+    /// future of `load_tiles` drops them when it hands the answers out.)
     fn settle_loads(&mut self) {
-        let tier = self.client.access();
         let mut i = 0;
         while i < self.loads.len() {
             let l = &self.loads[i];
@@ -957,12 +967,7 @@ impl<T> State<T> {
             let results = (l.tiles.iter().zip(l.results))
                 .map(|(&tile, r)| TileLoad {
                     tile,
-                    items: r
-                        .unwrap_or_else(|| Err(Error::disposed()))
-                        .map(|mut items| {
-                            items.retain(|s| s.item.access <= tier);
-                            items
-                        }),
+                    items: r.unwrap_or_else(|| Err(Error::disposed())),
                 })
                 .collect();
             if let Some(tx) = l.tx.take() {

@@ -1725,3 +1725,34 @@ async fn a_prefetched_destination_is_complete_when_the_map_gets_there() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
 }
+
+/// Security: a load that settled before the tier was lowered, and whose future is polled
+/// only after, hands out nothing above the new tier either.
+#[wasm_bindgen_test]
+async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
+    let s = "load-tier-late";
+    set_mode(s, "tier").await; // every tile holds one "agent" item
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let a = tile(0, 0);
+    let first = cache.load_tiles(&[a]).await.unwrap();
+    assert!(first[0]
+        .items
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|s| s.item.access == Access::Agent));
+    // Read from the cache in this tick's read (not polled yet), then the tier is lowered.
+    let load = cache.load_tiles(&[a]);
+    TimeoutFuture::new(0).await;
+    cache.set_access(Access::Public).unwrap();
+    let r = load.await.unwrap();
+    let items = r[0].items.as_ref().unwrap();
+    assert!(
+        items.iter().all(|s| s.item.access == Access::Public),
+        "{items:?}"
+    );
+}
