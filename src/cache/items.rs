@@ -493,6 +493,11 @@ impl<P> ItemCache<P> {
         }
     }
 
+    /// The data tile of the item `id` when it is held, whatever its tier or expiry.
+    pub fn tile_of(&self, id: &str) -> Option<TileId> {
+        self.items.peek(id).map(|item| item.tile)
+    }
+
     /// Protect the items of these data-zoom tiles (what the user is looking at) from
     /// eviction by [`Priority::Prefetch`] and [`Priority::Loading`] inserts, and from
     /// [`Priority::Visible`] ones until nothing else is left; and their tile-index entries

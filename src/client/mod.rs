@@ -30,6 +30,7 @@
 //! the cache), `overtaking.rs` (answers an invalidation made since they were sent covers);
 //! tests in `tests.rs`.
 
+mod changed;
 mod config;
 mod density;
 mod event;
@@ -43,6 +44,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use changed::{ChangedTiles, MAX_CHANGED_TILES};
 pub use config::{ClientConfig, ClientConfigError, ViewTooLarge};
 use density::Density;
 pub use event::{Event, FetchError, TileState, ViewOutcome};
@@ -192,6 +194,8 @@ pub struct Client<P> {
     fresh: FreshTiles,
     /// Items per data tile, from the answers: sizes prefetch to the cache.
     density: Density,
+    /// Tiles whose items changed since [`Client::take_changed_tiles`] (`changed.rs`).
+    changed_tiles: ChangedTiles,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -237,6 +241,7 @@ impl<P: Payload> Client<P> {
             destinations: Vec::new(),
             unkept_rounds: 0,
             unkept: Vec::new(),
+            changed_tiles: ChangedTiles::default(),
             changes: 0,
             planned: None,
             shown: None,
@@ -771,6 +776,9 @@ impl<P: Payload> Client<P> {
             if state.is_showable() && !self.batcher.is_tile_in_flight(t) {
                 refresh.extend(Work::from_state(t, state.clone()));
             }
+            if *state != TileFreshness::Fresh {
+                self.changed_tiles.add(t);
+            }
         }
         self.batcher.extend_prefetch(refresh);
         self.queue_event(Event::Updated);
@@ -866,6 +874,7 @@ impl<P: Payload> Client<P> {
         if access != self.access {
             // Another tier sees other items: what the answers showed was for this one.
             self.density = Density::default();
+            self.changed_tiles = ChangedTiles::All;
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);
@@ -880,6 +889,7 @@ impl<P: Payload> Client<P> {
     pub fn adopt_bounds(&mut self, bounds: Option<&Bbox>, now_ms: u64) -> Result<(), CacheError> {
         if self.cache.adopt_bounds(bounds)? {
             self.changed();
+            self.changed_tiles = ChangedTiles::All;
             self.complete = self.refresh_foreground(now_ms);
         }
         Ok(())
@@ -890,6 +900,19 @@ impl<P: Payload> Client<P> {
         self.changed();
         let oldest_out = self.request_access.iter().map(|(_, s)| s.at).min();
         self.overtaking.record(&what, oldest_out);
+        match what {
+            Invalidate::Ids(ids) => {
+                for id in ids {
+                    self.changed_tiles.add_item(&self.cache, id);
+                }
+            }
+            // A finer tile stands for its data tile (the whole of it is dropped).
+            Invalidate::Tiles(tiles) => {
+                let z = self.cache.config().tile_zoom;
+                (tiles.iter()).for_each(|&t| self.changed_tiles.add(t.ancestor(z).unwrap_or(t)));
+            }
+            Invalidate::Class(_) | Invalidate::All => self.changed_tiles = ChangedTiles::All,
+        }
         let n = self.cache.invalidate(what);
         self.complete = self.refresh_foreground(now_ms);
         n

@@ -1,7 +1,7 @@
 //! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
 
 use super::{
-    Access, Client, Density, Event, Failure, FetchError, Kind, Payload, RequestId,
+    Access, ChangedTiles, Client, Density, Event, Failure, FetchError, Kind, Payload, RequestId,
     MAX_PREFETCH_MARKS,
 };
 use crate::batch::{FailureOutcome, Finished};
@@ -131,6 +131,9 @@ impl<P: Payload> Client<P> {
                 .or_else(|_| cache.adopt_bounds(None))
                 .unwrap_or(false)
         });
+        if extent_changed {
+            self.changed_tiles = ChangedTiles::All;
+        }
         let was_complete = self.complete;
         let shown_before = self.showable_visible(now_ms);
         let loading_before = self.showable_loading(now_ms);
@@ -152,6 +155,9 @@ impl<P: Payload> Client<P> {
         let mut touched_visible =
             self.ingest_items(items, &finished, now_ms) | lowered | extent_changed;
         if !missing.is_empty() {
+            for id in &missing {
+                self.changed_tiles.add_item(&self.cache, id);
+            }
             let ids: Vec<&str> = missing.iter().map(String::as_str).collect();
             self.cache.forget_ids(&ids);
         }
@@ -285,6 +291,7 @@ impl<P: Payload> Client<P> {
         }
         self.cache.drop_above(reported);
         self.density = Density::default();
+        self.changed_tiles = ChangedTiles::All;
         self.access = reported;
         self.verified = Some(reported);
         true
@@ -336,6 +343,8 @@ impl<P: Payload> Client<P> {
             // handed to a get that asked for it, when refused for want of room). One asked
             // for and kept that a later item of this answer pushes out is handed out too.
             let mut evicted = Vec::new();
+            // Replaced or moved, the item leaves the tile it was in (read before the insert).
+            let was = self.cache.tile_of(&item.id);
             let inserted = (self.cache).insert_or_return(
                 &item.id,
                 meta,
@@ -344,6 +353,9 @@ impl<P: Payload> Client<P> {
                 priority,
                 &mut evicted,
             );
+            if let Ok((_, None)) = inserted {
+                self.changed_tiles.extend(was.into_iter().chain(data_tile));
+            }
             for (id, data) in evicted {
                 if let Some(at) = asked_kept.iter().position(|k| **k == *id) {
                     self.unkept.push((asked_kept.swap_remove(at), data));
@@ -393,6 +405,7 @@ impl<P: Payload> Client<P> {
             {
                 continue;
             }
+            self.changed_tiles.add(list.tile);
             // The list's tile itself at the data zoom; none for a finer tile.
             for t in list.tile.descendants(tile_zoom).unwrap_or_default() {
                 if self.visible_set.contains(t) {

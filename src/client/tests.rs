@@ -6,7 +6,7 @@ use crate::batch::BatchConfig;
 use crate::cache::CacheConfig;
 use crate::origin::Origin;
 use crate::planner::PlannerConfig;
-use crate::protocol::Item;
+use crate::protocol::{BatchResponse, Item};
 use crate::tile::{unproject, TilePoint};
 
 const Z: u8 = 14;
@@ -2462,4 +2462,142 @@ fn each_id_of_a_gets_answer_is_kept_or_handed_out() {
             );
         }
     }
+}
+
+/// The tiles whose items changed (`take_changed_tiles`), for hosts that draw tiles outside
+/// the view: what an answer (a host's load, a refresh by id that moves an item, one that
+/// finds an item gone), an invalidation, a tier change or the view turning stale changed,
+/// and nothing for an answer that changed nothing held (an item refused) or a read.
+#[test]
+fn the_tiles_whose_items_changed_are_reported_outside_the_view_too() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    let tiles = |c: &mut Client<String>| match c.take_changed_tiles() {
+        ChangedTiles::Tiles(mut t) => {
+            t.sort_by_key(|t| t.to_u64());
+            Some(t)
+        }
+        ChangedTiles::All => None,
+    };
+    // No view: a host loads a tile far from any (the cache's view is not the map's).
+    let (t, u) = (
+        seattle().offset(2, 2).unwrap(),
+        seattle().offset(-2, 2).unwrap(),
+    );
+    assert_eq!(c.load_tile(t, true, 0, |_, _| {}), Ok(false));
+    assert_eq!(tiles(&mut c), Some(vec![]), "asking changes nothing");
+    answer_all(&mut c, &o, 0);
+    assert_eq!(tiles(&mut c), Some(vec![t]), "the tile answered");
+    assert!(events(&mut c).is_empty(), "no view: no Updated");
+    let mut ids = Vec::new();
+    assert_eq!(
+        c.load_tile(t, false, 1, |it, _| ids.push(it.id().to_string())),
+        Ok(true)
+    );
+    c.release_tiles(&[t], 1);
+    assert_eq!(tiles(&mut c), Some(vec![]), "reads change nothing");
+    // Invalidated by id, then answered in another tile: the item's tile, then the new one.
+    let moved = ids[0].clone();
+    c.invalidate(Invalidate::Ids(&[moved.as_str()]), 2);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![t]),
+        "an invalidation by id: the item's tile"
+    );
+    c.request_ids([moved.as_str()], 2);
+    let req = c.poll_request(2).expect("the id asked");
+    let (lon, lat) = unproject(
+        TilePoint {
+            x: u.x() as f64 + 0.5,
+            y: u.y() as f64 + 0.5,
+        },
+        Z,
+    );
+    let item = |id: &str| Item {
+        id: id.to_string(),
+        lon,
+        lat,
+        class: "active".into(),
+        access: Access::Public,
+        ttl: None,
+        data: "{}".to_string(),
+    };
+    let answer = BatchResponse {
+        items: vec![item(&moved)],
+        ..BatchResponse::default()
+    };
+    c.on_response(req.id, answer, 3);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![u]),
+        "gone from the cache, it lands in its new tile"
+    );
+    // Expired (a refresh is due), one is answered in the other tile: both tiles.
+    let later = 400_000;
+    c.request_ids([ids[1].as_str()], later);
+    let req = c.poll_request(later).expect("the id asked");
+    let answer = BatchResponse {
+        items: vec![item(&ids[1])],
+        ..BatchResponse::default()
+    };
+    c.on_response(req.id, answer, later);
+    let mut both = vec![t, u];
+    both.sort_by_key(|t| t.to_u64());
+    assert_eq!(
+        tiles(&mut c),
+        Some(both),
+        "moved from one tile to the other"
+    );
+    // Found gone: its tile.
+    c.request_ids([ids[2].as_str(), "nothing-such"], later);
+    let req = c.poll_request(later).expect("the ids asked");
+    let answer = BatchResponse {
+        missing: vec![ids[2].clone(), "nothing-such".into()],
+        ..BatchResponse::default()
+    };
+    c.on_response(req.id, answer, later);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![t]),
+        "its tile; an id never held changes none"
+    );
+    // An invalidation of a tile names it; by class, everything; a tier change too.
+    c.invalidate(Invalidate::Tiles(&[u.parent().unwrap()]), later);
+    assert_eq!(tiles(&mut c), Some(vec![u.parent().unwrap()]));
+    let finer = u.children().unwrap()[3];
+    c.invalidate(Invalidate::Tiles(&[finer]), later);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![u]),
+        "a finer tile stands for its data tile"
+    );
+    c.invalidate(Invalidate::Class("active"), later);
+    assert_eq!(tiles(&mut c), None);
+    c.set_access(Access::Agent, later);
+    assert_eq!(tiles(&mut c), None);
+    c.set_access(Access::Agent, later);
+    assert_eq!(tiles(&mut c), Some(vec![]), "the same tier changes nothing");
+    // The view turning stale with time: its tiles.
+    let now = later + 10;
+    c.set_viewport(view(0.8), now, |_, _| {});
+    answer_all(&mut c, &o, now);
+    assert_eq!(tiles(&mut c), Some(vec![seattle()]));
+    events(&mut c);
+    let at = c.next_wakeup(now + 1).expect("the view's expiry");
+    c.handle_timeout(at);
+    assert_eq!(events(&mut c), [Event::Updated]);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![seattle()]),
+        "the view's tile, stale now"
+    );
+    // Past MAX_CHANGED_TILES tiles, any tile.
+    let many: Vec<TileId> = (0..=MAX_CHANGED_TILES as i64)
+        .map(|i| seattle().offset(i, 0).unwrap())
+        .collect();
+    c.invalidate(Invalidate::Tiles(&many), at);
+    assert_eq!(tiles(&mut c), None);
 }
