@@ -8,7 +8,7 @@ import { Engine, takeFreed } from './tilewarm.js';
 // Tags, codes, names and option lists, generated from the Rust (src/wasm/boundary.rs,
 // src/wasm/options.rs), so they are the engine's.
 import {
-  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FREED, TILES_STATES, TILES_LOAD, TILES_READ,
+  TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FREED, CHANGED, TILES_STATES, TILES_LOAD, TILES_READ,
   TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
@@ -264,6 +264,7 @@ export class TileCache {
   /** The visibilitychange listener of a wake-up put off while the page is hidden. */
   #onShown = null;
   #updates = new Set();
+  #changes = new Set();
   #errors = new Set();
   #accessListeners = new Set();
   #disposeListeners = new Set();
@@ -384,6 +385,12 @@ export class TileCache {
    * stale or expired; returns unsubscribe. */
   onUpdate(listener) {
     return this.#listen(this.#updates, listener, 'onUpdate');
+  }
+
+  /** Calls `listener(tiles)` when cached items changed: `tiles` names the tiles they are in
+   * ("z/x/y"), `null` when any may have. Returns unsubscribe. */
+  onTilesChanged(listener) {
+    return this.#listen(this.#changes, listener, 'onTilesChanged');
   }
 
   /** Calls `listener(access)` when the tier the cache views as changed (`setAccess`, or a
@@ -599,6 +606,7 @@ export class TileCache {
     this.#waiters = [];
     this.#gets.clear();
     this.#updates.clear();
+    this.#changes.clear();
     this.#errors.clear();
     this.#accessListeners.clear();
     ABANDONED.unregister(this);
@@ -785,7 +793,7 @@ export class TileCache {
   /** Acts on the records from number `n` and reference `r` on. */
   #run(out, n, r, plan = true) {
     const nums = out[0];
-    let updated = false, wakeup = -1;
+    let updated = false, wakeup = -1, changed;
     const errors = [], gaveUp = [], askAgain = [];
     while (n < nums.length) {
       switch (nums[n++]) {
@@ -825,6 +833,12 @@ export class TileCache {
           break;
         }
         case WAKEUP: wakeup = nums[n++]; break;
+        case CHANGED: {
+          // One a list; count -1: any tile (null).
+          const c = nums[n++];
+          changed = c < 0 ? null : Array.from(nums.subarray(n, n += c), tileName);
+          break;
+        }
         case FREED: release(nums.subarray(n + 1, n + 1 + nums[n])); n += 1 + nums[n]; break;
         default: n = nums.length; // unknown: cannot happen with the matching engine
       }
@@ -833,6 +847,11 @@ export class TileCache {
     for (const [tiles, e] of gaveUp) this.#failLoads(tiles, e);
     for (const [e, viewIncomplete] of errors) this.#emitError(e, viewIncomplete);
     if (askAgain.length && !this.#disposed) this.#askAgain(askAgain);
+    if (changed !== undefined) {
+      for (const { listener } of [...this.#changes]) {
+        try { listener(changed); } catch (e) { report(e); }
+      }
+    }
     if (updated) this.#refresh(plan);
     this.#releaseSettled();
     // The errors may have settled the promises that waited when the timer was armed.

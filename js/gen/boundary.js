@@ -30,6 +30,11 @@ export const WAKEUP = 6;
  * item objects, to reuse them for later answers (see `JsItem`).
  */
 export const FREED = 7;
+/**
+ * `count, tiles...`: the tiles whose cached items changed (`Client::take_changed_tiles`);
+ * `count` -1 (no tiles): any tile may have.
+ */
+export const CHANGED = 8;
 // What `Engine.tiles` does with its tiles, each with what it hands back.
 /** `tileStates`: per tile the code of its state (`TILE_STATES`); nothing else. */
 export const TILES_STATES = 0;

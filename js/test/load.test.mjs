@@ -644,3 +644,22 @@ test('get(): an item above the verified tier answered to a get() is never handed
     }
   }
 });
+
+test('onTilesChanged: names the tiles an answer or an invalidate changed, with no view; onUpdate hears nothing then', async () => {
+  fresh();
+  const cache = await make({ batch: { coalesceMinShare: 100 } });
+  const heard = [];
+  let updates = 0;
+  cache.onTilesChanged((tiles) => heard.push(tiles && [...tiles].sort()));
+  cache.onUpdate(() => { updates++; });
+  const [a, b] = [t14(3, 3), t14(4, 3)];
+  await cache.loadTiles([a, b]);
+  assert.deepEqual(heard, [[a, b].sort()], 'the answer changed both tiles, once');
+  await cache.loadTiles([a]);
+  assert.equal(heard.length, 1, 'a read from the cache changes nothing');
+  cache.invalidate({ tiles: [b] });
+  cache.invalidate({ classes: ['active'] });
+  assert.deepEqual(heard.slice(1), [[b], null], 'the tile invalidated; by class, any');
+  assert.equal(updates, 2, 'onUpdate: the two invalidates, not the answer outside the view');
+  cache.dispose();
+});

@@ -88,6 +88,9 @@ codes! {
         /// `count, slots...`: items that left the cache; `cache.js` clears their slots in its
         /// table of item objects, to reuse them for later answers (see `JsItem`).
         Freed = 7 => "FREED",
+        /// `count, tiles...`: the tiles whose cached items changed (`Client::take_changed_tiles`);
+        /// `count` -1 (no tiles): any tile may have.
+        Changed = 8 => "CHANGED",
     }
 }
 

@@ -28,7 +28,7 @@ use super::{thrown, value};
 use crate::access::Access;
 use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
-use crate::client::{Answered, Client, Event, Payload, ViewOutcome};
+use crate::client::{Answered, ChangedTiles, Client, Event, Payload, ViewOutcome};
 use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
@@ -661,6 +661,14 @@ impl Engine {
         };
         if let Some(at) = wakeup {
             out.nums.extend([Tag::Wakeup.num(), at as f64]);
+        }
+        match self.client.take_changed_tiles() {
+            ChangedTiles::Tiles(t) if t.is_empty() => {}
+            ChangedTiles::Tiles(t) => {
+                out.nums.extend([Tag::Changed.num(), t.len() as f64]);
+                out.nums.extend(t.into_iter().map(packed));
+            }
+            ChangedTiles::All => out.nums.extend([Tag::Changed.num(), -1.0]),
         }
         let freed = take_freed();
         if !freed.is_empty() {
