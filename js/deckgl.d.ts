@@ -20,8 +20,9 @@ export type TileData<Data = unknown> = Item<Data>[];
  * A subclass of deck.gl's `TileLayer` (pass the class in) whose `getTileData` is
  * `cache.loadTiles` with the tile's abort signal (one call per tile; a tick's calls go out
  * together) and which feeds deck's view to the cache. `maxRequests` defaults to 0: the cache
- * batches the tiles itself. A tile deck holds whose items changed in the cache
- * (`cache.onUpdate`: an `invalidate`, items refetched or turned stale) gets them as its data
+ * batches the tiles itself. A tile deck holds (on the screen or off it) whose items changed
+ * in the cache (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced
+ * or deleted them, the view's items turned stale) gets them as its data
  * by the next animation frame, and its sublayers are rendered again; tiles whose items did
  * not change keep theirs. When the cache's tier changes (`cache.onAccess`: `setAccess`, or
  * a lower tier the server reported) or the `cache` prop is another cache, every tile is

@@ -10,7 +10,7 @@
 // tick go out together, so deck's N tiles need ceil(N / batch.maxTiles) requests); a tile's
 // data is the array of its items. When the cache's tier changes, or the `cache` prop is
 // another cache, every tile is emptied and loaded again (see tilewarmReload); a tile whose
-// items changed in the cache (onUpdate) gets them from the cache (tilewarmRedraw). The adapter
+// items changed in the cache (onTilesChanged) gets them from the cache (tilewarmRedraw). The adapter
 // does not import deck.gl: the page passes its TileLayer class in. Types: deckgl.d.ts.
 
 import { wrapBox } from './box.js';
@@ -45,7 +45,7 @@ export function extendTileLayer(TileLayer) {
   class TilewarmTileLayer extends TileLayer {
     updateState(params) {
       const { cache } = this.props;
-      if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
+      if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onTilesChanged', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
         throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
       }
       const st = this.state;
@@ -64,7 +64,8 @@ export function extendTileLayer(TileLayer) {
         // each new one, and this one still reaches it.
         st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
         // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
-        // change feed; items refetched or turned stale) gets them (see redraw.js).
+        // change feed; an answer that refetched, replaced or deleted them, on the screen or
+        // off it; the view's items turned stale) gets them (see redraw.js).
         st.tilewarmOffUpdates = followUpdates(cache, () => this.tilewarmShown(), (tile, items, drawn) => this.tilewarmRedraw(tile, items, drawn));
         // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every
         // frame of a move: the layer stops following (a tile asked of it after that fails,

@@ -28,7 +28,8 @@ export interface LayerOptions<Data = unknown> {
  * A Leaflet `GridLayer` whose tiles come from `cache.loadTiles` (one call per tile; a tick's
  * calls go out together), drawn on canvases of the screen's device pixels (`draw` draws in
  * CSS pixels); an unloaded tile aborts its call. A drawn tile whose items changed in the
- * cache (`cache.onUpdate`: an `invalidate`, items refetched or turned stale) is drawn again
+ * cache (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced or
+ * deleted them, the view's items turned stale; in the cache's view or not) is drawn again
  * by the next animation frame; a tile whose items did not change is not. When the
  * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
  * while the layer is on a map, every tile is taken off at once and drawn again. One cache

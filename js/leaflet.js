@@ -6,7 +6,7 @@
 //
 // Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
 // so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
-// aborts its call. A drawn tile whose items changed in the cache (onUpdate) is drawn again
+// aborts its call. A drawn tile whose items changed in the cache (onTilesChanged) is drawn again
 // from the cache; when the cache's tier changes, every tile is loaded again (see below).
 // Maps in EPSG:3857 (Leaflet's default CRS; another CRS fails every tile). Types: leaflet.d.ts.
 
@@ -57,7 +57,7 @@ function dot(ctx, item, x, y) {
  */
 export function createLayer(L, cache, options = {}) {
   if (!L || typeof L.GridLayer?.extend !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'L must be the Leaflet namespace');
-  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
+  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onTilesChanged', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
@@ -144,7 +144,8 @@ export function createLayer(L, cache, options = {}) {
   // of a move: the layer stops following the map (a tile asked of it after that fails, once,
   // as a tile). Both listeners are held while the layer is on a map.
   // The items of a drawn tile that changed in the cache (an invalidate, say by tilewarm/live's
-  // change feed; items refetched or turned stale) draw it again (see redraw.js).
+  // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
+  // not; the view's items turned stale) draw it again (see redraw.js).
   let offAccess, offDispose, offUpdates, gone = false, frame = 0;
   const shown = () => Object.values(layer._tiles).map(({ el, coords }) => [`${coords.z}/${coords.x}/${coords.y}`, el, el.tilewarmDrawn]);
   const redraw = (tile, items, drawn) => {

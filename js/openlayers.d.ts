@@ -30,14 +30,15 @@ export interface SourceOptions {
  * An OpenLayers `VectorSource` whose features come from `cache.loadTiles` through a tile
  * loading strategy (256-px XYZ tiles; one call per tile, a tick's calls go out together).
  * One feature per item (its id is the item's id), with properties `class`, `access`,
- * `stale` and `item`. A loaded tile whose items changed in the cache (`cache.onUpdate`: an
- * `invalidate`, items refetched or turned stale) is filled again by the next animation
+ * `stale` and `item`. A loaded tile whose items changed in the cache
+ * (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced or deleted
+ * them, the view's items turned stale; in the cache's view or not) is filled again by the next animation
  * frame: features of items it no longer has leave (unless another tile holds them), changed
  * ones are updated; tiles whose items did not change are not touched. When the cache's tier changes (`cache.onAccess`: `setAccess`, or a
  * lower tier the server reported), the source is emptied at once and loads the view again.
  * `source.refresh()` and `source.clear()` work as for any vector source (the adapter forgets
  * what it held). `source.dispose()` lets go of the cache: the source's `onAccess` and
- * `onUpdate` listeners are removed, its loads out are aborted and its `follow()`s detached, so nothing of the
+ * `onTilesChanged` listeners are removed, its loads out are aborted and its `follow()`s detached, so nothing of the
  * cache reaches a disposed source. One cache per map (the cache follows one view).
  * A tile covering more than `maxVisibleTiles` data tiles (below zoom 9 with the defaults)
  * is loaded empty: give the layer a `minZoom` (`new VectorLayer({ source, minZoom: 9 })`).

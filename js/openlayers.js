@@ -13,7 +13,7 @@
 // until it leaves the view, the source is refreshed or the tier changes: OpenLayers redraws
 // on a failure and would ask for it again at once, every frame. A tile too coarse for the
 // cache (more than maxVisibleTiles data tiles) is loaded empty, reported once per zoom.
-// A loaded tile whose items changed in the cache (onUpdate) is filled again from the cache.
+// A loaded tile whose items changed in the cache (onTilesChanged) is filled again from the cache.
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
@@ -65,7 +65,7 @@ export function createSource(ol, cache, options = {}) {
   for (const k of OL_NAMES) {
     if (typeof ol[k] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `ol.${k} must be OpenLayers' ${k}`);
   }
-  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onUpdate'].some((k) => typeof cache[k] !== 'function')) {
+  if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onTilesChanged'].some((k) => typeof cache[k] !== 'function')) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'cache must be a TileCache');
   }
   if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
@@ -254,7 +254,8 @@ export function createSource(ol, cache, options = {}) {
   // A disposed cache would answer every view follow() feeds it with ERR_DISPOSED, on every
   // frame of a move: the follow()s detach. (A tile asked of it fails, once, as a tile.)
   // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
-  // change feed; items refetched or turned stale) is filled again (see redraw.js).
+  // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
+  // not; the view's items turned stale) is filled again (see redraw.js).
   const offUpdates = followUpdates(cache, () => [...tiles].map(([key, t]) => [key, t, t.drawn]), (t, items, drawn) => {
     if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
   });

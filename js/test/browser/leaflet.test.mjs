@@ -7,7 +7,9 @@
 // the GridLayer's zoom and bounds options pass; a map in another CRS than EPSG:3857 draws
 // nothing (its tiles fail, reported once); an item deleted on the server and invalidated, or
 // found gone when its tile is fetched again, leaves the screen, and no tile of another data
-// tile is drawn again; items that turned stale are drawn again stale; no console errors. Screenshot:
+// tile is drawn again; so does one left out of a later answer for a tile drawn outside the
+// cache's view (followView: false), and no other tile is drawn or loaded again; items that
+// turned stale are drawn again stale; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -259,6 +261,39 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       // Deleted on the server, found gone when its tile is fetched again.
       backend.remove(b);
       const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it("a tile drawn outside the cache's view (followView: false) is drawn again when an answer changed its items; other tiles are not", async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it). No view
+      // is fed to the cache: every tile the layer draws is outside it.
+      const [lon, lat] = tileCorner(14, SX - 9.5, SY + 8.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the grid', p);
+      const parent = (key) => { const [x, y] = key.split(':').map(Number); return `14/${x >> 1}/${y >> 1}`; };
+      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+      const a = first.ids[0];
+      const tile = dataTile(a);
+      assert.ok(Object.keys(first.paints).some((key) => parent(key) !== tile), 'tiles of other data tiles drawn');
+      // Deleted on the server; past the lists' ttl (300 s) the page prefetches the tile (a
+      // route's tile, say): the answer leaves the item out.
+      backend.remove(a);
+      await p.evaluate((tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} off the screen`);
+      const s = await settled('the grid again', p);
+      checkDrawn(assert, backend, s.drawn);
+      for (const [key, n] of Object.entries(first.paints)) {
+        if (parent(key) !== tile && key in s.paints) assert.equal(s.paints[key], n, `tile ${key} drawn again`);
+      }
+      assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the expired tiles it did not touch were not loaded again');
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();

@@ -15,7 +15,9 @@
 // centre yet is waited for (follow() does not throw); with a user projection (useGeographic()) follow()
 // feeds nothing and says why, once; an item deleted on the server and invalidated, or found
 // gone when its tile is fetched again, leaves the source, and no feature of another data
-// tile changes; no console errors. Screenshot:
+// tile changes; so does one left out of a later answer for a tile loaded outside the cache's
+// view (no follow()), and no other tile is changed or loaded again; no console errors.
+// Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -629,6 +631,41 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       // Deleted on the server, found gone when its tile is fetched again.
       backend.remove(b);
       const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it("a tile loaded outside the cache's view (no follow()) is filled again when an answer changed its items; other tiles are not", async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it). No view
+      // is fed to the cache: every tile the source loads is outside it.
+      const [lon, lat] = tileCorner(14, SX - 9.5, SY - 3.5);
+      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the features', p);
+      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+      const a = first.ids[0];
+      const tile = dataTile(a);
+      assert.ok(first.ids.some((id) => dataTile(id) !== tile), 'features of other data tiles');
+      const tiles = new Map(first.ids.map((id) => [id, dataTile(id)]));
+      await p.evaluate(() => {
+        const touched = window.__tw.touched = [];
+        for (const e of ['addfeature', 'changefeature', 'removefeature']) window.__tw.source.on(e, (ev) => touched.push(ev.feature.getId()));
+      });
+      // Deleted on the server; past the lists' ttl (300 s) the page prefetches the tile (a
+      // route's tile, say): the answer leaves the item out.
+      backend.remove(a);
+      await p.evaluate((tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
+      const s = await settled('the features again', p);
+      const touched = await p.evaluate(() => window.__tw.touched);
+      for (const t of touched) if (tiles.has(t)) assert.equal(tiles.get(t), tile, `feature ${t} changed`);
+      assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the expired tiles it did not touch were not loaded again');
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();

@@ -8,10 +8,13 @@ import { extendTileLayer } from 'tilewarm/deckgl';
 
 const params = new URLSearchParams(location.search);
 const errors = [];
+/** How far the caches' clock is ahead of the page's (window.__tw.skip moves it on). */
+let skew = 0;
 /** A cache at `access` (the layer's `cache` prop; useCache swaps it). */
 async function newCache(access) {
   const c = await TileCache.create({
     endpoint: new URL('/batch', location.href).href,
+    now: () => Date.now() + skew,
     minZoom: 12,
     prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
     access,
@@ -26,6 +29,8 @@ function layer() {
   return new TilewarmTileLayer({
     id: 'homes',
     cache,
+    // follow=0: the cache is fed no view: every tile is outside its view.
+    followView: params.get('follow') !== '0',
     minZoom: 12,
     maxZoom: 16,
     onTileError: (e) => errors.push(String(e)),
@@ -106,4 +111,5 @@ const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimat
 function mark() {
   for (const t of tileset().tiles) if (t.layers) t.layers.marked = true;
 }
-window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark };
+const skip = (ms) => { skew += ms; };
+window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark, skip };

@@ -38,7 +38,9 @@ function draw(ctx, item, x, y) {
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
-const layer = createLayer(L, cache, { draw, onError: (e) => errors.push(String(e)) }).addTo(map);
+// follow=0: the cache is fed no view (followView: false): every tile is outside its view.
+const followView = params.get('follow') !== '0';
+const layer = createLayer(L, cache, { draw, followView, onError: (e) => errors.push(String(e)) }).addTo(map);
 const tileErrors = [];
 layer.on('tileerror', (e) => tileErrors.push(String(e.error)));
 

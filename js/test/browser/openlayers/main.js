@@ -15,8 +15,11 @@ import { TileCache } from 'tilewarm';
 import { createSource, follow } from 'tilewarm/openlayers';
 
 const params = new URLSearchParams(location.search);
+/** How far the cache's clock is ahead of the page's (window.__tw.skip moves it on). */
+let skew = 0;
 const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
+  now: () => Date.now() + skew,
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
   access: params.get('access') ?? 'public',
@@ -32,7 +35,8 @@ const map = new Map({
   layers: [new VectorLayer({ source, style: (f) => styles[f.get('stale') ? 1 : 0] })],
   view: new View({ center: fromLonLat([Number(params.get('lon')), Number(params.get('lat'))]), zoom: Number(params.get('zoom')) }),
 });
-follow(map, source);
+// follow=0: the cache is fed no view: every tile is outside its view.
+if (params.get('follow') !== '0') follow(map, source);
 
 /** Features in the source (ids), rendered? and counters. */
 function state() {
@@ -48,6 +52,6 @@ function state() {
 let rendered = 0;
 map.on('rendercomplete', () => { rendered++; });
 window.__tw = {
-  map, cache, source, state, rendered: () => rendered, fromLonLat,
+  map, cache, source, state, rendered: () => rendered, fromLonLat, skip: (ms) => { skew += ms; },
   ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection },
 };
