@@ -51,7 +51,10 @@ export function followUpdates(cache, shown, redraw) {
     changed = [];
     for (const [name, tile, drawn] of shown()) {
       if (!drawn) continue; // not drawn yet: its own load draws it
-      if (!every && !again.has(tile) && !tiles.some((t) => overlap(t, zxy(name)))) continue;
+      if (!every && !again.has(tile)) {
+        const at = zxy(name);
+        if (!tiles.some((t) => overlap(t, at))) continue;
+      }
       if (busy.has(tile)) { again.add(tile); continue; }
       again.delete(tile);
       let loading;
