@@ -450,7 +450,8 @@ export class TileCache {
       this.#gets.set(id, w);
     }));
     this.#run(out, 1 + ids.length, 1);
-    return Promise.all(results);
+    // An item found before a downgrade that ended the wait is not handed out after it.
+    return Promise.all(results).then((items) => items.map((it) => it && this.#mayShow(it) ? it : undefined));
   }
 
   /** Drops cached items (`ids`), tiles (`tiles`, "z/x/y"), classes (`classes`) or
@@ -726,7 +727,14 @@ export class TileCache {
     if (load.data) this.#settledTiles.push(load.data);
     load.signal?.removeEventListener('abort', load.onAbort);
     if (error) load.reject(error);
-    else load.resolve(load.results);
+    // A tile read before a downgrade that came while others were fetched is handed out at
+    // the tier the cache views as now.
+    else load.resolve(load.results.map((r) => r.items ? { tile: r.tile, items: r.items.filter((i) => this.#mayShow(i)) } : r));
+  }
+
+  /** Whether the tier the cache views as now may see `item`. */
+  #mayShow(item) {
+    return TIERS.indexOf(item.access) <= (this.#disposed ? TIERS.indexOf(this.#access) : this.#engine.access());
   }
 
   #abortLoad(load) {

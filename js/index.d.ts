@@ -223,7 +223,9 @@ export class TileCache<Data = unknown> {
    * 256 bytes, or holding a control character), with nothing sent. */
   get(id: string): Promise<Item<Data> | undefined>;
   /** Items by id, in order, fetching the unknown ones together; ids as `get` takes them
-   * (one it refuses rejects the call, and nothing is sent). */
+   * (one it refuses rejects the call, and nothing is sent). What it hands out is what the
+   * tier the cache views as when it resolves may see: an item found at once is `undefined`
+   * if `setAccess` (or a lower tier an answer reported) lowered the tier meanwhile. */
   getMany(ids: string[]): Promise<(Item<Data> | undefined)[]>;
   /** Drops items, tiles or everything; returns how many entries went, and `onUpdate`
    * listeners hear of it at once. Visible tiles that emptied are fetched again: at once, or
@@ -247,7 +249,10 @@ export class TileCache<Data = unknown> {
    * Resolves with one {@link TileLoad} per tile, in order; a tile whose request gave up
    * has an `error`, the others still load; so has a tile whose data tiles do not fit in the
    * cache with the view and the other tiles waited for (`maxItems`, `maxBytes`: an answer
-   * pushed one out before it could be read), rather than being fetched again in a loop. Rejects with `signal.reason` when the signal
+   * pushed one out before it could be read), rather than being fetched again in a loop.
+   * Each tile's items are those the tier the cache views as when the call resolves may see
+   * (a tile read before a downgrade that came while others were fetched loses what is
+   * above it). Rejects with `signal.reason` when the signal
    * aborts (the tiles no other call waits for are no longer queued).
    * @throws {TilewarmError} for a tile string that is not `z/x/y` or a bad `signal`
    */

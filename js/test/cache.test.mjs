@@ -311,6 +311,34 @@ test('a get() whose answer lands after a downgrade is asked again at the new tie
   cache.dispose();
 });
 
+// What a call collected before a downgrade and hands out after it: getMany's cached items
+// and loadTiles' tiles answered first, while another id or tile was still being fetched.
+test('getMany and loadTiles that end after a downgrade hand out nothing above the new tier', async () => {
+  fresh();
+  const cache = await make({ access: 'agent', prefetch: { ring: 0, viewRing: 0, lookaheadMs: 0 } });
+  const v = viewOf(SX, SY);
+  const near = viewTiles(v).find((t) => backend.tileItems(t, 'agent').some((i) => i.access === 'agent'));
+  assert.ok(near, 'a tile of the view holds an agent item');
+  const secret = backend.tileItems(near, 'agent').find((i) => i.access === 'agent');
+  await cache.loadTiles([near]);
+  // Two other tiles, not cached, so their answers wait for the slow backend.
+  const [other, third] = viewTiles(v).filter((t) => t !== near && backend.tileItems(t, 'agent').length > 0);
+  assert.ok(third, 'the view has two more tiles with items');
+  const otherId = backend.tileItems(other, 'agent')[0].id;
+  backend.delayMs = 150;
+  const many = cache.getMany([secret.id, otherId]);
+  const load = cache.loadTiles([near, third]);
+  await until(() => backend.requests.length >= 2 && cache.stats().inFlight > 0, 'the requests out');
+  cache.setAccess('public');
+  const [got] = await many;
+  assert.equal(got, undefined, 'the agent item read from the cache before the downgrade');
+  const [first] = await load;
+  assert.equal(first.tile, near);
+  assert.deepEqual(first.items.filter((i) => i.access !== 'public').map((i) => i.id), [], 'no agent item in the tile read first');
+  assert.deepEqual(ids(first.items), backend.tileItems(near, 'public').map((i) => i.id).sort());
+  cache.dispose();
+});
+
 // An answer the backend read before a change, landing after the change reached the page
 // (tilewarm/live calls invalidate): cached, its old value would be served for a full TTL.
 // It is dropped and asked again; the get() waiting for it gets the new value.
