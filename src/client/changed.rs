@@ -29,7 +29,9 @@ impl ChangedTiles {
     /// Notes that `tile`'s items changed.
     pub(super) fn add(&mut self, tile: TileId) {
         if let ChangedTiles::Tiles(tiles) = self {
-            if tiles.contains(&tile) {
+            // An answer notes a tile per item, its items mostly grouped by tile: the last
+            // one first. (A sort or a hash set here costs 0.3 to 0.5 KB of the page.)
+            if tiles.last() == Some(&tile) || tiles.contains(&tile) {
                 return;
             }
             if tiles.len() >= MAX_CHANGED_TILES {
