@@ -184,9 +184,17 @@ async fn apply(app: &App, inv: &Invalidation, on_tier: &Invalidation) -> Result<
 /// instance's write guard (so a fetch of this instance that was in flight across the change
 /// does not write the old value back) and deleted from the tier again (a write-back of
 /// this instance that landed between the other instance's delete and now is removed), as
-/// [`invalidate_again`] does.
-pub async fn apply_remote(app: &App, inv: &Invalidation) -> Result<(), TierError> {
-    invalidate_again(app, inv).await
+/// [`invalidate_again`] does when `bumped` (its entry says its classes were bumped in this
+/// tier's generations: [`crate::stream::BUMPED`]). Otherwise its classes are bumped here
+/// ([`invalidate`]): an instance of an older storage format (v3, during a rolling upgrade)
+/// knows no generations and deleted only its own keys of the class, so without a bump the
+/// values of this format cached before would be served until their TTL.
+pub async fn apply_remote(app: &App, inv: &Invalidation, bumped: bool) -> Result<(), TierError> {
+    if bumped {
+        invalidate_again(app, inv).await
+    } else {
+        invalidate(app, inv).await
+    }
 }
 
 /// [`invalidate`] for an invalidation already applied to the shared tier (by another

@@ -4,7 +4,8 @@
 //!
 //! # Where it lives
 //! - **With `--redis`**: a Redis Stream at `<prefix>changes` ([`changes_key`]). An entry is
-//!   `XADD <key> MAXLEN ~ <--changes-retention> * inv <invalidation JSON>`; its id
+//!   `XADD <key> MAXLEN ~ <--changes-retention> * inv <invalidation JSON>` (and
+//!   `bumped <prefix>v4:g` when it names classes, [`BUMPED`]); its id
 //!   (`<ms>-<seq>`, [`StreamId`]) is the event id clients see. Each instance runs one
 //!   reader ([`spawn_reader`]): `XREAD BLOCK` on a connection of its own (a blocking read
 //!   would hold up every command queued behind it on the shared multiplexed connection),
@@ -77,6 +78,14 @@ use crate::App;
 
 /// The stream entry's field holding the invalidation JSON.
 pub const FIELD: &str = "inv";
+
+/// The stream entry's field naming the class generations hash (`<prefix>v4:g`) its classes
+/// were bumped in before it was appended (entries naming classes only). A reader whose tier
+/// keeps its generations there applies the entry without bumping them again
+/// ([`crate::invalidate::apply_remote`]); an entry without it (made by an instance of an
+/// older storage format, which has no generations, during a rolling upgrade) is bumped by
+/// every reader, or its classes' values of this format would be served until their TTL.
+pub const BUMPED: &str = "bumped";
 
 /// How long one `XREAD` blocks.
 pub const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -249,6 +258,8 @@ struct RedisStream {
     target: RedisTarget,
     conn: RedisConn,
     key: String,
+    /// This format's class generations hash ([`BUMPED`]).
+    gens: String,
     timeout: Duration,
 }
 
@@ -318,6 +329,7 @@ impl ChangeStream {
                 target: target.clone(),
                 conn,
                 key: changes_key(prefix),
+                gens: crate::stored::Keys::new(prefix).gens().to_owned(),
                 timeout,
             }),
             retention,
@@ -395,7 +407,8 @@ impl ChangeStream {
         let _ = self.stop.send(true);
     }
 
-    /// Appends an invalidation; returns its id (the last one's, when it is split). It goes
+    /// Appends an invalidation already applied to this instance's tier (its classes bumped:
+    /// the entry says so, [`BUMPED`]); returns its id (the last one's, when it is split). It goes
     /// on the stream in parts no longer than [`Limits::default`] allows
     /// ([`Invalidation::split`]): that is what the stream's readers (every instance, and
     /// the feed's followers) decode entries with, and an entry one cannot decode is a
@@ -439,6 +452,9 @@ impl ChangeStream {
                     .arg("*")
                     .arg(FIELD)
                     .arg(inv.to_json());
+                if !inv.classes.is_empty() {
+                    cmd.arg(BUMPED).arg(&s.gens);
+                }
                 let add = cmd.query_async::<String>(&mut conn);
                 let raw = match tokio::time::timeout(s.timeout, add).await {
                     Ok(r) => r.map_err(redis_err)?,
@@ -955,18 +971,25 @@ pub fn spawn_reader(app: Weak<App>, from: Option<StreamId>) {
 /// Most failed invalidations kept to apply again; past it they become one `all`.
 const MAX_FAILED: usize = 64;
 
-/// Applies `inv` to this instance's tier; a failure (the tier is marked down) is kept in
-/// `failed` to be applied again by [`retry_failed`], so a change read while the tier was
-/// failing is not forgotten, and requests are held off the tier until it is
-/// ([`crate::tier::CacheTier::hold_reads`]).
-async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
-    if crate::invalidate::apply_remote(app, &inv).await.is_err() {
+/// Invalidations the reader failed to apply, each with whether its classes were bumped
+/// already ([`BUMPED`]), oldest first.
+type Failed = Vec<(Invalidation, bool)>;
+
+/// Applies `inv` to this instance's tier (`bumped`: [`crate::invalidate::apply_remote`]); a
+/// failure (the tier is marked down) is kept in `failed` to be applied again by
+/// [`retry_failed`], so a change read while the tier was failing is not forgotten, and
+/// requests are held off the tier until it is ([`crate::tier::CacheTier::hold_reads`]).
+async fn apply(app: &App, inv: Invalidation, bumped: bool, failed: &mut Failed) {
+    if crate::invalidate::apply_remote(app, &inv, bumped)
+        .await
+        .is_err()
+    {
         app.tier.hold_reads(ReadHold::ChangeStream, true);
         app.changes.stats.apply_failures.fetch_add(1, Relaxed);
         if inv.all || failed.len() >= MAX_FAILED {
-            *failed = vec![Invalidation::everything()];
-        } else if !failed.first().is_some_and(|f| f.all) {
-            failed.push(inv);
+            *failed = vec![(Invalidation::everything(), true)];
+        } else if !failed.first().is_some_and(|(f, _)| f.all) {
+            failed.push((inv, bumped));
         }
     }
 }
@@ -974,16 +997,19 @@ async fn apply(app: &App, inv: Invalidation, failed: &mut Vec<Invalidation>) {
 /// What the reader could not read is gone or cannot be named: nothing this instance holds
 /// can be proven fresh. Invalidates everything here (recorded in the write guard, so a
 /// fetch in flight does not write back either) and sends the subscribers a `reset` to `to`.
-async fn reset_everything(a: &App, failed: &mut Vec<Invalidation>, to: StreamId, why: ResetReason) {
+async fn reset_everything(a: &App, failed: &mut Failed, to: StreamId, why: ResetReason) {
     a.changes.stats.resets.fetch_add(1, Relaxed);
-    apply(a, Invalidation::everything(), failed).await;
+    apply(a, Invalidation::everything(), true, failed).await;
     let _ = a.changes.tx.send(Event::Reset(to, why));
 }
 
 /// Applies again what failed before, oldest first, until one fails again.
-async fn retry_failed(app: &App, failed: &mut Vec<Invalidation>) {
-    while let Some(inv) = failed.first() {
-        if crate::invalidate::apply_remote(app, inv).await.is_err() {
+async fn retry_failed(app: &App, failed: &mut Failed) {
+    while let Some((inv, bumped)) = failed.first() {
+        if crate::invalidate::apply_remote(app, inv, *bumped)
+            .await
+            .is_err()
+        {
             return;
         }
         failed.remove(0);
@@ -995,17 +1021,23 @@ async fn retry_failed(app: &App, failed: &mut Vec<Invalidation>) {
 async fn read_once(
     app: &Weak<App>,
     last: &mut Option<StreamId>,
-    failed: &mut Vec<Invalidation>,
+    failed: &mut Failed,
     reading_since: &mut Option<tokio::time::Instant>,
 ) -> Result<(), StreamError> {
-    let (target, key, mut info_conn, timeout) = {
+    let (target, key, gens, mut info_conn, timeout) = {
         let Some(a) = app.upgrade() else {
             return Ok(());
         };
         let Backend::Redis(s) = &a.changes.backend else {
             return Ok(());
         };
-        (s.target.clone(), s.key.clone(), s.conn.clone(), s.timeout)
+        (
+            s.target.clone(),
+            s.key.clone(),
+            s.gens.clone(),
+            s.conn.clone(),
+            s.timeout,
+        )
     };
     // Its own connection (own sockets), whose answers may take the whole block.
     let opts = ConnOptions {
@@ -1098,10 +1130,13 @@ async fn read_once(
                         Event::Invalidate(_, inv) => (**inv).clone(),
                         Event::Reset(..) => Invalidation::everything(),
                     };
+                    let bumped = fields.chunks(2).any(
+                        |kv| matches!(kv, [k, v] if k == BUMPED.as_bytes() && v == gens.as_bytes()),
+                    );
                     a.changes.stats.applied_remote.fetch_add(1, Relaxed);
                     // A tier failure marks Redis down (the tier is not read until it is
                     // back) and is applied again then.
-                    apply(&a, inv, failed).await;
+                    apply(&a, inv, bumped, failed).await;
                 }
                 let _ = a.changes.tx.send(event);
             }

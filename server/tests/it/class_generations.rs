@@ -365,6 +365,69 @@ async fn all_keeps_the_generations_of_a_deployment_under_a_longer_prefix() {
     x.shutdown().await;
 }
 
+/// A class invalidation read from the change stream that no instance of this storage
+/// format made (an instance of format v3, which has no generations, during a rolling
+/// upgrade: it deleted its own keys of the class, and its entry says nothing of a bump) is
+/// bumped here: this instance's values of the class cached before are misses. Its entry is
+/// written here as such an instance writes it. Fails when the reader takes every entry for
+/// one whose classes were bumped already (the v4 values were served until their TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_invalidation_from_an_instance_without_generations_is_bumped_by_the_reader() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let active = o
+        .tile_items(t, Access::Agent)
+        .find(|i| i.class == "active")
+        .unwrap()
+        .id
+        .clone();
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    let body = request(&[t], &[&active], Access::Agent);
+    http.ok(&a, &body).await;
+    let calls = a.app.metrics.origin_calls();
+    http.ok(&a, &body).await;
+    assert_eq!(a.app.metrics.origin_calls(), calls, "not cached");
+
+    // A v3 instance's `POST /v1/invalidate {"classes":["active"]}`: its own keys deleted,
+    // then this entry.
+    let inv = r#"{"ids":[],"tiles":[],"classes":["active"],"all":false}"#;
+    redis_do(
+        &redis,
+        &[
+            "XADD",
+            "tw:changes",
+            "MAXLEN",
+            "~",
+            "10000",
+            "*",
+            "inv",
+            inv,
+        ],
+    )
+    .await;
+    let applied = || a.app.changes.stats.applied_remote.load(Relaxed);
+    assert!(
+        eventually(Duration::from_secs(10), || applied() >= 1).await,
+        "the reader did not apply the entry"
+    );
+    assert!(generation(&redis, "active").await > 0, "not bumped");
+    let calls = a.app.metrics.origin_calls();
+    http.ok(&a, &request(&[], &[&active], Access::Agent)).await;
+    assert_eq!(
+        a.app.metrics.origin_calls(),
+        calls + 1,
+        "an item of the class cached before was served"
+    );
+    // An entry of this format (A's own call, read by another instance) is not bumped
+    // again: that is `a_class_invalidation_reaches_every_instance_without_a_scan`.
+    a.shutdown().await;
+}
+
 /// A generation that is not a number (written by something else) fails the read instead
 /// of reading as 0, which would serve the class's stale values: the tier is marked down
 /// and requests are answered from the origin. The bump fails too (503).
