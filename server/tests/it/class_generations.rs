@@ -73,7 +73,10 @@ async fn a_class_invalidation_reaches_every_instance_without_a_scan() {
     http.ok(&b, &body).await;
     assert_eq!(b.app.metrics.origin_calls(), 0, "B did not read A's writes");
     let (scans, mgets) = (calls(&redis, "scan").await, calls(&redis, "mget").await);
+    let evals = calls(&redis, "eval").await;
 
+    // What B's reader hands its followers, once it has applied it.
+    let mut b_applied = b.app.changes.events();
     let admin = Http::with_token(Some(admin_token()));
     let r = post_invalidate(&admin, &a, r#"{"classes":["active"]}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -126,20 +129,22 @@ async fn a_class_invalidation_reaches_every_instance_without_a_scan() {
             "the refetch was not kept"
         );
     }
-    // B's reader applied A's change (its write guard has it) without bumping again.
-    assert!(
-        eventually(Duration::from_secs(5), || b
-            .app
-            .changes
-            .stats
-            .applied_remote
-            .load(Relaxed)
-            >= 1)
+    // B's reader applied A's change (its write guard has it) without bumping again: it
+    // hands an entry to its followers once applied. (Counted in `applied_remote` before it
+    // is applied: waiting for that let a second bump land after the check.)
+    tokio::time::timeout(Duration::from_secs(10), b_applied.recv())
         .await
-    );
+        .expect("B's reader did not apply A's change within 10 s")
+        .unwrap();
     assert_eq!(
         generation(&redis, "active").await,
         bumped,
+        "bumped again by B's reader or A's second delete"
+    );
+    // Counted too: B's reader may have bumped again before `bumped` was read.
+    assert_eq!(
+        calls(&redis, "eval").await,
+        evals + 1,
         "bumped again by B's reader or A's second delete"
     );
     assert_eq!(generation(&redis, "off_market").await, 0);
@@ -394,27 +399,25 @@ async fn a_class_invalidation_from_an_instance_without_generations_is_bumped_by_
     assert_eq!(a.app.metrics.origin_calls(), calls, "not cached");
 
     // A v3 instance's `POST /v1/invalidate {"classes":["active"]}`: its own keys deleted,
-    // then this entry.
+    // then this entry. A's reader hands it to its followers once it has applied it.
+    let mut applied = a.app.changes.events();
     let inv = r#"{"ids":[],"tiles":[],"classes":["active"],"all":false}"#;
-    redis_do(
-        &redis,
-        &[
-            "XADD",
-            "tw:changes",
-            "MAXLEN",
-            "~",
-            "10000",
-            "*",
-            "inv",
-            inv,
-        ],
-    )
-    .await;
-    let applied = || a.app.changes.stats.applied_remote.load(Relaxed);
-    assert!(
-        eventually(Duration::from_secs(10), || applied() >= 1).await,
-        "the reader did not apply the entry"
-    );
+    let xadd = [
+        "XADD",
+        "tw:changes",
+        "MAXLEN",
+        "~",
+        "10000",
+        "*",
+        "inv",
+        inv,
+    ];
+    redis_do(&redis, &xadd).await;
+    tokio::time::timeout(Duration::from_secs(10), applied.recv())
+        .await
+        .expect("the reader did not apply the entry within 10 s")
+        .unwrap();
+    assert_eq!(a.app.changes.stats.applied_remote.load(Relaxed), 1);
     assert!(generation(&redis, "active").await > 0, "not bumped");
     let calls = a.app.metrics.origin_calls();
     http.ok(&a, &request(&[], &[&active], Access::Agent)).await;
