@@ -594,15 +594,20 @@ export function createWorker(defaults = {}) {
   }
 
   async function warm(origin, token, body, tier) {
+    let given = false;
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
+      given = true;
       if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
         bounds = res.headers.get(BOUNDS_HEADER);
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
       }
     } catch {
-      // Warming is best effort: a failure leaves the cache as it was.
+      // Warming is best effort: a failure leaves the cache as it was. It is given back
+      // all the same (status 0: nothing written): while a warming of the same tiles is
+      // out, the core judges their answers by the earliest planning (src/proxy/change.rs).
+      if (!given) proxy.warmed(body, 0, new Uint8Array(0), Date.now());
     }
   }
 

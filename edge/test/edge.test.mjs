@@ -398,6 +398,62 @@ describe('edge worker: warming after a hit', () => {
   });
 });
 
+describe('edge worker: a warming that gets no answer', () => {
+  let server;
+  let relay;
+  let edge;
+  let adminToken;
+
+  before(async () => {
+    adminToken = await hsToken({ tilewarm_access: 'agent', tilewarm_admin: true }, { exp: 3600 });
+    ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 50 }));
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const until = async (fn, what) => {
+    for (let i = 0; i < 400 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
+    assert.ok(await fn(), `gave up waiting for ${what}`);
+  };
+
+  it('gives its planning back: the same tiles warmed again after a change are written', async () => {
+    // While a warming of some tiles is out, the core judges every answer for them by the
+    // earliest planning still out (src/proxy/change.rs). A warming whose connection failed
+    // was never given back, so after a change every later warming of the same tiles was
+    // judged by its planning, from before the change, and not written.
+    relay.dropWarm = true;
+    const req = { tiles: ['14/2636/5721'], access: 'public' };
+    try {
+      assert.equal((await post(edge.batch, req)).cache, 'miss');
+      await until(async () => relay.requests('warm').length === 1, 'the warming request');
+    } finally {
+      relay.dropWarm = false;
+    }
+    const dropped = relay.requests('warm')[0].body.tiles;
+    // A change reaches the isolate (any change starts a new epoch).
+    const epoch = (await edge.stats()).epoch;
+    const r = await postAs(`${server.url}/v1/invalidate`, { tiles: ['14/0/0'] }, {
+      'content-type': 'application/json', authorization: `Bearer ${adminToken}`,
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+    await until(async () => {
+      await fetch(`${edge.url}/healthz`).then((h) => h.text()); // lets a due poll start
+      return (await edge.stats()).epoch > epoch;
+    }, 'the change in the isolate');
+    // Once the dropped tiles may be tried again (WARM_RETRY_MS, 5 s), a hit warms them
+    // again, and this time the answer comes.
+    await new Promise((ok) => setTimeout(ok, 5200));
+    assert.equal((await post(edge.batch, req)).cache, 'hit');
+    await until(async () => relay.requests('warm').length === 2, 'the second warming request');
+    assert.deepEqual(relay.requests('warm')[1].body.tiles, dropped, 'the same tiles warmed again');
+    await until(async () => (await edge.stats()).warmFills === 1, 'the second warming written');
+  });
+});
+
 describe('edge worker: more requests waiting for the origin than an isolate holds (1024)', () => {
   // The origin stalls; each request waits for it (originTimeoutMs, 4 s here). The isolate
   // holds at most 1024 such requests: the next is refused at once, as the server at

@@ -7,9 +7,9 @@
 //!   later epoch is still given to its caller (it was asked before the change reached this
 //!   isolate) but is not written into the cache, so it cannot outlive the change here.
 //!   A warming answer is known by its tier and tiles only: the same tiles warmed again
-//!   while an answer is out count as planned when the first was
-//!   (`Changes::warm_planned`), so an answer asked before a change is never written as
-//!   one asked after it.
+//!   while an answer is out count as planned when the first still out was, until every
+//!   one of them is answered (`Changes::warm_planned`), so an answer asked before a change
+//!   is never written as one asked after it.
 //! - **Missing ids.** Ids remembered as missing that the change names are forgotten (an
 //!   item invalidated may exist again).
 //! - **Shared-cache entries** ([`super::shared`]) cannot be listed or purged by id. So the
@@ -76,9 +76,9 @@ pub(super) struct Changes {
     log: VecDeque<(u64, Invalidation)>,
     /// Shared-cache entries fetched before this are refused.
     floor_ms: u64,
-    /// Outstanding warming requests (tier, tiles): the epoch and the time they were planned
-    /// in.
-    warm: LruCache<(Access, Vec<TileId>), (u64, u64)>,
+    /// Outstanding warming requests (tier, tiles): the epoch and the time the earliest of
+    /// them was planned in, and how many are out.
+    warm: LruCache<(Access, Vec<TileId>), (u64, u64, u32)>,
     /// Per (tier, data tile): when the origin request of the answer that last filled it was
     /// planned (module docs).
     fetched: LruCache<(Access, TileId), u64>,
@@ -97,25 +97,37 @@ impl Changes {
     }
 
     /// Remembers that a warming request for `tiles` at `tier` was planned at `now_ms`.
-    /// While one for the same tiles is still out (its answer not given back), the earlier
-    /// planning stands: an answer names its request by tier and tiles only, so either
-    /// answer may come back first, and one asked before a change must never be judged by
-    /// a planning after it (written and dated after the change). Whichever comes first is
-    /// judged as the earlier; the other finds nothing and is not written.
+    /// While one for the same tiles is still out (its answer, or its failure, not given
+    /// back), the earliest planning stands, until every one of them is given back: an
+    /// answer names its request by tier and tiles only, so any of them may come back
+    /// first, and one asked before a change must never be judged by a planning after it
+    /// (written and dated after the change). So every answer is judged as the earliest
+    /// still out: with a change between two plannings, none of theirs is written (lost
+    /// warming, never an old value). Before, the first answer back used the planning up and
+    /// a third planning, made after a second change while the second was still out, judged
+    /// the second's answer, asked before that change, as current.
     pub(super) fn warm_planned(&mut self, tier: Access, tiles: &[TileId], now_ms: u64) {
         let key = (tier, tiles.to_vec());
-        if self.warm.get(&key).is_none() {
-            self.warm.put(key, (self.epoch, now_ms));
+        match self.warm.get_mut(&key) {
+            Some((_, _, out)) => *out = out.saturating_add(1),
+            None => {
+                self.warm.put(key, (self.epoch, now_ms, 1));
+            }
         }
     }
 
-    /// When that warming request was planned, if its answer may be written (it was planned
-    /// in this epoch).
+    /// One of those warming requests was given back (answered or failed): when the
+    /// earliest still out was planned, if its answer may be written (that was in this
+    /// epoch).
     pub(super) fn warm_current(&mut self, tier: Access, tiles: &[TileId]) -> Option<u64> {
-        match self.warm.pop(&(tier, tiles.to_vec())) {
-            Some((epoch, planned_ms)) if epoch == self.epoch => Some(planned_ms),
-            _ => None,
+        let key = (tier, tiles.to_vec());
+        let (epoch, planned_ms, out) = *self.warm.peek(&key)?;
+        if out > 1 {
+            self.warm.put(key, (epoch, planned_ms, out - 1));
+        } else {
+            self.warm.pop(&key);
         }
+        (epoch == self.epoch).then_some(planned_ms)
     }
 
     /// Remembers that data tile `tile` of `tier` was filled from an answer whose origin

@@ -1304,6 +1304,66 @@ mod changes {
         assert_eq!(data_of(&r, &id), "{\"k\":99}");
     }
 
+    /// Three warmings of the same tiles, each planned after a change the one before it
+    /// missed: the first's answer uses up the planning that stood for the first two, and
+    /// the second's answer (asked after the first change, before the second) must still
+    /// not be judged by the third's planning, made after the second change. Fails when an
+    /// answer pops whatever planning is there: the second's old value was written, dated
+    /// after the second change.
+    #[test]
+    fn a_warming_answer_outstanding_across_two_changes_is_not_written_by_a_later_planning() {
+        let old = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let centre = req(&[CENTRE], &[], Access::Public);
+        let first = run(&mut p, &old, centre.clone(), 0).1.warm.unwrap();
+        let first_answer = old.answer(&first, Some(300));
+        let w = first.tiles[0];
+        let id = first_answer.tiles[0].ids[0].clone();
+        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Its tiles filled and seen fresh, a change, the same tiles warmed again.
+        let warm_again = |p: &mut Proxy, o: &Origin<RawData>, at: u64| {
+            run(p, o, req(&names, &[], Access::Public), at);
+            assert_eq!(run(p, o, centre.clone(), at).1.verdict, Verdict::Hit);
+            p.invalidate(&Invalidation::everything(), at + 1);
+            let again = run(p, o, centre.clone(), at + 2).1.warm.unwrap();
+            assert_eq!(again, first, "the same tiles warmed again after the change");
+        };
+        let mut mid_items = items();
+        mid_items.iter_mut().find(|i| i.id == id).unwrap().data = raw("{\"k\":98}");
+        let mid = Origin::new(mid_items).unwrap();
+        // The second warming, planned after the first change, reads the origin then.
+        warm_again(&mut p, &mid, 10);
+        let second_body = mid.answer(&first, Some(300)).to_json();
+        // The first warming's answer: not written.
+        fn answer(body: &str) -> OriginOutcome<'_> {
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            }
+        }
+        let first_body = first_answer.to_json();
+        assert!(p.warmed(&first, answer(&first_body), 20).is_err());
+        // The second change, and a third warming planned after it.
+        let new = changed_origin(&id);
+        warm_again(&mut p, &new, 30);
+        // The second warming's answer (before the second change) comes back: not written.
+        let err = p.warmed(&first, answer(&second_body), 40).unwrap_err();
+        assert!(err.message.contains("before a change"), "{}", err.message);
+        assert!(p.shared_entry(Access::Public, w, 50).is_none());
+        let (forwarded, _, r) = run(
+            &mut p,
+            &new,
+            req(&[&w.to_string()], &[], Access::Public),
+            50,
+        );
+        assert!(
+            forwarded.is_some(),
+            "the second warming's answer filled the tile"
+        );
+        assert_eq!(data_of(&r, &id), "{\"k\":99}");
+    }
+
     #[test]
     fn warming_answers_and_shared_fills_keep_the_date_of_their_origin_request() {
         let o = origin();

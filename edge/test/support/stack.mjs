@@ -118,6 +118,8 @@ export async function startRelay(target, { requireToken } = {}) {
       return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
     }
     if (relay.mode === 'stall') return; // the worker's timeout ends it
+    // Warming requests only get no answer (`relay.dropWarm`): the connection is cut.
+    if (relay.dropWarm && req.headers['x-tilewarm-purpose'] === 'warm') return req.socket.destroy();
     if (relay.failWarm && req.headers['x-tilewarm-purpose'] === 'warm') {
       // Warming requests only fail (`relay.failWarm`), as an origin that sheds them.
       res.writeHead(503, { 'content-type': 'application/json' });
