@@ -790,6 +790,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         // it is not followed (`not_found`, `refused`, `redirected`, `not_a_feed`); null when
         // none is.
         "upstream_changes": app.origin.upstream_feed().map(|f| f.stats.state().name()),
+        // With Redis, whether this instance's reader of the change stream reads it (null
+        // without Redis): while it does not, other instances' changes do not reach it.
+        "change_stream_reading": app.changes.is_redis().then(|| app.changes.stats.reading.load(std::sync::atomic::Ordering::Relaxed)),
         "data_zoom": app.config.data_zoom,
         // The `--jwks` URL's key set: `fresh`, `stale` (past its max age, fetched again
         // by the next request), `failing` (the last fetch failed; the last set verifies

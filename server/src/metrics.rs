@@ -619,6 +619,48 @@ fn read_app(app: &App, s: &mut Scrape) {
             ],
         );
     }
+    let c = &app.changes.stats;
+    if app.changes.is_redis() {
+        s.gauge(
+            "tilewarm_change_stream_reading",
+            "1 while this instance's reader of the change stream reads it; while 0 no other instance's change reaches this one, nor its followers.",
+            c.reading.load(Relaxed) as u64,
+        );
+    }
+    s.gauge(
+        "tilewarm_change_stream_subscribers",
+        "Open GET /v1/changes streams.",
+        c.subscribers.load(Relaxed),
+    );
+    for (name, help, v) in [
+        (
+            "tilewarm_change_stream_published",
+            "Entries this instance put on the change stream.",
+            &c.published,
+        ),
+        (
+            "tilewarm_change_stream_applied_remote",
+            "Entries of other instances this instance's reader applied.",
+            &c.applied_remote,
+        ),
+        (
+            "tilewarm_change_stream_resets",
+            "Times this instance's reader found entries lost before it read them and invalidated everything.",
+            &c.resets,
+        ),
+        (
+            "tilewarm_change_stream_bad_entries",
+            "Stream entries whose id or body could not be read (each handled as invalidate-all and a reset).",
+            &c.bad_entries,
+        ),
+        (
+            "tilewarm_change_stream_apply_failures",
+            "Entries of other instances this instance failed to apply to its tier (applied again once it answers).",
+            &c.apply_failures,
+        ),
+    ] {
+        s.counter(name, help, v);
+    }
     let i = &app.invalidation.stats;
     for (name, help, v) in [
         (

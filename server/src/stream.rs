@@ -59,8 +59,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -234,6 +234,10 @@ pub struct StreamStats {
     /// Invalidations read from the stream that this instance failed to apply to the tier
     /// (kept and applied again once the tier answers).
     pub apply_failures: AtomicU64,
+    /// The reader's connection answers (with Redis): set by a successful `XREAD`, cleared
+    /// when reading fails. While it is not, no other instance's change reaches this one
+    /// and its followers get no event (`/metrics`, `/healthz`).
+    pub reading: AtomicBool,
 }
 
 /// Why a feed was not opened.
@@ -954,12 +958,23 @@ pub fn spawn_reader(app: Weak<App>, from: Option<StreamId>) {
         }
         let mut failed = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        // Warned since the reader last read: one warning per outage, the retries at debug.
+        let mut warned = false;
         loop {
             let mut reading_since = None;
-            match read_once(&app, &mut last, &mut failed, &mut reading_since).await {
+            let result = read_once(&app, &mut last, &mut failed, &mut reading_since).await;
+            let Some(a) = app.upgrade() else { return };
+            a.changes.stats.reading.store(false, Relaxed);
+            drop(a);
+            match result {
                 Ok(()) => return, // the app is gone
                 Err(e) => {
-                    debug!(error = %e, "change stream reader: reconnecting");
+                    warned &= reading_since.is_none();
+                    if !std::mem::replace(&mut warned, true) {
+                        warn!(error = %e, "change stream reader: reading the stream failed; until it reads again, other instances' changes do not reach this one, nor its followers (retrying)");
+                    } else {
+                        debug!(error = %e, "change stream reader: reconnecting");
+                    }
                     let up_for = reading_since.map(|t: tokio::time::Instant| t.elapsed());
                     tokio::time::sleep(backoff.after_connection(up_for, READER_STABLE_AFTER)).await;
                 }
@@ -1094,6 +1109,9 @@ async fn read_once(
         let Some(a) = app.upgrade() else {
             return Ok(());
         };
+        if !a.changes.stats.reading.swap(true, Relaxed) {
+            info!(key = %key, "change stream reader: reading");
+        }
         let reply = reply.unwrap_or_default();
         if reply.iter().any(|(_, entries)| !entries.is_empty()) {
             // A reader that fell more than the retention behind (a slow apply: a class's

@@ -1465,3 +1465,52 @@ async fn a_burst_of_changes_split_in_parts_shows_a_lower_tier_no_tile_of_them() 
     }
     s.shutdown().await;
 }
+
+/// An instance whose reader cannot read the change stream (here an ACL takes `XREAD` away;
+/// the same with a connection that keeps failing) gets no other instance's change, and its
+/// followers no event: `/metrics` (`tilewarm_change_stream_reading 0`) and `/healthz`
+/// (`change_stream_reading: false`) say so while it lasts, and 1 / true once it reads
+/// again. It used to show nowhere: the reader's errors were logged at debug only, and the
+/// stream's counters were not exported. Fails without the gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let http = Http::new();
+    let reading = async |want: bool| {
+        let http = &http;
+        let s = &s;
+        eventually_async(Duration::from_secs(20), || async move {
+            let m = http.get(&format!("{}/metrics", s.url())).await.text();
+            let h = http.get(&format!("{}/healthz", s.url())).await.json();
+            m.contains(&format!(
+                "tilewarm_change_stream_reading {}",
+                u8::from(want)
+            )) && h["change_stream_reading"] == want
+        })
+        .await
+    };
+    assert!(reading(true).await, "the reader does not read");
+    redis_do(&redis, &["ACL", "SETUSER", "default", "-xread"]).await;
+    assert!(
+        reading(false).await,
+        "a reader refused XREAD shows as reading"
+    );
+    redis_do(&redis, &["ACL", "SETUSER", "default", "+xread"]).await;
+    assert!(reading(true).await, "the reader did not come back");
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    for name in [
+        "tilewarm_change_stream_published_total",
+        "tilewarm_change_stream_applied_remote_total",
+        "tilewarm_change_stream_resets_total",
+        "tilewarm_change_stream_bad_entries_total",
+        "tilewarm_change_stream_apply_failures_total",
+        "tilewarm_change_stream_subscribers",
+    ] {
+        assert!(m.contains(&format!("{name} ")), "{name} missing: {m}");
+    }
+    s.shutdown().await;
+}
