@@ -773,8 +773,16 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         .map(|h| h.name())
         .collect();
     let jwks = app.auth.remote_keys().map(|k| k.health().state);
+    let stream_reading = app.changes.is_redis().then(|| {
+        app.changes
+            .stats
+            .reading
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    // Not reading the change stream, this instance misses other instances' changes.
     let degraded = app.tier.redis_degraded().unwrap_or(false)
         || !holds.is_empty()
+        || stream_reading == Some(false)
         || jwks.is_some_and(|s| s.degraded());
     let body = serde_json::json!({
         "status": if degraded { "degraded" } else { "ok" },
@@ -792,7 +800,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "upstream_changes": app.origin.upstream_feed().map(|f| f.stats.state().name()),
         // With Redis, whether this instance's reader of the change stream reads it (null
         // without Redis): while it does not, other instances' changes do not reach it.
-        "change_stream_reading": app.changes.is_redis().then(|| app.changes.stats.reading.load(std::sync::atomic::Ordering::Relaxed)),
+        "change_stream_reading": stream_reading,
         "data_zoom": app.config.data_zoom,
         // The `--jwks` URL's key set: `fresh`, `stale` (past its max age, fetched again
         // by the next request), `failing` (the last fetch failed; the last set verifies

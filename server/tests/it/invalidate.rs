@@ -1469,8 +1469,8 @@ async fn a_burst_of_changes_split_in_parts_shows_a_lower_tier_no_tile_of_them() 
 /// An instance whose reader cannot read the change stream (here an ACL takes `XREAD` away;
 /// the same with a connection that keeps failing) gets no other instance's change, and its
 /// followers no event: `/metrics` (`tilewarm_change_stream_reading 0`) and `/healthz`
-/// (`change_stream_reading: false`) say so while it lasts, and 1 / true once it reads
-/// again. It used to show nowhere: the reader's errors were logged at debug only, and the
+/// (`change_stream_reading: false`, status `degraded`) say so while it lasts, and 1 /
+/// true (`ok`) once it reads again. It used to show nowhere: the reader's errors were logged at debug only, and the
 /// stream's counters were not exported. Fails without the gauge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
@@ -1490,6 +1490,7 @@ async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
                 "tilewarm_change_stream_reading {}",
                 u8::from(want)
             )) && h["change_stream_reading"] == want
+                && h["status"] == if want { "ok" } else { "degraded" }
         })
         .await
     };

@@ -140,8 +140,14 @@ async fn redis_killed_mid_test_degrades_to_the_origin_and_recovers() {
     http.ok(&s, &body2).await; // miss: origin, written to the new redis
     http.ok(&s, &body2).await; // hit
     assert_eq!(m.origin_calls_request.load(Relaxed), calls + 1);
-    let h = http.get(&format!("{}/healthz", s.url())).await;
-    assert_eq!(h.json()["status"], "ok");
+    // `ok` once the change stream's reader reads the new Redis too (its back-off: at most
+    // 2 s).
+    let health =
+        || async { http.get(&format!("{}/healthz", s.url())).await.json()["status"] == "ok" };
+    assert!(
+        eventually_async(Duration::from_secs(10), health).await,
+        "not ok after recovery"
+    );
     s.shutdown().await;
 }
 
