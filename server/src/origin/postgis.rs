@@ -42,9 +42,10 @@
 //! connection (`prepare_cached`); a connection is checked with `is_closed` when taken from
 //! the pool, so connections the database dropped (a restart, `pg_terminate_backend`) are
 //! replaced without restarting the server. Every connection has `statement_timeout` set to
-//! `--origin-timeout-ms`, so a query the request path gave up on is also stopped in the
-//! database instead of holding the connection; a query stopped by it is a timeout (504),
-//! any other failure a 502. The server starts while the database is down and recovers when
+//! `--origin-timeout-ms`, and a call dropped before its statements end (given up by the
+//! request's budget, which its count may have spent in part, or its client gone) cancels
+//! them in the database ([`Running`]), so a statement nobody waits for does not hold a
+//! connection; a query stopped by either is a timeout (504), any other failure a 502. The server starts while the database is down and recovers when
 //! it is up.
 //!
 //! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
@@ -78,6 +79,10 @@ use crate::config::Config;
 /// the tile bounds, so no item of the tile is missed; the core's tile maths removes the
 /// extra candidates.
 pub const MARGIN_DEG: f64 = 1e-7;
+
+/// What stopping a dropped call's statement may take beyond the statement timeout: the
+/// cancel request's own connection (the pool's connect timeout).
+const CANCEL_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the items are: table (or view) and column names, and the change channel. The
 /// TOML file of `--origin-config`; every key is optional.
@@ -344,6 +349,62 @@ fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
     OriginFailure::Failed(msg)
 }
 
+/// A pooled connection while a call's statements run on it. A call dropped before they end
+/// (its budget spent, its client gone) leaves them running in the database: dropped armed,
+/// this cancels them there (a cancel request, as `pg_cancel_backend`), waits for the
+/// connection to be idle and then closes it, in a task of its own. Meanwhile it still counts
+/// against the pool, so the next call waits for a free connection (and gets its 504 at its
+/// own timeout) instead of being queued on this one behind a statement nobody waits for;
+/// and it never goes back to the pool, so a cancel that arrives late cannot stop another
+/// call's statement. Given up after `wait` (the connection is then closed as it is).
+struct Running {
+    client: Option<deadpool_postgres::Object>,
+    wait: Duration,
+}
+
+impl Running {
+    fn new(client: deadpool_postgres::Object, wait: Duration) -> Running {
+        Running {
+            client: Some(client),
+            wait,
+        }
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("a running connection is held until done or dropped")
+    }
+
+    /// The statements ended (answered or failed): the connection goes back to the pool.
+    fn done(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            drop(deadpool_postgres::Object::take(client));
+            return;
+        };
+        let wait = self.wait;
+        rt.spawn(async move {
+            let token = client.cancel_token();
+            let stop = async {
+                let _ = token.cancel_query(NoTls).await;
+                // Answered once the cancelled statement has ended.
+                let _ = client.simple_query("SELECT 1").await;
+            };
+            let _ = tokio::time::timeout(wait, stop).await;
+            drop(deadpool_postgres::Object::take(client));
+        });
+    }
+}
+
 impl PostgisOrigin {
     /// A pool for `url` with the layout of `--origin-config`. Connects lazily: the server
     /// starts whether or not the database is up.
@@ -439,6 +500,13 @@ impl PostgisOrigin {
         })
     }
 
+    /// A pooled connection whose statements are cancelled if the call is dropped
+    /// ([`Running`]).
+    async fn running(&self) -> Result<Running, OriginFailure> {
+        let wait = Duration::from_millis(self.timeout_ms()) + CANCEL_CONNECT_WAIT;
+        Ok(Running::new(self.client().await?, wait))
+    }
+
     fn timeout_ms(&self) -> u64 {
         self.pool
             .timeouts()
@@ -511,9 +579,27 @@ impl PostgisOrigin {
         request: &BatchRequest,
         bound: Option<ItemBound<'_>>,
     ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        let running = self.running().await?;
+        let rows = self.answer_rows(running.client(), request, bound).await;
+        running.done();
+        let (tile_rows, id_rows) = rows?;
+        Ok(assemble(
+            request,
+            self.items(tile_rows),
+            self.items(id_rows),
+            Some(self.tile_ttl_s),
+        ))
+    }
+
+    /// The rows of `request`'s tiles and ids, read on `client`.
+    async fn answer_rows(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        request: &BatchRequest,
+        bound: Option<ItemBound<'_>>,
+    ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), OriginFailure> {
         let timeout_ms = self.timeout_ms();
         let fail = |e| db_failure(e, timeout_ms);
-        let client = self.client().await?;
         let tiers = visible_tiers(request.access);
         let (bounded, free): (Vec<TileId>, Vec<TileId>) = request
             .tiles
@@ -561,13 +647,7 @@ impl PostgisOrigin {
                 .await
                 .map_err(fail)?;
         }
-        drop(client);
-        Ok(assemble(
-            request,
-            self.items(tile_rows),
-            self.items(id_rows),
-            Some(self.tile_ttl_s),
-        ))
+        Ok((tile_rows, id_rows))
     }
 
     async fn count_inner(
@@ -577,8 +657,28 @@ impl PostgisOrigin {
         limit: usize,
     ) -> Result<ItemCount, OriginFailure> {
         self.stats.count_queries.fetch_add(1, Relaxed);
+        let running = self.running().await?;
+        let count = self
+            .count_rows(running.client(), tiles, access, limit)
+            .await;
+        running.done();
+        let count = count?;
+        Ok(if count > limit {
+            ItemCount::MoreThan(limit)
+        } else {
+            ItemCount::Exact(count)
+        })
+    }
+
+    /// The envelope rows of `tiles` visible at `access`, counted up to `limit + 1`.
+    async fn count_rows(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        tiles: &[TileId],
+        access: Access,
+        limit: usize,
+    ) -> Result<usize, OriginFailure> {
         let timeout_ms = self.timeout_ms();
-        let client = self.client().await?;
         let st = client
             .prepare_cached(&self.statements.count)
             .await
@@ -590,12 +690,7 @@ impl PostgisOrigin {
             .await
             .map_err(|e| db_failure(e, timeout_ms))?;
         let count: i64 = row.try_get(0).map_err(|e| db_failure(e, timeout_ms))?;
-        let count = count.max(0) as usize;
-        Ok(if count > limit {
-            ItemCount::MoreThan(limit)
-        } else {
-            ItemCount::Exact(count)
-        })
+        Ok(count.max(0) as usize)
     }
 }
 

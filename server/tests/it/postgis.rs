@@ -776,6 +776,97 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
     let _ = std::fs::remove_file(dir);
 }
 
+/// Whether no statement of `tilewarm-server` runs in the database, polled for up to 20 s
+/// (what is stopped stops at once; what is not runs for minutes).
+async fn no_statement_runs(admin: &tokio_postgres::Client) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tilewarm-server' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE knob (ms int NOT NULL); INSERT INTO knob VALUES (600000);
+             CREATE VIEW slow_items AS SELECT i.* FROM tilewarm_items i
+               WHERE (SELECT pg_sleep(ms / 1000.0) FROM knob) IS NOT NULL;",
+        )
+        .await
+        .unwrap();
+    let o = Origin::new(items).unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    // A statement timeout of 10 minutes, one pooled connection; the request path gives a
+    // call what is left of its budget, or drops it when its client hangs up.
+    let c = Config {
+        origin_timeout_ms: 600_000,
+        origin_pool: 1,
+        ..config()
+    };
+    let stats = Arc::new(OriginStats::default());
+    let layout = Layout {
+        table: "slow_items".into(),
+        channel: String::new(),
+        ..Layout::default()
+    };
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
+    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let req = BatchRequest {
+        tiles: vec![t],
+        ids: vec![],
+        access: Access::Agent,
+    };
+    let call = tilewarm_server::origin::CallSource::Request;
+    // Given up by its budget (the service's timeout), and dropped (a client gone).
+    let r = s.fetch_within(&req, call, 300, None).await;
+    assert!(
+        matches!(r, Err(OriginFailure::Timeout { ms: 300 })),
+        "{r:?}"
+    );
+    assert!(
+        no_statement_runs(&admin).await,
+        "the statement of a call given up still runs in the database"
+    );
+    let tiles = [t];
+    let count = s.count_up_to(&tiles, Access::Agent, 10, 0);
+    assert!(tokio::time::timeout(Duration::from_millis(300), count)
+        .await
+        .is_err());
+    assert!(
+        no_statement_runs(&admin).await,
+        "the count of a call dropped still runs in the database"
+    );
+    // The pool's one connection serves the next call at once.
+    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    let r = s.fetch_within(&req, call, 20_000, None).await.unwrap();
+    let want = o.answer(&req, None);
+    assert_eq!(digest(&r), digest(&want));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_and_a_restarted_database_recover_without_a_restart() {
     if !postgres_available() {
