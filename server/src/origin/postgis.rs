@@ -31,7 +31,7 @@
 //!   rows), so it can only refuse early. The other tiles are read as usual.
 //!
 //! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
-//! range, an unknown tier, a NULL) are skipped and counted in `tilewarm_origin_bad_rows_total`:
+//! range, a geometry that is not a point, an unknown tier, a NULL) are skipped and counted in `tilewarm_origin_bad_rows_total`:
 //! an unknown tier in particular is never guessed.
 //!
 //! # Connections
@@ -231,8 +231,13 @@ const ENVELOPES: &str =
 impl Statements {
     fn new(layout: &Layout, sql_tier_filter: bool) -> Statements {
         let q = layout.q();
+        // ST_X and ST_Y fail the whole statement on a row that is not a point (a view over
+        // a column of any geometry): such a row reads as no position, skipped and counted.
         let cols = format!(
-            "t.{id}::text, ST_X(t.{geom})::float8, ST_Y(t.{geom})::float8, t.{class}::text, t.{access}::text, t.{data}::text",
+            "t.{id}::text, \
+             CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_X(t.{geom}) END::float8, \
+             CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_Y(t.{geom}) END::float8, \
+             t.{class}::text, t.{access}::text, t.{data}::text",
             id = q.id,
             geom = q.geom,
             class = q.class,
@@ -549,7 +554,7 @@ impl PostgisOrigin {
         let lon: Option<f64> = row.try_get(1).map_err(|e| e.to_string())?;
         let lat: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;
         let (Some(lon), Some(lat)) = (lon, lat) else {
-            return Err(format!("item {id:?}: NULL or empty geometry"));
+            return Err(format!("item {id:?}: NULL, empty or not a point geometry"));
         };
         let class = get(3)?.ok_or_else(|| format!("item {id:?}: NULL class"))?;
         let access = get(4)?

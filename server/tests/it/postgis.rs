@@ -455,6 +455,71 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
     assert!(s.stats.bad_rows.load(Relaxed) > 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_geometry_is_not_a_point_is_skipped_not_the_whole_answer() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let items = synthetic_city(7, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let o = Origin::new(items.clone()).unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let inside = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    // A view over a table whose geometry column takes any shape: next to the points, a
+    // small polygon and a line inside the same tile (a building outline, a street).
+    let client = pg.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE VIEW mixed_items AS
+               SELECT id, geom::geometry AS geom, class, access, data, updated_at FROM tilewarm_items
+               UNION ALL
+               SELECT 'a-polygon', ST_Buffer(geom, 0.000001), class, access, data, updated_at
+                 FROM tilewarm_items WHERE id = '{inside}'
+               UNION ALL
+               SELECT 'a-line', ST_MakeLine(geom, ST_Translate(geom, 0.000001, 0)), class, access, data, updated_at
+                 FROM tilewarm_items WHERE id = '{inside}'
+               UNION ALL
+               SELECT p.id, ST_SetSRID(p.geom, 4326), 'active', 'public', '{{}}'::jsonb, now()
+                 FROM (VALUES ('a-nan', ST_MakePoint('NaN'::float8, 'NaN'::float8)),
+                              ('an-inf', ST_MakePoint('Infinity'::float8, 0)),
+                              ('an-empty', 'POINT EMPTY'::geometry)) AS p(id, geom)"
+        ))
+        .await
+        .unwrap();
+    let c = config();
+    let stats = Arc::new(OriginStats::default());
+    let layout = Layout {
+        table: "mixed_items".into(),
+        channel: String::new(),
+        ..Layout::default()
+    };
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
+    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let req = BatchRequest {
+        tiles: vec![t],
+        ids: vec![
+            inside.clone(),
+            "a-polygon".into(),
+            "a-nan".into(),
+            "an-inf".into(),
+            "an-empty".into(),
+        ],
+        access: Access::Agent,
+    };
+    let r = s
+        .fetch(&req, tilewarm_server::origin::CallSource::Request)
+        .await
+        .expect("the other rows are answered");
+    let want = o.answer(&req, None);
+    assert_eq!(want.missing, ["a-polygon", "a-nan", "an-inf", "an-empty"]);
+    assert_eq!(digest(&r), digest(&want));
+    // The polygon and the line under the tile; the polygon, NaN, infinite and empty
+    // points by their ids.
+    assert_eq!(s.stats.bad_rows.load(Relaxed), 6);
+}
+
 fn pg_config(pg: &Pg) -> Config {
     Config {
         origin: Some(pg.url.clone()),
