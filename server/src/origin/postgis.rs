@@ -31,8 +31,8 @@
 //!   rows), so it can only refuse early. The other tiles are read as usual.
 //!
 //! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
-//! range, a geometry that is not a point, an unknown tier, a NULL) are skipped and counted in `tilewarm_origin_bad_rows_total`:
-//! an unknown tier in particular is never guessed.
+//! range, a geometry that is not a point, an unknown tier, a NULL) are skipped and counted
+//! in `tilewarm_origin_bad_rows_total`: an unknown tier in particular is never guessed.
 //!
 //! # Connections
 //! A [deadpool-postgres] pool of `--origin-pool` [tokio-postgres] connections (chosen over
@@ -45,8 +45,8 @@
 //! `--origin-timeout-ms`, and a call dropped before its statements end (given up by the
 //! request's budget, which its count may have spent in part, or its client gone) cancels
 //! them in the database ([`Running`]), so a statement nobody waits for does not hold a
-//! connection; a query stopped by either is a timeout (504), any other failure a 502. The server starts while the database is down and recovers when
-//! it is up.
+//! connection; a query stopped by either is a timeout (504), any other failure a 502. The
+//! server starts while the database is down and recovers when it is up.
 //!
 //! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
 //! through a TLS-terminating proxy.
