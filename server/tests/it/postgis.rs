@@ -933,6 +933,73 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_hangs_up_cancels_its_statement() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE knob (ms int NOT NULL); INSERT INTO knob VALUES (600000);
+             CREATE VIEW slow_items AS SELECT i.* FROM tilewarm_items i
+               WHERE (SELECT pg_sleep(ms / 1000.0) FROM knob) IS NOT NULL;",
+        )
+        .await
+        .unwrap();
+    let layout = std::env::temp_dir().join(format!("tw-layout-hangup-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
+    let o = Origin::new(items).unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let s = server(Config {
+        origin_config: Some(layout.clone()),
+        origin_timeout_ms: 600_000,
+        origin_pool: 1,
+        ..pg_config(&pg)
+    })
+    .await;
+    let body = request(&[t], &[], Access::Public);
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    use std::io::Write;
+    write!(
+        conn,
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The statement runs (sleeping); then the client goes away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tilewarm-server' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request's statement never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
+    assert!(
+        no_statement_runs(&admin).await,
+        "the statement of a request whose client hung up still runs in the database"
+    );
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_and_a_restarted_database_recover_without_a_restart() {
     if !postgres_available() {
         return;
