@@ -4,9 +4,6 @@
 //! stall or a network hiccup of a few seconds.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,9 +35,6 @@ pub struct PauseRelay {
     pub addr: SocketAddr,
     pause: watch::Sender<Pause>,
     accept: tokio::task::JoinHandle<()>,
-    /// Connections whose server side ended and whose every byte from the server was
-    /// forwarded (the client saw the close).
-    server_ends: Arc<AtomicUsize>,
 }
 
 impl PauseRelay {
@@ -49,8 +43,6 @@ impl PauseRelay {
         let addr = listener.local_addr().unwrap();
         let (pause, _) = watch::channel(Pause::No);
         let rx = pause.subscribe();
-        let server_ends = Arc::new(AtomicUsize::new(0));
-        let ends = Arc::clone(&server_ends);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
@@ -59,24 +51,14 @@ impl PauseRelay {
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 tokio::spawn(pipe(cr, sw, rx.clone(), true));
-                let (ends, rx) = (Arc::clone(&ends), rx.clone());
-                tokio::spawn(async move {
-                    pipe(sr, cw, rx, false).await;
-                    ends.fetch_add(1, Relaxed);
-                });
+                tokio::spawn(pipe(sr, cw, rx.clone(), false));
             }
         });
         PauseRelay {
             addr,
             pause,
             accept,
-            server_ends,
         }
-    }
-
-    /// How many connections the server ended, everything it sent forwarded.
-    pub fn server_ends(&self) -> usize {
-        self.server_ends.load(Relaxed)
     }
 
     /// Holds back what `p` says, on every connection, open or made later.

@@ -1853,11 +1853,13 @@ async fn a_notification_that_arrives_with_the_connections_end_is_applied() {
         assert_eq!(ended.len(), 1, "round {round}: the listener's backend");
         let applied = inv.applied.load(Relaxed);
         // Let what the database sent through, up to its close, then hold everything again
-        // (the reconnect's first try is 100 ms later at least). Waiting for the close, not
-        // a fixed 40 ms: on a loaded machine the relay did not always forward in time.
-        let ends = relay.server_ends();
+        // (the reconnect's first try is 100 ms later at least). Waiting for the listener
+        // to have seen its connection end (`connected` false), not a fixed 40 ms (on a
+        // loaded machine the relay did not always forward in time) nor any connection's
+        // close (a pool connection whose call was given up while the relay held it is
+        // closed then too, and re-pausing at its close held the listener's back).
         relay.set(Pause::No);
-        let through = eventually(Duration::from_secs(10), || relay.server_ends() > ends).await;
+        let through = eventually(Duration::from_secs(10), || !feed.connected.load(Relaxed)).await;
         relay.set(Pause::Both);
         assert!(
             through,
