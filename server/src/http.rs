@@ -224,7 +224,7 @@ pub fn router(app: Arc<App>) -> Result<Router, String> {
         router = router.layer(cors);
     }
     // A 503 is a refusal (admission, degraded mode) the server chose and counts in
-    // `tilewarm_requests_total`; logging each at ERROR would add a write per refusal exactly
+    // `tilewarm_http_requests_total`; logging each at ERROR would add a write per refusal exactly
     // when the server is past its capacity. Other server errors stay at ERROR.
     let on_failure = |class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span| {
         let ms = latency.as_millis();
@@ -260,9 +260,14 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
                 AUTHORIZATION,
                 axum::http::HeaderName::from_static("last-event-id"),
             ])
+            // A cross-origin page reads only what is exposed: the tier and extent, and the
+            // `Retry-After` of a 429/503 (else its client backs off blind) and the
+            // `WWW-Authenticate` of a 401, as the edge worker exposes them.
             .expose_headers([
                 axum::http::HeaderName::from_static(ACCESS_HEADER),
                 axum::http::HeaderName::from_static(BOUNDS_HEADER),
+                axum::http::header::RETRY_AFTER,
+                WWW_AUTHENTICATE,
             ])
             .max_age(Duration::from_secs(600))
     };

@@ -703,6 +703,55 @@ async fn cors_allows_the_authorization_header_and_exposes_the_tier() {
     s.shutdown().await;
 }
 
+/// A page on another origin reads only the headers CORS exposes: the `Retry-After` of a
+/// 429 (without it the package backs off on its own schedule, not the server's) and the
+/// `WWW-Authenticate` of a 401 must be among them, as the edge worker exposes them.
+#[tokio::test]
+async fn cors_exposes_retry_after_and_www_authenticate_to_a_cross_origin_page() {
+    let s = server(Config {
+        caller_rate: 1,
+        caller_burst: 1,
+        ..config()
+    })
+    .await;
+    let url = format!("{}/v1/batch", s.url());
+    let origin = [("origin", "https://demo.example")];
+    let exposed = |r: &crate::common::Reply| {
+        r.headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+    };
+    let agent = Http::new();
+    assert_eq!(
+        agent
+            .send("POST", &url, &origin, body(Access::Public))
+            .await
+            .status,
+        200
+    );
+    let refused = agent
+        .send("POST", &url, &origin, body(Access::Public))
+        .await;
+    refused.error(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(
+        exposed(&refused).contains("retry-after"),
+        "{}",
+        exposed(&refused)
+    );
+    let bad = Http::with_token(Some("not-a-jwt".into()))
+        .send("POST", &url, &origin, body(Access::Public))
+        .await;
+    bad.error(401, "unauthorized");
+    assert!(
+        exposed(&bad).contains("www-authenticate"),
+        "{}",
+        exposed(&bad)
+    );
+    s.shutdown().await;
+}
+
 // ---- the property ------------------------------------------------------------------
 
 /// One step of a sequence: which token (none or a tier), which body tier, which tiles.
