@@ -429,19 +429,26 @@ export class TileCache {
       const slot = this.#engine.getCached(id, this.#now());
       if (slot >= 0) return OBJS[slot];
     }
-    return (await this.getMany([id]))[0];
+    return (await this.#getMany([id], true))[0];
   }
 
   /** Items by id, in order; unknown ones are fetched in as few requests as possible. */
-  async getMany(ids) {
+  getMany(ids) {
+    return this.#getMany(ids);
+  }
+
+  /** `one`: for get(id), whose errors name `id`. */
+  async #getMany(ids, one) {
     this.#alive();
     checkStrings('ids', ids);
-    if (ids.some((id) => id === '')) throw argError(RangeError, ERR_OUT_OF_RANGE, 'ids must not contain an empty string');
+    if (ids.some((id) => id === '')) throw argError(RangeError, ERR_OUT_OF_RANGE, one ? 'id must not be empty' : 'ids must not contain an empty string');
     let out;
     try {
       out = this.#engine.get(ids, this.#now());
     } catch (e) {
-      throw thrown(e, (f) => ids[Number(f.slice(4, -1))]);
+      const err = thrown(e, (f) => ids[Number(f.slice(4, -1))]);
+      if (one) err.message = err.message.replace('ids[0]', 'id');
+      throw err;
     }
     const slots = out[0];
     const results = ids.map((id, i) => slots[1 + i] >= 0 ? OBJS[slots[1 + i]] : new Promise((resolve, reject) => {

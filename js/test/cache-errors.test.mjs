@@ -98,9 +98,12 @@ test('get() of an id the protocol refuses rejects with what is allowed, and send
   await assert.rejects(cache.get(long), (e) => {
     assert.equal(e.name, 'RangeError');
     assert.equal(e.code, 'ERR_OUT_OF_RANGE');
-    assert.ok(e.message.startsWith(`ids[0] must be ${allowed}, got "xxx`), e.message);
+    assert.ok(e.message.startsWith(`id must be ${allowed}, got "xxx`), e.message);
     return true;
   });
+  // get() names its argument `id`, getMany `ids`.
+  await assert.rejects(cache.get(''), { code: 'ERR_OUT_OF_RANGE', message: 'id must not be empty' });
+  await assert.rejects(cache.getMany(['h1', '']), { code: 'ERR_OUT_OF_RANGE', message: 'ids must not contain an empty string' });
   await assert.rejects(cache.getMany(['h1', 'a\u0007b']), { code: 'ERR_OUT_OF_RANGE', message: `ids[1] must be ${allowed}, got "a\\u0007b"` });
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(fetched, 0, 'nothing was sent, not even the valid id');
