@@ -147,7 +147,13 @@ export function createLayer(L, cache, options = {}) {
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
   // not; the view's items turned stale) draw it again (see redraw.js).
   let offAccess, offDispose, offUpdates, gone = false, frame = 0;
-  const shown = () => Object.values(layer._tiles).map(({ el, coords }) => [`${coords.z}/${coords.x}/${coords.y}`, el, el.tilewarmDrawn]);
+  // Named by the coordinates the tile was loaded with: Leaflet keys a tile of a copy of the
+  // world (longitudes past 180) by its column there, past 2^z, and hands createTile the
+  // wrapped one.
+  const shown = () => Object.values(layer._tiles).map(({ el, coords }) => {
+    const c = el._tilewarmAt?.[0] ?? coords;
+    return [`${c.z}/${c.x}/${c.y}`, el, el.tilewarmDrawn];
+  });
   const redraw = (tile, items, drawn) => {
     if (tile.tilewarmDrawn !== drawn || tile._tilewarmAbort.signal.aborted) return; // drawn since, or unloaded
     try {

@@ -8,7 +8,8 @@
 // nothing (its tiles fail, reported once); an item deleted on the server and invalidated, or
 // found gone when its tile is fetched again, leaves the screen, and no tile of another data
 // tile is drawn again; so does one left out of a later answer for a tile drawn outside the
-// cache's view (followView: false), and no other tile is drawn or loaded again; items that
+// cache's view (followView: false), and no other tile is drawn or loaded again, and one in a
+// copy of the world (longitudes past 180); items that
 // turned stale are drawn again stale; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
@@ -262,6 +263,29 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       backend.remove(b);
       const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a drawn tile in a copy of the world (longitudes past 180) is drawn again when its items changed', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it), one
+      // world east: Leaflet's tile columns there are past 2^z, the tiles it loads wrapped.
+      const [lon, lat] = tileCorner(14, SX - 4.5, SY + 5.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon + 360}&lat=${lat}&zoom=15`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await until(p, () => Object.keys(window.__tw.layer._tiles).every((k) => Number(k.split(':')[0]) >= 2 ** 15) && window.__tw.state().ids.length > 0, null, 'tiles of the copy drawn');
+      const first = await settled('the grid', p);
+      const a = first.ids[0];
+      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
+      backend.remove(a);
+      await p.evaluate((id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} off the screen`);
+      assert.deepEqual((await settled('the grid again', p)).errors, []);
     } finally {
       await p.close();
     }
