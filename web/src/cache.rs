@@ -712,7 +712,8 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 Error::new(
                     ErrorCode::TooManyTiles,
                     format!(
-                        "the viewport covers more than maxVisibleTiles ({max}) data tiles:                          prefetch a smaller one, or its tiles"
+                        "the viewport covers more than maxVisibleTiles ({max}) data tiles: \
+                         prefetch a smaller one, or its tiles"
                     ),
                 )
             })?

@@ -1724,6 +1724,12 @@ async fn a_prefetched_destination_is_complete_when_the_map_gets_there() {
         .prefetch_viewport(-180.0, -85.0, 180.0, 85.0, 12.0)
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::TooManyTiles, "{e}");
+    // The npm package's message (maxVisibleTiles at its default).
+    assert_eq!(
+        e.message,
+        "the viewport covers more than maxVisibleTiles (1024) data tiles: prefetch a smaller \
+         one, or its tiles"
+    );
 }
 
 /// Security: a load that settled before the tier was lowered, and whose future is polled
