@@ -1512,9 +1512,10 @@ async fn dispose_fails_what_is_pending_and_every_later_call() {
     assert_eq!(log(s).await.0, sent, "nothing sent after dispose");
 }
 
-/// `tile_size` 512 (MapLibre's zoom): the zoom is one more in the core's 256-px units, and
-/// so is `minZoom`: a view at MapLibre zoom 11.5 (256-px 12.5) with `minZoom` 12 fetches
-/// nothing, as in the npm package with `tileSize: 512`.
+/// `tile_size` 512 (MapLibre's zoom) is read and handed back. The viewport's zoom and
+/// `minZoom` are both in its units, so a view below `minZoom` fetches nothing and one above
+/// it does, as with 256: the one level both gain in the core's 256-px units cancels out
+/// (only `tile_size()` here could fail; the npm package's `tileSize` is the same).
 #[wasm_bindgen_test]
 async fn tile_size_512_sets_the_units_of_the_zoom() {
     let s = "tile-size";
