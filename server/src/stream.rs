@@ -234,8 +234,8 @@ pub struct StreamStats {
     /// Invalidations read from the stream that this instance failed to apply to the tier
     /// (kept and applied again once the tier answers).
     pub apply_failures: AtomicU64,
-    /// The reader's connection answers (with Redis): set by a successful `XREAD`, cleared
-    /// when reading fails. While it is not, no other instance's change reaches this one
+    /// The reader's connection answers (with Redis): set by a successful `XREAD` (and at
+    /// the start, when the stream answered where to start), cleared when reading fails. While it is not, no other instance's change reaches this one
     /// and its followers get no event (`/metrics`, `/healthz`).
     pub reading: AtomicBool,
 }
@@ -951,6 +951,11 @@ async fn stream_info(conn: &mut RedisConn, key: &str) -> Result<Horizon, StreamE
 /// resumes from the last entry read, and if entries it had not read were trimmed
 /// meanwhile, it invalidates everything here and sends `reset` to its subscribers.
 pub fn spawn_reader(app: Weak<App>, from: Option<StreamId>) {
+    // The stream answered just now (its end was read): reading until a read fails, not
+    // only once the first `XREAD` returns (up to READ_BLOCK later on a quiet stream).
+    if let (Some(_), Some(a)) = (from, app.upgrade()) {
+        a.changes.stats.reading.store(true, Relaxed);
+    }
     tokio::spawn(async move {
         let mut last: Option<StreamId> = from;
         if let Some(from) = from {

@@ -1515,3 +1515,24 @@ async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
     }
     s.shutdown().await;
 }
+
+/// A new instance whose Redis answered at its start (the reader's start was read from the
+/// stream before the server answered anything) is `ok` at once, not `degraded` until its
+/// reader's first `XREAD` returns: that blocks up to `READ_BLOCK` (2 s) on a quiet stream,
+/// so every start (and a readiness check polling `/healthz`) saw a false `degraded`. Fails
+/// when the reader counts as not reading until its first read returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_whose_stream_answered_at_its_start_is_ok_at_once() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let h = Http::new()
+        .get(&format!("{}/healthz", s.url()))
+        .await
+        .json();
+    assert_eq!(h["change_stream_reading"], true, "{h}");
+    assert_eq!(h["status"], "ok", "{h}");
+    s.shutdown().await;
+}
