@@ -841,19 +841,37 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
     let _ = std::fs::remove_file(dir);
 }
 
+/// A view `slow_items` over the loaded items whose statements sleep for `knob.ms` first
+/// (10 minutes; `UPDATE knob SET ms = 0` lets the next one answer at once).
+async fn create_slow_items(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "CREATE TABLE knob (ms int NOT NULL); INSERT INTO knob VALUES (600000);
+             CREATE VIEW slow_items AS SELECT i.* FROM tilewarm_items i
+               WHERE (SELECT pg_sleep(ms / 1000.0) FROM knob) IS NOT NULL;",
+        )
+        .await
+        .unwrap();
+}
+
+/// How many statements of `tilewarm-server` run in the database now.
+async fn running_statements(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tilewarm-server' AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Whether no statement of `tilewarm-server` runs in the database, polled for up to 20 s
 /// (what is stopped stops at once; what is not runs for minutes).
 async fn no_statement_runs(admin: &tokio_postgres::Client) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let running: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tilewarm-server' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let running = running_statements(admin).await;
         if running == 0 {
             return true;
         }
@@ -874,14 +892,7 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
     let items = synthetic_city(c.seed, 2_000);
     load(&pg, &items, &Layout::default()).await;
     let admin = pg.client().await;
-    admin
-        .batch_execute(
-            "CREATE TABLE knob (ms int NOT NULL); INSERT INTO knob VALUES (600000);
-             CREATE VIEW slow_items AS SELECT i.* FROM tilewarm_items i
-               WHERE (SELECT pg_sleep(ms / 1000.0) FROM knob) IS NOT NULL;",
-        )
-        .await
-        .unwrap();
+    create_slow_items(&admin).await;
     let o = Origin::new(items).unwrap();
     let t = o.occupied_tiles(14)[0].0;
     // A statement timeout of 10 minutes, one pooled connection; the request path gives a
@@ -942,14 +953,7 @@ async fn a_request_whose_client_hangs_up_cancels_its_statement() {
     let items = synthetic_city(c.seed, 2_000);
     load(&pg, &items, &Layout::default()).await;
     let admin = pg.client().await;
-    admin
-        .batch_execute(
-            "CREATE TABLE knob (ms int NOT NULL); INSERT INTO knob VALUES (600000);
-             CREATE VIEW slow_items AS SELECT i.* FROM tilewarm_items i
-               WHERE (SELECT pg_sleep(ms / 1000.0) FROM knob) IS NOT NULL;",
-        )
-        .await
-        .unwrap();
+    create_slow_items(&admin).await;
     let layout = std::env::temp_dir().join(format!("tw-layout-hangup-{}", std::process::id()));
     std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
     let o = Origin::new(items).unwrap();
@@ -973,14 +977,7 @@ async fn a_request_whose_client_hangs_up_cancels_its_statement() {
     // The statement runs (sleeping); then the client goes away.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let running: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tilewarm-server' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let running = running_statements(&admin).await;
         if running > 0 {
             break;
         }
