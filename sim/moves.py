@@ -137,19 +137,19 @@ def markov(counts, p):
     return strategy
 
 
-def transitions(traces):
-    t = collections.defaultdict(collections.Counter)
-    for views in traces:
-        ms = [move(a, b) for a, b in zip(views, views[1:])]
-        for a, b in zip(ms, ms[1:]):
-            t[a][b] += 1
+def session_counts(moves, t=None):
+    """How often each move followed each other move (added to `t` when given)."""
+    t = collections.defaultdict(collections.Counter) if t is None else t
+    for a, b in zip(moves, moves[1:]):
+        t[a][b] += 1
     return t
 
 
-def session_counts(moves):
+def transitions(traces):
+    """`session_counts` over every session of `traces`."""
     t = collections.defaultdict(collections.Counter)
-    for a, b in zip(moves, moves[1:]):
-        t[a][b] += 1
+    for views in traces:
+        session_counts([move(a, b) for a, b in zip(views, views[1:])], t)
     return t
 
 

@@ -183,14 +183,17 @@ mod tests {
     fn views_are_equal_when_they_hold_the_same_cached_items() {
         #[derive(Debug)]
         struct NoEq;
-        let item = Rc::new(Item {
-            id: "h1".into(),
-            lon: 0.0,
-            lat: 0.0,
-            class: "active".into(),
-            access: Access::Public,
-            data: NoEq,
-        });
+        let h1 = || {
+            Rc::new(Item {
+                id: "h1".into(),
+                lon: 0.0,
+                lat: 0.0,
+                class: "active".into(),
+                access: Access::Public,
+                data: NoEq,
+            })
+        };
+        let item = h1();
         let view = |item: &Rc<Item<NoEq>>, stale: bool| View {
             items: vec![Shown {
                 item: Rc::clone(item),
@@ -202,14 +205,7 @@ mod tests {
         };
         assert_eq!(view(&item, false), view(&item, false));
         assert_ne!(view(&item, false), view(&item, true));
-        let again = Rc::new(Item {
-            id: "h1".into(),
-            lon: 0.0,
-            lat: 0.0,
-            class: "active".into(),
-            access: Access::Public,
-            data: NoEq,
-        });
+        let again = h1();
         assert_ne!(view(&item, false), view(&again, false));
         let mut missing = view(&item, false);
         missing.complete = false;

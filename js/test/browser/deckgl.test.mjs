@@ -54,6 +54,22 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
     }, null, what);
   }
 
+  /** The data tile (zoom 14) a deck tile key `x:y:z` lies in (deck's tiles are finer here). */
+  const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
+  const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+
+  /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is drawn no
+   * more, and checks that no tile of another data tile was rendered again. */
+  async function gone(p, id, tile, change, arg) {
+    await p.evaluate(() => window.__tw.mark());
+    await p.evaluate(change, arg);
+    await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} off the screen`);
+    const s = await settled('the tiles again', p);
+    checkDrawn(assert, backend, s.drawn);
+    for (const key of s.redrawn) assert.equal(parent(key), tile, `tile ${key} rendered again`);
+    return s;
+  }
+
   it('the visible tiles draw the items the backend has, after pans and zooms', async () => {
     let s = await settled('first tiles');
     assert.ok(Object.values(s.drawn).some((n) => n > 0));
@@ -140,28 +156,15 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       const first = await settled('the tiles', p);
-      const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
-      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
       const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
       assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
       const tileA = dataTile(a), tileB = dataTile(b);
-      /** After `change(arg)` in the page, waits until `id` (of data tile `tile`) is drawn no
-       * more, and checks that no tile of another data tile was rendered again. */
-      const gone = async (id, tile, change, arg) => {
-        await p.evaluate(() => window.__tw.mark());
-        await p.evaluate(change, arg);
-        await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} off the screen`);
-        const s = await settled('the tiles again', p);
-        checkDrawn(assert, backend, s.drawn);
-        for (const key of s.redrawn) assert.equal(parent(key), tile, `tile ${key} rendered again`);
-        return s;
-      };
       // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
       backend.remove(a);
-      await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      await gone(p, a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
       // Deleted on the server, found gone when its tile is fetched again.
       backend.remove(b);
-      const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      const s = await gone(p, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
@@ -179,20 +182,13 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       const first = await settled('the tiles', p);
-      const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
-      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
       const a = first.ids[0];
       const tile = dataTile(a);
       assert.ok(Object.keys(first.drawn).some((key) => parent(key) !== tile), 'tiles of other data tiles drawn');
       // Deleted on the server; past the lists' ttl (300 s) the page prefetches the tile (a
       // route's tile, say): the answer leaves the item out.
       backend.remove(a);
-      await p.evaluate(() => window.__tw.mark());
-      await p.evaluate((tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
-      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} off the screen`);
-      const s = await settled('the tiles again', p);
-      checkDrawn(assert, backend, s.drawn);
-      for (const key of s.redrawn) assert.equal(parent(key), tile, `tile ${key} rendered again`);
+      const s = await gone(p, a, tile, (tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the expired tiles it did not touch were not loaded again');
       assert.deepEqual(s.errors, []);
     } finally {

@@ -94,6 +94,24 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     return settled('after a move');
   }
 
+  const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+
+  /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is in the
+   * source no more, and checks that no feature of another data tile changed (`tiles`: the
+   * data tile of each id shown before). */
+  async function gone(p, tiles, id, tile, change, arg) {
+    await p.evaluate(() => {
+      const touched = window.__tw.touched = [];
+      for (const e of ['addfeature', 'changefeature', 'removefeature']) window.__tw.source.on(e, (ev) => touched.push(ev.feature.getId()));
+    });
+    await p.evaluate(change, arg);
+    await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} out of the source`);
+    const s = await settled('the features again', p);
+    const touched = await p.evaluate(() => window.__tw.touched);
+    for (const t of touched) if (tiles.has(t)) assert.equal(tiles.get(t), tile, `feature ${t} changed`);
+    return s;
+  }
+
   it('the source holds the items of the view, after pans and zooms', async () => {
     let s = await settled('first features');
     check(s);
@@ -606,31 +624,16 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       const first = await settled('the features', p);
-      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
       const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
       assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles shown: ${first.ids}`);
       const tileA = dataTile(a), tileB = dataTile(b);
       const tiles = new Map(first.ids.map((id) => [id, dataTile(id)]));
-      /** After `change(arg)` in the page, waits until `id` (of data tile `tile`) is in the
-       * source no more, and checks that no feature of another data tile changed. */
-      const gone = async (id, tile, change, arg) => {
-        await p.evaluate(() => {
-          const touched = window.__tw.touched = [];
-          for (const e of ['addfeature', 'changefeature', 'removefeature']) window.__tw.source.on(e, (ev) => touched.push(ev.feature.getId()));
-        });
-        await p.evaluate(change, arg);
-        await until(p, (id) => !window.__tw.state().ids.includes(id), id, `${id} out of the source`);
-        const s = await settled('the features again', p);
-        const touched = await p.evaluate(() => window.__tw.touched);
-        for (const t of touched) if (tiles.has(t)) assert.equal(tiles.get(t), tile, `feature ${t} changed`);
-        return s;
-      };
       // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
       backend.remove(a);
-      await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+      await gone(p, tiles, a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
       // Deleted on the server, found gone when its tile is fetched again.
       backend.remove(b);
-      const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+      const s = await gone(p, tiles, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
@@ -648,23 +651,14 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       const first = await settled('the features', p);
-      const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
       const a = first.ids[0];
       const tile = dataTile(a);
       assert.ok(first.ids.some((id) => dataTile(id) !== tile), 'features of other data tiles');
       const tiles = new Map(first.ids.map((id) => [id, dataTile(id)]));
-      await p.evaluate(() => {
-        const touched = window.__tw.touched = [];
-        for (const e of ['addfeature', 'changefeature', 'removefeature']) window.__tw.source.on(e, (ev) => touched.push(ev.feature.getId()));
-      });
       // Deleted on the server; past the lists' ttl (300 s) the page prefetches the tile (a
       // route's tile, say): the answer leaves the item out.
       backend.remove(a);
-      await p.evaluate((tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
-      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
-      const s = await settled('the features again', p);
-      const touched = await p.evaluate(() => window.__tw.touched);
-      for (const t of touched) if (tiles.has(t)) assert.equal(tiles.get(t), tile, `feature ${t} changed`);
+      const s = await gone(p, tiles, a, tile, (tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the expired tiles it did not touch were not loaded again');
       assert.deepEqual(s.errors, []);
     } finally {
