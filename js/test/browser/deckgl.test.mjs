@@ -155,6 +155,9 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       const [lon, lat] = tileCorner(14, SX - 8.5, SY - 8.5);
       await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
+      // deck's first selection can be for a smaller canvas (the four tiles at the centre,
+      // all of one data tile), and settle before the view's own.
+      await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
       const first = await settled('the tiles', p);
       const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
       assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
@@ -181,6 +184,9 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       const [lon, lat] = tileCorner(14, SX - 9.5, SY + 8.5);
       await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
+      // deck's first selection can be for a smaller canvas (the four tiles at the centre,
+      // all of one data tile), and settle before the view's own.
+      await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
       const first = await settled('the tiles', p);
       const a = first.ids[0];
       const tile = dataTile(a);
