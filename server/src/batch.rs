@@ -589,9 +589,14 @@ fn backend_unavailable(code: ErrorCode) -> bool {
 }
 
 /// A failed origin call as the request's answer: 504 on a timeout (counted in
-/// `tilewarm_origin_timeouts_total`), 502 on a failure, the upstream's own 4xx passed on
-/// (a 429 with its `Retry-After`), 400 for direct tiles over the fetch's bound.
+/// `tilewarm_origin_timeouts_total`), 503 when the origin is at capacity (counted in
+/// `tilewarm_origin_overloaded_total`; an upstream's `Retry-After` kept), 502 on a failure,
+/// the upstream's own 4xx passed on (a 429 with its `Retry-After`), 400 for direct tiles
+/// over the fetch's bound.
 fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
+    if let OriginFailure::Overloaded { .. } = failure {
+        app.metrics.origin_overloaded.fetch_add(1, Relaxed);
+    }
     let e = if let OriginFailure::Timeout { .. } = failure {
         app.metrics.origin_timeouts.fetch_add(1, Relaxed);
         // A call given what was left of the request's budget names the budget.

@@ -93,6 +93,13 @@ pub struct Config {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub origin_pool: usize,
 
+    /// With a PostGIS origin: longest a call waits for a free pooled connection, in
+    /// milliseconds (within the request's --origin-timeout-ms); then its request is
+    /// answered 503 `overloaded` with `Retry-After`, so a busy database is refused quickly,
+    /// not queued. 0: refused at once when no connection is free.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub origin_pool_wait_ms: u64,
+
     /// With a PostGIS origin: create the table, index and triggers if missing and load
     /// --data (or the synthetic city) into it before serving (rows with the same id are
     /// replaced).

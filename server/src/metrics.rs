@@ -99,6 +99,9 @@ pub struct Metrics {
     pub degraded_refusals: AtomicU64,
     /// Requests refused with 504 because the origin passed `--origin-timeout-ms`.
     pub origin_timeouts: AtomicU64,
+    /// Requests refused with 503 because the origin was at capacity (every PostGIS
+    /// connection busy for `--origin-pool-wait-ms`, an upstream's 503).
+    pub origin_overloaded: AtomicU64,
     /// Connections closed because a write made no progress for `--write-timeout-ms`.
     pub write_timeouts: AtomicU64,
     /// Connections closed at accept because their address had
@@ -417,6 +420,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_origin_timeouts",
             "Requests refused with 504 because the origin did not answer within --origin-timeout-ms.",
             &m.origin_timeouts,
+        ),
+        (
+            "tilewarm_origin_overloaded",
+            "Requests refused with 503 because the origin was at capacity: every PostGIS connection busy for --origin-pool-wait-ms, or an upstream's 503.",
+            &m.origin_overloaded,
         ),
     ] {
         s.counter(name, help, v);

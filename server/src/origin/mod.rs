@@ -15,8 +15,10 @@
 //!   [`OriginFailure::Failed`] (a 502 `upstream_error`), or [`OriginFailure::Refused`] when
 //!   an upstream refused the request as the caller's mistake (400, 413 passed on, as the
 //!   edge does), or [`OriginFailure::RateLimited`] for its 429 (passed on with its
-//!   `Retry-After`). Nothing from a failed call is ever cached: the caller gets no response to
-//!   write back;
+//!   `Retry-After`), or [`OriginFailure::Overloaded`] when the backend is at capacity (every
+//!   PostGIS connection busy past `--origin-pool-wait-ms`, an upstream's 503): a 503
+//!   `overloaded` with `Retry-After`, so callers back off as from the server's own 503.
+//!   Nothing from a failed call is ever cached: the caller gets no response to write back;
 //! - the **tier guard**: an item above the tier the request was asked at never leaves this
 //!   module, whatever the backend answered (a PostGIS view with a wrong filter, an upstream
 //!   that leaks). Such items are dropped from `items` and every list, requested ids among
@@ -114,6 +116,14 @@ pub enum OriginFailure {
         message: String,
         retry_after_s: Option<u64>,
     },
+    /// The backend is at capacity: every PostGIS connection stayed busy for
+    /// `--origin-pool-wait-ms`, or an upstream answered 503. A 503 `overloaded` with this
+    /// message and `Retry-After` in seconds (the upstream's, at most
+    /// [`upstream::MAX_RETRY_AFTER_S`]; `None`: `--retry-after-s`). Nothing was fetched.
+    Overloaded {
+        message: String,
+        retry_after_s: Option<u64>,
+    },
     /// The bounded tiles of the call ([`ItemBound`]) held more than `limit` items: 400
     /// `bad_request`, as when the count before the call says so.
     TooManyItems { limit: usize },
@@ -140,6 +150,10 @@ impl OriginFailure {
             OriginFailure::RateLimited { message, .. } => ErrorBody {
                 code: ErrorCode::RateLimited,
                 message: format!("the origin refused the request: {message}"),
+            },
+            OriginFailure::Overloaded { message, .. } => ErrorBody {
+                code: ErrorCode::Overloaded,
+                message: format!("the origin is at capacity: {message}; retry later"),
             },
             OriginFailure::TooManyItems { limit } => ErrorBody {
                 code: ErrorCode::BadRequest,
@@ -171,10 +185,11 @@ impl OriginFailure {
         }
     }
 
-    /// The `Retry-After` the backend asked for, in seconds (an upstream's 429).
+    /// The `Retry-After` the backend asked for, in seconds (an upstream's 429 or 503).
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
-            OriginFailure::RateLimited { retry_after_s, .. } => *retry_after_s,
+            OriginFailure::RateLimited { retry_after_s, .. }
+            | OriginFailure::Overloaded { retry_after_s, .. } => *retry_after_s,
             _ => None,
         }
     }

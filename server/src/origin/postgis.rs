@@ -41,12 +41,16 @@
 //! runtime API would bring more than is used here). Statements are prepared once per
 //! connection (`prepare_cached`); a connection is checked with `is_closed` when taken from
 //! the pool, so connections the database dropped (a restart, `pg_terminate_backend`) are
-//! replaced without restarting the server. Every connection has `statement_timeout` set to
-//! `--origin-timeout-ms`, and a call dropped before its statements end (given up by the
-//! request's budget, which its count may have spent in part, or its client gone) cancels
-//! them in the database ([`Running`]), so a statement nobody waits for does not hold a
-//! connection; a query stopped by either is a timeout (504), any other failure a 502. The
-//! server starts while the database is down and recovers when it is up.
+//! replaced without restarting the server. A call that finds every connection busy waits
+//! at most `--origin-pool-wait-ms` for one (deadpool's wait timeout), then is
+//! [`OriginFailure::Overloaded`] (503 with `Retry-After`): overload of the database is
+//! refused quickly, not queued until the request's timeout. Every connection has
+//! `statement_timeout` set to `--origin-timeout-ms`, and a call dropped before its
+//! statements end (given up by the request's budget, which its count may have spent in
+//! part, or its client gone) cancels them in the database ([`Running`]), so a statement
+//! nobody waits for does not hold a connection; a query stopped by either is a timeout
+//! (504), any other failure a 502. The server starts while the database is down and
+//! recovers when it is up.
 //!
 //! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
 //! through a TLS-terminating proxy.
@@ -82,7 +86,10 @@ pub const MARGIN_DEG: f64 = 1e-7;
 
 /// What stopping a dropped call's statement may take beyond the statement timeout: the
 /// cancel request's own connection (the pool's connect timeout).
-const CANCEL_CONNECT_WAIT: Duration = Duration::from_secs(5);
+const CANCEL_CONNECT_WAIT: Duration = CONNECT_TIMEOUT;
+
+/// The longest the pool takes to open a connection; past it the call fails (502).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the items are: table (or view) and column names, and the change channel. The
 /// TOML file of `--origin-config`; every key is optional.
@@ -286,6 +293,10 @@ pub struct PostgisOrigin {
     stats: Arc<OriginStats>,
     changes: Arc<ChangeStats>,
     described: String,
+    /// `--origin-timeout-ms` (0: none), each connection's `statement_timeout`.
+    timeout_ms: u64,
+    /// `--origin-pool-wait-ms`.
+    pool_wait_ms: u64,
 }
 
 /// The tiers a caller at `access` may see, as the access column holds them.
@@ -358,9 +369,9 @@ fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
 /// (its budget spent, its client gone) leaves them running in the database: dropped armed,
 /// this cancels them there (a cancel request, as `pg_cancel_backend`), waits for the
 /// connection to be idle and then closes it, in a task of its own. Meanwhile it still counts
-/// against the pool, so the next call waits for a free connection (and gets its 504 at its
-/// own timeout) instead of being queued on this one behind a statement nobody waits for;
-/// and it never goes back to the pool, so a cancel that arrives late cannot stop another
+/// against the pool, so the next call waits for a free connection (and is refused, 503,
+/// after `--origin-pool-wait-ms`) instead of being queued on this one behind a statement
+/// nobody waits for; and it never goes back to the pool, so a cancel that arrives late cannot stop another
 /// call's statement. Given up after `wait` (the connection is then closed as it is).
 struct Running {
     client: Option<deadpool_postgres::Object>,
@@ -458,15 +469,13 @@ impl PostgisOrigin {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let wait = Duration::from_millis(match config.origin_timeout_ms {
-            0 => 30_000,
-            ms => ms,
-        });
+        // A call waits a short while for a free connection, then is refused as
+        // overloaded (`client`); the request's own budget bounds it as well.
         let pool = Pool::builder(manager)
             .max_size(config.origin_pool)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(wait))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_millis(config.origin_pool_wait_ms)))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| LoadError::Postgis(format!("connection pool: {e}")))?;
@@ -486,6 +495,8 @@ impl PostgisOrigin {
             stats,
             changes: Arc::default(),
             described,
+            timeout_ms: config.origin_timeout_ms,
+            pool_wait_ms: config.origin_pool_wait_ms,
         })
     }
 
@@ -494,13 +505,26 @@ impl PostgisOrigin {
         &self.layout
     }
 
-    /// A pooled connection; failing to get one is a 502 (or a timeout).
+    /// A pooled connection. None free within `--origin-pool-wait-ms` is
+    /// [`OriginFailure::Overloaded`] (a 503: the database is at the pool's capacity);
+    /// failing to connect is a 502.
     async fn client(&self) -> Result<deadpool_postgres::Object, OriginFailure> {
+        use deadpool_postgres::{PoolError, TimeoutType};
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Timeout(_) => OriginFailure::Timeout {
-                ms: self.timeout_ms(),
+            PoolError::Timeout(TimeoutType::Wait) => OriginFailure::Overloaded {
+                message: format!(
+                    "all {size} PostgreSQL connections (--origin-pool) stayed busy for {wait} ms \
+                     (--origin-pool-wait-ms)",
+                    size = self.pool.status().max_size,
+                    wait = self.pool_wait_ms,
+                ),
+                retry_after_s: None,
             },
-            deadpool_postgres::PoolError::Backend(e) => db_failure(e, self.timeout_ms()),
+            PoolError::Timeout(_) => OriginFailure::Failed(format!(
+                "PostgreSQL: no connection could be made within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )),
+            PoolError::Backend(e) => db_failure(e, self.timeout_ms),
             other => OriginFailure::Failed(format!("PostgreSQL connection pool: {other}")),
         })
     }
@@ -508,15 +532,8 @@ impl PostgisOrigin {
     /// A pooled connection whose statements are cancelled if the call is dropped
     /// ([`Running`]).
     async fn running(&self) -> Result<Running, OriginFailure> {
-        let wait = Duration::from_millis(self.timeout_ms()) + CANCEL_CONNECT_WAIT;
+        let wait = Duration::from_millis(self.timeout_ms) + CANCEL_CONNECT_WAIT;
         Ok(Running::new(self.client().await?, wait))
-    }
-
-    fn timeout_ms(&self) -> u64 {
-        self.pool
-            .timeouts()
-            .wait
-            .map_or(0, |d| d.as_millis() as u64)
     }
 
     /// Rows as items; unusable rows are skipped and counted.
@@ -603,7 +620,7 @@ impl PostgisOrigin {
         request: &BatchRequest,
         bound: Option<ItemBound<'_>>,
     ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), OriginFailure> {
-        let timeout_ms = self.timeout_ms();
+        let timeout_ms = self.timeout_ms;
         let fail = |e| db_failure(e, timeout_ms);
         let tiers = visible_tiers(request.access);
         let (bounded, free): (Vec<TileId>, Vec<TileId>) = request
@@ -683,7 +700,7 @@ impl PostgisOrigin {
         access: Access,
         limit: usize,
     ) -> Result<usize, OriginFailure> {
-        let timeout_ms = self.timeout_ms();
+        let timeout_ms = self.timeout_ms;
         let st = client
             .prepare_cached(&self.statements.count)
             .await

@@ -20,7 +20,9 @@
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
 //!   are the request's problem and passed on with their code (as the edge does; a 400 or 413
 //!   of a call made at a tier above the caller's loses its message, which may count items
-//!   above the caller's tier: [`OriginFailure::for_caller`]); a 429
+//!   above the caller's tier: [`OriginFailure::for_caller`]), and 503, an overloaded
+//!   upstream, which is a 503 `overloaded` ([`OriginFailure::Overloaded`], without the
+//!   upstream's message) so that callers back off; a 429 or 503
 //!   keeps the upstream's `Retry-After` ([`retry_after_s`]: seconds, or an HTTP date as the
 //!   seconds from now; at most [`MAX_RETRY_AFTER_S`]; none or unreadable: the server's
 //!   `--retry-after-s`);
@@ -242,6 +244,12 @@ impl UpstreamOrigin {
         Err(match status {
             429 => OriginFailure::RateLimited {
                 message,
+                retry_after_s: retry_after,
+            },
+            // Overloaded: this server's callers back off as from its own 503. Its message
+            // is not passed on (it may be about what this call asked, at `agent`).
+            503 => OriginFailure::Overloaded {
+                message: "the upstream answered HTTP 503".into(),
                 retry_after_s: retry_after,
             },
             400 | 413 => OriginFailure::Refused {

@@ -778,6 +778,8 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
         origin_config: Some(dir.clone()),
         origin_timeout_ms: 400,
         origin_pool: 2,
+        // Waiting for a connection longer than the budget: the budget ends the wait too.
+        origin_pool_wait_ms: 10_000,
         ..pg_config(&pg)
     })
     .await;
@@ -992,6 +994,78 @@ async fn a_request_whose_client_hangs_up_cancels_its_statement() {
         no_statement_runs(&admin).await,
         "the statement of a request whose client hung up still runs in the database"
     );
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
+/// Every pooled connection busy (here the pool's one, on a statement that sleeps): the next
+/// request needing the database is refused with a 503 `overloaded` and `Retry-After` once
+/// it has waited `--origin-pool-wait-ms` for a connection, counted in
+/// `tilewarm_origin_overloaded_total`, instead of waiting out its own `--origin-timeout-ms`
+/// and ending in a 504 (as it did: the pool's wait was the origin timeout). A request the
+/// tier answers is not affected, and the database serves again once a connection is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_finds_every_connection_busy_is_refused_at_once_with_a_503() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    create_slow_items(&admin).await;
+    let layout = std::env::temp_dir().join(format!("tw-layout-busy-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
+    let o = Origin::new(items).unwrap();
+    let occupied = o.occupied_tiles(14);
+    let (busy, next) = (occupied[0].0, occupied[1].0);
+    let s = server(Config {
+        origin_config: Some(layout.clone()),
+        origin_timeout_ms: 20_000,
+        origin_pool: 1,
+        ..pg_config(&pg)
+    })
+    .await;
+    // A cached tile first (the view is fast until the knob is turned).
+    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    let http = Http::new();
+    let cached = request(&[occupied[2].0], &[], Access::Public);
+    http.ok(&s, &cached).await;
+    admin
+        .batch_execute("UPDATE knob SET ms = 600000")
+        .await
+        .unwrap();
+    // The pool's one connection runs a sleeping statement for a client that waits.
+    let body = request(&[busy], &[], Access::Public);
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    use std::io::Write;
+    write!(
+        conn,
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running_statements(&admin).await == 0 {
+        assert!(Instant::now() < deadline, "the first statement never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http.batch(&s, &request(&[next], &[], Access::Public)).await;
+    let msg = r.error(503, "overloaded");
+    assert!(
+        msg.contains("--origin-pool") && msg.contains("--origin-pool-wait-ms"),
+        "{msg}"
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(s.app.metrics.origin_overloaded.load(Relaxed), 1);
+    // The tier still answers what it holds.
+    http.ok(&s, &cached).await;
+    // The connection is given back once its client goes (its statement cancelled).
+    drop(conn);
+    assert!(no_statement_runs(&admin).await);
+    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    http.ok(&s, &request(&[next], &[], Access::Public)).await;
     s.shutdown().await;
     let _ = std::fs::remove_file(layout);
 }

@@ -42,6 +42,10 @@ const MISPLACE: u8 = 8;
 const LIMITED_429_RETRY_7: u8 = 9;
 /// A 429 with `Retry-After` an HTTP date 30 s from now.
 const LIMITED_429_RETRY_DATE: u8 = 10;
+/// A 503 (an overloaded upstream) with `Retry-After: 7`.
+const OVERLOADED_503_RETRY_7: u8 = 11;
+/// A 503 without `Retry-After`.
+const OVERLOADED_503: u8 = 12;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -58,7 +62,7 @@ async fn answer(
     use axum::response::IntoResponse;
     let mode = stub.mode.load(Relaxed);
     let mut r = answer_as(&stub, mode, headers, body).await.into_response();
-    if mode == LIMITED_429_RETRY_7 {
+    if mode == LIMITED_429_RETRY_7 || mode == OVERLOADED_503_RETRY_7 {
         r.headers_mut().insert("retry-after", 7.into());
     }
     if mode == LIMITED_429_RETRY_DATE {
@@ -131,6 +135,10 @@ async fn answer_as(
         LIMITED_429 | LIMITED_429_RETRY_7 | LIMITED_429_RETRY_DATE => (
             StatusCode::TOO_MANY_REQUESTS,
             "{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down\"}}".into(),
+        ),
+        OVERLOADED_503 | OVERLOADED_503_RETRY_7 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"error\":{\"code\":\"overloaded\",\"message\":\"busy with tile 14/1/2\"}}".into(),
         ),
         _ => (StatusCode::OK, stub.origin.answer(&req, Some(60)).to_json()),
     }
@@ -264,7 +272,9 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     let t = densest(&stub.origin);
     let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
     // A 429 keeps the upstream's Retry-After, else gets --retry-after-s (fails without
-    // either: no header).
+    // either: no header). So does a 503 (an overloaded upstream): a 503 `overloaded`, so
+    // that callers back off, without the upstream's message (it used to be a 502 with it
+    // and no Retry-After).
     for (mode, status, code, says, retry_after) in [
         (GARBAGE, 502, "upstream_error", "invalid", None),
         (DROP_TILE, 502, "upstream_error", "left out", None),
@@ -287,12 +297,27 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
             None,
         ),
         (STALL, 504, "upstream_timeout", "500 ms", None),
+        (
+            OVERLOADED_503_RETRY_7,
+            503,
+            "overloaded",
+            "at capacity: the upstream answered HTTP 503",
+            Some("7"),
+        ),
+        (
+            OVERLOADED_503,
+            503,
+            "overloaded",
+            "at capacity: the upstream answered HTTP 503",
+            Some("1"),
+        ),
     ] {
         stub.mode.store(mode, Relaxed);
         let started = Instant::now();
         let r = http.batch(&s, &body).await;
         let msg = r.error(status, code);
         assert!(msg.contains(says), "mode {mode}: {msg}");
+        assert!(!msg.contains("14/1/2"), "mode {mode}: {msg}");
         assert_eq!(
             r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
             retry_after,
@@ -307,6 +332,7 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     assert!(r.error(429, "rate_limited").contains("slow down"));
     let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((28..=30).contains(&secs), "Retry-After: {secs}");
+    assert_eq!(s.app.metrics.origin_overloaded.load(Relaxed), 2);
     // Nothing of that was cached: the honest answer is fetched, then cached.
     stub.mode.store(HONEST, Relaxed);
     let calls = stub.calls.load(Relaxed);
