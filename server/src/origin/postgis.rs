@@ -45,12 +45,12 @@
 //! at most `--origin-pool-wait-ms` for one (deadpool's wait timeout), then is
 //! [`OriginFailure::Overloaded`] (503 with `Retry-After`): overload of the database is
 //! refused quickly, not queued until the request's timeout. Every connection has
-//! `statement_timeout` set to `--origin-timeout-ms`, and a call dropped before its
-//! statements end (given up by the request's budget, which its count may have spent in
-//! part, or its client gone) cancels them in the database ([`Running`]), so a statement
-//! nobody waits for does not hold a connection; a query stopped by either is a timeout
-//! (504), any other failure a 502. The server starts while the database is down and
-//! recovers when it is up.
+//! `statement_timeout` set to `--origin-timeout-ms` (0 included, so that a role's or
+//! database's own timeout does not apply), and a call dropped before its statements end
+//! (given up by the request's budget, which its count may have spent in part, or its
+//! client gone) cancels them in the database ([`Running`]), so a statement nobody waits
+//! for does not hold a connection; a query stopped by either is a timeout (504), any other
+//! failure a 502. The server starts while the database is down and recovers when it is up.
 //!
 //! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
 //! through a TLS-terminating proxy.
@@ -345,9 +345,11 @@ fn envelopes(tiles: &[TileId]) -> [Vec<f64>; 4] {
 }
 
 /// A database error as an origin failure: a statement stopped by `statement_timeout`
-/// (SQLSTATE 57014) is a timeout, anything else a failure.
+/// (SQLSTATE 57014, with `timeout_ms` > 0) is a timeout, anything else a failure (with
+/// `--origin-timeout-ms 0` there is no statement timeout: a cancelled statement was
+/// cancelled by someone else, and the message says so).
 fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
-    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+    if timeout_ms > 0 && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
         return OriginFailure::Timeout { ms: timeout_ms };
     }
     let msg = match e.as_db_error() {
@@ -447,14 +449,14 @@ impl PostgisOrigin {
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| LoadError::Postgis(format!("{}: {e}", redact_url(url))))?;
-        if config.origin_timeout_ms > 0 {
-            let mut options = pg.get_options().unwrap_or("").to_owned();
-            options.push_str(&format!(
-                " -c statement_timeout={}",
-                config.origin_timeout_ms
-            ));
-            pg.options(options.trim());
-        }
+        // Always set: with 0 (PostgreSQL's "no timeout" too) a `statement_timeout` of the
+        // role or database would otherwise stop statements the server waits for.
+        let mut options = pg.get_options().unwrap_or("").to_owned();
+        options.push_str(&format!(
+            " -c statement_timeout={}",
+            config.origin_timeout_ms
+        ));
+        pg.options(options.trim());
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(5));
         }

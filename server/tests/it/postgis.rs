@@ -843,6 +843,53 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
     let _ = std::fs::remove_file(dir);
 }
 
+/// `--origin-timeout-ms 0` waits as long as the database takes: a `statement_timeout` of
+/// the role (or database) does not apply to the server's connections. It used to: without
+/// a timeout of its own the server set none, the role's stopped the statement, and the
+/// answer was a 504 saying the origin "did not answer within 0 ms (--origin-timeout-ms)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_origin_timeout_a_roles_statement_timeout_does_not_stop_the_server() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    create_slow_items(&admin).await;
+    // Statements sleep 300 ms; the role's new sessions stop them at 100 ms.
+    admin
+        .batch_execute(
+            "UPDATE knob SET ms = 300; ALTER ROLE CURRENT_USER SET statement_timeout = '100ms';",
+        )
+        .await
+        .unwrap();
+    let layout = std::env::temp_dir().join(format!("tw-layout-nolimit-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
+    let o = Origin::new(items).unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let s = server(Config {
+        origin_config: Some(layout.clone()),
+        origin_timeout_ms: 0,
+        ..pg_config(&pg)
+    })
+    .await;
+    let http = Http::new();
+    let r = http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    let want = o.answer(
+        &BatchRequest {
+            tiles: vec![t],
+            ids: vec![],
+            access: Access::Public,
+        },
+        None,
+    );
+    assert_eq!(digest(&r), digest(&want));
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
 /// A view `slow_items` over the loaded items whose statements sleep for `knob.ms` first
 /// (10 minutes; `UPDATE knob SET ms = 0` lets the next one answer at once).
 async fn create_slow_items(admin: &tokio_postgres::Client) {
