@@ -197,7 +197,6 @@ impl InFlightLimit {
     }
 
     /// Holds reported and remembered for the floor (at most [`WINDOW`]).
-    #[cfg(test)]
     pub(crate) fn reported(&self) -> usize {
         self.state
             .lock()

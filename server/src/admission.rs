@@ -707,6 +707,13 @@ impl Shed {
         self.limit.limit()
     }
 
+    /// Slot holds reported to the adaptive limit so far (at most its window of 256): for
+    /// tests of what a slot covers.
+    #[doc(hidden)]
+    pub fn reported_holds(&self) -> usize {
+        self.limit.reported()
+    }
+
     /// A slot, or the refusal to answer with.
     pub async fn admit(self: &Arc<Self>) -> Result<Slot, Response> {
         let slots = self.limit.slots();

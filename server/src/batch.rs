@@ -12,7 +12,8 @@
 //!   tiles, each read and cached on its own.
 //! - A coarser tile is answered straight from the origin (in the same single origin call)
 //!   and not cached: it may hold thousands of homes and would fan out onto too many keys.
-//!   Before calling, its size is bounded by the origin (`OriginService::count_up_to`: free in
+//!   Before calling (after the tier read, which the request's slot covers as for any
+//!   request), its size is bounded by the origin (`OriginService::count_up_to`: free in
 //!   memory, one `LIMIT`ed query for PostGIS, unknown upstream); a request whose tiles hold
 //!   more than `--max-response-items` items for the caller is refused with a 400 that names
 //!   the count. The count is not trusted to hold until the fetch (the data set can grow in
@@ -155,28 +156,6 @@ pub async fn answer(
     let max = app.config.max_response_items;
     // Every wait for the origin below draws on one budget (`OriginDeadline`).
     let mut deadline = OriginDeadline::new(app.config.origin_timeout_ms);
-    if !direct.is_empty() {
-        // Bounded before paying for them (free in memory; see `origin`'s docs). Counting
-        // asks an origin out of process, and such a wait is not this server's work: the
-        // slot goes back first, as for the fetch below, and the wait is bounded.
-        let _count_wait = if app.origin.waits() {
-            Some(wait_for_origin(app, slot)?)
-        } else {
-            None
-        };
-        let ms = deadline.left_ms(app)?;
-        let count = app
-            .origin
-            .count_up_to(&direct, caller, max, ms)
-            .await
-            .map_err(|f| origin_refusal(app, &f))?;
-        if let crate::origin::ItemCount::MoreThan(_) = count {
-            return Err(over_max_items(max));
-        }
-        if let Some(n) = count.exceeds(max) {
-            return Err(too_many_items(n, max));
-        }
-    }
 
     // 2. The cache tier; unavailable means everything is a miss and nothing is written.
     let mut degraded = !app.tier.available();
@@ -214,6 +193,30 @@ pub async fn answer(
     m.id_misses
         .fetch_add(req.ids.len() as u64 - id_hits, Relaxed);
 
+    // The direct tiles are bounded before paying for them (free in memory; see `origin`'s
+    // docs), after the tier read, which the slot covers as for any request. Counting asks
+    // an origin out of process, and such a wait is not this server's work: the slot goes
+    // back first, and the place taken among the requests waiting for the origin is the
+    // one the fetch below waits in (one place per request).
+    let mut origin_wait = None;
+    if !direct.is_empty() {
+        if app.origin.waits() {
+            origin_wait = Some(wait_for_origin(app, slot)?);
+        }
+        let ms = deadline.left_ms(app)?;
+        let count = app
+            .origin
+            .count_up_to(&direct, caller, max, ms)
+            .await
+            .map_err(|f| origin_refusal(app, &f))?;
+        if let crate::origin::ItemCount::MoreThan(_) = count {
+            return Err(over_max_items(max));
+        }
+        if let Some(n) = count.exceeds(max) {
+            return Err(too_many_items(n, max));
+        }
+    }
+
     // 3. One origin call for every miss, written back. A data tile another request is
     //    fetching is not asked again: this one follows it (`single_flight`).
     let found: Vec<bool> = read.tiles.iter().map(Option::is_some).collect();
@@ -235,11 +238,11 @@ pub async fn answer(
     // Waiting for the origin (this request's call or another's) is not the server's work:
     // the slot goes back (unless the origin's call is this process's CPU work), and a
     // bounded number of requests may wait.
-    let _origin_wait = if ask.is_empty() && miss_ids.is_empty() && follows.is_empty() {
-        None
-    } else {
-        Some(wait_for_origin(app, slot).inspect_err(|refusal| lead.fail(refusal))?)
-    };
+    let needs_origin = !(ask.is_empty() && miss_ids.is_empty() && follows.is_empty());
+    if needs_origin && origin_wait.is_none() {
+        origin_wait = Some(wait_for_origin(app, slot).inspect_err(|refusal| lead.fail(refusal))?);
+    }
+    let _origin_wait = origin_wait;
     let mut fetched = Fetched::default();
     if !ask.is_empty() || !miss_ids.is_empty() {
         // The direct tiles, counted above, are fetched under the same limit.

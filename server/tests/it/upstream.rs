@@ -352,6 +352,42 @@ async fn a_broken_upstream_is_a_502_or_504_and_nothing_is_cached() {
     s.shutdown().await;
 }
 
+/// A request with a coarse tile (answered straight from the origin, its items counted
+/// first) reads the tier in its batch slot, as every request does, then gives the slot
+/// back for the count and the fetch together, in one place among the requests waiting
+/// for the origin (so `--max-origin-waits 1` is enough for it). It used to give the slot
+/// back for the count, before the tier read, and to leave the count's place after the
+/// count: its tier read was bounded by neither, and the adaptive in-flight limit did not
+/// learn from it (fails so: no hold reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coarse_tile_reads_the_tier_in_its_slot_and_waits_for_the_origin_in_one_place() {
+    let (stub, url) = stub(42, 5_000).await;
+    let http = Http::new();
+    let s = server(Config {
+        max_origin_waits: 1,
+        ..upstream_config(&url)
+    })
+    .await;
+    let t = densest(&stub.origin);
+    // Three levels above the data zoom: more than --split-levels (2), so direct.
+    let coarse = t.ancestor(t.z() - 3).unwrap();
+    let body = request(&[coarse, t], &[], Access::Public);
+    assert_eq!(s.app.sheds.batch.reported_holds(), 0);
+    let got = http.ok(&s, &body).await;
+    let want = stub.origin.answer(
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(
+        s.app.sheds.batch.reported_holds(),
+        1,
+        "the tier read was done in the slot"
+    );
+    assert_eq!(s.app.origin_waits.waiting(), 0);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_layer() {
     let (stub, url) = stub(42, 5_000).await;
