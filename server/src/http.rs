@@ -72,6 +72,23 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
     r
 }
 
+/// The `WWW-Authenticate` challenge of a 401 for a request that sent no credential: no
+/// error code (RFC 6750 section 3.1: a request lacking authentication information gets
+/// none; `invalid_token` would tell the client its token is bad), and a realm, as the
+/// `Bearer` scheme needs at least one parameter.
+pub const NO_CREDENTIAL_CHALLENGE: &str = "Bearer realm=\"tilewarm\"";
+
+/// 401 for a request that needs a credential and sent none: the protocol's error body and
+/// `WWW-Authenticate:` [`NO_CREDENTIAL_CHALLENGE`].
+pub fn credential_required(message: impl Into<String>) -> Response {
+    let mut r = error_response(ErrorCode::Unauthorized, message);
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static(NO_CREDENTIAL_CHALLENGE),
+    );
+    r
+}
+
 /// 502 `upstream_error` with `Retry-After`: the caller's token needs a key that the
 /// `--jwks` URL's key server could not provide ([`crate::jwks`]); the token may be fine.
 pub fn keys_unavailable(e: crate::auth::KeysUnavailable) -> Response {
@@ -481,7 +498,7 @@ async fn invalidate_handler(
         }
     };
     if headers.get(AUTHORIZATION).is_none() {
-        return unauthorized(format!(
+        return credential_required(format!(
             "POST /v1/invalidate needs a bearer token with the {} claim",
             crate::auth::ADMIN_CLAIM
         ));

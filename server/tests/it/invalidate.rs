@@ -51,11 +51,12 @@ pub(crate) async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crat
 async fn only_an_admin_token_may_invalidate() {
     let s = server(config()).await;
     let body = r#"{"ids":["s2a-7"]}"#;
-    // No token: 401 (removing the token check in invalidate_handler makes this a 403).
-    let msg = post_invalidate(&Http::anonymous(), &s, body)
-        .await
-        .error(401, "unauthorized");
+    // No token: 401 (removing the token check in invalidate_handler makes this a 403),
+    // with a challenge naming no error (RFC 6750 3.1: it sent no token, none is invalid).
+    let r = post_invalidate(&Http::anonymous(), &s, body).await;
+    let msg = r.error(401, "unauthorized");
     assert!(msg.contains("tilewarm_admin"), "{msg}");
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"tilewarm\"");
     // A valid agent token without the claim: 403 (removing the admin check: 200).
     let msg = post_invalidate(&Http::new(), &s, body)
         .await
@@ -68,10 +69,13 @@ async fn only_an_admin_token_may_invalidate() {
     post_invalidate(&Http::with_token(Some(stringly)), &s, body)
         .await
         .error(403, "forbidden");
-    // A bad token: 401, as everywhere.
-    post_invalidate(&Http::with_token(Some("x.y.z".into())), &s, body)
-        .await
-        .error(401, "unauthorized");
+    // A bad token: 401, as everywhere, and this one is invalid.
+    let r = post_invalidate(&Http::with_token(Some("x.y.z".into())), &s, body).await;
+    r.error(401, "unauthorized");
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
     let admin = Http::with_token(Some(admin_token()));
     let r = post_invalidate(&admin, &s, body).await;
     assert_eq!(r.status, 200, "{}", r.text());

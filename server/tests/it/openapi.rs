@@ -185,6 +185,14 @@ async fn real_responses_match_docs_openapi_yaml() {
     for r in &answers {
         conforms(&spec, "/v1/invalidate", "post", r);
     }
+    // Without a token: the challenge names no error (RFC 6750 3.1).
+    assert_eq!(
+        answers[2].headers["www-authenticate"],
+        spec["paths"]["/v1/invalidate"]["post"]["responses"]["401"]["headers"]["WWW-Authenticate"]
+            ["schema"]["enum"][0]
+            .as_str()
+            .unwrap()
+    );
     let bad_id = anon
         .send(
             "GET",
