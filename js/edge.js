@@ -588,7 +588,7 @@ export function createWorker(defaults = {}) {
     }
     if (admin) return null;
     if (!request.headers.has('authorization')) {
-      return error(401, 'unauthorized', '/edge/stats needs a bearer token with "tilewarm_admin": true', { 'www-authenticate': 'Bearer' });
+      return error(401, 'unauthorized', '/edge/stats needs a bearer token with "tilewarm_admin": true', { 'www-authenticate': 'Bearer realm="tilewarm"' });
     }
     return forbidden('needs "tilewarm_admin": true in a verified token');
   }

@@ -257,7 +257,9 @@ describe('edge worker: caller authentication', () => {
     };
     const anon = await get(hmac);
     closed(anon, 401, 'unauthorized', /tilewarm_admin/);
-    assert.equal(anon.www, 'Bearer');
+    // No error code (RFC 6750 3.1: no token was sent), and a parameter, as the scheme
+    // needs one: the server's challenge for a request without a token.
+    assert.equal(anon.www, 'Bearer realm="tilewarm"');
     closed(await get(hmac, bearer(await callerToken('agent'))), 403, 'forbidden', /tilewarm_admin/);
     // The claim must be the boolean true, in a token that verifies.
     closed(await get(hmac, bearer(await callerToken('agent', { claims: { tilewarm_admin: 'true' } }))), 403, 'forbidden', /tilewarm_admin/);
