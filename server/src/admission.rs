@@ -30,8 +30,10 @@
 //!    [`crate::adaptive`], up to `--max-in-flight`; or fixed) and `--max-queue` waiting for
 //!    a slot, none longer than `--max-queue-wait-ms`; past the queue at once, past the wait
 //!    then: 503 `overloaded` with `Retry-After`. A request gives its slot back while it
-//!    waits for the origin ([`HeldSlot::release`]); at most `--max-origin-waits` do
-//!    ([`OriginWaits`]).
+//!    waits for the origin ([`HeldSlot::release`]), after its tier read; at most
+//!    `--max-origin-waits` do ([`OriginWaits`]). An origin at capacity (every PostGIS
+//!    connection busy for `--origin-pool-wait-ms`, an upstream's 503) is a 503 as well
+//!    ([`crate::origin::OriginFailure::Overloaded`]).
 //!
 //! `POST /v1/invalidate` meets 0 and 2 (after its admin check) and then a server-wide
 //! rate, `--invalidate-rate` with bursts of `--invalidate-burst` ([`Admission::invalidation`]):
