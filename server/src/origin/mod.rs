@@ -103,7 +103,8 @@ pub enum OriginFailure {
     /// 504 `upstream_timeout`.
     Timeout { ms: u64 },
     /// The backend failed (connection refused or dropped, a query error, an upstream's 5xx
-    /// or an answer that does not decode): 502 `upstream_error`. The message says what.
+    /// other than 503, or an answer that does not decode): 502 `upstream_error`. The message
+    /// says what.
     Failed(String),
     /// An upstream refused the request as the caller's mistake (400, 413): passed on with
     /// its code and message, as the edge does, to a caller at the tier it was asked at
