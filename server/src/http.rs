@@ -825,8 +825,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "change_stream_reading": stream_reading,
         "data_zoom": app.config.data_zoom,
         // The `--jwks` URL's key set: `fresh`, `stale` (past its max age, fetched again
-        // by the next request), `failing` (the last fetch failed; the last set verifies
-        // for up to an hour past its max age) or `unavailable` (tokens are answered 502);
+        // by the next request), `failing` (past its max age and the last fetch failed;
+        // the last set verifies for up to an hour past its max age; a set within its max
+        // age whose fetch for an unknown `kid` failed stays `fresh`) or `unavailable` (tokens are answered 502);
         // null without one.
         "jwks": jwks.map(|s| s.name()),
     });

@@ -92,14 +92,18 @@ impl Schedule {
         self.failures > 0
     }
 
-    /// What the set in use is now, for `/healthz` and `/metrics`.
+    /// What the set in use is now, for `/healthz` and `/metrics`. A set within its max age
+    /// is `fresh` though a fetch for a `kid` it lacks failed: it verifies every token it
+    /// has the key of, and calling the server degraded for that would let one unknown `kid`
+    /// take it out of a load balancer until the max age (the failure shows in
+    /// `tilewarm_jwks_fetches_total{result="failed"}`).
     pub fn state(&self, now_ms: u64) -> KeysState {
         if !self.usable(now_ms) {
             KeysState::Unavailable
-        } else if self.failing() {
-            KeysState::Failing
         } else if self.fresh(now_ms) {
             KeysState::Fresh
+        } else if self.failing() {
+            KeysState::Failing
         } else {
             KeysState::Stale
         }
@@ -175,8 +179,8 @@ pub enum KeysState {
     Fresh,
     /// Past its max age, to be fetched again by the next request that needs it.
     Stale,
-    /// The last fetch failed; the last set verifies for up to [`STALE_IF_ERROR`] past its
-    /// max age.
+    /// Past its max age and the last fetch failed; the set verifies for up to
+    /// [`STALE_IF_ERROR`] past its max age.
     Failing,
     /// Past that: tokens are answered 502 until a fetch succeeds.
     Unavailable,
@@ -470,6 +474,25 @@ mod tests {
         s.failed(now);
         assert_eq!(s.retry_after_s(now, false), 30);
         assert_eq!(s.retry_after_s(now + 29_500, false), 1);
+    }
+
+    #[test]
+    fn a_failed_fetch_for_an_unknown_kid_leaves_a_fresh_set_fresh() {
+        let mut s = at_start();
+        s.started(31_000);
+        s.failed(31_100);
+        assert!(s.failing());
+        assert_eq!(
+            s.state(31_100),
+            KeysState::Fresh,
+            "the set verifies as before"
+        );
+        let old = 1_000 + 600_000;
+        assert_eq!(
+            s.state(old),
+            KeysState::Failing,
+            "past its max age it is failing"
+        );
     }
 
     #[test]

@@ -263,3 +263,32 @@ async fn while_the_key_server_fails_the_last_set_verifies_and_a_new_kid_is_a_502
     }
     s.shutdown().await;
 }
+
+/// A fetch for an unknown `kid` that fails while the set is within its max age leaves the
+/// set `fresh` and the server `ok`: the set verifies every token it has the key of as
+/// before, and a load balancer polling `/healthz` must not pull the server until the max
+/// age for one token naming a key nobody has. The failure is counted in `/metrics`. It
+/// used to say `failing` (status `degraded`) until the set's max age. Fails when a failed
+/// fetch marks a fresh set failing.
+#[tokio::test]
+async fn a_failed_fetch_for_an_unknown_kid_leaves_a_fresh_set_fresh() {
+    let idp = Idp::start(&["ec-1"]).await;
+    let s = idp.server(600, 1, 20).await;
+    idp.fail();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Past the cool-down, the unknown kid makes the server ask; the key server fails.
+    let r = call(&s, "ec-2").await;
+    r.error(502, "upstream_error");
+    assert_eq!(idp.fetches(), 2, "the unknown kid was fetched for");
+    assert!(verified(&call(&s, "ec-1").await));
+    assert_eq!(health(&s).await, ("fresh".into(), "ok".into()));
+    let m = jwks_metrics(&s).await;
+    for line in [
+        "tilewarm_jwks_usable 1",
+        "tilewarm_jwks_fetches_total{result=\"failed\"} 1",
+        "tilewarm_jwks_fetches_total{result=\"ok\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+    s.shutdown().await;
+}
