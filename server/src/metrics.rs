@@ -648,7 +648,7 @@ fn read_app(app: &App, s: &mut Scrape) {
         ),
         (
             "tilewarm_change_stream_applied_remote",
-            "Entries of other instances this instance's reader applied.",
+            "Entries of other instances this instance's reader applied to its tier (counted once applied; one whose apply failed counts in tilewarm_change_stream_apply_failures_total, and here once applied again).",
             &c.applied_remote,
         ),
         (

@@ -223,7 +223,8 @@ impl Event {
 pub struct StreamStats {
     /// Entries this instance published.
     pub published: AtomicU64,
-    /// Entries of other instances applied here.
+    /// Entries of other instances applied here: counted once their invalidation landed on
+    /// the tier (one that failed counts in `apply_failures`, and here once applied again).
     pub applied_remote: AtomicU64,
     /// Times this instance's reader found entries lost and invalidated everything.
     pub resets: AtomicU64,
@@ -991,26 +992,51 @@ pub fn spawn_reader(app: Weak<App>, from: Option<StreamId>) {
 /// Most failed invalidations kept to apply again; past it they become one `all`.
 const MAX_FAILED: usize = 64;
 
-/// Invalidations the reader failed to apply, each with whether its classes were bumped
-/// already ([`BUMPED`]), oldest first.
-type Failed = Vec<(Invalidation, bool)>;
+/// An invalidation the reader failed to apply: whether its classes were bumped already
+/// ([`BUMPED`]), and how many entries of other instances it stands for (0 for this
+/// instance's own `reset`; several once failures were merged into one `all`), counted in
+/// `applied_remote` when it lands.
+struct Pending {
+    inv: Invalidation,
+    bumped: bool,
+    remote: u64,
+}
 
-/// Applies `inv` to this instance's tier (`bumped`: [`crate::invalidate::apply_remote`]); a
-/// failure (the tier is marked down) is kept in `failed` to be applied again by
-/// [`retry_failed`], so a change read while the tier was failing is not forgotten, and
-/// requests are held off the tier until it is ([`crate::tier::CacheTier::hold_reads`]).
-async fn apply(app: &App, inv: Invalidation, bumped: bool, failed: &mut Failed) {
+/// Invalidations the reader failed to apply, oldest first.
+type Failed = Vec<Pending>;
+
+/// Applies `inv` to this instance's tier (`bumped`: [`crate::invalidate::apply_remote`]),
+/// counting the `remote` entries of other instances it stands for in `applied_remote` once
+/// it landed; a failure (the tier is marked down) is counted in `apply_failures` and kept
+/// in `failed` to be applied again by [`retry_failed`], so a change read while the tier was
+/// failing is not forgotten, and requests are held off the tier until it is
+/// ([`crate::tier::CacheTier::hold_reads`]).
+async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: &mut Failed) {
     if crate::invalidate::apply_remote(app, &inv, bumped)
         .await
-        .is_err()
+        .is_ok()
     {
-        app.tier.hold_reads(ReadHold::ChangeStream, true);
-        app.changes.stats.apply_failures.fetch_add(1, Relaxed);
-        if inv.all || failed.len() >= MAX_FAILED {
-            *failed = vec![(Invalidation::everything(), true)];
-        } else if !failed.first().is_some_and(|(f, _)| f.all) {
-            failed.push((inv, bumped));
-        }
+        app.changes.stats.applied_remote.fetch_add(remote, Relaxed);
+        return;
+    }
+    app.tier.hold_reads(ReadHold::ChangeStream, true);
+    app.changes.stats.apply_failures.fetch_add(1, Relaxed);
+    if inv.all || failed.len() >= MAX_FAILED {
+        let remote = remote + failed.iter().map(|p| p.remote).sum::<u64>();
+        *failed = vec![Pending {
+            inv: Invalidation::everything(),
+            bumped: true,
+            remote,
+        }];
+    } else if let Some(all) = failed.first_mut().filter(|p| p.inv.all) {
+        // Covered by the `all` waiting already.
+        all.remote += remote;
+    } else {
+        failed.push(Pending {
+            inv,
+            bumped,
+            remote,
+        });
     }
 }
 
@@ -1019,20 +1045,24 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, failed: &mut Failed) 
 /// fetch in flight does not write back either) and sends the subscribers a `reset` to `to`.
 async fn reset_everything(a: &App, failed: &mut Failed, to: StreamId, why: ResetReason) {
     a.changes.stats.resets.fetch_add(1, Relaxed);
-    apply(a, Invalidation::everything(), true, failed).await;
+    apply(a, Invalidation::everything(), true, 0, failed).await;
     let _ = a.changes.tx.send(Event::Reset(to, why));
 }
 
 /// Applies again what failed before, oldest first, until one fails again.
 async fn retry_failed(app: &App, failed: &mut Failed) {
-    while let Some((inv, bumped)) = failed.first() {
-        if crate::invalidate::apply_remote(app, inv, *bumped)
+    while let Some(p) = failed.first() {
+        if crate::invalidate::apply_remote(app, &p.inv, p.bumped)
             .await
             .is_err()
         {
             return;
         }
-        failed.remove(0);
+        let p = failed.remove(0);
+        app.changes
+            .stats
+            .applied_remote
+            .fetch_add(p.remote, Relaxed);
     }
 }
 
@@ -1156,10 +1186,9 @@ async fn read_once(
                     let bumped = fields.chunks(2).any(
                         |kv| matches!(kv, [k, v] if k == BUMPED.as_bytes() && v == gens.as_bytes()),
                     );
-                    a.changes.stats.applied_remote.fetch_add(1, Relaxed);
                     // A tier failure marks Redis down (the tier is not read until it is
                     // back) and is applied again then.
-                    apply(&a, inv, bumped, failed).await;
+                    apply(&a, inv, bumped, 1, failed).await;
                 }
                 let _ = a.changes.tx.send(event);
             }

@@ -130,8 +130,7 @@ async fn a_class_invalidation_reaches_every_instance_without_a_scan() {
         );
     }
     // B's reader applied A's change (its write guard has it) without bumping again: it
-    // hands an entry to its followers once applied. (Counted in `applied_remote` before it
-    // is applied: waiting for that let a second bump land after the check.)
+    // hands an entry to its followers once applied.
     tokio::time::timeout(Duration::from_secs(10), b_applied.recv())
         .await
         .expect("B's reader did not apply A's change within 10 s")

@@ -1383,6 +1383,57 @@ async fn a_change_made_just_after_an_instance_started_is_applied_there() {
     b.shutdown().await;
 }
 
+/// An entry of another instance whose apply fails (Redis refuses deletes) is counted in
+/// `apply_failures`, not in `applied_remote`, and there once applied again. It used to be
+/// counted as applied before it was applied, failed or not. Fails when `applied_remote`
+/// counts an entry whose apply failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_entry_whose_apply_fails_is_not_counted_as_applied_until_it_lands() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = server(redis_config(&redis)).await;
+    let b = server(redis_config(&redis)).await;
+    let stats = &b.app.changes.stats;
+    redis_do(&redis, &["ACL", "SETUSER", "default", "-unlink", "-del"]).await;
+    // A's entry only (its XADD), as its POST /v1/invalidate appends it after its deletes.
+    a.app.changes.publish(&ids_inv("refused")).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || stats
+            .apply_failures
+            .load(Relaxed)
+            >= 1)
+        .await,
+        "B's reader did not fail to apply A's entry: the test did not test"
+    );
+    assert_eq!(
+        stats.applied_remote.load(Relaxed),
+        0,
+        "an entry whose apply failed was counted as applied"
+    );
+    redis.allow_deletes().await;
+    assert!(
+        eventually(Duration::from_secs(10), || stats
+            .applied_remote
+            .load(Relaxed)
+            == 1)
+        .await,
+        "the entry applied again was not counted"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .app
+            .tier
+            .read_holds()
+            .is_empty())
+        .await,
+        "reads still held after the entry landed"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// A Redis that answers, with an error, the reads of where the reader starts (here the
 /// stream's key holds a string: WRONGTYPE; the same with a Redis older than 7, or an ACL
 /// without XINFO) holds the start for `START_WITHIN` as one that does not answer, and the
