@@ -199,14 +199,17 @@ pub async fn apply_remote(app: &App, inv: &Invalidation, bumped: bool) -> Result
 
 /// [`invalidate`] for an invalidation already applied to the shared tier (by another
 /// instance, or by this one before publishing it): recorded and deleted again, but its
-/// classes are not bumped again in Redis. The first bump covers every instance (the
-/// generations are shared), and a write-back made across it was stamped with the
-/// generation read before its origin call, so it is stale already
-/// ([`crate::tier::Fill::gens`]); bumping again would only make what was fetched after the
-/// first bump a miss, once more per instance.
+/// classes are not bumped again in Redis, and `all` (whose generation was bumped too) is
+/// only recorded. The first bump covers every instance (the generations are shared), and
+/// a write-back made across it was stamped with the generation read before its origin
+/// call, so it is stale already ([`crate::tier::Fill::gens`]); bumping again would only
+/// make what was fetched after the first bump a miss, once more per instance, and deleting
+/// every key again would walk the whole keyspace once more per instance for keys that are
+/// misses anyway.
 pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierError> {
     match &app.tier {
-        CacheTier::Redis(_) if !inv.classes.is_empty() && !inv.all => {
+        CacheTier::Redis(_) if inv.all => apply(app, inv, &Invalidation::default()).await,
+        CacheTier::Redis(_) if !inv.classes.is_empty() => {
             let on_tier = Invalidation {
                 classes: Vec::new(),
                 ..inv.clone()

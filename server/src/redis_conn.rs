@@ -189,6 +189,21 @@ struct ClusterInner {
 }
 
 impl LazyCluster {
+    /// The node at `addr` as its own `CLUSTER NODES` line shows it (`None`: it is not a
+    /// master serving slots now).
+    async fn own_view(&self, addr: &(String, u16)) -> RedisResult<Option<Master>> {
+        let mut conn = self.get().await?;
+        let (host, port) = addr.clone();
+        let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let nodes: String = redis::from_redis_value(conn.route_command(cmd, to).await?)?;
+        Ok(nodes
+            .lines()
+            .filter_map(Master::of_line)
+            .find_map(|(m, myself)| myself.then_some(m)))
+    }
+
     async fn get(&self) -> RedisResult<ClusterConnection> {
         let inner = &*self.0;
         let conn = inner
@@ -648,26 +663,32 @@ impl RedisConn {
     }
 
     /// `SCAN … MATCH pattern COUNT count` over every key: on a cluster, over every master.
+    /// A cluster that moves slots while it runs (resharding, a failover) can make it miss
+    /// keys: [`Scan::slots_moved`] says whether that may have happened.
     pub async fn scan(&self, pattern: &str, count: usize) -> RedisResult<Scan> {
-        let nodes = match self {
-            RedisConn::Single(_) => vec![None],
+        let (nodes, at_start) = match self {
+            RedisConn::Single(_) => (vec![None], Vec::new()),
             RedisConn::Cluster(lazy) => {
                 let mut conn = lazy.get().await?;
                 let nodes: String = redis::cmd("CLUSTER")
                     .arg("NODES")
                     .query_async(&mut conn)
                     .await?;
-                masters(&nodes)
-                    .map_err(|e| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
-                            "cannot scan every key",
-                            e,
-                        ))
-                    })?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
+                let seen = masters(&nodes).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                        "cannot scan every key",
+                        e,
+                    ))
+                })?;
+                // Each as it sees itself (a migration shows only there; another node's
+                // view may lag): compared with the same at the end (`Scan::slots_moved`).
+                let mut at_start = Vec::with_capacity(seen.len());
+                for m in seen {
+                    at_start.push(lazy.own_view(&m.addr).await?.unwrap_or(m));
+                }
+                let nodes = at_start.iter().map(|m| Some(m.addr.clone())).collect();
+                (nodes, at_start)
             }
         };
         Ok(Scan {
@@ -676,6 +697,7 @@ impl RedisConn {
             count,
             nodes,
             cursor: 0,
+            at_start,
         })
     }
 }
@@ -731,34 +753,64 @@ fn by_slot(keys: &[impl AsRef<str>]) -> Vec<Vec<usize>> {
 /// The hash slots of a Redis Cluster.
 const SLOTS: usize = 16384;
 
-/// The masters serving slots in `CLUSTER NODES` output, as (host, port), when together
-/// they serve every one of the 16384 slots. A master flagged `fail` (or `fail?`), or a
-/// line that cannot be read, is left out, and then its slots are not covered: a `SCAN`
-/// over the others would miss its keys and an invalidation would report success with
-/// that shard untouched, so this is an error naming the first slot nobody serves.
-fn masters(nodes: &str) -> Result<Vec<(String, u16)>, String> {
-    let mut covered = vec![false; SLOTS];
-    let mut out = Vec::new();
-    for line in nodes.lines() {
+/// A master as a `CLUSTER NODES` line shows it: where it is, and what says which slots it
+/// serves (its id, config epoch and slot ranges, a migration's `[…]` among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Master {
+    addr: (String, u16),
+    id: String,
+    epoch: String,
+    slots: Vec<String>,
+}
+
+impl Master {
+    /// The master of one `CLUSTER NODES` line (`None`: not a master serving slots, flagged
+    /// `fail`, or unreadable), and whether it is the answering node itself.
+    fn of_line(line: &str) -> Option<(Master, bool)> {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let Some(flags) = f.get(2) else { continue };
+        let flags = f.get(2)?;
         let serving = flags.split(',').any(|x| x == "master")
             && !flags.split(',').any(|x| x.starts_with("fail"))
             && f.len() > 8;
         if !serving {
-            continue;
+            return None;
         }
-        let Some((host, port)) = f
+        let addr = f
             .get(1)
             .and_then(|a| a.split(['@', ',']).next())
             .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        else {
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))?;
+        let master = Master {
+            addr,
+            id: f[0].to_owned(),
+            epoch: f[6].to_owned(),
+            slots: f[8..].iter().map(|r| (*r).to_owned()).collect(),
+        };
+        Some((master, flags.split(',').any(|x| x == "myself")))
+    }
+
+    /// A slot of this master is migrating to or importing from another (shown only in the
+    /// line of the node itself).
+    fn migrating(&self) -> bool {
+        self.slots.iter().any(|r| r.starts_with('['))
+    }
+}
+
+/// The masters serving slots in `CLUSTER NODES` output, when together they serve every
+/// one of the 16384 slots. A master flagged `fail` (or `fail?`), or a line that cannot be
+/// read, is left out, and then its slots are not covered: a `SCAN` over the others would
+/// miss its keys and an invalidation would report success with that shard untouched, so
+/// this is an error naming the first slot nobody serves.
+fn masters(nodes: &str) -> Result<Vec<Master>, String> {
+    let mut covered = vec![false; SLOTS];
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let Some((master, _)) = Master::of_line(line) else {
             continue;
         };
         // Slots: `first-last` or `slot`; `[slot->-id]`/`[slot-<-id]` (a migration in
         // progress) are not served by this node alone and are skipped.
-        for range in f[8..].iter().filter(|r| !r.starts_with('[')) {
+        for range in master.slots.iter().filter(|r| !r.starts_with('[')) {
             let (a, b) = range.split_once('-').unwrap_or((range, range));
             if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
                 for slot in covered
@@ -770,7 +822,7 @@ fn masters(nodes: &str) -> Result<Vec<(String, u16)>, String> {
                 }
             }
         }
-        out.push((host, port));
+        out.push(master);
     }
     match covered.iter().position(|c| !c) {
         None => Ok(out),
@@ -788,6 +840,8 @@ pub struct Scan {
     /// Nodes still to walk, the current one last (`None`: the single Redis).
     nodes: Vec<Option<(String, u16)>>,
     cursor: u64,
+    /// On a cluster, the masters as `CLUSTER NODES` showed them when the scan started.
+    at_start: Vec<Master>,
 }
 
 impl Scan {
@@ -817,6 +871,52 @@ impl Scan {
             self.nodes.pop();
         }
         Ok(Some(keys))
+    }
+
+    /// Once every node is walked: on a cluster, whether slots may have moved since the
+    /// scan started, and how (`None`: they did not, every key that existed throughout was
+    /// returned). A key moved from a master not walked yet to one walked before is
+    /// returned by neither, so a scan that must reach every key cannot be trusted then.
+    /// Each master is asked for its own line (a migration in progress shows only there),
+    /// as at the start, and must be the master it was then, same id, config epoch and
+    /// slots, with no slot migrating then or now: a slot that moved, even away and back, raised the config epoch
+    /// of the master that took it (`CLUSTER SETSLOT … NODE` on an importing node), and a
+    /// failover put another node in its place. One case is not seen: a master already
+    /// holding the cluster's greatest epoch, unique, takes a slot without raising it and
+    /// the slot goes back to its first master, also without, all within the scan.
+    pub async fn slots_moved(&self) -> RedisResult<Option<String>> {
+        let RedisConn::Cluster(lazy) = &self.conn else {
+            return Ok(None);
+        };
+        for was in &self.at_start {
+            if was.migrating() {
+                return Ok(Some(format!(
+                    "a slot of {}:{} was migrating when the scan started",
+                    was.addr.0, was.addr.1
+                )));
+            }
+            let now = lazy.own_view(&was.addr).await?;
+            let (host, port) = &was.addr;
+            match now {
+                None => return Ok(Some(format!("{host}:{port} is no longer a master"))),
+                Some(m) if m.migrating() => {
+                    return Ok(Some(format!("a slot of {host}:{port} is migrating")))
+                }
+                Some(m) if m != *was => {
+                    return Ok(Some(format!(
+                    "{host}:{port} was {} epoch {} with slots {}, now {} epoch {} with slots {}",
+                    was.id,
+                    was.epoch,
+                    was.slots.join(" "),
+                    m.id,
+                    m.epoch,
+                    m.slots.join(" ")
+                )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -1011,14 +1111,20 @@ f4ec 127.0.0.1:51659@61659 slave 9632 0 1 1 connected
 99d7 127.0.0.1:48975@58975,host.example myself,master - 0 1 2 connected 5461-10922
 9632 127.0.0.1:41538@51538 master - 0 1 1 connected 0-5459 5460 [5460->-8fc3]
 ";
+        let m = masters(nodes).unwrap();
         assert_eq!(
-            masters(nodes).unwrap(),
+            m.iter().map(|m| m.addr.clone()).collect::<Vec<_>>(),
             [
                 ("127.0.0.1".to_owned(), 37065),
                 ("127.0.0.1".to_owned(), 48975),
                 ("127.0.0.1".to_owned(), 41538)
             ]
         );
+        assert_eq!((m[0].id.as_str(), m[0].epoch.as_str()), ("8fc3", "3"));
+        assert!(!m[0].migrating() && m[2].migrating());
+        let myself = nodes.lines().filter_map(Master::of_line);
+        let myself: Vec<_> = myself.filter(|(_, me)| *me).map(|(m, _)| m.id).collect();
+        assert_eq!(myself, ["99d7"]);
     }
 
     #[test]

@@ -433,12 +433,20 @@ pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
     Some((exp, items))
 }
 
-/// The current generation of each class that has one (module docs): read from Redis in
-/// the same round trip as the values it judges, and, read before an origin call, the
-/// generations the items it answers are stamped with. A class it does not name is at 0.
-/// Cheap to clone.
+/// The field of the generations hash that `all` bumps ([`ALL_FIELD`]): no class can be
+/// named so (a class is lowercase letters, digits, `_` and `-`).
+pub const ALL_FIELD: &str = "*";
+
+/// The current generation of each class that has one (module docs), and that of `all`
+/// ([`ALL_FIELD`]): read from Redis in the same round trip as the values it judges, and,
+/// read before an origin call, the generations the items it answers are stamped with. A
+/// class it does not name is at 0. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Generations(Arc<GenTable>);
+pub struct Generations {
+    table: Arc<GenTable>,
+    /// The generation of `all`: every value stamped below it is stale, whatever its class.
+    all: u64,
+}
 
 /// A few classes are looked up by a scan (cheaper than hashing each item's class), many
 /// in a map.
@@ -457,41 +465,54 @@ impl Generations {
     /// From the hash's fields and values. A value that is not a number is an error: one
     /// read as 0 could hide an invalidation.
     pub fn from_fields(fields: Vec<(String, String)>) -> Result<Generations, String> {
-        let gens = fields
-            .into_iter()
-            .map(|(class, n)| match n.parse::<u64>() {
-                Ok(n) => Ok((class, n)),
-                Err(_) => Err(format!(
+        let mut all = 0;
+        let mut gens = Vec::with_capacity(fields.len());
+        for (class, n) in fields {
+            let Ok(n) = n.parse::<u64>() else {
+                return Err(format!(
                     "the generation of class {class:?} is {n:?}, not a number"
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                ));
+            };
+            if class == ALL_FIELD {
+                all = n;
+            } else {
+                gens.push((class, n));
+            }
+        }
         let table = match gens.len() {
             0 => GenTable::None,
             n if n <= FEW_CLASSES => GenTable::Few(gens),
             _ => GenTable::Many(gens.into_iter().collect()),
         };
-        Ok(Generations(Arc::new(table)))
+        Ok(Generations {
+            table: Arc::new(table),
+            all,
+        })
     }
 
-    /// The current generation of `class` (0 when it was never invalidated).
+    /// The generation a value of `class` must be stamped with to be current: the larger
+    /// of its class's (0 when it was never invalidated) and that of `all`. An item fetched
+    /// now is stamped with it.
     pub fn of(&self, class: &str) -> u64 {
-        match &*self.0 {
+        let own = match &*self.table {
             GenTable::None => 0,
             GenTable::Few(v) => v.iter().find(|(c, _)| c == class).map_or(0, |(_, n)| *n),
             GenTable::Many(m) => m.get(class).copied().unwrap_or(0),
-        }
+        };
+        own.max(self.all)
     }
 
-    /// Whether `item` was fetched under its class's current generation or a later one:
-    /// false when its class was invalidated since (a stale copy: a miss).
+    /// Whether `item` was fetched under its class's current generation (and that of `all`)
+    /// or a later one: false when its class, or everything, was invalidated since (a stale
+    /// copy: a miss).
     pub fn current(&self, item: &StoredItem) -> bool {
-        matches!(*self.0, GenTable::None) || item.gen >= self.of(item.class())
+        (matches!(*self.table, GenTable::None) && self.all == 0)
+            || item.gen >= self.of(item.class())
     }
 
-    /// How many classes have a generation.
+    /// How many classes have a generation (`all`'s not counted).
     pub fn len(&self) -> usize {
-        match &*self.0 {
+        match &*self.table {
             GenTable::None => 0,
             GenTable::Few(v) => v.len(),
             GenTable::Many(m) => m.len(),
@@ -769,6 +790,16 @@ mod tests {
         let g = Generations::from_fields(many).unwrap();
         assert_eq!((g.len(), g.of("c39"), g.of("x")), (41, 39, 0));
         assert!(!g.current(&it.with_gen(6)) && g.current(&it.with_gen(7)));
+        // `all` (its field is no class) makes every value stamped before it stale, and
+        // is the least a value fetched after it is stamped with.
+        let g = gens(&[(ALL_FIELD, "5"), ("sold", "7")]).unwrap();
+        assert_eq!((g.len(), g.of("active"), g.of("sold")), (1, 5, 7));
+        assert!(!g.current(&it.with_gen(4)), "stamped before all");
+        assert!(g.current(&it.with_gen(5)));
+        let g = gens(&[(ALL_FIELD, "5"), ("active", "7")]).unwrap();
+        assert!(!g.current(&it.with_gen(6)) && g.current(&it.with_gen(7)));
+        let g = gens(&[(ALL_FIELD, "5")]).unwrap();
+        assert!(g.is_empty() && !g.current(&it.with_gen(4)) && g.current(&it.with_gen(5)));
         // A generation that is not a number is an error, not 0.
         let e = gens(&[("active", "x")]).unwrap_err();
         assert!(

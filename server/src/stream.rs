@@ -5,7 +5,7 @@
 //! # Where it lives
 //! - **With `--redis`**: a Redis Stream at `<prefix>changes` ([`changes_key`]). An entry is
 //!   `XADD <key> MAXLEN ~ <--changes-retention> * inv <invalidation JSON>` (and
-//!   `bumped <prefix>v4:g` when it names classes, [`BUMPED`]); its id
+//!   `bumped <prefix>v4:g` when it names classes or `all`, [`BUMPED`]); its id
 //!   (`<ms>-<seq>`, [`StreamId`]) is the event id clients see. Each instance runs one
 //!   reader ([`spawn_reader`]): `XREAD BLOCK` on a connection of its own (a blocking read
 //!   would hold up every command queued behind it on the shared multiplexed connection),
@@ -79,12 +79,14 @@ use crate::App;
 /// The stream entry's field holding the invalidation JSON.
 pub const FIELD: &str = "inv";
 
-/// The stream entry's field naming the class generations hash (`<prefix>v4:g`) its classes
-/// were bumped in before it was appended (entries naming classes only). A reader whose tier
-/// keeps its generations there applies the entry without bumping them again
-/// ([`crate::invalidate::apply_remote`]); an entry without it (made by an instance of an
-/// older storage format, which has no generations, during a rolling upgrade) is bumped by
-/// every reader, or its classes' values of this format would be served until their TTL.
+/// The stream entry's field naming the class generations hash (`<prefix>v4:g`) its classes,
+/// or `all`, were bumped in before it was appended (entries naming classes or `all` only).
+/// A reader whose tier keeps its generations there applies the entry without bumping them
+/// again (and an `all` without deleting every key again: what was stored before is a miss
+/// already) ([`crate::invalidate::apply_remote`]); an entry without it (made by an
+/// instance of an older storage format, which has no generations, or of an older version
+/// that did not bump `all`, during a rolling upgrade) is bumped by every reader, or its
+/// values of this format would be served until their TTL.
 pub const BUMPED: &str = "bumped";
 
 /// How long one `XREAD` blocks.
@@ -457,7 +459,7 @@ impl ChangeStream {
                     .arg("*")
                     .arg(FIELD)
                     .arg(inv.to_json());
-                if !inv.classes.is_empty() {
+                if !inv.classes.is_empty() || inv.all {
                     cmd.arg(BUMPED).arg(&s.gens);
                 }
                 let add = cmd.query_async::<String>(&mut conn);
@@ -1023,9 +1025,11 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: 
     app.changes.stats.apply_failures.fetch_add(1, Relaxed);
     if inv.all || failed.len() >= MAX_FAILED {
         let remote = remote + failed.iter().map(|p| p.remote).sum::<u64>();
+        // Standing for invalidations that did not land: bumped here (`false`), as the
+        // reader's own reset is.
         *failed = vec![Pending {
             inv: Invalidation::everything(),
-            bumped: true,
+            bumped: false,
             remote,
         }];
     } else if let Some(all) = failed.first_mut().filter(|p| p.inv.all) {
@@ -1045,7 +1049,8 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: 
 /// fetch in flight does not write back either) and sends the subscribers a `reset` to `to`.
 async fn reset_everything(a: &App, failed: &mut Failed, to: StreamId, why: ResetReason) {
     a.changes.stats.resets.fetch_add(1, Relaxed);
-    apply(a, Invalidation::everything(), true, 0, failed).await;
+    // Not bumped by anyone yet: `false`, so that it bumps `all`'s generation.
+    apply(a, Invalidation::everything(), false, 0, failed).await;
     let _ = a.changes.tx.send(Event::Reset(to, why));
 }
 

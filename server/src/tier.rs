@@ -27,7 +27,9 @@
 //! generation is bumped ([`BUMP_SCRIPT`]), one command whatever the tier holds, and every value
 //! holding an item stamped with an older generation reads as a miss from then on
 //! ([`Generations`]); each item is stamped with the generation read *before* its origin
-//! call ([`Fill::gens`]), so a write-back racing the bump is born stale.
+//! call ([`Fill::gens`]), so a write-back racing the bump is born stale. `all` has a
+//! generation too ([`ALL_BUMP_SCRIPT`]), so a key its `SCAN` does not reach (a Redis Cluster
+//! moving slots while it runs) is stale anyway.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -41,7 +43,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
-use crate::stored::{decode_tile, encode_tile, Keys};
+use crate::stored::{decode_tile, encode_tile, Keys, ALL_FIELD};
 pub use crate::stored::{Generations, StoredItem};
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
@@ -485,16 +487,19 @@ impl RedisTier {
     ///   tile holding it, whose key is unlinked with the item keys;
     /// - **tiles**: the keys of the data tiles they cover and the item keys of the items
     ///   inside (a tile more than 4 levels coarser than the data zoom by one `SCAN` of the
-    ///   tile keys);
+    ///   tile keys; by `all` instead on a cluster whose slots moved while it ran, when it
+    ///   may have missed keys: [`crate::redis_conn::Scan::slots_moved`]);
     /// - **classes**: nothing is deleted: each class's generation is bumped ([`BUMP_SCRIPT`]
     ///   on its field in `<prefix>v4:g`), which makes every item and tile value holding an item
     ///   of it stamped before a miss ([`Generations::current`]); they are overwritten by the
     ///   refetch or expire;
-    /// - **all**: every key under the prefix, of any storage format version (`SCAN` +
-    ///   `UNLINK`), but the change stream and the class generations (deleting those would
-    ///   set every class back to 0, and a write-back stamped before a class's bump, landing
-    ///   after this, would read as current), this deployment's and those of deployments
-    ///   under a longer prefix the pattern also matches ([`Keys::is_other_gens`]).
+    /// - **all**: its generation is bumped ([`ALL_BUMP_SCRIPT`]: every value stored before
+    ///   is a miss, wherever it is), then every key under the prefix, of any storage format
+    ///   version, is deleted (`SCAN` + `UNLINK`), but the change stream and the class
+    ///   generations (deleting those would set every class back to 0, and a write-back
+    ///   stamped before a class's bump, landing after this, would read as current), this
+    ///   deployment's and those of deployments under a longer prefix the pattern also
+    ///   matches ([`Keys::is_other_gens`]).
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
     /// by `maxmemory` before the tile) or names another tile (the item moved and was written
@@ -505,17 +510,7 @@ impl RedisTier {
         data_zoom: u8,
     ) -> redis::RedisResult<()> {
         if inv.all {
-            // Everything but the change stream, which records this very invalidation, and
-            // the class generations: this deployment's, and those of a deployment whose
-            // prefix starts with this one's (`tw:x:` under `tw:`), whose keys the pattern
-            // matches too (`Keys::is_other_gens`).
-            let stream = crate::stream::changes_key(&self.prefix);
-            let gens = self.keys.gens();
-            return self
-                .unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| {
-                    k != stream && k != gens && !self.keys.is_other_gens(k)
-                })
-                .await;
+            return self.invalidate_all().await;
         }
         let item_keys: Vec<String> = inv.ids.iter().map(|id| self.item_key(id)).collect();
         for chunk in item_keys.chunks(1000) {
@@ -554,6 +549,13 @@ impl RedisTier {
                     .collect();
                 self.unlink_tiles_and_items(&doomed).await?;
             }
+            if let Some(moved) = scan.slots_moved().await? {
+                // A tile key that moved from a master not walked yet to one walked before
+                // was not seen: nothing says which, so everything is invalidated (which
+                // covers the rest of `inv` too).
+                warn!(why = %moved, "a SCAN for a tile invalidation may have missed keys: invalidating everything instead");
+                return self.invalidate_all().await;
+            }
         }
         if !inv.classes.is_empty() {
             let key = self.keys.gens();
@@ -563,7 +565,12 @@ impl RedisTier {
                 .iter()
                 .map(|class| {
                     let mut c = redis::cmd("EVAL");
-                    c.arg(BUMP_SCRIPT).arg(1).arg(key).arg(class).arg(&now);
+                    c.arg(BUMP_SCRIPT)
+                        .arg(1)
+                        .arg(key)
+                        .arg(class)
+                        .arg(&now)
+                        .arg(ALL_FIELD);
                     (key.to_owned(), c)
                 })
                 .collect();
@@ -613,6 +620,31 @@ impl RedisTier {
             self.conn.unlink(&doomed).await?;
         }
         Ok(())
+    }
+
+    /// `all`: bumps its generation ([`ALL_BUMP_SCRIPT`]), which makes every value stored
+    /// before a miss wherever it is, then deletes every key under the prefix but the change
+    /// stream, which records this very invalidation, and the class generations: this
+    /// deployment's, and those of a deployment whose prefix starts with this one's (`tw:x:`
+    /// under `tw:`), whose keys the pattern matches too (`Keys::is_other_gens`). The
+    /// deletes free the memory (and drop the keys of other storage formats); a key their
+    /// `SCAN` misses (a Redis Cluster moving slots meanwhile) is stale by its generation.
+    async fn invalidate_all(&self) -> redis::RedisResult<()> {
+        let gens = self.keys.gens();
+        let mut bump = redis::cmd("EVAL");
+        bump.arg(ALL_BUMP_SCRIPT)
+            .arg(1)
+            .arg(gens)
+            .arg(now_ms().to_string())
+            .arg(ALL_FIELD);
+        for answer in self.conn.per_key(vec![(gens.to_owned(), bump)]).await? {
+            redis::from_redis_value::<i64>(answer)?;
+        }
+        let stream = crate::stream::changes_key(&self.prefix);
+        self.unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| {
+            k != stream && k != gens && !self.keys.is_other_gens(k)
+        })
+        .await
     }
 
     /// `SCAN MATCH pattern` and `UNLINK` the keys `pick` picks.
@@ -822,27 +854,51 @@ impl RedisTier {
     }
 }
 
-/// A class's bump (`EVAL`, `KEYS[1]` the generations hash, `ARGV` the class and this
-/// instance's clock in Unix ms): its generation becomes the larger of one more than it was
-/// and the time, atomically, and is returned. One more keeps generations growing whatever
-/// the clocks say; the time makes a bump pass every stamp made before it even when the
-/// hash lost its value meanwhile (evicted, a failover whose new master missed a bump,
-/// deleted by hand): counting on from what is left (`HINCRBY`) would land on a generation
-/// already stamped, and the values fetched before this change would read as current
-/// (`a_bump_after_the_generations_were_lost_still_passes_every_stamp`). Generations are
-/// below 2^53, where Lua's numbers are exact; a value that is not such a number is an
-/// error, never read as 0.
+/// A class's bump (`EVAL`, `KEYS[1]` the generations hash, `ARGV` the class, this
+/// instance's clock in Unix ms and [`ALL_FIELD`]): its generation becomes the largest of one more than it
+/// was, one more than that of `all` ([`ALL_FIELD`]: a value is stamped with the larger of
+/// the two, [`Generations::of`]) and the time, atomically, and is returned. One more keeps
+/// generations growing whatever the clocks say; the time makes a bump pass every stamp
+/// made before it even when the hash lost its value meanwhile (evicted, a failover whose
+/// new master missed a bump, deleted by hand): counting on from what is left (`HINCRBY`)
+/// would land on a generation already stamped, and the values fetched before this change
+/// would read as current (`a_bump_after_the_generations_were_lost_still_passes_every_stamp`).
+/// Generations are below 2^53, where Lua's numbers are exact; a value that is not such a
+/// number is an error, never read as 0.
 const BUMP_SCRIPT: &str = r"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-local g = 0
-if v then
-  g = tonumber(v)
-  if g == nil or g < 0 or g >= 9007199254740991 or g ~= math.floor(g) then
-    return redis.error_reply('ERR the generation of class ' .. ARGV[1] .. ' is not a number below 2^53: ' .. v)
+local n = math.max(1, tonumber(ARGV[2]))
+for _, f in ipairs({ARGV[1], ARGV[3]}) do
+  local v = redis.call('HGET', KEYS[1], f)
+  if v then
+    local g = tonumber(v)
+    if g == nil or g < 0 or g >= 9007199254740991 or g ~= math.floor(g) then
+      return redis.error_reply('ERR the generation of class ' .. f .. ' is not a number below 2^53: ' .. v)
+    end
+    n = math.max(n, g + 1)
   end
 end
-local n = math.max(g + 1, tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', n))
+return n
+";
+
+/// The bump of `all` (`EVAL`, `KEYS[1]` the generations hash, `ARGV` this instance's
+/// clock in Unix ms and [`ALL_FIELD`]): the generation of `all` ([`ALL_FIELD`]) becomes the largest of one
+/// more than every generation in the hash and the time, atomically, and is returned. Every
+/// value was stamped with at most the largest generation (its class's or that of `all`), so
+/// from then on every value stamped before is a miss, wherever it is: a key the `SCAN`
+/// that follows does not reach (a Redis Cluster moving slots while it runs) is stale
+/// anyway. Checked as [`BUMP_SCRIPT`] checks.
+const ALL_BUMP_SCRIPT: &str = r"
+local n = math.max(1, tonumber(ARGV[1]))
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do
+  local g = tonumber(kv[i + 1])
+  if g == nil or g < 0 or g >= 9007199254740991 or g ~= math.floor(g) then
+    return redis.error_reply('ERR the generation of class ' .. kv[i] .. ' is not a number below 2^53: ' .. kv[i + 1])
+  end
+  n = math.max(n, g + 1)
+end
+redis.call('HSET', KEYS[1], ARGV[2], string.format('%.0f', n))
 return n
 ";
 

@@ -239,10 +239,107 @@ async fn a_write_back_fetched_before_a_class_bump_is_born_stale() {
     let r = tier.read(&[t], &asked).await.unwrap();
     assert_eq!(
         hits(&r),
-        (false, false, true),
-        "a write-back fetched before the bump was served after `all`"
+        (false, false, false),
+        "a write-back fetched before the bump (and before `all`, which bumps every class's \
+         values past it) was served after `all`"
     );
     s.shutdown().await;
+}
+
+/// `all` bumps a generation of its own (`*` in `tw:v4:g`): a value stored before it is a
+/// miss wherever it is, so a key its `SCAN` does not reach is not served (on a Redis
+/// Cluster moving slots while it runs, a key that moved from a master not walked yet to one
+/// walked before is returned by neither). Such a key is stood in for by a write-back
+/// fetched before the `all` (its generations read before it) and written after its `SCAN`:
+/// its tile and its items, of every class, are misses, on A and on B; written with
+/// generations read after, hits. B's reader applies A's `all` without bumping it again
+/// (the entry says it was bumped) nor walking the keyspace again. Fails when `all` only
+/// deletes what its `SCAN` finds (the old values are served), or when every reader bumps
+/// `all` again (its generation moves on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_stored_before_all_that_its_scan_did_not_reach_is_not_served() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let o = origin(42, 5_000);
+    let t = densest(&o);
+    let ids: Vec<String> = o
+        .tile_items(t, Access::Agent)
+        .map(|i| i.id.clone())
+        .collect();
+    let asked = [ids[0].clone(), ids[ids.len() - 1].clone()];
+    let http = Http::new();
+    let a = server(redis_config(&redis)).await;
+    let b = server(redis_config(&redis)).await;
+    http.ok(&a, &request(&[t], &[], Access::Agent)).await;
+    // What a fetch starting now reads before calling the origin.
+    let before = a.app.tier.read(&[t], &[]).await.unwrap();
+    let items: Vec<Arc<StoredItem>> = before.tiles[0]
+        .as_ref()
+        .expect("t is in Redis")
+        .items
+        .iter()
+        .cloned()
+        .map(Arc::new)
+        .collect();
+    let exp = tilewarm_server::tier::now_ms() + 60_000;
+    let fill = |gens| Fill {
+        items: items.clone(),
+        tiles: vec![(t, ids.clone(), exp)],
+        gens,
+    };
+    let hits = |r: &tilewarm_server::tier::TierRead| {
+        (r.tiles[0].is_some(), r.ids[0].is_some(), r.ids[1].is_some())
+    };
+    let sees_all = b.app.invalidation.stats.all.load(Relaxed);
+    let scans = calls(&redis, "scan").await;
+    let r = post_invalidate(
+        &Http::with_token(Some(admin_token())),
+        &a,
+        r#"{"all":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Missed by the SCAN: stored before, there after.
+    a.app.tier.write(&fill(before.gens.clone())).await.unwrap();
+    for s in [&a, &b] {
+        let r = s.app.tier.read(&[t], &asked).await.unwrap();
+        assert_eq!(
+            hits(&r),
+            (false, false, false),
+            "a value stored before `all` was served"
+        );
+    }
+    let bumped = generation(&redis, "*").await;
+    assert!(bumped > 0, "`all` bumped no generation");
+    // Fetched after: current.
+    let after = a.app.tier.read(&[t], &[]).await.unwrap().gens;
+    a.app.tier.write(&fill(after)).await.unwrap();
+    let r = b.app.tier.read(&[t], &asked).await.unwrap();
+    assert_eq!(hits(&r), (true, true, true));
+    // B's reader applied it (recorded in its write guard; counted once applied) without
+    // a bump or a SCAN.
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .app
+            .changes
+            .stats
+            .applied_remote
+            .load(Relaxed)
+            == 1)
+        .await,
+        "B's reader did not apply A's `all`"
+    );
+    assert!(b.app.invalidation.stats.all.load(Relaxed) > sees_all);
+    assert_eq!(generation(&redis, "*").await, bumped, "bumped again");
+    assert_eq!(
+        calls(&redis, "scan").await,
+        scans + 1,
+        "the keyspace was walked more than once (A's one SCAN call of a small tier)"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// A generations hash that is lost (evicted under an `allkeys-*` policy, a failover whose

@@ -534,7 +534,8 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
         crate::common::eventually(Duration::from_secs(30), || applied() >= 1).await,
         "B's reader did not apply A's change within 30 s"
     );
-    // `all` from B: every master is emptied of tier keys; the stream key stays.
+    // `all` from B: every master is emptied of tier keys; the stream key stays, and the
+    // generations hash (`all` bumped its generation there).
     http.ok(&a, &body).await;
     invalidate(&b, r#"{"all":true}"#).await;
     let keys: u64 = cluster
@@ -543,8 +544,8 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
         .map(|&(p, _)| cluster.dbsize(p))
         .sum();
     assert_eq!(
-        keys, 1,
-        "tier keys left after `all` (the stream is the one key kept)"
+        keys, 2,
+        "tier keys left after `all` (the stream and the generations are the keys kept)"
     );
     let a_calls = a.app.metrics.origin_calls();
     http.ok(&a, &body).await;
@@ -641,5 +642,125 @@ async fn invalidation_reads_the_masters(
     assert_eq!(
         d.app.metrics.cache.tile_misses.load(Relaxed),
         misses + tiles.len() as u64
+    );
+}
+
+/// `redis-cli -p port args…`, its output trimmed (an error reply fails the test).
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !text.starts_with("ERR") && !text.contains("(error)"),
+        "redis-cli -p {port} {args:?}: {text}"
+    );
+    text
+}
+
+/// The port of the master serving `slot`, as the node on `port` sees it.
+fn owner(port: u16, slot: u16) -> u16 {
+    cli(port, &["cluster", "nodes"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let serves = f.len() > 8
+                && f[2].contains("master")
+                && f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                });
+            serves.then(|| f[1].split([':', '@']).nth(1)?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+}
+
+/// A `SCAN` of every key on a cluster walks one master after the other, so a key whose slot
+/// moves, while it runs, from a master not walked yet to one walked already is returned by
+/// neither (an `all` or a wide tile invalidation would report success with it left).
+/// Here a key's slot is resharded as `redis-cli --cluster reshard` does it (`IMPORTING`,
+/// `MIGRATING`, `MIGRATE`, `SETSLOT … NODE`) between the first master's batch and the
+/// rest: the key is missed, and [`Scan::slots_moved`] says so (a wide tile invalidation
+/// then invalidates everything, `all` is covered by its generation). A scan while nothing
+/// moves returns every key and says nothing moved. Fails when the scan's end does not ask
+/// the masters again.
+///
+/// [`Scan::slots_moved`]: tilewarm_server::redis_conn::Scan::slots_moved
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_whose_slots_moved_under_it_says_so() {
+    use tilewarm_server::redis_conn::{ConnOptions, RedisConn, RedisTarget};
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let target = RedisTarget::parse(&cluster.url).unwrap();
+    let opts = ConnOptions {
+        timeout: Duration::from_secs(2),
+        read_from_replicas: false,
+    };
+    let conn = RedisConn::open(&target, opts).unwrap();
+    let mut keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    keys.sort();
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(1)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+    }
+    let scan_all = async |scan: &mut tilewarm_server::redis_conn::Scan| {
+        let mut got = Vec::new();
+        while let Some(batch) = scan.next_batch().await.unwrap() {
+            got.extend(batch);
+        }
+        got.sort();
+        got
+    };
+    // Nothing moves: every key, nothing moved.
+    let mut scan = conn.scan("k*", 1000).await.unwrap();
+    assert_eq!(scan_all(&mut scan).await, keys);
+    assert_eq!(scan.slots_moved().await.unwrap(), None);
+
+    // The first master's keys (a few dozen keys: one batch per master).
+    let mut scan = conn.scan("k*", 1000).await.unwrap();
+    let first = scan.next_batch().await.unwrap().unwrap();
+    assert!(!first.is_empty(), "the first master holds none of the keys");
+    let port = cluster.masters()[0].0;
+    let slot = |k: &str| -> u16 { cli(port, &["cluster", "keyslot", k]).parse().unwrap() };
+    let walked = owner(port, slot(&first[0]));
+    let moved = keys
+        .iter()
+        .find(|k| !first.contains(k))
+        .expect("every key on the first master")
+        .clone();
+    let s = slot(&moved);
+    let from = owner(port, s);
+    assert_ne!(from, walked);
+    let id = |p: u16| cli(p, &["cluster", "myid"]);
+    let (from_id, to_id) = (id(from), id(walked));
+    let s = s.to_string();
+    cli(walked, &["cluster", "setslot", &s, "importing", &from_id]);
+    cli(from, &["cluster", "setslot", &s, "migrating", &to_id]);
+    let in_slot = cli(from, &["cluster", "getkeysinslot", &s, "1000"]);
+    let mut migrate = vec!["migrate", "127.0.0.1", "", "", "0", "5000", "keys"];
+    let walked_port = walked.to_string();
+    migrate[2] = &walked_port;
+    migrate.extend(in_slot.lines());
+    cli(from, &migrate);
+    cli(walked, &["cluster", "setslot", &s, "node", &to_id]);
+    cli(from, &["cluster", "setslot", &s, "node", &to_id]);
+    let mut got = first.clone();
+    got.extend(scan_all(&mut scan).await);
+    assert!(
+        !got.contains(&moved),
+        "the scan found {moved}: the test did not test"
+    );
+    let why = scan.slots_moved().await.unwrap();
+    assert!(
+        why.is_some(),
+        "slot {s} moved from {from} to {walked} during the scan, which missed {moved}, and the scan says nothing moved"
     );
 }
