@@ -595,9 +595,14 @@ export function createWorker(defaults = {}) {
 
   async function warm(origin, token, body, tier) {
     let given = false;
+    // Planned just now (workerd's clock stands still until I/O): an answer read at its
+    // deadline or later is given back as a failure, for the core no longer counts the
+    // warming as out then (ProxyConfig::warm_timeout_ms).
+    const planned = Date.now();
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
+      if (Date.now() - planned >= options.warmTimeoutMs) throw new Error('past warmTimeoutMs');
       given = true;
       if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
         bounds = res.headers.get(BOUNDS_HEADER);

@@ -42,7 +42,8 @@ struct Options {
     class_ttl: Option<BTreeMap<String, u64>>,
     /// Read by the worker (js/edge.js); here it sets how long a request is held ([`hold_ms`]).
     origin_timeout_ms: Option<u64>,
-    #[allow(dead_code)]
+    /// Read by the worker (js/edge.js) for its warming calls, and by the core
+    /// ([`ProxyConfig::warm_timeout_ms`]).
     warm_timeout_ms: Option<u64>,
     /// Token checks, read by the worker (js/edge-auth.js); typed here so a wrong type is
     /// named like any other option.
@@ -154,6 +155,9 @@ fn config_from(o: Options) -> ProxyConfig {
     }
     if let Some(n) = o.max_warm_tiles {
         c.max_warm_tiles = n;
+    }
+    if let Some(ms) = o.warm_timeout_ms {
+        c.warm_timeout_ms = ms;
     }
     if let Some(n) = o.max_data_tiles {
         c.max_data_tiles = n;

@@ -8,8 +8,8 @@
 //!   isolate) but is not written into the cache, so it cannot outlive the change here.
 //!   A warming answer is known by its tier and tiles only: the same tiles warmed again
 //!   while an answer is out count as planned when the first still out was, until every
-//!   one of them is answered (`Changes::warm_planned`), so an answer asked before a change
-//!   is never written as one asked after it.
+//!   one of them is answered or past its deadline (`Changes::warm_planned`), so an answer
+//!   asked before a change is never written as one asked after it.
 //! - **Missing ids.** Ids remembered as missing that the change names are forgotten (an
 //!   item invalidated may exist again).
 //! - **Shared-cache entries** ([`super::shared`]) cannot be listed or purged by id. So the
@@ -77,23 +77,46 @@ pub(super) struct Changes {
     /// Shared-cache entries fetched before this are refused.
     floor_ms: u64,
     /// Outstanding warming requests (tier, tiles): the epoch and the time the earliest of
-    /// them was planned in, and how many are out.
-    warm: LruCache<(Access, Vec<TileId>), (u64, u64, u32)>,
+    /// them was planned in, how many are out, and when the latest was planned.
+    warm: LruCache<(Access, Vec<TileId>), Warming>,
+    /// [`super::ProxyConfig::warm_timeout_ms`].
+    warm_timeout_ms: u64,
     /// Per (tier, data tile): when the origin request of the answer that last filled it was
     /// planned (module docs).
     fetched: LruCache<(Access, TileId), u64>,
 }
 
+/// The warming requests out for one (tier, tiles).
+#[derive(Clone, Copy)]
+struct Warming {
+    /// The epoch and time of the earliest planning still counted.
+    epoch: u64,
+    planned_ms: u64,
+    /// How many are out.
+    out: u32,
+    /// When the latest was planned: past it plus the warm timeout, none can be answered.
+    latest_ms: u64,
+}
+
 impl Changes {
-    pub(super) fn new() -> Changes {
+    pub(super) fn new(warm_timeout_ms: u64) -> Changes {
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Changes {
             epoch: 0,
             log: VecDeque::new(),
             floor_ms: 0,
             warm: LruCache::new(cap(MAX_WARM_EPOCHS)),
+            warm_timeout_ms,
             fetched: LruCache::new(cap(MAX_FETCHED)),
         }
+    }
+
+    /// Whether every warming `w` counts was planned at least the warm timeout before
+    /// `now_ms`: none of their outcomes can still be given back (the shell gives an answer
+    /// later than that back as a failure), and one never given back (its `waitUntil` cut
+    /// off) stops counting.
+    fn past_deadline(&self, w: &Warming, now_ms: u64) -> bool {
+        now_ms.saturating_sub(w.latest_ms) >= self.warm_timeout_ms
     }
 
     /// Remembers that a warming request for `tiles` at `tier` was planned at `now_ms`.
@@ -105,29 +128,57 @@ impl Changes {
     /// still out: with a change between two plannings, none of theirs is written (lost
     /// warming, never an old value). Before, the first answer back used the planning up and
     /// a third planning, made after a second change while the second was still out, judged
-    /// the second's answer, asked before that change, as current.
+    /// the second's answer, asked before that change, as current. Warmings all planned at
+    /// least the warm timeout ago are out no longer (their outcomes cannot come back): one
+    /// whose outcome never came (a `waitUntil` cut off) used to count until the entry was
+    /// evicted, and every later warming of the same tiles after a change was judged by its
+    /// planning and not written.
     pub(super) fn warm_planned(&mut self, tier: Access, tiles: &[TileId], now_ms: u64) {
         let key = (tier, tiles.to_vec());
-        match self.warm.get_mut(&key) {
-            Some((_, _, out)) => *out = out.saturating_add(1),
-            None => {
-                self.warm.put(key, (self.epoch, now_ms, 1));
-            }
-        }
+        let fresh = Warming {
+            epoch: self.epoch,
+            planned_ms: now_ms,
+            out: 1,
+            latest_ms: now_ms,
+        };
+        let w = match self.warm.peek(&key) {
+            Some(w) if !self.past_deadline(w, now_ms) => Warming {
+                out: w.out.saturating_add(1),
+                latest_ms: w.latest_ms.max(now_ms),
+                ..*w
+            },
+            _ => fresh,
+        };
+        self.warm.put(key, w);
     }
 
-    /// One of those warming requests was given back (answered or failed): when the
-    /// earliest still out was planned, if its answer may be written (that was in this
-    /// epoch).
-    pub(super) fn warm_current(&mut self, tier: Access, tiles: &[TileId]) -> Option<u64> {
+    /// One of those warming requests was given back at `now_ms` (answered or failed): when
+    /// the earliest still out was planned, if its answer may be written (that was in this
+    /// epoch, and the answer is not past its deadline).
+    pub(super) fn warm_current(
+        &mut self,
+        tier: Access,
+        tiles: &[TileId],
+        now_ms: u64,
+    ) -> Option<u64> {
         let key = (tier, tiles.to_vec());
-        let (epoch, planned_ms, out) = *self.warm.peek(&key)?;
-        if out > 1 {
-            self.warm.put(key, (epoch, planned_ms, out - 1));
+        let w = *self.warm.peek(&key)?;
+        if self.past_deadline(&w, now_ms) {
+            self.warm.pop(&key);
+            return None;
+        }
+        if w.out > 1 {
+            self.warm.put(
+                key,
+                Warming {
+                    out: w.out - 1,
+                    ..w
+                },
+            );
         } else {
             self.warm.pop(&key);
         }
-        (epoch == self.epoch).then_some(planned_ms)
+        (w.epoch == self.epoch).then_some(w.planned_ms)
     }
 
     /// Remembers that data tile `tile` of `tier` was filled from an answer whose origin

@@ -88,6 +88,14 @@ pub struct ProxyConfig {
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
+    /// How long a warming request may be out, in ms (the worker's `warmTimeoutMs`): the
+    /// shell gives its outcome to [`Proxy::warmed`] within this long of its planning, or
+    /// never (an answer later than that is given back as a failure). A warming planned
+    /// this long ago no longer counts as out ([`change`]): one whose outcome never came
+    /// back (its `waitUntil` was cut off) does not make the answers of later warmings of
+    /// the same tiles judged by its planning for good. Default [`DEFAULT_WARM_TIMEOUT_MS`]
+    /// (5 s); at least 1.
+    pub warm_timeout_ms: u64,
     /// Most data tiles one request may cover once its coarse tiles are split; past it
     /// [`Proxy::begin`] refuses it with `400 bad_request` before the cache is read or the
     /// origin asked. Default [`policy::DEFAULT_MAX_DATA_TILES`] (256), as the server's
@@ -111,6 +119,9 @@ pub struct ProxyConfig {
 /// (`off_market`), as the worker's `changesLookbackMs`.
 pub const DEFAULT_CHANGES_LOOKBACK_MS: u64 = 4 * 3_600_000;
 
+/// The default [`ProxyConfig::warm_timeout_ms`]: 5 s, as the worker's `warmTimeoutMs`.
+pub const DEFAULT_WARM_TIMEOUT_MS: u64 = 5_000;
+
 impl Default for ProxyConfig {
     fn default() -> ProxyConfig {
         ProxyConfig {
@@ -122,6 +133,7 @@ impl Default for ProxyConfig {
             split_levels: 2,
             warm_ring: 1,
             max_warm_tiles: 16,
+            warm_timeout_ms: DEFAULT_WARM_TIMEOUT_MS,
             max_data_tiles: policy::DEFAULT_MAX_DATA_TILES,
             limits: Limits::default(),
             spliced_hits: true,
@@ -338,19 +350,22 @@ impl Proxy {
         )?;
         let w = config.max_warm_tiles;
         range("max_warm_tiles", w as u64, (1..=64).contains(&w), "1..=64")?;
+        let t = config.warm_timeout_ms;
+        range("warm_timeout_ms", t, t >= 1, "1..")?;
         let d = config.max_data_tiles;
         range("max_data_tiles", d as u64, d >= 1, "1..")?;
         let make = || ItemCache::new(config.cache.clone());
         let caches = [make()?, make()?, make()?, make()?];
         let cap = NonZeroUsize::new(MAX_MISSING_IDS).unwrap_or(NonZeroUsize::MIN);
         let missing = std::array::from_fn(|_| LruCache::new(cap));
+        let changes = change::Changes::new(config.warm_timeout_ms);
         Ok(Proxy {
             config,
             caches,
             missing,
             stats: ProxyStats::default(),
             wire: wire::Wire::new(),
-            changes: change::Changes::new(),
+            changes,
             warm_tries: WarmTries::default(),
         })
     }
@@ -890,7 +905,9 @@ impl Proxy {
     ) -> Result<usize, ErrorBody> {
         // Its planning is used up by any answer, a failure too (a warming of the same tiles
         // planned later is judged by its own, [`change::Changes::warm_planned`]).
-        let planned = self.changes.warm_current(request.access, &request.tiles);
+        let planned = self
+            .changes
+            .warm_current(request.access, &request.tiles, now_ms);
         let response = self.decode_origin(outcome, request.access)?;
         let Some(planned_ms) = planned else {
             return Err(ErrorBody {

@@ -1364,6 +1364,66 @@ mod changes {
         assert_eq!(data_of(&r, &id), "{\"k\":99}");
     }
 
+    /// A warming whose outcome never comes back (its `waitUntil` was cut off) counts as out
+    /// only until its deadline (`warm_timeout_ms`): the same tiles warmed again after a
+    /// change, past it, are written from their own answer. It used to count until its entry
+    /// was evicted, and every later warming of those tiles after a change was judged by its
+    /// planning (before the change) and not written. An answer given back past its deadline
+    /// is not written either.
+    #[test]
+    fn a_warming_that_never_comes_back_stops_counting_at_its_deadline() {
+        let old = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let t = p.config().warm_timeout_ms;
+        let centre = req(&[CENTRE], &[], Access::Public);
+        let first = run(&mut p, &old, centre.clone(), 0).1.warm.unwrap();
+        let w = first.tiles[0];
+        let id = old.answer(&first, Some(300)).tiles[0].ids[0].clone();
+        // Its tiles filled by a request of their own and seen fresh; then a change.
+        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        run(&mut p, &old, req(&names, &[], Access::Public), 10);
+        assert_eq!(
+            run(&mut p, &old, centre.clone(), 20).1.verdict,
+            Verdict::Hit
+        );
+        p.invalidate(&Invalidation::everything(), 30);
+        // Past the first warming's deadline, the same tiles warmed again: its answer is
+        // written.
+        let new = changed_origin(&id);
+        let again = run(&mut p, &new, centre.clone(), t).1.warm.unwrap();
+        assert_eq!(again, first, "the same tiles warmed again after the change");
+        let body = new.answer(&again, Some(300)).to_json();
+        fn answer(body: &str) -> OriginOutcome<'_> {
+            OriginOutcome::Answer {
+                status: 200,
+                body: body.as_bytes(),
+            }
+        }
+        let n = p.warmed(&again, answer(&body), t + 100);
+        assert!(
+            n.is_ok(),
+            "judged by the warming that never came back: {:?}",
+            n.err()
+        );
+        let (forwarded, _, r) = run(
+            &mut p,
+            &new,
+            req(&[&w.to_string()], &[], Access::Public),
+            t + 200,
+        );
+        assert!(forwarded.is_none(), "the warming answer was not written");
+        assert_eq!(data_of(&r, &id), "{\"k\":99}");
+        // An answer given back at its deadline or later is not written.
+        p.invalidate(&Invalidation::everything(), t + 300);
+        let late = run(&mut p, &new, centre, t + 400).1.warm.unwrap();
+        let body = new.answer(&late, Some(300)).to_json();
+        assert!(p.warmed(&late, answer(&body), 2 * t + 400).is_err());
+        assert!(p
+            .shared_entry(Access::Public, late.tiles[0], 2 * t + 400)
+            .is_none());
+    }
+
     #[test]
     fn warming_answers_and_shared_fills_keep_the_date_of_their_origin_request() {
         let o = origin();
