@@ -1117,6 +1117,10 @@ async fn read_once(
         }
         Some(_) => {}
     }
+    // The first XREAD of a connection does not block: it answers at once, so the reader
+    // counts as reading (`/healthz`) as soon as the stream answers it, not up to
+    // READ_BLOCK later on a quiet stream.
+    let mut first = true;
     loop {
         if !failed.is_empty() {
             let Some(a) = app.upgrade() else {
@@ -1134,11 +1138,12 @@ async fn read_once(
             RETRY_BLOCK
         };
         let from = last.unwrap_or(StreamId::ZERO);
-        let reply: Option<Vec<(String, Vec<RawEntry>)>> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(256)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
+        let mut xread = redis::cmd("XREAD");
+        xread.arg("COUNT").arg(256);
+        if !std::mem::take(&mut first) {
+            xread.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let reply: Option<Vec<(String, Vec<RawEntry>)>> = xread
             .arg("STREAMS")
             .arg(&key)
             .arg(from.to_string())

@@ -905,8 +905,8 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
     let h = http.get(&format!("{}/healthz", s.url())).await.json();
     assert_eq!(h["redis_reads_held_by"], serde_json::json!([]), "{h}");
     // `ok` once the change stream's reader reads the restarted Redis too (its back-off is
-    // at most 2 s, and its first read on a quiet stream returns 2 s later): until then it
-    // is `degraded` for that, not for the hold.
+    // at most 2 s; its first read of a connection answers at once): until then it is
+    // `degraded` for that, not for the hold.
     let health = || async { http.get(&format!("{}/healthz", s.url())).await.json() };
     assert!(
         eventually_async(Duration::from_secs(10), || async {
@@ -1599,6 +1599,78 @@ async fn a_new_instance_whose_stream_answered_at_its_start_is_ok_at_once() {
         .await
         .json();
     assert_eq!(h["change_stream_reading"], true, "{h}");
+    assert_eq!(h["status"], "ok", "{h}");
+    s.shutdown().await;
+}
+
+/// The `XREAD` connections Redis has now, as (client id, blocked): the reader's.
+async fn xread_clients(redis: &RedisServer) -> Vec<(String, bool)> {
+    let list: String = redis::from_redis_value(redis_do(redis, &["CLIENT", "LIST"]).await).unwrap();
+    list.lines()
+        .filter(|l| l.split(' ').any(|f| f == "cmd=xread"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (field("id="), field("flags=").contains('b'))
+        })
+        .collect()
+}
+
+/// A reader whose connection dropped counts as reading again (`/healthz` `ok`) as soon as
+/// the stream answers its new connection, not once its first `XREAD BLOCK` returns (up to
+/// `READ_BLOCK`, 2 s, on a quiet stream): here it is `reading` by the time Redis shows its
+/// new connection blocked in `XREAD`. Fails when the first read of a connection blocks
+/// (the reader is seen blocked while still not reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_reader_is_reading_as_soon_as_the_stream_answers() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = server(redis_config(&redis)).await;
+    let stats = &s.app.changes.stats;
+    let blocked = || async {
+        xread_clients(&redis)
+            .await
+            .into_iter()
+            .find_map(|(id, blocked)| blocked.then_some(id))
+    };
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            blocked().await.is_some()
+        })
+        .await,
+        "the reader never blocked in XREAD"
+    );
+    let id = blocked().await.expect("the reader blocks in XREAD");
+    redis_do(&redis, &["CLIENT", "KILL", "ID", &id]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || !stats.reading.load(Relaxed)).await,
+        "the reader did not notice its connection was cut"
+    );
+    // Its new connection, blocked in XREAD: the stream answered it before.
+    let mut blocked_again = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if blocked().await.is_some_and(|i| i != id) {
+            blocked_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(blocked_again, "the reader did not come back");
+    assert!(
+        stats.reading.load(Relaxed),
+        "the reader blocks in XREAD on its new connection and does not count as reading"
+    );
+    let h = Http::new()
+        .get(&format!("{}/healthz", s.url()))
+        .await
+        .json();
     assert_eq!(h["status"], "ok", "{h}");
     s.shutdown().await;
 }
