@@ -33,9 +33,10 @@
 //! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation*, which each
 //!   invalidation of the class raises to the larger of one more and the time of the bump in
 //!   Unix ms (`crate::tier`'s bump script, so a bump passes every stamp made before it even
-//!   after the hash lost its value); a class never invalidated is at 0. No expiry. An item
-//!   or tile value is stale when one of its items' `gen` is below its class's current
-//!   generation (`crate::tier`).
+//!   after the hash lost its value); a class never invalidated is at 0. Its field `*`
+//!   ([`ALL_FIELD`], no class) is the generation of `all`, above every other when bumped.
+//!   No expiry. An item or tile value is stale when one of its items' `gen` is below its
+//!   class's current generation or that of `all` (`crate::tier`).
 //!
 //! Version 3 was the same without `gen` (a 38-byte item trailer, version byte `3`, keys
 //! `<prefix>v3:…`): a class was invalidated by reading every value, which a big tier could
