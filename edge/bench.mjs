@@ -138,7 +138,7 @@ try {
   const general = new glue.EdgeProxy('{"warmRing":0,"splicedHits":false}');
   {
     const st = general.begin(reqBytes, 'registered', Date.now());
-    const done = general.complete(st.handle, 200, originBytes, Date.now());
+    const done = general.complete(st.handle, 200, originBytes, -1, Date.now());
     st.free();
     done.free();
   }
@@ -152,7 +152,7 @@ try {
     const p = new glue.EdgeProxy('{"warmRing":0}');
     const st = p.begin(reqBytes, 'registered', Date.now());
     let t0 = performance.now();
-    const done = p.complete(st.handle, 200, originBytes, Date.now());
+    const done = p.complete(st.handle, 200, originBytes, -1, Date.now());
     void done.body;
     const miss = performance.now() - t0;
     t0 = performance.now();

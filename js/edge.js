@@ -110,29 +110,17 @@ function take(step) {
 
 /**
  * The answer of step `s`; one with data carries the extent the origin last declared, an
- * error answer the origin's `Retry-After` (`retryAfter`, when it sent one with its 429 or 503)
- * or the core's own (`s.retryAfter`: the 503 of an isolate with too many requests waiting).
+ * error answer the core's `Retry-After` (`s.retryAfter`: the 503 of an isolate with too many
+ * requests waiting, or the 429 or 503 made of the origin's, src/proxy/mod.rs).
  */
-function respond(s, bounds, retryAfter = null) {
-  if (retryAfter === null && s.retryAfter != null) retryAfter = String(s.retryAfter);
+function respond(s, bounds) {
   const extra = {};
   if (s.cache) extra['x-tilewarm-cache'] = s.cache;
   if (s.originError) extra['x-tilewarm-origin-error'] = s.originError;
   if (s.access) extra['x-tilewarm-access'] = s.access;
   if (s.status === 200 && bounds) extra[BOUNDS_HEADER] = bounds;
-  if (s.status !== 200 && retryAfter !== null) extra['retry-after'] = retryAfter;
+  if (s.status !== 200 && s.retryAfter != null) extra['retry-after'] = String(s.retryAfter);
   return json(s.status, s.body, extra);
-}
-
-/**
- * The `Retry-After` of an origin's answer to pass on: only with a 429 (rate_limited) or 503
- * (overloaded), whose callers should wait that long, and only a well-formed one (delay
- * seconds or an HTTP date); else null.
- */
-function originRetryAfter(res) {
-  if (res.status !== 429 && res.status !== 503) return null;
-  const v = res.headers.get('retry-after')?.trim();
-  return retryAfterMs(v, 0) === null ? null : v;
 }
 
 /** A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. */
@@ -689,14 +677,15 @@ export function createWorker(defaults = {}) {
     if (!step.origin) return answered(step, origin, env, ctx);
 
     let done;
-    let retryAfter = null;
     let status = 0;
     try {
       const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
       status = res.status;
-      retryAfter = originRetryAfter(res);
+      // Its Retry-After as read (-1: none, or not well-formed); the core decides what of it
+      // goes on (only with a 429 or 503, capped, or its default).
+      const wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
-      done = take(proxy.complete(step.handle, res.status, bytes, Date.now()));
+      done = take(proxy.complete(step.handle, res.status, bytes, wait, Date.now()));
       if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
     } catch (e) {
       if (e instanceof TooLarge) {
@@ -712,7 +701,7 @@ export function createWorker(defaults = {}) {
     const put = done.status === 200 ? sharePut(done.access, done.sharedPut) : null;
     if (put) ctx.waitUntil(put);
     if (done.warm) ctx.waitUntil(warm(origin, env.ORIGIN_TOKEN, done.warm, done.access));
-    return respond(done, bounds, retryAfter);
+    return respond(done, bounds);
   }
 
   return {

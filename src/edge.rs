@@ -266,8 +266,10 @@ impl Step {
     pub fn shared_put(&self) -> Option<String> {
         self.shared_put.clone()
     }
-    /// The `Retry-After` of an error answer of the proxy's own, in seconds: the `503
-    /// overloaded` of an isolate with [`MAX_PENDING`] requests waiting for the origin.
+    /// The `Retry-After` of an error answer, in seconds: the `503 overloaded` of an isolate
+    /// with [`MAX_PENDING`] requests waiting for the origin, or the `429 rate_limited` and
+    /// `503 overloaded` made of the origin's ([`crate::proxy::origin_retry_after_s`]).
+    /// Never on a `200`.
     #[wasm_bindgen(getter, js_name = retryAfter)]
     pub fn retry_after(&self) -> Option<u32> {
         self.retry_after_s
@@ -333,7 +335,7 @@ impl Step {
             access: (a.status == 200).then_some(a.access),
             shared_put: tile_list(&a.shared_put),
             shared: None,
-            retry_after_s: None,
+            retry_after_s: a.retry_after_s,
         }
     }
 }
@@ -542,9 +544,24 @@ impl EdgeProxy {
             })
     }
 
-    /// The origin answered `status` with `body`: the answer to the request of `handle`.
-    pub fn complete(&mut self, handle: u32, status: u16, body: &[u8], now_ms: f64) -> Step {
-        self.finish(handle, OriginOutcome::Answer { status, body }, now_ms)
+    /// The origin answered `status` with `body` and a `Retry-After` of `retry_after_ms` ms
+    /// (negative, or not a number: none, or none that could be read): the answer to the
+    /// request of `handle`.
+    pub fn complete(
+        &mut self,
+        handle: u32,
+        status: u16,
+        body: &[u8],
+        retry_after_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        let retry_after_ms = (retry_after_ms >= 0.0).then_some(retry_after_ms as u64);
+        let outcome = OriginOutcome::Answer {
+            status,
+            body,
+            retry_after_ms,
+        };
+        self.finish(handle, outcome, now_ms)
     }
 
     /// The origin did not answer (`timeout`, or a network failure described by `message`).
@@ -586,7 +603,11 @@ impl EdgeProxy {
         let Ok(request) = decode_request(warm.as_bytes(), &self.proxy.config().limits) else {
             return -1;
         };
-        let outcome = OriginOutcome::Answer { status, body };
+        let outcome = OriginOutcome::Answer {
+            status,
+            body,
+            retry_after_ms: None,
+        };
         match self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64) {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
@@ -727,7 +748,7 @@ mod tests {
         );
         let origin =
             br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
-        let done = p.complete(s.handle, 200, origin, 0.0);
+        let done = p.complete(s.handle, 200, origin, -1.0, 0.0);
         assert_eq!((done.status, done.cache), (200, Some("miss")));
         let again = p.begin(
             br#"{"tiles":["14/2624/5721"],"access":"agent"}"#,
@@ -740,7 +761,7 @@ mod tests {
         );
         assert_eq!(done.access, Some(Access::Agent));
         assert!(done.body.unwrap().contains(r#""access":"agent""#));
-        let unknown = p.complete(12345, 200, origin, 0.0);
+        let unknown = p.complete(12345, 200, origin, -1.0, 0.0);
         assert_eq!(unknown.status, 500);
         assert!(p.stats().contains("\"hits\":1"));
     }
@@ -796,7 +817,10 @@ mod tests {
         assert!(p.stats().contains("\"pending\":1,"), "{}", p.stats());
         let origin =
             br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
-        assert_eq!(p.complete(s.handle, 200, origin, 12_001.0).status, 200);
+        assert_eq!(
+            p.complete(s.handle, 200, origin, -1.0, 12_001.0).status,
+            200
+        );
     }
 
     #[test]
@@ -837,7 +861,7 @@ mod tests {
         let fill = |p: &mut EdgeProxy| {
             let s = p.begin(body, "agent", 0.0);
             let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],"items":[{"id":"a","lon":-122.33,"lat":47.613,"class":"active","access":"public","ttl":300,"data":1}],"missing":[]}"#;
-            p.complete(s.handle, 200, origin, 0.0);
+            p.complete(s.handle, 200, origin, -1.0, 0.0);
         };
         let hit = |p: &mut EdgeProxy| p.begin(body, "agent", 1.0).cache == Some("hit");
         fill(&mut p);

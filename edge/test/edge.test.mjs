@@ -248,7 +248,7 @@ describe('edge worker under workerd', () => {
     }
   });
 
-  it('passes on the origin\'s Retry-After with its 429, and with the 502 of its 503', async () => {
+  it('passes on the origin\'s 429 and its 503 as a 503 overloaded, each with its Retry-After', async () => {
     const n = relay.requests().length;
     relay.mode = 'rate_limited';
     try {
@@ -258,21 +258,69 @@ describe('edge worker under workerd', () => {
       assert.match(r.json.error.message, /the origin refused the request: the origin says rate_limited/);
       assert.equal(r.retryAfter, '7');
       assert.match(r.exposed, /retry-after/);
+      // The server at capacity: a 503 overloaded here too (as the server answers its own
+      // origin's 503), not a 502, so a client behind the edge backs off as one in front of
+      // the server does.
       relay.mode = 'overloaded';
       const o = await post(edge.batch, { tiles: ['14/2644/5734'], access: 'public' });
-      assert.equal(o.status, 502, o.text);
-      assert.equal(o.json.error.code, 'upstream_error');
-      assert.match(o.json.error.message, /HTTP 503: the origin says overloaded/);
+      assert.equal(o.status, 503, o.text);
+      assert.equal(o.json.error.code, 'overloaded');
+      assert.equal(o.json.error.message, 'the origin is at capacity (HTTP 503): the origin says overloaded');
+      assert.equal(o.originError, 'overloaded');
       assert.equal(o.retryAfter, '3');
       assert.match(o.exposed, /retry-after/);
+      // Its Retry-After as the server sends an upstream's: capped at an hour, 1 s when
+      // there is none or none that can be read, an HTTP date as the seconds to it.
+      const wait = async (retryAfter, tile) => {
+        relay.retryAfter = retryAfter;
+        const a = await post(edge.batch, { tiles: [tile], access: 'public' });
+        assert.equal(a.status, 503, a.text);
+        assert.equal(a.json.error.code, 'overloaded');
+        return a.retryAfter;
+      };
+      assert.equal(await wait('86400', '14/2644/5738'), '3600');
+      assert.equal(await wait(null, '14/2644/5742'), '1');
+      assert.equal(await wait('soon', '14/2644/5746'), '1');
+      assert.equal(await wait('0', '14/2644/5750'), '1');
+      const date = new Date(Date.now() + 600_000).toUTCString();
+      const s = Number(await wait(date, '14/2644/5754'));
+      assert.ok(s > 500 && s <= 601, `${date}: ${s} s`);
     } finally {
       relay.mode = 'pass';
+      relay.retryAfter = undefined;
     }
-    assert.equal(relay.requests().length, n + 2);
+    assert.equal(relay.requests().length, n + 7);
     // Not on other answers.
     const ok = await post(edge.batch, { tiles: ['14/2644/5734'], access: 'public' });
     assert.equal(ok.status, 200);
     assert.equal(ok.retryAfter, null);
+  });
+
+  it('keeps a 502 for an origin\'s other 5xx, without its Retry-After, and never a Retry-After on a 200', async () => {
+    const cached = '14/2648/5730';
+    const warmUp = await post(edge.batch, { tiles: [cached], access: 'public' });
+    assert.equal(warmUp.status, 200);
+    await new Promise((ok) => setTimeout(ok, 200)); // let warming land before failing
+    relay.mode = 'failing';
+    try {
+      const f = await post(edge.batch, { tiles: ['14/2648/5742'], access: 'public' });
+      assert.equal(f.status, 502, f.text);
+      assert.equal(f.json.error.code, 'upstream_error');
+      assert.match(f.json.error.message, /HTTP 500: the origin broke/);
+      assert.equal(f.retryAfter, null);
+      // A cached part with the origin at capacity: 200 partial naming the origin's
+      // refusal, no Retry-After.
+      relay.mode = 'overloaded';
+      const p = await post(edge.batch, { tiles: [cached, '14/2648/5746'], access: 'public' });
+      assert.equal(p.status, 200, p.text);
+      assert.equal(p.cache, 'partial');
+      assert.equal(p.originError, 'overloaded');
+      assert.equal(p.json.error.code, 'overloaded');
+      assert.deepEqual(p.json.error.tiles, ['14/2648/5746']);
+      assert.equal(p.retryAfter, null);
+    } finally {
+      relay.mode = 'pass';
+    }
   });
 
   it('serves cached tiles when the origin is down, and 502 for what is not cached', async () => {

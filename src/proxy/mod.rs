@@ -42,7 +42,10 @@
 //! An origin answer that leaves out a requested tile or id is reported the same way. With nothing cached the answer is the error itself: `504
 //! upstream_timeout` for a timeout, `502 upstream_error` for a network failure, an error
 //! status or an invalid body; `400`, `413` and `429` from the origin are the caller's
-//! problem and are passed on with the origin's message.
+//! problem and are passed on with the origin's message; a `503` (the origin at capacity)
+//! is a `503 overloaded`, as the server answers its own origin's. A `429` or `503` carries
+//! the origin's `Retry-After` ([`Answer::retry_after_s`], capped, or a default); a `200`
+//! never does.
 
 pub mod change;
 pub mod policy;
@@ -189,8 +192,14 @@ impl fmt::Display for Verdict {
 /// What became of an origin request, as the shell saw it.
 #[derive(Clone, Copy, Debug)]
 pub enum OriginOutcome<'a> {
-    /// An HTTP answer: status and body.
-    Answer { status: u16, body: &'a [u8] },
+    /// An HTTP answer: status and body, and its `Retry-After` in ms when it sent a
+    /// well-formed one (delay seconds, or an HTTP date as the ms from now; the shell reads
+    /// it, the proxy decides what of it goes on: [`Answer::retry_after_s`]).
+    Answer {
+        status: u16,
+        body: &'a [u8],
+        retry_after_ms: Option<u64>,
+    },
     /// No answer within the shell's timeout.
     Timeout,
     /// No answer at all (connection refused, DNS, TLS, ...), with the shell's description.
@@ -258,6 +267,34 @@ pub struct Answer {
     /// Data tiles the origin's answer brought into the cache, for the shared cache
     /// ([`Proxy::shared_entry`], see [`shared`]).
     pub shared_put: Vec<TileId>,
+    /// The `Retry-After` of an error answer made of the origin's `429 rate_limited` or
+    /// `503 overloaded`, in seconds ([`origin_retry_after_s`]); never on a `200`.
+    pub retry_after_s: Option<u64>,
+}
+
+/// The longest origin `Retry-After` passed on, in seconds: an origin that asks for more (by
+/// mistake or not) does not park every caller for longer than an hour (the server caps an
+/// upstream's the same way).
+pub const MAX_RETRY_AFTER_S: u64 = 3_600;
+
+/// The `Retry-After` passed on with an origin's `429` or `503` that sent none (or none
+/// that could be read), in seconds: the server's default `--retry-after-s`.
+pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
+
+/// The `Retry-After`, in seconds, of the answer made of `outcome` when it is an origin's
+/// `429` or `503`: the origin's, rounded up to whole seconds, at least 1 and at most
+/// [`MAX_RETRY_AFTER_S`]; [`DEFAULT_RETRY_AFTER_S`] when it sent none. `None` otherwise.
+pub fn origin_retry_after_s(outcome: &OriginOutcome<'_>) -> Option<u64> {
+    match *outcome {
+        OriginOutcome::Answer {
+            status: 429 | 503,
+            retry_after_ms,
+            ..
+        } => Some(retry_after_ms.map_or(DEFAULT_RETRY_AFTER_S, |ms| {
+            ms.div_ceil(1000).clamp(1, MAX_RETRY_AFTER_S)
+        })),
+        _ => None,
+    }
 }
 
 /// Counters since the proxy was made.
@@ -552,19 +589,25 @@ impl Proxy {
                     self.config.limits.max_body_bytes
                 ),
             }),
-            OriginOutcome::Answer { status, body } if (200..300).contains(&status) => {
+            OriginOutcome::Answer { status, body, .. } if (200..300).contains(&status) => {
                 decode_response(body, &self.config.limits).map_err(|e| ErrorBody {
                     code: ErrorCode::UpstreamError,
                     message: format!("the origin's answer is invalid: {e}"),
                 })
             }
-            OriginOutcome::Answer { status, body } => {
+            OriginOutcome::Answer { status, body, .. } => {
                 let said = decode_error(body);
                 let message = said.as_ref().map_or("", |e| e.message.as_str());
                 Err(match status {
                     400 | 413 | 429 => ErrorBody {
                         code: ErrorCode::from_http_status(status),
                         message: format!("the origin refused the request: {message}"),
+                    },
+                    // At capacity (the server's own refusal, or its origin's): the caller
+                    // backs off as from the server's 503 ([`origin_retry_after_s`]).
+                    503 => ErrorBody {
+                        code: ErrorCode::Overloaded,
+                        message: format!("the origin is at capacity (HTTP 503): {message}"),
                     },
                     _ => ErrorBody {
                         code: ErrorCode::UpstreamError,
@@ -737,8 +780,10 @@ impl Proxy {
                 warm,
                 access: tier,
                 shared_put: Vec::new(),
+                retry_after_s: None,
             };
         }
+        let retry_after_s = origin.as_ref().and(origin_retry_after_s(&outcome));
         let (origin_answer, origin_error) = match &origin {
             None => (None, None),
             Some(_) => {
@@ -845,6 +890,7 @@ impl Proxy {
                     warm: None,
                     access: tier,
                     shared_put: Vec::new(),
+                    retry_after_s,
                 };
             }
         }
@@ -862,6 +908,7 @@ impl Proxy {
                 warm: None,
                 access: tier,
                 shared_put: Vec::new(),
+                retry_after_s: None,
             };
         }
         // Tiles, strings, numbers and raw JSON always serialise.
@@ -891,6 +938,7 @@ impl Proxy {
             warm,
             access: tier,
             shared_put,
+            retry_after_s: None,
         }
     }
 

@@ -72,6 +72,7 @@ fn run(
         OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         },
         now,
     );
@@ -292,6 +293,7 @@ fn an_origin_that_leaks_higher_tiers_is_filtered_and_not_cached() {
         OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         },
         0,
     );
@@ -333,6 +335,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
         OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         },
         0,
     );
@@ -353,6 +356,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
         OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         },
         0,
     );
@@ -369,7 +373,7 @@ fn origin_failures_serve_what_is_cached() {
         &["extra", "2625-5722-public"],
         Access::Public,
     );
-    let cases: [(OriginOutcome<'_>, u16, ErrorCode); 6] = [
+    let cases: [(OriginOutcome<'_>, u16, ErrorCode); 7] = [
         (OriginOutcome::Timeout, 504, ErrorCode::UpstreamTimeout),
         (
             OriginOutcome::TooLarge {
@@ -388,6 +392,7 @@ fn origin_failures_serve_what_is_cached() {
             OriginOutcome::Answer {
                 status: 500,
                 body: b"oops",
+                retry_after_ms: None,
             },
             502,
             ErrorCode::UpstreamError,
@@ -396,6 +401,7 @@ fn origin_failures_serve_what_is_cached() {
             OriginOutcome::Answer {
                 status: 200,
                 body: b"{\"tiles\":7}",
+                retry_after_ms: None,
             },
             502,
             ErrorCode::UpstreamError,
@@ -404,9 +410,19 @@ fn origin_failures_serve_what_is_cached() {
             OriginOutcome::Answer {
                 status: 429,
                 body: br#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+                retry_after_ms: None,
             },
             429,
             ErrorCode::RateLimited,
+        ),
+        (
+            OriginOutcome::Answer {
+                status: 503,
+                body: br#"{"error":{"code":"overloaded","message":"at capacity"}}"#,
+                retry_after_ms: Some(3_000),
+            },
+            503,
+            ErrorCode::Overloaded,
         ),
     ];
     for (outcome, status, code) in cases {
@@ -433,6 +449,61 @@ fn origin_failures_serve_what_is_cached() {
         assert_eq!(v["error"]["tiles"], serde_json::json!(["14/2625/5721"]));
         assert_eq!(v["error"]["ids"], serde_json::json!(["2625-5722-public"]));
         assert!(a.warm.is_none());
+        // A 200 never carries a Retry-After.
+        assert_eq!(a.retry_after_s, None);
+    }
+}
+
+/// An origin's 503 (the server at capacity, or its own origin) is a 503 `overloaded`, as
+/// the server answers its origin's, not a 502: a client behind the edge backs off as one
+/// in front of the server does. Its `Retry-After` goes on, rounded up to whole seconds, at
+/// least 1 and at most an hour (as the server caps an upstream's), 1 s when it sent none;
+/// a 429's the same way. Other 5xx and a network failure stay 502, with no `Retry-After`.
+/// Fails before the 503 was its own case (502 `upstream_error`, no `Retry-After`).
+#[test]
+fn an_origin_at_capacity_is_a_503_overloaded_with_its_retry_after_capped() {
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let overloaded = br#"{"error":{"code":"overloaded","message":"every batch slot is taken"}}"#;
+    let answer = |status, retry_after_ms| OriginOutcome::Answer {
+        status,
+        body: overloaded,
+        retry_after_ms,
+    };
+    let cases = [
+        (answer(503, Some(3_000)), 503, Some(3)),
+        (answer(503, Some(2_001)), 503, Some(3)),
+        (answer(503, Some(0)), 503, Some(1)),
+        (answer(503, Some(86_400_000)), 503, Some(MAX_RETRY_AFTER_S)),
+        (answer(503, Some(u64::MAX)), 503, Some(MAX_RETRY_AFTER_S)),
+        (answer(503, None), 503, Some(DEFAULT_RETRY_AFTER_S)),
+        (answer(429, Some(7_000)), 429, Some(7)),
+        (answer(429, None), 429, Some(DEFAULT_RETRY_AFTER_S)),
+        (answer(500, Some(5_000)), 502, None),
+        (answer(504, Some(5_000)), 502, None),
+        (OriginOutcome::Unreachable("connection reset"), 502, None),
+        (OriginOutcome::Timeout, 504, None),
+    ];
+    for (outcome, status, retry_after_s) in cases {
+        let pending = p
+            .begin(req(&["14/2625/5722"], &[], Access::Public), 0)
+            .unwrap();
+        let a = p.complete(pending, outcome, 0);
+        assert_eq!(
+            (a.status, a.retry_after_s),
+            (status, retry_after_s),
+            "{outcome:?}"
+        );
+        let e = decode_error(a.body.as_bytes()).unwrap();
+        assert_eq!(e.code.http_status(), status);
+        assert_eq!(a.origin_error.as_ref().map(|e| e.code), Some(e.code));
+        if status == 503 {
+            assert_eq!(e.code, ErrorCode::Overloaded);
+            // The origin's message, said to be the origin's.
+            assert_eq!(
+                e.message,
+                "the origin is at capacity (HTTP 503): every batch slot is taken"
+            );
+        }
     }
 }
 
@@ -485,6 +556,7 @@ fn an_origin_answer_that_leaves_something_out_is_reported_not_missing() {
         OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         },
         0,
     );
@@ -516,6 +588,7 @@ fn warming_plans_uncached_neighbours_and_fills_them() {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             },
             0,
         )
@@ -565,6 +638,7 @@ fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
     let ok = OriginOutcome::Answer {
         status: 200,
         body: body.as_bytes(),
+        retry_after_ms: None,
     };
     p.warmed(&warm, ok, 0).unwrap();
     // 300 s later the centre and its neighbours have expired: the centre is fetched, and
@@ -700,7 +774,7 @@ proptest! {
             }
             if let (Some(w), true) = (&a.warm, warm) {
                 let body = o.answer(w, Some(300)).to_json();
-                p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes() }, now)
+                p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes(), retry_after_ms: None }, now)
                     .unwrap();
             }
         }
@@ -725,6 +799,7 @@ mod shared {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             },
             now,
         );
@@ -921,7 +996,7 @@ proptest! {
             for (p, w) in [(&mut fast, &a.warm), (&mut slow, &b.warm)] {
                 if let Some(w) = w {
                     let body = o.answer(w, Some(300)).to_json();
-                    p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes() }, now)
+                    p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes(), retry_after_ms: None }, now)
                         .unwrap();
                 }
             }
@@ -956,6 +1031,7 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
     let outcome = OriginOutcome::Answer {
         status: 200,
         body: json.as_bytes(),
+        retry_after_ms: None,
     };
     // (As if the proxy had planned it: only planned warming answers are written.)
     p.changes.warm_planned(Access::Agent, &warm.tiles, 2_000);
@@ -1092,6 +1168,7 @@ mod changes {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             },
             2,
         );
@@ -1115,6 +1192,7 @@ mod changes {
         let outcome = OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         };
         let err = p.warmed(&warm, outcome, 2).unwrap_err();
         assert!(err.message.contains("before a change"), "{}", err.message);
@@ -1219,6 +1297,7 @@ mod changes {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             },
             3_000,
         );
@@ -1286,6 +1365,7 @@ mod changes {
         let outcome = OriginOutcome::Answer {
             status: 200,
             body: first_body.as_bytes(),
+            retry_after_ms: None,
         };
         let err = p.warmed(&first, outcome, 50).unwrap_err();
         assert!(err.message.contains("before a change"), "{}", err.message);
@@ -1340,6 +1420,7 @@ mod changes {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             }
         }
         let first_body = first_answer.to_json();
@@ -1434,6 +1515,7 @@ mod changes {
         let outcome = OriginOutcome::Answer {
             status: 200,
             body: body.as_bytes(),
+            retry_after_ms: None,
         };
         a.warmed(&warm, outcome, 4_000).unwrap();
         let w = warm.tiles[0];

@@ -73,13 +73,14 @@ export function sse(events) {
 /**
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
  * 'drop' (close the connection), 'rate_limited' / 'overloaded' (429 with Retry-After: 7,
- * 503 with Retry-After: 3, as the server answers them), 'huge' (a 12 MiB answer); with
+ * 503 with Retry-After: 3, as the server answers them; `relay.retryAfter` in place of
+ * those when set, null for none), 'failing' (500 internal), 'huge' (a 12 MiB answer); with
  * `holdAnswers` (a promise) set, a passed-on answer waits for it (`held` counts them). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
  */
 export async function startRelay(target, { requireToken } = {}) {
-  const relay = { mode: 'pass', seen: [], polls: [], target, holdAnswers: null, held: 0 };
+  const relay = { mode: 'pass', seen: [], polls: [], target, holdAnswers: null, held: 0, retryAfter: undefined };
   const server = createHttpServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
@@ -128,8 +129,13 @@ export async function startRelay(target, { requireToken } = {}) {
     if (relay.mode === 'rate_limited' || relay.mode === 'overloaded') {
       // As tilewarm-server answers a caller over its rate (429) or at capacity (503).
       const [status, wait] = relay.mode === 'rate_limited' ? [429, '7'] : [503, '3'];
-      res.writeHead(status, { 'content-type': 'application/json', 'retry-after': wait });
+      const retryAfter = relay.retryAfter === undefined ? wait : relay.retryAfter;
+      res.writeHead(status, { 'content-type': 'application/json', ...(retryAfter === null ? {} : { 'retry-after': retryAfter }) });
       return res.end(JSON.stringify({ error: { code: relay.mode, message: `the origin says ${relay.mode}` } }));
+    }
+    if (relay.mode === 'failing') {
+      res.writeHead(500, { 'content-type': 'application/json', 'retry-after': '5' });
+      return res.end(JSON.stringify({ error: { code: 'internal', message: 'the origin broke' } }));
     }
     if (relay.mode === 'drop') return req.socket.destroy();
     if (relay.mode === 'huge') {
