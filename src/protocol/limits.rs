@@ -18,6 +18,11 @@ pub struct Limits {
     pub max_class_len: usize,
     /// Longest ttl, in seconds. Default 30 days (2 592 000).
     pub max_ttl_s: u32,
+    /// Largest item `data`, in bytes of its JSON text. Default 64 KiB (65 536). Not a
+    /// decoding error: a layer reading an origin's answer leaves such an item out with
+    /// [`BatchResponse::take_oversized`](super::BatchResponse::take_oversized) (the rest of
+    /// the answer is kept), so it is neither cached nor served.
+    pub max_data_bytes: usize,
     /// Coarsest zoom a request may ask for (the finest is always 24). Default 0.
     pub min_zoom: u8,
 }
@@ -32,6 +37,7 @@ impl Default for Limits {
             max_id_len: 256,
             max_class_len: 64,
             max_ttl_s: 30 * 24 * 60 * 60,
+            max_data_bytes: 64 * 1024,
             min_zoom: 0,
         }
     }

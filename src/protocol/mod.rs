@@ -60,6 +60,11 @@
 //!   fields. `data` is kept as raw JSON text ([`RawData`]) and unknown fields are skipped;
 //!   serde_json skips both iteratively, so deep nesting there costs no stack. The
 //!   protocol's own objects nest a fixed three levels deep.
+//! - One item's `data` is bounded by [`Limits::max_data_bytes`], not by the decoder (one
+//!   oversized item would fail the whole answer): a layer reading an origin's answer leaves
+//!   such items out with [`BatchResponse::take_oversized`], which names each ([`DataTooLarge`]:
+//!   id, size, limit) and keeps the rest of the answer; a database row is checked with
+//!   [`check_item_data`].
 //!
 //! ```
 //! use tilewarm::protocol::{decode_response, Limits};
@@ -90,7 +95,7 @@ pub use error_body::{
 pub use limits::Limits;
 pub use request::{decode_request, BatchRequest};
 pub use response::{decode_response, BatchResponse, Item, OtherTier, RawData, TileList};
-pub use validate::{ttl_left_s, validate_item_fields};
+pub use validate::{check_item_data, ttl_left_s, validate_item_fields, DataTooLarge};
 
 /// The response header in which a server declares the data's extent, `west,south,east,north`
 /// in degrees ([`parse_bounds`](crate::cache::parse_bounds)): clients that declare none adopt

@@ -8,7 +8,7 @@ use super::decode::{parse, ResponseSeed, Slot};
 use super::{
     check_body, check_id, check_ttl, clip, parse_tile, quote, ttl_from_wire, validate_item_fields,
 };
-use super::{BatchRequest, Limits, ProtocolError};
+use super::{BatchRequest, DataTooLarge, Limits, ProtocolError};
 use crate::access::Access;
 use crate::tile::TileId;
 use crate::util::{HashMap, HashSet};
@@ -217,6 +217,54 @@ impl<D: Serialize> BatchResponse<D> {
         };
         // Every field now serialises, so this cannot fail.
         serde_json::to_string(&lossy).unwrap_or_default()
+    }
+}
+
+impl BatchResponse<RawData> {
+    /// Leaves out the items whose `data` is larger than [`Limits::max_data_bytes`], from
+    /// `items` and from every tile list, and returns one [`DataTooLarge`] per item left out
+    /// (in `items` order). The rest of the answer is kept: each layer that reads an origin's
+    /// answer (the server, the edge) calls it once, so an oversized payload is neither cached
+    /// nor served. A requested id among them is in neither `items` nor `missing`: the caller
+    /// decides how to report it (tilewarm-server: unanswered, naming the item).
+    ///
+    /// ```
+    /// use tilewarm::protocol::{decode_response, Limits};
+    /// let body = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a","b"]}],"items":[
+    ///   {"id":"a","lon":-122.33,"lat":47.61,"class":"c","access":"public","data":[1]},
+    ///   {"id":"b","lon":-122.33,"lat":47.61,"class":"c","access":"public","data":"0123456789"}]}"#;
+    /// let mut r = decode_response(body, &Limits::default()).unwrap();
+    /// let limits = Limits { max_data_bytes: 8, ..Limits::default() };
+    /// let out = r.take_oversized(&limits);
+    /// assert_eq!(out[0].to_string(), r#"item "b": data is 12 bytes, at most 8 are allowed"#);
+    /// assert_eq!(r.tiles[0].ids, ["a"]);
+    /// assert_eq!(r.items.len(), 1);
+    /// ```
+    pub fn take_oversized(&mut self, limits: &Limits) -> Vec<DataTooLarge> {
+        let max = limits.max_data_bytes;
+        if self.items.iter().all(|it| it.data.get().len() <= max) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        self.items.retain(|it| {
+            let size = it.data.get().len();
+            if size > max {
+                out.push(DataTooLarge {
+                    id: it.id.clone(),
+                    access: it.access,
+                    size,
+                    max,
+                });
+            }
+            size <= max
+        });
+        {
+            let gone: HashSet<&str> = out.iter().map(|o| o.id.as_str()).collect();
+            for list in &mut self.tiles {
+                list.ids.retain(|id| !gone.contains(id.as_str()));
+            }
+        }
+        out
     }
 }
 

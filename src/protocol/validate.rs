@@ -7,6 +7,7 @@ use std::hash::Hash;
 use serde_json::Number;
 
 use super::{clip, quote, Limits, ProtocolError};
+use crate::access::Access;
 use crate::tile::{TileError, TileId};
 use crate::util::{HashSet, Num, QuotedChar};
 
@@ -142,6 +143,64 @@ pub fn validate_item_fields(
         id: clip(id),
         reason,
     })
+}
+
+/// An item whose `data` is larger than [`Limits::max_data_bytes`]
+/// ([`check_item_data`], [`BatchResponse::take_oversized`](super::BatchResponse::take_oversized)).
+///
+/// ```
+/// use tilewarm::protocol::{check_item_data, Limits};
+/// use tilewarm::Access;
+/// let limits = Limits { max_data_bytes: 8, ..Limits::default() };
+/// assert!(check_item_data("a", Access::Public, 8, &limits).is_ok());
+/// let e = check_item_data("a", Access::Agent, 9, &limits).unwrap_err();
+/// assert_eq!((e.id.as_str(), e.access, e.size, e.max), ("a", Access::Agent, 9, 8));
+/// assert_eq!(e.to_string(), r#"item "a": data is 9 bytes, at most 8 are allowed"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataTooLarge {
+    /// The item's id, whole.
+    pub id: String,
+    /// The item's tier: report it only to callers who may see the item.
+    pub access: Access,
+    /// Its `data`'s size, in bytes of JSON text.
+    pub size: usize,
+    /// [`Limits::max_data_bytes`].
+    pub max: usize,
+}
+
+impl fmt::Display for DataTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "item {}: data is {} bytes, at most {} are allowed",
+            quote(&self.id),
+            self.size,
+            self.max
+        )
+    }
+}
+
+impl std::error::Error for DataTooLarge {}
+
+/// Checks an item's `data` size: `size` bytes of JSON text, at most
+/// [`Limits::max_data_bytes`]. For layers that read payloads themselves (a database row);
+/// an answer's items are checked by [`BatchResponse::take_oversized`](super::BatchResponse::take_oversized).
+pub fn check_item_data(
+    id: &str,
+    access: Access,
+    size: usize,
+    limits: &Limits,
+) -> Result<(), DataTooLarge> {
+    if size > limits.max_data_bytes {
+        return Err(DataTooLarge {
+            id: id.to_owned(),
+            access,
+            size,
+            max: limits.max_data_bytes,
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn check_body(body: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
