@@ -22,6 +22,10 @@
 //!   over it is the same 400, with nothing of it cached.
 //! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
 //!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
+//! - A data tile holding more than `--max-tile-items` at the origin is left out of the
+//!   origin's answer ([`crate::origin::Answer`]) and not cached; the requested tiles that
+//!   need it are reported unanswered in a partial answer (`error`, `payload_too_large`,
+//!   naming the tile, its count and the limit), the rest answered.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -325,12 +329,17 @@ pub async fn answer(
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
         fetched.tiles.extend(again.tiles);
+        fetched.over_limit.extend(again.over_limit);
+        fetched.too_large.extend(again.too_large);
     }
     let (fetched_tiles, fetched_items, origin_missing) =
-        (fetched.tiles, fetched.items, fetched.missing);
+        (&fetched.tiles, &fetched.items, &fetched.missing);
 
     // 4. Assemble for the caller.
     let now = now_ms();
+    // Requested items the origin left out for their size, that the caller may see (one it
+    // may not is `missing`, as any item above its tier).
+    let too_large = |id: &String| fetched.too_large.iter().find(|o| o.id == *id);
     let ids = req.ids.iter().zip(&read.ids).map(|(id, hit)| {
         match hit
             .as_ref()
@@ -339,6 +348,7 @@ pub async fn answer(
         {
             Some(it) => IdSource::Found(it),
             None if origin_missing.contains(id) => IdSource::Missing,
+            None if too_large(id).is_some_and(|o| !caller.can_see(o.access)) => IdSource::Missing,
             // The origin's answer says nothing of it (an upstream's partial answer).
             None => IdSource::Unanswered,
         }
@@ -360,15 +370,42 @@ pub async fn answer(
         &req.ids,
         ids,
     );
-    let unanswered = assembled.is_partial().then(|| Unanswered {
-        code: ErrorCode::UpstreamError,
-        message: format!(
+    let unanswered = assembled.is_partial().then(|| {
+        let left_out = format!(
             "the origin's answer left out {} of the tiles and {} of the ids asked for",
             assembled.unanswered_tiles.len(),
             assembled.unanswered_ids.len()
-        ),
-        tiles: assembled.unanswered_tiles,
-        ids: assembled.unanswered_ids,
+        );
+        // A tile over --max-tile-items or an item over --max-item-data-bytes is the data's
+        // size, not a failing origin: the first is named, with its size and the limit. A
+        // tile's exact count is told to a caller who sees every item only (the origin was
+        // asked at `agent`): others learn it is over the limit, not how many items above
+        // their tier it holds.
+        let tile = fetched.over_limit.first().map(|over| match caller {
+            Access::Agent => over.to_string(),
+            _ => crate::origin::TileOverLimit {
+                items: crate::origin::ItemCount::MoreThan(over.limit),
+                ..*over
+            }
+            .to_string(),
+        });
+        let item = assembled
+            .unanswered_ids
+            .iter()
+            .find_map(too_large)
+            .map(|o| format!("{o} (--max-item-data-bytes)"));
+        let (code, message) = match (tile, item) {
+            (Some(why), _) | (None, Some(why)) => {
+                (ErrorCode::PayloadTooLarge, format!("{left_out}: {why}"))
+            }
+            (None, None) => (ErrorCode::UpstreamError, left_out),
+        };
+        Unanswered {
+            code,
+            message,
+            tiles: assembled.unanswered_tiles,
+            ids: assembled.unanswered_ids,
+        }
     });
     let (lists, items, missing) = (assembled.tiles, assembled.items, assembled.missing);
     if items.len() > max {
@@ -405,6 +442,10 @@ struct Fetched {
     items: HashMap<String, Arc<StoredItem>>,
     /// The ids the origin said do not exist.
     missing: HashSet<String>,
+    /// Tiles the origin left out: over `--max-tile-items`.
+    over_limit: Vec<crate::origin::TileOverLimit>,
+    /// Items the origin left out: their `data` over `--max-item-data-bytes`.
+    too_large: Vec<tilewarm::protocol::DataTooLarge>,
     fill: Option<Fill>,
     epoch: u64,
 }
@@ -454,7 +495,11 @@ async fn fetch(
         access: Access::Agent,
     };
     let epoch = app.invalidation.guard.epoch();
-    let response = app
+    let crate::origin::Answer {
+        response,
+        over_limit,
+        too_large,
+    } = app
         .origin
         .fetch_within(&origin_req, CallSource::Request, timeout_ms, bound)
         .await
@@ -482,6 +527,8 @@ async fn fetch(
         tiles,
         items: by_id,
         missing,
+        over_limit,
+        too_large,
         fill: (!degraded).then_some(fill),
         epoch,
     })

@@ -245,6 +245,23 @@ pub struct Config {
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub max_response_items: usize,
 
+    /// Most items the origin may hold in one data tile (at the top tier, every item of the
+    /// tile): past it the tile is read no further (PostGIS: `LIMIT N + 1` per tile), not
+    /// cached, and left out of the answer as unanswered, with the tile, the count and this
+    /// limit in the answer's `error` and the log (`tilewarm_origin_tiles_over_limit_total`);
+    /// the other tiles are answered. The default, 20 000, is `--max-response-items`'
+    /// default: a fuller data tile could not be answered whole at the top tier anyway.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub max_tile_items: usize,
+
+    /// Largest item `data` the server caches and serves, in bytes of its JSON text
+    /// (`tilewarm::protocol::Limits::max_data_bytes`). An origin's item over it is left out
+    /// (PostGIS does not even send it): from every tile list, and a requested id is
+    /// unanswered with the id, the size and this limit in the answer's `error`; logged,
+    /// `tilewarm_origin_items_too_large_total`. The rest of the answer is served.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_item_data_bytes: usize,
+
     /// TTL of `active` (for sale) items, in seconds.
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub ttl_active_s: u64,
@@ -504,6 +521,7 @@ impl Config {
             max_tiles: self.max_tiles,
             max_ids: self.max_ids,
             min_zoom: self.min_zoom,
+            max_data_bytes: self.max_item_data_bytes,
             ..Limits::default()
         };
         Limits {
@@ -585,6 +603,16 @@ impl Config {
             return bad(format!(
                 "--max-response-items must be in 1..={max_items} (what clients accept), got {}",
                 self.max_response_items
+            ));
+        }
+        if self.max_item_data_bytes == 0 {
+            return bad("--max-item-data-bytes must be at least 1, got 0".into());
+        }
+        if self.max_tile_items == 0 || self.max_tile_items > max_items {
+            return bad(format!(
+                "--max-tile-items must be in 1..={max_items} (the items of one tile list \
+                 clients accept), got {}",
+                self.max_tile_items
             ));
         }
         for (flag, v) in [
@@ -759,6 +787,14 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--warmup-queue"));
         let c = Config::parse_from(["x", "--max-response-items", "60000"]);
         assert!(c.validate().unwrap_err().0.contains("--max-response-items"));
+        let c = Config::parse_from(["x", "--max-tile-items", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--max-tile-items"));
+        let c = Config::parse_from(["x", "--max-item-data-bytes", "0"]);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("--max-item-data-bytes"));
         let c = Config::parse_from(["x", "--ttl-active-s", "0"]);
         assert!(c.validate().unwrap_err().0.contains("--ttl-active-s"));
         let c = Config::parse_from(["x", "--origin", "ftp://h"]);

@@ -501,6 +501,16 @@ fn read_app(app: &App, s: &mut Scrape) {
             "Origin fetches refused because their coarse tiles held more than --max-response-items (more than the count before them found).",
             &o.over_bound,
         ),
+        (
+            "tilewarm_origin_tiles_over_limit",
+            "Tiles left out of origin answers (unanswered, not cached) because they held more than --max-tile-items items.",
+            &o.tiles_over_limit,
+        ),
+        (
+            "tilewarm_origin_items_too_large",
+            "Items left out of origin answers (not cached or served) because their data was larger than --max-item-data-bytes.",
+            &o.items_too_large,
+        ),
     ] {
         s.counter(name, help, v);
     }

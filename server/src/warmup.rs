@@ -245,7 +245,8 @@ async fn warm(
             .fetch_within(&request, CallSource::Warmup, timeout_ms, None)
             .await
         {
-            Ok(r) => r,
+            // Tiles over --max-tile-items are not in it (logged and counted by the origin).
+            Ok(a) => a.response,
             Err(OriginFailure::Timeout { .. }) => {
                 // A stalled origin must not hold this worker, nor the claimed tiles (which
                 // later jobs would skip), for as long as it stalls.

@@ -216,10 +216,10 @@ fn main() {
         for i in 0..args.calls {
             let r = &requests[i % requests.len()];
             let t = Instant::now();
-            let a = mem.fetch(r, CallSource::Request).await.unwrap();
+            let a = mem.fetch(r, CallSource::Request).await.unwrap().response;
             m.push(t.elapsed().as_secs_f64() * 1000.0);
             let t = Instant::now();
-            let b = pg.fetch(r, CallSource::Request).await.unwrap();
+            let b = pg.fetch(r, CallSource::Request).await.unwrap().response;
             p.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(a.items.len(), b.items.len());
             n += a.items.len();

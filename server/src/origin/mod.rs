@@ -64,6 +64,17 @@
 //!   service counts the bounded tiles' lists (summed per tile, items the bound's tier may
 //!   see) after the guards and drops an answer over the limit.
 
+//!
+//! # Holding every other tile to a size: [`Answer`]
+//! Each tile of a call outside its [`ItemBound`] (the data tiles, asked at the top tier) is
+//! held to `--max-tile-items` items: [`OriginService`] asks the backend through
+//! [`OriginBackend::answer_limited`], and a tile over the limit is left out of the answer
+//! and named in [`Answer::over_limit`] (logged, `tilewarm_origin_tiles_over_limit_total`),
+//! never cut short: a shortened list would be cached and served as the whole tile. The rest
+//! of the call is answered; the request path reports the tile unanswered
+//! (`crate::batch`). PostGIS stops reading each tile at `limit + 1` rows; memory and upstream
+//! answers are counted once read (the upstream's within its 8 MiB).
+
 pub mod changes;
 pub mod memory;
 pub mod postgis;
@@ -80,7 +91,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tilewarm::origin::Origin;
-use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorBody, ErrorCode, RawData};
+use tilewarm::protocol::{
+    BatchRequest, BatchResponse, DataTooLarge, ErrorBody, ErrorCode, Limits, RawData,
+};
 use tilewarm::{Access, TileId};
 
 use crate::config::Config;
@@ -276,6 +289,75 @@ impl ItemBound<'_> {
     }
 }
 
+/// A backend's answer under a per-tile limit ([`OriginBackend::answer_limited`]): the
+/// protocol answer, and the requested tiles it leaves out because they hold more items than
+/// the limit (`--max-tile-items`). Such a tile has no list in `response`: it is neither
+/// answered nor cached, never cut short (a shortened list would be cached as the tile).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub response: BatchResponse<RawData>,
+    pub over_limit: Vec<TileOverLimit>,
+    /// Items left out of `response` (items and every list) because their `data` is larger
+    /// than `--max-item-data-bytes`: a requested id among them is in neither `items` nor
+    /// `missing`.
+    pub too_large: Vec<DataTooLarge>,
+}
+
+/// A requested tile that holds more items than the per-tile limit ([`Answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileOverLimit {
+    pub tile: TileId,
+    /// How many it holds: exactly (a backend that has them all, as memory) or more than
+    /// the limit (PostGIS stops reading at `limit + 1` rows).
+    pub items: ItemCount,
+    /// The limit it is over.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for TileOverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limit = self.limit;
+        match self.items {
+            ItemCount::Exact(n) => write!(f, "tile {} holds {n} items", self.tile),
+            _ => write!(f, "tile {} holds more than {limit} items", self.tile),
+        }?;
+        write!(
+            f,
+            " at the origin, at most {limit} are served per tile (--max-tile-items): it is \
+             left out, not cached"
+        )
+    }
+}
+
+impl Answer {
+    /// `response` with the lists of requested tiles that hold more than `limit` ids left
+    /// out (all but `bound`'s tiles, which their own limit covers), each as a
+    /// [`TileOverLimit`] with its exact count: the rule for a backend that read them whole.
+    pub fn limit_lists(
+        mut response: BatchResponse<RawData>,
+        limit: usize,
+        bound: Option<ItemBound<'_>>,
+    ) -> Answer {
+        let mut over_limit = Vec::new();
+        response.tiles.retain(|l| {
+            let over = l.ids.len() > limit && !bound.is_some_and(|b| b.covers(l.tile));
+            if over {
+                over_limit.push(TileOverLimit {
+                    tile: l.tile,
+                    items: ItemCount::Exact(l.ids.len()),
+                    limit,
+                });
+            }
+            !over
+        });
+        Answer {
+            response,
+            over_limit,
+            too_large: Vec::new(),
+        }
+    }
+}
+
 /// A source of items. Implementations answer at the request's tier (the server asks at
 /// `agent` and filters per caller); [`OriginService`] guards tiers and shapes around them,
 /// so a backend's mistake cannot leak.
@@ -292,6 +374,23 @@ pub trait OriginBackend: Send + Sync + 'static {
         request: &'a BatchRequest,
         bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>>;
+
+    /// [`answer`](Self::answer) with each requested tile outside `bound` held to
+    /// `tile_limit` items at the request's tier: a tile with more is left out of the answer
+    /// and named in [`Answer::over_limit`] ([`OriginService`] asks this way). The default
+    /// asks [`answer`](Self::answer) and applies [`Answer::limit_lists`]; a backend that
+    /// can stop reading at the limit (PostGIS) does so instead.
+    fn answer_limited<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+        tile_limit: usize,
+    ) -> OriginFuture<'a, Result<Answer, OriginFailure>> {
+        Box::pin(async move {
+            let r = self.answer(request, bound).await?;
+            Ok(Answer::limit_lists(r, tile_limit, bound))
+        })
+    }
 
     /// Items inside `tiles` (summed per tile) visible at `access`, counted no further than
     /// `limit + 1`; see the [module docs](self).
@@ -345,6 +444,12 @@ pub struct OriginStats {
     /// Fetches refused because their bounded tiles held more than the limit
     /// ([`OriginFailure::TooManyItems`]).
     pub over_bound: AtomicU64,
+    /// Tiles left out of answers because they held more than `--max-tile-items`
+    /// ([`TileOverLimit`]).
+    pub tiles_over_limit: AtomicU64,
+    /// Items left out of answers because their `data` was larger than
+    /// `--max-item-data-bytes` ([`DataTooLarge`]).
+    pub items_too_large: AtomicU64,
 }
 
 /// The origin with latency, timeouts, guards and call counting, over any backend.
@@ -355,6 +460,10 @@ pub struct OriginService {
     stall_ms: AtomicU64,
     metrics: Arc<Metrics>,
     pub stats: Arc<OriginStats>,
+    /// `--max-tile-items`.
+    max_tile_items: usize,
+    /// The protocol limits, for `--max-item-data-bytes`.
+    limits: Limits,
 }
 
 /// Opening the origin failed; the message says what to fix.
@@ -477,6 +586,8 @@ impl OriginService {
             stall_ms: AtomicU64::new(0),
             metrics,
             stats,
+            max_tile_items: config.max_tile_items,
+            limits: config.limits(),
         }
     }
 
@@ -516,11 +627,15 @@ impl OriginService {
     /// One origin call: waits the configured latency, then asks the backend at the
     /// request's tier and applies the tier and shape guards (module docs). The server always
     /// asks at [`Access::Agent`] so that the answer can be cached for every tier.
+    ///
+    /// Each requested tile is held to `--max-tile-items` items: a fuller one is left out of
+    /// the answer and named in [`Answer::over_limit`] (logged and counted), the rest is
+    /// answered.
     pub async fn fetch(
         &self,
         request: &BatchRequest,
         source: CallSource,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+    ) -> Result<Answer, OriginFailure> {
         self.fetch_bounded(request, source, None).await
     }
 
@@ -532,7 +647,7 @@ impl OriginService {
         request: &BatchRequest,
         source: CallSource,
         bound: Option<ItemBound<'_>>,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+    ) -> Result<Answer, OriginFailure> {
         match source {
             CallSource::Request => self.metrics.origin_calls_request.fetch_add(1, Relaxed),
             CallSource::Warmup => self.metrics.origin_calls_warmup.fetch_add(1, Relaxed),
@@ -543,18 +658,20 @@ impl OriginService {
         }
         let result = self
             .backend
-            .answer(request, bound)
+            .answer_limited(request, bound, self.max_tile_items)
             .await
-            .and_then(|r| self.guard(request, r))
-            .and_then(|r| match bound {
-                Some(b) if b.exceeded_by(&r) => Err(OriginFailure::TooManyItems { limit: b.limit }),
-                _ => Ok(r),
+            .and_then(|a| self.guard_answer(request, a))
+            .and_then(|a| match bound {
+                Some(b) if b.exceeded_by(&a.response) => {
+                    Err(OriginFailure::TooManyItems { limit: b.limit })
+                }
+                _ => Ok(a),
             });
         match &result {
-            Ok(r) => {
+            Ok(a) => {
                 self.metrics
                     .origin_items
-                    .fetch_add(r.items.len() as u64, Relaxed);
+                    .fetch_add(a.response.items.len() as u64, Relaxed);
             }
             Err(OriginFailure::Timeout { .. }) => {
                 self.stats.timeouts.fetch_add(1, Relaxed);
@@ -581,7 +698,7 @@ impl OriginService {
         source: CallSource,
         timeout_ms: u64,
         bound: Option<ItemBound<'_>>,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+    ) -> Result<Answer, OriginFailure> {
         within(
             timeout_ms,
             &self.stats,
@@ -611,6 +728,74 @@ impl OriginService {
             self.backend.count_up_to(tiles, access, limit).await
         };
         within(timeout_ms, &self.stats, count).await
+    }
+
+    /// The guards (module docs) over an answer under the per-tile limit: its tiles over
+    /// the limit (only requested ones, each once) are logged and counted, and the shape
+    /// guard holds the answer to the request without them (a list the backend gave for one
+    /// anyway is dropped).
+    fn guard_answer(&self, request: &BatchRequest, a: Answer) -> Result<Answer, OriginFailure> {
+        let Answer {
+            mut response,
+            mut over_limit,
+            mut too_large,
+        } = a;
+        // Oversized payloads, whichever backend sent them (PostGIS leaves them out itself).
+        too_large.extend(response.take_oversized(&self.limits));
+        if over_limit.is_empty() && too_large.is_empty() {
+            return Ok(Answer {
+                response: self.guard(request, response)?,
+                over_limit,
+                too_large,
+            });
+        }
+        let mut tiles = HashSet::new();
+        over_limit.retain(|o| request.tiles.contains(&o.tile) && tiles.insert(o.tile));
+        self.stats
+            .tiles_over_limit
+            .fetch_add(over_limit.len() as u64, Relaxed);
+        if let Some(first) = over_limit.first() {
+            tracing::warn!(
+                origin = self.kind(),
+                tiles = over_limit.len(),
+                first = %first,
+                "tiles over --max-tile-items left out of the answer"
+            );
+        }
+        let mut ids = HashSet::new();
+        too_large.retain(|o| ids.insert(o.id.clone()));
+        self.stats
+            .items_too_large
+            .fetch_add(too_large.len() as u64, Relaxed);
+        if let Some(first) = too_large.first() {
+            tracing::warn!(
+                origin = self.kind(),
+                items = too_large.len(),
+                first = %first,
+                "items over --max-item-data-bytes left out of the answer"
+            );
+        }
+        // The shape guard holds the answer to what is left to answer.
+        let rest = BatchRequest {
+            tiles: request
+                .tiles
+                .iter()
+                .copied()
+                .filter(|t| !tiles.contains(t))
+                .collect(),
+            ids: request
+                .ids
+                .iter()
+                .filter(|id| !ids.contains(*id))
+                .cloned()
+                .collect(),
+            access: request.access,
+        };
+        Ok(Answer {
+            response: self.guard(&rest, response)?,
+            over_limit,
+            too_large,
+        })
     }
 
     /// The tier and shape guards (module docs).
@@ -902,6 +1087,52 @@ mod tests {
         assert_eq!(ItemCount::Exact(4).exceeds(4), None);
         assert_eq!(ItemCount::MoreThan(4).exceeds(4), Some(5));
         assert_eq!(ItemCount::Unknown.exceeds(0), None);
+    }
+
+    #[test]
+    fn lists_over_the_tile_limit_are_left_out_with_their_count_except_bounded_tiles() {
+        let items = tilewarm::dataset::synthetic_city(7, 2_000);
+        let o = Origin::new(items).unwrap();
+        let tiles: Vec<TileId> = o.occupied_tiles(14).iter().map(|t| t.0).take(3).collect();
+        let request = BatchRequest {
+            tiles: tiles.clone(),
+            ids: vec![],
+            access: Access::Agent,
+        };
+        let r = o.answer(&request, Some(60));
+        let sizes: Vec<usize> = r.tiles.iter().map(|l| l.ids.len()).collect();
+        let limit = sizes.iter().copied().min().unwrap();
+        let bound = ItemBound {
+            tiles: &tiles[..1],
+            access: Access::Agent,
+            limit: usize::MAX,
+        };
+        let a = Answer::limit_lists(r, limit, Some(bound));
+        let over: Vec<TileOverLimit> = tiles[1..]
+            .iter()
+            .zip(&sizes[1..])
+            .filter(|(_, &n)| n > limit)
+            .map(|(&tile, &n)| TileOverLimit {
+                tile,
+                items: ItemCount::Exact(n),
+                limit,
+            })
+            .collect();
+        assert!(!over.is_empty(), "{sizes:?}");
+        assert_eq!(a.over_limit, over);
+        assert_eq!(a.response.tiles.len(), 3 - over.len());
+        assert_eq!(a.response.tiles[0].tile, tiles[0]);
+        let ItemCount::Exact(n) = over[0].items else {
+            unreachable!()
+        };
+        let msg = over[0].to_string();
+        assert!(
+            msg.contains(&format!("tile {} holds {n} items", over[0].tile))
+                && msg.contains(&format!(
+                    "at most {limit} are served per tile (--max-tile-items)"
+                )),
+            "{msg}"
+        );
     }
 
     #[test]

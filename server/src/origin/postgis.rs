@@ -28,7 +28,14 @@
 //!   count cannot make the fetch read (and hold) more than `limit + 1` rows for them; more
 //!   than `limit` rows is [`OriginFailure::TooManyItems`], before any row becomes an item.
 //!   Like the count it reads envelope rows (an item within the margin of two tiles is two
-//!   rows), so it can only refuse early. The other tiles are read as usual.
+//!   rows), so it can only refuse early.
+//! - **The other tiles** (data tiles; [`OriginBackend::answer_limited`]'s per-tile limit,
+//!   `--max-tile-items`): each envelope is its own index scan in a `CROSS JOIN LATERAL`
+//!   with `LIMIT limit + 1`, its position returned with each row, so a dense tile (or a bad
+//!   view) ships at most `limit + 1` rows per envelope. A tile whose envelope rows are more
+//!   than `limit` is left out of the answer ([`Answer::over_limit`], "more than `limit`"):
+//!   its rows are dropped and the answer is assembled without it, so no partial list of it
+//!   is made. Envelope rows again: it can only refuse early.
 //!
 //! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
 //! range, a geometry that is not a point, an unknown tier, a NULL) are skipped and counted
@@ -66,7 +73,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Deserialize;
 use tilewarm::protocol::{
-    validate_item_fields, BatchRequest, BatchResponse, Item, Limits, RawData,
+    check_item_data, validate_item_fields, BatchRequest, BatchResponse, DataTooLarge, Item, Limits,
+    RawData,
 };
 use tilewarm::tile::tiles_per_axis;
 use tilewarm::{Access, TileId};
@@ -74,8 +82,8 @@ use tokio_postgres::NoTls;
 
 use super::changes::{quote_ident, ChangeFeed, ChangeStats};
 use super::{
-    assemble, redact_url, ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure,
-    OriginFuture, OriginStats,
+    assemble, redact_url, Answer, ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure,
+    OriginFuture, OriginStats, TileOverLimit,
 };
 use crate::config::Config;
 
@@ -225,7 +233,12 @@ struct Quoted {
 
 /// The SQL statements, built once from the layout.
 struct Statements {
+    /// The tiles statement: every row of the envelopes (the base of `bounded`; tests).
+    #[cfg(test)]
     tiles: String,
+    /// The tiles statement read per envelope with `LIMIT $6` (each row ends with its
+    /// envelope's position, from 1), for a call's tiles under the per-tile limit.
+    limited: String,
     /// The tiles statement with `LIMIT $6`, for a fetch's bounded tiles.
     bounded: String,
     ids: String,
@@ -235,22 +248,32 @@ struct Statements {
 const ENVELOPES: &str =
     "unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[]) AS b(w, s, e, n)";
 
+/// [`ENVELOPES`] with each envelope's position (`i`, from 1, `bigint`).
+const ENVELOPES_NUMBERED: &str = "unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[]) \
+     WITH ORDINALITY AS b(w, s, e, n, i)";
+
 impl Statements {
     fn new(layout: &Layout, sql_tier_filter: bool) -> Statements {
         let q = layout.q();
         // ST_X and ST_Y fail the whole statement on a row that is not a point (a view over
         // a column of any geometry): such a row reads as no position, skipped and counted.
-        let cols = format!(
-            "t.{id}::text, \
-             CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_X(t.{geom}) END::float8, \
-             CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_Y(t.{geom}) END::float8, \
-             t.{class}::text, t.{access}::text, t.{data}::text",
-            id = q.id,
-            geom = q.geom,
-            class = q.class,
-            access = q.access,
-            data = q.data
-        );
+        // The payload only when at most `$n` bytes (`--max-item-data-bytes`), and its size:
+        // an oversized payload is not shipped, and its row is named.
+        let cols = |n: u8| {
+            format!(
+                "t.{id}::text, \
+                 CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_X(t.{geom}) END::float8, \
+                 CASE WHEN ST_GeometryType(t.{geom}) = 'ST_Point' THEN ST_Y(t.{geom}) END::float8, \
+                 t.{class}::text, t.{access}::text, \
+                 CASE WHEN octet_length(t.{data}::text) <= ${n} THEN t.{data}::text END, \
+                 octet_length(t.{data}::text)",
+                id = q.id,
+                geom = q.geom,
+                class = q.class,
+                access = q.access,
+                data = q.data
+            )
+        };
         let join = format!(
             "JOIN {table} t ON t.{geom} && ST_MakeEnvelope(b.w, b.s, b.e, b.n, 4326)",
             table = q.table,
@@ -264,12 +287,30 @@ impl Statements {
                 format!("(${n}::text[] IS NOT NULL)")
             }
         };
-        let tiles = format!("SELECT {cols} FROM {ENVELOPES} {join} WHERE {}", tier(5));
+        let tiles = format!(
+            "SELECT {} FROM {ENVELOPES} {join} WHERE {}",
+            cols(7),
+            tier(5)
+        );
+        // Each envelope is its own index scan, stopped at $6 rows (`SELECT *` keeps the
+        // columns of a view as they are for the outer `cols`).
+        let limited = format!(
+            "SELECT {}, b.i FROM {ENVELOPES_NUMBERED} CROSS JOIN LATERAL \
+             (SELECT * FROM {table} t WHERE t.{geom} && ST_MakeEnvelope(b.w, b.s, b.e, b.n, 4326) \
+             AND {} LIMIT $6) t",
+            cols(7),
+            tier(5),
+            table = q.table,
+            geom = q.geom
+        );
         Statements {
+            limited,
             bounded: format!("{tiles} LIMIT $6"),
+            #[cfg(test)]
             tiles,
             ids: format!(
-                "SELECT {cols} FROM {table} t WHERE t.{id} = ANY($1::text[]) AND {}",
+                "SELECT {} FROM {table} t WHERE t.{id} = ANY($1::text[]) AND {}",
+                cols(3),
                 tier(2),
                 table = q.table,
                 id = q.id
@@ -342,6 +383,14 @@ fn envelopes(tiles: &[TileId]) -> [Vec<f64>; 4] {
         }
     }
     out
+}
+
+/// The tile of each envelope of [`envelopes`], in its order.
+fn envelope_tiles(tiles: &[TileId]) -> Vec<TileId> {
+    tiles
+        .iter()
+        .flat_map(|&t| std::iter::repeat_n(t, 1 + usize::from(t.x() == 0)))
+        .collect()
 }
 
 /// A database error as an origin failure: a statement stopped by `statement_timeout`
@@ -538,14 +587,17 @@ impl PostgisOrigin {
         Ok(Running::new(self.client().await?, wait))
     }
 
-    /// Rows as items; unusable rows are skipped and counted.
-    fn items(&self, rows: Vec<tokio_postgres::Row>) -> Vec<Item<RawData>> {
+    /// Rows as items, and the rows whose payload is over `--max-item-data-bytes` (not
+    /// read); unusable rows are skipped and counted.
+    fn items(&self, rows: Vec<tokio_postgres::Row>) -> (Vec<Item<RawData>>, Vec<DataTooLarge>) {
         let mut out = Vec::with_capacity(rows.len());
+        let mut too_large = Vec::new();
         let mut bad = 0u64;
         let mut first_bad = None;
         for row in rows {
             match self.item(&row) {
-                Ok(it) => out.push(it),
+                Ok(Ok(it)) => out.push(it),
+                Ok(Err(over)) => too_large.push(over),
                 Err(why) => {
                     bad += 1;
                     first_bad.get_or_insert(why);
@@ -561,10 +613,15 @@ impl PostgisOrigin {
                 "postgis: rows that are not valid items were skipped"
             );
         }
-        out
+        (out, too_large)
     }
 
-    fn item(&self, row: &tokio_postgres::Row) -> Result<Item<RawData>, String> {
+    /// A row as an item, or as the item whose payload is too large (the statement sent
+    /// its size, not the payload); `Err` for a row that is no valid item.
+    fn item(
+        &self,
+        row: &tokio_postgres::Row,
+    ) -> Result<Result<Item<RawData>, DataTooLarge>, String> {
         let get = |i: usize| -> Result<Option<String>, String> {
             row.try_get::<_, Option<String>>(i)
                 .map_err(|e| e.to_string())
@@ -582,12 +639,17 @@ impl PostgisOrigin {
             .map_err(|e| format!("item {id:?}: {e}"))?;
         validate_item_fields(&id, lon, lat, &class, None, &self.limits)
             .map_err(|e| e.to_string())?;
+        let size: Option<i32> = row.try_get(6).map_err(|e| e.to_string())?;
+        let size = size.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+        if let Err(over) = check_item_data(&id, access, size, &self.limits) {
+            return Ok(Err(over));
+        }
         let data = match get(5)? {
             Some(text) => serde_json::value::RawValue::from_string(text)
                 .map_err(|e| format!("item {id:?}: data is not JSON: {e}"))?,
             None => serde_json::value::RawValue::NULL.to_owned(),
         };
-        Ok(Item {
+        Ok(Ok(Item {
             id,
             lon,
             lat,
@@ -595,36 +657,77 @@ impl PostgisOrigin {
             access,
             ttl: None,
             data,
-        })
+        }))
     }
 
     async fn answer_inner(
         &self,
         request: &BatchRequest,
         bound: Option<ItemBound<'_>>,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+        tile_limit: usize,
+    ) -> Result<Answer, OriginFailure> {
         let running = self.running().await?;
-        let rows = self.answer_rows(running.client(), request, bound).await;
+        let rows = self
+            .answer_rows(running.client(), request, bound, tile_limit)
+            .await;
         running.done();
-        let (tile_rows, id_rows) = rows?;
-        Ok(assemble(
-            request,
-            self.items(tile_rows),
-            self.items(id_rows),
-            Some(self.tile_ttl_s),
-        ))
+        let (tile_rows, id_rows, over_limit) = rows?;
+        // Assembled without the tiles over the limit: no partial list of theirs (from the
+        // rows of a neighbour's envelope or the ids) is made.
+        let rest;
+        let asked = if over_limit.is_empty() {
+            request
+        } else {
+            rest = BatchRequest {
+                tiles: request
+                    .tiles
+                    .iter()
+                    .copied()
+                    .filter(|t| !over_limit.iter().any(|o| o.tile == *t))
+                    .collect(),
+                ids: request.ids.clone(),
+                access: request.access,
+            };
+            &rest
+        };
+        let (tile_items, mut too_large) = self.items(tile_rows);
+        let (id_items, too_large_ids) = self.items(id_rows);
+        too_large.extend(too_large_ids);
+        let mut response = assemble(asked, tile_items, id_items, Some(self.tile_ttl_s));
+        // A requested item left out for its size exists: it is not `missing`.
+        if !too_large.is_empty() {
+            response
+                .missing
+                .retain(|id| !too_large.iter().any(|o| o.id == *id));
+        }
+        Ok(Answer {
+            response,
+            over_limit,
+            too_large,
+        })
     }
 
-    /// The rows of `request`'s tiles and ids, read on `client`.
+    /// The rows of `request`'s tiles and ids, read on `client`, and the tiles outside
+    /// `bound` whose envelopes hold more than `tile_limit` rows (their rows dropped; each
+    /// envelope is read no further than `tile_limit + 1` rows).
     async fn answer_rows(
         &self,
         client: &deadpool_postgres::ClientWrapper,
         request: &BatchRequest,
         bound: Option<ItemBound<'_>>,
-    ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), OriginFailure> {
+        tile_limit: usize,
+    ) -> Result<
+        (
+            Vec<tokio_postgres::Row>,
+            Vec<tokio_postgres::Row>,
+            Vec<TileOverLimit>,
+        ),
+        OriginFailure,
+    > {
         let timeout_ms = self.timeout_ms;
         let fail = |e| db_failure(e, timeout_ms);
         let tiers = visible_tiers(request.access);
+        let data_cap = self.limits.max_data_bytes.min(i32::MAX as usize) as i32;
         let (bounded, free): (Vec<TileId>, Vec<TileId>) = request
             .tiles
             .iter()
@@ -640,25 +743,56 @@ impl PostgisOrigin {
             let seen = visible_tiers(b.access.min(request.access));
             let cap = b.limit.saturating_add(1).min(i64::MAX as usize) as i64;
             tile_rows = client
-                .query(&st, &[&w, &s, &e, &n, &seen, &cap])
+                .query(&st, &[&w, &s, &e, &n, &seen, &cap, &data_cap])
                 .await
                 .map_err(fail)?;
             if tile_rows.len() > b.limit {
                 return Err(OriginFailure::TooManyItems { limit: b.limit });
             }
         }
+        let mut over_limit = Vec::new();
         if !free.is_empty() {
             let st = client
-                .prepare_cached(&self.statements.tiles)
+                .prepare_cached(&self.statements.limited)
                 .await
                 .map_err(fail)?;
             let [w, s, e, n] = envelopes(&free);
-            tile_rows.extend(
-                client
-                    .query(&st, &[&w, &s, &e, &n, &tiers])
-                    .await
-                    .map_err(fail)?,
-            );
+            let cap = tile_limit.saturating_add(1).min(i64::MAX as usize) as i64;
+            let mut rows = client
+                .query(&st, &[&w, &s, &e, &n, &tiers, &cap, &data_cap])
+                .await
+                .map_err(fail)?;
+            // Rows per tile (the envelope's position is the last column), summed over its
+            // envelopes: envelope rows, as the count reads them, so it can only refuse early.
+            let owner = envelope_tiles(&free);
+            let tile_of = |row: &tokio_postgres::Row| -> Result<TileId, OriginFailure> {
+                let i: i64 = row.try_get(7).map_err(fail)?;
+                usize::try_from(i - 1)
+                    .ok()
+                    .and_then(|i| owner.get(i).copied())
+                    .ok_or_else(|| {
+                        OriginFailure::Failed(format!("PostgreSQL: envelope {i} out of range"))
+                    })
+            };
+            let mut per_tile: std::collections::HashMap<TileId, usize> = Default::default();
+            for row in &rows {
+                *per_tile.entry(tile_of(row)?).or_default() += 1;
+            }
+            for &t in &free {
+                if per_tile.get(&t).is_some_and(|&n| n > tile_limit) {
+                    over_limit.push(TileOverLimit {
+                        tile: t,
+                        items: ItemCount::MoreThan(tile_limit),
+                        limit: tile_limit,
+                    });
+                }
+            }
+            if !over_limit.is_empty() {
+                rows.retain(|row| {
+                    tile_of(row).is_ok_and(|t| !over_limit.iter().any(|o| o.tile == t))
+                });
+            }
+            tile_rows.extend(rows);
         }
         let mut id_rows = Vec::new();
         if !request.ids.is_empty() {
@@ -667,11 +801,11 @@ impl PostgisOrigin {
                 .await
                 .map_err(fail)?;
             id_rows = client
-                .query(&st, &[&request.ids, &tiers])
+                .query(&st, &[&request.ids, &tiers, &data_cap])
                 .await
                 .map_err(fail)?;
         }
-        Ok((tile_rows, id_rows))
+        Ok((tile_rows, id_rows, over_limit))
     }
 
     async fn count_inner(
@@ -728,7 +862,27 @@ impl OriginBackend for PostgisOrigin {
         request: &'a BatchRequest,
         bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(self.answer_inner(request, bound))
+        // No per-tile limit: every envelope read whole. An item left out for its size is
+        // `missing` here (it cannot be served); `answer_limited` names it instead.
+        Box::pin(async move {
+            let a = self.answer_inner(request, bound, usize::MAX).await?;
+            let mut r = a.response;
+            for o in a.too_large {
+                if request.ids.contains(&o.id) && !r.missing.contains(&o.id) {
+                    r.missing.push(o.id);
+                }
+            }
+            Ok(r)
+        })
+    }
+
+    fn answer_limited<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+        tile_limit: usize,
+    ) -> OriginFuture<'a, Result<Answer, OriginFailure>> {
+        Box::pin(self.answer_inner(request, bound, tile_limit))
     }
 
     fn count_up_to<'a>(
@@ -982,6 +1136,26 @@ mod tests {
             assert_eq!(s.bounded, format!("{} LIMIT $6", s.tiles));
             assert!(!s.tiles.contains("LIMIT"), "{}", s.tiles);
         }
+    }
+
+    #[test]
+    fn a_fetch_reads_each_envelope_of_its_other_tiles_with_a_limit() {
+        let s = Statements::new(&Layout::default(), true);
+        // One index scan per envelope inside the lateral subquery, stopped at $6 rows,
+        // the tier filtered there, and the envelope's position as the last column.
+        assert!(
+            s.limited.contains("WITH ORDINALITY AS b(w, s, e, n, i)")
+                && s.limited.contains("CROSS JOIN LATERAL")
+                && s.limited.contains("ANY($5::text[]) LIMIT $6) t")
+                && s.limited.contains(", b.i FROM"),
+            "{}",
+            s.limited
+        );
+        let t = TileId::new(3, 0, 2).unwrap();
+        let u = TileId::new(3, 1, 2).unwrap();
+        // The first column has two envelopes: each is its tile's.
+        assert_eq!(envelope_tiles(&[t, u]), [t, t, u]);
+        assert_eq!(envelopes(&[t, u])[0].len(), 3);
     }
 
     #[test]

@@ -1104,3 +1104,93 @@ async fn following_then_fetching_again_share_one_origin_timeout() {
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     s.shutdown().await;
 }
+
+/// Over any backend (here memory, read whole): a data tile over `--max-tile-items` and an
+/// item over `--max-item-data-bytes` are left out of the answer and named in its `error`,
+/// the rest answered. The tile's exact count (at `agent`, the tier the origin is asked at)
+/// is told to an agent only; a public caller hears it is over the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named() {
+    let mut items = synthetic_city(12, 2_000);
+    let city = Origin::new(items.clone()).unwrap();
+    let mut occupied = city.occupied_tiles(14);
+    occupied.sort_by_key(|&(t, _)| city.count_in(t, Access::Agent));
+    let sparse = occupied[occupied.len() / 2].0;
+    let dense = occupied[occupied.len() - 1].0;
+    let limit = city.count_in(sparse, Access::Agent);
+    let n = city.count_in(dense, Access::Agent);
+    assert!(limit >= 2 && n > limit, "{limit} {n}");
+    // One public item of the sparse tile gets a payload over the limit.
+    let big = items
+        .iter_mut()
+        .find(|it| {
+            it.access == Access::Public
+                && TileId::from_lon_lat(it.lon, it.lat, 14).unwrap() == sparse
+        })
+        .unwrap();
+    big.data = serde_json::value::to_raw_value(&"x".repeat(1_000)).unwrap();
+    let big = big.id.clone();
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: limit,
+        max_item_data_bytes: 500,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+        .await
+        .unwrap();
+    let agent = Http::new();
+    let r = agent
+        .batch(
+            &s,
+            &request(&[dense, sparse], &[big.as_str()], Access::Agent),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([dense.to_string()]));
+    assert_eq!(v["error"]["ids"], serde_json::json!([big]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("tile {dense} holds {n} items"))
+            && msg.contains(&format!("at most {limit} are served per tile")),
+        "{msg}"
+    );
+    let d = tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
+        .unwrap();
+    assert_eq!(d.tiles.len(), 1);
+    assert_eq!(d.tiles[0].ids.len(), limit - 1);
+    assert!(!d.tiles[0].ids.contains(&big) && !d.items.iter().any(|it| it.id == big));
+    // The item alone: named with its size and the limit.
+    let r = agent
+        .batch(&s, &request(&[], &[big.as_str()], Access::Agent))
+        .await;
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains(&format!(
+            "item \"{big}\": data is 1002 bytes, at most 500 are allowed"
+        )),
+        "{msg}"
+    );
+    // Below agent: over the limit, not how many items (above its tier) the tile holds.
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let r = public
+        .batch(&s, &request(&[dense], &[], Access::Public))
+        .await;
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains(&format!("tile {dense} holds more than {limit} items"))
+            && !msg.contains(&format!(" {n} ")),
+        "{msg}"
+    );
+    let stats = &s.app.origin.stats;
+    assert_eq!(stats.tiles_over_limit.load(Relaxed), 2);
+    assert_eq!(stats.items_too_large.load(Relaxed), 2);
+    s.shutdown().await;
+}

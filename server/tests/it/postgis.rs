@@ -305,7 +305,7 @@ fn postgis_and_memory_origins_give_identical_answers() {
                 let g = postgis
                     .fetch(&req, tilewarm_server::origin::CallSource::Request)
                     .await;
-                (w.unwrap(), g.unwrap())
+                (w.unwrap().response, g.unwrap().response)
             });
             nonempty.fetch_add(want.tiles.iter().any(|t| !t.ids.is_empty()) as u32, Relaxed);
             prop_assert_eq!(digest(&got), digest(&want), "request {}", req.to_json());
@@ -336,7 +336,7 @@ fn postgis_and_memory_origins_give_identical_answers() {
             let g = postgis
                 .fetch(&req, tilewarm_server::origin::CallSource::Request)
                 .await;
-            (w.unwrap(), g.unwrap())
+            (w.unwrap().response, g.unwrap().response)
         });
         assert_eq!(digest(&got), digest(&want), "edge items at zoom {z}");
         for it in &edges {
@@ -391,7 +391,8 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
         let r = s
             .fetch(&req, tilewarm_server::origin::CallSource::Request)
             .await
-            .unwrap();
+            .unwrap()
+            .response;
         assert!(!r.items.is_empty());
         assert!(
             r.items.iter().all(|i| i.access == Access::Public),
@@ -450,7 +451,8 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
             tilewarm_server::origin::CallSource::Request,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .response;
     assert!(r.items.is_empty() && r.tiles[0].ids.is_empty());
     assert!(s.stats.bad_rows.load(Relaxed) > 0);
 }
@@ -511,7 +513,8 @@ async fn a_row_whose_geometry_is_not_a_point_is_skipped_not_the_whole_answer() {
     let r = s
         .fetch(&req, tilewarm_server::origin::CallSource::Request)
         .await
-        .expect("the other rows are answered");
+        .expect("the other rows are answered")
+        .response;
     let want = o.answer(&req, None);
     assert_eq!(want.missing, ["a-polygon", "a-nan", "an-inf", "an-empty"]);
     assert_eq!(digest(&r), digest(&want));
@@ -748,6 +751,229 @@ async fn a_coarse_tile_that_grows_after_its_count_is_refused_by_the_fetchs_limit
     assert!(msg.contains(&format!("more than {max} items")), "{msg}");
     assert_eq!(answered.lock().unwrap().len(), 2);
     s.shutdown().await;
+}
+
+/// A data tile holding more items than `--max-tile-items` is read no further than the
+/// limit + 1 rows, not cached and left out of the answer, named with its count and the
+/// limit; the other tiles and the ids of the request are answered. Without the bound the
+/// whole tile was read, cached and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let max = 10;
+    let in_tile = |t: TileId, prefix: &str, n: usize| -> Vec<Item<RawData>> {
+        let b = t.bounds();
+        (1..=n)
+            .map(|i| {
+                let lon = b.west + (b.east - b.west) * i as f64 / (n + 1) as f64;
+                let lat = (b.south + b.north) / 2.0;
+                edge_item(&format!("{prefix}-{i}"), lon, lat, Access::Public)
+            })
+            .collect()
+    };
+    let dense = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let sparse = TileId::from_lon_lat(-90.0, 35.0, 14).unwrap();
+    let mut items = in_tile(dense, "dense", 3 * max);
+    items.extend(in_tile(sparse, "sparse", 2));
+    load(&pg, &items, &Layout::default()).await;
+    // No change listener: its first connect invalidates the whole tier, which would race
+    // the write-back looked at below.
+    let layout = std::env::temp_dir().join(format!("tw-layout-dense-{}", std::process::id()));
+    std::fs::write(&layout, "channel = \"\"\n").unwrap();
+    let c = Config {
+        max_tile_items: max,
+        origin_config: Some(layout.clone()),
+        ..pg_config(&pg)
+    };
+
+    // The origin: the tile's rows stop at the limit (more than it, not a count of all).
+    let o = postgis_service(&pg, &c, true);
+    let a = o
+        .fetch(
+            &BatchRequest {
+                tiles: vec![dense, sparse],
+                ids: vec!["dense-3".into()],
+                access: Access::Agent,
+            },
+            tilewarm_server::origin::CallSource::Request,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.over_limit,
+        [tilewarm_server::origin::TileOverLimit {
+            tile: dense,
+            items: ItemCount::MoreThan(max),
+            limit: max,
+        }]
+    );
+    assert_eq!(a.response.tiles.len(), 1);
+    assert_eq!(a.response.tiles[0].tile, sparse);
+    assert_eq!(a.response.tiles[0].ids.len(), 2);
+    assert!(a.response.items.iter().any(|it| it.id == "dense-3"));
+    assert_eq!(o.stats.tiles_over_limit.load(Relaxed), 1);
+
+    // Through the server: a partial answer (200), the tile and its finer tile left out
+    // and named, the rest answered; the client's decoder takes it.
+    let s = server(c).await;
+    let http = Http::new();
+    let child = dense.children().unwrap()[0];
+    let r = http
+        .batch(
+            &s,
+            &request(&[dense, sparse, child], &["dense-3"], Access::Agent),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(
+        v["error"]["tiles"],
+        serde_json::json!([dense.to_string(), child.to_string()])
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("tile {dense} holds more than {max} items"))
+            && msg.contains("--max-tile-items"),
+        "{msg}"
+    );
+    let d = tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
+        .unwrap();
+    assert_eq!(d.tiles.len(), 1);
+    assert_eq!(d.tiles[0].ids.len(), 2);
+    assert!(d.items.iter().any(|it| it.id == "dense-3"));
+    // Not cached (no list that would pass for the whole tile); the other tile is.
+    let read = s.app.tier.read(&[dense, sparse], &[]).await.unwrap();
+    assert!(
+        read.tiles[0].is_none() && read.tiles[1].is_some(),
+        "{:?}",
+        read.tiles.iter().map(Option::is_some).collect::<Vec<_>>()
+    );
+    assert_eq!(s.app.origin.stats.tiles_over_limit.load(Relaxed), 1);
+    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(
+        m.contains("tilewarm_origin_tiles_over_limit_total 1"),
+        "{m}"
+    );
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
+/// An item whose `data` is over `--max-item-data-bytes` is not sent by the database (the
+/// statement sends its size instead), left out of its tile's list and named when asked for
+/// by id (unanswered, with its size and the limit), to callers who may see it; the rest of
+/// the answer is served and cached. Before, the payload was read, cached and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let max = 200;
+    let t = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let b = t.bounds();
+    let at = |i: usize| b.west + (b.east - b.west) * i as f64 / 5.0;
+    let lat = (b.south + b.north) / 2.0;
+    let big = |id: &str, i: usize, access| Item {
+        data: serde_json::value::to_raw_value(&serde_json::json!({ "blob": "x".repeat(1_000) }))
+            .unwrap(),
+        ..edge_item(id, at(i), lat, access)
+    };
+    let items = vec![
+        edge_item("small-1", at(1), lat, Access::Public),
+        big("big", 2, Access::Public),
+        edge_item("small-2", at(3), lat, Access::Public),
+        big("big-agent", 4, Access::Agent),
+    ];
+    load(&pg, &items, &Layout::default()).await;
+    let layout = std::env::temp_dir().join(format!("tw-layout-big-{}", std::process::id()));
+    std::fs::write(&layout, "channel = \"\"\n").unwrap();
+    let c = Config {
+        max_item_data_bytes: max,
+        origin_config: Some(layout.clone()),
+        ..pg_config(&pg)
+    };
+
+    // The backend itself: the payload is not read, the item is named with its size.
+    let stats = Arc::new(OriginStats::default());
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, Layout::default(), &c, Arc::clone(&stats), true)
+            .unwrap();
+    let req = BatchRequest {
+        tiles: vec![t],
+        ids: vec!["big".into(), "small-2".into()],
+        access: Access::Agent,
+    };
+    let a = backend.answer_limited(&req, None, 1_000).await.unwrap();
+    let mut named: Vec<(String, Access, usize)> = a
+        .too_large
+        .iter()
+        .map(|o| (o.id.clone(), o.access, o.max))
+        .collect();
+    named.sort();
+    named.dedup();
+    assert_eq!(
+        named,
+        [
+            ("big".to_string(), Access::Public, max),
+            ("big-agent".to_string(), Access::Agent, max)
+        ]
+    );
+    assert!(
+        a.too_large.iter().all(|o| o.size > 1_000),
+        "{:?}",
+        a.too_large
+    );
+    assert_eq!(a.response.tiles[0].ids, ["small-1", "small-2"]);
+    assert!(a.response.missing.is_empty());
+    assert!(a.response.items.iter().all(|it| !it.id.starts_with("big")));
+
+    // Through the server: the tile answered without it, the id unanswered and named; an
+    // agent's oversized item is `missing` to a public caller (no word of its size).
+    let s = server(c).await;
+    let agent = Http::new();
+    let r = agent
+        .batch(&s, &request(&[t], &["big", "small-2"], Access::Agent))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(["big"]));
+    assert_eq!(v["error"]["tiles"], serde_json::json!([]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("item \"big\": data is ")
+            && msg.contains(&format!(
+                "bytes, at most {max} are allowed (--max-item-data-bytes)"
+            )),
+        "{msg}"
+    );
+    let d = tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
+        .unwrap();
+    assert_eq!(d.tiles[0].ids, ["small-1", "small-2"]);
+    assert!(d.missing.is_empty());
+    assert_eq!(s.app.origin.stats.items_too_large.load(Relaxed), 2);
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let r = public
+        .batch(&s, &request(&[], &["big-agent"], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!(v["missing"], serde_json::json!(["big-agent"]));
+    // The tile is cached without the oversized items.
+    let read = s.app.tier.read(&[t], &[]).await.unwrap();
+    let hit = read.tiles[0].as_ref().expect("the tile is cached");
+    let mut ids: Vec<&str> = hit.items.iter().map(|it| it.id()).collect();
+    ids.sort();
+    assert_eq!(ids, ["small-1", "small-2"]);
+    let m = agent.get(&format!("{}/metrics", s.url())).await.text();
+    assert!(m.contains("tilewarm_origin_items_too_large_total"), "{m}");
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -987,7 +1213,11 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
     );
     // The pool's one connection serves the next call at once.
     admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
-    let r = s.fetch_within(&req, call, 20_000, None).await.unwrap();
+    let r = s
+        .fetch_within(&req, call, 20_000, None)
+        .await
+        .unwrap()
+        .response;
     let want = o.answer(&req, None);
     assert_eq!(digest(&r), digest(&want));
 }

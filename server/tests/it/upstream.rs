@@ -414,7 +414,7 @@ async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_lay
             ids: vec![secret.clone()],
             access: asked,
         };
-        let r = o.fetch(&req, CallSource::Request).await.unwrap();
+        let r = o.fetch(&req, CallSource::Request).await.unwrap().response;
         assert!(r.items.iter().all(|i| asked.can_see(i.access)), "{asked}");
         assert!(r.tiles[0]
             .ids
