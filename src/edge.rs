@@ -669,7 +669,7 @@ impl EdgeProxy {
             })
             .collect();
         format!(
-            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"sharedFills\":{},\"sharedRefused\":{},\"epoch\":{},\"pending\":{},\"tiers\":{{{}}}}}",
+            "{{\"hits\":{},\"partials\":{},\"misses\":{},\"originRequests\":{},\"originFailures\":{},\"warmRequests\":{},\"warmFills\":{},\"droppedAboveTier\":{},\"itemsTooLarge\":{},\"sharedFills\":{},\"sharedRefused\":{},\"epoch\":{},\"pending\":{},\"tiers\":{{{}}}}}",
             s.hits,
             s.partials,
             s.misses,
@@ -678,6 +678,7 @@ impl EdgeProxy {
             s.warm_requests,
             s.warm_fills,
             s.dropped_above_tier,
+            s.items_too_large,
             s.shared_fills,
             s.shared_refused,
             self.proxy.epoch(),

@@ -65,8 +65,8 @@ use crate::cache::{
     TileFreshness,
 };
 use crate::protocol::{
-    decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, ErrorBody, ErrorCode,
-    Item, Limits, RawData, TileList, Unanswered,
+    decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, DataTooLarge,
+    ErrorBody, ErrorCode, Item, Limits, RawData, TileList, Unanswered,
 };
 use crate::tile::{ring_around, TileId};
 use crate::util::{HashMap, HashSet};
@@ -312,6 +312,9 @@ pub struct ProxyStats {
     pub warm_fills: u64,
     /// Origin items dropped because they were above the tier they were asked at.
     pub dropped_above_tier: u64,
+    /// Origin items left out because their `data` was over
+    /// [`Limits::max_data_bytes`] ([`BatchResponse::take_oversized`]).
+    pub items_too_large: u64,
     /// Shared-cache entries taken into the cache, and refused ([`shared`]).
     pub shared_fills: u64,
     pub shared_refused: u64,
@@ -623,7 +626,9 @@ impl Proxy {
     /// written is the policy's rule ([`Rules::write_back`]); nothing is written when `write`
     /// is false (an answer planned before a change, [`change`]). The data tiles it fills
     /// are dated `planned_ms`, when the answer's origin request was planned (for the shared
-    /// cache, [`change`]). Returns the answer, filtered.
+    /// cache, [`change`]). Items whose `data` is over [`Limits::max_data_bytes`] are left
+    /// out next ([`BatchResponse::take_oversized`]: neither cached nor served). Returns the
+    /// answer, filtered, and the items left out for their size.
     fn fill(
         &mut self,
         tier: Access,
@@ -631,7 +636,7 @@ impl Proxy {
         asked_ids: &[String],
         now_ms: u64,
         write: Option<u64>,
-    ) -> BatchResponse<RawData> {
+    ) -> (BatchResponse<RawData>, Vec<DataTooLarge>) {
         let before = response.items.len();
         let mut dropped_ids = Vec::new();
         response.items.retain(|it| {
@@ -652,8 +657,11 @@ impl Proxy {
                 list.ids.retain(|id| kept.contains(id));
             }
         }
+        // After the tier's filter: what it names is an item this tier may see.
+        let too_large = response.take_oversized(&self.config.limits);
+        self.stats.items_too_large += too_large.len() as u64;
         let Some(planned_ms) = write else {
-            return response;
+            return (response, too_large);
         };
         // Every serialised tile of this tier is out of date now.
         self.wire.changed(tier);
@@ -704,7 +712,7 @@ impl Proxy {
                 }
             }
         }
-        response
+        (response, too_large)
     }
 
     /// Neighbour data tiles of `data_tiles` that `tier`'s cache does not hold fresh and that
@@ -784,6 +792,7 @@ impl Proxy {
             };
         }
         let retry_after_s = origin.as_ref().and(origin_retry_after_s(&outcome));
+        let mut too_large = Vec::new();
         let (origin_answer, origin_error) = match &origin {
             None => (None, None),
             Some(_) => {
@@ -791,7 +800,9 @@ impl Proxy {
                 match self.decode_origin(outcome, tier) {
                     Ok(r) => {
                         let asked = origin.as_ref().map_or(&[][..], |o| &o.ids[..]);
-                        (Some(self.fill(tier, r, asked, now_ms, write)), None)
+                        let (r, over) = self.fill(tier, r, asked, now_ms, write);
+                        too_large = over;
+                        (Some(r), None)
                     }
                     Err(e) => {
                         self.stats.origin_failures += 1;
@@ -844,16 +855,20 @@ impl Proxy {
             id_sources,
         );
         let unanswered = assembled.is_partial().then(|| {
-            let (code, message) = match &origin_error {
-                Some(e) => (e.code, e.message.clone()),
-                None => (
-                    ErrorCode::UpstreamError,
-                    format!(
-                        "the origin's answer left out {} of the tiles and {} of the ids asked for",
-                        assembled.unanswered_tiles.len(),
-                        assembled.unanswered_ids.len()
-                    ),
-                ),
+            let left_out = format!(
+                "the origin's answer left out {} of the tiles and {} of the ids asked for",
+                assembled.unanswered_tiles.len(),
+                assembled.unanswered_ids.len()
+            );
+            // An id left out for its size is named, with its size and the limit.
+            let oversized = assembled
+                .unanswered_ids
+                .iter()
+                .find_map(|id| too_large.iter().find(|o| o.id == *id));
+            let (code, message) = match (&origin_error, oversized) {
+                (Some(e), _) => (e.code, e.message.clone()),
+                (None, Some(o)) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {o}")),
+                (None, None) => (ErrorCode::UpstreamError, left_out),
             };
             Unanswered {
                 code,

@@ -533,6 +533,52 @@ fn an_origin_answer_over_the_body_limit_is_named_as_such_with_the_size_and_the_l
     assert_eq!(p.stats().origin_failures, 1);
 }
 
+/// An origin item whose `data` is over `Limits::max_data_bytes` is neither cached nor
+/// served: its tile is answered (and cached) without it, and asked for by id it is
+/// unanswered, named with its size and the limit; the rest of the answer is served.
+#[test]
+fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer() {
+    let mut big = items();
+    let at = big.iter().position(|it| it.id == "extra").unwrap();
+    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
+    let o = Origin::new(big).unwrap();
+    let mut p = Proxy::new(ProxyConfig {
+        limits: Limits {
+            max_data_bytes: 64,
+            ..Limits::default()
+        },
+        ..no_warm()
+    })
+    .unwrap();
+    let r = req(
+        &["14/2624/5721"],
+        &["extra", "2624-5721-public"],
+        Access::Public,
+    );
+    let (_, a, d) = run(&mut p, &o, r.clone(), 0);
+    assert_eq!(a.status, 200);
+    assert!(
+        !d.tiles[0].ids.contains(&"extra".to_string()),
+        "{:?}",
+        d.tiles
+    );
+    assert!(d.tiles[0].ids.contains(&"2624-5721-public".to_string()));
+    assert!(d.items.iter().all(|it| it.id != "extra") && d.missing.is_empty());
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(["extra"]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.ends_with("item \"extra\": data is 102 bytes, at most 64 are allowed"),
+        "{msg}"
+    );
+    assert_eq!(p.stats().items_too_large, 1);
+    // The tile was cached without it: a hit, with no word of it.
+    let (forwarded, a, d) = run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 1);
+    assert!(forwarded.is_none() && a.status == 200);
+    assert!(!d.tiles[0].ids.contains(&"extra".to_string()));
+}
+
 #[test]
 fn an_origin_answer_that_leaves_something_out_is_reported_not_missing() {
     let o = origin();
