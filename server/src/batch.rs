@@ -331,6 +331,7 @@ pub async fn answer(
         fetched.tiles.extend(again.tiles);
         fetched.over_limit.extend(again.over_limit);
         fetched.too_large.extend(again.too_large);
+        fetched.unanswered = fetched.unanswered.take().or(again.unanswered);
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);
@@ -394,11 +395,24 @@ pub async fn answer(
             .iter()
             .find_map(too_large)
             .map(|o| format!("{o} (--max-item-data-bytes)"));
-        let (code, message) = match (tile, item) {
-            (Some(why), _) | (None, Some(why)) => {
+        // An upstream's own reason (it was asked at `agent`: its message may count items
+        // above the caller's tier, so below `agent` only its code is told).
+        let upstream = fetched.unanswered.as_ref().map(|u| match caller {
+            Access::Agent => (
+                u.code,
+                format!("{left_out}: the origin says: {}", u.message),
+            ),
+            _ => (
+                u.code,
+                format!("{left_out}: the origin left them out ({})", u.code),
+            ),
+        });
+        let (code, message) = match (tile, item, upstream) {
+            (Some(why), _, _) | (None, Some(why), _) => {
                 (ErrorCode::PayloadTooLarge, format!("{left_out}: {why}"))
             }
-            (None, None) => (ErrorCode::UpstreamError, left_out),
+            (None, None, Some(told)) => told,
+            (None, None, None) => (ErrorCode::UpstreamError, left_out),
         };
         Unanswered {
             code,
@@ -446,6 +460,8 @@ struct Fetched {
     over_limit: Vec<crate::origin::TileOverLimit>,
     /// Items the origin left out: their `data` over `--max-item-data-bytes`.
     too_large: Vec<tilewarm::protocol::DataTooLarge>,
+    /// What an upstream's partial answer left out, and why.
+    unanswered: Option<Unanswered>,
     fill: Option<Fill>,
     epoch: u64,
 }
@@ -499,6 +515,7 @@ async fn fetch(
         response,
         over_limit,
         too_large,
+        unanswered,
     } = app
         .origin
         .fetch_within(&origin_req, CallSource::Request, timeout_ms, bound)
@@ -529,6 +546,7 @@ async fn fetch(
         missing,
         over_limit,
         too_large,
+        unanswered,
         fill: (!degraded).then_some(fill),
         epoch,
     })

@@ -24,7 +24,9 @@
 //!   that leaks). Such items are dropped from `items` and every list, requested ids among
 //!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`;
 //! - the **shape guard**: an answer that leaves out a requested tile or id is a failure (not
-//!   a silent hole that would be cached as "empty"); lists of tiles nobody asked for are
+//!   a silent hole that would be cached as "empty"), unless the answer names it as left out
+//!   ([`Answer`]: a tile over `--max-tile-items`, an oversized item, what an upstream's
+//!   partial answer names); lists of tiles nobody asked for are
 //!   dropped; a list keeps only the items that lie in its tile by the core's rule
 //!   ([`TileId::contains_point`]: the cache finds the tiles holding an item by its position
 //!   when it invalidates it), the others counted in `tilewarm_origin_misplaced_items_total`;
@@ -92,7 +94,7 @@ use std::time::Duration;
 
 use tilewarm::origin::Origin;
 use tilewarm::protocol::{
-    BatchRequest, BatchResponse, DataTooLarge, ErrorBody, ErrorCode, Limits, RawData,
+    BatchRequest, BatchResponse, DataTooLarge, ErrorBody, ErrorCode, Limits, RawData, Unanswered,
 };
 use tilewarm::{Access, TileId};
 
@@ -301,6 +303,10 @@ pub struct Answer {
     /// than `--max-item-data-bytes`: a requested id among them is in neither `items` nor
     /// `missing`.
     pub too_large: Vec<DataTooLarge>,
+    /// What an upstream's partial answer left out and why (its `error` member: a
+    /// tilewarm-server's tile over its `--max-tile-items`, say): those tiles and ids are
+    /// reported unanswered, not a failure of the call.
+    pub unanswered: Option<Unanswered>,
 }
 
 /// A requested tile that holds more items than the per-tile limit ([`Answer`]).
@@ -354,6 +360,7 @@ impl Answer {
             response,
             over_limit,
             too_large: Vec::new(),
+            unanswered: None,
         }
     }
 }
@@ -739,15 +746,27 @@ impl OriginService {
             mut response,
             mut over_limit,
             mut too_large,
+            unanswered,
         } = a;
         // Oversized payloads, whichever backend sent them (PostGIS leaves them out itself).
         too_large.extend(response.take_oversized(&self.limits));
-        if over_limit.is_empty() && too_large.is_empty() {
+        if over_limit.is_empty() && too_large.is_empty() && unanswered.is_none() {
             return Ok(Answer {
                 response: self.guard(request, response)?,
                 over_limit,
                 too_large,
+                unanswered,
             });
+        }
+        if let Some(u) = &unanswered {
+            tracing::warn!(
+                origin = self.kind(),
+                tiles = u.tiles.len(),
+                ids = u.ids.len(),
+                code = %u.code,
+                message = %u.message,
+                "the origin's partial answer left tiles or ids out"
+            );
         }
         let mut tiles = HashSet::new();
         over_limit.retain(|o| request.tiles.contains(&o.tile) && tiles.insert(o.tile));
@@ -776,17 +795,19 @@ impl OriginService {
             );
         }
         // The shape guard holds the answer to what is left to answer.
+        let told = |t: &TileId| unanswered.as_ref().is_some_and(|u| u.tiles.contains(t));
+        let told_id = |id: &String| unanswered.as_ref().is_some_and(|u| u.ids.contains(id));
         let rest = BatchRequest {
             tiles: request
                 .tiles
                 .iter()
                 .copied()
-                .filter(|t| !tiles.contains(t))
+                .filter(|t| !tiles.contains(t) && !told(t))
                 .collect(),
             ids: request
                 .ids
                 .iter()
-                .filter(|id| !ids.contains(*id))
+                .filter(|id| !ids.contains(*id) && !told_id(id))
                 .cloned()
                 .collect(),
             access: request.access,
@@ -795,6 +816,7 @@ impl OriginService {
             response: self.guard(&rest, response)?,
             over_limit,
             too_large,
+            unanswered,
         })
     }
 

@@ -704,6 +704,7 @@ impl PostgisOrigin {
             response,
             over_limit,
             too_large,
+            unanswered: None,
         })
     }
 

@@ -32,7 +32,14 @@
 //!   [`super::OriginService`]'s tier guard, an answer that reports another tier than the
 //!   one asked (the upstream filtered for what the server's token gives) or that leaves out
 //!   a requested tile or id is a 502, and list entries for items outside their tile are
-//!   dropped, as for every backend.
+//!   dropped, as for every backend;
+//! - except a *partial* answer (a `200` with an `error` member, [`Unanswered`]: a
+//!   tilewarm-server's data tile over its `--max-tile-items`, an item over its
+//!   `--max-item-data-bytes`): the requested tiles and ids it names and leaves out are
+//!   passed on as unanswered with its code (its message to `agent` callers only: it was
+//!   asked at `agent` and may count items above a caller's tier), the rest answered
+//!   ([`super::Answer::unanswered`]); tiles or ids it leaves out without naming them are
+//!   still a 502.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream
 //! applies its own `--max-response-items` (a 400, passed on). So the direct tiles (the
@@ -55,10 +62,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tilewarm::protocol::{
     decode_error, decode_response, BatchRequest, BatchResponse, ErrorCode, Limits, RawData,
+    Unanswered,
 };
 use tilewarm::{Access, TileId};
 
-use super::{ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
+use super::{Answer, ItemBound, ItemCount, LoadError, OriginBackend, OriginFailure, OriginFuture};
 use crate::config::Config;
 
 /// The longest upstream `Retry-After` passed on, in seconds: an upstream that asks for more
@@ -200,10 +208,12 @@ impl UpstreamOrigin {
         })
     }
 
-    async fn answer_inner(
+    /// One call: the decoded answer, and the `error` member of a partial answer
+    /// ([`partial_error`]).
+    async fn answer_partial(
         &self,
         request: &BatchRequest,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
         let mut req = hyper::Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("accept", "application/json");
@@ -235,9 +245,11 @@ impl UpstreamOrigin {
             })?
             .to_bytes();
         if (200..300).contains(&status) {
-            return decode_response(&body, &self.limits).map_err(|e| {
+            let r = decode_response(&body, &self.limits).map_err(|e| {
                 OriginFailure::Failed(format!("the upstream's answer is invalid: {e}"))
-            });
+            })?;
+            let partial = partial_error(&body, request, &r);
+            return Ok((r, partial));
         }
         let said = decode_error(&body);
         let message = said.as_ref().map_or("", |e| e.message.as_str()).to_owned();
@@ -277,7 +289,7 @@ impl UpstreamOrigin {
         &self,
         request: &BatchRequest,
         bound: ItemBound<'_>,
-    ) -> Result<BatchResponse<RawData>, OriginFailure> {
+    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
         let (low_tiles, high_tiles): (Vec<TileId>, Vec<TileId>) =
             request.tiles.iter().partition(|&&t| bound.covers(t));
         let low = BatchRequest {
@@ -292,13 +304,22 @@ impl UpstreamOrigin {
         };
         let high_call = async {
             if high.tiles.is_empty() && high.ids.is_empty() {
-                return Ok(BatchResponse::default());
+                return Ok((BatchResponse::default(), None));
             }
-            self.answer_inner(&high).await
+            self.answer_partial(&high).await
         };
-        let (low_answer, high_answer) = tokio::join!(self.answer_inner(&low), high_call);
-        let mut low_answer = low_answer?;
-        let mut out = high_answer?;
+        let (low_answer, high_answer) = tokio::join!(self.answer_partial(&low), high_call);
+        let (mut low_answer, low_partial) = low_answer?;
+        let (mut out, partial) = high_answer?;
+        // One `error` for both calls: the first's code and message, every tile and id.
+        let partial = match (partial, low_partial) {
+            (Some(mut a), Some(b)) => {
+                a.tiles.extend(b.tiles);
+                a.ids.extend(b.ids);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
         if let Err(other) = low_answer.check_tier(bound.access) {
             return Err(OriginFailure::Failed(format!(
                 "{other}: check the tier of the server's origin token (--origin-token-file or {TOKEN_ENV})"
@@ -323,8 +344,59 @@ impl UpstreamOrigin {
                 out.items.push(it);
             }
         }
-        Ok(out)
+        Ok((out, partial))
     }
+}
+
+/// The `error` member of an upstream's partial answer (a `200` that leaves requested tiles
+/// or ids out and says why, [`Unanswered`]; a tilewarm-server sends one for a data tile over
+/// its `--max-tile-items` or an item over its `--max-item-data-bytes`): its code and
+/// message, and those of the requested tiles and ids it names that `r` indeed leaves out.
+/// `None` when there is none, it does not read as one, or it names nothing left out. The
+/// body is only parsed again when it holds `"error"`.
+fn partial_error(
+    body: &[u8],
+    request: &BatchRequest,
+    r: &BatchResponse<RawData>,
+) -> Option<Unanswered> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Option<Wire>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        code: String,
+        message: String,
+        #[serde(default)]
+        tiles: Vec<String>,
+        #[serde(default)]
+        ids: Vec<String>,
+    }
+    if !body.windows(7).any(|w| w == b"\"error\"") {
+        return None;
+    }
+    let wire = serde_json::from_slice::<Body>(body).ok()?.error?;
+    let listed: std::collections::HashSet<TileId> = r.tiles.iter().map(|l| l.tile).collect();
+    let tiles: Vec<TileId> = request
+        .tiles
+        .iter()
+        .copied()
+        .filter(|t| !listed.contains(t) && wire.tiles.iter().any(|w| w.parse() == Ok(*t)))
+        .collect();
+    let ids: Vec<String> = r
+        .unanswered_ids(request)
+        .into_iter()
+        .filter(|id| wire.ids.contains(id))
+        .collect();
+    if tiles.is_empty() && ids.is_empty() {
+        return None;
+    }
+    Some(Unanswered {
+        code: ErrorCode::from_name(&wire.code).unwrap_or(ErrorCode::UpstreamError),
+        message: wire.message.chars().take(1024).collect(),
+        tiles,
+        ids,
+    })
 }
 
 /// An error with its sources, for a message.
@@ -337,6 +409,23 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+impl UpstreamOrigin {
+    /// One call, or two when the bound's tiles are asked at a lower tier
+    /// ([`answer_split`](Self::answer_split)).
+    async fn answer_either(
+        &self,
+        request: &BatchRequest,
+        bound: Option<ItemBound<'_>>,
+    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
+        match bound
+            .filter(|b| b.access < request.access && request.tiles.iter().any(|&t| b.covers(t)))
+        {
+            Some(b) => self.answer_split(request, b).await,
+            None => self.answer_partial(request).await,
+        }
+    }
 }
 
 impl OriginBackend for UpstreamOrigin {
@@ -353,12 +442,25 @@ impl OriginBackend for UpstreamOrigin {
         request: &'a BatchRequest,
         bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        match bound
-            .filter(|b| b.access < request.access && request.tiles.iter().any(|&t| b.covers(t)))
-        {
-            Some(b) => Box::pin(self.answer_split(request, b)),
-            None => Box::pin(self.answer_inner(request)),
-        }
+        Box::pin(async move { Ok(self.answer_either(request, bound).await?.0) })
+    }
+
+    /// [`answer`](Self::answer) that takes an upstream's partial answer: the tiles and ids
+    /// its `error` names are left out with its reason ([`Answer::unanswered`]), not a
+    /// failure of the whole call. The per-tile limit is applied to the rest.
+    fn answer_limited<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+        tile_limit: usize,
+    ) -> OriginFuture<'a, Result<Answer, OriginFailure>> {
+        Box::pin(async move {
+            let (r, partial) = self.answer_either(request, bound).await?;
+            Ok(Answer {
+                unanswered: partial,
+                ..Answer::limit_lists(r, tile_limit, bound)
+            })
+        })
     }
 
     fn count_up_to<'a>(

@@ -603,3 +603,64 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A chain of two servers where the upstream leaves a data tile out (over its
+/// `--max-tile-items`) in a partial answer: the downstream passes that on as a partial
+/// answer of its own (the tile unanswered, with the upstream's reason to an agent and only
+/// its code below), the other tile answered; it failed the whole call (502) before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
+    let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
+    let dense = densest(&o);
+    let n = o.count_in(dense, Access::Agent);
+    let (sparse, limit) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .map(|(t, _)| (t, o.count_in(t, Access::Agent)))
+        .filter(|&(_, c)| c >= 1 && c < n)
+        .max_by_key(|&(_, c)| c)
+        .unwrap();
+    let a = server(Config {
+        max_tile_items: limit,
+        ..config()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tw-partial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let body = request(&[dense, sparse], &[], Access::Agent);
+    let agent = Http::new();
+    let r = agent.batch(&b, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([dense.to_string()]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the origin says:") && msg.contains(&format!("tile {dense} holds {n} items")),
+        "{msg}"
+    );
+    let d = tilewarm::protocol::decode_response(&r.body, &Limits::default()).unwrap();
+    assert_eq!(d.tiles.len(), 1);
+    assert_eq!(d.tiles[0].ids.len(), limit);
+    // Below agent: the code, not the upstream's message (it counts items above the tier).
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let r = public
+        .batch(&b, &request(&[dense, sparse], &[], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("the origin left them out (payload_too_large)") && !msg.contains("holds"),
+        "{msg}"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
