@@ -350,6 +350,17 @@ pub async fn answer(
             Some(it) => IdSource::Found(it),
             None if origin_missing.contains(id) => IdSource::Missing,
             None if too_large(id).is_some_and(|o| !caller.can_see(o.access)) => IdSource::Missing,
+            // An id an upstream's partial answer names (it was asked at `agent`): its tier is
+            // not known here, so below `agent` it is `missing`, as an item above the
+            // caller's tier would be; it cannot be served either way.
+            None if caller != Access::Agent
+                && fetched
+                    .unanswered
+                    .as_ref()
+                    .is_some_and(|u| u.ids.contains(id)) =>
+            {
+                IdSource::Missing
+            }
             // The origin's answer says nothing of it (an upstream's partial answer).
             None => IdSource::Unanswered,
         }

@@ -662,5 +662,48 @@ async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
     );
     b.shutdown().await;
     a.shutdown().await;
+
+    // An upstream whose every payload is over its --max-item-data-bytes: an id it names is
+    // unanswered for an agent (with its reason), `missing` below (its tier is not known).
+    let a = server(Config {
+        max_item_data_bytes: 1,
+        ..config()
+    })
+    .await;
+    let b = server(Config {
+        origin_token_file: Some(dir.join("token")),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let id = o
+        .answer(
+            &BatchRequest {
+                tiles: vec![sparse],
+                ids: vec![],
+                access: Access::Public,
+            },
+            None,
+        )
+        .items[0]
+        .id
+        .clone();
+    let r = agent.batch(&b, &request(&[], &[&id], Access::Agent)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["ids"], serde_json::json!([id]), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the origin says:") && msg.contains(&format!("item \"{id}\": data is ")),
+        "{msg}"
+    );
+    let r = public
+        .batch(&b, &request(&[], &[&id], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!(v["missing"], serde_json::json!([id]));
+    b.shutdown().await;
+    a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
