@@ -436,6 +436,20 @@ pub async fn answer(
     if items.len() > max {
         return Err(too_many_items(items.len(), max));
     }
+    // What clients read of an answer (`Limits::max_body_bytes`): a larger one would be built
+    // here (up to --max-response-items items of --max-item-data-bytes each) only for every
+    // client to refuse it. Counted before it is written.
+    let max_bytes = tilewarm::protocol::Limits::default().max_body_bytes;
+    let bytes = response_bytes_at_most(&lists, &items, &missing, unanswered.as_ref());
+    if bytes > max_bytes {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "response would be about {bytes} bytes, at most {max_bytes} are allowed (what \
+                 clients read): request fewer or finer tiles"
+            ),
+        ));
+    }
 
     // 5. Warm the neighbours, off the request path.
     if !degraded {
@@ -699,6 +713,29 @@ fn over_max_items(max: usize) -> Refusal {
     Refusal::new(e.code, e.message)
 }
 
+/// An upper bound of [`write_response`]'s length: each item's wire text with the longest
+/// `ttl` and a comma, each list's tile, ids (quoted, escapes counted as the id's own length
+/// again) and keys, each missing id likewise, the partial answer's `error` member, and the
+/// object's own keys.
+fn response_bytes_at_most(
+    lists: &[TileList],
+    items: &[&StoredItem],
+    missing: &[String],
+    unanswered: Option<&Unanswered>,
+) -> usize {
+    let quoted = |id: &String| 2 * id.len() + 3;
+    let items: usize = items.iter().map(|it| it.wire_len() + 11).sum();
+    let lists: usize = lists
+        .iter()
+        .map(|l| 64 + l.ids.iter().map(quoted).sum::<usize>())
+        .sum();
+    let missing: usize = missing.iter().map(quoted).sum();
+    let error = unanswered.map_or(0, |u| {
+        128 + 2 * u.message.len() + 32 * u.tiles.len() + u.ids.iter().map(quoted).sum::<usize>()
+    });
+    96 + items + lists + missing + error
+}
+
 fn too_many_items(count: usize, max: usize) -> Refusal {
     Refusal::new(
         ErrorCode::BadRequest,
@@ -799,6 +836,8 @@ mod tests {
             })
             .unwrap();
             let new = write_response(caller, &tiles, &seen, &missing, now).unwrap();
+            // The bound the request path refuses by is never below the real length.
+            prop_assert!(response_bytes_at_most(&tiles, &seen, &missing, None) >= new.len());
             prop_assert_eq!(new, old);
         }
     }

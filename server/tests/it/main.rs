@@ -1194,3 +1194,59 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
     assert_eq!(stats.items_too_large.load(Relaxed), 2);
     s.shutdown().await;
 }
+
+/// An answer larger than clients read (`Limits::max_body_bytes`, 8 MiB: 200 items of 60 KB
+/// payloads, each under `--max-item-data-bytes`, within `--max-response-items`) is a 400
+/// naming the size and the limit, counted before it is written; a finer tile that fits is
+/// answered. The server built and sent the 12 MB answer before, which every client refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_clients_read_is_refused_before_it_is_written() {
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let b = t.bounds();
+    let payload = serde_json::value::to_raw_value(&"x".repeat(60_000)).unwrap();
+    let items: Vec<tilewarm::protocol::Item<RawData>> = (0..200)
+        .map(|i| tilewarm::protocol::Item {
+            id: format!("big-{i}"),
+            lon: b.west + (b.east - b.west) * (i as f64 + 0.5) / 200.0,
+            lat: b.south + (b.north - b.south) * 0.5,
+            class: "active".into(),
+            access: Access::Public,
+            ttl: None,
+            data: payload.clone(),
+        })
+        .collect();
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let c = common::Config {
+        warmup_ring: 0,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+        .await
+        .unwrap();
+    let http = Http::new();
+    let max = tilewarm::protocol::Limits::default().max_body_bytes;
+    let msg = http
+        .batch(&s, &request(&[t], &[], Access::Agent))
+        .await
+        .error(400, "bad_request");
+    assert!(
+        msg.contains(&format!(
+            "bytes, at most {max} are allowed (what clients read)"
+        )),
+        "{msg}"
+    );
+    // A sixteenth of the tile's width (about 13 items) fits.
+    let fine = TileId::from_lon_lat(
+        b.west + (b.east - b.west) * 0.3,
+        (b.south + b.north) / 2.0,
+        16,
+    )
+    .unwrap();
+    let r = http.ok(&s, &request(&[fine], &[], Access::Agent)).await;
+    assert!(!r.tiles[0].ids.is_empty());
+    s.shutdown().await;
+}
