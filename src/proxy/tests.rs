@@ -1525,6 +1525,7 @@ mod changes {
             OriginOutcome::Answer {
                 status: 200,
                 body: body.as_bytes(),
+                retry_after_ms: None,
             }
         }
         let n = p.warmed(&again, answer(&body), t + 100);
