@@ -602,7 +602,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// view and the other tiles waited for (`maxItems`, `maxBytes`), and one that covers
     /// more than `maxVisibleTiles` data tiles (`TooManyTiles`). Dropping the future is the
     /// npm package's abort signal: the tiles no other call waits for are no longer queued
-    /// or kept. Fails with `Disposed` once the cache is disposed.
+    /// or kept. Fails with `Disposed` once the cache is disposed, and when every clone of it
+    /// was dropped before the future read its answer (there is no tier left to check the
+    /// items against).
     ///
     /// The call is made when `load_tiles` is called, as the npm package's promise is: the
     /// future borrows neither the cache nor `tiles` (`'static`, for `spawn_local`).
@@ -616,13 +618,15 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             // Security: the tier may have been lowered since a tile was read (while the call
             // waited for others, or before this future was polled: `set_access`, or a lower
             // tier an answer or a `403` reported): what is handed out is what the tier sees
-            // now, as the view's.
-            if let Some(inner) = abort.inner.upgrade() {
-                let tier = inner.state.borrow().client.access();
-                for l in &mut loads {
-                    if let Ok(items) = &mut l.items {
-                        items.retain(|s| s.item.access <= tier);
-                    }
+            // now, as the view's. Every clone of the cache dropped meanwhile, there is no
+            // tier to check against: nothing is handed out, as a load pending then gets.
+            let Some(inner) = abort.inner.upgrade() else {
+                return Err(Error::disposed());
+            };
+            let tier = inner.state.borrow().client.access();
+            for l in &mut loads {
+                if let Ok(items) = &mut l.items {
+                    items.retain(|s| s.item.access <= tier);
                 }
             }
             Ok(loads)

@@ -1763,3 +1763,36 @@ async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
         "{items:?}"
     );
 }
+
+/// Security: a load that settled before the tier was lowered, and whose future is polled
+/// only after every clone of the cache was dropped, hands out nothing: with no cache there
+/// is no tier to check its items against, so it fails with `Disposed`, as a load still
+/// pending then does.
+#[wasm_bindgen_test]
+async fn a_load_read_after_its_cache_was_dropped_hands_out_nothing() {
+    let s = "load-tier-dropped";
+    set_mode(s, "tier").await; // every tile holds one "agent" item
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let a = tile(0, 0);
+    let first = cache.load_tiles(&[a]).await.unwrap();
+    assert!(first[0]
+        .items
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|s| s.item.access == Access::Agent));
+    // Settled from the cache in this tick's read (not polled yet); then the tier is lowered
+    // and the cache dropped.
+    let load = cache.load_tiles(&[a]);
+    TimeoutFuture::new(0).await;
+    cache.set_access(Access::Public).unwrap();
+    drop(cache);
+    match load.await {
+        Err(e) => assert_eq!(e.code, ErrorCode::Disposed, "{e}"),
+        Ok(r) => panic!("handed out with no tier check: {:?}", r[0].items),
+    }
+}
