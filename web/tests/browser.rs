@@ -1796,3 +1796,70 @@ async fn a_load_read_after_its_cache_was_dropped_hands_out_nothing() {
         Ok(r) => panic!("handed out with no tier check: {:?}", r[0].items),
     }
 }
+
+/// Re-entrancy: no borrow of the cache is held across an await or while the page's code
+/// runs, so the page may call back in from anywhere (a `BorrowMutError` would kill the
+/// page's cache): a token callback that calls into the cache while its request is made, an
+/// update stream's reader that calls back in (a get too) at each update, and gets, a
+/// `when_complete` and a load polled together in one task.
+#[wasm_bindgen_test]
+async fn the_cache_may_be_called_from_its_callbacks_and_futures_polled_together() {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    let s = "reentrant";
+    set_mode(s, "auth").await; // forwards `Bearer good` only
+    let slot: Rc<RefCell<Option<TileCache>>> = Rc::default();
+    let in_token = Rc::new(Cell::new(0));
+    let (c_slot, c_in_token) = (slot.clone(), in_token.clone());
+    let auth = Auth::new(move || {
+        if let Some(c) = c_slot.borrow().as_ref() {
+            let _ = c.view();
+            let _ = (c.tile_states(&[tile(0, 0)]), c.stats(), c.access());
+            let _ = (c.is_disposed(), c.prefetch(&[]));
+            c.invalidate(tilewarm_web::Invalidate::Ids(&["no-such-home"]));
+            c_in_token.set(c_in_token.get() + 1);
+        }
+        async { Ok("good".to_string()) }
+    });
+    let cache: TileCache = TileCache::with_auth(&options(s, 0, 0), Some(auth)).unwrap();
+    *slot.borrow_mut() = Some(cache.clone());
+
+    let (reader, mut updates) = (cache.clone(), cache.updates());
+    let read = Rc::new(Cell::new(0));
+    let c_read = read.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        while let Some(u) = updates.next().await {
+            if let Update::View(v) = u {
+                let _ = reader.view();
+                if let Some(first) = v.items.first() {
+                    let got = reader.get(&first.item.id).await;
+                    assert!(got.is_ok(), "{got:?}");
+                }
+                c_read.set(c_read.get() + 1);
+            }
+        }
+    });
+
+    show(&cache, inside(tile(0, 0)));
+    let (one, many, done, loaded) = futures_util::future::join4(
+        cache.get("no-such-home"),
+        cache.get_many(&["no-such-home", "no-such-flat"]),
+        cache.when_complete(),
+        cache.load_tiles(&[tile(2, 0)]),
+    )
+    .await;
+    assert!(one.unwrap().is_none());
+    assert!(many.unwrap().iter().all(Option::is_none));
+    done.unwrap();
+    assert!(loaded.unwrap()[0].items.is_ok());
+    let id = cache.view().items[0].item.id.clone();
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&[&id]));
+    let (x, y) = futures_util::future::join(cache.get(&id), cache.get(&id)).await;
+    assert_eq!(x.unwrap().unwrap().id, id);
+    assert_eq!(y.unwrap().unwrap().id, id);
+    wait_until("the reader read a view", || async { read.get() > 0 }).await;
+    assert!(in_token.get() > 0);
+    // Ends the reader's stream (and so its clone) and the token callback's.
+    slot.borrow_mut().take();
+    cache.dispose();
+}
