@@ -422,6 +422,38 @@ pub(crate) fn numbers() -> impl Iterator<Item = (&'static str, &'static Num)> {
     })
 }
 
+/// What `tileSize` must be, as messages say it (`tileSize must be 256 or 512, got 300`).
+pub const TILE_SIZE_ALLOWED: &str = "256 or 512";
+
+/// The zoom levels a map's `tileSize` adds to its zooms (a viewport's, `minZoom`) to make
+/// them the core's 256-px XYZ zooms: 0 for 256 (Leaflet's, OpenLayers' zoom), 1 for 512
+/// (MapLibre's, Mapbox GL's, deck.gl's); `None` for any other size. Add it with
+/// [`core_zoom`]. Every shell reads `tileSize` through these two.
+///
+/// ```
+/// use tilewarm::client::options::{core_zoom, zoom_offset};
+///
+/// assert_eq!(zoom_offset(512.0), Some(1.0));
+/// assert_eq!(zoom_offset(300.0), None);
+/// assert_eq!(core_zoom(14.5, 1.0), 15.5);
+/// assert_eq!(core_zoom(30.0, 1.0), 30.0); // at most MAX_VIEW_ZOOM
+/// ```
+pub fn zoom_offset(tile_size: f64) -> Option<f64> {
+    if tile_size == 256.0 {
+        Some(0.0)
+    } else if tile_size == 512.0 {
+        Some(1.0)
+    } else {
+        None
+    }
+}
+
+/// A zoom in a map's units (a viewport's, `minZoom`) as the core's: plus the map's
+/// [`zoom_offset`], at most [`MAX_VIEW_ZOOM`](crate::planner::MAX_VIEW_ZOOM).
+pub fn core_zoom(zoom: f64, offset: f64) -> f64 {
+    (zoom + offset).min(crate::planner::MAX_VIEW_ZOOM)
+}
+
 /// Why [`set_number`] or [`set_class_ttls`] refused a value. Its message is the npm
 /// package's: `batch.maxTiles must be an integer in 1..=64, got 65`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -9,7 +9,8 @@
 use super::args::{ArgError, Value, LATITUDE, LONGITUDE};
 use super::boundary::{Code, ErrorClass};
 use crate::access::Access;
-use crate::client::options::{numbers, Range, ACCESS_ALLOWED, CLASS_TTL};
+pub(crate) use crate::client::options::TILE_SIZE_ALLOWED;
+use crate::client::options::{core_zoom, numbers, zoom_offset, Range, ACCESS_ALLOWED, CLASS_TTL};
 use crate::client::ClientConfig;
 use crate::planner::{Viewport, MAX_VIEW_ZOOM};
 
@@ -102,26 +103,23 @@ pub(crate) fn client_config_sized(
     if *tier != Value::Undefined {
         c.access = access("access", tier)?;
     }
-    c.planner.min_zoom = (c.planner.min_zoom + offset).min(MAX_VIEW_ZOOM);
+    c.planner.min_zoom = core_zoom(c.planner.min_zoom, offset);
     Ok(c)
 }
 
-/// What `tileSize` must be.
-pub(crate) const TILE_SIZE_ALLOWED: &str = "256 or 512";
-
-/// How many zoom levels to add to the caller's zooms (`tileSize`: 256 adds 0, 512 adds 1),
-/// so the core sees 256-px XYZ zooms; `undefined` is 256.
+/// How many zoom levels to add to the caller's zooms ([`zoom_offset`]: 256 adds 0, 512
+/// adds 1), so the core sees 256-px XYZ zooms; `undefined` is 256.
 pub(crate) fn tile_size(v: &Value) -> Result<f64, ArgError> {
     match v {
         Value::Undefined => Ok(0.0),
-        Value::Number(n) if *n == 256.0 => Ok(0.0),
-        Value::Number(n) if *n == 512.0 => Ok(1.0),
-        Value::Number(_) => Err(ArgError::must(
-            ErrorClass::Range,
-            Code::OutOfRange,
-            "tileSize",
-            TILE_SIZE_ALLOWED,
-        )),
+        Value::Number(n) => zoom_offset(*n).ok_or_else(|| {
+            ArgError::must(
+                ErrorClass::Range,
+                Code::OutOfRange,
+                "tileSize",
+                TILE_SIZE_ALLOWED,
+            )
+        }),
         _ => Err(ArgError::must(
             ErrorClass::Type,
             Code::InvalidArgType,
@@ -184,7 +182,7 @@ pub(crate) fn viewport(v: &[Value; 5], offset: f64) -> Result<Viewport, ArgError
             parts: parts.map(String::from).to_vec(),
         });
     }
-    let zoom = (zoom + offset).min(MAX_VIEW_ZOOM);
+    let zoom = core_zoom(zoom, offset);
     // Checked above: finite longitudes, latitudes in -90..=90 with south <= north, a zoom
     // in 0..=30, which is all `Viewport::new` asks.
     Viewport::new(west, south, east, north, zoom).map_err(|_| ArgError {

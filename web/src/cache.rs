@@ -26,7 +26,7 @@ use web_sys::{AbortController, AbortSignal, RequestCredentials};
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
 use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState, ViewTooLarge};
-use tilewarm::planner::{Viewport, MAX_VIEW_ZOOM};
+use tilewarm::planner::Viewport;
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
 };
@@ -372,7 +372,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let vp = Viewport::new(west, south, east, north, zoom)
             .map_err(|e| Error::new(ErrorCode::InvalidArgValue, e.to_string()))?;
         Ok(Viewport {
-            zoom: (vp.zoom + self.inner.zoom_offset).min(MAX_VIEW_ZOOM),
+            zoom: tilewarm::client::options::core_zoom(vp.zoom, self.inner.zoom_offset),
             ..vp
         })
     }

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tilewarm::access::Access;
 use tilewarm::client::{options, ClientConfig};
-use tilewarm::planner::MAX_VIEW_ZOOM;
 
 use crate::error::{Error, ErrorCode};
 
@@ -309,14 +308,18 @@ fn check_types(v: &serde_json::Value) -> Result<(), Error> {
             "access" => text(options::ACCESS_ALLOWED)?,
             "credentials" => text(Credentials::ALLOWED)?,
             "tileSize" => match val.as_f64() {
-                Some(n) if n == 256.0 || n == 512.0 => {}
+                Some(n) if options::zoom_offset(n).is_some() => {}
                 Some(_) => {
                     return Err(Error::new(
                         ErrorCode::OutOfRange,
-                        format!("tileSize must be 256 or 512, got {}", show(val)),
+                        format!(
+                            "tileSize must be {}, got {}",
+                            options::TILE_SIZE_ALLOWED,
+                            show(val)
+                        ),
                     ))
                 }
-                None => return Err(wrong_type(key, "256 or 512", val)),
+                None => return Err(wrong_type(key, options::TILE_SIZE_ALLOWED, val)),
             },
             "headers" => {
                 let Value::Object(h) = val else {
@@ -454,18 +457,17 @@ impl Options {
             }
         }
         let tile_size = self.tile_size.unwrap_or(256);
-        let zoom_offset = match tile_size {
-            256 => 0.0,
-            512 => 1.0,
-            n => {
-                return Err(Error::new(
-                    ErrorCode::OutOfRange,
-                    format!("tileSize must be 256 or 512, got {n}"),
-                ))
-            }
-        };
+        let zoom_offset = options::zoom_offset(f64::from(tile_size)).ok_or_else(|| {
+            Error::new(
+                ErrorCode::OutOfRange,
+                format!(
+                    "tileSize must be {}, got {tile_size}",
+                    options::TILE_SIZE_ALLOWED
+                ),
+            )
+        })?;
         // `minZoom` is in the map's units: the core's are 256-px ones.
-        c.planner.min_zoom = (c.planner.min_zoom + zoom_offset).min(MAX_VIEW_ZOOM);
+        c.planner.min_zoom = options::core_zoom(c.planner.min_zoom, zoom_offset);
         if let Some(by) = &self.ttl.by_class {
             let classes = by.iter().map(|(class, &s)| (class.as_str(), s as f64));
             options::set_class_ttls(&mut c, classes).map_err(out_of_range)?;
