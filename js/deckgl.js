@@ -65,7 +65,7 @@ export function extendTileLayer(TileLayer) {
         st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
         // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
         // change feed; an answer that refetched, replaced or deleted them, on the screen or
-        // off it; the view's items turned stale) gets them (see redraw.js).
+        // off it; items turned stale or expired) gets them (see redraw.js).
         st.tilewarmOffUpdates = followUpdates(cache, () => this.tilewarmShown(), (tile, items, drawn) => this.tilewarmRedraw(tile, items, drawn));
         // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every
         // frame of a move: the layer stops following (a tile asked of it after that fails,

@@ -195,11 +195,11 @@ export class TileCache<Data = unknown> {
    * `invalidate` named), `null` when any tile may have (an `invalidate` by class or of
    * everything, a tier change, the data's extent changed, more than 1,024 tiles at once).
    * A change is an answer that added, replaced, moved or deleted items or changed a tile's
-   * list (a refresh, a prefetch, a `loadTiles` or `get` answer), an `invalidate`, or the
-   * view's items turning stale or expiring; items pushed out to make room are none. For hosts
-   * that draw tiles from `loadTiles` themselves (the map adapters): read again the tiles
-   * over those named. Tiles outside the view turning stale with time are not heard of (the
-   * cache keeps no timer for them). Returns a function that unsubscribes. */
+   * list (a refresh, a prefetch, a `loadTiles` or `get` answer), an `invalidate`, the
+   * view's items turning stale or expiring, or what `loadTiles` read turning stale or
+   * expiring (once per read: the cache wakes for it); items pushed out to make room are none.
+   * For hosts that draw tiles from `loadTiles` themselves (the map adapters): read again the
+   * tiles over those named. Returns a function that unsubscribes. */
   onTilesChanged(listener: (tiles: TileString[] | null) => void): () => void;
   /** Calls `listener` when the tier the cache views as changed: `setAccess`, or an answer
    * (or a `403` naming the token's tier in `x-tilewarm-access`) reporting a lower tier than

@@ -145,7 +145,7 @@ export function createLayer(L, cache, options = {}) {
   // as a tile). Both listeners are held while the layer is on a map.
   // The items of a drawn tile that changed in the cache (an invalidate, say by tilewarm/live's
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
-  // not; the view's items turned stale) draw it again (see redraw.js).
+  // not; items turned stale or expired) draw it again (see redraw.js).
   let offAccess, offDispose, offUpdates, gone = false, frame = 0;
   // Named by the coordinates the tile was loaded with: Leaflet keys a tile of a copy of the
   // world (longitudes past 180) by its column there, past 2^z, and hands createTile the

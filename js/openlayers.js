@@ -255,7 +255,7 @@ export function createSource(ol, cache, options = {}) {
   // frame of a move: the follow()s detach. (A tile asked of it fails, once, as a tile.)
   // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
-  // not; the view's items turned stale) is filled again (see redraw.js).
+  // not; items turned stale or expired) is filled again (see redraw.js).
   const offUpdates = followUpdates(cache, () => [...tiles].map(([key, t]) => [key, t, t.drawn]), (t, items, drawn) => {
     if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
   });

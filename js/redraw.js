@@ -1,7 +1,7 @@
 // Shared by the tile adapters (tilewarm/leaflet, tilewarm/openlayers, tilewarm/deckgl), not
 // an entry of its own: the host tiles a map holds are drawn again when the cache's items
 // for them changed (an invalidate, say by tilewarm/live's change feed; an answer that
-// refetched, replaced, moved or deleted items; the view's items turned stale), in the view
+// refetched, replaced, moved or deleted items; items turned stale or expired), in the view
 // or not, instead of keeping the items of the moment they loaded until the map loads them
 // again.
 

@@ -663,3 +663,21 @@ test('onTilesChanged: names the tiles an answer or an invalidate changed, with n
   assert.equal(updates, 2, 'onUpdate: the two invalidates, not the answer outside the view');
   cache.dispose();
 });
+
+test('onTilesChanged: a tile loadTiles read is named when what it read expires, with no view (the cache wakes for it)', async () => {
+  fresh();
+  let skew = 0;
+  const cache = await make({ now: () => Date.now() + skew });
+  const heard = [];
+  cache.onTilesChanged((tiles) => heard.push(tiles));
+  const [a] = [t14(3, 5)];
+  await cache.loadTiles([a]);
+  await cache.loadTiles([a]);
+  assert.deepEqual(heard, [[a]], 'the answer');
+  // Past the active items' ttl (300 s); a call arms the cache's timer for the wake-up now due.
+  skew = 301_000;
+  cache.prefetch([]);
+  await until(() => heard.length > 1, 'the expired tile named');
+  assert.deepEqual(heard, [[a], [a]]);
+  cache.dispose();
+});

@@ -1,6 +1,7 @@
 //! Which tiles' cached items changed ([`Client::take_changed_tiles`]): a host that draws
 //! tiles itself from the cache (the map adapters' `loadTiles` tiles, outside the view too)
-//! draws those again, and only those.
+//! draws those again, and only those. The data tiles a host read are kept with when their
+//! read next changes with time, for [`Client::next_wakeup`].
 
 use super::{Client, Payload};
 use crate::tile::TileId;
@@ -60,12 +61,42 @@ impl<P: Payload> Client<P> {
     /// The tiles whose cached items changed since the last call, for a shell whose host
     /// draws tiles from the cache itself ([`Client::load_tile`]), outside the view too: an
     /// answer that added, replaced, moved or deleted items or changed a tile list (a
-    /// refresh, a prefetch, a host's load, a `get`), an invalidation, a tier change, and the
-    /// view's tiles when the view reads differently with time (items turned stale or
-    /// expired: [`Client::handle_timeout`]). Items pushed out to make room are not a change
-    /// (the data is what it was; a read fetches them again). Tiles outside the view turning
-    /// stale with time are not noticed: the client keeps no timer for them.
+    /// refresh, a prefetch, a host's load, a `get`), an invalidation, a tier change, and
+    /// the tiles that read differently with time (items or a tile list turned stale or
+    /// expired: [`Client::handle_timeout`]): the view's, and each data tile a host read
+    /// with `load_tile`, once, when what it read first turns stale or expires (it is then
+    /// forgotten: a host that still draws the tile reads it again, which counts it again;
+    /// at most [`MAX_CHANGED_TILES`] are counted, the oldest read dropped first). Items pushed
+    /// out to make room are not a change: the data is what it was (a read fetches them
+    /// again), and reporting them would have a host that draws more than the cache holds
+    /// fetch its tiles in turn for ever; a tile a host read still turns stale on time.
     pub fn take_changed_tiles(&mut self) -> ChangedTiles {
         std::mem::take(&mut self.changed_tiles)
+    }
+
+    /// A host read data tile `tile` ([`Client::load_tile`]); its read could differ from
+    /// `until` on with nothing else changed (`u64::MAX`: never).
+    pub(super) fn hold(&mut self, tile: TileId, until: u64) {
+        // In the order read: the first is the oldest, dropped when there are too many.
+        if let Some(i) = self.held.iter().position(|&(t, _)| t == tile) {
+            self.held.remove(i);
+        }
+        if until < u64::MAX {
+            if self.held.len() >= MAX_CHANGED_TILES {
+                self.held.remove(0);
+            }
+            self.held.push((tile, until));
+        }
+    }
+
+    /// Reports the tiles a host read that read differently at `now_ms`, and forgets them.
+    pub(super) fn changed_with_time(&mut self, now_ms: u64) {
+        for (t, until) in std::mem::take(&mut self.held) {
+            if until <= now_ms {
+                self.changed_tiles.add(t);
+            } else {
+                self.held.push((t, until));
+            }
+        }
     }
 }

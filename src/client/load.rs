@@ -74,7 +74,9 @@ impl<P: Payload> Client<P> {
     /// answer evicts or cannot keep all the same (the loads and the view need more than the
     /// cache holds) is given up with an error, and the view stays as it was.
     /// So a host that waits for a tile reads it again after each answer (with `queue`
-    /// false) and releases its data tiles once it has read it or given up on it.
+    /// false) and releases its data tiles once it has read it or given up on it. A read
+    /// data tile is reported changed once what was read turns stale or expires
+    /// ([`Client::take_changed_tiles`]), and [`Client::next_wakeup`] wakes for it.
     pub fn load_tile(
         &mut self,
         tile: TileId,
@@ -106,11 +108,14 @@ impl<P: Payload> Client<P> {
         }
         let finer = tile.z() > self.cache.config().tile_zoom;
         for t in data {
-            self.cache.read_tile(t, access, now_ms, |item, stale| {
-                if !finer || tile.contains_point(item.lon(), item.lat()) {
-                    sink(item, stale);
-                }
-            });
+            let mut until = u64::MAX;
+            self.cache
+                .read_tile_until(t, access, now_ms, None, &mut until, |item, stale| {
+                    if !finer || tile.contains_point(item.lon(), item.lat()) {
+                        sink(item, stale);
+                    }
+                });
+            self.hold(t, until);
         }
         Ok(true)
     }

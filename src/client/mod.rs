@@ -196,6 +196,9 @@ pub struct Client<P> {
     density: Density,
     /// Tiles whose items changed since [`Client::take_changed_tiles`] (`changed.rs`).
     changed_tiles: ChangedTiles,
+    /// Data tiles a host read ([`Client::load_tile`]), each with when its read could next
+    /// differ with time (`changed.rs`).
+    held: Vec<(TileId, u64)>,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -242,6 +245,7 @@ impl<P: Payload> Client<P> {
             unkept_rounds: 0,
             unkept: Vec::new(),
             changed_tiles: ChangedTiles::default(),
+            held: Vec::new(),
             changes: 0,
             planned: None,
             shown: None,
@@ -818,12 +822,12 @@ impl<P: Payload> Client<P> {
     /// When to call [`Client::handle_timeout`] if nothing else happens first: a backoff
     /// ends, the breaker allows a probe, a request reaches its deadline, or the view reads
     /// differently (the first time a shown item or tile list turns stale or expires past
-    /// the stale-while-revalidate window: a wake-up per change of the view, not a poll).
+    /// the stale-while-revalidate window: a wake-up per change of the view, not a poll), or
+    /// a tile a host read ([`Client::load_tile`]) does (see [`Client::take_changed_tiles`]).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
         // A change already due (a call came before the timer) is due now, not dropped.
-        let view = Some(self.view_until)
-            .filter(|&t| t < u64::MAX)
-            .map(|t| t.max(now_ms));
+        let first = (self.held.iter()).fold(self.view_until, |at, &(_, t)| at.min(t));
+        let view = Some(first).filter(|&t| t < u64::MAX).map(|t| t.max(now_ms));
         self.batcher
             .next_wakeup(now_ms)
             .into_iter()
@@ -837,13 +841,16 @@ impl<P: Payload> Client<P> {
     /// differently from now on with nothing else changed, it is refreshed as a new round
     /// would: visible tiles shown stale are queued for a refresh, those that cannot be
     /// shown any more for the foreground ([`Client::is_complete`] follows), and
-    /// [`Event::Updated`] tells the page to read it again (the stale flags changed).
+    /// [`Event::Updated`] tells the page to read it again (the stale flags changed). Tiles
+    /// a host read that read differently from now on are reported changed
+    /// ([`Client::take_changed_tiles`]).
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.changed();
         for id in self.batcher.overdue(now_ms) {
             self.queue_cancel(id);
             self.on_failure(id, Failure::Timeout, now_ms);
         }
+        self.changed_with_time(now_ms);
         if self.view_until <= now_ms {
             self.refresh_view(now_ms);
         }

@@ -2466,8 +2466,9 @@ fn each_id_of_a_gets_answer_is_kept_or_handed_out() {
 
 /// The tiles whose items changed (`take_changed_tiles`), for hosts that draw tiles outside
 /// the view: what an answer (a host's load, a refresh by id that moves an item, one that
-/// finds an item gone), an invalidation, a tier change or the view turning stale changed,
-/// and nothing for an answer that changed nothing held (an item refused) or a read.
+/// finds an item gone), an invalidation, a tier change, the view turning stale or a tile a
+/// host read expiring changed, and nothing for an answer that changed nothing held (an item
+/// refused) or a read.
 #[test]
 fn the_tiles_whose_items_changed_are_reported_outside_the_view_too() {
     let o = origin();
@@ -2586,6 +2587,14 @@ fn the_tiles_whose_items_changed_are_reported_outside_the_view_too() {
     answer_all(&mut c, &o, now);
     assert_eq!(tiles(&mut c), Some(vec![seattle()]));
     events(&mut c);
+    // The tile the host read at 1 expired at 300 s: its wake-up is due.
+    assert_eq!(c.next_wakeup(now), Some(now));
+    c.handle_timeout(now);
+    assert_eq!(
+        tiles(&mut c),
+        Some(vec![t]),
+        "the tile the host read, expired"
+    );
     let at = c.next_wakeup(now + 1).expect("the view's expiry");
     c.handle_timeout(at);
     assert_eq!(events(&mut c), [Event::Updated]);
@@ -2600,4 +2609,122 @@ fn the_tiles_whose_items_changed_are_reported_outside_the_view_too() {
         .collect();
     c.invalidate(Invalidate::Tiles(&many), at);
     assert_eq!(tiles(&mut c), None);
+}
+
+/// A tile a host read outside the view (a map's buffer tile, one deck.gl keeps off the
+/// screen) reads differently once its items turn stale or expire: the client wakes up then
+/// and reports it changed, once, so the host draws it again; one it does not read again is
+/// not reported again.
+#[test]
+fn a_tile_a_host_read_is_reported_changed_when_its_items_turn_stale_or_expire() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            stale_while_revalidate_ms: 60_000,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let changed = |c: &mut Client<String>| c.take_changed_tiles();
+    // The view on Seattle's tile; the host reads a tile two tiles off it.
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    let t = seattle().offset(2, 2).unwrap();
+    assert_eq!(c.load_tile(t, true, 0, |_, _| {}), Ok(false));
+    answer_all(&mut c, &o, 0);
+    let read = |c: &mut Client<String>, now| {
+        let mut stale = Vec::new();
+        assert_eq!(c.load_tile(t, false, now, |_, s| stale.push(s)), Ok(true));
+        c.release_tiles(&[t], now);
+        stale
+    };
+    assert_eq!(read(&mut c, 1), [false; 4]);
+    changed(&mut c);
+    // Its items and the view's were fetched at 0 ("active": 300 s); both turn stale at 300 s.
+    let stale_at = 300_000;
+    assert_eq!(c.next_wakeup(2), Some(stale_at));
+    c.handle_timeout(stale_at);
+    let ChangedTiles::Tiles(mut tiles) = changed(&mut c) else {
+        panic!("tiles expected")
+    };
+    tiles.sort_by_key(|t| t.to_u64());
+    let mut both = vec![seattle(), t];
+    both.sort_by_key(|t| t.to_u64());
+    assert_eq!(tiles, both, "the view's tile and the host's");
+    // The host reads it again: stale now, and it wakes the client when it expires.
+    assert_eq!(read(&mut c, stale_at), [true; 4]);
+    let gone_at = stale_at + 60_000;
+    // Once the view is not read again, its wake-up is the host tile's.
+    c.set_viewport(view_east(0.8, 40), stale_at, |_, _| {});
+    answer_all(&mut c, &o, stale_at);
+    changed(&mut c);
+    assert_eq!(c.next_wakeup(stale_at + 1), Some(gone_at));
+    c.handle_timeout(gone_at);
+    assert_eq!(
+        changed(&mut c),
+        ChangedTiles::Tiles(vec![t]),
+        "expired: the host's tile"
+    );
+    // Not read since: not reported again, and no wake-up for it.
+    let next = c.next_wakeup(gone_at + 1);
+    assert!(next.is_none_or(|n| n >= stale_at + 300_000), "{next:?}");
+    c.handle_timeout(stale_at + 300_000 - 1);
+    assert_eq!(changed(&mut c), ChangedTiles::Tiles(vec![]));
+}
+
+/// A tile a host read outside the view is not protected once released: another host's load
+/// can push its items out. That is no change (the host draws what the server sent; reporting
+/// it would have a host that draws more than the cache holds fetch its tiles in turn for
+/// ever), but the tile is still reported when what was read expires, and read again then it
+/// is fetched again.
+#[test]
+fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            max_items: 8,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let changed = |c: &mut Client<String>| c.take_changed_tiles();
+    let load = |c: &mut Client<String>, t: TileId, now: u64| {
+        assert_eq!(c.load_tile(t, true, now, |_, _| {}), Ok(false));
+        answer_all(c, &o, now);
+        let mut n = 0;
+        assert_eq!(c.load_tile(t, false, now, |_, _| n += 1), Ok(true));
+        c.release_tiles(&[t], now);
+        n
+    };
+    // The view on Seattle's tile (4 items); the host draws t, then u, each of 4 items.
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    let (t, u) = (
+        seattle().offset(2, 2).unwrap(),
+        seattle().offset(-2, 2).unwrap(),
+    );
+    assert_eq!(load(&mut c, t, 0), 4);
+    changed(&mut c);
+    assert_eq!(load(&mut c, u, 1_000), 4);
+    assert!(
+        !c.cache()
+            .tile_freshness(t, Access::Public, 1_000)
+            .is_showable(),
+        "u's answer pushed t's items out"
+    );
+    assert_eq!(
+        changed(&mut c),
+        ChangedTiles::Tiles(vec![u]),
+        "the eviction is no change"
+    );
+    // t's items, fetched at 0, expire at 300 s: the client wakes for it all the same.
+    c.set_viewport(view_east(0.8, 40), 1_000, |_, _| {});
+    answer_all(&mut c, &o, 1_000);
+    changed(&mut c);
+    assert_eq!(c.next_wakeup(1_001), Some(300_000));
+    c.handle_timeout(300_000);
+    assert_eq!(changed(&mut c), ChangedTiles::Tiles(vec![t]));
+    assert_eq!(load(&mut c, t, 300_000), 4, "read again: fetched again");
 }

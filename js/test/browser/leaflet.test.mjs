@@ -300,19 +300,22 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
     try {
       // A part of the dataset no other step comes near (an item is deleted from it). No view
-      // is fed to the cache: every tile the layer draws is outside it.
+      // is fed to the cache: every tile the layer draws is outside it. One item of the tile
+      // in the middle is served with a ttl of 60 s, the rest with 300 s or more.
       const [lon, lat] = tileCorner(14, SX - 9.5, SY + 8.5);
+      const tile = `14/${SX - 10}/${SY + 8}`;
+      const a = backend.tileItems(tile, 'public')[0].id;
+      backend.byId.get(a).ttl = 60;
       await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       const first = await settled('the grid', p);
-      const a = first.ids[0];
-      const tile = dataTile(a);
+      assert.ok(first.ids.includes(a), `${a} drawn: ${first.ids}`);
       assert.ok(Object.keys(first.paints).some((key) => parent(key) !== tile), 'tiles of other data tiles drawn');
-      // Deleted on the server; past the lists' ttl (300 s) the page prefetches the tile (a
-      // route's tile, say): the answer leaves the item out.
+      // Deleted on the server; past its ttl the page prefetches the tile (a route's tile,
+      // say), and the cache wakes for it: the answer leaves the item out.
       backend.remove(a);
-      const s = await gone(p, a, tile, (tile) => { window.__tw.skip(301_000); window.__tw.cache.prefetch([tile]); }, tile);
-      assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the expired tiles it did not touch were not loaded again');
+      const s = await gone(p, a, tile, (tile) => { window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
+      assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the fresh tiles were not loaded again');
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
@@ -338,6 +341,35 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       assert.ok(s.stale.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${s.stale}`);
     } finally {
       backend.mode = 'ok';
+      await p.close();
+    }
+  });
+
+  it("a tile drawn outside the cache's view (followView: false) is drawn again when its items turn stale, and loaded again when they expire", async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // No view is fed to the cache: its wake-ups are those of the tiles the layer read.
+      const [lon, lat] = tileCorner(14, SX + 9.5, SY + 3.5);
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      const first = await settled('the grid', p);
+      assert.ok(first.ids.length > 0);
+      assert.deepEqual(first.stale, []);
+      // Past the active items' ttl (300 s): the drawn tiles show them stale, read from the
+      // cache (a call arms the cache's timer for the wake-up now due).
+      await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
+      const stale = await until(p, () => { const s = window.__tw.state(); return s.stale.length > 0 && s; }, null, 'stale items drawn');
+      assert.ok(stale.stale.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${stale.stale}`);
+      assert.equal(stale.stats.requests, first.stats.requests, 'stale tiles drawn from the cache');
+      // Past the stale window too: the tiles are loaded again and drawn fresh.
+      await p.evaluate(() => { window.__tw.skip(3_600_000); window.__tw.cache.prefetch([]); });
+      const s = await until(p, () => { const s = window.__tw.state(); return s.stale.length === 0 && s.stats.inFlight === 0 && s; }, null, 'fresh items drawn');
+      assert.ok(s.stats.requests > first.stats.requests, 'loaded again');
+      assert.deepEqual(new Set(s.ids), new Set(first.ids));
+      assert.deepEqual(s.errors, []);
+    } finally {
       await p.close();
     }
   });

@@ -15,6 +15,7 @@ async function newCache(access) {
   const c = await TileCache.create({
     endpoint: new URL('/batch', location.href).href,
     now: () => Date.now() + skew,
+    ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
     minZoom: 12,
     prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
     access,
@@ -80,7 +81,7 @@ function tileset() {
 function state() {
   const ts = tileset();
   if (!ts) return null;
-  const drawn = {}, shown = {}, held = {}, ids = [], redrawn = [];
+  const drawn = {}, shown = {}, held = {}, ids = [], stale = [], redrawn = [];
   const selected = ts.selectedTiles.map((t) => t.id);
   for (const t of ts.tiles) {
     for (const l of t.layers ?? []) for (const d of l.props.data ?? []) held[d.access] = (held[d.access] ?? 0) + 1;
@@ -93,6 +94,8 @@ function state() {
     const key = `${t.index.x}:${t.index.y}:${t.index.z}`;
     drawn[key] = subs.length ? subs[0].props.data.length : -1;
     for (const d of subs[0]?.props.data ?? []) ids.push(d.id);
+    // (The flag as the items have it now: a read of the cache sets it on the shared objects.)
+    for (const d of subs[0]?.props.data ?? []) if (d.stale) stale.push(d.id);
     // Sublayers made since mark() (the tile's items were rendered again).
     if (t.layers && !t.layers.marked) redrawn.push(key);
   }
@@ -101,7 +104,7 @@ function state() {
   const current = Math.abs(vp.zoom - viewState.zoom) < 1e-9 && Math.abs(vp.longitude - viewState.longitude) < 1e-9
     && Math.abs(vp.latitude - viewState.latitude) < 1e-9;
   return {
-    current, drawn, shown, held, ids, redrawn, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
+    current, drawn, shown, held, ids, stale, redrawn, selected, visible: ts.tiles.filter((t) => t.isVisible).map((t) => t.id),
     loaded: ts.selectedTiles.every((t) => t.isLoaded), stats: cache.stats(), errors, zoom: viewState.zoom,
   };
 }

@@ -20,6 +20,7 @@ let skew = 0;
 const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
   now: () => Date.now() + skew,
+  ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
   access: params.get('access') ?? 'public',
@@ -41,10 +42,11 @@ if (params.get('follow') !== '0') follow(map, source);
 /** Features in the source (ids), rendered? and counters. */
 function state() {
   const ids = source.getFeatures().map((f) => f.getId());
+  const stale = source.getFeatures().filter((f) => f.get('stale')).map((f) => f.getId());
   const shown = {};
   for (const f of source.getFeatures()) shown[f.get('access')] = (shown[f.get('access')] ?? 0) + 1;
   return {
-    ids, shown, lonlat: source.getFeatures().map((f) => [f.get('item').lon, f.get('item').lat]),
+    ids, stale, shown, lonlat: source.getFeatures().map((f) => [f.get('item').lon, f.get('item').lat]),
     loading: source.loading, extent: map.getView().calculateExtent(map.getSize()),
     stats: cache.stats(), errors, zoom: map.getView().getZoom(),
   };
