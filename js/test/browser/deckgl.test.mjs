@@ -6,7 +6,8 @@
 // frame; a disposed cache is fed no view; an item deleted on the server and invalidated, or
 // found gone when its tile is fetched again, leaves the screen, and no tile of another data
 // tile is rendered again; so does one left out of a later answer for a tile outside the
-// cache's view (followView: false), and no other tile is rendered or loaded again; no
+// cache's view (followView: false), and no other tile is rendered or loaded again; tiles
+// outside the cache's view are rendered again stale, then loaded again, on time; no
 // console errors. Screenshot:
 // target/browser-test/deckgl.png.
 import { after, before, describe, it } from 'node:test';

@@ -10,7 +10,8 @@
 // tile is drawn again; so does one left out of a later answer for a tile drawn outside the
 // cache's view (followView: false), and no other tile is drawn or loaded again, and one in a
 // copy of the world (longitudes past 180); items that
-// turned stale are drawn again stale; no console errors. Screenshot:
+// turned stale are drawn again stale, outside the cache's view too, and expired ones are
+// loaded again; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
