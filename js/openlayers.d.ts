@@ -61,7 +61,8 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
  * turns (so tilewarm's prefetch runs; the view the map has, also after `map.setView`) and,
  * when a move ends, removes the features of tiles that left the view (the view in any copy
  * of the world). A view with no centre yet is fed from when it has one. Returns `detach()`;
- * disposing of the source or of its cache detaches it too.
+ * disposing of the source, of its cache or of the map (`map.dispose()`) detaches it too; the
+ * map's dispose also empties the source of its tiles when no other follow() of it is left.
  */
 export function follow(
   map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },

@@ -17,7 +17,8 @@
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
-// tile asked of it after that fails with ERR_DISPOSED, once). Views in EPSG:3857
+// tile asked of it after that fails with ERR_DISPOSED, once), and so does the map's (the
+// source then lets go of its tiles when no follow() of it is left). Views in EPSG:3857
 // (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
@@ -312,6 +313,7 @@ export function follow(map, source) {
 
   function push() {
     frame = 0;
+    if (disposed()) return;
     const e = extent();
     // The zoom of 256-px tiles, from the resolution: the view's own zoom counts its
     // `resolutions`, `zoomFactor` or `maxResolution` when it has them.
@@ -329,6 +331,19 @@ export function follow(map, source) {
 
   function schedule() {
     if (!frame && !detached) frame = requestAnimationFrame(push);
+  }
+
+  /** Whether the map was disposed (`map.dispose()` clears the map's own listeners, not the
+   * view's): then follow() detaches, and when no follow() of the source is left, the source
+   * lets go of its tiles, as of tiles that left the view (nothing draws them, and they
+   * would be read and fetched again on every change or expiry in the cache; a map that
+   * shows the source again loads them again). A source taken off a live map is the page's
+   * to dispose of. */
+  function disposed() {
+    if (!map.disposed && !map.disposed_) return false;
+    detach();
+    if (!followers.size) for (const key of [...tiles.keys()]) drop(key);
+    return true;
   }
 
   function prune() {
@@ -364,6 +379,7 @@ export function follow(map, source) {
   }
   map.on('change:view', onView);
   map.on('change:size', schedule);
+  map.on('change:target', disposed);
   map.on('moveend', prune);
   push();
   // Detached too when the source is disposed.
@@ -378,6 +394,7 @@ export function follow(map, source) {
     view.un(VIEW_CHANGES, schedule);
     map.un('change:view', onView);
     map.un('change:size', schedule);
+    map.un('change:target', disposed);
     map.un('moveend', prune);
   }
 }

@@ -6,7 +6,8 @@
 // after source.refresh() the source holds the view's items again; a tier drop takes the
 // features above the new tier out of the source at once; follow() gives the cache the zoom
 // of the view's resolution, whatever the view's own zoom levels; a disposed source lets go of
-// the cache (no tier reload, loads aborted, follow() detached); a view too coarse for the
+// the cache (no tier reload, loads aborted, follow() detached); a disposed map detaches
+// follow() and empties its source (nothing fetched for its tiles after); a view too coarse for the
 // cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
@@ -16,7 +17,8 @@
 // feeds nothing and says why, once; an item deleted on the server and invalidated, or found
 // gone when its tile is fetched again, leaves the source, and no feature of another data
 // tile changes; so does one left out of a later answer for a tile loaded outside the cache's
-// view (no follow()), and no other tile is changed or loaded again; no console errors.
+// view (no follow()), and no other tile is changed or loaded again; features loaded outside
+// the cache's view turn stale, then are loaded again, on time; no console errors.
 // Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
@@ -277,6 +279,47 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.equal(r.otherRefreshed, 1, 'the other source still hears of tier changes');
     assert.equal(r.views, 0, 'follow() of the disposed source fed the cache a view');
     assert.deepEqual(r.errors, []);
+  });
+
+  it("a disposed map detaches follow() (the view's listeners too) and its source lets go of its tiles: nothing fetched for them after", async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const view = new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 });
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      follow(map, source);
+      const end = Date.now() + 10_000;
+      while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
+      const features = source.getFeatures().length;
+      const listening = () => ['change:center', 'change:resolution', 'change:rotation'].reduce((n, t) => n + (view.getListeners(t)?.length ?? 0), 0);
+      const before = listening();
+      // The page disposes of the map (not of the layer or the source), then the cache's
+      // items change: every tile the source held would be read, and fetched, again.
+      map.dispose();
+      div.remove();
+      await frames(2);
+      // (The cache's own view away, below minZoom: nothing to fetch for it.)
+      cache.setViewport({ west: -1, south: -1, east: 1, north: 1, zoom: 5 });
+      await frames(2);
+      const requests = cache.stats().requests;
+      cache.invalidate({ all: true });
+      view.setCenter(view.getCenter().map((c) => c + 5000));
+      await frames(4);
+      const out = { features, before, after: listening(), left: source.getFeatures().length, fetched: cache.stats().requests - requests };
+      source.dispose();
+      cache.dispose();
+      return out;
+    }, tileCorner(14, SX + 4.5, SY - 9.5));
+    assert.ok(r.features > 0, 'the source held features');
+    assert.ok(r.before > 0);
+    assert.equal(r.after, 0, "follow()'s listeners left on the view");
+    assert.equal(r.left, 0, 'features left in the source');
+    assert.equal(r.fetched, 0, 'tiles of the disposed map fetched again');
   });
 
   it('a view too coarse for the cache loads its tiles empty: reported once per zoom, not asked for again every frame', async () => {
