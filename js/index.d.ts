@@ -197,7 +197,8 @@ export class TileCache<Data = unknown> {
    * A change is an answer that added, replaced, moved or deleted items or changed a tile's
    * list (a refresh, a prefetch, a `loadTiles` or `get` answer), an `invalidate`, the
    * view's items turning stale or expiring, or what `loadTiles` read turning stale or
-   * expiring (once per read: the cache wakes for it); items pushed out to make room are none.
+   * expiring (once per read: the cache wakes for it); items pushed out to make room are none
+   * (an `invalidate` by id of one names the tile `loadTiles` read it in).
    * For hosts that draw tiles from `loadTiles` themselves (the map adapters): read again the
    * tiles over those named. Returns a function that unsubscribes. */
   onTilesChanged(listener: (tiles: TileString[] | null) => void): () => void;

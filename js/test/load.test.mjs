@@ -681,3 +681,19 @@ test('onTilesChanged: a tile loadTiles read is named when what it read expires, 
   assert.deepEqual(heard, [[a], [a]]);
   cache.dispose();
 });
+
+test('onTilesChanged: an invalidate by id of an item pushed out of the cache names the tile loadTiles read it in', async () => {
+  fresh();
+  const cache = await make({ maxItems: 4 });
+  const heard = [];
+  cache.onTilesChanged((tiles) => heard.push(tiles));
+  const [a, b] = [t14(-3, 5), t14(-4, 5)];
+  const [{ items }] = await cache.loadTiles([a]);
+  assert.ok(items.length > 0);
+  await cache.loadTiles([b]);
+  assert.ok(cache.stats().evictions > 0, "b's items pushed a's out");
+  heard.length = 0;
+  cache.invalidate({ ids: [items[0].id] });
+  assert.deepEqual(heard, [[a]]);
+  cache.dispose();
+});

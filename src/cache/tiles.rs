@@ -331,6 +331,12 @@ impl<P> ItemCache<P> {
         }
     }
 
+    /// Whether `tile`'s list names any of `ids` (items it lists may have been pushed out
+    /// since: the list still names them).
+    pub(crate) fn lists_any(&self, tile: TileId, ids: &HashSet<&str>) -> bool {
+        (self.tiles.peek(&tile)).is_some_and(|e| e.ids.iter().any(|id| ids.contains(&**id)))
+    }
+
     /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry,
     /// which is looked up only for a tile outside the extent (the batcher asks this of every
     /// data tile of a candidate block).

@@ -69,7 +69,8 @@ impl<P: Payload> Client<P> {
     /// at most [`MAX_CHANGED_TILES`] are counted, the oldest read dropped first). Items pushed
     /// out to make room are not a change: the data is what it was (a read fetches them
     /// again), and reporting them would have a host that draws more than the cache holds
-    /// fetch its tiles in turn for ever; a tile a host read still turns stale on time.
+    /// fetch its tiles in turn for ever; a tile a host read still turns stale on time, and
+    /// an invalidation by id of an item pushed out names the tiles a host read that list it.
     pub fn take_changed_tiles(&mut self) -> ChangedTiles {
         std::mem::take(&mut self.changed_tiles)
     }

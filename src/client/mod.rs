@@ -68,7 +68,7 @@ use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFre
 use crate::planner::{Plan, Planner, Room, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
-use crate::util::HashMap;
+use crate::util::{HashMap, HashSet};
 use fresh::FreshTiles;
 
 /// Most prefetched tiles remembered for the used/wasted counters.
@@ -911,6 +911,17 @@ impl<P: Payload> Client<P> {
             Invalidate::Ids(ids) => {
                 for id in ids {
                     self.changed_tiles.add_item(&self.cache, id);
+                }
+                // An item pushed out of the cache is placed nowhere, but the list of a tile a
+                // host read may still name it (and the host draw it): that tile.
+                let cache = &self.cache;
+                let gone: HashSet<&str> = (ids.iter().copied())
+                    .filter(|id| cache.tile_of(id).is_none())
+                    .collect();
+                for &(t, _) in &self.held {
+                    if cache.lists_any(t, &gone) {
+                        self.changed_tiles.add(t);
+                    }
                 }
             }
             // A finer tile stands for its data tile (the whole of it is dropped).

@@ -2676,10 +2676,11 @@ fn a_tile_a_host_read_is_reported_changed_when_its_items_turn_stale_or_expire() 
 /// A tile a host read outside the view is not protected once released: another host's load
 /// can push its items out. That is no change (the host draws what the server sent; reporting
 /// it would have a host that draws more than the cache holds fetch its tiles in turn for
-/// ever), but the tile is still reported when what was read expires, and read again then it
-/// is fetched again.
+/// ever), but an invalidation of one of its items by id names it (its list still names the
+/// item, though the cache no longer places it), and so does the expiry of what was read; read
+/// again then, it is fetched again.
 #[test]
-fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
+fn a_tile_a_host_read_then_evicted_is_reported_when_its_items_are_invalidated_or_expire() {
     let o = origin();
     let mut c = client(ClientConfig {
         planner: no_prefetch(),
@@ -2693,10 +2694,13 @@ fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
     let load = |c: &mut Client<String>, t: TileId, now: u64| {
         assert_eq!(c.load_tile(t, true, now, |_, _| {}), Ok(false));
         answer_all(c, &o, now);
-        let mut n = 0;
-        assert_eq!(c.load_tile(t, false, now, |_, _| n += 1), Ok(true));
+        let mut ids = Vec::new();
+        assert_eq!(
+            c.load_tile(t, false, now, |it, _| ids.push(it.id().to_string())),
+            Ok(true)
+        );
         c.release_tiles(&[t], now);
-        n
+        ids
     };
     // The view on Seattle's tile (4 items); the host draws t, then u, each of 4 items.
     c.set_viewport(view(0.8), 0, |_, _| {});
@@ -2705,9 +2709,10 @@ fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
         seattle().offset(2, 2).unwrap(),
         seattle().offset(-2, 2).unwrap(),
     );
-    assert_eq!(load(&mut c, t, 0), 4);
+    let drawn = load(&mut c, t, 0);
+    assert_eq!(drawn.len(), 4);
     changed(&mut c);
-    assert_eq!(load(&mut c, u, 1_000), 4);
+    assert_eq!(load(&mut c, u, 1_000).len(), 4);
     assert!(
         !c.cache()
             .tile_freshness(t, Access::Public, 1_000)
@@ -2719,6 +2724,11 @@ fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
         ChangedTiles::Tiles(vec![u]),
         "the eviction is no change"
     );
+    // One of t's items changed on the server, invalidated by id (a change feed): t.
+    let id = drawn[0].as_str();
+    assert!(c.cache().tile_of(id).is_none(), "pushed out");
+    c.invalidate(Invalidate::Ids(&[id, "never-held"]), 1_000);
+    assert_eq!(changed(&mut c), ChangedTiles::Tiles(vec![t]));
     // t's items, fetched at 0, expire at 300 s: the client wakes for it all the same.
     c.set_viewport(view_east(0.8, 40), 1_000, |_, _| {});
     answer_all(&mut c, &o, 1_000);
@@ -2726,5 +2736,9 @@ fn a_tile_a_host_read_then_evicted_is_reported_when_what_was_read_expires() {
     assert_eq!(c.next_wakeup(1_001), Some(300_000));
     c.handle_timeout(300_000);
     assert_eq!(changed(&mut c), ChangedTiles::Tiles(vec![t]));
-    assert_eq!(load(&mut c, t, 300_000), 4, "read again: fetched again");
+    assert_eq!(
+        load(&mut c, t, 300_000).len(),
+        4,
+        "read again: fetched again"
+    );
 }
