@@ -18,7 +18,8 @@
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
 // tile asked of it after that fails with ERR_DISPOSED, once), and so does the map's (the
-// source then lets go of its tiles when no follow() of it is left). Views in EPSG:3857
+// source then lets go of its tiles when no follow() of it is left, as it does when its last
+// layer is taken off a followed map). Views in EPSG:3857
 // (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
@@ -342,8 +343,27 @@ export function follow(map, source) {
   function disposed() {
     if (!map.disposed && !map.disposed_) return false;
     detach();
-    if (!followers.size) for (const key of [...tiles.keys()]) drop(key);
+    if (!followers.size) letGo();
     return true;
+  }
+
+  function letGo() {
+    for (const key of [...tiles.keys()]) drop(key);
+  }
+
+  /** A layer taken off the map (`map.removeLayer`, in a group too): when no layer of the map
+   * shows the source any more, it lets go of its tiles as above (a layer that shows it again
+   * loads them again); follow() goes on feeding the view. */
+  function onRemoveLayer() {
+    if (!map.getAllLayers().some((l) => l.getSource?.() === source)) letGo();
+  }
+  let group = map.getLayerGroup();
+  group.on('removelayer', onRemoveLayer);
+  function onGroup() {
+    group.un('removelayer', onRemoveLayer);
+    group = map.getLayerGroup();
+    group.on('removelayer', onRemoveLayer);
+    onRemoveLayer();
   }
 
   function prune() {
@@ -380,6 +400,7 @@ export function follow(map, source) {
   map.on('change:view', onView);
   map.on('change:size', schedule);
   map.on('change:target', disposed);
+  map.on('change:layergroup', onGroup);
   map.on('moveend', prune);
   push();
   // Detached too when the source is disposed.
@@ -395,6 +416,8 @@ export function follow(map, source) {
     map.un('change:view', onView);
     map.un('change:size', schedule);
     map.un('change:target', disposed);
+    map.un('change:layergroup', onGroup);
+    group.un('removelayer', onRemoveLayer);
     map.un('moveend', prune);
   }
 }

@@ -7,7 +7,8 @@
 // features above the new tier out of the source at once; follow() gives the cache the zoom
 // of the view's resolution, whatever the view's own zoom levels; a disposed source lets go of
 // the cache (no tier reload, loads aborted, follow() detached); a disposed map detaches
-// follow() and empties its source (nothing fetched for its tiles after); a view too coarse for the
+// follow() and empties its source (nothing fetched for its tiles after), and so does taking
+// the layer off the map (put back, it loads them again); a view too coarse for the
 // cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
@@ -320,6 +321,51 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.equal(r.after, 0, "follow()'s listeners left on the view");
     assert.equal(r.left, 0, 'features left in the source');
     assert.equal(r.fetched, 0, 'tiles of the disposed map fetched again');
+  });
+
+  it('a layer taken off the map empties its source: nothing fetched for its tiles after; put back, it loads them again', async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const layer = new VectorLayer({ source });
+      const map = new Map({ target: div, layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const detach = follow(map, source);
+      const loaded = async () => {
+        const end = Date.now() + 10_000;
+        while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
+        return source.getFeatures().length;
+      };
+      const features = await loaded();
+      map.removeLayer(layer);
+      await frames(2);
+      const left = source.getFeatures().length;
+      // The cache's items change (its own view moved below minZoom first: nothing to fetch
+      // for it): every tile the source held would be read, and fetched, again.
+      detach();
+      cache.setViewport({ west: -1, south: -1, east: 1, north: 1, zoom: 5 });
+      await frames(2);
+      const requests = cache.stats().requests;
+      cache.invalidate({ all: true });
+      await frames(4);
+      const fetched = cache.stats().requests - requests;
+      map.addLayer(layer);
+      const again = await loaded();
+      const out = { features, left, fetched, again };
+      map.dispose();
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return out;
+    }, tileCorner(14, SX + 6.5, SY - 9.5));
+    assert.ok(r.features > 0, 'the source held features');
+    assert.equal(r.left, 0, 'features left in the source');
+    assert.equal(r.fetched, 0, 'tiles of the layer taken off fetched again');
+    assert.equal(r.again, r.features, 'put back, the source loads them again');
   });
 
   it('a view too coarse for the cache loads its tiles empty: reported once per zoom, not asked for again every frame', async () => {
