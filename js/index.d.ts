@@ -241,8 +241,9 @@ export class TileCache<Data = unknown> {
    * OpenLayers' tile strategy, Leaflet `GridLayer`). Tiles are the host's `"z/x/y"` at any
    * zoom: a tile finer than `tileZoom` gets the items inside it, a coarser one those of its
    * data tiles (at most `maxVisibleTiles`). Tiles whose data tiles can be shown are
-   * answered without a request; calls made in the same tick are read together, so N
-   * one-tile calls need ceil(N / `batch.maxTiles`) requests. What is waited for stays
+   * answered without a request (stale items flagged, and refetched meanwhile); calls made
+   * in the same tick are read together, so N one-tile calls need ceil(N / `batch.maxTiles`)
+   * requests. What is waited for stays
    * queued across `setViewport` until the call settles, and the data tiles it waits for are
    * kept in the cache meanwhile as the view's are (one dropped before the call read it, by
    * `invalidate` or expiry, is asked for again).

@@ -64,7 +64,9 @@ impl<P: Payload> Client<P> {
 
     /// A host tile, read from the cache if every data tile it needs can be shown: then
     /// `sink(item, stale)` gets its items (those inside `tile` when it is finer than the
-    /// data zoom) and the result is `true`. Otherwise nothing is read and, when `queue`,
+    /// data zoom) and the result is `true`; data tiles read stale (or partly expired within
+    /// the stale-while-revalidate window) are queued for a refresh behind the prefetch, as
+    /// the view's are. Otherwise nothing is read and, when `queue`,
     /// its data tiles become loading ([`Client::loading_tiles`]) until
     /// [`Client::release_tiles`] drops them or a request for them fails for good: those
     /// that cannot be shown are queued as foreground work (call [`Client::poll_request`]
@@ -107,16 +109,23 @@ impl<P: Payload> Client<P> {
             return Ok(false);
         }
         let finer = tile.z() > self.cache.config().tile_zoom;
+        let mut refresh = Vec::new();
         for t in data {
             let mut until = u64::MAX;
-            self.cache
-                .read_tile_until(t, access, now_ms, None, &mut until, |item, stale| {
-                    if !finer || tile.contains_point(item.lon(), item.lat()) {
-                        sink(item, stale);
-                    }
-                });
+            let state =
+                self.cache
+                    .read_tile_until(t, access, now_ms, None, &mut until, |item, stale| {
+                        if !finer || tile.contains_point(item.lon(), item.lat()) {
+                            sink(item, stale);
+                        }
+                    });
             self.hold(t, until);
+            // Shown stale: refetched meanwhile, as the view's stale tiles are.
+            if !self.batcher.is_tile_in_flight(t) {
+                refresh.extend(Work::from_state(t, state));
+            }
         }
+        self.batcher.extend_prefetch(refresh);
         Ok(true)
     }
 

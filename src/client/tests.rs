@@ -2742,3 +2742,37 @@ fn a_tile_a_host_read_then_evicted_is_reported_when_its_items_are_invalidated_or
         "read again: fetched again"
     );
 }
+
+/// A tile a host reads while its items are stale (within the stale-while-revalidate window)
+/// is refetched meanwhile, as the view's stale tiles are, outside the view too.
+#[test]
+fn a_tile_a_host_reads_stale_is_refetched_meanwhile() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            stale_while_revalidate_ms: 60_000,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let t = seattle().offset(2, 2).unwrap();
+    assert_eq!(c.load_tile(t, true, 0, |_, _| {}), Ok(false));
+    answer_all(&mut c, &o, 0);
+    c.release_tiles(&[t], 0);
+    let read = |c: &mut Client<String>, now| {
+        let mut stale = Vec::new();
+        assert_eq!(c.load_tile(t, false, now, |_, s| stale.push(s)), Ok(true));
+        stale
+    };
+    assert_eq!(read(&mut c, 1), [false; 4]);
+    assert!(c.poll_request(1).is_none(), "fresh: nothing to fetch");
+    // Stale from 300 s: read, and refetched.
+    assert_eq!(read(&mut c, 300_000), [true; 4]);
+    let req = c.poll_request(300_000).expect("the stale tile refetched");
+    assert!(req.request.tiles.contains(&t) || !req.request.ids.is_empty());
+    let answer = o.answer(&req.request, None);
+    c.on_response(req.id, answer, 300_000);
+    assert_eq!(read(&mut c, 300_001), [false; 4], "fresh again");
+    assert!(c.poll_request(300_001).is_none());
+}

@@ -24,6 +24,8 @@ async function newCache(access) {
   return c;
 }
 let cache = await newCache(params.get('access') ?? 'public');
+/** Ids of items ever rendered stale. */
+const staleSeen = new Set();
 const TilewarmTileLayer = extendTileLayer(TileLayer);
 
 function layer() {
@@ -36,7 +38,7 @@ function layer() {
     maxZoom: 16,
     onTileError: (e) => errors.push(String(e)),
     onViewError: (e) => errors.push(String(e)),
-    renderSubLayers: (props) => new ScatterplotLayer({
+    renderSubLayers: (props) => (props.data?.forEach?.((d) => { if (d.stale) staleSeen.add(d.id); }), new ScatterplotLayer({
       ...props,
       getPosition: (d) => [d.lon, d.lat],
       getFillColor: (d) => (d.stale ? [148, 163, 184] : [234, 88, 12]),
@@ -45,7 +47,7 @@ function layer() {
       lineWidthMinPixels: 1,
       radiusUnits: 'pixels',
       getRadius: 4,
-    }),
+    })),
   });
 }
 
@@ -115,4 +117,4 @@ function mark() {
   for (const t of tileset().tiles) if (t.layers) t.layers.marked = true;
 }
 const skip = (ms) => { skew += ms; };
-window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark, skip };
+window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark, skip, staleSeen: () => [...staleSeen] };

@@ -20,6 +20,8 @@ const cache = await TileCache.create({
 });
 const errors = [];
 cache.onError((e) => errors.push(e.message));
+/** Ids ever drawn stale. */
+const staleSeen = new Set();
 /** A square per item, its tier and id noted on the canvas (those on screen are read back;
  * a tile drawn again starts its notes afresh: the draws of one drawing run in one task). */
 function draw(ctx, item, x, y) {
@@ -34,7 +36,7 @@ function draw(ctx, item, x, y) {
   c.tiers.push(item.access);
   c.points.push([x, y]);
   c.ids.push(item.id);
-  if (item.stale) c.stale.push(item.id);
+  if (item.stale) { c.stale.push(item.id); staleSeen.add(item.id); }
   ctx.fillStyle = item.stale ? '#94a3b8' : '#ea580c';
   ctx.fillRect(x - 3, y - 3, 6, 6);
 }
@@ -64,4 +66,4 @@ function state() {
   return { drawn, paints, shown, ids, stale, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
 const skip = (ms) => { skew += ms; };
-window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false, skip };
+window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false, skip, staleSeen: () => [...staleSeen] };

@@ -51,9 +51,12 @@ function state() {
     stats: cache.stats(), errors, zoom: map.getView().getZoom(),
   };
 }
+/** Ids of features ever held stale. */
+const staleSeen = new Set();
+for (const e of ['addfeature', 'changefeature']) source.on(e, (ev) => { if (ev.feature.get('stale')) staleSeen.add(ev.feature.getId()); });
 let rendered = 0;
 map.on('rendercomplete', () => { rendered++; });
 window.__tw = {
-  map, cache, source, state, rendered: () => rendered, fromLonLat, skip: (ms) => { skew += ms; },
+  map, cache, source, state, rendered: () => rendered, fromLonLat, skip: (ms) => { skew += ms; }, staleSeen: () => [...staleSeen],
   ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection },
 };
