@@ -240,13 +240,18 @@ async fn warm(
             }
         };
         let epoch = app.invalidation.guard.epoch();
-        let response = match app
+        // Tiles over --max-tile-items, and those an upstream's partial answer left out, are
+        // not in the answer (logged and counted by the origin): not written, so not counted
+        // in `warmup_tiles`.
+        let (response, left_out) = match app
             .origin
             .fetch_within(&request, CallSource::Warmup, timeout_ms, None)
             .await
         {
-            // Tiles over --max-tile-items are not in it (logged and counted by the origin).
-            Ok(a) => a.response,
+            Ok(a) => {
+                let told = a.unanswered.as_ref().map_or(0, |u| u.tiles.len());
+                (a.response, a.over_limit.len() + told)
+            }
             Err(OriginFailure::Timeout { .. }) => {
                 // A stalled origin must not hold this worker, nor the claimed tiles (which
                 // later jobs would skip), for as long as it stalls.
@@ -270,7 +275,8 @@ async fn warm(
                     tries.forget(t);
                 }
                 drop(tries);
-                m.warmup_tiles.fetch_add(chunk.len() as u64, Relaxed);
+                let written = chunk.len().saturating_sub(left_out);
+                m.warmup_tiles.fetch_add(written as u64, Relaxed);
                 debug!(tiles = chunk.len(), items = fill.items.len(), "warmed");
             }
             Err(_) => {

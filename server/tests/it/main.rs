@@ -352,6 +352,66 @@ async fn warmup_fills_the_neighbour_ring_off_the_request_path() {
     s.shutdown().await;
 }
 
+/// `tilewarm_warmup_tiles` counts the tiles warm-up wrote into the tier: a neighbour over
+/// `--max-tile-items`, left out of the origin's answer and not cached, is not one of them
+/// (it was counted as written, the whole chunk being counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_does_not_count_a_neighbour_over_the_tile_limit_as_written() {
+    let o = origin(42, 5_000);
+    let dense = densest(&o);
+    let n = o.count_in(dense, Access::Agent);
+    // A neighbour of the densest tile, with items but fewer: the limit, so that the
+    // requested tile is answered and the densest, one of its ring, is over it.
+    let (t, limit) = [
+        (1, 0),
+        (-1, 0),
+        (0, 1),
+        (0, -1),
+        (1, 1),
+        (-1, -1),
+        (1, -1),
+        (-1, 1),
+    ]
+    .into_iter()
+    .filter_map(|(dx, dy)| dense.offset(dx, dy))
+    .map(|t| (t, o.count_in(t, Access::Agent)))
+    .filter(|&(_, c)| c >= 1 && c < n)
+    .max_by_key(|&(_, c)| c)
+    .unwrap();
+    let ring: Vec<TileId> = [
+        (1, 0),
+        (-1, 0),
+        (0, 1),
+        (0, -1),
+        (1, 1),
+        (-1, -1),
+        (1, -1),
+        (-1, 1),
+    ]
+    .into_iter()
+    .filter_map(|(dx, dy)| t.offset(dx, dy))
+    .collect();
+    let over = ring
+        .iter()
+        .filter(|&&r| o.count_in(r, Access::Agent) > limit)
+        .count() as u64;
+    assert!(over >= 1 && ring.len() == 8, "{over}");
+    let http = Http::new();
+    let s = server(common::Config {
+        max_tile_items: limit,
+        ..config()
+    })
+    .await;
+    http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    let m = &s.app.metrics;
+    let stats = &s.app.origin.stats;
+    let done = || m.warmup_tiles.load(Relaxed) + stats.tiles_over_limit.load(Relaxed) >= 8;
+    assert!(eventually(Duration::from_secs(5), done).await);
+    assert_eq!(stats.tiles_over_limit.load(Relaxed), over);
+    assert_eq!(m.warmup_tiles.load(Relaxed), 8 - over);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_warmup_queue_drops_work_instead_of_slowing_requests() {
     let o = origin(42, 5_000);
