@@ -362,35 +362,14 @@ async fn warmup_does_not_count_a_neighbour_over_the_tile_limit_as_written() {
     let n = o.count_in(dense, Access::Agent);
     // A neighbour of the densest tile, with items but fewer: the limit, so that the
     // requested tile is answered and the densest, one of its ring, is over it.
-    let (t, limit) = [
-        (1, 0),
-        (-1, 0),
-        (0, 1),
-        (0, -1),
-        (1, 1),
-        (-1, -1),
-        (1, -1),
-        (-1, 1),
-    ]
-    .into_iter()
-    .filter_map(|(dx, dy)| dense.offset(dx, dy))
-    .map(|t| (t, o.count_in(t, Access::Agent)))
-    .filter(|&(_, c)| c >= 1 && c < n)
-    .max_by_key(|&(_, c)| c)
-    .unwrap();
-    let ring: Vec<TileId> = [
-        (1, 0),
-        (-1, 0),
-        (0, 1),
-        (0, -1),
-        (1, 1),
-        (-1, -1),
-        (1, -1),
-        (-1, 1),
-    ]
-    .into_iter()
-    .filter_map(|(dx, dy)| t.offset(dx, dy))
-    .collect();
+    let ring = |t: TileId| tilewarm::tile::ring_around(&[t], 1).unwrap();
+    let (t, limit) = ring(dense)
+        .into_iter()
+        .map(|t| (t, o.count_in(t, Access::Agent)))
+        .filter(|&(_, c)| c >= 1 && c < n)
+        .max_by_key(|&(_, c)| c)
+        .unwrap();
+    let ring = ring(t);
     let over = ring
         .iter()
         .filter(|&&r| o.count_in(r, Access::Agent) > limit)
