@@ -39,7 +39,7 @@ use tilewarm::tile::TileId;
 
 use crate::admission::{HeldSlot, OriginWait};
 use crate::origin::{CallSource, ItemBound, OriginFailure};
-use crate::single_flight::Followed;
+use crate::single_flight::{Followed, LeftOut, TileAnswer};
 use crate::tier::{now_ms, ttl_left_s, Fill, Generations, StoredItem, TierRead};
 use crate::App;
 
@@ -264,7 +264,7 @@ pub async fn answer(
         .await;
         match call {
             Ok(f) => {
-                lead.publish(|t| f.tiles.get(&t).cloned());
+                lead.publish(|t| f.for_followers(t));
                 fetched = f;
                 if let Some(mut fill) = fetched.fill.take() {
                     // Nothing that changed while it was being fetched is written back. A
@@ -306,6 +306,9 @@ pub async fn answer(
                 fetched.tiles.insert(tile, list);
             }
             Followed::Answer(None) => {}
+            // Reported as the leader reports it (`Fetched::for_followers`).
+            Followed::LeftOut(LeftOut::OverLimit(over)) => fetched.over_limit.push(over),
+            Followed::LeftOut(LeftOut::Told(told)) => fetched.told(told),
             Followed::Failed(refusal) => return Err(refusal),
             Followed::Abandoned => abandoned.push(tile),
         }
@@ -331,7 +334,9 @@ pub async fn answer(
         fetched.tiles.extend(again.tiles);
         fetched.over_limit.extend(again.over_limit);
         fetched.too_large.extend(again.too_large);
-        fetched.unanswered = fetched.unanswered.take().or(again.unanswered);
+        if let Some(told) = again.unanswered {
+            fetched.told(told);
+        }
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);
@@ -489,6 +494,41 @@ struct Fetched {
     unanswered: Option<Unanswered>,
     fill: Option<Fill>,
     epoch: u64,
+}
+
+impl Fetched {
+    /// What the requests following data tile `t` are handed: its list, or why the
+    /// origin's answer left it out (over `--max-tile-items`, or named by an upstream's
+    /// partial answer: its code and message, not the ids it names), or neither.
+    fn for_followers(&self, t: TileId) -> Result<TileAnswer, LeftOut> {
+        if let Some(list) = self.tiles.get(&t) {
+            return Ok(Some(list.clone()));
+        }
+        if let Some(over) = self.over_limit.iter().find(|o| o.tile == t) {
+            return Err(LeftOut::OverLimit(*over));
+        }
+        match self.unanswered.as_ref().filter(|u| u.tiles.contains(&t)) {
+            Some(u) => Err(LeftOut::Told(Unanswered {
+                code: u.code,
+                message: u.message.clone(),
+                tiles: vec![t],
+                ids: Vec::new(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds what an upstream's partial answer left out (another call's, or a leader's for
+    /// a followed tile): its tiles and ids; the first reason stands.
+    fn told(&mut self, told: Unanswered) {
+        match &mut self.unanswered {
+            Some(u) => {
+                u.tiles.extend(told.tiles);
+                u.ids.extend(told.ids);
+            }
+            None => self.unanswered = Some(told),
+        }
+    }
 }
 
 /// Asks the origin (at the top tier) for `tiles` and `ids`: the request's one call. While

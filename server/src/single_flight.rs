@@ -43,8 +43,18 @@ use crate::tier::StoredItem;
 /// when the origin's answer had no list for it.
 pub type TileAnswer = Option<(Vec<Arc<StoredItem>>, u64)>;
 
+/// Why a leader's answer left a tile out (the answer was otherwise good): its followers
+/// report the tile unanswered for the same reason, told as their own tier may hear it.
+#[derive(Debug, Clone)]
+pub enum LeftOut {
+    /// It holds more than `--max-tile-items` at the origin.
+    OverLimit(crate::origin::TileOverLimit),
+    /// An upstream's partial answer named it, with this code and message (and this tile).
+    Told(tilewarm::protocol::Unanswered),
+}
+
 /// What a leader published for one tile.
-type Published = Option<Arc<Result<TileAnswer, Refusal>>>;
+type Published = Option<Arc<Result<Result<TileAnswer, LeftOut>, Refusal>>>;
 
 /// The tiles being fetched now, each with the channel its leader publishes on and the
 /// number of its flight (so that a leader lets go of its own flight only, not of a later
@@ -77,6 +87,8 @@ pub struct Follow {
 pub enum Followed {
     /// The origin's answer for the tile.
     Answer(TileAnswer),
+    /// The origin's answer left the tile out, for this reason.
+    LeftOut(LeftOut),
     /// The leader's origin call failed with this refusal.
     Failed(Refusal),
     /// The leader went away without an answer: fetch the tile yourself.
@@ -134,8 +146,8 @@ impl Lead<'_> {
         self.senders.iter().map(|(t, _, _)| *t).collect()
     }
 
-    /// Hands followers the origin's answer: `answer(t)` per led tile.
-    pub fn publish(&self, mut answer: impl FnMut(TileId) -> TileAnswer) {
+    /// Hands followers the origin's answer: `answer(t)` per led tile (`Err`: left out).
+    pub fn publish(&self, mut answer: impl FnMut(TileId) -> Result<TileAnswer, LeftOut>) {
         for (t, _, tx) in &self.senders {
             tx.send_replace(Some(Arc::new(Ok(answer(*t)))));
         }
@@ -169,7 +181,8 @@ impl Follow {
     pub async fn wait(mut self) -> Followed {
         match self.rx.wait_for(Option::is_some).await {
             Ok(v) => match v.as_deref() {
-                Some(Ok(answer)) => Followed::Answer(answer.clone()),
+                Some(Ok(Ok(answer))) => Followed::Answer(answer.clone()),
+                Some(Ok(Err(why))) => Followed::LeftOut(why.clone()),
                 Some(Err(refusal)) => Followed::Failed(refusal.clone()),
                 None => Followed::Abandoned,
             },
@@ -195,7 +208,7 @@ mod tests {
         let (lead2, follow2) = f.claim(&[t(2), t(3)]);
         assert_eq!(lead2.tiles(), vec![t(3)]);
         assert_eq!(follow2.len(), 1);
-        lead.publish(|tile| (tile == t(2)).then(|| (Vec::new(), 42)));
+        lead.publish(|tile| Ok((tile == t(2)).then(|| (Vec::new(), 42))));
         let got = follow2.into_iter().next().unwrap().wait().await;
         assert!(matches!(got, Followed::Answer(Some((ref v, 42))) if v.is_empty()));
         // Still claimed until the lead is dropped (its write-back), then free again.

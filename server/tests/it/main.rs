@@ -1144,6 +1144,42 @@ async fn following_then_fetching_again_share_one_origin_timeout() {
     s.shutdown().await;
 }
 
+/// A request following a data tile that its leader's answer left out for holding more than
+/// `--max-tile-items` reports it as the leader does: unanswered, `payload_too_large`,
+/// naming the tile and the limit (as told to its own tier), not as an origin that failed
+/// (`upstream_error`, "the origin's answer left out ...").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_out() {
+    let c = common::Config {
+        max_tile_items: 1,
+        warmup_ring: 0,
+        ..config()
+    };
+    let (s, gate, d, _) = trouble_over_an_id(c, IdTrouble::Refuse, |_, _| "not-asked".into()).await;
+    let http = Http::new();
+    let (leader, follower) = (
+        request(&[d], &[], Access::Agent),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    for (r, says) in [
+        (led, format!("tile {d} holds ")),
+        (followed, format!("tile {d} holds more than 1 items")),
+    ] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(v["error"]["tiles"], serde_json::json!([d.to_string()]));
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&says) && msg.contains("at most 1 are served per tile"),
+            "{msg}"
+        );
+    }
+    s.shutdown().await;
+}
+
 /// Over any backend (here memory, read whole): a data tile over `--max-tile-items` and an
 /// item over `--max-item-data-bytes` are left out of the answer and named in its `error`,
 /// the rest answered. The tile's exact count (at `agent`, the tier the origin is asked at)
