@@ -929,6 +929,9 @@ enum IdTrouble {
     /// Answers without the id (neither an item nor `missing`: the shape guard fails the
     /// call, a 502 naming the id).
     LeaveOut,
+    /// Answers as an upstream's partial answer that leaves every requested tile out, its
+    /// `error` naming them with a message only an agent may read ("... holds 99 items").
+    TellTiles,
 }
 
 /// An origin that answers from a synthetic city once `gate` has a permit, with trouble
@@ -963,13 +966,35 @@ impl OriginBackend for TroubleOverAnId {
                         asked: request.access,
                     });
                 }
-                IdTrouble::Refuse => {}
+                IdTrouble::Refuse | IdTrouble::TellTiles => {}
                 IdTrouble::LeaveOut => {
                     r.items.retain(|it| it.id != self.id);
                     r.missing.retain(|id| *id != self.id);
                 }
             }
             Ok(r)
+        })
+    }
+
+    fn answer_limited<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+        tile_limit: usize,
+    ) -> OriginFuture<'a, Result<tilewarm_server::origin::Answer, OriginFailure>> {
+        Box::pin(async move {
+            let r = self.answer(request, bound).await?;
+            let mut a = tilewarm_server::origin::Answer::limit_lists(r, tile_limit, bound);
+            if let IdTrouble::TellTiles = self.trouble {
+                a.response.tiles.clear();
+                a.unanswered = Some(tilewarm::protocol::Unanswered {
+                    code: ErrorCode::PayloadTooLarge,
+                    message: "the tile holds 99 items".into(),
+                    tiles: request.tiles.clone(),
+                    ids: Vec::new(),
+                });
+            }
+            Ok(a)
         })
     }
 
@@ -1174,6 +1199,36 @@ async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_o
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(
             msg.contains(&says) && msg.contains("at most 1 are served per tile"),
+            "{msg}"
+        );
+    }
+    s.shutdown().await;
+
+    // Named by an upstream's partial answer: its code to both, its message to the agent.
+    let c = common::Config {
+        warmup_ring: 0,
+        ..config()
+    };
+    let (s, gate, d, _) =
+        trouble_over_an_id(c, IdTrouble::TellTiles, |_, _| "not-asked".into()).await;
+    let (leader, follower) = (
+        request(&[d], &[], Access::Agent),
+        request(&[d], &[], Access::Public),
+    );
+    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    for (r, says) in [
+        (led, "the origin says: the tile holds 99 items"),
+        (followed, "the origin left them out (payload_too_large)"),
+    ] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(v["error"]["tiles"], serde_json::json!([d.to_string()]));
+        let msg = v["error"]["message"].as_str().unwrap();
+        // The count is of items at `agent`: the public follower does not hear it.
+        assert!(
+            msg.contains(says) && msg.contains("99") == says.contains("99"),
             "{msg}"
         );
     }
