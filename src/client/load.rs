@@ -66,7 +66,8 @@ impl<P: Payload> Client<P> {
     /// `sink(item, stale)` gets its items (those inside `tile` when it is finer than the
     /// data zoom) and the result is `true`; data tiles read stale (or partly expired within
     /// the stale-while-revalidate window) are queued for a refresh behind the prefetch, as
-    /// the view's are. Otherwise nothing is read and, when `queue`,
+    /// the view's are, once until their read changes with time (one answered stale, with a
+    /// ttl of 0, is not refetched on each read). Otherwise nothing is read and, when `queue`,
     /// its data tiles become loading ([`Client::loading_tiles`]) until
     /// [`Client::release_tiles`] drops them or a request for them fails for good: those
     /// that cannot be shown are queued as foreground work (call [`Client::poll_request`]
@@ -119,10 +120,12 @@ impl<P: Payload> Client<P> {
                             sink(item, stale);
                         }
                     });
-            self.hold(t, until);
-            // Shown stale: refetched meanwhile, as the view's stale tiles are.
-            if !self.batcher.is_tile_in_flight(t) {
-                refresh.extend(Work::from_state(t, state));
+            // Shown stale: refetched meanwhile, as the view's stale tiles are; once per
+            // change of its read with time, not on each read (see `hold`).
+            let work = Work::from_state(t, state);
+            let again = self.hold(t, until, work.is_some(), now_ms);
+            if !again && !self.batcher.is_tile_in_flight(t) {
+                refresh.extend(work);
             }
         }
         self.batcher.extend_prefetch(refresh);

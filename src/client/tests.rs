@@ -2776,3 +2776,49 @@ fn a_tile_a_host_reads_stale_is_refetched_meanwhile() {
     assert_eq!(read(&mut c, 300_001), [false; 4], "fresh again");
     assert!(c.poll_request(300_001).is_none());
 }
+
+/// A tile a host reads stale is refetched once, and not again on each read before its read
+/// changes with time: an answer stale on arrival (items with a ttl of 0, which the protocol
+/// allows) would otherwise have a host that reads the tile again after each change (the map
+/// adapters, redraw.js) fetch it in a loop, at rest.
+#[test]
+fn a_tile_answered_stale_is_not_refetched_on_each_read() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        cache: CacheConfig {
+            stale_while_revalidate_ms: 60_000,
+            ..CacheConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let t = seattle().offset(2, 2).unwrap();
+    // Every answer's items with a ttl of 0: stale as they arrive.
+    let answer = |c: &mut Client<String>, now| {
+        let mut n = 0;
+        while let Some(s) = c.poll_request(now) {
+            let mut r = o.answer(&s.request, None);
+            r.items.iter_mut().for_each(|it| it.ttl = Some(0));
+            c.on_response(s.id, r, now);
+            n += 1;
+        }
+        n
+    };
+    assert_eq!(c.load_tile(t, true, 0, |_, _| {}), Ok(false));
+    assert_eq!(answer(&mut c, 0), 1);
+    c.release_tiles(&[t], 0);
+    let mut fetched = 0;
+    for now in 1..20 {
+        let mut stale = Vec::new();
+        assert_eq!(c.load_tile(t, false, now, |_, s| stale.push(s)), Ok(true));
+        assert_eq!(stale, [true; 4]);
+        fetched += answer(&mut c, now);
+    }
+    assert_eq!(fetched, 1, "refetched once, not on every read");
+    // Once its read changes with time (expired past the window), it is reported and loaded
+    // again.
+    let at = c.next_wakeup(20).expect("the tile's wake-up");
+    assert!(at <= 19 + 60_000, "{at}");
+    c.handle_timeout(at);
+    assert_eq!(c.take_changed_tiles(), ChangedTiles::Tiles(vec![t]));
+}
