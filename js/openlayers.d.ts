@@ -62,11 +62,12 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
  * when a move ends, removes the features of tiles that left the view (the view in any copy
  * of the world). A view with no centre yet is fed from when it has one. Returns `detach()`;
  * disposing of the source, of its cache or of the map (`map.dispose()`) detaches it too; the
- * map's dispose also empties the source of its tiles when no other follow() of it is left, and
- * so does taking the last layer that shows it off the map (put back, it loads them again).
+ * map's dispose also empties the source of its tiles unless another followed map shows it, and
+ * so does taking the last layer that shows it off its followed maps (put back, it loads them
+ * again).
  */
 export function follow(
-  map: { getView(): any; getSize(): number[] | undefined; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },
+  map: { getView(): any; getSize(): number[] | undefined; getLayerGroup(): any; getAllLayers(): any[]; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },
   source: unknown,
 ): () => void;
 

@@ -18,8 +18,8 @@
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
 // tile asked of it after that fails with ERR_DISPOSED, once), and so does the map's (the
-// source then lets go of its tiles when no follow() of it is left, as it does when its last
-// layer is taken off a followed map). Views in EPSG:3857
+// source then lets go of its tiles unless another followed map shows it, as it does when its
+// last layer on its followed maps is taken off). Views in EPSG:3857
 // (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
@@ -335,7 +335,7 @@ export function follow(map, source) {
   }
 
   /** Whether the map was disposed (`map.dispose()` clears the map's own listeners, not the
-   * view's): then follow() detaches, and when no follow() of the source is left, the source
+   * view's): then follow() detaches, and unless another followed map shows the source, it
    * lets go of its tiles, as of tiles that left the view (nothing draws them, and they
    * would be read and fetched again on every change or expiry in the cache; a map that
    * shows the source again loads them again). A source taken off a live map is the page's
@@ -343,19 +343,23 @@ export function follow(map, source) {
   function disposed() {
     if (!map.disposed && !map.disposed_) return false;
     detach();
-    if (!followers.size) letGo();
+    letGo();
     return true;
   }
 
+  /** Lets go of the source's tiles unless a map another follow() of it follows shows it
+   * (those tiles are that map's too: dropped, they would leave it and be loaded again). */
   function letGo() {
+    const shows = (m) => !m.disposed && !m.disposed_ && m.getAllLayers().some((l) => l.getSource?.() === source);
+    if ([...followers].some((f) => shows(f.map))) return;
     for (const key of [...tiles.keys()]) drop(key);
   }
 
-  /** A layer taken off the map (`map.removeLayer`, in a group too): when no layer of the map
-   * shows the source any more, it lets go of its tiles as above (a layer that shows it again
-   * loads them again); follow() goes on feeding the view. */
+  /** A layer taken off the map (`map.removeLayer`, in a group too): when no layer of a
+   * followed map shows the source any more, it lets go of its tiles as above (a layer that
+   * shows it again loads them again); follow() goes on feeding the view. */
   function onRemoveLayer() {
-    if (!map.getAllLayers().some((l) => l.getSource?.() === source)) letGo();
+    letGo();
   }
   let group = map.getLayerGroup();
   group.on('removelayer', onRemoveLayer);
@@ -404,7 +408,8 @@ export function follow(map, source) {
   map.on('moveend', prune);
   push();
   // Detached too when the source is disposed.
-  followers.add(detach);
+  detach.map = map;
+  if (!detached) followers.add(detach);
   return detach;
 
   function detach() {

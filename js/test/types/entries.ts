@@ -41,7 +41,7 @@ export async function entries(cache: TileCache<{ price: number }>, wasm: ArrayBu
   new Layer({ id: 'homes' });
   const v = viewportOf({ getBounds: () => [0, 0, 1, 1], zoom: 14 }, cache);
   const source = createSource({ VectorSource: class {}, Feature: class {}, Point: class {}, tileStrategy: () => 0, createXYZ: () => 0 }, cache);
-  const off: () => void = follow({ getView: () => ({}), getSize: () => [1, 1], on: () => 0, un: () => 0 }, source);
+  const off: () => void = follow({ getView: () => ({}), getSize: () => [1, 1], getLayerGroup: () => ({}), getAllLayers: () => [], on: () => 0, un: () => 0 }, source);
   const [mx, my]: [number, number] = toMercator(0, 0);
   // tilewarm/live.
   const seen: FeedEvent[] = [];
