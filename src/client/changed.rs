@@ -76,33 +76,32 @@ impl<P: Payload> Client<P> {
     }
 
     /// A host read data tile `tile`; its read could differ from `until` on with nothing else
-    /// changed (`u64::MAX`: never), and `refresh` says whether it was read stale (to be
-    /// refetched). Returns whether its last read, not changed with time since, was stale
-    /// already: then it was refetched for that read, and is not again (an answer stale on
-    /// arrival, items with a ttl of 0, would otherwise be refetched on each read, in a loop).
-    pub(super) fn hold(&mut self, tile: TileId, until: u64, refresh: bool, now_ms: u64) -> bool {
+    /// changed (`u64::MAX`: never). Returns whether its last read has not changed with time
+    /// since: then a stale read now comes of an answer stale on arrival (a ttl of 0), or was
+    /// refetched for that read already, and is not refetched again (in a loop, for a host
+    /// that reads the tile again on each change).
+    pub(super) fn hold(&mut self, tile: TileId, until: u64, now_ms: u64) -> bool {
         // In the order read: the first is the oldest, dropped when there are too many.
         let mut again = false;
-        if let Some(i) = self.held.iter().position(|h| h.0 == tile) {
-            let (_, was_until, was_stale) = self.held.remove(i);
-            again = was_stale && now_ms < was_until;
+        if let Some(i) = self.held.iter().position(|&(t, _)| t == tile) {
+            again = now_ms < self.held.remove(i).1;
         }
         if until < u64::MAX {
             if self.held.len() >= MAX_CHANGED_TILES {
                 self.held.remove(0);
             }
-            self.held.push((tile, until, refresh));
+            self.held.push((tile, until));
         }
         again
     }
 
     /// Reports the tiles a host read that read differently at `now_ms`, and forgets them.
     pub(super) fn changed_with_time(&mut self, now_ms: u64) {
-        for (t, until, stale) in std::mem::take(&mut self.held) {
+        for (t, until) in std::mem::take(&mut self.held) {
             if until <= now_ms {
                 self.changed_tiles.add(t);
             } else {
-                self.held.push((t, until, stale));
+                self.held.push((t, until));
             }
         }
     }

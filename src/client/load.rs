@@ -122,10 +122,8 @@ impl<P: Payload> Client<P> {
                     });
             // Shown stale: refetched meanwhile, as the view's stale tiles are; once per
             // change of its read with time, not on each read (see `hold`).
-            let work = Work::from_state(t, state);
-            let again = self.hold(t, until, work.is_some(), now_ms);
-            if !again && !self.batcher.is_tile_in_flight(t) {
-                refresh.extend(work);
+            if !self.hold(t, until, now_ms) && !self.batcher.is_tile_in_flight(t) {
+                refresh.extend(Work::from_state(t, state));
             }
         }
         self.batcher.extend_prefetch(refresh);

@@ -197,8 +197,8 @@ pub struct Client<P> {
     /// Tiles whose items changed since [`Client::take_changed_tiles`] (`changed.rs`).
     changed_tiles: ChangedTiles,
     /// Data tiles a host read ([`Client::load_tile`]), each with when its read could next
-    /// differ with time and whether it was read stale (`changed.rs`).
-    held: Vec<(TileId, u64, bool)>,
+    /// differ with time (`changed.rs`).
+    held: Vec<(TileId, u64)>,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -826,7 +826,7 @@ impl<P: Payload> Client<P> {
     /// a tile a host read ([`Client::load_tile`]) does (see [`Client::take_changed_tiles`]).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
         // A change already due (a call came before the timer) is due now, not dropped.
-        let first = (self.held.iter()).fold(self.view_until, |at, h| at.min(h.1));
+        let first = (self.held.iter()).fold(self.view_until, |at, &(_, t)| at.min(t));
         let view = Some(first).filter(|&t| t < u64::MAX).map(|t| t.max(now_ms));
         self.batcher
             .next_wakeup(now_ms)
@@ -918,7 +918,7 @@ impl<P: Payload> Client<P> {
                 let gone: HashSet<&str> = (ids.iter().copied())
                     .filter(|id| cache.tile_of(id).is_none())
                     .collect();
-                for &(t, ..) in &self.held {
+                for &(t, _) in &self.held {
                     if cache.lists_any(t, &gone) {
                         self.changed_tiles.add(t);
                     }
