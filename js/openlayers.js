@@ -355,18 +355,21 @@ export function follow(map, source) {
     for (const key of [...tiles.keys()]) drop(key);
   }
 
-  /** A layer taken off the map (`map.removeLayer`, in a group too): when no layer of a
+  /** A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`): when no layer of a
    * followed map shows the source any more, it lets go of its tiles as above (a layer that
    * shows it again loads them again); follow() goes on feeding the view. */
   function onRemoveLayer() {
     letGo();
   }
+  // (`map.setLayers(collection)` replaces the group's collection: a change:layers, no
+  // removelayer.)
+  const GROUP_CHANGES = ['removelayer', 'change:layers'];
   let group = map.getLayerGroup();
-  group.on('removelayer', onRemoveLayer);
+  group.on(GROUP_CHANGES, onRemoveLayer);
   function onGroup() {
-    group.un('removelayer', onRemoveLayer);
+    group.un(GROUP_CHANGES, onRemoveLayer);
     group = map.getLayerGroup();
-    group.on('removelayer', onRemoveLayer);
+    group.on(GROUP_CHANGES, onRemoveLayer);
     onRemoveLayer();
   }
 
@@ -422,7 +425,7 @@ export function follow(map, source) {
     map.un('change:size', schedule);
     map.un('change:target', disposed);
     map.un('change:layergroup', onGroup);
-    group.un('removelayer', onRemoveLayer);
+    group.un(GROUP_CHANGES, onRemoveLayer);
     map.un('moveend', prune);
   }
 }

@@ -8,7 +8,8 @@
 // of the view's resolution, whatever the view's own zoom levels; a disposed source lets go of
 // the cache (no tier reload, loads aborted, follow() detached); a disposed map detaches
 // follow() and empties its source (nothing fetched for its tiles after), and so does taking
-// the layer off the map (put back, it loads them again), unless another followed map shows
+// the layer off the map or replacing the map's layers (put back, it loads them again),
+// unless another followed map shows
 // the source; a view too coarse for the
 // cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
@@ -368,6 +369,34 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.equal(r.left, 0, 'features left in the source');
     assert.equal(r.fetched, 0, 'tiles of the layer taken off fetched again');
     assert.equal(r.again, r.features, 'put back, the source loads them again');
+  });
+
+  it("a map's layers replaced (map.setLayers with a collection, no removelayer) by ones not showing the source empties it", async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
+      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 400px; height: 300px';
+      document.body.append(div);
+      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const detach = follow(map, source);
+      const end = Date.now() + 10_000;
+      while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
+      const features = source.getFeatures().length;
+      const Collection = map.getLayers().constructor;
+      map.setLayers(new Collection([new VectorLayer({ source: new VectorSource() })]));
+      const left = source.getFeatures().length;
+      detach();
+      map.dispose();
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { features, left };
+    }, tileCorner(14, SX - 2.5, SY - 9.5));
+    assert.ok(r.features > 0, 'the source held features');
+    assert.equal(r.left, 0, 'features left in the source');
   });
 
   it('a layer taken off one of two followed maps that show the source leaves it its tiles (the other map draws them); taken off both, it lets go', async () => {
