@@ -9,9 +9,8 @@
 // the cache (no tier reload, loads aborted, follow() detached); a disposed map detaches
 // follow() and empties its source (nothing fetched for its tiles after), and so does taking
 // the layer off the map or replacing the map's layers (put back, it loads them again),
-// unless another followed map shows
-// the source; a view too coarse for the
-// cache loads its tiles empty and reports once per zoom (no loop of loads and errors every
+// unless another followed map shows the source; a view too coarse for the cache loads its
+// tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
 // cache's dispose() detaches follow(); after map.setView() follow() feeds the new view while
