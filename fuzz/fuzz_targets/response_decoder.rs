@@ -27,6 +27,7 @@ const TIGHT: Limits = Limits {
     max_class_len: 8,
     max_ttl_s: 3600,
     min_zoom: 10,
+    max_data_bytes: 64,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -51,6 +52,16 @@ fn check(data: &[u8], limits: &Limits) {
             assert!(r.missing.len() <= limits.max_ids);
             r.validate(limits)
                 .expect("a decoded response validates again");
+            // Leaving out the oversized items keeps the rest whole and valid.
+            let mut kept = r.clone();
+            let out = kept.take_oversized(limits);
+            assert_eq!(kept.items.len() + out.len(), r.items.len());
+            let max = limits.max_data_bytes;
+            assert!(kept.items.iter().all(|it| it.data.get().len() <= max));
+            assert!(out.iter().all(|o| o.size > max
+                && !kept.tiles.iter().any(|t| t.ids.contains(&o.id))));
+            kept.validate(limits)
+                .expect("an answer without its oversized items validates");
             let mut ids = HashSet::new();
             for it in &r.items {
                 assert!(it.lon.is_finite() && (-180.0..=180.0).contains(&it.lon));

@@ -30,6 +30,7 @@ const TIGHT: Limits = Limits {
     max_class_len: 8,
     max_ttl_s: 3600,
     min_zoom: 10,
+    max_data_bytes: 64,
 };
 
 /// The server's default limits (parsing the flags once, not per input).
