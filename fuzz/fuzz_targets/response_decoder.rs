@@ -58,8 +58,9 @@ fn check(data: &[u8], limits: &Limits) {
             assert_eq!(kept.items.len() + out.len(), r.items.len());
             let max = limits.max_data_bytes;
             assert!(kept.items.iter().all(|it| it.data.get().len() <= max));
-            assert!(out.iter().all(|o| o.size > max
-                && !kept.tiles.iter().any(|t| t.ids.contains(&o.id))));
+            assert!(out
+                .iter()
+                .all(|o| o.size > max && !kept.tiles.iter().any(|t| t.ids.contains(&o.id))));
             kept.validate(limits)
                 .expect("an answer without its oversized items validates");
             let mut ids = HashSet::new();

@@ -17,7 +17,9 @@ use std::collections::HashSet;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tilewarm::tile::{cover, cover_range, project, tiles_per_axis, Bbox, TileError, TileId, MAX_ZOOM};
+use tilewarm::tile::{
+    cover, cover_range, project, tiles_per_axis, Bbox, TileError, TileId, MAX_ZOOM,
+};
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Coord {
