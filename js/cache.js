@@ -21,6 +21,10 @@ export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
 
 const TIMED_OUT = Symbol('timed out');
 
+// The HTTP status a server answers with each of these codes (ErrorCode::http_status), for
+// the ids a partial answer leaves out with that `error`; any other code: 502.
+const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['payload_too_large', 413]]);
+
 // The item objects the caches of this wasm instance hold, by slot: the engine keeps an
 // item's slot, not the object, so items cross as numbers (src/wasm/engine.rs, `JsItem`).
 // A slot is filled before an answer goes to the engine and cleared when a FREED record
@@ -1097,7 +1101,7 @@ export class TileCache {
     const what = REQUEST_KINDS[req.kind];
     const e = new Error(`${what} batch request failed for ${ids.length} of its ids (first ${JSON.stringify(ids[0])}): ` +
       (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing'));
-    Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? (d.code === 'upstream_timeout' ? 504 : 502) : undefined, kind: what, willRetry: false, ids });
+    Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? PARTIAL_STATUS.get(d.code) ?? 502 : undefined, kind: what, willRetry: false, ids });
     if (d) e.serverCode = d.code;
     this.#rejectGets(ids, e);
     for (const { listener } of [...this.#errors]) {

@@ -668,6 +668,18 @@ test('get: an id a partial answer leaves out rejects and reaches onError, never 
       assert.ok(errs.includes(r.reason), 'onError heard it');
     }
     assert.match(errs[0].message, /failed for \d of its ids .*upstream_timeout: the origin did not answer in time/);
+    // Each code's status is the one the server answers it with; unknown codes are 502.
+    for (const [code, status, id] of [['overloaded', 503, 'h5'], ['rate_limited', 429, 'h6'], ['payload_too_large', 413, 'h7'], ['constructor', 502, 'h8']]) {
+      backend.hostile = (res, answer) => {
+        answer.items = [];
+        answer.missing = [];
+        answer.error = { code, message: 'left out', tiles: [], ids: [id] };
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(answer));
+      };
+      const left = await cache.get(id).then(() => null, (err) => err);
+      assert.deepEqual([left?.serverCode, left?.status], [code, status]);
+    }
     // Without an error member (a broken server) it is an invalid response, still not "missing".
     backend.hostile = (res, answer) => {
       answer.items = [];
