@@ -8,7 +8,7 @@ use super::decode::{parse, ResponseSeed, Slot};
 use super::{
     check_body, check_id, check_ttl, clip, parse_tile, quote, ttl_from_wire, validate_item_fields,
 };
-use super::{BatchRequest, DataTooLarge, Limits, ProtocolError};
+use super::{check_item_data, BatchRequest, DataTooLarge, Limits, ProtocolError};
 use crate::access::Access;
 use crate::tile::TileId;
 use crate::util::{HashMap, HashSet};
@@ -241,24 +241,12 @@ impl BatchResponse<RawData> {
     /// assert_eq!(r.items.len(), 1);
     /// ```
     pub fn take_oversized(&mut self, limits: &Limits) -> Vec<DataTooLarge> {
-        let max = limits.max_data_bytes;
-        if self.items.iter().all(|it| it.data.get().len() <= max) {
-            return Vec::new();
-        }
         let mut out = Vec::new();
         self.items.retain(|it| {
-            let size = it.data.get().len();
-            if size > max {
-                out.push(DataTooLarge {
-                    id: it.id.clone(),
-                    access: it.access,
-                    size,
-                    max,
-                });
-            }
-            size <= max
+            let checked = check_item_data(&it.id, it.access, it.data.get().len(), limits);
+            checked.map_err(|e| out.push(e)).is_ok()
         });
-        {
+        if !out.is_empty() {
             let gone: HashSet<&str> = out.iter().map(|o| o.id.as_str()).collect();
             for list in &mut self.tiles {
                 list.ids.retain(|id| !gone.contains(id.as_str()));

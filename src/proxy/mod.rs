@@ -273,8 +273,8 @@ pub struct Answer {
 }
 
 /// The longest origin `Retry-After` passed on, in seconds: an origin that asks for more (by
-/// mistake or not) does not park every caller for longer than an hour (the server caps an
-/// upstream's the same way).
+/// mistake or not) does not park every caller for longer than an hour (tilewarm-server caps an
+/// upstream's with this constant).
 pub const MAX_RETRY_AFTER_S: u64 = 3_600;
 
 /// The `Retry-After` passed on with an origin's `429` or `503` that sent none (or none

@@ -70,8 +70,9 @@ use super::{Answer, ItemBound, ItemCount, LoadError, OriginBackend, OriginFailur
 use crate::config::Config;
 
 /// The longest upstream `Retry-After` passed on, in seconds: an upstream that asks for more
-/// (by mistake or not) does not park every client for longer than an hour.
-pub const MAX_RETRY_AFTER_S: u64 = 3_600;
+/// (by mistake or not) does not park every client for longer than an hour. The edge proxy's
+/// cap on its origin's, one figure for both layers.
+pub use tilewarm::proxy::MAX_RETRY_AFTER_S;
 
 /// An upstream's `Retry-After` in seconds from `now` (RFC 9110 10.2.3): delay-seconds, or
 /// an HTTP date (`httpdate`: the IMF-fixdate and the two obsolete forms), counted from
