@@ -269,6 +269,9 @@ export function createSource(ol, cache, options = {}) {
   return source;
 }
 
+/** Whether OpenLayers disposed of `map` (`disposed`; `disposed_` in older versions). */
+const wasDisposed = (map) => map.disposed || map.disposed_;
+
 /**
  * Follows `map` with a source from {@link createSource}: feeds the view to
  * `cache.setViewport` at most once per animation frame while it moves or turns, so
@@ -341,7 +344,7 @@ export function follow(map, source) {
    * shows the source again loads them again). A source taken off a live map is the page's
    * to dispose of. */
   function disposed() {
-    if (!map.disposed && !map.disposed_) return false;
+    if (!wasDisposed(map)) return false;
     detach();
     letGo();
     return true;
@@ -350,27 +353,24 @@ export function follow(map, source) {
   /** Lets go of the source's tiles unless a map another follow() of it follows shows it
    * (those tiles are that map's too: dropped, they would leave it and be loaded again). */
   function letGo() {
-    const shows = (m) => !m.disposed && !m.disposed_ && m.getAllLayers().some((l) => l.getSource?.() === source);
+    const shows = (m) => !wasDisposed(m) && m.getAllLayers().some((l) => l.getSource?.() === source);
     if ([...followers].some((f) => shows(f.map))) return;
     for (const key of [...tiles.keys()]) drop(key);
   }
 
-  /** A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`): when no layer of a
-   * followed map shows the source any more, it lets go of its tiles as above (a layer that
-   * shows it again loads them again); follow() goes on feeding the view. */
-  function onRemoveLayer() {
-    letGo();
-  }
+  // A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`): when
+  // no layer of a followed map shows the source any more, it lets go of its tiles as above
+  // (a layer that shows it again loads them again); follow() goes on feeding the view.
   // (`map.setLayers(collection)` replaces the group's collection: a change:layers, no
   // removelayer.)
   const GROUP_CHANGES = ['removelayer', 'change:layers'];
   let group = map.getLayerGroup();
-  group.on(GROUP_CHANGES, onRemoveLayer);
+  group.on(GROUP_CHANGES, letGo);
   function onGroup() {
-    group.un(GROUP_CHANGES, onRemoveLayer);
+    group.un(GROUP_CHANGES, letGo);
     group = map.getLayerGroup();
-    group.on(GROUP_CHANGES, onRemoveLayer);
-    onRemoveLayer();
+    group.on(GROUP_CHANGES, letGo);
+    letGo();
   }
 
   function prune() {
@@ -425,7 +425,7 @@ export function follow(map, source) {
     map.un('change:size', schedule);
     map.un('change:target', disposed);
     map.un('change:layergroup', onGroup);
-    group.un(GROUP_CHANGES, onRemoveLayer);
+    group.un(GROUP_CHANGES, letGo);
     map.un('moveend', prune);
   }
 }
