@@ -10,7 +10,8 @@
 // tick go out together, so deck's N tiles need ceil(N / batch.maxTiles) requests); a tile's
 // data is the array of its items. When the cache's tier changes, or the `cache` prop is
 // another cache, every tile is emptied and loaded again (see tilewarmReload); a tile whose
-// items changed in the cache (onTilesChanged) gets them from the cache (tilewarmRedraw). The adapter
+// items changed in the cache (onTilesChanged) gets them from the cache (tilewarmRedraw), once it is
+// visible (one in deck's tile cache off the screen, when deck shows it again). The adapter
 // does not import deck.gl: the page passes its TileLayer class in. Types: deckgl.d.ts.
 
 import { wrapBox } from './box.js';
@@ -54,7 +55,7 @@ export function extendTileLayer(TileLayer) {
         // would keep the tiles of the old cache (which may be of a higher tier).
         st.tilewarmOff?.();
         st.tilewarmOffDispose?.();
-        st.tilewarmOffUpdates?.();
+        st.tilewarmUpdates?.stop();
         st.tilewarmGeneration ??= 0;
         st.tilewarmContents ??= new WeakMap();
         if (st.tilewarmCache) this.tilewarmReload();
@@ -65,8 +66,8 @@ export function extendTileLayer(TileLayer) {
         st.tilewarmOff = cache.onAccess(() => this.tilewarmReload());
         // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
         // change feed; an answer that refetched, replaced or deleted them, on the screen or
-        // off it; items turned stale or expired) gets them (see redraw.js).
-        st.tilewarmOffUpdates = followUpdates(cache, () => this.tilewarmShown(), (tile, items, drawn) => this.tilewarmRedraw(tile, items, drawn));
+        // off it; items turned stale or expired) gets them (see redraw.js), once deck shows it.
+        st.tilewarmUpdates = followUpdates(cache, () => this.tilewarmShown(), (tile, items, drawn) => this.tilewarmRedraw(tile, items, drawn));
         // A disposed cache would answer every view fed to it with ERR_DISPOSED, on every
         // frame of a move: the layer stops following (a tile asked of it after that fails,
         // once, as a tile). At once when it was disposed already.
@@ -75,6 +76,11 @@ export function extendTileLayer(TileLayer) {
       }
       super.updateState(params);
       // deck calls this on a frame where the view (or a prop) changed: at most once a frame.
+      // Deck has marked the tiles it shows now: a tile owed a read (changed while deck did
+      // not show it) is read if it is one. (Kept in the state: followUpdates calls the
+      // instance that made it, whose props may be old.)
+      st.tilewarmHidden = this.props.visible === false;
+      st.tilewarmUpdates.moved();
       const viewport = this.context.viewport;
       if (this.props.followView && !st.tilewarmGone && viewport && viewport !== this.state.tilewarmViewport) {
         this.state.tilewarmViewport = viewport;
@@ -89,7 +95,7 @@ export function extendTileLayer(TileLayer) {
     finalizeState(context) {
       this.state?.tilewarmOff?.();
       this.state?.tilewarmOffDispose?.();
-      this.state?.tilewarmOffUpdates?.();
+      this.state?.tilewarmUpdates?.stop();
       super.finalizeState(context);
     }
 
@@ -103,15 +109,18 @@ export function extendTileLayer(TileLayer) {
       this.setNeedsUpdate();
     }
 
-    /** The tiles deck holds with items of this cache's current tier, and what they hold. */
+    /** The tiles deck holds with items of this cache's current tier, what they hold, and
+     * whether deck shows them (`isVisible`: in the view, or a placeholder for a tile of
+     * another zoom still loading; not one kept in its tile cache off the screen, nor any of
+     * a hidden layer). */
     tilewarmShown() {
-      const { tileset, tilewarmGeneration, tilewarmContents } = this.state;
+      const { tileset, tilewarmGeneration, tilewarmContents, tilewarmHidden } = this.state;
       const out = [];
       for (const tile of tileset?.tiles ?? []) {
         const loaded = tile.content ? tilewarmContents.get(tile.content) : undefined;
         if (loaded?.at === tilewarmGeneration) {
           const { x, y, z } = tile.index;
-          out.push([`${z}/${x}/${y}`, tile, loaded.drawn]);
+          out.push([`${z}/${x}/${y}`, tile, loaded.drawn, !tilewarmHidden && tile.isVisible]);
         }
       }
       return out;

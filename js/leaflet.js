@@ -7,7 +7,7 @@
 // Each tile the grid asks for is one `loadTiles` call (the calls of a tick go out together,
 // so a grid of N tiles needs ceil(N / batch.maxTiles) requests); a tile Leaflet unloads
 // aborts its call. A drawn tile whose items changed in the cache (onTilesChanged) is drawn again
-// from the cache; when the cache's tier changes, every tile is loaded again (see below).
+// from the cache, once it is on the screen; when the cache's tier changes, every tile is loaded again (see below).
 // Maps in EPSG:3857 (Leaflet's default CRS; another CRS fails every tile). Types: leaflet.d.ts.
 
 import { drawnWith, followUpdates } from './redraw.js';
@@ -145,15 +145,26 @@ export function createLayer(L, cache, options = {}) {
   // as a tile). Both listeners are held while the layer is on a map.
   // The items of a drawn tile that changed in the cache (an invalidate, say by tilewarm/live's
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
-  // not; items turned stale or expired) draw it again (see redraw.js).
-  let offAccess, offDispose, offUpdates, gone = false, frame = 0;
+  // not; items turned stale or expired) draw it again (see redraw.js), once it is on the
+  // screen.
+  let offAccess, offDispose, updates, gone = false, frame = 0;
   // Named by the coordinates the tile was loaded with: Leaflet keys a tile of a copy of the
   // world (longitudes past 180) by its column there, past 2^z, and hands createTile the
-  // wrapped one.
-  const shown = () => Object.values(layer._tiles).map(({ el, coords }) => {
-    const c = el._tilewarmAt?.[0] ?? coords;
-    return [`${c.z}/${c.x}/${c.y}`, el, el.tilewarmDrawn];
-  });
+  // wrapped one. On the screen when any of it is in the map's pixel bounds (by the column
+  // of its copy, as the bounds are), at whichever zoom it is (Leaflet shows a tile of
+  // another zoom while the current one's load): a tile off the screen (the keepBuffer's) is
+  // read again only when it is on it (see redraw.js).
+  const shown = () => {
+    const map = layer._map;
+    const b = map.getPixelBounds(), z = map.getZoom(), size = layer.getTileSize();
+    return Object.values(layer._tiles).map(({ el, coords }) => {
+      const c = el._tilewarmAt?.[0] ?? coords;
+      const k = map.getZoomScale(z, coords.z);
+      const x = coords.x * size.x * k, y = coords.y * size.y * k;
+      const seen = x < b.max.x && x + size.x * k > b.min.x && y < b.max.y && y + size.y * k > b.min.y;
+      return [`${c.z}/${c.x}/${c.y}`, el, el.tilewarmDrawn, seen];
+    });
+  };
   const redraw = (tile, items, drawn) => {
     if (tile.tilewarmDrawn !== drawn || tile._tilewarmAbort.signal.aborted) return; // drawn since, or unloaded
     try {
@@ -184,7 +195,9 @@ export function createLayer(L, cache, options = {}) {
   };
   layer.on('add', () => {
     offAccess = cache.onAccess(() => layer.redraw());
-    offUpdates = followUpdates(cache, shown, redraw);
+    updates = followUpdates(cache, shown, redraw);
+    // A tile owed a read (changed off the screen) is read once the view shows it.
+    layer._map.on('move', updates.moved);
     // At once when the cache was disposed already.
     offDispose = cache.onDispose(() => { gone = true; unfollow(layer._map); });
     if (followView && !gone) { layer._map.on('move moveend', schedule); push(); }
@@ -192,8 +205,9 @@ export function createLayer(L, cache, options = {}) {
   layer.on('remove', (e) => {
     offAccess?.();
     offDispose?.();
-    offUpdates?.();
-    offAccess = offDispose = offUpdates = undefined;
+    updates?.stop();
+    e.target._map?.off('move', updates?.moved);
+    offAccess = offDispose = updates = undefined;
     unfollow(e.target._map);
   });
   if (followView) layer._tilewarmSchedule = schedule;

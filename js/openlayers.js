@@ -13,7 +13,8 @@
 // until it leaves the view, the source is refreshed or the tier changes: OpenLayers redraws
 // on a failure and would ask for it again at once, every frame. A tile too coarse for the
 // cache (more than maxVisibleTiles data tiles) is loaded empty, reported once per zoom.
-// A loaded tile whose items changed in the cache (onTilesChanged) is filled again from the cache.
+// A loaded tile whose items changed in the cache (onTilesChanged) is filled again from the cache,
+// once the view of a followed map shows it (any tile, with no follow()).
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
@@ -257,15 +258,21 @@ export function createSource(ol, cache, options = {}) {
   // frame of a move: the follow()s detach. (A tile asked of it fails, once, as a tile.)
   // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
-  // not; items turned stale or expired) is filled again (see redraw.js).
-  const offUpdates = followUpdates(cache, () => [...tiles].map(([key, t]) => [key, t, t.drawn]), (t, items, drawn) => {
+  // not; items turned stale or expired) is filled again (see redraw.js), once it is in the
+  // view of a map that follow() follows (any tile of any zoom: the source draws the features
+  // of every loaded tile); with no follow(), the views are not known and every tile counts.
+  const updates = followUpdates(cache, () => {
+    const views = [...followers].map((f) => f.inView());
+    return [...tiles].map(([key, t]) => [key, t, t.drawn, !views.length || views.some((seen) => seen(t.extent))]);
+  }, (t, items, drawn) => {
     if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
   });
+  const offUpdates = updates.stop;
   const offDispose = cache.onDispose(() => {
     gone = true;
     for (const detach of [...followers]) detach();
   });
-  states.set(source, { cache, tiles, drop, onError, followers, gone: () => gone });
+  states.set(source, { cache, tiles, drop, onError, followers, moved: updates.moved, gone: () => gone });
   return source;
 }
 
@@ -286,7 +293,7 @@ export function follow(map, source) {
   }
   const st = states.get(source);
   if (!st) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'source must come from createSource, not disposed');
-  const { cache, tiles, drop, onError, followers } = st;
+  const { cache, tiles, drop, onError, followers, moved } = st;
   if (st.gone()) return () => {}; // the cache was disposed: nothing to feed
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
   let frame = 0, detached = false, userProjectionReported = false;
@@ -318,6 +325,7 @@ export function follow(map, source) {
   function push() {
     frame = 0;
     if (disposed()) return;
+    moved(); // a tile owed a read (changed out of the view) is read once the view shows it
     const e = extent();
     // The zoom of 256-px tiles, from the resolution: the view's own zoom counts its
     // `resolutions`, `zoomFactor` or `maxResolution` when it has them.
@@ -373,12 +381,8 @@ export function follow(map, source) {
     letGo();
   }
 
-  function prune() {
-    const v = extent();
-    if (!v) return;
-    // Tiles a quarter of the view beyond it stay: OpenLayers loads a render buffer
-    // (100 px by default) around the view, which would be loaded again at once.
-    const m = Math.max(v[2] - v[0], v[3] - v[1]) / 4;
+  /** Whether a tile's extent overlaps view extent `v` grown by `m` metres on each side. */
+  function near(v, m) {
     // The tiles are in the real world (OpenLayers wraps what it loads into it); the view
     // may be in another world's copy, or across the antimeridian: shifted so its centre is
     // in the real world, and compared with its twin a world to either side too.
@@ -386,10 +390,16 @@ export function follow(map, source) {
     const e = [v[0] - m - shift, v[1] - m, v[2] + m - shift, v[3] + m];
     const wide = e[2] - e[0] >= WORLD;
     const apart = (x, dx) => x[2] <= e[0] + dx || x[0] >= e[2] + dx;
-    for (const [key, t] of [...tiles]) {
-      const x = t.extent;
-      if (x[3] <= e[1] || x[1] >= e[3] || (!wide && apart(x, 0) && apart(x, -WORLD) && apart(x, WORLD))) drop(key);
-    }
+    return (x) => !(x[3] <= e[1] || x[1] >= e[3] || (!wide && apart(x, 0) && apart(x, -WORLD) && apart(x, WORLD)));
+  }
+
+  function prune() {
+    const v = extent();
+    if (!v) return;
+    // Tiles a quarter of the view beyond it stay: OpenLayers loads a render buffer
+    // (100 px by default) around the view, which would be loaded again at once.
+    const keep = near(v, Math.max(v[2] - v[0], v[3] - v[1]) / 4);
+    for (const [key, t] of [...tiles]) if (!keep(t.extent)) drop(key);
     schedule();
   }
 
@@ -412,6 +422,11 @@ export function follow(map, source) {
   push();
   // Detached too when the source is disposed.
   detach.map = map;
+  // Which tiles the map's view shows (any part of; all while it has no view yet).
+  detach.inView = () => {
+    const v = extent();
+    return v ? near(v, 0) : () => true;
+  };
   if (!detached) followers.add(detach);
   return detach;
 
@@ -419,6 +434,7 @@ export function follow(map, source) {
     if (detached) return;
     detached = true;
     followers.delete(detach);
+    moved(); // its view no longer counts: a read owed for its sake is made (see redraw.js)
     if (frame) cancelAnimationFrame(frame);
     view.un(VIEW_CHANGES, schedule);
     map.un('change:view', onView);

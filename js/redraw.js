@@ -1,9 +1,12 @@
 // Shared by the tile adapters (tilewarm/leaflet, tilewarm/openlayers, tilewarm/deckgl), not
 // an entry of its own: the host tiles a map holds are drawn again when the cache's items
 // for them changed (an invalidate, say by tilewarm/live's change feed; an answer that
-// refetched, replaced, moved or deleted items; items turned stale or expired), in the view
-// or not, instead of keeping the items of the moment they loaded until the map loads them
-// again.
+// refetched, replaced, moved or deleted items; items turned stale or expired), instead of
+// keeping the items of the moment they loaded until the map loads them again. A tile the
+// host holds off the screen is read again only once it is on the screen: a read of a stale
+// or expired tile fetches it, and the host's tile cache (Leaflet's keepBuffer, deck.gl's
+// maxCacheSize, an OpenLayers source's tiles) would otherwise be fetched whole, every ttl,
+// for tiles nobody sees.
 
 /** What a tile was drawn with: its items and their stale flags then (a read sets `stale`
  * on the shared item objects, so the flags are copied). */
@@ -28,35 +31,44 @@ function overlap(a, b) {
 
 /**
  * Follows `cache.onTilesChanged` for a host. After a change (several in a frame make one
- * pass, at the next animation frame), every tile `shown()` names, as `[name, tile, drawn]`
- * ("z/x/y", the host's tile, and the `drawnWith` record it was drawn with, undefined while
- * it is not drawn), that overlaps a changed tile is read again through `cache.loadTiles`
- * (from the cache: what is missing is fetched as for any load, and the tile keeps its
- * drawing until it is answered), and `redraw(tile, items, drawn)` is called for those whose
- * items or stale flags differ from `drawn` (the host checks the tile still shows `drawn`):
- * a change elsewhere reads and redraws nothing. A tile is not read again while its last
- * read is out (a pass after it reads it). Returns stop (which aborts the reads out).
+ * pass, at the next animation frame), every tile `shown()` names, as `[name, tile, drawn,
+ * seen]` ("z/x/y", the host's tile, the `drawnWith` record it was drawn with, undefined
+ * while it is not drawn, and whether any of it is on the screen, true when omitted), that
+ * overlaps a changed tile is read again through `cache.loadTiles` (from the cache: what is
+ * missing, stale or expired is fetched as for any load, and the tile keeps its drawing
+ * until it is answered), and `redraw(tile, items, drawn)` is called for those whose items
+ * or stale flags differ from `drawn` (the host checks the tile still shows `drawn`): a
+ * change elsewhere reads and redraws nothing. A tile off the screen is not read: it is
+ * owed a read, once however often it changes, made by the first pass that finds it on the
+ * screen (the host calls `moved()` when its view moved, which asks for a pass while a read
+ * is owed) and dropped when the tile is drawn otherwise (loaded again) or no longer held.
+ * A tile is not read again while its last read is out (a pass after it reads it, if it is
+ * on the screen then). Returns `{ stop, moved }`; stop aborts the reads out.
  */
 export function followUpdates(cache, shown, redraw) {
   let frame = 0, all = false;
   /** Changed tiles ([z, x, y]) since the last pass; host tiles changed while read. */
   let changed = [];
   const again = new WeakSet();
+  /** Host tiles off the screen owed a read, with what they were drawn with then. */
+  let owed = new Map();
   const ctrl = new AbortController();
   const busy = new Set();
   const pass = () => {
     frame = 0;
-    const [every, tiles] = [all, changed];
+    const [every, tiles, was] = [all, changed, owed];
     all = false;
     changed = [];
-    for (const [name, tile, drawn] of shown()) {
+    owed = new Map();
+    for (const [name, tile, drawn, seen = true] of shown()) {
       if (!drawn) continue; // not drawn yet: its own load draws it
-      if (!every && !again.has(tile)) {
+      if (!every && !again.has(tile) && was.get(tile) !== drawn) {
         const at = zxy(name);
         if (!tiles.some((t) => overlap(t, at))) continue;
       }
       if (busy.has(tile)) { again.add(tile); continue; }
       again.delete(tile);
+      if (!seen) { owed.set(tile, drawn); continue; }
       let loading;
       try {
         loading = cache.loadTiles([name], { signal: ctrl.signal });
@@ -80,10 +92,12 @@ export function followUpdates(cache, shown, redraw) {
     if (tiles && changed.length < 1024) changed.push(...tiles.map(zxy)); else all = true;
     schedule();
   });
-  return () => {
+  const stop = () => {
     off();
     ctrl.abort();
+    owed.clear();
     if (frame) cancelAnimationFrame(frame);
     frame = 0;
   };
+  return { stop, moved: () => { if (owed.size) schedule(); } };
 }

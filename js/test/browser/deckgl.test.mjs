@@ -8,7 +8,9 @@
 // tile is rendered again; so does one left out of a later answer for a tile outside the
 // cache's view (followView: false), and no other tile is rendered or loaded again; tiles
 // outside the cache's view are rendered again stale on time, refetched meanwhile and
-// rendered again fresh; no console errors. Screenshot:
+// rendered again fresh; a map at rest past every ttl reads (so fetches) only the tiles deck
+// shows, not those in its tile cache, and panned back, one changed there (twice) is read once
+// and rendered with the new data; no console errors. Screenshot:
 // target/browser-test/deckgl.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -54,6 +56,13 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       return s;
     }, null, what);
   }
+
+  /** Whether tile "z/x/y" (z <= 14) overlaps the data tiles (zoom 14) x0..x1, y0..y1. */
+  const overlaps = (tile, x0, y0, x1, y1) => {
+    const [z, x, y] = tile.split('/').map(Number);
+    const k = 2 ** (14 - z);
+    return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
+  };
 
   /** The data tile (zoom 14) a deck tile key `x:y:z` lies in (deck's tiles are finer here). */
   const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
@@ -262,6 +271,66 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       }, [lon, lat]);
       assert.equal(r.views, 0, 'views fed to the disposed cache');
       assert.deepEqual(r.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it("a map at rest reads (so fetches) no tile deck keeps off the screen; panned back, a tile that changed there is read once and drawn with the new data", async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it). No view
+      // is fed to the cache: every request is one of the layer's reads.
+      const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
+      const [ox, oy] = [SX - 7, SY - 2];
+      const off = `14/${ox}/${oy}`;
+      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0&swr=3600`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
+      const first = await settled('the tiles', p);
+      const a = backend.tileItems(off, 'public').at(-1).id;
+      assert.ok(first.ids.includes(a), `${a} drawn: ${first.ids}`);
+      // 2.5 data tiles east: deck keeps the tiles of the first view in its tile cache.
+      await p.evaluate(([lon, lat]) => window.__tw.setView({ longitude: lon, latitude: lat }), [lon + 2.5 * TILE_LON, lat]);
+      // (The tiles deck holds, with whether it shows them, once it shows the view east.)
+      const w = await until(p, (x0) => {
+        const held = window.__tw.tileset().tiles.filter((t) => t.content).map((t) => [t.index, t.isVisible]);
+        const vp = window.__tw.deck.layerManager.getLayers().find((l) => l.id === 'homes').context.viewport;
+        return held.every(([{ x, z }, seen]) => seen === (x >> (z - 14)) > x0) && { held, bounds: vp.getBounds() };
+      }, ox + 1, 'the tiles east');
+      await settled('the tiles east', p);
+      assert.ok(w.held.some(([{ x, y, z }, seen]) => !seen && parent(`${x}:${y}:${z}`) === off), `a tile of ${off} held off the screen: ${JSON.stringify(w.held)}`);
+      const [, x0, y0] = tileOf(w.bounds[0], w.bounds[3], 14);
+      const [, x1, y1] = tileOf(w.bounds[2], w.bounds[1], 14);
+      // Deleted on the server; past every ttl (within the stale window) the tiles on the
+      // screen are drawn stale, refetched and drawn fresh; those off it are not read.
+      backend.remove(a);
+      const n0 = backend.requests.length;
+      const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
+      await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, 'the tiles on the screen refetched');
+      // And changed off the screen once more (an invalidation, as tilewarm/live makes).
+      await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
+      await p.evaluate(() => window.__tw.frames(2));
+      await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
+      // (The cache may ask for a coarser tile standing for data tiles it needs.)
+      const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
+      assert.ok(asked.length > 0);
+      for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
+        `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+      // Back: the tile is read once (its old items shown meanwhile), refetched, drawn without it.
+      const n1 = backend.requests.length;
+      const back = await p.evaluate(([lon, lat]) => { window.__tw.setView({ longitude: lon, latitude: lat }); return window.__tw.state().stats.requests; }, [lon, lat]);
+      // (A tile given its items again has no sublayers until deck's next render.)
+      const s = await until(p, ([id, back]) => {
+        const s = window.__tw.state();
+        return s.current && s.loaded && s.stats.requests > back && s.stats.inFlight === 0 && s.ids.length > 0 &&
+          !Object.values(s.drawn).some((n) => n < 0) && !s.ids.includes(id) && s;
+      }, [a, back], `${a} off the screen`);
+      const again = backend.requests.slice(n1).filter((r) => r.tiles?.some((t) => overlaps(t, ox, oy, ox, oy)));
+      assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
+      assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
     }

@@ -11,7 +11,9 @@
 // cache's view (followView: false), and no other tile is drawn or loaded again, and one in a
 // copy of the world (longitudes past 180); items that
 // turned stale are drawn again stale, outside the cache's view too, where they are refetched
-// meanwhile and drawn again fresh; no console errors. Screenshot:
+// meanwhile and drawn again fresh; a map at rest past every ttl reads (so fetches) only the
+// tiles on the screen, not those Leaflet keeps off it (keepBuffer), and panned back, one changed
+// there (twice) is read once and drawn with the new data; no console errors. Screenshot:
 // target/browser-test/leaflet.png.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -53,6 +55,13 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       return window.__tw.state();
     }, null, what);
   }
+
+  /** Whether tile "z/x/y" (z <= 14) overlaps the data tiles (zoom 14) x0..x1, y0..y1. */
+  const overlaps = (tile, x0, y0, x1, y1) => {
+    const [z, x, y] = tile.split('/').map(Number);
+    const k = 2 ** (14 - z);
+    return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
+  };
 
   /** The data tile (zoom 14) a grid tile key `x:y:15` lies in (the pages draw at zoom 15). */
   const parent = (key) => { const [x, y] = key.split(':').map(Number); return `14/${x >> 1}/${y >> 1}`; };
@@ -368,6 +377,72 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
       assert.deepEqual(new Set(s.ids), new Set(first.ids));
       assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a map at rest reads (so fetches) no tile it holds off the screen; panned back, a tile that changed there is read once and drawn with the new data', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it). No view
+      // is fed to the cache: every request is one of the layer's reads.
+      const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
+      const [ox, oy] = [SX - 7, SY - 2];
+      const off = `14/${ox}/${oy}`;
+      await p.goto(`${pages.url}leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await settled('the grid', p);
+      // 1.5 data tiles east: Leaflet keeps the tiles of the first view (keepBuffer), those
+      // of data tile `off` all off the screen.
+      await p.evaluate(() => window.__tw.map.panBy([768, 0], { animate: false }));
+      await settled('the grid east', p);
+      /** The data tiles of the grid's tiles on the screen and off it (by where they are
+       * on the page) and of the view (by its bounds). */
+      const where = () => p.evaluate(() => {
+        const { map, layer } = window.__tw;
+        const box = map.getContainer().getBoundingClientRect();
+        const on = [], offScreen = [];
+        for (const { el, coords } of Object.values(layer._tiles)) {
+          const r = el.getBoundingClientRect();
+          const tile = `14/${coords.x >> 1}/${coords.y >> 1}`;
+          (r.right > box.left && r.left < box.right && r.bottom > box.top && r.top < box.bottom ? on : offScreen).push(tile);
+        }
+        const b = map.getBounds();
+        return { on, offScreen, west: b.getWest(), east: b.getEast(), south: b.getSouth(), north: b.getNorth() };
+      });
+      const w = await where();
+      assert.ok(w.offScreen.includes(off) && !w.on.includes(off), `data tile ${off} held off the screen only: ${JSON.stringify(w)}`);
+      const [, x0, y0] = tileOf(w.west, w.north, 14);
+      const [, x1, y1] = tileOf(w.east, w.south, 14);
+      const a = backend.tileItems(off, 'public').at(-1).id;
+      assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} drawn (off the screen)`);
+      // Deleted on the server; past every ttl (within the stale window) the tiles on the
+      // screen are drawn stale, refetched and drawn fresh; those off it are not read.
+      backend.remove(a);
+      const n0 = backend.requests.length;
+      const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
+      await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, 'the tiles on the screen refetched');
+      // And changed off the screen once more (an invalidation, as tilewarm/live makes).
+      await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
+      await p.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
+      await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
+      // (The cache may ask for a coarser tile standing for data tiles it needs.)
+      const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
+      assert.ok(asked.length > 0);
+      for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
+        `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+      assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} still drawn off the screen`);
+      // Back: the tile is read once (its old drawing meanwhile), refetched, drawn without it.
+      const n1 = backend.requests.length;
+      await p.evaluate(() => window.__tw.map.panBy([-768, 0], { animate: false }));
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} off the screen`);
+      await settled('the grid back', p);
+      const again = backend.requests.slice(n1).filter((r) => r.tiles?.some((t) => overlaps(t, ox, oy, ox, oy)));
+      assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
+      assert.deepEqual((await settled('the grid back', p)).errors, []);
     } finally {
       await p.close();
     }

@@ -20,8 +20,10 @@
 // gone when its tile is fetched again, leaves the source, and no feature of another data
 // tile changes; so does one left out of a later answer for a tile loaded outside the cache's
 // view (no follow()), and no other tile is changed or loaded again; features loaded outside
-// the cache's view turn stale on time, are refetched meanwhile and turn fresh again; no
-// console errors.
+// the cache's view turn stale on time, are refetched meanwhile and turn fresh again; a map at
+// rest past every ttl reads (so fetches) only the tiles in the view of the source's follow(),
+// not those it keeps beside it, and moved back, one changed there (twice) is read once and
+// filled with the new data; no console errors.
 // Screenshot:
 // target/browser-test/openlayers.png.
 import { after, before, describe, it } from 'node:test';
@@ -844,6 +846,79 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       const seen = await p.evaluate(() => window.__tw.staleSeen());
       assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
       assert.deepEqual(new Set(s.ids), new Set(first.ids));
+      assert.deepEqual(s.errors, []);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a map at rest reads (so fetches) no tile the source holds out of the view of its follow(); moved back, a tile that changed there is read once and filled with the new data', async () => {
+    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
+    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    try {
+      // A part of the dataset no other step comes near (an item is deleted from it). The
+      // source follows the map, but no view reaches the cache: every request is one of the
+      // source's reads.
+      const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
+      const [ox, oy] = [SX - 7, SY - 2];
+      const off = `14/${ox}/${oy}`;
+      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+      await p.evaluate(() => {
+        const { cache, map, source, ol } = window.__tw;
+        cache.setViewport = () => {};
+        ol.follow(map, source);
+      });
+      await settled('the view', p);
+      // The item of `off` in its z15 tile at the east and south: the view moved east until
+      // its west edge is 10 px past `off`, which keeps that tile (within a quarter of the view).
+      const a = backend.tileItems(off, 'public').at(-1).id;
+      assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} held`);
+      const [edge] = tileCorner(14, ox + 1, oy);
+      const center = await p.evaluate(([edge, lat]) => {
+        const { map, fromLonLat } = window.__tw;
+        const view = map.getView();
+        const old = view.getCenter();
+        view.setCenter([fromLonLat([edge, lat])[0] + 410 * view.getResolution(), old[1]]);
+        return old;
+      }, [edge, lat]);
+      await until(p, () => window.__tw.rendered() > 0 && !window.__tw.state().loading, null, 'the view east');
+      const s1 = await settled('the view east', p);
+      assert.ok(s1.ids.includes(a), `${a} held out of the view: ${s1.ids}`);
+      const [w, so] = lonLat(s1.extent[0], s1.extent[1]);
+      const [e, n] = lonLat(s1.extent[2], s1.extent[3]);
+      const [, x0, y0] = tileOf(w, n, 14);
+      const [, x1, y1] = tileOf(e, so, 14);
+      assert.ok(x0 > ox, `${off} out of the view (14/${x0}..${x1}/${y0}..${y1})`);
+      // Deleted on the server; past every ttl (within the stale window) the tiles in the
+      // view are filled stale, refetched and filled fresh; those out of it are not read.
+      backend.remove(a);
+      const n0 = backend.requests.length;
+      const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
+      await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, 'the tiles in the view refetched');
+      // And changed out of the view once more (an invalidation, as tilewarm/live makes).
+      await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
+      await p.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
+      await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
+      // (The cache may ask for a coarser tile standing for data tiles it needs.)
+      const overlaps = (tile, x0, y0, x1, y1) => {
+        const [z, x, y] = tile.split('/').map(Number);
+        const k = 2 ** (14 - z);
+        return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
+      };
+      const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
+      assert.ok(asked.length > 0);
+      for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
+        `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+      assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} still held out of the view`);
+      // Back: the tile is read once (its old features meanwhile), refetched, filled without it.
+      const n1 = backend.requests.length;
+      await p.evaluate((center) => window.__tw.map.getView().setCenter(center), center);
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
+      const s = await settled('the view back', p);
+      const again = backend.requests.slice(n1).filter((r) => r.tiles?.some((t) => overlaps(t, ox, oy, ox, oy)));
+      assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
       assert.deepEqual(s.errors, []);
     } finally {
       await p.close();
