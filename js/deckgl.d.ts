@@ -20,10 +20,11 @@ export type TileData<Data = unknown> = Item<Data>[];
  * A subclass of deck.gl's `TileLayer` (pass the class in) whose `getTileData` is
  * `cache.loadTiles` with the tile's abort signal (one call per tile; a tick's calls go out
  * together) and which feeds deck's view to the cache. `maxRequests` defaults to 0: the cache
- * batches the tiles itself. A tile deck holds (on the screen or off it) whose items changed
+ * batches the tiles itself. A tile deck shows (`isVisible`) whose items changed
  * in the cache (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced
  * or deleted them, the view's items turned stale) gets them as its data
- * by the next animation frame, and its sublayers are rendered again; tiles whose items did
+ * by the next animation frame, and its sublayers are rendered again (one in deck's tile
+ * cache off the screen: once deck shows it again, read once); tiles whose items did
  * not change keep theirs. When the cache's tier changes (`cache.onAccess`: `setAccess`, or
  * a lower tier the server reported) or the `cache` prop is another cache, every tile is
  * emptied by the next frame and loaded again. One cache per map (the cache follows one

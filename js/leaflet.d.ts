@@ -30,7 +30,9 @@ export interface LayerOptions<Data = unknown> {
  * CSS pixels); an unloaded tile aborts its call. A drawn tile whose items changed in the
  * cache (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced or
  * deleted them, the view's items turned stale; in the cache's view or not) is drawn again
- * by the next animation frame; a tile whose items did not change is not. When the
+ * by the next animation frame if any of it is in the map's view (one of the `keepBuffer`
+ * ring off the screen: once the map shows it again, read once); a tile whose items did
+ * not change is not. When the
  * cache's tier changes (`cache.onAccess`: `setAccess`, or a lower tier the server reported)
  * while the layer is on a map, every tile is taken off at once and drawn again. One cache
  * per map (the cache follows one view); when the cache is disposed the layer stops feeding
