@@ -241,6 +241,7 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
         let mut kept = Fill {
             items: fill.items.clone(),
             tiles: fill.tiles.clone(),
+            fetched_at: fill.fetched_at,
             gens: fill.gens.clone(),
         };
         app.invalidation.guard.filter(&mut kept, before);

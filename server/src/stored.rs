@@ -21,7 +21,12 @@
 //!   in a second `MGET`, about 1,700 keys per 16-tile batch). Laid out as the items' texts
 //!   concatenated (UTF-8), then per item its text's byte length (u32) and its item trailer
 //!   (the 46 bytes an item value ends with, its `gen` included), then a 13-byte *tile
-//!   trailer*: the item count (u32), `exp` (u64, Unix ms) and the version byte `4`. The texts
+//!   trailer*: the item count (u32), `exp` (u64, Unix ms) and the version byte `4`; a list
+//!   fetched below `agent` (the request path asks a tile over `--max-tile-items` at `agent`
+//!   again at the caller's tier, `crate::batch`) ends with its tier (u8, as the item
+//!   trailer's) and the byte `0x84` instead, one byte more, so that a reader which does not
+//!   know this form (an older instance) finds no version-4 tile there: a miss, never the
+//!   list of every tier. The texts
 //!   come first so the whole value is checked as UTF-8 once and its items share that one
 //!   buffer (no copy or allocation of text per item). `exp` is the list's expiry
 //!   ([`encode_tile`]), and the key expires with it: not the soonest of its items', since
@@ -69,8 +74,12 @@ const ITEM_TRAILER: usize = 1 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 1;
 /// Per item of a tile value: its text length, then its item trailer.
 const TILE_ENTRY: usize = 4 + ITEM_TRAILER;
 
-/// Tile trailer: item count, exp, version.
+/// Tile trailer: item count, exp, version (a list fetched below `agent`: its tier's rank,
+/// then [`BELOW_TOP_BYTE`] instead of the version, one byte more).
 const TILE_TRAILER: usize = 4 + 8 + 1;
+
+/// The last byte of a tile value whose list was fetched below `agent` (module docs).
+const BELOW_TOP_BYTE: u8 = 0x80 | VERSION_BYTE;
 
 /// Between the item's head and its data.
 const DATA_KEY: &str = ",\"data\":";
@@ -385,11 +394,12 @@ impl ProxyItem for StoredItem {
 }
 
 /// A tile's Redis value: its items in list order, expiring with the list (`list_exp`, module
-/// docs). `None` when it cannot be stored in this format (more items, or a longer item,
-/// than a u32 counts).
-pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
+/// docs), fetched at tier `fetched_at` (the tile trailer's last two bytes for a list
+/// fetched below `agent`, module docs). `None` when it cannot be stored in this format
+/// (more items, or a longer item, than a u32 counts).
+pub fn encode_tile(items: &[&StoredItem], list_exp: u64, fetched_at: Access) -> Option<Vec<u8>> {
     let text_len: usize = items.iter().map(|it| it.len).sum();
-    let mut v = Vec::with_capacity(text_len + items.len() * TILE_ENTRY + TILE_TRAILER);
+    let mut v = Vec::with_capacity(text_len + items.len() * TILE_ENTRY + TILE_TRAILER + 1);
     for it in items {
         v.extend_from_slice(it.text().as_bytes());
     }
@@ -399,18 +409,29 @@ pub fn encode_tile(items: &[&StoredItem], list_exp: u64) -> Option<Vec<u8>> {
     }
     v.extend_from_slice(&u32::try_from(items.len()).ok()?.to_le_bytes());
     v.extend_from_slice(&list_exp.to_le_bytes());
-    v.push(VERSION_BYTE);
+    if fetched_at == Access::Agent {
+        v.push(VERSION_BYTE);
+    } else {
+        v.push(fetched_at.rank());
+        v.push(BELOW_TOP_BYTE);
+    }
     Some(v)
 }
 
-/// A tile from its Redis value: its expiry and its items in list order (sharing the value's
-/// buffer, not copied), or `None` when it is not a version-4 tile.
-pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
-    let at = v.len().checked_sub(TILE_TRAILER)?;
+/// A tile from its Redis value: its expiry, the tier its list was fetched at, and its items
+/// in list order (sharing the value's buffer, not copied), or `None` when it is not a
+/// version-4 tile.
+pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Access, Vec<StoredItem>)> {
+    let (at, fetched_at) = match *v.last()? {
+        VERSION_BYTE => (v.len().checked_sub(TILE_TRAILER)?, Access::Agent),
+        BELOW_TOP_BYTE => {
+            let at = v.len().checked_sub(TILE_TRAILER + 1)?;
+            let tier = Access::from_rank(v[v.len() - 2]).filter(|&a| a < Access::Agent)?;
+            (at, tier)
+        }
+        _ => return None,
+    };
     let trailer = &v[at..];
-    if trailer[TILE_TRAILER - 1] != VERSION_BYTE {
-        return None;
-    }
     let count = u32_at(trailer, 0)?;
     let exp = u64_at(trailer, 4)?;
     // The count is bounded by the value's length before anything is allocated for it.
@@ -431,7 +452,11 @@ pub fn decode_tile(mut v: Vec<u8>) -> Option<(u64, Vec<StoredItem>)> {
         .iter()
         .map(|(start, end, t)| StoredItem::within(&text, *start, *end, t))
         .collect::<Option<Vec<_>>>()?;
-    Some((exp, items))
+    // A list fetched below `agent` cannot hold an item above its tier.
+    if items.iter().any(|it| !fetched_at.can_see(it.access)) {
+        return None;
+    }
+    Some((exp, fetched_at, items))
 }
 
 /// The field of the generations hash that `all` bumps ([`ALL_FIELD`]): no class can be
@@ -825,8 +850,9 @@ mod tests {
     fn a_tile_round_trips_its_items_in_order_sharing_one_buffer() {
         let (a, b, c) = (item("a", 900), item("b/ü", 500), item("c", 700));
         let (a, c) = (a.with_gen(3), c.with_gen(1 << 40));
-        let v = encode_tile(&[&a, &b, &c], 800).unwrap();
-        let (exp, items) = decode_tile(v).unwrap();
+        let v = encode_tile(&[&a, &b, &c], 800, Access::Agent).unwrap();
+        let (exp, at, items) = decode_tile(v).unwrap();
+        assert_eq!(at, Access::Agent);
         // The list's expiry, not the soonest of its items' (b's): which items a tile holds
         // is the top tier's business.
         assert_eq!(exp, 800);
@@ -844,14 +870,45 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&items[0].buf, &items[2].buf));
         // An empty tile.
-        let (exp, items) = decode_tile(encode_tile(&[], 60).unwrap()).unwrap();
+        let (exp, _, items) = decode_tile(encode_tile(&[], 60, Access::Agent).unwrap()).unwrap();
         assert_eq!((exp, items.len()), (60, 0));
+    }
+
+    /// A list fetched below `agent` comes back with its tier; an older reader (one that
+    /// knows only the version byte) finds no tile there; a value claiming a tier below one
+    /// of its items is absent.
+    #[test]
+    fn a_tile_fetched_below_agent_keeps_its_tier() {
+        let (a, b) = (item("a", 900), item("b", 500));
+        for tier in [Access::Public, Access::Registered, Access::Verified] {
+            let v = encode_tile(&[], 800, tier).unwrap();
+            assert_eq!(v.len(), TILE_TRAILER + 1);
+            assert_ne!(v.last(), Some(&VERSION_BYTE));
+            let (exp, at, items) = decode_tile(v).unwrap();
+            assert_eq!((exp, at, items.len()), (800, tier, 0));
+        }
+        // `item` is `registered`.
+        let v = encode_tile(&[&a, &b], 800, Access::Registered).unwrap();
+        let (_, at, items) = decode_tile(v.clone()).unwrap();
+        assert_eq!((at, items.len()), (Access::Registered, 2));
+        assert!(decode_tile(encode_tile(&[&a, &b], 800, Access::Public).unwrap()).is_none());
+        // The tier byte must name a tier below agent.
+        let mut bad = v.clone();
+        let n = bad.len();
+        for rank in [3u8, 4, 0xff] {
+            bad[n - 2] = rank;
+            assert!(decode_tile(bad.clone()).is_none(), "rank {rank}");
+        }
+        // Every truncation.
+        for k in 0..v.len() {
+            assert!(decode_tile(v[..k].to_vec()).is_none(), "first {k} bytes");
+        }
     }
 
     #[test]
     fn a_damaged_tile_is_absent() {
         let (a, b) = (item("a", 900), item("b", 500));
-        let v = encode_tile(&[&a, &b], 800).unwrap();
+        let v = encode_tile(&[&a, &b], 800, Access::Agent).unwrap();
         // Every truncation, from either end.
         for n in 0..v.len() {
             assert!(decode_tile(v[..n].to_vec()).is_none(), "first {n} bytes");
@@ -954,8 +1011,8 @@ mod tests {
                 })
                 .collect();
             let refs: Vec<&StoredItem> = items.iter().collect();
-            let v = encode_tile(&refs, list_exp).unwrap();
-            let (exp, back) = decode_tile(v.clone()).unwrap();
+            let v = encode_tile(&refs, list_exp, Access::Agent).unwrap();
+            let (exp, _, back) = decode_tile(v.clone()).unwrap();
             prop_assert_eq!(exp, list_exp);
             prop_assert_eq!(back.len(), items.len());
             for (b, i) in back.iter().zip(&items) {

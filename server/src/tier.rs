@@ -4,7 +4,10 @@
 //! every caller (the request path filters per caller):
 //! - **items**, each with the Unix time at which it stops being fresh (`exp`, from the
 //!   class TTL policy: `active` 300 s, `off_market` 4 h, others 300 s by default);
-//! - **tile lists**: the ids of every item in a data-zoom tile, with their own `exp`.
+//! - **tile lists**: the ids of every item in a data-zoom tile, with their own `exp`; or,
+//!   for a tile holding more than `--max-tile-items` at `agent`, the list fetched at a
+//!   caller's tier below it, recorded with that tier ([`TileHit::fetched_at`]): a hit for
+//!   callers at that tier or below only (`crate::batch`).
 //!
 //! A tile is a hit only when its list is fresh *and* every listed item is held fresh;
 //! anything less is a miss and the whole tile is refetched.
@@ -58,14 +61,19 @@ pub fn now_ms() -> u64 {
 /// edge proxy.
 pub use tilewarm::protocol::ttl_left_s;
 
-/// A data tile found in the tier: its items (all of them, every tier) in list order. Held
-/// by value, not one `Arc` each: an item is cheap to clone (its text is shared), and a
-/// Redis tile hit decodes about a hundred of them, so an allocation per item would cost.
+/// A data tile found in the tier: its items (all of them, every tier its list was fetched
+/// at) in list order. Held by value, not one `Arc` each: an item is cheap to clone (its text
+/// is shared), and a Redis tile hit decodes about a hundred of them, so an allocation per
+/// item would cost.
 #[derive(Debug)]
 pub struct TileHit {
     pub items: Vec<StoredItem>,
     /// Unix ms at which the list stops being fresh.
     pub exp: u64,
+    /// The tier the list was fetched at: `agent` (every item), or a caller's tier below it
+    /// when the tile holds more than `--max-tile-items` at `agent` (`crate::batch`). It is
+    /// the whole tile for callers at this tier or below only.
+    pub fetched_at: Access,
 }
 
 /// What a read found.
@@ -81,16 +89,31 @@ pub struct TierRead {
 }
 
 /// What to write: items, then the lists of data tiles (ids, exp).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fill {
     pub items: Vec<Arc<StoredItem>>,
     pub tiles: Vec<(TileId, Vec<String>, u64)>,
+    /// The tier the lists were fetched at (default `agent`, the tier the server asks at):
+    /// a list fetched below it is read back as such ([`TileHit::fetched_at`]), never as
+    /// the whole tile for a caller above it.
+    pub fetched_at: Access,
     /// The class generations read *before* the origin call that answered these items
     /// (a tier read's [`TierRead::gens`], or [`CacheTier::generations`]): the Redis tier
     /// stamps each item with its class's, so that an invalidation of the class made while
     /// the call was out leaves the write-back stale. Older generations than the current
     /// ones (none at all, the default, included) only make more of it stale: never wrong.
     pub gens: Generations,
+}
+
+impl Default for Fill {
+    fn default() -> Fill {
+        Fill {
+            items: Vec::new(),
+            tiles: Vec::new(),
+            fetched_at: Access::Agent,
+            gens: Generations::default(),
+        }
+    }
 }
 
 /// The tier could not be used; the request is answered from the origin.
@@ -336,16 +359,23 @@ impl LocalTier {
             gens: Generations::default(),
         };
         for &t in tiles {
-            if cache.tile_freshness(t, Access::Agent, now) != TileFreshness::Fresh {
+            // The tier the list was fetched at (`agent`, or a caller's below it): a hit when
+            // the list and every item it holds are fresh, as in Redis.
+            let at = cache.tile_fetched_at(t).unwrap_or(Access::Agent);
+            if cache.tile_freshness(t, at, now) != TileFreshness::Fresh {
                 out.tiles.push(None);
                 continue;
             }
             let exp = cache.tile_expires_at_ms(t).unwrap_or(now);
             let mut items = Vec::new();
-            cache.read_tile(t, Access::Agent, now, |item, _| {
+            cache.read_tile(t, at, now, |item, _| {
                 items.push(StoredItem::clone(item.payload()))
             });
-            out.tiles.push(Some(TileHit { items, exp }));
+            out.tiles.push(Some(TileHit {
+                items,
+                exp,
+                fetched_at: at,
+            }));
         }
         for id in ids {
             let hit = cache
@@ -374,7 +404,7 @@ impl LocalTier {
         for (tile, ids, exp) in &fill.tiles {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             let ttl = exp.saturating_sub(now).max(1);
-            let _ = cache.insert_tile(*tile, &ids, Some(ttl), Access::Agent, now);
+            let _ = cache.insert_tile(*tile, &ids, Some(ttl), fill.fetched_at, now);
         }
     }
 
@@ -613,7 +643,7 @@ impl RedisTier {
             let values = self.mget_masters(chunk).await?;
             let mut doomed: Vec<String> = chunk.to_vec();
             for v in values.into_iter().flatten() {
-                if let Some((_, items)) = decode_tile(v) {
+                if let Some((_, _, items)) = decode_tile(v) {
                     doomed.extend(items.iter().map(|it| self.item_key(it.id())));
                 }
             }
@@ -740,10 +770,14 @@ impl RedisTier {
             .into_iter()
             .zip(pttls)
             .map(|(v, pttl)| {
-                let (stored, items) = decode_tile(v?)?;
+                let (stored, fetched_at, items) = decode_tile(v?)?;
                 let exp = list_exp(stored, pttl, now)?;
                 let fresh = exp > now && items.iter().all(|it| it.exp() > now && gens.current(it));
-                fresh.then_some(TileHit { items, exp })
+                fresh.then_some(TileHit {
+                    items,
+                    exp,
+                    fetched_at,
+                })
             })
             .collect();
         let ids = id_values
@@ -799,7 +833,7 @@ impl RedisTier {
             else {
                 continue;
             };
-            let Some(value) = encode_tile(&items, *exp) else {
+            let Some(value) = encode_tile(&items, *exp, fill.fetched_at) else {
                 continue;
             };
             let ttl = ttl_left_s(*exp, now) as u64;
@@ -1081,5 +1115,37 @@ mod tests {
         let r = tier.read(&[t], &["a".into()], 600);
         assert!(r.tiles[0].is_none() && r.ids[0].is_some());
         assert_eq!(tier.has_tiles(&[t], 600), [false]);
+    }
+
+    #[test]
+    fn local_tier_reads_a_list_fetched_below_agent_with_its_tier() {
+        let tier = LocalTier::new(CacheConfig::default()).unwrap();
+        let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        let one = serde_json::value::to_raw_value(&1).unwrap();
+        let item = |id: &str, access| {
+            Arc::new(StoredItem::new(
+                id, 2.35, 48.85, "active", access, 1_000, &one,
+            ))
+        };
+        let fill = Fill {
+            items: vec![item("a", Access::Public), item("b", Access::Registered)],
+            tiles: vec![(t, vec!["a".into(), "b".into()], 2_000)],
+            fetched_at: Access::Registered,
+            ..Fill::default()
+        };
+        tier.write(&fill, 0);
+        let r = tier.read(&[t], &[], 100);
+        let hit = r.tiles[0].as_ref().unwrap();
+        assert_eq!((hit.items.len(), hit.fetched_at), (2, Access::Registered));
+        // An agent's list replaces it.
+        tier.write(
+            &Fill {
+                tiles: vec![(t, vec!["a".into()], 2_000)],
+                ..Fill::default()
+            },
+            0,
+        );
+        let r = tier.read(&[t], &[], 100);
+        assert_eq!(r.tiles[0].as_ref().unwrap().fetched_at, Access::Agent);
     }
 }

@@ -435,6 +435,24 @@ impl<P> ItemCache<P> {
         self.tiles.peek(&tile).map(|e| e.expires_at_ms)
     }
 
+    /// The tier a data tile's list was fetched at ([`insert_tile`](Self::insert_tile)'s
+    /// `fetched_at`), if the tile index holds one (fresh or not): the list is the whole tile
+    /// for callers at that tier or below. Does not touch LRU order or counters.
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemCache};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache: ItemCache<()> = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let t: TileId = "14/2624/5721".parse().unwrap();
+    /// assert_eq!(cache.tile_fetched_at(t), None);
+    /// cache.insert_tile(t, &[], None, Access::Registered, 0).unwrap();
+    /// assert_eq!(cache.tile_fetched_at(t), Some(Access::Registered));
+    /// ```
+    pub fn tile_fetched_at(&self, tile: TileId) -> Option<Access> {
+        self.tiles.peek(&tile).map(|e| e.fetched_at)
+    }
+
     /// The data tiles the tile index holds (fresh or not), in no particular order. Does not
     /// touch LRU order or counters. The client reads the cached part of a view too wide to
     /// fetch with it.

@@ -207,6 +207,7 @@ async fn a_write_back_fetched_before_a_class_bump_is_born_stale() {
         items: items.clone(),
         tiles: vec![(t, ids.clone(), exp)],
         gens,
+        ..Fill::default()
     };
     let hits = |r: &tilewarm_server::tier::TierRead| {
         (r.tiles[0].is_some(), r.ids[0].is_some(), r.ids[1].is_some())
@@ -288,6 +289,7 @@ async fn a_value_stored_before_all_that_its_scan_did_not_reach_is_not_served() {
         items: items.clone(),
         tiles: vec![(t, ids.clone(), exp)],
         gens,
+        ..Fill::default()
     };
     let hits = |r: &tilewarm_server::tier::TierRead| {
         (r.tiles[0].is_some(), r.ids[0].is_some(), r.ids[1].is_some())
@@ -455,6 +457,7 @@ async fn all_keeps_the_generations_of_a_deployment_under_a_longer_prefix() {
         items,
         tiles: vec![(t, ids, exp)],
         gens: before.gens.clone(),
+        ..Fill::default()
     };
     x.app.tier.write(&fill).await.unwrap();
     let r = x.app.tier.read(&[t], &[]).await.unwrap();

@@ -966,6 +966,7 @@ async fn a_write_back_whose_re_invalidation_fails_holds_reads_until_everything_i
         items: hit.items.into_iter().map(Arc::new).collect(),
         tiles: vec![(t, ids.clone(), hit.exp)],
         gens: tier.generations().await.unwrap(),
+        ..Fill::default()
     };
     let epoch = s.app.invalidation.guard.epoch();
 
