@@ -23,9 +23,13 @@
 //! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
 //!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
 //! - A data tile holding more than `--max-tile-items` at the origin is left out of the
-//!   origin's answer ([`crate::origin::Answer`]) and not cached; the requested tiles that
-//!   need it are reported unanswered in a partial answer (`error`, `payload_too_large`,
-//!   naming the tile, its count and the limit), the rest answered.
+//!   origin's answer ([`crate::origin::Answer`]) and not cached. The limit is the caller's:
+//!   the tile is counted at `agent` (the tier asked, so one list serves every tier), and
+//!   for a caller below it asked for again at the caller's tier, its list then served and
+//!   cached as fetched at that tier ([`crate::tier::TileHit::fetched_at`]: a miss for a
+//!   caller above it). What is over the limit at the caller's tier is reported unanswered
+//!   in a partial answer (`error`, `payload_too_large`, naming the tile, its count of the
+//!   items the caller may see and the limit), the rest answered.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -175,11 +179,18 @@ pub async fn answer(
             }
         }
     };
-    let read = read.unwrap_or_else(|| TierRead {
+    let mut read = read.unwrap_or_else(|| TierRead {
         tiles: (0..data_tiles.len()).map(|_| None).collect(),
         ids: (0..req.ids.len()).map(|_| None).collect(),
         ..TierRead::default()
     });
+    // A list fetched below the caller's tier (a tile over --max-tile-items at `agent`,
+    // step 3) may lack items the caller may see: a miss for it.
+    for hit in &mut read.tiles {
+        if hit.as_ref().is_some_and(|h| h.fetched_at < caller) {
+            *hit = None;
+        }
+    }
     if degraded {
         app.metrics.degraded_requests.fetch_add(1, Relaxed);
     }
@@ -259,7 +270,15 @@ pub async fn answer(
         // budgets of their own and fetch those tiles themselves (`Followed::Abandoned`).
         let ms = deadline.left_ms(app)?;
         let call = fetch(
-            app, &policy, ask, miss_ids, degraded, bound, ms, &read.gens, caller,
+            app,
+            &policy,
+            ask,
+            miss_ids,
+            degraded,
+            bound,
+            ms,
+            &read.gens,
+            (Access::Agent, caller),
         )
         .await;
         match call {
@@ -325,18 +344,47 @@ pub async fn answer(
             None,
             ms,
             &read.gens,
-            caller,
+            (Access::Agent, caller),
         )
         .await?;
         if let Some(mut fill) = again.fill.take() {
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
-        fetched.tiles.extend(again.tiles);
-        fetched.over_limit.extend(again.over_limit);
-        fetched.too_large.extend(again.too_large);
-        if let Some(told) = again.unanswered {
-            fetched.told(told);
+        fetched.add(again);
+    }
+    // A data tile over --max-tile-items at `agent` (asked there so that one list serves
+    // every tier) may hold at most that many items a caller below `agent` may see: it is
+    // asked again at the caller's tier (PostGIS filters the tier before its `LIMIT`), and
+    // that list is served, and cached as fetched at that tier (a miss for callers above
+    // it). Only what is still over the limit at the caller's tier is left out, named with
+    // its count at that tier.
+    let too_large_at_top: Vec<TileId> = fetched
+        .too_large_at_top()
+        .into_iter()
+        .filter(|&t| policy.cacheable(t))
+        .collect();
+    if caller < Access::Agent && !too_large_at_top.is_empty() {
+        let ms = deadline.left_ms(app)?;
+        let mut again = fetch(
+            app,
+            &policy,
+            too_large_at_top.clone(),
+            Vec::new(),
+            degraded,
+            None,
+            ms,
+            &read.gens,
+            (caller, caller),
+        )
+        .await?;
+        app.metrics
+            .tiles_asked_at_caller_tier
+            .fetch_add(too_large_at_top.len() as u64, Relaxed);
+        if let Some(mut fill) = again.fill.take() {
+            let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
+        fetched.forget_tiles(&too_large_at_top);
+        fetched.add(again);
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);
@@ -395,16 +443,19 @@ pub async fn answer(
         );
         // A tile over --max-tile-items or an item over --max-item-data-bytes is the data's
         // size, not a failing origin: the first is named, with its size and the limit. A
-        // tile's exact count is told to a caller who sees every item only (the origin was
-        // asked at `agent`): others learn it is over the limit, not how many items above
-        // their tier it holds.
-        let tile = fetched.over_limit.first().map(|over| match caller {
-            Access::Agent => over.to_string(),
-            _ => crate::origin::TileOverLimit {
-                items: crate::origin::ItemCount::MoreThan(over.limit),
-                ..*over
+        // tile's count is of the items the caller may see: below `agent` it was asked
+        // again at the caller's tier (step 3), so the count never includes items above it.
+        let tile = fetched.over_limit.first().map(|over| {
+            if over.at <= caller {
+                over.to_string()
+            } else {
+                // Not reached (each such tile is asked again at the caller's tier above):
+                // its count would include items above the caller's tier.
+                format!(
+                    "tile {} is left out (--max-tile-items), not cached",
+                    over.tile
+                )
             }
-            .to_string(),
         });
         let item = assembled
             .unanswered_ids
@@ -529,16 +580,63 @@ impl Fetched {
             None => self.unanswered = Some(told),
         }
     }
+
+    /// Adds another call's answer for tiles (an abandoned leader's, or tiles asked again at
+    /// the caller's tier).
+    fn add(&mut self, again: Fetched) {
+        self.tiles.extend(again.tiles);
+        self.over_limit.extend(again.over_limit);
+        self.too_large.extend(again.too_large);
+        if let Some(told) = again.unanswered {
+            self.told(told);
+        }
+    }
+
+    /// The tiles left out for holding more than `--max-tile-items` items at the top tier:
+    /// over it by this server's count at `agent`, or named by an upstream's partial answer
+    /// as `payload_too_large` (the upstream was asked at `agent` too).
+    fn too_large_at_top(&self) -> Vec<TileId> {
+        let mut tiles: Vec<TileId> = self
+            .over_limit
+            .iter()
+            .filter(|o| o.at == Access::Agent)
+            .map(|o| o.tile)
+            .collect();
+        if let Some(u) = self
+            .unanswered
+            .as_ref()
+            .filter(|u| u.code == ErrorCode::PayloadTooLarge)
+        {
+            tiles.extend(&u.tiles);
+        }
+        tiles.sort_unstable();
+        tiles.dedup();
+        tiles
+    }
+
+    /// Forgets why `tiles` were left out (they are asked again).
+    fn forget_tiles(&mut self, tiles: &[TileId]) {
+        self.over_limit.retain(|o| !tiles.contains(&o.tile));
+        if let Some(u) = &mut self.unanswered {
+            u.tiles.retain(|t| !tiles.contains(t));
+            if u.tiles.is_empty() && u.ids.is_empty() {
+                self.unanswered = None;
+            }
+        }
+    }
 }
 
-/// Asks the origin (at the top tier) for `tiles` and `ids`: the request's one call. While
+/// Asks the origin for `tiles` and `ids`: the request's one call (and its call again for
+/// tiles over `--max-tile-items` at the top tier). While
 /// the tier is degraded, at most `--degraded-origin-calls` such calls run at once; past it
 /// the request is refused with 503 `overloaded` (the origin is not made to absorb every
 /// request the tier used to answer). What is written back is the policy's rule; nothing is
 /// when the call fails, `bound` exceeded included. Given up after `timeout_ms` (0: never),
 /// what is left of the request's [`OriginDeadline`]. `gens` are the class generations the
-/// request's tier read (before this call) found: the write-back is stamped with them. A
-/// refusal is told as `caller` (the request's tier) may see it
+/// request's tier read (before this call) found: the write-back is stamped with them.
+/// `(at, caller)`: the tier the origin is asked at (`agent`, so that one list serves every
+/// tier; the caller's for a tile over `--max-tile-items` at `agent`), the lists written back
+/// as fetched at it, and the request's tier, as which a refusal is told
 /// ([`OriginFailure::for_caller`]).
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
@@ -550,7 +648,7 @@ async fn fetch(
     bound: Option<ItemBound<'_>>,
     timeout_ms: u64,
     gens: &Generations,
-    caller: Access,
+    (at, caller): (Access, Access),
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -573,7 +671,7 @@ async fn fetch(
     let origin_req = BatchRequest {
         tiles,
         ids,
-        access: Access::Agent,
+        access: at,
     };
     let epoch = app.invalidation.guard.epoch();
     let crate::origin::Answer {
@@ -605,6 +703,7 @@ async fn fetch(
     drop(keep);
     fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
     fill.gens = gens.clone();
+    fill.fetched_at = at;
     Ok(Fetched {
         tiles,
         items: by_id,

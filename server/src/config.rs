@@ -245,12 +245,15 @@ pub struct Config {
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub max_response_items: usize,
 
-    /// Most items the origin may hold in one data tile (at the top tier, every item of the
-    /// tile): past it the tile is read no further (PostGIS: `LIMIT N + 1` per tile), not
-    /// cached, and left out of the answer as unanswered, with the tile, the count and this
-    /// limit in the answer's `error` and the log (`tilewarm_origin_tiles_over_limit_total`);
-    /// the other tiles are answered. The default, 20 000, is `--max-response-items`'
-    /// default: a fuller data tile could not be answered whole at the top tier anyway.
+    /// Most items the origin may hold in one data tile for a caller: past it the tile is
+    /// read no further (PostGIS: `LIMIT N + 1` per tile), not cached, and left out of the
+    /// answer as unanswered, with the tile, the count and this limit in the answer's `error`
+    /// and the log (`tilewarm_origin_tiles_over_limit_total`); the other tiles are answered.
+    /// Counted at the top tier first (the list cached for every tier); a tile over it there
+    /// is asked again at the tier of a caller below it, and served (and cached for that
+    /// tier) when it holds at most N items that caller may see
+    /// (`tilewarm_origin_tiles_asked_at_caller_tier_total`). The default, 20 000, is
+    /// `--max-response-items`' default: a fuller data tile could not be answered whole anyway.
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub max_tile_items: usize,
 

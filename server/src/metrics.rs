@@ -80,6 +80,9 @@ pub struct Metrics {
     pub origin_calls_warmup: AtomicU64,
     /// Items the origin returned, over all calls.
     pub origin_items: AtomicU64,
+    /// Data tiles over `--max-tile-items` at `agent` asked again at a caller's tier below it
+    /// (`crate::batch`).
+    pub tiles_asked_at_caller_tier: AtomicU64,
     pub warmup_enqueued: AtomicU64,
     pub warmup_dropped: AtomicU64,
     /// Planned warm-up tiles already in the cache tier (or being warmed), so skipped.
@@ -338,6 +341,11 @@ fn read_app(app: &App, s: &mut Scrape) {
                 m.origin_calls_warmup.load(Relaxed),
             ),
         ],
+    );
+    s.counter(
+        "tilewarm_origin_tiles_asked_at_caller_tier",
+        "Data tiles over --max-tile-items at agent asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there).",
+        &m.tiles_asked_at_caller_tier,
     );
     s.counter(
         "tilewarm_origin_items",

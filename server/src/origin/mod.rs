@@ -73,9 +73,13 @@
 //! [`OriginBackend::answer_limited`], and a tile over the limit is left out of the answer
 //! and named in [`Answer::over_limit`] (logged, `tilewarm_origin_tiles_over_limit_total`),
 //! never cut short: a shortened list would be cached and served as the whole tile. The rest
-//! of the call is answered; the request path reports the tile unanswered
-//! (`crate::batch`). PostGIS stops reading each tile at `limit + 1` rows; memory and upstream
-//! answers are counted once read (the upstream's within its 8 MiB).
+//! of the call is answered. Each tile is counted at the tier the call is asked at
+//! ([`TileOverLimit::at`]): the request path asks such a tile again at the tier of a caller
+//! below `agent`, so that it is refused only what is over the limit among the items it may
+//! see, and reports the tile unanswered only then (`crate::batch`). PostGIS stops reading
+//! each tile at `limit + 1` rows of the asked tier (its tier filter comes before the
+//! `LIMIT`); memory and upstream answers are counted once read (the upstream's within its
+//! 8 MiB; an upstream asked at a caller's tier counts at that tier too).
 
 pub mod changes;
 pub mod memory;
@@ -309,7 +313,8 @@ pub struct Answer {
     pub unanswered: Option<Unanswered>,
 }
 
-/// A requested tile that holds more items than the per-tile limit ([`Answer`]).
+/// A requested tile that holds more items than the per-tile limit ([`Answer`]), counted at
+/// the tier the origin was asked at (`at`): the items a caller at that tier may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TileOverLimit {
     pub tile: TileId,
@@ -318,6 +323,8 @@ pub struct TileOverLimit {
     pub items: ItemCount,
     /// The limit it is over.
     pub limit: usize,
+    /// The tier they were counted at (the request's): the message is for callers at it.
+    pub at: Access,
 }
 
 impl std::fmt::Display for TileOverLimit {
@@ -327,6 +334,9 @@ impl std::fmt::Display for TileOverLimit {
             ItemCount::Exact(n) => write!(f, "tile {} holds {n} items", self.tile),
             _ => write!(f, "tile {} holds more than {limit} items", self.tile),
         }?;
+        if self.at < Access::Agent {
+            write!(f, " a \"{}\" caller may see", self.at)?;
+        }
         write!(
             f,
             " at the origin, at most {limit} are served per tile (--max-tile-items): it is \
@@ -336,13 +346,15 @@ impl std::fmt::Display for TileOverLimit {
 }
 
 impl Answer {
-    /// `response` with the lists of requested tiles that hold more than `limit` ids left
-    /// out (all but `bound`'s tiles, which their own limit covers), each as a
-    /// [`TileOverLimit`] with its exact count: the rule for a backend that read them whole.
+    /// `response` (asked at tier `at`) with the lists of requested tiles that hold more
+    /// than `limit` ids left out (all but `bound`'s tiles, which their own limit covers),
+    /// each as a [`TileOverLimit`] with its exact count: the rule for a backend that read
+    /// them whole.
     pub fn limit_lists(
         mut response: BatchResponse<RawData>,
         limit: usize,
         bound: Option<ItemBound<'_>>,
+        at: Access,
     ) -> Answer {
         let mut over_limit = Vec::new();
         response.tiles.retain(|l| {
@@ -352,6 +364,7 @@ impl Answer {
                     tile: l.tile,
                     items: ItemCount::Exact(l.ids.len()),
                     limit,
+                    at,
                 });
             }
             !over
@@ -395,7 +408,7 @@ pub trait OriginBackend: Send + Sync + 'static {
     ) -> OriginFuture<'a, Result<Answer, OriginFailure>> {
         Box::pin(async move {
             let r = self.answer(request, bound).await?;
-            Ok(Answer::limit_lists(r, tile_limit, bound))
+            Ok(Answer::limit_lists(r, tile_limit, bound, request.access))
         })
     }
 
@@ -1129,7 +1142,7 @@ mod tests {
             access: Access::Agent,
             limit: usize::MAX,
         };
-        let a = Answer::limit_lists(r, limit, Some(bound));
+        let a = Answer::limit_lists(r, limit, Some(bound), Access::Agent);
         let over: Vec<TileOverLimit> = tiles[1..]
             .iter()
             .zip(&sizes[1..])
@@ -1138,6 +1151,7 @@ mod tests {
                 tile,
                 items: ItemCount::Exact(n),
                 limit,
+                at: Access::Agent,
             })
             .collect();
         assert!(!over.is_empty(), "{sizes:?}");

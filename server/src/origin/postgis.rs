@@ -35,7 +35,10 @@
 //!   view) ships at most `limit + 1` rows per envelope. A tile whose envelope rows are more
 //!   than `limit` is left out of the answer ([`Answer::over_limit`], "more than `limit`"):
 //!   its rows are dropped and the answer is assembled without it, so no partial list of it
-//!   is made. Envelope rows again: it can only refuse early.
+//!   is made. The tier filter is inside the lateral, before the `LIMIT`: asked at a
+//!   caller's tier (the request path asks a tile over the limit at `agent` again so), the
+//!   rows counted are those the caller may see. Envelope rows again: it can only refuse
+//!   early.
 //!
 //! Rows that are not valid items (an id or class the protocol refuses, coordinates out of
 //! range, a geometry that is not a point, an unknown tier, a NULL) are skipped and counted
@@ -785,6 +788,7 @@ impl PostgisOrigin {
                         tile: t,
                         items: ItemCount::MoreThan(tile_limit),
                         limit: tile_limit,
+                        at: request.access,
                     });
                 }
             }

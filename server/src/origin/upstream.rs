@@ -2,7 +2,9 @@
 //! speaks `docs/openapi.yaml` — an existing service, or a second tilewarm-server — so tiers
 //! can be chained (edge → this server with its cache tier → upstream).
 //!
-//! The server's misses go upstream as one `POST` at the tier the server asks at (`agent`),
+//! The server's misses go upstream as one `POST` at the tier the server asks at (`agent`; a
+//! tile the upstream leaves out as `payload_too_large` there is asked again at the tier of a
+//! caller below it, `crate::batch`, and the upstream counts it at that tier),
 //! with `Authorization: Bearer <token>` when a token is configured (`--origin-token-file`,
 //! re-read when the file changes, or `TILEWARM_ORIGIN_TOKEN`): the server's own credential,
 //! which carries the tier once the upstream verifies tokens (issue 14). The token never
@@ -459,7 +461,7 @@ impl OriginBackend for UpstreamOrigin {
             let (r, partial) = self.answer_either(request, bound).await?;
             Ok(Answer {
                 unanswered: partial,
-                ..Answer::limit_lists(r, tile_limit, bound)
+                ..Answer::limit_lists(r, tile_limit, bound, request.access)
             })
         })
     }

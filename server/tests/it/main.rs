@@ -984,7 +984,8 @@ impl OriginBackend for TroubleOverAnId {
     ) -> OriginFuture<'a, Result<tilewarm_server::origin::Answer, OriginFailure>> {
         Box::pin(async move {
             let r = self.answer(request, bound).await?;
-            let mut a = tilewarm_server::origin::Answer::limit_lists(r, tile_limit, bound);
+            let mut a =
+                tilewarm_server::origin::Answer::limit_lists(r, tile_limit, bound, request.access);
             if let IdTrouble::TellTiles = self.trouble {
                 a.response.tiles.clear();
                 a.unanswered = Some(tilewarm::protocol::Unanswered {
@@ -1171,8 +1172,9 @@ async fn following_then_fetching_again_share_one_origin_timeout() {
 
 /// A request following a data tile that its leader's answer left out for holding more than
 /// `--max-tile-items` reports it as the leader does: unanswered, `payload_too_large`,
-/// naming the tile and the limit (as told to its own tier), not as an origin that failed
-/// (`upstream_error`, "the origin's answer left out ...").
+/// naming the tile and the limit (counted at its own tier: a follower below `agent` asks
+/// for the tile again at its tier), not as an origin that failed (`upstream_error`, "the
+/// origin's answer left out ...").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_out() {
     let c = common::Config {
@@ -1180,17 +1182,26 @@ async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_o
         warmup_ring: 0,
         ..config()
     };
-    let (s, gate, d, _) = trouble_over_an_id(c, IdTrouble::Refuse, |_, _| "not-asked".into()).await;
+    let mut public_items = 0;
+    let (s, gate, d, _) = trouble_over_an_id(c, IdTrouble::Refuse, |city, d| {
+        public_items = city.count_in(d, Access::Public);
+        "not-asked".into()
+    })
+    .await;
+    assert!(public_items > 1, "{public_items}");
     let http = Http::new();
     let (leader, follower) = (
         request(&[d], &[], Access::Agent),
         request(&[d], &[], Access::Public),
     );
     let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
-    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     for (r, says) in [
         (led, format!("tile {d} holds ")),
-        (followed, format!("tile {d} holds more than 1 items")),
+        (
+            followed,
+            format!("tile {d} holds {public_items} items a \"public\" caller may see"),
+        ),
     ] {
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
@@ -1216,7 +1227,8 @@ async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_o
         request(&[d], &[], Access::Public),
     );
     let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
-    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
+    // The follower asks for it again at its own tier (the upstream counted it at `agent`).
+    assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     for (r, says) in [
         (led, "the origin says: the tile holds 99 items"),
         (followed, "the origin left them out (payload_too_large)"),
@@ -1308,20 +1320,107 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
         )),
         "{msg}"
     );
-    // Below agent: over the limit, not how many items (above its tier) the tile holds.
+    // Below agent: asked again at its tier, and over the limit there too; the count is of
+    // the items it may see, not of those (above its tier) the tile holds.
+    let p = city.count_in(dense, Access::Public);
+    assert!(p > limit && p < n, "{limit} < {p} < {n}");
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let r = public
         .batch(&s, &request(&[dense], &[], Access::Public))
         .await;
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(
-        msg.contains(&format!("tile {dense} holds more than {limit} items"))
-            && !msg.contains(&format!(" {n} ")),
+        msg.contains(&format!(
+            "tile {dense} holds {p} items a \"public\" caller may see"
+        )) && !msg.contains(&format!(" {n} ")),
         "{msg}"
     );
     let stats = &s.app.origin.stats;
-    assert_eq!(stats.tiles_over_limit.load(Relaxed), 2);
+    assert_eq!(stats.tiles_over_limit.load(Relaxed), 3);
     assert_eq!(stats.items_too_large.load(Relaxed), 2);
+    s.shutdown().await;
+}
+
+/// `--max-tile-items` is counted at the caller's tier (here over memory, which counts
+/// exactly): a data tile over it at `agent` is asked again at a lower caller's tier and
+/// served when that caller may see at most the limit; an agent hears the exact count at
+/// `agent`, and a caller over the limit at its own tier hears the exact count of the items
+/// it may see, never one including items above its tier. Before, the public caller lost
+/// both tiles and heard "more than 10 items".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
+    let limit = 10;
+    let in_tile =
+        |t: TileId, tiers: &[(Access, usize)]| -> Vec<tilewarm::protocol::Item<RawData>> {
+            let b = t.bounds();
+            let all: Vec<Access> = tiers
+                .iter()
+                .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
+                .collect();
+            let n = all.len();
+            all.iter()
+                .enumerate()
+                .map(|(i, &access)| tilewarm::protocol::Item {
+                    id: format!("{t}-{access}-{i}"),
+                    lon: b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64,
+                    lat: (b.south + b.north) / 2.0,
+                    class: "active".into(),
+                    access,
+                    ttl: None,
+                    data: serde_json::value::to_raw_value(&1).unwrap(),
+                })
+                .collect()
+        };
+    let few = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let many = TileId::from_lon_lat(-122.0, 47.0, 14).unwrap();
+    let mut items = in_tile(few, &[(Access::Public, 4), (Access::Agent, 30)]);
+    items.extend(in_tile(many, &[(Access::Public, 12), (Access::Agent, 30)]));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: limit,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+        .await
+        .unwrap();
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let r = public
+        .batch(&s, &request(&[few, many], &[], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["tiles"][0]["tile"], few.to_string(), "{v}");
+    assert_eq!(v["tiles"][0]["ids"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([many.to_string()]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "tile {many} holds 12 items a \"public\" caller may see at the origin, at most {limit}"
+        )) && !msg.contains("42"),
+        "{msg}"
+    );
+    // The agent: the exact count at `agent`, for both.
+    let r = Http::new()
+        .batch(&s, &request(&[few, many], &[], Access::Agent))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["tiles"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["error"]["tiles"],
+        serde_json::json!([few.to_string(), many.to_string()])
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("tile {few} holds 34 items at the origin")),
+        "{msg}"
+    );
     s.shutdown().await;
 }
 

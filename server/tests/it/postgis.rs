@@ -808,6 +808,7 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
             tile: dense,
             items: ItemCount::MoreThan(max),
             limit: max,
+            at: Access::Agent,
         }]
     );
     assert_eq!(a.response.tiles.len(), 1);
@@ -859,6 +860,175 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
         "{m}"
     );
     s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
+/// `--max-tile-items` is counted at the caller's tier. A data tile holding more than the
+/// limit at `agent` but at most it for a `public` caller (most of its rows above `public`)
+/// is asked again at `public` (the tier filtered in the SQL, before its `LIMIT`), served to
+/// the public caller and cached as fetched at `public`: an agent still gets
+/// `payload_too_large` naming the tile (not the public list), a `registered` caller gets its
+/// own list (not the public one as if complete), and the message to a public caller about a
+/// tile over the limit at its own tier counts no item above it. Over the in-process tier
+/// and Redis. Before, the public caller lost the tile and heard it held "more than 10
+/// items", most of them hidden from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tile_limit_is_counted_at_the_callers_tier() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let max = 10;
+    // `n` items across the middle row of `t`, their tiers in turn from `tiers`.
+    let in_tile = |t: TileId, prefix: &str, tiers: &[(Access, usize)]| -> Vec<Item<RawData>> {
+        let b = t.bounds();
+        let all: Vec<Access> = tiers
+            .iter()
+            .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
+            .collect();
+        let n = all.len();
+        all.iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let lon = b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64;
+                let lat = (b.south + b.north) / 2.0;
+                edge_item(&format!("{prefix}-{a}-{i}"), lon, lat, a)
+            })
+            .collect()
+    };
+    // 4 public, 2 registered and 30 agent items; 12 public and 30 agent items.
+    let dense = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let crowded = TileId::from_lon_lat(-90.0, 35.0, 14).unwrap();
+    let mut items = in_tile(
+        dense,
+        "dense",
+        &[
+            (Access::Public, 4),
+            (Access::Registered, 2),
+            (Access::Agent, 30),
+        ],
+    );
+    items.extend(in_tile(
+        crowded,
+        "crowded",
+        &[(Access::Public, 12), (Access::Agent, 30)],
+    ));
+    load(&pg, &items, &Layout::default()).await;
+    let ids_of = |tile: TileId, tiers: &[Access]| -> Vec<String> {
+        let mut ids: Vec<String> = items
+            .iter()
+            .filter(|it| {
+                tiers.contains(&it.access)
+                    && TileId::from_lon_lat(it.lon, it.lat, 14).unwrap() == tile
+            })
+            .map(|it| it.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let layout = std::env::temp_dir().join(format!("tw-layout-tier-{}", std::process::id()));
+    std::fs::write(&layout, "channel = \"\"\n").unwrap();
+    let redis = crate::common::redis_available().then(crate::common::RedisServer::start);
+    let tiers: Vec<Option<String>> = std::iter::once(None)
+        .chain(redis.as_ref().map(|r| Some(r.url())))
+        .collect();
+    for redis_url in tiers {
+        let s = server(Config {
+            max_tile_items: max,
+            origin_config: Some(layout.clone()),
+            redis: redis_url.clone(),
+            redis_prefix: "tierlimit:".into(),
+            ..pg_config(&pg)
+        })
+        .await;
+        let as_tier = |tier| Http::with_token(Some(crate::common::token_for(tier)));
+        let calls = || s.app.metrics.origin_calls_request.load(Relaxed);
+        let listed = |r: &BatchResponse<RawData>| -> Vec<String> {
+            assert_eq!(r.tiles.len(), 1, "{r:?}");
+            let mut ids = r.tiles[0].ids.clone();
+            ids.sort();
+            ids
+        };
+        let cached_at = || async {
+            s.app.tier.read(&[dense], &[]).await.unwrap().tiles[0]
+                .as_ref()
+                .map(|hit| hit.fetched_at)
+        };
+
+        // Public: the tile, asked at `agent` (over), then at `public`; cached at `public`.
+        let public = as_tier(Access::Public);
+        let r = public.ok(&s, &request(&[dense], &[], Access::Public)).await;
+        assert_eq!(
+            listed(&r),
+            ids_of(dense, &[Access::Public]),
+            "{redis_url:?}"
+        );
+        assert_eq!(calls(), 2);
+        assert_eq!(cached_at().await, Some(Access::Public));
+        let r = public.ok(&s, &request(&[dense], &[], Access::Public)).await;
+        assert_eq!(listed(&r), ids_of(dense, &[Access::Public]));
+        assert_eq!(calls(), 2, "the second is a hit");
+
+        // Agent: not the public list; the tile over the limit, named.
+        let r = Http::new()
+            .batch(&s, &request(&[dense], &[], Access::Agent))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(v["error"]["tiles"], serde_json::json!([dense.to_string()]));
+        assert_eq!(v["tiles"], serde_json::json!([]), "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!(
+                "tile {dense} holds more than {max} items at the origin"
+            )),
+            "{msg}"
+        );
+        assert_eq!(calls(), 3);
+        assert_eq!(cached_at().await, Some(Access::Public), "kept");
+
+        // Registered: its own list, not the public one as if it were the whole tile.
+        let r = as_tier(Access::Registered)
+            .ok(&s, &request(&[dense], &[], Access::Registered))
+            .await;
+        assert_eq!(
+            listed(&r),
+            ids_of(dense, &[Access::Public, Access::Registered])
+        );
+        assert_eq!(calls(), 5);
+        assert_eq!(cached_at().await, Some(Access::Registered));
+        // ... which serves public callers too.
+        let r = public.ok(&s, &request(&[dense], &[], Access::Public)).await;
+        assert_eq!(listed(&r), ids_of(dense, &[Access::Public]));
+        assert_eq!(calls(), 5);
+
+        // Over the limit at `public` too: named, counted at `public` only.
+        let r = public
+            .batch(&s, &request(&[crowded], &[], Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(
+            v["error"]["tiles"],
+            serde_json::json!([crowded.to_string()])
+        );
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!(
+                "tile {crowded} holds more than {max} items a \"public\" caller may see"
+            )),
+            "{msg}"
+        );
+        assert_eq!(s.app.origin.stats.tiles_over_limit.load(Relaxed), 5);
+        let m = public.get(&format!("{}/metrics", s.url())).await.text();
+        assert!(
+            m.contains("tilewarm_origin_tiles_asked_at_caller_tier_total 3"),
+            "{m}"
+        );
+        s.shutdown().await;
+    }
     let _ = std::fs::remove_file(layout);
 }
 

@@ -707,3 +707,75 @@ async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A data tile an upstream tilewarm-server leaves out at `agent` (over its
+/// `--max-tile-items`) is asked of it again at the tier of a caller below `agent`; the
+/// upstream counts it at that tier, and the tile is served and cached here as fetched at
+/// it: a second public request is a hit, an agent is still told the tile is left out.
+/// Before, the public caller lost the tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limit() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let b = t.bounds();
+    let items: Vec<tilewarm::protocol::Item<RawData>> = (0..34)
+        .map(|i| tilewarm::protocol::Item {
+            id: format!("home-{i}"),
+            lon: b.west + (b.east - b.west) * (i as f64 + 0.5) / 34.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access: if i % 10 == 0 {
+                Access::Public
+            } else {
+                Access::Agent
+            },
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        })
+        .collect();
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_tile_items: 10,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-tierlimit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let body = request(&[t], &[], Access::Public);
+    for _ in 0..2 {
+        let r = public.ok(&b, &body).await;
+        assert_eq!(r.tiles.len(), 1, "{r:?}");
+        let mut ids = r.tiles[0].ids.clone();
+        ids.sort();
+        assert_eq!(ids, ["home-0", "home-10", "home-20", "home-30"]);
+    }
+    // Asked at `agent`, then at `public`; the second request a hit.
+    assert_eq!(b.app.metrics.origin_calls_request.load(Relaxed), 2);
+    let r = Http::new()
+        .batch(&b, &request(&[t], &[], Access::Agent))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["tiles"], serde_json::json!([]), "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
