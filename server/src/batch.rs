@@ -365,6 +365,9 @@ pub async fn answer(
         .collect();
     if caller < Access::Agent && !too_large_at_top.is_empty() {
         let ms = deadline.left_ms(app)?;
+        app.metrics
+            .tiles_asked_at_caller_tier
+            .fetch_add(too_large_at_top.len() as u64, Relaxed);
         let mut again = fetch(
             app,
             &policy,
@@ -377,9 +380,6 @@ pub async fn answer(
             (caller, caller),
         )
         .await?;
-        app.metrics
-            .tiles_asked_at_caller_tier
-            .fetch_add(too_large_at_top.len() as u64, Relaxed);
         if let Some(mut fill) = again.fill.take() {
             let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
         }
