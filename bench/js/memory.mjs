@@ -3,6 +3,8 @@
 //
 //   node --expose-gc bench/js/memory.mjs [--md FILE]
 //   HEAP_SNAPSHOT=FILE node --expose-gc bench/js/memory.mjs --items 50000   (one size, a snapshot)
+//   bench/js/memory-alloc.sh   (where the wasm memory goes: --alloc-stats --pkg DIR, a
+//                               package built with the feature alloc-stats)
 //
 // The items, the backend, the cache's options and the table are bench/js/memory-items.mjs,
 // shared with the same measure in Chromium (bench/js/memory-browser.mjs).
@@ -19,13 +21,22 @@
 // costs: the difference between the two, per item.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SIZES, backend, cacheOptions, fill, table } from './memory-items.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const pkg = join(here, '..', '..', 'pkg');
+const arg = (name) => { const i = process.argv.indexOf(name); return i < 0 ? undefined : process.argv[i + 1]; };
+const pkg = resolve(arg('--pkg') ?? join(here, '..', '..', 'pkg'));
 const child = process.argv.indexOf('--items');
+if (child < 0 && process.argv.includes('--alloc-stats')) {
+  // The live wasm allocations by size at 50k items (a package built by memory-alloc.sh).
+  const n = SIZES[SIZES.length - 1];
+  const r = JSON.parse(execFileSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url),
+    '--items', String(n), '--pkg', pkg, '--alloc-stats'], { encoding: 'utf8' }));
+  process.stdout.write(allocTable(r));
+  process.exit(0);
+}
 if (child < 0) {
   // The parent: one process per size, then the table.
   const [half, full] = SIZES.map((n) => JSON.parse(execFileSync(process.execPath,
@@ -36,7 +47,7 @@ if (child < 0) {
   if (i > 0) writeFileSync(process.argv[i + 1], md);
   process.exit(0);
 }
-const { initSync } = await import(join(pkg, 'tilewarm.js'));
+const { initSync, allocStats } = await import(join(pkg, 'tilewarm.js'));
 const wasm = initSync({ module: readFileSync(join(pkg, 'tilewarm_bg.wasm')) });
 const { TileCache } = await import(join(pkg, 'api.js'));
 if (typeof gc !== 'function') throw new Error('run with node --expose-gc');
@@ -57,5 +68,36 @@ const heap = process.memoryUsage().heapUsed - heap0, mem = wasm.memory.buffer.by
 // Chromium's DevTools, Memory tab), with the cache filled.
 if (process.env.HEAP_SNAPSHOT) (await import('node:v8')).writeHeapSnapshot(process.env.HEAP_SNAPSHOT);
 // The JSON summed over the items cached (the same N items, each cached once).
-process.stdout.write(JSON.stringify({ entries, heap, wasm: mem, json: jsonBytes / N * entries }));
+const alloc = process.argv.includes('--alloc-stats') ? Array.from(allocStats()) : undefined;
+process.stdout.write(JSON.stringify({ entries, heap, wasm: mem, json: jsonBytes / N * entries, alloc }));
 cache.dispose();
+
+/** The live wasm allocations by requested size, each as talc holds it (its chunks are
+ * multiples of 16 bytes, with a 4-byte tag: `(size + 4)` rounded up to 16), per item. */
+function allocTable({ entries, wasm, alloc }) {
+  const chunk = (size) => Math.ceil((size + 4) / 16) * 16;
+  const rows = [];
+  let held = 0;
+  for (let i = 0; alloc[i] !== -1; i += 2) {
+    const [size, count] = [alloc[i], alloc[i + 1]];
+    rows.push({ size, count, bytes: chunk(size) * count });
+  }
+  const at = alloc.indexOf(-1);
+  const [largeCount, largeBytes] = [alloc[at + 1], alloc[at + 2]];
+  rows.sort((a, b) => b.bytes - a.bytes);
+  const per = (b) => (b / entries).toFixed(1);
+  let md = `| requested size (B) | live allocations | bytes held (talc chunks) | per item |\n| ---: | ---: | ---: | ---: |\n`;
+  let rest = 0;
+  for (const r of rows) {
+    held += r.bytes;
+    if (r.bytes / entries >= 0.5) md += `| ${r.size} | ${r.count} | ${r.bytes} | ${per(r.bytes)} |\n`;
+    else rest += r.bytes;
+  }
+  held += largeBytes;
+  md += `| other sizes up to 4,096 | | ${rest} | ${per(rest)} |\n`;
+  md += `| over 4,096 (${largeCount} allocations, as requested) | | ${largeBytes} | ${per(largeBytes)} |\n`;
+  md += `| all live allocations | | ${held} | ${per(held)} |\n`;
+  md += `| wasm memory grown | | ${wasm} | ${per(wasm)} |\n`;
+  md += `\n${entries} items cached.\n`;
+  return md;
+}

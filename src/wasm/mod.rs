@@ -26,9 +26,21 @@ use wasm_bindgen::prelude::*;
 
 /// The package's allocator: talc, a drop-in for wasm's default dlmalloc that is smaller
 /// (about 2 KB less gzipped here) and faster. Memory grows as dlmalloc's does.
-#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[cfg(all(
+    target_family = "wasm",
+    not(target_feature = "atomics"),
+    not(feature = "alloc-stats")
+))]
 #[global_allocator]
 static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+/// The same, counting the live allocations by size, for the memory benchmark only.
+#[cfg(all(
+    target_family = "wasm",
+    not(target_feature = "atomics"),
+    feature = "alloc-stats"
+))]
+mod alloc_stats;
 
 /// Describes a JS value for the checks in [`args`].
 fn value(v: &JsValue) -> Value {
