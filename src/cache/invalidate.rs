@@ -38,7 +38,7 @@ impl<P> ItemCache<P> {
     /// ```
     pub fn drop_above(&mut self, tier: Access) -> usize {
         self.changed();
-        let doomed = self.remove_items_where(&|item| item.access > tier);
+        let doomed = self.remove_items_where(&|item| item.access() > tier);
         self.drop_lists_where(&|_, e| e.fetched_at > tier);
         if !doomed.is_empty() {
             self.strip_from_lists(&doomed.iter().map(|id| &**id).collect());
@@ -127,7 +127,7 @@ impl<P> ItemCache<P> {
                 removed
             }
             Invalidate::Class(class) => {
-                self.remove_items_where(&|item| &*item.class == class).len()
+                self.remove_items_where(&|item| item.class() == class).len()
             }
             Invalidate::All => {
                 let n = self.items.len();

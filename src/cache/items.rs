@@ -2,8 +2,7 @@
 //! of visible tiles, then those of tiles a host loads, protected from eviction (see
 //! [`ItemCache`]'s docs for how).
 
-use std::sync::Arc;
-
+use super::classes::Class;
 use super::key::ItemKey;
 
 use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
@@ -45,17 +44,44 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 }
 
 /// One cached item.
+///
+/// Its fields are laid out for the LRU node that holds it (on wasm32: the node is the key,
+/// this and two pointers; talc allocates in steps of 16 bytes with 4 of its own, so a node
+/// of 72 bytes takes 80, one of 88 took 96): the class is a thin pointer to the shared name
+/// ([`Class`]) and the tile and the tier share one word ([`TileTier`]).
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
     pub(super) id: ItemKey,
     pub(super) lon: f64,
     pub(super) lat: f64,
-    pub(super) class: Arc<str>,
-    pub(super) access: Access,
-    pub(super) tile: TileId,
+    pub(super) class: Class,
+    pub(super) place: TileTier,
     pub(super) expires_at_ms: u64,
     pub(super) size_bytes: usize,
     pub(super) payload: P,
+}
+
+/// An item's data tile and its tier in one word: the tile packed as [`TileId::to_u64`]
+/// (below 2^53), the tier's rank above it (a `TileId` and an `Access` side by side take 16
+/// bytes on wasm32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TileTier(u64);
+
+impl TileTier {
+    const TIER_SHIFT: u32 = 56;
+
+    fn new(tile: TileId, access: Access) -> TileTier {
+        TileTier(tile.to_u64() | u64::from(access.rank()) << Self::TIER_SHIFT)
+    }
+
+    fn tile(self) -> TileId {
+        TileId::from_packed(self.0 & ((1 << Self::TIER_SHIFT) - 1))
+    }
+
+    fn access(self) -> Access {
+        // Always a rank `new` packed.
+        Access::from_rank((self.0 >> Self::TIER_SHIFT) as u8).unwrap_or(Access::Agent)
+    }
 }
 
 impl<P> CacheItem<P> {
@@ -77,11 +103,11 @@ impl<P> CacheItem<P> {
     }
     /// The lowest tier allowed to see it.
     pub fn access(&self) -> Access {
-        self.access
+        self.place.access()
     }
     /// The data-zoom tile its position falls in.
     pub fn tile(&self) -> TileId {
-        self.tile
+        self.place.tile()
     }
     /// First millisecond at which it is no longer fresh.
     pub fn expires_at_ms(&self) -> u64 {
@@ -286,7 +312,7 @@ impl<P> ItemCache<P> {
         if let Some(old) = self.items.peek(id) {
             let size = old.size_bytes;
             after.sub(size);
-            match self.protection(old.tile) {
+            match self.protection(old.tile()) {
                 Protection::Visible => visible_after.sub(size),
                 Protection::Loading => loading_after.sub(size),
                 Protection::None => {}
@@ -336,8 +362,8 @@ impl<P> ItemCache<P> {
             None => ItemKey::new(id),
         };
         if let Some(old) = &old {
-            if old.tile != tile {
-                self.move_listing(&key, old.tile, tile, access);
+            if old.tile() != tile {
+                self.move_listing(&key, old.tile(), tile, access);
             }
         }
         self.account_add(tile, size_bytes);
@@ -349,8 +375,7 @@ impl<P> ItemCache<P> {
                 lon,
                 lat,
                 class,
-                access,
-                tile,
+                place: TileTier::new(tile, access),
                 expires_at_ms,
                 size_bytes,
                 payload,
@@ -407,7 +432,7 @@ impl<P> ItemCache<P> {
     /// ```
     pub fn get_hit(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
         let item = self.items.peek(id)?;
-        if !caller.can_see(item.access) {
+        if !caller.can_see(item.access()) {
             return None;
         }
         let stale = match expiry(item.expires_at_ms, self.swr(), now_ms) {
@@ -436,7 +461,7 @@ impl<P> ItemCache<P> {
         hidden_counts: bool,
     ) -> Option<bool> {
         let (access, expires) = match self.items.peek(id) {
-            Some(item) => (item.access, item.expires_at_ms),
+            Some(item) => (item.access(), item.expires_at_ms),
             None => {
                 self.stats.misses += 1;
                 return None;
@@ -481,7 +506,7 @@ impl<P> ItemCache<P> {
     /// ```
     pub fn peek(&self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
         let item = self.items.peek(id)?;
-        if !caller.can_see(item.access) {
+        if !caller.can_see(item.access()) {
             return None;
         }
         match expiry(item.expires_at_ms, self.swr(), now_ms) {
@@ -495,7 +520,7 @@ impl<P> ItemCache<P> {
 
     /// The data tile of the item `id` when it is held, whatever its tier or expiry.
     pub fn tile_of(&self, id: &str) -> Option<TileId> {
-        self.items.peek(id).map(|item| item.tile)
+        self.items.peek(id).map(|item| item.tile())
     }
 
     /// Protect the items of these data-zoom tiles (what the user is looking at) from
@@ -602,7 +627,7 @@ impl<P> ItemCache<P> {
     pub fn is_protected(&self, id: &str) -> bool {
         self.items
             .peek(id)
-            .is_some_and(|item| self.protection(item.tile) != Protection::None)
+            .is_some_and(|item| self.protection(item.tile()) != Protection::None)
     }
 
     /// Whether one more item of `size` bytes would fit on top of `load`.
@@ -647,7 +672,7 @@ impl<P> ItemCache<P> {
     pub(super) fn remove_item(&mut self, id: &str) -> Option<CacheItem<P>> {
         self.changed();
         let item = self.items.pop(id)?;
-        self.account_sub(item.tile, item.size_bytes);
+        self.account_sub(item.tile(), item.size_bytes);
         Some(item)
     }
 
@@ -685,7 +710,7 @@ impl<P> ItemCache<P> {
         // `level` is at the tail; the bound only guards against a broken count.
         for _ in 0..=self.items.len() {
             let (key, passed) = match self.items.peek_lru() {
-                Some((k, item)) => (k.clone(), self.protection(item.tile) != level),
+                Some((k, item)) => (k.clone(), self.protection(item.tile()) != level),
                 None => return None,
             };
             if passed {

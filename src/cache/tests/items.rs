@@ -407,3 +407,35 @@ fn huge_times_and_ttls_saturate() {
         TileFreshness::Unknown
     );
 }
+
+#[test]
+fn an_item_keeps_its_tile_and_tier_at_every_tier_and_the_deepest_zoom() {
+    // The tile and the tier share one word in the item (`TileTier`): the largest tile
+    // coordinates of the deepest data zoom and every tier come back as they went in.
+    let config = CacheConfig {
+        tile_zoom: 24,
+        ..CacheConfig::default()
+    };
+    let mut c: ItemCache<()> = ItemCache::new(config).unwrap();
+    let corners = [(-180.0, 85.0), (179.999_999, -85.051_128), (2.35, 48.85)];
+    for (i, &(lon, lat)) in corners.iter().enumerate() {
+        for access in Access::ALL {
+            let id = format!("{i}-{}", access.rank());
+            let meta = ItemMeta {
+                lon,
+                lat,
+                class: "active".into(),
+                access,
+                ttl_ms: None,
+                size_bytes: 10,
+            };
+            c.insert(&id, meta, (), 0, Priority::Visible).unwrap();
+            let item = c.peek(&id, Access::Agent, 0).unwrap().item;
+            assert_eq!(item.tile(), TileId::from_lon_lat(lon, lat, 24).unwrap());
+            assert_eq!(item.access(), access);
+            assert_eq!((item.lon(), item.lat(), item.class()), (lon, lat, "active"));
+        }
+    }
+    let far = c.peek("1-3", Access::Agent, 0).unwrap().item.tile();
+    assert_eq!((far.x(), far.y()), ((1 << 24) - 1, (1 << 24) - 1));
+}

@@ -131,10 +131,10 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
     for (k, it) in c.items.iter() {
         prop_assert_eq!(&**k, it.id());
         prop_assert_eq!(
-            Ok(it.tile),
+            Ok(it.tile()),
             TileId::from_lon_lat(it.lon, it.lat, cfg.tile_zoom)
         );
-        let l = load.entry(it.tile).or_default();
+        let l = load.entry(it.tile()).or_default();
         l.items += 1;
         l.bytes += it.size_bytes;
     }
@@ -168,7 +168,7 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
                 prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);
                 let Some(item) = item else { continue };
                 // Not shown here: above the caller, or lying in another tile.
-                if !caller.can_see(item.access) || item.tile != *t {
+                if !caller.can_see(item.access()) || item.tile() != *t {
                     continue;
                 }
                 let f = expiry(item.expires_at_ms, swr, now);
@@ -213,9 +213,9 @@ proptest! {
                     let kept_before: Vec<String> = c.items.iter()
                         .filter(|(_, it)| match priority {
                             Priority::Visible => false,
-                            Priority::Loading => c.visible.contains(&it.tile),
+                            Priority::Loading => c.visible.contains(&it.tile()),
                             Priority::Prefetch => {
-                                c.visible.contains(&it.tile) || c.loading.contains(&it.tile)
+                                c.visible.contains(&it.tile()) || c.loading.contains(&it.tile())
                             }
                         })
                         .map(|(k, _)| k.to_string())
@@ -320,7 +320,7 @@ proptest! {
                 Op::DropAbove(t) => {
                     let tier = tier(t);
                     c.drop_above(tier);
-                    prop_assert!(c.items.iter().all(|(_, it)| it.access <= tier));
+                    prop_assert!(c.items.iter().all(|(_, it)| it.access() <= tier));
                     prop_assert!(c.tiles.iter().all(|(_, e)| e.fetched_at <= tier));
                 }
                 Op::Advance(dt) => now += dt,
