@@ -143,8 +143,12 @@ impl<P> ItemCache<P> {
             if !listed.is_empty() {
                 self.bounds.listed_with_items(tile);
             }
+            // A vector of its own, as long as the list: `collect` would keep `listed`'s
+            // buffer (three times as large on wasm32) for as long as the list is held.
+            let mut ids = Vec::with_capacity(listed.len());
+            ids.extend(listed.into_iter().map(|(id, _)| id));
             let entry = TileEntry {
-                ids: listed.into_iter().map(|(id, _)| id).collect(),
+                ids,
                 expires_at_ms,
                 fetched_at,
                 complete: true,
@@ -182,7 +186,9 @@ impl<P> ItemCache<P> {
                 }
             }
         }
-        for (d, ids) in filled {
+        for (d, mut ids) in filled {
+            // Held as long as the list: without the slack of its pushes.
+            ids.shrink_to_fit();
             self.bounds.listed_with_items(d);
             self.tiles.put(
                 d,

@@ -583,3 +583,26 @@ fn an_item_is_read_only_in_the_tile_it_lies_in() {
     put(&mut c, "h", b, 1, Priority::Visible);
     assert!(read(&mut c, a).is_empty());
 }
+
+#[test]
+fn held_lists_are_as_long_as_their_ids() {
+    // A list is held as long as its tile: its vector has no room it does not use (a
+    // collected list kept the buffer of the ids with their tiles, two to three times its
+    // length; a split list the slack of its pushes).
+    let t = tile(0, 0);
+    let mut c = small(100, 100_000);
+    let names: Vec<String> = (0..37).map(|i| format!("h{i}")).collect();
+    for id in &names {
+        put(&mut c, id, t, 1, Priority::Visible);
+    }
+    let listed: Vec<&str> = names.iter().map(String::as_str).collect();
+    c.insert_tile(t, &listed, None, Access::Public, 0).unwrap();
+    let e = c.tiles.peek(&t).unwrap();
+    assert_eq!((e.ids.len(), e.ids.capacity()), (37, 37));
+    // The same ids listed by a coarser tile: split onto `t`, the one data tile holding them.
+    let coarse = t.parent().unwrap().parent().unwrap();
+    c.insert_tile(coarse, &listed, None, Access::Public, 0)
+        .unwrap();
+    let e = c.tiles.peek(&t).unwrap();
+    assert_eq!((e.ids.len(), e.ids.capacity()), (37, 37));
+}
