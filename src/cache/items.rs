@@ -74,13 +74,24 @@ impl TileTier {
         TileTier(tile.to_u64() | u64::from(access.rank()) << Self::TIER_SHIFT)
     }
 
+    const TILE_BITS: u64 = (1 << Self::TIER_SHIFT) - 1;
+
     fn tile(self) -> TileId {
-        TileId::from_packed(self.0 & ((1 << Self::TIER_SHIFT) - 1))
+        TileId::from_packed(self.0 & Self::TILE_BITS)
+    }
+
+    /// Whether the item lies in `tile` (without unpacking: reads compare every item).
+    pub(super) fn lies_in(self, tile: TileId) -> bool {
+        self.0 & Self::TILE_BITS == tile.to_u64()
     }
 
     fn access(self) -> Access {
-        // Always a rank `new` packed.
-        Access::from_rank((self.0 >> Self::TIER_SHIFT) as u8).unwrap_or(Access::Agent)
+        match self.0 >> Self::TIER_SHIFT {
+            0 => Access::Public,
+            1 => Access::Registered,
+            2 => Access::Verified,
+            _ => Access::Agent,
+        }
     }
 }
 

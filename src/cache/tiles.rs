@@ -259,7 +259,7 @@ impl<P> ItemCache<P> {
                 None => missing.push(id.to_string()),
                 // Not shown to this caller, or not here (it lies in another tile), so it
                 // cannot leave a hole.
-                Some(item) if !caller.can_see(item.access()) || item.tile() != tile => {}
+                Some(item) if !caller.can_see(item.access()) || !item.place.lies_in(tile) => {}
                 Some(item) => match expiry(item.expires_at_ms, swr, now_ms) {
                     Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
                     Expiry::Stale => {
@@ -547,7 +547,7 @@ impl<P> ItemCache<P> {
             };
             // Items the caller may not see, or that lie in another tile (listed here by
             // mistake, or moved since), are not shown here, so they count for nothing.
-            if !caller.can_see(item.access()) || item.tile() != tile {
+            if !caller.can_see(item.access()) || !item.place.lies_in(tile) {
                 continue;
             }
             match expiry(item.expires_at_ms, swr, now_ms) {
