@@ -23,7 +23,7 @@ const TIMED_OUT = Symbol('timed out');
 
 // The HTTP status a server answers with each of these codes (ErrorCode::http_status), for
 // the ids a partial answer leaves out with that `error`; any other code: 502.
-const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['payload_too_large', 413]]);
+const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['payload_too_large', 413], ['response_full', 413]]);
 
 // The item objects the caches of this wasm instance hold, by slot: the engine keeps an
 // item's slot, not the object, so items cross as numbers (src/wasm/engine.rs, `JsItem`).
@@ -177,7 +177,8 @@ function flatten(body, bounds) {
   // engine refuses it).
   const reported = body.access === undefined || body.access === null ? -1
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
-  const nums = [tl.length, n, reported, ...bounds], strs = [];
+  // 1: what the answer leaves out did not fit in it, and is asked again (the engine decides).
+  const nums = [tl.length, n, reported, ...bounds, +(body.error?.code === 'response_full')], strs = [];
   const ids = new Array(n), objs = new Array(n);
   // One string per class name in the answer, and the tier's own name: JSON.parse may give
   // each item its own copy of the same value (Chromium's does for "off_market"), and the
@@ -1060,7 +1061,8 @@ export class TileCache {
       return this.#failed(req, FAILED_INVALID, 0, -1, e instanceof Invalid ? e.message : `the body is not JSON: ${e.message}`);
     }
     const out = this.#engine.response(id, this.#now(), f.nums, f.strs, f.objs.map(hold));
-    if (out[0][0] !== 1) {
+    // 3: taken, and what did not fit in it (`response_full`) asked again: its get()s wait.
+    if (out[0][0] !== 1 && out[0][0] !== 3) {
       // 0: the engine found the answer invalid: its ERROR record fails (or retries) the
       // request, with the get()s waiting for it. 2: it was sent at a tier the cache has
       // left since, and its work is asked again: the get()s wait for that answer.
@@ -1090,7 +1092,7 @@ export class TileCache {
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
-    if (left.length) this.#unanswered(req, left, f.error);
+    if (left.length && nums[0] === 1) this.#unanswered(req, left, f.error);
     this.#run(out, 2 + nums[1], 1);
     this.#checkLoads();
   }

@@ -200,6 +200,7 @@ impl<D: Clone> Origin<D> {
             tiles,
             items,
             missing,
+            left_out: None,
         }
     }
 

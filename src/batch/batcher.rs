@@ -394,7 +394,7 @@ impl Batcher {
     /// The request answered. Closes the breaker. Returns what it was for, or `None` if it
     /// was no longer tracked (cancelled).
     pub fn on_success(&mut self, id: RequestId) -> Option<Finished> {
-        self.on_answer(id, |_| true, 0).map(|(f, _)| f)
+        self.on_answer(id, |_| true, None, 0).map(|(f, ..)| f)
     }
 
     /// The request answered, but `listed(tile)` says whether the answer covers each tile it
@@ -402,25 +402,57 @@ impl Batcher {
     /// server bug or a cut-short answer) back off like a failed request's tiles, with the
     /// same growing delay, so a visible tile queued again is not asked for in a tight loop;
     /// they are returned with what the request was for. `None` if it was no longer tracked.
+    ///
+    /// `full` is given for a partial answer that left out what did not fit in it
+    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)): `full(id)`
+    /// says whether an id asked for is in its `items` or `missing`. When it answered
+    /// something the request asked (a tile, an id), what it left out (the tiles, the ids
+    /// asked for directly) goes back to the front of its queues as the same attempt, to go
+    /// out at once in a later request, with no backoff, none is returned and the last
+    /// value is `true`: each such round answers something more, so it cannot loop. One
+    /// that answered nothing is handled as any answer leaving tiles out.
     pub fn on_answer(
         &mut self,
         id: RequestId,
         mut listed: impl FnMut(TileId) -> bool,
+        full: Option<&dyn Fn(&str) -> bool>,
         now_ms: u64,
-    ) -> Option<(Finished, Vec<TileId>)> {
+    ) -> Option<(Finished, Vec<TileId>, bool)> {
         let f = self.finish(id)?;
-        let mut unanswered = Vec::new();
+        let (mut unanswered, mut again, mut progress) = (Vec::new(), Vec::new(), false);
         for w in &f.works {
             match w {
-                Work::Tile(t) if !listed(*t) => unanswered.push(*t),
-                _ => self.backoff.forget(w.tile()),
+                Work::Tile(t) if !listed(*t) => {
+                    unanswered.push(*t);
+                    again.push(w.clone());
+                }
+                _ => {
+                    progress |= match (w, full) {
+                        (Work::Ids { ids, .. }, Some(answered)) => ids.iter().any(|i| answered(i)),
+                        _ => true,
+                    };
+                    self.backoff.forget(w.tile());
+                }
             }
         }
         self.breaker.on_success();
+        if let Some(answered) = full {
+            let (done, left): (Vec<String>, Vec<String>) =
+                f.loose_ids.iter().cloned().partition(|i| answered(i));
+            if progress || !done.is_empty() {
+                let rest = Finished {
+                    works: again,
+                    loose_ids: left,
+                    ..f.clone()
+                };
+                self.queues.requeue(&rest, f.attempt, 0);
+                return Some((f, Vec::new(), true));
+            }
+        }
         if !unanswered.is_empty() {
             self.back_off(&unanswered, 0, now_ms);
         }
-        Some((f, unanswered))
+        Some((f, unanswered, false))
     }
 
     /// Holds these tiles back as if their request had failed: not requested again before

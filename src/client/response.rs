@@ -7,7 +7,7 @@ use super::{
 use crate::batch::{FailureOutcome, Finished};
 use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
-use crate::protocol::{BatchResponse, Item, TileList};
+use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
 use crate::util::sort_pairs;
 
@@ -27,6 +27,11 @@ pub enum Answered {
     AskedAgain,
     /// For a request no longer tracked (cancelled, answered, unknown): nothing changed.
     Ignored,
+    /// Taken, a partial answer that left out what did not fit in it
+    /// ([`ErrorCode::ResponseFull`]) after answering part of the request: the tiles and
+    /// the ids asked for directly that it left out are asked again at once in a later
+    /// request (no error, no backoff), so a `get` of such an id waits for that answer.
+    TakenInPart,
 }
 
 impl<P: Payload> Client<P> {
@@ -115,7 +120,16 @@ impl<P: Payload> Client<P> {
         // of the tile or of an ancestor) back off in the batcher and become an error below.
         let listed = TileSet::new(response.tiles.iter().map(|l| l.tile));
         let covered = |t: TileId| covers(&listed, t);
-        let Some((finished, unanswered)) = self.batcher.on_answer(id, covered, now_ms) else {
+        // What did not fit in this answer (the server answered what did, in request order)
+        // is asked again in a later request, when something of the request was answered.
+        let answered = |i: &str| {
+            response.items.iter().any(|it| it.id == i) || response.missing.iter().any(|m| m == i)
+        };
+        let full = (response.left_out == Some(ErrorCode::ResponseFull))
+            .then_some(&answered as &dyn Fn(&str) -> bool);
+        let Some((finished, unanswered, in_part)) =
+            self.batcher.on_answer(id, covered, full, now_ms)
+        else {
             return Answered::Ignored; // cancelled or unknown: its tiles were not wanted any more
         };
         // The server reports the tier it filtered the answer for. Below the tier asked, it
@@ -188,7 +202,11 @@ impl<P: Payload> Client<P> {
         if now_complete && !was_complete {
             self.queue_event(Event::Complete);
         }
-        Answered::Taken
+        if in_part {
+            Answered::TakenInPart
+        } else {
+            Answered::Taken
+        }
     }
 
     /// A request failed (timeout, network, HTTP error, undecodable answer, or aborted by the

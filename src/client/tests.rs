@@ -2822,3 +2822,97 @@ fn a_tile_answered_stale_is_not_refetched_on_each_read() {
     c.handle_timeout(at);
     assert_eq!(c.take_changed_tiles(), ChangedTiles::Tiles(vec![t]));
 }
+
+/// `o`'s answer to `request` as a server whose answers hold at most `fits` tiles: the
+/// first `fits` requested tiles (their lists and items), nothing for the ids asked for, the
+/// rest left out as not fitting (`response_full`).
+fn answer_in_part(
+    o: &Origin<String>,
+    request: &crate::protocol::BatchRequest,
+    fits: usize,
+) -> BatchResponse<String> {
+    let mut r = o.answer(request, None);
+    let kept: Vec<TileId> = request.tiles.iter().copied().take(fits).collect();
+    r.tiles.retain(|l| kept.contains(&l.tile));
+    let listed: Vec<&String> = r.tiles.iter().flat_map(|l| &l.ids).collect();
+    let items = std::mem::take(&mut r.items);
+    r.items = items
+        .into_iter()
+        .filter(|it| listed.contains(&&it.id))
+        .collect();
+    r.missing.clear();
+    if r.tiles.len() < request.tiles.len() || !request.ids.is_empty() {
+        r.left_out = Some(crate::protocol::ErrorCode::ResponseFull);
+    }
+    r
+}
+
+/// An answer that left out what did not fit in it (`response_full`, the server's answer
+/// bound) after answering part of the request: the tiles it left out are asked again at
+/// once in a later request, with no error and no backoff, and the view completes at the
+/// same instant. Before, they backed off as failed tiles with an error each time (and a
+/// server that always filled its answer kept the view from completing for longer and
+/// longer).
+#[test]
+fn tiles_an_answer_had_no_room_for_are_asked_again_at_once_and_the_view_completes() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        batch: BatchConfig {
+            coalesce_levels: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(2.5), 0, |_, _| {});
+    let visible = c.visible_tiles().len();
+    assert!(visible >= 9, "{visible} tiles");
+    let mut requests = 0;
+    while let Some(t) = c.poll_request(0) {
+        requests += 1;
+        assert!(requests <= visible, "asked again in a loop");
+        let r = answer_in_part(&o, &t.request, 2);
+        let whole = r.tiles.len() == t.request.tiles.len();
+        let taken = c.on_response(t.id, r, 0);
+        assert_eq!(taken == Answered::Taken, whole, "{taken:?}");
+    }
+    assert!(c.is_complete(), "the view completes at once");
+    let evs = events(&mut c);
+    assert!(evs.iter().any(|e| matches!(e, Event::Complete)));
+    assert!(errors_of(evs).is_empty(), "no error");
+    assert_eq!(c.stats().errors, 0);
+    assert_eq!(requests, visible.div_ceil(2));
+}
+
+/// An id a `response_full` answer left out is asked again in a later request; one that
+/// answered nothing of its request is not taken as room for another try (that would loop
+/// at once for ever): its tiles back off as any answer leaving tiles out.
+#[test]
+fn ids_no_room_was_left_for_are_asked_again_and_an_answer_of_nothing_backs_off() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.5), 0, |_, _| {});
+    c.request_ids(["i0", "i5"], 0);
+    let t = c.poll_request(0).unwrap();
+    assert!(!t.request.tiles.is_empty() && t.request.ids.len() == 2);
+    let r = answer_in_part(&o, &t.request, t.request.tiles.len());
+    assert_eq!(c.on_response(t.id, r, 0), Answered::TakenInPart);
+    let again = c.poll_request(0).expect("the ids asked again at once");
+    assert_eq!(again.request.ids, ["i0", "i5"]);
+    assert!(again.request.tiles.is_empty());
+    let r = o.answer(&again.request, None);
+    assert_eq!(c.on_response(again.id, r, 0), Answered::Taken);
+    assert!(c.get("i5", 0).is_some());
+    assert!(errors_of(events(&mut c)).is_empty());
+
+    // Nothing answered: the tiles back off and are an error, the breaker is not opened.
+    c.set_viewport(view_east(0.5, 4), 1, |_, _| {});
+    let t = c.poll_request(1).unwrap();
+    let r = answer_in_part(&o, &t.request, 0);
+    assert_eq!(c.on_response(t.id, r, 1), Answered::Taken);
+    assert!(c.poll_request(1).is_none(), "not asked again at once");
+    assert_eq!(errors_of(events(&mut c)).len(), 1);
+}

@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer};
 use serde_json::Number;
 
-use super::{Limits, ProtocolError, RawData};
+use super::{ErrorCode, Limits, ProtocolError, RawData};
 
 pub(super) type Slot = Cell<Option<ProtocolError>>;
 
@@ -227,6 +227,7 @@ enum ResponseField {
     Items,
     Missing,
     Access,
+    Error,
     #[serde(other)]
     Other,
 }
@@ -236,6 +237,15 @@ pub(super) struct WireResponse {
     pub(super) items: Vec<WireItem>,
     pub(super) missing: Vec<String>,
     pub(super) access: Option<String>,
+    /// The known `code` of a partial answer's `error` member.
+    pub(super) left_out: Option<ErrorCode>,
+}
+
+/// A partial answer's `error` member as far as a client reads it: its code (the tiles and
+/// ids it names are what the request asked and the answer does not hold).
+#[derive(Deserialize)]
+struct WireLeftOut {
+    code: String,
 }
 
 pub(super) struct ResponseSeed<'a> {
@@ -259,6 +269,7 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireResponse, A::Error> {
         let (mut tiles, mut items, mut missing, mut access) = (None, None, None, None);
+        let mut left_out = None;
         let Self { limits, slot } = self;
         while let Some(key) = map.next_key()? {
             match key {
@@ -287,6 +298,14 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
                 ResponseField::Access => {
                     set_once(&mut access, "access", map.next_value::<Option<String>>()?)?
                 }
+                ResponseField::Error => {
+                    // Leniently: an `error` of another shape, or an unknown code (a newer
+                    // server), is none; what it leaves out is still a failure to the client.
+                    let raw = map.next_value::<RawData>()?;
+                    let code = serde_json::from_str::<WireLeftOut>(raw.get()).ok();
+                    let code = code.and_then(|e| ErrorCode::from_name(&e.code));
+                    set_once(&mut left_out, "error", code)?
+                }
                 ResponseField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -297,6 +316,7 @@ impl<'de> Visitor<'de> for ResponseSeed<'_> {
             items: items.unwrap_or_default(),
             missing: missing.unwrap_or_default(),
             access: access.flatten(),
+            left_out: left_out.flatten(),
         })
     }
 }

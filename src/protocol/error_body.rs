@@ -39,11 +39,19 @@ pub enum ErrorCode {
     UpstreamError,
     UpstreamTimeout,
     Internal,
+    /// Only in a partial answer's `error` ([`Unanswered`]), never a whole answer's: the
+    /// tiles and ids it names did not fit in this answer (it reached what clients read,
+    /// [`Limits::max_body_bytes`](super::Limits::max_body_bytes), or the server's most items
+    /// per answer) and are served when asked again in a later request. What was answered
+    /// came first in request order. Unlike [`ErrorCode::PayloadTooLarge`] (that tile or item
+    /// cannot be served) it says nothing against them nor the backend. Its status, 413, is
+    /// what a whole answer refused for its size would have had.
+    ResponseFull,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -57,10 +65,11 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::UpstreamTimeout,
         ErrorCode::Internal,
+        ErrorCode::ResponseFull,
     ];
 
     /// The HTTP status to answer with: 400, 401, 403, 413, 408, 415, 405, 404, 429, 503, 502,
-    /// 504, 500.
+    /// 504, 500, 413.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
@@ -76,6 +85,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
+            ErrorCode::ResponseFull => 413,
         }
     }
 
@@ -108,6 +118,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::ResponseFull => "response_full",
         }
     }
 

@@ -101,6 +101,13 @@ pub struct BatchResponse<D> {
     pub items: Vec<Item<D>>,
     /// Requested ids that do not exist or that the caller may not see.
     pub missing: Vec<String>,
+    /// The `code` of a partial answer's `error` member ([`Unanswered`](super::Unanswered)):
+    /// why the requested tiles and ids it leaves out are not in it (a client reads which
+    /// those are from the request it sent). `None` for a whole answer, and for an `error`
+    /// that is not an object with a known code. Not written by
+    /// [`to_json`](Self::to_json): the layer that leaves something out writes the member.
+    #[serde(skip)]
+    pub left_out: Option<super::ErrorCode>,
 }
 
 impl<D> Default for BatchResponse<D> {
@@ -110,6 +117,7 @@ impl<D> Default for BatchResponse<D> {
             tiles: Vec::new(),
             items: Vec::new(),
             missing: Vec::new(),
+            left_out: None,
         }
     }
 }
@@ -177,6 +185,7 @@ pub fn decode_response(
         tiles,
         items,
         missing: wire.missing,
+        left_out: wire.left_out,
     };
     response.validate(limits)?;
     Ok(response)
@@ -214,6 +223,7 @@ impl<D: Serialize> BatchResponse<D> {
             tiles: self.tiles.clone(),
             items,
             missing: self.missing.clone(),
+            left_out: self.left_out,
         };
         // Every field now serialises, so this cannot fail.
         serde_json::to_string(&lossy).unwrap_or_default()

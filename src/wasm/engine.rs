@@ -234,7 +234,8 @@ impl Engine {
     /// - `nums`: the tile count, the item count, the tier the server reports it
     ///   filtered for (0..=3; -1 when it does not say) and the data's extent it declares
     ///   (west, south, east, north from [`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER);
-    ///   four NaN when it declares none); per tile its TTL in seconds (`-1`
+    ///   four NaN when it declares none), 1 when it is a partial answer whose `error` is
+    ///   `response_full` (else 0); per tile its TTL in seconds (`-1`
     ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
     ///   tier (0..=3; 255 for an unknown tier) and the length of its `data` as JSON (what
     ///   the cache charges it beside its id and class);
@@ -261,6 +262,7 @@ impl Engine {
             // 1: taken (or for a request no longer tracked); 0: invalid, its ERROR record
             // follows (the get()s it was for wait for the retry, or end with the error);
             // 2: sent at a tier left since, so asked again: the get()s wait for that answer.
+            // 3: taken, and what did not fit in it asked again: its get()s wait likewise.
             Ok((r, bounds)) => {
                 let code = match self
                     .client
@@ -269,6 +271,7 @@ impl Engine {
                     Answered::Taken | Answered::Ignored => 1.0,
                     Answered::Invalid => 0.0,
                     Answered::AskedAgain => 2.0,
+                    Answered::TakenInPart => 3.0,
                 };
                 out.nums.push(code);
             }
@@ -709,7 +712,7 @@ fn build_response(
     payloads: Vec<JsItem>,
 ) -> Result<(BatchResponse<JsItem>, Option<Bbox>), String> {
     let disagree = || "response arrays disagree in length".to_string();
-    let [tiles, items, reported, west, south, east, north, rest @ ..] = nums else {
+    let [tiles, items, reported, west, south, east, north, full, rest @ ..] = nums else {
         return Err(disagree());
     };
     let bounds = (!west.is_nan()).then_some(Bbox {
@@ -785,6 +788,8 @@ fn build_response(
         tiles: lists,
         items,
         missing: strs.collect(),
+        // 1: a partial answer whose `error` is `response_full` (the one code the core reads).
+        left_out: (*full == 1.0).then_some(crate::protocol::ErrorCode::ResponseFull),
     };
     Ok((response, bounds))
 }

@@ -1335,7 +1335,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             why: None,
                         });
                     }
-                    Answered::Taken => {
+                    answered @ (Answered::Taken | Answered::TakenInPart) => {
                         // Items asked for that the cache could not keep (room for them
                         // would have pushed out the view's items) go to their gets all the
                         // same: the core names those that passed its tier check.
@@ -1369,7 +1369,8 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             .filter(|g| !known.contains(*g))
                             .cloned()
                             .collect();
-                        if !left.is_empty() {
+                        // What did not fit in the answer is asked again: its gets wait.
+                        if !left.is_empty() && answered == Answered::Taken {
                             let why = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
                             let e = Error::unanswered(flight.kind, &left, why);
                             st.reject_gets(&e, &left);
@@ -1624,5 +1625,6 @@ fn decode<T: DeserializeOwned>(
         tiles: r.tiles,
         items,
         missing: r.missing,
+        left_out: r.left_out,
     })
 }

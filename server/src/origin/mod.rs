@@ -1060,6 +1060,7 @@ pub fn assemble(
         tiles,
         items,
         missing,
+        left_out: None,
     }
 }
 

@@ -122,7 +122,7 @@ prop_compose! {
             ttl: seed[t].7,
         }).collect();
         let missing = missing.into_iter().filter(|m| !ids.contains(m)).collect();
-        BatchResponse { access, tiles, items, missing }
+        BatchResponse { access, tiles, items, missing, left_out: None }
     }
 }
 

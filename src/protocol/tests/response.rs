@@ -471,6 +471,7 @@ fn validate_checks_a_built_response() {
             data: (),
         }],
         missing: vec![],
+        left_out: None,
     };
     assert_eq!(r.validate(&lim()), Ok(()));
     r.tiles[0].ttl = Some(u32::MAX);
@@ -545,6 +546,7 @@ fn to_json_never_fails_when_data_does_not_serialise() {
         tiles: vec![],
         items: vec![item("a"), item("b")],
         missing: vec!["m".into()],
+        left_out: None,
     };
     assert_eq!(
         r.to_json(),
@@ -570,4 +572,31 @@ fn response_access_is_optional_and_checked() {
     assert!(e.to_string().contains("\"admin\""), "{e}");
     let e = resp_err(r#"{"access":"public","access":"agent"}"#);
     assert!(e.to_string().contains("duplicate field `access`"), "{e}");
+}
+
+/// A partial answer's `error` code is read (a client asks again what did not fit), and
+/// leniently: an unknown code or an `error` of another shape is none, not a bad answer;
+/// given twice it is a bad answer, as any field.
+#[test]
+fn a_partial_answers_error_code_is_read_leniently() {
+    let body = |error: &str| {
+        format!(r#"{{"tiles":[{{"tile":"14/2624/5721","ids":[]}}],"items":[],"error":{error}}}"#)
+    };
+    let full = r#"{"code":"response_full","message":"m","tiles":["14/2624/5722"],"ids":["x"]}"#;
+    let r = decode_response(body(full).as_bytes(), &lim()).unwrap();
+    assert_eq!(r.left_out, Some(ErrorCode::ResponseFull));
+    assert_eq!(r.tiles.len(), 1);
+    for other in [
+        r#"{"code":"teapot"}"#,
+        r#""boom""#,
+        "null",
+        r#"{"code":5}"#,
+        "[1]",
+    ] {
+        let r = decode_response(body(other).as_bytes(), &lim()).unwrap();
+        assert_eq!(r.left_out, None, "{other}");
+    }
+    let twice = format!(r#"{{"error":{full},"error":{full}}}"#);
+    assert!(decode_response(twice.as_bytes(), &lim()).is_err());
+    assert_eq!(decode_response(RESPONSE, &lim()).unwrap().left_out, None);
 }
