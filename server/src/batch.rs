@@ -38,7 +38,10 @@ use std::sync::Arc;
 use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList, Unanswered};
-use tilewarm::proxy::policy::{CoarseMiss, IdSource, Plan, Rules, TileSource, WriteBack};
+use tilewarm::proxy::policy::{
+    quoted_bytes, CoarseMiss, IdSource, NotFitted, Plan, Room, Rules, TileSource, WriteBack,
+    LIST_BYTES,
+};
 use tilewarm::tile::TileId;
 
 use crate::admission::{HeldSlot, OriginWait};
@@ -418,7 +421,7 @@ pub async fn answer(
             None => IdSource::Unanswered,
         }
     });
-    let assembled = policy.assemble(
+    let mut assembled = policy.assemble(
         caller,
         |i| {
             read.tiles[i].as_ref().map(|hit| TileSource {
@@ -435,6 +438,16 @@ pub async fn answer(
         &req.ids,
         ids,
     );
+    // What clients read of an answer (`Limits::max_body_bytes`) and --max-response-items:
+    // what fits is answered, in request order, and the rest left out to be asked again
+    // (`response_full`); a tile that cannot fit alone is left out as too large. Counted
+    // before it is written, with room kept for the `error` member whatever it leaves out.
+    let max_bytes = tilewarm::protocol::Limits::default().max_body_bytes;
+    let room = Room {
+        items: max,
+        bytes: max_bytes.saturating_sub(answer_reserve_bytes(&req.tiles, &req.ids)),
+    };
+    let left = assembled.fit(room, &req.ids, |it| it.wire_len() + 11);
     let unanswered = assembled.is_partial().then(|| {
         let left_out = format!(
             "the origin's answer left out {} of the tiles and {} of the ids asked for",
@@ -488,21 +501,17 @@ pub async fn answer(
             ids: assembled.unanswered_ids,
         }
     });
+    let unanswered = with_left_out(unanswered, left, room.items, max_bytes);
     let (lists, items, missing) = (assembled.tiles, assembled.items, assembled.missing);
-    if items.len() > max {
-        return Err(too_many_items(items.len(), max));
-    }
-    // What clients read of an answer (`Limits::max_body_bytes`): a larger one would be built
-    // here (up to --max-response-items items of --max-item-data-bytes each) only for every
-    // client to refuse it. Counted before it is written.
-    let max_bytes = tilewarm::protocol::Limits::default().max_body_bytes;
+    // `fit` kept it within both bounds; this only guards its accounting.
     let bytes = response_bytes_at_most(&lists, &items, &missing, unanswered.as_ref());
-    if bytes > max_bytes {
+    if bytes > max_bytes || items.len() > max {
         return Err(Refusal::new(
-            ErrorCode::BadRequest,
+            ErrorCode::Internal,
             format!(
-                "response would be about {bytes} bytes, at most {max_bytes} are allowed (what \
-                 clients read): request fewer or finer tiles"
+                "response would be about {bytes} bytes and {} items, over what was fitted \
+                 ({max_bytes} bytes, {max} items): a bug, please report it",
+                items.len()
             ),
         ));
     }
@@ -862,17 +871,17 @@ fn response_bytes_at_most(
     missing: &[String],
     unanswered: Option<&Unanswered>,
 ) -> usize {
-    let quoted = |id: &String| 2 * id.len() + 3;
+    let quoted = |id: &String| quoted_bytes(id);
     let items: usize = items.iter().map(|it| it.wire_len() + 11).sum();
     let lists: usize = lists
         .iter()
-        .map(|l| 64 + l.ids.iter().map(quoted).sum::<usize>())
+        .map(|l| LIST_BYTES + l.ids.iter().map(quoted).sum::<usize>())
         .sum();
     let missing: usize = missing.iter().map(quoted).sum();
     let error = unanswered.map_or(0, |u| {
-        128 + 2 * u.message.len() + 32 * u.tiles.len() + u.ids.iter().map(quoted).sum::<usize>()
+        error_bytes_at_most(u.message.len(), &u.tiles, &u.ids)
     });
-    96 + items + lists + missing + error
+    ANSWER_BYTES + items + lists + missing + error
 }
 
 fn too_many_items(count: usize, max: usize) -> Refusal {
@@ -882,6 +891,82 @@ fn too_many_items(count: usize, max: usize) -> Refusal {
             "response would hold {count} items, at most {max} are allowed: request finer tiles"
         ),
     )
+}
+
+/// The object's keys and its tier, beside its lists.
+const ANSWER_BYTES: usize = 96;
+
+/// Longest message of a partial answer's `error`, in bytes (a longer one is cut).
+const MAX_LEFT_OUT_MESSAGE_BYTES: usize = 4096;
+
+/// An upper bound of a partial answer's `error` member: its keys and code, the message
+/// with every byte escaped as `\u00XX` (an upstream's message relayed to an `agent` caller
+/// may hold control characters), each tile and each id quoted.
+fn error_bytes_at_most(message_len: usize, tiles: &[TileId], ids: &[String]) -> usize {
+    128 + 6 * message_len + 32 * tiles.len() + ids.iter().map(|i| quoted_bytes(i)).sum::<usize>()
+}
+
+/// What an answer keeps aside beside its lists and items: the object's keys, and the
+/// `error` member leaving out every tile and id asked for, with the longest message.
+fn answer_reserve_bytes(tiles: &[TileId], ids: &[String]) -> usize {
+    ANSWER_BYTES + error_bytes_at_most(MAX_LEFT_OUT_MESSAGE_BYTES, tiles, ids)
+}
+
+/// The partial answer's `error` with what [`Read::fit`](tilewarm::proxy::policy::Assembled::fit)
+/// left out added: tiles and ids that did not fit after what came first make it
+/// `response_full` (asked again at once; whatever else it leaves out comes back in that
+/// answer with its own reason), tiles too large for any answer `payload_too_large` when
+/// nothing else is left out. The message says each, cut to [`MAX_LEFT_OUT_MESSAGE_BYTES`].
+fn with_left_out(
+    unanswered: Option<Unanswered>,
+    left: NotFitted,
+    max_items: usize,
+    max_bytes: usize,
+) -> Option<Unanswered> {
+    if left.is_empty() {
+        return unanswered;
+    }
+    let mut u = unanswered.unwrap_or(Unanswered {
+        code: ErrorCode::PayloadTooLarge,
+        message: String::new(),
+        tiles: Vec::new(),
+        ids: Vec::new(),
+    });
+    let mut why = Vec::new();
+    if !u.message.is_empty() {
+        why.push(std::mem::take(&mut u.message));
+    }
+    if let Some((tile, bytes, items)) = left.too_large.first() {
+        why.push(format!(
+            "{} tiles are too large for one answer (first {tile}: about {bytes} bytes and \
+             {items} items alone, at most {max_bytes} bytes (what clients read) and \
+             {max_items} items (--max-response-items) are allowed): request finer tiles",
+            left.too_large.len()
+        ));
+        u.tiles.extend(left.too_large.iter().map(|(t, ..)| *t));
+    }
+    if !(left.tiles.is_empty() && left.ids.is_empty()) {
+        u.code = ErrorCode::ResponseFull;
+        why.push(format!(
+            "{} of the tiles and {} of the ids asked for did not fit in this answer (at most \
+             {max_bytes} bytes, what clients read, and {max_items} items, \
+             --max-response-items): ask for them again",
+            left.tiles.len(),
+            left.ids.len()
+        ));
+        u.tiles.extend(left.tiles);
+        u.ids.extend(left.ids);
+    }
+    let mut message = why.join("; ");
+    if message.len() > MAX_LEFT_OUT_MESSAGE_BYTES {
+        let mut end = MAX_LEFT_OUT_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    u.message = message;
+    Some(u)
 }
 
 #[cfg(test)]
@@ -910,6 +995,26 @@ mod tests {
         tiles: &'a [TileList],
         items: Vec<WireItem<'a>>,
         missing: &'a [String],
+    }
+
+    /// The bound counts the `error` member as written: an upstream's message relayed to an
+    /// `agent` caller may be 1,024 control characters, each written `\u00XX` (6 bytes).
+    /// It was counted as 2 bytes a byte: about 4 KB under.
+    #[test]
+    fn the_bound_counts_an_error_message_of_control_characters() {
+        let u = Unanswered {
+            code: ErrorCode::UpstreamError,
+            message: "\u{1}".repeat(1024),
+            tiles: vec![TileId::new(24, 16_777_215, 16_777_215).unwrap()],
+            ids: vec!["\"".repeat(256)],
+        };
+        let mut json = write_response(Access::Agent, &[], &[], &[], 0).unwrap();
+        json.pop();
+        json.push_str(",\"error\":");
+        json.push_str(&serde_json::to_string(&u).unwrap());
+        json.push('}');
+        let bound = response_bytes_at_most(&[], &[], &[], Some(&u));
+        assert!(bound >= json.len(), "{bound} < {}", json.len());
     }
 
     fn access() -> impl Strategy<Value = Access> {

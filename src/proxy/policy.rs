@@ -351,6 +351,126 @@ impl<I> Assembled<'_, I> {
     }
 }
 
+/// How much one answer may hold ([`Assembled::fit`]): items, and bytes of JSON as a shell
+/// counts them (an upper bound of what it writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+/// What [`Assembled::fit`] left out of an answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NotFitted {
+    /// Requested tiles, then ids, that did not fit after what came before them (in request
+    /// order): served when asked again
+    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)).
+    pub tiles: Vec<TileId>,
+    pub ids: Vec<String>,
+    /// Requested tiles that would not fit in an answer of their own, with the bytes and
+    /// items that would take: never served at this bound
+    /// ([`ErrorCode::PayloadTooLarge`](crate::protocol::ErrorCode::PayloadTooLarge)).
+    pub too_large: Vec<(TileId, usize, usize)>,
+}
+
+impl NotFitted {
+    /// Whether nothing was left out.
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty() && self.ids.is_empty() && self.too_large.is_empty()
+    }
+}
+
+/// What an id costs in a list of the answer: its quotes, a comma, and each byte escaped at
+/// most once more (ids hold no control characters).
+pub fn quoted_bytes(id: &str) -> usize {
+    2 * id.len() + 3
+}
+
+/// What a tile list costs beside its ids: its keys, the tile's name, the longest `ttl`.
+pub const LIST_BYTES: usize = 64;
+
+impl<'a, I: ProxyItem> Assembled<'a, I> {
+    /// Keeps what fits in `room`, in request order: each tile's list (its ids, and its
+    /// items not already in the answer), then each requested id (its item or its `missing`
+    /// entry), up to the first that does not fit; that one and everything after it is left
+    /// out (asked again later), except a tile that would not fit even alone, which is left
+    /// out as [`NotFitted::too_large`] and passed over. `item_bytes` is an item's cost as the
+    /// shell writes it, its separator included. What is left out is removed from the answer
+    /// (lists, items, `missing`) and returned; the shell reports it.
+    pub fn fit(
+        &mut self,
+        room: Room,
+        requested_ids: &[String],
+        item_bytes: impl Fn(&I) -> usize,
+    ) -> NotFitted {
+        let by_id: HashMap<&str, &'a I> = self.items.iter().map(|it| (it.id(), *it)).collect();
+        let mut kept: HashSet<&str> = HashSet::new();
+        let (mut bytes, mut items, mut full) = (0usize, 0usize, false);
+        let mut out = NotFitted::default();
+        let mut lists = Vec::with_capacity(self.tiles.len());
+        for list in std::mem::take(&mut self.tiles) {
+            let mut own: HashSet<&str> = HashSet::new();
+            let (mut alone, mut alone_items) = (LIST_BYTES, 0);
+            let (mut more, mut more_items) = (LIST_BYTES, 0);
+            for id in &list.ids {
+                alone += quoted_bytes(id);
+                more += quoted_bytes(id);
+                let Some(it) = by_id.get(id.as_str()) else {
+                    continue;
+                };
+                if own.insert(it.id()) {
+                    let b = item_bytes(it);
+                    (alone, alone_items) = (alone + b, alone_items + 1);
+                    if !kept.contains(it.id()) {
+                        (more, more_items) = (more + b, more_items + 1);
+                    }
+                }
+            }
+            if alone > room.bytes || alone_items > room.items {
+                out.too_large.push((list.tile, alone, alone_items));
+                continue;
+            }
+            full = full || bytes + more > room.bytes || items + more_items > room.items;
+            if full {
+                out.tiles.push(list.tile);
+                continue;
+            }
+            (bytes, items) = (bytes + more, items + more_items);
+            kept.extend(own);
+            lists.push(list);
+        }
+        self.tiles = lists;
+        let missing: HashSet<&str> = self.missing.iter().map(String::as_str).collect();
+        let mut kept_missing: HashSet<&str> = HashSet::new();
+        for id in requested_ids {
+            let (more, more_items) = match by_id.get(id.as_str()) {
+                Some(it) if kept.contains(it.id()) => (0, 0),
+                Some(it) => (item_bytes(it), 1),
+                None if missing.contains(id.as_str()) => (quoted_bytes(id), 0),
+                None => continue, // unanswered already
+            };
+            // One already in the answer (an item a list holds, an id asked twice) costs
+            // nothing, and is never left out.
+            full = full || bytes + more > room.bytes || items + more_items > room.items;
+            if full && more > 0 {
+                if !out.ids.contains(id) {
+                    out.ids.push(id.clone());
+                }
+                continue;
+            }
+            (bytes, items) = (bytes + more, items + more_items);
+            match by_id.get(id.as_str()) {
+                Some(it) => kept.insert(it.id()),
+                None => kept_missing.insert(id.as_str()),
+            };
+        }
+        self.items.retain(|it| kept.contains(it.id()));
+        drop(missing);
+        self.missing.retain(|m| kept_missing.contains(m.as_str()));
+        out
+    }
+}
+
 /// Steps 2 to 4: a plan with what the store held.
 #[derive(Clone, Debug)]
 pub struct Read {
@@ -616,6 +736,90 @@ mod tests {
         fn access(&self) -> Access {
             self.3
         }
+    }
+
+    /// `fit` keeps what fits in request order up to the first that does not (tiles, then
+    /// ids; an id already in the answer costs nothing), passes over a tile too large
+    /// alone, and takes what it left out out of the lists, items and `missing`.
+    #[test]
+    fn fit_keeps_what_fits_in_request_order() {
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let items: Vec<It> = ids
+            .iter()
+            .map(|id| It(id, 0.0, 0.0, Access::Public))
+            .collect();
+        let (t1, t2, t3, t4) = (
+            tile("14/1/1"),
+            tile("14/2/1"),
+            tile("14/3/1"),
+            tile("14/4/1"),
+        );
+        let list = |t, ids: &[&str]| TileList {
+            tile: t,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ttl: None,
+        };
+        let asked: Vec<String> = ["a", "m", "j"].iter().map(|s| s.to_string()).collect();
+        let assembled = || Assembled {
+            tiles: vec![
+                list(t1, &["a", "b"]),
+                list(t2, &["c", "d", "e", "f", "g"]),
+                list(t3, &["b", "h"]),
+                list(t4, &["i"]),
+            ],
+            items: items.iter().collect(),
+            missing: vec!["m".to_string()],
+            unanswered_tiles: Vec::new(),
+            unanswered_ids: Vec::new(),
+        };
+        let names = |a: &Assembled<'_, It>| {
+            let tiles: Vec<TileId> = a.tiles.iter().map(|l| l.tile).collect();
+            let items: Vec<&str> = a.items.iter().map(|it| it.0).collect();
+            (tiles, items, a.missing.clone())
+        };
+        // Four items: t2 (five) never fits, t4 does after it; j is one item too many.
+        let mut a = assembled();
+        let room = Room {
+            items: 4,
+            bytes: usize::MAX,
+        };
+        let left = a.fit(room, &asked, |_| 100);
+        assert_eq!(
+            names(&a),
+            (
+                vec![t1, t3, t4],
+                vec!["a", "b", "h", "i"],
+                vec!["m".to_string()]
+            )
+        );
+        assert_eq!(
+            left,
+            NotFitted {
+                tiles: vec![],
+                ids: vec!["j".to_string()],
+                too_large: vec![(t2, LIST_BYTES + 25 + 500, 5)],
+            }
+        );
+        // 300 bytes: t1 (64 + 10 + 200) fits, t3 does not, nor anything after it but `a`.
+        let mut a = assembled();
+        let room = Room {
+            items: usize::MAX,
+            bytes: 300,
+        };
+        let left = a.fit(room, &asked, |_| 100);
+        assert_eq!(names(&a), (vec![t1], vec!["a", "b"], vec![]));
+        assert_eq!(left.tiles, [t3, t4]);
+        assert_eq!(left.ids, ["m", "j"]);
+        assert_eq!(left.too_large.len(), 1);
+        // Room for all: nothing left out, nothing changed.
+        let mut a = assembled();
+        let room = Room {
+            items: usize::MAX,
+            bytes: usize::MAX,
+        };
+        assert!(a.fit(room, &asked, |_| 100).is_empty());
+        assert_eq!(names(&a).0, [t1, t2, t3, t4]);
+        assert_eq!(a.items.len(), 10);
     }
 
     #[test]

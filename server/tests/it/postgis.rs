@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::{BatchRequest, BatchResponse, Item, RawData};
+use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, Item, Limits, RawData};
 use tilewarm::{Access, TileId};
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::memory::MemoryOrigin;
@@ -859,6 +859,102 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
         m.contains("tilewarm_origin_tiles_over_limit_total 1"),
         "{m}"
     );
+    s.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
+
+/// A request whose tiles together hold more than `--max-response-items` (each tile within
+/// it) is answered in part: what fits, in request order, and the rest left out as
+/// `response_full`, served when asked again; a tile over the bound alone is named as
+/// `payload_too_large` and the tiles after it still answered. Before, the whole request
+/// was a 400, every time it was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_response_bound_answers_what_fits_and_leaves_the_rest_out() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let max = 10;
+    let in_tile = |t: TileId, prefix: &str, n: usize| -> Vec<Item<RawData>> {
+        let b = t.bounds();
+        (1..=n)
+            .map(|i| {
+                let lon = b.west + (b.east - b.west) * i as f64 / (n + 1) as f64;
+                let lat = (b.south + b.north) / 2.0;
+                edge_item(&format!("{prefix}-{i}"), lon, lat, Access::Public)
+            })
+            .collect()
+    };
+    let a = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let (b, c, d) = (
+        a.offset(1, 0).unwrap(),
+        a.offset(2, 0).unwrap(),
+        a.offset(3, 0).unwrap(),
+    );
+    let mut items = in_tile(a, "a", 6);
+    items.extend(in_tile(b, "b", 6));
+    items.extend(in_tile(c, "c", 3));
+    items.extend(in_tile(d, "d", max + 2));
+    load(&pg, &items, &Layout::default()).await;
+    let layout = std::env::temp_dir().join(format!("tw-layout-full-{}", std::process::id()));
+    std::fs::write(&layout, "channel = \"\"\n").unwrap();
+    let s = server(Config {
+        max_response_items: max,
+        origin_config: Some(layout.clone()),
+        ..pg_config(&pg)
+    })
+    .await;
+    let http = Http::new();
+    let ids = |r: &BatchResponse<RawData>| {
+        let mut v: Vec<String> = r.items.iter().map(|it| it.id.clone()).collect();
+        v.sort();
+        v
+    };
+
+    // a (6) fits, b (6 more) does not: b, c and the id of c are left out; a's id is in.
+    let r = http
+        .batch(&s, &request(&[a, b, c], &["a-1", "c-1"], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "response_full", "{v}");
+    assert_eq!(
+        v["error"]["tiles"],
+        serde_json::json!([b.to_string(), c.to_string()])
+    );
+    assert_eq!(v["error"]["ids"], serde_json::json!(["c-1"]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("did not fit") && msg.contains(&format!("{max} items")),
+        "{msg}"
+    );
+    let first = tilewarm::protocol::decode_response(&r.body, &Limits::default()).unwrap();
+    assert_eq!(first.left_out, Some(ErrorCode::ResponseFull));
+    assert_eq!(first.tiles.len(), 1);
+    assert_eq!(first.tiles[0].tile, a);
+    assert_eq!(ids(&first).len(), 6);
+    // Asked again, the rest is answered whole.
+    let again = http
+        .ok(&s, &request(&[b, c], &["c-1"], Access::Public))
+        .await;
+    assert_eq!(again.tiles.len(), 2);
+    assert_eq!(ids(&again).len(), 9);
+    assert_eq!(again.left_out, None);
+
+    // d alone is over the bound: named, never to be served at it; c after it answered.
+    let r = http.batch(&s, &request(&[d, c], &[], Access::Public)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([d.to_string()]));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("first {d}")) && msg.contains("request finer tiles"),
+        "{msg}"
+    );
+    let r = tilewarm::protocol::decode_response(&r.body, &Limits::default()).unwrap();
+    assert_eq!(r.tiles.len(), 1);
+    assert_eq!(r.tiles[0].tile, c);
     s.shutdown().await;
     let _ = std::fs::remove_file(layout);
 }
