@@ -39,8 +39,8 @@ use tilewarm::access::Access;
 use tilewarm::cache::CacheConfig;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorCode, RawData, TileList, Unanswered};
 use tilewarm::proxy::policy::{
-    quoted_bytes, CoarseMiss, IdSource, NotFitted, Plan, Room, Rules, TileSource, WriteBack,
-    LIST_BYTES,
+    error_bytes_at_most, quoted_bytes, reserved_bytes, CoarseMiss, IdSource, Plan, Room, Rules,
+    TileSource, WriteBack, ANSWER_BYTES, LIST_BYTES,
 };
 use tilewarm::tile::TileId;
 
@@ -445,7 +445,7 @@ pub async fn answer(
     let max_bytes = tilewarm::protocol::Limits::default().max_body_bytes;
     let room = Room {
         items: max,
-        bytes: max_bytes.saturating_sub(answer_reserve_bytes(&req.tiles, &req.ids)),
+        bytes: max_bytes.saturating_sub(reserved_bytes(&req.tiles, &req.ids)),
     };
     let left = assembled.fit(room, &req.ids, |it| it.wire_len() + 11);
     let unanswered = assembled.is_partial().then(|| {
@@ -501,7 +501,7 @@ pub async fn answer(
             ids: assembled.unanswered_ids,
         }
     });
-    let unanswered = with_left_out(unanswered, left, room.items, max_bytes);
+    let unanswered = left.report(unanswered, max, max_bytes);
     let (lists, items, missing) = (assembled.tiles, assembled.items, assembled.missing);
     // `fit` kept it within both bounds; this only guards its accounting.
     let bytes = response_bytes_at_most(&lists, &items, &missing, unanswered.as_ref());
@@ -891,82 +891,6 @@ fn too_many_items(count: usize, max: usize) -> Refusal {
             "response would hold {count} items, at most {max} are allowed: request finer tiles"
         ),
     )
-}
-
-/// The object's keys and its tier, beside its lists.
-const ANSWER_BYTES: usize = 96;
-
-/// Longest message of a partial answer's `error`, in bytes (a longer one is cut).
-const MAX_LEFT_OUT_MESSAGE_BYTES: usize = 4096;
-
-/// An upper bound of a partial answer's `error` member: its keys and code, the message
-/// with every byte escaped as `\u00XX` (an upstream's message relayed to an `agent` caller
-/// may hold control characters), each tile and each id quoted.
-fn error_bytes_at_most(message_len: usize, tiles: &[TileId], ids: &[String]) -> usize {
-    128 + 6 * message_len + 32 * tiles.len() + ids.iter().map(|i| quoted_bytes(i)).sum::<usize>()
-}
-
-/// What an answer keeps aside beside its lists and items: the object's keys, and the
-/// `error` member leaving out every tile and id asked for, with the longest message.
-fn answer_reserve_bytes(tiles: &[TileId], ids: &[String]) -> usize {
-    ANSWER_BYTES + error_bytes_at_most(MAX_LEFT_OUT_MESSAGE_BYTES, tiles, ids)
-}
-
-/// The partial answer's `error` with what [`Read::fit`](tilewarm::proxy::policy::Assembled::fit)
-/// left out added: tiles and ids that did not fit after what came first make it
-/// `response_full` (asked again at once; whatever else it leaves out comes back in that
-/// answer with its own reason), tiles too large for any answer `payload_too_large` when
-/// nothing else is left out. The message says each, cut to [`MAX_LEFT_OUT_MESSAGE_BYTES`].
-fn with_left_out(
-    unanswered: Option<Unanswered>,
-    left: NotFitted,
-    max_items: usize,
-    max_bytes: usize,
-) -> Option<Unanswered> {
-    if left.is_empty() {
-        return unanswered;
-    }
-    let mut u = unanswered.unwrap_or(Unanswered {
-        code: ErrorCode::PayloadTooLarge,
-        message: String::new(),
-        tiles: Vec::new(),
-        ids: Vec::new(),
-    });
-    let mut why = Vec::new();
-    if !u.message.is_empty() {
-        why.push(std::mem::take(&mut u.message));
-    }
-    if let Some((tile, bytes, items)) = left.too_large.first() {
-        why.push(format!(
-            "{} tiles are too large for one answer (first {tile}: about {bytes} bytes and \
-             {items} items alone, at most {max_bytes} bytes (what clients read) and \
-             {max_items} items (--max-response-items) are allowed): request finer tiles",
-            left.too_large.len()
-        ));
-        u.tiles.extend(left.too_large.iter().map(|(t, ..)| *t));
-    }
-    if !(left.tiles.is_empty() && left.ids.is_empty()) {
-        u.code = ErrorCode::ResponseFull;
-        why.push(format!(
-            "{} of the tiles and {} of the ids asked for did not fit in this answer (at most \
-             {max_bytes} bytes, what clients read, and {max_items} items, \
-             --max-response-items): ask for them again",
-            left.tiles.len(),
-            left.ids.len()
-        ));
-        u.tiles.extend(left.tiles);
-        u.ids.extend(left.ids);
-    }
-    let mut message = why.join("; ");
-    if message.len() > MAX_LEFT_OUT_MESSAGE_BYTES {
-        let mut end = MAX_LEFT_OUT_MESSAGE_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
-    u.message = message;
-    Some(u)
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ use crate::protocol::{
 };
 use crate::tile::{ring_around, TileId};
 use crate::util::{HashMap, HashSet};
-use policy::{CoarseMiss, IdSource, Plan, Read, Rules, TileSource};
+use policy::{reserved_bytes, CoarseMiss, IdSource, Plan, Read, Room, Rules, TileSource};
 pub use warm_tries::{WarmTries, MAX_WARM_TRIES, WARM_RETRY_MAX_MS, WARM_RETRY_MS};
 
 /// How the proxy caches and warms. Every field has a documented default.
@@ -341,6 +341,10 @@ type TileRead = (Vec<Item<RawData>>, u64);
 
 /// Most ids remembered as missing, per tier (least recently used go first).
 pub const MAX_MISSING_IDS: usize = 4096;
+
+/// An upper bound of what an item costs in an answer beside twice its id and class and its
+/// `data`: its keys, quotes, the longest `lon`, `lat`, tier and `ttl`, a comma.
+const ITEM_BYTES: usize = 136;
 
 /// The merged response, its items borrowed (the wire form of [`BatchResponse`]).
 #[derive(Serialize, Default)]
@@ -833,7 +837,7 @@ impl Proxy {
                 None => IdSource::Unanswered,
             },
         });
-        let assembled = read.assemble(
+        let mut assembled = read.assemble(
             tier,
             |i| {
                 stored.get(&i).map(|(items, exp)| TileSource {
@@ -854,6 +858,17 @@ impl Proxy {
             &request.ids,
             id_sources,
         );
+        // What clients read: what fits is answered in request order, the rest left out to
+        // be asked again (`response_full`), a tile too large alone named.
+        let limits = &self.config.limits;
+        let room = Room {
+            items: limits.max_items,
+            bytes: (limits.max_body_bytes)
+                .saturating_sub(reserved_bytes(&request.tiles, &request.ids)),
+        };
+        let fitted = assembled.fit(room, &request.ids, |it| {
+            2 * (it.id.len() + it.class.len()) + it.data.get().len() + ITEM_BYTES
+        });
         let unanswered = assembled.is_partial().then(|| {
             let left_out = format!(
                 "the origin's answer left out {} of the tiles and {} of the ids asked for",
@@ -865,10 +880,13 @@ impl Proxy {
                 .unanswered_ids
                 .iter()
                 .find_map(|id| too_large.iter().find(|o| o.id == *id));
+            // An origin's partial answer says why it left them out (a tilewarm-server's
+            // `response_full` is asked again, not a failure): its code is passed on.
+            let told = answer.left_out.unwrap_or(ErrorCode::UpstreamError);
             let (code, message) = match (&origin_error, oversized) {
                 (Some(e), _) => (e.code, e.message.clone()),
                 (None, Some(o)) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {o}")),
-                (None, None) => (ErrorCode::UpstreamError, left_out),
+                (None, None) => (told, left_out),
             };
             Unanswered {
                 code,
@@ -877,6 +895,7 @@ impl Proxy {
                 ids: assembled.unanswered_ids.clone(),
             }
         });
+        let unanswered = fitted.report(unanswered, room.items, limits.max_body_bytes);
         let out = OutResponse {
             tiles: assembled.tiles,
             items: assembled.items,

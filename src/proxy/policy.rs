@@ -27,7 +27,7 @@
 //! store or the origin answered at, so an item above it never leaves through this step.
 
 use crate::access::Access;
-use crate::protocol::{Item, TileList};
+use crate::protocol::{ErrorCode, Item, TileList, Unanswered};
 use crate::tile::TileId;
 use crate::util::{HashMap, HashSet};
 
@@ -378,6 +378,66 @@ impl NotFitted {
     pub fn is_empty(&self) -> bool {
         self.tiles.is_empty() && self.ids.is_empty() && self.too_large.is_empty()
     }
+
+    /// The answer's `error` member with this added to `unanswered` (what it left out for
+    /// other reasons): tiles and ids that did not fit after what came first make it
+    /// `response_full` (the client asks them again at once, and whatever else is left out
+    /// comes back in that answer with its own reason); tiles too large for any answer are
+    /// `payload_too_large` when nothing else is left out, named with their size and the
+    /// bounds (`max_items`, `max_bytes`: what one answer may hold). The message says each,
+    /// cut to [`MAX_MESSAGE_BYTES`] (as is `unanswered`'s own).
+    pub fn report(
+        self,
+        unanswered: Option<Unanswered>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Option<Unanswered> {
+        let mut u = match (unanswered, self.is_empty()) {
+            (None, true) => return None,
+            (Some(u), _) => u,
+            (None, false) => Unanswered {
+                code: ErrorCode::PayloadTooLarge,
+                message: String::new(),
+                tiles: Vec::new(),
+                ids: Vec::new(),
+            },
+        };
+        let mut why = Vec::new();
+        if !u.message.is_empty() {
+            why.push(std::mem::take(&mut u.message));
+        }
+        if let Some((tile, bytes, items)) = self.too_large.first() {
+            why.push(format!(
+                "{} tiles are too large for one answer (first {tile}: about {bytes} bytes and \
+                 {items} items alone, one answer holds at most {max_bytes} bytes and \
+                 {max_items} items): request finer tiles",
+                self.too_large.len()
+            ));
+            u.tiles.extend(self.too_large.iter().map(|(t, ..)| *t));
+        }
+        if !(self.tiles.is_empty() && self.ids.is_empty()) {
+            u.code = ErrorCode::ResponseFull;
+            why.push(format!(
+                "{} of the tiles and {} of the ids asked for did not fit in this answer (one \
+                 answer holds at most {max_bytes} bytes and {max_items} items): ask for them \
+                 again",
+                self.tiles.len(),
+                self.ids.len()
+            ));
+            u.tiles.extend(self.tiles);
+            u.ids.extend(self.ids);
+        }
+        let mut message = why.join("; ");
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        u.message = message;
+        Some(u)
+    }
 }
 
 /// What an id costs in a list of the answer: its quotes, a comma, and each byte escaped at
@@ -388,6 +448,27 @@ pub fn quoted_bytes(id: &str) -> usize {
 
 /// What a tile list costs beside its ids: its keys, the tile's name, the longest `ttl`.
 pub const LIST_BYTES: usize = 64;
+
+/// What an answer object costs beside its lists: its keys and its tier.
+pub const ANSWER_BYTES: usize = 96;
+
+/// Longest message of a partial answer's `error` that [`NotFitted::report`] writes, in
+/// bytes (a longer one is cut).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// An upper bound of a partial answer's `error` member, `,"error":` included: its keys and
+/// code, a message of `message_len` bytes each escaped as `\u00XX` (an origin's message
+/// passed on may hold control characters), each tile and id quoted.
+pub fn error_bytes_at_most(message_len: usize, tiles: &[TileId], ids: &[String]) -> usize {
+    128 + 6 * message_len + 32 * tiles.len() + ids.iter().map(|i| quoted_bytes(i)).sum::<usize>()
+}
+
+/// What an answer to `tiles` and `ids` keeps aside beside its lists, items and `missing`:
+/// the object's keys, and an `error` member leaving out every tile and id asked for with
+/// the longest message. [`Room::bytes`] is what clients read less this.
+pub fn reserved_bytes(tiles: &[TileId], ids: &[String]) -> usize {
+    ANSWER_BYTES + error_bytes_at_most(MAX_MESSAGE_BYTES, tiles, ids)
+}
 
 impl<'a, I: ProxyItem> Assembled<'a, I> {
     /// Keeps what fits in `room`, in request order: each tile's list (its ids, and its

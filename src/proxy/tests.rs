@@ -1631,3 +1631,82 @@ mod changes {
             .is_ok());
     }
 }
+
+/// Cached tiles that together hold more than one answer may (what clients read) are
+/// answered as far as they fit, in request order, the rest left out as `response_full`
+/// (asked again by the client), the spliced fast path included. Before, the whole answer
+/// went out, over what every client reads.
+#[test]
+fn cached_tiles_over_what_one_answer_holds_answer_what_fits_and_leave_the_rest_out() {
+    let o = origin();
+    let mut p = Proxy::new(ProxyConfig {
+        limits: Limits {
+            max_items: 3,
+            ..Limits::default()
+        },
+        ..no_warm()
+    })
+    .unwrap();
+    // The centre holds two public items, the others one each.
+    let tiles = [
+        "14/2624/5721",
+        "14/2625/5721",
+        "14/2623/5721",
+        "14/2624/5722",
+    ];
+    for t in tiles {
+        let (_, a, _) = run(&mut p, &o, req(&[t], &[], Access::Public), 0);
+        assert_eq!(a.status, 200);
+    }
+    let (forwarded, a, d) = run(&mut p, &o, req(&tiles, &[], Access::Public), 1);
+    assert!(forwarded.is_none(), "every tile cached");
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "response_full", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([tiles[2], tiles[3]]));
+    let listed: Vec<String> = d.tiles.iter().map(|l| l.tile.to_string()).collect();
+    assert_eq!(listed, [tiles[0], tiles[1]]);
+    assert_eq!(
+        (d.items.len(), d.left_out),
+        (3, Some(ErrorCode::ResponseFull))
+    );
+    // The rest, asked again, fits.
+    let (_, _, d) = run(&mut p, &o, req(&tiles[2..], &[], Access::Public), 2);
+    assert_eq!((d.tiles.len(), d.left_out), (2, None));
+}
+
+/// An origin's partial answer that left tiles out for want of room (a tilewarm-server's
+/// `response_full`) is passed on with its code, so the client asks them again at once.
+/// Before, the edge called them an `upstream_error`, which a client backs off from.
+#[test]
+fn an_origins_response_full_is_passed_on_as_such() {
+    let o = origin();
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let pending = p
+        .begin(
+            req(&["14/2624/5721", "14/2625/5721"], &[], Access::Public),
+            0,
+        )
+        .unwrap();
+    let forwarded = pending.origin_request().cloned().unwrap();
+    let mut first = forwarded.clone();
+    first.tiles.truncate(1);
+    let mut body = o.answer(&first, Some(300)).to_json();
+    body.pop();
+    body.push_str(
+        r#","error":{"code":"response_full","message":"did not fit","tiles":["14/2625/5721"],"ids":[]}}"#,
+    );
+    let a = p.complete(
+        pending,
+        OriginOutcome::Answer {
+            status: 200,
+            body: body.as_bytes(),
+            retry_after_ms: None,
+        },
+        0,
+    );
+    assert_eq!(a.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "response_full", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!(["14/2625/5721"]));
+}

@@ -163,6 +163,12 @@ impl Proxy {
             size += w.buf.len() + w.ids.len() + 48 + 12 * w.items.len();
             count += w.items.len();
         }
+        // An answer over what clients read (the estimate counts 48 bytes a list for up to
+        // 58) goes the general way, which answers what fits and leaves the rest out.
+        let limits = &self.config.limits;
+        if size + 16 * tiles.len() > limits.max_body_bytes || count > limits.max_items {
+            return None;
+        }
         // Sized once: grown item by item it was rehashed about ten times for 16 tiles.
         let mut seen: HashSet<&str> = HashSet::with_capacity(count);
         let mut out = String::with_capacity(size);
