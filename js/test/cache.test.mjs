@@ -602,6 +602,45 @@ test('setViewport never throws on backend or fetch trouble', async () => {
   }
 });
 
+test('a partial answer with no room for the rest (response_full): asked again at once, the view completes, get()s wait', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { coalesceMinShare: 100 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  // As a server whose answer holds one tile: the first asked, its items; the rest (tiles,
+  // and the ids of a request with a tile) left out as not fitting.
+  backend.hostile = (res, answer, req) => {
+    const [first] = req.tiles;
+    const left = req.tiles.slice(1);
+    answer.tiles = answer.tiles.filter((l) => l.tile === first);
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    const idsLeft = first ? req.ids : req.ids.slice(1);
+    answer.items = answer.items.filter((it) => keep.has(it.id) || (req.ids.includes(it.id) && !idsLeft.includes(it.id)));
+    answer.missing = answer.missing.filter((id) => !idsLeft.includes(id));
+    if (left.length || idsLeft.length) answer.error = { code: 'response_full', message: 'did not fit', tiles: left, ids: idsLeft };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    const v = viewOf(SX, SY);
+    const tiles = viewTiles(v);
+    assert.ok(tiles.length > 2, `${tiles.length} tiles`);
+    cache.setViewport(v);
+    await cache.whenComplete();
+    assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+    assert.equal(backend.requests.length, tiles.length, 'one request a tile, each at once');
+    // Two ids in one request: h1 answered, h2 left out, and its get waits for the next.
+    const n = backend.requests.length;
+    const [one, two] = await cache.getMany(['h1', 'h2']);
+    assert.deepEqual([one?.id, two?.id], ['h1', 'h2']);
+    assert.deepEqual(backend.requests.slice(n).map((r) => r.ids.length), [2, 1]);
+    assert.deepEqual(errs, [], 'no error');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('get and getMany: cached, fetched by id, missing, de-duplicated', async () => {
   fresh();
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });

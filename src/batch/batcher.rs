@@ -437,13 +437,17 @@ impl Batcher {
         }
         self.breaker.on_success();
         if let Some(answered) = full {
-            let (done, left): (Vec<String>, Vec<String>) =
-                f.loose_ids.iter().cloned().partition(|i| answered(i));
-            if progress || !done.is_empty() {
+            if progress || f.loose_ids.iter().any(|i| answered(i)) {
                 let rest = Finished {
+                    id,
+                    kind: f.kind,
                     works: again,
-                    loose_ids: left,
-                    ..f.clone()
+                    loose_ids: (f.loose_ids.iter())
+                        .filter(|i| !answered(i))
+                        .cloned()
+                        .collect(),
+                    sent_at_ms: f.sent_at_ms,
+                    attempt: f.attempt,
                 };
                 self.queues.requeue(&rest, f.attempt, 0);
                 return Some((f, Vec::new(), true));
