@@ -419,13 +419,28 @@ impl Batcher {
         now_ms: u64,
     ) -> Option<(Finished, Vec<TileId>, bool)> {
         let f = self.finish(id)?;
-        let (mut unanswered, mut again, mut progress) = (Vec::new(), Vec::new(), false);
+        let unanswered = (f.works.iter())
+            .filter_map(|w| match w {
+                Work::Tile(t) if !listed(*t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        Some(self.answered(f, unanswered, full, now_ms))
+    }
+
+    /// [`on_answer`](Self::on_answer) once the tiles it left out are known (not generic:
+    /// one copy in the wasm).
+    fn answered(
+        &mut self,
+        f: Finished,
+        unanswered: Vec<TileId>,
+        full: Option<&dyn Fn(&str) -> bool>,
+        now_ms: u64,
+    ) -> (Finished, Vec<TileId>, bool) {
+        let (mut again, mut progress) = (Vec::new(), false);
         for w in &f.works {
             match w {
-                Work::Tile(t) if !listed(*t) => {
-                    unanswered.push(*t);
-                    again.push(w.clone());
-                }
+                Work::Tile(t) if unanswered.contains(t) => again.push(w.clone()),
                 _ => {
                     progress |= match (w, full) {
                         (Work::Ids { ids, .. }, Some(answered)) => ids.iter().any(|i| answered(i)),
@@ -439,7 +454,7 @@ impl Batcher {
         if let Some(answered) = full {
             if progress || f.loose_ids.iter().any(|i| answered(i)) {
                 let rest = Finished {
-                    id,
+                    id: f.id,
                     kind: f.kind,
                     works: again,
                     loose_ids: (f.loose_ids.iter())
@@ -450,13 +465,13 @@ impl Batcher {
                     attempt: f.attempt,
                 };
                 self.queues.requeue(&rest, f.attempt, 0);
-                return Some((f, Vec::new(), true));
+                return (f, Vec::new(), true);
             }
         }
         if !unanswered.is_empty() {
             self.back_off(&unanswered, 0, now_ms);
         }
-        Some((f, unanswered, false))
+        (f, unanswered, false)
     }
 
     /// Holds these tiles back as if their request had failed: not requested again before

@@ -1425,11 +1425,14 @@ async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
 }
 
 /// An answer larger than clients read (`Limits::max_body_bytes`, 8 MiB: 200 items of 60 KB
-/// payloads, each under `--max-item-data-bytes`, within `--max-response-items`) is a 400
-/// naming the size and the limit, counted before it is written; a finer tile that fits is
-/// answered. The server built and sent the 12 MB answer before, which every client refused.
+/// payloads, each under `--max-item-data-bytes`, within `--max-response-items`) is never
+/// written. A tile that holds more alone is left out of a partial answer and named
+/// (`payload_too_large`, its size and the limit); tiles that fit one by one but not
+/// together are answered as far as they fit, in request order, the rest left out as
+/// `response_full` and served when asked again. The server built and sent the 12 MB answer
+/// once, which every client refused; then the whole request was a 400, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_larger_than_clients_read_is_refused_before_it_is_written() {
+async fn an_answer_larger_than_clients_read_answers_what_fits() {
     let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let b = t.bounds();
     let payload = serde_json::value::to_raw_value(&"x".repeat(60_000)).unwrap();
@@ -1458,24 +1461,42 @@ async fn an_answer_larger_than_clients_read_is_refused_before_it_is_written() {
         .unwrap();
     let http = Http::new();
     let max = tilewarm::protocol::Limits::default().max_body_bytes;
-    let msg = http
-        .batch(&s, &request(&[t], &[], Access::Agent))
-        .await
-        .error(400, "bad_request");
+    let r = http.batch(&s, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.len() < 4096, "{} bytes", r.body.len());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+    let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains(&format!(
-            "bytes, at most {max} are allowed (what clients read)"
-        )),
+        msg.contains(&format!("first {t}: about ")) && msg.contains(&format!("{max} bytes")),
         "{msg}"
     );
-    // A sixteenth of the tile's width (about 13 items) fits.
-    let fine = TileId::from_lon_lat(
-        b.west + (b.east - b.west) * 0.3,
-        (b.south + b.north) / 2.0,
-        16,
-    )
-    .unwrap();
-    let r = http.ok(&s, &request(&[fine], &[], Access::Agent)).await;
-    assert!(!r.tiles[0].ids.is_empty());
+    // Its four z16 tiles across the items' row (50 items, 3 MB each): two fit, the last
+    // two are left out to be asked again, and then fit.
+    let lat = (b.south + b.north) / 2.0;
+    let quarter = |q: f64| {
+        TileId::from_lon_lat(b.west + (b.east - b.west) * (q + 0.5) / 4.0, lat, 16).unwrap()
+    };
+    let row: Vec<TileId> = (0..4).map(|q| quarter(q as f64)).collect();
+    let r = http.batch(&s, &request(&row, &[], Access::Agent)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.len() <= max, "{} bytes", r.body.len());
+    let d = tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
+        .unwrap();
+    assert_eq!(
+        d.left_out,
+        Some(tilewarm::protocol::ErrorCode::ResponseFull)
+    );
+    let listed: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
+    assert_eq!(listed, row[..2]);
+    assert_eq!(d.items.len(), 100);
+    let v = r.json();
+    assert_eq!(
+        v["error"]["tiles"],
+        serde_json::json!([row[2].to_string(), row[3].to_string()])
+    );
+    let r = http.ok(&s, &request(&row[2..], &[], Access::Agent)).await;
+    assert_eq!((r.tiles.len(), r.items.len(), r.left_out), (2, 100, None));
     s.shutdown().await;
 }
