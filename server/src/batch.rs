@@ -30,6 +30,11 @@
 //!   caller above it). What is over the limit at the caller's tier is reported unanswered
 //!   in a partial answer (`error`, `payload_too_large`, naming the tile, its count of the
 //!   items the caller may see and the limit), the rest answered.
+//! - An answer holds at most `--max-response-items` items and what clients read
+//!   (`Limits::max_body_bytes`, 8 MiB, an upper bound counted before it is written): what
+//!   fits is answered in request order and the rest left out of a partial answer
+//!   (`response_full`: the client asks it again), a tile over it alone named
+//!   (`payload_too_large`) (`policy::Assembled::fit`, as the edge does).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;

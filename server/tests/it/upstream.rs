@@ -591,7 +591,12 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
     // passes on: A's message to an agent, only the code below); asked again, the rest is
     // answered, so every caller gets the whole block in a few requests.
     // (A's message names no count: what did not fit, and the bounds.)
-    for tier in [Access::Public, Access::Registered, Access::Verified, Access::Agent] {
+    for tier in [
+        Access::Public,
+        Access::Registered,
+        Access::Verified,
+        Access::Agent,
+    ] {
         let http = Http::with_token(Some(crate::common::token_for(tier)));
         let (mut ask, mut answered, mut rounds) = (block.clone(), Vec::new(), 0);
         while !ask.is_empty() {
@@ -609,7 +614,11 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
             assert_eq!(v["error"]["code"], "response_full", "{tier}: {v}");
             let m = v["error"]["message"].as_str().unwrap();
             assert!(!m.contains(&g.to_string()), "{tier}: {m}");
-            assert_eq!(m.contains("did not fit"), tier == Access::Agent, "{tier}: {m}");
+            assert_eq!(
+                m.contains("did not fit"),
+                tier == Access::Agent,
+                "{tier}: {m}"
+            );
         }
         // The first asks A; B's tier serves the others what it wrote back (at `agent`).
         if tier == Access::Public {
