@@ -419,12 +419,13 @@ impl Batcher {
         now_ms: u64,
     ) -> Option<(Finished, Vec<TileId>, bool)> {
         let f = self.finish(id)?;
-        let unanswered = (f.works.iter())
-            .filter_map(|w| match w {
-                Work::Tile(t) if !listed(*t) => Some(*t),
-                _ => None,
-            })
-            .collect();
+        let mut unanswered = Vec::new();
+        for w in &f.works {
+            match w {
+                Work::Tile(t) if !listed(*t) => unanswered.push(*t),
+                _ => {}
+            }
+        }
         Some(self.answered(f, unanswered, full, now_ms))
     }
 
@@ -453,14 +454,13 @@ impl Batcher {
         self.breaker.on_success();
         if let Some(answered) = full {
             if progress || f.loose_ids.iter().any(|i| answered(i)) {
+                let mut loose_ids = f.loose_ids.clone();
+                loose_ids.retain(|i| !answered(i));
                 let rest = Finished {
                     id: f.id,
                     kind: f.kind,
                     works: again,
-                    loose_ids: (f.loose_ids.iter())
-                        .filter(|i| !answered(i))
-                        .cloned()
-                        .collect(),
+                    loose_ids,
                     sent_at_ms: f.sent_at_ms,
                     attempt: f.attempt,
                 };
