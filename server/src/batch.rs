@@ -376,7 +376,7 @@ pub async fn answer(
         app.metrics
             .tiles_asked_at_caller_tier
             .fetch_add(too_large_at_top.len() as u64, Relaxed);
-        let mut again = fetch(
+        let again = fetch(
             app,
             &policy,
             too_large_at_top.clone(),
@@ -387,12 +387,24 @@ pub async fn answer(
             &read.gens,
             (caller, caller),
         )
-        .await?;
-        if let Some(mut fill) = again.fill.take() {
-            let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
-        }
+        .await;
         fetched.forget_tiles(&too_large_at_top);
-        fetched.add(again);
+        match again {
+            Ok(mut again) => {
+                if let Some(mut fill) = again.fill.take() {
+                    let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
+                }
+                fetched.add(again);
+            }
+            // The rest of the answer stands: only these tiles are left out, with the call's
+            // failure as their reason (its code; its message, at the caller's tier, below).
+            Err(failed) => fetched.told(Unanswered {
+                code: failed.code,
+                message: failed.message,
+                tiles: too_large_at_top,
+                ids: Vec::new(),
+            }),
+        }
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);

@@ -1341,6 +1341,28 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
     s.shutdown().await;
 }
 
+/// Items across the middle row of `t`, their tiers in turn from `tiers` (`n` of each).
+fn items_in_tile(t: TileId, tiers: &[(Access, usize)]) -> Vec<tilewarm::protocol::Item<RawData>> {
+    let b = t.bounds();
+    let all: Vec<Access> = tiers
+        .iter()
+        .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
+        .collect();
+    let n = all.len();
+    all.iter()
+        .enumerate()
+        .map(|(i, &access)| tilewarm::protocol::Item {
+            id: format!("{t}-{access}-{i}"),
+            lon: b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        })
+        .collect()
+}
+
 /// `--max-tile-items` is counted at the caller's tier (here over memory, which counts
 /// exactly): a data tile over it at `agent` is asked again at a lower caller's tier and
 /// served when that caller may see at most the limit; an agent hears the exact count at
@@ -1350,31 +1372,13 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
     let limit = 10;
-    let in_tile =
-        |t: TileId, tiers: &[(Access, usize)]| -> Vec<tilewarm::protocol::Item<RawData>> {
-            let b = t.bounds();
-            let all: Vec<Access> = tiers
-                .iter()
-                .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
-                .collect();
-            let n = all.len();
-            all.iter()
-                .enumerate()
-                .map(|(i, &access)| tilewarm::protocol::Item {
-                    id: format!("{t}-{access}-{i}"),
-                    lon: b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64,
-                    lat: (b.south + b.north) / 2.0,
-                    class: "active".into(),
-                    access,
-                    ttl: None,
-                    data: serde_json::value::to_raw_value(&1).unwrap(),
-                })
-                .collect()
-        };
     let few = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let many = TileId::from_lon_lat(-122.0, 47.0, 14).unwrap();
-    let mut items = in_tile(few, &[(Access::Public, 4), (Access::Agent, 30)]);
-    items.extend(in_tile(many, &[(Access::Public, 12), (Access::Agent, 30)]));
+    let mut items = items_in_tile(few, &[(Access::Public, 4), (Access::Agent, 30)]);
+    items.extend(items_in_tile(
+        many,
+        &[(Access::Public, 12), (Access::Agent, 30)],
+    ));
     let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
         Origin::new(items).unwrap(),
         300,
@@ -1421,6 +1425,78 @@ async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
         msg.contains(&format!("tile {few} holds 34 items at the origin")),
         "{msg}"
     );
+    s.shutdown().await;
+}
+
+/// An origin that answers at `agent` and is at capacity below it: the call again at the
+/// caller's tier for a tile over `--max-tile-items` at `agent` fails.
+struct FullBelowAgent(Origin<RawData>);
+
+impl OriginBackend for FullBelowAgent {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            if request.access < Access::Agent {
+                return Err(OriginFailure::Overloaded {
+                    message: "no room below agent".into(),
+                    retry_after_s: Some(7),
+                });
+            }
+            Ok(self.0.answer(request, Some(60)))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "an origin at capacity below agent".into()
+    }
+}
+
+/// When the call again at a public caller's tier (for a tile over `--max-tile-items` at
+/// `agent`) fails, only that tile is left out, with the call's code; the rest of the answer
+/// is served. Before, the whole request failed with the second call's 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_at_the_callers_tier_leaves_out_only_its_tile() {
+    let limit = 10;
+    let few = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let small = TileId::from_lon_lat(-122.0, 47.0, 14).unwrap();
+    let mut items = items_in_tile(few, &[(Access::Public, 4), (Access::Agent, 30)]);
+    items.extend(items_in_tile(small, &[(Access::Public, 3)]));
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: limit,
+        ..config()
+    };
+    let backend = FullBelowAgent(Origin::new(items).unwrap());
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+        .await
+        .unwrap();
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let r = public
+        .batch(&s, &request(&[few, small], &[], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["tiles"][0]["tile"], small.to_string(), "{v}");
+    assert_eq!(v["tiles"][0]["ids"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["tiles"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([few.to_string()]));
     s.shutdown().await;
 }
 
