@@ -12,37 +12,25 @@
 // shows, not those in its tile cache, and panned back, one changed there (twice) is read once
 // and rendered with the new data; no console errors. Screenshot:
 // target/browser-test/deckgl.png.
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
-import { browserPath, CHROMIUM_ARGS, checkDrawn, dist, startPageServer, until } from './support.mjs';
+import { tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
+import { browserSession, checkDrawn, checkReadsAtRest, dataTileOf, dist, requestsHolding, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 /** One z14 data tile in degrees of longitude. */
 const TILE_LON = 360 / 2 ** 14;
 
 describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
-  let backend, pages, browser, page;
-  const problems = [];
+  const session = browserSession();
+  const { problems } = session;
+  let backend, page;
 
   before(async () => {
-    backend = await startBackend();
-    pages = await startPageServer(backend);
-    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
-    page = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    ({ backend } = session);
     const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-    await page.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
-    await until(page, () => window.__tw !== undefined, null, 'the page');
-  });
-
-  after(async () => {
-    await browser?.close();
-    pages?.close();
-    backend?.close();
+    page = await session.open(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
   });
 
   /** Waits until every selected tile is loaded and drawn, only they are visible, and
@@ -57,16 +45,9 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
     }, null, what);
   }
 
-  /** Whether tile "z/x/y" (z <= 14) overlaps the data tiles (zoom 14) x0..x1, y0..y1. */
-  const overlaps = (tile, x0, y0, x1, y1) => {
-    const [z, x, y] = tile.split('/').map(Number);
-    const k = 2 ** (14 - z);
-    return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
-  };
-
   /** The data tile (zoom 14) a deck tile key `x:y:z` lies in (deck's tiles are finer here). */
   const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
-  const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+  const dataTile = (id) => dataTileOf(backend, id);
 
   /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is drawn no
    * more, and checks that no tile of another data tile was rendered again. */
@@ -113,13 +94,8 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
   });
 
   it('a tier drop takes the items above the new tier off the screen by the next frame', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&access=agent`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&access=agent`, async (p) => {
       let s = await settled('tiles at agent', p);
       // A pan first: deck renders a new layer instance per move and hands it the state, so
       // the tier listener belongs to an older instance than the one on screen.
@@ -151,20 +127,13 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       s = await settled('tiles of a public cache', p);
       assert.equal(s.shown.agent, undefined);
       checkDrawn(assert, backend, s.drawn);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('a tile whose items changed in the cache is drawn again without them; other tiles are not', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (items are deleted from it).
-      const [lon, lat] = tileCorner(14, SX - 8.5, SY - 8.5);
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (items are deleted from it).
+    const [lon, lat] = tileCorner(14, SX - 8.5, SY - 8.5);
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`, async (p) => {
       // deck's first selection can be for a smaller canvas (the four tiles at the centre,
       // all of one data tile), and settle before the view's own.
       await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
@@ -179,25 +148,18 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       backend.remove(b);
       const s = await gone(p, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("a tile outside the cache's view (followView: false) is drawn again when an answer changed its items; other tiles are not", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (an item is deleted from it). No view
-      // is fed to the cache: every tile deck holds is outside it. One item of the tile in the
-      // middle is served with a ttl of 60 s, the rest with 300 s or more.
-      const [lon, lat] = tileCorner(14, SX - 9.5, SY + 8.5);
-      const tile = `14/${SX - 10}/${SY + 8}`;
-      const a = backend.tileItems(tile, 'public')[0].id;
-      backend.byId.get(a).ttl = 60;
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (an item is deleted from it). No view
+    // is fed to the cache: every tile deck holds is outside it. One item of the tile in the
+    // middle is served with a ttl of 60 s, the rest with 300 s or more.
+    const [lon, lat] = tileCorner(14, SX - 9.5, SY + 8.5);
+    const tile = `14/${SX - 10}/${SY + 8}`;
+    const a = backend.tileItems(tile, 'public')[0].id;
+    backend.byId.get(a).ttl = 60;
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0`, async (p) => {
       // deck's first selection can be for a smaller canvas (the four tiles at the centre,
       // all of one data tile), and settle before the view's own.
       await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
@@ -210,20 +172,13 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       const s = await gone(p, a, tile, (tile) => { window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the fresh tiles were not loaded again');
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("a tile outside the cache's view (followView: false) is drawn again stale when its items turn stale, refetched meanwhile, and drawn again fresh", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // No view is fed to the cache: its wake-ups are those of the tiles the layer read.
-      const [lon, lat] = tileCorner(14, SX + 9.5, SY + 3.5);
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0&swr=3600`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // No view is fed to the cache: its wake-ups are those of the tiles the layer read.
+    const [lon, lat] = tileCorner(14, SX + 9.5, SY + 3.5);
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0&swr=3600`, async (p) => {
       await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
       const first = await settled('the tiles', p);
       assert.ok(first.ids.length > 0);
@@ -239,19 +194,12 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
       assert.deepEqual(new Set(s.ids), new Set(first.ids));
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("the cache's dispose() stops the layer feeding it views (ERR_DISPOSED on every frame)", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      const [lon, lat] = tileCorner(14, SX - 3.5, SY + 2.5);
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    const [lon, lat] = tileCorner(14, SX - 3.5, SY + 2.5);
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5`, async (p) => {
       await settled('first tiles', p);
       const r = await p.evaluate(async ([lon, lat]) => {
         const { cache, setView, frames, state } = window.__tw;
@@ -271,23 +219,16 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       }, [lon, lat]);
       assert.equal(r.views, 0, 'views fed to the disposed cache');
       assert.deepEqual(r.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("a map at rest reads (so fetches) no tile deck keeps off the screen; panned back, a tile that changed there is read once and drawn with the new data", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (an item is deleted from it). No view
-      // is fed to the cache: every request is one of the layer's reads.
-      const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
-      const [ox, oy] = [SX - 7, SY - 2];
-      const off = `14/${ox}/${oy}`;
-      await p.goto(`${pages.url}deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0&swr=3600`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (an item is deleted from it). No view
+    // is fed to the cache: every request is one of the layer's reads.
+    const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
+    const [ox, oy] = [SX - 7, SY - 2];
+    const off = `14/${ox}/${oy}`;
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0&swr=3600`, async (p) => {
       await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
       const first = await settled('the tiles', p);
       const a = backend.tileItems(off, 'public').at(-1).id;
@@ -306,19 +247,7 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       const [, x1, y1] = tileOf(w.bounds[2], w.bounds[1], 14);
       // Deleted on the server; past every ttl (within the stale window) the tiles on the
       // screen are drawn stale, refetched and drawn fresh; those off it are not read.
-      backend.remove(a);
-      const n0 = backend.requests.length;
-      const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
-      await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, 'the tiles on the screen refetched');
-      // And changed off the screen once more (an invalidation, as tilewarm/live makes).
-      await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
-      await p.evaluate(() => window.__tw.frames(2));
-      await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
-      // (The cache may ask for a coarser tile standing for data tiles it needs.)
-      const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
-      assert.ok(asked.length > 0);
-      for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
-        `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+      await checkReadsAtRest(assert, p, backend, { id: a, off, view: [x0, y0, x1, y1], where: 'on the screen' });
       // Back: the tile is read once (its old items shown meanwhile), refetched, drawn without it.
       const n1 = backend.requests.length;
       const back = await p.evaluate(([lon, lat]) => { window.__tw.setView({ longitude: lon, latitude: lat }); return window.__tw.state().stats.requests; }, [lon, lat]);
@@ -328,12 +257,10 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
         return s.current && s.loaded && s.stats.requests > back && s.stats.inFlight === 0 && s.ids.length > 0 &&
           !Object.values(s.drawn).some((n) => n < 0) && !s.ids.includes(id) && s;
       }, [a, back], `${a} off the screen`);
-      const again = backend.requests.slice(n1).filter((r) => r.tiles?.some((t) => overlaps(t, ox, oy, ox, oy)));
+      const again = requestsHolding(backend, n1, off);
       assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('no console errors', () => {

@@ -26,12 +26,11 @@
 // filled with the new data; no console errors.
 // Screenshot:
 // target/browser-test/openlayers.png.
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startBackend, tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
-import { browserPath, CHROMIUM_ARGS, dist, startPageServer, until } from './support.mjs';
+import { tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
+import { browserSession, checkReadsAtRest, dataTileOf, dist, requestsHolding, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 const [SEATTLE_LON, SEATTLE_LAT] = tileCorner(14, SX + 0.5, SY + 0.5);
@@ -41,25 +40,14 @@ const lonLat = (x, y) => [(x / HALF) * 180, (Math.atan(Math.exp((y / HALF) * Mat
 const TILE_M = (2 * HALF) / 2 ** 14;
 
 describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () => {
-  let backend, pages, browser, page;
-  const problems = [];
+  const session = browserSession();
+  const { problems } = session;
+  let backend, page;
 
   before(async () => {
-    backend = await startBackend();
-    pages = await startPageServer(backend);
-    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
-    page = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    ({ backend } = session);
     const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-    await page.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
-    await until(page, () => window.__tw !== undefined, null, 'the page');
-  });
-
-  after(async () => {
-    await browser?.close();
-    pages?.close();
-    backend?.close();
+    page = await session.open(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
   });
 
   /** Waits until the source loaded everything and the map rendered it. */
@@ -101,7 +89,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     return settled('after a move');
   }
 
-  const dataTile = (id) => tileOf(backend.byId.get(id).lon, backend.byId.get(id).lat, 14).join('/');
+  const dataTile = (id) => dataTileOf(backend, id);
 
   /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is in the
    * source no more, and checks that no feature of another data tile changed (`tiles`: the
@@ -174,13 +162,8 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
   });
 
   it('a tier drop takes the features above the new tier out of the source at once', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
-      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&access=agent`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    const [lon, lat] = tileCorner(14, SX + 2.5, SY + 1.5);
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&access=agent`, async (p) => {
       let s = await settled('features at agent', p);
       check(s, 'agent');
       assert.ok(s.shown.agent > 0, `agent features: ${JSON.stringify(s.shown)}`);
@@ -194,9 +177,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       s = await settled('features at public', p);
       assert.equal(s.shown.agent, undefined);
       check(s);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('follow() gives the cache the zoom of the resolution, for a view with its own resolutions', async () => {
@@ -472,41 +453,36 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('a tile whose request gave up stays failed: not asked for again on every redraw', async () => {
     // A page of its own: Chromium logs each 500 as a console error.
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error' && !/status of 500/.test(m.text())) problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    await p.goto(`${pages.url}openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`);
-    await until(p, () => window.__tw !== undefined, null, 'the page');
-    await settled('the page', p);
-    backend.mode = 500;
-    let r;
-    try {
-      r = await p.evaluate(async ([lon, lat]) => {
-        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
-        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, batch: { retries: 0 }, prefetch: { ring: 0, viewRing: 0 } });
-        const asked = [];
-        const loadTiles = cache.loadTiles.bind(cache);
-        cache.loadTiles = (tiles, o) => { asked.push(tiles[0]); return loadTiles(tiles, o); };
-        const errors = [];
-        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
-        const div = document.createElement('div');
-        div.style.cssText = 'width: 400px; height: 300px';
-        document.body.append(div);
-        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
-        const end = Date.now() + 10_000;
-        while (errors.length === 0 && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
-        await new Promise((ok) => setTimeout(ok, 1500)); // many redraws later
-        const out = { asked, errors, loading: source.loading };
-        map.setTarget(undefined);
-        div.remove();
-        source.dispose();
-        cache.dispose();
-        return out;
-      }, tileCorner(14, SX + 8.5, SY - 9.5));
-    } finally {
-      backend.mode = 'ok';
-      await p.close();
-    }
+    const r = await session.withPage(`openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`, async (p) => {
+      await settled('the page', p);
+      backend.mode = 500;
+      try {
+        return await p.evaluate(async ([lon, lat]) => {
+          const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
+          const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, batch: { retries: 0 }, prefetch: { ring: 0, viewRing: 0 } });
+          const asked = [];
+          const loadTiles = cache.loadTiles.bind(cache);
+          cache.loadTiles = (tiles, o) => { asked.push(tiles[0]); return loadTiles(tiles, o); };
+          const errors = [];
+          const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
+          const div = document.createElement('div');
+          div.style.cssText = 'width: 400px; height: 300px';
+          document.body.append(div);
+          const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+          const end = Date.now() + 10_000;
+          while (errors.length === 0 && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
+          await new Promise((ok) => setTimeout(ok, 1500)); // many redraws later
+          const out = { asked, errors, loading: source.loading };
+          map.setTarget(undefined);
+          div.remove();
+          source.dispose();
+          cache.dispose();
+          return out;
+        }, tileCorner(14, SX + 8.5, SY - 9.5));
+      } finally {
+        backend.mode = 'ok';
+      }
+    }, { ignore: /status of 500/ });
     assert.ok(r.errors.length > 0 && r.errors.every((c) => c === 'ERR_HTTP'), `errors: ${r.errors}`);
     assert.equal(new Set(r.asked).size, r.asked.length, `each tile asked for once: ${r.asked.length} calls for ${new Set(r.asked).size} tiles`);
     assert.ok(!r.loading, 'no load left');
@@ -726,12 +702,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
   });
 
   it('with a user projection (useGeographic()) follow() feeds nothing (no box at 0°, 0°) and says why, once', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      await p.goto(`${pages.url}openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    await session.withPage(`openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`, async (p) => {
       await settled('the first map', p);
       const r = await p.evaluate(async ([lon, lat]) => {
         const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection } = window.__tw.ol;
@@ -765,20 +736,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       // follow() once; the loader (given the user projection) once per tile.
       assert.ok(r.errors.every(([code]) => code === 'ERR_OUT_OF_RANGE'), JSON.stringify(r.errors));
       assert.equal(r.errors.filter(([, m]) => /not a user projection/.test(m)).length, 1, JSON.stringify(r.errors));
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('a loaded tile whose items changed in the cache is filled again without them; other tiles are not', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (items are deleted from it).
-      const [lon, lat] = tileCorner(14, SX + 9.5, SY + 9.5);
-      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (items are deleted from it).
+    const [lon, lat] = tileCorner(14, SX + 9.5, SY + 9.5);
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`, async (p) => {
       const first = await settled('the features', p);
       const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
       assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles shown: ${first.ids}`);
@@ -791,25 +755,18 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       backend.remove(b);
       const s = await gone(p, tiles, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("a tile loaded outside the cache's view (no follow()) is filled again when an answer changed its items; other tiles are not", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (an item is deleted from it). No view
-      // is fed to the cache: every tile the source loads is outside it. One item of the tile
-      // in the middle is served with a ttl of 60 s, the rest with 300 s or more.
-      const [lon, lat] = tileCorner(14, SX - 9.5, SY - 3.5);
-      const tile = `14/${SX - 10}/${SY - 4}`;
-      const a = backend.tileItems(tile, 'public')[0].id;
-      backend.byId.get(a).ttl = 60;
-      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (an item is deleted from it). No view
+    // is fed to the cache: every tile the source loads is outside it. One item of the tile
+    // in the middle is served with a ttl of 60 s, the rest with 300 s or more.
+    const [lon, lat] = tileCorner(14, SX - 9.5, SY - 3.5);
+    const tile = `14/${SX - 10}/${SY - 4}`;
+    const a = backend.tileItems(tile, 'public')[0].id;
+    backend.byId.get(a).ttl = 60;
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0`, async (p) => {
       const first = await settled('the features', p);
       assert.ok(first.ids.includes(a), `${a} in the source: ${first.ids}`);
       assert.ok(first.ids.some((id) => dataTile(id) !== tile), 'features of other data tiles');
@@ -820,20 +777,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       const s = await gone(p, tiles, a, tile, (tile) => { window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the fresh tiles were not loaded again');
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it("a tile loaded outside the cache's view (no follow()) is filled again stale when its items turn stale, refetched meanwhile, and filled again fresh", async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // No view is fed to the cache: its wake-ups are those of the tiles the source read.
-      const [lon, lat] = tileCorner(14, SX + 9.5, SY + 3.5);
-      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // No view is fed to the cache: its wake-ups are those of the tiles the source read.
+    const [lon, lat] = tileCorner(14, SX + 9.5, SY + 3.5);
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`, async (p) => {
       const first = await settled('the features', p);
       assert.ok(first.ids.length > 0);
       assert.deepEqual(first.stale, []);
@@ -847,24 +797,17 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
       assert.deepEqual(new Set(s.ids), new Set(first.ids));
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('a map at rest reads (so fetches) no tile the source holds out of the view of its follow(); moved back, a tile that changed there is read once and filled with the new data', async () => {
-    const p = await browser.newPage({ viewport: { width: 800, height: 600 } });
-    p.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    try {
-      // A part of the dataset no other step comes near (an item is deleted from it). The
-      // source follows the map, but no view reaches the cache: every request is one of the
-      // source's reads.
-      const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
-      const [ox, oy] = [SX - 7, SY - 2];
-      const off = `14/${ox}/${oy}`;
-      await p.goto(`${pages.url}openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    // A part of the dataset no other step comes near (an item is deleted from it). The
+    // source follows the map, but no view reaches the cache: every request is one of the
+    // source's reads.
+    const [lon, lat] = tileCorner(14, SX - 6.5, SY - 1.5);
+    const [ox, oy] = [SX - 7, SY - 2];
+    const off = `14/${ox}/${oy}`;
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`, async (p) => {
       await p.evaluate(() => {
         const { cache, map, source, ol } = window.__tw;
         cache.setViewport = () => {};
@@ -893,36 +836,17 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       assert.ok(x0 > ox, `${off} out of the view (14/${x0}..${x1}/${y0}..${y1})`);
       // Deleted on the server; past every ttl (within the stale window) the tiles in the
       // view are filled stale, refetched and filled fresh; those out of it are not read.
-      backend.remove(a);
-      const n0 = backend.requests.length;
-      const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
-      await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, 'the tiles in the view refetched');
-      // And changed out of the view once more (an invalidation, as tilewarm/live makes).
-      await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
-      await p.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
-      await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
-      // (The cache may ask for a coarser tile standing for data tiles it needs.)
-      const overlaps = (tile, x0, y0, x1, y1) => {
-        const [z, x, y] = tile.split('/').map(Number);
-        const k = 2 ** (14 - z);
-        return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
-      };
-      const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
-      assert.ok(asked.length > 0);
-      for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
-        `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+      await checkReadsAtRest(assert, p, backend, { id: a, off, view: [x0, y0, x1, y1], where: 'in the view' });
       assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} still held out of the view`);
       // Back: the tile is read once (its old features meanwhile), refetched, filled without it.
       const n1 = backend.requests.length;
       await p.evaluate((center) => window.__tw.map.getView().setCenter(center), center);
       await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
       const s = await settled('the view back', p);
-      const again = backend.requests.slice(n1).filter((r) => r.tiles?.some((t) => overlaps(t, ox, oy, ox, oy)));
+      const again = requestsHolding(backend, n1, off);
       assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
       assert.deepEqual(s.errors, []);
-    } finally {
-      await p.close();
-    }
+    });
   });
 
   it('no console errors', () => {

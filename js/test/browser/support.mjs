@@ -1,8 +1,13 @@
 // What the browser tests share: the built pages' directory, Chromium's flags, a server for
-// the pages that forwards /batch to the Node tests' backend, and polling in the page.
+// the pages that forwards /batch to the Node tests' backend, a suite's session (backend, page
+// server, Chromium and the pages it opens), polling in the page, and checks on what a map drew
+// and what it fetched.
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { extname, join, resolve } from 'node:path';
+import { after, before } from 'node:test';
+import { chromium } from 'playwright-core';
+import { startBackend, tileOf } from '../support/backend.mjs';
 
 export const root = resolve(import.meta.dirname, '../../..');
 export const dist = resolve(root, 'target/browser-test');
@@ -41,6 +46,59 @@ export async function startPageServer(backend) {
   });
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   return { url: `http://127.0.0.1:${server.address().port}/`, close: () => server.close() };
+}
+
+/**
+ * A suite's session, made in its describe(): before its tests the Node backend, the page
+ * server and Chromium start (`backend`, `pages`, `browser`); after them all three close.
+ * `problems` gathers the console errors and page errors of the pages it opens, for the
+ * suite's last test to check.
+ */
+export function browserSession() {
+  const session = {
+    problems: [],
+    /** A new page, 800 x 600 unless `options` (playwright's) say otherwise, whose console
+     * errors (but those matching `ignore`) and page errors go to `problems` (the session's
+     * unless given). */
+    async newPage({ problems = session.problems, ignore, ...options } = {}) {
+      const p = await session.browser.newPage({ viewport: { width: 800, height: 600 }, ...options });
+      p.on('console', (m) => { if (m.type() === 'error' && !ignore?.test(m.text())) problems.push(`console: ${m.text()}`); });
+      p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+      return p;
+    },
+    /** Loads `path` (of the built pages) in page `p` and waits for its window.__tw. */
+    async load(p, path) {
+      await p.goto(`${session.pages.url}${path}`);
+      await until(p, () => window.__tw !== undefined, null, 'the page');
+    },
+    /** A new page (`newPage(options)`) with `path` loaded. */
+    async open(path, options) {
+      const p = await session.newPage(options);
+      await session.load(p, path);
+      return p;
+    },
+    /** `fn(p)` on a new page (`newPage(options)`) with `path` loaded; closes the page after. */
+    async withPage(path, fn, options) {
+      const p = await session.newPage(options);
+      try {
+        await session.load(p, path);
+        return await fn(p);
+      } finally {
+        await p.close();
+      }
+    },
+  };
+  before(async () => {
+    session.backend = await startBackend();
+    session.pages = await startPageServer(session.backend);
+    session.browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
+  });
+  after(async () => {
+    await session.browser?.close();
+    session.pages?.close();
+    session.backend?.close();
+  });
+  return session;
 }
 
 export async function until(page, fn, arg, what, ms = 30_000) {
@@ -86,4 +144,48 @@ export function checkDrawn(assert, backend, drawn) {
   }
   assert.ok(checked > 0, `some data tile fully drawn: ${Object.keys(drawn).join(' ')}`);
   return checked;
+}
+
+/** Whether tile "z/x/y" (z <= 14) overlaps the data tiles (zoom 14) x0..x1, y0..y1. */
+export function overlaps(tile, x0, y0, x1, y1) {
+  const [z, x, y] = tile.split('/').map(Number);
+  const k = 2 ** (14 - z);
+  return x * k <= x1 && (x + 1) * k > x0 && y * k <= y1 && (y + 1) * k > y0;
+}
+
+/** The data tile (zoom 14) "14/x/y" of the backend's item `id`. */
+export function dataTileOf(backend, id) {
+  const it = backend.byId.get(id);
+  return tileOf(it.lon, it.lat, 14).join('/');
+}
+
+/**
+ * What a map at rest reads: deletes the backend's item `id` of data tile `off` ("14/x/y",
+ * which the map holds out of its view), moves the cache's clock in page `p` past every ttl
+ * (within the stale window) and waits until the tiles in view (`where` says where, for the
+ * messages) are refetched, then changes `off` once more (an invalidation, as tilewarm/live
+ * makes), and checks that every tile asked for meanwhile lies in the view (the data tiles
+ * x0..x1, y0..y1) and holds no part of `off` (the cache may ask for a coarser tile standing
+ * for data tiles it needs).
+ */
+export async function checkReadsAtRest(assert, p, backend, { id, off, view: [x0, y0, x1, y1], where }) {
+  const [, ox, oy] = off.split('/').map(Number);
+  backend.remove(id);
+  const n0 = backend.requests.length;
+  const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
+  await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, `the tiles ${where} refetched`);
+  await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
+  await p.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
+  await until(p, () => window.__tw.state().stats.inFlight === 0, null, 'nothing in flight');
+  const asked = backend.requests.slice(n0).flatMap((r) => r.tiles ?? []);
+  assert.ok(asked.length > 0);
+  for (const t of asked) assert.ok(overlaps(t, x0, y0, x1, y1) && !overlaps(t, ox, oy, ox, oy),
+    `${t} requested: not in the view (14/${x0}..${x1}/${y0}..${y1}) or holding ${off}; requested ${asked}`);
+}
+
+/** The backend's requests since its `n`th that ask for a tile holding data tile `tile`
+ * ("14/x/y"). */
+export function requestsHolding(backend, n, tile) {
+  const [, x, y] = tile.split('/').map(Number);
+  return backend.requests.slice(n).filter((r) => r.tiles?.some((t) => overlaps(t, x, y, x, y)));
 }
