@@ -182,18 +182,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('follow() gives the cache the zoom of the resolution, for a view with its own resolutions', async () => {
     const zooms = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const { View, VectorLayer, follow, newCache, newSource, newMap, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
       const seen = [];
-      const setViewport = cache.setViewport.bind(cache);
-      cache.setViewport = (v) => { seen.push(v.zoom); return setViewport(v); };
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      spy(cache, 'setViewport', (v) => seen.push(v.zoom));
+      const source = newSource(cache);
       // Zoom 2 of this view is 10 m a pixel: 256-px zoom log2(156543.03 / 10) = 13.93.
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })],
-        view: new View({ center: window.__tw.fromLonLat([lon, lat]), resolutions: [1000, 100, 10, 1], zoom: 2 }) });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), resolutions: [1000, 100, 10, 1], zoom: 2 }) });
       const detach = follow(map, source);
       detach();
       map.setTarget(undefined);
@@ -210,31 +205,23 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     let r;
     try {
       r = await page.evaluate(async ([lon, lat]) => {
-        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-        const ol = { VectorSource, Feature, Point, tileStrategy, createXYZ };
-        const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12, access: 'agent' });
+        const { View, VectorLayer, follow, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+        const cache = await newCache({ minZoom: 12, access: 'agent' });
         // What the source asks of the cache: its loads' signals, and the views follow() feeds.
         const signals = [];
-        const loadTiles = cache.loadTiles.bind(cache);
-        cache.loadTiles = (tiles, o) => { signals.push(o.signal); return loadTiles(tiles, o); };
+        spy(cache, 'loadTiles', (tiles, o) => signals.push(o.signal));
         let views = 0;
-        const setViewport = cache.setViewport.bind(cache);
-        cache.setViewport = (v) => { views++; return setViewport(v); };
+        spy(cache, 'setViewport', () => views++);
         const errors = [];
-        const source = createSource(ol, cache, { onError: (e) => errors.push(String(e)) });
+        const source = newSource(cache, { onError: (e) => errors.push(String(e)) });
         let refreshed = 0;
-        const refresh = source.refresh.bind(source);
-        source.refresh = () => { refreshed++; refresh(); };
+        spy(source, 'refresh', () => refreshed++);
         // Another source on the same cache, not disposed: still told of a tier change.
-        const other = createSource(ol, cache);
+        const other = newSource(cache);
         let otherRefreshed = 0;
         other.refresh = () => { otherRefreshed++; };
-        const div = document.createElement('div');
-        div.style.cssText = 'width: 400px; height: 300px';
-        document.body.append(div);
         const layer = new VectorLayer({ source });
-        const map = new Map({ target: div, layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+        const { div, map } = newMap({ layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
         follow(map, source);
         const end = Date.now() + 10_000;
         while (signals.length === 0 && Date.now() < end) await frames(1);
@@ -269,19 +256,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it("a disposed map detaches follow() (the view's listeners too) and its source lets go of its tiles: nothing fetched for them after", async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, loaded } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
       const view = new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 });
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view });
       follow(map, source);
-      const end = Date.now() + 10_000;
-      while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
-      const features = source.getFeatures().length;
+      const features = await loaded(source, cache);
       const listening = () => ['change:center', 'change:resolution', 'change:rotation'].reduce((n, t) => n + (view.getListeners(t)?.length ?? 0), 0);
       const before = listening();
       // The page disposes of the map (not of the layer or the source), then the cache's
@@ -310,22 +291,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('a layer taken off the map empties its source: nothing fetched for its tiles after; put back, it loads them again', async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, loaded } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
       const layer = new VectorLayer({ source });
-      const map = new Map({ target: div, layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const { div, map } = newMap({ layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
       const detach = follow(map, source);
-      const loaded = async () => {
-        const end = Date.now() + 10_000;
-        while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
-        return source.getFeatures().length;
-      };
-      const features = await loaded();
+      const features = await loaded(source, cache);
       map.removeLayer(layer);
       await frames(2);
       const left = source.getFeatures().length;
@@ -339,7 +311,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       await frames(4);
       const fetched = cache.stats().requests - requests;
       map.addLayer(layer);
-      const again = await loaded();
+      const again = await loaded(source, cache);
       const out = { features, left, fetched, again };
       map.dispose();
       div.remove();
@@ -355,18 +327,12 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it("a map's layers replaced (map.setLayers with a collection, no removelayer) by ones not showing the source empties it", async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const { View, VectorLayer, VectorSource, follow, newCache, newSource, newMap, loaded } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
       const detach = follow(map, source);
-      const end = Date.now() + 10_000;
-      while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
-      const features = source.getFeatures().length;
+      const features = await loaded(source, cache);
       const Collection = map.getLayers().constructor;
       map.setLayers(new Collection([new VectorLayer({ source: new VectorSource() })]));
       const left = source.getFeatures().length;
@@ -383,22 +349,16 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('a layer taken off one of two followed maps that show the source leaves it its tiles (the other map draws them); taken off both, it lets go', async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, loaded } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
       const map = () => {
-        const div = document.createElement('div');
-        div.style.cssText = 'width: 400px; height: 300px';
-        document.body.append(div);
         const layer = new VectorLayer({ source });
-        const m = new Map({ target: div, layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+        const { div, map: m } = newMap({ layers: [layer], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
         return { div, layer, map: m, detach: follow(m, source) };
       };
       const [a, b] = [map(), map()];
-      const end = Date.now() + 10_000;
-      while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
-      const features = source.getFeatures().length;
+      const features = await loaded(source, cache);
       a.map.removeLayer(a.layer);
       const left = source.getFeatures().length;
       await frames(2);
@@ -418,19 +378,15 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('a view too coarse for the cache loads its tiles empty: reported once per zoom, not asked for again every frame', async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
+      const { View, VectorLayer, newCache, newSource, newMap, spy } = window.__tw.ol;
       // The README's setup: no minZoom anywhere. At zoom 4 a tile covers 4^10 data tiles,
       // far more than maxVisibleTiles (1024).
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href });
+      const cache = await newCache();
       let loads = 0;
-      const loadTiles = cache.loadTiles.bind(cache);
-      cache.loadTiles = (tiles, o) => { loads++; return loadTiles(tiles, o); };
+      spy(cache, 'loadTiles', () => loads++);
       const errors = [];
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 4 }) });
+      const source = newSource(cache, { onError: (e) => errors.push(e.code) });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 4 }) });
       const wait = (ms) => new Promise((ok) => setTimeout(ok, ms));
       await wait(1500);
       const at4 = { loads, errors: [...errors], loading: source.loading };
@@ -458,17 +414,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       backend.mode = 500;
       try {
         return await p.evaluate(async ([lon, lat]) => {
-          const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource } = window.__tw.ol;
-          const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, batch: { retries: 0 }, prefetch: { ring: 0, viewRing: 0 } });
+          const { View, VectorLayer, newCache, newSource, newMap, spy } = window.__tw.ol;
+          const cache = await newCache({ batch: { retries: 0 }, prefetch: { ring: 0, viewRing: 0 } });
           const asked = [];
-          const loadTiles = cache.loadTiles.bind(cache);
-          cache.loadTiles = (tiles, o) => { asked.push(tiles[0]); return loadTiles(tiles, o); };
+          spy(cache, 'loadTiles', (tiles, o) => asked.push(tiles[0]));
           const errors = [];
-          const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
-          const div = document.createElement('div');
-          div.style.cssText = 'width: 400px; height: 300px';
-          document.body.append(div);
-          const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+          const source = newSource(cache, { onError: (e) => errors.push(e.code) });
+          const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
           const end = Date.now() + 10_000;
           while (errors.length === 0 && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
           await new Promise((ok) => setTimeout(ok, 1500)); // many redraws later
@@ -495,17 +447,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     const y = Math.log(Math.tan(Math.PI / 4 + (lat * Math.PI) / 360)) * HALF / Math.PI;
     for (const [name, center] of [['two worlds east', [((lon + 720) / 180) * HALF, y]], ['the antimeridian', [HALF, y]], ['the antimeridian, a world west', [-HALF, y]], ['the antimeridian, a world east', [3 * HALF, y]]]) {
       const r = await page.evaluate(async (center) => {
-        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+        const { View, VectorLayer, follow, newCache, newSource, newMap, spy } = window.__tw.ol;
+        const cache = await newCache({ minZoom: 12 });
         let loads = 0;
-        const loadTiles = cache.loadTiles.bind(cache);
-        cache.loadTiles = (tiles, o) => { loads++; return loadTiles(tiles, o); };
+        spy(cache, 'loadTiles', () => loads++);
         const errors = [];
-        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(String(e)) });
-        const div = document.createElement('div');
-        div.style.cssText = 'width: 400px; height: 300px';
-        document.body.append(div);
-        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center, zoom: 15 }) });
+        const source = newSource(cache, { onError: (e) => errors.push(String(e)) });
+        const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center, zoom: 15 }) });
         const detach = follow(map, source);
         const idle = () => !source.loading && loads > 0 && cache.stats().inFlight === 0;
         const end = Date.now() + 10_000;
@@ -539,18 +487,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it("the cache's dispose() detaches follow() (and a later one feeds nothing): no view fed to it (ERR_DISPOSED) on every frame", async () => {
     const r = await page.evaluate(async ([lon, lat]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
       let views = 0;
-      const setViewport = cache.setViewport.bind(cache);
-      cache.setViewport = (v) => { views++; return setViewport(v); };
+      spy(cache, 'setViewport', () => views++);
       const errors = [];
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push(e.code) });
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const source = newSource(cache, { onError: (e) => errors.push(e.code) });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
       follow(map, source);
       const end = Date.now() + 10_000;
       while ((source.loading || source.getFeatures().length === 0) && Date.now() < end) await frames(1);
@@ -580,18 +523,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('follow() follows the view the map has: after map.setView(), a drag feeds the new view, and the old one nothing', async () => {
     const r = await page.evaluate(async ([a, b]) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
       const fed = [];
-      const setViewport = cache.setViewport.bind(cache);
-      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
+      spy(cache, 'setViewport', (v) => fed.push(v));
+      const source = newSource(cache);
       const old = new View({ center: window.__tw.fromLonLat(a), zoom: 15 });
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: old });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: old });
       const detach = follow(map, source);
       await frames(3);
       // The page swaps the view (as apps do to change its projection or constraints).
@@ -631,19 +569,14 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('follow() of a map whose view has no centre yet waits for one (nothing thrown), then feeds it', async () => {
     const r = await page.evaluate(async (a) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
       const fed = [];
-      const setViewport = cache.setViewport.bind(cache);
-      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 400px; height: 300px';
-      document.body.append(div);
+      spy(cache, 'setViewport', (v) => fed.push(v));
+      const source = newSource(cache);
       // The centre comes later (a geolocation, a saved place): OpenLayers renders nothing until then.
       const view = new View({ zoom: 15 });
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view });
       let thrown = null, detach = () => {};
       try { detach = follow(map, source); } catch (e) { thrown = String(e); }
       await frames(2);
@@ -666,18 +599,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
 
   it('follow() feeds the view while it rotates: the box of the rotated view, not the one before', async () => {
     const r = await page.evaluate(async (a) => {
-      const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow } = window.__tw.ol;
-      const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-      const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
       const fed = [];
-      const setViewport = cache.setViewport.bind(cache);
-      cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
-      const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache);
-      const div = document.createElement('div');
-      div.style.cssText = 'width: 600px; height: 200px';
-      document.body.append(div);
+      spy(cache, 'setViewport', (v) => fed.push(v));
+      const source = newSource(cache);
       const view = new View({ center: window.__tw.fromLonLat(a), zoom: 15 });
-      const map = new Map({ target: div, layers: [new VectorLayer({ source })], view });
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view, size: [600, 200] });
       const detach = follow(map, source);
       await frames(3);
       // A rotate gesture (no moveend until it ends): a quarter turn makes the wide view tall.
@@ -705,20 +633,15 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     await session.withPage(`openlayers/index.html?lon=${SEATTLE_LON}&lat=${SEATTLE_LAT}&zoom=15`, async (p) => {
       await settled('the first map', p);
       const r = await p.evaluate(async ([lon, lat]) => {
-        const { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection } = window.__tw.ol;
-        const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-        const cache = await TileCache.create({ endpoint: new URL('/batch', location.href).href, minZoom: 12 });
+        const { View, VectorLayer, follow, useGeographic, clearUserProjection, frames, newCache, newSource, newMap, spy } = window.__tw.ol;
+        const cache = await newCache({ minZoom: 12 });
         const fed = [];
-        const setViewport = cache.setViewport.bind(cache);
-        cache.setViewport = (v) => { fed.push(v); return setViewport(v); };
+        spy(cache, 'setViewport', (v) => fed.push(v));
         const errors = [];
-        const source = createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, { onError: (e) => errors.push([e.code, e.message]) });
+        const source = newSource(cache, { onError: (e) => errors.push([e.code, e.message]) });
         useGeographic();
-        const div = document.createElement('div');
-        div.style.cssText = 'width: 400px; height: 300px';
-        document.body.append(div);
         // A view in EPSG:3857 (the default), its centre given in degrees.
-        const map = new Map({ target: div, layers: [new VectorLayer({ source })], view: new View({ center: [lon, lat], zoom: 15 }) });
+        const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: [lon, lat], zoom: 15 }) });
         follow(map, source);
         const end = Date.now() + 10_000;
         while (!map.isRendered?.() && Date.now() < end) await frames(1);

@@ -56,7 +56,37 @@ const staleSeen = new Set();
 for (const e of ['addfeature', 'changefeature']) source.on(e, (ev) => { if (ev.feature.get('stale')) staleSeen.add(ev.feature.getId()); });
 let rendered = 0;
 map.on('rendercomplete', () => { rendered++; });
+
+// For the tests' own caches, sources and maps (made in page.evaluate).
+/** Resolves after `n` animation frames. */
+const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
+/** A new cache of /batch beside the page, with `options`. */
+const newCache = (options) => TileCache.create({ endpoint: new URL('/batch', location.href).href, ...options });
+/** A new tilewarm source of `cache` (createSource given this page's OpenLayers). */
+const newSource = (cache, options) => createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, options);
+/** A map of `layers` and `view` in a new div of `size` (CSS px) on the page (`div`, to remove). */
+function newMap({ layers, view, size: [width, height] = [400, 300] }) {
+  const div = document.createElement('div');
+  div.style.cssText = `width: ${width}px; height: ${height}px`;
+  document.body.append(div);
+  return { div, map: new Map({ target: div, layers, view }) };
+}
+/** Waits (10 s at most) until `source` holds features and loads nothing, `cache` fetches
+ * nothing; returns how many features it holds. */
+async function loaded(source, cache) {
+  const end = Date.now() + 10_000;
+  while ((source.getFeatures().length === 0 || source.loading || cache.stats().inFlight > 0) && Date.now() < end) await frames(1);
+  return source.getFeatures().length;
+}
+/** Makes `obj[name](...args)` call `hear(...args)` first. */
+function spy(obj, name, hear) {
+  const f = obj[name].bind(obj);
+  obj[name] = (...args) => { hear(...args); return f(...args); };
+}
 window.__tw = {
   map, cache, source, state, rendered: () => rendered, fromLonLat, skip: (ms) => { skew += ms; }, staleSeen: () => [...staleSeen],
-  ol: { Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection },
+  ol: {
+    Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection,
+    frames, newCache, newSource, newMap, loaded, spy,
+  },
 };
