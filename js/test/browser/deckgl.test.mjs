@@ -16,7 +16,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
-import { browserSession, checkDrawn, checkReadsAtRest, dataTileOf, dist, requestsHolding, until } from './support.mjs';
+import { browserSession, checkDrawn, checkDeletedLeave, checkReadsAtRest, checkStaleRefetched, dist, requestsHolding, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 /** One z14 data tile in degrees of longitude. */
@@ -47,7 +47,6 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
 
   /** The data tile (zoom 14) a deck tile key `x:y:z` lies in (deck's tiles are finer here). */
   const parent = (key) => { const [x, y, z] = key.split(':').map(Number); return `14/${x >> (z - 14)}/${y >> (z - 14)}`; };
-  const dataTile = (id) => dataTileOf(backend, id);
 
   /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is drawn no
    * more, and checks that no tile of another data tile was rendered again. */
@@ -138,16 +137,7 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       // all of one data tile), and settle before the view's own.
       await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
       const first = await settled('the tiles', p);
-      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
-      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
-      const tileA = dataTile(a), tileB = dataTile(b);
-      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
-      backend.remove(a);
-      await gone(p, a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
-      // Deleted on the server, found gone when its tile is fetched again.
-      backend.remove(b);
-      const s = await gone(p, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
-      assert.deepEqual(s.errors, []);
+      await checkDeletedLeave(assert, backend, first.ids, 'drawn', (...args) => gone(p, ...args));
     });
   });
 
@@ -186,14 +176,9 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       // Past the active items' ttl (300 s), within the stale window: the tiles are rendered
       // again with them stale, read from the cache, and refetched meanwhile (a call arms the
       // cache's timer for the wake-up now due).
-      await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
-      await until(p, () => window.__tw.staleSeen().length > 0, null, 'stale items rendered');
-      // (Every tile rendered: one given its items again has no sublayers until deck's next render.)
-      const s = await until(p, (before) => { const s = window.__tw.state(); return s.stale.length === 0 && s.stats.inFlight === 0 && s.stats.requests > before && !Object.values(s.drawn).some((n) => n < 0) && s; }, first.stats.requests, 'refetched, rendered fresh');
-      const seen = await p.evaluate(() => window.__tw.staleSeen());
-      assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
-      assert.deepEqual(new Set(s.ids), new Set(first.ids));
-      assert.deepEqual(s.errors, []);
+      // (With whole: every tile rendered: one given its items again has no sublayers until
+      // deck's next render.)
+      await checkStaleRefetched(assert, p, backend, first, { saw: 'stale items rendered', fresh: 'refetched, rendered fresh', whole: true });
     });
   });
 

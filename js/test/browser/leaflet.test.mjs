@@ -19,7 +19,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
-import { browserSession, checkDrawn, checkReadsAtRest, dataTileOf, dist, requestsHolding, until } from './support.mjs';
+import { browserSession, checkDrawn, checkDeletedLeave, checkReadsAtRest, checkStaleRefetched, dist, requestsHolding, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 
@@ -46,7 +46,6 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
 
   /** The data tile (zoom 14) a grid tile key `x:y:15` lies in (the pages draw at zoom 15). */
   const parent = (key) => { const [x, y] = key.split(':').map(Number); return `14/${x >> 1}/${y >> 1}`; };
-  const dataTile = (id) => dataTileOf(backend, id);
 
   /** After `change(arg)` in page `p`, waits until `id` (of data tile `tile`) is drawn no
    * more, and checks that no tile of another data tile was drawn again; returns the state. */
@@ -221,16 +220,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     const [lon, lat] = tileCorner(14, SX - 7.5, SY - 6.5);
     await session.withPage(`leaflet/index.html?lon=${lon}&lat=${lat}&zoom=15`, async (p) => {
       const first = await settled('the grid', p);
-      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
-      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles drawn: ${first.ids}`);
-      const tileA = dataTile(a), tileB = dataTile(b);
-      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
-      backend.remove(a);
-      await gone(p, a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
-      // Deleted on the server, found gone when its tile is fetched again.
-      backend.remove(b);
-      const s = await gone(p, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
-      assert.deepEqual(s.errors, []);
+      await checkDeletedLeave(assert, backend, first.ids, 'drawn', (...args) => gone(p, ...args));
     });
   });
 
@@ -300,13 +290,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       // Past the active items' ttl (300 s), within the stale window: the drawn tiles show
       // them stale, read from the cache, and are refetched meanwhile (a call arms the cache's
       // timer for the wake-up now due).
-      await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
-      await until(p, () => window.__tw.staleSeen().length > 0, null, 'stale items drawn');
-      const s = await until(p, (before) => { const s = window.__tw.state(); return s.stale.length === 0 && s.stats.inFlight === 0 && s.stats.requests > before && s; }, first.stats.requests, 'refetched, drawn fresh');
-      const seen = await p.evaluate(() => window.__tw.staleSeen());
-      assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
-      assert.deepEqual(new Set(s.ids), new Set(first.ids));
-      assert.deepEqual(s.errors, []);
+      await checkStaleRefetched(assert, p, backend, first, { saw: 'stale items drawn', fresh: 'refetched, drawn fresh' });
     });
   });
 

@@ -30,7 +30,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { tileCorner, tileOf, SEATTLE } from '../support/backend.mjs';
-import { browserSession, checkReadsAtRest, dataTileOf, dist, requestsHolding, until } from './support.mjs';
+import { browserSession, checkDeletedLeave, checkReadsAtRest, checkStaleRefetched, dataTileOf, dist, requestsHolding, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 const [SEATTLE_LON, SEATTLE_LAT] = tileCorner(14, SX + 0.5, SY + 0.5);
@@ -667,17 +667,8 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     const [lon, lat] = tileCorner(14, SX + 9.5, SY + 9.5);
     await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`, async (p) => {
       const first = await settled('the features', p);
-      const [a, b] = first.ids.filter((id, i, all) => dataTile(id) !== dataTile(all[0]) || i === 0);
-      assert.ok(a && b && dataTile(a) !== dataTile(b), `two items of two data tiles shown: ${first.ids}`);
-      const tileA = dataTile(a), tileB = dataTile(b);
       const tiles = new Map(first.ids.map((id) => [id, dataTile(id)]));
-      // Deleted on the server, and invalidated (as tilewarm/live does): refetched, found gone.
-      backend.remove(a);
-      await gone(p, tiles, a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
-      // Deleted on the server, found gone when its tile is fetched again.
-      backend.remove(b);
-      const s = await gone(p, tiles, b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
-      assert.deepEqual(s.errors, []);
+      await checkDeletedLeave(assert, backend, first.ids, 'shown', (...args) => gone(p, tiles, ...args));
     });
   });
 
@@ -713,13 +704,7 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       // Past the active items' ttl (300 s), within the stale window: the features are stale,
       // read from the cache, and refetched meanwhile (a call arms the cache's timer for the
       // wake-up now due).
-      await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
-      await until(p, () => window.__tw.staleSeen().length > 0, null, 'stale features');
-      const s = await until(p, (before) => { const s = window.__tw.state(); return s.stale.length === 0 && s.stats.inFlight === 0 && s.stats.requests > before && s; }, first.stats.requests, 'refetched, fresh features');
-      const seen = await p.evaluate(() => window.__tw.staleSeen());
-      assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
-      assert.deepEqual(new Set(s.ids), new Set(first.ids));
-      assert.deepEqual(s.errors, []);
+      await checkStaleRefetched(assert, p, backend, first, { saw: 'stale features', fresh: 'refetched, fresh features' });
     });
   });
 

@@ -189,3 +189,45 @@ export function requestsHolding(backend, n, tile) {
   const [, x, y] = tile.split('/').map(Number);
   return backend.requests.slice(n).filter((r) => r.tiles?.some((t) => overlaps(t, x, y, x, y)));
 }
+
+/**
+ * Items deleted on the server leave the map: two items of `ids` (the first, and the first
+ * of another data tile; `what` says how they are on the map, for the message), the first
+ * deleted and invalidated by id (as tilewarm/live does: refetched, found gone), the second
+ * deleted and found gone when its tile is fetched again (the tile invalidated).
+ * `gone(id, tile, change, arg)` runs `change(arg)` in the page, waits until `id` (of data
+ * tile `tile`) left the map, checks what else the map did, and returns the page's state.
+ */
+export async function checkDeletedLeave(assert, backend, ids, what, gone) {
+  const tileOfId = (id) => dataTileOf(backend, id);
+  const [a, b] = ids.filter((id, i, all) => tileOfId(id) !== tileOfId(all[0]) || i === 0);
+  assert.ok(a && b && tileOfId(a) !== tileOfId(b), `two items of two data tiles ${what}: ${ids}`);
+  const tileA = tileOfId(a), tileB = tileOfId(b);
+  backend.remove(a);
+  await gone(a, tileA, (id) => window.__tw.cache.invalidate({ ids: [id] }), a);
+  backend.remove(b);
+  const s = await gone(b, tileB, (tile) => window.__tw.cache.invalidate({ tiles: [tile] }), tileB);
+  assert.deepEqual(s.errors, []);
+}
+
+/**
+ * Items held outside the cache's view turn stale and fresh again: moves the cache's clock
+ * in page `p` past the active items' ttl (300 s; within the stale window, which the page
+ * sets), with a call that arms the cache's timer for the wake-up now due; waits until the
+ * page saw items stale, then until none is stale, nothing is in flight and the cache made
+ * requests since `first` (the page's state before), and, with `whole`, every tile is drawn;
+ * checks that only active items were stale and the same items are shown as in `first`,
+ * with no error. `saw` and `fresh` name the two waits in their timeout messages.
+ */
+export async function checkStaleRefetched(assert, p, backend, first, { saw, fresh, whole = false }) {
+  await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
+  await until(p, () => window.__tw.staleSeen().length > 0, null, saw);
+  const s = await until(p, ([before, whole]) => {
+    const s = window.__tw.state();
+    return s.stale.length === 0 && s.stats.inFlight === 0 && s.stats.requests > before && (!whole || !Object.values(s.drawn).some((n) => n < 0)) && s;
+  }, [first.stats.requests, whole], fresh);
+  const seen = await p.evaluate(() => window.__tw.staleSeen());
+  assert.ok(seen.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${seen}`);
+  assert.deepEqual(new Set(s.ids), new Set(first.ids));
+  assert.deepEqual(s.errors, []);
+}
