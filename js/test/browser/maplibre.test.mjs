@@ -11,36 +11,25 @@
 // the page removed and added again; properties() naming the promoteId (the item's data spread,
 // its own id with it) do not take the id, so items that left the view leave the source; a
 // removed map is detached from; no console errors. Screenshots: target/browser-test/*.png.
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startBackend, tileCorner, SEATTLE } from '../support/backend.mjs';
-import { browserPath, CHROMIUM_ARGS, dist, startPageServer, until } from './support.mjs';
+import { tileCorner, SEATTLE } from '../support/backend.mjs';
+import { browserSession, dist, until } from './support.mjs';
 
 const [, SX, SY] = SEATTLE;
 
 describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
-  let backend, pages, browser, page;
-  const problems = [];
+  const session = browserSession();
+  const { problems } = session;
+  const viewport = { width: 900, height: 600 };
+  let backend, page;
 
   before(async () => {
-    backend = await startBackend();
-    pages = await startPageServer(backend);
-    browser = await chromium.launch({ executablePath: browserPath, args: CHROMIUM_ARGS });
-    page = await browser.newPage({ viewport: { width: 900, height: 600 } });
-    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    ({ backend } = session);
     // The middle of Seattle's z14 tile, at MapLibre zoom 13.5 (14.5 in 256-px terms).
     const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-    await page.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
-    await until(page, () => window.__tw !== undefined, null, 'the page');
-  });
-
-  after(async () => {
-    await browser?.close();
-    pages?.close();
-    backend?.close();
+    page = await session.open(`maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`, { viewport });
   });
 
   /** Waits until the map is idle, nothing is in flight, and the source matches the view. */
@@ -120,14 +109,9 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
   });
 
   it('a new style (setStyle) or a source the page replaced gets the view\'s items: with the source dropped, declared empty, or added again', async () => {
-    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
     const seen = [];
-    p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => seen.push(`page error: ${e.message}`));
-    try {
-      const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
-      await until(p, () => window.__tw !== undefined, null, 'the page');
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await session.withPage(`maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`, async (p) => {
       await settled('first view', p);
       const bg = (color) => ({ id: 'bg', type: 'background', paint: { 'background-color': color } });
       const circles = { id: 'items', type: 'circle', source: 'items', paint: { 'circle-radius': 5 } };
@@ -161,16 +145,14 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
       s = await settled('after the page replaced the sources', p);
       assert.ok(s.features.length >= 3, `${s.features.length} features`);
       assert.deepEqual(seen, [], 'no console errors');
-    } finally {
-      await p.close();
-    }
+    }, { viewport, problems: seen });
   });
 
   it('properties() that name a feature property as the promoteId do not take the id: items that left the view leave the source', async () => {
-    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
+    const p = await session.browser.newPage({ viewport });
     try {
       const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+      await p.goto(`${session.pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
       await until(p, () => window.__tw !== undefined, null, 'the page');
       // The item's data spread into the feature, its own `id` (a listing number) with it.
       await p.evaluate(() => window.__tw.attach(window.__tw.map, window.__tw.cache, {
@@ -196,13 +178,11 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
   });
 
   it('a removed map is detached from: the cache\'s updates no longer reach it', async () => {
-    const p = await browser.newPage({ viewport: { width: 900, height: 600 } });
     const seen = [];
-    p.on('console', (m) => { if (m.type() === 'error') seen.push(`console: ${m.text()}`); });
-    p.on('pageerror', (e) => seen.push(`page error: ${e.message}`));
+    const p = await session.newPage({ viewport, problems: seen });
     try {
       const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
-      await p.goto(`${pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
+      await p.goto(`${session.pages.url}maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`);
       await until(p, () => window.__tw?.map.loaded() && window.__tw.views.length > 0 && window.__tw.cache.stats().inFlight === 0, null, 'the map');
       const [before, after] = await p.evaluate(() => {
         const { map, cache, views } = window.__tw;
