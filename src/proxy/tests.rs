@@ -67,23 +67,33 @@ fn run(
         .as_ref()
         .map(|r| origin.answer(r, Some(300)).to_json())
         .unwrap_or_default();
-    let answer = proxy.complete(
-        pending,
-        OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        },
-        now,
-    );
+    let answer = proxy.complete(pending, answered(&body), now);
     let decoded = decode_response(answer.body.as_bytes(), &Limits::default()).unwrap();
     (forwarded, answer, decoded)
+}
+
+/// The origin's 200 answer with `body`.
+fn answered(body: &str) -> OriginOutcome<'_> {
+    OriginOutcome::Answer {
+        status: 200,
+        body: body.as_bytes(),
+        retry_after_ms: None,
+    }
 }
 
 fn req(tiles: &[&str], ids: &[&str], access: Access) -> BatchRequest {
     BatchRequest {
         tiles: tiles.iter().map(|t| tile(t)).collect(),
         ids: ids.iter().map(|s| s.to_string()).collect(),
+        access,
+    }
+}
+
+/// A request for `tiles` (no ids) at `access`.
+fn tiles_req(tiles: &[TileId], access: Access) -> BatchRequest {
+    BatchRequest {
+        tiles: tiles.to_vec(),
+        ids: vec![],
         access,
     }
 }
@@ -288,15 +298,7 @@ fn an_origin_that_leaks_higher_tiers_is_filtered_and_not_cached() {
         ..pending.origin_request().unwrap().clone()
     };
     let body = o.answer(&leaky, None).to_json();
-    let a = p.complete(
-        pending,
-        OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        },
-        0,
-    );
+    let a = p.complete(pending, answered(&body), 0);
     let got = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
     assert!(got.items.iter().all(|i| i.access == Access::Public));
     assert_eq!(got.missing, vec!["2624-5721-agent".to_string()]);
@@ -330,15 +332,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
     );
     lower.access = Some(Access::Registered);
     let body = lower.to_json();
-    let a = p.complete(
-        pending,
-        OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        },
-        0,
-    );
+    let a = p.complete(pending, answered(&body), 0);
     assert_eq!(a.status, 502, "{}", a.body);
     assert!(
         a.body
@@ -351,15 +345,7 @@ fn answers_report_their_tier_and_an_origin_answer_for_another_tier_is_refused() 
     lower.access = Some(Access::Agent);
     let pending = p.begin(r, 0).unwrap();
     let body = lower.to_json();
-    let a = p.complete(
-        pending,
-        OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        },
-        0,
-    );
+    let a = p.complete(pending, answered(&body), 0);
     assert_eq!(a.status, 200);
 }
 
@@ -597,15 +583,7 @@ fn an_origin_answer_that_leaves_something_out_is_reported_not_missing() {
     part.items.retain(|i| keep.contains(&i.id));
     part.missing.clear();
     let body = part.to_json();
-    let a = p.complete(
-        pending,
-        OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        },
-        0,
-    );
+    let a = p.complete(pending, answered(&body), 0);
     assert_eq!(a.status, 200);
     let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(v["error"]["code"], "upstream_error");
@@ -628,17 +606,7 @@ fn warming_plans_uncached_neighbours_and_fills_them() {
     assert_eq!(warm.access, Access::Registered);
     assert_eq!(warm.tiles.len(), 8);
     let body = o.answer(&warm, Some(300)).to_json();
-    let n = p
-        .warmed(
-            &warm,
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            },
-            0,
-        )
-        .unwrap();
+    let n = p.warmed(&warm, answered(&body), 0).unwrap();
     assert_eq!(n, 16); // two tiers visible to registered, in 8 tiles
     let r = req(&["14/2623/5720", "14/2625/5722"], &[], Access::Registered);
     let (fwd, a, body) = run(&mut p, &o, r.clone(), 1);
@@ -681,11 +649,7 @@ fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
     let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
     let warm = a.warm.unwrap();
     let body = o.answer(&warm, Some(300)).to_json();
-    let ok = OriginOutcome::Answer {
-        status: 200,
-        body: body.as_bytes(),
-        retry_after_ms: None,
-    };
+    let ok = answered(&body);
     p.warmed(&warm, ok, 0).unwrap();
     // 300 s later the centre and its neighbours have expired: the centre is fetched, and
     // the neighbours warmed with it.
@@ -820,7 +784,7 @@ proptest! {
             }
             if let (Some(w), true) = (&a.warm, warm) {
                 let body = o.answer(w, Some(300)).to_json();
-                p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes(), retry_after_ms: None }, now)
+                p.warmed(w, answered(&body), now)
                     .unwrap();
             }
         }
@@ -840,15 +804,7 @@ mod shared {
         let body = o
             .answer(pending.origin_request().unwrap(), Some(300))
             .to_json();
-        let a = p.complete(
-            pending,
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            },
-            now,
-        );
+        let a = p.complete(pending, answered(&body), now);
         (p, a.shared_put)
     }
 
@@ -1042,7 +998,7 @@ proptest! {
             for (p, w) in [(&mut fast, &a.warm), (&mut slow, &b.warm)] {
                 if let Some(w) = w {
                     let body = o.answer(w, Some(300)).to_json();
-                    p.warmed(w, OriginOutcome::Answer { status: 200, body: body.as_bytes(), retry_after_ms: None }, now)
+                    p.warmed(w, answered(&body), now)
                         .unwrap();
                 }
             }
@@ -1074,11 +1030,7 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
         .unwrap();
     it.data = raw("{\"k\":99}");
     let json = changed.to_json();
-    let outcome = OriginOutcome::Answer {
-        status: 200,
-        body: json.as_bytes(),
-        retry_after_ms: None,
-    };
+    let outcome = answered(&json);
     // (As if the proxy had planned it: only planned warming answers are written.)
     p.changes.warm_planned(Access::Agent, &warm.tiles, 2_000);
     p.warmed(&warm, outcome, 2_000).unwrap();
@@ -1101,6 +1053,7 @@ fn a_whole_hit_of_data_tiles_is_spliced_and_a_change_to_the_cache_is_seen() {
 mod changes {
     use super::*;
     use crate::protocol::Invalidation;
+    use crate::proxy::shared::SharedEntry;
 
     const CENTRE: &str = "14/2624/5721";
 
@@ -1126,6 +1079,72 @@ mod changes {
             ids: ids.iter().map(|s| s.to_string()).collect(),
             ..Invalidation::default()
         }
+    }
+
+    /// A proxy that warms (the default config) and the warming its first request, for the
+    /// centre at 0, planned: `(old, p, centre, first, w, id)`: `first`, as origin `old`
+    /// answers it, `w`, its first tile, and `id`, the first item of `w`'s list there.
+    fn warming() -> (
+        Origin<RawData>,
+        Proxy,
+        BatchRequest,
+        BatchRequest,
+        TileId,
+        String,
+    ) {
+        let old = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let centre = req(&[CENTRE], &[], Access::Public);
+        let first = run(&mut p, &old, centre.clone(), 0).1.warm.unwrap();
+        let w = first.tiles[0];
+        let id = old.answer(&first, Some(300)).tiles[0].ids[0].clone();
+        (old, p, centre, first, w, id)
+    }
+
+    /// The public shared-cache entries of the centre `t` and of `other`, 14/2626/5721, as a
+    /// proxy filled them from the origin at `at`: `(t, other, e, e_other)`.
+    fn two_entries(at: u64) -> (TileId, TileId, SharedEntry, SharedEntry) {
+        let t = tile(CENTRE);
+        let other = tile("14/2626/5721");
+        let mut a = Proxy::new(no_warm()).unwrap();
+        run(
+            &mut a,
+            &origin(),
+            req(&[CENTRE, "14/2626/5721"], &[], Access::Public),
+            at,
+        );
+        let e = a.shared_entry(Access::Public, t, at).unwrap();
+        let e_other = a.shared_entry(Access::Public, other, at).unwrap();
+        (t, other, e, e_other)
+    }
+
+    /// The tiles of `warm` filled by a request of their own (at `fill`) and seen fresh by a
+    /// hit on `centre` (at `hit`).
+    fn fill_and_hit(
+        p: &mut Proxy,
+        o: &Origin<RawData>,
+        warm: &BatchRequest,
+        centre: &BatchRequest,
+        (fill, hit): (u64, u64),
+    ) {
+        run(p, o, tiles_req(&warm.tiles, Access::Public), fill);
+        assert_eq!(run(p, o, centre.clone(), hit).1.verdict, Verdict::Hit);
+    }
+
+    /// An answer for tile `w` was not written: no shared entry holds it at `now`, and a
+    /// request for it is forwarded (`what` says which answer would have filled it) and
+    /// gets `new`'s value of item `id`.
+    fn assert_not_written(
+        p: &mut Proxy,
+        new: &Origin<RawData>,
+        (w, id): (TileId, &str),
+        now: u64,
+        what: &str,
+    ) {
+        assert!(p.shared_entry(Access::Public, w, now).is_none());
+        let (forwarded, _, r) = run(p, new, tiles_req(&[w], Access::Public), now);
+        assert!(forwarded.is_some(), "{what}");
+        assert_eq!(data_of(&r, id), "{\"k\":99}");
     }
 
     #[test]
@@ -1209,15 +1228,7 @@ mod changes {
             .to_json();
         // The change reaches the proxy while the origin's (old) answer is on its way.
         p.invalidate(&inv_ids(&["2624-5721-public"]), 1);
-        let a = p.complete(
-            pending,
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            },
-            2,
-        );
+        let a = p.complete(pending, answered(&body), 2);
         assert_eq!(a.status, 200, "the caller gets its answer");
         assert!(a.shared_put.is_empty(), "nothing for the shared cache");
         let next = p.begin(r, 3).unwrap();
@@ -1235,40 +1246,17 @@ mod changes {
         let warm = a.warm.unwrap();
         let body = o.answer(&warm, Some(300)).to_json();
         p.invalidate(&inv_ids(&["2624-5721-public"]), 1);
-        let outcome = OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        };
+        let outcome = answered(&body);
         let err = p.warmed(&warm, outcome, 2).unwrap_err();
         assert!(err.message.contains("before a change"), "{}", err.message);
-        let n = p
-            .begin(
-                BatchRequest {
-                    tiles: warm.tiles.clone(),
-                    ids: vec![],
-                    access: Access::Public,
-                },
-                3,
-            )
-            .unwrap();
+        let n = p.begin(tiles_req(&warm.tiles, Access::Public), 3).unwrap();
         assert_eq!(n.origin_request().unwrap().tiles.len(), warm.tiles.len());
     }
 
     #[test]
     fn a_shared_entry_stored_before_a_covering_change_is_refused() {
-        let o = origin();
-        let t = tile(CENTRE);
-        let other = tile("14/2626/5721");
-        let mut a = Proxy::new(no_warm()).unwrap();
-        run(
-            &mut a,
-            &o,
-            req(&[CENTRE, "14/2626/5721"], &[], Access::Public),
-            1_000,
-        );
-        let entry = |a: &mut Proxy, t| a.shared_entry(Access::Public, t, 1_000).unwrap().body;
-        let (e, e_other) = (entry(&mut a, t), entry(&mut a, other));
+        let (t, other, e, e_other) = two_entries(1_000);
+        let (e, e_other) = (e.body, e_other.body);
         let mut b = Proxy::new(no_warm()).unwrap();
         b.invalidate(&inv_ids(&["2624-5721-public"]), 2_000);
         // Stored (1 000) before the change (2 000) that names one of its items: refused.
@@ -1338,15 +1326,7 @@ mod changes {
             .to_json();
         // C reaches the origin, then B (at 2 000); A has not polled yet.
         b.invalidate(&inv_ids(&["2624-5721-public"]), 2_000);
-        let answer = a.complete(
-            pending,
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            },
-            3_000,
-        );
+        let answer = a.complete(pending, answered(&body), 3_000);
         assert_eq!(
             answer.shared_put,
             vec![t],
@@ -1385,49 +1365,27 @@ mod changes {
     #[test]
     fn a_warming_answer_planned_before_a_change_is_not_written_when_the_same_tiles_are_warmed_again(
     ) {
-        let old = origin();
-        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-        let centre = req(&[CENTRE], &[], Access::Public);
-        let (_, a, _) = run(&mut p, &old, centre.clone(), 0);
-        let first = a.warm.unwrap();
-        let first_answer = old.answer(&first, Some(300));
-        let first_body = first_answer.to_json();
-        let w = first.tiles[0];
-        let id = first_answer.tiles[0].ids[0].clone();
+        let (old, mut p, centre, first, w, id) = warming();
+        let first_body = old.answer(&first, Some(300)).to_json();
         // Its tiles filled by a request of their own, and seen fresh by a hit on the centre.
-        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        run(&mut p, &old, req(&names, &[], Access::Public), 10);
-        assert_eq!(
-            run(&mut p, &old, centre.clone(), 20).1.verdict,
-            Verdict::Hit
-        );
+        fill_and_hit(&mut p, &old, &first, &centre, (10, 20));
         // The change, then the centre again: the same tiles are warmed again.
         p.invalidate(&Invalidation::everything(), 30);
         let new = changed_origin(&id);
         let again = run(&mut p, &new, centre, 40).1.warm.unwrap();
         assert_eq!(again, first, "the same tiles warmed again after the change");
         // The first warming's answer (the old value) comes back now.
-        let outcome = OriginOutcome::Answer {
-            status: 200,
-            body: first_body.as_bytes(),
-            retry_after_ms: None,
-        };
+        let outcome = answered(&first_body);
         let err = p.warmed(&first, outcome, 50).unwrap_err();
         assert!(err.message.contains("before a change"), "{}", err.message);
         // Not written: no shared entry holds the old value, and the tile is asked again.
-        assert!(p.shared_entry(Access::Public, w, 60).is_none());
-        let (forwarded, _, r) = run(
+        assert_not_written(
             &mut p,
             &new,
-            req(&[&w.to_string()], &[], Access::Public),
+            (w, &id),
             60,
+            "the old warming answer filled the tile",
         );
-        assert!(
-            forwarded.is_some(),
-            "the old warming answer filled the tile"
-        );
-        assert_eq!(data_of(&r, &id), "{\"k\":99}");
     }
 
     /// Three warmings of the same tiles, each planned after a change the one before it
@@ -1438,19 +1396,11 @@ mod changes {
     /// after the second change.
     #[test]
     fn a_warming_answer_outstanding_across_two_changes_is_not_written_by_a_later_planning() {
-        let old = origin();
-        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-        let centre = req(&[CENTRE], &[], Access::Public);
-        let first = run(&mut p, &old, centre.clone(), 0).1.warm.unwrap();
+        let (old, mut p, centre, first, w, id) = warming();
         let first_answer = old.answer(&first, Some(300));
-        let w = first.tiles[0];
-        let id = first_answer.tiles[0].ids[0].clone();
-        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         // Its tiles filled and seen fresh, a change, the same tiles warmed again.
         let warm_again = |p: &mut Proxy, o: &Origin<RawData>, at: u64| {
-            run(p, o, req(&names, &[], Access::Public), at);
-            assert_eq!(run(p, o, centre.clone(), at).1.verdict, Verdict::Hit);
+            fill_and_hit(p, o, &first, &centre, (at, at));
             p.invalidate(&Invalidation::everything(), at + 1);
             let again = run(p, o, centre.clone(), at + 2).1.warm.unwrap();
             assert_eq!(again, first, "the same tiles warmed again after the change");
@@ -1462,33 +1412,21 @@ mod changes {
         warm_again(&mut p, &mid, 10);
         let second_body = mid.answer(&first, Some(300)).to_json();
         // The first warming's answer: not written.
-        fn answer(body: &str) -> OriginOutcome<'_> {
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            }
-        }
         let first_body = first_answer.to_json();
-        assert!(p.warmed(&first, answer(&first_body), 20).is_err());
+        assert!(p.warmed(&first, answered(&first_body), 20).is_err());
         // The second change, and a third warming planned after it.
         let new = changed_origin(&id);
         warm_again(&mut p, &new, 30);
         // The second warming's answer (before the second change) comes back: not written.
-        let err = p.warmed(&first, answer(&second_body), 40).unwrap_err();
+        let err = p.warmed(&first, answered(&second_body), 40).unwrap_err();
         assert!(err.message.contains("before a change"), "{}", err.message);
-        assert!(p.shared_entry(Access::Public, w, 50).is_none());
-        let (forwarded, _, r) = run(
+        assert_not_written(
             &mut p,
             &new,
-            req(&[&w.to_string()], &[], Access::Public),
+            (w, &id),
             50,
+            "the second warming's answer filled the tile",
         );
-        assert!(
-            forwarded.is_some(),
-            "the second warming's answer filled the tile"
-        );
-        assert_eq!(data_of(&r, &id), "{\"k\":99}");
     }
 
     /// A warming whose outcome never comes back (its `waitUntil` was cut off) counts as out
@@ -1499,21 +1437,10 @@ mod changes {
     /// is not written either.
     #[test]
     fn a_warming_that_never_comes_back_stops_counting_at_its_deadline() {
-        let old = origin();
-        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let (old, mut p, centre, first, w, id) = warming();
         let t = p.config().warm_timeout_ms;
-        let centre = req(&[CENTRE], &[], Access::Public);
-        let first = run(&mut p, &old, centre.clone(), 0).1.warm.unwrap();
-        let w = first.tiles[0];
-        let id = old.answer(&first, Some(300)).tiles[0].ids[0].clone();
         // Its tiles filled by a request of their own and seen fresh; then a change.
-        let names: Vec<String> = first.tiles.iter().map(ToString::to_string).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        run(&mut p, &old, req(&names, &[], Access::Public), 10);
-        assert_eq!(
-            run(&mut p, &old, centre.clone(), 20).1.verdict,
-            Verdict::Hit
-        );
+        fill_and_hit(&mut p, &old, &first, &centre, (10, 20));
         p.invalidate(&Invalidation::everything(), 30);
         // Past the first warming's deadline, the same tiles warmed again: its answer is
         // written.
@@ -1521,32 +1448,20 @@ mod changes {
         let again = run(&mut p, &new, centre.clone(), t).1.warm.unwrap();
         assert_eq!(again, first, "the same tiles warmed again after the change");
         let body = new.answer(&again, Some(300)).to_json();
-        fn answer(body: &str) -> OriginOutcome<'_> {
-            OriginOutcome::Answer {
-                status: 200,
-                body: body.as_bytes(),
-                retry_after_ms: None,
-            }
-        }
-        let n = p.warmed(&again, answer(&body), t + 100);
+        let n = p.warmed(&again, answered(&body), t + 100);
         assert!(
             n.is_ok(),
             "judged by the warming that never came back: {:?}",
             n.err()
         );
-        let (forwarded, _, r) = run(
-            &mut p,
-            &new,
-            req(&[&w.to_string()], &[], Access::Public),
-            t + 200,
-        );
+        let (forwarded, _, r) = run(&mut p, &new, tiles_req(&[w], Access::Public), t + 200);
         assert!(forwarded.is_none(), "the warming answer was not written");
         assert_eq!(data_of(&r, &id), "{\"k\":99}");
         // An answer given back at its deadline or later is not written.
         p.invalidate(&Invalidation::everything(), t + 300);
         let late = run(&mut p, &new, centre, t + 400).1.warm.unwrap();
         let body = new.answer(&late, Some(300)).to_json();
-        assert!(p.warmed(&late, answer(&body), 2 * t + 400).is_err());
+        assert!(p.warmed(&late, answered(&body), 2 * t + 400).is_err());
         assert!(p
             .shared_entry(Access::Public, late.tiles[0], 2 * t + 400)
             .is_none());
@@ -1559,11 +1474,7 @@ mod changes {
         let (_, answer, _) = run(&mut a, &o, req(&[CENTRE], &[], Access::Public), 1_000);
         let warm = answer.warm.unwrap();
         let body = o.answer(&warm, Some(300)).to_json();
-        let outcome = OriginOutcome::Answer {
-            status: 200,
-            body: body.as_bytes(),
-            retry_after_ms: None,
-        };
+        let outcome = answered(&body);
         a.warmed(&warm, outcome, 4_000).unwrap();
         let w = warm.tiles[0];
         let e = a.shared_entry(Access::Public, w, 4_000).unwrap();
@@ -1586,17 +1497,7 @@ mod changes {
     #[test]
     fn everything_before_a_floor_is_refused_and_later_entries_are_checked() {
         let o = origin();
-        let t = tile(CENTRE);
-        let other = tile("14/2626/5721");
-        let mut a = Proxy::new(no_warm()).unwrap();
-        run(
-            &mut a,
-            &o,
-            req(&[CENTRE, "14/2626/5721"], &[], Access::Public),
-            5_000,
-        );
-        let e = a.shared_entry(Access::Public, t, 5_000).unwrap();
-        let e_other = a.shared_entry(Access::Public, other, 5_000).unwrap();
+        let (t, other, e, e_other) = two_entries(5_000);
         let mut b = Proxy::new(no_warm()).unwrap();
         run(&mut b, &o, req(&[CENTRE], &[], Access::Public), 1_000);
         let epoch = b.epoch();
