@@ -878,6 +878,10 @@ mod tests {
     fn none_in_flight(_: TileId) -> bool {
         false
     }
+    /// `p`'s round at `now_ms` for `vp` on a cold cache with nothing in flight.
+    fn cold(p: &mut Planner, vp: &Viewport, now_ms: u64) -> Plan {
+        p.plan(vp, now_ms, unknown, none_in_flight).unwrap()
+    }
     /// Freshness where only `fresh` is cached fresh.
     fn only_fresh(fresh: TileId) -> impl Fn(TileId) -> TileFreshness {
         move |t| {
@@ -899,7 +903,7 @@ mod tests {
         // 2.9 x 1.9 tiles centred mid-tile: covers 3 x 3... exact counts depend on edges,
         // so centre on a tile corner region that gives exactly 3 x 2 tiles.
         let vp = vp_at(1000.5, 1000.0, 2.8, 1.8, 14.0);
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         assert_eq!(plan.visible.len(), 3 * 2);
         assert_eq!(plan.foreground.len(), 6);
         // ring 1 around 3x2 = 5x4 - 6 = 14
@@ -931,7 +935,7 @@ mod tests {
         };
         let mut p = Planner::new(unaligned.clone()).unwrap();
         let vp = vp_at(1000.5, 1000.0, 2.8, 1.8, 14.0);
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         // 3 x 2 visible; the 3 x 3 views around it span 9 x 6 tiles.
         assert_eq!(plan.visible.len(), 6);
         assert_eq!(p.budget(6), 48);
@@ -952,7 +956,7 @@ mod tests {
             ..unaligned
         })
         .unwrap();
-        let plan = small.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut small, &vp, 0);
         assert_eq!(plan.prefetch.len(), 6);
         assert!(plan.prefetch.iter().all(|w| ring.contains(&w.tile())));
         assert_eq!(
@@ -980,21 +984,8 @@ mod tests {
                 ..PlannerConfig::default()
             })
             .unwrap();
-            p.plan(
-                &vp_at(8001.3, 5001.7, 5.0, 3.0, 14.5),
-                0,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
-            let plan = p
-                .plan(
-                    &vp_at(8002.3, 5001.7, 5.0, 3.0, 14.5),
-                    500,
-                    unknown,
-                    none_in_flight,
-                )
-                .unwrap();
+            cold(&mut p, &vp_at(8001.3, 5001.7, 5.0, 3.0, 14.5), 0);
+            let plan = cold(&mut p, &vp_at(8002.3, 5001.7, 5.0, 3.0, 14.5), 500);
             let mut per_block: HashMap<TileId, usize> = HashMap::new();
             for t in plan.visible.iter().chain(plan.wanted_tiles().iter()) {
                 *per_block.entry(t.ancestor(12).unwrap()).or_default() += 1;
@@ -1019,7 +1010,7 @@ mod tests {
         assert_eq!(PlannerConfig::default().warm_below_min_zoom, 0.0);
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
         let vp = vp_at(1000.5, 1000.5, 2.0, 2.0, 11.9);
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         assert!(plan.visible.is_empty() && plan.foreground.is_empty() && plan.prefetch.is_empty());
     }
 
@@ -1044,7 +1035,7 @@ mod tests {
             ..warm1()
         })
         .unwrap();
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         assert!(plan.visible.is_empty() && plan.foreground.is_empty());
         let warmed: HashSet<TileId> = plan.prefetch.iter().map(Work::tile).collect();
         assert_eq!(warmed, under);
@@ -1056,7 +1047,7 @@ mod tests {
         assert_eq!(p.budget(0), 32);
         // Aligned (the default), whole 4 x 4 blocks: 999..1005 spans blocks 996..1008.
         let mut p = Planner::new(warm1()).unwrap();
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         let warmed: HashSet<TileId> = plan.prefetch.iter().map(Work::tile).collect();
         assert!(warmed.is_superset(&under));
         assert_eq!(warmed.len(), 12 * 12);
@@ -1066,7 +1057,7 @@ mod tests {
             ..warm1()
         })
         .unwrap();
-        let plan = p.plan(&vp, 0, unknown, none_in_flight).unwrap();
+        let plan = cold(&mut p, &vp, 0);
         assert!(plan.prefetch.is_empty());
         assert_eq!(p.round_budget(&vp, 0), 32);
         // Fresh and in-flight tiles are left out as anywhere else.
@@ -1085,32 +1076,12 @@ mod tests {
     #[test]
     fn zooming_out_below_min_zoom_warms_nothing() {
         let mut p = Planner::new(warm1()).unwrap();
-        p.plan(
-            &vp_at(1002.0, 1002.0, 3.0, 3.0, 12.5),
-            0,
-            unknown,
-            none_in_flight,
-        )
-        .unwrap();
-        let plan = p
-            .plan(
-                &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5),
-                300,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        cold(&mut p, &vp_at(1002.0, 1002.0, 3.0, 3.0, 12.5), 0);
+        let plan = cold(&mut p, &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5), 300);
         assert!(plan.zoom_velocity < 0.0);
         assert!(plan.visible.is_empty() && plan.prefetch.is_empty());
         // Still again a while later: the next step is a zoom in.
-        let plan = p
-            .plan(
-                &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5),
-                5000,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        let plan = cold(&mut p, &vp_at(1002.0, 1002.0, 5.9, 5.9, 11.5), 5000);
         assert_eq!(plan.prefetch.len(), 12 * 12);
     }
 
@@ -1222,14 +1193,7 @@ mod tests {
             )
             .unwrap();
         }
-        let plan = p
-            .plan(
-                &vp_at(1003.0, 1000.5, 3.0, 2.0, 14.0),
-                1250,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        let plan = cold(&mut p, &vp_at(1003.0, 1000.5, 3.0, 2.0, 14.0), 1250);
         assert!((plan.velocity.0 - 2.0).abs() < 0.01, "{:?}", plan.velocity);
         let first: Vec<TileId> = plan.prefetch.iter().take(6).map(|w| w.tile()).collect();
         let visible_max_x = plan.visible.iter().map(|t| t.x()).max().unwrap();
@@ -1251,63 +1215,25 @@ mod tests {
             view_ring: 0.0,
             ..PlannerConfig::default()
         };
-        let mut p = Planner::new(cfg).unwrap();
-        p.plan(
-            &vp_at(1000.5, 1000.5, 2.0, 2.0, 15.0),
-            0,
-            unknown,
-            none_in_flight,
-        )
-        .unwrap();
-        let plan = p
-            .plan(
-                &vp_at(1000.5, 1000.5, 2.8, 2.8, 14.5),
-                500,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        let mut p = Planner::new(cfg.clone()).unwrap();
+        cold(&mut p, &vp_at(1000.5, 1000.5, 2.0, 2.0, 15.0), 0);
+        let plan = cold(&mut p, &vp_at(1000.5, 1000.5, 2.8, 2.8, 14.5), 500);
         assert!(plan.zoom_velocity < 0.0);
         assert!(
             !plan.prefetch.is_empty(),
             "zooming out should prefetch the wider view"
         );
         // Without zoom motion and with ring 0 there is nothing to prefetch.
-        let mut still = Planner::new(PlannerConfig {
-            ring: 0,
-            view_ring: 0.0,
-            ..PlannerConfig::default()
-        })
-        .unwrap();
-        let plan = still
-            .plan(
-                &vp_at(1000.5, 1000.5, 2.8, 2.8, 14.5),
-                0,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        let mut still = Planner::new(cfg).unwrap();
+        let plan = cold(&mut still, &vp_at(1000.5, 1000.5, 2.8, 2.8, 14.5), 0);
         assert!(plan.prefetch.is_empty());
     }
 
     #[test]
     fn jump_resets_motion() {
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
-        p.plan(
-            &vp_at(1000.5, 1000.5, 2.0, 2.0, 14.0),
-            0,
-            unknown,
-            none_in_flight,
-        )
-        .unwrap();
-        let plan = p
-            .plan(
-                &vp_at(5000.5, 1000.5, 2.0, 2.0, 14.0),
-                100,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        cold(&mut p, &vp_at(1000.5, 1000.5, 2.0, 2.0, 14.0), 0);
+        let plan = cold(&mut p, &vp_at(5000.5, 1000.5, 2.0, 2.0, 14.0), 100);
         assert_eq!(plan.velocity, (0.0, 0.0));
     }
 
@@ -1315,21 +1241,8 @@ mod tests {
     fn antimeridian_motion_is_continuous() {
         let mut p = Planner::new(PlannerConfig::default()).unwrap();
         let n = 16384.0;
-        p.plan(
-            &vp_at(n - 1.0, 1000.5, 2.0, 2.0, 14.0),
-            0,
-            unknown,
-            none_in_flight,
-        )
-        .unwrap();
-        let plan = p
-            .plan(
-                &vp_at(0.5, 1000.5, 2.0, 2.0, 14.0),
-                500,
-                unknown,
-                none_in_flight,
-            )
-            .unwrap();
+        cold(&mut p, &vp_at(n - 1.0, 1000.5, 2.0, 2.0, 14.0), 0);
+        let plan = cold(&mut p, &vp_at(0.5, 1000.5, 2.0, 2.0, 14.0), 500);
         assert!((plan.velocity.0 - 3.0).abs() < 0.01, "{:?}", plan.velocity);
         assert!(plan.prefetch.iter().take(4).all(|w| w.tile().x() < 100));
     }
