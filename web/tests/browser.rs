@@ -108,6 +108,54 @@ where
     cache.set_viewport(v[0], v[1], v[2], v[3], v[4]).unwrap()
 }
 
+/// An "agent" cache (`retries` retries, no prefetch) of session `s`, whose server ignores
+/// tiers: every tile holds one "agent" item (the proxy's mode `tier`).
+async fn agent_cache_of_a_tier_blind_server(s: &str, retries: u32) -> TileCache {
+    set_mode(s, "tier").await;
+    let o = Options {
+        access: Some("agent".into()),
+        ..options(s, 0, retries)
+    };
+    TileCache::new(&o).unwrap()
+}
+
+/// A cache of session `s` (no prefetch, no retry) that was shown a view inside tile (0, 0)
+/// and fetched it (`when_complete`).
+async fn complete_downtown_cache(s: &str) -> TileCache {
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    cache
+}
+
+/// A cache of session `s` (one ring of prefetch, no retry) whose requests time out after
+/// `timeout_ms`, on a server that answers slowly (the proxy's mode `slow`), shown a view
+/// inside tile (0, 0): its requests, prefetches among them, are out.
+async fn slow_cache_shown_a_view(s: &str, timeout_ms: u64) -> TileCache {
+    set_mode(s, "slow").await;
+    let cache: TileCache = TileCache::new(&Options {
+        batch: BatchOptions {
+            timeout_ms: Some(timeout_ms),
+            ..BatchOptions::default()
+        },
+        ..options(s, 1, 0)
+    })
+    .unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache
+}
+
+/// Loads tile `a` into `cache` and checks that an "agent" item came with it.
+async fn load_with_an_agent_item(cache: &TileCache, a: TileId) {
+    let first = cache.load_tiles(&[a]).await.unwrap();
+    assert!(first[0]
+        .items
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|s| s.item.access == Access::Agent));
+}
+
 #[wasm_bindgen_test]
 async fn the_extent_a_server_declares_is_adopted() {
     let s = "declared";
@@ -118,9 +166,7 @@ async fn the_extent_a_server_declares_is_adopted() {
         &format!("bounds={},{},{},{}", b.west, b.south, b.east, b.north),
     )
     .await;
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     let (asked, _) = log(s).await;
     // 30 tiles east: outside the declared extent, complete at once, nothing asked.
     let far = show(&cache, inside(tile(30, 0)));
@@ -133,9 +179,7 @@ async fn the_extent_a_server_declares_is_adopted() {
     assert_eq!(log(s).await.0, asked);
     // The same without the header: the far view is asked for.
     let s = "undeclared";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     assert!(!show(&cache, inside(tile(30, 0))).complete);
     cache.when_complete().await.unwrap();
     assert_eq!(log(s).await.0, 2);
@@ -258,16 +302,7 @@ async fn a_one_tile_pan_after_prefetch_needs_no_foreground_request() {
 #[wasm_bindgen_test]
 async fn a_stale_prefetch_is_aborted_on_the_wire() {
     let s = "stale";
-    set_mode(s, "slow").await;
-    let cache: TileCache = TileCache::new(&Options {
-        batch: BatchOptions {
-            timeout_ms: Some(5000),
-            ..BatchOptions::default()
-        },
-        ..options(s, 1, 0)
-    })
-    .unwrap();
-    show(&cache, inside(tile(0, 0)));
+    let cache = slow_cache_shown_a_view(s, 5000).await;
     let st = cache.stats();
     assert!(
         st.batch.prefetch_requests >= 1,
@@ -485,9 +520,7 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
 #[wasm_bindgen_test]
 async fn get_and_get_many_use_the_cache_then_the_endpoint() {
     let s = "get";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     let id = cache.view().items[0].item.id.clone();
     let (wire, _) = log(s).await;
     let hit = cache.get(&id).await.unwrap().expect("cached");
@@ -507,9 +540,7 @@ async fn get_and_get_many_use_the_cache_then_the_endpoint() {
 async fn a_get_with_the_cache_full_of_the_view_is_handed_out_and_the_view_stays() {
     let s = "get-full";
     // What the view and a tile beside it hold, read by a cache without limits.
-    let probe: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&probe, inside(tile(0, 0)));
-    probe.when_complete().await.unwrap();
+    let probe = complete_downtown_cache(s).await;
     let n = probe.view().items.len();
     show(&probe, inside(tile(3, 0)));
     probe.when_complete().await.unwrap();
@@ -945,9 +976,7 @@ async fn a_get_joined_to_a_prefetch_outlives_its_cancel_and_ends_with_its_failur
 async fn a_view_too_wide_fails_when_complete_and_cancels_at_once() {
     const WIDE: [f64; 5] = [-125.0, 40.0, -115.0, 50.0, 14.5];
     let s = "too-wide";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     let cached = cache.view().items.len();
     assert!(cached > 0);
     let sent = cache.stats().batch.requests;
@@ -976,16 +1005,7 @@ async fn a_view_too_wide_fails_when_complete_and_cancels_at_once() {
     cache.when_complete().await.unwrap();
 
     let s = "too-wide-cancels";
-    set_mode(s, "slow").await;
-    let cache: TileCache = TileCache::new(&Options {
-        batch: BatchOptions {
-            timeout_ms: Some(6000),
-            ..BatchOptions::default()
-        },
-        ..options(s, 1, 0)
-    })
-    .unwrap();
-    show(&cache, inside(tile(0, 0)));
+    let cache = slow_cache_shown_a_view(s, 6000).await;
     let waiting = cache.when_complete();
     let sent = cache.stats().batch.requests;
     assert!(cache.stats().batch.prefetch_requests >= 1);
@@ -1075,9 +1095,7 @@ async fn a_retry_after_date_is_a_wait() {
 #[wasm_bindgen_test]
 async fn a_view_set_access_completes_is_a_complete_update() {
     let s = "access-complete";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     set_mode(s, "stall").await;
     cache.set_access(Access::Registered).unwrap();
     assert!(
@@ -1119,9 +1137,7 @@ fn page_hidden(hidden: bool) {
 async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
     let s = "hidden";
     set_mode(s, "ttl1").await;
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     page_hidden(true);
     let (before, _) = log(s).await;
     TimeoutFuture::new(3000).await;
@@ -1150,9 +1166,7 @@ async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
 #[wasm_bindgen_test]
 async fn a_hidden_page_refetches_what_was_invalidated_only_when_shown() {
     let s = "hidden-invalidate";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     let ids: Vec<String> = cache
         .view()
         .items
@@ -1558,9 +1572,7 @@ async fn a_view_read_again_unchanged_is_equal_to_the_last() {
 #[wasm_bindgen_test]
 async fn a_wake_up_queued_before_dispose_sends_nothing() {
     let s = "dispose-shown";
-    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = complete_downtown_cache(s).await;
     page_hidden(true);
     // Dropped: the refetch waits until the page is shown.
     cache.invalidate(tilewarm_web::Invalidate::All);
@@ -1578,9 +1590,7 @@ async fn a_wake_up_queued_before_dispose_sends_nothing() {
 #[wasm_bindgen_test]
 async fn a_loaded_tile_the_cache_cannot_keep_is_an_error_and_the_view_stays() {
     let s = "load-full";
-    let probe: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&probe, inside(tile(0, 0)));
-    probe.when_complete().await.unwrap();
+    let probe = complete_downtown_cache(s).await;
     let n = probe.view().items.len();
     probe.dispose();
     let full = Options {
@@ -1623,16 +1633,9 @@ async fn a_load_dropped_before_it_is_read_asks_for_nothing() {
 #[wasm_bindgen_test]
 async fn a_load_settled_after_the_tier_was_lowered_holds_nothing_above_it() {
     let s = "load-tier";
-    set_mode(s, "tier").await; // every tile holds one "agent" item
-    let o = Options {
-        access: Some("agent".into()),
-        ..options(s, 0, 1)
-    };
-    let cache: TileCache = TileCache::new(&o).unwrap();
+    let cache = agent_cache_of_a_tier_blind_server(s, 1).await;
     let (a, b) = (tile(0, 0), tile(2, 2));
-    let first = cache.load_tiles(&[a]).await.unwrap();
-    let secret = first[0].items.as_ref().unwrap();
-    assert!(secret.iter().any(|s| s.item.access == Access::Agent));
+    load_with_an_agent_item(&cache, a).await;
     // `a` from the cache at once, `b` waits on a stalled request.
     set_mode(s, "stall").await;
     let load = cache.load_tiles(&[a, b]);
@@ -1663,12 +1666,8 @@ async fn a_load_settled_after_the_tier_was_lowered_holds_nothing_above_it() {
 #[wasm_bindgen_test]
 async fn a_get_many_ended_after_the_tier_was_lowered_holds_nothing_above_it() {
     let s = "get-tier";
-    set_mode(s, "tier").await; // every tile holds one "agent" item, `secret-<i>`
-    let o = Options {
-        access: Some("agent".into()),
-        ..options(s, 0, 1)
-    };
-    let cache: TileCache = TileCache::new(&o).unwrap();
+    // Every tile holds one "agent" item, `secret-<i>`.
+    let cache = agent_cache_of_a_tier_blind_server(s, 1).await;
     let first = cache.load_tiles(&[tile(0, 0)]).await.unwrap();
     let secret = first[0].items.as_ref().unwrap()[0].item.id.clone();
     assert_eq!(
@@ -1738,20 +1737,9 @@ async fn a_prefetched_destination_is_complete_when_the_map_gets_there() {
 #[wasm_bindgen_test]
 async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
     let s = "load-tier-late";
-    set_mode(s, "tier").await; // every tile holds one "agent" item
-    let o = Options {
-        access: Some("agent".into()),
-        ..options(s, 0, 0)
-    };
-    let cache: TileCache = TileCache::new(&o).unwrap();
+    let cache = agent_cache_of_a_tier_blind_server(s, 0).await;
     let a = tile(0, 0);
-    let first = cache.load_tiles(&[a]).await.unwrap();
-    assert!(first[0]
-        .items
-        .as_ref()
-        .unwrap()
-        .iter()
-        .any(|s| s.item.access == Access::Agent));
+    load_with_an_agent_item(&cache, a).await;
     // Read from the cache in this tick's read (not polled yet), then the tier is lowered.
     let load = cache.load_tiles(&[a]);
     TimeoutFuture::new(0).await;
@@ -1771,20 +1759,9 @@ async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
 #[wasm_bindgen_test]
 async fn a_load_read_after_its_cache_was_dropped_hands_out_nothing() {
     let s = "load-tier-dropped";
-    set_mode(s, "tier").await; // every tile holds one "agent" item
-    let o = Options {
-        access: Some("agent".into()),
-        ..options(s, 0, 0)
-    };
-    let cache: TileCache = TileCache::new(&o).unwrap();
+    let cache = agent_cache_of_a_tier_blind_server(s, 0).await;
     let a = tile(0, 0);
-    let first = cache.load_tiles(&[a]).await.unwrap();
-    assert!(first[0]
-        .items
-        .as_ref()
-        .unwrap()
-        .iter()
-        .any(|s| s.item.access == Access::Agent));
+    load_with_an_agent_item(&cache, a).await;
     // Settled from the cache in this tick's read (not polled yet); then the tier is lowered
     // and the cache dropped.
     let load = cache.load_tiles(&[a]);
