@@ -589,10 +589,12 @@ export function createWorker(defaults = {}) {
     const planned = Date.now();
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
+      // A 429 or 503 puts off all warming by its Retry-After (the core decides how long).
+      const wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       if (Date.now() - planned >= options.warmTimeoutMs) throw new Error('past warmTimeoutMs');
       given = true;
-      if (proxy.warmed(body, res.status, bytes, Date.now()) >= 0) {
+      if (proxy.warmed(body, res.status, bytes, wait, Date.now()) >= 0) {
         bounds = res.headers.get(BOUNDS_HEADER);
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
       }
@@ -600,7 +602,7 @@ export function createWorker(defaults = {}) {
       // Warming is best effort: a failure leaves the cache as it was. It is given back
       // all the same (status 0: nothing written): while a warming of the same tiles is
       // out, the core judges their answers by the earliest planning (src/proxy/change.rs).
-      if (!given) proxy.warmed(body, 0, new Uint8Array(0), Date.now());
+      if (!given) proxy.warmed(body, 0, new Uint8Array(0), -1, Date.now());
     }
   }
 

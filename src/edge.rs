@@ -597,16 +597,26 @@ impl EdgeProxy {
         }
     }
 
-    /// The origin's answer to a warming request (`warm`, as [`Step::warm`] gave it); fills
-    /// the cache. Returns the number of items, or -1 when the answer was not usable.
-    pub fn warmed(&mut self, warm: &str, status: u16, body: &[u8], now_ms: f64) -> i32 {
+    /// The origin's answer to a warming request (`warm`, as [`Step::warm`] gave it), with
+    /// its `Retry-After` in ms as for [`EdgeProxy::complete`] (a `429` or `503` puts off
+    /// warming that long); fills the cache. Returns the number of items, or -1 when the
+    /// answer was not usable.
+    pub fn warmed(
+        &mut self,
+        warm: &str,
+        status: u16,
+        body: &[u8],
+        retry_after_ms: f64,
+        now_ms: f64,
+    ) -> i32 {
         let Ok(request) = decode_request(warm.as_bytes(), &self.proxy.config().limits) else {
             return -1;
         };
+        let retry_after_ms = (retry_after_ms >= 0.0).then_some(retry_after_ms as u64);
         let outcome = OriginOutcome::Answer {
             status,
             body,
-            retry_after_ms: None,
+            retry_after_ms,
         };
         match self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64) {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),

@@ -425,7 +425,8 @@ describe('edge worker: warming after a hit', () => {
 
   it('does not warm the same neighbours again on every hit while their warming fails', async () => {
     // Before, each hit planned the same warming request again: one origin request per hit.
-    relay.failWarm = true;
+    // A 500 (a 503 or 429 would put all warming off by its Retry-After, the next test).
+    relay.failWarm = 500;
     try {
       const req = { tiles: ['14/2630/5721'], access: 'public' };
       const before = relay.requests('warm').length;
@@ -442,6 +443,33 @@ describe('edge worker: warming after a hit', () => {
       assert.equal(sent, 4, `${sent} warming requests for one miss and 50 hits`);
     } finally {
       relay.failWarm = false;
+    }
+  });
+
+  // Last here: this isolate warms nothing for an hour after it.
+  it('warms nothing while the origin\'s 503 to a warming asks for quiet (its Retry-After)', async () => {
+    // Before, the warming went on at its own back-off (the next neighbours at the next hit,
+    // other tiles' at once): an origin that asked for quiet got more warming requests.
+    relay.failWarm = 503;
+    relay.warmRetryAfter = '3600';
+    try {
+      const req = { tiles: ['14/2636/5721'], access: 'public' };
+      const before = relay.requests('warm').length;
+      const planned = (await edge.stats()).warmRequests;
+      assert.equal((await post(edge.batch, req)).cache, 'miss');
+      await until(async () => relay.requests('warm').length === before + 1, 'the miss\'s warming request');
+      // Past the 1 s put-off of a 503 whose Retry-After was not read: only the origin's
+      // hour keeps the warming off now.
+      await new Promise((ok) => setTimeout(ok, 1200));
+      for (let i = 0; i < 10; i++) assert.equal((await post(edge.batch, req)).cache, 'hit');
+      assert.equal((await post(edge.batch, { tiles: ['14/2640/5721'], access: 'public' })).cache, 'miss');
+      await new Promise((ok) => setTimeout(ok, 200)); // let any warming go out
+      const sent = relay.requests('warm').length - before;
+      assert.equal(sent, 1, `${sent} warming requests after the origin asked for an hour's quiet`);
+      assert.equal((await edge.stats()).warmRequests - planned, 1, 'none planned after the 503');
+    } finally {
+      relay.failWarm = false;
+      relay.warmRetryAfter = undefined;
     }
   });
 });

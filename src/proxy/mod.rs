@@ -87,7 +87,9 @@ pub struct ProxyConfig {
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
     /// Default 1; at most 4. A tile warmed and still not fresh is warmed again only after
     /// [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`] (its answer may still
-    /// be out, or failed, or the cache could not keep it).
+    /// be out, or failed, or the cache could not keep it). After an origin's `429` or
+    /// `503` (to a warming or to a caller's request) no warming is planned until its
+    /// `Retry-After` has passed ([`origin_retry_after_s`]: capped, or its default).
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
@@ -334,6 +336,9 @@ pub struct Proxy {
     /// Data tiles warmed and not seen fresh since, per tier: not warmed again before
     /// their time ([`WARM_RETRY_MS`]).
     warm_tries: WarmTries<(Access, TileId)>,
+    /// No warming is planned before this (ms): the origin answered `429` or `503` with
+    /// this `Retry-After` ([`Proxy::origin_asks_for_quiet`]).
+    warm_quiet_until_ms: u64,
 }
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
@@ -411,6 +416,7 @@ impl Proxy {
             wire: wire::Wire::new(),
             changes,
             warm_tries: WarmTries::default(),
+            warm_quiet_until_ms: 0,
         })
     }
 
@@ -721,14 +727,16 @@ impl Proxy {
 
     /// Neighbour data tiles of `data_tiles` that `tier`'s cache does not hold fresh and that
     /// were not warmed too recently ([`WARM_RETRY_MS`]), at most
-    /// [`ProxyConfig::max_warm_tiles`], as a request at `tier`.
+    /// [`ProxyConfig::max_warm_tiles`], as a request at `tier`; none while the origin asked
+    /// for quiet ([`Self::origin_asks_for_quiet`]).
     fn plan_warm(
         &mut self,
         data_tiles: &[TileId],
         tier: Access,
         now_ms: u64,
     ) -> Option<BatchRequest> {
-        if self.config.warm_ring == 0 || data_tiles.is_empty() {
+        if self.config.warm_ring == 0 || data_tiles.is_empty() || now_ms < self.warm_quiet_until_ms
+        {
             return None;
         }
         let ring = ring_around(data_tiles, self.config.warm_ring).ok()?;
@@ -759,6 +767,17 @@ impl Proxy {
             ids: Vec::new(),
             access: tier,
         })
+    }
+
+    /// The origin answered `outcome` at `now_ms`: when it is a `429` or `503`, warming
+    /// (which nobody waits for) plans nothing until its `Retry-After` has passed
+    /// ([`origin_retry_after_s`]: at most [`MAX_RETRY_AFTER_S`], [`DEFAULT_RETRY_AFTER_S`]
+    /// when it sent none), whatever the tiles' own retry delays ([`WARM_RETRY_MS`]).
+    fn origin_asks_for_quiet(&mut self, outcome: &OriginOutcome<'_>, now_ms: u64) {
+        if let Some(s) = origin_retry_after_s(outcome) {
+            let until = now_ms.saturating_add(s.saturating_mul(1000));
+            self.warm_quiet_until_ms = self.warm_quiet_until_ms.max(until);
+        }
     }
 
     /// Takes the origin's outcome for [`Pending::origin_request`] (ignored when there was
@@ -796,6 +815,9 @@ impl Proxy {
             };
         }
         let retry_after_s = origin.as_ref().and(origin_retry_after_s(&outcome));
+        if origin.is_some() {
+            self.origin_asks_for_quiet(&outcome, now_ms);
+        }
         let mut too_large = Vec::new();
         let (origin_answer, origin_error) = match &origin {
             None => (None, None),
@@ -990,6 +1012,7 @@ impl Proxy {
         let planned = self
             .changes
             .warm_current(request.access, &request.tiles, now_ms);
+        self.origin_asks_for_quiet(&outcome, now_ms);
         let response = self.decode_origin(outcome, request.access)?;
         let Some(planned_ms) = planned else {
             return Err(ErrorBody {

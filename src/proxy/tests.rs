@@ -664,6 +664,53 @@ fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
     assert_eq!(a.warm.map(|w| w.tiles.len()), Some(8));
 }
 
+/// An origin that answers a warming `503 overloaded` or `429` with a `Retry-After` asked
+/// for quiet: warming used to go on with the tiles' own delay (5 s after the first try),
+/// and other tiles' warming at once. Now no warming is planned until the `Retry-After`
+/// (capped at [`MAX_RETRY_AFTER_S`]) has passed; nor after a caller's request got one.
+#[test]
+fn warming_waits_for_the_origins_retry_after() {
+    let o = origin();
+    let overloaded = br#"{"error":{"code":"overloaded","message":"at capacity"}}"#;
+    let refused = |status, retry_after_ms| OriginOutcome::Answer {
+        status,
+        body: overloaded,
+        retry_after_ms,
+    };
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    let elsewhere = req(&["14/2630/5730"], &[], Access::Public);
+    for (status, retry_after_ms, quiet_ms) in [
+        (503, Some(30_000), 30_000),
+        (429, Some(12_500), 13_000),
+        (503, Some(86_400_000), MAX_RETRY_AFTER_S * 1000),
+    ] {
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+        let w = a.warm.unwrap();
+        assert!(p.warmed(&w, refused(status, retry_after_ms), 0).is_err());
+        for now in [WARM_RETRY_MS, quiet_ms - 1] {
+            let (_, a, _) = run(&mut p, &o, centre.clone(), now);
+            assert!(a.warm.is_none(), "{status} at {now}");
+            let (_, a, _) = run(&mut p, &o, elsewhere.clone(), now);
+            assert!(a.warm.is_none(), "other tiles, {status} at {now}");
+        }
+        let (_, a, _) = run(&mut p, &o, centre.clone(), quiet_ms);
+        assert!(a.warm.is_some(), "{status} after its Retry-After");
+    }
+    // A caller's request refused the same way puts warming off too; 1 s without a
+    // Retry-After.
+    for (retry_after_ms, quiet_ms) in [(Some(20_000), 20_000), (None, 1_000)] {
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let pending = p.begin(centre.clone(), 0).unwrap();
+        let a = p.complete(pending, refused(503, retry_after_ms), 0);
+        assert_eq!(a.status, 503);
+        let (_, a, _) = run(&mut p, &o, elsewhere.clone(), quiet_ms - 1);
+        assert!(a.warm.is_none());
+        let (_, a, _) = run(&mut p, &o, centre.clone(), quiet_ms);
+        assert!(a.warm.is_some());
+    }
+}
+
 #[test]
 fn expired_tiles_are_forwarded_again() {
     let o = origin();

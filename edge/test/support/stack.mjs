@@ -122,9 +122,13 @@ export async function startRelay(target, { requireToken } = {}) {
     // Warming requests only get no answer (`relay.dropWarm`): the connection is cut.
     if (relay.dropWarm && req.headers['x-tilewarm-purpose'] === 'warm') return req.socket.destroy();
     if (relay.failWarm && req.headers['x-tilewarm-purpose'] === 'warm') {
-      // Warming requests only fail (`relay.failWarm`), as an origin that sheds them.
-      res.writeHead(503, { 'content-type': 'application/json' });
-      return res.end(JSON.stringify({ error: { code: 'overloaded', message: 'no warming now' } }));
+      // Warming requests only fail (`relay.failWarm`): a 503 as an origin that sheds them
+      // (with `relay.warmRetryAfter` as its Retry-After), or the status given.
+      const status = relay.failWarm === true ? 503 : relay.failWarm;
+      const retryAfter = relay.warmRetryAfter ? { 'retry-after': relay.warmRetryAfter } : {};
+      res.writeHead(status, { 'content-type': 'application/json', ...retryAfter });
+      const code = status === 503 ? 'overloaded' : 'internal';
+      return res.end(JSON.stringify({ error: { code, message: 'no warming now' } }));
     }
     if (relay.mode === 'rate_limited' || relay.mode === 'overloaded') {
       // As tilewarm-server answers a caller over its rate (429) or at capacity (503).
