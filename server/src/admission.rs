@@ -65,7 +65,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::adaptive::InFlightLimit;
 use crate::auth::{Caller, CredentialError};
 use crate::client_addr::ClientAddr;
-use crate::http::{error_response, keys_unavailable, unauthorized};
+use crate::http::{credential_required, error_response, keys_unavailable, unauthorized};
 use crate::App;
 
 /// Most callers the per-caller table tracks ([`Admission::check`]).
@@ -518,6 +518,9 @@ pub enum Refused {
     TooManyFailures(Duration),
     /// The credential was checked and refused: 401 with this message.
     Unauthorized(String),
+    /// The `Authorization` header is not `Bearer`: 401 with this message and a challenge
+    /// without an error code ([`crate::auth::CredentialError::NotBearer`]).
+    NotBearer(String),
     /// The credential could not be checked: the `--jwks` URL's key server failed (502).
     KeysUnavailable(crate::auth::KeysUnavailable),
 }
@@ -529,6 +532,7 @@ impl Refused {
         match self {
             Refused::TooManyFailures(wait) => auth_rate_limited(wait),
             Refused::Unauthorized(message) => unauthorized(message),
+            Refused::NotBearer(message) => credential_required(message),
             Refused::KeysUnavailable(e) => keys_unavailable(e),
         }
     }
@@ -554,6 +558,10 @@ pub async fn authenticate(
         CredentialError::Unauthorized(e) => {
             failures.failed(key);
             Refused::Unauthorized(e.0)
+        }
+        CredentialError::NotBearer(e) => {
+            failures.failed(key);
+            Refused::NotBearer(e.0)
         }
         CredentialError::KeysUnavailable(e) => Refused::KeysUnavailable(e),
     })

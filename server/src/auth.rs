@@ -100,6 +100,12 @@ pub enum CredentialError {
     /// The credential is refused (401).
     #[error(transparent)]
     Unauthorized(#[from] Unauthorized),
+    /// The `Authorization` header uses another scheme than `Bearer` (`Basic`, say): 401
+    /// with a challenge that names no error (RFC 6750 section 3.1: a request using an
+    /// unsupported authentication method gets none; `invalid_token` would tell the client
+    /// that a bearer token it never sent is bad).
+    #[error(transparent)]
+    NotBearer(Unauthorized),
     /// It could not be checked now (502).
     #[error(transparent)]
     KeysUnavailable(#[from] KeysUnavailable),
@@ -288,6 +294,13 @@ impl Verifier {
         matches!(self.mode, Mode::Jwt { .. })
     }
 
+    /// Whether a caller that [`Self::caller`] accepted from these headers was given its
+    /// tier by a verified bearer token (not anonymous, not a gateway's header): its 403s
+    /// carry `WWW-Authenticate: Bearer error="insufficient_scope"`.
+    pub fn bearer_verified(&self, headers: &HeaderMap) -> bool {
+        self.verifies_tokens() && headers.contains_key(AUTHORIZATION)
+    }
+
     /// Whether these headers carry a credential that [`Self::caller`] would check (an
     /// `Authorization` header; with `--trust-tier-header`, that header). Without one the
     /// caller is `public` and nothing can be refused.
@@ -313,16 +326,26 @@ impl Verifier {
     pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, CredentialError> {
         let (keys, remote) = match &self.mode {
             Mode::TrustHeader(name) => return Ok(trusted_tier(name, headers)?),
-            Mode::Off => return match headers.get(AUTHORIZATION) {
-                None => Ok(Caller::anonymous()),
-                Some(_) => Err(Unauthorized(
-                    "this server has no key to verify tokens with: send no Authorization header"
-                        .into(),
-                )
-                .into()),
-            },
+            Mode::Off => {
+                return match headers.get(AUTHORIZATION) {
+                    None => Ok(Caller::anonymous()),
+                    Some(v) => {
+                        let e = Unauthorized(
+                        "this server has no key to verify tokens with: send no Authorization header"
+                            .into(),
+                    );
+                        Err(match is_bearer_scheme(v.as_bytes()) {
+                            true => e.into(),
+                            false => CredentialError::NotBearer(e),
+                        })
+                    }
+                }
+            }
             Mode::Jwt { keys, remote } => (keys, remote),
         };
+        if let Some(e) = headers.get(AUTHORIZATION).and_then(not_bearer) {
+            return Err(e);
+        }
         let Some(token) = bearer_token(headers)? else {
             return Ok(Caller::anonymous());
         };
@@ -515,6 +538,26 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Unauthorized> {
         .ok_or_else(|| Unauthorized("Authorization must be \"Bearer <token>\" with a JWT".into()))
 }
 
+/// The refusal of an `Authorization` header with another scheme than `Bearer`, if it has one
+/// ([`CredentialError::NotBearer`]).
+fn not_bearer(value: &axum::http::HeaderValue) -> Option<CredentialError> {
+    (!is_bearer_scheme(value.as_bytes())).then(|| {
+        CredentialError::NotBearer(Unauthorized(
+            "Authorization must be \"Bearer <token>\" with a JWT: no other scheme is accepted \
+             (or send no Authorization header, to be public)"
+                .into(),
+        ))
+    })
+}
+
+/// Whether an `Authorization` header's scheme (what is before its first space, or all of
+/// it) is `Bearer`, case-insensitive.
+fn is_bearer_scheme(value: &[u8]) -> bool {
+    let value = value.trim_ascii_start();
+    let scheme = value.split(|&b| b == b' ').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case(b"bearer")
+}
+
 /// The token of `Bearer <token>` (scheme case-insensitive).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -683,5 +726,11 @@ mod tests {
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("Bearer"), None);
+        for bearer in ["Bearer abc", " bearer", "BEARER  x", "Bearer"] {
+            assert!(is_bearer_scheme(bearer.as_bytes()), "{bearer}");
+        }
+        for other in ["Basic YTpi", "Bearerx abc", "", "Digest username=\"a\""] {
+            assert!(!is_bearer_scheme(other.as_bytes()), "{other}");
+        }
     }
 }

@@ -72,14 +72,19 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
     r
 }
 
-/// The `WWW-Authenticate` challenge of a 401 for a request that sent no credential: no
-/// error code (RFC 6750 section 3.1: a request lacking authentication information gets
-/// none; `invalid_token` would tell the client its token is bad), and a realm, as the
-/// `Bearer` scheme needs at least one parameter.
+/// The `WWW-Authenticate` challenge of a 401 for a request that sent no bearer token (none
+/// at all, or an `Authorization` of another scheme): no error code (RFC 6750 section 3.1:
+/// a request lacking authentication information, or using an unsupported authentication
+/// method, gets none; `invalid_token` would tell the client its token is bad), and a
+/// realm, as the `Bearer` scheme needs at least one parameter.
 pub const NO_CREDENTIAL_CHALLENGE: &str = "Bearer realm=\"tilewarm\"";
 
-/// 401 for a request that needs a credential and sent none: the protocol's error body and
-/// `WWW-Authenticate:` [`NO_CREDENTIAL_CHALLENGE`].
+/// The `WWW-Authenticate` challenge of a 403 for a verified bearer token that lacks the
+/// tier or claim asked for (RFC 6750 section 3.1, `insufficient_scope`).
+pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = "Bearer error=\"insufficient_scope\"";
+
+/// 401 for a request that needs a credential and sent no bearer token: the protocol's
+/// error body and `WWW-Authenticate:` [`NO_CREDENTIAL_CHALLENGE`].
 pub fn credential_required(message: impl Into<String>) -> Response {
     let mut r = error_response(ErrorCode::Unauthorized, message);
     r.headers_mut().insert(
@@ -105,6 +110,7 @@ pub fn keys_unavailable(e: crate::auth::KeysUnavailable) -> Response {
 pub fn credential_refused(e: crate::auth::CredentialError) -> Response {
     match e {
         crate::auth::CredentialError::Unauthorized(e) => unauthorized(e.0),
+        crate::auth::CredentialError::NotBearer(e) => credential_required(e.0),
         crate::auth::CredentialError::KeysUnavailable(e) => keys_unavailable(e),
     }
 }
@@ -112,12 +118,27 @@ pub fn credential_refused(e: crate::auth::CredentialError) -> Response {
 /// 403 for a request `access` above the caller's verified tier, naming both tiers (the
 /// core's message, the edge's too), with the verified tier in [`ACCESS_HEADER`]: a client
 /// that asked above it follows it down instead of keeping what the higher tier showed.
-pub fn forbidden_tier(above: AboveCredential) -> Response {
-    let mut r = error_response(ErrorCode::Forbidden, above.to_string());
+/// When the tier came from a verified bearer token (`bearer`), also
+/// `WWW-Authenticate:` [`INSUFFICIENT_SCOPE_CHALLENGE`].
+pub fn forbidden_tier(above: AboveCredential, bearer: bool) -> Response {
+    let mut r = forbidden(above.to_string(), bearer);
     r.headers_mut().insert(
         ACCESS_HEADER,
         HeaderValue::from_static(above.verified.as_str()),
     );
+    r
+}
+
+/// 403 `forbidden` with `message`; for a verified bearer token (`bearer`) that lacks what
+/// is needed, with `WWW-Authenticate:` [`INSUFFICIENT_SCOPE_CHALLENGE`].
+pub fn forbidden(message: impl Into<String>, bearer: bool) -> Response {
+    let mut r = error_response(ErrorCode::Forbidden, message);
+    if bearer {
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(INSUFFICIENT_SCOPE_CHALLENGE),
+        );
+    }
     r
 }
 
@@ -445,7 +466,7 @@ async fn batch_inner(
     // The body may only lower the tier (the core's rule, the edge's too).
     let tier = match effective_tier(caller.tier, request.access) {
         Ok(tier) => tier,
-        Err(above) => return forbidden_tier(above),
+        Err(above) => return forbidden_tier(above, app.auth.bearer_verified(headers)),
     };
     match batch::answer(app, &request, tier, slot).await {
         Ok(json) => {
@@ -504,12 +525,12 @@ async fn invalidate_handler(
         ));
     }
     if !caller.admin {
-        return error_response(
-            ErrorCode::Forbidden,
+        return forbidden(
             format!(
                 "this token may not invalidate: POST /v1/invalidate needs \"{}\": true in a verified token",
                 crate::auth::ADMIN_CLAIM
             ),
+            app.auth.bearer_verified(&headers),
         );
     }
     if let Err(wait) = app.admission.invalidation() {

@@ -206,7 +206,7 @@ async fn answer(
     };
     let tier = match tilewarm::access::effective_tier(caller.tier, asked) {
         Ok(tier) => tier,
-        Err(above) => return forbidden_tier(above),
+        Err(above) => return forbidden_tier(above, app.auth.bearer_verified(headers)),
     };
     let request = BatchRequest {
         tiles: vec![tile],

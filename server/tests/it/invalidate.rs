@@ -57,11 +57,15 @@ async fn only_an_admin_token_may_invalidate() {
     let msg = r.error(401, "unauthorized");
     assert!(msg.contains("tilewarm_admin"), "{msg}");
     assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"tilewarm\"");
-    // A valid agent token without the claim: 403 (removing the admin check: 200).
-    let msg = post_invalidate(&Http::new(), &s, body)
-        .await
-        .error(403, "forbidden");
+    // A valid agent token without the claim: 403 (removing the admin check: 200), with
+    // RFC 6750's challenge for a token that lacks what is needed (it had none).
+    let r = post_invalidate(&Http::new(), &s, body).await;
+    let msg = r.error(403, "forbidden");
     assert!(msg.contains("\"tilewarm_admin\": true"), "{msg}");
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer error=\"insufficient_scope\""
+    );
     // The claim must be the boolean true.
     let stringly = sign_hs256(&serde_json::json!({
         "exp": now_s() + 3600, "tilewarm_admin": "true",

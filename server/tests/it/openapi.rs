@@ -152,7 +152,7 @@ async fn real_responses_match_docs_openapi_yaml() {
     assert_eq!(
         denied[0].headers["www-authenticate"],
         spec["paths"]["/v1/batch"]["post"]["responses"]["401"]["headers"]["WWW-Authenticate"]
-            ["schema"]["const"]
+            ["schema"]["enum"][0]
             .as_str()
             .unwrap()
     );
