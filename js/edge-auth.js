@@ -116,8 +116,26 @@ export const ADMIN_CLAIM = 'tilewarm_admin';
 const HMAC_ALGS = ['HS256', 'HS384', 'HS512'];
 const PUBLIC_KEY_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'];
 
-/** A credential the caller sent that is not good: a 401 with `message` (never the token). */
-export class Unauthorized extends Error {}
+/** The challenge of a 401 for a bearer token that is not good. */
+export const INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"';
+
+/** The challenge of a 401 without a bearer token (none, or an `Authorization` of another
+ * scheme): no error code (RFC 6750 3.1: no token was sent, so none is invalid), a realm as
+ * the scheme needs a parameter. The server's too. */
+export const NO_TOKEN_CHALLENGE = 'Bearer realm="tilewarm"';
+
+/** The challenge of a 403 for a verified token that lacks the tier or claim needed (RFC 6750
+ * 3.1). The server's too. */
+export const INSUFFICIENT_SCOPE_CHALLENGE = 'Bearer error="insufficient_scope"';
+
+/** A credential the caller sent that is not good: a 401 with `message` (never the token)
+ * and `WWW-Authenticate: challenge`. */
+export class Unauthorized extends Error {
+  constructor(message, challenge = INVALID_TOKEN_CHALLENGE) {
+    super(message);
+    this.challenge = challenge;
+  }
+}
 
 /** The key source could not be used (a JWKS URL that did not answer): a 502, whose
  * `Retry-After` is `retryAfterS`, the whole seconds (at least 1) until this isolate may
@@ -233,6 +251,10 @@ export function createAuth(env, options = {}) {
   function bearerOf(request) {
     const header = request.headers.get('authorization');
     if (header === null) return null;
+    // Another scheme (Basic, say) is an unsupported method, not a bad bearer token.
+    if (!/^\s*bearer(\s|$)/i.test(header)) {
+      throw new Unauthorized('the Authorization header must be "Bearer <token>": no other scheme is accepted (or send none, to be public)', NO_TOKEN_CHALLENGE);
+    }
     if (header.length > MAX_TOKEN_BYTES + 7) {
       throw new Unauthorized(`the bearer token is longer than ${MAX_TOKEN_BYTES} bytes`);
     }

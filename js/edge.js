@@ -22,7 +22,9 @@
 // the edge's own ORIGIN_TOKEN, never with the caller's token or claim.
 import wasm from './tilewarm_edge_bg.wasm';
 import { initSync, EdgeProxy } from './tilewarm_edge.js';
-import { createAuth, checkedUrl, Unauthorized, KeysUnavailable } from './edge-auth.js';
+import {
+  createAuth, checkedUrl, Unauthorized, KeysUnavailable, INSUFFICIENT_SCOPE_CHALLENGE, NO_TOKEN_CHALLENGE,
+} from './edge-auth.js';
 // The header a server declares the data's extent in (bundled in by build-pkg.sh).
 import { BOUNDS_HEADER } from './gen/boundary.js';
 import { retryAfterMs } from './retry-after.js';
@@ -120,6 +122,7 @@ function respond(s, bounds) {
   if (s.access) extra['x-tilewarm-access'] = s.access;
   if (s.status === 200 && bounds) extra[BOUNDS_HEADER] = bounds;
   if (s.status !== 200 && s.retryAfter != null) extra['retry-after'] = String(s.retryAfter);
+  if (s.challenge) extra['www-authenticate'] = s.challenge;
   return json(s.status, s.body, extra);
 }
 
@@ -562,23 +565,25 @@ export function createWorker(defaults = {}) {
    */
   async function statsRefused(request) {
     if (options.statsPublic === true) return null;
-    const forbidden = (why) => error(403, 'forbidden', `/edge/stats ${why}; or set the option statsPublic: true to serve them to anyone`);
+    const forbidden = (why, challenge) => error(403, 'forbidden', `/edge/stats ${why}; or set the option statsPublic: true to serve them to anyone`,
+      challenge ? { 'www-authenticate': challenge } : {});
     if (!auth.configured) return forbidden('answers a verified token with "tilewarm_admin": true only, and this edge verifies no tokens (no JWT_SECRET, JWKS or JWKS_URL binding)');
     let admin;
     try {
       admin = await auth.admin(request);
     } catch (e) {
       if (e instanceof Unauthorized) {
-        return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
+        return error(401, 'unauthorized', e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
     }
     if (admin) return null;
     if (!request.headers.has('authorization')) {
-      return error(401, 'unauthorized', '/edge/stats needs a bearer token with "tilewarm_admin": true', { 'www-authenticate': 'Bearer realm="tilewarm"' });
+      return error(401, 'unauthorized', '/edge/stats needs a bearer token with "tilewarm_admin": true', { 'www-authenticate': NO_TOKEN_CHALLENGE });
     }
-    return forbidden('needs "tilewarm_admin": true in a verified token');
+    // A verified token without the claim (RFC 6750 3.1).
+    return forbidden('needs "tilewarm_admin": true in a verified token', INSUFFICIENT_SCOPE_CHALLENGE);
   }
 
   async function warm(origin, token, body, tier) {
@@ -632,7 +637,7 @@ export function createWorker(defaults = {}) {
       tier = await auth.tier(request);
     } catch (e) {
       if (e instanceof Unauthorized) {
-        return error(401, 'unauthorized', e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
+        return error(401, 'unauthorized', e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
@@ -647,6 +652,9 @@ export function createWorker(defaults = {}) {
       return error(400, 'bad_request', `the request body could not be read: ${e?.message ?? e}`);
     }
     const step = take(proxy.begin(body, tier, Date.now()));
+    // A 403 (the body asks above the caller's tier) for a verified token says so (RFC 6750
+    // 3.1); without a token it has no challenge.
+    if (step.status === 403 && request.headers.has('authorization')) step.challenge = INSUFFICIENT_SCOPE_CHALLENGE;
     if (!step.origin) return answered(step, origin, env, ctx);
     // A client that leaves while its request waits (for the shared cache or the origin)
     // gives its place among the requests an isolate holds (1024, src/edge.rs) back at once:

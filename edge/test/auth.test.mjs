@@ -74,11 +74,11 @@ describe('edge worker: caller authentication', () => {
 
   /** `headers` are refused by `edge` with a 401 that names `why`, asks the origin nothing and
    * does not echo the token. */
-  async function refused(edge, headers, why, body = { tiles: ['14/2624/5721'], access: 'public' }) {
+  async function refused(edge, headers, why, body = { tiles: ['14/2624/5721'], access: 'public' }, challenge = 'Bearer error="invalid_token"') {
     const n = relay.seen.length;
     const r = await post(edge.batch, body, headers);
     assert.equal(r.status, 401, r.text);
-    assert.equal(r.wwwAuthenticate, 'Bearer error="invalid_token"');
+    assert.equal(r.wwwAuthenticate, challenge);
     assert.equal(r.json.error.code, 'unauthorized');
     assert.match(r.json.error.message, why);
     assert.equal(r.access, null);
@@ -104,6 +104,7 @@ describe('edge worker: caller authentication', () => {
       assert.equal(r.json.error.code, 'forbidden');
       assert.match(r.json.error.message, new RegExp(`"${access}" is above .*"public"`));
       assert.equal(r.access, 'public', 'the verified tier in the tier header: a client follows it down');
+      assert.equal(r.wwwAuthenticate, null, 'no token, no challenge');
     }
     assert.equal(relay.seen.length, n);
   });
@@ -132,6 +133,8 @@ describe('edge worker: caller authentication', () => {
     assert.equal(high.json.error.code, 'forbidden');
     assert.match(high.json.error.message, /"agent" is above the tier the credential gives \("verified"\)/);
     assert.equal(high.access, 'verified');
+    // RFC 6750 3.1: a verified token that lacks the tier asked for (it had none).
+    assert.equal(high.wwwAuthenticate, 'Bearer error="insufficient_scope"');
   });
 
   it('accepts RS256 tokens from the JWKS, the key chosen by kid', async () => {
@@ -206,7 +209,15 @@ describe('edge worker: caller authentication', () => {
 
   it('refuses garbage, other schemes and an unknown tier claim', async () => {
     await refused(hmac, bearer('not-a-jwt'), /malformed/);
-    await refused(hmac, { 'content-type': 'application/json', authorization: 'Basic YWdlbnQ6YWdlbnQ=' }, /must be "Bearer <token>"/);
+    // Another scheme is an unsupported method (RFC 6750 3.1): the challenge without an error
+    // code, as for no token (it was error="invalid_token", for a bearer token never sent).
+    const pub = { tiles: ['14/2624/5721'], access: 'public' };
+    for (const authorization of ['Basic YWdlbnQ6YWdlbnQ=', 'token-without-scheme']) {
+      for (const edge of [hmac, keyless]) {
+        await refused(edge, { 'content-type': 'application/json', authorization }, /must be "Bearer <token>"/, pub, 'Bearer realm="tilewarm"');
+      }
+    }
+    await refused(hmac, { 'content-type': 'application/json', authorization: 'Bearer' }, /must be "Bearer <token>"/);
     await refused(hmac, bearer(await callerToken('admin')), /"tilewarm_access" claim must be one of/);
   });
 
@@ -260,7 +271,9 @@ describe('edge worker: caller authentication', () => {
     // No error code (RFC 6750 3.1: no token was sent), and a parameter, as the scheme
     // needs one: the server's challenge for a request without a token.
     assert.equal(anon.www, 'Bearer realm="tilewarm"');
-    closed(await get(hmac, bearer(await callerToken('agent'))), 403, 'forbidden', /tilewarm_admin/);
+    const plain = await get(hmac, bearer(await callerToken('agent')));
+    closed(plain, 403, 'forbidden', /tilewarm_admin/);
+    assert.equal(plain.www, 'Bearer error="insufficient_scope"', 'a verified token without the claim (RFC 6750 3.1)');
     // The claim must be the boolean true, in a token that verifies.
     closed(await get(hmac, bearer(await callerToken('agent', { claims: { tilewarm_admin: 'true' } }))), 403, 'forbidden', /tilewarm_admin/);
     const forged = await callerToken('agent', { claims: { tilewarm_admin: true }, secret: 'forged-forged-forged-forged-forged-forged' });
