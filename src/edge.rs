@@ -241,7 +241,8 @@ impl Step {
     pub fn warm(&self) -> Option<String> {
         self.warm.clone()
     }
-    /// The error code of the origin's failure when the answer lacks its part.
+    /// The error code of the origin's failure when a `200` answer lacks its part (the
+    /// `x-tilewarm-origin-error` header of a `partial` answer); none on an error answer.
     #[wasm_bindgen(getter, js_name = originError)]
     pub fn origin_error(&self) -> Option<String> {
         self.origin_error.clone()

@@ -258,7 +258,9 @@ pub struct Answer {
     pub body: String,
     /// The `x-tilewarm-cache` header.
     pub verdict: Verdict,
-    /// Why the origin's part is missing, when it is.
+    /// Why the origin's part is missing from a `200` answer, when it is (the
+    /// `x-tilewarm-origin-error` header of a `partial` answer); never on an error answer,
+    /// which is that error itself.
     pub origin_error: Option<ErrorBody>,
     /// Neighbour tiles to warm (send it after answering, and give its outcome to
     /// [`Proxy::warmed`]).
@@ -942,7 +944,7 @@ impl Proxy {
                     status: error.code.http_status(),
                     body: error.to_json(),
                     verdict,
-                    origin_error: origin_error.clone(),
+                    origin_error: None,
                     warm: None,
                     access: tier,
                     shared_put: Vec::new(),
