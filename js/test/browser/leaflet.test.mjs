@@ -324,17 +324,24 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       assert.ok(w.offScreen.includes(off) && !w.on.includes(off), `data tile ${off} held off the screen only: ${JSON.stringify(w)}`);
       const [, x0, y0] = tileOf(w.west, w.north, 14);
       const [, x1, y1] = tileOf(w.east, w.south, 14);
-      const a = backend.tileItems(off, 'public').at(-1).id;
+      // An item in the east half of `off` (its grid tiles that come on the screen below).
+      const [mid] = tileCorner(14, ox + 0.5, oy);
+      const a = backend.tileItems(off, 'public').filter((it) => it.lon > mid).at(-1).id;
       assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} drawn (off the screen)`);
       // Deleted on the server; past every ttl (within the stale window) the tiles on the
       // screen are drawn stale, refetched and drawn fresh; those off it are not read.
       await checkReadsAtRest(assert, p, backend, { id: a, off, view: [x0, y0, x1, y1], where: 'on the screen' });
       assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} still drawn off the screen`);
-      // Back: the tile is read once (its old drawing meanwhile), refetched, drawn without it.
+      // Back, a grid tile's width: the east half of `off` on the screen, and every tile of the
+      // view one Leaflet holds, so nothing is loaded and only the map's move reads the tiles
+      // owed a read: read once (its old drawing meanwhile), refetched, drawn without `a`.
       const n1 = backend.requests.length;
-      await p.evaluate(() => window.__tw.map.panBy([-768, 0], { animate: false }));
+      const held = await p.evaluate(() => Object.keys(window.__tw.layer._tiles));
+      await p.evaluate(() => window.__tw.map.panBy([-256, 0], { animate: false }));
       await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} off the screen`);
       await settled('the grid back', p);
+      const shown = await p.evaluate(() => Object.keys(window.__tw.layer._tiles));
+      assert.deepEqual(shown.filter((k) => !held.includes(k)), [], 'no grid tile loaded on the way back');
       const again = requestsHolding(backend, n1, off);
       assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
       assert.deepEqual((await settled('the grid back', p)).errors, []);
