@@ -132,6 +132,19 @@ impl<P: Payload> Client<P> {
         else {
             return Answered::Ignored; // cancelled or unknown: its tiles were not wanted any more
         };
+        // The tiles this answer was for: listed ones, and those refreshed by id (an id's
+        // answer can evict another item of the same tile, which would be asked for at once).
+        // A refresh that a `response_full` answer left ids of out is not answered yet (the
+        // planner asks the rest again): not a tile the answer failed to keep (an error).
+        let answered_tiles = TileSet::new(finished.works.iter().filter_map(|w| match w {
+            Work::Tile(t) if covered(*t) => Some(*t),
+            Work::Ids { tile, ids }
+                if !in_part || full.is_none_or(|a| ids.iter().all(|i| a(i))) =>
+            {
+                Some(*tile)
+            }
+            _ => None,
+        }));
         // The server reports the tier it filtered the answer for. Below the tier asked, it
         // lowered it (the caller's credential gives less): the cache follows at once (what
         // the reported tier may not see goes, as with `set_access`) and views as no more
@@ -185,15 +198,8 @@ impl<P: Payload> Client<P> {
             self.report_unanswered(id, finished.kind, unanswered, now_ms);
         }
         let states = self.visible_states(now_ms);
-        // The tiles this answer was for: listed ones, and those refreshed by id (an id's
-        // answer can evict another item of the same tile, which would be asked for at once).
-        let answered = TileSet::new(finished.works.iter().filter_map(|w| match w {
-            Work::Tile(t) if covered(*t) => Some(*t),
-            Work::Ids { tile, .. } => Some(*tile),
-            _ => None,
-        }));
         let before = (&shown_before[..], &loading_before[..]);
-        self.back_off_unkept(id, finished.kind, &states, before, &answered, now_ms);
+        self.back_off_unkept(id, finished.kind, &states, before, &answered_tiles, now_ms);
         let now_complete = self.queue_foreground(states, now_ms);
         if touched_visible {
             self.queue_event(Event::Updated);

@@ -2916,3 +2916,38 @@ fn ids_no_room_was_left_for_are_asked_again_and_an_answer_of_nothing_backs_off()
     assert!(c.poll_request(1).is_none(), "not asked again at once");
     assert_eq!(errors_of(events(&mut c)).len(), 1);
 }
+
+/// A tile's refresh by id (`Work::Ids`) that a `response_full` answer left part of out is
+/// asked again at once for the rest, with no error, as a tile the answer had no room for
+/// is. Before, the tile, still not showable, was taken as one the answer did not keep: an
+/// error (fails without the fix: "no error").
+#[test]
+fn a_refresh_by_id_an_answer_had_no_room_for_is_asked_again_at_once() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.8), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    assert!(c.is_complete());
+    assert_eq!(c.cache().tile_of("i84"), c.cache().tile_of("i85"));
+    events(&mut c);
+    c.invalidate(Invalidate::Ids(&["i84", "i85"]), 10);
+    let t = c.poll_request(10).expect("the tile's refresh by id");
+    assert!(t.request.tiles.is_empty());
+    assert_eq!(t.request.ids.len(), 2, "{:?}", t.request.ids);
+    // Room for the first id only.
+    let mut r = o.answer(&t.request, None);
+    let first = t.request.ids[0].clone();
+    r.items.retain(|it| it.id == first);
+    r.left_out = Some(crate::protocol::ErrorCode::ResponseFull);
+    assert_eq!(c.on_response(t.id, r, 20), Answered::TakenInPart);
+    assert!(errors_of(events(&mut c)).is_empty(), "no error");
+    let again = c.poll_request(20).expect("the rest asked again at once");
+    assert_eq!(again.request.ids, [t.request.ids[1].clone()]);
+    let r = o.answer(&again.request, None);
+    assert_eq!(c.on_response(again.id, r, 20), Answered::Taken);
+    assert!(c.is_complete());
+    assert!(errors_of(events(&mut c)).is_empty());
+}
