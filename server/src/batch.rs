@@ -425,12 +425,13 @@ pub async fn answer(
             None if too_large(id).is_some_and(|o| !caller.can_see(o.access)) => IdSource::Missing,
             // An id an upstream's partial answer names (it was asked at `agent`): its tier is
             // not known here, so below `agent` it is `missing`, as an item above the
-            // caller's tier would be; it cannot be served either way.
+            // caller's tier would be; it cannot be served either way. Unless the answer had
+            // no room for it (`response_full`): then it is left out, to be asked again.
             None if caller != Access::Agent
                 && fetched
                     .unanswered
                     .as_ref()
-                    .is_some_and(|u| u.ids.contains(id)) =>
+                    .is_some_and(|u| u.code != ErrorCode::ResponseFull && u.ids.contains(id)) =>
             {
                 IdSource::Missing
             }

@@ -809,3 +809,44 @@ async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limi
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Ids an upstream's answer had no room for (`response_full`: a tilewarm-server with a
+/// smaller `--max-response-items`) are left out to be asked again, for a caller below
+/// `agent` too, never called `missing` (which says they do not exist: a client forgets
+/// them and its `get` ends with nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
+    let o = Origin::new(synthetic_city(42, 500)).unwrap();
+    let ids: Vec<String> = (o.items().iter())
+        .filter(|it| it.access == Access::Public)
+        .take(5)
+        .map(|it| it.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let a = server(Config {
+        max_response_items: 3,
+        ..config()
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("tw-chain-full-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let http = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let r = http.batch(&b, &request(&[], &asked, Access::Public)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["missing"], serde_json::json!([]), "{v}");
+    assert_eq!(v["error"]["code"], "response_full", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(ids[3..]), "{v}");
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
