@@ -372,22 +372,27 @@ pub async fn answer(
         .filter(|&t| policy.cacheable(t))
         .collect();
     if caller < Access::Agent && !too_large_at_top.is_empty() {
-        let ms = deadline.left_ms(app)?;
-        app.metrics
-            .tiles_asked_at_caller_tier
-            .fetch_add(too_large_at_top.len() as u64, Relaxed);
-        let again = fetch(
-            app,
-            &policy,
-            too_large_at_top.clone(),
-            Vec::new(),
-            degraded,
-            None,
-            ms,
-            &read.gens,
-            (caller, caller),
-        )
-        .await;
+        // A request out of time here leaves out only these tiles too.
+        let again = match deadline.left_ms(app) {
+            Ok(ms) => {
+                app.metrics
+                    .tiles_asked_at_caller_tier
+                    .fetch_add(too_large_at_top.len() as u64, Relaxed);
+                fetch(
+                    app,
+                    &policy,
+                    too_large_at_top.clone(),
+                    Vec::new(),
+                    degraded,
+                    None,
+                    ms,
+                    &read.gens,
+                    (caller, caller),
+                )
+                .await
+            }
+            Err(out_of_time) => Err(out_of_time),
+        };
         fetched.forget_tiles(&too_large_at_top);
         match again {
             Ok(mut again) => {
