@@ -20,7 +20,8 @@
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
 // tile asked of it after that fails with ERR_DISPOSED, once), and so does the map's (the
 // source then lets go of its tiles unless another followed map shows it, as it does when its
-// last layer on its followed maps is taken off). Views in EPSG:3857
+// last layer on its followed maps is taken off, hidden or given another source; a follow()
+// feeds nothing while no visible layer of its map shows the source). Views in EPSG:3857
 // (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
@@ -279,9 +280,15 @@ export function createSource(ol, cache, options = {}) {
 /** Whether OpenLayers disposed of `map` (`disposed`; `disposed_` in older versions). */
 const wasDisposed = (map) => map.disposed || map.disposed_;
 
+/** Whether `map` draws `source`: a layer of it shows the source and is visible, in groups
+ * that are (the layer states OpenLayers renders from). */
+const draws = (map, source) => !wasDisposed(map) &&
+  map.getLayerGroup().getLayerStatesArray().some((s) => s.visible && s.layer.getSource?.() === source);
+
 /**
  * Follows `map` with a source from {@link createSource}: feeds the view to
- * `cache.setViewport` at most once per animation frame while it moves or turns, so
+ * `cache.setViewport` at most once per animation frame while it moves or turns (and a
+ * visible layer of the map shows the source), so
  * tilewarm's prefetch runs (the view the map has: after `map.setView`, the new one), and
  * when a move ends, removes the features of tiles that left the view (and aborts their
  * loads; tiles within a quarter of the view's size stay). Returns `detach()`, which
@@ -330,7 +337,7 @@ export function follow(map, source) {
     // The zoom of 256-px tiles, from the resolution: the view's own zoom counts its
     // `resolutions`, `zoomFactor` or `maxResolution` when it has them.
     const resolution = map.getView().getResolution();
-    if (detached || !e || !(resolution > 0)) return;
+    if (detached || !e || !(resolution > 0) || !shown) return;
     const zoom = Math.log2(Z0_RESOLUTION / resolution);
     const [west, south] = toLonLat(e[0], e[1]);
     const [east, north] = toLonLat(e[2], e[3]);
@@ -358,27 +365,43 @@ export function follow(map, source) {
     return true;
   }
 
-  /** Lets go of the source's tiles unless a map another follow() of it follows shows it
-   * (those tiles are that map's too: dropped, they would leave it and be loaded again). */
+  /** Lets go of the source's tiles unless a map another follow() of it follows draws it
+   * (those tiles are that map's too: dropped, they would leave it and be loaded again).
+   * Dropping them changes the source, which OpenLayers passes up the layer group as a
+   * `change`: that nested call does nothing. */
+  let letting = false;
   function letGo() {
-    const shows = (m) => !wasDisposed(m) && m.getAllLayers().some((l) => l.getSource?.() === source);
-    if ([...followers].some((f) => shows(f.map))) return;
-    for (const key of [...tiles.keys()]) drop(key);
+    if (letting || [...followers].some((f) => draws(f.map, source))) return;
+    letting = true;
+    try {
+      for (const key of [...tiles.keys()]) drop(key);
+    } finally {
+      letting = false;
+    }
   }
 
-  // A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`): when
-  // no layer of a followed map shows the source any more, it lets go of its tiles as above
-  // (a layer that shows it again loads them again); follow() goes on feeding the view.
-  // (`map.setLayers(collection)` replaces the group's collection: a change:layers, no
-  // removelayer.)
-  const GROUP_CHANGES = ['removelayer', 'change:layers'];
-  let group = map.getLayerGroup();
-  group.on(GROUP_CHANGES, letGo);
-  function onGroup() {
-    group.un(GROUP_CHANGES, letGo);
-    group = map.getLayerGroup();
-    group.on(GROUP_CHANGES, letGo);
+  // A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`),
+  // hidden (`setVisible(false)`, its group's too) or given another source (`setSource`):
+  // when no visible layer of a followed map shows the source any more, it lets go of its
+  // tiles as above (a layer that shows it again loads them again), and follow() feeds that
+  // map's view no more (the cache would fetch the tiles of a view nobody sees it in) until
+  // one shows it again. (`map.setLayers(collection)` replaces the group's collection: a
+  // change:layers, no removelayer. A layer's `change:visible` and `change:source` reach
+  // the map's layer group as a `change`, as its source's changes do.)
+  const GROUP_CHANGES = ['removelayer', 'change:layers', 'change', 'propertychange'];
+  let group = map.getLayerGroup(), shown = draws(map, source);
+  function onLayers() {
     letGo();
+    const was = shown;
+    shown = draws(map, source);
+    if (shown && !was) schedule();
+  }
+  group.on(GROUP_CHANGES, onLayers);
+  function onGroup() {
+    group.un(GROUP_CHANGES, onLayers);
+    group = map.getLayerGroup();
+    group.on(GROUP_CHANGES, onLayers);
+    onLayers();
   }
 
   /** Whether a tile's extent overlaps view extent `v` grown by `m` metres on each side. */
@@ -441,7 +464,7 @@ export function follow(map, source) {
     map.un('change:size', schedule);
     map.un('change:target', disposed);
     map.un('change:layergroup', onGroup);
-    group.un(GROUP_CHANGES, letGo);
+    group.un(GROUP_CHANGES, onLayers);
     map.un('moveend', prune);
   }
 }

@@ -9,7 +9,9 @@
 // the cache (no tier reload, loads aborted, follow() detached); a disposed map detaches
 // follow() and empties its source (nothing fetched for its tiles after), and so does taking
 // the layer off the map or replacing the map's layers (put back, it loads them again),
-// unless another followed map shows the source; a view too coarse for the cache loads its
+// unless another followed map shows the source; so does hiding the layer (or its group) or
+// giving it another source, and follow() feeds that view no more until it shows the source
+// again; a view too coarse for the cache loads its
 // tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
@@ -374,6 +376,55 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.equal(r.left, r.features, "the other map's features left the source");
     assert.equal(r.later, r.features);
     assert.equal(r.none, 0, 'taken off both maps: features left in the source');
+  });
+
+  it("a layer hidden (its own visibility or its group's) or given another source empties its source and follow() feeds its view no more; shown again, it loads again", async () => {
+    const r = await page.evaluate(async ([lon, lat, m]) => {
+      const { View, VectorLayer, VectorSource, follow, frames, newCache, newSource, newMap, loaded, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
+      const layer = new VectorLayer({ source });
+      const { div, map } = newMap({ layers: [], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const Group = map.getLayerGroup().constructor;
+      const group = new Group({ layers: [layer] });
+      map.addLayer(group);
+      let fed = 0;
+      spy(cache, 'setViewport', () => { fed += 1; });
+      const detach = follow(map, source);
+      const out = { features: await loaded(source, cache) };
+      const ways = [
+        ['layer', () => layer.setVisible(false), () => layer.setVisible(true)],
+        ['group', () => group.setVisible(false), () => group.setVisible(true)],
+        ['source', () => layer.setSource(new VectorSource()), () => layer.setSource(source)],
+      ];
+      for (const [way, hide, show] of ways) {
+        hide();
+        const left = source.getFeatures().length;
+        const before = fed;
+        // A pan of two data tiles: a followed view is fed to the cache (which fetches its tiles).
+        const v = map.getView();
+        const [x, y] = v.getCenter();
+        v.setCenter([x + 2 * m, y]);
+        await frames(4);
+        out[way] = { left, fed: fed - before };
+        show();
+        out[way].again = await loaded(source, cache);
+        out[way].fedAgain = fed - before;
+      }
+      detach();
+      map.dispose();
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return out;
+    }, [...tileCorner(14, SX - 9.5, SY + 6.5), TILE_M]);
+    assert.ok(r.features > 0, 'the source held features');
+    for (const way of ['layer', 'group', 'source']) {
+      assert.equal(r[way].left, 0, `${way}: features left in the source`);
+      assert.equal(r[way].fed, 0, `${way}: the view fed to the cache while nothing shows the source`);
+      assert.ok(r[way].again > 0, `${way}: shown again, the source loads its tiles again`);
+      assert.ok(r[way].fedAgain > 0, `${way}: shown again, the view is fed again`);
+    }
   });
 
   it('a view too coarse for the cache loads its tiles empty: reported once per zoom, not asked for again every frame', async () => {
