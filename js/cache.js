@@ -177,8 +177,11 @@ function flatten(body, bounds) {
   // engine refuses it).
   const reported = body.access === undefined || body.access === null ? -1
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
-  // 1: what the answer leaves out did not fit in it, and is asked again (the engine decides).
-  const nums = [tl.length, n, reported, ...bounds, +(body.error?.code === 'response_full')], strs = [];
+  // Why a partial answer leaves something out (the engine decides what follows): 1, it did
+  // not fit (asked again); a load-shedding code's status (503, 429, 504: a failure for the
+  // breaker and the back-off); 0, anything else.
+  const why = body.error?.code;
+  const nums = [tl.length, n, reported, ...bounds, why === 'response_full' ? 1 : PARTIAL_STATUS.get(why) ?? 0], strs = [];
   const ids = new Array(n), objs = new Array(n);
   // One string per class name in the answer, and the tier's own name: JSON.parse may give
   // each item its own copy of the same value (Chromium's does for "off_market"), and the

@@ -447,6 +447,60 @@ fn breaker_opens_for_prefetch_while_foreground_goes_on() {
     assert!(!h.client.stats().breaker_open);
 }
 
+/// An edge in front of an overloaded origin (or a server shedding load) answers what it
+/// holds and leaves the rest out of a `200` whose `error` is `overloaded` (or
+/// `rate_limited`, `upstream_timeout`): the client slows down as for the whole refusal. The
+/// breaker opens (prefetch pauses, foreground goes on), what was answered is cached, and
+/// the tiles left out are not asked for again at once. Before, each such answer closed the
+/// breaker, so a backend shedding load this way was prefetched from at full speed.
+#[test]
+fn partial_answers_that_shed_load_open_the_breaker_as_whole_refusals_do() {
+    use tilewarm::protocol::ErrorCode;
+    for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamTimeout,
+    ] {
+        let mut h = Harness::new(ClientConfig::default());
+        h.set(view(0.0, 0.0, 2.0, 2.0));
+        for _ in 0..10 {
+            // The tiles left out at this instant: none is asked for again at once.
+            let mut left_out = Vec::new();
+            while let Some(s) = h.client.poll_request(h.now) {
+                let again = s.request.tiles.iter().find(|t| left_out.contains(*t));
+                assert_eq!(again, None, "{code}: asked again at once");
+                // The last tile of each request left out, with its items.
+                let mut r = h.origin.answer(&s.request, None);
+                if let Some(l) = r.tiles.pop() {
+                    r.items.retain(|it| !l.ids.contains(&it.id));
+                    left_out.push(l.tile);
+                }
+                r.left_out = Some(code);
+                h.client.on_response(s.id, r, h.now);
+            }
+            if h.client.stats().breaker_open {
+                break;
+            }
+            h.now += 20_000;
+            h.client.handle_timeout(h.now);
+        }
+        assert!(h.client.stats().breaker_open, "{code}");
+        assert!(
+            !h.client.cache().is_empty(),
+            "{code}: what was answered is cached"
+        );
+        // A new view still sends foreground, and nothing else.
+        h.now += 10;
+        h.set(view(5.0, 5.0, 1.0, 1.0));
+        let sent: Vec<Transmit> = std::iter::from_fn(|| h.client.poll_request(h.now)).collect();
+        assert!(!sent.is_empty(), "{code}");
+        assert!(
+            sent.iter().all(|s| s.kind == Kind::Foreground),
+            "{code}: {sent:?}"
+        );
+    }
+}
+
 #[test]
 fn invalid_or_incomplete_answers_are_errors_not_corruption() {
     let mut h = Harness::new(ClientConfig::default());

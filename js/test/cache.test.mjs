@@ -737,6 +737,36 @@ test('get: an id a partial answer leaves out rejects and reaches onError, never 
   }
 });
 
+test('partial answers that shed load (overloaded, rate_limited, upstream_timeout) open the prefetch breaker, as the whole refusals do', async () => {
+  // As an edge answers while its origin is at capacity: what it holds, the rest left out
+  // with the origin's code. Before, each such answer closed the breaker.
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  cache.onError(() => {});
+  try {
+    for (const [code, id] of [['overloaded', 'h2'], ['rate_limited', 'h3'], ['upstream_timeout', 'h4']]) {
+      assert.equal(cache.stats().breakerOpen, false, `before ${code}`);
+      backend.hostile = (res, answer) => {
+        answer.items = [];
+        answer.missing = [];
+        answer.error = { code, message: 'shed', tiles: [], ids: [id] };
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(answer));
+      };
+      const left = await cache.get(id).then(() => null, (err) => err);
+      assert.equal(left?.serverCode, code);
+    }
+    assert.equal(cache.stats().breakerOpen, true, 'three in a row open it');
+    // A whole answer closes it again.
+    backend.hostile = null;
+    assert.equal((await cache.get('h2')).id, 'h2');
+    assert.equal(cache.stats().breakerOpen, false);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('one crossing of the JS/wasm boundary per setViewport', async () => {
   fresh();
   const cache = await make();

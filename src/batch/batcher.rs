@@ -7,7 +7,7 @@ use super::{coalesce, BatchConfig, BatchConfigError, Failure, FailureOutcome, Fi
 use super::{RequestId, Transmit};
 use crate::access::Access;
 use crate::planner::Work;
-use crate::protocol::BatchRequest;
+use crate::protocol::{BatchRequest, ErrorCode};
 use crate::tile::{TileId, TileSet};
 use crate::util::HashMap;
 
@@ -24,6 +24,10 @@ pub struct BatchStats {
     pub cancelled: u64,
     pub breaker_opened: u64,
 }
+
+/// A partial answer's `error` code, and whether an id asked for is in its `items` or
+/// `missing` ([`Batcher::on_answer`]).
+type LeftOut<'a> = (ErrorCode, &'a dyn Fn(&str) -> bool);
 
 #[derive(Clone, Debug)]
 struct InFlight {
@@ -403,19 +407,28 @@ impl Batcher {
     /// same growing delay, so a visible tile queued again is not asked for in a tight loop;
     /// they are returned with what the request was for. `None` if it was no longer tracked.
     ///
-    /// `full` is given for a partial answer that left out what did not fit in it
-    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)): `full(id)`
-    /// says whether an id asked for is in its `items` or `missing`. When it answered
-    /// something the request asked (a tile, an id), what it left out (the tiles, the ids
-    /// asked for directly) goes back to the front of its queues as the same attempt, to go
-    /// out at once in a later request, with no backoff, none is returned and the last
-    /// value is `true`: each such round answers something more, so it cannot loop. One
-    /// that answered nothing is handled as any answer leaving tiles out.
+    /// `left_out` is given for a partial answer: the code of its `error` and `answered(id)`,
+    /// whether an id asked for is in its `items` or `missing`.
+    ///
+    /// - [`ErrorCode::ResponseFull`]: it left out what did not fit in it. When it answered
+    ///   something the request asked (a tile, an id), what it left out (the tiles, the ids
+    ///   asked for directly) goes back to the front of its queues as the same attempt, to go
+    ///   out at once in a later request, with no backoff, none is returned and the last
+    ///   value is `true`: each such round answers something more, so it cannot loop. One
+    ///   that answered nothing is handled as any answer leaving tiles out.
+    /// - [`ErrorCode::Overloaded`], [`ErrorCode::RateLimited`],
+    ///   [`ErrorCode::UpstreamTimeout`]: the server (or the edge, for its origin) shed load
+    ///   and answered only part of the request. That counts as the failure the same code on
+    ///   a whole answer is (503, 429, 504): towards the breaker instead of closing it, and
+    ///   the tiles it left out back off as a failed attempt's would (the exponent at least
+    ///   the attempt's), so the client slows down as it would for a whole refusal. What it
+    ///   answered succeeded: those tiles back off no more. (A `200` carries no
+    ///   `Retry-After`.)
     pub fn on_answer(
         &mut self,
         id: RequestId,
         mut listed: impl FnMut(TileId) -> bool,
-        full: Option<&dyn Fn(&str) -> bool>,
+        left_out: Option<LeftOut<'_>>,
         now_ms: u64,
     ) -> Option<(Finished, Vec<TileId>, bool)> {
         let f = self.finish(id)?;
@@ -426,7 +439,7 @@ impl Batcher {
                 _ => {}
             }
         }
-        Some(self.answered(f, unanswered, full, now_ms))
+        Some(self.answered(f, unanswered, left_out, now_ms))
     }
 
     /// [`on_answer`](Self::on_answer) once the tiles it left out are known (not generic:
@@ -435,9 +448,12 @@ impl Batcher {
         &mut self,
         f: Finished,
         unanswered: Vec<TileId>,
-        full: Option<&dyn Fn(&str) -> bool>,
+        left_out: Option<LeftOut<'_>>,
         now_ms: u64,
     ) -> (Finished, Vec<TileId>, bool) {
+        let full = left_out
+            .filter(|l| l.0 == ErrorCode::ResponseFull)
+            .map(|l| l.1);
         let (mut again, mut progress) = (Vec::new(), false);
         for w in &f.works {
             match w {
@@ -451,7 +467,19 @@ impl Batcher {
                 }
             }
         }
-        self.breaker.on_success();
+        // The server, or the edge for its origin, shed load (an `error` is there only when
+        // something is left out): the failure a whole answer with this code is.
+        let shed = left_out.is_some_and(|l| {
+            matches!(
+                l.0,
+                ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::UpstreamTimeout
+            )
+        });
+        if !shed {
+            self.breaker.on_success();
+        } else if self.breaker.on_failure(now_ms) {
+            self.stats.breaker_opened += 1;
+        }
         if let Some(answered) = full {
             if progress || f.loose_ids.iter().any(|i| answered(i)) {
                 let mut loose_ids = f.loose_ids.clone();
@@ -469,7 +497,9 @@ impl Batcher {
             }
         }
         if !unanswered.is_empty() {
-            self.back_off(&unanswered, 0, now_ms);
+            // Shed, as a failed attempt's tiles.
+            let at_least = if shed { f.attempt + 1 } else { 0 };
+            self.back_off(&unanswered, at_least, now_ms);
         }
         (f, unanswered, false)
     }

@@ -15,7 +15,10 @@
 //! - A circuit breaker suspends **prefetch only** after `breaker_threshold` consecutive
 //!   failures, and lets one prefetch through as a probe after a cool-down that doubles
 //!   while the backend keeps failing. Foreground requests are never held back by it: a
-//!   slow backend must not stall the page any more than it has to (`breaker.rs`).
+//!   slow backend must not stall the page any more than it has to (`breaker.rs`). A
+//!   partial answer that sheds load (its `error` is `overloaded`, `rate_limited` or
+//!   `upstream_timeout`) counts as such a failure, and the tiles it left out back off as a
+//!   failed request's ([`Batcher::on_answer`]).
 //!
 //! Sans-IO: the caller sends [`Transmit`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.

@@ -7,7 +7,7 @@ use super::{
 use crate::batch::{FailureOutcome, Finished};
 use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
-use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
+use crate::protocol::{BatchResponse, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
 use crate::util::sort_pairs;
 
@@ -28,9 +28,10 @@ pub enum Answered {
     /// For a request no longer tracked (cancelled, answered, unknown): nothing changed.
     Ignored,
     /// Taken, a partial answer that left out what did not fit in it
-    /// ([`ErrorCode::ResponseFull`]) after answering part of the request: the tiles and
-    /// the ids asked for directly that it left out are asked again at once in a later
-    /// request (no error, no backoff), so a `get` of such an id waits for that answer.
+    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)) after
+    /// answering part of the request: the tiles and the ids asked for directly that it left
+    /// out are asked again at once in a later request (no error, no backoff), so a `get` of
+    /// such an id waits for that answer.
     TakenInPart,
 }
 
@@ -125,10 +126,10 @@ impl<P: Payload> Client<P> {
         let answered = |i: &str| {
             response.items.iter().any(|it| it.id == i) || response.missing.iter().any(|m| m == i)
         };
-        let full = (response.left_out == Some(ErrorCode::ResponseFull))
-            .then_some(&answered as &dyn Fn(&str) -> bool);
+        // Why it left them out decides how (the batcher: asked again at once, or failed).
+        let left_out = (response.left_out).map(|c| (c, &answered as &dyn Fn(&str) -> bool));
         let Some((finished, unanswered, in_part)) =
-            self.batcher.on_answer(id, covered, full, now_ms)
+            self.batcher.on_answer(id, covered, left_out, now_ms)
         else {
             return Answered::Ignored; // cancelled or unknown: its tiles were not wanted any more
         };

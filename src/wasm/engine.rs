@@ -29,7 +29,7 @@ use crate::access::Access;
 use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
 use crate::client::{Answered, ChangedTiles, Client, Event, Payload, ViewOutcome};
-use crate::protocol::{BatchResponse, Item, TileList};
+use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
 /// An item payload: the slot of the JS item object (`{ id, lon, lat, class, access, data,
@@ -234,8 +234,9 @@ impl Engine {
     /// - `nums`: the tile count, the item count, the tier the server reports it
     ///   filtered for (0..=3; -1 when it does not say) and the data's extent it declares
     ///   (west, south, east, north from [`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER);
-    ///   four NaN when it declares none), 1 when it is a partial answer whose `error` is
-    ///   `response_full` (else 0); per tile its TTL in seconds (`-1`
+    ///   four NaN when it declares none), for a partial answer the code of its `error`
+    ///   the core reads (1: `response_full`; the status of a code that sheds load, 503
+    ///   `overloaded`, 429 `rate_limited`, 504 `upstream_timeout`; else 0); per tile its TTL in seconds (`-1`
     ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
     ///   tier (0..=3; 255 for an unknown tier) and the length of its `data` as JSON (what
     ///   the cache charges it beside its id and class);
@@ -712,7 +713,7 @@ fn build_response(
     payloads: Vec<JsItem>,
 ) -> Result<(BatchResponse<JsItem>, Option<Bbox>), String> {
     let disagree = || "response arrays disagree in length".to_string();
-    let [tiles, items, reported, west, south, east, north, full, rest @ ..] = nums else {
+    let [tiles, items, reported, west, south, east, north, left_out, rest @ ..] = nums else {
         return Err(disagree());
     };
     let bounds = (!west.is_nan()).then_some(Bbox {
@@ -788,8 +789,14 @@ fn build_response(
         tiles: lists,
         items,
         missing: strs.collect(),
-        // 1: a partial answer whose `error` is `response_full` (the one code the core reads).
-        left_out: (*full == 1.0).then_some(crate::protocol::ErrorCode::ResponseFull),
+        // The codes of a partial answer's `error` the core reads (`Batcher::on_answer`).
+        left_out: match *left_out as u32 {
+            1 => Some(ErrorCode::ResponseFull),
+            503 => Some(ErrorCode::Overloaded),
+            429 => Some(ErrorCode::RateLimited),
+            504 => Some(ErrorCode::UpstreamTimeout),
+            _ => None,
+        },
     };
     Ok((response, bounds))
 }

@@ -454,3 +454,80 @@ fn coalesce_min_share_is_checked() {
         );
     }
 }
+
+/// A partial answer that sheds load (`overloaded`, `rate_limited`, `upstream_timeout`: the
+/// server, or the edge for its origin, answered only part of the request) is, for what it
+/// left out, the failure a whole answer with that code is: it counts towards the breaker
+/// (it used to close it and reset the streak), the tiles it left out back off, and the ones
+/// it answered do not. Whatever it left out (tiles, ids asked for directly, ids of a
+/// refresh), three such answers in a row open the breaker. A `response_full` one is an
+/// answer: it closes the breaker and ends the streak of failures. Fails before they counted
+/// (the breaker stayed closed).
+#[test]
+fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_it_left_out() {
+    use crate::protocol::ErrorCode;
+    let config = BatchConfig {
+        coalesce_min_share: 100,
+        ..BatchConfig::default()
+    };
+    let just = |id: &'static str| move |i: &str| i == id;
+    let (a, p) = (just("a"), just("p"));
+    for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamTimeout,
+    ] {
+        let mut b = Batcher::new(config.clone()).unwrap();
+        // 1. Tile 1 left out, tile 0 answered.
+        b.set_foreground(tiles(0..2));
+        let r = b.poll(0, P, all).unwrap();
+        let (_, unanswered, again) = b
+            .on_answer(r.id, |tile| tile == t(0), Some((code, &a)), 0)
+            .unwrap();
+        assert_eq!((unanswered, again), (vec![t(1)], false), "{code}");
+        assert!(!b.breaker_open(), "{code}: one of three");
+        // 2. An id asked for directly left out ("a" answered).
+        b.set_foreground(Vec::new());
+        b.request_ids(["a", "b"]);
+        let r = b.poll(0, P, all).unwrap();
+        assert_eq!(r.request.ids, ["a", "b"]);
+        b.on_answer(r.id, |_| true, Some((code, &a)), 0).unwrap();
+        assert!(!b.breaker_open(), "{code}: two of three");
+        // 3. A refresh by id of tile 50 that left out "q".
+        b.set_foreground(vec![Work::Ids {
+            tile: t(50),
+            ids: vec!["p".into(), "q".into()],
+        }]);
+        let r = b.poll(0, P, all).unwrap();
+        b.on_answer(r.id, |_| true, Some((code, &p)), 0).unwrap();
+        assert!(b.breaker_open(), "{code}: three in a row open the breaker");
+        assert_eq!(b.stats().breaker_opened, 1, "{code}");
+        b.set_prefetch(tiles(100..101));
+        assert_eq!(b.poll(0, P, all), None, "{code}: prefetch held");
+        // The tile left out backs off; the one answered does not.
+        b.set_prefetch(Vec::new());
+        b.set_foreground(tiles(0..2));
+        let r = b.poll(0, P, all).unwrap();
+        assert_eq!(r.request.tiles, [t(0)], "{code}");
+        assert_eq!(b.poll(0, P, all), None, "{code}: tile 1 backs off");
+    }
+    // A `response_full` answer between failures ends their streak.
+    let mut b = Batcher::new(config).unwrap();
+    for x in [0, 10] {
+        for y in [x, x + 1] {
+            b.set_foreground(tiles(y..y + 1));
+            let r = b.poll(0, P, all).unwrap();
+            let http = Failure::Http {
+                status: 503,
+                retry_after_ms: None,
+            };
+            b.on_failure(r.id, &http, 0);
+        }
+        b.set_foreground(tiles(x + 2..x + 4));
+        let r = b.poll(0, P, all).unwrap();
+        let full = Some((ErrorCode::ResponseFull, &a as &dyn Fn(&str) -> bool));
+        b.on_answer(r.id, |tile| tile != t(x + 3), full, 0).unwrap();
+        assert!(!b.breaker_open());
+    }
+    assert_eq!(b.stats().breaker_opened, 0, "the streak ended each time");
+}
