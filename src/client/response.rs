@@ -139,11 +139,7 @@ impl<P: Payload> Client<P> {
         // planner asks the rest again): not a tile the answer failed to keep (an error).
         let answered_tiles = TileSet::new(finished.works.iter().filter_map(|w| match w {
             Work::Tile(t) if covered(*t) => Some(*t),
-            Work::Ids { tile, ids }
-                if !in_part || full.is_none_or(|a| ids.iter().all(|i| a(i))) =>
-            {
-                Some(*tile)
-            }
+            Work::Ids { tile, ids } if !in_part || ids.iter().all(|i| answered(i)) => Some(*tile),
             _ => None,
         }));
         // The server reports the tier it filtered the answer for. Below the tier asked, it
