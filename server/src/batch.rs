@@ -293,11 +293,7 @@ pub async fn answer(
             Ok(f) => {
                 lead.publish(|t| f.for_followers(t));
                 fetched = f;
-                if let Some(mut fill) = fetched.fill.take() {
-                    // Nothing that changed while it was being fetched is written back. A
-                    // failure marks the tier down; the answer is unaffected.
-                    let _ = crate::invalidate::write_back(app, &mut fill, fetched.epoch).await;
-                }
+                fetched.write_back(app).await;
             }
             Err(refusal) => {
                 // The requests following its data tiles share a refusal that says the
@@ -355,9 +351,7 @@ pub async fn answer(
             (Access::Agent, caller),
         )
         .await?;
-        if let Some(mut fill) = again.fill.take() {
-            let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
-        }
+        again.write_back(app).await;
         fetched.add(again);
     }
     // A data tile over --max-tile-items at `agent` (asked there so that one list serves
@@ -396,9 +390,7 @@ pub async fn answer(
         fetched.forget_tiles(&too_large_at_top);
         match again {
             Ok(mut again) => {
-                if let Some(mut fill) = again.fill.take() {
-                    let _ = crate::invalidate::write_back(app, &mut fill, again.epoch).await;
-                }
+                again.write_back(app).await;
                 fetched.add(again);
             }
             // The rest of the answer stands: only these tiles are left out, with the call's
@@ -420,8 +412,11 @@ pub async fn answer(
     // may not is `missing`, as any item above its tier).
     let too_large = |id: &String| fetched.too_large.iter().find(|o| o.id == *id);
     let ids = req.ids.iter().zip(&read.ids).map(|(id, hit)| {
+        // A copy the tier held is not served when the origin's answer says the item is
+        // too large now (the fresh answer wins; it was dropped from the tier above).
         match hit
             .as_ref()
+            .filter(|_| too_large(id).is_none())
             .or_else(|| fetched_items.get(id))
             .map(|it| &**it)
         {
@@ -580,6 +575,17 @@ struct Fetched {
 }
 
 impl Fetched {
+    /// Writes the call's answer back (when the tier is written). Nothing that changed while
+    /// it was being fetched is written back; an item it left out for its size is dropped
+    /// from the tier first (`invalidate::forget_too_large`: a copy cached while it was
+    /// smaller is not served on). A failure marks the tier down; the answer is unaffected.
+    async fn write_back(&mut self, app: &App) {
+        if let Some(mut fill) = self.fill.take() {
+            let _ = crate::invalidate::forget_too_large(app, &self.too_large).await;
+            let _ = crate::invalidate::write_back(app, &mut fill, self.epoch).await;
+        }
+    }
+
     /// What the requests following data tile `t` are handed: its list, or why the
     /// origin's answer left it out (over `--max-tile-items`, or named by an upstream's
     /// partial answer: its code and message, not the ids it names), or neither.

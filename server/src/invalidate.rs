@@ -220,6 +220,28 @@ pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierE
     }
 }
 
+/// Drops from the tier the items an origin's answer left out for their size (`too_large`,
+/// over `--max-item-data-bytes`): a copy cached while an item was smaller would otherwise
+/// be served by id until its TTL while the origin says it is too large now, two answers
+/// disagreeing ([`CacheTier::forget_items`]). Recorded in the write guard first, so that
+/// a fetch that read the item while it was smaller, still in flight, does not write it
+/// back. Call it before writing back the answer that named them (in Redis the data tile
+/// holding the item is unlinked too, and the answer's list of it is then written again).
+pub async fn forget_too_large(
+    app: &App,
+    too_large: &[tilewarm::protocol::DataTooLarge],
+) -> Result<(), TierError> {
+    if too_large.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = too_large.iter().map(|o| o.id.clone()).collect();
+    app.invalidation.guard.record(&Invalidation {
+        ids: ids.clone(),
+        ..Invalidation::default()
+    });
+    app.tier.forget_items(&ids, app.config.data_zoom).await
+}
+
 /// Writes `fill`, fetched from the origin after `epoch`, into the tier: whatever an
 /// invalidation recorded since `epoch` covers is dropped first ([`WriteGuard::filter`]), and
 /// whatever an invalidation recorded *while the write was in flight* covers is removed

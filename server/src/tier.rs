@@ -290,6 +290,29 @@ impl CacheTier {
         }
     }
 
+    /// Drops items an origin's answer named as over `--max-item-data-bytes` (cached while
+    /// smaller, they would be served until their TTL while the origin says they are too
+    /// large). In-process, the items are removed and their ids taken out of every list (the
+    /// lists stay fresh: the origin lists them no more); in Redis, the item keys are
+    /// unlinked with the data tiles their stored positions name (whose values hold copies).
+    pub async fn forget_items(&self, ids: &[String], data_zoom: u8) -> Result<(), TierError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            CacheTier::Local(l) => {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                l.lock().forget_ids(&ids);
+                Ok(())
+            }
+            CacheTier::Redis(r) => {
+                let keys: Vec<String> = ids.iter().map(|id| r.item_key(id)).collect();
+                r.guard(r.unlink_items_and_their_tiles(&keys, data_zoom))
+                    .await
+            }
+        }
+    }
+
     /// Items held by the in-process tier.
     pub fn local_len(&self) -> Option<usize> {
         match self {

@@ -243,14 +243,14 @@ async fn warm(
         // Tiles over --max-tile-items, and those an upstream's partial answer left out, are
         // not in the answer (logged and counted by the origin): not written, so not counted
         // in `warmup_tiles`.
-        let (response, left_out) = match app
+        let (response, left_out, too_large) = match app
             .origin
             .fetch_within(&request, CallSource::Warmup, timeout_ms, None)
             .await
         {
             Ok(a) => {
                 let told = a.unanswered.as_ref().map_or(0, |u| u.tiles.len());
-                (a.response, a.over_limit.len() + told)
+                (a.response, a.over_limit.len() + told, a.too_large)
             }
             Err(OriginFailure::Timeout { .. }) => {
                 // A stalled origin must not hold this worker, nor the claimed tiles (which
@@ -266,6 +266,8 @@ async fn warm(
         };
         let (mut fill, _) = fill_from(response, &app.cache_config, app.tile_ttl_ms, now_ms());
         fill.gens = gens;
+        // An item left out for its size is not served on from a copy cached while smaller.
+        let _ = crate::invalidate::forget_too_large(app, &too_large).await;
         match crate::invalidate::write_back(app, &mut fill, epoch).await {
             Ok(()) => {
                 // What the tier was given (past the write guard and the empty-tile cap)

@@ -1576,3 +1576,143 @@ async fn an_answer_larger_than_clients_read_answers_what_fits() {
     assert_eq!((r.tiles.len(), r.items.len(), r.left_out), (2, 100, None));
     s.shutdown().await;
 }
+
+/// A city whose items' data can grow ([`ItemGrows::grow`]), read whole like memory.
+struct ItemGrows {
+    city: std::sync::Mutex<Arc<Origin<RawData>>>,
+    items: std::sync::Mutex<Vec<tilewarm::protocol::Item<RawData>>>,
+}
+
+impl ItemGrows {
+    fn new(items: Vec<tilewarm::protocol::Item<RawData>>) -> ItemGrows {
+        ItemGrows {
+            city: std::sync::Mutex::new(Arc::new(Origin::new(items.clone()).unwrap())),
+            items: std::sync::Mutex::new(items),
+        }
+    }
+
+    /// Gives item `id` a payload of `bytes` bytes of JSON text.
+    fn grow(&self, id: &str, bytes: usize) {
+        let mut items = self.items.lock().unwrap();
+        let it = items.iter_mut().find(|it| it.id == id).unwrap();
+        it.data = serde_json::value::to_raw_value(&"x".repeat(bytes - 2)).unwrap();
+        *self.city.lock().unwrap() = Arc::new(Origin::new(items.clone()).unwrap());
+    }
+}
+
+/// The server's end of an [`ItemGrows`] the test keeps.
+struct Grows(Arc<ItemGrows>);
+
+impl OriginBackend for Grows {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        let o = Arc::clone(&self.0.city.lock().unwrap());
+        Box::pin(async move { Ok(o.answer(request, Some(60))) })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "a city whose items grow".into()
+    }
+}
+
+/// An item cached while small that grows past `--max-item-data-bytes` at the origin (no
+/// change notice): once an origin answer names it too large, the copy the tier held is
+/// neither served in that answer nor later (it is dropped from the tier, in-process or
+/// Redis), and the next request by id asks the origin and hears it is too large. Before,
+/// the old copy went on being served by id until its TTL, in the very answer whose tile
+/// list left it out, while the origin said it was too large.
+pub(crate) async fn a_cached_item_grown_too_large_is_dropped_and_not_served(redis: Option<String>) {
+    let items = synthetic_city(12, 2_000);
+    let city = Origin::new(items.clone()).unwrap();
+    let (t, _) = city
+        .occupied_tiles(14)
+        .into_iter()
+        .find(|&(t, _)| city.count_in(t, Access::Public) >= 3)
+        .unwrap();
+    let mut ids = city.tile_items(t, Access::Public).map(|it| it.id.clone());
+    let (big, other) = (ids.next().unwrap(), ids.next().unwrap());
+    let backend = Arc::new(ItemGrows::new(items));
+    let c = common::Config {
+        warmup_ring: 0,
+        max_item_data_bytes: 500,
+        redis,
+        redis_timeout_ms: 2_000,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(
+        c,
+        Box::new(Grows(Arc::clone(&backend))),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::new();
+    let r = http
+        .ok(&s, &request(&[t], &[big.as_str()], Access::Public))
+        .await;
+    assert!(r.items.iter().any(|it| it.id == big));
+    assert!(r.tiles[0].ids.contains(&big));
+
+    // It grows at the origin; another item of its tile changes (so the tile is a miss,
+    // the item by id still a hit).
+    backend.grow(&big, 1_000);
+    let inv = tilewarm::protocol::Invalidation {
+        ids: vec![other],
+        ..Default::default()
+    };
+    tilewarm_server::invalidate::invalidate(&s.app, &inv)
+        .await
+        .unwrap();
+    let calls = || s.app.metrics.origin_calls_request.load(Relaxed);
+    let before = calls();
+    let r = http
+        .batch(&s, &request(&[t], &[big.as_str()], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(calls(), before + 1);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!([big]), "{v}");
+    let d = tilewarm::protocol::decode_response(&r.body, &tilewarm::protocol::Limits::default())
+        .unwrap();
+    assert!(!d.items.iter().any(|it| it.id == big), "{v}");
+    assert!(!d.tiles[0].ids.contains(&big), "{v}");
+
+    // By id alone: not a hit any more; the origin is asked and says it is too large.
+    let before = calls();
+    let r = http
+        .batch(&s, &request(&[], &[big.as_str()], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(calls(), before + 1, "the old copy was served from the tier");
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["items"], serde_json::json!([]), "{v}");
+    // The tile, written back without it, is a hit that does not list it.
+    let before = calls();
+    let r = http.ok(&s, &request(&[t], &[], Access::Public)).await;
+    assert_eq!(calls(), before);
+    assert!(!r.tiles[0].ids.contains(&big) && !r.items.iter().any(|it| it.id == big));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_item_grown_too_large_is_dropped_from_the_in_process_tier() {
+    a_cached_item_grown_too_large_is_dropped_and_not_served(None).await;
+}

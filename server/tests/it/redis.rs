@@ -418,3 +418,14 @@ async fn a_tile_hits_ttl_says_nothing_of_items_above_the_caller() {
     assert!(max_age > 600, "{cc}");
     s.shutdown().await;
 }
+
+/// [`crate::a_cached_item_grown_too_large_is_dropped_and_not_served`] over Redis: the item
+/// key and the tile value holding a copy of it are unlinked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_item_grown_too_large_is_dropped_from_redis() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    crate::a_cached_item_grown_too_large_is_dropped_and_not_served(Some(redis.url())).await;
+}
