@@ -639,8 +639,9 @@ impl Proxy {
     /// is false (an answer planned before a change, [`change`]). The data tiles it fills
     /// are dated `planned_ms`, when the answer's origin request was planned (for the shared
     /// cache, [`change`]). Items whose `data` is over [`Limits::max_data_bytes`] are left
-    /// out next ([`BatchResponse::take_oversized`]: neither cached nor served). Returns the
-    /// answer, filtered, and the items left out for their size.
+    /// out next ([`BatchResponse::take_oversized`]: neither cached nor served, and a copy
+    /// cached while smaller dropped). Returns the answer, filtered, and the items left out
+    /// for their size.
     fn fill(
         &mut self,
         tier: Access,
@@ -672,6 +673,14 @@ impl Proxy {
         // After the tier's filter: what it names is an item this tier may see.
         let too_large = response.take_oversized(&self.config.limits);
         self.stats.items_too_large += too_large.len() as u64;
+        if !too_large.is_empty() {
+            // A copy cached while it was smaller (it grew with no change) is not served on
+            // until its TTL while the origin says it is too large: the fresh answer wins.
+            // Dropping it only costs a refetch, so an answer not written back drops it too.
+            let ids: Vec<&str> = too_large.iter().map(|o| o.id.as_str()).collect();
+            self.cache(tier).forget_ids(&ids);
+            self.wire.changed(tier);
+        }
         let Some(planned_ms) = write else {
             return (response, too_large);
         };
@@ -851,7 +860,9 @@ impl Proxy {
         // answer, not copied.
         let served_cached = read.uses_store() || id_hits.iter().any(Option::is_some);
         let id_sources = id_hits.iter().zip(&request.ids).map(|(hit, id)| match hit {
-            Some(Some(item)) => IdSource::Found(item),
+            // Not a copy the origin's answer says is too large now (`fill` dropped it).
+            Some(Some(item)) if !too_large.iter().any(|o| o.id == *id) => IdSource::Found(item),
+            Some(Some(_)) => IdSource::Unanswered,
             Some(None) => IdSource::Missing,
             None => match origin_items.get(id.as_str()) {
                 Some(item) => IdSource::Found(*item),

@@ -568,6 +568,50 @@ fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer
     assert!(!d.tiles[0].ids.contains(&"extra".to_string()));
 }
 
+/// An item cached while small that grew over `Limits::max_data_bytes` at the origin (with
+/// no change): once an origin answer names it too large, the cached copy is not served in
+/// that answer, and it is dropped, so a request by id asks the origin again. Before, the
+/// copy was served by id (in the very answer whose fresh list left it out) until its TTL.
+#[test]
+fn a_cached_item_grown_over_the_data_limit_is_dropped_not_served() {
+    let mut p = Proxy::new(ProxyConfig {
+        limits: Limits {
+            max_data_bytes: 64,
+            ..Limits::default()
+        },
+        ..no_warm()
+    })
+    .unwrap();
+    let r = req(&["14/2624/5721"], &["extra"], Access::Public);
+    let (_, _, d) = run(&mut p, &origin(), r.clone(), 0);
+    assert!(d.items.iter().any(|it| it.id == "extra"));
+    let mut big = items();
+    let at = big.iter().position(|it| it.id == "extra").unwrap();
+    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
+    let grown = Origin::new(big).unwrap();
+    // Another item of its tile changes: the tile is a miss, the item by id still a hit.
+    let inv = crate::protocol::Invalidation {
+        ids: vec!["2624-5721-public".into()],
+        ..Default::default()
+    };
+    p.invalidate(&inv, 1);
+    let (forwarded, a, d) = run(&mut p, &grown, r, 2);
+    assert!(forwarded.is_some_and(|f| f.ids.is_empty()));
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(["extra"]));
+    assert!(d.items.iter().all(|it| it.id != "extra"), "{v}");
+    assert!(!d.tiles[0].ids.contains(&"extra".to_string()));
+    // By id: no longer a hit; the origin is asked and names it again.
+    let (forwarded, a, d) = run(&mut p, &grown, req(&[], &["extra"], Access::Public), 3);
+    assert_eq!(forwarded.map(|f| f.ids), Some(vec!["extra".to_string()]));
+    assert!(
+        d.items.is_empty() && a.body.contains("payload_too_large"),
+        "{}",
+        a.body
+    );
+}
+
 #[test]
 fn an_origin_answer_that_leaves_something_out_is_reported_not_missing() {
     let o = origin();
