@@ -365,6 +365,9 @@ pub async fn answer(
         .into_iter()
         .filter(|&t| policy.cacheable(t))
         .collect();
+    // Warm-up (which asks at `agent`) skips them for a tile TTL.
+    let until = now_ms().saturating_add(app.tile_ttl_ms);
+    app.warmup.over_limit.found(&too_large_at_top, until);
     if caller < Access::Agent && !too_large_at_top.is_empty() {
         // A request out of time here leaves out only these tiles too.
         let again = match deadline.left_ms(app) {

@@ -91,6 +91,10 @@ pub struct Metrics {
     pub warmup_tiles: AtomicU64,
     /// Planned warm-up tiles another instance had claimed (so this one skipped them).
     pub warmup_claimed_elsewhere: AtomicU64,
+    /// Planned warm-up tiles skipped because they were found over `--max-tile-items` at
+    /// `agent` within the tile TTL (`crate::warmup::OverLimit`): nothing of them could be
+    /// cached, and asking is a full origin read of a dense tile.
+    pub warmup_over_limit_skipped: AtomicU64,
     pub warmup_errors: AtomicU64,
     pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -383,6 +387,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_warmup_claimed_elsewhere",
             "Planned warm-up tiles skipped because another instance had claimed them.",
             &m.warmup_claimed_elsewhere,
+        ),
+        (
+            "tilewarm_warmup_over_limit_skipped",
+            "Planned warm-up tiles skipped: found over --max-tile-items within the tile TTL.",
+            &m.warmup_over_limit_skipped,
         ),
         (
             "tilewarm_warmup_errors",

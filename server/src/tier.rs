@@ -234,8 +234,8 @@ impl CacheTier {
         }
     }
 
-    /// Which of these data tiles the tier holds (fresh list; for Redis, the list key
-    /// exists, which it does until the list expires even when an item it holds expired
+    /// Which of these data tiles the tier holds (fresh list, fetched at `agent` or at a
+    /// caller's tier below it; for Redis, the list key exists, which it does until the list expires even when an item it holds expired
     /// sooner or its class was invalidated: a request refetches such a tile, warm-up does
     /// not). Used by warm-up to skip what is already there.
     pub async fn has_tiles(&self, tiles: &[TileId]) -> Result<Vec<bool>, TierError> {
@@ -446,11 +446,16 @@ impl LocalTier {
         }
     }
 
+    /// A list fetched at a caller's tier below `agent` (the tile is over `--max-tile-items`
+    /// at `agent`) is held too, as in Redis: warming it at `agent` would cache nothing.
     fn has_tiles(&self, tiles: &[TileId], now: u64) -> Vec<bool> {
         let cache = self.lock();
         tiles
             .iter()
-            .map(|&t| cache.tile_freshness(t, Access::Agent, now) == TileFreshness::Fresh)
+            .map(|&t| {
+                let at = cache.tile_fetched_at(t).unwrap_or(Access::Agent);
+                cache.tile_freshness(t, at, now) == TileFreshness::Fresh
+            })
             .collect()
     }
 }
@@ -1055,6 +1060,28 @@ mod tests {
         assert!(!tier.available());
         tier.hold_reads(ReadHold::DatabaseFeed, false);
         assert!(tier.available());
+    }
+
+    /// Warm-up's check of what the in-process tier holds counts a list fetched at a
+    /// caller's tier below `agent` (a tile over `--max-tile-items` at `agent`), as Redis's
+    /// does: it was read at `agent` only, a miss, so warm-up asked the origin for the tile
+    /// at `agent` (over the limit again, nothing written) every time it was planned.
+    #[test]
+    fn the_in_process_tier_holds_a_list_fetched_below_agent() {
+        let tier = LocalTier::new(CacheConfig::default()).unwrap();
+        let data = serde_json::value::RawValue::from_string("1".into()).unwrap();
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        let (lon, lat) = t.bounds().centre();
+        let it = StoredItem::new("a", lon, lat, "active", Access::Public, 60_000, &data);
+        let fill = Fill {
+            items: vec![Arc::new(it)],
+            tiles: vec![(t, vec!["a".into()], 60_000)],
+            fetched_at: Access::Public,
+            ..Fill::default()
+        };
+        tier.write(&fill, 0);
+        let other: TileId = "14/2624/5722".parse().unwrap();
+        assert_eq!(tier.has_tiles(&[t, other], 1), [true, false]);
     }
 
     /// Invalidation by id finds an item's tile by the rule the origin's shape guard files it

@@ -5,10 +5,14 @@
 //!   request's data tiles, cut to `--warmup-max-tiles`, is offered to a bounded queue with
 //!   `try_send`. A full queue drops the job (counted in `tilewarm_warmup_dropped_total`): a
 //!   request never waits for warm-up.
-//! - **Request filter** (worker): skips tiles being warmed by another job, tiles warmed
-//!   lately that the tier did not hold since ([`WARM_RETRY_MS`]: the origin failed them, or
-//!   the tier did not keep them, e.g. empty lists past `--max-empty-tiles`), and tiles the
-//!   cache tier already holds.
+//! - **Request filter** (worker): skips tiles found over `--max-tile-items` at `agent` (by
+//!   a request or by warm-up) within the tile TTL ([`OverLimit`]: warm-up asks at `agent`,
+//!   so nothing of them could be cached, and each ask is a full origin read of a dense
+//!   tile; `tilewarm_warmup_over_limit_skipped_total`), tiles being warmed by another job,
+//!   tiles warmed lately that the tier did not hold since ([`WARM_RETRY_MS`]: the origin
+//!   failed them, or the tier did not keep them, e.g. empty lists past
+//!   `--max-empty-tiles`), and tiles the cache tier already holds (a list fetched at a
+//!   caller's tier below `agent` included: `crate::batch`).
 //! - **Claim** (worker): before each origin call, claims its tiles in the shared tier
 //!   ([`crate::tier::CacheTier::claim`], Redis `SET NX PX`) and drops those another
 //!   instance claimed first (`tilewarm_warmup_claimed_elsewhere_total`): instances sharing
@@ -19,7 +23,7 @@
 //!   `--origin-timeout-ms` (the job ends there and releases its tiles).
 //! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -43,6 +47,49 @@ use crate::App;
 /// again, one warm-up origin call per request.
 type Tries = WarmTries<TileId>;
 
+/// Most data tiles [`OverLimit`] remembers (past it, the soonest to lapse go first).
+pub const MAX_OVER_LIMIT_TILES: usize = 4096;
+
+/// Data tiles found over `--max-tile-items` at `agent`, each until its list would have
+/// expired (found + the tile TTL): warm-up skips them. It asks at `agent`, where they are
+/// over the limit, so nothing of them could be cached, and the back-off of
+/// [`WarmTries`] (at most a minute) would ask again many times within a TTL, each a full
+/// origin read of a dense tile. Filled by the request path (its call at `agent`) and by
+/// warm-up's own answers; at most [`MAX_OVER_LIMIT_TILES`].
+#[derive(Default)]
+pub struct OverLimit {
+    until: Mutex<HashMap<TileId, u64>>,
+}
+
+impl OverLimit {
+    /// `tiles` were found over the limit at `agent`: skipped until `until_ms`.
+    pub fn found(&self, tiles: &[TileId], until_ms: u64) {
+        if tiles.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        for &t in tiles {
+            if map.len() >= MAX_OVER_LIMIT_TILES && !map.contains_key(&t) {
+                map.retain(|_, &mut at| at > now);
+                if map.len() >= MAX_OVER_LIMIT_TILES {
+                    let soonest = map.iter().min_by_key(|(_, &at)| at).map(|(&k, _)| k);
+                    if let Some(k) = soonest {
+                        map.remove(&k);
+                    }
+                }
+            }
+            map.insert(t, until_ms);
+        }
+    }
+
+    /// Whether `t` was found over the limit and its time is not over at `now_ms`.
+    pub fn holds(&self, t: TileId, now_ms: u64) -> bool {
+        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&t).is_some_and(|&at| at > now_ms)
+    }
+}
+
 /// One job: data tiles to warm.
 #[derive(Debug)]
 pub struct WarmJob {
@@ -55,6 +102,8 @@ pub struct Warmup {
     ring: u32,
     max_tiles: usize,
     metrics: Arc<Metrics>,
+    /// Tiles found over `--max-tile-items` at `agent`, which warm-up skips.
+    pub over_limit: OverLimit,
 }
 
 impl Warmup {
@@ -71,6 +120,7 @@ impl Warmup {
                 ring,
                 max_tiles,
                 metrics,
+                over_limit: OverLimit::default(),
             };
             return (w, None);
         }
@@ -80,6 +130,7 @@ impl Warmup {
             ring,
             max_tiles,
             metrics,
+            over_limit: OverLimit::default(),
         };
         (w, Some(rx))
     }
@@ -158,13 +209,18 @@ async fn warm(
         m.warmup_errors.fetch_add(1, Relaxed);
         return;
     }
-    // Filter: not being warmed by another job, not warmed lately, not already cached.
+    // Filter: not over the tile limit, not being warmed by another job, not warmed lately,
+    // not already cached.
     let now = now_ms();
+    let over = &app.warmup.over_limit;
+    let (over_limit, job): (Vec<TileId>, Vec<TileId>) =
+        job.tiles.into_iter().partition(|&t| over.holds(t, now));
+    m.warmup_over_limit_skipped
+        .fetch_add(over_limit.len() as u64, Relaxed);
     let claimed: Vec<TileId> = {
         let tries = tries.lock().unwrap_or_else(|p| p.into_inner());
         let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        job.tiles
-            .into_iter()
+        job.into_iter()
             .filter(|t| tries.due(t, now) && set.insert(*t))
             .collect()
     };
@@ -250,6 +306,17 @@ async fn warm(
         {
             Ok(a) => {
                 let told = a.unanswered.as_ref().map_or(0, |u| u.tiles.len());
+                // Over the limit at `agent` (this call's tier; an upstream's partial answer
+                // says so with `payload_too_large`): skipped for a tile TTL.
+                let mut over: Vec<TileId> = a.over_limit.iter().map(|o| o.tile).collect();
+                if let Some(u) = a.unanswered.as_ref() {
+                    if u.code == tilewarm::protocol::ErrorCode::PayloadTooLarge {
+                        over.extend(&u.tiles);
+                    }
+                }
+                app.warmup
+                    .over_limit
+                    .found(&over, now_ms().saturating_add(app.tile_ttl_ms));
                 (a.response, a.over_limit.len() + told, a.too_large)
             }
             Err(OriginFailure::Timeout { .. }) => {

@@ -1577,10 +1577,12 @@ async fn an_answer_larger_than_clients_read_answers_what_fits() {
     s.shutdown().await;
 }
 
-/// A city whose items' data can grow ([`ItemGrows::grow`]), read whole like memory.
+/// A city whose items' data can grow ([`ItemGrows::grow`]), read whole like memory, that
+/// records every tile it is asked for and at which tier.
 struct ItemGrows {
     city: std::sync::Mutex<Arc<Origin<RawData>>>,
     items: std::sync::Mutex<Vec<tilewarm::protocol::Item<RawData>>>,
+    asked: std::sync::Mutex<Vec<(TileId, Access)>>,
 }
 
 impl ItemGrows {
@@ -1588,7 +1590,18 @@ impl ItemGrows {
         ItemGrows {
             city: std::sync::Mutex::new(Arc::new(Origin::new(items.clone()).unwrap())),
             items: std::sync::Mutex::new(items),
+            asked: std::sync::Mutex::default(),
         }
+    }
+
+    /// How many times tile `t` was asked for (at any tier).
+    fn asked(&self, t: TileId) -> usize {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.0 == t)
+            .count()
     }
 
     /// Gives item `id` a payload of `bytes` bytes of JSON text.
@@ -1614,6 +1627,8 @@ impl OriginBackend for Grows {
         _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         let o = Arc::clone(&self.0.city.lock().unwrap());
+        let mut asked = self.0.asked.lock().unwrap();
+        asked.extend(request.tiles.iter().map(|&t| (t, request.access)));
         Box::pin(async move { Ok(o.answer(request, Some(60))) })
     }
 
@@ -1715,4 +1730,88 @@ pub(crate) async fn a_cached_item_grown_too_large_is_dropped_and_not_served(redi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_item_grown_too_large_is_dropped_from_the_in_process_tier() {
     a_cached_item_grown_too_large_is_dropped_and_not_served(None).await;
+}
+
+/// A data tile over `--max-tile-items` at `agent` next to a tile under it, in the test
+/// city: (the city's items, the dense tile, its neighbour, the limit: the neighbour's count).
+fn dense_and_neighbour() -> (
+    Vec<tilewarm::protocol::Item<RawData>>,
+    TileId,
+    TileId,
+    usize,
+) {
+    let items = synthetic_city(42, 5_000);
+    let o = Origin::new(items.clone()).unwrap();
+    let dense = densest(&o);
+    let n = o.count_in(dense, Access::Agent);
+    let (next, limit) = tilewarm::tile::ring_around(&[dense], 1)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t, o.count_in(t, Access::Agent)))
+        .filter(|&(_, c)| c >= 1 && c < n)
+        .max_by_key(|&(_, c)| c)
+        .unwrap();
+    (items, dense, next, limit)
+}
+
+/// A server over [`ItemGrows`] with warm-up (ring 1) and `--max-tile-items limit`.
+async fn warming_server(
+    items: Vec<tilewarm::protocol::Item<RawData>>,
+    limit: usize,
+) -> (tilewarm_server::Server, Arc<ItemGrows>) {
+    let backend = Arc::new(ItemGrows::new(items));
+    let c = common::Config {
+        max_tile_items: limit,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(
+        c,
+        Box::new(Grows(Arc::clone(&backend))),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    (s, backend)
+}
+
+/// A tile the request path found over `--max-tile-items` at `agent` is not asked again by
+/// warm-up (which asks at `agent`: nothing of it could be cached) within the tile TTL; it
+/// is counted in `tilewarm_warmup_over_limit_skipped_total`. Before, warm-up asked for it
+/// (a full origin read of a dense tile) the first time a neighbour's ring planned it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_does_not_ask_for_a_tile_a_request_found_over_the_tile_limit() {
+    let (items, dense, next, limit) = dense_and_neighbour();
+    let (s, origin) = warming_server(items, limit).await;
+    let http = Http::new();
+    let r = http.batch(&s, &request(&[dense], &[], Access::Agent)).await;
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    assert_eq!(origin.asked(dense), 1);
+    // The neighbour's ring holds the dense tile.
+    http.ok(&s, &request(&[next], &[], Access::Agent)).await;
+    let m = &s.app.metrics;
+    let skipped = || m.warmup_over_limit_skipped.load(Relaxed) >= 1;
+    assert!(eventually(Duration::from_secs(5), skipped).await);
+    assert_eq!(origin.asked(dense), 1);
+    s.shutdown().await;
+}
+
+/// A tile warm-up itself found over `--max-tile-items` is not asked again when planned
+/// after its back-off (`WARM_RETRY_MS`, 5 s) is over, within the tile TTL. Before, each
+/// planning past the back-off (at most a minute apart) asked the origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_does_not_ask_again_for_a_tile_it_found_over_the_tile_limit() {
+    let (items, dense, next, limit) = dense_and_neighbour();
+    let (s, origin) = warming_server(items, limit).await;
+    let http = Http::new();
+    http.ok(&s, &request(&[next], &[], Access::Agent)).await;
+    let o = Arc::clone(&origin);
+    assert!(eventually(Duration::from_secs(5), || o.asked(dense) == 1).await);
+    // Past the back-off of its first try (not a timing assertion: only that much at least).
+    tokio::time::sleep(Duration::from_millis(tilewarm::proxy::WARM_RETRY_MS + 500)).await;
+    http.ok(&s, &request(&[next], &[], Access::Agent)).await;
+    let m = &s.app.metrics;
+    let skipped = || m.warmup_over_limit_skipped.load(Relaxed) >= 1;
+    assert!(eventually(Duration::from_secs(5), skipped).await);
+    assert_eq!(origin.asked(dense), 1);
+    s.shutdown().await;
 }
