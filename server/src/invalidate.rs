@@ -223,10 +223,13 @@ pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierE
 /// Drops from the tier the items an origin's answer left out for their size (`too_large`,
 /// over `--max-item-data-bytes`): a copy cached while an item was smaller would otherwise
 /// be served by id until its TTL while the origin says it is too large now, two answers
-/// disagreeing ([`CacheTier::forget_items`]). Recorded in the write guard first, so that
-/// a fetch that read the item while it was smaller, still in flight, does not write it
-/// back. Call it before writing back the answer that named them (in Redis the data tile
-/// holding the item is unlinked too, and the answer's list of it is then written again).
+/// disagreeing ([`CacheTier::forget_items`]). Only the items the tier holds: an item that
+/// is always too large is named by every answer holding it, and costs one lookup then,
+/// not a removal (in-process, a walk of every list) nor an entry in the write guard's log.
+/// Those held are recorded in the write guard first, so that a fetch that read the item
+/// while it was smaller, still in flight, does not write it back. Call it before writing
+/// back the answer that named them (in Redis the data tile holding the item is unlinked
+/// too, and the answer's list of it is then written again).
 pub async fn forget_too_large(
     app: &App,
     too_large: &[tilewarm::protocol::DataTooLarge],
@@ -235,6 +238,10 @@ pub async fn forget_too_large(
         return Ok(());
     }
     let ids: Vec<String> = too_large.iter().map(|o| o.id.clone()).collect();
+    let ids = app.tier.held_items(&ids).await?;
+    if ids.is_empty() {
+        return Ok(());
+    }
     app.invalidation.guard.record(&Invalidation {
         ids: ids.clone(),
         ..Invalidation::default()

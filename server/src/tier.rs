@@ -290,6 +290,34 @@ impl CacheTier {
         }
     }
 
+    /// Which of `ids` the tier holds an item for (fresh or not; in Redis, the item key
+    /// exists), read from the masters.
+    pub async fn held_items(&self, ids: &[String]) -> Result<Vec<String>, TierError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            CacheTier::Local(l) => {
+                let cache = l.lock();
+                Ok(ids
+                    .iter()
+                    .filter(|id| cache.tile_of(id).is_some())
+                    .cloned()
+                    .collect())
+            }
+            CacheTier::Redis(r) => {
+                let keys: Vec<String> = ids.iter().map(|id| r.item_key(id)).collect();
+                let values = r.guard(r.mget_masters(&keys)).await?;
+                Ok(ids
+                    .iter()
+                    .zip(values)
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(id, _)| id.clone())
+                    .collect())
+            }
+        }
+    }
+
     /// Drops items an origin's answer named as over `--max-item-data-bytes` (cached while
     /// smaller, they would be served until their TTL while the origin says they are too
     /// large). In-process, the items are removed and their ids taken out of every list (the

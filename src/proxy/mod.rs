@@ -673,12 +673,17 @@ impl Proxy {
         // After the tier's filter: what it names is an item this tier may see.
         let too_large = response.take_oversized(&self.config.limits);
         self.stats.items_too_large += too_large.len() as u64;
-        if !too_large.is_empty() {
-            // A copy cached while it was smaller (it grew with no change) is not served on
-            // until its TTL while the origin says it is too large: the fresh answer wins.
-            // Dropping it only costs a refetch, so an answer not written back drops it too.
-            let ids: Vec<&str> = too_large.iter().map(|o| o.id.as_str()).collect();
-            self.cache(tier).forget_ids(&ids);
+        // A copy cached while it was smaller (it grew with no change) is not served on until
+        // its TTL while the origin says it is too large: the fresh answer wins. Dropping it
+        // only costs a refetch, so an answer not written back drops it too. Only what is
+        // held: an item always too large is named by every answer holding it.
+        let cache = self.cache(tier);
+        let held: Vec<&str> = (too_large.iter())
+            .map(|o| o.id.as_str())
+            .filter(|id| cache.tile_of(id).is_some())
+            .collect();
+        if !held.is_empty() {
+            cache.forget_ids(&held);
             self.wire.changed(tier);
         }
         let Some(planned_ms) = write else {
