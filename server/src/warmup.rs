@@ -356,3 +356,28 @@ async fn warm(
     }
     release(&claimed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tile found over the limit is skipped until its time, then no more; the memory
+    /// stays bounded, dropping the soonest to lapse first.
+    #[test]
+    fn over_limit_tiles_lapse_and_stay_bounded() {
+        let far = now_ms() + 3_600_000;
+        let over = OverLimit::default();
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        over.found(&[t], far);
+        assert!(over.holds(t, far - 1));
+        assert!(!over.holds(t, far));
+        let many: Vec<TileId> = (0..MAX_OVER_LIMIT_TILES as u32 + 10)
+            .map(|x| TileId::new(14, x, 7).unwrap())
+            .collect();
+        over.found(&many, far + 1);
+        let len = over.until.lock().unwrap().len();
+        assert_eq!(len, MAX_OVER_LIMIT_TILES);
+        assert!(!over.holds(t, far - 1), "the soonest to lapse went first");
+        assert!(over.holds(*many.last().unwrap(), far));
+    }
+}
