@@ -95,6 +95,9 @@ pub struct Metrics {
     /// `agent` within the tile TTL (`crate::warmup::OverLimit`): nothing of them could be
     /// cached, and asking is a full origin read of a dense tile.
     pub warmup_over_limit_skipped: AtomicU64,
+    /// Planned warm-up tiles skipped because the origin asked for quiet (a 429 or 503,
+    /// for its `Retry-After`: `OriginService::quiet_until_ms`).
+    pub warmup_origin_quiet_skipped: AtomicU64,
     pub warmup_errors: AtomicU64,
     pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -392,6 +395,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_warmup_over_limit_skipped",
             "Planned warm-up tiles skipped: found over --max-tile-items within the tile TTL.",
             &m.warmup_over_limit_skipped,
+        ),
+        (
+            "tilewarm_warmup_origin_quiet_skipped",
+            "Planned warm-up tiles skipped: the origin answered 429 or 503 within its Retry-After.",
+            &m.warmup_origin_quiet_skipped,
         ),
         (
             "tilewarm_warmup_errors",

@@ -5,6 +5,10 @@
 //!   request's data tiles, cut to `--warmup-max-tiles`, is offered to a bounded queue with
 //!   `try_send`. A full queue drops the job (counted in `tilewarm_warmup_dropped_total`): a
 //!   request never waits for warm-up.
+//! - **Quiet** (worker): a job planned while the origin asked for quiet (it answered a
+//!   call, a request's or warm-up's, with 429 or 503: for its `Retry-After`, else
+//!   `--retry-after-s`; [`crate::origin::OriginService::quiet_until_ms`]) is skipped whole
+//!   (`tilewarm_warmup_origin_quiet_skipped_total`).
 //! - **Request filter** (worker): skips tiles found over `--max-tile-items` at `agent` (by
 //!   a request or by warm-up) within the tile TTL ([`OverLimit`]: warm-up asks at `agent`,
 //!   so nothing of them could be cached, and each ask is a full origin read of a dense
@@ -209,9 +213,15 @@ async fn warm(
         m.warmup_errors.fetch_add(1, Relaxed);
         return;
     }
+    // Not while the origin asked for quiet (a 429 or 503 with its Retry-After).
+    let now = now_ms();
+    if now < app.origin.quiet_until_ms() {
+        m.warmup_origin_quiet_skipped
+            .fetch_add(job.tiles.len() as u64, Relaxed);
+        return;
+    }
     // Filter: not over the tile limit, not being warmed by another job, not warmed lately,
     // not already cached.
-    let now = now_ms();
     let over = &app.warmup.over_limit;
     let (over_limit, job): (Vec<TileId>, Vec<TileId>) =
         job.tiles.into_iter().partition(|&t| over.holds(t, now));

@@ -484,6 +484,12 @@ pub struct OriginService {
     max_tile_items: usize,
     /// The protocol limits, for `--max-item-data-bytes`.
     limits: Limits,
+    /// Until when (ms since the epoch) warm-up stays quiet: the origin answered a call
+    /// with 429 or 503 (its `Retry-After`, else `--retry-after-s`, at most
+    /// [`upstream::MAX_RETRY_AFTER_S`]); see [`Self::quiet_until_ms`].
+    quiet_until_ms: AtomicU64,
+    /// `--retry-after-s`: the wait after a 429 or 503 that asked for none.
+    retry_after_s: u64,
 }
 
 /// Opening the origin failed; the message says what to fix.
@@ -608,7 +614,19 @@ impl OriginService {
             stats,
             max_tile_items: config.max_tile_items,
             limits: config.limits(),
+            quiet_until_ms: AtomicU64::new(0),
+            retry_after_s: config.retry_after_s,
         }
+    }
+
+    /// Until when warm-up asks the origin nothing (ms since the epoch; 0: not quiet): a
+    /// call of any source (a request's or warm-up's) answered 429 `rate_limited` or 503
+    /// `overloaded` (an upstream's, a PostGIS pool with no connection free), for its
+    /// `Retry-After` (else `--retry-after-s`). Requests still ask: their callers get the
+    /// failure with its `Retry-After`; warm-up is optional load on a backend that asked for
+    /// quiet.
+    pub fn quiet_until_ms(&self) -> u64 {
+        self.quiet_until_ms.load(Relaxed)
     }
 
     /// `memory`, `postgis` or `upstream`.
@@ -703,6 +721,14 @@ impl OriginService {
             Err(_) => {
                 self.stats.failures.fetch_add(1, Relaxed);
             }
+        }
+        if let Err(e @ (OriginFailure::RateLimited { .. } | OriginFailure::Overloaded { .. })) =
+            &result
+        {
+            let wait_s = (e.retry_after_s().unwrap_or(self.retry_after_s))
+                .clamp(1, upstream::MAX_RETRY_AFTER_S);
+            let until = crate::tier::now_ms().saturating_add(wait_s.saturating_mul(1000));
+            self.quiet_until_ms.fetch_max(until, Relaxed);
         }
         result
     }

@@ -1815,3 +1815,77 @@ async fn warmup_does_not_ask_again_for_a_tile_it_found_over_the_tile_limit() {
     assert_eq!(origin.asked(dense), 1);
     s.shutdown().await;
 }
+
+/// An origin whose first call answers 503 `overloaded` with a `Retry-After` of a minute;
+/// later calls are answered from `city`.
+struct BusyFirst {
+    city: Origin<RawData>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl OriginBackend for BusyFirst {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Relaxed) == 0 {
+                return Err(OriginFailure::Overloaded {
+                    message: "busy".into(),
+                    retry_after_s: Some(60),
+                });
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "an origin busy at its first call".into()
+    }
+}
+
+/// After the origin answered a call with 503 and a `Retry-After`, warm-up asks it nothing
+/// within that time (the jobs are skipped and counted in
+/// `tilewarm_warmup_origin_quiet_skipped_total`); requests still ask. Before, the next
+/// request's warm-up ring went to the origin at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_is_quiet_while_the_origin_asked_for_it() {
+    let items = synthetic_city(42, 2_000);
+    let o = Origin::new(items.clone()).unwrap();
+    let t = densest(&o);
+    let s = tilewarm_server::start_with_origin(
+        config(),
+        Box::new(BusyFirst {
+            city: o,
+            calls: Default::default(),
+        }),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let http = Http::new();
+    let r = http.batch(&s, &request(&[t], &[], Access::Agent)).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The request's own call goes out; its ring's warm-up does not.
+    http.ok(&s, &request(&[t], &[], Access::Agent)).await;
+    let m = &s.app.metrics;
+    let quiet = || m.warmup_origin_quiet_skipped.load(Relaxed) >= 1;
+    assert!(eventually(Duration::from_secs(5), quiet).await);
+    assert_eq!(m.origin_calls_warmup.load(Relaxed), 0);
+    assert_eq!(m.origin_calls_request.load(Relaxed), 2);
+    s.shutdown().await;
+}
