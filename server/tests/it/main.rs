@@ -1428,45 +1428,6 @@ async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
     s.shutdown().await;
 }
 
-/// An origin that answers at `agent` and is at capacity below it: the call again at the
-/// caller's tier for a tile over `--max-tile-items` at `agent` fails.
-struct FullBelowAgent(Origin<RawData>);
-
-impl OriginBackend for FullBelowAgent {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    fn answer<'a>(
-        &'a self,
-        request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
-    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        Box::pin(async move {
-            if request.access < Access::Agent {
-                return Err(OriginFailure::Overloaded {
-                    message: "no room below agent".into(),
-                    retry_after_s: Some(7),
-                });
-            }
-            Ok(self.0.answer(request, Some(60)))
-        })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "an origin at capacity below agent".into()
-    }
-}
-
 /// When the call again at a public caller's tier (for a tile over `--max-tile-items` at
 /// `agent`) fails, only that tile is left out, with the call's code; the rest of the answer
 /// is served. Before, the whole request failed with the second call's 503.
@@ -1482,8 +1443,9 @@ async fn a_failed_call_at_the_callers_tier_leaves_out_only_its_tile() {
         max_tile_items: limit,
         ..config()
     };
-    let backend = FullBelowAgent(Origin::new(items).unwrap());
-    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+    // At capacity below `agent`: the call again at the caller's tier fails.
+    let backend = Busy::new(Origin::new(items).unwrap(), |r, _| r.access < Access::Agent);
+    let s = tilewarm_server::start_with_origin(c, backend, Arc::default())
         .await
         .unwrap();
     let public = Http::with_token(Some(common::token_for(Access::Public)));
@@ -1816,14 +1778,23 @@ async fn warmup_does_not_ask_again_for_a_tile_it_found_over_the_tile_limit() {
     s.shutdown().await;
 }
 
-/// An origin whose first call answers 503 `overloaded` with a `Retry-After` of a minute;
-/// later calls are answered from `city`.
-struct BusyFirst {
+/// An origin at capacity (503 `overloaded`, `Retry-After` a minute) for the calls `busy`
+/// picks (given the request and how many calls came before it); the others are answered
+/// from `city`.
+struct Busy {
     city: Origin<RawData>,
     calls: std::sync::atomic::AtomicUsize,
+    busy: fn(&BatchRequest, usize) -> bool,
 }
 
-impl OriginBackend for BusyFirst {
+impl Busy {
+    fn new(city: Origin<RawData>, busy: fn(&BatchRequest, usize) -> bool) -> Box<Busy> {
+        let calls = Default::default();
+        Box::new(Busy { city, calls, busy })
+    }
+}
+
+impl OriginBackend for Busy {
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -1834,7 +1805,7 @@ impl OriginBackend for BusyFirst {
         _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         Box::pin(async move {
-            if self.calls.fetch_add(1, Relaxed) == 0 {
+            if (self.busy)(request, self.calls.fetch_add(1, Relaxed)) {
                 return Err(OriginFailure::Overloaded {
                     message: "busy".into(),
                     retry_after_s: Some(60),
@@ -1854,7 +1825,7 @@ impl OriginBackend for BusyFirst {
     }
 
     fn describe(&self) -> String {
-        "an origin busy at its first call".into()
+        "an origin at capacity for some calls".into()
     }
 }
 
@@ -1869,10 +1840,7 @@ async fn warmup_is_quiet_while_the_origin_asked_for_it() {
     let t = densest(&o);
     let s = tilewarm_server::start_with_origin(
         config(),
-        Box::new(BusyFirst {
-            city: o,
-            calls: Default::default(),
-        }),
+        Busy::new(o, |_, before| before == 0), // busy at its first call
         Arc::default(),
     )
     .await
