@@ -243,6 +243,9 @@ async fn a_chain_of_two_servers_answers_as_one() {
         ..upstream_config(&format!("{}/v1/batch", a.url()))
     })
     .await;
+    // B's first `ready` from A's feed invalidates B's whole tier: once in place, B keeps
+    // what it caches.
+    crate::upstream_feed::connected(&b).await;
     let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
     let t = densest(&o);
     let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Registered);
@@ -786,6 +789,10 @@ async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limi
         ..upstream_config(&format!("{}/v1/batch", a.url()))
     })
     .await;
+    // B's first `ready` from A's feed invalidates B's whole tier (nothing cached before it
+    // can be proven fresh): landing after the first request, it made the second a miss,
+    // asked at `agent` and at `public` again (4 calls).
+    crate::upstream_feed::connected(&b).await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let body = request(&[t], &[], Access::Public);
     for _ in 0..2 {

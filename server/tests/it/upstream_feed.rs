@@ -177,7 +177,9 @@ fn state(s: &Server) -> FeedState {
     s.app.origin.upstream_feed().expect("a feed").stats.state()
 }
 
-async fn connected(s: &Server) {
+/// Waits until `s` follows its upstream's feed, its first `ready` applied (its tier
+/// invalidated): what it caches from now on stays.
+pub(crate) async fn connected(s: &Server) {
     assert!(
         eventually(Duration::from_secs(10), || state(s) == FeedState::Connected).await,
         "the downstream never followed the upstream's feed: {:?}",
