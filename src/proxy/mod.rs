@@ -87,7 +87,10 @@ pub struct ProxyConfig {
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
     /// Default 1; at most 4. A tile warmed and still not fresh is warmed again only after
     /// [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`] (its answer may still
-    /// be out, or failed, or the cache could not keep it). After an origin's `429` or
+    /// be out, or failed, or the cache could not keep it); one the origin left out as
+    /// `payload_too_large` (to a warming or to a caller's request) only after a tile TTL
+    /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). After an
+    /// origin's `429` or
     /// `503` (to a warming or to a caller's request) no warming is planned until its
     /// `Retry-After` has passed ([`origin_retry_after_s`]: capped, or its default).
     pub warm_ring: u32,
@@ -785,6 +788,34 @@ impl Proxy {
         })
     }
 
+    /// The origin's answer `response` to a request for `asked` at `tier`: when it is a
+    /// partial answer that left tiles out as `payload_too_large` (a tilewarm-server's tile
+    /// over `--max-tile-items` at this tier, or too large for one answer), the data tiles it
+    /// has no list for are not warmed at `tier` for a tile TTL (the cache's `tile_ttl_ms`,
+    /// else `default_ttl_ms`): nothing of them could be cached, and each warming of them
+    /// would be an origin request (and a full read of a dense tile behind it) on the
+    /// tiles' retry delays ([`WARM_RETRY_MS`], at most [`WARM_RETRY_MAX_MS`]). Any other
+    /// reason (`response_full`, a failing upstream) keeps those delays.
+    fn hold_too_large(
+        &mut self,
+        tier: Access,
+        asked: &[TileId],
+        response: &BatchResponse<RawData>,
+        now_ms: u64,
+    ) {
+        if response.left_out != Some(ErrorCode::PayloadTooLarge) {
+            return;
+        }
+        let cache = &self.config.cache;
+        let ttl_ms = cache.tile_ttl_ms.unwrap_or(cache.default_ttl_ms);
+        let until = now_ms.saturating_add(ttl_ms);
+        for &t in asked {
+            if t.z() == cache.tile_zoom && !response.tiles.iter().any(|l| l.tile == t) {
+                self.warm_tries.held_until((tier, t), until);
+            }
+        }
+    }
+
     /// The origin answered `outcome` at `now_ms`: when it is a `429` or `503`, warming
     /// (which nobody waits for) plans nothing until its `Retry-After` has passed
     /// ([`origin_retry_after_s`]: at most [`MAX_RETRY_AFTER_S`], [`DEFAULT_RETRY_AFTER_S`]
@@ -841,6 +872,9 @@ impl Proxy {
                 self.stats.origin_requests += 1;
                 match self.decode_origin(outcome, tier) {
                     Ok(r) => {
+                        if let Some(o) = &origin {
+                            self.hold_too_large(tier, &o.tiles, &r, now_ms);
+                        }
                         let asked = origin.as_ref().map_or(&[][..], |o| &o.ids[..]);
                         let (r, over) = self.fill(tier, r, asked, now_ms, write);
                         too_large = over;
@@ -1032,6 +1066,7 @@ impl Proxy {
             .warm_current(request.access, &request.tiles, now_ms);
         self.origin_asks_for_quiet(&outcome, now_ms);
         let response = self.decode_origin(outcome, request.access)?;
+        self.hold_too_large(request.access, &request.tiles, &response, now_ms);
         let Some(planned_ms) = planned else {
             return Err(ErrorBody {
                 code: ErrorCode::UpstreamError,

@@ -758,6 +758,80 @@ fn warming_waits_for_the_origins_retry_after() {
     }
 }
 
+/// The origin's answer to `request` with `left_out`'s list (and its items) left out as
+/// `code` (a tilewarm-server's partial answer).
+fn answer_leaving_out(
+    o: &Origin<RawData>,
+    request: &BatchRequest,
+    left_out: TileId,
+    code: ErrorCode,
+) -> String {
+    let mut r = o.answer(request, Some(300));
+    let gone: Vec<String> = (r.tiles.iter().find(|l| l.tile == left_out))
+        .map(|l| l.ids.clone())
+        .unwrap();
+    r.tiles.retain(|l| l.tile != left_out);
+    r.items.retain(|i| !gone.contains(&i.id));
+    let json = r.to_json();
+    format!(
+        r#"{},"error":{{"code":"{}","message":"tile {left_out} has more than 2 items","tiles":["{left_out}"],"ids":[]}}}}"#,
+        &json[..json.len() - 1],
+        code.as_str()
+    )
+}
+
+/// A neighbour tile the origin leaves out of a warming answer as `payload_too_large` (a
+/// tilewarm-server's tile over `--max-tile-items`) can never be cached: it used to be
+/// warmed again on the retry delays (5 s doubling to 60 s), each an origin request and a
+/// full read of a dense tile behind it, seven in four minutes here. Now it is not warmed
+/// for a tile TTL (300 s here); a tile left out for another reason still is.
+#[test]
+fn a_tile_the_origin_says_is_too_large_is_not_warmed_for_a_tile_ttl() {
+    let o = origin();
+    let dense = tile("14/2625/5721");
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    for (code, planned) in [
+        (ErrorCode::PayloadTooLarge, 1),
+        (ErrorCode::ResponseFull, 7),
+    ] {
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        for now in (0..240_000).step_by(10) {
+            let (_, a, _) = run(&mut p, &o, centre.clone(), now);
+            if let Some(w) = a.warm {
+                assert!(w.tiles.contains(&dense), "{code:?} at {now}");
+                let body = answer_leaving_out(&o, &w, dense, code);
+                p.warmed(&w, answered(&body), now).unwrap();
+            }
+        }
+        assert_eq!(p.stats().warm_requests, planned, "{code:?}");
+    }
+    // Its hold lapses with the tile TTL (the other neighbours' lists expire with it).
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+    let w = a.warm.unwrap();
+    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
+    p.warmed(&w, answered(&body), 0).unwrap();
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 299_999);
+    assert!(a.warm.is_none());
+    let (_, a, _) = run(&mut p, &o, centre, 300_000);
+    assert!(a.warm.unwrap().tiles.contains(&dense));
+    // A caller's request answered so: the tile is not warmed for the next request's ring.
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let asked = req(&["14/2625/5721", "14/2625/5722"], &[], Access::Public);
+    let pending = p.begin(asked.clone(), 0).unwrap();
+    let body = answer_leaving_out(&o, &asked, dense, ErrorCode::PayloadTooLarge);
+    let a = p.complete(pending, answered(&body), 0);
+    assert_eq!((a.status, a.verdict), (200, Verdict::Miss));
+    let (_, a, _) = run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 1);
+    let w = a.warm.unwrap();
+    assert!(!w.tiles.contains(&dense));
+    assert_eq!(
+        w.tiles.len(),
+        6,
+        "nor the neighbour the caller's request cached"
+    );
+}
+
 #[test]
 fn expired_tiles_are_forwarded_again() {
     let o = origin();

@@ -3,7 +3,8 @@
 //! not keep it (an empty list past a cap, a view larger than the cache); without the delay
 //! every request planned the same warming again, one origin request per request. The
 //! delay is [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`]; a tile is
-//! forgotten ([`WarmTries::forget`]) once it is seen fresh or written. Used by the edge
+//! forgotten ([`WarmTries::forget`]) once it is seen fresh or written. A tile its origin
+//! left out as too large is held for longer ([`WarmTries::held_until`]). Used by the edge
 //! proxy ([`super::Proxy`], keyed by tier and tile) and the server's warm-up (by tile).
 
 use std::hash::Hash;
@@ -48,6 +49,17 @@ impl<K: Hash + Eq> WarmTries<K> {
             .saturating_mul(1 << (tries - 1).min(16))
             .min(WARM_RETRY_MAX_MS);
         self.tries.put(key, (tries, now_ms.saturating_add(delay)));
+    }
+
+    /// `key` cannot be cached until `until_ms` (its origin left it out as too large): not
+    /// due before then (nor before a later time already set); a try after it waits the
+    /// first delay.
+    pub fn held_until(&mut self, key: K, until_ms: u64) {
+        let at = self
+            .tries
+            .peek(&key)
+            .map_or(until_ms, |&(_, at)| at.max(until_ms));
+        self.tries.put(key, (0, at));
     }
 
     /// `key` is fresh (or was written): its next warming, when it expires, waits for nothing.
@@ -96,6 +108,20 @@ mod tests {
         tries.forget(&1);
         tries.tried(1, now);
         assert_eq!(tries.not_before(&1), Some(now + WARM_RETRY_MS), "forgotten");
+    }
+
+    #[test]
+    fn a_held_tile_waits_its_time_then_the_first_delay() {
+        let mut tries = WarmTries::default();
+        tries.tried(1u32, 0);
+        tries.tried(1, 5_000);
+        tries.held_until(1, 300_000);
+        assert!(!tries.due(&1, 299_999));
+        assert!(tries.due(&1, 300_000));
+        tries.held_until(1, 100_000);
+        assert_eq!(tries.not_before(&1), Some(300_000), "not shortened");
+        tries.tried(1, 300_000);
+        assert_eq!(tries.not_before(&1), Some(300_000 + WARM_RETRY_MS));
     }
 
     #[test]
