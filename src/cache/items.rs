@@ -48,7 +48,7 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 /// Its fields are laid out for the LRU node that holds it (on wasm32: the node is the key,
 /// this and two pointers; talc allocates in steps of 16 bytes with 4 of its own, so a node
 /// of 72 bytes takes 80, one of 88 took 96): the class is a thin pointer to the shared name
-/// ([`Class`]) and the tile and the tier share one word ([`TileTier`]).
+/// (`Class`) and the tile and the tier share one word (`TileTier`).
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
     pub(super) id: ItemKey,

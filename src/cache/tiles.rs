@@ -366,7 +366,7 @@ impl<P> ItemCache<P> {
     /// declaration wins. `None`: the backend declares none, and every tile may hold items
     /// again. A later call replaces the extent adopted before, wider or narrower. Returns
     /// whether the extent changed; a bad box is refused with nothing changed
-    /// ([`CacheError::InvalidBounds`](super::CacheError::InvalidBounds)).
+    /// ([`CacheError::InvalidBounds`]).
     ///
     /// ```
     /// use tilewarm::access::Access;

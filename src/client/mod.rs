@@ -311,7 +311,7 @@ impl<P: Payload> Client<P> {
     ///
     /// A planning round is skipped when the visible tiles, the cache, the tier, the queues
     /// and the motion ([`Planner::observe`]) are as they were for the last round, less than
-    /// [`REPLAN_MS`] ago: the queued work is that round's. A map calls this every frame of
+    /// `REPLAN_MS` ago: the queued work is that round's. A map calls this every frame of
     /// a pan, and most frames change none of them.
     pub fn set_viewport(
         &mut self,

@@ -56,7 +56,7 @@ impl Limits {
     /// The largest request body these limits can accept, in bytes: `max_tiles` tiles of
     /// the longest name and `max_ids` ids of `max_id_len` bytes each written with every
     /// byte escaped (`\"` or `\\`, 2 bytes), each with quotes, a comma and
-    /// [`PER_ELEMENT_SLACK`] bytes of whitespace, plus [`REQUEST_SLACK`]. A server reads at
+    /// `PER_ELEMENT_SLACK` bytes of whitespace, plus `REQUEST_SLACK`. A server reads at
     /// most this much of a request (about 517 KiB at the defaults, not 8 MiB).
     ///
     /// ```

@@ -1,6 +1,6 @@
 //! Changes from the origin's feed applied to the edge's caches (issue 19): an
 //! [`Invalidation`] drops what it covers from every tier's cache and the serialised tiles
-//! ([`super::wire`]), and three guards keep an old value from coming back:
+//! (`wire`), and three guards keep an old value from coming back:
 //!
 //! - **Epoch.** Every change starts a new epoch. A [`Pending`] request and a warming
 //!   request remember the epoch they were planned in; an origin answer that arrives in a

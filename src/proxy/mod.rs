@@ -111,7 +111,7 @@ pub struct ProxyConfig {
     pub max_data_tiles: usize,
     /// Limits for decoding origin answers (and for the requests the shell decodes).
     pub limits: Limits,
-    /// Answer whole hits of data tiles from their serialised form ([`wire`]). Default
+    /// Answer whole hits of data tiles from their serialised form (`wire`). Default
     /// true; the answers are the same either way.
     pub spliced_hits: bool,
     /// How far back a new isolate replays the origin's change feed (the worker's

@@ -338,7 +338,7 @@ pub struct Assembled<'a, I> {
     pub missing: Vec<String>,
     /// Requested tiles with no answer (their origin list is absent: the call failed or
     /// left them out), in request order. The shell reports them in the response's
-    /// [`Unanswered`](crate::protocol::Unanswered) `error` member, never as empty.
+    /// [`Unanswered`] `error` member, never as empty.
     pub unanswered_tiles: Vec<TileId>,
     /// Requested ids with no answer ([`IdSource::Unanswered`]), reported the same way.
     pub unanswered_ids: Vec<String>,
@@ -364,12 +364,12 @@ pub struct Room {
 pub struct NotFitted {
     /// Requested tiles, then ids, that did not fit after what came before them (in request
     /// order): served when asked again
-    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)).
+    /// ([`ErrorCode::ResponseFull`]).
     pub tiles: Vec<TileId>,
     pub ids: Vec<String>,
     /// Requested tiles that would not fit in an answer of their own, with the bytes and
     /// items that would take: never served at this bound
-    /// ([`ErrorCode::PayloadTooLarge`](crate::protocol::ErrorCode::PayloadTooLarge)).
+    /// ([`ErrorCode::PayloadTooLarge`]).
     pub too_large: Vec<(TileId, usize, usize)>,
 }
 

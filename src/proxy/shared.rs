@@ -21,7 +21,7 @@
 //! The key holds the tier, an entry is written only from the isolate's cache of that tier
 //! (itself filled only by answers made at that tier), and an entry read back is refused
 //! unless it reports the tier and the tile it is read for; what it holds then goes through
-//! the same filter as an origin answer ([`Proxy::fill`]: anything above the tier is
+//! the same filter as an origin answer (`Proxy::fill`: anything above the tier is
 //! dropped).
 
 use super::{OutResponse, Pending, Proxy};
