@@ -820,6 +820,7 @@ mod tests {
             f64::NAN,
             f64::NAN,
             f64::NAN,
+            0.0,
             -1.0,
             1.0,
             -122.33,
@@ -863,6 +864,7 @@ mod tests {
                 f64::NAN,
                 f64::NAN,
                 f64::NAN,
+                0.0,
                 -122.33,
                 47.61,
                 -1.0,
@@ -907,7 +909,7 @@ mod tests {
     #[test]
     fn the_declared_extent_crosses() {
         let strs = || ["14/2624/5721"].map(String::from).to_vec();
-        let mut nums = vec![1.0, 0.0, -1.0, -123.0, 47.0, -121.0, 48.0, -1.0, 0.0];
+        let mut nums = vec![1.0, 0.0, -1.0, -123.0, 47.0, -121.0, 48.0, 0.0, -1.0, 0.0];
         let (_, b) = build_response(&nums, strs(), Vec::new()).unwrap();
         assert_eq!(
             b,
@@ -920,6 +922,36 @@ mod tests {
         );
         nums[3..7].fill(f64::NAN);
         assert_eq!(build_response(&nums, strs(), Vec::new()).unwrap().1, None);
+    }
+
+    /// A partial answer's code crosses as a number (`cache.js`): 1 `response_full`, the
+    /// status of a code that sheds load; anything else is none the core reads.
+    #[test]
+    fn the_left_out_code_crosses() {
+        let strs = || ["14/2624/5721"].map(String::from).to_vec();
+        for (n, code) in [
+            (1.0, Some(ErrorCode::ResponseFull)),
+            (503.0, Some(ErrorCode::Overloaded)),
+            (429.0, Some(ErrorCode::RateLimited)),
+            (504.0, Some(ErrorCode::UpstreamTimeout)),
+            (0.0, None),
+            (413.0, None),
+        ] {
+            let nums = [
+                1.0,
+                0.0,
+                -1.0,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                n,
+                -1.0,
+                0.0,
+            ];
+            let (r, _) = build_response(&nums, strs(), Vec::new()).unwrap();
+            assert_eq!(r.left_out, code, "{n}");
+        }
     }
 
     /// The tier the server reports: absent is `None`, an unknown one makes the answer invalid.
