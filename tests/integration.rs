@@ -501,6 +501,50 @@ fn partial_answers_that_shed_load_open_the_breaker_as_whole_refusals_do() {
     }
 }
 
+/// A tile a partial answer left out to shed load (`overloaded`, `rate_limited`,
+/// `upstream_timeout`) is reported as the overload it is (the HTTP status of that code, as
+/// the whole refusal's), not as an answer breaking the protocol, and is retried as the
+/// whole refusal's tiles are: `will_retry`, the next attempt after a backoff. Before, it
+/// was `Failure::Invalid` ("every requested tile must be listed") with `will_retry` false.
+#[test]
+fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
+    use tilewarm::protocol::ErrorCode;
+    for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamTimeout,
+    ] {
+        let mut h = Harness::new(ClientConfig::default());
+        h.set(view(0.0, 0.0, 2.0, 1.0));
+        let s = h.client.poll_request(h.now).unwrap();
+        let mut partial = h.origin.answer(&s.request, None);
+        let dropped = partial.tiles.pop().unwrap();
+        partial.items.retain(|it| !dropped.ids.contains(&it.id));
+        partial.left_out = Some(code);
+        h.client.on_response(s.id, partial, h.now);
+        let ev = h.events();
+        let status = code.http_status();
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::Error(f)
+                if f.tiles == vec![dropped.tile] && f.will_retry
+                    && f.failure == Failure::Http { status, retry_after_ms: None })),
+            "{code}: {ev:?}"
+        );
+        let at_once = h.serve_all();
+        assert!(
+            at_once
+                .iter()
+                .all(|s| !s.request.tiles.contains(&dropped.tile)),
+            "{code}: {at_once:?}"
+        );
+        h.now = h.client.next_wakeup(h.now).unwrap();
+        let s = std::iter::from_fn(|| h.client.poll_request(h.now))
+            .find(|s| s.request.tiles.contains(&dropped.tile))
+            .expect("retried");
+        assert_eq!(s.attempt, 1, "{code}");
+    }
+}
+
 #[test]
 fn invalid_or_incomplete_answers_are_errors_not_corruption() {
     let mut h = Harness::new(ClientConfig::default());

@@ -421,9 +421,11 @@ impl Batcher {
     ///   and answered only part of the request. That counts as the failure the same code on
     ///   a whole answer is (503, 429, 504): towards the breaker instead of closing it, and
     ///   the tiles it left out back off as a failed attempt's would (the exponent at least
-    ///   the attempt's), so the client slows down as it would for a whole refusal. What it
-    ///   answered succeeded: those tiles back off no more. (A `200` carries no
-    ///   `Retry-After`.)
+    ///   the attempt's), so the client slows down as it would for a whole refusal. Within
+    ///   `retries`, they and the ids asked for directly that it left out are queued again
+    ///   as the next attempt after that backoff (the last value is `true`), as a failed
+    ///   request's work is; past them they are dropped. What it answered succeeded: those
+    ///   tiles back off no more. (A `200` carries no `Retry-After`.)
     pub fn on_answer(
         &mut self,
         id: RequestId,
@@ -469,12 +471,7 @@ impl Batcher {
         }
         // The server, or the edge for its origin, shed load (an `error` is there only when
         // something is left out): the failure a whole answer with this code is.
-        let shed = left_out.is_some_and(|l| {
-            matches!(
-                l.0,
-                ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::UpstreamTimeout
-            )
-        });
+        let shed = left_out.is_some_and(|l| l.0.sheds_load());
         if !shed {
             self.breaker.on_success();
         } else if self.breaker.on_failure(now_ms) {
@@ -496,10 +493,35 @@ impl Batcher {
                 return (f, Vec::new(), true);
             }
         }
+        if let Some((_, answered)) = left_out.filter(|_| shed) {
+            // What it left out is retried as a failed attempt's work (the whole 503 would
+            // be), within the retries: the tiles and the ids asked for directly.
+            let loose_ids: Vec<String> = (f.loose_ids.iter())
+                .filter(|i| !answered(i))
+                .cloned()
+                .collect();
+            if !unanswered.is_empty() || !loose_ids.is_empty() {
+                let next_attempt = f.attempt + 1;
+                let give_up = next_attempt > self.config.retries;
+                let attempt = if give_up { 0 } else { next_attempt };
+                let at_ms =
+                    (self.backoff).hold_back(&unanswered, attempt, next_attempt, None, now_ms);
+                if !give_up {
+                    let rest = Finished {
+                        id: f.id,
+                        kind: f.kind,
+                        works: again,
+                        loose_ids,
+                        sent_at_ms: f.sent_at_ms,
+                        attempt: f.attempt,
+                    };
+                    self.queues.requeue(&rest, next_attempt, at_ms);
+                }
+                return (f, unanswered, !give_up);
+            }
+        }
         if !unanswered.is_empty() {
-            // Shed, as a failed attempt's tiles.
-            let at_least = if shed { f.attempt + 1 } else { 0 };
-            self.back_off(&unanswered, at_least, now_ms);
+            self.back_off(&unanswered, 0, now_ms);
         }
         (f, unanswered, false)
     }

@@ -7,7 +7,7 @@ use super::{
 use crate::batch::{FailureOutcome, Finished};
 use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness};
 use crate::planner::Work;
-use crate::protocol::{BatchResponse, Item, TileList};
+use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
 use crate::util::sort_pairs;
 
@@ -28,10 +28,12 @@ pub enum Answered {
     /// For a request no longer tracked (cancelled, answered, unknown): nothing changed.
     Ignored,
     /// Taken, a partial answer that left out what did not fit in it
-    /// ([`ErrorCode::ResponseFull`](crate::protocol::ErrorCode::ResponseFull)) after
+    /// ([`ErrorCode::ResponseFull`]) after
     /// answering part of the request: the tiles and the ids asked for directly that it left
     /// out are asked again at once in a later request (no error, no backoff), so a `get` of
-    /// such an id waits for that answer.
+    /// such an id waits for that answer. Also a partial answer that shed load (`overloaded`,
+    /// `rate_limited`, `upstream_timeout`) whose left-out tiles and ids the batcher retries
+    /// after a backoff, as the whole refusal's (its tiles' error has `will_retry`).
     TakenInPart,
 }
 
@@ -128,6 +130,7 @@ impl<P: Payload> Client<P> {
         };
         // Why it left them out decides how (the batcher: asked again at once, or failed).
         let left_out = (response.left_out).map(|c| (c, &answered as &dyn Fn(&str) -> bool));
+        let shed = response.left_out.filter(|c| c.sheds_load());
         let Some((finished, unanswered, in_part)) =
             self.batcher.on_answer(id, covered, left_out, now_ms)
         else {
@@ -192,7 +195,7 @@ impl<P: Payload> Client<P> {
             touched_visible |= tiles.iter().any(|t| range.contains(t.tile));
         }
         if !unanswered.is_empty() {
-            self.report_unanswered(id, finished.kind, unanswered, now_ms);
+            self.report_unanswered(id, finished.kind, unanswered, shed, in_part, now_ms);
         }
         let states = self.visible_states(now_ms);
         let before = (&shown_before[..], &loading_before[..]);
@@ -443,26 +446,40 @@ impl<P: Payload> Client<P> {
     /// at once, for ever. (The batcher already holds them back.) A host's load of them
     /// ([`Client::load_tile`]) fails with the error: they leave the loading tiles, or they
     /// would be asked for again after each backoff for as long as the page stays open.
+    /// Left out to shed load (`shed`), the error is the overload it is (`Failure::Http`
+    /// with the code's status, as the whole refusal's), and while the batcher retries them
+    /// (`will_retry`) the loads wait; else the answer broke the protocol (`Invalid`).
     fn report_unanswered(
         &mut self,
         id: RequestId,
         kind: Kind,
         unanswered: Vec<TileId>,
+        shed: Option<ErrorCode>,
+        will_retry: bool,
         now_ms: u64,
     ) {
-        self.give_up_loading(&unanswered);
+        if !will_retry {
+            self.give_up_loading(&unanswered);
+        }
         self.errors += 1;
         let view_incomplete = self.leaves_view_incomplete(&unanswered, now_ms);
-        self.queue_event(Event::Error(FetchError {
-            request: id,
-            kind,
-            failure: Failure::Invalid(format!(
+        let failure = match shed {
+            Some(code) => Failure::Http {
+                status: code.http_status(),
+                retry_after_ms: None,
+            },
+            None => Failure::Invalid(format!(
                 "the answer leaves out {} of the requested tiles (first {}); every requested tile must be listed, empty or not",
                 unanswered.len(),
                 unanswered[0]
             )),
+        };
+        self.queue_event(Event::Error(FetchError {
+            request: id,
+            kind,
+            failure,
             tiles: unanswered,
-            will_retry: false,
+            will_retry,
             view_incomplete,
         }));
     }

@@ -89,6 +89,15 @@ impl ErrorCode {
         }
     }
 
+    /// Whether an answer left something out to shed load (`overloaded`, `rate_limited`,
+    /// `upstream_timeout`): a failure of what it left out, as the whole refusal would be.
+    pub fn sheds_load(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::UpstreamTimeout
+        )
+    }
+
     /// A code for an HTTP error status when the body says nothing usable: the code with
     /// that status, else `BadRequest` for other 4xx and `Internal` for anything else.
     pub fn from_http_status(status: u16) -> ErrorCode {

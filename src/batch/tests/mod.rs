@@ -484,7 +484,7 @@ fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_
         let (_, unanswered, again) = b
             .on_answer(r.id, |tile| tile == t(0), Some((code, &a)), 0)
             .unwrap();
-        assert_eq!((unanswered, again), (vec![t(1)], false), "{code}");
+        assert_eq!((unanswered, again), (vec![t(1)], true), "{code}: retried");
         assert!(!b.breaker_open(), "{code}: one of three");
         // 2. An id asked for directly left out ("a" answered).
         b.set_foreground(Vec::new());
@@ -530,4 +530,40 @@ fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_
         assert!(!b.breaker_open());
     }
     assert_eq!(b.stats().breaker_opened, 0, "the streak ended each time");
+}
+
+/// What a partial answer that sheds load left out (tiles, ids asked for directly) is
+/// retried as the whole refusal's work would be: held back, then asked again as the next
+/// attempt, until the retries are spent. Before, the ids were dropped (their `get` failed
+/// at once) and the tiles waited for the planner.
+#[test]
+fn what_a_partial_answer_shedding_load_left_out_is_retried_as_a_failed_attempt() {
+    use crate::protocol::ErrorCode;
+    let config = BatchConfig {
+        coalesce_min_share: 100,
+        retries: 1,
+        ..BatchConfig::default()
+    };
+    let a = |i: &str| i == "a";
+    let mut b = Batcher::new(config).unwrap();
+    b.set_foreground(tiles(0..2));
+    b.request_ids(["a", "b"]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.ids, ["a", "b"]);
+    let shed = Some((ErrorCode::Overloaded, &a as &dyn Fn(&str) -> bool));
+    let (_, unanswered, retrying) = b.on_answer(r.id, |tile| tile == t(0), shed, 0).unwrap();
+    assert_eq!((unanswered, retrying), (vec![t(1)], true));
+    assert_eq!(b.poll(0, P, all), None, "held back first");
+    let later = b.next_wakeup(0).expect("a retry is due");
+    let r = b.poll(later, P, all).expect("retried");
+    assert_eq!(
+        (&r.request.tiles[..], &r.request.ids[..]),
+        (&[t(1)][..], &["b".to_string()][..])
+    );
+    // Shed again: the retries are spent, nothing goes out again.
+    let none = |_: &str| false;
+    let shed = Some((ErrorCode::Overloaded, &none as &dyn Fn(&str) -> bool));
+    let (_, unanswered, retrying) = b.on_answer(r.id, |_| false, shed, later).unwrap();
+    assert_eq!((unanswered, retrying), (vec![t(1)], false));
+    assert_eq!(b.poll(later + 3_600_000, P, all), None, "given up");
 }
