@@ -1095,20 +1095,26 @@ export class TileCache {
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
-    if (left.length && nums[0] === 1) this.#unanswered(req, left, f.error);
+    // 3 for a code that sheds load: they are retried (the engine queued them), as a 503's.
+    const shed = nums[0] === 3 && f.error?.code !== 'response_full';
+    if (left.length && (nums[0] === 1 || shed)) this.#unanswered(req, left, f.error, shed);
+    // The tiles it left out: their ERROR record carries the server's code, as a refusal's.
+    req.detail = isObject(f.error) ? f.error : undefined;
+    this.#pendingDetail = req;
     this.#run(out, 2 + nums[1], 1);
+    this.#pendingDetail = undefined;
     this.#checkLoads();
   }
 
   /** A partial answer: `ids` were asked for and not answered; `why` is the body's `error`. */
-  #unanswered(req, ids, why) {
+  #unanswered(req, ids, why, willRetry = false) {
     const d = isObject(why) && typeof why.code === 'string' ? why : undefined;
     const what = REQUEST_KINDS[req.kind];
     const e = new Error(`${what} batch request failed for ${ids.length} of its ids (first ${JSON.stringify(ids[0])}): ` +
-      (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing'));
-    Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? PARTIAL_STATUS.get(d.code) ?? 502 : undefined, kind: what, willRetry: false, ids });
+      (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing') + (willRetry ? ' (will retry)' : ''));
+    Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? PARTIAL_STATUS.get(d.code) ?? 502 : undefined, kind: what, willRetry, ids });
     if (d) e.serverCode = d.code;
-    this.#rejectGets(ids, e);
+    if (!willRetry) this.#rejectGets(ids, e);
     for (const { listener } of [...this.#errors]) {
       try { listener(e); } catch (err) { report(err); }
     }

@@ -684,7 +684,8 @@ test('each item is charged its own size: one large item does not spread over the
 
 test('get: an id a partial answer leaves out rejects and reaches onError, never resolves undefined', async () => {
   fresh();
-  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  // No retries: ids left out to shed load are retried first, as a whole 503's (tested below).
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { retries: 0 } });
   const errs = [];
   cache.onError((e) => errs.push(e));
   // As the edge answers when its origin times out: h1 answered, h2 and h3 listed as not.
@@ -741,7 +742,7 @@ test('partial answers that shed load (overloaded, rate_limited, upstream_timeout
   // As an edge answers while its origin is at capacity: what it holds, the rest left out
   // with the origin's code. Before, each such answer closed the breaker.
   fresh();
-  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { retries: 0 } });
   cache.onError(() => {});
   try {
     for (const [code, id] of [['overloaded', 'h2'], ['rate_limited', 'h3'], ['upstream_timeout', 'h4']]) {
@@ -761,6 +762,39 @@ test('partial answers that shed load (overloaded, rate_limited, upstream_timeout
     backend.hostile = null;
     assert.equal((await cache.get('h2')).id, 'h2');
     assert.equal(cache.stats().breakerOpen, false);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('what a partial answer shedding load leaves out is retried as a whole 503 is, and reported as the overload', async () => {
+  // Before, a get() of an id left out failed at once (willRetry false) and a tile left out
+  // was an ERR_INVALID_RESPONSE ("every requested tile must be listed").
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  // Once: the first tile (or the id h2) left out, as an edge answers while its origin is at capacity.
+  const shedOnce = (res, answer) => {
+    backend.hostile = null;
+    const dropped = answer.tiles.shift();
+    answer.items = answer.items.filter((it) => it.id !== 'h2' && !dropped?.ids.includes(it.id));
+    answer.missing = [];
+    answer.error = { code: 'overloaded', message: 'shed', tiles: dropped ? [dropped.tile] : [], ids: ['h2'] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    backend.hostile = shedOnce;
+    assert.equal((await cache.get('h2')).id, 'h2', 'retried, then answered');
+    assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [['ERR_HTTP', 503, 'overloaded', true]]);
+    errs.length = 0;
+    backend.hostile = shedOnce;
+    cache.setViewport(viewOf(SX, SY));
+    await cache.whenComplete();
+    assert.ok(errs.length >= 1);
+    for (const e of errs) assert.deepEqual([e.code, e.status, e.serverCode, e.willRetry], ['ERR_HTTP', 503, 'overloaded', true], e.message);
   } finally {
     backend.hostile = null;
     cache.dispose();
