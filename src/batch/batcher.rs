@@ -477,50 +477,39 @@ impl Batcher {
         } else if self.breaker.on_failure(now_ms) {
             self.stats.breaker_opened += 1;
         }
-        if let Some(answered) = full {
-            if progress || f.loose_ids.iter().any(|i| answered(i)) {
-                let mut loose_ids = f.loose_ids.clone();
-                loose_ids.retain(|i| !answered(i));
-                let rest = Finished {
-                    id: f.id,
-                    kind: f.kind,
-                    works: again,
-                    loose_ids,
-                    sent_at_ms: f.sent_at_ms,
-                    attempt: f.attempt,
-                };
-                self.queues.requeue(&rest, f.attempt, 0);
-                return (f, Vec::new(), true);
+        // What it left out goes out again: at once when it did not fit and something was
+        // answered; to shed load, as a failed attempt's work (the whole refusal's), after
+        // its backoff and within the retries (the tiles and the ids asked for directly).
+        let next = f.attempt + 1;
+        let retry = match left_out {
+            Some((_, answered)) if full.is_some() => (progress
+                || f.loose_ids.iter().any(|i| answered(i)))
+            .then_some((answered, f.attempt, 0)),
+            Some((_, answered)) if shed => {
+                let retry = next <= self.config.retries;
+                let attempt = if retry { next } else { 0 };
+                let at_ms = (self.backoff).hold_back(&unanswered, attempt, next, None, now_ms);
+                retry.then_some((answered, next, at_ms))
             }
+            _ => None,
+        };
+        if let Some((answered, attempt, at_ms)) = retry {
+            let mut loose_ids = f.loose_ids.clone();
+            loose_ids.retain(|i| !answered(i));
+            let rest = Finished {
+                id: f.id,
+                kind: f.kind,
+                works: again,
+                loose_ids,
+                sent_at_ms: f.sent_at_ms,
+                attempt: f.attempt,
+            };
+            self.queues.requeue(&rest, attempt, at_ms);
+            // Shed, the tiles are reported (retried); what did not fit is no error.
+            let reported = if shed { unanswered } else { Vec::new() };
+            return (f, reported, true);
         }
-        if let Some((_, answered)) = left_out.filter(|_| shed) {
-            // What it left out is retried as a failed attempt's work (the whole 503 would
-            // be), within the retries: the tiles and the ids asked for directly.
-            let loose_ids: Vec<String> = (f.loose_ids.iter())
-                .filter(|i| !answered(i))
-                .cloned()
-                .collect();
-            if !unanswered.is_empty() || !loose_ids.is_empty() {
-                let next_attempt = f.attempt + 1;
-                let give_up = next_attempt > self.config.retries;
-                let attempt = if give_up { 0 } else { next_attempt };
-                let at_ms =
-                    (self.backoff).hold_back(&unanswered, attempt, next_attempt, None, now_ms);
-                if !give_up {
-                    let rest = Finished {
-                        id: f.id,
-                        kind: f.kind,
-                        works: again,
-                        loose_ids,
-                        sent_at_ms: f.sent_at_ms,
-                        attempt: f.attempt,
-                    };
-                    self.queues.requeue(&rest, next_attempt, at_ms);
-                }
-                return (f, unanswered, !give_up);
-            }
-        }
-        if !unanswered.is_empty() {
+        if !shed && !unanswered.is_empty() {
             self.back_off(&unanswered, 0, now_ms);
         }
         (f, unanswered, false)
