@@ -508,12 +508,17 @@ pub async fn answer(
                 format!("{left_out}: the origin left them out ({})", u.code),
             ),
         });
-        let (code, message) = match (tile, item, upstream) {
-            (Some(why), _, _) | (None, Some(why), _) => {
-                (ErrorCode::PayloadTooLarge, format!("{left_out}: {why}"))
+        // One code for all: a call's failure (an upstream's partial answer, or the call at
+        // the caller's tier: shed load, no room) wins over the size, as what it left out
+        // is not too large: told `payload_too_large`, a client would not retry it as the
+        // overload and an edge would not warm it for a tile TTL.
+        let (code, message) = match (tile.or(item), upstream) {
+            (Some(why), Some((code, told))) if code != ErrorCode::PayloadTooLarge => {
+                (code, format!("{told}; {why}"))
             }
-            (None, None, Some(told)) => told,
-            (None, None, None) => (ErrorCode::UpstreamError, left_out),
+            (Some(why), _) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {why}")),
+            (None, Some(told)) => told,
+            (None, None) => (ErrorCode::UpstreamError, left_out),
         };
         Unanswered {
             code,

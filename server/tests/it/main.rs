@@ -1462,6 +1462,44 @@ async fn a_failed_call_at_the_callers_tier_leaves_out_only_its_tile() {
     s.shutdown().await;
 }
 
+/// A tile left out because a call failed (here the call at a public caller's tier, at
+/// capacity) keeps that call's code when the same answer also leaves out an item over
+/// `--max-item-data-bytes`: it was `payload_too_large` for both, so a client did not retry
+/// the tile as the overload it is, and an edge held it from warming for a tile TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_a_failed_call_left_out_is_not_called_too_large_beside_an_item_that_is() {
+    let few = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let small = TileId::from_lon_lat(-122.0, 47.0, 14).unwrap();
+    let mut items = items_in_tile(few, &[(Access::Public, 4), (Access::Agent, 30)]);
+    let mut smalls = items_in_tile(small, &[(Access::Public, 3)]);
+    smalls[0].data = serde_json::value::to_raw_value(&"x".repeat(1_000)).unwrap();
+    let big = smalls[0].id.clone();
+    items.extend(smalls);
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: 10,
+        max_item_data_bytes: 500,
+        ..config()
+    };
+    let backend = Busy::new(Origin::new(items).unwrap(), |r, _| r.access < Access::Agent);
+    let s = tilewarm_server::start_with_origin(c, backend, Arc::default())
+        .await
+        .unwrap();
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let r = public
+        .batch(&s, &request(&[few, small], &[big.as_str()], Access::Public))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["tiles"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([few.to_string()]));
+    assert_eq!(v["error"]["ids"], serde_json::json!([big]));
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--max-item-data-bytes"), "{msg}");
+    s.shutdown().await;
+}
+
 /// An answer larger than clients read (`Limits::max_body_bytes`, 8 MiB: 200 items of 60 KB
 /// payloads, each under `--max-item-data-bytes`, within `--max-response-items`) is never
 /// written. A tile that holds more alone is left out of a partial answer and named
