@@ -957,10 +957,16 @@ impl Proxy {
             // An origin's partial answer says why it left them out (a tilewarm-server's
             // `response_full` is asked again, not a failure): its code is passed on.
             let told = answer.left_out.unwrap_or(ErrorCode::UpstreamError);
-            let (code, message) = match (&origin_error, oversized) {
-                (Some(e), _) => (e.code, e.message.clone()),
-                (None, Some(o)) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {o}")),
-                (None, None) => (told, left_out),
+            // One code for all: the origin's own reason (shed load, no room) wins over the
+            // size, as what it left out is not too large (a client retries it as the
+            // overload; told `payload_too_large`, it would not).
+            let (code, message) = match (&origin_error, oversized, answer.left_out) {
+                (Some(e), ..) => (e.code, e.message.clone()),
+                (None, Some(o), Some(c)) if c != ErrorCode::PayloadTooLarge => {
+                    (c, format!("{left_out}: {o}"))
+                }
+                (None, Some(o), _) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {o}")),
+                (None, None, _) => (told, left_out),
             };
             Unanswered {
                 code,

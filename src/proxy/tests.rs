@@ -568,6 +568,46 @@ fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer
     assert!(!d.tiles[0].ids.contains(&"extra".to_string()));
 }
 
+/// A tile an origin's partial answer left out to shed load keeps the origin's code when the
+/// answer also leaves out an item over `Limits::max_data_bytes`: it was `payload_too_large`
+/// for both, so a client did not retry the tile as the overload it is.
+#[test]
+fn a_tile_the_origin_shed_is_not_called_too_large_beside_an_item_that_is() {
+    let mut big = items();
+    let at = big.iter().position(|it| it.id == "extra").unwrap();
+    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
+    let o = Origin::new(big).unwrap();
+    let mut p = Proxy::new(ProxyConfig {
+        limits: Limits {
+            max_data_bytes: 64,
+            ..Limits::default()
+        },
+        ..no_warm()
+    })
+    .unwrap();
+    let shed = tile("14/2625/5721");
+    let r = req(
+        &["14/2624/5721", "14/2625/5721"],
+        &["extra"],
+        Access::Public,
+    );
+    let pending = p.begin(r, 0).unwrap();
+    let forwarded = pending.origin_request().cloned().unwrap();
+    let body = answer_leaving_out(&o, &forwarded, shed, ErrorCode::Overloaded);
+    let a = p.complete(pending, answered(&body), 0);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(
+        v["error"]["tiles"],
+        serde_json::json!([shed.to_string()]),
+        "{v}"
+    );
+    assert_eq!(v["error"]["ids"], serde_json::json!(["extra"]), "{v}");
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("at most 64 are allowed"), "{msg}");
+}
+
 /// An item cached while small that grew over `Limits::max_data_bytes` at the origin (with
 /// no change): once an origin answer names it too large, the cached copy is not served in
 /// that answer, and it is dropped, so a request by id asks the origin again. Before, the
