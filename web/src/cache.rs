@@ -1315,6 +1315,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         };
         match outcome {
             Outcome::Answer(r, bounds, why) => {
+                let left_out = r.left_out;
                 let missing: HashSet<String> = r.missing.iter().cloned().collect();
                 let mut known: HashSet<String> = r.items.iter().map(|i| i.id.clone()).collect();
                 known.extend(missing.iter().cloned());
@@ -1369,13 +1370,30 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             .filter(|g| !known.contains(*g))
                             .cloned()
                             .collect();
-                        // What did not fit in the answer is asked again: its gets wait.
-                        if !left.is_empty() && answered == Answered::Taken {
-                            let why = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
-                            let e = Error::unanswered(flight.kind, &left, why);
-                            st.reject_gets(&e, &left);
+                        // What did not fit in the answer is asked again: its gets wait, and
+                        // no error. What an answer shedding load left out is retried too (the
+                        // core queued it, after the backoff, as a whole 503's work): its gets
+                        // wait, and the page hears of it as the npm package's `onError` does.
+                        let retried = answered == Answered::TakenInPart
+                            && left_out.is_some_and(|c| c.sheds_load());
+                        let detail = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
+                        if !left.is_empty() && (answered == Answered::Taken || retried) {
+                            let e = Error::unanswered(flight.kind, &left, detail, retried);
+                            if !retried {
+                                st.reject_gets(&e, &left);
+                            }
                             st.broadcast(Update::Error(e));
                         }
+                        // The tiles it left out: their error (the core's, in `pump`) carries
+                        // the server's code, as a refusal's does. No ids: those it left out
+                        // were told above, and a get waiting for the retry of one must not
+                        // end with the error of a tile (one the cache could not keep, say).
+                        st.ending = Some(Ending {
+                            id,
+                            ids: Vec::new(),
+                            token: None,
+                            why,
+                        });
                     }
                 }
             }
@@ -1570,11 +1588,13 @@ async fn exchange<T: DeserializeOwned>(
     };
     match decode::<T>(&bytes, limits) {
         Ok(r) => {
-            // Read only when it left an asked id out: the body's `error` says why.
+            // Read only when it left something out (an asked id, or tiles under a code the
+            // core read): the body's `error` says why.
             let known: HashSet<&str> = (r.items.iter().map(|i| i.id.as_str()))
                 .chain(r.missing.iter().map(String::as_str))
                 .collect();
-            let why = if asked.iter().all(|id| known.contains(id.as_str())) {
+            let why = if r.left_out.is_none() && asked.iter().all(|id| known.contains(id.as_str()))
+            {
                 None
             } else {
                 serde_json::from_slice::<Partial>(&bytes)

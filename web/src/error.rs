@@ -186,36 +186,51 @@ impl Error {
     /// A `200` that left some of the requested `ids` out of both `items` and `missing`: a
     /// partial answer, whose `error` member (`why`: its code and message) says why, as the
     /// edge gives when its origin fails. Those ids are not known not to exist: the `get`s
-    /// of them fail with this, as in the npm package (`ERR_HTTP`, 504 for an
-    /// `upstream_timeout`, else 502; `ERR_INVALID_RESPONSE` when the answer says nothing).
+    /// of them fail with this, as in the npm package (`ERR_HTTP` with the status the server
+    /// answers that code with: 504 `upstream_timeout`, 503 `overloaded`, 429
+    /// `rate_limited`, 413 `payload_too_large` and `response_full`, 502 for any other;
+    /// `ERR_INVALID_RESPONSE` when the answer says nothing). `will_retry`: the core asks for
+    /// them again (a code that sheds load, within `batch.retries`), and their `get`s wait.
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
-    pub(crate) fn unanswered(kind: Kind, ids: &[String], why: Option<(&str, &str)>) -> Error {
+    pub(crate) fn unanswered(
+        kind: Kind,
+        ids: &[String],
+        why: Option<(&str, &str)>,
+        will_retry: bool,
+    ) -> Error {
         let first = ids.first().map(String::as_str).unwrap_or_default();
         let head = format!(
             "{} batch request failed for {} of its ids (first {first:?}): ",
             kind_name(kind),
             ids.len()
         );
+        let retry = if will_retry { " (will retry)" } else { "" };
         let (code, status, message) = match why {
             Some((code, message)) => {
-                let status = if code == "upstream_timeout" { 504 } else { 502 };
+                let status = match code {
+                    "upstream_timeout" => 504,
+                    "overloaded" => 503,
+                    "rate_limited" => 429,
+                    "payload_too_large" | "response_full" => 413,
+                    _ => 502,
+                };
                 (
                     ErrorCode::Http,
                     Some(status),
-                    format!("{head}{code}: {message}"),
+                    format!("{head}{code}: {message}{retry}"),
                 )
             }
             None => (
                 ErrorCode::InvalidResponse,
                 None,
-                format!("{head}the answer neither lists them in items nor in missing"),
+                format!("{head}the answer neither lists them in items nor in missing{retry}"),
             ),
         };
         Error {
             code,
             message,
             kind: Some(kind),
-            will_retry: false,
+            will_retry,
             status,
             retry_after_ms: None,
             server_code: why.map(|(code, _)| code.to_string()),
@@ -303,7 +318,12 @@ mod tests {
         );
         let plain = Error::from_failed_request(&fe, None, Vec::new());
         assert_eq!((plain.server_code, plain.message), (None, fe.to_string()));
-        let partial = Error::unanswered(Kind::Prefetch, &ids, Some(("upstream_timeout", "slow")));
+        let partial = Error::unanswered(
+            Kind::Prefetch,
+            &ids,
+            Some(("upstream_timeout", "slow")),
+            false,
+        );
         assert_eq!(partial.server_code.as_deref(), Some("upstream_timeout"));
         assert_eq!(partial.ids, ids);
     }
@@ -336,6 +356,7 @@ mod tests {
             Kind::Foreground,
             &ids,
             Some(("upstream_timeout", "the origin did not answer in time")),
+            false,
         );
         assert_eq!((e.code, e.status), (ErrorCode::Http, Some(504)));
         assert_eq!(
@@ -343,9 +364,28 @@ mod tests {
             "foreground batch request failed for 2 of its ids (first \"a1\"): \
              upstream_timeout: the origin did not answer in time"
         );
-        let e = Error::unanswered(Kind::Prefetch, &ids, Some(("upstream_error", "502")));
+        let e = Error::unanswered(Kind::Prefetch, &ids, Some(("upstream_error", "502")), false);
         assert_eq!((e.code, e.status), (ErrorCode::Http, Some(502)));
-        let e = Error::unanswered(Kind::Prefetch, &ids, None);
+        // The status the server answers each code with, as the npm package's.
+        for (code, status) in [
+            ("overloaded", 503),
+            ("rate_limited", 429),
+            ("payload_too_large", 413),
+            ("response_full", 413),
+        ] {
+            let e = Error::unanswered(Kind::Prefetch, &ids, Some((code, "m")), false);
+            assert_eq!(
+                (e.status, e.server_code.as_deref()),
+                (Some(status), Some(code))
+            );
+        }
+        // Retried (a code that sheds load): the get()s wait, the page hears it.
+        let e = Error::unanswered(Kind::Foreground, &ids, Some(("overloaded", "busy")), true);
+        assert!(
+            e.will_retry && e.message.ends_with("overloaded: busy (will retry)"),
+            "{e}"
+        );
+        let e = Error::unanswered(Kind::Prefetch, &ids, None, false);
         assert_eq!((e.code, e.status), (ErrorCode::InvalidResponse, None));
         assert!(
             e.message

@@ -864,6 +864,74 @@ async fn a_get_a_partial_answer_left_out_fails() {
     }
 }
 
+/// What a partial answer shedding load (`overloaded`: an edge whose origin is at capacity)
+/// leaves out is retried as a whole 503's work is: the `get` waits for the retry, and the
+/// page hears of each try as the npm package's `onError` does (`will_retry` until the
+/// retries are spent), with the status the server answers the code with. A code that does
+/// not shed load (`payload_too_large`) fails the get at once, with its status too.
+#[wasm_bindgen_test]
+async fn ids_a_partial_answer_shedding_load_left_out_are_retried_and_reported() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    for (code, status, tries) in [("overloaded", 503, 2), ("payload_too_large", 413, 1)] {
+        let s = format!("partial-{code}").replace('_', "-");
+        let cache: TileCache = TileCache::new(&options(&s, 0, 1)).unwrap();
+        let id = an_id_no_longer_cached(&cache).await;
+        let mut updates = cache.updates();
+        set_mode(&s, &format!("partial={code}")).await;
+        let got: Rc<RefCell<Option<tilewarm_web::Error>>> = Rc::default();
+        let (c, g, gid) = (cache.clone(), got.clone(), id.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            *g.borrow_mut() = Some(c.get(&gid).await.unwrap_err());
+        });
+        for t in 1..=tries {
+            let e = next_error(&mut updates).await;
+            let last = t == tries;
+            assert_eq!(e.will_retry, !last, "{code}, try {t}: {e}");
+            assert_eq!((e.code, e.status), (ErrorCode::Http, Some(status)), "{e}");
+            assert_eq!(e.server_code.as_deref(), Some(code), "{e}");
+            assert_eq!(e.ids, [id.clone()], "{e}");
+            if !last {
+                // Its get waits for the retry.
+                assert!(got.borrow().is_none(), "{code}: the get ended at try {t}");
+                continue;
+            }
+            wait_until("the get ends", || async { got.borrow().is_some() }).await;
+            assert_eq!(got.borrow().as_ref(), Some(&e), "{code}");
+        }
+        let bodies = control(&s, "log").await["bodies"].clone();
+        let asked = (bodies.as_array().unwrap().iter())
+            .filter(|b| {
+                b["ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.contains(&id.as_str().into()))
+            })
+            .count();
+        assert_eq!(asked, tries, "{code}: one request a try");
+    }
+}
+
+/// Tiles a partial answer shedding load left out fail as a whole refusal's would: their
+/// error carries the server's code (`server_code`) and the status it answers it with, as
+/// the npm package's does.
+#[wasm_bindgen_test]
+async fn tiles_a_partial_answer_left_out_fail_with_the_servers_code() {
+    let s = "partial-tiles";
+    set_mode(s, "partial-tiles=overloaded").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let mut updates = cache.updates();
+    show(&cache, inside(tile(0, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
+    assert_eq!(e.server_code.as_deref(), Some("overloaded"), "{e}");
+    assert!(
+        e.message
+            .contains("HTTP 503: overloaded: injected by fault-proxy"),
+        "{e}"
+    );
+    assert_eq!(next_error(&mut updates).await, e);
+}
+
 /// An answer the client's checks refuse (well-formed JSON, an item's latitude out of range)
 /// is not taken: the `get` of an id in it ends with the error when no retry is left, or
 /// waits for the retry, whose whole answer it gets; never `Ok(None)`, as if the item did

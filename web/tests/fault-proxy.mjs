@@ -10,7 +10,11 @@
 //                           sent in 64 KiB chunks with no length, until the client goes),
 //                           partial (the edge's partial answer: the tiles forwarded, the
 //                           ids left out and listed in an `error` member, as when the
-//                           edge's origin times out), partial-bare (the ids left out, no
+//                           edge's origin times out), partial=CODE (the same, the `error`
+//                           member's code CODE: overloaded, rate_limited... as an edge
+//                           shedding load answers), partial-tiles=CODE (a 200 answering
+//                           nothing, every tile and id left out in an `error` member of
+//                           code CODE), partial-bare (the ids left out, no
 //                           `error` member), 503-date (503 with a Retry-After 3 s ahead, as
 //                           an HTTP date), bad-lat (forward, the first item's lat set to
 //                           95: well-formed JSON the client's checks refuse), bad-lat-once
@@ -61,12 +65,13 @@ function aboveTier(request) {
   return { tiles, items, missing: [] };
 }
 // The edge's partial answer to `request`: its tiles answered by the server, its ids in
-// neither `items` nor `missing`, listed in an `error` member (`withError`) or not at all.
-function partial(res, request, withError) {
+// neither `items` nor `missing`, listed in an `error` member of code `code` (none: no
+// `error` member at all).
+function partial(res, request, code) {
   const leaveOut = (answer) => ({
     ...answer,
-    ...(withError && {
-      error: { code: 'upstream_timeout', message: 'injected by fault-proxy', tiles: [], ids: request.ids ?? [] },
+    ...(code && {
+      error: { code, message: 'injected by fault-proxy', tiles: [], ids: request.ids ?? [] },
     }),
   });
   if (!request.tiles?.length) { send(res, 200, leaveOut({ tiles: [], items: [], missing: [] })); return; }
@@ -147,6 +152,13 @@ const server = http.createServer((req, res) => {
     try { s.bodies.push(JSON.parse(text)); } catch { s.bodies.push(text); }
     res.on('close', () => { if (!res.writableFinished) s.aborted += 1; });
     if (s.mode.startsWith('bounds=')) { forward(res, text, { 'x-tilewarm-bounds': s.mode.slice(7) }); return; }
+    if (s.mode.startsWith('partial-tiles=')) {
+      const { tiles = [], ids = [] } = JSON.parse(text);
+      const error = { code: s.mode.slice(14), message: 'injected by fault-proxy', tiles, ids };
+      send(res, 200, { tiles: [], items: [], missing: [], error });
+      return;
+    }
+    if (s.mode.startsWith('partial=')) { partial(res, JSON.parse(text), s.mode.slice(8)); return; }
     switch (s.mode) {
       case 'pass': case 'credentials': forward(res, text); break;
       case 'slow': setTimeout(() => { if (!res.destroyed) forward(res, text); }, 1500); break;
@@ -160,8 +172,8 @@ const server = http.createServer((req, res) => {
         send(res, 503, { error: { code: 'overloaded', message: 'injected by fault-proxy' } },
           { 'retry-after': new Date(Date.now() + 3000).toUTCString() });
         break;
-      case 'partial': partial(res, JSON.parse(text), true); break;
-      case 'partial-bare': partial(res, JSON.parse(text), false); break;
+      case 'partial': partial(res, JSON.parse(text), 'upstream_timeout'); break;
+      case 'partial-bare': partial(res, JSON.parse(text), undefined); break;
       case 'ids-500': {
         const body = JSON.parse(text);
         if (body.ids?.length && !body.tiles?.length) send(res, 500, { error: { code: 'internal', message: 'injected by fault-proxy' } });
