@@ -27,6 +27,27 @@ impl Default for ChangedTiles {
 }
 
 impl ChangedTiles {
+    /// Whether a host tile at any zoom holds items that changed: it overlaps (holds, or
+    /// lies in) one of the changed tiles; every tile for [`ChangedTiles::All`].
+    ///
+    /// ```
+    /// use tilewarm::client::ChangedTiles;
+    /// use tilewarm::TileId;
+    /// let t = |s: &str| s.parse::<TileId>().unwrap();
+    /// let changed = ChangedTiles::Tiles(vec![t("14/2624/5721")]);
+    /// assert!(changed.touches(t("12/656/1430")) && changed.touches(t("16/10496/22884")));
+    /// assert!(!changed.touches(t("14/2625/5721")));
+    /// assert!(ChangedTiles::All.touches(t("3/1/1")));
+    /// ```
+    pub fn touches(&self, tile: TileId) -> bool {
+        match self {
+            ChangedTiles::Tiles(tiles) => {
+                tiles.iter().any(|&c| c.contains(tile) || tile.contains(c))
+            }
+            ChangedTiles::All => true,
+        }
+    }
+
     /// Notes that `tile`'s items changed.
     pub(super) fn add(&mut self, tile: TileId) {
         if let ChangedTiles::Tiles(tiles) = self {

@@ -25,7 +25,9 @@ use web_sys::{AbortController, AbortSignal, RequestCredentials};
 
 use tilewarm::batch::{Failure, Kind, RequestId, Transmit};
 use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
-use tilewarm::client::{Answered, Client, ClientStats, Event, Payload, TileState, ViewTooLarge};
+use tilewarm::client::{
+    Answered, ChangedTiles, Client, ClientStats, Event, Payload, TileState, ViewTooLarge,
+};
 use tilewarm::planner::Viewport;
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
@@ -1199,6 +1201,12 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             st.ask_again(&again, now);
         }
         st.tell_access();
+        // The tiles whose items changed, in the view or not: a map layer that draws tiles
+        // itself loads those again (the npm package's `onTilesChanged`).
+        match st.client.take_changed_tiles() {
+            ChangedTiles::Tiles(t) if t.is_empty() => {}
+            changed => st.broadcast(Update::TilesChanged(changed)),
+        }
         if updated {
             let view = st.read_view(now);
             st.broadcast(Update::View(view));

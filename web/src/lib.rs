@@ -46,7 +46,7 @@ pub use tiles::{neighbour_tiles, parent_tile, tile_for_point, tiles_for_bbox, MA
 /// The core's types a caller of [`TileCache`] meets.
 pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;
-pub use tilewarm::client::{ClientStats, TileState, ViewTooLarge};
+pub use tilewarm::client::{ChangedTiles, ClientStats, TileState, ViewTooLarge, MAX_CHANGED_TILES};
 pub use tilewarm::{Access, TileId};
 pub use updates::{Updates, MAX_QUEUED_UPDATES};
 pub use view::{Item, Shown, TileLoad, Update, View};

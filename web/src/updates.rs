@@ -1,7 +1,7 @@
 //! The stream behind [`TileCache::updates`](crate::TileCache::updates): one bounded queue
 //! per subscriber, so a subscriber that stops polling (a stream kept and never read) holds
-//! at most the latest view, the latest tier, one `Complete` and [`MAX_QUEUED_UPDATES`]
-//! updates in all, instead of a copy of every view since.
+//! at most the latest view, the latest tier, one `Complete`, the tiles changed since it
+//! last read (merged into one) and [`MAX_QUEUED_UPDATES`] updates in all, instead of a copy of every view since.
 //!
 //! Host-compiled (no browser types), so its bound is tested by `cargo test`.
 
@@ -11,8 +11,8 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
 /// Most updates queued for one subscriber. A new view (or tier) replaces the one queued, a
-/// `Complete` already queued is not queued again, and past the cap the oldest error is
-/// dropped.
+/// `Complete` already queued is not queued again, changed tiles are merged into those
+/// queued, and past the cap the oldest error is dropped.
 pub const MAX_QUEUED_UPDATES: usize = 64;
 
 /// How an update is queued for a subscriber that has not read the last ones.
@@ -25,11 +25,17 @@ pub(crate) enum Queued {
     Once,
     /// Its own news (an error): kept, the oldest dropped past the cap.
     Each,
+    /// News that adds up (the tiles that changed): merged into the one still queued
+    /// ([`QueueRule::merge`]).
+    Merge,
 }
 
 /// An update's [`Queued`] rule.
 pub(crate) trait QueueRule {
     fn rule(&self) -> Queued;
+
+    /// Adds `later` (of the same [`Queued::Merge`] rule) into this update, still queued.
+    fn merge(&mut self, _later: &Self) {}
 }
 
 struct Queue<U> {
@@ -134,6 +140,12 @@ impl<U: Clone + QueueRule> Subscribers<U> {
             match rule {
                 Queued::Latest(_) => q.items.retain(|u| u.rule() != rule),
                 Queued::Once if q.items.iter().any(|u| u.rule() == Queued::Once) => return true,
+                Queued::Merge => {
+                    if let Some(queued) = q.items.iter_mut().find(|u| u.rule() == rule) {
+                        queued.merge(update);
+                        return true;
+                    }
+                }
                 _ => {}
             }
             if q.items.len() >= MAX_QUEUED_UPDATES {
@@ -168,6 +180,7 @@ mod tests {
         Access(u32),
         Complete,
         Error(u32),
+        Changed(Vec<u32>),
     }
 
     impl QueueRule for U {
@@ -177,8 +190,35 @@ mod tests {
                 U::Access(_) => Queued::Latest(1),
                 U::Complete => Queued::Once,
                 U::Error(_) => Queued::Each,
+                U::Changed(_) => Queued::Merge,
             }
         }
+
+        fn merge(&mut self, later: &Self) {
+            if let (U::Changed(a), U::Changed(b)) = (self, later) {
+                a.extend(b);
+            }
+        }
+    }
+
+    /// Changes a subscriber has not read add up in one update, none lost; one that reads
+    /// gets each.
+    #[test]
+    fn changes_not_read_are_merged_into_one() {
+        let mut subs = Subscribers::default();
+        let idle = subs.subscribe();
+        let reader = subs.subscribe();
+        let mut read = Vec::new();
+        for i in 0..10 * MAX_QUEUED_UPDATES as u32 {
+            subs.send(&U::Changed(vec![i]));
+            subs.send(&U::Error(i));
+            read.extend(drain(&reader));
+        }
+        assert_eq!(read.len(), 20 * MAX_QUEUED_UPDATES);
+        let got = drain(&idle);
+        assert_eq!(got.len(), MAX_QUEUED_UPDATES);
+        let all: Vec<u32> = (0..10 * MAX_QUEUED_UPDATES as u32).collect();
+        assert_eq!(got[0], U::Changed(all));
     }
 
     fn drain(s: &Updates<U>) -> Vec<U> {

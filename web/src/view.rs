@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use tilewarm::client::ViewTooLarge;
+use tilewarm::client::{ChangedTiles, ViewTooLarge, MAX_CHANGED_TILES};
 use tilewarm::{Access, TileId};
 
 use crate::error::Error;
@@ -129,6 +129,17 @@ pub enum Update<T> {
     /// A request failed (foreground or prefetch), or an answer left requested ids out;
     /// cached data stays usable.
     Error(Error),
+    /// The tiles whose cached items changed, in the view or not, as the npm package's
+    /// `onTilesChanged` names them (`All`: any tile may have): an answer that added,
+    /// replaced, moved or deleted items or changed a tile's list (a refresh, a prefetch, a
+    /// `load_tiles` or `get` answer), an `invalidate`, a tier change, the view's tiles when
+    /// their items turn stale or expire, and the tiles `load_tiles` read when what it read
+    /// turns stale or expires (once: a host that still draws the tile reads it again, which
+    /// counts it again). Items pushed out to make room are no change. A map layer that
+    /// draws tiles itself loads again (`load_tiles`, answered from the cache when it can be)
+    /// the tiles it draws that [`ChangedTiles::touches`]. Changes a subscriber has not read
+    /// add up in one update (past [`MAX_CHANGED_TILES`] tiles: `All`).
+    TilesChanged(ChangedTiles),
 }
 
 impl<T> QueueRule for Update<T> {
@@ -138,6 +149,27 @@ impl<T> QueueRule for Update<T> {
             Update::Access(_) => Queued::Latest(1),
             Update::Complete => Queued::Once,
             Update::Error(_) => Queued::Each,
+            Update::TilesChanged(_) => Queued::Merge,
+        }
+    }
+
+    fn merge(&mut self, later: &Self) {
+        let (Update::TilesChanged(mine), Update::TilesChanged(more)) = (self, later) else {
+            return;
+        };
+        let all = match (&mut *mine, more) {
+            (ChangedTiles::Tiles(mine), ChangedTiles::Tiles(more)) => {
+                for &t in more {
+                    if !mine.contains(&t) {
+                        mine.push(t);
+                    }
+                }
+                mine.len() > MAX_CHANGED_TILES
+            }
+            _ => true,
+        };
+        if all {
+            *mine = ChangedTiles::All;
         }
     }
 }
@@ -149,6 +181,7 @@ impl<T> Clone for Update<T> {
             Update::Complete => Update::Complete,
             Update::Access(a) => Update::Access(*a),
             Update::Error(e) => Update::Error(e.clone()),
+            Update::TilesChanged(t) => Update::TilesChanged(t.clone()),
         }
     }
 }
@@ -235,11 +268,46 @@ mod tests {
                 Update::Complete => "complete".into(),
                 Update::Access(a) => format!("access {a}"),
                 Update::Error(e) => format!("error {}", e.code.as_str()),
+                Update::TilesChanged(t) => format!("changed {t:?}"),
             });
         }
         assert_eq!(
             got,
             ["complete", "error ERR_DISPOSED", "access public", "view 2"]
         );
+    }
+
+    /// Changed tiles a subscriber has not read add up in the one queued: each tile once;
+    /// `All` (or past `MAX_CHANGED_TILES` tiles) is any tile.
+    #[test]
+    fn changed_tiles_not_read_add_up() {
+        let t = |s: &str| s.parse::<TileId>().unwrap();
+        let (a, b) = (t("14/2624/5721"), t("14/2625/5721"));
+        let mut subs: Subscribers<Update<u32>> = Subscribers::default();
+        let idle = subs.subscribe();
+        let changed = |tiles: Vec<TileId>| Update::TilesChanged(ChangedTiles::Tiles(tiles));
+        subs.send(&changed(vec![a]));
+        subs.send(&Update::Complete);
+        subs.send(&changed(vec![b, a]));
+        let mut cx = Context::from_waker(Waker::noop());
+        let next = |cx: &mut Context<'_>| match idle.poll_update(cx) {
+            Poll::Ready(Some(Update::TilesChanged(c))) => Some(c),
+            _ => None,
+        };
+        assert_eq!(next(&mut cx), Some(ChangedTiles::Tiles(vec![a, b])));
+        assert!(matches!(
+            idle.poll_update(&mut cx),
+            Poll::Ready(Some(Update::Complete))
+        ));
+        subs.send(&changed(vec![a]));
+        subs.send(&Update::TilesChanged(ChangedTiles::All));
+        subs.send(&changed(vec![b]));
+        assert_eq!(next(&mut cx), Some(ChangedTiles::All));
+        let many = (0..=MAX_CHANGED_TILES as u32).map(|x| TileId::new(14, x, 0).unwrap());
+        for tile in many {
+            subs.send(&changed(vec![tile]));
+        }
+        assert_eq!(next(&mut cx), Some(ChangedTiles::All));
+        assert_eq!(idle.queued(), 0);
     }
 }

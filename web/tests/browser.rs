@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use gloo_timers::future::TimeoutFuture;
 use serde_json::Value;
 use tilewarm_web::{
-    Access, Auth, BatchOptions, Credentials, ErrorCode, Options, PrefetchOptions, TileCache,
-    TileId, Update,
+    Access, Auth, BatchOptions, ChangedTiles, Credentials, ErrorCode, Options, PrefetchOptions,
+    TileCache, TileId, Update,
 };
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
@@ -381,7 +381,7 @@ async fn a_500_and_a_stall_leave_cached_data_usable() {
     while codes.len() < 2 {
         match updates.next().await.unwrap() {
             Update::Error(e) => codes.push(e.code),
-            Update::View(_) | Update::Complete | Update::Access(_) => {}
+            _ => {}
         }
     }
     assert_eq!(codes, vec![ErrorCode::Http, ErrorCode::Timeout]);
@@ -592,6 +592,48 @@ async fn the_update_stream_and_invalidate() {
         2,
         "the emptied visible tile was fetched again"
     );
+}
+
+/// The next changed tiles on `updates`, skipping the rest.
+async fn next_changed<T>(updates: &mut tilewarm_web::Updates<Update<T>>) -> ChangedTiles {
+    loop {
+        match within(5000, updates.next()).await {
+            Some(Some(Update::TilesChanged(c))) => return c,
+            Some(Some(_)) => {}
+            other => panic!(
+                "no changed tiles on the update stream: {:?}",
+                other.map(|u| u.is_some())
+            ),
+        }
+    }
+}
+
+/// The tiles whose cached items changed, in the view or not, as the npm package's
+/// `onTilesChanged` names them: a host tile `load_tiles` read outside the view when its
+/// answer arrives, and when it is invalidated; any tile for an invalidation of everything.
+#[wasm_bindgen_test]
+async fn the_update_stream_names_the_tiles_whose_items_changed() {
+    let s = "changed";
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let mut updates = cache.updates();
+    // A host's tile at zoom 15, outside the view, in data tile (5, 5).
+    let host = tile(5, 5).children().unwrap()[0];
+    let loaded = cache.load_tiles(&[host]).await.unwrap();
+    assert!(!loaded[0].items.as_ref().unwrap().is_empty());
+    let changed = next_changed(&mut updates).await;
+    assert!(
+        changed.touches(host) && changed.touches(tile(5, 5)),
+        "{changed:?}"
+    );
+    assert!(!changed.touches(tile(0, 0)), "{changed:?}");
+    cache.invalidate(tilewarm_web::Invalidate::Tiles(&[tile(5, 5)]));
+    let changed = next_changed(&mut updates).await;
+    assert!(changed.touches(tile(5, 5)), "{changed:?}");
+    assert!(!changed.touches(tile(0, 0)), "{changed:?}");
+    cache.invalidate(tilewarm_web::Invalidate::All);
+    assert_eq!(next_changed(&mut updates).await, ChangedTiles::All);
 }
 
 /// Items' data into the caller's own type.
@@ -1179,9 +1221,19 @@ async fn a_view_set_access_completes_is_a_complete_update() {
             Update::Access(a) => format!("access {a}"),
             Update::Complete => "complete".to_string(),
             Update::Error(e) => format!("error {e}"),
+            Update::TilesChanged(t) => format!("changed {t:?}"),
         });
     }
-    assert_eq!(got, ["access public", "complete", "view complete=true"]);
+    // Any tile may have changed (the tier did), as the npm package's `onTilesChanged(null)`.
+    assert_eq!(
+        got,
+        [
+            "access public",
+            "complete",
+            "view complete=true",
+            "changed All"
+        ]
+    );
 }
 
 /// Sets `document.visibilityState` as the browser would for a tab behind another (hidden)

@@ -176,7 +176,9 @@ pub fn start() -> Result<(), JsValue> {
             match u {
                 Update::View(view) => map.borrow().draw(&view),
                 Update::Error(e) => web_sys::console::warn_1(&e.to_string().into()),
-                Update::Complete | Update::Access(_) => {}
+                // The view's items arrive as `View`s; a layer drawing tiles itself would
+                // load the tiles `TilesChanged` touches again.
+                Update::Complete | Update::Access(_) | Update::TilesChanged(_) => {}
             }
         }
     });
