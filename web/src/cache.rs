@@ -11,8 +11,10 @@
 //! (`serde_json::Value` by default), kept behind an `Rc` so a view hands out pointers, not
 //! copies.
 
-use std::cell::RefCell;
+use std::any::Any;
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 use futures_channel::oneshot;
@@ -43,7 +45,7 @@ use crate::updates::{Subscribers, Updates};
 use crate::view::{Item, Shown, TileLoad, Update, View};
 
 /// The core's payload: the decoded item and the bytes its `data`'s JSON took.
-struct Stored<T> {
+struct Stored<T: 'static> {
     item: Rc<Item<T>>,
     size: usize,
 }
@@ -51,6 +53,78 @@ struct Stored<T> {
 impl<T> Payload for Stored<T> {
     fn size_bytes(&self) -> usize {
         self.size
+    }
+}
+
+/// The core drops what it evicts, invalidates or refuses inside the call: the item's last
+/// `Rc` goes after the call (its `T`'s `Drop` may call the cache).
+impl<T: 'static> Drop for Stored<T> {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.item) == 1 {
+            drop_later(Rc::clone(&self.item));
+        }
+    }
+}
+
+thread_local! {
+    /// Calls into a cache's state under way (its `RefCell` borrowed, [`Inner::lock`]).
+    static LOCKED: Cell<u32> = const { Cell::new(0) };
+    /// What the caches let go of meanwhile, dropped once no call is under way.
+    static LATER: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Drops `v` once no call into a cache is under way: an item's `T` whose `Drop` calls the
+/// cache (a framework's signal, a handle that unsubscribes) would otherwise find its state
+/// borrowed, a panic that ends the page's cache.
+fn drop_later<V: 'static>(v: V) {
+    if LOCKED.with(Cell::get) == 0 {
+        drop(v);
+    } else {
+        LATER.with(|l| l.borrow_mut().push(Box::new(v)));
+    }
+}
+
+/// A cache's state, borrowed for one call ([`Inner::lock`]). Released, it drops what the
+/// call let go of ([`drop_later`]) once it is the last call under way.
+struct Locked<'a, T: 'static> {
+    st: Option<RefMut<'a, State<T>>>,
+}
+
+impl<T: 'static> Deref for Locked<'_, T> {
+    type Target = State<T>;
+    fn deref(&self) -> &State<T> {
+        self.st.as_ref().expect("held until dropped")
+    }
+}
+
+impl<T: 'static> DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut State<T> {
+        self.st.as_mut().expect("held until dropped")
+    }
+}
+
+impl<T: 'static> Drop for Locked<'_, T> {
+    fn drop(&mut self) {
+        self.st = None;
+        let depth = LOCKED.with(|l| {
+            l.set(l.get() - 1);
+            l.get()
+        });
+        // Each drop may call a cache, and so let go of more: until there is none.
+        while depth == 0 {
+            let gone = LATER.with(|l| std::mem::take(&mut *l.borrow_mut()));
+            if gone.is_empty() {
+                break;
+            }
+            drop(gone);
+        }
+    }
+}
+
+/// A value sent to a future that may have been dropped: sent back, it is dropped later.
+fn send_or_drop_later<V: 'static>(tx: oneshot::Sender<V>, v: V) {
+    if let Err(v) = tx.send(v) {
+        drop_later(v);
     }
 }
 
@@ -96,7 +170,7 @@ struct Ending {
     why: Option<Why>,
 }
 
-struct State<T> {
+struct State<T: 'static> {
     client: Client<Stored<T>>,
     requests: HashMap<u64, InFlight>,
     timer: Option<Timeout>,
@@ -122,7 +196,7 @@ struct State<T> {
     disposed: bool,
 }
 
-impl<T> Drop for State<T> {
+impl<T: 'static> Drop for State<T> {
     fn drop(&mut self) {
         for r in self.requests.values() {
             r.ctrl.abort();
@@ -130,7 +204,7 @@ impl<T> Drop for State<T> {
     }
 }
 
-struct Inner<T> {
+struct Inner<T: 'static> {
     state: RefCell<State<T>>,
     endpoint: String,
     headers: Vec<(String, String)>,
@@ -174,11 +248,11 @@ impl<T: DeserializeOwned + 'static> Drop for AbortLoad<T> {
 /// (Leptos's `spawn_local` or `LocalResource`, Yew's `spawn_local`), and share it where a
 /// framework asks for `Send + Sync` through its local-only storage. Clones compare equal
 /// (`PartialEq`: the same cache), as Yew's and Dioxus's props and contexts need.
-pub struct TileCache<T = serde_json::Value> {
+pub struct TileCache<T: 'static = serde_json::Value> {
     inner: Rc<Inner<T>>,
 }
 
-impl<T> Clone for TileCache<T> {
+impl<T: 'static> Clone for TileCache<T> {
     fn clone(&self) -> Self {
         TileCache {
             inner: Rc::clone(&self.inner),
@@ -187,15 +261,15 @@ impl<T> Clone for TileCache<T> {
 }
 
 /// The same cache: a clone, not one made with the same options.
-impl<T> PartialEq for TileCache<T> {
+impl<T: 'static> PartialEq for TileCache<T> {
     fn eq(&self, other: &Self) -> bool {
         Rc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
-impl<T> Eq for TileCache<T> {}
+impl<T: 'static> Eq for TileCache<T> {}
 
-impl<T> std::fmt::Debug for TileCache<T> {
+impl<T: 'static> std::fmt::Debug for TileCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TileCache")
             .field("endpoint", &self.inner.endpoint)
@@ -334,7 +408,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     ) -> Result<View<T>, Error> {
         let vp = self.viewport(west, south, east, north, zoom)?;
         let now = now_ms();
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         st.alive()?;
         let mut items = Vec::new();
         let outcome = st
@@ -384,7 +458,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// shown again.
     pub fn view(&self) -> View<T> {
         let now = now_ms();
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         let view = st.read_view(now);
         if st.disposed {
             return view;
@@ -409,7 +483,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             Inner::wake(&self.inner);
         }
         let rx = {
-            let mut st = self.inner.state.borrow_mut();
+            let mut st = self.inner.lock();
             st.alive()?;
             if let Some(e) = &st.too_wide {
                 return Err(too_wide_error(e));
@@ -430,7 +504,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// latest tier (a new one replaces the one not read yet), one `Complete`, and the latest
     /// errors.
     pub fn updates(&self) -> Updates<Update<T>> {
-        self.inner.state.borrow_mut().subscribers.subscribe()
+        self.inner.lock().subscribers.subscribe()
     }
 
     /// One item by id: from the cache, else fetched; `None` when it does not exist or the
@@ -459,7 +533,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         let now = now_ms();
         let mut pending = Vec::with_capacity(ids.len());
         {
-            let mut st = self.inner.state.borrow_mut();
+            let mut st = self.inner.lock();
             st.alive()?;
             // An id no item can have, before anything is queued (sent, it would fail the
             // request it rides in, visible tiles and other ids with it).
@@ -514,7 +588,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// now, and put off as a hidden page's are.
     pub fn invalidate(&self, what: Invalidate<'_>) -> usize {
         let now = now_ms();
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         if st.disposed {
             return 0;
         }
@@ -549,7 +623,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
 
     fn change_access(&self, access: Access, new_credential: bool) -> Result<(), Error> {
         let now = now_ms();
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         st.alive()?;
         if new_credential {
             st.client.new_credential();
@@ -643,7 +717,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     ) -> Result<(oneshot::Receiver<Loaded<T>>, AbortLoad<T>), Error> {
         let (tx, rx) = oneshot::channel();
         let id = {
-            let mut st = self.inner.state.borrow_mut();
+            let mut st = self.inner.lock();
             st.alive()?;
             st.next_load += 1;
             let id = st.next_load;
@@ -683,7 +757,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// already).
     pub fn prefetch(&self, tiles: &[TileId]) -> Result<usize, Error> {
         let now = now_ms();
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         st.alive()?;
         let mut data = Vec::new();
         for &t in tiles {
@@ -741,7 +815,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// fail with `Disposed`; `view()` is an empty view, `invalidate` drops nothing,
     /// `updates()` an ended stream. Calling it again does nothing.
     pub fn dispose(&self) {
-        let mut st = self.inner.state.borrow_mut();
+        let mut st = self.inner.lock();
         if st.disposed {
             return;
         }
@@ -764,6 +838,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             if let Some(tx) = l.tx.take() {
                 let _ = tx.send(Err(err.clone()));
             }
+            drop_later(l);
         }
         st.settled.clear();
         st.subscribers.close();
@@ -872,7 +947,7 @@ fn too_wide_error(e: &ViewTooLarge) -> Error {
     )
 }
 
-impl<T> State<T> {
+impl<T: 'static> State<T> {
     /// `Disposed` once [`TileCache::dispose`] was called.
     fn alive(&self) -> Result<(), Error> {
         match self.disposed {
@@ -978,7 +1053,7 @@ impl<T> State<T> {
                 })
                 .collect();
             if let Some(tx) = l.tx.take() {
-                let _ = tx.send(Ok(results));
+                send_or_drop_later(tx, Ok(results));
             }
         }
     }
@@ -1039,7 +1114,8 @@ impl<T> State<T> {
     }
 
     fn broadcast(&mut self, update: Update<T>) {
-        self.subscribers.send(&update);
+        // A view replaced in a queue not read may hold the last `Rc` of items gone since.
+        drop_later(self.subscribers.send(&update));
     }
 
     /// Whether a request is out or a caller waits (`get`, `when_complete`).
@@ -1113,7 +1189,7 @@ impl<T> State<T> {
                 .map(|l| Rc::clone(&l.item.payload().item));
             if let Some(item) = found {
                 for w in self.gets.remove(gid).unwrap_or_default() {
-                    let _ = w.send(Ok(Some(Rc::clone(&item))));
+                    send_or_drop_later(w, Ok(Some(Rc::clone(&item))));
                 }
             }
         }
@@ -1121,7 +1197,7 @@ impl<T> State<T> {
 }
 
 /// How a request ended, as the shell saw it.
-enum Outcome<T> {
+enum Outcome<T: 'static> {
     /// The answer, the data's extent the server declared with it (`BOUNDS_HEADER`), and,
     /// when it left requested ids out, its `error` member.
     Answer(BatchResponse<Stored<T>>, Option<Bbox>, Option<Why>),
@@ -1131,6 +1207,15 @@ enum Outcome<T> {
     /// tier the credential gives; the core decides whether the cache follows it down), and
     /// the `error` member of its body, when it sent one.
     Failed(Failure, Option<Access>, Option<Why>),
+}
+
+impl<T: 'static> Inner<T> {
+    /// The state, for one call; what the call lets go of is dropped after it ([`Locked`]).
+    fn lock(&self) -> Locked<'_, T> {
+        let st = self.state.borrow_mut();
+        LOCKED.with(|l| l.set(l.get() + 1));
+        Locked { st: Some(st) }
+    }
 }
 
 impl<T: DeserializeOwned + 'static> Inner<T> {
@@ -1232,7 +1317,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// waits for nothing puts it off until it is shown: the refreshes of a view at rest, the
     /// prefetch and the retries due meanwhile would be paid for and seen by nobody.
     fn tick(this: &Rc<Self>) {
-        let mut st = this.state.borrow_mut();
+        let mut st = this.lock();
         st.timer = None;
         if let Some(doc) = hidden_document().filter(|_| !st.awaited()) {
             if st.on_shown.is_none() {
@@ -1257,7 +1342,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
 
     fn wake(this: &Rc<Self>) {
         let now = now_ms();
-        let mut st = this.state.borrow_mut();
+        let mut st = this.lock();
         st.timer = None;
         st.on_shown = None;
         // A wake-up queued before `dispose` (the page shown meanwhile) sends nothing.
@@ -1285,7 +1370,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
             let body = t.request.to_json();
             let ids = t.request.ids.clone();
             let asked = ids.clone();
-            this.state.borrow_mut().requests.insert(
+            this.lock().requests.insert(
                 t.id.0,
                 InFlight {
                     ctrl,
@@ -1317,7 +1402,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// for), `get`s it answered resolve, and whatever that set in motion starts.
     fn finish(this: &Rc<Self>, id: RequestId, outcome: Outcome<T>) {
         let now = now_ms();
-        let mut st = this.state.borrow_mut();
+        let mut st = this.lock();
         let Some(flight) = st.requests.remove(&id.0) else {
             return; // aborted (cancelled or past its deadline): the core already knows
         };
@@ -1350,7 +1435,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                         // same: the core names those that passed its tier check.
                         let unkept: HashMap<String, Rc<Item<T>>> = (st.client.take_unkept())
                             .into_iter()
-                            .map(|(id, stored)| (id, stored.item))
+                            .map(|(id, stored)| (id, Rc::clone(&stored.item)))
                             .collect();
                         for gid in &known {
                             if !st.gets.contains_key(gid) {
@@ -1369,9 +1454,11 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                                 continue;
                             }
                             for w in st.gets.remove(gid).unwrap_or_default() {
-                                let _ = w.send(Ok(found.clone()));
+                                send_or_drop_later(w, Ok(found.clone()));
                             }
                         }
+                        // An unkept item whose get was dropped: its last `Rc`.
+                        drop_later(unkept);
                         // Ids asked for and left out of both items and missing (a partial
                         // answer: its `error` says why) are not known not to exist.
                         let left: Vec<String> = (flight.ids.iter())
@@ -1442,7 +1529,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// what is missing), then sends what that asks for.
     fn flush_loads(this: &Rc<Self>) {
         let now = now_ms();
-        let mut st = this.state.borrow_mut();
+        let mut st = this.lock();
         st.flush_scheduled = false;
         if st.disposed {
             return;
@@ -1478,12 +1565,14 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
     /// for are released.
     fn abort_load(this: &Rc<Self>, id: u64) {
         let now = now_ms();
-        let mut st = this.state.borrow_mut();
+        let mut st = this.lock();
         let Some(at) = st.loads.iter().position(|l| l.id == id) else {
             return; // settled
         };
         let mut l = st.loads.remove(at);
         st.settled.append(&mut l.data);
+        // Its tiles' items read so far may be the last `Rc`s of items gone since.
+        drop_later(l);
         if st.disposed {
             return;
         }
@@ -1519,7 +1608,7 @@ struct Target {
 
 /// One POST (two if a 401 made it ask `auth` again), decoded. `asked`: the ids the request
 /// asked for.
-async fn exchange<T: DeserializeOwned>(
+async fn exchange<T: DeserializeOwned + 'static>(
     to: &Target,
     auth: Option<Auth>,
     limits: &Limits,
@@ -1617,7 +1706,7 @@ async fn exchange<T: DeserializeOwned>(
 
 /// A response body into the core's response, each item's `data` into `T`. Any error is
 /// the message of an invalid response.
-fn decode<T: DeserializeOwned>(
+fn decode<T: DeserializeOwned + 'static>(
     body: &[u8],
     limits: &Limits,
 ) -> Result<BatchResponse<Stored<T>>, String> {

@@ -129,8 +129,11 @@ impl<U: Clone + QueueRule> Subscribers<U> {
         Updates { queue }
     }
 
-    /// Queues `update` for every subscriber, by its [`Queued`] rule.
-    pub(crate) fn send(&mut self, update: &U) {
+    /// Queues `update` for every subscriber, by its [`Queued`] rule. Returns the updates it
+    /// took out of the queues (replaced, or past the cap), for the caller to drop when it is
+    /// safe to (a view may hold the last `Rc` of an item whose `Drop` calls the cache).
+    pub(crate) fn send(&mut self, update: &U) -> Vec<U> {
+        let mut gone = Vec::new();
         self.queues.retain(|weak| {
             let Some(queue) = weak.upgrade() else {
                 return false;
@@ -138,7 +141,11 @@ impl<U: Clone + QueueRule> Subscribers<U> {
             let mut q = queue.borrow_mut();
             let rule = update.rule();
             match rule {
-                Queued::Latest(_) => q.items.retain(|u| u.rule() != rule),
+                Queued::Latest(_) => {
+                    if let Some(i) = q.items.iter().position(|u| u.rule() == rule) {
+                        gone.extend(q.items.remove(i));
+                    }
+                }
                 Queued::Once if q.items.iter().any(|u| u.rule() == Queued::Once) => return true,
                 Queued::Merge => {
                     if let Some(queued) = q.items.iter_mut().find(|u| u.rule() == rule) {
@@ -152,7 +159,7 @@ impl<U: Clone + QueueRule> Subscribers<U> {
                 // Latest values and states are at most one each: an error is the oldest
                 // to go.
                 if let Some(i) = q.items.iter().position(|u| u.rule() == Queued::Each) {
-                    q.items.remove(i);
+                    gone.extend(q.items.remove(i));
                 }
             }
             q.items.push_back(update.clone());
@@ -161,6 +168,7 @@ impl<U: Clone + QueueRule> Subscribers<U> {
             }
             true
         });
+        gone
     }
 }
 

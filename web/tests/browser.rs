@@ -636,6 +636,73 @@ async fn the_update_stream_names_the_tiles_whose_items_changed() {
     assert_eq!(next_changed(&mut updates).await, ChangedTiles::All);
 }
 
+thread_local! {
+    /// The cache a `Probe`'s `Drop` calls, and how many probes were dropped.
+    static PROBED: std::cell::RefCell<Option<TileCache<Probe>>> = const { std::cell::RefCell::new(None) };
+    static PROBES_DROPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// An item type whose `Drop` calls the cache holding it (a framework's signal that
+/// unsubscribes, a handle that asks the cache again).
+#[derive(Debug)]
+struct Probe;
+
+impl<'de> serde::Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Probe, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Probe)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let cache = PROBED.with(|c| c.borrow().clone());
+        if let Some(cache) = cache {
+            let _ = (
+                cache.stats(),
+                cache.access(),
+                cache.view(),
+                cache.is_disposed(),
+            );
+        }
+        PROBES_DROPPED.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// An item's `T` whose `Drop` calls the cache: the cache drops its items after the call
+/// that let go of them (an invalidation, a view replaced in an update queue nobody read,
+/// `dispose`), never while its state is borrowed (a panic, which ends the page's cache).
+#[wasm_bindgen_test]
+async fn an_items_drop_may_call_the_cache() {
+    let dropped = || PROBES_DROPPED.with(|n| n.get());
+    let cache: TileCache<Probe> = TileCache::new(&options("probe", 0, 0)).unwrap();
+    PROBED.with(|c| *c.borrow_mut() = Some(cache.clone()));
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    // Evicted by an invalidation, the cache holding the last `Rc`.
+    let before = dropped();
+    assert!(cache.invalidate(tilewarm_web::Invalidate::All) > 0);
+    assert!(dropped() > before, "the invalidated items were dropped");
+    // The last `Rc`s in a view queued for a stream not read, replaced by the next view.
+    let idle = cache.updates();
+    cache.when_complete().await.unwrap();
+    assert!(idle.queued() > 0);
+    let before = dropped();
+    cache.invalidate(tilewarm_web::Invalidate::All);
+    assert!(dropped() > before, "the replaced view's items were dropped");
+    cache.when_complete().await.unwrap();
+    // Dropped by `dispose` (the stream's view no longer holds them).
+    drop(idle);
+    let before = dropped();
+    cache.dispose();
+    assert!(
+        dropped() > before,
+        "the disposed cache's items were dropped"
+    );
+    let last = PROBED.with(|c| c.borrow_mut().take());
+    drop(last);
+}
+
 /// Items' data into the caller's own type.
 #[derive(serde::Deserialize, Debug)]
 #[allow(dead_code)] // read through Debug only
