@@ -501,8 +501,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// A stream of [`Update`]s from now on, for UI frameworks to subscribe to. Dropping
     /// the stream unsubscribes. A subscriber that falls behind holds at most
     /// [`MAX_QUEUED_UPDATES`](crate::MAX_QUEUED_UPDATES) updates: the latest view and the
-    /// latest tier (a new one replaces the one not read yet), one `Complete`, and the latest
-    /// errors.
+    /// latest tier (a new one replaces the one not read yet), one `Complete`, the tiles
+    /// changed since it last read ([`Update::TilesChanged`], merged into one), and the
+    /// latest errors.
     pub fn updates(&self) -> Updates<Update<T>> {
         self.inner.lock().subscribers.subscribe()
     }
@@ -683,7 +684,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// items against).
     ///
     /// The call is made when `load_tiles` is called, as the npm package's promise is: the
-    /// future borrows neither the cache nor `tiles` (`'static`, for `spawn_local`).
+    /// future borrows neither the cache nor `tiles` (`'static`, for `spawn_local`). A tile
+    /// holds the items of the moment it loaded; [`Update::TilesChanged`] names the tiles
+    /// whose items changed since, to load again.
     pub fn load_tiles(&self, tiles: &[TileId]) -> impl std::future::Future<Output = Loaded<T>> {
         let queued = self.queue_load(tiles);
         async move {
