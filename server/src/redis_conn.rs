@@ -530,7 +530,7 @@ impl RedisConn {
     }
 
     /// `MGET` of `keys`, values in key order. On a cluster the keys are grouped by slot,
-    /// one `MGET` per slot, and those by node ([`LazyCluster::on_nodes`]): one round trip
+    /// one `MGET` per slot, and those by node (`LazyCluster::on_nodes`): one round trip
     /// per node. (The cluster client can split one `MGET` by itself, but sends one
     /// command per slot, about one per key here, 100 times slower than this (measured,
     /// docs/BENCHMARKS.md); and after a failover it drops the part meant for a node it has

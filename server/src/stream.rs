@@ -23,7 +23,7 @@
 //! id the stream made: the stream was deleted or this is another server), the event it gets
 //! is `reset`: invalidate everything that cannot be proven fresh. Nothing is lost silently.
 //!
-//! Which entries are gone is read from `XINFO STREAM` ([`Horizon`]): Redis records
+//! Which entries are gone is read from `XINFO STREAM` (`Horizon`): Redis records
 //! `max-deleted-entry-id` for `XDEL` only, while the trimming by `XADD MAXLEN ~` leaves it
 //! as it was; a trim shows as `entries-added` above `length`, and then an id older than the
 //! one just before the oldest entry kept (`recorded-first-entry-id`) is a gap, whose `from`
@@ -115,7 +115,7 @@ pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// retention).
 pub const MAX_BACKLOG: usize = 1000;
 
-/// Most bytes of changes a `Last-Event-ID` catch-up holds ([`backlog_bytes`]); a client
+/// Most bytes of changes a `Last-Event-ID` catch-up holds (`backlog_bytes`); a client
 /// further behind gets one `reset` instead, as past [`MAX_BACKLOG`] events. An entry may
 /// name 1000 ids of 256 bytes, so the event bound alone would let one catch-up hold a few
 /// hundred megabytes, per subscriber.
@@ -172,7 +172,7 @@ pub enum ResetReason {
     /// A stream entry whose id or body cannot be read: a change nobody can name.
     Unreadable,
     /// An invalidation naming ids, sent to a follower below the top tier (see
-    /// [`Event::to_sse`]).
+    /// `Event::to_sse`).
     Ids,
 }
 

@@ -26,12 +26,12 @@
 //!
 //! Because a tile's value holds copies of its items, invalidating an item must find the
 //! tiles holding it: by id, the item key's stored position names its data tile
-//! ([`RedisTier::invalidate`]). A class is invalidated without finding anything: its
-//! generation is bumped ([`BUMP_SCRIPT`]), one command whatever the tier holds, and every value
+//! (`RedisTier::invalidate`). A class is invalidated without finding anything: its
+//! generation is bumped (`BUMP_SCRIPT`), one command whatever the tier holds, and every value
 //! holding an item stamped with an older generation reads as a miss from then on
 //! ([`Generations`]); each item is stamped with the generation read *before* its origin
 //! call ([`Fill::gens`]), so a write-back racing the bump is born stale. `all` has a
-//! generation too ([`ALL_BUMP_SCRIPT`]), so a key its `SCAN` does not reach (a Redis Cluster
+//! generation too (`ALL_BUMP_SCRIPT`), so a key its `SCAN` does not reach (a Redis Cluster
 //! moving slots while it runs) is stale anyway.
 
 use std::sync::atomic::Ordering::Relaxed;

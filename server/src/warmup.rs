@@ -13,10 +13,11 @@
 //!   a request or by warm-up) within the tile TTL ([`OverLimit`]: warm-up asks at `agent`,
 //!   so nothing of them could be cached, and each ask is a full origin read of a dense
 //!   tile; `tilewarm_warmup_over_limit_skipped_total`), tiles being warmed by another job,
-//!   tiles warmed lately that the tier did not hold since ([`WARM_RETRY_MS`]: the origin
-//!   failed them, or the tier did not keep them, e.g. empty lists past
-//!   `--max-empty-tiles`), and tiles the cache tier already holds (a list fetched at a
-//!   caller's tier below `agent` included: `crate::batch`).
+//!   tiles warmed lately that the tier did not hold since
+//!   ([`WARM_RETRY_MS`](tilewarm::proxy::WARM_RETRY_MS): the origin failed them, or the
+//!   tier did not keep them, e.g. empty lists past `--max-empty-tiles`), and tiles the
+//!   cache tier already holds (a list fetched at a caller's tier below `agent` included:
+//!   `crate::batch`).
 //! - **Claim** (worker): before each origin call, claims its tiles in the shared tier
 //!   ([`crate::tier::CacheTier::claim`], Redis `SET NX PX`) and drops those another
 //!   instance claimed first (`tilewarm_warmup_claimed_elsewhere_total`): instances sharing

@@ -58,7 +58,7 @@
 //! `statement_timeout` set to `--origin-timeout-ms` (0 included, so that a role's or
 //! database's own timeout does not apply), and a call dropped before its statements end
 //! (given up by the request's budget, which its count may have spent in part, or its
-//! client gone) cancels them in the database ([`Running`]), so a statement nobody waits
+//! client gone) cancels them in the database (`Running`), so a statement nobody waits
 //! for does not hold a connection; a query stopped by either is a timeout (504), any other
 //! failure a 502. The server starts while the database is down and recovers when it is up.
 //!
