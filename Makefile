@@ -4,11 +4,11 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 MAKEFLAGS += --no-print-directory
 
-.PHONY: test toolchain setup-test lint fmt-check clippy cargo-test wasm-core gen pkg page-size node-test browser-test edge-test demo-test web-test web-example bench demo demo-postgis setup \
+.PHONY: test toolchain setup-test lint fmt-check clippy doc-check cargo-test wasm-core gen pkg page-size node-test browser-test edge-test demo-test web-test web-example bench demo demo-postgis setup \
 	fuzz fuzz-smoke soak soak-smoke schemathesis
 
 ## Every suite: the toolchain (installed, then checked and printed), setup's own tests,
-## formatting, clippy, cargo tests, the bare wasm32 core build, short passes of the fuzz
+## formatting, clippy, rustdoc's link checks, cargo tests, the bare wasm32 core build, short passes of the fuzz
 ## targets, the soak test and schemathesis, the npm package and the Node tests against it,
 ## the edge worker under workerd, the Rust browser shell (web/) and the demo page in
 ## headless Chromium.
@@ -29,7 +29,7 @@ toolchain:
 setup-test:
 	scripts/test-setup.sh
 
-lint: fmt-check clippy
+lint: fmt-check clippy doc-check
 
 fmt-check:
 	@scripts/setup.sh rust
@@ -39,6 +39,15 @@ clippy:
 	@scripts/setup.sh rust
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+## rustdoc with warnings as errors (broken links, links from public docs to private items),
+## of the crates' own docs only (--no-deps): the core with every feature, the server, and
+## tilewarm-web on the host and on wasm32, where its TileCache (wasm32 only) is there to
+## link to.
+doc-check:
+	@scripts/setup.sh rust wasm-target
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p tilewarm -p tilewarm-server -p tilewarm-web
+	RUSTDOCFLAGS="-D warnings" scripts/wasm-cargo.sh doc --no-deps -p tilewarm-web
 
 ## Rust tests of the whole workspace; the server's Redis and PostGIS tests need a real
 ## redis-server and PostgreSQL 15 + PostGIS (each test starts its own on a free loopback

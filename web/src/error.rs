@@ -32,8 +32,8 @@ pub enum ErrorCode {
     InvalidTile,
     /// A viewport covering more data tiles than the planner plans for.
     TooManyTiles,
-    /// The cache was disposed ([`TileCache::dispose`](crate::TileCache)) or dropped while
-    /// this was pending, or before this call.
+    /// The cache was disposed ([`TileCache::dispose`](crate::TileCache::dispose)) or
+    /// dropped while this was pending, or before this call.
     Disposed,
 }
 

@@ -21,6 +21,11 @@
 //! (a `Retry-After` read as the npm package reads it). Tests: `tests/browser.rs` (wasm-bindgen-test in headless
 //! Chromium against tilewarm-server, `make web-test`).
 
+// `TileCache` and the futures crates are wasm32 only: a host build's docs (a server sharing
+// the options and views) cannot link to them and show those links as text. `make
+// doc-check` checks every link where the crate runs, on wasm32.
+#![cfg_attr(not(target_arch = "wasm32"), allow(rustdoc::broken_intra_doc_links))]
+
 mod auth;
 #[cfg(target_arch = "wasm32")]
 mod body;
@@ -43,7 +48,7 @@ pub use options::{
     BatchOptions, BoundsOptions, Checked, Credentials, Options, PrefetchOptions, TtlOptions,
 };
 pub use tiles::{neighbour_tiles, parent_tile, tile_for_point, tiles_for_bbox, MAX_BBOX_TILES};
-/// The core's types a caller of [`TileCache`] meets.
+// The core's types a caller of `TileCache` meets.
 pub use tilewarm::batch::Kind;
 pub use tilewarm::cache::Invalidate;
 pub use tilewarm::client::{ChangedTiles, ClientStats, TileState, ViewTooLarge, MAX_CHANGED_TILES};

@@ -69,7 +69,8 @@ pub struct View<T> {
     /// window at a low zoom, a pitched view): nothing is fetched for it and `items` are the
     /// cached ones in it. Not an error (the npm package's `tooWide`): zoom in, or raise
     /// [`Options::max_visible_tiles`](crate::Options::max_visible_tiles) (`maxVisibleTiles`).
-    /// [`TileCache::when_complete`] fails with `TooManyTiles` while it is.
+    /// [`TileCache::when_complete`](crate::TileCache::when_complete) fails with
+    /// `TooManyTiles` while it is.
     pub too_wide: Option<ViewTooLarge>,
 }
 
@@ -115,16 +116,17 @@ impl<T> Clone for TileLoad<T> {
     }
 }
 
-/// What [`TileCache::updates`] streams.
+/// What [`TileCache::updates`](crate::TileCache::updates) streams.
 #[derive(Debug)]
 pub enum Update<T> {
     /// Data for the view arrived (or was invalidated): the view as it is now.
     View(View<T>),
     /// Every visible tile can now be shown.
     Complete,
-    /// The tier the cache asks and views at changed: [`TileCache::set_access`], or a lower
-    /// tier the server reported for the credential (an answer, or a `403` naming it), as
-    /// the npm package's `onAccess` tells. Sent before the view it changed.
+    /// The tier the cache asks and views at changed:
+    /// [`TileCache::set_access`](crate::TileCache::set_access), or a lower tier the server
+    /// reported for the credential (an answer, or a `403` naming it), as the npm package's
+    /// `onAccess` tells. Sent before the view it changed.
     Access(Access),
     /// A request failed (foreground or prefetch), or an answer left requested ids out;
     /// cached data stays usable.
