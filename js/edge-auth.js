@@ -4,7 +4,8 @@
 // server's (docs/server.md, docs/edge.md): no token is `public`; a token must be signed by
 // the configured key with an allowed algorithm, carry `exp`, pass `nbf`, `iss`, `aud` (when
 // configured) within the leeway, and names its tier in a claim (`tilewarm_access` by
-// default). Anything else is a 401. The tier never comes from the request body.
+// default). Anything else is a 401 (`Bearer` with no token: a 400). The tier never comes
+// from the request body.
 import { jwtVerify, createLocalJWKSet, createRemoteJWKSet, jwksCache, customFetch, errors } from 'jose';
 import { readBody } from './edge-body.js';
 
@@ -128,12 +129,29 @@ export const NO_TOKEN_CHALLENGE = 'Bearer realm="tilewarm"';
  * 3.1). The server's too. */
 export const INSUFFICIENT_SCOPE_CHALLENGE = 'Bearer error="insufficient_scope"';
 
+/** The challenge of a 400 for `Authorization: Bearer` with no token (RFC 6750 3.1
+ * `invalid_request`: a malformed request, not a bad token). The server's too. */
+export const INVALID_REQUEST_CHALLENGE = 'Bearer error="invalid_request"';
+
 /** A credential the caller sent that is not good: a 401 with `message` (never the token)
- * and `WWW-Authenticate: challenge`. */
+ * and `WWW-Authenticate: challenge`; `status` and `code` are the answer's. */
 export class Unauthorized extends Error {
   constructor(message, challenge = INVALID_TOKEN_CHALLENGE) {
     super(message);
     this.challenge = challenge;
+    this.status = 401;
+    this.code = 'unauthorized';
+  }
+}
+
+/** `Authorization: Bearer` with no token: a 400 `bad_request` with the `invalid_request`
+ * challenge, as the server answers it. A 401 would have the client fetch a fresh token for a
+ * request that carried none. */
+export class NoToken extends Unauthorized {
+  constructor() {
+    super('the Authorization header is "Bearer" with no token: send "Bearer <token>", or no Authorization header, to be public', INVALID_REQUEST_CHALLENGE);
+    this.status = 400;
+    this.code = 'bad_request';
   }
 }
 
@@ -247,7 +265,7 @@ export function createAuth(env, options = {}) {
   }
   const verified = new VerifiedTokens(cacheSize, leeway);
   /** The bearer token of `request`, checked for form; null without an Authorization header.
-   * Throws `Unauthorized`. */
+   * Throws `Unauthorized` (`NoToken` for `Bearer` alone). */
   function bearerOf(request) {
     const header = request.headers.get('authorization');
     if (header === null) return null;
@@ -255,6 +273,7 @@ export function createAuth(env, options = {}) {
     if (!/^\s*bearer(\s|$)/i.test(header)) {
       throw new Unauthorized('the Authorization header must be "Bearer <token>": no other scheme is accepted (or send none, to be public)', NO_TOKEN_CHALLENGE);
     }
+    if (/^\s*bearer\s*$/i.test(header)) throw new NoToken();
     if (header.length > MAX_TOKEN_BYTES + 7) {
       throw new Unauthorized(`the bearer token is longer than ${MAX_TOKEN_BYTES} bytes`);
     }

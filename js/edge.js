@@ -573,7 +573,7 @@ export function createWorker(defaults = {}) {
       admin = await auth.admin(request);
     } catch (e) {
       if (e instanceof Unauthorized) {
-        return error(401, 'unauthorized', e.message, { 'www-authenticate': e.challenge });
+        return error(e.status, e.code, e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');
@@ -637,7 +637,7 @@ export function createWorker(defaults = {}) {
       tier = await auth.tier(request);
     } catch (e) {
       if (e instanceof Unauthorized) {
-        return error(401, 'unauthorized', e.message, { 'www-authenticate': e.challenge });
+        return error(e.status, e.code, e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
       return error(500, 'internal', 'the caller\'s token could not be checked');

@@ -217,8 +217,31 @@ describe('edge worker: caller authentication', () => {
         await refused(edge, { 'content-type': 'application/json', authorization }, /must be "Bearer <token>"/, pub, 'Bearer realm="tilewarm"');
       }
     }
-    await refused(hmac, { 'content-type': 'application/json', authorization: 'Bearer' }, /must be "Bearer <token>"/);
     await refused(hmac, bearer(await callerToken('admin')), /"tilewarm_access" claim must be one of/);
+  });
+
+  it('answers `Bearer` with no token 400 invalid_request (RFC 6750 3.1), as the server does', async () => {
+    // A malformed request, not a bad token: a 401 `invalid_token` (before) has a client
+    // fetch a fresh token and send it again. With a key or without; on /edge/stats too.
+    const pub = { tiles: ['14/2624/5721'], access: 'public' };
+    for (const edge of [hmac, keyless]) {
+      for (const authorization of ['Bearer', 'bearer   ']) {
+        const n = relay.seen.length;
+        const r = await post(edge.batch, pub, { 'content-type': 'application/json', authorization });
+        assert.equal(r.status, 400, r.text);
+        assert.equal(r.json.error.code, 'bad_request');
+        assert.match(r.json.error.message, /"Bearer" with no token/);
+        assert.equal(r.wwwAuthenticate, 'Bearer error="invalid_request"');
+        assert.equal(relay.seen.length, n, 'no origin request');
+      }
+    }
+    const stats = await fetch(`${hmac.url}/edge/stats`, { headers: { authorization: 'Bearer' } });
+    assert.equal(stats.status, 400, await stats.text());
+    assert.equal(stats.headers.get('www-authenticate'), 'Bearer error="invalid_request"');
+    // The server behind it answers the same.
+    const direct = await post(server.batch, pub, { 'content-type': 'application/json', authorization: 'Bearer' });
+    assert.equal(direct.status, 400, direct.text);
+    assert.equal(direct.wwwAuthenticate, 'Bearer error="invalid_request"');
   });
 
   it('refuses any token at an edge with no key configured (every caller is public there)', async () => {

@@ -65,7 +65,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::adaptive::InFlightLimit;
 use crate::auth::{Caller, CredentialError};
 use crate::client_addr::ClientAddr;
-use crate::http::{credential_required, error_response, keys_unavailable, unauthorized};
+use crate::http::{credential_required, error_response, keys_unavailable, no_token, unauthorized};
 use crate::App;
 
 /// Most callers the per-caller table tracks ([`Admission::check`]).
@@ -521,18 +521,22 @@ pub enum Refused {
     /// The `Authorization` header is not `Bearer`: 401 with this message and a challenge
     /// without an error code ([`crate::auth::CredentialError::NotBearer`]).
     NotBearer(String),
+    /// The `Authorization` header is `Bearer` with no token: 400 with this message
+    /// ([`crate::auth::CredentialError::NoToken`]).
+    NoToken(String),
     /// The credential could not be checked: the `--jwks` URL's key server failed (502).
     KeysUnavailable(crate::auth::KeysUnavailable),
 }
 
 impl Refused {
-    /// The answer: 429 `rate_limited` with `Retry-After`, or 401 `unauthorized` with
-    /// `WWW-Authenticate`.
+    /// The answer: 429 `rate_limited` with `Retry-After`, or 401 `unauthorized` (400
+    /// `bad_request` for `Bearer` with no token) with `WWW-Authenticate`.
     pub fn into_response(self) -> Response {
         match self {
             Refused::TooManyFailures(wait) => auth_rate_limited(wait),
             Refused::Unauthorized(message) => unauthorized(message),
             Refused::NotBearer(message) => credential_required(message),
+            Refused::NoToken(message) => no_token(message),
             Refused::KeysUnavailable(e) => keys_unavailable(e),
         }
     }
@@ -563,6 +567,8 @@ pub async fn authenticate(
             failures.failed(key);
             Refused::NotBearer(e.0)
         }
+        // Nothing was checked: no failure to count.
+        CredentialError::NoToken(m) => Refused::NoToken(m),
         CredentialError::KeysUnavailable(e) => Refused::KeysUnavailable(e),
     })
 }

@@ -106,6 +106,13 @@ pub enum CredentialError {
     /// that a bearer token it never sent is bad).
     #[error(transparent)]
     NotBearer(Unauthorized),
+    /// The `Authorization` header is `Bearer` with no token (`Bearer`, `Bearer  `): 400
+    /// `bad_request` with `WWW-Authenticate: Bearer error="invalid_request"` (RFC 6750
+    /// section 3.1: a malformed request, missing the token; `invalid_token` would have the
+    /// client fetch a fresh token for a request that carried none). Not counted as a
+    /// refused credential: there was nothing to check.
+    #[error("{0}")]
+    NoToken(String),
     /// It could not be checked now (502).
     #[error(transparent)]
     KeysUnavailable(#[from] KeysUnavailable),
@@ -324,6 +331,11 @@ impl Verifier {
     /// The caller of a request with these headers. A token whose `kid` a `--jwks` URL's
     /// set lacks may wait for that set to be fetched again ([`crate::jwks`]).
     pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, CredentialError> {
+        if let Mode::Off | Mode::Jwt { .. } = self.mode {
+            if let Some(e) = headers.get(AUTHORIZATION).and_then(no_token) {
+                return Err(e);
+            }
+        }
         let (keys, remote) = match &self.mode {
             Mode::TrustHeader(name) => return Ok(trusted_tier(name, headers)?),
             Mode::Off => {
@@ -547,6 +559,20 @@ fn not_bearer(value: &axum::http::HeaderValue) -> Option<CredentialError> {
              (or send no Authorization header, to be public)"
                 .into(),
         ))
+    })
+}
+
+/// The refusal of an `Authorization` header that is `Bearer` with no token, if it is one
+/// ([`CredentialError::NoToken`]).
+fn no_token(value: &axum::http::HeaderValue) -> Option<CredentialError> {
+    let value = value.as_bytes().trim_ascii();
+    let empty = is_bearer_scheme(value) && value[b"bearer".len()..].trim_ascii().is_empty();
+    empty.then(|| {
+        CredentialError::NoToken(
+            "Authorization is \"Bearer\" with no token: send \"Bearer <token>\" with a JWT, \
+             or no Authorization header, to be public"
+                .into(),
+        )
     })
 }
 

@@ -79,6 +79,23 @@ pub fn unauthorized(message: impl Into<String>) -> Response {
 /// realm, as the `Bearer` scheme needs at least one parameter.
 pub const NO_CREDENTIAL_CHALLENGE: &str = "Bearer realm=\"tilewarm\"";
 
+/// The `WWW-Authenticate` challenge of a 400 for an `Authorization: Bearer` with no token:
+/// RFC 6750 section 3.1's `invalid_request` (a malformed request, not a bad token).
+pub const INVALID_REQUEST_CHALLENGE: &str = "Bearer error=\"invalid_request\"";
+
+/// 400 `bad_request` for an `Authorization: Bearer` with no token
+/// ([`crate::auth::CredentialError::NoToken`]), with `WWW-Authenticate:`
+/// [`INVALID_REQUEST_CHALLENGE`]: a client that refreshes its token on a 401 would only
+/// send the same request again.
+pub fn no_token(message: impl Into<String>) -> Response {
+    let mut r = error_response(ErrorCode::BadRequest, message);
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static(INVALID_REQUEST_CHALLENGE),
+    );
+    r
+}
+
 /// The `WWW-Authenticate` challenge of a 403 for a verified bearer token that lacks the
 /// tier or claim asked for (RFC 6750 section 3.1, `insufficient_scope`).
 pub const INSUFFICIENT_SCOPE_CHALLENGE: &str = "Bearer error=\"insufficient_scope\"";
@@ -105,12 +122,13 @@ pub fn keys_unavailable(e: crate::auth::KeysUnavailable) -> Response {
     r
 }
 
-/// The answer to a credential that was not accepted: 401, or 502 when it could not be
-/// checked.
+/// The answer to a credential that was not accepted: 401 (400 for `Bearer` with no token),
+/// or 502 when it could not be checked.
 pub fn credential_refused(e: crate::auth::CredentialError) -> Response {
     match e {
         crate::auth::CredentialError::Unauthorized(e) => unauthorized(e.0),
         crate::auth::CredentialError::NotBearer(e) => credential_required(e.0),
+        crate::auth::CredentialError::NoToken(m) => no_token(m),
         crate::auth::CredentialError::KeysUnavailable(e) => keys_unavailable(e),
     }
 }

@@ -445,8 +445,6 @@ async fn attack_oversized_token_is_refused_unparsed() {
 async fn attack_garbage_credentials_are_refused() {
     let s = server(config()).await;
     for a in [
-        "Bearer",
-        "Bearer ",
         "Bearer garbage",
         "Bearer a.b.c",
         "Bearer ....",
@@ -463,6 +461,57 @@ async fn attack_garbage_credentials_are_refused() {
         )
         .await;
     refused(&r, "");
+    s.shutdown().await;
+}
+
+/// RFC 6750 section 3.1: `Authorization: Bearer` with no token is a malformed request, 400
+/// `bad_request` with `WWW-Authenticate: Bearer error="invalid_request"`, with a key
+/// configured or not, on the batch and the tile route; not a 401 `invalid_token`, which
+/// tells a client to fetch a fresh token for a request that carried none. Nothing was
+/// checked, so it does not count against the address's refused credentials: past a burst
+/// of 1, a bad token after three of them is still a 401, and only the next one a 429.
+/// Before: 401 `invalid_token`, counted.
+#[tokio::test]
+async fn bearer_without_a_token_is_an_invalid_request() {
+    let plain = server(Config {
+        jwt_secret: None,
+        ..config()
+    })
+    .await;
+    let s = server(Config {
+        auth_fail_burst: 1,
+        ..config()
+    })
+    .await;
+    for server in [&s, &plain] {
+        for a in ["Bearer", "Bearer ", "bearer   ", " BEARER"] {
+            let r = call(server, Some(a), Access::Public).await;
+            let m = r.error(400, "bad_request");
+            assert_eq!(
+                r.headers["www-authenticate"], "Bearer error=\"invalid_request\"",
+                "{a:?}: {m}"
+            );
+            assert!(m.contains("no token"), "{m}");
+        }
+        let r = Http::anonymous()
+            .send(
+                "GET",
+                &format!("{}/v1/tiles/{}", server.url(), tile()),
+                &[("authorization", "Bearer")],
+                String::new(),
+            )
+            .await;
+        r.error(400, "bad_request");
+        assert_eq!(
+            r.headers["www-authenticate"],
+            "Bearer error=\"invalid_request\""
+        );
+    }
+    plain.shutdown().await;
+    refused(&call(&s, Some("Bearer garbage"), Access::Public).await, "");
+    call(&s, Some("Bearer garbage"), Access::Public)
+        .await
+        .error(429, "rate_limited");
     s.shutdown().await;
 }
 
