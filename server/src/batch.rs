@@ -27,9 +27,10 @@
 //!   the tile is counted at `agent` (the tier asked, so one list serves every tier), and
 //!   for a caller below it asked for again at the caller's tier, its list then served and
 //!   cached as fetched at that tier ([`crate::tier::TileHit::fetched_at`]: a miss for a
-//!   caller above it). What is over the limit at the caller's tier is reported unanswered
-//!   in a partial answer (`error`, `payload_too_large`, naming the tile, its count of the
-//!   items the caller may see and the limit), the rest answered.
+//!   caller above it). Requests of one tier share that call (single flight by tile and
+//!   tier). What is over the limit at the caller's tier is reported unanswered in a partial
+//!   answer (`error`, `payload_too_large`, naming the tile, its count of the items the
+//!   caller may see and the limit), the rest answered.
 //! - An answer holds at most `--max-response-items` items and what clients read
 //!   (`Limits::max_body_bytes`, 8 MiB, an upper bound counted before it is written): what
 //!   fits is answered in request order and the rest left out of a partial answer
@@ -255,7 +256,7 @@ pub async fn answer(
         .origin_tiles()
         .into_iter()
         .partition(|&t| policy.cacheable(t));
-    let (lead, follows) = app.single_flight.claim(&data_misses);
+    let (lead, follows) = app.single_flight.claim(&data_misses, Access::Agent);
     let mut ask = lead.tiles();
     ask.extend(forwarded);
     // Waiting for the origin (this request's call or another's) is not the server's work:
@@ -330,8 +331,7 @@ pub async fn answer(
             }
             Followed::Answer(None) => {}
             // Reported as the leader reports it (`Fetched::for_followers`).
-            Followed::LeftOut(LeftOut::OverLimit(over)) => fetched.over_limit.push(over),
-            Followed::LeftOut(LeftOut::Told(told)) => fetched.told(told),
+            Followed::LeftOut(why) => fetched.left_out(why),
             Followed::Failed(refusal) => return Err(refusal),
             Followed::Abandoned => abandoned.push(tile),
         }
@@ -369,42 +369,18 @@ pub async fn answer(
     let until = now_ms().saturating_add(app.tile_ttl_ms);
     app.warmup.over_limit.found(&too_large_at_top, until);
     if caller < Access::Agent && !too_large_at_top.is_empty() {
-        // A request out of time here leaves out only these tiles too.
-        let again = match deadline.left_ms(app) {
-            Ok(ms) => {
-                app.metrics
-                    .tiles_asked_at_caller_tier
-                    .fetch_add(too_large_at_top.len() as u64, Relaxed);
-                fetch(
-                    app,
-                    &policy,
-                    too_large_at_top.clone(),
-                    Vec::new(),
-                    degraded,
-                    None,
-                    ms,
-                    &read.gens,
-                    (caller, caller),
-                )
-                .await
-            }
-            Err(out_of_time) => Err(out_of_time),
-        };
         fetched.forget_tiles(&too_large_at_top);
-        match again {
-            Ok(mut again) => {
-                again.write_back(app).await;
-                fetched.add(again);
-            }
-            // The rest of the answer stands: only these tiles are left out, with the call's
-            // failure as their reason (its code; its message, at the caller's tier, below).
-            Err(failed) => fetched.told(Unanswered {
-                code: failed.code,
-                message: failed.message,
-                tiles: too_large_at_top,
-                ids: Vec::new(),
-            }),
-        }
+        let again = at_callers_tier(
+            app,
+            &policy,
+            &too_large_at_top,
+            degraded,
+            &mut deadline,
+            &read.gens,
+            caller,
+        )
+        .await;
+        fetched.add(again);
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);
@@ -605,13 +581,16 @@ impl Fetched {
             return Err(LeftOut::OverLimit(*over));
         }
         match self.unanswered.as_ref().filter(|u| u.tiles.contains(&t)) {
-            Some(u) => Err(LeftOut::Told(Unanswered {
-                code: u.code,
-                message: u.message.clone(),
-                tiles: vec![t],
-                ids: Vec::new(),
-            })),
+            Some(u) => Err(LeftOut::told(u, t)),
             None => Ok(None),
+        }
+    }
+
+    /// Adds a tile left out for `why` (by a leader's call, or found so before).
+    fn left_out(&mut self, why: LeftOut) {
+        match why {
+            LeftOut::OverLimit(over) => self.over_limit.push(over),
+            LeftOut::Told(told) => self.told(told),
         }
     }
 
@@ -673,7 +652,7 @@ impl Fetched {
 }
 
 /// Asks the origin for `tiles` and `ids`: the request's one call (and its call again for
-/// tiles over `--max-tile-items` at the top tier). While
+/// tiles over `--max-tile-items` at the top tier, [`at_callers_tier`]). While
 /// the tier is degraded, at most `--degraded-origin-calls` such calls run at once; past it
 /// the request is refused with 503 `overloaded` (the origin is not made to absorb every
 /// request the tier used to answer). What is written back is the policy's rule; nothing is
@@ -760,6 +739,124 @@ async fn fetch(
         fill: (!degraded).then_some(fill),
         epoch,
     })
+}
+
+/// Asks the origin again, at the tier of `caller` (below `agent`), for `tiles`: data tiles
+/// over `--max-tile-items` at `agent`. One call per tile and tier at a time: a request at
+/// that tier asking for a tile another's call is asking for follows that call
+/// (`single_flight`), as at `agent`. The lists are written back as fetched at that tier. A
+/// failure (of this request's call or of the one it follows), or the request's budget
+/// spent, leaves out only these tiles, with the failure's code.
+async fn at_callers_tier(
+    app: &App,
+    policy: &tilewarm::proxy::policy::Read,
+    tiles: &[TileId],
+    degraded: bool,
+    deadline: &mut OriginDeadline,
+    gens: &Generations,
+    caller: Access,
+) -> Fetched {
+    let (lead, follows) = app.single_flight.claim(tiles, caller);
+    let mut out = Fetched::default();
+    let led = lead.tiles();
+    if !led.is_empty() {
+        match ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await {
+            Ok(mut again) => {
+                lead.publish(|t| again.for_followers(t));
+                again.write_back(app).await;
+                out.add(again);
+            }
+            Err((failed, cut_short)) => {
+                // Shared as at `agent` (step 3 of `answer`).
+                let timed_out = failed.code == ErrorCode::UpstreamTimeout;
+                if backend_unavailable(failed.code) && !(timed_out && cut_short) {
+                    lead.fail(&for_followers(&failed));
+                }
+                out.told(left_out_by(failed, led));
+            }
+        }
+    }
+    drop(lead);
+    let mut abandoned = Vec::new();
+    // Out of time, the rest is left out with the one 504 (counted once).
+    let mut spent: Option<Refusal> = None;
+    for f in follows {
+        let tile = f.tile;
+        let left = match &spent {
+            Some(refusal) => Err(refusal.clone()),
+            None => deadline.left(app),
+        };
+        let followed = match left {
+            Err(refusal) => Followed::Failed(spent.insert(refusal).clone()),
+            Ok(None) => f.wait().await,
+            Ok(Some(left)) => match tokio::time::timeout(left, f.wait()).await {
+                Ok(followed) => followed,
+                Err(_) => Followed::Failed(spent.insert(deadline.spent(app)).clone()),
+            },
+        };
+        match followed {
+            Followed::Answer(Some(list)) => {
+                out.tiles.insert(tile, list);
+            }
+            Followed::Answer(None) => {}
+            Followed::LeftOut(why) => out.left_out(why),
+            Followed::Failed(failed) => out.told(left_out_by(failed, vec![tile])),
+            Followed::Abandoned => abandoned.push(tile),
+        }
+    }
+    if !abandoned.is_empty() {
+        // Their leader went away unanswered: asked here.
+        match ask_at_callers_tier(app, policy, &abandoned, degraded, deadline, gens, caller).await {
+            Ok(mut again) => {
+                again.write_back(app).await;
+                out.add(again);
+            }
+            Err((failed, _)) => out.told(left_out_by(failed, abandoned)),
+        }
+    }
+    out
+}
+
+/// The call of [`at_callers_tier`]: its answer, or its refusal and whether the call had
+/// less than `--origin-timeout-ms` (what was left of the request's budget).
+async fn ask_at_callers_tier(
+    app: &App,
+    policy: &tilewarm::proxy::policy::Read,
+    tiles: &[TileId],
+    degraded: bool,
+    deadline: &mut OriginDeadline,
+    gens: &Generations,
+    caller: Access,
+) -> Result<Fetched, (Refusal, bool)> {
+    let ms = deadline.left_ms(app).map_err(|spent| (spent, true))?;
+    let cut_short = ms != app.config.origin_timeout_ms;
+    app.metrics
+        .tiles_asked_at_caller_tier
+        .fetch_add(tiles.len() as u64, Relaxed);
+    let again = fetch(
+        app,
+        policy,
+        tiles.to_vec(),
+        Vec::new(),
+        degraded,
+        None,
+        ms,
+        gens,
+        (caller, caller),
+    )
+    .await
+    .map_err(|failed| (failed, cut_short))?;
+    Ok(again)
+}
+
+/// `tiles` left out because the call for them failed with `failed`: its code and message.
+fn left_out_by(failed: Refusal, tiles: Vec<TileId>) -> Unanswered {
+    Unanswered {
+        code: failed.code,
+        message: failed.message,
+        tiles,
+        ids: Vec::new(),
+    }
 }
 
 /// One request's budget for waiting on the origin: `--origin-timeout-ms` in all, from its

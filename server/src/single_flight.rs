@@ -27,12 +27,20 @@
 //! claims just after the leader let go asks the origin again. The window is one Redis round
 //! trip; it costs a second call, never a wrong answer.
 //!
+//! A flight is of a tile *at a tier*: the request path asks the origin at `agent` (one list
+//! for every tier), and asks a tile over `--max-tile-items` there again at the tier of a
+//! caller below it (`crate::batch`); requests at that tier share that call too, and never
+//! follow one made at another tier.
+//!
 //! The table holds only tiles in flight (at most the server's in-flight batches times
-//! `--max-data-tiles`); the lock is never held across an await.
+//! `--max-data-tiles`, twice); the lock is never held across an await.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
+use tilewarm::access::Access;
 use tilewarm::tile::TileId;
 use tokio::sync::watch;
 
@@ -53,20 +61,35 @@ pub enum LeftOut {
     Told(tilewarm::protocol::Unanswered),
 }
 
+impl LeftOut {
+    /// What an upstream's partial answer `u` says of tile `t`, one of those it names: its
+    /// code and message, not the other tiles or ids it names.
+    pub fn told(u: &tilewarm::protocol::Unanswered, t: TileId) -> LeftOut {
+        LeftOut::Told(tilewarm::protocol::Unanswered {
+            code: u.code,
+            message: u.message.clone(),
+            tiles: vec![t],
+            ids: Vec::new(),
+        })
+    }
+}
+
 /// What a leader published for one tile.
 type Published = Option<Arc<Result<Result<TileAnswer, LeftOut>, Refusal>>>;
 
-/// The tiles being fetched now, each with the channel its leader publishes on and the
-/// number of its flight (so that a leader lets go of its own flight only, not of a later
-/// one after [`SingleFlight::forget`]).
+/// The tiles being fetched now, by the tier they are asked at, each with the channel its
+/// leader publishes on and the number of its flight (so that a leader lets go of its own
+/// flight only, not of a later one after [`SingleFlight::forget`]).
 #[derive(Default)]
 pub struct SingleFlight {
     tiles: Mutex<Flights>,
+    /// Requests waiting for a leader now, by the tier asked at ([`Self::following`]).
+    following: [AtomicUsize; Access::ALL.len()],
 }
 
 #[derive(Default)]
 struct Flights {
-    by_tile: HashMap<TileId, (u64, watch::Receiver<Published>)>,
+    by_tile: HashMap<(TileId, Access), (u64, watch::Receiver<Published>)>,
     next: u64,
 }
 
@@ -74,13 +97,15 @@ struct Flights {
 /// Dropping it lets the tiles go (followers of tiles never published then fetch them).
 pub struct Lead<'a> {
     flight: &'a SingleFlight,
+    at: Access,
     senders: Vec<(TileId, u64, watch::Sender<Published>)>,
 }
 
 /// A tile another request is fetching.
-pub struct Follow {
+pub struct Follow<'a> {
     pub tile: TileId,
     rx: watch::Receiver<Published>,
+    following: &'a AtomicUsize,
 }
 
 /// What a followed tile's leader said.
@@ -96,25 +121,32 @@ pub enum Followed {
 }
 
 impl SingleFlight {
-    /// Claims `tiles` (each once): those nobody is fetching are led, the others followed.
-    pub fn claim(&self, tiles: &[TileId]) -> (Lead<'_>, Vec<Follow>) {
+    /// Claims `tiles` (each once) to be asked at tier `at`: those nobody is fetching at
+    /// `at` are led, the others followed.
+    pub fn claim(&self, tiles: &[TileId], at: Access) -> (Lead<'_>, Vec<Follow<'_>>) {
         let mut map = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
         let mut lead = Lead {
             flight: self,
+            at,
             senders: Vec::new(),
         };
         let mut follow = Vec::new();
+        let following = &self.following[at as usize];
         for &t in tiles {
-            match map.by_tile.get(&t) {
-                Some((_, rx)) => follow.push(Follow {
-                    tile: t,
-                    rx: rx.clone(),
-                }),
+            match map.by_tile.get(&(t, at)) {
+                Some((_, rx)) => {
+                    following.fetch_add(1, Relaxed);
+                    follow.push(Follow {
+                        tile: t,
+                        rx: rx.clone(),
+                        following,
+                    });
+                }
                 None => {
                     let (tx, rx) = watch::channel(None);
                     map.next += 1;
                     let n = map.next;
-                    map.by_tile.insert(t, (n, rx));
+                    map.by_tile.insert((t, at), (n, rx));
                     lead.senders.push((t, n, tx));
                 }
             }
@@ -122,11 +154,18 @@ impl SingleFlight {
         (lead, follow)
     }
 
-    /// Lets go of the flights of the data tiles `covered` says an invalidation covers: a
-    /// later claim of one leads a fetch of its own. Their leaders and followers go on.
+    /// Lets go of the flights (at every tier) of the data tiles `covered` says an
+    /// invalidation covers: a later claim of one leads a fetch of its own. Their leaders
+    /// and followers go on.
     pub fn forget(&self, covered: impl Fn(TileId) -> bool) {
         let mut map = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
-        map.by_tile.retain(|&t, _| !covered(t));
+        map.by_tile.retain(|&(t, _), _| !covered(t));
+    }
+
+    /// Followed tiles whose leader's call (at tier `at`) is still awaited: each request's
+    /// each such tile once, until it has the leader's word.
+    pub fn following(&self, at: Access) -> usize {
+        self.following[at as usize].load(Relaxed)
     }
 
     /// Tiles in flight now.
@@ -167,16 +206,23 @@ impl Drop for Lead<'_> {
             return;
         }
         let mut map = self.flight.tiles.lock().unwrap_or_else(|p| p.into_inner());
-        for (t, n, _) in &self.senders {
+        for &(t, n, _) in &self.senders {
             // Its own flight only: after `forget` the tile may be another lead's.
-            if map.by_tile.get(t).is_some_and(|(m, _)| m == n) {
-                map.by_tile.remove(t);
+            let key = (t, self.at);
+            if map.by_tile.get(&key).is_some_and(|(m, _)| *m == n) {
+                map.by_tile.remove(&key);
             }
         }
     }
 }
 
-impl Follow {
+impl Drop for Follow<'_> {
+    fn drop(&mut self) {
+        self.following.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Follow<'_> {
     /// Waits for the leader (whose origin call is bounded by the origin timeout).
     pub async fn wait(mut self) -> Followed {
         match self.rx.wait_for(Option::is_some).await {
@@ -196,6 +242,8 @@ mod tests {
     use super::*;
     use tilewarm::protocol::ErrorCode;
 
+    const A: Access = Access::Agent;
+
     fn t(x: u32) -> TileId {
         TileId::new(14, x, 5721).unwrap()
     }
@@ -203,9 +251,9 @@ mod tests {
     #[tokio::test]
     async fn the_second_claim_follows_and_gets_the_leaders_answer() {
         let f = SingleFlight::default();
-        let (lead, follow) = f.claim(&[t(1), t(2)]);
+        let (lead, follow) = f.claim(&[t(1), t(2)], A);
         assert_eq!((lead.tiles().len(), follow.len()), (2, 0));
-        let (lead2, follow2) = f.claim(&[t(2), t(3)]);
+        let (lead2, follow2) = f.claim(&[t(2), t(3)], A);
         assert_eq!(lead2.tiles(), vec![t(3)]);
         assert_eq!(follow2.len(), 1);
         lead.publish(|tile| Ok((tile == t(2)).then(|| (Vec::new(), 42))));
@@ -216,21 +264,21 @@ mod tests {
         drop(lead);
         drop(lead2);
         assert!(f.is_empty());
-        assert_eq!(f.claim(&[t(2)]).0.tiles(), vec![t(2)]);
+        assert_eq!(f.claim(&[t(2)], A).0.tiles(), vec![t(2)]);
     }
 
     #[tokio::test]
     async fn after_an_invalidation_a_claim_leads_its_own_fetch() {
         let f = SingleFlight::default();
-        let (old, _) = f.claim(&[t(1), t(2)]);
+        let (old, _) = f.claim(&[t(1), t(2)], A);
         f.forget(|tile| tile == t(1));
         // Arriving after the change: t(1) is fetched anew, t(2) still followed.
-        let (new, follow) = f.claim(&[t(1), t(2)]);
+        let (new, follow) = f.claim(&[t(1), t(2)], A);
         assert_eq!(new.tiles(), vec![t(1)]);
         assert_eq!(follow.iter().map(|x| x.tile).collect::<Vec<_>>(), [t(2)]);
         // The old leader letting go does not free the new one's flight.
         drop(old);
-        let (_, follow) = f.claim(&[t(1)]);
+        let (_, follow) = f.claim(&[t(1)], A);
         assert_eq!(follow.len(), 1);
         drop(new);
         assert!(f.is_empty());
@@ -239,16 +287,41 @@ mod tests {
     #[tokio::test]
     async fn followers_hear_failures_and_abandonment() {
         let f = SingleFlight::default();
-        let (lead, _) = f.claim(&[t(1)]);
-        let (_, follow) = f.claim(&[t(1)]);
+        let (lead, _) = f.claim(&[t(1)], A);
+        let (_, follow) = f.claim(&[t(1)], A);
         lead.fail(&Refusal::new(ErrorCode::UpstreamTimeout, "slow"));
         let got = follow.into_iter().next().unwrap().wait().await;
         assert!(matches!(got, Followed::Failed(r) if r.code == ErrorCode::UpstreamTimeout));
         drop(lead);
-        let (lead, _) = f.claim(&[t(1)]);
-        let (_, follow) = f.claim(&[t(1)]);
+        let (lead, _) = f.claim(&[t(1)], A);
+        let (_, follow) = f.claim(&[t(1)], A);
         drop(lead);
         let got = follow.into_iter().next().unwrap().wait().await;
         assert!(matches!(got, Followed::Abandoned));
+    }
+
+    /// A tile is followed only at the tier it is asked at (a call at `agent` is no answer
+    /// for one at `public`, nor the other way), and each follower is counted at its tier
+    /// until it has its answer.
+    #[tokio::test]
+    async fn flights_are_per_tier_and_their_followers_counted() {
+        let f = SingleFlight::default();
+        let (top, _) = f.claim(&[t(1)], A);
+        let (low, follow) = f.claim(&[t(1)], Access::Public);
+        assert_eq!((low.tiles(), follow.len()), (vec![t(1)], 0));
+        let (_, follow) = f.claim(&[t(1)], Access::Public);
+        assert_eq!(f.following(Access::Public), 1);
+        assert_eq!(f.following(A), 0);
+        low.publish(|_| Ok(None));
+        let got = follow.into_iter().next().unwrap().wait().await;
+        assert!(matches!(got, Followed::Answer(None)));
+        assert_eq!(f.following(Access::Public), 0);
+        drop(low);
+        // The one at `agent` is still in flight; invalidating the tile lets go of both.
+        assert_eq!(f.claim(&[t(1)], A).1.len(), 1);
+        assert_eq!(f.following(A), 0, "a follow given up is not counted");
+        f.forget(|tile| tile == t(1));
+        assert!(f.is_empty());
+        drop(top);
     }
 }

@@ -1895,3 +1895,103 @@ async fn warmup_is_quiet_while_the_origin_asked_for_it() {
     assert_eq!(m.origin_calls_request.load(Relaxed), 2);
     s.shutdown().await;
 }
+
+/// An origin over `city` (read whole, like memory; out of process as far as the server can
+/// tell, so a request waiting for it holds no slot) that records the tier of every call
+/// and holds those asked below `agent` until `gate` has a permit (one each).
+struct GatedBelowAgent {
+    city: Origin<RawData>,
+    gate: Arc<tokio::sync::Semaphore>,
+    asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
+}
+
+impl OriginBackend for GatedBelowAgent {
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        self.asked_at.lock().unwrap().push(request.access);
+        Box::pin(async move {
+            if request.access < Access::Agent {
+                self.gate.acquire().await.unwrap().forget();
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        _tiles: &'a [TileId],
+        _access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        Box::pin(async { Ok(ItemCount::Unknown) })
+    }
+
+    fn describe(&self) -> String {
+        "an origin holding its calls below agent at a gate".into()
+    }
+}
+
+/// Requests of one tier arriving together for a data tile over `--max-tile-items` at
+/// `agent` share one call at their tier (`single_flight`, by tile and tier), and all are
+/// served its list. Before, each made its own: four public requests, four origin calls at
+/// `public` for the same dense tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_agent() {
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let city = Origin::new(items_in_tile(
+        t,
+        &[(Access::Public, 4), (Access::Agent, 30)],
+    ))
+    .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
+    let backend = GatedBelowAgent {
+        city,
+        gate: Arc::clone(&gate),
+        asked_at: Arc::clone(&asked_at),
+    };
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: 10,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+        .await
+        .unwrap();
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let body = request(&[t], &[], Access::Public);
+    let n = 4;
+    let asked_public = || {
+        let asked = asked_at.lock().unwrap();
+        asked.iter().filter(|&&a| a == Access::Public).count()
+    };
+    let replies = tokio::join!(
+        futures_join_all((0..n).map(|_| public.batch(&s, &body)).collect()),
+        async {
+            // Each request asks at its tier or follows the one asking (one of either
+            // without the fix); the gate opens once all are there.
+            let flight = &s.app.single_flight;
+            let all_there = || asked_public() + flight.following(Access::Public) == n;
+            assert!(eventually(Duration::from_secs(20), all_there).await);
+            gate.add_permits(n);
+        }
+    )
+    .0;
+    for r in replies {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["tiles"][0]["ids"].as_array().unwrap().len(), 4, "{v}");
+        assert!(v.get("error").is_none(), "{v}");
+    }
+    assert_eq!(asked_public(), 1);
+    let m = &s.app.metrics;
+    assert_eq!(m.tiles_asked_at_caller_tier.load(Relaxed), 1);
+    s.shutdown().await;
+}
