@@ -30,7 +30,9 @@
 //!   caller above it). Requests of one tier share that call (single flight by tile and
 //!   tier). What is over the limit at the caller's tier is reported unanswered in a partial
 //!   answer (`error`, `payload_too_large`, naming the tile, its count of the items the
-//!   caller may see and the limit), the rest answered.
+//!   caller may see and the limit), the rest answered, and remembered at that tier for a
+//!   tile TTL, or until an invalidation covers it ([`crate::warmup::OverLimit`]): the next
+//!   request at that tier, and only at it, is told so with no origin call.
 //! - An answer holds at most `--max-response-items` items and what clients read
 //!   (`Limits::max_body_bytes`, 8 MiB, an upper bound counted before it is written): what
 //!   fits is answered in request order and the rest left out of a partial answer
@@ -256,6 +258,22 @@ pub async fn answer(
         .origin_tiles()
         .into_iter()
         .partition(|&t| policy.cacheable(t));
+    // A data tile found over --max-tile-items at the caller's tier within the tile TTL,
+    // and not invalidated since, is left out at once for the reason found then, with no
+    // origin call (`warmup::OverLimit`: what was found at this tier only).
+    let epoch = app.invalidation.guard.epoch();
+    let now = now_ms();
+    let mut remembered = Vec::new();
+    let data_misses: Vec<TileId> = data_misses
+        .into_iter()
+        .filter(|&t| match app.warmup.over_limit.why(t, caller, now) {
+            Some(why) => {
+                remembered.push(why);
+                false
+            }
+            None => true,
+        })
+        .collect();
     let (lead, follows) = app.single_flight.claim(&data_misses, Access::Agent);
     let mut ask = lead.tiles();
     ask.extend(forwarded);
@@ -365,9 +383,16 @@ pub async fn answer(
         .into_iter()
         .filter(|&t| policy.cacheable(t))
         .collect();
-    // Warm-up (which asks at `agent`) skips them for a tile TTL.
+    // Remembered for a tile TTL: warm-up (which asks at `agent`) skips them, and an agent
+    // caller is told at once.
+    let over: Vec<(TileId, LeftOut)> = too_large_at_top
+        .iter()
+        .filter_map(|&t| fetched.for_followers(t).err().map(|why| (t, why)))
+        .collect();
     let until = now_ms().saturating_add(app.tile_ttl_ms);
-    app.warmup.over_limit.found(&too_large_at_top, until);
+    let guard = &app.invalidation.guard;
+    let over_limit = &app.warmup.over_limit;
+    over_limit.found_since(guard, epoch, Access::Agent, over, until);
     if caller < Access::Agent && !too_large_at_top.is_empty() {
         fetched.forget_tiles(&too_large_at_top);
         let again = at_callers_tier(
@@ -381,6 +406,10 @@ pub async fn answer(
         )
         .await;
         fetched.add(again);
+    }
+    // Those left out at once, as found before (neither asked again nor remembered anew).
+    for why in remembered {
+        fetched.left_out(why);
     }
     let (fetched_tiles, fetched_items, origin_missing) =
         (&fetched.tiles, &fetched.items, &fetched.missing);
@@ -744,7 +773,8 @@ async fn fetch(
 /// Asks the origin again, at the tier of `caller` (below `agent`), for `tiles`: data tiles
 /// over `--max-tile-items` at `agent`. One call per tile and tier at a time: a request at
 /// that tier asking for a tile another's call is asking for follows that call
-/// (`single_flight`), as at `agent`. The lists are written back as fetched at that tier. A
+/// (`single_flight`), as at `agent`. The lists are written back as fetched at that tier;
+/// what is over the limit there is remembered for a tile TTL (`warmup::OverLimit`). A
 /// failure (of this request's call or of the one it follows), or the request's budget
 /// spent, leaves out only these tiles, with the failure's code.
 async fn at_callers_tier(
@@ -818,7 +848,8 @@ async fn at_callers_tier(
 }
 
 /// The call of [`at_callers_tier`]: its answer, or its refusal and whether the call had
-/// less than `--origin-timeout-ms` (what was left of the request's budget).
+/// less than `--origin-timeout-ms` (what was left of the request's budget). What it finds
+/// over the limit at the caller's tier is remembered.
 async fn ask_at_callers_tier(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
@@ -846,6 +877,21 @@ async fn ask_at_callers_tier(
     )
     .await
     .map_err(|failed| (failed, cut_short))?;
+    let over: Vec<(TileId, LeftOut)> = tiles
+        .iter()
+        .filter_map(|&t| {
+            let why = again.for_followers(t).err()?;
+            let over = match &why {
+                LeftOut::OverLimit(_) => true,
+                LeftOut::Told(u) => u.code == ErrorCode::PayloadTooLarge,
+            };
+            over.then_some((t, why))
+        })
+        .collect();
+    let until = now_ms().saturating_add(app.tile_ttl_ms);
+    let guard = &app.invalidation.guard;
+    let over_limit = &app.warmup.over_limit;
+    over_limit.found_since(guard, again.epoch, caller, over, until);
     Ok(again)
 }
 

@@ -72,6 +72,22 @@ impl WriteGuard {
         }
     }
 
+    /// Whether an invalidation recorded after `epoch` may cover data tile `t`: it covers
+    /// the tile, or names ids or classes (the tiles holding them are not known here), or
+    /// the log no longer reaches back to `epoch`.
+    pub fn may_cover_since(&self, epoch: u64, t: TileId) -> bool {
+        if self.seq.load(Relaxed) == epoch {
+            return false;
+        }
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = log.front().map_or(u64::MAX, |(n, _)| *n);
+        oldest > epoch + 1
+            || log
+                .iter()
+                .filter(|(n, _)| *n > epoch)
+                .any(|(_, i)| !i.ids.is_empty() || !i.classes.is_empty() || i.covers_tile(t))
+    }
+
     /// Drops from `fill` what an invalidation recorded after `epoch` covers. Returns how
     /// many entries were dropped.
     pub fn filter(&self, fill: &mut Fill, epoch: u64) -> usize {
@@ -165,6 +181,11 @@ async fn apply(app: &App, inv: &Invalidation, on_tier: &Invalidation) -> Result<
     // every flight.
     let by_item = !inv.ids.is_empty() || !inv.classes.is_empty();
     app.single_flight.forget(|t| by_item || inv.covers_tile(t));
+    // Nor told that a tile is over --max-tile-items from before it (it may have shrunk),
+    // nor warm-up kept from it (`crate::warmup::OverLimit`).
+    app.warmup
+        .over_limit
+        .forget(|t| by_item || inv.covers_tile(t));
     let s = &app.invalidation.stats;
     s.applied.fetch_add(1, Relaxed);
     if inv.all {

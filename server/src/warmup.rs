@@ -10,10 +10,10 @@
 //!   `--retry-after-s`; [`crate::origin::OriginService::quiet_until_ms`]) is skipped whole
 //!   (`tilewarm_warmup_origin_quiet_skipped_total`).
 //! - **Request filter** (worker): skips tiles found over `--max-tile-items` at `agent` (by
-//!   a request or by warm-up) within the tile TTL ([`OverLimit`]: warm-up asks at `agent`,
-//!   so nothing of them could be cached, and each ask is a full origin read of a dense
-//!   tile; `tilewarm_warmup_over_limit_skipped_total`), tiles being warmed by another job,
-//!   tiles warmed lately that the tier did not hold since
+//!   a request or by warm-up) within the tile TTL and not invalidated since ([`OverLimit`]:
+//!   warm-up asks at `agent`, so nothing of them could be cached, and each ask is a full
+//!   origin read of a dense tile; `tilewarm_warmup_over_limit_skipped_total`), tiles being
+//!   warmed by another job, tiles warmed lately that the tier did not hold since
 //!   ([`WARM_RETRY_MS`](tilewarm::proxy::WARM_RETRY_MS): the origin failed them, or the
 //!   tier did not keep them, e.g. empty lists past `--max-empty-tiles`), and tiles the
 //!   cache tier already holds (a list fetched at a caller's tier below `agent` included:
@@ -42,6 +42,7 @@ use tracing::debug;
 use crate::batch::fill_from;
 use crate::metrics::Metrics;
 use crate::origin::{CallSource, OriginFailure};
+use crate::single_flight::LeftOut;
 use crate::tier::now_ms;
 use crate::App;
 
@@ -52,46 +53,102 @@ use crate::App;
 /// again, one warm-up origin call per request.
 type Tries = WarmTries<TileId>;
 
-/// Most data tiles [`OverLimit`] remembers (past it, the soonest to lapse go first).
+/// Most entries (a data tile at a tier) [`OverLimit`] remembers (past it, the soonest to
+/// lapse go first).
 pub const MAX_OVER_LIMIT_TILES: usize = 4096;
 
-/// Data tiles found over `--max-tile-items` at `agent`, each until its list would have
-/// expired (found + the tile TTL): warm-up skips them. It asks at `agent`, where they are
-/// over the limit, so nothing of them could be cached, and the back-off of
-/// [`WarmTries`] (at most a minute) would ask again many times within a TTL, each a full
-/// origin read of a dense tile. Filled by the request path (its call at `agent`) and by
-/// warm-up's own answers; at most [`MAX_OVER_LIMIT_TILES`].
+/// Data tiles found over `--max-tile-items`, by the tier they were counted at, each with
+/// why it was left out ([`LeftOut`]: the count and limit, or an upstream's
+/// `payload_too_large`) until its list would have expired (found + the tile TTL), or until
+/// an invalidation covers it ([`OverLimit::forget`]: it may have shrunk). At most
+/// [`MAX_OVER_LIMIT_TILES`]. Filled by the request path (its call at `agent`, and its call
+/// again at a lower caller's tier) and by warm-up's own answers (at `agent`).
+/// - Warm-up skips the tiles over the limit at `agent`: it asks there, so nothing of them
+///   could be cached, and the back-off of [`WarmTries`] (at most a minute) would ask
+///   again many times within a TTL, each a full origin read of a dense tile.
+/// - The request path leaves a tile out at once, with no origin call, for a caller at the
+///   tier it was found over the limit at (`crate::batch`). Only at that tier: a tile over
+///   the limit for a `verified` caller may be within it for a `public` one, and saying it
+///   is over to the public caller would tell of items above its tier.
 #[derive(Default)]
 pub struct OverLimit {
-    until: Mutex<HashMap<TileId, u64>>,
+    until: Mutex<HashMap<(TileId, Access), (u64, LeftOut)>>,
 }
 
 impl OverLimit {
-    /// `tiles` were found over the limit at `agent`: skipped until `until_ms`.
-    pub fn found(&self, tiles: &[TileId], until_ms: u64) {
-        if tiles.is_empty() {
+    /// Tiles were found over the limit at tier `at`, each for its reason: remembered
+    /// until `until_ms`.
+    pub fn found(
+        &self,
+        at: Access,
+        over: impl IntoIterator<Item = (TileId, LeftOut)>,
+        until_ms: u64,
+    ) {
+        let mut over = over.into_iter().peekable();
+        if over.peek().is_none() {
             return;
         }
         let now = now_ms();
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        for &t in tiles {
-            if map.len() >= MAX_OVER_LIMIT_TILES && !map.contains_key(&t) {
-                map.retain(|_, &mut at| at > now);
+        for (t, why) in over {
+            let key = (t, at);
+            if map.len() >= MAX_OVER_LIMIT_TILES && !map.contains_key(&key) {
+                map.retain(|_, (until, _)| *until > now);
                 if map.len() >= MAX_OVER_LIMIT_TILES {
-                    let soonest = map.iter().min_by_key(|(_, &at)| at).map(|(&k, _)| k);
-                    if let Some(k) = soonest {
+                    let soonest = map.iter().min_by_key(|(_, (until, _))| *until);
+                    if let Some(k) = soonest.map(|(&k, _)| k) {
                         map.remove(&k);
                     }
                 }
             }
-            map.insert(t, until_ms);
+            map.insert(key, (until_ms, why));
         }
     }
 
-    /// Whether `t` was found over the limit and its time is not over at `now_ms`.
-    pub fn holds(&self, t: TileId, now_ms: u64) -> bool {
+    /// [`found`](Self::found) for an answer to a call made when the invalidation log was at
+    /// `epoch`: what an invalidation recorded since may cover is forgotten again (it may
+    /// have shrunk before the answer was read; remembered after it was applied, the
+    /// invalidation's [`forget`](Self::forget) would have missed it).
+    pub fn found_since(
+        &self,
+        guard: &crate::invalidate::WriteGuard,
+        epoch: u64,
+        at: Access,
+        over: Vec<(TileId, LeftOut)>,
+        until_ms: u64,
+    ) {
+        let tiles: Vec<TileId> = over.iter().map(|(t, _)| *t).collect();
+        self.found(at, over, until_ms);
+        let stale: Vec<TileId> = tiles
+            .into_iter()
+            .filter(|&t| guard.may_cover_since(epoch, t))
+            .collect();
+        if !stale.is_empty() {
+            self.forget(|t| stale.contains(&t));
+        }
+    }
+
+    /// Why `t` was left out at tier `at`, if it was found over the limit there and its
+    /// time is not over at `now_ms`.
+    pub fn why(&self, t: TileId, at: Access, now_ms: u64) -> Option<LeftOut> {
         let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&t).is_some_and(|&at| at > now_ms)
+        map.get(&(t, at))
+            .filter(|(until, _)| *until > now_ms)
+            .map(|(_, why)| why.clone())
+    }
+
+    /// Whether `t` was found over the limit at tier `at` and its time is not over at
+    /// `now_ms`.
+    pub fn holds(&self, t: TileId, at: Access, now_ms: u64) -> bool {
+        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(t, at)).is_some_and(|(until, _)| *until > now_ms)
+    }
+
+    /// Forgets the tiles (at every tier) `covered` says an invalidation covers: they may
+    /// have shrunk, so they are asked again.
+    pub fn forget(&self, covered: impl Fn(TileId) -> bool) {
+        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|&(t, _), _| !covered(t));
     }
 }
 
@@ -224,8 +281,10 @@ async fn warm(
     // Filter: not over the tile limit, not being warmed by another job, not warmed lately,
     // not already cached.
     let over = &app.warmup.over_limit;
-    let (over_limit, job): (Vec<TileId>, Vec<TileId>) =
-        job.tiles.into_iter().partition(|&t| over.holds(t, now));
+    let (over_limit, job): (Vec<TileId>, Vec<TileId>) = job
+        .tiles
+        .into_iter()
+        .partition(|&t| over.holds(t, Access::Agent, now));
     m.warmup_over_limit_skipped
         .fetch_add(over_limit.len() as u64, Relaxed);
     let claimed: Vec<TileId> = {
@@ -319,15 +378,20 @@ async fn warm(
                 let told = a.unanswered.as_ref().map_or(0, |u| u.tiles.len());
                 // Over the limit at `agent` (this call's tier; an upstream's partial answer
                 // says so with `payload_too_large`): skipped for a tile TTL.
-                let mut over: Vec<TileId> = a.over_limit.iter().map(|o| o.tile).collect();
+                let mut over: Vec<(TileId, LeftOut)> = a
+                    .over_limit
+                    .iter()
+                    .map(|o| (o.tile, LeftOut::OverLimit(*o)))
+                    .collect();
                 if let Some(u) = a.unanswered.as_ref() {
                     if u.code == tilewarm::protocol::ErrorCode::PayloadTooLarge {
-                        over.extend(&u.tiles);
+                        over.extend(u.tiles.iter().map(|&t| (t, LeftOut::told(u, t))));
                     }
                 }
-                app.warmup
-                    .over_limit
-                    .found(&over, now_ms().saturating_add(app.tile_ttl_ms));
+                let until = now_ms().saturating_add(app.tile_ttl_ms);
+                let guard = &app.invalidation.guard;
+                let over_limit = &app.warmup.over_limit;
+                over_limit.found_since(guard, epoch, Access::Agent, over, until);
                 (a.response, a.over_limit.len() + told, a.too_large)
             }
             Err(OriginFailure::Timeout { .. }) => {
@@ -371,6 +435,18 @@ async fn warm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::{ItemCount, TileOverLimit};
+
+    const A: Access = Access::Agent;
+
+    fn why(tile: TileId) -> LeftOut {
+        LeftOut::OverLimit(TileOverLimit {
+            tile,
+            items: ItemCount::Exact(11),
+            limit: 10,
+            at: A,
+        })
+    }
 
     /// A tile found over the limit is skipped until its time, then no more; the memory
     /// stays bounded, dropping the soonest to lapse first.
@@ -379,16 +455,38 @@ mod tests {
         let far = now_ms() + 3_600_000;
         let over = OverLimit::default();
         let t: TileId = "14/2624/5721".parse().unwrap();
-        over.found(&[t], far);
-        assert!(over.holds(t, far - 1));
-        assert!(!over.holds(t, far));
+        over.found(A, [(t, why(t))], far);
+        assert!(over.holds(t, A, far - 1));
+        assert!(!over.holds(t, A, far));
         let many: Vec<TileId> = (0..MAX_OVER_LIMIT_TILES as u32 + 10)
             .map(|x| TileId::new(14, x, 7).unwrap())
             .collect();
-        over.found(&many, far + 1);
+        over.found(A, many.iter().map(|&t| (t, why(t))), far + 1);
         let len = over.until.lock().unwrap().len();
         assert_eq!(len, MAX_OVER_LIMIT_TILES);
-        assert!(!over.holds(t, far - 1), "the soonest to lapse went first");
-        assert!(over.holds(*many.last().unwrap(), far));
+        assert!(
+            !over.holds(t, A, far - 1),
+            "the soonest to lapse went first"
+        );
+        assert!(over.holds(*many.last().unwrap(), A, far));
+    }
+
+    /// What is remembered for one tier says nothing of another's (a tile over the limit
+    /// for `verified` may be within it for `public`), and an invalidation covering a tile
+    /// forgets it at every tier.
+    #[test]
+    fn over_limit_tiles_are_per_tier_and_forgotten_when_invalidated() {
+        let far = now_ms() + 3_600_000;
+        let over = OverLimit::default();
+        let (t, u): (TileId, TileId) = ("14/2624/5721".parse().unwrap(), "14/1/1".parse().unwrap());
+        over.found(Access::Verified, [(t, why(t)), (u, why(u))], far);
+        assert!(over.why(t, Access::Verified, 0).is_some());
+        for other in [Access::Public, Access::Registered, A] {
+            assert!(over.why(t, other, 0).is_none(), "{other}");
+        }
+        over.found(A, [(t, why(t))], far);
+        over.forget(|x| x == t);
+        assert!(!over.holds(t, A, 0) && !over.holds(t, Access::Verified, 0));
+        assert!(over.holds(u, Access::Verified, 0));
     }
 }

@@ -1995,3 +1995,123 @@ async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_
     assert_eq!(m.tiles_asked_at_caller_tier.load(Relaxed), 1);
     s.shutdown().await;
 }
+
+/// A data tile over `--max-tile-items` even at the caller's tier is remembered at that
+/// tier for a tile TTL: the next request at it is told `payload_too_large` at once, with no
+/// origin call (each cost two, at `agent` and at its tier). What is remembered for one tier
+/// decides nothing for another: a public caller, for which the tile is within the limit, is
+/// asked for and served (hearing it is over for `verified` would tell it of items above
+/// its tier). An invalidation of the tile forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_over_the_limit_at_the_callers_tier_is_remembered_at_that_tier_only() {
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let tiers = [
+        (Access::Public, 4),
+        (Access::Verified, 12),
+        (Access::Agent, 30),
+    ];
+    let backend = Arc::new(ItemGrows::new(items_in_tile(t, &tiers)));
+    let c = common::Config {
+        warmup_ring: 0,
+        max_tile_items: 10,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(
+        c,
+        Box::new(Grows(Arc::clone(&backend))),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let verified = Http::with_token(Some(common::token_for(Access::Verified)));
+    let over = |r: common::Reply, says: &str| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("tile {t} holds {says}")), "{msg}");
+    };
+    let at_verified = "16 items a \"verified\" caller may see";
+    let ask = request(&[t], &[], Access::Verified);
+    over(verified.batch(&s, &ask).await, at_verified);
+    assert_eq!(backend.asked(t), 2);
+    over(verified.batch(&s, &ask).await, at_verified);
+    assert_eq!(backend.asked(t), 2, "asked again at agent and at verified");
+    // Found over the limit at `agent` by the same call: an agent is told at once too.
+    let agent = Http::new()
+        .batch(&s, &request(&[t], &[], Access::Agent))
+        .await;
+    over(agent, "46 items at the origin");
+    assert_eq!(backend.asked(t), 2);
+    // Public: asked (at agent, then at its tier) and served.
+    let public = Http::with_token(Some(common::token_for(Access::Public)));
+    let r = public.ok(&s, &request(&[t], &[], Access::Public)).await;
+    assert_eq!(r.tiles[0].ids.len(), 4);
+    assert_eq!(backend.asked(t), 4);
+    // Invalidated: asked again.
+    let inv = tilewarm::protocol::Invalidation {
+        tiles: vec![t],
+        ..Default::default()
+    };
+    tilewarm_server::invalidate::invalidate(&s.app, &inv)
+        .await
+        .unwrap();
+    over(verified.batch(&s, &ask).await, at_verified);
+    assert_eq!(backend.asked(t), 6);
+    s.shutdown().await;
+}
+
+/// A tile found over `--max-tile-items` is asked for again once an invalidation may have
+/// shrunk it (one of the tile, of an item in it, or of everything): by warm-up, which
+/// skipped it for a whole tile TTL whatever changed, and by a request, which is told at
+/// once what was found before only until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_over_the_limit_is_asked_again_after_an_invalidation_covering_it() {
+    let (items, dense, next, limit) = dense_and_neighbour();
+    let id = items
+        .iter()
+        .find(|it| dense.contains_point(it.lon, it.lat))
+        .unwrap()
+        .id
+        .clone();
+    let (s, origin) = warming_server(items, limit).await;
+    let http = Http::new();
+    let over = || async {
+        let r = http.batch(&s, &request(&[dense], &[], Access::Agent)).await;
+        assert_eq!(r.json()["error"]["code"], "payload_too_large");
+    };
+    let app = &s.app;
+    let invalidate = |inv: tilewarm::protocol::Invalidation| async move {
+        tilewarm_server::invalidate::invalidate(app, &inv)
+            .await
+            .unwrap();
+    };
+    over().await;
+    over().await;
+    assert_eq!(origin.asked(dense), 1);
+    // The tile: warm-up (the neighbour's ring holds it) asks for it again.
+    invalidate(tilewarm::protocol::Invalidation {
+        tiles: vec![dense],
+        ..Default::default()
+    })
+    .await;
+    http.ok(&s, &request(&[next], &[], Access::Agent)).await;
+    let o = Arc::clone(&origin);
+    assert!(eventually(Duration::from_secs(5), || o.asked(dense) == 2).await);
+    // Found over the limit again by warm-up: a request is told at once ...
+    over().await;
+    assert_eq!(origin.asked(dense), 2);
+    // ... until an item in it, or everything, is invalidated.
+    invalidate(tilewarm::protocol::Invalidation {
+        ids: vec![id],
+        ..Default::default()
+    })
+    .await;
+    over().await;
+    assert_eq!(origin.asked(dense), 3);
+    invalidate(tilewarm::protocol::Invalidation::everything()).await;
+    over().await;
+    assert_eq!(origin.asked(dense), 4);
+    s.shutdown().await;
+}
