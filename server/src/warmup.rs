@@ -7,7 +7,9 @@
 //!   request never waits for warm-up.
 //! - **Quiet** (worker): a job planned while the origin asked for quiet (it answered a
 //!   call, a request's or warm-up's, with 429 or 503: for its `Retry-After`, else
-//!   `--retry-after-s`; [`crate::origin::OriginService::quiet_until_ms`]) is skipped whole
+//!   `--retry-after-s`; or with a partial answer shedding load, `rate_limited` or
+//!   `overloaded`: for `--retry-after-s`; [`crate::origin::OriginService::quiet_until_ms`])
+//!   is skipped whole
 //!   (`tilewarm_warmup_origin_quiet_skipped_total`).
 //! - **Request filter** (worker): skips tiles found over `--max-tile-items` at `agent` (by
 //!   a request or by warm-up) within the tile TTL and not invalidated since ([`OverLimit`]:

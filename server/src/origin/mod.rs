@@ -622,7 +622,10 @@ impl OriginService {
     /// Until when warm-up asks the origin nothing (ms since the epoch; 0: not quiet): a
     /// call of any source (a request's or warm-up's) answered 429 `rate_limited` or 503
     /// `overloaded` (an upstream's, a PostGIS pool with no connection free), for its
-    /// `Retry-After` (else `--retry-after-s`). Requests still ask: their callers get the
+    /// `Retry-After` (else `--retry-after-s`), or with a partial answer that left tiles or
+    /// ids out as `rate_limited` or `overloaded` (a chained upstream shedding load, the same
+    /// signal), for `--retry-after-s`. A timeout (whole, or `upstream_timeout` in a partial
+    /// answer) does not: warm-up gives up its own call at the timeout. Requests still ask: their callers get the
     /// failure with its `Retry-After`; warm-up is optional load on a backend that asked for
     /// quiet.
     pub fn quiet_until_ms(&self) -> u64 {
@@ -722,11 +725,19 @@ impl OriginService {
                 self.stats.failures.fetch_add(1, Relaxed);
             }
         }
-        if let Err(e @ (OriginFailure::RateLimited { .. } | OriginFailure::Overloaded { .. })) =
-            &result
-        {
-            let wait_s = (e.retry_after_s().unwrap_or(self.retry_after_s))
-                .clamp(1, upstream::MAX_RETRY_AFTER_S);
+        // The origin asks for less: a whole 429 or 503, or a partial answer that left work
+        // out as `rate_limited` or `overloaded` (a chained upstream shedding load; such a
+        // 200 carries no `Retry-After`).
+        let asks_for_less = match &result {
+            Err(e @ (OriginFailure::RateLimited { .. } | OriginFailure::Overloaded { .. })) => {
+                Some(e.retry_after_s())
+            }
+            Ok(a) if a.unanswered.as_ref().is_some_and(|u| sheds_load(u.code)) => Some(None),
+            _ => None,
+        };
+        if let Some(asked_s) = asks_for_less {
+            let wait_s =
+                (asked_s.unwrap_or(self.retry_after_s)).clamp(1, upstream::MAX_RETRY_AFTER_S);
             let until = crate::tier::now_ms().saturating_add(wait_s.saturating_mul(1000));
             self.quiet_until_ms.fetch_max(until, Relaxed);
         }
@@ -991,6 +1002,12 @@ impl OriginService {
     pub fn dataset_items(&self) -> Option<usize> {
         self.index().map(Origin::len)
     }
+}
+
+/// Whether a partial answer's code says the upstream shed load (it asks for less, as with
+/// a 429 or 503).
+fn sheds_load(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::RateLimited | ErrorCode::Overloaded)
 }
 
 /// Runs `fut` under `timeout_ms` (0: no limit); a timeout is counted and becomes

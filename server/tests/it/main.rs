@@ -932,6 +932,9 @@ enum IdTrouble {
     /// Answers as an upstream's partial answer that leaves every requested tile out, its
     /// `error` naming them with a message only an agent may read ("... holds 99 items").
     TellTiles,
+    /// Answers as an upstream's partial answer that sheds load: every requested tile left
+    /// out as `overloaded` (a 200, no `Retry-After`).
+    Shed,
 }
 
 /// An origin that answers from a synthetic city once `gate` has a permit, with trouble
@@ -966,7 +969,7 @@ impl OriginBackend for TroubleOverAnId {
                         asked: request.access,
                     });
                 }
-                IdTrouble::Refuse | IdTrouble::TellTiles => {}
+                IdTrouble::Refuse | IdTrouble::TellTiles | IdTrouble::Shed => {}
                 IdTrouble::LeaveOut => {
                     r.items.retain(|it| it.id != self.id);
                     r.missing.retain(|id| *id != self.id);
@@ -986,11 +989,18 @@ impl OriginBackend for TroubleOverAnId {
             let r = self.answer(request, bound).await?;
             let mut a =
                 tilewarm_server::origin::Answer::limit_lists(r, tile_limit, bound, request.access);
-            if let IdTrouble::TellTiles = self.trouble {
+            let told = match self.trouble {
+                IdTrouble::TellTiles => {
+                    Some((ErrorCode::PayloadTooLarge, "the tile holds 99 items"))
+                }
+                IdTrouble::Shed => Some((ErrorCode::Overloaded, "at capacity: retry later")),
+                IdTrouble::Refuse | IdTrouble::LeaveOut => None,
+            };
+            if let Some((code, message)) = told {
                 a.response.tiles.clear();
                 a.unanswered = Some(tilewarm::protocol::Unanswered {
-                    code: ErrorCode::PayloadTooLarge,
-                    message: "the tile holds 99 items".into(),
+                    code,
+                    message: message.into(),
                     tiles: request.tiles.clone(),
                     ids: Vec::new(),
                 });
@@ -2113,5 +2123,29 @@ async fn a_tile_over_the_limit_is_asked_again_after_an_invalidation_covering_it(
     invalidate(tilewarm::protocol::Invalidation::everything()).await;
     over().await;
     assert_eq!(origin.asked(dense), 4);
+    s.shutdown().await;
+}
+
+/// A partial answer that sheds load (an upstream's 200 leaving tiles out as `overloaded`)
+/// quiets warm-up as a whole 503 does, for `--retry-after-s` (it carries no
+/// `Retry-After`): the request's neighbour ring is skipped and asks the origin nothing.
+/// Before, warm-up went on asking an upstream that was asking for less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_is_quiet_after_a_partial_answer_that_sheds_load() {
+    let c = common::Config {
+        retry_after_s: 60,
+        ..config()
+    };
+    let (s, gate, d, _) = trouble_over_an_id(c, IdTrouble::Shed, |_, _| "not-asked".into()).await;
+    gate.add_permits(1_000);
+    let r = Http::new()
+        .batch(&s, &request(&[d], &[], Access::Agent))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "overloaded", "{}", r.text());
+    let m = &s.app.metrics;
+    let quiet = || m.warmup_origin_quiet_skipped.load(Relaxed) >= 1;
+    assert!(eventually(Duration::from_secs(5), quiet).await);
+    assert_eq!(m.origin_calls_warmup.load(Relaxed), 0);
     s.shutdown().await;
 }
