@@ -33,7 +33,9 @@ use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
 use tilewarm::protocol::{BatchRequest, BatchResponse, ErrorBody, ErrorCode, RawData};
 use tilewarm::tile::TileId;
-use tilewarm_server::origin::{ItemBound, ItemCount, OriginBackend, OriginFailure, OriginFuture};
+use tilewarm_server::origin::{
+    Answer, ItemBound, ItemCount, OriginBackend, OriginFailure, OriginFuture,
+};
 
 /// The test city's origin, built the same way as the server's.
 fn origin(seed: u64, n: usize) -> Origin<RawData> {
@@ -744,6 +746,74 @@ async fn data_files_king_county_csv_and_json_lines() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A test origin: how it answers (and, when it does, what it leaves out, its count and
+/// kind). [`Test`] makes it an [`OriginBackend`], so that each states only what it does.
+trait Scripted: Send + Sync + 'static {
+    /// Its [`OriginBackend::kind`]: `upstream` (out of process: a request waiting for it
+    /// gives back its slot) unless it says `memory`.
+    const KIND: &'static str = "upstream";
+
+    /// Its answer to `request` (a bound is ignored, as an upstream must).
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>>;
+
+    /// Its answer `a` under the per-tile limit, with what else it leaves out (nothing).
+    fn leave_out(&self, _request: &BatchRequest, a: Answer) -> Answer {
+        a
+    }
+
+    /// The items in `tiles` visible at `access`: unknown unless it counts.
+    fn count(&self, _tiles: &[TileId], _access: Access) -> ItemCount {
+        ItemCount::Unknown
+    }
+}
+
+/// A [`Scripted`] origin as the server's backend.
+struct Test<T>(T);
+
+impl<T: Scripted> OriginBackend for Test<T> {
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        _bound: Option<ItemBound<'a>>,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        self.0.answer(request)
+    }
+
+    fn answer_limited<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+        bound: Option<ItemBound<'a>>,
+        tile_limit: usize,
+    ) -> OriginFuture<'a, Result<Answer, OriginFailure>> {
+        Box::pin(async move {
+            let r = self.0.answer(request).await?;
+            let a = Answer::limit_lists(r, tile_limit, bound, request.access);
+            Ok(self.0.leave_out(request, a))
+        })
+    }
+
+    fn count_up_to<'a>(
+        &'a self,
+        tiles: &'a [TileId],
+        access: Access,
+        _limit: usize,
+    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+        let n = self.0.count(tiles, access);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn describe(&self) -> String {
+        std::any::type_name::<T>().into()
+    }
+}
+
 /// A data set that grows between a request's count and its fetch: counts answer from
 /// `before`, fetches from `after`. The fetch ignores its bound (as an upstream must), so what
 /// stands between the grown data and the response is the origin service's check. A fetch
@@ -796,15 +866,10 @@ impl GrowsAfterTheCount {
     }
 }
 
-impl OriginBackend for GrowsAfterTheCount {
-    fn kind(&self) -> &'static str {
-        "upstream"
-    }
-
+impl Scripted for GrowsAfterTheCount {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         Box::pin(async move {
             drop(self.gate.acquire().await);
@@ -812,18 +877,8 @@ impl OriginBackend for GrowsAfterTheCount {
         })
     }
 
-    fn count_up_to<'a>(
-        &'a self,
-        tiles: &'a [TileId],
-        access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        let n = tiles.iter().map(|&t| self.before.count_in(t, access)).sum();
-        Box::pin(async move { Ok(ItemCount::Exact(n)) })
-    }
-
-    fn describe(&self) -> String {
-        "a data set that grows after the count".into()
+    fn count(&self, tiles: &[TileId], access: Access) -> ItemCount {
+        ItemCount::Exact(tiles.iter().map(|&t| self.before.count_in(t, access)).sum())
     }
 }
 
@@ -840,7 +895,7 @@ impl GrowsAfterTheCount {
                 warmup_ring: 0,
                 ..config()
             },
-            Box::new(origin),
+            Box::new(Test(origin)),
             Arc::default(),
         )
         .await
@@ -946,15 +1001,10 @@ struct TroubleOverAnId {
     trouble: IdTrouble,
 }
 
-impl OriginBackend for TroubleOverAnId {
-    fn kind(&self) -> &'static str {
-        "upstream"
-    }
-
+impl Scripted for TroubleOverAnId {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         Box::pin(async move {
             drop(self.gate.acquire().await);
@@ -979,47 +1029,22 @@ impl OriginBackend for TroubleOverAnId {
         })
     }
 
-    fn answer_limited<'a>(
-        &'a self,
-        request: &'a BatchRequest,
-        bound: Option<ItemBound<'a>>,
-        tile_limit: usize,
-    ) -> OriginFuture<'a, Result<tilewarm_server::origin::Answer, OriginFailure>> {
-        Box::pin(async move {
-            let r = self.answer(request, bound).await?;
-            let mut a =
-                tilewarm_server::origin::Answer::limit_lists(r, tile_limit, bound, request.access);
-            let told = match self.trouble {
-                IdTrouble::TellTiles => {
-                    Some((ErrorCode::PayloadTooLarge, "the tile holds 99 items"))
-                }
-                IdTrouble::Shed => Some((ErrorCode::Overloaded, "at capacity: retry later")),
-                IdTrouble::Refuse | IdTrouble::LeaveOut => None,
-            };
-            if let Some((code, message)) = told {
-                a.response.tiles.clear();
-                a.unanswered = Some(tilewarm::protocol::Unanswered {
-                    code,
-                    message: message.into(),
-                    tiles: request.tiles.clone(),
-                    ids: Vec::new(),
-                });
-            }
-            Ok(a)
-        })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "an upstream with trouble over one id".into()
+    fn leave_out(&self, request: &BatchRequest, mut a: Answer) -> Answer {
+        let told = match self.trouble {
+            IdTrouble::TellTiles => Some((ErrorCode::PayloadTooLarge, "the tile holds 99 items")),
+            IdTrouble::Shed => Some((ErrorCode::Overloaded, "at capacity: retry later")),
+            IdTrouble::Refuse | IdTrouble::LeaveOut => None,
+        };
+        if let Some((code, message)) = told {
+            a.response.tiles.clear();
+            a.unanswered = Some(tilewarm::protocol::Unanswered {
+                code,
+                message: message.into(),
+                tiles: request.tiles.clone(),
+                ids: Vec::new(),
+            });
+        }
+        a
     }
 }
 
@@ -1045,12 +1070,12 @@ async fn trouble_over_an_id(
     let id = pick(&city, d);
     let s = tilewarm_server::start_with_origin(
         config,
-        Box::new(TroubleOverAnId {
+        Box::new(Test(TroubleOverAnId {
             city,
             gate: Arc::clone(&gate),
             id: id.clone(),
             trouble,
-        }),
+        })),
         Arc::default(),
     )
     .await
@@ -1626,33 +1651,17 @@ impl ItemGrows {
 /// The server's end of an [`ItemGrows`] the test keeps.
 struct Grows(Arc<ItemGrows>);
 
-impl OriginBackend for Grows {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
+impl Scripted for Grows {
+    const KIND: &'static str = "memory";
 
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         let o = Arc::clone(&self.0.city.lock().unwrap());
         let mut asked = self.0.asked.lock().unwrap();
         asked.extend(request.tiles.iter().map(|&t| (t, request.access)));
         Box::pin(async move { Ok(o.answer(request, Some(60))) })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "a city whose items grow".into()
     }
 }
 
@@ -1682,7 +1691,7 @@ pub(crate) async fn a_cached_item_grown_too_large_is_dropped_and_not_served(redi
     };
     let s = tilewarm_server::start_with_origin(
         c,
-        Box::new(Grows(Arc::clone(&backend))),
+        Box::new(Test(Grows(Arc::clone(&backend)))),
         Arc::default(),
     )
     .await
@@ -1776,7 +1785,7 @@ async fn warming_server(
     };
     let s = tilewarm_server::start_with_origin(
         c,
-        Box::new(Grows(Arc::clone(&backend))),
+        Box::new(Test(Grows(Arc::clone(&backend)))),
         Arc::default(),
     )
     .await
@@ -1836,21 +1845,18 @@ struct Busy {
 }
 
 impl Busy {
-    fn new(city: Origin<RawData>, busy: fn(&BatchRequest, usize) -> bool) -> Box<Busy> {
+    fn new(city: Origin<RawData>, busy: fn(&BatchRequest, usize) -> bool) -> Box<Test<Busy>> {
         let calls = Default::default();
-        Box::new(Busy { city, calls, busy })
+        Box::new(Test(Busy { city, calls, busy }))
     }
 }
 
-impl OriginBackend for Busy {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
+impl Scripted for Busy {
+    const KIND: &'static str = "memory";
 
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         Box::pin(async move {
             if (self.busy)(request, self.calls.fetch_add(1, Relaxed)) {
@@ -1861,19 +1867,6 @@ impl OriginBackend for Busy {
             }
             Ok(self.city.answer(request, Some(60)))
         })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "an origin at capacity for some calls".into()
     }
 }
 
@@ -1915,15 +1908,10 @@ struct GatedBelowAgent {
     asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
 }
 
-impl OriginBackend for GatedBelowAgent {
-    fn kind(&self) -> &'static str {
-        "upstream"
-    }
-
+impl Scripted for GatedBelowAgent {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         self.asked_at.lock().unwrap().push(request.access);
         Box::pin(async move {
@@ -1932,19 +1920,6 @@ impl OriginBackend for GatedBelowAgent {
             }
             Ok(self.city.answer(request, Some(60)))
         })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
-    }
-
-    fn describe(&self) -> String {
-        "an origin holding its calls below agent at a gate".into()
     }
 }
 
@@ -1972,7 +1947,7 @@ async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_
         max_tile_items: 10,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
+    let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
         .await
         .unwrap();
     let public = Http::with_token(Some(common::token_for(Access::Public)));
@@ -2028,7 +2003,7 @@ async fn a_tile_over_the_limit_at_the_callers_tier_is_remembered_at_that_tier_on
     };
     let s = tilewarm_server::start_with_origin(
         c,
-        Box::new(Grows(Arc::clone(&backend))),
+        Box::new(Test(Grows(Arc::clone(&backend)))),
         Arc::default(),
     )
     .await
