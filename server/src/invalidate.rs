@@ -480,6 +480,43 @@ mod tests {
         }
     }
 
+    /// What a call that started at an epoch may have missed, for the memory of tiles over
+    /// the tile limit: an invalidation since of the tile (or coarser), of ids or classes
+    /// (their tiles unknown), or a log that no longer reaches back; not one of another tile.
+    #[test]
+    fn may_cover_since_is_conservative_about_ids_classes_and_a_short_log() {
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        let u: TileId = "14/1/1".parse().unwrap();
+        let g = WriteGuard::default();
+        let e = g.epoch();
+        assert!(!g.may_cover_since(e, t));
+        g.record(&Invalidation {
+            tiles: vec![u],
+            ..Invalidation::default()
+        });
+        assert!(!g.may_cover_since(e, t));
+        assert!(g.may_cover_since(e, u));
+        g.record(&Invalidation {
+            tiles: vec![t.ancestor(10).unwrap()],
+            ..Invalidation::default()
+        });
+        assert!(g.may_cover_since(e, t));
+        let e = g.epoch();
+        g.record(&Invalidation {
+            ids: vec!["a".into()],
+            ..Invalidation::default()
+        });
+        assert!(g.may_cover_since(e, t));
+        let e = g.epoch();
+        for _ in 0..=LOG_LEN {
+            g.record(&Invalidation {
+                tiles: vec![u],
+                ..Invalidation::default()
+            });
+        }
+        assert!(g.may_cover_since(e, t), "older than the log");
+    }
+
     /// A Redis tier that never connects (nothing is read), for the holds.
     fn lazy_redis() -> CacheTier {
         let target = crate::redis_conn::RedisTarget::parse("redis://127.0.0.1:9/0").unwrap();

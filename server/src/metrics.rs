@@ -393,12 +393,12 @@ fn read_app(app: &App, s: &mut Scrape) {
         ),
         (
             "tilewarm_warmup_over_limit_skipped",
-            "Planned warm-up tiles skipped: found over --max-tile-items within the tile TTL.",
+            "Planned warm-up tiles skipped: found over --max-tile-items at agent within the tile TTL, and not invalidated since.",
             &m.warmup_over_limit_skipped,
         ),
         (
             "tilewarm_warmup_origin_quiet_skipped",
-            "Planned warm-up tiles skipped: the origin answered 429 or 503 within its Retry-After.",
+            "Planned warm-up tiles skipped: the origin answered 429 or 503 (or a partial answer shedding load, rate_limited or overloaded) within its Retry-After.",
             &m.warmup_origin_quiet_skipped,
         ),
         (
