@@ -21,9 +21,10 @@ export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
 
 const TIMED_OUT = Symbol('timed out');
 
-// The HTTP status a server answers with each of these codes (ErrorCode::http_status), for
-// the ids a partial answer leaves out with that `error`; any other code: 502.
-const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['payload_too_large', 413], ['response_full', 413]]);
+// The HTTP status a server answers with each code a server or edge leaves something out of
+// a partial answer with (ErrorCode::http_status): what it left out failed as that status
+// would have (the engine reads the code from it); for an id with any other code, 502.
+const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['upstream_error', 502], ['payload_too_large', 413], ['response_full', 413], ['bad_request', 400]]);
 
 // The item objects the caches of this wasm instance hold, by slot: the engine keeps an
 // item's slot, not the object, so items cross as numbers (src/wasm/engine.rs, `JsItem`).
@@ -178,8 +179,8 @@ function flatten(body, bounds) {
   const reported = body.access === undefined || body.access === null ? -1
     : typeof body.access === 'string' && TIERS.includes(body.access) ? TIERS.indexOf(body.access) : 255;
   // Why a partial answer leaves something out (the engine decides what follows): 1, it did
-  // not fit (asked again); a load-shedding code's status (503, 429, 504: a failure for the
-  // breaker and the back-off); 0, anything else.
+  // not fit (asked again); else its code's status (what it left out failed as that status
+  // would have: 503, 502 retried, 413 not); 0, none or an unknown code.
   const why = body.error?.code;
   const nums = [tl.length, n, reported, ...bounds, why === 'response_full' ? 1 : PARTIAL_STATUS.get(why) ?? 0], strs = [];
   const ids = new Array(n), objs = new Array(n);
@@ -1095,7 +1096,7 @@ export class TileCache {
       this.#gets.delete(gid);
       for (const w of ws) w.resolve(item);
     }
-    // 3 for a code that sheds load: they are retried (the engine queued them), as a 503's.
+    // 3 for a code whose failure is retried (503, 502, ...): the engine queued them again.
     const shed = nums[0] === 3 && f.error?.code !== 'response_full';
     if (left.length && (nums[0] === 1 || shed)) this.#unanswered(req, left, f.error, shed);
     // The tiles it left out: their ERROR record carries the server's code, as a refusal's.

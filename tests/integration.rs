@@ -449,7 +449,8 @@ fn breaker_opens_for_prefetch_while_foreground_goes_on() {
 
 /// An edge in front of an overloaded origin (or a server shedding load) answers what it
 /// holds and leaves the rest out of a `200` whose `error` is `overloaded` (or
-/// `rate_limited`, `upstream_timeout`): the client slows down as for the whole refusal. The
+/// `rate_limited`, `upstream_timeout`; `upstream_error` for an origin that failed): the
+/// client slows down as for the whole refusal. The
 /// breaker opens (prefetch pauses, foreground goes on), what was answered is cached, and
 /// the tiles left out are not asked for again at once. Before, each such answer closed the
 /// breaker, so a backend shedding load this way was prefetched from at full speed.
@@ -460,6 +461,7 @@ fn partial_answers_that_shed_load_open_the_breaker_as_whole_refusals_do() {
         ErrorCode::Overloaded,
         ErrorCode::RateLimited,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamError,
     ] {
         let mut h = Harness::new(ClientConfig::default());
         h.set(view(0.0, 0.0, 2.0, 2.0));
@@ -502,10 +504,11 @@ fn partial_answers_that_shed_load_open_the_breaker_as_whole_refusals_do() {
 }
 
 /// A tile a partial answer left out to shed load (`overloaded`, `rate_limited`,
-/// `upstream_timeout`) is reported as the overload it is (the HTTP status of that code, as
-/// the whole refusal's), not as an answer breaking the protocol, and is retried as the
-/// whole refusal's tiles are: `will_retry`, the next attempt after a backoff. Before, it
-/// was `Failure::Invalid` ("every requested tile must be listed") with `will_retry` false.
+/// `upstream_timeout`) or because its origin failed (`upstream_error`) is reported as the
+/// failure it is (the HTTP status of that code, as the whole refusal's), not as an answer
+/// breaking the protocol, and is retried as the whole refusal's tiles are: `will_retry`,
+/// the next attempt after a backoff. Before, it was `Failure::Invalid` ("every requested
+/// tile must be listed") with `will_retry` false (for `upstream_error`, until 2026-12-06).
 #[test]
 fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
     use tilewarm::protocol::ErrorCode;
@@ -513,6 +516,7 @@ fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
         ErrorCode::Overloaded,
         ErrorCode::RateLimited,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamError,
     ] {
         let mut h = Harness::new(ClientConfig::default());
         h.set(view(0.0, 0.0, 2.0, 1.0));
@@ -543,6 +547,47 @@ fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
             .expect("retried");
         assert_eq!(s.attempt, 1, "{code}");
     }
+}
+
+/// A tile a partial answer left out as too large to serve (`payload_too_large`: a
+/// tile over the server's `--max-tile-items`) fails as a whole 413 does: reported with that
+/// status, not retried (the same request gets the same answer), asked for again only after
+/// a backoff; the tiles it answered are taken. Before, it was `Failure::Invalid` ("every
+/// requested tile must be listed"), although the answer was valid.
+#[test]
+fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retried() {
+    use tilewarm::protocol::ErrorCode;
+    let mut h = Harness::new(ClientConfig::default());
+    h.set(view(0.0, 0.0, 2.0, 1.0));
+    let s = h.client.poll_request(h.now).unwrap();
+    let mut partial = h.origin.answer(&s.request, None);
+    let dropped = partial.tiles.pop().unwrap();
+    partial.items.retain(|it| !dropped.ids.contains(&it.id));
+    partial.left_out = Some(ErrorCode::PayloadTooLarge);
+    h.client.on_response(s.id, partial, h.now);
+    let ev = h.events();
+    let too_large = Failure::Http {
+        status: 413,
+        retry_after_ms: None,
+    };
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Error(f)
+            if f.tiles == vec![dropped.tile] && !f.will_retry && f.failure == too_large)),
+        "{ev:?}"
+    );
+    assert!(!h.client.cache().is_empty(), "what was answered is cached");
+    let at_once = h.serve_all();
+    assert!(
+        at_once
+            .iter()
+            .all(|s| !s.request.tiles.contains(&dropped.tile)),
+        "{at_once:?}"
+    );
+    h.now = h.client.next_wakeup(h.now).unwrap();
+    let s = std::iter::from_fn(|| h.client.poll_request(h.now))
+        .find(|s| s.request.tiles.contains(&dropped.tile))
+        .expect("the visible tile is asked for again after its backoff");
+    assert_eq!(s.attempt, 0, "a new round, not a retry");
 }
 
 #[test]

@@ -801,6 +801,72 @@ test('what a partial answer shedding load leaves out is retried as a whole 503 i
   }
 });
 
+test("what a partial answer leaves out for a failed origin (upstream_error) is retried as a whole 502 is, and reported as that failure", async () => {
+  // As an edge answers what it holds when its origin fails (unreachable, a 5xx, garbage).
+  // Before, a tile left out was an ERR_INVALID_RESPONSE given up at once (the answer was
+  // valid) and a get() of an id left out was rejected without a retry.
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  const failOnce = (res, answer) => {
+    backend.hostile = null;
+    const dropped = answer.tiles.shift();
+    answer.items = answer.items.filter((it) => it.id !== 'h2' && !dropped?.ids.includes(it.id));
+    answer.missing = [];
+    answer.error = { code: 'upstream_error', message: 'the origin failed', tiles: dropped ? [dropped.tile] : [], ids: ['h2'] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    backend.hostile = failOnce;
+    assert.equal((await cache.get('h2')).id, 'h2', 'retried, then answered');
+    assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [['ERR_HTTP', 502, 'upstream_error', true]]);
+    errs.length = 0;
+    backend.hostile = failOnce;
+    const v = viewOf(SX, SY);
+    cache.setViewport(v);
+    await cache.whenComplete();
+    assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+    assert.ok(errs.length >= 1);
+    for (const e of errs) assert.deepEqual([e.code, e.status, e.serverCode, e.willRetry], ['ERR_HTTP', 502, 'upstream_error', true], e.message);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('a tile a partial answer leaves out as too large (payload_too_large) fails as a whole 413 does: not retried, its loads fail with that error', async () => {
+  // As tilewarm-server answers a tile over --max-tile-items: the other tiles answered, that
+  // one named. Before, it was an ERR_INVALID_RESPONSE (the answer was valid).
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  const big = `14/${SX}/${SY}`, small = `14/${SX + 1}/${SY}`;
+  backend.hostile = (res, answer) => {
+    const out = answer.tiles.filter((l) => l.tile === big);
+    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    answer.items = answer.items.filter((it) => keep.has(it.id));
+    if (out.length) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    const [a, b] = await cache.loadTiles([big, small]);
+    assert.ok(b.items.length > 0, 'the other tile is answered');
+    assert.deepEqual([a.error?.code, a.error?.status, a.error?.serverCode, a.error?.willRetry], ['ERR_HTTP', 413, 'payload_too_large', false]);
+    assert.match(a.error.message, /HTTP 413: payload_too_large: tile 14\/\d+\/\d+ holds more than 20000 items/);
+    assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [['ERR_HTTP', 413, 'payload_too_large', false]]);
+    assert.equal(backend.requests.length, 1, 'not asked again within the retries');
+    assert.equal(cache.stats().breakerOpen, false);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('one crossing of the JS/wasm boundary per setViewport', async () => {
   fresh();
   const cache = await make();

@@ -416,16 +416,20 @@ impl Batcher {
     ///   out at once in a later request, with no backoff, none is returned and the last
     ///   value is `true`: each such round answers something more, so it cannot loop. One
     ///   that answered nothing is handled as any answer leaving tiles out.
-    /// - [`ErrorCode::Overloaded`], [`ErrorCode::RateLimited`],
-    ///   [`ErrorCode::UpstreamTimeout`]: the server (or the edge, for its origin) shed load
-    ///   and answered only part of the request. That counts as the failure the same code on
-    ///   a whole answer is (503, 429, 504): towards the breaker instead of closing it, and
-    ///   the tiles it left out back off as a failed attempt's would (the exponent at least
-    ///   the attempt's), so the client slows down as it would for a whole refusal. Within
-    ///   `retries`, they and the ids asked for directly that it left out are queued again
-    ///   as the next attempt after that backoff (the last value is `true`), as a failed
-    ///   request's work is; past them they are dropped. What it answered succeeded: those
-    ///   tiles back off no more. (A `200` carries no `Retry-After`.)
+    /// - Any other code: what it left out failed as a whole answer with that code
+    ///   ([`Failure::left_out`]: its status) would have. The server (or the edge, for its
+    ///   origin) shed load ([`ErrorCode::Overloaded`], [`ErrorCode::RateLimited`],
+    ///   [`ErrorCode::UpstreamTimeout`]: 503, 429, 504) or its origin failed
+    ///   ([`ErrorCode::UpstreamError`], 502): that counts towards the breaker instead of
+    ///   closing it, and the tiles it left out back off as a failed attempt's would (the
+    ///   exponent at least the attempt's), so the client slows down as it would for a
+    ///   whole refusal. Within `retries`, they and the ids asked for directly that it left
+    ///   out are queued again as the next attempt after that backoff (the last value is
+    ///   `true`), as a failed request's work is; past them they are dropped. A code whose
+    ///   failure is not retried ([`ErrorCode::PayloadTooLarge`], 413: a tile or item too
+    ///   large to serve; [`ErrorCode::BadRequest`]) gives them up at once, the tiles backing
+    ///   off as a given-up request's do. What it answered succeeded: those tiles back off
+    ///   no more. (A `200` carries no `Retry-After`.)
     pub fn on_answer(
         &mut self,
         id: RequestId,
@@ -469,24 +473,26 @@ impl Batcher {
                 }
             }
         }
-        // The server, or the edge for its origin, shed load (an `error` is there only when
-        // something is left out): the failure a whole answer with this code is.
-        let shed = left_out.is_some_and(|l| l.0.sheds_load());
-        if !shed {
+        // Left out for another reason than room (an `error` is there only when something is
+        // left out), what it left out failed as a whole answer with this code would have:
+        // the backend's trouble (shed load, a failed origin) counts towards the breaker.
+        let failure = left_out.and_then(|l| Failure::left_out(l.0));
+        if !failure.as_ref().is_some_and(Failure::is_backend_trouble) {
             self.breaker.on_success();
         } else if self.breaker.on_failure(now_ms) {
             self.stats.breaker_opened += 1;
         }
         // What it left out goes out again: at once when it did not fit and something was
-        // answered; to shed load, as a failed attempt's work (the whole refusal's), after
-        // its backoff and within the retries (the tiles and the ids asked for directly).
+        // answered; else as a failed attempt's work (that whole answer's), after its
+        // backoff and within the retries (the tiles and the ids asked for directly) when
+        // that failure is retried, or not at all (a tile too large to serve).
         let next = f.attempt + 1;
-        let retry = match left_out {
-            Some((_, answered)) if full.is_some() => (progress
+        let retry = match (left_out, &failure) {
+            (Some((_, answered)), _) if full.is_some() => (progress
                 || f.loose_ids.iter().any(|i| answered(i)))
             .then_some((answered, f.attempt, 0)),
-            Some((_, answered)) if shed => {
-                let retry = next <= self.config.retries;
+            (Some((_, answered)), Some(failure)) => {
+                let retry = failure.is_retryable() && next <= self.config.retries;
                 let attempt = if retry { next } else { 0 };
                 let at_ms = (self.backoff).hold_back(&unanswered, attempt, next, None, now_ms);
                 retry.then_some((answered, next, at_ms))
@@ -505,11 +511,15 @@ impl Batcher {
                 attempt: f.attempt,
             };
             self.queues.requeue(&rest, attempt, at_ms);
-            // Shed, the tiles are reported (retried); what did not fit is no error.
-            let reported = if shed { unanswered } else { Vec::new() };
+            // Failed, the tiles are reported (retried); what did not fit is no error.
+            let reported = if failure.is_some() {
+                unanswered
+            } else {
+                Vec::new()
+            };
             return (f, reported, true);
         }
-        if !shed && !unanswered.is_empty() {
+        if failure.is_none() && !unanswered.is_empty() {
             self.back_off(&unanswered, 0, now_ms);
         }
         (f, unanswered, false)

@@ -15,10 +15,12 @@
 //! - A circuit breaker suspends **prefetch only** after `breaker_threshold` consecutive
 //!   failures, and lets one prefetch through as a probe after a cool-down that doubles
 //!   while the backend keeps failing. Foreground requests are never held back by it: a
-//!   slow backend must not stall the page any more than it has to (`breaker.rs`). A
-//!   partial answer that sheds load (its `error` is `overloaded`, `rate_limited` or
-//!   `upstream_timeout`) counts as such a failure, and the tiles it left out back off as a
-//!   failed request's ([`Batcher::on_answer`]).
+//!   slow backend must not stall the page any more than it has to (`breaker.rs`). What a
+//!   partial answer leaves out is the failure a whole answer with its `error` code is:
+//!   one that sheds load or says the origin failed (`overloaded`, `rate_limited`,
+//!   `upstream_timeout`, `upstream_error`) counts as such a failure, and the tiles it left
+//!   out back off and are retried as a failed request's; one too large to serve
+//!   (`payload_too_large`) is given up at once ([`Batcher::on_answer`]).
 //!
 //! Sans-IO: the caller sends [`Transmit`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.

@@ -3,7 +3,7 @@
 
 use super::{Kind, RequestId};
 use crate::planner::Work;
-use crate::protocol::BatchRequest;
+use crate::protocol::{BatchRequest, ErrorCode};
 use crate::tile::TileId;
 
 /// A batch request to send, as [`Batcher::poll`](super::Batcher::poll) and
@@ -53,6 +53,17 @@ impl Failure {
             }
             Failure::Aborted => false,
         }
+    }
+
+    /// The failure of what a partial answer left out with `code` (its `error`): the one a
+    /// whole answer with that code is (a 502 for `upstream_error`, a 413 for
+    /// `payload_too_large`); none for [`ErrorCode::ResponseFull`], which says nothing
+    /// against the tiles or the backend (what did not fit is asked again).
+    pub(crate) fn left_out(code: ErrorCode) -> Option<Self> {
+        (code != ErrorCode::ResponseFull).then_some(Failure::Http {
+            status: code.http_status(),
+            retry_after_ms: None,
+        })
     }
 
     /// Whether the failure says something about the backend's health (counts towards the

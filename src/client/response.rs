@@ -31,9 +31,10 @@ pub enum Answered {
     /// ([`ErrorCode::ResponseFull`]) after
     /// answering part of the request: the tiles and the ids asked for directly that it left
     /// out are asked again at once in a later request (no error, no backoff), so a `get` of
-    /// such an id waits for that answer. Also a partial answer that shed load (`overloaded`,
-    /// `rate_limited`, `upstream_timeout`) whose left-out tiles and ids the batcher retries
-    /// after a backoff, as the whole refusal's (its tiles' error has `will_retry`).
+    /// such an id waits for that answer. Also a partial answer whose code is a failure that
+    /// is retried (shed load: `overloaded`, `rate_limited`, `upstream_timeout`; the origin
+    /// failed: `upstream_error`) whose left-out tiles and ids the batcher retries after a
+    /// backoff, as that whole failure's (its tiles' error has `will_retry`).
     TakenInPart,
 }
 
@@ -130,7 +131,6 @@ impl<P: Payload> Client<P> {
         };
         // Why it left them out decides how (the batcher: asked again at once, or failed).
         let left_out = (response.left_out).map(|c| (c, &answered as &dyn Fn(&str) -> bool));
-        let shed = response.left_out.filter(|c| c.sheds_load());
         let Some((finished, unanswered, in_part)) =
             self.batcher.on_answer(id, covered, left_out, now_ms)
         else {
@@ -195,7 +195,8 @@ impl<P: Payload> Client<P> {
             touched_visible |= tiles.iter().any(|t| range.contains(t.tile));
         }
         if !unanswered.is_empty() {
-            self.report_unanswered(id, finished.kind, unanswered, shed, in_part, now_ms);
+            let left_out = response.left_out;
+            self.report_unanswered(id, finished.kind, unanswered, left_out, in_part, now_ms);
         }
         let states = self.visible_states(now_ms);
         let before = (&shown_before[..], &loading_before[..]);
@@ -446,15 +447,17 @@ impl<P: Payload> Client<P> {
     /// at once, for ever. (The batcher already holds them back.) A host's load of them
     /// ([`Client::load_tile`]) fails with the error: they leave the loading tiles, or they
     /// would be asked for again after each backoff for as long as the page stays open.
-    /// Left out to shed load (`shed`), the error is the overload it is (`Failure::Http`
-    /// with the code's status, as the whole refusal's), and while the batcher retries them
-    /// (`will_retry`) the loads wait; else the answer broke the protocol (`Invalid`).
+    /// Left out with a code (`left_out`, the answer's `error`), the error is the failure a
+    /// whole answer with that code is (`Failure::Http` with its status: the overload, the
+    /// origin's failure, a tile too large to serve), and while the batcher retries them
+    /// (`will_retry`) the loads wait; left out with none, the answer broke the protocol
+    /// (`Invalid`).
     fn report_unanswered(
         &mut self,
         id: RequestId,
         kind: Kind,
         unanswered: Vec<TileId>,
-        shed: Option<ErrorCode>,
+        left_out: Option<ErrorCode>,
         will_retry: bool,
         now_ms: u64,
     ) {
@@ -463,7 +466,7 @@ impl<P: Payload> Client<P> {
         }
         self.errors += 1;
         let view_incomplete = self.leaves_view_incomplete(&unanswered, now_ms);
-        let failure = match shed {
+        let failure = match left_out {
             Some(code) => Failure::Http {
                 status: code.http_status(),
                 retry_after_ms: None,

@@ -235,8 +235,9 @@ impl Engine {
     ///   filtered for (0..=3; -1 when it does not say) and the data's extent it declares
     ///   (west, south, east, north from [`BOUNDS_HEADER`](crate::protocol::BOUNDS_HEADER);
     ///   four NaN when it declares none), for a partial answer the code of its `error`
-    ///   the core reads (1: `response_full`; the status of a code that sheds load, 503
-    ///   `overloaded`, 429 `rate_limited`, 504 `upstream_timeout`; else 0); per tile its TTL in seconds (`-1`
+    ///   (1: `response_full`; else the status the server answers the code with, 502
+    ///   `upstream_error`, 413 `payload_too_large`, 503 `overloaded`, ...; 0 for none or an
+    ///   unknown code); per tile its TTL in seconds (`-1`
     ///   for none) and how many ids it lists; per item its lon, lat, TTL (`-1` for none),
     ///   tier (0..=3; 255 for an unknown tier) and the length of its `data` as JSON (what
     ///   the cache charges it beside its id and class);
@@ -789,13 +790,13 @@ fn build_response(
         tiles: lists,
         items,
         missing: strs.collect(),
-        // The codes of a partial answer's `error` the core reads (`Batcher::on_answer`).
-        left_out: match *left_out as u32 {
+        // A partial answer's `error` code (`Batcher::on_answer`): 1 `response_full`, else
+        // the code its status names (413 `payload_too_large`); 0, none.
+        left_out: match *left_out as u16 {
+            0 => None,
             1 => Some(ErrorCode::ResponseFull),
-            503 => Some(ErrorCode::Overloaded),
-            429 => Some(ErrorCode::RateLimited),
-            504 => Some(ErrorCode::UpstreamTimeout),
-            _ => None,
+            n => (ErrorCode::ALL.into_iter())
+                .find(|c| *c != ErrorCode::ResponseFull && c.http_status() == n),
         },
     };
     Ok((response, bounds))
@@ -924,8 +925,8 @@ mod tests {
         assert_eq!(build_response(&nums, strs(), Vec::new()).unwrap().1, None);
     }
 
-    /// A partial answer's code crosses as a number (`cache.js`): 1 `response_full`, the
-    /// status of a code that sheds load; anything else is none the core reads.
+    /// A partial answer's code crosses as a number (`cache.js`): 1 `response_full`, else
+    /// the status the server answers the code with; 0 or a status of no code is none.
     #[test]
     fn the_left_out_code_crosses() {
         let strs = || ["14/2624/5721"].map(String::from).to_vec();
@@ -934,8 +935,12 @@ mod tests {
             (503.0, Some(ErrorCode::Overloaded)),
             (429.0, Some(ErrorCode::RateLimited)),
             (504.0, Some(ErrorCode::UpstreamTimeout)),
+            (502.0, Some(ErrorCode::UpstreamError)),
+            (413.0, Some(ErrorCode::PayloadTooLarge)),
+            (400.0, Some(ErrorCode::BadRequest)),
             (0.0, None),
-            (413.0, None),
+            (f64::NAN, None),
+            (299.0, None),
         ] {
             let nums = [
                 1.0,

@@ -456,13 +456,14 @@ fn coalesce_min_share_is_checked() {
 }
 
 /// A partial answer that sheds load (`overloaded`, `rate_limited`, `upstream_timeout`: the
-/// server, or the edge for its origin, answered only part of the request) is, for what it
-/// left out, the failure a whole answer with that code is: it counts towards the breaker
+/// server, or the edge for its origin, answered only part of the request) or whose origin
+/// failed (`upstream_error`) is, for what it left out, the failure a whole answer with that
+/// code is: it counts towards the breaker
 /// (it used to close it and reset the streak), the tiles it left out back off, and the ones
 /// it answered do not. Whatever it left out (tiles, ids asked for directly, ids of a
 /// refresh), three such answers in a row open the breaker. A `response_full` one is an
 /// answer: it closes the breaker and ends the streak of failures. Fails before they counted
-/// (the breaker stayed closed).
+/// (the breaker stayed closed; for `upstream_error`, until 2026-12-06).
 #[test]
 fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_it_left_out() {
     use crate::protocol::ErrorCode;
@@ -476,6 +477,7 @@ fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_
         ErrorCode::Overloaded,
         ErrorCode::RateLimited,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamError,
     ] {
         let mut b = Batcher::new(config.clone()).unwrap();
         // 1. Tile 1 left out, tile 0 answered.
@@ -532,13 +534,20 @@ fn a_partial_answer_shedding_load_counts_towards_the_breaker_and_backs_off_what_
     assert_eq!(b.stats().breaker_opened, 0, "the streak ended each time");
 }
 
-/// What a partial answer that sheds load left out (tiles, ids asked for directly) is
-/// retried as the whole refusal's work would be: held back, then asked again as the next
-/// attempt, until the retries are spent. Before, the ids were dropped (their `get` failed
-/// at once) and the tiles waited for the planner.
+/// What a partial answer that sheds load, or whose origin failed, left out (tiles, ids
+/// asked for directly) is retried as the whole refusal's work would be: held back, then
+/// asked again as the next attempt, until the retries are spent. Before, the ids were
+/// dropped (their `get` failed at once) and the tiles waited for the planner (for
+/// `upstream_error`, until 2026-12-06).
 #[test]
 fn what_a_partial_answer_shedding_load_left_out_is_retried_as_a_failed_attempt() {
     use crate::protocol::ErrorCode;
+    for code in [ErrorCode::Overloaded, ErrorCode::UpstreamError] {
+        retried_as_a_failed_attempt(code);
+    }
+}
+
+fn retried_as_a_failed_attempt(code: crate::protocol::ErrorCode) {
     let config = BatchConfig {
         coalesce_min_share: 100,
         retries: 1,
@@ -550,20 +559,55 @@ fn what_a_partial_answer_shedding_load_left_out_is_retried_as_a_failed_attempt()
     b.request_ids(["a", "b"]);
     let r = b.poll(0, P, all).unwrap();
     assert_eq!(r.request.ids, ["a", "b"]);
-    let shed = Some((ErrorCode::Overloaded, &a as &dyn Fn(&str) -> bool));
+    let shed = Some((code, &a as &dyn Fn(&str) -> bool));
     let (_, unanswered, retrying) = b.on_answer(r.id, |tile| tile == t(0), shed, 0).unwrap();
-    assert_eq!((unanswered, retrying), (vec![t(1)], true));
-    assert_eq!(b.poll(0, P, all), None, "held back first");
+    assert_eq!((unanswered, retrying), (vec![t(1)], true), "{code}");
+    assert_eq!(b.poll(0, P, all), None, "{code}: held back first");
     let later = b.next_wakeup(0).expect("a retry is due");
     let r = b.poll(later, P, all).expect("retried");
     assert_eq!(
         (&r.request.tiles[..], &r.request.ids[..]),
-        (&[t(1)][..], &["b".to_string()][..])
+        (&[t(1)][..], &["b".to_string()][..]),
+        "{code}"
     );
     // Shed again: the retries are spent, nothing goes out again.
     let none = |_: &str| false;
-    let shed = Some((ErrorCode::Overloaded, &none as &dyn Fn(&str) -> bool));
+    let shed = Some((code, &none as &dyn Fn(&str) -> bool));
     let (_, unanswered, retrying) = b.on_answer(r.id, |_| false, shed, later).unwrap();
-    assert_eq!((unanswered, retrying), (vec![t(1)], false));
-    assert_eq!(b.poll(later + 3_600_000, P, all), None, "given up");
+    assert_eq!((unanswered, retrying), (vec![t(1)], false), "{code}");
+    assert_eq!(b.poll(later + 3_600_000, P, all), None, "{code}: given up");
+}
+
+/// What a partial answer left out as too large to serve (`payload_too_large`: a tile over
+/// the server's `--max-tile-items`, an item over `--max-item-data-bytes`), or refused
+/// (`bad_request`), fails as a whole 413 or 400 does: not retried (the same request would
+/// get the same answer), the tiles backing off as a given-up request's, the ids dropped,
+/// the breaker closed (the backend answered). The tiles it answered back off no more.
+#[test]
+fn what_a_partial_answer_left_out_as_too_large_is_given_up_at_once() {
+    use crate::protocol::ErrorCode;
+    for code in [ErrorCode::PayloadTooLarge, ErrorCode::BadRequest] {
+        let config = BatchConfig {
+            coalesce_min_share: 100,
+            retries: 2,
+            ..BatchConfig::default()
+        };
+        let mut b = Batcher::new(config).unwrap();
+        b.set_foreground(tiles(0..2));
+        b.request_ids(["a", "b"]);
+        let r = b.poll(0, P, all).unwrap();
+        let a = |i: &str| i == "a";
+        let left = Some((code, &a as &dyn Fn(&str) -> bool));
+        let (_, unanswered, retrying) = b.on_answer(r.id, |tile| tile == t(0), left, 0).unwrap();
+        assert_eq!((unanswered, retrying), (vec![t(1)], false), "{code}");
+        assert!(!b.breaker_open(), "{code}");
+        // Nothing is queued again: neither the tile nor the id "b".
+        assert_eq!(b.poll(3_600_000, P, all), None, "{code}: not retried");
+        // Asked for again by the planner, the tile waits for its backoff; tile 0 does not.
+        b.set_foreground(tiles(0..2));
+        let r = b.poll(0, P, all).unwrap();
+        assert_eq!(r.request.tiles, [t(0)], "{code}: tile 1 backs off");
+        let later = b.next_wakeup(0).expect("its backoff ends");
+        assert!(later > 0, "{code}");
+    }
 }
