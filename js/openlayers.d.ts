@@ -65,9 +65,11 @@ export function createSource(ol: OpenLayers, cache: TileCache<any>, options?: So
  * disposing of the source, of its cache or of the map (`map.dispose()`) detaches it too; the
  * map's dispose also empties the source of its tiles unless another followed map shows it, and
  * so does taking the last layer that shows it off its followed maps, hiding it (its own
- * `setVisible(false)` or its group's) or giving it another source (`setSource`); shown again,
- * it loads them again. While no visible layer of `map` shows the source, its view is not fed
- * (the cache would fetch the tiles of a view nobody sees them in).
+ * `setVisible(false)` or its group's), a view zoomed out of its range (`minZoom`, `maxZoom`,
+ * `minResolution`, `maxResolution`: OpenLayers draws it no more) or giving it another source
+ * (`setSource`); shown again, it loads them again. While no visible layer of `map` shows the
+ * source within its range, its view is not fed (the cache would fetch the tiles of a view
+ * nobody sees them in).
  */
 export function follow(
   map: { getView(): any; getSize(): number[] | undefined; getLayerGroup(): any; getAllLayers(): any[]; on(type: string, f: (...a: any[]) => void): unknown; un(type: string, f: (...a: any[]) => void): unknown },

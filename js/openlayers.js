@@ -20,8 +20,9 @@
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
 // tile asked of it after that fails with ERR_DISPOSED, once), and so does the map's (the
 // source then lets go of its tiles unless another followed map shows it, as it does when its
-// last layer on its followed maps is taken off, hidden or given another source; a follow()
-// feeds nothing while no visible layer of its map shows the source). Views in EPSG:3857
+// last layer on its followed maps is taken off, hidden, zoomed out of its range or given
+// another source; a follow() feeds nothing while no visible layer of its map shows the
+// source within its zoom range). Views in EPSG:3857
 // (OpenLayers' default), with no user projection (useGeographic()).
 // The adapter does not import OpenLayers: the page passes the classes in. Types:
 // openlayers.d.ts.
@@ -281,9 +282,15 @@ export function createSource(ol, cache, options = {}) {
 const wasDisposed = (map) => map.disposed || map.disposed_;
 
 /** Whether `map` draws `source`: a layer of it shows the source and is visible, in groups
- * that are (the layer states OpenLayers renders from). */
-const draws = (map, source) => !wasDisposed(map) &&
-  map.getLayerGroup().getLayerStatesArray().some((s) => s.visible && s.layer.getSource?.() === source);
+ * that are, and within its zoom and resolution range at the view's (the layer states
+ * OpenLayers renders from, as its `inView` reads them: out of range, it neither draws nor
+ * loads the layer). */
+function draws(map, source) {
+  if (wasDisposed(map)) return false;
+  const view = map.getView(), r = view.getResolution(), z = view.getZoom();
+  return map.getLayerGroup().getLayerStatesArray().some((s) => s.visible && s.layer.getSource?.() === source &&
+    !(r < s.minResolution || r >= s.maxResolution || z <= s.minZoom || z > s.maxZoom));
+}
 
 /**
  * Follows `map` with a source from {@link createSource}: feeds the view to
@@ -333,6 +340,8 @@ export function follow(map, source) {
     frame = 0;
     if (disposed()) return;
     moved(); // a tile owed a read (changed out of the view) is read once the view shows it
+    // A zoom past the range of the layers showing the source hides it as hiding them does.
+    if (!(shown = draws(map, source))) letGo();
     const e = extent();
     // The zoom of 256-px tiles, from the resolution: the view's own zoom counts its
     // `resolutions`, `zoomFactor` or `maxResolution` when it has them.
@@ -381,7 +390,8 @@ export function follow(map, source) {
   }
 
   // A layer taken off the map (`map.removeLayer`, in a group too, or `map.setLayers`),
-  // hidden (`setVisible(false)`, its group's too) or given another source (`setSource`):
+  // hidden (`setVisible(false)`, its group's too, or a view zoomed out of its range: see
+  // push) or given another source (`setSource`):
   // when no visible layer of a followed map shows the source any more, it lets go of its
   // tiles as above (a layer that shows it again loads them again), and follow() feeds that
   // map's view no more (the cache would fetch the tiles of a view nobody sees it in) until

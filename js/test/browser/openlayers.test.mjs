@@ -10,8 +10,9 @@
 // follow() and empties its source (nothing fetched for its tiles after), and so does taking
 // the layer off the map or replacing the map's layers (put back, it loads them again),
 // unless another followed map shows the source; so does hiding the layer (or its group) or
-// giving it another source, and follow() feeds that view no more until it shows the source
-// again; a view too coarse for the cache loads its
+// giving it another source, or zooming the view out of the layer's range (minZoom, maxZoom,
+// minResolution, maxResolution), and follow() feeds that view no more until it shows the
+// source again; a view too coarse for the cache loads its
 // tiles empty and reports once per zoom (no loop of loads and errors every
 // frame); a tile whose request gave up is not asked for again on every redraw; a view in
 // another world's copy or across the antimeridian keeps its tiles at a move's end; the
@@ -424,6 +425,53 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       assert.equal(r[way].fed, 0, `${way}: the view fed to the cache while nothing shows the source`);
       assert.ok(r[way].again > 0, `${way}: shown again, the source loads its tiles again`);
       assert.ok(r[way].fedAgain > 0, `${way}: shown again, the view is fed again`);
+    }
+  });
+
+  it("a layer visible but outside its own zoom range (minZoom, maxZoom, minResolution, maxResolution) empties its source and follow() feeds its view no more; back in range, it loads again", async () => {
+    // OpenLayers draws nothing of such a layer (nor loads for it). Before, it counted as
+    // showing the source: its tiles stayed, and were read and fetched again at rest.
+    const r = await page.evaluate(async ([lon, lat, m]) => {
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, loaded, spy } = window.__tw.ol;
+      const at = (z) => 156543.03392804097 / 2 ** z; // the resolution of zoom z
+      const out = {};
+      for (const [name, options, away] of [
+        ['minZoom', { minZoom: 14 }, 13.5], ['maxZoom', { maxZoom: 16 }, 16.5],
+        ['maxResolution', { maxResolution: at(14) }, 13.5], ['minResolution', { minResolution: at(16) }, 16.5],
+      ]) {
+        const cache = await newCache({ minZoom: 12 });
+        const source = newSource(cache);
+        const { div, map } = newMap({ layers: [new VectorLayer({ source, ...options })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+        let fed = 0;
+        spy(cache, 'setViewport', () => { fed += 1; });
+        const detach = follow(map, source);
+        const features = await loaded(source, cache);
+        const v = map.getView();
+        v.setZoom(away);
+        await frames(4);
+        const before = fed;
+        // A pan of two data tiles: a followed view is fed to the cache (which fetches its tiles).
+        const [x, y] = v.getCenter();
+        v.setCenter([x + 2 * m, y]);
+        await frames(4);
+        out[name] = { features, left: source.getFeatures().length, fed: fed - before };
+        v.setZoom(15);
+        out[name].again = await loaded(source, cache);
+        out[name].fedAgain = fed - before;
+        detach();
+        map.dispose();
+        div.remove();
+        source.dispose();
+        cache.dispose();
+      }
+      return out;
+    }, [...tileCorner(14, SX - 9.5, SY + 8.5), TILE_M]);
+    for (const [name, got] of Object.entries(r)) {
+      assert.ok(got.features > 0, `${name}: the source held features`);
+      assert.equal(got.left, 0, `${name}: features left in the source out of the layer's range`);
+      assert.equal(got.fed, 0, `${name}: the view fed to the cache while the layer is out of its range`);
+      assert.ok(got.again > 0, `${name}: back in range, the source loads its tiles again`);
+      assert.ok(got.fedAgain > 0, `${name}: back in range, the view is fed again`);
     }
   });
 
