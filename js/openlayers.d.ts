@@ -33,8 +33,9 @@ export interface SourceOptions {
  * `stale` and `item`. A loaded tile whose items changed in the cache
  * (`cache.onTilesChanged`: an `invalidate`, an answer that refetched, replaced or deleted
  * them, the view's items turned stale; in the cache's view or not) is filled again by the next animation
- * frame if any of it is in the view of a map that `follow()` follows (every tile, with no
- * `follow()`; one beside the view: once the view shows it, read once): features of items it no longer has leave (unless another tile holds them), changed
+ * frame if any of it is in the view of a map that `follow()` follows (with no `follow()`, in
+ * what OpenLayers last asked the source to show: the view of the layer drawing it and its
+ * render buffer; one beside the view: once the view shows it, read once): features of items it no longer has leave (unless another tile holds them), changed
  * ones are updated; tiles whose items did not change are not touched. When the cache's tier changes (`cache.onAccess`: `setAccess`, or a
  * lower tier the server reported), the source is emptied at once and loads the view again.
  * `source.refresh()` and `source.clear()` work as for any vector source (the adapter forgets

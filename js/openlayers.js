@@ -14,7 +14,8 @@
 // on a failure and would ask for it again at once, every frame. A tile too coarse for the
 // cache (more than maxVisibleTiles data tiles) is loaded empty, reported once per zoom.
 // A loaded tile whose items changed in the cache (onTilesChanged) is filled again from the cache,
-// once the view of a followed map shows it (any tile, with no follow()).
+// once the view of a followed map shows it (with no follow(), once it is in what OpenLayers
+// last asked the source to show: the view of the layer drawing it and its render buffer).
 // When the cache's tier changes, the source is emptied and loads again.
 // `source.dispose()` lets go of the cache: its listener, the loads out (aborted) and the
 // follow()s of the source (detached); the cache's dispose() detaches the follow()s too (a
@@ -54,6 +55,18 @@ export function toMercator(lon, lat) {
 /** (lon, lat) of EPSG:3857 metres. */
 export function toLonLat(x, y) {
   return [(x / HALF) * 180, (Math.atan(Math.exp((y / HALF) * Math.PI)) * 360) / Math.PI - 90];
+}
+
+/** Whether a tile's extent overlaps view extent `v` grown by `m` metres on each side. */
+function near(v, m) {
+  // The tiles are in the real world (OpenLayers wraps what it loads into it); the view
+  // may be in another world's copy, or across the antimeridian: shifted so its centre is
+  // in the real world, and compared with its twin a world to either side too.
+  const shift = Math.floor(((v[0] + v[2]) / 2 + HALF) / WORLD) * WORLD;
+  const e = [v[0] - m - shift, v[1] - m, v[2] + m - shift, v[3] + m];
+  const wide = e[2] - e[0] >= WORLD;
+  const apart = (x, dx) => x[2] <= e[0] + dx || x[0] >= e[2] + dx;
+  return (x) => !(x[3] <= e[1] || x[1] >= e[3] || (!wide && apart(x, 0) && apart(x, -WORLD) && apart(x, WORLD)));
 }
 
 /** What the adapter keeps per source: loaded tiles and the features they hold. */
@@ -248,7 +261,23 @@ export function createSource(ol, cache, options = {}) {
       super.disposeInternal();
     }
   }
-  source = new TilewarmSource({ strategy: ol.tileStrategy(grid), loader });
+  // What OpenLayers last asked the source to show (its `loadFeatures`, through the
+  // strategy: the view of a layer that draws it, with its render buffer, once per world
+  // copy; the calls of one render are one burst), as tests of a tile's extent: the view of
+  // a source no follow() follows. (OpenLayers gives a source no way to its layers or maps.)
+  const tiled = ol.tileStrategy(grid);
+  let asked = [], asking = false;
+  function strategy(extent, resolution, projection) {
+    if (!asking) {
+      asking = true;
+      asked = [];
+      queueMicrotask(() => { asking = false; });
+      updates.moved(); // a tile owed a read is read once such a view shows it
+    }
+    asked.push(near(extent, 0));
+    return tiled(extent, resolution, projection);
+  }
+  source = new TilewarmSource({ strategy, loader });
   // Held features and loaded tiles that outlived a clear would be found on the next load
   // and never added again: an empty map.
   source.on('clear', reset);
@@ -261,11 +290,12 @@ export function createSource(ol, cache, options = {}) {
   // A loaded tile whose items changed in the cache (an invalidate, say by tilewarm/live's
   // change feed; an answer that refetched, replaced or deleted them, in the cache's view or
   // not; items turned stale or expired) is filled again (see redraw.js), once it is in the
-  // view of a map that follow() follows (any tile of any zoom: the source draws the features
-  // of every loaded tile); with no follow(), the views are not known and every tile counts.
+  // view of a map that follow() follows and that draws the source (any tile of any zoom:
+  // the source draws the features of every loaded tile); with no follow(), once it is in
+  // what OpenLayers last asked the source to show (`asked`).
   const updates = followUpdates(cache, () => {
-    const views = [...followers].map((f) => f.inView());
-    return [...tiles].map(([key, t]) => [key, t, t.drawn, !views.length || views.some((seen) => seen(t.extent))]);
+    const views = followers.size ? [...followers].filter((f) => draws(f.map, source)).map((f) => f.inView()) : asked;
+    return [...tiles].map(([key, t]) => [key, t, t.drawn, views.some((seen) => seen(t.extent))]);
   }, (t, items, drawn) => {
     if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
   });
@@ -412,18 +442,6 @@ export function follow(map, source) {
     group = map.getLayerGroup();
     group.on(GROUP_CHANGES, onLayers);
     onLayers();
-  }
-
-  /** Whether a tile's extent overlaps view extent `v` grown by `m` metres on each side. */
-  function near(v, m) {
-    // The tiles are in the real world (OpenLayers wraps what it loads into it); the view
-    // may be in another world's copy, or across the antimeridian: shifted so its centre is
-    // in the real world, and compared with its twin a world to either side too.
-    const shift = Math.floor(((v[0] + v[2]) / 2 + HALF) / WORLD) * WORLD;
-    const e = [v[0] - m - shift, v[1] - m, v[2] + m - shift, v[3] + m];
-    const wide = e[2] - e[0] >= WORLD;
-    const apart = (x, dx) => x[2] <= e[0] + dx || x[0] >= e[2] + dx;
-    return (x) => !(x[3] <= e[1] || x[1] >= e[3] || (!wide && apart(x, 0) && apart(x, -WORLD) && apart(x, WORLD)));
   }
 
   function prune() {

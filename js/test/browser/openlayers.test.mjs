@@ -26,7 +26,9 @@
 // the cache's view turn stale on time, are refetched meanwhile and turn fresh again; a map at
 // rest past every ttl reads (so fetches) only the tiles in the view of the source's follow(),
 // not those it keeps beside it, and moved back, one changed there (twice) is read once and
-// filled with the new data; no console errors.
+// filled with the new data; with no follow(), a map at rest reads only the tiles in what
+// OpenLayers last asked the source to show (the view and its render buffer), not the others
+// the source still holds, and moved back, one changed there is read once; no console errors.
 // Screenshot:
 // target/browser-test/openlayers.png.
 import { before, describe, it } from 'node:test';
@@ -854,6 +856,52 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
         const [x, y] = view.getCenter();
         view.setCenter([x - 100 * view.getResolution(), y]);
       });
+      await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
+      const s = await settled('the view back', p);
+      const again = requestsHolding(backend, n1, off);
+      assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
+      assert.deepEqual(s.errors, []);
+    });
+  });
+
+  it('with no follow(), a map at rest reads (so fetches) only the tiles OpenLayers last asked the source to show, not those it holds from earlier views; moved back, a tile that changed there is read once', async () => {
+    // A part of the dataset no other step comes near (an item is deleted from it). No view
+    // is fed to the cache and nothing prunes the source: it keeps every tile it loaded.
+    // Before, with no follow() every tile it held counted as on the screen: at rest each
+    // was read, and fetched once stale, wherever the view had left it.
+    const [lon, lat] = tileCorner(14, SX + 1.5, SY + 8.5);
+    const off = `14/${SX + 1}/${SY + 8}`;
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15&follow=0&swr=3600`, async (p) => {
+      const first = await settled('the features', p);
+      const a = backend.tileItems(off, 'public')[0].id;
+      assert.ok(first.ids.includes(a), `${a} held`);
+      /** Moves the view `px` CSS pixels east and waits until it is drawn and loaded. */
+      const east = async (px) => {
+        const r0 = await p.evaluate((px) => {
+          const v = window.__tw.map.getView();
+          const [x, y] = v.getCenter();
+          v.setCenter([x + px * v.getResolution(), y]);
+          return window.__tw.rendered();
+        }, px);
+        await until(p, (r0) => window.__tw.rendered() > r0, r0, 'a render');
+        return settled('after a move', p);
+      };
+      // Two and a half views east (four data tiles): the source still holds `off`.
+      const s1 = await east(2000);
+      assert.ok(s1.ids.includes(a), `${a} held out of the view`);
+      // The data tiles of the view and of OpenLayers' render buffer (100 px) around it.
+      const b = 100 * (s1.extent[2] - s1.extent[0]) / 800;
+      const [w, so] = lonLat(s1.extent[0] - b, s1.extent[1] - b);
+      const [e, n] = lonLat(s1.extent[2] + b, s1.extent[3] + b);
+      const [, x0, y0] = tileOf(w, n, 14);
+      const [, x1, y1] = tileOf(e, so, 14);
+      assert.ok(x0 > SX + 2, `${off} far from the view (14/${x0}..${x1}/${y0}..${y1})`);
+      await checkReadsAtRest(assert, p, backend, { id: a, off, view: [x0, y0, x1, y1], where: 'in the view' });
+      assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} still held out of the view`);
+      // Back: OpenLayers asks the source for that view again (its tiles still loaded), and
+      // the tile owed a read is read once, refetched and filled without `a`.
+      const n1 = backend.requests.length;
+      await east(-2000);
       await until(p, (id) => !window.__tw.state().ids.includes(id), a, `${a} out of the source`);
       const s = await settled('the view back', p);
       const again = requestsHolding(backend, n1, off);
