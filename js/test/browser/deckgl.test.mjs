@@ -10,7 +10,8 @@
 // outside the cache's view are rendered again stale on time, refetched meanwhile and
 // rendered again fresh; a map at rest past every ttl reads (so fetches) only the tiles deck
 // shows, not those in its tile cache, and panned back, one changed there (twice) is read once
-// and rendered with the new data; no console errors. Screenshot:
+// and rendered with the new data; a hidden layer (visible: false) reads no tile that changed,
+// and shown again reads it once and renders the new data; no console errors. Screenshot:
 // target/browser-test/deckgl.png.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -244,6 +245,39 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       }, [a, back], `${a} off the screen`);
       const again = requestsHolding(backend, n1, off);
       assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
+      assert.deepEqual(s.errors, []);
+    });
+  });
+
+  it('a hidden layer (visible: false) reads no tile that changed; shown again (visible: true), such a tile is read once and drawn with the new data', async () => {
+    // A part of the dataset no other step comes near (an item is deleted from it). No view
+    // is fed to the cache: every request is one of the layer's reads.
+    const [lon, lat] = tileCorner(14, SX + 8.5, SY - 8.5);
+    const tile = `14/${SX + 8}/${SY - 9}`;
+    await session.withPage(`deckgl/index.html?lon=${lon}&lat=${lat}&zoom=14.5&follow=0`, async (p) => {
+      await until(p, () => window.__tw.state()?.selected.length > 4, null, 'the tiles of the whole view selected');
+      const first = await settled('the tiles', p);
+      const a = backend.tileItems(tile, 'public')[0].id;
+      assert.ok(first.ids.includes(a), `${a} drawn: ${first.ids}`);
+      await p.evaluate(async () => { window.__tw.setVisible(false); await window.__tw.frames(3); });
+      // Deleted on the server and invalidated (as tilewarm/live does) while the layer is hidden.
+      backend.remove(a);
+      const n0 = backend.requests.length;
+      const held = await p.evaluate(async ([tile, id]) => {
+        window.__tw.cache.invalidate({ tiles: [tile] });
+        await window.__tw.frames(6);
+        return window.__tw.tileset().tiles.some((t) => t.content?.some?.((d) => d.id === id));
+      }, [tile, a]);
+      assert.deepEqual(requestsHolding(backend, n0, tile), [], 'read while hidden');
+      assert.ok(held, `${a} still held by its hidden tile`);
+      // Shown again: the tiles owed a read are read (once), refetched, drawn without `a`.
+      const back = await p.evaluate(() => { window.__tw.setVisible(true); return window.__tw.state().stats.requests; });
+      const s = await until(p, ([id, back]) => {
+        const s = window.__tw.state();
+        return s.current && s.loaded && s.stats.requests > back && s.stats.inFlight === 0 && s.ids.length > 0 &&
+          !Object.values(s.drawn).some((n) => n < 0) && !s.ids.includes(id) && s;
+      }, [a, back], `${a} off the screen`);
+      assert.equal(requestsHolding(backend, n0, tile).length, 1, `${tile} requested once`);
       assert.deepEqual(s.errors, []);
     });
   });

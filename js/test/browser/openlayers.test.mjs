@@ -28,7 +28,8 @@
 // not those it keeps beside it, and moved back, one changed there (twice) is read once and
 // filled with the new data; with no follow(), a map at rest reads only the tiles in what
 // OpenLayers last asked the source to show (the view and its render buffer), not the others
-// the source still holds, and moved back, one changed there is read once; no console errors.
+// the source still holds, and moved back, one changed there is read once; a tile changed
+// beside a followed view is read when the follow() is detached; no console errors.
 // Screenshot:
 // target/browser-test/openlayers.png.
 import { before, describe, it } from 'node:test';
@@ -908,6 +909,48 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       assert.equal(again.length, 1, `${off} requested once: ${JSON.stringify(again.map((r) => r.tiles))}`);
       assert.deepEqual(s.errors, []);
     });
+  });
+
+  it("follow()'s detach makes the reads owed for its view's sake: a changed tile beside the view is read then, as the source now takes OpenLayers' view with its render buffer", async () => {
+    // A tile held 50 px beside the followed view is owed a read when it changes; once the
+    // follow() is detached, the source counts what OpenLayers last asked it to show (the
+    // view and 100 px around it), and the read is made at once, not at some later change.
+    const data = `14/${SX - 5}/${SY - 6}`;
+    const r = await page.evaluate(async ([[lon, lat], east, data]) => {
+      const { View, VectorLayer, follow, frames, newCache, newSource, newMap, loaded, spy } = window.__tw.ol;
+      const cache = await newCache({ minZoom: 12 });
+      const source = newSource(cache);
+      const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 15 }) });
+      const detach = follow(map, source);
+      await loaded(source, cache);
+      // The view's west edge 50 px east of the data tile's east edge: its eastern z15 tiles
+      // stay (within a quarter of the view), off the screen, in OpenLayers' render buffer.
+      const view = map.getView();
+      const x = window.__tw.fromLonLat([east, lat])[0] + (50 + 200) * view.getResolution();
+      let rendered = false;
+      map.once('moveend', () => { rendered = true; });
+      view.setCenter([x, view.getCenter()[1]]);
+      while (!rendered) await frames(1);
+      await frames(3);
+      await loaded(source, cache);
+      const read = [];
+      spy(cache, 'loadTiles', (names) => read.push(...names));
+      const [, tx, ty] = data.split('/').map(Number);
+      const ofData = (name) => { const [hz, hx, hy] = name.split('/').map(Number); return hz === 15 && hx >> 1 === tx && hy >> 1 === ty; };
+      cache.invalidate({ tiles: [data] });
+      await frames(4);
+      const before = read.filter(ofData);
+      detach();
+      await frames(4);
+      const after = read.filter(ofData);
+      map.setTarget(undefined);
+      div.remove();
+      source.dispose();
+      cache.dispose();
+      return { before, after };
+    }, [tileCorner(14, SX - 4.5, SY - 5.5), tileCorner(14, SX - 4, SY - 5.5)[0], data]);
+    assert.deepEqual(r.before, [], 'read while beside the followed view');
+    assert.ok(r.after.length > 0, `read once detached: ${r.after}`);
   });
 
   it('no console errors', () => {

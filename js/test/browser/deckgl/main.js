@@ -27,11 +27,14 @@ let cache = await newCache(params.get('access') ?? 'public');
 /** Ids of items ever rendered stale. */
 const staleSeen = new Set();
 const TilewarmTileLayer = extendTileLayer(TileLayer);
+/** The layer's `visible` prop (setVisible changes it). */
+let visible = true;
 
 function layer() {
   return new TilewarmTileLayer({
     id: 'homes',
     cache,
+    visible,
     // follow=0: the cache is fed no view: every tile is outside its view.
     followView: params.get('follow') !== '0',
     minZoom: 12,
@@ -64,6 +67,12 @@ const deck = new Deck({
 function setView(v) {
   viewState = { ...viewState, ...v };
   deck.setProps({ viewState, layers: [layer()] });
+}
+
+/** Renders the layer with its `visible` prop `v`. */
+function setVisible(v) {
+  visible = v;
+  deck.setProps({ layers: [layer()] });
 }
 
 /** Renders the layer with a new cache at `access`. */
@@ -117,4 +126,4 @@ function mark() {
   for (const t of tileset().tiles) if (t.layers) t.layers.marked = true;
 }
 const skip = (ms) => { skew += ms; };
-window.__tw = { deck, cache, setView, useCache, state, tileset, frames, mark, skip, staleSeen: () => [...staleSeen] };
+window.__tw = { deck, cache, setView, setVisible, useCache, state, tileset, frames, mark, skip, staleSeen: () => [...staleSeen] };
