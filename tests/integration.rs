@@ -550,19 +550,33 @@ fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
 }
 
 /// A tile a partial answer left out as too large to serve (`payload_too_large`: a
-/// tile over the server's `--max-tile-items`) fails as a whole 413 does: reported with that
-/// status, not retried (the same request gets the same answer), asked for again only after
-/// a backoff; the tiles it answered are taken. Before, it was `Failure::Invalid` ("every
-/// requested tile must be listed"), although the answer was valid.
+/// tile over the server's `--max-tile-items`) is asked for once more at once, on its own
+/// (the first time it may have been too large as part of a coarse tile), and refused again
+/// it fails as a whole 413 does: reported with that status, not retried (the same request
+/// gets the same answer), asked for again only after a backoff; the tiles it answered are
+/// taken. Before, it was `Failure::Invalid` ("every requested tile must be listed"),
+/// although the answer was valid.
 #[test]
 fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retried() {
     use tilewarm::protocol::ErrorCode;
-    let mut h = Harness::new(ClientConfig::default());
+    let mut config = ClientConfig::default();
+    config.batch.coalesce_levels = 0; // data tiles only: the one left out is a data tile
+    let mut h = Harness::new(config);
     h.set(view(0.0, 0.0, 2.0, 1.0));
     let s = h.client.poll_request(h.now).unwrap();
     let mut partial = h.origin.answer(&s.request, None);
     let dropped = partial.tiles.pop().unwrap();
     partial.items.retain(|it| !dropped.ids.contains(&it.id));
+    partial.left_out = Some(ErrorCode::PayloadTooLarge);
+    h.client.on_response(s.id, partial, h.now);
+    let ev = h.events();
+    assert!(!ev.iter().any(|e| matches!(e, Event::Error(_))), "{ev:?}");
+    assert!(!h.client.cache().is_empty(), "what was answered is cached");
+    let s = h.client.poll_request(h.now).expect("asked again at once");
+    assert_eq!(s.request.tiles, [dropped.tile]);
+    let mut partial = h.origin.answer(&s.request, None);
+    partial.tiles.clear();
+    partial.items.clear();
     partial.left_out = Some(ErrorCode::PayloadTooLarge);
     h.client.on_response(s.id, partial, h.now);
     let ev = h.events();
@@ -575,7 +589,6 @@ fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retri
             if f.tiles == vec![dropped.tile] && !f.will_retry && f.failure == too_large)),
         "{ev:?}"
     );
-    assert!(!h.client.cache().is_empty(), "what was answered is cached");
     let at_once = h.serve_all();
     assert!(
         at_once

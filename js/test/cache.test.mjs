@@ -836,7 +836,7 @@ test("what a partial answer leaves out for a failed origin (upstream_error) is r
   }
 });
 
-test('a tile a partial answer leaves out as too large (payload_too_large) fails as a whole 413 does: not retried, its loads fail with that error', async () => {
+test('a tile a partial answer leaves out as too large (payload_too_large) is asked once more on its own, then fails as a whole 413 does: not retried, its loads fail with that error', async () => {
   // As tilewarm-server answers a tile over --max-tile-items: the other tiles answered, that
   // one named. Before, it was an ERR_INVALID_RESPONSE (the answer was valid).
   fresh();
@@ -859,8 +859,43 @@ test('a tile a partial answer leaves out as too large (payload_too_large) fails 
     assert.deepEqual([a.error?.code, a.error?.status, a.error?.serverCode, a.error?.willRetry], ['ERR_HTTP', 413, 'payload_too_large', false]);
     assert.match(a.error.message, /HTTP 413: payload_too_large: tile 14\/\d+\/\d+ holds more than 20000 items/);
     assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [['ERR_HTTP', 413, 'payload_too_large', false]]);
-    assert.equal(backend.requests.length, 1, 'not asked again within the retries');
+    // Once more on its own (the first time, it may have been too large as part of a
+    // coarse tile), then not again within the retries.
+    assert.deepEqual(backend.requests.map((r) => r.tiles.length), [2, 1]);
     assert.equal(cache.stats().breakerOpen, false);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
+test('a coarse tile a partial answer leaves out as too large (payload_too_large) is asked again at once as its data tiles: the view completes, no error', async () => {
+  // As tilewarm-server answers a coalesced tile whose items are over what one answer may
+  // hold ("request finer tiles"), while each data tile fits. Before, the data tiles backed
+  // off and were asked for as the same coarse tile again, refused again, for ever.
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  backend.hostile = (res, answer, req) => {
+    const coarse = req.tiles.filter((t) => Number(t.split('/')[0]) < 14);
+    answer.tiles = answer.tiles.filter((l) => !coarse.includes(l.tile));
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    answer.items = answer.items.filter((it) => keep.has(it.id));
+    if (coarse.length) answer.error = { code: 'payload_too_large', message: `tile ${coarse[0]} would hold more than 20000 items`, tiles: coarse, ids: [] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    const v = viewOf(SX, SY, 6, 6);
+    cache.setViewport(v);
+    await cache.whenComplete();
+    assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+    assert.ok(backend.requests[0].tiles.some((t) => t.startsWith('12/')), `coalesced first: ${backend.requests[0].tiles}`);
+    const later = backend.requests.slice(1).flatMap((r) => r.tiles);
+    assert.ok(later.every((t) => t.startsWith('14/')), `then data tiles: ${later}`);
+    assert.equal(new Set(later).size, later.length, 'each asked once');
+    assert.deepEqual(errs, []);
   } finally {
     backend.hostile = null;
     cache.dispose();

@@ -8,8 +8,8 @@ use super::{RequestId, Transmit};
 use crate::access::Access;
 use crate::planner::Work;
 use crate::protocol::{BatchRequest, ErrorCode};
-use crate::tile::{TileId, TileSet};
-use crate::util::HashMap;
+use crate::tile::{find_tile, TileId, TileSet};
+use crate::util::{sort_pairs, HashMap};
 
 /// Counters of the batch layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +38,10 @@ struct InFlight {
     deadline_ms: u64,
 }
 
+/// Most data tiles [`Batcher`] remembers as to go out alone; past it they are forgotten
+/// (and each is asked for once more when refused as too large again).
+const MAX_ALONE: usize = 4096;
+
 /// The batch planner. See the [module docs](super).
 #[derive(Clone, Debug)]
 pub struct Batcher {
@@ -55,6 +59,10 @@ pub struct Batcher {
     backoff: Backoff,
     breaker: Breaker,
     stats: BatchStats,
+    /// Data tiles the server left out as too large to serve (`payload_too_large`): never
+    /// coalesced again (packed, paired with 0 and sorted, as a [`TileSet`]; at most
+    /// [`MAX_ALONE`]).
+    alone: Vec<(u64, u64)>,
 }
 
 impl Batcher {
@@ -74,6 +82,7 @@ impl Batcher {
             in_flight: Vec::new(),
             ids_in_flight: HashMap::new(),
             stats: BatchStats::default(),
+            alone: Vec::new(),
         })
     }
 
@@ -268,9 +277,16 @@ impl Batcher {
             TileSet::default()
         };
         let data_zoom = tiles.first().map(|t| t.z());
+        // No coarse tile for a request with a data tile the server left out as too large:
+        // it goes out on its own, as the server asks ("request finer tiles").
+        let alone = tiles.iter().any(|&t| find_tile(&this.alone, t).is_ok());
         let (mut request_tiles, group_of) = coalesce(
             &tiles,
-            this.config.coalesce_levels,
+            if alone {
+                0
+            } else {
+                this.config.coalesce_levels
+            },
             this.config.coalesce_min_share,
             |block| {
                 block
@@ -430,6 +446,13 @@ impl Batcher {
     ///   large to serve; [`ErrorCode::BadRequest`]) gives them up at once, the tiles backing
     ///   off as a given-up request's do. What it answered succeeded: those tiles back off
     ///   no more. (A `200` carries no `Retry-After`.)
+    /// - Data tiles left out as [`ErrorCode::PayloadTooLarge`] the first time are no
+    ///   failure: not held back, not returned, and never coalesced again (at most 4096 such
+    ///   tiles are remembered), so asked for again (the client queues the tiles it still
+    ///   needs after each answer) each goes out on its own. One may have gone out within a
+    ///   coarse request tile that the server refused ("request finer tiles"), which was the
+    ///   client's choice and says nothing against the tiles or the backend. Refused on its
+    ///   own, a tile fails as above.
     pub fn on_answer(
         &mut self,
         id: RequestId,
@@ -444,6 +467,24 @@ impl Batcher {
                 Work::Tile(t) if !listed(*t) => unanswered.push(*t),
                 _ => {}
             }
+        }
+        // Data tiles too large to serve ("request finer tiles") that have not gone out on
+        // their own yet are no failure: one asked for within a coarse tile (coalesced) may
+        // fit alone. They go out on their own from now on, when asked for again.
+        if left_out.is_some_and(|l| l.0 == ErrorCode::PayloadTooLarge) {
+            if self.alone.len() + unanswered.len() > MAX_ALONE {
+                self.alone.clear();
+            }
+            let known = self.alone.len();
+            let alone = &mut self.alone;
+            unanswered.retain(|&t| {
+                let first = find_tile(&alone[..known], t).is_err();
+                if first {
+                    alone.push((t.to_u64(), 0));
+                }
+                !first
+            });
+            sort_pairs(alone);
         }
         Some(self.answered(f, unanswered, left_out, now_ms))
     }

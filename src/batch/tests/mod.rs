@@ -579,10 +579,11 @@ fn retried_as_a_failed_attempt(code: crate::protocol::ErrorCode) {
 }
 
 /// What a partial answer left out as too large to serve (`payload_too_large`: a tile over
-/// the server's `--max-tile-items`, an item over `--max-item-data-bytes`), or refused
-/// (`bad_request`), fails as a whole 413 or 400 does: not retried (the same request would
-/// get the same answer), the tiles backing off as a given-up request's, the ids dropped,
-/// the breaker closed (the backend answered). The tiles it answered back off no more.
+/// the server's `--max-tile-items`, asked for on its own, an item over
+/// `--max-item-data-bytes`), or refused (`bad_request`), fails as a whole 413 or 400 does:
+/// not retried (the same request would get the same answer), the tiles backing off as a
+/// given-up request's, the ids dropped, the breaker closed (the backend answered). The
+/// tiles it answered back off no more.
 #[test]
 fn what_a_partial_answer_left_out_as_too_large_is_given_up_at_once() {
     use crate::protocol::ErrorCode;
@@ -593,11 +594,19 @@ fn what_a_partial_answer_left_out_as_too_large_is_given_up_at_once() {
             ..BatchConfig::default()
         };
         let mut b = Batcher::new(config).unwrap();
+        let a = |i: &str| i == "a";
+        let left = Some((code, &a as &dyn Fn(&str) -> bool));
+        if code == ErrorCode::PayloadTooLarge {
+            // Refused the first time, a tile may have been too large as part of a coarse
+            // tile: asked for again, on its own (the test below). Not given up yet.
+            b.set_foreground(tiles(1..2));
+            let r = b.poll(0, P, all).unwrap();
+            let (_, unanswered, retrying) = b.on_answer(r.id, |_| false, left, 0).unwrap();
+            assert_eq!((unanswered, retrying), (Vec::new(), false));
+        }
         b.set_foreground(tiles(0..2));
         b.request_ids(["a", "b"]);
         let r = b.poll(0, P, all).unwrap();
-        let a = |i: &str| i == "a";
-        let left = Some((code, &a as &dyn Fn(&str) -> bool));
         let (_, unanswered, retrying) = b.on_answer(r.id, |tile| tile == t(0), left, 0).unwrap();
         assert_eq!((unanswered, retrying), (vec![t(1)], false), "{code}");
         assert!(!b.breaker_open(), "{code}");
@@ -610,4 +619,53 @@ fn what_a_partial_answer_left_out_as_too_large_is_given_up_at_once() {
         let later = b.next_wakeup(0).expect("its backoff ends");
         assert!(later > 0, "{code}");
     }
+}
+
+/// A coarse request tile the server refuses as too large to serve (`payload_too_large`:
+/// its items are over what one answer may hold; "request finer tiles") stands for data
+/// tiles that each fit: asked for again, they go out at once, each on its own (from then
+/// on), not as the same coarse tile after a backoff, and nothing is reported (the
+/// coalescing was the client's choice). A data tile refused on its own is the failure it
+/// is. Before, the data tiles backed off and were coalesced into the same coarse tile
+/// again, refused again, for ever: the view never completed.
+#[test]
+fn data_tiles_of_a_coarse_tile_too_large_to_serve_go_out_again_at_once_on_their_own() {
+    use crate::protocol::ErrorCode;
+    let config = BatchConfig {
+        coalesce_min_share: 100,
+        coalesce_levels: 2,
+        max_tiles: 16,
+        ..BatchConfig::default()
+    };
+    let mut b = Batcher::new(config).unwrap();
+    // The 16 data tiles of one z12 block.
+    let block = TileId::new(12, 256, 25).unwrap();
+    let data = block.descendants(14).unwrap();
+    b.set_foreground(data.iter().map(|&d| Work::Tile(d)).collect());
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, [block]);
+    let none = |_: &str| false;
+    let too_large = Some((ErrorCode::PayloadTooLarge, &none as &dyn Fn(&str) -> bool));
+    let (_, unanswered, retrying) = b.on_answer(r.id, |_| false, too_large, 0).unwrap();
+    assert_eq!(
+        (unanswered, retrying),
+        (Vec::new(), false),
+        "nothing reported"
+    );
+    assert!(!b.breaker_open());
+    // Asked for again (as the client queues what it still needs): at once, as data tiles.
+    b.set_foreground(data.iter().map(|&d| Work::Tile(d)).collect());
+    let r = b.poll(0, P, all).expect("not held back");
+    let mut sent = r.request.tiles.clone();
+    sent.sort_by_key(|t| t.to_u64());
+    let mut want = data.clone();
+    want.sort_by_key(|t| t.to_u64());
+    assert_eq!(sent, want, "each data tile on its own");
+    // One of them too large alone: the 413 it is, not split further.
+    let (_, unanswered, retrying) = b.on_answer(r.id, |t| t != data[0], too_large, 0).unwrap();
+    assert_eq!((unanswered, retrying), (vec![data[0]], false));
+    // Queued again later, they still go out on their own.
+    b.set_foreground(data[1..].iter().map(|&d| Work::Tile(d)).collect());
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles.len(), 15, "{:?}", r.request.tiles);
 }
