@@ -1469,11 +1469,13 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             .cloned()
                             .collect();
                         // What did not fit in the answer is asked again: its gets wait, and
-                        // no error. What an answer shedding load left out is retried too (the
-                        // core queued it, after the backoff, as a whole 503's work): its gets
-                        // wait, and the page hears of it as the npm package's `onError` does.
+                        // no error. What an answer with a retried failure's code left out
+                        // (shed load, a failed origin) is retried too (the core queued it,
+                        // after the backoff, as that whole failure's work): its gets wait, and
+                        // the page hears of it as the npm package's `onError` does.
                         let retried = answered == Answered::TakenInPart
-                            && left_out.is_some_and(|c| c.sheds_load());
+                            && left_out
+                                .is_some_and(|c| c != tilewarm::protocol::ErrorCode::ResponseFull);
                         let detail = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
                         if !left.is_empty() && (answered == Answered::Taken || retried) {
                             let e = Error::unanswered(flight.kind, &left, detail, retried);

@@ -187,10 +187,11 @@ impl Error {
     /// partial answer, whose `error` member (`why`: its code and message) says why, as the
     /// edge gives when its origin fails. Those ids are not known not to exist: the `get`s
     /// of them fail with this, as in the npm package (`ERR_HTTP` with the status the server
-    /// answers that code with: 504 `upstream_timeout`, 503 `overloaded`, 429
-    /// `rate_limited`, 413 `payload_too_large` and `response_full`, 502 for any other;
-    /// `ERR_INVALID_RESPONSE` when the answer says nothing). `will_retry`: the core asks for
-    /// them again (a code that sheds load, within `batch.retries`), and their `get`s wait.
+    /// answers that code with, `ErrorCode::http_status`: 504 `upstream_timeout`, 503
+    /// `overloaded`, 429 `rate_limited`, 502 `upstream_error`, 413 `payload_too_large` and
+    /// `response_full`, 400 `bad_request`; 502 for an unknown code; `ERR_INVALID_RESPONSE`
+    /// when the answer says nothing). `will_retry`: the core asks for them again (a code
+    /// whose failure is retried, within `batch.retries`), and their `get`s wait.
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by cache.rs
     pub(crate) fn unanswered(
         kind: Kind,
@@ -207,13 +208,8 @@ impl Error {
         let retry = if will_retry { " (will retry)" } else { "" };
         let (code, status, message) = match why {
             Some((code, message)) => {
-                let status = match code {
-                    "upstream_timeout" => 504,
-                    "overloaded" => 503,
-                    "rate_limited" => 429,
-                    "payload_too_large" | "response_full" => 413,
-                    _ => 502,
-                };
+                let status = tilewarm::protocol::ErrorCode::from_name(code)
+                    .map_or(502, tilewarm::protocol::ErrorCode::http_status);
                 (
                     ErrorCode::Http,
                     Some(status),

@@ -982,7 +982,15 @@ async fn a_get_a_partial_answer_left_out_fails() {
 async fn ids_a_partial_answer_shedding_load_left_out_are_retried_and_reported() {
     use std::cell::RefCell;
     use std::rc::Rc;
-    for (code, status, tries) in [("overloaded", 503, 2), ("payload_too_large", 413, 1)] {
+    // A code whose failure is retried (shed load, a failed origin) as the core retries it;
+    // one that is not (too large, a bad request) at once, with the code's own status.
+    let cases = [
+        ("overloaded", 503, 2),
+        ("upstream_error", 502, 2),
+        ("payload_too_large", 413, 1),
+        ("bad_request", 400, 1),
+    ];
+    for (code, status, tries) in cases {
         let s = format!("partial-{code}").replace('_', "-");
         let cache: TileCache = TileCache::new(&options(&s, 0, 1)).unwrap();
         let id = an_id_no_longer_cached(&cache).await;
