@@ -71,7 +71,7 @@ use crate::protocol::{
 use crate::tile::{ring_around, TileId};
 use crate::util::{HashMap, HashSet};
 use policy::{reserved_bytes, CoarseMiss, IdSource, Plan, Read, Room, Rules, TileSource};
-pub use warm_tries::{WarmTries, MAX_WARM_TRIES, WARM_RETRY_MAX_MS, WARM_RETRY_MS};
+pub use warm_tries::{WarmTries, MAX_WARM_HOLDS, MAX_WARM_TRIES, WARM_RETRY_MAX_MS, WARM_RETRY_MS};
 
 /// How the proxy caches and warms. Every field has a documented default.
 #[derive(Clone, Debug, PartialEq)]

@@ -872,6 +872,32 @@ fn a_tile_the_origin_says_is_too_large_is_not_warmed_for_a_tile_ttl() {
     );
 }
 
+/// A tile held as too large stays held through a burst of other tiles' failing warmings
+/// (more than [`MAX_WARM_TRIES`] of them): the hold used to share their room, was pushed
+/// out, and the next hit warmed (paid for) the tile again at once.
+#[test]
+fn a_held_tile_stays_held_through_a_burst_of_other_warmings_failing() {
+    let o = origin();
+    let dense = tile("14/2625/5721");
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+    let w = a.warm.unwrap();
+    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
+    p.warmed(&w, answered(&body), 0).unwrap();
+    // Far away, eight neighbours per miss, every warming of them failing.
+    for k in 0..(MAX_WARM_TRIES / 8 + 1) {
+        let far = req(&[&format!("14/{}/1000", 4 * k)], &[], Access::Public);
+        let (_, a, _) = run(&mut p, &o, far, 1);
+        assert!(p
+            .warmed(&a.warm.unwrap(), OriginOutcome::Timeout, 1)
+            .is_err());
+    }
+    let (fwd, a, _) = run(&mut p, &o, centre, 10_000);
+    assert!(fwd.is_none());
+    assert_eq!(a.warm, None, "the dense tile is held still");
+}
+
 #[test]
 fn expired_tiles_are_forwarded_again() {
     let o = origin();

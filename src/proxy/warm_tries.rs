@@ -4,8 +4,10 @@
 //! every request planned the same warming again, one origin request per request. The
 //! delay is [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`]; a tile is
 //! forgotten ([`WarmTries::forget`]) once it is seen fresh or written. A tile its origin
-//! left out as too large is held for longer ([`WarmTries::held_until`]). Used by the edge
-//! proxy ([`super::Proxy`], keyed by tier and tile) and the server's warm-up (by tile).
+//! left out as too large is held for longer ([`WarmTries::held_until`]); holds are kept
+//! apart from the tries (at most [`MAX_WARM_HOLDS`]), so no burst of ordinary failures
+//! pushes one out and the tile is warmed (paid for) again before its time. Used by the
+//! edge proxy ([`super::Proxy`], keyed by tier and tile) and the server's warm-up (by tile).
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -22,64 +24,89 @@ pub const WARM_RETRY_MAX_MS: u64 = 60_000;
 /// Most tiles whose warming tries are remembered (least recently used go first).
 pub const MAX_WARM_TRIES: usize = 4096;
 
+/// Most tiles held ([`WarmTries::held_until`]) at once, apart from [`MAX_WARM_TRIES`]: only
+/// another hold pushes one out (the one held longest ago first).
+pub const MAX_WARM_HOLDS: usize = 4096;
+
+/// One key's tries since it was last fresh.
+#[derive(Clone, Copy)]
+struct Try {
+    /// How many.
+    count: u32,
+    /// When the next may start (ms).
+    at: u64,
+}
+
 /// The warming tries of keys (tiles, or tiers and tiles) since each was last fresh: how
-/// many, and when the next may start; at most [`MAX_WARM_TRIES`].
+/// many, and when the next may start; at most [`MAX_WARM_TRIES`]. Apart from them, the
+/// keys held until a time ([`WarmTries::held_until`]), at most [`MAX_WARM_HOLDS`].
 pub struct WarmTries<K: Hash + Eq> {
-    tries: LruCache<K, (u32, u64)>,
+    tries: LruCache<K, Try>,
+    holds: LruCache<K, u64>,
 }
 
 impl<K: Hash + Eq> Default for WarmTries<K> {
     fn default() -> Self {
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         WarmTries {
-            tries: LruCache::new(NonZeroUsize::new(MAX_WARM_TRIES).unwrap_or(NonZeroUsize::MIN)),
+            tries: LruCache::new(cap(MAX_WARM_TRIES)),
+            holds: LruCache::new(cap(MAX_WARM_HOLDS)),
         }
     }
 }
 
 impl<K: Hash + Eq> WarmTries<K> {
-    /// Whether `key` may be warmed at `now_ms` (never tried, or its wait is over).
+    /// Whether `key` may be warmed at `now_ms` (never tried, or its wait is over, and not
+    /// held).
     pub fn due(&self, key: &K, now_ms: u64) -> bool {
-        self.tries.peek(key).is_none_or(|&(_, at)| at <= now_ms)
+        self.not_before(key).is_none_or(|at| at <= now_ms)
     }
 
     /// `key` is being warmed at `now_ms`: the next try waits twice as long as the last.
+    /// A hold that is over is dropped.
     pub fn tried(&mut self, key: K, now_ms: u64) {
-        let tries = self.tries.peek(&key).map_or(0, |&(n, _)| n) + 1;
+        if self.holds.peek(&key).is_some_and(|&until| until <= now_ms) {
+            self.holds.pop(&key);
+        }
+        let count = self.tries.peek(&key).map_or(0, |t| t.count) + 1;
         let delay = WARM_RETRY_MS
-            .saturating_mul(1 << (tries - 1).min(16))
+            .saturating_mul(1 << (count - 1).min(16))
             .min(WARM_RETRY_MAX_MS);
-        self.tries.put(key, (tries, now_ms.saturating_add(delay)));
+        let at = now_ms.saturating_add(delay);
+        self.tries.put(key, Try { count, at });
     }
 
     /// `key` cannot be cached until `until_ms` (its origin left it out as too large): not
     /// due before then (nor before a later time already set); a try after it waits the
-    /// first delay.
+    /// first delay. Only another hold pushes it out, not other keys' tries.
     pub fn held_until(&mut self, key: K, until_ms: u64) {
-        let at = self
-            .tries
-            .peek(&key)
-            .map_or(until_ms, |&(_, at)| at.max(until_ms));
-        self.tries.put(key, (0, at));
+        let tried = self.tries.pop(&key).map_or(0, |t| t.at);
+        let held = self.holds.peek(&key).copied().unwrap_or(0);
+        self.holds.put(key, until_ms.max(tried).max(held));
     }
 
-    /// `key` is fresh (or was written): its next warming, when it expires, waits for nothing.
+    /// `key` is fresh (or was written): its next warming, when it expires, waits for
+    /// nothing.
     pub fn forget(&mut self, key: &K) {
         self.tries.pop(key);
+        self.holds.pop(key);
     }
 
-    /// When `key` may be warmed again, if it was tried.
+    /// When `key` may be warmed again, if it was tried or held.
     pub fn not_before(&self, key: &K) -> Option<u64> {
-        self.tries.peek(key).map(|&(_, at)| at)
+        let tried = self.tries.peek(key).map(|t| t.at);
+        let held = self.holds.peek(key).copied();
+        tried.max(held)
     }
 
-    /// How many keys are remembered.
+    /// How many keys are remembered (tried, and held).
     pub fn len(&self) -> usize {
-        self.tries.len()
+        self.tries.len() + self.holds.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.tries.is_empty()
+        self.tries.is_empty() && self.holds.is_empty()
     }
 }
 
@@ -122,6 +149,28 @@ mod tests {
         assert_eq!(tries.not_before(&1), Some(300_000), "not shortened");
         tries.tried(1, 300_000);
         assert_eq!(tries.not_before(&1), Some(300_000 + WARM_RETRY_MS));
+    }
+
+    /// A hold used to share the tries' room: a burst of [`MAX_WARM_TRIES`] ordinary tries
+    /// (other tiles failing) pushed it out, and the too-large tile was due (warmed, and
+    /// paid for) again at once. Holds are kept apart now; only other holds push one out.
+    #[test]
+    fn a_hold_outlasts_a_burst_of_other_tiles_tries() {
+        let mut tries = WarmTries::default();
+        tries.held_until(u32::MAX, 300_000);
+        for x in 0..(2 * MAX_WARM_TRIES as u32) {
+            tries.tried(x, 1_000);
+        }
+        assert!(!tries.due(&u32::MAX, 299_999), "held still");
+        assert!(tries.due(&u32::MAX, 300_000));
+        for x in 0..(MAX_WARM_HOLDS as u32) {
+            tries.held_until(x, 300_000);
+        }
+        assert!(
+            tries.due(&u32::MAX, 1_000),
+            "pushed out by newer holds only"
+        );
+        assert!(tries.len() <= MAX_WARM_TRIES + MAX_WARM_HOLDS);
     }
 
     #[test]
