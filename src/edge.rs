@@ -576,11 +576,23 @@ impl EdgeProxy {
     }
 
     /// The origin answered `status` with a body over [`EdgeProxy::max_body_bytes`], not read
-    /// past it: `bytes` is its declared length, or what was read when it passed the limit.
+    /// past it: `bytes` is its declared length, or what was read when it passed the limit;
+    /// its `Retry-After` as for [`EdgeProxy::complete`] (a `503`'s goes on whatever its body).
     #[wasm_bindgen(js_name = tooLarge)]
-    pub fn too_large(&mut self, handle: u32, status: u16, bytes: f64, now_ms: f64) -> Step {
-        let bytes = bytes.max(0.0) as u64;
-        self.finish(handle, OriginOutcome::TooLarge { status, bytes }, now_ms)
+    pub fn too_large(
+        &mut self,
+        handle: u32,
+        status: u16,
+        bytes: f64,
+        retry_after_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        let outcome = OriginOutcome::TooLarge {
+            status,
+            bytes: bytes.max(0.0) as u64,
+            retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
+        };
+        self.finish(handle, outcome, now_ms)
     }
 
     /// Forgets a request that will not be completed.

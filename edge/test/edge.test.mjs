@@ -249,6 +249,25 @@ describe('edge worker under workerd', () => {
     }
   });
 
+  it('keeps an origin 503\'s status and Retry-After when its body is over the body limit', async () => {
+    // Before, the body refused, the answer was a 502 with no Retry-After: a client behind
+    // the edge came back at once to an origin at capacity.
+    relay.mode = 'huge';
+    relay.hugeStatus = 503;
+    relay.retryAfter = '9';
+    try {
+      const r = await post(edge.batch, { tiles: ['14/2640/5734'], access: 'public' });
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.json.error.code, 'overloaded');
+      assert.match(r.json.error.message, /^the origin is at capacity \(HTTP 503\): the origin's answer \(HTTP 503\) is too large: \d+ bytes or more, at most 8388608 are allowed$/);
+      assert.equal(r.retryAfter, '9');
+    } finally {
+      relay.mode = 'pass';
+      relay.hugeStatus = undefined;
+      relay.retryAfter = undefined;
+    }
+  });
+
   it('passes on the origin\'s 429 and its 503 as a 503 overloaded, each with its Retry-After', async () => {
     const n = relay.requests().length;
     relay.mode = 'rate_limited';

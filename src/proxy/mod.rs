@@ -211,8 +211,14 @@ pub enum OriginOutcome<'a> {
     Unreachable(&'a str),
     /// An HTTP answer (`status`) whose body is over [`Limits::max_body_bytes`], not read
     /// past it: `bytes` is its declared length, or what the shell had read when it passed
-    /// the limit (the body is at least that large).
-    TooLarge { status: u16, bytes: u64 },
+    /// the limit (the body is at least that large). Its status and `Retry-After` (as for
+    /// [`OriginOutcome::Answer`]) keep their meaning: an origin's `503` is at capacity
+    /// whatever its body.
+    TooLarge {
+        status: u16,
+        bytes: u64,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// A request between [`Proxy::begin`] and [`Proxy::complete`].
@@ -297,10 +303,36 @@ pub fn origin_retry_after_s(outcome: &OriginOutcome<'_>) -> Option<u64> {
             status: 429 | 503,
             retry_after_ms,
             ..
+        }
+        | OriginOutcome::TooLarge {
+            status: 429 | 503,
+            retry_after_ms,
+            ..
         } => Some(retry_after_ms.map_or(DEFAULT_RETRY_AFTER_S, |ms| {
             ms.div_ceil(1000).clamp(1, MAX_RETRY_AFTER_S)
         })),
         _ => None,
+    }
+}
+
+/// The error an origin's error `status` (not 2xx) with `message` (what its body said)
+/// is answered with: `400`, `413` and `429` are the caller's problem and passed on; a `503`
+/// (at capacity: the server's own refusal, or its origin's) is `503 overloaded`, so the
+/// caller backs off as from the server's ([`origin_retry_after_s`]); any other a `502`.
+fn origin_refused(status: u16, message: &str) -> ErrorBody {
+    match status {
+        400 | 413 | 429 => ErrorBody {
+            code: ErrorCode::from_http_status(status),
+            message: format!("the origin refused the request: {message}"),
+        },
+        503 => ErrorBody {
+            code: ErrorCode::Overloaded,
+            message: format!("the origin is at capacity (HTTP 503): {message}"),
+        },
+        _ => ErrorBody {
+            code: ErrorCode::UpstreamError,
+            message: format!("the origin answered HTTP {status}: {message}"),
+        },
     }
 }
 
@@ -599,14 +631,22 @@ impl Proxy {
                 code: ErrorCode::UpstreamError,
                 message: format!("the origin could not be reached: {why}"),
             }),
-            OriginOutcome::TooLarge { status, bytes } => Err(ErrorBody {
-                code: ErrorCode::UpstreamError,
-                message: format!(
+            OriginOutcome::TooLarge { status, bytes, .. } => {
+                let too_large = format!(
                     "the origin's answer (HTTP {status}) is too large: {bytes} bytes or more, \
                      at most {} are allowed",
                     self.config.limits.max_body_bytes
-                ),
-            }),
+                );
+                // A refusal says what it says whatever its body (a 503 is at capacity, its
+                // Retry-After goes on); only the origin's message could not be read.
+                Err(match status {
+                    400 | 413 | 429 | 503 => origin_refused(status, &too_large),
+                    _ => ErrorBody {
+                        code: ErrorCode::UpstreamError,
+                        message: too_large,
+                    },
+                })
+            }
             OriginOutcome::Answer { status, body, .. } if (200..300).contains(&status) => {
                 decode_response(body, &self.config.limits).map_err(|e| ErrorBody {
                     code: ErrorCode::UpstreamError,
@@ -616,22 +656,7 @@ impl Proxy {
             OriginOutcome::Answer { status, body, .. } => {
                 let said = decode_error(body);
                 let message = said.as_ref().map_or("", |e| e.message.as_str());
-                Err(match status {
-                    400 | 413 | 429 => ErrorBody {
-                        code: ErrorCode::from_http_status(status),
-                        message: format!("the origin refused the request: {message}"),
-                    },
-                    // At capacity (the server's own refusal, or its origin's): the caller
-                    // backs off as from the server's 503 ([`origin_retry_after_s`]).
-                    503 => ErrorBody {
-                        code: ErrorCode::Overloaded,
-                        message: format!("the origin is at capacity (HTTP 503): {message}"),
-                    },
-                    _ => ErrorBody {
-                        code: ErrorCode::UpstreamError,
-                        message: format!("the origin answered HTTP {status}: {message}"),
-                    },
-                })
+                Err(origin_refused(status, message))
             }
         }
     }

@@ -365,6 +365,7 @@ fn origin_failures_serve_what_is_cached() {
             OriginOutcome::TooLarge {
                 status: 200,
                 bytes: 9 << 20,
+                retry_after_ms: None,
             },
             502,
             ErrorCode::UpstreamError,
@@ -506,6 +507,7 @@ fn an_origin_answer_over_the_body_limit_is_named_as_such_with_the_size_and_the_l
     let outcome = OriginOutcome::TooLarge {
         status: 200,
         bytes: 12_582_912,
+        retry_after_ms: None,
     };
     let a = p.complete(pending, outcome, 0);
     assert_eq!(a.status, 502);
@@ -520,6 +522,82 @@ fn an_origin_answer_over_the_body_limit_is_named_as_such_with_the_size_and_the_l
         )
     );
     assert_eq!(p.stats().origin_failures, 1);
+}
+
+/// An origin's refusal whose body is over the body limit keeps its meaning: a `503` is
+/// `503 overloaded` with its `Retry-After` (and warming waits for it), a `429` is a `429`;
+/// the message says the body was too large to read. Before, any such answer was a `502`
+/// with no `Retry-After`, and warming went on at once.
+#[test]
+fn an_origin_refusal_over_the_body_limit_keeps_its_status_and_retry_after() {
+    let o = origin();
+    let max = Limits::default().max_body_bytes;
+    let too_large = |status, retry_after_ms| OriginOutcome::TooLarge {
+        status,
+        bytes: 9 << 20,
+        retry_after_ms,
+    };
+    let cases = [
+        (
+            too_large(503, Some(30_000)),
+            503,
+            ErrorCode::Overloaded,
+            Some(30),
+        ),
+        (too_large(503, None), 503, ErrorCode::Overloaded, Some(1)),
+        (
+            too_large(429, Some(7_000)),
+            429,
+            ErrorCode::RateLimited,
+            Some(7),
+        ),
+        (
+            too_large(500, Some(5_000)),
+            502,
+            ErrorCode::UpstreamError,
+            None,
+        ),
+        (
+            too_large(200, Some(5_000)),
+            502,
+            ErrorCode::UpstreamError,
+            None,
+        ),
+    ];
+    for (outcome, status, code, retry_after_s) in cases {
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let pending = p
+            .begin(req(&["14/2630/5730"], &[], Access::Public), 0)
+            .unwrap();
+        let a = p.complete(pending, outcome, 0);
+        assert_eq!(
+            (a.status, a.retry_after_s),
+            (status, retry_after_s),
+            "{outcome:?}"
+        );
+        let e = decode_error(a.body.as_bytes()).unwrap();
+        assert_eq!(e.code, code);
+        let s = outcome_status(&outcome);
+        assert!(
+            e.message.ends_with(&format!(
+                "the origin's answer (HTTP {s}) is too large: 9437184 bytes or more, at most \
+                 {max} are allowed"
+            )),
+            "{}",
+            e.message
+        );
+        // Warming waits for a 429's or 503's Retry-After, as after one with a small body.
+        let (_, a, _) = run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 1);
+        assert_eq!(a.warm.is_none(), retry_after_s.is_some(), "{outcome:?}");
+    }
+}
+
+/// The status of an origin's outcome, if it answered.
+fn outcome_status(outcome: &OriginOutcome<'_>) -> u16 {
+    match *outcome {
+        OriginOutcome::Answer { status, .. } | OriginOutcome::TooLarge { status, .. } => status,
+        _ => 0,
+    }
 }
 
 /// An origin item whose `data` is over `Limits::max_data_bytes` is neither cached nor

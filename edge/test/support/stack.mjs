@@ -74,7 +74,7 @@ export function sse(events) {
  * The recording relay. `mode`: 'pass' (forward to `target`), 'stall' (never answer),
  * 'drop' (close the connection), 'rate_limited' / 'overloaded' (429 with Retry-After: 7,
  * 503 with Retry-After: 3, as the server answers them; `relay.retryAfter` in place of
- * those when set, null for none), 'failing' (500 internal), 'huge' (a 12 MiB answer); with
+ * those when set, null for none), 'failing' (500 internal), 'huge' (a 12 MiB answer, `relay.hugeStatus` or 200); with
  * `holdAnswers` (a promise) set, a passed-on answer waits for it (`held` counts them). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
@@ -146,7 +146,9 @@ export async function startRelay(target, { requireToken } = {}) {
       // 12 MiB of JSON whitespace, chunked (no content-length): the worker must stop
       // reading at its limit rather than buffer it.
       res.on('error', () => {});
-      res.writeHead(200, { 'content-type': 'application/json' });
+      // With `relay.hugeStatus` (and `relay.retryAfter`) in place of 200 and no Retry-After.
+      const retryAfter = relay.retryAfter ? { 'retry-after': relay.retryAfter } : {};
+      res.writeHead(relay.hugeStatus ?? 200, { 'content-type': 'application/json', ...retryAfter });
       const chunk = Buffer.alloc(64 * 1024, 0x20);
       let sent = 0;
       const pump = () => {
