@@ -592,10 +592,13 @@ export function createWorker(defaults = {}) {
     // deadline or later is given back as a failure, for the core no longer counts the
     // warming as out then (ProxyConfig::warm_timeout_ms).
     const planned = Date.now();
+    let status = 0;
+    let wait = -1;
     try {
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
+      status = res.status;
       // A 429 or 503 puts off all warming by its Retry-After (the core decides how long).
-      const wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
+      wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
       const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
       if (Date.now() - planned >= options.warmTimeoutMs) throw new Error('past warmTimeoutMs');
       given = true;
@@ -603,11 +606,15 @@ export function createWorker(defaults = {}) {
         bounds = res.headers.get(BOUNDS_HEADER);
         await sharePut(tier, JSON.parse(body).tiles.join(' '));
       }
-    } catch {
+    } catch (e) {
       // Warming is best effort: a failure leaves the cache as it was. It is given back
       // all the same (status 0: nothing written): while a warming of the same tiles is
       // out, the core judges their answers by the earliest planning (src/proxy/change.rs).
-      if (!given) proxy.warmed(body, 0, new Uint8Array(0), -1, Date.now());
+      // An answer too large to read is given back as such: the core warms its tiles in
+      // smaller groups next, and a 429's or 503's Retry-After still puts warming off.
+      if (given) return;
+      if (e instanceof TooLarge) proxy.warmTooLarge(body, status, e.seen, wait, Date.now());
+      else proxy.warmed(body, 0, new Uint8Array(0), -1, Date.now());
     }
   }
 

@@ -637,6 +637,32 @@ impl EdgeProxy {
         }
     }
 
+    /// The origin answered a warming request (`warm`) `status` with a body over
+    /// [`EdgeProxy::max_body_bytes`], not read past it (`bytes` and `retry_after_ms` as for
+    /// [`EdgeProxy::too_large`]): nothing is filled; a `2xx`'s tiles are warmed next in
+    /// smaller groups until the one too large is found and held, a `429`'s or `503`'s
+    /// `Retry-After` puts off warming. Returns -1 (the answer was not usable).
+    #[wasm_bindgen(js_name = warmTooLarge)]
+    pub fn warm_too_large(
+        &mut self,
+        warm: &str,
+        status: u16,
+        bytes: f64,
+        retry_after_ms: f64,
+        now_ms: f64,
+    ) -> i32 {
+        let Ok(request) = decode_request(warm.as_bytes(), &self.proxy.config().limits) else {
+            return -1;
+        };
+        let outcome = OriginOutcome::TooLarge {
+            status,
+            bytes: bytes.max(0.0) as u64,
+            retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
+        };
+        let _ = self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64);
+        -1
+    }
+
     /// One event of the origin's change feed (`GET /v1/changes`): `invalidate` with its
     /// data (an [`crate::protocol::Invalidation`]) drops what it covers from every tier
     /// ([`Proxy::invalidate`]); `reset` (the feed lost events) drops everything; other

@@ -496,6 +496,68 @@ describe('edge worker: warming after a hit', () => {
   });
 });
 
+describe('edge worker: a warming answer too large to read', () => {
+  // Two tiles per warming request, as above, in an isolate of its own (a warming still out
+  // when a test ends answers into the next one).
+  let server;
+  let relay;
+  let edge;
+
+  before(async () => {
+    ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 0 }));
+  });
+
+  after(async () => {
+    await edge?.stop();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  const until = async (fn, what) => {
+    for (let i = 0; i < 200 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
+    assert.ok(await fn(), `gave up waiting for ${what}`);
+  };
+
+  it('warms the tiles of a warming answer too large to read in smaller groups, and holds the one too large', async () => {
+    // One neighbour's answer alone is over the body limit (12 MiB). Before, the worker
+    // could not say which tile of the warming made it so, and the same pair was warmed
+    // again whole on the retry delays, too large each time; now the pair is split at once,
+    // the tile too large warmed alone and then held, its partner cached.
+    const centre = '14/2624/5733';
+    const dense = '14/2625/5733';
+    relay.hugeWarm = (tiles) => tiles.includes(dense);
+    try {
+      const req = { tiles: [centre], access: 'public' };
+      const before = relay.requests('warm').length;
+      const sent = () => relay.requests('warm').slice(before).map((r) => r.body.tiles);
+      assert.equal((await post(edge.batch, req)).cache, 'miss');
+      const alone = () => sent().findIndex((t) => t.length === 1 && t[0] === dense);
+      await until(async () => {
+        assert.equal((await post(edge.batch, req)).cache, 'hit');
+        return alone() >= 0;
+      }, 'the tile too large warmed alone');
+      const others = new Set(sent().flat());
+      await until(async () => {
+        await post(edge.batch, req);
+        for (const t of sent().flat()) others.add(t);
+        return others.size === 8;
+      }, 'every neighbour warmed');
+      await new Promise((ok) => setTimeout(ok, 200)); // let warming land
+      for (let i = 0; i < 10; i++) assert.equal((await post(edge.batch, req)).cache, 'hit');
+      await new Promise((ok) => setTimeout(ok, 200)); // let any warming go out
+      const withDense = sent().filter((t) => t.includes(dense));
+      assert.equal(withDense.length, 2, `warmed in a pair, then alone, then held: ${JSON.stringify(sent())}`);
+      // Every other neighbour is cached.
+      const ring = [...others].filter((t) => t !== dense);
+      assert.equal(ring.length, 7);
+      const r = await post(edge.batch, { tiles: ring, access: 'public' });
+      assert.equal(r.cache, 'hit');
+    } finally {
+      relay.hugeWarm = undefined;
+    }
+  });
+});
+
 describe('edge worker: a warming that gets no answer', () => {
   let server;
   let relay;

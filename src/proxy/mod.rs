@@ -89,9 +89,11 @@ pub struct ProxyConfig {
     /// [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`] (its answer may still
     /// be out, or failed, or the cache could not keep it); one the origin left out as
     /// `payload_too_large` (to a warming or to a caller's request) only after a tile TTL
-    /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). After an
-    /// origin's `429` or
-    /// `503` (to a warming or to a caller's request) no warming is planned until its
+    /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). The tiles of
+    /// a warming answered with a body over the body limit are warmed again at once in
+    /// warmings of at most half as many, down to one: that one's tile is held as one left
+    /// out as `payload_too_large` ([`WarmTries::split`]). After an origin's `429` or `503`
+    /// (to a warming or to a caller's request) no warming is planned until its
     /// `Retry-After` has passed ([`origin_retry_after_s`]: capped, or its default).
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
@@ -784,20 +786,27 @@ impl Proxy {
             return None;
         }
         let ring = ring_around(data_tiles, self.config.warm_ring).ok()?;
-        let max = self.config.max_warm_tiles;
+        // At most `max_warm_tiles`, and no more than any tile taken may be warmed with
+        // ([`WarmTries::group`]: it was in a warming whose answer was too large to read); a
+        // tile that needs a smaller group than the one taken so far waits for the next.
+        let mut most = self.config.max_warm_tiles;
         let cache = &self.caches[tier.rank() as usize];
         let warm_tries = &mut self.warm_tries;
-        let tiles: Vec<TileId> = ring
-            .into_iter()
-            .filter(|&t| {
-                if cache.tile_freshness(t, tier, now_ms) == TileFreshness::Fresh {
-                    warm_tries.forget(&(tier, t));
-                    return false;
-                }
-                warm_tries.due(&(tier, t), now_ms)
-            })
-            .take(max)
-            .collect();
+        let mut tiles = Vec::new();
+        for t in ring {
+            if tiles.len() >= most {
+                break;
+            }
+            if cache.tile_freshness(t, tier, now_ms) == TileFreshness::Fresh {
+                warm_tries.forget(&(tier, t));
+                continue;
+            }
+            let group = warm_tries.group(&(tier, t));
+            if warm_tries.due(&(tier, t), now_ms) && tiles.len() < group {
+                most = most.min(group);
+                tiles.push(t);
+            }
+        }
         if tiles.is_empty() {
             return None;
         }
@@ -831,13 +840,32 @@ impl Proxy {
         if response.left_out != Some(ErrorCode::PayloadTooLarge) {
             return;
         }
-        let cache = &self.config.cache;
-        let ttl_ms = cache.tile_ttl_ms.unwrap_or(cache.default_ttl_ms);
-        let until = now_ms.saturating_add(ttl_ms);
+        let until = now_ms.saturating_add(self.hold_ms());
+        let dz = self.config.cache.tile_zoom;
         for &t in asked {
-            if t.z() == cache.tile_zoom && !response.tiles.iter().any(|l| l.tile == t) {
+            if t.z() == dz && !response.tiles.iter().any(|l| l.tile == t) {
                 self.warm_tries.held_until((tier, t), until);
             }
+        }
+    }
+
+    /// How long a tile too large to cache is not warmed: a tile TTL (the cache's
+    /// `tile_ttl_ms`, else `default_ttl_ms`).
+    fn hold_ms(&self) -> u64 {
+        let cache = &self.config.cache;
+        cache.tile_ttl_ms.unwrap_or(cache.default_ttl_ms)
+    }
+
+    /// A warming of `tiles` at `tier` was answered `2xx` with a body over the body limit,
+    /// not read: which tile made it too large is not known, and warmed again whole it would
+    /// be too large again (an origin request paid for each time, on the retry delays). Each
+    /// is warmed next, at once, in a warming of at most half as many ([`WarmTries::split`]),
+    /// so the one too large comes out alone within a few warmings and is held, as a tile
+    /// the origin leaves out as `payload_too_large`, while the others are cached.
+    fn split_too_large(&mut self, tier: Access, tiles: &[TileId], now_ms: u64) {
+        let until = now_ms.saturating_add(self.hold_ms());
+        for &t in tiles {
+            self.warm_tries.split((tier, t), tiles.len(), now_ms, until);
         }
     }
 
@@ -1096,6 +1124,12 @@ impl Proxy {
             .changes
             .warm_current(request.access, &request.tiles, now_ms);
         self.origin_asks_for_quiet(&outcome, now_ms);
+        if let OriginOutcome::TooLarge {
+            status: 200..=299, ..
+        } = outcome
+        {
+            self.split_too_large(request.access, &request.tiles, now_ms);
+        }
         let response = self.decode_origin(outcome, request.access)?;
         self.hold_too_large(request.access, &request.tiles, &response, now_ms);
         let Some(planned_ms) = planned else {

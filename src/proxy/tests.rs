@@ -950,6 +950,46 @@ fn a_tile_the_origin_says_is_too_large_is_not_warmed_for_a_tile_ttl() {
     );
 }
 
+/// A neighbour tile whose answer alone is over the body limit (an origin that does not
+/// leave it out as `payload_too_large`): the shell cannot read such a warming answer, and
+/// which tile made it too large is not known. Every tile of that warming used to be warmed
+/// again whole on the retry delays, each time too large (seven in four minutes here), and
+/// none of them was ever cached by warming. Now its tiles are warmed at once in halves,
+/// then quarters, until the one too large is warmed alone and held for a tile TTL; the
+/// others are cached on the way.
+#[test]
+fn a_warming_answer_too_large_to_read_is_split_until_the_tile_too_large_is_held() {
+    let o = origin();
+    let dense = tile("14/2625/5721");
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let mut with_dense = Vec::new();
+    let mut warms = 0;
+    for now in (0..240_000).step_by(10) {
+        let (_, a, _) = run(&mut p, &o, centre.clone(), now);
+        let Some(w) = a.warm else { continue };
+        warms += 1;
+        if w.tiles.contains(&dense) {
+            with_dense.push(w.tiles.len());
+            let over = OriginOutcome::TooLarge {
+                status: 200,
+                bytes: 9 << 20,
+                retry_after_ms: None,
+            };
+            assert!(p.warmed(&w, over, now).is_err());
+        } else {
+            let body = o.answer(&w, Some(300)).to_json();
+            p.warmed(&w, answered(&body), now).unwrap();
+        }
+    }
+    assert_eq!(with_dense, [8, 4, 2, 1], "halved until alone, then held");
+    assert_eq!(warms, 7, "the halves without it warmed once each");
+    // Every other neighbour was cached by warming.
+    let ring = ring_around(&[tile("14/2624/5721")], 1).unwrap();
+    let (fwd, _, _) = run(&mut p, &o, tiles_req(&ring, Access::Public), 240_000);
+    assert_eq!(fwd.map(|r| r.tiles), Some(vec![dense]));
+}
+
 /// A tile held as too large stays held through a burst of other tiles' failing warmings
 /// (more than [`MAX_WARM_TRIES`] of them): the hold used to share their room, was pushed
 /// out, and the next hit warmed (paid for) the tile again at once.

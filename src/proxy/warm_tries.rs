@@ -6,8 +6,10 @@
 //! forgotten ([`WarmTries::forget`]) once it is seen fresh or written. A tile its origin
 //! left out as too large is held for longer ([`WarmTries::held_until`]); holds are kept
 //! apart from the tries (at most [`MAX_WARM_HOLDS`]), so no burst of ordinary failures
-//! pushes one out and the tile is warmed (paid for) again before its time. Used by the
-//! edge proxy ([`super::Proxy`], keyed by tier and tile) and the server's warm-up (by tile).
+//! pushes one out and the tile is warmed (paid for) again before its time. A tile in a
+//! warming whose answer was too large to read is warmed next in smaller groups
+//! ([`WarmTries::split`], [`WarmTries::group`]). Used by the edge proxy ([`super::Proxy`],
+//! keyed by tier and tile) and the server's warm-up (by tile).
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -35,6 +37,8 @@ struct Try {
     count: u32,
     /// When the next may start (ms).
     at: u64,
+    /// Most tiles in one warming with it ([`WarmTries::group`]).
+    group: usize,
 }
 
 /// The warming tries of keys (tiles, or tiers and tiles) since each was last fresh: how
@@ -68,12 +72,14 @@ impl<K: Hash + Eq> WarmTries<K> {
         if self.holds.peek(&key).is_some_and(|&until| until <= now_ms) {
             self.holds.pop(&key);
         }
-        let count = self.tries.peek(&key).map_or(0, |t| t.count) + 1;
+        let last = self.tries.peek(&key).copied();
+        let count = last.map_or(0, |t| t.count) + 1;
         let delay = WARM_RETRY_MS
             .saturating_mul(1 << (count - 1).min(16))
             .min(WARM_RETRY_MAX_MS);
+        let group = last.map_or(usize::MAX, |t| t.group);
         let at = now_ms.saturating_add(delay);
-        self.tries.put(key, Try { count, at });
+        self.tries.put(key, Try { count, at, group });
     }
 
     /// `key` cannot be cached until `until_ms` (its origin left it out as too large): not
@@ -85,8 +91,34 @@ impl<K: Hash + Eq> WarmTries<K> {
         self.holds.put(key, until_ms.max(tried).max(held));
     }
 
+    /// `key` was among `tiles` tiles of a warming whose answer was too large to read (which
+    /// of them made it so is not known): it is warmed next in a warming of at most half as
+    /// many ([`WarmTries::group`]), as soon as `now_ms`, unless held. Alone (`tiles` 1), it
+    /// is the one: held until `hold_until_ms`.
+    pub fn split(&mut self, key: K, tiles: usize, now_ms: u64, hold_until_ms: u64) {
+        if tiles <= 1 {
+            self.held_until(key, hold_until_ms);
+            return;
+        }
+        let group = self.group(&key).min(tiles / 2);
+        self.tries.put(
+            key,
+            Try {
+                count: 0,
+                at: now_ms,
+                group,
+            },
+        );
+    }
+
+    /// Most tiles a warming of `key` may hold ([`WarmTries::split`]; any number unless it
+    /// was split).
+    pub fn group(&self, key: &K) -> usize {
+        self.tries.peek(key).map_or(usize::MAX, |t| t.group)
+    }
+
     /// `key` is fresh (or was written): its next warming, when it expires, waits for
-    /// nothing.
+    /// nothing, in a group of any size.
     pub fn forget(&mut self, key: &K) {
         self.tries.pop(key);
         self.holds.pop(key);
@@ -171,6 +203,40 @@ mod tests {
             "pushed out by newer holds only"
         );
         assert!(tries.len() <= MAX_WARM_TRIES + MAX_WARM_HOLDS);
+    }
+
+    #[test]
+    fn a_tile_in_an_answer_too_large_is_due_at_once_in_half_the_group_until_alone() {
+        let mut tries = WarmTries::default();
+        assert_eq!(tries.group(&1u32), usize::MAX);
+        tries.tried(1u32, 0);
+        tries.split(1, 16, 10, 300_000);
+        assert!(tries.due(&1, 10));
+        assert_eq!(tries.group(&1), 8);
+        tries.tried(1, 10);
+        assert_eq!(tries.group(&1), 8, "kept by a try");
+        assert_eq!(
+            tries.not_before(&1),
+            Some(10 + WARM_RETRY_MS),
+            "the first delay"
+        );
+        // A split of a larger group never widens it.
+        tries.split(1, 16, 20, 300_000);
+        assert_eq!(tries.group(&1), 8);
+        tries.split(1, 3, 20, 300_000);
+        assert_eq!(tries.group(&1), 1);
+        // Alone, it is the tile that is too large: held.
+        tries.split(1, 1, 30, 300_000);
+        assert!(!tries.due(&1, 299_999));
+        assert!(tries.due(&1, 300_000));
+        assert_eq!(
+            tries.group(&1),
+            usize::MAX,
+            "after its hold, in any group again"
+        );
+        tries.split(2u32, 4, 0, 300_000);
+        tries.forget(&2);
+        assert_eq!(tries.group(&2), usize::MAX, "fresh: forgotten");
     }
 
     #[test]
