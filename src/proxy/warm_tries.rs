@@ -94,13 +94,16 @@ impl<K: Hash + Eq> WarmTries<K> {
     /// `key` was among `tiles` tiles of a warming whose answer was too large to read (which
     /// of them made it so is not known): it is warmed next in a warming of at most half as
     /// many ([`WarmTries::group`]), as soon as `now_ms`, unless held. Alone (`tiles` 1), it
-    /// is the one: held until `hold_until_ms`.
-    pub fn split(&mut self, key: K, tiles: usize, now_ms: u64, hold_until_ms: u64) {
+    /// is the one: held until `hold_until_ms`, and warmed alone after that (until it is
+    /// forgotten), so it never makes a larger warming too large again.
+    pub fn split(&mut self, key: K, tiles: usize, now_ms: u64, hold_until_ms: u64)
+    where
+        K: Clone,
+    {
         if tiles <= 1 {
-            self.held_until(key, hold_until_ms);
-            return;
+            self.held_until(key.clone(), hold_until_ms);
         }
-        let group = self.group(&key).min(tiles / 2);
+        let group = self.group(&key).min(tiles / 2).max(1);
         self.tries.put(
             key,
             Try {
@@ -225,15 +228,13 @@ mod tests {
         assert_eq!(tries.group(&1), 8);
         tries.split(1, 3, 20, 300_000);
         assert_eq!(tries.group(&1), 1);
-        // Alone, it is the tile that is too large: held.
+        // Alone, it is the tile that is too large: held, then warmed alone.
         tries.split(1, 1, 30, 300_000);
         assert!(!tries.due(&1, 299_999));
         assert!(tries.due(&1, 300_000));
-        assert_eq!(
-            tries.group(&1),
-            usize::MAX,
-            "after its hold, in any group again"
-        );
+        assert_eq!(tries.group(&1), 1, "after its hold, alone still");
+        tries.tried(1, 300_000);
+        assert_eq!(tries.not_before(&1), Some(300_000 + WARM_RETRY_MS));
         tries.split(2u32, 4, 0, 300_000);
         tries.forget(&2);
         assert_eq!(tries.group(&2), usize::MAX, "fresh: forgotten");
