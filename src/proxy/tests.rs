@@ -862,6 +862,19 @@ fn warming_waits_for_the_origins_retry_after() {
         let (_, a, _) = run(&mut p, &o, centre.clone(), quiet_ms);
         assert!(a.warm.is_some(), "{status} after its Retry-After");
     }
+    // A warming's 503 whose body is over the body limit too (it used to put nothing off).
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+    let over = OriginOutcome::TooLarge {
+        status: 503,
+        bytes: 9 << 20,
+        retry_after_ms: Some(30_000),
+    };
+    assert!(p.warmed(&a.warm.unwrap(), over, 0).is_err());
+    let (_, a, _) = run(&mut p, &o, elsewhere.clone(), 29_999);
+    assert!(a.warm.is_none(), "a 503 too large to read");
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 30_000);
+    assert!(a.warm.is_some());
     // A caller's request refused the same way puts warming off too; 1 s without a
     // Retry-After.
     for (retry_after_ms, quiet_ms) in [(Some(20_000), 20_000), (None, 1_000)] {
