@@ -90,11 +90,12 @@ pub struct ProxyConfig {
     /// be out, or failed, or the cache could not keep it); one the origin left out as
     /// `payload_too_large` (to a warming or to a caller's request) only after a tile TTL
     /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). The tiles of
-    /// a warming answered with a body over the body limit are warmed again at once in
-    /// warmings of at most half as many, down to one: that one's tile is held as one left
-    /// out as `payload_too_large`, and warmed alone after ([`WarmTries::split`]). After an origin's `429` or `503`
-    /// (to a warming or to a caller's request) no warming is planned until its
-    /// `Retry-After` has passed ([`origin_retry_after_s`]: capped, or its default).
+    /// a warming answered `2xx` with a body over the body limit are warmed again at once
+    /// in warmings of at most half as many, down to one: that one's tile is held as one
+    /// left out as `payload_too_large`, and warmed alone after ([`WarmTries::split`]).
+    /// After an origin's `429` or `503` (to a warming or to a caller's request, whatever
+    /// its body) no warming is planned until its `Retry-After` has passed
+    /// ([`origin_retry_after_s`]: capped, or its default).
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
