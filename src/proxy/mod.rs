@@ -92,7 +92,8 @@ pub struct ProxyConfig {
     /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). The tiles of
     /// a warming answered `2xx` with a body over the body limit are warmed again at once
     /// in warmings of at most half as many, down to one: that one's tile is held as one
-    /// left out as `payload_too_large`, and warmed alone after ([`WarmTries::split`]).
+    /// left out as `payload_too_large`, and warmed alone after ([`WarmTries::split`]); so
+    /// is a data tile a caller's request asked for alone and got such an answer for.
     /// After an origin's `429` or `503` (to a warming or to a caller's request, whatever
     /// its body) no warming is planned until its `Retry-After` has passed
     /// ([`origin_retry_after_s`]: capped, or its default).
@@ -916,8 +917,22 @@ impl Proxy {
             };
         }
         let retry_after_s = origin.as_ref().and(origin_retry_after_s(&outcome));
-        if origin.is_some() {
+        if let Some(o) = &origin {
             self.origin_asks_for_quiet(&outcome, now_ms);
+            // The answer for one data tile alone was too large to read: that tile is too
+            // large, and is held from warming as after a warming of it alone.
+            let dz = self.config.cache.tile_zoom;
+            let alone = o.ids.is_empty() && matches!(o.tiles[..], [t] if t.z() == dz);
+            let unread = matches!(
+                outcome,
+                OriginOutcome::TooLarge {
+                    status: 200..=299,
+                    ..
+                }
+            );
+            if alone && unread {
+                self.split_too_large(tier, &o.tiles, now_ms);
+            }
         }
         let mut too_large = Vec::new();
         let (origin_answer, origin_error) = match &origin {

@@ -1003,6 +1003,36 @@ fn a_warming_answer_too_large_to_read_is_split_until_the_tile_too_large_is_held(
     assert_eq!(fwd.map(|r| r.tiles), Some(vec![dense]));
 }
 
+/// A caller's request for one data tile whose answer is over the body limit: that tile is
+/// too large. It used to stay due for warming (as a neighbour of the next request), each
+/// warming of it too large again; now it is held from warming as after a warming of it
+/// alone. A request for more tiles (or with ids) says nothing of any one tile.
+#[test]
+fn a_tile_whose_answer_alone_is_too_large_to_read_is_not_warmed() {
+    let o = origin();
+    let dense = tile("14/2625/5721");
+    let over = OriginOutcome::TooLarge {
+        status: 200,
+        bytes: 9 << 20,
+        retry_after_ms: None,
+    };
+    for (asked, held) in [
+        (req(&["14/2625/5721"], &[], Access::Public), true),
+        (
+            req(&["14/2625/5721", "14/2630/5730"], &[], Access::Public),
+            false,
+        ),
+        (req(&["14/2625/5721"], &["extra"], Access::Public), false),
+    ] {
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let pending = p.begin(asked.clone(), 0).unwrap();
+        assert_eq!(p.complete(pending, over, 0).status, 502);
+        let (_, a, _) = run(&mut p, &o, req(&["14/2624/5721"], &[], Access::Public), 1);
+        let w = a.warm.unwrap();
+        assert_eq!(!w.tiles.contains(&dense), held, "{asked:?}");
+    }
+}
+
 /// A tile held as too large stays held through a burst of other tiles' failing warmings
 /// (more than [`MAX_WARM_TRIES`] of them): the hold used to share their room, was pushed
 /// out, and the next hit warmed (paid for) the tile again at once.
