@@ -96,7 +96,9 @@ pub struct ProxyConfig {
     /// is a data tile a caller's request asked for alone and got such an answer for.
     /// After an origin's `429` or `503` (to a warming or to a caller's request, whatever
     /// its body) no warming is planned until its `Retry-After` has passed
-    /// ([`origin_retry_after_s`]: capped, or its default).
+    /// ([`origin_retry_after_s`]: capped, or its default); nor for
+    /// [`DEFAULT_RETRY_AFTER_S`] after a partial answer that left work out as
+    /// `rate_limited` or `overloaded` (load shed, with no `Retry-After`).
     pub warm_ring: u32,
     /// Most tiles in one warming request. Default 16; at least 1.
     pub max_warm_tiles: usize,
@@ -877,9 +879,29 @@ impl Proxy {
     /// when it sent none), whatever the tiles' own retry delays ([`WARM_RETRY_MS`]).
     fn origin_asks_for_quiet(&mut self, outcome: &OriginOutcome<'_>, now_ms: u64) {
         if let Some(s) = origin_retry_after_s(outcome) {
-            let until = now_ms.saturating_add(s.saturating_mul(1000));
-            self.warm_quiet_until_ms = self.warm_quiet_until_ms.max(until);
+            self.quiet_for(s, now_ms);
         }
+    }
+
+    /// The origin's `response` is a partial answer that left work out as `rate_limited` or
+    /// `overloaded` (a tilewarm-server whose upstream sheds load): it asks for less as its
+    /// whole `429` or `503` does, with no `Retry-After` (a `200` carries none), so warming
+    /// plans nothing for [`DEFAULT_RETRY_AFTER_S`], as the server's warm-up is quiet for its
+    /// `--retry-after-s`. A timeout left out (`upstream_timeout`) does not, as a whole
+    /// `504` does not.
+    fn partial_asks_for_quiet(&mut self, response: &BatchResponse<RawData>, now_ms: u64) {
+        if matches!(
+            response.left_out,
+            Some(ErrorCode::RateLimited | ErrorCode::Overloaded)
+        ) {
+            self.quiet_for(DEFAULT_RETRY_AFTER_S, now_ms);
+        }
+    }
+
+    /// No warming is planned for `s` seconds from `now_ms` (nor before a later time set).
+    fn quiet_for(&mut self, s: u64, now_ms: u64) {
+        let until = now_ms.saturating_add(s.saturating_mul(1000));
+        self.warm_quiet_until_ms = self.warm_quiet_until_ms.max(until);
     }
 
     /// Takes the origin's outcome for [`Pending::origin_request`] (ignored when there was
@@ -944,6 +966,7 @@ impl Proxy {
                         if let Some(o) = &origin {
                             self.hold_too_large(tier, &o.tiles, &r, now_ms);
                         }
+                        self.partial_asks_for_quiet(&r, now_ms);
                         let asked = origin.as_ref().map_or(&[][..], |o| &o.ids[..]);
                         let (r, over) = self.fill(tier, r, asked, now_ms, write);
                         too_large = over;
@@ -1148,6 +1171,7 @@ impl Proxy {
         }
         let response = self.decode_origin(outcome, request.access)?;
         self.hold_too_large(request.access, &request.tiles, &response, now_ms);
+        self.partial_asks_for_quiet(&response, now_ms);
         let Some(planned_ms) = planned else {
             return Err(ErrorBody {
                 code: ErrorCode::UpstreamError,

@@ -911,6 +911,46 @@ fn answer_leaving_out(
     )
 }
 
+/// A partial answer (a `200`) that left work out as `overloaded` or `rate_limited` (a
+/// tilewarm-server whose upstream sheds load) asks for less as its whole `503` or `429`
+/// does, with no `Retry-After`: warming plans nothing for [`DEFAULT_RETRY_AFTER_S`], as the
+/// server's warm-up is quiet for its `--retry-after-s` (docs/server.md says the edge's
+/// warming does the same; it went on at once). A timeout left out does not.
+#[test]
+fn warming_is_quiet_after_a_partial_answer_that_sheds_load() {
+    let o = origin();
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    let elsewhere = req(&["14/2630/5730"], &[], Access::Public);
+    let further = req(&["14/2640/5740"], &[], Access::Public);
+    let shed = tile("14/2625/5721");
+    let quiet_ms = DEFAULT_RETRY_AFTER_S * 1000;
+    for (code, quiet) in [
+        (ErrorCode::Overloaded, true),
+        (ErrorCode::RateLimited, true),
+        (ErrorCode::UpstreamTimeout, false),
+    ] {
+        // A warming answered so.
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+        let w = a.warm.unwrap();
+        let body = answer_leaving_out(&o, &w, shed, code);
+        p.warmed(&w, answered(&body), 0).unwrap();
+        let (_, a, _) = run(&mut p, &o, elsewhere.clone(), quiet_ms - 1);
+        assert_eq!(a.warm.is_none(), quiet, "{code:?}");
+        let (_, a, _) = run(&mut p, &o, further.clone(), quiet_ms);
+        assert!(a.warm.is_some(), "{code:?}: after the quiet");
+        // A caller's request answered so.
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let asked = req(&["14/2625/5721", "14/2625/5722"], &[], Access::Public);
+        let pending = p.begin(asked.clone(), 0).unwrap();
+        let body = answer_leaving_out(&o, &asked, shed, code);
+        let a = p.complete(pending, answered(&body), 0);
+        assert_eq!((a.status, a.retry_after_s), (200, None));
+        let (_, a, _) = run(&mut p, &o, elsewhere.clone(), quiet_ms - 1);
+        assert_eq!(a.warm.is_none(), quiet, "{code:?}, a caller's request");
+    }
+}
+
 /// A neighbour tile the origin leaves out of a warming answer as `payload_too_large` (a
 /// tilewarm-server's tile over `--max-tile-items`) can never be cached: it used to be
 /// warmed again on the retry delays (5 s doubling to 60 s), each an origin request and a
