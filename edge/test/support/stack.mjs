@@ -289,7 +289,21 @@ export function shape(resp) {
  * Declares a `size`-byte body and sends none of it: a server that refuses a body by its
  * content-length answers before reading it. Resolves with { status, json }.
  */
-export function postLarge(url, size, { chunked = false } = {}) {
+export async function postLarge(url, size, { chunked = false } = {}) {
+  // The worker answers a body over its limit and closes the connection while Node may
+  // still be writing the rest of it: that write can fail (EPIPE, ECONNRESET) before the
+  // answer is read, a race of the transport, not the worker's answer. Such a try is made
+  // again (at most three); any answer, or any other error, is the result.
+  for (let left = 3; ; left--) {
+    try {
+      return await postLargeOnce(url, size, chunked);
+    } catch (e) {
+      if (left <= 1 || !['EPIPE', 'ECONNRESET'].includes(e.code)) throw e;
+    }
+  }
+}
+
+function postLargeOnce(url, size, chunked) {
   return new Promise((ok, fail) => {
     const headers = { 'content-type': 'application/json' };
     // Without a content-length Node sends the body chunked: the worker cannot refuse it
