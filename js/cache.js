@@ -1100,8 +1100,9 @@ export class TileCache {
     const shed = nums[0] === 3 && f.error?.code !== 'response_full';
     if (left.length && (nums[0] === 1 || shed)) this.#unanswered(req, left, f.error, shed);
     // The tiles it left out: their ERROR record carries the server's code, as a refusal's.
-    req.detail = isObject(f.error) ? f.error : undefined;
-    this.#pendingDetail = req;
+    // No ids: each was answered or told above, and a get() waiting for the retry of one must
+    // not end with the error of a tile (one the cache could not keep, say).
+    this.#pendingDetail = { id: req.id, detail: isObject(f.error) ? f.error : undefined, ids: [] };
     this.#run(out, 2 + nums[1], 1);
     this.#pendingDetail = undefined;
     this.#checkLoads();

@@ -836,6 +836,48 @@ test("what a partial answer leaves out for a failed origin (upstream_error) is r
   }
 });
 
+test('a get() waiting for the retry of an id a partial answer left out is not rejected by an error of the same answer about its tiles', async () => {
+  // The answer to a host tile too large for the cache (its "could not be kept" error) and to
+  // an id it left out to shed load. Before, that tile error carried every id of the request
+  // and rejected the get() that waits for the retry.
+  fresh();
+  const cache = await make({ maxItems: 20, prefetch: { ring: 0, viewRing: 0 }, batch: { maxInFlight: 1 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  const host = `12/${SX >> 2}/${SY >> 2}`;
+  let release;
+  try {
+    // The one request slot held, so the tile and the id queue up and go out together.
+    backend.hostile = (res, answer) => {
+      release = () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end(JSON.stringify(answer)); };
+    };
+    const first = cache.get('h1');
+    await until(() => release, 'the first request');
+    backend.hostile = (res, answer) => {
+      backend.hostile = null;
+      answer.items = answer.items.filter((it) => it.id !== 'h2');
+      answer.missing = [];
+      answer.error = { code: 'overloaded', message: 'shed', tiles: [], ids: ['h2'] };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    const loads = cache.loadTiles([host]);
+    const got = cache.get('h2').then((it) => it, (e) => e);
+    await new Promise((r) => setTimeout(r, 0)); // the loads of this tick are read
+    release();
+    assert.equal((await first).id, 'h1');
+    const [load] = await loads;
+    assert.match(load.error?.message ?? '', /could not be kept/);
+    assert.ok(backend.requests[1].ids.includes('h2') && backend.requests[1].tiles.length > 0, JSON.stringify(backend.requests[1]));
+    const item = await got;
+    assert.equal(item?.id, 'h2', `retried and answered, not rejected: ${item?.message}`);
+    assert.ok(errs.some((e) => e.serverCode === 'overloaded' && e.willRetry), 'onError heard the overload');
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('a tile a partial answer leaves out as too large (payload_too_large) is asked once more on its own, then fails as a whole 413 does: not retried, its loads fail with that error', async () => {
   // As tilewarm-server answers a tile over --max-tile-items: the other tiles answered, that
   // one named. Before, it was an ERR_INVALID_RESPONSE (the answer was valid).
