@@ -38,6 +38,11 @@
 //!   fits is answered in request order and the rest left out of a partial answer
 //!   (`response_full`: the client asks it again), a tile over it alone named
 //!   (`payload_too_large`) (`policy::Assembled::fit`, as the edge does).
+//! - The ids an upstream's partial answer to the call at `agent` names and leaves out (an
+//!   item over its `--max-item-data-bytes`, or no room in its answer) are asked of it
+//!   again at the tier of a caller below `agent` (one more origin call), and what it says
+//!   there is told: an id above the caller's tier is `missing`, as one that does not
+//!   exist, however full the answer at `agent` was.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -407,6 +412,29 @@ pub async fn answer(
         .await;
         fetched.add(again);
     }
+    // The ids an upstream's partial answer named and left out (asked at `agent`: one over
+    // its --max-item-data-bytes, or one its answer had no room for, `response_full`, which
+    // folds the first in) are asked again at the caller's tier, below `agent`: what it then
+    // says of them is what it says to the caller. Called `missing` here, public items that
+    // did not fit upstream were lost; left out, an id above the caller's tier that is over
+    // the upstream's limit could be told from one that does not exist (`missing` at once),
+    // by a caller padding its request until the upstream's answer is full.
+    if caller < Access::Agent {
+        let ids = fetched.forget_ids();
+        if !ids.is_empty() {
+            let again = ids_at_callers_tier(
+                app,
+                &policy,
+                ids,
+                degraded,
+                &mut deadline,
+                &read.gens,
+                caller,
+            )
+            .await;
+            fetched.add(again);
+        }
+    }
     // Those left out at once, as found before (neither asked again nor remembered anew).
     for why in remembered {
         fetched.left_out(why);
@@ -431,19 +459,8 @@ pub async fn answer(
             Some(it) => IdSource::Found(it),
             None if origin_missing.contains(id) => IdSource::Missing,
             None if too_large(id).is_some_and(|o| !caller.can_see(o.access)) => IdSource::Missing,
-            // An id an upstream's partial answer names (it was asked at `agent`): its tier is
-            // not known here, so below `agent` it is `missing`, as an item above the
-            // caller's tier would be; it cannot be served either way. Unless the answer had
-            // no room for it (`response_full`): then it is left out, to be asked again.
-            None if caller != Access::Agent
-                && fetched
-                    .unanswered
-                    .as_ref()
-                    .is_some_and(|u| u.code != ErrorCode::ResponseFull && u.ids.contains(id)) =>
-            {
-                IdSource::Missing
-            }
-            // The origin's answer says nothing of it (an upstream's partial answer).
+            // The origin's answer says nothing of it (an upstream's partial answer, at the
+            // caller's tier: one to a call at `agent` was asked again at it, step 3).
             None => IdSource::Unanswered,
         }
     });
@@ -635,10 +652,12 @@ impl Fetched {
         }
     }
 
-    /// Adds another call's answer for tiles (an abandoned leader's, or tiles asked again at
-    /// the caller's tier).
+    /// Adds another call's answer (an abandoned leader's, or tiles or ids asked again at the
+    /// caller's tier).
     fn add(&mut self, again: Fetched) {
         self.tiles.extend(again.tiles);
+        self.items.extend(again.items);
+        self.missing.extend(again.missing);
         self.over_limit.extend(again.over_limit);
         self.too_large.extend(again.too_large);
         if let Some(told) = again.unanswered {
@@ -666,6 +685,18 @@ impl Fetched {
         tiles.sort_unstable();
         tiles.dedup();
         tiles
+    }
+
+    /// The ids an upstream's partial answer named, forgotten there (they are asked again).
+    fn forget_ids(&mut self) -> Vec<String> {
+        let Some(u) = &mut self.unanswered else {
+            return Vec::new();
+        };
+        let ids = std::mem::take(&mut u.ids);
+        if u.tiles.is_empty() {
+            self.unanswered = None;
+        }
+        ids
     }
 
     /// Forgets why `tiles` were left out (they are asked again).
@@ -893,6 +924,56 @@ async fn ask_at_callers_tier(
     let over_limit = &app.warmup.over_limit;
     over_limit.found_since(guard, again.epoch, caller, over, until);
     Ok(again)
+}
+
+/// Asks the origin again, at the tier of `caller` (below `agent`), for `ids` an upstream's
+/// partial answer to the call at `agent` named and left out; the items are written back.
+/// A failure, or the request's budget spent, leaves out only these ids, with the failure's
+/// code (as told to the caller).
+async fn ids_at_callers_tier(
+    app: &App,
+    policy: &tilewarm::proxy::policy::Read,
+    ids: Vec<String>,
+    degraded: bool,
+    deadline: &mut OriginDeadline,
+    gens: &Generations,
+    caller: Access,
+) -> Fetched {
+    let ms = match deadline.left_ms(app) {
+        Ok(ms) => ms,
+        Err(spent) => return left_out_ids(spent, ids),
+    };
+    let call = fetch(
+        app,
+        policy,
+        Vec::new(),
+        ids.clone(),
+        degraded,
+        None,
+        ms,
+        gens,
+        (caller, caller),
+    )
+    .await;
+    match call {
+        Ok(mut again) => {
+            again.write_back(app).await;
+            again
+        }
+        Err(failed) => left_out_ids(failed, ids),
+    }
+}
+
+/// `ids` left out because the call for them failed with `failed`: its code and message.
+fn left_out_ids(failed: Refusal, ids: Vec<String>) -> Fetched {
+    let mut out = Fetched::default();
+    out.told(Unanswered {
+        code: failed.code,
+        message: failed.message,
+        tiles: Vec::new(),
+        ids,
+    });
+    out
 }
 
 /// `tiles` left out because the call for them failed with `failed`: its code and message.

@@ -39,8 +39,9 @@
 //!   tilewarm-server's data tile over its `--max-tile-items`, an item over its
 //!   `--max-item-data-bytes`): the requested tiles and ids it names and leaves out are
 //!   passed on as unanswered with its code (its message to `agent` callers only: it was
-//!   asked at `agent` and may count items above a caller's tier; an id it names is `missing`
-//!   below `agent`, its tier unknown), the rest answered ([`super::Answer::unanswered`]);
+//!   asked at `agent` and may count items above a caller's tier; below `agent`, `crate::batch`
+//!   asks the ids it names again at the caller's tier), the rest answered
+//!   ([`super::Answer::unanswered`]);
 //!   tiles or ids it leaves out without naming them are still a 502.
 //!
 //! Counting before paying is not possible here ([`ItemCount::Unknown`]): the upstream

@@ -697,7 +697,9 @@ async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
     a.shutdown().await;
 
     // An upstream whose every payload is over its --max-item-data-bytes: an id it names is
-    // unanswered for an agent (with its reason), `missing` below (its tier is not known).
+    // unanswered for an agent (with its reason); below, it is asked again at the caller's
+    // tier, and what the upstream says there is told: this public item is left out as too
+    // large (it was called `missing`, its tier not known).
     let a = server(Config {
         max_item_data_bytes: 1,
         ..config()
@@ -734,8 +736,9 @@ async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert!(v.get("error").is_none(), "{v}");
-    assert_eq!(v["missing"], serde_json::json!([id]));
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!([id]), "{v}");
+    assert_eq!(v["missing"], serde_json::json!([]), "{v}");
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -820,16 +823,18 @@ async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limi
 /// Ids an upstream's answer had no room for (`response_full`: a tilewarm-server with a
 /// smaller `--max-response-items`) are left out to be asked again, for a caller below
 /// `agent` too, never called `missing` (which says they do not exist: a client forgets
-/// them and its `get` ends with nothing).
+/// them and its `get` ends with nothing). Below `agent` they are asked again at the
+/// caller's tier at once (3 of the 5 left out are answered then), and what that answer
+/// has no room for is left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
     let o = Origin::new(synthetic_city(42, 500)).unwrap();
     let ids: Vec<String> = (o.items().iter())
         .filter(|it| it.access == Access::Public)
-        .take(5)
+        .take(8)
         .map(|it| it.id.clone())
         .collect();
-    assert_eq!(ids.len(), 5);
+    assert_eq!(ids.len(), 8);
     let a = server(Config {
         max_response_items: 3,
         ..config()
@@ -849,10 +854,94 @@ async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
     let r = http.batch(&b, &request(&[], &asked, Access::Public)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 6, "{v}");
     assert_eq!(v["missing"], serde_json::json!([]), "{v}");
     assert_eq!(v["error"]["code"], "response_full", "{v}");
-    assert_eq!(v["error"]["ids"], serde_json::json!(ids[3..]), "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(ids[6..]), "{v}");
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Behind a chained server, a caller below `agent` cannot tell an id above its tier whose
+/// item is over the upstream's `--max-item-data-bytes` from an id that does not exist, by
+/// padding its request until the upstream's answer is full. The server asks the upstream
+/// at `agent`, which left the large item out and folded it into its `response_full` (the
+/// answer had no room for the padding's last id): it was left out here, to be asked again
+/// (and then `missing`), where an id that does not exist was `missing` at once. Ids an
+/// upstream's partial answer names are now asked again at the caller's tier: both are
+/// `missing` at once, the padding answered, the two answers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let b = t.bounds();
+    let item = |id: String, access: Access, data: &str| tilewarm::protocol::Item {
+        id,
+        lon: (b.west + b.east) / 2.0,
+        lat: (b.south + b.north) / 2.0,
+        class: "active".into(),
+        access,
+        ttl: None,
+        data: serde_json::value::to_raw_value(data).unwrap(),
+    };
+    let mut items: Vec<_> = (0..8)
+        .map(|i| item(format!("pad-{i}"), Access::Public, "small"))
+        .collect();
+    items.push(item("secret".into(), Access::Agent, &"x".repeat(200)));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 3,
+            max_item_data_bytes: 100,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-large-id-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    // The probe first, then four padding ids (their own each time, none cached here): the
+    // upstream's answer at `agent` has room for three.
+    let mut answers = Vec::new();
+    for (probe, pad) in [("secret", 0), ("nope", 4)] {
+        let pads: Vec<String> = (pad..pad + 4).map(|i| format!("pad-{i}")).collect();
+        let mut asked = vec![probe];
+        asked.extend(pads.iter().map(String::as_str));
+        let r = public
+            .batch(&b, &request(&[], &asked, Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let mut got: Vec<String> = (v["items"].as_array().unwrap().iter())
+            .map(|it| it["id"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let error = v.get("error").cloned();
+        answers.push((got == pads, v["missing"].clone(), error));
+    }
+    // Before: (false, [], response_full naming "secret" and pad-3) for the large item,
+    // (false, ["nope"], response_full naming pad-7) for none.
+    assert_eq!(
+        answers,
+        [
+            (true, serde_json::json!(["secret"]), None),
+            (true, serde_json::json!(["nope"]), None)
+        ]
+    );
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
