@@ -42,7 +42,9 @@
 //!   item over its `--max-item-data-bytes`, or no room in its answer) are asked of it
 //!   again at the tier of a caller below `agent` (one more origin call), and what it says
 //!   there is told: an id above the caller's tier is `missing`, as one that does not
-//!   exist, however full the answer at `agent` was.
+//!   exist, however full the answer at `agent` was. So are the data tiles it had no room
+//!   for (`response_full`), with those over the limit (above: single flight by tile and
+//!   tier): whether they fit at `agent` depends on the items above the caller's tier.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -398,12 +400,21 @@ pub async fn answer(
     let guard = &app.invalidation.guard;
     let over_limit = &app.warmup.over_limit;
     over_limit.found_since(guard, epoch, Access::Agent, over, until);
-    if caller < Access::Agent && !too_large_at_top.is_empty() {
-        fetched.forget_tiles(&too_large_at_top);
+    // So are, below `agent`, the data tiles an upstream's answer at `agent` had no room for
+    // (`response_full`): whether they fit there depends on the items above the caller's
+    // tier it held; left out, they told a caller padding its request how many there were.
+    let mut again_at_caller = too_large_at_top;
+    if caller < Access::Agent {
+        again_at_caller.extend(fetched.no_room_at_top().filter(|&t| policy.cacheable(t)));
+        again_at_caller.sort_unstable();
+        again_at_caller.dedup();
+    }
+    if caller < Access::Agent && !again_at_caller.is_empty() {
+        fetched.forget_tiles(&again_at_caller);
         let again = at_callers_tier(
             app,
             &policy,
-            &too_large_at_top,
+            &again_at_caller,
             degraded,
             &mut deadline,
             &read.gens,
@@ -697,6 +708,14 @@ impl Fetched {
             self.unanswered = None;
         }
         ids
+    }
+
+    /// The tiles an upstream's partial answer left out for want of room in it
+    /// (`response_full`; it was asked at `agent`).
+    fn no_room_at_top(&self) -> impl Iterator<Item = TileId> + '_ {
+        (self.unanswered.iter())
+            .filter(|u| u.code == ErrorCode::ResponseFull)
+            .flat_map(|u| u.tiles.iter().copied())
     }
 
     /// Forgets why `tiles` were left out (they are asked again).

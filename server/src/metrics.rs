@@ -80,8 +80,8 @@ pub struct Metrics {
     pub origin_calls_warmup: AtomicU64,
     /// Items the origin returned, over all calls.
     pub origin_items: AtomicU64,
-    /// Data tiles over `--max-tile-items` at `agent` asked again at a caller's tier below it
-    /// (`crate::batch`).
+    /// Data tiles over `--max-tile-items` at `agent`, or an upstream's answer at `agent` had
+    /// no room for, asked again at a caller's tier below it (`crate::batch`).
     pub tiles_asked_at_caller_tier: AtomicU64,
     pub warmup_enqueued: AtomicU64,
     pub warmup_dropped: AtomicU64,
@@ -351,7 +351,7 @@ fn read_app(app: &App, s: &mut Scrape) {
     );
     s.counter(
         "tilewarm_origin_tiles_asked_at_caller_tier",
-        "Data tiles over --max-tile-items at agent asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there).",
+        "Data tiles over --max-tile-items at agent, or an upstream's answer at agent had no room for (response_full), asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there).",
         &m.tiles_asked_at_caller_tier,
     );
     s.counter(

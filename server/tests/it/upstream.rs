@@ -543,8 +543,9 @@ async fn items_listed_under_a_tile_they_do_not_lie_in_are_dropped_before_the_cac
 /// tier (as PostGIS reads them at it), so the `public` caller gets its answer; and a
 /// answer of B's `agent` call that A could not fit in one (data tiles holding too many
 /// items at `agent`: `response_full`) reaches a caller below `agent` without A's message,
-/// and the rest is answered when asked again. Fails without the fix (a 400 naming the
-/// `agent` count, then A's message passed on).
+/// and the rest is answered when asked again (below `agent`, B asks A for it again at the
+/// caller's tier at once). Fails without the fix (a 400 naming the `agent` count, then A's
+/// message passed on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it() {
     let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
@@ -590,9 +591,10 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
         )
     });
     assert!(g > public && p <= public, "{p} <= {public} < {g}");
-    // A answers what fits at `agent` and leaves the rest out (`response_full`, which B
-    // passes on: A's message to an agent, only the code below); asked again, the rest is
-    // answered, so every caller gets the whole block in a few requests.
+    // A answers what fits at `agent` and leaves the rest out (`response_full`: A's message
+    // to an agent, only the code below, where B asks A for the rest again at the caller's
+    // tier at once); asked again, the rest is answered, so every caller gets the whole
+    // block in a few requests.
     // (A's message names no count: what did not fit, and the bounds.)
     for tier in [
         Access::Public,
@@ -623,9 +625,15 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
                 "{tier}: {m}"
             );
         }
-        // The first asks A; B's tier serves the others what it wrote back (at `agent`).
+        // The first asks A; B's tier serves the others what it wrote back (at `agent`, or
+        // at `public` for what A asked again had no room for at `agent`). The block's
+        // public items fit one answer of A's: how many of its items are above `public`
+        // (they filled A's answer at `agent`) costs a public caller no request more.
         if tier == Access::Public {
-            assert!(rounds > 1, "{tier}: the block fits in one answer");
+            assert_eq!(
+                rounds, 1,
+                "{tier}: the block is not answered in one request"
+            );
         }
         answered.sort();
         let mut want = block.clone();
@@ -942,6 +950,82 @@ async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() 
             (true, serde_json::json!(["nope"]), None)
         ]
     );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same with tiles: whether a data tile fits in the upstream's answer at `agent` after
+/// the caller's others depends on the items above the caller's tier those hold. A tile
+/// with four `agent` items and a public one, asked with a tile of two public items, filled
+/// an upstream answer of 5 items and left the second out (`response_full`) where a tile
+/// with the public item alone did not: a public caller learned how many items above its
+/// tier a tile holds. A tile an upstream's answer at `agent` had no room for is now asked
+/// again at the caller's tier: both answers whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_full_an_upstreams_answer_at_agent_was_is_not_told_below_it() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let tiles: Vec<tilewarm::TileId> = (0..4).map(|i| t.offset(i, 0).unwrap()).collect();
+    let item = |id: String, tile: tilewarm::TileId, access: Access| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        }
+    };
+    // tiles[0]: a public item and four agent ones; tiles[2]: the public item alone; tiles[1]
+    // and tiles[3]: two public items each (the padding).
+    let mut items = vec![
+        item("probe-0".into(), tiles[0], Access::Public),
+        item("probe-2".into(), tiles[2], Access::Public),
+    ];
+    items.extend((0..4).map(|i| item(format!("agent-{i}"), tiles[0], Access::Agent)));
+    for p in [1, 3] {
+        items.extend((0..2).map(|i| item(format!("pad-{p}-{i}"), tiles[p], Access::Public)));
+    }
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 5,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-full-tiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for pair in tiles.chunks(2) {
+        let r = public.batch(&b, &request(pair, &[], Access::Public)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        answers.push((lists, v.get("error").cloned()));
+    }
+    // Before: ([1], response_full naming tiles[1]) for the first pair, ([1, 2], none) for
+    // the second.
+    assert_eq!(answers, [(vec![1, 2], None), (vec![1, 2], None)]);
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
