@@ -61,7 +61,7 @@ use tilewarm::tile::TileId;
 
 use crate::admission::{HeldSlot, OriginWait};
 use crate::origin::{CallSource, ItemBound, OriginFailure};
-use crate::single_flight::{Followed, LeftOut, TileAnswer};
+use crate::single_flight::{Followed, Lead, LeftOut, TileAnswer};
 use crate::tier::{now_ms, ttl_left_s, Fill, Generations, StoredItem, TierRead};
 use crate::App;
 
@@ -301,7 +301,7 @@ pub async fn answer(
             limit: max,
         });
         // A budget already spent refuses here, the lead unpublished: its followers have
-        // budgets of their own and fetch those tiles themselves (`Followed::Abandoned`).
+        // budgets of their own and claim those tiles again (`Followed::Abandoned`).
         let ms = deadline.left_ms(app)?;
         let call = fetch(
             app,
@@ -322,62 +322,56 @@ pub async fn answer(
                 fetched.write_back(app).await;
             }
             Err(refusal) => {
-                // The requests following its data tiles share a refusal that says the
-                // backend cannot answer now (asking again would only add load). One about
-                // this request's own call (its direct tiles over the limit, an upstream's
-                // 4xx about its ids) is no answer for them, and its message may name what
-                // this request asked: the lead goes unpublished and they fetch those tiles
-                // themselves (`Followed::Abandoned`). So does a timeout of a call this
-                // request gave less than `--origin-timeout-ms` (its count took the rest):
-                // that says little of the origin, and the followers' budgets are their own.
-                let cut_short = ms != app.config.origin_timeout_ms;
-                let timed_out = refusal.code == ErrorCode::UpstreamTimeout;
-                if backend_unavailable(refusal.code) && !(timed_out && cut_short) {
-                    lead.fail(&for_followers(&refusal));
-                }
+                share_failure(&lead, &refusal, ms != app.config.origin_timeout_ms);
                 return Err(refusal);
             }
         }
     }
     // The led tiles are written: followers from now on read them from the tier.
     drop(lead);
-    let mut abandoned = Vec::new();
-    for f in follows {
-        let tile = f.tile;
-        let followed = match deadline.left(app)? {
-            None => f.wait().await,
-            Some(left) => tokio::time::timeout(left, f.wait())
-                .await
-                .map_err(|_| deadline.spent(app))?,
-        };
-        match followed {
-            Followed::Answer(Some(list)) => {
-                fetched.tiles.insert(tile, list);
+    let mut follows = follows;
+    while !follows.is_empty() {
+        let mut abandoned = Vec::new();
+        for f in follows {
+            let tile = f.tile;
+            let followed = match deadline.left(app)? {
+                None => f.wait().await,
+                Some(left) => tokio::time::timeout(left, f.wait())
+                    .await
+                    .map_err(|_| deadline.spent(app))?,
+            };
+            match followed {
+                Followed::Answer(Some(list)) => {
+                    fetched.tiles.insert(tile, list);
+                }
+                Followed::Answer(None) => {}
+                // Reported as the leader reports it (`Fetched::for_followers`).
+                Followed::LeftOut(why) => fetched.left_out(why),
+                Followed::Failed(refusal) => return Err(refusal),
+                Followed::Abandoned => abandoned.push(tile),
             }
-            Followed::Answer(None) => {}
-            // Reported as the leader reports it (`Fetched::for_followers`).
-            Followed::LeftOut(why) => fetched.left_out(why),
-            Followed::Failed(refusal) => return Err(refusal),
-            Followed::Abandoned => abandoned.push(tile),
         }
-    }
-    if !abandoned.is_empty() {
-        // Their leader went away unanswered (its caller hung up): ask for them here.
-        let ms = deadline.left_ms(app)?;
-        let mut again = fetch(
-            app,
-            &policy,
-            abandoned,
-            Vec::new(),
-            degraded,
-            None,
-            ms,
-            &read.gens,
-            (Access::Agent, caller),
-        )
-        .await?;
-        again.write_back(app).await;
-        fetched.add(again);
+        // Their leader went away unanswered (its caller hung up): claimed again, the first
+        // of its followers to do so asks for them, the others follow it.
+        let (lead, more) = app.single_flight.claim(&abandoned, Access::Agent);
+        let led = lead.tiles();
+        if !led.is_empty() {
+            let ms = deadline.left_ms(app)?;
+            let gens = &read.gens;
+            let at = (Access::Agent, caller);
+            match fetch(app, &policy, led, Vec::new(), degraded, None, ms, gens, at).await {
+                Ok(mut again) => {
+                    lead.publish(|t| again.for_followers(t));
+                    again.write_back(app).await;
+                    fetched.add(again);
+                }
+                Err(refusal) => {
+                    share_failure(&lead, &refusal, ms != app.config.origin_timeout_ms);
+                    return Err(refusal);
+                }
+            }
+        }
+        follows = more;
     }
     // A data tile over --max-tile-items at `agent` (asked there so that one list serves
     // every tier) may hold at most that many items a caller below `agent` may see: it is
@@ -836,65 +830,73 @@ async fn at_callers_tier(
     gens: &Generations,
     caller: Access,
 ) -> Fetched {
-    let (lead, follows) = app.single_flight.claim(tiles, caller);
     let mut out = Fetched::default();
-    let led = lead.tiles();
-    if !led.is_empty() {
-        match ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await {
-            Ok(mut again) => {
-                lead.publish(|t| again.for_followers(t));
-                again.write_back(app).await;
-                out.add(again);
-            }
-            Err((failed, cut_short)) => {
-                // Shared as at `agent` (step 3 of `answer`).
-                let timed_out = failed.code == ErrorCode::UpstreamTimeout;
-                if backend_unavailable(failed.code) && !(timed_out && cut_short) {
-                    lead.fail(&for_followers(&failed));
-                }
-                out.told(left_out_by(failed, led));
-            }
-        }
-    }
-    drop(lead);
-    let mut abandoned = Vec::new();
     // Out of time, the rest is left out with the one 504 (counted once).
     let mut spent: Option<Refusal> = None;
-    for f in follows {
-        let tile = f.tile;
-        let left = match &spent {
-            Some(refusal) => Err(refusal.clone()),
-            None => deadline.left(app),
-        };
-        let followed = match left {
-            Err(refusal) => Followed::Failed(spent.insert(refusal).clone()),
-            Ok(None) => f.wait().await,
-            Ok(Some(left)) => match tokio::time::timeout(left, f.wait()).await {
-                Ok(followed) => followed,
-                Err(_) => Followed::Failed(spent.insert(deadline.spent(app)).clone()),
-            },
-        };
-        match followed {
-            Followed::Answer(Some(list)) => {
-                out.tiles.insert(tile, list);
+    // Tiles whose leader went away unanswered are claimed again, in another round: the
+    // first of its followers to do so asks for them, the others follow it.
+    let mut tiles = tiles.to_vec();
+    while !tiles.is_empty() {
+        let (lead, follows) = app.single_flight.claim(&tiles, caller);
+        let led = lead.tiles();
+        if let (false, Some(refusal)) = (led.is_empty(), &spent) {
+            out.told(left_out_by(refusal.clone(), led));
+        } else if !led.is_empty() {
+            match ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await {
+                Ok(mut again) => {
+                    lead.publish(|t| again.for_followers(t));
+                    again.write_back(app).await;
+                    out.add(again);
+                }
+                Err((failed, cut_short)) => {
+                    share_failure(&lead, &failed, cut_short);
+                    out.told(left_out_by(failed, led));
+                }
             }
-            Followed::Answer(None) => {}
-            Followed::LeftOut(why) => out.left_out(why),
-            Followed::Failed(failed) => out.told(left_out_by(failed, vec![tile])),
-            Followed::Abandoned => abandoned.push(tile),
         }
-    }
-    if !abandoned.is_empty() {
-        // Their leader went away unanswered: asked here.
-        match ask_at_callers_tier(app, policy, &abandoned, degraded, deadline, gens, caller).await {
-            Ok(mut again) => {
-                again.write_back(app).await;
-                out.add(again);
+        drop(lead);
+        tiles = Vec::new();
+        for f in follows {
+            let tile = f.tile;
+            let left = match &spent {
+                Some(refusal) => Err(refusal.clone()),
+                None => deadline.left(app),
+            };
+            let followed = match left {
+                Err(refusal) => Followed::Failed(spent.insert(refusal).clone()),
+                Ok(None) => f.wait().await,
+                Ok(Some(left)) => match tokio::time::timeout(left, f.wait()).await {
+                    Ok(followed) => followed,
+                    Err(_) => Followed::Failed(spent.insert(deadline.spent(app)).clone()),
+                },
+            };
+            match followed {
+                Followed::Answer(Some(list)) => {
+                    out.tiles.insert(tile, list);
+                }
+                Followed::Answer(None) => {}
+                Followed::LeftOut(why) => out.left_out(why),
+                Followed::Failed(failed) => out.told(left_out_by(failed, vec![tile])),
+                Followed::Abandoned => tiles.push(tile),
             }
-            Err((failed, _)) => out.told(left_out_by(failed, abandoned)),
         }
     }
     out
+}
+
+/// Hands the requests following `lead`'s data tiles the refusal its origin call ended in,
+/// when it says the backend cannot answer now (asking again would only add load). One about
+/// the leader's own call (its direct tiles over the limit, an upstream's 4xx about its ids)
+/// is no answer for them, and its message may name what the leader asked: the lead goes
+/// unpublished and they claim those tiles again (`Followed::Abandoned`). So does a timeout
+/// of a call `cut_short` (given less than `--origin-timeout-ms`, what was left of the
+/// leader's budget): that says little of the origin, and the followers' budgets are their
+/// own.
+fn share_failure(lead: &Lead<'_>, refusal: &Refusal, cut_short: bool) {
+    let timed_out = refusal.code == ErrorCode::UpstreamTimeout;
+    if backend_unavailable(refusal.code) && !(timed_out && cut_short) {
+        lead.fail(&for_followers(refusal));
+    }
 }
 
 /// The call of [`at_callers_tier`]: its answer, or its refusal and whether the call had

@@ -14,8 +14,10 @@
 //! until the [`Lead`] is dropped, after its write-back: a request that arrives meanwhile
 //! follows the published answer instead of reading a tier that is not written yet. A
 //! leader that goes away without publishing (its client hung up and the request was
-//! dropped) leaves its followers [`Followed::Abandoned`]: they fetch those tiles
-//! themselves.
+//! dropped) leaves its followers [`Followed::Abandoned`]: each claims those tiles again
+//! (`crate::batch`, once it has the word of every tile it followed, so that it never
+//! leads a tile while it waits for another), so the first to do so leads them and the
+//! others follow it: one origin call again, not one per follower.
 //!
 //! An invalidation [`SingleFlight::forget`]s the flights of the tiles it covers (all of
 //! them for one naming ids or classes, whose tiles are not known there): their
@@ -77,20 +79,25 @@ impl LeftOut {
 /// What a leader published for one tile.
 type Published = Option<Arc<Result<Result<TileAnswer, LeftOut>, Refusal>>>;
 
-/// The tiles being fetched now, by the tier they are asked at, each with the channel its
-/// leader publishes on and the number of its flight (so that a leader lets go of its own
-/// flight only, not of a later one after [`SingleFlight::forget`]).
+/// The tiles being fetched now, by the tier they are asked at.
 #[derive(Default)]
 pub struct SingleFlight {
     tiles: Mutex<Flights>,
-    /// Requests waiting for a leader now, by the tier asked at ([`Self::following`]).
-    following: [AtomicUsize; Access::ALL.len()],
 }
 
 #[derive(Default)]
 struct Flights {
-    by_tile: HashMap<(TileId, Access), (u64, watch::Receiver<Published>)>,
+    by_tile: HashMap<(TileId, Access), Flight>,
     next: u64,
+}
+
+/// One tile's fetch at one tier: the number of the flight (so that a leader lets go of its
+/// own flight only, not of a later one after [`SingleFlight::forget`]), the channel its
+/// leader publishes on, and how many requests follow it now.
+struct Flight {
+    n: u64,
+    rx: watch::Receiver<Published>,
+    followers: Arc<AtomicUsize>,
 }
 
 /// The tiles a request leads: it asks the origin for them and publishes the answer.
@@ -102,10 +109,11 @@ pub struct Lead<'a> {
 }
 
 /// A tile another request is fetching.
-pub struct Follow<'a> {
+pub struct Follow {
     pub tile: TileId,
     rx: watch::Receiver<Published>,
-    following: &'a AtomicUsize,
+    /// The flight's count of its followers.
+    followers: Arc<AtomicUsize>,
 }
 
 /// What a followed tile's leader said.
@@ -116,14 +124,14 @@ pub enum Followed {
     LeftOut(LeftOut),
     /// The leader's origin call failed with this refusal.
     Failed(Refusal),
-    /// The leader went away without an answer: fetch the tile yourself.
+    /// The leader went away without an answer: claim the tile again.
     Abandoned,
 }
 
 impl SingleFlight {
     /// Claims `tiles` (each once) to be asked at tier `at`: those nobody is fetching at
     /// `at` are led, the others followed.
-    pub fn claim(&self, tiles: &[TileId], at: Access) -> (Lead<'_>, Vec<Follow<'_>>) {
+    pub fn claim(&self, tiles: &[TileId], at: Access) -> (Lead<'_>, Vec<Follow>) {
         let mut map = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
         let mut lead = Lead {
             flight: self,
@@ -131,22 +139,22 @@ impl SingleFlight {
             senders: Vec::new(),
         };
         let mut follow = Vec::new();
-        let following = &self.following[at as usize];
         for &t in tiles {
             match map.by_tile.get(&(t, at)) {
-                Some((_, rx)) => {
-                    following.fetch_add(1, Relaxed);
+                Some(flight) => {
+                    flight.followers.fetch_add(1, Relaxed);
                     follow.push(Follow {
                         tile: t,
-                        rx: rx.clone(),
-                        following,
+                        rx: flight.rx.clone(),
+                        followers: Arc::clone(&flight.followers),
                     });
                 }
                 None => {
                     let (tx, rx) = watch::channel(None);
                     map.next += 1;
                     let n = map.next;
-                    map.by_tile.insert((t, at), (n, rx));
+                    let followers = Arc::default();
+                    map.by_tile.insert((t, at), Flight { n, rx, followers });
                     lead.senders.push((t, n, tx));
                 }
             }
@@ -163,9 +171,14 @@ impl SingleFlight {
     }
 
     /// Followed tiles whose leader's call (at tier `at`) is still awaited: each request's
-    /// each such tile once, until it has the leader's word.
+    /// each such tile once, until it has the leader's word. Only flights in the table count:
+    /// not the followers of a leader that went away, nor of a flight forgotten.
     pub fn following(&self, at: Access) -> usize {
-        self.following[at as usize].load(Relaxed)
+        let map = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
+        (map.by_tile.iter())
+            .filter(|((_, a), _)| *a == at)
+            .map(|(_, f)| f.followers.load(Relaxed))
+            .sum()
     }
 
     /// Tiles in flight now.
@@ -209,20 +222,20 @@ impl Drop for Lead<'_> {
         for &(t, n, _) in &self.senders {
             // Its own flight only: after `forget` the tile may be another lead's.
             let key = (t, self.at);
-            if map.by_tile.get(&key).is_some_and(|(m, _)| *m == n) {
+            if map.by_tile.get(&key).is_some_and(|f| f.n == n) {
                 map.by_tile.remove(&key);
             }
         }
     }
 }
 
-impl Drop for Follow<'_> {
+impl Drop for Follow {
     fn drop(&mut self) {
-        self.following.fetch_sub(1, Relaxed);
+        self.followers.fetch_sub(1, Relaxed);
     }
 }
 
-impl Follow<'_> {
+impl Follow {
     /// Waits for the leader (whose origin call is bounded by the origin timeout).
     pub async fn wait(mut self) -> Followed {
         match self.rx.wait_for(Option::is_some).await {
@@ -295,9 +308,24 @@ mod tests {
         drop(lead);
         let (lead, _) = f.claim(&[t(1)], A);
         let (_, follow) = f.claim(&[t(1)], A);
+        let (_, follow2) = f.claim(&[t(1)], A);
+        assert_eq!(f.following(A), 2);
         drop(lead);
+        assert_eq!(
+            f.following(A),
+            0,
+            "the followers of a leader gone are counted"
+        );
         let got = follow.into_iter().next().unwrap().wait().await;
         assert!(matches!(got, Followed::Abandoned));
+        // Claimed again: the first follower to do so leads, the next follows it.
+        let (again, none) = f.claim(&[t(1)], A);
+        assert_eq!((again.tiles(), none.len()), (vec![t(1)], 0));
+        let got = follow2.into_iter().next().unwrap().wait().await;
+        assert!(matches!(got, Followed::Abandoned));
+        let (none, follow) = f.claim(&[t(1)], A);
+        assert_eq!((none.tiles().len(), follow.len()), (0, 1));
+        assert_eq!(f.following(A), 1);
     }
 
     /// A tile is followed only at the tier it is asked at (a call at `agent` is no answer

@@ -1981,6 +1981,108 @@ async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_
     s.shutdown().await;
 }
 
+/// An origin over `city` (out of process as far as the server can tell) that records the
+/// tier of every call and holds those asked at `gated` until `gate` has a permit (one each).
+struct GatedAt {
+    city: Origin<RawData>,
+    gated: Access,
+    gate: Arc<tokio::sync::Semaphore>,
+    asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
+}
+
+impl Scripted for GatedAt {
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        self.asked_at.lock().unwrap().push(request.access);
+        Box::pin(async move {
+            if request.access == self.gated {
+                self.gate.acquire().await.unwrap().forget();
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+}
+
+/// A request leading the call for a data tile (at `agent`, or at its own tier for a tile
+/// over `--max-tile-items` at `agent`) whose client hangs up leaves the requests following
+/// it the tile: the first of them to claim it again leads it, the others follow, one
+/// origin call again. Before, each follower asked the origin itself: three calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_followers_of_a_leader_that_went_away_share_one_call_again() {
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    for tier in [Access::Public, Access::Agent] {
+        let city = Origin::new(items_in_tile(
+            t,
+            &[(Access::Public, 4), (Access::Agent, 30)],
+        ))
+        .unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
+        let backend = GatedAt {
+            city,
+            gated: tier,
+            gate: Arc::clone(&gate),
+            asked_at: Arc::clone(&asked_at),
+        };
+        // Public: the tile is over the limit at `agent`, asked again at `public`.
+        let c = common::Config {
+            warmup_ring: 0,
+            max_tile_items: if tier == Access::Agent { 100 } else { 10 },
+            ..config()
+        };
+        let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
+            .await
+            .unwrap();
+        let asked = || {
+            asked_at
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&a| a == tier)
+                .count()
+        };
+        let token = common::token_for(tier);
+        let body = request(&[t], &[], tier);
+        // The leader, on a connection of its own to hang up.
+        let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+        use std::io::Write;
+        write!(
+            conn,
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        assert!(eventually(Duration::from_secs(20), || asked() == 1).await);
+        let http = Http::with_token(Some(token.clone()));
+        let n = 3;
+        let replies = tokio::join!(
+            futures_join_all((0..n).map(|_| http.batch(&s, &body)).collect()),
+            async {
+                let flight = &s.app.single_flight;
+                assert!(eventually(Duration::from_secs(20), || flight.following(tier) == n).await);
+                drop(conn);
+                // Its flight gone, each follower leads the tile or follows the one that does
+                // (each asks without the fix); then the gate opens.
+                let settled = || asked() >= 2 && asked() - 1 + flight.following(tier) == n;
+                assert!(eventually(Duration::from_secs(20), settled).await, "{tier}");
+                gate.add_permits(2 * n);
+            }
+        )
+        .0;
+        for r in replies {
+            assert_eq!(r.status, 200, "{tier}: {}", r.text());
+            let v = r.json();
+            let want = if tier == Access::Agent { 34 } else { 4 };
+            assert_eq!(v["tiles"][0]["ids"].as_array().unwrap().len(), want, "{v}");
+        }
+        assert_eq!(asked(), 2, "{tier}: asked again by each follower");
+        s.shutdown().await;
+    }
+}
+
 /// A data tile over `--max-tile-items` even at the caller's tier is remembered at that
 /// tier for a tile TTL: the next request at it is told `payload_too_large` at once, with no
 /// origin call (each cost two, at `agent` and at its tier). What is remembered for one tier
