@@ -441,6 +441,9 @@ pub async fn answer(
         }
     }
     // Those left out at once, as found before (neither asked again nor remembered anew).
+    app.metrics
+        .tiles_over_limit_remembered
+        .fetch_add(remembered.len() as u64, Relaxed);
     for why in remembered {
         fetched.left_out(why);
     }

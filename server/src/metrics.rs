@@ -83,6 +83,10 @@ pub struct Metrics {
     /// Data tiles over `--max-tile-items` at `agent`, or an upstream's answer at `agent` had
     /// no room for, asked again at a caller's tier below it (`crate::batch`).
     pub tiles_asked_at_caller_tier: AtomicU64,
+    /// Requested data tiles left out at once as over `--max-tile-items` at the caller's
+    /// tier, from what was found so within the tile TTL (`crate::warmup::OverLimit`): no
+    /// origin call.
+    pub tiles_over_limit_remembered: AtomicU64,
     pub warmup_enqueued: AtomicU64,
     pub warmup_dropped: AtomicU64,
     /// Planned warm-up tiles already in the cache tier (or being warmed), so skipped.
@@ -353,6 +357,11 @@ fn read_app(app: &App, s: &mut Scrape) {
         "tilewarm_origin_tiles_asked_at_caller_tier",
         "Data tiles over --max-tile-items at agent, or an upstream's answer at agent had no room for (response_full), asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there).",
         &m.tiles_asked_at_caller_tier,
+    );
+    s.counter(
+        "tilewarm_tiles_over_limit_remembered",
+        "Requested data tiles answered payload_too_large at once, with no origin call: found over --max-tile-items at the caller's tier within the tile TTL, and not invalidated since.",
+        &m.tiles_over_limit_remembered,
     );
     s.counter(
         "tilewarm_origin_items",

@@ -69,7 +69,8 @@ pub const MAX_OVER_LIMIT_TILES: usize = 4096;
 ///   could be cached, and the back-off of [`WarmTries`] (at most a minute) would ask
 ///   again many times within a TTL, each a full origin read of a dense tile.
 /// - The request path leaves a tile out at once, with no origin call, for a caller at the
-///   tier it was found over the limit at (`crate::batch`). Only at that tier: a tile over
+///   tier it was found over the limit at (`crate::batch`;
+///   `tilewarm_tiles_over_limit_remembered_total`). Only at that tier: a tile over
 ///   the limit for a `verified` caller may be within it for a `public` one, and saying it
 ///   is over to the public caller would tell of items above its tier.
 #[derive(Default)]

@@ -2121,21 +2121,29 @@ async fn a_tile_over_the_limit_at_the_callers_tier_is_remembered_at_that_tier_on
     };
     let at_verified = "16 items a \"verified\" caller may see";
     let ask = request(&[t], &[], Access::Verified);
+    // Tiles told over the limit from what was found before (`OverLimit`).
+    let told = || s.app.metrics.tiles_over_limit_remembered.load(Relaxed);
     over(verified.batch(&s, &ask).await, at_verified);
-    assert_eq!(backend.asked(t), 2);
+    assert_eq!((backend.asked(t), told()), (2, 0));
     over(verified.batch(&s, &ask).await, at_verified);
     assert_eq!(backend.asked(t), 2, "asked again at agent and at verified");
+    assert_eq!(told(), 1);
     // Found over the limit at `agent` by the same call: an agent is told at once too.
     let agent = Http::new()
         .batch(&s, &request(&[t], &[], Access::Agent))
         .await;
     over(agent, "46 items at the origin");
-    assert_eq!(backend.asked(t), 2);
+    assert_eq!((backend.asked(t), told()), (2, 2));
     // Public: asked (at agent, then at its tier) and served.
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let r = public.ok(&s, &request(&[t], &[], Access::Public)).await;
     assert_eq!(r.tiles[0].ids.len(), 4);
-    assert_eq!(backend.asked(t), 4);
+    assert_eq!((backend.asked(t), told()), (4, 2));
+    let text = tilewarm_server::metrics::render(&s.app);
+    assert!(
+        text.contains("tilewarm_tiles_over_limit_remembered_total 2\n"),
+        "{text}"
+    );
     // Invalidated: asked again.
     let inv = tilewarm::protocol::Invalidation {
         tiles: vec![t],
