@@ -842,19 +842,24 @@ async fn at_callers_tier(
     while !tiles.is_empty() {
         let (lead, follows) = app.single_flight.claim(&tiles, caller);
         let led = lead.tiles();
-        if let (false, Some(refusal)) = (led.is_empty(), &spent) {
-            out.told(left_out_by(refusal.clone(), led));
-        } else if !led.is_empty() {
-            match ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await {
-                Ok(mut again) => {
-                    lead.publish(|t| again.for_followers(t));
-                    again.write_back(app).await;
-                    out.add(again);
-                }
-                Err((failed, cut_short)) => {
-                    share_failure(&lead, &failed, cut_short);
-                    out.told(left_out_by(failed, led));
-                }
+        let call = match &spent {
+            _ if led.is_empty() => None,
+            // Out of time in an earlier round: not asked (its followers claim it again).
+            Some(refusal) => Some(Err((refusal.clone(), true))),
+            None => {
+                Some(ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await)
+            }
+        };
+        match call {
+            None => {}
+            Some(Ok(mut again)) => {
+                lead.publish(|t| again.for_followers(t));
+                again.write_back(app).await;
+                out.add(again);
+            }
+            Some(Err((failed, cut_short))) => {
+                share_failure(&lead, &failed, cut_short);
+                out.told(left_out_by(failed, led));
             }
         }
         drop(lead);
