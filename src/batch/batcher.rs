@@ -433,7 +433,7 @@ impl Batcher {
     ///   value is `true`: each such round answers something more, so it cannot loop. One
     ///   that answered nothing is handled as any answer leaving tiles out.
     /// - Any other code: what it left out failed as a whole answer with that code
-    ///   ([`Failure::left_out`]: its status) would have. The server (or the edge, for its
+    ///   (`Failure::left_out`: its status) would have. The server (or the edge, for its
     ///   origin) shed load ([`ErrorCode::Overloaded`], [`ErrorCode::RateLimited`],
     ///   [`ErrorCode::UpstreamTimeout`]: 503, 429, 504) or its origin failed
     ///   ([`ErrorCode::UpstreamError`], 502): that counts towards the breaker instead of
