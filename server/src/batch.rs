@@ -386,9 +386,12 @@ pub async fn answer(
         .collect();
     // Remembered for a tile TTL: warm-up (which asks at `agent`) skips them, and an agent
     // caller is told at once.
+    // Each for its own reason: a tile another call left out for another reason (shed load,
+    // no room) is merged under the first reason of the answer (`Fetched::told`), and is not
+    // over the limit.
     let over: Vec<(TileId, LeftOut)> = too_large_at_top
         .iter()
-        .filter_map(|&t| fetched.for_followers(t).err().map(|why| (t, why)))
+        .filter_map(|&t| fetched.over_reason(t).map(|why| (t, why)))
         .collect();
     let until = now_ms().saturating_add(app.tile_ttl_ms);
     let guard = &app.invalidation.guard;
@@ -608,6 +611,10 @@ struct Fetched {
     too_large: Vec<tilewarm::protocol::DataTooLarge>,
     /// What an upstream's partial answer left out, and why.
     unanswered: Option<Unanswered>,
+    /// What upstreams' partial answers left out as `payload_too_large`, each answer's own
+    /// (`unanswered` holds every call's under the first reason): what is remembered over
+    /// the limit ([`Fetched::over_reason`]).
+    told_too_large: Vec<Unanswered>,
     fill: Option<Fill>,
     epoch: u64,
 }
@@ -640,6 +647,16 @@ impl Fetched {
         }
     }
 
+    /// Why data tile `t` was left out as over `--max-tile-items` (this server's count, or
+    /// an upstream's `payload_too_large` for it, not another reason merged with one).
+    fn over_reason(&self, t: TileId) -> Option<LeftOut> {
+        if let Some(over) = self.over_limit.iter().find(|o| o.tile == t) {
+            return Some(LeftOut::OverLimit(*over));
+        }
+        let u = self.told_too_large.iter().find(|u| u.tiles.contains(&t))?;
+        Some(LeftOut::told(u, t))
+    }
+
     /// Adds a tile left out for `why` (by a leader's call, or found so before).
     fn left_out(&mut self, why: LeftOut) {
         match why {
@@ -651,6 +668,14 @@ impl Fetched {
     /// Adds what an upstream's partial answer left out (another call's, or a leader's for
     /// a followed tile): its tiles and ids; the first reason stands.
     fn told(&mut self, told: Unanswered) {
+        if told.code == ErrorCode::PayloadTooLarge {
+            self.told_too_large.push(told.clone());
+        }
+        self.merge_told(told);
+    }
+
+    /// [`Fetched::told`] of what is recorded in `told_too_large` already.
+    fn merge_told(&mut self, told: Unanswered) {
         match &mut self.unanswered {
             Some(u) => {
                 u.tiles.extend(told.tiles);
@@ -668,8 +693,9 @@ impl Fetched {
         self.missing.extend(again.missing);
         self.over_limit.extend(again.over_limit);
         self.too_large.extend(again.too_large);
+        self.told_too_large.extend(again.told_too_large);
         if let Some(told) = again.unanswered {
-            self.told(told);
+            self.merge_told(told);
         }
     }
 
@@ -805,6 +831,11 @@ async fn fetch(
     fill.tiles.retain(|(t, _, _)| policy.cacheable(*t));
     fill.gens = gens.clone();
     fill.fetched_at = at;
+    let told_too_large = unanswered
+        .iter()
+        .filter(|u| u.code == ErrorCode::PayloadTooLarge)
+        .cloned()
+        .collect();
     Ok(Fetched {
         tiles,
         items: by_id,
@@ -812,6 +843,7 @@ async fn fetch(
         over_limit,
         too_large,
         unanswered,
+        told_too_large,
         fill: (!degraded).then_some(fill),
         epoch,
     })

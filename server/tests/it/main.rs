@@ -2157,6 +2157,125 @@ async fn a_tile_over_the_limit_at_the_callers_tier_is_remembered_at_that_tier_on
     s.shutdown().await;
 }
 
+/// An upstream that leaves tile `dense` out of its partial answers as `payload_too_large`
+/// and tile `shed` as `overloaded` (a chained tilewarm-server over its tile limit for one,
+/// shedding load for the other); a call asking for `shed` answers once `gate` has a permit.
+struct DenseAndShed {
+    city: Origin<RawData>,
+    dense: TileId,
+    shed: TileId,
+    gate: Arc<tokio::sync::Semaphore>,
+    calls: Arc<std::sync::Mutex<Vec<Vec<TileId>>>>,
+}
+
+impl Scripted for DenseAndShed {
+    fn answer<'a>(
+        &'a self,
+        request: &'a BatchRequest,
+    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+        self.calls.lock().unwrap().push(request.tiles.clone());
+        Box::pin(async move {
+            if request.tiles.contains(&self.shed) {
+                self.gate.acquire().await.unwrap().forget();
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+
+    fn leave_out(&self, request: &BatchRequest, mut a: Answer) -> Answer {
+        // One reason per answer, as the protocol has: the shed tile's if asked.
+        let (tile, code, message) = if request.tiles.contains(&self.shed) {
+            (self.shed, ErrorCode::Overloaded, "at capacity: retry later")
+        } else if request.tiles.contains(&self.dense) {
+            (
+                self.dense,
+                ErrorCode::PayloadTooLarge,
+                "the tile holds 99 items",
+            )
+        } else {
+            return a;
+        };
+        a.response.tiles.retain(|l| l.tile != tile);
+        a.unanswered = Some(tilewarm::protocol::Unanswered {
+            code,
+            message: message.into(),
+            tiles: vec![tile],
+            ids: Vec::new(),
+        });
+        a
+    }
+}
+
+/// A request whose own call hears an upstream leave tile `dense` out as `payload_too_large`
+/// while the call it follows for tile `shed` hears `shed` left out as `overloaded`: only
+/// `dense` is over the limit. `shed` was merged under the first reason, remembered over the
+/// limit for a tile TTL, and every agent request for it told `payload_too_large` (given up
+/// by clients) with no origin call, warm-up skipping it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_shed_alongside_a_tile_too_large_is_not_remembered_over_the_limit() {
+    let dense = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let shed = TileId::new(14, dense.x() + 1, dense.y()).unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls: Arc<std::sync::Mutex<Vec<Vec<TileId>>>> = Arc::default();
+    let backend = DenseAndShed {
+        city: Origin::new(items_in_tile(dense, &[(Access::Public, 3)])).unwrap(),
+        dense,
+        shed,
+        gate: Arc::clone(&gate),
+        calls: Arc::clone(&calls),
+    };
+    // The calls that asked for `t`.
+    let asked = |t: TileId| {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.contains(&t))
+            .count()
+    };
+    let c = common::Config {
+        warmup_ring: 0,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
+        .await
+        .unwrap();
+    let http = Http::new();
+    let code = |r: &common::Reply| r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+    let (shed_only, both) = (
+        request(&[shed], &[], Access::Agent),
+        request(&[dense, shed], &[], Access::Agent),
+    );
+    let (first, second) = tokio::join!(http.batch(&s, &shed_only), async {
+        // The second asks once the first's call for `shed` is out, and follows it.
+        assert!(eventually(Duration::from_secs(20), || asked(shed) == 1).await);
+        let flight = &s.app.single_flight;
+        tokio::join!(http.batch(&s, &both), async {
+            let following = || flight.following(Access::Agent) == 1;
+            assert!(eventually(Duration::from_secs(20), following).await);
+            gate.add_permits(1);
+        })
+        .0
+    });
+    assert_eq!(code(&first), "overloaded", "{}", first.text());
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!((asked(dense), asked(shed)), (1, 1));
+    // `shed` is asked again (not told from memory); `dense` is told from memory.
+    gate.add_permits(1);
+    let again = http.batch(&s, &request(&[shed], &[], Access::Agent)).await;
+    assert_eq!(code(&again), "overloaded", "{}", again.text());
+    assert_eq!(asked(shed), 2);
+    let dense_again = http.batch(&s, &request(&[dense], &[], Access::Agent)).await;
+    assert_eq!(
+        code(&dense_again),
+        "payload_too_large",
+        "{}",
+        dense_again.text()
+    );
+    assert_eq!(asked(dense), 1);
+    s.shutdown().await;
+}
+
 /// A tile found over `--max-tile-items` is asked for again once an invalidation may have
 /// shrunk it (one of the tile, of an item in it, or of everything): by warm-up, which
 /// skipped it for a whole tile TTL whatever changed, and by a request, which is told at
