@@ -666,7 +666,8 @@ impl Fetched {
     }
 
     /// Adds what an upstream's partial answer left out (another call's, or a leader's for
-    /// a followed tile): its tiles and ids; the first reason stands.
+    /// a followed tile): its tiles and ids; the first reason stands, but shed load or a
+    /// failure wins over `payload_too_large` ([`Fetched::merge_told`]).
     fn told(&mut self, told: Unanswered) {
         if told.code == ErrorCode::PayloadTooLarge {
             self.told_too_large.push(told.clone());
@@ -678,6 +679,23 @@ impl Fetched {
     fn merge_told(&mut self, told: Unanswered) {
         match &mut self.unanswered {
             Some(u) => {
+                // As in the answer's one code (step 4): what shed load or a failure left
+                // out is not too large, and told `payload_too_large` it would not be asked
+                // again (a client gives it up, an edge holds it for a tile TTL). Not
+                // `response_full`: below `agent` the ids a `payload_too_large` names are
+                // `missing`, and under `response_full` they would be named unanswered.
+                let size = ErrorCode::PayloadTooLarge;
+                if u.code == size
+                    && !matches!(
+                        told.code,
+                        ErrorCode::PayloadTooLarge | ErrorCode::ResponseFull
+                    )
+                {
+                    u.code = told.code;
+                    // The size's reason stays in the message (once: the code is no longer
+                    // `payload_too_large` after).
+                    u.message = format!("{}; {}", told.message, u.message);
+                }
                 u.tiles.extend(told.tiles);
                 u.ids.extend(told.ids);
             }
@@ -709,11 +727,8 @@ impl Fetched {
             .filter(|o| o.at == Access::Agent)
             .map(|o| o.tile)
             .collect();
-        if let Some(u) = self
-            .unanswered
-            .as_ref()
-            .filter(|u| u.code == ErrorCode::PayloadTooLarge)
-        {
+        // Each answer's own (`unanswered` may say another reason for all).
+        for u in &self.told_too_large {
             tiles.extend(&u.tiles);
         }
         tiles.sort_unstable();
@@ -744,6 +759,9 @@ impl Fetched {
     /// Forgets why `tiles` were left out (they are asked again).
     fn forget_tiles(&mut self, tiles: &[TileId]) {
         self.over_limit.retain(|o| !tiles.contains(&o.tile));
+        for u in &mut self.told_too_large {
+            u.tiles.retain(|t| !tiles.contains(t));
+        }
         if let Some(u) = &mut self.unanswered {
             u.tiles.retain(|t| !tiles.contains(t));
             if u.tiles.is_empty() && u.ids.is_empty() {

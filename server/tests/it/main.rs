@@ -2210,7 +2210,9 @@ impl Scripted for DenseAndShed {
 /// while the call it follows for tile `shed` hears `shed` left out as `overloaded`: only
 /// `dense` is over the limit. `shed` was merged under the first reason, remembered over the
 /// limit for a tile TTL, and every agent request for it told `payload_too_large` (given up
-/// by clients) with no origin call, warm-up skipping it too.
+/// by clients) with no origin call, warm-up skipping it too; and the request's own answer
+/// said `payload_too_large` of both (the first reason merged stood), though what shed load
+/// wins over a size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tile_shed_alongside_a_tile_too_large_is_not_remembered_over_the_limit() {
     let dense = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
@@ -2258,7 +2260,18 @@ async fn a_tile_shed_alongside_a_tile_too_large_is_not_remembered_over_the_limit
         .0
     });
     assert_eq!(code(&first), "overloaded", "{}", first.text());
-    assert_eq!(second.status, 200, "{}", second.text());
+    // One code for both: shed load wins over the size (told `payload_too_large`, the shed
+    // tile would be given up by a client, and held from warming by an edge).
+    assert_eq!(code(&second), "overloaded", "{}", second.text());
+    assert_eq!(
+        second.json()["error"]["tiles"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let message = second.json()["error"]["message"].to_string();
+    assert!(
+        message.contains("at capacity") && message.contains("99 items"),
+        "both reasons told: {message}"
+    );
     assert_eq!((asked(dense), asked(shed)), (1, 1));
     // `shed` is asked again (not told from memory); `dense` is told from memory.
     gate.add_permits(1);
