@@ -41,12 +41,23 @@ struct Try {
     group: usize,
 }
 
+/// A key held ([`WarmTries::held_until`]).
+#[derive(Clone, Copy)]
+struct Hold {
+    /// Not due before (ms).
+    until: u64,
+    /// Found too large alone ([`WarmTries::split`]): warmed alone, its hold over too, until
+    /// it is forgotten. Kept here, not with the tries, so that other keys' tries do not
+    /// push it out and put it back in a full warming, too large again.
+    alone: bool,
+}
+
 /// The warming tries of keys (tiles, or tiers and tiles) since each was last fresh: how
 /// many, and when the next may start; at most [`MAX_WARM_TRIES`]. Apart from them, the
 /// keys held until a time ([`WarmTries::held_until`]), at most [`MAX_WARM_HOLDS`].
 pub struct WarmTries<K: Hash + Eq> {
     tries: LruCache<K, Try>,
-    holds: LruCache<K, u64>,
+    holds: LruCache<K, Hold>,
 }
 
 impl<K: Hash + Eq> Default for WarmTries<K> {
@@ -67,9 +78,13 @@ impl<K: Hash + Eq> WarmTries<K> {
     }
 
     /// `key` is being warmed at `now_ms`: the next try waits twice as long as the last.
-    /// A hold that is over is dropped.
+    /// A hold that is over is dropped (but not that the key is warmed alone).
     pub fn tried(&mut self, key: K, now_ms: u64) {
-        if self.holds.peek(&key).is_some_and(|&until| until <= now_ms) {
+        if self
+            .holds
+            .peek(&key)
+            .is_some_and(|h| h.until <= now_ms && !h.alone)
+        {
             self.holds.pop(&key);
         }
         let last = self.tries.peek(&key).copied();
@@ -87,8 +102,12 @@ impl<K: Hash + Eq> WarmTries<K> {
     /// first delay. Only another hold pushes it out, not other keys' tries.
     pub fn held_until(&mut self, key: K, until_ms: u64) {
         let tried = self.tries.pop(&key).map_or(0, |t| t.at);
-        let held = self.holds.peek(&key).copied().unwrap_or(0);
-        self.holds.put(key, until_ms.max(tried).max(held));
+        let (held, alone) = self
+            .holds
+            .peek(&key)
+            .map_or((0, false), |h| (h.until, h.alone));
+        let until = until_ms.max(tried).max(held);
+        self.holds.put(key, Hold { until, alone });
     }
 
     /// `key` was among `tiles` tiles of a warming whose answer was too large to read (which
@@ -102,6 +121,9 @@ impl<K: Hash + Eq> WarmTries<K> {
     {
         if tiles <= 1 {
             self.held_until(key.clone(), hold_until_ms);
+            if let Some(h) = self.holds.peek_mut(&key) {
+                h.alone = true;
+            }
         }
         let group = self.group(&key).min(tiles / 2).max(1);
         self.tries.put(
@@ -117,6 +139,9 @@ impl<K: Hash + Eq> WarmTries<K> {
     /// Most tiles a warming of `key` may hold ([`WarmTries::split`]; any number unless it
     /// was split).
     pub fn group(&self, key: &K) -> usize {
+        if self.holds.peek(key).is_some_and(|h| h.alone) {
+            return 1;
+        }
         self.tries.peek(key).map_or(usize::MAX, |t| t.group)
     }
 
@@ -130,7 +155,7 @@ impl<K: Hash + Eq> WarmTries<K> {
     /// When `key` may be warmed again, if it was tried or held.
     pub fn not_before(&self, key: &K) -> Option<u64> {
         let tried = self.tries.peek(key).map(|t| t.at);
-        let held = self.holds.peek(key).copied();
+        let held = self.holds.peek(key).map(|h| h.until);
         tried.max(held)
     }
 
@@ -238,6 +263,35 @@ mod tests {
         tries.split(2u32, 4, 0, 300_000);
         tries.forget(&2);
         assert_eq!(tries.group(&2), usize::MAX, "fresh: forgotten");
+    }
+
+    /// A tile found too large alone is warmed alone after its hold (c7cafbc), but that was
+    /// kept with the ordinary tries: a burst of [`MAX_WARM_TRIES`] other tiles' tries pushed
+    /// it out, the tile went back into a full warming, too large again, and was split down
+    /// once more (five oversized answers from 16 tiles, not one). It is kept with the hold.
+    #[test]
+    fn a_tile_too_large_alone_stays_alone_through_a_burst_of_other_tiles_tries() {
+        let mut tries = WarmTries::default();
+        let dense = u32::MAX;
+        tries.split(dense, 1, 0, 300_000);
+        for x in 0..(2 * MAX_WARM_TRIES as u32) {
+            tries.tried(x, 1_000);
+        }
+        assert!(!tries.due(&dense, 299_999), "held still");
+        assert!(tries.due(&dense, 300_000));
+        assert_eq!(tries.group(&dense), 1, "alone after the burst");
+        tries.tried(dense, 300_000);
+        assert_eq!(tries.not_before(&dense), Some(300_000 + WARM_RETRY_MS));
+        for x in 0..(2 * MAX_WARM_TRIES as u32) {
+            tries.tried(x, 301_000);
+        }
+        assert_eq!(
+            tries.group(&dense),
+            1,
+            "alone after its try and another burst"
+        );
+        tries.forget(&dense);
+        assert_eq!(tries.group(&dense), usize::MAX, "fresh: in any group again");
     }
 
     #[test]
