@@ -322,10 +322,11 @@ export function createWorker(defaults = {}) {
       checkedUrl('ORIGIN', env.ORIGIN, insecure);
       // Sent as `Bearer <ORIGIN_TOKEN>`: one with a space in it, or only spaces, would be
       // refused by the origin (400 invalid_request) and that refusal passed on to callers as
-      // theirs. Not echoed: it is a secret. Empty: none sent.
-      if (env.ORIGIN_TOKEN && !/^[A-Za-z0-9\-._~+/]+=*$/.test(env.ORIGIN_TOKEN)) {
-        throw new Error('ORIGIN_TOKEN must be a bearer token (RFC 6750: letters, digits and -._~+/, then any =), '
-          + `got ${String(env.ORIGIN_TOKEN).length} characters with others among them (whitespace?)`);
+      // theirs. Any visible ASCII is taken (API keys may go beyond RFC 6750's b64token).
+      // Not echoed: it is a secret. Empty: none sent.
+      if (env.ORIGIN_TOKEN && !/^[\x21-\x7e]+$/.test(env.ORIGIN_TOKEN)) {
+        throw new Error('ORIGIN_TOKEN must be a bearer token (visible ASCII characters, no space), '
+          + `got ${String(env.ORIGIN_TOKEN).length} characters with whitespace or others among them`);
       }
       const statsPublic = options.statsPublic ?? false;
       if (typeof statsPublic !== 'boolean') throw new Error(`statsPublic must be true or false, got ${JSON.stringify(statsPublic)}`);
