@@ -38,11 +38,13 @@
 //!   fits is answered in request order and the rest left out of a partial answer
 //!   (`response_full`: the client asks it again), a tile over it alone named
 //!   (`payload_too_large`) (`policy::Assembled::fit`, as the edge does).
-//! - The ids an upstream's partial answer to the call at `agent` names and leaves out (an
-//!   item over its `--max-item-data-bytes`, or no room in its answer) are asked of it
-//!   again at the tier of a caller below `agent` (one more origin call), and what it says
-//!   there is told: an id above the caller's tier is `missing`, as one that does not
-//!   exist, however full the answer at `agent` was. So are the data tiles it had no room
+//! - When an upstream's partial answer to the call at `agent` names and leaves out ids (an
+//!   item over its `--max-item-data-bytes`, or no room in its answer), every id it was
+//!   asked is asked of it again at the tier of a caller below `agent` (one more origin
+//!   call; all of them, as which it left out depends on the items above the caller's tier
+//!   its answer held, and so would which of those the second answer has room for), and
+//!   what it says there is told: an id above the caller's tier is `missing`, as one that
+//!   does not exist, however full the answer at `agent` was. So are the data tiles it had no room
 //!   for (`response_full`), with those over the limit (above: single flight by tile and
 //!   tier): whether they fit at `agent` depends on the items above the caller's tier.
 
@@ -293,6 +295,12 @@ pub async fn answer(
     }
     let _origin_wait = origin_wait;
     let mut fetched = Fetched::default();
+    // Asked again at the caller's tier below `agent` if the answer at `agent` leaves any out.
+    let asked_ids = if caller < Access::Agent {
+        miss_ids.clone()
+    } else {
+        Vec::new()
+    };
     if !ask.is_empty() || !miss_ids.is_empty() {
         // The direct tiles, counted above, are fetched under the same limit.
         let bound = (!direct.is_empty()).then_some(ItemBound {
@@ -426,22 +434,22 @@ pub async fn answer(
     // says of them is what it says to the caller. Called `missing` here, public items that
     // did not fit upstream were lost; left out, an id above the caller's tier that is over
     // the upstream's limit could be told from one that does not exist (`missing` at once),
-    // by a caller padding its request until the upstream's answer is full.
-    if caller < Access::Agent {
-        let ids = fetched.forget_ids();
-        if !ids.is_empty() {
-            let again = ids_at_callers_tier(
-                app,
-                &policy,
-                ids,
-                degraded,
-                &mut deadline,
-                &read.gens,
-                caller,
-            )
-            .await;
-            fetched.add(again);
-        }
+    // by a caller padding its request until the upstream's answer is full. Every id the
+    // call at `agent` was asked is asked again, not only those left out: which those were
+    // depends on the items above the caller's tier the answer held, and so would which of
+    // them the answer at the caller's tier has room for.
+    if caller < Access::Agent && !fetched.forget_ids().is_empty() {
+        let again = ids_at_callers_tier(
+            app,
+            &policy,
+            asked_ids,
+            degraded,
+            &mut deadline,
+            &read.gens,
+            caller,
+        )
+        .await;
+        fetched.add(again);
     }
     // Those left out at once, as found before (neither asked again nor remembered anew).
     app.metrics
@@ -1005,8 +1013,9 @@ async fn ask_at_callers_tier(
     Ok(again)
 }
 
-/// Asks the origin again, at the tier of `caller` (below `agent`), for `ids` an upstream's
-/// partial answer to the call at `agent` named and left out; the items are written back.
+/// Asks the origin again, at the tier of `caller` (below `agent`), for `ids`: every id of
+/// the call at `agent`, whose upstream's partial answer named some and left them out; the
+/// items are written back (those the first answer held are still served from it).
 /// A failure, or the request's budget spent, leaves out only these ids, with the failure's
 /// code (as told to the caller).
 async fn ids_at_callers_tier(

@@ -40,7 +40,7 @@
 //!   `--max-item-data-bytes`): the requested tiles and ids it names and leaves out are
 //!   passed on as unanswered with its code (its message to `agent` callers only: it was
 //!   asked at `agent` and may count items above a caller's tier; below `agent`, `crate::batch`
-//!   asks the ids it names again at the caller's tier), the rest answered
+//!   asks every id it was asked again at the caller's tier when it names any), the rest answered
 //!   ([`super::Answer::unanswered`]);
 //!   tiles or ids it leaves out without naming them are still a 502.
 //!

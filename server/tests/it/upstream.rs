@@ -831,9 +831,10 @@ async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limi
 /// Ids an upstream's answer had no room for (`response_full`: a tilewarm-server with a
 /// smaller `--max-response-items`) are left out to be asked again, for a caller below
 /// `agent` too, never called `missing` (which says they do not exist: a client forgets
-/// them and its `get` ends with nothing). Below `agent` they are asked again at the
-/// caller's tier at once (3 of the 5 left out are answered then), and what that answer
-/// has no room for is left out.
+/// them and its `get` ends with nothing). Below `agent` all the ids are asked again at the
+/// caller's tier at once (not only the 5 left out, whose number depends on the items above
+/// the caller's tier the first answer held), and what that answer has no room for is left
+/// out: the last 5 again here, every id public.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
     let o = Origin::new(synthetic_city(42, 500)).unwrap();
@@ -862,10 +863,10 @@ async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
     let r = http.batch(&b, &request(&[], &asked, Access::Public)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert_eq!(v["items"].as_array().unwrap().len(), 6, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
     assert_eq!(v["missing"], serde_json::json!([]), "{v}");
     assert_eq!(v["error"]["code"], "response_full", "{v}");
-    assert_eq!(v["error"]["ids"], serde_json::json!(ids[6..]), "{v}");
+    assert_eq!(v["error"]["ids"], serde_json::json!(ids[3..]), "{v}");
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -877,8 +878,9 @@ async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
 /// at `agent`, which left the large item out and folded it into its `response_full` (the
 /// answer had no room for the padding's last id): it was left out here, to be asked again
 /// (and then `missing`), where an id that does not exist was `missing` at once. Ids an
-/// upstream's partial answer names are now asked again at the caller's tier: both are
-/// `missing` at once, the padding answered, the two answers alike.
+/// upstream's partial answer names are now asked again at the caller's tier (with the
+/// others asked: `how_full_the_second_answer_for_ids_was_tells_nothing_below_agent`): both
+/// are `missing` at once, the two answers alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
@@ -938,16 +940,23 @@ async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() 
             .map(|it| it["id"].as_str().unwrap().to_string())
             .collect();
         got.sort();
-        let error = v.get("error").cloned();
-        answers.push((got == pads, v["missing"].clone(), error));
+        let left_out = (v["error"]["code"].clone(), v["error"]["ids"].clone());
+        let last = serde_json::json!([pads[3]]);
+        answers.push((
+            got == pads[..3],
+            v["missing"].clone(),
+            left_out == ("response_full".into(), last),
+        ));
     }
     // Before: (false, [], response_full naming "secret" and pad-3) for the large item,
-    // (false, ["nope"], response_full naming pad-7) for none.
+    // (false, ["nope"], response_full naming pad-7) for none. Both now as the upstream
+    // answers all five at the caller's tier: the probe missing, three pads, the last left
+    // out.
     assert_eq!(
         answers,
         [
-            (true, serde_json::json!(["secret"]), None),
-            (true, serde_json::json!(["nope"]), None)
+            (true, serde_json::json!(["secret"]), true),
+            (true, serde_json::json!(["nope"]), true)
         ]
     );
     b.shutdown().await;
@@ -1026,6 +1035,79 @@ async fn how_full_an_upstreams_answer_at_agent_was_is_not_told_below_it() {
     // Before: ([1], response_full naming tiles[1]) for the first pair, ([1, 2], none) for
     // the second.
     assert_eq!(answers, [(vec![1, 2], None), (vec![1, 2], None)]);
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The second answer, at the caller's tier, of the ids an upstream's answer at `agent` had
+/// no room for, may itself be full: which ids it is asked for depends on how many items
+/// above the caller's tier the first answer held. With an upstream answering at most 3
+/// items, a public caller asking an `agent` id then six padding ids got five of them and
+/// the sixth left out (`response_full`: the second answer held the four the first had no
+/// room for); asking an id that does not exist, all six: it told the `agent` id from none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_full_the_second_answer_for_ids_was_tells_nothing_below_agent() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let b = t.bounds();
+    let item = |id: String, access: Access| tilewarm::protocol::Item {
+        id,
+        lon: (b.west + b.east) / 2.0,
+        lat: (b.south + b.north) / 2.0,
+        class: "active".into(),
+        access,
+        ttl: None,
+        data: serde_json::value::to_raw_value("small").unwrap(),
+    };
+    let mut items: Vec<_> = (0..12)
+        .map(|i| item(format!("pad-{i}"), Access::Public))
+        .collect();
+    items.push(item("secret".into(), Access::Agent));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 3,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-second-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    // The probe first, then six padding ids (their own each time, none cached here).
+    let mut answers = Vec::new();
+    for (probe, pad) in [("secret", 0), ("nope", 6)] {
+        let pads: Vec<String> = (pad..pad + 6).map(|i| format!("pad-{i}")).collect();
+        let mut asked = vec![probe];
+        asked.extend(pads.iter().map(String::as_str));
+        let r = public
+            .batch(&b, &request(&[], &asked, Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let got = v["items"].as_array().unwrap().len();
+        let left_out = v["error"]["ids"].as_array().map_or(0, Vec::len);
+        answers.push((got, left_out, v["missing"].clone()));
+    }
+    // Before: (5, 1, ["secret"]) for the agent id, (6, 0, ["nope"]) for none.
+    assert_eq!(answers[0].0, answers[1].0, "{answers:?}");
+    assert_eq!(answers[0].1, answers[1].1, "{answers:?}");
+    assert_eq!(answers[0].2, serde_json::json!(["secret"]));
+    assert_eq!(answers[1].2, serde_json::json!(["nope"]));
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
