@@ -44,9 +44,12 @@
 //!   call; all of them, as which it left out depends on the items above the caller's tier
 //!   its answer held, and so would which of those the second answer has room for), and
 //!   what it says there is told: an id above the caller's tier is `missing`, as one that
-//!   does not exist, however full the answer at `agent` was. So are the data tiles it had no room
-//!   for (`response_full`), with those over the limit (above: single flight by tile and
-//!   tier): whether they fit at `agent` depends on the items above the caller's tier.
+//!   does not exist, however full the answer at `agent` was. So are the data tiles it had
+//!   no room for (`response_full`), with those over the limit (above: single flight by
+//!   tile and tier): whether they fit at `agent` depends on the items above the caller's
+//!   tier. That call asks every other data tile of the request's call at `agent` too, as
+//!   padding (its lists there dropped): which tiles it has room for never depends on which
+//!   were asked again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -416,10 +419,19 @@ pub async fn answer(
     }
     if caller < Access::Agent && !again_at_caller.is_empty() {
         fetched.forget_tiles(&again_at_caller);
+        // An upstream's answer has room for so many items: the call at the caller's tier
+        // asks every data tile this request asked at `agent` (or followed there), those not
+        // asked again only as padding, so that what it has room for never depends on which
+        // were asked again (on the items above the caller's tier). Other backends leave
+        // nothing out for room.
+        let padding = match app.origin.kind() {
+            "upstream" => data_misses.clone(),
+            _ => Vec::new(),
+        };
         let again = at_callers_tier(
             app,
             &policy,
-            &again_at_caller,
+            (&again_at_caller, &padding),
             degraded,
             &mut deadline,
             &read.gens,
@@ -764,6 +776,22 @@ impl Fetched {
             .flat_map(|u| u.tiles.iter().copied())
     }
 
+    /// Keeps what the call said of `tiles` only (the others were asked as padding: their
+    /// lists neither served from it nor written back).
+    fn keep_tiles(&mut self, tiles: &[TileId]) {
+        self.tiles.retain(|t, _| tiles.contains(t));
+        self.over_limit.retain(|o| tiles.contains(&o.tile));
+        if let Some(fill) = &mut self.fill {
+            fill.tiles.retain(|(t, _, _)| tiles.contains(t));
+        }
+        if let Some(u) = &mut self.unanswered {
+            u.tiles.retain(|t| tiles.contains(t));
+            if u.tiles.is_empty() && u.ids.is_empty() {
+                self.unanswered = None;
+            }
+        }
+    }
+
     /// Forgets why `tiles` were left out (they are asked again).
     fn forget_tiles(&mut self, tiles: &[TileId]) {
         self.over_limit.retain(|o| !tiles.contains(&o.tile));
@@ -876,16 +904,19 @@ async fn fetch(
 }
 
 /// Asks the origin again, at the tier of `caller` (below `agent`), for `tiles`: data tiles
-/// over `--max-tile-items` at `agent`. One call per tile and tier at a time: a request at
-/// that tier asking for a tile another's call is asking for follows that call
-/// (`single_flight`), as at `agent`. The lists are written back as fetched at that tier;
+/// over `--max-tile-items` at `agent`, or an upstream's answer there had no room for. One
+/// call per tile and tier at a time: a request at that tier asking for a tile another's
+/// call is asking for follows that call (`single_flight`), as at `agent`. Each call asks
+/// `padding` too (empty, or every data tile the request asked at `agent`: an upstream's),
+/// whose lists are dropped: what an upstream's answer has room for then never depends on
+/// which tiles were led here. The lists are written back as fetched at that tier;
 /// what is over the limit there is remembered for a tile TTL (`warmup::OverLimit`). A
 /// failure (of this request's call or of the one it follows), or the request's budget
 /// spent, leaves out only these tiles, with the failure's code.
 async fn at_callers_tier(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
-    tiles: &[TileId],
+    (tiles, padding): (&[TileId], &[TileId]),
     degraded: bool,
     deadline: &mut OriginDeadline,
     gens: &Generations,
@@ -905,7 +936,8 @@ async fn at_callers_tier(
             // Out of time in an earlier round: not asked (its followers claim it again).
             Some(refusal) => Some(Err((refusal.clone(), true))),
             None => {
-                Some(ask_at_callers_tier(app, policy, &led, degraded, deadline, gens, caller).await)
+                let led = (&led[..], padding);
+                Some(ask_at_callers_tier(app, policy, led, degraded, deadline, gens, caller).await)
             }
         };
         match call {
@@ -965,13 +997,14 @@ fn share_failure(lead: &Lead<'_>, refusal: &Refusal, cut_short: bool) {
     }
 }
 
-/// The call of [`at_callers_tier`]: its answer, or its refusal and whether the call had
-/// less than `--origin-timeout-ms` (what was left of the request's budget). What it finds
-/// over the limit at the caller's tier is remembered.
+/// The call of [`at_callers_tier`] (`tiles` with `padding`; what it says of `tiles` only):
+/// its answer, or its refusal and whether the call had less than `--origin-timeout-ms`
+/// (what was left of the request's budget). What it finds over the limit at the caller's
+/// tier is remembered.
 async fn ask_at_callers_tier(
     app: &App,
     policy: &tilewarm::proxy::policy::Read,
-    tiles: &[TileId],
+    (tiles, padding): (&[TileId], &[TileId]),
     degraded: bool,
     deadline: &mut OriginDeadline,
     gens: &Generations,
@@ -982,10 +1015,13 @@ async fn ask_at_callers_tier(
     app.metrics
         .tiles_asked_at_caller_tier
         .fetch_add(tiles.len() as u64, Relaxed);
-    let again = fetch(
+    // The padding first, in its order (the request's), then any led tile it lacks.
+    let mut asked = padding.to_vec();
+    asked.extend(tiles.iter().filter(|t| !padding.contains(t)));
+    let mut again = fetch(
         app,
         policy,
-        tiles.to_vec(),
+        asked,
         Vec::new(),
         degraded,
         None,
@@ -995,6 +1031,7 @@ async fn ask_at_callers_tier(
     )
     .await
     .map_err(|failed| (failed, cut_short))?;
+    again.keep_tiles(tiles);
     let over: Vec<(TileId, LeftOut)> = tiles
         .iter()
         .filter_map(|&t| {

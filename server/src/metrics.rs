@@ -355,7 +355,7 @@ fn read_app(app: &App, s: &mut Scrape) {
     );
     s.counter(
         "tilewarm_origin_tiles_asked_at_caller_tier",
-        "Data tiles over --max-tile-items at agent, or an upstream's answer at agent had no room for (response_full), asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there).",
+        "Data tiles over --max-tile-items at agent, or an upstream's answer at agent had no room for (response_full), asked again at the tier of a caller below it (served, and cached at that tier, when within the limit there; not the tiles an upstream is asked beside them as padding).",
         &m.tiles_asked_at_caller_tier,
     );
     s.counter(

@@ -1112,3 +1112,81 @@ async fn how_full_the_second_answer_for_ids_was_tells_nothing_below_agent() {
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The same with tiles: the data tiles an upstream's answer at `agent` had no room for were
+/// asked again at the caller's tier alone, and whether that answer had room for them all
+/// depended on how many they were, so on the items above the caller's tier the first
+/// answer held. With an upstream answering at most 5 items, a public caller asking a tile
+/// of one public and four `agent` items then three tiles of two public items got [1, 2, 2]
+/// and the last left out (`response_full`); with a tile of the public item alone, all four
+/// lists. The call at the caller's tier now asks every data tile of the call at `agent` (the
+/// others only as padding: their lists at `agent` are served and kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_full_the_second_answer_for_tiles_was_tells_nothing_below_agent() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let tiles: Vec<tilewarm::TileId> = (0..8).map(|i| t.offset(i, 0).unwrap()).collect();
+    let item = |id: String, tile: tilewarm::TileId, access: Access| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        }
+    };
+    // tiles[0]: a public item and four agent ones; tiles[4]: the public item alone; the
+    // others: two public items each (the padding).
+    let mut items = vec![
+        item("probe-0".into(), tiles[0], Access::Public),
+        item("probe-4".into(), tiles[4], Access::Public),
+    ];
+    items.extend((0..4).map(|i| item(format!("agent-{i}"), tiles[0], Access::Agent)));
+    for p in [1, 2, 3, 5, 6, 7] {
+        items.extend((0..2).map(|i| item(format!("pad-{p}-{i}"), tiles[p], Access::Public)));
+    }
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 5,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-second-tiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for four in tiles.chunks(4) {
+        let r = public.batch(&b, &request(four, &[], Access::Public)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        let left_out = v["error"]["tiles"].as_array().map_or(0, Vec::len);
+        answers.push((lists, v["error"]["code"].clone(), left_out));
+    }
+    // Before: ([1, 2, 2], response_full, 1) for the first, ([1, 2, 2, 2], null, 0) for the
+    // second.
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
