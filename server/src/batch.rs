@@ -49,7 +49,9 @@
 //!   tile and tier): whether they fit at `agent` depends on the items above the caller's
 //!   tier. That call asks every other data tile of the request's call at `agent` too, as
 //!   padding (its lists there dropped): which tiles it has room for never depends on which
-//!   were asked again.
+//!   were asked again; and what it has no room for is left out as it says, even if
+//!   answered at `agent` (a tile too large alone there is skipped, and leaves the next
+//!   room there that it takes at the caller's tier).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -439,6 +441,14 @@ pub async fn answer(
         )
         .await;
         fetched.add(again);
+        // What the call at the caller's tier had no room for is told so, though the call at
+        // `agent` answered it: which it answered there (its tiles too large alone there were
+        // skipped) depends on the items above the caller's tier.
+        for (t, why) in std::mem::take(&mut fetched.padding_left_out) {
+            if !again_at_caller.contains(&t) && fetched.tiles.remove(&t).is_some() {
+                fetched.left_out(why);
+            }
+        }
     }
     // The ids an upstream's partial answer named and left out (asked at `agent`: one over
     // its --max-item-data-bytes, or one its answer had no room for, `response_full`, which
@@ -637,6 +647,9 @@ struct Fetched {
     told_too_large: Vec<Unanswered>,
     fill: Option<Fill>,
     epoch: u64,
+    /// Why a call at the caller's tier left out tiles it was asked as padding
+    /// ([`at_callers_tier`]).
+    padding_left_out: Vec<(TileId, LeftOut)>,
 }
 
 impl Fetched {
@@ -735,6 +748,7 @@ impl Fetched {
         if let Some(told) = again.unanswered {
             self.merge_told(told);
         }
+        self.padding_left_out.extend(again.padding_left_out);
     }
 
     /// The tiles left out for holding more than `--max-tile-items` items at the top tier:
@@ -777,8 +791,12 @@ impl Fetched {
     }
 
     /// Keeps what the call said of `tiles` only (the others were asked as padding: their
-    /// lists neither served from it nor written back).
-    fn keep_tiles(&mut self, tiles: &[TileId]) {
+    /// lists neither served from it nor written back; why it left one out is kept).
+    fn keep_tiles(&mut self, tiles: &[TileId], padding: &[TileId]) {
+        self.padding_left_out = (padding.iter())
+            .filter(|t| !tiles.contains(t))
+            .filter_map(|&t| self.for_followers(t).err().map(|why| (t, why)))
+            .collect();
         self.tiles.retain(|t, _| tiles.contains(t));
         self.over_limit.retain(|o| tiles.contains(&o.tile));
         if let Some(fill) = &mut self.fill {
@@ -900,6 +918,7 @@ async fn fetch(
         told_too_large,
         fill: (!degraded).then_some(fill),
         epoch,
+        padding_left_out: Vec::new(),
     })
 }
 
@@ -1031,7 +1050,7 @@ async fn ask_at_callers_tier(
     )
     .await
     .map_err(|failed| (failed, cut_short))?;
-    again.keep_tiles(tiles);
+    again.keep_tiles(tiles, padding);
     let over: Vec<(TileId, LeftOut)> = tiles
         .iter()
         .filter_map(|&t| {

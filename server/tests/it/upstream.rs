@@ -1190,3 +1190,86 @@ async fn how_full_the_second_answer_for_tiles_was_tells_nothing_below_agent() {
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The padding's own outcome at the caller's tier is told, not its answer at `agent`: a tile
+/// too large alone for the upstream's answer at `agent` (three public and three `agent`
+/// items, an upstream answering at most 5) is skipped there and the next tile answered, but
+/// at the caller's tier it fits and leaves the next no room. Served the next tile's list
+/// from `agent`, a public caller got both lists where, with a first tile of three public
+/// items alone, the second was left out (`response_full`): it told the `agent` items apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paddings_answer_at_the_callers_tier_is_told_not_its_answer_at_agent() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let tiles: Vec<tilewarm::TileId> = (0..4).map(|i| t.offset(i, 0).unwrap()).collect();
+    let item = |id: String, tile: tilewarm::TileId, access: Access| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        }
+    };
+    // tiles[0]: three public items and three agent ones; tiles[2]: three public items;
+    // tiles[1] and tiles[3]: three public items each (the padding).
+    let mut items = Vec::new();
+    for (p, &tile) in tiles.iter().enumerate() {
+        items.extend((0..3).map(|i| item(format!("pub-{p}-{i}"), tile, Access::Public)));
+    }
+    items.extend((0..3).map(|i| item(format!("agent-{i}"), tiles[0], Access::Agent)));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 5,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-padding-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for pair in tiles.chunks(2) {
+        let r = public.batch(&b, &request(pair, &[], Access::Public)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        answers.push((
+            lists,
+            v["error"]["code"].clone(),
+            v["error"]["tiles"].clone(),
+        ));
+    }
+    // Before: ([3, 3], none) for the first pair, ([3], response_full naming tiles[3]) for
+    // the second.
+    let named = |t: tilewarm::TileId| serde_json::json!([t.to_string()]);
+    assert_eq!(
+        answers,
+        [
+            (vec![3], "response_full".into(), named(tiles[1])),
+            (vec![3], "response_full".into(), named(tiles[3])),
+        ]
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
