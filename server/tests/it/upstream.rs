@@ -1273,3 +1273,111 @@ async fn the_paddings_answer_at_the_callers_tier_is_told_not_its_answer_at_agent
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The reason told for a tile left out at the caller's tier is that call's. The ids an
+/// upstream's partial answer at `agent` named were forgotten only after the tiles asked
+/// again had been added, so that answer's reason stood for them: a tile over the
+/// upstream's `--max-tile-items` at `agent` (not at `public`) that the answer at `public`
+/// had no room for was told `payload_too_large` (not asked again by a client) when the
+/// request also asked an `agent` id over the upstream's `--max-item-data-bytes`, and
+/// `response_full` when it asked an id that does not exist: a public caller told them
+/// apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
+    let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let tiles: Vec<tilewarm::TileId> = (0..5).map(|i| t.offset(i, 0).unwrap()).collect();
+    let item = |id: String, tile: tilewarm::TileId, access: Access, data: &str| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(data).unwrap(),
+        }
+    };
+    // Two pairs: a tile of two public items, then one of four public items and an agent
+    // one (over a --max-tile-items of 4 at `agent` only); the large agent item elsewhere.
+    let mut items = Vec::new();
+    for pair in [0, 2] {
+        let (pad, dense) = (tiles[pair], tiles[pair + 1]);
+        items.extend((0..2).map(|i| item(format!("pad-{pair}-{i}"), pad, Access::Public, "s")));
+        items.extend((0..4).map(|i| item(format!("pub-{pair}-{i}"), dense, Access::Public, "s")));
+        items.push(item(format!("agent-{pair}"), dense, Access::Agent, "s"));
+    }
+    items.push(item(
+        "secret".into(),
+        tiles[4],
+        Access::Agent,
+        &"x".repeat(200),
+    ));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_response_items: 5,
+            max_tile_items: 4,
+            max_item_data_bytes: 100,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-reason-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for (pair, probe) in [(0, "secret"), (2, "nope")] {
+        let asked = &tiles[pair..pair + 2];
+        let r = public
+            .batch(&b, &request(asked, &[probe], Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        let left_out = v["error"]["tiles"] == serde_json::json!([tiles[pair + 1].to_string()]);
+        answers.push((
+            lists,
+            v["error"]["code"].clone(),
+            left_out,
+            v["missing"].clone(),
+        ));
+    }
+    // Before: payload_too_large for the first, response_full for the second.
+    assert_eq!(
+        answers,
+        [
+            (
+                vec![2],
+                "response_full".into(),
+                true,
+                serde_json::json!(["secret"])
+            ),
+            (
+                vec![2],
+                "response_full".into(),
+                true,
+                serde_json::json!(["nope"])
+            ),
+        ]
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
