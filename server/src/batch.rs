@@ -410,12 +410,6 @@ pub async fn answer(
     let guard = &app.invalidation.guard;
     let over_limit = &app.warmup.over_limit;
     over_limit.found_since(guard, epoch, Access::Agent, over, until);
-    // Below `agent`, the ids an upstream's partial answer at `agent` named are asked again
-    // (below); forgotten now, so that its reason does not stand for the tiles asked again
-    // at the caller's tier (the first reason stands, `Fetched::told`): which ids it left out
-    // depends on the items above the caller's tier, and told `payload_too_large` for a tile
-    // that answer had no room for, a client would not ask it again.
-    let ids_named = caller < Access::Agent && !fetched.forget_ids().is_empty();
     // So are, below `agent`, the data tiles an upstream's answer at `agent` had no room for
     // (`response_full`): whether they fit there depends on the items above the caller's
     // tier it held; left out, they told a caller padding its request how many there were.
@@ -425,6 +419,12 @@ pub async fn answer(
         again_at_caller.sort_unstable();
         again_at_caller.dedup();
     }
+    // Below `agent`, the ids an upstream's partial answer at `agent` named are asked again
+    // (below); forgotten now, so that its reason does not stand for the tiles asked again
+    // at the caller's tier (the first reason stands, `Fetched::told`): which ids it left out
+    // depends on the items above the caller's tier, and told `payload_too_large` for a tile
+    // that answer had no room for, a client would not ask it again.
+    let ids_named = caller < Access::Agent && !fetched.forget_ids().is_empty();
     if caller < Access::Agent && !again_at_caller.is_empty() {
         fetched.forget_tiles(&again_at_caller);
         // An upstream's answer has room for so many items: the call at the caller's tier
