@@ -315,12 +315,21 @@ impl UpstreamOrigin {
         let (low_answer, high_answer) = tokio::join!(self.answer_partial(&low), high_call);
         let (mut low_answer, low_partial) = low_answer?;
         let (mut out, partial) = high_answer?;
-        // One `error` for both calls: the first's code and message, every tile and id.
+        // One `error` for both calls, every tile and id, with one code and message: the
+        // call at the request's tier's when it names tiles (`crate::batch` tells tiles
+        // apart by it: over the limit or no room), else the one at the caller's tier's. The
+        // ids the first names are all asked again at the caller's tier below `agent`
+        // whatever the code: its reason, which depends on items above the caller's tier,
+        // must not stand for the direct tiles the second left out (not asked again).
         let partial = match (partial, low_partial) {
-            (Some(mut a), Some(b)) => {
-                a.tiles.extend(b.tiles);
-                a.ids.extend(b.ids);
-                Some(a)
+            (Some(high), Some(low)) => {
+                let (mut first, then) = match high.tiles.is_empty() {
+                    true => (low, high),
+                    false => (high, low),
+                };
+                first.tiles.extend(then.tiles);
+                first.ids.extend(then.ids);
+                Some(first)
             }
             (a, b) => a.or(b),
         };

@@ -1381,3 +1381,99 @@ async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Below `agent` the direct tiles go upstream at the caller's tier in a call of their own,
+/// beside the one at `agent` (`answer_split`), and one `error` is made of both partial
+/// answers. The one at `agent` came first, so its code stood for the direct tiles the
+/// other had no room for (they are not asked again): a public caller asking two coarse
+/// tiles too large together (bytes) and an `agent` id over the upstream's
+/// `--max-item-data-bytes` was told the second tile `payload_too_large` (a client does not
+/// ask it again), and `response_full` when it asked an id that does not exist instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
+    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
+    let d2 = d1.offset(1, 0).unwrap();
+    let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let item = |id: String, tile: tilewarm::TileId, access: Access, len: usize| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&"x".repeat(len)).unwrap(),
+        }
+    };
+    // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
+    let mut items = Vec::new();
+    for (n, d) in [(1, d1), (2, d2)] {
+        items.extend((0..110).map(|i| item(format!("big-{n}-{i}"), d, Access::Public, 40_000)));
+    }
+    items.push(item("secret".into(), far, Access::Agent, 55_000));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_item_data_bytes: 50_000,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for probe in ["secret", "nope"] {
+        let r = public
+            .batch(&b, &request(&[d1, d2], &[probe], Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        let left_out = v["error"]["tiles"] == serde_json::json!([d2.to_string()]);
+        answers.push((
+            lists,
+            v["error"]["code"].clone(),
+            left_out,
+            v["missing"].clone(),
+        ));
+    }
+    // Before: payload_too_large for the first, response_full for the second.
+    assert_eq!(
+        answers,
+        [
+            (
+                vec![110],
+                "response_full".into(),
+                true,
+                serde_json::json!(["secret"])
+            ),
+            (
+                vec![110],
+                "response_full".into(),
+                true,
+                serde_json::json!(["nope"])
+            ),
+        ]
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
