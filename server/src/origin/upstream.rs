@@ -315,15 +315,19 @@ impl UpstreamOrigin {
         let (low_answer, high_answer) = tokio::join!(self.answer_partial(&low), high_call);
         let (mut low_answer, low_partial) = low_answer?;
         let (mut out, partial) = high_answer?;
-        // One `error` for both calls, every tile and id, with one code and message: the
-        // call at the request's tier's when it names tiles (`crate::batch` tells tiles
-        // apart by it: over the limit or no room), else the one at the caller's tier's. The
-        // ids the first names are all asked again at the caller's tier below `agent`
-        // whatever the code: its reason, which depends on items above the caller's tier,
-        // must not stand for the direct tiles the second left out (not asked again).
+        // One `error` for both calls, every tile and id, with one code and message: the one
+        // at the caller's tier's, unless the call at the request's tier names tiles it had
+        // no room for (`crate::batch` tells its tiles apart by the code: over the limit, or
+        // no room; either is asked again below `agent`, as are all its ids, whatever the
+        // code). Its reason, which depends on items above the caller's tier, must not stand
+        // for the direct tiles the other left out (not asked again); `response_full` wins,
+        // as in one answer's report.
         let partial = match (partial, low_partial) {
             (Some(high), Some(low)) => {
-                let (mut first, then) = match high.tiles.is_empty() {
+                let low_first = high.tiles.is_empty()
+                    || (high.code != ErrorCode::ResponseFull
+                        && low.code == ErrorCode::ResponseFull);
+                let (mut first, then) = match low_first {
                     true => (low, high),
                     false => (high, low),
                 };

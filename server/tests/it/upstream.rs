@@ -1477,3 +1477,88 @@ async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() 
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The same beside a data tile over the upstream's `--max-tile-items` at `agent` (not at
+/// `public`): the call at `agent` names it `payload_too_large`, and that code stood for the
+/// direct tile the call at the caller's tier had no room for; with a data tile of public
+/// items only, `response_full`. `response_full` now wins, as in one answer's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_its_own_reason() {
+    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
+    let d2 = d1.offset(1, 0).unwrap();
+    let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let item = |id: String, tile: tilewarm::TileId, access: Access, len: usize| {
+        let b = tile.bounds();
+        tilewarm::protocol::Item {
+            id,
+            lon: (b.west + b.east) / 2.0,
+            lat: (b.south + b.north) / 2.0,
+            class: "active".into(),
+            access,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&"x".repeat(len)).unwrap(),
+        }
+    };
+    // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
+    let mut items = Vec::new();
+    for (n, d) in [(1, d1), (2, d2)] {
+        items.extend((0..110).map(|i| item(format!("big-{n}-{i}"), d, Access::Public, 40_000)));
+    }
+    // Two data tiles of four public items, the first with an agent item too (over a
+    // --max-tile-items of 4 at `agent` only).
+    let dense = [far, far.offset(1, 0).unwrap()];
+    for (n, &t) in dense.iter().enumerate() {
+        items.extend((0..4).map(|i| item(format!("pub-{n}-{i}"), t, Access::Public, 1)));
+    }
+    items.push(item("agent-0".into(), dense[0], Access::Agent, 1));
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    let a = tilewarm_server::start_with_origin(
+        Config {
+            max_item_data_bytes: 50_000,
+            max_tile_items: 4,
+            ..config()
+        },
+        Box::new(backend),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-chain-split-tiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{}/v1/batch", a.url()))
+    })
+    .await;
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let mut answers = Vec::new();
+    for data in dense {
+        let r = public
+            .batch(&b, &request(&[data, d1, d2], &[], Access::Public))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
+            .map(|l| l["ids"].as_array().unwrap().len())
+            .collect();
+        let left_out = v["error"]["tiles"] == serde_json::json!([d2.to_string()]);
+        answers.push((lists, v["error"]["code"].clone(), left_out));
+    }
+    // Before: payload_too_large for the first, response_full for the second.
+    assert_eq!(
+        answers,
+        [
+            (vec![4, 110], "response_full".into(), true),
+            (vec![4, 110], "response_full".into(), true),
+        ]
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
