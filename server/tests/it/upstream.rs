@@ -163,6 +163,80 @@ async fn stub(seed: u64, n: usize) -> (Arc<Stub>, String) {
     (s, url)
 }
 
+/// A server over `items` in memory (items kept 300 s), started with `config`.
+async fn serving(
+    items: Vec<tilewarm::protocol::Item<RawData>>,
+    config: Config,
+) -> tilewarm_server::Server {
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    tilewarm_server::start_with_origin(config, Box::new(backend), Arc::default())
+        .await
+        .unwrap()
+}
+
+/// One public request to `b` for `tiles` and `ids`: its lists' lengths, its `error`'s
+/// code, whether that error names `left` alone, and its `missing`.
+async fn told_public(
+    b: &tilewarm_server::Server,
+    tiles: &[tilewarm::TileId],
+    ids: &[&str],
+    left: tilewarm::TileId,
+) -> (Vec<usize>, serde_json::Value, bool, serde_json::Value) {
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let r = public.batch(b, &request(tiles, ids, Access::Public)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let left_out = v["error"]["tiles"] == serde_json::json!([left.to_string()]);
+    let code = v["error"]["code"].clone();
+    (list_lengths(&v), code, left_out, v["missing"].clone())
+}
+
+/// How many ids each tile list of an answer holds, in its order.
+fn list_lengths(v: &serde_json::Value) -> Vec<usize> {
+    (v["tiles"].as_array().unwrap().iter())
+        .map(|l| l["ids"].as_array().unwrap().len())
+        .collect()
+}
+
+/// An item at the centre of `tile` whose data is a string of `len` bytes.
+fn item_at_centre(
+    id: String,
+    tile: tilewarm::TileId,
+    access: Access,
+    len: usize,
+) -> tilewarm::protocol::Item<RawData> {
+    let b = tile.bounds();
+    tilewarm::protocol::Item {
+        id,
+        lon: (b.west + b.east) / 2.0,
+        lat: (b.south + b.north) / 2.0,
+        class: "active".into(),
+        access,
+        ttl: None,
+        data: serde_json::value::to_raw_value(&"x".repeat(len)).unwrap(),
+    }
+}
+
+/// B: a server whose origin is the batch endpoint of the server at `url`, authenticating
+/// with an `agent` token kept in a file of a temporary directory named by `tag` (`dir`,
+/// which the test removes).
+async fn chained_to(url: &str, tag: &str) -> (tilewarm_server::Server, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
+    let b = server(Config {
+        origin_token_file: Some(token_file),
+        ..upstream_config(&format!("{url}/v1/batch"))
+    })
+    .await;
+    (b, dir)
+}
+
 fn upstream_config(url: &str) -> Config {
     Config {
         origin: Some(url.to_string()),
@@ -234,15 +308,7 @@ async fn a_chain_of_two_servers_answers_as_one() {
     let http = Http::new();
     let a = server(config()).await;
     // B authenticates to A with an agent token (it asks its origin for every tier).
-    let dir = std::env::temp_dir().join(format!("tw-chain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
-    .await;
+    let (b, _dir) = chained_to(&a.url(), "tw-chain").await;
     // B's first `ready` from A's feed invalidates B's whole tier: once in place, B keeps
     // what it caches.
     crate::upstream_feed::connected(&b).await;
@@ -559,15 +625,7 @@ async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it
         ..config()
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("tw-chain-max-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
-    .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-max").await;
     let as_public = Http::anonymous();
     // A at `agent` refuses the coarse tile, naming its count.
     let r = Http::new()
@@ -666,15 +724,7 @@ async fn an_upstreams_partial_answer_is_passed_on_not_a_502() {
         ..config()
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("tw-partial-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
-    .await;
+    let (b, dir) = chained_to(&a.url(), "tw-partial").await;
     let body = request(&[dense, sparse], &[], Access::Agent);
     let agent = Http::new();
     let r = agent.batch(&b, &body).await;
@@ -776,30 +826,15 @@ async fn an_upstream_is_asked_again_at_the_callers_tier_for_a_tile_over_its_limi
             data: serde_json::value::to_raw_value(&1).unwrap(),
         })
         .collect();
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_tile_items: 10,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-tierlimit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-tierlimit").await;
     // B's first `ready` from A's feed invalidates B's whole tier (nothing cached before it
     // can be proven fresh): landing after the first request, it made the second a miss,
     // asked at `agent` and at `public` again (4 calls).
@@ -849,15 +884,7 @@ async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
         ..config()
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("tw-chain-full-ids-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
-    .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-full-ids").await;
     let http = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
     let r = http.batch(&b, &request(&[], &asked, Access::Public)).await;
@@ -898,31 +925,16 @@ async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() 
         .map(|i| item(format!("pad-{i}"), Access::Public, "small"))
         .collect();
     items.push(item("secret".into(), Access::Agent, &"x".repeat(200)));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 3,
             max_item_data_bytes: 100,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-large-id-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-large-id").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     // The probe first, then four padding ids (their own each time, none cached here): the
     // upstream's answer at `agent` has room for three.
@@ -997,39 +1009,22 @@ async fn how_full_an_upstreams_answer_at_agent_was_is_not_told_below_it() {
     for p in [1, 3] {
         items.extend((0..2).map(|i| item(format!("pad-{p}-{i}"), tiles[p], Access::Public)));
     }
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 5,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-full-tiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-full-tiles").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let mut answers = Vec::new();
     for pair in tiles.chunks(2) {
         let r = public.batch(&b, &request(pair, &[], Access::Public)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
+        let lists = list_lengths(&v);
         answers.push((lists, v.get("error").cloned()));
     }
     // Before: ([1], response_full naming tiles[1]) for the first pair, ([1, 2], none) for
@@ -1063,30 +1058,15 @@ async fn how_full_the_second_answer_for_ids_was_tells_nothing_below_agent() {
         .map(|i| item(format!("pad-{i}"), Access::Public))
         .collect();
     items.push(item("secret".into(), Access::Agent));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 3,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-second-ids-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-second-ids").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     // The probe first, then six padding ids (their own each time, none cached here).
     let mut answers = Vec::new();
@@ -1147,39 +1127,22 @@ async fn how_full_the_second_answer_for_tiles_was_tells_nothing_below_agent() {
     for p in [1, 2, 3, 5, 6, 7] {
         items.extend((0..2).map(|i| item(format!("pad-{p}-{i}"), tiles[p], Access::Public)));
     }
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 5,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-second-tiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-second-tiles").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let mut answers = Vec::new();
     for four in tiles.chunks(4) {
         let r = public.batch(&b, &request(four, &[], Access::Public)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
+        let lists = list_lengths(&v);
         let left_out = v["error"]["tiles"].as_array().map_or(0, Vec::len);
         answers.push((lists, v["error"]["code"].clone(), left_out));
     }
@@ -1220,39 +1183,22 @@ async fn the_paddings_answer_at_the_callers_tier_is_told_not_its_answer_at_agent
         items.extend((0..3).map(|i| item(format!("pub-{p}-{i}"), tile, Access::Public)));
     }
     items.extend((0..3).map(|i| item(format!("agent-{i}"), tiles[0], Access::Agent)));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 5,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-padding-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-padding").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let mut answers = Vec::new();
     for pair in tiles.chunks(2) {
         let r = public.batch(&b, &request(pair, &[], Access::Public)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
+        let lists = list_lengths(&v);
         answers.push((
             lists,
             v["error"]["code"].clone(),
@@ -1313,51 +1259,21 @@ async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
         Access::Agent,
         &"x".repeat(200),
     ));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_response_items: 5,
             max_tile_items: 4,
             max_item_data_bytes: 100,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-reason-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
-    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let (b, dir) = chained_to(&a.url(), "tw-chain-reason").await;
     let mut answers = Vec::new();
     for (pair, probe) in [(0, "secret"), (2, "nope")] {
         let asked = &tiles[pair..pair + 2];
-        let r = public
-            .batch(&b, &request(asked, &[probe], Access::Public))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
-        let left_out = v["error"]["tiles"] == serde_json::json!([tiles[pair + 1].to_string()]);
-        answers.push((
-            lists,
-            v["error"]["code"].clone(),
-            left_out,
-            v["missing"].clone(),
-        ));
+        answers.push(told_public(&b, asked, &[probe], tiles[pair + 1]).await);
     }
     // Before: payload_too_large for the first, response_full for the second.
     assert_eq!(
@@ -1394,66 +1310,25 @@ async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() 
     let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
     let d2 = d1.offset(1, 0).unwrap();
     let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
-    let item = |id: String, tile: tilewarm::TileId, access: Access, len: usize| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(&"x".repeat(len)).unwrap(),
-        }
-    };
+    let item = item_at_centre;
     // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
     let mut items = Vec::new();
     for (n, d) in [(1, d1), (2, d2)] {
         items.extend((0..110).map(|i| item(format!("big-{n}-{i}"), d, Access::Public, 40_000)));
     }
     items.push(item("secret".into(), far, Access::Agent, 55_000));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_item_data_bytes: 50_000,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-split-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
-    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let (b, dir) = chained_to(&a.url(), "tw-chain-split").await;
     let mut answers = Vec::new();
     for probe in ["secret", "nope"] {
-        let r = public
-            .batch(&b, &request(&[d1, d2], &[probe], Access::Public))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
-        let left_out = v["error"]["tiles"] == serde_json::json!([d2.to_string()]);
-        answers.push((
-            lists,
-            v["error"]["code"].clone(),
-            left_out,
-            v["missing"].clone(),
-        ));
+        answers.push(told_public(&b, &[d1, d2], &[probe], d2).await);
     }
     // Before: payload_too_large for the first, response_full for the second.
     assert_eq!(
@@ -1487,18 +1362,7 @@ async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_it
     let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
     let d2 = d1.offset(1, 0).unwrap();
     let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
-    let item = |id: String, tile: tilewarm::TileId, access: Access, len: usize| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(&"x".repeat(len)).unwrap(),
-        }
-    };
+    let item = item_at_centre;
     // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
     let mut items = Vec::new();
     for (n, d) in [(1, d1), (2, d2)] {
@@ -1511,31 +1375,16 @@ async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_it
         items.extend((0..4).map(|i| item(format!("pub-{n}-{i}"), t, Access::Public, 1)));
     }
     items.push(item("agent-0".into(), dense[0], Access::Agent, 1));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    let a = tilewarm_server::start_with_origin(
+    let a = serving(
+        items,
         Config {
             max_item_data_bytes: 50_000,
             max_tile_items: 4,
             ..config()
         },
-        Box::new(backend),
-        Arc::default(),
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("tw-chain-split-tiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, crate::common::token_for(Access::Agent)).unwrap();
-    let b = server(Config {
-        origin_token_file: Some(token_file),
-        ..upstream_config(&format!("{}/v1/batch", a.url()))
-    })
     .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-split-tiles").await;
     let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let mut answers = Vec::new();
     for data in dense {
@@ -1544,9 +1393,7 @@ async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_it
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
-        let lists: Vec<usize> = (v["tiles"].as_array().unwrap().iter())
-            .map(|l| l["ids"].as_array().unwrap().len())
-            .collect();
+        let lists = list_lengths(&v);
         let left_out = v["error"]["tiles"] == serde_json::json!([d2.to_string()]);
         answers.push((lists, v["error"]["code"].clone(), left_out));
     }
