@@ -111,10 +111,14 @@ pub struct Metrics {
     /// Requests refused with 503 because the cache tier was down and
     /// `--degraded-origin-calls` origin calls were in flight.
     pub degraded_refusals: AtomicU64,
-    /// Requests refused with 504 because the origin passed `--origin-timeout-ms`.
+    /// Origin calls that did not answer within `--origin-timeout-ms` (or what was left of
+    /// the request's budget): each is a 504 for what it was asked, the whole answer or the
+    /// part an answer leaves out; one request may count more than once (its calls at
+    /// `agent`, at its tier, for its ids).
     pub origin_timeouts: AtomicU64,
-    /// Requests refused with 503 because the origin was at capacity (every PostGIS
-    /// connection busy for `--origin-pool-wait-ms`, an upstream's 503).
+    /// Origin calls refused because the origin was at capacity (every PostGIS connection
+    /// busy for `--origin-pool-wait-ms`, an upstream's 503): each a 503 for what it was
+    /// asked, the whole answer or the part an answer leaves out.
     pub origin_overloaded: AtomicU64,
     /// Connections closed because a write made no progress for `--write-timeout-ms`.
     pub write_timeouts: AtomicU64,
@@ -452,12 +456,12 @@ fn read_app(app: &App, s: &mut Scrape) {
         ),
         (
             "tilewarm_origin_timeouts",
-            "Requests refused with 504 because the origin did not answer within --origin-timeout-ms.",
+            "Origin calls that did not answer within --origin-timeout-ms (or the request's budget left): each a 504 for what it was asked, whole or in part; a request may count more than once.",
             &m.origin_timeouts,
         ),
         (
             "tilewarm_origin_overloaded",
-            "Requests refused with 503 because the origin was at capacity: every PostGIS connection busy for --origin-pool-wait-ms, or an upstream's 503.",
+            "Origin calls refused because the origin was at capacity (every PostGIS connection busy for --origin-pool-wait-ms, or an upstream's 503): each a 503 for what it was asked, whole or in part.",
             &m.origin_overloaded,
         ),
     ] {
