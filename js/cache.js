@@ -13,6 +13,7 @@ import {
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER, ACCESS_HEADER,
+  ERROR_STATUSES,
 } from './gen/boundary.js';
 import { retryAfterMs } from './retry-after.js';
 
@@ -21,10 +22,10 @@ export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
 
 const TIMED_OUT = Symbol('timed out');
 
-// The HTTP status a server answers with each code a server or edge leaves something out of
-// a partial answer with (ErrorCode::http_status): what it left out failed as that status
-// would have (the engine reads the code from it); for an id with any other code, 502.
-const PARTIAL_STATUS = new Map([['upstream_timeout', 504], ['overloaded', 503], ['rate_limited', 429], ['upstream_error', 502], ['payload_too_large', 413], ['response_full', 413], ['bad_request', 400]]);
+// The HTTP status a server answers each code with (ErrorCode::http_status): what a partial
+// answer left out with that code failed as that status would have (the engine reads the
+// code back from it); for an id with an unknown code, 502.
+const PARTIAL_STATUS = new Map(ERROR_STATUSES);
 
 // The item objects the caches of this wasm instance hold, by slot: the engine keeps an
 // item's slot, not the object, so items cross as numbers (src/wasm/engine.rs, `JsItem`).

@@ -92,6 +92,13 @@ export const ERROR_CLASSES = [TypeError, RangeError];
 export const REQUEST_KINDS = ['foreground', 'prefetch'];
 export const TILE_STATES = ['loaded', 'prefetched', 'inFlight', 'missing'];
 export const TIERS = ['public', 'registered', 'verified', 'agent'];
+/** Each protocol error code with its HTTP status (`ErrorCode::http_status`). */
+export const ERROR_STATUSES = [
+  ['bad_request', 400], ['unauthorized', 401], ['forbidden', 403], ['payload_too_large', 413],
+  ['request_timeout', 408], ['unsupported_media_type', 415], ['method_not_allowed', 405],
+  ['not_found', 404], ['rate_limited', 429], ['overloaded', 503], ['upstream_error', 502],
+  ['upstream_timeout', 504], ['internal', 500], ['response_full', 413],
+];
 /** The `stats()` fields in the order `Engine.stats` hands their values over; FLAGS are booleans. */
 export const STATS = [
   'hits', 'misses', 'staleHits', 'hitRate', 'requests', 'prefetchRequests', 'itemsFetched',

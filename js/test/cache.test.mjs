@@ -804,35 +804,39 @@ test('what a partial answer shedding load leaves out is retried as a whole 503 i
 test("what a partial answer leaves out for a failed origin (upstream_error) is retried as a whole 502 is, and reported as that failure", async () => {
   // As an edge answers what it holds when its origin fails (unreachable, a 5xx, garbage).
   // Before, a tile left out was an ERR_INVALID_RESPONSE given up at once (the answer was
-  // valid) and a get() of an id left out was rejected without a retry.
-  fresh();
-  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
-  const errs = [];
-  cache.onError((e) => errs.push(e));
-  const failOnce = (res, answer) => {
-    backend.hostile = null;
-    const dropped = answer.tiles.shift();
-    answer.items = answer.items.filter((it) => it.id !== 'h2' && !dropped?.ids.includes(it.id));
-    answer.missing = [];
-    answer.error = { code: 'upstream_error', message: 'the origin failed', tiles: dropped ? [dropped.tile] : [], ids: ['h2'] };
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer));
-  };
-  try {
-    backend.hostile = failOnce;
-    assert.equal((await cache.get('h2')).id, 'h2', 'retried, then answered');
-    assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [['ERR_HTTP', 502, 'upstream_error', true]]);
-    errs.length = 0;
-    backend.hostile = failOnce;
-    const v = viewOf(SX, SY);
-    cache.setViewport(v);
-    await cache.whenComplete();
-    assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
-    assert.ok(errs.length >= 1);
-    for (const e of errs) assert.deepEqual([e.code, e.status, e.serverCode, e.willRetry], ['ERR_HTTP', 502, 'upstream_error', true], e.message);
-  } finally {
-    backend.hostile = null;
-    cache.dispose();
+  // valid) and a get() of an id left out was rejected without a retry. Any code is read as
+  // its own status (ErrorCode::http_status): `internal` as a 500, retried as one.
+  for (const [code, status] of [['upstream_error', 502], ['internal', 500]]) {
+    fresh();
+    const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+    const errs = [];
+    cache.onError((e) => errs.push(e));
+    const failOnce = (res, answer) => {
+      backend.hostile = null;
+      const dropped = answer.tiles.shift();
+      answer.items = answer.items.filter((it) => it.id !== 'h2' && !dropped?.ids.includes(it.id));
+      answer.missing = [];
+      answer.error = { code, message: 'the origin failed', tiles: dropped ? [dropped.tile] : [], ids: ['h2'] };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    };
+    const told = ['ERR_HTTP', status, code, true];
+    try {
+      backend.hostile = failOnce;
+      assert.equal((await cache.get('h2')).id, 'h2', `${code}: retried, then answered`);
+      assert.deepEqual(errs.map((e) => [e.code, e.status, e.serverCode, e.willRetry]), [told]);
+      errs.length = 0;
+      backend.hostile = failOnce;
+      const v = viewOf(SX, SY);
+      cache.setViewport(v);
+      await cache.whenComplete();
+      assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
+      assert.ok(errs.length >= 1);
+      for (const e of errs) assert.deepEqual([e.code, e.status, e.serverCode, e.willRetry], told, e.message);
+    } finally {
+      backend.hostile = null;
+      cache.dispose();
+    }
   }
 });
 

@@ -24,7 +24,7 @@ use crate::access::Access;
 use crate::client::options::{Check, Opt, ACCESS_ALLOWED, CLASS_TTL, OPTIONS};
 use crate::client::ClientConfig;
 use crate::planner::MAX_VIEW_ZOOM;
-use crate::protocol::Limits;
+use crate::protocol::{ErrorCode, Limits};
 use crate::tile::TileId;
 use crate::tile::MAX_ZOOM;
 
@@ -287,6 +287,15 @@ pub(crate) fn js() -> String {
         &mut s,
         "export const TIERS = ",
         Access::ALL.iter().map(|a| quoted(a.as_str())),
+    );
+    s.push_str(
+        "/** Each protocol error code with its HTTP status (`ErrorCode::http_status`). */
+",
+    );
+    statement(
+        &mut s,
+        "export const ERROR_STATUSES = ",
+        (ErrorCode::ALL.iter()).map(|c| format!("[{}, {}]", quoted(c.as_str()), c.http_status())),
     );
     s.push_str("/** The `stats()` fields in the order `Engine.stats` hands their values over; FLAGS are booleans. */\n");
     statement(
