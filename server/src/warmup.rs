@@ -30,7 +30,7 @@
 //!   `--origin-timeout-ms` (the job ends there and releases its tiles).
 //! - **Writer** (worker): the answers into the cache tier with the same TTL policy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -55,16 +55,18 @@ use crate::App;
 /// again, one warm-up origin call per request.
 type Tries = WarmTries<TileId>;
 
-/// Most entries (a data tile at a tier) [`OverLimit`] remembers (past it, the soonest to
-/// lapse go first).
+/// Most entries [`OverLimit`] remembers per tier (past it, the tier's soonest to lapse go
+/// first): one tier's dense tiles cannot push out another's (the `agent` entries
+/// warm-up skips by).
 pub const MAX_OVER_LIMIT_TILES: usize = 4096;
 
 /// Data tiles found over `--max-tile-items`, by the tier they were counted at, each with
 /// why it was left out ([`LeftOut`]: the count and limit, or an upstream's
 /// `payload_too_large`) until its list would have expired (found + the tile TTL), or until
 /// an invalidation covers it ([`OverLimit::forget`]: it may have shrunk). At most
-/// [`MAX_OVER_LIMIT_TILES`]. Filled by the request path (its call at `agent`, and its call
-/// again at a lower caller's tier) and by warm-up's own answers (at `agent`).
+/// [`MAX_OVER_LIMIT_TILES`] per tier, each insert O(log n). Filled by the request path
+/// (its call at `agent`, and its call again at a lower caller's tier) and by warm-up's own
+/// answers (at `agent`).
 /// - Warm-up skips the tiles over the limit at `agent`: it asks there, so nothing of them
 ///   could be cached, and the back-off of [`WarmTries`] (at most a minute) would ask
 ///   again many times within a TTL, each a full origin read of a dense tile.
@@ -75,10 +77,41 @@ pub const MAX_OVER_LIMIT_TILES: usize = 4096;
 ///   is over to the public caller would tell of items above its tier.
 #[derive(Default)]
 pub struct OverLimit {
-    until: Mutex<HashMap<(TileId, Access), (u64, LeftOut)>>,
+    tiers: Mutex<HashMap<Access, Remembered>>,
+}
+
+/// One tier's entries: by tile, and by when they lapse (the order they are pushed out in).
+#[derive(Default)]
+struct Remembered {
+    by_tile: HashMap<TileId, (u64, LeftOut)>,
+    by_until: BTreeSet<(u64, TileId)>,
+}
+
+impl Remembered {
+    fn insert(&mut self, t: TileId, until: u64, why: LeftOut) {
+        if let Some((old, _)) = self.by_tile.get(&t) {
+            self.by_until.remove(&(*old, t));
+        } else if self.by_tile.len() >= MAX_OVER_LIMIT_TILES {
+            // The soonest to lapse (any lapsed already first).
+            if let Some((_, gone)) = self.by_until.pop_first() {
+                self.by_tile.remove(&gone);
+            }
+        }
+        self.by_tile.insert(t, (until, why));
+        self.by_until.insert((until, t));
+    }
+
+    fn retain(&mut self, keep: impl Fn(TileId) -> bool) {
+        self.by_tile.retain(|&t, _| keep(t));
+        self.by_until.retain(|&(_, t)| keep(t));
+    }
 }
 
 impl OverLimit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Access, Remembered>> {
+        self.tiers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Tiles were found over the limit at tier `at`, each for its reason: remembered
     /// until `until_ms`.
     pub fn found(
@@ -91,20 +124,10 @@ impl OverLimit {
         if over.peek().is_none() {
             return;
         }
-        let now = now_ms();
-        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tiers = self.lock();
+        let tier = tiers.entry(at).or_default();
         for (t, why) in over {
-            let key = (t, at);
-            if map.len() >= MAX_OVER_LIMIT_TILES && !map.contains_key(&key) {
-                map.retain(|_, (until, _)| *until > now);
-                if map.len() >= MAX_OVER_LIMIT_TILES {
-                    let soonest = map.iter().min_by_key(|(_, (until, _))| *until);
-                    if let Some(k) = soonest.map(|(&k, _)| k) {
-                        map.remove(&k);
-                    }
-                }
-            }
-            map.insert(key, (until_ms, why));
+            tier.insert(t, until_ms, why);
         }
     }
 
@@ -134,8 +157,11 @@ impl OverLimit {
     /// Why `t` was left out at tier `at`, if it was found over the limit there and its
     /// time is not over at `now_ms`.
     pub fn why(&self, t: TileId, at: Access, now_ms: u64) -> Option<LeftOut> {
-        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&(t, at))
+        let tiers = self.lock();
+        tiers
+            .get(&at)?
+            .by_tile
+            .get(&t)
             .filter(|(until, _)| *until > now_ms)
             .map(|(_, why)| why.clone())
     }
@@ -143,15 +169,25 @@ impl OverLimit {
     /// Whether `t` was found over the limit at tier `at` and its time is not over at
     /// `now_ms`.
     pub fn holds(&self, t: TileId, at: Access, now_ms: u64) -> bool {
-        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&(t, at)).is_some_and(|(until, _)| *until > now_ms)
+        let tiers = self.lock();
+        tiers
+            .get(&at)
+            .and_then(|r| r.by_tile.get(&t))
+            .is_some_and(|(until, _)| *until > now_ms)
     }
 
     /// Forgets the tiles (at every tier) `covered` says an invalidation covers: they may
     /// have shrunk, so they are asked again.
     pub fn forget(&self, covered: impl Fn(TileId) -> bool) {
-        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|&(t, _), _| !covered(t));
+        let mut tiers = self.lock();
+        for r in tiers.values_mut() {
+            r.retain(|t| !covered(t));
+        }
+    }
+
+    /// Entries remembered at tier `at` (lapsed ones included until pushed out or forgotten).
+    pub fn len(&self, at: Access) -> usize {
+        self.lock().get(&at).map_or(0, |r| r.by_tile.len())
     }
 }
 
@@ -465,13 +501,54 @@ mod tests {
             .map(|x| TileId::new(14, x, 7).unwrap())
             .collect();
         over.found(A, many.iter().map(|&t| (t, why(t))), far + 1);
-        let len = over.until.lock().unwrap().len();
-        assert_eq!(len, MAX_OVER_LIMIT_TILES);
+        assert_eq!(over.len(A), MAX_OVER_LIMIT_TILES);
         assert!(
             !over.holds(t, A, far - 1),
             "the soonest to lapse went first"
         );
         assert!(over.holds(*many.last().unwrap(), A, far));
+    }
+
+    /// Each tier has its own bound: public tiles found over the limit by the thousand do
+    /// not push out the `agent` entries warm-up skips by; within a tier the soonest to
+    /// lapse goes first, a lapsed one before any.
+    #[test]
+    fn each_tier_is_bounded_on_its_own() {
+        let far = now_ms() + 3_600_000;
+        let over = OverLimit::default();
+        let warm: Vec<TileId> = (0..10).map(|x| TileId::new(14, x, 1).unwrap()).collect();
+        over.found(A, warm.iter().map(|&t| (t, why(t))), far);
+        let public: Vec<TileId> = (0..2 * MAX_OVER_LIMIT_TILES as u32)
+            .map(|x| TileId::new(14, x, 2).unwrap())
+            .collect();
+        // Lapsing later than the agent entries: a bound shared by the tiers would push
+        // the agent entries out first.
+        for &t in &public {
+            over.found(Access::Public, [(t, why(t))], far + 1);
+        }
+        assert_eq!(over.len(Access::Public), MAX_OVER_LIMIT_TILES);
+        assert!(
+            warm.iter().all(|&t| over.holds(t, A, far - 1)),
+            "agent kept"
+        );
+        assert!(over.holds(*public.last().unwrap(), Access::Public, far));
+        // Lapsed entries go before live ones, whatever their tile.
+        let lapsed = TileId::new(14, 0, 3).unwrap();
+        let full = OverLimit::default();
+        full.found(A, [(lapsed, why(lapsed))], 1);
+        let live: Vec<TileId> = (0..MAX_OVER_LIMIT_TILES as u32 - 1)
+            .map(|x| TileId::new(14, x, 4).unwrap())
+            .collect();
+        full.found(A, live.iter().map(|&t| (t, why(t))), far);
+        let t = TileId::new(14, 9, 9).unwrap();
+        full.found(A, [(t, why(t))], far);
+        assert_eq!(full.len(A), MAX_OVER_LIMIT_TILES);
+        assert!(live.iter().all(|&t| full.holds(t, A, far - 1)));
+        assert!(full.holds(t, A, far - 1));
+        // Found again: its time is renewed, not counted twice.
+        full.found(A, [(t, why(t))], far + 5);
+        assert_eq!(full.len(A), MAX_OVER_LIMIT_TILES);
+        assert!(full.holds(t, A, far + 4));
     }
 
     /// What is remembered for one tier says nothing of another's (a tile over the limit
