@@ -614,7 +614,9 @@ async fn invalidate_handler(
             )
         }
     };
-    if let Err(e) = crate::invalidate::invalidate_again(&app, &inv).await {
+    if let Err(e) =
+        crate::invalidate::invalidate_again(&app, &inv, crate::invalidate::Reach::Anywhere).await
+    {
         // A write-back that landed between the two deletes is still in Redis, and this
         // instance's reader skips its own entries: held as after the first.
         crate::invalidate::spawn_everything_until_applied(&app, crate::tier::ReadHold::Endpoint);

@@ -42,6 +42,24 @@ use crate::App;
 /// What to invalidate: the core's wire type, shared with the edge and the package.
 pub use tilewarm::protocol::Invalidation;
 
+/// What an invalidation may have changed beyond what it names, for what the server
+/// remembers of a tile's item count ([`crate::warmup::OverLimit`]: a tile found over
+/// `--max-tile-items` may have come under it; [`crate::warmup::may_shrink`]). The tier
+/// itself drops what the invalidation names either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reach {
+    /// Its ids may be anywhere: every tile's count may have changed. `POST
+    /// /v1/invalidate` (an admin naming ids says what changed, not where it was), an
+    /// upstream's feed, another instance's entry that does not say [`Reach::Tiles`].
+    #[default]
+    Anywhere,
+    /// Its tiles hold the data tile of every position its ids were at (and are at): the
+    /// PostGIS feed, which names each changed row's old and new positions. Only those
+    /// tiles' counts, and through the origin's envelope margin their neighbours', may
+    /// have changed. Classes and `all` still reach everywhere.
+    Tiles,
+}
+
 /// Invalidations kept for [`WriteGuard::filter`].
 pub const LOG_LEN: usize = 4096;
 
@@ -51,8 +69,8 @@ pub const LOG_LEN: usize = 4096;
 pub struct WriteGuard {
     /// The number of the last invalidation recorded.
     seq: AtomicU64,
-    /// (number, invalidation), oldest first, at most [`LOG_LEN`].
-    log: Mutex<VecDeque<(u64, Invalidation)>>,
+    /// (number, invalidation, its reach), oldest first, at most [`LOG_LEN`].
+    log: Mutex<VecDeque<(u64, Invalidation, Reach)>>,
 }
 
 impl WriteGuard {
@@ -64,28 +82,34 @@ impl WriteGuard {
     /// Records an invalidation (before it is applied to the tier, so a fetch that read the
     /// tier after it cannot write back under an older number).
     pub fn record(&self, inv: &Invalidation) {
+        self.record_with(inv, Reach::Anywhere);
+    }
+
+    /// [`record`](Self::record), with what it may have changed beyond what it names.
+    pub fn record_with(&self, inv: &Invalidation, reach: Reach) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let n = self.seq.fetch_add(1, Relaxed) + 1;
-        log.push_back((n, inv.clone()));
+        log.push_back((n, inv.clone(), reach));
         while log.len() > LOG_LEN {
             log.pop_front();
         }
     }
 
-    /// Whether an invalidation recorded after `epoch` may cover data tile `t`: it covers
-    /// the tile, or names ids or classes (the tiles holding them are not known here), or
-    /// the log no longer reaches back to `epoch`.
+    /// Whether an invalidation recorded after `epoch` may have changed the item count of
+    /// data tile `t` ([`crate::warmup::may_shrink`]: it covers the tile or a neighbour,
+    /// names classes, or ids of [`Reach::Anywhere`]), or the log no longer reaches back to
+    /// `epoch`.
     pub fn may_cover_since(&self, epoch: u64, t: TileId) -> bool {
         if self.seq.load(Relaxed) == epoch {
             return false;
         }
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = log.front().map_or(u64::MAX, |(n, _)| *n);
+        let oldest = log.front().map_or(u64::MAX, |(n, _, _)| *n);
         oldest > epoch + 1
             || log
                 .iter()
-                .filter(|(n, _)| *n > epoch)
-                .any(|(_, i)| !i.ids.is_empty() || !i.classes.is_empty() || i.covers_tile(t))
+                .filter(|(n, _, _)| *n > epoch)
+                .any(|(_, i, reach)| crate::warmup::may_shrink(i, *reach, t))
     }
 
     /// Drops from `fill` what an invalidation recorded after `epoch` covers. Returns how
@@ -96,7 +120,7 @@ impl WriteGuard {
         }
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let before = fill.items.len() + fill.tiles.len();
-        let oldest = log.front().map_or(u64::MAX, |(n, _)| *n);
+        let oldest = log.front().map_or(u64::MAX, |(n, _, _)| *n);
         if oldest > epoch + 1 {
             // Older than the log: cannot tell what changed since, write nothing.
             fill.items.clear();
@@ -105,8 +129,8 @@ impl WriteGuard {
         }
         let since: Vec<&Invalidation> = log
             .iter()
-            .filter(|(n, _)| *n > epoch)
-            .map(|(_, i)| i)
+            .filter(|(n, _, _)| *n > epoch)
+            .map(|(_, i, _)| i)
             .collect();
         if since.iter().any(|i| i.all) {
             fill.items.clear();
@@ -167,25 +191,35 @@ pub struct InvalidationStats {
 /// covered entries. The entry point for the change feed and (issue 19) `POST
 /// /v1/invalidate`.
 pub async fn invalidate(app: &App, inv: &Invalidation) -> Result<(), TierError> {
-    apply(app, inv, inv).await
+    invalidate_with(app, inv, Reach::Anywhere).await
+}
+
+/// [`invalidate`] of a change whose source says what it may have changed beyond what it
+/// names ([`Reach`]: the PostGIS feed's [`Reach::Tiles`]).
+pub async fn invalidate_with(app: &App, inv: &Invalidation, reach: Reach) -> Result<(), TierError> {
+    apply(app, inv, inv, reach).await
 }
 
 /// [`invalidate`], recording `inv` and applying `on_tier` (a part of it) to the tier.
-async fn apply(app: &App, inv: &Invalidation, on_tier: &Invalidation) -> Result<(), TierError> {
+async fn apply(
+    app: &App,
+    inv: &Invalidation,
+    on_tier: &Invalidation,
+    reach: Reach,
+) -> Result<(), TierError> {
     if inv.is_empty() {
         return Ok(());
     }
-    app.invalidation.guard.record(inv);
+    app.invalidation.guard.record_with(inv, reach);
     // A request arriving from now on must not be served a flight that may predate the
     // change. Which tiles hold named ids or classes is not known here: those let go of
     // every flight.
     let by_item = !inv.ids.is_empty() || !inv.classes.is_empty();
     app.single_flight.forget(|t| by_item || inv.covers_tile(t));
     // Nor told that a tile is over --max-tile-items from before it (it may have shrunk),
-    // nor warm-up kept from it (`crate::warmup::OverLimit`).
-    app.warmup
-        .over_limit
-        .forget(|t| by_item || inv.covers_tile(t));
+    // nor warm-up kept from it (`crate::warmup::OverLimit`): what it may have changed
+    // only ([`Reach`]).
+    app.warmup.over_limit.forget_changed(inv, reach);
     let s = &app.invalidation.stats;
     s.applied.fetch_add(1, Relaxed);
     if inv.all {
@@ -210,11 +244,18 @@ async fn apply(app: &App, inv: &Invalidation, on_tier: &Invalidation) -> Result<
 /// ([`invalidate`]): an instance of an older storage format (v3, during a rolling upgrade)
 /// knows no generations and deleted only its own keys of the class, so without a bump the
 /// values of this format cached before would be served until their TTL.
-pub async fn apply_remote(app: &App, inv: &Invalidation, bumped: bool) -> Result<(), TierError> {
+/// `reach`: what its entry says it may have changed beyond what it names ([`Reach`];
+/// [`crate::stream::REACH`]).
+pub async fn apply_remote(
+    app: &App,
+    inv: &Invalidation,
+    bumped: bool,
+    reach: Reach,
+) -> Result<(), TierError> {
     if bumped {
-        invalidate_again(app, inv).await
+        invalidate_again(app, inv, reach).await
     } else {
-        invalidate(app, inv).await
+        invalidate_with(app, inv, reach).await
     }
 }
 
@@ -227,17 +268,21 @@ pub async fn apply_remote(app: &App, inv: &Invalidation, bumped: bool) -> Result
 /// make what was fetched after the first bump a miss, once more per instance, and deleting
 /// every key again would walk the whole keyspace once more per instance for keys that are
 /// misses anyway.
-pub async fn invalidate_again(app: &App, inv: &Invalidation) -> Result<(), TierError> {
+pub async fn invalidate_again(
+    app: &App,
+    inv: &Invalidation,
+    reach: Reach,
+) -> Result<(), TierError> {
     match &app.tier {
-        CacheTier::Redis(_) if inv.all => apply(app, inv, &Invalidation::default()).await,
+        CacheTier::Redis(_) if inv.all => apply(app, inv, &Invalidation::default(), reach).await,
         CacheTier::Redis(_) if !inv.classes.is_empty() => {
             let on_tier = Invalidation {
                 classes: Vec::new(),
                 ..inv.clone()
             };
-            apply(app, inv, &on_tier).await
+            apply(app, inv, &on_tier, reach).await
         }
-        _ => invalidate(app, inv).await,
+        _ => invalidate_with(app, inv, reach).await,
     }
 }
 
@@ -263,10 +308,14 @@ pub async fn forget_too_large(
     if ids.is_empty() {
         return Ok(());
     }
-    app.invalidation.guard.record(&Invalidation {
-        ids: ids.clone(),
-        ..Invalidation::default()
-    });
+    // An item grown past the size limit is still in its tiles: no tile's count changed.
+    app.invalidation.guard.record_with(
+        &Invalidation {
+            ids: ids.clone(),
+            ..Invalidation::default()
+        },
+        Reach::Tiles,
+    );
     app.tier.forget_items(&ids, app.config.data_zoom).await
 }
 
@@ -481,8 +530,9 @@ mod tests {
     }
 
     /// What a call that started at an epoch may have missed, for the memory of tiles over
-    /// the tile limit: an invalidation since of the tile (or coarser), of ids or classes
-    /// (their tiles unknown), or a log that no longer reaches back; not one of another tile.
+    /// the tile limit: an invalidation since of the tile (or coarser) or one next to it, of
+    /// ids whose places are not given or classes (their tiles unknown), or a log that no
+    /// longer reaches back; not one of another tile, nor ids given with their tiles.
     #[test]
     fn may_cover_since_is_conservative_about_ids_classes_and_a_short_log() {
         let t: TileId = "14/2624/5721".parse().unwrap();
@@ -507,6 +557,18 @@ mod tests {
             ..Invalidation::default()
         });
         assert!(g.may_cover_since(e, t));
+        // Ids with the tiles they were at (the PostGIS feed): those tiles and their
+        // neighbours only.
+        let e = g.epoch();
+        let feed = |tiles: Vec<TileId>| Invalidation {
+            ids: vec!["a".into()],
+            tiles,
+            ..Invalidation::default()
+        };
+        g.record_with(&feed(vec![u]), Reach::Tiles);
+        assert!(!g.may_cover_since(e, t));
+        g.record_with(&feed(vec![t.offset(1, -1).unwrap()]), Reach::Tiles);
+        assert!(g.may_cover_since(e, t), "a neighbour's envelope margin");
         let e = g.epoch();
         for _ in 0..=LOG_LEN {
             g.record(&Invalidation {

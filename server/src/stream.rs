@@ -72,6 +72,7 @@ use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::invalidate::Reach;
 use crate::redis_conn::{ConnOptions, RedisConn, RedisTarget};
 use crate::tier::{now_ms, ReadHold};
 use crate::App;
@@ -88,6 +89,15 @@ pub const FIELD: &str = "inv";
 /// that did not bump `all`, during a rolling upgrade) is bumped by every reader, or its
 /// values of this format would be served until their TTL.
 pub const BUMPED: &str = "bumped";
+
+/// The stream entry's field saying what its invalidation may have changed beyond what it
+/// names, when that is less than anywhere: `reach tiles` ([`Reach::Tiles`]: its tiles hold
+/// every position its ids were at, as the PostGIS feed's do), so that the other instances
+/// forget only those tiles' counts ([`crate::warmup::OverLimit`]). Written only on an
+/// entry that is the whole invalidation (one split into parts pairs ids with tiles of other
+/// parts); an entry without it (this version's others, an older version's) reaches
+/// anywhere.
+pub const REACH: &str = "reach";
 
 /// How long one `XREAD` blocks.
 pub const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -422,14 +432,30 @@ impl ChangeStream {
     /// `reset` for it, which drops its whole tier. In-process, subscribers get it at once;
     /// with Redis, through the reader.
     pub async fn publish(&self, inv: &Invalidation) -> Result<StreamId, StreamError> {
+        self.publish_with(inv, Reach::Anywhere).await
+    }
+
+    /// [`publish`](Self::publish), saying on the entry what the change may have changed
+    /// beyond what it names ([`REACH`]; only when it goes out whole, in one entry).
+    pub async fn publish_with(
+        &self,
+        inv: &Invalidation,
+        reach: Reach,
+    ) -> Result<StreamId, StreamError> {
+        let parts = inv.split(&Limits::default());
+        let reach = if parts.len() == 1 {
+            reach
+        } else {
+            Reach::Anywhere
+        };
         let mut last = None;
-        for part in inv.split(&Limits::default()) {
-            last = Some(self.publish_one(&part).await?);
+        for part in parts {
+            last = Some(self.publish_one(&part, reach).await?);
         }
         last.ok_or_else(|| StreamError("nothing to publish".into()))
     }
 
-    async fn publish_one(&self, inv: &Invalidation) -> Result<StreamId, StreamError> {
+    async fn publish_one(&self, inv: &Invalidation, reach: Reach) -> Result<StreamId, StreamError> {
         let id = match &self.backend {
             Backend::Local(ring) => {
                 let inv = Arc::new(inv.clone());
@@ -461,6 +487,9 @@ impl ChangeStream {
                     .arg(inv.to_json());
                 if !inv.classes.is_empty() || inv.all {
                     cmd.arg(BUMPED).arg(&s.gens);
+                }
+                if reach == Reach::Tiles {
+                    cmd.arg(REACH).arg("tiles");
                 }
                 let add = cmd.query_async::<String>(&mut conn);
                 let raw = match tokio::time::timeout(s.timeout, add).await {
@@ -808,6 +837,19 @@ fn entry(id: &str, fields: &[Vec<u8>]) -> Option<Event> {
     )
 }
 
+/// What an entry's fields say of its reach ([`REACH`]): [`Reach::Anywhere`] unless it says
+/// `tiles`.
+fn reach_of(fields: &[Vec<u8>]) -> Reach {
+    let tiles = fields
+        .chunks(2)
+        .any(|kv| matches!(kv, [k, v] if k == REACH.as_bytes() && v == b"tiles"));
+    if tiles {
+        Reach::Tiles
+    } else {
+        Reach::Anywhere
+    }
+}
+
 /// What `XINFO STREAM` says about resuming from an id: the last id the stream made, and the
 /// oldest id a reader can resume from without missing an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1001,6 +1043,8 @@ const MAX_FAILED: usize = 64;
 struct Pending {
     inv: Invalidation,
     bumped: bool,
+    /// What its entry says it may have changed beyond what it names ([`REACH`]).
+    reach: Reach,
     remote: u64,
 }
 
@@ -1013,8 +1057,14 @@ type Failed = Vec<Pending>;
 /// in `failed` to be applied again by [`retry_failed`], so a change read while the tier was
 /// failing is not forgotten, and requests are held off the tier until it is
 /// ([`crate::tier::CacheTier::hold_reads`]).
-async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: &mut Failed) {
-    if crate::invalidate::apply_remote(app, &inv, bumped)
+async fn apply(
+    app: &App,
+    inv: Invalidation,
+    (bumped, reach): (bool, Reach),
+    remote: u64,
+    failed: &mut Failed,
+) {
+    if crate::invalidate::apply_remote(app, &inv, bumped, reach)
         .await
         .is_ok()
     {
@@ -1030,6 +1080,7 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: 
         *failed = vec![Pending {
             inv: Invalidation::everything(),
             bumped: false,
+            reach: Reach::Anywhere,
             remote,
         }];
     } else if let Some(all) = failed.first_mut().filter(|p| p.inv.all) {
@@ -1039,6 +1090,7 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: 
         failed.push(Pending {
             inv,
             bumped,
+            reach,
             remote,
         });
     }
@@ -1050,14 +1102,15 @@ async fn apply(app: &App, inv: Invalidation, bumped: bool, remote: u64, failed: 
 async fn reset_everything(a: &App, failed: &mut Failed, to: StreamId, why: ResetReason) {
     a.changes.stats.resets.fetch_add(1, Relaxed);
     // Not bumped by anyone yet: `false`, so that it bumps `all`'s generation.
-    apply(a, Invalidation::everything(), false, 0, failed).await;
+    let all = Invalidation::everything();
+    apply(a, all, (false, Reach::Anywhere), 0, failed).await;
     let _ = a.changes.tx.send(Event::Reset(to, why));
 }
 
 /// Applies again what failed before, oldest first, until one fails again.
 async fn retry_failed(app: &App, failed: &mut Failed) {
     while let Some(p) = failed.first() {
-        if crate::invalidate::apply_remote(app, &p.inv, p.bumped)
+        if crate::invalidate::apply_remote(app, &p.inv, p.bumped, p.reach)
             .await
             .is_err()
         {
@@ -1198,7 +1251,7 @@ async fn read_once(
                     );
                     // A tier failure marks Redis down (the tier is not read until it is
                     // back) and is applied again then.
-                    apply(&a, inv, bumped, 1, failed).await;
+                    apply(&a, inv, (bumped, reach_of(&fields)), 1, failed).await;
                 }
                 let _ = a.changes.tx.send(event);
             }
@@ -1458,5 +1511,23 @@ mod tests {
             Some(Event::Reset(_, ResetReason::Unreadable))
         ));
         assert!(entry("x", &[]).is_none());
+    }
+
+    /// An entry reaches only its tiles when it says so, anywhere otherwise (an older
+    /// version's entry, or one of this version's that is not a PostGIS change whole).
+    #[test]
+    fn an_entry_reaches_its_tiles_only_when_it_says_so() {
+        let f = |kv: &[&[u8]]| kv.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+        let inv: &[u8] = br#"{"ids":["a"],"tiles":["14/1/1"]}"#;
+        assert_eq!(
+            reach_of(&f(&[b"inv", inv, b"reach", b"tiles"])),
+            Reach::Tiles
+        );
+        assert_eq!(reach_of(&f(&[b"inv", inv])), Reach::Anywhere);
+        assert_eq!(
+            reach_of(&f(&[b"inv", inv, b"reach", b"x"])),
+            Reach::Anywhere
+        );
+        assert_eq!(reach_of(&f(&[b"reach"])), Reach::Anywhere);
     }
 }

@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::batch::fill_from;
+use crate::invalidate::{Invalidation, Reach};
 use crate::metrics::Metrics;
 use crate::origin::{CallSource, OriginFailure};
 use crate::single_flight::LeftOut;
@@ -185,9 +186,100 @@ impl OverLimit {
         }
     }
 
+    /// Forgets the tiles (at every tier) whose count `inv` may have changed
+    /// ([`may_shrink`]), and only those: a change elsewhere leaves a dense tile told at once.
+    pub fn forget_changed(&self, inv: &Invalidation, reach: Reach) {
+        if anywhere(inv, reach) {
+            self.forget(|_| true);
+            return;
+        }
+        if inv.tiles.is_empty() {
+            return;
+        }
+        let mut tiers = self.lock();
+        let zooms: BTreeSet<u8> = tiers
+            .values()
+            .flat_map(|r| r.by_tile.keys().map(|t| t.z()))
+            .collect();
+        let near = Near::new(&inv.tiles, zooms);
+        for r in tiers.values_mut() {
+            r.retain(|t| !near.touches(t));
+        }
+    }
+
     /// Entries remembered at tier `at` (lapsed ones included until pushed out or forgotten).
     pub fn len(&self, at: Access) -> usize {
         self.lock().get(&at).map_or(0, |r| r.by_tile.len())
+    }
+}
+
+/// Whether `inv` ([`Reach`]) may have changed every tile's count: it is `all`, names
+/// classes (their items may be anywhere), or names ids whose places it does not give.
+fn anywhere(inv: &Invalidation, reach: Reach) -> bool {
+    inv.all || !inv.classes.is_empty() || (reach == Reach::Anywhere && !inv.ids.is_empty())
+}
+
+/// Whether `inv` ([`Reach`]) may have changed the item count of data tile `t` at some
+/// tier, so that a tile found over `--max-tile-items` may have come under it: `inv` may
+/// have changed every tile's ([`Reach::Anywhere`] with ids; classes; `all`), or covers
+/// `t` or one of the 8 around it. The neighbours because PostGIS counts a tile's envelope
+/// rows, which take in the items of its neighbours within a centimetre of its edge
+/// (`crate::origin::postgis`, `MARGIN_DEG`): one of those gone may bring it under.
+/// A change that moved an item only adds to the tiles at its new place: whatever count
+/// shrank was at a place it was at, which [`Reach::Tiles`] names.
+pub fn may_shrink(inv: &Invalidation, reach: Reach, t: TileId) -> bool {
+    anywhere(inv, reach) || around(t).any(|n| inv.covers_tile(n))
+}
+
+/// `t` and the tiles around it (columns wrapping at the antimeridian, no rows past a pole).
+fn around(t: TileId) -> impl Iterator<Item = TileId> {
+    (-1..=1).flat_map(move |dy| (-1..=1).filter_map(move |dx| t.offset(dx, dy)))
+}
+
+/// [`may_shrink`]'s test of the tiles an invalidation names, for many tiles at once: the
+/// named tiles at each zoom asked of (those finer taken to their ancestor there), and the
+/// coarser ones by zoom.
+struct Near {
+    /// Per zoom of the tiles tested: the named tiles at that zoom or finer, at that zoom.
+    at: HashMap<u8, HashSet<TileId>>,
+    /// The named tiles, and their zooms (for those coarser than a tile tested).
+    named: HashSet<TileId>,
+    zooms: BTreeSet<u8>,
+}
+
+impl Near {
+    /// For tiles at `zooms`.
+    fn new(tiles: &[TileId], zooms: BTreeSet<u8>) -> Near {
+        let at = zooms
+            .iter()
+            .map(|&z| {
+                let set = tiles
+                    .iter()
+                    .filter_map(|u| u.ancestor(z).ok())
+                    .collect::<HashSet<TileId>>();
+                (z, set)
+            })
+            .collect();
+        Near {
+            at,
+            named: tiles.iter().copied().collect(),
+            zooms: tiles.iter().map(|u| u.z()).collect(),
+        }
+    }
+
+    /// Whether a named tile covers `n` (contains it, or lies in it).
+    fn covers(&self, n: TileId) -> bool {
+        if self.at.get(&n.z()).is_some_and(|s| s.contains(&n)) {
+            return true;
+        }
+        self.zooms
+            .range(..n.z())
+            .any(|&z| n.ancestor(z).is_ok_and(|a| self.named.contains(&a)))
+    }
+
+    /// Whether a named tile covers `t` or one around it.
+    fn touches(&self, t: TileId) -> bool {
+        around(t).any(|n| self.covers(n))
     }
 }
 
@@ -549,6 +641,129 @@ mod tests {
         full.found(A, [(t, why(t))], far + 5);
         assert_eq!(full.len(A), MAX_OVER_LIMIT_TILES);
         assert!(full.holds(t, A, far + 4));
+    }
+
+    /// A change whose tiles say where its ids were (the PostGIS feed's, [`Reach::Tiles`])
+    /// forgets the tiles it names and those around them, at every tier, and nothing else;
+    /// one whose ids may be anywhere (an admin's, an upstream's), or naming classes, or
+    /// `all`, forgets everything. The bulk test agrees with [`may_shrink`] tile by tile.
+    #[test]
+    fn only_what_a_change_may_have_shrunk_is_forgotten() {
+        let far = now_ms() + 3_600_000;
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        let edge = TileId::new(14, 0, 5721).unwrap();
+        let tiles: Vec<TileId> = [
+            t,
+            t.offset(1, 1).unwrap(),
+            t.offset(2, 0).unwrap(),
+            t.offset(-5, 7).unwrap(),
+            edge,
+            edge.offset(-1, 0).unwrap(),
+            edge.offset(-2, 0).unwrap(),
+        ]
+        .to_vec();
+        let fill = || {
+            let over = OverLimit::default();
+            for at in [A, Access::Public] {
+                over.found(at, tiles.iter().map(|&t| (t, why(t))), far);
+            }
+            over
+        };
+        let kept = |over: &OverLimit| -> Vec<TileId> {
+            tiles
+                .iter()
+                .copied()
+                .filter(|&t| over.holds(t, A, 0))
+                .collect()
+        };
+        let at = |tiles: Vec<TileId>, ids: &[&str]| Invalidation {
+            ids: ids.iter().map(|i| i.to_string()).collect(),
+            tiles,
+            ..Invalidation::default()
+        };
+        let cases = [
+            // The feed: an item of t changed; t and the tiles around it.
+            (at(vec![t], &["a"]), Reach::Tiles),
+            // A finer tile stands for its data tile; the last column is next to the first.
+            (
+                at(
+                    vec![edge.offset(-1, 0).unwrap().descendants(16).unwrap()[3]],
+                    &["a"],
+                ),
+                Reach::Tiles,
+            ),
+            // A coarse tile: every data tile in it and around its edge.
+            (at(vec![t.ancestor(12).unwrap()], &[]), Reach::Anywhere),
+            // Tiles alone, from anyone.
+            (at(vec![t.offset(-5, 7).unwrap()], &[]), Reach::Anywhere),
+            // Ids whose places are not given: everything.
+            (at(vec![t], &["a"]), Reach::Anywhere),
+            (at(vec![], &["a"]), Reach::Anywhere),
+            // The items too large, recorded with no tile: nothing.
+            (at(vec![], &["a"]), Reach::Tiles),
+            (
+                Invalidation {
+                    classes: vec!["sold".into()],
+                    ..Invalidation::default()
+                },
+                Reach::Tiles,
+            ),
+            (Invalidation::everything(), Reach::Tiles),
+        ];
+        for (inv, reach) in &cases {
+            let over = fill();
+            over.forget_changed(inv, *reach);
+            let expected: Vec<TileId> = tiles
+                .iter()
+                .copied()
+                .filter(|&t| !may_shrink(inv, *reach, t))
+                .collect();
+            assert_eq!(kept(&over), expected, "{inv:?} {reach:?}");
+            let public: Vec<TileId> = tiles
+                .iter()
+                .copied()
+                .filter(|&t| over.holds(t, Access::Public, 0))
+                .collect();
+            assert_eq!(public, expected, "every tier");
+        }
+        let kept_after = |i: usize| {
+            let over = fill();
+            over.forget_changed(&cases[i].0, cases[i].1);
+            kept(&over)
+        };
+        assert_eq!(
+            kept_after(0),
+            [
+                t.offset(2, 0).unwrap(),
+                t.offset(-5, 7).unwrap(),
+                edge,
+                edge.offset(-1, 0).unwrap(),
+                edge.offset(-2, 0).unwrap()
+            ]
+        );
+        assert_eq!(
+            kept_after(1),
+            [
+                t,
+                t.offset(1, 1).unwrap(),
+                t.offset(2, 0).unwrap(),
+                t.offset(-5, 7).unwrap()
+            ],
+            "wrapped"
+        );
+        assert_eq!(
+            kept_after(2),
+            [
+                t.offset(-5, 7).unwrap(),
+                edge,
+                edge.offset(-1, 0).unwrap(),
+                edge.offset(-2, 0).unwrap()
+            ]
+        );
+        assert_eq!(kept_after(3).len(), tiles.len() - 1);
+        assert!(kept_after(4).is_empty() && kept_after(5).is_empty());
+        assert_eq!(kept_after(6), tiles);
+        assert!(kept_after(7).is_empty() && kept_after(8).is_empty());
     }
 
     /// What is remembered for one tier says nothing of another's (a tile over the limit

@@ -100,7 +100,7 @@ use tracing::{debug, info, warn};
 
 use super::relay::Relay;
 use crate::backoff::Backoff;
-use crate::invalidate::Invalidation;
+use crate::invalidate::{Invalidation, Reach};
 use crate::tier::ReadHold;
 use crate::App;
 
@@ -271,7 +271,9 @@ impl ChangeQueue {
 }
 
 /// What a [`Taken`] batch invalidates: the payloads' ids and tiles merged (an unreadable
-/// one, or an overflowed queue: everything). Counts unreadable payloads in `stats`.
+/// one, or an overflowed queue: everything). Counts unreadable payloads in `stats`. Its
+/// tiles hold the data tile of every position its ids were and are at ([`Reach::Tiles`]):
+/// a position the core cannot place (out of range) is in no tile's envelope either.
 pub fn batch_invalidation(taken: &Taken, zoom: u8, stats: &ChangeStats) -> Invalidation {
     let payloads = match taken {
         Taken::Changes(p) => p,
@@ -408,7 +410,10 @@ async fn listen_once(
         .await
         .map_err(|e| e.to_string())?;
     // Nothing cached before this point can be proven fresh.
-    if !outbox.apply(app, Invalidation::everything()).await {
+    if !outbox
+        .apply(app, Invalidation::everything(), Reach::Anywhere)
+        .await
+    {
         return Ok(());
     }
     feed.stats.connects.fetch_add(1, Relaxed);
@@ -430,7 +435,8 @@ async fn listen_once(
                     return Err(why);
                 }
                 // Everything already queued goes out as one invalidation.
-                if !outbox.apply(app, batch_invalidation(&taken, zoom, &feed.stats)).await {
+                let inv = batch_invalidation(&taken, zoom, &feed.stats);
+                if !outbox.apply(app, inv, Reach::Tiles).await {
                     return Ok(());
                 }
             }
@@ -509,7 +515,7 @@ async fn drain(
 ) {
     if let Some(taken) = queue.take_now() {
         outbox
-            .apply(app, batch_invalidation(&taken, zoom, stats))
+            .apply(app, batch_invalidation(&taken, zoom, stats), Reach::Tiles)
             .await;
     }
 }

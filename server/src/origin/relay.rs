@@ -27,7 +27,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::invalidate::{everything_until_applied, invalidate, Invalidation};
+use crate::invalidate::{everything_until_applied, invalidate_with, Invalidation, Reach};
 use crate::tier::ReadHold;
 use crate::App;
 
@@ -75,15 +75,16 @@ impl Relay {
         self.next_try
     }
 
-    /// Applies `inv` to the tier, then publishes it (module docs). False when the app is
-    /// gone.
-    pub async fn apply(&mut self, app: &Weak<App>, inv: Invalidation) -> bool {
+    /// Applies `inv` to the tier, then publishes it (module docs); `reach`: what the
+    /// source says it may have changed beyond what it names ([`Reach`]). False when the
+    /// app is gone.
+    pub async fn apply(&mut self, app: &Weak<App>, inv: Invalidation, reach: Reach) -> bool {
         {
             let Some(a) = app.upgrade() else {
                 return false;
             };
-            if invalidate(&a, &inv).await.is_ok() {
-                self.publish(&a, &inv).await;
+            if invalidate_with(&a, &inv, reach).await.is_ok() {
+                self.publish(&a, &inv, reach).await;
                 return true;
             }
         }
@@ -97,19 +98,20 @@ impl Relay {
             "{}: the cache tier is back and was invalidated",
             self.source
         );
-        self.publish(&a, &Invalidation::everything()).await;
+        self.publish(&a, &Invalidation::everything(), Reach::Anywhere)
+            .await;
         true
     }
 
     /// Puts `inv`, applied to the tier, on the stream ([`PUBLISH_TRIES`] tries); as `all`
     /// while something is owed. If the stream does not take it, it is owed.
-    async fn publish(&mut self, app: &App, inv: &Invalidation) {
+    async fn publish(&mut self, app: &App, inv: &Invalidation, reach: Reach) {
         let everything = Invalidation::everything();
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=PUBLISH_TRIES {
             // Read at each try: a change owed by now is covered only by `all`.
             let sent = if self.owed { &everything } else { inv };
-            match app.changes.publish(sent).await {
+            match app.changes.publish_with(sent, reach).await {
                 Ok(id) => {
                     self.paid(id);
                     return;

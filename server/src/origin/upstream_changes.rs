@@ -92,7 +92,7 @@ use super::relay::Relay;
 use super::upstream::{error_chain, Token, UpstreamClient};
 use crate::backoff::{jitter, Backoff};
 use crate::config::Config;
-use crate::invalidate::Invalidation;
+use crate::invalidate::{Invalidation, Reach};
 use crate::sse::{Message, Parser};
 use crate::tier::ReadHold;
 use crate::App;
@@ -640,7 +640,9 @@ async fn handle(
             } else {
                 // Nothing cached before this point can be proven fresh.
                 s.resets.fetch_add(1, Relaxed);
-                relay.apply(app, Invalidation::everything()).await
+                relay
+                    .apply(app, Invalidation::everything(), Reach::Anywhere)
+                    .await
             };
             *up = true;
             s.connects.fetch_add(1, Relaxed);
@@ -660,7 +662,8 @@ async fn handle(
                     Invalidation::everything()
                 }
             };
-            relay.apply(app, inv).await
+            // An upstream's event does not say where its ids were: anywhere.
+            relay.apply(app, inv, Reach::Anywhere).await
         }
         "reset" => {
             s.resets.fetch_add(1, Relaxed);
@@ -673,7 +676,9 @@ async fn handle(
             } else {
                 info!(reason = %reason, "upstream feed: reset; invalidating everything");
             }
-            relay.apply(app, Invalidation::everything()).await
+            relay
+                .apply(app, Invalidation::everything(), Reach::Anywhere)
+                .await
         }
         "expired" => return Some(Ended::Expired),
         other => {

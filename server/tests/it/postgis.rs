@@ -2594,3 +2594,99 @@ async fn a_server_dropped_during_a_slow_check_ends_its_listener() {
     );
     drop(relay);
 }
+
+/// The memory of tiles over `--max-tile-items` outlives the database's changes that cannot
+/// have brought them under it: the change feed names each changed row's old and new tiles,
+/// so a change elsewhere leaves a dense tile told `payload_too_large` at once (no origin
+/// call; it cost one at `agent` every time, and a lower caller two), a change of one of its
+/// items has it asked again, and rows deleted from it, bringing it under the limit, have it
+/// asked and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dense_tile_stays_told_over_the_limit_across_changes_elsewhere() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(&pg, &items, &Layout::default()).await;
+    let o = Origin::new(items).unwrap();
+    let (t, n) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let in_t: Vec<String> = o
+        .tile_items(t, Access::Agent)
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(in_t.len(), n);
+    // An item far from t (not in a tile next to it).
+    let elsewhere = o
+        .occupied_tiles(14)
+        .into_iter()
+        .find(|(u, _)| t.chebyshev(*u) > 2)
+        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
+        .unwrap();
+    let s = server(Config {
+        max_tile_items: n - 2,
+        ..pg_config(&pg)
+    })
+    .await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
+    let body = request(&[t], &[], Access::Agent);
+    let m = &s.app.metrics;
+    let calls = || m.origin_calls_request.load(Relaxed);
+    let told = || m.tiles_over_limit_remembered.load(Relaxed);
+    let over = |r: crate::common::Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+        assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+    };
+    over(agent.batch(&s, &body).await);
+    let asked = calls();
+    over(agent.batch(&s, &body).await);
+    assert_eq!((calls(), told()), (asked, 1), "told from memory");
+    let admin = pg.client().await;
+    let applied = &s.app.invalidation.stats.applied;
+    let change = |sql: &'static str, id: String| {
+        let admin = &admin;
+        async move {
+            let before = applied.load(Relaxed);
+            admin.execute(sql, &[&id]).await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(5), || applied.load(Relaxed) > before).await,
+                "the change was not applied"
+            );
+        }
+    };
+    let reprice = "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
+    // A change elsewhere: still told at once.
+    change(reprice, elsewhere).await;
+    over(agent.batch(&s, &body).await);
+    assert_eq!(
+        (calls(), told()),
+        (asked, 2),
+        "a change elsewhere forgot the tile"
+    );
+    // A change of one of its items: asked again, over still, remembered again.
+    change(reprice, in_t[0].clone()).await;
+    over(agent.batch(&s, &body).await);
+    assert_eq!((calls(), told()), (asked + 1, 2));
+    over(agent.batch(&s, &body).await);
+    assert_eq!((calls(), told()), (asked + 1, 3));
+    // Three of its rows deleted: under the limit, asked and served.
+    for id in &in_t[..3] {
+        change("DELETE FROM tilewarm_items WHERE id = $1", id.clone()).await;
+    }
+    let r = agent.batch(&s, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["error"].is_null(), "{}", r.text());
+    let r = tilewarm::protocol::decode_response(&r.body, &Limits::default()).unwrap();
+    assert_eq!(r.tiles[0].ids.len(), n - 3);
+    assert_eq!(calls(), asked + 2);
+    s.shutdown().await;
+}
