@@ -326,6 +326,7 @@ pub async fn answer(
             ms,
             &read.gens,
             (Access::Agent, caller),
+            0,
         )
         .await;
         match call {
@@ -372,7 +373,19 @@ pub async fn answer(
             let ms = deadline.left_ms(app)?;
             let gens = &read.gens;
             let at = (Access::Agent, caller);
-            match fetch(app, &policy, led, Vec::new(), degraded, None, ms, gens, at).await {
+            let call = fetch(
+                app,
+                &policy,
+                led,
+                Vec::new(),
+                degraded,
+                None,
+                ms,
+                gens,
+                at,
+                0,
+            );
+            match call.await {
                 Ok(mut again) => {
                     lead.publish(|t| again.for_followers(t));
                     again.write_back(app).await;
@@ -842,7 +855,9 @@ impl Fetched {
 /// `(at, caller)`: the tier the origin is asked at (`agent`, so that one list serves every
 /// tier; the caller's for a tile over `--max-tile-items` at `agent`), the lists written back
 /// as fetched at it, and the request's tier, as which a refusal is told
-/// ([`OriginFailure::for_caller`]).
+/// ([`OriginFailure::for_caller`]). `asked_again`: how many of `tiles` are asked again at
+/// the caller's tier, counted in `tilewarm_origin_tiles_asked_at_caller_tier_total` once
+/// the call is made (not when the degraded bound refuses it).
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
     app: &App,
@@ -854,6 +869,7 @@ async fn fetch(
     timeout_ms: u64,
     gens: &Generations,
     (at, caller): (Access, Access),
+    asked_again: usize,
 ) -> Result<Fetched, Refusal> {
     let _permit = if degraded {
         match app.degraded_calls.try_acquire() {
@@ -873,6 +889,9 @@ async fn fetch(
     } else {
         None
     };
+    app.metrics
+        .tiles_asked_at_caller_tier
+        .fetch_add(asked_again as u64, Relaxed);
     let origin_req = BatchRequest {
         tiles,
         ids,
@@ -1037,9 +1056,6 @@ async fn ask_at_callers_tier(
 ) -> Result<Fetched, (Refusal, bool)> {
     let ms = deadline.left_ms(app).map_err(|spent| (spent, true))?;
     let cut_short = ms != app.config.origin_timeout_ms;
-    app.metrics
-        .tiles_asked_at_caller_tier
-        .fetch_add(tiles.len() as u64, Relaxed);
     // The padding first, in its order (the request's), then any led tile it lacks.
     let mut asked = padding.to_vec();
     asked.extend(tiles.iter().filter(|t| !padding.contains(t)));
@@ -1053,6 +1069,7 @@ async fn ask_at_callers_tier(
         ms,
         gens,
         (caller, caller),
+        tiles.len(),
     )
     .await
     .map_err(|failed| (failed, cut_short))?;
@@ -1103,6 +1120,7 @@ async fn ids_at_callers_tier(
         ms,
         gens,
         (caller, caller),
+        0,
     )
     .await;
     match call {

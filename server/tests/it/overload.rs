@@ -222,3 +222,98 @@ async fn empty_tile_lists_live_briefly_in_redis_and_stop_at_the_cap() {
     assert!(ttl > 30, "a list with items keeps the tile TTL, got {ttl}");
     s.shutdown().await;
 }
+
+/// An origin over `city` whose calls at `agent` say they arrived (a permit on `reached`)
+/// and wait for `gate` (one permit each).
+struct GatedAtAgent {
+    city: tilewarm::origin::Origin<tilewarm::protocol::RawData>,
+    reached: Arc<tokio::sync::Semaphore>,
+    gate: Arc<tokio::sync::Semaphore>,
+    asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
+}
+
+impl crate::Scripted for GatedAtAgent {
+    fn answer<'a>(
+        &'a self,
+        request: &'a tilewarm::protocol::BatchRequest,
+    ) -> tilewarm_server::origin::OriginFuture<
+        'a,
+        Result<
+            tilewarm::protocol::BatchResponse<tilewarm::protocol::RawData>,
+            tilewarm_server::origin::OriginFailure,
+        >,
+    > {
+        self.asked_at.lock().unwrap().push(request.access);
+        Box::pin(async move {
+            if request.access == Access::Agent {
+                self.reached.add_permits(1);
+                self.gate.acquire().await.unwrap().forget();
+            }
+            Ok(self.city.answer(request, Some(60)))
+        })
+    }
+}
+
+/// While Redis is down, a public request for a tile over `--max-tile-items` at `agent`
+/// whose call again at `public` the degraded bound refuses (`--degraded-origin-calls`
+/// taken) asks the origin nothing at `public`: the tile is left out `overloaded`, and
+/// `tilewarm_origin_tiles_asked_at_caller_tier_total` does not count it (it did, counted
+/// before the bound was tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_again_at_the_callers_tier_the_degraded_bound_refuses_is_not_counted_as_asked() {
+    if !redis_available() {
+        return;
+    }
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let items = crate::items_in_tile(t, &[(Access::Public, 4), (Access::Agent, 30)]);
+    let (reached, gate) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
+    let backend = GatedAtAgent {
+        city: tilewarm::origin::Origin::new(items).unwrap(),
+        reached: Arc::clone(&reached),
+        gate: Arc::clone(&gate),
+        asked_at: Arc::clone(&asked_at),
+    };
+    let c = Config {
+        redis: Some(dead_redis()),
+        redis_timeout_ms: 200,
+        degraded_origin_calls: 1,
+        warmup_ring: 0,
+        max_tile_items: 10,
+        caller_rate: 0,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(crate::Test(backend)), Arc::default())
+        .await
+        .unwrap();
+    let s = Arc::new(s);
+    assert_eq!(s.app.tier.redis_degraded(), Some(true));
+    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
+    let reply = tokio::spawn({
+        let s = Arc::clone(&s);
+        let body = request(&[t], &[], Access::Public);
+        async move { public.batch(&s, &body).await }
+    });
+    // The call at `agent` holds the one degraded call; the test queues for it (the
+    // semaphore is fair: it goes to the test, not to the call again at `public`).
+    reached.acquire().await.unwrap().forget();
+    let held = s.app.degraded_calls.acquire();
+    tokio::pin!(held);
+    let queued = tokio::time::timeout(std::time::Duration::from_millis(10), &mut held).await;
+    assert!(queued.is_err(), "the call at agent holds it");
+    gate.add_permits(1);
+    let permit = held.await.unwrap();
+    let r = reply.await.unwrap();
+    drop(permit);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+    assert_eq!(*asked_at.lock().unwrap(), [Access::Agent]);
+    let m = &s.app.metrics;
+    assert_eq!(m.degraded_refusals.load(Relaxed), 1);
+    assert_eq!(m.tiles_asked_at_caller_tier.load(Relaxed), 0);
+}
