@@ -443,7 +443,7 @@ impl ChangeStream {
         reach: Reach,
     ) -> Result<StreamId, StreamError> {
         let parts = inv.split(&Limits::default());
-        let reach = if parts.len() == 1 {
+        let reach = if parts.len() == 1 && !inv.all {
             reach
         } else {
             Reach::Anywhere

@@ -271,18 +271,33 @@ impl ChangeQueue {
 }
 
 /// What a [`Taken`] batch invalidates: the payloads' ids and tiles merged (an unreadable
-/// one, or an overflowed queue: everything). Counts unreadable payloads in `stats`. Its
-/// tiles hold the data tile of every position its ids were and are at ([`Reach::Tiles`]):
-/// a position the core cannot place (out of range) is in no tile's envelope either.
+/// one, or an overflowed queue: everything). Counts unreadable payloads in `stats`.
 pub fn batch_invalidation(taken: &Taken, zoom: u8, stats: &ChangeStats) -> Invalidation {
+    batch_change(taken, zoom, stats).0
+}
+
+/// [`batch_invalidation`] and its [`Reach`]: [`Reach::Tiles`] when every payload gives
+/// the old position of a row it updated or deleted (the trigger of [`super::postgis`]'s
+/// DDL always does), so that its tiles hold the data tile of every position its ids were
+/// at (a position the core cannot place, out of range, is in no tile's envelope either);
+/// else [`Reach::Anywhere`].
+pub fn batch_change(taken: &Taken, zoom: u8, stats: &ChangeStats) -> (Invalidation, Reach) {
     let payloads = match taken {
         Taken::Changes(p) => p,
-        Taken::Everything | Taken::Closed(_) => return Invalidation::everything(),
+        Taken::Everything | Taken::Closed(_) => {
+            return (Invalidation::everything(), Reach::Anywhere)
+        }
     };
     let mut inv = Invalidation::default();
+    let mut reach = Reach::Tiles;
     for p in payloads {
-        match parse_payload(p, zoom) {
-            Some(i) => inv.merge(i),
+        match parse(p, zoom) {
+            Some((i, placed)) => {
+                inv.merge(i);
+                if !placed {
+                    reach = Reach::Anywhere;
+                }
+            }
             None => {
                 stats.bad_payloads.fetch_add(1, Relaxed);
                 warn!(payload = %p.chars().take(200).collect::<String>(), "change feed: unreadable notification; invalidating everything");
@@ -291,7 +306,7 @@ pub fn batch_invalidation(taken: &Taken, zoom: u8, stats: &ChangeStats) -> Inval
         }
     }
     inv.dedup();
-    inv
+    (inv, reach)
 }
 
 #[derive(Deserialize)]
@@ -308,13 +323,20 @@ struct Payload {
 /// Turns one notification payload into what it invalidates: the id and the data tiles
 /// (at `data_zoom`) of the old and new positions. Unreadable: `None`.
 pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
+    parse(payload, data_zoom).map(|(inv, _)| inv)
+}
+
+/// [`parse_payload`], and whether it gives where its row was (an insert, or an update or
+/// delete with its `old` position).
+fn parse(payload: &str, data_zoom: u8) -> Option<(Invalidation, bool)> {
     let p: Payload = serde_json::from_str(payload).ok()?;
     if p.op == "all" {
-        return Some(Invalidation::everything());
+        return Some((Invalidation::everything(), true));
     }
     if !matches!(p.op.as_str(), "I" | "U" | "D") {
         return None;
     }
+    let placed = p.op == "I" || p.old.is_some();
     let mut inv = Invalidation {
         ids: vec![p.id?],
         ..Invalidation::default()
@@ -325,7 +347,7 @@ pub fn parse_payload(payload: &str, data_zoom: u8) -> Option<Invalidation> {
             inv.tiles.push(t);
         }
     }
-    Some(inv)
+    Some((inv, placed))
 }
 
 /// Runs the listener for `app` until the app is dropped: connect, `LISTEN`, invalidate all,
@@ -435,8 +457,8 @@ async fn listen_once(
                     return Err(why);
                 }
                 // Everything already queued goes out as one invalidation.
-                let inv = batch_invalidation(&taken, zoom, &feed.stats);
-                if !outbox.apply(app, inv, Reach::Tiles).await {
+                let (inv, reach) = batch_change(&taken, zoom, &feed.stats);
+                if !outbox.apply(app, inv, reach).await {
                     return Ok(());
                 }
             }
@@ -514,9 +536,8 @@ async fn drain(
     stats: &ChangeStats,
 ) {
     if let Some(taken) = queue.take_now() {
-        outbox
-            .apply(app, batch_invalidation(&taken, zoom, stats), Reach::Tiles)
-            .await;
+        let (inv, reach) = batch_change(&taken, zoom, stats);
+        outbox.apply(app, inv, reach).await;
     }
 }
 
@@ -656,6 +677,29 @@ mod tests {
             .expect("woken")
             .unwrap();
         assert_eq!(taken, Taken::Changes(vec![payload("a")]));
+    }
+
+    /// A batch reaches only its tiles when every update and delete in it gives where its
+    /// row was; one that does not (a hand-written trigger) reaches anywhere.
+    #[test]
+    fn a_batch_reaches_its_tiles_only_when_every_row_says_where_it_was() {
+        let stats = ChangeStats::default();
+        let reach = |payloads: &[&str]| {
+            let taken = Taken::Changes(payloads.iter().map(|p| p.to_string()).collect());
+            batch_change(&taken, 14, &stats).1
+        };
+        let insert = r#"{"op":"I","id":"n","new":[-122.2,47.7]}"#;
+        let delete = r#"{"op":"D","id":"d","old":[-122.2,47.7]}"#;
+        assert_eq!(reach(&[&payload("a"), insert, delete]), Reach::Tiles);
+        assert_eq!(
+            reach(&[&payload("a"), r#"{"op":"U","id":"b","new":[-122.2,47.7]}"#]),
+            Reach::Anywhere
+        );
+        assert_eq!(reach(&[r#"{"op":"D","id":"b"}"#]), Reach::Anywhere);
+        assert_eq!(
+            batch_change(&Taken::Everything, 14, &stats),
+            (Invalidation::everything(), Reach::Anywhere)
+        );
     }
 
     #[test]

@@ -2690,3 +2690,89 @@ async fn a_dense_tile_stays_told_over_the_limit_across_changes_elsewhere() {
     assert_eq!(calls(), asked + 2);
     s.shutdown().await;
 }
+
+/// What an instance remembers over `--max-tile-items` outlives another instance's
+/// database changes elsewhere too: the instance listening to the database puts `reach
+/// tiles` on the change stream entry, and the other (no listener of its own here) forgets
+/// only the tiles it names. Without it, every change made by any instance forgot every
+/// dense tile on all the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instances_database_change_elsewhere_keeps_a_dense_tile_told() {
+    if !postgres_available() || !crate::common::redis_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let redis = crate::common::RedisServer::start();
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(&pg, &items, &Layout::default()).await;
+    let o = Origin::new(items).unwrap();
+    let (t, n) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let in_t = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let elsewhere = o
+        .occupied_tiles(14)
+        .into_iter()
+        .find(|(u, _)| t.chebyshev(*u) > 2)
+        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
+        .unwrap();
+    let shared = Config {
+        redis: Some(redis.url()),
+        redis_prefix: "reach:".into(),
+        max_tile_items: n - 2,
+        ..pg_config(&pg)
+    };
+    let a = server(shared.clone()).await;
+    let feed = a.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    // Started after the listener's first invalidate-all went on the stream.
+    let layout = std::env::temp_dir().join(format!("tw-layout-reach-{}", std::process::id()));
+    std::fs::write(&layout, "channel = \"\"\n").unwrap();
+    let b = server(Config {
+        origin_config: Some(layout.clone()),
+        ..shared
+    })
+    .await;
+    assert!(b.app.origin.change_feed().is_none());
+    let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
+    let body = request(&[t], &[], Access::Agent);
+    let over = |r: crate::common::Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["error"]["code"],
+            "payload_too_large",
+            "{}",
+            r.text()
+        );
+    };
+    let calls = || b.app.metrics.origin_calls_request.load(Relaxed);
+    over(agent.batch(&b, &body).await);
+    let asked = calls();
+    let admin = pg.client().await;
+    let remote = &b.app.changes.stats.applied_remote;
+    let change = |id: String| {
+        let admin = &admin;
+        async move {
+            let before = remote.load(Relaxed);
+            let sql =
+                "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
+            admin.execute(sql, &[&id]).await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(5), || remote.load(Relaxed) > before).await,
+                "the other instance's change did not arrive"
+            );
+        }
+    };
+    change(elsewhere).await;
+    over(agent.batch(&b, &body).await);
+    assert_eq!(calls(), asked, "a change elsewhere forgot the tile");
+    change(in_t).await;
+    over(agent.batch(&b, &body).await);
+    assert_eq!(calls(), asked + 1, "a change of one of its items");
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = std::fs::remove_file(layout);
+}
