@@ -64,7 +64,8 @@ pub const MAX_OVER_LIMIT_TILES: usize = 4096;
 /// Data tiles found over `--max-tile-items`, by the tier they were counted at, each with
 /// why it was left out ([`LeftOut`]: the count and limit, or an upstream's
 /// `payload_too_large`) until its list would have expired (found + the tile TTL), or until
-/// an invalidation covers it ([`OverLimit::forget`]: it may have shrunk). At most
+/// an invalidation may have brought it under the limit ([`OverLimit::forget_changed`],
+/// [`may_shrink`]; a change elsewhere leaves it). At most
 /// [`MAX_OVER_LIMIT_TILES`] per tier, each insert O(log n). Filled by the request path
 /// (its call at `agent`, and its call again at a lower caller's tier) and by warm-up's own
 /// answers (at `agent`).
