@@ -212,10 +212,13 @@ async fn apply(
     }
     app.invalidation.guard.record_with(inv, reach);
     // A request arriving from now on must not be served a flight that may predate the
-    // change. Which tiles hold named ids or classes is not known here: those let go of
-    // every flight.
-    let by_item = !inv.ids.is_empty() || !inv.classes.is_empty();
-    app.single_flight.forget(|t| by_item || inv.covers_tile(t));
+    // change: of a tile whose list or count it may have changed (the rule of the tiles
+    // over --max-tile-items below, which a flight may tell of too). Ids whose tiles are
+    // not known here, or classes, let go of every flight; the PostGIS feed's only of the
+    // tiles it names and those around them.
+    let zooms = std::iter::once(app.config.data_zoom).collect();
+    let changed = crate::warmup::MayShrink::new(inv, reach, zooms);
+    app.single_flight.forget(|t| changed.test(t));
     // Nor told that a tile is over --max-tile-items from before it (it may have shrunk),
     // nor warm-up kept from it (`crate::warmup::OverLimit`): what it may have changed
     // only ([`Reach`]).

@@ -202,9 +202,9 @@ impl OverLimit {
             .values()
             .flat_map(|r| r.by_tile.keys().map(|t| t.z()))
             .collect();
-        let near = Near::new(&inv.tiles, zooms);
+        let shrunk = MayShrink::new(inv, reach, zooms);
         for r in tiers.values_mut() {
-            r.retain(|t| !near.touches(t));
+            r.retain(|t| !shrunk.test(t));
         }
     }
 
@@ -237,20 +237,24 @@ fn around(t: TileId) -> impl Iterator<Item = TileId> {
     (-1..=1).flat_map(move |dy| (-1..=1).filter_map(move |dx| t.offset(dx, dy)))
 }
 
-/// [`may_shrink`]'s test of the tiles an invalidation names, for many tiles at once: the
-/// named tiles at each zoom asked of (those finer taken to their ancestor there), and the
-/// coarser ones by zoom.
-struct Near {
-    /// Per zoom of the tiles tested: the named tiles at that zoom or finer, at that zoom.
+/// [`may_shrink`] for many tiles at once: built once from the invalidation (its named
+/// tiles at each zoom tested, those finer taken to their ancestor there, and the coarser
+/// ones by zoom), each test a few set lookups.
+pub struct MayShrink<'a> {
+    inv: &'a Invalidation,
+    anywhere: bool,
+    /// Per zoom given: the named tiles at that zoom or finer, at that zoom.
     at: HashMap<u8, HashSet<TileId>>,
     /// The named tiles, and their zooms (for those coarser than a tile tested).
     named: HashSet<TileId>,
     zooms: BTreeSet<u8>,
 }
 
-impl Near {
-    /// For tiles at `zooms`.
-    fn new(tiles: &[TileId], zooms: BTreeSet<u8>) -> Near {
+impl<'a> MayShrink<'a> {
+    /// For tiles at `zooms` (a tile at another is tested as [`may_shrink`] does).
+    pub fn new(inv: &'a Invalidation, reach: Reach, zooms: BTreeSet<u8>) -> MayShrink<'a> {
+        let anywhere = anywhere(inv, reach);
+        let tiles: &[TileId] = if anywhere { &[] } else { &inv.tiles };
         let at = zooms
             .iter()
             .map(|&z| {
@@ -261,26 +265,30 @@ impl Near {
                 (z, set)
             })
             .collect();
-        Near {
+        MayShrink {
+            inv,
+            anywhere,
             at,
             named: tiles.iter().copied().collect(),
             zooms: tiles.iter().map(|u| u.z()).collect(),
         }
     }
 
-    /// Whether a named tile covers `n` (contains it, or lies in it).
-    fn covers(&self, n: TileId) -> bool {
-        if self.at.get(&n.z()).is_some_and(|s| s.contains(&n)) {
-            return true;
-        }
-        self.zooms
-            .range(..n.z())
-            .any(|&z| n.ancestor(z).is_ok_and(|a| self.named.contains(&a)))
+    /// [`may_shrink`] of `t`.
+    pub fn test(&self, t: TileId) -> bool {
+        self.anywhere || around(t).any(|n| self.covers(n))
     }
 
-    /// Whether a named tile covers `t` or one around it.
-    fn touches(&self, t: TileId) -> bool {
-        around(t).any(|n| self.covers(n))
+    /// Whether a named tile covers `n` (contains it, or lies in it).
+    fn covers(&self, n: TileId) -> bool {
+        let Some(at) = self.at.get(&n.z()) else {
+            return self.inv.covers_tile(n);
+        };
+        at.contains(&n)
+            || self
+                .zooms
+                .range(..n.z())
+                .any(|&z| n.ancestor(z).is_ok_and(|a| self.named.contains(&a)))
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tilewarm::access::Access;
 use tilewarm::tile::TileId;
 
-use crate::common::{config, redis_available, server, Config, Http, RedisServer};
+use crate::common::{config, eventually, redis_available, server, Config, Http, RedisServer};
 use crate::{digest, origin, request};
 
 /// `n` occupied data tiles of the test city.
@@ -316,4 +316,75 @@ async fn a_call_again_at_the_callers_tier_the_degraded_bound_refuses_is_not_coun
     let m = &s.app.metrics;
     assert_eq!(m.degraded_refusals.load(Relaxed), 1);
     assert_eq!(m.tiles_asked_at_caller_tier.load(Relaxed), 0);
+}
+
+/// A request for a tile another request's origin call is fetching follows that call across
+/// a database change elsewhere (the PostGIS feed's, which names the tiles its rows were and
+/// are in, `Reach::Tiles`): the change cannot have touched the flight's answer. Before,
+/// every change named ids and let go of every flight, so on a busy table requests for the
+/// same tile each made their own call. A change of the tile, or of one next to it, still
+/// lets go of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_is_followed_across_a_database_change_elsewhere() {
+    use tilewarm_server::invalidate::{invalidate_with, Invalidation, Reach};
+    let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+    let u = t.offset(20, 0).unwrap();
+    let mut items = crate::items_in_tile(t, &[(Access::Public, 4)]);
+    items.extend(crate::items_in_tile(u, &[(Access::Public, 3)]));
+    let (reached, gate) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
+    let backend = GatedAtAgent {
+        city: tilewarm::origin::Origin::new(items).unwrap(),
+        reached: Arc::clone(&reached),
+        gate: Arc::clone(&gate),
+        asked_at: Arc::clone(&asked_at),
+    };
+    let c = Config {
+        warmup_ring: 0,
+        caller_rate: 0,
+        ..config()
+    };
+    let s = tilewarm_server::start_with_origin(c, Box::new(crate::Test(backend)), Arc::default())
+        .await
+        .unwrap();
+    let s = Arc::new(s);
+    let ask = |tile: TileId| {
+        let s = Arc::clone(&s);
+        let body = request(&[tile], &[], Access::Public);
+        tokio::spawn(async move { Http::new().batch(&s, &body).await })
+    };
+    let asked = || asked_at.lock().unwrap().len();
+    let change = |ids: &[&str], tiles: Vec<TileId>| Invalidation {
+        ids: ids.iter().map(|i| i.to_string()).collect(),
+        tiles,
+        ..Invalidation::default()
+    };
+    // For each tile: the first request's call is out; a change; a second request.
+    for (tile, changed, follows) in [
+        (t, t.offset(5, 5).unwrap(), true),
+        (u, u.offset(1, -1).unwrap(), false),
+    ] {
+        let before = asked();
+        let first = ask(tile);
+        reached.acquire().await.unwrap().forget();
+        invalidate_with(&s.app, &change(&["x"], vec![changed]), Reach::Tiles)
+            .await
+            .unwrap();
+        let second = ask(tile);
+        let flight = &s.app.single_flight;
+        let settled = || flight.following(Access::Agent) == 1 || asked() == before + 2;
+        assert!(eventually(std::time::Duration::from_secs(20), settled).await);
+        assert_eq!(
+            asked() == before + 1,
+            follows,
+            "{tile} after a change of {changed}"
+        );
+        gate.add_permits(asked() - before);
+        for r in [first.await.unwrap(), second.await.unwrap()] {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
 }
