@@ -87,7 +87,9 @@ pub struct ProxyConfig {
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
     /// Default 1; at most 4. A tile warmed and still not fresh is warmed again only after
     /// [`WARM_RETRY_MS`], doubled per try up to [`WARM_RETRY_MAX_MS`] (its answer may still
-    /// be out, or failed, or the cache could not keep it); one the origin left out as
+    /// be out, or failed, or the cache could not keep it); one a warming's answer left out
+    /// as `response_full` (no room) while answering others is due again at once, as a
+    /// client asks again; one the origin left out as
     /// `payload_too_large` (to a warming or to a caller's request) only after a tile TTL
     /// (`tile_ttl_ms`, else `default_ttl_ms`: nothing of it could be cached). The tiles of
     /// a warming answered `2xx` with a body over the body limit are warmed again at once
@@ -1181,6 +1183,17 @@ impl Proxy {
             });
         };
         let n = response.items.len();
+        // Left out for want of room by an answer that held some of them (progress): the
+        // rest only did not fit, and are warmed again at once, as a client asks again.
+        let no_room: Vec<TileId> =
+            if response.left_out == Some(ErrorCode::ResponseFull) && !response.tiles.is_empty() {
+                let listed: HashSet<TileId> = response.tiles.iter().map(|l| l.tile).collect();
+                (request.tiles.iter().copied())
+                    .filter(|t| !listed.contains(t))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         self.fill(
             request.access,
             response,
@@ -1196,9 +1209,14 @@ impl Proxy {
                 self.warm_tries.forget(&(request.access, t));
             }
         }
+        for t in no_room {
+            self.warm_tries.again(&(request.access, t), now_ms);
+        }
         Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_in_parts;

@@ -97,6 +97,15 @@ impl<K: Hash + Eq> WarmTries<K> {
         self.tries.put(key, Try { count, at, group });
     }
 
+    /// `key` was left out of a warming's answer for want of room (`response_full`), which
+    /// answered others: it is due again at `now_ms`, not after its delay (it did not fail,
+    /// it only did not fit). Its tries and group are kept; a hold is not shortened.
+    pub fn again(&mut self, key: &K, now_ms: u64) {
+        if let Some(t) = self.tries.peek_mut(key) {
+            t.at = t.at.min(now_ms);
+        }
+    }
+
     /// `key` cannot be cached until `until_ms` (its origin left it out as too large): not
     /// due before then (nor before a later time already set); a try after it waits the
     /// first delay. Only another hold pushes it out, not other keys' tries.
