@@ -702,25 +702,32 @@ export function createWorker(defaults = {}) {
     if (!step.origin) return answered(step, origin, env, ctx);
 
     let done;
-    let status = 0;
-    let wait = -1;
     try {
-      const res = await originRequest(origin, env.ORIGIN_TOKEN, step.origin, options.originTimeoutMs, 'request');
-      status = res.status;
-      // Its Retry-After as read (-1: none, or not well-formed); the core decides what of it
-      // goes on (only with a 429 or 503, capped, or its default), whatever the body.
-      wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
-      const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
-      done = take(proxy.complete(step.handle, res.status, bytes, wait, Date.now()));
-      if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
-    } catch (e) {
-      if (e instanceof TooLarge) {
-        // An answer, too large to read: the core says so with its size and the limit (a
-        // 429 or 503 stays one, with its Retry-After).
-        done = take(proxy.tooLarge(step.handle, status, e.seen, wait, Date.now()));
-      } else {
-        const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
-        done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+      // A 2xx too large to read that asked for more than one tile or id comes back with
+      // the same handle and a narrower origin request (its first half; the rest is left
+      // out as `response_full`): asked again at once, at most log2 of what was asked times.
+      for (let ask = step.origin; ask; ask = done.origin) {
+        let status = 0;
+        let wait = -1;
+        try {
+          const res = await originRequest(origin, env.ORIGIN_TOKEN, ask, options.originTimeoutMs, 'request');
+          status = res.status;
+          // Its Retry-After as read (-1: none, or not well-formed); the core decides what of
+          // it goes on (only with a 429 or 503, capped, or its default), whatever the body.
+          wait = retryAfterMs(res.headers.get('retry-after'), Date.now()) ?? -1;
+          const bytes = await readBody(res, proxy.maxBodyBytes, "the origin's answer");
+          done = take(proxy.complete(step.handle, res.status, bytes, wait, Date.now()));
+          if (res.status === 200 && done.status === 200 && !done.originError) bounds = res.headers.get(BOUNDS_HEADER);
+        } catch (e) {
+          if (e instanceof TooLarge) {
+            // An answer, too large to read: the core says so with its size and the limit
+            // (a 429 or 503 stays one, with its Retry-After), or asks for part of it.
+            done = take(proxy.tooLarge(step.handle, status, e.seen, wait, Date.now()));
+          } else {
+            const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
+            done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+          }
+        }
       }
     } finally {
       proxy.abandon(step.handle);

@@ -578,6 +578,8 @@ impl EdgeProxy {
     /// The origin answered `status` with a body over [`EdgeProxy::max_body_bytes`], not read
     /// past it: `bytes` is its declared length, or what was read when it passed the limit;
     /// its `Retry-After` as for [`EdgeProxy::complete`] (a `503`'s goes on whatever its body).
+    /// A `2xx` to a request for more than one tile or id gives a step with the same handle
+    /// and a narrower [`Step::origin`] to send, as after `begin` ([`Proxy::ask_in_part`]).
     #[wasm_bindgen(js_name = tooLarge)]
     pub fn too_large(
         &mut self,
@@ -600,9 +602,18 @@ impl EdgeProxy {
         self.pending.remove(&handle);
     }
 
+    /// The outcome of the origin request of `handle`: its answer; or, when the origin's
+    /// answer was too large to read and asked for more than one tile or id, the same
+    /// handle with a narrower origin request to send ([`Proxy::ask_in_part`]).
     fn finish(&mut self, handle: u32, outcome: OriginOutcome<'_>, now_ms: f64) -> Step {
+        let now = now_ms.max(0.0) as u64;
         match self.pending.remove(&handle) {
-            Some((p, _)) => Step::answer(self.proxy.complete(p, outcome, now_ms.max(0.0) as u64)),
+            Some((mut p, _)) => {
+                if self.proxy.ask_in_part(&mut p, &outcome) {
+                    return self.step(handle, p, false, now);
+                }
+                Step::answer(self.proxy.complete(p, outcome, now))
+            }
             None => Step::error(&ErrorBody {
                 code: ErrorCode::Internal,
                 message: format!("no request is waiting under handle {handle}"),
@@ -772,6 +783,36 @@ mod tests {
         assert!(e.contains("unknown field `tileZom`"), "{e}");
         let e = config(r#"{"maxItems":-1}"#).unwrap_err();
         assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
+    }
+
+    /// A `2xx` too large to read for two tiles is not the answer: the same handle comes
+    /// back with the first tile to ask (the worker sends it), and its answer is served
+    /// with the second left out as `response_full`.
+    #[test]
+    fn an_answer_too_large_for_two_tiles_hands_out_the_first_to_ask_again() {
+        let mut p = EdgeProxy {
+            proxy: Proxy::new(config(r#"{"warmRing":0}"#).unwrap()).unwrap(),
+            pending: HashMap::new(),
+            hold_ms: hold_ms(&Options::default()),
+            origin_timeout_ms: 3_000,
+            next: 1,
+            shared_tiles: SHARED_TILES,
+        };
+        let body = br#"{"tiles":["14/2624/5721","14/2625/5721"],"access":"public"}"#;
+        let s = p.begin(body, "public", 0.0);
+        let again = p.too_large(s.handle, 200, 9e6, -1.0, 0.0);
+        assert_eq!((again.handle, again.status), (s.handle, 0));
+        assert_eq!(
+            again.origin.as_deref(),
+            Some(r#"{"tiles":["14/2624/5721"],"ids":[],"access":"public"}"#)
+        );
+        let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[],"access":"public"}"#;
+        let done = p.complete(s.handle, 200, origin, -1.0, 0.0);
+        assert_eq!(done.status, 200);
+        let body = done.body.unwrap();
+        assert!(body.contains(r#""code":"response_full""#), "{body}");
+        assert!(body.contains(r#""tiles":["14/2625/5721"]"#), "{body}");
+        assert!(p.pending.is_empty());
     }
 
     #[test]

@@ -43,7 +43,8 @@
 //! upstream_timeout` for a timeout, `502 upstream_error` for a network failure, an error
 //! status or an invalid body; `400`, `413` and `429` from the origin are the caller's
 //! problem and are passed on with the origin's message; a `503` (the origin at capacity)
-//! is a `503 overloaded`, as the server answers its own origin's. A `429` or `503` carries
+//! is a `503 overloaded`, as the server answers its own origin's. A `2xx` too large to read
+//! for more than one tile or id is asked again in part ([`Proxy::ask_in_part`]). A `429` or `503` carries
 //! the origin's `Retry-After` ([`Answer::retry_after_s`], capped, or a default); a `200`
 //! never does.
 
@@ -250,6 +251,32 @@ pub struct Pending {
     /// When it was planned (before its origin request left): what the tiles its answer
     /// fills are dated by for the shared cache ([`change`]).
     planned_ms: u64,
+    /// Tiles and ids of the origin request not asked after its answer was too large to
+    /// read ([`Proxy::ask_in_part`]): left out as `response_full`, asked again by the client.
+    deferred: Units,
+    /// Tiles and ids not asked of the origin: their answer alone was too large to read
+    /// ([`MAX_HELD_TOO_LARGE`]); left out as `payload_too_large`.
+    held: Units,
+}
+
+/// Tiles and ids of an origin request, in its order.
+#[derive(Debug, Default)]
+struct Units {
+    tiles: Vec<TileId>,
+    ids: Vec<String>,
+}
+
+impl Units {
+    fn is_empty(&self) -> bool {
+        self.tiles.is_empty() && self.ids.is_empty()
+    }
+}
+
+/// One tile or id asked of the origin, as held ([`MAX_HELD_TOO_LARGE`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Unit {
+    Tile(TileId),
+    Id(String),
 }
 
 impl Pending {
@@ -384,7 +411,14 @@ pub struct Proxy {
     /// No warming is planned before this (ms): the origin answered `429` or `503` with
     /// this `Retry-After` ([`Proxy::origin_asks_for_quiet`]).
     warm_quiet_until_ms: u64,
+    /// Per tier, tiles and ids whose origin answer alone was too large to read, and until
+    /// when they are not asked of the origin for callers ([`Proxy::ask_in_part`]).
+    held_too_large: LruCache<(Access, Unit), u64>,
 }
+
+/// Most tiles and ids (of all tiers) held as too large to read alone
+/// ([`Proxy::ask_in_part`]); least recently used go first.
+pub const MAX_HELD_TOO_LARGE: usize = 1024;
 
 /// A data tile read from the cache: its items shown to the tier, and the list's expiry.
 type TileRead = (Vec<Item<RawData>>, u64);
@@ -462,6 +496,9 @@ impl Proxy {
             changes,
             warm_tries: WarmTries::default(),
             warm_quiet_until_ms: 0,
+            held_too_large: LruCache::new(
+                NonZeroUsize::new(MAX_HELD_TOO_LARGE).unwrap_or(NonZeroUsize::MIN),
+            ),
         })
     }
 
@@ -545,6 +582,8 @@ impl Proxy {
                     spliced: Some(body),
                     epoch: self.changes.epoch,
                     planned_ms: now_ms,
+                    deferred: Units::default(),
+                    held: Units::default(),
                 });
             }
         }
@@ -588,7 +627,22 @@ impl Proxy {
             });
         }
 
-        let forward = read.origin_tiles();
+        // Not asked: what the origin's answer alone was too large to read, while held.
+        let mut held = Units::default();
+        let mut forward = Vec::new();
+        for t in read.origin_tiles() {
+            match self.is_held(tier, Unit::Tile(t), now_ms) {
+                true => held.tiles.push(t),
+                false => forward.push(t),
+            }
+        }
+        miss_ids.retain(|id| {
+            let h = self.is_held(tier, Unit::Id(id.clone()), now_ms);
+            if h {
+                held.ids.push(id.clone());
+            }
+            !h
+        });
         let origin = (!forward.is_empty() || !miss_ids.is_empty()).then_some(BatchRequest {
             tiles: forward,
             ids: miss_ids,
@@ -603,7 +657,26 @@ impl Proxy {
             spliced: None,
             epoch: self.changes.epoch,
             planned_ms: now_ms,
+            deferred: Units::default(),
+            held,
         })
+    }
+
+    /// Whether `unit` is held at `tier` at `now_ms` (its origin answer alone was too large
+    /// to read, [`Proxy::ask_in_part`]); a hold that is over is dropped.
+    fn is_held(&mut self, tier: Access, unit: Unit, now_ms: u64) -> bool {
+        if self.held_too_large.is_empty() {
+            return false;
+        }
+        let key = (tier, unit);
+        match self.held_too_large.get(&key) {
+            Some(&until) if now_ms < until => true,
+            Some(_) => {
+                self.held_too_large.pop(&key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Turns the origin's outcome into a decoded response, or the error to report.
@@ -906,6 +979,49 @@ impl Proxy {
         self.warm_quiet_until_ms = self.warm_quiet_until_ms.max(until);
     }
 
+    /// The origin answered `pending`'s origin request `2xx` with a body over the body limit
+    /// (`outcome` is [`OriginOutcome::TooLarge`]), not read: which of its tiles and ids made
+    /// it so is not known, and asked whole again (the client retrying) it would be too large
+    /// each time, a `502` on every retry. When it asked for more than one tile or id, it is
+    /// narrowed to its first half (tiles, then ids, in its order) and `true` is returned:
+    /// send [`Pending::origin_request`] again, and give its outcome to this again or to
+    /// [`Proxy::complete`]. What it no longer asks is left out of the answer as
+    /// `response_full` (the client asks for it again, in a later request). One asked alone
+    /// in this way and too large is held by [`Proxy::complete`] for a tile TTL: not asked
+    /// of the origin for callers at that tier, left out as `payload_too_large`. So a request either
+    /// answers part of what it asked the origin for or holds one tile or id (progress), in
+    /// at most 1 + log2(tiles and ids asked) origin calls. `false` for any other outcome
+    /// (and nothing changes): call [`Proxy::complete`].
+    pub fn ask_in_part(&mut self, pending: &mut Pending, outcome: &OriginOutcome<'_>) -> bool {
+        let Some(o) = pending.origin.as_mut() else {
+            return false;
+        };
+        let unread = matches!(
+            outcome,
+            OriginOutcome::TooLarge {
+                status: 200..=299,
+                ..
+            }
+        );
+        let n = o.tiles.len() + o.ids.len();
+        if !unread || n <= 1 {
+            return false;
+        }
+        let keep = n / 2;
+        let (tiles, ids) = if keep < o.tiles.len() {
+            (o.tiles.split_off(keep), std::mem::take(&mut o.ids))
+        } else {
+            (Vec::new(), o.ids.split_off(keep - o.tiles.len()))
+        };
+        // In request order: what this call no longer asks comes before what an earlier
+        // one left.
+        pending.deferred.tiles.splice(0..0, tiles);
+        pending.deferred.ids.splice(0..0, ids);
+        self.stats.origin_requests += 1;
+        self.stats.origin_failures += 1;
+        true
+    }
+
     /// Takes the origin's outcome for [`Pending::origin_request`] (ignored when there was
     /// none), fills the cache and answers the caller.
     pub fn complete(
@@ -923,6 +1039,8 @@ impl Proxy {
             spliced,
             epoch,
             planned_ms,
+            deferred,
+            held,
         } = pending;
         let write = self.current(epoch).then_some(planned_ms);
         let tier = request.access;
@@ -956,6 +1074,19 @@ impl Proxy {
             );
             if alone && unread {
                 self.split_too_large(tier, &o.tiles, now_ms);
+            }
+            // One tile or id asked alone, in part of a request ([`Proxy::ask_in_part`]),
+            // whose answer is too large to read: not asked again for callers for a tile TTL,
+            // so the request's next try asks the rest. (A request for it alone gets the
+            // error, as before: there is no rest.)
+            let unit = match (&o.tiles[..], &o.ids[..]) {
+                ([t], []) => Some(Unit::Tile(*t)),
+                ([], [id]) => Some(Unit::Id(id.clone())),
+                _ => None,
+            };
+            if let (Some(unit), true) = (unit, unread && !deferred.is_empty()) {
+                let until = now_ms.saturating_add(self.hold_ms());
+                self.held_too_large.put((tier, unit), until);
             }
         }
         let mut too_large = Vec::new();
@@ -1061,6 +1192,38 @@ impl Proxy {
                 }
                 (None, Some(o), _) => (ErrorCode::PayloadTooLarge, format!("{left_out}: {o}")),
                 (None, None, _) => (told, left_out),
+            };
+            let max = self.config.limits.max_body_bytes;
+            let (code, message) = if !deferred.is_empty() {
+                // Asked in part: the rest is served when asked again (`response_full`
+                // wins, as in one answer's report).
+                let part = format!(
+                    "the origin's answer to them all was over the body limit ({max} bytes) \
+                     and they were asked for in part: {} of the tiles and {} of the ids were \
+                     not asked, ask for them again",
+                    deferred.tiles.len(),
+                    deferred.ids.len()
+                );
+                let own =
+                    origin_error.is_some() || oversized.is_some() || answer.left_out.is_some();
+                let message = if own {
+                    format!("{part}; {message}")
+                } else {
+                    part
+                };
+                (ErrorCode::ResponseFull, message)
+            } else if !held.is_empty() && code == ErrorCode::UpstreamError && origin_error.is_none()
+            {
+                let why = format!(
+                    "{message}: the origin's answer for {} of the tiles and {} of the ids alone \
+                     was over the body limit ({max} bytes), so they are not asked of it again \
+                     for a tile TTL",
+                    held.tiles.len(),
+                    held.ids.len()
+                );
+                (ErrorCode::PayloadTooLarge, why)
+            } else {
+                (code, message)
             };
             Unanswered {
                 code,

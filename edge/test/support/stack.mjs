@@ -75,7 +75,8 @@ export function sse(events) {
  * 'drop' (close the connection), 'rate_limited' / 'overloaded' (429 with Retry-After: 7,
  * 503 with Retry-After: 3, as the server answers them; `relay.retryAfter` in place of
  * those when set, null for none), 'failing' (500 internal), 'huge' (a 12 MiB answer, `relay.hugeStatus` or 200; a warming
- * request only, when `relay.hugeWarm(tiles)` is true for its tiles); with
+ * request only, when `relay.hugeWarm(tiles)` is true for its tiles; a caller's request only, when
+ * `relay.hugeRequest(body)` is true for the origin request's body); with
  * `holdAnswers` (a promise) set, a passed-on answer waits for it (`held` counts them). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
@@ -144,7 +145,8 @@ export async function startRelay(target, { requireToken } = {}) {
     }
     if (relay.mode === 'drop') return req.socket.destroy();
     const warmTiles = req.headers['x-tilewarm-purpose'] === 'warm' ? relay.seen.at(-1).body.tiles : null;
-    if (relay.mode === 'huge' || (warmTiles && relay.hugeWarm?.(warmTiles))) {
+    const asked = req.headers['x-tilewarm-purpose'] === 'request' ? relay.seen.at(-1).body : null;
+    if (relay.mode === 'huge' || (warmTiles && relay.hugeWarm?.(warmTiles)) || (asked && relay.hugeRequest?.(asked))) {
       // 12 MiB of JSON whitespace, chunked (no content-length): the worker must stop
       // reading at its limit rather than buffer it.
       res.on('error', () => {});
