@@ -594,6 +594,24 @@ export function createWorker(defaults = {}) {
     return forbidden('needs "tilewarm_admin": true in a verified token', INSUFFICIENT_SCOPE_CHALLENGE);
   }
 
+  /**
+   * The warming `body` without the tiles the shared cache holds (another isolate paid the
+   * origin for them): each of its tiles (at most `sharedCacheTiles`) looked up, those found
+   * taken into the cache, and the rest to ask the origin for (`warmRest`, null: nothing).
+   */
+  async function warmShared(body, tier) {
+    if (!shared.enabled || proxy.sharedTiles === 0) return body;
+    const tiles = JSON.parse(body).tiles.slice(0, proxy.sharedTiles);
+    const found = await Promise.all(tiles.map((t) => shared.get(tier, t)));
+    const now = Date.now();
+    let filled = 0;
+    tiles.forEach((t, i) => {
+      const e = found[i];
+      if (e && proxy.warmSharedFill(body, t, e.body, e.fetchedAt, now) >= 0) filled++;
+    });
+    return filled === 0 ? body : (proxy.warmRest(body, Date.now()) ?? null);
+  }
+
   async function warm(origin, token, body, tier) {
     let given = false;
     // Planned just now (workerd's clock stands still until I/O): an answer read at its
@@ -603,6 +621,10 @@ export function createWorker(defaults = {}) {
     let status = 0;
     let wait = -1;
     try {
+      // The shared cache first, as a request reads it: only the rest goes to the origin.
+      const rest = await warmShared(body, tier);
+      if (rest === null) return;
+      body = rest;
       const res = await originRequest(origin, token, body, options.warmTimeoutMs, 'warm');
       status = res.status;
       // A 429 or 503 puts off all warming by its Retry-After (the core decides how long).

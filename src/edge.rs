@@ -84,10 +84,10 @@ struct Options {
     stats_public: Option<bool>,
 }
 
-/// Default most data tiles looked up in the shared cache per request (and written to it,
-/// for the answer and for the warming call each): with the origin call, the warming call, a
-/// change-feed poll and a key fetch, up to 53 subrequests (docs/edge.md, "Subrequests");
-/// on the Free plan set `sharedCacheTiles` to 15 or lower.
+/// Default most data tiles looked up in the shared cache per request and per warming (and
+/// written to it, for the answer and for the warming call each): with the origin call, the warming call, a
+/// change-feed poll and a key fetch, up to 69 subrequests (docs/edge.md, "Subrequests");
+/// on the Free plan set `sharedCacheTiles` to 11 or lower.
 pub const SHARED_TILES: usize = 16;
 
 /// Most `sharedCacheTiles` allowed.
@@ -646,6 +646,47 @@ impl EdgeProxy {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
         }
+    }
+
+    /// A shared-cache entry for `tile`, one of the tiles of the warming request `warm` (as
+    /// [`Step::warm`] gave it), fetched at `fetched_at_ms`: fills the cache of the
+    /// warming's tier, as `sharedFill` does for a request. Returns the number of items
+    /// taken, or -1 when the entry was refused or `tile` is not one of `warm`'s. Then call
+    /// `warmRest`.
+    #[wasm_bindgen(js_name = warmSharedFill)]
+    pub fn warm_shared_fill(
+        &mut self,
+        warm: &str,
+        tile: &str,
+        body: &[u8],
+        fetched_at_ms: f64,
+        now_ms: f64,
+    ) -> i32 {
+        let (Ok(request), Ok(tile)) = (
+            decode_request(warm.as_bytes(), &self.proxy.config().limits),
+            tile.parse::<TileId>(),
+        ) else {
+            return -1;
+        };
+        if !request.tiles.contains(&tile) {
+            return -1;
+        }
+        let (fetched, now) = (fetched_at_ms.max(0.0) as u64, now_ms.max(0.0) as u64);
+        match (self.proxy).shared_fill(request.access, tile, body, fetched, now) {
+            Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+            Err(_) => -1,
+        }
+    }
+
+    /// After `warmSharedFill`: the warming request to send in place of `warm` (its tiles
+    /// the shared cache did not give), or none when nothing is left to ask
+    /// ([`Proxy::warm_rest`]). Its answer goes to `warmed` with this request.
+    #[wasm_bindgen(js_name = warmRest)]
+    pub fn warm_rest(&mut self, warm: &str, now_ms: f64) -> Option<String> {
+        let request = decode_request(warm.as_bytes(), &self.proxy.config().limits).ok()?;
+        (self.proxy)
+            .warm_rest(&request, now_ms.max(0.0) as u64)
+            .map(|r| r.to_json())
     }
 
     /// The origin answered a warming request (`warm`) `status` with a body over

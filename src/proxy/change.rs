@@ -181,6 +181,44 @@ impl Changes {
         (w.epoch == self.epoch).then_some(w.planned_ms)
     }
 
+    /// One warming request for `from` at `tier` is sent as one for `to` instead (a part of
+    /// its tiles, the rest taken from the shared cache): it stays planned when it was, in
+    /// its epoch (merged with any warming of `to` still out: the earliest planning stands,
+    /// as in [`Changes::warm_planned`]). False, and nothing planned for `to`, when the
+    /// warming of `from` no longer counts (past its deadline, forgotten) or was planned
+    /// before a change: its answer would not be written, so it is not worth sending.
+    pub(super) fn warm_narrowed(
+        &mut self,
+        tier: Access,
+        from: &[TileId],
+        to: &[TileId],
+        now_ms: u64,
+    ) -> bool {
+        let Some(w) = self.warm.peek(&(tier, from.to_vec())).copied() else {
+            return false;
+        };
+        // Given back: one of those out is no longer.
+        if self.warm_current(tier, from, now_ms).is_none() {
+            return false;
+        }
+        let key = (tier, to.to_vec());
+        let moved = match self.warm.peek(&key) {
+            Some(o) if !self.past_deadline(o, now_ms) => Warming {
+                epoch: if o.planned_ms <= w.planned_ms {
+                    o.epoch
+                } else {
+                    w.epoch
+                },
+                planned_ms: o.planned_ms.min(w.planned_ms),
+                out: o.out.saturating_add(1),
+                latest_ms: o.latest_ms.max(w.latest_ms),
+            },
+            _ => Warming { out: 1, ..w },
+        };
+        self.warm.put(key, moved);
+        true
+    }
+
     /// Remembers that data tile `tile` of `tier` was filled from an answer whose origin
     /// request was planned at `planned_ms`.
     pub(super) fn fetched(&mut self, tier: Access, tile: TileId, planned_ms: u64) {

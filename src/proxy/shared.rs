@@ -27,7 +27,7 @@
 use super::{OutResponse, Pending, Proxy};
 use crate::access::Access;
 use crate::cache::TileFreshness;
-use crate::protocol::{decode_response, ErrorBody, ErrorCode, TileList};
+use crate::protocol::{decode_response, BatchRequest, ErrorBody, ErrorCode, TileList};
 use crate::tile::TileId;
 
 /// An entry for the shared cache: the JSON body and how long it may be kept.
@@ -106,6 +106,38 @@ impl Proxy {
                 Err(e)
             }
         }
+    }
+
+    /// The warming `request` (an [`super::Answer::warm`]) after the shared cache's entries
+    /// for its tiles were taken ([`Proxy::shared_fill`], at its tier): the tiles its tier's
+    /// cache now holds fresh are not asked of the origin, which another isolate already
+    /// paid for. Returns the warming to send for the rest, planned when the whole was (its
+    /// answer is judged by that planning, [`super::change`]); `request` itself when no tile
+    /// was filled; `None` when nothing is left to send: every tile was filled, or a change
+    /// since its planning means its answer would not be written. It no longer counts as out
+    /// then, as after its answer.
+    pub fn warm_rest(&mut self, request: &BatchRequest, now_ms: u64) -> Option<BatchRequest> {
+        let tier = request.access;
+        let cache = &self.caches[tier.rank() as usize];
+        let (filled, rest): (Vec<TileId>, Vec<TileId>) = (request.tiles.iter())
+            .partition(|&&t| cache.tile_freshness(t, tier, now_ms) == TileFreshness::Fresh);
+        if filled.is_empty() {
+            return Some(request.clone());
+        }
+        for t in filled {
+            self.warm_tries.forget(&(tier, t));
+        }
+        if rest.is_empty() {
+            self.changes.warm_current(tier, &request.tiles, now_ms);
+            return None;
+        }
+        self.changes
+            .warm_narrowed(tier, &request.tiles, &rest, now_ms)
+            .then(|| BatchRequest {
+                tiles: rest,
+                ids: request.ids.clone(),
+                access: tier,
+            })
     }
 
     fn shared_decode(

@@ -231,3 +231,69 @@ fn an_origin_answer_too_large_to_read_is_asked_in_halves_until_every_part_is_ser
     assert_eq!((a.status, calls.len()), (200, n));
     assert!(a.body.contains("payload_too_large"), "{}", a.body);
 }
+
+/// A warming went to the origin for every tile, even one whose answer another isolate had
+/// already put in the shared cache (the caller's path reads it first; warming did not).
+/// Taken from the entries ([`Proxy::shared_fill`]), only the rest is asked
+/// ([`Proxy::warm_rest`]), planned when the whole was: its answer is written (not refused
+/// as a warming this proxy did not plan), and one planned before a change is not sent.
+#[test]
+fn a_warming_asks_the_origin_only_for_what_the_shared_cache_does_not_hold() {
+    let o = origin();
+    let centre = tiles_req(&[tile(CENTRE)]);
+    // Isolate `a` warmed the ring: its entries are in the shared cache.
+    let mut a = Proxy::new(ProxyConfig::default()).unwrap();
+    let w = run(&mut a, &o, centre.clone(), 0).warm.unwrap();
+    a.warmed(&w, answered(&o.answer(&w, Some(300)).to_json()), 0)
+        .unwrap();
+    let entries: Vec<_> = (w.tiles.iter())
+        .map(|&t| (t, a.shared_entry(Access::Public, t, 0).unwrap()))
+        .collect();
+    for (kept, sent) in [(8, None), (5, Some(3))] {
+        let mut b = Proxy::new(ProxyConfig::default()).unwrap();
+        let warm = run(&mut b, &o, centre.clone(), 1_000).warm.unwrap();
+        assert_eq!(warm.tiles, w.tiles);
+        for (t, e) in &entries[..kept] {
+            b.shared_fill(
+                Access::Public,
+                *t,
+                e.body.as_bytes(),
+                e.fetched_at_ms,
+                1_000,
+            )
+            .unwrap();
+        }
+        let rest = b.warm_rest(&warm, 1_000);
+        assert_eq!(rest.as_ref().map(|r| r.tiles.len()), sent, "{kept} kept");
+        if let Some(rest) = rest {
+            assert_eq!(rest.tiles, w.tiles[kept..]);
+            let body = o.answer(&rest, Some(300)).to_json();
+            assert_eq!(b.warmed(&rest, answered(&body), 1_000), Ok(3));
+        }
+        // The whole ring is cached, the centre's next warming plans nothing.
+        let pending = b.begin(tiles_req(&w.tiles), 1_001).unwrap();
+        assert!(pending.origin_request().is_none(), "{kept} kept");
+        assert!(run(&mut b, &o, centre.clone(), 1_001).warm.is_none());
+    }
+    // A change between the warming's planning and its rest: not sent (it would not be
+    // written), and no longer counted as out.
+    let mut b = Proxy::new(ProxyConfig::default()).unwrap();
+    let warm = run(&mut b, &o, centre.clone(), 1_000).warm.unwrap();
+    let (t, e) = &entries[0];
+    b.shared_fill(
+        Access::Public,
+        *t,
+        e.body.as_bytes(),
+        e.fetched_at_ms,
+        1_000,
+    )
+    .unwrap();
+    b.invalidate(
+        &crate::protocol::Invalidation {
+            ids: vec!["nothing".into()],
+            ..Default::default()
+        },
+        1_000,
+    );
+    assert_eq!(b.warm_rest(&warm, 1_000), None);
+}
