@@ -221,6 +221,39 @@ fn item_at_centre(
     }
 }
 
+/// What `told_public` returns for an answer whose lists hold `lists` ids, that leaves the
+/// named tile out as `response_full` and tells `probe` missing.
+fn left_out_full(
+    lists: &[usize],
+    probe: &str,
+) -> (Vec<usize>, serde_json::Value, bool, serde_json::Value) {
+    (
+        lists.to_vec(),
+        "response_full".into(),
+        true,
+        serde_json::json!([probe]),
+    )
+}
+
+/// Two neighbouring coarse tiles (zoom 11) of 110 public items of 40 kB each (about 4.4 MB
+/// a tile: one fits an answer, not both), and a data tile (zoom 14) far from them.
+fn two_coarse_tiles() -> (
+    [tilewarm::TileId; 2],
+    tilewarm::TileId,
+    Vec<tilewarm::protocol::Item<RawData>>,
+) {
+    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
+    let d2 = d1.offset(1, 0).unwrap();
+    let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let mut items = Vec::new();
+    for (n, d) in [(1, d1), (2, d2)] {
+        items.extend(
+            (0..110).map(|i| item_at_centre(format!("big-{n}-{i}"), d, Access::Public, 40_000)),
+        );
+    }
+    ([d1, d2], far, items)
+}
+
 /// B: a server whose origin is the batch endpoint of the server at `url`, authenticating
 /// with an `agent` token kept in a file of a temporary directory named by `tag` (`dir`,
 /// which the test removes).
@@ -911,20 +944,11 @@ async fn ids_an_upstream_had_no_room_for_are_not_missing_below_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
-    let b = t.bounds();
-    let item = |id: String, access: Access, data: &str| tilewarm::protocol::Item {
-        id,
-        lon: (b.west + b.east) / 2.0,
-        lat: (b.south + b.north) / 2.0,
-        class: "active".into(),
-        access,
-        ttl: None,
-        data: serde_json::value::to_raw_value(data).unwrap(),
-    };
+    let item = |id: String, access: Access, len: usize| item_at_centre(id, t, access, len);
     let mut items: Vec<_> = (0..8)
-        .map(|i| item(format!("pad-{i}"), Access::Public, "small"))
+        .map(|i| item(format!("pad-{i}"), Access::Public, 5))
         .collect();
-    items.push(item("secret".into(), Access::Agent, &"x".repeat(200)));
+    items.push(item("secret".into(), Access::Agent, 200));
     let a = serving(
         items,
         Config {
@@ -987,18 +1011,7 @@ async fn an_upstreams_large_item_above_the_callers_tier_is_not_told_from_none() 
 async fn how_full_an_upstreams_answer_at_agent_was_is_not_told_below_it() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let tiles: Vec<tilewarm::TileId> = (0..4).map(|i| t.offset(i, 0).unwrap()).collect();
-    let item = |id: String, tile: tilewarm::TileId, access: Access| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(&1).unwrap(),
-        }
-    };
+    let item = |id, tile, access| item_at_centre(id, tile, access, 1);
     // tiles[0]: a public item and four agent ones; tiles[2]: the public item alone; tiles[1]
     // and tiles[3]: two public items each (the padding).
     let mut items = vec![
@@ -1044,16 +1057,7 @@ async fn how_full_an_upstreams_answer_at_agent_was_is_not_told_below_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn how_full_the_second_answer_for_ids_was_tells_nothing_below_agent() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
-    let b = t.bounds();
-    let item = |id: String, access: Access| tilewarm::protocol::Item {
-        id,
-        lon: (b.west + b.east) / 2.0,
-        lat: (b.south + b.north) / 2.0,
-        class: "active".into(),
-        access,
-        ttl: None,
-        data: serde_json::value::to_raw_value("small").unwrap(),
-    };
+    let item = |id, access| item_at_centre(id, t, access, 5);
     let mut items: Vec<_> = (0..12)
         .map(|i| item(format!("pad-{i}"), Access::Public))
         .collect();
@@ -1105,18 +1109,7 @@ async fn how_full_the_second_answer_for_ids_was_tells_nothing_below_agent() {
 async fn how_full_the_second_answer_for_tiles_was_tells_nothing_below_agent() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let tiles: Vec<tilewarm::TileId> = (0..8).map(|i| t.offset(i, 0).unwrap()).collect();
-    let item = |id: String, tile: tilewarm::TileId, access: Access| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(&1).unwrap(),
-        }
-    };
+    let item = |id, tile, access| item_at_centre(id, tile, access, 1);
     // tiles[0]: a public item and four agent ones; tiles[4]: the public item alone; the
     // others: two public items each (the padding).
     let mut items = vec![
@@ -1164,18 +1157,7 @@ async fn how_full_the_second_answer_for_tiles_was_tells_nothing_below_agent() {
 async fn the_paddings_answer_at_the_callers_tier_is_told_not_its_answer_at_agent() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let tiles: Vec<tilewarm::TileId> = (0..4).map(|i| t.offset(i, 0).unwrap()).collect();
-    let item = |id: String, tile: tilewarm::TileId, access: Access| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(&1).unwrap(),
-        }
-    };
+    let item = |id, tile, access| item_at_centre(id, tile, access, 1);
     // tiles[0]: three public items and three agent ones; tiles[2]: three public items;
     // tiles[1] and tiles[3]: three public items each (the padding).
     let mut items = Vec::new();
@@ -1232,33 +1214,17 @@ async fn the_paddings_answer_at_the_callers_tier_is_told_not_its_answer_at_agent
 async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
     let t = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let tiles: Vec<tilewarm::TileId> = (0..5).map(|i| t.offset(i, 0).unwrap()).collect();
-    let item = |id: String, tile: tilewarm::TileId, access: Access, data: &str| {
-        let b = tile.bounds();
-        tilewarm::protocol::Item {
-            id,
-            lon: (b.west + b.east) / 2.0,
-            lat: (b.south + b.north) / 2.0,
-            class: "active".into(),
-            access,
-            ttl: None,
-            data: serde_json::value::to_raw_value(data).unwrap(),
-        }
-    };
+    let item = item_at_centre;
     // Two pairs: a tile of two public items, then one of four public items and an agent
     // one (over a --max-tile-items of 4 at `agent` only); the large agent item elsewhere.
     let mut items = Vec::new();
     for pair in [0, 2] {
         let (pad, dense) = (tiles[pair], tiles[pair + 1]);
-        items.extend((0..2).map(|i| item(format!("pad-{pair}-{i}"), pad, Access::Public, "s")));
-        items.extend((0..4).map(|i| item(format!("pub-{pair}-{i}"), dense, Access::Public, "s")));
-        items.push(item(format!("agent-{pair}"), dense, Access::Agent, "s"));
+        items.extend((0..2).map(|i| item(format!("pad-{pair}-{i}"), pad, Access::Public, 1)));
+        items.extend((0..4).map(|i| item(format!("pub-{pair}-{i}"), dense, Access::Public, 1)));
+        items.push(item(format!("agent-{pair}"), dense, Access::Agent, 1));
     }
-    items.push(item(
-        "secret".into(),
-        tiles[4],
-        Access::Agent,
-        &"x".repeat(200),
-    ));
+    items.push(item("secret".into(), tiles[4], Access::Agent, 200));
     let a = serving(
         items,
         Config {
@@ -1278,20 +1244,7 @@ async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
     // Before: payload_too_large for the first, response_full for the second.
     assert_eq!(
         answers,
-        [
-            (
-                vec![2],
-                "response_full".into(),
-                true,
-                serde_json::json!(["secret"])
-            ),
-            (
-                vec![2],
-                "response_full".into(),
-                true,
-                serde_json::json!(["nope"])
-            ),
-        ]
+        [left_out_full(&[2], "secret"), left_out_full(&[2], "nope")]
     );
     b.shutdown().await;
     a.shutdown().await;
@@ -1307,15 +1260,8 @@ async fn a_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
 /// ask it again), and `response_full` when it asked an id that does not exist instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() {
-    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
-    let d2 = d1.offset(1, 0).unwrap();
-    let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let ([d1, d2], far, mut items) = two_coarse_tiles();
     let item = item_at_centre;
-    // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
-    let mut items = Vec::new();
-    for (n, d) in [(1, d1), (2, d2)] {
-        items.extend((0..110).map(|i| item(format!("big-{n}-{i}"), d, Access::Public, 40_000)));
-    }
     items.push(item("secret".into(), far, Access::Agent, 55_000));
     let a = serving(
         items,
@@ -1334,18 +1280,8 @@ async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() 
     assert_eq!(
         answers,
         [
-            (
-                vec![110],
-                "response_full".into(),
-                true,
-                serde_json::json!(["secret"])
-            ),
-            (
-                vec![110],
-                "response_full".into(),
-                true,
-                serde_json::json!(["nope"])
-            ),
+            left_out_full(&[110], "secret"),
+            left_out_full(&[110], "nope")
         ]
     );
     b.shutdown().await;
@@ -1359,15 +1295,8 @@ async fn a_direct_tile_left_out_at_the_callers_tier_is_told_that_calls_reason() 
 /// items only, `response_full`. `response_full` now wins, as in one answer's report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_its_own_reason() {
-    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
-    let d2 = d1.offset(1, 0).unwrap();
-    let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
+    let ([d1, d2], far, mut items) = two_coarse_tiles();
     let item = item_at_centre;
-    // Each coarse tile about 4.4 MB of public items: one fits an answer, not both.
-    let mut items = Vec::new();
-    for (n, d) in [(1, d1), (2, d2)] {
-        items.extend((0..110).map(|i| item(format!("big-{n}-{i}"), d, Access::Public, 40_000)));
-    }
     // Two data tiles of four public items, the first with an agent item too (over a
     // --max-tile-items of 4 at `agent` only).
     let dense = [far, far.offset(1, 0).unwrap()];
@@ -1385,17 +1314,10 @@ async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_it
     )
     .await;
     let (b, dir) = chained_to(&a.url(), "tw-chain-split-tiles").await;
-    let public = Http::with_token(Some(crate::common::token_for(Access::Public)));
     let mut answers = Vec::new();
     for data in dense {
-        let r = public
-            .batch(&b, &request(&[data, d1, d2], &[], Access::Public))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        let lists = list_lengths(&v);
-        let left_out = v["error"]["tiles"] == serde_json::json!([d2.to_string()]);
-        answers.push((lists, v["error"]["code"].clone(), left_out));
+        let (lists, code, left_out, _) = told_public(&b, &[data, d1, d2], &[], d2).await;
+        answers.push((lists, code, left_out));
     }
     // Before: payload_too_large for the first, response_full for the second.
     assert_eq!(
