@@ -60,6 +60,28 @@ fn request(tiles: &[TileId], ids: &[&str], access: Access) -> String {
     .to_json()
 }
 
+/// A server over `items` in memory (items kept 300 s), started with `config`.
+async fn serving(
+    items: Vec<tilewarm::protocol::Item<RawData>>,
+    config: common::Config,
+) -> tilewarm_server::Server {
+    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
+        Origin::new(items).unwrap(),
+        300,
+        "test".into(),
+    );
+    tilewarm_server::start_with_origin(config, Box::new(backend), Arc::default())
+        .await
+        .unwrap()
+}
+
+/// A server over the [`Scripted`] origin `origin`, started with `config`.
+async fn scripted<T: Scripted>(config: common::Config, origin: T) -> tilewarm_server::Server {
+    tilewarm_server::start_with_origin(config, Box::new(Test(origin)), Arc::default())
+        .await
+        .unwrap()
+}
+
 /// Per tile: the set of ids; items: id → (lon, lat, class, access, data).
 type Digest = (
     BTreeMap<String, BTreeSet<String>>,
@@ -768,6 +790,11 @@ trait Scripted: Send + Sync + 'static {
     fn count(&self, _tiles: &[TileId], _access: Access) -> ItemCount {
         ItemCount::Unknown
     }
+
+    /// Its [`OriginBackend::describe`]: its type's name unless it says.
+    fn describe(&self) -> String {
+        std::any::type_name::<Self>().into()
+    }
 }
 
 /// A [`Scripted`] origin as the server's backend.
@@ -810,7 +837,7 @@ impl<T: Scripted> OriginBackend for Test<T> {
     }
 
     fn describe(&self) -> String {
-        std::any::type_name::<T>().into()
+        self.0.describe()
     }
 }
 
@@ -889,18 +916,12 @@ impl GrowsAfterTheCount {
         gate: Arc<tokio::sync::Semaphore>,
     ) -> (tilewarm_server::Server, TileId, TileId) {
         let (origin, t10, d) = GrowsAfterTheCount::city(max, gate);
-        let s = tilewarm_server::start_with_origin(
-            common::Config {
-                max_response_items: max,
-                warmup_ring: 0,
-                ..config()
-            },
-            Box::new(Test(origin)),
-            Arc::default(),
-        )
-        .await
-        .unwrap();
-        (s, t10, d)
+        let c = common::Config {
+            max_response_items: max,
+            warmup_ring: 0,
+            ..config()
+        };
+        (scripted(c, origin).await, t10, d)
     }
 }
 
@@ -951,6 +972,19 @@ async fn lead_then_follow(
         };
         tokio::join!(follow, open).0
     })
+}
+
+/// [`lead_then_follow`] with an `agent` request for data tile `d` and `ids` leading and a
+/// `public` one for `d` following (both sent with an agent's token).
+async fn agent_then_public(
+    s: &tilewarm_server::Server,
+    gate: &tokio::sync::Semaphore,
+    d: TileId,
+    ids: &[&str],
+) -> (common::Reply, common::Reply) {
+    let leader = request(&[d], ids, Access::Agent);
+    let follower = request(&[d], &[], Access::Public);
+    lead_then_follow(s, &Http::new(), gate, &leader, &follower).await
 }
 
 /// A request following a data tile whose leader's fetch is refused for the leader's own
@@ -1068,19 +1102,13 @@ async fn trouble_over_an_id(
         .max_by_key(|x| x.1)
         .unwrap();
     let id = pick(&city, d);
-    let s = tilewarm_server::start_with_origin(
-        config,
-        Box::new(Test(TroubleOverAnId {
-            city,
-            gate: Arc::clone(&gate),
-            id: id.clone(),
-            trouble,
-        })),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
-    (s, gate, d, id)
+    let origin = TroubleOverAnId {
+        city,
+        gate: Arc::clone(&gate),
+        id: id.clone(),
+        trouble,
+    };
+    (scripted(config, origin).await, gate, d, id)
 }
 
 /// A request following a data tile whose leader's origin call is refused for the leader's
@@ -1098,12 +1126,7 @@ async fn a_request_following_a_fetch_refused_for_the_leaders_ids_fetches_its_til
         "no-such-home-42".into()
     })
     .await;
-    let http = Http::new();
-    let (leader, follower) = (
-        request(&[d], &[id.as_str()], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let (led, followed) = agent_then_public(&s, &gate, d, &[id.as_str()]).await;
     let msg = led.error(400, "bad_request");
     assert!(msg.contains(&id), "{msg}");
     assert_eq!(followed.status, 200, "{}", followed.text());
@@ -1136,12 +1159,7 @@ async fn a_failure_shared_with_followers_does_not_name_what_the_leader_asked() {
             .clone()
     })
     .await;
-    let http = Http::new();
-    let (leader, follower) = (
-        request(&[d], &[secret.as_str()], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let (led, followed) = agent_then_public(&s, &gate, d, &[secret.as_str()]).await;
     let msg = led.error(502, "upstream_error");
     assert!(msg.contains(&secret), "{msg}");
     let msg = followed.error(502, "upstream_error");
@@ -1192,12 +1210,7 @@ async fn following_then_fetching_again_share_one_origin_timeout() {
     };
     let (s, gate, d, id) =
         trouble_over_an_id(slow, IdTrouble::Refuse, |_, _| "no-such-home-42".into()).await;
-    let http = Http::new();
-    let (leader, follower) = (
-        request(&[d], &[id.as_str()], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let (led, followed) = agent_then_public(&s, &gate, d, &[id.as_str()]).await;
     led.error(400, "bad_request");
     let msg = followed.error(504, "upstream_timeout");
     assert!(msg.contains("1000 ms (--origin-timeout-ms)"), "{msg}");
@@ -1224,12 +1237,7 @@ async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_o
     })
     .await;
     assert!(public_items > 1, "{public_items}");
-    let http = Http::new();
-    let (leader, follower) = (
-        request(&[d], &[], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let (led, followed) = agent_then_public(&s, &gate, d, &[]).await;
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     for (r, says) in [
         (led, format!("tile {d} holds ")),
@@ -1257,11 +1265,7 @@ async fn a_request_following_a_tile_over_the_tile_limit_is_told_why_it_is_left_o
     };
     let (s, gate, d, _) =
         trouble_over_an_id(c, IdTrouble::TellTiles, |_, _| "not-asked".into()).await;
-    let (leader, follower) = (
-        request(&[d], &[], Access::Agent),
-        request(&[d], &[], Access::Public),
-    );
-    let (led, followed) = lead_then_follow(&s, &http, &gate, &leader, &follower).await;
+    let (led, followed) = agent_then_public(&s, &gate, d, &[]).await;
     // The follower asks for it again at its own tier (the upstream counted it at `agent`).
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 2);
     for (r, says) in [
@@ -1307,20 +1311,13 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
         .unwrap();
     big.data = serde_json::value::to_raw_value(&"x".repeat(1_000)).unwrap();
     let big = big.id.clone();
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
     let c = common::Config {
         warmup_ring: 0,
         max_tile_items: limit,
         max_item_data_bytes: 500,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
-        .await
-        .unwrap();
+    let s = serving(items, c).await;
     let agent = Http::new();
     let r = agent
         .batch(
@@ -1376,20 +1373,31 @@ async fn over_memory_a_dense_tile_and_an_oversized_item_are_left_out_and_named()
     s.shutdown().await;
 }
 
-/// Items across the middle row of `t`, their tiers in turn from `tiers` (`n` of each).
-fn items_in_tile(t: TileId, tiers: &[(Access, usize)]) -> Vec<tilewarm::protocol::Item<RawData>> {
+/// Points evenly across the middle row of `t`, their tiers in turn from `tiers` (`n` of
+/// each): each point's number (from 0), tier, longitude and latitude.
+fn across_tile(t: TileId, tiers: &[(Access, usize)]) -> Vec<(usize, Access, f64, f64)> {
     let b = t.bounds();
     let all: Vec<Access> = tiers
         .iter()
         .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
         .collect();
     let n = all.len();
-    all.iter()
-        .enumerate()
-        .map(|(i, &access)| tilewarm::protocol::Item {
+    let lat = (b.south + b.north) / 2.0;
+    (all.into_iter().enumerate())
+        .map(|(i, a)| {
+            let lon = b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64;
+            (i, a, lon, lat)
+        })
+        .collect()
+}
+
+/// Items across the middle row of `t`, their tiers in turn from `tiers` (`n` of each).
+fn items_in_tile(t: TileId, tiers: &[(Access, usize)]) -> Vec<tilewarm::protocol::Item<RawData>> {
+    (across_tile(t, tiers).into_iter())
+        .map(|(i, access, lon, lat)| tilewarm::protocol::Item {
             id: format!("{t}-{access}-{i}"),
-            lon: b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64,
-            lat: (b.south + b.north) / 2.0,
+            lon,
+            lat,
             class: "active".into(),
             access,
             ttl: None,
@@ -1414,19 +1422,12 @@ async fn over_memory_the_tile_limit_is_counted_at_the_callers_tier() {
         many,
         &[(Access::Public, 12), (Access::Agent, 30)],
     ));
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
     let c = common::Config {
         warmup_ring: 0,
         max_tile_items: limit,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
-        .await
-        .unwrap();
+    let s = serving(items, c).await;
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let r = public
         .batch(&s, &request(&[few, many], &[], Access::Public))
@@ -1480,9 +1481,7 @@ async fn a_failed_call_at_the_callers_tier_leaves_out_only_its_tile() {
     };
     // At capacity below `agent`: the call again at the caller's tier fails.
     let backend = Busy::new(Origin::new(items).unwrap(), |r, _| r.access < Access::Agent);
-    let s = tilewarm_server::start_with_origin(c, backend, Arc::default())
-        .await
-        .unwrap();
+    let s = scripted(c, backend).await;
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let r = public
         .batch(&s, &request(&[few, small], &[], Access::Public))
@@ -1517,9 +1516,7 @@ async fn a_tile_a_failed_call_left_out_is_not_called_too_large_beside_an_item_th
         ..config()
     };
     let backend = Busy::new(Origin::new(items).unwrap(), |r, _| r.access < Access::Agent);
-    let s = tilewarm_server::start_with_origin(c, backend, Arc::default())
-        .await
-        .unwrap();
+    let s = scripted(c, backend).await;
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let r = public
         .batch(&s, &request(&[few, small], &[big.as_str()], Access::Public))
@@ -1558,18 +1555,11 @@ async fn an_answer_larger_than_clients_read_answers_what_fits() {
             data: payload.clone(),
         })
         .collect();
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
     let c = common::Config {
         warmup_ring: 0,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(backend), Arc::default())
-        .await
-        .unwrap();
+    let s = serving(items, c).await;
     let http = Http::new();
     let max = tilewarm::protocol::Limits::default().max_body_bytes;
     let r = http.batch(&s, &request(&[t], &[], Access::Agent)).await;
@@ -1689,13 +1679,7 @@ pub(crate) async fn a_cached_item_grown_too_large_is_dropped_and_not_served(redi
         redis_timeout_ms: 2_000,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(
-        c,
-        Box::new(Test(Grows(Arc::clone(&backend)))),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let s = scripted(c, Grows(Arc::clone(&backend))).await;
     let http = Http::new();
     let r = http
         .ok(&s, &request(&[t], &[big.as_str()], Access::Public))
@@ -1783,13 +1767,7 @@ async fn warming_server(
         max_tile_items: limit,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(
-        c,
-        Box::new(Test(Grows(Arc::clone(&backend)))),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let s = scripted(c, Grows(Arc::clone(&backend))).await;
     (s, backend)
 }
 
@@ -1845,9 +1823,9 @@ struct Busy {
 }
 
 impl Busy {
-    fn new(city: Origin<RawData>, busy: fn(&BatchRequest, usize) -> bool) -> Box<Test<Busy>> {
+    fn new(city: Origin<RawData>, busy: fn(&BatchRequest, usize) -> bool) -> Busy {
         let calls = Default::default();
-        Box::new(Test(Busy { city, calls, busy }))
+        Busy { city, calls, busy }
     }
 }
 
@@ -1879,13 +1857,8 @@ async fn warmup_is_quiet_while_the_origin_asked_for_it() {
     let items = synthetic_city(42, 2_000);
     let o = Origin::new(items.clone()).unwrap();
     let t = densest(&o);
-    let s = tilewarm_server::start_with_origin(
-        config(),
-        Busy::new(o, |_, before| before == 0), // busy at its first call
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    // Busy at its first call.
+    let s = scripted(config(), Busy::new(o, |_, before| before == 0)).await;
     let http = Http::new();
     let r = http.batch(&s, &request(&[t], &[], Access::Agent)).await;
     assert_eq!(r.status, 503, "{}", r.text());
@@ -1899,27 +1872,47 @@ async fn warmup_is_quiet_while_the_origin_asked_for_it() {
     s.shutdown().await;
 }
 
-/// An origin over `city` (read whole, like memory; out of process as far as the server can
-/// tell, so a request waiting for it holds no slot) that records the tier of every call
-/// and holds those asked below `agent` until `gate` has a permit (one each).
-struct GatedBelowAgent {
+/// Tiers asked at, as [`GatedAt`] records them.
+type AskedAt = Arc<std::sync::Mutex<Vec<Access>>>;
+
+/// An origin over `city` (out of process as far as the server can tell) that records the
+/// tier of every call and holds those asked at `gated` until `gate` has a permit (one each).
+struct GatedAt {
     city: Origin<RawData>,
+    gated: Access,
     gate: Arc<tokio::sync::Semaphore>,
-    asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
+    asked_at: AskedAt,
 }
 
-impl Scripted for GatedBelowAgent {
+impl Scripted for GatedAt {
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         self.asked_at.lock().unwrap().push(request.access);
         Box::pin(async move {
-            if request.access < Access::Agent {
+            if request.access == self.gated {
                 self.gate.acquire().await.unwrap().forget();
             }
             Ok(self.city.answer(request, Some(60)))
         })
+    }
+}
+
+impl GatedAt {
+    /// Over 4 public and 30 `agent` items in data tile `t`, holding the calls at `gated`:
+    /// it, its gate (closed) and the tiers it is asked at.
+    fn in_tile(t: TileId, gated: Access) -> (GatedAt, Arc<tokio::sync::Semaphore>, AskedAt) {
+        let tiers = [(Access::Public, 4), (Access::Agent, 30)];
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let asked_at = AskedAt::default();
+        let backend = GatedAt {
+            city: Origin::new(items_in_tile(t, &tiers)).unwrap(),
+            gated,
+            gate: Arc::clone(&gate),
+            asked_at: Arc::clone(&asked_at),
+        };
+        (backend, gate, asked_at)
     }
 }
 
@@ -1930,26 +1923,13 @@ impl Scripted for GatedBelowAgent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_agent() {
     let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
-    let city = Origin::new(items_in_tile(
-        t,
-        &[(Access::Public, 4), (Access::Agent, 30)],
-    ))
-    .unwrap();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
-    let backend = GatedBelowAgent {
-        city,
-        gate: Arc::clone(&gate),
-        asked_at: Arc::clone(&asked_at),
-    };
+    let (backend, gate, asked_at) = GatedAt::in_tile(t, Access::Public);
     let c = common::Config {
         warmup_ring: 0,
         max_tile_items: 10,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
-        .await
-        .unwrap();
+    let s = scripted(c, backend).await;
     let public = Http::with_token(Some(common::token_for(Access::Public)));
     let body = request(&[t], &[], Access::Public);
     let n = 4;
@@ -1981,30 +1961,6 @@ async fn requests_at_one_tier_share_the_call_at_it_for_a_tile_over_the_limit_at_
     s.shutdown().await;
 }
 
-/// An origin over `city` (out of process as far as the server can tell) that records the
-/// tier of every call and holds those asked at `gated` until `gate` has a permit (one each).
-struct GatedAt {
-    city: Origin<RawData>,
-    gated: Access,
-    gate: Arc<tokio::sync::Semaphore>,
-    asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
-}
-
-impl Scripted for GatedAt {
-    fn answer<'a>(
-        &'a self,
-        request: &'a BatchRequest,
-    ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-        self.asked_at.lock().unwrap().push(request.access);
-        Box::pin(async move {
-            if request.access == self.gated {
-                self.gate.acquire().await.unwrap().forget();
-            }
-            Ok(self.city.answer(request, Some(60)))
-        })
-    }
-}
-
 /// A request leading the call for a data tile (at `agent`, or at its own tier for a tile
 /// over `--max-tile-items` at `agent`) whose client hangs up leaves the requests following
 /// it the tile: the first of them to claim it again leads it, the others follow, one
@@ -2013,28 +1969,14 @@ impl Scripted for GatedAt {
 async fn the_followers_of_a_leader_that_went_away_share_one_call_again() {
     let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     for tier in [Access::Public, Access::Agent] {
-        let city = Origin::new(items_in_tile(
-            t,
-            &[(Access::Public, 4), (Access::Agent, 30)],
-        ))
-        .unwrap();
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
-        let backend = GatedAt {
-            city,
-            gated: tier,
-            gate: Arc::clone(&gate),
-            asked_at: Arc::clone(&asked_at),
-        };
+        let (backend, gate, asked_at) = GatedAt::in_tile(t, tier);
         // Public: the tile is over the limit at `agent`, asked again at `public`.
         let c = common::Config {
             warmup_ring: 0,
             max_tile_items: if tier == Access::Agent { 100 } else { 10 },
             ..config()
         };
-        let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
-            .await
-            .unwrap();
+        let s = scripted(c, backend).await;
         let asked = || {
             asked_at
                 .lock()
@@ -2103,13 +2045,7 @@ async fn a_tile_over_the_limit_at_the_callers_tier_is_remembered_at_that_tier_on
         max_tile_items: 10,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(
-        c,
-        Box::new(Test(Grows(Arc::clone(&backend)))),
-        Arc::default(),
-    )
-    .await
-    .unwrap();
+    let s = scripted(c, Grows(Arc::clone(&backend))).await;
     let verified = Http::with_token(Some(common::token_for(Access::Verified)));
     let over = |r: common::Reply, says: &str| {
         assert_eq!(r.status, 200, "{}", r.text());
@@ -2239,9 +2175,7 @@ async fn a_tile_shed_alongside_a_tile_too_large_is_not_remembered_over_the_limit
         warmup_ring: 0,
         ..config()
     };
-    let s = tilewarm_server::start_with_origin(c, Box::new(Test(backend)), Arc::default())
-        .await
-        .unwrap();
+    let s = scripted(c, backend).await;
     let http = Http::new();
     let code = |r: &common::Reply| r.json()["error"]["code"].as_str().unwrap_or("").to_string();
     let (shed_only, both) = (

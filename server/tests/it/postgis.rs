@@ -26,7 +26,7 @@ use tilewarm_server::origin::{
 
 use crate::common::{config, eventually, server, Config, Http};
 use crate::pause_relay::{Pause, PauseRelay};
-use crate::request;
+use crate::{across_tile, request};
 
 /// A check of an answer.
 type Check = Box<dyn Fn(&tilewarm::protocol::BatchResponse<RawData>) -> bool>;
@@ -140,6 +140,13 @@ fn edge_item(id: &str, lon: f64, lat: f64, access: Access) -> Item<RawData> {
         ttl: None,
         data: serde_json::value::to_raw_value(&serde_json::json!({ "price": 1 })).unwrap(),
     }
+}
+
+/// `n` public items across the middle row of `t`, named `{prefix}-1` to `{prefix}-{n}`.
+fn public_across(t: TileId, prefix: &str, n: usize) -> Vec<Item<RawData>> {
+    (across_tile(t, &[(Access::Public, n)]).into_iter())
+        .map(|(i, a, lon, lat)| edge_item(&format!("{prefix}-{}", i + 1), lon, lat, a))
+        .collect()
 }
 
 /// The synthetic city plus items where tile maths is hard: exactly on tile corners and
@@ -764,20 +771,10 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
     }
     let pg = Pg::start();
     let max = 10;
-    let in_tile = |t: TileId, prefix: &str, n: usize| -> Vec<Item<RawData>> {
-        let b = t.bounds();
-        (1..=n)
-            .map(|i| {
-                let lon = b.west + (b.east - b.west) * i as f64 / (n + 1) as f64;
-                let lat = (b.south + b.north) / 2.0;
-                edge_item(&format!("{prefix}-{i}"), lon, lat, Access::Public)
-            })
-            .collect()
-    };
     let dense = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
     let sparse = TileId::from_lon_lat(-90.0, 35.0, 14).unwrap();
-    let mut items = in_tile(dense, "dense", 3 * max);
-    items.extend(in_tile(sparse, "sparse", 2));
+    let mut items = public_across(dense, "dense", 3 * max);
+    items.extend(public_across(sparse, "sparse", 2));
     load(&pg, &items, &Layout::default()).await;
     // No change listener: its first connect invalidates the whole tier, which would race
     // the write-back looked at below.
@@ -875,26 +872,16 @@ async fn an_answer_over_the_response_bound_answers_what_fits_and_leaves_the_rest
     }
     let pg = Pg::start();
     let max = 10;
-    let in_tile = |t: TileId, prefix: &str, n: usize| -> Vec<Item<RawData>> {
-        let b = t.bounds();
-        (1..=n)
-            .map(|i| {
-                let lon = b.west + (b.east - b.west) * i as f64 / (n + 1) as f64;
-                let lat = (b.south + b.north) / 2.0;
-                edge_item(&format!("{prefix}-{i}"), lon, lat, Access::Public)
-            })
-            .collect()
-    };
     let a = TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
     let (b, c, d) = (
         a.offset(1, 0).unwrap(),
         a.offset(2, 0).unwrap(),
         a.offset(3, 0).unwrap(),
     );
-    let mut items = in_tile(a, "a", 6);
-    items.extend(in_tile(b, "b", 6));
-    items.extend(in_tile(c, "c", 3));
-    items.extend(in_tile(d, "d", max + 2));
+    let mut items = public_across(a, "a", 6);
+    items.extend(public_across(b, "b", 6));
+    items.extend(public_across(c, "c", 3));
+    items.extend(public_across(d, "d", max + 2));
     load(&pg, &items, &Layout::default()).await;
     let layout = std::env::temp_dir().join(format!("tw-layout-full-{}", std::process::id()));
     std::fs::write(&layout, "channel = \"\"\n").unwrap();
@@ -977,19 +964,8 @@ async fn the_tile_limit_is_counted_at_the_callers_tier() {
     let max = 10;
     // `n` items across the middle row of `t`, their tiers in turn from `tiers`.
     let in_tile = |t: TileId, prefix: &str, tiers: &[(Access, usize)]| -> Vec<Item<RawData>> {
-        let b = t.bounds();
-        let all: Vec<Access> = tiers
-            .iter()
-            .flat_map(|&(a, n)| std::iter::repeat_n(a, n))
-            .collect();
-        let n = all.len();
-        all.iter()
-            .enumerate()
-            .map(|(i, &a)| {
-                let lon = b.west + (b.east - b.west) * (i + 1) as f64 / (n + 1) as f64;
-                let lat = (b.south + b.north) / 2.0;
-                edge_item(&format!("{prefix}-{a}-{i}"), lon, lat, a)
-            })
+        (across_tile(t, tiers).into_iter())
+            .map(|(i, a, lon, lat)| edge_item(&format!("{prefix}-{a}-{i}"), lon, lat, a))
             .collect()
     };
     // 4 public, 2 registered and 30 agent items; 12 public and 30 agent items.

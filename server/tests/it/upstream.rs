@@ -23,7 +23,7 @@ use tilewarm_server::origin::{CallSource, OriginService, OriginStats};
 use crate::common::{
     config, now_s, redis_available, server, sign_hs256, Config, Http, RedisServer,
 };
-use crate::{densest, digest, request};
+use crate::{densest, digest, request, serving};
 
 const HONEST: u8 = 0;
 const GARBAGE: u8 = 1;
@@ -161,21 +161,6 @@ async fn stub(seed: u64, n: usize) -> (Arc<Stub>, String) {
         let _ = axum::serve(listener, app).await;
     });
     (s, url)
-}
-
-/// A server over `items` in memory (items kept 300 s), started with `config`.
-async fn serving(
-    items: Vec<tilewarm::protocol::Item<RawData>>,
-    config: Config,
-) -> tilewarm_server::Server {
-    let backend = tilewarm_server::origin::memory::MemoryOrigin::new(
-        Origin::new(items).unwrap(),
-        300,
-        "test".into(),
-    );
-    tilewarm_server::start_with_origin(config, Box::new(backend), Arc::default())
-        .await
-        .unwrap()
 }
 
 /// One public request to `b` for `tiles` and `ids`: its lists' lengths, its `error`'s

@@ -15,16 +15,15 @@ use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
 use tilewarm::protocol::{BatchRequest, BatchResponse, RawData};
-use tilewarm::tile::TileId;
 use tilewarm_server::origin::upstream_changes::FeedState;
-use tilewarm_server::origin::{ItemCount, OriginBackend, OriginFailure, OriginFuture};
+use tilewarm_server::origin::{OriginFailure, OriginFuture};
 use tilewarm_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{config, eventually, now_s, server, sign_hs256, token_for, Config, Http};
 use crate::feed::Feed;
-use crate::request;
+use crate::{request, scripted, Scripted};
 
 // ---------------------------------------------------------------------------------------
 // An upstream whose data can change: the synthetic city, with one item's data a version.
@@ -53,27 +52,15 @@ impl Versioned {
 
 struct Shared(Arc<Versioned>);
 
-impl OriginBackend for Shared {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
+impl Scripted for Shared {
+    const KIND: &'static str = "memory";
 
     fn answer<'a>(
         &'a self,
         request: &'a BatchRequest,
-        _bound: Option<tilewarm_server::origin::ItemBound<'a>>,
     ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
         let o = Arc::clone(&self.0.current.lock().unwrap());
         Box::pin(async move { Ok(o.answer(request, Some(60))) })
-    }
-
-    fn count_up_to<'a>(
-        &'a self,
-        _tiles: &'a [TileId],
-        _access: Access,
-        _limit: usize,
-    ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-        Box::pin(async { Ok(ItemCount::Unknown) })
     }
 
     fn describe(&self) -> String {
@@ -87,18 +74,12 @@ async fn upstream(listen: &str) -> (Server, Arc<Versioned>, String) {
     let data = Arc::new(Versioned {
         current: Mutex::new(Arc::new(o)),
     });
-    let s = tilewarm_server::start_with_origin(
-        Config {
-            listen: listen.parse().unwrap(),
-            warmup_ring: 0,
-            ..config()
-        },
-        Box::new(Shared(Arc::clone(&data))),
-        Arc::default(),
-    )
-    .await
-    .expect("the upstream starts");
-    (s, data, id)
+    let c = Config {
+        listen: listen.parse().unwrap(),
+        warmup_ring: 0,
+        ..config()
+    };
+    (scripted(c, Shared(Arc::clone(&data))).await, data, id)
 }
 
 /// A file holding `token`, removed with the test's directory.
