@@ -164,6 +164,32 @@ impl Harness {
     fn events(&mut self) -> Vec<Event> {
         std::iter::from_fn(|| self.client.poll_event()).collect()
     }
+
+    /// Answers the next request from the origin but its last tile, left out as `code`
+    /// with its items: that tile.
+    fn answer_leaving_the_last_out(&mut self, code: tilewarm::protocol::ErrorCode) -> TileId {
+        let s = self.client.poll_request(self.now).unwrap();
+        let mut partial = self.origin.answer(&s.request, None);
+        let dropped = partial.tiles.pop().unwrap();
+        partial.items.retain(|it| !dropped.ids.contains(&it.id));
+        partial.left_out = Some(code);
+        self.client.on_response(s.id, partial, self.now);
+        dropped.tile
+    }
+
+    /// Serves all that goes out at once, none of which may ask for `t` (`context` said if
+    /// one does), then moves to the next wake-up: the request asking for `t` then.
+    fn asked_again_after_backoff(&mut self, t: TileId, context: &str) -> Transmit {
+        let at_once = self.serve_all();
+        assert!(
+            at_once.iter().all(|s| !s.request.tiles.contains(&t)),
+            "{context}: {at_once:?}"
+        );
+        self.now = self.client.next_wakeup(self.now).unwrap();
+        std::iter::from_fn(|| self.client.poll_request(self.now))
+            .find(|s| s.request.tiles.contains(&t))
+            .unwrap_or_else(|| panic!("{context}: {t} is not asked for after its backoff"))
+    }
 }
 
 #[test]
@@ -520,31 +546,16 @@ fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
     ] {
         let mut h = Harness::new(ClientConfig::default());
         h.set(view(0.0, 0.0, 2.0, 1.0));
-        let s = h.client.poll_request(h.now).unwrap();
-        let mut partial = h.origin.answer(&s.request, None);
-        let dropped = partial.tiles.pop().unwrap();
-        partial.items.retain(|it| !dropped.ids.contains(&it.id));
-        partial.left_out = Some(code);
-        h.client.on_response(s.id, partial, h.now);
+        let dropped = h.answer_leaving_the_last_out(code);
         let ev = h.events();
         let status = code.http_status();
         assert!(
             ev.iter().any(|e| matches!(e, Event::Error(f)
-                if f.tiles == vec![dropped.tile] && f.will_retry
+                if f.tiles == vec![dropped] && f.will_retry
                     && f.failure == Failure::Http { status, retry_after_ms: None })),
             "{code}: {ev:?}"
         );
-        let at_once = h.serve_all();
-        assert!(
-            at_once
-                .iter()
-                .all(|s| !s.request.tiles.contains(&dropped.tile)),
-            "{code}: {at_once:?}"
-        );
-        h.now = h.client.next_wakeup(h.now).unwrap();
-        let s = std::iter::from_fn(|| h.client.poll_request(h.now))
-            .find(|s| s.request.tiles.contains(&dropped.tile))
-            .expect("retried");
+        let s = h.asked_again_after_backoff(dropped, &code.to_string());
         assert_eq!(s.attempt, 1, "{code}");
     }
 }
@@ -563,17 +574,12 @@ fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retri
     config.batch.coalesce_levels = 0; // data tiles only: the one left out is a data tile
     let mut h = Harness::new(config);
     h.set(view(0.0, 0.0, 2.0, 1.0));
-    let s = h.client.poll_request(h.now).unwrap();
-    let mut partial = h.origin.answer(&s.request, None);
-    let dropped = partial.tiles.pop().unwrap();
-    partial.items.retain(|it| !dropped.ids.contains(&it.id));
-    partial.left_out = Some(ErrorCode::PayloadTooLarge);
-    h.client.on_response(s.id, partial, h.now);
+    let dropped = h.answer_leaving_the_last_out(ErrorCode::PayloadTooLarge);
     let ev = h.events();
     assert!(!ev.iter().any(|e| matches!(e, Event::Error(_))), "{ev:?}");
     assert!(!h.client.cache().is_empty(), "what was answered is cached");
     let s = h.client.poll_request(h.now).expect("asked again at once");
-    assert_eq!(s.request.tiles, [dropped.tile]);
+    assert_eq!(s.request.tiles, [dropped]);
     let mut partial = h.origin.answer(&s.request, None);
     partial.tiles.clear();
     partial.items.clear();
@@ -586,20 +592,10 @@ fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retri
     };
     assert!(
         ev.iter().any(|e| matches!(e, Event::Error(f)
-            if f.tiles == vec![dropped.tile] && !f.will_retry && f.failure == too_large)),
+            if f.tiles == vec![dropped] && !f.will_retry && f.failure == too_large)),
         "{ev:?}"
     );
-    let at_once = h.serve_all();
-    assert!(
-        at_once
-            .iter()
-            .all(|s| !s.request.tiles.contains(&dropped.tile)),
-        "{at_once:?}"
-    );
-    h.now = h.client.next_wakeup(h.now).unwrap();
-    let s = std::iter::from_fn(|| h.client.poll_request(h.now))
-        .find(|s| s.request.tiles.contains(&dropped.tile))
-        .expect("the visible tile is asked for again after its backoff");
+    let s = h.asked_again_after_backoff(dropped, "payload_too_large");
     assert_eq!(s.attempt, 0, "a new round, not a retry");
 }
 

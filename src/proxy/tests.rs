@@ -444,6 +444,21 @@ fn origin_failures_serve_what_is_cached() {
     }
 }
 
+/// The answer of `p` to a public request for tile `t` alone whose origin call ends in
+/// `outcome`, checked to be `want` (its status and `Retry-After`), and the error it holds.
+fn refused_alone(
+    p: &mut Proxy,
+    t: &str,
+    outcome: OriginOutcome<'_>,
+    want: (u16, Option<u64>),
+) -> (Answer, ErrorBody) {
+    let pending = p.begin(req(&[t], &[], Access::Public), 0).unwrap();
+    let a = p.complete(pending, outcome, 0);
+    assert_eq!((a.status, a.retry_after_s), want, "{outcome:?}");
+    let e = decode_error(a.body.as_bytes()).unwrap();
+    (a, e)
+}
+
 /// An origin's 503 (the server at capacity, or its own origin) is a 503 `overloaded`, as
 /// the server answers its origin's, not a 502: a client behind the edge backs off as one
 /// in front of the server does. Its `Retry-After` goes on, rounded up to whole seconds, at
@@ -474,16 +489,7 @@ fn an_origin_at_capacity_is_a_503_overloaded_with_its_retry_after_capped() {
         (OriginOutcome::Timeout, 504, None),
     ];
     for (outcome, status, retry_after_s) in cases {
-        let pending = p
-            .begin(req(&["14/2625/5722"], &[], Access::Public), 0)
-            .unwrap();
-        let a = p.complete(pending, outcome, 0);
-        assert_eq!(
-            (a.status, a.retry_after_s),
-            (status, retry_after_s),
-            "{outcome:?}"
-        );
-        let e = decode_error(a.body.as_bytes()).unwrap();
+        let (a, e) = refused_alone(&mut p, "14/2625/5722", outcome, (status, retry_after_s));
         assert_eq!(e.code.http_status(), status);
         assert_eq!(a.origin_error, None, "an error answer is the error itself");
         if status == 503 {
@@ -566,16 +572,7 @@ fn an_origin_refusal_over_the_body_limit_keeps_its_status_and_retry_after() {
     ];
     for (outcome, status, code, retry_after_s) in cases {
         let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-        let pending = p
-            .begin(req(&["14/2630/5730"], &[], Access::Public), 0)
-            .unwrap();
-        let a = p.complete(pending, outcome, 0);
-        assert_eq!(
-            (a.status, a.retry_after_s),
-            (status, retry_after_s),
-            "{outcome:?}"
-        );
-        let e = decode_error(a.body.as_bytes()).unwrap();
+        let (_, e) = refused_alone(&mut p, "14/2630/5730", outcome, (status, retry_after_s));
         assert_eq!(e.code, code);
         let s = outcome_status(&outcome);
         assert!(
@@ -600,23 +597,33 @@ fn outcome_status(outcome: &OriginOutcome<'_>) -> u16 {
     }
 }
 
-/// An origin item whose `data` is over `Limits::max_data_bytes` is neither cached nor
-/// served: its tile is answered (and cached) without it, and asked for by id it is
-/// unanswered, named with its size and the limit; the rest of the answer is served.
-#[test]
-fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer() {
-    let mut big = items();
-    let at = big.iter().position(|it| it.id == "extra").unwrap();
-    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
-    let o = Origin::new(big).unwrap();
-    let mut p = Proxy::new(ProxyConfig {
+/// A proxy (no warming) allowing items' `data` of at most 64 bytes.
+fn data_limit_64() -> Proxy {
+    Proxy::new(ProxyConfig {
         limits: Limits {
             max_data_bytes: 64,
             ..Limits::default()
         },
         ..no_warm()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// The test origin with item `extra`'s `data` grown to 102 bytes (a string of 100 `x`).
+fn extra_grown() -> Origin<RawData> {
+    let mut big = items();
+    let at = big.iter().position(|it| it.id == "extra").unwrap();
+    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
+    Origin::new(big).unwrap()
+}
+
+/// An origin item whose `data` is over `Limits::max_data_bytes` is neither cached nor
+/// served: its tile is answered (and cached) without it, and asked for by id it is
+/// unanswered, named with its size and the limit; the rest of the answer is served.
+#[test]
+fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer() {
+    let o = extra_grown();
+    let mut p = data_limit_64();
     let r = req(
         &["14/2624/5721"],
         &["extra", "2624-5721-public"],
@@ -651,18 +658,8 @@ fn an_origin_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer
 /// for both, so a client did not retry the tile as the overload it is.
 #[test]
 fn a_tile_the_origin_shed_is_not_called_too_large_beside_an_item_that_is() {
-    let mut big = items();
-    let at = big.iter().position(|it| it.id == "extra").unwrap();
-    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
-    let o = Origin::new(big).unwrap();
-    let mut p = Proxy::new(ProxyConfig {
-        limits: Limits {
-            max_data_bytes: 64,
-            ..Limits::default()
-        },
-        ..no_warm()
-    })
-    .unwrap();
+    let o = extra_grown();
+    let mut p = data_limit_64();
     let shed = tile("14/2625/5721");
     let r = req(
         &["14/2624/5721", "14/2625/5721"],
@@ -692,21 +689,11 @@ fn a_tile_the_origin_shed_is_not_called_too_large_beside_an_item_that_is() {
 /// copy was served by id (in the very answer whose fresh list left it out) until its TTL.
 #[test]
 fn a_cached_item_grown_over_the_data_limit_is_dropped_not_served() {
-    let mut p = Proxy::new(ProxyConfig {
-        limits: Limits {
-            max_data_bytes: 64,
-            ..Limits::default()
-        },
-        ..no_warm()
-    })
-    .unwrap();
+    let mut p = data_limit_64();
     let r = req(&["14/2624/5721"], &["extra"], Access::Public);
     let (_, _, d) = run(&mut p, &origin(), r.clone(), 0);
     assert!(d.items.iter().any(|it| it.id == "extra"));
-    let mut big = items();
-    let at = big.iter().position(|it| it.id == "extra").unwrap();
-    big[at].data = raw(&format!("\"{}\"", "x".repeat(100)));
-    let grown = Origin::new(big).unwrap();
+    let grown = extra_grown();
     // Another item of its tile changes: the tile is a miss, the item by id still a hit.
     let inv = crate::protocol::Invalidation {
         ids: vec!["2624-5721-public".into()],
