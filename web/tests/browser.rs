@@ -1028,6 +1028,22 @@ async fn ids_a_partial_answer_shedding_load_left_out_are_retried_and_reported() 
     }
 }
 
+/// Shows tile (0, 0) on `cache` and waits for it to fail: the error, checked to be the fault
+/// proxy's injected 503 `overloaded` (its status, the error body's code as the npm
+/// package's serverCode, and its message).
+async fn fails_as_the_injected_overload(cache: &TileCache) -> tilewarm_web::Error {
+    show(cache, inside(tile(0, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
+    assert_eq!(e.server_code.as_deref(), Some("overloaded"), "{e}");
+    assert!(
+        e.message
+            .contains("HTTP 503: overloaded: injected by fault-proxy"),
+        "{e}"
+    );
+    e
+}
+
 /// Tiles a partial answer shedding load left out fail as a whole refusal's would: their
 /// error carries the server's code (`server_code`) and the status it answers it with, as
 /// the npm package's does.
@@ -1037,15 +1053,7 @@ async fn tiles_a_partial_answer_left_out_fail_with_the_servers_code() {
     set_mode(s, "partial-tiles=overloaded").await;
     let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
     let mut updates = cache.updates();
-    show(&cache, inside(tile(0, 0)));
-    let e = cache.when_complete().await.unwrap_err();
-    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
-    assert_eq!(e.server_code.as_deref(), Some("overloaded"), "{e}");
-    assert!(
-        e.message
-            .contains("HTTP 503: overloaded: injected by fault-proxy"),
-        "{e}"
-    );
+    let e = fails_as_the_injected_overload(&cache).await;
     assert_eq!(next_error(&mut updates).await, e);
 }
 
@@ -1260,16 +1268,7 @@ async fn a_retry_after_date_is_a_wait() {
     let s = "retry-date";
     set_mode(s, "503-date").await;
     let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    let e = cache.when_complete().await.unwrap_err();
-    assert_eq!((e.code, e.status), (ErrorCode::Http, Some(503)), "{e}");
-    // The error body's code, as the npm package's serverCode, and its message.
-    assert_eq!(e.server_code.as_deref(), Some("overloaded"), "{e}");
-    assert!(
-        e.message
-            .contains("HTTP 503: overloaded: injected by fault-proxy"),
-        "{e}"
-    );
+    let e = fails_as_the_injected_overload(&cache).await;
     // 3 s ahead, to the second the date holds, less the time the answer took.
     let wait = e.retry_after_ms.expect("a wait");
     assert!((1000..=3000).contains(&wait), "{wait} ms");
@@ -1927,18 +1926,29 @@ async fn a_prefetched_destination_is_complete_when_the_map_gets_there() {
     );
 }
 
+/// Session `s`'s agent cache of a tier-blind server that loaded tile (0, 0) with an agent
+/// item, and a load of that tile read from the cache in this tick's read (not polled yet),
+/// after which the tier was lowered to public.
+async fn a_load_settled_before_the_tier_was_lowered(
+    s: &str,
+) -> (
+    TileCache,
+    impl std::future::Future<Output = Result<Vec<tilewarm_web::TileLoad<Value>>, tilewarm_web::Error>>,
+) {
+    let cache = agent_cache_of_a_tier_blind_server(s, 0).await;
+    let a = tile(0, 0);
+    load_with_an_agent_item(&cache, a).await;
+    let load = cache.load_tiles(&[a]);
+    TimeoutFuture::new(0).await;
+    cache.set_access(Access::Public).unwrap();
+    (cache, load)
+}
+
 /// Security: a load that settled before the tier was lowered, and whose future is polled
 /// only after, hands out nothing above the new tier either.
 #[wasm_bindgen_test]
 async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
-    let s = "load-tier-late";
-    let cache = agent_cache_of_a_tier_blind_server(s, 0).await;
-    let a = tile(0, 0);
-    load_with_an_agent_item(&cache, a).await;
-    // Read from the cache in this tick's read (not polled yet), then the tier is lowered.
-    let load = cache.load_tiles(&[a]);
-    TimeoutFuture::new(0).await;
-    cache.set_access(Access::Public).unwrap();
+    let (_cache, load) = a_load_settled_before_the_tier_was_lowered("load-tier-late").await;
     let r = load.await.unwrap();
     let items = r[0].items.as_ref().unwrap();
     assert!(
@@ -1953,15 +1963,7 @@ async fn a_load_read_after_the_tier_was_lowered_holds_nothing_above_it() {
 /// pending then does.
 #[wasm_bindgen_test]
 async fn a_load_read_after_its_cache_was_dropped_hands_out_nothing() {
-    let s = "load-tier-dropped";
-    let cache = agent_cache_of_a_tier_blind_server(s, 0).await;
-    let a = tile(0, 0);
-    load_with_an_agent_item(&cache, a).await;
-    // Settled from the cache in this tick's read (not polled yet); then the tier is lowered
-    // and the cache dropped.
-    let load = cache.load_tiles(&[a]);
-    TimeoutFuture::new(0).await;
-    cache.set_access(Access::Public).unwrap();
+    let (cache, load) = a_load_settled_before_the_tier_was_lowered("load-tier-dropped").await;
     drop(cache);
     match load.await {
         Err(e) => assert_eq!(e.code, ErrorCode::Disposed, "{e}"),
