@@ -49,6 +49,20 @@ async function stack(serverArgs = [], options = {}) {
   return { server, relay, edge };
 }
 
+/** Stops what `stack` started (as far as it got). */
+async function stopStack({ server, relay, edge }) {
+  await edge?.stop();
+  await relay?.close();
+  await server?.stop();
+}
+
+/** Polls `fn` every 25 ms, `tries` times at the most, until it returns true; fails naming
+ * `what` if it never does. */
+async function until(fn, what, tries = 200) {
+  for (let i = 0; i < tries && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
+  assert.ok(await fn(), `gave up waiting for ${what}`);
+}
+
 describe('edge worker under workerd', () => {
   let server;
   let relay;
@@ -58,11 +72,7 @@ describe('edge worker under workerd', () => {
     ({ server, relay, edge } = await stack());
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
+  after(() => stopStack({ server, relay, edge }));
 
   const direct = async (req) => {
     const r = await post(server.batch, req);
@@ -375,11 +385,7 @@ describe('edge worker: the data\'s extent the origin declares (x-tilewarm-bounds
     ({ server, relay, edge } = await stack(['--bounds', BOX]));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
+  after(() => stopStack({ server, relay, edge }));
 
   it('passes it on with answers from the origin and from its cache, and exposes it', async () => {
     const req = { tiles: ['14/2624/5721'], access: 'public' };
@@ -415,16 +421,7 @@ describe('edge worker: warming after a hit', () => {
     ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 0 }));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
-
-  const until = async (fn, what) => {
-    for (let i = 0; i < 200 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
-    assert.ok(await fn(), `gave up waiting for ${what}`);
-  };
+  after(() => stopStack({ server, relay, edge }));
 
   it('sends the warming request the core plans on a hit, and fills the cache with its answer', async () => {
     const req = { tiles: ['14/2624/5721'], access: 'public' };
@@ -507,16 +504,7 @@ describe('edge worker: a warming answer too large to read', () => {
     ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 0 }));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
-
-  const until = async (fn, what) => {
-    for (let i = 0; i < 200 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
-    assert.ok(await fn(), `gave up waiting for ${what}`);
-  };
+  after(() => stopStack({ server, relay, edge }));
 
   it('warms the tiles of a warming answer too large to read in smaller groups, and holds the one too large', async () => {
     // One neighbour's answer alone is over the body limit (12 MiB). Before, the worker
@@ -569,16 +557,10 @@ describe('edge worker: a warming that gets no answer', () => {
     ({ server, relay, edge } = await stack([], { maxWarmTiles: 2, changesPollMs: 50 }));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
+  after(() => stopStack({ server, relay, edge }));
 
-  const until = async (fn, what) => {
-    for (let i = 0; i < 400 && !(await fn()); i++) await new Promise((ok) => setTimeout(ok, 25));
-    assert.ok(await fn(), `gave up waiting for ${what}`);
-  };
+  // Waits up to 10 s (400 tries).
+  const untilLong = (fn, what) => until(fn, what, 400);
 
   it('gives its planning back: the same tiles warmed again after a change are written', async () => {
     // While a warming of some tiles is out, the core judges every answer for them by the
@@ -589,7 +571,7 @@ describe('edge worker: a warming that gets no answer', () => {
     const req = { tiles: ['14/2636/5721'], access: 'public' };
     try {
       assert.equal((await post(edge.batch, req)).cache, 'miss');
-      await until(async () => relay.requests('warm').length === 1, 'the warming request');
+      await untilLong(async () => relay.requests('warm').length === 1, 'the warming request');
     } finally {
       relay.dropWarm = false;
     }
@@ -600,7 +582,7 @@ describe('edge worker: a warming that gets no answer', () => {
       'content-type': 'application/json', authorization: `Bearer ${adminToken}`,
     });
     assert.equal(r.status, 200, JSON.stringify(r.json));
-    await until(async () => {
+    await untilLong(async () => {
       await fetch(`${edge.url}/healthz`).then((h) => h.text()); // lets a due poll start
       return (await edge.stats()).epoch > epoch;
     }, 'the change in the isolate');
@@ -608,11 +590,18 @@ describe('edge worker: a warming that gets no answer', () => {
     // again, and this time the answer comes.
     await new Promise((ok) => setTimeout(ok, 5200));
     assert.equal((await post(edge.batch, req)).cache, 'hit');
-    await until(async () => relay.requests('warm').length === 2, 'the second warming request');
+    await untilLong(async () => relay.requests('warm').length === 2, 'the second warming request');
     assert.deepEqual(relay.requests('warm')[1].body.tiles, dropped, 'the same tiles warmed again');
-    await until(async () => (await edge.stats()).warmFills === 1, 'the second warming written');
+    await untilLong(async () => (await edge.stats()).warmFills === 1, 'the second warming written');
   });
 });
+
+/** Polls `edge` (every 10 ms, 400 times at the most) until 1024 requests wait for the
+ * origin, as many as an isolate holds; fails if they never do. */
+async function untilTheIsolateIsFull(edge) {
+  for (let i = 0; i < 400 && (await edge.stats()).pending < 1024; i++) await new Promise((ok) => setTimeout(ok, 10));
+  assert.equal((await edge.stats()).pending, 1024, 'the 1024 requests reached the origin call');
+}
 
 describe('edge worker: more requests waiting for the origin than an isolate holds (1024)', () => {
   // The origin stalls; each request waits for it (originTimeoutMs, 4 s here). The isolate
@@ -628,19 +617,14 @@ describe('edge worker: more requests waiting for the origin than an isolate hold
     }));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
+  after(() => stopStack({ server, relay, edge }));
 
   it('refuses the next one at once with 503 overloaded and Retry-After, not 500, and does not hold it', async () => {
     relay.mode = 'stall';
     try {
       const req = { tiles: ['14/2700/5800'], access: 'public' };
       const waiting = Array.from({ length: 1024 }, () => post(edge.batch, req));
-      for (let i = 0; i < 400 && (await edge.stats()).pending < 1024; i++) await new Promise((ok) => setTimeout(ok, 10));
-      assert.equal((await edge.stats()).pending, 1024, 'the 1024 requests reached the origin call');
+      await untilTheIsolateIsFull(edge);
       const r = await post(edge.batch, req);
       assert.equal(r.status, 503, r.text);
       assert.equal(r.json.error.code, 'overloaded');
@@ -670,11 +654,7 @@ describe('edge worker: requests whose clients leave while they wait for the orig
     }));
   });
 
-  after(async () => {
-    await edge?.stop();
-    await relay?.close();
-    await server?.stop();
-  });
+  after(() => stopStack({ server, relay, edge }));
 
   it('gives their places back when they are aborted, and serves the next request', async () => {
     relay.mode = 'stall';
@@ -690,8 +670,7 @@ describe('edge worker: requests whose clients leave while they wait for the orig
         s.on('error', () => {});
         return s;
       });
-      for (let i = 0; i < 400 && (await edge.stats()).pending < 1024; i++) await new Promise((ok) => setTimeout(ok, 10));
-      assert.equal((await edge.stats()).pending, 1024, 'the 1024 requests reached the origin call');
+      await untilTheIsolateIsFull(edge);
       for (const s of gone) s.resetAndDestroy();
       // Well within the origin's timeout (30 s), let alone the hold time.
       for (let i = 0; i < 500 && (await edge.stats()).pending > 0; i++) await new Promise((ok) => setTimeout(ok, 20));
