@@ -1323,12 +1323,7 @@ async fn with_no_origin_timeout_a_roles_statement_timeout_does_not_stop_the_serv
     if !postgres_available() {
         return;
     }
-    let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, 2_000);
-    load(&pg, &items, &Layout::default()).await;
-    let admin = pg.client().await;
-    create_slow_items(&admin).await;
+    let (pg, admin, o) = slow_city().await;
     // Statements sleep 300 ms; the role's new sessions stop them at 100 ms.
     admin
         .batch_execute(
@@ -1336,9 +1331,7 @@ async fn with_no_origin_timeout_a_roles_statement_timeout_does_not_stop_the_serv
         )
         .await
         .unwrap();
-    let layout = std::env::temp_dir().join(format!("tw-layout-nolimit-{}", std::process::id()));
-    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
-    let o = Origin::new(items).unwrap();
+    let layout = slow_layout("nolimit");
     let t = o.occupied_tiles(14)[0].0;
     let s = server(Config {
         origin_config: Some(layout.clone()),
@@ -1359,6 +1352,49 @@ async fn with_no_origin_timeout_a_roles_statement_timeout_does_not_stop_the_serv
     assert_eq!(digest(&r), digest(&want));
     s.shutdown().await;
     let _ = std::fs::remove_file(layout);
+}
+
+/// A scratch database holding the test city (the test config's seed, 2,000 items) and the
+/// view [`create_slow_items`] makes: the database, an admin connection, the city's origin.
+async fn slow_city() -> (Pg, tokio_postgres::Client, Origin<RawData>) {
+    let pg = Pg::start();
+    let items = synthetic_city(config().seed, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    create_slow_items(&admin).await;
+    (pg, admin, Origin::new(items).unwrap())
+}
+
+/// A layout file (named by `tag`; the test removes it) reading `slow_items`, with no
+/// change listener.
+fn slow_layout(tag: &str) -> std::path::PathBuf {
+    let layout = std::env::temp_dir().join(format!("tw-layout-{tag}-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
+    layout
+}
+
+/// Sends `body` to `s`'s batch endpoint on a connection of its own and reads no answer: the
+/// connection (dropping it hangs up).
+fn post_unread(s: &tilewarm_server::Server, body: &str) -> std::net::TcpStream {
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    use std::io::Write;
+    write!(
+        conn,
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    conn
+}
+
+/// Waits (20 s at the most) until a statement of `tilewarm-server` runs in the database;
+/// fails saying `what` never ran if none does.
+async fn until_a_statement_runs(admin: &tokio_postgres::Client, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running_statements(admin).await == 0 {
+        assert!(Instant::now() < deadline, "{what} never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A view `slow_items` over the loaded items whose statements sleep for `knob.ms` first
@@ -1407,13 +1443,7 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
     if !postgres_available() {
         return;
     }
-    let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, 2_000);
-    load(&pg, &items, &Layout::default()).await;
-    let admin = pg.client().await;
-    create_slow_items(&admin).await;
-    let o = Origin::new(items).unwrap();
+    let (pg, admin, o) = slow_city().await;
     let t = o.occupied_tiles(14)[0].0;
     // A statement timeout of 10 minutes, one pooled connection; the request path gives a
     // call what is left of its budget, or drops it when its client hangs up.
@@ -1472,15 +1502,8 @@ async fn a_request_whose_client_hangs_up_cancels_its_statement() {
     if !postgres_available() {
         return;
     }
-    let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, 2_000);
-    load(&pg, &items, &Layout::default()).await;
-    let admin = pg.client().await;
-    create_slow_items(&admin).await;
-    let layout = std::env::temp_dir().join(format!("tw-layout-hangup-{}", std::process::id()));
-    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
-    let o = Origin::new(items).unwrap();
+    let (pg, admin, o) = slow_city().await;
+    let layout = slow_layout("hangup");
     let t = o.occupied_tiles(14)[0].0;
     let s = server(Config {
         origin_config: Some(layout.clone()),
@@ -1490,27 +1513,9 @@ async fn a_request_whose_client_hangs_up_cancels_its_statement() {
     })
     .await;
     let body = request(&[t], &[], Access::Public);
-    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
-    use std::io::Write;
-    write!(
-        conn,
-        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let conn = post_unread(&s, &body);
     // The statement runs (sleeping); then the client goes away.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = running_statements(&admin).await;
-        if running > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the request's statement never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_a_statement_runs(&admin, "the request's statement").await;
     drop(conn);
     assert!(
         no_statement_runs(&admin).await,
@@ -1531,15 +1536,8 @@ async fn a_request_that_finds_every_connection_busy_is_refused_at_once_with_a_50
     if !postgres_available() {
         return;
     }
-    let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, 2_000);
-    load(&pg, &items, &Layout::default()).await;
-    let admin = pg.client().await;
-    create_slow_items(&admin).await;
-    let layout = std::env::temp_dir().join(format!("tw-layout-busy-{}", std::process::id()));
-    std::fs::write(&layout, "table = \"slow_items\"\nchannel = \"\"\n").unwrap();
-    let o = Origin::new(items).unwrap();
+    let (pg, admin, o) = slow_city().await;
+    let layout = slow_layout("busy");
     let occupied = o.occupied_tiles(14);
     let (busy, next) = (occupied[0].0, occupied[1].0);
     let s = server(Config {
@@ -1560,19 +1558,8 @@ async fn a_request_that_finds_every_connection_busy_is_refused_at_once_with_a_50
         .unwrap();
     // The pool's one connection runs a sleeping statement for a client that waits.
     let body = request(&[busy], &[], Access::Public);
-    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
-    use std::io::Write;
-    write!(
-        conn,
-        "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running_statements(&admin).await == 0 {
-        assert!(Instant::now() < deadline, "the first statement never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let conn = post_unread(&s, &body);
+    until_a_statement_runs(&admin, "the first statement").await;
     let r = http.batch(&s, &request(&[next], &[], Access::Public)).await;
     let msg = r.error(503, "overloaded");
     assert!(
