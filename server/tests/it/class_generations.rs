@@ -34,6 +34,22 @@ async fn generation(r: &RedisServer, class: &str) -> u64 {
     }
 }
 
+/// The id of the first item of class `class` in tile `t` of `o`.
+fn first_of_class(
+    o: &tilewarm::origin::Origin<tilewarm::protocol::RawData>,
+    t: TileId,
+    class: &str,
+) -> String {
+    let mut of_class = o.tile_items(t, Access::Agent).filter(|i| i.class == class);
+    of_class.next().unwrap().id.clone()
+}
+
+/// Whether `s`'s tier holds tile `t` and item `id`.
+async fn held(s: &tilewarm_server::Server, t: TileId, id: &str) -> (bool, bool) {
+    let r = s.app.tier.read(&[t], &[id.to_string()]).await.unwrap();
+    (r.tiles[0].is_some(), r.ids[0].is_some())
+}
+
 /// `calls=` of `cmdstat_<cmd>` in `INFO commandstats`.
 async fn calls(r: &RedisServer, cmd: &str) -> u64 {
     let info: String =
@@ -170,18 +186,8 @@ async fn a_write_back_fetched_before_a_class_bump_is_born_stale() {
         .tile_items(t, Access::Agent)
         .map(|i| i.id.clone())
         .collect();
-    let active = o
-        .tile_items(t, Access::Agent)
-        .find(|i| i.class == "active")
-        .unwrap()
-        .id
-        .clone();
-    let off = o
-        .tile_items(t, Access::Agent)
-        .find(|i| i.class == "off_market")
-        .unwrap()
-        .id
-        .clone();
+    let active = first_of_class(&o, t, "active");
+    let off = first_of_class(&o, t, "off_market");
     let http = Http::new();
     let s = server(redis_config(&redis)).await;
     // Invalidated once before: generations are there, and the items written since carry
@@ -360,12 +366,7 @@ async fn a_bump_after_the_generations_were_lost_still_passes_every_stamp() {
     let redis = RedisServer::start();
     let o = origin(42, 5_000);
     let t = densest(&o);
-    let active = o
-        .tile_items(t, Access::Agent)
-        .find(|i| i.class == "active")
-        .unwrap()
-        .id
-        .clone();
+    let active = first_of_class(&o, t, "active");
     let http = Http::new();
     let s = server(redis_config(&redis)).await;
     invalidate(&s.app, &classes(&["active"])).await.unwrap();
@@ -373,24 +374,12 @@ async fn a_bump_after_the_generations_were_lost_still_passes_every_stamp() {
     assert!(first > 0);
     // Fetched after the first bump: stamped with it, hits.
     http.ok(&s, &request(&[t], &[&active], Access::Agent)).await;
-    let r = s
-        .app
-        .tier
-        .read(&[t], std::slice::from_ref(&active))
-        .await
-        .unwrap();
-    assert_eq!((r.tiles[0].is_some(), r.ids[0].is_some()), (true, true));
+    assert_eq!(held(&s, t, &active).await, (true, true));
 
     redis_do(&redis, &["DEL", "tw:v4:g"]).await;
     invalidate(&s.app, &classes(&["active"])).await.unwrap();
-    let r = s
-        .app
-        .tier
-        .read(&[t], std::slice::from_ref(&active))
-        .await
-        .unwrap();
     assert_eq!(
-        (r.tiles[0].is_some(), r.ids[0].is_some()),
+        held(&s, t, &active).await,
         (false, false),
         "an item of a class invalidated since was served"
     );
@@ -483,12 +472,7 @@ async fn a_class_invalidation_from_an_instance_without_generations_is_bumped_by_
     let redis = RedisServer::start();
     let o = origin(42, 5_000);
     let t = densest(&o);
-    let active = o
-        .tile_items(t, Access::Agent)
-        .find(|i| i.class == "active")
-        .unwrap()
-        .id
-        .clone();
+    let active = first_of_class(&o, t, "active");
     let http = Http::new();
     let a = server(redis_config(&redis)).await;
     let body = request(&[t], &[&active], Access::Agent);
