@@ -13,7 +13,7 @@ use tilewarm_server::invalidate::{invalidate, Invalidation};
 use tilewarm_server::tier::{Fill, StoredItem};
 
 use crate::common::{eventually, redis_available, server, Http, RedisServer};
-use crate::invalidate::{admin_token, post_invalidate, redis_config, redis_do};
+use crate::invalidate::{admin_invalidates, redis_config, redis_do};
 use crate::{densest, origin, request};
 
 fn classes(c: &[&str]) -> Invalidation {
@@ -93,9 +93,7 @@ async fn a_class_invalidation_reaches_every_instance_without_a_scan() {
 
     // What B's reader hands its followers, once it has applied it.
     let mut b_applied = b.app.changes.events();
-    let admin = Http::with_token(Some(admin_token()));
-    let r = post_invalidate(&admin, &a, r#"{"classes":["active"]}"#).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_invalidates(&a, r#"{"classes":["active"]}"#).await;
     let bumped = generation(&redis, "active").await;
     assert!(bumped > 0, "the class was not bumped");
     assert_eq!(
@@ -302,13 +300,7 @@ async fn a_value_stored_before_all_that_its_scan_did_not_reach_is_not_served() {
     };
     let sees_all = b.app.invalidation.stats.all.load(Relaxed);
     let scans = calls(&redis, "scan").await;
-    let r = post_invalidate(
-        &Http::with_token(Some(admin_token())),
-        &a,
-        r#"{"all":true}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_invalidates(&a, r#"{"all":true}"#).await;
     // Missed by the SCAN: stored before, there after.
     a.app.tier.write(&fill(before.gens.clone())).await.unwrap();
     for s in [&a, &b] {

@@ -47,6 +47,13 @@ pub(crate) async fn post_invalidate(http: &Http, s: &Server, body: &str) -> crat
     .await
 }
 
+/// `POST /v1/invalidate` on `s` with `body` by an admin, checked to be a 200: the reply.
+pub(crate) async fn admin_invalidates(s: &Server, body: &str) -> crate::common::Reply {
+    let r = post_invalidate(&Http::with_token(Some(admin_token())), s, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
+}
+
 #[tokio::test]
 async fn only_an_admin_token_may_invalidate() {
     let s = server(config()).await;
@@ -466,9 +473,7 @@ async fn after_invalidate_returns_no_instance_serves_the_entry() {
     assert_eq!(b.app.metrics.origin_calls(), 0);
     let a_calls = a.app.metrics.origin_calls();
 
-    let admin = Http::with_token(Some(admin_token()));
-    let r = post_invalidate(&admin, &a, &format!(r#"{{"ids":["{id}","{other}"]}}"#)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin_invalidates(&a, &format!(r#"{{"ids":["{id}","{other}"]}}"#)).await;
     let stream_id = r.json()["id"].as_str().unwrap().to_owned();
     // Returned: neither instance answers a tile listing an invalidated id from the tier
     // (each refetch writes the new value back, so each instance asks for its own tile).
@@ -501,11 +506,9 @@ async fn after_invalidate_returns_no_instance_serves_the_entry() {
     );
 
     // `all` keeps the stream: a client resuming from the last id still gets what follows.
-    let r = post_invalidate(&admin, &a, r#"{"all":true}"#).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin_invalidates(&a, r#"{"all":true}"#).await;
     let all_id = r.json()["id"].as_str().unwrap().to_owned();
-    let r = post_invalidate(&admin, &b, r#"{"classes":["sold"]}"#).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin_invalidates(&b, r#"{"classes":["sold"]}"#).await;
     let class_id = r.json()["id"].as_str().unwrap().to_owned();
     drop(feed);
     // A client that was away since the first event catches up on both, in order, from
@@ -680,9 +683,7 @@ async fn the_calling_instance_deletes_before_answering() {
     http.ok(&a, &body).await;
     http.ok(&a, &body).await;
     assert_eq!(a.app.metrics.origin_calls(), 1);
-    let admin = Http::with_token(Some(admin_token()));
-    let r = post_invalidate(&admin, &a, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_invalidates(&a, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
     http.ok(&a, &body).await;
     assert_eq!(
         a.app.metrics.origin_calls(),
@@ -733,9 +734,7 @@ async fn a_fetch_in_flight_on_another_instance_does_not_write_the_old_value_back
             >= 1)
         .await
     );
-    let admin = Http::with_token(Some(admin_token()));
-    let r = post_invalidate(&admin, &a, &format!(r#"{{"ids":["{id}"]}}"#)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_invalidates(&a, &format!(r#"{{"ids":["{id}"]}}"#)).await;
     assert_eq!(in_flight.await.unwrap(), 200);
     // B's write-back was dropped (its reader put A's entry in B's write guard), so A does
     // not find t's list with the old item in Redis.
@@ -772,9 +771,7 @@ async fn a_tile_invalidation_drops_the_items_of_the_tile_in_redis() {
         "the id was answered from the tier"
     );
 
-    let admin = Http::with_token(Some(admin_token()));
-    let r = post_invalidate(&admin, &s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_invalidates(&s, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
     http.ok(&s, &request(&[], &[&*id], Access::Agent)).await;
     assert_eq!(
         s.app.metrics.origin_calls(),
@@ -800,7 +797,6 @@ async fn invalidating_an_id_or_a_class_makes_the_tiles_holding_it_misses_in_redi
     let http = Http::new();
     let s = server(redis_config(&redis)).await;
     let body = request(&[t], &[], Access::Agent);
-    let admin = Http::with_token(Some(admin_token()));
     for (what, change) in [
         ("id", format!(r#"{{"ids":["{id}"]}}"#)),
         ("class", format!(r#"{{"classes":["{class}"]}}"#)),
@@ -809,8 +805,7 @@ async fn invalidating_an_id_or_a_class_makes_the_tiles_holding_it_misses_in_redi
         let calls = s.app.metrics.origin_calls();
         http.ok(&s, &body).await;
         assert_eq!(s.app.metrics.origin_calls(), calls, "the tile is a hit");
-        let r = post_invalidate(&admin, &s, &change).await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        admin_invalidates(&s, &change).await;
         http.ok(&s, &body).await;
         assert_eq!(
             s.app.metrics.origin_calls(),
