@@ -564,8 +564,8 @@ fn a_tile_a_partial_answer_shedding_load_left_out_is_an_overload_and_retried() {
 /// tile over the server's `--max-tile-items`) is asked for once more at once, on its own
 /// (the first time it may have been too large as part of a coarse tile), and refused again
 /// it fails as a whole 413 does: reported with that status, not retried (the same request
-/// gets the same answer), asked for again only after a backoff; the tiles it answered are
-/// taken. Before, it was `Failure::Invalid` ("every requested tile must be listed"),
+/// gets the same answer), asked for again only after a tile TTL (it is held, as the server
+/// holds it); the tiles it answered are taken. Before, it was `Failure::Invalid` ("every requested tile must be listed"),
 /// although the answer was valid.
 #[test]
 fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retried() {
@@ -595,7 +595,9 @@ fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retri
             if f.tiles == vec![dropped] && !f.will_retry && f.failure == too_large)),
         "{ev:?}"
     );
+    let refused_at = h.now;
     let s = h.asked_again_after_backoff(dropped, "payload_too_large");
+    assert!(h.now >= refused_at + 300_000, "held for the tile TTL");
     assert_eq!(s.attempt, 0, "a new round, not a retry");
 }
 

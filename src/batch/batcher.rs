@@ -38,9 +38,13 @@ struct InFlight {
     deadline_ms: u64,
 }
 
-/// Most data tiles [`Batcher`] remembers as to go out alone; past it they are forgotten
-/// (and each is asked for once more when refused as too large again).
+/// Most data tiles [`Batcher`] remembers as to go out alone; past it those not held are
+/// forgotten (and each is asked for once more when refused as too large again), then all.
 const MAX_ALONE: usize = 4096;
+
+/// How long a data tile refused as too large on its own is held by default
+/// ([`Batcher::hold_too_large_for`]): the cache's default tile TTL, 5 minutes.
+pub const DEFAULT_TOO_LARGE_HOLD_MS: u64 = 300_000;
 
 /// The batch planner. See the [module docs](super).
 #[derive(Clone, Debug)]
@@ -60,9 +64,12 @@ pub struct Batcher {
     breaker: Breaker,
     stats: BatchStats,
     /// Data tiles the server left out as too large to serve (`payload_too_large`): never
-    /// coalesced again (packed, paired with 0 and sorted, as a [`TileSet`]; at most
-    /// [`MAX_ALONE`]).
+    /// coalesced again. Packed, each paired with the time it is held until (refused on its
+    /// own: not asked for before then; 0 when not held), sorted as a [`TileSet`]; at most
+    /// [`MAX_ALONE`].
     alone: Vec<(u64, u64)>,
+    /// How long a data tile refused as too large on its own is held.
+    hold_ms: u64,
 }
 
 impl Batcher {
@@ -83,7 +90,32 @@ impl Batcher {
             ids_in_flight: HashMap::new(),
             stats: BatchStats::default(),
             alone: Vec::new(),
+            hold_ms: DEFAULT_TOO_LARGE_HOLD_MS,
         })
+    }
+
+    /// Sets how long a data tile refused as too large on its own is held: not asked for
+    /// before `hold_ms` has passed (the client passes its tile TTL), unless released
+    /// ([`release_held`](Self::release_held)). Default [`DEFAULT_TOO_LARGE_HOLD_MS`].
+    pub fn hold_too_large_for(&mut self, hold_ms: u64) {
+        self.hold_ms = hold_ms;
+    }
+
+    /// When `tile` is held as too large to serve at `now_ms`, until when.
+    fn held_until(&self, tile: TileId, now_ms: u64) -> Option<u64> {
+        let i = find_tile(&self.alone, tile).ok()?;
+        Some(self.alone[i].1).filter(|&until| until > now_ms)
+    }
+
+    /// Ends the hold of the data tiles refused as too large for which `covered(tile)` says
+    /// something could have changed them (an invalidation that covers them, another tier):
+    /// they are asked for again when still needed, on their own.
+    pub fn release_held(&mut self, covered: &dyn Fn(TileId) -> bool) {
+        for (t, until) in &mut self.alone {
+            if covered(TileId::from_packed(*t)) {
+                *until = 0;
+            }
+        }
     }
 
     /// The configuration.
@@ -242,7 +274,8 @@ impl Batcher {
                     ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
                 }
             };
-            if !fits || !self.backoff.ready(tile, now_ms) {
+            let held = matches!(w, Work::Tile(_)) && self.held_until(tile, now_ms).is_some();
+            if !fits || held || !self.backoff.ready(tile, now_ms) {
                 keep.push(w);
                 continue;
             }
@@ -297,6 +330,7 @@ impl Batcher {
                                 || empty.is_some_and(|empty| empty(d))
                                 || (!this.is_tile_in_flight(d)
                                     && this.backoff.ready(d, now_ms)
+                                    && this.held_until(d, now_ms).is_none()
                                     && needed(&Work::Tile(d)))
                         })
                     })
@@ -452,7 +486,12 @@ impl Batcher {
     ///   needs after each answer) each goes out on its own. One may have gone out within a
     ///   coarse request tile that the server refused ("request finer tiles"), which was the
     ///   client's choice and says nothing against the tiles or the backend. Refused on its
-    ///   own, a tile fails as above.
+    ///   own, a tile fails as above, and is held: not asked for again for a tile TTL
+    ///   ([`hold_too_large_for`](Self::hold_too_large_for)), as the server and the edge
+    ///   hold it (nothing of it could be had, and each ask would be a request, and a full
+    ///   read of a dense tile behind it, every 5 to 10 s for as long as it is in view),
+    ///   unless [`release_held`](Self::release_held) ends the hold first. So is the one
+    ///   data tile of a request refused whole with a 413 ([`on_failure`](Self::on_failure)).
     pub fn on_answer(
         &mut self,
         id: RequestId,
@@ -472,21 +511,37 @@ impl Batcher {
         // their own yet are no failure: one asked for within a coarse tile (coalesced) may
         // fit alone. They go out on their own from now on, when asked for again.
         if left_out.is_some_and(|l| l.0 == ErrorCode::PayloadTooLarge) {
-            if self.alone.len() + unanswered.len() > MAX_ALONE {
-                self.alone.clear();
-            }
-            let known = self.alone.len();
-            let alone = &mut self.alone;
-            unanswered.retain(|&t| {
-                let first = find_tile(&alone[..known], t).is_err();
-                if first {
-                    alone.push((t.to_u64(), 0));
-                }
-                !first
-            });
-            sort_pairs(alone);
+            self.too_large(&mut unanswered, false, now_ms);
         }
         Some(self.answered(f, unanswered, left_out, now_ms))
+    }
+
+    /// Data tiles refused as too large to serve. One that went out on its own (`alone`,
+    /// or noted as to go out alone since an earlier refusal) is held for `hold_ms`: it
+    /// stays in `tiles`, a failure. The others are no failure yet: taken out of `tiles`,
+    /// and noted as to go out on their own from now on.
+    fn too_large(&mut self, tiles: &mut Vec<TileId>, alone: bool, now_ms: u64) {
+        if self.alone.len() + tiles.len() > MAX_ALONE {
+            // Those held go last.
+            self.alone.retain(|&(_, until)| until > now_ms);
+            if self.alone.len() + tiles.len() > MAX_ALONE {
+                self.alone.clear();
+            }
+        }
+        let until = now_ms.saturating_add(self.hold_ms);
+        let known = self.alone.len();
+        let noted = &mut self.alone;
+        tiles.retain(|&t| match find_tile(&noted[..known], t) {
+            Ok(i) => {
+                noted[i].1 = until;
+                true
+            }
+            Err(_) => {
+                noted.push((t.to_u64(), if alone { until } else { 0 }));
+                alone
+            }
+        });
+        sort_pairs(noted);
     }
 
     /// [`on_answer`](Self::on_answer) once the tiles it left out are known (not generic:
@@ -596,6 +651,12 @@ impl Batcher {
         if matches!(failure, Failure::Aborted) {
             return FailureOutcome::GaveUp(f);
         }
+        // A 413 for one data tile asked for on its own: that tile is too large to serve.
+        if let (Failure::Http { status: 413, .. }, [Work::Tile(t)], []) =
+            (failure, &f.works[..], &f.loose_ids[..])
+        {
+            self.too_large(&mut vec![*t], true, now_ms);
+        }
         self.stats.failures += 1;
         if failure.is_backend_trouble() && self.breaker.on_failure(now_ms) {
             self.stats.breaker_opened += 1;
@@ -667,8 +728,12 @@ impl Batcher {
         };
         let q = &self.queues;
         for w in q.foreground.iter().chain(q.prefetch.iter()) {
-            if let Some(b) = self.backoff.get(w.tile()) {
-                consider(b.not_before_ms);
+            let held = match w {
+                Work::Tile(t) => self.held_until(*t, now_ms),
+                Work::Ids { .. } => None,
+            };
+            if let Some(at) = held.or(self.backoff.get(w.tile()).map(|b| b.not_before_ms)) {
+                consider(at);
             }
         }
         for l in &q.loose_ids {

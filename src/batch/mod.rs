@@ -20,7 +20,10 @@
 //!   one that sheds load or says the origin failed (`overloaded`, `rate_limited`,
 //!   `upstream_timeout`, `upstream_error`) counts as such a failure, and the tiles it left
 //!   out back off and are retried as a failed request's; one too large to serve
-//!   (`payload_too_large`) is given up at once ([`Batcher::on_answer`]).
+//!   (`payload_too_large`) is given up at once ([`Batcher::on_answer`]), and a data tile
+//!   refused so on its own (or by a whole 413) is held: not asked for again for a tile
+//!   TTL, unless released ([`Batcher::release_held`]: an invalidation covers it, the tier
+//!   changed).
 //!
 //! Sans-IO: the caller sends [`Transmit`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.
@@ -39,7 +42,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use batcher::{BatchStats, Batcher};
+pub use batcher::{BatchStats, Batcher, DEFAULT_TOO_LARGE_HOLD_MS};
 pub use coalesce::coalesce;
 pub use config::{BatchConfig, BatchConfigError};
 pub use request::{Failure, FailureOutcome, Finished, Transmit};

@@ -214,10 +214,15 @@ impl<P: Payload> Client<P> {
                 planner: config.planner.tile_zoom,
             });
         }
+        // A data tile refused as too large on its own is held for a tile TTL, as the server
+        // and the edge hold it.
+        let mut batcher = Batcher::new(config.batch)?;
+        let cache = &config.cache;
+        batcher.hold_too_large_for(cache.tile_ttl_ms.unwrap_or(cache.default_ttl_ms));
         Ok(Client {
             cache: ItemCache::new(config.cache)?,
             planner: Planner::new(config.planner)?,
-            batcher: Batcher::new(config.batch)?,
+            batcher,
             limits: config.limits,
             access: config.access,
             verified: None,
@@ -879,9 +884,11 @@ impl<P: Payload> Client<P> {
             self.cache.drop_above(access);
         }
         if access != self.access {
-            // Another tier sees other items: what the answers showed was for this one.
+            // Another tier sees other items: what the answers showed was for this one (and
+            // a tile too large at it may not be at another).
             self.density = Density::default();
             self.changed_tiles = ChangedTiles::All;
+            self.batcher.release_held(&|_| true);
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);
@@ -903,12 +910,17 @@ impl<P: Payload> Client<P> {
     }
 
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
+    /// A data tile held as too large to serve that it covers (its tile, an id cached in it,
+    /// a class, all) may have shrunk: it is asked for again.
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
         self.changed();
         let oldest_out = self.request_access.iter().map(|(_, s)| s.at).min();
         self.overtaking.record(&what, oldest_out);
+        let batcher = &mut self.batcher;
         match what {
             Invalidate::Ids(ids) => {
+                let cache = &self.cache;
+                batcher.release_held(&|t| ids.iter().any(|id| cache.tile_of(id) == Some(t)));
                 for id in ids {
                     self.changed_tiles.add_item(&self.cache, id);
                 }
@@ -927,9 +939,13 @@ impl<P: Payload> Client<P> {
             // A finer tile stands for its data tile (the whole of it is dropped).
             Invalidate::Tiles(tiles) => {
                 let z = self.cache.config().tile_zoom;
+                batcher.release_held(&|t| tiles.iter().any(|i| i.contains(t) || t.contains(*i)));
                 (tiles.iter()).for_each(|&t| self.changed_tiles.add(t.ancestor(z).unwrap_or(t)));
             }
-            Invalidate::Class(_) | Invalidate::All => self.changed_tiles = ChangedTiles::All,
+            Invalidate::Class(_) | Invalidate::All => {
+                batcher.release_held(&|_| true);
+                self.changed_tiles = ChangedTiles::All;
+            }
         }
         let n = self.cache.invalidate(what);
         self.complete = self.refresh_foreground(now_ms);

@@ -315,6 +315,7 @@ impl<P: Payload> Client<P> {
             return false;
         }
         self.cache.drop_above(reported);
+        self.batcher.release_held(&|_| true);
         self.density = Density::default();
         self.changed_tiles = ChangedTiles::All;
         self.access = reported;

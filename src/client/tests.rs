@@ -2951,3 +2951,123 @@ fn a_refresh_by_id_an_answer_had_no_room_for_is_asked_again_at_once() {
     assert!(c.is_complete());
     assert!(errors_of(events(&mut c)).is_empty());
 }
+
+/// `o`'s answer to `request`, refusing `refused` as a server refuses a data tile over its
+/// `--max-tile-items`: a partial answer leaving out the list covering it (and that list's
+/// items) as `payload_too_large`, the rest answered.
+fn refusing(
+    o: &Origin<String>,
+    request: &crate::protocol::BatchRequest,
+    refused: TileId,
+) -> BatchResponse<String> {
+    let mut r = o.answer(request, None);
+    if request.tiles.iter().any(|t| t.contains(refused)) {
+        r.tiles.retain(|l| !l.tile.contains(refused));
+        let kept: HashSet<String> = r.tiles.iter().flat_map(|l| l.ids.clone()).collect();
+        r.items
+            .retain(|it| kept.contains(&it.id) || request.ids.contains(&it.id));
+        r.left_out = Some(crate::protocol::ErrorCode::PayloadTooLarge);
+    }
+    r
+}
+
+/// Drives `c` from `from` to before `to` as a shell at rest does (requests answered by
+/// `answer` at once, each wake-up taken): the requests carrying `tile`, and the errors
+/// naming it.
+fn run_refusing(
+    c: &mut Client<String>,
+    o: &Origin<String>,
+    tile: TileId,
+    (from, to): (u64, u64),
+) -> (usize, usize) {
+    let (mut asked, mut told, mut now) = (0, 0, from);
+    loop {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now) {
+            asked += usize::from(t.request.tiles.iter().any(|r| r.contains(tile)));
+            let r = refusing(o, &t.request, tile);
+            c.on_response(t.id, r, now);
+        }
+        told += errors_of(events(c))
+            .iter()
+            .filter(|e| e.tiles.iter().any(|r| r.contains(tile)))
+            .count();
+        match c.next_wakeup(now) {
+            Some(at) if at < to => now = at.max(now + 1),
+            _ => return (asked, told),
+        }
+    }
+}
+
+/// A visible data tile the server refuses as too large on its own (`payload_too_large`:
+/// over its `--max-tile-items`) is held for a tile TTL, as the server and the edge hold it:
+/// asked for once within a coarse tile, once on its own, then not again until the TTL has
+/// passed or something could have changed it (an invalidation covering it, another tier).
+/// The view stays incomplete with it missing, and the refusal is reported once. Before, it
+/// was asked for again after each backoff (every 5 to 10 s) for as long as it was in view,
+/// each time a request, an origin read of a dense tile and another error.
+#[test]
+fn a_data_tile_too_large_on_its_own_is_held_for_a_tile_ttl() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    let dense = seattle();
+    c.set_viewport(view(2.0), 0, |_, _| {});
+    // Item and tile TTL 300 s: what is shown expires then, which asks for everything again.
+    let (asked, told) = run_refusing(&mut c, &o, dense, (0, 299_000));
+    assert_eq!(
+        (asked, told),
+        (2, 1),
+        "within a coarse tile, on its own, then held"
+    );
+    let out = c.set_viewport(view(2.0), 299_000, |_, _| {});
+    assert!(!out.complete && out.missing == [dense], "{:?}", out.missing);
+    assert!(!c.is_complete());
+    // The TTL over, it is asked for again: once, refused, held again.
+    let (asked, told) = run_refusing(&mut c, &o, dense, (299_000, 310_000));
+    assert_eq!((asked, told), (1, 1));
+    // An invalidation that covers it (it may have shrunk) asks again (after its backoff),
+    // and so does another tier; one that does not cover it does not.
+    let elsewhere = dense.offset(5, 5).unwrap();
+    c.invalidate(Invalidate::Tiles(&[elsewhere]), 310_000);
+    assert_eq!(run_refusing(&mut c, &o, dense, (310_000, 330_000)), (0, 0));
+    c.invalidate(Invalidate::Tiles(&[dense.parent().unwrap()]), 330_000);
+    assert_eq!(run_refusing(&mut c, &o, dense, (330_000, 350_000)), (1, 1));
+    c.set_access(Access::Registered, 350_000);
+    assert_eq!(run_refusing(&mut c, &o, dense, (350_000, 370_000)), (1, 1));
+    c.invalidate(Invalidate::All, 370_000);
+    assert_eq!(run_refusing(&mut c, &o, dense, (370_000, 390_000)), (1, 1));
+}
+
+/// A whole `413` for a request that asked for one data tile alone says that tile is too
+/// large to serve: held for a tile TTL as above, not asked for again every 5 to 10 s.
+#[test]
+fn a_data_tile_refused_whole_with_a_413_on_its_own_is_held_for_a_tile_ttl() {
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.4), 0, |_, _| {});
+    assert_eq!(c.visible_tiles(), [seattle()]);
+    let (mut asked, mut now) = (0, 0);
+    while now < 299_000 {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now) {
+            asked += 1;
+            let too_large = Failure::Http {
+                status: 413,
+                retry_after_ms: None,
+            };
+            c.on_failure(t.id, too_large, now);
+        }
+        match c.next_wakeup(now) {
+            Some(at) => now = at.max(now + 1),
+            None => break,
+        }
+    }
+    assert_eq!(asked, 1);
+    assert_eq!(errors_of(events(&mut c)).len(), 1);
+    assert!(!c.set_viewport(view(0.4), now, |_, _| {}).complete);
+}
