@@ -596,7 +596,23 @@ fn a_tile_a_partial_answer_left_out_as_too_large_fails_as_a_413_and_is_not_retri
         "{ev:?}"
     );
     let refused_at = h.now;
-    let s = h.asked_again_after_backoff(dropped, "payload_too_large");
+    let at_once = h.serve_all();
+    assert!(
+        at_once.iter().all(|s| !s.request.tiles.contains(&dropped)),
+        "{at_once:?}"
+    );
+    let s = loop {
+        h.now = h
+            .client
+            .next_wakeup(h.now)
+            .expect("the visible tile is asked for again");
+        h.client.handle_timeout(h.now);
+        let asked = std::iter::from_fn(|| h.client.poll_request(h.now))
+            .find(|s| s.request.tiles.contains(&dropped));
+        if let Some(s) = asked {
+            break s;
+        }
+    };
     assert!(h.now >= refused_at + 300_000, "held for the tile TTL");
     assert_eq!(s.attempt, 0, "a new round, not a retry");
 }

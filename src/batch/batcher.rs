@@ -38,8 +38,8 @@ struct InFlight {
     deadline_ms: u64,
 }
 
-/// Most data tiles [`Batcher`] remembers as to go out alone; past it those not held are
-/// forgotten (and each is asked for once more when refused as too large again), then all.
+/// Most data tiles [`Batcher`] remembers as to go out alone; past it they are forgotten
+/// (and each is asked for once more when refused as too large again, or when held).
 const MAX_ALONE: usize = 4096;
 
 /// How long a data tile refused as too large on its own is held by default
@@ -101,18 +101,19 @@ impl Batcher {
         self.hold_ms = hold_ms;
     }
 
-    /// When `tile` is held as too large to serve at `now_ms`, until when.
-    fn held_until(&self, tile: TileId, now_ms: u64) -> Option<u64> {
-        let i = find_tile(&self.alone, tile).ok()?;
-        Some(self.alone[i].1).filter(|&until| until > now_ms)
+    /// Whether `tile` is held as too large to serve at `now_ms`.
+    fn held(&self, tile: TileId, now_ms: u64) -> bool {
+        find_tile(&self.alone, tile).is_ok_and(|i| self.alone[i].1 > now_ms)
     }
 
-    /// Ends the hold of the data tiles refused as too large for which `covered(tile)` says
-    /// something could have changed them (an invalidation that covers them, another tier):
-    /// they are asked for again when still needed, on their own.
-    pub fn release_held(&mut self, covered: &dyn Fn(TileId) -> bool) {
+    /// Ends the hold of the data tiles refused as too large that something could have
+    /// changed: those in or around `tiles` (an invalidation of them), every one for `None`
+    /// (an invalidation of a class or of all, another tier). They are asked for again when
+    /// still needed, on their own.
+    pub fn release_held(&mut self, tiles: Option<&[TileId]>) {
         for (t, until) in &mut self.alone {
-            if covered(TileId::from_packed(*t)) {
+            let t = TileId::from_packed(*t);
+            if tiles.is_none_or(|c| c.iter().any(|&i| i.contains(t) || t.contains(i))) {
                 *until = 0;
             }
         }
@@ -274,7 +275,7 @@ impl Batcher {
                     ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
                 }
             };
-            let held = matches!(w, Work::Tile(_)) && self.held_until(tile, now_ms).is_some();
+            let held = matches!(w, Work::Tile(_)) && self.held(tile, now_ms);
             if !fits || held || !self.backoff.ready(tile, now_ms) {
                 keep.push(w);
                 continue;
@@ -330,7 +331,7 @@ impl Batcher {
                                 || empty.is_some_and(|empty| empty(d))
                                 || (!this.is_tile_in_flight(d)
                                     && this.backoff.ready(d, now_ms)
-                                    && this.held_until(d, now_ms).is_none()
+                                    && !this.held(d, now_ms)
                                     && needed(&Work::Tile(d)))
                         })
                     })
@@ -507,41 +508,27 @@ impl Batcher {
                 _ => {}
             }
         }
-        // Data tiles too large to serve ("request finer tiles") that have not gone out on
-        // their own yet are no failure: one asked for within a coarse tile (coalesced) may
-        // fit alone. They go out on their own from now on, when asked for again.
-        if left_out.is_some_and(|l| l.0 == ErrorCode::PayloadTooLarge) {
-            self.too_large(&mut unanswered, false, now_ms);
-        }
         Some(self.answered(f, unanswered, left_out, now_ms))
     }
 
-    /// Data tiles refused as too large to serve. One that went out on its own (`alone`,
-    /// or noted as to go out alone since an earlier refusal) is held for `hold_ms`: it
-    /// stays in `tiles`, a failure. The others are no failure yet: taken out of `tiles`,
-    /// and noted as to go out on their own from now on.
-    fn too_large(&mut self, tiles: &mut Vec<TileId>, alone: bool, now_ms: u64) {
-        if self.alone.len() + tiles.len() > MAX_ALONE {
-            // Those held go last.
-            self.alone.retain(|&(_, until)| until > now_ms);
-            if self.alone.len() + tiles.len() > MAX_ALONE {
-                self.alone.clear();
+    /// Notes data tile `t` refused as too large to serve; returns whether it is held. One
+    /// that went out on its own (`alone`, or noted since an earlier refusal) is held for
+    /// `hold_ms`: a failure. Another is no failure yet (it may have been refused within a
+    /// coarse tile): noted as to go out on its own from now on.
+    fn too_large(&mut self, t: TileId, alone: bool, now_ms: u64) -> bool {
+        let until = now_ms.saturating_add(self.hold_ms);
+        match find_tile(&self.alone, t) {
+            Ok(i) => self.alone[i].1 = until,
+            Err(_) => {
+                if self.alone.len() >= MAX_ALONE {
+                    self.alone.clear();
+                }
+                self.alone.push((t.to_u64(), if alone { until } else { 0 }));
+                sort_pairs(&mut self.alone);
+                return alone;
             }
         }
-        let until = now_ms.saturating_add(self.hold_ms);
-        let known = self.alone.len();
-        let noted = &mut self.alone;
-        tiles.retain(|&t| match find_tile(&noted[..known], t) {
-            Ok(i) => {
-                noted[i].1 = until;
-                true
-            }
-            Err(_) => {
-                noted.push((t.to_u64(), if alone { until } else { 0 }));
-                alone
-            }
-        });
-        sort_pairs(noted);
+        true
     }
 
     /// [`on_answer`](Self::on_answer) once the tiles it left out are known (not generic:
@@ -549,10 +536,16 @@ impl Batcher {
     fn answered(
         &mut self,
         f: Finished,
-        unanswered: Vec<TileId>,
+        mut unanswered: Vec<TileId>,
         left_out: Option<LeftOut<'_>>,
         now_ms: u64,
     ) -> (Finished, Vec<TileId>, bool) {
+        // Data tiles too large to serve ("request finer tiles") that have not gone out on
+        // their own yet are no failure: one asked for within a coarse tile (coalesced) may
+        // fit alone. They go out on their own from now on, when asked for again.
+        if left_out.is_some_and(|l| l.0 == ErrorCode::PayloadTooLarge) {
+            unanswered.retain(|&t| self.too_large(t, false, now_ms));
+        }
         let full = left_out
             .filter(|l| l.0 == ErrorCode::ResponseFull)
             .map(|l| l.1);
@@ -655,7 +648,7 @@ impl Batcher {
         if let (Failure::Http { status: 413, .. }, [Work::Tile(t)], []) =
             (failure, &f.works[..], &f.loose_ids[..])
         {
-            self.too_large(&mut vec![*t], true, now_ms);
+            self.too_large(*t, true, now_ms);
         }
         self.stats.failures += 1;
         if failure.is_backend_trouble() && self.breaker.on_failure(now_ms) {
@@ -728,13 +721,13 @@ impl Batcher {
         };
         let q = &self.queues;
         for w in q.foreground.iter().chain(q.prefetch.iter()) {
-            let held = match w {
-                Work::Tile(t) => self.held_until(*t, now_ms),
-                Work::Ids { .. } => None,
-            };
-            if let Some(at) = held.or(self.backoff.get(w.tile()).map(|b| b.not_before_ms)) {
-                consider(at);
+            if let Some(b) = self.backoff.get(w.tile()) {
+                consider(b.not_before_ms);
             }
+        }
+        // The end of a hold (the tile may not be queued any more: a wake-up for nothing).
+        for &(_, until) in &self.alone {
+            consider(until);
         }
         for l in &q.loose_ids {
             consider(l.not_before_ms);

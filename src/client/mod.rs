@@ -888,7 +888,7 @@ impl<P: Payload> Client<P> {
             // a tile too large at it may not be at another).
             self.density = Density::default();
             self.changed_tiles = ChangedTiles::All;
-            self.batcher.release_held(&|_| true);
+            self.batcher.release_held(None);
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);
@@ -910,8 +910,9 @@ impl<P: Payload> Client<P> {
     }
 
     /// Drops cached items or tiles; visible tiles that became incomplete are queued again.
-    /// A data tile held as too large to serve that it covers (its tile, an id cached in it,
-    /// a class, all) may have shrunk: it is asked for again.
+    /// A data tile held as too large to serve that it covers (its tile, a class, all) may
+    /// have shrunk: it is asked for again. (Ids do not: a held tile's items are not cached,
+    /// so where they are is not known.)
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
         self.changed();
         let oldest_out = self.request_access.iter().map(|(_, s)| s.at).min();
@@ -919,8 +920,6 @@ impl<P: Payload> Client<P> {
         let batcher = &mut self.batcher;
         match what {
             Invalidate::Ids(ids) => {
-                let cache = &self.cache;
-                batcher.release_held(&|t| ids.iter().any(|id| cache.tile_of(id) == Some(t)));
                 for id in ids {
                     self.changed_tiles.add_item(&self.cache, id);
                 }
@@ -939,11 +938,11 @@ impl<P: Payload> Client<P> {
             // A finer tile stands for its data tile (the whole of it is dropped).
             Invalidate::Tiles(tiles) => {
                 let z = self.cache.config().tile_zoom;
-                batcher.release_held(&|t| tiles.iter().any(|i| i.contains(t) || t.contains(*i)));
+                batcher.release_held(Some(tiles));
                 (tiles.iter()).for_each(|&t| self.changed_tiles.add(t.ancestor(z).unwrap_or(t)));
             }
             Invalidate::Class(_) | Invalidate::All => {
-                batcher.release_held(&|_| true);
+                batcher.release_held(None);
                 self.changed_tiles = ChangedTiles::All;
             }
         }

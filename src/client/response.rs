@@ -315,7 +315,7 @@ impl<P: Payload> Client<P> {
             return false;
         }
         self.cache.drop_above(reported);
-        self.batcher.release_held(&|_| true);
+        self.batcher.release_held(None);
         self.density = Density::default();
         self.changed_tiles = ChangedTiles::All;
         self.access = reported;
