@@ -449,6 +449,44 @@ test('the breaker: opens after consecutive failures (prefetch held, foreground t
   cache.dispose();
 }));
 
+// A view at rest refreshes its stale items by id in the background. A partial answer that
+// sheds them (`overloaded`, ids left out) said "(will retry)" (willRetry true), as for the
+// ids of a get(), but the refresh was dropped: nothing asked for them again until they
+// expired. Now it is retried after the backoff, as it says.
+test('ids of a refresh by id that a partial answer sheds are retried, as onError says', () => withMockedTimers(async () => {
+  const s = scripted();
+  const cache = await TileCache.create({
+    endpoint: backend.url, fetch: s.fetch, now: () => s.now, prefetch: NO_PREFETCH,
+    ttl: { byClass: { active: 60, off_market: 60 }, staleWhileRevalidate: 60 },
+  });
+  const errors = [];
+  cache.onError((e) => errors.push(e));
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await s.advance(100);
+  assert.equal(cache.setViewport(v).complete, true);
+  let shed = 0;
+  s.trouble = (r) => {
+    if (!r.ids.length || shed++ > 0) return undefined;
+    const answer = backend.answer(r);
+    answer.items = [];
+    answer.error = { code: 'overloaded', message: 'shed', tiles: [], ids: r.ids };
+    return new Response(JSON.stringify(answer));
+  };
+  const sent = s.calls.length;
+  await s.advance(60_000, 100); // the items turn stale: their refresh by id goes out, shed
+  const refresh = s.calls.slice(sent).map((c) => c.request);
+  assert.equal(refresh.length, 1, JSON.stringify(refresh));
+  assert.ok(refresh[0].ids.length > 0 && refresh[0].tiles.length === 0, JSON.stringify(refresh));
+  assert.deepEqual(errors.map((e) => [e.serverCode, e.willRetry]), [['overloaded', true]]);
+  assert.match(errors[0].message, / \(will retry\)$/);
+  await s.advance(1000);
+  assert.deepEqual(s.calls.slice(sent + 1).map((c) => c.request.ids), [refresh[0].ids], 'retried, as it said');
+  const view = cache.setViewport(v);
+  assert.ok(view.complete && view.items.every((it) => !it.stale), 'fresh again');
+  cache.dispose();
+}));
+
 // A get() of an id out in a visible tile's refresh by id (its item was invalidated) waits for
 // that request. A 503 retries it, and the user pans away before the retry: the id is still
 // asked for, and the get() settles with the item. (It never settled: the pan replaced the

@@ -474,9 +474,11 @@ impl Batcher {
     ///   ([`ErrorCode::UpstreamError`], 502): that counts towards the breaker instead of
     ///   closing it, and the tiles it left out back off as a failed attempt's would (the
     ///   exponent at least the attempt's), so the client slows down as it would for a
-    ///   whole refusal. Within `retries`, they and the ids asked for directly that it left
-    ///   out are queued again as the next attempt after that backoff (the last value is
-    ///   `true`), as a failed request's work is; past them they are dropped. A code whose
+    ///   whole refusal. A tile's refresh by id ([`Work::Ids`]) whose ids it left out
+    ///   failed so too: its tile backs off with them. Within `retries`, they (such a
+    ///   refresh whole) and the ids asked for directly that it left out are queued again as
+    ///   the next attempt after that backoff (the last value is `true`), as a failed
+    ///   request's work is; past them they are dropped. A code whose
     ///   failure is not retried ([`ErrorCode::PayloadTooLarge`], 413: a tile or item too
     ///   large to serve; [`ErrorCode::BadRequest`]) gives them up at once, the tiles backing
     ///   off as a given-up request's do. What it answered succeeded: those tiles back off
@@ -549,10 +551,23 @@ impl Batcher {
         let full = left_out
             .filter(|l| l.0 == ErrorCode::ResponseFull)
             .map(|l| l.1);
-        let (mut again, mut progress) = (Vec::new(), false);
+        // Left out for another reason than room, a tile's refresh by id whose ids it left
+        // out failed as a tile it left out did: its tile backs off, and it goes out again
+        // with the tiles (not at once by the next round, in a loop while the server sheds
+        // load, nor dropped); whole, which asks its answered ids again (less code).
+        let failed = left_out.filter(|l| l.0 != ErrorCode::ResponseFull);
+        let (mut again, mut progress, mut held) = (Vec::new(), false, unanswered.clone());
         for w in &f.works {
+            let ids_left = match (w, failed) {
+                (Work::Ids { ids, .. }, Some((_, answered))) => ids.iter().any(|i| !answered(i)),
+                _ => false,
+            };
             match w {
                 Work::Tile(t) if unanswered.contains(t) => again.push(w.clone()),
+                Work::Ids { tile, .. } if ids_left => {
+                    again.push(w.clone());
+                    held.push(*tile);
+                }
                 _ => {
                     progress |= match (w, full) {
                         (Work::Ids { ids, .. }, Some(answered)) => ids.iter().any(|i| answered(i)),
@@ -573,8 +588,9 @@ impl Batcher {
         }
         // What it left out goes out again: at once when it did not fit and something was
         // answered; else as a failed attempt's work (that whole answer's), after its
-        // backoff and within the retries (the tiles and the ids asked for directly) when
-        // that failure is retried, or not at all (a tile too large to serve).
+        // backoff and within the retries (the tiles, the ids of refreshes by id and the
+        // ids asked for directly) when that failure is retried, or not at all (a tile too
+        // large to serve).
         let next = f.attempt + 1;
         let retry = match (left_out, &failure) {
             (Some((_, answered)), _) if full.is_some() => (progress
@@ -583,7 +599,7 @@ impl Batcher {
             (Some((_, answered)), Some(failure)) => {
                 let retry = failure.is_retryable() && next <= self.config.retries;
                 let attempt = if retry { next } else { 0 };
-                let at_ms = (self.backoff).hold_back(&unanswered, attempt, next, None, now_ms);
+                let at_ms = (self.backoff).hold_back(&held, attempt, next, None, now_ms);
                 retry.then_some((answered, next, at_ms))
             }
             _ => None,

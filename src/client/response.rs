@@ -139,10 +139,14 @@ impl<P: Payload> Client<P> {
         // The tiles this answer was for: listed ones, and those refreshed by id (an id's
         // answer can evict another item of the same tile, which would be asked for at once).
         // A refresh that a `response_full` answer left ids of out is not answered yet (the
-        // planner asks the rest again): not a tile the answer failed to keep (an error).
+        // planner asks the rest again), nor one a failure code left ids of out (the batcher
+        // backs it off, and retries it): not a tile the answer failed to keep (an error).
+        let failed = (response.left_out).is_some_and(|c| c != ErrorCode::ResponseFull);
         let answered_tiles = TileSet::new(finished.works.iter().filter_map(|w| match w {
             Work::Tile(t) if covered(*t) => Some(*t),
-            Work::Ids { tile, ids } if !in_part || ids.iter().all(|i| answered(i)) => Some(*tile),
+            Work::Ids { tile, ids } if !(in_part || failed) || ids.iter().all(|i| answered(i)) => {
+                Some(*tile)
+            }
             _ => None,
         }));
         // The server reports the tier it filtered the answer for. Below the tier asked, it

@@ -3071,3 +3071,54 @@ fn a_data_tile_refused_whole_with_a_413_on_its_own_is_held_for_a_tile_ttl() {
     assert_eq!(errors_of(events(&mut c)).len(), 1);
     assert!(!c.set_viewport(view(0.4), now, |_, _| {}).complete);
 }
+
+/// A visible tile's refresh by id (its item invalidated, so the tile cannot be shown) that a
+/// partial answer sheds (`overloaded`: the ids left out) failed as the tile would have: it
+/// is retried after a backoff, within the retries, then asked again by the next rounds
+/// after a growing backoff. Before, the batcher took it as answered and the client queued
+/// it again at once: a request per round trip, at the same instant, for as long as the
+/// server shed load, each an error saying it would retry.
+#[test]
+fn a_refresh_by_id_a_partial_answer_sheds_backs_off_as_a_tile_it_sheds_would() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    c.set_viewport(view(0.4), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    assert!(c.is_complete());
+    let id = "i84"; // the first item of Seattle's tile
+    c.invalidate(Invalidate::Ids(&[id]), 1);
+    let (mut asked, mut now) = (Vec::new(), 1);
+    while now < 60_000 && asked.len() < 100 {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now).filter(|_| asked.len() < 100) {
+            assert_eq!(t.request.ids, [id]);
+            asked.push((now, t.attempt));
+            let mut r = o.answer(&t.request, None);
+            r.items.retain(|it| it.id != id);
+            r.left_out = Some(crate::protocol::ErrorCode::Overloaded);
+            c.on_response(t.id, r, now);
+        }
+        match c.next_wakeup(now) {
+            Some(at) => now = at.max(now + 1),
+            None => break,
+        }
+    }
+    // Once, two retries, then one round every 5 to 10 s at most.
+    assert_eq!(
+        asked[..3].iter().map(|a| a.1).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(asked.windows(2).all(|w| w[1].0 > w[0].0), "{asked:?}");
+    assert!(
+        asked.len() < 20,
+        "{} requests in a minute: {asked:?}",
+        asked.len()
+    );
+    // Answered, the view is complete.
+    c.handle_timeout(now + 10_000);
+    answer_all(&mut c, &o, now + 10_000);
+    assert!(c.is_complete());
+}
