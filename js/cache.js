@@ -284,6 +284,10 @@ export class TileCache {
   #complete = true;
   /** The current view's maxVisibleTiles when it is too wide to fetch, else 0. */
   #tooWide = 0;
+  /** "z/x/y" -> the 413 that refused the tile (the engine holds it for a tile TTL), until
+   * the tile is asked for again, an invalidation or another tier: whenComplete() rejects
+   * with it while the view misses the tile. */
+  #refused = new Map();
   /** id -> [{ resolve, reject }] for get/getMany */
   #gets = new Map();
   #disposed = false;
@@ -386,6 +390,8 @@ export class TileCache {
     if (this.#onShown) this.#wake();
     if (this.#complete) return Promise.resolve();
     if (this.#tooWide) return Promise.reject(tooWideError(this.#tooWide));
+    const refused = this.#last?.missingTiles.find((t) => this.#refused.has(t));
+    if (refused) return Promise.reject(this.#refused.get(refused));
     const p = new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
     this.#rearm();
     return p;
@@ -486,6 +492,8 @@ export class TileCache {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `all must be a boolean, got ${show(what.all)}`);
     }
     const plan = !this.#hiddenAtRest();
+    // A tile held as too large may have changed: the next whenComplete() waits for it.
+    this.#refused.clear();
     let out;
     try {
       out = this.#engine.invalidate(ids, tiles, classes, what.all === true, this.#now(), plan);
@@ -829,6 +837,7 @@ export class TileCache {
           n += 6 + nt;
           const access = out[r], ids = out.slice(r + 1, r + 1 + ni);
           r += 1 + ni;
+          for (const t of tiles) this.#refused.delete(t);
           this.#send(id, kind, timeoutMs, JSON.stringify({ tiles, ids, access }), ids);
           break;
         }
@@ -855,6 +864,10 @@ export class TileCache {
           // The loads waiting on its tiles end with the error: nothing will answer them now
           // (a failed request given up, tiles an answer left out or could not keep).
           if (willRetry !== 1 && tiles.length) gaveUp.push([tiles, e]);
+          if (willRetry !== 1 && status === 413) {
+            if (this.#refused.size > 4096) this.#refused.clear();
+            for (const t of tiles) this.#refused.set(tileName(t), e);
+          }
           break;
         }
         case WAKEUP: wakeup = nums[n++]; break;
@@ -888,6 +901,7 @@ export class TileCache {
     const access = TIERS[this.#engine.access()];
     if (access === this.#access) return;
     this.#access = access;
+    this.#refused.clear(); // held tiles are asked again at the new tier
     for (const { listener } of [...this.#accessListeners]) {
       try { listener(access); } catch (e) { report(e); }
     }

@@ -177,9 +177,10 @@ export class TileCache<Data = unknown> {
   /** Resolves when every visible tile can be shown; rejects with the {@link FetchError} of a
    * foreground request that gave up on one of the view's data tiles (one that cannot be
    * shown for want of it), and with a RangeError `ERR_TOO_MANY_TILES` while the view is
-   * `tooWide` (nothing is fetched for it, so it never completes). Other failures leave it
-   * waiting: a `get()`'s, a `loadTiles` tile's outside the view, a prefetch's, or one the
-   * cache will retry. */
+   * `tooWide` (nothing is fetched for it, so it never completes). While the view misses a
+   * data tile refused as too large (a 413, held for a tile TTL), it rejects at once with
+   * that error. Other failures leave it waiting: a `get()`'s, a `loadTiles` tile's outside
+   * the view, a prefetch's, or one the cache will retry. */
   whenComplete(): Promise<void>;
   /** Calls `listener` when data for the view arrived (and after `invalidate`/`setAccess`,
    * and when the view's items turn stale or expire with the map at rest: they are

@@ -915,6 +915,47 @@ test('a tile a partial answer leaves out as too large (payload_too_large) is ask
   }
 });
 
+test('a visible tile refused as too large on its own is held: not asked again, missing from the view, and whenComplete() rejects at once with its 413', async () => {
+  // The engine holds such a tile for a tile TTL (ttl.default, 300 s here). Before, it was
+  // asked again every 5-10 s, each time a request and an onError; with the hold alone, a
+  // whenComplete() called after the error waited for the TTL.
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
+  const errs = [];
+  cache.onError((e) => errs.push(e));
+  const v = viewOf(SX, SY, 2, 1);
+  const big = `14/${SX}/${SY}`;
+  backend.hostile = (res, answer) => {
+    const out = answer.tiles.some((l) => l.tile === big);
+    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    answer.items = answer.items.filter((it) => keep.has(it.id));
+    if (out) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  try {
+    cache.setViewport(v);
+    const first = await cache.whenComplete().then(() => null, (e) => e);
+    assert.deepEqual([first?.status, first?.serverCode, first?.willRetry], [413, 'payload_too_large', false]);
+    const sent = backend.requests.length;
+    assert.deepEqual(cache.setViewport(v).missingTiles, [big]);
+    // Settled before a macrotask: at once, not after the hold.
+    const again = await Promise.race([cache.whenComplete().then(() => 'resolved', (e) => e), new Promise((r) => setTimeout(r, 0, 'waiting'))]);
+    assert.equal(again, first, 'rejects at once with the 413 that refused it');
+    assert.equal(backend.requests.length, sent, 'not asked again');
+    assert.deepEqual(errs, [first], 'reported once');
+    // Invalidated, it may have shrunk: asked again (and refused again).
+    backend.hostile = null;
+    cache.invalidate({ tiles: [big] });
+    await cache.whenComplete();
+    assert.deepEqual(cache.setViewport(v).missingTiles, []);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('a coarse tile a partial answer leaves out as too large (payload_too_large) is asked again at once as its data tiles: the view completes, no error', async () => {
   // As tilewarm-server answers a coalesced tile whose items are over what one answer may
   // hold ("request finer tiles"), while each data tile fits. Before, the data tiles backed
