@@ -180,6 +180,10 @@ struct State<T: 'static> {
     /// The view is too wide to fetch (nothing is, so it never completes).
     too_wide: Option<ViewTooLarge>,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// The foreground 413 that refused each data tile the core holds as too large (for a
+    /// tile TTL), until the tile is asked for again, an invalidation or another tier:
+    /// `when_complete` fails with it at once while the view misses the tile.
+    refused: HashMap<TileId, Error>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
     subscribers: Subscribers<Update<T>>,
     /// The tier last told to subscribers.
@@ -322,6 +326,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     complete: true,
                     too_wide: None,
                     waiters: Vec::new(),
+                    refused: HashMap::new(),
                     gets: HashMap::new(),
                     subscribers: Subscribers::default(),
                     access,
@@ -474,7 +479,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// foreground request that gave up on one of the view's data tiles (one that cannot be
     /// shown for want of it: [`FetchError::view_incomplete`]; a `get`'s failure does not
     /// end the wait), and with `TooManyTiles` while the view is too wide to fetch (it
-    /// never completes).
+    /// never completes). While the view misses a data tile refused as too large (a `413`:
+    /// the core holds it for a tile TTL, nothing is asked for it meanwhile), it fails at
+    /// once with that error.
     ///
     /// [`FetchError::view_incomplete`]: tilewarm::client::FetchError::view_incomplete
     pub async fn when_complete(&self) -> Result<(), Error> {
@@ -490,6 +497,14 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             }
             if st.complete {
                 return Ok(());
+            }
+            // A visible tile held as too large: nothing is asked for it before a tile TTL.
+            let now = now_ms();
+            let held = (st.client.visible_tiles().iter())
+                .filter(|&&t| st.client.tile_state(t, now) == TileState::Missing)
+                .find_map(|t| st.refused.get(t));
+            if let Some(e) = held {
+                return Err(e.clone());
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push(tx);
@@ -594,6 +609,8 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             return 0;
         }
         let n = st.client.invalidate(what, now);
+        // A tile held as too large may have changed: the next `when_complete` waits for it.
+        st.refused.clear();
         st.tell_view(now);
         let plan = st.plans_now();
         let sends = Inner::pump_planned(&self.inner, &mut st, now, plan);
@@ -1140,6 +1157,7 @@ impl<T: 'static> State<T> {
         let access = self.client.access();
         if access != self.access {
             self.access = access;
+            self.refused.clear(); // held tiles are asked for again at the new tier
             self.broadcast(Update::Access(access));
         }
     }
@@ -1237,6 +1255,9 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         loop {
             st.release_settled(now);
             while let Some(t) = plan.then(|| st.client.poll_request(now)).flatten() {
+                for tile in &t.request.tiles {
+                    st.refused.remove(tile);
+                }
                 sends.push(t);
             }
             while let Some(e) = st.client.poll_event() {
@@ -1268,6 +1289,14 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                         if !fe.will_retry {
                             st.reject(&err, &err.ids, fe.view_incomplete);
                             st.fail_loads(&fe.tiles, &err);
+                            if matches!(fe.failure, Failure::Http { status: 413, .. }) {
+                                if st.refused.len() > 4096 {
+                                    st.refused.clear();
+                                }
+                                for &t in &fe.tiles {
+                                    st.refused.insert(t, err.clone());
+                                }
+                            }
                         }
                         st.broadcast(Update::Error(err));
                     }

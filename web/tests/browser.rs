@@ -2037,3 +2037,37 @@ async fn the_cache_may_be_called_from_its_callbacks_and_futures_polled_together(
     slot.borrow_mut().take();
     cache.dispose();
 }
+
+/// A visible data tile the server refuses as too large on its own (`payload_too_large`)
+/// is held by the core for a tile TTL: asked for within the first request, once more on
+/// its own, then not again. `when_complete` fails with its 413, and a later call fails with
+/// it at once (before, it waited for the TTL, 5 minutes by default, before it settled).
+#[wasm_bindgen_test]
+async fn when_complete_fails_at_once_while_a_tile_too_large_is_held() {
+    use futures_util::FutureExt;
+    let s = "held-too-large";
+    set_mode(s, "partial-tiles=payload_too_large").await;
+    let cache: TileCache = TileCache::new(&options(s, 0, 0)).unwrap();
+    let v = inside(tile(0, 0));
+    show(&cache, v);
+    let first = within(5000, Box::pin(cache.when_complete()))
+        .await
+        .expect("when_complete ended")
+        .unwrap_err();
+    assert_eq!(first.status, Some(413), "{first}");
+    assert_eq!(show(&cache, v).missing_tiles, [tile(0, 0)]);
+    let again = cache.when_complete().now_or_never();
+    assert_eq!(again, Some(Err(first)), "fails at once with the same error");
+    assert_eq!(
+        log(s).await.0,
+        2,
+        "within the first request, then on its own"
+    );
+    // Invalidated, it may have shrunk: asked for again, answered, the view completes.
+    set_mode(s, "pass").await;
+    cache.invalidate(tilewarm_web::Invalidate::Tiles(&[tile(0, 0)]));
+    within(5000, Box::pin(cache.when_complete()))
+        .await
+        .expect("when_complete ended")
+        .unwrap();
+}
