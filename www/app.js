@@ -8,7 +8,7 @@
 //                       local style; no tile server is needed)
 //   access=TIER         public | registered | verified | agent
 //   ring=N              prefetch ring, 0..2 (default 1)
-//   lookahead=0|1       motion-aware look-ahead (default 1)
+//   lookahead=0|1       motion-aware look-ahead (default 0, as the package's)
 //   lon=, lat=, zoom=   where to start (MapLibre zoom)
 import * as maplibregl from 'maplibre-gl';
 import { TileCache, tilesForBbox } from 'tilewarm';
@@ -31,7 +31,7 @@ const opts = {
   endpoint: params.get('endpoint') ?? new URL('/v1/batch', location.href).href,
   access: params.get('access') ?? 'public',
   ring: clampInt(params.get('ring'), 0, 2, 1),
-  lookahead: params.get('lookahead') !== '0',
+  lookahead: params.get('lookahead') === '1',
   views: params.get('views') !== '0',
 };
 

@@ -180,8 +180,11 @@ export interface TileCacheOptions {
     /** Ring of neighbour tiles fetched around the view: an integer in 0..=8. Default 1. */
     ring?: number;
     /**
-     * How far ahead motion is extrapolated, in ms: an integer in 0..=60000 (0 = off). Default
-     * 1500.
+     * How far ahead motion is extrapolated, in ms: an integer in 0..=60000 (0 = off, e.g. 1500
+     * on). Off by default: the view's neighbourhood (`prefetch.viewRing`) already holds where a
+     * pan of up to a view lands, and on the simulator's traces the look-ahead cost more
+     * requests for no more complete views; turn it on where users move further between pauses.
+     * Default 0.
      */
     lookaheadMs?: number;
     /** Prefetch tiles per round, at least: an integer in 0..=4096. Default 32. */
@@ -230,8 +233,9 @@ export interface TileCacheOptions {
     /**
      * Ask for a tile up to this many zooms coarser when its data tiles are missing
      * (`batch.coalesceMinShare`): an integer in 0..=4 (0 = off); the server must accept that
-     * zoom. Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse
-     * tiles. Default 2.
+     * zoom (a tilewarm server's default `--split-levels` is 3). Prefetch areas are widened to
+     * whole tiles of that zoom, or of 2 zooms up when it is coarser, so they go out as coarse
+     * tiles. Default 3.
      */
     coalesceLevels?: number;
     /**

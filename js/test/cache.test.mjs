@@ -978,7 +978,7 @@ test('a coarse tile a partial answer leaves out as too large (payload_too_large)
     cache.setViewport(v);
     await cache.whenComplete();
     assert.deepEqual(ids(cache.setViewport(v).items), truth(v));
-    assert.ok(backend.requests[0].tiles.some((t) => t.startsWith('12/')), `coalesced first: ${backend.requests[0].tiles}`);
+    assert.ok(backend.requests[0].tiles.some((t) => Number(t.split('/')[0]) < 14), `coalesced first: ${backend.requests[0].tiles}`);
     const later = backend.requests.slice(1).flatMap((r) => r.tiles);
     assert.ok(later.every((t) => t.startsWith('14/')), `then data tiles: ${later}`);
     assert.equal(new Set(later).size, later.length, 'each asked once');

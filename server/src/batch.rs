@@ -8,7 +8,7 @@
 //! The tier keys tile lists by *data tile* (`--data-zoom`, default 14).
 //! - A tile at the data zoom or finer is answered from its data-zoom ancestor; a finer
 //!   tile keeps only the items positioned inside it.
-//! - A tile up to `--split-levels` (default 2) coarser is split onto its `4^levels` data
+//! - A tile up to `--split-levels` (default 3) coarser is split onto its `4^levels` data
 //!   tiles, each read and cached on its own.
 //! - A coarser tile is answered straight from the origin (in the same single origin call)
 //!   and not cached: it may hold thousands of homes and would fan out onto too many keys.
@@ -20,7 +20,7 @@
 //!   between): the fetch carries the same limit for the same tiles and tier
 //!   ([`crate::origin::ItemBound`]: PostGIS reads them with `LIMIT max + 1`), and an answer
 //!   over it is the same 400, with nothing of it cached.
-//! - A request covering more than `--max-data-tiles` data tiles once split (default 256) is
+//! - A request covering more than `--max-data-tiles` data tiles once split (default 1024) is
 //!   refused with a 400 by the policy's plan, before the tier or the origin is touched.
 //! - A data tile holding more than `--max-tile-items` at the origin is left out of the
 //!   origin's answer ([`crate::origin::Answer`]) and not cached. The limit is the caller's:

@@ -230,13 +230,15 @@ pub struct Config {
 
     /// A requested tile at most this many zoom levels coarser than the data zoom is answered
     /// through the cache tier (split onto its 4^levels data tiles); a coarser one is answered
-    /// straight from the origin, uncached.
-    #[arg(long, default_value_t = 2, value_name = "LEVELS")]
+    /// straight from the origin, uncached. The default, 3, is as coarse as the npm package
+    /// coalesces by default (`batch.coalesceLevels`).
+    #[arg(long, default_value_t = 3, value_name = "LEVELS")]
     pub split_levels: u8,
 
     /// Most data tiles one request may cover once its coarse tiles are split onto data tiles
     /// (`--split-levels`); past it a 400 naming the cap, before the tier is read or the
-    /// origin asked. The default, 256, is the package's default request (16 tiles of 4x4).
+    /// origin asked. The default, 1024, is the package's default request (16 tiles of up to
+    /// 8x8).
     #[arg(long, default_value_t = tilewarm::proxy::policy::DEFAULT_MAX_DATA_TILES, value_name = "N")]
     pub max_data_tiles: usize,
 
@@ -760,8 +762,13 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
-            (c.synthetic_homes, c.data_zoom, c.split_levels),
-            (50_000, 14, 2)
+            (
+                c.synthetic_homes,
+                c.data_zoom,
+                c.split_levels,
+                c.max_data_tiles
+            ),
+            (50_000, 14, 3, 1024)
         );
         assert_eq!(
             c.limits(),

@@ -120,7 +120,7 @@ struct RunArgs {
     /// How late a slow answer is, ms [default: 5000]
     #[arg(long, value_name = "MS")]
     slow_ms: Option<u64>,
-    /// Coarsest request tile, in zooms above the data zoom (batch coalesce_levels) [default: 2]
+    /// Coarsest request tile, in zooms above the data zoom (batch coalesce_levels) [default: 3]
     #[arg(long, value_name = "N")]
     coalesce_levels: Option<u8>,
     /// Share (percent) of a coarse tile's data tiles that must be queued for it to be asked
@@ -139,7 +139,7 @@ struct RunArgs {
     /// tilewarm policy: ring width [default: 1]
     #[arg(long, value_name = "N")]
     tw_ring: Option<u32>,
-    /// tilewarm policy: look-ahead, ms [default: 1500]
+    /// tilewarm policy: look-ahead, ms (0 = off) [default: 0]
     #[arg(long, value_name = "MS")]
     tw_lookahead_ms: Option<u64>,
     /// tilewarm policy: velocity history, ms [default: 1000]

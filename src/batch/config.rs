@@ -26,11 +26,13 @@ pub struct BatchConfig {
     pub breaker_max_cooldown_ms: u64,
     /// Seed of the jitter generator (deterministic for tests and the simulator).
     pub seed: u64,
-    /// Ask for a coarser tile instead of its data tiles when all of them are queued:
-    /// up to this many zoom levels up (default 2: one zoom-12 tile for 16 zoom-14 tiles;
-    /// 0 = off). Cuts requests when a zoomed-out view misses hundreds of tiles. The
-    /// protocol answers a coarse tile with all its items; the server's `min_zoom` must
-    /// allow `tile_zoom - coalesce_levels`.
+    /// Ask for a coarser tile instead of its data tiles when enough of them are queued
+    /// (`coalesce_min_share`): up to this many zoom levels up (default 3: one zoom-11 tile
+    /// for up to 64 zoom-14 tiles; 0 = off). Cuts requests when a zoomed-out view misses
+    /// hundreds of tiles. The protocol answers a coarse tile with all its items; the
+    /// server must accept `tile_zoom - coalesce_levels` (a tilewarm server's default
+    /// `--split-levels 3` answers it through its cache) and a request of `max_tiles` such
+    /// tiles (`--max-data-tiles`, 1024 by default: 16 tiles of 8x8).
     pub coalesce_levels: u8,
     /// A coarse tile is asked for when at least this share (percent) of its data tiles
     /// are queued (default 50: half of them; 1..=100, 100 = all). Below 100 the coarse
@@ -57,7 +59,7 @@ impl Default for BatchConfig {
             breaker_cooldown_ms: 5000,
             breaker_max_cooldown_ms: 60_000,
             seed: 0x5eed_7113_3a3d_0001,
-            coalesce_levels: 2,
+            coalesce_levels: 3,
             coalesce_min_share: 50,
         }
     }

@@ -16,6 +16,7 @@
 //! below check both).
 
 use crate::client::ClientConfig;
+use crate::planner::DEFAULT_ALIGN_LEVELS;
 use crate::util::HashMap;
 
 /// The range of a number: `lo..=hi` (whole numbers), an integer or not, and how the allowed
@@ -279,7 +280,11 @@ pub(crate) const OPTIONS: [Opt; 32] = [
         int(0.0, 60_000.0),
         |c| c.planner.lookahead_ms as f64,
         |c, v| c.planner.lookahead_ms = v as u64,
-        "How far ahead motion is extrapolated, in ms: {allowed} (0 = off).",
+        "How far ahead motion is extrapolated, in ms: {allowed} (0 = off, e.g. 1500 on). \
+         Off by default: the view's neighbourhood (`prefetch.viewRing`) already holds where \
+         a pan of up to a view lands, and on the simulator's traces the look-ahead cost more \
+         requests for no more complete views; turn it on where users move further between \
+         pauses.",
     ),
     number(
         "prefetch.maxTilesPerRound",
@@ -357,12 +362,13 @@ pub(crate) const OPTIONS: [Opt; 32] = [
         |c| c.batch.coalesce_levels as f64,
         |c, v| {
             c.batch.coalesce_levels = v as u8;
-            c.planner.align_levels = v as u8;
+            c.planner.align_levels = (v as u8).min(DEFAULT_ALIGN_LEVELS);
         },
         "Ask for a tile up to this many zooms coarser when its data tiles are missing \
-         (`batch.coalesceMinShare`): {allowed} (0 = off); the server must accept that zoom. \
-         Prefetch areas are widened to whole tiles of that zoom, so they go out as coarse \
-         tiles.",
+         (`batch.coalesceMinShare`): {allowed} (0 = off); the server must accept that zoom \
+         (a tilewarm server's default `--split-levels` is 3). Prefetch areas are widened to \
+         whole tiles of that zoom, or of 2 zooms up when it is coarser, so they go out as \
+         coarse tiles.",
     ),
     number(
         "batch.coalesceMinShare",
@@ -705,6 +711,9 @@ mod tests {
         let mut c = ClientConfig::default();
         set_number(&mut c, "batch.coalesceLevels", 1.0).unwrap();
         assert_eq!((c.batch.coalesce_levels, c.planner.align_levels), (1, 1));
+        // Coarser than the default alignment, the areas stay aligned to it.
+        set_number(&mut c, "batch.coalesceLevels", 4.0).unwrap();
+        assert_eq!((c.batch.coalesce_levels, c.planner.align_levels), (4, 2));
         let e = set_number(&mut c, "batch.maxTiles", 1.5).unwrap_err();
         assert_eq!(
             e.to_string(),

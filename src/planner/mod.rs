@@ -7,7 +7,8 @@
 //!   nearest the centre first;
 //! - **refresh** work: visible tiles shown stale (within the stale-while-revalidate window);
 //! - **prefetch** tiles, best first, within a per-round budget: the ring of width `ring`
-//!   around the visible tiles (the production scheme this project starts from) plus a
+//!   around the visible tiles (the production scheme this project starts from), the view's
+//!   neighbourhood (`view_ring`), and, when `lookahead_ms` is set (off by default), a
 //!   motion-aware look-ahead: the area the viewport sweeps over the next `lookahead_ms` at
 //!   its current pan velocity, the wider view a zoom-out is heading to, and the first view
 //!   at `min_zoom` when zooming in from below it; and, for a view just below `min_zoom` that
@@ -34,6 +35,12 @@ use crate::tile::{
 
 mod areas;
 use areas::{Area, Marks};
+
+/// The default of [`PlannerConfig::align_levels`], and the coarsest alignment
+/// `batch.coalesceLevels` sets: blocks of 4x4 data tiles. Aligned to 8x8 blocks as well
+/// (with the default coalescing 3 levels up), the simulator's tuning half completed fewer
+/// views for the same requests (docs/BENCHMARKS.md, issue 17).
+pub const DEFAULT_ALIGN_LEVELS: u8 = 2;
 
 /// A map viewport: the visible box and the map's fractional zoom.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,7 +89,7 @@ pub enum PlannerError {
 }
 
 /// Planner settings. Defaults follow the production scheme (ring 1 at data zoom 14) plus
-/// motion-aware look-ahead.
+/// the view's neighbourhood (`view_ring` 1); the motion-aware look-ahead is opt-in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannerConfig {
     /// Zoom of the data tiles (default 14).
@@ -91,8 +98,12 @@ pub struct PlannerConfig {
     pub min_zoom: f64,
     /// Width of the neighbour ring around the visible tiles (default 1; 0 = none).
     pub ring: u32,
-    /// Look-ahead: how far ahead in time to extrapolate pan and zoom (default 1500 ms;
-    /// 0 turns motion-aware prefetch off).
+    /// Look-ahead: how far ahead in time to extrapolate pan and zoom (default 0: off; for
+    /// example 1500). The view neighbourhood (`view_ring`) already holds where a drag or
+    /// fling of up to a view lands: on every trace of the simulator (real users and
+    /// synthetic drags with flings), turning the look-ahead on completed no more views and
+    /// cost 20-30% more requests (docs/BENCHMARKS.md, issue 17). Turn it on for maps whose
+    /// users move further than a view between pauses.
     pub lookahead_ms: u64,
     /// How much history the velocity estimate looks at (default 1000 ms).
     pub history_ms: u64,
@@ -117,7 +128,8 @@ pub struct PlannerConfig {
     pub keep_views: f64,
     /// The prefetch areas (the `view_ring` neighbourhood, the pan look-ahead and the zoom-out
     /// view) are widened to whole tiles this many zooms coarser than the data zoom (default
-    /// 2, as `batch.coalesce_levels`; 0 = off): each block of `4^align_levels` data tiles is
+    /// [`DEFAULT_ALIGN_LEVELS`], 2; `batch.coalesceLevels` sets it too, at most to 2; 0 =
+    /// off): each block of `4^align_levels` data tiles is
     /// then wanted whole or not at all, so the batcher can ask for it as one coarse tile.
     /// Unaligned, the areas' edges cut through blocks and each cut block costs up to 16
     /// request tiles instead of one.
@@ -145,7 +157,7 @@ impl Default for PlannerConfig {
             tile_zoom: 14,
             min_zoom: 12.0,
             ring: 1,
-            lookahead_ms: 1500,
+            lookahead_ms: 0,
             history_ms: 1000,
             view_ring: 1.0,
             max_tiles_per_round: 32,
@@ -153,7 +165,7 @@ impl Default for PlannerConfig {
             max_visible_tiles: 1024,
             max_lead_viewports: 2.0,
             keep_views: 3.0,
-            align_levels: 2,
+            align_levels: DEFAULT_ALIGN_LEVELS,
             warm_below_min_zoom: 0.0,
         }
     }
@@ -1179,9 +1191,18 @@ mod tests {
         );
     }
 
+    /// The defaults with the motion look-ahead on (off by default), as a page that
+    /// sets `prefetch.lookaheadMs: 1500`.
+    fn with_motion() -> PlannerConfig {
+        PlannerConfig {
+            lookahead_ms: 1500,
+            ..PlannerConfig::default()
+        }
+    }
+
     #[test]
     fn motion_puts_tiles_ahead_first() {
-        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        let mut p = Planner::new(with_motion()).unwrap();
         // Pan east at 2 tiles per second.
         for i in 0..5u64 {
             let x = 1000.5 + i as f64 * 0.5;
@@ -1213,7 +1234,7 @@ mod tests {
         let cfg = PlannerConfig {
             ring: 0,
             view_ring: 0.0,
-            ..PlannerConfig::default()
+            ..with_motion()
         };
         let mut p = Planner::new(cfg.clone()).unwrap();
         cold(&mut p, &vp_at(1000.5, 1000.5, 2.0, 2.0, 15.0), 0);
@@ -1239,7 +1260,7 @@ mod tests {
 
     #[test]
     fn antimeridian_motion_is_continuous() {
-        let mut p = Planner::new(PlannerConfig::default()).unwrap();
+        let mut p = Planner::new(with_motion()).unwrap();
         let n = 16384.0;
         cold(&mut p, &vp_at(n - 1.0, 1000.5, 2.0, 2.0, 14.0), 0);
         let plan = cold(&mut p, &vp_at(0.5, 1000.5, 2.0, 2.0, 14.0), 500);

@@ -65,7 +65,7 @@ pub const MAX_WARM_EPOCHS: usize = 256;
 /// Most (tier, data tile) pairs whose last fill's time is remembered (module docs); a tile
 /// whose time is forgotten gives no shared-cache entry (a write lost, never a wrong date).
 /// Far more than one answer names with the default [`super::ProxyConfig::max_data_tiles`]
-/// (256), and the shell asks for the entries right after the answer.
+/// (1024), and the shell asks for the entries right after the answer.
 pub const MAX_FETCHED: usize = 4096;
 
 /// The proxy's record of applied changes.

@@ -83,7 +83,8 @@ pub struct ProxyConfig {
     /// hits.
     pub cache: CacheConfig,
     /// How many zoom levels coarser than the data zoom a requested tile may be and still be
-    /// cached (split onto its data tiles). Default 2; at most [`crate::cache::MAX_SPLIT_LEVELS`].
+    /// cached (split onto its data tiles). Default 3, as the server's `--split-levels` (the
+    /// package coalesces up to 3 levels); at most [`crate::cache::MAX_SPLIT_LEVELS`].
     pub split_levels: u8,
     /// Ring of neighbour data tiles warmed after each request; 0 turns warming off.
     /// Default 1; at most 4. A tile warmed and still not fresh is warmed again only after
@@ -115,7 +116,7 @@ pub struct ProxyConfig {
     pub warm_timeout_ms: u64,
     /// Most data tiles one request may cover once its coarse tiles are split; past it
     /// [`Proxy::begin`] refuses it with `400 bad_request` before the cache is read or the
-    /// origin asked. Default [`policy::DEFAULT_MAX_DATA_TILES`] (256), as the server's
+    /// origin asked. Default [`policy::DEFAULT_MAX_DATA_TILES`] (1024), as the server's
     /// `--max-data-tiles`; at least 1.
     pub max_data_tiles: usize,
     /// Limits for decoding origin answers (and for the requests the shell decodes).
@@ -147,7 +148,7 @@ impl Default for ProxyConfig {
                 max_bytes: 16 * 1024 * 1024,
                 ..CacheConfig::default()
             },
-            split_levels: 2,
+            split_levels: 3,
             warm_ring: 1,
             max_warm_tiles: 16,
             warm_timeout_ms: DEFAULT_WARM_TIMEOUT_MS,

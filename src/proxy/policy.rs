@@ -59,10 +59,9 @@ pub struct Rules {
     pub max_data_tiles: usize,
 }
 
-/// The default of [`Rules::max_data_tiles`]: 256, the package's default request (16 tiles,
-/// prefetch coalesced 2 levels, so 16 data tiles each). 64 tiles of 4x4 (the protocol's
-/// tile limit) would be 1024 data tiles, four times that.
-pub const DEFAULT_MAX_DATA_TILES: usize = 256;
+/// The default of [`Rules::max_data_tiles`]: 1024, the package's default request (16 tiles,
+/// coalesced up to 3 levels, so up to 64 data tiles each).
+pub const DEFAULT_MAX_DATA_TILES: usize = 1024;
 
 /// A request that covers too many data tiles ([`Rules::max_data_tiles`]); its message
 /// names the count, the cap and what to do.
@@ -944,11 +943,15 @@ mod tests {
 
     #[test]
     fn a_plan_past_max_data_tiles_is_refused_before_routing_the_rest() {
-        // 17 z12 tiles, 16 data tiles each: 272 > 256.
+        // 17 z12 tiles, 16 data tiles each: 272 > 256 (a cap set below the default).
         let tiles: Vec<TileId> = (0..17)
             .map(|x| tile(&format!("12/{}/1430", 650 + x)))
             .collect();
-        let r = rules(CoarseMiss::FetchDataTiles);
+        let capped = |coarse_miss| Rules {
+            max_data_tiles: 256,
+            ..rules(coarse_miss)
+        };
+        let r = capped(CoarseMiss::FetchDataTiles);
         let err = Plan::new(&tiles, r).unwrap_err();
         assert_eq!((err.at_least, err.max), (272, 256));
         assert!(err.to_string().contains("at most 256 are allowed"));
@@ -959,6 +962,17 @@ mod tests {
         overlapping.push(tile("13/1300/2860"));
         assert!(Plan::new(&overlapping, r).is_ok());
         // The edge's rules refuse the same request.
-        assert!(Plan::new(&tiles, rules(CoarseMiss::ForwardTile)).is_err());
+        assert!(Plan::new(&tiles, capped(CoarseMiss::ForwardTile)).is_err());
+        // The default cap takes 16 tiles of 8x8 (`batch.coalesceLevels` 3), not one more.
+        let z11: Vec<TileId> = (0..17)
+            .map(|x| tile(&format!("11/{}/715", 320 + x)))
+            .collect();
+        let r = Rules {
+            split_levels: 3,
+            ..rules(CoarseMiss::FetchDataTiles)
+        };
+        assert_eq!(Plan::new(&z11[..16], r).unwrap().data_tiles().len(), 1024);
+        let err = Plan::new(&z11, r).unwrap_err();
+        assert_eq!((err.at_least, err.max), (1088, DEFAULT_MAX_DATA_TILES));
     }
 }

@@ -232,8 +232,8 @@ fn coarse_tiles_split_onto_data_tiles_and_far_ones_pass_through() {
         assert_eq!((fwd, a.verdict), (None, Verdict::Hit), "{t}");
         assert_eq!(shape(&body), shape(&o.answer(&r, None)), "{t}");
     }
-    // Three levels coarser: always forwarded.
-    let far = req(&["11/328/715"], &[], Access::Registered);
+    // Four levels coarser (past the default `split_levels`, 3): always forwarded.
+    let far = req(&["10/164/357"], &[], Access::Registered);
     for _ in 0..2 {
         let (fwd, a, body) = run(&mut p, &o, far.clone(), 5);
         assert_eq!((fwd.unwrap(), a.verdict), (far.clone(), Verdict::Miss));
@@ -245,9 +245,9 @@ fn coarse_tiles_split_onto_data_tiles_and_far_ones_pass_through() {
 fn items_only_a_direct_tile_lists_are_answered_not_cached() {
     let o = origin();
     let mut p = Proxy::new(no_warm()).unwrap();
-    // Three levels coarser than the data zoom: forwarded, and by the policy's write-back
+    // Four levels coarser than the data zoom: forwarded, and by the policy's write-back
     // rule neither its list nor its items are stored.
-    let far = req(&["11/328/715"], &[], Access::Public);
+    let far = req(&["10/164/357"], &[], Access::Public);
     let (_, _, body) = run(&mut p, &o, far, 0);
     let id = "2624-5721-public";
     assert!(body.items.iter().any(|i| i.id == id));

@@ -150,7 +150,8 @@ pub struct PrefetchOptions {
     /// The neighbourhood of the view, in view sizes (0 = none). With `ring` and
     /// `lookaheadMs` 0 too, nothing is prefetched.
     pub view_ring: Option<f64>,
-    /// How far ahead of the motion the planner looks, in ms.
+    /// How far ahead of the motion the planner looks, in ms (0..=60000, default 0: off;
+    /// e.g. 1500 where users move further than a view between pauses).
     pub lookahead_ms: Option<u64>,
     /// Most tiles prefetched per viewport change, at least (core default 32).
     pub max_tiles_per_round: Option<usize>,
@@ -173,8 +174,9 @@ pub struct BatchOptions {
     pub timeout_ms: Option<u64>,
     pub retries: Option<u32>,
     /// Ask for a tile up to this many zooms coarser when enough of its data tiles are
-    /// missing (`coalesceMinShare`); prefetch areas widen to whole tiles of that zoom
-    /// (0..=4, default 2; 0 = off). The server must accept that zoom.
+    /// missing (`coalesceMinShare`); prefetch areas widen to whole tiles of that zoom, or
+    /// of 2 zooms up when it is coarser (0..=4, default 3; 0 = off). The server must
+    /// accept that zoom (a tilewarm server's default `--split-levels` is 3).
     pub coalesce_levels: Option<u32>,
     /// Percent of a coarse tile's data tiles that must be queued for it to be asked for
     /// (1..=100, default 50).
@@ -596,7 +598,7 @@ mod tests {
             core.planner.budget_per_visible
         );
         assert_eq!(d.planner.warm_below_min_zoom, 0.0);
-        assert_eq!((d.batch.coalesce_levels, d.planner.align_levels), (2, 2));
+        assert_eq!((d.batch.coalesce_levels, d.planner.align_levels), (3, 2));
         assert_eq!(d.batch.coalesce_min_share, 50);
         let o = from_json(
             r#"{"endpoint":"http://h/",

@@ -171,8 +171,9 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
       });
       await settle();
       const fg0 = d.foregroundRequests();
-      // Four data tiles: past the coarse tiles (a block of 4 x 4 data tiles) the view's
-      // requests may have asked for instead of its data tiles (batch.coalesceMinShare).
+      // Eight data tiles: past the coarse tiles (a block of up to 8 x 8 data tiles) the
+      // view's requests may have asked for instead of its data tiles
+      // (batch.coalesceMinShare).
       // Whether the view the pan gave the cache was complete, read from the adapter's
       // own setViewport call (two frames later an answer may have landed already).
       let complete;
@@ -181,7 +182,7 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
         complete ??= out.complete;
         return out;
       };
-      d.map.panBy([4 * d.dataTilePx(), 0], { animate: false });
+      d.map.panBy([8 * d.dataTilePx(), 0], { animate: false });
       while (complete === undefined) await new Promise((ok) => requestAnimationFrame(ok));
       delete d.cache.setViewport;
       await d.cache.whenComplete();

@@ -311,8 +311,11 @@ fn overdue_and_needed_filter() {
 
 #[test]
 fn a_zoomed_out_miss_goes_out_as_few_coarse_tiles() {
+    // Two levels up at most (the default, 3, would take two of these zoom-12 tiles as
+    // their zoom-11 parent; the test after this one covers that).
     let mut b = Batcher::new(BatchConfig {
         max_tiles: 2,
+        coalesce_levels: 2,
         ..BatchConfig::default()
     })
     .unwrap();
@@ -357,6 +360,38 @@ fn config_errors_name_the_field() {
         e.to_string(),
         "batch config max_in_flight must be in 1..=64, got 0"
     );
+}
+
+#[test]
+fn by_default_a_zoomed_out_miss_goes_out_as_zoom_11_tiles() {
+    // The defaults coalesce 3 levels up: a zoom-11 tile for its 64 data tiles, and a
+    // request of 16 such tiles (1024 data tiles, the server's default `--max-data-tiles`).
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    let parent = TileId::new(11, 328, 715).unwrap();
+    b.set_foreground(
+        parent
+            .descendants(14)
+            .unwrap()
+            .into_iter()
+            .map(Work::Tile)
+            .collect(),
+    );
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, vec![parent]);
+    let wide: Vec<Work> = (0..17)
+        .flat_map(|x| {
+            TileId::new(11, 320 + x, 715)
+                .unwrap()
+                .descendants(14)
+                .unwrap()
+        })
+        .map(Work::Tile)
+        .collect();
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_foreground(wide);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles.len(), 16);
+    assert!(r.request.tiles.iter().all(|t| t.z() == 11));
 }
 
 #[test]
