@@ -181,7 +181,7 @@ async fn a_batch_counting_a_coarse_tiles_items_at_the_origin_gives_its_slot_back
     let (s, first, tile) = one_batch_waiting_for_the_origin(|c| c).await;
     drop(first);
     let o = origin(42, 5_000);
-    let coarse = densest(&o).ancestor(11).unwrap();
+    let coarse = densest(&o).ancestor(10).unwrap();
     let (url, body) = (
         format!("{}/v1/batch", s.url()),
         request(&[coarse], &[], Access::Public),

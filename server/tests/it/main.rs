@@ -1184,7 +1184,7 @@ async fn counting_and_fetching_share_one_origin_timeout() {
     })
     .await;
     let http = Http::new();
-    let coarse = d.ancestor(11).unwrap();
+    let coarse = d.ancestor(10).unwrap(); // past --split-levels (3): direct
     let msg = http
         .batch(&s, &request(&[coarse], &[], Access::Public))
         .await

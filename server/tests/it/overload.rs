@@ -36,16 +36,16 @@ async fn a_request_past_max_data_tiles_is_a_400_before_the_tier_or_the_origin() 
     })
     .await;
     let d = occupied(1)[0];
-    let z12 = d.ancestor(12).unwrap();
-    // 17 z12 tiles of 4x4 data tiles: 272 > 256, every one within --split-levels.
+    let z11 = d.ancestor(11).unwrap();
+    // 17 z11 tiles of 8x8 data tiles: 1088 > 1024, every one within --split-levels.
     let tiles: Vec<TileId> = (0..17)
-        .map(|i| TileId::new(12, z12.x() + i, z12.y()).unwrap())
+        .map(|i| TileId::new(11, z11.x() + i, z11.y()).unwrap())
         .collect();
     let r = Http::new()
         .batch(&s, &request(&tiles, &[], Access::Public))
         .await;
     let m = r.error(400, "bad_request");
-    assert!(m.contains("at most 256 are allowed"), "{m}");
+    assert!(m.contains("at most 1024 are allowed"), "{m}");
     let metrics = &s.app.metrics;
     assert_eq!(metrics.origin_calls(), 0);
     assert_eq!(
@@ -53,7 +53,7 @@ async fn a_request_past_max_data_tiles_is_a_400_before_the_tier_or_the_origin() 
         0,
         "the tier was read"
     );
-    // 16 of them (256 data tiles) are answered.
+    // 16 of them (1024 data tiles, the package's largest default request) are answered.
     Http::new()
         .ok(&s, &request(&tiles[..16], &[], Access::Public))
         .await;

@@ -344,8 +344,8 @@ fn coarse_and_direct_tiles_never_answer_or_cache_above_the_callers_tier() {
                     .unwrap();
                 let coalesced = world.corner.parent().unwrap();
                 let direct = [
-                    world.corner.ancestor(11).unwrap(),
                     world.corner.ancestor(10).unwrap(),
+                    world.corner.ancestor(9).unwrap(),
                 ];
                 let claimed = BatchRequest {
                     tiles: vec![coalesced, direct[0], direct[1]],
