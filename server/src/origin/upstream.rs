@@ -2,7 +2,8 @@
 //! speaks `docs/openapi.yaml` — an existing service, or a second tilewarm-server — so tiers
 //! can be chained (edge → this server with its cache tier → upstream).
 //!
-//! The server's misses go upstream as one `POST` at the tier the server asks at (`agent`; a
+//! The server's misses go upstream as one `POST` (one per 64 tiles, the protocol's
+//! `max_tiles`, joined into one answer) at the tier the server asks at (`agent`; a
 //! tile the upstream leaves out as `payload_too_large` there is asked again at the tier of a
 //! caller below it, `crate::batch`, and the upstream counts it at that tier),
 //! with `Authorization: Bearer <token>` when a token is configured (`--origin-token-file`,
@@ -212,9 +213,39 @@ impl UpstreamOrigin {
         })
     }
 
+    /// The decoded answer to `request`, and the `error` member of a partial answer
+    /// ([`partial_error`]): one call, or, for more tiles than one request may carry (the
+    /// protocol's `max_tiles`, 64: a tilewarm upstream refuses more with a 400), one call
+    /// per 64 tiles at once (the ids go with the first), their answers joined
+    /// ([`join_parts`]). The misses of a caller's coarse tiles are asked as their data
+    /// tiles (`CoarseMiss::FetchDataTiles`): up to `--max-data-tiles` of them.
+    async fn answer_partial(
+        &self,
+        request: &BatchRequest,
+    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
+        let max = self.limits.max_tiles.max(1);
+        if request.tiles.len() <= max {
+            return self.answer_call(request).await;
+        }
+        let parts: Vec<BatchRequest> = (request.tiles.chunks(max).enumerate())
+            .map(|(i, tiles)| BatchRequest {
+                tiles: tiles.to_vec(),
+                ids: if i == 0 {
+                    request.ids.clone()
+                } else {
+                    Vec::new()
+                },
+                access: request.access,
+            })
+            .collect();
+        let answers =
+            futures_util::future::join_all(parts.iter().map(|p| self.answer_call(p))).await;
+        join_parts(answers, request.access)
+    }
+
     /// One call: the decoded answer, and the `error` member of a partial answer
     /// ([`partial_error`]).
-    async fn answer_partial(
+    async fn answer_call(
         &self,
         request: &BatchRequest,
     ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
@@ -365,6 +396,53 @@ impl UpstreamOrigin {
     }
 }
 
+/// The answers to the parts of one request ([`UpstreamOrigin::answer_partial`]) as one: the
+/// first failure fails it, as one call's would; lists and `missing` are joined, each item
+/// kept once, and the parts' `error`s are one with every tile and id they name. Its code is
+/// `response_full` when any part's is (its tiles are asked again at once, so no tile is
+/// given up for another part's reason), else the first part's. The tier reported is one
+/// that is not `asked` if any part reports one (so that the caller's check of the tier
+/// fails as it would for that part alone), else the first part's.
+fn join_parts(
+    answers: Vec<Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure>>,
+    asked: tilewarm::access::Access,
+) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
+    let mut out = BatchResponse::<RawData>::default();
+    let mut have = std::collections::HashSet::new();
+    let mut partial: Option<Unanswered> = None;
+    for answer in answers {
+        let (r, p) = answer?;
+        out.access = match (out.access, r.access) {
+            (Some(a), _) if a != asked => Some(a),
+            (_, Some(b)) if b != asked => Some(b),
+            (a, b) => a.or(b),
+        };
+        out.left_out = out.left_out.or(r.left_out);
+        out.tiles.extend(r.tiles);
+        out.missing.extend(r.missing);
+        for it in r.items {
+            if have.insert(it.id.clone()) {
+                out.items.push(it);
+            }
+        }
+        partial = match (partial, p) {
+            (Some(mut first), Some(then)) => {
+                if then.code == ErrorCode::ResponseFull && first.code != ErrorCode::ResponseFull {
+                    (first.code, first.message) = (then.code, then.message);
+                }
+                first.tiles.extend(then.tiles);
+                first.ids.extend(then.ids);
+                Some(first)
+            }
+            (a, b) => a.or(b),
+        };
+    }
+    if let Some(p) = &partial {
+        out.left_out = Some(p.code);
+    }
+    Ok((out, partial))
+}
+
 /// The `error` member of an upstream's partial answer (a `200` that leaves requested tiles
 /// or ids out and says why, [`Unanswered`]; a tilewarm-server sends one for a data tile over
 /// its `--max-tile-items` or an item over its `--max-item-data-bytes`): its code and
@@ -509,6 +587,100 @@ impl OriginBackend for UpstreamOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tilewarm::access::Access;
+
+    #[test]
+    fn parts_are_joined_into_one_answer() {
+        let tile = |x| TileId::new(14, x, 100).unwrap();
+        let list = |x: u32, ids: &[&str]| tilewarm::protocol::TileList {
+            tile: tile(x),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ttl: None,
+        };
+        let item = |id: &str| tilewarm::protocol::Item {
+            id: id.into(),
+            lon: 0.0,
+            lat: 0.0,
+            class: "active".into(),
+            access: Access::Public,
+            ttl: None,
+            data: serde_json::value::to_raw_value(&1).unwrap(),
+        };
+        let part = |lists, items, missing: &[&str], access| BatchResponse::<RawData> {
+            access,
+            tiles: lists,
+            items,
+            missing: missing.iter().map(|s| s.to_string()).collect(),
+            left_out: None,
+        };
+        let left = |code, x| Unanswered {
+            code,
+            message: format!("{code:?}"),
+            tiles: vec![tile(x)],
+            ids: Vec::new(),
+        };
+        let a = part(
+            vec![list(1, &["a", "b"])],
+            vec![item("a"), item("b")],
+            &["gone"],
+            Some(Access::Agent),
+        );
+        let b = part(
+            vec![list(3, &["b", "c"])],
+            vec![item("b"), item("c")],
+            &[],
+            Some(Access::Agent),
+        );
+        let (r, p) = join_parts(
+            vec![
+                Ok((a.clone(), Some(left(ErrorCode::PayloadTooLarge, 2)))),
+                Ok((b.clone(), Some(left(ErrorCode::ResponseFull, 4)))),
+            ],
+            Access::Agent,
+        )
+        .unwrap();
+        assert_eq!(
+            r.tiles.iter().map(|l| l.tile).collect::<Vec<_>>(),
+            [tile(1), tile(3)]
+        );
+        let ids: Vec<&str> = r.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"], "each item once");
+        assert_eq!(
+            (r.missing, r.access),
+            (vec!["gone".to_string()], Some(Access::Agent))
+        );
+        // No tile is given up for another part's reason: asked again at once.
+        let p = p.unwrap();
+        assert_eq!(
+            (p.code, p.tiles),
+            (ErrorCode::ResponseFull, vec![tile(2), tile(4)])
+        );
+        assert_eq!(r.left_out, Some(ErrorCode::ResponseFull));
+        // A part reporting another tier than asked is not hidden by the others.
+        let lower = part(Vec::new(), Vec::new(), &[], Some(Access::Public));
+        let (r, _) = join_parts(
+            vec![
+                Ok((a.clone(), None)),
+                Ok((lower, None)),
+                Ok((b.clone(), None)),
+            ],
+            Access::Agent,
+        )
+        .unwrap();
+        assert_eq!(r.access, Some(Access::Public));
+        assert!(r.check_tier(Access::Agent).is_err());
+        // One part failing fails the whole, as one call's failure would.
+        let failed = join_parts(
+            vec![
+                Ok((a, None)),
+                Err(OriginFailure::Failed(
+                    "the upstream could not be reached".into(),
+                )),
+            ],
+            Access::Agent,
+        );
+        assert!(failed.is_err());
+    }
 
     #[test]
     fn tokens_are_checked_without_being_echoed() {

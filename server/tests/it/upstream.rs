@@ -220,14 +220,14 @@ fn left_out_full(
     )
 }
 
-/// Two neighbouring coarse tiles (zoom 11) of 110 public items of 40 kB each (about 4.4 MB
+/// Two neighbouring coarse tiles (zoom 10: direct, past `--split-levels` 3) of 110 public items of 40 kB each (about 4.4 MB
 /// a tile: one fits an answer, not both), and a data tile (zoom 14) far from them.
 fn two_coarse_tiles() -> (
     [tilewarm::TileId; 2],
     tilewarm::TileId,
     Vec<tilewarm::protocol::Item<RawData>>,
 ) {
-    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 11).unwrap();
+    let d1 = tilewarm::TileId::from_lon_lat(-122.33, 47.6, 10).unwrap();
     let d2 = d1.offset(1, 0).unwrap();
     let far = tilewarm::TileId::from_lon_lat(-100.0, 40.0, 14).unwrap();
     let mut items = Vec::new();
@@ -456,8 +456,8 @@ async fn a_coarse_tile_reads_the_tier_in_its_slot_and_waits_for_the_origin_in_on
     })
     .await;
     let t = densest(&stub.origin);
-    // Three levels above the data zoom: more than --split-levels (2), so direct.
-    let coarse = t.ancestor(t.z() - 3).unwrap();
+    // Four levels above the data zoom: more than --split-levels (3), so direct.
+    let coarse = t.ancestor(t.z() - 4).unwrap();
     let body = request(&[coarse, t], &[], Access::Public);
     assert_eq!(s.app.sheds.batch.reported_holds(), 0);
     let got = http.ok(&s, &body).await;
@@ -472,6 +472,27 @@ async fn a_coarse_tile_reads_the_tier_in_its_slot_and_waits_for_the_origin_in_on
         "the tier read was done in the slot"
     );
     assert_eq!(s.app.origin_waits.waiting(), 0);
+    s.shutdown().await;
+}
+
+/// A caller's coarse tiles whose data tiles miss go upstream as those data tiles (up to
+/// `--max-data-tiles`, 1024): more than one request may carry (64), so in parts, one call
+/// per 64 tiles, answered as one. In one call a tilewarm upstream refused them (400: too
+/// many tiles; the stub cannot decode them), and with the package's default requests any
+/// two zoom-11 tiles did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_of_more_data_tiles_than_one_call_may_carry_go_upstream_in_parts() {
+    let (stub, url) = stub(42, 5_000).await;
+    let s = server(upstream_config(&url)).await;
+    let z11 = densest(&stub.origin).ancestor(11).unwrap();
+    let body = request(&[z11, z11.offset(1, 0).unwrap()], &[], Access::Public);
+    let got = Http::new().ok(&s, &body).await;
+    let want = stub.origin.answer(
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(stub.calls.load(Relaxed), 2, "128 data tiles, 64 a call");
     s.shutdown().await;
 }
 
@@ -634,7 +655,7 @@ async fn items_listed_under_a_tile_they_do_not_lie_in_are_dropped_before_the_cac
 async fn an_upstreams_refusal_at_the_top_tier_tells_a_lower_caller_nothing_of_it() {
     let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
     let t = densest(&o);
-    let coarse = t.ancestor(11).unwrap();
+    let coarse = t.ancestor(10).unwrap(); // past --split-levels (3): direct
     let public = o.count_in(coarse, Access::Public);
     let agent = o.count_in(coarse, Access::Agent);
     assert!(agent > public, "{agent} > {public}");
