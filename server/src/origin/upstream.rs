@@ -403,10 +403,7 @@ impl UpstreamOrigin {
 /// given up for another part's reason), else the first part's. The tier reported is one
 /// that is not `asked` if any part reports one (so that the caller's check of the tier
 /// fails as it would for that part alone), else the first part's.
-fn join_parts(
-    answers: Vec<Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure>>,
-    asked: tilewarm::access::Access,
-) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
+fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial {
     let mut out = BatchResponse::<RawData>::default();
     let mut have = std::collections::HashSet::new();
     let mut partial: Option<Unanswered> = None;
@@ -442,6 +439,10 @@ fn join_parts(
     }
     Ok((out, partial))
 }
+
+/// One upstream call's outcome: the decoded answer and the `error` member of a partial
+/// answer, or the failure.
+type Partial = Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure>;
 
 /// The `error` member of an upstream's partial answer (a `200` that leaves requested tiles
 /// or ids out and says why, [`Unanswered`]; a tilewarm-server sends one for a data tile over
