@@ -1,5 +1,6 @@
-//! tilewarm: a tile-aware LRU cache with per-class TTLs, a motion-aware prefetch planner
-//! and a batch fetcher for map pages — as a sans-IO core shared by the browser package,
+//! tilewarm: a tile-aware LRU cache with per-class TTLs, a prefetch planner (the view's
+//! neighbourhood, and a motion look-ahead as an option) and a batch fetcher for map pages —
+//! as a sans-IO core shared by the browser package,
 //! the edge worker, the server and the simulator.
 //!
 //! The core takes time as `now_ms` and hands requests out as values; it does no I/O.

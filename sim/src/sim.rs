@@ -63,7 +63,7 @@ pub enum Policy {
     Lru,
     /// The core client with the neighbour ring only (the production scheme).
     Ring1,
-    /// The core client with its default motion-aware planner (or the `--tw-*` overrides).
+    /// The core client with its default planner (or the `--tw-*` overrides).
     Tilewarm,
     /// The core cache and batcher, prefetching exactly the next viewport's tiles.
     Oracle,

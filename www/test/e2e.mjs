@@ -187,7 +187,7 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
       delete d.cache.setViewport;
       await d.cache.whenComplete();
       const fg1 = d.foregroundRequests();
-      await d.setPrefetch({ ring: 1, lookahead: true, views: true });
+      await d.setPrefetch({ ring: 1, lookahead: false, views: true });
       await d.cache.whenComplete();
       return { fg0, fg1, complete };
     });
