@@ -492,13 +492,18 @@ export class TileCache {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `all must be a boolean, got ${show(what.all)}`);
     }
     const plan = !this.#hiddenAtRest();
-    // A tile held as too large may have changed: the next whenComplete() waits for it.
-    this.#refused.clear();
     let out;
     try {
       out = this.#engine.invalidate(ids, tiles, classes, what.all === true, this.#now(), plan);
     } catch (e) {
       throw thrown(e, () => tiles);
+    }
+    // A tile held as too large that this may have changed (the engine's rule: its tile, one
+    // it is in or in it, a class, all; not ids) is no longer held: the next whenComplete()
+    // waits for it. Another stays held, and refused.
+    const at = (t) => t.split('/').map(Number);
+    for (const t of this.#refused.keys()) {
+      if (classes.length || what.all || tiles.some((i) => covers(at(i), at(t)))) this.#refused.delete(t);
     }
     this.#run(out, 1, 1, plan);
     this.#refresh(plan);

@@ -956,6 +956,47 @@ test('a visible tile refused as too large on its own is held: not asked again, m
   }
 });
 
+test('an invalidation that does not reach a tile held as too large (ids, another tile) keeps whenComplete() rejecting at once with its 413', async () => {
+  // The engine ends the hold only for an invalidation covering the tile (its tile, one it is
+  // in or in it, a class, all), not for ids (a held tile's items are not cached) nor another
+  // tile. Before, any invalidation forgot the 413: a whenComplete() after it waited for the
+  // hold (a tile TTL, 300 s here).
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
+  const v = viewOf(SX, SY, 2, 1);
+  const big = `14/${SX}/${SY}`;
+  backend.hostile = (res, answer) => {
+    const out = answer.tiles.some((l) => l.tile === big);
+    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    answer.items = answer.items.filter((it) => keep.has(it.id));
+    if (out) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+  const now = () => Promise.race([cache.whenComplete().then(() => 'resolved', (e) => e), new Promise((r) => setTimeout(r, 0, 'waiting'))]);
+  try {
+    cache.setViewport(v);
+    const first = await cache.whenComplete().then(() => null, (e) => e);
+    assert.equal(first?.status, 413);
+    const sent = backend.requests.length;
+    cache.invalidate({ ids: ['nobody'] });
+    assert.equal(await now(), first, 'after an invalidation of ids');
+    cache.invalidate({ tiles: [`14/${SX + 9}/${SY + 9}`] });
+    assert.equal(await now(), first, 'after an invalidation of another tile');
+    assert.equal(backend.requests.length, sent, 'still held: not asked again');
+    assert.deepEqual(cache.setViewport(v).missingTiles, [big]);
+    // One that covers it (its zoom-12 parent) ends the hold: asked again.
+    backend.hostile = null;
+    cache.invalidate({ tiles: [`12/${SX >> 2}/${SY >> 2}`] });
+    await cache.whenComplete();
+    assert.deepEqual(cache.setViewport(v).missingTiles, []);
+  } finally {
+    backend.hostile = null;
+    cache.dispose();
+  }
+});
+
 test('a coarse tile a partial answer leaves out as too large (payload_too_large) is asked again at once as its data tiles: the view completes, no error', async () => {
   // As tilewarm-server answers a coalesced tile whose items are over what one answer may
   // hold ("request finer tiles"), while each data tile fits. Before, the data tiles backed
