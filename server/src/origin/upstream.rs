@@ -400,7 +400,8 @@ impl UpstreamOrigin {
 /// first failure fails it, as one call's would; lists and `missing` are joined, each item
 /// kept once, and the parts' `error`s are one with every tile and id they name. Its code is
 /// `response_full` when any part's is (its tiles are asked again at once, so no tile is
-/// given up for another part's reason), else the first part's. The tier reported is one
+/// given up for another part's reason), else a failure's when any part's is (not
+/// `payload_too_large` for what shed load left out: [`rank`]), else the first part's. The tier reported is one
 /// that is not `asked` if any part reports one (so that the caller's check of the tier
 /// fails as it would for that part alone), else the first part's.
 fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial {
@@ -424,7 +425,7 @@ fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial
         }
         partial = match (partial, p) {
             (Some(mut first), Some(then)) => {
-                if then.code == ErrorCode::ResponseFull && first.code != ErrorCode::ResponseFull {
+                if rank(then.code) > rank(first.code) {
                     (first.code, first.message) = (then.code, then.message);
                 }
                 first.tiles.extend(then.tiles);
@@ -443,6 +444,20 @@ fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial
 /// One upstream call's outcome: the decoded answer and the `error` member of a partial
 /// answer, or the failure.
 type Partial = Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure>;
+
+/// Which part's `error` code the joined one takes ([`join_parts`]): `response_full` over
+/// all, then a failure (shed load, a failing origin) over `payload_too_large`, as the
+/// request path merges its calls' (`crate::batch`, `Fetched::merge_told`). Told
+/// `payload_too_large`, the tiles another part left out for shed load would be remembered
+/// as over `--max-tile-items` for a tile TTL (`crate::warmup::OverLimit`), refused with no
+/// origin call and skipped by warm-up.
+fn rank(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::ResponseFull => 2,
+        ErrorCode::PayloadTooLarge => 0,
+        _ => 1,
+    }
+}
 
 /// The `error` member of an upstream's partial answer (a `200` that leaves requested tiles
 /// or ids out and says why, [`Unanswered`]; a tilewarm-server sends one for a data tile over
@@ -681,6 +696,38 @@ mod tests {
             Access::Agent,
         );
         assert!(failed.is_err());
+    }
+
+    /// One part leaves a tile out as over the upstream's limit, another leaves tiles out for
+    /// shed load (a chained upstream's own upstream at capacity): the joined code is the
+    /// failure's, as the request path merges calls. Taken as `payload_too_large` (the first
+    /// part's), the shed tiles were remembered as over --max-tile-items for a tile TTL.
+    #[test]
+    fn a_part_shedding_load_is_not_told_as_too_large() {
+        let tile = |x| TileId::new(14, x, 100).unwrap();
+        let left = |code, x| Unanswered {
+            code,
+            message: format!("{code:?}"),
+            tiles: vec![tile(x)],
+            ids: Vec::new(),
+        };
+        let part = || BatchResponse::<RawData> {
+            access: Some(Access::Agent),
+            ..BatchResponse::default()
+        };
+        for shed in [ErrorCode::Overloaded, ErrorCode::UpstreamTimeout] {
+            for order in [[0, 1], [1, 0]] {
+                let lefts = [left(ErrorCode::PayloadTooLarge, 1), left(shed, 2)];
+                let answers = order
+                    .iter()
+                    .map(|&i| Ok((part(), Some(lefts[i].clone()))))
+                    .collect();
+                let (r, p) = join_parts(answers, Access::Agent).unwrap();
+                let p = p.unwrap();
+                assert_eq!((p.code, r.left_out), (shed, Some(shed)), "{order:?}");
+                assert_eq!(p.tiles.len(), 2);
+            }
+        }
     }
 
     #[test]
