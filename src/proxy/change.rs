@@ -11,7 +11,8 @@
 //!   one of them is answered or past its deadline (`Changes::warm_planned`), so an answer
 //!   asked before a change is never written as one asked after it.
 //! - **Missing ids.** Ids remembered as missing that the change names are forgotten (an
-//!   item invalidated may exist again).
+//!   item invalidated may exist again), and so are the holds of tiles and ids too large to
+//!   read alone that it covers (`Proxy::ask_in_part`: they may have shrunk).
 //! - **Shared-cache entries** ([`super::shared`]) cannot be listed or purged by id. So the
 //!   proxy keeps a log of recent changes with the time this isolate applied each
 //!   ([`MAX_CHANGE_LOG`]), and [`Proxy::shared_fill`] refuses an entry fetched before a
@@ -280,6 +281,7 @@ impl Proxy {
             }
             self.wire.changed(tier);
         }
+        self.release_held(inv);
         let c = &mut self.changes;
         c.epoch = c.epoch.wrapping_add(1);
         if inv.all {
@@ -310,12 +312,37 @@ impl Proxy {
             self.missing[t].clear();
             self.wire.changed(tier);
         }
+        self.held_too_large.clear();
         let c = &mut self.changes;
         c.epoch = c.epoch.wrapping_add(1);
         c.floor_ms = c.floor_ms.max(floor_ms);
         let floor = c.floor_ms;
         c.log.retain(|(at, _)| *at > floor);
         dropped
+    }
+
+    /// Ends the holds of tiles and ids too large to read alone ([`Proxy::ask_in_part`]) that
+    /// `inv` may have made smaller: a tile it covers (or lies in), an id it names, every
+    /// one for a class or `all` (as the package ends its holds, and the server forgets a
+    /// tile over its limit). Asked of the origin again at the next request for them.
+    fn release_held(&mut self, inv: &Invalidation) {
+        if self.held_too_large.is_empty() {
+            return;
+        }
+        if inv.all || !inv.classes.is_empty() {
+            self.held_too_large.clear();
+            return;
+        }
+        let gone: Vec<(Access, super::Unit)> = (self.held_too_large.iter())
+            .filter(|((_, unit), _)| match unit {
+                super::Unit::Tile(t) => inv.covers_tile(*t),
+                super::Unit::Id(id) => inv.ids.contains(id),
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.held_too_large.pop(&key);
+        }
     }
 
     /// The current epoch: +1 per [`Proxy::invalidate`] or [`Proxy::invalidate_all_before`].

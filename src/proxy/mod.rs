@@ -988,7 +988,8 @@ impl Proxy {
     /// send [`Pending::origin_request`] again, and give its outcome to this again or to
     /// [`Proxy::complete`]. What it no longer asks is left out of the answer as
     /// `response_full` (the client asks for it again, in a later request). One asked alone
-    /// in this way and too large is held by [`Proxy::complete`] for a tile TTL: not asked
+    /// in this way and too large is held by [`Proxy::complete`] for a tile TTL (or until a
+    /// change covers it, [`Proxy::invalidate`]): not asked
     /// of the origin for callers at that tier, left out as `payload_too_large`. So a request either
     /// answers part of what it asked the origin for or holds one tile or id (progress), in
     /// at most 1 + log2(tiles and ids asked) origin calls. `false` for any other outcome

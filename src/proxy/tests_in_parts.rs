@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::origin::Origin;
+use crate::protocol::Invalidation;
 use serde_json::value::RawValue;
 
 fn tile(s: &str) -> TileId {
@@ -296,4 +297,83 @@ fn a_warming_asks_the_origin_only_for_what_the_shared_cache_does_not_hold() {
         1_000,
     );
     assert_eq!(b.warm_rest(&warm, 1_000), None);
+}
+
+/// A tile held as too large to read alone ([`Proxy::ask_in_part`]) was held for a tile TTL
+/// whatever changed: a change from the feed that covers it (it may have shrunk) left callers
+/// told `payload_too_large` with no origin call, while the server forgets such a tile and
+/// the package ends its own hold on the same change (and, told so again by the edge, held
+/// the tile for another TTL). A change covering it ends the hold; one elsewhere does not;
+/// a class or `all` ends every hold.
+#[test]
+fn a_change_covering_a_tile_held_as_too_large_asks_the_origin_again() {
+    let o = origin();
+    let centre = tile(CENTRE);
+    let dense = centre.offset(1, 0).unwrap();
+    let far = centre.offset(-2, -2).unwrap();
+    let shrunk = std::cell::Cell::new(false);
+    let answer = |r: &BatchRequest| {
+        (shrunk.get() || !r.tiles.contains(&dense)).then(|| o.answer(r, Some(300)).to_json())
+    };
+    let mut p = Proxy::new(ProxyConfig {
+        warm_ring: 0,
+        ..ProxyConfig::default()
+    })
+    .unwrap();
+    let mut calls = Vec::new();
+    // Asked with another tile: too large, then dense alone too large: held.
+    let a = through(&mut p, tiles_req(&[dense, centre]), 0, &answer, &mut calls);
+    assert_eq!((a.status, &calls[..]), (502, &[2, 1][..]));
+    let held = |p: &mut Proxy, now: u64, calls: &mut Vec<usize>| {
+        let n = calls.len();
+        let a = through(p, tiles_req(&[dense]), now, &answer, calls);
+        let asked = calls.len() > n;
+        (asked, a.status, a.body.contains("payload_too_large"))
+    };
+    assert_eq!(held(&mut p, 1, &mut calls), (false, 200, true), "held");
+    // A change elsewhere leaves the hold.
+    let elsewhere = Invalidation {
+        tiles: vec![far],
+        ..Invalidation::default()
+    };
+    p.invalidate(&elsewhere, 2);
+    assert_eq!(
+        held(&mut p, 3, &mut calls),
+        (false, 200, true),
+        "held still"
+    );
+    // A change covering it (here its zoom-12 ancestor) ends it: the origin is asked again,
+    // and the tile, smaller now, is served.
+    shrunk.set(true);
+    let covering = Invalidation {
+        tiles: vec![dense.ancestor(12).unwrap()],
+        ..Invalidation::default()
+    };
+    p.invalidate(&covering, 4);
+    assert_eq!(
+        held(&mut p, 5, &mut calls),
+        (true, 200, false),
+        "asked again"
+    );
+    // A class ends every hold.
+    shrunk.set(false);
+    p.invalidate(&covering, 6);
+    let a = through(&mut p, tiles_req(&[dense, centre]), 7, &answer, &mut calls);
+    assert_eq!(a.status, 502);
+    assert_eq!(
+        held(&mut p, 8, &mut calls),
+        (false, 200, true),
+        "held again"
+    );
+    shrunk.set(true);
+    let class = Invalidation {
+        classes: vec!["active".into()],
+        ..Invalidation::default()
+    };
+    p.invalidate(&class, 9);
+    assert_eq!(
+        held(&mut p, 10, &mut calls),
+        (true, 200, false),
+        "asked again"
+    );
 }
