@@ -101,8 +101,10 @@ impl Batcher {
         self.hold_ms = hold_ms;
     }
 
-    /// Whether `tile` is held as too large to serve at `now_ms`.
-    fn held(&self, tile: TileId, now_ms: u64) -> bool {
+    /// Whether data tile `tile` is held as too large to serve at `now_ms`: refused so on
+    /// its own, not asked for before its hold ends or is released
+    /// ([`release_held`](Self::release_held)).
+    pub fn held(&self, tile: TileId, now_ms: u64) -> bool {
         find_tile(&self.alone, tile).is_ok_and(|i| self.alone[i].1 > now_ms)
     }
 

@@ -1012,6 +1012,13 @@ impl<P: Payload> Client<P> {
         n
     }
 
+    /// Whether data tile `tile` is held as too large to serve at `now_ms` (refused so on its
+    /// own: not asked for again for a tile TTL, unless a change covering it, another tier or
+    /// an answer for another tier ends the hold; [`Batcher::held`]).
+    pub fn held_too_large(&self, tile: TileId, now_ms: u64) -> bool {
+        self.batcher.held(tile, now_ms)
+    }
+
     /// Display state of a data tile.
     pub fn tile_state(&self, tile: TileId, now_ms: u64) -> TileState {
         if self.batcher.is_tile_in_flight(tile) {

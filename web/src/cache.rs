@@ -181,8 +181,9 @@ struct State<T: 'static> {
     too_wide: Option<ViewTooLarge>,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     /// The foreground 413 that refused each data tile the core holds as too large (for a
-    /// tile TTL), until the tile is asked for again, an invalidation or another tier:
-    /// `when_complete` fails with it at once while the view misses the tile.
+    /// tile TTL), until the tile is asked for again or another tier: `when_complete` fails
+    /// with it at once while the view misses the tile and the core holds it
+    /// (`Client::held_too_large`: a change covering it ends the hold, one elsewhere not).
     refused: HashMap<TileId, Error>,
     gets: HashMap<String, Vec<oneshot::Sender<Found<T>>>>,
     subscribers: Subscribers<Update<T>>,
@@ -480,8 +481,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// shown for want of it: [`FetchError::view_incomplete`]; a `get`'s failure does not
     /// end the wait), and with `TooManyTiles` while the view is too wide to fetch (it
     /// never completes). While the view misses a data tile refused as too large (a `413`:
-    /// the core holds it for a tile TTL, nothing is asked for it meanwhile), it fails at
-    /// once with that error.
+    /// the core holds it for a tile TTL, nothing is asked for it meanwhile; an
+    /// invalidation covering it or another tier ends the hold, one elsewhere does not), it
+    /// fails at once with that error.
     ///
     /// [`FetchError::view_incomplete`]: tilewarm::client::FetchError::view_incomplete
     pub async fn when_complete(&self) -> Result<(), Error> {
@@ -502,6 +504,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
             let now = now_ms();
             let held = (st.client.visible_tiles().iter())
                 .filter(|&&t| st.client.tile_state(t, now) == TileState::Missing)
+                .filter(|&&t| st.client.held_too_large(t, now))
                 .find_map(|t| st.refused.get(t));
             if let Some(e) = held {
                 return Err(e.clone());
@@ -608,9 +611,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         if st.disposed {
             return 0;
         }
+        // A tile held as too large that it covers may have changed: the core ends its hold,
+        // and the next `when_complete` waits for it (`refused` is read with the hold).
         let n = st.client.invalidate(what, now);
-        // A tile held as too large may have changed: the next `when_complete` waits for it.
-        st.refused.clear();
         st.tell_view(now);
         let plan = st.plans_now();
         let sends = Inner::pump_planned(&self.inner, &mut st, now, plan);

@@ -2057,12 +2057,27 @@ async fn when_complete_fails_at_once_while_a_tile_too_large_is_held() {
     assert_eq!(first.status, Some(413), "{first}");
     assert_eq!(show(&cache, v).missing_tiles, [tile(0, 0)]);
     let again = cache.when_complete().now_or_never();
-    assert_eq!(again, Some(Err(first)), "fails at once with the same error");
+    assert_eq!(
+        again,
+        Some(Err(first.clone())),
+        "fails at once with the same error"
+    );
     assert_eq!(
         log(s).await.0,
         2,
         "within the first request, then on its own"
     );
+    // A change elsewhere (an id, as a live feed sends for any change; another tile) leaves
+    // the core's hold: it still fails at once (it waited for the hold's end, a tile TTL).
+    cache.invalidate(tilewarm_web::Invalidate::Ids(&["elsewhere"]));
+    cache.invalidate(tilewarm_web::Invalidate::Tiles(&[tile(5, 5)]));
+    let again = cache.when_complete().now_or_never();
+    assert_eq!(
+        again,
+        Some(Err(first)),
+        "held still after a change elsewhere"
+    );
+    assert_eq!(log(s).await.0, 2, "not asked again");
     // Invalidated, it may have shrunk: asked for again, answered, the view completes.
     set_mode(s, "pass").await;
     cache.invalidate(tilewarm_web::Invalidate::Tiles(&[tile(0, 0)]));
