@@ -401,9 +401,9 @@ impl UpstreamOrigin {
 /// kept once, and the parts' `error`s are one with every tile and id they name. Its code is
 /// `response_full` when any part's is (its tiles are asked again at once, so no tile is
 /// given up for another part's reason), else a failure's when any part's is (not
-/// `payload_too_large` for what shed load left out: [`rank`]), else the first part's. The tier reported is one
-/// that is not `asked` if any part reports one (so that the caller's check of the tier
-/// fails as it would for that part alone), else the first part's.
+/// `payload_too_large` for what shed load left out: [`rank`]), else the first part's. The
+/// tier reported is one that is not `asked` if any part reports one (so that the caller's
+/// check of the tier fails as it would for that part alone), else the first part's.
 fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial {
     let mut out = BatchResponse::<RawData>::default();
     let mut have = std::collections::HashSet::new();
