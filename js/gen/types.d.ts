@@ -233,9 +233,10 @@ export interface TileCacheOptions {
     /**
      * Ask for a tile up to this many zooms coarser when its data tiles are missing
      * (`batch.coalesceMinShare`): an integer in 0..=4 (0 = off); the server must accept that
-     * zoom (a tilewarm server's default `--split-levels` is 3). Prefetch areas are widened to
-     * whole tiles of that zoom, or of 2 zooms up when it is coarser, so they go out as coarse
-     * tiles. Default 3.
+     * zoom (a tilewarm server's default `--split-levels` is 3; in front of one older than
+     * 2026-12-06, whose default was 2, set 2). Prefetch areas are widened to whole tiles of
+     * that zoom, or of 2 zooms up when it is coarser, so they go out as coarse tiles. Default
+     * 3.
      */
     coalesceLevels?: number;
     /**
