@@ -100,10 +100,10 @@ pub struct PlannerConfig {
     pub ring: u32,
     /// Look-ahead: how far ahead in time to extrapolate pan and zoom (default 0: off; for
     /// example 1500). The view neighbourhood (`view_ring`) already holds where a drag or
-    /// fling of up to a view lands: on every trace of the simulator (real users and
-    /// synthetic drags with flings), turning the look-ahead on completed no more views and
-    /// cost 20-30% more requests (docs/BENCHMARKS.md, issue 17). Turn it on for maps whose
-    /// users move further than a view between pauses.
+    /// fling of up to a view lands: on the simulator's traces (real users and synthetic
+    /// drags with flings) turning the look-ahead on completed no more views and sent about
+    /// a third more requests (+28% to +38% on the two it was chosen on, docs/BENCHMARKS.md,
+    /// issue 17). Turn it on for maps whose users move further than a view between pauses.
     pub lookahead_ms: u64,
     /// How much history the velocity estimate looks at (default 1000 ms).
     pub history_ms: u64,
