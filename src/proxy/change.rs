@@ -313,6 +313,7 @@ impl Proxy {
             self.wire.changed(tier);
         }
         self.held_too_large.clear();
+        self.warm_tries.release(|_| true);
         let c = &mut self.changes;
         c.epoch = c.epoch.wrapping_add(1);
         c.floor_ms = c.floor_ms.max(floor_ms);
@@ -324,8 +325,13 @@ impl Proxy {
     /// Ends the holds of tiles and ids too large to read alone ([`Proxy::ask_in_part`]) that
     /// `inv` may have made smaller: a tile it covers (or lies in), an id it names, every
     /// one for a class or `all` (as the package ends its holds, and the server forgets a
-    /// tile over its limit). Asked of the origin again at the next request for them.
+    /// tile over its limit). Asked of the origin again at the next request for them. The
+    /// same for warming's holds ([`super::WarmTries::held_until`]): a tile the origin left out of
+    /// a warming as too large is warmed again at the next request's ring.
     fn release_held(&mut self, inv: &Invalidation) {
+        let everywhere = inv.all || !inv.classes.is_empty();
+        self.warm_tries
+            .release(|(_, t)| everywhere || inv.covers_tile(*t));
         if self.held_too_large.is_empty() {
             return;
         }

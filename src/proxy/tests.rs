@@ -990,6 +990,35 @@ fn a_tile_the_origin_says_is_too_large_is_not_warmed_for_a_tile_ttl() {
     );
 }
 
+/// A change from the feed covering a tile held from warming as too large ends the hold (the
+/// tile may have shrunk): the next request's ring warms it again, as the server's warm-up
+/// forgets such a tile on a change. One elsewhere does not. Before, the hold lasted the
+/// tile TTL whatever changed.
+#[test]
+fn a_change_covering_a_tile_held_from_warming_warms_it_again() {
+    let o = origin();
+    let dense = tile("14/2625/5721");
+    let centre = req(&["14/2624/5721"], &[], Access::Public);
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
+    let w = a.warm.unwrap();
+    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
+    p.warmed(&w, answered(&body), 0).unwrap();
+    let warms_dense = |p: &mut Proxy, now| {
+        let (_, a, _) = run(p, &o, centre.clone(), now);
+        a.warm.is_some_and(|w| w.tiles.contains(&dense))
+    };
+    assert!(!warms_dense(&mut p, 100_000), "held");
+    let change = |t: TileId| crate::protocol::Invalidation {
+        tiles: vec![t],
+        ..Default::default()
+    };
+    p.invalidate(&change(tile("14/2000/5000")), 100_001);
+    assert!(!warms_dense(&mut p, 100_002), "held still");
+    p.invalidate(&change(dense), 100_003);
+    assert!(warms_dense(&mut p, 100_004), "warmed again");
+}
+
 /// A neighbour tile whose answer alone is over the body limit (an origin that does not
 /// leave it out as `payload_too_large`): the shell cannot read such a warming answer, and
 /// which tile made it too large is not known. Every tile of that warming used to be warmed

@@ -161,6 +161,17 @@ impl<K: Hash + Eq> WarmTries<K> {
         self.holds.pop(key);
     }
 
+    /// Ends the holds of the keys `reached` names (a change may have made them smaller):
+    /// due again at once. One found too large alone is still warmed alone
+    /// ([`WarmTries::split`]), so it cannot make a larger warming too large again.
+    pub fn release(&mut self, mut reached: impl FnMut(&K) -> bool) {
+        for (key, hold) in self.holds.iter_mut() {
+            if reached(key) {
+                hold.until = 0;
+            }
+        }
+    }
+
     /// When `key` may be warmed again, if it was tried or held.
     pub fn not_before(&self, key: &K) -> Option<u64> {
         let tried = self.tries.peek(key).map(|t| t.at);
