@@ -826,19 +826,24 @@ mod tests {
         assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
     }
 
-    /// A `2xx` too large to read for two tiles is not the answer: the same handle comes
-    /// back with the first tile to ask (the worker sends it), and its answer is served
-    /// with the second left out as `response_full`.
-    #[test]
-    fn an_answer_too_large_for_two_tiles_hands_out_the_first_to_ask_again() {
-        let mut p = EdgeProxy {
+    /// A binding over a proxy that does not warm, with the default options otherwise.
+    fn without_warming() -> EdgeProxy {
+        EdgeProxy {
             proxy: Proxy::new(config(r#"{"warmRing":0}"#).unwrap()).unwrap(),
             pending: HashMap::new(),
             hold_ms: hold_ms(&Options::default()),
             origin_timeout_ms: 3_000,
             next: 1,
             shared_tiles: SHARED_TILES,
-        };
+        }
+    }
+
+    /// A `2xx` too large to read for two tiles is not the answer: the same handle comes
+    /// back with the first tile to ask (the worker sends it), and its answer is served
+    /// with the second left out as `response_full`.
+    #[test]
+    fn an_answer_too_large_for_two_tiles_hands_out_the_first_to_ask_again() {
+        let mut p = without_warming();
         let body = br#"{"tiles":["14/2624/5721","14/2625/5721"],"access":"public"}"#;
         let s = p.begin(body, "public", 0.0);
         let again = p.too_large(s.handle, 200, 9e6, -1.0, 0.0);
@@ -858,14 +863,7 @@ mod tests {
 
     #[test]
     fn a_request_goes_begin_complete_and_bad_bodies_get_protocol_errors() {
-        let mut p = EdgeProxy {
-            proxy: Proxy::new(config(r#"{"warmRing":0}"#).unwrap()).unwrap(),
-            pending: HashMap::new(),
-            hold_ms: hold_ms(&Options::default()),
-            origin_timeout_ms: 3_000,
-            next: 1,
-            shared_tiles: SHARED_TILES,
-        };
+        let mut p = without_warming();
         let s = p.begin(b"{\"tiles\":[\"bad\"]}", "agent", 0.0);
         assert_eq!((s.status, s.cache), (400, None));
         assert!(s.body.unwrap().contains("\"bad_request\""));

@@ -876,6 +876,17 @@ fn warming_waits_for_the_origins_retry_after() {
     }
 }
 
+/// A proxy whose first warming (at 0, after a request for `centre`) the origin answered
+/// leaving `dense` out as `payload_too_large`: `dense` held from warming for a tile TTL.
+fn held_from_warming(o: &Origin<RawData>, centre: &BatchRequest, dense: TileId) -> Proxy {
+    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+    let (_, a, _) = run(&mut p, o, centre.clone(), 0);
+    let w = a.warm.unwrap();
+    let body = answer_leaving_out(o, &w, dense, ErrorCode::PayloadTooLarge);
+    p.warmed(&w, answered(&body), 0).unwrap();
+    p
+}
+
 /// The origin's answer to `request` with `left_out`'s list (and its items) left out as
 /// `code` (a tilewarm-server's partial answer).
 fn answer_leaving_out(
@@ -964,11 +975,7 @@ fn a_tile_the_origin_says_is_too_large_is_not_warmed_for_a_tile_ttl() {
         assert_eq!(p.stats().warm_requests, planned, "{code:?}");
     }
     // Its hold lapses with the tile TTL (the other neighbours' lists expire with it).
-    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
-    let w = a.warm.unwrap();
-    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
-    p.warmed(&w, answered(&body), 0).unwrap();
+    let mut p = held_from_warming(&o, &centre, dense);
     let (_, a, _) = run(&mut p, &o, centre.clone(), 299_999);
     assert!(a.warm.is_none());
     let (_, a, _) = run(&mut p, &o, centre, 300_000);
@@ -999,11 +1006,7 @@ fn a_change_covering_a_tile_held_from_warming_warms_it_again() {
     let o = origin();
     let dense = tile("14/2625/5721");
     let centre = req(&["14/2624/5721"], &[], Access::Public);
-    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
-    let w = a.warm.unwrap();
-    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
-    p.warmed(&w, answered(&body), 0).unwrap();
+    let mut p = held_from_warming(&o, &centre, dense);
     let warms_dense = |p: &mut Proxy, now| {
         let (_, a, _) = run(p, &o, centre.clone(), now);
         a.warm.is_some_and(|w| w.tiles.contains(&dense))
@@ -1097,11 +1100,7 @@ fn a_held_tile_stays_held_through_a_burst_of_other_warmings_failing() {
     let o = origin();
     let dense = tile("14/2625/5721");
     let centre = req(&["14/2624/5721"], &[], Access::Public);
-    let mut p = Proxy::new(ProxyConfig::default()).unwrap();
-    let (_, a, _) = run(&mut p, &o, centre.clone(), 0);
-    let w = a.warm.unwrap();
-    let body = answer_leaving_out(&o, &w, dense, ErrorCode::PayloadTooLarge);
-    p.warmed(&w, answered(&body), 0).unwrap();
+    let mut p = held_from_warming(&o, &centre, dense);
     // Far away, eight neighbours per miss, every warming of them failing.
     for k in 0..(MAX_WARM_TRIES / 8 + 1) {
         let far = req(&[&format!("14/{}/1000", 4 * k)], &[], Access::Public);
