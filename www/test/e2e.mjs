@@ -65,6 +65,7 @@ async function waitForHttp(url, child, ms = 60_000) {
 describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
   let server, serverLog = '', context, page, userDir, baseUrl;
   const problems = []; // console errors and page errors
+  const wasmFetches = []; // requests for the package's .wasm (index.html preloads it)
 
   before(async () => {
     if (process.env.TILEWARM_E2E_URL) {
@@ -92,6 +93,7 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
       if (m.type() === 'error') problems.push(`console.error: ${m.text()} (${m.location().url}:${m.location().lineNumber})`);
     });
     page.on('pageerror', (e) => problems.push(`page error: ${e.stack ?? e.message}`));
+    page.on('request', (r) => { if (r.url().endsWith('/tilewarm_bg.wasm')) wasmFetches.push(r.url()); });
   });
 
   after(async () => {
@@ -115,6 +117,8 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     }));
     assert.ok(items > 50, `only ${items} items in view`);
     assert.ok(webgl, 'MapLibre has no WebGL context');
+    // The preload in index.html is the one download: the loader's fetch() reuses it.
+    if (!process.env.TILEWARM_E2E_URL) assert.deepEqual(wasmFetches, [`${baseUrl}pkg/tilewarm_bg.wasm`]);
   });
 
   it('pans one data tile after prefetch without a foreground request', async () => {
