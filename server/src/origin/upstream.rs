@@ -3,7 +3,9 @@
 //! can be chained (edge → this server with its cache tier → upstream).
 //!
 //! The server's misses go upstream as one `POST` (one per 64 tiles, the protocol's
-//! `max_tiles`, joined into one answer) at the tier the server asks at (`agent`; a
+//! `max_tiles`, at most `PARTS_AT_ONCE` (4) at once, joined into one answer; a part refused
+//! with a 400 or 413, or answered with more than 8 MiB, asked again in halves:
+//! `UpstreamOrigin::answer_partial`) at the tier the server asks at (`agent`; a
 //! tile the upstream leaves out as `payload_too_large` there is asked again at the tier of a
 //! caller below it, `crate::batch`, and the upstream counts it at that tier),
 //! with `Authorization: Bearer <token>` when a token is configured (`--origin-token-file`,
@@ -18,10 +20,13 @@
 //! Answers pass through unchanged (items, their `ttl`s, lists) after the checks the edge
 //! makes of its origin:
 //! - the body is read up to the protocol's 8 MiB and decoded with the core's bounded
-//!   [`decode_response`]; garbage, a truncated or oversized body, or an invalid answer is a
-//!   502 `upstream_error` naming what was wrong;
+//!   [`decode_response`]; garbage, a truncated body, or an invalid answer is a 502
+//!   `upstream_error` naming what was wrong; a `2xx` body over 8 MiB is asked again in
+//!   halves, and for one tile or id alone left out as `payload_too_large` (past
+//!   `MAX_HALVED_PARTS` (16) halvings a 502 as before);
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
-//!   are the request's problem and passed on with their code (as the edge does; a 400 or 413
+//!   are the request's problem and passed on with their code (a 400 or 413 once asking in
+//!   smaller parts does not help, `UpstreamOrigin::answer_partial`; as the edge does; a 400 or 413
 //!   of a call made at a tier above the caller's loses its message, which may count items
 //!   above the caller's tier: [`OriginFailure::for_caller`]), and 503, an overloaded
 //!   upstream, which is a 503 `overloaded` ([`OriginFailure::Overloaded`], without the
@@ -216,31 +221,33 @@ impl UpstreamOrigin {
     /// The decoded answer to `request`, and the `error` member of a partial answer
     /// ([`partial_error`]): one call, or, for more tiles than one request may carry (the
     /// protocol's `max_tiles`, 64: a tilewarm upstream refuses more with a 400), one call
-    /// per 64 tiles at once (the ids go with the first), their answers joined
-    /// ([`join_parts`]). The misses of a caller's coarse tiles are asked as their data
-    /// tiles (`CoarseMiss::FetchDataTiles`): up to `--max-data-tiles` of them.
+    /// per 64 tiles (the ids go with the first), their answers joined ([`join_parts`]). The
+    /// misses of a caller's coarse tiles are asked as their data tiles
+    /// (`CoarseMiss::FetchDataTiles`): up to `--max-data-tiles` of them.
+    ///
+    /// At most [`PARTS_AT_ONCE`] calls are in flight (each answer is read whole, up to the
+    /// protocol's 8 MiB, and decoded). A part is asked again in halves (its tiles apart from
+    /// its ids first, then half of its tiles or ids each) when the upstream
+    /// - refuses it with a 400 (an upstream with a smaller `--max-tiles` or `--max-ids`, or
+    ///   any batch endpoint with smaller limits): the parts after it are then cut to that
+    ///   half too, and asked one at a time until one is answered. A 400 of a part of one
+    ///   tile or id, or of one no larger than a part already answered, is about something
+    ///   else: it fails the whole, as one call's would;
+    /// - refuses it with a 413 or answers it with more than the 8 MiB read ([`CallFailed`]):
+    ///   only that part is halved (how large an answer is depends on its tiles); a tile or
+    ///   id too large alone is left out as `payload_too_large` ([`too_large_alone`]), the
+    ///   rest answered.
+    ///
+    /// At most [`MAX_HALVED_PARTS`] parts of a request are halved; a refusal past that fails
+    /// the whole. Any other failure of a part fails the whole at once.
     async fn answer_partial(
         &self,
         request: &BatchRequest,
     ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
-        let max = self.limits.max_tiles.max(1);
-        if request.tiles.len() <= max {
-            return self.answer_call(request).await;
-        }
-        let parts: Vec<BatchRequest> = (request.tiles.chunks(max).enumerate())
-            .map(|(i, tiles)| BatchRequest {
-                tiles: tiles.to_vec(),
-                ids: if i == 0 {
-                    request.ids.clone()
-                } else {
-                    Vec::new()
-                },
-                access: request.access,
-            })
-            .collect();
-        let answers =
-            futures_util::future::join_all(parts.iter().map(|p| self.answer_call(p))).await;
-        join_parts(answers, request.access)
+        in_parts(request, self.limits, |part| async move {
+            self.answer_call(&part).await
+        })
+        .await
     }
 
     /// One call: the decoded answer, and the `error` member of a partial answer
@@ -248,7 +255,7 @@ impl UpstreamOrigin {
     async fn answer_call(
         &self,
         request: &BatchRequest,
-    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
+    ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), CallFailed> {
         let mut req = hyper::Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("accept", "application/json");
@@ -273,10 +280,13 @@ impl UpstreamOrigin {
         let body = Limited::new(resp.into_body(), max)
             .collect()
             .await
-            .map_err(|e| {
-                OriginFailure::Failed(format!(
+            .map_err(|e| CallFailed {
+                // A 2xx answer over the limit: asked again in halves (`answer_partial`).
+                too_large: (200..300).contains(&status)
+                    && e.downcast_ref::<http_body_util::LengthLimitError>().is_some(),
+                failure: OriginFailure::Failed(format!(
                     "reading the upstream's answer (HTTP {status}) failed: {e} (at most {max} bytes are read)"
-                ))
+                )),
             })?
             .to_bytes();
         if (200..300).contains(&status) {
@@ -288,7 +298,7 @@ impl UpstreamOrigin {
         }
         let said = decode_error(&body);
         let message = said.as_ref().map_or("", |e| e.message.as_str()).to_owned();
-        Err(match status {
+        let failure = match status {
             429 => OriginFailure::RateLimited {
                 message,
                 retry_after_s: retry_after,
@@ -307,8 +317,223 @@ impl UpstreamOrigin {
                 asked: request.access,
             },
             _ => OriginFailure::Failed(format!("the upstream answered HTTP {status}: {message}")),
+        };
+        Err(CallFailed {
+            failure,
+            too_large: status == 413,
         })
     }
+}
+
+/// [`UpstreamOrigin::answer_partial`] with the upstream call `call` (each part's request).
+async fn in_parts<F, Fut>(request: &BatchRequest, limits: Limits, call: F) -> Partial
+where
+    F: Fn(BatchRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Answered, CallFailed>>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let max = limits.max_tiles.max(1);
+    let mut queue: std::collections::VecDeque<Part> = if request.tiles.len() <= max {
+        [Part {
+            at: 0,
+            tiles: request.tiles.clone(),
+            ids: request.ids.clone(),
+        }]
+        .into()
+    } else {
+        (request.tiles.chunks(max).enumerate())
+            .map(|(i, tiles)| Part {
+                at: i * max,
+                tiles: tiles.to_vec(),
+                ids: if i == 0 {
+                    request.ids.clone()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
+    };
+    let n_tiles = request.tiles.len();
+    // The most tiles and ids a part may carry (lowered by a 400), and the most a part
+    // that was answered carried.
+    let (mut cap, mut answered) = ((max, usize::MAX), (0, 0));
+    // A 400 lowered the cap (the `lowered`th time) and no part asked since has been
+    // answered: one call at a time.
+    let (mut probing, mut lowered) = (false, 0);
+    let mut halved = 0;
+    let mut done: Vec<(usize, Answered)> = Vec::new();
+    let mut flying = FuturesUnordered::new();
+    loop {
+        while flying.len() < PARTS_AT_ONCE && (flying.is_empty() || !probing) {
+            let Some(mut part) = queue.pop_front() else {
+                break;
+            };
+            if let Some(rest) = part.cut(cap, n_tiles) {
+                queue.push_front(rest);
+            }
+            let asked = call(BatchRequest {
+                tiles: part.tiles.clone(),
+                ids: part.ids.clone(),
+                access: request.access,
+            });
+            let at = lowered;
+            flying.push(async move { (part, at, asked.await) });
+        }
+        let Some((part, asked_at, result)) = flying.next().await else {
+            break;
+        };
+        let n = part.tiles.len() + part.ids.len();
+        match result {
+            Ok(answer) => {
+                answered = (
+                    answered.0.max(part.tiles.len()),
+                    answered.1.max(part.ids.len()),
+                );
+                // A part asked before the last 400 says nothing of the cap it set.
+                probing &= asked_at < lowered;
+                done.push((part.at, answer));
+            }
+            Err(CallFailed {
+                too_large: true, ..
+            }) if n == 1 => {
+                done.push((part.at, too_large_alone(&part, request.access, limits)));
+            }
+            Err(CallFailed { failure, too_large }) => {
+                let refused = matches!(failure, OriginFailure::Refused { .. });
+                let known = part.tiles.len() <= answered.0 && part.ids.len() <= answered.1;
+                let halve = too_large || (refused && !known);
+                if !halve || n == 1 || halved >= MAX_HALVED_PARTS {
+                    return Err(failure);
+                }
+                halved += 1;
+                let (first, then) = part.halves(n_tiles);
+                if !too_large {
+                    // Mixed: tiles apart from ids, the cap unchanged.
+                    if first.ids.is_empty() && then.ids.is_empty() {
+                        cap.0 = cap.0.min(first.tiles.len());
+                    } else if first.tiles.is_empty() && then.tiles.is_empty() {
+                        cap.1 = cap.1.min(first.ids.len());
+                    }
+                    probing = true;
+                    lowered += 1;
+                }
+                queue.push_front(then);
+                queue.push_front(first);
+            }
+        }
+    }
+    if done.len() == 1 {
+        return Ok(done.remove(0).1);
+    }
+    done.sort_by_key(|(at, _)| *at);
+    join_parts(
+        done.into_iter().map(|(_, a)| Ok(a)).collect(),
+        request.access,
+    )
+}
+
+/// Calls for the parts of one request in flight at once
+/// ([`UpstreamOrigin::answer_partial`]): each answer is read whole (up to the protocol's
+/// 8 MiB) and decoded, so one request holds at most this many bodies being read.
+const PARTS_AT_ONCE: usize = 4;
+
+/// The most parts of one request asked again in halves ([`UpstreamOrigin::answer_partial`]):
+/// each such part cost a refused call, or an answer over 8 MiB read and dropped. A refusal
+/// past it fails the request, as one call's would.
+const MAX_HALVED_PARTS: usize = 16;
+
+/// Why one upstream call failed, and whether for the size of what it asked (a 413, or a
+/// 2xx answer over the read limit): such a part is asked again in halves.
+struct CallFailed {
+    failure: OriginFailure,
+    too_large: bool,
+}
+
+impl From<OriginFailure> for CallFailed {
+    fn from(failure: OriginFailure) -> Self {
+        CallFailed {
+            failure,
+            too_large: false,
+        }
+    }
+}
+
+/// A part of a request asked in a call of its own ([`UpstreamOrigin::answer_partial`]):
+/// consecutive tiles of the request, then consecutive ids; `at` is where it starts among the
+/// request's tiles then ids, the order its answer is joined in.
+struct Part {
+    at: usize,
+    tiles: Vec<TileId>,
+    ids: Vec<String>,
+}
+
+impl Part {
+    /// The part cut to `cap` (tiles, ids); what is cut off, if anything (`n_tiles`: the
+    /// request's tiles, for `at`).
+    fn cut(&mut self, cap: (usize, usize), n_tiles: usize) -> Option<Part> {
+        if self.tiles.len() > cap.0 {
+            return Some(Part {
+                at: self.at + cap.0,
+                tiles: self.tiles.split_off(cap.0),
+                ids: std::mem::take(&mut self.ids),
+            });
+        }
+        if self.ids.len() > cap.1 {
+            let first_id = if self.tiles.is_empty() {
+                self.at - n_tiles
+            } else {
+                0
+            };
+            return Some(Part {
+                at: n_tiles + first_id + cap.1,
+                tiles: Vec::new(),
+                ids: self.ids.split_off(cap.1),
+            });
+        }
+        None
+    }
+
+    /// Two parts that ask what this one asks: its tiles and its ids apart, or else the first
+    /// half (rounded up) of its tiles or ids and the rest. At least two tiles or ids.
+    fn halves(mut self, n_tiles: usize) -> (Part, Part) {
+        let cap = match (self.tiles.len(), self.ids.len()) {
+            (0, i) => (0, i.div_ceil(2)),
+            (t, 0) => (t.div_ceil(2), 0),
+            (t, _) => (t, 0),
+        };
+        let then = self.cut(cap, n_tiles).unwrap_or(Part {
+            at: self.at,
+            tiles: Vec::new(),
+            ids: Vec::new(),
+        });
+        (self, then)
+    }
+}
+
+/// The answer for a part of one tile or id (`part`) that the upstream refused with a 413 or
+/// answered with more than `limits.max_body_bytes`: it is left out as `payload_too_large`.
+/// The message is this server's own: the upstream's may count items above a caller's tier.
+fn too_large_alone(part: &Part, asked: Access, limits: Limits) -> Answered {
+    let max = limits.max_body_bytes;
+    let what = match (part.tiles.first(), part.ids.first()) {
+        (Some(t), _) => format!("tile {t}"),
+        (None, Some(_)) => "the id".to_owned(),
+        (None, None) => "the part".to_owned(),
+    };
+    let left = Unanswered {
+        code: ErrorCode::PayloadTooLarge,
+        message: format!(
+            "the upstream's answer for {what} alone is more than {max} bytes (or refused as too large), the most read"
+        ),
+        tiles: part.tiles.clone(),
+        ids: part.ids.clone(),
+    };
+    let answer = BatchResponse {
+        access: Some(asked),
+        left_out: Some(ErrorCode::PayloadTooLarge),
+        ..BatchResponse::default()
+    };
+    (answer, Some(left))
 }
 
 impl UpstreamOrigin {
@@ -443,7 +668,10 @@ fn join_parts(answers: Vec<Partial>, asked: tilewarm::access::Access) -> Partial
 
 /// One upstream call's outcome: the decoded answer and the `error` member of a partial
 /// answer, or the failure.
-type Partial = Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure>;
+type Partial = Result<Answered, OriginFailure>;
+
+/// The decoded answer and the `error` member of a partial answer.
+type Answered = (BatchResponse<RawData>, Option<Unanswered>);
 
 /// Which part's `error` code the joined one takes ([`join_parts`]): `response_full` over
 /// all, then a failure (shed load, a failing origin) over `payload_too_large`, as the
@@ -603,6 +831,7 @@ impl OriginBackend for UpstreamOrigin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use tilewarm::access::Access;
 
     #[test]
@@ -728,6 +957,152 @@ mod tests {
                 assert_eq!(p.tiles.len(), 2);
             }
         }
+    }
+
+    /// What a fake upstream answers for `part`: every tile listed empty, every id
+    /// `missing`.
+    fn answered(part: &BatchRequest) -> (BatchResponse<RawData>, Option<Unanswered>) {
+        let lists = part.tiles.iter().map(|&tile| tilewarm::protocol::TileList {
+            tile,
+            ids: Vec::new(),
+            ttl: None,
+        });
+        let r = BatchResponse::<RawData> {
+            access: Some(part.access),
+            tiles: lists.collect(),
+            missing: part.ids.clone(),
+            ..BatchResponse::default()
+        };
+        (r, None)
+    }
+
+    fn refused(status: u16, message: &str) -> CallFailed {
+        CallFailed {
+            failure: OriginFailure::Refused {
+                error: tilewarm::protocol::ErrorBody {
+                    code: ErrorCode::from_http_status(status),
+                    message: message.into(),
+                },
+                asked: Access::Agent,
+            },
+            too_large: status == 413,
+        }
+    }
+
+    fn tiles(n: u32) -> Vec<TileId> {
+        (0..n).map(|x| TileId::new(14, x, 100).unwrap()).collect()
+    }
+
+    /// The parts of a request are asked at most [`PARTS_AT_ONCE`] at once (each answer is
+    /// read whole, up to 8 MiB): all 16 parts of 1024 tiles were asked at once before.
+    #[tokio::test]
+    async fn at_most_a_few_parts_are_asked_at_once() {
+        let request = BatchRequest {
+            tiles: tiles(1024),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let (now, most, calls) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let (r, _) = in_parts(&request, Limits::default(), |part| {
+            let (now, most, calls) = (&now, &most, &calls);
+            async move {
+                calls.set(calls.get() + 1);
+                now.set(now.get() + 1);
+                most.set(most.get().max(now.get()));
+                tokio::task::yield_now().await;
+                now.set(now.get() - 1);
+                Ok(answered(&part))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((most.get(), calls.get()), (PARTS_AT_ONCE, 16));
+        let listed: Vec<TileId> = r.tiles.iter().map(|l| l.tile).collect();
+        assert_eq!(listed, request.tiles, "joined in request order");
+    }
+
+    /// An upstream refusing more than 16 tiles or 10 ids a call (400): the first part's ids
+    /// are asked apart from its tiles, then the tiles in halves down to 16 and the ids down
+    /// to 10, each limit found one call at a time and kept for the rest (15 calls). Before,
+    /// the whole was the upstream's 400.
+    #[tokio::test]
+    async fn a_smaller_limit_of_tiles_or_ids_is_found_by_halving() {
+        let ids: Vec<String> = (0..40).map(|i| format!("id-{i}")).collect();
+        let request = BatchRequest {
+            tiles: tiles(70),
+            ids: ids.clone(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let (r, _) = in_parts(&request, Limits::default(), |part| {
+            calls.set(calls.get() + 1);
+            async move {
+                tokio::task::yield_now().await;
+                match part.tiles.len() > 16 || part.ids.len() > 10 {
+                    true => Err(refused(400, "too many")),
+                    false => Ok(answered(&part)),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let listed: Vec<TileId> = r.tiles.iter().map(|l| l.tile).collect();
+        assert_eq!((listed, r.missing), (request.tiles.clone(), ids));
+        // 64 tiles and 40 ids, 6 tiles; 64, 32 tiles refused, 4 x 16; 40, 20 ids, 4 x 10.
+        assert_eq!(calls.get(), 2 + 2 + 4 + 2 + 4);
+    }
+
+    /// An id whose answer is too large even alone (a 413 for it) is left out as
+    /// `payload_too_large` with this server's message, not the upstream's (which may count
+    /// items above a caller's tier); the rest answered. A 400 for one id fails the whole.
+    #[tokio::test]
+    async fn what_is_too_large_alone_is_left_out_and_a_bad_request_fails() {
+        let ask = |ids: &[&str]| BatchRequest {
+            tiles: Vec::new(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let fake = |part: BatchRequest| {
+            calls.set(calls.get() + 1);
+            async move {
+                if part.ids.iter().any(|i| i == "big") {
+                    return Err(refused(413, "1234 items above your tier"));
+                }
+                if part.ids.iter().any(|i| i == "bad") {
+                    return Err(refused(400, "bad id"));
+                }
+                Ok(answered(&part))
+            }
+        };
+        let (r, p) = in_parts(&ask(&["a", "big", "c"]), Limits::default(), fake)
+            .await
+            .unwrap();
+        let p = p.unwrap();
+        assert_eq!(
+            (r.missing, p.ids),
+            (vec!["a".into(), "c".into()], vec!["big".to_string()])
+        );
+        assert_eq!(
+            (p.code, r.left_out),
+            (ErrorCode::PayloadTooLarge, Some(p.code))
+        );
+        assert!(!p.message.contains("1234"), "{}", p.message);
+        assert_eq!(
+            calls.get(),
+            5,
+            "3 refused, 1 answered, then \"big\" alone refused"
+        );
+        calls.set(0);
+        let e = in_parts(&ask(&["a", "bad"]), Limits::default(), fake)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OriginFailure::Refused { .. }), "{e:?}");
+        assert_eq!(
+            calls.get(),
+            3,
+            "both, then each alone (\"a\" may be answered)"
+        );
     }
 
     #[test]

@@ -46,12 +46,22 @@ const LIMITED_429_RETRY_DATE: u8 = 10;
 const OVERLOADED_503_RETRY_7: u8 = 11;
 /// A 503 without `Retry-After`.
 const OVERLOADED_503: u8 = 12;
+/// A 400 for more than 16 tiles (a tilewarm-server started with `--max-tiles 16`), else
+/// honest.
+const AT_MOST_16_TILES: u8 = 13;
+/// A 400 for every request (one the upstream finds wrong whatever its size), naming a tile.
+const REFUSE_400: u8 = 14;
+/// Honest, but an answer for more than 16 tiles, or for `Stub::huge`, is padded past the
+/// 8 MiB read limit (an upstream that does not fit its answers to 8 MiB).
+const OVER_8_MIB: u8 = 15;
 
 struct Stub {
     origin: Origin<RawData>,
     mode: AtomicU8,
     calls: AtomicU64,
     auth: Mutex<Option<String>>,
+    /// The tile whose answer is over 8 MiB even alone (`OVER_8_MIB`).
+    huge: Mutex<Option<tilewarm::TileId>>,
 }
 
 async fn answer(
@@ -140,6 +150,25 @@ async fn answer_as(
             StatusCode::SERVICE_UNAVAILABLE,
             "{\"error\":{\"code\":\"overloaded\",\"message\":\"busy with tile 14/1/2\"}}".into(),
         ),
+        AT_MOST_16_TILES if req.tiles.len() > 16 => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{{\"error\":{{\"code\":\"bad_request\",\"message\":\"request tiles: {}, at most 16\"}}}}",
+                req.tiles.len()
+            ),
+        ),
+        REFUSE_400 => (
+            StatusCode::BAD_REQUEST,
+            "{\"error\":{\"code\":\"bad_request\",\"message\":\"tile 14/1/2 is not served here\"}}".into(),
+        ),
+        OVER_8_MIB => {
+            let huge = *stub.huge.lock().unwrap();
+            let mut body = stub.origin.answer(&req, Some(60)).to_json();
+            if req.tiles.len() > 16 || huge.is_some_and(|h| req.tiles.contains(&h)) {
+                body.push_str(&" ".repeat(Limits::default().max_body_bytes));
+            }
+            (StatusCode::OK, body)
+        }
         _ => (StatusCode::OK, stub.origin.answer(&req, Some(60)).to_json()),
     }
 }
@@ -151,6 +180,7 @@ async fn stub(seed: u64, n: usize) -> (Arc<Stub>, String) {
         mode: AtomicU8::new(HONEST),
         calls: AtomicU64::new(0),
         auth: Mutex::new(None),
+        huge: Mutex::new(None),
     });
     let app = Router::new()
         .route("/v1/batch", post(answer))
@@ -1336,4 +1366,85 @@ async fn a_direct_tile_left_out_beside_a_tile_over_the_limit_at_agent_is_told_it
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An upstream that refuses more than 16 tiles a request (a tilewarm-server started with
+/// `--max-tiles 16`, or any batch endpoint with a smaller limit) answers the misses of two
+/// zoom-11 tiles (128 data tiles) all the same: the two calls of 64 are refused, a half is
+/// refused, its half answered, and the rest asked in parts of 16 (11 calls, 8 answered).
+/// Every such miss was a 400 before (fails without the fix: the upstream's 400 passed on).
+/// An upstream refusing every request whatever its size is asked at most log2(64) times
+/// more, one call at a time, and its 400 passed on without its message below `agent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
+    let (stub, url) = stub(42, 5_000).await;
+    let s = server(upstream_config(&url)).await;
+    stub.mode.store(AT_MOST_16_TILES, Relaxed);
+    let z11 = densest(&stub.origin).ancestor(11).unwrap();
+    let body = request(&[z11, z11.offset(1, 0).unwrap()], &[], Access::Public);
+    let got = Http::new().ok(&s, &body).await;
+    let want = stub.origin.answer(
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(
+        stub.calls.load(Relaxed),
+        2 + 1 + 8,
+        "64 and 64 refused, 32 refused, then 16 a call"
+    );
+    // A 400 about something else: halved one call at a time down to one tile, then passed
+    // on (it ends there: no part was answered).
+    stub.mode.store(REFUSE_400, Relaxed);
+    let before = stub.calls.load(Relaxed);
+    let other = z11.offset(0, 1).unwrap();
+    let body = request(&[other, other.offset(1, 0).unwrap()], &[], Access::Public);
+    let r = Http::new().batch(&s, &body).await;
+    let m = r.error(400, "bad_request");
+    assert!(!m.contains("14/1/2"), "{m}");
+    assert_eq!(
+        stub.calls.load(Relaxed) - before,
+        2 + 6,
+        "64 and 64, then 32, 16, 8, 4, 2 and 1"
+    );
+    s.shutdown().await;
+}
+
+/// An upstream that answers more than 16 tiles with more than the 8 MiB read, and one tile
+/// with more even alone: asked for 64 data tiles, each part over the limit is asked again in
+/// halves, the tile over it alone is left out as `payload_too_large`, the other 63 tiles
+/// answered (15 calls: 64,
+/// 2 x 32, 4 x 16, then 8, 4, 2 and 1 twice down to the tile). The whole was a 502 before
+/// (fails without the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_over_the_read_limit_is_asked_again_in_halves() {
+    let (stub, url) = stub(42, 5_000).await;
+    let s = server(upstream_config(&url)).await;
+    let z11 = densest(&stub.origin).ancestor(11).unwrap();
+    let huge = densest(&stub.origin);
+    assert_eq!(huge.ancestor(11).unwrap(), z11);
+    *stub.huge.lock().unwrap() = Some(huge);
+    stub.mode.store(OVER_8_MIB, Relaxed);
+    let block = z11.descendants(14).unwrap();
+    let r = Http::new()
+        .batch(&s, &request(&block, &[], Access::Agent))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([huge.to_string()]));
+    let got = tilewarm::protocol::decode_response(&r.body, &Limits::default()).unwrap();
+    let mut rest = block.clone();
+    rest.retain(|&t| t != huge);
+    let want = stub.origin.answer(
+        &BatchRequest {
+            tiles: rest,
+            ids: Vec::new(),
+            access: Access::Agent,
+        },
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(stub.calls.load(Relaxed), 15);
+    s.shutdown().await;
 }
