@@ -21,8 +21,8 @@
 //! makes of its origin:
 //! - the body is read up to the protocol's 8 MiB and decoded with the core's bounded
 //!   [`decode_response`]; garbage, a truncated body, or an invalid answer is a 502
-//!   `upstream_error` naming what was wrong; a `2xx` body over 8 MiB is asked again in
-//!   halves, and for one tile or id alone left out as `payload_too_large` (past
+//!   `upstream_error` naming what was wrong; a `2xx` body over 8 MiB (not read when its
+//!   `Content-Length` says so) is asked again in halves, and for one tile or id alone left out as `payload_too_large` (past
 //!   `MAX_HALVED_PARTS` (16) halvings a 502 as before);
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
 //!   are the request's problem and passed on with their code (a 400 or 413 once asking in
@@ -277,6 +277,17 @@ impl UpstreamOrigin {
             SystemTime::now(),
         );
         let max = self.limits.max_body_bytes;
+        let declared = (resp.headers().get(hyper::header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|&n| n > max as u64 && (200..300).contains(&status)) {
+            // Not read: asked again in halves (`answer_partial`).
+            return Err(CallFailed {
+                failure: OriginFailure::Failed(format!(
+                    "the upstream's answer (HTTP {status}) is {n} bytes, at most {max} are read"
+                )),
+                too_large: true,
+            });
+        }
         let body = Limited::new(resp.into_body(), max)
             .collect()
             .await
