@@ -1463,3 +1463,28 @@ async fn an_upstream_answer_over_the_read_limit_is_asked_again_in_halves() {
     assert_eq!(stub.calls.load(Relaxed), 15);
     s.shutdown().await;
 }
+
+/// A chain to a tilewarm-server started with `--max-tiles 16`: the misses of a zoom-11 tile
+/// (64 data tiles) are answered as that server answers the tile itself. It refused the
+/// call of 64 (400: "request tiles: 64, at most 16") before (fails without the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_to_a_server_with_a_smaller_max_tiles_answers_as_one() {
+    let a = server(Config {
+        max_tiles: 16,
+        ..config()
+    })
+    .await;
+    let (b, dir) = chained_to(&a.url(), "tw-chain-16").await;
+    let o = Origin::new(synthetic_city(42, 5_000)).unwrap();
+    let z11 = densest(&o).ancestor(11).unwrap();
+    let http = Http::new();
+    for access in [Access::Public, Access::Agent] {
+        let body = request(&[z11], &[], access);
+        let want = http.ok(&a, &body).await;
+        assert!(!want.tiles[0].ids.is_empty());
+        assert_eq!(digest(&http.ok(&b, &body).await), digest(&want), "{access}");
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
