@@ -36,6 +36,8 @@ struct InFlight {
     /// The data tiles of its work, for [`Batcher::is_tile_in_flight`].
     tiles: TileSet,
     deadline_ms: u64,
+    /// How many zooms above its data tiles its coarsest tile was (0: none coarse).
+    coarsest: u8,
 }
 
 /// Most data tiles [`Batcher`] remembers as to go out alone; past it they are forgotten
@@ -70,6 +72,9 @@ pub struct Batcher {
     alone: Vec<(u64, u64)>,
     /// How long a data tile refused as too large on its own is held.
     hold_ms: u64,
+    /// The zooms up requests are coalesced to: `config.coalesce_levels`, lowered by a
+    /// server that refuses coarse tiles with a 400 ([`on_failure`](Self::on_failure)).
+    coalesce_levels: u8,
 }
 
 impl Batcher {
@@ -83,6 +88,7 @@ impl Batcher {
                 config.breaker_cooldown_ms,
                 config.breaker_max_cooldown_ms,
             ),
+            coalesce_levels: config.coalesce_levels,
             config,
             next_id: 1,
             queues: Queues::default(),
@@ -263,7 +269,7 @@ impl Batcher {
         let tile_cap = self
             .config
             .max_tiles
-            .saturating_mul(1 << (2 * self.config.coalesce_levels as usize))
+            .saturating_mul(1 << (2 * self.coalesce_levels as usize))
             .min(4096)
             .max(self.config.max_tiles);
         for w in queue {
@@ -318,11 +324,7 @@ impl Batcher {
         let alone = tiles.iter().any(|&t| find_tile(&this.alone, t).is_ok());
         let (mut request_tiles, group_of) = coalesce(
             &tiles,
-            if alone {
-                0
-            } else {
-                this.config.coalesce_levels
-            },
+            if alone { 0 } else { this.coalesce_levels },
             this.config.coalesce_min_share,
             |block| {
                 block
@@ -412,8 +414,9 @@ impl Batcher {
         // (`coalesce_min_share` < 100) brings the rest of the block too: all of it is in
         // flight, so no other request asks for those tiles meanwhile.
         let mut covered: Vec<TileId> = works.iter().map(Work::tile).collect();
+        let data_zoom = covered.iter().map(|t| t.z()).max().unwrap_or(0);
+        let coarsest = tiles.iter().map(|t| data_zoom.saturating_sub(t.z())).max();
         if self.config.coalesce_min_share < 100 {
-            let data_zoom = covered.iter().map(|t| t.z()).max().unwrap_or(0);
             for r in tiles.iter().filter(|r| r.z() < data_zoom) {
                 covered.extend(r.descendants(data_zoom).unwrap_or_default());
             }
@@ -429,6 +432,7 @@ impl Batcher {
                 attempt,
             },
             deadline_ms: now_ms.saturating_add(self.config.timeout_ms),
+            coarsest: coarsest.unwrap_or(0),
         });
         Some(Transmit {
             id,
@@ -655,12 +659,33 @@ impl Batcher {
 
     /// The request failed. Retryable failures within the retry limit requeue the work
     /// with a backoff; everything else drops it.
+    ///
+    /// A `400` for a request that asked for coarse tiles is taken as a server that does
+    /// not accept them, or not as many data tiles as they cover (a tilewarm server or edge
+    /// with a `--max-data-tiles` / `max_data_tiles` below 1024, e.g. 256, the default
+    /// before 2026-12-06; coarse tiles holding more items than it answers at once): from
+    /// then on requests are coalesced to at most one zoom below the refused one's coarsest
+    /// tile, and the work goes out again at once, not counted as a retry (the failure is
+    /// still reported). Each such `400` lowers the level, so it happens at most
+    /// `coalesce_levels` times; one for a request of data tiles only is the failure it is.
     pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
+        let coarsest = (self.in_flight.iter())
+            .find(|f| f.request.id == id)
+            .map_or(0, |f| f.coarsest);
         let Some(f) = self.finish(id) else {
             return FailureOutcome::Unknown;
         };
         if matches!(failure, Failure::Aborted) {
             return FailureOutcome::GaveUp(f);
+        }
+        if matches!(failure, Failure::Http { status: 400, .. }) && coarsest > 0 {
+            self.stats.failures += 1;
+            self.coalesce_levels = self.coalesce_levels.min(coarsest - 1);
+            self.queues.requeue(&f, f.attempt, now_ms);
+            return FailureOutcome::Retrying {
+                at_ms: now_ms,
+                request: f,
+            };
         }
         // A 413 for one data tile asked for on its own: that tile is too large to serve.
         if let (Failure::Http { status: 413, .. }, [Work::Tile(t)], []) =

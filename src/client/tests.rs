@@ -3122,3 +3122,50 @@ fn a_refresh_by_id_a_partial_answer_sheds_backs_off_as_a_tile_it_sheds_would() {
     answer_all(&mut c, &o, now + 10_000);
     assert!(c.is_complete());
 }
+
+/// A server that allows fewer data tiles a request than the package's default request
+/// covers (started with `--max-data-tiles 256`, the default before 2026-12-06: the core's
+/// own rule, `Plan::new`, refuses more with a 400) still completes a zoomed-out view: the
+/// client asks one zoom finer at once after each refusal, and no coarser from then on.
+#[test]
+fn a_view_completes_against_a_server_that_refuses_the_default_coarse_tiles() {
+    use crate::proxy::policy::{CoarseMiss, Plan, Rules};
+    let o = origin();
+    let rules = Rules {
+        data_zoom: Z,
+        split_levels: 3,
+        coarse_miss: CoarseMiss::FetchDataTiles,
+        max_data_tiles: 256,
+    };
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        ..ClientConfig::default()
+    });
+    let mut refused = Vec::new();
+    for (i, w) in [24.0, 25.5].into_iter().enumerate() {
+        let now = i as u64 * 1000;
+        let out = c.set_viewport(fast_path::moved(0.0, 0.0, w, 12.5), now, |_, _| {});
+        assert!(
+            out.too_wide.is_none() && c.visible_tiles().len() > 256,
+            "{:?} {}",
+            out.too_wide,
+            c.visible_tiles().len()
+        );
+        for _ in 0..1000 {
+            let Some(t) = c.poll_request(now) else { break };
+            if Plan::new(&t.request.tiles, rules).is_ok() {
+                c.on_response(t.id, o.answer(&t.request, None), now);
+            } else {
+                refused.push(t.request.tiles.iter().map(|t| t.z()).min());
+                let bad = Failure::Http {
+                    status: 400,
+                    retry_after_ms: None,
+                };
+                c.on_failure(t.id, bad, now);
+            }
+        }
+        assert!(c.is_complete(), "view {i} incomplete after {refused:?}");
+    }
+    // Refused once at zoom 11 (16 tiles of 64 data tiles), then asked at 12 (16 of 16).
+    assert_eq!(refused, [Some(Z - 3)]);
+}

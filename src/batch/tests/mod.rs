@@ -394,6 +394,57 @@ fn by_default_a_zoomed_out_miss_goes_out_as_zoom_11_tiles() {
     assert!(r.request.tiles.iter().all(|t| t.z() == 11));
 }
 
+/// A server that refuses coarse tiles with a `400` (a tilewarm server before 2026-12-06
+/// allows 256 data tiles a request, the package's default request of 16 zoom-11 tiles
+/// covers 1024) is asked again at once, one zoom finer each time, down to data tiles; a
+/// `400` then is the failure it is. Each step is no retry, and the level stays lowered.
+#[test]
+fn a_400_for_coarse_tiles_asks_again_at_once_one_zoom_finer() {
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    let parent = TileId::new(11, 328, 715).unwrap();
+    let block = || -> Vec<Work> {
+        let below = parent.descendants(14).unwrap();
+        below.into_iter().map(Work::Tile).collect()
+    };
+    b.set_foreground(block());
+    let bad = Failure::Http {
+        status: 400,
+        retry_after_ms: None,
+    };
+    let mut zooms = Vec::new();
+    for now in 0..3 {
+        let r = b.poll(now, P, all).unwrap();
+        zooms.push((r.request.tiles[0].z(), r.request.tiles.len(), r.attempt));
+        let FailureOutcome::Retrying { at_ms, .. } = b.on_failure(r.id, &bad, now) else {
+            panic!("a 400 for coarse tiles gave up: {zooms:?}")
+        };
+        assert_eq!(at_ms, now);
+    }
+    let r = b.poll(3, P, all).unwrap();
+    zooms.push((r.request.tiles[0].z(), r.request.tiles.len(), r.attempt));
+    assert_eq!(zooms, [(11, 1, 0), (12, 4, 0), (13, 16, 0), (14, 16, 0)]);
+    assert!(matches!(
+        b.on_failure(r.id, &bad, 3),
+        FailureOutcome::GaveUp(_)
+    ));
+    // Lowered for good: a later miss goes out as data tiles at once.
+    let mut b2 = b.clone();
+    b2.set_foreground(block());
+    let r = b2.poll(1_000_000, P, all).unwrap();
+    assert!(r.request.tiles.iter().all(|t| t.z() == 14));
+    // An answered request lowers nothing: a 400 at 12 stops at 13.
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_foreground(block());
+    let r = b.poll(0, P, all).unwrap();
+    b.on_failure(r.id, &bad, 0);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles[0].z(), 12);
+    b.on_success(r.id);
+    b.set_foreground(block());
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!((r.request.tiles[0].z(), r.request.tiles.len()), (12, 4));
+}
+
 #[test]
 fn a_partly_queued_block_goes_out_as_its_coarse_tile_when_nothing_of_it_is_held() {
     let parent = TileId::new(12, 100, 100).unwrap();
