@@ -233,10 +233,16 @@ impl Batcher {
             return Some(out);
         }
         // Prefetch never takes the last free slot, so foreground can always start at once
-        // (with a single slot, prefetch waits while foreground work is queued).
+        // (with a single slot, prefetch waits while foreground work is queued: ids, or a
+        // tile backing off, not one held as too large, which waits for a tile TTL).
         let free = self.config.max_in_flight - self.in_flight.len();
+        let q = &self.queues;
         if (self.config.max_in_flight > 1 && free <= 1)
-            || (free == 1 && self.has_foreground_queued())
+            || (free == 1
+                && (!q.loose_ids.is_empty()
+                    || q.foreground
+                        .iter()
+                        .any(|w| !matches!(w, Work::Tile(t) if self.held(*t, now_ms)))))
         {
             return None;
         }

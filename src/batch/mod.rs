@@ -5,7 +5,8 @@
 //!   before prefetch work; a tile or id already in flight is never requested twice
 //!   ([`queue`](self) and [`Batcher::poll`]).
 //! - At most `max_in_flight` requests are out at once, and prefetch never takes the last
-//!   free slot, so a foreground request can always start at once.
+//!   free slot, so a foreground request can always start at once (with a single slot,
+//!   prefetch waits while foreground work is queued, but not for a tile held as too large).
 //! - A failed request is retried with exponential backoff and equal jitter (a uniform delay
 //!   in `[d/2, d]`, so a retry never comes sooner than half the backoff), up to `retries`
 //!   times (a `429 Retry-After` is honoured); client errors (4xx) are not retried. The

@@ -3041,6 +3041,39 @@ fn a_data_tile_too_large_on_its_own_is_held_for_a_tile_ttl() {
     assert_eq!(run_refusing(&mut c, &o, dense, (370_000, 390_000)), (1, 1));
 }
 
+/// With one request at a time (`batch.maxInFlight: 1`), a visible data tile held as too
+/// large does not keep prefetch waiting: the ring around the view is fetched while the
+/// tile is held. Before, the held tile in the foreground queue counted as foreground work
+/// waiting for the slot, so nothing was prefetched for the whole hold (a tile TTL, 300 s).
+#[test]
+fn with_one_request_at_a_time_a_tile_held_as_too_large_does_not_stop_prefetch() {
+    let o = origin();
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            max_in_flight: 1,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    let dense = seattle();
+    c.set_viewport(view(2.0), 0, |_, _| {});
+    let (mut prefetched, mut now) = (0, 0);
+    loop {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_request(now) {
+            prefetched += usize::from(t.kind == Kind::Prefetch);
+            let r = refusing(&o, &t.request, dense);
+            c.on_response(t.id, r, now);
+        }
+        match c.next_wakeup(now) {
+            Some(at) if at < 60_000 => now = at.max(now + 1),
+            _ => break,
+        }
+    }
+    assert!(c.held_too_large(dense, now));
+    assert!(prefetched > 0, "nothing prefetched while the tile is held");
+}
+
 /// A whole `413` for a request that asked for one data tile alone says that tile is too
 /// large to serve: held for a tile TTL as above, not asked for again every 5 to 10 s.
 #[test]

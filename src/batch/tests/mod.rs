@@ -755,3 +755,32 @@ fn data_tiles_of_a_coarse_tile_too_large_to_serve_go_out_again_at_once_on_their_
     let r = b.poll(0, P, all).unwrap();
     assert_eq!(r.request.tiles.len(), 15, "{:?}", r.request.tiles);
 }
+
+/// With a single slot, prefetch waits while foreground work is queued, but not for a
+/// visible tile held as too large (a tile TTL): before, it waited for the whole hold.
+#[test]
+fn with_one_slot_prefetch_does_not_wait_for_a_tile_held_as_too_large() {
+    let mut b = Batcher::new(BatchConfig {
+        max_in_flight: 1,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.set_foreground(tiles(0..1));
+    let r = b.poll(0, P, all).unwrap();
+    let too_large = Failure::Http {
+        status: 413,
+        retry_after_ms: None,
+    };
+    b.on_failure(r.id, &too_large, 0);
+    assert!(b.held(t(0), 1));
+    b.set_foreground(tiles(0..1));
+    b.set_prefetch(tiles(10..12));
+    let r = b.poll(1, P, all).expect("prefetch goes out");
+    assert_eq!(r.kind, Kind::Prefetch);
+    b.on_success(r.id).unwrap();
+    // Foreground work that may go out soon (an id) still keeps the slot free.
+    b.request_ids(["a"]);
+    b.set_prefetch(tiles(20..21));
+    let r = b.poll(1, P, all).unwrap();
+    assert_eq!(r.kind, Kind::Foreground);
+}
