@@ -8,8 +8,8 @@ use super::{RequestId, Transmit};
 use crate::access::Access;
 use crate::planner::Work;
 use crate::protocol::{BatchRequest, ErrorCode};
-use crate::tile::{find_tile, TileId, TileSet};
-use crate::util::{sort_pairs, HashMap};
+use crate::tile::{TileId, TileSet};
+use crate::util::HashMap;
 
 /// Counters of the batch layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,8 +40,9 @@ struct InFlight {
     coarsest: u8,
 }
 
-/// Most data tiles [`Batcher`] remembers as to go out alone; past it they are forgotten
-/// (and each is asked for once more when refused as too large again, or when held).
+/// Most data tiles [`Batcher`] notes as refused as too large at once; past it they are
+/// forgotten (and each is asked for once more when refused as too large again, or when
+/// held). Notes that lapsed are forgotten first.
 const MAX_ALONE: usize = 4096;
 
 /// How long a data tile refused as too large on its own is held by default
@@ -65,11 +66,14 @@ pub struct Batcher {
     backoff: Backoff,
     breaker: Breaker,
     stats: BatchStats,
-    /// Data tiles the server left out as too large to serve (`payload_too_large`): never
-    /// coalesced again. Packed, each paired with the time it is held until (refused on its
-    /// own: not asked for before then; 0 when not held), sorted as a [`TileSet`]; at most
-    /// [`MAX_ALONE`].
-    alone: Vec<(u64, u64)>,
+    /// Data tiles the server left out as too large to serve (`payload_too_large`), noted:
+    /// `(tile, held until, noted until)`, the tile packed, sorted by it; at most
+    /// [`MAX_ALONE`]. Until its note lapses (a hold after the refusal), a noted tile goes out
+    /// on its own, and no coarse tile holding it is asked for (the rest of a request
+    /// coalesces without it); then the server is asked for a coarse tile holding it again.
+    /// Refused on its own while noted, it is held: not asked for before `held until` (0:
+    /// not held), and noted for a hold past that (asked for on its own first).
+    alone: Vec<(u64, u64, u64)>,
     /// How long a data tile refused as too large on its own is held.
     hold_ms: u64,
     /// The zooms up requests are coalesced to: `config.coalesce_levels`, lowered by a
@@ -111,7 +115,19 @@ impl Batcher {
     /// its own, not asked for before its hold ends or is released
     /// ([`release_held`](Self::release_held)).
     pub fn held(&self, tile: TileId, now_ms: u64) -> bool {
-        find_tile(&self.alone, tile).is_ok_and(|i| self.alone[i].1 > now_ms)
+        self.note(tile).is_some_and(|a| a.1 > now_ms)
+    }
+
+    /// Whether data tile `tile` is noted as refused as too large at `now_ms`: it goes out on
+    /// its own, within no coarse tile (`alone`).
+    fn noted(&self, tile: TileId, now_ms: u64) -> bool {
+        self.note(tile).is_some_and(|a| a.2 > now_ms)
+    }
+
+    fn note(&self, tile: TileId) -> Option<&(u64, u64, u64)> {
+        let key = tile.to_u64();
+        let i = self.alone.binary_search_by(|a| a.0.cmp(&key)).ok()?;
+        Some(&self.alone[i])
     }
 
     /// Ends the hold of the data tiles refused as too large that something could have
@@ -119,7 +135,7 @@ impl Batcher {
     /// (an invalidation of a class or of all, another tier). They are asked for again when
     /// still needed, on their own.
     pub fn release_held(&mut self, tiles: Option<&[TileId]>) {
-        for (t, until) in &mut self.alone {
+        for (t, until, _) in &mut self.alone {
             let t = TileId::from_packed(*t);
             if tiles.is_none_or(|c| c.iter().any(|&i| i.contains(t) || t.contains(i))) {
                 *until = 0;
@@ -270,6 +286,8 @@ impl Batcher {
             Vec<Work>,
             Vec<Work>,
         ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // The data tiles' works noted as too large, to go out on their own.
+        let mut lone: Vec<Work> = Vec::new();
         let mut attempt = 0;
         // Data tiles gathered per request: room for `max_tiles` coarse tiles' worth.
         let tile_cap = self
@@ -284,7 +302,7 @@ impl Batcher {
                 continue; // already coming, or no longer needed: drop
             }
             let fits = match &w {
-                Work::Tile(_) => tiles.len() < tile_cap,
+                Work::Tile(_) => tiles.len() + lone.len() < tile_cap,
                 Work::Ids { ids: wi, .. } => {
                     ids.len() + wi.len() <= self.config.max_ids || ids.is_empty()
                 }
@@ -294,7 +312,13 @@ impl Batcher {
                 keep.push(w);
                 continue;
             }
+            attempt = attempt.max(self.backoff.get(tile).map_or(0, |b| b.attempt));
             match &w {
+                // Noted as too large: on its own (below).
+                Work::Tile(t) if self.noted(*t, now_ms) => {
+                    lone.push(w);
+                    continue;
+                }
                 Work::Tile(t) => tiles.push(*t),
                 Work::Ids { ids: wi, .. } => {
                     // Its first ids up to the room left (only an oversized work is cut).
@@ -306,7 +330,6 @@ impl Batcher {
                     }
                 }
             }
-            attempt = attempt.max(self.backoff.get(tile).map_or(0, |b| b.attempt));
             works.push(w);
         }
         // Coalesce complete groups into coarse tiles; what does not fit in `max_tiles`
@@ -325,24 +348,24 @@ impl Batcher {
             TileSet::default()
         };
         let data_zoom = tiles.first().map(|t| t.z());
-        // No coarse tile for a request with a data tile the server left out as too large:
-        // it goes out on its own, as the server asks ("request finer tiles").
-        let alone = tiles.iter().any(|&t| find_tile(&this.alone, t).is_ok());
-        let (mut request_tiles, group_of) = coalesce(
+        // A data tile the server left out as too large (noted) goes out on its own, as the
+        // server asks ("request finer tiles"), after the others (`lone`), and no coarse tile
+        // holds it (the one refused or a partly queued one).
+        let (mut request_tiles, mut group_of) = coalesce(
             &tiles,
-            if alone { 0 } else { this.coalesce_levels },
+            this.coalesce_levels,
             this.config.coalesce_min_share,
             |block| {
                 block
                     .descendants(data_zoom.unwrap_or(block.z()))
                     .is_ok_and(|below| {
                         below.into_iter().all(|d| {
-                            queued.contains(d)
-                                || empty.is_some_and(|empty| empty(d))
-                                || (!this.is_tile_in_flight(d)
-                                    && this.backoff.ready(d, now_ms)
-                                    && !this.held(d, now_ms)
-                                    && needed(&Work::Tile(d)))
+                            !this.noted(d, now_ms)
+                                && (queued.contains(d)
+                                    || empty.is_some_and(|empty| empty(d))
+                                    || (!this.is_tile_in_flight(d)
+                                        && this.backoff.ready(d, now_ms)
+                                        && needed(&Work::Tile(d))))
                         })
                     })
             },
@@ -358,6 +381,11 @@ impl Batcher {
                     })
             },
         );
+        for w in lone {
+            group_of.push(request_tiles.len());
+            request_tiles.push(w.tile());
+            works.push(w);
+        }
         if request_tiles.len() > self.config.max_tiles {
             let mut groups = group_of.iter();
             let (mut sent, mut returned) = (Vec::new(), Vec::new());
@@ -496,17 +524,21 @@ impl Batcher {
     ///   off as a given-up request's do. What it answered succeeded: those tiles back off
     ///   no more. (A `200` carries no `Retry-After`.)
     /// - Data tiles left out as [`ErrorCode::PayloadTooLarge`] the first time are no
-    ///   failure: not held back, not returned, and never coalesced again (at most 4096 such
-    ///   tiles are remembered), so asked for again (the client queues the tiles it still
-    ///   needs after each answer) each goes out on its own. One may have gone out within a
-    ///   coarse request tile that the server refused ("request finer tiles"), which was the
-    ///   client's choice and says nothing against the tiles or the backend. Refused on its
-    ///   own, a tile fails as above, and is held: not asked for again for a tile TTL
-    ///   ([`hold_too_large_for`](Self::hold_too_large_for)), as the server and the edge
-    ///   hold it (nothing of it could be had, and each ask would be a request, and a full
-    ///   read of a dense tile behind it, every 5 to 10 s for as long as it is in view),
-    ///   unless [`release_held`](Self::release_held) ends the hold first. So is the one
-    ///   data tile of a request refused whole with a 413 ([`on_failure`](Self::on_failure)).
+    ///   failure: not held back, not returned, and noted for a tile TTL
+    ///   ([`hold_too_large_for`](Self::hold_too_large_for); at most 4096 such tiles are
+    ///   remembered), so asked for again meanwhile (the client queues the tiles it still
+    ///   needs after each answer) each goes out on its own, and within no coarse tile
+    ///   (the rest of a request coalesces as usual, in coarse tiles that hold no noted
+    ///   tile). One may have gone out within a coarse request tile that the server refused
+    ///   ("request finer tiles"), which was the client's choice and says nothing against
+    ///   the tiles or the backend. Once the note lapses, the server is asked for the coarse
+    ///   tile again. Refused on its own (while noted), a tile fails as above, and is held:
+    ///   not asked for again for a tile TTL, as the server and the edge hold it (nothing of
+    ///   it could be had, and each ask would be a request, and a full read of a dense tile
+    ///   behind it, every 5 to 10 s for as long as it is in view), unless
+    ///   [`release_held`](Self::release_held) ends the hold first; it stays noted a tile TTL
+    ///   past the hold, so it is asked for on its own first. So is the one data tile of a
+    ///   request refused whole with a 413 ([`on_failure`](Self::on_failure)).
     pub fn on_answer(
         &mut self,
         id: RequestId,
@@ -527,22 +559,32 @@ impl Batcher {
 
     /// Notes data tile `t` refused as too large to serve; returns whether it is held. One
     /// that went out on its own (`alone`, or noted since an earlier refusal) is held for
-    /// `hold_ms`: a failure. Another is no failure yet (it may have been refused within a
-    /// coarse tile): noted as to go out on its own from now on.
+    /// `hold_ms`, and noted for `hold_ms` past that: a failure. Another is no failure yet
+    /// (it may have been refused within a coarse tile): noted for `hold_ms`, to go out on its
+    /// own meanwhile. Lapsed notes are forgotten here.
     fn too_large(&mut self, t: TileId, alone: bool, now_ms: u64) -> bool {
         let until = now_ms.saturating_add(self.hold_ms);
-        match find_tile(&self.alone, t) {
-            Ok(i) => self.alone[i].1 = until,
-            Err(_) => {
+        self.alone.retain(|a| a.2 > now_ms);
+        let key = t.to_u64();
+        let hold = self.hold_ms;
+        let note = |held: bool| match held {
+            true => (key, until, until.saturating_add(hold)),
+            false => (key, 0, until),
+        };
+        match self.alone.binary_search_by(|a| a.0.cmp(&key)) {
+            Ok(i) => {
+                self.alone[i] = note(true);
+                true
+            }
+            Err(mut i) => {
                 if self.alone.len() >= MAX_ALONE {
                     self.alone.clear();
+                    i = 0;
                 }
-                self.alone.push((t.to_u64(), if alone { until } else { 0 }));
-                sort_pairs(&mut self.alone);
-                return alone;
+                self.alone.insert(i, note(alone));
+                alone
             }
         }
-        true
     }
 
     /// [`on_answer`](Self::on_answer) once the tiles it left out are known (not generic:
@@ -556,7 +598,7 @@ impl Batcher {
     ) -> (Finished, Vec<TileId>, bool) {
         // Data tiles too large to serve ("request finer tiles") that have not gone out on
         // their own yet are no failure: one asked for within a coarse tile (coalesced) may
-        // fit alone. They go out on their own from now on, when asked for again.
+        // fit alone. They go out on their own for a tile TTL, when asked for again.
         if left_out.is_some_and(|l| l.0 == ErrorCode::PayloadTooLarge) {
             unanswered.retain(|&t| self.too_large(t, false, now_ms));
         }
@@ -775,7 +817,7 @@ impl Batcher {
             }
         }
         // The end of a hold (the tile may not be queued any more: a wake-up for nothing).
-        for &(_, until) in &self.alone {
+        for &(_, until, _) in &self.alone {
             consider(until);
         }
         for l in &q.loose_ids {

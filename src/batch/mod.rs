@@ -21,10 +21,12 @@
 //!   one that sheds load or says the origin failed (`overloaded`, `rate_limited`,
 //!   `upstream_timeout`, `upstream_error`) counts as such a failure, and the tiles it left
 //!   out back off and are retried as a failed request's; one too large to serve
-//!   (`payload_too_large`) is given up at once ([`Batcher::on_answer`]), and a data tile
-//!   refused so on its own (or by a whole 413) is held: not asked for again for a tile
-//!   TTL, unless released ([`Batcher::release_held`]: an invalidation covers it, the tier
-//!   changed).
+//!   (`payload_too_large`) is given up at once ([`Batcher::on_answer`]), but for a data
+//!   tile refused the first time (it may have gone out within a coarse tile): it goes out
+//!   on its own, in no coarse tile, for a tile TTL, the rest of its requests coalescing as
+//!   usual; and a data tile refused so on its own (or by a whole 413) is held: not asked
+//!   for again for a tile TTL, unless released ([`Batcher::release_held`]: an
+//!   invalidation covers it, the tier changed).
 //!
 //! Sans-IO: the caller sends [`Transmit`] requests however it likes and reports back with
 //! [`Batcher::on_success`] / [`Batcher::on_failure`]; time is always an argument.

@@ -756,6 +756,109 @@ fn data_tiles_of_a_coarse_tile_too_large_to_serve_go_out_again_at_once_on_their_
     assert_eq!(r.request.tiles.len(), 15, "{:?}", r.request.tiles);
 }
 
+/// The data tiles each request tile stands for, sorted; a tile twice would be a repeat.
+fn data_tiles_of(request: &[TileId]) -> Vec<TileId> {
+    let mut data: Vec<TileId> = request
+        .iter()
+        .flat_map(|r| r.descendants(14).unwrap())
+        .collect();
+    data.sort_by_key(|t| t.to_u64());
+    data
+}
+
+/// After the server refuses a coarse tile as too large, only its data tiles go out on
+/// their own, and only for a hold (a tile TTL): the rest of what is queued with them still
+/// coalesces (into no coarse tile that holds them, so no data tile is asked twice), and
+/// once the notes lapse the server is asked for the coarse tile again. Before, a request
+/// holding any such tile was not coalesced at all, and the notes never lapsed: after one
+/// refusal near a dense area, that area's requests went out as data tiles, 16 to a
+/// request, for the page's life.
+#[test]
+fn only_the_data_tiles_of_a_coarse_tile_too_large_go_out_on_their_own_and_for_a_hold() {
+    use crate::protocol::ErrorCode;
+    let mut b = Batcher::new(BatchConfig {
+        coalesce_levels: 2,
+        max_tiles: 16,
+        ..BatchConfig::default() // coalesce_min_share 50
+    })
+    .unwrap();
+    b.hold_too_large_for(1000);
+    let block = TileId::new(12, 256, 24).unwrap();
+    let next = TileId::new(12, 257, 24).unwrap();
+    let quarters = block.descendants(13).unwrap();
+    let refused = quarters[0].descendants(14).unwrap();
+    let works = |t: &[TileId]| t.iter().map(|&d| Work::Tile(d)).collect::<Vec<_>>();
+    b.set_foreground(works(&refused));
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, [quarters[0]]);
+    let none = |_: &str| false;
+    let too_large = Some((ErrorCode::PayloadTooLarge, &none as &dyn Fn(&str) -> bool));
+    let (_, unanswered, _) = b.on_answer(r.id, |_| false, too_large, 0).unwrap();
+    assert!(unanswered.is_empty());
+    // Both blocks asked for: the other block and the refused tile's three sibling
+    // quarters coarse (not `block`, which holds it), its four data tiles on their own
+    // (after them); no data tile twice.
+    let mut both = next.descendants(14).unwrap();
+    both.extend(block.descendants(14).unwrap());
+    b.set_foreground(works(&both));
+    let r = b.poll(1, P, all).unwrap();
+    let mut want = vec![next, quarters[1], quarters[2], quarters[3]];
+    want.extend(&refused);
+    assert_eq!(
+        r.request.tiles, want,
+        "only the refused tile's data tiles on their own"
+    );
+    assert_eq!(b.poll(1, P, all), None, "all in one request");
+    both.sort_by_key(|t| t.to_u64());
+    assert_eq!(data_tiles_of(&r.request.tiles), both, "each data tile once");
+    b.on_success(r.id).unwrap();
+    // The notes lapse with the hold: the coarse tile is asked for again.
+    b.set_foreground(works(&refused));
+    let r = b.poll(999, P, all).unwrap();
+    assert_eq!(r.request.tiles, refused, "on their own for the hold");
+    b.on_success(r.id).unwrap();
+    b.set_foreground(works(&refused));
+    let r = b.poll(1000, P, all).unwrap();
+    assert_eq!(r.request.tiles, [quarters[0]], "asked for coarse again");
+}
+
+/// A data tile refused on its own while noted is held for a hold, and stays noted a hold
+/// past it: then asked for on its own first, not within the coarse tile that holds it
+/// (which would be refused too), and its siblings coalesce without it.
+#[test]
+fn a_held_data_tile_is_asked_for_on_its_own_first_when_its_hold_ends() {
+    use crate::protocol::ErrorCode;
+    let mut b = Batcher::new(BatchConfig {
+        coalesce_levels: 2,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.hold_too_large_for(1000);
+    let quarter = TileId::new(13, 512, 48).unwrap();
+    let data = quarter.descendants(14).unwrap();
+    let works = |t: &[TileId]| t.iter().map(|&d| Work::Tile(d)).collect::<Vec<_>>();
+    let none = |_: &str| false;
+    let too_large = Some((ErrorCode::PayloadTooLarge, &none as &dyn Fn(&str) -> bool));
+    b.set_foreground(works(&data));
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, [quarter]);
+    b.on_answer(r.id, |_| false, too_large, 0).unwrap();
+    b.set_foreground(works(&data));
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.tiles, data);
+    let (_, unanswered, _) = b.on_answer(r.id, |t| t != data[0], too_large, 0).unwrap();
+    assert_eq!(unanswered, [data[0]]);
+    assert!(b.held(data[0], 999) && !b.held(data[0], 1000));
+    // At 1000 the hold and the siblings' notes end: the tile alone, the siblings as
+    // themselves (the quarter would hold it).
+    b.set_foreground(works(&data));
+    let r = b.poll(1000, P, all).unwrap();
+    assert_eq!(r.request.tiles, [data[1], data[2], data[3], data[0]]);
+    b.on_answer(r.id, |t| t != data[0], too_large, 1000)
+        .unwrap();
+    assert!(b.held(data[0], 1999));
+}
+
 /// With a single slot, prefetch waits while foreground work is queued, but not for a
 /// visible tile held as too large (a tile TTL): before, it waited for the whole hold.
 #[test]
