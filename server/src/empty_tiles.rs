@@ -23,37 +23,96 @@
 //! answers the short one, telling it that items it may not see are there. So such a tile is
 //! stored like an empty one, for every tier (its `agent` callers ask the origin for it
 //! again after `--empty-tile-ttl-s`, and past the cap on each request).
+//!
+//! # Empty blocks: the cap counts keys, not data tiles
+//! A zoomed-out request is split onto up to `--max-data-tiles` (1024) data tiles
+//! (`--split-levels` 3: a zoom-11 tile is 64 of them), and over sparse land most come back
+//! empty: ten such requests over distinct areas would fill a cap counted in data tiles, and
+//! from then on every zoomed-out request over sparse land would ask the origin again for
+//! its empty tiles (a paid call, for an upstream origin). So for the Redis tier, before the
+//! cap is applied, the empty lists of a write-back are gathered into *empty blocks*: each
+//! largest aligned tile 1 to `--split-levels` levels coarser than the data zoom (at most
+//! [`MAX_BLOCK_LEVELS`]) whose every data tile the write-back lists empty to `public` is
+//! stored as ONE key (`<prefix>v4:e:<z/x/y>`, `crate::stored::Keys::block`), with the short
+//! TTL, and counts once against the cap. A zoom-11 tile with nothing is one key, not 64; one
+//! with a single item in a corner is 9 empty keys (3 zoom-12 blocks, 3 zoom-13 blocks and
+//! the lists of the 3 data tiles beside the item's) and the list of the item's tile. The tier reads, for each data tile it does not hold a list
+//! of, the blocks over it (`crate::tier`: one more key per distinct ancestor in the same
+//! `MGET`, about a third more keys for a request of 16 zoom-11 tiles), warm-up counts a
+//! tile under a block as held, and an invalidation of anything inside a block, or of an id
+//! it holds, deletes it.
+//!
+//! What the cap bounds stays what it was: keys. Junk of distinct coarse tiles makes a block
+//! each and stops at the cap as junk of distinct data tiles does; a block's value is a tile
+//! value holding the items of its data tiles above `public` (usually none), so Redis holds
+//! at most instances x `--max-empty-tiles` of these keys, each of about 100 bytes when empty.
+//!
+//! The alternatives weighed: a cap scaled to `--max-data-tiles` (10 000 x 64 data tiles
+//! would be some 60 MB of keys per instance that junk can fill as easily, so it bounds
+//! less to buy the same); `--bounds` (the extent is a promise clients use to skip tiles,
+//! but an item outside it is still served to a client that asks, so the server still asks
+//! the origin there; and sparse land is mostly inside the extent). Blocks cost nothing
+//! to junk's bound and make legitimate zoomed-out traffic a few keys per request.
+//!
+//! A block is made only of lists empty to `public` (the rule above): whether a tile is
+//! stored in a block or on its own, and so how long it lives and whether the cap let it be
+//! stored, never depends on items `public` may not see. Those items stay in the block's
+//! value, so an `agent` caller is answered them from it. The in-process tier (the core
+//! cache, bounded by `--cache-max-tiles` in entries) makes no blocks: there the cap counts
+//! data tiles as before, since a block would still take one entry per data tile.
+//!
+//! Blocks are made within one write-back (one origin call's answer): a coarse tile some of
+//! whose data tiles were hits is stored as the blocks its misses make.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tilewarm::access::Access;
+use tilewarm::tile::TileId;
 
 use crate::tier::Fill;
+
+/// The most levels above the data zoom an empty block spans (`--split-levels` is at most
+/// 4): an invalidation deletes the blocks over what it covers at every one of them, whatever
+/// `--split-levels` the instance that wrote them ran with.
+pub const MAX_BLOCK_LEVELS: u8 = 4;
 
 /// The budget of empty tile lists one instance writes.
 pub struct EmptyTiles {
     ttl_ms: u64,
     cap: usize,
-    /// Expiries (Unix ms) of the empty lists written and still alive, oldest first.
+    /// How many levels above the data zoom empty blocks may span (0: none).
+    block_levels: u8,
+    /// Expiries (Unix ms) of the empty lists and blocks written and still alive, oldest
+    /// first.
     alive: Mutex<VecDeque<u64>>,
 }
 
 impl EmptyTiles {
-    /// At most `cap` empty lists alive, each for at most `ttl_ms`.
+    /// At most `cap` empty lists alive, each for at most `ttl_ms`; none gathered into
+    /// blocks (the in-process tier).
     pub fn new(ttl_ms: u64, cap: usize) -> EmptyTiles {
+        EmptyTiles::with_blocks(ttl_ms, cap, 0)
+    }
+
+    /// At most `cap` empty lists and blocks alive, each for at most `ttl_ms`; the empty
+    /// lists of a write-back gathered into blocks up to `block_levels` (at most
+    /// [`MAX_BLOCK_LEVELS`]) levels above the data zoom (the Redis tier: `--split-levels`).
+    pub fn with_blocks(ttl_ms: u64, cap: usize, block_levels: u8) -> EmptyTiles {
         EmptyTiles {
             ttl_ms,
             cap,
+            block_levels: block_levels.min(MAX_BLOCK_LEVELS),
             alive: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Shortens the expiry of each empty list in `fill` to the negative TTL and drops those
+    /// Shortens the expiry of each empty list in `fill` to the negative TTL, gathers them
+    /// into empty blocks ([`Fill::blocks`], module docs) and drops the lists and blocks
     /// past the cap; lists naming an item of `fill` that `public` may see are untouched.
     /// Empty means naming no such item (see the module docs: a list of items above
-    /// `public` only must not live longer than one of nothing). Returns how many were
-    /// dropped.
+    /// `public` only must not live longer than one of nothing). Returns how many lists and
+    /// blocks were dropped.
     pub fn limit(&self, fill: &mut Fill, now_ms: u64) -> usize {
         let public: HashSet<&str> = fill
             .items
@@ -69,13 +128,38 @@ impl EmptyTiles {
         while alive.front().is_some_and(|&exp| exp <= now_ms) {
             alive.pop_front();
         }
-        let before = fill.tiles.len();
         let short = now_ms.saturating_add(self.ttl_ms);
-        fill.tiles.retain_mut(|(_, ids, exp)| {
-            if shown(ids) {
-                return true;
+        let empty: Vec<bool> = fill.tiles.iter().map(|(_, ids, _)| !shown(ids)).collect();
+        let blocks = self.blocks(fill, &empty);
+        let mut in_block = vec![false; fill.tiles.len()];
+        let mut dropped = 0;
+        for (block, members) in blocks {
+            for &i in &members {
+                in_block[i] = true;
             }
             if alive.len() >= self.cap {
+                dropped += 1;
+                continue;
+            }
+            let exp = (members.iter().map(|&i| fill.tiles[i].2)).fold(short, u64::min);
+            let ids = (members.iter())
+                .flat_map(|&i| fill.tiles[i].1.iter().cloned())
+                .collect();
+            alive.push_back(exp);
+            fill.blocks.push((block, ids, exp));
+        }
+        let mut i = 0;
+        fill.tiles.retain_mut(|(_, _, exp)| {
+            let (empty, in_block) = (empty[i], in_block[i]);
+            i += 1;
+            if !empty {
+                return true;
+            }
+            if in_block {
+                return false;
+            }
+            if alive.len() >= self.cap {
+                dropped += 1;
                 return false;
             }
             *exp = (*exp).min(short);
@@ -83,7 +167,51 @@ impl EmptyTiles {
             true
         });
         // Expiries pushed out of order (a shorter tile TTL) only make the count cautious.
-        before - fill.tiles.len()
+        dropped
+    }
+
+    /// The empty blocks `fill`'s lists make (`empty[i]`: list `i` is empty to `public`):
+    /// the largest first, each with the indices of its data tiles' lists, in the order
+    /// their first lists come. A block is a tile 1 to `block_levels` levels above the data
+    /// zoom (the zoom of the lists) all 4^levels data tiles of which are listed once, empty.
+    fn blocks(&self, fill: &Fill, empty: &[bool]) -> Vec<(TileId, Vec<usize>)> {
+        let mut out = Vec::new();
+        let Some(dz) = fill.tiles.first().map(|(t, _, _)| t.z()) else {
+            return out;
+        };
+        let mut seen = HashSet::new();
+        // The lists a block may take: empty, at the data zoom, each tile once.
+        let mut free: Vec<bool> = (fill.tiles.iter().zip(empty))
+            .map(|((t, _, _), &e)| e && t.z() == dz && seen.insert(*t))
+            .collect();
+        for levels in (1..=self.block_levels.min(dz)).rev() {
+            let whole = 1usize << (2 * levels);
+            let mut order = Vec::new();
+            let mut under: HashMap<TileId, Vec<usize>> = HashMap::new();
+            for (i, (t, _, _)) in fill.tiles.iter().enumerate() {
+                if !free[i] {
+                    continue;
+                }
+                let Ok(block) = t.ancestor(dz - levels) else {
+                    continue;
+                };
+                let members = under.entry(block).or_default();
+                if members.is_empty() {
+                    order.push(block);
+                }
+                members.push(i);
+            }
+            for block in order {
+                let members = under.remove(&block).unwrap_or_default();
+                if members.len() == whole {
+                    for &i in &members {
+                        free[i] = false;
+                    }
+                    out.push((block, members));
+                }
+            }
+        }
+        out
     }
 
     /// Empty lists counted alive now (at most the cap).
@@ -158,6 +286,62 @@ mod tests {
                 (mixed, 3_600_000),
             ]
         );
+    }
+
+    /// The empty lists of whole coarse tiles become one block each, the largest first; a
+    /// tile with a list naming a public item, or a list not in the write-back, keeps its
+    /// siblings as lists. Blocks and lists share the cap.
+    #[test]
+    fn empty_lists_of_whole_coarse_tiles_become_one_block_each() {
+        let e = EmptyTiles::with_blocks(60_000, 4, 3);
+        let z12 = TileId::new(12, 40, 40).unwrap();
+        let mut f = Fill::default();
+        // Every data tile of z12 empty, but one of its zoom-13 quarters holds a hidden
+        // item (above public); the zoom-13 tile beside it lacks one data tile.
+        f.items.push(item("hidden", Access::Agent));
+        for (i, d) in z12.descendants(14).unwrap().into_iter().enumerate() {
+            let ids = if i == 5 {
+                vec!["hidden".into()]
+            } else {
+                Vec::new()
+            };
+            f.tiles.push((d, ids, 3_600_000));
+        }
+        let beside = TileId::new(13, 82, 80).unwrap();
+        let partial = beside.descendants(14).unwrap();
+        for &d in &partial[..3] {
+            f.tiles.push((d, Vec::new(), 3_600_000));
+        }
+        f.items.push(item("seen", Access::Public));
+        f.tiles.push((partial[3], vec!["seen".into()], 3_600_000));
+        assert_eq!(e.limit(&mut f, 0), 0);
+        assert_eq!(f.blocks, [(z12, vec!["hidden".to_string()], 60_000)]);
+        let lists: Vec<(TileId, u64)> = f.tiles.iter().map(|t| (t.0, t.2)).collect();
+        let want: Vec<(TileId, u64)> = (partial[..3].iter().map(|&d| (d, 60_000)))
+            .chain([(partial[3], 3_600_000)])
+            .collect();
+        assert_eq!(lists, want);
+        assert_eq!(e.alive(0), 4);
+        // Full: another block is dropped with its lists.
+        let mut g = Fill::default();
+        let other = TileId::new(13, 0, 0).unwrap();
+        for d in other.descendants(14).unwrap() {
+            g.tiles.push((d, Vec::new(), 3_600_000));
+        }
+        assert_eq!(e.limit(&mut g, 1), 1);
+        assert!(g.tiles.is_empty() && g.blocks.is_empty());
+    }
+
+    /// Without blocks (the in-process tier), a whole coarse tile's lists stay lists.
+    #[test]
+    fn no_blocks_are_made_for_the_in_process_tier() {
+        let e = EmptyTiles::new(60_000, 100);
+        let mut f = Fill::default();
+        for d in TileId::new(13, 0, 0).unwrap().descendants(14).unwrap() {
+            f.tiles.push((d, Vec::new(), 3_600_000));
+        }
+        assert_eq!(e.limit(&mut f, 0), 0);
+        assert_eq!((f.tiles.len(), f.blocks.len()), (4, 0));
     }
 
     #[test]

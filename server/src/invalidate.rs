@@ -119,12 +119,13 @@ impl WriteGuard {
             return 0;
         }
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let before = fill.items.len() + fill.tiles.len();
+        let before = fill.items.len() + fill.tiles.len() + fill.blocks.len();
         let oldest = log.front().map_or(u64::MAX, |(n, _, _)| *n);
         if oldest > epoch + 1 {
             // Older than the log: cannot tell what changed since, write nothing.
             fill.items.clear();
             fill.tiles.clear();
+            fill.blocks.clear();
             return before;
         }
         let since: Vec<&Invalidation> = log
@@ -135,6 +136,7 @@ impl WriteGuard {
         if since.iter().any(|i| i.all) {
             fill.items.clear();
             fill.tiles.clear();
+            fill.blocks.clear();
             return before;
         }
         let ids: HashSet<&str> = since
@@ -160,16 +162,20 @@ impl WriteGuard {
             })
             .map(|it| it.id().to_owned())
             .collect();
-        for (t, list, _) in &fill.tiles {
+        // A block (a coarse tile standing for its data tiles) is covered as a tile is when
+        // an invalidation covers any part of it.
+        for (t, list, _) in fill.tiles.iter().chain(&fill.blocks) {
             if since.iter().any(|i| i.covers_tile(*t)) {
                 gone.extend(list.iter().cloned());
             }
         }
         fill.items.retain(|it| !gone.contains(it.id()));
-        fill.tiles.retain(|(t, list, _)| {
+        let kept = |(t, list, _): &(TileId, Vec<String>, u64)| {
             !since.iter().any(|i| i.covers_tile(*t)) && !list.iter().any(|id| gone.contains(id))
-        });
-        before - fill.items.len() - fill.tiles.len()
+        };
+        fill.tiles.retain(kept);
+        fill.blocks.retain(kept);
+        before - fill.items.len() - fill.tiles.len() - fill.blocks.len()
     }
 }
 
@@ -334,8 +340,9 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
     let before = app.invalidation.guard.epoch();
     app.invalidation.filter(fill, epoch);
     // Empty lists: a short TTL and a cap (issue 15).
+    // Empty to `public` in a whole coarse tile: one key (Redis only).
     app.empty_tiles.limit(fill, crate::tier::now_ms());
-    if fill.items.is_empty() && fill.tiles.is_empty() {
+    if fill.items.is_empty() && fill.tiles.is_empty() && fill.blocks.is_empty() {
         return Ok(());
     }
     let written = app.tier.write(fill).await;
@@ -343,12 +350,15 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
         let mut kept = Fill {
             items: fill.items.clone(),
             tiles: fill.tiles.clone(),
+            blocks: fill.blocks.clone(),
             fetched_at: fill.fetched_at,
             gens: fill.gens.clone(),
         };
         app.invalidation.guard.filter(&mut kept, before);
         let kept_ids: HashSet<&str> = kept.items.iter().map(|i| i.id()).collect();
-        let kept_tiles: HashSet<TileId> = kept.tiles.iter().map(|(t, _, _)| *t).collect();
+        let kept_tiles: HashSet<TileId> = (kept.tiles.iter().chain(&kept.blocks))
+            .map(|(t, _, _)| *t)
+            .collect();
         let again = Invalidation {
             ids: fill
                 .items
@@ -356,9 +366,8 @@ pub async fn write_back(app: &App, fill: &mut Fill, epoch: u64) -> Result<(), Ti
                 .filter(|i| !kept_ids.contains(i.id()))
                 .map(|i| i.id().to_owned())
                 .collect(),
-            tiles: fill
-                .tiles
-                .iter()
+            // A block's tile: its invalidation drops the block with the data tiles'.
+            tiles: (fill.tiles.iter().chain(&fill.blocks))
                 .map(|(t, _, _)| *t)
                 .filter(|t| !kept_tiles.contains(t))
                 .collect(),
@@ -709,6 +718,51 @@ mod tests {
             ..Fill::default()
         };
         assert_eq!(g.filter(&mut f, e), 0);
+    }
+
+    /// An empty block (a coarse tile standing for its data tiles) is dropped from a
+    /// write-back by an invalidation of any tile inside it or over it, or of an id it
+    /// holds; one elsewhere leaves it.
+    #[test]
+    fn an_invalidation_inside_an_empty_block_drops_it_from_the_write_back() {
+        let d = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
+        let block = d.ancestor(12).unwrap();
+        let block_fill = || Fill {
+            items: vec![item("a")],
+            blocks: vec![(block, vec!["a".into()], 1)],
+            ..Fill::default()
+        };
+        let covering = [
+            Invalidation {
+                tiles: vec![d],
+                ..Invalidation::default()
+            },
+            Invalidation {
+                tiles: vec![block.ancestor(8).unwrap()],
+                ..Invalidation::default()
+            },
+            Invalidation {
+                ids: vec!["a".into()],
+                ..Invalidation::default()
+            },
+        ];
+        for inv in covering {
+            let g = WriteGuard::default();
+            let e = g.epoch();
+            g.record(&inv);
+            let mut f = block_fill();
+            assert_eq!(g.filter(&mut f, e), 2, "{inv:?}");
+            assert!(f.blocks.is_empty() && f.items.is_empty(), "{inv:?}");
+        }
+        let g = WriteGuard::default();
+        let e = g.epoch();
+        g.record(&Invalidation {
+            tiles: vec![block.offset(1, 0).unwrap()],
+            ..Invalidation::default()
+        });
+        let mut f = block_fill();
+        assert_eq!(g.filter(&mut f, e), 0);
+        assert_eq!(f.blocks.len(), 1);
     }
 
     #[test]

@@ -207,7 +207,8 @@ async fn build_app(
                 config.redis_read_from_replicas,
                 Arc::clone(&metrics),
             )
-            .map_err(|e| StartError::Redis(e.to_string()))?;
+            .map_err(|e| StartError::Redis(e.to_string()))?
+            .with_block_levels(config.split_levels);
             let r = Arc::new(r);
             if r.probe().await {
                 // The URL may hold a password: never log it as given.
@@ -263,6 +264,11 @@ async fn build_app(
         config.warmup_max_tiles,
         Arc::clone(&metrics),
     );
+    // Empty blocks for Redis only (`empty_tiles`' module docs).
+    let block_levels = match tier {
+        CacheTier::Redis(_) => config.split_levels,
+        CacheTier::Local(_) => 0,
+    };
     let app = Arc::new_cyclic(|this| App {
         this: this.clone(),
         limits: config.limits(),
@@ -294,9 +300,10 @@ async fn build_app(
             batch: Arc::new(config.shed()),
             tiles: Arc::new(config.shed()),
         },
-        empty_tiles: empty_tiles::EmptyTiles::new(
+        empty_tiles: empty_tiles::EmptyTiles::with_blocks(
             config.empty_tile_ttl_s.min(config.tile_ttl_s) * 1000,
             config.max_empty_tiles,
+            block_levels,
         ),
         bounds_header: config.bounds.and_then(|b| {
             let text = format!("{},{},{},{}", b.west, b.south, b.east, b.north);

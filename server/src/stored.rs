@@ -35,6 +35,14 @@
 //!   tier's rule that a tile is a hit only when its list and every listed item are fresh is
 //!   kept by the read, which checks each item's own `exp`, kept inside for its `ttl` in
 //!   answers.
+//! - `<prefix>v4:e:<z>/<x>/<y>` → an *empty block*: a tile 1 to
+//!   [`crate::empty_tiles::MAX_BLOCK_LEVELS`] levels coarser than the data zoom, every data
+//!   tile of which is empty to `public` (`crate::empty_tiles`), one key for all of them.
+//!   Laid out as a tile is, with the items of all its data tiles (those above `public`,
+//!   usually none): a reader gives each data tile those positioned in it (the origin's
+//!   rule for which tile lists an item). An instance that does not know these keys does not
+//!   read them (a miss) and, applying an invalidation, does not delete them: another
+//!   instance reading it from the change stream does.
 //! - `<prefix>v4:g` → a hash: per class invalidated so far, its *generation*, which each
 //!   invalidation of the class raises to the larger of one more and the time of the bump in
 //!   Unix ms (`crate::tier`'s bump script, so a bump passes every stamp made before it even
@@ -560,6 +568,8 @@ pub struct Keys {
     items: String,
     /// `<prefix>v4:t:`
     tiles: String,
+    /// `<prefix>v4:e:`
+    blocks: String,
     /// `<prefix>v4:g`
     gens: String,
 }
@@ -570,6 +580,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             items: format!("{prefix}{VERSION}i:"),
             tiles: format!("{prefix}{VERSION}t:"),
+            blocks: format!("{prefix}{VERSION}e:"),
             gens: format!("{prefix}{VERSION}g"),
         }
     }
@@ -589,6 +600,11 @@ impl Keys {
         &self.tiles
     }
 
+    /// What every empty block's key starts with ([`Keys::block`]).
+    pub fn blocks_prefix(&self) -> &str {
+        &self.blocks
+    }
+
     /// `<prefix>v4:g`: the class generations ([`Generations`]).
     pub fn gens(&self) -> &str {
         &self.gens
@@ -598,7 +614,7 @@ impl Keys {
     /// whose prefix starts with this one (`tw:x:v4:g` under `tw:`): it ends as a generations
     /// hash and is none of this format's item or tile keys (an item whose id ends in `v4:g`
     /// is one). `all` must not delete it: that would set the other deployment's classes back
-    /// ([`Generations`]). A prefix that starts with this one's item or tile key prefix
+    /// ([`Generations`]). A prefix that starts with this one's item, tile or block key prefix
     /// (`tw:v4:i:`) cannot be told apart from an item: use prefixes that do not.
     pub fn is_other_gens(&self, key: &str) -> bool {
         key.len() > self.gens.len()
@@ -606,6 +622,7 @@ impl Keys {
             && key.ends_with(&self.gens[self.prefix.len()..])
             && !key.starts_with(&self.items)
             && !key.starts_with(&self.tiles)
+            && !key.starts_with(&self.blocks)
     }
 
     /// `<prefix>v4:i:<id>`
@@ -619,6 +636,13 @@ impl Keys {
     /// `<prefix>v4:t:<z>/<x>/<y>`
     pub fn tile(&self, t: TileId) -> String {
         format!("{}{t}", self.tiles)
+    }
+
+    /// `<prefix>v4:e:<z>/<x>/<y>`: an empty block, a tile coarser than the data zoom whose
+    /// every data tile is empty to `public` (`crate::empty_tiles`), valued as a tile is
+    /// ([`encode_tile`]) with the items of all of them (those above `public`, if any).
+    pub fn block(&self, t: TileId) -> String {
+        format!("{}{t}", self.blocks)
     }
 }
 

@@ -15,7 +15,9 @@
 //! Items are held as the JSON text they are served as ([`crate::stored`]: the storage format
 //! and its Redis keys, in one place). Redis keys (see `docs/server.md`): `<prefix>v4:i:<id>`
 //! → item, `SET … EX <class ttl>`; `<prefix>v4:t:<z>/<x>/<y>` → the tile's items themselves,
-//! `SET … EX` until its list's expiry (not its items': they are of every tier); `<prefix>v4:g` → the
+//! `SET … EX` until its list's expiry (not its items': they are of every tier); `<prefix>v4:e:<z>/<x>/<y>`
+//! → an empty block standing for every data tile under it (`crate::empty_tiles`), valued
+//! as a tile, read for each data tile whose own key is absent; `<prefix>v4:g` → the
 //! class generations (a hash, no expiry); warm-up claims `<prefix>w:<z>/<x>/<y>` → owner,
 //! `SET … NX PX`. A read is one `MGET` of the tile keys and the requested ids' item keys,
 //! decoded without parsing JSON, with the tile keys' `PTTL`s and the class generations
@@ -34,6 +36,7 @@
 //! generation too (`ALL_BUMP_SCRIPT`), so a key its `SCAN` does not reach (a Redis Cluster
 //! moving slots while it runs) is stale anyway.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
@@ -44,6 +47,7 @@ use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness}
 use tilewarm::tile::TileId;
 use tracing::{info, warn};
 
+use crate::empty_tiles::MAX_BLOCK_LEVELS;
 use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
 use crate::stored::{decode_tile, encode_tile, Keys, ALL_FIELD};
@@ -93,6 +97,12 @@ pub struct TierRead {
 pub struct Fill {
     pub items: Vec<Arc<StoredItem>>,
     pub tiles: Vec<(TileId, Vec<String>, u64)>,
+    /// Empty blocks (`crate::empty_tiles`): tiles coarser than the data zoom standing for
+    /// every data tile under them, each of which the origin listed empty to `public`, with
+    /// the ids those lists name (of items above `public`) and its expiry. Made from `tiles`
+    /// by [`crate::empty_tiles::EmptyTiles::limit`] for the Redis tier only (one key each);
+    /// the in-process tier does not store them.
+    pub blocks: Vec<(TileId, Vec<String>, u64)>,
     /// The tier the lists were fetched at (default `agent`, the tier the server asks at):
     /// a list fetched below it is read back as such ([`TileHit::fetched_at`]), never as
     /// the whole tile for a caller above it.
@@ -110,6 +120,7 @@ impl Default for Fill {
         Fill {
             items: Vec::new(),
             tiles: Vec::new(),
+            blocks: Vec::new(),
             fetched_at: Access::Agent,
             gens: Generations::default(),
         }
@@ -212,7 +223,7 @@ impl CacheTier {
 
     /// Writes items and tile lists.
     pub async fn write(&self, fill: &Fill) -> Result<(), TierError> {
-        if fill.items.is_empty() && fill.tiles.is_empty() {
+        if fill.items.is_empty() && fill.tiles.is_empty() && fill.blocks.is_empty() {
             return Ok(());
         }
         match self {
@@ -506,6 +517,9 @@ pub struct RedisTier {
     /// what they cover may still be in Redis, so requests skip it as when it is down.
     held: AtomicU8,
     metrics: Arc<Metrics>,
+    /// How many levels above the data zoom the empty blocks read span
+    /// ([`RedisTier::with_block_levels`]).
+    block_levels: u8,
 }
 
 impl RedisTier {
@@ -531,7 +545,43 @@ impl RedisTier {
             degraded: AtomicBool::new(false),
             held: AtomicU8::new(0),
             metrics,
+            block_levels: 0,
         })
+    }
+
+    /// Reads (and counts as held, for warm-up) the empty blocks up to `levels` above the
+    /// data zoom (`--split-levels`, at most [`MAX_BLOCK_LEVELS`]): those this instance
+    /// writes ([`crate::empty_tiles`]). None by default. Invalidations delete the blocks
+    /// over what they cover at every level up to [`MAX_BLOCK_LEVELS`] whatever this is.
+    pub fn with_block_levels(mut self, levels: u8) -> RedisTier {
+        self.block_levels = levels.min(MAX_BLOCK_LEVELS);
+        self
+    }
+
+    /// The blocks a reader of data tile `t` looks in, finest first.
+    fn blocks_over(&self, t: TileId) -> impl Iterator<Item = TileId> {
+        (1..=self.block_levels.min(t.z())).filter_map(move |k| t.ancestor(t.z() - k).ok())
+    }
+
+    /// The keys of every empty block that may hold part of `t` (a tile of any zoom), when
+    /// data tiles are at `data_zoom`: the blocks over it and, for a tile coarser than the
+    /// data zoom, those inside it, at each of the [`MAX_BLOCK_LEVELS`] levels; `None` when
+    /// those inside are too many to name (more than 4^[`MAX_BLOCK_LEVELS`] levels below
+    /// it: the caller scans for them).
+    fn block_keys_covering(&self, t: TileId, data_zoom: u8) -> Option<Vec<String>> {
+        let mut keys = Vec::new();
+        for k in 1..=MAX_BLOCK_LEVELS.min(data_zoom) {
+            let bz = data_zoom - k;
+            if t.z() >= bz {
+                keys.extend(t.ancestor(bz).ok().map(|b| self.keys.block(b)));
+            } else if bz - t.z() <= MAX_BLOCK_LEVELS {
+                let inside = t.descendants(bz).ok()?;
+                keys.extend(inside.into_iter().map(|b| self.keys.block(b)));
+            } else {
+                return None;
+            }
+        }
+        Some(keys)
     }
 
     fn item_key(&self, id: &str) -> String {
@@ -605,6 +655,9 @@ impl RedisTier {
         let mut tile_keys: Vec<String> = Vec::new();
         let mut wide: Vec<TileId> = Vec::new();
         for &t in &inv.tiles {
+            // The empty blocks over it or inside it ([`crate::empty_tiles`]): a block
+            // stands for each of its data tiles.
+            let blocks = self.block_keys_covering(t, data_zoom);
             if t.z() >= data_zoom {
                 if let Ok(a) = t.ancestor(data_zoom) {
                     tile_keys.push(self.tile_key(a));
@@ -615,32 +668,39 @@ impl RedisTier {
                 }
             } else {
                 wide.push(t);
+                continue;
             }
+            tile_keys.extend(blocks.unwrap_or_default());
         }
         self.unlink_tiles_and_items(&tile_keys).await?;
         if !wide.is_empty() {
-            let tiles_prefix = self.keys.tiles_prefix();
-            let mut scan = self
-                .conn
-                .scan(&format!("{}*", glob_escape(tiles_prefix)), 1000)
-                .await?;
-            while let Some(batch) = scan.next_batch().await? {
-                let doomed: Vec<String> = batch
-                    .into_iter()
-                    .filter(|key| {
-                        key.strip_prefix(tiles_prefix)
-                            .and_then(|t| t.parse::<TileId>().ok())
-                            .is_some_and(|d| wide.iter().any(|w| w.contains(d)))
-                    })
-                    .collect();
-                self.unlink_tiles_and_items(&doomed).await?;
-            }
-            if let Some(moved) = scan.slots_moved().await? {
-                // A tile key that moved from a master not walked yet to one walked before
-                // was not seen: nothing says which, so everything is invalidated (which
-                // covers the rest of `inv` too).
-                warn!(why = %moved, "a SCAN for a tile invalidation may have missed keys: invalidating everything instead");
-                return self.invalidate_all().await;
+            // Tile lists, then empty blocks: a key of either whose tile is inside a wide
+            // one, or (a block) holds part of it.
+            for prefix in [self.keys.tiles_prefix(), self.keys.blocks_prefix()] {
+                let mut scan = self
+                    .conn
+                    .scan(&format!("{}*", glob_escape(prefix)), 1000)
+                    .await?;
+                while let Some(batch) = scan.next_batch().await? {
+                    let doomed: Vec<String> = batch
+                        .into_iter()
+                        .filter(|key| {
+                            key.strip_prefix(prefix)
+                                .and_then(|t| t.parse::<TileId>().ok())
+                                .is_some_and(|d| {
+                                    wide.iter().any(|w| w.contains(d) || d.contains(*w))
+                                })
+                        })
+                        .collect();
+                    self.unlink_tiles_and_items(&doomed).await?;
+                }
+                if let Some(moved) = scan.slots_moved().await? {
+                    // A key that moved from a master not walked yet to one walked before
+                    // was not seen: nothing says which, so everything is invalidated (which
+                    // covers the rest of `inv` too).
+                    warn!(why = %moved, "a SCAN for a tile invalidation may have missed keys: invalidating everything instead");
+                    return self.invalidate_all().await;
+                }
             }
         }
         if !inv.classes.is_empty() {
@@ -687,7 +747,11 @@ impl RedisTier {
         tiles.sort_unstable();
         tiles.dedup();
         let mut doomed = item_keys.to_vec();
-        doomed.extend(tiles.into_iter().map(|t| self.tile_key(t)));
+        for t in tiles {
+            doomed.push(self.tile_key(t));
+            // The empty blocks over it: one may hold the item (above `public`).
+            doomed.extend(self.block_keys_covering(t, data_zoom).unwrap_or_default());
+        }
         self.conn.unlink(&doomed).await
     }
 
@@ -805,13 +869,28 @@ impl RedisTier {
     /// the writing instance's clock, and a client must not keep a list longer than the
     /// shared tier does (an instance whose clock runs ahead, a key whose expiry was changed
     /// in Redis).
+    ///
+    /// A data tile whose own key is absent is answered from the finest fresh empty block
+    /// over it ([`crate::empty_tiles`]), read in the same `MGET` with its `PTTL`: the
+    /// block's items positioned in the tile (usually none), as fresh as they are.
     async fn read(
         &self,
         tiles: &[TileId],
         ids: &[String],
         now: u64,
     ) -> redis::RedisResult<TierRead> {
-        let tile_keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        // The tiles' keys, then each distinct empty block over them (`crate::empty_tiles`),
+        // read with their `PTTL`s too; then the ids' keys.
+        let mut tile_keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        let mut block_at: HashMap<TileId, usize> = HashMap::new();
+        for &t in tiles {
+            for b in self.blocks_over(t) {
+                block_at.entry(b).or_insert_with(|| {
+                    tile_keys.push(self.keys.block(b));
+                    tile_keys.len() - 1
+                });
+            }
+        }
         let mut keys = tile_keys.clone();
         keys.extend(ids.iter().map(|id| self.item_key(id)));
         let (mut values, mut pttls, gens) = self
@@ -821,15 +900,50 @@ impl RedisTier {
         let gens = parse_gens(gens)?;
         values.resize(keys.len(), None);
         pttls.resize(tile_keys.len(), -2);
-        let id_values = values.split_off(tiles.len());
-        let tiles = values
+        let id_values = values.split_off(tile_keys.len());
+        let block_values = values.split_off(tiles.len());
+        let block_pttls = pttls.split_off(tiles.len());
+        let fresh_in = |items: &[StoredItem], exp: u64| {
+            exp > now && items.iter().all(|it| it.exp() > now && gens.current(it))
+        };
+        // Each block read: its expiry, tier and items with the data tile each lies in.
+        let dz = tiles.first().map_or(0, |t| t.z());
+        let block_reads: Vec<Option<BlockRead>> = block_values
             .into_iter()
-            .zip(pttls)
+            .zip(block_pttls)
             .map(|(v, pttl)| {
                 let (stored, fetched_at, items) = decode_tile(v?)?;
                 let exp = list_exp(stored, pttl, now)?;
-                let fresh = exp > now && items.iter().all(|it| it.exp() > now && gens.current(it));
-                fresh.then_some(TileHit {
+                let placed = (items.into_iter())
+                    .map(|it| (data_tile_of(&it, dz), it))
+                    .collect();
+                Some((exp, fetched_at, placed))
+            })
+            .collect();
+        let tiles = values
+            .into_iter()
+            .zip(pttls)
+            .zip(tiles)
+            .map(|((v, pttl), &t)| {
+                // A tile's own list wins over a block (even stale: it is then a miss).
+                let Some(v) = v else {
+                    return self.blocks_over(t).find_map(|b| {
+                        let (exp, fetched_at, placed) =
+                            block_reads[block_at[&b] - tiles.len()].as_ref()?;
+                        let items: Vec<StoredItem> = (placed.iter())
+                            .filter(|(at, _)| *at == Some(t))
+                            .map(|(_, it)| it.clone())
+                            .collect();
+                        fresh_in(&items, *exp).then_some(TileHit {
+                            items,
+                            exp: *exp,
+                            fetched_at: *fetched_at,
+                        })
+                    });
+                };
+                let (stored, fetched_at, items) = decode_tile(v)?;
+                let exp = list_exp(stored, pttl, now)?;
+                fresh_in(&items, exp).then_some(TileHit {
                     items,
                     exp,
                     fetched_at,
@@ -896,6 +1010,23 @@ impl RedisTier {
             let key = self.tile_key(*tile);
             cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }
+        // Empty blocks (`crate::empty_tiles`): valued as a tile, with the items of all
+        // their data tiles, by the same rules.
+        for (block, ids, exp) in &fill.blocks {
+            let Some(items) = ids
+                .iter()
+                .map(|id| by_id.get(id.as_str()).copied())
+                .collect::<Option<Vec<&StoredItem>>>()
+            else {
+                continue;
+            };
+            let Some(value) = encode_tile(&items, *exp, fill.fetched_at) else {
+                continue;
+            };
+            let ttl = ttl_left_s(*exp, now) as u64;
+            let key = self.keys.block(*block);
+            cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
+        }
         self.conn.per_key(cmds).await.map(drop)
     }
 
@@ -929,20 +1060,38 @@ impl RedisTier {
         if tiles.is_empty() {
             return Ok(Vec::new());
         }
-        let cmds = tiles
+        // Each tile's key, then each distinct empty block over them (`crate::empty_tiles`):
+        // a tile under a block is held too.
+        let mut keys: Vec<String> = tiles.iter().map(|&t| self.tile_key(t)).collect();
+        let mut block_at: HashMap<TileId, usize> = HashMap::new();
+        for &t in tiles {
+            for b in self.blocks_over(t) {
+                block_at.entry(b).or_insert_with(|| {
+                    keys.push(self.keys.block(b));
+                    keys.len() - 1
+                });
+            }
+        }
+        let cmds = keys
             .iter()
-            .map(|&t| {
-                let key = self.tile_key(t);
-                (key.clone(), redis::Cmd::exists(key))
-            })
+            .map(|key| (key.clone(), redis::Cmd::exists(key)))
             .collect();
         let answers = self.conn.per_key(cmds).await?;
-        answers
+        let held = answers
             .into_iter()
             .map(|v| Ok(redis::from_redis_value(v)?))
-            .collect()
+            .collect::<redis::RedisResult<Vec<bool>>>()?;
+        Ok(tiles
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| held[i] || self.blocks_over(t).any(|b| held[block_at[&b]]))
+            .collect())
     }
 }
+
+/// An empty block read from Redis: its expiry (as [`list_exp`] gives it), the tier its
+/// lists were fetched at, and its items, each with the data tile it lies in.
+type BlockRead = (u64, Access, Vec<(Option<TileId>, StoredItem)>);
 
 /// A class's bump (`EVAL`, `KEYS[1]` the generations hash, `ARGV` the class, this
 /// instance's clock in Unix ms and [`ALL_FIELD`]): its generation becomes the largest of one more than it

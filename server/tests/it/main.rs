@@ -6,6 +6,7 @@ mod auth;
 mod class_generations;
 mod cluster;
 mod common;
+mod empty_blocks;
 mod fastpath;
 mod feed;
 mod invalidate;
