@@ -339,7 +339,9 @@ pub struct Config {
     pub empty_tile_ttl_s: u64,
 
     /// Most empty tile lists this instance keeps alive in the cache tier; past it an empty
-    /// list is answered but not stored.
+    /// list is answered but not stored. With Redis it counts keys: the empty lists of one
+    /// answer filling a whole tile up to --split-levels coarser than the data zoom are one
+    /// key, an empty block (so a zoomed-out request over empty land is a few keys).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_empty_tiles: usize,
 

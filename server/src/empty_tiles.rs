@@ -65,6 +65,8 @@
 //! whose data tiles were hits is stored as the blocks its misses make.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use tilewarm::access::Access;
@@ -86,6 +88,11 @@ pub struct EmptyTiles {
     /// Expiries (Unix ms) of the empty lists and blocks written and still alive, oldest
     /// first.
     alive: Mutex<VecDeque<u64>>,
+    /// Empty blocks made (`tilewarm_empty_blocks_total`).
+    blocks_made: AtomicU64,
+    /// Empty lists and blocks answered but not stored, past the cap
+    /// (`tilewarm_empty_not_stored_total`).
+    not_stored: AtomicU64,
 }
 
 impl EmptyTiles {
@@ -104,6 +111,8 @@ impl EmptyTiles {
             cap,
             block_levels: block_levels.min(MAX_BLOCK_LEVELS),
             alive: Mutex::new(VecDeque::new()),
+            blocks_made: AtomicU64::new(0),
+            not_stored: AtomicU64::new(0),
         }
     }
 
@@ -167,7 +176,21 @@ impl EmptyTiles {
             true
         });
         // Expiries pushed out of order (a shorter tile TTL) only make the count cautious.
+        self.blocks_made
+            .fetch_add(fill.blocks.len() as u64, Relaxed);
+        self.not_stored.fetch_add(dropped as u64, Relaxed);
         dropped
+    }
+
+    /// Empty blocks made so far (each stored within the cap).
+    pub fn blocks_made(&self) -> u64 {
+        self.blocks_made.load(Relaxed)
+    }
+
+    /// Empty lists and blocks answered but not stored so far, past the cap: each is an
+    /// origin call again on the next request for it.
+    pub fn not_stored(&self) -> u64 {
+        self.not_stored.load(Relaxed)
     }
 
     /// The empty blocks `fill`'s lists make (`empty[i]`: list `i` is empty to `public`):

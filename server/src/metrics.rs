@@ -367,6 +367,23 @@ fn read_app(app: &App, s: &mut Scrape) {
         "Requested data tiles answered payload_too_large at once, with no origin call: found over --max-tile-items at the caller's tier within the tile TTL, and not invalidated since.",
         &m.tiles_over_limit_remembered,
     );
+    s.gauge(
+        "tilewarm_empty_alive",
+        "Empty tile lists and empty blocks this instance wrote to the cache tier that are still alive (at most --max-empty-tiles).",
+        app.empty_tiles.alive(crate::tier::now_ms()) as u64,
+    );
+    s.push(
+        "tilewarm_empty_blocks",
+        "Empty blocks written: coarse tiles every data tile of which an answer listed empty to public, stored as one Redis key.",
+        MetricType::Counter,
+        vec![(vec![], app.empty_tiles.blocks_made())],
+    );
+    s.push(
+        "tilewarm_empty_not_stored",
+        "Empty tile lists and empty blocks answered but not stored, past --max-empty-tiles: each asked of the origin again on its next request.",
+        MetricType::Counter,
+        vec![(vec![], app.empty_tiles.not_stored())],
+    );
     s.counter(
         "tilewarm_origin_items",
         "Items returned by the origin.",

@@ -138,6 +138,18 @@ async fn a_junk_flood_of_distinct_tiles_stops_at_the_cap() {
     }
     assert!(keys(&redis, "t").await.is_empty(), "past the cap");
     assert_eq!(s.app.metrics.origin_calls(), 24);
+    // Told on /metrics: 5 blocks stored, 7 blocks and 12 lists past the cap.
+    let text = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    for line in [
+        "tilewarm_empty_alive 5",
+        "tilewarm_empty_blocks_total 5",
+        "tilewarm_empty_not_stored_total 19",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
     s.shutdown().await;
 }
 
