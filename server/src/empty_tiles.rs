@@ -36,11 +36,12 @@
 //! stored as ONE key (`<prefix>v4:e:<z/x/y>`, `crate::stored::Keys::block`), with the short
 //! TTL, and counts once against the cap. A zoom-11 tile with nothing is one key, not 64; one
 //! with a single item in a corner is 9 empty keys (3 zoom-12 blocks, 3 zoom-13 blocks and
-//! the lists of the 3 data tiles beside the item's) and the list of the item's tile. The tier reads, for each data tile it does not hold a list
-//! of, the blocks over it (`crate::tier`: one more key per distinct ancestor in the same
-//! `MGET`, about a third more keys for a request of 16 zoom-11 tiles), warm-up counts a
-//! tile under a block as held, and an invalidation of anything inside a block, or of an id
-//! it holds, deletes it.
+//! the lists of the 3 data tiles beside the item's) and the list of the item's tile. The
+//! tier answers a data tile whose own key is absent from the blocks over it (`crate::tier`:
+//! read in the same `MGET` as the tile keys, one more key per distinct ancestor, paid by
+//! every read: about a third more keys for a request of 16 zoom-11 tiles, 6 to 17 more for
+//! 16 data tiles), warm-up counts a tile under a block as held, and an invalidation of
+//! anything inside a block, or of an id it holds, deletes it.
 //!
 //! What the cap bounds stays what it was: keys. Junk of distinct coarse tiles makes a block
 //! each and stops at the cap as junk of distinct data tiles does; a block's value is a tile
@@ -58,7 +59,7 @@
 //! stored in a block or on its own, and so how long it lives and whether the cap let it be
 //! stored, never depends on items `public` may not see. Those items stay in the block's
 //! value, so an `agent` caller is answered them from it. The in-process tier (the core
-//! cache, bounded by `--cache-max-tiles` in entries) makes no blocks: there the cap counts
+//! cache, bounded by `--cache-tiles` entries) makes no blocks: there the cap counts
 //! data tiles as before, since a block would still take one entry per data tile.
 //!
 //! Blocks are made within one write-back (one origin call's answer): a coarse tile some of
