@@ -483,8 +483,29 @@ impl<'a, I: ProxyItem> Assembled<'a, I> {
         requested_ids: &[String],
         item_bytes: impl Fn(&I) -> usize,
     ) -> NotFitted {
+        // Whether all of it fits, counted without sets (the common case: nothing to leave
+        // out): every list, every item once and every requested id as its `missing` entry,
+        // at least what the count below charges.
+        let all_bytes = (self.tiles.iter())
+            .map(|l| LIST_BYTES + l.ids.iter().map(|i| quoted_bytes(i)).sum::<usize>())
+            .chain(self.items.iter().map(|it| item_bytes(it)))
+            .chain(requested_ids.iter().map(|i| quoted_bytes(i)))
+            .fold(0usize, usize::saturating_add);
+        if all_bytes <= room.bytes && self.items.len() <= room.items {
+            return NotFitted::default();
+        }
+        self.fit_counted(room, requested_ids, item_bytes)
+    }
+
+    /// [`fit`](Self::fit) counted list by list and id by id.
+    fn fit_counted(
+        &mut self,
+        room: Room,
+        requested_ids: &[String],
+        item_bytes: impl Fn(&I) -> usize,
+    ) -> NotFitted {
         let by_id: HashMap<&str, &'a I> = self.items.iter().map(|it| (it.id(), *it)).collect();
-        let mut kept: HashSet<&str> = HashSet::new();
+        let mut kept: HashSet<&str> = HashSet::with_capacity(self.items.len());
         let (mut bytes, mut items, mut full) = (0usize, 0usize, false);
         let mut out = NotFitted::default();
         let mut lists = Vec::with_capacity(self.tiles.len());
@@ -681,6 +702,7 @@ impl Read {
             let ttl = lists.iter().filter_map(|l| l.ttl_s).min();
             let mut list_ids = Vec::new();
             for list in lists {
+                seen.reserve(list.items.len());
                 for it in list.items {
                     if !caller.can_see(it.access())
                         || (t.z() > dz && !t.contains_point(it.lon(), it.lat()))
@@ -815,6 +837,53 @@ mod tests {
         }
         fn access(&self) -> Access {
             self.3
+        }
+    }
+
+    proptest::proptest! {
+        /// `fit`'s count without sets (all of it fits) decides as the count list by list
+        /// does: the same answer and the same left out, whatever the room.
+        #[test]
+        fn fit_is_fit_counted(
+            lists in proptest::collection::vec(proptest::collection::vec(0usize..12, 0..6), 0..6),
+            asked in proptest::collection::vec(0usize..16, 0..6),
+            bytes in 0usize..2000,
+            items in 0usize..14,
+        ) {
+            const NAMES: [&str; 16] = [
+                "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p",
+            ];
+            let names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+            let pool: Vec<It> = NAMES[..12].iter().map(|n| It(n, 0.0, 0.0, Access::Public)).collect();
+            let asked: Vec<String> = asked.iter().map(|&i| names[i].clone()).collect();
+            let assembled = || {
+                let tiles: Vec<TileList> = lists.iter().enumerate().map(|(x, ids)| TileList {
+                    tile: TileId::new(14, x as u32, 1).unwrap(),
+                    ids: ids.iter().map(|&i| names[i].clone()).collect(),
+                    ttl: None,
+                }).collect();
+                let mut used: Vec<usize> = lists.iter().flatten().copied().collect();
+                used.extend(asked.iter().filter_map(|a| names[..12].iter().position(|n| n == a)));
+                used.sort_unstable();
+                used.dedup();
+                Assembled {
+                    tiles,
+                    items: used.iter().map(|&i| &pool[i]).collect(),
+                    missing: asked.iter().filter(|a| !names[..12].contains(a)).cloned().collect(),
+                    unanswered_tiles: Vec::new(),
+                    unanswered_ids: Vec::new(),
+                }
+            };
+            let room = Room { items, bytes };
+            let (mut a, mut b) = (assembled(), assembled());
+            let (l, r) = (a.fit(room, &asked, |_| 100), b.fit_counted(room, &asked, |_| 100));
+            proptest::prop_assert_eq!(l, r);
+            let seen = |x: &Assembled<'_, It>| {
+                let t: Vec<(TileId, Vec<String>)> = x.tiles.iter().map(|l| (l.tile, l.ids.clone())).collect();
+                let i: Vec<&str> = x.items.iter().map(|it| it.0).collect();
+                (t, i, x.missing.clone())
+            };
+            proptest::prop_assert_eq!(seen(&a), seen(&b));
         }
     }
 
