@@ -23,7 +23,8 @@
 //!   [`decode_response`]; garbage, a truncated body, or an invalid answer is a 502
 //!   `upstream_error` naming what was wrong; a `2xx` body over 8 MiB (not read when its
 //!   `Content-Length` says so) is asked again in halves, and for one tile or id alone left out as `payload_too_large` (past
-//!   `MAX_HALVED_PARTS` (16) halvings a 502 as before);
+//!   `MAX_HALVED_PARTS` (16) halvings a 502 as before; past `MAX_CALLS` (128) calls for
+//!   one request, a 502 naming the limit found);
 //! - an error status is a 502 with the upstream's message, except 400, 413 and 429, which
 //!   are the request's problem and passed on with their code (a 400 or 413 once asking in
 //!   smaller parts does not help, `UpstreamOrigin::answer_partial`; as the edge does; a 400 or 413
@@ -371,7 +372,7 @@ where
     // A 400 lowered the cap (the `lowered`th time) and no part asked since has been
     // answered: one call at a time.
     let (mut probing, mut lowered) = (false, 0);
-    let mut halved = 0;
+    let (mut halved, mut calls) = (0, 0);
     let mut done: Vec<(usize, Answered)> = Vec::new();
     let mut flying = FuturesUnordered::new();
     loop {
@@ -382,6 +383,17 @@ where
             if let Some(rest) = part.cut(cap, n_tiles) {
                 queue.push_front(rest);
             }
+            if calls == MAX_CALLS {
+                return Err(OriginFailure::Failed(format!(
+                    "asking the upstream for {n_tiles} tiles and {} ids took more than {MAX_CALLS} \
+                     calls (its limit found: {} tiles, {} ids a call): raise its limits or lower \
+                     this server's --max-data-tiles",
+                    request.ids.len(),
+                    cap.0,
+                    cap.1.min(limits.max_ids),
+                )));
+            }
+            calls += 1;
             let asked = call(BatchRequest {
                 tiles: part.tiles.clone(),
                 ids: part.ids.clone(),
@@ -452,6 +464,12 @@ const PARTS_AT_ONCE: usize = 4;
 /// each such part cost a refused call, or an answer over 8 MiB read and dropped. A refusal
 /// past it fails the request, as one call's would.
 const MAX_HALVED_PARTS: usize = 16;
+
+/// The most calls one request's parts make ([`UpstreamOrigin::answer_partial`]): 64 parts
+/// of 16 tiles (an upstream's `--max-tiles 16` under this server's default
+/// `--max-data-tiles` 1024) and their refusals fit; an upstream that takes fewer tiles a
+/// call fails the request past it (a 502 naming the limit found), not 1,024 calls.
+const MAX_CALLS: usize = 128;
 
 /// Why one upstream call failed, and whether for the size of what it asked (a 413, or a
 /// 2xx answer over the read limit): such a part is asked again in halves.
@@ -1061,6 +1079,39 @@ mod tests {
         assert_eq!((listed, r.missing), (request.tiles.clone(), ids));
         // 64 tiles and 40 ids, 6 tiles; 64, 32 tiles refused, 4 x 16; 40, 20 ids, 4 x 10.
         assert_eq!(calls.get(), 2 + 2 + 4 + 2 + 4);
+    }
+
+    /// An upstream that answers one tile a call is asked at most [`MAX_CALLS`] times for a
+    /// request of 1,024 tiles, then the request fails naming the limit it found (it made
+    /// 1,024 calls, 4 at once, before).
+    #[tokio::test]
+    async fn the_calls_of_one_request_are_bounded() {
+        let request = BatchRequest {
+            tiles: tiles(1024),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let e = in_parts(&request, Limits::default(), |part| {
+            calls.set(calls.get() + 1);
+            async move {
+                match part.tiles.len() > 1 {
+                    true => Err(refused(400, "too many")),
+                    false => Ok(answered(&part)),
+                }
+            }
+        })
+        .await
+        .err()
+        .expect("the request fails");
+        assert_eq!(calls.get(), MAX_CALLS);
+        let OriginFailure::Failed(m) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            m.contains("more than 128 calls") && m.contains("1 tiles"),
+            "{m}"
+        );
     }
 
     /// An id whose answer is too large even alone (a 413 for it) is left out as
