@@ -1102,8 +1102,7 @@ mod tests {
             }
         })
         .await
-        .err()
-        .expect("the request fails");
+        .expect_err("the request fails");
         assert_eq!(calls.get(), MAX_CALLS);
         let OriginFailure::Failed(m) = e else {
             panic!("{e:?}")
