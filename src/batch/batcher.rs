@@ -715,7 +715,9 @@ impl Batcher {
     /// then on requests are coalesced to at most one zoom below the refused one's coarsest
     /// tile, and the work goes out again at once, not counted as a retry (the failure is
     /// still reported). Each such `400` lowers the level, so it happens at most
-    /// `coalesce_levels` times; one for a request of data tiles only is the failure it is.
+    /// `coalesce_levels` times; one for a request of data tiles only, or one that asked for
+    /// ids too (the ids may be what was refused: a server's smaller `--max-ids`), is the
+    /// failure it is.
     pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
         let coarsest = (self.in_flight.iter())
             .find(|f| f.request.id == id)
@@ -726,7 +728,9 @@ impl Batcher {
         if matches!(failure, Failure::Aborted) {
             return FailureOutcome::GaveUp(f);
         }
-        if matches!(failure, Failure::Http { status: 400, .. }) && coarsest > 0 {
+        let tiles_only =
+            f.loose_ids.is_empty() && f.works.iter().all(|w| matches!(w, Work::Tile(_)));
+        if matches!(failure, Failure::Http { status: 400, .. }) && coarsest > 0 && tiles_only {
             self.stats.failures += 1;
             self.coalesce_levels = self.coalesce_levels.min(coarsest - 1);
             self.queues.requeue(&f, f.attempt, now_ms);

@@ -443,6 +443,19 @@ fn a_400_for_coarse_tiles_asks_again_at_once_one_zoom_finer() {
     b.set_foreground(block());
     let r = b.poll(0, P, all).unwrap();
     assert_eq!((r.request.tiles[0].z(), r.request.tiles.len()), (12, 4));
+    // A 400 for coarse tiles with ids asked for too lowers nothing: the ids may be why.
+    let mut b = Batcher::new(BatchConfig::default()).unwrap();
+    b.set_foreground(block());
+    b.request_ids(["a"]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!((r.request.tiles[0].z(), r.request.ids.len()), (11, 1));
+    assert!(matches!(
+        b.on_failure(r.id, &bad, 0),
+        FailureOutcome::GaveUp(_)
+    ));
+    b.set_foreground(block());
+    let r = b.poll(1_000_000, P, all).unwrap();
+    assert_eq!(r.request.tiles, [parent]);
 }
 
 #[test]
