@@ -992,7 +992,11 @@ impl RedisTier {
         }
         let by_id: std::collections::HashMap<&str, &StoredItem> =
             stamped.iter().map(|it| (it.id(), it)).collect();
-        for (tile, ids, exp) in &fill.tiles {
+        // Tile lists, then empty blocks (`crate::empty_tiles`: valued as a tile, with the
+        // items of all their data tiles), by the same rules.
+        let lists = (fill.tiles.iter()).map(|(t, ids, exp)| (self.tile_key(*t), ids, exp));
+        let blocks = (fill.blocks.iter()).map(|(b, ids, exp)| (self.keys.block(*b), ids, exp));
+        for (key, ids, exp) in lists.chain(blocks) {
             // A list naming an item the fill does not hold (the write guard dropped it, or
             // the origin left it out) is not cached: the tile stays a miss, as it would be
             // with the item absent. So is a tile the format cannot hold.
@@ -1007,24 +1011,6 @@ impl RedisTier {
                 continue;
             };
             let ttl = ttl_left_s(*exp, now) as u64;
-            let key = self.tile_key(*tile);
-            cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
-        }
-        // Empty blocks (`crate::empty_tiles`): valued as a tile, with the items of all
-        // their data tiles, by the same rules.
-        for (block, ids, exp) in &fill.blocks {
-            let Some(items) = ids
-                .iter()
-                .map(|id| by_id.get(id.as_str()).copied())
-                .collect::<Option<Vec<&StoredItem>>>()
-            else {
-                continue;
-            };
-            let Some(value) = encode_tile(&items, *exp, fill.fetched_at) else {
-                continue;
-            };
-            let ttl = ttl_left_s(*exp, now) as u64;
-            let key = self.keys.block(*block);
             cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }
         self.conn.per_key(cmds).await.map(drop)
