@@ -882,6 +882,21 @@ test('a get() waiting for the retry of an id a partial answer left out is not re
   }
 });
 
+// A backend handler answering every request but data tile `big`, which a partial answer
+// leaves out as too large (`payload_too_large`), as tilewarm-server does a tile over
+// --max-tile-items.
+function leaveOutAsTooLarge(big) {
+  return (res, answer) => {
+    const out = answer.tiles.some((l) => l.tile === big);
+    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
+    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
+    answer.items = answer.items.filter((it) => keep.has(it.id));
+    if (out) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(answer));
+  };
+}
+
 test('a tile a partial answer leaves out as too large (payload_too_large) is asked once more on its own, then fails as a whole 413 does: not retried, its loads fail with that error', async () => {
   // As tilewarm-server answers a tile over --max-tile-items: the other tiles answered, that
   // one named. Before, it was an ERR_INVALID_RESPONSE (the answer was valid).
@@ -890,15 +905,7 @@ test('a tile a partial answer leaves out as too large (payload_too_large) is ask
   const errs = [];
   cache.onError((e) => errs.push(e));
   const big = `14/${SX}/${SY}`, small = `14/${SX + 1}/${SY}`;
-  backend.hostile = (res, answer) => {
-    const out = answer.tiles.filter((l) => l.tile === big);
-    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
-    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
-    answer.items = answer.items.filter((it) => keep.has(it.id));
-    if (out.length) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer));
-  };
+  backend.hostile = leaveOutAsTooLarge(big);
   try {
     const [a, b] = await cache.loadTiles([big, small]);
     assert.ok(b.items.length > 0, 'the other tile is answered');
@@ -925,15 +932,7 @@ test('a visible tile refused as too large on its own is held: not asked again, m
   cache.onError((e) => errs.push(e));
   const v = viewOf(SX, SY, 2, 1);
   const big = `14/${SX}/${SY}`;
-  backend.hostile = (res, answer) => {
-    const out = answer.tiles.some((l) => l.tile === big);
-    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
-    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
-    answer.items = answer.items.filter((it) => keep.has(it.id));
-    if (out) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer));
-  };
+  backend.hostile = leaveOutAsTooLarge(big);
   try {
     cache.setViewport(v);
     const first = await cache.whenComplete().then(() => null, (e) => e);
@@ -965,15 +964,7 @@ test('an invalidation that does not reach a tile held as too large (ids, another
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
   const v = viewOf(SX, SY, 2, 1);
   const big = `14/${SX}/${SY}`;
-  backend.hostile = (res, answer) => {
-    const out = answer.tiles.some((l) => l.tile === big);
-    answer.tiles = answer.tiles.filter((l) => l.tile !== big);
-    const keep = new Set(answer.tiles.flatMap((l) => l.ids));
-    answer.items = answer.items.filter((it) => keep.has(it.id));
-    if (out) answer.error = { code: 'payload_too_large', message: `tile ${big} holds more than 20000 items`, tiles: [big], ids: [] };
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(answer));
-  };
+  backend.hostile = leaveOutAsTooLarge(big);
   const now = () => Promise.race([cache.whenComplete().then(() => 'resolved', (e) => e), new Promise((r) => setTimeout(r, 0, 'waiting'))]);
   try {
     cache.setViewport(v);
