@@ -22,6 +22,9 @@ const cache = await TileCache.create({
   minZoom: 11,
   maxVisibleTiles: 64,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
+  // Not what these tests are about: a busy 2-core CI machine answered one request after the
+  // default 3 s, and the page reported it (a CI run failed so).
+  batch: { timeoutMs: 20_000 },
 });
 const views = [];
 let lastItems = [];
