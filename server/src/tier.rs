@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tilewarm::access::Access;
 use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness};
 use tilewarm::tile::TileId;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::empty_tiles::MAX_BLOCK_LEVELS;
 use crate::metrics::Metrics;
@@ -814,15 +814,26 @@ impl RedisTier {
     /// One probe: `PING` (on a cluster, also `CLUSTER INFO` saying every slot is served)
     /// with the timeout. Clears degraded mode when it answers.
     pub async fn probe(&self) -> bool {
-        let ping = self.conn.ping();
-        let ok = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(true)));
+        let ping = tokio::time::timeout(self.timeout, self.conn.ping()).await;
+        let why = match &ping {
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => Some("the cluster does not serve every slot".to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
+        let ok = why.is_none();
         if ok && self.degraded.swap(false, Relaxed) {
             self.metrics.redis_recoveries.fetch_add(1, Relaxed);
             info!("redis is back: using the shared cache tier again");
         }
         if !ok && !self.degraded.swap(true, Relaxed) {
             self.metrics.redis_errors.fetch_add(1, Relaxed);
-            warn!("redis does not answer PING: answering from the origin until it is back");
+            warn!(
+                "redis does not answer PING ({}): answering from the origin until it is back",
+                why.as_deref().unwrap_or_default()
+            );
+        } else if let Some(why) = &why {
+            debug!("redis still does not answer PING: {why}");
         }
         ok
     }

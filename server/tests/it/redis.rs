@@ -159,8 +159,11 @@ async fn a_server_started_without_redis_serves_and_picks_it_up_later() {
     let mut redis = RedisServer::start();
     redis.kill();
     let http = Http::new();
+    // A CI run on a busy machine saw no recovery within 10 s with the 200 ms limit of the
+    // other tests here: this one is about coming back, not about the limit.
     let s = server(Config {
         warmup_ring: 0,
+        redis_timeout_ms: 2_000,
         ..redis_config(&redis)
     })
     .await;
@@ -170,9 +173,10 @@ async fn a_server_started_without_redis_serves_and_picks_it_up_later() {
     redis.restart();
     let tier = &s.app.tier;
     assert!(
-        eventually(Duration::from_secs(10), || tier.redis_degraded()
+        eventually(Duration::from_secs(30), || tier.redis_degraded()
             == Some(false))
-        .await
+        .await,
+        "redis is back but the tier is still degraded after 30 s"
     );
     http.ok(&s, body).await;
     http.ok(&s, body).await;
