@@ -132,7 +132,7 @@ pub fn fill_from(
 /// (seconds left at `now`) spliced in.
 pub fn write_response(
     access: Access,
-    tiles: &[TileList],
+    tiles: &[TileList<&str>],
     items: &[&StoredItem],
     missing: &[String],
     now: u64,
@@ -1295,18 +1295,17 @@ fn over_max_items(max: usize) -> Refusal {
 /// again) and keys, each missing id likewise, the partial answer's `error` member, and the
 /// object's own keys.
 fn response_bytes_at_most(
-    lists: &[TileList],
+    lists: &[TileList<&str>],
     items: &[&StoredItem],
     missing: &[String],
     unanswered: Option<&Unanswered>,
 ) -> usize {
-    let quoted = |id: &String| quoted_bytes(id);
     let items: usize = items.iter().map(|it| it.wire_len() + 11).sum();
     let lists: usize = lists
         .iter()
-        .map(|l| LIST_BYTES + l.ids.iter().map(quoted).sum::<usize>())
+        .map(|l| LIST_BYTES + l.ids.iter().map(|id| quoted_bytes(id)).sum::<usize>())
         .sum();
-    let missing: usize = missing.iter().map(quoted).sum();
+    let missing: usize = missing.iter().map(|id| quoted_bytes(id)).sum();
     let error = unanswered.map_or(0, |u| {
         error_bytes_at_most(u.message.len(), &u.tiles, &u.ids)
     });
@@ -1345,7 +1344,7 @@ mod tests {
     #[derive(Serialize)]
     struct WireResponse<'a> {
         access: Access,
-        tiles: &'a [TileList],
+        tiles: &'a [TileList<&'a str>],
         items: Vec<WireItem<'a>>,
         missing: &'a [String],
     }
@@ -1400,12 +1399,12 @@ mod tests {
                 .collect();
             // What the caller may see, as assemble hands it over.
             let seen: Vec<&StoredItem> = items.iter().map(|it| &**it).filter(|it| caller.can_see(it.access())).collect();
-            let tiles: Vec<TileList> = ttls
+            let tiles: Vec<TileList<&str>> = ttls
                 .iter()
                 .enumerate()
                 .map(|(i, (some, ttl))| TileList {
                     tile: TileId::new(14, i as u32, 7).unwrap(),
-                    ids: seen.iter().map(|it| it.id().to_owned()).collect(),
+                    ids: seen.iter().map(|it| it.id()).collect(),
                     ttl: some.then_some(*ttl),
                 })
                 .collect();

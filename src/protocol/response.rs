@@ -16,12 +16,13 @@ use crate::util::{HashMap, HashSet};
 /// Item payloads as raw JSON text: kept byte for byte, never re-parsed.
 pub type RawData = Box<RawValue>;
 
-/// The items of one requested tile.
+/// The items of one requested tile. Its ids are owned (`String`, as decoded) or borrowed
+/// from the items they name (`&str`, as a proxy assembles an answer: no copy per item).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TileList {
+pub struct TileList<S = String> {
     pub tile: TileId,
     /// Ids of the tile's items that the caller may see; each is in the response's `items`.
-    pub ids: Vec<String>,
+    pub ids: Vec<S>,
     /// How long the list may be cached, in seconds; `None` leaves it to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,

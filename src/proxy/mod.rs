@@ -434,7 +434,7 @@ const ITEM_BYTES: usize = 136;
 /// The merged response, its items borrowed (the wire form of [`BatchResponse`]).
 #[derive(Serialize, Default)]
 struct OutResponse<'a> {
-    tiles: Vec<TileList>,
+    tiles: Vec<TileList<&'a str>>,
     items: Vec<&'a Item<RawData>>,
     missing: Vec<String>,
     /// The tier the answer was filtered for (the protocol's optional `access` member).

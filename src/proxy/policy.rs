@@ -329,8 +329,9 @@ pub enum IdSource<'a, I> {
 /// Step 4's result: the response's parts, items borrowed.
 #[derive(Debug)]
 pub struct Assembled<'a, I> {
-    /// One list per requested tile that has an answer, in request order.
-    pub tiles: Vec<TileList>,
+    /// One list per requested tile that has an answer, in request order; its ids are
+    /// borrowed from the items.
+    pub tiles: Vec<TileList<&'a str>>,
     /// Every item listed or asked for, once, in first-listed order.
     pub items: Vec<&'a I>,
     /// Requested ids that do not exist for the caller.
@@ -516,7 +517,7 @@ impl<'a, I: ProxyItem> Assembled<'a, I> {
             for id in &list.ids {
                 alone += quoted_bytes(id);
                 more += quoted_bytes(id);
-                let Some(it) = by_id.get(id.as_str()) else {
+                let Some(it) = by_id.get(*id) else {
                     continue;
                 };
                 if own.insert(it.id()) {
@@ -709,7 +710,7 @@ impl Read {
                     {
                         continue;
                     }
-                    list_ids.push(it.id().to_owned());
+                    list_ids.push(it.id());
                     if seen.insert(it.id()) {
                         out.items.push(it);
                     }
@@ -857,9 +858,9 @@ mod tests {
             let pool: Vec<It> = NAMES[..12].iter().map(|n| It(n, 0.0, 0.0, Access::Public)).collect();
             let asked: Vec<String> = asked.iter().map(|&i| names[i].clone()).collect();
             let assembled = || {
-                let tiles: Vec<TileList> = lists.iter().enumerate().map(|(x, ids)| TileList {
+                let tiles: Vec<TileList<&str>> = lists.iter().enumerate().map(|(x, ids)| TileList {
                     tile: TileId::new(14, x as u32, 1).unwrap(),
-                    ids: ids.iter().map(|&i| names[i].clone()).collect(),
+                    ids: ids.iter().map(|&i| NAMES[i]).collect(),
                     ttl: None,
                 }).collect();
                 let mut used: Vec<usize> = lists.iter().flatten().copied().collect();
@@ -879,7 +880,7 @@ mod tests {
             let (l, r) = (a.fit(room, &asked, |_| 100), b.fit_counted(room, &asked, |_| 100));
             proptest::prop_assert_eq!(l, r);
             let seen = |x: &Assembled<'_, It>| {
-                let t: Vec<(TileId, Vec<String>)> = x.tiles.iter().map(|l| (l.tile, l.ids.clone())).collect();
+                let t: Vec<(TileId, Vec<String>)> = x.tiles.iter().map(|l| (l.tile, l.ids.iter().map(|s| s.to_string()).collect())).collect();
                 let i: Vec<&str> = x.items.iter().map(|it| it.0).collect();
                 (t, i, x.missing.clone())
             };
@@ -903,9 +904,9 @@ mod tests {
             tile("14/3/1"),
             tile("14/4/1"),
         );
-        let list = |t, ids: &[&str]| TileList {
+        let list = |t, ids: &[&'static str]| TileList {
             tile: t,
-            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ids: ids.to_vec(),
             ttl: None,
         };
         let asked: Vec<String> = ["a", "m", "j"].iter().map(|s| s.to_string()).collect();

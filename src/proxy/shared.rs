@@ -238,7 +238,7 @@ impl Proxy {
         let out = OutResponse {
             tiles: vec![TileList {
                 tile,
-                ids: items.iter().map(|i| i.id.clone()).collect(),
+                ids: items.iter().map(|i| i.id.as_str()).collect(),
                 ttl: Some(list_ttl),
             }],
             items: items.iter().collect(),
