@@ -516,10 +516,10 @@ impl Batcher {
     ///   exponent at least the attempt's), so the client slows down as it would for a
     ///   whole refusal. A tile's refresh by id ([`Work::Ids`]) whose ids it left out
     ///   failed so too: its tile backs off with them. Within `retries`, they (such a
-    ///   refresh whole) and the ids asked for directly that it left out are queued again as
-    ///   the next attempt after that backoff (the last value is `true`), as a failed
-    ///   request's work is; past them they are dropped. A code whose
-    ///   failure is not retried ([`ErrorCode::PayloadTooLarge`], 413: a tile or item too
+    ///   refresh with only the ids it left out) and the ids asked for directly that it
+    ///   left out are queued again as the next attempt after that backoff (the last value
+    ///   is `true`), as a failed request's work is; past them they are dropped. A code
+    ///   whose failure is not retried ([`ErrorCode::PayloadTooLarge`], 413: a tile or item too
     ///   large to serve; [`ErrorCode::BadRequest`]) gives them up at once, the tiles backing
     ///   off as a given-up request's do. What it answered succeeded: those tiles back off
     ///   no more. (A `200` carries no `Retry-After`.)
@@ -606,20 +606,25 @@ impl Batcher {
             .filter(|l| l.0 == ErrorCode::ResponseFull)
             .map(|l| l.1);
         // Left out for another reason than room, a tile's refresh by id whose ids it left
-        // out failed as a tile it left out did: its tile backs off, and it goes out again
-        // with the tiles (not at once by the next round, in a loop while the server sheds
-        // load, nor dropped); whole, which asks its answered ids again (less code).
+        // out failed as a tile it left out did: its tile backs off, and the ids it left out
+        // go out again with the tiles (not at once by the next round, in a loop while the
+        // server sheds load, nor dropped); those it answered are not asked again.
         let failed = left_out.filter(|l| l.0 != ErrorCode::ResponseFull);
         let (mut again, mut progress, mut held) = (Vec::new(), false, unanswered.clone());
         for w in &f.works {
-            let ids_left = match (w, failed) {
-                (Work::Ids { ids, .. }, Some((_, answered))) => ids.iter().any(|i| !answered(i)),
-                _ => false,
+            let ids_left: Vec<String> = match (w, failed) {
+                (Work::Ids { ids, .. }, Some((_, answered))) => {
+                    ids.iter().filter(|i| !answered(i)).cloned().collect()
+                }
+                _ => Vec::new(),
             };
             match w {
                 Work::Tile(t) if unanswered.contains(t) => again.push(w.clone()),
-                Work::Ids { tile, .. } if ids_left => {
-                    again.push(w.clone());
+                Work::Ids { tile, .. } if !ids_left.is_empty() => {
+                    again.push(Work::Ids {
+                        tile: *tile,
+                        ids: ids_left,
+                    });
                     held.push(*tile);
                 }
                 _ => {

@@ -677,6 +677,34 @@ fn retried_as_a_failed_attempt(code: crate::protocol::ErrorCode) {
     assert_eq!(b.poll(later + 3_600_000, P, all), None, "{code}: given up");
 }
 
+/// A refresh by id that a partial answer sheds after answering some of its ids is retried
+/// with only the ids it left out: those it answered are in the cache. Before, the retry
+/// asked for the whole refresh again.
+#[test]
+fn a_shed_refresh_by_id_is_retried_with_only_the_ids_left_out() {
+    let config = BatchConfig {
+        retries: 1,
+        ..BatchConfig::default()
+    };
+    let mut b = Batcher::new(config).unwrap();
+    b.set_foreground(vec![Work::Ids {
+        tile: t(50),
+        ids: vec!["p".into(), "q".into()],
+    }]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.ids, ["p", "q"]);
+    let p = |i: &str| i == "p";
+    let shed = Some((
+        crate::protocol::ErrorCode::Overloaded,
+        &p as &dyn Fn(&str) -> bool,
+    ));
+    let (_, _, retrying) = b.on_answer(r.id, |_| true, shed, 0).unwrap();
+    assert!(retrying);
+    let later = b.next_wakeup(0).expect("a retry is due");
+    let r = b.poll(later, P, all).expect("retried");
+    assert_eq!(r.request.ids, ["q"]);
+}
+
 /// What a partial answer left out as too large to serve (`payload_too_large`: a tile over
 /// the server's `--max-tile-items`, asked for on its own, an item over
 /// `--max-item-data-bytes`), or refused (`bad_request`), fails as a whole 413 or 400 does:
