@@ -612,19 +612,18 @@ impl Batcher {
         let failed = left_out.filter(|l| l.0 != ErrorCode::ResponseFull);
         let (mut again, mut progress, mut held) = (Vec::new(), false, unanswered.clone());
         for w in &f.works {
-            let ids_left: Vec<String> = match (w, failed) {
-                (Work::Ids { ids, .. }, Some((_, answered))) => {
-                    ids.iter().filter(|i| !answered(i)).cloned().collect()
-                }
-                _ => Vec::new(),
+            let ids_left = match (w, failed) {
+                (Work::Ids { ids, .. }, Some((_, answered))) => ids.iter().any(|i| !answered(i)),
+                _ => false,
             };
             match w {
                 Work::Tile(t) if unanswered.contains(t) => again.push(w.clone()),
-                Work::Ids { tile, .. } if !ids_left.is_empty() => {
-                    again.push(Work::Ids {
-                        tile: *tile,
-                        ids: ids_left,
-                    });
+                Work::Ids { tile, ids } if ids_left => {
+                    let mut ids = ids.clone();
+                    if let Some((_, answered)) = failed {
+                        ids.retain(|i| !answered(i));
+                    }
+                    again.push(Work::Ids { tile: *tile, ids });
                     held.push(*tile);
                 }
                 _ => {
