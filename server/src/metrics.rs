@@ -617,6 +617,18 @@ fn read_app(app: &App, s: &mut Scrape) {
             s.counter(name, help, v);
         }
     }
+    if let Some((tiles, ids)) = app.origin.upstream_part_limits() {
+        let n = |v: Option<usize>| v.map_or(0, |n| n as u64);
+        s.push(
+            "tilewarm_upstream_part_limit",
+            "The most tiles or ids asked of the upstream in one call as found from its 400s (kept 10 minutes from when found); 0 while none is found (then 64 tiles, the protocol's, and all of a request's ids).",
+            MetricType::Gauge,
+            vec![
+                (vec![("part", "tiles".into())], n(tiles)),
+                (vec![("part", "ids".into())], n(ids)),
+            ],
+        );
+    }
     if let Some(feed) = app.origin.upstream_feed() {
         let c = &feed.stats;
         let state = c.state();

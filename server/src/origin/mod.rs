@@ -440,6 +440,13 @@ pub trait OriginBackend: Send + Sync + 'static {
     fn upstream_feed(&self) -> Option<upstream_changes::UpstreamFeed> {
         None
     }
+
+    /// For an upstream backend, the most tiles and ids it asks the upstream for in one call
+    /// as found from the upstream's 400s (`None` in each: none found); see
+    /// [`upstream::UpstreamOrigin::part_limits`].
+    fn upstream_part_limits(&self) -> Option<(Option<usize>, Option<usize>)> {
+        None
+    }
 }
 
 /// Counters of what the guards and backends saw (`/metrics`).
@@ -663,6 +670,12 @@ impl OriginService {
     /// The upstream's change feed this server follows (an upstream backend).
     pub fn upstream_feed(&self) -> Option<upstream_changes::UpstreamFeed> {
         self.backend.upstream_feed()
+    }
+
+    /// The limits of tiles and ids a call found from an upstream's 400s (an upstream
+    /// backend; `None` in each: none found).
+    pub fn upstream_part_limits(&self) -> Option<(Option<usize>, Option<usize>)> {
+        self.backend.upstream_part_limits()
     }
 
     /// One origin call: waits the configured latency, then asks the backend at the

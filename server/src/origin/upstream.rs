@@ -5,7 +5,9 @@
 //! The server's misses go upstream as one `POST` (one per 64 tiles, the protocol's
 //! `max_tiles`, at most `PARTS_AT_ONCE` (4) at once, joined into one answer; a part refused
 //! with a 400 or 413, or answered with more than 8 MiB, asked again in halves:
-//! `UpstreamOrigin::answer_partial`) at the tier the server asks at (`agent`; a
+//! `UpstreamOrigin::answer_partial`; the smaller limit of tiles or ids a call found from
+//! the upstream's 400s kept for the later requests for `LIMIT_KEPT_FOR` (10 minutes):
+//! `PartLimits`) at the tier the server asks at (`agent`; a
 //! tile the upstream leaves out as `payload_too_large` there is asked again at the tier of a
 //! caller below it, `crate::batch`, and the upstream counts it at that tier),
 //! with `Authorization: Bearer <token>` when a token is configured (`--origin-token-file`,
@@ -61,7 +63,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -165,6 +167,8 @@ pub struct UpstreamOrigin {
     url: hyper::Uri,
     token: Arc<Token>,
     limits: Limits,
+    /// The most tiles and ids a call carries, as found from the upstream's 400s.
+    parts: PartLimits,
     feed: Option<super::upstream_changes::UpstreamFeed>,
 }
 
@@ -215,6 +219,7 @@ impl UpstreamOrigin {
             url: uri,
             token,
             limits: Limits::default(),
+            parts: PartLimits::default(),
             feed,
         })
     }
@@ -241,14 +246,29 @@ impl UpstreamOrigin {
     ///
     /// At most [`MAX_HALVED_PARTS`] parts of a request are halved; a refusal past that fails
     /// the whole. Any other failure of a part fails the whole at once.
+    ///
+    /// A limit of tiles or ids a call found by a 400's halving is kept for the requests
+    /// after it ([`PartLimits`], for [`LIMIT_KEPT_FOR`]): they are cut to it from the
+    /// start, with no refused call.
     async fn answer_partial(
         &self,
         request: &BatchRequest,
     ) -> Result<(BatchResponse<RawData>, Option<Unanswered>), OriginFailure> {
-        in_parts(request, self.limits, |part| async move {
-            self.answer_call(&part).await
-        })
+        in_parts(
+            request,
+            self.limits,
+            &self.parts,
+            Instant::now(),
+            |part| async move { self.answer_call(&part).await },
+        )
         .await
+    }
+
+    /// The most tiles and ids this origin asks the upstream for in one call now: the limits
+    /// found from its 400s (kept 10 minutes, `PartLimits`), `None` for none found (tiles:
+    /// the protocol's 64; ids: all of a request's).
+    pub fn part_limits(&self) -> (Option<usize>, Option<usize>) {
+        self.parts.found(self.limits, Instant::now())
     }
 
     /// One call: the decoded answer, and the `error` member of a partial answer
@@ -337,14 +357,24 @@ impl UpstreamOrigin {
     }
 }
 
-/// [`UpstreamOrigin::answer_partial`] with the upstream call `call` (each part's request).
-async fn in_parts<F, Fut>(request: &BatchRequest, limits: Limits, call: F) -> Partial
+/// [`UpstreamOrigin::answer_partial`] with the upstream call `call` (each part's request),
+/// the limits `found` before (read and taught at `now`).
+async fn in_parts<F, Fut>(
+    request: &BatchRequest,
+    limits: Limits,
+    found: &PartLimits,
+    now: Instant,
+    call: F,
+) -> Partial
 where
     F: Fn(BatchRequest) -> Fut,
     Fut: std::future::Future<Output = Result<Answered, CallFailed>>,
 {
     use futures_util::stream::{FuturesUnordered, StreamExt};
-    let max = limits.max_tiles.max(1);
+    // The most tiles and ids a part may carry: what an earlier request found, else the
+    // protocol's tiles and all the ids.
+    let start = found.cap(limits, now);
+    let max = start.0;
     let mut queue: std::collections::VecDeque<Part> = if request.tiles.len() <= max {
         [Part {
             at: 0,
@@ -368,7 +398,10 @@ where
     let n_tiles = request.tiles.len();
     // The most tiles and ids a part may carry (lowered by a 400), and the most a part
     // that was answered carried.
-    let (mut cap, mut answered) = ((max, usize::MAX), (0, 0));
+    let (mut cap, mut answered) = (start, (0, 0));
+    // What this request finds of the upstream's limit of tiles, and of ids, a call, for
+    // the requests after it (`PartLimits::learn`).
+    let mut finding: [Option<Finding>; 2] = [None, None];
     // A 400 lowered the cap (the `lowered`th time) and no part asked since has been
     // answered: one call at a time.
     let (mut probing, mut lowered) = (false, 0);
@@ -412,6 +445,11 @@ where
                     answered.0.max(part.tiles.len()),
                     answered.1.max(part.ids.len()),
                 );
+                for (f, carried) in finding.iter_mut().zip([part.tiles.len(), part.ids.len()]) {
+                    if let Some(f) = f.as_mut().filter(|f| asked_at >= f.since) {
+                        f.most = f.most.max(carried);
+                    }
+                }
                 // A part asked before the last 400 says nothing of the cap it set.
                 probing &= asked_at < lowered;
                 done.push((part.at, answer));
@@ -429,20 +467,42 @@ where
                     return Err(failure);
                 }
                 halved += 1;
+                // A part of tiles as many as a part may carry (tiles hold many items: a
+                // smaller part may be refused for the items its tiles hold together, a
+                // tilewarm upstream's 400 for direct tiles over its --max-response-items);
+                // an id is one item.
+                let full = (part.tiles.len() >= cap.0, true);
                 let (first, then) = part.halves(n_tiles);
                 if !too_large {
                     // Mixed: tiles apart from ids, the cap unchanged.
+                    let mut which = None;
                     if first.ids.is_empty() && then.ids.is_empty() {
                         cap.0 = cap.0.min(first.tiles.len());
+                        which = Some((0, full.0));
                     } else if first.tiles.is_empty() && then.tiles.is_empty() {
                         cap.1 = cap.1.min(first.ids.len());
+                        which = Some((1, full.1));
                     }
                     probing = true;
                     lowered += 1;
+                    if let Some((i, full)) = which {
+                        let teaches = finding[i].is_none_or(|f| f.teaches) && full;
+                        finding[i] = Some(Finding {
+                            since: lowered,
+                            teaches,
+                            most: 0,
+                        });
+                    }
                 }
                 queue.push_front(then);
                 queue.push_front(first);
             }
+        }
+    }
+    // Every part answered: what the halving found holds for the requests after this one.
+    for (i, f) in finding.into_iter().enumerate() {
+        if let Some(f) = f.filter(|f| f.teaches && f.most > 0) {
+            found.learn(i, f.most, limits, now);
         }
     }
     if done.len() == 1 {
@@ -453,6 +513,75 @@ where
         done.into_iter().map(|(_, a)| Ok(a)).collect(),
         request.access,
     )
+}
+
+/// What one request finds of the upstream's limit of tiles (or ids) a call
+/// ([`in_parts`]): since a 400 of a part of them alone last lowered the cap (the request's
+/// `since`th lowering), the most of them an answered part asked after it carried; whether
+/// every such 400 was of a full part (one that carried the cap), and so teaches a limit.
+#[derive(Clone, Copy)]
+struct Finding {
+    since: usize,
+    teaches: bool,
+    most: usize,
+}
+
+/// How long a limit found from the upstream's 400s is kept ([`PartLimits`]): from the
+/// request that found it, not extended by use, so that an upstream whose limits were
+/// raised (upgraded, reconfigured) is asked in full parts again within this time. Finding
+/// it again costs a request the refused calls once (2 for an upstream's `--max-tiles 16`).
+const LIMIT_KEPT_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// The most tiles and ids the upstream was found to take in one call, kept across requests
+/// for [`LIMIT_KEPT_FOR`] ([`UpstreamOrigin::answer_partial`]): an upstream with a smaller
+/// `--max-tiles` cost every request of 64 tiles its refused calls before. Taught by a
+/// request that lowered its cap after a 400 and had every part answered
+/// ([`in_parts`]): parts of the most tiles (ids) an answered part carried since work. Each
+/// between 1 and the protocol's limit; tiles and ids apart (`[tiles, ids]`), each with
+/// when it was found. The lock is never held across an `.await`.
+///
+/// Not taught: by a request that fails (its 400 may be about one tile or id, and the
+/// halves answered before it say nothing of a count); by a 413 or an answer over 8 MiB
+/// (about the size of those tiles' data, which the next tiles may not share: only that
+/// part is halved); by a 400 of fewer tiles than a part may carry (an upstream may refuse a
+/// few tiles for the items they hold together, a tilewarm-server's direct tiles over its
+/// `--max-response-items`: taught, every later request would go in parts of a few tiles,
+/// and one of 1,024 data tiles past [`MAX_CALLS`]).
+#[derive(Default)]
+struct PartLimits {
+    found: Mutex<[Option<(usize, Instant)>; 2]>,
+}
+
+impl PartLimits {
+    /// The limits found within [`LIMIT_KEPT_FOR`] of `now` (tiles, ids), each between 1 and
+    /// `limits`' `max_tiles` / `max_ids`.
+    fn found(&self, limits: Limits, now: Instant) -> (Option<usize>, Option<usize>) {
+        let found = *self.found.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = |i: usize, max: usize| {
+            (found[i])
+                .filter(|&(_, at)| now.saturating_duration_since(at) < LIMIT_KEPT_FOR)
+                .map(|(n, _)| n.clamp(1, max.max(1)))
+        };
+        (kept(0, limits.max_tiles), kept(1, limits.max_ids))
+    }
+
+    /// The most tiles and ids a part may carry at `now`: the limits found, else the
+    /// protocol's tiles and all the ids.
+    fn cap(&self, limits: Limits, now: Instant) -> (usize, usize) {
+        let (tiles, ids) = self.found(limits, now);
+        (
+            tiles.unwrap_or(limits.max_tiles.max(1)),
+            ids.unwrap_or(usize::MAX),
+        )
+    }
+
+    /// Parts of `most` tiles (`i` 0) or ids (`i` 1) were answered after larger ones were
+    /// refused: kept from `now`, in place of what was found before.
+    fn learn(&self, i: usize, most: usize, limits: Limits, now: Instant) {
+        let max = [limits.max_tiles, limits.max_ids][i].max(1);
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found[i] = Some((most.clamp(1, max), now));
+    }
 }
 
 /// Calls for the parts of one request in flight at once
@@ -844,6 +973,10 @@ impl OriginBackend for UpstreamOrigin {
         self.feed.clone()
     }
 
+    fn upstream_part_limits(&self) -> Option<(Option<usize>, Option<usize>)> {
+        Some(self.part_limits())
+    }
+
     fn describe(&self) -> String {
         let auth = match *self.token {
             Token::None => "no token",
@@ -1005,7 +1138,7 @@ mod tests {
         (r, None)
     }
 
-    fn refused(status: u16, message: &str) -> CallFailed {
+    fn refused_with(status: u16, message: &str) -> CallFailed {
         CallFailed {
             failure: OriginFailure::Refused {
                 error: tilewarm::protocol::ErrorBody {
@@ -1032,17 +1165,23 @@ mod tests {
             access: Access::Agent,
         };
         let (now, most, calls) = (Cell::new(0), Cell::new(0), Cell::new(0));
-        let (r, _) = in_parts(&request, Limits::default(), |part| {
-            let (now, most, calls) = (&now, &most, &calls);
-            async move {
-                calls.set(calls.get() + 1);
-                now.set(now.get() + 1);
-                most.set(most.get().max(now.get()));
-                tokio::task::yield_now().await;
-                now.set(now.get() - 1);
-                Ok(answered(&part))
-            }
-        })
+        let (r, _) = in_parts(
+            &request,
+            Limits::default(),
+            &PartLimits::default(),
+            Instant::now(),
+            |part| {
+                let (now, most, calls) = (&now, &most, &calls);
+                async move {
+                    calls.set(calls.get() + 1);
+                    now.set(now.get() + 1);
+                    most.set(most.get().max(now.get()));
+                    tokio::task::yield_now().await;
+                    now.set(now.get() - 1);
+                    Ok(answered(&part))
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!((most.get(), calls.get()), (PARTS_AT_ONCE, 16));
@@ -1063,16 +1202,22 @@ mod tests {
             access: Access::Agent,
         };
         let calls = Cell::new(0);
-        let (r, _) = in_parts(&request, Limits::default(), |part| {
-            calls.set(calls.get() + 1);
-            async move {
-                tokio::task::yield_now().await;
-                match part.tiles.len() > 16 || part.ids.len() > 10 {
-                    true => Err(refused(400, "too many")),
-                    false => Ok(answered(&part)),
+        let (r, _) = in_parts(
+            &request,
+            Limits::default(),
+            &PartLimits::default(),
+            Instant::now(),
+            |part| {
+                calls.set(calls.get() + 1);
+                async move {
+                    tokio::task::yield_now().await;
+                    match part.tiles.len() > 16 || part.ids.len() > 10 {
+                        true => Err(refused_with(400, "too many")),
+                        false => Ok(answered(&part)),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .unwrap();
         let listed: Vec<TileId> = r.tiles.iter().map(|l| l.tile).collect();
@@ -1092,15 +1237,21 @@ mod tests {
             access: Access::Agent,
         };
         let calls = Cell::new(0);
-        let e = in_parts(&request, Limits::default(), |part| {
-            calls.set(calls.get() + 1);
-            async move {
-                match part.tiles.len() > 1 {
-                    true => Err(refused(400, "too many")),
-                    false => Ok(answered(&part)),
+        let e = in_parts(
+            &request,
+            Limits::default(),
+            &PartLimits::default(),
+            Instant::now(),
+            |part| {
+                calls.set(calls.get() + 1);
+                async move {
+                    match part.tiles.len() > 1 {
+                        true => Err(refused_with(400, "too many")),
+                        false => Ok(answered(&part)),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .expect_err("the request fails");
         assert_eq!(calls.get(), MAX_CALLS);
@@ -1123,22 +1274,29 @@ mod tests {
             ids: ids.iter().map(|s| s.to_string()).collect(),
             access: Access::Agent,
         };
+        let (found, now) = (PartLimits::default(), Instant::now());
         let calls = Cell::new(0);
         let fake = |part: BatchRequest| {
             calls.set(calls.get() + 1);
             async move {
                 if part.ids.iter().any(|i| i == "big") {
-                    return Err(refused(413, "1234 items above your tier"));
+                    return Err(refused_with(413, "1234 items above your tier"));
                 }
                 if part.ids.iter().any(|i| i == "bad") {
-                    return Err(refused(400, "bad id"));
+                    return Err(refused_with(400, "bad id"));
                 }
                 Ok(answered(&part))
             }
         };
-        let (r, p) = in_parts(&ask(&["a", "big", "c"]), Limits::default(), fake)
-            .await
-            .unwrap();
+        let (r, p) = in_parts(
+            &ask(&["a", "big", "c"]),
+            Limits::default(),
+            &found,
+            now,
+            fake,
+        )
+        .await
+        .unwrap();
         let p = p.unwrap();
         assert_eq!(
             (r.missing, p.ids),
@@ -1155,7 +1313,7 @@ mod tests {
             "3 refused, 1 answered, then \"big\" alone refused"
         );
         calls.set(0);
-        let e = in_parts(&ask(&["a", "bad"]), Limits::default(), fake)
+        let e = in_parts(&ask(&["a", "bad"]), Limits::default(), &found, now, fake)
             .await
             .unwrap_err();
         assert!(matches!(e, OriginFailure::Refused { .. }), "{e:?}");
@@ -1164,6 +1322,158 @@ mod tests {
             3,
             "both, then each alone (\"a\" may be answered)"
         );
+        // A 413 is about the size of those ids' answer, and a 400 of one id about that id:
+        // neither teaches a limit of ids a call.
+        assert_eq!(found.found(Limits::default(), now), (None, None));
+    }
+
+    /// The fake upstream of [`a_smaller_limit_of_tiles_or_ids_is_found_by_halving`]: a 400
+    /// for more than 16 tiles or 10 ids, counted in `refused`; `calls` counts every call.
+    fn at_most_16_tiles_10_ids<'a>(
+        calls: &'a Cell<usize>,
+        refused: &'a Cell<usize>,
+    ) -> impl Fn(BatchRequest) -> std::future::Ready<Result<Answered, CallFailed>> + 'a {
+        move |part| {
+            calls.set(calls.get() + 1);
+            if part.tiles.len() > 16 || part.ids.len() > 10 {
+                refused.set(refused.get() + 1);
+                return std::future::ready(Err(refused_with(400, "too many")));
+            }
+            std::future::ready(Ok(answered(&part)))
+        }
+    }
+
+    /// The limits found by one request's halving (16 tiles, 10 ids) are kept: the next
+    /// request is asked in parts of at most 16 tiles and 10 ids from the start, with no
+    /// refused call (8 calls, not 14 of which 5 refused); once [`LIMIT_KEPT_FOR`] has passed
+    /// they are forgotten and found again (the upstream may have been reconfigured). Fails
+    /// without the memory: every request made 5 refused calls.
+    #[tokio::test]
+    async fn the_limits_found_are_kept_for_the_next_requests_until_they_lapse() {
+        let ids: Vec<String> = (0..40).map(|i| format!("id-{i}")).collect();
+        let request = BatchRequest {
+            tiles: tiles(70),
+            ids: ids.clone(),
+            access: Access::Agent,
+        };
+        let found = PartLimits::default();
+        let t0 = Instant::now();
+        let (calls, refused) = (Cell::new(0), Cell::new(0));
+        let fake = at_most_16_tiles_10_ids(&calls, &refused);
+        let ask = |at: Instant| {
+            calls.set(0);
+            refused.set(0);
+            in_parts(&request, Limits::default(), &found, at, &fake)
+        };
+        let check = |(r, _): Answered| {
+            let listed: Vec<TileId> = r.tiles.iter().map(|l| l.tile).collect();
+            assert_eq!((listed, r.missing), (request.tiles.clone(), ids.clone()));
+        };
+        check(ask(t0).await.unwrap());
+        assert_eq!((calls.get(), refused.get()), (14, 5));
+        assert_eq!(found.found(Limits::default(), t0), (Some(16), Some(10)));
+        // 16 tiles and 10 ids, 3 x 10 ids, 3 x 16 tiles and 6 tiles: none refused.
+        let later = t0 + LIMIT_KEPT_FOR - Duration::from_secs(1);
+        check(ask(later).await.unwrap());
+        assert_eq!((calls.get(), refused.get()), (8, 0));
+        // Lapsed: asked in full parts again, and the limits found again.
+        let lapsed = t0 + LIMIT_KEPT_FOR;
+        assert_eq!(found.found(Limits::default(), lapsed), (None, None));
+        check(ask(lapsed).await.unwrap());
+        assert_eq!((calls.get(), refused.get()), (14, 5));
+        assert_eq!(found.found(Limits::default(), lapsed), (Some(16), Some(10)));
+        // Not extended by use: still forgotten LIMIT_KEPT_FOR after it was found.
+        check(ask(lapsed + LIMIT_KEPT_FOR / 2).await.unwrap());
+        assert_eq!(refused.get(), 0);
+        let again = lapsed + LIMIT_KEPT_FOR;
+        assert_eq!(found.found(Limits::default(), again), (None, None));
+    }
+
+    /// A limit found is never below 1 nor above the protocol's (`Limits`): an upstream that
+    /// takes one tile a call teaches 1; what is learned or read is held between 1 and the
+    /// limits given.
+    #[tokio::test]
+    async fn a_limit_found_is_between_one_and_the_protocols() {
+        let found = PartLimits::default();
+        let now = Instant::now();
+        let request = BatchRequest {
+            tiles: tiles(64),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let (r, _) = in_parts(&request, Limits::default(), &found, now, |part| {
+            calls.set(calls.get() + 1);
+            std::future::ready(match part.tiles.len() > 1 {
+                true => Err(refused_with(400, "too many")),
+                false => Ok(answered(&part)),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.tiles.len(), 64);
+        assert_eq!(calls.get(), 6 + 64, "64, 32, ..., 2 refused, then 1 a call");
+        assert_eq!(found.found(Limits::default(), now), (Some(1), None));
+        assert_eq!(found.cap(Limits::default(), now), (1, usize::MAX));
+        found.learn(0, 0, Limits::default(), now);
+        found.learn(1, 5_000, Limits::default(), now);
+        assert_eq!(found.found(Limits::default(), now), (Some(1), Some(1000)));
+        let small = Limits {
+            max_tiles: 8,
+            max_ids: 4,
+            ..Limits::default()
+        };
+        found.learn(0, 16, Limits::default(), now);
+        assert_eq!(found.found(small, now), (Some(8), Some(4)));
+        assert_eq!(found.cap(small, now), (8, 4));
+    }
+
+    /// A 400 that is not about how many tiles a call carries teaches no limit: a request
+    /// that fails (a 400 for one tile, found by halving: its other half was answered), and
+    /// a part smaller than a part may be whose halves are answered (an upstream refusing
+    /// tiles for the items they hold together). Either taught 32 or 2 tiles a call before
+    /// the guards (each fails without its guard).
+    #[tokio::test]
+    async fn a_400_about_something_else_teaches_no_limit() {
+        let found = PartLimits::default();
+        let now = Instant::now();
+        let bad = tiles(64)[40];
+        let request = BatchRequest {
+            tiles: tiles(64),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let e = in_parts(&request, Limits::default(), &found, now, |part| {
+            calls.set(calls.get() + 1);
+            std::future::ready(match part.tiles.contains(&bad) {
+                true => Err(refused_with(400, "tile 14/40/100 is not served here")),
+                false => Ok(answered(&part)),
+            })
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, OriginFailure::Refused { .. }), "{e:?}");
+        assert_eq!(
+            calls.get(),
+            3,
+            "64 refused, 32 answered, 32 refused as known"
+        );
+        assert_eq!(found.found(Limits::default(), now), (None, None));
+        // Four tiles refused together (too many items), answered two at a time.
+        let request = BatchRequest {
+            tiles: tiles(4),
+            ..request
+        };
+        in_parts(&request, Limits::default(), &found, now, |part| {
+            std::future::ready(match part.tiles.len() > 2 {
+                true => Err(refused_with(400, "more than 20000 items")),
+                false => Ok(answered(&part)),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(found.found(Limits::default(), now), (None, None));
     }
 
     #[test]

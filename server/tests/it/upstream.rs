@@ -1407,19 +1407,52 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
         2 + 1 + 8,
         "64 and 64 refused, 32 refused, then 16 a call"
     );
-    // A 400 about something else: halved one call at a time down to one tile, then passed
-    // on (it ends there: no part was answered).
+    let metrics = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    assert!(
+        metrics.contains("tilewarm_upstream_part_limit{part=\"tiles\"} 16"),
+        "{metrics}"
+    );
+    // The limit found is kept: the misses of two more zoom-11 tiles go in parts of 16 from
+    // the start, no call refused (11 calls again, 3 refused, before).
+    let before = stub.calls.load(Relaxed);
+    let next = z11.offset(0, 1).unwrap();
+    let body = request(&[next, next.offset(1, 0).unwrap()], &[], Access::Public);
+    let got = Http::new().ok(&s, &body).await;
+    let want = stub.origin.answer(
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(
+        stub.calls.load(Relaxed) - before,
+        8,
+        "16 a call, none refused"
+    );
+    // A 400 about something else: halved down to one tile, then passed on (it ends there:
+    // no part was answered): 4 parts of 16 at once, then 8, 4, 2 and 1, one at a time.
     stub.mode.store(REFUSE_400, Relaxed);
     let before = stub.calls.load(Relaxed);
-    let other = z11.offset(0, 1).unwrap();
+    let other = z11.offset(0, 2).unwrap();
     let body = request(&[other, other.offset(1, 0).unwrap()], &[], Access::Public);
     let r = Http::new().batch(&s, &body).await;
     let m = r.error(400, "bad_request");
     assert!(!m.contains("14/1/2"), "{m}");
     assert_eq!(
         stub.calls.load(Relaxed) - before,
-        2 + 6,
-        "64 and 64, then 32, 16, 8, 4, 2 and 1"
+        4 + 4,
+        "4 x 16, then 8, 4, 2 and 1"
+    );
+    // It taught nothing: the limit found stands.
+    let metrics = Http::new()
+        .get(&format!("{}/metrics", s.url()))
+        .await
+        .text();
+    assert!(
+        metrics.contains("tilewarm_upstream_part_limit{part=\"tiles\"} 16"),
+        "{metrics}"
     );
     s.shutdown().await;
 }
@@ -1466,7 +1499,9 @@ async fn an_upstream_answer_over_the_read_limit_is_asked_again_in_halves() {
 
 /// A chain to a tilewarm-server started with `--max-tiles 16`: the misses of a zoom-11 tile
 /// (64 data tiles) are answered as that server answers the tile itself. It refused the
-/// call of 64 (400: "request tiles: 64, at most 16") before (fails without the fix).
+/// call of 64 (400: "request tiles: 64, at most 16") before (fails without the fix). The
+/// limit found is kept: the misses of the next zoom-11 tile cost the upstream no 400 (2
+/// each before: 64, then 32).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_to_a_server_with_a_smaller_max_tiles_answers_as_one() {
     let a = server(Config {
@@ -1484,6 +1519,15 @@ async fn a_chain_to_a_server_with_a_smaller_max_tiles_answers_as_one() {
         assert!(!want.tiles[0].ids.is_empty());
         assert_eq!(digest(&http.ok(&b, &body).await), digest(&want), "{access}");
     }
+    let refused = || a.app.metrics.requests("/v1/batch", 400);
+    assert_eq!(refused(), 2, "64 and 32 tiles, once");
+    let next = z11.offset(1, 0).unwrap();
+    for access in [Access::Public, Access::Agent] {
+        let body = request(&[next], &[], access);
+        let want = http.ok(&a, &body).await;
+        assert_eq!(digest(&http.ok(&b, &body).await), digest(&want), "{access}");
+    }
+    assert_eq!(refused(), 2, "none more: parts of 16 from the start");
     b.shutdown().await;
     a.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
