@@ -459,7 +459,9 @@ impl EdgeProxy {
     /// request (and, with `lookups`, the tiles to look up in the shared cache first).
     fn step(&mut self, handle: u32, pending: Pending, lookups: bool, now: u64) -> Step {
         let Some(origin) = pending.origin_request().map(BatchRequest::to_json) else {
-            let answer = self.proxy.complete(pending, OriginOutcome::Timeout, now);
+            let answer = self
+                .proxy
+                .complete(pending, OriginOutcome::Timeout(""), now);
             return Step::answer(answer);
         };
         let shared = if lookups {
@@ -565,10 +567,11 @@ impl EdgeProxy {
         self.finish(handle, outcome, now_ms)
     }
 
-    /// The origin did not answer (`timeout`, or a network failure described by `message`).
+    /// The origin did not answer: in time (`timeout`; `message` says which timeout, added to
+    /// the answer's, empty for nothing), or at all (a network failure described by `message`).
     pub fn fail(&mut self, handle: u32, timeout: bool, message: &str, now_ms: f64) -> Step {
         let outcome = if timeout {
-            OriginOutcome::Timeout
+            OriginOutcome::Timeout(message)
         } else {
             OriginOutcome::Unreachable(message)
         };

@@ -215,8 +215,9 @@ pub enum OriginOutcome<'a> {
         body: &'a [u8],
         retry_after_ms: Option<u64>,
     },
-    /// No answer within the shell's timeout.
-    Timeout,
+    /// No answer within the shell's timeout; with what the shell says of it (which timeout,
+    /// how much of it was left), added to the answer's message (empty: nothing to add).
+    Timeout(&'a str),
     /// No answer at all (connection refused, DNS, TLS, ...), with the shell's description.
     Unreachable(&'a str),
     /// An HTTP answer (`status`) whose body is over [`Limits::max_body_bytes`], not read
@@ -705,9 +706,12 @@ impl Proxy {
         outcome: OriginOutcome<'_>,
     ) -> Result<BatchResponse<RawData>, ErrorBody> {
         match outcome {
-            OriginOutcome::Timeout => Err(ErrorBody {
+            OriginOutcome::Timeout(why) => Err(ErrorBody {
                 code: ErrorCode::UpstreamTimeout,
-                message: "the origin did not answer in time".into(),
+                message: match why {
+                    "" => "the origin did not answer in time".into(),
+                    why => format!("the origin did not answer in time: {why}"),
+                },
             }),
             OriginOutcome::Unreachable(why) => Err(ErrorBody {
                 code: ErrorCode::UpstreamError,
@@ -1198,7 +1202,7 @@ impl Proxy {
             let max = self.config.limits.max_body_bytes;
             let (code, message) = if !deferred.is_empty() {
                 // Asked in part: the rest is served when asked again (`response_full`
-                // wins, as in one answer's report).
+                // wins, as in one answer's report, unless the last part timed out).
                 let part = format!(
                     "the origin's answer to them all was over the body limit ({max} bytes) \
                      and they were asked for in part: {} of the tiles and {} of the ids were \
@@ -1213,7 +1217,14 @@ impl Proxy {
                 } else {
                     part
                 };
-                (ErrorCode::ResponseFull, message)
+                // A timeout wins: asked again at once (`response_full`), the rest would go
+                // to an origin too slow to answer the part; a client backs off first after
+                // an `upstream_timeout`, as after a whole request's timeout.
+                let code = match &origin_error {
+                    Some(e) if e.code == ErrorCode::UpstreamTimeout => e.code,
+                    _ => ErrorCode::ResponseFull,
+                };
+                (code, message)
             } else if !held.is_empty() && code == ErrorCode::UpstreamError && origin_error.is_none()
             {
                 let why = format!(

@@ -360,7 +360,7 @@ fn origin_failures_serve_what_is_cached() {
         Access::Public,
     );
     let cases: [(OriginOutcome<'_>, u16, ErrorCode); 7] = [
-        (OriginOutcome::Timeout, 504, ErrorCode::UpstreamTimeout),
+        (OriginOutcome::Timeout(""), 504, ErrorCode::UpstreamTimeout),
         (
             OriginOutcome::TooLarge {
                 status: 200,
@@ -486,7 +486,7 @@ fn an_origin_at_capacity_is_a_503_overloaded_with_its_retry_after_capped() {
         (answer(500, Some(5_000)), 502, None),
         (answer(504, Some(5_000)), 502, None),
         (OriginOutcome::Unreachable("connection reset"), 502, None),
-        (OriginOutcome::Timeout, 504, None),
+        (OriginOutcome::Timeout(""), 504, None),
     ];
     for (outcome, status, retry_after_s) in cases {
         let (a, e) = refused_alone(&mut p, "14/2625/5722", outcome, (status, retry_after_s));
@@ -765,7 +765,7 @@ fn warming_plans_uncached_neighbours_and_fills_them() {
     assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
     assert_eq!(shape(&body), shape(&o.answer(&r, None)));
     // A warming answer that fails fills nothing.
-    assert!(p.warmed(&warm, OriginOutcome::Timeout, 2).is_err());
+    assert!(p.warmed(&warm, OriginOutcome::Timeout(""), 2).is_err());
 }
 
 /// Hits on one tile whose neighbours' warming never fills the cache (the origin fails it,
@@ -782,7 +782,7 @@ fn warming_that_does_not_fill_is_not_asked_again_per_hit() {
     for now in (0..240_000).step_by(10) {
         let (_, a, _) = run(&mut p, &o, centre.clone(), now);
         if let Some(w) = a.warm {
-            assert!(p.warmed(&w, OriginOutcome::Timeout, now).is_err());
+            assert!(p.warmed(&w, OriginOutcome::Timeout(""), now).is_err());
             warms.push(now);
         }
     }
@@ -809,7 +809,9 @@ fn warming_that_filled_is_asked_again_once_its_tiles_expire() {
     assert!(fwd.is_some());
     let warm = a.warm.unwrap();
     assert_eq!(warm.tiles.len(), 8);
-    assert!(p.warmed(&warm, OriginOutcome::Timeout, 301_000).is_err());
+    assert!(p
+        .warmed(&warm, OriginOutcome::Timeout(""), 301_000)
+        .is_err());
     let (_, a, _) = run(&mut p, &o, centre.clone(), 301_000 + WARM_RETRY_MS - 1);
     assert!(a.warm.is_none());
     let (_, a, _) = run(&mut p, &o, centre, 301_000 + WARM_RETRY_MS);
@@ -1106,7 +1108,7 @@ fn a_held_tile_stays_held_through_a_burst_of_other_warmings_failing() {
         let far = req(&[&format!("14/{}/1000", 4 * k)], &[], Access::Public);
         let (_, a, _) = run(&mut p, &o, far, 1);
         assert!(p
-            .warmed(&a.warm.unwrap(), OriginOutcome::Timeout, 1)
+            .warmed(&a.warm.unwrap(), OriginOutcome::Timeout(""), 1)
             .is_err());
     }
     let (fwd, a, _) = run(&mut p, &o, centre, 10_000);
@@ -1280,7 +1282,7 @@ mod shared {
             pending.origin_request().is_none(),
             "the entries answer it all"
         );
-        let answer = b.complete(pending, OriginOutcome::Timeout, 5_000);
+        let answer = b.complete(pending, OriginOutcome::Timeout(""), 5_000);
         assert_eq!(answer.verdict, Verdict::Hit);
         let got = decode_response(answer.body.as_bytes(), &Limits::default()).unwrap();
         let want = origin().answer(&req(&tiles, &[], Access::Verified), Some(300));

@@ -123,7 +123,7 @@ fn through(
     let mut pending = p.begin(request, now).unwrap();
     loop {
         let Some(asked) = pending.origin_request().cloned() else {
-            return p.complete(pending, OriginOutcome::Timeout, now);
+            return p.complete(pending, OriginOutcome::Timeout(""), now);
         };
         calls.push(asked.tiles.len() + asked.ids.len());
         let body = origin(&asked);
@@ -376,4 +376,60 @@ fn a_change_covering_a_tile_held_as_too_large_asks_the_origin_again() {
         (true, 200, false),
         "asked again"
     );
+}
+
+/// A request asked in part whose last part timed out (the edge worker's asks share one
+/// `originTimeoutMs`, js/edge.js) was answered `response_full` when part of it was cached:
+/// its client asked for the rest again at once, of an origin too slow to answer. Now the
+/// timeout is its code (the client backs off first), the cached part still served, with
+/// what was not asked and what timed out listed, and the shell's account in the message;
+/// with nothing cached the answer is the `504` itself.
+#[test]
+fn a_timeout_after_asking_in_part_is_answered_as_a_timeout() {
+    let o = origin();
+    let centre = tile(CENTRE);
+    let ring = ring_around(&[centre], 1).unwrap();
+    let mut p = Proxy::new(ProxyConfig {
+        warm_ring: 0,
+        ..ProxyConfig::default()
+    })
+    .unwrap();
+    run(&mut p, &o, tiles_req(&[centre]), 0);
+    let too_large = OriginOutcome::TooLarge {
+        status: 200,
+        bytes: 9 << 20,
+        retry_after_ms: None,
+    };
+    let why = "what was left of originTimeoutMs (3000 ms) ran out";
+    for (cached, want) in [(true, 200), (false, 504)] {
+        let mut asked = ring.clone();
+        if cached {
+            asked.insert(0, centre);
+        }
+        let mut pending = p.begin(tiles_req(&asked), 1).unwrap();
+        assert!(p.ask_in_part(&mut pending, &too_large));
+        assert_eq!(pending.origin_request().unwrap().tiles, ring[..4]);
+        let a = p.complete(pending, OriginOutcome::Timeout(why), 2);
+        assert_eq!(a.status, want, "{}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_timeout", "{}", a.body);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+        if cached {
+            let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+            let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
+            assert_eq!(served, [centre]);
+            assert_eq!(
+                v["error"]["tiles"].as_array().unwrap().len(),
+                8,
+                "{}",
+                a.body
+            );
+            assert!(message.contains("asked for in part"), "{message}");
+            assert_eq!(
+                a.origin_error.map(|e| e.code),
+                Some(ErrorCode::UpstreamTimeout)
+            );
+        }
+    }
 }
