@@ -26,7 +26,8 @@ export interface EdgeOptions {
   defaultTtl?: number;
   /** TTL in seconds per item class. Default { active: 300, off_market: 14400 }. */
   classTtl?: Record<string, number>;
-  /** Timeout of an origin request for a caller, in ms. Default 3000. */
+  /** Timeout of a caller's request's origin calls, in ms, their answers read: all of them
+   * (asks in part of an answer too large to read included) within this from the first. Default 3000. */
   originTimeoutMs?: number;
   /** Timeout of a warming request, in ms. Default 5000. */
   warmTimeoutMs?: number;

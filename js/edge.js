@@ -53,6 +53,11 @@ const MAX_POLL_WAIT_MS = 60_000;
  */
 const POLL_ROUND_TRIPS = 3;
 /**
+ * The least of a request's `originTimeoutMs` left that an ask in part is sent with: with
+ * less, the request ends as a timeout rather than send an origin call that cannot answer.
+ */
+const MIN_ASK_MS = 50;
+/**
  * How long past a poll's deadline the requests waiting for a new isolate's first poll wait
  * on timers of their own: a poll that has not ended by then never will (its request was
  * cancelled), and counts as failed.
@@ -728,11 +733,25 @@ export function createWorker(defaults = {}) {
       // A 2xx too large to read that asked for more than one tile or id comes back with
       // the same handle and a narrower origin request (its first half; the rest is left
       // out as `response_full`): asked again at once, at most log2 of what was asked times.
+      // All of a request's origin calls, their bodies read, share one `originTimeoutMs`
+      // from the first (its client waits for them all, and gives up after its own
+      // timeout): each later ask gets what is left, and with less than MIN_ASK_MS left the
+      // request ends as a timeout.
+      const limit = options.originTimeoutMs;
+      const deadline = Date.now() + limit;
+      let tooLarge = 0;
       for (let ask = step.origin; ask; ask = done.origin) {
+        const left = deadline - Date.now();
+        if (tooLarge > 0 && left < MIN_ASK_MS) {
+          done = take(proxy.fail(step.handle, true,
+            `its answers to ${tooLarge} requests were over the body limit (${proxy.maxBodyBytes} bytes), and asking for less in part ran out of originTimeoutMs (${limit} ms): ${Math.max(0, left)} ms left, under ${MIN_ASK_MS}`,
+            Date.now()));
+          break;
+        }
         let status = 0;
         let wait = -1;
         try {
-          const res = await originRequest(origin, env.ORIGIN_TOKEN, ask, options.originTimeoutMs, 'request');
+          const res = await originRequest(origin, env.ORIGIN_TOKEN, ask, left, 'request');
           status = res.status;
           // Its Retry-After as read (-1: none, or not well-formed); the core decides what of
           // it goes on (only with a 429 or 503, capped, or its default), whatever the body.
@@ -744,10 +763,14 @@ export function createWorker(defaults = {}) {
           if (e instanceof TooLarge) {
             // An answer, too large to read: the core says so with its size and the limit
             // (a 429 or 503 stays one, with its Retry-After), or asks for part of it.
+            tooLarge++;
             done = take(proxy.tooLarge(step.handle, status, e.seen, wait, Date.now()));
           } else {
             const timeout = e?.name === 'TimeoutError' || e?.name === 'AbortError';
-            done = take(proxy.fail(step.handle, timeout, String(e?.message ?? e), Date.now()));
+            const message = !timeout ? String(e?.message ?? e)
+              : tooLarge === 0 ? `no answer within originTimeoutMs (${limit} ms)`
+                : `no answer within the ${left} ms left of originTimeoutMs (${limit} ms) after its answers to ${tooLarge} requests were over the body limit (${proxy.maxBodyBytes} bytes) and it was asked for less in part`;
+            done = take(proxy.fail(step.handle, timeout, message, Date.now()));
           }
         }
       }

@@ -94,8 +94,9 @@ pub const SHARED_TILES: usize = 16;
 pub const MAX_SHARED_TILES: usize = 64;
 
 /// How long a request waiting for the origin is held: the worker's shared-cache lookups and
-/// origin call (`sharedCacheTimeoutMs` + `originTimeoutMs`, 250 ms and 3 s by default) twice
-/// over, plus 10 s. A request held longer is one whose worker will not come back for it.
+/// origin calls (`sharedCacheTimeoutMs` + `originTimeoutMs`, 250 ms and 3 s by default: a
+/// request's asks in part share its one `originTimeoutMs`, js/edge.js) twice over, plus
+/// 10 s. A request held longer is one whose worker will not come back for it.
 fn hold_ms(options: &Options) -> u64 {
     let calls = options
         .shared_cache_timeout_ms

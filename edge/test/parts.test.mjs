@@ -54,4 +54,46 @@ describe('edge worker: a caller\'s origin answer too large to read', () => {
       relay.hugeRequest = undefined;
     }
   });
+
+  it('asks in part within one originTimeoutMs in all, then answers the timeout', async (t) => {
+    // A slow origin (each answer after 40% of originTimeoutMs) whose answers are all too
+    // large. Before, every ask in part had a full originTimeoutMs: 16, 8, 4, 2 and 1 tile
+    // asked, five calls and over four timeouts' worth of waiting (the client had given up
+    // and asked again long before), then a 502. Now they share one: the third ask (or the
+    // second, on a slow machine) is cut off or not sent, and the answer is the timeout.
+    const tiles = Array.from({ length: 16 }, (_, i) => `14/${2620 + i}/5741`);
+    const cached = '14/2619/5741';
+    assert.equal((await post(edge.batch, { tiles: [cached], access: 'public' })).status, 200);
+    relay.hugeRequest = () => true;
+    relay.hugeDelayMs = 800;
+    try {
+      for (const part of [false, true]) {
+        const n = relay.requests().length;
+        const r = await post(edge.batch, { tiles: part ? [cached, ...tiles] : tiles, access: 'public' });
+        const asked = relay.requests().slice(n).map((q) => q.body.tiles.length);
+        t.diagnostic(`${part ? 'a cached part' : 'nothing cached'}: asks of ${asked}, HTTP ${r.status}: ${r.json.error?.message}`);
+        // Two or three (one on a machine too slow to read the first within the timeout).
+        assert.ok(asked.length >= 1 && asked.length <= 3, `asks of ${asked}`);
+        assert.deepEqual(asked, [16, 8, 4].slice(0, asked.length));
+        const { error } = r.json;
+        if (part) {
+          // What the cache held is served; the rest (timed out, or not asked) is left out
+          // as the timeout, which the client backs off from, not as `response_full`.
+          assert.equal(r.status, 200, r.text);
+          assert.equal(r.cache, 'partial');
+          assert.equal(r.originError, 'upstream_timeout');
+          assert.deepEqual(r.json.tiles.map((l) => l.tile), [cached]);
+          assert.deepEqual([...error.tiles].sort(), [...tiles].sort());
+        } else {
+          assert.equal(r.status, 504, r.text);
+        }
+        assert.equal(error.code, 'upstream_timeout');
+        assert.match(error.message, /originTimeoutMs \(2000 ms\)/);
+        if (asked.length > 1) assert.match(error.message, /answers to \d requests were over the body limit \(8388608 bytes\)/);
+      }
+    } finally {
+      relay.hugeRequest = undefined;
+      relay.hugeDelayMs = undefined;
+    }
+  });
 });

@@ -76,7 +76,8 @@ export function sse(events) {
  * 503 with Retry-After: 3, as the server answers them; `relay.retryAfter` in place of
  * those when set, null for none), 'failing' (500 internal), 'huge' (a 12 MiB answer, `relay.hugeStatus` or 200; a warming
  * request only, when `relay.hugeWarm(tiles)` is true for its tiles; a caller's request only, when
- * `relay.hugeRequest(body)` is true for the origin request's body); with
+ * `relay.hugeRequest(body)` is true for the origin request's body; each sent after
+ * `relay.hugeDelayMs` when set: a slow origin); with
  * `holdAnswers` (a promise) set, a passed-on answer waits for it (`held` counts them). Records { purpose, body, authorization } of each batch request (and in `polls`, each GET of the change feed, passed on)
  * and forwards the `authorization` header. With `requireToken`, it is also the origin's
  * credential check: a request without `Bearer <requireToken>` gets 401 and is not forwarded.
@@ -150,6 +151,8 @@ export async function startRelay(target, { requireToken } = {}) {
       // 12 MiB of JSON whitespace, chunked (no content-length): the worker must stop
       // reading at its limit rather than buffer it.
       res.on('error', () => {});
+      if (relay.hugeDelayMs) await new Promise((r) => setTimeout(r, relay.hugeDelayMs));
+      if (res.destroyed) return; // the worker gave up waiting
       // With `relay.hugeStatus` (and `relay.retryAfter`) in place of 200 and no Retry-After.
       const retryAfter = relay.retryAfter ? { 'retry-after': relay.retryAfter } : {};
       res.writeHead(relay.hugeStatus ?? 200, { 'content-type': 'application/json', ...retryAfter });
