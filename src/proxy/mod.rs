@@ -1202,7 +1202,7 @@ impl Proxy {
             let max = self.config.limits.max_body_bytes;
             let (code, message) = if !deferred.is_empty() {
                 // Asked in part: the rest is served when asked again (`response_full`
-                // wins, as in one answer's report, unless the last part timed out).
+                // wins, as in one answer's report, unless the origin failed the last part).
                 let part = format!(
                     "the origin's answer to them all was over the body limit ({max} bytes) \
                      and they were asked for in part: {} of the tiles and {} of the ids were \
@@ -1217,11 +1217,13 @@ impl Proxy {
                 } else {
                     part
                 };
-                // A timeout wins: asked again at once (`response_full`), the rest would go
-                // to an origin too slow to answer the part; a client backs off first after
-                // an `upstream_timeout`, as after a whole request's timeout.
+                // The origin's trouble wins (a timeout, shed load, a failure): asked again at
+                // once (`response_full`), the rest would go to an origin that could not
+                // answer the part; a client backs off first after such a code, as after a
+                // whole request's. A part too large alone keeps `response_full` (the rest is
+                // served when asked again).
                 let code = match &origin_error {
-                    Some(e) if e.code == ErrorCode::UpstreamTimeout => e.code,
+                    Some(e) if e.code.sheds_load() || e.code == ErrorCode::UpstreamError => e.code,
                     _ => ErrorCode::ResponseFull,
                 };
                 (code, message)

@@ -433,3 +433,59 @@ fn a_timeout_after_asking_in_part_is_answered_as_a_timeout() {
         }
     }
 }
+
+/// As a timeout (above), a later part the origin fails otherwise (unreachable: 502
+/// `upstream_error`; at capacity: 503 `overloaded`) is the code of what the answer leaves
+/// out when part of the request was cached, not `response_full`, which its client would
+/// ask for again at once.
+#[test]
+fn a_failed_part_after_asking_in_part_is_answered_with_the_failures_code() {
+    let o = origin();
+    let centre = tile(CENTRE);
+    let ring = ring_around(&[centre], 1).unwrap();
+    let mut p = Proxy::new(ProxyConfig {
+        warm_ring: 0,
+        ..ProxyConfig::default()
+    })
+    .unwrap();
+    run(&mut p, &o, tiles_req(&[centre]), 0);
+    let too_large = OriginOutcome::TooLarge {
+        status: 200,
+        bytes: 9 << 20,
+        retry_after_ms: None,
+    };
+    let busy = br#"{"code":"overloaded","message":"busy"}"#;
+    let cases = [
+        (
+            OriginOutcome::Unreachable("connection reset"),
+            "upstream_error",
+        ),
+        (
+            OriginOutcome::Answer {
+                status: 503,
+                body: busy,
+                retry_after_ms: None,
+            },
+            "overloaded",
+        ),
+    ];
+    for (outcome, code) in cases {
+        let mut asked = ring.clone();
+        asked.insert(0, centre);
+        let mut pending = p.begin(tiles_req(&asked), 1).unwrap();
+        assert!(p.ask_in_part(&mut pending, &too_large));
+        let a = p.complete(pending, outcome, 2);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{}", a.body);
+        assert_eq!(
+            v["error"]["tiles"].as_array().unwrap().len(),
+            8,
+            "{}",
+            a.body
+        );
+        let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+        let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
+        assert_eq!(served, [centre]);
+    }
+}
