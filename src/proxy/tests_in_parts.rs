@@ -386,20 +386,7 @@ fn a_change_covering_a_tile_held_as_too_large_asks_the_origin_again() {
 /// with nothing cached the answer is the `504` itself.
 #[test]
 fn a_timeout_after_asking_in_part_is_answered_as_a_timeout() {
-    let o = origin();
-    let centre = tile(CENTRE);
-    let ring = ring_around(&[centre], 1).unwrap();
-    let mut p = Proxy::new(ProxyConfig {
-        warm_ring: 0,
-        ..ProxyConfig::default()
-    })
-    .unwrap();
-    run(&mut p, &o, tiles_req(&[centre]), 0);
-    let too_large = OriginOutcome::TooLarge {
-        status: 200,
-        bytes: 9 << 20,
-        retry_after_ms: None,
-    };
+    let (mut p, centre, ring, too_large) = centre_cached();
     let why = "what was left of originTimeoutMs (3000 ms) ran out";
     for (cached, want) in [(true, 200), (false, 504)] {
         let mut asked = ring.clone();
@@ -440,20 +427,7 @@ fn a_timeout_after_asking_in_part_is_answered_as_a_timeout() {
 /// ask for again at once.
 #[test]
 fn a_failed_part_after_asking_in_part_is_answered_with_the_failures_code() {
-    let o = origin();
-    let centre = tile(CENTRE);
-    let ring = ring_around(&[centre], 1).unwrap();
-    let mut p = Proxy::new(ProxyConfig {
-        warm_ring: 0,
-        ..ProxyConfig::default()
-    })
-    .unwrap();
-    run(&mut p, &o, tiles_req(&[centre]), 0);
-    let too_large = OriginOutcome::TooLarge {
-        status: 200,
-        bytes: 9 << 20,
-        retry_after_ms: None,
-    };
+    let (mut p, centre, ring, too_large) = centre_cached();
     let busy = br#"{"code":"overloaded","message":"busy"}"#;
     let cases = [
         (
@@ -488,4 +462,22 @@ fn a_failed_part_after_asking_in_part_is_answered_with_the_failures_code() {
         let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
         assert_eq!(served, [centre]);
     }
+}
+
+/// A proxy (no warming) with the centre tile cached, the 8 tiles around it, and an origin
+/// outcome too large to read (asked in part).
+fn centre_cached() -> (Proxy, TileId, Vec<TileId>, OriginOutcome<'static>) {
+    let centre = tile(CENTRE);
+    let mut p = Proxy::new(ProxyConfig {
+        warm_ring: 0,
+        ..ProxyConfig::default()
+    })
+    .unwrap();
+    run(&mut p, &origin(), tiles_req(&[centre]), 0);
+    let too_large = OriginOutcome::TooLarge {
+        status: 200,
+        bytes: 9 << 20,
+        retry_after_ms: None,
+    };
+    (p, centre, ring_around(&[centre], 1).unwrap(), too_large)
 }

@@ -1395,13 +1395,18 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
     let s = server(upstream_config(&url)).await;
     stub.mode.store(AT_MOST_16_TILES, Relaxed);
     let z11 = densest(&stub.origin).ancestor(11).unwrap();
-    let body = request(&[z11, z11.offset(1, 0).unwrap()], &[], Access::Public);
-    let got = Http::new().ok(&s, &body).await;
-    let want = stub.origin.answer(
-        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
-        None,
-    );
-    assert_eq!(digest(&got), digest(&want));
+    // Asks for the misses of `t` and the zoom-11 tile east of it; the answer is the
+    // origin's own.
+    let two_z11 = |t: tilewarm::tile::TileId| {
+        let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
+        let want = stub.origin.answer(
+            &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+            None,
+        );
+        let s = &s;
+        async move { assert_eq!(digest(&Http::new().ok(s, &body).await), digest(&want)) }
+    };
+    two_z11(z11).await;
     assert_eq!(
         stub.calls.load(Relaxed),
         2 + 1 + 8,
@@ -1418,14 +1423,7 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
     // The limit found is kept: the misses of two more zoom-11 tiles go in parts of 16 from
     // the start, no call refused (11 calls again, 3 refused, before).
     let before = stub.calls.load(Relaxed);
-    let next = z11.offset(0, 1).unwrap();
-    let body = request(&[next, next.offset(1, 0).unwrap()], &[], Access::Public);
-    let got = Http::new().ok(&s, &body).await;
-    let want = stub.origin.answer(
-        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
-        None,
-    );
-    assert_eq!(digest(&got), digest(&want));
+    two_z11(z11.offset(0, 1).unwrap()).await;
     assert_eq!(
         stub.calls.load(Relaxed) - before,
         8,
