@@ -237,8 +237,8 @@ export interface TileCacheOptions {
      * 2026-12-06, whose default was 2, set 2). Prefetch areas are widened to whole tiles of
      * that zoom, or of 2 zooms up when it is coarser, so they go out as coarse tiles. A server
      * that refuses a request of coarse tiles (and no ids) with a 400 (it allows fewer data
-     * tiles a request than they cover) is asked one zoom finer at once, and no coarser from
-     * then on. Default 3.
+     * tiles a request than they cover) is asked one zoom finer at once, and no coarser for a
+     * tile TTL (then this level again). Default 3.
      */
     coalesceLevels?: number;
     /**

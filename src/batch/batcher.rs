@@ -77,8 +77,10 @@ pub struct Batcher {
     /// How long a data tile refused as too large on its own is held.
     hold_ms: u64,
     /// The zooms up requests are coalesced to: `config.coalesce_levels`, lowered by a
-    /// server that refuses coarse tiles with a 400 ([`on_failure`](Self::on_failure)).
+    /// server that refuses coarse tiles with a 400 ([`on_failure`](Self::on_failure))
+    /// until `coalesce_lowered_until` (Unix ms), then the configured level again.
     coalesce_levels: u8,
+    coalesce_lowered_until: u64,
 }
 
 impl Batcher {
@@ -93,6 +95,7 @@ impl Batcher {
                 config.breaker_max_cooldown_ms,
             ),
             coalesce_levels: config.coalesce_levels,
+            coalesce_lowered_until: 0,
             config,
             next_id: 1,
             queues: Queues::default(),
@@ -244,6 +247,9 @@ impl Batcher {
     ) -> Option<Transmit> {
         if self.in_flight.len() >= self.config.max_in_flight {
             return None;
+        }
+        if now_ms >= self.coalesce_lowered_until {
+            self.coalesce_levels = self.config.coalesce_levels;
         }
         if let Some(out) = self.take(Kind::Foreground, now_ms, access, &mut needed, empty) {
             return Some(out);
@@ -721,7 +727,11 @@ impl Batcher {
     /// still reported). Each such `400` lowers the level, so it happens at most
     /// `coalesce_levels` times; one for a request of data tiles only, or one that asked for
     /// ids too (the ids may be what was refused: a server's smaller `--max-ids`), is the
-    /// failure it is.
+    /// failure it is. The level stays lowered for a tile TTL (as a tile held as too large,
+    /// [`hold_too_large_for`](Self::hold_too_large_for)) from the last such `400`, then
+    /// goes back to the configured one: a server upgraded meanwhile, or a `400` a proxy
+    /// gave for another reason, does not cost the page's requests for the rest of its
+    /// life; a server that still refuses costs one refused request a tile TTL a level.
     pub fn on_failure(&mut self, id: RequestId, failure: &Failure, now_ms: u64) -> FailureOutcome {
         let coarsest = (self.in_flight.iter())
             .find(|f| f.request.id == id)
@@ -737,6 +747,7 @@ impl Batcher {
         if matches!(failure, Failure::Http { status: 400, .. }) && coarsest > 0 && tiles_only {
             self.stats.failures += 1;
             self.coalesce_levels = self.coalesce_levels.min(coarsest - 1);
+            self.coalesce_lowered_until = now_ms.saturating_add(self.hold_ms);
             self.queues.requeue(&f, f.attempt, now_ms);
             return FailureOutcome::Retrying {
                 at_ms: now_ms,

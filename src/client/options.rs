@@ -371,7 +371,7 @@ pub(crate) const OPTIONS: [Opt; 32] = [
          whole tiles of that zoom, or of 2 zooms up when it is coarser, so they go out as \
          coarse tiles. A server that refuses a request of coarse tiles (and no ids) with \
          a 400 (it allows fewer data tiles a request than they cover) is asked one zoom \
-         finer at once, and no coarser from then on.",
+         finer at once, and no coarser for a tile TTL (then this level again).",
     ),
     number(
         "batch.coalesceMinShare",

@@ -397,7 +397,8 @@ fn by_default_a_zoomed_out_miss_goes_out_as_zoom_11_tiles() {
 /// A server that refuses coarse tiles with a `400` (a tilewarm server before 2026-12-06
 /// allows 256 data tiles a request, the package's default request of 16 zoom-11 tiles
 /// covers 1024) is asked again at once, one zoom finer each time, down to data tiles; a
-/// `400` then is the failure it is. Each step is no retry, and the level stays lowered.
+/// `400` then is the failure it is. Each step is no retry, and the level stays lowered
+/// for a tile TTL from the last such `400`.
 #[test]
 fn a_400_for_coarse_tiles_asks_again_at_once_one_zoom_finer() {
     let mut b = Batcher::new(BatchConfig::default()).unwrap();
@@ -427,11 +428,17 @@ fn a_400_for_coarse_tiles_asks_again_at_once_one_zoom_finer() {
         b.on_failure(r.id, &bad, 3),
         FailureOutcome::GaveUp(_)
     ));
-    // Lowered for good: a later miss goes out as data tiles at once.
+    // Lowered for a tile TTL from the last 400: a later miss within it goes out as data
+    // tiles at once; one after it coalesced again.
+    let hold = crate::batch::DEFAULT_TOO_LARGE_HOLD_MS;
     let mut b2 = b.clone();
     b2.set_foreground(block());
-    let r = b2.poll(1_000_000, P, all).unwrap();
+    let r = b2.poll(1 + hold, P, all).unwrap();
     assert!(r.request.tiles.iter().all(|t| t.z() == 14));
+    let mut b2 = b.clone();
+    b2.set_foreground(block());
+    let r = b2.poll(2 + hold, P, all).unwrap();
+    assert_eq!(r.request.tiles, [parent], "the configured level again");
     // An answered request lowers nothing: a 400 at 12 stops at 13.
     let mut b = Batcher::new(BatchConfig::default()).unwrap();
     b.set_foreground(block());
