@@ -1065,19 +1065,20 @@ impl Proxy {
             };
         }
         let retry_after_s = origin.as_ref().and(origin_retry_after_s(&outcome));
+        // A `2xx` too large to read: for a part asked alone, no failure of the origin.
+        let unread = matches!(
+            outcome,
+            OriginOutcome::TooLarge {
+                status: 200..=299,
+                ..
+            }
+        );
         if let Some(o) = &origin {
             self.origin_asks_for_quiet(&outcome, now_ms);
             // The answer for one data tile alone was too large to read: that tile is too
             // large, and is held from warming as after a warming of it alone.
             let dz = self.config.cache.tile_zoom;
             let alone = o.ids.is_empty() && matches!(o.tiles[..], [t] if t.z() == dz);
-            let unread = matches!(
-                outcome,
-                OriginOutcome::TooLarge {
-                    status: 200..=299,
-                    ..
-                }
-            );
             if alone && unread {
                 self.split_too_large(tier, &o.tiles, now_ms);
             }
@@ -1220,10 +1221,15 @@ impl Proxy {
                 // The origin's trouble wins (a timeout, shed load, a failure): asked again at
                 // once (`response_full`), the rest would go to an origin that could not
                 // answer the part; a client backs off first after such a code, as after a
-                // whole request's. A part too large alone keeps `response_full` (the rest is
-                // served when asked again).
+                // whole request's. A part too large alone (`unread`: held, no failure of the
+                // origin's) keeps `response_full`: the rest is served when asked again.
                 let code = match &origin_error {
-                    Some(e) if e.code.sheds_load() || e.code == ErrorCode::UpstreamError => e.code,
+                    Some(e)
+                        if !unread
+                            && (e.code.sheds_load() || e.code == ErrorCode::UpstreamError) =>
+                    {
+                        e.code
+                    }
                     _ => ErrorCode::ResponseFull,
                 };
                 (code, message)

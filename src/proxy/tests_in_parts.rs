@@ -481,3 +481,36 @@ fn centre_cached() -> (Proxy, TileId, Vec<TileId>, OriginOutcome<'static>) {
     };
     (p, centre, ring_around(&[centre], 1).unwrap(), too_large)
 }
+
+/// A request asked in part down to one tile whose answer is still too large to read, with
+/// part of the request cached: that tile is held (too large alone), and what was not asked
+/// is left out as `response_full` (the origin did not fail: the rest is served when asked
+/// again, and the held tile is then left out as `payload_too_large` with no origin call),
+/// not as the `upstream_error` the unread answer decodes to, which its client would back
+/// off for.
+#[test]
+fn a_part_too_large_alone_after_asking_in_part_leaves_the_rest_out_as_response_full() {
+    let (mut p, centre, ring, too_large) = centre_cached();
+    let mut asked = ring.clone();
+    asked.insert(0, centre);
+    let mut pending = p.begin(tiles_req(&asked), 1).unwrap();
+    let mut halvings = 0;
+    while p.ask_in_part(&mut pending, &too_large) {
+        halvings += 1;
+    }
+    assert_eq!(pending.origin_request().unwrap().tiles, ring[..1]);
+    assert_eq!(halvings, 3, "8, 4, 2, then 1 alone");
+    let a = p.complete(pending, too_large, 2);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], "response_full", "{}", a.body);
+    assert_eq!(
+        v["error"]["tiles"].as_array().unwrap().len(),
+        8,
+        "{}",
+        a.body
+    );
+    let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+    let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
+    assert_eq!(served, [centre]);
+}
