@@ -449,19 +449,24 @@ fn a_failed_part_after_asking_in_part_is_answered_with_the_failures_code() {
         let mut pending = p.begin(tiles_req(&asked), 1).unwrap();
         assert!(p.ask_in_part(&mut pending, &too_large));
         let a = p.complete(pending, outcome, 2);
-        assert_eq!(a.status, 200, "{}", a.body);
-        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
-        assert_eq!(v["error"]["code"], code, "{}", a.body);
-        assert_eq!(
-            v["error"]["tiles"].as_array().unwrap().len(),
-            8,
-            "{}",
-            a.body
-        );
-        let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
-        let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
-        assert_eq!(served, [centre]);
+        assert_centre_served_rest_left_out(&a, centre, code);
     }
+}
+
+/// `a` is a `200` serving the cached centre tile alone, the 8 around it left out as `code`.
+fn assert_centre_served_rest_left_out(a: &Answer, centre: TileId, code: &str) {
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["error"]["code"], code, "{}", a.body);
+    assert_eq!(
+        v["error"]["tiles"].as_array().unwrap().len(),
+        8,
+        "{}",
+        a.body
+    );
+    let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
+    let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
+    assert_eq!(served, [centre]);
 }
 
 /// A proxy (no warming) with the centre tile cached, the 8 tiles around it, and an origin
@@ -501,16 +506,5 @@ fn a_part_too_large_alone_after_asking_in_part_leaves_the_rest_out_as_response_f
     assert_eq!(pending.origin_request().unwrap().tiles, ring[..1]);
     assert_eq!(halvings, 3, "8, 4, 2, then 1 alone");
     let a = p.complete(pending, too_large, 2);
-    assert_eq!(a.status, 200, "{}", a.body);
-    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
-    assert_eq!(v["error"]["code"], "response_full", "{}", a.body);
-    assert_eq!(
-        v["error"]["tiles"].as_array().unwrap().len(),
-        8,
-        "{}",
-        a.body
-    );
-    let d = decode_response(a.body.as_bytes(), &Limits::default()).unwrap();
-    let served: Vec<TileId> = d.tiles.iter().map(|l| l.tile).collect();
-    assert_eq!(served, [centre]);
+    assert_centre_served_rest_left_out(&a, centre, "response_full");
 }
