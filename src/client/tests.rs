@@ -3159,7 +3159,8 @@ fn a_refresh_by_id_a_partial_answer_sheds_backs_off_as_a_tile_it_sheds_would() {
 /// A server that allows fewer data tiles a request than the package's default request
 /// covers (started with `--max-data-tiles 256`, the default before 2026-12-06: the core's
 /// own rule, `Plan::new`, refuses more with a 400) still completes a zoomed-out view: the
-/// client asks one zoom finer at once after each refusal, and no coarser from then on.
+/// client asks one zoom finer at once after each refusal, and no coarser for a tile TTL
+/// (the second view, a second later, is not refused again).
 #[test]
 fn a_view_completes_against_a_server_that_refuses_the_default_coarse_tiles() {
     use crate::proxy::policy::{CoarseMiss, Plan, Rules};
