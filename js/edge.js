@@ -732,7 +732,8 @@ export function createWorker(defaults = {}) {
     try {
       // A 2xx too large to read that asked for more than one tile or id comes back with
       // the same handle and a narrower origin request (its first half; the rest is left
-      // out as `response_full`): asked again at once, at most log2 of what was asked times.
+      // out as `response_full`, or as the origin's failure of the last part): asked again at
+      // once, at most log2 of what was asked times.
       // All of a request's origin calls, their bodies read, share one `originTimeoutMs`
       // from the first (its client waits for them all, and gives up after its own
       // timeout): each later ask gets what is left, and with less than MIN_ASK_MS left the

@@ -254,7 +254,8 @@ pub struct Pending {
     /// fills are dated by for the shared cache ([`change`]).
     planned_ms: u64,
     /// Tiles and ids of the origin request not asked after its answer was too large to
-    /// read ([`Proxy::ask_in_part`]): left out as `response_full`, asked again by the client.
+    /// read ([`Proxy::ask_in_part`]): left out as `response_full`, asked again by the client
+    /// (with the code of the origin's failure of the last part instead, when it failed).
     deferred: Units,
     /// Tiles and ids not asked of the origin: their answer alone was too large to read
     /// ([`MAX_HELD_TOO_LARGE`]); left out as `payload_too_large`.
@@ -991,7 +992,9 @@ impl Proxy {
     /// narrowed to its first half (tiles, then ids, in its order) and `true` is returned:
     /// send [`Pending::origin_request`] again, and give its outcome to this again or to
     /// [`Proxy::complete`]. What it no longer asks is left out of the answer as
-    /// `response_full` (the client asks for it again, in a later request). One asked alone
+    /// `response_full` (the client asks for it again, in a later request), or with the code
+    /// of the origin's failure of the last part (`upstream_timeout`, `upstream_error`,
+    /// `rate_limited`, `overloaded`: the client backs off first). One asked alone
     /// in this way and too large is held by [`Proxy::complete`] for a tile TTL (or until a
     /// change covers it, [`Proxy::invalidate`]): not asked
     /// of the origin for callers at that tier, left out as `payload_too_large`. So a request either
