@@ -752,7 +752,7 @@ export function createWorker(defaults = {}) {
         let status = 0;
         let wait = -1;
         try {
-          const res = await originRequest(origin, env.ORIGIN_TOKEN, ask, left, 'request');
+          const res = await originRequest(origin, env.ORIGIN_TOKEN, ask, Math.max(0, left), 'request');
           status = res.status;
           // Its Retry-After as read (-1: none, or not well-formed); the core decides what of
           // it goes on (only with a 429 or 503, capped, or its default), whatever the body.

@@ -374,6 +374,11 @@ where
     // The most tiles and ids a part may carry: what an earlier request found, else the
     // protocol's tiles and all the ids.
     let start = found.cap(limits, now);
+    // Only a request that started from full parts teaches (`PartLimits::learn`): one
+    // started from a limit kept would teach a lower one from a refusal of parts of it,
+    // which may be for the items its tiles hold together, and so slide down request after
+    // request.
+    let from_full = [start.0 >= limits.max_tiles.max(1), start.1 == usize::MAX];
     let max = start.0;
     let mut queue: std::collections::VecDeque<Part> = if request.tiles.len() <= max {
         [Part {
@@ -501,7 +506,7 @@ where
     }
     // Every part answered: what the halving found holds for the requests after this one.
     for (i, f) in finding.into_iter().enumerate() {
-        if let Some(f) = f.filter(|f| f.teaches && f.most > 0) {
+        if let Some(f) = f.filter(|f| f.teaches && f.most > 0 && from_full[i]) {
             found.learn(i, f.most, limits, now);
         }
     }
@@ -540,7 +545,9 @@ const LIMIT_KEPT_FOR: Duration = Duration::from_secs(10 * 60);
 /// between 1 and the protocol's limit; tiles and ids apart (`[tiles, ids]`), each with
 /// when it was found. The lock is never held across an `.await`.
 ///
-/// Not taught: by a request that fails (its 400 may be about one tile or id, and the
+/// Not taught: by a request that started from a limit kept (its refusals may be of the
+/// items its tiles hold together: taught, the limit would slide down request after
+/// request; a lower limit is found once this one lapses); by a request that fails (its 400 may be about one tile or id, and the
 /// halves answered before it say nothing of a count); by a 413 or an answer over 8 MiB
 /// (about the size of those tiles' data, which the next tiles may not share: only that
 /// part is halved); by a 400 of fewer tiles than a part may carry (an upstream may refuse a
@@ -1387,6 +1394,35 @@ mod tests {
         assert_eq!(refused.get(), 0);
         let again = lapsed + LIMIT_KEPT_FOR;
         assert_eq!(found.found(Limits::default(), again), (None, None));
+    }
+
+    /// A request started from a limit kept teaches no lower one: a 400 for a part of the
+    /// kept size may be for the items its tiles hold together (a tilewarm upstream's
+    /// `--max-response-items`), and learnt, the limit would slide down request after request
+    /// (32, 16, 8 ...). It stays until it lapses; the request is answered as before.
+    #[tokio::test]
+    async fn a_request_started_from_a_kept_limit_teaches_no_lower_one() {
+        let found = PartLimits::default();
+        let now = Instant::now();
+        found.learn(0, 32, Limits::default(), now);
+        let request = BatchRequest {
+            tiles: tiles(64),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let (r, _) = in_parts(&request, Limits::default(), &found, now, |part| {
+            calls.set(calls.get() + 1);
+            std::future::ready(match part.tiles.len() > 16 {
+                true => Err(refused_with(400, "too many items")),
+                false => Ok(answered(&part)),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.tiles.len(), 64);
+        assert_eq!(calls.get(), 2 + 4, "2 parts of 32 refused, then 4 of 16");
+        assert_eq!(found.found(Limits::default(), now), (Some(32), None));
     }
 
     /// A limit found is never below 1 nor above the protocol's (`Limits`): an upstream that
