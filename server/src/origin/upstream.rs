@@ -1334,6 +1334,32 @@ mod tests {
         assert_eq!(found.found(Limits::default(), now), (None, None));
     }
 
+    /// Asks for `n` tiles (the limits `found` before, at `now`) an upstream that refuses a
+    /// call of more than `most` tiles with a 400: its answer, and how many calls it took.
+    async fn tiles_of_one_taking(
+        n: u32,
+        most: usize,
+        found: &PartLimits,
+        now: Instant,
+    ) -> (Answered, usize) {
+        let request = BatchRequest {
+            tiles: tiles(n),
+            ids: Vec::new(),
+            access: Access::Agent,
+        };
+        let calls = Cell::new(0);
+        let answer = in_parts(&request, Limits::default(), found, now, |part| {
+            calls.set(calls.get() + 1);
+            std::future::ready(match part.tiles.len() > most {
+                true => Err(refused_with(400, "too many")),
+                false => Ok(answered(&part)),
+            })
+        })
+        .await
+        .unwrap();
+        (answer, calls.get())
+    }
+
     /// The fake upstream of [`a_smaller_limit_of_tiles_or_ids_is_found_by_halving`]: a 400
     /// for more than 16 tiles or 10 ids, counted in `refused`; `calls` counts every call.
     fn at_most_16_tiles_10_ids<'a>(
@@ -1405,23 +1431,9 @@ mod tests {
         let found = PartLimits::default();
         let now = Instant::now();
         found.learn(0, 32, Limits::default(), now);
-        let request = BatchRequest {
-            tiles: tiles(64),
-            ids: Vec::new(),
-            access: Access::Agent,
-        };
-        let calls = Cell::new(0);
-        let (r, _) = in_parts(&request, Limits::default(), &found, now, |part| {
-            calls.set(calls.get() + 1);
-            std::future::ready(match part.tiles.len() > 16 {
-                true => Err(refused_with(400, "too many items")),
-                false => Ok(answered(&part)),
-            })
-        })
-        .await
-        .unwrap();
+        let ((r, _), calls) = tiles_of_one_taking(64, 16, &found, now).await;
         assert_eq!(r.tiles.len(), 64);
-        assert_eq!(calls.get(), 2 + 4, "2 parts of 32 refused, then 4 of 16");
+        assert_eq!(calls, 2 + 4, "2 parts of 32 refused, then 4 of 16");
         assert_eq!(found.found(Limits::default(), now), (Some(32), None));
     }
 
@@ -1432,23 +1444,9 @@ mod tests {
     async fn a_limit_found_is_between_one_and_the_protocols() {
         let found = PartLimits::default();
         let now = Instant::now();
-        let request = BatchRequest {
-            tiles: tiles(64),
-            ids: Vec::new(),
-            access: Access::Agent,
-        };
-        let calls = Cell::new(0);
-        let (r, _) = in_parts(&request, Limits::default(), &found, now, |part| {
-            calls.set(calls.get() + 1);
-            std::future::ready(match part.tiles.len() > 1 {
-                true => Err(refused_with(400, "too many")),
-                false => Ok(answered(&part)),
-            })
-        })
-        .await
-        .unwrap();
+        let ((r, _), calls) = tiles_of_one_taking(64, 1, &found, now).await;
         assert_eq!(r.tiles.len(), 64);
-        assert_eq!(calls.get(), 6 + 64, "64, 32, ..., 2 refused, then 1 a call");
+        assert_eq!(calls, 6 + 64, "64, 32, ..., 2 refused, then 1 a call");
         assert_eq!(found.found(Limits::default(), now), (Some(1), None));
         assert_eq!(found.cap(Limits::default(), now), (1, usize::MAX));
         found.learn(0, 0, Limits::default(), now);
@@ -1497,18 +1495,7 @@ mod tests {
         );
         assert_eq!(found.found(Limits::default(), now), (None, None));
         // Four tiles refused together (too many items), answered two at a time.
-        let request = BatchRequest {
-            tiles: tiles(4),
-            ..request
-        };
-        in_parts(&request, Limits::default(), &found, now, |part| {
-            std::future::ready(match part.tiles.len() > 2 {
-                true => Err(refused_with(400, "more than 20000 items")),
-                false => Ok(answered(&part)),
-            })
-        })
-        .await
-        .unwrap();
+        tiles_of_one_taking(4, 2, &found, now).await;
         assert_eq!(found.found(Limits::default(), now), (None, None));
     }
 

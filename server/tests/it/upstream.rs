@@ -529,15 +529,25 @@ async fn misses_of_more_data_tiles_than_one_call_may_carry_go_upstream_in_parts(
     let (stub, url) = stub(42, 5_000).await;
     let s = server(upstream_config(&url)).await;
     let z11 = densest(&stub.origin).ancestor(11).unwrap();
-    let body = request(&[z11, z11.offset(1, 0).unwrap()], &[], Access::Public);
-    let got = Http::new().ok(&s, &body).await;
+    two_z11_answered_as_the_origin(&s, &stub, z11).await;
+    assert_eq!(stub.calls.load(Relaxed), 2, "128 data tiles, 64 a call");
+    s.shutdown().await;
+}
+
+/// Asks server `s` (in front of `stub`) at `public` for zoom-11 tile `t` and the one east
+/// of it, and checks the answer is the stub origin's own.
+async fn two_z11_answered_as_the_origin(
+    s: &tilewarm_server::Server,
+    stub: &Stub,
+    t: tilewarm::tile::TileId,
+) {
+    let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
+    let got = Http::new().ok(s, &body).await;
     let want = stub.origin.answer(
         &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
         None,
     );
     assert_eq!(digest(&got), digest(&want));
-    assert_eq!(stub.calls.load(Relaxed), 2, "128 data tiles, 64 a call");
-    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1395,18 +1405,7 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
     let s = server(upstream_config(&url)).await;
     stub.mode.store(AT_MOST_16_TILES, Relaxed);
     let z11 = densest(&stub.origin).ancestor(11).unwrap();
-    // Asks for the misses of `t` and the zoom-11 tile east of it; the answer is the
-    // origin's own.
-    let two_z11 = |t: tilewarm::tile::TileId| {
-        let body = request(&[t, t.offset(1, 0).unwrap()], &[], Access::Public);
-        let want = stub.origin.answer(
-            &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
-            None,
-        );
-        let s = &s;
-        async move { assert_eq!(digest(&Http::new().ok(s, &body).await), digest(&want)) }
-    };
-    two_z11(z11).await;
+    two_z11_answered_as_the_origin(&s, &stub, z11).await;
     assert_eq!(
         stub.calls.load(Relaxed),
         2 + 1 + 8,
@@ -1423,7 +1422,7 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
     // The limit found is kept: the misses of two more zoom-11 tiles go in parts of 16 from
     // the start, no call refused (11 calls again, 3 refused, before).
     let before = stub.calls.load(Relaxed);
-    two_z11(z11.offset(0, 1).unwrap()).await;
+    two_z11_answered_as_the_origin(&s, &stub, z11.offset(0, 1).unwrap()).await;
     assert_eq!(
         stub.calls.load(Relaxed) - before,
         8,
