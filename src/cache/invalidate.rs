@@ -76,7 +76,7 @@ impl<P> ItemCache<P> {
             return;
         }
         for (_, e) in self.tiles.iter_mut() {
-            e.ids.retain(|id| !ids.contains(&**id));
+            e.ids.retain(|l| !ids.contains(&*l.key));
         }
     }
 
@@ -117,8 +117,8 @@ impl<P> ItemCache<P> {
                 let mut removed = 0;
                 for t in targets {
                     if let Some(e) = self.tiles.pop(&t) {
-                        for id in &e.ids {
-                            if self.remove_item(id).is_some() {
+                        for l in &e.ids {
+                            if self.remove_item(&l.key).is_some() {
                                 removed += 1;
                             }
                         }

@@ -1,4 +1,5 @@
-//! The item LRU: items by id in one `lru` list bounded by count and bytes, with the items
+//! The item LRU: items by id in one recency list (the item store, `store.rs`) bounded by
+//! count and bytes, with the items
 //! of visible tiles, then those of tiles a host loads, protected from eviction (see
 //! [`ItemCache`]'s docs for how).
 
@@ -27,8 +28,9 @@ pub struct ItemMeta {
     pub size_bytes: usize,
 }
 
-/// Bytes of bookkeeping charged per cached item on top of its id, class and payload (the
-/// `Arc<str>` id, the LRU node, the tile index entry, the coordinates and expiry).
+/// Bytes of bookkeeping charged per cached item on top of its id, class and payload (its
+/// slot in the item store, the coordinates and expiry among it, its tile-list entry and
+/// its share of the hash table: about 95 bytes on wasm32).
 pub const ITEM_OVERHEAD_BYTES: usize = 96;
 
 /// The bytes an item is charged in a cache ([`ItemMeta::size_bytes`]): its id, class and
@@ -45,10 +47,10 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 
 /// One cached item.
 ///
-/// Its fields are laid out for the LRU node that holds it (on wasm32: the node is the key,
-/// this and two pointers; talc allocates in steps of 16 bytes with 4 of its own, so a node
-/// of 72 bytes takes 80, one of 88 took 96): the class is a thin pointer to the shared name
-/// (`Class`) and the tile and the tier share one word (`TileTier`).
+/// Its fields are laid out for the item store's slot that holds it (on wasm32: this and two
+/// `u32` links, 72 bytes with the browser's payload): the id is inline when short
+/// (`ItemKey`), the class is a thin pointer to the shared name (`Class`) and the tile and
+/// the tier share one word (`TileTier`).
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
     pub(super) id: ItemKey,
@@ -70,7 +72,7 @@ pub(super) struct TileTier(u64);
 impl TileTier {
     const TIER_SHIFT: u32 = 56;
 
-    fn new(tile: TileId, access: Access) -> TileTier {
+    pub(super) fn new(tile: TileId, access: Access) -> TileTier {
         TileTier(tile.to_u64() | u64::from(access.rank()) << Self::TIER_SHIFT)
     }
 
@@ -379,19 +381,16 @@ impl<P> ItemCache<P> {
         }
         self.account_add(tile, size_bytes);
         let class = self.classes.intern(class);
-        self.items.put(
-            key.clone(),
-            CacheItem {
-                id: key,
-                lon,
-                lat,
-                class,
-                place: TileTier::new(tile, access),
-                expires_at_ms,
-                size_bytes,
-                payload,
-            },
-        );
+        self.items.put(CacheItem {
+            id: key,
+            lon,
+            lat,
+            class,
+            place: TileTier::new(tile, access),
+            expires_at_ms,
+            size_bytes,
+            payload,
+        });
         let outcome = InsertOutcome {
             evicted,
             rejected: false,
@@ -721,11 +720,11 @@ impl<P> ItemCache<P> {
         // `level` is at the tail; the bound only guards against a broken count.
         for _ in 0..=self.items.len() {
             let (key, passed) = match self.items.peek_lru() {
-                Some((k, item)) => (k.clone(), self.protection(item.tile()) != level),
+                Some(item) => (item.id.clone(), self.protection(item.tile()) != level),
                 None => return None,
             };
             if passed {
-                self.items.promote(&*key);
+                self.items.promote_lru();
             } else {
                 let gone = self.remove_item(&key);
                 self.stats.evictions += 1;

@@ -5,7 +5,8 @@
 //! Time comes in as `now_ms`; nothing here reads a clock, sleeps or does I/O.
 //!
 //! [`ItemCache`] is defined here; its parts live beside it: `config.rs` ([`CacheConfig`]),
-//! `items.rs` (the item LRU with visible-item protection), `tiles.rs` (the tile index and
+//! `items.rs` (the item LRU with visible-item protection), `store.rs` (the items' slots
+//! and recency list it works on), `key.rs` (an id as the cache holds it), `tiles.rs` (the tile index and
 //! [`TileFreshness`]), `bounds.rs` (the data's extent, outside which tiles hold no items),
 //! `invalidate.rs` (removal on purpose and expiry), `stats.rs`
 //! ([`CacheStats`]) and `error.rs` ([`CacheError`]).
@@ -42,6 +43,7 @@ mod invalidate;
 mod items;
 mod key;
 mod stats;
+mod store;
 #[cfg(test)]
 mod tests;
 mod tiles;
@@ -54,11 +56,13 @@ pub use items::{
     item_size_bytes, CacheItem, InsertOutcome, ItemMeta, Lookup, Priority, ITEM_OVERHEAD_BYTES,
 };
 pub use stats::CacheStats;
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub(crate) use store::slot_bytes;
 pub use tiles::{Refresh, TileFreshness};
 
 use bounds::DataBounds;
-use key::ItemKey;
 use std::fmt;
+use store::{ItemStore, Listed};
 
 use lru::LruCache;
 
@@ -135,7 +139,7 @@ pub struct ItemCache<P> {
     config: CacheConfig,
     /// `config.bounds` at the data zoom.
     bounds: DataBounds,
-    items: LruCache<ItemKey, CacheItem<P>>,
+    items: ItemStore<P>,
     bytes: usize,
     tiles: LruCache<TileId, TileEntry>,
     visible: HashSet<TileId>,
@@ -179,7 +183,7 @@ impl<P> ItemCache<P> {
         Ok(ItemCache {
             bounds: DataBounds::new(&config.bounds, config.tile_zoom),
             config,
-            items: LruCache::unbounded(),
+            items: ItemStore::default(),
             bytes: 0,
             tiles: LruCache::unbounded(),
             visible: HashSet::new(),

@@ -4,6 +4,7 @@
 //! ([`TileFreshness`]).
 
 use super::key::ItemKey;
+use super::Listed;
 
 use super::{
     check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
@@ -51,7 +52,7 @@ impl TileFreshness {
 /// request that produced it.
 #[derive(Debug, Clone)]
 pub(super) struct TileEntry {
-    pub(super) ids: Vec<ItemKey>,
+    pub(super) ids: Vec<Listed>,
     pub(super) expires_at_ms: u64,
     pub(super) fetched_at: Access,
     /// False when the list came from a coarser tile one of whose listed items had no known
@@ -122,17 +123,17 @@ impl<P> ItemCache<P> {
 
         // Each distinct id once, with its data tile when held (None: position unknown).
         let mut seen = HashSet::with_capacity(ids.len());
-        let mut listed: Vec<(ItemKey, Option<TileId>)> = Vec::with_capacity(ids.len());
+        let mut listed: Vec<(Listed, Option<TileId>)> = Vec::with_capacity(ids.len());
         for &id in ids {
             if !seen.insert(id) {
                 continue;
             }
-            match self.items.peek(id) {
-                Some(item) if fetched_at.can_see(item.access()) => {
-                    listed.push((item.id.clone(), Some(item.tile())));
+            match self.items.listed(id) {
+                Some((l, item)) if fetched_at.can_see(item.access()) => {
+                    listed.push((l, Some(item.tile())));
                 }
                 Some(_) => {}
-                None => listed.push((ItemKey::new(id), None)),
+                None => listed.push((Listed::new(ItemKey::new(id)), None)),
             }
         }
 
@@ -163,7 +164,7 @@ impl<P> ItemCache<P> {
             tile_zoom: dz,
         })?;
         let complete = listed.iter().all(|(_, t)| t.is_some());
-        let mut by_tile: HashMap<TileId, Vec<ItemKey>> = HashMap::new();
+        let mut by_tile: HashMap<TileId, Vec<Listed>> = HashMap::new();
         for (id, t) in listed {
             if let Some(t) = t.filter(|&t| tile.contains(t)) {
                 by_tile.entry(t).or_default().push(id);
@@ -254,9 +255,9 @@ impl<P> ItemCache<P> {
         // (a read shows them).
         let mut missing = Vec::new();
         let mut stale = Vec::new();
-        for id in &e.ids {
-            match self.items.peek(id) {
-                None => missing.push(id.to_string()),
+        for l in &e.ids {
+            match self.items.peek_listed(l) {
+                None => missing.push(l.key.to_string()),
                 // Not shown to this caller, or not here (it lies in another tile), so it
                 // cannot leave a hole.
                 Some(item) if !caller.can_see(item.access()) || !item.place.lies_in(tile) => {}
@@ -264,9 +265,9 @@ impl<P> ItemCache<P> {
                     Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
                     Expiry::Stale => {
                         *until = (*until).min(item.expires_at_ms.saturating_add(swr));
-                        stale.push(id.to_string());
+                        stale.push(l.key.to_string());
                     }
-                    Expiry::Gone => missing.push(id.to_string()),
+                    Expiry::Gone => missing.push(l.key.to_string()),
                 },
             }
         }
@@ -340,7 +341,7 @@ impl<P> ItemCache<P> {
     /// Whether `tile`'s list names any of `ids` (items it lists may have been pushed out
     /// since: the list still names them).
     pub(crate) fn lists_any(&self, tile: TileId, ids: &HashSet<&str>) -> bool {
-        (self.tiles.peek(&tile)).is_some_and(|e| e.ids.iter().any(|id| ids.contains(&**id)))
+        (self.tiles.peek(&tile)).is_some_and(|e| e.ids.iter().any(|l| ids.contains(&*l.key)))
     }
 
     /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry,
@@ -533,15 +534,15 @@ impl<P> ItemCache<P> {
         // One lookup per listed id (which also refreshes its recency); the ones expired
         // beyond the window are removed after the pass.
         let (tiles, items, stats) = (&mut self.tiles, &mut self.items, &mut self.stats);
-        let Some(e) = tiles.get(&tile) else {
+        let Some(e) = tiles.get_mut(&tile) else {
             return state;
         };
         if known {
             *until = (*until).min(next_change(e.expires_at_ms, swr, now_ms));
         }
         let mut gone = Vec::new();
-        for id in &e.ids {
-            let Some(item) = items.get(id) else {
+        for l in &mut e.ids {
+            let Some(item) = items.get_listed(l) else {
                 stats.misses += 1;
                 continue;
             };
@@ -551,7 +552,7 @@ impl<P> ItemCache<P> {
                 continue;
             }
             match expiry(item.expires_at_ms, swr, now_ms) {
-                Expiry::Gone => gone.push(id.clone()),
+                Expiry::Gone => gone.push(l.key.clone()),
                 f => {
                     if known {
                         *until = (*until).min(next_change(item.expires_at_ms, swr, now_ms));
@@ -580,15 +581,15 @@ impl<P> ItemCache<P> {
         let mut was_listed = false;
         if let Some(e) = self.tiles.peek_mut(&from) {
             let before = e.ids.len();
-            e.ids.retain(|x| x != id);
+            e.ids.retain(|x| x.key != *id);
             was_listed = e.ids.len() != before;
         }
         if !was_listed {
             return;
         }
         if let Some(e) = self.tiles.peek_mut(&to) {
-            if e.complete && e.fetched_at.can_see(access) && !e.ids.contains(id) {
-                e.ids.push(id.clone());
+            if e.complete && e.fetched_at.can_see(access) && !e.ids.iter().any(|x| x.key == *id) {
+                e.ids.push(Listed::new(id.clone()));
             }
         }
         // The item now lies in `to`, outside the extent or not.

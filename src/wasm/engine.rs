@@ -44,11 +44,10 @@ pub(crate) struct JsItem {
     size: u32,
 }
 
-// The cached item's layout is chosen for its LRU node's allocation on wasm32 (see
-// `CacheItem`): 56 bytes with this payload make a 72-byte node, an 80-byte allocation;
-// 64 would make it 96.
+// A cached item with this payload takes a slot of 72 bytes in the item store on wasm32
+// (`src/cache/store.rs`): the item (its id inline, `CacheItem`) and two links.
 #[cfg(target_arch = "wasm32")]
-const _: () = assert!(std::mem::size_of::<CacheItem<JsItem>>() <= 56);
+const _: () = assert!(crate::cache::slot_bytes::<JsItem>() <= 72);
 
 impl Payload for JsItem {
     fn size_bytes(&self) -> usize {

@@ -164,8 +164,14 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
             prop_assert!(e.fetched_at >= caller);
             prop_assert!(expiry(e.expires_at_ms, swr, now) != Expiry::Gone);
             for id in &e.ids {
-                let item = c.items.peek(&**id);
-                prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);
+                let item = c.items.peek(&*id.key);
+                prop_assert!(
+                    item.is_some(),
+                    "{} shown {:?} without {}",
+                    t,
+                    state,
+                    &*id.key
+                );
                 let Some(item) = item else { continue };
                 // Not shown here: above the caller, or lying in another tile.
                 if !caller.can_see(item.access()) || item.tile() != *t {

@@ -220,7 +220,7 @@ fn coarse_tiles_split_onto_data_tiles_by_position() {
             .unwrap()
             .ids
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| s.key.to_string())
             .collect()
     };
     assert_eq!(listed(&c, k0), ["a"]);

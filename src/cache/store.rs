@@ -1,0 +1,471 @@
+//! The item store: the cached items in slots on pages of a fixed size, one least-recently-
+//! used list through them by slot number, and a hash table of slot numbers that finds an
+//! item by its id.
+//!
+//! It does what `lru::LruCache<ItemKey, CacheItem<P>>` did for the item cache (the tile
+//! index still uses `lru`), in less memory, which is why it is written here rather than
+//! taken from a crate: `lru` allocates a node per entry (the key beside the value, two
+//! pointers, and the allocator's own bytes: 80 bytes on wasm32) and keys its table by the
+//! key, so the id was held twice. Here an item is one slot (the item, which holds its id,
+//! and two `u32` links: 72 bytes on wasm32), pages are allocated whole and never moved (a
+//! `Vec` of every slot would hold up to twice the slots, and copy them all as it grows),
+//! and the table holds a `u32` per item. A tile list names its items as [`Listed`] ids
+//! that remember their item's slot, so a read mostly finds each item without hashing its
+//! id. No `unsafe` here: a broken link is a lookup that finds nothing, never a panic. It is
+//! checked against `lru::LruCache` by a property test below.
+
+use std::hash::{BuildHasher, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::items::CacheItem;
+use super::key::ItemKey;
+
+/// No slot: the end of the list.
+const NIL: u32 = u32::MAX;
+
+/// Slots per page (18 KiB a page on wasm32 for the browser's items).
+const PAGE: usize = 256;
+
+/// A held item and its neighbours in recency order.
+struct Node<P> {
+    item: CacheItem<P>,
+    /// The slot used just after this one (`NIL`: this is the most recent).
+    newer: u32,
+    /// The slot used just before this one (`NIL`: this is the least recent).
+    older: u32,
+}
+
+/// The bytes a slot of a store of payloads `P` takes (the browser's build checks its own).
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub(crate) const fn slot_bytes<P>() -> usize {
+    std::mem::size_of::<Option<Node<P>>>()
+}
+
+/// An id in a tile list and the slot its item was last found in: a hint, checked before
+/// use (a slot is reused once its item is gone), so reading a tile's items mostly finds
+/// each without hashing its id.
+#[derive(Clone, Debug)]
+pub(super) struct Listed {
+    pub(super) key: ItemKey,
+    slot: u32,
+}
+
+impl Listed {
+    /// An id whose item has no known slot yet.
+    pub(super) fn new(key: ItemKey) -> Listed {
+        Listed { key, slot: NIL }
+    }
+}
+
+/// Items by id, in recency order (see the module docs).
+pub(super) struct ItemStore<P> {
+    pages: Vec<Vec<Option<Node<P>>>>,
+    /// Empty slots on the pages, reused before a page is added.
+    free: Vec<u32>,
+    /// The held items' slots, by the hash of their ids.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    newest: u32,
+    oldest: u32,
+}
+
+impl<P> Default for ItemStore<P> {
+    fn default() -> Self {
+        ItemStore {
+            pages: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            newest: NIL,
+            oldest: NIL,
+        }
+    }
+}
+
+/// What the store finds an item by: an id's text, or its key (a tile list's, which
+/// compares without reading the text when both are inline or share an allocation).
+pub(super) trait Id {
+    fn bytes(&self) -> &[u8];
+    /// Whether `key` is this id.
+    fn is(&self, key: &ItemKey) -> bool;
+}
+
+impl Id for str {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn is(&self, key: &ItemKey) -> bool {
+        key.as_bytes() == self.as_bytes()
+    }
+}
+
+impl Id for ItemKey {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn is(&self, key: &ItemKey) -> bool {
+        key == self
+    }
+}
+
+/// An id's hash: its bytes alone (the length prefix `Hash for [u8]` adds tells apart
+/// nothing the bytes do not, for one key).
+fn hash(hasher: &DefaultHashBuilder, id: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(id);
+    h.finish()
+}
+
+fn node<P>(pages: &[Vec<Option<Node<P>>>], slot: u32) -> Option<&Node<P>> {
+    let slot = slot as usize;
+    pages.get(slot / PAGE)?.get(slot % PAGE)?.as_ref()
+}
+
+fn node_mut<P>(pages: &mut [Vec<Option<Node<P>>>], slot: u32) -> Option<&mut Node<P>> {
+    let slot = slot as usize;
+    pages.get_mut(slot / PAGE)?.get_mut(slot % PAGE)?.as_mut()
+}
+
+impl<P> ItemStore<P> {
+    /// Items held.
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        hash(&self.hasher, id)
+    }
+
+    /// The slot of the item with this id.
+    fn find<I: Id + ?Sized>(&self, id: &I) -> Option<u32> {
+        let held = |&slot: &u32| node(&self.pages, slot).is_some_and(|n| id.is(&n.item.id));
+        self.index.find(self.hash(id.bytes()), held).copied()
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// The item with this id, its recency untouched.
+    pub(super) fn peek<I: Id + ?Sized>(&self, id: &I) -> Option<&CacheItem<P>> {
+        let slot = self.find(id)?;
+        node(&self.pages, slot).map(|n| &n.item)
+    }
+
+    /// The item with this id, made the most recently used.
+    pub(super) fn get<I: Id + ?Sized>(&mut self, id: &I) -> Option<&CacheItem<P>> {
+        let slot = self.find(id)?;
+        self.unlink(slot);
+        self.push_newest(slot);
+        node(&self.pages, slot).map(|n| &n.item)
+    }
+
+    /// The item with this id, as a tile list names it (the id, and its item's slot when
+    /// held).
+    pub(super) fn listed(&self, id: &str) -> Option<(Listed, &CacheItem<P>)> {
+        let slot = self.find(id)?;
+        let n = node(&self.pages, slot)?;
+        let key = n.item.id.clone();
+        Some((Listed { key, slot }, &n.item))
+    }
+
+    /// The slot of a listed item: its hint when that still holds it, else found by id.
+    fn find_listed(&self, listed: &Listed) -> Option<u32> {
+        match node(&self.pages, listed.slot) {
+            Some(n) if n.item.id == listed.key => Some(listed.slot),
+            _ => self.find(&listed.key),
+        }
+    }
+
+    /// [`peek`](Self::peek) of a listed item.
+    pub(super) fn peek_listed(&self, listed: &Listed) -> Option<&CacheItem<P>> {
+        let slot = self.find_listed(listed)?;
+        node(&self.pages, slot).map(|n| &n.item)
+    }
+
+    /// [`get`](Self::get) of a listed item; the hint is kept up to date.
+    pub(super) fn get_listed(&mut self, listed: &mut Listed) -> Option<&CacheItem<P>> {
+        let slot = self.find_listed(listed)?;
+        listed.slot = slot;
+        self.unlink(slot);
+        self.push_newest(slot);
+        node(&self.pages, slot).map(|n| &n.item)
+    }
+
+    /// Stores `item` as the most recently used, returning the item it replaces (same id).
+    pub(super) fn put(&mut self, item: CacheItem<P>) -> Option<CacheItem<P>> {
+        if let Some(slot) = self.find(&item.id) {
+            let old = node_mut(&mut self.pages, slot).map(|n| std::mem::replace(&mut n.item, item));
+            self.unlink(slot);
+            self.push_newest(slot);
+            return old;
+        }
+        let id_hash = self.hash(item.id.as_bytes());
+        let filled = Some(Node {
+            item,
+            newer: NIL,
+            older: NIL,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(s) = (self.pages.get_mut(slot as usize / PAGE))
+                    .and_then(|p| p.get_mut(slot as usize % PAGE))
+                {
+                    *s = filled;
+                }
+                slot
+            }
+            None => {
+                if self.pages.last().is_none_or(|p| p.len() == PAGE) {
+                    self.pages.push(Vec::with_capacity(PAGE));
+                }
+                let last = self.pages.len() - 1;
+                let page = &mut self.pages[last];
+                page.push(filled);
+                (last * PAGE + page.len() - 1) as u32
+            }
+        };
+        self.push_newest(slot);
+        let Self {
+            index,
+            pages,
+            hasher,
+            ..
+        } = self;
+        let rehash = |&s: &u32| node(pages, s).map_or(0, |n| hash(hasher, n.item.id.as_bytes()));
+        index.insert_unique(id_hash, slot, rehash);
+        None
+    }
+
+    /// Removes the item with this id.
+    pub(super) fn pop(&mut self, id: &str) -> Option<CacheItem<P>> {
+        let id_hash = self.hash(id.as_bytes());
+        let pages = &self.pages;
+        let held = |&slot: &u32| node(pages, slot).is_some_and(|n| Id::is(id, &n.item.id));
+        let (slot, _) = self.index.find_entry(id_hash, held).ok()?.remove();
+        self.unlink(slot);
+        let taken = (self.pages.get_mut(slot as usize / PAGE))
+            .and_then(|p| p.get_mut(slot as usize % PAGE))
+            .and_then(Option::take);
+        self.free.push(slot);
+        taken.map(|n| n.item)
+    }
+
+    /// The least recently used item.
+    pub(super) fn peek_lru(&self) -> Option<&CacheItem<P>> {
+        node(&self.pages, self.oldest).map(|n| &n.item)
+    }
+
+    /// Makes the least recently used item the most recent.
+    pub(super) fn promote_lru(&mut self) {
+        let slot = self.oldest;
+        if slot != NIL {
+            self.unlink(slot);
+            self.push_newest(slot);
+        }
+    }
+
+    /// The items and their ids, from the most recently used to the least.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ItemKey, &CacheItem<P>)> {
+        let mut slot = self.newest;
+        std::iter::from_fn(move || {
+            let n = node(&self.pages, slot)?;
+            slot = n.older;
+            Some((&n.item.id, &n.item))
+        })
+    }
+
+    /// Drops every item (most recently used first, as `lru` did) and the pages.
+    pub(super) fn clear(&mut self) {
+        let mut slot = self.newest;
+        while let Some(n) = (self.pages.get_mut(slot as usize / PAGE))
+            .and_then(|p| p.get_mut(slot as usize % PAGE))
+            .and_then(Option::take)
+        {
+            slot = n.older;
+        }
+        *self = ItemStore::default();
+    }
+
+    /// Takes `slot` out of the recency list (its own links are left as they were).
+    fn unlink(&mut self, slot: u32) {
+        let Some(&Node { newer, older, .. }) = node(&self.pages, slot) else {
+            return;
+        };
+        match node_mut(&mut self.pages, newer) {
+            Some(n) => n.older = older,
+            None => self.newest = older,
+        }
+        match node_mut(&mut self.pages, older) {
+            Some(n) => n.newer = newer,
+            None => self.oldest = newer,
+        }
+    }
+
+    /// Puts `slot` (out of the list) at its most recent end.
+    fn push_newest(&mut self, slot: u32) {
+        let first = self.newest;
+        let Some(n) = node_mut(&mut self.pages, slot) else {
+            return;
+        };
+        n.newer = NIL;
+        n.older = first;
+        match node_mut(&mut self.pages, first) {
+            Some(f) => f.newer = slot,
+            None => self.oldest = slot,
+        }
+        self.newest = slot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Access;
+    use crate::cache::classes::Classes;
+    use crate::cache::items::TileTier;
+    use crate::tile::TileId;
+    use proptest::prelude::*;
+
+    fn item(id: &str, payload: u32, classes: &mut Classes) -> CacheItem<u32> {
+        CacheItem {
+            id: ItemKey::new(id),
+            lon: 0.0,
+            lat: 0.0,
+            class: classes.intern("active".into()),
+            place: TileTier::new(TileId::new(14, 0, 0).unwrap(), Access::Public),
+            expires_at_ms: 0,
+            size_bytes: 0,
+            payload,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(usize, u32),
+        Get(usize),
+        Peek(usize),
+        Pop(usize),
+        PromoteLru,
+        Clear,
+    }
+
+    /// Short ids (inline) and long ones (shared) alike.
+    fn id(n: usize) -> String {
+        if n % 2 == 0 {
+            format!("h{n}")
+        } else {
+            format!("{n}-0f8fad5b-d9cb-469f-a165-70867728950e")
+        }
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        // Ids 0..600 over pages of 256: slots reused, pages added.
+        let op = prop_oneof![
+            8 => (0..600usize, any::<u32>()).prop_map(|(i, p)| Op::Put(i, p)),
+            3 => (0..600usize).prop_map(Op::Get),
+            2 => (0..600usize).prop_map(Op::Peek),
+            4 => (0..600usize).prop_map(Op::Pop),
+            2 => Just(Op::PromoteLru),
+            1 => Just(Op::Clear),
+        ];
+        proptest::collection::vec(op, 0..1500)
+    }
+
+    proptest! {
+        /// The store holds what `lru::LruCache` (what it replaced) holds, in the same order.
+        #[test]
+        fn behaves_as_the_lru_crate(ops in ops()) {
+            let mut classes = Classes::default();
+            let mut store = ItemStore::default();
+            let mut model: lru::LruCache<String, u32> = lru::LruCache::unbounded();
+            for op in ops {
+                match op {
+                    Op::Put(i, p) => {
+                        let old = store.put(item(&id(i), p, &mut classes)).map(|o| o.payload);
+                        prop_assert_eq!(old, model.put(id(i), p));
+                    }
+                    Op::Get(i) => {
+                        let got = store.get(id(i).as_str()).map(|o| o.payload);
+                        prop_assert_eq!(got, model.get(&id(i)).copied());
+                    }
+                    Op::Peek(i) => {
+                        let got = store.peek(id(i).as_str()).map(|o| o.payload);
+                        prop_assert_eq!(got, model.peek(&id(i)).copied());
+                        prop_assert_eq!(store.contains(&id(i)), model.contains(&id(i)));
+                    }
+                    Op::Pop(i) => {
+                        let got = store.pop(&id(i)).map(|o| o.payload);
+                        prop_assert_eq!(got, model.pop(&id(i)));
+                    }
+                    Op::PromoteLru => {
+                        let lru = model.peek_lru().map(|(k, _)| k.clone());
+                        prop_assert_eq!(store.peek_lru().map(|o| o.id.to_string()), lru.clone());
+                        store.promote_lru();
+                        if let Some(k) = lru {
+                            model.promote(&k);
+                        }
+                    }
+                    Op::Clear => {
+                        store.clear();
+                        model.clear();
+                    }
+                }
+                prop_assert_eq!(store.len(), model.len());
+                prop_assert_eq!(store.is_empty(), model.is_empty());
+            }
+            let held: Vec<(String, u32)> = store.iter().map(|(k, o)| (k.to_string(), o.payload)).collect();
+            let want: Vec<(String, u32)> = model.iter().map(|(k, &v)| (k.clone(), v)).collect();
+            prop_assert_eq!(held, want);
+            prop_assert!(store.free.len() + store.len() == store.pages.iter().map(Vec::len).sum::<usize>());
+        }
+    }
+
+    #[test]
+    fn a_listed_id_whose_slot_was_reused_finds_its_own_item_or_none() {
+        let mut classes = Classes::default();
+        let mut store = ItemStore::default();
+        store.put(item("a", 1, &mut classes));
+        let (mut listed, _) = store.listed("a").unwrap();
+        store.pop("a");
+        store.put(item("b", 2, &mut classes));
+        assert_eq!(store.find("b"), Some(listed.slot), "b took a's slot");
+        assert!(store.peek_listed(&listed).is_none());
+        assert!(store.get_listed(&mut listed).is_none());
+        store.put(item("a", 3, &mut classes));
+        assert_eq!(store.peek_listed(&listed).map(|i| i.payload), Some(3));
+        assert_eq!(store.get_listed(&mut listed).map(|i| i.payload), Some(3));
+        assert_eq!(
+            (store.find("a"), store.peek_lru().map(|i| i.payload)),
+            (Some(listed.slot), Some(2))
+        );
+    }
+
+    #[test]
+    fn a_removed_slot_is_reused_before_a_page_is_added() {
+        let mut classes = Classes::default();
+        let mut store = ItemStore::default();
+        for i in 0..PAGE {
+            store.put(item(&id(i), 0, &mut classes));
+        }
+        assert_eq!(store.pages.len(), 1);
+        store.pop(&id(7));
+        store.put(item("new", 1, &mut classes));
+        assert_eq!((store.pages.len(), store.len()), (1, PAGE));
+        store.put(item("newer", 2, &mut classes));
+        assert_eq!((store.pages.len(), store.len()), (2, PAGE + 1));
+        assert!(
+            store.pages.iter().all(|p| p.capacity() == PAGE),
+            "pages never grow"
+        );
+        store.clear();
+        assert!(
+            store.pages.is_empty() && store.peek_lru().is_none() && store.iter().next().is_none()
+        );
+    }
+}
