@@ -280,14 +280,15 @@ impl<P> ItemStore<P> {
         })
     }
 
-    /// Drops every item (most recently used first, as `lru` did) and the pages.
+    /// Drops every item (least recently used first, as `lru`'s `clear` did: the order the
+    /// browser's payloads give their slots in `cache.js`'s table back) and the pages.
     pub(super) fn clear(&mut self) {
-        let mut slot = self.newest;
+        let mut slot = self.oldest;
         while let Some(n) = (self.pages.get_mut(slot as usize / PAGE))
             .and_then(|p| p.get_mut(slot as usize % PAGE))
             .and_then(Option::take)
         {
-            slot = n.older;
+            slot = n.newer;
         }
         *self = ItemStore::default();
     }
@@ -331,8 +332,10 @@ mod tests {
     use crate::cache::items::TileTier;
     use crate::tile::TileId;
     use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
 
-    fn item(id: &str, payload: u32, classes: &mut Classes) -> CacheItem<u32> {
+    fn item<P>(id: &str, payload: P, classes: &mut Classes) -> CacheItem<P> {
         CacheItem {
             id: ItemKey::new(id),
             lon: 0.0,
@@ -444,6 +447,37 @@ mod tests {
             (store.find("a"), store.peek_lru().map(|i| i.payload)),
             (Some(listed.slot), Some(2))
         );
+    }
+
+    /// A payload that notes when it is dropped.
+    struct Noted(u32, Rc<RefCell<Vec<u32>>>);
+
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            self.1.borrow_mut().push(self.0);
+        }
+    }
+
+    #[test]
+    fn clear_drops_the_payloads_in_the_order_lru_did() {
+        let mut classes = Classes::default();
+        let (ours, theirs) = (Rc::default(), Rc::default());
+        let mut store = ItemStore::default();
+        let mut model = lru::LruCache::unbounded();
+        for i in 0..5 {
+            store.put(item(
+                &id(i as usize),
+                Noted(i, Rc::clone(&ours)),
+                &mut classes,
+            ));
+            model.put(id(i as usize), Noted(i, Rc::clone(&theirs)));
+        }
+        store.get(id(1).as_str());
+        model.get(&id(1));
+        store.clear();
+        model.clear();
+        assert_eq!(*ours.borrow(), *theirs.borrow());
+        assert_eq!(*ours.borrow(), [0, 2, 3, 4, 1]);
     }
 
     #[test]
