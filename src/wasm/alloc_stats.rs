@@ -1,8 +1,9 @@
 //! Allocation counts for the memory benchmark (feature `alloc-stats`, never in the npm
 //! package): the package's allocator (talc) wrapped to count the live allocations of each
 //! requested size, which `allocStats` hands to `bench/js/memory.mjs --alloc-stats`. The
-//! sizes name what holds the memory (on wasm32 an LRU node of the item cache is one size,
-//! an item's id another); docs/bench/memory.md has the breakdown it gave.
+//! sizes name what holds the memory (on wasm32 a long id's `Arc<str>` is one size; the item
+//! store's pages of 256 slots are over 4 KiB, summed with the other large ones);
+//! docs/bench/memory.md has the breakdown it gave.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
