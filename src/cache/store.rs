@@ -354,6 +354,10 @@ mod tests {
         Get(usize),
         Peek(usize),
         Pop(usize),
+        /// Note the id as a tile list would (with its item's slot when held).
+        List(usize),
+        /// Read the noted id (as a tile read does, refreshing it, or not).
+        ReadListed(usize, bool),
         PromoteLru,
         Clear,
     }
@@ -374,6 +378,8 @@ mod tests {
             3 => (0..600usize).prop_map(Op::Get),
             2 => (0..600usize).prop_map(Op::Peek),
             4 => (0..600usize).prop_map(Op::Pop),
+            2 => (0..600usize).prop_map(Op::List),
+            3 => (0..600usize, any::<bool>()).prop_map(|(i, get)| Op::ReadListed(i, get)),
             2 => Just(Op::PromoteLru),
             1 => Just(Op::Clear),
         ];
@@ -387,6 +393,9 @@ mod tests {
             let mut classes = Classes::default();
             let mut store = ItemStore::default();
             let mut model: lru::LruCache<String, u32> = lru::LruCache::unbounded();
+            // The ids noted as a tile list notes them; their slots go stale as the store
+            // changes (pops, slots reused, clears).
+            let mut lists: crate::util::HashMap<usize, Listed> = Default::default();
             for op in ops {
                 match op {
                     Op::Put(i, p) => {
@@ -405,6 +414,20 @@ mod tests {
                     Op::Pop(i) => {
                         let got = store.pop(&id(i)).map(|o| o.payload);
                         prop_assert_eq!(got, model.pop(&id(i)));
+                    }
+                    Op::List(i) => {
+                        let l = store.listed(&id(i)).map(|(l, _)| l);
+                        prop_assert_eq!(l.is_some(), model.contains(&id(i)));
+                        lists.insert(i, l.unwrap_or_else(|| Listed::new(ItemKey::new(&id(i)))));
+                    }
+                    Op::ReadListed(i, get) => {
+                        let Some(l) = lists.get_mut(&i) else { continue };
+                        let (got, want) = if get {
+                            (store.get_listed(l).map(|o| o.payload), model.get(&id(i)).copied())
+                        } else {
+                            (store.peek_listed(l).map(|o| o.payload), model.peek(&id(i)).copied())
+                        };
+                        prop_assert_eq!(got, want);
                     }
                     Op::PromoteLru => {
                         let lru = model.peek_lru().map(|(k, _)| k.clone());
