@@ -19,18 +19,21 @@ const INLINE: usize = 2 * std::mem::size_of::<usize>() + 2;
 /// held per item). A longer one (a UUID) is shared: one allocation for the store and every
 /// list. Keys are equal when their texts are; two shared keys of one allocation are equal
 /// without reading the text. It hashes and borrows as its text, so lookups by `&str` work
-/// as with `Arc<str>`.
+/// as with `Arc<str>`. Its form is private to this module, so [`ItemKey::new`] is the only
+/// way to make one: an id is inline exactly when it is short enough.
 #[derive(Clone)]
-pub(crate) enum ItemKey {
+pub(crate) struct ItemKey(Form);
+
+#[derive(Clone)]
+enum Form {
     Inline(Inline),
     Shared(Arc<str>),
 }
 
-/// A short id's bytes: `len` of `bytes`, copied whole from a `&str` by [`ItemKey::new`], the
-/// only way to make one (the fields are private to this module), so always UTF-8; the
-/// bytes past `len` are 0, so two are equal when all their fields are.
+/// A short id's bytes: `len` of `bytes`, copied whole from a `&str` by [`ItemKey::new`], so
+/// always UTF-8; the bytes past `len` are 0, so two are equal when all their fields are.
 #[derive(Clone, PartialEq)]
-pub(crate) struct Inline {
+struct Inline {
     len: u8,
     bytes: [u8; INLINE],
 }
@@ -44,40 +47,40 @@ impl ItemKey {
             len @ ..=INLINE => {
                 let mut bytes = [0; INLINE];
                 bytes[..len].copy_from_slice(id.as_bytes());
-                ItemKey::Inline(Inline {
+                ItemKey(Form::Inline(Inline {
                     len: len as u8,
                     bytes,
-                })
+                }))
             }
-            _ => ItemKey::Shared(Arc::from(id)),
+            _ => ItemKey(Form::Shared(Arc::from(id))),
         }
     }
 
     /// The id's UTF-8 bytes (what the item store hashes and compares, with no check).
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            ItemKey::Inline(i) => i.bytes.get(..usize::from(i.len)).unwrap_or_default(),
-            ItemKey::Shared(s) => s.as_bytes(),
+        match &self.0 {
+            Form::Inline(i) => i.bytes.get(..usize::from(i.len)).unwrap_or_default(),
+            Form::Shared(s) => s.as_bytes(),
         }
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        match self {
+        match &self.0 {
             // SAFETY: an `Inline`'s bytes were copied whole from a `&str` ([`ItemKey::new`],
             // its only maker), so they are UTF-8. (Checking them again cost the browser's
             // page 466 bytes gzipped, a copy of `str::from_utf8`, on a path every read of
             // a tile's items takes.) The core's one `unsafe`.
-            ItemKey::Inline(_) => unsafe { std::str::from_utf8_unchecked(self.as_bytes()) },
-            ItemKey::Shared(s) => s,
+            Form::Inline(_) => unsafe { std::str::from_utf8_unchecked(self.as_bytes()) },
+            Form::Shared(s) => s,
         }
     }
 }
 
 impl PartialEq for ItemKey {
     fn eq(&self, other: &ItemKey) -> bool {
-        match (self, other) {
-            (ItemKey::Inline(a), ItemKey::Inline(b)) => a == b,
-            (ItemKey::Shared(a), ItemKey::Shared(b)) => Arc::ptr_eq(a, b) || a == b,
+        match (&self.0, &other.0) {
+            (Form::Inline(a), Form::Inline(b)) => a == b,
+            (Form::Shared(a), Form::Shared(b)) => Arc::ptr_eq(a, b) || a == b,
             // An id is inline exactly when it is short enough: two forms, two lengths.
             _ => false,
         }
@@ -142,7 +145,7 @@ mod tests {
             (&over, false),
         ] {
             let key = ItemKey::new(id);
-            assert_eq!(matches!(key, ItemKey::Inline(_)), inline, "{id}");
+            assert_eq!(matches!(key.0, Form::Inline(_)), inline, "{id}");
             assert_eq!((&*key, key.as_bytes()), (id, id.as_bytes()));
             assert_eq!(format!("{key:?}"), format!("{id:?}"));
         }
