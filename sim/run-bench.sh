@@ -356,9 +356,21 @@ for bounds,f in (("none", sys.argv[1]), ("page", sys.argv[2]), ("server", sys.ar
     echo 'to 98.6% of viewports, 235 to 237 requests) and at the default, 50,000, the rows above'
     echo 'moved by a few requests. On the synthetic traces, in caches this small, tilewarm'"'"'s wide'
     echo 'neighbourhood completes fewer viewports than ring1'"'"'s single ring (80.3% against 91.0% at'
-    echo '5,000), on half B more; sizing `viewRing` to the cache was not tried. (2026-12-04, after'
+    echo '5,000), on half B more. (2026-12-04, after'
     echo '10f3681, an answer to a tile'"'"'s id refresh that leaves it unshowable backs it off: these rows'
     echo 'moved by under 1 point of viewports and 4% of requests.)'
+    echo
+    echo 'Tried on the tuning traces and not taken (2026-12-06, experiments outside the code,'
+    echo '`--max-items` 5,000 / 10,000 / 20,000 / 50,000): the neighbourhood sized to the cache (its'
+    echo 'side cut so that it holds at most a share of the data tiles that fit, `viewRing` 1 at'
+    echo 'most). At a share of 0.25, on seed 1, tilewarm completed 90.9% and 96.8% of viewports at'
+    echo '5,000 and 10,000 items (84.1% and 92.2% without; ring1 93.3% and 97.5%) for 1.0x and'
+    echo '0.81x the items it fetched without; on half A 63.4% and 75.1% (61.8% and 74.1% without,'
+    echo 'ring1 the same as with it). But at the default 50,000 items it also cut the neighbourhood'
+    echo 'of the county-wide views on half A, 79 to 90 requests at the same viewports; and at a'
+    echo 'share of 0.1, 20,000 items on seed 1 lost viewports (99.4% to 99.1%). Refusing every'
+    echo 'prefetch insert that would evict anything was worse at every size under 50,000 (seed 1'
+    echo 'at 10,000 items: 75.3% of viewports, 5,791 requests): what it refused was asked again.'
     echo
     echo "| trace | maxItems | policy | viewport hit | requests | items fetched | items / oracle |"
     echo "|---|---:|---|---:|---:|---:|---:|"
