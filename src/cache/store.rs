@@ -122,9 +122,22 @@ fn node<P>(pages: &[Vec<Option<Node<P>>>], slot: u32) -> Option<&Node<P>> {
     pages.get(slot / PAGE)?.get(slot % PAGE)?.as_ref()
 }
 
-fn node_mut<P>(pages: &mut [Vec<Option<Node<P>>>], slot: u32) -> Option<&mut Node<P>> {
+/// The slot itself, held or empty (`None`: no such slot).
+fn slot_mut<P>(pages: &mut [Vec<Option<Node<P>>>], slot: u32) -> Option<&mut Option<Node<P>>> {
     let slot = slot as usize;
-    pages.get_mut(slot / PAGE)?.get_mut(slot % PAGE)?.as_mut()
+    pages.get_mut(slot / PAGE)?.get_mut(slot % PAGE)
+}
+
+fn node_mut<P>(pages: &mut [Vec<Option<Node<P>>>], slot: u32) -> Option<&mut Node<P>> {
+    slot_mut(pages, slot)?.as_mut()
+}
+
+/// Whether a slot of the index holds the item with this id (the index's equality).
+fn holds<'a, P, I: Id + ?Sized>(
+    pages: &'a [Vec<Option<Node<P>>>],
+    id: &'a I,
+) -> impl Fn(&u32) -> bool + 'a {
+    move |&slot| node(pages, slot).is_some_and(|n| id.is(&n.item.id))
 }
 
 impl<P> ItemStore<P> {
@@ -143,8 +156,20 @@ impl<P> ItemStore<P> {
 
     /// The slot of the item with this id.
     fn find<I: Id + ?Sized>(&self, id: &I) -> Option<u32> {
-        let held = |&slot: &u32| node(&self.pages, slot).is_some_and(|n| id.is(&n.item.id));
+        let held = holds(&self.pages, id);
         self.index.find(self.hash(id.bytes()), held).copied()
+    }
+
+    /// The item in `slot`.
+    fn item(&self, slot: u32) -> Option<&CacheItem<P>> {
+        node(&self.pages, slot).map(|n| &n.item)
+    }
+
+    /// Makes the item in `slot` the most recently used; returns it.
+    fn promote(&mut self, slot: u32) -> Option<&CacheItem<P>> {
+        self.unlink(slot);
+        self.push_newest(slot);
+        self.item(slot)
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
@@ -153,16 +178,13 @@ impl<P> ItemStore<P> {
 
     /// The item with this id, its recency untouched.
     pub(super) fn peek<I: Id + ?Sized>(&self, id: &I) -> Option<&CacheItem<P>> {
-        let slot = self.find(id)?;
-        node(&self.pages, slot).map(|n| &n.item)
+        self.item(self.find(id)?)
     }
 
     /// The item with this id, made the most recently used.
     pub(super) fn get<I: Id + ?Sized>(&mut self, id: &I) -> Option<&CacheItem<P>> {
         let slot = self.find(id)?;
-        self.unlink(slot);
-        self.push_newest(slot);
-        node(&self.pages, slot).map(|n| &n.item)
+        self.promote(slot)
     }
 
     /// The item with this id, as a tile list names it (the id, and its item's slot when
@@ -184,25 +206,21 @@ impl<P> ItemStore<P> {
 
     /// [`peek`](Self::peek) of a listed item.
     pub(super) fn peek_listed(&self, listed: &Listed) -> Option<&CacheItem<P>> {
-        let slot = self.find_listed(listed)?;
-        node(&self.pages, slot).map(|n| &n.item)
+        self.item(self.find_listed(listed)?)
     }
 
     /// [`get`](Self::get) of a listed item; the hint is kept up to date.
     pub(super) fn get_listed(&mut self, listed: &mut Listed) -> Option<&CacheItem<P>> {
         let slot = self.find_listed(listed)?;
         listed.slot = slot;
-        self.unlink(slot);
-        self.push_newest(slot);
-        node(&self.pages, slot).map(|n| &n.item)
+        self.promote(slot)
     }
 
     /// Stores `item` as the most recently used, returning the item it replaces (same id).
     pub(super) fn put(&mut self, item: CacheItem<P>) -> Option<CacheItem<P>> {
         if let Some(slot) = self.find(&item.id) {
             let old = node_mut(&mut self.pages, slot).map(|n| std::mem::replace(&mut n.item, item));
-            self.unlink(slot);
-            self.push_newest(slot);
+            self.promote(slot);
             return old;
         }
         let id_hash = self.hash(item.id.as_bytes());
@@ -213,9 +231,7 @@ impl<P> ItemStore<P> {
         });
         let slot = match self.free.pop() {
             Some(slot) => {
-                if let Some(s) = (self.pages.get_mut(slot as usize / PAGE))
-                    .and_then(|p| p.get_mut(slot as usize % PAGE))
-                {
+                if let Some(s) = slot_mut(&mut self.pages, slot) {
                     *s = filled;
                 }
                 slot
@@ -245,28 +261,23 @@ impl<P> ItemStore<P> {
     /// Removes the item with this id.
     pub(super) fn pop(&mut self, id: &str) -> Option<CacheItem<P>> {
         let id_hash = self.hash(id.as_bytes());
-        let pages = &self.pages;
-        let held = |&slot: &u32| node(pages, slot).is_some_and(|n| Id::is(id, &n.item.id));
+        let held = holds(&self.pages, id);
         let (slot, _) = self.index.find_entry(id_hash, held).ok()?.remove();
         self.unlink(slot);
-        let taken = (self.pages.get_mut(slot as usize / PAGE))
-            .and_then(|p| p.get_mut(slot as usize % PAGE))
-            .and_then(Option::take);
+        let taken = slot_mut(&mut self.pages, slot).and_then(Option::take);
         self.free.push(slot);
         taken.map(|n| n.item)
     }
 
     /// The least recently used item.
     pub(super) fn peek_lru(&self) -> Option<&CacheItem<P>> {
-        node(&self.pages, self.oldest).map(|n| &n.item)
+        self.item(self.oldest)
     }
 
     /// Makes the least recently used item the most recent.
     pub(super) fn promote_lru(&mut self) {
-        let slot = self.oldest;
-        if slot != NIL {
-            self.unlink(slot);
-            self.push_newest(slot);
+        if self.oldest != NIL {
+            self.promote(self.oldest);
         }
     }
 
@@ -284,10 +295,7 @@ impl<P> ItemStore<P> {
     /// browser's payloads give their slots in `cache.js`'s table back) and the pages.
     pub(super) fn clear(&mut self) {
         let mut slot = self.oldest;
-        while let Some(n) = (self.pages.get_mut(slot as usize / PAGE))
-            .and_then(|p| p.get_mut(slot as usize % PAGE))
-            .and_then(Option::take)
-        {
+        while let Some(n) = slot_mut(&mut self.pages, slot).and_then(Option::take) {
             slot = n.newer;
         }
         *self = ItemStore::default();
