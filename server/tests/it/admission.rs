@@ -422,10 +422,7 @@ async fn a_client_that_never_reads_its_answers_gives_its_slot_back_at_the_write_
         "not served within {waited:?}: {answer:?}"
     );
     assert_eq!(s.app.metrics.write_timeouts.load(Relaxed), 1);
-    let m = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let m = Http::new().metrics(&s.url()).await;
     assert!(m.contains("tilewarm_write_timeouts_total 1"), "{m}");
 }
 

@@ -176,6 +176,11 @@ impl Http {
         }
     }
 
+    /// The text of `GET {server}/metrics`, with this client's credential.
+    pub async fn metrics(&self, server: &str) -> String {
+        self.get(&format!("{server}/metrics")).await.text()
+    }
+
     pub async fn get(&self, url: &str) -> Reply {
         self.send("GET", url, &[], Bytes::new()).await
     }

@@ -139,10 +139,7 @@ async fn a_junk_flood_of_distinct_tiles_stops_at_the_cap() {
     assert!(keys(&redis, "t").await.is_empty(), "past the cap");
     assert_eq!(s.app.metrics.origin_calls(), 24);
     // Told on /metrics: 5 blocks stored, 7 blocks and 12 lists past the cap.
-    let text = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let text = Http::new().metrics(&s.url()).await;
     for line in [
         "tilewarm_empty_alive 5",
         "tilewarm_empty_blocks_total 5",

@@ -915,7 +915,7 @@ async fn a_failed_invalidate_call_holds_reads_until_everything_is_invalidated() 
         "not ok after the invalidation landed: {}",
         health().await
     );
-    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    let text = http.metrics(&s.url()).await;
     assert!(text.contains("tilewarm_redis_reads_held 0"), "{text}");
     s.shutdown().await;
 }
@@ -1550,7 +1550,7 @@ async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
         let http = &http;
         let s = &s;
         eventually_async(Duration::from_secs(20), || async move {
-            let m = http.get(&format!("{}/metrics", s.url())).await.text();
+            let m = http.metrics(&s.url()).await;
             let h = http.get(&format!("{}/healthz", s.url())).await.json();
             m.contains(&format!(
                 "tilewarm_change_stream_reading {}",
@@ -1568,7 +1568,7 @@ async fn a_reader_that_cannot_read_the_stream_shows_in_metrics_and_healthz() {
     );
     redis_do(&redis, &["ACL", "SETUSER", "default", "+xread"]).await;
     assert!(reading(true).await, "the reader did not come back");
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     for name in [
         "tilewarm_change_stream_published_total",
         "tilewarm_change_stream_applied_remote_total",

@@ -149,10 +149,7 @@ async fn health(s: &Server) -> (String, String) {
 
 /// The `/metrics` lines about the key set.
 async fn jwks_metrics(s: &Server) -> String {
-    let m = Http::anonymous()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let m = Http::anonymous().metrics(&s.url()).await;
     m.lines()
         .filter(|l| l.starts_with("tilewarm_jwks_"))
         .collect::<Vec<_>>()

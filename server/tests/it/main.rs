@@ -449,7 +449,7 @@ async fn a_full_warmup_queue_drops_work_instead_of_slowing_requests() {
         "{:?}",
         started.elapsed()
     );
-    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    let text = http.metrics(&s.url()).await;
     assert!(text.contains("tilewarm_warmup_dropped_total "), "{text}");
     s.shutdown().await;
 }
@@ -532,7 +532,7 @@ async fn health_metrics_static_files_and_cors() {
     assert!(other.headers.get("access-control-allow-origin").is_none());
 
     http.ok(&s, r#"{"tiles":["14/2624/5721"]}"#).await;
-    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    let text = http.metrics(&s.url()).await;
     for name in [
         "tilewarm_http_requests_total{route=\"/v1/batch\",status=\"200\"} 1",
         "tilewarm_batch_duration_seconds_bucket{le=\"+Inf\"} 1",
@@ -623,7 +623,7 @@ async fn a_stalled_origin_times_out_misses_and_leaves_hits_alone() {
     s.app.origin.set_stall_ms(0);
     let after = http.ok(&s, &cold_body).await;
     assert_eq!(after.tiles.len(), cold.len());
-    let metrics = http.get(&format!("{}/metrics", s.url())).await.text();
+    let metrics = http.metrics(&s.url()).await;
     assert!(
         metrics.contains("tilewarm_origin_timeouts_total 1"),
         "{metrics}"
@@ -683,7 +683,7 @@ async fn a_stalled_origin_ends_warmup_jobs_at_the_timeout_and_frees_their_tiles(
         eventually(Duration::from_secs(5), warmed_more).await,
         "the far column was never warmed after the timeout"
     );
-    let metrics = http.get(&format!("{}/metrics", s.url())).await.text();
+    let metrics = http.metrics(&s.url()).await;
     assert!(
         metrics.contains("tilewarm_warmup_timeouts_total 1"),
         "{metrics}"
@@ -944,7 +944,7 @@ async fn a_coarse_tile_that_grew_after_its_count_is_refused_and_nothing_is_cache
     // The count let it through; the fetch's bound refused it ...
     assert_eq!(s.app.metrics.origin_calls_request.load(Relaxed), 1);
     assert_eq!(s.app.origin.stats.over_bound.load(Relaxed), 1);
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     assert!(m.contains("tilewarm_origin_over_bound_total 1"), "{m}");
     // ... and nothing of the call was cached, though the tier takes the data tile.
     assert!(s.app.tier.read(&[d], &[]).await.unwrap().tiles[0].is_none());

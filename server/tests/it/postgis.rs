@@ -582,7 +582,7 @@ async fn the_server_over_postgis_answers_as_over_memory() {
     }
     let h = http.get(&format!("{}/healthz", pgs.url())).await.json();
     assert_eq!(h["origin"], "postgis");
-    let m = http.get(&format!("{}/metrics", pgs.url())).await.text();
+    let m = http.metrics(&pgs.url()).await;
     assert!(
         m.contains("tilewarm_origin_info{kind=\"postgis\"} 1"),
         "{m}"
@@ -851,7 +851,7 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
         read.tiles.iter().map(Option::is_some).collect::<Vec<_>>()
     );
     assert_eq!(s.app.origin.stats.tiles_over_limit.load(Relaxed), 1);
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     assert!(
         m.contains("tilewarm_origin_tiles_over_limit_total 1"),
         "{m}"
@@ -1097,7 +1097,7 @@ async fn the_tile_limit_is_counted_at_the_callers_tier() {
             "{msg}"
         );
         assert_eq!(s.app.origin.stats.tiles_over_limit.load(Relaxed), 5);
-        let m = public.get(&format!("{}/metrics", s.url())).await.text();
+        let m = public.metrics(&s.url()).await;
         assert!(
             m.contains("tilewarm_origin_tiles_asked_at_caller_tier_total 3"),
             "{m}"
@@ -1215,7 +1215,7 @@ async fn an_item_over_the_data_limit_is_left_out_and_named_not_the_whole_answer(
     let mut ids: Vec<&str> = hit.items.iter().map(|it| it.id()).collect();
     ids.sort();
     assert_eq!(ids, ["small-1", "small-2"]);
-    let m = agent.get(&format!("{}/metrics", s.url())).await.text();
+    let m = agent.metrics(&s.url()).await;
     assert!(m.contains("tilewarm_origin_items_too_large_total"), "{m}");
     s.shutdown().await;
     let _ = std::fs::remove_file(layout);
@@ -2107,10 +2107,7 @@ async fn changes_past_the_queue_bound_collapse_into_one_invalidate_all() {
         feed.notifications.load(Relaxed)
     );
     assert_eq!(feed.queue_overflows.load(Relaxed), 1);
-    let m = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let m = Http::new().metrics(&s.url()).await;
     assert!(
         m.contains("tilewarm_changes_queue_overflows_total 1"),
         "{m}"
@@ -2215,10 +2212,7 @@ async fn a_database_change_the_stream_refused_reaches_followers_as_an_invalidate
             .collect::<Vec<_>>()
     };
     assert!(after().await.is_empty(), "{:?}", after().await);
-    let m = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let m = Http::new().metrics(&s.url()).await;
     assert!(m.contains("tilewarm_changes_unpublished_total 1"), "{m}");
     // XADD allowed again, and no other change: the owed invalidate-all goes out.
     acl("+xadd").await;
@@ -2383,7 +2377,7 @@ async fn a_slow_database_keeps_its_listener_and_the_tier() {
         all,
         "the tier was invalidated as a whole"
     );
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     assert!(
         m.contains(&format!(
             "tilewarm_changes_slow_checks_total {}",

@@ -70,7 +70,7 @@ async fn a_second_instance_answers_a_warmed_tile_with_zero_origin_calls() {
     // The remaining TTL is reported, not the full one, once time has passed.
     assert!(r.tiles[0].ttl.is_some_and(|t| (1..=300).contains(&t)));
 
-    let text = http.get(&format!("{}/metrics", b.url())).await.text();
+    let text = http.metrics(&b.url()).await;
     assert!(
         text.contains("tilewarm_cache_hits_total{tier=\"redis\",kind=\"tile\"}"),
         "{text}"
@@ -122,7 +122,7 @@ async fn redis_killed_mid_test_degrades_to_the_origin_and_recovers() {
     let h = http.get(&format!("{}/healthz", s.url())).await;
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["status"], "degraded");
-    let text = http.get(&format!("{}/metrics", s.url())).await.text();
+    let text = http.metrics(&s.url()).await;
     assert!(text.contains("tilewarm_redis_degraded 1"), "{text}");
 
     // Back (empty: no persistence); the probe notices within its back-off.

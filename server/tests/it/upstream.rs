@@ -354,7 +354,7 @@ async fn answers_pass_through_unchanged_with_the_servers_token() {
     );
     // The token is nowhere in what the server says about itself.
     let h = http.get(&format!("{}/healthz", s.url())).await.text();
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     assert!(!h.contains("s3cret") && !m.contains("s3cret"));
     assert!(!s.app.origin.describe().contains("s3cret"));
     assert!(
@@ -660,7 +660,7 @@ async fn items_listed_under_a_tile_they_do_not_lie_in_are_dropped_before_the_cac
     assert_eq!(got.tiles[0].ids, honest);
     assert!(got.items.iter().all(|i| i.id != stray), "{stray} answered");
     assert_eq!(s.app.origin.stats.misplaced_items.load(Relaxed), 1);
-    let m = http.get(&format!("{}/metrics", s.url())).await.text();
+    let m = http.metrics(&s.url()).await;
     assert!(m.contains("tilewarm_origin_misplaced_items_total 1"), "{m}");
 
     // The stray item is invalidated by id and by its own tile; the tile it was listed under
@@ -1411,10 +1411,7 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
         2 + 1 + 8,
         "64 and 64 refused, 32 refused, then 16 a call"
     );
-    let metrics = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let metrics = Http::new().metrics(&s.url()).await;
     assert!(
         metrics.contains("tilewarm_upstream_part_limit{part=\"tiles\"} 16"),
         "{metrics}"
@@ -1443,10 +1440,7 @@ async fn an_upstream_with_a_smaller_tile_limit_is_asked_in_smaller_parts() {
         "4 x 16, then 8, 4, 2 and 1"
     );
     // It taught nothing: the limit found stands.
-    let metrics = Http::new()
-        .get(&format!("{}/metrics", s.url()))
-        .await
-        .text();
+    let metrics = Http::new().metrics(&s.url()).await;
     assert!(
         metrics.contains("tilewarm_upstream_part_limit{part=\"tiles\"} 16"),
         "{metrics}"

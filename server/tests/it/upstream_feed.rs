@@ -331,7 +331,7 @@ async fn an_invalidation_upstream_reaches_the_downstreams_tier_and_followers() {
         .await;
     assert!(!m.id.is_empty(), "an id");
     assert!(stat(&down, |s| &s.events) >= 1);
-    let metrics = http.get(&format!("{}/metrics", down.url())).await.text();
+    let metrics = http.metrics(&down.url()).await;
     assert!(
         metrics.contains("tilewarm_upstream_changes_connected 1"),
         "{metrics}"
@@ -472,7 +472,7 @@ async fn an_upstream_without_a_feed_is_shown_and_the_downstream_serves_on() {
     let health = http.get(&format!("{}/healthz", down.url())).await.json();
     assert_eq!(health["upstream_changes"], "not_found");
     assert_eq!(health["changes_connected"], false);
-    let metrics = http.get(&format!("{}/metrics", down.url())).await.text();
+    let metrics = http.metrics(&down.url()).await;
     assert!(
         metrics.contains("tilewarm_upstream_changes_unavailable 1"),
         "{metrics}"
@@ -835,7 +835,7 @@ async fn a_feed_url_that_redirects_is_warned_once_with_where_it_points() {
     let http = Http::new();
     let health = http.get(&format!("{}/healthz", down.url())).await.json();
     assert_eq!(health["upstream_changes"], "redirected");
-    let metrics = http.get(&format!("{}/metrics", down.url())).await.text();
+    let metrics = http.metrics(&down.url()).await;
     assert!(
         metrics.contains("tilewarm_upstream_changes_unavailable 1"),
         "{metrics}"
