@@ -50,11 +50,13 @@ pub use tilewarm::protocol::Invalidation;
 pub enum Reach {
     /// Its ids may be anywhere: every tile's count may have changed. `POST
     /// /v1/invalidate` (an admin naming ids says what changed, not where it was), an
-    /// upstream's feed, another instance's entry that does not say [`Reach::Tiles`].
+    /// upstream's feed event or another instance's entry that does not say
+    /// [`Reach::Tiles`].
     #[default]
     Anywhere,
     /// Its tiles hold the data tile of every position its ids were at (and are at): the
-    /// PostGIS feed, which names each changed row's old and new positions. Only those
+    /// PostGIS feed, which names each changed row's old and new positions, and what an
+    /// upstream's feed or another instance relays of it. Only those
     /// tiles' counts, and through the origin's envelope margin their neighbours', may
     /// have changed. Classes and `all` still reach everywhere.
     Tiles,

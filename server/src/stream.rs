@@ -135,7 +135,7 @@ pub const MAX_BACKLOG_BYTES: usize = 4 << 20;
 /// little for the event itself (it is held decoded, then written as SSE text).
 fn backlog_bytes(e: &Event) -> usize {
     match e {
-        Event::Invalidate(_, inv) => {
+        Event::Invalidate(_, inv, _) => {
             64 + inv.ids.iter().map(|i| i.len() + 8).sum::<usize>()
                 + inv.classes.iter().map(|c| c.len() + 8).sum::<usize>()
                 + inv.tiles.len() * 24
@@ -159,8 +159,9 @@ pub fn changes_key(prefix: &str) -> String {
 /// One event of the feed.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// These entries changed.
-    Invalidate(StreamId, Arc<Invalidation>),
+    /// These entries changed; the [`Reach`] is what the change may have changed beyond
+    /// what it names (said to followers as `"reach":"tiles"`, see `Event::to_sse`).
+    Invalidate(StreamId, Arc<Invalidation>, Reach),
     /// Invalidate everything, for the reason given.
     Reset(StreamId, ResetReason),
 }
@@ -203,7 +204,7 @@ impl ResetReason {
 impl Event {
     pub fn id(&self) -> StreamId {
         match self {
-            Event::Invalidate(id, _) | Event::Reset(id, _) => *id,
+            Event::Invalidate(id, ..) | Event::Reset(id, _) => *id,
         }
     }
 
@@ -213,20 +214,49 @@ impl Event {
     /// `missing`, like ids that do not exist). A lower-tier subscriber gets an event with
     /// ids as a `reset` instead (invalidate everything not provable fresh): correct, and
     /// costly, so invalidate by tile or class where public pages follow the feed.
+    ///
+    /// An invalidation of [`Reach::Tiles`] says so in its data, `"reach":"tiles"` beside
+    /// the invalidation's fields (followers that do not know the field skip it): a server
+    /// following this one ([`crate::origin::upstream_changes`]) then forgets only those
+    /// tiles' counts, as this server's own instances do.
     fn to_sse(&self, tier: Access) -> SseEvent {
         match self {
-            Event::Invalidate(id, inv) if !inv.ids.is_empty() && tier < Access::Agent => {
+            Event::Invalidate(id, inv, _) if !inv.ids.is_empty() && tier < Access::Agent => {
                 Event::Reset(*id, ResetReason::Ids).to_sse(tier)
             }
-            Event::Invalidate(id, inv) => SseEvent::default()
+            Event::Invalidate(id, inv, reach) => SseEvent::default()
                 .event("invalidate")
                 .id(id.to_string())
-                .data(inv.to_json()),
+                .data(feed_data(inv, *reach)),
             Event::Reset(id, why) => SseEvent::default()
                 .event("reset")
                 .id(id.to_string())
                 .data(why.data()),
         }
+    }
+}
+
+/// An `invalidate` event's data: the invalidation's wire form, with `"reach":"tiles"` when
+/// its reach is [`Reach::Tiles`].
+pub fn feed_data(inv: &Invalidation, reach: Reach) -> String {
+    let json = inv.to_json();
+    match (reach, json.strip_suffix('}')) {
+        (Reach::Tiles, Some(open)) => format!(r#"{open},"{REACH}":"tiles"}}"#),
+        _ => json,
+    }
+}
+
+/// What an `invalidate` event's data says of its reach ([`feed_data`]): [`Reach::Tiles`]
+/// when it says `"reach":"tiles"`, [`Reach::Anywhere`] otherwise (an older server's event,
+/// or data that is not an object with a string there).
+pub fn feed_reach(data: &str) -> Reach {
+    #[derive(serde::Deserialize)]
+    struct Said {
+        reach: Option<String>,
+    }
+    match serde_json::from_str::<Said>(data) {
+        Ok(Said { reach: Some(r) }) if r == "tiles" => Reach::Tiles,
+        _ => Reach::Anywhere,
     }
 }
 
@@ -263,7 +293,7 @@ pub enum Full {
 }
 
 struct Ring {
-    entries: VecDeque<(StreamId, Arc<Invalidation>)>,
+    entries: VecDeque<(StreamId, Arc<Invalidation>, Reach)>,
     last: StreamId,
     /// The newest id dropped from the ring (at start: the start time, so an id from before
     /// this process is older than the ring).
@@ -466,13 +496,13 @@ impl ChangeStream {
                 };
                 let id = now.max(r.last.next()).max(r.max_deleted.next());
                 r.last = id;
-                r.entries.push_back((id, Arc::clone(&inv)));
+                r.entries.push_back((id, Arc::clone(&inv), reach));
                 while r.entries.len() > self.retention {
-                    if let Some((gone, _)) = r.entries.pop_front() {
+                    if let Some((gone, ..)) = r.entries.pop_front() {
                         r.max_deleted = gone;
                     }
                 }
-                let _ = self.tx.send(Event::Invalidate(id, inv));
+                let _ = self.tx.send(Event::Invalidate(id, inv, reach));
                 id
             }
             Backend::Redis(s) => {
@@ -544,9 +574,9 @@ impl ChangeStream {
                 let events: Vec<Event> = r
                     .entries
                     .iter()
-                    .filter(|(id, _)| *id > after)
+                    .filter(|(id, ..)| *id > after)
                     .take(MAX_BACKLOG + 1)
-                    .map(|(id, inv)| Event::Invalidate(*id, Arc::clone(inv)))
+                    .map(|(id, inv, reach)| Event::Invalidate(*id, Arc::clone(inv), *reach))
                     .collect();
                 if over_backlog(&events) {
                     return Ok((vec![Event::Reset(r.last, gap)], r.last));
@@ -831,7 +861,7 @@ fn entry(id: &str, fields: &[Vec<u8>]) -> Option<Event> {
         .map(|kv| kv[1].as_slice());
     Some(
         match body.and_then(|b| decode_invalidation(b, &Limits::default()).ok()) {
-            Some(inv) => Event::Invalidate(id, Arc::new(inv)),
+            Some(inv) => Event::Invalidate(id, Arc::new(inv), reach_of(fields)),
             None => Event::Reset(id, ResetReason::Unreadable),
         },
     )
@@ -1243,7 +1273,7 @@ async fn read_once(
                 }
                 if !a.changes.is_own(event.id()) {
                     let inv = match &event {
-                        Event::Invalidate(_, inv) => (**inv).clone(),
+                        Event::Invalidate(_, inv, _) => (**inv).clone(),
                         Event::Reset(..) => Invalidation::everything(),
                     };
                     let bumped = fields.chunks(2).any(
@@ -1353,7 +1383,7 @@ mod tests {
         assert_eq!(pos, last);
         let mut ids = Vec::new();
         for e in &ev {
-            let Event::Invalidate(_, inv) = e else {
+            let Event::Invalidate(_, inv, _) = e else {
                 panic!("{e:?}")
             };
             // What a reader of the stream or a follower of the feed decodes it with.
@@ -1529,5 +1559,41 @@ mod tests {
             Reach::Anywhere
         );
         assert_eq!(reach_of(&f(&[b"reach"])), Reach::Anywhere);
+        // The event made of the entry carries it to followers.
+        let reach = |fields: &[&[u8]]| match entry("1-0", &f(fields)) {
+            Some(Event::Invalidate(_, _, r)) => r,
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(reach(&[b"inv", inv, b"reach", b"tiles"]), Reach::Tiles);
+        assert_eq!(reach(&[b"inv", inv]), Reach::Anywhere);
+    }
+
+    /// A feed event's data says `"reach":"tiles"` only for such a change; a follower that
+    /// does not know the field (the core's decoder: the package, the edge, an older server)
+    /// reads the same invalidation from it.
+    #[test]
+    fn a_feed_event_says_its_reach_beside_the_invalidation() {
+        let inv = Invalidation {
+            ids: vec!["a".into()],
+            tiles: vec!["14/1/1".parse().unwrap()],
+            ..Invalidation::default()
+        };
+        let tiles = feed_data(&inv, Reach::Tiles);
+        assert_eq!(
+            tiles,
+            r#"{"ids":["a"],"tiles":["14/1/1"],"classes":[],"all":false,"reach":"tiles"}"#
+        );
+        assert_eq!(feed_data(&inv, Reach::Anywhere), inv.to_json());
+        let read = decode_invalidation(tiles.as_bytes(), &Limits::default()).unwrap();
+        assert_eq!(read, inv);
+        assert_eq!(feed_reach(&tiles), Reach::Tiles);
+        for other in [
+            inv.to_json(),
+            r#"{"ids":["a"],"reach":"anywhere"}"#.into(),
+            r#"{"ids":["a"],"reach":5}"#.into(),
+            "not json".into(),
+        ] {
+            assert_eq!(feed_reach(&other), Reach::Anywhere, "{other}");
+        }
     }
 }

@@ -24,7 +24,9 @@
 //!   proven fresh (the PostGIS listener's rule, [`super::changes`]). After a reconnect with
 //!   `Last-Event-ID` it is nothing: the upstream sends what was missed, or a `reset`.
 //! - `invalidate`: decoded with the core's bounded decoder and applied; one that does not
-//!   decode is applied as `all` (counted).
+//!   decode is applied as `all` (counted). One whose data says `"reach":"tiles"` (the
+//!   upstream's own PostGIS feed, [`Reach::Tiles`]) makes this server forget the counts of
+//!   only its tiles ([`crate::warmup::OverLimit`]); any other, every tile's.
 //! - `reset` (any reason: `gap` when the upstream cannot send what was missed, `ids`,
 //!   `unreadable`): everything here is invalidated and `all` published.
 //! - `expired`: the token stopped verifying; the follower reconnects at once with the
@@ -94,6 +96,7 @@ use crate::backoff::{jitter, Backoff};
 use crate::config::Config;
 use crate::invalidate::{Invalidation, Reach};
 use crate::sse::{Message, Parser};
+use crate::stream::feed_reach;
 use crate::tier::ReadHold;
 use crate::App;
 
@@ -651,19 +654,20 @@ async fn handle(
             applied
         }
         "invalidate" => {
-            let inv = match decode_invalidation(m.data.as_bytes(), &Limits::default()) {
+            let (inv, reach) = match decode_invalidation(m.data.as_bytes(), &Limits::default()) {
                 Ok(inv) => {
                     s.events.fetch_add(1, Relaxed);
-                    inv
+                    // Where its ids were, when the upstream says (`"reach":"tiles"`: its
+                    // tiles hold them, as its PostGIS feed's do); anywhere otherwise.
+                    (inv, feed_reach(&m.data))
                 }
                 Err(e) => {
                     s.bad_events.fetch_add(1, Relaxed);
                     warn!(error = %e, id = m.id.as_deref().unwrap_or(""), "upstream feed: an invalidation that does not decode; invalidating everything");
-                    Invalidation::everything()
+                    (Invalidation::everything(), Reach::Anywhere)
                 }
             };
-            // An upstream's event does not say where its ids were: anywhere.
-            relay.apply(app, inv, Reach::Anywhere).await
+            relay.apply(app, inv, reach).await
         }
         "reset" => {
             s.resets.fetch_add(1, Relaxed);

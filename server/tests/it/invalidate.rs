@@ -311,7 +311,9 @@ async fn a_follower_told_of_a_change_does_not_read_the_old_value_back() {
         let told = async {
             loop {
                 match events.recv().await {
-                    Ok(Event::Invalidate(_, inv)) if inv.ids == std::slice::from_ref(&id) => break,
+                    Ok(Event::Invalidate(_, inv, _)) if inv.ids == std::slice::from_ref(&id) => {
+                        break
+                    }
                     Ok(_) => continue,
                     Err(e) => panic!("{e}"),
                 }
@@ -1226,7 +1228,7 @@ async fn a_reader_cut_off_while_its_entries_were_trimmed_resets_its_instance() {
     let next = a.app.changes.publish(&ids_inv("y")).await.unwrap();
     let got = events_until(&mut events, next, Duration::from_secs(10)).await;
     assert!(
-        matches!(got.last(), Some(Event::Invalidate(id, _)) if *id == next),
+        matches!(got.last(), Some(Event::Invalidate(id, ..)) if *id == next),
         "{got:?}"
     );
     a.shutdown().await;
@@ -1301,7 +1303,7 @@ async fn a_connected_reader_that_falls_behind_the_retention_resets_its_instance(
     let mut reset = false;
     for e in &got {
         match e {
-            Event::Invalidate(id, _) => {
+            Event::Invalidate(id, ..) => {
                 let i = made.iter().position(|m| m == id).expect("one of A's");
                 assert!(
                     i == at + 1 || reset,

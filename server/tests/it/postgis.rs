@@ -1903,7 +1903,7 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
     assert!(
         events.iter().any(|e| matches!(
             e,
-            tilewarm_server::stream::Event::Invalidate(_, inv) if inv.ids.contains(&home)
+            tilewarm_server::stream::Event::Invalidate(_, inv, _) if inv.ids.contains(&home)
         )),
         "{events:?}"
     );
@@ -2127,7 +2127,7 @@ async fn changes_past_the_queue_bound_collapse_into_one_invalidate_all() {
         let invalidations: Vec<&tilewarm::protocol::Invalidation> = events
             .iter()
             .filter_map(|e| match e {
-                tilewarm_server::stream::Event::Invalidate(_, inv) => Some(&**inv),
+                tilewarm_server::stream::Event::Invalidate(_, inv, _) => Some(&**inv),
                 _ => None,
             })
             .collect();
@@ -2206,7 +2206,7 @@ async fn a_database_change_the_stream_refused_reaches_followers_as_an_invalidate
             .0
             .into_iter()
             .filter_map(|e| match e {
-                tilewarm_server::stream::Event::Invalidate(_, inv) => Some(inv),
+                tilewarm_server::stream::Event::Invalidate(_, inv, _) => Some(inv),
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -2732,4 +2732,82 @@ async fn another_instances_database_change_elsewhere_keeps_a_dense_tile_told() {
     a.shutdown().await;
     b.shutdown().await;
     let _ = std::fs::remove_file(layout);
+}
+
+/// What a server chained below another remembers over `--max-tile-items` outlives the
+/// upstream's database changes elsewhere too: the upstream's feed event says `"reach":
+/// "tiles"` for a change from its PostGIS feed, and the follower forgets only the tiles it
+/// names. Without it, every change upstream forgot every dense tile below (each then asked
+/// of the upstream again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_servers_dense_tile_stays_told_across_upstream_changes_elsewhere() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(&pg, &items, &Layout::default()).await;
+    let o = Origin::new(items).unwrap();
+    let (t, n) = o
+        .occupied_tiles(14)
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    let in_t = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let elsewhere = o
+        .occupied_tiles(14)
+        .into_iter()
+        .find(|(u, _)| t.chebyshev(*u) > 2)
+        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
+        .unwrap();
+    let up = server(pg_config(&pg)).await;
+    let feed = up.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let down = crate::upstream_feed::downstream(&up.url(), "reach", |c| Config {
+        max_tile_items: n - 2,
+        ..c
+    })
+    .await;
+    let following = &down.app.origin.upstream_feed().unwrap().stats;
+    assert!(
+        eventually(Duration::from_secs(5), || following.connects.load(Relaxed)
+            > 0)
+        .await
+    );
+    let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
+    let body = request(&[t], &[], Access::Agent);
+    let over = |r: crate::common::Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    };
+    let calls = || down.app.metrics.origin_calls_request.load(Relaxed);
+    over(agent.batch(&down, &body).await);
+    let asked = calls();
+    over(agent.batch(&down, &body).await);
+    assert_eq!(calls(), asked, "told from memory");
+    let admin = pg.client().await;
+    let applied = &down.app.invalidation.stats.applied;
+    let change = |id: String| {
+        let admin = &admin;
+        async move {
+            let before = applied.load(Relaxed);
+            let sql =
+                "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
+            admin.execute(sql, &[&id]).await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(5), || applied.load(Relaxed) > before).await,
+                "the upstream's change did not reach the follower"
+            );
+        }
+    };
+    change(elsewhere).await;
+    over(agent.batch(&down, &body).await);
+    assert_eq!(calls(), asked, "a change elsewhere forgot the tile");
+    change(in_t).await;
+    over(agent.batch(&down, &body).await);
+    assert_eq!(calls(), asked + 1, "a change of one of its items");
+    down.shutdown().await;
+    up.shutdown().await;
 }

@@ -92,7 +92,11 @@ fn token_file(name: &str, token: &str) -> std::path::PathBuf {
 }
 
 /// The downstream: `--origin <up>/v1/batch` with an agent token, and `more` on top.
-async fn downstream(up: &str, name: &str, more: impl FnOnce(Config) -> Config) -> Server {
+pub(crate) async fn downstream(
+    up: &str,
+    name: &str,
+    more: impl FnOnce(Config) -> Config,
+) -> Server {
     server(more(Config {
         origin: Some(format!("{up}/v1/batch")),
         origin_token_file: Some(token_file(name, &token_for(Access::Agent))),
