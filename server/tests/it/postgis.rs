@@ -2552,6 +2552,75 @@ async fn a_server_dropped_during_a_slow_check_ends_its_listener() {
     drop(relay);
 }
 
+/// The city loaded into `pg` and the tiles the `--max-tile-items` tests ask: its densest
+/// data tile `t`, of `n` items (`in_t`), and an item `elsewhere`, in a tile more than two
+/// tiles away from it (so not in one next to it).
+struct Dense {
+    t: TileId,
+    n: usize,
+    in_t: Vec<String>,
+    elsewhere: String,
+}
+
+impl Dense {
+    async fn loaded(pg: &Pg) -> Dense {
+        let c = config();
+        let items = synthetic_city(c.seed, c.synthetic_homes);
+        load(pg, &items, &Layout::default()).await;
+        let o = Origin::new(items).unwrap();
+        let (t, n) = o
+            .occupied_tiles(14)
+            .into_iter()
+            .max_by_key(|x| x.1)
+            .unwrap();
+        let in_t: Vec<String> = o
+            .tile_items(t, Access::Agent)
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(in_t.len(), n);
+        let elsewhere = o
+            .occupied_tiles(14)
+            .into_iter()
+            .find(|(u, _)| t.chebyshev(*u) > 2)
+            .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
+            .unwrap();
+        Dense {
+            t,
+            n,
+            in_t,
+            elsewhere,
+        }
+    }
+}
+
+/// A change of one row's data (its id the parameter).
+const REPRICE: &str =
+    "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
+
+/// Runs `sql` for row `id`, then waits until `heard` (a server's count of changes applied)
+/// has grown.
+async fn change_heard(
+    admin: &tokio_postgres::Client,
+    sql: &str,
+    id: String,
+    heard: &std::sync::atomic::AtomicU64,
+) {
+    let before = heard.load(Relaxed);
+    admin.execute(sql, &[&id]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || heard.load(Relaxed) > before).await,
+        "the change was not heard"
+    );
+}
+
+/// An answer telling tile `t`, the one asked, over `--max-tile-items`.
+fn told_over(r: crate::common::Reply, t: TileId) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
+}
+
 /// The memory of tiles over `--max-tile-items` outlives the database's changes that cannot
 /// have brought them under it: the change feed names each changed row's old and new tiles,
 /// so a change elsewhere leaves a dense tile told `payload_too_large` at once (no origin
@@ -2564,27 +2633,12 @@ async fn a_dense_tile_stays_told_over_the_limit_across_changes_elsewhere() {
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
-    let o = Origin::new(items).unwrap();
-    let (t, n) = o
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let in_t: Vec<String> = o
-        .tile_items(t, Access::Agent)
-        .map(|i| i.id.clone())
-        .collect();
-    assert_eq!(in_t.len(), n);
-    // An item far from t (not in a tile next to it).
-    let elsewhere = o
-        .occupied_tiles(14)
-        .into_iter()
-        .find(|(u, _)| t.chebyshev(*u) > 2)
-        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
-        .unwrap();
+    let Dense {
+        t,
+        n,
+        in_t,
+        elsewhere,
+    } = Dense::loaded(&pg).await;
     let s = server(Config {
         max_tile_items: n - 2,
         ..pg_config(&pg)
@@ -2597,43 +2651,26 @@ async fn a_dense_tile_stays_told_over_the_limit_across_changes_elsewhere() {
     let m = &s.app.metrics;
     let calls = || m.origin_calls_request.load(Relaxed);
     let told = || m.tiles_over_limit_remembered.load(Relaxed);
-    let over = |r: crate::common::Reply| {
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
-        assert_eq!(v["error"]["tiles"], serde_json::json!([t.to_string()]));
-    };
-    over(agent.batch(&s, &body).await);
+    told_over(agent.batch(&s, &body).await, t);
     let asked = calls();
-    over(agent.batch(&s, &body).await);
+    told_over(agent.batch(&s, &body).await, t);
     assert_eq!((calls(), told()), (asked, 1), "told from memory");
     let admin = pg.client().await;
     let applied = &s.app.invalidation.stats.applied;
-    let change = |sql: &'static str, id: String| {
-        let admin = &admin;
-        async move {
-            let before = applied.load(Relaxed);
-            admin.execute(sql, &[&id]).await.unwrap();
-            assert!(
-                eventually(Duration::from_secs(5), || applied.load(Relaxed) > before).await,
-                "the change was not applied"
-            );
-        }
-    };
-    let reprice = "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
+    let change = |sql: &'static str, id: String| change_heard(&admin, sql, id, applied);
     // A change elsewhere: still told at once.
-    change(reprice, elsewhere).await;
-    over(agent.batch(&s, &body).await);
+    change(REPRICE, elsewhere).await;
+    told_over(agent.batch(&s, &body).await, t);
     assert_eq!(
         (calls(), told()),
         (asked, 2),
         "a change elsewhere forgot the tile"
     );
     // A change of one of its items: asked again, over still, remembered again.
-    change(reprice, in_t[0].clone()).await;
-    over(agent.batch(&s, &body).await);
+    change(REPRICE, in_t[0].clone()).await;
+    told_over(agent.batch(&s, &body).await, t);
     assert_eq!((calls(), told()), (asked + 1, 2));
-    over(agent.batch(&s, &body).await);
+    told_over(agent.batch(&s, &body).await, t);
     assert_eq!((calls(), told()), (asked + 1, 3));
     // Three of its rows deleted: under the limit, asked and served.
     for id in &in_t[..3] {
@@ -2660,22 +2697,12 @@ async fn another_instances_database_change_elsewhere_keeps_a_dense_tile_told() {
     }
     let pg = Pg::start();
     let redis = crate::common::RedisServer::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
-    let o = Origin::new(items).unwrap();
-    let (t, n) = o
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let in_t = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
-    let elsewhere = o
-        .occupied_tiles(14)
-        .into_iter()
-        .find(|(u, _)| t.chebyshev(*u) > 2)
-        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
-        .unwrap();
+    let Dense {
+        t,
+        n,
+        in_t,
+        elsewhere,
+    } = Dense::loaded(&pg).await;
     let shared = Config {
         redis: Some(redis.url()),
         redis_prefix: "reach:".into(),
@@ -2696,38 +2723,17 @@ async fn another_instances_database_change_elsewhere_keeps_a_dense_tile_told() {
     assert!(b.app.origin.change_feed().is_none());
     let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
     let body = request(&[t], &[], Access::Agent);
-    let over = |r: crate::common::Reply| {
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(
-            r.json()["error"]["code"],
-            "payload_too_large",
-            "{}",
-            r.text()
-        );
-    };
     let calls = || b.app.metrics.origin_calls_request.load(Relaxed);
-    over(agent.batch(&b, &body).await);
+    told_over(agent.batch(&b, &body).await, t);
     let asked = calls();
     let admin = pg.client().await;
     let remote = &b.app.changes.stats.applied_remote;
-    let change = |id: String| {
-        let admin = &admin;
-        async move {
-            let before = remote.load(Relaxed);
-            let sql =
-                "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
-            admin.execute(sql, &[&id]).await.unwrap();
-            assert!(
-                eventually(Duration::from_secs(5), || remote.load(Relaxed) > before).await,
-                "the other instance's change did not arrive"
-            );
-        }
-    };
+    let change = |id: String| change_heard(&admin, REPRICE, id, remote);
     change(elsewhere).await;
-    over(agent.batch(&b, &body).await);
+    told_over(agent.batch(&b, &body).await, t);
     assert_eq!(calls(), asked, "a change elsewhere forgot the tile");
-    change(in_t).await;
-    over(agent.batch(&b, &body).await);
+    change(in_t[0].clone()).await;
+    told_over(agent.batch(&b, &body).await, t);
     assert_eq!(calls(), asked + 1, "a change of one of its items");
     a.shutdown().await;
     b.shutdown().await;
@@ -2745,22 +2751,12 @@ async fn a_chained_servers_dense_tile_stays_told_across_upstream_changes_elsewhe
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
-    let o = Origin::new(items).unwrap();
-    let (t, n) = o
-        .occupied_tiles(14)
-        .into_iter()
-        .max_by_key(|x| x.1)
-        .unwrap();
-    let in_t = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
-    let elsewhere = o
-        .occupied_tiles(14)
-        .into_iter()
-        .find(|(u, _)| t.chebyshev(*u) > 2)
-        .map(|(u, _)| o.tile_items(u, Access::Agent).next().unwrap().id.clone())
-        .unwrap();
+    let Dense {
+        t,
+        n,
+        in_t,
+        elsewhere,
+    } = Dense::loaded(&pg).await;
     let up = server(pg_config(&pg)).await;
     let feed = up.app.origin.change_feed().unwrap().stats;
     assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
@@ -2777,36 +2773,19 @@ async fn a_chained_servers_dense_tile_stays_told_across_upstream_changes_elsewhe
     );
     let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
     let body = request(&[t], &[], Access::Agent);
-    let over = |r: crate::common::Reply| {
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
-    };
     let calls = || down.app.metrics.origin_calls_request.load(Relaxed);
-    over(agent.batch(&down, &body).await);
+    told_over(agent.batch(&down, &body).await, t);
     let asked = calls();
-    over(agent.batch(&down, &body).await);
+    told_over(agent.batch(&down, &body).await, t);
     assert_eq!(calls(), asked, "told from memory");
     let admin = pg.client().await;
     let applied = &down.app.invalidation.stats.applied;
-    let change = |id: String| {
-        let admin = &admin;
-        async move {
-            let before = applied.load(Relaxed);
-            let sql =
-                "UPDATE tilewarm_items SET data = data || '{\"price\": 1}'::jsonb WHERE id = $1";
-            admin.execute(sql, &[&id]).await.unwrap();
-            assert!(
-                eventually(Duration::from_secs(5), || applied.load(Relaxed) > before).await,
-                "the upstream's change did not reach the follower"
-            );
-        }
-    };
+    let change = |id: String| change_heard(&admin, REPRICE, id, applied);
     change(elsewhere).await;
-    over(agent.batch(&down, &body).await);
+    told_over(agent.batch(&down, &body).await, t);
     assert_eq!(calls(), asked, "a change elsewhere forgot the tile");
-    change(in_t).await;
-    over(agent.batch(&down, &body).await);
+    change(in_t[0].clone()).await;
+    told_over(agent.batch(&down, &body).await, t);
     assert_eq!(calls(), asked + 1, "a change of one of its items");
     down.shutdown().await;
     up.shutdown().await;
