@@ -1141,12 +1141,14 @@ impl<T: 'static> State<T> {
         drop_later(self.subscribers.send(&update));
     }
 
-    /// Whether a request is out or a caller waits (`get`, `when_complete`).
+    /// Whether a request is out or a caller waits (`get`, `when_complete`, `load_tiles`). A
+    /// `get` or `when_complete` whose future was dropped waits for nothing: its entry stays
+    /// until its work ends, but does not keep a hidden page sending.
     fn awaited(&self) -> bool {
-        !(self.requests.is_empty()
-            && self.gets.is_empty()
-            && self.waiters.is_empty()
-            && self.loads.is_empty())
+        !self.requests.is_empty()
+            || !self.loads.is_empty()
+            || self.waiters.iter().any(|w| !w.is_canceled())
+            || self.gets.values().flatten().any(|w| !w.is_canceled())
     }
 
     /// Whether what is due is sent now: not while the page is hidden and awaits nothing

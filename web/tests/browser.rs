@@ -1354,6 +1354,34 @@ async fn a_hidden_page_at_rest_makes_no_requests_until_it_is_shown() {
     page_hidden(false);
 }
 
+/// A `get` whose future was dropped while it waited for a retry does not keep a hidden
+/// page sending: the retry waits until the page is shown, as for a view at rest.
+#[wasm_bindgen_test]
+async fn a_dropped_get_does_not_keep_a_hidden_page_asking() {
+    let s = "get-dropped";
+    let cache: TileCache = TileCache::new(&options(s, 0, 3)).unwrap();
+    let id = an_id_no_longer_cached(&cache).await;
+    set_mode(s, "503-date").await;
+    let (before, _) = log(s).await;
+    // Answered 503 with a wait of about 3 s: the get waits for the retry, and is dropped.
+    assert!(within(1000, Box::pin(cache.get(&id))).await.is_none());
+    let (asked, _) = log(s).await;
+    assert!(asked > before, "the get was asked");
+    page_hidden(true);
+    TimeoutFuture::new(4500).await;
+    let (hidden, _) = log(s).await;
+    page_hidden(false);
+    assert_eq!(
+        hidden, asked,
+        "no retry while hidden for a get nobody awaits"
+    );
+    set_mode(s, "pass").await;
+    wait_until("the retry goes once shown", || async {
+        log(s).await.0 > asked
+    })
+    .await;
+}
+
 /// Invalidations (a change feed's, all day) drop what changed at once, in a hidden page
 /// too: the view reports the items gone. A hidden page that awaits nothing refetches only
 /// when it is shown again; a visible one at once.
