@@ -5,7 +5,8 @@
 //! # Where it lives
 //! - **With `--redis`**: a Redis Stream at `<prefix>changes` ([`changes_key`]). An entry is
 //!   `XADD <key> MAXLEN ~ <--changes-retention> * inv <invalidation JSON>` (and
-//!   `bumped <prefix>v4:g` when it names classes or `all`, [`BUMPED`]); its id
+//!   `bumped <prefix>v4:g` when it names classes or `all`, [`BUMPED`]; `reach tiles` when
+//!   its tiles hold every position its ids were at, [`REACH`]); its id
 //!   (`<ms>-<seq>`, [`StreamId`]) is the event id clients see. Each instance runs one
 //!   reader ([`spawn_reader`]): `XREAD BLOCK` on a connection of its own (a blocking read
 //!   would hold up every command queued behind it on the shared multiplexed connection),
@@ -1595,5 +1596,45 @@ mod tests {
         ] {
             assert_eq!(feed_reach(&other), Reach::Anywhere, "{other}");
         }
+    }
+
+    /// The in-process ring keeps a change's reach for a follower that catches up
+    /// (`Last-Event-ID`), as for one that is live, and says `tiles` only of a change that
+    /// goes out whole: not of `all`, nor of the parts of one split (each pairs ids with
+    /// tiles of other parts).
+    #[tokio::test]
+    async fn the_ring_keeps_the_reach_of_a_change_that_goes_out_whole() {
+        let s = ChangeStream::local(16, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        let t: tilewarm::tile::TileId = "14/1/1".parse().unwrap();
+        let whole = Invalidation {
+            ids: vec!["a".into()],
+            tiles: vec![t],
+            ..Invalidation::default()
+        };
+        let split = Invalidation {
+            ids: (0..=Limits::default().max_ids)
+                .map(|i| format!("x{i}"))
+                .collect(),
+            tiles: vec![t],
+            ..Invalidation::default()
+        };
+        let mut live = s.tx.subscribe();
+        for inv in [&whole, &split, &Invalidation::everything()] {
+            s.publish_with(inv, Reach::Tiles).await.unwrap();
+        }
+        let reach = |e: &Event| match e {
+            Event::Invalidate(_, _, r) => *r,
+            e => panic!("{e:?}"),
+        };
+        let (caught_up, _) = s.since(Some(start)).await.unwrap();
+        let caught_up: Vec<Reach> = caught_up.iter().map(reach).collect();
+        let mut heard = Vec::new();
+        while let Ok(e) = live.try_recv() {
+            heard.push(reach(&e));
+        }
+        use Reach::{Anywhere, Tiles};
+        assert_eq!(caught_up, [Tiles, Anywhere, Anywhere, Anywhere]);
+        assert_eq!(heard, caught_up);
     }
 }
