@@ -24,9 +24,9 @@
 //!   proven fresh (the PostGIS listener's rule, [`super::changes`]). After a reconnect with
 //!   `Last-Event-ID` it is nothing: the upstream sends what was missed, or a `reset`.
 //! - `invalidate`: decoded with the core's bounded decoder and applied; one that does not
-//!   decode is applied as `all` (counted). One whose data says `"reach":"tiles"` (the
-//!   upstream's own PostGIS feed, [`Reach::Tiles`]) makes this server forget the counts of
-//!   only its tiles ([`crate::warmup::OverLimit`]); any other, every tile's.
+//!   decode is applied as `all` (counted). One whose data says `"reach":"tiles"` (a change
+//!   from a PostGIS feed up the chain, [`Reach::Tiles`]) makes this server forget the
+//!   counts of only its tiles ([`crate::warmup::OverLimit`]); any other, every tile's.
 //! - `reset` (any reason: `gap` when the upstream cannot send what was missed, `ids`,
 //!   `unreadable`): everything here is invalidated and `all` published.
 //! - `expired`: the token stopped verifying; the follower reconnects at once with the
