@@ -132,16 +132,26 @@ pub const MAX_BACKLOG: usize = 1000;
 /// hundred megabytes, per subscriber.
 pub const MAX_BACKLOG_BYTES: usize = 4 << 20;
 
-/// The bytes a catch-up is charged for an event: its ids', classes' and tiles' sizes, and a
-/// little for the event itself (it is held decoded, then written as SSE text).
+/// What an event's SSE text takes beyond its data, at most: `event: invalidate`, an `id:`
+/// of up to 41 characters, `data: `, the blank line (72 bytes), with room for the `ready`
+/// event a catch-up starts with.
+const SSE_FRAME_BYTES: usize = 160;
+
+/// The bytes a catch-up is charged for an event: the more of what it holds decoded (its
+/// ids', classes' and tiles' sizes, and a little for the event) and of the SSE text a
+/// follower reads (its data with the ids as JSON escapes them, and the frame). So a catch-up
+/// within [`MAX_BACKLOG_BYTES`] is within it as read too: the edge worker takes a longer
+/// one as a reset (`js/edge.js`, `MAX_FEED_BYTES`, the same 4 MiB).
 fn backlog_bytes(e: &Event) -> usize {
     match e {
-        Event::Invalidate(_, inv, _) => {
-            64 + inv.ids.iter().map(|i| i.len() + 8).sum::<usize>()
+        Event::Invalidate(_, inv, reach) => {
+            let held = 64
+                + inv.ids.iter().map(|i| i.len() + 8).sum::<usize>()
                 + inv.classes.iter().map(|c| c.len() + 8).sum::<usize>()
-                + inv.tiles.len() * 24
+                + inv.tiles.len() * 24;
+            held.max(SSE_FRAME_BYTES + feed_data(inv, *reach).len())
         }
-        Event::Reset(..) => 64,
+        Event::Reset(..) => SSE_FRAME_BYTES,
     }
 }
 
@@ -1440,6 +1450,40 @@ mod tests {
         // A few entries behind: the events.
         let (ev, _) = s.since(Some(ids[35])).await.unwrap();
         assert_eq!(ev.len(), 4);
+    }
+
+    /// The byte bound holds for the text a follower reads too: ids that JSON escapes (a
+    /// `"` is written `\"`) take about twice their size there. Eleven entries of 1000 ids of
+    /// 200 quotes are about 2.3 MB held but 4.4 MB written, over the edge's 4 MiB: a reset.
+    #[tokio::test]
+    async fn a_catch_up_over_the_byte_bound_as_written_is_a_reset() {
+        let s = ChangeStream::local(100, 4);
+        let (_, start) = s.since(None).await.unwrap();
+        let quoted = |n: usize| Invalidation {
+            ids: (0..1000)
+                .map(|i| format!("{n:03}{i:03}{}", "\"".repeat(194)))
+                .collect(),
+            ..Invalidation::default()
+        };
+        let mut ids = Vec::new();
+        for n in 0..11 {
+            ids.push(s.publish(&quoted(n)).await.unwrap());
+        }
+        let (ev, _) = s.since(Some(start)).await.unwrap();
+        assert!(
+            matches!(ev[..], [Event::Reset(..)]),
+            "{} events, {} bytes written",
+            ev.len(),
+            ev.iter()
+                .map(|e| match e {
+                    Event::Invalidate(_, inv, r) => feed_data(inv, *r).len(),
+                    Event::Reset(..) => 0,
+                })
+                .sum::<usize>()
+        );
+        // Ten of them, about 4.0 MB written: sent.
+        let (ev, _) = s.since(Some(ids[0])).await.unwrap();
+        assert_eq!(ev.len(), 10);
     }
 
     #[tokio::test]
