@@ -144,15 +144,27 @@ const SSE_FRAME_BYTES: usize = 160;
 /// one as a reset (`js/edge.js`, `MAX_FEED_BYTES`, the same 4 MiB).
 fn backlog_bytes(e: &Event) -> usize {
     match e {
-        Event::Invalidate(_, inv, reach) => {
+        Event::Invalidate(_, inv, _) => {
             let held = 64
                 + inv.ids.iter().map(|i| i.len() + 8).sum::<usize>()
                 + inv.classes.iter().map(|c| c.len() + 8).sum::<usize>()
                 + inv.tiles.len() * 24;
-            held.max(SSE_FRAME_BYTES + feed_data(inv, *reach).len())
+            held.max(SSE_FRAME_BYTES + data_bytes(inv))
         }
         Event::Reset(..) => SSE_FRAME_BYTES,
     }
+}
+
+/// At least the length of an `invalidate` event's data ([`feed_data`]), counted without
+/// writing it (a catch-up counts up to [`MAX_BACKLOG`] events of 1000 ids): the fields'
+/// names and the reach (64 bytes), each id and class quoted with a comma and its `"` and
+/// `\` escaped (neither may hold a control character), each tile at most 20 characters
+/// (`24/16777215/16777215`) quoted with a comma.
+fn data_bytes(inv: &Invalidation) -> usize {
+    let quoted = |s: &String| s.len() + s.bytes().filter(|b| matches!(b, b'"' | b'\\')).count() + 3;
+    64 + inv.ids.iter().map(quoted).sum::<usize>()
+        + inv.classes.iter().map(quoted).sum::<usize>()
+        + inv.tiles.len() * 23
 }
 
 /// Whether `events` are more than a catch-up may hold.
@@ -1611,6 +1623,35 @@ mod tests {
         };
         assert_eq!(reach(&[b"inv", inv, b"reach", b"tiles"]), Reach::Tiles);
         assert_eq!(reach(&[b"inv", inv]), Reach::Anywhere);
+    }
+
+    /// What a catch-up counts of an event's data is never less than the data written.
+    #[test]
+    fn an_events_data_is_counted_at_least_as_written() {
+        let tile = |t: &str| t.parse::<tilewarm::TileId>().unwrap();
+        let cases = [
+            Invalidation {
+                ids: vec!["a".into()],
+                ..Invalidation::default()
+            },
+            Invalidation {
+                ids: vec!["\"q\\b\"".into(), "é€😀".into(), "x".repeat(256)],
+                tiles: vec![tile("24/16777215/16777215"), tile("0/0/0")],
+                classes: vec!["for_sale".into(), "a-b".into()],
+                all: false,
+            },
+            Invalidation::everything(),
+        ];
+        for inv in &cases {
+            for reach in [Reach::Tiles, Reach::Anywhere] {
+                let written = feed_data(inv, reach).len();
+                assert!(
+                    data_bytes(inv) >= written,
+                    "{inv:?}: {} < {written}",
+                    data_bytes(inv)
+                );
+            }
+        }
     }
 
     /// A feed event's data says `"reach":"tiles"` only for such a change; a follower that
