@@ -297,9 +297,11 @@ export function shape(resp) {
 export async function postLarge(url, size, { chunked = false } = {}) {
   // The worker answers a body over its limit and closes the connection while Node may
   // still be writing the rest of it: that write can fail (EPIPE, ECONNRESET) before the
-  // answer is read, a race of the transport, not the worker's answer. Such a try is made
-  // again (at most three); any answer, or any other error, is the result.
-  for (let left = 3; ; left--) {
+  // answer is read, a race of the transport, not the worker's answer. A chunked body is
+  // written a chunk at a time, with a pause between chunks for the answer to come first,
+  // and a try that still loses it is made again (at most five); any answer, or any other
+  // error, is the result.
+  for (let left = 5; ; left--) {
     try {
       return await postLargeOnce(url, size, chunked);
     } catch (e) {
@@ -330,14 +332,14 @@ function postLargeOnce(url, size, chunked) {
     const chunk = Buffer.alloc(64 * 1024, 0x20);
     let sent = 0;
     const pump = () => {
-      while (!answered && sent < size) {
-        sent += chunk.length;
-        if (!req.write(chunk)) {
-          req.once('drain', pump);
-          return;
-        }
+      if (answered) return;
+      if (sent >= size) {
+        req.end();
+        return;
       }
-      if (!answered) req.end();
+      sent += chunk.length;
+      if (req.write(chunk)) setTimeout(pump, 10);
+      else req.once('drain', () => setTimeout(pump, 10));
     };
     pump();
   });
