@@ -1869,14 +1869,12 @@ async fn a_redis_tier_over_postgis_is_invalidated_too() {
     let redis = crate::common::RedisServer::start();
     let (t, home) = densest_loaded(&pg).await;
     let http = Http::new();
-    let s = server(Config {
+    let s = listening(Config {
         redis: Some(redis.url()),
         redis_prefix: "pgtest:".into(),
         ..pg_config(&pg)
     })
     .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
     let body = request(&[t], &[], Access::Agent);
     let r = http.ok(&s, &body).await;
     let old = price_of(&r, &home).unwrap();
@@ -1927,16 +1925,14 @@ async fn a_database_change_redis_missed_holds_reads_until_its_invalidation_lands
     let mut redis = crate::common::RedisServer::start_persistent();
     let (t, home) = densest_loaded(&pg).await;
     let http = Http::new();
-    let s = server(Config {
+    let s = listening(Config {
         redis: Some(redis.url()),
         redis_prefix: "pghold:".into(),
         redis_timeout_ms: 200,
         ..pg_config(&pg)
     })
     .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
     let inv = &s.app.invalidation.stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
     let body = request(&[t], &[], Access::Agent);
     let old = price_of(&http.ok(&s, &body).await, &home).unwrap();
     let tier = &s.app.tier;
@@ -2552,6 +2548,14 @@ async fn a_server_dropped_during_a_slow_check_ends_its_listener() {
     drop(relay);
 }
 
+/// A server started with `c` whose PostGIS change feed is connected (within 5 s).
+async fn listening(c: Config) -> tilewarm_server::Server {
+    let s = server(c).await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    s
+}
+
 /// The city loaded into `pg` and the tiles the `--max-tile-items` tests ask: its densest
 /// data tile `t`, of `n` items (`in_t`), and an item `elsewhere`, in a tile more than two
 /// tiles away from it (so not in one next to it).
@@ -2639,13 +2643,11 @@ async fn a_dense_tile_stays_told_over_the_limit_across_changes_elsewhere() {
         in_t,
         elsewhere,
     } = Dense::loaded(&pg).await;
-    let s = server(Config {
+    let s = listening(Config {
         max_tile_items: n - 2,
         ..pg_config(&pg)
     })
     .await;
-    let feed = s.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
     let agent = Http::with_token(Some(crate::common::token_for(Access::Agent)));
     let body = request(&[t], &[], Access::Agent);
     let m = &s.app.metrics;
@@ -2709,9 +2711,7 @@ async fn another_instances_database_change_elsewhere_keeps_a_dense_tile_told() {
         max_tile_items: n - 2,
         ..pg_config(&pg)
     };
-    let a = server(shared.clone()).await;
-    let feed = a.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let a = listening(shared.clone()).await;
     // Started after the listener's first invalidate-all went on the stream.
     let layout = std::env::temp_dir().join(format!("tw-layout-reach-{}", std::process::id()));
     std::fs::write(&layout, "channel = \"\"\n").unwrap();
@@ -2757,9 +2757,7 @@ async fn a_chained_servers_dense_tile_stays_told_across_upstream_changes_elsewhe
         in_t,
         elsewhere,
     } = Dense::loaded(&pg).await;
-    let up = server(pg_config(&pg)).await;
-    let feed = up.app.origin.change_feed().unwrap().stats;
-    assert!(eventually(Duration::from_secs(5), || feed.connected.load(Relaxed)).await);
+    let up = listening(pg_config(&pg)).await;
     let down = crate::upstream_feed::downstream(&up.url(), "reach", |c| Config {
         max_tile_items: n - 2,
         ..c
