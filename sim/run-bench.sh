@@ -389,6 +389,11 @@ for bounds,f in (("none", sys.argv[1]), ("page", sys.argv[2]), ("server", sys.ar
     echo '16 + 20 misses by pan + zoom). At 20,000 and 50,000 items no row moved. So the synthetic'
     echo 'navigation gains at every size and the real navigation loses at three sizes of four. Not'
     echo 'taken: a neighbourhood cut alike on every side does not carry over to the real users.'
+    echo 'To reproduce: in `Planner::plan_observed`, once the cache has evicted for room'
+    echo '(`CacheStats::evictions > 0`, passed in `Room`), use as the round'"'"'s view ring'
+    echo '`clamp((sqrt(share x Room::tiles / (w x h)) - 1) / 2, 0, viewRing)`, `w x h` the view'"'"'s'
+    echo 'size in data tiles; then `tilewarm-sim run --policies tilewarm --max-items N` on each'
+    echo 'trace of `sim/run-bench.sh`, the share given by a flag added for it (`--tw-room-share`).'
     echo
     echo "| trace | maxItems | policy | viewport hit | requests | items fetched | items / oracle |"
     echo "|---|---:|---|---:|---:|---:|---:|"
