@@ -653,7 +653,11 @@ impl Read {
     /// (asked only for [`Read::stored_tiles`]), `fetched(t)` the origin's list of tile `t`
     /// (`None` when it has none: the requested tiles it is part of are left out and listed
     /// in [`Assembled::unanswered_tiles`]),
-    /// `ids` one [`IdSource`] per requested id in `requested_ids`' order.
+    /// `ids` one [`IdSource`] per requested id in `requested_ids`' order. A requested id
+    /// whose item a list already put in the answer is answered by it, whatever its source
+    /// says: the store's list and the id's source can disagree (a negative entry older than
+    /// the origin's list naming the item, a stored list older than the item's new tier),
+    /// and an id both returned and `missing` (or left out) makes the whole answer invalid.
     pub fn assemble<'a, I: ProxyItem>(
         &self,
         caller: Access,
@@ -723,6 +727,9 @@ impl Read {
             });
         }
         for (id, source) in requested_ids.iter().zip(ids) {
+            if seen.contains(id.as_str()) {
+                continue;
+            }
             match source {
                 IdSource::Found(it) if caller.can_see(it.access()) => {
                     if seen.insert(it.id()) {
@@ -1009,6 +1016,47 @@ mod tests {
         // Not answered: listed as such, not as missing.
         assert_eq!(got.unanswered_ids, vec!["later".to_string()]);
         assert!(got.unanswered_tiles.is_empty() && got.is_partial());
+    }
+
+    /// Found by a random hostile-origin run of the edge proxy: an id the proxy's negative
+    /// cache held as missing, asked beside a tile whose fresh list names its item, was
+    /// answered both in `items` and in `missing`, which clients refuse as a whole.
+    #[test]
+    fn an_id_a_list_answers_is_neither_missing_nor_left_out() {
+        let fine = tile("15/5248/11442");
+        let b = fine.bounds();
+        let (lon, lat) = ((b.west + b.east) / 2.0, (b.south + b.north) / 2.0);
+        let listed = It("listed", lon, lat, Access::Public);
+        let stale = It("raised", lon, lat, Access::Public);
+        let raised = It("raised", lon, lat, Access::Agent);
+        let read = Plan::new(&[fine], rules(CoarseMiss::FetchDataTiles))
+            .unwrap()
+            .read(&[true]);
+        let asked = ["listed", "raised", "other", "gone"]
+            .map(String::from)
+            .to_vec();
+        let got = read.assemble(
+            Access::Public,
+            |_| {
+                Some(TileSource {
+                    items: vec![&listed, &stale],
+                    ttl_s: Some(30),
+                })
+            },
+            |_| None,
+            &asked,
+            [
+                IdSource::Missing,
+                IdSource::Found(&raised),
+                IdSource::Unanswered,
+                IdSource::Missing,
+            ],
+        );
+        let ids: Vec<&str> = got.items.iter().map(|it| it.id()).collect();
+        assert_eq!(ids, ["listed", "raised"]);
+        assert!(got.items.iter().all(|it| it.access() == Access::Public));
+        assert_eq!(got.missing, ["gone"]);
+        assert_eq!(got.unanswered_ids, ["other"]);
     }
 
     #[test]

@@ -2063,3 +2063,35 @@ fn an_origins_response_full_is_passed_on_as_such() {
     assert_eq!(v["error"]["code"], "response_full", "{v}");
     assert_eq!(v["error"]["tiles"], serde_json::json!(["14/2625/5721"]));
 }
+
+/// An id the proxy holds as missing (the origin said so) that a later answer's tile list
+/// names (the item was made since) is answered with that item, not also as `missing`: a
+/// client refuses an answer that says both, and the request's tiles with it. Found by a
+/// random run against an origin whose items come and go.
+#[test]
+fn an_id_held_as_missing_that_a_fresh_list_names_is_answered() {
+    let mut p = Proxy::new(no_warm()).unwrap();
+    let t = tile("14/2624/5721");
+    let pending = p.begin(req(&[], &["new"], Access::Public), 0).unwrap();
+    let gone = r#"{"tiles":[],"items":[],"missing":["new"],"access":"public"}"#;
+    let a = p.complete(pending, answered(gone), 0);
+    assert_eq!(a.status, 200);
+    // The item is made in the tile; the next request asks for both.
+    let pending = p
+        .begin(req(&["14/2624/5721"], &["new"], Access::Public), 10)
+        .unwrap();
+    let forwarded = pending.origin_request().cloned().unwrap();
+    assert_eq!(forwarded.ids, Vec::<String>::new(), "held as missing");
+    let b = t.bounds();
+    let body = format!(
+        r#"{{"tiles":[{{"tile":"{t}","ids":["new"]}}],"items":[{{"id":"new","lon":{},"lat":{},"class":"active","access":"public","data":1}}],"missing":[],"access":"public"}}"#,
+        (b.west + b.east) / 2.0,
+        (b.south + b.north) / 2.0
+    );
+    let a = p.complete(pending, answered(&body), 10);
+    assert_eq!(a.status, 200);
+    let d = decode_response(a.body.as_bytes(), &Limits::default())
+        .unwrap_or_else(|e| panic!("{e}: {}", a.body));
+    assert_eq!(d.items.len(), 1);
+    assert!(d.missing.is_empty());
+}
