@@ -16,7 +16,7 @@ pub struct Limits {
     pub max_id_len: usize,
     /// Longest item class, in bytes. Default 64.
     pub max_class_len: usize,
-    /// Longest ttl, in seconds. Default 30 days (2 592 000).
+    /// Longest ttl, in seconds. Default 30 days ([`MAX_TTL_S`]).
     pub max_ttl_s: u32,
     /// Largest item `data`, in bytes of its JSON text. Default 64 KiB (65 536). Not a
     /// decoding error: a layer reading an origin's answer leaves such an item out with
@@ -27,6 +27,11 @@ pub struct Limits {
     pub min_zoom: u8,
 }
 
+/// The longest `ttl` a client accepts by default, in seconds: 30 days (2 592 000), the
+/// default of [`Limits::max_ttl_s`]. A layer answering from its cache never writes a longer
+/// one ([`ttl_left_s`](super::ttl_left_s)).
+pub const MAX_TTL_S: u32 = 30 * 24 * 60 * 60;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -36,7 +41,7 @@ impl Default for Limits {
             max_items: 50_000,
             max_id_len: 256,
             max_class_len: 64,
-            max_ttl_s: 30 * 24 * 60 * 60,
+            max_ttl_s: MAX_TTL_S,
             max_data_bytes: 64 * 1024,
             min_zoom: 0,
         }

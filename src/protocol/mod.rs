@@ -92,7 +92,7 @@ pub use error::ProtocolError;
 pub use error_body::{
     decode_error, ErrorBody, ErrorCode, Unanswered, MAX_ERROR_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS,
 };
-pub use limits::Limits;
+pub use limits::{Limits, MAX_TTL_S};
 pub use request::{decode_request, BatchRequest};
 pub use response::{decode_response, BatchResponse, Item, OtherTier, RawData, TileList};
 pub use validate::{check_item_data, ttl_left_s, validate_item_fields, DataTooLarge};

@@ -6,7 +6,7 @@ use std::hash::Hash;
 
 use serde_json::Number;
 
-use super::{clip, quote, Limits, ProtocolError};
+use super::{clip, quote, Limits, ProtocolError, MAX_TTL_S};
 use crate::access::Access;
 use crate::tile::{TileError, TileId};
 use crate::util::{HashSet, Num, QuotedChar};
@@ -84,20 +84,23 @@ pub(super) fn ttl_from_wire(n: Option<Number>, limits: &Limits) -> Result<Option
 }
 
 /// An entry's wire `ttl`: whole seconds left until `exp_ms`, rounded up, at least 1 (an
-/// entry still being served is never sent as already expired). The server and the edge
-/// proxy both answer with it.
+/// entry still being served is never sent as already expired) and at most [`MAX_TTL_S`]
+/// (30 days), the longest a client accepts: an entry kept longer (a cache configured with
+/// a longer TTL, a clock that stepped back since it was stored) would make clients refuse
+/// the whole answer. The server and the edge proxy both answer with it.
 ///
 /// ```
-/// use tilewarm::protocol::ttl_left_s;
+/// use tilewarm::protocol::{ttl_left_s, MAX_TTL_S};
 /// assert_eq!(ttl_left_s(10_500, 10_000), 1);
 /// assert_eq!(ttl_left_s(12_001, 10_000), 3);
 /// assert_eq!(ttl_left_s(5_000, 10_000), 1);
+/// assert_eq!(ttl_left_s(u64::MAX, 0), MAX_TTL_S);
 /// ```
 pub fn ttl_left_s(exp_ms: u64, now_ms: u64) -> u32 {
     exp_ms
         .saturating_sub(now_ms)
         .div_ceil(1000)
-        .clamp(1, u64::from(u32::MAX)) as u32
+        .clamp(1, u64::from(MAX_TTL_S)) as u32
 }
 
 /// Checks one item's fields: id, `lon` finite in −180..=180, `lat` finite in −90..=90,

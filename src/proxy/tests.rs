@@ -2095,3 +2095,28 @@ fn an_id_held_as_missing_that_a_fresh_list_names_is_answered() {
     assert_eq!(d.items.len(), 1);
     assert!(d.missing.is_empty());
 }
+
+/// A TTL the cache keeps an entry longer than the protocol allows (an edge's `defaultTtl`
+/// of a year; or a clock that stepped back since the entry was stored) is answered as the
+/// protocol's longest, 30 days: a `ttl` above it makes clients refuse the whole answer.
+#[test]
+fn a_ttl_left_over_30_days_is_answered_as_30_days() {
+    let o = origin();
+    let year_ms = 365 * 24 * 3600 * 1000;
+    let mut config = no_warm();
+    config.cache.default_ttl_ms = year_ms;
+    config.cache.class_ttl_ms.clear();
+    let mut p = Proxy::new(config).unwrap();
+    let r = req(&["14/2624/5721"], &["extra"], Access::Public);
+    let now = 1_000_000_000;
+    let (fwd, _, _) = run(&mut p, &o, r.clone(), now);
+    assert!(fwd.is_some());
+    // Served from the cache, a second later and a minute before (the clock stepped back).
+    for at in [now + 1000, now - 60_000] {
+        let (fwd, a, d) = run(&mut p, &o, r.clone(), at);
+        assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+        let max = Limits::default().max_ttl_s;
+        assert!(d.items.iter().all(|it| it.ttl.is_some_and(|t| t <= max)));
+        assert!(d.tiles.iter().all(|l| l.ttl.is_some_and(|t| t <= max)));
+    }
+}
