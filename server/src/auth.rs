@@ -468,11 +468,7 @@ impl Verifier {
             .and_then(Value::as_str)
             .map(|s| s.chars().take(256).collect());
         let admin = claims.get(ADMIN_CLAIM) == Some(&Value::Bool(true));
-        // Required and checked above: a number of seconds.
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| exp.saturating_add(self.leeway_s));
+        let expires_at = exp_s(&claims).map(|exp| exp.saturating_add(self.leeway_s));
         Ok(Caller {
             tier,
             sub,
@@ -480,6 +476,18 @@ impl Verifier {
             expires_at,
         })
     }
+}
+
+/// The token's `exp` in whole seconds, read as `jsonwebtoken` checked it (required, so
+/// present in a token that verified): an integer, or a number with a fraction rounded to
+/// the nearest second (RFC 7519's NumericDate may have one). Read as an integer only, a
+/// fractional `exp` was no expiry at all, and a change feed stream outlived its token.
+fn exp_s(claims: &Value) -> Option<u64> {
+    let exp = claims.get("exp")?;
+    exp.as_u64().or_else(|| {
+        let f = exp.as_f64()?;
+        (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+    })
 }
 
 /// How long a `--dev-tokens` token lives, in seconds.
@@ -744,6 +752,43 @@ pub(crate) async fn fetch_jwks(url: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// A fractional `exp` (RFC 7519 allows one; `jsonwebtoken` verifies it, rounded) is
+    /// the token's expiry, not none: a change feed stream ends with it.
+    #[test]
+    fn a_fractional_exp_is_an_expiry() {
+        let exp = |v: Value| exp_s(&serde_json::json!({ "exp": v }));
+        assert_eq!(exp(1_765_000_000u64.into()), Some(1_765_000_000));
+        assert_eq!(exp(1_765_000_000.4.into()), Some(1_765_000_000));
+        assert_eq!(exp(1_765_000_000.5.into()), Some(1_765_000_001));
+        assert_eq!(exp((-1.0).into()), None);
+        assert_eq!(exp("soon".into()), None);
+        assert_eq!(exp_s(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn a_verified_token_with_a_fractional_exp_expires() {
+        let config = Config {
+            jwt_secret: Some("a-test-secret-of-at-least-32-bytes!!".into()),
+            ..Config::parse_from(["tilewarm-server"])
+        };
+        let v = Verifier::from_config(&config, None).unwrap();
+        let exp = crate::tier::now_ms() as f64 / 1000.0 + 600.25;
+        let claims = serde_json::json!({ "exp": exp, "tilewarm_access": "verified" });
+        let key = EncodingKey::from_secret(b"a-test-secret-of-at-least-32-bytes!!");
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let mut headers = HeaderMap::new();
+        let bearer = format!("Bearer {token}");
+        headers.insert(AUTHORIZATION, bearer.parse().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let caller = rt.block_on(v.caller(&headers)).ok().unwrap();
+        assert_eq!(caller.tier, Access::Verified);
+        let leeway = config.jwt_leeway_s;
+        assert_eq!(caller.expires_at, Some(exp.round() as u64 + leeway));
+    }
 
     #[test]
     fn bearer_scheme() {
