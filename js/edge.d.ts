@@ -8,23 +8,23 @@
 
 /** Options, as JSON in the `TILEWARM_OPTIONS` binding or as `createWorker`'s defaults. */
 export interface EdgeOptions {
-  /** Zoom of the data tiles the cache keys tile lists by. Default 14. */
+  /** Zoom of the data tiles the cache keys tile lists by (0..24). Default 14. */
   tileZoom?: number;
-  /** Most items held per access tier. Default 20000. */
+  /** Most items held per access tier (at least 1). Default 20000. */
   maxItems?: number;
-  /** Most bytes held per access tier. Default 16 MiB. */
+  /** Most bytes held per access tier (at least 1). Default 16 MiB. */
   maxBytes?: number;
-  /** Requested tiles up to this many levels coarser than tileZoom are cached. Default 2. */
+  /** Requested tiles up to this many levels coarser than tileZoom are cached (0..8, at most tileZoom). Default 3. */
   splitLevels?: number;
-  /** Ring of neighbour data tiles warmed after a request (0: off). Default 1. */
+  /** Ring of neighbour data tiles warmed after a request (0..4; 0: off). Default 1. */
   warmRing?: number;
-  /** Most tiles in one warming request. Default 16. */
+  /** Most tiles in one warming request (1..64). Default 16. */
   maxWarmTiles?: number;
-  /** Most data tiles one request may cover once coarse tiles are split (more: 400). Default 256. */
+  /** Most data tiles one request may cover once coarse tiles are split (more: 400; at least 1). Default 1024. */
   maxDataTiles?: number;
-  /** Item TTL in seconds when neither the origin nor the class gives one. Default 300. */
+  /** Item TTL in seconds when neither the origin nor the class gives one (at least 1). Default 300. */
   defaultTtl?: number;
-  /** TTL in seconds per item class. Default { active: 300, off_market: 14400 }. */
+  /** TTL in seconds per item class (each at least 1; the map replaces the default one). Default { active: 300, off_market: 14400 }. */
   classTtl?: Record<string, number>;
   /** Timeout of a caller's request's origin calls, in ms, their answers read: all of them
    * (asks in part of an answer too large to read included) within this from the first. Default 3000. */

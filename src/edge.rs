@@ -830,6 +830,61 @@ mod tests {
         assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
     }
 
+    /// The defaults the core sets (`ProxyConfig::default`, [`SHARED_TILES`]), as the
+    /// options' documentation must give them: by option, the start of the text after
+    /// "Default " in js/edge.d.ts and after "`option` (" in docs/edge.md's option list.
+    fn core_defaults() -> Vec<(&'static str, String)> {
+        let c = ProxyConfig::default();
+        vec![
+            ("tileZoom", c.cache.tile_zoom.to_string()),
+            ("maxItems", c.cache.max_items.to_string()),
+            ("maxBytes", format!("{} MiB", c.cache.max_bytes >> 20)),
+            ("splitLevels", c.split_levels.to_string()),
+            ("warmRing", c.warm_ring.to_string()),
+            ("maxWarmTiles", c.max_warm_tiles.to_string()),
+            ("maxDataTiles", c.max_data_tiles.to_string()),
+            ("defaultTtl", (c.cache.default_ttl_ms / 1000).to_string()),
+            ("warmTimeoutMs", c.warm_timeout_ms.to_string()),
+            ("sharedCacheTiles", SHARED_TILES.to_string()),
+            ("changesLookbackMs", c.changes_lookback_ms.to_string()),
+        ]
+    }
+
+    /// js/edge.d.ts and docs/edge.md give the core's defaults (edge.d.ts said 2 for
+    /// `splitLevels` and 256 for `maxDataTiles`, which are 3 and 1024).
+    #[test]
+    fn the_documented_defaults_are_the_cores() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+        let dts = read("js/edge.d.ts");
+        let md = read("docs/edge.md");
+        let list = md
+            .split_once("`TILEWARM_OPTIONS` (optional): JSON with any of")
+            .and_then(|(_, rest)| rest.split_once("Routes:"))
+            .expect("docs/edge.md lists the options")
+            .0;
+        for (name, default) in core_defaults() {
+            // The doc comment just above `name?:` in edge.d.ts.
+            let (before, _) = dts
+                .split_once(&format!("  {name}?:"))
+                .unwrap_or_else(|| panic!("edge.d.ts has no {name}"));
+            let doc = &before[before.rfind("/**").unwrap()..];
+            let given = doc
+                .split_once("Default ")
+                .unwrap_or_else(|| panic!("edge.d.ts gives no default for {name}"))
+                .1;
+            assert!(
+                given.starts_with(&default),
+                "edge.d.ts {name}: Default {given}"
+            );
+            let given = list
+                .split_once(&format!("`{name}` ("))
+                .unwrap_or_else(|| panic!("docs/edge.md does not list {name}"))
+                .1;
+            assert!(given.starts_with(&default), "docs/edge.md {name}: ({given}");
+        }
+    }
+
     /// A binding over a proxy that does not warm, with the default options otherwise.
     fn without_warming() -> EdgeProxy {
         EdgeProxy {
