@@ -27,9 +27,9 @@ export interface EdgeOptions {
   /** TTL in seconds per item class (each at least 1; the map replaces the default one). Default { active: 300, off_market: 14400 }. */
   classTtl?: Record<string, number>;
   /** Timeout of a caller's request's origin calls, in ms, their answers read: all of them
-   * (asks in part of an answer too large to read included) within this from the first. Default 3000. */
+   * (asks in part of an answer too large to read included) within this from the first (1..600000). Default 3000. */
   originTimeoutMs?: number;
-  /** Timeout of a warming request, in ms. Default 5000. */
+  /** Timeout of a warming request, in ms (1..600000). Default 5000. */
   warmTimeoutMs?: number;
   /** Required `iss` of callers' tokens (unchecked when absent). */
   jwtIssuer?: string;
@@ -64,7 +64,7 @@ export interface EdgeOptions {
    * Default true; the answers are the same either way (false is for measuring).
    */
   splicedHits?: boolean;
-  /** How long a shared-cache call may take before it counts as a miss, in ms. Default 250. */
+  /** How long a shared-cache call may take before it counts as a miss, in ms (1..600000). Default 250. */
   sharedCacheTimeoutMs?: number;
   /**
    * At most how often a request starts a poll of the origin's change feed

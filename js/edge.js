@@ -287,6 +287,27 @@ function sharedCache(origin, timeoutMs) {
 }
 
 /**
+ * The options in the TILEWARM_OPTIONS binding: a JSON object. Anything else is refused
+ * naming the binding: `null` or a number would otherwise be taken as no options at all
+ * (spread into the defaults as nothing), silently the defaults.
+ */
+function optionsOf(text) {
+  if (typeof text !== 'string') {
+    throw new Error(`TILEWARM_OPTIONS must be the JSON text of an object of options, got a value of type ${typeof text}`);
+  }
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`TILEWARM_OPTIONS is not JSON: ${e?.message ?? e}`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+    throw new Error(`TILEWARM_OPTIONS must be a JSON object of options, got ${JSON.stringify(String(text).slice(0, 64))}`);
+  }
+  return v;
+}
+
+/**
  * A module worker with its own proxy (one per isolate). `defaults` are options that
  * TILEWARM_OPTIONS overrides.
  */
@@ -320,7 +341,7 @@ export function createWorker(defaults = {}) {
         initSync({ module: wasm });
         initialised = true;
       }
-      const fromEnv = env.TILEWARM_OPTIONS ? JSON.parse(env.TILEWARM_OPTIONS) : {};
+      const fromEnv = env.TILEWARM_OPTIONS ? optionsOf(env.TILEWARM_OPTIONS) : {};
       options = { ...DEFAULTS, ...defaults, ...fromEnv };
       const insecure = options.allowInsecureOrigin ?? false;
       if (typeof insecure !== 'boolean') throw new Error(`allowInsecureOrigin must be true or false, got ${JSON.stringify(insecure)}`);

@@ -19,15 +19,17 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::access::{effective_tier, Access};
+use crate::cache::CacheError;
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
-use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig};
+use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig, ProxyError};
 use crate::tile::TileId;
 use crate::util::HashMap;
 
 /// Most requests waiting for the origin in one isolate.
 pub const MAX_PENDING: usize = 1024;
 
-/// Worker options (JSON, all optional, camelCase). Times in seconds.
+/// Worker options (JSON, all optional, camelCase). TTLs in seconds (`defaultTtl`,
+/// `classTtl`), times with `Ms` in their name in ms, with `S` in seconds.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Options {
@@ -116,12 +118,94 @@ fn shared_tiles_from(options: &Options) -> Result<usize, String> {
     }
 }
 
+/// Most a timeout the worker reads (`originTimeoutMs`, `warmTimeoutMs`,
+/// `sharedCacheTimeoutMs`) may be, in ms: 10 minutes, the npm package's `batch.timeoutMs`
+/// bound. A longer one is no timeout a client waits for, and past 2^31 ms the runtime's
+/// timers fire at once.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
 /// Worker options from their JSON text (empty for the defaults); errors name the option.
+///
+/// Each option is read on its own first, so that a value of the wrong type is named by
+/// its option, not by a line and column of the JSON text the worker wrote (its defaults
+/// and `TILEWARM_OPTIONS` merged), which the deployer never saw.
 fn parse_options(options: &str) -> Result<Options, String> {
+    use serde_json::{Map, Value};
     if options.trim().is_empty() {
         return Ok(Options::default());
     }
-    serde_json::from_str(options).map_err(|e| format!("tilewarm edge options: {e}"))
+    let fields: Map<String, Value> = serde_json::from_str(options)
+        .map_err(|e| format!("tilewarm edge options must be a JSON object: {e}"))?;
+    for (name, value) in &fields {
+        let one = Value::Object(Map::from_iter([(name.clone(), value.clone())]));
+        if let Err(e) = Options::deserialize(one) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(format!("tilewarm edge options: {shown}: {e}"));
+        }
+    }
+    let options = Options::deserialize(Value::Object(fields))
+        .map_err(|e| format!("tilewarm edge options: {e}"))?;
+    check_timeouts(&options)?;
+    Ok(options)
+}
+
+/// The timeouts the worker reads are in `1..=`[`MAX_TIMEOUT_MS`]: `0` would time every
+/// origin call (or shared-cache call) out at once, a silent outage rather than an error.
+fn check_timeouts(o: &Options) -> Result<(), String> {
+    let timeouts = [
+        ("originTimeoutMs", o.origin_timeout_ms),
+        ("warmTimeoutMs", o.warm_timeout_ms),
+        ("sharedCacheTimeoutMs", o.shared_cache_timeout_ms),
+    ];
+    for (name, ms) in timeouts {
+        if let Some(ms) = ms.filter(|ms| !(1..=MAX_TIMEOUT_MS).contains(ms)) {
+            return Err(format!(
+                "tilewarm edge options: {name} must be in 1..={MAX_TIMEOUT_MS} ms, got {ms}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The option (as `TILEWARM_OPTIONS` spells it) of a config field a core error names.
+fn option_name(field: &str) -> &str {
+    match field {
+        "tile_zoom" => "tileZoom",
+        "max_items" => "maxItems",
+        "max_bytes" => "maxBytes",
+        "default_ttl_ms" => "defaultTtl",
+        "class_ttl_ms" => "classTtl",
+        "split_levels" => "splitLevels",
+        "warm_ring" => "warmRing",
+        "max_warm_tiles" => "maxWarmTiles",
+        "warm_timeout_ms" => "warmTimeoutMs",
+        "max_data_tiles" => "maxDataTiles",
+        "changes_lookback_ms" => "changesLookbackMs",
+        other => other,
+    }
+}
+
+/// A config the core refused, in the worker's option names: the core names its own fields
+/// (`split_levels`, `cache config max_items`), which no deployer wrote. The values the
+/// checks refuse are the same in the option's units (0, or a count).
+fn option_error(e: &ProxyError) -> String {
+    let message = match e {
+        ProxyError::OutOfRange {
+            field,
+            value,
+            allowed,
+        } => {
+            let allowed = allowed.replace("tile_zoom", "tileZoom");
+            format!("{} must be in {allowed}, got {value}", option_name(field))
+        }
+        ProxyError::Cache(CacheError::InvalidConfig {
+            field,
+            value,
+            allowed,
+        }) => format!("{} must be {allowed}, got {value}", option_name(field)),
+        other => other.to_string(),
+    };
+    format!("tilewarm edge options: {message}")
 }
 
 /// The limits a caller's request is decoded with: the proxy's, with a body of at most
@@ -368,8 +452,8 @@ impl EdgeProxy {
         let shared_tiles = shared_tiles_from(&options).map_err(|e| JsError::new(&e))?;
         let hold_ms = hold_ms(&options);
         let origin_timeout_ms = options.origin_timeout_ms.unwrap_or(3_000);
-        let proxy = Proxy::new(config_from(options))
-            .map_err(|e| JsError::new(&format!("tilewarm edge options: {e}")))?;
+        let proxy =
+            Proxy::new(config_from(options)).map_err(|e| JsError::new(&option_error(&e)))?;
         Ok(EdgeProxy {
             proxy,
             pending: HashMap::new(),
@@ -827,7 +911,99 @@ mod tests {
         let e = config(r#"{"tileZom":13}"#).unwrap_err();
         assert!(e.contains("unknown field `tileZom`"), "{e}");
         let e = config(r#"{"maxItems":-1}"#).unwrap_err();
-        assert!(e.contains("maxItems") || e.contains("invalid value"), "{e}");
+        assert_eq!(
+            e,
+            "tilewarm edge options: maxItems: invalid value: integer `-1`, expected usize"
+        );
+    }
+
+    /// The message of the options' error, as `EdgeProxy::new` throws it (its `JsError`
+    /// needs a JavaScript host).
+    fn refused(json: &str) -> String {
+        match config(json) {
+            Err(e) => e,
+            Ok(c) => Proxy::new(c).map_or_else(|e| option_error(&e), |_| "taken".into()),
+        }
+    }
+
+    /// Every bad option is named as the deployer wrote it, in its units: a value of the
+    /// wrong type by its option (not by a column of the JSON the worker merged), a value
+    /// the core refuses by the option, not the core's field (`split_levels`, `max_items`).
+    #[test]
+    fn a_bad_option_is_named_as_the_deployer_wrote_it() {
+        let cases = [
+            (
+                r#"{"warmRing":0,"originTimeoutMs":1.5}"#,
+                "originTimeoutMs: invalid type: floating point `1.5`, expected u64",
+            ),
+            (
+                r#"{"splicedHits":"yes"}"#,
+                "splicedHits: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                r#"{"classTtl":{"active":-5}}"#,
+                "classTtl: invalid value: integer `-5`, expected u64",
+            ),
+            (
+                r#"{"splitLevels":9}"#,
+                "splitLevels must be in 0..=8 and at most tileZoom, got 9",
+            ),
+            (
+                r#"{"maxWarmTiles":0}"#,
+                "maxWarmTiles must be in 1..=64, got 0",
+            ),
+            (r#"{"maxItems":0}"#, "maxItems must be at least 1, got 0"),
+            (
+                r#"{"defaultTtl":0}"#,
+                "defaultTtl must be at least 1, got 0",
+            ),
+            (
+                r#"{"tileZoom":30}"#,
+                "tileZoom must be an integer in 0..=24, got 30",
+            ),
+            (
+                r#"{"classTtl":{"active":0}}"#,
+                "classTtl must be a map of class to a TTL of at least 1, got \"active\": 0",
+            ),
+            (
+                r#"{"maxDataTiles":0}"#,
+                "maxDataTiles must be in 1.., got 0",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(
+                refused(json),
+                format!("tilewarm edge options: {want}"),
+                "{json}"
+            );
+        }
+        let e = refused("[1]");
+        assert!(
+            e.starts_with("tilewarm edge options must be a JSON object: invalid type: sequence"),
+            "{e}"
+        );
+    }
+
+    /// A timeout the worker reads is at least 1 ms (0 timed every origin call out at once:
+    /// every miss a 504, with nothing said at start) and at most 10 minutes.
+    #[test]
+    fn the_workers_timeouts_are_in_1_to_600000_ms() {
+        for name in ["originTimeoutMs", "warmTimeoutMs", "sharedCacheTimeoutMs"] {
+            for ms in [1, 250, MAX_TIMEOUT_MS] {
+                assert_eq!(
+                    refused(&format!(r#"{{"{name}":{ms}}}"#)),
+                    "taken",
+                    "{name} {ms}"
+                );
+            }
+            for ms in [0, MAX_TIMEOUT_MS + 1, u64::MAX] {
+                assert_eq!(
+                    refused(&format!(r#"{{"{name}":{ms}}}"#)),
+                    format!("tilewarm edge options: {name} must be in 1..=600000 ms, got {ms}"),
+                    "{name} {ms}"
+                );
+            }
+        }
     }
 
     /// The defaults the core sets (`ProxyConfig::default`, [`SHARED_TILES`]), as the
@@ -982,7 +1158,7 @@ mod tests {
     #[test]
     fn requests_no_worker_comes_back_for_are_let_go_after_their_hold() {
         // A worker whose client went away never calls complete, fail or abandon.
-        let opts = r#"{"warmRing":0,"originTimeoutMs":1000,"sharedCacheTimeoutMs":0}"#;
+        let opts = r#"{"warmRing":0,"originTimeoutMs":750,"sharedCacheTimeoutMs":250}"#;
         let mut p = EdgeProxy::new(opts).unwrap();
         assert_eq!(p.hold_ms, 12_000);
         let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;

@@ -86,6 +86,47 @@ describe('checkedUrl (js/edge-auth.js)', () => {
   });
 });
 
+describe('TILEWARM_OPTIONS (the worker of pkg/edge.js under Node)', () => {
+  /** The first request's answer with `options` as the TILEWARM_OPTIONS binding. */
+  async function answer(options) {
+    const { createWorker } = await import('./support/node-worker.mjs');
+    const env = { ORIGIN: 'https://api.example.com/v1/batch', TILEWARM_OPTIONS: options };
+    const r = await createWorker().fetch(new Request('http://edge.test/healthz'), env, { waitUntil() {} });
+    return { status: r.status, text: await r.text() };
+  }
+
+  it('refuses text that is not a JSON object, naming the binding (null and 5 were silently no options)', async () => {
+    for (const [options, what] of [
+      ['maxItems: 5', /^TILEWARM_OPTIONS is not JSON: /],
+      ['null', /^TILEWARM_OPTIONS must be a JSON object of options, got "null"$/],
+      ['5', /^TILEWARM_OPTIONS must be a JSON object of options, got "5"$/],
+      ['[1]', /^TILEWARM_OPTIONS must be a JSON object of options, got "\[1\]"$/],
+      [{ maxItems: 5 }, /^TILEWARM_OPTIONS must be the JSON text of an object of options, got a value of type object$/],
+    ]) {
+      const r = await answer(options);
+      assert.equal(r.status, 500, `${options}: ${r.text}`);
+      const { message } = JSON.parse(r.text).error;
+      assert.match(message.replace(/^the edge worker is misconfigured: /, ''), what, String(options));
+    }
+    assert.equal((await answer('{}')).status, 200);
+  });
+
+  it('names a bad option as written, in its units, and refuses a timeout of 0', async () => {
+    for (const [options, what] of [
+      ['{"maxItems":-1}', 'maxItems: invalid value: integer `-1`, expected usize'],
+      ['{"splicedHits":"yes"}', 'splicedHits: invalid type: string "yes", expected a boolean'],
+      ['{"splitLevels":9}', 'splitLevels must be in 0..=8 and at most tileZoom, got 9'],
+      ['{"defaultTtl":0}', 'defaultTtl must be at least 1, got 0'],
+      ['{"originTimeoutMs":0}', 'originTimeoutMs must be in 1..=600000 ms, got 0'],
+      ['{"sharedCacheTimeoutMs":0}', 'sharedCacheTimeoutMs must be in 1..=600000 ms, got 0'],
+    ]) {
+      const r = await answer(options);
+      assert.equal(r.status, 500, `${options}: ${r.text}`);
+      assert.equal(JSON.parse(r.text).error.message, `the edge worker is misconfigured: tilewarm edge options: ${what}`);
+    }
+  });
+});
+
 /** An HTTP server on `host` (a loopback address) answering with `handler`. */
 async function listen(host, handler) {
   const server = createHttpServer(handler);
