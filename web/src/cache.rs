@@ -381,12 +381,6 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 })?;
             Some(Auth::from_js(token))
         };
-        // A `credentials` string that is no mode is a value error, as `access` is (serde
-        // would make it a type error).
-        let credentials = js_sys::Reflect::get(options, &JsValue::from_str("credentials"));
-        if let Some(c) = credentials.ok().and_then(|c| c.as_string()) {
-            c.parse::<Credentials>()?;
-        }
         // The rest through serde: a copy without `auth` (functions are not data).
         let rest = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
         let _ = js_sys::Reflect::delete_property(&rest, &key);

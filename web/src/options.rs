@@ -308,7 +308,12 @@ fn check_types(v: &serde_json::Value) -> Result<(), Error> {
         match key.as_str() {
             "endpoint" => text("an absolute http(s) URL")?,
             "access" => text(options::ACCESS_ALLOWED)?,
-            "credentials" => text(Credentials::ALLOWED)?,
+            // A string that is no mode is a value error, as `access`'s is (serde would
+            // make it a type error, "options: ..."), whether from a config file or from JS.
+            "credentials" => match val {
+                Value::String(mode) => drop(mode.parse::<Credentials>()?),
+                _ => text(Credentials::ALLOWED)?,
+            },
             "tileSize" => match val.as_f64() {
                 Some(n) if options::zoom_offset(n).is_some() => {}
                 Some(_) => {
@@ -704,6 +709,15 @@ mod tests {
         assert!(e.to_string().starts_with(says), "{e}");
         let e = "cors".parse::<Credentials>().unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgValue);
+        // From a config file as from a JS object (`TileCache::from_js` reads it through
+        // `from_json`): a value error with the mode's message, not serde's type error.
+        let v = serde_json::json!({"endpoint": "http://h/", "credentials": "all"});
+        let e = Options::from_json(v).unwrap_err();
+        let says = r#"credentials must be one of "omit", "same-origin", "include", got "all""#;
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::InvalidArgValue, says)
+        );
         let e = from_json(r#"{"endpoint":"http://h/","credentials":true}"#).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
     }
