@@ -11,6 +11,11 @@
 //! draw(&cache.view().items);
 //! ```
 //!
+//! [`TileCache`] compiles for wasm32 only (it is made of the browser's fetch, timers and
+//! events), so these docs built for the host (`cargo doc -p tilewarm-web`) lack it, and
+//! links to it show as text: `scripts/wasm-cargo.sh doc --no-deps -p tilewarm-web`
+//! (or `cargo doc --target wasm32-unknown-unknown -p tilewarm-web`) builds them with it.
+//!
 //! Files: `options.rs` ([`Options`], host and wasm), `error.rs` ([`Error`]), `auth.rs`
 //! ([`Auth`], the token callback), `updates.rs` ([`Updates`], the bounded stream of
 //! `TileCache::updates`), `view.rs` ([`Item`], [`Shown`], [`View`], [`Update`]: what the

@@ -42,10 +42,13 @@ pub struct Options {
     /// The data's extent: data tiles outside it hold no items and are never asked for.
     #[serde(default)]
     pub bounds: BoundsOptions,
+    /// How long items stay fresh ([`TtlOptions`]).
     #[serde(default)]
     pub ttl: TtlOptions,
+    /// How far ahead the planner fetches ([`PrefetchOptions`]).
     #[serde(default)]
     pub prefetch: PrefetchOptions,
+    /// How requests are made ([`BatchOptions`]).
     #[serde(default)]
     pub batch: BatchOptions,
     /// The caller's tier: `"public"` (default), `"registered"`, `"verified"` or `"agent"`.
@@ -167,11 +170,16 @@ pub struct PrefetchOptions {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchOptions {
+    /// Tiles per request (1..=64, the protocol's limit per request).
     pub max_tiles: Option<usize>,
+    /// Ids per request (1..=1000, the protocol's limit per request).
     pub max_ids: Option<usize>,
+    /// Requests out at once (1..=64); prefetch never takes the last slot.
     pub max_in_flight: Option<usize>,
     /// A request not answered within this many ms is aborted and retried.
     pub timeout_ms: Option<u64>,
+    /// Retries after the first attempt (0..=10), with exponential backoff and jitter;
+    /// `Retry-After` is honoured.
     pub retries: Option<u32>,
     /// Ask for a tile up to this many zooms coarser when enough of its data tiles are
     /// missing (`coalesceMinShare`); prefetch areas widen to whole tiles of that zoom, or
