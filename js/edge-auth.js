@@ -165,6 +165,47 @@ export class KeysUnavailable extends Error {
   }
 }
 
+/**
+ * The worker's own key binding cannot verify tokens (a `JWKS` key the runtime cannot import:
+ * bad key data, an RSA modulus under 2048 bits): the edge is misconfigured, a `500` naming
+ * the binding, not a `401` telling the caller to get another token.
+ */
+export class Misconfigured extends Error {}
+
+/** The members a private JWK has beyond its public part. */
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
+/** The public members each key type needs. */
+const KEY_MEMBERS = { RSA: ['n', 'e'], EC: ['crv', 'x', 'y'], OKP: ['crv', 'x'] };
+/** The curves of the allowed algorithms (ES256, ES384, EdDSA as workerd implements it). */
+const CURVES = { EC: ['P-256', 'P-384'], OKP: ['Ed25519'] };
+
+/**
+ * Checks the `JWKS` binding's set: at least one key, every key a public key of a known type
+ * with its members (named by index and `kid`), and at least one that can verify tokens (for
+ * signatures, of an allowed algorithm and curve). Throws an Error naming the binding.
+ */
+function checkKeySet(jwks) {
+  if (jwks.keys.length === 0) throw new Error('JWKS holds no keys: every token would be refused');
+  const name = (k, i) => `JWKS key ${i}${typeof k?.kid === 'string' ? ` (kid ${JSON.stringify(k.kid.slice(0, 64))})` : ''}`;
+  let usable = 0;
+  jwks.keys.forEach((k, i) => {
+    if (k === null || typeof k !== 'object' || Array.isArray(k)) throw new Error(`${name(k, i)} must be a JSON Web Key object`);
+    const members = KEY_MEMBERS[k.kty];
+    if (!members) throw new Error(`${name(k, i)} has kty ${JSON.stringify(k.kty)}: it must be "RSA", "EC" or "OKP"`);
+    const secret = PRIVATE_MEMBERS.find((m) => m in k);
+    if (secret) throw new Error(`${name(k, i)} is a private key ("${secret}"): JWKS must hold public keys only`);
+    const missing = members.find((m) => typeof k[m] !== 'string' || k[m] === '');
+    if (missing) throw new Error(`${name(k, i)} (${k.kty}) lacks "${missing}"`);
+    const forSignatures = k.use === undefined || k.use === 'sig';
+    const alg = k.alg === undefined || PUBLIC_KEY_ALGS.includes(k.alg);
+    const curve = !CURVES[k.kty] || CURVES[k.kty].includes(k.crv);
+    if (forSignatures && alg && curve) usable++;
+  });
+  if (usable === 0) {
+    throw new Error(`JWKS has no key that can verify tokens: each is for encryption ("use"), or of an algorithm or curve not allowed (${PUBLIC_KEY_ALGS.join(', ')}; curves P-256, P-384, Ed25519)`);
+  }
+}
+
 /** Whether `hostname` (as `URL` writes it: IPv4 in dotted decimal, IPv6 in brackets) is a
  * loopback host: 127.0.0.0/8, ::1 or localhost. */
 export function isLoopback(hostname) {
@@ -252,6 +293,7 @@ export function createAuth(env, options = {}) {
     }
     if (!Array.isArray(jwks?.keys)) throw new Error('JWKS must be a JSON Web Key Set: {"keys": [...]}');
     if (jwks.keys.some((k) => k?.kty === 'oct')) throw new Error('JWKS must hold public keys only (no "oct" keys): use JWT_SECRET for a shared secret');
+    checkKeySet(jwks);
     key = createLocalJWKSet(jwks);
   } else if (source === 'JWKS_URL') {
     const url = checkedUrl('JWKS_URL', env.JWKS_URL, options.allowInsecureOrigin === true);
@@ -307,6 +349,12 @@ export function createAuth(env, options = {}) {
       if (e instanceof KeysUnavailable) throw new KeysUnavailable(`${prefix}: ${e.message}`, e.retryAfterS);
       if (source === 'JWKS_URL' && !aboutTheToken(e)) {
         throw new KeysUnavailable(`${prefix}: ${e?.message ?? e}`, retryAfterS(Date.now(), false));
+      }
+      // A key of the JWKS binding that the runtime cannot import: every token it selects
+      // would be refused, and the caller told to get another (the message names no part
+      // of the token).
+      if (source === 'JWKS' && !aboutTheToken(e)) {
+        throw new Misconfigured(`a key of the JWKS binding cannot verify tokens: ${String(e?.message ?? e).slice(0, 200)}`);
       }
       throw new Unauthorized(`the bearer token is not valid: ${describe(e)}`);
     }

@@ -100,7 +100,8 @@ export interface EdgeEnv {
   ORIGIN_TOKEN?: string;
   /** HMAC secret (at least 32 characters) callers' HS256/384/512 tokens are verified with. */
   JWT_SECRET?: string;
-  /** A JSON Web Key Set (JSON text) of public keys for callers' tokens; `kid` selects. */
+  /** A JSON Web Key Set (JSON text) of public keys for callers' tokens; `kid` selects. A set
+   * with no key, a private key, or no key that can verify tokens makes every request a 500. */
   JWKS?: string;
   /** https URL of a JWKS (http only as for `ORIGIN`), fetched and cached; an answer over
    * 64 KiB, or not read within 5 s, is a failed fetch. At most one of JWT_SECRET, JWKS,

@@ -23,7 +23,7 @@
 import wasm from './tilewarm_edge_bg.wasm';
 import { initSync, EdgeProxy } from './tilewarm_edge.js';
 import {
-  createAuth, checkedUrl, Unauthorized, KeysUnavailable, INSUFFICIENT_SCOPE_CHALLENGE, NO_TOKEN_CHALLENGE,
+  createAuth, checkedUrl, Unauthorized, KeysUnavailable, Misconfigured, INSUFFICIENT_SCOPE_CHALLENGE, NO_TOKEN_CHALLENGE,
 } from './edge-auth.js';
 // The header a server declares the data's extent in (bundled in by build-pkg.sh).
 import { BOUNDS_HEADER } from './gen/boundary.js';
@@ -89,6 +89,13 @@ function json(status, body, extra = {}) {
 
 function error(status, code, message, extra = {}) {
   return json(status, JSON.stringify({ error: { code, message } }), extra);
+}
+
+/** The 500 of a token that could not be checked: the key binding's fault, named
+ * (`Misconfigured`), or the worker's. */
+function tokenUnchecked(e) {
+  if (e instanceof Misconfigured) return error(500, 'internal', `the edge worker is misconfigured: ${e.message}`);
+  return error(500, 'internal', 'the caller\'s token could not be checked');
 }
 
 function isJson(ct) {
@@ -610,7 +617,7 @@ export function createWorker(defaults = {}) {
         return error(e.status, e.code, e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
-      return error(500, 'internal', 'the caller\'s token could not be checked');
+      return tokenUnchecked(e);
     }
     if (admin) return null;
     if (!request.headers.has('authorization')) {
@@ -703,7 +710,7 @@ export function createWorker(defaults = {}) {
         return error(e.status, e.code, e.message, { 'www-authenticate': e.challenge });
       }
       if (e instanceof KeysUnavailable) return error(502, 'upstream_error', e.message, { 'retry-after': String(e.retryAfterS) });
-      return error(500, 'internal', 'the caller\'s token could not be checked');
+      return tokenUnchecked(e);
     }
     // A caller's body: at most what the tile and id limits allow (about 517 KiB, as the
     // server reads), not the 8 MiB an origin answer may take (the isolate has 128 MB).

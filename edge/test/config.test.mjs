@@ -7,7 +7,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
-import { checkedUrl, createAuth, isLoopback } from '../../js/edge-auth.js';
+import { generateKeyPair, exportJWK } from 'jose';
+import { Misconfigured, Unauthorized, checkedUrl, createAuth, isLoopback } from '../../js/edge-auth.js';
 import { freePort, post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
 import { SECRET, bearer, rsaKeys, serviceToken } from './support/tokens.mjs';
 
@@ -30,6 +31,71 @@ describe('jwksCooldownS (js/edge-auth.js, createAuth)', () => {
     for (const s of [0, -1, 3601, 1.5, '30']) {
       assert.throws(() => createAuth(env, { jwksCooldownS: s }),
         new RegExp(`^Error: jwksCooldownS must be an integer from 1 to 3600 seconds, got ${JSON.stringify(s)}$`.replace(/[.]/g, '\\.')), String(s));
+    }
+  });
+});
+
+describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
+  const request = (token) => new Request('http://edge.test/v1/batch', { headers: { authorization: `Bearer ${token}` } });
+
+  it('refuses a set no token could pass, naming the key: none, a private one, an unknown type, one lacking a member', async () => {
+    const rsa = await rsaKeys('k1');
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const ecPrivate = { ...(await exportJWK(privateKey)), kid: 'e1' };
+    const { x, y } = ecPrivate;
+    for (const [keys, what] of [
+      [[], /^JWKS holds no keys: every token would be refused$/],
+      [[{ ...rsa.jwk, n: undefined }], /^JWKS key 0 \(kid "k1"\) \(RSA\) lacks "n"$/],
+      [[rsa.jwk, ecPrivate], /^JWKS key 1 \(kid "e1"\) is a private key \("d"\): JWKS must hold public keys only$/],
+      [[{ kty: 'XX', kid: 'x' }], /^JWKS key 0 \(kid "x"\) has kty "XX": it must be "RSA", "EC" or "OKP"$/],
+      [[5], /^JWKS key 0 must be a JSON Web Key object$/],
+      [[{ ...rsa.jwk, use: 'enc' }, { kty: 'EC', crv: 'P-521', x, y }], /^JWKS has no key that can verify tokens: /],
+    ]) {
+      assert.throws(() => createAuth({ JWKS: JSON.stringify({ keys }) }), (e) => {
+        assert.match(e.message, what);
+        return true;
+      }, JSON.stringify(keys).slice(0, 80));
+    }
+    // A key for encryption beside one for signatures is taken (an identity provider's set).
+    const auth = createAuth({ JWKS: JSON.stringify({ keys: [{ ...rsa.jwk, kid: 'enc', use: 'enc' }, rsa.jwk] }) });
+    assert.equal(await auth.tier(request(await rsa.sign({ tilewarm_access: 'agent' }))), 'agent');
+  });
+
+  it("is the edge's fault, not the caller's, when its key cannot be imported: Misconfigured, not a 401", async () => {
+    const rsa = await rsaKeys('k1');
+    const token = await rsa.sign({ tilewarm_access: 'agent' });
+    // A modulus of 24 bits: well-formed, but under the 2048 bits RS256 needs.
+    const auth = createAuth({ JWKS: JSON.stringify({ keys: [{ ...rsa.jwk, n: 'AAAA' }] }) });
+    await assert.rejects(auth.tier(request(token)), (e) => {
+      assert.ok(e instanceof Misconfigured, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /^a key of the JWKS binding cannot verify tokens: /);
+      assert.ok(!e.message.includes(token.split('.')[2]), 'no part of the token');
+      return true;
+    });
+    // A token the key set has no key for is still the caller's: a 401.
+    const other = await (await rsaKeys('k2')).sign({ tilewarm_access: 'agent' });
+    await assert.rejects(createAuth({ JWKS: JSON.stringify(rsa.jwks) }).tier(request(other)), Unauthorized);
+  });
+
+  it('makes the worker of pkg/edge.js answer 500 naming the binding, at setup or for a token its key cannot verify', async () => {
+    const { createWorker } = await import('./support/node-worker.mjs');
+    const rsa = await rsaKeys('k1');
+    const token = await rsa.sign({ tilewarm_access: 'agent' });
+    const answer = async (keys) => {
+      const env = { ORIGIN: 'https://api.example.com/v1/batch', JWKS: JSON.stringify({ keys }), TILEWARM_OPTIONS: '{"changesPollMs":0}' };
+      const r = await createWorker().fetch(new Request('http://edge.test/v1/batch', {
+        method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{"tiles":["14/2624/5721"]}',
+      }), env, { waitUntil() {} });
+      return { status: r.status, json: await r.json() };
+    };
+    for (const [keys, what] of [
+      [[], /^the edge worker is misconfigured: JWKS holds no keys/],
+      [[{ ...rsa.jwk, n: 'AAAA' }], /^the edge worker is misconfigured: a key of the JWKS binding cannot verify tokens: /],
+    ]) {
+      const r = await answer(keys);
+      assert.equal(r.status, 500, JSON.stringify(r.json));
+      assert.equal(r.json.error.code, 'internal');
+      assert.match(r.json.error.message, what);
     }
   });
 });
