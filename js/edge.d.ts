@@ -22,9 +22,9 @@ export interface EdgeOptions {
   maxWarmTiles?: number;
   /** Most data tiles one request may cover once coarse tiles are split (more: 400; at least 1). Default 1024. */
   maxDataTiles?: number;
-  /** Item TTL in seconds when neither the origin nor the class gives one (at least 1). Default 300. */
+  /** Item TTL in seconds when neither the origin nor the class gives one (1..2592000, 30 days). Default 300. */
   defaultTtl?: number;
-  /** TTL in seconds per item class (each at least 1; the map replaces the default one). Default { active: 300, off_market: 14400 }. */
+  /** TTL in seconds per item class (each 1..2592000; the map replaces the default one). Default { active: 300, off_market: 14400 }. */
   classTtl?: Record<string, number>;
   /** Timeout of a caller's request's origin calls, in ms, their answers read: all of them
    * (asks in part of an answer too large to read included) within this from the first (1..600000). Default 3000. */

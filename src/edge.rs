@@ -20,7 +20,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::access::{effective_tier, Access};
 use crate::cache::CacheError;
-use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits};
+use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits, MAX_TTL_S};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig, ProxyError};
 use crate::tile::TileId;
 use crate::util::HashMap;
@@ -156,6 +156,7 @@ fn parse_options(options: &str) -> Result<Options, String> {
     let options: Options = serde_json::from_str(options)
         .map_err(|e| format!("tilewarm edge options: {}", unplaced(&e)))?;
     check_timeouts(&options)?;
+    check_ttls(&options)?;
     Ok(options)
 }
 
@@ -168,6 +169,29 @@ fn unplaced(e: &serde_json::Error) -> String {
         Some(m) => m.to_owned(),
         None => message,
     }
+}
+
+/// `defaultTtl` and `classTtl`'s TTLs are at most [`MAX_TTL_S`] (30 days, the longest
+/// `ttl` clients accept), as the server's `--ttl-*-s` flags: a longer one would be
+/// answered as 30 days anyway ([`crate::protocol::ttl_left_s`]), so it is a mistake to say
+/// at start rather than a setting taken. Zero is the core's check (in the option's units).
+fn check_ttls(o: &Options) -> Result<(), String> {
+    let max = u64::from(MAX_TTL_S);
+    if let Some(s) = o.default_ttl.filter(|s| *s > max) {
+        return Err(format!(
+            "tilewarm edge options: defaultTtl must be at most {max} s (30 days), got {s}"
+        ));
+    }
+    let mut classes = o.class_ttl.iter().flatten();
+    if let Some((class, s)) = classes.find(|(_, s)| **s > max) {
+        let class: String = class.chars().take(64).collect();
+        return Err(format!(
+            "tilewarm edge options: classTtl must be a map of class to a TTL of at most {max} s \
+             (30 days), got {}: {s}",
+            crate::util::Quoted(&class)
+        ));
+    }
+    Ok(())
 }
 
 /// The timeouts the worker reads are in `1..=`[`MAX_TIMEOUT_MS`]: `0` would time every
@@ -989,6 +1013,15 @@ mod tests {
             (
                 r#"{"maxDataTiles":0}"#,
                 "maxDataTiles must be in 1.., got 0",
+            ),
+            (
+                r#"{"defaultTtl":2592001}"#,
+                "defaultTtl must be at most 2592000 s (30 days), got 2592001",
+            ),
+            (
+                r#"{"classTtl":{"active":300,"sold":31536000}}"#,
+                "classTtl must be a map of class to a TTL of at most 2592000 s (30 days), \
+                 got \"sold\": 31536000",
             ),
         ];
         for (json, want) in cases {
