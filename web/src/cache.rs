@@ -504,6 +504,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                 return Err(e.clone());
             }
             let (tx, rx) = oneshot::channel();
+            // Waiters whose futures were dropped (a page racing this against a timeout,
+            // call after call) are let go here, not kept until the view completes.
+            st.waiters.retain(|w| !w.is_canceled());
             st.waiters.push(tx);
             rx
         };
@@ -567,7 +570,9 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     Some(item) => Ok(Some(item)),
                     None => {
                         let (tx, rx) = oneshot::channel();
-                        st.gets.entry(id.to_string()).or_default().push(tx);
+                        let waiting = st.gets.entry(id.to_string()).or_default();
+                        waiting.retain(|w| !w.is_canceled());
+                        waiting.push(tx);
                         Err(rx)
                     }
                 });
