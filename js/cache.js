@@ -600,6 +600,8 @@ export class TileCache {
         (options.newCredential !== undefined && typeof options.newCredential !== 'boolean'))) {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `options must be an object { newCredential?: boolean }, got ${show(options)}`);
     }
+    // A misspelt `newCredential` would keep the tier the old credential reported, silently.
+    if (options !== undefined) checkKeys(options, ['newCredential'], '');
     let out;
     try {
       out = this.#engine.setAccess(access, options?.newCredential === true, this.#now());

@@ -276,7 +276,8 @@ export class TileCache<Data = unknown> {
    * `{ newCredential: true }`: the tier reported for the old credential is forgotten, the
    * cache asks at `access`, and keeps what it holds (a lower tier's items stay valid). If the
    * new credential gives less, its first answer lowers the cache again, as any answer does.
-   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for options other than `{ newCredential?: boolean }` */
+   * @throws {TypeError} `ERR_INVALID_ARG_TYPE` for options other than `{ newCredential?: boolean }`,
+   * `ERR_INVALID_ARG_VALUE` for an option of another name (a misspelt `newCredential`) */
   setAccess(access: Access, options?: { newCredential?: boolean }): void;
   stats(): TileCacheStats;
   /** Aborts every request, stops timers, rejects pending promises, frees the wasm memory. */

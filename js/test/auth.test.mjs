@@ -224,6 +224,12 @@ test('auth: after a sign-in, setAccess with newCredential asks above the tier re
     assert.throws(() => cache.setAccess('agent'), (e) => e.name === 'RangeError' && /newCredential/.test(e.message));
     assert.throws(() => cache.setAccess('agent', { newCredential: 'yes' }), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
     assert.throws(() => cache.setAccess('agent', 1), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+    // A misspelt option is refused, not read as no new credential.
+    for (const tier of ['agent', 'public']) {
+      assert.throws(() => cache.setAccess(tier, { newCredentials: true }), {
+        name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE', message: 'newCredentials is not an option; the options are newCredential',
+      });
+    }
     assert.equal(cache.access, 'public');
     // Said while the token is still public: asked at agent once, refused, back to public
     // (whose lists it still holds: nothing is asked again).
