@@ -235,7 +235,8 @@ export class TileCache<Data = unknown> {
   invalidate(what: Invalidation): number;
   /** The state of each tile, in order (a tile not at `tileZoom` is never `loaded` or
    * `prefetched`). Throws a TypeError (`ERR_INVALID_TILE`) for a string that is not a tile
-   * `z/x/y`. */
+   * `z/x/y`, a RangeError (`ERR_INVALID_TILE`) for one that names no tile (`1/5/5`), the bad
+   * one named by its index (`tiles[1]: ...`), as `loadTiles`, `prefetch` and `invalidate` do. */
   tileStates(tiles: TileString[] | string[]): TileState[];
   /**
    * Items per tile, for hosts that tile their layers themselves (deck.gl `TileLayer`,

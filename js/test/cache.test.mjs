@@ -189,8 +189,16 @@ test('tileStates: in flight, loaded, prefetched and missing data tiles; bad tile
   const others = [`14/${x0 - 1}/${y0}`, `14/${x0 - 10}/${y0}`, `13/${x0 >> 1}/${y0 >> 1}`];
   assert.deepEqual(cache.tileStates(others), ['prefetched', 'missing', 'missing']);
   assert.deepEqual(cache.tileStates([]), []);
-  assert.throws(() => cache.tileStates(['14/1']), {
-    name: 'TypeError', code: 'ERR_INVALID_TILE', message: 'tiles must be an array of tile strings "z/x/y", got an array',
+  // A bad tile is named by its index, with why: a TypeError for a string that is not z/x/y,
+  // a RangeError for one that names no tile (as the tile functions throw).
+  assert.throws(() => cache.tileStates(['14/1/1', '14/1']), {
+    name: 'TypeError', code: 'ERR_INVALID_TILE', message: `tiles[1]: invalid tile "14/1": expected z/x/y, three integers separated by '/'`,
+  });
+  assert.throws(() => cache.tileStates(['1/5/5']), {
+    name: 'RangeError', code: 'ERR_INVALID_TILE', message: 'tiles[0]: tile 1/5/5 does not exist: x and y must be below 2^1 = 2',
+  });
+  assert.throws(() => cache.loadTiles(['25/0/0']), {
+    name: 'RangeError', code: 'ERR_INVALID_TILE', message: 'tiles[0]: zoom must be an integer in 0..=24, got 25',
   });
   assert.throws(() => cache.tileStates('14/1/1'), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
   cache.dispose();

@@ -156,8 +156,9 @@ fn tile(name: &str, v: &Value) -> Result<TileId, ArgError> {
 }
 
 /// A core error, prefixed with the argument it came from; the core's message is the text.
-/// The checks above run first, so in practice only tile parsing reaches this.
-fn core_error(name: &str, e: TileError) -> ArgError {
+/// The checks above run first, so in practice only tile parsing reaches this (and the
+/// engine's tile lists, `tiles[i]`).
+pub(crate) fn core_error(name: &str, e: TileError) -> ArgError {
     let message = format!("{name}: {e}");
     match e {
         TileError::Parse { .. } => ArgError::text(ErrorClass::Type, Code::InvalidTile, message),

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
 
-use super::args::{packed, ArgError, Value};
+use super::args::{core_error, packed, ArgError, Value};
 use super::boundary::{
     request_kind_num, tile_state_code, Code, ErrorClass, FailureCode, Tag, TileOp, STATS,
 };
@@ -688,19 +688,16 @@ impl Engine {
     }
 }
 
-/// Tile strings from JS; a bad one is a `tiles` field error.
+/// Tile strings from JS; a bad one is an error that names it by its index and says why
+/// (`tiles[1]: tile 1/5/5 does not exist: ...`): a TypeError for a string that is not
+/// `z/x/y`, a RangeError for one that names no tile, as the tile functions throw.
 fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
     tiles
         .iter()
-        .map(|t| {
-            t.parse::<TileId>().map_err(|_| {
-                thrown(ArgError::must(
-                    ErrorClass::Type,
-                    Code::InvalidTile,
-                    "tiles",
-                    "an array of tile strings \"z/x/y\"",
-                ))
-            })
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse::<TileId>()
+                .map_err(|e| thrown(core_error(&format!("tiles[{i}]"), e)))
         })
         .collect()
 }
