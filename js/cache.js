@@ -325,6 +325,12 @@ export class TileCache {
     if (!isObject(headers) && !(typeof Headers === 'function' && headers instanceof Headers)) {
       throw argError(TypeError, ERR_INVALID_ARG_TYPE, `headers must be an object of header names and values, got ${show(headers)}`);
     }
+    // Read before the engine is made: a bad name or value is an option error, and an engine
+    // made before it would never be freed.
+    let headerList;
+    try { headerList = Object.fromEntries(new Headers(headers)); } catch (e) {
+      throw argError(TypeError, ERR_INVALID_ARG_VALUE, `headers must hold valid HTTP header names and values: ${e.message}`);
+    }
     if (typeof fetch !== 'function') throw argError(TypeError, ERR_INVALID_ARG_TYPE, `fetch must be a function, got ${show(fetch)}`);
     const { auth } = options;
     if (auth !== undefined && !(isObject(auth) && typeof auth.token === 'function')) {
@@ -345,7 +351,7 @@ export class TileCache {
     }
     this.#tileSize = options.tileSize ?? 256;
     this.#endpoint = url.href;
-    this.#headers = { ...Object.fromEntries(new Headers(headers)), 'content-type': 'application/json' };
+    this.#headers = { ...headerList, 'content-type': 'application/json' };
     this.#fetch = fetch;
     this.#now = now;
     this.#auth = auth;

@@ -43,6 +43,7 @@ test('bad options: TypeError or RangeError naming the field, the value and what 
     [{ fetch: 'no' }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'fetch must be a function, got "no"'],
     [{ now: 5 }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'now must be a function returning milliseconds, got 5'],
     [{ headers: 'x' }, 'TypeError', 'ERR_INVALID_ARG_TYPE', 'headers must be an object of header names and values, got "x"'],
+    [{ headers: { 'x api key': '1' } }, 'TypeError', 'ERR_INVALID_ARG_VALUE', /^headers must hold valid HTTP header names and values: .*x api key/],
     [{ tilezoom: 14 }, 'TypeError', 'ERR_INVALID_ARG_VALUE', /^tilezoom is not an option; the options are endpoint, tileZoom, /],
   ];
   for (const [opts, name, code, message] of cases) {
