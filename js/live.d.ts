@@ -8,8 +8,8 @@ export interface FollowOptions {
    * `auth` does; give the same object. The feed needs the same authentication as the
    * batch endpoint. */
   auth?: { token: () => string | Promise<string> };
-  /** Extra request headers. */
-  headers?: Record<string, string>;
+  /** Extra request headers (an object or a `Headers`, as TileCache's `headers`). */
+  headers?: Record<string, string> | Headers;
   /** The fetch to use; default `globalThis.fetch`. */
   fetch?: typeof fetch;
   /** Resume after this event id (one a previous `follow` reached) instead of invalidating
@@ -27,7 +27,8 @@ export interface FollowOptions {
    * back to `minRetryMs` once a connection has stayed up for 30 s (or `maxRetryMs`, when
    * less): a feed that ends each stream right after `ready` is not reconnected to in a
    * tight loop. A refusal's `Retry-After` (429, 503; at most an hour) is the least wait.
-   * Defaults 500 and 30 000. */
+   * Defaults 500 and 30 000; 0 < `minRetryMs` <= `maxRetryMs` <= 2147483647 (setTimeout's
+   * longest delay), else `follow` throws. */
   minRetryMs?: number;
   maxRetryMs?: number;
 }
@@ -57,6 +58,8 @@ export interface Following {
  * filters the feed by the connection's verified tier, so a change of the cache's tier
  * (`cache.onAccess`) makes the connection again at once with a fresh `auth.token()`,
  * resuming after the last event applied; events of the old connection are not applied.
+ * Throws a TypeError or RangeError with a `code` for bad arguments: an option of another
+ * name or of the wrong type, retry delays out of range.
  * @example
  * const cache = await TileCache.create({ endpoint: 'https://api.example/v1/batch', auth });
  * follow(cache, 'https://api.example/v1/changes', { auth, signal });

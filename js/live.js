@@ -133,12 +133,34 @@ export function follow(cache, url, options = {}) {
   try { href = new URL(url).href; } catch {
     throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `url must be an absolute URL string, got ${typeof url === 'string' ? JSON.stringify(url) : typeof url}`);
   }
+  if (options === null || typeof options !== 'object') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'options must be an object');
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `unknown option ${JSON.stringify(k)}; allowed: ${OPTION_NAMES.join(', ')}`);
   }
   const { signal, auth, headers = {}, fetch = globalThis.fetch, onEvent, onError = () => {} } = options;
+  // Checked here: a wrong type would fail later, on every connection or event, or (onError)
+  // reject `done` with nobody told why.
+  for (const [name, f] of [['fetch', fetch], ['onEvent', onEvent], ['onError', onError]]) {
+    if (f !== undefined && typeof f !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
+  if (options.lastEventId !== undefined && typeof options.lastEventId !== 'string') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'lastEventId must be a string');
+  // As TileCache reads its `headers`: an object or a Headers (whose entries a spread would lose).
+  let headerList;
+  try {
+    if (headers === null || typeof headers !== 'object') throw new TypeError('not an object');
+    headerList = Object.fromEntries(new Headers(headers));
+  } catch (e) {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `headers must be an object of valid header names and values (${e.message})`);
+  }
   const minMs = options.minRetryMs ?? 500, maxMs = options.maxRetryMs ?? 30_000;
-  if (!(minMs > 0 && maxMs >= minMs)) throw fail(RangeError, 'ERR_OUT_OF_RANGE', 'minRetryMs must be > 0 and maxRetryMs >= minRetryMs');
+  const numbers = typeof minMs === 'number' && typeof maxMs === 'number';
+  // At most setTimeout's longest delay: a longer one fires at once, and the feed would be
+  // reconnected to in a tight loop once the backoff passed it.
+  if (!numbers || !(minMs > 0 && maxMs >= minMs && maxMs <= 2 ** 31 - 1)) {
+    throw fail(numbers ? RangeError : TypeError, numbers ? 'ERR_OUT_OF_RANGE' : 'ERR_INVALID_ARG_TYPE',
+      `minRetryMs and maxRetryMs must be numbers of ms, 0 < minRetryMs <= maxRetryMs <= 2147483647, got ${typeof minMs === 'number' ? minMs : typeof minMs} and ${typeof maxMs === 'number' ? maxMs : typeof maxMs}`);
+  }
   if (auth !== undefined && typeof auth?.token !== 'function') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'auth must be an object { token: () => string | Promise<string> }');
   }
@@ -222,7 +244,7 @@ export function follow(cache, url, options = {}) {
       const cut = () => c.abort();
       ctrl.signal.addEventListener('abort', cut, { once: true });
       try {
-        const h = { ...headers, accept: 'text/event-stream' };
+        const h = { ...headerList, accept: 'text/event-stream' };
         if (auth) {
           const token = await auth.token();
           if (typeof token !== 'string' || !TOKEN.test(token)) throw fail(Error, 'ERR_TOKEN', 'auth.token() must give a bearer token');

@@ -559,6 +559,35 @@ test('follow checks its arguments', { skip }, async () => {
   assert.throws(() => follow(cache, 'not a url'), { code: 'ERR_INVALID_ARG_VALUE' });
   assert.throws(() => follow(cache, 'http://x/', { nope: 1 }), { code: 'ERR_INVALID_ARG_VALUE' });
   assert.throws(() => follow(cache, 'http://x/', { minRetryMs: 0 }), { code: 'ERR_OUT_OF_RANGE' });
+  // Options of the wrong type are refused at once, not on every connection or event later.
+  for (const [options, code, message] of [
+    [null, 'ERR_INVALID_ARG_TYPE', 'options must be an object'],
+    [{ onError: 'log' }, 'ERR_INVALID_ARG_TYPE', 'onError must be a function'],
+    [{ onEvent: 1 }, 'ERR_INVALID_ARG_TYPE', 'onEvent must be a function'],
+    [{ fetch: 'fetch' }, 'ERR_INVALID_ARG_TYPE', 'fetch must be a function'],
+    [{ signal: {} }, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal'],
+    [{ lastEventId: 5 }, 'ERR_INVALID_ARG_TYPE', 'lastEventId must be a string'],
+    [{ headers: 'x' }, 'ERR_INVALID_ARG_TYPE', /^headers must be an object of valid header names and values/],
+    [{ headers: { 'a b': '1' } }, 'ERR_INVALID_ARG_TYPE', /^headers must be an object of valid header names and values/],
+    [{ minRetryMs: '500' }, 'ERR_INVALID_ARG_TYPE', /^minRetryMs and maxRetryMs must be numbers of ms.*, got string and 30000$/],
+    // Past setTimeout's longest delay a wait fires at once: a tight reconnect loop.
+    [{ maxRetryMs: Infinity }, 'ERR_OUT_OF_RANGE', /<= 2147483647, got 500 and Infinity$/],
+  ]) {
+    assert.throws(() => follow(cache, 'http://x/', options), (e) => {
+      assert.equal(e.code, code, String(message));
+      if (message instanceof RegExp) assert.match(e.message, message);
+      else assert.equal(e.message, message);
+      return true;
+    });
+  }
+  // A Headers, as TileCache takes it: its entries are sent (a spread of one has none).
+  const sent = [], stop = new AbortController();
+  const following = follow(cache, 'http://x/', {
+    headers: new Headers({ 'x-api-key': 'k' }), signal: stop.signal,
+    fetch: async (url, init) => { sent.push(init.headers); stop.abort(); throw new Error('offline'); },
+  });
+  await following.done;
+  assert.equal(sent[0]['x-api-key'], 'k');
   // Invalidating a class through the cache (what a feed event with classes does).
   assert.equal(cache.invalidate({ classes: ['sold'] }), 0);
   assert.throws(() => cache.invalidate({ classes: 'sold' }), { code: 'ERR_INVALID_ARG_TYPE' });
