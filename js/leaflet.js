@@ -66,6 +66,12 @@ export function createLayer(L, cache, options = {}) {
       throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `${k} is not an option; the options are ${OPTION_NAMES.join(', ')}`);
     }
   }
+  for (const name of ['draw', 'onError']) {
+    if (options[name] !== undefined && typeof options[name] !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
+  }
+  if (options.followView !== undefined && typeof options.followView !== 'boolean') {
+    throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'followView must be a boolean');
+  }
   const { draw = dot, followView = true, ...gridOptions } = options;
   const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
   delete gridOptions.onError;

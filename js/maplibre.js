@@ -76,6 +76,8 @@ export function attach(map, cache, options) {
   for (const [name, f] of [['properties', properties], ['onView', onView], ['onError', options.onError]]) {
     if (f !== undefined && typeof f !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
   }
+  if (typeof promoteId !== 'string' || promoteId === '') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'promoteId must be a non-empty string');
+  if (typeof useUpdateData !== 'boolean') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'useUpdateData must be a boolean');
   const owner = owners.get(cache);
   if (owner && owner.map !== map) {
     throw fail(TypeError, 'ERR_INVALID_ARG_VALUE',

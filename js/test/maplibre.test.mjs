@@ -149,3 +149,17 @@ test('a tier drop made by an onUpdate listener leaves no item above the new tier
     cache.dispose();
   }
 });
+
+test('options of the wrong type are refused before anything is added', () => {
+  const map = fakeMap(viewOf(SX, SY));
+  const cache = fakeCache();
+  for (const [options, message] of [
+    [{ sourceId: 'homes', promoteId: 5 }, 'promoteId must be a non-empty string'],
+    [{ sourceId: 'homes', promoteId: '' }, 'promoteId must be a non-empty string'],
+    [{ sourceId: 'homes', useUpdateData: 'false' }, 'useUpdateData must be a boolean'],
+  ]) {
+    assert.throws(() => attach(map, cache, options), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message });
+  }
+  assert.equal(map.live(), 0);
+  assert.equal(cache.live(), 0);
+});
