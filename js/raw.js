@@ -4,9 +4,36 @@
 // do not emit it): `init({ module_or_path })` with a URL, Response, bytes or
 // WebAssembly.Module, `initSync({ module })` with bytes or a WebAssembly.Module.
 import glueInit, { initSync as glueInitSync } from './tilewarm.js';
+import * as api from './api.js';
 
 export * from './tilewarm.js';
-export { tileForPoint, tilesForBbox, neighbourTiles, parentTile } from './api.js';
+
+/** Whether the .wasm was instantiated (by init, initSync, or another entry of the package:
+ * they share this glue, whose initSync() then hands back the instance). */
+function ready() {
+  try {
+    glueInitSync();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `f()`, whose failure before the .wasm was instantiated says so, instead of the glue's
+ * "Cannot read properties of undefined". */
+function once(name, f) {
+  try {
+    return f();
+  } catch (e) {
+    if (ready()) throw e;
+    throw new Error(`${name}() works once the .wasm is instantiated: await init({ module_or_path }) or call initSync({ module }) first`);
+  }
+}
+
+export const tileForPoint = (lon, lat, z) => once('tileForPoint', () => api.tileForPoint(lon, lat, z));
+export const tilesForBbox = (west, south, east, north, z) => once('tilesForBbox', () => api.tilesForBbox(west, south, east, north, z));
+export const neighbourTiles = (tile, ring) => once('neighbourTiles', () => api.neighbourTiles(tile, ring));
+export const parentTile = (tile, z) => once('parentTile', () => api.parentTile(tile, z));
 
 function missing(name, what) {
   const e = new TypeError(`${name}() needs the .wasm: ${what} (tilewarm/raw does not know where it is)`);
