@@ -49,6 +49,9 @@ export function extendTileLayer(TileLayer) {
       if (!cache || ['loadTiles', 'onAccess', 'onDispose', 'onTilesChanged', 'setViewport'].some((k) => typeof cache[k] !== 'function')) {
         throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the cache prop must be a TileCache`);
       }
+      const { followView, onViewError } = this.props;
+      if (followView !== undefined && typeof followView !== 'boolean') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the followView prop must be a boolean`);
+      if (onViewError != null && typeof onViewError !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${this.id}: the onViewError prop must be a function`);
       const st = this.state;
       if (cache !== st.tilewarmCache) {
         // The first cache, or another one: deck sees a changed prop, not changed data, and
