@@ -264,8 +264,10 @@ export class TileCache<Data = unknown> {
   /**
    * Fetches a known destination ahead (a `flyTo`, a route, a search result): a viewport,
    * as `setViewport` takes it, or tiles `"z/x/y"`. Queued behind the planner's prefetch
-   * and kept across viewports until fetched. Returns how many data tiles are not fresh.
-   * @throws {TilewarmError} `ERR_TOO_MANY_TILES` for more than `maxVisibleTiles` data tiles
+   * and kept across viewports until fetched (the last 4096 data tiles given, older ones
+   * dropped first). Returns how many data tiles are not fresh, each counted once.
+   * @throws {TilewarmError} `ERR_TOO_MANY_TILES` for a viewport, or one of the tiles, that
+   * covers more than `maxVisibleTiles` data tiles
    */
   prefetch(destination: Viewport | string[]): number;
   /** Changes the tier the cache views as; lowering it drops what the new tier may not see at

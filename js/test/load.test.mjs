@@ -2,7 +2,7 @@
 // (tooWide) and zoom units (tileSize), against the local batch backend.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { TileCache } from 'tilewarm';
+import { TileCache, parentTile } from 'tilewarm';
 import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
 
 const [, SX, SY] = SEATTLE;
@@ -300,6 +300,8 @@ test('prefetch: a destination is fetched as prefetch, kept across viewports; the
   assert.equal(cache.stats().requests - cache.stats().prefetchRequests, fg, 'no foreground request');
   assert.equal(cache.prefetch(dest), 0, 'fresh: nothing to queue');
   assert.equal(cache.prefetch([t14(-9, -9)]), 1);
+  // A data tile given twice (or by overlapping tiles) counts once.
+  assert.equal(cache.prefetch([t14(-9, -9), t14(-9, -9), parentTile(t14(-9, -9), 13)]), 4);
   assert.throws(() => cache.prefetch({ west: -180, south: -85, east: 180, north: 85, zoom: 14 }), { code: 'ERR_TOO_MANY_TILES' });
   assert.throws(() => cache.prefetch('14/1/1'), { code: 'ERR_INVALID_ARG_TYPE' });
   assert.throws(() => cache.prefetch(['nope']), { code: 'ERR_INVALID_TILE' });

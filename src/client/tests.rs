@@ -3203,3 +3203,23 @@ fn a_view_completes_against_a_server_that_refuses_the_default_coarse_tiles() {
     // Refused once at zoom 11 (16 tiles of 64 data tiles), then asked at 12 (16 of 16).
     assert_eq!(refused, [Some(Z - 3)]);
 }
+
+#[test]
+fn prefetch_counts_each_data_tile_once_and_keeps_the_last_destinations() {
+    let mut c = client(ClientConfig::default());
+    let t = seattle();
+    // A tile given twice, as overlapping coarse tiles give their data tiles, is one tile not
+    // fresh, queued once.
+    assert_eq!(c.prefetch(&[t, t, t.offset(1, 0).unwrap(), t], 0), 2);
+    assert_eq!(c.destinations, vec![t, t.offset(1, 0).unwrap()]);
+    // Asked again: still not fresh, and not queued twice.
+    assert_eq!(c.prefetch(&[t], 0), 1);
+    assert_eq!(c.destinations.len(), 2);
+    // A list longer than MAX_DESTINATIONS keeps its last ones, in order; every one counts.
+    let route: Vec<TileId> = (0..5000u32)
+        .map(|i| TileId::new(Z, i, 100).unwrap())
+        .collect();
+    assert_eq!(c.prefetch(&route, 0), 5000);
+    assert_eq!(c.destinations.len(), MAX_DESTINATIONS);
+    assert_eq!(c.destinations[..], route[5000 - MAX_DESTINATIONS..]);
+}

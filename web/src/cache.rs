@@ -776,7 +776,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
     /// its data tiles, at most `maxVisibleTiles`: more is a `TooManyTiles` error naming it,
     /// and nothing is queued). Queued behind the planner's prefetch and kept across
     /// viewports until fetched. Returns how many data tiles are not fresh (queued now or
-    /// already).
+    /// already), each counted once.
     pub fn prefetch(&self, tiles: &[TileId]) -> Result<usize, Error> {
         let now = now_ms();
         let mut st = self.inner.lock();
