@@ -975,6 +975,26 @@ impl<P: Payload> Client<P> {
         self.cache.get(id, self.access, now_ms)
     }
 
+    /// [`Client::get`] of each of `ids`, in order, each lookup handed to `each`, with the
+    /// misses queued in one go: a `get` per id rebuilds the queue's set of queued ids each
+    /// time, which made `getMany` of 10,000 ids take 2.4 s in the browser's wasm.
+    pub fn get_many<'i>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'i str> + Clone,
+        now_ms: u64,
+        mut each: impl FnMut(Option<Lookup<'_, P>>),
+    ) {
+        let (cache, access, limits) = (&self.cache, self.access, &self.limits);
+        self.batcher
+            .request_ids(ids.clone().into_iter().filter(|id| {
+                cache.peek(id, access, now_ms).is_none()
+                    && crate::protocol::check_id(id, limits).is_ok()
+            }));
+        for id in ids {
+            each(self.cache.get(id, self.access, now_ms));
+        }
+    }
+
     /// One item by id when the cache has it for this caller (fresh or stale; counted as a
     /// hit); otherwise `None` with nothing counted or queued, for a caller that then takes
     /// [`Client::get`] or [`Client::request_ids`].

@@ -3223,3 +3223,20 @@ fn prefetch_counts_each_data_tile_once_and_keeps_the_last_destinations() {
     assert_eq!(c.destinations.len(), MAX_DESTINATIONS);
     assert_eq!(c.destinations[..], route[5000 - MAX_DESTINATIONS..]);
 }
+
+#[test]
+fn get_many_is_get_of_each_id_with_the_misses_asked_for_once() {
+    let mut c = client(ClientConfig::default().with_tile_zoom(Z));
+    let mut found = Vec::new();
+    c.get_many(["a", "b", "a", "", "c"], 0, |l| found.push(l.is_some()));
+    assert_eq!(found, [false; 5]);
+    // Each lookup counted as `get` counts it; an id given twice is asked for once, and one
+    // the protocol refuses never.
+    assert_eq!(c.stats().cache.misses, 5);
+    let sent: Vec<Transmit> = std::iter::from_fn(|| c.poll_request(0)).collect();
+    let ids: Vec<&String> = sent.iter().flat_map(|t| &t.request.ids).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    // Asked again while they are out: nothing more is queued.
+    c.get_many(["c", "a"], 0, |_| {});
+    assert!(c.poll_request(0).is_none());
+}

@@ -361,10 +361,11 @@ impl Engine {
         let now = ms(now);
         let mut out = Out::default();
         out.nums.push(ids.len() as f64);
-        for id in &ids {
-            let found = self.client.get(id, now).map_or(-1.0, |l| slot(l.item));
-            out.nums.push(found);
-        }
+        let nums = &mut out.nums;
+        self.client
+            .get_many(ids.iter().map(String::as_str), now, |l| {
+                nums.push(l.map_or(-1.0, |l| slot(l.item)));
+            });
         self.pump(&mut out, now);
         Ok(out.finish())
     }

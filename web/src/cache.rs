@@ -561,11 +561,13 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     ));
                 }
             }
-            for &id in ids {
-                let found = st
-                    .client
-                    .get(id, now)
-                    .map(|l| Rc::clone(&l.item.payload().item));
+            // One lookup each, the misses queued in one go (Client::get_many: a get per id
+            // is quadratic in the ids).
+            let mut lookups = Vec::with_capacity(ids.len());
+            st.client.get_many(ids.iter().copied(), now, |l| {
+                lookups.push(l.map(|l| Rc::clone(&l.item.payload().item)));
+            });
+            for (&id, found) in ids.iter().zip(lookups) {
                 pending.push(match found {
                     Some(item) => Ok(Some(item)),
                     None => {
