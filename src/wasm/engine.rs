@@ -560,13 +560,17 @@ impl Engine {
     /// `TILES_LOAD` and `TILES_READ` (see [`TileOp`]): per tile its state and what goes with
     /// it; its missing data tiles queued as foreground work when `queue`.
     fn load_tiles(&mut self, out: &mut Out, tiles: Vec<TileId>, queue: bool, now: u64) {
+        // What follows a change of the loading tiles, once for the call (not per tile).
+        let mut queued = false;
         for t in tiles {
             let at = out.nums.len();
             out.nums.extend([1.0, 0.0]);
             let nums = &mut out.nums;
-            match self.client.load_tile(t, queue, now, |item, stale| {
-                nums.extend([f64::from(u8::from(stale)), slot(item)]);
-            }) {
+            match self
+                .client
+                .load_tile_deferred(t, queue, now, &mut queued, |item, stale| {
+                    nums.extend([f64::from(u8::from(stale)), slot(item)]);
+                }) {
                 Ok(true) => {
                     out.nums[at + 1] = ((out.nums.len() - at - 2) / 2) as f64;
                 }
@@ -582,6 +586,9 @@ impl Engine {
                         .extend([2.0, e.count as f64, e.max as f64, e.min_z as f64]);
                 }
             }
+        }
+        if queued {
+            self.client.loading_changed(now);
         }
     }
 
