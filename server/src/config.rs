@@ -147,7 +147,7 @@ pub struct Config {
     )]
     pub bounds: Option<tilewarm::tile::Bbox>,
 
-    /// Directory of static files served at `/` (the demo page).
+    /// Directory of static files served at `/` (the demo page); it must exist at start.
     #[arg(long, value_name = "DIR")]
     pub www: Option<PathBuf>,
 
@@ -345,7 +345,7 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_empty_tiles: usize,
 
-    /// `Retry-After` of a 503 `overloaded`, in seconds.
+    /// `Retry-After` of a 503 `overloaded`, in seconds; 1..=3600.
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub retry_after_s: u64,
 
@@ -355,7 +355,8 @@ pub struct Config {
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub caller_rate: u32,
 
-    /// Batches one caller may send at once above --caller-rate.
+    /// Batches one caller may send at once above --caller-rate; at least 1 while the rate
+    /// is on.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub caller_burst: u32,
 
@@ -742,6 +743,42 @@ impl Config {
         } else if self.redis_read_from_replicas {
             return bad("--redis-read-from-replicas needs --redis (a Redis Cluster)".into());
         }
+        // A burst of 0 would be a limiter that refuses everything; governor needs at least
+        // one cell, and taking the rate instead would be a silent default.
+        if self.caller_rate > 0 && self.caller_burst == 0 {
+            return bad(
+                "--caller-burst must be at least 1 while --caller-rate is on (0 turns the \
+                 per-caller limit off), got 0"
+                    .into(),
+            );
+        }
+        // `Retry-After` is whole seconds of at least 1; an upstream's is capped at 3600 too.
+        if !(1..=3600).contains(&self.retry_after_s) {
+            return bad(format!(
+                "--retry-after-s must be in 1..=3600, got {}",
+                self.retry_after_s
+            ));
+        }
+        // 0 would refuse every change feed (503 or 429) while looking configured.
+        for (flag, v) in [
+            ("--changes-max-subscribers", self.changes_max_subscribers),
+            ("--changes-max-per-caller", self.changes_max_per_caller),
+        ] {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1, got 0"));
+            }
+        }
+        if self.unlimited_subs.iter().any(|s| s.is_empty()) {
+            return bad("--unlimited-sub must name a token `sub`, got an empty one".into());
+        }
+        if let Some(dir) = &self.www {
+            if !dir.is_dir() {
+                return bad(format!(
+                    "--www {} is not a directory (give the directory of the static files)",
+                    dir.display()
+                ));
+            }
+        }
         if self.changes_retention == 0 {
             return bad("--changes-retention must be at least 1, got 0".into());
         }
@@ -882,5 +919,40 @@ mod tests {
             "--postgis-load",
         ]);
         c.validate().unwrap();
+    }
+
+    /// Values that used to start a server that refuses every request of a kind, or that
+    /// were silently replaced (`--caller-burst 0` by the rate, `--retry-after-s 0` by 1).
+    #[test]
+    fn values_that_would_refuse_everything_or_be_replaced_are_named() {
+        for (args, flag) in [
+            (&["--caller-burst", "0"][..], "--caller-burst"),
+            (&["--retry-after-s", "0"], "--retry-after-s"),
+            (&["--retry-after-s", "3601"], "--retry-after-s"),
+            (
+                &["--changes-max-subscribers", "0"],
+                "--changes-max-subscribers",
+            ),
+            (
+                &["--changes-max-per-caller", "0"],
+                "--changes-max-per-caller",
+            ),
+            (&["--unlimited-sub", ""], "--unlimited-sub"),
+            (&["--www", "/nonexistent/tilewarm-www"], "--www"),
+            (&["--www", "Cargo.toml"], "--www"),
+        ] {
+            let c = Config::parse_from(std::iter::once("x").chain(args.iter().copied()));
+            let e = c.validate().unwrap_err().0;
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        // With the per-caller limit off, its burst is not used.
+        let c = Config::parse_from(["x", "--caller-rate", "0", "--caller-burst", "0"]);
+        c.validate().unwrap();
+        for ok in ["1", "3600"] {
+            Config::parse_from(["x", "--retry-after-s", ok])
+                .validate()
+                .unwrap();
+        }
+        Config::parse_from(["x", "--www", "."]).validate().unwrap();
     }
 }
