@@ -157,7 +157,8 @@ pub struct Config {
     pub log_level: String,
 
     /// CORS: `any` (any origin, no credentials), `none` (no CORS headers), or a
-    /// comma-separated list of allowed origins (`https://a.example,https://b.example`).
+    /// comma-separated list of allowed origins as browsers send them, `scheme://host[:port]`
+    /// (`https://a.example,http://localhost:3000`).
     #[arg(long, default_value = "any", value_name = "any|none|ORIGINS")]
     pub cors: String,
 

@@ -336,6 +336,7 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
                 .map(|o| o.trim())
                 .filter(|o| !o.is_empty())
                 .map(|o| {
+                    check_origin(o)?;
                     HeaderValue::from_str(o)
                         .map_err(|_| format!("--cors: {o:?} is not a valid origin"))
                 })
@@ -345,6 +346,41 @@ fn cors_layer(spec: &str) -> Result<Option<CorsLayer>, String> {
             }
             Ok(Some(base().allow_origin(AllowOrigin::list(origins))))
         }
+    }
+}
+
+/// One `--cors` origin as a browser writes it in `Origin` (`scheme://host[:port]`,
+/// lowercase, no path): CORS compares the bytes, so `a.example`, `https://a.example/` or
+/// `https://A.example` would start a server whose page is refused by every browser.
+fn check_origin(o: &str) -> Result<(), String> {
+    let why = if o == "any" || o == "none" || o == "*" {
+        Some("`any` and `none` stand alone, not in a list")
+    } else if let Some((scheme, rest)) = o.split_once("://") {
+        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if !scheme_ok {
+            Some("the scheme must be lowercase letters, digits, +, - or .")
+        } else if rest.is_empty() {
+            Some("it has no host")
+        } else if rest.contains(['/', '?', '#', '@']) {
+            Some("an origin has no path, query, fragment or user (drop what follows the host and port)")
+        } else if rest.chars().any(|c| c.is_ascii_uppercase()) {
+            Some("browsers send the host in lowercase")
+        } else {
+            None
+        }
+    } else {
+        Some("it has no scheme")
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "--cors: {o:?} is not an origin ({why}): give any, none, or a comma-separated list \
+             of origins as browsers send them, scheme://host[:port] (https://a.example, \
+             http://localhost:3000)"
+        )),
     }
 }
 
@@ -943,5 +979,25 @@ mod tests {
             .is_some());
         assert!(cors_layer(" , ").is_err());
         assert!(cors_layer("bad\norigin").is_err());
+        assert!(cors_layer("http://localhost:3000,tauri://localhost")
+            .unwrap()
+            .is_some());
+        // Origins no browser sends, which would refuse every cross-origin page.
+        for bad in [
+            "a.example",
+            "bogus",
+            "https://a.example/",
+            "https://a.example/app",
+            "https://A.example",
+            "HTTPS://a.example",
+            "https://",
+            "https://a.example,any",
+        ] {
+            let e = cors_layer(bad).err().expect(bad);
+            assert!(
+                e.contains("--cors") && e.contains("scheme://host"),
+                "{bad}: {e}"
+            );
+        }
     }
 }
