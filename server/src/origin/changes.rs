@@ -355,6 +355,10 @@ fn parse(payload: &str, data_zoom: u8) -> Option<(Invalidation, bool)> {
 pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        // The first failure to connect is a warning (a database down at start, a wrong
+        // password or database name: the operator must see it), the rest debug until it
+        // connects, as the upstream feed does.
+        let mut warned = false;
         let mut outbox = Relay::new(
             "change feed",
             ReadHold::DatabaseFeed,
@@ -375,7 +379,12 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
             }
             let up_for = if feed.stats.connected.swap(false, Relaxed) {
                 warn!(error = %e, "change feed: LISTEN connection lost; reconnecting (the tier will be invalidated)");
+                warned = false;
                 Some(began.elapsed())
+            } else if !warned {
+                warn!(error = %e, "change feed: cannot connect to the database; retrying (until it connects, nothing invalidates the tier, and further failures are logged at debug)");
+                warned = true;
+                None
             } else {
                 debug!(error = %e, "change feed: cannot connect yet");
                 None

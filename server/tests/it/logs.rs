@@ -108,3 +108,39 @@ async fn the_redis_password_never_reaches_the_log() {
         "the password is in the log: {text}"
     );
 }
+
+/// A PostGIS origin the server cannot reach at start (down, a wrong port, password or
+/// database) is said at warn once, not only at debug: before, the log said "origin ready"
+/// and nothing else while every miss was a 502 and no change reached the tier. Later
+/// failures of the same outage stay at debug. Fails with the first failure at debug.
+#[tokio::test]
+async fn a_postgis_change_feed_that_cannot_connect_is_a_warning_once() {
+    // A loopback port nothing listens on: every connect is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (log, guard) = captured_on_this_thread(tracing::Level::WARN);
+    let s = crate::common::server(Config {
+        origin: Some(format!("postgres://tw@127.0.0.1:{port}/geo")),
+        ..config()
+    })
+    .await;
+    let said = "change feed: cannot connect to the database";
+    let count = || {
+        String::from_utf8_lossy(&log.0.lock().unwrap())
+            .matches(said)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several more attempts (100 ms, doubling to 2 s between them) fail meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.shutdown().await;
+    drop(guard);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert_eq!(text.matches(said).count(), 1, "log: {text}");
+}
