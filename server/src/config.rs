@@ -243,8 +243,11 @@ pub struct Config {
     #[arg(long, default_value_t = tilewarm::proxy::policy::DEFAULT_MAX_DATA_TILES, value_name = "N")]
     pub max_data_tiles: usize,
 
-    /// Most items in one response; a request that would exceed it gets a 400 naming the
-    /// count (ask for finer tiles).
+    /// Most items in one response (at most the clients' 50 000). An answer that would hold
+    /// more, or be over the 8 MiB clients read, answers what fits in request order and
+    /// leaves the rest out of a partial answer (200, `response_full`: asked again, served
+    /// then); a tile over either alone is left out as `payload_too_large`. Tiles too coarse
+    /// for the tier whose origin count passes it are a 400 before they are fetched.
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub max_response_items: usize,
 
