@@ -993,7 +993,7 @@ mod tests {
             "https://",
             "https://a.example,any",
         ] {
-            let e = cors_layer(bad).err().expect(bad);
+            let e = cors_layer(bad).expect_err(bad);
             assert!(
                 e.contains("--cors") && e.contains("scheme://host"),
                 "{bad}: {e}"
