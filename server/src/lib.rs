@@ -105,8 +105,10 @@ pub enum StartError {
     Load(#[from] origin::LoadError),
     #[error("--redis: {0}")]
     Redis(String),
-    #[error("cannot listen on {addr}: {source}")]
+    /// `flag` is `--listen` or `--metrics-listen`.
+    #[error("{flag} {addr}: cannot listen there: {source}")]
     Listen {
+        flag: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -381,10 +383,16 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
     let router = http::router(Arc::clone(&app)).map_err(StartError::Other)?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+        .map_err(|source| StartError::Listen {
+            flag: "--listen",
+            addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        flag: "--listen",
+        addr,
+        source,
+    })?;
     let (tx, rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -395,10 +403,12 @@ async fn serve(app: Arc<App>) -> Result<Server, StartError> {
             let ml = TcpListener::bind(maddr)
                 .await
                 .map_err(|source| StartError::Listen {
+                    flag: "--metrics-listen",
                     addr: maddr,
                     source,
                 })?;
             let bound = ml.local_addr().map_err(|source| StartError::Listen {
+                flag: "--metrics-listen",
                 addr: maddr,
                 source,
             })?;

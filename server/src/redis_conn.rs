@@ -119,6 +119,25 @@ impl RedisTarget {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(RedisTarget::Cluster(seeds));
         }
+        // What the redis crate (without TLS) opens; anything else failed later with
+        // "Redis URL did not parse - InvalidClientConfig", naming nothing allowed.
+        if ![
+            "redis://",
+            "valkey://",
+            "redis+unix://",
+            "valkey+unix://",
+            "unix://",
+        ]
+        .iter()
+        .any(|scheme| spec.starts_with(scheme))
+        {
+            return Err(format!(
+                "{} is not a Redis URL: give redis://[user:password@]host:port/db, \
+                 unix:///path/to/redis.sock, or a cluster as redis+cluster://host:port,host:port \
+                 (TLS, rediss://, is not built in)",
+                crate::origin::redact_url(spec)
+            ));
+        }
         Ok(RedisTarget::Single(spec.to_owned()))
     }
 
@@ -1069,6 +1088,16 @@ mod tests {
             RedisTarget::parse("redis+cluster://u:pw@h1:1,h2:2").unwrap(),
             RedisTarget::Cluster(vec!["redis://u:pw@h1:1".into(), "redis://u:pw@h2:2".into()])
         );
+        for spec in [
+            "valkey://h:6379/1",
+            "unix:///run/redis.sock",
+            "redis+unix:///r.sock",
+        ] {
+            assert_eq!(
+                RedisTarget::parse(spec).unwrap(),
+                RedisTarget::Single(spec.into())
+            );
+        }
         // A single seed is still a cluster when the scheme says so.
         assert!(matches!(
             RedisTarget::parse("redis+cluster://h:7000"),
@@ -1086,6 +1115,10 @@ mod tests {
             ("h:1,h:99999", "host:port"),
             ("redis://h:1/2,redis://h:2", "only database 0"),
             ("rediss://u:secret@h:1,h:2", "TLS"),
+            // One Redis: a URL the redis crate opens, else said at start.
+            ("http://u:secret@h:6379", "redis://"),
+            ("h:6379", "redis://"),
+            ("rediss://u:secret@h:6379/0", "TLS"),
         ] {
             let e = RedisTarget::parse(spec).unwrap_err();
             assert!(e.contains(says), "{spec}: {e}");

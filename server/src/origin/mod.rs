@@ -502,7 +502,8 @@ pub struct OriginService {
 /// Opening the origin failed; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
+    /// Reading `--data` (the memory origin's, or `--postgis-load`'s).
+    #[error("--data: {0}")]
     Dataset(#[from] tilewarm::dataset::DatasetError),
     #[error("data set: {0}")]
     Origin(#[from] tilewarm::origin::OriginError),

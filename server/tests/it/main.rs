@@ -2304,3 +2304,53 @@ async fn warmup_is_quiet_after_a_partial_answer_that_sheds_load() {
     assert_eq!(m.origin_calls_warmup.load(Relaxed), 0);
     s.shutdown().await;
 }
+
+/// A start that fails on a file, an address or a URL names the flag that gave it: "cannot
+/// read /x.csv", "cannot listen on 127.0.0.1:8080" (which of --listen and
+/// --metrics-listen?) and "Redis URL did not parse - InvalidClientConfig" named none, or
+/// nothing allowed. Fails without the flags in the messages.
+#[tokio::test]
+async fn start_errors_name_the_flag() {
+    use tilewarm_server::Config;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    for (c, says) in [
+        (
+            Config {
+                data: Some("/nonexistent/tilewarm-homes.csv".into()),
+                ..config()
+            },
+            &["--data", "/nonexistent/tilewarm-homes.csv"][..],
+        ),
+        (
+            Config {
+                listen: taken_addr,
+                ..config()
+            },
+            &["--listen", "cannot listen"],
+        ),
+        (
+            Config {
+                metrics_listen: Some(taken_addr),
+                ..config()
+            },
+            &["--metrics-listen", "cannot listen"],
+        ),
+        (
+            Config {
+                redis: Some("http://127.0.0.1:6379".into()),
+                ..config()
+            },
+            &["--redis", "give redis://"],
+        ),
+    ] {
+        let e = match tilewarm_server::start(c).await {
+            Ok(_) => panic!("starts, but should say {says:?}"),
+            Err(e) => e.to_string(),
+        };
+        for s in says {
+            assert!(e.contains(s), "{e}");
+        }
+    }
+    drop(taken);
+}
