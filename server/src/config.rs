@@ -735,6 +735,15 @@ impl Config {
         if let Some(spec) = &self.redis {
             let target = crate::redis_conn::RedisTarget::parse(spec)
                 .map_err(|e| ConfigError(format!("--redis: {e}")))?;
+            // Invalidating `all` deletes every key under the prefix: with none, every key of
+            // the Redis database, other applications' too.
+            if self.redis_prefix.is_empty() {
+                return bad(
+                    "--redis-prefix must not be empty with --redis: invalidating `all` deletes \
+                     every key under it, so every key of the database (give one such as tw:)"
+                        .into(),
+                );
+            }
             if self.redis_read_from_replicas
                 && !matches!(target, crate::redis_conn::RedisTarget::Cluster(_))
             {
@@ -958,5 +967,7 @@ mod tests {
                 .unwrap();
         }
         Config::parse_from(["x", "--www", "."]).validate().unwrap();
+        let c = Config::parse_from(["x", "--redis", "redis://h:6379/0", "--redis-prefix", ""]);
+        assert!(c.validate().unwrap_err().0.contains("--redis-prefix"));
     }
 }
