@@ -151,8 +151,9 @@ pub struct Config {
     #[arg(long, value_name = "DIR")]
     pub www: Option<PathBuf>,
 
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive
-    /// (`tilewarm_server=debug,tower_http=info`). RUST_LOG, when set, wins.
+    /// Log filter: error, warn, info, debug, trace, off, or tracing directives
+    /// (`tilewarm_server=debug,tower_http=info`; a target needs its `=level`). RUST_LOG,
+    /// when set and not empty, wins.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
 
@@ -514,6 +515,29 @@ impl Default for Config {
 /// milliseconds.
 pub const MAX_ORIGIN_TIMEOUT_MS: u64 = i32::MAX as u64;
 
+/// Checks `--log-level`: a level, or tracing directives in which every part without `=` is
+/// a level. tracing reads a bare word as a target at every level, so a misspelt level
+/// (`infp`) or a target without its level started a server that logged nothing at all.
+pub fn check_log_level(v: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let allowed = "a level (error, warn, info, debug, trace, off) or tracing directives \
+                   such as tilewarm_server=debug,tower_http=info";
+    if v.trim().is_empty() {
+        return Err(ConfigError(format!("--log-level is empty: give {allowed}")));
+    }
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !part.contains('=') && !LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l)) {
+            return Err(ConfigError(format!(
+                "--log-level: {part:?} is not a level (a target needs its level: \
+                 {part}=debug); give {allowed}"
+            )));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map(|_| ())
+        .map_err(|e| ConfigError(format!("--log-level {v:?}: {e}; give {allowed}")))
+}
+
 /// A configuration value out of range; the message names the flag and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -583,6 +607,7 @@ impl Config {
     /// Checks ranges; the error names the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
+        check_log_level(&self.log_level)?;
         if self.data_zoom > MAX_ZOOM {
             return bad(format!(
                 "--data-zoom must be in 0..={MAX_ZOOM}, got {}",
@@ -967,6 +992,31 @@ mod tests {
                 .unwrap();
         }
         Config::parse_from(["x", "--www", "."]).validate().unwrap();
+        for bad in [
+            "bogus",
+            "infp",
+            "info,tilewarm_server",
+            "",
+            "tilewarm_server=loud",
+        ] {
+            let c = Config::parse_from(["x", "--log-level", bad]);
+            let e = c.validate().unwrap_err().0;
+            assert!(
+                e.contains("--log-level") && e.contains("debug"),
+                "{bad:?}: {e}"
+            );
+        }
+        for ok in [
+            "warn",
+            "INFO",
+            "off",
+            "info,tower_http=warn",
+            "tilewarm_server::origin=debug",
+        ] {
+            Config::parse_from(["x", "--log-level", ok])
+                .validate()
+                .unwrap();
+        }
         let c = Config::parse_from(["x", "--redis", "redis://h:6379/0", "--redis-prefix", ""]);
         assert!(c.validate().unwrap_err().0.contains("--redis-prefix"));
     }

@@ -17,10 +17,16 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // An empty RUST_LOG is no RUST_LOG (it would be a filter that shows errors only).
     let filter = std::env::var("RUST_LOG")
         .ok()
+        .filter(|v| !v.trim().is_empty())
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&config.log_level).ok());
+    if let Err(e) = tilewarm_server::config::check_log_level(&config.log_level) {
+        eprintln!("tilewarm-server: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let Some(filter) = filter else {
         eprintln!(
             "tilewarm-server: --log-level {:?} is not a level (error, warn, info, debug, trace) or a tracing directive",
