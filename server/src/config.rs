@@ -511,6 +511,13 @@ impl Default for Config {
     }
 }
 
+/// The most of anything counted at once (`--max-connections`, `--max-in-flight`, queues):
+/// far past any machine, and below what tokio's semaphores and channels take.
+pub const MAX_COUNT: usize = 1_000_000_000;
+
+/// The most `--warmup-workers`.
+pub const MAX_WARMUP_WORKERS: usize = 1024;
+
 /// The longest `--origin-timeout-ms`: PostgreSQL's `statement_timeout` is an `int` of
 /// milliseconds.
 pub const MAX_ORIGIN_TIMEOUT_MS: u64 = i32::MAX as u64;
@@ -817,6 +824,34 @@ impl Config {
                 ));
             }
         }
+        // These size semaphores and queues: tokio panics past 2^61 permits (the accept loop
+        // died with the server still bound, or the start panicked), and a billion is
+        // already more than any machine holds at once.
+        for (flag, v) in [
+            ("--max-in-flight", self.max_in_flight),
+            ("--max-queue", self.max_queue),
+            ("--max-origin-waits", self.max_origin_waits),
+            ("--max-connections", self.max_connections),
+            (
+                "--max-connections-per-address",
+                self.max_connections_per_address,
+            ),
+            ("--degraded-origin-calls", self.degraded_origin_calls),
+            ("--changes-max-subscribers", self.changes_max_subscribers),
+            ("--changes-max-per-caller", self.changes_max_per_caller),
+            ("--warmup-queue", self.warmup_queue),
+        ] {
+            if v > MAX_COUNT {
+                return bad(format!("{flag} must be at most {MAX_COUNT}, got {v}"));
+            }
+        }
+        // Each worker is a task started at once: a huge count never got to listen.
+        if self.warmup_workers > MAX_WARMUP_WORKERS {
+            return bad(format!(
+                "--warmup-workers must be in 1..={MAX_WARMUP_WORKERS}, got {}",
+                self.warmup_workers
+            ));
+        }
         if self.changes_retention == 0 {
             return bad("--changes-retention must be at least 1, got 0".into());
         }
@@ -992,6 +1027,22 @@ mod tests {
                 .unwrap();
         }
         Config::parse_from(["x", "--www", "."]).validate().unwrap();
+        // Past tokio's semaphore bound these panicked at start (or in the accept loop).
+        for flag in [
+            "--max-in-flight",
+            "--max-connections",
+            "--degraded-origin-calls",
+            "--changes-max-subscribers",
+            "--warmup-queue",
+            "--warmup-workers",
+        ] {
+            let c = Config::parse_from(["x", flag, "18446744073709551615"]);
+            let e = c.validate().unwrap_err().0;
+            assert!(e.contains(flag), "{e}");
+        }
+        Config::parse_from(["x", "--max-connections", "1000000000"])
+            .validate()
+            .unwrap();
         for bad in [
             "bogus",
             "infp",
