@@ -394,6 +394,18 @@ pub fn spawn(app: Weak<App>, feed: ChangeFeed) {
     });
 }
 
+/// A driver error with its causes: tokio-postgres' own text is only the kind ("error
+/// connecting to server", "db error"), the why (refused, a password refused) is its source.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut m = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        m.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    m
+}
+
 /// One connection's life. `Ok` when the app is gone; `Err` with why the connection ended.
 async fn listen_once(
     app: &Weak<App>,
@@ -408,7 +420,7 @@ async fn listen_once(
     )
     .await
     .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| with_causes(&e))?;
     // Drive the connection; queue notifications (bounded, module docs). Ends when the
     // connection does.
     let queue = Arc::new(ChangeQueue::new(queue_max));
@@ -428,7 +440,7 @@ async fn listen_once(
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break e.to_string(),
+                Some(Err(e)) => break with_causes(&e),
                 None => break "connection closed".to_string(),
             }
         };
@@ -439,7 +451,7 @@ async fn listen_once(
     client
         .batch_execute(&listen)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     // Nothing cached before this point can be proven fresh.
     if !outbox
         .apply(app, Invalidation::everything(), Reach::Anywhere)

@@ -501,6 +501,14 @@ impl PostgisOrigin {
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| LoadError::Postgis(format!("{}: {e}", redact_url(url))))?;
+        // Without a host every connection fails with "invalid configuration": said at
+        // start, not as a 502 for every miss.
+        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+            return Err(LoadError::Postgis(format!(
+                "{} names no host: give postgres://[user[:password]@]host[:port]/database",
+                redact_url(url)
+            )));
+        }
         // Always set: with 0 (PostgreSQL's "no timeout" too) a `statement_timeout` of the
         // role or database would otherwise stop statements the server waits for.
         let mut options = pg.get_options().unwrap_or("").to_owned();

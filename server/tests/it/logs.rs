@@ -143,4 +143,6 @@ async fn a_postgis_change_feed_that_cannot_connect_is_a_warning_once() {
     drop(guard);
     let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
     assert_eq!(text.matches(said).count(), 1, "log: {text}");
+    // With the driver's cause, not only its kind ("error connecting to server").
+    assert!(text.contains("refused"), "log: {text}");
 }

@@ -2308,7 +2308,8 @@ async fn warmup_is_quiet_after_a_partial_answer_that_sheds_load() {
 /// A start that fails on a file, an address or a URL names the flag that gave it: "cannot
 /// read /x.csv", "cannot listen on 127.0.0.1:8080" (which of --listen and
 /// --metrics-listen?) and "Redis URL did not parse - InvalidClientConfig" named none, or
-/// nothing allowed. Fails without the flags in the messages.
+/// nothing allowed; a PostGIS URL without a host started a server whose every connection
+/// failed ("invalid configuration"). Fails without the flags in the messages.
 #[tokio::test]
 async fn start_errors_name_the_flag() {
     use tilewarm_server::Config;
@@ -2342,6 +2343,13 @@ async fn start_errors_name_the_flag() {
                 ..config()
             },
             &["--redis", "give redis://"],
+        ),
+        (
+            Config {
+                origin: Some("postgres:///geo".into()),
+                ..config()
+            },
+            &["--origin", "names no host", "postgres://"],
         ),
     ] {
         let e = match tilewarm_server::start(c).await {
