@@ -1021,6 +1021,10 @@ export class TileCache {
   }
 
   #send(id, kind, timeoutMs, body, ids) {
+    // A listener that disposed the cache while an engine call's records were read (an
+    // onError of ids an answer left out, say) ends it: what the records still ask for is
+    // not sent, as its answer would reach the freed engine.
+    if (this.#disposed) return;
     // Every request gets the configured timeout; kept for the messages of timeouts.
     this.#timeoutMs = timeoutMs;
     const ctrl = new AbortController();
