@@ -4,7 +4,8 @@
 // Retry-After, malformed and too-large bodies, answers that come late, out of order or
 // never), under mocked timers and a clock that jumps; the page calls setViewport, get,
 // getMany, loadTiles, tileStates, prefetch, invalidate, setAccess, whenComplete, dispose at
-// random, with options at their documented extremes. After every step:
+// random (and let caches go without dispose), with options at their documented extremes.
+// After every step:
 // - nothing escapes that the docs do not promise (no unhandled rejection, no wasm panic: a
 //   panic poisons the engine, so every later call would fail);
 // - no item above the tier the cache views as is handed out (views, onUpdate, get,
@@ -12,7 +13,9 @@
 //   early would hand out another item's object);
 // - the JS table of item objects holds exactly the items the live engines hold (an
 //   instrumented copy of js/cache.js counts its slots), and the counters add up;
-// and at the end, with the backend healed, every promise the page got has settled.
+// - a disposed cache sends nothing, and leaves no request out;
+// and at the end, with the backend healed, every promise the page got has settled, no
+// request is left out, and once every cache is disposed or collected no slot is held.
 // Listeners act on the cache now and then (setViewport, invalidate, setAccess, dispose, get,
 // loadTiles, whenComplete), as the docs allow.
 // Seeded (the engine's jitter too): TILEWARM_RANDOM_SEEDS=first:count and
@@ -23,12 +26,16 @@ import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync, symlinkSync, mkdirSync, realpathSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { TileCache as PackageTileCache } from 'tilewarm';
 import * as raw from 'tilewarm/raw';
 import { tileOf, tileCorner, SEATTLE } from './support/backend.mjs';
 
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc');
 const LOG = !!process.env.TILEWARM_RANDOM_LOG;
 const TIERS = ['public', 'registered', 'verified', 'agent'];
 const RANK = Object.fromEntries(TIERS.map((t, i) => [t, i]));
@@ -350,6 +357,8 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
   const promises = [];
   /** The caches alive: { cache, tier (the highest it may view as), open: Set of requests } */
   const alive = [];
+  /** Caches let go of without dispose(). */
+  const dropped = [];
   let lastSeenTier = 0; // the highest tier a cache had since the last step began (see track)
   let healed = false;
 
@@ -357,7 +366,9 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     const rec = { what, settled: false, at: trace.length, c };
     tally.promises++;
     promises.push(rec);
-    p.then((v) => { rec.settled = true; check(v, null); }, (e) => { rec.settled = true; check(undefined, e); });
+    // (Reading an error's stack lets go of its call sites: V8 keeps each frame's receiver,
+    // the cache, until then, and a cache let go of would stay with an error the run holds.)
+    p.then((v) => { rec.settled = true; check(v, null); }, (e) => { void e?.stack; rec.settled = true; check(undefined, e); });
     return rec;
   };
 
@@ -369,15 +380,21 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
       fail(`${where}: an item that is not itself: ${JSON.stringify(item)?.slice(0, 200)}`);
       return;
     }
-    const now = RANK[c.cache.access];
+    // (A cache let go of is reached weakly.)
+    const cache = c.cache ?? c.weak?.deref();
+    const now = cache ? RANK[cache.access] : 3;
     if (RANK[item.access] > (slack ? Math.max(now, lastSeenTier) : now)) {
-      fail(`${where}: item ${item.id} of tier ${item.access} handed out at tier ${c.cache.access}`);
+      fail(`${where}: item ${item.id} of tier ${item.access} handed out at tier ${cache.access}`);
     }
     if (RANK[item.access] > c.ceiling) fail(`${where}: item ${item.id} of tier ${item.access} above every tier the page set (${TIERS[c.ceiling]})`);
   };
 
   const makeFetch = (c) => (url, init) => {
+    // As fetch does: a signal aborted already (a request given up while auth.token() was
+    // awaited) sends nothing.
+    if (init.signal.aborted) return Promise.reject(init.signal.reason);
     tally.requests++;
+    if (c.disposed) fail('a disposed cache sent a request');
     const req = JSON.parse(init.body);
     const rec = { signal: init.signal, done: false };
     c.open.add(rec);
@@ -471,6 +488,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
         }
         case 3:
           alive.splice(alive.indexOf(c), 1);
+          c.disposed = true;
           call(`${where}: dispose`, () => cache.dispose());
           break;
         case 4: {
@@ -487,7 +505,10 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
           const p = call(`${where}: loadTiles`, () => cache.loadTiles(tiles));
           if (p) track(p, `${where}: loadTiles(${tiles})`, (loads, e) => {
             if (e) { if (!isArgError(e, ['ERR_DISPOSED'])) fail(`loadTiles rejected with ${e?.stack ?? e}`); return; }
-            for (const l of loads) for (const it of l.items ?? []) checkItem(c, it, `${where}: loadTiles`, true);
+            for (const l of loads) {
+              void l.error?.stack;
+              for (const it of l.items ?? []) checkItem(c, it, `${where}: loadTiles`, true);
+            }
           });
           break;
         }
@@ -531,6 +552,11 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     }
     if (slotsHeld) {
       const held = slotsHeld();
+      // A cache let go of holds its slots until it is collected and its engine freed.
+      if (dropped.length) {
+        if (held < entries) fail(`the table of item objects holds ${held}, the live engines ${entries}`);
+        return;
+      }
       tally.maxSlots = Math.max(tally.maxSlots, held);
       if (held !== entries) fail(`the table of item objects holds ${held}, the engines ${entries}`);
     }
@@ -545,6 +571,10 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     }
   };
 
+  // What a load's report names (made out here: a closure made in the loop below would keep
+  // that step's `cache` alive through the loop's scope, and a cache let go of with it).
+  const about = (c, tiles) => ({ get cache() { return c.cache; }, options: c.options, tiles });
+
   await create();
   for (let i = 0; i < steps; i++) {
     if (alive.length === 0) await create();
@@ -553,7 +583,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     lastSeenTier = Math.max(0, ...alive.map((a) => RANK[a.cache.access]));
     const op = r.weighted([
       [10, 'view'], [4, 'get'], [3, 'getMany'], [5, 'load'], [2, 'states'], [2, 'prefetch'], [3, 'invalidate'],
-      [3, 'access'], [2, 'complete'], [12, 'time'], [1, 'jump'], [1, 'dispose'], [0.5, 'second'], [1, 'abort'], [1, 'bad'],
+      [3, 'access'], [2, 'complete'], [12, 'time'], [1, 'jump'], [1, 'dispose'], [0.5, 'second'], [1, 'abort'], [1, 'bad'], [0.3, 'drop'],
     ]);
     tally.ops[op] = (tally.ops[op] ?? 0) + 1;
     let note = op;
@@ -607,6 +637,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
             }
             if (loads.length !== tiles.length) fail('loadTiles: wrong length');
             loads.forEach((l, k) => {
+              void l.error?.stack;
               if (l.tile !== tiles[k]) fail(`loadTiles: ${tiles[k]} answered as ${l.tile}`);
               if (l.error) {
                 if (!isFetchError(l.error) && !isArgError(l.error, ['ERR_TOO_MANY_TILES'])) fail(`loadTiles: ${l.tile} failed with ${l.error.stack}`);
@@ -614,7 +645,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
                 for (const it of l.items) checkItem(c, it, `loadTiles ${l.tile}`, true);
               }
             });
-          }, { ...c, tiles });
+          }, about(c, tiles));
         }
         break;
       }
@@ -677,6 +708,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
       }
       case 'dispose': {
         alive.splice(alive.indexOf(c), 1);
+        c.disposed = true;
         call('dispose', () => cache.dispose());
         if ([...c.open].some((q) => !q.signal.aborted)) fail('dispose left a request out');
         call('dispose again', () => cache.dispose());
@@ -685,6 +717,16 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
         break;
       }
       case 'second': await create(); break;
+      case 'drop': {
+        // Let go of without dispose(): once collected, its engine is freed, and its slots
+        // with it (cache.js `ABANDONED`).
+        alive.splice(alive.indexOf(c), 1);
+        c.weak = new WeakRef(cache);
+        dropped.push(c.weak);
+        c.cache = null;
+        c.dropped = true;
+        break;
+      }
       case 'abort': {
         const ctrl = c.controllers?.splice(r.int(0, c.controllers.length - 1), 1)[0];
         ctrl?.abort(new Error('aborted by the page'));
@@ -750,10 +792,18 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     if (pending.length) fail(`${pending.length} promises never settled with a healed backend: ${pending.slice(0, 5).map((p) => `${p.what} (step ${p.at})`).join(', ')}`);
     for (const c of alive) {
       const s = c.cache.stats();
-      if (s.inFlight !== 0) fail(`${s.inFlight} requests still in flight after 11 quiet minutes`);
+      const hanging = [...c.open].filter((q) => !q.signal.aborted).length;
+      if (hanging) fail(`${hanging} fetches neither answered nor aborted after hours with a healed backend`);
+      if (s.inFlight !== 0) fail(`${s.inFlight} requests still in flight after hours with a healed backend`);
     }
   }
   for (const c of alive) c.cache.dispose();
+  for (let k = 0; k < 20 && dropped.some((d) => d.deref()); k++) {
+    await new Promise((res) => setImmediate(res));
+    gc();
+  }
+  for (let k = 0; k < 4; k++) await new Promise((res) => setImmediate(res));
+  if (dropped.some((d) => d.deref())) fail('a cache let go of was not collected');
   if (slotsHeld && slotsHeld() !== 0) fail(`${slotsHeld()} slots still held with every cache disposed`);
   return { problems, tally };
 }
