@@ -1050,6 +1050,9 @@ export class TileCache {
         throw new TokenError(`auth.token() must give a bearer token (letters, digits and -._~+/), got ${got}`);
       }
       headers = { ...headers, authorization: `Bearer ${token}` };
+      // Given up meanwhile (disposed, cancelled, timed out): the page's fetch is not called
+      // for it (a wrapper would do its work, or send it, for nothing).
+      if (signal.aborted) throw signal.reason;
     }
     return this.#fetch.call(globalThis, this.#endpoint, { method: 'POST', headers, body, signal });
   }

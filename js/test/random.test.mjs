@@ -390,9 +390,11 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
   };
 
   const makeFetch = (c) => (url, init) => {
-    // As fetch does: a signal aborted already (a request given up while auth.token() was
-    // awaited) sends nothing.
-    if (init.signal.aborted) return Promise.reject(init.signal.reason);
+    // A request given up (disposed, cancelled, timed out) calls no fetch.
+    if (init.signal.aborted) {
+      fail('fetch was called with a signal aborted already');
+      return Promise.reject(init.signal.reason);
+    }
     tally.requests++;
     if (c.disposed) fail('a disposed cache sent a request');
     const req = JSON.parse(init.body);
@@ -864,6 +866,36 @@ test('a cache disposed by an onError listener during an answer sends nothing mor
     process.off('unhandledRejection', onUnhandled);
   }
 });
+
+// Found by the random run: a request given up while auth.token() was awaited (the cache
+// disposed, or the request timed out) still called the page's fetch once the token came,
+// with the aborted signal: a fetch wrapper did its work for nothing, and one that does not
+// look at the signal sent the request.
+for (const [what, giveUp] of [
+  ['the cache is disposed', async (cache) => cache.dispose()],
+  ['the request times out', (cache) => new Promise((res) => cache.onError((e) => { if (e.code === 'ERR_TIMEOUT') res(); }))],
+]) {
+  test(`a request given up while auth.token() is awaited calls no fetch (${what})`, async () => {
+    const w = world(rng(4));
+    let late = 0, give;
+    const token = new Promise((res) => { give = res; });
+    const cache = await PackageTileCache.create({
+      endpoint: 'http://random.invalid/v1/batch', auth: { token: () => token }, batch: { timeoutMs: 20, retries: 0 },
+      // (A get() waiting for a request given up is asked again: that request may go.)
+      fetch: async (_url, init) => {
+        if (init.signal.aborted) late++;
+        return healedRespond(w, JSON.parse(init.body));
+      },
+    });
+    cache.onError(() => {});
+    cache.get([...w.items.keys()][0]).catch(() => {});
+    await giveUp(cache);
+    give('tok');
+    for (let i = 0; i < 10; i++) await new Promise((res) => setImmediate(res));
+    assert.equal(late, 0, 'no fetch with a signal aborted already');
+    cache.dispose();
+  });
+}
 
 // Fill and clear, again and again: what clear() let go of is reused. The wasm memory (it
 // never shrinks) and the JS table of item objects (its length is the most slots ever held
