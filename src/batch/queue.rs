@@ -59,11 +59,13 @@ impl Queues {
         mut in_flight: impl FnMut(&str) -> bool,
     ) {
         // A set of borrowed ids (the key type the protocol's checks use too), so the new
-        // ones are collected before they are queued.
-        let queued: HashSet<&str> = self.loose_ids.iter().map(|l| l.id.as_str()).collect();
+        // ones are collected before they are queued. The new ones join it: an id given twice
+        // in one call (a `getMany` with a repeat) is queued once, as two calls queue it.
+        let mut queued: HashSet<&str> = self.loose_ids.iter().map(|l| l.id.as_str()).collect();
         let mut new = Vec::new();
         for id in ids {
             if !queued.contains(id) && !in_flight(id) {
+                queued.insert(id);
                 new.push(LooseId {
                     id: id.to_owned(),
                     attempt: 0,

@@ -78,6 +78,25 @@ fn ids_respect_max_ids_and_dedup() {
     assert!(b.is_id_in_flight("a"));
 }
 
+/// An id given twice in one call is queued once, as two calls queue it (the shells' `get_many`
+/// hands every id of a `getMany` over in one call): queued twice, it rode its request twice
+/// and a failure named it twice.
+#[test]
+fn an_id_given_twice_in_one_call_is_queued_once() {
+    let mut b = Batcher::new(BatchConfig {
+        retries: 0,
+        ..BatchConfig::default()
+    })
+    .unwrap();
+    b.request_ids(["a", "b", "a"]);
+    let r = b.poll(0, P, all).unwrap();
+    assert_eq!(r.request.ids, vec!["a", "b"]);
+    let FailureOutcome::GaveUp(f) = b.on_failure(r.id, &Failure::Timeout, 0) else {
+        panic!("should give up")
+    };
+    assert_eq!(f.loose_ids, vec!["a", "b"]);
+}
+
 #[test]
 fn retries_with_backoff_then_gives_up() {
     let mut b = Batcher::new(BatchConfig {
