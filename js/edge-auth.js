@@ -180,28 +180,33 @@ const KEY_MEMBERS = { RSA: ['n', 'e'], EC: ['crv', 'x', 'y'], OKP: ['crv', 'x'] 
 const CURVES = { EC: ['P-256', 'P-384'], OKP: ['Ed25519'] };
 
 /**
- * Checks the `JWKS` binding's set: at least one key, every key a public key of a known type
- * with its members (named by index and `kid`), and at least one that can verify tokens (for
- * signatures, of an allowed algorithm and curve). Throws an Error naming the binding.
+ * Checks the `JWKS` binding's set: at least one key, no private key, and at least one that
+ * can verify tokens (a public key of a known type with its members, for signatures, of an
+ * allowed algorithm and curve). A key of another type (an identity provider's "AKP" key,
+ * say) or lacking a member is left aside, as RFC 7517 (section 5) asks and jose does: it is
+ * never selected, and refusing the whole set for it would refuse the keys beside it. When
+ * no key can verify, the first such key is named. Throws an Error naming the binding.
  */
 function checkKeySet(jwks) {
   if (jwks.keys.length === 0) throw new Error('JWKS holds no keys: every token would be refused');
   const name = (k, i) => `JWKS key ${i}${typeof k?.kid === 'string' ? ` (kid ${JSON.stringify(k.kid.slice(0, 64))})` : ''}`;
-  let usable = 0;
+  let usable = 0, unusable;
   jwks.keys.forEach((k, i) => {
     if (k === null || typeof k !== 'object' || Array.isArray(k)) throw new Error(`${name(k, i)} must be a JSON Web Key object`);
-    const members = KEY_MEMBERS[k.kty];
-    if (!members) throw new Error(`${name(k, i)} has kty ${JSON.stringify(k.kty)}: it must be "RSA", "EC" or "OKP"`);
     const secret = PRIVATE_MEMBERS.find((m) => m in k);
     if (secret) throw new Error(`${name(k, i)} is a private key ("${secret}"): JWKS must hold public keys only`);
-    const missing = members.find((m) => typeof k[m] !== 'string' || k[m] === '');
-    if (missing) throw new Error(`${name(k, i)} (${k.kty}) lacks "${missing}"`);
+    const members = KEY_MEMBERS[k.kty];
+    const missing = members?.find((m) => typeof k[m] !== 'string' || k[m] === '');
+    if (!members) unusable ??= `${name(k, i)} has kty ${JSON.stringify(k.kty)}: it must be "RSA", "EC" or "OKP"`;
+    else if (missing) unusable ??= `${name(k, i)} (${k.kty}) lacks "${missing}"`;
+    if (!members || missing) return;
     const forSignatures = k.use === undefined || k.use === 'sig';
     const alg = k.alg === undefined || PUBLIC_KEY_ALGS.includes(k.alg);
     const curve = !CURVES[k.kty] || CURVES[k.kty].includes(k.crv);
     if (forSignatures && alg && curve) usable++;
   });
   if (usable === 0) {
+    if (unusable) throw new Error(unusable);
     throw new Error(`JWKS has no key that can verify tokens: each is for encryption ("use"), or of an algorithm or curve not allowed (${PUBLIC_KEY_ALGS.join(', ')}; curves P-256, P-384, Ed25519)`);
   }
 }

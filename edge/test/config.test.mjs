@@ -59,6 +59,12 @@ describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
     // A key for encryption beside one for signatures is taken (an identity provider's set).
     const auth = createAuth({ JWKS: JSON.stringify({ keys: [{ ...rsa.jwk, kid: 'enc', use: 'enc' }, rsa.jwk] }) });
     assert.equal(await auth.tier(request(await rsa.sign({ tilewarm_access: 'agent' }))), 'agent');
+    // So is one of a type the edge does not verify with (jose's ML-DSA "AKP"), or one lacking
+    // a member, beside one that can verify: left aside (RFC 7517, section 5), not the whole
+    // set refused, which refused every key of an identity provider that adds a new type.
+    const mixed = [{ kty: 'AKP', alg: 'ML-DSA-44', pub: 'AAAA', kid: 'pq' }, { kty: 'XX', kid: 'x' }, { ...rsa.jwk, kid: 'k0', e: undefined }, rsa.jwk];
+    const taken = createAuth({ JWKS: JSON.stringify({ keys: mixed }) });
+    assert.equal(await taken.tier(request(await rsa.sign({ tilewarm_access: 'agent' }))), 'agent');
   });
 
   it("is the edge's fault, not the caller's, when its key cannot be imported: Misconfigured, not a 401", async () => {
