@@ -175,8 +175,9 @@ function streamed(chunks, failAt = -1) {
   });
 }
 
-/** What the backend answers a request with: a Response, or a rejection. */
-function respond(r, w, req) {
+/** What the backend answers a request with: a Response, or a rejection. `now` is the page's
+ * clock (the cache's `now` option), which a `Retry-After` date is measured from. */
+function respond(r, w, req, now) {
   // The credential gives at most `w.cap`: a request above it is answered at it, and says so.
   const asked = RANK[req.access] ?? 0;
   const at = Math.min(asked, w.cap);
@@ -218,7 +219,7 @@ function respond(r, w, req) {
       const status = r.pick([400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504]);
       const headers = {};
       if (r.chance(0.5)) {
-        headers['retry-after'] = r.weighted([[3, String(r.int(0, 120))], [1, 'soon'], [1, new Date(Date.now() + r.int(-60, 3600) * 1000).toUTCString()], [1, '99999999999']]);
+        headers['retry-after'] = r.weighted([[3, String(r.int(0, 120))], [1, 'soon'], [1, new Date(now + r.int(-60, 3600) * 1000).toUTCString()], [1, '99999999999']]);
       }
       if (status === 403 && r.chance(0.7)) {
         headers['x-tilewarm-access'] = r.pick([...TIERS, 'root']);
@@ -402,7 +403,7 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
     c.open.add(rec);
     if (r.chance(0.3)) w.churn();
     let answer;
-    try { answer = healed ? healedRespond(w, req) : respond(r, w, req); } catch (e) { fail(`the stub failed: ${e.stack}`); answer = e; }
+    try { answer = healed ? healedRespond(w, req) : respond(r, w, req, clock.now); } catch (e) { fail(`the stub failed: ${e.stack}`); answer = e; }
     const said = answer instanceof Response ? answer.status : answer instanceof Error ? 'rejected' : 'odd';
     tally.answers[said] = (tally.answers[said] ?? 0) + 1;
     const timing = healed ? 'now' : r.weighted([[6, 'now'], [3, 'late'], [1, 'never'], [0.5, 'late-despite-abort']]);
