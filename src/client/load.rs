@@ -98,10 +98,11 @@ impl<P: Payload> Client<P> {
 
     /// [`Client::load_tile`] but for what follows a change of the loading tiles: `queued`
     /// is set when they changed, and the caller calls [`Client::loading_changed`] once,
-    /// after a call's every tile. Once per tile, protecting the loading tiles and queueing
-    /// them again is linear in them: a `loadTiles` of N tiles was quadratic (1,000 tiles
-    /// took 159 ms, 4,000 8.7 s in a browser page's wasm).
-    pub(crate) fn load_tile_deferred(
+    /// after a call's every tile (a shell's `loadTiles` of many tiles). Once per tile,
+    /// protecting the loading tiles and queueing them again is linear in them: a
+    /// `loadTiles` of N tiles was quadratic (1,000 tiles took 159 ms, 4,000 8.7 s in a
+    /// browser page's wasm).
+    pub fn load_tile_deferred(
         &mut self,
         tile: TileId,
         queue: bool,
@@ -151,9 +152,10 @@ impl<P: Payload> Client<P> {
         Ok(true)
     }
 
-    /// After [`Client::load_tile_deferred`] changed the loading tiles: they are protected
-    /// from eviction, and those that cannot be shown queued as foreground work.
-    pub(crate) fn loading_changed(&mut self, now_ms: u64) {
+    /// After [`Client::load_tile_deferred`] changed the loading tiles (set its `queued`):
+    /// they are protected from eviction, and those that cannot be shown queued as
+    /// foreground work. Nothing may be answered or evicted in between.
+    pub fn loading_changed(&mut self, now_ms: u64) {
         self.protect();
         self.refresh_foreground(now_ms);
     }

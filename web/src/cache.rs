@@ -983,27 +983,34 @@ impl<T: 'static> State<T> {
         }
     }
 
-    /// Reads host tiles for `load_tiles` ([`Client::load_tile`]); with `queue`, the data
-    /// tiles of those that cannot be shown become loading (queued, kept from eviction).
+    /// Reads host tiles for `load_tiles` ([`Client::load_tile_deferred`]); with `queue`, the
+    /// data tiles of those that cannot be shown become loading (queued, kept from
+    /// eviction), once for the call ([`Client::loading_changed`]), not once per tile.
     fn read_tiles(&mut self, tiles: &[TileId], queue: bool, now: u64) -> HashMap<TileId, Read<T>> {
         let mut out = HashMap::new();
+        let mut queued = false;
         for &t in tiles {
             if out.contains_key(&t) {
                 continue;
             }
             let mut items = Vec::new();
-            let read = self.client.load_tile(t, queue, now, |ci, stale| {
-                items.push(Shown {
-                    item: Rc::clone(&ci.payload().item),
-                    stale,
-                })
-            });
+            let read = self
+                .client
+                .load_tile_deferred(t, queue, now, &mut queued, |ci, stale| {
+                    items.push(Shown {
+                        item: Rc::clone(&ci.payload().item),
+                        stale,
+                    })
+                });
             let read = match read {
                 Ok(true) => Read::Items(items),
                 Ok(false) => Read::Data(self.client.data_tiles_of(t).unwrap_or_default()),
                 Err(e) => Read::Failed(Error::new(ErrorCode::TooManyTiles, e.to_string())),
             };
             out.insert(t, read);
+        }
+        if queued {
+            self.client.loading_changed(now);
         }
         out
     }
