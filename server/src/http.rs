@@ -368,6 +368,10 @@ fn check_origin(o: &str) -> Result<(), String> {
             Some("an origin has no path, query, fragment or user (drop what follows the host and port)")
         } else if rest.chars().any(|c| c.is_ascii_uppercase()) {
             Some("browsers send the host in lowercase")
+        } else if (scheme == "https" && rest.ends_with(":443"))
+            || (scheme == "http" && rest.ends_with(":80"))
+        {
+            Some("browsers leave out the scheme's default port")
         } else {
             None
         }
@@ -979,9 +983,11 @@ mod tests {
             .is_some());
         assert!(cors_layer(" , ").is_err());
         assert!(cors_layer("bad\norigin").is_err());
-        assert!(cors_layer("http://localhost:3000,tauri://localhost")
-            .unwrap()
-            .is_some());
+        assert!(
+            cors_layer("http://localhost:3000,tauri://localhost,https://a.example:8443")
+                .unwrap()
+                .is_some()
+        );
         // Origins no browser sends, which would refuse every cross-origin page.
         for bad in [
             "a.example",
@@ -992,6 +998,8 @@ mod tests {
             "HTTPS://a.example",
             "https://",
             "https://a.example,any",
+            "https://a.example:443",
+            "http://localhost:80",
         ] {
             let e = cors_layer(bad).expect_err(bad);
             assert!(
