@@ -1400,9 +1400,14 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
         Inner::start(this, sends);
     }
 
-    /// Sends each request under its own `AbortController`.
+    /// Sends each request under its own `AbortController`. Nothing once the cache is
+    /// disposed: the drops of the call that planned them (an item's `Drop`, run when it
+    /// released the state) may have disposed it.
     fn start(this: &Rc<Self>, sends: Vec<Transmit>) {
         for t in sends {
+            if this.state.borrow().disposed {
+                return;
+            }
             let ctrl = match AbortController::new() {
                 Ok(c) => c,
                 Err(e) => {

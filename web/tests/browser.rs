@@ -640,6 +640,8 @@ thread_local! {
     /// The cache a `Probe`'s `Drop` calls, and how many probes were dropped.
     static PROBED: std::cell::RefCell<Option<TileCache<Probe>>> = const { std::cell::RefCell::new(None) };
     static PROBES_DROPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// A `Probe`'s `Drop` disposes the cache (a component unmounting when an item it shows goes).
+    static PROBE_DISPOSES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// An item type whose `Drop` calls the cache holding it (a framework's signal that
@@ -664,6 +666,9 @@ impl Drop for Probe {
                 cache.view(),
                 cache.is_disposed(),
             );
+            if PROBE_DISPOSES.with(|d| d.get()) {
+                cache.dispose();
+            }
         }
         PROBES_DROPPED.with(|n| n.set(n.get() + 1));
     }
@@ -1787,6 +1792,29 @@ async fn a_view_read_again_unchanged_is_equal_to_the_last() {
     let id = a.items[0].item.id.clone();
     cache.invalidate(tilewarm_web::Invalidate::Ids(&[id.as_str()]));
     assert_ne!(cache.view(), b);
+}
+
+/// An item's `Drop` that disposes the cache runs once the call that let go of the item (an
+/// invalidation) released the state, before that call sent the refetch it planned: the
+/// disposed cache sends nothing. (It sent it, and that answer went on into the disposed
+/// cache's core, as the npm package's did into its freed engine.)
+#[wasm_bindgen_test]
+async fn a_cache_an_items_drop_disposed_sends_nothing_more() {
+    let s = "dispose-in-drop";
+    let cache: TileCache<Probe> = TileCache::new(&options(s, 0, 0)).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    let (sent, _) = log(s).await;
+    PROBED.with(|c| *c.borrow_mut() = Some(cache.clone()));
+    PROBE_DISPOSES.with(|d| d.set(true));
+    // The view's tile emptied: its refetch is planned, then the items go.
+    assert!(cache.invalidate(tilewarm_web::Invalidate::All) > 0);
+    PROBE_DISPOSES.with(|d| d.set(false));
+    let last = PROBED.with(|c| c.borrow_mut().take());
+    drop(last);
+    assert!(cache.is_disposed());
+    TimeoutFuture::new(300).await;
+    assert_eq!(log(s).await.0, sent, "a request after dispose");
 }
 
 /// A hidden page's put-off wake-up that the page's being shown set going just before
