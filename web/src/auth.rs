@@ -6,7 +6,9 @@
 //! bearer token (RFC 6750's b64token: letters, digits and `-._~+/`, then `=` padding; no
 //! spaces or line breaks, which the browser would refuse in a header), is the same error
 //! with nothing sent, as in the npm package: retried like a 401, and not counted towards
-//! the breaker (the backend did nothing wrong).
+//! the breaker (the backend did nothing wrong). A request given up on while its token is
+//! awaited (past its deadline, cancelled, the cache disposed or dropped) drops the
+//! callback's future and is never sent.
 
 use std::future::Future;
 use std::pin::Pin;

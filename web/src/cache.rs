@@ -1669,19 +1669,33 @@ async fn exchange<T: DeserializeOwned + 'static>(
     signal: AbortSignal,
 ) -> Outcome<T> {
     let mut asked_again = false;
+    // What a request given up on (cancelled, past its deadline, the cache disposed or
+    // dropped: its signal aborted) ends with. The shell no longer tracks it, so nothing
+    // reads it (`Inner::finish` returns at once).
+    let given_up = || Outcome::Failed(Failure::Network("aborted".into()), None, None);
     let res = loop {
+        if signal.aborted() {
+            return given_up();
+        }
         let token = match &auth {
-            Some(a) => match a.token().await {
-                Ok(t) => match check_token(&t) {
+            // Raced against the abort: a callback that is slow or never resolves does not
+            // keep the request's task and body alive once the request is given up on.
+            Some(a) => match until_aborted(&signal, a.token()).await {
+                None => return given_up(),
+                Some(Ok(t)) => match check_token(&t) {
                     Ok(()) => Some(t),
                     Err(why) => return Outcome::TokenRefused(why),
                 },
-                Err(m) => {
+                Some(Err(m)) => {
                     return Outcome::TokenRefused(format!("the auth token callback failed: {m}"))
                 }
             },
             None => None,
         };
+        // Given up on while the token was awaited: no fetch is made for it.
+        if signal.aborted() {
+            return given_up();
+        }
         let mut rb = Request::post(&to.endpoint)
             .abort_signal(Some(&signal))
             .credentials(to.credentials);
@@ -1754,6 +1768,32 @@ async fn exchange<T: DeserializeOwned + 'static>(
         }
         Err(m) => Outcome::Failed(Failure::Invalid(m), None, None),
     }
+}
+
+/// `f`'s output, or `None` once `signal` is aborted (at once if it already is); `f` is
+/// dropped then, not polled again.
+async fn until_aborted<F: std::future::Future + Unpin>(
+    signal: &AbortSignal,
+    mut f: F,
+) -> Option<F::Output> {
+    use std::task::Poll;
+    if signal.aborted() {
+        return None;
+    }
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let _on_abort = EventListener::once(signal, "abort", move |_| {
+        let _ = tx.send(());
+    });
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = std::future::Future::poll(std::pin::Pin::new(&mut f), cx) {
+            return Poll::Ready(Some(v));
+        }
+        match std::future::Future::poll(std::pin::Pin::new(&mut rx), cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A response body into the core's response, each item's `data` into `T`. Any error is

@@ -1817,6 +1817,138 @@ async fn a_cache_an_items_drop_disposed_sends_nothing_more() {
     assert_eq!(log(s).await.0, sent, "a request after dispose");
 }
 
+thread_local! {
+    /// Token futures of `gated_token_auth`'s callbacks not dropped yet.
+    static TOKENS_AWAITED: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// Calls of `gated_token_auth`'s callbacks.
+    static TOKENS_ASKED: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// The gate of `gated_token_auth`'s tokens: open, and the wakers of those waiting.
+    static TOKEN_GATE: std::cell::RefCell<(bool, Vec<std::task::Waker>)> = const { std::cell::RefCell::new((false, Vec::new())) };
+}
+
+/// Opens (or closes) the gate `gated_token_auth`'s tokens wait for.
+fn token_gate(open: bool) {
+    let wakers = TOKEN_GATE.with(|g| {
+        let mut g = g.borrow_mut();
+        g.0 = open;
+        std::mem::take(&mut g.1)
+    });
+    wakers.into_iter().for_each(std::task::Waker::wake);
+}
+
+/// An auth callback whose token comes once `token_gate(true)` (as a sign-in would: its
+/// waker held meanwhile); each of its futures counts in `TOKENS_AWAITED` until it is
+/// dropped.
+fn gated_token_auth() -> Auth {
+    struct Awaited;
+    impl Drop for Awaited {
+        fn drop(&mut self) {
+            TOKENS_AWAITED.with(|n| n.set(n.get() - 1));
+        }
+    }
+    Auth::new(|| {
+        TOKENS_AWAITED.with(|n| n.set(n.get() + 1));
+        TOKENS_ASKED.with(|n| n.set(n.get() + 1));
+        let awaited = Awaited;
+        async move {
+            let _awaited = awaited;
+            std::future::poll_fn(|cx| {
+                TOKEN_GATE.with(|g| {
+                    let mut g = g.borrow_mut();
+                    if g.0 {
+                        return std::task::Poll::Ready(());
+                    }
+                    g.1.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                })
+            })
+            .await;
+            Ok("good".to_string())
+        }
+    })
+}
+
+/// Counts the calls of the page's `fetch` for session `s`'s endpoint from now on (the
+/// requests given to the browser, whether or not their signal was aborted); the returned
+/// closure reads the count and puts `fetch` back.
+fn count_fetches(s: &str) -> impl FnOnce() -> u32 {
+    let install = js_sys::Function::new_with_args(
+        "session",
+        "const orig = globalThis.fetch; let n = 0; \
+         globalThis.fetch = function (input, init) { \
+           if (String(input?.url ?? input).includes(`/s/${session}/`)) n++; \
+           return orig.call(this, input, init); }; \
+         return () => { globalThis.fetch = orig; return n; };",
+    );
+    let done: js_sys::Function = install
+        .call1(&JsValue::UNDEFINED, &JsValue::from_str(s))
+        .unwrap()
+        .into();
+    move || done.call0(&JsValue::UNDEFINED).unwrap().as_f64().unwrap() as u32
+}
+
+/// A request given up on while its token is awaited (past its deadline, or the cache
+/// disposed) is never given to `fetch` once the token comes, and a token that never comes
+/// does not keep the request's task (its body, its token future) alive once it is given up.
+#[wasm_bindgen_test]
+async fn a_request_given_up_while_its_token_is_awaited_is_never_fetched() {
+    // A token not come by the request's deadline: the timeout, the token's future dropped
+    // (not kept for ever), and no fetch once the token comes (the cache dropped by then).
+    let s = "token-late";
+    let mut o = options(s, 0, 0);
+    o.batch.timeout_ms = Some(200);
+    let fetches = count_fetches(s);
+    let (before, asked) = (
+        TOKENS_AWAITED.with(|n| n.get()),
+        TOKENS_ASKED.with(|n| n.get()),
+    );
+    let cache: TileCache = TileCache::with_auth(&o, Some(gated_token_auth())).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    let e = cache.when_complete().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert!(
+        TOKENS_ASKED.with(|n| n.get()) > asked,
+        "the token was asked for"
+    );
+    wait_until(
+        "the timed-out request's token future is dropped",
+        || async { TOKENS_AWAITED.with(|n| n.get()) == before },
+    )
+    .await;
+    // The cache asks for the view again meanwhile (a new request, a new token): dropped,
+    // every request it still awaits a token for is given up too.
+    drop(cache);
+    token_gate(true);
+    TimeoutFuture::new(200).await;
+    let (called, sent) = (fetches(), log(s).await.0);
+    token_gate(false);
+    assert_eq!((called, sent), (0, 0), "fetch calls, requests sent");
+
+    // The cache disposed while the token is awaited: no fetch once it comes, and nothing
+    // left awaiting.
+    let s = "token-disposed";
+    let mut o = options(s, 0, 0);
+    o.batch.timeout_ms = Some(60_000);
+    let fetches = count_fetches(s);
+    let asked = TOKENS_ASKED.with(|n| n.get());
+    let cache: TileCache = TileCache::with_auth(&o, Some(gated_token_auth())).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    wait_until("the token is asked for", || async {
+        TOKENS_ASKED.with(|n| n.get()) > asked
+    })
+    .await;
+    cache.dispose();
+    token_gate(true);
+    TimeoutFuture::new(200).await;
+    let (called, sent) = (fetches(), log(s).await.0);
+    token_gate(false);
+    assert_eq!((called, sent), (0, 0), "fetch calls, requests sent");
+    wait_until("the disposed cache's token future is dropped", || async {
+        TOKENS_AWAITED.with(|n| n.get()) == before
+    })
+    .await;
+}
+
 /// A hidden page's put-off wake-up that the page's being shown set going just before
 /// `dispose` sends nothing: the disposed cache makes no request.
 #[wasm_bindgen_test]
