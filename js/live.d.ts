@@ -45,7 +45,8 @@ export interface Following {
   /** The id of the last event applied: pass it as `lastEventId` to resume later. */
   readonly lastEventId: string | undefined;
   /** Resolves when following stopped: the signal aborted, or the cache was disposed
-   * (`cache.onDispose`: the connection, or the wait before the next, is aborted at once). */
+   * (`cache.onDispose`: the connection, the `auth.token()` it waits for, or the wait before
+   * the next, is aborted at once). */
   readonly done: Promise<void>;
 }
 

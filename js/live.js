@@ -51,6 +51,18 @@ function fail(Class, code, message) {
   return e;
 }
 
+/** `p`'s outcome, or a rejection with the signal's reason once `signal` aborts first: an
+ * `auth.token()` that never settles (a sign-in that never comes) must not keep following
+ * (its listeners, `done`) alive after the signal aborts or the cache is disposed. */
+function unlessAborted(p, signal) {
+  return new Promise((ok, no) => {
+    const off = () => no(signal.reason);
+    if (signal.aborted) return off();
+    signal.addEventListener('abort', off, { once: true });
+    Promise.resolve(p).then(ok, no).finally(() => signal.removeEventListener('abort', off));
+  });
+}
+
 /** Most characters an event (its data lines, and the line being read) may hold: 1 Mi, above
  * the largest the server sends (an invalidation within the protocol's request limits, under
  * 600 KiB). A longer one is not kept: the reader skips to its end (memory stays bounded
@@ -246,7 +258,8 @@ export function follow(cache, url, options = {}) {
       try {
         const h = { ...headerList, accept: 'text/event-stream' };
         if (auth) {
-          const token = await auth.token();
+          // Given up on when this connection is aborted (stop, or a change of tier).
+          const token = await unlessAborted(auth.token(), c.signal);
           if (typeof token !== 'string' || !TOKEN.test(token)) throw fail(Error, 'ERR_TOKEN', 'auth.token() must give a bearer token');
           h.authorization = `Bearer ${token}`;
         }

@@ -297,11 +297,11 @@ for (let seed = 1; seed <= 20; seed++) {
   });
 }
 
-// Stopped (signal aborted, or the cache disposed) at a random point: while fetch is
-// pending, mid-stream, in the wait before a reconnect, or with an
-// invalidation of everything put off. `done` resolves, the put-off one is applied (unless
+// Stopped (signal aborted, or the cache disposed) at a random point: while auth.token() is
+// pending (one that never settles: a sign-in that never comes), while fetch is, mid-stream,
+// in the wait before a reconnect, or with an invalidation of everything put off. `done` resolves, the put-off one is applied (unless
 // the cache is gone), and nothing runs afterwards: no connection, no invalidate, no timer.
-const STAGES = ['fetch', 'stream', 'wait', 'putOff'];
+const STAGES = ['token', 'fetch', 'stream', 'wait', 'putOff'];
 for (let seed = 1; seed <= 20; seed++) {
   test(`seed ${seed}: stopping at any point settles done and leaves nothing running`, async () => {
     const r = rng(2000 + seed);
