@@ -21,7 +21,8 @@ export interface FollowOptions {
   onEvent?: (event: FeedEvent) => void;
   /** Connection failures and bad events (following goes on): `ERR_BAD_EVENT` for an
    * `invalidate` whose data is not an invalidation, or an event longer than 1 Mi characters
-   * (skipped as it arrives, not kept; an `invalidate` one invalidates everything). */
+   * (skipped as it arrives, not kept; an `invalidate` one invalidates everything). One that
+   * throws is reported (`reportError`, else `console.error`) and following goes on. */
   onError?: (error: unknown) => void;
   /** First reconnect delay, doubled per reconnect up to `maxRetryMs` (with jitter), and
    * back to `minRetryMs` once a connection has stayed up for 30 s (or `maxRetryMs`, when

@@ -51,6 +51,12 @@ function fail(Class, code, message) {
   return e;
 }
 
+/** An error a listener threw, as cache.js reports them: following goes on. */
+function report(e) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(e);
+  else console.error(e);
+}
+
 /** `p`'s outcome, or a rejection with the signal's reason once `signal` aborts first: an
  * `auth.token()` that never settles (a sign-in that never comes) must not keep following
  * (its listeners, `done`) alive after the signal aborts or the cache is disposed. */
@@ -149,12 +155,17 @@ export function follow(cache, url, options = {}) {
   for (const k of Object.keys(options)) {
     if (!OPTION_NAMES.includes(k)) throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `unknown option ${JSON.stringify(k)}; allowed: ${OPTION_NAMES.join(', ')}`);
   }
-  const { signal, auth, headers = {}, fetch = globalThis.fetch, onEvent, onError = () => {} } = options;
+  const { signal, auth, headers = {}, fetch = globalThis.fetch, onEvent, onError: onErrorOption = () => {} } = options;
   // Checked here: a wrong type would fail later, on every connection or event, or (onError)
   // reject `done` with nobody told why.
-  for (const [name, f] of [['fetch', fetch], ['onEvent', onEvent], ['onError', onError]]) {
+  for (const [name, f] of [['fetch', fetch], ['onEvent', onEvent], ['onError', onErrorOption]]) {
     if (f !== undefined && typeof f !== 'function') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', `${name} must be a function`);
   }
+  // An onError that throws is the listener's fault, reported as TileCache reports its
+  // listeners' (reportError, else console.error): it used to end following, rejecting `done`.
+  const onError = (e) => {
+    try { onErrorOption(e); } catch (err) { report(err); }
+  };
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
   if (options.lastEventId !== undefined && typeof options.lastEventId !== 'string') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'lastEventId must be a string');
   // As TileCache reads its `headers`: an object or a Headers (whose entries a spread would lose).

@@ -350,3 +350,59 @@ for (let seed = 1; seed <= 20; seed++) {
     }
   });
 }
+
+// An onError that throws (a logger's bug, `onError: (e) => { throw e; }`) is a listener's
+// fault, reported as TileCache reports its listeners' (reportError, else console.error):
+// following goes on. It used to end following at the first bad event or dropped
+// connection, with `done` rejected (unhandled, unless the page awaited it).
+{
+  test('an onError that throws does not end following', async () => {
+    const cache = fakeCache();
+    let connections = 0;
+    const fetch = async (_url, { signal }) => {
+      connections++;
+      const text = connections === 1
+        ? 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid: 2-0\ndata: {"ids":\n\nevent: invalidate\nid: 3-0\ndata: {"ids":["a"]}\n\n'
+        : 'event: ready\nid: 3-0\ndata: {}\n\nevent: invalidate\nid: 4-0\ndata: {"ids":["b"]}\n\n';
+      return new Response(new ReadableStream({
+        start(c) {
+          c.enqueue(new TextEncoder().encode(text));
+          if (connections === 1) c.close();
+          else signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+        },
+      }), { status: 200 });
+    };
+    const reported = [];
+    const realError = console.error, realReport = globalThis.reportError;
+    console.error = (e) => reported.push(e);
+    delete globalThis.reportError;
+    let unhandled = null;
+    const onUnhandled = (e) => { unhandled = e; };
+    process.on('unhandledRejection', onUnhandled);
+    const stop = new AbortController();
+    const thrower = (e) => { throw new Error(`listener failed on ${e?.code ?? e?.type}`); };
+    const f = follow(cache, 'http://feed.test/v1/changes', {
+      fetch, signal: stop.signal, lastEventId: '0-0', minRetryMs: 1, maxRetryMs: 2,
+      onError: thrower,
+    });
+    let rejected = null;
+    f.done.catch((e) => { rejected = e; });
+    try {
+      const deadline = Date.now() + 5000;
+      while (!cache.calls.some((w) => w.ids?.[0] === 'b') && rejected === null && Date.now() < deadline) await new Promise((ok) => setTimeout(ok, 2));
+      assert.equal(rejected, null, 'done rejected');
+      assert.deepEqual(cache.calls.filter((w) => !w.all).map((w) => w.ids), [['a'], ['b']], 'the events after the throw applied, on both connections');
+      assert.equal(f.lastEventId, '4-0');
+      assert.ok(reported.length >= 1 && reported.every((e) => /^listener failed on /.test(e.message)), String(reported));
+      stop.abort();
+      await f.done;
+      await settle();
+      assert.equal(unhandled, null);
+    } finally {
+      console.error = realError;
+      if (realReport) globalThis.reportError = realReport;
+      process.off('unhandledRejection', onUnhandled);
+      stop.abort();
+    }
+  });
+}
