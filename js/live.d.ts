@@ -43,7 +43,9 @@ export interface FeedEvent {
 }
 
 export interface Following {
-  /** The id of the last event applied: pass it as `lastEventId` to resume later. */
+  /** The id of the last event applied: pass it as `lastEventId` to resume later.
+   * `undefined` after an event whose id cannot be resumed from (empty, or other than
+   * visible ASCII): the next connection then invalidates everything, as the first does. */
   readonly lastEventId: string | undefined;
   /** Resolves when following stopped: the signal aborted, or the cache was disposed
    * (`cache.onDispose`: the connection, the `auth.token()` it waits for, or the wait before

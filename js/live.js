@@ -14,7 +14,8 @@
 // still holds it, and a server or proxy that ends each stream right after `ready` (or sends
 // `expired` at once) is not reconnected to several times a second. The first connection
 // invalidates everything too: what the cache held before it cannot be proven fresh
-// (follow right after create and that is nothing).
+// (follow right after create and that is nothing); so does any connection with no id to
+// resume from (RESUMABLE_ID), as the server then replays nothing.
 // The server filters the feed for the connection's verified tier (ids go to the top tier
 // only), so when the cache's tier changes (cache.onAccess: setAccess, or a lower tier the
 // server reported) the connection is dropped and made again at once with a fresh
@@ -30,6 +31,9 @@ import { retryAfterMs } from './retry-after.js';
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
 const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+/** An event id that can go back as `Last-Event-ID` and be read there: visible ASCII (the
+ * server's are `<ms>-<seq>`). */
+const RESUMABLE_ID = /^[\x21-\x7e]+$/;
 /** How long a connection must stay up after its `ready` for the backoff to start over at
  * minRetryMs (at most maxRetryMs). A `ready` alone proves nothing: a feed that closes right
  * after it used to be reconnected to every 0.25-0.5 s for ever. */
@@ -250,7 +254,11 @@ export function follow(cache, url, options = {}) {
         try { cache.invalidate({ all: true }); } catch { return false; }
       }
     }
-    if (ev.id !== undefined) state.lastEventId = ev.id;
+    // An id that cannot be sent back resets it: an empty one (EventSource's rule; the
+    // server reads an empty Last-Event-ID as none), or one with other than visible ASCII
+    // (fetch refuses a header value past U+00FF, so every reconnect failed for ever; the
+    // server reads one with other bytes as none).
+    if (ev.id !== undefined) state.lastEventId = RESUMABLE_ID.test(ev.id) ? ev.id : undefined;
     try { onEvent?.({ type: ev.event, id: ev.id, invalidation: what }); } catch (e) { onError(e); }
     return true;
   };
@@ -260,6 +268,10 @@ export function follow(cache, url, options = {}) {
     // `floor`: the Retry-After of the last refusal (429, 503), the least the next wait is.
     let wait = minMs, floor = 0, first = state.lastEventId === undefined;
     while (!ctrl.signal.aborted) {
+      // With no id to resume from (an event reset it with an empty `id:`, or the feed sends
+      // none) the server starts from now, replaying nothing: what changed while this was
+      // down is unknown, so this connection's `ready` invalidates everything, as the first's.
+      if (state.lastEventId === undefined) first = true;
       const c = new AbortController();
       conn = c;
       // When this connection's `ready` came (Date.now()); undefined until then.

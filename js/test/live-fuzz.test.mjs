@@ -406,3 +406,52 @@ for (let seed = 1; seed <= 20; seed++) {
     }
   });
 }
+
+// A connection with no id to resume from is a first connection again: it invalidates
+// everything at its `ready`. The server reads an empty Last-Event-ID as none (it starts
+// from now, replaying nothing), so after an event with an empty `id:` (which resets the
+// id, as EventSource has it), or on a feed that sends no ids, the changes made while the
+// connection was down used to be lost: not replayed, and nothing invalidated. So with an
+// id of other bytes than visible ASCII: one past U+00FF made every reconnect's fetch throw,
+// for ever; the server reads one with other bytes (`é`) as none.
+for (const [what, firstText, lastEventId] of [
+  ['an empty id:', 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid:\ndata: {"ids":["a"]}\n\n', '0-0'],
+  ['an id of spaces', 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid:   \ndata: {"ids":["a"]}\n\n', '0-0'],
+  ['an id past U+00FF', 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid: 2-🌍\ndata: {"ids":["a"]}\n\n', '0-0'],
+  ['an id with é', 'event: ready\nid: 1-0\ndata: {}\n\nevent: invalidate\nid: 2-é\ndata: {"ids":["a"]}\n\n', '0-0'],
+  ['no ids at all', 'event: ready\ndata: {}\n\nevent: invalidate\ndata: {"ids":["a"]}\n\n', undefined],
+]) {
+  test(`after ${what}, the next connection invalidates everything, sending no Last-Event-ID`, async () => {
+    const cache = fakeCache();
+    const conns = [];
+    const fetch = async (_url, { headers, signal }) => {
+      conns.push(headers);
+      const text = conns.length === 1 ? firstText : 'event: ready\nid: 9-0\ndata: {}\n\n';
+      return new Response(new ReadableStream({
+        start(c) {
+          c.enqueue(new TextEncoder().encode(text));
+          if (conns.length === 1) c.close();
+          else signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+        },
+      }), { status: 200 });
+    };
+    const events = [];
+    const stop = new AbortController();
+    const f = follow(cache, 'http://feed.test/v1/changes', {
+      fetch, signal: stop.signal, lastEventId, minRetryMs: 1, maxRetryMs: 2, onEvent: (e) => events.push(e), onError: () => {},
+    });
+    const deadline = Date.now() + 5000;
+    while (events.length < 3 && Date.now() < deadline) await new Promise((ok) => setTimeout(ok, 2));
+    stop.abort();
+    await f.done;
+    assert.equal(conns.length, 2);
+    assert.equal(conns[1]['last-event-id'], undefined, 'no id to resume from is sent');
+    assert.deepEqual(events.map((e) => `${e.type} ${e.id}`).slice(-1), ['ready 9-0']);
+    assert.deepEqual(events.at(-1).invalidation, { all: true }, 'the second ready invalidates everything');
+    assert.equal(f.lastEventId, '9-0');
+    // Everything is invalidated at the second ready (at once, or at the end of the gap
+    // after the first connection's; applied by the time following stopped).
+    const alls = cache.calls.filter((w) => w.all).length;
+    assert.equal(alls, lastEventId === undefined ? 2 : 1, JSON.stringify(cache.calls));
+  });
+}
