@@ -409,7 +409,7 @@ export function createWorker(defaults = {}) {
   /** The feed's current position: the id of the `ready` event of a poll without Last-Event-ID. */
   async function position(url, token) {
     const ready = (await fetchChanges(url, token, null)).find((e) => e.event === 'ready');
-    if (!ready?.id) throw new Error('the change feed sent no ready event with an id');
+    if (!ready?.id || !STREAM_ID.test(ready.id)) throw new Error('the change feed sent no ready event with a stream id (<ms>-<seq>)');
     return ready.id;
   }
 
@@ -463,7 +463,10 @@ export function createWorker(defaults = {}) {
           proxy.applyChange(e.event, e.data, Date.now());
           feed.events++;
         }
-        if (e.id) feed.lastId = e.id;
+        // Resumed from only when a stream id: another (a proxy's, a broken origin's) would be
+        // refused by the origin at every poll, or, past U+00FF, make every poll's fetch throw
+        // (a header value must be a ByteString): this isolate would see no change again.
+        if (e.id && STREAM_ID.test(e.id)) feed.lastId = e.id;
       }
       feed.replaying = false;
       feed.polls++;

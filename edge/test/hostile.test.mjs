@@ -343,3 +343,52 @@ describe('edge worker (js/edge.js): each kind of hostile origin answer alone', (
     });
   }
 });
+
+// A change feed event whose id is not a stream id (`<ms>-<seq>`) is applied, but not taken
+// as the position to resume from: one past U+00FF made every later poll's fetch throw (a
+// header value must be a ByteString), for ever, so the isolate never saw a change again;
+// another would be refused by the origin (400) at every poll.
+describe('edge worker (js/edge.js): a change feed id that is not a stream id', () => {
+  for (const bad of ['6-🌍', 'six', '']) {
+    it(`${JSON.stringify(bad)} is not resumed from: later polls go on from the last stream id`, async () => {
+      delete globalThis.caches;
+      const asked = [];
+      let polls = 0;
+      globalThis.fetch = async (url, init = {}) => {
+        if (String(url).includes('/v1/changes')) {
+          // As fetch does: a header value past U+00FF throws.
+          const h = new Headers(init.headers);
+          const last = h.get('last-event-id');
+          asked.push(last);
+          polls++;
+          if (last === null) return new Response('event: ready\nid: 5-0\ndata: {}\n\n', { headers: { 'content-type': 'text/event-stream' } });
+          if (last === '5-0') return new Response(`event: ready\nid: 5-0\ndata: {}\n\nevent: invalidate\nid: ${bad}\ndata: {"ids":["a"]}\n\n`, { headers: { 'content-type': 'text/event-stream' } });
+          return new Response('event: ready\nid: 7-0\ndata: {}\n\n', { headers: { 'content-type': 'text/event-stream' } });
+        }
+        const req = JSON.parse(init.body);
+        return new Response(JSON.stringify({ access: req.access ?? 'public', tiles: req.tiles.map((tile) => ({ tile, ids: [], ttl: 60 })), items: [], missing: [] }),
+          { headers: { 'content-type': 'application/json' } });
+      };
+      const worker = createWorker();
+      const env = {
+        ORIGIN: 'http://127.0.0.1:9/v1/batch',
+        TILEWARM_OPTIONS: JSON.stringify({ originTimeoutMs: TIMEOUT_MS, changesPollMs: 10, warmRing: 0, statsPublic: true }),
+      };
+      const waits = [];
+      const ctx = { waitUntil: (p) => waits.push(p) };
+      for (let k = 0; k < 40 && polls < 6; k++) {
+        const res = await worker.fetch(new Request('http://edge.test/v1/batch', {
+          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tiles: ['14/2624/5721'] }),
+        }), env, ctx);
+        assert.equal(res.status, 200);
+        await Promise.all(waits.splice(0));
+        await sleep(12);
+      }
+      const stats = (await (await worker.fetch(new Request('http://edge.test/edge/stats'), env, ctx)).json()).changes;
+      assert.equal(stats.errors, 0, `${stats.lastError}; asked ${asked.map(String)}`);
+      assert.ok(stats.polls >= 3, `${stats.polls} polls; asked ${asked.map(String)}`);
+      assert.ok(asked.every((id) => id === null || /^\d+-\d+$/.test(id)), `asked ${asked.map(String)}`);
+      assert.equal(stats.lastId, '5-0', 'the last stream id the feed sent');
+    });
+  }
+});
