@@ -543,7 +543,7 @@ fn read_app(app: &App, s: &mut Scrape) {
         ),
         (
             "tilewarm_origin_bad_rows",
-            "Database rows skipped as unusable (id, coordinates, class or tier).",
+            "Database rows skipped as unusable (id, coordinates, class or tier), and answered items no client can read, dropped by the guard.",
             &o.bad_rows,
         ),
         (

@@ -22,7 +22,9 @@
 //! - the **tier guard**: an item above the tier the request was asked at never leaves this
 //!   module, whatever the backend answered (a PostGIS view with a wrong filter, an upstream
 //!   that leaks). Such items are dropped from `items` and every list, requested ids among
-//!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`;
+//!   them become `missing`, and each is counted in `tilewarm_origin_leaked_items_total`.
+//!   So is an item no client can read ([`validate_item_fields`] fails: every answer
+//!   holding it would fail to decode), counted in `tilewarm_origin_bad_rows_total`;
 //! - the **shape guard**: an answer that leaves out a requested tile or id is a failure (not
 //!   a silent hole that would be cached as "empty"), unless the answer names it as left out
 //!   ([`Answer`]: a tile over `--max-tile-items`, an oversized item, what an upstream's
@@ -98,7 +100,8 @@ use std::time::Duration;
 
 use tilewarm::origin::Origin;
 use tilewarm::protocol::{
-    BatchRequest, BatchResponse, DataTooLarge, ErrorBody, ErrorCode, Limits, RawData, Unanswered,
+    validate_item_fields, BatchRequest, BatchResponse, DataTooLarge, ErrorBody, ErrorCode, Limits,
+    RawData, Unanswered,
 };
 use tilewarm::{Access, TileId};
 
@@ -462,7 +465,8 @@ pub struct OriginStats {
     pub incomplete_answers: AtomicU64,
     /// Tile list entries the shape guard dropped: their item does not lie in the tile.
     pub misplaced_items: AtomicU64,
-    /// Rows a database backend skipped as unusable (bad id, coordinates, class or tier).
+    /// Rows a database backend skipped as unusable (bad id, coordinates, class or tier), and
+    /// items of any backend's answer the guard dropped as no client can read them.
     pub bad_rows: AtomicU64,
     /// Items the backend's data set holds, when it knows (memory).
     pub dataset_items: AtomicUsize,
@@ -902,24 +906,49 @@ impl OriginService {
                 upstream::TOKEN_ENV
             )));
         }
+        // An item no client can read (an empty or overlong id or class, a position off
+        // the map) would make every answer holding it fail to decode, for as long as it is
+        // cached: it is dropped as a database backend skips such a row (counted with them).
+        // Its `ttl` is not checked: the server writes its own.
+        let mut unreadable: Vec<String> = Vec::new();
+        let mut leaked: HashSet<String> = HashSet::new();
         let mut dropped: HashSet<String> = HashSet::new();
         r.items.retain(|it| {
-            let ok = asked.can_see(it.access);
-            if !ok {
-                dropped.insert(it.id.clone());
+            let (id, class) = (&it.id, &it.class);
+            let fields = validate_item_fields(id, it.lon, it.lat, class, None, &self.limits);
+            if let Err(e) = fields {
+                unreadable.push(e.to_string());
+            } else if !asked.can_see(it.access) {
+                leaked.insert(id.clone());
+            } else {
+                return true;
             }
-            ok
+            dropped.insert(id.clone());
+            false
         });
-        if !dropped.is_empty() {
+        if let Some(first) = unreadable.first() {
             self.stats
-                .leaked_items
-                .fetch_add(dropped.len() as u64, Relaxed);
+                .bad_rows
+                .fetch_add(unreadable.len() as u64, Relaxed);
             tracing::warn!(
                 origin = self.kind(),
-                items = dropped.len(),
+                items = unreadable.len(),
+                first = %first,
+                "the origin answered items no client can read; dropped"
+            );
+        }
+        if !leaked.is_empty() {
+            self.stats
+                .leaked_items
+                .fetch_add(leaked.len() as u64, Relaxed);
+            tracing::warn!(
+                origin = self.kind(),
+                items = leaked.len(),
                 tier = %asked,
                 "the origin answered items above the asked tier; dropped"
             );
+        }
+        if !dropped.is_empty() {
             for list in &mut r.tiles {
                 list.ids.retain(|id| !dropped.contains(id));
             }
@@ -1172,6 +1201,86 @@ mod tests {
             "postgres://h/db?***"
         );
         assert_eq!(redact_url("http://h/v1/batch"), "http://h/v1/batch");
+    }
+
+    /// A backend answering one fixed response, whatever it is asked.
+    struct Fixed(BatchResponse<RawData>);
+
+    impl OriginBackend for Fixed {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn answer<'a>(
+            &'a self,
+            _request: &'a BatchRequest,
+            _bound: Option<ItemBound<'a>>,
+        ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+            let r = self.0.clone();
+            Box::pin(async move { Ok(r) })
+        }
+        fn count_up_to<'a>(
+            &'a self,
+            _tiles: &'a [TileId],
+            _access: Access,
+            _limit: usize,
+        ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+            Box::pin(async { Ok(ItemCount::Unknown) })
+        }
+        fn describe(&self) -> String {
+            "fixed".into()
+        }
+    }
+
+    /// An item no client can read (here an empty class; an empty or overlong id, a position
+    /// off the map alike) is dropped by the guard like an item above the asked tier: from
+    /// every list, a requested id among them `missing`, counted with the bad rows. It went
+    /// through: the server's answers holding it (for as long as it was cached) failed to
+    /// decode in every client ("class must not be empty"). Found by `batch::fuzz`.
+    #[test]
+    fn items_no_client_can_read_are_dropped_by_the_guard() {
+        let t = TileId::from_lon_lat(-122.33, 47.61, 14).unwrap();
+        let item = |id: &str, class: &str| tilewarm::protocol::Item {
+            id: id.into(),
+            lon: -122.33,
+            lat: 47.61,
+            class: class.into(),
+            access: Access::Public,
+            ttl: None,
+            data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+        };
+        let response = BatchResponse {
+            tiles: vec![tilewarm::protocol::TileList {
+                tile: t,
+                ids: vec!["good".into(), "bad".into()],
+                ttl: None,
+            }],
+            items: vec![item("good", "active"), item("bad", "")],
+            ..BatchResponse::default()
+        };
+        let stats = Arc::new(OriginStats::default());
+        let service = OriginService::with_backend(
+            Box::new(Fixed(response)),
+            &Config::default(),
+            Arc::new(Metrics::default()),
+            Arc::clone(&stats),
+        );
+        let request = BatchRequest {
+            tiles: vec![t],
+            ids: vec!["bad".into()],
+            access: Access::Agent,
+        };
+        let a = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(service.fetch(&request, CallSource::Request))
+            .unwrap();
+        let r = a.response;
+        assert_eq!(r.tiles[0].ids, ["good"]);
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(r.missing, ["bad"]);
+        assert_eq!(stats.bad_rows.load(Relaxed), 1);
+        assert_eq!(stats.leaked_items.load(Relaxed), 0);
+        r.validate(&Limits::default()).unwrap();
     }
 
     #[test]
