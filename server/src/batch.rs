@@ -1322,6 +1322,9 @@ fn too_many_items(count: usize, max: usize) -> Refusal {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
