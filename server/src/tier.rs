@@ -639,7 +639,7 @@ impl RedisTier {
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
     /// by `maxmemory` before the tile) or names another tile (the item moved and was written
-    /// again by id since); see `docs/server.md`.
+    /// again since, by id or in its new tile's list); see `docs/server.md`.
     async fn invalidate(
         &self,
         inv: &crate::invalidate::Invalidation,
