@@ -16,18 +16,7 @@ import {
   SECRET, ISSUER, AUDIENCE, TIERS, RANK, hsToken, callerToken, serviceToken, rsaKeys, unsigned,
   tampered, bearer,
 } from './support/tokens.mjs';
-
-/** A small seeded PRNG (mulberry32), so a failing sequence can be replayed. */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from '../../js/test/support/mulberry32.mjs';
 
 describe('edge worker: caller authentication', () => {
   let server, relay, hmac, jwks, keyless, originToken, rsa, directToken;

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { post as postAs, postLarge, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
+import { mulberry32 as rng } from '../../js/test/support/mulberry32.mjs';
 
 // Every caller here holds an agent token, so the body's `access` picks the tier (it may
 // only lower the token's); authentication itself is tested in auth.test.mjs.
@@ -23,18 +24,6 @@ const block = (x0, y0, n) => {
 };
 const RANK = { public: 0, registered: 1, verified: 2, agent: 3 };
 const TIERS = Object.keys(RANK);
-
-/** A small seeded PRNG (mulberry32), so a failing sequence can be replayed. */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** tilewarm-server (with `serverArgs`), the recording relay and the worker under workerd
  * (with `options` over the defaults here). */

@@ -11,19 +11,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { SECRET, hsToken } from './support/tokens.mjs';
+import { mulberry32 } from '../../js/test/support/mulberry32.mjs';
 
 const RANK = { public: 0, registered: 1, verified: 2, agent: 3 };
 const TIERS = Object.keys(RANK);
 
 function rng(seed) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (n) => Math.floor(next() * n);
   return { next, int, pick: (xs) => xs[int(xs.length)], chance: (p) => next() < p };
 }

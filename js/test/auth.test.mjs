@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { jwtVerify } from 'jose';
 import { TileCache } from 'tilewarm';
 import { startBackend, viewOf, SEATTLE } from './support/backend.mjs';
+import { mulberry32 } from './support/mulberry32.mjs';
 import { SECRET, TIERS, RANK, hsToken } from '../../edge/test/support/tokens.mjs';
 
 const [, SX, SY] = SEATTLE;
@@ -273,14 +274,7 @@ test('auth: a 403 that names no tier keeps the cache at its tier (the page calls
 
 test('auth property: no item above min(token tier, access) is ever in a view', async () => {
   const seed = Number(process.env.AUTH_SEED ?? 20261202);
-  let a = seed >>> 0;
-  const random = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = mulberry32(seed);
   const tokens = {};
   for (const t of TIERS) tokens[t] = await hsToken({ tilewarm_access: t });
   let sawAgentItems = 0, sawForbidden = 0;

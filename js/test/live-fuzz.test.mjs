@@ -7,16 +7,10 @@
 import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { follow } from '../live.js';
+import { mulberry32 } from './support/mulberry32.mjs';
 
 function rng(seed) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (n) => Math.floor(next() * n);
   const pick = (xs) => xs[int(xs.length)];
   return { next, int, pick, chance: (p) => next() < p };

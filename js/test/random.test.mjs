@@ -33,6 +33,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { TileCache as PackageTileCache } from 'tilewarm';
 import * as raw from 'tilewarm/raw';
 import { tileOf, tileCorner, SEATTLE } from './support/backend.mjs';
+import { mulberry32 } from './support/mulberry32.mjs';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc');
@@ -69,16 +70,9 @@ export const tableSize = () => OBJS.length;
   return import(pathToFileURL(join(dir, 'cache.js')).href);
 }
 
-/** mulberry32: a small seeded generator. */
+/** A seeded generator (mulberry32) with the draws the run makes. */
 function rng(seed) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const r = {
     next,
     int: (lo, hi) => lo + Math.floor(next() * (hi - lo + 1)),
