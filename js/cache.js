@@ -16,6 +16,7 @@ import {
   ERROR_STATUSES,
 } from './gen/boundary.js';
 import { retryAfterMs } from './retry-after.js';
+import { report } from './report.js';
 
 // For the tile functions' JavaScript half (api.js), which is not bundled with gen/.
 export { MAX_LATITUDE, MAX_ZOOM } from './gen/boundary.js';
@@ -243,11 +244,6 @@ async function readBody(res) {
     }
     text += decoder.decode(value, { stream: true });
   }
-}
-
-function report(e) {
-  if (typeof globalThis.reportError === 'function') globalThis.reportError(e);
-  else console.error(e);
 }
 
 function disposedError() {

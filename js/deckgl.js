@@ -16,6 +16,7 @@
 
 import { wrapBox } from './box.js';
 import { drawnWith, followUpdates } from './redraw.js';
+import { report } from './report.js';
 
 function fail(Class, code, message) {
   const e = new Class(message);
@@ -90,7 +91,7 @@ export function extendTileLayer(TileLayer) {
         try {
           cache.setViewport(viewportOf(viewport, cache));
         } catch (e) {
-          (this.props.onViewError ?? globalThis.reportError ?? console.error)(e);
+          (this.props.onViewError ?? report)(e);
         }
       }
     }

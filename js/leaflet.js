@@ -11,6 +11,7 @@
 // Maps in EPSG:3857 (Leaflet's default CRS; another CRS fails every tile). Types: leaflet.d.ts.
 
 import { drawnWith, followUpdates } from './redraw.js';
+import { report } from './report.js';
 
 const OPTION_NAMES = ['draw', 'onError', 'followView', 'pane', 'zIndex', 'opacity', 'minZoom', 'maxZoom', 'bounds'];
 
@@ -73,7 +74,7 @@ export function createLayer(L, cache, options = {}) {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'followView must be a boolean');
   }
   const { draw = dot, followView = true, ...gridOptions } = options;
-  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  const onError = options.onError ?? report;
   delete gridOptions.onError;
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
   /** The maps whose CRS was found not to be Web Mercator (each reported once). */

@@ -28,6 +28,7 @@
 // Types: live.d.ts.
 
 import { retryAfterMs } from './retry-after.js';
+import { report } from './report.js';
 
 const OPTION_NAMES = ['signal', 'auth', 'headers', 'fetch', 'lastEventId', 'onEvent', 'onError', 'minRetryMs', 'maxRetryMs'];
 const TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
@@ -53,12 +54,6 @@ function fail(Class, code, message) {
   const e = new Class(message);
   e.code = code;
   return e;
-}
-
-/** An error a listener threw, as cache.js reports them: following goes on. */
-function report(e) {
-  if (typeof globalThis.reportError === 'function') globalThis.reportError(e);
-  else console.error(e);
 }
 
 /** `p`'s outcome, or a rejection with the signal's reason once `signal` aborts first: an

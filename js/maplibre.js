@@ -16,6 +16,7 @@
 // when the map is removed or the cache disposed. Types: maplibre.d.ts.
 
 import { wrapBox } from './box.js';
+import { report } from './report.js';
 
 /** What the page's options may hold, and their defaults. */
 const OPTION_NAMES = ['sourceId', 'promoteId', 'properties', 'onView', 'onError', 'useUpdateData'];
@@ -69,7 +70,7 @@ export function attach(map, cache, options) {
     }
   }
   const { sourceId, promoteId = 'id', properties, onView, useUpdateData = true } = options;
-  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  const onError = options.onError ?? report;
   if (typeof sourceId !== 'string' || sourceId === '') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'sourceId must be a non-empty string');
   }

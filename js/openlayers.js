@@ -30,6 +30,7 @@
 
 import { wrapBox } from './box.js';
 import { drawnWith, followUpdates } from './redraw.js';
+import { report } from './report.js';
 
 const OPTION_NAMES = ['onError'];
 const OL_NAMES = ['VectorSource', 'Feature', 'Point', 'tileStrategy', 'createXYZ'];
@@ -95,7 +96,7 @@ export function createSource(ol, cache, options = {}) {
   if (options.onError !== undefined && typeof options.onError !== 'function') {
     throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'onError must be a function');
   }
-  const onError = options.onError ?? ((e) => (globalThis.reportError ?? console.error)(e));
+  const onError = options.onError ?? report;
   const grid = ol.createXYZ({ tileSize: 256, maxZoom: 24 });
   /** key "z/x/y" -> { key, extent, ids: Set, ctrl, drawn } of tiles loaded or loading
    * (`drawn`: the items it was last filled with, see redraw.js). */

@@ -66,6 +66,7 @@ export const tableSize = () => OBJS.length;
   mkdirSync(join(dir, 'gen'));
   symlinkSync(join(here, '..', 'gen', 'boundary.js'), join(dir, 'gen', 'boundary.js'));
   symlinkSync(join(here, '..', 'retry-after.js'), join(dir, 'retry-after.js'));
+  symlinkSync(join(here, '..', 'report.js'), join(dir, 'report.js'));
   symlinkSync(join(pkg, 'tilewarm.js'), join(dir, 'tilewarm.js'));
   return import(pathToFileURL(join(dir, 'cache.js')).href);
 }
