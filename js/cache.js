@@ -150,6 +150,17 @@ function optTtl(v, where) {
   throw new Invalid(`${where}.ttl must be a whole number of seconds, got ${show(v)}`);
 }
 
+/** The members every item must have, with their JavaScript types, in the order checked. */
+const ITEM_TYPES = [['id', 'string'], ['lon', 'number'], ['lat', 'number'], ['class', 'string'], ['access', 'string']];
+
+/** Why `items[j]` is not an item: not an object, or the first member of the wrong type,
+ * named (the engine checks the values). */
+function badItem(it, j) {
+  if (!isObject(it)) return new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
+  const [name, type] = ITEM_TYPES.find(([name, type]) => typeof it[name] !== type);
+  return new Invalid(`items[${j}].${name} must be a ${type}, got ${show(it[name])}`);
+}
+
 function list(v, name) {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new Invalid(`${name} must be an array, got ${show(v)}`);
@@ -191,9 +202,9 @@ function flatten(body, bounds) {
   // item objects keep them as long as they are cached (issue 22: bench/js/memory-browser.mjs).
   const classes = new Map();
   tl.forEach((t, i) => {
-    if (!isObject(t) || typeof t.tile !== 'string' || !Array.isArray(t.ids)) {
-      throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
-    }
+    if (!isObject(t)) throw new Invalid(`tiles[${i}] must be an object {tile, ids, ttl?}, got ${show(t)}`);
+    if (typeof t.tile !== 'string') throw new Invalid(`tiles[${i}].tile must be a string, got ${show(t.tile)}`);
+    if (!Array.isArray(t.ids)) throw new Invalid(`tiles[${i}].ids must be an array of ids, got ${show(t.ids)}`);
     strs.push(t.tile);
     for (const id of t.ids) {
       if (typeof id !== 'string') throw new Invalid(`tiles[${i}].ids must hold strings, got ${show(id)}`);
@@ -204,7 +215,7 @@ function flatten(body, bounds) {
   il.forEach((it, j) => {
     if (!isObject(it) || typeof it.id !== 'string' || typeof it.lon !== 'number' ||
         typeof it.lat !== 'number' || typeof it.class !== 'string' || typeof it.access !== 'string') {
-      throw new Invalid(`items[${j}] must be an object {id, lon, lat, class, access, ttl?, data}, got ${show(it)}`);
+      throw badItem(it, j);
     }
     // An unknown tier is -1, which the engine refuses (an own-property lookup in an object
     // would find `toString` and the like).
