@@ -40,6 +40,7 @@ pub mod access;
 pub mod batch;
 pub mod cache;
 pub mod client;
+mod clock;
 #[cfg(feature = "data")]
 pub mod dataset;
 #[cfg(feature = "edge")]

@@ -88,10 +88,12 @@ impl<P: Payload> Client<P> {
         now_ms: u64,
         sink: impl FnMut(&CacheItem<P>, bool),
     ) -> Result<bool, TooManyDataTiles> {
+        let now_ms = self.clock.read(now_ms);
         let mut queued = false;
-        let read = self.load_tile_deferred(tile, queue, now_ms, &mut queued, sink);
+        let read = self.load_deferred(tile, queue, now_ms, &mut queued, sink);
         if queued {
-            self.loading_changed(now_ms);
+            self.protect();
+            self.refresh_foreground(now_ms);
         }
         read
     }
@@ -103,6 +105,19 @@ impl<P: Payload> Client<P> {
     /// `loadTiles` of N tiles was quadratic (1,000 tiles took 159 ms, 4,000 8.7 s in a
     /// browser page's wasm).
     pub fn load_tile_deferred(
+        &mut self,
+        tile: TileId,
+        queue: bool,
+        now_ms: u64,
+        queued: &mut bool,
+        sink: impl FnMut(&CacheItem<P>, bool),
+    ) -> Result<bool, TooManyDataTiles> {
+        let now_ms = self.clock.read(now_ms);
+        self.load_deferred(tile, queue, now_ms, queued, sink)
+    }
+
+    /// [`load_tile_deferred`](Self::load_tile_deferred) at a time read already.
+    fn load_deferred(
         &mut self,
         tile: TileId,
         queue: bool,
@@ -156,6 +171,7 @@ impl<P: Payload> Client<P> {
     /// they are protected from eviction, and those that cannot be shown queued as
     /// foreground work. Nothing may be answered or evicted in between.
     pub fn loading_changed(&mut self, now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         self.protect();
         self.refresh_foreground(now_ms);
     }
@@ -165,6 +181,7 @@ impl<P: Payload> Client<P> {
     /// queued or protected, unless visible. A request already out is not aborted; its
     /// answer is cached.
     pub fn release_tiles(&mut self, tiles: &[TileId], now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         self.changed();
         self.loading.retain(|t| !tiles.contains(t));
         self.protect();
@@ -186,6 +203,7 @@ impl<P: Payload> Client<P> {
     /// tiles of overlapping coarse tiles), are looked up in sets, not in the queue (a list of
     /// 100,000 data tiles took 16 s in a browser page's wasm that way).
     pub fn prefetch(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        let now_ms = self.clock.read(now_ms);
         self.changed();
         let tile_zoom = self.cache.config().tile_zoom;
         let access = self.access;
@@ -244,7 +262,7 @@ impl<P: Payload> Client<P> {
         self.destinations
             .retain(|&t| !cache.tile_freshness(t, access, now_ms).is_showable());
         let tiles = std::mem::take(&mut self.destinations);
-        self.warm(&tiles, now_ms);
+        self.warm_at(&tiles, now_ms);
         self.destinations = tiles;
     }
 

@@ -65,6 +65,7 @@ use std::collections::VecDeque;
 use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
+use crate::clock::Clock;
 use crate::planner::{Plan, Planner, Room, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
@@ -199,6 +200,9 @@ pub struct Client<P> {
     /// Data tiles a host read ([`Client::load_tile`]), each with when its read could next
     /// differ with time (`changed.rs`).
     held: Vec<(TileId, u64)>,
+    /// The shell's times read as monotonic (`crate::clock`): each public call that takes a
+    /// time reads it once, so a wall clock stepping back delays no wait or expiry.
+    clock: Clock,
     /// Tests: reads and planning rounds classify every tile again (the reference the fast
     /// path is checked against).
     #[cfg(test)]
@@ -257,12 +261,16 @@ impl<P: Payload> Client<P> {
             view_until: u64::MAX,
             fresh: FreshTiles::new(config.access),
             density: Density::default(),
+            clock: Clock::default(),
             #[cfg(test)]
             full_reads: false,
         })
     }
 
-    /// The cache, for reads that do not change it.
+    /// The cache, for reads that do not change it. Its times (an item's expiry) are on the
+    /// client's clock, which runs ahead of the caller's once the caller's stepped back
+    /// (`crate::clock`): read items at a caller's time through [`Client::peek`] or
+    /// [`Client::get`].
     pub fn cache(&self) -> &ItemCache<P> {
         &self.cache
     }
@@ -349,6 +357,7 @@ impl<P: Payload> Client<P> {
         reuse: bool,
         sink: impl FnMut(&CacheItem<P>, bool),
     ) -> ViewOutcome {
+        let now_ms = self.clock.read(now_ms);
         let seen = self.planner.observe(&viewport, now_ms);
         if self.viewport.as_ref() != Some(&viewport) {
             self.unkept_rounds = 0;
@@ -565,6 +574,7 @@ impl<P: Payload> Client<P> {
         now_ms: u64,
         sink: impl FnMut(&CacheItem<P>, bool),
     ) -> ViewOutcome {
+        let now_ms = self.clock.read(now_ms);
         self.read_view(now_ms, sink)
     }
 
@@ -654,6 +664,7 @@ impl<P: Payload> Client<P> {
 
     /// The next batch request to send, if one may go out now. Call until `None`.
     pub fn poll_request(&mut self, now_ms: u64) -> Option<Transmit> {
+        let now_ms = self.clock.read(now_ms);
         let (cache, access) = (&self.cache, self.access);
         let empty = |t| cache.outside_bounds(t);
         let out = self.batcher.poll_with_empty(
@@ -829,15 +840,18 @@ impl<P: Payload> Client<P> {
     /// differently (the first time a shown item or tile list turns stale or expires past
     /// the stale-while-revalidate window: a wake-up per change of the view, not a poll), or
     /// a tile a host read ([`Client::load_tile`]) does (see [`Client::take_changed_tiles`]).
+    ///
+    /// The time is on the caller's clock, as `now_ms` is: after the wall clock stepped back,
+    /// as much before the engine's own (see `crate::clock`).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        let now_ms = self.clock.read(now_ms);
         // A change already due (a call came before the timer) is due now, not dropped.
         let first = (self.held.iter()).fold(self.view_until, |at, &(_, t)| at.min(t));
         let view = Some(first).filter(|&t| t < u64::MAX).map(|t| t.max(now_ms));
-        self.batcher
-            .next_wakeup(now_ms)
-            .into_iter()
+        let at = (self.batcher.next_wakeup(now_ms).into_iter())
             .chain(view)
-            .min()
+            .min()?;
+        Some(self.clock.wall(at))
     }
 
     /// Time passed: requests past their deadline fail with [`Failure::Timeout`] and are
@@ -850,10 +864,11 @@ impl<P: Payload> Client<P> {
     /// a host read that read differently from now on are reported changed
     /// ([`Client::take_changed_tiles`]).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         self.changed();
         for id in self.batcher.overdue(now_ms) {
             self.queue_cancel(id);
-            self.on_failure(id, Failure::Timeout, now_ms);
+            self.fail(id, Failure::Timeout, now_ms);
         }
         self.changed_with_time(now_ms);
         if self.view_until <= now_ms {
@@ -879,6 +894,7 @@ impl<P: Payload> Client<P> {
     /// (what they list is still shown while they are fetched again).
     /// Visible tiles that became incomplete are queued again.
     pub fn set_access(&mut self, access: Access, now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         self.changed();
         if access < self.access {
             self.cache.drop_above(access);
@@ -901,6 +917,7 @@ impl<P: Payload> Client<P> {
     /// A shell that reads it from the answers' headers hands it to
     /// [`on_declared_response`](Self::on_declared_response) instead.
     pub fn adopt_bounds(&mut self, bounds: Option<&Bbox>, now_ms: u64) -> Result<(), CacheError> {
+        let now_ms = self.clock.read(now_ms);
         if self.cache.adopt_bounds(bounds)? {
             self.changed();
             self.changed_tiles = ChangedTiles::All;
@@ -914,6 +931,7 @@ impl<P: Payload> Client<P> {
     /// have shrunk: it is asked for again. (Ids do not: a held tile's items are not cached,
     /// so where they are is not known.)
     pub fn invalidate(&mut self, what: Invalidate<'_>, now_ms: u64) -> usize {
+        let now_ms = self.clock.read(now_ms);
         self.changed();
         let oldest_out = self.request_access.iter().map(|(_, s)| s.at).min();
         self.overtaking.record(&what, oldest_out);
@@ -969,6 +987,7 @@ impl<P: Payload> Client<P> {
     /// a foreground fetch (unless [`check_id`](Self::check_id) refuses it); call
     /// [`Client::poll_request`] after.
     pub fn get(&mut self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let now_ms = self.clock.read(now_ms);
         if self.cache.peek(id, self.access, now_ms).is_none() && self.check_id(id).is_ok() {
             self.batcher.request_ids([id]);
         }
@@ -984,6 +1003,7 @@ impl<P: Payload> Client<P> {
         now_ms: u64,
         mut each: impl FnMut(Option<Lookup<'_, P>>),
     ) {
+        let now_ms = self.clock.read(now_ms);
         let (cache, access, limits) = (&self.cache, self.access, &self.limits);
         self.batcher
             .request_ids(ids.clone().into_iter().filter(|id| {
@@ -999,12 +1019,14 @@ impl<P: Payload> Client<P> {
     /// hit); otherwise `None` with nothing counted or queued, for a caller that then takes
     /// [`Client::get`] or [`Client::request_ids`].
     pub fn get_cached(&mut self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
+        let now_ms = self.clock.read(now_ms);
         self.cache.get_hit(id, self.access, now_ms)
     }
 
     /// Queues ids for a foreground fetch (those not fresh in the cache; none that
     /// [`check_id`](Self::check_id) refuses).
     pub fn request_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>, now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         let (cache, access, limits) = (&self.cache, self.access, &self.limits);
         let wanted: Vec<&str> = ids
             .into_iter()
@@ -1020,6 +1042,12 @@ impl<P: Payload> Client<P> {
     /// [`Client::set_viewport`] replaces the prefetch queue, so call this after it.
     /// Returns the tiles queued.
     pub fn warm(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
+        let now_ms = self.clock.read(now_ms);
+        self.warm_at(tiles, now_ms)
+    }
+
+    /// [`warm`](Self::warm) at a time read already.
+    fn warm_at(&mut self, tiles: &[TileId], now_ms: u64) -> usize {
         self.changed();
         let tile_zoom = self.cache.config().tile_zoom;
         let works: Vec<Work> = tiles
@@ -1036,11 +1064,18 @@ impl<P: Payload> Client<P> {
     /// own: not asked for again for a tile TTL, unless a change covering it, another tier or
     /// an answer for another tier ends the hold; [`Batcher::held`]).
     pub fn held_too_large(&self, tile: TileId, now_ms: u64) -> bool {
-        self.batcher.held(tile, now_ms)
+        self.batcher.held(tile, self.clock.read(now_ms))
+    }
+
+    /// The cached item with this id for the caller's tier (fresh or stale), without counting
+    /// or fetching: [`ItemCache::peek`] at the caller's tier, on the engine's clock.
+    pub fn peek(&self, id: &str, now_ms: u64) -> Option<Lookup<'_, P>> {
+        self.cache.peek(id, self.access, self.clock.read(now_ms))
     }
 
     /// Display state of a data tile.
     pub fn tile_state(&self, tile: TileId, now_ms: u64) -> TileState {
+        let now_ms = self.clock.read(now_ms);
         if self.batcher.is_tile_in_flight(tile) {
             return TileState::InFlight;
         }

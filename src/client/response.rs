@@ -57,6 +57,7 @@ impl<P: Payload> Client<P> {
         response: BatchResponse<P>,
         now_ms: u64,
     ) -> Answered {
+        let now_ms = self.clock.read(now_ms);
         self.answer(id, response, None, now_ms)
     }
 
@@ -75,6 +76,7 @@ impl<P: Payload> Client<P> {
         declared: Option<&Bbox>,
         now_ms: u64,
     ) -> Answered {
+        let now_ms = self.clock.read(now_ms);
         self.answer(id, response, Some(declared), now_ms)
     }
 
@@ -224,12 +226,13 @@ impl<P: Payload> Client<P> {
     /// shell). Never fails: the error becomes an [`Event::Error`] and a counter (an abort
     /// is silent).
     pub fn on_failure(&mut self, id: RequestId, failure: Failure, now_ms: u64) {
+        let now_ms = self.clock.read(now_ms);
         self.fail(id, failure, now_ms);
     }
 
     /// [`on_failure`](Self::on_failure); returns whether the request was tracked (`false`:
     /// cancelled, already ended or unknown, and nothing changed).
-    fn fail(&mut self, id: RequestId, failure: Failure, now_ms: u64) -> bool {
+    pub(super) fn fail(&mut self, id: RequestId, failure: Failure, now_ms: u64) -> bool {
         self.changed();
         self.sent_with(id);
         let outcome = self.batcher.on_failure(id, &failure, now_ms);
@@ -286,6 +289,7 @@ impl<P: Payload> Client<P> {
         reported: Option<Access>,
         now_ms: u64,
     ) {
+        let now_ms = self.clock.read(now_ms);
         let forbidden = matches!(failure, Failure::Http { status: 403, .. });
         // (A tier taken by `sent_with` here is not needed by `on_failure`: it only forgets it.)
         let sent = match reported {
@@ -293,10 +297,12 @@ impl<P: Payload> Client<P> {
             _ => None,
         };
         let (Some(reported), Some(sent)) = (reported, sent) else {
-            return self.on_failure(id, failure, now_ms);
+            self.fail(id, failure, now_ms);
+            return;
         };
         if reported >= sent || sent < self.access {
-            return self.on_failure(id, failure, now_ms);
+            self.fail(id, failure, now_ms);
+            return;
         }
         self.changed();
         if self.batcher.send_again(id).is_none() {

@@ -3240,3 +3240,251 @@ fn get_many_is_get_of_each_id_with_the_misses_asked_for_once() {
     c.get_many(["c", "a"], 0, |_| {});
     assert!(c.poll_request(0).is_none());
 }
+
+/// The shell's clock is a wall clock (`Date.now()`), which can step back (NTP, a user
+/// fixing their clock): no wait may last longer than the delay it was given, whatever the
+/// clock does, and no cached item may be served past its TTL (`crate::clock`). Each test
+/// steps the clock back an hour in the middle of a wait.
+mod clock_steps {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A wall time (2027) and an hour.
+    const T: u64 = 1_800_000_000_000;
+    const HOUR: u64 = 3_600_000;
+
+    fn network() -> Failure {
+        Failure::Network("connection reset".into())
+    }
+
+    /// Drives `c` at rest from wall time `from` until `to`, as a shell does: each wake-up
+    /// taken, each request answered by `o` at once, or failed (`fail`). The wall times the
+    /// requests went out at, with their kinds.
+    fn drive(
+        c: &mut Client<String>,
+        o: &Origin<String>,
+        (from, to): (u64, u64),
+        fail: bool,
+    ) -> Vec<(u64, Kind)> {
+        let (mut sent, mut now) = (Vec::new(), from);
+        loop {
+            c.handle_timeout(now);
+            while let Some(t) = c.poll_request(now) {
+                sent.push((now, t.kind));
+                if fail {
+                    c.on_failure(t.id, network(), now);
+                } else {
+                    c.on_response(t.id, o.answer(&t.request, None), now);
+                }
+            }
+            match c.next_wakeup(now) {
+                Some(at) if at < to => now = at.max(now + 1),
+                _ => return sent,
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_its_backoff_and_no_more() {
+        let o = origin();
+        let mut c = client(ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        });
+        c.set_viewport(view(1.0), T, |_, _| {});
+        let t = c.poll_request(T).unwrap();
+        c.on_failure(t.id, network(), T);
+        let delay = c.next_wakeup(T).unwrap() - T;
+        assert!((1..=200).contains(&delay), "a first backoff: {delay} ms");
+        // The wall clock steps back an hour: the retry is still `delay` away.
+        let now = T - HOUR;
+        assert_eq!(c.next_wakeup(now), Some(now + delay));
+        assert!(
+            c.poll_request(now + delay - 1).is_none(),
+            "not before its backoff"
+        );
+        c.handle_timeout(now + delay);
+        let again = c
+            .poll_request(now + delay)
+            .expect("the retry, after its backoff");
+        assert_eq!(again.attempt, 1);
+        c.on_response(again.id, o.answer(&again.request, None), now + delay);
+        assert!(c.is_complete());
+    }
+
+    #[test]
+    fn a_request_times_out_at_its_deadline() {
+        let mut c = client(ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        });
+        c.set_viewport(view(1.0), T, |_, _| {});
+        let t = c.poll_request(T).unwrap();
+        let timeout = BatchConfig::default().timeout_ms;
+        let now = T - HOUR;
+        assert_eq!(c.next_wakeup(now), Some(now + timeout));
+        c.handle_timeout(now + timeout);
+        assert_eq!(c.poll_cancel(), Some(t.id), "overdue");
+    }
+
+    /// The breaker holds prefetch back for its cool-down, not an hour more.
+    #[test]
+    fn the_breaker_lets_a_probe_through_after_its_cooldown() {
+        let o = origin();
+        let mut c = client(ClientConfig::default());
+        c.set_viewport(view(1.0), T, |_, _| {});
+        // Everything fails for a second: the breaker opens.
+        let sent = drive(&mut c, &o, (T, T + 1_000), true);
+        assert!(c.stats().breaker_open, "{sent:?}");
+        let opened = sent.last().unwrap().0;
+        // Back an hour; the backend still fails. A prefetch goes out as a probe within the
+        // longest cool-down (60 s).
+        let from = opened - HOUR;
+        let sent = drive(&mut c, &o, (from, from + 61_000), true);
+        assert!(
+            sent.iter().any(|&(_, k)| k == Kind::Prefetch),
+            "no probe within the cool-down: {sent:?}"
+        );
+    }
+
+    /// A data tile refused as too large is held for a tile TTL, not an hour more.
+    #[test]
+    fn a_tile_too_large_is_held_for_a_tile_ttl_and_no_more() {
+        let o = origin();
+        let mut c = client(ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        });
+        let dense = seattle();
+        c.set_viewport(view(2.0), T, |_, _| {});
+        assert_eq!(run_refusing(&mut c, &o, dense, (T, T + 1_000)), (2, 1));
+        assert!(c.held_too_large(dense, T + 1_000));
+        // Back an hour: held until the TTL (300 s) is over, then asked for again.
+        let from = T + 1_000 - HOUR;
+        assert!(c.held_too_large(dense, from), "held");
+        assert_eq!(
+            run_refusing(&mut c, &o, dense, (from, from + 298_000)),
+            (0, 0)
+        );
+        assert!(!c.held_too_large(dense, from + 300_000), "the hold is over");
+        assert_eq!(
+            run_refusing(&mut c, &o, dense, (from + 298_000, from + 310_000)),
+            (1, 1)
+        );
+    }
+
+    /// A cached item lives its TTL in wall time that passed: a step back adds nothing to it
+    /// (and a step forward counts).
+    #[test]
+    fn a_cached_item_lives_its_ttl_and_no_more() {
+        let o = origin();
+        let mut c = client(ClientConfig {
+            planner: no_prefetch(),
+            ..ClientConfig::default()
+        });
+        c.set_viewport(view(1.0), T, |_, _| {});
+        answer_all(&mut c, &o, T);
+        assert!(c.is_complete());
+        events(&mut c);
+        let mut id = String::new();
+        c.view_items(T, |item, _| id = item.id().to_string());
+        let ttl = CacheConfig::default().default_ttl_ms;
+        let now = T - HOUR;
+        assert!(c.get_cached(&id, now).is_some_and(|l| !l.stale), "fresh");
+        // The view wakes when its items expire, and they are gone then.
+        assert_eq!(c.next_wakeup(now), Some(T + ttl - HOUR));
+        assert!(c.peek(&id, T + ttl - HOUR - 1).is_some());
+        assert!(c.peek(&id, T + ttl - HOUR).is_none(), "served past its TTL");
+        c.handle_timeout(T + ttl - HOUR);
+        assert_eq!(events(&mut c), [Event::Updated]);
+        assert!(c.get_cached(&id, T + ttl - HOUR).is_none());
+        assert_eq!(c.tile_state(seattle(), T + ttl - HOUR), TileState::Missing);
+        // Fetched again, then the clock steps forward a day: expired.
+        answer_all(&mut c, &o, T + ttl - HOUR);
+        assert!(c.get_cached(&id, T + ttl - HOUR).is_some());
+        assert!(c.get_cached(&id, T + ttl - HOUR + 24 * HOUR).is_none());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The wall clock moves on this far.
+        Wait(u64),
+        /// It steps back this far.
+        Back(u64),
+        /// It steps forward this far.
+        Forward(u64),
+        /// The map pans this many tiles east.
+        Pan(i64),
+        /// The requests that may go out fail (`true`) or are answered.
+        Send(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u64..30_000).prop_map(Op::Wait),
+            1 => (1u64..2 * HOUR).prop_map(Op::Back),
+            1 => (1u64..2 * HOUR).prop_map(Op::Forward),
+            1 => (-2i64..=2).prop_map(Op::Pan),
+            3 => any::<bool>().prop_map(Op::Send),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Whatever the wall clock does, no wake-up is further off than the longest wait
+        /// the configuration gives (a breaker's longest cool-down here), and no item is
+        /// served after its TTL has passed in wall time moved on (steps back not counted).
+        #[test]
+        fn no_wait_outlasts_its_length_and_no_item_its_ttl(
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let o = origin();
+            let ttl = 20_000;
+            let mut config = ClientConfig::default();
+            config.cache.default_ttl_ms = ttl;
+            config.cache.class_ttl_ms.clear();
+            let longest = config.batch.breaker_max_cooldown_ms;
+            let mut c = client(config);
+            // Wall time, time moved on (steps back not counted), and the latter when each
+            // item was last answered.
+            let (mut now, mut moved, mut dx) = (T, 0u64, 0i64);
+            let mut fetched: HashMap<String, u64> = HashMap::new();
+            c.set_viewport(view_east(1.5, dx), now, |_, _| {});
+            for op in ops {
+                match op {
+                    Op::Wait(ms) | Op::Forward(ms) => {
+                        now += ms;
+                        moved += ms;
+                    }
+                    Op::Back(ms) => now -= ms,
+                    Op::Pan(d) => {
+                        dx += d;
+                        c.set_viewport(view_east(1.5, dx), now, |_, _| {});
+                    }
+                    Op::Send(fail) => {
+                        while let Some(t) = c.poll_request(now) {
+                            if fail {
+                                c.on_failure(t.id, network(), now);
+                            } else {
+                                let r = o.answer(&t.request, None);
+                                for item in &r.items {
+                                    fetched.insert(item.id.clone(), moved);
+                                }
+                                c.on_response(t.id, r, now);
+                            }
+                        }
+                    }
+                }
+                c.handle_timeout(now);
+                if let Some(at) = c.next_wakeup(now) {
+                    prop_assert!(at <= now + longest, "wakes {} ms on", at - now);
+                }
+                for (id, &at) in &fetched {
+                    if moved >= at + ttl {
+                        prop_assert!(c.peek(id, now).is_none(), "{} served past its TTL", id);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -383,10 +383,7 @@ impl Engine {
     /// The slot of the cached item with this id (fresh or stale), without counting or
     /// fetching; -1 when there is none.
     pub fn peek(&self, id: &str, now: f64) -> f64 {
-        let c = &self.client;
-        c.cache()
-            .peek(id, c.access(), ms(now))
-            .map_or(-1.0, |l| slot(l.item))
+        (self.client.peek(id, ms(now))).map_or(-1.0, |l| slot(l.item))
     }
 
     /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error. What

@@ -1,0 +1,81 @@
+//! The core's clock: the shell's wall time made monotonic, without stopping.
+//!
+//! Shells pass time as `now_ms`, which in the browser and at the edge is `Date.now()`: a
+//! wall clock, which can step back (NTP, a user fixing their clock). Every wait in the core
+//! is a time to reach: a tile backed off for 2 s at wall time T waits until T+2000, the
+//! breaker until its cool-down ends, a data tile refused as too large for a tile TTL, a
+//! request until its deadline, a cached item until it expires. Were the wall clock to step
+//! back an hour, each of those would last an hour more.
+//!
+//! So a [`Clock`] keeps how far the wall clock has stepped back in all (its offset) and adds
+//! it to every time it reads: time on it never goes back, and goes on at the wall clock's
+//! pace from where it was. A step back counts as no time at all, so a wait lasts at most the
+//! delay it was given; a step forward counts as the time it says, so a wait may end early
+//! and a cached item expire early (both safe: a retry or a refetch sooner). A cached item
+//! lives its TTL in wall-clock time that passed, not counting a step back.
+//!
+//! Simply keeping the latest time seen (`max(now, last)`) would not do: after a step back
+//! of an hour, time would stand still for that hour and every wait with it.
+//!
+//! The clock's times are the core's own: a shell's times are read into it once, where they
+//! come in ([`Clock::read`]), and a time the core hands back for the shell to wait until
+//! goes out on the shell's clock again ([`Clock::wall`]).
+
+use std::cell::Cell;
+
+/// Wall time read as monotonic time (see the module's doc). Reading takes `&self`, so a
+/// call that changes nothing else (a wake-up time, a peek) still notes a step back when it
+/// is the first to see it: the time before it is not counted twice.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Clock {
+    /// How far the wall clock has stepped back in all: added to each time read.
+    offset: Cell<u64>,
+    /// The latest time read, on this clock.
+    last: Cell<u64>,
+}
+
+impl Clock {
+    /// The time on this clock at wall time `wall_ms`: never before the last time read, and
+    /// as far past it as the wall clock moved on.
+    pub(crate) fn read(&self, wall_ms: u64) -> u64 {
+        let offset = (self.offset.get()).max(self.last.get().saturating_sub(wall_ms));
+        self.offset.set(offset);
+        self.last.set(wall_ms.saturating_add(offset));
+        self.last.get()
+    }
+
+    /// Time `at` on this clock as wall time, for the shell to wait until: as much before it
+    /// as the wall clock stepped back (at the last read).
+    pub(crate) fn wall(&self, at: u64) -> u64 {
+        at.saturating_sub(self.offset.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    #[test]
+    fn a_step_back_counts_as_no_time_and_a_step_forward_as_its_size() {
+        const T: u64 = 1_800_000_000_000; // a wall time in 2027
+        const HOUR: u64 = 3_600_000;
+        let c = Clock::default();
+        assert_eq!(c.read(T), T);
+        assert_eq!(c.read(T + 500), T + 500);
+        // Back an hour: time stands where it was, then goes on at the wall clock's pace.
+        assert_eq!(c.read(T + 500 - HOUR), T + 500);
+        assert_eq!(c.read(T + 1_000 - HOUR), T + 1_000);
+        assert_eq!(c.wall(T + 2_000), T + 2_000 - HOUR);
+        // A smaller step back.
+        assert_eq!(c.read(T - HOUR), T + 1_000);
+        assert_eq!(c.wall(T + 2_000), T + 1_000 - HOUR);
+        assert_eq!(c.read(T + 100 - HOUR), T + 1_100);
+        // Forward a day: as far.
+        let day = 24 * HOUR;
+        assert_eq!(c.read(T + 100 - HOUR + day), T + 1_100 + day);
+        // Times at the ends of the range saturate.
+        assert_eq!(c.read(u64::MAX), u64::MAX);
+        assert_eq!(c.read(0), u64::MAX);
+        assert_eq!(c.wall(5), 0);
+    }
+}
