@@ -17,6 +17,13 @@
 //! Simply keeping the latest time seen (`max(now, last)`) would not do: after a step back
 //! of an hour, time would stand still for that hour and every wait with it.
 //!
+//! What a wall clock cannot tell is how much time passed between the last read before a
+//! step back and the first read after it (a step back of exactly the time that passed reads
+//! as no time passing): it counts as none. So a wait can last longer by that much, and an
+//! item be served longer by as much: a shell at rest calls at each wake-up it was given, so
+//! at most one wait's length more (twice the delay, in the worst case), and a busy shell
+//! calls far more often. A step forward is no such trouble: it counts in full.
+//!
 //! The clock's times are the core's own: a shell's times are read into it once, where they
 //! come in ([`Clock::read`]), and a time the core hands back for the shell to wait until
 //! goes out on the shell's clock again ([`Clock::wall`]).

@@ -20,6 +20,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::access::{effective_tier, Access};
 use crate::cache::CacheError;
+use crate::clock::Clock;
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits, MAX_TTL_S};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig, ProxyError};
 use crate::tile::TileId;
@@ -485,6 +486,9 @@ pub struct EdgeProxy {
     next: u32,
     /// Most data tiles looked up in (or written to) the shared cache per request.
     shared_tiles: usize,
+    /// The clock `pending`'s times are on (`crate::clock`): a step back of the worker's
+    /// `Date.now()` does not keep a request no worker comes back for past its time.
+    clock: Clock,
 }
 
 #[wasm_bindgen]
@@ -506,6 +510,7 @@ impl EdgeProxy {
             origin_timeout_ms,
             next: 1,
             shared_tiles,
+            clock: Clock::default(),
         })
     }
 
@@ -564,7 +569,8 @@ impl EdgeProxy {
             Err(e) => return Step::error(&e),
         };
         // Requests held past their time are ones no worker will come back for.
-        self.pending.retain(|_, (_, until)| *until > now);
+        let held_at = self.clock.read(now);
+        self.pending.retain(|_, (_, until)| *until > held_at);
         if pending.origin_request().is_some() && self.pending.len() >= MAX_PENDING {
             // Refused at once, not queued: `503 overloaded` (as the server at capacity),
             // asked again when the requests waiting now have had their origin's answer.
@@ -600,7 +606,7 @@ impl EdgeProxy {
             None
         };
         let access = Some(pending.request().access);
-        let until = now.saturating_add(self.hold_ms);
+        let until = self.clock.read(now).saturating_add(self.hold_ms);
         self.pending.insert(handle, (pending, until));
         Step {
             handle,
@@ -1124,6 +1130,7 @@ mod tests {
             origin_timeout_ms: 3_000,
             next: 1,
             shared_tiles: SHARED_TILES,
+            clock: Clock::default(),
         }
     }
 
@@ -1240,6 +1247,24 @@ mod tests {
             p.complete(s.handle, 200, origin, -1.0, 12_001.0).status,
             200
         );
+    }
+
+    /// The worker's `Date.now()` stepping back an hour does not hold them an hour more
+    /// (`crate::clock`).
+    #[test]
+    fn requests_no_worker_comes_back_for_are_let_go_after_their_hold_whatever_the_clock() {
+        const T: f64 = 1_800_000_000_000.0;
+        let mut p = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
+        for _ in 0..MAX_PENDING {
+            assert!(p.begin(body, "agent", T).origin.is_some());
+        }
+        let from = T - 3_600_000.0;
+        let hold = p.hold_ms as f64;
+        assert_eq!(p.begin(body, "agent", from).status, 503);
+        assert_eq!(p.begin(body, "agent", from + hold - 1.0).status, 503);
+        let s = p.begin(body, "agent", from + hold);
+        assert!(s.origin.is_some(), "{:?}", s.body);
     }
 
     #[test]

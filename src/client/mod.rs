@@ -15,6 +15,11 @@
 //!    changing with time: a shown item turning stale or expiring); that is the one way
 //!    time passes for the engine.
 //!
+//! Every time given is the caller's clock now (ms since the epoch, `Date.now()` in the
+//! browser). The engine reads each through its own clock (`crate::clock`), whose time never
+//! goes back: a time before one given earlier is the wall clock stepping back, counted as
+//! no time passing, so no backoff, hold, deadline or TTL lasts longer for it.
+//!
 //! The engine never blocks and never fails on backend trouble. Failed requests and bad
 //! answers have one channel: an [`Event::Error`] (and a counter); `on_response` and
 //! `on_failure` return nothing. What is cached stays usable. The only errors returned are

@@ -766,33 +766,34 @@ fn a_view_at_rest_wakes_when_its_items_turn_stale_and_expire() {
     events(&mut c);
     assert!(c.is_complete());
     assert_eq!(c.next_wakeup(10), Some(ttl), "when the items turn stale");
-    // A call after the change is due and before the timer ran: still due, not dropped.
-    assert_eq!(c.next_wakeup(ttl + 5), Some(ttl + 5));
     c.handle_timeout(ttl - 1);
     assert!(events(&mut c).is_empty() && c.poll_request(ttl - 1).is_none());
+    // A call after the change is due and before the timer ran: still due, not dropped.
+    let due = ttl + 5;
+    assert_eq!(c.next_wakeup(due), Some(due));
     // Stale: shown, flagged stale, refreshed in the background.
-    c.handle_timeout(ttl);
+    c.handle_timeout(due);
     assert_eq!(events(&mut c), [Event::Updated]);
     assert!(c.is_complete());
-    let refresh = c.poll_request(ttl).expect("a refresh of the stale tile");
+    let refresh = c.poll_request(due).expect("a refresh of the stale tile");
     assert_eq!(refresh.kind, Kind::Prefetch);
     assert_eq!(refresh.request.tiles, [seattle()]);
     let mut stale = 0;
-    c.view_items(ttl, |_, s| stale += s as usize);
+    c.view_items(due, |_, s| stale += s as usize);
     assert_eq!(stale, 4, "the page reads the items flagged stale");
     // The refresh does not come: past the window the tile cannot be shown.
     assert_eq!(
-        c.next_wakeup(ttl),
-        Some(refresh.timeout_ms + ttl),
+        c.next_wakeup(due),
+        Some(refresh.timeout_ms + due),
         "its deadline"
     );
-    c.handle_timeout(ttl + refresh.timeout_ms);
+    c.handle_timeout(due + refresh.timeout_ms);
     events(&mut c);
     while let Some(id) = c.poll_cancel() {
         assert_eq!(id, refresh.id);
     }
     let (mut wakeups, mut sent) = (Vec::new(), Vec::new());
-    let mut now = ttl + refresh.timeout_ms;
+    let mut now = due + refresh.timeout_ms;
     while let Some(at) = c.next_wakeup(now).filter(|&at| at <= ttl + swr) {
         // Retries of the refresh, which keep timing out, then the end of the window.
         now = at;

@@ -39,7 +39,10 @@
 //! an origin answer's planning time, or a shared-cache entry's own date when it filled the
 //! tile.
 //!
-//! Times are this isolate's clock: B compares A's planning time with the time B applied
+//! Times are this isolate's clock (the proxy's, `crate::clock`, which a step back of the
+//! worker's `Date.now()` does not move back; an entry's date goes out on the worker's clock
+//! and comes back as it is, so after a step back an entry looks older, never newer): B
+//! compares A's planning time with the time B applied
 //! the change, which is later than the change itself, so an entry planned in between is
 //! refused too (safe, one extra origin call); skew between isolates' clocks larger than
 //! the feed's poll interval could let an old entry through.
@@ -261,6 +264,7 @@ impl Proxy {
     /// epoch (origin answers in flight are not written back) and logs it for the shared
     /// cache's entries (module docs). Returns the items dropped.
     pub fn invalidate(&mut self, inv: &Invalidation, now_ms: u64) -> usize {
+        let now_ms = self.clock.read(now_ms);
         let ids: Vec<&str> = inv.ids.iter().map(String::as_str).collect();
         let mut dropped = 0;
         for tier in Access::ALL {

@@ -65,6 +65,7 @@ use crate::cache::{
     item_size_bytes, CacheConfig, CacheError, CacheStats, ItemCache, ItemMeta, Priority,
     TileFreshness,
 };
+use crate::clock::Clock;
 use crate::protocol::{
     decode_error, decode_response, ttl_left_s, BatchRequest, BatchResponse, DataTooLarge,
     ErrorBody, ErrorCode, Item, Limits, RawData, TileList, Unanswered,
@@ -417,6 +418,13 @@ pub struct Proxy {
     /// Per tier, tiles and ids whose origin answer alone was too large to read, and until
     /// when they are not asked of the origin for callers ([`Proxy::ask_in_part`]).
     held_too_large: LruCache<(Access, Unit), u64>,
+    /// The shell's times read as monotonic (`crate::clock`): each public call that takes a
+    /// time reads it once, so a wall clock stepping back delays no wait or expiry. Times
+    /// from outside ([`SharedEntry::fetched_at_ms`](shared::SharedEntry::fetched_at_ms),
+    /// [`Proxy::invalidate_all_before`]'s floor) are taken as they are: at most as late as
+    /// on this clock, so an entry looks older than it is, never newer (refused or aged
+    /// sooner, never kept past a change or its TTL).
+    clock: Clock,
 }
 
 /// Most tiles and ids (of all tiers) held as too large to read alone
@@ -502,6 +510,7 @@ impl Proxy {
             held_too_large: LruCache::new(
                 NonZeroUsize::new(MAX_HELD_TOO_LARGE).unwrap_or(NonZeroUsize::MIN),
             ),
+            clock: Clock::default(),
         })
     }
 
@@ -559,6 +568,12 @@ impl Proxy {
     /// than [`ProxyConfig::max_data_tiles`] data tiles is refused (`400 bad_request`, the
     /// body to answer with) before anything is read.
     pub fn begin(&mut self, request: BatchRequest, now_ms: u64) -> Result<Pending, ErrorBody> {
+        let now_ms = self.clock.read(now_ms);
+        self.plan_at(request, now_ms)
+    }
+
+    /// [`begin`](Self::begin) at a time read already.
+    fn plan_at(&mut self, request: BatchRequest, now_ms: u64) -> Result<Pending, ErrorBody> {
         let tier = request.access;
         // Steps 1 and 2 of the policy: only fresh data tiles count as found.
         let plan = Plan::new(&request.tiles, self.rules()).map_err(|e| e.to_error_body())?;
@@ -1039,6 +1054,7 @@ impl Proxy {
         outcome: OriginOutcome<'_>,
         now_ms: u64,
     ) -> Answer {
+        let now_ms = self.clock.read(now_ms);
         let Pending {
             request,
             read,
@@ -1346,6 +1362,7 @@ impl Proxy {
         outcome: OriginOutcome<'_>,
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
+        let now_ms = self.clock.read(now_ms);
         // Its planning is used up by any answer, a failure too (a warming of the same tiles
         // planned later is judged by its own, [`change::Changes::warm_planned`]).
         let planned = self

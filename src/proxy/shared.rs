@@ -40,8 +40,9 @@ pub struct SharedEntry {
     /// after [`SharedEntry::fetched_at_ms`] (whole seconds, rounded down).
     pub max_age_s: u32,
     /// When the origin request whose answer it holds was planned (ms since the epoch, this
-    /// isolate's clock): the date to store beside it and give back to
-    /// [`Proxy::shared_fill`] (see [`super::change`] for why not the time it is stored).
+    /// isolate's clock as the `now_ms` of the call reads it, after any step back): the date
+    /// to store beside it and give back to [`Proxy::shared_fill`] (see [`super::change`] for
+    /// why not the time it is stored).
     pub fetched_at_ms: u64,
 }
 
@@ -57,6 +58,7 @@ impl Proxy {
     /// needs that this isolate's cache of the request's tier does not hold fresh, at most
     /// `max`, in the order first requested. Empty when nothing goes to the origin.
     pub fn shared_lookups(&self, pending: &Pending, max: usize, now_ms: u64) -> Vec<TileId> {
+        let now_ms = self.clock.read(now_ms);
         if pending.origin.is_none() {
             return Vec::new();
         }
@@ -77,7 +79,8 @@ impl Proxy {
     /// cache now answers, and an origin request for the rest only. (Its request passed
     /// [`Proxy::begin`] once, so it passes again.)
     pub fn replan(&mut self, pending: Pending, now_ms: u64) -> Result<Pending, ErrorBody> {
-        self.begin(pending.request, now_ms)
+        let now_ms = self.clock.read(now_ms);
+        self.plan_at(pending.request, now_ms)
     }
 
     /// Fills `tier`'s cache from a shared-cache entry for data tile `tile`, fetched at
@@ -93,6 +96,7 @@ impl Proxy {
         fetched_at_ms: u64,
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
+        let now_ms = self.clock.read(now_ms);
         let result = self.shared_decode(tier, tile, body, fetched_at_ms, now_ms);
         match result {
             Ok(response) => {
@@ -117,6 +121,7 @@ impl Proxy {
     /// since its planning means its answer would not be written. It no longer counts as out
     /// then, as after its answer.
     pub fn warm_rest(&mut self, request: &BatchRequest, now_ms: u64) -> Option<BatchRequest> {
+        let now_ms = self.clock.read(now_ms);
         let tier = request.access;
         let cache = &self.caches[tier.rank() as usize];
         let (filled, rest): (Vec<TileId>, Vec<TileId>) = (request.tiles.iter())
@@ -210,6 +215,7 @@ impl Proxy {
     /// was fetched less than a second short of the look-back ago
     /// ([`super::ProxyConfig::changes_lookback_ms`]: nothing is left of its lifetime).
     pub fn shared_entry(&mut self, tier: Access, tile: TileId, now_ms: u64) -> Option<SharedEntry> {
+        let now_ms = self.clock.read(now_ms);
         let cache = &self.caches[tier.rank() as usize];
         if cache.tile_freshness(tile, tier, now_ms) != TileFreshness::Fresh {
             return None;
@@ -249,7 +255,8 @@ impl Proxy {
         Some(SharedEntry {
             body,
             max_age_s,
-            fetched_at_ms,
+            // On the shell's clock, which the other isolates read it by.
+            fetched_at_ms: self.clock.wall(fetched_at_ms),
         })
     }
 }

@@ -1345,13 +1345,15 @@ mod shared {
             long.max_age_s
         );
         // Read back older than the look-back (a writer that did not cap it): refused.
-        let mut b = Proxy::new(config).unwrap();
+        let mut b = Proxy::new(config.clone()).unwrap();
         let err = b
             .shared_fill(Access::Public, t, long.body.as_bytes(), 1_000, 101_000)
             .unwrap_err();
         assert!(err.message.contains("look-back"), "{}", err.message);
         assert_eq!(b.cache_stats(Access::Public).entries, 0);
-        assert!(b
+        // (Another proxy: this one's clock does not go back, `crate::clock`.)
+        let mut c = Proxy::new(config).unwrap();
+        assert!(c
             .shared_fill(Access::Public, t, long.body.as_bytes(), 1_000, 100_999)
             .is_ok());
     }
@@ -2285,5 +2287,113 @@ proptest! {
                 let _ = p.warmed(w, answered(&body), now);
             }
         }
+    }
+}
+
+/// The worker's clock is a wall clock (`Date.now()`), which can step back: no wait of the
+/// proxy lasts longer than its length, whatever the clock does, and nothing cached is
+/// served past its TTL (`crate::clock`). Each test steps the clock back an hour in the
+/// middle of a wait, and the proxy sees it at once (a wall clock cannot tell the time
+/// between the last call before the step and the first after it: it counts as none).
+mod clock_steps {
+    use super::*;
+
+    /// A wall time (2027) and an hour.
+    const T: u64 = 1_800_000_000_000;
+    const HOUR: u64 = 3_600_000;
+
+    /// A call at `now` that changes nothing the tests look at: the first after the step.
+    fn see(p: &mut Proxy, now: u64) {
+        let _ = p.begin(req(&["14/2630/5730"], &[], Access::Public), now);
+    }
+
+    #[test]
+    fn a_cached_tile_lives_its_ttl_and_no_more() {
+        let o = origin();
+        let mut p = Proxy::new(no_warm()).unwrap();
+        let r = req(&["14/2625/5721"], &[], Access::Public);
+        run(&mut p, &o, r.clone(), T);
+        see(&mut p, T - HOUR);
+        let (fwd, a, _) = run(&mut p, &o, r.clone(), T - HOUR + 299_999);
+        assert_eq!((fwd, a.verdict), (None, Verdict::Hit));
+        let (fwd, a, _) = run(&mut p, &o, r.clone(), T - HOUR + 300_000);
+        assert_eq!(
+            (fwd.unwrap(), a.verdict),
+            (r, Verdict::Miss),
+            "past its TTL"
+        );
+    }
+
+    #[test]
+    fn an_id_is_remembered_missing_for_a_ttl_and_no_more() {
+        let o = origin();
+        let mut p = Proxy::new(no_warm()).unwrap();
+        let r = req(&[], &["new-home"], Access::Public);
+        run(&mut p, &o, r.clone(), T);
+        let ttl = p.config().cache.default_ttl_ms;
+        see(&mut p, T - HOUR);
+        let again = p.begin(r.clone(), T - HOUR + ttl - 1).unwrap();
+        assert!(again.origin_request().is_none(), "remembered missing");
+        let again = p.begin(r, T - HOUR + ttl).unwrap();
+        assert!(again.origin_request().is_some(), "asked again");
+    }
+
+    #[test]
+    fn a_failed_warming_is_tried_again_after_its_delay() {
+        let o = origin();
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let centre = req(&["14/2624/5721"], &[], Access::Public);
+        let (_, a, _) = run(&mut p, &o, centre.clone(), T);
+        assert!(p
+            .warmed(&a.warm.unwrap(), OriginOutcome::Timeout(""), T)
+            .is_err());
+        let from = T - HOUR;
+        see(&mut p, from);
+        let (_, a, _) = run(&mut p, &o, centre.clone(), from + WARM_RETRY_MS - 1);
+        assert!(a.warm.is_none());
+        let (_, a, _) = run(&mut p, &o, centre, from + WARM_RETRY_MS);
+        assert_eq!(a.warm.map(|w| w.tiles.len()), Some(8));
+    }
+
+    #[test]
+    fn warming_is_quiet_for_the_origins_retry_after_and_no_more() {
+        let o = origin();
+        let overloaded = br#"{"error":{"code":"overloaded","message":"at capacity"}}"#;
+        let refused = OriginOutcome::Answer {
+            status: 503,
+            body: overloaded,
+            retry_after_ms: Some(30_000),
+        };
+        let mut p = Proxy::new(ProxyConfig::default()).unwrap();
+        let centre = req(&["14/2624/5721"], &[], Access::Public);
+        let elsewhere = req(&["14/2630/5730"], &[], Access::Public);
+        let (_, a, _) = run(&mut p, &o, centre, T);
+        assert!(p.warmed(&a.warm.unwrap(), refused, T).is_err());
+        let from = T - HOUR;
+        see(&mut p, from);
+        let (_, a, _) = run(&mut p, &o, elsewhere.clone(), from + 29_999);
+        assert!(a.warm.is_none(), "quiet");
+        let (_, a, _) = run(&mut p, &o, elsewhere, from + 30_000);
+        assert!(a.warm.is_some(), "after its Retry-After");
+    }
+
+    /// A shared-cache entry is dated on the worker's clock as it reads now (the one other
+    /// isolates read it by), so its age there is the time that passed: read back after
+    /// its TTL, it is refused.
+    #[test]
+    fn a_shared_entry_is_dated_on_the_workers_clock() {
+        let o = origin();
+        let mut a = Proxy::new(no_warm()).unwrap();
+        let t = tile("14/2625/5721");
+        run(&mut a, &o, req(&["14/2625/5721"], &[], Access::Public), T);
+        see(&mut a, T - HOUR);
+        let now = T - HOUR + 1_000;
+        let e = a.shared_entry(Access::Public, t, now).unwrap();
+        assert_eq!(e.fetched_at_ms, now - 1_000, "planned a second ago");
+        let mut b = Proxy::new(no_warm()).unwrap();
+        let body = e.body.as_bytes();
+        let err =
+            (b.shared_fill(Access::Public, t, body, e.fetched_at_ms, now + 300_000)).unwrap_err();
+        assert!(err.message.contains("expired"), "{}", err.message);
     }
 }
