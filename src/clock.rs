@@ -44,6 +44,9 @@ pub(crate) struct Clock {
 impl Clock {
     /// The time on this clock at wall time `wall_ms`: never before the last time read, and
     /// as far past it as the wall clock moved on.
+    // Not inlined: one copy for the twenty-odd calls. Inlined, the browser page was 0.54 KB
+    // larger gzipped (100,297 against 99,754 bytes; 99,565 without the clock; 2026-12-07).
+    #[inline(never)]
     pub(crate) fn read(&self, wall_ms: u64) -> u64 {
         let offset = (self.offset.get()).max(self.last.get().saturating_sub(wall_ms));
         self.offset.set(offset);
