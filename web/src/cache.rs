@@ -1493,9 +1493,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                             }
                             let c = &st.client;
                             let found = unkept.get(gid).cloned().or_else(|| {
-                                c.cache()
-                                    .peek(gid, c.access(), now)
-                                    .map(|l| Rc::clone(&l.item.payload().item))
+                                c.peek(gid, now).map(|l| Rc::clone(&l.item.payload().item))
                             });
                             if found.is_none()
                                 && !missing.contains(gid)
