@@ -264,7 +264,10 @@ export interface TileCacheOptions {
   auth?: { token: () => string | Promise<string> };
   /** The fetch to use (tests, auth wrappers). Default `globalThis.fetch`. */
   fetch?: (input: string, init: RequestInit) => Promise<Response>;
-  /** The clock, in ms (TTLs and backoff use it). Default `Date.now`. */
+  /**
+   * The clock, in ms (TTLs and backoff use it). A clock that steps back (NTP, a user fixing it)
+   * counts as no time passing: no wait or TTL lasts longer for it. Default `Date.now`.
+   */
   now?: () => number;
 }
 
