@@ -75,7 +75,8 @@ struct RunArgs {
     /// Seed of the synthetic city and the batcher
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
-    /// Comma-separated policies: none,lru,ring1,tilewarm,oracle [default: all]
+    /// Comma-separated policies, each at most once: none,lru,ring1,tilewarm,oracle
+    /// [default: all]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_policy)]
     policies: Option<Vec<Policy>>,
     /// Name of the run in the report [default: the trace file name]
@@ -90,7 +91,7 @@ struct RunArgs {
     /// Also write the markdown table (+ goal check) to FILE
     #[arg(long, value_name = "FILE")]
     write_md: Option<String>,
-    /// Viewport hit-rate goal for the goal check
+    /// Viewport hit-rate goal for the goal check, a share in 0..=1
     #[arg(long, value_name = "X", default_value_t = 0.95)]
     hit_goal: f64,
     /// Latency per request, ms [default: 60]
@@ -111,10 +112,11 @@ struct RunArgs {
     /// Tiles per request at most (batch max_tiles) [default: 16]
     #[arg(long, value_name = "N")]
     batch_tiles: Option<usize>,
-    /// Share of requests the backend fails with a 503 [default: 0]
+    /// Share of requests the backend fails with a 503, in 0..=1 (with --slow-share at most
+    /// 1 in all) [default: 0]
     #[arg(long, value_name = "X")]
     fail_share: Option<f64>,
-    /// Share of requests answered --slow-ms late [default: 0]
+    /// Share of requests answered --slow-ms late, in 0..=1 [default: 0]
     #[arg(long, value_name = "X")]
     slow_share: Option<f64>,
     /// How late a slow answer is, ms [default: 5000]
@@ -262,14 +264,6 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     set(&mut cfg.slow_share, a.slow_share);
     set(&mut cfg.slow_ms, a.slow_ms);
     set(&mut cfg.max_items, a.max_items);
-    for (name, v) in [
-        ("--fail-share", cfg.fail_share),
-        ("--slow-share", cfg.slow_share),
-    ] {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(format!("{name} must be a share in 0..=1, got {v}"));
-        }
-    }
     set(&mut cfg.tilewarm.ring, a.tw_ring);
     set(&mut cfg.tilewarm.lookahead_ms, a.tw_lookahead_ms);
     set(&mut cfg.tilewarm.history_ms, a.tw_history_ms);
@@ -282,10 +276,24 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     );
     set(&mut cfg.tilewarm.align_levels, a.tw_align_levels);
     set(&mut cfg.tilewarm.warm_below_min_zoom, a.tw_warm_below);
-    cfg.batch.validate().map_err(|e| e.to_string())?;
-    for p in &policies {
-        cfg.planner_for(*p).validate().map_err(|e| e.to_string())?;
+    if !(0.0..=1.0).contains(&hit_goal) {
+        return Err(format!(
+            "--hit-goal must be a share in 0..=1, got {hit_goal}"
+        ));
     }
+    if let Some((i, p)) = policies
+        .iter()
+        .enumerate()
+        .find(|&(i, p)| policies[..i].contains(p))
+    {
+        return Err(format!(
+            "--policies names {} twice (at {} and {}); name each at most once",
+            p.name(),
+            policies.iter().position(|q| q == p).unwrap_or(0) + 1,
+            i + 1
+        ));
+    }
+    cfg.validate(&policies)?;
     let file = File::open(&trace_path).map_err(|e| format!("cannot open {trace_path}: {e}"))?;
     let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{trace_path}: {e}"))?;
     let items = if let Some(rest) = data.strip_prefix("synthetic") {
@@ -300,6 +308,12 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     } else {
         tilewarm::dataset::load_path(Path::new(&data)).map_err(|e| format!("{data}: {e}"))?
     };
+    if items.is_empty() {
+        return Err(format!(
+            "--data {data}: the data set holds no items; every hit rate would be of nothing \
+             (give synthetic:N with N at least 1, or a file with at least one item)"
+        ));
+    }
     let origin = sim::origin_from(items);
     // The data set's own extent (the world when it is empty).
     let extent = origin.extent().unwrap_or(tilewarm::cache::WORLD);

@@ -200,6 +200,56 @@ impl SimConfig {
         batch
     }
 
+    /// Checks the settings for `policies`: every value the run reads, and the client (or,
+    /// for `none`, planner and batcher) config each policy is built from. The error names
+    /// the setting, the value and what is allowed.
+    pub fn validate(&self, policies: &[Policy]) -> Result<(), String> {
+        for (name, v) in [
+            ("base_ms (--base-ms)", self.base_ms),
+            ("per_item_ms (--per-item-ms)", self.per_item_ms),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!(
+                    "{name} must be a finite number of ms, 0 or more, got {v}"
+                ));
+            }
+        }
+        for (name, v) in [
+            ("fail_share (--fail-share)", self.fail_share),
+            ("slow_share (--slow-share)", self.slow_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must be a share in 0..=1, got {v}"));
+            }
+        }
+        // One draw per request decides both (a failure wins), so together they are at most
+        // every request; above that the slow share would silently come out smaller.
+        if self.fail_share + self.slow_share > 1.0 {
+            return Err(format!(
+                "--fail-share + --slow-share must be at most 1 (each request fails, is slow or \
+                 neither), got {} + {}",
+                self.fail_share, self.slow_share
+            ));
+        }
+        for &p in policies {
+            let checked = match p {
+                Policy::None => Planner::new(self.planner_for(p))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        Batcher::new(self.batch_for(p))
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }),
+                _ => Client::<Size>::new(self.client_config(p))
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            checked.map_err(|e| format!("policy {}: {e}", p.name()))?;
+        }
+        Ok(())
+    }
+
     fn client_config(&self, policy: Policy) -> ClientConfig {
         let mut c = ClientConfig {
             planner: self.planner_for(policy),

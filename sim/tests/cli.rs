@@ -1,0 +1,127 @@
+//! The command line as a user meets it: bad input is an error that names what was wrong
+//! and what is allowed (exit status 1, or clap's 2), never a panic (101), a silent
+//! default or a run over nothing.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const VIEW: &str = r#""west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5"#;
+
+/// A scratch directory of this test binary (one per test name).
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &std::path::Path, file: &str, text: &str) -> String {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// A small valid trace: one session of three views.
+fn small_trace(dir: &std::path::Path) -> String {
+    let lines: Vec<String> = [0, 900, 2000]
+        .iter()
+        .map(|t| format!(r#"{{"session":"a","t":{t},{VIEW}}}"#))
+        .collect();
+    write(dir, "small.jsonl", &(lines.join("\n") + "\n"))
+}
+
+fn sim<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tilewarm-sim"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `args`, expects a clean failure (status 1) whose message holds each of `wanted`.
+#[track_caller]
+fn fails_with<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], wanted: &[&str]) {
+    let out = sim(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?}: status {:?}, stderr: {err}",
+        out.status
+    );
+    for w in wanted {
+        assert!(err.contains(w), "{args:?}: {w:?} not in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+#[test]
+fn run_refuses_settings_that_make_no_sense() {
+    let dir = scratch("settings");
+    let trace = small_trace(&dir);
+    let run = |extra: &[&'static str]| -> Vec<String> {
+        ["run", "--trace", trace.as_str(), "--policies", "lru"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // Was a panic ("valid client config").
+    fails_with(&run(&["--max-items", "0"]), &["max_items", "at least 1"]);
+    // Were clamped to 1 ms, or made every latency NaN, silently.
+    fails_with(&run(&["--base-ms=-5"]), &["--base-ms", "0 or more", "-5"]);
+    fails_with(&run(&["--per-item-ms", "NaN"]), &["--per-item-ms", "NaN"]);
+    fails_with(&run(&["--per-item-ms", "inf"]), &["--per-item-ms", "inf"]);
+    // A share: 5 was accepted and every run "missed" it.
+    fails_with(&run(&["--hit-goal", "5"]), &["--hit-goal", "0..=1", "5"]);
+    // One draw decides both: 0.6 + 0.6 made the slow share 0.4, silently.
+    fails_with(
+        &run(&["--fail-share", "0.6", "--slow-share", "0.6"]),
+        &["--fail-share + --slow-share", "at most 1"],
+    );
+    fails_with(&run(&["--fail-share", "1.5"]), &["--fail-share", "0..=1"]);
+    // The same policy twice was run twice, two equal rows.
+    fails_with(
+        &["run", "--trace", &trace, "--policies", "lru,tilewarm,lru"],
+        &["lru twice", "at most once"],
+    );
+}
+
+#[test]
+fn run_refuses_an_empty_data_set() {
+    let dir = scratch("empty-data");
+    let trace = small_trace(&dir);
+    // Both ran, every item hit rate 0 of 0.
+    fails_with(
+        &["run", "--trace", &trace, "--data", "synthetic:0"],
+        &["synthetic:0", "no items", "at least 1"],
+    );
+    let empty = write(&dir, "none.jsonl", "");
+    fails_with(&["run", "--trace", &trace, "--data", &empty], &["no items"]);
+}
+
+#[test]
+fn a_good_run_still_runs() {
+    let dir = scratch("good");
+    let trace = small_trace(&dir);
+    let out = sim(&[
+        "run",
+        "--trace",
+        &trace,
+        "--data",
+        "synthetic:2000",
+        "--fail-share",
+        "0.5",
+        "--slow-share",
+        "0.5",
+        "--hit-goal",
+        "1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in ["none", "lru", "ring1", "tilewarm", "oracle"] {
+        assert!(text.contains(&format!("| {p} |")), "{p}: {text}");
+    }
+}
