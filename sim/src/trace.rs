@@ -7,11 +7,13 @@
 //! - `session` (string): who is navigating. Each session is replayed with a fresh client
 //!   (empty cache); sessions may be interleaved in the file.
 //! - `t` (non-negative integer, milliseconds): when the map showed this viewport. Only
-//!   differences within a session matter; `t` must not decrease within a session.
+//!   differences within a session matter; `t` must not decrease within a session, and a
+//!   session spans at most [`MAX_SESSION_MS`] (7 days).
 //! - `west`, `south`, `east`, `north` (degrees) and `zoom` (fractional web-map zoom,
 //!   0..=30): the viewport, checked like [`tilewarm::planner::Viewport::new`] (`west > east` crosses
 //!   the antimeridian).
-//! - Other fields (e.g. `"action":"pan"`) are ignored. Blank lines are skipped.
+//! - Other fields (e.g. `"action":"pan"`) are ignored. Blank lines are skipped. A trace
+//!   with no viewport at all is an error.
 //!
 //! See `sim/README.md` for the full description.
 
@@ -19,6 +21,14 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 use tilewarm::planner::Viewport;
+
+/// The longest a session may span, from its first `t` to its last: 7 days, in ms.
+///
+/// The simulator replays every millisecond of a session on its clock, and a view at rest
+/// wakes and fetches again each time its items expire (every 5 minutes by default), so
+/// the run's work grows with the span: a gap of years ran for hours, and a `t` near
+/// `u64::MAX` overflowed the clock. A week is far beyond any map session.
+pub const MAX_SESSION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +70,11 @@ pub enum TraceError {
     BadLine { line: usize, message: String },
     #[error("reading the trace failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the trace holds no viewport (it is empty or only blank lines); expected one JSON \
+         object per line: {{\"session\",\"t\",\"west\",\"south\",\"east\",\"north\",\"zoom\"}}"
+    )]
+    Empty,
 }
 
 fn bad(line: usize, message: impl Into<String>) -> TraceError {
@@ -110,8 +125,24 @@ pub fn parse<R: BufRead>(reader: R) -> Result<Vec<Session>, TraceError> {
                 ));
             }
         }
+        if let Some(&(first, _)) = s.events.first() {
+            if ev.t - first > MAX_SESSION_MS {
+                return Err(bad(
+                    line_no,
+                    format!(
+                        "session {:?}: t {} is {} ms after the session's first t {first}; a session spans at most {MAX_SESSION_MS} ms (7 days)",
+                        ev.session,
+                        ev.t,
+                        ev.t - first
+                    ),
+                ));
+            }
+        }
         s.events.push((ev.t, vp));
         s.actions.push(ev.action.unwrap_or_default());
+    }
+    if sessions.is_empty() {
+        return Err(TraceError::Empty);
     }
     Ok(sessions)
 }
@@ -179,6 +210,35 @@ mod tests {
             r#"{"session":"a","t":-1,"west":-122.4,"south":47.5,"east":-122.3,"north":47.6,"zoom":14}"#,
         );
         assert!(e.starts_with("line 1: not a trace event"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_trace_is_an_error() {
+        for text in ["", "\n", "  \n\n"] {
+            let e = err(text);
+            assert!(e.starts_with("the trace holds no viewport"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_session_spans_at_most_a_week() {
+        let line = |t: u64| {
+            format!(
+                r#"{{"session":"a","t":{t},"west":-122.4,"south":47.5,"east":-122.3,"north":47.6,"zoom":14}}"#
+            )
+        };
+        // A week exactly is fine; a millisecond more is not, nor a t near u64::MAX (it
+        // overflowed the simulator's clock).
+        let week = format!("{}\n{}\n", line(5), line(5 + MAX_SESSION_MS));
+        assert_eq!(parse(week.as_bytes()).unwrap()[0].events.len(), 2);
+        let e = err(&format!("{}\n{}\n", line(5), line(6 + MAX_SESSION_MS)));
+        assert!(
+            e.starts_with("line 2: session \"a\": t 604800006 is 604800001 ms after"),
+            "{e}"
+        );
+        assert!(e.contains("at most 604800000 ms (7 days)"), "{e}");
+        let e = err(&format!("{}\n{}\n", line(0), line(u64::MAX)));
+        assert!(e.starts_with("line 2:"), "{e}");
     }
 
     #[test]

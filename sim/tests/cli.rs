@@ -125,3 +125,27 @@ fn a_good_run_still_runs() {
         assert!(text.contains(&format!("| {p} |")), "{p}: {text}");
     }
 }
+
+#[test]
+fn run_refuses_an_empty_trace_and_a_session_of_years() {
+    let dir = scratch("trace");
+    // Both ran: a table of zeros for the empty one; the gap of three years ran for hours
+    // (a view at rest wakes at every expiry), and t near u64::MAX overflowed the clock.
+    for (file, text) in [("empty.jsonl", ""), ("blank.jsonl", "\n \n")] {
+        let p = write(&dir, file, text);
+        fails_with(&["run", "--trace", &p], &[&p, "no viewport"]);
+    }
+    for t in ["100000000000", "18446744073709551615"] {
+        let p = write(
+            &dir,
+            "long.jsonl",
+            &format!(
+                "{{\"session\":\"a\",\"t\":0,{VIEW}}}\n{{\"session\":\"a\",\"t\":{t},{VIEW}}}\n"
+            ),
+        );
+        fails_with(
+            &["run", "--trace", &p, "--policies", "lru"],
+            &["line 2: session \"a\"", "at most 604800000 ms (7 days)"],
+        );
+    }
+}
