@@ -328,6 +328,20 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         }
     };
     let metrics = sim::run_all(&policies, &sessions, &origin, &cfg);
+    // Every policy sees the same viewports; with none scored every rate is 0 of 0.
+    if let Some(m) = metrics.first().filter(|m| m.viewports == 0) {
+        return Err(format!(
+            "{trace_path}: no viewport shows a data tile, so there is nothing to score: \
+             {} of {} are below --min-zoom {} and {} cover more than {} data tiles at \
+             --tile-zoom {} (lower --min-zoom, or check the trace's zooms and boxes)",
+            m.viewports_empty,
+            m.viewports_empty + m.viewports_too_wide,
+            cfg.min_zoom,
+            m.viewports_too_wide,
+            cfg.tilewarm.max_visible_tiles,
+            cfg.tile_zoom,
+        ));
+    }
     let report = Report {
         label: label.unwrap_or_else(|| trace_path.clone()),
         trace: trace_path,

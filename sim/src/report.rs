@@ -68,8 +68,12 @@ pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let scored = r.policies.first().map_or(0, |m| m.viewports);
     let empty = r.policies.first().map_or(0, |m| m.viewports_empty);
+    let wide = match r.policies.first().map_or(0, |m| m.viewports_too_wide) {
+        0 => String::new(),
+        n => format!(", {n} too wide to fetch"),
+    };
     s.push_str(&format!(
-        "**{}** — trace `{}`, data `{}`: {} sessions, {} viewports ({} with data tiles in view, {} below min zoom). \
+        "**{}** — trace `{}`, data `{}`: {} sessions, {} viewports ({} with data tiles in view, {} below min zoom{}). \
 Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {} tiles/request{}.\n\n",
         r.label,
         r.trace,
@@ -78,6 +82,7 @@ Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {}
         r.events,
         scored,
         empty,
+        wide,
         r.config.base_ms,
         r.config.per_item_ms,
         r.config.tile_zoom,

@@ -475,6 +475,10 @@ pub struct Metrics {
     pub viewports: u64,
     /// Viewports with no data tile in view (below `min_zoom`); not scored.
     pub viewports_empty: u64,
+    /// Viewports covering more data tiles than the planner's `max_visible_tiles` (1024):
+    /// the client fetches nothing for them (`ViewOutcome::too_wide`), as below `min_zoom`;
+    /// not scored.
+    pub viewports_too_wide: u64,
     /// Scored viewports complete when shown.
     pub hits: u64,
     /// Scored viewports left before they completed.
@@ -783,7 +787,8 @@ fn run_session(
         let shown = match run.shell.show(vp, at) {
             Ok(s) => s,
             Err(_) => {
-                m.errors += 1;
+                // Too wide to fetch (the trace's boxes were checked when it was read).
+                m.viewports_too_wide += 1;
                 continue;
             }
         };

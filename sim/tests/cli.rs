@@ -149,3 +149,17 @@ fn run_refuses_an_empty_trace_and_a_session_of_years() {
         );
     }
 }
+
+#[test]
+fn run_refuses_a_trace_with_nothing_to_score() {
+    let dir = scratch("unscored");
+    let trace = small_trace(&dir);
+    // Every view at zoom 14.5 is below --min-zoom 20: it printed 0.0% hit rates (0 of 0).
+    fails_with(
+        &["run", "--trace", &trace, "--min-zoom", "20"],
+        &[
+            "no viewport shows a data tile",
+            "3 of 3 are below --min-zoom 20",
+        ],
+    );
+}

@@ -243,3 +243,23 @@ fn a_view_at_rest_refreshes_and_after_the_session_that_is_counted_apart() {
     assert_eq!(twice.hits, 1, "{twice:?}");
     assert!(twice.idle_requests >= 1, "{twice:?}");
 }
+
+#[test]
+fn a_view_too_wide_to_fetch_is_counted_and_not_scored() {
+    // The second view covers about 5 x 4 degrees at zoom 14.5: far more than the 1,024
+    // data tiles a client fetches for. It was counted as an error and left out of every
+    // count the table shows.
+    let text = r#"{"session":"a","t":0,"west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5}
+{"session":"a","t":1000,"west":-125,"south":45,"east":-120,"north":49,"zoom":14.5}
+{"session":"a","t":2000,"west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5}
+"#;
+    let sessions = trace::parse(text.as_bytes()).unwrap();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let all: Vec<Policy> = Policy::ALL.into_iter().collect();
+    for m in sim::run_all(&all, &sessions, &origin, &SimConfig::default()) {
+        check_consistent(&m);
+        assert_eq!(m.viewports_too_wide, 1, "{}", m.policy);
+        assert_eq!(m.viewports, 2, "{}", m.policy);
+        assert_eq!(m.viewports_empty, 0, "{}", m.policy);
+    }
+}
