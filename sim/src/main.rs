@@ -36,10 +36,11 @@ struct SynthArgs {
     /// Seed of the generator [default: 1]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Sessions to generate [default: 20]
+    /// Sessions to generate, at least 1 [default: 20]
     #[arg(long, value_name = "N")]
     sessions: Option<usize>,
-    /// Viewports per session [default: 300]
+    /// Viewports per session, at least 1 (sessions x events at most 10,000,000)
+    /// [default: 300]
     #[arg(long, value_name = "N")]
     events: Option<usize>,
     /// Output file (`-` or absent: stdout)
@@ -194,11 +195,29 @@ fn output(path: Option<&str>) -> Result<Box<dyn Write>, String> {
 }
 
 fn cmd_synth(a: SynthArgs) -> Result<(), String> {
+    for (flag, n) in [("--sessions", a.sessions), ("--events", a.events)] {
+        if n == Some(0) {
+            return Err(format!(
+                "{flag} must be at least 1, got 0 (a session starts with one viewport)"
+            ));
+        }
+    }
+    // The trace is built in memory before it is written (about 200 bytes a viewport).
+    const MAX_VIEWPORTS: usize = 10_000_000;
     let d = SynthConfig::default();
+    let (sessions, events) = (
+        a.sessions.unwrap_or(d.sessions),
+        a.events.unwrap_or(d.events_per_session),
+    );
+    if sessions.saturating_mul(events) > MAX_VIEWPORTS {
+        return Err(format!(
+            "--sessions x --events must be at most {MAX_VIEWPORTS} viewports, got {sessions} x {events}"
+        ));
+    }
     let cfg = SynthConfig {
         seed: a.seed.unwrap_or(d.seed),
-        sessions: a.sessions.unwrap_or(d.sessions),
-        events_per_session: a.events.unwrap_or(d.events_per_session),
+        sessions,
+        events_per_session: events,
         ..d
     };
     let events = synth::generate(&cfg);

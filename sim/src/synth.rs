@@ -132,7 +132,13 @@ pub fn generate(cfg: &SynthConfig) -> Vec<TraceEvent> {
     let mut rng = Rng::new(cfg.seed);
     let home = project(cfg.centre.0, cfg.centre.1, 0).unwrap_or(TilePoint { x: 0.5, y: 0.5 });
     let radius = cfg.radius_tiles / 16384.0;
-    let mut out = Vec::with_capacity(cfg.sessions * cfg.events_per_session);
+    // Reserve for the usual sizes only: a product past usize (or memory) is the caller's
+    // to refuse, not an allocation to panic on.
+    let mut out = Vec::with_capacity(
+        cfg.sessions
+            .saturating_mul(cfg.events_per_session)
+            .min(1 << 20),
+    );
     for s in 0..cfg.sessions {
         let name = format!("synth-{}-{s}", cfg.seed);
         let random_place = |rng: &mut Rng| {

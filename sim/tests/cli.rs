@@ -163,3 +163,24 @@ fn run_refuses_a_trace_with_nothing_to_score() {
         ],
     );
 }
+
+#[test]
+fn synth_refuses_zero_sessions_or_viewports() {
+    // --sessions 0 wrote an empty trace, --events 0 one viewport a session, silently; a
+    // product past usize panicked ("capacity overflow").
+    fails_with(&["synth", "--sessions", "0"], &["--sessions", "at least 1"]);
+    fails_with(&["synth", "--events", "0"], &["--events", "at least 1"]);
+    fails_with(
+        &[
+            "synth",
+            "--sessions",
+            "10000000000",
+            "--events",
+            "10000000000",
+        ],
+        &["at most 10000000 viewports", "10000000000 x 10000000000"],
+    );
+    let out = sim(&["synth", "--sessions", "2", "--events", "3"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+}
