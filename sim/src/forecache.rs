@@ -52,6 +52,30 @@ pub struct Mapping {
     pub width_px: f64,
 }
 
+impl Mapping {
+    /// Checks the settings: `width_px` a finite number above 0, `target` a box with
+    /// west < east and south < north in valid degrees.
+    pub fn validate(&self) -> Result<(), ConvertError> {
+        let bad = |m: String| Err(ConvertError::BadMapping(m));
+        if !(self.width_px.is_finite() && self.width_px > 0.0) {
+            return bad(format!(
+                "width_px (--width-px) must be a finite number of pixels above 0, got {}",
+                self.width_px
+            ));
+        }
+        let (w, s, e, n) = self.target;
+        if !(w < e && s < n) {
+            return bad(format!(
+                "target (--target) must be W,S,E,N with W < E and S < N, got {w},{s},{e},{n}"
+            ));
+        }
+        if let Err(err) = tilewarm::tile::Bbox::new(w, s, e, n) {
+            return bad(format!("target (--target) {w},{s},{e},{n}: {err}"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Mapping {
     fn default() -> Self {
         Mapping {
@@ -71,6 +95,10 @@ pub enum ConvertError {
     BadRow { line: u64, message: String },
     #[error("reading the log failed: {0}")]
     Csv(#[from] csv::Error),
+    #[error("{0}")]
+    BadMapping(String),
+    #[error("the log has no rows after its header")]
+    NoRows,
 }
 
 /// What the conversion did, for the record.
@@ -93,7 +121,8 @@ fn parse_timestamp(s: &str) -> Option<i64> {
         tp.next()?.parse::<i64>().ok()?,
     );
     let sec: f64 = tp.next()?.parse().ok()?;
-    if !(1..=12).contains(&m)
+    if !(1..=9999).contains(&y)
+        || !(1..=12).contains(&m)
         || !(1..=31).contains(&day)
         || hh > 23
         || mm > 59
@@ -146,6 +175,7 @@ pub fn convert<R: Read>(
     session: &str,
     mapping: &Mapping,
 ) -> Result<(Vec<TraceEvent>, ConvertStats), ConvertError> {
+    mapping.validate()?;
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
     let headers = rdr.headers()?.clone();
     let col = |name: &'static str| {
@@ -238,7 +268,7 @@ pub fn convert<R: Read>(
         let (west, east) = (mx(cell_w), mx(cell_w + cw));
         let (south, north) = (my(cell_n - ch), my(cell_n));
         let zoom = (mapping.width_px / 256.0 * 360.0 / (east - west)).log2();
-        out.push(TraceEvent {
+        let event = TraceEvent {
             session: session.to_string(),
             t,
             west,
@@ -247,8 +277,18 @@ pub fn convert<R: Read>(
             north,
             zoom,
             action: Some(action),
-        });
+        };
+        // A trace must read back: say so here, at the row, rather than at `run`.
+        if let Err(err) = event.viewport() {
+            return Err(bad(format!(
+                "level {level} maps to a viewport that is not valid ({err}); check --width-px and --target"
+            )));
+        }
+        out.push(event);
         stats.rows += 1;
+    }
+    if out.is_empty() {
+        return Err(ConvertError::NoRows);
     }
     Ok((out, stats))
 }
@@ -360,5 +400,59 @@ pan,2016-06-09 00:00:00.250,0,34.1,-98.6,0\n";
         )
         .unwrap_err();
         assert!(e.to_string().contains("ZoomLevel \"x\""), "{e}");
+        // A year this far out overflowed the day count (a panic in debug builds).
+        let e = convert(
+            format!("{hdr}start,99999999999999999-01-01 00:00:00,0,34.1,-98.6,0\n").as_bytes(),
+            "x",
+            &Mapping::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("line 2: TimeStamp \"99999999999999999-01-01 00:00:00\""),
+            "{e}"
+        );
+        // A header and nothing else was an empty session, written without a word.
+        let e = convert(hdr.as_bytes(), "x", &Mapping::default()).unwrap_err();
+        assert_eq!(e.to_string(), "the log has no rows after its header");
+    }
+
+    #[test]
+    fn a_mapping_that_makes_no_viewport_is_refused() {
+        let convert_with = |m: Mapping| {
+            convert(FIXTURE.as_bytes(), "U_1", &m)
+                .unwrap_err()
+                .to_string()
+        };
+        // Each wrote a trace (zoom null, or past 30) that `run` then refused.
+        for w in [0.0, -5.0, f64::NAN] {
+            let e = convert_with(Mapping {
+                width_px: w,
+                ..Mapping::default()
+            });
+            assert!(
+                e.starts_with("width_px (--width-px) must be a finite number of pixels above 0"),
+                "{e}"
+            );
+        }
+        let e = convert_with(Mapping {
+            width_px: 1e9,
+            ..Mapping::default()
+        });
+        assert!(
+            e.starts_with("line 2: level 0 maps to a viewport that is not valid"),
+            "{e}"
+        );
+        assert!(e.contains("--width-px"), "{e}");
+        let e = convert_with(Mapping {
+            target: (0.0, 0.0, 10.0, 100.0),
+            ..Mapping::default()
+        });
+        assert!(e.starts_with("target (--target) 0,0,10,100:"), "{e}");
+        let e = convert_with(Mapping {
+            target: (10.0, 0.0, 0.0, 10.0),
+            ..Mapping::default()
+        });
+        assert!(e.contains("W < E"), "{e}");
     }
 }

@@ -232,12 +232,21 @@ fn cmd_convert(a: ConvertArgs) -> Result<(), String> {
     if let Some(w) = a.width_px {
         mapping.width_px = w;
     }
+    mapping.validate().map_err(|e| e.to_string())?;
     let mut all = Vec::new();
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
     for path in &a.files {
         let f = path.display().to_string();
         let session = path
             .file_stem()
             .map_or_else(|| f.clone(), |s| s.to_string_lossy().into_owned());
+        // Two logs of one name would be one session whose time goes back.
+        if let Some(prev) = seen.insert(session.clone(), f.clone()) {
+            return Err(format!(
+                "{f}: session {session:?} was already read from {prev}; the session is named \
+                 after the file, so give each log once, under its own name"
+            ));
+        }
         let file = File::open(path).map_err(|e| format!("cannot open {f}: {e}"))?;
         let (events, stats) = forecache::convert(BufReader::new(file), &session, &mapping)
             .map_err(|e| format!("{f}: {e}"))?;

@@ -184,3 +184,29 @@ fn synth_refuses_zero_sessions_or_viewports() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
 }
+
+#[test]
+fn convert_refuses_a_log_given_twice() {
+    let dir = scratch("convert");
+    let log = write(
+        &dir,
+        "U_1.csv",
+        "Action,TimeStamp,ZoomLevel,Latitude,Longitude,Angle\n\
+         start,2016-06-08 16:46:40.378,0,34.1,-98.6,0\n\
+         zoom,2016-06-08 16:46:45.000,1,34.1,-98.6,0\n",
+    );
+    let other = scratch("convert-other");
+    let again = write(&other, "U_1.csv", &std::fs::read_to_string(&log).unwrap());
+    // Both became one session "U_1" whose t went back: `run` refused the trace at line 3.
+    fails_with(
+        &["convert-forecache", &log, &again],
+        &[&again, "session \"U_1\" was already read from", &log],
+    );
+    fails_with(
+        &["convert-forecache", "--width-px", "0", &log],
+        &["--width-px", "above 0"],
+    );
+    let out = sim(&["convert-forecache", &log]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
