@@ -176,6 +176,12 @@ fi
   echo 'the earlier defaults beside them). A figure in the prose below that names an earlier date'
   echo 'was measured at the defaults of that date.'
   echo
+  echo '2026-12-07: `none`'"'"'s time to complete and abandoned views, and every policy'"'"'s prefetched'
+  echo 'tiles and prefetch waste, are counted anew: an answer in coarse tiles (the batcher'
+  echo 'coalesces) now completes the data tiles inside it for `none`, whose views were counted'
+  echo 'abandoned until they were left, and a prefetched coarse tile counts as its data tiles,'
+  echo 'each wasted only if never in view. Every other figure is as before.'
+  echo
   echo 'Re-run 2026-12-05, after a view at rest began to wake at its items'"'"' expiry and fetch them'
   echo 'again (`Client::next_wakeup`) and an item to be read only in the data tile it lies in:'
   echo 'every number below is as before except the opt-in row on half B (see there). The 10'

@@ -429,9 +429,10 @@ impl Shell for NoneShell {
         _now: u64,
     ) -> Result<(), String> {
         if self.batcher.on_success(id).is_some() {
-            for l in &resp.tiles {
-                self.pending.remove(&l.tile);
-            }
+            // The answer lists the tiles asked for, which may be coarse (the batcher
+            // coalesces): each answers every data tile inside it.
+            self.pending
+                .retain(|&d| !resp.tiles.iter().any(|l| l.tile.contains(d)));
         }
         Ok(())
     }
@@ -499,7 +500,9 @@ pub struct Metrics {
     /// Items and bytes in delivered answers.
     pub items_fetched: u64,
     pub bytes: u64,
-    /// Tiles delivered by prefetch requests, and those never in view afterwards.
+    /// Data tiles delivered by prefetch requests (a coarse request tile counts as the data
+    /// tiles inside it), and those never in view afterwards in the session (or delivered
+    /// again before they were).
     pub prefetch_tiles: u64,
     pub prefetch_wasted: u64,
     /// Scored viewports, and misses, per trace action (`pan`, `zoom`, ...).
@@ -723,9 +726,16 @@ impl SessionRun<'_> {
                         m.bytes += answer_bytes(&f.response);
                     }
                     if f.kind == Kind::Prefetch && !f.idle {
+                        // Counted in data tiles, the tiles a view shows: a coarse request
+                        // tile (coalesced) delivers every data tile inside it.
                         for t in &f.tiles {
-                            m.prefetch_tiles += 1;
-                            *self.prefetched.entry(*t).or_default() += 1;
+                            let data = t
+                                .descendants(self.cfg.tile_zoom)
+                                .unwrap_or_else(|_| vec![*t]);
+                            for d in data {
+                                m.prefetch_tiles += 1;
+                                *self.prefetched.entry(d).or_default() += 1;
+                            }
                         }
                     }
                     if self

@@ -263,3 +263,53 @@ fn a_view_too_wide_to_fetch_is_counted_and_not_scored() {
         assert_eq!(m.viewports_empty, 0, "{}", m.policy);
     }
 }
+
+/// One view, then the view one width east 10 s later: time for everything to arrive.
+fn pan_east_after_a_pause() -> Vec<trace::Session> {
+    let text = r#"{"session":"a","t":0,"west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5}
+{"session":"a","t":10000,"west":-122.31,"south":47.59,"east":-122.26,"north":47.62,"zoom":14.5}
+"#;
+    trace::parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn none_completes_a_view_answered_in_coarse_tiles() {
+    // The batcher coalesces a view's data tiles into coarser request tiles, and the answer
+    // lists those: `none` waited for each data tile by name, so with coalescing (the
+    // default) its views never completed and each was counted abandoned, its time to
+    // complete the whole time on screen.
+    let sessions = pan_east_after_a_pause();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    for levels in [0, 3] {
+        let mut cfg = SimConfig::default();
+        cfg.batch.coalesce_levels = levels;
+        let m = sim::run_policy(Policy::None, &sessions, &origin, &cfg);
+        check_consistent(&m);
+        assert_eq!(m.viewports, 2, "coalesce {levels}");
+        assert_eq!(m.abandoned, 0, "coalesce {levels}: {m:?}");
+        assert!(m.ttc_p90_ms < 10_000, "coalesce {levels}: {m:?}");
+    }
+}
+
+#[test]
+fn prefetched_tiles_are_counted_in_data_tiles() {
+    // The second view is the first one's neighbour, inside the view ring: tiles prefetched
+    // around the first are then in view. Counted by request tile, a coarse one (never in
+    // view itself) was all waste: 18 of 18 here.
+    let sessions = pan_east_after_a_pause();
+    let origin = sim::origin_from(tilewarm::dataset::synthetic_city(7, 3000));
+    let cfg = SimConfig::default();
+    let m = sim::run_policy(Policy::Tilewarm, &sessions, &origin, &cfg);
+    check_consistent(&m);
+    assert_eq!(
+        m.hits, 1,
+        "{m:?}: the first view misses, the second is ready"
+    );
+    assert!(m.prefetch_tiles > 0, "{m:?}");
+    assert!(m.prefetch_wasted < m.prefetch_tiles, "{m:?}");
+    // Coalesced or not, about the same data tiles come: within 4x4 blocks of each other.
+    let mut fine = cfg.clone();
+    fine.batch.coalesce_levels = 0;
+    let f = sim::run_policy(Policy::Tilewarm, &sessions, &origin, &fine);
+    assert!(m.prefetch_tiles >= f.prefetch_tiles / 2, "{m:?} {f:?}");
+}
