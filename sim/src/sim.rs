@@ -204,15 +204,24 @@ impl SimConfig {
     /// for `none`, planner and batcher) config each policy is built from. The error names
     /// the setting, the value and what is allowed.
     pub fn validate(&self, policies: &[Policy]) -> Result<(), String> {
+        // An hour at most: the clock is u64 ms, and an answer due past its end came
+        // back at once (the sum wrapped) or panicked.
+        const HOUR_MS: u64 = 3_600_000;
         for (name, v) in [
             ("base_ms (--base-ms)", self.base_ms),
             ("per_item_ms (--per-item-ms)", self.per_item_ms),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            if !(0.0..=HOUR_MS as f64).contains(&v) {
                 return Err(format!(
-                    "{name} must be a finite number of ms, 0 or more, got {v}"
+                    "{name} must be a number of ms in 0..={HOUR_MS} (an hour), got {v}"
                 ));
             }
+        }
+        if self.slow_ms > HOUR_MS {
+            return Err(format!(
+                "slow_ms (--slow-ms) must be in 0..={HOUR_MS} ms (an hour), got {}",
+                self.slow_ms
+            ));
         }
         for (name, v) in [
             ("fail_share (--fail-share)", self.fail_share),
@@ -650,14 +659,16 @@ impl SessionRun<'_> {
                 let cfg = self.cfg;
                 (u < cfg.fail_share, u >= 1.0 - cfg.slow_share)
             };
-            let mut done = self.now + self.cfg.latency(response.items.len());
+            let mut done = self
+                .now
+                .saturating_add(self.cfg.latency(response.items.len()));
             let idle = self.idle;
             if fails {
                 m.failed_requests += u64::from(!idle);
-                done = self.now + self.cfg.latency(0);
+                done = self.now.saturating_add(self.cfg.latency(0));
             } else if slow {
                 m.slow_requests += u64::from(!idle);
-                done += self.cfg.slow_ms;
+                done = done.saturating_add(self.cfg.slow_ms);
             }
             let foreground = u64::from(req.kind == Kind::Foreground);
             if idle {

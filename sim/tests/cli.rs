@@ -67,9 +67,19 @@ fn run_refuses_settings_that_make_no_sense() {
     // Was a panic ("valid client config").
     fails_with(&run(&["--max-items", "0"]), &["max_items", "at least 1"]);
     // Were clamped to 1 ms, or made every latency NaN, silently.
-    fails_with(&run(&["--base-ms=-5"]), &["--base-ms", "0 or more", "-5"]);
+    fails_with(
+        &run(&["--base-ms=-5"]),
+        &["--base-ms", "in 0..=3600000", "-5"],
+    );
     fails_with(&run(&["--per-item-ms", "NaN"]), &["--per-item-ms", "NaN"]);
     fails_with(&run(&["--per-item-ms", "inf"]), &["--per-item-ms", "inf"]);
+    // Past the u64 clock: the answer's time wrapped, so it came back at once (or panicked
+    // in a debug build).
+    fails_with(&run(&["--base-ms", "1e300"]), &["--base-ms", "an hour"]);
+    fails_with(
+        &run(&["--slow-share", "0.5", "--slow-ms", "18446744073709551615"]),
+        &["--slow-ms", "an hour", "18446744073709551615"],
+    );
     // A share: 5 was accepted and every run "missed" it.
     fails_with(&run(&["--hit-goal", "5"]), &["--hit-goal", "0..=1", "5"]);
     // One draw decides both: 0.6 + 0.6 made the slow share 0.4, silently.
