@@ -22,8 +22,9 @@ the 8 neighbouring views, what tilewarm's view ring and zoom-out look-ahead cove
 with probability >= p) and `trained Markov p` (first-order, trained on the other half's
 users: tuned on one half, scored on the other).
 
-Usage: sim/moves.py [DATA]   (DATA defaults to ../shared/data; converts the traces with
-target/release/tilewarm-sim, which `cargo build --release -p tilewarm-sim` builds)
+Usage: sim/moves.py [DATA]   (DATA defaults to ../shared/data next to the repository;
+converts the traces with target/release/tilewarm-sim, which `cargo build --release -p
+tilewarm-sim` builds, or the binary TILEWARM_SIM names). Runs from any directory.
 """
 
 import collections
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 
+# The repository (this file is sim/moves.py): paths are resolved from it, not the cwd.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The homes' extent the converter maps the study onto (forecache::KING_COUNTY).
 WEST, SOUTH, EAST, NORTH = -122.52, 47.15, -121.31, 47.78
 # Study level 0 is web zoom ~10.2168 at 1024 px (forecache.rs, step 4).
@@ -154,13 +157,16 @@ def transitions(traces):
 
 
 def main():
-    data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+    data = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared", "data")
     fc = os.path.join(data, "forecache-ndsi2d")
     kc = os.path.join(data, "kc_house_data.csv")
     if not (os.path.isdir(fc) and os.path.isfile(kc)):
         print(f"sim/moves.py: skipped, no ForeCache traces or King County homes under {data}")
         return
-    sim = "target/release/tilewarm-sim"
+    sim = os.environ.get("TILEWARM_SIM") or os.path.join(ROOT, "target", "release", "tilewarm-sim")
+    if not os.access(sim, os.X_OK):
+        sys.exit(f"sim/moves.py: {sim} is absent: build it with "
+                 "`cargo build --release -p tilewarm-sim` (or name the binary in TILEWARM_SIM)")
     halves = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, users in (("A", range(1, 6)), ("B", range(6, 11))):

@@ -220,3 +220,61 @@ fn convert_refuses_a_log_given_twice() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
+
+#[test]
+fn moves_py_runs_from_any_directory() {
+    // sim/moves.py looked for target/release/tilewarm-sim from the current directory, so
+    // run from anywhere but the repository's root it died with a Python traceback.
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipping: no python3");
+        return;
+    }
+    let dir = scratch("moves");
+    let data = dir.join("data");
+    let logs = data.join("forecache-ndsi2d");
+    std::fs::create_dir_all(&logs).unwrap();
+    for u in 1..=10 {
+        write(
+            &logs,
+            &format!("U_{u}.csv"),
+            "Action,TimeStamp,ZoomLevel,Latitude,Longitude,Angle\n\
+             start,2016-06-08 16:46:40.378,0,34.1,-98.6,0\n\
+             zoom,2016-06-08 16:46:45.000,1,34.1,-98.6,0\n\
+             pan,2016-06-08 16:46:47.000,1,34.1,-98.6,90\n",
+        );
+    }
+    write(
+        &data,
+        "kc_house_data.csv",
+        "id,lat,long\n1,47.5,-122.3\n2,47.6,-121.9\n",
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moves.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&data)
+        .current_dir(&dir)
+        .env("TILEWARM_SIM", env!("CARGO_BIN_EXE_tilewarm-sim"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("| none | "), "{text}");
+    // Without the binary: a message saying how to build it, not a traceback.
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&data)
+        .current_dir(&dir)
+        .env("TILEWARM_SIM", dir.join("no-such-binary"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cargo build --release -p tilewarm-sim") && !err.contains("Traceback"),
+        "{err}"
+    );
+}
