@@ -273,6 +273,33 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         ..
     } = a;
     let policies = policies.unwrap_or_else(|| Policy::ALL.to_vec());
+    // A flag that changes nothing in this run is a mistake to say, not to ignore.
+    let tw_flags = [
+        ("--tw-ring", a.tw_ring.is_some()),
+        ("--tw-lookahead-ms", a.tw_lookahead_ms.is_some()),
+        ("--tw-history-ms", a.tw_history_ms.is_some()),
+        ("--tw-budget", a.tw_budget.is_some()),
+        ("--tw-max-lead", a.tw_max_lead.is_some()),
+        ("--tw-view-ring", a.tw_view_ring.is_some()),
+        ("--tw-budget-per-visible", a.tw_budget_per_visible.is_some()),
+        ("--tw-align-levels", a.tw_align_levels.is_some()),
+        ("--tw-warm-below", a.tw_warm_below.is_some()),
+    ];
+    if let Some((flag, _)) = tw_flags.iter().find(|(_, set)| *set) {
+        if !policies.contains(&Policy::Tilewarm) {
+            return Err(format!(
+                "{flag} sets the tilewarm policy, which --policies leaves out; add tilewarm \
+                 to --policies or drop {flag}"
+            ));
+        }
+    }
+    if a.slow_ms.is_some() && a.slow_share.is_none_or(|x| x == 0.0) {
+        return Err(
+            "--slow-ms says how late a slow answer is, but no answer is slow: give \
+             --slow-share too (a share in 0..=1 above 0)"
+                .to_string(),
+        );
+    }
     let mut cfg = SimConfig::default();
     cfg.batch.seed ^= seed;
     fn set<T>(field: &mut T, v: Option<T>) {

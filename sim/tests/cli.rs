@@ -88,6 +88,15 @@ fn run_refuses_settings_that_make_no_sense() {
         &["--fail-share + --slow-share", "at most 1"],
     );
     fails_with(&run(&["--fail-share", "1.5"]), &["--fail-share", "0..=1"]);
+    // Flags that change nothing in the run were ignored.
+    fails_with(
+        &run(&["--tw-view-ring", "0.5"]),
+        &["--tw-view-ring sets the tilewarm policy", "--policies"],
+    );
+    fails_with(
+        &run(&["--slow-ms", "100"]),
+        &["--slow-ms", "give --slow-share too"],
+    );
     // The same policy twice was run twice, two equal rows.
     fails_with(
         &["run", "--trace", &trace, "--policies", "lru,tilewarm,lru"],
