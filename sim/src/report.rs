@@ -108,11 +108,17 @@ Latency {} ms + {} ms/item; tile zoom {}, min zoom {}, {} requests in flight, {}
                 pct(m.prefetch_wasted as f64 / m.prefetch_tiles as f64)
             )
         };
+        // No item of the data set in any scored view: a rate of nothing, not 0%.
+        let item_hit = if m.items_in_view == 0 {
+            "—".to_string()
+        } else {
+            pct(m.item_hit_rate)
+        };
         s.push_str(&format!(
             "| {} | {} | {} | {} ms | {} ms | {} | {} | {} | {} | {:.1} | {} | {} |\n",
             m.policy,
             pct(m.viewport_hit_rate),
-            pct(m.item_hit_rate),
+            item_hit,
             m.ttc_p50_ms,
             m.ttc_p90_ms,
             m.abandoned,
@@ -218,4 +224,43 @@ pub fn goals(r: &Report, hit_goal: f64) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Metrics, SimConfig};
+
+    fn report(m: Metrics) -> Report {
+        Report {
+            label: "t".into(),
+            trace: "t.jsonl".into(),
+            data: "d.jsonl".into(),
+            sessions: 1,
+            events: 2,
+            config: ConfigSummary::of(&SimConfig::default()),
+            policies: vec![m],
+        }
+    }
+
+    #[test]
+    fn an_item_hit_rate_of_no_items_is_a_dash() {
+        // Data far from every view (another city): the item hit rate was printed 0.0%,
+        // as if every item in view had been missed.
+        let m = Metrics {
+            policy: "lru".into(),
+            viewports: 2,
+            hits: 1,
+            viewport_hit_rate: 0.5,
+            ..Metrics::default()
+        };
+        let md = markdown(&report(m.clone()));
+        assert!(md.contains("| lru | 50.0% | — | "), "{md}");
+        let md = markdown(&report(Metrics {
+            items_in_view: 10,
+            items_shown_at_once: 0,
+            ..m
+        }));
+        assert!(md.contains("| lru | 50.0% | 0.0% | "), "{md}");
+    }
 }
