@@ -234,6 +234,31 @@ test('TTL expiry follows the injected clock, per class', async () => {
   cache.dispose();
 });
 
+test('a time no clock gives (NaN, Infinity, negative) is taken as the last good one: the cache goes on', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  const sent = backend.requests.length;
+  for (const bad of [NaN, Infinity, -1, 1e300]) {
+    const good = now;
+    now = bad;
+    assert.equal(cache.setViewport(v).complete, true, `at now() = ${bad}`);
+    now = good + 1_000;
+    // Taken as given, Infinity held the client's clock at the end of time (it never goes
+    // back): every item expired from then on.
+    const view = cache.setViewport(v);
+    assert.equal(view.complete, true, `after now() = ${bad}`);
+    assert.deepEqual(ids(view.items), truth(v));
+  }
+  assert.equal(backend.requests.length, sent, 'nothing fetched again');
+  now += 300_000; // the tile lists' TTL, on the clock
+  assert.equal(cache.setViewport(v).complete, false, 'lists expire at their TTL still');
+  cache.dispose();
+});
+
 test('stale-while-revalidate shows expired items flagged stale while refetching', async () => {
   fresh();
   let now = 1_700_000_000_000;

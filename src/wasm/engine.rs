@@ -14,7 +14,7 @@
 //! - Bad options and viewports are thrown as error records ([`super::thrown`]); the JS
 //!   glue writes the values into the message. Nothing here panics on input.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
@@ -125,11 +125,6 @@ impl Out {
     }
 }
 
-/// A clock reading from JS: any number; negative, NaN and huge values saturate.
-fn ms(now: f64) -> u64 {
-    now as u64
-}
-
 /// The tier with this code (its rank); `None` for any other number, so nothing from
 /// JavaScript (an unknown tier is -1) is truncated into a tier.
 fn tier(code: f64) -> Option<Access> {
@@ -141,6 +136,8 @@ pub struct Engine {
     client: Client<JsItem>,
     /// Zoom levels added to the caller's zooms (`tileSize` 512: 1).
     zoom_offset: f64,
+    /// The last time from JS that a clock could give ([`Engine::ms`]).
+    last_now: Cell<u64>,
 }
 
 #[wasm_bindgen]
@@ -186,6 +183,7 @@ impl Engine {
         Ok(Engine {
             client,
             zoom_offset,
+            last_now: Cell::new(0),
         })
     }
 
@@ -200,7 +198,7 @@ impl Engine {
         now: f64,
     ) -> Result<Vec<JsValue>, JsValue> {
         let vp = self.viewport([west, south, east, north, zoom])?;
-        let now = ms(now);
+        let now = self.ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
         let sink = |item: &CacheItem<JsItem>, is_stale: bool| {
@@ -215,7 +213,7 @@ impl Engine {
     /// The current view again (after an UPDATED record), then anything pending; `plan`
     /// as for [`Engine::invalidate`].
     pub fn items(&mut self, now: f64, plan: bool) -> Vec<JsValue> {
-        let now = ms(now);
+        let now = self.ms(now);
         let mut out = Out::default();
         let (mut stale, mut fresh) = (Vec::new(), Vec::new());
         let outcome = self.client.view_items(now, |item, is_stale| {
@@ -253,7 +251,7 @@ impl Engine {
         strs: Vec<String>,
         slots: Vec<u32>,
     ) -> Vec<JsValue> {
-        let (rid, now) = (RequestId(id as u64), ms(now));
+        let (rid, now) = (RequestId(id as u64), self.ms(now));
         let mut out = Out::default();
         let payloads = slots
             .into_iter()
@@ -324,7 +322,7 @@ impl Engine {
             },
             None => Failure::Aborted,
         };
-        let now = ms(now);
+        let now = self.ms(now);
         self.client
             .on_reported_failure(RequestId(id as u64), f, tier(access), now);
         let mut out = Out::default();
@@ -334,7 +332,7 @@ impl Engine {
 
     /// Time passed (the WAKEUP time came): timeouts, backoffs, breaker probes.
     pub fn tick(&mut self, now: f64) -> Vec<JsValue> {
-        let now = ms(now);
+        let now = self.ms(now);
         self.client.handle_timeout(now);
         let mut out = Out::default();
         self.pump(&mut out, now);
@@ -358,7 +356,7 @@ impl Engine {
                 )));
             }
         }
-        let now = ms(now);
+        let now = self.ms(now);
         let mut out = Out::default();
         out.nums.push(ids.len() as f64);
         let nums = &mut out.nums;
@@ -376,14 +374,14 @@ impl Engine {
     #[wasm_bindgen(js_name = getCached)]
     pub fn get_cached(&mut self, id: &str, now: f64) -> f64 {
         self.client
-            .get_cached(id, ms(now))
+            .get_cached(id, self.ms(now))
             .map_or(-1.0, |l| slot(l.item))
     }
 
     /// The slot of the cached item with this id (fresh or stale), without counting or
     /// fetching; -1 when there is none.
     pub fn peek(&self, id: &str, now: f64) -> f64 {
-        (self.client.peek(id, ms(now))).map_or(-1.0, |l| slot(l.item))
+        (self.client.peek(id, self.ms(now))).map_or(-1.0, |l| slot(l.item))
     }
 
     /// `invalidate`: header `removed`. A bad tile string is a `tiles` field error. What
@@ -400,7 +398,7 @@ impl Engine {
         now: f64,
         plan: bool,
     ) -> Result<Vec<JsValue>, JsValue> {
-        let now = ms(now);
+        let now = self.ms(now);
         let parsed = parse_tiles(&tiles)?;
         let mut n = 0;
         if all {
@@ -440,7 +438,7 @@ impl Engine {
                 "a TILES_* code",
             )));
         };
-        let now = ms(now);
+        let now = self.ms(now);
         let parsed = parse_tiles(&tiles)?;
         let mut out = Out::default();
         match op {
@@ -499,7 +497,7 @@ impl Engine {
             out.nums.extend([-2.0, max as f64]);
             return Ok(out.finish());
         };
-        Ok(self.prefetch(&data, ms(now)))
+        Ok(self.prefetch(&data, self.ms(now)))
     }
 
     /// `setAccess`; `new_credential` when the page says its credential changed (a sign-in:
@@ -526,7 +524,7 @@ impl Engine {
                 ),
             )));
         }
-        let now = ms(now);
+        let now = self.ms(now);
         self.client.set_access(tier, now);
         let mut out = Out::default();
         self.pump(&mut out, now);
@@ -548,6 +546,18 @@ impl Engine {
 }
 
 impl Engine {
+    /// A time from JS (the `now` option's `Date.now()`, or the page's own clock) in ms. A
+    /// number no clock gives (not a number, negative, past `Date`'s range of 8.64e15 ms) is
+    /// taken as the last good one: the client's clock never goes back (`crate::clock`), so
+    /// one such reading taken as given (saturating: `Infinity` as `u64::MAX`) would hold it
+    /// at the end of time, every item expired on arrival from then on.
+    fn ms(&self, now: f64) -> u64 {
+        if (0.0..=8.64e15).contains(&now) {
+            self.last_now.set(now as u64);
+        }
+        self.last_now.get()
+    }
+
     /// The viewport of `setViewport` and `prefetch(viewport)`: `west, south, east, north,
     /// zoom` as JS passed them, checked ([`config::viewport`]), in the core's zoom units.
     fn viewport(&self, v: [&JsValue; 5]) -> Result<crate::planner::Viewport, JsValue> {
