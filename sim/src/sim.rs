@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use tilewarm::access::Access;
 use tilewarm::batch::{BatchConfig, Batcher, Failure, Kind, RequestId};
-use tilewarm::client::{Client, ClientConfig, Event, Payload};
+use tilewarm::client::{Answered, Client, ClientConfig, Event, Payload};
 use tilewarm::origin::{Origin, OriginItem};
 use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
 use tilewarm::protocol::{BatchRequest, BatchResponse};
@@ -366,12 +366,15 @@ impl Shell for ClientShell {
         resp: BatchResponse<Size>,
         now: u64,
     ) -> Result<(), String> {
-        // The client reports a bad answer as an error event, not as a return value.
-        match self.declared_bounds {
+        // The client refuses a bad answer whole (and reports it as an error event).
+        let answered = match self.declared_bounds {
             Some(b) => self.client.on_declared_response(id, resp, Some(&b), now),
             None => self.client.on_response(id, resp, now),
         };
-        Ok(())
+        match answered {
+            Answered::Invalid => Err(format!("request {}: the client refused its answer", id.0)),
+            _ => Ok(()),
+        }
     }
     fn is_complete(&self, _now: u64) -> bool {
         self.client.is_complete()
@@ -517,7 +520,7 @@ pub struct Metrics {
     /// Scored viewports, and misses, per trace action (`pan`, `zoom`, ...).
     pub viewports_by_action: BTreeMap<String, u64>,
     pub misses_by_action: BTreeMap<String, u64>,
-    /// Responses the client refused (should be 0).
+    /// Answers the client refused as invalid (`Answered::Invalid`; should be 0).
     pub errors: u64,
     /// Requests the simulated backend failed (503) or answered late (`--fail-share`,
     /// `--slow-share`).
@@ -855,4 +858,44 @@ fn run_session(
         m.ttc_ms.push(run.now - shown);
     }
     m.prefetch_wasted += run.prefetched.values().map(|&n| u64::from(n)).sum::<u64>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tilewarm::protocol::Item;
+
+    /// `Metrics::errors` counts the answers the client refuses: the shell says so.
+    #[test]
+    fn an_answer_the_client_refuses_is_an_error() {
+        let cfg = SimConfig::default();
+        let mut shell = ClientShell {
+            client: Client::new(cfg.client_config(Policy::Tilewarm)).unwrap(),
+            oracle: false,
+            next: None,
+            declared_bounds: None,
+        };
+        let vp = Viewport::new(-122.34, 47.60, -122.33, 47.61, 15.0).unwrap();
+        shell.show(vp, 0).unwrap();
+        let req = shell.poll_request(0).expect("a request for the view");
+        let answer = |lon: f64| BatchResponse {
+            access: Some(Access::Public),
+            items: vec![Item {
+                id: "a".into(),
+                lon,
+                lat: 47.605,
+                class: "active".into(),
+                access: Access::Public,
+                ttl: None,
+                data: Size(10),
+            }],
+            ..BatchResponse::default()
+        };
+        assert!(shell.on_response(req.id, answer(500.0), 1).is_err());
+        let again = shell.poll_request(60_000).expect("asked again");
+        assert_eq!(
+            shell.on_response(again.id, answer(-122.335), 60_001),
+            Ok(())
+        );
+    }
 }
