@@ -11,7 +11,8 @@
 // is the growth of the module's `memory.buffer.byteLength`.
 // Needs pkg/ built (make pkg), npm ci in js/test/browser (playwright-core), chromium.
 //
-// Usage: node bench/js/memory-browser.mjs [--md FILE] [--snapshot FILE]
+// Usage: node bench/js/memory-browser.mjs [--md FILE] [--snapshot FILE] [--pkg DIR]
+// (--pkg: another build of the package, served as /pkg/, for a before/after comparison)
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
@@ -24,6 +25,7 @@ const arg = (name) => { const i = process.argv.indexOf(`--${name}`); return i > 
 // DevTools' Memory tab).
 const snapshot = arg('snapshot');
 const root = resolve(import.meta.dirname, '../..');
+const pkg = resolve(arg('pkg') ?? join(root, 'pkg'));
 const { chromium } = createRequire(resolve(root, 'js/test/browser/package.json'))('playwright-core');
 const PAGE = `<!doctype html><meta charset="utf-8"><title>tilewarm memory</title>
 <script type="module">
@@ -56,7 +58,7 @@ const server = createServer(async (req, res) => {
       return;
     }
     if (!SERVED(path) || path.includes('..')) throw new Error('not served');
-    const body = await readFile(join(root, path));
+    const body = await readFile(path.startsWith('/pkg/') ? join(pkg, path.slice(5)) : join(root, path));
     res.writeHead(200, { 'content-type': TYPES[extname(path)] ?? 'application/octet-stream' });
     res.end(body);
   } catch {

@@ -40,7 +40,7 @@ if (child < 0 && process.argv.includes('--alloc-stats')) {
 if (child < 0) {
   // The parent: one process per size, then the table.
   const [half, full] = SIZES.map((n) => JSON.parse(execFileSync(process.execPath,
-    ['--expose-gc', fileURLToPath(import.meta.url), '--items', String(n)], { encoding: 'utf8' })));
+    ['--expose-gc', fileURLToPath(import.meta.url), '--items', String(n), '--pkg', pkg], { encoding: 'utf8' })));
   const md = table(half, full);
   process.stdout.write(md);
   const i = process.argv.indexOf('--md');

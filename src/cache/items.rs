@@ -30,7 +30,9 @@ pub struct ItemMeta {
 
 /// Bytes of bookkeeping charged per cached item on top of its id, class and payload (its
 /// slot in the item store, the coordinates and expiry among it, its tile-list entry and
-/// its share of the hash table: about 95 bytes on wasm32).
+/// its share of the hash table: about 87 bytes on wasm32 since the browser's payload
+/// dropped its size, 95 before; the charge is kept, so what a `max_bytes` holds is
+/// unchanged).
 pub const ITEM_OVERHEAD_BYTES: usize = 96;
 
 /// The bytes an item is charged in a cache ([`ItemMeta::size_bytes`]): its id, class and
@@ -48,7 +50,7 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 /// One cached item.
 ///
 /// Its fields are laid out for the item store's slot that holds it (on wasm32: this and two
-/// `u32` links, 72 bytes with the browser's payload): the id is inline when short
+/// `u32` links, 64 bytes with the browser's payload): the id is inline when short
 /// (`ItemKey`), the class is a thin pointer to the shared name (`Class`) and the tile and
 /// the tier share one word (`TileTier`).
 #[derive(Debug, Clone)]

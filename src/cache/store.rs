@@ -7,7 +7,7 @@
 //! taken from a crate: `lru` allocates a node per entry (the key beside the value, two
 //! pointers, and the allocator's own bytes: 80 bytes on wasm32) and keys its table by the
 //! key, so the id was held twice. Here an item is one slot (the item, which holds its id,
-//! and two `u32` links: 72 bytes on wasm32), pages are allocated whole and never moved (a
+//! and two `u32` links: 64 bytes on wasm32), pages are allocated whole and never moved (a
 //! `Vec` of every slot would hold up to twice the slots, and copy them all as it grows),
 //! and the table holds a `u32` per item. A tile list names its items as [`Listed`] ids
 //! that remember their item's slot, so a read mostly finds each item without hashing its
@@ -24,7 +24,7 @@ use super::key::ItemKey;
 /// No slot: the end of the list.
 const NIL: u32 = u32::MAX;
 
-/// Slots per page (18 KiB a page on wasm32 for the browser's items).
+/// Slots per page (16 KiB a page on wasm32 for the browser's items).
 const PAGE: usize = 256;
 
 /// A held item and its neighbours in recency order.

@@ -3,7 +3,7 @@
 //! draws those again, and only those. The data tiles a host read are kept with when their
 //! read next changes with time, for [`Client::next_wakeup`].
 
-use super::{Client, Payload};
+use super::Client;
 use crate::tile::TileId;
 
 /// Most tiles [`ChangedTiles::Tiles`] names; past it, [`ChangedTiles::All`].
@@ -78,7 +78,7 @@ impl ChangedTiles {
     }
 }
 
-impl<P: Payload> Client<P> {
+impl<P> Client<P> {
     /// The tiles whose cached items changed since the last call, for a shell whose host
     /// draws tiles from the cache itself ([`Client::load_tile`]), outside the view too: an
     /// answer that added, replaced, moved or deleted items or changed a tile list (a

@@ -11,7 +11,7 @@
 //! - [`Client::prefetch`] queues data tiles as prefetch work that stays queued across
 //!   viewports ("destinations") until they are fetched, behind the planner's own.
 
-use super::{Client, Payload};
+use super::Client;
 use crate::cache::CacheItem;
 use crate::planner::Work;
 use crate::tile::TileId;
@@ -36,7 +36,7 @@ pub struct TooManyDataTiles {
     pub min_z: u8,
 }
 
-impl<P: Payload> Client<P> {
+impl<P> Client<P> {
     /// The data tiles that hold what host tile `tile` shows: its data-zoom ancestor when it
     /// is at the data zoom or finer, else its descendants at the data zoom, at most
     /// `max_visible_tiles` of them.

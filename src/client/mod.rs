@@ -56,7 +56,7 @@ pub use event::{Event, FetchError, TileState, ViewOutcome};
 pub use load::{TooManyDataTiles, MAX_DESTINATIONS};
 use overtaking::Overtaking;
 pub use overtaking::MAX_OVERTAKING;
-pub use payload::Payload;
+pub use payload::{Payload, Received};
 pub use response::Answered;
 pub use stats::ClientStats;
 
@@ -128,8 +128,8 @@ struct Sent {
     again: bool,
 }
 
-/// The client engine. `P` is the item payload (a JS handle in the browser, raw JSON bytes
-/// natively).
+/// The client engine. `P` is the item payload (the slot of a JS object in the browser, raw
+/// JSON bytes natively); answers deliver it in a [`Received`] form that gives its size.
 pub struct Client<P> {
     cache: ItemCache<P>,
     planner: Planner,
@@ -214,7 +214,7 @@ pub struct Client<P> {
     full_reads: bool,
 }
 
-impl<P: Payload> Client<P> {
+impl<P> Client<P> {
     /// A client with a checked configuration.
     pub fn new(config: ClientConfig) -> Result<Client<P>, ClientConfigError> {
         if config.cache.tile_zoom != config.planner.tile_zoom {

@@ -1,7 +1,7 @@
 //! How a request ends: [`Client::on_response`] in named steps, and [`Client::on_failure`].
 
 use super::{
-    Access, ChangedTiles, Client, Density, Event, Failure, FetchError, Kind, Payload, RequestId,
+    Access, ChangedTiles, Client, Density, Event, Failure, FetchError, Kind, Received, RequestId,
     MAX_PREFETCH_MARKS,
 };
 use crate::batch::{FailureOutcome, Finished};
@@ -38,7 +38,7 @@ pub enum Answered {
     TakenInPart,
 }
 
-impl<P: Payload> Client<P> {
+impl<P> Client<P> {
     /// A request answered. The response is validated; items and tile lists go into the
     /// cache. An invalid response is handled as [`Failure::Invalid`] (retried per the batch
     /// config) and reported like any failed request, as an [`Event::Error`]; the cache is
@@ -51,10 +51,14 @@ impl<P: Payload> Client<P> {
     /// showable; ingest items, missing ids and tile lists; report left-out tiles; read each
     /// visible tile's state once; back off visible tiles the cache could not keep; queue
     /// the foreground again from the same states; tell the page.
-    pub fn on_response(
+    ///
+    /// The items' payloads arrive in any [`Received`] form of `P`: a `P` that knows its
+    /// size ([`Payload`](super::Payload)) is its own; one that does not comes with its size
+    /// beside it, which the cache charges and does not keep.
+    pub fn on_response<D: Received<P>>(
         &mut self,
         id: RequestId,
-        response: BatchResponse<P>,
+        response: BatchResponse<D>,
         now_ms: u64,
     ) -> Answered {
         let now_ms = self.clock.read(now_ms);
@@ -69,10 +73,10 @@ impl<P: Payload> Client<P> {
     /// [`adopt_bounds`](Self::adopt_bounds) adopts it, and an answer declaring none gives
     /// every tile back to the backend, so a server restarted without `--bounds`, or one of
     /// several behind a balancer without it, never leaves tiles hidden.
-    pub fn on_declared_response(
+    pub fn on_declared_response<D: Received<P>>(
         &mut self,
         id: RequestId,
-        response: BatchResponse<P>,
+        response: BatchResponse<D>,
         declared: Option<&Bbox>,
         now_ms: u64,
     ) -> Answered {
@@ -81,10 +85,10 @@ impl<P: Payload> Client<P> {
     }
 
     /// An answer; `declared`, when given, is the extent its headers declare.
-    fn answer(
+    fn answer<D: Received<P>>(
         &mut self,
         id: RequestId,
-        response: BatchResponse<P>,
+        response: BatchResponse<D>,
         declared: Option<Option<&Bbox>>,
         now_ms: u64,
     ) -> Answered {
@@ -342,7 +346,12 @@ impl<P: Payload> Client<P> {
     /// items of the view or of the tiles a host loads. An item asked for directly (a
     /// `get`) that the cache refuses, or that a later item of the answer pushes out, is kept
     /// aside for the shell ([`Client::take_unkept`]).
-    fn ingest_items(&mut self, items: Vec<Item<P>>, finished: &Finished, now_ms: u64) -> bool {
+    fn ingest_items<D: Received<P>>(
+        &mut self,
+        items: Vec<Item<D>>,
+        finished: &Finished,
+        now_ms: u64,
+    ) -> bool {
         let tile_zoom = self.cache.config().tile_zoom;
         let (mut touched_visible, mut kept, mut kept_bytes) = (false, 0, 0);
         self.items_fetched += items.len() as u64;
@@ -367,6 +376,7 @@ impl<P: Payload> Client<P> {
                 Priority::Prefetch
             };
             let size_bytes = item_size_bytes(&item.id, &item.class, item.data.size_bytes());
+            let data = item.data.into_payload();
             let meta = ItemMeta {
                 lon: item.lon,
                 lat: item.lat,
@@ -381,14 +391,8 @@ impl<P: Payload> Client<P> {
             let mut evicted = Vec::new();
             // Replaced or moved, the item leaves the tile it was in (read before the insert).
             let was = self.cache.tile_of(&item.id);
-            let inserted = (self.cache).insert_or_return(
-                &item.id,
-                meta,
-                item.data,
-                now_ms,
-                priority,
-                &mut evicted,
-            );
+            let inserted =
+                (self.cache).insert_or_return(&item.id, meta, data, now_ms, priority, &mut evicted);
             if let Ok((_, None)) = inserted {
                 self.changed_tiles.extend(was.into_iter().chain(data_tile));
             }

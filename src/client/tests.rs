@@ -2100,7 +2100,7 @@ fn a_loading_tile_an_answer_leaves_out_is_not_asked_for_again() {
     for now in (0..600_000).step_by(1000) {
         while let Some(t) = c.poll_request(now) {
             sent += 1;
-            let empty = crate::protocol::BatchResponse::default();
+            let empty = crate::protocol::BatchResponse::<String>::default();
             assert_eq!(c.on_response(t.id, empty, now), Answered::Taken);
         }
         errors.extend(events(&mut c).into_iter().filter_map(|e| match e {
@@ -2556,7 +2556,7 @@ fn the_tiles_whose_items_changed_are_reported_outside_the_view_too() {
     // Found gone: its tile.
     c.request_ids([ids[2].as_str(), "nothing-such"], later);
     let req = c.poll_request(later).expect("the ids asked");
-    let answer = BatchResponse {
+    let answer: BatchResponse<String> = BatchResponse {
         missing: vec![ids[2].clone(), "nothing-such".into()],
         ..BatchResponse::default()
     };
@@ -3487,5 +3487,59 @@ mod clock_steps {
                 }
             }
         }
+    }
+}
+
+/// A payload the cache holds without its size (as the browser's slot of a JS object): the
+/// size arrives beside it in the answer ([`Received`]), and is charged as a payload that
+/// knows its own size is.
+#[test]
+fn a_payload_received_beside_its_size_is_charged_that_size() {
+    struct Slot(u32);
+    struct WithSize(u32, usize);
+    impl Received<Slot> for WithSize {
+        fn size_bytes(&self) -> usize {
+            self.1
+        }
+        fn into_payload(self) -> Slot {
+            Slot(self.0)
+        }
+    }
+    let o = origin();
+    let mut by_size: Client<Slot> = Client::new(ClientConfig::default()).unwrap();
+    let mut own = client(ClientConfig::default());
+    own.set_viewport(view(3.0), 0, |_, _| {});
+    by_size.set_viewport(view(3.0), 0, |_, _| {});
+    answer_all(&mut own, &o, 0);
+    let mut received = std::collections::HashMap::new();
+    while let Some(t) = by_size.poll_request(0) {
+        let mut r = o.answer(&t.request, None);
+        // Longer payloads than the origin's own, so a size not read from the answer shows.
+        let items = std::mem::take(&mut r.items).into_iter().map(|it| {
+            let slot = received.len() as u32 + 1;
+            received.insert(it.id.clone(), slot);
+            it.map_data(|d| WithSize(slot, d.len() + 100))
+        });
+        let r = BatchResponse {
+            items: items.collect(),
+            tiles: r.tiles,
+            missing: r.missing,
+            access: r.access,
+            left_out: r.left_out,
+        };
+        assert_eq!(by_size.on_response(t.id, r, 0), Answered::Taken);
+    }
+    let n = by_size.cache().len();
+    assert!(n > 0 && n == own.cache().len() && n == received.len());
+    assert_eq!(by_size.cache().bytes(), own.cache().bytes() + 100 * n);
+    for (id, slot) in received {
+        let held = by_size.cache().peek(&id, Access::Agent, 0).unwrap().item;
+        let theirs = own.cache().peek(&id, Access::Agent, 0).unwrap().item;
+        assert_eq!(
+            held.payload().0,
+            slot,
+            "the payload stored is the one received"
+        );
+        assert_eq!(held.size_bytes(), theirs.size_bytes() + 100);
     }
 }

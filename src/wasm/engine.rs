@@ -28,12 +28,13 @@ use super::{thrown, value};
 use crate::access::Access;
 use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
-use crate::client::{Answered, ChangedTiles, Client, Event, Payload, ViewOutcome};
+use crate::client::{Answered, ChangedTiles, Client, Event, Received, ViewOutcome};
 use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
 /// An item payload: the slot of the JS item object (`{ id, lon, lat, class, access, data,
-/// stale }`) in `cache.js`'s table of item objects, and its estimated size.
+/// stale }`) in `cache.js`'s table of item objects. Its size arrives beside it
+/// ([`JsReceived`]) and is not kept: the cache reads it once, when it stores the item.
 ///
 /// `cache.js` puts an answer's objects in free slots before it hands the answer over; a
 /// slot is the cache's until its `JsItem` is dropped (the item was evicted, expired,
@@ -41,17 +42,26 @@ use crate::tile::{Bbox, TileId};
 /// and a FREED record. Not `Clone`: one owner per slot.
 pub(crate) struct JsItem {
     slot: u32,
+}
+
+// A cached item with this payload takes a slot of 64 bytes in the item store on wasm32
+// (`src/cache/store.rs`): the item (its id inline, `CacheItem`) and two links.
+#[cfg(target_arch = "wasm32")]
+const _: () = assert!(crate::cache::slot_bytes::<JsItem>() <= 64);
+
+/// An answer's item payload: its [`JsItem`] and the length of its `data` as JSON (what the
+/// cache charges it beside its id and class), until the cache stores it.
+pub(crate) struct JsReceived {
+    item: JsItem,
     size: u32,
 }
 
-// A cached item with this payload takes a slot of 72 bytes in the item store on wasm32
-// (`src/cache/store.rs`): the item (its id inline, `CacheItem`) and two links.
-#[cfg(target_arch = "wasm32")]
-const _: () = assert!(crate::cache::slot_bytes::<JsItem>() <= 72);
-
-impl Payload for JsItem {
+impl Received<JsItem> for JsReceived {
     fn size_bytes(&self) -> usize {
         self.size as usize
+    }
+    fn into_payload(self) -> JsItem {
+        self.item
     }
 }
 
@@ -253,10 +263,7 @@ impl Engine {
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), self.ms(now));
         let mut out = Out::default();
-        let payloads = slots
-            .into_iter()
-            .map(|slot| JsItem { slot, size: 0 })
-            .collect();
+        let payloads = slots.into_iter().map(|slot| JsItem { slot }).collect();
         match build_response(&nums, strs, payloads) {
             // 1: taken (or for a request no longer tracked); 0: invalid, its ERROR record
             // follows (the get()s it was for wait for the retry, or end with the error);
@@ -723,7 +730,7 @@ fn build_response(
     nums: &[f64],
     strs: Vec<String>,
     payloads: Vec<JsItem>,
-) -> Result<(BatchResponse<JsItem>, Option<Bbox>), String> {
+) -> Result<(BatchResponse<JsReceived>, Option<Bbox>), String> {
     let disagree = || "response arrays disagree in length".to_string();
     let [tiles, items, reported, west, south, east, north, left_out, rest @ ..] = nums else {
         return Err(disagree());
@@ -773,7 +780,7 @@ fn build_response(
         });
     }
     let mut items = Vec::with_capacity(n_items);
-    for (j, (it, mut data)) in item_nums.chunks_exact(5).zip(payloads).enumerate() {
+    for (j, (it, item)) in item_nums.chunks_exact(5).zip(payloads).enumerate() {
         let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
             return Err(disagree());
         };
@@ -789,10 +796,10 @@ fn build_response(
             class,
             access,
             ttl: ttl(it[2]),
-            data: {
+            data: JsReceived {
+                item,
                 // `as u32` saturates: NaN and negatives are 0.
-                data.size = it[4].min(1e9) as u32;
-                data
+                size: it[4].min(1e9) as u32,
             },
         });
     }
@@ -818,12 +825,12 @@ mod tests {
     use super::*;
 
     /// One tile listing one item of tier code `tier`, as `cache.js` flattens it.
-    fn one_item(tier: f64) -> Result<BatchResponse<JsItem>, String> {
+    fn one_item(tier: f64) -> Result<BatchResponse<JsReceived>, String> {
         reported(tier, -1.0)
     }
 
     /// [`one_item`] in an answer that reports tier code `access`.
-    fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsItem>, String> {
+    fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsReceived>, String> {
         let nums = vec![
             1.0,
             1.0,
@@ -844,7 +851,7 @@ mod tests {
         let strs = ["14/2624/5721", "a", "a", "active"]
             .map(String::from)
             .to_vec();
-        build_response(&nums, strs, vec![JsItem { slot: 0, size: 0 }]).map(|(r, _)| r)
+        build_response(&nums, strs, vec![JsItem { slot: 0 }]).map(|(r, _)| r)
     }
 
     /// Security: an item whose tier is not one of the four must make the whole answer
@@ -899,11 +906,7 @@ mod tests {
                 .map(String::from)
                 .to_vec()
         };
-        let slots = |from: u32| {
-            (from..from + 3)
-                .map(|slot| JsItem { slot, size: 0 })
-                .collect()
-        };
+        let slots = |from: u32| (from..from + 3).map(|slot| JsItem { slot }).collect();
         take_freed();
         assert!(build_response(&nums(-1.0), strs(), slots(0)).is_err());
         let mut freed = take_freed();
