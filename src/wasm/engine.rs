@@ -264,7 +264,11 @@ impl Engine {
         let (rid, now) = (RequestId(id as u64), self.ms(now));
         let mut out = Out::default();
         let payloads = slots.into_iter().map(|slot| JsItem { slot }).collect();
-        match build_response(&nums, strs, payloads) {
+        let built = build_response(&nums, strs, payloads);
+        // The numbers are read: their room (8 bytes a number, 40 an item) is free for what
+        // the cache allocates as it takes the answer, rather than grown for it.
+        drop(nums);
+        match built {
             // 1: taken (or for a request no longer tracked); 0: invalid, its ERROR record
             // follows (the get()s it was for wait for the retry, or end with the error);
             // 2: sent at a tier left since, so asked again: the get()s wait for that answer.
