@@ -138,7 +138,8 @@ web-example:
 	@scripts/setup.sh wasm node
 	scripts/build-web-example.sh
 
-## Every benchmark; writes docs/BENCHMARKS.md (scripts/bench.sh PART runs one part;
+## Every benchmark; writes target/bench/BENCHMARKS.md, whose figures are carried over to
+## docs/BENCHMARKS.md by hand (scripts/bench.sh PART runs one part;
 ## the pkg part measures the package size against the ratchet in bench/page-size.txt).
 bench:
 	@scripts/setup.sh rust

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: runs every benchmark and writes docs/BENCHMARKS.md from the parts.
+# `make bench`: runs every benchmark and writes target/bench/BENCHMARKS.md from the parts.
 #   core    cargo bench --bench core (divan), ratios against peers in the same run
 #   pkg     scripts/pkg-size.sh (gzipped package size), bench/js/micro.mjs (Node, vs JS peers)
 #   sim     sim/run-bench.sh (trace replay: none / lru / ring1 / tilewarm / oracle)
@@ -21,9 +21,14 @@
 #   web     scripts/bench-web.sh (the Rust browser shell: example wasm size, set_viewport
 #           with 10k cached, next to the npm package's in the same Chromium page)
 # A part whose script is absent, or that fails, is reported as such in the document; the
-# run still writes it. Parts: `scripts/bench.sh core sim` runs only those (and rewrites the
-# document from the outputs of earlier runs for the others; `scripts/bench.sh none` only
-# rewrites it).
+# run still writes it. Parts: `scripts/bench.sh core sim` runs only those (and assembles the
+# document from the outputs of earlier runs in target/bench/ for the others;
+# `scripts/bench.sh none` only assembles it).
+# The committed docs/BENCHMARKS.md is not written: it is kept by hand from these runs, each
+# section dated, with notes and before/after runs no script makes. Writing it whole threw
+# away every part not run here (in a fresh clone, all of them but one) and those notes.
+# Carry what a run measured over from target/bench/BENCHMARKS.md (or target/bench/PART.md).
+# docs/bench/memory.md and docs/bench/size-ratchet.md are the hand-kept parts it copies in.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
@@ -243,5 +248,5 @@ HEAD
   echo "## Rust browser shell (tilewarm-web): \`scripts/bench.sh web\`"
   echo
   section "$out/web.md" "(not run in this invocation)"
-} > docs/BENCHMARKS.md
-status "wrote docs/BENCHMARKS.md"
+} > "$out/BENCHMARKS.md"
+status "wrote $out/BENCHMARKS.md: carry the parts this run measured over to docs/BENCHMARKS.md (kept by hand)"
