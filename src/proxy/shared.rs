@@ -173,7 +173,9 @@ impl Proxy {
             )));
         }
         // Whole seconds since it was fetched, rounded up; a clock behind ours counts as 0.
-        let age_ms = now_ms.saturating_sub(fetched_at_ms);
+        // Wall time against wall time: the entry's date is another isolate's wall clock (or
+        // ours, `shared_entry`), and ours runs ahead of the wall once it stepped back.
+        let age_ms = self.clock.wall(now_ms).saturating_sub(fetched_at_ms);
         // Written with a max-age that ends within the look-back (`shared_entry`); one read
         // later (another writer's clock, or a writer that did not cap it) may predate a
         // change this isolate never replayed.

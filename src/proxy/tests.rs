@@ -2307,6 +2307,30 @@ mod clock_steps {
         let _ = p.begin(req(&["14/2630/5730"], &[], Access::Public), now);
     }
 
+    /// An isolate whose clock stepped back ages another's shared entries on the wall clock:
+    /// on its own clock, ahead by the step, every entry looked older by it, and one longer
+    /// than a tile TTL had it refuse every entry (and call the origin) for its whole life.
+    #[test]
+    fn an_isolate_whose_clock_stepped_back_takes_a_fresh_shared_entry() {
+        let o = origin();
+        let mut a = Proxy::new(no_warm()).unwrap();
+        let t = tile("14/2625/5721");
+        run(&mut a, &o, req(&["14/2625/5721"], &[], Access::Public), T);
+        let e = a.shared_entry(Access::Public, t, T + 1_000).unwrap();
+        // b's wall clock was two hours fast, then set right.
+        let mut b = Proxy::new(no_warm()).unwrap();
+        see(&mut b, T + 2 * HOUR);
+        see(&mut b, T + 1_500);
+        let fill = b.shared_fill(
+            Access::Public,
+            t,
+            e.body.as_bytes(),
+            e.fetched_at_ms,
+            T + 2_000,
+        );
+        assert!(fill.is_ok(), "{:?}", fill.err().map(|e| e.message));
+    }
+
     #[test]
     fn a_cached_tile_lives_its_ttl_and_no_more() {
         let o = origin();
