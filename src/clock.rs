@@ -28,17 +28,28 @@
 //! come in ([`Clock::read`]), and a time the core hands back for the shell to wait until
 //! goes out on the shell's clock again ([`Clock::wall`]).
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Wall time read as monotonic time (see the module's doc). Reading takes `&self`, so a
 /// call that changes nothing else (a wake-up time, a peek) still notes a step back when it
-/// is the first to see it: the time before it is not counted twice.
-#[derive(Clone, Debug, Default)]
+/// is the first to see it: the time before it is not counted twice. (Atomics, not `Cell`s,
+/// so the client and the proxy stay `Sync`; relaxed loads and stores: each owner is used by
+/// one thread at a time, and on wasm32 they are plain ones.)
+#[derive(Debug, Default)]
 pub(crate) struct Clock {
     /// How far the wall clock has stepped back in all: added to each time read.
-    offset: Cell<u64>,
+    offset: AtomicU64,
     /// The latest time read, on this clock.
-    last: Cell<u64>,
+    last: AtomicU64,
+}
+
+impl Clone for Clock {
+    fn clone(&self) -> Clock {
+        Clock {
+            offset: AtomicU64::new(self.offset.load(Relaxed)),
+            last: AtomicU64::new(self.last.load(Relaxed)),
+        }
+    }
 }
 
 impl Clock {
@@ -48,16 +59,38 @@ impl Clock {
     // larger gzipped (100,297 against 99,754 bytes; 99,565 without the clock; 2026-12-07).
     #[inline(never)]
     pub(crate) fn read(&self, wall_ms: u64) -> u64 {
-        let offset = (self.offset.get()).max(self.last.get().saturating_sub(wall_ms));
-        self.offset.set(offset);
-        self.last.set(wall_ms.saturating_add(offset));
-        self.last.get()
+        let offset =
+            (self.offset.load(Relaxed)).max(self.last.load(Relaxed).saturating_sub(wall_ms));
+        self.offset.store(offset, Relaxed);
+        let now = wall_ms.saturating_add(offset);
+        self.last.store(now, Relaxed);
+        now
     }
 
     /// Time `at` on this clock as wall time, for the shell to wait until: as much before it
     /// as the wall clock stepped back (at the last read).
     pub(crate) fn wall(&self, at: u64) -> u64 {
-        at.saturating_sub(self.offset.get())
+        at.saturating_sub(self.offset.load(Relaxed))
+    }
+}
+
+/// Times a host hands over as JavaScript numbers (`Date.now()`, or a page's own `now`
+/// option), in ms. A number no clock gives (not a number, negative, past `Date`'s range of
+/// 8.64e15 ms) is taken as the last good one: a [`Clock`] never goes back, so one such
+/// number taken as given (saturated: `Infinity` as `u64::MAX`) would hold it at the end of
+/// time, every cached item expired on arrival and every wait over from then on.
+#[cfg(any(feature = "wasm", feature = "edge"))]
+#[derive(Debug, Default)]
+pub(crate) struct HostTime(AtomicU64);
+
+#[cfg(any(feature = "wasm", feature = "edge"))]
+impl HostTime {
+    /// `now` in whole ms, or the last good time when no clock gives `now` (0 before any).
+    pub(crate) fn ms(&self, now: f64) -> u64 {
+        if (0.0..=8.64e15).contains(&now) {
+            self.0.store(now as u64, Relaxed);
+        }
+        self.0.load(Relaxed)
     }
 }
 

@@ -20,7 +20,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::access::{effective_tier, Access};
 use crate::cache::CacheError;
-use crate::clock::Clock;
+use crate::clock::{Clock, HostTime};
 use crate::protocol::{decode_request, BatchRequest, ErrorBody, ErrorCode, Limits, MAX_TTL_S};
 use crate::proxy::{Answer, OriginOutcome, Pending, Proxy, ProxyConfig, ProxyError};
 use crate::tile::TileId;
@@ -489,6 +489,9 @@ pub struct EdgeProxy {
     /// The clock `pending`'s times are on (`crate::clock`): a step back of the worker's
     /// `Date.now()` does not keep a request no worker comes back for past its time.
     clock: Clock,
+    /// The worker's times as they come from JS ([`HostTime`]: one that no clock gives is
+    /// taken as the last good one).
+    host_time: HostTime,
 }
 
 #[wasm_bindgen]
@@ -511,6 +514,7 @@ impl EdgeProxy {
             next: 1,
             shared_tiles,
             clock: Clock::default(),
+            host_time: HostTime::default(),
         })
     }
 
@@ -563,7 +567,7 @@ impl EdgeProxy {
                 })
             };
         }
-        let now = now_ms.max(0.0) as u64;
+        let now = self.host_time.ms(now_ms);
         let pending = match self.proxy.begin(request, now) {
             Ok(p) => p,
             Err(e) => return Step::error(&e),
@@ -644,7 +648,7 @@ impl EdgeProxy {
         let fetched = fetched_at_ms.max(0.0) as u64;
         match self
             .proxy
-            .shared_fill(tier, tile, body, fetched, now_ms.max(0.0) as u64)
+            .shared_fill(tier, tile, body, fetched, self.host_time.ms(now_ms))
         {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
@@ -661,7 +665,7 @@ impl EdgeProxy {
                 message: format!("no request is waiting under handle {handle}"),
             });
         };
-        let now = now_ms.max(0.0) as u64;
+        let now = self.host_time.ms(now_ms);
         match self.proxy.replan(p, now) {
             Ok(p) => self.step(handle, p, false, now),
             Err(e) => Step::error(&e),
@@ -675,7 +679,7 @@ impl EdgeProxy {
         let tier = tier.parse::<Access>().ok()?;
         let tile = tile.parse::<TileId>().ok()?;
         self.proxy
-            .shared_entry(tier, tile, now_ms.max(0.0) as u64)
+            .shared_entry(tier, tile, self.host_time.ms(now_ms))
             .map(|e| SharedEntry {
                 body: e.body,
                 max_age_s: e.max_age_s,
@@ -745,7 +749,7 @@ impl EdgeProxy {
     /// answer was too large to read and asked for more than one tile or id, the same
     /// handle with a narrower origin request to send ([`Proxy::ask_in_part`]).
     fn finish(&mut self, handle: u32, outcome: OriginOutcome<'_>, now_ms: f64) -> Step {
-        let now = now_ms.max(0.0) as u64;
+        let now = self.host_time.ms(now_ms);
         match self.pending.remove(&handle) {
             Some((mut p, _)) => {
                 if self.proxy.ask_in_part(&mut p, &outcome) {
@@ -781,7 +785,10 @@ impl EdgeProxy {
             body,
             retry_after_ms,
         };
-        match self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64) {
+        match self
+            .proxy
+            .warmed(&request, outcome, self.host_time.ms(now_ms))
+        {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
         }
@@ -810,7 +817,7 @@ impl EdgeProxy {
         if !request.tiles.contains(&tile) {
             return -1;
         }
-        let (fetched, now) = (fetched_at_ms.max(0.0) as u64, now_ms.max(0.0) as u64);
+        let (fetched, now) = (fetched_at_ms.max(0.0) as u64, self.host_time.ms(now_ms));
         match (self.proxy).shared_fill(request.access, tile, body, fetched, now) {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
@@ -824,7 +831,7 @@ impl EdgeProxy {
     pub fn warm_rest(&mut self, warm: &str, now_ms: f64) -> Option<String> {
         let request = decode_request(warm.as_bytes(), &self.proxy.config().limits).ok()?;
         (self.proxy)
-            .warm_rest(&request, now_ms.max(0.0) as u64)
+            .warm_rest(&request, self.host_time.ms(now_ms))
             .map(|r| r.to_json())
     }
 
@@ -850,7 +857,9 @@ impl EdgeProxy {
             bytes: bytes.max(0.0) as u64,
             retry_after_ms: (retry_after_ms >= 0.0).then_some(retry_after_ms as u64),
         };
-        let _ = self.proxy.warmed(&request, outcome, now_ms.max(0.0) as u64);
+        let _ = self
+            .proxy
+            .warmed(&request, outcome, self.host_time.ms(now_ms));
         -1
     }
 
@@ -863,7 +872,7 @@ impl EdgeProxy {
     #[wasm_bindgen(js_name = applyChange)]
     pub fn apply_change(&mut self, event: &str, data: &str, now_ms: f64) -> i32 {
         use crate::protocol::{decode_invalidation, Invalidation};
-        let now = now_ms.max(0.0) as u64;
+        let now = self.host_time.ms(now_ms);
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         match event {
             "invalidate" => {
@@ -1131,6 +1140,7 @@ mod tests {
             next: 1,
             shared_tiles: SHARED_TILES,
             clock: Clock::default(),
+            host_time: HostTime::default(),
         }
     }
 
@@ -1265,6 +1275,36 @@ mod tests {
         assert_eq!(p.begin(body, "agent", from + hold - 1.0).status, 503);
         let s = p.begin(body, "agent", from + hold);
         assert!(s.origin.is_some(), "{:?}", s.body);
+    }
+
+    /// A time no clock gives (`Infinity`, NaN, negative) is taken as the last good one
+    /// ([`HostTime`]): as given, `Infinity` (saturated to `u64::MAX`) held the proxy's clock,
+    /// which never goes back, at the end of time, and nothing was a hit again.
+    #[test]
+    fn a_time_no_clock_gives_leaves_the_cache_as_it_was() {
+        const T: f64 = 1_800_000_000_000.0;
+        let mut p = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let body = br#"{"tiles":["14/2624/5721"],"access":"agent"}"#;
+        let s = p.begin(body, "agent", T);
+        let origin =
+            br#"{"tiles":[{"tile":"14/2624/5721","ids":[],"ttl":300}],"items":[],"missing":[]}"#;
+        assert_eq!(p.complete(s.handle, 200, origin, -1.0, T + 1.0).status, 200);
+        for (i, bad) in [f64::INFINITY, f64::NAN, -1.0, 1e300]
+            .into_iter()
+            .enumerate()
+        {
+            let _ = p.begin(
+                br#"{"tiles":["14/2630/5730"],"access":"agent"}"#,
+                "agent",
+                bad,
+            );
+            let hit = p.begin(body, "agent", T + 1_000.0 * (i + 1) as f64);
+            assert_eq!(
+                (hit.status, hit.origin.is_none()),
+                (200, true),
+                "after {bad}"
+            );
+        }
     }
 
     #[test]

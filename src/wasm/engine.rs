@@ -14,7 +14,7 @@
 //! - Bad options and viewports are thrown as error records ([`super::thrown`]); the JS
 //!   glue writes the values into the message. Nothing here panics on input.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use js_sys::Float64Array;
 use wasm_bindgen::prelude::*;
@@ -29,6 +29,7 @@ use crate::access::Access;
 use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
 use crate::client::{Answered, ChangedTiles, Client, Event, Received, ViewOutcome};
+use crate::clock::HostTime;
 use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
@@ -147,7 +148,7 @@ pub struct Engine {
     /// Zoom levels added to the caller's zooms (`tileSize` 512: 1).
     zoom_offset: f64,
     /// The last time from JS that a clock could give ([`Engine::ms`]).
-    last_now: Cell<u64>,
+    host_time: HostTime,
 }
 
 #[wasm_bindgen]
@@ -193,7 +194,7 @@ impl Engine {
         Ok(Engine {
             client,
             zoom_offset,
-            last_now: Cell::new(0),
+            host_time: HostTime::default(),
         })
     }
 
@@ -557,16 +558,9 @@ impl Engine {
 }
 
 impl Engine {
-    /// A time from JS (the `now` option's `Date.now()`, or the page's own clock) in ms. A
-    /// number no clock gives (not a number, negative, past `Date`'s range of 8.64e15 ms) is
-    /// taken as the last good one: the client's clock never goes back (`crate::clock`), so
-    /// one such reading taken as given (saturating: `Infinity` as `u64::MAX`) would hold it
-    /// at the end of time, every item expired on arrival from then on.
+    /// A time from JS (the `now` option) in ms: [`HostTime::ms`].
     fn ms(&self, now: f64) -> u64 {
-        if (0.0..=8.64e15).contains(&now) {
-            self.last_now.set(now as u64);
-        }
-        self.last_now.get()
+        self.host_time.ms(now)
     }
 
     /// The viewport of `setViewport` and `prefetch(viewport)`: `west, south, east, north,
