@@ -961,7 +961,10 @@ export class TileCache {
     this.#timer = null;
     this.#wakeAt = at;
     if (at < 0 || this.#disposed) return;
-    const delay = Math.min(Math.max(0, at - this.#now()), 2 ** 31 - 1);
+    // A `now` giving a time no clock gives (NaN, Infinity: the engine takes the last good
+    // one) made the wait NaN or 0, a timer spinning for as long as it did: look in a second.
+    const now = this.#now();
+    const delay = now >= 0 && now <= 8.64e15 ? Math.min(Math.max(0, at - now), 2 ** 31 - 1) : 1000;
     this.#timerHolds = this.#awaited();
     this.#timer = setTimeout(TileCache.#wakeUp, delay, this.#timerHolds ? this : weakly(this));
     if (!this.#timerHolds) this.#timer?.unref?.();

@@ -259,6 +259,32 @@ test('a time no clock gives (NaN, Infinity, negative) is taken as the last good 
   cache.dispose();
 });
 
+test('while the now option gives no time (NaN, Infinity), the wake-up timer waits a second, not 0', async () => {
+  fresh();
+  let now = 1_700_000_000_000;
+  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
+  const v = viewOf(SX, SY, 1, 1);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  const real = globalThis.setTimeout;
+  const delays = [];
+  globalThis.setTimeout = (f, ms, ...args) => { delays.push(ms); return real(f, ms, ...args); };
+  try {
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      now = bad;
+      cache.setViewport(viewOf(SX + 1, SY, 1, 1)); // a new view: a request, a wake-up
+    }
+  } finally {
+    globalThis.setTimeout = real;
+  }
+  assert.ok(delays.includes(1000), `wake-ups scheduled: ${delays}`);
+  // A NaN or 0 delay fires at once, again and again while the clock stays bad (the
+  // others are the requests' timeouts).
+  assert.ok(delays.every((ms) => ms >= 1000), `delays ${delays}`);
+  now = 1_700_000_001_000;
+  cache.dispose();
+});
+
 test('stale-while-revalidate shows expired items flagged stale while refetching', async () => {
   fresh();
   let now = 1_700_000_000_000;
