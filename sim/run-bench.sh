@@ -3,8 +3,8 @@
 # study traces (when ../shared/data is present), then draws the chart.
 #
 # Writes target/bench/sim.md, target/bench/sim-{synthetic,real}.json and
-# docs/bench/sim.svg and docs/bench/pareto.svg (+ docs/bench/sim.md, the tables recorded
-# for docs/BENCHMARKS.md, when the real traces are there).
+# docs/bench/pareto.svg, docs/bench/sim.svg and docs/bench/sim.md (the tables recorded for
+# docs/BENCHMARKS.md) when the real traces are there (else the chart in target/bench).
 # Usage: sim/run-bench.sh            (from the repository root or anywhere)
 #        DATA=/path/to/shared/data sim/run-bench.sh
 set -euo pipefail
@@ -486,12 +486,13 @@ print("| %s | %.1f%% | %d | %d | %d | %.2fx | %.2fx |" % (sys.argv[3], 100*t["vi
   echo "![viewport hit rate and foreground requests per policy](bench/sim.svg)"
 } > "$OUT/sim.md"
 
-python3 sim/chart.py "$OUT" docs/bench/sim.svg
-# The recorded tables (docs/bench/sim.md) hold the real traces' figures: a run without the
-# data leaves them as they are rather than dropping those tables.
+# The recorded tables and chart (docs/bench/sim.md, sim.svg) hold the real traces' figures:
+# a run without the data draws its chart in target/bench and leaves them as they are.
 if [ -d "$DATA/forecache-ndsi2d" ] && [ -f "$DATA/kc_house_data.csv" ]; then
+  python3 sim/chart.py "$OUT" docs/bench/sim.svg
   cp "$OUT/sim.md" docs/bench/sim.md
   echo "run-bench: wrote $OUT/sim.md, docs/bench/sim.md and docs/bench/sim.svg"
 else
-  echo "run-bench: wrote $OUT/sim.md and docs/bench/sim.svg; docs/bench/sim.md left as it is (no real traces here)"
+  python3 sim/chart.py "$OUT" "$OUT/sim.svg"
+  echo "run-bench: wrote $OUT/sim.md and $OUT/sim.svg; docs/bench/sim.md and sim.svg left as they are (no real traces here)"
 fi

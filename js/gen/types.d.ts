@@ -266,7 +266,9 @@ export interface TileCacheOptions {
   fetch?: (input: string, init: RequestInit) => Promise<Response>;
   /**
    * The clock, in ms (TTLs and backoff use it). A clock that steps back (NTP, a user fixing it)
-   * counts as no time passing: no wait or TTL lasts longer for it. Default `Date.now`.
+   * counts as no time passing: no wait or TTL lasts longer for it (but for the time between the
+   * calls either side of the step). A number no clock gives (NaN, Infinity, negative) counts as
+   * the last good one. Default `Date.now`.
    */
   now?: () => number;
 }

@@ -419,7 +419,7 @@ pub(crate) const OPTIONS: [Opt; 32] = [
         Check::Shell,
         "() => number",
         Some("Date.now"),
-        "The clock, in ms (TTLs and backoff use it). A clock that steps back (NTP, a user fixing it) counts as no time passing: no wait or TTL lasts longer for it.",
+        "The clock, in ms (TTLs and backoff use it). A clock that steps back (NTP, a user fixing it) counts as no time passing: no wait or TTL lasts longer for it (but for the time between the calls either side of the step). A number no clock gives (NaN, Infinity, negative) counts as the last good one.",
     ),
 ];
 
