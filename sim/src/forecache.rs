@@ -258,6 +258,12 @@ pub fn convert<R: Read>(
         let t0 = *t0.get_or_insert(ms);
         // Timestamps never go back in the logs; if one did, keep the order.
         let t = ((ms - t0).max(0) as u64).max(last_t);
+        if t > crate::trace::MAX_SESSION_MS {
+            return Err(bad(format!(
+                "TimeStamp {ts_text:?} is {t} ms after the log's first; a session spans at most {} ms (7 days), as `run` takes it",
+                crate::trace::MAX_SESSION_MS
+            )));
+        }
         last_t = t;
         let k = (1i64 << level) as f64;
         let (cw, ch) = ((e - w) / k, (n - s) / k);
@@ -410,6 +416,18 @@ pan,2016-06-09 00:00:00.250,0,34.1,-98.6,0\n";
         assert!(
             e.to_string()
                 .starts_with("line 2: TimeStamp \"99999999999999999-01-01 00:00:00\""),
+            "{e}"
+        );
+        // A mistyped year makes a session that run refuses: refused here, at its row.
+        let e = convert(
+            format!("{hdr}start,2016-06-08 16:46:40.378,0,34.1,-98.6,0\npan,2061-06-08 16:46:41.000,0,34.1,-98.6,90\n").as_bytes(),
+            "x",
+            &Mapping::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("line 3: TimeStamp \"2061-06-08 16:46:41.000\" is "),
             "{e}"
         );
         // A header and nothing else was an empty session, written without a word.

@@ -2,7 +2,7 @@
 //! and what is allowed (exit status 1, or clap's 2), never a panic (101), a silent
 //! default or a run over nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const VIEW: &str = r#""west":-122.36,"south":47.59,"east":-122.31,"north":47.62,"zoom":14.5"#;
@@ -272,6 +272,26 @@ fn moves_py_runs_from_any_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("| none | "), "{text}");
+    // Without TILEWARM_SIM, from elsewhere: the repository's release build, found from the
+    // script's own place (run if built, else named in the message), not from the directory.
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&data)
+        .current_dir(&dir)
+        .env_remove("TILEWARM_SIM")
+        .output()
+        .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let release = root.join("target").join("release").join("tilewarm-sim");
+    if out.status.success() {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("| none | "));
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{} is absent", release.display())),
+            "{err}"
+        );
+    }
     // Without the binary: a message saying how to build it, not a traceback.
     let out = Command::new("python3")
         .arg(&script)
