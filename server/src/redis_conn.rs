@@ -532,9 +532,12 @@ impl RedisConn {
         }
     }
 
-    /// Whether Redis answers `PING`; on a cluster, every master the client knows answers
-    /// and `CLUSTER INFO` (from any node) says `cluster_state:ok`, i.e. every slot is
-    /// served (during a failover it is `fail` until the replica has taken over).
+    /// Whether Redis answers `PING`; on a cluster, every master the client holds a
+    /// connection to answers and `CLUSTER INFO` (from any node) says `cluster_state:ok`,
+    /// i.e. every slot is served (during a failover it is `fail` until the replica has
+    /// taken over). Not every master: a dead one whose connection the client dropped is
+    /// left out, and the nodes say `ok` until they agree it failed, so this can answer
+    /// true for a cluster with a dead master (docs/server.md, *Redis Cluster*).
     pub async fn ping(&self) -> RedisResult<bool> {
         let mut conn = self.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
