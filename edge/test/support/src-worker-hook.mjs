@@ -11,11 +11,5 @@ export async function resolve(specifier, context, nextResolve) {
   return nextResolve(specifier, context);
 }
 
-export async function load(url, context, nextLoad) {
-  if (!url.endsWith('.wasm')) return nextLoad(url, context);
-  return {
-    format: 'module',
-    shortCircuit: true,
-    source: `import { readFileSync } from 'node:fs';\nexport default new WebAssembly.Module(readFileSync(new URL(${JSON.stringify(url)})));\n`,
-  };
-}
+// A .wasm as a compiled WebAssembly.Module, as node-worker.mjs's hook does.
+export { load } from './wasm-module-hook.mjs';
