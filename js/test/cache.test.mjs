@@ -204,16 +204,23 @@ test('tileStates: in flight, loaded, prefetched and missing data tiles; bad tile
   cache.dispose();
 });
 
-test('TTL expiry follows the injected clock, per class', async () => {
+/** A cache on a clock the test sets (`clock.now`, in ms) with the prefetch off, the view of
+ * one data tile (`v`) loaded. */
+async function loadedOnClock() {
   fresh();
-  let now = 1_700_000_000_000;
-  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
+  const clock = { now: 1_700_000_000_000 };
+  const cache = await make({ now: () => clock.now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
   const v = viewOf(SX, SY, 1, 1);
   cache.setViewport(v);
   await cache.whenComplete();
-  now += 299_000;
+  return { cache, v, clock };
+}
+
+test('TTL expiry follows the injected clock, per class', async () => {
+  const { cache, v, clock } = await loadedOnClock();
+  clock.now += 299_000;
   assert.equal(cache.setViewport(v).complete, true, 'fresh before 300 s');
-  now += 1_000;
+  clock.now += 1_000;
   const expired = cache.setViewport(v);
   assert.equal(expired.complete, false, 'tile lists and active items expire at 300 s');
   for (const it of expired.items) assert.equal(it.class, 'off_market', 'only off-market items (4 h) may show');
@@ -222,7 +229,7 @@ test('TTL expiry follows the injected clock, per class', async () => {
   // Per class: at 301 s an off-market item is still cached, an active one is not.
   const all = truth(v).map((id) => backend.byId.get(id));
   const off = all.find((i) => i.class === 'off_market'), active = all.find((i) => i.class === 'active');
-  now += 301_000;
+  clock.now += 301_000;
   const sent = backend.requests.length;
   assert.equal((await cache.get(off.id)).id, off.id);
   assert.equal(backend.requests.length, sent, 'the off-market item came from the cache');
@@ -235,18 +242,13 @@ test('TTL expiry follows the injected clock, per class', async () => {
 });
 
 test('a time no clock gives (NaN, Infinity, negative) is taken as the last good one: the cache goes on', async () => {
-  fresh();
-  let now = 1_700_000_000_000;
-  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
-  const v = viewOf(SX, SY, 1, 1);
-  cache.setViewport(v);
-  await cache.whenComplete();
+  const { cache, v, clock } = await loadedOnClock();
   const sent = backend.requests.length;
   for (const bad of [NaN, Infinity, -1, 1e300]) {
-    const good = now;
-    now = bad;
+    const good = clock.now;
+    clock.now = bad;
     assert.equal(cache.setViewport(v).complete, true, `at now() = ${bad}`);
-    now = good + 1_000;
+    clock.now = good + 1_000;
     // Taken as given, Infinity held the client's clock at the end of time (it never goes
     // back): every item expired from then on.
     const view = cache.setViewport(v);
@@ -254,24 +256,19 @@ test('a time no clock gives (NaN, Infinity, negative) is taken as the last good 
     assert.deepEqual(ids(view.items), truth(v));
   }
   assert.equal(backend.requests.length, sent, 'nothing fetched again');
-  now += 300_000; // the tile lists' TTL, on the clock
+  clock.now += 300_000; // the tile lists' TTL, on the clock
   assert.equal(cache.setViewport(v).complete, false, 'lists expire at their TTL still');
   cache.dispose();
 });
 
 test('while the now option gives no time (NaN, Infinity), the wake-up timer waits a second, not 0', async () => {
-  fresh();
-  let now = 1_700_000_000_000;
-  const cache = await make({ now: () => now, prefetch: { ring: 0, lookaheadMs: 0, viewRing: 0 } });
-  const v = viewOf(SX, SY, 1, 1);
-  cache.setViewport(v);
-  await cache.whenComplete();
+  const { cache, clock } = await loadedOnClock();
   const real = globalThis.setTimeout;
   const delays = [];
   globalThis.setTimeout = (f, ms, ...args) => { delays.push(ms); return real(f, ms, ...args); };
   try {
     for (const bad of [NaN, Infinity, -Infinity]) {
-      now = bad;
+      clock.now = bad;
       cache.setViewport(viewOf(SX + 1, SY, 1, 1)); // a new view: a request, a wake-up
     }
   } finally {
@@ -281,7 +278,6 @@ test('while the now option gives no time (NaN, Infinity), the wake-up timer wait
   // A NaN or 0 delay fires at once, again and again while the clock stays bad (the
   // others are the requests' timeouts).
   assert.ok(delays.every((ms) => ms >= 1000), `delays ${delays}`);
-  now = 1_700_000_001_000;
   cache.dispose();
 });
 
