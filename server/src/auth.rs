@@ -704,7 +704,7 @@ fn jwk_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
 }
 
 /// `--jwks` names a URL (its set is fetched again as it rotates), not a file.
-fn is_url(spec: &str) -> bool {
+pub(crate) fn is_url(spec: &str) -> bool {
     spec.starts_with("http://") || spec.starts_with("https://")
 }
 

@@ -545,6 +545,103 @@ pub fn check_log_level(v: &str) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError(format!("--log-level {v:?}: {e}; give {allowed}")))
 }
 
+/// The flags that act only in one setup: the argument's id (its field), the flag, and what
+/// it needs, for [`Config::check_given`].
+const SETUP_FLAGS: &[(&str, &str, &str)] = &[
+    (
+        "cache_items",
+        "--cache-items",
+        "the in-process tier, which --redis replaces",
+    ),
+    (
+        "cache_mib",
+        "--cache-mib",
+        "the in-process tier, which --redis replaces",
+    ),
+    (
+        "cache_tiles",
+        "--cache-tiles",
+        "the in-process tier, which --redis replaces",
+    ),
+    ("redis_prefix", "--redis-prefix", "--redis"),
+    ("redis_timeout_ms", "--redis-timeout-ms", "--redis"),
+    (
+        "degraded_origin_calls",
+        "--degraded-origin-calls",
+        "--redis (it bounds the origin calls while Redis is down)",
+    ),
+    (
+        "origin_pool",
+        "--origin-pool",
+        "--origin postgres://… or http(s)://…",
+    ),
+    (
+        "origin_pool_wait_ms",
+        "--origin-pool-wait-ms",
+        "--origin postgres://…",
+    ),
+    (
+        "origin_changes_idle_ms",
+        "--origin-changes-idle-ms",
+        "--origin http(s)://… with its change feed followed (not --origin-changes off)",
+    ),
+    (
+        "synthetic_homes",
+        "--synthetic-homes",
+        "the synthetic city: no --data, and the memory origin or --postgis-load",
+    ),
+    (
+        "seed",
+        "--seed",
+        "the synthetic city: no --data, and the memory origin or --postgis-load",
+    ),
+    (
+        "jwks_max_age_s",
+        "--jwks-max-age-s",
+        "--jwks with an http(s) URL (a file is read once, at start)",
+    ),
+    (
+        "jwks_cooldown_s",
+        "--jwks-cooldown-s",
+        "--jwks with an http(s) URL (a file is read once, at start)",
+    ),
+    (
+        "jwt_issuer",
+        "--jwt-issuer",
+        "--jwt-secret (or TILEWARM_JWT_SECRET) or --jwks: without them no token is verified",
+    ),
+    (
+        "jwt_audience",
+        "--jwt-audience",
+        "--jwt-secret (or TILEWARM_JWT_SECRET) or --jwks: without them no token is verified",
+    ),
+    (
+        "jwt_leeway_s",
+        "--jwt-leeway-s",
+        "--jwt-secret (or TILEWARM_JWT_SECRET) or --jwks: without them no token is verified",
+    ),
+    (
+        "jwt_tier_claim",
+        "--jwt-tier-claim",
+        "--jwt-secret (or TILEWARM_JWT_SECRET) or --jwks: without them no token is verified",
+    ),
+    (
+        "trusted_proxy_header",
+        "--trusted-proxy-header",
+        "--trusted-proxy",
+    ),
+];
+
+/// Why [`Config::try_parse_checked`] gave no configuration.
+#[derive(Debug)]
+pub enum ParseError {
+    /// clap's: a flag unknown or of the wrong form, or `--help` / `--version` asked for
+    /// (`clap::Error::exit` prints each as clap does).
+    Clap(clap::Error),
+    /// A flag given that does nothing in this setup.
+    Config(ConfigError),
+}
+
 /// A configuration value out of range; the message names the flag and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -609,6 +706,72 @@ impl Config {
                 self.retry_after_s,
             ),
         }
+    }
+
+    /// Parses the command line as the binary does: clap's parse (whose error is also how
+    /// `--help` and `--version` come back), then [`Config::check_given`] with what was on
+    /// the command line and whether `TILEWARM_JWT_SECRET` is set.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Config, ParseError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Config::command()
+            .try_get_matches_from(args)
+            .map_err(ParseError::Clap)?;
+        let config = Config::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+        let secret_in_env = std::env::var(crate::auth::SECRET_ENV).is_ok_and(|s| !s.is_empty());
+        config
+            .check_given(
+                |id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine),
+                secret_in_env,
+            )
+            .map_err(ParseError::Config)?;
+        Ok(config)
+    }
+
+    /// Refuses a flag given on the command line that does nothing in this setup, naming what
+    /// it needs: `--redis-prefix` without `--redis` would leave each instance on its own
+    /// in-process tier while the operator believes they share one. `given(id)` says whether
+    /// the argument `id` (its field's name) was on the command line: defaults pass.
+    pub fn check_given(
+        &self,
+        given: impl Fn(&str) -> bool,
+        secret_in_env: bool,
+    ) -> Result<(), ConfigError> {
+        use crate::origin::OriginSpec;
+        let spec = OriginSpec::parse(self.origin.as_deref()).ok();
+        let postgis = matches!(spec, Some(OriginSpec::Postgis(_)));
+        let upstream = matches!(spec, Some(OriginSpec::Upstream(_)));
+        let memory = matches!(spec, Some(OriginSpec::Memory));
+        let verifies = self.jwt_secret.is_some() || secret_in_env || self.jwks.is_some();
+        for &(id, flag, needs) in SETUP_FLAGS {
+            let acts = match id {
+                "cache_items" | "cache_mib" | "cache_tiles" => self.redis.is_none(),
+                "redis_prefix" | "redis_timeout_ms" | "degraded_origin_calls" => {
+                    self.redis.is_some()
+                }
+                "origin_pool" => postgis || upstream,
+                "origin_pool_wait_ms" => postgis,
+                "origin_changes_idle_ms" => {
+                    upstream && self.origin_changes.as_deref() != Some("off")
+                }
+                "synthetic_homes" | "seed" => self.data.is_none() && (memory || self.postgis_load),
+                "jwks_max_age_s" | "jwks_cooldown_s" => {
+                    self.jwks.as_deref().is_some_and(crate::auth::is_url)
+                }
+                "jwt_issuer" | "jwt_audience" | "jwt_leeway_s" | "jwt_tier_claim" => verifies,
+                "trusted_proxy_header" => !self.trusted_proxies.is_empty(),
+                _ => true,
+            };
+            if !acts && given(id) {
+                return Err(ConfigError(format!(
+                    "{flag} does nothing here: it needs {needs} (remove it, or give what it needs)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Checks ranges; the error names the flag.
@@ -1070,5 +1233,186 @@ mod tests {
         }
         let c = Config::parse_from(["x", "--redis", "redis://h:6379/0", "--redis-prefix", ""]);
         assert!(c.validate().unwrap_err().0.contains("--redis-prefix"));
+    }
+
+    /// A flag given on the command line that does nothing in its setup is refused, naming
+    /// itself and what it needs; in its setup, or left at its default, it is taken.
+    #[test]
+    fn a_flag_that_does_nothing_here_is_refused() {
+        let refused = |args: &[&str], flag: &str, needs: &str| {
+            let all: Vec<&str> = ["tilewarm-server"].iter().chain(args).copied().collect();
+            match Config::try_parse_checked(all) {
+                Err(ParseError::Config(e)) => {
+                    assert!(e.0.starts_with(&format!("{flag} does nothing here")), "{e}");
+                    assert!(e.0.contains(needs), "{e}");
+                }
+                other => panic!("{args:?} taken: {other:?}"),
+            }
+        };
+        let taken = |args: &[&str]| {
+            let all: Vec<&str> = ["tilewarm-server"].iter().chain(args).copied().collect();
+            if let Err(e) = Config::try_parse_checked(all) {
+                panic!("{args:?} refused: {e:?}");
+            }
+        };
+        let redis = ["--redis", "redis://127.0.0.1:6379/0"];
+        refused(&["--redis-prefix", "a:"], "--redis-prefix", "--redis");
+        taken(&[&redis[..], &["--redis-prefix", "a:"]].concat());
+        refused(
+            &["--redis-timeout-ms", "9"],
+            "--redis-timeout-ms",
+            "--redis",
+        );
+        refused(
+            &["--degraded-origin-calls", "2"],
+            "--degraded-origin-calls",
+            "--redis",
+        );
+        taken(
+            &[
+                &redis[..],
+                &["--redis-timeout-ms", "9", "--degraded-origin-calls", "2"],
+            ]
+            .concat(),
+        );
+        refused(
+            &[&redis[..], &["--cache-items", "9"]].concat(),
+            "--cache-items",
+            "in-process",
+        );
+        refused(
+            &[&redis[..], &["--cache-mib", "9"]].concat(),
+            "--cache-mib",
+            "in-process",
+        );
+        refused(
+            &[&redis[..], &["--cache-tiles", "9"]].concat(),
+            "--cache-tiles",
+            "in-process",
+        );
+        taken(&[
+            "--cache-items",
+            "9",
+            "--cache-mib",
+            "9",
+            "--cache-tiles",
+            "9",
+        ]);
+
+        let pg = ["--origin", "postgres://u@h/db"];
+        let up = ["--origin", "http://127.0.0.1:9/v1/batch"];
+        refused(
+            &["--origin-pool", "2"],
+            "--origin-pool",
+            "--origin postgres://",
+        );
+        taken(
+            &[
+                &pg[..],
+                &["--origin-pool", "2", "--origin-pool-wait-ms", "5"],
+            ]
+            .concat(),
+        );
+        taken(
+            &[
+                &up[..],
+                &["--origin-pool", "2", "--origin-changes-idle-ms", "500"],
+            ]
+            .concat(),
+        );
+        refused(
+            &[&up[..], &["--origin-pool-wait-ms", "5"]].concat(),
+            "--origin-pool-wait-ms",
+            "postgres",
+        );
+        refused(
+            &["--origin-changes-idle-ms", "500"],
+            "--origin-changes-idle-ms",
+            "http(s)",
+        );
+        refused(
+            &[
+                &up[..],
+                &["--origin-changes", "off", "--origin-changes-idle-ms", "500"],
+            ]
+            .concat(),
+            "--origin-changes-idle-ms",
+            "not --origin-changes off",
+        );
+
+        refused(&["--data", "x.csv", "--seed", "1"], "--seed", "no --data");
+        refused(
+            &[&pg[..], &["--synthetic-homes", "9"]].concat(),
+            "--synthetic-homes",
+            "--postgis-load",
+        );
+        taken(
+            &[
+                &pg[..],
+                &["--postgis-load", "--synthetic-homes", "9", "--seed", "1"],
+            ]
+            .concat(),
+        );
+        taken(&["--synthetic-homes", "9", "--seed", "1"]);
+
+        refused(
+            &["--jwks-max-age-s", "60"],
+            "--jwks-max-age-s",
+            "http(s) URL",
+        );
+        refused(
+            &["--jwks", "keys.json", "--jwks-cooldown-s", "60"],
+            "--jwks-cooldown-s",
+            "http(s) URL",
+        );
+        taken(&[
+            "--jwks",
+            "https://idp.example/jwks",
+            "--jwks-max-age-s",
+            "60",
+            "--jwks-cooldown-s",
+            "60",
+        ]);
+        let secret = ["--jwt-secret", "0123456789abcdef0123456789abcdef"];
+        for flag in [
+            "--jwt-issuer",
+            "--jwt-audience",
+            "--jwt-leeway-s",
+            "--jwt-tier-claim",
+        ] {
+            let c = Config::try_parse_from(["tilewarm-server", flag, "1"]).unwrap();
+            let given = |id: &str| id == flag.trim_start_matches("--").replace('-', "_");
+            let e = c.check_given(given, false).unwrap_err();
+            assert!(e.0.starts_with(&format!("{flag} does nothing here")), "{e}");
+            c.check_given(given, true).unwrap();
+            taken(&[&secret[..], &[flag, "1"]].concat());
+            taken(&["--jwks", "keys.json", flag, "1"]);
+        }
+        refused(
+            &["--trusted-proxy-header", "forwarded"],
+            "--trusted-proxy-header",
+            "--trusted-proxy",
+        );
+        taken(&[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy-header",
+            "forwarded",
+        ]);
+    }
+
+    /// clap's own errors and `--help` come back as clap's, for it to print.
+    #[test]
+    fn clap_errors_and_help_come_back_as_clap_errors() {
+        for args in [
+            &["x", "--no-such-flag"][..],
+            &["x", "--help"],
+            &["x", "--seed", "x"],
+        ] {
+            assert!(
+                matches!(Config::try_parse_checked(args), Err(ParseError::Clap(_))),
+                "{args:?}"
+            );
+        }
     }
 }

@@ -1,9 +1,16 @@
-use clap::Parser;
+use tilewarm_server::config::ParseError;
 use tilewarm_server::{start, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse_checked(std::env::args_os()) {
+        Ok(c) => c,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::Config(e)) => {
+            eprintln!("tilewarm-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if config.postgis_print_ddl {
         return match tilewarm_server::origin::postgis::Layout::load(config.origin_config.as_deref())
         {
