@@ -283,6 +283,9 @@ export class TileCache {
   #updates = new Set();
   #changes = new Set();
   #errors = new Set();
+  /** The errors of ids partial answers left out (#unanswered): the shell tells onError of
+   * them, not the engine, so stats() adds them to the engine's count. */
+  #idErrors = 0;
   #accessListeners = new Set();
   #disposeListeners = new Set();
   /** The tier the cache views as, as last told to onAccess listeners. */
@@ -631,6 +634,7 @@ export class TileCache {
     const v = this.#engine.stats();
     const s = {};
     STATS.forEach((k, i) => { s[k] = FLAGS.includes(k) ? v[i] === 1 : v[i]; });
+    s.errors += this.#idErrors;
     return s;
   }
 
@@ -1161,6 +1165,7 @@ export class TileCache {
       (d ? `${d.code}: ${d.message ?? ''}` : 'the answer neither lists them in items nor in missing') + (willRetry ? ' (will retry)' : ''));
     Object.assign(e, { code: d ? 'ERR_HTTP' : 'ERR_INVALID_RESPONSE', status: d ? PARTIAL_STATUS.get(d.code) ?? 502 : undefined, kind: what, willRetry, ids });
     if (d) e.serverCode = d.code;
+    this.#idErrors++;
     if (!willRetry) this.#rejectGets(ids, e);
     for (const { listener } of [...this.#errors]) {
       try { listener(e); } catch (err) { report(err); }

@@ -763,6 +763,8 @@ test('get: an id a partial answer leaves out rejects and reaches onError, never 
       assert.ok(errs.includes(r.reason), 'onError heard it');
     }
     assert.match(errs[0].message, /failed for \d of its ids .*upstream_timeout: the origin did not answer in time/);
+    // Each error onError heard is counted, these of ids the shell tells of too.
+    assert.equal(cache.stats().errors, errs.length);
     // Each code's status is the one the server answers it with; unknown codes are 502.
     for (const [code, status, id] of [['overloaded', 503, 'h5'], ['rate_limited', 429, 'h6'], ['payload_too_large', 413, 'h7'], ['constructor', 502, 'h8']]) {
       backend.hostile = (res, answer) => {
@@ -784,6 +786,7 @@ test('get: an id a partial answer leaves out rejects and reaches onError, never 
     };
     const e = await cache.get('h4').then(() => null, (err) => err);
     assert.equal(e?.code, 'ERR_INVALID_RESPONSE');
+    assert.equal(cache.stats().errors, errs.length);
     // Asked again later, it is fetched and answered.
     backend.hostile = null;
     assert.equal((await cache.get('h2')).id, 'h2');

@@ -442,9 +442,9 @@ async function runSeeded(seed, steps, Cache, slotsHeld, r) {
       reenter(c, 'onUpdate');
     });
     c.cache.onError((e) => {
-      // The errors of ids a partial answer left out (they carry `ids`) are the shell's and
-      // are not counted in stats().errors; the engine's are, one each.
-      if (e?.ids === undefined) c.errors++;
+      // Each one counts in stats().errors: the engine's and the shell's (ids a partial
+      // answer left out).
+      c.errors++;
       if (LOG) console.log(`  error#${c.id} ${clock.now % 1e7} ${e.kind} ${e.code} retry=${e.willRetry} ra=${e.retryAfterMs} ${e.message.slice(0, 150)}`);
       if (!isFetchError(e)) fail(`onError got ${e?.stack ?? e}`);
       reenter(c, 'onError');
