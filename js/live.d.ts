@@ -13,13 +13,17 @@ export interface FollowOptions {
   /** The fetch to use; default `globalThis.fetch`. */
   fetch?: typeof fetch;
   /** Resume after this event id (one a previous `follow` reached) instead of invalidating
-   * everything on the first connection. */
+   * everything on the first connection. One that cannot go back as `Last-Event-ID` (empty,
+   * or other than visible ASCII: a CR or LF, a character past U+00FF) is refused:
+   * `follow` throws a TypeError with code `ERR_INVALID_ARG_VALUE`. */
   lastEventId?: string;
   /** Called after each event was applied: `ready` (connected), `invalidate` or `reset` (a
    * reset within a second of the last invalidation of everything is reported when it
    * arrives and applied at the end of that second). */
   onEvent?: (event: FeedEvent) => void;
-  /** Connection failures and bad events (following goes on): `ERR_BAD_EVENT` for an
+  /** Connection failures and bad events (following goes on): `ERR_NETWORK` for a
+   * connection that failed or a body that could not be read (the error fetch gave is its
+   * `cause`), `ERR_FEED` for an HTTP error status or a stream the server closed, `ERR_BAD_EVENT` for an
    * `invalidate` whose data is not an invalidation, or an event longer than 1 Mi characters
    * (skipped as it arrives, not kept; an `invalidate` one invalidates everything). One that
    * throws is reported (`reportError`, else `console.error`) and following goes on. */
@@ -43,7 +47,8 @@ export interface FeedEvent {
 }
 
 export interface Following {
-  /** The id of the last event applied: pass it as `lastEventId` to resume later.
+  /** The id of the last event read (an event of a kind the feed does not know counts too,
+   * as an EventSource's last event id does): pass it as `lastEventId` to resume later.
    * `undefined` after an event whose id cannot be resumed from (empty, or other than
    * visible ASCII): the next connection then invalidates everything, as the first does. */
   readonly lastEventId: string | undefined;
@@ -63,7 +68,8 @@ export interface Following {
  * (`cache.onAccess`) makes the connection again at once with a fresh `auth.token()`,
  * resuming after the last event applied; events of the old connection are not applied.
  * Throws a TypeError or RangeError with a `code` for bad arguments: an option of another
- * name or of the wrong type, retry delays out of range.
+ * name or of the wrong type, retry delays out of range, a `lastEventId` that cannot be
+ * sent back.
  * @example
  * const cache = await TileCache.create({ endpoint: 'https://api.example/v1/batch', auth });
  * follow(cache, 'https://api.example/v1/changes', { auth, signal });

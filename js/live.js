@@ -24,7 +24,9 @@
 // verifying with an `expired` event: the next connection asks auth.token() again, with no
 // error reported.
 // What a connection can make the reader hold is bounded: an event past MAX_EVENT_CHARS is
-// skipped as it arrives (an `invalidate` one invalidates everything).
+// skipped as it arrives (an `invalidate` one invalidates everything). Every event's id is
+// the last event id, as an EventSource's is (one of an unknown kind too), and a failed
+// connection or read reaches onError as TileCache's do (ERR_NETWORK, the error as its cause).
 // Types: live.d.ts.
 
 import { retryAfterMs } from './retry-after.js';
@@ -50,11 +52,16 @@ const RESET_GAP_MS = 1000;
 /** Longest Retry-After honoured (an hour), as the batch requests' backoff takes it. */
 const MAX_RETRY_AFTER_MS = 3_600_000;
 
-function fail(Class, code, message) {
-  const e = new Class(message);
+function fail(Class, code, message, cause) {
+  const e = new Class(message, cause === undefined ? undefined : { cause });
   e.code = code;
   return e;
 }
+
+/** A connection that failed or a body that could not be read (what fetch and the stream
+ * reject with, a bare TypeError), as TileCache reports one: `ERR_NETWORK`, the error as its
+ * `cause`. */
+const networkError = (e) => fail(Error, 'ERR_NETWORK', `change feed: network error: ${e?.cause?.message ?? e?.message ?? e}`, e);
 
 /** `p`'s outcome, or a rejection with the signal's reason once `signal` aborts first: an
  * `auth.token()` that never settles (a sign-in that never comes) must not keep following
@@ -109,7 +116,8 @@ async function* events(body, onTooLong) {
         }
         if (line === '') {
           if (tooLong) yield { event: event || 'message', id, tooLong };
-          else if (data.length || event) yield { event: event || 'message', id, data: data.join('\n') };
+          // One with an id alone is handed on too: its id is the last event id (the spec).
+          else if (data.length || event || id !== undefined) yield { event: event || 'message', id, data: data.join('\n') };
           event = ''; data = []; size = 0; id = undefined; tooLong = false;
           continue;
         }
@@ -139,7 +147,7 @@ async function* events(body, onTooLong) {
 
 /**
  * Follows the change feed at `url` until `options.signal` aborts or the cache is disposed.
- * Returns an object whose `lastEventId` is the id of the last event applied and whose
+ * Returns an object whose `lastEventId` is the id of the last event read and whose
  * `done` resolves when following stopped. See live.d.ts.
  */
 export function follow(cache, url, options = {}) {
@@ -167,6 +175,14 @@ export function follow(cache, url, options = {}) {
   };
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
   if (options.lastEventId !== undefined && typeof options.lastEventId !== 'string') throw fail(TypeError, 'ERR_INVALID_ARG_TYPE', 'lastEventId must be a string');
+  // One that cannot go back as `Last-Event-ID` is refused here: fetch refuses a header value
+  // past U+00FF or with CR/LF (every connection failed, for ever), and the server reads an
+  // empty one, or one with other than visible ASCII, as none (nothing replayed, and nothing
+  // invalidated either, as the id said there was a place to resume from).
+  if (options.lastEventId !== undefined && !RESUMABLE_ID.test(options.lastEventId)) {
+    const id = options.lastEventId;
+    throw fail(TypeError, 'ERR_INVALID_ARG_VALUE', `lastEventId must be an event id of the feed (visible ASCII, not empty), got ${id.length > 40 ? `a string of ${id.length} characters that is not one` : JSON.stringify(id)}`);
+  }
   // As TileCache reads its `headers`: an object or a Headers (whose entries a spread would lose).
   let headerList;
   try {
@@ -218,6 +234,14 @@ export function follow(cache, url, options = {}) {
     return true;
   };
 
+  /** Notes the id an event set (undefined: none). One that cannot be sent back resets it:
+   * an empty one (EventSource's rule; the server reads an empty Last-Event-ID as none), or
+   * one with other than visible ASCII (fetch refuses a header value past U+00FF, so every
+   * reconnect failed for ever; the server reads one with other bytes as none). */
+  const noteId = (id) => {
+    if (id !== undefined) state.lastEventId = RESUMABLE_ID.test(id) ? id : undefined;
+  };
+
   /** Applies one event (a `ready` with `all` invalidates everything); false when the
    * cache is gone. */
   const apply = (ev, all = false) => {
@@ -233,7 +257,10 @@ export function follow(cache, url, options = {}) {
     } else if (ev.event === 'reset') {
       what = { all: true };
     } else if (ev.event !== 'ready') {
-      return true; // unknown events are ignored, as EventSource does
+      // Unknown events are not applied (an EventSource dispatches them to no listener),
+      // but their id is the last event id, as every event's is there.
+      noteId(ev.id);
+      return true;
     }
     if (what?.all) {
       // Within RESET_GAP_MS of the last: once, at the end of it (it covers every one since).
@@ -249,11 +276,7 @@ export function follow(cache, url, options = {}) {
         try { cache.invalidate({ all: true }); } catch { return false; }
       }
     }
-    // An id that cannot be sent back resets it: an empty one (EventSource's rule; the
-    // server reads an empty Last-Event-ID as none), or one with other than visible ASCII
-    // (fetch refuses a header value past U+00FF, so every reconnect failed for ever; the
-    // server reads one with other bytes as none).
-    if (ev.id !== undefined) state.lastEventId = RESUMABLE_ID.test(ev.id) ? ev.id : undefined;
+    noteId(ev.id);
     try { onEvent?.({ type: ev.event, id: ev.id, invalidation: what }); } catch (e) { onError(e); }
     return true;
   };
@@ -284,7 +307,12 @@ export function follow(cache, url, options = {}) {
         // The tier changed while the token was asked for: it may be the old one's.
         if (c.signal.aborted) continue;
         if (state.lastEventId !== undefined) h['last-event-id'] = state.lastEventId;
-        const res = await fetch.call(globalThis, href, { headers: h, signal: c.signal });
+        let res;
+        try {
+          res = await fetch.call(globalThis, href, { headers: h, signal: c.signal });
+        } catch (e) {
+          throw networkError(e);
+        }
         if (res.status === 400 && state.lastEventId !== undefined) {
           // The server cannot read our id: start over, invalidating everything.
           res.body?.cancel().catch(() => {});
@@ -301,21 +329,25 @@ export function follow(cache, url, options = {}) {
         let expired = false;
         const tooLong = () => onError(fail(Error, 'ERR_BAD_EVENT',
           `change feed: an event longer than ${MAX_EVENT_CHARS} characters; it is skipped, and if it is an invalidate, everything is invalidated`));
-        for await (const ev of events(res.body, tooLong)) {
-          // Sent for the tier before a change: not applied, not reported.
-          if (c.signal.aborted) break;
-          // The token the connection was opened with stopped verifying: the server ends
-          // the stream; connect again (after the wait) with a fresh auth.token().
-          if (ev.event === 'expired') { expired = true; break; }
-          if (ev.event === 'ready') {
-            upAt ??= Date.now();
-            if (first) {
-              first = false;
-              if (!apply(ev, true)) return;
-              continue;
+        try {
+          for await (const ev of events(res.body, tooLong)) {
+            // Sent for the tier before a change: not applied, not reported.
+            if (c.signal.aborted) break;
+            // The token the connection was opened with stopped verifying: the server ends
+            // the stream; connect again (after the wait) with a fresh auth.token().
+            if (ev.event === 'expired') { noteId(ev.id); expired = true; break; }
+            if (ev.event === 'ready') {
+              upAt ??= Date.now();
+              if (first) {
+                first = false;
+                if (!apply(ev, true)) return;
+                continue;
+              }
             }
+            if (!apply(ev)) return;
           }
-          if (!apply(ev)) return;
+        } catch (e) {
+          throw networkError(e); // the body could not be read
         }
         if (c.signal.aborted) continue;
         if (!expired) throw fail(Error, 'ERR_FEED', 'change feed: the server closed the stream');

@@ -367,6 +367,47 @@ test('events a connection delivers after a change of tier are neither applied no
   await f.done;
 });
 
+// A connection that fails and a body that cannot be read reach onError as TileCache's
+// network errors do (ERR_NETWORK, the error as its cause): they came as a bare TypeError.
+// An unknown event's id, and that of an event with an id alone, is the last event id, as
+// an EventSource's is (the spec: every event sets it): the next connection resumes after it.
+test('network failures are ERR_NETWORK with their cause; every event id counts, unknown events too', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url });
+  const conns = [], errors = [], events = [];
+  const refused = new TypeError('fetch failed'), cut = new TypeError('terminated');
+  const stop = new AbortController();
+  const feed = async (_url, { headers, signal }) => {
+    conns.push(headers);
+    if (conns.length === 1) throw refused;
+    if (conns.length === 3) {
+      stop.abort();
+      throw new Error('not asked');
+    }
+    return new Response(new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('event: ready\nid: 1-0\ndata: {}\n\nevent: note\nid: 2-0\ndata: x\n\nid: 3-0\n\n'));
+        // The connection drops once the events were read.
+        setTimeout(() => c.error(cut), 20);
+        signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  };
+  const f = follow(cache, 'http://feed.test/v1/changes', {
+    fetch: feed, signal: stop.signal, lastEventId: '0-0', minRetryMs: 1, maxRetryMs: 2,
+    onEvent: (e) => events.push(`${e.type} ${e.id}`), onError: (e) => errors.push(e),
+  });
+  await f.done;
+  assert.equal(conns.length, 3);
+  assert.deepEqual(events, ['ready 1-0'], 'unknown events are not reported');
+  assert.deepEqual(errors.map((e) => [e.constructor.name, e.code, e.message, e.cause]), [
+    ['Error', 'ERR_NETWORK', 'change feed: network error: fetch failed', refused],
+    ['Error', 'ERR_NETWORK', 'change feed: network error: terminated', cut],
+  ]);
+  assert.equal(conns[2]['last-event-id'], '3-0', 'resumed after the last event id, of an unknown event or an id alone');
+  assert.equal(f.lastEventId, '3-0');
+  cache.dispose();
+});
+
 /** Lets the work a mocked clock's timers started run (promises, stream reads). */
 const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
 
@@ -567,6 +608,13 @@ test('follow checks its arguments', { skip }, async () => {
     [{ fetch: 'fetch' }, 'ERR_INVALID_ARG_TYPE', 'fetch must be a function'],
     [{ signal: {} }, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal'],
     [{ lastEventId: 5 }, 'ERR_INVALID_ARG_TYPE', 'lastEventId must be a string'],
+    // One that cannot go back as Last-Event-ID: fetch refuses the header (every connection
+    // failed, for ever), or the server reads it as none (nothing replayed or invalidated).
+    [{ lastEventId: '1-0\r\nx-evil: 1' }, 'ERR_INVALID_ARG_VALUE', 'lastEventId must be an event id of the feed (visible ASCII, not empty), got "1-0\\r\\nx-evil: 1"'],
+    [{ lastEventId: '1-\u0100' }, 'ERR_INVALID_ARG_VALUE', 'lastEventId must be an event id of the feed (visible ASCII, not empty), got "1-\u0100"'],
+    [{ lastEventId: '1 0' }, 'ERR_INVALID_ARG_VALUE', /^lastEventId must be an event id of the feed/],
+    [{ lastEventId: '' }, 'ERR_INVALID_ARG_VALUE', /^lastEventId must be an event id of the feed/],
+    [{ lastEventId: 'x'.repeat(100) + '\n' }, 'ERR_INVALID_ARG_VALUE', /got a string of 101 characters that is not one$/],
     [{ headers: 'x' }, 'ERR_INVALID_ARG_TYPE', /^headers must be an object of valid header names and values/],
     [{ headers: { 'a b': '1' } }, 'ERR_INVALID_ARG_TYPE', /^headers must be an object of valid header names and values/],
     [{ minRetryMs: '500' }, 'ERR_INVALID_ARG_TYPE', /^minRetryMs and maxRetryMs must be numbers of ms.*, got string and 30000$/],
