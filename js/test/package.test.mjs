@@ -156,9 +156,13 @@ test('tilewarm/raw is the plain glue, initialised by the caller', async () => {
   assert.equal(typeof raw.default, 'function');
   assert.equal(typeof raw.initSync, 'function');
   const wasm = readFileSync(fileURLToPath(import.meta.resolve('tilewarm/tilewarm_bg.wasm')));
-  // The node entry already initialised this glue (one module instance per process).
-  assert.equal(raw.parentTile('14/2624/5721', 12), '12/656/1430');
   assert.ok(WebAssembly.validate(wasm));
+  // Initialised here: the test must not depend on an earlier one having imported
+  // `tilewarm` (whose node entry initialises this glue: one module instance per process).
+  // After that, initSync hands back the instance it made.
+  const instance = raw.initSync({ module: wasm });
+  assert.equal(raw.initSync({ module: wasm }), instance);
+  assert.equal(raw.parentTile('14/2624/5721', 12), '12/656/1430');
 });
 
 test('tilewarm/raw: init() and initSync() without the .wasm say what they need, until it has run', () => {
