@@ -1,5 +1,6 @@
 // The built package as a whole: package.json, the files npm would publish, each entry point
-// (node, browser, workerd, raw) and the TypeScript declarations.
+// (node, browser, workerd, raw; the map adapters and live, each loaded on its own) and the
+// TypeScript declarations.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -71,6 +72,31 @@ test('every export target exists and is in the published file list', () => {
   }
   for (const f of ['tilewarm_bg.wasm', 'tilewarm.js', 'tilewarm.d.ts', 'README.md', 'gen/types.d.ts']) {
     assert.ok(packed.includes(f), `${f} is published`);
+  }
+});
+
+// The map adapters and tilewarm/live share modules of the package (report.js, redraw.js,
+// box.js, retry-after.js) that no export names: each entry must load on its own, from
+// what npm publishes.
+test('each adapter entry and tilewarm/live loads on its own, every module it imports published', () => {
+  const packed = new Set(JSON.parse(
+    execFileSync('npm', ['pack', '--dry-run', '--json', '--loglevel=error'], { cwd: pkgDir, encoding: 'utf8' }),
+  )[0].files.map((f) => f.path));
+  for (const f of packed) {
+    if (!f.endsWith('.js')) continue;
+    const src = readFileSync(new URL(f, pkgUrl), 'utf8');
+    for (const [, dep] of src.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*["']\.\/([^"']+)["']/g)) {
+      assert.ok(packed.has(dep), `${f} imports ./${dep}, which is not published`);
+    }
+  }
+  const names = {
+    maplibre: 'attach,boxOf', leaflet: 'createLayer', deckgl: 'extendTileLayer,viewportOf',
+    openlayers: 'createSource,follow,toLonLat,toMercator', live: 'follow',
+  };
+  for (const [entry, want] of Object.entries(names)) {
+    // A fresh process each: nothing else of the package loaded before it.
+    const got = runNode([], `const m = await import('tilewarm/${entry}'); console.log(Object.keys(m).sort().join())`);
+    assert.equal(got, want, `tilewarm/${entry}`);
   }
 });
 
