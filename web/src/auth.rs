@@ -1,7 +1,7 @@
 //! [`Auth`]: the token callback, the same hook as the npm package's
 //! `auth: { token: () => string | Promise<string> }`. It is called for every request; the
 //! token goes out as `Authorization: Bearer <token>`. A 401 calls it once more and sends
-//! the request again; a second 401 is an [`ErrorCode::Unauthorized`](crate::ErrorCode)
+//! the request again (the 401's body cancelled, unread); a second 401 is an [`ErrorCode::Unauthorized`](crate::ErrorCode)
 //! error (`ERR_UNAUTHORIZED`). A callback that fails, or gives something that is not a
 //! bearer token (RFC 6750's b64token: letters, digits and `-._~+/`, then `=` padding; no
 //! spaces or line breaks, which the browser would refuse in a header), is the same error

@@ -1728,6 +1728,15 @@ async fn exchange<T: DeserializeOwned + 'static>(
         };
         if res.status() == 401 && auth.is_some() && !asked_again {
             asked_again = true;
+            // Its body is not read: cancelled, so the browser stops receiving it and can
+            // reuse the connection for the retry (a body left unread holds it until the
+            // response is collected), as the npm package does.
+            if let Some(stream) = res.body() {
+                wasm_bindgen_futures::spawn_local(async move {
+                    // A stream that already failed rejects: nothing to do.
+                    let _ = wasm_bindgen_futures::JsFuture::from(stream.cancel()).await;
+                });
+            }
             continue;
         }
         break res;
