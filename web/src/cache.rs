@@ -214,6 +214,9 @@ struct State<T: 'static> {
     settled: Vec<TileId>,
     /// [`TileCache::dispose`] was called.
     disposed: bool,
+    /// The errors of ids partial answers left out (`Error::unanswered`): the shell tells the
+    /// page of them, not the core, so [`TileCache::stats`] adds them to the core's count.
+    id_errors: u64,
 }
 
 impl<T: 'static> Drop for State<T> {
@@ -352,6 +355,7 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
                     flush_scheduled: false,
                     settled: Vec::new(),
                     disposed: false,
+                    id_errors: 0,
                 }),
                 endpoint: checked.endpoint,
                 headers: checked.headers,
@@ -891,9 +895,14 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         self.inner.state.borrow().disposed
     }
 
-    /// The core's counters.
+    /// The core's counters; `errors` counts each error the page hears
+    /// ([`Update::Error`]), those of ids a partial answer left out (which the shell
+    /// reports) included, as the npm package's `stats().errors` does.
     pub fn stats(&self) -> ClientStats {
-        self.inner.state.borrow().client.stats()
+        let st = self.inner.state.borrow();
+        let mut stats = st.client.stats();
+        stats.errors += st.id_errors;
+        stats
     }
 }
 
@@ -1539,6 +1548,7 @@ impl<T: DeserializeOwned + 'static> Inner<T> {
                         let detail = why.as_ref().map(|w| (w.code.as_str(), w.message.as_str()));
                         if !left.is_empty() && (answered == Answered::Taken || retried) {
                             let e = Error::unanswered(flight.kind, &left, detail, retried);
+                            st.id_errors += 1;
                             if !retried {
                                 st.reject_gets(&e, &left);
                             }

@@ -1019,6 +1019,7 @@ async fn a_get_a_partial_answer_left_out_fails() {
         let cache: TileCache = TileCache::new(&options(mode, 0, 0)).unwrap();
         let id = an_id_no_longer_cached(&cache).await;
         let mut updates = cache.updates();
+        let errors_before = cache.stats().errors;
         set_mode(mode, mode).await;
         let e = within(5000, Box::pin(cache.get(&id)))
             .await
@@ -1029,6 +1030,8 @@ async fn a_get_a_partial_answer_left_out_fails() {
         assert!(e.message.contains(&format!("(first {id:?})")), "{e}");
         assert_eq!(e.ids, [id.clone()], "{e}");
         assert_eq!(next_error(&mut updates).await, e);
+        // Counted as every error the page hears is (the shell's, not the core's: it was not).
+        assert_eq!(cache.stats().errors, errors_before + 1, "{mode}");
         // The server has it: once the answer is whole, the get finds it.
         set_mode(mode, "pass").await;
         assert_eq!(cache.get(&id).await.unwrap().unwrap().id, id);
