@@ -17,7 +17,9 @@
 //! deletes, `new` for inserts and updates), built with `json_build_object`, so about 100
 //! bytes, far below `NOTIFY`'s 8000-byte limit. The positions are the rows' own
 //! coordinates, so the server maps them onto data tiles with the core's tile maths (exactly
-//! as the origin assigns items to tiles), not with SQL. A payload that would be longer than
+//! as the origin assigns items to tiles), not with SQL. A row with no point (a NULL, empty
+//! or other geometry, which the origin skips) has `null` there (`[null, null]` from
+//! triggers made before) and names no tile. A payload that would be longer than
 //! 7900 bytes (an absurd id) is sent as `{"op":"all"}` instead of failing the writer's
 //! transaction. A payload the server cannot read is counted and handled as `all`.
 //!
@@ -315,9 +317,24 @@ struct Payload {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    old: Option<[f64; 2]>,
+    old: Option<Position>,
     #[serde(default)]
-    new: Option<[f64; 2]>,
+    new: Option<Position>,
+}
+
+/// A position as a trigger sends it: `[lon, lat]`, or `[null, null]` for a row with no
+/// point (a NULL or empty geometry: `ST_X` is NULL). Such a row was never served from a
+/// tile (the origin skips it), so it names no tile; it is not an unreadable payload,
+/// which would invalidate everything at each write of the row.
+type Position = [Option<f64>; 2];
+
+/// The point of a [`Position`]: `Ok(None)` for `[null, null]`; `Err` for half of one.
+fn point(p: Option<Position>) -> Result<Option<(f64, f64)>, ()> {
+    match p {
+        None | Some([None, None]) => Ok(None),
+        Some([Some(lon), Some(lat)]) => Ok(Some((lon, lat))),
+        Some(_) => Err(()),
+    }
 }
 
 /// Turns one notification payload into what it invalidates: the id and the data tiles
@@ -336,12 +353,13 @@ fn parse(payload: &str, data_zoom: u8) -> Option<(Invalidation, bool)> {
     if !matches!(p.op.as_str(), "I" | "U" | "D") {
         return None;
     }
-    let placed = p.op == "I" || p.old.is_some();
+    let (old, new) = (point(p.old).ok()?, point(p.new).ok()?);
+    let placed = p.op == "I" || old.is_some();
     let mut inv = Invalidation {
         ids: vec![p.id?],
         ..Invalidation::default()
     };
-    for [lon, lat] in [p.old, p.new].into_iter().flatten() {
+    for (lon, lat) in [old, new].into_iter().flatten() {
         // A position the core cannot place was never served from a tile.
         if let Ok(t) = TileId::from_lon_lat(lon, lat, data_zoom) {
             inv.tiles.push(t);
@@ -636,6 +654,28 @@ mod tests {
         assert!(parse_payload("garbage", 14).is_none());
         assert!(parse_payload(r#"{"op":"X","id":"a"}"#, 14).is_none());
         assert!(parse_payload(r#"{"op":"I"}"#, 14).is_none());
+        // A row with no point (a NULL or empty geometry), as a trigger sends it: its id,
+        // no tile; not unreadable (which would invalidate everything).
+        for p in [
+            r#"{"op":"U","id":"n","old":[null,null],"new":[null,null]}"#,
+            r#"{"op":"U","id":"n","old":null,"new":null}"#,
+        ] {
+            let inv = parse_payload(p, 14).unwrap();
+            assert_eq!(
+                (inv.ids, inv.tiles, inv.all),
+                (vec!["n".into()], vec![], false)
+            );
+        }
+        let inv = parse_payload(
+            r#"{"op":"U","id":"m","old":[-122.33,47.6],"new":[null,null]}"#,
+            14,
+        )
+        .unwrap();
+        assert_eq!(
+            inv.tiles,
+            [TileId::from_lon_lat(-122.33, 47.6, 14).unwrap()]
+        );
+        assert!(parse_payload(r#"{"op":"U","id":"h","old":[1.0,null]}"#, 14).is_none());
     }
 
     fn payload(id: &str) -> String {

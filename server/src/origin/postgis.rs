@@ -938,9 +938,13 @@ pub fn ddl(layout: &Layout) -> String {
     let notify = quote_ident(&format!("{base}_notify"));
     let notify_all = quote_ident(&format!("{base}_notify_truncate"));
     let channel = layout.channel.replace('\'', "''");
+    // A row's position, or NULL when it has no point: ST_X fails on any other shape,
+    // which would fail the writer's transaction on a table whose geometry column takes
+    // any (the origin skips such rows, so they are in no tile).
     let pos = |rec: &str| {
         format!(
-            "json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g}))",
+            "CASE WHEN ST_GeometryType({rec}.{g}) = 'ST_Point' \
+             THEN json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g})) END",
             g = q.geom
         )
     };

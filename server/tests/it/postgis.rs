@@ -530,6 +530,87 @@ async fn a_row_whose_geometry_is_not_a_point_is_skipped_not_the_whole_answer() {
     assert_eq!(s.stats.bad_rows.load(Relaxed), 6);
 }
 
+/// A table whose geometry column takes any shape and NULL (the docs' "a view over a
+/// column of any geometry", with the change trigger on the table under it): a polygon
+/// row can be written, and a row with no point changes without invalidating the whole
+/// tier. Failed before: the trigger's `ST_X` failed the writer's `INSERT` of a polygon,
+/// and the `[null, null]` position of a NULL geometry was an unreadable payload (an
+/// invalidate-all at every write of such a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_without_a_point_are_written_and_change_without_an_invalidate_all() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let items = synthetic_city(7, 2_000);
+    load(&pg, &items, &Layout::default()).await;
+    let admin = pg.client().await;
+    admin
+        .batch_execute(
+            "ALTER TABLE tilewarm_items ALTER COLUMN geom DROP NOT NULL,
+                 ALTER COLUMN geom TYPE geometry(Geometry, 4326)",
+        )
+        .await
+        .unwrap();
+    let o = Origin::new(items).unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let home = o
+        .tile_items(t, Access::Public)
+        .find(|i| i.access == Access::Public)
+        .unwrap()
+        .id
+        .clone();
+    let http = Http::new();
+    let s = listening(pg_config(&pg)).await;
+    let feed = s.app.origin.change_feed().unwrap().stats;
+    let body = request(&[t], &[], Access::Public);
+    let listed = |r: &BatchResponse<RawData>| r.tiles[0].ids.contains(&home);
+    assert!(listed(&http.ok(&s, &body).await));
+    let all = s.app.invalidation.stats.all.load(Relaxed);
+
+    admin
+        .batch_execute(
+            "INSERT INTO tilewarm_items (id, geom, class, access)
+             VALUES ('a-polygon', ST_MakeEnvelope(-122.3, 47.6, -122.29, 47.61, 4326), 'active', 'public')",
+        )
+        .await
+        .expect("a polygon row is written");
+    // The home loses its point: it leaves its tile (the old position is in the change).
+    admin
+        .execute(
+            "UPDATE tilewarm_items SET geom = NULL WHERE id = $1",
+            &[&home],
+        )
+        .await
+        .unwrap();
+    let mut gone = false;
+    let started = Instant::now();
+    while !gone && started.elapsed() < Duration::from_secs(2) {
+        gone = !listed(&http.ok(&s, &body).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(gone, "the home without a point left its tile's list");
+    // Written again with no point, and a change as triggers installed before sent it.
+    set_estimate(&admin, &home, 1).await;
+    admin
+        .batch_execute(
+            r#"SELECT pg_notify('tilewarm_changes', '{"op":"U","id":"x","old":[null,null],"new":[null,null]}')"#,
+        )
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || feed.notifications.load(Relaxed)
+            >= 4)
+        .await
+    );
+    assert_eq!(feed.bad_payloads.load(Relaxed), 0);
+    assert_eq!(
+        s.app.invalidation.stats.all.load(Relaxed),
+        all,
+        "no invalidate-all"
+    );
+}
+
 fn pg_config(pg: &Pg) -> Config {
     Config {
         origin: Some(pg.url.clone()),
