@@ -16,7 +16,7 @@
 //! `{"op":"I"|"U"|"D","id":…,"old":[lon,lat],"new":[lon,lat]}` (`old` for updates and
 //! deletes, `new` for inserts and updates), built with `json_build_object`, so about 100
 //! bytes, far below `NOTIFY`'s 8000-byte limit. The positions are the rows' own
-//! coordinates, so the server maps them onto data tiles with the core's tile maths (exactly
+//! coordinates (in degrees: the trigger transforms a column of another SRID to 4326), so the server maps them onto data tiles with the core's tile maths (exactly
 //! as the origin assigns items to tiles), not with SQL. A row with no point (a NULL, empty
 //! or other geometry, which the origin skips) has `null` there (`[null, null]` from
 //! triggers made before) and names no tile. A payload that would be longer than

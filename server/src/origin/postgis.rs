@@ -940,12 +940,18 @@ pub fn ddl(layout: &Layout) -> String {
     let channel = layout.channel.replace('\'', "''");
     // A row's position, or NULL when it has no point: ST_X fails on any other shape,
     // which would fail the writer's transaction on a table whose geometry column takes
-    // any (the origin skips such rows, so they are in no tile).
+    // any (the origin skips such rows, so they are in no tile). In degrees (SRID 4326)
+    // whatever the column's SRID: the trigger may be put on a table in another SRID under
+    // a view that transforms it, and its own coordinates (metres in 3857) would name no
+    // tile. SRID 0 (none given) is taken as degrees, as the origin takes it.
     let pos = |rec: &str| {
+        let g = format!("{rec}.{}", q.geom);
+        let p = format!(
+            "(CASE WHEN ST_SRID({g}) IN (0, 4326) THEN {g} ELSE ST_Transform({g}, 4326) END)"
+        );
         format!(
-            "CASE WHEN ST_GeometryType({rec}.{g}) = 'ST_Point' \
-             THEN json_build_array(ST_X({rec}.{g}), ST_Y({rec}.{g})) END",
-            g = q.geom
+            "CASE WHEN ST_GeometryType({g}) = 'ST_Point' \
+             THEN json_build_array(ST_X({p}), ST_Y({p})) END"
         )
     };
     format!(

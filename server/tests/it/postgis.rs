@@ -611,6 +611,93 @@ async fn rows_without_a_point_are_written_and_change_without_an_invalidate_all()
     );
 }
 
+/// A table of the operator's own shape (a `bigint` id, the geometry in SRID 3857, NULL
+/// allowed, other column names), served through a view in 4326 as docs/postgis.md says,
+/// with `--postgis-print-ddl`'s trigger for the table's names on the table: a row moved
+/// from one tile to another leaves the first tile's list. Failed before: the trigger sent
+/// the row's 3857 coordinates (metres), which the server took for no position, so the
+/// tiles it left and entered were not invalidated (served stale for the tile TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_moved_in_a_table_of_another_srid_leaves_its_tile() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let admin = pg.client().await;
+    let (a, b) = (
+        TileId::from_lon_lat(-122.33, 47.6, 14).unwrap(),
+        TileId::from_lon_lat(-122.2, 47.7, 14).unwrap(),
+    );
+    let table = Layout {
+        table: "homes_3857".into(),
+        channel: "tilewarm_changes".into(),
+        columns: tilewarm_server::origin::postgis::Columns {
+            id: "home_id".into(),
+            geom: "location".into(),
+            class: "kind".into(),
+            access: "tier".into(),
+            data: "props".into(),
+            updated_at: "modified".into(),
+        },
+    };
+    admin
+        .batch_execute(&format!(
+            "CREATE EXTENSION IF NOT EXISTS postgis;
+             CREATE TABLE homes_3857 (home_id bigint PRIMARY KEY,
+                 location geometry(Point, 3857), kind text NOT NULL, tier text NOT NULL,
+                 props json NOT NULL DEFAULT '{{}}', modified timestamptz NOT NULL DEFAULT now());
+             {ddl}
+             CREATE VIEW homes AS SELECT home_id::text AS id,
+                 ST_Transform(location, 4326)::geometry(Point, 4326) AS geom, kind AS class,
+                 tier AS access, props AS data, modified AS updated_at FROM homes_3857;
+             CREATE INDEX ON homes_3857 USING gist
+                 ((ST_Transform(location, 4326)::geometry(Point, 4326)));
+             CREATE INDEX ON homes_3857 ((home_id::text));
+             INSERT INTO homes_3857 (home_id, location, kind, tier) VALUES
+                 (1, ST_Transform(ST_SetSRID(ST_MakePoint(-122.33, 47.6), 4326), 3857), 'active', 'public'),
+                 (2, NULL, 'active', 'public');",
+            ddl = tilewarm_server::origin::postgis::ddl(&table)
+        ))
+        .await
+        .unwrap();
+    let layout = std::env::temp_dir().join(format!("tw-layout-3857-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"homes\"\n").unwrap();
+    let http = Http::new();
+    let s = listening(Config {
+        origin_config: Some(layout.clone()),
+        ..pg_config(&pg)
+    })
+    .await;
+    let body = request(&[a, b], &[], Access::Public);
+    let lists = |r: &BatchResponse<RawData>| {
+        r.tiles
+            .iter()
+            .map(|l| l.ids.clone())
+            .collect::<Vec<Vec<String>>>()
+    };
+    assert_eq!(
+        lists(&http.ok(&s, &body).await),
+        [vec!["1".to_string()], vec![]]
+    );
+    admin
+        .batch_execute(
+            "UPDATE homes_3857
+                SET location = ST_Transform(ST_SetSRID(ST_MakePoint(-122.2, 47.7), 4326), 3857)
+              WHERE home_id = 1",
+        )
+        .await
+        .unwrap();
+    let moved = [vec![], vec!["1".to_string()]];
+    let started = Instant::now();
+    let mut seen = lists(&http.ok(&s, &body).await);
+    while seen != moved && started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        seen = lists(&http.ok(&s, &body).await);
+    }
+    std::fs::remove_file(&layout).unwrap();
+    assert_eq!(seen, moved, "the moved row left tile {a} for tile {b}");
+}
+
 fn pg_config(pg: &Pg) -> Config {
     Config {
         origin: Some(pg.url.clone()),
