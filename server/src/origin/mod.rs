@@ -603,7 +603,11 @@ impl OriginService {
                 config,
                 Arc::clone(&stats),
             )?),
-            OriginSpec::Upstream(url) => Box::new(upstream::UpstreamOrigin::new(&url, config)?),
+            OriginSpec::Upstream(url) => Box::new(upstream::UpstreamOrigin::new(
+                &url,
+                config,
+                Arc::clone(&stats),
+            )?),
         };
         Ok(OriginService::with_backend(backend, config, metrics, stats))
     }

@@ -62,6 +62,7 @@
 //! when they hold more than the limit.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -170,14 +171,23 @@ pub struct UpstreamOrigin {
     /// The most tiles and ids a call carries, as found from the upstream's 400s.
     parts: PartLimits,
     feed: Option<super::upstream_changes::UpstreamFeed>,
+    /// The service's counters: items a leaking upstream answered above the caller's tier
+    /// to the direct tiles' call are counted here (the service's guard sees that call's
+    /// answer only after they are dropped).
+    stats: Arc<super::OriginStats>,
 }
 
 /// The HTTP client of the upstream origin and its change feed's follower.
 pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl UpstreamOrigin {
-    /// A client for `url` (`http://` or `https://`, with the web PKI's roots).
-    pub fn new(url: &str, config: &Config) -> Result<UpstreamOrigin, LoadError> {
+    /// A client for `url` (`http://` or `https://`, with the web PKI's roots), counting
+    /// in `stats` (those of the [`super::OriginService`] it is given to).
+    pub fn new(
+        url: &str,
+        config: &Config,
+        stats: Arc<super::OriginStats>,
+    ) -> Result<UpstreamOrigin, LoadError> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| LoadError::Upstream(format!("{}: {e}", super::redact_url(url))))?;
@@ -221,6 +231,7 @@ impl UpstreamOrigin {
             limits: Limits::default(),
             parts: PartLimits::default(),
             feed,
+            stats,
         })
     }
 
@@ -771,6 +782,17 @@ impl UpstreamOrigin {
             .filter(|it| !bound.access.can_see(it.access))
             .map(|it| it.id.clone())
             .collect();
+        if !above.is_empty() {
+            self.stats
+                .leaked_items
+                .fetch_add(above.len() as u64, Relaxed);
+            tracing::warn!(
+                origin = "upstream",
+                items = above.len(),
+                tier = %bound.access,
+                "the origin answered items above the asked tier; dropped"
+            );
+        }
         let mut have: std::collections::HashSet<String> =
             out.items.iter().map(|it| it.id.clone()).collect();
         for mut list in low_answer.tiles.drain(..) {

@@ -54,6 +54,9 @@ const REFUSE_400: u8 = 14;
 /// Honest, but an answer for more than 16 tiles, or for `Stub::huge`, is padded past the
 /// 8 MiB read limit (an upstream that does not fit its answers to 8 MiB): `over_8_mib`.
 const OVER_8_MIB: u8 = 15;
+/// Answers at `agent` whatever was asked, and says it answered the tier asked (an upstream
+/// whose tier filter is broken, not its token).
+const LEAK_AS_ASKED: u8 = 16;
 
 struct Stub {
     origin: Origin<RawData>,
@@ -110,6 +113,16 @@ async fn answer_as(
                 ..req
             };
             (StatusCode::OK, stub.origin.answer(&all, Some(60)).to_json())
+        }
+        LEAK_AS_ASKED => {
+            let asked = req.access;
+            let all = BatchRequest {
+                access: Access::Agent,
+                ..req
+            };
+            let mut r = stub.origin.answer(&all, Some(60));
+            r.access = Some(asked);
+            (StatusCode::OK, r.to_json())
         }
         DROP_TILE => {
             let mut r = stub.origin.answer(&req, Some(60));
@@ -557,7 +570,7 @@ async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_lay
     let c = upstream_config(&url);
     let stats = Arc::new(OriginStats::default());
     let o = OriginService::with_backend(
-        Box::new(UpstreamOrigin::new(&url, &c).unwrap()),
+        Box::new(UpstreamOrigin::new(&url, &c, Arc::clone(&stats)).unwrap()),
         &c,
         Arc::new(Metrics::default()),
         Arc::clone(&stats),
@@ -591,6 +604,37 @@ async fn items_an_upstream_leaks_above_the_asked_tier_never_leave_the_origin_lay
         assert_eq!(r.tiles[0].ids, want);
     }
     assert!(stats.leaked_items.load(Relaxed) > 0);
+}
+
+/// The same for the direct tiles' call, which is made at the caller's tier: an upstream
+/// answering it with items above that tier (and saying it answered that tier) has them
+/// dropped, and counted and logged as a leak. Failed before: they were dropped but not
+/// counted, so `tilewarm_origin_leaked_items_total` stayed 0 in the one call where an
+/// upstream can leak (the others are asked at `agent`, which sees everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_an_upstream_leaks_to_a_direct_tile_are_dropped_and_counted() {
+    let (stub, url) = stub(42, 5_000).await;
+    stub.mode.store(LEAK_AS_ASKED, Relaxed);
+    let http = Http::new();
+    let s = server(upstream_config(&url)).await;
+    let o = &stub.origin;
+    let coarse = densest(o).ancestor(10).unwrap(); // past --split-levels (3): direct
+    let above = o.count_in(coarse, Access::Agent) - o.count_in(coarse, Access::Public);
+    assert!(above > 0);
+    let body = request(&[coarse], &[], Access::Public);
+    let got = http.ok(&s, &body).await;
+    assert!(got.items.iter().all(|i| i.access == Access::Public));
+    let want = o.answer(
+        &tilewarm::protocol::decode_request(body.as_bytes(), &Limits::default()).unwrap(),
+        None,
+    );
+    assert_eq!(digest(&got), digest(&want));
+    assert_eq!(s.app.origin.stats.leaked_items.load(Relaxed), above as u64);
+    let m = http.metrics(&s.url()).await;
+    assert!(
+        m.contains(&format!("tilewarm_origin_leaked_items_total {above}")),
+        "{m}"
+    );
 }
 
 /// Warm-up of tiles the tier cannot keep (here a tile far from the data, whose ring is
