@@ -937,6 +937,14 @@ pub fn ddl(layout: &Layout) -> String {
     let touch = quote_ident(&format!("{base}_touch"));
     let notify = quote_ident(&format!("{base}_notify"));
     let notify_all = quote_ident(&format!("{base}_notify_truncate"));
+    // The functions in the table's schema, as its index and triggers are: unqualified
+    // they went to the first schema of the search path, where the DDL of a table of the
+    // same name in another schema (another channel, other columns) replaced them.
+    let function = |name: &str| match layout.table.rsplit_once('.') {
+        Some((schema, _)) => quote_ident(&format!("{schema}.{base}_{name}")),
+        None => quote_ident(&format!("{base}_{name}")),
+    };
+    let (touch_fn, notify_fn) = (function("touch"), function("notify"));
     let channel = layout.channel.replace('\'', "''");
     // A row's position, or NULL when it has no point: ST_X fails on any other shape,
     // which would fail the writer's transaction on a table whose geometry column takes
@@ -970,7 +978,7 @@ CREATE TABLE IF NOT EXISTS {table} (
 CREATE INDEX IF NOT EXISTS {index} ON {table} USING gist ({geom});
 
 -- The update time, kept by the database.
-CREATE OR REPLACE FUNCTION {touch}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION {touch_fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     NEW.{updated_at} := now();
     RETURN NEW;
@@ -978,11 +986,11 @@ END
 $fn$;
 DROP TRIGGER IF EXISTS {touch} ON {table};
 CREATE TRIGGER {touch} BEFORE INSERT OR UPDATE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION {touch}();
+    FOR EACH ROW EXECUTE FUNCTION {touch_fn}();
 
 -- Changes: one NOTIFY per changed row on channel '{channel}' (tilewarm-server listens and
 -- invalidates the id and the data tiles of the old and new positions).
-CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
     payload text;
 BEGIN
@@ -1009,10 +1017,10 @@ END
 $fn$;
 DROP TRIGGER IF EXISTS {notify} ON {table};
 CREATE TRIGGER {notify} AFTER INSERT OR UPDATE OR DELETE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION {notify}();
+    FOR EACH ROW EXECUTE FUNCTION {notify_fn}();
 DROP TRIGGER IF EXISTS {notify_all} ON {table};
 CREATE TRIGGER {notify_all} AFTER TRUNCATE ON {table}
-    FOR EACH STATEMENT EXECUTE FUNCTION {notify}();
+    FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();
 "#,
         table = q.table,
         id = q.id,

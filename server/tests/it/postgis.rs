@@ -698,6 +698,52 @@ async fn a_row_moved_in_a_table_of_another_srid_leaves_its_tile() {
     assert_eq!(seen, moved, "the moved row left tile {a} for tile {b}");
 }
 
+/// Two tables of the same name in two schemas, each with its own channel: the DDL of the
+/// second leaves the first's trigger notifying on the first's channel. Failed before: the
+/// functions were not schema-qualified, so both DDLs wrote `homes_notify` in `public` and
+/// the first table's writes notified on the second's channel (its server heard nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_of_one_name_in_two_schemas_keep_their_own_triggers() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let admin = pg.client().await;
+    admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS postgis; CREATE SCHEMA a; CREATE SCHEMA b;")
+        .await
+        .unwrap();
+    for schema in ["a", "b"] {
+        let layout = Layout {
+            table: format!("{schema}.homes"),
+            channel: format!("changes_{schema}"),
+            ..Layout::default()
+        };
+        admin
+            .batch_execute(&tilewarm_server::origin::postgis::ddl(&layout))
+            .await
+            .unwrap();
+    }
+    for schema in ["a", "b"] {
+        let row = admin
+            .query_one(
+                "SELECT n.nspname::text, p.prosrc FROM pg_trigger t
+                   JOIN pg_proc p ON p.oid = t.tgfoid
+                   JOIN pg_namespace n ON n.oid = p.pronamespace
+                  WHERE t.tgrelid = $1::text::regclass AND t.tgname = 'homes_notify'",
+                &[&format!("{schema}.homes")],
+            )
+            .await
+            .unwrap();
+        let (namespace, source): (String, String) = (row.get(0), row.get(1));
+        assert!(
+            source.contains(&format!("'changes_{schema}'")),
+            "{schema}.homes notifies on another channel: {source}"
+        );
+        assert_eq!(namespace, schema);
+    }
+}
+
 fn pg_config(pg: &Pg) -> Config {
     Config {
         origin: Some(pg.url.clone()),
