@@ -68,6 +68,10 @@ impl RedisTarget {
                         redis+cluster://host:port,host:port"
                 .into());
         }
+        // A URL's scheme is case-insensitive (RFC 3986 3.1), and the redis crate reads it
+        // so (its URL parser lowers it): `REDIS://h:6379` opens. Lowered here once, so the
+        // matches below and the URL handed on agree with it.
+        let spec = &lower_schemes(spec);
         if let Some(rest) = spec.strip_prefix("redis+cluster://") {
             let (auth, hosts) = match rest.rfind('@') {
                 Some(at) => (&rest[..=at], &rest[at + 1..]),
@@ -132,8 +136,9 @@ impl RedisTarget {
         .any(|scheme| spec.starts_with(scheme))
         {
             return Err(format!(
-                "{} is not a Redis URL: give redis://[user:password@]host:port/db, \
-                 unix:///path/to/redis.sock, or a cluster as redis+cluster://host:port,host:port \
+                "{} is not a Redis URL: give redis://[user:password@]host:port/db (or \
+                 valkey://), unix:///path/to/redis.sock (or redis+unix://, valkey+unix://), \
+                 or a cluster as redis+cluster://host:port,host:port; schemes in any case \
                  (TLS, rediss://, is not built in)",
                 crate::origin::redact_url(spec)
             ));
@@ -152,6 +157,29 @@ impl RedisTarget {
             }
         }
     }
+}
+
+/// `spec` with the scheme of each URL in it (a comma list's too) in lower case: what comes
+/// before a `://` that follows nothing but scheme characters (RFC 3986: letters, digits,
+/// `+`, `-`, `.`). The rest (user, password, host, path) is left as it is.
+fn lower_schemes(spec: &str) -> String {
+    spec.split(',')
+        .map(|part| {
+            let lead = part.len() - part.trim_start().len();
+            let (space, url) = part.split_at(lead);
+            match url.split_once("://") {
+                Some((scheme, rest))
+                    if !scheme.is_empty()
+                        && (scheme.chars())
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+                {
+                    format!("{space}{}://{rest}", scheme.to_ascii_lowercase())
+                }
+                _ => part.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `redis://<auth>host:port` from `host:port`, checked.
@@ -1106,6 +1134,46 @@ mod tests {
             RedisTarget::parse("redis+cluster://h:7000"),
             Ok(RedisTarget::Cluster(s)) if s.len() == 1
         ));
+    }
+
+    /// A scheme is case-insensitive, as the redis crate reads it: `REDIS://` opens there,
+    /// so it is not refused here. Only the scheme is lowered (a password keeps its case).
+    #[test]
+    fn schemes_are_read_in_any_case() {
+        for (spec, url) in [
+            ("REDIS://U:PW@H:6379/2", "redis://U:PW@H:6379/2"),
+            ("Valkey://h:6379", "valkey://h:6379"),
+            ("UNIX:///run/redis.sock", "unix:///run/redis.sock"),
+            ("Redis+Unix:///r.sock", "redis+unix:///r.sock"),
+        ] {
+            assert_eq!(
+                RedisTarget::parse(spec).unwrap(),
+                RedisTarget::Single(url.into()),
+                "{spec}"
+            );
+            // The redis crate opens what is handed on (and would open the spec as given).
+            assert!(redis::parse_redis_url(url).is_some(), "{url}");
+            assert!(redis::parse_redis_url(spec).is_some(), "{spec}");
+        }
+        let want = RedisTarget::Cluster(vec!["redis://h:7000".into(), "redis://h:7001".into()]);
+        for spec in [
+            "REDIS+CLUSTER://h:7000,h:7001",
+            "Redis://h:7000, REDIS://h:7001/0",
+        ] {
+            assert_eq!(RedisTarget::parse(spec).unwrap(), want, "{spec}");
+        }
+        let e = RedisTarget::parse("REDISS://h:6379").unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
+        let e = RedisTarget::parse("http://h:6379").unwrap_err();
+        for scheme in [
+            "redis://",
+            "valkey://",
+            "unix://",
+            "redis+unix://",
+            "valkey+unix://",
+        ] {
+            assert!(e.contains(scheme), "{scheme}: {e}");
+        }
     }
 
     #[test]
