@@ -303,7 +303,10 @@ export function createAuth(env, options = {}) {
   } else if (source === 'JWKS_URL') {
     const url = checkedUrl('JWKS_URL', env.JWKS_URL, options.allowInsecureOrigin === true);
     const maxAge = options.jwksCacheMaxAgeS ?? 600;
-    if (!Number.isInteger(maxAge) || maxAge < 1) throw new Error(`jwksCacheMaxAgeS must be a positive integer, got ${JSON.stringify(maxAge)}`);
+    // The server's --jwks-max-age-s range.
+    if (!Number.isInteger(maxAge) || maxAge < 1 || maxAge > 86400) {
+      throw new Error(`jwksCacheMaxAgeS must be an integer from 1 to 86400 seconds, got ${JSON.stringify(maxAge)}`);
+    }
     const cooldown = options.jwksCooldownS ?? JWKS_COOLDOWN_S;
     if (!Number.isInteger(cooldown) || cooldown < 1 || cooldown > 3600) {
       throw new Error(`jwksCooldownS must be an integer from 1 to 3600 seconds, got ${JSON.stringify(cooldown)}`);

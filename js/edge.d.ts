@@ -39,7 +39,7 @@ export interface EdgeOptions {
   jwtLeewayS?: number;
   /** The claim that names the caller's tier. Default `tilewarm_access`. */
   jwtTierClaim?: string;
-  /** How long keys fetched from `JWKS_URL` are kept, in seconds. Default 600. */
+  /** How long keys fetched from `JWKS_URL` are kept, in seconds (1..86400, as the server's `--jwks-max-age-s`). Default 600. */
   jwksCacheMaxAgeS?: number;
   /**
    * A token whose `kid` the `JWKS_URL` keys lack makes the isolate fetch them again only if

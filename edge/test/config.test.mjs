@@ -35,6 +35,17 @@ describe('jwksCooldownS (js/edge-auth.js, createAuth)', () => {
   });
 });
 
+describe('jwksCacheMaxAgeS (js/edge-auth.js, createAuth)', () => {
+  it("takes 1 to 86400 seconds, the server's --jwks-max-age-s range, and names the range otherwise", () => {
+    const env = { JWKS_URL: 'https://keys.example.com/jwks.json' };
+    for (const s of [1, 600, 86400]) assert.ok(createAuth(env, { jwksCacheMaxAgeS: s }).configured, String(s));
+    for (const s of [0, -1, 86401, 1e9, 1.5, '600']) {
+      assert.throws(() => createAuth(env, { jwksCacheMaxAgeS: s }),
+        new RegExp(`^Error: jwksCacheMaxAgeS must be an integer from 1 to 86400 seconds, got ${JSON.stringify(s)}$`.replace(/[.]/g, '\\.')), String(s));
+    }
+  });
+});
+
 describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
   const request = (token) => new Request('http://edge.test/v1/batch', { headers: { authorization: `Bearer ${token}` } });
 
