@@ -27,6 +27,10 @@
 //! The clock's times are the core's own: a shell's times are read into it once, where they
 //! come in ([`Clock::read`]), and a time the core hands back for the shell to wait until
 //! goes out on the shell's clock again ([`Clock::wall`]).
+//!
+//! It is public for the native server's in-process tier, which holds an `ItemCache` on it
+//! (`server/src/tier.rs`, `LocalTier`): the same rule for the same cache, on the host's
+//! `SystemTime`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -34,9 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// call that changes nothing else (a wake-up time, a peek) still notes a step back when it
 /// is the first to see it: the time before it is not counted twice. (Atomics, not `Cell`s,
 /// so the client and the proxy stay `Sync`; relaxed loads and stores: each owner is used by
-/// one thread at a time, and on wasm32 they are plain ones.)
+/// one thread at a time (the server's tier reads it under its cache's lock), and on wasm32
+/// they are plain ones.)
 #[derive(Debug, Default)]
-pub(crate) struct Clock {
+pub struct Clock {
     /// How far the wall clock has stepped back in all: added to each time read.
     offset: AtomicU64,
     /// The latest time read, on this clock.
@@ -58,7 +63,7 @@ impl Clock {
     // Not inlined: one copy for the twenty-odd calls. Inlined, the browser page was 0.54 KB
     // larger gzipped (100,297 against 99,754 bytes; 99,565 without the clock; 2026-12-07).
     #[inline(never)]
-    pub(crate) fn read(&self, wall_ms: u64) -> u64 {
+    pub fn read(&self, wall_ms: u64) -> u64 {
         let offset =
             (self.offset.load(Relaxed)).max(self.last.load(Relaxed).saturating_sub(wall_ms));
         self.offset.store(offset, Relaxed);
@@ -69,7 +74,7 @@ impl Clock {
 
     /// Time `at` on this clock as wall time, for the shell to wait until: as much before it
     /// as the wall clock stepped back (at the last read).
-    pub(crate) fn wall(&self, at: u64) -> u64 {
+    pub fn wall(&self, at: u64) -> u64 {
         at.saturating_sub(self.offset.load(Relaxed))
     }
 }

@@ -16,6 +16,7 @@
 //! | [`planner`] | `Planner`: what to fetch for a `Viewport`, and what to prefetch |
 //! | [`batch`] | `Batcher`: planned work into batch requests, retries, backoff, breaker |
 //! | [`client`] | [`Client`]: cache + planner + batcher as one sans-IO state machine |
+//! | [`clock`] | `Clock`: a wall clock read as monotonic time (the server's in-process tier) |
 //! | [`protocol`] | the wire format: `BatchRequest`, `BatchResponse`, error bodies, decoders |
 //! | [`origin`] | `Origin`: an in-memory backend answering batch requests |
 //! | [`proxy`] | `Proxy`: the caching batch proxy behind the edge worker |
@@ -40,7 +41,7 @@ pub mod access;
 pub mod batch;
 pub mod cache;
 pub mod client;
-mod clock;
+pub mod clock;
 #[cfg(feature = "data")]
 pub mod dataset;
 #[cfg(feature = "edge")]

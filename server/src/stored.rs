@@ -239,6 +239,14 @@ impl StoredItem {
         }
     }
 
+    /// The same item with its expiry at `exp` (Unix ms; the text is shared, not copied).
+    pub fn with_exp(&self, exp: u64) -> StoredItem {
+        StoredItem {
+            exp,
+            ..self.clone()
+        }
+    }
+
     /// The item at `start..end` of `buf`, described by its trailer, or `None` when the
     /// trailer's lengths do not fit the text or the text is not an item's.
     fn within(buf: &Arc<String>, start: usize, end: usize, t: &Trailer) -> Option<StoredItem> {

@@ -44,6 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tilewarm::access::Access;
 use tilewarm::cache::{CacheConfig, ItemCache, ItemMeta, Priority, TileFreshness};
+use tilewarm::clock::Clock;
 use tilewarm::tile::TileId;
 use tracing::{debug, info, warn};
 
@@ -396,14 +397,24 @@ impl CacheTier {
 
 /// The core cache behind a mutex; every call takes the lock once, briefly, and does no
 /// I/O or JSON work under it.
+///
+/// Its times are the core's monotonic clock ([`Clock`], ARCHITECTURE.md "Time"), not the
+/// wall clock: each call reads the wall time it is given (`now`, Unix ms) once through it,
+/// so a host clock stepping back an hour does not keep an item or a list an hour past its
+/// TTL. Times that cross the tier's edge are wall times, as in Redis: a [`Fill`]'s
+/// expiries (turned into TTLs against the wall time of the write), a [`TileHit::exp`] and
+/// a read item's [`StoredItem::exp`] (the cache's expiry back on the wall clock, so the
+/// `ttl` answered is what the tier has left of it, never the step more).
 pub struct LocalTier {
     cache: Mutex<ItemCache<Arc<StoredItem>>>,
+    clock: Clock,
 }
 
 impl LocalTier {
     pub fn new(config: CacheConfig) -> Result<LocalTier, tilewarm::cache::CacheError> {
         Ok(LocalTier {
             cache: Mutex::new(ItemCache::new(config)?),
+            clock: Clock::default(),
         })
     }
 
@@ -413,8 +424,16 @@ impl LocalTier {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self, tiles: &[TileId], ids: &[String], now: u64) -> TierRead {
+    fn read(&self, tiles: &[TileId], ids: &[String], wall_now: u64) -> TierRead {
         let mut cache = self.lock();
+        let now = self.clock.read(wall_now);
+        // An item as held, with its expiry on the wall clock: the cache's, which is never
+        // later than the one it came with (a step back since only makes it sooner).
+        let on_wall = |item: &tilewarm::cache::CacheItem<Arc<StoredItem>>| {
+            let p = item.payload();
+            let exp = self.clock.wall(item.expires_at_ms()).min(p.exp());
+            (exp != p.exp()).then(|| p.with_exp(exp))
+        };
         let mut out = TierRead {
             tiles: Vec::with_capacity(tiles.len()),
             ids: Vec::with_capacity(ids.len()),
@@ -428,10 +447,10 @@ impl LocalTier {
                 out.tiles.push(None);
                 continue;
             }
-            let exp = cache.tile_expires_at_ms(t).unwrap_or(now);
+            let exp = self.clock.wall(cache.tile_expires_at_ms(t).unwrap_or(now));
             let mut items = Vec::new();
             cache.read_tile(t, at, now, |item, _| {
-                items.push(StoredItem::clone(item.payload()))
+                items.push(on_wall(item).unwrap_or_else(|| StoredItem::clone(item.payload())))
             });
             out.tiles.push(Some(TileHit {
                 items,
@@ -443,21 +462,23 @@ impl LocalTier {
             let hit = cache
                 .get(id, Access::Agent, now)
                 .filter(|l| !l.stale)
-                .map(|l| Arc::clone(l.item.payload()));
+                .map(|l| on_wall(l.item).map_or_else(|| Arc::clone(l.item.payload()), Arc::new));
             out.ids.push(hit);
         }
         out
     }
 
-    fn write(&self, fill: &Fill, now: u64) {
+    fn write(&self, fill: &Fill, wall_now: u64) {
         let mut cache = self.lock();
+        // TTLs are what the fill's wall-clock expiries leave at the wall time of the write.
+        let now = self.clock.read(wall_now);
         for item in &fill.items {
             let meta = ItemMeta {
                 lon: item.lon(),
                 lat: item.lat(),
                 class: item.class().to_owned(),
                 access: item.access(),
-                ttl_ms: Some(item.exp().saturating_sub(now).max(1)),
+                ttl_ms: Some(item.exp().saturating_sub(wall_now).max(1)),
                 size_bytes: item.size_bytes(),
             };
             // Only invalid ids or oversized items fail; those are simply not cached.
@@ -465,7 +486,7 @@ impl LocalTier {
         }
         for (tile, ids, exp) in &fill.tiles {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let ttl = exp.saturating_sub(now).max(1);
+            let ttl = exp.saturating_sub(wall_now).max(1);
             let _ = cache.insert_tile(*tile, &ids, Some(ttl), fill.fetched_at, now);
         }
     }
@@ -487,8 +508,9 @@ impl LocalTier {
 
     /// A list fetched at a caller's tier below `agent` (the tile is over `--max-tile-items`
     /// at `agent`) is held too, as in Redis: warming it at `agent` would cache nothing.
-    fn has_tiles(&self, tiles: &[TileId], now: u64) -> Vec<bool> {
+    fn has_tiles(&self, tiles: &[TileId], wall_now: u64) -> Vec<bool> {
         let cache = self.lock();
+        let now = self.clock.read(wall_now);
         tiles
             .iter()
             .map(|&t| {
@@ -1339,6 +1361,57 @@ mod tests {
         let r = tier.read(&[t], &["a".into()], 600);
         assert!(r.tiles[0].is_none() && r.ids[0].is_some());
         assert_eq!(tier.has_tiles(&[t], 600), [false]);
+    }
+
+    /// The in-process tier's times are monotonic (`tilewarm::clock::Clock`): the host's
+    /// clock stepping back an hour keeps no item or list past its TTL, and the TTL answered
+    /// for a hit is what is left of it, not the step more. Wall times are injected as each
+    /// call's `now`, which the tier reads through its clock.
+    #[test]
+    fn local_tier_keeps_nothing_past_its_ttl_when_the_wall_clock_steps_back() {
+        const T: u64 = 1_800_000_000_000; // a wall time in 2027
+        const HOUR: u64 = 3_600_000;
+        let tier = LocalTier::new(CacheConfig::default()).unwrap();
+        let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
+        let one = serde_json::value::to_raw_value(&1).unwrap();
+        let it = StoredItem::new(
+            "a",
+            2.35,
+            48.85,
+            "active",
+            Access::Public,
+            T + 300_000,
+            &one,
+        );
+        let fill = Fill {
+            items: vec![Arc::new(it)],
+            tiles: vec![(t, vec!["a".into()], T + 300_000)],
+            ..Fill::default()
+        };
+        tier.write(&fill, T);
+        assert_eq!(tier.has_tiles(&[t], T + 100_000), [true]);
+        // Then the wall clock steps back an hour: 200 s are left, as the wall clock would
+        // have said with no step (the step counts as no time).
+        let back = T + 100_000 - HOUR;
+        let r = tier.read(&[t], &["a".into()], back);
+        let hit = r.tiles[0].as_ref().expect("fresh 100 s in");
+        assert_eq!(ttl_left_s(hit.exp, back), 200);
+        assert_eq!(ttl_left_s(hit.items[0].exp(), back), 200);
+        assert_eq!(ttl_left_s(r.ids[0].as_ref().unwrap().exp(), back), 200);
+        // 301 s after the write in time that passed: expired, though the wall clock reads
+        // more than 50 minutes before the fill's expiry.
+        let after = back + 201_000;
+        let r = tier.read(&[t], &["a".into()], after);
+        assert!(r.tiles[0].is_none() && r.ids[0].is_none());
+        assert_eq!(tier.has_tiles(&[t], after), [false]);
+        // A write after the step takes its TTLs against the wall time it is given: the
+        // fill says it expires at T + 300 s on the wall clock, an hour less 2 s from then.
+        tier.write(&fill, after);
+        let r = tier.read(&[t], &[], after + 1_000);
+        assert_eq!(
+            ttl_left_s(r.tiles[0].as_ref().unwrap().exp, after + 1_000),
+            3_598
+        );
     }
 
     #[test]
