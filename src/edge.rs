@@ -438,6 +438,20 @@ impl SharedEntry {
     }
 }
 
+/// A shared-cache entry's date as the worker read it (ms since the epoch): a number no
+/// clock gives (not a number, infinite, negative, past `Date`'s range of 8.64e15 ms) is the
+/// end of time, which the proxy refuses as dated too far ahead
+/// ([`crate::proxy::shared::MAX_SHARED_DATE_AHEAD_MS`]): a miss, refetched. (Saturated as it came,
+/// `Infinity` and far futures were the end of time, which the proxy counted as now, and
+/// `NaN` or a negative date the epoch: long expired.)
+fn entry_date(ms: f64) -> u64 {
+    if (0.0..=8.64e15).contains(&ms) {
+        ms as u64
+    } else {
+        u64::MAX
+    }
+}
+
 impl Step {
     fn error(e: &ErrorBody) -> Step {
         Step {
@@ -630,8 +644,9 @@ impl EdgeProxy {
     /// A shared-cache entry for data tile `tile` (one of [`Step::shared`]), fetched at
     /// `fetched_at_ms` (its [`SharedEntry::fetched_at`]), for the request of `handle`: fills
     /// the cache of the request's tier. Returns the number of items taken, or -1 when the
-    /// entry was refused (not that tile's answer at that tier, expired, invalid, fetched
-    /// before a change that covers it) or the handle is unknown.
+    /// entry was refused (not that tile's answer at that tier, expired, invalid, dated at
+    /// no time or too far ahead, fetched before a change that covers it) or the handle is
+    /// unknown.
     #[wasm_bindgen(js_name = sharedFill)]
     pub fn shared_fill(
         &mut self,
@@ -645,7 +660,7 @@ impl EdgeProxy {
             return -1;
         };
         let tier = p.request().access;
-        let fetched = fetched_at_ms.max(0.0) as u64;
+        let fetched = entry_date(fetched_at_ms);
         match self
             .proxy
             .shared_fill(tier, tile, body, fetched, self.host_time.ms(now_ms))
@@ -817,7 +832,7 @@ impl EdgeProxy {
         if !request.tiles.contains(&tile) {
             return -1;
         }
-        let (fetched, now) = (fetched_at_ms.max(0.0) as u64, self.host_time.ms(now_ms));
+        let (fetched, now) = (entry_date(fetched_at_ms), self.host_time.ms(now_ms));
         match (self.proxy).shared_fill(request.access, tile, body, fetched, now) {
             Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
             Err(_) => -1,
@@ -1304,6 +1319,38 @@ mod tests {
                 (200, true),
                 "after {bad}"
             );
+        }
+    }
+
+    /// A shared-cache entry whose date is not a time (`Infinity`, `NaN`, negative, far
+    /// ahead of this isolate's clock) is refused: a miss, refetched. `Infinity` and far
+    /// futures saturated to the end of time, which counted as now: fresh, and past every
+    /// change, for ever.
+    #[test]
+    fn a_shared_entry_dated_at_no_time_is_refused() {
+        const T: f64 = 1_800_000_000_000.0;
+        let (tile, warm) = (
+            "14/2624/5721",
+            r#"{"tiles":["14/2624/5721"],"access":"agent"}"#,
+        );
+        let mut a = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+        let s = a.begin(warm.as_bytes(), "agent", T);
+        let origin = br#"{"tiles":[{"tile":"14/2624/5721","ids":["a"],"ttl":300}],"items":[{"id":"a","lon":-122.33,"lat":47.613,"class":"active","access":"public","ttl":300,"data":1}],"missing":[]}"#;
+        assert_eq!(a.complete(s.handle, 200, origin, -1.0, T + 1.0).status, 200);
+        let e = a.shared_entry("agent", tile, T + 2.0).unwrap();
+        let now = T + 10_000.0;
+        for bad in [f64::INFINITY, f64::NAN, -1.0, 1e300, 9e15, now + 61_000.0] {
+            let mut b = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+            let n = b.warm_shared_fill(warm, tile, e.body().as_bytes(), bad, now);
+            assert_eq!(n, -1, "dated {bad}");
+            let s = b.begin(warm.as_bytes(), "agent", now + 1.0);
+            assert!(s.origin.is_some(), "dated {bad}: a miss");
+        }
+        // Its own date, or one a little ahead (another isolate's clock): taken.
+        for good in [e.fetched_at(), now + 59_000.0] {
+            let mut b = EdgeProxy::new(r#"{"warmRing":0}"#).unwrap();
+            let n = b.warm_shared_fill(warm, tile, e.body().as_bytes(), good, now);
+            assert_eq!(n, 1, "dated {good}");
         }
     }
 

@@ -423,7 +423,9 @@ pub struct Proxy {
     /// from outside ([`SharedEntry::fetched_at_ms`](shared::SharedEntry::fetched_at_ms),
     /// [`Proxy::invalidate_all_before`]'s floor) are taken as they are: at most as late as
     /// on this clock, so an entry looks older than it is, never newer (refused or aged
-    /// sooner, never kept past a change or its TTL).
+    /// sooner, never kept past a change or its TTL). An entry's date after this clock's wall
+    /// time counts as now, and one too far after it is refused
+    /// ([`shared::MAX_SHARED_DATE_AHEAD_MS`]).
     clock: Clock,
 }
 

@@ -46,6 +46,14 @@ pub struct SharedEntry {
     pub fetched_at_ms: u64,
 }
 
+/// How far ahead of this isolate's clock a shared-cache entry's date may be and still be
+/// taken (as dated now): the skew between isolates' clocks and the time between a writer's
+/// planning and a reader's `now`. A date further ahead is not a time a clock in step gives
+/// (a corrupted or forged entry, `Infinity` read as the end of time, a writer's clock far
+/// off): the entry is refused, a miss refetched. Taken, it would count as fetched now for
+/// ever (no TTL aged, no change ever after its date) and be written back with that date.
+pub const MAX_SHARED_DATE_AHEAD_MS: u64 = 60_000;
+
 fn refused(message: String) -> ErrorBody {
     ErrorBody {
         code: ErrorCode::UpstreamError,
@@ -87,7 +95,9 @@ impl Proxy {
     /// `fetched_at_ms` ([`SharedEntry::fetched_at_ms`]): every `ttl` in it is shortened by
     /// the time since, and what has run out is left out. Returns the number of items taken,
     /// or why the entry was refused (it is not an answer for `tile` at `tier`, it is not a
-    /// valid answer, or it was fetched before a change that covers it, [`super::change`]).
+    /// valid answer, it is dated more than [`MAX_SHARED_DATE_AHEAD_MS`] after this clock's
+    /// wall time, or it was fetched before a change that covers it, [`super::change`]). A
+    /// date ahead by less counts as now: it is filled, and dated, as fetched now.
     pub fn shared_fill(
         &mut self,
         tier: Access,
@@ -97,9 +107,21 @@ impl Proxy {
         now_ms: u64,
     ) -> Result<usize, ErrorBody> {
         let now_ms = self.clock.read(now_ms);
-        let result = self.shared_decode(tier, tile, body, fetched_at_ms, now_ms);
+        // Wall time against wall time: the entry's date is another isolate's wall clock (or
+        // ours, `shared_entry`), and ours runs ahead of the wall once it stepped back.
+        let wall_now = self.clock.wall(now_ms);
+        let result = if fetched_at_ms > wall_now.saturating_add(MAX_SHARED_DATE_AHEAD_MS) {
+            Err(refused(format!(
+                "the shared cache's entry for {tile} is dated {fetched_at_ms}, more than {} s after this isolate's clock ({wall_now}): not a time",
+                MAX_SHARED_DATE_AHEAD_MS / 1000
+            )))
+        } else {
+            let fetched_at_ms = fetched_at_ms.min(wall_now);
+            (self.shared_decode(tier, tile, body, fetched_at_ms, wall_now))
+                .map(|response| (response, fetched_at_ms))
+        };
         match result {
-            Ok(response) => {
+            Ok((response, fetched_at_ms)) => {
                 let n = response.items.len();
                 self.fill(tier, response, &[], now_ms, Some(fetched_at_ms));
                 self.stats.shared_fills += 1;
@@ -151,7 +173,7 @@ impl Proxy {
         tile: TileId,
         body: &[u8],
         fetched_at_ms: u64,
-        now_ms: u64,
+        wall_now: u64,
     ) -> Result<crate::protocol::BatchResponse<crate::protocol::RawData>, ErrorBody> {
         let mut response = decode_response(body, &self.config.limits).map_err(|e| {
             refused(format!(
@@ -172,10 +194,8 @@ impl Proxy {
                 "the shared cache's entry for {tile} is not that data tile's answer"
             )));
         }
-        // Whole seconds since it was fetched, rounded up; a clock behind ours counts as 0.
-        // Wall time against wall time: the entry's date is another isolate's wall clock (or
-        // ours, `shared_entry`), and ours runs ahead of the wall once it stepped back.
-        let age_ms = self.clock.wall(now_ms).saturating_sub(fetched_at_ms);
+        // Whole seconds since it was fetched, rounded up (its date is at most now).
+        let age_ms = wall_now.saturating_sub(fetched_at_ms);
         // Written with a max-age that ends within the look-back (`shared_entry`); one read
         // later (another writer's clock, or a writer that did not cap it) may predate a
         // change this isolate never replayed.

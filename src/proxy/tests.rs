@@ -1388,6 +1388,38 @@ mod shared {
         assert!(a.shared_entry(Access::Agent, t, 400_000).is_none());
     }
 
+    /// An entry dated far after this clock's wall time is refused (not a time a clock in
+    /// step gives); one a little ahead (another isolate's clock) is taken as fetched now, and
+    /// dated so (its entry goes out dated now; a change applied after now covers it).
+    #[test]
+    fn an_entry_dated_ahead_of_the_clock_is_refused_or_dated_now() {
+        use crate::proxy::shared::MAX_SHARED_DATE_AHEAD_MS;
+        let t = tile("14/2624/5721");
+        let (mut a, _) = filled(&["14/2624/5721"], Access::Agent, 0);
+        let e = a.shared_entry(Access::Agent, t, 0).unwrap();
+        let now = 10_000;
+        for far in [
+            u64::MAX,
+            now + MAX_SHARED_DATE_AHEAD_MS + 1,
+            now + 86_400_000,
+        ] {
+            let mut b = Proxy::new(no_warm()).unwrap();
+            let err = b
+                .shared_fill(Access::Agent, t, e.body.as_bytes(), far, now)
+                .unwrap_err();
+            assert!(err.message.contains("not a time"), "{}", err.message);
+            assert_eq!(b.stats().shared_refused, 1);
+            assert_eq!(b.cache_stats(Access::Agent).entries, 0);
+        }
+        let mut b = Proxy::new(no_warm()).unwrap();
+        let ahead = now + MAX_SHARED_DATE_AHEAD_MS;
+        assert!(b
+            .shared_fill(Access::Agent, t, e.body.as_bytes(), ahead, now)
+            .is_ok());
+        let again = b.shared_entry(Access::Agent, t, now + 1_000).unwrap();
+        assert_eq!(again.fetched_at_ms, now, "dated now, not ahead");
+    }
+
     #[test]
     fn an_entry_that_holds_items_above_its_tier_gives_the_tier_none_of_them() {
         // A forged or corrupted entry: the public key holding agent items.
