@@ -187,6 +187,35 @@ const CURVES = { EC: ['P-256', 'P-384'], OKP: ['Ed25519'] };
  * never selected, and refusing the whole set for it would refuse the keys beside it. When
  * no key can verify, the first such key is named. Throws an Error naming the binding.
  */
+/** The bytes of base64url text without padding (RFC 7518 6.3.1), or null. */
+function base64url(text) {
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
+  const bin = atob(text.replace(/-/g, '+').replace(/_/g, '/'));
+  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+}
+
+/**
+ * What makes an RSA public key (`n`, `e` of a JWK) one no token can be verified with, or
+ * null: the rules the server checks at start (server/src/auth.rs, `rsa_key_fault`: those
+ * ring verifies by; jose refuses a modulus under 2048 bits when it verifies). Refused at
+ * start, naming the key, as the server does: the set is the deployer's, and a broken key
+ * in it a mistake (RFC 7517 lets a reader skip keys it does not understand).
+ */
+function rsaKeyFault(n64, e64) {
+  const n = base64url(n64), e = base64url(e64);
+  if (n === null || e === null) return 'n and e must be base64url without padding (RFC 7518 6.3.1)';
+  if (n.length === 0 || n[0] === 0 || e.length === 0 || e[0] === 0) {
+    return 'n and e must be unsigned big-endian integers in the fewest octets (no leading zero; RFC 7518 6.3.1)';
+  }
+  const bits = n.length * 8 - (Math.clz32(n[0]) - 24);
+  if (n.length < 256 || bits > 8192) return `the modulus (n) is ${bits} bits: RSA keys of 2048 to 8192 bits are allowed`;
+  if ((n[n.length - 1] & 1) === 0) return 'the modulus (n) is even: not an RSA modulus';
+  if (e.length > 5) return `the exponent (e) is ${e.length} octets long: an odd number from 3 to 2^33 - 1 is allowed`;
+  const v = e.reduce((acc, b) => acc * 256 + b, 0);
+  if (v < 3 || v >= 2 ** 33 || v % 2 === 0) return `the exponent (e) is ${v}: an odd number from 3 to 2^33 - 1 is allowed`;
+  return null;
+}
+
 function checkKeySet(jwks) {
   if (jwks.keys.length === 0) throw new Error('JWKS holds no keys: every token would be refused');
   const name = (k, i) => `JWKS key ${i}${typeof k?.kid === 'string' ? ` (kid ${JSON.stringify(k.kid.slice(0, 64))})` : ''}`;
@@ -200,6 +229,8 @@ function checkKeySet(jwks) {
     if (!members) unusable ??= `${name(k, i)} has kty ${JSON.stringify(k.kty)}: it must be "RSA", "EC" or "OKP"`;
     else if (missing) unusable ??= `${name(k, i)} (${k.kty}) lacks "${missing}"`;
     if (!members || missing) return;
+    const fault = k.kty === 'RSA' && rsaKeyFault(k.n, k.e);
+    if (fault) throw new Error(`${name(k, i)} (RSA): ${fault}`);
     const forSignatures = k.use === undefined || k.use === 'sig';
     const alg = k.alg === undefined || PUBLIC_KEY_ALGS.includes(k.alg);
     const curve = !CURVES[k.kty] || CURVES[k.kty].includes(k.crv);

@@ -49,6 +49,36 @@ describe('jwksCacheMaxAgeS (js/edge-auth.js, createAuth)', () => {
 describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
   const request = (token) => new Request('http://edge.test/v1/batch', { headers: { authorization: `Bearer ${token}` } });
 
+  it('refuses an RSA key no token could be verified with, naming it and what is wrong, as the server does', async () => {
+    const rsa = await rsaKeys('k1');
+    const n = Buffer.from(rsa.jwk.n, 'base64url');
+    const b64 = (bytes) => Buffer.from(bytes).toString('base64url');
+    const even = Uint8Array.from(n);
+    even[even.length - 1] &= 0xfe;
+    for (const [member, value, says] of [
+      ['n', b64(n.subarray(0, 128)), 'the modulus (n) is 1024 bits: RSA keys of 2048 to 8192 bits are allowed'],
+      ['n', b64(new Uint8Array(1025).fill(0xff)), 'the modulus (n) is 8200 bits'],
+      ['n', 'not*base64', 'n and e must be base64url without padding'],
+      ['n', `${rsa.jwk.n}=`, 'n and e must be base64url without padding'],
+      ['n', b64([0, ...n]), 'no leading zero'],
+      ['n', b64(even), 'the modulus (n) is even'],
+      ['e', b64([1]), 'the exponent (e) is 1: an odd number from 3 to 2^33 - 1 is allowed'],
+      ['e', b64([1, 0, 0]), 'the exponent (e) is 65536'],
+      ['e', b64([2, 0, 0, 0, 1]), 'the exponent (e) is 8589934593'],
+      ['e', b64([1, 1, 1, 1, 1, 1]), 'the exponent (e) is 6 octets long'],
+    ]) {
+      const keys = [rsa.jwk, { ...rsa.jwk, kid: 'broken-1', [member]: value }];
+      assert.throws(() => createAuth({ JWKS: JSON.stringify({ keys }) }), (e) => {
+        assert.ok(e.message.startsWith('JWKS key 1 (kid "broken-1") (RSA): '), e.message);
+        assert.ok(e.message.includes(says), e.message);
+        return true;
+      }, `${member}: ${says}`);
+    }
+    // The largest modulus and exponent allowed are taken (as a key: no token is signed here).
+    const big = { ...rsa.jwk, n: b64(new Uint8Array(1024).fill(0xff)), e: b64([1, 255, 255, 255, 255]) };
+    assert.ok(createAuth({ JWKS: JSON.stringify({ keys: [big] }) }).configured);
+  });
+
   it('refuses a set no token could pass, naming the key: none, a private one, an unknown type, one lacking a member', async () => {
     const rsa = await rsaKeys('k1');
     const { privateKey } = await generateKeyPair('ES256', { extractable: true });

@@ -629,6 +629,12 @@ pub(crate) fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
     let mut keys = Vec::with_capacity(set.keys.len());
     for (i, jwk) in set.keys.iter().enumerate() {
         let alg = jwk_algorithm(jwk).map_err(|e| format!("--jwks: keys[{i}]: {e}"))?;
+        if let AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+            rsa_key_fault(&rsa.n, &rsa.e).map_or(Ok(()), |fault| {
+                let kid = jwk.common.key_id.as_deref().unwrap_or("none");
+                Err(format!("--jwks: keys[{i}] (kid {kid:?}): {fault}"))
+            })?;
+        }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("--jwks: keys[{i}]: {e}"))?;
         let kid = jwk.common.key_id.clone();
         if let Some(k) = &kid {
@@ -643,6 +649,47 @@ pub(crate) fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
         keys.push(Key { kid, alg, key });
     }
     Ok(keys)
+}
+
+/// What makes an RSA public key (`n`, `e` as a JWK gives them) one no token can be verified
+/// with, or `None`: the rules `ring` (under `jsonwebtoken`) applies when it verifies, checked
+/// at start. `jsonwebtoken` only decodes the two at start, so a key with a short modulus
+/// was taken and every token signed with it refused as "signature does not verify".
+/// Refused rather than skipped: RFC 7517 section 5 lets a reader ignore keys it does not
+/// understand, but a key set given to this server is its operator's, and a broken key in
+/// it is a mistake to report at once (the edge refuses the same keys, js/edge-auth.js).
+fn rsa_key_fault(n: &str, e: &str) -> Option<String> {
+    use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+    let (Ok(n), Ok(e)) = (URL_SAFE_NO_PAD.decode(n), URL_SAFE_NO_PAD.decode(e)) else {
+        return Some("n and e must be base64url without padding (RFC 7518 6.3.1)".into());
+    };
+    if n.first().is_none_or(|&b| b == 0) || e.first().is_none_or(|&b| b == 0) {
+        return Some(
+            "n and e must be unsigned big-endian integers in the fewest octets (no leading zero; RFC 7518 6.3.1)".into(),
+        );
+    }
+    // `ring`'s RSA verification: a modulus of at least 256 octets (2048 bits, rounded up
+    // to whole octets) and at most 8192 bits, odd; an odd exponent from 3 to 2^33 - 1.
+    let bits = n.len() * 8 - n[0].leading_zeros() as usize;
+    if n.len() < 256 || bits > 8192 {
+        return Some(format!(
+            "the modulus (n) is {bits} bits: RSA keys of 2048 to 8192 bits are allowed"
+        ));
+    }
+    if n[n.len() - 1] & 1 == 0 {
+        return Some("the modulus (n) is even: not an RSA modulus".into());
+    }
+    let value = (e.len() <= 5).then(|| e.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)));
+    match value {
+        Some(v) if (3..1 << 33).contains(&v) && v & 1 == 1 => None,
+        Some(v) => Some(format!(
+            "the exponent (e) is {v}: an odd number from 3 to 2^33 - 1 is allowed"
+        )),
+        None => Some(format!(
+            "the exponent (e) is {} octets long: an odd number from 3 to 2^33 - 1 is allowed",
+            e.len()
+        )),
+    }
 }
 
 /// The one algorithm a JWK may verify.
@@ -753,6 +800,62 @@ pub(crate) async fn fetch_jwks(url: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// An RSA key no token could be verified with (the rules `ring` verifies by) is refused
+    /// at start, naming its kid and what is wrong; a good one beside it changes nothing.
+    /// It was taken, and every token signed with it refused as "signature does not verify".
+    #[test]
+    fn a_broken_rsa_key_in_a_jwks_is_refused_naming_its_kid() {
+        use base64::engine::{general_purpose::URL_SAFE_NO_PAD, Engine};
+        let text = include_str!("../tests/it/auth_keys/jwks.json");
+        assert_eq!(parse_jwks(text).unwrap().len(), 2);
+        let set: serde_json::Value = serde_json::from_str(text).unwrap();
+        let good = set["keys"][0].clone();
+        let n = URL_SAFE_NO_PAD.decode(good["n"].as_str().unwrap()).unwrap();
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let mut even = n.clone();
+        *even.last_mut().unwrap() &= 0xfe;
+        let mut leading_zero = vec![0];
+        leading_zero.extend(&n);
+        for (member, value, says) in [
+            (
+                "n",
+                b64(&n[..128]),
+                "is 1024 bits: RSA keys of 2048 to 8192",
+            ),
+            ("n", b64(&[0xff; 1025]), "is 8200 bits"),
+            ("n", "not*base64".into(), "base64url"),
+            (
+                "n",
+                format!("{}=", good["n"].as_str().unwrap()),
+                "base64url",
+            ),
+            ("n", b64(&leading_zero), "no leading zero"),
+            ("n", String::new(), "no leading zero"),
+            ("n", b64(&even), "is even"),
+            ("e", b64(&[1]), "(e) is 1: an odd number from 3"),
+            ("e", b64(&[1, 0, 0]), "(e) is 65536"),
+            ("e", b64(&[2, 0, 0, 0, 1]), "is 8589934593"),
+            ("e", b64(&[1; 6]), "is 6 octets long"),
+        ] {
+            let mut bad = good.clone();
+            bad["kid"] = "broken-1".into();
+            bad[member] = value.into();
+            let text = serde_json::json!({"keys": [good.clone(), bad]}).to_string();
+            let e = parse_jwks(&text)
+                .err()
+                .unwrap_or_else(|| panic!("{member}: {says}"));
+            assert!(
+                e.contains(r#"keys[1] (kid "broken-1"): "#) && e.contains(says),
+                "{member}: {e}"
+            );
+        }
+        // The largest modulus and the largest exponent allowed are taken.
+        let mut big = good.clone();
+        big["n"] = b64(&[0xff; 1024]).into();
+        big["e"] = b64(&[1, 0xff, 0xff, 0xff, 0xff]).into();
+        assert!(parse_jwks(&serde_json::json!({"keys": [big]}).to_string()).is_ok());
+    }
 
     /// A fractional `exp` (RFC 7519 allows one; `jsonwebtoken` verifies it, rounded) is
     /// the token's expiry, not none: a change feed stream ends with it.
