@@ -389,3 +389,64 @@ describe('edge worker (js/edge.js): a change feed id that is not a stream id', (
     });
   }
 });
+
+// A shared-cache entry whose date (x-tilewarm-fetched-at) is not a time: far in the future
+// (a forged or corrupted entry, a writer's clock far off), not a number, negative. Each
+// must be a miss, the tile asked of the origin again: a far future was taken as fetched
+// now, fresh with no ttl aged and past every later change, and written back so.
+describe('edge worker (js/edge.js): a shared-cache entry dated at no time', () => {
+  it('is a miss, refetched; the same entry with its own date is a hit', async () => {
+    const r = rng(11);
+    const store = new Map();
+    globalThis.caches = {
+      default: {
+        async match(key) {
+          const e = store.get(String(key));
+          return e ? new Response(e.body, { headers: e.headers }) : undefined;
+        },
+        async put(key, res) { store.set(String(key), { body: new Uint8Array(await res.arrayBuffer()), headers: [...res.headers] }); },
+        async delete(key) { return store.delete(String(key)); },
+      },
+    };
+    let calls = 0;
+    globalThis.fetch = async (url, init = {}) => {
+      if (String(url).includes('/v1/changes')) throw new Error('no feed here');
+      calls++;
+      return originAnswer(r, 'ok', JSON.parse(init.body), init.signal);
+    };
+    const env = {
+      ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
+      TILEWARM_OPTIONS: JSON.stringify({ changesPollMs: 0, warmRing: 0 }),
+    };
+    // A fresh isolate each time (its own cache): what it finds is the shared cache's.
+    const ask = async () => {
+      const waits = [];
+      const res = await createWorker().fetch(new Request('http://edge.test/v1/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
+        body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
+      }), env, { waitUntil: (p) => waits.push(p) });
+      assert.equal(res.status, 200);
+      await res.json();
+      await Promise.all(waits);
+    };
+    await ask();
+    assert.equal(calls, 1);
+    assert.equal(store.size, 1, 'the entry was written');
+    const [[key, entry]] = [...store];
+    const date = (e) => new Map(e.headers).get('x-tilewarm-fetched-at');
+    const own = date(entry);
+    assert.ok(Number(own) > 0, own);
+    for (const bad of ['1e300', String(Date.now() + 3_600_000), 'Infinity', 'NaN', '-5']) {
+      store.set(key, { body: entry.body, headers: entry.headers.map(([k, v]) => [k, k === 'x-tilewarm-fetched-at' ? bad : v]) });
+      const before = calls;
+      await ask();
+      assert.equal(calls, before + 1, `dated ${bad}: asked of the origin again`);
+      assert.ok(Number(date(store.get(key))) <= Date.now(), `dated ${bad}: written back dated ${date(store.get(key))}`);
+    }
+    store.set(key, entry);
+    const before = calls;
+    await ask();
+    assert.equal(calls, before, 'its own date: a hit');
+  });
+});
