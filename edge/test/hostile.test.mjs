@@ -450,3 +450,45 @@ describe('edge worker (js/edge.js): a shared-cache entry dated at no time', () =
     assert.equal(calls, before, 'its own date: a hit');
   });
 });
+
+// An origin answering an HTML page with 200 (a proxy's error page in front of it): the body
+// decides, whatever its content-type. Not a protocol answer: 502 upstream_error, nothing
+// cached (the next request asks the origin again), nothing written to the shared cache.
+describe('edge worker (js/edge.js): an HTML page sent with 200', () => {
+  it('is a 502 upstream_error and is not cached', async () => {
+    const store = new Map();
+    globalThis.caches = {
+      default: {
+        async match(key) { return store.has(String(key)) ? new Response(store.get(String(key))) : undefined; },
+        async put(key, res) { store.set(String(key), await res.text()); },
+        async delete(key) { return store.delete(String(key)); },
+      },
+    };
+    let calls = 0;
+    globalThis.fetch = async (url) => {
+      if (String(url).includes('/v1/changes')) throw new Error('no feed here');
+      calls++;
+      return new Response('<html><body>200 OK (not really)</body></html>', { status: 200, headers: { 'content-type': 'text/html' } });
+    };
+    const worker = createWorker();
+    const env = {
+      ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
+      TILEWARM_OPTIONS: JSON.stringify({ changesPollMs: 0, warmRing: 0 }),
+    };
+    for (let i = 1; i <= 2; i++) {
+      const waits = [];
+      const res = await worker.fetch(new Request('http://edge.test/v1/batch', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
+        body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
+      }), env, { waitUntil: (p) => waits.push(p) });
+      const json = await res.json();
+      assert.equal(res.status, 502, JSON.stringify(json));
+      assert.equal(json.error?.code, 'upstream_error');
+      assert.match(json.error.message, /the origin's answer is invalid/);
+      await Promise.all(waits);
+      assert.equal(calls, i, 'asked of the origin each time');
+    }
+    assert.equal(store.size, 0, 'nothing written to the shared cache');
+  });
+});
