@@ -227,7 +227,7 @@ pub struct Config {
     pub dev_tokens: bool,
 
     /// Zoom of the data tiles the cache tier keys tile lists by.
-    #[arg(long, default_value_t = 14, value_name = "Z")]
+    #[arg(long, default_value_t = crate::tier::DEFAULT_DATA_ZOOM, value_name = "Z")]
     pub data_zoom: u8,
 
     /// A requested tile at most this many zoom levels coarser than the data zoom is answered

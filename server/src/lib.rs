@@ -210,7 +210,8 @@ async fn build_app(
                 Arc::clone(&metrics),
             )
             .map_err(|e| StartError::Redis(e.to_string()))?
-            .with_block_levels(config.split_levels);
+            .with_block_levels(config.split_levels)
+            .with_data_zoom(config.data_zoom);
             let r = Arc::new(r);
             if r.probe().await {
                 // The URL may hold a password: never log it as given.

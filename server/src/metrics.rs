@@ -106,6 +106,10 @@ pub struct Metrics {
     pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_recoveries: AtomicU64,
+    /// Items a Redis write found moved: the copy it replaced lay in another data tile,
+    /// whose value (and the empty blocks over it) it then unlinked, unless it wrote them
+    /// itself (`RedisTier::write`).
+    pub redis_moved_items: AtomicU64,
     /// Requests answered without the cache tier because it was unavailable.
     pub degraded_requests: AtomicU64,
     /// Requests refused with 503 because the cache tier was down and
@@ -450,6 +454,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_redis_recoveries",
             "Times Redis came back after being marked down.",
             &m.redis_recoveries,
+        ),
+        (
+            "tilewarm_redis_moved_items",
+            "Items a Redis write found in another data tile than the copy it replaced (that tile's value is unlinked).",
+            &m.redis_moved_items,
         ),
         (
             "tilewarm_degraded_requests",

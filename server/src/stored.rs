@@ -392,6 +392,16 @@ impl StoredItem {
         let text = Arc::new(String::from_utf8(v).ok()?);
         StoredItem::within(&text, 0, at, &trailer)
     }
+
+    /// The position (lon, lat) an item key's Redis value holds, read from its trailer
+    /// alone (no UTF-8 check, no copy), or `None` when it is not a version-4 item. What a
+    /// write reads of the value it replaced, to find the data tile its old copy was filed
+    /// under (`RedisTier::write`).
+    pub fn position_in(v: &[u8]) -> Option<(f64, f64)> {
+        let at = v.len().checked_sub(ITEM_TRAILER)?;
+        let trailer = Trailer::read(&v[at..])?;
+        Some((trailer.lon, trailer.lat))
+    }
 }
 
 impl ProxyItem for StoredItem {
@@ -708,6 +718,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back.wire(300), want);
+        assert_eq!(
+            StoredItem::position_in(&it.encode()),
+            Some((-122.123456789012, 47.1)),
+            "the position read from the trailer alone"
+        );
+        let mut not_v4 = it.encode();
+        *not_v4.last_mut().unwrap() ^= 0xff;
+        assert_eq!(StoredItem::position_in(&not_v4), None);
+        assert_eq!(StoredItem::position_in(b"short"), None);
     }
 
     #[test]

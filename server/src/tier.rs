@@ -28,9 +28,12 @@
 //!
 //! Because a tile's value holds copies of its items, invalidating an item must find the
 //! tiles holding it: by id, the item key's stored position names its data tile
-//! (`RedisTier::invalidate`). A class is invalidated without finding anything: its
-//! generation is bumped (`BUMP_SCRIPT`), one command whatever the tier holds, and every value
-//! holding an item stamped with an older generation reads as a miss from then on
+//! (`RedisTier::invalidate`); a write that moves an item to another data tile reads the
+//! value it replaced (`SET … GET`, same round trip) and unlinks the old tile's value, so
+//! that tile is never one the item key does not name (`RedisTier::write`). A class is
+//! invalidated without finding anything: its generation is bumped (`BUMP_SCRIPT`), one
+//! command whatever the tier holds, and every value holding an item stamped with an older
+//! generation reads as a miss from then on
 //! ([`Generations`]); each item is stamped with the generation read *before* its origin
 //! call ([`Fill::gens`]), so a write-back racing the bump is born stale. `all` has a
 //! generation too (`ALL_BUMP_SCRIPT`), so a key its `SCAN` does not reach (a Redis Cluster
@@ -53,6 +56,9 @@ use crate::metrics::Metrics;
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
 use crate::stored::{decode_tile, encode_tile, Keys, ALL_FIELD};
 pub use crate::stored::{Generations, StoredItem};
+
+/// `--data-zoom`'s default: the zoom of the data tiles the tier keys lists by.
+pub const DEFAULT_DATA_ZOOM: u8 = 14;
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
@@ -542,6 +548,9 @@ pub struct RedisTier {
     /// How many levels above the data zoom the empty blocks read span
     /// ([`RedisTier::with_block_levels`]).
     block_levels: u8,
+    /// The data zoom (`--data-zoom`, [`RedisTier::with_data_zoom`]): a write finds the data
+    /// tile an item's replaced copy was filed under by it.
+    data_zoom: u8,
 }
 
 impl RedisTier {
@@ -568,7 +577,16 @@ impl RedisTier {
             held: AtomicU8::new(0),
             metrics,
             block_levels: 0,
+            data_zoom: DEFAULT_DATA_ZOOM,
         })
+    }
+
+    /// The data zoom the tile keys are at (`--data-zoom`; [`DEFAULT_DATA_ZOOM`] unless
+    /// set): a write that replaces an item's copy filed under another data tile unlinks
+    /// that tile's value ([`RedisTier::write`]), found by it.
+    pub fn with_data_zoom(mut self, data_zoom: u8) -> RedisTier {
+        self.data_zoom = data_zoom;
+        self
     }
 
     /// Reads (and counts as held, for warm-up) the empty blocks up to `levels` above the
@@ -660,8 +678,9 @@ impl RedisTier {
     ///   matches ([`Keys::is_other_gens`]).
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
-    /// by `maxmemory` before the tile) or names another tile (the item moved and was written
-    /// again since, by id or in its new tile's list); see `docs/server.md`.
+    /// by `maxmemory` before the tile). An item that moved and was written again since (by
+    /// id or in its new tile's list) has its key name the new tile, but that write unlinked
+    /// the old one ([`RedisTier::write`]; the races left are in `docs/server.md`).
     async fn invalidate(
         &self,
         inv: &crate::invalidate::Invalidation,
@@ -1007,10 +1026,20 @@ impl RedisTier {
         parse_gens(answers.pop().unwrap_or(redis::Value::Nil))
     }
 
-    /// One pipeline of `SET EX`s: each item under its key, and each tile's items under the
-    /// tile's key (until the list's expiry: a tile holds items of every tier, and a hit's
-    /// `ttl` must not follow one above the caller's; the read finds an expired item stale),
-    /// every item stamped with its class's generation in [`Fill::gens`].
+    /// One pipeline of `SET EX`s: each tile's items under the tile's key (until the list's
+    /// expiry: a tile holds items of every tier, and a hit's `ttl` must not follow one
+    /// above the caller's; the read finds an expired item stale), then each item under its
+    /// key, every item stamped with its class's generation in [`Fill::gens`].
+    ///
+    /// An item's `SET` carries `GET`: it answers the value it replaced, in the same round
+    /// trip. When that copy's position names another data tile than the new one (the item
+    /// moved), the old tile's value (and the empty blocks over it) may still hold the old
+    /// copy, and an invalidation of the id, which finds tiles by the position the item key
+    /// holds, would no longer reach it: those keys are unlinked before the write returns
+    /// (one more command, only when an item moved), unless this fill wrote them itself.
+    /// Tiles go before items so that a writer whose item `SET` replaces another's copy
+    /// finds that copy's tile already written, and its unlink comes after it (on one Redis;
+    /// a cluster's nodes are written concurrently: `docs/server.md`).
     async fn write(&self, fill: &Fill, now: u64) -> redis::RedisResult<()> {
         let mut cmds = Vec::with_capacity(fill.items.len() + fill.tiles.len());
         let stamped: Vec<StoredItem> = fill
@@ -1018,11 +1047,6 @@ impl RedisTier {
             .iter()
             .map(|it| it.with_gen(fill.gens.of(it.class())))
             .collect();
-        for item in &stamped {
-            let ttl = ttl_left_s(item.exp(), now) as u64;
-            let key = self.item_key(item.id());
-            cmds.push((key.clone(), redis::Cmd::set_ex(key, item.encode(), ttl)));
-        }
         let by_id: std::collections::HashMap<&str, &StoredItem> =
             stamped.iter().map(|it| (it.id(), it)).collect();
         // Tile lists, then empty blocks (`crate::empty_tiles`: valued as a tile, with the
@@ -1046,7 +1070,50 @@ impl RedisTier {
             let ttl = ttl_left_s(*exp, now) as u64;
             cmds.push((key.clone(), redis::Cmd::set_ex(key, value, ttl)));
         }
-        self.conn.per_key(cmds).await.map(drop)
+        let written = cmds.len();
+        for item in &stamped {
+            let ttl = ttl_left_s(item.exp(), now) as u64;
+            let key = self.item_key(item.id());
+            let mut set = redis::cmd("SET");
+            set.arg(&key)
+                .arg(item.encode())
+                .arg("EX")
+                .arg(ttl)
+                .arg("GET");
+            cmds.push((key, set));
+        }
+        let fresh: std::collections::HashSet<String> =
+            cmds[..written].iter().map(|(k, _)| k.clone()).collect();
+        let answers = self.conn.per_key(cmds).await?;
+        let dz = self.data_zoom;
+        let mut moved_from: Vec<TileId> = (answers.into_iter().skip(written))
+            .zip(&stamped)
+            .filter_map(|(old, item)| {
+                let old: Option<Vec<u8>> = redis::from_redis_value(old).ok()?;
+                let (lon, lat) = StoredItem::position_in(&old?)?;
+                let was = TileId::from_lon_lat(lon, lat, tilewarm::tile::MAX_ZOOM)
+                    .ok()?
+                    .ancestor(dz)
+                    .ok()?;
+                (Some(was) != data_tile_of(item, dz)).then_some(was)
+            })
+            .collect();
+        if moved_from.is_empty() {
+            return Ok(());
+        }
+        (self.metrics.redis_moved_items).fetch_add(moved_from.len() as u64, Relaxed);
+        moved_from.sort_unstable();
+        moved_from.dedup();
+        let mut doomed: Vec<String> = Vec::new();
+        for t in moved_from {
+            doomed.push(self.tile_key(t));
+            // The empty blocks over it: one may hold the old copy (above `public`).
+            doomed.extend(self.block_keys_covering(t, dz).unwrap_or_default());
+        }
+        doomed.retain(|k| !fresh.contains(k));
+        doomed.sort_unstable();
+        doomed.dedup();
+        self.conn.unlink(&doomed).await
     }
 
     async fn claim(

@@ -13,8 +13,8 @@
 //! - come from origin calls asked at `agent` or at the caller's tier only;
 //! - after an invalidation, hold no copy of an item the invalidation covered that the
 //!   origin gave before it (each item the origin gives carries a serial in its `data`;
-//!   by tile, only an item the answer lists under a tile: see [`covers`]; on Redis, less
-//!   the hole by id that docs/server.md states: see [`check`]).
+//!   by tile, only an item the answer lists under a tile: see [`covers`]; by id on Redis
+//!   too, an item that moved to another data tile included: see [`check`]).
 //!
 //! Some steps run a few requests at once (their data tiles then follow one another's
 //! calls: `single_flight`), and one run in three has warm-up on (its origin then never
@@ -567,7 +567,6 @@ fn covers(inv: &Invalidation, g: &Given, in_a_list: bool) -> bool {
 fn check(
     w: &World,
     invs: &[Invalidation],
-    redis: bool,
     req: &BatchRequest,
     caller: Access,
     body: &str,
@@ -669,19 +668,10 @@ fn check(
             ));
         }
         let in_a_list = d.tiles.iter().any(|l| l.ids.contains(&it.id));
-        // Redis's hole by id (docs/server.md, *Invalidation and the copies in tile values*):
-        // an id's invalidation finds the tile values holding a copy by the position its
-        // item key holds; when the item moved to another data tile and was written again
-        // since (by id, or in its new tile's list), the old tile's value keeps the old copy
-        // until its TTL.
-        let data_tile = |g: &Given| TileId::from_lon_lat(g.lon, g.lat, 14).ok();
-        let moved_before = |i: usize| {
-            w.given.iter().any(|(&s2, g2)| {
-                s2 > s && g2.id == g.id && g2.invalidations <= i && data_tile(g2) != data_tile(g)
-            })
-        };
-        let by_id =
-            |i: usize| invs[i].ids.contains(&g.id) && !(redis && in_a_list && moved_before(i));
+        // By id, on Redis too: a tile value holding a copy is found by the position the
+        // item key holds, and a write that moves an item to another data tile unlinks the
+        // old tile's value (docs/server.md, *Invalidation and the copies in tile values*).
+        let by_id = |i: usize| invs[i].ids.contains(&g.id);
         if let Some(i) =
             (g.invalidations..invs.len()).find(|&i| covers(&invs[i], g, in_a_list) || by_id(i))
         {
@@ -817,7 +807,7 @@ async fn run(seed: u64, steps: usize, redis: Option<u16>) -> Result<(), String> 
         for ((req, caller), got) in reqs.iter().zip(answers) {
             let caller = *caller;
             match got {
-                Ok(body) => check(&w, &invs, redis.is_some(), req, caller, &body)
+                Ok(body) => check(&w, &invs, req, caller, &body)
                     .map_err(|e| at(format!("{e}\nrequest {req:?} as {caller}\n{body}")))?,
                 Err(refusal) if refusal.code == ErrorCode::Internal => {
                     return Err(at(format!("{refusal:?} for {req:?} as {caller}")))

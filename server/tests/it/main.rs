@@ -12,6 +12,7 @@ mod feed;
 mod invalidate;
 mod jwks_rotation;
 mod logs;
+mod moved;
 mod openapi;
 mod overload;
 mod pause_relay;
