@@ -23,7 +23,9 @@
 # (one line) and the retries are what covers a port taken meanwhile. Client ports are kept
 # in DIR/ports.
 # No persistence (--save '' --appendonly no); --cluster-node-timeout 1000 ms so a killed
-# master is replaced by its replica within a few seconds.
+# master is replaced by its replica within a few seconds (REDIS_CLUSTER_NODE_TIMEOUT_MS in
+# the environment of `start` sets another: a long one keeps a killed master from being
+# flagged failed, so a test can hold the cluster in that window).
 #
 # Ready means more than cluster_state:ok and master_link_status:up. Redis 7 leaves a replica
 # out of CLUSTER SLOTS while its replication offset, as the other nodes last heard it by
@@ -149,7 +151,8 @@ case $cmd in
         redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" \
           --cluster-enabled yes --cluster-port "$bus" \
           --cluster-config-file "$dir/$p/nodes.conf" \
-          --cluster-node-timeout 1000 --repl-ping-replica-period 1 \
+          --cluster-node-timeout "${REDIS_CLUSTER_NODE_TIMEOUT_MS:-1000}" \
+          --repl-ping-replica-period 1 \
           --save '' --appendonly no \
           --daemonize yes --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" ||
           die "redis-server on port $p did not start"

@@ -14,7 +14,9 @@
 //!   why keys are not hash-tagged instead);
 //! - a pipeline must stay in one slot on a cluster, so writes of many keys go through
 //!   [`RedisConn::per_key`] (one pipeline on one Redis; concurrent commands on a cluster);
-//! - `SCAN` walks every master on a cluster ([`Scan`]).
+//! - `SCAN` walks every master on a cluster ([`Scan`]);
+//! - degraded mode's probe ([`RedisConn::probe`]) on a cluster learns the slot map from
+//!   any node and `PING`s the master of every slot range, on connections of its own.
 //!
 //! With `--redis-read-from-replicas`, reads on a cluster may be answered by replicas:
 //! more read capacity, but a replica can lag its master by a few milliseconds (a write-back
@@ -230,9 +232,14 @@ struct ClusterInner {
     client: ClusterClient,
     conn: OnceCell<ClusterConnection>,
     /// Which node serves which slots (`CLUSTER SLOTS`), for reads grouped by node; read
-    /// when first needed and again after a grouped read failed.
+    /// when first needed, again after a grouped read failed, and set by a probe that
+    /// succeeded ([`LazyCluster::probe`]).
     slots: std::sync::RwLock<Option<Arc<SlotTable>>>,
     read_from_replicas: bool,
+    /// The seeds, as given: where the probe asks for the slot map first.
+    seeds: Vec<redis::ConnectionInfo>,
+    /// Every node of the last slot map a probe learned: where it asks too.
+    known: std::sync::Mutex<Vec<NodeAddr>>,
 }
 
 impl LazyCluster {
@@ -311,6 +318,176 @@ impl LazyCluster {
         let t = Arc::new(SlotTable::parse(&v, std::time::Instant::now()));
         *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&t));
         Ok(t)
+    }
+
+    /// The degraded-mode probe of a cluster ([`RedisConn::probe`]), on connections of its
+    /// own, each opened for it and dropped after it, all within `timeout`:
+    /// 1. the slot map (`CLUSTER INFO` and `CLUSTER SLOTS`, one round trip) from every seed
+    ///    and every node of the last map a probe learned, all at once; the first node to
+    ///    answer with `cluster_state:ok` and a map covering all 16384 slots gives it (a dead
+    ///    or stopped node is not waited for while another answers);
+    /// 2. `PING` to the master of every slot range of that map, all at once.
+    ///
+    /// Healthy only when every one of those masters answers. Not through the cluster
+    /// client: it reaches only the masters it holds a connection to, and its own map goes
+    /// stale when nothing it sends fails (a master killed, then its replica promoted). The
+    /// nodes' `cluster_state:ok` alone is not enough either: they say it until they agree
+    /// a master failed (`cluster-node-timeout` after it died), and the map names that
+    /// master until its replica took over, so its `PING` is what fails meanwhile.
+    ///
+    /// On success the map is kept as the grouped reads' table (they go to the masters it
+    /// names, the promoted replica after a failover) and its nodes are asked next time.
+    async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ms = timeout.as_millis();
+        let table = self.probe_map(deadline, timeout).await?;
+        let mut masters: Vec<(NodeAddr, Vec<String>)> = Vec::new();
+        for (first, last, nodes) in &table.ranges {
+            let range = if first == last {
+                first.to_string()
+            } else {
+                format!("{first}-{last}")
+            };
+            match masters.iter_mut().find(|(a, _)| *a == nodes[0]) {
+                Some((_, ranges)) => ranges.push(range),
+                None => masters.push((nodes[0].clone(), vec![range])),
+            }
+        }
+        let pings = masters.iter().map(|(addr, ranges)| {
+            let info = self.node_info(addr);
+            async move {
+                let ping = tokio::time::timeout_at(deadline, async {
+                    let mut conn = probe_conn(info?, timeout).await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                });
+                let why = match ping.await {
+                    Ok(Ok(_)) => return None,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {ms} ms"),
+                };
+                let (host, port) = addr;
+                Some(format!(
+                    "{host}:{port}, master of slots {}, does not answer PING ({why})",
+                    ranges.join(" ")
+                ))
+            }
+        });
+        let failed: Vec<String> = futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        let mut nodes: Vec<NodeAddr> = Vec::new();
+        for (_, _, n) in &table.ranges {
+            for a in n {
+                if !nodes.contains(a) {
+                    nodes.push(a.clone());
+                }
+            }
+        }
+        *self.0.known.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+        *self.0.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(table));
+        Ok(())
+    }
+
+    /// Step 1 of [`Self::probe`]: the first slot map a node gives that is whole.
+    async fn probe_map(
+        &self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<SlotTable, String> {
+        use futures_util::StreamExt;
+        let ms = timeout.as_millis();
+        let mut asked: futures_util::stream::FuturesUnordered<_> = self
+            .probe_nodes()
+            .into_iter()
+            .map(|(addr, info)| async move {
+                let answer = tokio::time::timeout_at(deadline, async {
+                    let mut conn = probe_conn(info, timeout).await?;
+                    redis::pipe()
+                        .cmd("CLUSTER")
+                        .arg("INFO")
+                        .cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async::<(String, Value)>(&mut conn)
+                        .await
+                })
+                .await;
+                (addr, answer)
+            })
+            .collect();
+        let mut why: Vec<String> = Vec::new();
+        while let Some(((host, port), answer)) = asked.next().await {
+            let (info, slots) = match answer {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    why.push(format!("{host}:{port}: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    why.push(format!("{host}:{port}: no answer within {ms} ms"));
+                    continue;
+                }
+            };
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                why.push(format!("{host}:{port}: cluster_state is not ok"));
+                continue;
+            }
+            let table = SlotTable::parse(&slots, std::time::Instant::now()).answered_by(&host);
+            match table.first_unserved() {
+                None => return Ok(table),
+                Some(slot) => why.push(format!(
+                    "{host}:{port}: slot {slot} is served by no node (CLUSTER SLOTS)"
+                )),
+            }
+        }
+        Err(format!(
+            "no node gave a slot map serving all 16384 slots ({})",
+            why.join("; ")
+        ))
+    }
+
+    /// Where the probe asks for the slot map: the seeds, then the nodes of the last map a
+    /// probe learned and of the kept table that are not seeds (with the first seed's
+    /// credentials).
+    fn probe_nodes(&self) -> Vec<(NodeAddr, redis::ConnectionInfo)> {
+        let mut out: Vec<(NodeAddr, redis::ConnectionInfo)> = Vec::new();
+        for info in &self.0.seeds {
+            if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
+                out.push(((host.clone(), *port), info.clone()));
+            }
+        }
+        let mut more = self
+            .0
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(t) = &*self.0.slots.read().unwrap_or_else(|p| p.into_inner()) {
+            more.extend(t.ranges.iter().flat_map(|(_, _, n)| n.iter().cloned()));
+        }
+        for addr in more {
+            if out.iter().all(|(a, _)| *a != addr) {
+                if let Ok(info) = self.node_info(&addr) {
+                    out.push((addr, info));
+                }
+            }
+        }
+        out
+    }
+
+    /// How to connect to the node at `addr`: as the first seed (its credentials), there.
+    fn node_info(&self, addr: &NodeAddr) -> RedisResult<redis::ConnectionInfo> {
+        let seed = self.0.seeds.first().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "a cluster without seeds"))
+        })?;
+        let (host, port) = addr.clone();
+        Ok(seed
+            .clone()
+            .set_addr(redis::ConnectionAddr::Tcp(host, port)))
     }
 
     fn forget_slot_table(&self) {
@@ -443,6 +620,35 @@ impl SlotTable {
         SlotTable { ranges, read_at }
     }
 
+    /// The table with the nodes whose endpoint is unknown to the node that answered (`?`,
+    /// or empty: Redis's `cluster-preferred-endpoint-type`) given its host, `host`, as
+    /// redis-rs does.
+    fn answered_by(mut self, host: &str) -> SlotTable {
+        for (_, _, nodes) in &mut self.ranges {
+            for (h, _) in nodes.iter_mut() {
+                if h.is_empty() || h == "?" {
+                    *h = host.to_owned();
+                }
+            }
+        }
+        self
+    }
+
+    /// The first of the 16384 slots no range of the table covers (`None`: each is served).
+    fn first_unserved(&self) -> Option<u16> {
+        let mut ranges: Vec<(u16, u16)> = self.ranges.iter().map(|(s, e, _)| (*s, *e)).collect();
+        ranges.sort_unstable();
+        let mut next = 0u32;
+        for (first, last) in ranges {
+            if u32::from(first) > next {
+                break;
+            }
+            next = next.max(u32::from(last) + 1);
+        }
+        // Below 16384 here, so it fits.
+        (next < SLOTS as u32).then_some(next as u16)
+    }
+
     /// Whether a reader of replicas should read `CLUSTER SLOTS` again at `now`: some range
     /// (or every slot: an empty table) has no replica listed, and the table is
     /// [`REPLICA_RECHECK`] old.
@@ -464,6 +670,20 @@ impl SlotTable {
             nodes.first()
         }
     }
+}
+
+/// A connection of the probe's own to one node, with the tier's timeout (dropped after
+/// use: its driver task ends with it).
+async fn probe_conn(
+    info: redis::ConnectionInfo,
+    timeout: Duration,
+) -> RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// The hash slot of `key` (CRC16/XMODEM of the key, or of its `{tag}`, mod 16384), as
@@ -510,11 +730,17 @@ impl RedisConn {
                 if opts.read_from_replicas {
                     builder = builder.read_routing_strategy(RandomReplicaStrategy);
                 }
+                let seeds = seeds
+                    .iter()
+                    .map(|s| redis::IntoConnectionInfo::into_connection_info(s.as_str()))
+                    .collect::<RedisResult<Vec<_>>>()?;
                 Ok(RedisConn::Cluster(LazyCluster(Arc::new(ClusterInner {
                     client: builder.build()?,
                     conn: OnceCell::new(),
                     slots: std::sync::RwLock::new(None),
                     read_from_replicas: opts.read_from_replicas,
+                    seeds,
+                    known: std::sync::Mutex::new(Vec::new()),
                 }))))
             }
         }
@@ -560,23 +786,23 @@ impl RedisConn {
         }
     }
 
-    /// Whether Redis answers `PING`; on a cluster, every master the client holds a
-    /// connection to answers and `CLUSTER INFO` (from any node) says `cluster_state:ok`,
-    /// i.e. every slot is served (during a failover it is `fail` until the replica has
-    /// taken over). Not every master: a dead one whose connection the client dropped is
-    /// left out, and the nodes say `ok` until they agree it failed, so this can answer
-    /// true for a cluster with a dead master (docs/server.md, *Redis Cluster*).
-    pub async fn ping(&self) -> RedisResult<bool> {
-        let mut conn = self.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        if !self.is_cluster() {
-            return Ok(true);
+    /// The degraded-mode probe, within `timeout`: `Ok` when the tier can be used again,
+    /// else why not. One Redis: it answers `PING`. A cluster: a node gives a slot map
+    /// serving every slot and the master of every slot range answers `PING`, on
+    /// connections of the probe's own ([`LazyCluster::probe`]).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        match self {
+            RedisConn::Single(conn) => {
+                let mut conn = conn.clone();
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                }
+            }
+            RedisConn::Cluster(lazy) => lazy.probe(timeout).await,
         }
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await?;
-        Ok(info.lines().any(|l| l.trim() == "cluster_state:ok"))
     }
 
     /// `MGET` of `keys`, values in key order. On a cluster the keys are grouped by slot,
@@ -1083,6 +1309,49 @@ mod tests {
         ])]);
         let full = SlotTable::parse(&full, at);
         assert!(!full.recheck_for_replicas(at + REPLICA_RECHECK * 100));
+    }
+
+    #[test]
+    fn the_probe_needs_a_map_serving_every_slot() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+            ])
+        };
+        let range =
+            |a: i64, b: i64, h: &str| Value::Array(vec![Value::Int(a), Value::Int(b), node(h, 1)]);
+        let map =
+            |ranges: Vec<Value>| SlotTable::parse(&Value::Array(ranges), std::time::Instant::now());
+        // Out of order, one slot alone, overlapping: every slot.
+        let whole = map(vec![
+            range(5461, 16383, "b"),
+            range(0, 5459, "a"),
+            range(5460, 5460, "c"),
+            range(100, 200, "a"),
+        ]);
+        assert_eq!(whole.first_unserved(), None);
+        assert_eq!(
+            map(vec![range(0, 99, "a"), range(101, 16383, "b")]).first_unserved(),
+            Some(100)
+        );
+        assert_eq!(map(vec![range(1, 16383, "a")]).first_unserved(), Some(0));
+        assert_eq!(
+            map(vec![range(0, 16382, "a")]).first_unserved(),
+            Some(16383)
+        );
+        // No ranges (a node not yet in a cluster answers an empty list), or no answer read.
+        assert_eq!(map(Vec::new()).first_unserved(), Some(0));
+        assert_eq!(
+            SlotTable::parse(&Value::Nil, std::time::Instant::now()).first_unserved(),
+            Some(0)
+        );
+        // A node whose endpoint the answering node does not know is at the answerer's host.
+        let t = map(vec![range(0, 8000, "?"), range(8001, 16383, "")]).answered_by("10.0.0.7");
+        assert_eq!(t.node(0, false, 0), Some(&("10.0.0.7".to_owned(), 1)));
+        assert_eq!(t.node(9000, false, 0), Some(&("10.0.0.7".to_owned(), 1)));
+        let t = map(vec![range(0, 16383, "10.0.0.1")]).answered_by("10.0.0.7");
+        assert_eq!(t.node(0, false, 0), Some(&("10.0.0.1".to_owned(), 1)));
     }
 
     #[test]

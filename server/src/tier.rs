@@ -852,16 +852,11 @@ impl RedisTier {
         Ok(())
     }
 
-    /// One probe: `PING` (on a cluster, also `CLUSTER INFO` saying every slot is served)
-    /// with the timeout. Clears degraded mode when it answers.
+    /// One probe ([`RedisConn::probe`]: `PING`; on a cluster, a slot map serving every
+    /// slot and a `PING` to the master of each slot range), within the timeout. Clears
+    /// degraded mode when it succeeds.
     pub async fn probe(&self) -> bool {
-        let ping = tokio::time::timeout(self.timeout, self.conn.ping()).await;
-        let why = match &ping {
-            Ok(Ok(true)) => None,
-            Ok(Ok(false)) => Some("the cluster does not serve every slot".to_string()),
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {} ms", self.timeout.as_millis())),
-        };
+        let why = self.conn.probe(self.timeout).await.err();
         let ok = why.is_none();
         if ok && self.degraded.swap(false, Relaxed) {
             self.metrics.redis_recoveries.fetch_add(1, Relaxed);
@@ -870,11 +865,11 @@ impl RedisTier {
         if !ok && !self.degraded.swap(true, Relaxed) {
             self.metrics.redis_errors.fetch_add(1, Relaxed);
             warn!(
-                "redis does not answer PING ({}): answering from the origin until it is back",
+                "the redis probe failed ({}): answering from the origin until it is back",
                 why.as_deref().unwrap_or_default()
             );
         } else if let Some(why) = &why {
-            debug!("redis still does not answer PING: {why}");
+            debug!("the redis probe failed again: {why}");
         }
         ok
     }

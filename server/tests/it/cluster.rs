@@ -416,6 +416,163 @@ async fn a_killed_master_fails_over_and_both_instances_recover_without_restart()
     b.shutdown().await;
 }
 
+/// The degraded-mode probe on a cluster takes the tier back only once every slot range's
+/// master answers: after a master is killed, not before its replica took over. The nodes
+/// here flag a master failed only after 60 s without an answer (`cluster-node-timeout`),
+/// so all that while every node still says `cluster_state:ok` and names the dead master
+/// in its slot map. The instance, marked down by the first request that reads the dead
+/// master's slots, stays down, its probe saying so each time; once the replica took over
+/// (`CLUSTER FAILOVER TAKEOVER`, which needs no agreement), the instance takes the tier
+/// back by itself and answers from it without a Redis error. Its seeds are every node,
+/// the dead master among them: a dead seed does not keep it down. Last, a probe whose
+/// first seed accepts connections and never answers still says healthy: the seeds are
+/// asked at once, not one after the other.
+///
+/// Failed with the probe that was the cluster client's `PING` plus `CLUSTER INFO`: it
+/// said healthy with the master dead and its replica not promoted (the client's `PING`
+/// reaches only the masters it holds a connection to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_waits_for_a_dead_masters_replica_to_take_over() {
+    use tilewarm_server::redis_conn::{ConnOptions, RedisConn, RedisTarget};
+    use tilewarm_server::tier::CacheTier;
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start_with_node_timeout(60_000);
+    let traffic = mixed_requests(8);
+    let http = clients();
+    let a = server(Config {
+        warmup_ring: 0,
+        ..on(cluster.url.clone())
+    })
+    .await;
+    let CacheTier::Redis(tier) = &a.app.tier else {
+        panic!("not on the redis tier")
+    };
+    let mut want: Vec<Digest> = Vec::new();
+    for (tier, body) in &traffic {
+        want.push(digest(&client(&http, *tier).ok(&a, body).await));
+    }
+    // Every answer must be the one given while the cluster was whole.
+    let round = async || {
+        for (i, (tier, body)) in traffic.iter().enumerate() {
+            let got = client(&http, *tier).ok(&a, body).await;
+            assert_eq!(digest(&got), want[i], "request {i} ({tier})");
+        }
+    };
+    round().await;
+    let m = &a.app.metrics;
+    assert_eq!(m.redis_errors.load(Relaxed), 0, "errors before the kill");
+    assert!(tier.probe().await, "the probe of a whole cluster says down");
+
+    // The master killed is the one holding the change stream, which is read and written
+    // through the cluster client's own slot map (an invalidation's `XADD` below).
+    let masters = cluster.masters();
+    let stream = tilewarm_server::stream::changes_key(&a.app.config.redis_prefix);
+    let any = masters[0].0;
+    let slot: u16 = cli(any, &["cluster", "keyslot", &stream]).parse().unwrap();
+    let port = owner(any, slot);
+    let pid = masters.iter().find(|(p, _)| *p == port).unwrap().1;
+    let other = masters.iter().find(|(p, _)| *p != port).unwrap().0;
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|&p| {
+            let role = cli(p, &["role"]);
+            let role: Vec<&str> = role.lines().collect();
+            role.first() == Some(&"slave") && role.get(2) == Some(&port.to_string().as_str())
+        })
+        .unwrap_or_else(|| panic!("no replica of master {port}"));
+    cluster.kill_node(pid);
+    // Every request reads keys of every master: the first one marks the tier down.
+    round().await;
+    assert_eq!(a.app.tier.redis_degraded(), Some(true), "not marked down");
+    for i in 0..3 {
+        // The window the old probe took the tier back in: the nodes still say ok.
+        let info = cli(other, &["cluster", "info"]);
+        assert!(
+            info.lines().any(|l| l.trim() == "cluster_state:ok"),
+            "the cluster flagged master {port} failed already (the test did not test): {info}"
+        );
+        assert!(
+            !tier.probe().await,
+            "probe {i} said healthy with master {port} dead and its replica {replica} not \
+             promoted"
+        );
+        round().await;
+    }
+    assert_eq!(a.app.tier.redis_degraded(), Some(true));
+
+    let errors = m.redis_errors.load(Relaxed);
+    cli(replica, &["cluster", "failover", "takeover"]);
+    let within = Duration::from_secs(30);
+    assert!(
+        crate::common::eventually(within, || a.app.tier.redis_degraded() == Some(false)).await,
+        "the tier is still down {within:?} after replica {replica} took over from {port}"
+    );
+    let hits = m.cache.tile_hits.load(Relaxed);
+    for _ in 0..2 {
+        round().await;
+    }
+    assert_eq!(
+        (m.redis_errors.load(Relaxed), a.app.tier.redis_degraded()),
+        (errors, Some(false)),
+        "Redis errors (or down again) after the probe took the tier back"
+    );
+    assert!(
+        m.cache.tile_hits.load(Relaxed) > hits,
+        "no answer from the tier after the failover"
+    );
+    // An invalidation: its deletes go to the masters the probe's map names, its `XADD` to
+    // the stream's new master through the cluster client.
+    let o = origin(42, 5_000);
+    let t = o.occupied_tiles(14)[0].0;
+    let id = o.tile_items(t, Access::Agent).next().unwrap().id.clone();
+    let admin = Http::with_token(Some(crate::common::sign_hs256(&serde_json::json!({
+        "sub": "ops",
+        "exp": crate::common::now_s() + 3600,
+        "tilewarm_access": "agent",
+        "tilewarm_admin": true,
+    }))));
+    let r = admin
+        .send(
+            "POST",
+            &format!("{}/v1/invalidate", a.url()),
+            &[("content-type", "application/json")],
+            format!(r#"{{"ids":["{id}"]}}"#),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "invalidation after the failover: {}",
+        r.text()
+    );
+    round().await;
+    assert_eq!(
+        (m.redis_errors.load(Relaxed), a.app.tier.redis_degraded()),
+        (errors, Some(false)),
+        "Redis errors (or down again) after the invalidation"
+    );
+
+    // A first seed that takes connections and never answers (a stopped node) is not waited
+    // for: the other seeds are asked at the same time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent.local_addr().unwrap();
+    let seeds = format!("redis+cluster://{silent},127.0.0.1:{port},127.0.0.1:{other}");
+    let conn = RedisConn::open(
+        &RedisTarget::parse(&seeds).unwrap(),
+        ConnOptions {
+            timeout: Duration::from_secs(2),
+            read_from_replicas: false,
+        },
+    )
+    .unwrap();
+    let probed = conn.probe(Duration::from_secs(2)).await;
+    assert_eq!(probed, Ok(()), "seeds {seeds}");
+    a.shutdown().await;
+}
+
 /// Two instances on the cluster asked for the same tile at the same moment both plan the
 /// same warm-up ring; the claims in the shared tier make each ring tile fetched from the
 /// origin once, by one of them, and the other skips it.
