@@ -231,6 +231,8 @@ pub struct LazyCluster(Arc<ClusterInner>);
 struct ClusterInner {
     client: ClusterClient,
     conn: OnceCell<ClusterConnection>,
+    /// The task making `conn`, while one is ([`LazyCluster::get`]).
+    connecting: tokio::sync::Mutex<Option<tokio::task::JoinHandle<RedisResult<ClusterConnection>>>>,
     /// Which node serves which slots (`CLUSTER SLOTS`), for reads grouped by node; read
     /// when first needed, again after a grouped read failed, and set by a probe that
     /// succeeded ([`LazyCluster::probe`]).
@@ -258,13 +260,36 @@ impl LazyCluster {
             .find_map(|(m, myself)| myself.then_some(m)))
     }
 
+    /// The cluster client's connection, made on first use. Making it waits for every seed
+    /// (redis-rs connects to them all at once and waits for each), so with a seed that
+    /// takes connections and never answers it takes the connect timeout, as long as the
+    /// tier's own: it runs in a task of its own, which a caller that gives up (its
+    /// timeout) leaves running, and the next caller waits for the same one. Else each
+    /// request would start it anew and time out, and the instance would go down at every
+    /// request and back at every probe.
     async fn get(&self) -> RedisResult<ClusterConnection> {
         let inner = &*self.0;
-        let conn = inner
-            .conn
-            .get_or_try_init(|| inner.client.get_async_connection())
-            .await?;
-        Ok(conn.clone())
+        if let Some(conn) = inner.conn.get() {
+            return Ok(conn.clone());
+        }
+        let mut connecting = inner.connecting.lock().await;
+        if let Some(conn) = inner.conn.get() {
+            return Ok(conn.clone());
+        }
+        let task = connecting.get_or_insert_with(|| {
+            let client = inner.client.clone();
+            tokio::spawn(async move { client.get_async_connection().await })
+        });
+        let made = task.await;
+        *connecting = None;
+        let conn = made.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "connecting to the cluster failed",
+                e.to_string(),
+            ))
+        })??;
+        Ok(inner.conn.get_or_init(|| async { conn }).await.clone())
     }
 
     /// The kept table, read when there is none, or (for `replica` reads) when it lacks a
@@ -343,14 +368,18 @@ impl LazyCluster {
         let table = self.probe_map(deadline, timeout).await?;
         let mut masters: Vec<(NodeAddr, Vec<String>)> = Vec::new();
         for (first, last, nodes) in &table.ranges {
+            // The master first ([`SlotTable::parse`] keeps no range without a node).
+            let Some(master) = nodes.first() else {
+                continue;
+            };
             let range = if first == last {
                 first.to_string()
             } else {
                 format!("{first}-{last}")
             };
-            match masters.iter_mut().find(|(a, _)| *a == nodes[0]) {
+            match masters.iter_mut().find(|(a, _)| a == master) {
                 Some((_, ranges)) => ranges.push(range),
-                None => masters.push((nodes[0].clone(), vec![range])),
+                None => masters.push((master.clone(), vec![range])),
             }
         }
         let pings = masters.iter().map(|(addr, ranges)| {
@@ -737,6 +766,7 @@ impl RedisConn {
                 Ok(RedisConn::Cluster(LazyCluster(Arc::new(ClusterInner {
                     client: builder.build()?,
                     conn: OnceCell::new(),
+                    connecting: tokio::sync::Mutex::new(None),
                     slots: std::sync::RwLock::new(None),
                     read_from_replicas: opts.read_from_replicas,
                     seeds,

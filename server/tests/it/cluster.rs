@@ -426,11 +426,15 @@ async fn a_killed_master_fails_over_and_both_instances_recover_without_restart()
 /// back by itself and answers from it without a Redis error. Its seeds are every node,
 /// the dead master among them: a dead seed does not keep it down. Last, a probe whose
 /// first seed accepts connections and never answers still says healthy: the seeds are
-/// asked at once, not one after the other.
+/// asked at once, not one after the other; and an instance with that first seed answers
+/// from the tier after a round or two.
 ///
 /// Failed with the probe that was the cluster client's `PING` plus `CLUSTER INFO`: it
 /// said healthy with the master dead and its replica not promoted (the client's `PING`
-/// reaches only the masters it holds a connection to).
+/// reaches only the masters it holds a connection to); with the seeds asked one after the
+/// other (the silent seed took the whole time); and with the cluster client's first
+/// connection made by the request that needs it (each request timed out waiting for the
+/// silent seed and started it anew: 18 rounds in 30 s without an answer from the tier).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_waits_for_a_dead_masters_replica_to_take_over() {
     use tilewarm_server::redis_conn::{ConnOptions, RedisConn, RedisTarget};
@@ -557,8 +561,8 @@ async fn the_probe_waits_for_a_dead_masters_replica_to_take_over() {
 
     // A first seed that takes connections and never answers (a stopped node) is not waited
     // for: the other seeds are asked at the same time.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent = silent.local_addr().unwrap();
+    let silent_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_listener.local_addr().unwrap();
     let seeds = format!("redis+cluster://{silent},127.0.0.1:{port},127.0.0.1:{other}");
     let conn = RedisConn::open(
         &RedisTarget::parse(&seeds).unwrap(),
@@ -570,6 +574,45 @@ async fn the_probe_waits_for_a_dead_masters_replica_to_take_over() {
     .unwrap();
     let probed = conn.probe(Duration::from_secs(2)).await;
     assert_eq!(probed, Ok(()), "seeds {seeds}");
+    // Nor by the requests of an instance with that seed first: the cluster client's first
+    // connection, which waits for every seed, is not cancelled with the request that
+    // waited for it (else each request would start it again, time out, and mark the tier
+    // down, and each probe take it back).
+    let live: Vec<String> = cluster
+        .masters()
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    let b = server(Config {
+        warmup_ring: 0,
+        ..on(format!("redis+cluster://{silent},{}", live.join(",")))
+    })
+    .await;
+    let served = async || {
+        let mb = &b.app.metrics;
+        let (errors, hits) = (
+            mb.redis_errors.load(Relaxed),
+            mb.cache.tile_hits.load(Relaxed),
+        );
+        for (tier, body) in &traffic {
+            client(&http, *tier).ok(&b, body).await;
+        }
+        mb.redis_errors.load(Relaxed) == errors && mb.cache.tile_hits.load(Relaxed) > hits
+    };
+    let since = Instant::now();
+    let mut rounds = 0;
+    while !served().await {
+        rounds += 1;
+        assert!(
+            since.elapsed() < within,
+            "an instance whose first seed never answers did not answer from the tier \
+             without a Redis error within {within:?} ({rounds} rounds)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("first seed silent: served from the tier after {rounds} rounds");
+    drop(silent_listener);
+    b.shutdown().await;
     a.shutdown().await;
 }
 
