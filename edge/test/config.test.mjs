@@ -10,7 +10,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { generateKeyPair, exportJWK } from 'jose';
 import { Misconfigured, Unauthorized, checkedUrl, createAuth, isLoopback } from '../../js/edge-auth.js';
 import { freePort, post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
-import { SECRET, bearer, rsaKeys, serviceToken } from './support/tokens.mjs';
+import { SECRET, bearer, ecKeys, rsaKeys, serviceToken } from './support/tokens.mjs';
 
 const ALLOWED = /must be an https URL \(plain http only to a loopback host: 127\.0\.0\.0\/8, ::1, localhost; or to any host with the option allowInsecureOrigin: true\)/;
 
@@ -109,10 +109,15 @@ describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
   });
 
   it("is the edge's fault, not the caller's, when its key cannot be imported: Misconfigured, not a 401", async () => {
+    // An RSA key no token could verify with is refused at setup (createAuth, like the
+    // server at start); an EC key whose point is not on its curve passes that check and
+    // fails only when the runtime imports it, for the first token that selects it.
     const rsa = await rsaKeys('k1');
-    const token = await rsa.sign({ tilewarm_access: 'agent' });
-    // A modulus of 24 bits: well-formed, but under the 2048 bits RS256 needs.
-    const auth = createAuth({ JWKS: JSON.stringify({ keys: [{ ...rsa.jwk, n: 'AAAA' }] }) });
+    assert.throws(() => createAuth({ JWKS: JSON.stringify({ keys: [{ ...rsa.jwk, n: 'AAAA' }] }) }),
+      /^Error: JWKS key 0 \(kid "k1"\) \(RSA\): n and e must be unsigned big-endian integers/);
+    const ec = await ecKeys('k1');
+    const token = await ec.sign({ tilewarm_access: 'agent' });
+    const auth = createAuth({ JWKS: JSON.stringify({ keys: [ec.offCurve] }) });
     await assert.rejects(auth.tier(request(token)), (e) => {
       assert.ok(e instanceof Misconfigured, `${e?.constructor?.name}: ${e?.message}`);
       assert.match(e.message, /^a key of the JWKS binding cannot verify tokens: /);
@@ -127,8 +132,8 @@ describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
   it('makes the worker of pkg/edge.js answer 500 naming the binding, at setup or for a token its key cannot verify', async () => {
     const { createWorker } = await import('./support/node-worker.mjs');
     const rsa = await rsaKeys('k1');
-    const token = await rsa.sign({ tilewarm_access: 'agent' });
-    const answer = async (keys) => {
+    const ec = await ecKeys('k1');
+    const answer = async (keys, token) => {
       const env = { ORIGIN: 'https://api.example.com/v1/batch', JWKS: JSON.stringify({ keys }), TILEWARM_OPTIONS: '{"changesPollMs":0}' };
       const r = await createWorker().fetch(new Request('http://edge.test/v1/batch', {
         method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{"tiles":["14/2624/5721"]}',
@@ -137,9 +142,10 @@ describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
     };
     for (const [keys, what] of [
       [[], /^the edge worker is misconfigured: JWKS holds no keys/],
-      [[{ ...rsa.jwk, n: 'AAAA' }], /^the edge worker is misconfigured: a key of the JWKS binding cannot verify tokens: /],
+      [[{ ...rsa.jwk, n: 'AAAA' }], /^the edge worker is misconfigured: JWKS key 0 \(kid "k1"\) \(RSA\): n and e must be/],
+      [[ec.offCurve], /^the edge worker is misconfigured: a key of the JWKS binding cannot verify tokens: /],
     ]) {
-      const r = await answer(keys);
+      const r = await answer(keys, await (keys[0]?.kty === 'EC' ? ec : rsa).sign({ tilewarm_access: 'agent' }));
       assert.equal(r.status, 500, JSON.stringify(r.json));
       assert.equal(r.json.error.code, 'internal');
       assert.match(r.json.error.message, what);

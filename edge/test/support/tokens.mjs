@@ -44,6 +44,20 @@ export async function rsaKeys(kid) {
   };
 }
 
+/** An ES256 key pair with `kid`, its public JWK, one whose point is not on P-256
+ * (`offCurve`: well-formed members the runtime refuses to import), and a signer. */
+export async function ecKeys(kid) {
+  const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' };
+  return {
+    kid,
+    jwk,
+    offCurve: { ...jwk, y: jwk.x },
+    sign: (claims, { exp = 300 } = {}) =>
+      new SignJWT({ ...claims, exp: now() + exp }).setProtectedHeader({ alg: 'ES256', kid }).sign(privateKey),
+  };
+}
+
 /** `alg: none`: no signature at all. */
 export const unsigned = (claims) => `${b64({ alg: 'none', typ: 'JWT' })}.${b64({ ...claims, exp: now() + 300 })}.`;
 
