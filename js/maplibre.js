@@ -138,10 +138,14 @@ export function attach(map, cache, options) {
         remove, add,
         update: update.map((id) => {
           const f = featureOf(next.get(id).item, promoteId, properties);
+          // The keys the feature loses, named: MapLibre 6.17's worker applies
+          // `removeAllProperties` and drops `addOrUpdateProperties` with it (the drawn
+          // feature is left with none, not even its id), though its getData() has them.
+          const old = featureOf(shown.get(id).item, promoteId, properties).properties;
           return {
             id,
             newGeometry: f.geometry,
-            removeAllProperties: true,
+            removeProperties: Object.keys(old).filter((k) => !(k in f.properties)),
             addOrUpdateProperties: Object.entries(f.properties).map(([key, value]) => ({ key, value })),
           };
         }),

@@ -200,6 +200,37 @@ describe('tilewarm/maplibre in headless Chromium', { timeout: 240_000 }, () => {
     }
   });
 
+  it('items replaced in the cache keep their properties where MapLibre draws them (the worker, not only getData)', async () => {
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await session.withPage(`maplibre/index.html?lon=${lon}&lat=${lat}&zoom=13.5`, async (p) => {
+      await settled('first view', p);
+      // Count the features sent as updates (an item replaced by a new object, or its stale
+      // flag changed): a new credential asks the view's tile lists again, and the public
+      // items come back as new objects.
+      await p.evaluate(() => {
+        const src = window.__tw.map.getSource('items');
+        const updateData = src.updateData.bind(src);
+        window.__tw.updated = 0;
+        src.updateData = (diff, ...rest) => {
+          window.__tw.updated += diff.update?.length ?? 0;
+          return updateData(diff, ...rest);
+        };
+        window.__tw.cache.setAccess('agent', { newCredential: true });
+      });
+      await until(p, () => window.__tw.updated > 0, null, 'features updated');
+      await settled('at the new tier', p);
+      await new Promise((r) => setTimeout(r, 300)); // the worker's tiles made again
+      const drawn = await until(p, () => {
+        const { map } = window.__tw;
+        if (!map.loaded()) return false;
+        const fs = map.querySourceFeatures('items');
+        return fs.length > 0 && fs.map((f) => ({ id: f.properties.id, stale: f.properties.stale, price: f.properties.price }));
+      }, null, 'drawn features');
+      const bad = drawn.filter((f) => typeof f.id !== 'string' || typeof f.stale !== 'boolean' || typeof f.price !== 'number');
+      assert.deepEqual(bad.slice(0, 3), [], `${bad.length} of ${drawn.length} drawn features lost their properties`);
+    });
+  });
+
   it('no console errors', () => {
     assert.deepEqual(problems, []);
   });
