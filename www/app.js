@@ -9,6 +9,7 @@
 //   access=TIER         public | registered | verified | agent
 //   ring=N              prefetch ring, 0..2 (default 1)
 //   lookahead=0|1       motion-aware look-ahead (default 0, as the package's)
+//   views=0|1           prefetch the 8 views around this one (default 1)
 //   lon=, lat=, zoom=   where to start (MapLibre zoom)
 import * as maplibregl from 'maplibre-gl';
 import { TileCache, tilesForBbox } from 'tilewarm';
