@@ -179,14 +179,6 @@ const KEY_MEMBERS = { RSA: ['n', 'e'], EC: ['crv', 'x', 'y'], OKP: ['crv', 'x'] 
 /** The curves of the allowed algorithms (ES256, ES384, EdDSA as workerd implements it). */
 const CURVES = { EC: ['P-256', 'P-384'], OKP: ['Ed25519'] };
 
-/**
- * Checks the `JWKS` binding's set: at least one key, no private key, and at least one that
- * can verify tokens (a public key of a known type with its members, for signatures, of an
- * allowed algorithm and curve). A key of another type (an identity provider's "AKP" key,
- * say) or lacking a member is left aside, as RFC 7517 (section 5) asks and jose does: it is
- * never selected, and refusing the whole set for it would refuse the keys beside it. When
- * no key can verify, the first such key is named. Throws an Error naming the binding.
- */
 /** The bytes of base64url text without padding (RFC 7518 6.3.1), or null. */
 function base64url(text) {
   if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
@@ -216,6 +208,16 @@ function rsaKeyFault(n64, e64) {
   return null;
 }
 
+/**
+ * Checks the `JWKS` binding's set: at least one key, no private key, and at least one that
+ * can verify tokens (a public key of a known type with its members, for signatures, of an
+ * allowed algorithm and curve). A key of another type (an identity provider's "AKP" key,
+ * say) or lacking a member is left aside, as RFC 7517 (section 5) asks and jose does: it is
+ * never selected, and refusing the whole set for it would refuse the keys beside it. When
+ * no key can verify, the first such key is named. An RSA key no token could be verified
+ * with (`rsaKeyFault`) is refused, not left aside: the set is the deployer's. Throws an
+ * Error naming the binding.
+ */
 function checkKeySet(jwks) {
   if (jwks.keys.length === 0) throw new Error('JWKS holds no keys: every token would be refused');
   const name = (k, i) => `JWKS key ${i}${typeof k?.kid === 'string' ? ` (kid ${JSON.stringify(k.kid.slice(0, 64))})` : ''}`;
