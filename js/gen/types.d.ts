@@ -101,7 +101,10 @@ export interface TileCacheStats {
   bytes: number;
   /** Requests out now. */
   inFlight: number;
-  /** Failed request attempts. */
+  /**
+   * Errors `onError` heard: failed request attempts, and reports of ids a partial answer left
+   * out.
+   */
   errors: number;
   /** The prefetch circuit breaker is open: prefetch is paused, foreground still goes out. */
   breakerOpen: boolean;

@@ -335,7 +335,11 @@ pub(crate) const STATS: [Stat; 15] = [
         "Bytes held now (each item: its id, class and `data` as JSON, plus 96).",
     ),
     stat("inFlight", |s| s.in_flight as f64, "Requests out now."),
-    stat("errors", |s| s.errors as f64, "Failed request attempts."),
+    stat(
+        "errors",
+        |s| s.errors as f64,
+        "Errors `onError` heard: failed request attempts, and reports of ids a partial answer left out.",
+    ),
     flag(
         "breakerOpen",
         |s| s.breaker_open as u8 as f64,
