@@ -179,10 +179,14 @@ const KEY_MEMBERS = { RSA: ['n', 'e'], EC: ['crv', 'x', 'y'], OKP: ['crv', 'x'] 
 /** The curves of the allowed algorithms (ES256, ES384, EdDSA as workerd implements it). */
 const CURVES = { EC: ['P-256', 'P-384'], OKP: ['Ed25519'] };
 
-/** The bytes of base64url text without padding (RFC 7518 6.3.1), or null. */
+/** The bytes of base64url text without padding (RFC 7518 6.3.1), or null. Its last
+ * symbol's unused bits must be zero (the one encoding of those bytes), as the server's
+ * decoder requires: atob ignores them, so `AQF` would read as `AQE`. */
 function base64url(text) {
   if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) return null;
-  const bin = atob(text.replace(/-/g, '+').replace(/_/g, '/'));
+  const b64 = text.replace(/-/g, '+').replace(/_/g, '/');
+  const bin = atob(b64);
+  if (btoa(bin).replace(/=+$/, '') !== b64) return null;
   return Uint8Array.from(bin, (c) => c.charCodeAt(0));
 }
 

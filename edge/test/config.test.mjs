@@ -60,6 +60,9 @@ describe('the JWKS binding (js/edge-auth.js, createAuth)', () => {
       ['n', b64(new Uint8Array(1025).fill(0xff)), 'the modulus (n) is 8200 bits'],
       ['n', 'not*base64', 'n and e must be base64url without padding'],
       ['n', `${rsa.jwk.n}=`, 'n and e must be base64url without padding'],
+      // 257 with the last symbol's unused bits set (AQE is the encoding): the server's
+      // decoder refuses it, so the edge does too.
+      ['e', 'AQF', 'n and e must be base64url without padding'],
       ['n', b64([0, ...n]), 'no leading zero'],
       ['n', b64(even), 'the modulus (n) is even'],
       ['e', b64([1]), 'the exponent (e) is 1: an odd number from 3 to 2^33 - 1 is allowed'],
