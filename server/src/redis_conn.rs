@@ -819,7 +819,7 @@ impl RedisConn {
     /// The degraded-mode probe, within `timeout`: `Ok` when the tier can be used again,
     /// else why not. One Redis: it answers `PING`. A cluster: a node gives a slot map
     /// serving every slot and the master of every slot range answers `PING`, on
-    /// connections of the probe's own ([`LazyCluster::probe`]).
+    /// connections of the probe's own (`LazyCluster::probe`).
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         match self {
             RedisConn::Single(conn) => {

@@ -583,7 +583,7 @@ impl RedisTier {
 
     /// The data zoom the tile keys are at (`--data-zoom`; [`DEFAULT_DATA_ZOOM`] unless
     /// set): a write that replaces an item's copy filed under another data tile unlinks
-    /// that tile's value ([`RedisTier::write`]), found by it.
+    /// that tile's value (`RedisTier::write`), found by it.
     pub fn with_data_zoom(mut self, data_zoom: u8) -> RedisTier {
         self.data_zoom = data_zoom;
         self
