@@ -741,10 +741,14 @@ impl Config {
         secret_in_env: bool,
     ) -> Result<(), ConfigError> {
         use crate::origin::OriginSpec;
-        let spec = OriginSpec::parse(self.origin.as_deref()).ok();
-        let postgis = matches!(spec, Some(OriginSpec::Postgis(_)));
-        let upstream = matches!(spec, Some(OriginSpec::Upstream(_)));
-        let memory = matches!(spec, Some(OriginSpec::Memory));
+        // An --origin that does not parse is refused by `validate` with its own message;
+        // naming a flag that depends on it instead would hide the real mistake.
+        let Ok(spec) = OriginSpec::parse(self.origin.as_deref()) else {
+            return Ok(());
+        };
+        let postgis = matches!(spec, OriginSpec::Postgis(_));
+        let upstream = matches!(spec, OriginSpec::Upstream(_));
+        let memory = matches!(spec, OriginSpec::Memory);
         let verifies = self.jwt_secret.is_some() || secret_in_env || self.jwks.is_some();
         for &(id, flag, needs) in SETUP_FLAGS {
             let acts = match id {
@@ -1306,6 +1310,10 @@ mod tests {
             "--origin-pool",
             "--origin postgres://",
         );
+        // A mistyped --origin is left to `validate`, which names it.
+        let c =
+            Config::try_parse_checked(["x", "--origin", "postgress://h/db", "--origin-pool", "2"]);
+        assert!(c.unwrap().validate().unwrap_err().0.contains("--origin"));
         taken(
             &[
                 &pg[..],
