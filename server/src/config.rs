@@ -112,7 +112,8 @@ pub struct Config {
 
     /// Redis URL (e.g. redis://127.0.0.1:6379/0): use Redis as the shared cache tier
     /// instead of the in-process cache. A Redis Cluster: redis+cluster://host:port,host:port
-    /// (seed nodes; one is enough), or a comma list of redis://host:port seeds.
+    /// (seed nodes; one is enough), or a comma list of host:port, redis://host:port or
+    /// valkey://host:port seeds.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 

@@ -1,9 +1,9 @@
 //! The connection behind the Redis tier: one Redis, or a Redis Cluster.
 //!
 //! [`RedisTarget::parse`] reads `--redis`: a `redis://` URL is one Redis (as before); a
-//! `redis+cluster://host:port,host:port` URL, or a comma list of `redis://` URLs or
-//! `host:port` seeds, is a cluster (the seeds are where the client learns the topology;
-//! one is enough, more survive one being down).
+//! `redis+cluster://host:port,host:port` URL, or a comma list of `redis://` or
+//! `valkey://` URLs or `host:port` seeds, is a cluster (the seeds are where the client
+//! learns the topology; one is enough, more survive one being down).
 //!
 //! [`RedisConn`] is what the tier sends commands on. It implements the crate's
 //! [`ConnectionLike`], so commands are written the same for both:
@@ -98,14 +98,17 @@ impl RedisTarget {
                 .split(',')
                 .map(|s| {
                     let s = s.trim();
-                    match s.strip_prefix("redis://") {
+                    // What the redis crate's cluster client opens without TLS: a TCP
+                    // URL, `redis://` or `valkey://` (the same connection to it).
+                    let rest = s.strip_prefix("redis://").or(s.strip_prefix("valkey://"));
+                    match rest {
                         Some(rest) => {
                             let rest = rest.trim_end_matches('/');
                             let db_zero = rest.strip_suffix("/0").unwrap_or(rest);
                             if db_zero.contains(['/', '?', '#']) {
                                 return Err(format!(
                                     "cluster seed {}: a cluster has only database 0 and no \
-                                     options; give redis://host:port",
+                                     options; give redis://host:port (or valkey://)",
                                     crate::origin::redact_url(s)
                                 ));
                             }
@@ -116,7 +119,9 @@ impl RedisTarget {
                             seed(host, auth)
                         }
                         None if s.contains("://") => Err(format!(
-                            "cluster seed {}: only redis:// (TLS is not built in)",
+                            "cluster seed {}: give redis://host:port, valkey://host:port or \
+                             host:port (a cluster is reached over TCP, so no unix:// socket; \
+                             TLS, rediss:// or valkeys://, is not built in)",
                             crate::origin::redact_url(s)
                         )),
                         None => seed(s, ""),
@@ -1411,6 +1416,8 @@ mod tests {
             "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/",
             "127.0.0.1:7000, 127.0.0.1:7001",
             "redis://127.0.0.1:7000,redis://127.0.0.1:7001/0",
+            "valkey://127.0.0.1:7000,valkey://127.0.0.1:7001/0",
+            "redis://127.0.0.1:7000, Valkey://127.0.0.1:7001",
         ] {
             assert_eq!(RedisTarget::parse(spec).unwrap(), want, "{spec}");
         }
@@ -1475,6 +1482,27 @@ mod tests {
         }
     }
 
+    /// What the redis crate's cluster client takes as a seed (`valkey://` as well as
+    /// `redis://`) is taken in a comma list too, and handed on as it opens.
+    #[test]
+    fn valkey_seeds_in_a_list_are_a_cluster() {
+        let t = RedisTarget::parse("valkey://u:pw@h1:7000, valkey://u:pw@h2:7001/0").unwrap();
+        let RedisTarget::Cluster(seeds) = &t else {
+            panic!("{t:?}")
+        };
+        assert_eq!(seeds, &["redis://u:pw@h1:7000", "redis://u:pw@h2:7001"]);
+        // The crate's cluster client takes both schemes (and so what is handed on).
+        for nodes in [
+            vec!["valkey://h1:7000", "valkey://h2:7001"],
+            seeds.iter().map(String::as_str).collect(),
+        ] {
+            assert!(
+                ClusterClientBuilder::new(nodes.clone()).build().is_ok(),
+                "{nodes:?}"
+            );
+        }
+    }
+
     #[test]
     fn bad_cluster_specs_say_what_is_allowed() {
         for (spec, says) in [
@@ -1485,6 +1513,10 @@ mod tests {
             ("h:1,h:99999", "host:port"),
             ("redis://h:1/2,redis://h:2", "only database 0"),
             ("rediss://u:secret@h:1,h:2", "TLS"),
+            ("valkeys://u:secret@h:1,h:2", "TLS"),
+            // The cluster client refuses sockets: the cluster names nodes by IP and port.
+            ("unix:///r.sock,h:2", "unix://"),
+            ("http://u:secret@h:1,h:2", "valkey://"),
             // One Redis: a URL the redis crate opens, else said at start.
             ("http://u:secret@h:6379", "redis://"),
             ("h:6379", "redis://"),
