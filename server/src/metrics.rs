@@ -527,7 +527,7 @@ fn read_app(app: &App, s: &mut Scrape) {
     for (name, help, v) in [
         (
             "tilewarm_origin_failures",
-            "Origin calls that failed (502) or that an upstream refused.",
+            ORIGIN_FAILURES_HELP,
             &o.failures,
         ),
         (
@@ -805,6 +805,12 @@ fn registry(metrics: &Metrics, scrape: Scrape) -> Registry {
     r.register_collector(Box::new(ProcessMetrics));
     r
 }
+
+/// The help of `tilewarm_origin_failures_total`: every origin call (request path and
+/// warm-up) that gave no answer, but for a timeout (`tilewarm_origin_call_timeouts_total`)
+/// and an answer over its bound (`tilewarm_origin_over_bound_total`); see
+/// [`crate::origin::OriginService`]'s `fetch_bounded`.
+pub const ORIGIN_FAILURES_HELP: &str = "Origin calls (request path and warm-up) that gave no answer other than by timing out or going over a bound: the backend failed (502), an upstream refused the request (400, 413) or asked to slow down (429), or the origin was at capacity (503: every PostGIS connection busy for --origin-pool-wait-ms, or an upstream's 503; these are in tilewarm_origin_overloaded_total too).";
 
 /// `GET /metrics`: every metric of `app` as OpenMetrics text ([`CONTENT_TYPE`]).
 pub fn render(app: &App) -> String {

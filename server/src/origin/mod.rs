@@ -457,7 +457,9 @@ pub trait OriginBackend: Send + Sync + 'static {
 pub struct OriginStats {
     /// Calls that timed out (request path and warm-up).
     pub timeouts: AtomicU64,
-    /// Calls that failed (502) or were refused.
+    /// Calls that gave no answer but for a timeout or an answer over its bound: a failure
+    /// (502), an upstream's refusal (400, 413, 429) or the origin at capacity (503: a
+    /// PostGIS pool overload, an upstream's 503). `tilewarm_origin_failures_total`.
     pub failures: AtomicU64,
     /// Items above the asked tier dropped by the tier guard.
     pub leaked_items: AtomicU64,
@@ -1285,6 +1287,93 @@ mod tests {
         assert_eq!(stats.bad_rows.load(Relaxed), 1);
         assert_eq!(stats.leaked_items.load(Relaxed), 0);
         r.validate(&Limits::default()).unwrap();
+    }
+
+    /// Which failed calls `tilewarm_origin_failures_total` counts, and that its help says
+    /// so: a PostGIS pool overload (503) is one, though its help spoke of 502s only.
+    #[test]
+    fn origin_failures_count_every_failure_but_timeouts_and_bounds_as_its_help_says() {
+        struct Failing(OriginFailure);
+        impl OriginBackend for Failing {
+            fn kind(&self) -> &'static str {
+                "memory"
+            }
+            fn answer<'a>(
+                &'a self,
+                _request: &'a BatchRequest,
+                _bound: Option<ItemBound<'a>>,
+            ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+                let e = self.0.clone();
+                Box::pin(async move { Err(e) })
+            }
+            fn count_up_to<'a>(
+                &'a self,
+                _tiles: &'a [TileId],
+                _access: Access,
+                _limit: usize,
+            ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+                Box::pin(async { Ok(ItemCount::Unknown) })
+            }
+            fn describe(&self) -> String {
+                "failing".into()
+            }
+        }
+        let help = crate::metrics::ORIGIN_FAILURES_HELP;
+        let refused = ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: "no".into(),
+        };
+        for (failure, counted, says) in [
+            (OriginFailure::Failed("down".into()), true, "502"),
+            (
+                OriginFailure::Refused {
+                    error: refused,
+                    asked: Access::Public,
+                },
+                true,
+                "400",
+            ),
+            (
+                OriginFailure::RateLimited {
+                    message: "slow".into(),
+                    retry_after_s: None,
+                },
+                true,
+                "429",
+            ),
+            (
+                OriginFailure::Overloaded {
+                    message: "every connection busy".into(),
+                    retry_after_s: None,
+                },
+                true,
+                "--origin-pool-wait-ms",
+            ),
+            (OriginFailure::Timeout { ms: 5 }, false, "timing out"),
+            (OriginFailure::TooManyItems { limit: 1 }, false, "bound"),
+        ] {
+            let stats = Arc::new(OriginStats::default());
+            let service = OriginService::with_backend(
+                Box::new(Failing(failure.clone())),
+                &Config::default(),
+                Arc::new(Metrics::default()),
+                Arc::clone(&stats),
+            );
+            let request = BatchRequest {
+                tiles: vec![],
+                ids: vec!["a".into()],
+                access: Access::Public,
+            };
+            let got = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(service.fetch(&request, CallSource::Warmup));
+            assert_eq!(got.err(), Some(failure.clone()));
+            let n = u64::from(counted);
+            assert_eq!(stats.failures.load(Relaxed), n, "{failure:?}");
+            assert!(help.contains(says), "{failure:?}: {says:?} not in {help}");
+        }
     }
 
     #[test]
