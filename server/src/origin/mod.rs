@@ -12,7 +12,9 @@
 //!   a count, which is a round trip for a backend out of process), call and item counting;
 //! - the timeout: [`OriginService::fetch_within`] gives up after `--origin-timeout-ms`
 //!   ([`OriginFailure::Timeout`], a 504 `upstream_timeout`); a backend's own failure is
-//!   [`OriginFailure::Failed`] (a 502 `upstream_error`), or [`OriginFailure::Refused`] when
+//!   [`OriginFailure::Failed`] (a 502 `upstream_error`; [`OriginFailure::Misconfigured`]
+//!   when the database refused the query in a way retrying will not change), or
+//!   [`OriginFailure::Refused`] when
 //!   an upstream refused the request as the caller's mistake (400, 413 passed on, as the
 //!   edge does), or [`OriginFailure::RateLimited`] for its 429 (passed on with its
 //!   `Retry-After`), or [`OriginFailure::Overloaded`] when the backend is at capacity (every
@@ -150,6 +152,18 @@ pub enum OriginFailure {
     /// The bounded tiles of the call ([`ItemBound`]) held more than `limit` items: 400
     /// `bad_request`, as when the count before the call says so.
     TooManyItems { limit: usize },
+    /// The database refused the query in a way that retrying will not change: SQLSTATE
+    /// class 42 (a table or column that does not exist, a type mismatch such as
+    /// `bigint = text`, a missing privilege) or class 22 (a value that does not fit its
+    /// type). A 502 `upstream_error` that says so and points at `--origin-config` and
+    /// docs/postgis.md, not "retry later". `detail` is PostgreSQL's message: a class 22 one
+    /// may quote a row's value, and calls ask at the top tier, so it is passed on only to an
+    /// `agent` caller ([`OriginFailure::for_caller`]); a class 42 one names only the
+    /// query's tables, columns and types, as every 502 did before.
+    Misconfigured {
+        sqlstate: String,
+        detail: Option<String>,
+    },
 }
 
 impl OriginFailure {
@@ -178,6 +192,25 @@ impl OriginFailure {
                 code: ErrorCode::Overloaded,
                 message: format!("the origin is at capacity: {message}; retry later"),
             },
+            OriginFailure::Misconfigured { sqlstate, detail } => {
+                let detail = detail.as_deref().unwrap_or(
+                    "its message is not passed on below the \"agent\" tier, as it may quote a row",
+                );
+                let fix = if sqlstate.starts_with("22") {
+                    "a value in the table does not fit the type the server reads it as: \
+                     fix the row, or cast or filter it in a view named by --origin-config"
+                } else {
+                    "the table, view, columns, types or privileges do not match what the \
+                     server asks for: check --origin-config against the database"
+                };
+                ErrorBody {
+                    code: ErrorCode::UpstreamError,
+                    message: format!(
+                        "the origin's database refused the query: {detail} (SQLSTATE \
+                         {sqlstate}); this will not pass by retrying: {fix} (docs/postgis.md)"
+                    ),
+                }
+            }
             OriginFailure::TooManyItems { limit } => ErrorBody {
                 code: ErrorCode::BadRequest,
                 message: format!(
@@ -204,6 +237,14 @@ impl OriginFailure {
                 },
                 asked,
             },
+            OriginFailure::Misconfigured { sqlstate, .. }
+                if caller < Access::Agent && !sqlstate.starts_with("42") =>
+            {
+                OriginFailure::Misconfigured {
+                    sqlstate,
+                    detail: None,
+                }
+            }
             other => other,
         }
     }

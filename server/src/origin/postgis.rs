@@ -397,7 +397,8 @@ fn envelope_tiles(tiles: &[TileId]) -> Vec<TileId> {
 }
 
 /// A database error as an origin failure: a statement stopped by `statement_timeout`
-/// (SQLSTATE 57014, with `timeout_ms` > 0) is a timeout, anything else a failure (with
+/// (SQLSTATE 57014, with `timeout_ms` > 0) is a timeout, a query the database refused as
+/// [`query_refused`] says, anything else a failure (with
 /// `--origin-timeout-ms 0` there is no statement timeout: a cancelled statement was
 /// cancelled by someone else, and the message says so).
 fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
@@ -405,7 +406,7 @@ fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
         return OriginFailure::Timeout { ms: timeout_ms };
     }
     let msg = match e.as_db_error() {
-        Some(db) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
+        Some(db) => return query_refused(db.code().code(), db.message()),
         None => {
             let mut m = format!("PostgreSQL: {e}");
             let mut src = std::error::Error::source(&e);
@@ -417,6 +418,21 @@ fn db_failure(e: tokio_postgres::Error, timeout_ms: u64) -> OriginFailure {
         }
     };
     OriginFailure::Failed(msg)
+}
+
+/// The database's refusal of a query (`sqlstate`, PostgreSQL's message) as an origin
+/// failure: SQLSTATE class 42 (an undefined table or column, a type mismatch such as
+/// `bigint = text`, a missing privilege) and class 22 (a value that does not fit its type)
+/// will not pass by retrying, so they are [`OriginFailure::Misconfigured`], which says so;
+/// any other a failure naming PostgreSQL's message.
+fn query_refused(sqlstate: &str, message: &str) -> OriginFailure {
+    if sqlstate.starts_with("42") || sqlstate.starts_with("22") {
+        return OriginFailure::Misconfigured {
+            sqlstate: sqlstate.to_owned(),
+            detail: Some(format!("PostgreSQL: {message}")),
+        };
+    }
+    OriginFailure::Failed(format!("PostgreSQL: {message} ({sqlstate})"))
 }
 
 /// A pooled connection while a call's statements run on it. A call dropped before they end
@@ -1108,6 +1124,50 @@ pub async fn load_from_config(url: &str, config: &Config) -> Result<u64, LoadErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query the database refuses for its configuration (SQLSTATE class 42) or a value
+    /// (class 22) says it will not pass by retrying and where to look; it said "retry
+    /// later". A class 22 message (it may quote a row, and calls ask at the top tier) reaches
+    /// only an agent; a class 42 one (names and types) every caller, as before.
+    #[test]
+    fn configuration_errors_say_retrying_will_not_help() {
+        let msg = |f: &OriginFailure| f.to_error().message;
+        for (code, pg) in [
+            ("42883", "operator does not exist: bigint = text"),
+            ("42703", "column \"price\" does not exist"),
+            ("42P01", "relation \"geo.homes\" does not exist"),
+            (
+                "22P02",
+                "invalid input syntax for type integer: \"secret-value\"",
+            ),
+        ] {
+            let f = query_refused(code, pg);
+            assert_eq!(
+                f.to_error().code,
+                tilewarm::protocol::ErrorCode::UpstreamError,
+                "{code}"
+            );
+            for caller in [Access::Public, Access::Verified, Access::Agent] {
+                let m = msg(&f.clone().for_caller(caller));
+                assert!(!m.contains("retry later"), "{code} {caller}: {m}");
+                assert!(
+                    m.contains("will not pass by retrying"),
+                    "{code} {caller}: {m}"
+                );
+                assert!(m.contains("--origin-config"), "{code} {caller}: {m}");
+                assert!(m.contains("docs/postgis.md"), "{code} {caller}: {m}");
+                assert!(m.contains(code), "{code} {caller}: {m}");
+                let shown = code.starts_with("42") || caller == Access::Agent;
+                assert_eq!(m.contains(pg), shown, "{code} {caller}: {m}");
+            }
+        }
+        // Anything else may pass: the database down, a serialization failure.
+        for code in ["57P01", "40001", "53300"] {
+            let m = msg(&query_refused(code, "gone"));
+            assert!(m.ends_with("retry later"), "{code}: {m}");
+            assert!(m.contains("PostgreSQL: gone"), "{code}: {m}");
+        }
+    }
 
     #[test]
     fn layouts_read_from_toml_with_defaults_and_refuse_unknown_keys() {
