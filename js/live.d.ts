@@ -25,7 +25,10 @@ export interface FollowOptions {
    * connection that failed or a body that could not be read (the error fetch gave is its
    * `cause`), `ERR_FEED` for an HTTP error status or a stream the server closed, `ERR_BAD_EVENT` for an
    * `invalidate` whose data is not an invalidation, or an event longer than 1 Mi characters
-   * (skipped as it arrives, not kept; an `invalidate` one invalidates everything). One that
+   * (skipped as it arrives, not kept; an `invalidate` one invalidates everything),
+   * `ERR_UNAUTHORIZED` for an `auth.token()` that rejected (its error the `cause`) or gave
+   * no bearer token (nothing is sent; tried again with backoff), as TileCache's; an error
+   * `onEvent` throws as it was thrown. The codes: js/README.md, *Errors*. One that
    * throws is reported (`reportError`, else `console.error`) and following goes on. */
   onError?: (error: unknown) => void;
   /** First reconnect delay, doubled per reconnect up to `maxRetryMs` (with jitter), and

@@ -26,7 +26,8 @@
 // What a connection can make the reader hold is bounded: an event past MAX_EVENT_CHARS is
 // skipped as it arrives (an `invalidate` one invalidates everything). Every event's id is
 // the last event id, as an EventSource's is (one of an unknown kind too), and a failed
-// connection or read reaches onError as TileCache's do (ERR_NETWORK, the error as its cause).
+// connection or read reaches onError as TileCache's do (ERR_NETWORK, the error as its cause),
+// and so does an auth.token() that fails or gives no usable token (ERR_UNAUTHORIZED).
 // Types: live.d.ts.
 
 import { retryAfterMs } from './retry-after.js';
@@ -300,8 +301,18 @@ export function follow(cache, url, options = {}) {
         const h = { ...headerList, accept: 'text/event-stream' };
         if (auth) {
           // Given up on when this connection is aborted (stop, or a change of tier).
-          const token = await unlessAborted(auth.token(), c.signal);
-          if (typeof token !== 'string' || !TOKEN.test(token)) throw fail(Error, 'ERR_TOKEN', 'auth.token() must give a bearer token');
+          // A token() that fails or gives no usable token is ERR_UNAUTHORIZED, as a batch
+          // request's is in TileCache (its error the cause; the token never in a message).
+          let token;
+          try {
+            token = await unlessAborted(auth.token(), c.signal);
+          } catch (e) {
+            if (c.signal.aborted) throw e; // stopped, or a change of tier: not a failure
+            throw fail(Error, 'ERR_UNAUTHORIZED', `change feed: auth.token() failed: ${e?.message ?? e}`, e);
+          }
+          if (typeof token !== 'string' || !TOKEN.test(token)) {
+            throw fail(Error, 'ERR_UNAUTHORIZED', 'change feed: auth.token() must give a bearer token (letters, digits and -._~+/)');
+          }
           h.authorization = `Bearer ${token}`;
         }
         // The tier changed while the token was asked for: it may be the old one's.

@@ -408,6 +408,28 @@ test('network failures are ERR_NETWORK with their cause; every event id counts, 
   cache.dispose();
 });
 
+test('an auth.token() that fails or gives no usable token is ERR_UNAUTHORIZED, as in TileCache, its error the cause', async () => {
+  const cache = await TileCache.create({ endpoint: backend.url });
+  const errors = [], sent = [];
+  const denied = new Error('not signed in');
+  const tokens = [() => Promise.reject(denied), () => 'a b', () => undefined];
+  const stop = new AbortController();
+  let asked = 0;
+  const f = follow(cache, 'http://feed.test/v1/changes', {
+    auth: { token: () => { const t = tokens[asked++]; if (!t) { stop.abort(); return new Promise(() => {}); } return t(); } },
+    fetch: async (_url, { headers }) => { sent.push(headers); throw new Error('not asked'); },
+    signal: stop.signal, minRetryMs: 1, maxRetryMs: 2, onError: (e) => errors.push(e),
+  });
+  await f.done;
+  assert.equal(sent.length, 0, 'nothing is sent without a usable token');
+  assert.deepEqual(errors.map((e) => [e.constructor.name, e.code, e.message, e.cause]), [
+    ['Error', 'ERR_UNAUTHORIZED', 'change feed: auth.token() failed: not signed in', denied],
+    ['Error', 'ERR_UNAUTHORIZED', 'change feed: auth.token() must give a bearer token (letters, digits and -._~+/)', undefined],
+    ['Error', 'ERR_UNAUTHORIZED', 'change feed: auth.token() must give a bearer token (letters, digits and -._~+/)', undefined],
+  ]);
+  cache.dispose();
+});
+
 /** Lets the work a mocked clock's timers started run (promises, stream reads). */
 const settle = async () => { for (let k = 0; k < 8; k++) await new Promise((r) => setImmediate(r)); };
 
