@@ -276,7 +276,7 @@ pub async fn answer(
     // and not invalidated since, is left out at once for the reason found then, with no
     // origin call (`warmup::OverLimit`: what was found at this tier only).
     let epoch = app.invalidation.guard.epoch();
-    let now = now_ms();
+    let now = crate::warmup::OverLimit::now();
     let mut remembered = Vec::new();
     let data_misses: Vec<TileId> = data_misses
         .into_iter()
@@ -419,7 +419,7 @@ pub async fn answer(
         .iter()
         .filter_map(|&t| fetched.over_reason(t).map(|why| (t, why)))
         .collect();
-    let until = now_ms().saturating_add(app.tile_ttl_ms);
+    let until = crate::warmup::OverLimit::until(app.tile_ttl_ms);
     let guard = &app.invalidation.guard;
     let over_limit = &app.warmup.over_limit;
     over_limit.found_since(guard, epoch, Access::Agent, over, until);
@@ -1085,7 +1085,7 @@ async fn ask_at_callers_tier(
             over.then_some((t, why))
         })
         .collect();
-    let until = now_ms().saturating_add(app.tile_ttl_ms);
+    let until = crate::warmup::OverLimit::until(app.tile_ttl_ms);
     let guard = &app.invalidation.guard;
     let over_limit = &app.warmup.over_limit;
     over_limit.found_since(guard, again.epoch, caller, over, until);

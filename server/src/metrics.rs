@@ -100,7 +100,7 @@ pub struct Metrics {
     /// cached, and asking is a full origin read of a dense tile.
     pub warmup_over_limit_skipped: AtomicU64,
     /// Planned warm-up tiles skipped because the origin asked for quiet (a 429 or 503,
-    /// for its `Retry-After`: `OriginService::quiet_until_ms`).
+    /// for its `Retry-After`: `OriginService::quiet_for_ms`).
     pub warmup_origin_quiet_skipped: AtomicU64,
     pub warmup_errors: AtomicU64,
     pub warmup_timeouts: AtomicU64,

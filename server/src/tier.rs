@@ -62,10 +62,44 @@ pub const DEFAULT_DATA_ZOOM: u8 = 14;
 
 /// Milliseconds since the Unix epoch (shared by instances, so Redis expiries agree).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    #[cfg(test)]
+    let ms = ms.saturating_sub(test_wall::BACK_MS.with(std::cell::Cell::get));
+    ms
+}
+
+/// Milliseconds on this process's monotonic clock (`Instant`, counted from its first
+/// read): for the waits only this process keeps, which a host clock stepping back must not
+/// lengthen (ARCHITECTURE.md "Time"): a data tile held as over `--max-tile-items`
+/// ([`crate::warmup::OverLimit`]), warm-up's back-off ([`tilewarm::proxy::WarmTries`]), the
+/// origin's quiet time after a 429 or 503
+/// ([`crate::origin::OriginService::quiet_for_ms`]). `Instant` rather than a `Clock` over
+/// the wall clock: only a duration within this process matters, `Instant` never goes back
+/// (not even by the gap a `Clock` cannot see), and it may be read by many tasks at once (a
+/// `Clock` is read by one owner at a time). Never on the wire nor shared between
+/// instances: those times stay on [`now_ms`].
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Tests only: how far this thread's wall clock ([`now_ms`]) has stepped back, so a test
+/// can show a wait is not lengthened by it.
+#[cfg(test)]
+pub mod test_wall {
+    thread_local! {
+        pub static BACK_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    /// Steps this thread's wall clock back by `ms` (in all).
+    pub fn step_back(ms: u64) {
+        BACK_MS.with(|b| b.set(b.get() + ms));
+    }
 }
 
 /// Whole seconds left until an expiry, at least 1: the protocol's rule, shared with the

@@ -8,7 +8,7 @@
 //! - **Quiet** (worker): a job planned while the origin asked for quiet (it answered a
 //!   call, a request's or warm-up's, with 429 or 503: for its `Retry-After`, else
 //!   `--retry-after-s`; or with a partial answer shedding load, `rate_limited` or
-//!   `overloaded`: for `--retry-after-s`; [`crate::origin::OriginService::quiet_until_ms`])
+//!   `overloaded`: for `--retry-after-s`; [`crate::origin::OriginService::quiet_for_ms`])
 //!   is skipped whole
 //!   (`tilewarm_warmup_origin_quiet_skipped_total`).
 //! - **Request filter** (worker): skips tiles found over `--max-tile-items` at `agent` (by
@@ -110,6 +110,18 @@ impl Remembered {
 }
 
 impl OverLimit {
+    /// Now on the clock the holds are kept on: this process's monotonic clock
+    /// ([`crate::tier::mono_ms`]), so a host clock stepping back lengthens no hold. The
+    /// times are this process's own: never shared, never sent.
+    pub fn now() -> u64 {
+        crate::tier::mono_ms()
+    }
+
+    /// When a hold of `ttl_ms` from now lapses, on [`OverLimit::now`]'s clock.
+    pub fn until(ttl_ms: u64) -> u64 {
+        Self::now().saturating_add(ttl_ms)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Access, Remembered>> {
         self.tiers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -412,8 +424,10 @@ async fn warm(
         return;
     }
     // Not while the origin asked for quiet (a 429 or 503 with its Retry-After).
-    let now = now_ms();
-    if now < app.origin.quiet_until_ms() {
+    // In-process waits, on the monotonic clock (`tier::mono_ms`): the over-limit holds,
+    // the back-off of `WarmTries`.
+    let now = OverLimit::now();
+    if app.origin.quiet_for_ms() > 0 {
         m.warmup_origin_quiet_skipped
             .fetch_add(job.tiles.len() as u64, Relaxed);
         return;
@@ -528,7 +542,7 @@ async fn warm(
                         over.extend(u.tiles.iter().map(|&t| (t, LeftOut::told(u, t))));
                     }
                 }
-                let until = now_ms().saturating_add(app.tile_ttl_ms);
+                let until = OverLimit::until(app.tile_ttl_ms);
                 let guard = &app.invalidation.guard;
                 let over_limit = &app.warmup.over_limit;
                 over_limit.found_since(guard, epoch, Access::Agent, over, until);
@@ -586,6 +600,22 @@ mod tests {
             limit: 10,
             at: A,
         })
+    }
+
+    /// A hold lasts its TTL in time that passed, whatever the host's wall clock does: the
+    /// request path and warm-up hold tiles from [`OverLimit::until`] and read them at
+    /// [`OverLimit::now`], on the process's monotonic clock. On the wall clock, a step back
+    /// of an hour made each hold (a tile TTL) last an hour more.
+    #[test]
+    fn over_limit_holds_are_not_lengthened_by_the_wall_clock_stepping_back() {
+        let over = OverLimit::default();
+        let t: TileId = "14/2624/5721".parse().unwrap();
+        over.found(A, [(t, why(t))], OverLimit::until(20));
+        crate::tier::test_wall::step_back(3_600_000);
+        // Sleeping past the hold's end (at least 30 ms pass): it has lapsed.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(!over.holds(t, A, OverLimit::now()));
+        assert!(over.why(t, A, OverLimit::now()).is_none());
     }
 
     /// A tile found over the limit is skipped until its time, then no more; the memory

@@ -538,9 +538,10 @@ pub struct OriginService {
     max_tile_items: usize,
     /// The protocol limits, for `--max-item-data-bytes`.
     limits: Limits,
-    /// Until when (ms since the epoch) warm-up stays quiet: the origin answered a call
+    /// Until when warm-up stays quiet, on this process's monotonic clock
+    /// ([`crate::tier::mono_ms`]; a host clock stepping back does not lengthen it): the origin answered a call
     /// with 429 or 503 (its `Retry-After`, else `--retry-after-s`, at most
-    /// [`upstream::MAX_RETRY_AFTER_S`]); see [`Self::quiet_until_ms`].
+    /// [`upstream::MAX_RETRY_AFTER_S`]); see [`Self::quiet_for_ms`].
     quiet_until_ms: AtomicU64,
     /// `--retry-after-s`: the wait after a 429 or 503 that asked for none.
     retry_after_s: u64,
@@ -678,7 +679,7 @@ impl OriginService {
         }
     }
 
-    /// Until when warm-up asks the origin nothing (ms since the epoch; 0: not quiet): a
+    /// How much longer warm-up asks the origin nothing (ms; 0: not quiet): a
     /// call of any source (a request's or warm-up's) answered 429 `rate_limited` or 503
     /// `overloaded` (an upstream's, a PostGIS pool with no connection free), for its
     /// `Retry-After` (else `--retry-after-s`), or with a partial answer that left tiles or
@@ -687,8 +688,10 @@ impl OriginService {
     /// answer) does not: warm-up gives up its own call at the timeout. Requests still ask: their callers get the
     /// failure with its `Retry-After`; warm-up is optional load on a backend that asked for
     /// quiet.
-    pub fn quiet_until_ms(&self) -> u64 {
-        self.quiet_until_ms.load(Relaxed)
+    /// The time is this process's own, on its monotonic clock ([`crate::tier::mono_ms`]),
+    /// so a host clock stepping back does not lengthen it.
+    pub fn quiet_for_ms(&self) -> u64 {
+        (self.quiet_until_ms.load(Relaxed)).saturating_sub(crate::tier::mono_ms())
     }
 
     /// `memory`, `postgis` or `upstream`.
@@ -803,7 +806,7 @@ impl OriginService {
         if let Some(asked_s) = asks_for_less {
             let wait_s =
                 (asked_s.unwrap_or(self.retry_after_s)).clamp(1, upstream::MAX_RETRY_AFTER_S);
-            let until = crate::tier::now_ms().saturating_add(wait_s.saturating_mul(1000));
+            let until = crate::tier::mono_ms().saturating_add(wait_s.saturating_mul(1000));
             self.quiet_until_ms.fetch_max(until, Relaxed);
         }
         result
@@ -1415,6 +1418,69 @@ mod tests {
             assert_eq!(stats.failures.load(Relaxed), n, "{failure:?}");
             assert!(help.contains(says), "{failure:?}: {says:?} not in {help}");
         }
+    }
+
+    /// The quiet time a 429 or 503 asks for is this process's own wait: a host clock
+    /// stepping back an hour does not lengthen it (on the wall clock it lasted an hour
+    /// more).
+    #[test]
+    fn the_origins_quiet_time_is_not_lengthened_by_the_wall_clock_stepping_back() {
+        struct Busy;
+        impl OriginBackend for Busy {
+            fn kind(&self) -> &'static str {
+                "memory"
+            }
+            fn answer<'a>(
+                &'a self,
+                _request: &'a BatchRequest,
+                _bound: Option<ItemBound<'a>>,
+            ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
+                Box::pin(async {
+                    Err(OriginFailure::Overloaded {
+                        message: "busy".into(),
+                        retry_after_s: Some(2),
+                    })
+                })
+            }
+            fn count_up_to<'a>(
+                &'a self,
+                _tiles: &'a [TileId],
+                _access: Access,
+                _limit: usize,
+            ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
+                Box::pin(async { Ok(ItemCount::Unknown) })
+            }
+            fn describe(&self) -> String {
+                "busy".into()
+            }
+        }
+        let service = OriginService::with_backend(
+            Box::new(Busy),
+            &Config::default(),
+            Arc::new(Metrics::default()),
+            Arc::new(OriginStats::default()),
+        );
+        assert_eq!(service.quiet_for_ms(), 0);
+        let request = BatchRequest {
+            tiles: vec![],
+            ids: vec!["a".into()],
+            access: Access::Public,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert!(rt
+            .block_on(service.fetch(&request, CallSource::Request))
+            .is_err());
+        let quiet = service.quiet_for_ms();
+        assert!(quiet > 0 && quiet <= 2000, "{quiet}");
+        crate::tier::test_wall::step_back(3_600_000);
+        let quiet = service.quiet_for_ms();
+        assert!(
+            quiet <= 2000,
+            "quiet for {quiet} ms after the wall clock stepped back"
+        );
     }
 
     #[test]
