@@ -530,6 +530,58 @@ async fn a_row_whose_geometry_is_not_a_point_is_skipped_not_the_whole_answer() {
     assert_eq!(s.stats.bad_rows.load(Relaxed), 6);
 }
 
+/// A table whose id is not `text` (docs/postgis.md, "A table of another shape"), named
+/// directly: PostgreSQL refuses the id lookup (`bigint = text`, SQLSTATE 42883). The 502
+/// says it will not pass by retrying and points at `--origin-config`; it said "retry
+/// later".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_whose_id_is_not_text_is_a_502_that_says_retrying_will_not_help() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let items = synthetic_city(7, 50);
+    load(&pg, &items, &Layout::default()).await;
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE VIEW bigint_items AS
+               SELECT (row_number() OVER ())::bigint AS id, geom, class, access, data, updated_at
+                 FROM tilewarm_items",
+        )
+        .await
+        .unwrap();
+    let c = config();
+    let stats = Arc::new(OriginStats::default());
+    let layout = Layout {
+        table: "bigint_items".into(),
+        channel: String::new(),
+        ..Layout::default()
+    };
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
+    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let req = BatchRequest {
+        tiles: vec![],
+        ids: vec!["1".into()],
+        access: Access::Agent,
+    };
+    let e = s
+        .fetch(&req, tilewarm_server::origin::CallSource::Request)
+        .await
+        .unwrap_err();
+    let m = e.to_error().message;
+    assert!(
+        matches!(&e, OriginFailure::Misconfigured { sqlstate, .. } if sqlstate == "42883"),
+        "{e:?}"
+    );
+    assert!(m.contains("bigint = text"), "{m}");
+    assert!(m.contains("will not pass by retrying"), "{m}");
+    assert!(m.contains("--origin-config"), "{m}");
+    assert!(!m.contains("retry later"), "{m}");
+    assert_eq!(s.stats.failures.load(Relaxed), 1);
+}
+
 /// A table whose geometry column takes any shape and NULL (the docs' "a view over a
 /// column of any geometry", with the change trigger on the table under it): a polygon
 /// row can be written, and a row with no point changes without invalidating the whole
