@@ -80,6 +80,9 @@ pub struct Refusal {
     /// The `Retry-After` of a 429 or 503, in seconds, when not `--retry-after-s` (an
     /// upstream's own, passed on: [`OriginFailure::retry_after_s`]).
     pub retry_after_s: Option<u64>,
+    /// The origin refused the call in a way retrying will not change
+    /// ([`OriginFailure::Misconfigured`]): followers are told so too ([`for_followers`]).
+    pub lasting: bool,
 }
 
 impl Refusal {
@@ -89,6 +92,7 @@ impl Refusal {
             code,
             message: message.into(),
             retry_after_s: None,
+            lasting: false,
         }
     }
 }
@@ -1234,6 +1238,14 @@ fn origin_waits_full(max: usize) -> Refusal {
 /// above a follower's tier: a follower gets a message of its own.
 fn for_followers(refusal: &Refusal) -> Refusal {
     match refusal.code {
+        ErrorCode::UpstreamError if refusal.lasting => Refusal {
+            message: "the origin's database refused the query of the call fetching this \
+                      request's data tiles (another request's, whose message says what that \
+                      one asked and is not passed on); this will not pass by retrying: check \
+                      --origin-config against the database (docs/postgis.md)"
+                .into(),
+            ..refusal.clone()
+        },
         ErrorCode::UpstreamError => Refusal {
             message: "the origin failed on the call fetching this request's data tiles (another \
                       request's, whose message says what that one asked and is not passed on); \
@@ -1278,7 +1290,17 @@ fn origin_refusal(app: &App, failure: &OriginFailure) -> Refusal {
         failure.to_error()
     };
     Refusal {
+        message: e.message,
+        ..refusal_of(failure)
+    }
+}
+
+/// `failure` as a refusal, its message as [`OriginFailure::to_error`] gives it.
+fn refusal_of(failure: &OriginFailure) -> Refusal {
+    let e = failure.to_error();
+    Refusal {
         retry_after_s: failure.retry_after_s(),
+        lasting: matches!(failure, OriginFailure::Misconfigured { .. }),
         ..Refusal::new(e.code, e.message)
     }
 }
@@ -1330,6 +1352,30 @@ mod tests {
     use proptest::prelude::*;
     use serde::Serialize;
     use serde_json::value::RawValue;
+
+    /// A request following another's call for its data tiles is told what the lead's 502
+    /// means without its message: a query the database refused for its configuration will
+    /// not pass by retrying (the follower was told "retry later"), any other failure may.
+    #[test]
+    fn followers_of_a_misconfigured_call_are_told_retrying_will_not_help() {
+        let lead = refusal_of(&OriginFailure::Misconfigured {
+            sqlstate: "42703".into(),
+            detail: Some("PostgreSQL: column \"price\" does not exist".into()),
+        });
+        let f = for_followers(&lead);
+        assert_eq!(f.code, ErrorCode::UpstreamError);
+        assert!(
+            f.message.contains("will not pass by retrying"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("--origin-config"), "{}", f.message);
+        assert!(!f.message.contains("retry later"), "{}", f.message);
+        assert!(!f.message.contains("price"), "{}", f.message);
+        let f = for_followers(&refusal_of(&OriginFailure::Failed("id 7 left out".into())));
+        assert!(f.message.ends_with("retry later"), "{}", f.message);
+        assert!(!f.message.contains("id 7"), "{}", f.message);
+    }
 
     /// The response as the server wrote it before items were stored as text: serde_json
     /// over the protocol's fields (the old path, kept here as the reference).
