@@ -877,6 +877,48 @@ fn owner(port: u16, slot: u16) -> u16 {
         .unwrap_or_else(|| panic!("no master serves slot {slot}"))
 }
 
+/// `--redis` as a comma list of `valkey://` seeds (what redis-rs's cluster client takes)
+/// opens the cluster: a key written is read back. Refused at start before ("only
+/// redis://"), though `valkey://` alone was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comma_list_of_valkey_seeds_opens_the_cluster() {
+    use tilewarm_server::redis_conn::{ConnOptions, RedisConn, RedisTarget};
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let hosts = cluster.url.strip_prefix("redis+cluster://").unwrap();
+    let spec = hosts
+        .split(',')
+        .map(|h| format!("valkey://{h}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let target = RedisTarget::parse(&spec).unwrap();
+    assert!(
+        matches!(&target, RedisTarget::Cluster(s) if s.len() > 1),
+        "{target:?}"
+    );
+    let opts = ConnOptions {
+        timeout: Duration::from_secs(2),
+        read_from_replicas: false,
+    };
+    let conn = RedisConn::open(&target, opts).unwrap();
+    for k in ["a", "b", "c", "d"] {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(k)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        let got: String = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+        assert_eq!(got, k);
+    }
+}
+
 /// A `SCAN` of every key on a cluster walks one master after the other, so a key whose slot
 /// moves, while it runs, from a master not walked yet to one walked already is returned by
 /// neither (an `all` or a wide tile invalidation would report success with it left).
