@@ -81,7 +81,7 @@ pub struct Refusal {
     /// upstream's own, passed on: [`OriginFailure::retry_after_s`]).
     pub retry_after_s: Option<u64>,
     /// The origin refused the call in a way retrying will not change
-    /// ([`OriginFailure::Misconfigured`]): followers are told so too ([`for_followers`]).
+    /// ([`OriginFailure::Misconfigured`]): followers are told so too (`for_followers`).
     pub lasting: bool,
 }
 
