@@ -28,7 +28,10 @@ export type TileData<Data = unknown> = Item<Data>[];
  * not change keep theirs. When the cache's tier changes (`cache.onAccess`: `setAccess`, or
  * a lower tier the server reported) or the `cache` prop is another cache, every tile is
  * emptied by the next frame and loaded again. One cache per map (the cache follows one
- * view); when the cache is disposed the layer stops feeding it the view.
+ * view); when the cache is disposed the layer stops feeding it the view. A tile that
+ * covers more than `maxVisibleTiles` data tiles (below zoom 9 with the defaults) loads
+ * empty, and deck's `onTileError` hears `ERR_TOO_MANY_TILES` once per zoom the view comes
+ * to; other tile errors (a request that gave up) fail the tile and reach `onTileError`.
  * @example
  * import { TileLayer } from '@deck.gl/geo-layers';
  * import { ScatterplotLayer } from '@deck.gl/layers';

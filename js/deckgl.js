@@ -37,7 +37,9 @@ export function viewportOf(viewport, cache) {
  * '@deck.gl/geo-layers'`) with three more props: `cache` (a TileCache, required),
  * `followView` (feed deck's view to `cache.setViewport` whenever it changes, default true)
  * and `onViewError` (errors of that call; default `reportError`). Tile errors (a request
- * that gave up) reach deck's `onTileError` and the cache's `onError` listeners.
+ * that gave up) reach deck's `onTileError` and the cache's `onError` listeners; a tile that
+ * covers more than `maxVisibleTiles` data tiles loads empty, and `onTileError` hears
+ * `ERR_TOO_MANY_TILES` once per zoom the view comes to.
  * `maxRequests` defaults to 0 (no throttle): the cache batches the tiles itself.
  */
 export function extendTileLayer(TileLayer) {
@@ -158,8 +160,20 @@ export function extendTileLayer(TileLayer) {
     getTileData(tile) {
       if (this.props.getTileData) return super.getTileData(tile);
       const { x, y, z } = tile.index;
-      const { tilewarmGeneration, tilewarmContents } = this.state;
+      const st = this.state;
+      const { tilewarmGeneration, tilewarmContents } = st;
+      if (z !== st.tilewarmCoarseZ) st.tilewarmCoarseZ = undefined; // the view is at another zoom: report again there
       return this.props.cache.loadTiles([`${z}/${x}/${y}`], { signal: tile.signal }).then(([got]) => {
+        if (got.error?.code === 'ERR_TOO_MANY_TILES') {
+          // Not a failure: nothing can be shown at this zoom (as below the cache's minZoom).
+          // The tile loads empty and is not read again (nothing drawn, so a change in the
+          // cache skips it); deck's onTileError hears it once per zoom the view comes to, as
+          // tilewarm/openlayers and tilewarm/leaflet report it, not once per tile.
+          if (st.tilewarmCoarseZ !== z) { st.tilewarmCoarseZ = z; this.props.onTileError?.(got.error); }
+          const none = [];
+          tilewarmContents.set(none, { at: tilewarmGeneration, drawn: undefined });
+          return none;
+        }
         if (got.error) throw got.error;
         tilewarmContents.set(got.items, { at: tilewarmGeneration, drawn: drawnWith(got.items) });
         return got.items;

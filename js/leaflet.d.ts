@@ -5,9 +5,11 @@ import type { FetchError, Item, TileCache, TilewarmError } from './index.js';
 export interface LayerOptions<Data = unknown> {
   /** Paints an item at its pixel (x, y) in the tile's canvas; default: a dot, grey when stale. */
   draw?: (ctx: CanvasRenderingContext2D, item: Item<Data>, x: number, y: number) => void;
-  /** Errors of tiles (a request that gave up, a tile over maxVisibleTiles, a tile asked of a
-   * disposed cache, a `draw` that threw, a map not in EPSG:3857: once per map), each also
-   * the tile's Leaflet `tileerror`, and of `setViewport`; default `reportError`. */
+  /** Errors of tiles (a request that gave up, a tile asked of a disposed cache, a `draw`
+   * that threw, each also the tile's Leaflet `tileerror`; a map not in EPSG:3857: once per
+   * map), of `setViewport`, and `ERR_TOO_MANY_TILES` once per zoom the view comes to where
+   * a tile covers more than `maxVisibleTiles` data tiles (such a tile loads empty, no
+   * `tileerror`); default `reportError`. */
   onError?: (error: FetchError | TilewarmError | unknown) => void;
   /** Feed the map's view to `cache.setViewport` on every frame it moves, so tilewarm's
    * prefetch runs (Leaflet prefetches nothing for a GridLayer). Default true. */
@@ -18,7 +20,7 @@ export interface LayerOptions<Data = unknown> {
   opacity?: number;
   /** Passed to the GridLayer: the zooms and the area (`L.LatLngBounds`) it shows tiles at.
    * A `minZoom` at which a tile covers at most `maxVisibleTiles` data tiles (9 or more with
-   * the defaults) asks for no tile the cache cannot show. */
+   * the defaults) asks for no tile the cache cannot show (such tiles load empty). */
   minZoom?: number;
   maxZoom?: number;
   bounds?: unknown;

@@ -79,6 +79,9 @@ export function createLayer(L, cache, options = {}) {
   const zoomOffset = cache.tileSize === 512 ? -1 : 0;
   /** The maps whose CRS was found not to be Web Mercator (each reported once). */
   const wrongCrs = new WeakSet();
+  /** The zoom whose tiles were found too coarse for the cache (ERR_TOO_MANY_TILES), reported
+   * once; forgotten when a tile of another zoom is asked for. */
+  let coarseZ;
   const Layer = L.GridLayer.extend({
     createTile(coords, done) {
       const tile = L.DomUtil.create('canvas', 'tilewarm-tile');
@@ -112,10 +115,20 @@ export function createLayer(L, cache, options = {}) {
         queueMicrotask(() => done(e, tile));
         return tile;
       }
+      if (coords.z !== coarseZ) coarseZ = undefined; // the view is at another zoom: report again there
       loading.then(([got]) => {
         // Unloaded since (a tier change redraws every tile): the items may be above the
         // tier now, and the canvas is no longer the grid's.
         if (ctrl.signal.aborted) return;
+        if (got.error?.code === 'ERR_TOO_MANY_TILES') {
+          // Not a failure: nothing can be shown at this zoom (as below the cache's
+          // minZoom). The tile loads empty and is not read again (not drawn, so a change in
+          // the cache skips it); the error is reported once per zoom the view comes to,
+          // as tilewarm/openlayers does, not once per tile.
+          if (coarseZ !== coords.z) { coarseZ = coords.z; onError(got.error); }
+          done(null, tile);
+          return;
+        }
         if (got.error) throw got.error;
         paint(tile, got.items);
         done(null, tile);
