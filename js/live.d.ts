@@ -23,11 +23,13 @@ export interface FollowOptions {
   onEvent?: (event: FeedEvent) => void;
   /** Connection failures and bad events (following goes on): `ERR_NETWORK` for a
    * connection that failed or a body that could not be read (the error fetch gave is its
-   * `cause`), `ERR_FEED` for an HTTP error status or a stream the server closed, `ERR_BAD_EVENT` for an
+   * `cause`), `ERR_FEED` for an HTTP error status but 401 (the status is the error's
+   * `status`) or a stream the server closed, `ERR_BAD_EVENT` for an
    * `invalidate` whose data is not an invalidation, or an event longer than 1 Mi characters
    * (skipped as it arrives, not kept; an `invalidate` one invalidates everything),
-   * `ERR_UNAUTHORIZED` for an `auth.token()` that rejected (its error the `cause`) or gave
-   * no bearer token (nothing is sent; tried again with backoff), as TileCache's; an error
+   * `ERR_UNAUTHORIZED` for a 401 from the feed (`status` 401) or an `auth.token()` that
+   * rejected (its error the `cause`) or gave no bearer token (nothing is sent); tried again
+   * with backoff, as TileCache's; an error
    * `onEvent` throws as it was thrown. The codes: js/README.md, *Errors*. One that
    * throws is reported (`reportError`, else `console.error`) and following goes on. */
   onError?: (error: unknown) => void;

@@ -27,7 +27,8 @@
 // skipped as it arrives (an `invalidate` one invalidates everything). Every event's id is
 // the last event id, as an EventSource's is (one of an unknown kind too), and a failed
 // connection or read reaches onError as TileCache's do (ERR_NETWORK, the error as its cause),
-// and so does an auth.token() that fails or gives no usable token (ERR_UNAUTHORIZED).
+// and so does an auth.token() that fails or gives no usable token, or a 401 from the feed
+// (ERR_UNAUTHORIZED; an HTTP error's status is on the error, as on TileCache's).
 // Types: live.d.ts.
 
 import { retryAfterMs } from './retry-after.js';
@@ -327,7 +328,7 @@ export function follow(cache, url, options = {}) {
         if (res.status === 400 && state.lastEventId !== undefined) {
           // The server cannot read our id: start over, invalidating everything.
           res.body?.cancel().catch(() => {});
-          onError(fail(Error, 'ERR_FEED', `change feed: HTTP 400 for Last-Event-ID ${state.lastEventId}; starting over`));
+          onError(Object.assign(fail(Error, 'ERR_FEED', `change feed: HTTP 400 for Last-Event-ID ${state.lastEventId}; starting over`), { status: 400 }));
           state.lastEventId = undefined;
           first = true;
           continue;
@@ -335,7 +336,12 @@ export function follow(cache, url, options = {}) {
         if (!res.ok || !res.body) {
           res.body?.cancel().catch(() => {});
           floor = res.ok ? 0 : Math.min(MAX_RETRY_AFTER_MS, retryAfterMs(res.headers?.get?.('retry-after'), Date.now()) ?? 0);
-          throw fail(Error, 'ERR_FEED', `change feed: HTTP ${res.status}` + (floor ? ` (Retry-After: ${Math.ceil(floor / 1000)} s)` : ''));
+          // A 401 is ERR_UNAUTHORIZED, as TileCache reports a batch request's (a 403 is not:
+          // TileCache's is ERR_HTTP); the status is on the error either way.
+          const code = res.status === 401 ? 'ERR_UNAUTHORIZED' : 'ERR_FEED';
+          const e = fail(Error, code, `change feed: HTTP ${res.status}` + (floor ? ` (Retry-After: ${Math.ceil(floor / 1000)} s)` : ''));
+          if (!res.ok) e.status = res.status;
+          throw e;
         }
         let expired = false;
         const tooLong = () => onError(fail(Error, 'ERR_BAD_EVENT',

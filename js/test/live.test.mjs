@@ -522,6 +522,29 @@ test('a feed refusing with 429 or 503 and Retry-After is not asked again before 
   });
 });
 
+// TileCache reports a batch request's 401 as ERR_UNAUTHORIZED (its 403 as ERR_HTTP); the
+// feed reported its 401 as ERR_FEED. Now the same code as TileCache's, with the status kept.
+test('a feed answering 401 is ERR_UNAUTHORIZED, as TileCache reports one; a 403 stays ERR_FEED; both keep their status', async () => {
+  await withMockClock(async () => {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const errors = [];
+    let n = 0;
+    const feed = async () => new Response('{"error":{"code":"unauthorized","message":"no"}}', { status: [401, 403][n++ % 2] });
+    const stop = new AbortController();
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal, onError: (e) => errors.push(e) });
+    await advance(10_000, 100);
+    assert.ok(errors.length >= 2, `${errors.length} errors`);
+    assert.deepEqual(errors.slice(0, 2).map((e) => [e.code, e.status, e.message]), [
+      ['ERR_UNAUTHORIZED', 401, 'change feed: HTTP 401'],
+      ['ERR_FEED', 403, 'change feed: HTTP 403'],
+    ]);
+    stop.abort();
+    await settle();
+    await f.done;
+    cache.dispose();
+  });
+});
+
 // A server sends `reset` to a follower below the top tier for every change by id (a busy
 // database's, say): each refetched the whole view, one batch request per reset (about 60
 // in 3 s at 20 resets a second). Everything is now invalidated at most once a second: the
