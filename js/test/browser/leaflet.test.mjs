@@ -5,7 +5,8 @@
 // once; a tile that cannot load or draw fails as a tile, never throwing into Leaflet, and a
 // disposed cache is fed no view; on a high-density screen tiles are drawn in device pixels;
 // the GridLayer's zoom and bounds options pass; a map in another CRS than EPSG:3857 draws
-// nothing (its tiles fail, reported once); an item deleted on the server and invalidated, or
+// nothing (its tiles fail, reported once); zoomed out past maxVisibleTiles, tiles load
+// empty and ERR_TOO_MANY_TILES is reported once per zoom; an item deleted on the server and invalidated, or
 // found gone when its tile is fetched again, leaves the screen, and no tile of another data
 // tile is drawn again; so does one left out of a later answer for a tile drawn outside the
 // cache's view (followView: false), and no other tile is drawn or loaded again, and one in a
@@ -213,6 +214,44 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
     assert.equal(r.drawn, 0, 'tiles drawn with the items of other places');
     assert.equal(r.tileErrors, r.tiles, 'every tile failed');
     assert.deepEqual(r.errors, ['ERR_OUT_OF_RANGE'], 'reported once');
+  });
+
+  // Below zoom 9 (the defaults) a tile covers more than maxVisibleTiles data tiles: every
+  // tile used to fail and be reported (15 uncaught errors at zoom 7 on an 800x600 page).
+  it('zoomed out past maxVisibleTiles, tiles load empty, no tileerror, ERR_TOO_MANY_TILES reported once per zoom', async () => {
+    const r = await page.evaluate(async ([lon, lat]) => {
+      const { L, createLayer, cache } = window.__tw;
+      const div = document.createElement('div');
+      div.style.cssText = 'width: 800px; height: 600px';
+      document.body.append(div);
+      const map = L.map(div, { zoomAnimation: false, fadeAnimation: false }).setView([lat, lon], 7);
+      const errors = [];
+      let tileErrors = 0, loads = 0;
+      const layer = createLayer(L, cache, { followView: false, onError: (e) => errors.push(e.code) });
+      layer.on('tileerror', () => { tileErrors++; });
+      layer.on('tileload', () => { loads++; });
+      layer.addTo(map);
+      const tiles = () => Object.values(layer._tiles);
+      const settle = async () => {
+        const end = Date.now() + 10_000;
+        while ((!tiles().length || !tiles().every((t) => t.loaded)) && Date.now() < end) await new Promise((ok) => setTimeout(ok, 50));
+      };
+      await settle();
+      const at7 = { tiles: tiles().length, loads, tileErrors, errors: [...errors] };
+      map.setZoom(6);
+      await settle();
+      const at6 = { tiles: tiles().length, tileErrors, errors: [...errors] };
+      map.remove();
+      div.remove();
+      return { at7, at6 };
+    }, tileCorner(14, SX + 0.5, SY + 0.5));
+    assert.ok(r.at7.tiles >= 12, `${r.at7.tiles} tiles at zoom 7`);
+    assert.equal(r.at7.loads, r.at7.tiles, 'every tile loaded (empty)');
+    assert.equal(r.at7.tileErrors, 0);
+    assert.deepEqual(r.at7.errors, ['ERR_TOO_MANY_TILES'], 'reported once at zoom 7');
+    assert.ok(r.at6.tiles > 0);
+    assert.equal(r.at6.tileErrors, 0);
+    assert.deepEqual(r.at6.errors, ['ERR_TOO_MANY_TILES', 'ERR_TOO_MANY_TILES'], 'once more at zoom 6');
   });
 
   it('a drawn tile whose items changed in the cache is drawn again without them; other tiles are not', async () => {
