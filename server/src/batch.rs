@@ -81,7 +81,8 @@ pub struct Refusal {
     /// upstream's own, passed on: [`OriginFailure::retry_after_s`]).
     pub retry_after_s: Option<u64>,
     /// The origin refused the call in a way retrying will not change
-    /// ([`OriginFailure::Misconfigured`]): followers are told so too (`for_followers`).
+    /// ([`OriginFailure::Misconfigured`], [`OriginFailure::Unservable`]): followers are
+    /// told so too (`for_followers`).
     pub lasting: bool,
 }
 
@@ -1239,10 +1240,11 @@ fn origin_waits_full(max: usize) -> Refusal {
 fn for_followers(refusal: &Refusal) -> Refusal {
     match refusal.code {
         ErrorCode::UpstreamError if refusal.lasting => Refusal {
-            message: "the origin's database refused the query of the call fetching this \
-                      request's data tiles (another request's, whose message says what that \
-                      one asked and is not passed on); this will not pass by retrying: check \
-                      --origin-config against the database (docs/postgis.md)"
+            message: "the origin's database refused the call fetching this request's data \
+                      tiles, or its table cannot be served as configured (another request's \
+                      call, whose message says what that one asked and is not passed on); \
+                      this will not pass by retrying: check --origin-config against the \
+                      database (docs/postgis.md)"
                 .into(),
             ..refusal.clone()
         },
@@ -1300,7 +1302,10 @@ fn refusal_of(failure: &OriginFailure) -> Refusal {
     let e = failure.to_error();
     Refusal {
         retry_after_s: failure.retry_after_s(),
-        lasting: matches!(failure, OriginFailure::Misconfigured { .. }),
+        lasting: matches!(
+            failure,
+            OriginFailure::Misconfigured { .. } | OriginFailure::Unservable { .. }
+        ),
         ..Refusal::new(e.code, e.message)
     }
 }

@@ -13,7 +13,9 @@
 //! - the timeout: [`OriginService::fetch_within`] gives up after `--origin-timeout-ms`
 //!   ([`OriginFailure::Timeout`], a 504 `upstream_timeout`); a backend's own failure is
 //!   [`OriginFailure::Failed`] (a 502 `upstream_error`; [`OriginFailure::Misconfigured`]
-//!   when the database refused the query in a way retrying will not change), or
+//!   when the database refused the query in a way retrying will not change,
+//!   [`OriginFailure::Unservable`] when the backend's own check finds its source cannot be
+//!   served as configured), or
 //!   [`OriginFailure::Refused`] when
 //!   an upstream refused the request as the caller's mistake (400, 413 passed on, as the
 //!   edge does), or [`OriginFailure::RateLimited`] for its 429 (passed on with its
@@ -164,6 +166,12 @@ pub enum OriginFailure {
         sqlstate: String,
         detail: Option<String>,
     },
+    /// The backend's own check found that its source cannot be served as configured, and
+    /// retrying will not change that: a PostGIS geometry column not in degrees (its SRID
+    /// is 3857, say), which would answer every tile empty. A 502 `upstream_error` with
+    /// `message` (it names the table, the column and the SRID, nothing of a row's data),
+    /// saying it will not pass by retrying.
+    Unservable { message: String },
 }
 
 impl OriginFailure {
@@ -211,6 +219,13 @@ impl OriginFailure {
                     ),
                 }
             }
+            OriginFailure::Unservable { message } => ErrorBody {
+                code: ErrorCode::UpstreamError,
+                message: format!(
+                    "the origin cannot be served as configured: {message}; this will not pass \
+                     by retrying"
+                ),
+            },
             OriginFailure::TooManyItems { limit } => ErrorBody {
                 code: ErrorCode::BadRequest,
                 message: format!(
@@ -642,11 +657,13 @@ impl OriginService {
                     })??;
                 Box::new(m)
             }
-            OriginSpec::Postgis(url) => Box::new(postgis::PostgisOrigin::open(
-                &url,
-                config,
-                Arc::clone(&stats),
-            )?),
+            OriginSpec::Postgis(url) => {
+                let origin = postgis::PostgisOrigin::open(&url, config, Arc::clone(&stats))?;
+                // A geometry column not in degrees is refused here when the database
+                // answers; when it does not, the first call checks it.
+                origin.check_at_start().await?;
+                Box::new(origin)
+            }
             OriginSpec::Upstream(url) => Box::new(upstream::UpstreamOrigin::new(
                 &url,
                 config,

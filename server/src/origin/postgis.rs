@@ -1,8 +1,8 @@
 //! The PostGIS backend (`--origin postgres://…`): items from a table or view with an id, a
-//! point geometry in SRID 4326, a class, an access tier, a JSON payload and an update time.
-//! Names are configurable ([`Layout`], a small TOML file given by `--origin-config`); the
-//! ready table, its GiST index and the change trigger are [`ddl`] (`tilewarm-server
-//! --postgis-print-ddl`, and `docs/postgis.md`).
+//! point geometry in SRID 4326 (checked: see below), a class, an access tier, a JSON
+//! payload and an update time. Names are configurable ([`Layout`], a small TOML file given
+//! by `--origin-config`); the ready table, its GiST index and the change trigger are
+//! [`ddl`] (`tilewarm-server --postgis-print-ddl`, and `docs/postgis.md`).
 //!
 //! # Queries
 //! - **Tiles**: one statement for all the tiles of a call. Each tile's envelope is computed
@@ -62,6 +62,14 @@
 //! for does not hold a connection; a query stopped by either is a timeout (504), any other
 //! failure a 502. The server starts while the database is down and recovers when it is up.
 //!
+//! # The geometry column's SRID
+//! The tiles statements compare the column with envelopes in degrees, and PostGIS's `&&`
+//! does not check SRIDs: a column in metres would answer every tile empty, with no error.
+//! So the column's SRID is checked (`check_srid`): at start when the
+//! database answers ([`PostgisOrigin::check_at_start`], which then refuses the start),
+//! else at each call until it is found in degrees ([`OriginFailure::Unservable`], a 502
+//! that names the table, the column, the SRID and what is allowed).
+//!
 //! TLS to PostgreSQL is not built in: connect over loopback or a private network, or
 //! through a TLS-terminating proxy.
 //!
@@ -69,6 +77,7 @@
 //! [tokio-postgres]: https://docs.rs/tokio-postgres
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,6 +350,54 @@ pub struct PostgisOrigin {
     timeout_ms: u64,
     /// `--origin-pool-wait-ms`.
     pool_wait_ms: u64,
+    /// The geometry column was found in degrees ([`PostgisOrigin::check_srid`]); until
+    /// then every call checks it first.
+    srid_ok: AtomicBool,
+}
+
+/// The SRIDs the tiles statements can compare with their envelopes in degrees: 4326, and
+/// 0 (none given), taken as degrees (PostGIS's `&&` does not check SRIDs).
+const DEGREES: [i32; 2] = [4326, 0];
+
+/// What the check of the geometry column's SRID found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SridCheck {
+    /// Degrees: checked for good.
+    Degrees,
+    /// The column's type gives no SRID and it has no row with a geometry: nothing to
+    /// check yet (an empty answer is right), checked again on the next call.
+    Unknown,
+}
+
+/// The verdict on the geometry column from its type's SRID (`declared`: 0 for a bare
+/// `geometry`, as a view's column over an expression without a cast is; `None` when the
+/// catalog has no such column, which the tiles statement itself then refuses) and, when
+/// that gives none, the SRID of one row with a geometry (`row`). `Err`: the message of
+/// [`OriginFailure::Unservable`], naming the table, the column, the SRID and what is
+/// allowed.
+fn srid_verdict(
+    layout: &Layout,
+    declared: Option<i32>,
+    row: Option<i32>,
+) -> Result<SridCheck, String> {
+    let (srid, whose) = match (declared, row) {
+        (Some(d), _) if d != 0 => (d, "its type declares"),
+        (_, Some(r)) => (r, "a row holds a geometry in"),
+        (_, None) => return Ok(SridCheck::Unknown),
+    };
+    if DEGREES.contains(&srid) {
+        return Ok(SridCheck::Degrees);
+    }
+    Err(format!(
+        "the geometry column {column:?} of table {table:?} is not in degrees ({whose} SRID \
+         {srid}), and the tiles are envelopes in degrees, so every tile would answer empty: \
+         the column must be in SRID 4326 (or 0, taken as degrees); for a table in another \
+         SRID, put a view in degrees in front of it (ST_Transform(column, 4326)::geometry(Point, \
+         4326), with a GiST index on that expression) and name the view in --origin-config \
+         (docs/postgis.md, \"A table of another shape\")",
+        column = layout.columns.geom,
+        table = layout.table,
+    ))
 }
 
 /// The tiers a caller at `access` may see, as the access column holds them.
@@ -575,7 +632,93 @@ impl PostgisOrigin {
             described,
             timeout_ms: config.origin_timeout_ms,
             pool_wait_ms: config.origin_pool_wait_ms,
+            srid_ok: AtomicBool::new(false),
         })
+    }
+
+    /// The SRID check (`check_srid`) when the server starts: a geometry
+    /// column not in degrees refuses the start, naming it. A database that cannot answer
+    /// now (down, the table not made yet, a timeout) does not: the first call checks.
+    pub async fn check_at_start(&self) -> Result<(), LoadError> {
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, "postgis: the geometry column's SRID will be checked at the first call");
+                return Ok(());
+            }
+        };
+        match self.check_srid(&client).await {
+            Err(OriginFailure::Unservable { message }) => Err(LoadError::Postgis(message)),
+            Err(e) => {
+                tracing::info!(error = %e, "postgis: the geometry column's SRID will be checked at the first call");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Checks, until it is found in degrees, that the geometry column's SRID is one the
+    /// tiles statements can compare with their envelopes in degrees ([`DEGREES`]): the SRID
+    /// its type declares (`geometry(Point, 3857)`; a view's column gives its expression's,
+    /// 0 without a cast), or when that is 0, the SRID of one row with a geometry. A column
+    /// in metres would otherwise answer every tile empty, with no error, cached for the
+    /// TTL. Not in degrees is [`OriginFailure::Unservable`] (a 502 for the call), and is
+    /// checked again at the next call (the table may be altered meanwhile); so is a column
+    /// of no declared SRID with no geometry yet.
+    async fn check_srid(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+    ) -> Result<SridCheck, OriginFailure> {
+        if self.srid_ok.load(Relaxed) {
+            return Ok(SridCheck::Degrees);
+        }
+        let fail = |e| db_failure(e, self.timeout_ms);
+        let q = self.layout.q();
+        // The catalog first: it costs nothing, and a view over a slow expression is not
+        // read when the type tells.
+        let declared: Option<i32> = client
+            .query_opt(
+                "SELECT postgis_typmod_srid(a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname::text = $2 \
+                 AND NOT a.attisdropped",
+                &[&q.table, &self.layout.columns.geom],
+            )
+            .await
+            .map_err(fail)?
+            .map(|row| row.try_get::<_, Option<i32>>(0))
+            .transpose()
+            .map_err(fail)?
+            .flatten();
+        let mut verdict = srid_verdict(&self.layout, declared, None);
+        if verdict == Ok(SridCheck::Unknown) && declared.is_some() {
+            let row: Option<i32> = client
+                .query_opt(
+                    &format!(
+                        "SELECT ST_SRID(t.{geom}) FROM {table} t WHERE t.{geom} IS NOT NULL LIMIT 1",
+                        geom = q.geom,
+                        table = q.table
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(fail)?
+                .map(|row| row.try_get::<_, Option<i32>>(0))
+                .transpose()
+                .map_err(fail)?
+                .flatten();
+            verdict = srid_verdict(&self.layout, declared, row);
+        }
+        match verdict {
+            Ok(SridCheck::Degrees) => {
+                self.srid_ok.store(true, Relaxed);
+                Ok(SridCheck::Degrees)
+            }
+            Ok(SridCheck::Unknown) => Ok(SridCheck::Unknown),
+            Err(message) => {
+                tracing::error!(table = %self.layout.table, column = %self.layout.columns.geom, "postgis: {message}");
+                Err(OriginFailure::Unservable { message })
+            }
+        }
     }
 
     /// The layout in use.
@@ -694,6 +837,10 @@ impl PostgisOrigin {
         tile_limit: usize,
     ) -> Result<Answer, OriginFailure> {
         let running = self.running().await?;
+        if let Err(e) = self.check_srid(running.client()).await {
+            running.done();
+            return Err(e);
+        }
         let rows = self
             .answer_rows(running.client(), request, bound, tile_limit)
             .await;
@@ -845,6 +992,10 @@ impl PostgisOrigin {
     ) -> Result<ItemCount, OriginFailure> {
         self.stats.count_queries.fetch_add(1, Relaxed);
         let running = self.running().await?;
+        if let Err(e) = self.check_srid(running.client()).await {
+            running.done();
+            return Err(e);
+        }
         let count = self
             .count_rows(running.client(), tiles, access, limit)
             .await;
@@ -1124,6 +1275,35 @@ pub async fn load_from_config(url: &str, config: &Config) -> Result<u64, LoadErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SRID a column's type declares decides; a bare `geometry` (0) is judged by a
+    /// row's SRID, and with no row is not judged yet. 0 and 4326 are degrees.
+    #[test]
+    fn a_geometry_column_not_in_degrees_is_named_with_what_is_allowed() {
+        let l = Layout::default();
+        let ok = Ok(SridCheck::Degrees);
+        assert_eq!(srid_verdict(&l, Some(4326), None), ok);
+        assert_eq!(srid_verdict(&l, Some(4326), Some(3857)), ok);
+        assert_eq!(srid_verdict(&l, Some(0), Some(4326)), ok);
+        assert_eq!(srid_verdict(&l, Some(0), Some(0)), ok);
+        assert_eq!(srid_verdict(&l, Some(0), None), Ok(SridCheck::Unknown));
+        assert_eq!(srid_verdict(&l, None, None), Ok(SridCheck::Unknown));
+        for (declared, row, whose) in [
+            (Some(3857), None, "its type declares SRID 3857"),
+            (Some(0), Some(3857), "a row holds a geometry in SRID 3857"),
+        ] {
+            let m = srid_verdict(&l, declared, row).unwrap_err();
+            for part in [
+                whose,
+                "\"geom\"",
+                "\"tilewarm_items\"",
+                "SRID 4326",
+                "docs/postgis.md",
+            ] {
+                assert!(m.contains(part), "{part:?} not in {m}");
+            }
+        }
+    }
 
     /// A query the database refuses for its configuration (SQLSTATE class 42) or a value
     /// (class 22) says it will not pass by retrying and where to look; it said "retry

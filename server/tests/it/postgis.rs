@@ -750,6 +750,158 @@ async fn a_row_moved_in_a_table_of_another_srid_leaves_its_tile() {
     assert_eq!(seen, moved, "the moved row left tile {a} for tile {b}");
 }
 
+/// A table whose geometry is in SRID 3857 (metres), named directly in `--origin-config`
+/// instead of through a view in degrees: the server refuses to start, naming the table, the
+/// column, the SRID and what is allowed; an origin opened without that check (the database
+/// was down at start) fails each call with a 502 that says so, not an empty tile. A view's
+/// column with no SRID in its type is judged by one row's; one with no rows is served
+/// (empty, rightly) and checked again at the next call. The documented view in degrees in
+/// front of the table, and the default 4326 table, are served. Failed before: the server
+/// started and answered every tile empty (PostGIS's `&&` compares metres with degrees
+/// without checking SRIDs), cached for the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_not_in_degrees_named_directly_is_refused_not_answered_empty() {
+    if !postgres_available() {
+        return;
+    }
+    let pg = Pg::start();
+    let admin = pg.client().await;
+    let at = (-122.33, 47.6);
+    let tile = TileId::from_lon_lat(at.0, at.1, 14).unwrap();
+    load(
+        &pg,
+        &[edge_item("in-4326", at.0, at.1, Access::Public)],
+        &Layout::default(),
+    )
+    .await;
+    admin
+        .batch_execute(
+            "CREATE TABLE homes_3857 (id text PRIMARY KEY, location geometry(Point, 3857),
+                 class text NOT NULL, access text NOT NULL, data json NOT NULL DEFAULT '{}',
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO homes_3857 (id, location, class, access) VALUES
+                 ('in-3857', ST_Transform(ST_SetSRID(ST_MakePoint(-122.33, 47.6), 4326), 3857),
+                  'active', 'public');
+             -- The documented view in degrees.
+             CREATE VIEW homes_deg AS SELECT id,
+                 ST_Transform(location, 4326)::geometry(Point, 4326) AS location,
+                 class, access, data, updated_at FROM homes_3857;
+             -- No SRID in the column's type: judged by a row's.
+             CREATE VIEW homes_bare_deg AS SELECT id,
+                 ST_Transform(location, 4326) AS location, class, access, data, updated_at
+                 FROM homes_3857;
+             CREATE VIEW homes_bare_metres AS SELECT id, location::geometry AS location,
+                 class, access, data, updated_at FROM homes_3857;
+             CREATE TABLE empty_bare (id text PRIMARY KEY, location geometry,
+                 class text NOT NULL, access text NOT NULL, data json NOT NULL DEFAULT '{}',
+                 updated_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await
+        .unwrap();
+    let layout = |table: &str| Layout {
+        table: table.into(),
+        channel: String::new(),
+        columns: tilewarm_server::origin::postgis::Columns {
+            geom: "location".into(),
+            ..Default::default()
+        },
+    };
+    let req = BatchRequest {
+        tiles: vec![tile],
+        ids: vec![],
+        access: Access::Public,
+    };
+    let req = &req;
+    let c = config();
+    // An origin as a server whose database was down at start has it: no check made yet.
+    let service = |l: Layout| {
+        let stats = Arc::new(OriginStats::default());
+        let backend = PostgisOrigin::with_layout(&pg.url, l, &c, Arc::clone(&stats), true).unwrap();
+        OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats)
+    };
+    let fetch = |s: OriginService| async move {
+        let r = s
+            .fetch(req, tilewarm_server::origin::CallSource::Request)
+            .await;
+        (s, r)
+    };
+    let ids = |a: &tilewarm_server::origin::Answer| a.response.tiles[0].ids.clone();
+    let names_everything = |m: &str, srid: &str, table: &str| {
+        for part in [
+            &format!("\"{table}\""),
+            "\"location\"",
+            srid,
+            "SRID 4326",
+            "view in degrees",
+            "docs/postgis.md",
+        ] {
+            assert!(m.contains(part), "{part:?} not in {m}");
+        }
+    };
+
+    // Named directly: the start is refused.
+    let file = std::env::temp_dir().join(format!("tw-layout-srid-{}", std::process::id()));
+    std::fs::write(
+        &file,
+        "table = \"homes_3857\"\nchannel = \"\"\n[columns]\ngeom = \"location\"\n",
+    )
+    .unwrap();
+    let started = tilewarm_server::start(Config {
+        origin_config: Some(file.clone()),
+        ..pg_config(&pg)
+    })
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    let e = started.err().expect("the start is refused").to_string();
+    names_everything(&e, "SRID 3857", "homes_3857");
+
+    // Not checked at start: each call is a 502 that says so, and it is not cached.
+    for table in ["homes_3857", "homes_bare_metres"] {
+        let (s, r) = fetch(service(layout(table))).await;
+        let e = r.expect_err(table);
+        assert!(matches!(e, OriginFailure::Unservable { .. }), "{e:?}");
+        let m = e.to_error().message;
+        assert_eq!(e.to_error().code, ErrorCode::UpstreamError);
+        names_everything(&m, "SRID 3857", table);
+        assert!(m.contains("will not pass by retrying"), "{m}");
+        let (_, again) = fetch(s).await;
+        assert!(again.is_err(), "{table}: checked again at the next call");
+    }
+
+    // The documented view in front, a view whose rows are in degrees, and the default
+    // table are served.
+    for (l, id) in [
+        (layout("homes_deg"), "in-3857"),
+        (layout("homes_bare_deg"), "in-3857"),
+        (Layout::default(), "in-4326"),
+    ] {
+        let table = l.table.clone();
+        let (_, r) = fetch(service(l)).await;
+        assert_eq!(ids(&r.expect(&table)), [id], "{table}");
+    }
+    let served = tilewarm_server::start(Config {
+        origin_config: None,
+        ..pg_config(&pg)
+    })
+    .await;
+    assert!(served.is_ok(), "the default table starts");
+
+    // No SRID in the type and no rows: served (empty), and checked again when a row comes.
+    let (s, r) = fetch(service(layout("empty_bare"))).await;
+    assert_eq!(ids(&r.expect("an empty table")), Vec::<String>::new());
+    admin
+        .batch_execute(
+            "INSERT INTO empty_bare (id, location, class, access) VALUES
+                 ('in-3857', ST_Transform(ST_SetSRID(ST_MakePoint(-122.33, 47.6), 4326), 3857),
+                  'active', 'public');",
+        )
+        .await
+        .unwrap();
+    let (_, r) = fetch(s).await;
+    let e = r.expect_err("a row in metres");
+    names_everything(&e.to_error().message, "SRID 3857", "empty_bare");
+}
+
 /// Two tables of the same name in two schemas, each with its own channel: the DDL of the
 /// second leaves the first's trigger notifying on the first's channel. Failed before: the
 /// functions were not schema-qualified, so both DDLs wrote `homes_notify` in `public` and
