@@ -1377,6 +1377,15 @@ mod tests {
         assert!(f.message.contains("--origin-config"), "{}", f.message);
         assert!(!f.message.contains("retry later"), "{}", f.message);
         assert!(!f.message.contains("price"), "{}", f.message);
+        let f = for_followers(&refusal_of(&OriginFailure::Unservable {
+            message: "the geometry column \"geom\" is in SRID 3857".into(),
+        }));
+        assert!(
+            f.message.contains("will not pass by retrying"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("retry later"), "{}", f.message);
         let f = for_followers(&refusal_of(&OriginFailure::Failed("id 7 left out".into())));
         assert!(f.message.ends_with("retry later"), "{}", f.message);
         assert!(!f.message.contains("id 7"), "{}", f.message);
