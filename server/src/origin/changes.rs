@@ -354,6 +354,10 @@ fn parse(payload: &str, data_zoom: u8) -> Option<(Invalidation, bool)> {
         return None;
     }
     let (old, new) = (point(p.old).ok()?, point(p.new).ok()?);
+    // An `old` of `null` (or `[null, null]`) is not taken as "in no tile": the trigger
+    // sends it for a polygon or a line too, which the origin never serves but whose box
+    // still counts in the envelope rows of every tile it overlaps (the tile limit's
+    // count), so its tiles are unknown here.
     let placed = p.op == "I" || old.is_some();
     let mut inv = Invalidation {
         ids: vec![p.id?],
