@@ -111,6 +111,10 @@ const CANCEL_CONNECT_WAIT: Duration = CONNECT_TIMEOUT;
 /// The longest the pool takes to open a connection; past it the call fails (502).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest the start waits for the check of the geometry column's SRID; past it the
+/// first call checks.
+const START_CHECK_WAIT: Duration = Duration::from_secs(5);
+
 /// Where the items are: table (or view) and column names, and the change channel. The
 /// TOML file of `--origin-config`; every key is optional.
 ///
@@ -636,24 +640,29 @@ impl PostgisOrigin {
         })
     }
 
-    /// The SRID check (`check_srid`) when the server starts: a geometry
-    /// column not in degrees refuses the start, naming it. A database that cannot answer
-    /// now (down, the table not made yet, a timeout) does not: the first call checks.
+    /// The SRID check (`check_srid`) when the server starts: a geometry column not in
+    /// degrees refuses the start, naming it. A database that cannot answer now (down, the
+    /// table not made yet, a timeout) does not: the first call checks. The start waits
+    /// for it at most `START_CHECK_WAIT` (its statement is then cancelled).
     pub async fn check_at_start(&self) -> Result<(), LoadError> {
-        let client = match self.client().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(error = %e, "postgis: the geometry column's SRID will be checked at the first call");
-                return Ok(());
-            }
+        let check = async {
+            let running = self.running().await?;
+            let verdict = self.check_srid(running.client()).await;
+            running.done();
+            verdict
         };
-        match self.check_srid(&client).await {
-            Err(OriginFailure::Unservable { message }) => Err(LoadError::Postgis(message)),
-            Err(e) => {
-                tracing::info!(error = %e, "postgis: the geometry column's SRID will be checked at the first call");
-                Ok(())
-            }
-            Ok(_) => Ok(()),
+        let later = |why: String| {
+            tracing::info!(
+                error = %why,
+                "postgis: the geometry column's SRID will be checked at the first call"
+            );
+            Ok(())
+        };
+        match tokio::time::timeout(START_CHECK_WAIT, check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(OriginFailure::Unservable { message })) => Err(LoadError::Postgis(message)),
+            Ok(Err(e)) => later(e.to_string()),
+            Err(_) => later(format!("no answer within {} s", START_CHECK_WAIT.as_secs())),
         }
     }
 

@@ -1772,6 +1772,59 @@ async fn with_no_origin_timeout_a_roles_statement_timeout_does_not_stop_the_serv
     let _ = std::fs::remove_file(layout);
 }
 
+/// The start's check of the geometry column's SRID does not hold the start: a view whose
+/// column declares no SRID is judged by a row, and with `--origin-timeout-ms 0` its row
+/// (a view that sleeps 10 minutes) never comes; the server starts after the check's wait
+/// (5 s) with the statement cancelled, and the first call checks and serves. Without the
+/// wait the start would hang for the 10 minutes (the 120 s bound here only stops the test
+/// from hanging with it; it is not a measure of speed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_srid_check_gets_no_answer_starts_and_cancels_it() {
+    if !postgres_available() {
+        return;
+    }
+    let (pg, admin, o) = slow_city().await;
+    admin
+        .batch_execute(
+            "CREATE VIEW slow_bare AS SELECT id, geom::geometry AS geom, class, access, data,
+                 updated_at FROM slow_items",
+        )
+        .await
+        .unwrap();
+    let layout = std::env::temp_dir().join(format!("tw-layout-bare-{}", std::process::id()));
+    std::fs::write(&layout, "table = \"slow_bare\"\nchannel = \"\"\n").unwrap();
+    let s = tokio::time::timeout(
+        Duration::from_secs(120),
+        server(Config {
+            origin_config: Some(layout.clone()),
+            origin_timeout_ms: 0,
+            ..pg_config(&pg)
+        }),
+    )
+    .await
+    .expect("the start does not wait for the check's statement");
+    std::fs::remove_file(&layout).unwrap();
+    assert!(
+        no_statement_runs(&admin).await,
+        "the check's statement is cancelled"
+    );
+    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let r = Http::new()
+        .ok(&s, &request(&[t], &[], Access::Public))
+        .await;
+    let want = o.answer(
+        &BatchRequest {
+            tiles: vec![t],
+            ids: vec![],
+            access: Access::Public,
+        },
+        None,
+    );
+    assert_eq!(digest(&r), digest(&want));
+    s.shutdown().await;
+}
+
 /// A scratch database holding the test city (the test config's seed, 2,000 items) and the
 /// view [`create_slow_items`] makes: the database, an admin connection, the city's origin.
 async fn slow_city() -> (Pg, tokio_postgres::Client, Origin<RawData>) {
