@@ -1270,8 +1270,8 @@ mod tests {
         assert_eq!(redact_url("http://h/v1/batch"), "http://h/v1/batch");
     }
 
-    /// A backend answering one fixed response, whatever it is asked.
-    struct Fixed(BatchResponse<RawData>);
+    /// A backend answering one fixed response or failure, whatever it is asked.
+    struct Fixed(Result<BatchResponse<RawData>, OriginFailure>);
 
     impl OriginBackend for Fixed {
         fn kind(&self) -> &'static str {
@@ -1283,7 +1283,7 @@ mod tests {
             _bound: Option<ItemBound<'a>>,
         ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
             let r = self.0.clone();
-            Box::pin(async move { Ok(r) })
+            Box::pin(async move { r })
         }
         fn count_up_to<'a>(
             &'a self,
@@ -1326,7 +1326,7 @@ mod tests {
         };
         let stats = Arc::new(OriginStats::default());
         let service = OriginService::with_backend(
-            Box::new(Fixed(response)),
+            Box::new(Fixed(Ok(response))),
             &Config::default(),
             Arc::new(Metrics::default()),
             Arc::clone(&stats),
@@ -1354,31 +1354,6 @@ mod tests {
     /// so: a PostGIS pool overload (503) is one, though its help spoke of 502s only.
     #[test]
     fn origin_failures_count_every_failure_but_timeouts_and_bounds_as_its_help_says() {
-        struct Failing(OriginFailure);
-        impl OriginBackend for Failing {
-            fn kind(&self) -> &'static str {
-                "memory"
-            }
-            fn answer<'a>(
-                &'a self,
-                _request: &'a BatchRequest,
-                _bound: Option<ItemBound<'a>>,
-            ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-                let e = self.0.clone();
-                Box::pin(async move { Err(e) })
-            }
-            fn count_up_to<'a>(
-                &'a self,
-                _tiles: &'a [TileId],
-                _access: Access,
-                _limit: usize,
-            ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-                Box::pin(async { Ok(ItemCount::Unknown) })
-            }
-            fn describe(&self) -> String {
-                "failing".into()
-            }
-        }
         let help = crate::metrics::ORIGIN_FAILURES_HELP;
         let refused = ErrorBody {
             code: ErrorCode::BadRequest,
@@ -1415,7 +1390,7 @@ mod tests {
         ] {
             let stats = Arc::new(OriginStats::default());
             let service = OriginService::with_backend(
-                Box::new(Failing(failure.clone())),
+                Box::new(Fixed(Err(failure.clone()))),
                 &Config::default(),
                 Arc::new(Metrics::default()),
                 Arc::clone(&stats),
@@ -1442,37 +1417,11 @@ mod tests {
     /// more).
     #[test]
     fn the_origins_quiet_time_is_not_lengthened_by_the_wall_clock_stepping_back() {
-        struct Busy;
-        impl OriginBackend for Busy {
-            fn kind(&self) -> &'static str {
-                "memory"
-            }
-            fn answer<'a>(
-                &'a self,
-                _request: &'a BatchRequest,
-                _bound: Option<ItemBound<'a>>,
-            ) -> OriginFuture<'a, Result<BatchResponse<RawData>, OriginFailure>> {
-                Box::pin(async {
-                    Err(OriginFailure::Overloaded {
-                        message: "busy".into(),
-                        retry_after_s: Some(2),
-                    })
-                })
-            }
-            fn count_up_to<'a>(
-                &'a self,
-                _tiles: &'a [TileId],
-                _access: Access,
-                _limit: usize,
-            ) -> OriginFuture<'a, Result<ItemCount, OriginFailure>> {
-                Box::pin(async { Ok(ItemCount::Unknown) })
-            }
-            fn describe(&self) -> String {
-                "busy".into()
-            }
-        }
         let service = OriginService::with_backend(
-            Box::new(Busy),
+            Box::new(Fixed(Err(OriginFailure::Overloaded {
+                message: "busy".into(),
+                retry_after_s: Some(2),
+            }))),
             &Config::default(),
             Arc::new(Metrics::default()),
             Arc::new(OriginStats::default()),
