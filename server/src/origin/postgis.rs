@@ -457,6 +457,20 @@ fn envelope_tiles(tiles: &[TileId]) -> Vec<TileId> {
         .collect()
 }
 
+/// The SRID one row of `sql` answers in its first column (a statement of the SRID check,
+/// `check_srid`): None when it answers no row, or null.
+async fn query_srid(
+    client: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    timeout_ms: u64,
+) -> Result<Option<i32>, OriginFailure> {
+    let fail = |e| db_failure(e, timeout_ms);
+    let row = client.query_opt(sql, params).await.map_err(fail)?;
+    let srid = row.map(|row| row.try_get::<_, Option<i32>>(0)).transpose();
+    Ok(srid.map_err(fail)?.flatten())
+}
+
 /// A database error as an origin failure: a statement stopped by `statement_timeout`
 /// (SQLSTATE 57014, with `timeout_ms` > 0) is a timeout, a query the database refused as
 /// [`query_refused`] says, anything else a failure (with
@@ -681,40 +695,31 @@ impl PostgisOrigin {
         if self.srid_ok.load(Relaxed) {
             return Ok(SridCheck::Degrees);
         }
-        let fail = |e| db_failure(e, self.timeout_ms);
         let q = self.layout.q();
         // The catalog first: it costs nothing, and a view over a slow expression is not
         // read when the type tells.
-        let declared: Option<i32> = client
-            .query_opt(
-                "SELECT postgis_typmod_srid(a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = $1::text::regclass AND a.attname::text = $2 \
-                 AND NOT a.attisdropped",
-                &[&q.table, &self.layout.columns.geom],
-            )
-            .await
-            .map_err(fail)?
-            .map(|row| row.try_get::<_, Option<i32>>(0))
-            .transpose()
-            .map_err(fail)?
-            .flatten();
+        let declared = query_srid(
+            client,
+            "SELECT postgis_typmod_srid(a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND a.attname::text = $2 \
+             AND NOT a.attisdropped",
+            &[&q.table, &self.layout.columns.geom],
+            self.timeout_ms,
+        )
+        .await?;
         let mut verdict = srid_verdict(&self.layout, declared, None);
         if verdict == Ok(SridCheck::Unknown) && declared.is_some() {
-            let row: Option<i32> = client
-                .query_opt(
-                    &format!(
-                        "SELECT ST_SRID(t.{geom}) FROM {table} t WHERE t.{geom} IS NOT NULL LIMIT 1",
-                        geom = q.geom,
-                        table = q.table
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(fail)?
-                .map(|row| row.try_get::<_, Option<i32>>(0))
-                .transpose()
-                .map_err(fail)?
-                .flatten();
+            let row = query_srid(
+                client,
+                &format!(
+                    "SELECT ST_SRID(t.{geom}) FROM {table} t WHERE t.{geom} IS NOT NULL LIMIT 1",
+                    geom = q.geom,
+                    table = q.table
+                ),
+                &[],
+                self.timeout_ms,
+            )
+            .await?;
             verdict = srid_verdict(&self.layout, declared, row);
         }
         match verdict {
