@@ -14,6 +14,7 @@ use axum::Router;
 use tilewarm::origin::Origin;
 use tilewarm::protocol::{decode_request, Item, Limits, RawData};
 use tilewarm::{Access, TileId};
+use tilewarm_server::Server;
 
 use crate::common::{config, redis_available, server, Config, Http, RedisCluster, RedisServer};
 use crate::invalidate::admin_invalidates;
@@ -21,6 +22,14 @@ use crate::request;
 
 /// An upstream whose items can move: it answers honestly from the items it holds now.
 struct Moving(Mutex<Origin<RawData>>);
+
+impl Moving {
+    /// Car `x` moves to `tile`, its data now `{"v":v}`; car `y` stays in tile A.
+    fn move_x(&self, tile: TileId, v: u32) {
+        let a = tiles().0;
+        *self.0.lock().unwrap() = Origin::new(vec![item("x", tile, v), item("y", a, 1)]).unwrap();
+    }
+}
 
 async fn answer(State(m): State<Arc<Moving>>, body: AxBytes) -> String {
     let req = decode_request(&body, &Limits::default()).unwrap();
@@ -62,6 +71,23 @@ fn tiles() -> (TileId, TileId) {
     (a, a.offset(1, 0).unwrap())
 }
 
+/// A server over a [`moving`] upstream holding cars `x` and `y` in tile A, with the Redis at
+/// `redis` as its shared tier (none: the in-process tier alone): the upstream and the server.
+async fn over_moving(redis: Option<String>) -> (Arc<Moving>, Server) {
+    let a = tiles().0;
+    let (up, upstream) = moving(vec![item("x", a, 1), item("y", a, 1)]).await;
+    let s = server(Config {
+        origin: Some(upstream),
+        origin_timeout_ms: 10_000,
+        warmup_ring: 0,
+        redis,
+        redis_timeout_ms: 2_000,
+        ..config()
+    })
+    .await;
+    (up, s)
+}
+
 /// Tile A is cached holding car `x`, `x` moves to tile B and B is fetched (every item of a
 /// fill is written under its own key too, so `x`'s item key now names B), then `x` is
 /// invalidated by id: a read of A must not answer the copy of `x` from before the move (the
@@ -91,16 +117,7 @@ async fn an_invalidated_id_that_moved_tile_is_served_by_no_tile_on_a_cluster() {
 
 async fn moved_then_invalidated(tier: &str, redis: Option<String>) {
     let (a, b) = tiles();
-    let (up, upstream) = moving(vec![item("x", a, 1), item("y", a, 1)]).await;
-    let s = server(Config {
-        origin: Some(upstream),
-        origin_timeout_ms: 10_000,
-        warmup_ring: 0,
-        redis,
-        redis_timeout_ms: 2_000,
-        ..config()
-    })
-    .await;
+    let (up, s) = over_moving(redis).await;
     let http = Http::new();
     let read_a = request(&[a], &[], Access::Agent);
     let r = http.ok(&s, &read_a).await;
@@ -109,7 +126,7 @@ async fn moved_then_invalidated(tier: &str, redis: Option<String>) {
     http.ok(&s, &read_a).await;
     assert_eq!(s.app.metrics.origin_calls(), calls, "{tier}: A is cached");
 
-    *up.0.lock().unwrap() = Origin::new(vec![item("x", b, 2), item("y", a, 1)]).unwrap();
+    up.move_x(b, 2);
     let r = http.ok(&s, &request(&[b], &[], Access::Agent)).await;
     let x = r.items.iter().find(|i| i.id == "x").expect("x is in B");
     assert_eq!(x.data.get(), r#"{"v":2}"#, "{tier}: x moved");
@@ -152,20 +169,11 @@ async fn a_move_does_not_unlink_the_tile_the_same_write_filled() {
     }
     let redis = RedisServer::start();
     let (a, b) = tiles();
-    let (up, upstream) = moving(vec![item("x", a, 1), item("y", a, 1)]).await;
-    let s = server(Config {
-        origin: Some(upstream),
-        origin_timeout_ms: 10_000,
-        warmup_ring: 0,
-        redis: Some(redis.url()),
-        redis_timeout_ms: 2_000,
-        ..config()
-    })
-    .await;
+    let (up, s) = over_moving(Some(redis.url())).await;
     let http = Http::new();
     let moves = || s.app.metrics.redis_moved_items.load(Relaxed);
     http.ok(&s, &request(&[], &["x"], Access::Agent)).await;
-    *up.0.lock().unwrap() = Origin::new(vec![item("x", b, 2), item("y", a, 1)]).unwrap();
+    up.move_x(b, 2);
     let both = request(&[a, b], &[], Access::Agent);
     http.ok(&s, &both).await;
     assert_eq!(moves(), 1, "x's move from A to B");
@@ -175,7 +183,7 @@ async fn a_move_does_not_unlink_the_tile_the_same_write_filled() {
 
     // x moves on to C, east of B, fetched alone: B held x and is unlinked.
     let c = b.offset(1, 0).unwrap();
-    *up.0.lock().unwrap() = Origin::new(vec![item("x", c, 3), item("y", a, 1)]).unwrap();
+    up.move_x(c, 3);
     http.ok(&s, &request(&[c], &[], Access::Agent)).await;
     assert_eq!(moves(), 2, "x's move from B to C");
     let calls = s.app.metrics.origin_calls();
