@@ -196,17 +196,31 @@ async fn load(pg: &Pg, items: &[Item<RawData>], layout: &Layout) {
     load_items(&client, layout, items).await.expect("load");
 }
 
-fn postgis_service(pg: &Pg, c: &Config, sql_filter: bool) -> OriginService {
+/// The synthetic city of [`config`]'s seed, loaded into the table of the default layout:
+/// its items.
+async fn load_city(pg: &Pg) -> Vec<Item<RawData>> {
+    let c = config();
+    let items = synthetic_city(c.seed, c.synthetic_homes);
+    load(pg, &items, &Layout::default()).await;
+    items
+}
+
+/// An origin service over `pg` read with `layout`. `sql_filter: false` leaves the tier
+/// filter out of the SQL ([`PostgisOrigin::with_layout`]).
+fn postgis_service(pg: &Pg, layout: Layout, c: &Config, sql_filter: bool) -> OriginService {
     let stats = Arc::new(OriginStats::default());
-    let backend = PostgisOrigin::with_layout(
-        &pg.url,
-        Layout::default(),
-        c,
-        Arc::clone(&stats),
-        sql_filter,
-    )
-    .unwrap();
+    let backend =
+        PostgisOrigin::with_layout(&pg.url, layout, c, Arc::clone(&stats), sql_filter).unwrap();
     OriginService::with_backend(Box::new(backend), c, Arc::new(Metrics::default()), stats)
+}
+
+/// The default layout over `table`, with no change channel.
+fn unlistened(table: &str) -> Layout {
+    Layout {
+        table: table.into(),
+        channel: String::new(),
+        ..Layout::default()
+    }
 }
 
 fn memory_service(items: Vec<Item<RawData>>, c: &Config) -> OriginService {
@@ -294,7 +308,7 @@ fn postgis_and_memory_origins_give_identical_answers() {
     let c = config();
     rt.block_on(load(&pg, &items, &Layout::default()));
     let memory = memory_service(items.clone(), &c);
-    let postgis = postgis_service(&pg, &c, true);
+    let postgis = postgis_service(&pg, Layout::default(), &c, true);
     let points: Vec<(f64, f64, String)> =
         items.iter().map(|i| (i.lon, i.lat, i.id.clone())).collect();
     let mut runner = TestRunner::new(PropConfig {
@@ -394,7 +408,7 @@ async fn items_above_the_asked_tier_never_leave_even_when_the_sql_filter_is_wron
     };
     let c = config();
     for sql_filter in [true, false] {
-        let s = postgis_service(&pg, &c, sql_filter);
+        let s = postgis_service(&pg, Layout::default(), &c, sql_filter);
         let r = s
             .fetch(&req, tilewarm_server::origin::CallSource::Request)
             .await
@@ -497,15 +511,7 @@ async fn a_row_whose_geometry_is_not_a_point_is_skipped_not_the_whole_answer() {
         .await
         .unwrap();
     let c = config();
-    let stats = Arc::new(OriginStats::default());
-    let layout = Layout {
-        table: "mixed_items".into(),
-        channel: String::new(),
-        ..Layout::default()
-    };
-    let backend =
-        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
-    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let s = postgis_service(&pg, unlistened("mixed_items"), &c, true);
     let req = BatchRequest {
         tiles: vec![t],
         ids: vec![
@@ -552,15 +558,7 @@ async fn a_table_whose_id_is_not_text_is_a_502_that_says_retrying_will_not_help(
         .await
         .unwrap();
     let c = config();
-    let stats = Arc::new(OriginStats::default());
-    let layout = Layout {
-        table: "bigint_items".into(),
-        channel: String::new(),
-        ..Layout::default()
-    };
-    let backend =
-        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
-    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let s = postgis_service(&pg, unlistened("bigint_items"), &c, true);
     let req = BatchRequest {
         tiles: vec![],
         ids: vec!["1".into()],
@@ -963,9 +961,7 @@ async fn the_server_over_postgis_answers_as_over_memory() {
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    let items = load_city(&pg).await;
     let o = Origin::new(items).unwrap();
     let http = Http::new();
     let mem = server(config()).await;
@@ -1205,7 +1201,7 @@ async fn a_data_tile_over_the_tile_limit_is_left_out_not_cut_short() {
     };
 
     // The origin: the tile's rows stop at the limit (more than it, not a count of all).
-    let o = postgis_service(&pg, &c, true);
+    let o = postgis_service(&pg, Layout::default(), &c, true);
     let a = o
         .fetch(
             &BatchRequest {
@@ -1645,9 +1641,7 @@ async fn a_slow_query_is_a_504_that_frees_its_connection_and_caches_nothing() {
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    let items = load_city(&pg).await;
     let admin = pg.client().await;
     // A view whose every query first sleeps for knob.ms.
     admin
@@ -1923,15 +1917,7 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
         origin_pool: 1,
         ..config()
     };
-    let stats = Arc::new(OriginStats::default());
-    let layout = Layout {
-        table: "slow_items".into(),
-        channel: String::new(),
-        ..Layout::default()
-    };
-    let backend =
-        PostgisOrigin::with_layout(&pg.url, layout, &c, Arc::clone(&stats), true).unwrap();
-    let s = OriginService::with_backend(Box::new(backend), &c, Arc::new(Metrics::default()), stats);
+    let s = postgis_service(&pg, unlistened("slow_items"), &c, true);
     let req = BatchRequest {
         tiles: vec![t],
         ids: vec![],
@@ -2056,9 +2042,7 @@ async fn dropped_connections_and_a_restarted_database_recover_without_a_restart(
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    let items = load_city(&pg).await;
     let o = Origin::new(items).unwrap();
     let occupied: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|x| x.0).collect();
     let want = |t: TileId| {
@@ -2199,9 +2183,7 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
         return;
     }
     let pg = Pg::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    let items = load_city(&pg).await;
     let o = Origin::new(items).unwrap();
     let (t, _) = o
         .occupied_tiles(14)
@@ -2318,9 +2300,7 @@ async fn updates_inserts_moves_and_deletes_are_served_without_waiting_for_the_tt
 
 /// The synthetic city loaded into `pg`: its densest data tile and a home in it.
 async fn densest_loaded(pg: &Pg) -> (TileId, String) {
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(pg, &items, &Layout::default()).await;
+    let items = load_city(pg).await;
     let o = Origin::new(items).unwrap();
     let (t, _) = o
         .occupied_tiles(14)
@@ -2535,9 +2515,7 @@ async fn changes_past_the_queue_bound_collapse_into_one_invalidate_all() {
     }
     let pg = Pg::start();
     let mut redis = crate::common::RedisServer::start();
-    let c = config();
-    let items = synthetic_city(c.seed, c.synthetic_homes);
-    load(&pg, &items, &Layout::default()).await;
+    let items = load_city(&pg).await;
     let ids: Vec<String> = items.iter().take(40).map(|i| i.id.clone()).collect();
     let s = server(Config {
         redis: Some(redis.url()),
@@ -3039,9 +3017,7 @@ struct Dense {
 
 impl Dense {
     async fn loaded(pg: &Pg) -> Dense {
-        let c = config();
-        let items = synthetic_city(c.seed, c.synthetic_homes);
-        load(pg, &items, &Layout::default()).await;
+        let items = load_city(pg).await;
         let o = Origin::new(items).unwrap();
         let (t, n) = o
             .occupied_tiles(14)
