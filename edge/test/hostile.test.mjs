@@ -183,6 +183,27 @@ after(() => {
 const BLOCK = [];
 for (let dx = 0; dx < 4; dx++) for (let dy = 0; dy < 4; dy++) BLOCK.push(`14/${2624 + dx * 4}/${5721 + dy * 4}`);
 
+/** A worker's env: its origin is the `fetch` stand-in, tokens are checked, and it neither
+ * polls the change feed nor warms; `options` adds to its TILEWARM_OPTIONS. */
+function quietEnv(options = {}) {
+  return {
+    ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
+    TILEWARM_OPTIONS: JSON.stringify({ ...options, changesPollMs: 0, warmRing: 0 }),
+  };
+}
+
+/** One request for tile 14/2624/5721 at `verified`, with a token of that tier, to
+ * `worker`: its response, and the promises the worker handed to waitUntil. */
+async function askVerified(worker, env) {
+  const waits = [];
+  const res = await worker.fetch(new Request('http://edge.test/v1/batch', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
+    body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
+  }), env, { waitUntil: (p) => waits.push(p) });
+  return { res, waits };
+}
+
 describe('edge worker (js/edge.js) against a hostile origin and shared cache', () => {
   for (let seed = 1; seed <= 12; seed++) {
     it(`seed ${seed}: every answer is a documented one and holds nothing above the caller's tier`, async () => {
@@ -311,16 +332,7 @@ describe('edge worker (js/edge.js): each kind of hostile origin answer alone', (
         return originAnswer(r, kind === 'slow' ? 'ok' : Number(kind) || kind, JSON.parse(init.body), init.signal);
       };
       const worker = createWorker();
-      const env = {
-        ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
-        TILEWARM_OPTIONS: JSON.stringify({ originTimeoutMs: TIMEOUT_MS, changesPollMs: 0, warmRing: 0 }),
-      };
-      const waits = [];
-      const res = await worker.fetch(new Request('http://edge.test/v1/batch', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
-        body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
-      }), env, { waitUntil: (p) => waits.push(p) });
+      const { res, waits } = await askVerified(worker, quietEnv({ originTimeoutMs: TIMEOUT_MS }));
       const json = await res.json();
       assert.equal(res.status, status, JSON.stringify(json));
       assert.equal(calls, 1, 'one origin call');
@@ -414,18 +426,10 @@ describe('edge worker (js/edge.js): a shared-cache entry dated at no time', () =
       calls++;
       return originAnswer(r, 'ok', JSON.parse(init.body), init.signal);
     };
-    const env = {
-      ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
-      TILEWARM_OPTIONS: JSON.stringify({ changesPollMs: 0, warmRing: 0 }),
-    };
+    const env = quietEnv();
     // A fresh isolate each time (its own cache): what it finds is the shared cache's.
     const ask = async () => {
-      const waits = [];
-      const res = await createWorker().fetch(new Request('http://edge.test/v1/batch', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
-        body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
-      }), env, { waitUntil: (p) => waits.push(p) });
+      const { res, waits } = await askVerified(createWorker(), env);
       assert.equal(res.status, 200);
       await res.json();
       await Promise.all(waits);
@@ -471,17 +475,9 @@ describe('edge worker (js/edge.js): an HTML page sent with 200', () => {
       return new Response('<html><body>200 OK (not really)</body></html>', { status: 200, headers: { 'content-type': 'text/html' } });
     };
     const worker = createWorker();
-    const env = {
-      ORIGIN: 'http://127.0.0.1:9/v1/batch', JWT_SECRET: SECRET,
-      TILEWARM_OPTIONS: JSON.stringify({ changesPollMs: 0, warmRing: 0 }),
-    };
+    const env = quietEnv();
     for (let i = 1; i <= 2; i++) {
-      const waits = [];
-      const res = await worker.fetch(new Request('http://edge.test/v1/batch', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${tokens.verified}` },
-        body: JSON.stringify({ tiles: ['14/2624/5721'], access: 'verified' }),
-      }), env, { waitUntil: (p) => waits.push(p) });
+      const { res, waits } = await askVerified(worker, env);
       const json = await res.json();
       assert.equal(res.status, 502, JSON.stringify(json));
       assert.equal(json.error?.code, 'upstream_error');
