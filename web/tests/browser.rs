@@ -128,6 +128,19 @@ async fn complete_downtown_cache(s: &str) -> TileCache {
     cache
 }
 
+/// As [`complete_downtown_cache`], the cache keeping at most `n` items: with `n` the view's
+/// items, it is full once the view is complete.
+async fn full_downtown_cache(s: &str, n: usize) -> TileCache {
+    let full = Options {
+        max_items: Some(n),
+        ..options(s, 0, 0)
+    };
+    let cache: TileCache = TileCache::new(&full).unwrap();
+    show(&cache, inside(tile(0, 0)));
+    cache.when_complete().await.unwrap();
+    cache
+}
+
 /// A cache of session `s` (one ring of prefetch, no retry) whose requests time out after
 /// `timeout_ms`, on a server that answers slowly (the proxy's mode `slow`), shown a view
 /// inside tile (0, 0): its requests, prefetches among them, are out.
@@ -438,6 +451,14 @@ async fn items_above_the_callers_tier_never_reach_the_page() {
     assert_eq!(cache.stats().cache.entries, 0);
 }
 
+/// The tier each batch request of `session` that reached the proxy asked at, in order.
+async fn asked_access(session: &str) -> Vec<String> {
+    let bodies = control(session, "log").await["bodies"].clone();
+    (bodies.as_array().unwrap().iter())
+        .map(|b| b["access"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Security: a cache asking above the caller's verified tier (no token: public) gets the
 /// server's 403, which names that tier in `x-tilewarm-access`; the cache follows it down and
 /// asks again at it, so the view completes with nothing above it and no error.
@@ -465,13 +486,7 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
         }
     }
     assert_eq!(heard, [Access::Public]);
-    let bodies = control(s, "log").await["bodies"].clone();
-    let asked: Vec<&str> = bodies
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["access"].as_str().unwrap())
-        .collect();
+    let asked = asked_access(s).await;
     assert_eq!(asked, ["agent", "public"]);
     assert_eq!(cache.stats().errors, 0);
     // The old tier cannot be set again (a host doing so at every update would loop).
@@ -506,13 +521,7 @@ async fn a_403_naming_a_lower_tier_lowers_the_cache() {
     assert_eq!(cache.access(), Access::Public);
     assert_eq!(heard.first(), Some(&Access::Agent), "{heard:?}");
     assert_eq!(heard.last(), Some(&Access::Public), "{heard:?}");
-    let bodies = control(s, "log").await["bodies"].clone();
-    let asked: Vec<&str> = bodies
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["access"].as_str().unwrap())
-        .collect();
+    let asked = asked_access(s).await;
     assert_eq!(asked, ["agent", "public", "agent"]);
     assert_eq!(cache.stats().errors, 0);
 }
@@ -546,13 +555,7 @@ async fn a_get_with_the_cache_full_of_the_view_is_handed_out_and_the_view_stays(
     probe.when_complete().await.unwrap();
     let far = probe.view().items[0].item.clone();
     drop(probe);
-    let full = Options {
-        max_items: Some(n),
-        ..options(s, 0, 0)
-    };
-    let cache: TileCache = TileCache::new(&full).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = full_downtown_cache(s, n).await;
     let (asked, _) = log(s).await;
     let got = cache.get(&far.id).await.unwrap();
     assert_eq!(got.as_deref(), Some(&*far), "handed out, not None");
@@ -735,15 +738,14 @@ fn js(json: &str) -> JsValue {
     js_sys::JSON::parse(json).unwrap()
 }
 
-#[wasm_bindgen_test]
-async fn options_from_a_js_object_with_an_auth_callback() {
-    let s = "auth-js";
-    set_mode(s, "auth").await;
+/// A cache made from a JS options object (no prefetch, no retries) for `session`, whose auth
+/// callback answers the token `stale` first and `good` after: the cache, and an array
+/// holding one entry per call of the callback.
+fn cache_with_a_stale_token_first(session: &str) -> (TileCache, js_sys::Array) {
     let o = js(&format!(
         r#"{{"endpoint":"{}","prefetch":{{"ring":0,"viewRing":0,"lookaheadMs":0}},"batch":{{"retries":0}}}}"#,
-        endpoint(s)
+        endpoint(session)
     ));
-    // The first token is stale: the 401 makes the cache ask again, once.
     let calls = js_sys::Array::new();
     let token = js_sys::Function::new_with_args(
         "calls",
@@ -755,6 +757,15 @@ async fn options_from_a_js_object_with_an_auth_callback() {
     js_sys::Reflect::set(&auth, &"token".into(), &token).unwrap();
     js_sys::Reflect::set(&o, &"auth".into(), &auth).unwrap();
     let cache: TileCache = TileCache::from_js(&o).unwrap();
+    (cache, calls)
+}
+
+#[wasm_bindgen_test]
+async fn options_from_a_js_object_with_an_auth_callback() {
+    let s = "auth-js";
+    set_mode(s, "auth").await;
+    // The first token is stale: the 401 makes the cache ask again, once.
+    let (cache, calls) = cache_with_a_stale_token_first(s);
     show(&cache, inside(tile(0, 0)));
     cache.when_complete().await.unwrap();
     assert!(!cache.view().items.is_empty());
@@ -795,21 +806,7 @@ async fn the_body_of_a_401_is_cancelled_before_the_retry() {
     )
     .call0(&JsValue::NULL)
     .unwrap();
-    let o = js(&format!(
-        r#"{{"endpoint":"{}","prefetch":{{"ring":0,"viewRing":0,"lookaheadMs":0}},"batch":{{"retries":0}}}}"#,
-        endpoint(s)
-    ));
-    let calls = js_sys::Array::new();
-    let token = js_sys::Function::new_with_args(
-        "calls",
-        "return () => { calls.push(1); return Promise.resolve(calls.length === 1 ? 'stale' : 'good'); }",
-    )
-    .call1(&JsValue::UNDEFINED, &calls)
-    .unwrap();
-    let auth = js_sys::Object::new();
-    js_sys::Reflect::set(&auth, &"token".into(), &token).unwrap();
-    js_sys::Reflect::set(&o, &"auth".into(), &auth).unwrap();
-    let cache: TileCache = TileCache::from_js(&o).unwrap();
+    let (cache, calls) = cache_with_a_stale_token_first(s);
     show(&cache, inside(tile(0, 0)));
     let done = cache.when_complete().await;
     let restore = js_sys::Reflect::get(&cancels, &"restore".into()).unwrap();
@@ -2035,13 +2032,7 @@ async fn a_loaded_tile_the_cache_cannot_keep_is_an_error_and_the_view_stays() {
     let probe = complete_downtown_cache(s).await;
     let n = probe.view().items.len();
     probe.dispose();
-    let full = Options {
-        max_items: Some(n),
-        ..options(s, 0, 0)
-    };
-    let cache: TileCache = TileCache::new(&full).unwrap();
-    show(&cache, inside(tile(0, 0)));
-    cache.when_complete().await.unwrap();
+    let cache = full_downtown_cache(s, n).await;
     let r = within(10_000, Box::pin(cache.load_tiles(&[tile(3, 0)])))
         .await
         .expect("the load ends")
