@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::decode::{bounded, parse, set_once, Slot};
 use super::validate::check_class;
-use super::{check_body, check_id, clip, dedup, parse_tile, Limits, ProtocolError};
+use super::{check_body, check_id, clip, dedup, parse_tiles, Limits, ProtocolError};
 use crate::tile::TileId;
 
 /// Most classes in one invalidation.
@@ -210,12 +210,7 @@ pub fn decode_invalidation(body: &[u8], limits: &Limits) -> Result<Invalidation,
         },
         &slot,
     )?;
-    let tiles = wire
-        .tiles
-        .iter()
-        .enumerate()
-        .map(|(i, s)| parse_tile(i, s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tiles = parse_tiles(&wire.tiles)?;
     let mut inv = Invalidation {
         ids: wire.ids,
         tiles,

@@ -113,4 +113,4 @@ pub const ACCESS_HEADER: &str = "x-tilewarm-access";
 
 use error::{clip, quote};
 pub(crate) use validate::check_id;
-use validate::{check_body, check_ttl, dedup, parse_tile, ttl_from_wire};
+use validate::{check_body, check_ttl, dedup, parse_tile, parse_tiles, ttl_from_wire};

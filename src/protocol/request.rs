@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::decode::{parse, RequestSeed, Slot};
-use super::{check_body, check_id, dedup, parse_tile, Limits, ProtocolError};
+use super::{check_body, check_id, dedup, parse_tiles, Limits, ProtocolError};
 use crate::access::Access;
 use crate::tile::TileId;
 
@@ -103,12 +103,7 @@ pub fn decode_request(body: &[u8], limits: &Limits) -> Result<BatchRequest, Prot
         },
         &slot,
     )?;
-    let tiles = wire
-        .tiles
-        .iter()
-        .enumerate()
-        .map(|(i, s)| parse_tile(i, s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tiles = parse_tiles(&wire.tiles)?;
     let access = match wire.access {
         Some(a) => a.parse::<Access>()?,
         None => Access::Public,

@@ -228,6 +228,16 @@ pub(super) fn parse_tile(index: usize, s: &str) -> Result<TileId, ProtocolError>
         })
 }
 
+/// Each of a body's `tiles` parsed with [`parse_tile`] (the error names the first that is
+/// not a tile, by its index).
+pub(super) fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, ProtocolError> {
+    tiles
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_tile(i, s))
+        .collect()
+}
+
 /// `v` without repeats, keeping the first occurrence of each value in order.
 pub(super) fn dedup<T: Eq + Hash + Clone>(v: &mut Vec<T>) {
     let mut seen = HashSet::with_capacity(v.len());
