@@ -164,6 +164,47 @@ async fn two_instances_on_a_cluster_answer_like_one_on_a_single_redis() {
     }
 }
 
+/// Stops (SIGSTOP) one replica of `cluster` and waits, up to `within`, until no node lists
+/// it in `CLUSTER SLOTS` (failing, the replica continued, if one still does): the cluster's
+/// masters and the replica's port.
+async fn stop_a_replica(cluster: &RedisCluster, within: Duration) -> (Vec<(u16, u32)>, u16) {
+    let masters = cluster.masters();
+    let replica = cluster
+        .ports()
+        .into_iter()
+        .find(|p| masters.iter().all(|(m, _)| m != p))
+        .expect("a replica");
+    cluster.signal(replica, "STOP");
+    let unlisted = crate::common::eventually(within, || cluster.listing(replica).0 == 0).await;
+    if !unlisted {
+        cluster.signal(replica, "CONT");
+    }
+    assert!(
+        unlisted,
+        "replica {replica}, stopped, still listed by {:?} (listing, answered) nodes after {within:?}",
+        cluster.listing(replica)
+    );
+    (masters, replica)
+}
+
+/// A server with `--redis-read-from-replicas`, seeded with the cluster's `masters` only: a
+/// stopped node taken as a seed would be waited on (Redis errors, and a failed read makes
+/// it read the map again, hiding the bug). Not limited per caller: tests send rounds of
+/// requests until the replica is read.
+async fn reading_replicas(masters: &[(u16, u32)]) -> tilewarm_server::Server {
+    let seeds: Vec<String> = masters
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    server(Config {
+        warmup_ring: 0,
+        redis_read_from_replicas: true,
+        caller_rate: 0,
+        ..on(format!("redis+cluster://{}", seeds.join(",")))
+    })
+    .await
+}
+
 /// With `--redis-read-from-replicas`, an instance that read the cluster's slot map while a
 /// replica was down (here SIGSTOPped until no node lists it in `CLUSTER SLOTS`) reads from
 /// that replica once it is back: a kept map that lacks a replica for some slots is read
@@ -178,39 +219,11 @@ async fn replica_reads_resume_on_a_replica_that_comes_back() {
         return;
     }
     let cluster = RedisCluster::start();
-    let masters = cluster.masters();
-    let replica = cluster
-        .ports()
-        .into_iter()
-        .find(|p| masters.iter().all(|(m, _)| m != p))
-        .expect("a replica");
     let within = Duration::from_secs(60);
-    cluster.signal(replica, "STOP");
-    let unlisted = crate::common::eventually(within, || cluster.listing(replica).0 == 0).await;
-    if !unlisted {
-        cluster.signal(replica, "CONT");
-    }
-    assert!(
-        unlisted,
-        "replica {replica}, stopped, still listed by {:?} (listing, answered) nodes after {within:?}",
-        cluster.listing(replica)
-    );
+    let (masters, replica) = stop_a_replica(&cluster, within).await;
     let http = clients();
     let traffic = mixed_requests(24);
-    // Seeded with the masters only: a stopped node taken as a seed would be waited on
-    // (Redis errors, and a failed read makes d read the map again, hiding the bug).
-    let seeds: Vec<String> = masters
-        .iter()
-        .map(|(p, _)| format!("127.0.0.1:{p}"))
-        .collect();
-    let d = server(Config {
-        warmup_ring: 0,
-        redis_read_from_replicas: true,
-        // Rounds of requests until the replica is read: not limited per caller.
-        caller_rate: 0,
-        ..on(format!("redis+cluster://{}", seeds.join(",")))
-    })
-    .await;
+    let d = reading_replicas(&masters).await;
     for (tier, body) in &traffic {
         client(&http, *tier).ok(&d, body).await;
     }
@@ -259,32 +272,11 @@ async fn a_failed_recheck_of_the_slot_map_does_not_fail_the_read() {
         return;
     }
     let cluster = RedisCluster::start();
-    let masters = cluster.masters();
-    let replica = cluster
-        .ports()
-        .into_iter()
-        .find(|p| masters.iter().all(|(m, _)| m != p))
-        .expect("a replica");
     let within = Duration::from_secs(60);
-    cluster.signal(replica, "STOP");
-    let unlisted = crate::common::eventually(within, || cluster.listing(replica).0 == 0).await;
-    if !unlisted {
-        cluster.signal(replica, "CONT");
-    }
-    assert!(unlisted, "replica {replica}, stopped, still listed");
+    let (masters, replica) = stop_a_replica(&cluster, within).await;
     let http = clients();
     let traffic = mixed_requests(8);
-    let seeds: Vec<String> = masters
-        .iter()
-        .map(|(p, _)| format!("127.0.0.1:{p}"))
-        .collect();
-    let d = server(Config {
-        warmup_ring: 0,
-        redis_read_from_replicas: true,
-        caller_rate: 0,
-        ..on(format!("redis+cluster://{}", seeds.join(",")))
-    })
-    .await;
+    let d = reading_replicas(&masters).await;
     for (tier, body) in &traffic {
         client(&http, *tier).ok(&d, body).await;
     }
