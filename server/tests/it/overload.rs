@@ -232,6 +232,18 @@ struct GatedAtAgent {
     asked_at: Arc<std::sync::Mutex<Vec<Access>>>,
 }
 
+impl GatedAtAgent {
+    /// Over `items`, no call arrived nor let through yet.
+    fn new(items: Vec<tilewarm::protocol::Item<tilewarm::protocol::RawData>>) -> Self {
+        GatedAtAgent {
+            city: tilewarm::origin::Origin::new(items).unwrap(),
+            reached: Arc::new(tokio::sync::Semaphore::new(0)),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            asked_at: Arc::default(),
+        }
+    }
+}
+
 impl crate::Scripted for GatedAtAgent {
     fn answer<'a>(
         &'a self,
@@ -266,17 +278,12 @@ async fn a_call_again_at_the_callers_tier_the_degraded_bound_refuses_is_not_coun
     }
     let t = TileId::from_lon_lat(-122.33, 47.6, 14).unwrap();
     let items = crate::items_in_tile(t, &[(Access::Public, 4), (Access::Agent, 30)]);
-    let (reached, gate) = (
-        Arc::new(tokio::sync::Semaphore::new(0)),
-        Arc::new(tokio::sync::Semaphore::new(0)),
+    let backend = GatedAtAgent::new(items);
+    let (reached, gate, asked_at) = (
+        Arc::clone(&backend.reached),
+        Arc::clone(&backend.gate),
+        Arc::clone(&backend.asked_at),
     );
-    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
-    let backend = GatedAtAgent {
-        city: tilewarm::origin::Origin::new(items).unwrap(),
-        reached: Arc::clone(&reached),
-        gate: Arc::clone(&gate),
-        asked_at: Arc::clone(&asked_at),
-    };
     let c = Config {
         redis: Some(dead_redis()),
         redis_timeout_ms: 200,
@@ -331,17 +338,12 @@ async fn a_flight_is_followed_across_a_database_change_elsewhere() {
     let u = t.offset(20, 0).unwrap();
     let mut items = crate::items_in_tile(t, &[(Access::Public, 4)]);
     items.extend(crate::items_in_tile(u, &[(Access::Public, 3)]));
-    let (reached, gate) = (
-        Arc::new(tokio::sync::Semaphore::new(0)),
-        Arc::new(tokio::sync::Semaphore::new(0)),
+    let backend = GatedAtAgent::new(items);
+    let (reached, gate, asked_at) = (
+        Arc::clone(&backend.reached),
+        Arc::clone(&backend.gate),
+        Arc::clone(&backend.asked_at),
     );
-    let asked_at: Arc<std::sync::Mutex<Vec<Access>>> = Arc::default();
-    let backend = GatedAtAgent {
-        city: tilewarm::origin::Origin::new(items).unwrap(),
-        reached: Arc::clone(&reached),
-        gate: Arc::clone(&gate),
-        asked_at: Arc::clone(&asked_at),
-    };
     let c = Config {
         warmup_ring: 0,
         caller_rate: 0,
