@@ -91,6 +91,43 @@ pub fn throughput_flags() -> [String; 2] {
     ["--in-flight-limit".into(), "fixed".into()]
 }
 
+/// The `k`th cold block: 4x4 zoom-14 tiles no earlier request of `tw-soak` or `tw-overload`
+/// (nor the server's warm-up ring, which reaches one tile out) has touched, so every one is
+/// an origin call (`tw-overload` keeps its phases apart with an offset of `k`).
+pub fn cold_block(k: usize) -> Vec<TileId> {
+    let per_row = (1usize << 14) / 8;
+    let (x0, y0) = ((k % per_row) * 8, 1024 + (k / per_row % 1024) * 8);
+    (0..16)
+        .filter_map(|j| TileId::new(14, (x0 + j % 4) as u32, (y0 + j / 4) as u32).ok())
+        .collect()
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`); None
+/// where it cannot be read (not Linux, the process gone).
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The `p` quantile (0 to 1) of `sorted` (ascending), the nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The body of a request for `tiles` at `public`, no ids: what the load generators send.
+pub fn public_body(tiles: &[TileId]) -> Bytes {
+    let request = tilewarm::protocol::BatchRequest {
+        tiles: tiles.to_vec(),
+        ids: vec![],
+        access: tilewarm::access::Access::Public,
+    };
+    Bytes::from(request.to_json())
+}
+
 /// `n` 4x4 blocks of data tiles (zoom 14), each around a different occupied tile
 /// (deterministic).
 pub fn plan_batches(origin: &Origin<RawData>, n: usize) -> Vec<Vec<TileId>> {

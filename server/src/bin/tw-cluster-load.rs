@@ -24,9 +24,9 @@ use clap::Parser;
 use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::BatchRequest;
 use tilewarm_server::loadgen::{
-    free_port, get_text, http_client, plan_batches, post_batch, start_server, wait_port, Proc,
+    free_port, get_text, http_client, plan_batches, post_batch, public_body, start_server,
+    wait_port, Proc,
 };
 use tilewarm_server::redis_conn::{ConnOptions, RedisConn, RedisTarget};
 
@@ -267,19 +267,7 @@ fn main() {
 
     let origin = Origin::new(synthetic_city(args.seed, args.homes)).expect("city");
     let batches = plan_batches(&origin, args.batches);
-    let bodies: Vec<Bytes> = batches
-        .iter()
-        .map(|tiles| {
-            Bytes::from(
-                BatchRequest {
-                    tiles: tiles.clone(),
-                    ids: vec![],
-                    access: Access::Public,
-                }
-                .to_json(),
-            )
-        })
-        .collect();
+    let bodies: Vec<Bytes> = batches.iter().map(|tiles| public_body(tiles)).collect();
     // Keys an average batch reads: every item of its tiles (all tiers).
     let per_batch: Vec<usize> = batches
         .iter()

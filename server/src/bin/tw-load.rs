@@ -23,10 +23,9 @@ use clap::Parser;
 use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::BatchRequest;
 use tilewarm_server::loadgen::{
-    free_port, get_text, http_client, plan_batches, post_batch, start_server, throughput_flags,
-    wait_port, HttpClient, Proc,
+    free_port, get_text, http_client, plan_batches, post_batch, public_body, start_server,
+    throughput_flags, wait_port, HttpClient, Proc,
 };
 
 #[derive(Parser, Debug)]
@@ -104,11 +103,11 @@ fn percentile(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[i] as f64 / 1000.0
 }
 
-async fn load(label: &str, url: &str, bodies: &[String], concurrency: usize, seconds: u64) -> Run {
+async fn load(label: &str, url: &str, bodies: &[Bytes], concurrency: usize, seconds: u64) -> Run {
     let client = http_client();
     let base = url;
     let url: hyper::Uri = format!("{url}/v1/batch").parse().expect("url");
-    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.iter().map(|b| Bytes::from(b.clone())).collect());
+    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.to_vec());
     // Warm every batch (and let the warm-up queue drain).
     for b in bodies.iter() {
         let _ = post(&client, &url, b.clone()).await;
@@ -227,17 +226,7 @@ fn main() {
 
     let origin = Origin::new(synthetic_city(args.seed, args.homes)).expect("city");
     let batches = plan_batches(&origin, args.batches);
-    let bodies: Vec<String> = batches
-        .iter()
-        .map(|tiles| {
-            BatchRequest {
-                tiles: tiles.clone(),
-                ids: vec![],
-                access: Access::Public,
-            }
-            .to_json()
-        })
-        .collect();
+    let bodies: Vec<Bytes> = batches.iter().map(|tiles| public_body(tiles)).collect();
     // Keys an average batch reads from Redis: every item of its tiles (all tiers).
     let per_batch: Vec<Vec<String>> = batches
         .iter()

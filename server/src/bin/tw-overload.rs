@@ -25,13 +25,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::BatchRequest;
-use tilewarm::tile::TileId;
 use tilewarm_server::loadgen::{
-    free_port, get_text, http_client, plan_batches, post_batch, start_server, wait_port, Proc,
+    cold_block, free_port, get_text, http_client, percentile, plan_batches, post_batch,
+    public_body, start_server, vm_rss_kib, wait_port, Proc,
 };
 use tilewarm_server::tier::loopback_redis_command;
 use tokio::sync::Mutex;
@@ -76,44 +74,10 @@ struct Sample {
     error: Option<String>,
 }
 
-/// The `k`th cold block: 4x4 zoom-14 tiles no earlier request has touched (the same
-/// region tw-soak uses; a phase offset keeps the phases apart).
-fn cold_block(k: usize) -> Vec<TileId> {
-    let per_row = (1usize << 14) / 8;
-    let (x0, y0) = ((k % per_row) * 8, 1024 + (k / per_row % 1024) * 8);
-    (0..16)
-        .filter_map(|j| TileId::new(14, (x0 + j % 4) as u32, (y0 + j / 4) as u32).ok())
-        .collect()
-}
-
-fn body(tiles: &[TileId]) -> Bytes {
-    Bytes::from(
-        BatchRequest {
-            tiles: tiles.to_vec(),
-            ids: vec![],
-            access: Access::Public,
-        }
-        .to_json(),
-    )
-}
-
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// The request body for the `i`th request of a phase: warm nine times in ten.
 fn pick(warm: &[Bytes], cold_base: usize, i: usize) -> Bytes {
     if i % 10 == 9 {
-        body(&cold_block(cold_base + i / 10))
+        public_body(&cold_block(cold_base + i / 10))
     } else {
         warm[i % warm.len()].clone()
     }
@@ -138,8 +102,12 @@ fn main() {
         .expect("runtime");
 
     let origin = Origin::new(synthetic_city(args.seed, args.homes)).expect("city");
-    let warm: Arc<Vec<Bytes>> =
-        Arc::new(plan_batches(&origin, 64).iter().map(|b| body(b)).collect());
+    let warm: Arc<Vec<Bytes>> = Arc::new(
+        plan_batches(&origin, 64)
+            .iter()
+            .map(|b| public_body(b))
+            .collect(),
+    );
     drop(origin);
 
     let redis_port = free_port();

@@ -23,7 +23,9 @@ use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
 use tilewarm::protocol::BatchRequest;
 use tilewarm::Access;
-use tilewarm_server::loadgen::{free_port, http_client, plan_batches, post_batch, start_server};
+use tilewarm_server::loadgen::{
+    free_port, http_client, percentile, plan_batches, post_batch, public_body, start_server,
+};
 use tilewarm_server::metrics::Metrics;
 use tilewarm_server::origin::memory::MemoryOrigin;
 use tilewarm_server::origin::postgis::{load_items, Layout, PostgisOrigin};
@@ -59,13 +61,6 @@ struct Args {
     out: PathBuf,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.total_cmp(b));
     v
@@ -81,9 +76,9 @@ struct Load {
 
 /// `concurrency` clients over `bodies`: one pass each when `seconds` is 0, else cycling for
 /// `seconds`.
-async fn load(url: &str, bodies: &[String], concurrency: usize, seconds: u64) -> Load {
+async fn load(url: &str, bodies: &[Bytes], concurrency: usize, seconds: u64) -> Load {
     let url: hyper::Uri = format!("{url}/v1/batch").parse().unwrap();
-    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.iter().map(|b| Bytes::from(b.clone())).collect());
+    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.to_vec());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -132,8 +127,8 @@ async fn load(url: &str, bodies: &[String], concurrency: usize, seconds: u64) ->
     Load {
         batches: all.len() as u64,
         secs,
-        p50: pct(&all, 0.5),
-        p99: pct(&all, 0.99),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
         errors,
     }
 }
@@ -228,17 +223,7 @@ fn main() {
     });
 
     // 3. Server throughput, cold then warm, per origin.
-    let bodies: Vec<String> = batches
-        .iter()
-        .map(|tiles| {
-            BatchRequest {
-                tiles: tiles.clone(),
-                ids: vec![],
-                access: Access::Public,
-            }
-            .to_json()
-        })
-        .collect();
+    let bodies: Vec<Bytes> = batches.iter().map(|tiles| public_body(tiles)).collect();
     let homes = args.homes.to_string();
     let seed = args.seed.to_string();
     let mut rows = Vec::new();
@@ -288,15 +273,15 @@ fn main() {
     let _ = writeln!(
         md,
         "| memory (core `Origin`) | {:.3} | {:.3} | 1.0x |",
-        pct(&mem_lat, 0.5),
-        pct(&mem_lat, 0.99)
+        percentile(&mem_lat, 0.5),
+        percentile(&mem_lat, 0.99)
     );
     let _ = writeln!(
         md,
         "| PostGIS (one envelope join, pool of 8) | {:.3} | {:.3} | {:.0}x |\n",
-        pct(&pg_lat, 0.5),
-        pct(&pg_lat, 0.99),
-        pct(&pg_lat, 0.5) / pct(&mem_lat, 0.5)
+        percentile(&pg_lat, 0.5),
+        percentile(&pg_lat, 0.99),
+        percentile(&pg_lat, 0.5) / percentile(&mem_lat, 0.5)
     );
     let _ = writeln!(md, "`tilewarm-server` throughput, {} clients, 16-tile batches (`public`), in-process tier, warm-up off. Cold: each of {} batches once on an empty tier; warm: {} s cycling over them.\n", args.concurrency, bodies.len(), args.seconds.min(20));
     let _ = writeln!(md, "| origin | cold batches/s | cold p50 ms | cold p99 ms | warm batches/s | warm p50 ms | warm p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -318,8 +303,8 @@ fn main() {
         md,
         "\nChange to served (the freshness bound): `UPDATE` of a cached home's price committed, then the same request polled every 2 ms until the new price is served, {} updates: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (TTL 300 s).",
         u.len(),
-        pct(&u, 0.5),
-        pct(&u, 0.99),
+        percentile(&u, 0.5),
+        percentile(&u, 0.99),
         u.last().copied().unwrap_or(f64::NAN)
     );
     println!("{md}");

@@ -24,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use tilewarm::access::Access;
 use tilewarm::dataset::synthetic_city;
 use tilewarm::origin::Origin;
-use tilewarm::protocol::BatchRequest;
-use tilewarm::tile::TileId;
 use tilewarm_server::loadgen::{
-    free_port, get_text, http_client, plan_batches, post_batch, start_server, wait_port, Proc,
+    cold_block, free_port, get_text, http_client, percentile, plan_batches, post_batch,
+    public_body, start_server, vm_rss_kib, wait_port, Proc,
 };
 use tilewarm_server::tier::loopback_redis_command;
 use tokio::sync::Mutex;
@@ -131,35 +129,12 @@ impl Phase {
     }
 }
 
-/// The `k`th cold block: 4x4 zoom-14 tiles no earlier request (nor the server's warm-up
-/// ring, which reaches one tile out) has touched, so every one is an origin call.
-fn cold_block(k: usize) -> Vec<TileId> {
-    let per_row = (1usize << 14) / 8;
-    let (x0, y0) = ((k % per_row) * 8, 1024 + (k / per_row % 1024) * 8);
-    (0..16)
-        .filter_map(|j| TileId::new(14, (x0 + j % 4) as u32, (y0 + j / 4) as u32).ok())
-        .collect()
-}
-
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "kill {sig} {pid} failed");
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
@@ -173,17 +148,12 @@ fn main() {
         .expect("runtime");
 
     let origin = Origin::new(synthetic_city(args.seed, args.homes)).expect("city");
-    let body = |tiles: &Vec<TileId>| {
-        Bytes::from(
-            BatchRequest {
-                tiles: tiles.clone(),
-                ids: vec![],
-                access: Access::Public,
-            }
-            .to_json(),
-        )
-    };
-    let warm: Arc<Vec<Bytes>> = Arc::new(plan_batches(&origin, 64).iter().map(body).collect());
+    let warm: Arc<Vec<Bytes>> = Arc::new(
+        plan_batches(&origin, 64)
+            .iter()
+            .map(|b| public_body(b))
+            .collect(),
+    );
     drop(origin);
 
     let redis_port = free_port();
@@ -258,7 +228,7 @@ fn main() {
                     tick.tick().await;
                     let is_cold = i % 10 == 9;
                     let b = if is_cold {
-                        body(&cold_block(i / 10))
+                        public_body(&cold_block(i / 10))
                     } else {
                         warm[i % warm.len()].clone()
                     };
