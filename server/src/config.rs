@@ -124,11 +124,22 @@ pub struct Config {
 
     /// Prefix of every Redis key (items `<prefix>v4:i:<id>`, tiles `<prefix>v4:t:<z/x/y>`, the
     /// class generations `<prefix>v4:g`).
-    /// Give instances serving different data sets different prefixes, none starting with
-    /// another: invalidating `all` deletes every key under the prefix, so those of a longer
-    /// prefix too (all but its class generations, its change stream included).
+    /// Give different deployments (another origin or data zoom) different prefixes, none
+    /// starting with another: an instance does not use a prefix whose owner record
+    /// (`<prefix>v4:owner`) names another deployment, and invalidating `all` deletes every
+    /// key under the prefix, so those of a longer prefix too (all but its class generations
+    /// and owner record, its change stream included).
     #[arg(long, default_value = "tw:", value_name = "PREFIX")]
     pub redis_prefix: String,
+
+    /// Take the --redis-prefix over from the deployment whose owner record is there
+    /// (`<prefix>v4:owner`, docs/server.md "Who owns a prefix"): write this deployment's
+    /// record over it, wait until the other's instances have stepped off, then invalidate
+    /// `all`. For the first instance of a deployment whose fingerprint changed (another
+    /// origin or data zoom) on the same prefix; remove it after that start, else an old
+    /// instance given it too would take the prefix back.
+    #[arg(long)]
+    pub redis_take_over: bool,
 
     /// Timeout of one Redis round trip, in milliseconds; a slower answer counts as a Redis
     /// error (degraded mode).
@@ -955,6 +966,10 @@ impl Config {
             }
         } else if self.redis_read_from_replicas {
             return bad("--redis-read-from-replicas needs --redis (a Redis Cluster)".into());
+        } else if self.redis_take_over {
+            return bad(
+                "--redis-take-over needs --redis (it takes a Redis key prefix over)".into(),
+            );
         }
         // A burst of 0 would be a limiter that refuses everything; governor needs at least
         // one cell, and taking the rate instead would be a silent default.

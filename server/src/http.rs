@@ -883,7 +883,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             .load(std::sync::atomic::Ordering::Relaxed)
     });
     // Not reading the change stream, this instance misses other instances' changes.
+    let owner = app.tier.prefix_owner();
     let degraded = app.tier.redis_degraded().unwrap_or(false)
+        || owner.is_some_and(|o| o != crate::tier::PrefixOwner::This)
         || !holds.is_empty()
         || stream_reading == Some(false)
         || jwks.is_some_and(|s| s.degraded());
@@ -892,6 +894,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         "tier": app.tier.name(),
         "redis_degraded": app.tier.redis_degraded(),
         "redis_reads_held_by": holds,
+        // Whose the --redis-prefix is (its owner record): `this` deployment's, `other`
+        // (the tier is not used: the log says what differs), or `unchecked` (Redis has
+        // not answered yet); null without Redis.
+        "redis_prefix_owner": owner.map(|o| o.name()),
         "origin": app.origin.kind(),
         // No count of the data set: this answers anyone, and the total would count items
         // above `public` (the operator's is `tilewarm_origin_dataset_items` on /metrics).

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
 pub mod origin;
+pub mod owner;
 pub mod redis_conn;
 pub mod single_flight;
 pub mod sse;
@@ -211,7 +212,8 @@ async fn build_app(
             )
             .map_err(|e| StartError::Redis(e.to_string()))?
             .with_block_levels(config.split_levels)
-            .with_data_zoom(config.data_zoom);
+            .with_data_zoom(config.data_zoom)
+            .with_owner(owner::Fingerprint::of(&config), config.redis_take_over);
             let r = Arc::new(r);
             if r.probe().await {
                 // The URL may hold a password: never log it as given.

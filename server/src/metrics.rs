@@ -106,6 +106,9 @@ pub struct Metrics {
     pub warmup_timeouts: AtomicU64,
     pub redis_errors: AtomicU64,
     pub redis_recoveries: AtomicU64,
+    /// Times this instance took its Redis prefix over from another deployment
+    /// (`--redis-take-over`, [`crate::owner`]).
+    pub redis_take_overs: AtomicU64,
     /// Items a Redis write found moved: the copy it replaced lay in another data tile,
     /// whose value (and the empty blocks over it) it then unlinked, unless it wrote them
     /// itself (`RedisTier::write`).
@@ -456,6 +459,11 @@ fn read_app(app: &App, s: &mut Scrape) {
             &m.redis_recoveries,
         ),
         (
+            "tilewarm_redis_take_overs",
+            "Times this instance took its --redis-prefix over from another deployment (--redis-take-over).",
+            &m.redis_take_overs,
+        ),
+        (
             "tilewarm_redis_moved_items",
             "Items a Redis write found in another data tile than the copy it replaced (that tile's value is unlinked).",
             &m.redis_moved_items,
@@ -503,6 +511,13 @@ fn read_app(app: &App, s: &mut Scrape) {
             "tilewarm_redis_reads_held",
             "How many sources hold reads off Redis while a failed invalidation waits to be applied again (requests go to the origin; /healthz names them).",
             app.tier.read_holds().len() as u64,
+        );
+    }
+    if let Some(owner) = app.tier.prefix_owner() {
+        s.gauge(
+            "tilewarm_redis_prefix_other_owner",
+            "1 while the --redis-prefix belongs to another deployment (its owner record differs: the log says what) and requests go to the origin.",
+            (owner == crate::tier::PrefixOwner::Other) as u64,
         );
     }
     s.gauge(

@@ -50,6 +50,9 @@
 //!   ([`ALL_FIELD`], no class) is the generation of `all`, above every other when bumped.
 //!   No expiry. An item or tile value is stale when one of its items' `gen` is below its
 //!   class's current generation or that of `all` (`crate::tier`).
+//! - `<prefix>v4:owner` → which deployment owns the prefix: text, `crate::owner`'s
+//!   fingerprint (format, data zoom, origin). Written `SET … NX` by the first instance, no
+//!   expiry, kept by `all`; an instance whose fingerprint differs does not use the tier.
 //!
 //! Version 3 was the same without `gen` (a 38-byte item trailer, version byte `3`, keys
 //! `<prefix>v3:…`): a class was invalidated by reading every value, which a big tier could
@@ -590,6 +593,8 @@ pub struct Keys {
     blocks: String,
     /// `<prefix>v4:g`
     gens: String,
+    /// `<prefix>v4:owner`
+    owner: String,
 }
 
 impl Keys {
@@ -600,6 +605,7 @@ impl Keys {
             tiles: format!("{prefix}{VERSION}t:"),
             blocks: format!("{prefix}{VERSION}e:"),
             gens: format!("{prefix}{VERSION}g"),
+            owner: format!("{prefix}{VERSION}owner"),
         }
     }
 
@@ -628,17 +634,23 @@ impl Keys {
         &self.gens
     }
 
-    /// Whether `key`, found under this prefix, is the class generations of a deployment
-    /// whose prefix starts with this one (`tw:x:v4:g` under `tw:`): it ends as a generations
-    /// hash and is none of this format's item or tile keys (an item whose id ends in `v4:g`
-    /// is one). `all` must not delete it: that would set the other deployment's classes back
-    /// ([`Generations`]). A prefix that starts with this one's item, tile or block key prefix
-    /// (`tw:v4:i:`) cannot be told apart from an item: use prefixes that do not.
-    pub fn is_other_gens(&self, key: &str) -> bool {
-        key.len() > self.gens.len()
-            && key.starts_with(&self.prefix)
-            && key.ends_with(&self.gens[self.prefix.len()..])
-            && !key.starts_with(&self.items)
+    /// `<prefix>v4:owner`: which deployment owns the prefix (`crate::owner`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Whether `key`, found under this prefix, is the class generations or the owner record
+    /// of a deployment whose prefix starts with this one (`tw:x:v4:g` or `tw:x:v4:owner`
+    /// under `tw:`): it ends as one of those and is none of this format's item or tile keys
+    /// (an item whose id ends in `v4:g` is one). `all` must not delete it: that would set the
+    /// other deployment's classes back ([`Generations`]), or leave its prefix to whichever
+    /// deployment starts next. A prefix that starts with this one's item, tile or block key
+    /// prefix (`tw:v4:i:`) cannot be told apart from an item: use prefixes that do not.
+    pub fn is_other_kept(&self, key: &str) -> bool {
+        let p = self.prefix.len();
+        [&self.gens, &self.owner].into_iter().any(|own| {
+            key.len() > own.len() && key.ends_with(&own[p..]) && key.starts_with(&self.prefix)
+        }) && !key.starts_with(&self.items)
             && !key.starts_with(&self.tiles)
             && !key.starts_with(&self.blocks)
     }
@@ -816,16 +828,24 @@ mod tests {
             .starts_with("tw:v4:t:"));
     }
 
-    /// `all` keeps the generations of a deployment under a longer prefix, and nothing of
-    /// this one's that only ends like them.
+    /// `all` keeps the generations and owner record of a deployment under a longer prefix,
+    /// and nothing of this one's that only ends like them.
     #[test]
     fn other_deployments_generations_are_told_from_this_ones_keys() {
         let k = Keys::new("tw:");
-        for other in ["tw:x:v4:g", "tw:staging:v4:g", "tw:v4:v4:g", "tw:w:v4:g"] {
-            assert!(k.is_other_gens(other), "{other}");
+        for other in [
+            "tw:x:v4:g",
+            "tw:staging:v4:g",
+            "tw:v4:v4:g",
+            "tw:w:v4:g",
+            "tw:x:v4:owner",
+        ] {
+            assert!(k.is_other_kept(other), "{other}");
         }
         for not in [
             "tw:v4:g",
+            "tw:v4:owner",
+            "tw:v4:i:x:v4:owner",
             "tw:v4:i:v4:g",
             "tw:v4:i:av4:g",
             "tw:v4:t:v4:g",
@@ -835,7 +855,7 @@ mod tests {
             "v4:g",
             "xx:v4:g",
         ] {
-            assert!(!k.is_other_gens(not), "{not}");
+            assert!(!k.is_other_kept(not), "{not}");
         }
     }
 

@@ -53,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::empty_tiles::MAX_BLOCK_LEVELS;
 use crate::metrics::Metrics;
+use crate::owner::{Fingerprint, Owner};
 use crate::redis_conn::{ConnOptions, ReadFrom, RedisConn, RedisTarget};
 use crate::stored::{decode_tile, encode_tile, Keys, ALL_FIELD};
 pub use crate::stored::{Generations, StoredItem};
@@ -168,6 +169,11 @@ impl Default for Fill {
     }
 }
 
+/// [`PrefixOwner`]s as [`RedisTier`] holds them.
+const OWNER_UNCHECKED: u8 = 0;
+const OWNER_THIS: u8 = 1;
+const OWNER_OTHER: u8 = 2;
+
 /// The tier could not be used; the request is answered from the origin.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cache tier unavailable: {0}")]
@@ -225,7 +231,9 @@ impl CacheTier {
     pub fn available(&self) -> bool {
         match self {
             CacheTier::Local(_) => true,
-            CacheTier::Redis(r) => !r.degraded.load(Relaxed) && r.held.load(Relaxed) == 0,
+            CacheTier::Redis(r) => {
+                !r.degraded.load(Relaxed) && r.held.load(Relaxed) == 0 && r.owned()
+            }
         }
     }
 
@@ -327,6 +335,19 @@ impl CacheTier {
                 Ok(())
             }
             CacheTier::Redis(r) => {
+                match r.prefix_owner() {
+                    // Nothing under the prefix is this deployment's: nothing to remove, and
+                    // the other deployment's keys are not this one's to delete.
+                    PrefixOwner::Other => return Ok(()),
+                    // Not known yet whose keys these are (Redis was down since the start):
+                    // failed, so the caller holds reads and retries, as with Redis down.
+                    PrefixOwner::Unchecked => {
+                        return Err(TierError(
+                            "the owner of the redis prefix is not checked yet".into(),
+                        ))
+                    }
+                    PrefixOwner::This => {}
+                }
                 // Deleting many keys (or scanning for `all`) may take longer than one
                 // read; it gets its own, longer, limit.
                 let limit = r.timeout.max(Duration::from_secs(5));
@@ -429,7 +450,52 @@ impl CacheTier {
             CacheTier::Redis(r) => Some(r.degraded.load(Relaxed)),
         }
     }
+
+    /// What differed the last time the Redis prefix's owner record was another
+    /// deployment's (the logged error); `None` otherwise and in-process.
+    pub fn owner_conflict(&self) -> Option<String> {
+        match self {
+            CacheTier::Local(_) => None,
+            CacheTier::Redis(r) => r.owner_conflict(),
+        }
+    }
+
+    /// Whose the Redis prefix is (`None` for the in-process tier): requests use Redis only
+    /// when it is this deployment's ([`crate::owner`]).
+    pub fn prefix_owner(&self) -> Option<PrefixOwner> {
+        match self {
+            CacheTier::Local(_) => None,
+            CacheTier::Redis(r) => Some(r.prefix_owner()),
+        }
+    }
 }
+
+/// Whose the Redis key prefix is, as this instance last read its owner record
+/// ([`crate::owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixOwner {
+    /// Not read yet (Redis has not answered since the start): the tier is not used.
+    Unchecked,
+    /// This deployment's: the tier is used.
+    This,
+    /// Another deployment's: the tier is not used; requests go to the origin.
+    Other,
+}
+
+impl PrefixOwner {
+    /// Its name in `/healthz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefixOwner::Unchecked => "unchecked",
+            PrefixOwner::This => "this",
+            PrefixOwner::Other => "other",
+        }
+    }
+}
+
+/// How often an instance using the tier reads the owner record again, so that one whose
+/// prefix another deployment took over (`--redis-take-over`) steps off within about this.
+pub const OWNER_RECHECK: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------
 // In-process
@@ -585,6 +651,19 @@ pub struct RedisTier {
     /// The data zoom (`--data-zoom`, [`RedisTier::with_data_zoom`]): a write finds the data
     /// tile an item's replaced copy was filed under by it.
     data_zoom: u8,
+    /// This deployment's owner record ([`RedisTier::with_owner`]); `None`: no check, the
+    /// prefix is taken as this deployment's (embedders, tests).
+    fingerprint: Option<Fingerprint>,
+    /// [`PrefixOwner`] as a number (its index: unchecked, this, other).
+    owner: AtomicU8,
+    /// `--redis-take-over`, until the first reading of the record (it acts then only).
+    take_over: AtomicBool,
+    /// Another deployment's record was read here: when this instance later finds the
+    /// record gone and writes its own, it invalidates `all` first, since the other's
+    /// values may still be there (only the record deleted).
+    seen_other: AtomicBool,
+    /// What differed the last time the record was another deployment's.
+    conflict: Mutex<Option<String>>,
 }
 
 impl RedisTier {
@@ -612,7 +691,168 @@ impl RedisTier {
             metrics,
             block_levels: 0,
             data_zoom: DEFAULT_DATA_ZOOM,
+            fingerprint: None,
+            owner: AtomicU8::new(OWNER_THIS),
+            take_over: AtomicBool::new(false),
+            seen_other: AtomicBool::new(false),
+            conflict: Mutex::new(None),
         })
+    }
+
+    /// Checks the owner record (`<prefix>v4:owner`, [`crate::owner`]) before using the
+    /// tier: until the probe has read it and found it this `fingerprint`'s (or written it,
+    /// absent), requests go to the origin. With `take_over` (`--redis-take-over`), a record
+    /// of another deployment found at the first reading is replaced
+    /// ([`RedisTier::probe`]).
+    pub fn with_owner(mut self, fingerprint: Fingerprint, take_over: bool) -> RedisTier {
+        self.fingerprint = Some(fingerprint);
+        self.owner = AtomicU8::new(OWNER_UNCHECKED);
+        self.take_over = AtomicBool::new(take_over);
+        self
+    }
+
+    /// Whose the prefix is, as last read.
+    pub fn prefix_owner(&self) -> PrefixOwner {
+        match self.owner.load(Relaxed) {
+            OWNER_THIS => PrefixOwner::This,
+            OWNER_OTHER => PrefixOwner::Other,
+            _ => PrefixOwner::Unchecked,
+        }
+    }
+
+    /// What differed the last time the record was another deployment's (the logged error).
+    pub fn owner_conflict(&self) -> Option<String> {
+        self.conflict.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn owned(&self) -> bool {
+        self.owner.load(Relaxed) == OWNER_THIS
+    }
+
+    /// Reads the owner record, writing this deployment's when it is absent (`SET … NX`:
+    /// of two instances starting at once, one writes it and the other reads it). A
+    /// record that vanished between the two (a flush) is an error: the next probe reads
+    /// again.
+    async fn read_owner(&self) -> redis::RedisResult<Owner> {
+        let Some(fp) = &self.fingerprint else {
+            return Ok(Owner::This);
+        };
+        let key = self.keys.owner();
+        let get = || {
+            let mut c = redis::cmd("GET");
+            c.arg(key);
+            (key.to_owned(), c)
+        };
+        let first = self.conn.per_key(vec![get()]).await?;
+        let stored: Option<Vec<u8>> = match first.into_iter().next() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => None,
+        };
+        if let Some(stored) = stored {
+            return Ok(fp.compare(&stored));
+        }
+        let mine = fp.encode();
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(&mine).arg("NX");
+        let answers = self
+            .conn
+            .per_key(vec![(key.to_owned(), set), get()])
+            .await?;
+        let claimed = matches!(answers.first(), Some(redis::Value::Okay));
+        if claimed {
+            if self.seen_other.swap(false, Relaxed) {
+                // Only the record may have been deleted, not the other's values.
+                warn!(prefix = %self.prefix, "the redis prefix's owner record was gone: taking the prefix and invalidating everything under it first");
+                self.invalidate_all().await?;
+            } else {
+                info!(prefix = %self.prefix, key, "wrote this deployment's owner record for the redis prefix");
+            }
+            return Ok(Owner::This);
+        }
+        match answers.into_iter().nth(1) {
+            Some(v) => match redis::from_redis_value::<Option<Vec<u8>>>(v)? {
+                Some(stored) => Ok(fp.compare(&stored)),
+                None => Err((
+                    redis::ErrorKind::Client,
+                    "the owner record was deleted while it was being read",
+                )
+                    .into()),
+            },
+            None => Err((redis::ErrorKind::Client, "no answer for the owner record").into()),
+        }
+    }
+
+    /// Reads the owner record (within the timeout) and acts on it: this deployment's → the
+    /// tier may be used; another's → not (logged once, with what differs and what to
+    /// do), unless `--redis-take-over` still holds, which writes this deployment's record
+    /// over it, waits [`OWNER_RECHECK`] and two timeouts so that the other's instances
+    /// have read it and stepped off (their writes in flight landed), then invalidates
+    /// `all`: nothing they stored is served. `Err` when Redis did not answer.
+    async fn settle_owner(&self) -> Result<PrefixOwner, String> {
+        let read = match tokio::time::timeout(self.timeout, self.read_owner()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(format!("reading the owner record: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "the owner record: no answer within {} ms",
+                    self.timeout.as_millis()
+                ))
+            }
+        };
+        let take_over = self.fingerprint.is_some() && self.take_over.swap(false, Relaxed);
+        match read {
+            Owner::This => {
+                self.owner.store(OWNER_THIS, Relaxed);
+                if let Ok(mut c) = self.conflict.lock() {
+                    *c = None;
+                }
+                Ok(PrefixOwner::This)
+            }
+            Owner::Other(diffs) if take_over => {
+                warn!(prefix = %self.prefix, differs = %diffs, "--redis-take-over: writing this deployment's owner record over another's, then invalidating everything under the prefix");
+                self.owner.store(OWNER_UNCHECKED, Relaxed);
+                let mine = self.fingerprint.as_ref().map(Fingerprint::encode);
+                let mut set = redis::cmd("SET");
+                set.arg(self.keys.owner()).arg(mine);
+                let limit = self.timeout.max(Duration::from_secs(5));
+                let done = async {
+                    self.conn
+                        .per_key(vec![(self.keys.owner().to_owned(), set)])
+                        .await?;
+                    tokio::time::sleep(OWNER_RECHECK + 2 * self.timeout).await;
+                    self.invalidate_all().await
+                };
+                match tokio::time::timeout(limit + OWNER_RECHECK + 2 * self.timeout, done).await {
+                    Ok(Ok(())) => {
+                        self.owner.store(OWNER_THIS, Relaxed);
+                        self.metrics.redis_take_overs.fetch_add(1, Relaxed);
+                        info!(prefix = %self.prefix, "took the redis prefix over");
+                        Ok(PrefixOwner::This)
+                    }
+                    Ok(Err(e)) => {
+                        self.take_over.store(true, Relaxed);
+                        Err(format!("taking the prefix over: {e}"))
+                    }
+                    Err(_) => {
+                        self.take_over.store(true, Relaxed);
+                        Err("taking the prefix over did not finish in time".into())
+                    }
+                }
+            }
+            Owner::Other(diffs) => {
+                self.seen_other.store(true, Relaxed);
+                let before = self.owner.swap(OWNER_OTHER, Relaxed);
+                let message =
+                    crate::owner::conflict_message(&self.prefix, self.keys.owner(), &diffs);
+                if before != OWNER_OTHER {
+                    tracing::error!("{message}");
+                }
+                if let Ok(mut c) = self.conflict.lock() {
+                    *c = Some(message);
+                }
+                Ok(PrefixOwner::Other)
+            }
+        }
     }
 
     /// The data zoom the tile keys are at (`--data-zoom`; [`DEFAULT_DATA_ZOOM`] unless
@@ -674,6 +914,12 @@ impl RedisTier {
         if self.degraded.load(Relaxed) {
             return Err(TierError("redis is marked down".into()));
         }
+        if !self.owned() {
+            return Err(TierError(format!(
+                "the redis prefix is not this deployment's ({})",
+                self.prefix_owner().name()
+            )));
+        }
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e.to_string(),
@@ -709,7 +955,7 @@ impl RedisTier {
     ///   generations (deleting those would set every class back to 0, and a write-back
     ///   stamped before a class's bump, landing after this, would read as current), this
     ///   deployment's and those of deployments under a longer prefix the pattern also
-    ///   matches ([`Keys::is_other_gens`]).
+    ///   matches ([`Keys::is_other_kept`]), and the owner records ([`crate::owner`]).
     ///
     /// What an id cannot reach: a tile holding the item when its item key is gone (evicted
     /// by `maxmemory` before the tile). An item that moved and was written again since (by
@@ -851,7 +1097,7 @@ impl RedisTier {
     /// before a miss wherever it is, then deletes every key under the prefix but the change
     /// stream, which records this very invalidation, and the class generations: this
     /// deployment's, and those of a deployment whose prefix starts with this one's (`tw:x:`
-    /// under `tw:`), whose keys the pattern matches too (`Keys::is_other_gens`). The
+    /// under `tw:`), whose keys the pattern matches too (`Keys::is_other_kept`), and the owner records. The
     /// deletes free the memory (and drop the keys of other storage formats); a key their
     /// `SCAN` misses (a Redis Cluster moving slots meanwhile) is stale by its generation.
     async fn invalidate_all(&self) -> redis::RedisResult<()> {
@@ -866,8 +1112,9 @@ impl RedisTier {
             redis::from_redis_value::<i64>(answer)?;
         }
         let stream = crate::stream::changes_key(&self.prefix);
+        let owner = self.keys.owner();
         self.unlink_scan(&format!("{}*", glob_escape(&self.prefix)), |k| {
-            k != stream && k != gens && !self.keys.is_other_gens(k)
+            k != stream && k != gens && k != owner && !self.keys.is_other_kept(k)
         })
         .await
     }
@@ -887,10 +1134,18 @@ impl RedisTier {
     }
 
     /// One probe ([`RedisConn::probe`]: `PING`; on a cluster, a slot map serving every
-    /// slot and a `PING` to the master of each slot range), within the timeout. Clears
-    /// degraded mode when it succeeds.
+    /// slot and a `PING` to the master of each slot range), within the timeout, then a
+    /// reading of the owner record (`RedisTier::settle_owner`). Clears degraded mode when
+    /// Redis answers; true when the tier may be used (the prefix is this deployment's).
     pub async fn probe(&self) -> bool {
-        let why = self.conn.probe(self.timeout).await.err();
+        let mut why = self.conn.probe(self.timeout).await.err();
+        let mut owner = None;
+        if why.is_none() {
+            match self.settle_owner().await {
+                Ok(o) => owner = Some(o),
+                Err(e) => why = Some(e),
+            }
+        }
         let ok = why.is_none();
         if ok && self.degraded.swap(false, Relaxed) {
             self.metrics.redis_recoveries.fetch_add(1, Relaxed);
@@ -905,16 +1160,30 @@ impl RedisTier {
         } else if let Some(why) = &why {
             debug!("the redis probe failed again: {why}");
         }
-        ok
+        ok && owner == Some(PrefixOwner::This)
     }
 
-    /// Probes while degraded, backing off from 100 ms to 2 s; idles otherwise. Ends when
-    /// the tier is dropped.
+    /// Reads the owner record again while the tier is used ([`OWNER_RECHECK`]): another
+    /// deployment's record there now (one that took the prefix over) takes the tier out of
+    /// use; Redis not answering marks it down.
+    async fn recheck_owner(&self) {
+        if self.fingerprint.is_none() || self.degraded.load(Relaxed) {
+            return;
+        }
+        if let Err(e) = self.settle_owner().await {
+            self.mark_down(e);
+        }
+    }
+
+    /// Probes while degraded or while the prefix is not this deployment's, backing off from
+    /// 100 ms to 2 s; otherwise reads the owner record again every [`OWNER_RECHECK`]. Ends
+    /// when the tier is dropped.
     pub async fn watch(tier: std::sync::Weak<RedisTier>) {
         let mut backoff = Duration::from_millis(100);
+        let mut last_check = std::time::Instant::now();
         loop {
             let Some(this) = tier.upgrade() else { return };
-            if this.degraded.load(Relaxed) {
+            if this.degraded.load(Relaxed) || !this.owned() {
                 drop(this);
                 tokio::time::sleep(backoff).await;
                 let Some(this) = tier.upgrade() else { return };
@@ -924,6 +1193,10 @@ impl RedisTier {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             } else {
+                if last_check.elapsed() >= OWNER_RECHECK {
+                    this.recheck_owner().await;
+                    last_check = std::time::Instant::now();
+                }
                 drop(this);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -726,8 +726,8 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
         crate::common::eventually(Duration::from_secs(30), || applied() >= 1).await,
         "B's reader did not apply A's change within 30 s"
     );
-    // `all` from B: every master is emptied of tier keys; the stream key stays, and the
-    // generations hash (`all` bumped its generation there).
+    // `all` from B: every master is emptied of tier keys; the stream key stays, the
+    // generations hash (`all` bumped its generation there) and the owner record.
     http.ok(&a, &body).await;
     invalidate(&b, r#"{"all":true}"#).await;
     let keys: u64 = cluster
@@ -736,8 +736,9 @@ async fn invalidation_reaches_both_instances_on_a_cluster() {
         .map(|&(p, _)| cluster.dbsize(p))
         .sum();
     assert_eq!(
-        keys, 2,
-        "tier keys left after `all` (the stream and the generations are the keys kept)"
+        keys, 3,
+        "tier keys left after `all` (the stream, the generations and the owner record are \
+         the keys kept)"
     );
     let a_calls = a.app.metrics.origin_calls();
     http.ok(&a, &body).await;

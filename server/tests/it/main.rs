@@ -15,6 +15,7 @@ mod logs;
 mod moved;
 mod openapi;
 mod overload;
+mod owner;
 mod pause_relay;
 mod postgis;
 mod redis;
