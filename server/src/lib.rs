@@ -251,7 +251,8 @@ async fn build_app(
             config.changes_retention,
             config.changes_max_subscribers,
         )
-        .map_err(|e| StartError::Redis(e.to_string()))?,
+        .map_err(|e| StartError::Redis(e.to_string()))?
+        .with_owner_tag(owner::Fingerprint::of(&config).stream_tag()),
         None => {
             stream::ChangeStream::local(config.changes_retention, config.changes_max_subscribers)
         }

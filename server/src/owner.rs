@@ -9,6 +9,10 @@
 //! (`crate::tier::RedisTier::probe`). One that finds another deployment's record answers
 //! from its origin, as with Redis down, and says what differs.
 //!
+//! The change stream (`<prefix>changes`) is one key for every deployment on the prefix:
+//! each entry carries this deployment's [`Fingerprint::stream_tag`] and a reader skips
+//! another's (`crate::stream::OWNER`).
+//!
 //! # What is in the fingerprint, and why
 //! - `format`: the storage format's version ([`crate::stored::VERSION`]). The record's key
 //!   carries it too (`v4:`): instances of two formats (a rolling upgrade from v3 to v4)
@@ -76,6 +80,21 @@ impl Fingerprint {
             s.push_str(v);
         }
         s
+    }
+
+    /// This deployment's tag on the change stream's entries (`crate::stream::OWNER`): a
+    /// 64-bit FNV-1a hash of every field but `format`, in hex. Not the format: instances of
+    /// two formats sharing a prefix in a rolling upgrade apply each other's invalidations
+    /// (docs/server.md, *Cache tier*).
+    pub fn stream_tag(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (k, v) in self.fields.iter().filter(|(k, _)| *k != "format") {
+            for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b'\n']) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
     }
 
     /// Compares the record found in Redis with this fingerprint.
@@ -186,6 +205,18 @@ mod tests {
             c.warmup_ring = 0;
         });
         assert_eq!(b.compare(a.encode().as_bytes()), Owner::This);
+    }
+
+    #[test]
+    fn the_stream_tag_follows_the_fields_but_the_format() {
+        let a = with(|_| {});
+        let mut v3 = a.clone();
+        v3.fields[0].1 = "v3".into();
+        assert_eq!(a.stream_tag(), v3.stream_tag());
+        assert_eq!(a.stream_tag(), with(|c| c.ttl_active_s = 1).stream_tag());
+        assert_ne!(a.stream_tag(), with(|c| c.seed = 7).stream_tag());
+        assert_ne!(a.stream_tag(), with(|c| c.data_zoom = 15).stream_tag());
+        assert_eq!(a.stream_tag().len(), 16);
     }
 
     #[test]

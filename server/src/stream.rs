@@ -6,7 +6,8 @@
 //! - **With `--redis`**: a Redis Stream at `<prefix>changes` ([`changes_key`]). An entry is
 //!   `XADD <key> MAXLEN ~ <--changes-retention> * inv <invalidation JSON>` (and
 //!   `bumped <prefix>v4:g` when it names classes or `all`, [`BUMPED`]; `reach tiles` when
-//!   its tiles hold every position its ids were at, [`REACH`]); its id
+//!   its tiles hold every position its ids were at, [`REACH`]; `owner <tag>`, the
+//!   deployment that made it, [`OWNER`]: a reader skips another deployment's); its id
 //!   (`<ms>-<seq>`, [`StreamId`]) is the event id clients see. Each instance runs one
 //!   reader ([`spawn_reader`]): `XREAD BLOCK` on a connection of its own (a blocking read
 //!   would hold up every command queued behind it on the shared multiplexed connection),
@@ -99,6 +100,13 @@ pub const BUMPED: &str = "bumped";
 /// parts); an entry without it (this version's others, an older version's) reaches
 /// anywhere.
 pub const REACH: &str = "reach";
+
+/// An entry's field naming the deployment that made it (`owner <tag>`,
+/// [`crate::owner::Fingerprint::stream_tag`]): a reader skips, neither applying nor handing
+/// to its feed's clients, an entry of another deployment sharing the prefix (one whose
+/// owner record it was refused, or that refused its). An entry without it (an older
+/// version's) is read as before.
+pub const OWNER: &str = "owner";
 
 /// How long one `XREAD` blocks.
 pub const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -331,6 +339,9 @@ struct RedisStream {
     /// This format's class generations hash ([`BUMPED`]).
     gens: String,
     timeout: Duration,
+    /// This deployment's [`OWNER`] tag ([`ChangeStream::with_owner_tag`]); `None`: entries
+    /// are neither tagged nor filtered.
+    owner: Option<String>,
 }
 
 enum Backend {
@@ -401,10 +412,33 @@ impl ChangeStream {
                 key: changes_key(prefix),
                 gens: crate::stored::Keys::new(prefix).gens().to_owned(),
                 timeout,
+                owner: None,
             }),
             retention,
             max_subscribers,
         ))
+    }
+
+    /// Tags this instance's entries with its deployment's `tag` ([`OWNER`]) and skips
+    /// the entries of another tag. A no-op without Redis.
+    pub fn with_owner_tag(mut self, tag: String) -> ChangeStream {
+        if let Backend::Redis(s) = &mut self.backend {
+            s.owner = Some(tag);
+        }
+        self
+    }
+
+    /// Whether an entry with these fields was made by another deployment ([`OWNER`]).
+    fn foreign(&self, fields: &[Vec<u8>]) -> bool {
+        let Backend::Redis(RedisStream {
+            owner: Some(mine), ..
+        }) = &self.backend
+        else {
+            return false;
+        };
+        fields
+            .chunks(2)
+            .any(|kv| matches!(kv, [k, v] if k == OWNER.as_bytes() && v != mine.as_bytes()))
     }
 
     fn with(backend: Backend, retention: usize, max_subscribers: usize) -> ChangeStream {
@@ -544,6 +578,9 @@ impl ChangeStream {
                 if reach == Reach::Tiles {
                     cmd.arg(REACH).arg("tiles");
                 }
+                if let Some(tag) = &s.owner {
+                    cmd.arg(OWNER).arg(tag);
+                }
                 let add = cmd.query_async::<String>(&mut conn);
                 let raw = match tokio::time::timeout(s.timeout, add).await {
                     Ok(r) => r.map_err(redis_err)?,
@@ -631,6 +668,9 @@ impl ChangeStream {
                             .map_err(redis_err)?;
                         let Some((tail, _)) = batch.last() else { break };
                         for (id, f) in &batch {
+                            if self.foreign(f) {
+                                continue;
+                            }
                             match entry(id, f) {
                                 Some(e) => {
                                     if matches!(e, Event::Reset(..)) {
@@ -1290,6 +1330,10 @@ async fn read_once(
                     continue;
                 };
                 *last = Some(event.id());
+                if a.changes.foreign(&fields) {
+                    // Another deployment's: not this one's tier nor its clients' concern.
+                    continue;
+                }
                 if let Event::Reset(..) = event {
                     // A body that is not an invalidation: it cannot be proven harmless.
                     a.changes.stats.bad_entries.fetch_add(1, Relaxed);

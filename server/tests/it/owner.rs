@@ -148,6 +148,50 @@ async fn another_deployment_on_the_same_prefix_serves_its_own_origin_never_the_t
     }
 }
 
+/// The change stream `<prefix>changes` is shared by both deployments; each entry names the
+/// deployment that made it, and a reader skips another's. B (refused the tier) invalidates
+/// A's tile: A neither applies it nor tells its feed; A2, of A's deployment, invalidates
+/// an id next, which A applies (so A's reader has read past B's entry), and A's tile is
+/// still a hit. Without the tag, A applies B's entry and calls its origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_deployments_invalidations_are_not_applied_here() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let http = Http::new();
+    let t = densest(&origin(42, 5_000));
+    let a = server(deployment(redis.url(), 42)).await;
+    let a2 = server(deployment(redis.url(), 42)).await;
+    let b = server(deployment(redis.url(), 7)).await;
+    assert_eq!(owner_of(&b), Some(PrefixOwner::Other));
+    let body = ask(42, t);
+    let first = http.ok(&a, &body).await;
+    let calls = a.app.metrics.origin_calls();
+    let applied = a.app.changes.stats.applied_remote.load(Relaxed);
+    admin_invalidates(&b, &format!(r#"{{"tiles":["{t}"]}}"#)).await;
+    admin_invalidates(&a2, r#"{"ids":["no-such-id"]}"#).await;
+    let stats = &a.app.changes.stats;
+    assert!(
+        eventually(Duration::from_secs(10), || stats
+            .applied_remote
+            .load(Relaxed)
+            > applied)
+        .await,
+        "A did not apply A2's change"
+    );
+    assert_eq!(
+        stats.applied_remote.load(Relaxed),
+        applied + 1,
+        "A applied B's change"
+    );
+    assert_eq!(digest(&http.ok(&a, &body).await), digest(&first));
+    assert_eq!(a.app.metrics.origin_calls(), calls, "A's tile was dropped");
+    for s in [a, a2, b] {
+        s.shutdown().await;
+    }
+}
+
 /// Instances of one deployment share the prefix as before, whatever the flags outside the
 /// fingerprint (warm-up, TTLs, origin latency): the second is answered from what the first
 /// wrote, with no origin call.
