@@ -659,7 +659,8 @@ pub struct RedisTier {
     /// `--redis-take-over`, until the first reading of the record (it acts then only).
     take_over: AtomicBool,
     /// Another deployment's record was read here: when this instance later finds the
-    /// record gone and writes its own, it invalidates `all` first, since the other's
+    /// prefix its own deployment's (it wrote the record, the record gone, or another
+    /// instance of it did), it invalidates `all` before it uses the tier, since the other's
     /// values may still be there (only the record deleted).
     seen_other: AtomicBool,
     /// What differed the last time the record was another deployment's.
@@ -758,15 +759,8 @@ impl RedisTier {
             .conn
             .per_key(vec![(key.to_owned(), set), get()])
             .await?;
-        let claimed = matches!(answers.first(), Some(redis::Value::Okay));
-        if claimed {
-            if self.seen_other.swap(false, Relaxed) {
-                // Only the record may have been deleted, not the other's values.
-                warn!(prefix = %self.prefix, "the redis prefix's owner record was gone: taking the prefix and invalidating everything under it first");
-                self.invalidate_all().await?;
-            } else {
-                info!(prefix = %self.prefix, key, "wrote this deployment's owner record for the redis prefix");
-            }
+        if matches!(answers.first(), Some(redis::Value::Okay)) {
+            info!(prefix = %self.prefix, key, "wrote this deployment's owner record for the redis prefix");
             return Ok(Owner::This);
         }
         match answers.into_iter().nth(1) {
@@ -801,6 +795,26 @@ impl RedisTier {
         };
         let take_over = self.fingerprint.is_some() && self.take_over.swap(false, Relaxed);
         match read {
+            Owner::This if self.seen_other.load(Relaxed) => {
+                // This instance read another deployment's record here before, and the
+                // prefix is this deployment's now without a take-over of its own: only the
+                // record may have been deleted, not the other's values. They must not be
+                // served: `all` first (its generation makes every value before it a miss).
+                // Until that has landed the tier stays unused and the next probe tries again.
+                warn!(prefix = %self.prefix, "the redis prefix is this deployment's again after another's record was seen there: invalidating everything under it before using it");
+                let limit = self.timeout.max(Duration::from_secs(5));
+                match tokio::time::timeout(limit, self.invalidate_all()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("invalidating the other's keys: {e}")),
+                    Err(_) => return Err("invalidating the other's keys took too long".into()),
+                }
+                self.seen_other.store(false, Relaxed);
+                self.owner.store(OWNER_THIS, Relaxed);
+                if let Ok(mut c) = self.conflict.lock() {
+                    *c = None;
+                }
+                Ok(PrefixOwner::This)
+            }
             Owner::This => {
                 self.owner.store(OWNER_THIS, Relaxed);
                 if let Ok(mut c) = self.conflict.lock() {
@@ -824,6 +838,7 @@ impl RedisTier {
                 };
                 match tokio::time::timeout(limit + OWNER_RECHECK + 2 * self.timeout, done).await {
                     Ok(Ok(())) => {
+                        self.seen_other.store(false, Relaxed);
                         self.owner.store(OWNER_THIS, Relaxed);
                         self.metrics.redis_take_overs.fetch_add(1, Relaxed);
                         info!(prefix = %self.prefix, "took the redis prefix over");
