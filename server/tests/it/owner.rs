@@ -319,6 +319,48 @@ async fn a_prefix_whose_record_is_deleted_goes_to_the_deployment_that_asks_first
     }
 }
 
+/// A server started while Redis is down does not know whose the prefix is: it stays off
+/// the tier (`unchecked`) and reads the record when Redis is back. Here Redis comes back
+/// with A's record and A's cached tile (a restart from its snapshot): B stays off the tier
+/// and answers A's tile from its own origin. Without the check at the probe, B serves A's
+/// tile as soon as Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_while_redis_is_down_checks_the_record_when_it_is_back() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = RedisServer::start_persistent();
+    let http = Http::new();
+    let t = densest(&origin(42, 5_000));
+    let a = server(deployment(redis.url(), 42)).await;
+    let body = ask(42, t);
+    http.ok(&a, &body).await;
+    a.shutdown().await;
+    redis.save_and_kill().await;
+    let b = server(deployment(redis.url(), 7)).await;
+    assert_eq!(owner_of(&b), Some(PrefixOwner::Unchecked));
+    let health = http.get(&format!("{}/healthz", b.url())).await.json();
+    assert_eq!(health["redis_prefix_owner"], "unchecked", "{health}");
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || owner_of(&b)
+            == Some(PrefixOwner::Other))
+        .await,
+        "B did not read A's record once Redis was back: {:?}",
+        owner_of(&b)
+    );
+    assert_eq!(b.app.tier.redis_degraded(), Some(false), "Redis is back");
+    let reference = alone(7).await;
+    assert_eq!(
+        digest(&http.ok(&b, &body).await),
+        digest(&http.ok(&reference, &body).await)
+    );
+    assert_eq!(b.app.metrics.cache.tile_hits.load(Relaxed), 0);
+    for s in [b, reference] {
+        s.shutdown().await;
+    }
+}
+
 /// The same on a Redis Cluster: the record is one key in one slot, read and written through
 /// the cluster client on that slot's master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
