@@ -22,7 +22,9 @@
 //!   it; a reader at another zoom takes a block for more or fewer data tiles than it holds.
 //! - `origin`: where items come from, without secrets: `memory:synthetic:<homes>:<seed>`,
 //!   `memory:file:<--data path>`, a PostGIS URL or an upstream URL without its user,
-//!   password or query (and `--origin-config`'s path, which names the table). Another
+//!   password or query (a PostGIS one with the table `--origin-config` names: not the file's
+//!   path, which may differ between one deployment's hosts, nor the change channel, which
+//!   one instance may listen to and the others not). Another
 //!   origin is another data set: its items, tiers and tile lists are other ones.
 //!
 //! Not in it, so one deployment may change them in a rolling restart (old and new
@@ -150,9 +152,19 @@ pub fn origin_identity(config: &Config) -> String {
         Some(s) if s.eq_ignore_ascii_case("memory") => memory(config),
         Some(url) => without_secrets(url),
     };
-    match &config.origin_config {
-        Some(path) => format!("{base} config:{}", path.display()),
-        None => base,
+    if !matches!(
+        crate::origin::OriginSpec::parse(config.origin.as_deref()),
+        Ok(crate::origin::OriginSpec::Postgis(_))
+    ) {
+        return base;
+    }
+    // The table `--origin-config` names (or the default one), not the file's path: the
+    // path may differ between the hosts of one deployment, and so may the change channel
+    // (one instance listening for the database's changes, the others not).
+    match crate::origin::postgis::Layout::load(config.origin_config.as_deref()) {
+        Ok(layout) => format!("{base} table:{}", layout.table),
+        // Unreadable here, the start refuses it before the tier is used.
+        Err(_) => base,
     }
 }
 
@@ -276,5 +288,39 @@ mod tests {
             "{}",
             up.encode()
         );
+    }
+
+    #[test]
+    fn a_postgis_origin_is_its_table_not_the_layout_files_path_or_channel() {
+        let dir = std::env::temp_dir().join(format!("tw-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let quiet = dir.join("quiet.toml");
+        std::fs::write(&quiet, "channel = \"\"\n").unwrap();
+        let other = dir.join("other.toml");
+        std::fs::write(&other, "table = \"shops\"\n").unwrap();
+        let pg = |layout: Option<&std::path::Path>| {
+            with(|c| {
+                c.origin = Some("postgres://db.example/geo".into());
+                c.origin_config = layout.map(Into::into);
+            })
+        };
+        let default = pg(None);
+        assert!(
+            default
+                .encode()
+                .ends_with("origin=postgres://db.example/geo table:tilewarm_items"),
+            "{}",
+            default.encode()
+        );
+        // One instance of a deployment not listening (another file, another channel).
+        assert_eq!(
+            pg(Some(&quiet)).compare(default.encode().as_bytes()),
+            Owner::This
+        );
+        let Owner::Other(why) = pg(Some(&other)).compare(default.encode().as_bytes()) else {
+            panic!("another table taken for the same deployment");
+        };
+        assert!(why.contains("table:shops"), "{why}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
