@@ -5,8 +5,10 @@
 //
 // - `cache.put(key, response)` arrives as `PUT <key URL>` whose body is the serialised
 //   HTTP response (status line, headers, body). It is kept until its `Cache-Control`
-//   `s-maxage`/`max-age` runs out; a response with `private`, `no-store`, `no-cache`, no
-//   max-age or a `Set-Cookie` is not kept (as Cloudflare's cache does not).
+//   `s-maxage`/`max-age` runs out; a response with `private`, `no-store`, `no-cache` or a
+//   `Set-Cookie` is not kept (as Cloudflare's cache does not), nor one without a max-age
+//   (Cloudflare's would keep that for its default edge TTL by status, runtime-apis/cache,
+//   "Headers"; the worker always sends a max-age, so the difference is never met).
 // - `cache.match(key)` arrives as `GET <key URL>` and is answered with the kept response and
 //   `cf-cache-status: HIT`, or `cf-cache-status: MISS`.
 // - `cache.delete(key)` arrives as `PURGE <key URL>`: 200 when something was deleted, 404
