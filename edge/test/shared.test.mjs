@@ -6,6 +6,7 @@
 // Tiles are in their own neighbourhoods of the synthetic city, away from edge.test.mjs's.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { post as postAs, shape, startRelay, startServer, startWorkerd, serverAuthArgs, freePort } from './support/stack.mjs';
 import { SECRET, hsToken, serviceToken } from './support/tokens.mjs';
 
@@ -24,6 +25,23 @@ async function until(fn, what) {
     await new Promise((r) => setTimeout(r, 25));
   }
   assert.fail(`gave up waiting for ${what}`);
+}
+
+/**
+ * What the Cache API store at `addr` (edge/cache-service.js) holds under the key with host
+ * `host` and path and query `path`, read as workerd's `cache.match` reads it: `GET` with
+ * that host. `{ status, headers }`: 200 and the entry's headers, or 504 (a miss).
+ */
+function cacheEntry(addr, host, path) {
+  const [hostname, port] = addr.split(':');
+  return new Promise((ok, fail) => {
+    const req = http.request({ hostname, port: Number(port), path, method: 'GET', headers: { host } }, (res) => {
+      res.resume();
+      res.on('end', () => ok({ status: res.statusCode, headers: res.headers }));
+    });
+    req.on('error', fail);
+    req.end();
+  });
 }
 
 describe('edge worker: the shared cache (Workers Cache API) under workerd', () => {
@@ -85,6 +103,30 @@ describe('edge worker: the shared cache (Workers Cache API) under workerd', () =
     const third = await post(b.batch, req);
     assert.equal(third.cache, 'hit');
     assert.equal((await b.stats()).shared.lookups, s.shared.lookups);
+  });
+
+  it("writes an entry under its tier's key with the max-age of the shortest ttl it holds and its date", async () => {
+    // docs/edge.md, "The shared cache": the key, `Cache-Control: max-age=<the shortest TTL
+    // it holds>` (the look-back, 4 h, is longer) and `x-tilewarm-fetched-at`.
+    const tile = '14/2632/5716';
+    const n = (await a.stats()).shared.puts;
+    const asked = Date.now();
+    const r = await post(a.batch, { tiles: [tile], access: 'registered' });
+    assert.equal(r.status, 200);
+    assert.ok(r.json.items.length > 0, 'the tile holds homes');
+    await putsDone(a, n + 1);
+    const key = (tier) => `/v1/tiles/${tile}?access=${tier}&origin=${encodeURIComponent(relay.url)}`;
+    const entry = await cacheEntry(a.cacheAddr, 'tilewarm-edge.internal', key('registered'));
+    assert.equal(entry.status, 200, 'written under the documented key');
+    const maxAge = /^max-age=(\d+)$/.exec(entry.headers['cache-control'] ?? '');
+    assert.ok(maxAge, entry.headers['cache-control']);
+    const shortest = Math.min(r.json.tiles[0].ttl, ...r.json.items.map((i) => i.ttl));
+    assert.ok(Number(maxAge[1]) <= shortest && Number(maxAge[1]) >= shortest - 5,
+      `max-age ${maxAge[1]}, shortest ttl answered ${shortest}`);
+    const fetchedAt = Number(entry.headers['x-tilewarm-fetched-at']);
+    assert.ok(fetchedAt >= asked - 1000 && fetchedAt <= Date.now(), `x-tilewarm-fetched-at ${fetchedAt}, asked at ${asked}`);
+    // Only that tier's key: nothing under another tier's.
+    assert.equal((await cacheEntry(a.cacheAddr, 'tilewarm-edge.internal', key('public'))).status, 504);
   });
 
   it('a finer and a coarser tile are answered from the shared data tiles', async () => {
