@@ -138,22 +138,69 @@ function respond(s, bounds) {
   return json(s.status, s.body, extra);
 }
 
-/** A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. */
-function originRequest(url, token, body, timeoutMs, purpose) {
+/**
+ * A request to the origin, with the edge's own credential (ORIGIN_TOKEN) when set. A
+ * redirect is not followed (`redirected`): it throws, a failed call as a refused connection.
+ */
+async function originRequest(url, token, body, timeoutMs, purpose) {
   const headers = { 'content-type': JSON_TYPE, accept: JSON_TYPE, 'x-tilewarm-purpose': purpose };
   if (token) headers.authorization = `Bearer ${token}`;
-  return fetch(url, {
+  const res = await fetch(url, {
     method: 'POST',
     headers,
     body,
     signal: AbortSignal.timeout(timeoutMs),
+    redirect: 'manual',
   });
+  const why = redirected(res, url, 'it');
+  if (why === null) return res;
+  await res.body?.cancel().catch(() => {});
+  throw new Error(why);
 }
 
-/** A change feed answer other than 200: its status, and its `Retry-After` in ms (or null). */
+/** The statuses fetch follows as redirects; another 3xx is an error answer as any other. */
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * What is wrong when `res`, the answer to a fetch of `url` by `who` (the origin, its change
+ * feed), is a redirect (REDIRECTS); null when it is not. With `redirect: 'manual'` workerd
+ * gives a redirect as it came, its status and Location (edge/test/config.test.mjs); a
+ * runtime that keeps to the Fetch standard gives an opaque one (status 0, no headers).
+ * Redirects are never followed, as tilewarm-server does not follow its upstream's: the
+ * request would go, with ORIGIN_TOKEN, to a URL nobody configured, past the
+ * https-or-loopback rule of ORIGIN. The Location is shown without user, password or query
+ * (a caller of the batch path reads it in its 502), at most 300 characters.
+ */
+function redirected(res, url, who) {
+  let what;
+  if (res.type === 'opaqueredirect') {
+    what = 'a redirect (the runtime does not show where to)';
+  } else if (REDIRECTS.has(res.status)) {
+    const location = res.headers.get('location');
+    let to = 'nowhere (no Location)';
+    if (location !== null) {
+      try {
+        const u = new URL(location, url);
+        to = `${u.protocol}//${u.host}${u.pathname}${u.search ? '?…' : ''}`;
+      } catch {
+        to = 'a Location that is not a URL';
+      }
+      if (to.length > 300) to = `${to.slice(0, 300)}…`;
+    }
+    what = `HTTP ${res.status}, a redirect to ${to}`;
+  } else {
+    return null;
+  }
+  return `${who} answered ${what}: redirects are not followed (the edge's ORIGIN_TOKEN would go along); set ORIGIN to the URL that answers`;
+}
+
+/**
+ * A change feed answer other than 200: its status, and its `Retry-After` in ms (or null);
+ * `message` in place of the status alone (a redirect says where it pointed).
+ */
 class FeedRefused extends Error {
-  constructor(status, retryAfterMs) {
-    super(`the change feed answered HTTP ${status}`);
+  constructor(status, retryAfterMs, message = null) {
+    super(message ?? `the change feed answered HTTP ${status}`);
     this.status = status;
     this.retryAfterMs = retryAfterMs;
   }
@@ -397,10 +444,12 @@ export function createWorker(defaults = {}) {
     if (lastId) headers['last-event-id'] = lastId;
     // Each fetch within `originTimeoutMs` and the poll's deadline.
     const left = Math.min(options.originTimeoutMs, (flight?.deadline ?? Infinity) - Date.now());
-    const res = await fetch(url, { headers, signal: AbortSignal.timeout(Math.max(1, left)) });
+    // A redirect is not followed (`redirected`): a failed poll, of the kind of its status.
+    const res = await fetch(url, { headers, signal: AbortSignal.timeout(Math.max(1, left)), redirect: 'manual' });
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
-      throw new FeedRefused(res.status, retryAfterMs(res.headers.get('retry-after'), Date.now()));
+      const why = redirected(res, url, 'the change feed');
+      throw new FeedRefused(res.status, retryAfterMs(res.headers.get('retry-after'), Date.now()), why);
     }
     const bytes = await readBody(res, MAX_FEED_BYTES, "the change feed's answer");
     return sseEvents(new TextDecoder().decode(bytes));

@@ -382,3 +382,71 @@ describe('edge worker: ORIGIN and JWKS_URL schemes under workerd', () => {
     assert.equal(p.status, 200, p.text);
   });
 });
+
+describe('edge worker: an ORIGIN that redirects (under workerd)', () => {
+  // The worker must not follow a redirect of the origin (nor of its change feed): the
+  // request would go, with ORIGIN_TOKEN, to a URL nobody configured, past the rule above.
+  // tilewarm-server does not follow its upstream's either.
+  let server, target, redirector, originToken;
+  const reached = [];
+  const edges = [];
+
+  before(async () => {
+    server = await startServer(await serverAuthArgs(SECRET));
+    originToken = await serviceToken('agent');
+    // Where the redirects point: a forwarder to tilewarm-server that would answer items.
+    target = await listen('127.0.0.2', async (req, res) => {
+      reached.push({ method: req.method, url: req.url, authorization: req.headers.authorization });
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const r = await fetch(`${server.url}${req.url.split('?')[0]}`, {
+        method: req.method,
+        headers: {
+          'content-type': 'application/json', accept: req.headers.accept ?? '*/*',
+          authorization: `Bearer ${originToken}`,
+        },
+        body: req.method === 'POST' ? Buffer.concat(chunks) : undefined,
+      });
+      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+      res.end(Buffer.from(await r.arrayBuffer()));
+    });
+    // The configured ORIGIN: every request answered 307 to the same path on `target`, with
+    // a query the worker must not show (a signed URL, say).
+    redirector = await listen('127.0.0.2', (req, res) => {
+      req.resume();
+      res.writeHead(307, { location: `${target.url}${req.url.split('?')[0]}?sig=s3cret` });
+      res.end();
+    });
+  });
+
+  after(async () => {
+    for (const e of edges) await e.stop();
+    await redirector?.close();
+    await target?.close();
+    await server?.stop();
+  });
+
+  it('fails the batch call (502 naming the redirect and what to do) and the feed poll; nothing reaches the target', async () => {
+    const e = await startWorkerd(`${redirector.url}/v1/batch`, { warmRing: 0, changesPollMs: 60_000, originTimeoutMs: 2000 },
+      { TILEWARM_ORIGIN_TOKEN: originToken });
+    edges.push(e);
+    const shown = `${target.url}/v1/batch?…`;
+    const r = await post(e.batch, { tiles: ['14/2624/5721'] });
+    assert.equal(r.status, 502, `${r.text.slice(0, 200)}; reached: ${JSON.stringify(reached)}`);
+    assert.equal(r.json.error.code, 'upstream_error');
+    assert.equal(r.json.error.message,
+      `the origin could not be reached: it answered HTTP 307, a redirect to ${shown}: redirects are not followed (the edge's ORIGIN_TOKEN would go along); set ORIGIN to the URL that answers`);
+    assert.ok(!r.text.includes('s3cret'), 'the query of the Location is not shown');
+    // The change feed's first poll (the isolate's first request waits for it) failed alike.
+    const s = await e.stats();
+    assert.equal(s.changes.errors, 1, `${JSON.stringify(s.changes)}; reached: ${JSON.stringify(reached)}`);
+    assert.equal(s.changes.failing, 307);
+    assert.equal(s.changes.lastError,
+      `the change feed answered HTTP 307, a redirect to ${target.url}/v1/changes?…: redirects are not followed (the edge's ORIGIN_TOKEN would go along); set ORIGIN to the URL that answers`);
+    // As any failed call: counted for the core's breaker, and the next call fails the same.
+    const again = await post(e.batch, { tiles: ['14/2624/5722'] });
+    assert.equal(again.status, 502, again.text.slice(0, 200));
+    assert.equal((await e.stats()).originFailures, 2);
+    assert.deepEqual(reached, [], 'no request (and no token) went where the redirect pointed');
+  });
+});
