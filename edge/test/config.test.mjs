@@ -449,4 +449,43 @@ describe('edge worker: an ORIGIN that redirects (under workerd)', () => {
     assert.equal((await e.stats()).originFailures, 2);
     assert.deepEqual(reached, [], 'no request (and no token) went where the redirect pointed');
   });
+
+  it('gives a warming the origin redirects back as failed: nothing reaches the target, nothing is filled', async () => {
+    // An origin that answers callers' requests (passed on to tilewarm-server) and redirects
+    // warming requests only, so that a miss is served and its warming is what is redirected.
+    const warms = [];
+    const warmOnly = await listen('127.0.0.2', async (req, res) => {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      if (req.headers['x-tilewarm-purpose'] === 'warm') {
+        warms.push(JSON.parse(Buffer.concat(chunks).toString('utf8')).tiles);
+        res.writeHead(307, { location: `${target.url}/v1/batch` });
+        return res.end();
+      }
+      const r = await fetch(`${server.url}/v1/batch`, {
+        method: 'POST', headers: { 'content-type': 'application/json', authorization: req.headers.authorization }, body: Buffer.concat(chunks),
+      });
+      res.writeHead(r.status, { 'content-type': 'application/json' });
+      res.end(Buffer.from(await r.arrayBuffer()));
+    });
+    try {
+      const e = await startWorkerd(`${warmOnly.url}/v1/batch`, { warmRing: 1, maxWarmTiles: 2, changesPollMs: 0, originTimeoutMs: 2000 },
+        { TILEWARM_ORIGIN_TOKEN: originToken });
+      edges.push(e);
+      const before = reached.length;
+      const r = await post(e.batch, { tiles: ['14/2630/5721'] });
+      assert.equal(r.status, 200, r.text.slice(0, 200));
+      assert.equal(r.cache, 'miss');
+      for (let i = 0; i < 100 && warms.length === 0; i++) await new Promise((ok) => setTimeout(ok, 50));
+      assert.equal(warms.length, 1, 'the miss planned a warming request');
+      // Followed, the warming would reach the target at once (loopback) and fill the cache.
+      await new Promise((ok) => setTimeout(ok, 300));
+      assert.deepEqual(reached.slice(before), [], 'no warming request (and no token) went where the redirect pointed');
+      const s = await e.stats();
+      assert.equal(s.warmFills, 0, JSON.stringify(s));
+      assert.equal((await post(e.batch, { tiles: [warms[0][0]] })).cache, 'miss', 'a tile of the redirected warming was not filled');
+    } finally {
+      await warmOnly.close();
+    }
+  });
 });
