@@ -5,7 +5,9 @@
 //!   checked one by one against the tile bounds); `cover_and_ring1` adds the ring;
 //! - `cache_get_hit` vs `hashmap_get` (a plain `HashMap<String, _>` lookup, the floor);
 //! - `planner_round` (one `set_viewport` with 10k cached items) vs `read_only_round` (the
-//!   same read of the view without planning).
+//!   same read of the view without planning);
+//! - `cache_evict_listed_10k`: 10k inserts into a full cache of 10k listed items, each
+//!   evicting one (its tile's list then names it by its key), in lists of 25 or 2,500.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -151,6 +153,63 @@ fn cache_insert_10k(bencher: divan::Bencher) {
         }
         cache.len()
     });
+}
+
+/// 10k items spread over a `side` x `side` block of data tiles, every tile listed: a
+/// cache full at 10k items, and 10k other items that each evict one of them.
+fn listed_and_more(side: usize) -> (ItemCache<()>, Vec<OriginItem<String>>) {
+    let config = CacheConfig {
+        max_items: 10_000,
+        ..CacheConfig::default()
+    };
+    let mut cache = ItemCache::new(config).unwrap();
+    let c = tilewarm::tile::project(-122.3321, 47.6062, Z).unwrap();
+    let mut all: Vec<OriginItem<String>> = items(20_000);
+    for (i, it) in all.iter_mut().enumerate() {
+        let (x, y) = ((i * 7919) % (side * 100), (i * 104_729) % (side * 100));
+        let p = TilePoint {
+            x: c.x + x as f64 / 100.0,
+            y: c.y + y as f64 / 100.0,
+        };
+        (it.lon, it.lat) = tilewarm::tile::unproject(p, Z);
+    }
+    let more = all.split_off(10_000);
+    let mut lists: HashMap<TileId, Vec<&str>> = HashMap::new();
+    for it in &all {
+        insert(&mut cache, it);
+        let t = TileId::from_lon_lat(it.lon, it.lat, Z).unwrap();
+        lists.entry(t).or_default().push(&it.id);
+    }
+    for (t, ids) in lists {
+        cache.insert_tile(t, &ids, None, Access::Public, 0).unwrap();
+    }
+    (cache, more)
+}
+
+fn insert(cache: &mut ItemCache<()>, it: &OriginItem<String>) {
+    let meta = ItemMeta {
+        lon: it.lon,
+        lat: it.lat,
+        class: it.class.clone(),
+        access: it.access,
+        ttl_ms: None,
+        size_bytes: 128,
+    };
+    cache
+        .insert(&it.id, meta, (), 0, Priority::Visible)
+        .unwrap();
+}
+
+#[divan::bench(args = [20, 2])]
+fn cache_evict_listed_10k(bencher: divan::Bencher, side: usize) {
+    bencher
+        .with_inputs(|| listed_and_more(side))
+        .bench_local_values(|(mut cache, more)| {
+            for it in &more {
+                insert(&mut cache, it);
+            }
+            cache.stats().evictions
+        });
 }
 
 #[divan::bench]

@@ -76,7 +76,7 @@ impl<P> ItemCache<P> {
             return;
         }
         for (_, e) in self.tiles.iter_mut() {
-            e.ids.retain(|l| !ids.contains(&*l.key));
+            e.ids.retain(&self.items, |k| !ids.contains(&**k));
         }
     }
 
@@ -117,8 +117,10 @@ impl<P> ItemCache<P> {
                 let mut removed = 0;
                 for t in targets {
                     if let Some(e) = self.tiles.pop(&t) {
-                        for l in &e.ids {
-                            if self.remove_item(&l.key).is_some() {
+                        let keys: Vec<ItemKey> =
+                            e.ids.keys(&self.items).flatten().cloned().collect();
+                        for key in keys {
+                            if self.remove_item(&key).is_some() {
                                 removed += 1;
                             }
                         }

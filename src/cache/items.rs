@@ -352,8 +352,9 @@ impl<P> ItemCache<P> {
             return (outcome, Some(payload));
         }
 
-        // Committed: the insert will succeed.
-        let old = self.remove_item(id);
+        // Committed: the insert will succeed. The old version leaves its slot, which its
+        // tile's list may name: the list is told where it goes, or given its key (below).
+        let old = self.take_item(id);
         let mut evicted = 0;
         while !self.fits(self.held(), size_bytes) {
             let Some(gone) = self.evict_one(priority) else {
@@ -364,6 +365,9 @@ impl<P> ItemCache<P> {
         }
         if !self.fits(self.held(), size_bytes) {
             // Unreachable while the protected totals are right; refuse rather than overfill.
+            if let Some((slot, old)) = &old {
+                self.unlist(*slot, old);
+            }
             self.stats.rejected += 1;
             let outcome = InsertOutcome {
                 evicted,
@@ -373,11 +377,12 @@ impl<P> ItemCache<P> {
         }
 
         let key = match &old {
-            Some(o) => o.id.clone(),
+            Some((_, o)) => o.id.clone(),
             None => ItemKey::new(id),
         };
-        if let Some(old) = &old {
+        if let Some((slot, old)) = &old {
             if old.tile() != tile {
+                self.unlist(*slot, old);
                 self.move_listing(&key, old.tile(), tile, access);
             }
         }
@@ -393,6 +398,20 @@ impl<P> ItemCache<P> {
             size_bytes,
             payload,
         });
+        if let Some((slot, old)) = &old {
+            if old.tile() == tile {
+                // Its slot, unless evictions freed others since it was taken.
+                match self.items.find(&old.id) {
+                    Some(now) if now == *slot => {}
+                    Some(now) => {
+                        if let Some(e) = self.tiles.peek_mut(&tile) {
+                            e.ids.rehold(*slot, now, &old.id);
+                        }
+                    }
+                    None => self.unlist(*slot, old),
+                }
+            }
+        }
         let outcome = InsertOutcome {
             evicted,
             rejected: false,
@@ -682,10 +701,26 @@ impl<P> ItemCache<P> {
 
     /// Removes an item and its accounting; the tile lists naming it then report it missing.
     pub(super) fn remove_item(&mut self, id: &str) -> Option<CacheItem<P>> {
-        self.changed();
-        let item = self.items.pop(id)?;
-        self.account_sub(item.tile(), item.size_bytes);
+        let (slot, item) = self.take_item(id)?;
+        self.unlist(slot, &item);
         Some(item)
+    }
+
+    /// [`remove_item`](Self::remove_item), leaving its tile's list naming the slot it left,
+    /// which the caller must then [`unlist`](Self::unlist) or give the item back to.
+    fn take_item(&mut self, id: &str) -> Option<(u32, CacheItem<P>)> {
+        self.changed();
+        let (slot, item) = self.items.pop(id)?;
+        self.account_sub(item.tile(), item.size_bytes);
+        Some((slot, item))
+    }
+
+    /// `item` left `slot`: the one list that may name the slot, its tile's, names it by its
+    /// key instead (see `list.rs`). A scan of that list: an eviction's cost.
+    fn unlist(&mut self, slot: u32, item: &CacheItem<P>) {
+        if let Some(e) = self.tiles.peek_mut(&item.tile()) {
+            e.ids.unhold(slot, &item.id);
+        }
     }
 
     /// Removes the given ids; returns how many were held.

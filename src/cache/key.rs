@@ -10,8 +10,8 @@ use std::sync::Arc;
 /// two more (10 on wasm32, where a key takes 12 bytes; 18 on 64-bit targets, 24 bytes).
 const INLINE: usize = 2 * std::mem::size_of::<usize>() + 2;
 
-/// An item's id, as the item store, every tile list that names the item and an eviction
-/// hold it.
+/// An item's id, as the item store, an eviction and a tile list that names the item while
+/// it is not held (one that holds it names its slot) hold it.
 ///
 /// An id of up to [`INLINE`] bytes (`home-12345`, a ten-digit parcel number) is held in the
 /// key itself: copying it copies 12 bytes on wasm32, and no allocation is made per item

@@ -6,7 +6,8 @@
 //!
 //! [`ItemCache`] is defined here; its parts live beside it: `config.rs` ([`CacheConfig`]),
 //! `items.rs` (the item LRU with visible-item protection), `store.rs` (the items' slots
-//! and recency list it works on), `key.rs` (an id as the cache holds it), `tiles.rs` (the tile index and
+//! and recency list it works on), `key.rs` (an id as the cache holds it), `list.rs` (a tile's
+//! list of ids, by slot while held), `tiles.rs` (the tile index and
 //! [`TileFreshness`]), `bounds.rs` (the data's extent, outside which tiles hold no items),
 //! `invalidate.rs` (removal on purpose and expiry), `stats.rs`
 //! ([`CacheStats`]) and `error.rs` ([`CacheError`]).
@@ -42,6 +43,7 @@ mod error;
 mod invalidate;
 mod items;
 mod key;
+mod list;
 mod stats;
 mod store;
 #[cfg(test)]
@@ -62,7 +64,7 @@ pub use tiles::{Refresh, TileFreshness};
 
 use bounds::DataBounds;
 use std::fmt;
-use store::{ItemStore, Listed};
+use store::ItemStore;
 
 use lru::LruCache;
 

@@ -9,10 +9,10 @@
 //! key, so the id was held twice. Here an item is one slot (the item, which holds its id,
 //! and two `u32` links: 64 bytes on wasm32), pages are allocated whole and never moved (a
 //! `Vec` of every slot would hold up to twice the slots, and copy them all as it grows),
-//! and the table holds a `u32` per item. A tile list names its items as [`Listed`] ids
-//! that remember their item's slot, so a read mostly finds each item without hashing its
-//! id. No `unsafe` here: a broken link is a lookup that finds nothing, never a panic. It is
-//! checked against `lru::LruCache` by a property test below.
+//! and the table holds a `u32` per item. A tile list names its held items by their slots
+//! (`super::list`), so a read finds each item without hashing its id. No `unsafe` here: a
+//! broken link is a lookup that finds nothing, never a panic. It is checked against
+//! `lru::LruCache` by a property test below.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -40,22 +40,6 @@ struct Node<P> {
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub(crate) const fn slot_bytes<P>() -> usize {
     std::mem::size_of::<Option<Node<P>>>()
-}
-
-/// An id in a tile list and the slot its item was last found in: a hint, checked before
-/// use (a slot is reused once its item is gone), so reading a tile's items mostly finds
-/// each without hashing its id.
-#[derive(Clone, Debug)]
-pub(super) struct Listed {
-    pub(super) key: ItemKey,
-    slot: u32,
-}
-
-impl Listed {
-    /// An id whose item has no known slot yet.
-    pub(super) fn new(key: ItemKey) -> Listed {
-        Listed { key, slot: NIL }
-    }
 }
 
 /// Items by id, in recency order (see the module docs).
@@ -155,18 +139,18 @@ impl<P> ItemStore<P> {
     }
 
     /// The slot of the item with this id.
-    fn find<I: Id + ?Sized>(&self, id: &I) -> Option<u32> {
+    pub(super) fn find<I: Id + ?Sized>(&self, id: &I) -> Option<u32> {
         let held = holds(&self.pages, id);
         self.index.find(self.hash(id.bytes()), held).copied()
     }
 
-    /// The item in `slot`.
-    fn item(&self, slot: u32) -> Option<&CacheItem<P>> {
+    /// The item in `slot` (`None`: an empty slot, or no such slot), its recency untouched.
+    pub(super) fn item(&self, slot: u32) -> Option<&CacheItem<P>> {
         node(&self.pages, slot).map(|n| &n.item)
     }
 
     /// Makes the item in `slot` the most recently used; returns it.
-    fn promote(&mut self, slot: u32) -> Option<&CacheItem<P>> {
+    pub(super) fn promote(&mut self, slot: u32) -> Option<&CacheItem<P>> {
         self.unlink(slot);
         self.push_newest(slot);
         self.item(slot)
@@ -187,33 +171,10 @@ impl<P> ItemStore<P> {
         self.promote(slot)
     }
 
-    /// The item with this id, as a tile list names it (the id, and its item's slot when
-    /// held).
-    pub(super) fn listed(&self, id: &str) -> Option<(Listed, &CacheItem<P>)> {
+    /// [`get`](Self::get), with the item's slot.
+    pub(super) fn get_found<I: Id + ?Sized>(&mut self, id: &I) -> Option<(u32, &CacheItem<P>)> {
         let slot = self.find(id)?;
-        let n = node(&self.pages, slot)?;
-        let key = n.item.id.clone();
-        Some((Listed { key, slot }, &n.item))
-    }
-
-    /// The slot of a listed item: its hint when that still holds it, else found by id.
-    fn find_listed(&self, listed: &Listed) -> Option<u32> {
-        match node(&self.pages, listed.slot) {
-            Some(n) if n.item.id == listed.key => Some(listed.slot),
-            _ => self.find(&listed.key),
-        }
-    }
-
-    /// [`peek`](Self::peek) of a listed item.
-    pub(super) fn peek_listed(&self, listed: &Listed) -> Option<&CacheItem<P>> {
-        self.item(self.find_listed(listed)?)
-    }
-
-    /// [`get`](Self::get) of a listed item; the hint is kept up to date.
-    pub(super) fn get_listed(&mut self, listed: &mut Listed) -> Option<&CacheItem<P>> {
-        let slot = self.find_listed(listed)?;
-        listed.slot = slot;
-        self.promote(slot)
+        Some((slot, self.promote(slot)?))
     }
 
     /// Stores `item` as the most recently used, returning the item it replaces (same id).
@@ -258,15 +219,15 @@ impl<P> ItemStore<P> {
         None
     }
 
-    /// Removes the item with this id.
-    pub(super) fn pop(&mut self, id: &str) -> Option<CacheItem<P>> {
+    /// Removes the item with this id; returns it and the slot it leaves.
+    pub(super) fn pop(&mut self, id: &str) -> Option<(u32, CacheItem<P>)> {
         let id_hash = self.hash(id.as_bytes());
         let held = holds(&self.pages, id);
         let (slot, _) = self.index.find_entry(id_hash, held).ok()?.remove();
         self.unlink(slot);
         let taken = slot_mut(&mut self.pages, slot).and_then(Option::take);
         self.free.push(slot);
-        taken.map(|n| n.item)
+        taken.map(|n| (slot, n.item))
     }
 
     /// The least recently used item.
@@ -362,9 +323,9 @@ mod tests {
         Get(usize),
         Peek(usize),
         Pop(usize),
-        /// Note the id as a tile list would (with its item's slot when held).
+        /// Note the slot of the item with this id, as a tile list would.
         List(usize),
-        /// Read the noted id (as a tile read does, refreshing it, or not).
+        /// Read the noted slot (as a tile read does, refreshing it, or not).
         ReadListed(usize, bool),
         PromoteLru,
         Clear,
@@ -401,9 +362,9 @@ mod tests {
             let mut classes = Classes::default();
             let mut store = ItemStore::default();
             let mut model: lru::LruCache<String, u32> = lru::LruCache::unbounded();
-            // The ids noted as a tile list notes them; their slots go stale as the store
+            // Slots noted as a tile list notes them; they are left as they were as the store
             // changes (pops, slots reused, clears).
-            let mut lists: crate::util::HashMap<usize, Listed> = Default::default();
+            let mut lists: crate::util::HashMap<usize, u32> = Default::default();
             for op in ops {
                 match op {
                     Op::Put(i, p) => {
@@ -420,22 +381,30 @@ mod tests {
                         prop_assert_eq!(store.contains(&id(i)), model.contains(&id(i)));
                     }
                     Op::Pop(i) => {
-                        let got = store.pop(&id(i)).map(|o| o.payload);
+                        let got = store.pop(&id(i)).map(|(_, o)| o.payload);
                         prop_assert_eq!(got, model.pop(&id(i)));
                     }
                     Op::List(i) => {
-                        let l = store.listed(&id(i)).map(|(l, _)| l);
-                        prop_assert_eq!(l.is_some(), model.contains(&id(i)));
-                        lists.insert(i, l.unwrap_or_else(|| Listed::new(ItemKey::new(&id(i)))));
+                        let slot = store.find(id(i).as_str());
+                        prop_assert_eq!(slot.is_some(), model.contains(&id(i)));
+                        lists.extend(slot.map(|s| (i, s)));
                     }
                     Op::ReadListed(i, get) => {
-                        let Some(l) = lists.get_mut(&i) else { continue };
-                        let (got, want) = if get {
-                            (store.get_listed(l).map(|o| o.payload), model.get(&id(i)).copied())
-                        } else {
-                            (store.peek_listed(l).map(|o| o.payload), model.peek(&id(i)).copied())
-                        };
-                        prop_assert_eq!(got, want);
+                        let Some(&slot) = lists.get(&i) else { continue };
+                        // The item stored in the slot last, if it is still there: the one
+                        // its id finds.
+                        let held = store.item(slot).map(|o| (o.id.to_string(), o.payload));
+                        if let Some((k, p)) = &held {
+                            prop_assert_eq!(store.find(k.as_str()), Some(slot));
+                            prop_assert_eq!(model.peek(k).copied(), Some(*p));
+                        }
+                        if get {
+                            let got = store.promote(slot).map(|o| o.payload);
+                            prop_assert_eq!(got, held.as_ref().map(|h| h.1));
+                            if let Some((k, _)) = &held {
+                                model.promote(k);
+                            }
+                        }
                     }
                     Op::PromoteLru => {
                         let lru = model.peek_lru().map(|(k, _)| k.clone());
@@ -461,22 +430,21 @@ mod tests {
     }
 
     #[test]
-    fn a_listed_id_whose_slot_was_reused_finds_its_own_item_or_none() {
+    fn a_slot_holds_the_item_stored_in_it_last_or_nothing() {
         let mut classes = Classes::default();
         let mut store = ItemStore::default();
         store.put(item("a", 1, &mut classes));
-        let (mut listed, _) = store.listed("a").unwrap();
-        store.pop("a");
+        let slot = store.find("a").unwrap();
+        assert_eq!(store.pop("a").map(|(s, i)| (s, i.payload)), Some((slot, 1)));
+        assert!(store.item(slot).is_none() && store.promote(slot).is_none());
         store.put(item("b", 2, &mut classes));
-        assert_eq!(store.find("b"), Some(listed.slot), "b took a's slot");
-        assert!(store.peek_listed(&listed).is_none());
-        assert!(store.get_listed(&mut listed).is_none());
-        store.put(item("a", 3, &mut classes));
-        assert_eq!(store.peek_listed(&listed).map(|i| i.payload), Some(3));
-        assert_eq!(store.get_listed(&mut listed).map(|i| i.payload), Some(3));
+        assert_eq!(store.find("b"), Some(slot), "b took a's slot");
+        assert_eq!(store.item(slot).map(|i| i.payload), Some(2));
+        assert!(store.item(slot + 1).is_none() && store.item(u32::MAX).is_none());
+        assert!(store.promote(u32::MAX).is_none());
         assert_eq!(
-            (store.find("a"), store.peek_lru().map(|i| i.payload)),
-            (Some(listed.slot), Some(2))
+            store.get_found("b").map(|(s, i)| (s, i.payload)),
+            Some((slot, 2))
         );
     }
 

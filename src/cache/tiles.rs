@@ -4,7 +4,7 @@
 //! ([`TileFreshness`]).
 
 use super::key::ItemKey;
-use super::Listed;
+use super::list::{Listing, Name, TileList};
 
 use super::{
     check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
@@ -52,7 +52,7 @@ impl TileFreshness {
 /// request that produced it.
 #[derive(Debug, Clone)]
 pub(super) struct TileEntry {
-    pub(super) ids: Vec<Listed>,
+    pub(super) ids: TileList,
     pub(super) expires_at_ms: u64,
     pub(super) fetched_at: Access,
     /// False when the list came from a coarser tile one of whose listed items had no known
@@ -121,19 +121,21 @@ impl<P> ItemCache<P> {
         }
         let expires_at_ms = now_ms.saturating_add(self.config.tile_ttl(ttl_ms));
 
-        // Each distinct id once, with its data tile when held (None: position unknown).
+        // Each distinct id once, with its data tile when held (None: position unknown). A
+        // held item is listed by its slot: only its own tile's list keeps it (below).
         let mut seen = HashSet::with_capacity(ids.len());
-        let mut listed: Vec<(Listed, Option<TileId>)> = Vec::with_capacity(ids.len());
+        let mut listed: Vec<(Listing, Option<TileId>)> = Vec::with_capacity(ids.len());
         for &id in ids {
             if !seen.insert(id) {
                 continue;
             }
-            match self.items.listed(id) {
-                Some((l, item)) if fetched_at.can_see(item.access()) => {
-                    listed.push((l, Some(item.tile())));
+            let held = self.items.find(id);
+            match held.and_then(|slot| Some((slot, self.items.item(slot)?))) {
+                Some((slot, item)) if fetched_at.can_see(item.access()) => {
+                    listed.push((Listing::Slot(slot), Some(item.tile())));
                 }
                 Some(_) => {}
-                None => listed.push((Listed::new(ItemKey::new(id)), None)),
+                None => listed.push((Listing::Key(ItemKey::new(id)), None)),
             }
         }
 
@@ -145,9 +147,8 @@ impl<P> ItemCache<P> {
                 self.bounds.listed_with_items(tile);
             }
             // A vector of its own, as long as the list: `collect` would keep `listed`'s
-            // buffer (three times as large on wasm32) for as long as the list is held.
-            let mut ids = Vec::with_capacity(listed.len());
-            ids.extend(listed.into_iter().map(|(id, _)| id));
+            // buffer (several times as large) for as long as the list is held.
+            let ids = TileList::new(listed.into_iter().map(|(id, _)| id), &self.items);
             let entry = TileEntry {
                 ids,
                 expires_at_ms,
@@ -164,7 +165,7 @@ impl<P> ItemCache<P> {
             tile_zoom: dz,
         })?;
         let complete = listed.iter().all(|(_, t)| t.is_some());
-        let mut by_tile: HashMap<TileId, Vec<Listed>> = HashMap::new();
+        let mut by_tile: HashMap<TileId, Vec<Listing>> = HashMap::new();
         for (id, t) in listed {
             if let Some(t) = t.filter(|&t| tile.contains(t)) {
                 by_tile.entry(t).or_default().push(id);
@@ -178,7 +179,7 @@ impl<P> ItemCache<P> {
                     self.tiles.put(
                         d,
                         TileEntry {
-                            ids: Vec::new(),
+                            ids: TileList::default(),
                             expires_at_ms,
                             fetched_at,
                             complete,
@@ -187,9 +188,9 @@ impl<P> ItemCache<P> {
                 }
             }
         }
-        for (d, mut ids) in filled {
+        for (d, ids) in filled {
             // Held as long as the list: without the slack of its pushes.
-            ids.shrink_to_fit();
+            let ids = TileList::new(ids.into_iter(), &self.items);
             self.bounds.listed_with_items(d);
             self.tiles.put(
                 d,
@@ -255,9 +256,23 @@ impl<P> ItemCache<P> {
         // (a read shows them).
         let mut missing = Vec::new();
         let mut stale = Vec::new();
-        for l in &e.ids {
-            match self.items.peek_listed(l) {
-                None => missing.push(l.key.to_string()),
+        // An id the list names by a slot that holds nothing: never, while the cache keeps
+        // the lists' invariant (`list.rs`); its id unknown, the tile is fetched whole.
+        let mut lost = false;
+        for i in 0..e.ids.len() {
+            let found = match e.ids.name(i) {
+                Some(Name::Slot(slot)) => self.items.item(slot),
+                Some(Name::Key(key)) => match self.items.peek(key) {
+                    None => {
+                        missing.push(key.to_string());
+                        continue;
+                    }
+                    found => found,
+                },
+                None => None,
+            };
+            match found {
+                None => lost = true,
                 // Not shown to this caller, or not here (it lies in another tile), so it
                 // cannot leave a hole.
                 Some(item) if !caller.can_see(item.access()) || !item.place.lies_in(tile) => {}
@@ -265,13 +280,13 @@ impl<P> ItemCache<P> {
                     Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
                     Expiry::Stale => {
                         *until = (*until).min(item.expires_at_ms.saturating_add(swr));
-                        stale.push(l.key.to_string());
+                        stale.push(item.id.to_string());
                     }
-                    Expiry::Gone => missing.push(l.key.to_string()),
+                    Expiry::Gone => missing.push(item.id.to_string()),
                 },
             }
         }
-        if !e.complete || e.fetched_at < caller {
+        if !e.complete || e.fetched_at < caller || lost {
             // A list fetched at a lower tier may lack items the caller may see: it is
             // fetched again whole, and what it lists is shown meanwhile (after a sign-in the
             // public items stay on the map while the new tier's lists load).
@@ -341,7 +356,12 @@ impl<P> ItemCache<P> {
     /// Whether `tile`'s list names any of `ids` (items it lists may have been pushed out
     /// since: the list still names them).
     pub(crate) fn lists_any(&self, tile: TileId, ids: &HashSet<&str>) -> bool {
-        (self.tiles.peek(&tile)).is_some_and(|e| e.ids.iter().any(|l| ids.contains(&*l.key)))
+        (self.tiles.peek(&tile)).is_some_and(|e| {
+            e.ids
+                .keys(&self.items)
+                .flatten()
+                .any(|k| ids.contains(&**k))
+        })
     }
 
     /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry,
@@ -541,8 +561,24 @@ impl<P> ItemCache<P> {
             *until = (*until).min(next_change(e.expires_at_ms, swr, now_ms));
         }
         let mut gone = Vec::new();
-        for l in &mut e.ids {
-            let Some(item) = items.get_listed(l) else {
+        // Ids named by their keys whose items lie here are named by their slots from now on.
+        let mut held_again = false;
+        for i in 0..e.ids.len() {
+            let item = match e.ids.name(i) {
+                Some(Name::Slot(slot)) => items.promote(slot),
+                Some(Name::Key(key)) => match items.get_found(key) {
+                    Some((slot, item)) => {
+                        if item.place.lies_in(tile) {
+                            e.ids.hold(i, slot);
+                            held_again = true;
+                        }
+                        Some(item)
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let Some(item) = item else {
                 stats.misses += 1;
                 continue;
             };
@@ -552,7 +588,7 @@ impl<P> ItemCache<P> {
                 continue;
             }
             match expiry(item.expires_at_ms, swr, now_ms) {
-                Expiry::Gone => gone.push(l.key.clone()),
+                Expiry::Gone => gone.push(item.id.clone()),
                 f => {
                     if known {
                         *until = (*until).min(next_change(item.expires_at_ms, swr, now_ms));
@@ -566,6 +602,9 @@ impl<P> ItemCache<P> {
                     sink(item, stale);
                 }
             }
+        }
+        if held_again {
+            e.ids.compact();
         }
         for id in gone {
             self.remove_item(&id);
@@ -581,18 +620,27 @@ impl<P> ItemCache<P> {
         let mut was_listed = false;
         if let Some(e) = self.tiles.peek_mut(&from) {
             let before = e.ids.len();
-            e.ids.retain(|x| x.key != *id);
+            e.ids.retain(&self.items, |x| x != id);
             was_listed = e.ids.len() != before;
         }
         if !was_listed {
             return;
         }
         if let Some(e) = self.tiles.peek_mut(&to) {
-            if e.complete && e.fetched_at.can_see(access) && !e.ids.iter().any(|x| x.key == *id) {
-                e.ids.push(Listed::new(id.clone()));
+            if e.complete && e.fetched_at.can_see(access) && !e.ids.names(&self.items, id) {
+                e.ids.push(id.clone());
             }
         }
         // The item now lies in `to`, outside the extent or not.
         self.bounds.listed_with_items(to);
+    }
+
+    /// Checks every tile list against what the cache promises of it (`list.rs`).
+    #[cfg(test)]
+    pub(crate) fn check_lists(&self) -> Result<(), String> {
+        for (&t, e) in self.tiles.iter() {
+            e.ids.check(t, &self.items)?;
+        }
+        Ok(())
     }
 }

@@ -1252,6 +1252,7 @@ mod fast_path {
                 }
                 prop_assert_eq!(a.stats(), b.stats());
                 prop_assert_eq!(a.is_complete(), b.is_complete());
+                prop_assert_eq!(a.cache.check_lists(), Ok(()));
                 let (ea, eb) = (events(&mut a), events(&mut b));
                 prop_assert_eq!(ea, eb);
             }

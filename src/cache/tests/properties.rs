@@ -153,6 +153,10 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(protected, c.protected);
     prop_assert_eq!(loading, c.loading_protected);
+    // The lists name what they named as keys, by slots that hold their items.
+    if let Err(e) = c.check_lists() {
+        prop_assert!(false, "{}", e);
+    }
     // What a tile state promises is true.
     let swr = cfg.stale_while_revalidate_ms;
     for (t, e) in c.tiles.iter() {
@@ -163,15 +167,10 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
             }
             prop_assert!(e.fetched_at >= caller);
             prop_assert!(expiry(e.expires_at_ms, swr, now) != Expiry::Gone);
-            for id in &e.ids {
-                let item = c.items.peek(&*id.key);
-                prop_assert!(
-                    item.is_some(),
-                    "{} shown {:?} without {}",
-                    t,
-                    state,
-                    &*id.key
-                );
+            for id in e.ids.keys(&c.items) {
+                let Some(id) = id else { continue };
+                let item = c.items.peek(id);
+                prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);
                 let Some(item) = item else { continue };
                 // Not shown here: above the caller, or lying in another tile.
                 if !caller.can_see(item.access()) || item.tile() != *t {
@@ -518,6 +517,9 @@ fn run_against_model(ops: Vec<LruOp>) -> Result<(), TestCaseError> {
         got.reverse();
         let want: Vec<String> = m.order.iter().map(|e| e.0.clone()).collect();
         prop_assert_eq!(got, want);
+        if let Err(e) = c.check_lists() {
+            prop_assert!(false, "{}", e);
+        }
     }
     Ok(())
 }

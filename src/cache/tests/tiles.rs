@@ -219,8 +219,8 @@ fn coarse_tiles_split_onto_data_tiles_by_position() {
             .peek(&t)
             .unwrap()
             .ids
-            .iter()
-            .map(|s| s.key.to_string())
+            .keys(&c.items)
+            .map(|k| k.unwrap().to_string())
             .collect()
     };
     assert_eq!(listed(&c, k0), ["a"]);
@@ -605,4 +605,46 @@ fn held_lists_are_as_long_as_their_ids() {
         .unwrap();
     let e = c.tiles.peek(&t).unwrap();
     assert_eq!((e.ids.len(), e.ids.capacity()), (37, 37));
+}
+
+#[test]
+fn a_list_names_held_items_by_slot_and_the_others_by_key() {
+    let (t, u) = (tile(0, 0), tile(1, 0));
+    let mut c = small(3, 100_000);
+    for id in ["a", "b", "c"] {
+        put(&mut c, id, t, 1, Priority::Visible);
+    }
+    c.insert_tile(t, &["a", "b", "c", "never"], None, Access::Public, 0)
+        .unwrap();
+    let by_key = |c: &ItemCache<u32>| c.tiles.peek(&t).unwrap().ids.by_key();
+    assert_eq!(by_key(&c), (1, 1), "only `never` is named by its key");
+    // Evicted (`a`, the least recently used), invalidated (`b`): named by their keys.
+    put(&mut c, "d", u, 1, Priority::Visible);
+    c.invalidate(Invalidate::Ids(&["b"]));
+    assert_eq!(by_key(&c).0, 3);
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(Refresh::Tile)
+    );
+    // Replaced in place, `c` keeps its slot; fetched again, `a` and `b` are held again: a
+    // read names them by their slots and frees the keys it no longer needs.
+    put(&mut c, "c", t, 2, Priority::Visible);
+    c.invalidate(Invalidate::Ids(&["d"]));
+    put(&mut c, "a", t, 1, Priority::Visible);
+    put(&mut c, "b", t, 1, Priority::Visible);
+    assert_eq!(by_key(&c).0, 3);
+    let mut shown = Vec::new();
+    c.read_tile(t, Access::Public, 0, |it, _| {
+        shown.push(it.id().to_string())
+    });
+    assert_eq!(shown, ["a", "b", "c"]);
+    assert_eq!(by_key(&c), (1, 1));
+    assert_eq!(
+        c.tile_freshness(t, Access::Public, 0),
+        TileFreshness::Partial(ids(&["never"]))
+    );
+    c.forget_ids(&["never"]);
+    assert_eq!(by_key(&c), (0, 0), "no keys, no allocation");
+    assert_eq!(c.tile_freshness(t, Access::Public, 0), TileFreshness::Fresh);
+    assert_eq!(c.check_lists(), Ok(()));
 }

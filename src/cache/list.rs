@@ -1,0 +1,255 @@
+//! A tile's list of ids: for each id whose item is held and lies in the tile, the item's slot
+//! in the item store (4 bytes), and for the others their keys beside it (usually none).
+//!
+//! The ids must stay known while their items are not held: a tile lists the ids an answer
+//! named, and when an item is evicted or expires while its tile stays, the tile is
+//! incomplete and that id is fetched again. A slot alone does not say its id, so the cache
+//! keeps this invariant (`ItemCache::remove_item`, `ItemCache::insert_checked`): **a slot
+//! in a list always holds the item of that id, and that item lies in the list's tile.**
+//! When an item leaves its slot (evicted, expired, invalidated, replaced, moved), the one
+//! list that may name its slot, its data tile's, is given the id's key instead. An id can
+//! be in many lists (a list names ids before their items arrive, wherever they then lie;
+//! an item can move), but only its data tile's list can name its slot: a list takes a slot
+//! only for an item that lies in its tile, and a tile's list names an id once.
+//!
+//! A slot that holds nothing is a lookup that finds nothing; no lookup by slot reads an
+//! id, so the invariant is what keeps a list from naming another item (checked after every
+//! call by the cache's property tests, against the list of keys it replaced).
+
+use super::key::ItemKey;
+use super::store::ItemStore;
+
+/// Set on an entry that is the index of a key in `keys` rather than a slot. Slots have it
+/// clear: a store of 2³¹ items would need 128 GiB for its slots alone (a slot with it set
+/// is listed by its key).
+const KEY: u32 = 1 << 31;
+
+/// A tile's ids, in the order the backend listed them (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub(super) struct TileList {
+    /// Per id: its item's slot, or `KEY | i` for `keys[i]`.
+    entries: Vec<u32>,
+    /// The keys of the ids listed without a slot; each is named by one entry.
+    keys: Vec<ItemKey>,
+    /// The same list as keys, as it was held before slots (the property tests compare).
+    #[cfg(test)]
+    pub(super) shadow: Vec<ItemKey>,
+}
+
+/// How a list names one id.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Name<'a> {
+    /// The slot of its item, which lies in the list's tile.
+    Slot(u32),
+    /// Its key: the item is not held, or lies in another tile.
+    Key(&'a ItemKey),
+}
+
+/// An id to list: its item's slot (held, lying in the list's tile) or its key.
+pub(super) enum Listing {
+    Slot(u32),
+    Key(ItemKey),
+}
+
+impl TileList {
+    /// The ids in `listing`'s order; a slot's key is read from `items` only if the slot
+    /// cannot be an entry (and in tests, for the list as keys).
+    pub(super) fn new<P>(
+        listing: impl ExactSizeIterator<Item = Listing>,
+        items: &ItemStore<P>,
+    ) -> TileList {
+        let mut list = TileList {
+            entries: Vec::with_capacity(listing.len()),
+            ..TileList::default()
+        };
+        for l in listing {
+            match l {
+                Listing::Slot(slot) if slot & KEY == 0 => {
+                    #[cfg(test)]
+                    list.shadow.extend(items.item(slot).map(|i| i.id.clone()));
+                    list.entries.push(slot);
+                }
+                Listing::Slot(slot) => {
+                    if let Some(item) = items.item(slot) {
+                        list.push(item.id.clone());
+                    }
+                }
+                Listing::Key(key) => list.push(key),
+            }
+        }
+        // Held as long as the list: without the slack of its pushes.
+        list.keys.shrink_to_fit();
+        list
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    /// How the list names its `i`th id (`None`: past the end, or a broken key index).
+    pub(super) fn name(&self, i: usize) -> Option<Name<'_>> {
+        let e = *self.entries.get(i)?;
+        if e & KEY == 0 {
+            Some(Name::Slot(e))
+        } else {
+            self.keys.get((e & !KEY) as usize).map(Name::Key)
+        }
+    }
+
+    /// The listed ids in order, slots read from `items` (`None`: an empty slot, which a
+    /// list never names while the cache keeps its invariant).
+    pub(super) fn keys<'a, P>(
+        &'a self,
+        items: &'a ItemStore<P>,
+    ) -> impl Iterator<Item = Option<&'a ItemKey>> + 'a {
+        (0..self.len()).map(move |i| match self.name(i)? {
+            Name::Slot(s) => items.item(s).map(|item| &item.id),
+            Name::Key(k) => Some(k),
+        })
+    }
+
+    /// Whether the list names `id`.
+    pub(super) fn names<P>(&self, items: &ItemStore<P>, id: &ItemKey) -> bool {
+        self.keys(items).any(|k| k == Some(id))
+    }
+
+    /// Adds `key` at the end, by its key.
+    pub(super) fn push(&mut self, key: ItemKey) {
+        #[cfg(test)]
+        self.shadow.push(key.clone());
+        self.entries.push(KEY | self.keys.len() as u32);
+        self.keys.push(key);
+    }
+
+    /// The item of `key` left `slot`: the list names it by its key from now on.
+    pub(super) fn unhold(&mut self, slot: u32, key: &ItemKey) {
+        if slot & KEY != 0 {
+            return;
+        }
+        for e in &mut self.entries {
+            if *e == slot {
+                *e = KEY | self.keys.len() as u32;
+                self.keys.push(key.clone());
+            }
+        }
+    }
+
+    /// The item of `key` moved from slot `from` to slot `to` (it lies in the list's tile).
+    pub(super) fn rehold(&mut self, from: u32, to: u32, key: &ItemKey) {
+        if to & KEY != 0 {
+            return self.unhold(from, key);
+        }
+        if from & KEY == 0 {
+            for e in &mut self.entries {
+                if *e == from {
+                    *e = to;
+                }
+            }
+        }
+    }
+
+    /// The `i`th id, named by its key, is held in `slot` (its item lies in the list's
+    /// tile): the list names it by its slot from now on. Its key stays in `keys` until
+    /// [`compact`](Self::compact).
+    pub(super) fn hold(&mut self, i: usize, slot: u32) {
+        if slot & KEY != 0 {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(i) {
+            *e = slot;
+        }
+    }
+
+    /// Keeps the ids `keep` keeps (an empty slot is dropped).
+    pub(super) fn retain<P>(
+        &mut self,
+        items: &ItemStore<P>,
+        mut keep: impl FnMut(&ItemKey) -> bool,
+    ) {
+        let kept: Vec<bool> = self.keys(items).map(|k| k.is_some_and(&mut keep)).collect();
+        let mut kept = kept.into_iter();
+        self.entries.retain(|_| kept.next().unwrap_or(false));
+        #[cfg(test)]
+        self.shadow.retain(|k| keep(k));
+        self.compact();
+    }
+
+    /// Drops the keys no entry names any more (all of them when every id is named by its
+    /// slot, freeing their allocation).
+    pub(super) fn compact(&mut self) {
+        let named = self.entries.iter().filter(|&&e| e & KEY != 0).count();
+        if named == self.keys.len() {
+            return;
+        }
+        if named == 0 {
+            self.keys = Vec::new();
+            return;
+        }
+        let mut keys = Vec::with_capacity(named);
+        for e in &mut self.entries {
+            if *e & KEY != 0 {
+                *e = match self.keys.get((*e & !KEY) as usize) {
+                    Some(k) => {
+                        keys.push(k.clone());
+                        KEY | (keys.len() - 1) as u32
+                    }
+                    // A broken index stays one (a lookup that finds nothing).
+                    None => u32::MAX,
+                };
+            }
+        }
+        self.keys = keys;
+    }
+}
+
+#[cfg(test)]
+impl TileList {
+    /// How many ids the list names by their keys, and the keys' allocation.
+    pub(super) fn by_key(&self) -> (usize, usize) {
+        (self.keys.len(), self.keys.capacity())
+    }
+
+    /// What the cache promises of the list of `tile` (see the module docs): it names the
+    /// ids its keys named (`shadow`, kept by the same calls as the list was before slots),
+    /// each of its slots holds the item of its id, lying in `tile`, and no key is held that
+    /// no entry names.
+    pub(super) fn check<P>(
+        &self,
+        tile: crate::tile::TileId,
+        items: &ItemStore<P>,
+    ) -> Result<(), String> {
+        let keys: Vec<Option<&ItemKey>> = self.keys(items).collect();
+        let shadow: Vec<Option<&ItemKey>> = self.shadow.iter().map(Some).collect();
+        if keys != shadow {
+            return Err(format!("{tile} lists {keys:?}, as keys {shadow:?}"));
+        }
+        for i in 0..self.len() {
+            if let Some(Name::Slot(slot)) = self.name(i) {
+                let item = items.item(slot);
+                if !item.is_some_and(|item| item.place.lies_in(tile)) {
+                    return Err(format!(
+                        "{tile} names slot {slot}, holding {:?}",
+                        item.map(|i| &i.id)
+                    ));
+                }
+            }
+        }
+        let named = self.entries.iter().filter(|&&e| e & KEY != 0).count();
+        if named != self.keys.len() {
+            return Err(format!(
+                "{tile} holds {} keys for {named} ids",
+                self.keys.len()
+            ));
+        }
+        Ok(())
+    }
+}
