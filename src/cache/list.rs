@@ -31,6 +31,10 @@ pub(super) struct TileList {
     entries: Vec<u32>,
     /// The keys of the ids listed without a slot; each is named by one entry.
     keys: Vec<ItemKey>,
+    /// Where the next search for a slot starts: just past the last one found. Items tend
+    /// to leave a tile in its list's order (they arrive in it, and a read of the tile uses
+    /// them in it), so an eviction mostly finds its slot at once.
+    next: u32,
     /// The same list as keys, as it was held before slots (the property tests compare).
     #[cfg(test)]
     pub(super) shadow: Vec<ItemKey>,
@@ -130,16 +134,28 @@ impl TileList {
         self.keys.push(key);
     }
 
+    /// Where the list names `slot` (once at most: a list names an id once), searched
+    /// from `next` on, then from the start.
+    fn find(&mut self, slot: u32) -> Option<&mut u32> {
+        if slot & KEY != 0 {
+            return None;
+        }
+        let start = (self.next as usize).min(self.entries.len());
+        let (before, after) = self.entries.split_at(start);
+        let i = match after.iter().position(|&e| e == slot) {
+            Some(i) => start + i,
+            None => before.iter().position(|&e| e == slot)?,
+        };
+        self.next = i as u32 + 1;
+        self.entries.get_mut(i)
+    }
+
     /// The item of `key` left `slot`: the list names it by its key from now on.
     pub(super) fn unhold(&mut self, slot: u32, key: &ItemKey) {
-        if slot & KEY != 0 {
-            return;
-        }
-        for e in &mut self.entries {
-            if *e == slot {
-                *e = KEY | self.keys.len() as u32;
-                self.keys.push(key.clone());
-            }
+        let k = KEY | self.keys.len() as u32;
+        if let Some(e) = self.find(slot) {
+            *e = k;
+            self.keys.push(key.clone());
         }
     }
 
@@ -148,12 +164,8 @@ impl TileList {
         if to & KEY != 0 {
             return self.unhold(from, key);
         }
-        if from & KEY == 0 {
-            for e in &mut self.entries {
-                if *e == from {
-                    *e = to;
-                }
-            }
+        if let Some(e) = self.find(from) {
+            *e = to;
         }
     }
 
