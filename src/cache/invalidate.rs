@@ -76,7 +76,8 @@ impl<P> ItemCache<P> {
             return;
         }
         for (_, e) in self.tiles.iter_mut() {
-            e.ids.retain(&self.items, |k| !ids.contains(&**k));
+            let key_of = |s| self.items.item(s).map(|i| &i.id);
+            e.ids.retain(&key_of, &mut |k| !ids.contains(&**k));
         }
     }
 
@@ -117,8 +118,10 @@ impl<P> ItemCache<P> {
                 let mut removed = 0;
                 for t in targets {
                     if let Some(e) = self.tiles.pop(&t) {
-                        let keys: Vec<ItemKey> =
-                            e.ids.keys(&self.items).flatten().cloned().collect();
+                        let keys: Vec<ItemKey> = {
+                            let key_of = |s| self.items.item(s).map(|i| &i.id);
+                            e.ids.keys(&key_of).flatten().cloned().collect()
+                        };
                         for key in keys {
                             if self.remove_item(&key).is_some() {
                                 removed += 1;

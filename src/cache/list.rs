@@ -17,7 +17,6 @@
 //! call by the cache's property tests, against the list of keys it replaced).
 
 use super::key::ItemKey;
-use super::store::ItemStore;
 
 /// Set on an entry that is the index of a key in `keys` rather than a slot. Slots have it
 /// clear: a store of 2³¹ items would need 128 GiB for its slots alone (a slot with it set
@@ -55,12 +54,26 @@ pub(super) enum Listing {
     Key(ItemKey),
 }
 
+impl Listing {
+    /// An id whose item is held in `slot` and lies in the list's tile.
+    pub(super) fn held(slot: u32, key: &ItemKey) -> Listing {
+        if slot & KEY == 0 {
+            Listing::Slot(slot)
+        } else {
+            Listing::Key(key.clone())
+        }
+    }
+}
+
+/// The id of the item in a slot (`None`: an empty slot), for the few calls that read a
+/// list's ids: taken as `&dyn`, so the lists have one copy of each whatever the payload.
+pub(super) type KeyOf<'f, 'a> = &'f dyn Fn(u32) -> Option<&'a ItemKey>;
+
 impl TileList {
-    /// The ids in `listing`'s order; a slot's key is read from `items` only if the slot
-    /// cannot be an entry (and in tests, for the list as keys).
-    pub(super) fn new<P>(
+    /// The ids in `listing`'s order (in tests, `key_of` gives the list as keys).
+    pub(super) fn new(
         listing: impl ExactSizeIterator<Item = Listing>,
-        items: &ItemStore<P>,
+        key_of: KeyOf<'_, '_>,
     ) -> TileList {
         let mut list = TileList {
             entries: Vec::with_capacity(listing.len()),
@@ -68,19 +81,15 @@ impl TileList {
         };
         for l in listing {
             match l {
-                Listing::Slot(slot) if slot & KEY == 0 => {
-                    #[cfg(test)]
-                    list.shadow.extend(items.item(slot).map(|i| i.id.clone()));
-                    list.entries.push(slot);
-                }
                 Listing::Slot(slot) => {
-                    if let Some(item) = items.item(slot) {
-                        list.push(item.id.clone());
-                    }
+                    #[cfg(test)]
+                    list.shadow.extend(key_of(slot).cloned());
+                    list.entries.push(slot);
                 }
                 Listing::Key(key) => list.push(key),
             }
         }
+        let _ = key_of;
         // Held as long as the list: without the slack of its pushes.
         list.keys.shrink_to_fit();
         list
@@ -109,21 +118,26 @@ impl TileList {
         }
     }
 
-    /// The listed ids in order, slots read from `items` (`None`: an empty slot, which a
-    /// list never names while the cache keeps its invariant).
-    pub(super) fn keys<'a, P>(
-        &'a self,
-        items: &'a ItemStore<P>,
-    ) -> impl Iterator<Item = Option<&'a ItemKey>> + 'a {
-        (0..self.len()).map(move |i| match self.name(i)? {
-            Name::Slot(s) => items.item(s).map(|item| &item.id),
+    /// The `i`th id (`None`: an empty slot, which a list never names while the cache keeps
+    /// its invariant).
+    pub(super) fn key<'a>(&'a self, i: usize, key_of: KeyOf<'_, 'a>) -> Option<&'a ItemKey> {
+        match self.name(i)? {
+            Name::Slot(s) => key_of(s),
             Name::Key(k) => Some(k),
-        })
+        }
+    }
+
+    /// The listed ids in order, as [`key`](Self::key) gives them.
+    pub(super) fn keys<'f, 'a: 'f>(
+        &'a self,
+        key_of: KeyOf<'f, 'a>,
+    ) -> impl Iterator<Item = Option<&'a ItemKey>> + 'f {
+        (0..self.len()).map(move |i| self.key(i, key_of))
     }
 
     /// Whether the list names `id`.
-    pub(super) fn names<P>(&self, items: &ItemStore<P>, id: &ItemKey) -> bool {
-        self.keys(items).any(|k| k == Some(id))
+    pub(super) fn names<'a>(&'a self, key_of: KeyOf<'_, 'a>, id: &ItemKey) -> bool {
+        (0..self.len()).any(|i| self.key(i, key_of) == Some(id))
     }
 
     /// Adds `key` at the end, by its key.
@@ -182,14 +196,21 @@ impl TileList {
     }
 
     /// Keeps the ids `keep` keeps (an empty slot is dropped).
-    pub(super) fn retain<P>(
-        &mut self,
-        items: &ItemStore<P>,
-        mut keep: impl FnMut(&ItemKey) -> bool,
-    ) {
-        let kept: Vec<bool> = self.keys(items).map(|k| k.is_some_and(&mut keep)).collect();
-        let mut kept = kept.into_iter();
-        self.entries.retain(|_| kept.next().unwrap_or(false));
+    pub(super) fn retain(&mut self, key_of: KeyOf<'_, '_>, keep: &mut dyn FnMut(&ItemKey) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.entries.len() {
+            let e = self.entries[i];
+            let key = if e & KEY == 0 {
+                key_of(e)
+            } else {
+                self.keys.get((e & !KEY) as usize)
+            };
+            if key.is_some_and(&mut *keep) {
+                self.entries[kept] = e;
+                kept += 1;
+            }
+        }
+        self.entries.truncate(kept);
         #[cfg(test)]
         self.shadow.retain(|k| keep(k));
         self.compact();
@@ -237,9 +258,10 @@ impl TileList {
     pub(super) fn check<P>(
         &self,
         tile: crate::tile::TileId,
-        items: &ItemStore<P>,
+        items: &super::store::ItemStore<P>,
     ) -> Result<(), String> {
-        let keys: Vec<Option<&ItemKey>> = self.keys(items).collect();
+        let key_of = |s| items.item(s).map(|i| &i.id);
+        let keys: Vec<Option<&ItemKey>> = self.keys(&key_of).collect();
         let shadow: Vec<Option<&ItemKey>> = self.shadow.iter().map(Some).collect();
         if keys != shadow {
             return Err(format!("{tile} lists {keys:?}, as keys {shadow:?}"));

@@ -5,6 +5,7 @@
 
 use super::key::ItemKey;
 use super::list::{Listing, Name, TileList};
+use super::store::ItemStore;
 
 use super::{
     check_id, expiry, next_change, CacheError, CacheItem, Expiry, HashMap, HashSet, ItemCache,
@@ -132,7 +133,7 @@ impl<P> ItemCache<P> {
             let held = self.items.find(id);
             match held.and_then(|slot| Some((slot, self.items.item(slot)?))) {
                 Some((slot, item)) if fetched_at.can_see(item.access()) => {
-                    listed.push((Listing::Slot(slot), Some(item.tile())));
+                    listed.push((Listing::held(slot, &item.id), Some(item.tile())));
                 }
                 Some(_) => {}
                 None => listed.push((Listing::Key(ItemKey::new(id)), None)),
@@ -148,7 +149,7 @@ impl<P> ItemCache<P> {
             }
             // A vector of its own, as long as the list: `collect` would keep `listed`'s
             // buffer (several times as large) for as long as the list is held.
-            let ids = TileList::new(listed.into_iter().map(|(id, _)| id), &self.items);
+            let ids = TileList::new(listed.into_iter().map(|(id, _)| id), &key_of(&self.items));
             let entry = TileEntry {
                 ids,
                 expires_at_ms,
@@ -190,7 +191,7 @@ impl<P> ItemCache<P> {
         }
         for (d, ids) in filled {
             // Held as long as the list: without the slack of its pushes.
-            let ids = TileList::new(ids.into_iter(), &self.items);
+            let ids = TileList::new(ids.into_iter(), &key_of(&self.items));
             self.bounds.listed_with_items(d);
             self.tiles.put(
                 d,
@@ -356,12 +357,9 @@ impl<P> ItemCache<P> {
     /// Whether `tile`'s list names any of `ids` (items it lists may have been pushed out
     /// since: the list still names them).
     pub(crate) fn lists_any(&self, tile: TileId, ids: &HashSet<&str>) -> bool {
-        (self.tiles.peek(&tile)).is_some_and(|e| {
-            e.ids
-                .keys(&self.items)
-                .flatten()
-                .any(|k| ids.contains(&**k))
-        })
+        let key_of = key_of(&self.items);
+        (self.tiles.peek(&tile))
+            .is_some_and(|e| e.ids.keys(&key_of).flatten().any(|k| ids.contains(&**k)))
     }
 
     /// [`outside_bounds`](Self::outside_bounds) for a data-zoom tile and its index entry,
@@ -564,21 +562,7 @@ impl<P> ItemCache<P> {
         // Ids named by their keys whose items lie here are named by their slots from now on.
         let mut held_again = false;
         for i in 0..e.ids.len() {
-            let item = match e.ids.name(i) {
-                Some(Name::Slot(slot)) => items.promote(slot),
-                Some(Name::Key(key)) => match items.get_found(key) {
-                    Some((slot, item)) => {
-                        if item.place.lies_in(tile) {
-                            e.ids.hold(i, slot);
-                            held_again = true;
-                        }
-                        Some(item)
-                    }
-                    None => None,
-                },
-                None => None,
-            };
-            let Some(item) = item else {
+            let Some(item) = use_listed(items, &mut e.ids, i, tile, &mut held_again) else {
                 stats.misses += 1;
                 continue;
             };
@@ -620,14 +604,15 @@ impl<P> ItemCache<P> {
         let mut was_listed = false;
         if let Some(e) = self.tiles.peek_mut(&from) {
             let before = e.ids.len();
-            e.ids.retain(&self.items, |x| x != id);
+            e.ids.retain(&key_of(&self.items), &mut |x| x != id);
             was_listed = e.ids.len() != before;
         }
         if !was_listed {
             return;
         }
         if let Some(e) = self.tiles.peek_mut(&to) {
-            if e.complete && e.fetched_at.can_see(access) && !e.ids.names(&self.items, id) {
+            if e.complete && e.fetched_at.can_see(access) && !e.ids.names(&key_of(&self.items), id)
+            {
                 e.ids.push(id.clone());
             }
         }
@@ -642,5 +627,35 @@ impl<P> ItemCache<P> {
             e.ids.check(t, &self.items)?;
         }
         Ok(())
+    }
+}
+
+/// The id of the item in a slot of `items`, for the list calls that read ids.
+fn key_of<'a, P>(items: &'a ItemStore<P>) -> impl Fn(u32) -> Option<&'a ItemKey> + 'a {
+    move |slot| items.item(slot).map(|item| &item.id)
+}
+
+/// The item the `i`th id of `tile`'s list names, made the most recently used. An id named
+/// by its key whose item lies in `tile` is named by its slot from now on (`held_again` set:
+/// the list's unused keys are then dropped). Not inlined: one copy per payload type,
+/// whatever the read's sink.
+#[inline(never)]
+fn use_listed<'a, P>(
+    items: &'a mut ItemStore<P>,
+    list: &mut TileList,
+    i: usize,
+    tile: TileId,
+    held_again: &mut bool,
+) -> Option<&'a CacheItem<P>> {
+    match list.name(i)? {
+        Name::Slot(slot) => items.promote(slot),
+        Name::Key(key) => {
+            let (slot, item) = items.get_found(key)?;
+            if item.place.lies_in(tile) {
+                list.hold(i, slot);
+                *held_again = true;
+            }
+            Some(item)
+        }
     }
 }

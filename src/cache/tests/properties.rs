@@ -167,7 +167,8 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
             }
             prop_assert!(e.fetched_at >= caller);
             prop_assert!(expiry(e.expires_at_ms, swr, now) != Expiry::Gone);
-            for id in e.ids.keys(&c.items) {
+            let key_of = |s| c.items.item(s).map(|i| &i.id);
+            for id in e.ids.keys(&key_of) {
                 let Some(id) = id else { continue };
                 let item = c.items.peek(id);
                 prop_assert!(item.is_some(), "{} shown {:?} without {}", t, state, &**id);

@@ -219,7 +219,7 @@ fn coarse_tiles_split_onto_data_tiles_by_position() {
             .peek(&t)
             .unwrap()
             .ids
-            .keys(&c.items)
+            .keys(&|s| c.items.item(s).map(|i| &i.id))
             .map(|k| k.unwrap().to_string())
             .collect()
     };
