@@ -8,7 +8,7 @@ use super::key::ItemKey;
 
 use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
 use crate::access::Access;
-use crate::tile::TileId;
+use crate::tile::{TileId, MAX_ZOOM};
 use crate::util::Num;
 
 /// What the backend says about an item, besides its payload.
@@ -29,10 +29,10 @@ pub struct ItemMeta {
 }
 
 /// Bytes of bookkeeping charged per cached item on top of its id, class and payload (its
-/// slot in the item store, the coordinates and expiry among it, its tile-list entry and
-/// its share of the hash table: about 87 bytes on wasm32 since the browser's payload
-/// dropped its size, 95 before; the charge is kept, so what a `max_bytes` holds is
-/// unchanged).
+/// slot in the item store, the position's tile and expiry among it, its tile-list entry and
+/// its share of the hash table: about 71 bytes on wasm32 since the item keeps its position
+/// as a zoom-24 tile, 87 before that, 95 before the browser's payload dropped its size; the
+/// charge is kept, so what a `max_bytes` holds is unchanged).
 pub const ITEM_OVERHEAD_BYTES: usize = 96;
 
 /// The bytes an item is charged in a cache ([`ItemMeta::size_bytes`]): its id, class and
@@ -50,14 +50,18 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 /// One cached item.
 ///
 /// Its fields are laid out for the item store's slot that holds it (on wasm32: this and two
-/// `u32` links, 64 bytes with the browser's payload): the id is inline when short
-/// (`ItemKey`), the class is a thin pointer to the shared name (`Class`) and the tile and
-/// the tier share one word (`TileTier`).
+/// `u32` links, 48 bytes with the browser's payload): the id is inline when short
+/// (`ItemKey`), the class is a thin pointer to the shared name (`Class`), and the position
+/// is kept as the zoom-24 tile it falls in, in one word with the data zoom and the tier
+/// (`TileTier`). That tile answers every question the cache asks of the position exactly:
+/// the data tile is its ancestor, and a tile contains the point
+/// ([`TileId::contains_point`]) exactly when it contains that tile. The exact longitude and
+/// latitude are not kept: a cache whose items are written out again keeps them in its
+/// payload (the edge proxy's, the server's stored items), and the browser's items have them
+/// in their JS objects.
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
     pub(super) id: ItemKey,
-    pub(super) lon: f64,
-    pub(super) lat: f64,
     pub(super) class: Class,
     pub(super) place: TileTier,
     pub(super) expires_at_ms: u64,
@@ -65,28 +69,48 @@ pub struct CacheItem<P> {
     pub(super) payload: P,
 }
 
-/// An item's data tile and its tier in one word: the tile packed as [`TileId::to_u64`]
-/// (below 2^53), the tier's rank above it (a `TileId` and an `Access` side by side take 16
-/// bytes on wasm32).
+/// An item's position, data zoom and tier in one word: the zoom-24 tile its position falls
+/// in (x and y, 24 bits each, as [`TileId::to_u64`] packs them), the data zoom above them
+/// and the tier's rank above that. The data tile is derived from the zoom-24 tile (its
+/// ancestor at the data zoom, the tile [`TileId::from_lon_lat`] gives at that zoom: scaling
+/// by a power of two is exact, so both floor the same number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct TileTier(u64);
 
 impl TileTier {
+    const ZOOM_SHIFT: u32 = 48;
     const TIER_SHIFT: u32 = 56;
+    /// The zoom-24 tile's x and y.
+    const POINT_BITS: u64 = (1 << Self::ZOOM_SHIFT) - 1;
+    const AXIS_BITS: u64 = (1 << MAX_ZOOM) - 1;
 
-    pub(super) fn new(tile: TileId, access: Access) -> TileTier {
-        TileTier(tile.to_u64() | u64::from(access.rank()) << Self::TIER_SHIFT)
+    /// `point`: the zoom-[`MAX_ZOOM`] tile of the item's position; `data_zoom`: at most
+    /// [`MAX_ZOOM`].
+    pub(super) fn new(point: TileId, data_zoom: u8, access: Access) -> TileTier {
+        TileTier(
+            point.to_u64() & Self::POINT_BITS
+                | u64::from(data_zoom) << Self::ZOOM_SHIFT
+                | u64::from(access.rank()) << Self::TIER_SHIFT,
+        )
     }
 
-    const TILE_BITS: u64 = (1 << Self::TIER_SHIFT) - 1;
+    /// The zoom-24 tile of the position.
+    fn point(self) -> TileId {
+        TileId::from_packed(self.0 & Self::POINT_BITS | u64::from(MAX_ZOOM) << Self::ZOOM_SHIFT)
+    }
 
+    /// The data tile: the zoom-24 tile's ancestor at the data zoom.
     fn tile(self) -> TileId {
-        TileId::from_packed(self.0 & Self::TILE_BITS)
+        let z = (self.0 >> Self::ZOOM_SHIFT) & 0x1f;
+        let up = u64::from(MAX_ZOOM).saturating_sub(z);
+        let x = (self.0 >> MAX_ZOOM & Self::AXIS_BITS) >> up;
+        let y = (self.0 & Self::AXIS_BITS) >> up;
+        TileId::from_packed(z << Self::ZOOM_SHIFT | x << MAX_ZOOM | y)
     }
 
-    /// Whether the item lies in `tile` (without unpacking: reads compare every item).
+    /// Whether the item's data tile is `tile` (reads compare every item).
     pub(super) fn lies_in(self, tile: TileId) -> bool {
-        self.0 & Self::TILE_BITS == tile.to_u64()
+        self.tile() == tile
     }
 
     fn access(self) -> Access {
@@ -104,14 +128,6 @@ impl<P> CacheItem<P> {
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// Longitude.
-    pub fn lon(&self) -> f64 {
-        self.lon
-    }
-    /// Latitude.
-    pub fn lat(&self) -> f64 {
-        self.lat
-    }
     /// Class.
     pub fn class(&self) -> &str {
         &self.class
@@ -123,6 +139,26 @@ impl<P> CacheItem<P> {
     /// The data-zoom tile its position falls in.
     pub fn tile(&self) -> TileId {
         self.place.tile()
+    }
+    /// The zoom-[`MAX_ZOOM`] tile its position falls in: a tile contains the position
+    /// ([`TileId::contains_point`]) exactly when it [contains](TileId::contains) this tile.
+    /// The cache keeps this, not the exact longitude and latitude (see the type docs).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// use tilewarm::tile::TileId;
+    /// let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "active".into(),
+    ///     access: Access::Public, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("a", meta, (), 0, Priority::Visible).unwrap();
+    /// let item = cache.peek("a", Access::Public, 0).unwrap().item;
+    /// assert_eq!(item.point_tile(), TileId::from_lon_lat(2.35, 48.85, 24).unwrap());
+    /// let t = TileId::from_lon_lat(2.35, 48.85, 16).unwrap();
+    /// assert!(t.contains(item.point_tile()) && t.contains_point(2.35, 48.85));
+    /// ```
+    pub fn point_tile(&self) -> TileId {
+        self.place.point()
     }
     /// First millisecond at which it is no longer fresh.
     pub fn expires_at_ms(&self) -> u64 {
@@ -256,12 +292,15 @@ impl<P> ItemCache<P> {
         evicted: &mut Vec<(ItemKey, P)>,
     ) -> Result<(InsertOutcome, Option<P>), (CacheError, P)> {
         match self.check_item(id, &meta) {
-            Ok(tile) => Ok(self.insert_checked(id, tile, meta, payload, now_ms, priority, evicted)),
+            Ok(point) => {
+                Ok(self.insert_checked(id, point, meta, payload, now_ms, priority, evicted))
+            }
             Err(e) => Err((e, payload)),
         }
     }
 
-    /// The data tile of an item [`insert`](Self::insert) may store; its errors otherwise.
+    /// The zoom-[`MAX_ZOOM`] tile of the position of an item [`insert`](Self::insert) may
+    /// store; its errors otherwise.
     fn check_item(&mut self, id: &str, meta: &ItemMeta) -> Result<TileId, CacheError> {
         self.changed();
         check_id(id)?;
@@ -291,19 +330,20 @@ impl<P> ItemCache<P> {
                 max_bytes: self.config.max_bytes,
             });
         }
-        TileId::from_lon_lat(lon, lat, self.config.tile_zoom).map_err(|e| CacheError::InvalidItem {
+        TileId::from_lon_lat(lon, lat, MAX_ZOOM).map_err(|e| CacheError::InvalidItem {
             id: short(id),
             reason: e.to_string(),
         })
     }
 
-    /// [`insert`](Self::insert) of a checked item in data tile `tile`: the outcome, and
-    /// the payload when the insert was refused; each item evicted goes to `evicted`.
+    /// [`insert`](Self::insert) of a checked item whose position falls in the zoom-24 tile
+    /// `point`: the outcome, and the payload when the insert was refused; each item evicted
+    /// goes to `evicted`.
     #[allow(clippy::too_many_arguments)]
     fn insert_checked(
         &mut self,
         id: &str,
-        tile: TileId,
+        point: TileId,
         meta: ItemMeta,
         payload: P,
         now_ms: u64,
@@ -311,14 +351,15 @@ impl<P> ItemCache<P> {
         evicted_to: &mut Vec<(ItemKey, P)>,
     ) -> (InsertOutcome, Option<P>) {
         let ItemMeta {
-            lon,
-            lat,
             class,
             access,
             ttl_ms,
             size_bytes,
+            ..
         } = meta;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
+        let place = TileTier::new(point, self.config.tile_zoom, access);
+        let tile = place.tile();
 
         // What is held once the old version (if any) is gone: in all, in visible tiles, and
         // in loading tiles that are not visible.
@@ -390,10 +431,8 @@ impl<P> ItemCache<P> {
         let class = self.classes.intern(class);
         self.items.put(CacheItem {
             id: key,
-            lon,
-            lat,
             class,
-            place: TileTier::new(tile, access),
+            place,
             expires_at_ms,
             size_bytes,
             payload,

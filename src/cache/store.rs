@@ -7,7 +7,7 @@
 //! taken from a crate: `lru` allocates a node per entry (the key beside the value, two
 //! pointers, and the allocator's own bytes: 80 bytes on wasm32) and keys its table by the
 //! key, so the id was held twice. Here an item is one slot (the item, which holds its id,
-//! and two `u32` links: 64 bytes on wasm32), pages are allocated whole and never moved (a
+//! and two `u32` links: 48 bytes on wasm32), pages are allocated whole and never moved (a
 //! `Vec` of every slot would hold up to twice the slots, and copy them all as it grows),
 //! and the table holds a `u32` per item. A tile list names its held items by their slots
 //! (`super::list`), so a read finds each item without hashing its id. No `unsafe` here: a
@@ -307,10 +307,8 @@ mod tests {
     fn item<P>(id: &str, payload: P, classes: &mut Classes) -> CacheItem<P> {
         CacheItem {
             id: ItemKey::new(id),
-            lon: 0.0,
-            lat: 0.0,
             class: classes.intern("active".into()),
-            place: TileTier::new(TileId::new(14, 0, 0).unwrap(), Access::Public),
+            place: TileTier::new(TileId::new(24, 0, 0).unwrap(), 14, Access::Public),
             expires_at_ms: 0,
             size_bytes: 0,
             payload,

@@ -153,7 +153,7 @@ impl<P> Client<P> {
             let state =
                 self.cache
                     .read_tile_until(t, access, now_ms, None, &mut until, |item, stale| {
-                        if !finer || tile.contains_point(item.lon(), item.lat()) {
+                        if !finer || tile.contains(item.point_tile()) {
                             sink(item, stale);
                         }
                     });

@@ -398,10 +398,19 @@ pub struct ProxyStats {
     pub shared_refused: u64,
 }
 
+/// An item's payload in the proxy's caches: its data, and its exact position (written out
+/// again in answers; the cache itself keeps only the zoom-24 tile it falls in).
+#[derive(Clone, Debug)]
+struct Held {
+    lon: f64,
+    lat: f64,
+    data: RawData,
+}
+
 /// The caching batch proxy: one [`ItemCache`] per access tier. See the module docs.
 pub struct Proxy {
     config: ProxyConfig,
-    caches: [ItemCache<RawData>; 4],
+    caches: [ItemCache<Held>; 4],
     /// Per tier: ids the origin reported missing, and until when that answer holds.
     missing: [LruCache<String, u64>; 4],
     stats: ProxyStats,
@@ -531,7 +540,7 @@ impl Proxy {
         self.caches[tier.rank() as usize].stats()
     }
 
-    fn cache(&mut self, tier: Access) -> &mut ItemCache<RawData> {
+    fn cache(&mut self, tier: Access) -> &mut ItemCache<Held> {
         &mut self.caches[tier.rank() as usize]
     }
 
@@ -552,14 +561,15 @@ impl Proxy {
         let exp = cache.tile_expires_at_ms(d).unwrap_or(now_ms);
         let mut items = Vec::new();
         cache.read_tile(d, tier, now_ms, |item, _stale| {
+            let held = item.payload();
             items.push(Item {
                 id: item.id().to_owned(),
-                lon: item.lon(),
-                lat: item.lat(),
+                lon: held.lon,
+                lat: held.lat,
                 class: item.class().to_owned(),
                 access: item.access(),
                 ttl: Some(ttl_left_s(item.expires_at_ms(), now_ms)),
-                data: item.payload().clone(),
+                data: held.data.clone(),
             });
         });
         (items, exp)
@@ -619,12 +629,12 @@ impl Proxy {
         for id in &request.ids {
             let hit = self.cache(tier).get(id, tier, now_ms).map(|l| Item {
                 id: id.clone(),
-                lon: l.item.lon(),
-                lat: l.item.lat(),
+                lon: l.item.payload().lon,
+                lat: l.item.payload().lat,
                 class: l.item.class().to_owned(),
                 access: l.item.access(),
                 ttl: Some(ttl_left_s(l.item.expires_at_ms(), now_ms)),
-                data: l.item.payload().clone(),
+                data: l.item.payload().data.clone(),
             });
             let known_missing = hit.is_none() && {
                 let missing = &mut self.missing[tier.rank() as usize];
@@ -850,7 +860,12 @@ impl Proxy {
                 size_bytes: item_size_bytes(&it.id, &it.class, it.data.get().len()),
             };
             // An item bigger than the cache is served but not cached.
-            let _ = cache.insert(&it.id, meta, it.data.clone(), now_ms, Priority::Visible);
+            let held = Held {
+                lon: it.lon,
+                lat: it.lat,
+                data: it.data.clone(),
+            };
+            let _ = cache.insert(&it.id, meta, held, now_ms, Priority::Visible);
         }
         drop(keep);
         for list in &response.tiles {

@@ -92,12 +92,12 @@ impl Proxy {
             items.push((
                 Item {
                     id: item.id().to_owned(),
-                    lon: item.lon(),
-                    lat: item.lat(),
+                    lon: item.payload().lon,
+                    lat: item.payload().lat,
                     class: item.class().to_owned(),
                     access: item.access(),
                     ttl: Some(u32::MAX),
-                    data: item.payload().clone(),
+                    data: item.payload().data.clone(),
                 },
                 item.expires_at_ms(),
             ));

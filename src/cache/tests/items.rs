@@ -433,9 +433,119 @@ fn an_item_keeps_its_tile_and_tier_at_every_tier_and_the_deepest_zoom() {
             let item = c.peek(&id, Access::Agent, 0).unwrap().item;
             assert_eq!(item.tile(), TileId::from_lon_lat(lon, lat, 24).unwrap());
             assert_eq!(item.access(), access);
-            assert_eq!((item.lon(), item.lat(), item.class()), (lon, lat, "active"));
+            assert_eq!(
+                item.point_tile(),
+                TileId::from_lon_lat(lon, lat, 24).unwrap()
+            );
+            assert_eq!(item.class(), "active");
         }
     }
     let far = c.peek("1-3", Access::Agent, 0).unwrap().item.tile();
     assert_eq!((far.x(), far.y()), ((1 << 24) - 1, (1 << 24) - 1));
+}
+
+/// `v` moved by `steps` representable values (towards +∞ for positive steps).
+fn ulps(v: f64, steps: i64) -> f64 {
+    let mut v = v;
+    for _ in 0..steps.unsigned_abs() {
+        v = if steps > 0 {
+            v.next_up()
+        } else {
+            v.next_down()
+        };
+    }
+    v
+}
+
+/// Points anywhere, and points on and a few ulps either side of tile edges at any zoom
+/// (where a rounding difference would show), the poles, the Mercator limit and the
+/// antimeridian.
+fn point() -> impl proptest::strategy::Strategy<Value = (f64, f64)> {
+    use crate::tile::{tiles_per_axis, TilePoint, MAX_LATITUDE, MAX_ZOOM};
+    use proptest::prelude::*;
+    let special = [
+        -180.0,
+        180.0,
+        0.0,
+        -0.0,
+        90.0,
+        -90.0,
+        MAX_LATITUDE,
+        -MAX_LATITUDE,
+        ulps(180.0, -1),
+        ulps(-180.0, 1),
+        ulps(MAX_LATITUDE, 1),
+        ulps(-MAX_LATITUDE, -1),
+    ];
+    let anywhere = (-180.0f64..=180.0, -90.0f64..=90.0);
+    let edge = (0u8..=MAX_ZOOM)
+        .prop_flat_map(|z| {
+            let n = tiles_per_axis(z);
+            (Just(z), 0..=n, 0..=n, -3i64..=3, -3i64..=3)
+        })
+        .prop_map(|(z, x, y, dx, dy)| {
+            let p = TilePoint {
+                x: f64::from(x),
+                y: f64::from(y),
+            };
+            let (lon, lat) = crate::tile::unproject(p, z);
+            (
+                ulps(lon, dx).clamp(-180.0, 180.0),
+                ulps(lat, dy).clamp(-90.0, 90.0),
+            )
+        });
+    let specials = (
+        proptest::sample::select(special.to_vec()),
+        proptest::sample::select(special.to_vec()),
+        -180.0f64..=180.0,
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, lon, on_lon)| {
+            if on_lon {
+                (a.clamp(-180.0, 180.0), b.clamp(-90.0, 90.0))
+            } else {
+                (lon, b.clamp(-90.0, 90.0))
+            }
+        });
+    prop_oneof![anywhere, edge, specials]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4_000))]
+
+    /// The cache keeps an item's position as its zoom-24 tile: the data tile derived from it
+    /// is the one the position falls in at the data zoom (`TileId::from_lon_lat`), and every
+    /// tile at every zoom contains it exactly when `TileId::contains_point` says the position
+    /// lies in it (the tile the point falls in and its eight neighbours).
+    #[test]
+    fn the_zoom_24_tile_answers_as_the_position((lon, lat) in point(), dz in 0u8..=24) {
+        use crate::tile::MAX_ZOOM;
+        let config = CacheConfig { tile_zoom: dz, ..CacheConfig::default() };
+        let mut c: ItemCache<()> = ItemCache::new(config).unwrap();
+        let meta = ItemMeta {
+            lon,
+            lat,
+            class: "active".into(),
+            access: Access::Verified,
+            ttl_ms: None,
+            size_bytes: 10,
+        };
+        c.insert("a", meta, (), 0, Priority::Visible).unwrap();
+        let item = c.peek("a", Access::Agent, 0).unwrap().item;
+        proptest::prop_assert_eq!(Ok(item.tile()), TileId::from_lon_lat(lon, lat, dz));
+        proptest::prop_assert_eq!(item.access(), Access::Verified);
+        proptest::prop_assert_eq!(c.tile_of("a"), Some(item.tile()));
+        for z in 0..=MAX_ZOOM {
+            let at = TileId::from_lon_lat(lon, lat, z).unwrap();
+            for (dx, dy) in [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)] {
+                if let Some(t) = at.offset(dx, dy) {
+                    proptest::prop_assert_eq!(
+                        t.contains(item.point_tile()),
+                        t.contains_point(lon, lat),
+                        "{} at ({}, {})", t, lon, lat
+                    );
+                }
+            }
+        }
+    }
 }

@@ -130,10 +130,8 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
     let mut load: HashMap<TileId, Load> = HashMap::new();
     for (k, it) in c.items.iter() {
         prop_assert_eq!(&**k, it.id());
-        prop_assert_eq!(
-            Ok(it.tile()),
-            TileId::from_lon_lat(it.lon, it.lat, cfg.tile_zoom)
-        );
+        prop_assert_eq!(it.point_tile().z(), crate::tile::MAX_ZOOM);
+        prop_assert_eq!(Ok(it.tile()), it.point_tile().ancestor(cfg.tile_zoom));
         let l = load.entry(it.tile()).or_default();
         l.items += 1;
         l.bytes += it.size_bytes;
