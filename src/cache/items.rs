@@ -83,6 +83,8 @@ impl TileTier {
     /// The zoom-24 tile's x and y.
     const POINT_BITS: u64 = (1 << Self::ZOOM_SHIFT) - 1;
     const AXIS_BITS: u64 = (1 << MAX_ZOOM) - 1;
+    /// The data zoom's bits (the zoom itself is at most 24).
+    const ZOOM_BITS: u64 = 0xff << Self::ZOOM_SHIFT;
 
     /// `point`: the zoom-[`MAX_ZOOM`] tile of the item's position; `data_zoom`: at most
     /// [`MAX_ZOOM`].
@@ -108,9 +110,19 @@ impl TileTier {
         TileId::from_packed(z << Self::ZOOM_SHIFT | x << MAX_ZOOM | y)
     }
 
-    /// Whether the item's data tile is `tile` (reads compare every item).
+    /// Whether the item's data tile is `tile`: the data zoom is `tile`'s and the zoom-24
+    /// tile's x and y, without the bits below `tile`'s zoom, are `tile`'s. One mask and one
+    /// comparison per item (reads compare every item; the mask and the value depend on
+    /// `tile` alone, so inlined into a read's loop they are worked out once per tile).
+    #[inline(always)]
     pub(super) fn lies_in(self, tile: TileId) -> bool {
-        self.tile() == tile
+        let up = u32::from(MAX_ZOOM.saturating_sub(tile.z()));
+        let axis = Self::AXIS_BITS >> up << up;
+        let mask = Self::ZOOM_BITS | axis << MAX_ZOOM | axis;
+        let want = u64::from(tile.z()) << Self::ZOOM_SHIFT
+            | u64::from(tile.x()) << up << MAX_ZOOM
+            | u64::from(tile.y()) << up;
+        self.0 & mask == want
     }
 
     fn access(self) -> Access {

@@ -535,6 +535,15 @@ proptest::proptest! {
         proptest::prop_assert_eq!(Ok(item.tile()), TileId::from_lon_lat(lon, lat, dz));
         proptest::prop_assert_eq!(item.access(), Access::Verified);
         proptest::prop_assert_eq!(c.tile_of("a"), Some(item.tile()));
+        for z in [dz, dz.saturating_sub(1), (dz + 1).min(24)] {
+            let at = TileId::from_lon_lat(lon, lat, z).unwrap();
+            for (dx, dy) in [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (1, 1)] {
+                if let Some(t) = at.offset(dx, dy) {
+                    // A tile list's read keeps the items whose data tile is the list's.
+                    proptest::prop_assert_eq!(item.place.lies_in(t), t == item.tile(), "{}", t);
+                }
+            }
+        }
         for z in 0..=MAX_ZOOM {
             let at = TileId::from_lon_lat(lon, lat, z).unwrap();
             for (dx, dy) in [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)] {
