@@ -47,7 +47,7 @@ if (child < 0) {
   if (i > 0) writeFileSync(process.argv[i + 1], md);
   process.exit(0);
 }
-const { initSync, allocStats } = await import(join(pkg, 'tilewarm.js'));
+const { initSync, allocStats, allocAtGrowth } = await import(join(pkg, 'tilewarm.js'));
 const wasm = initSync({ module: readFileSync(join(pkg, 'tilewarm_bg.wasm')) });
 const { TileCache } = await import(join(pkg, 'api.js'));
 if (typeof gc !== 'function') throw new Error('run with node --expose-gc');
@@ -68,13 +68,15 @@ const heap = process.memoryUsage().heapUsed - heap0, mem = wasm.memory.buffer.by
 // Chromium's DevTools, Memory tab), with the cache filled.
 if (process.env.HEAP_SNAPSHOT) (await import('node:v8')).writeHeapSnapshot(process.env.HEAP_SNAPSHOT);
 // The JSON summed over the items cached (the same N items, each cached once).
-const alloc = process.argv.includes('--alloc-stats') ? Array.from(allocStats()) : undefined;
-process.stdout.write(JSON.stringify({ entries, heap, wasm: mem, json: jsonBytes / N * entries, alloc }));
+const stats = process.argv.includes('--alloc-stats');
+const alloc = stats ? Array.from(allocStats()) : undefined;
+const growth = stats ? Array.from(allocAtGrowth()) : undefined;
+process.stdout.write(JSON.stringify({ entries, heap, wasm: mem, json: jsonBytes / N * entries, alloc, growth }));
 cache.dispose();
 
 /** The live wasm allocations by requested size, each as talc holds it (its chunks are
  * multiples of 16 bytes, with a 4-byte tag: `(size + 4)` rounded up to 16), per item. */
-function allocTable({ entries, wasm, alloc }) {
+function allocTable({ entries, wasm, alloc, growth }) {
   const chunk = (size) => Math.ceil((size + 4) / 16) * 16;
   const rows = [];
   let held = 0;
@@ -99,5 +101,38 @@ function allocTable({ entries, wasm, alloc }) {
   md += `| all live allocations | | ${held} | ${per(held)} |\n`;
   md += `| wasm memory grown | | ${wasm} | ${per(wasm)} |\n`;
   md += `\n${entries} items cached.\n`;
+  md += growthTable(entries, alloc, growth);
+  return md;
+}
+
+/** What was live when the wasm memory last grew (its high-water mark) beyond what is live
+ * at the end: the sizes whose counts differ, then the allocation that grew it. */
+function growthTable(entries, alloc, growth) {
+  const chunk = (size) => Math.ceil((size + 4) / 16) * 16;
+  const counts = (a) => {
+    const m = new Map();
+    let i = 0;
+    for (; a[i] !== -1; i += 2) m.set(a[i], a[i + 1]);
+    return { m, large: [a[i + 1], a[i + 2]], grew: a[i + 4] };
+  };
+  const [end, at] = [counts(alloc), counts(growth)];
+  const rows = [];
+  for (const size of new Set([...end.m.keys(), ...at.m.keys()])) {
+    const d = (at.m.get(size) ?? 0) - (end.m.get(size) ?? 0);
+    if (d) rows.push({ size, d, bytes: d * chunk(size) });
+  }
+  rows.sort((a, b) => b.bytes - a.bytes);
+  let md = `\nWhen the wasm memory last grew (an allocation of ${at.grew} bytes), live beyond the end:\n\n` +
+    `| requested size (B) | allocations more | bytes more | per item |\n| ---: | ---: | ---: | ---: |\n`;
+  let sum = 0, rest = 0;
+  for (const r of rows) {
+    sum += r.bytes;
+    if (Math.abs(r.bytes) >= 4096) md += `| ${r.size} | ${r.d} | ${r.bytes} | ${(r.bytes / entries).toFixed(1)} |\n`;
+    else rest += r.bytes;
+  }
+  const large = at.large[1] - end.large[1];
+  md += `| other sizes up to 4,096 | | ${rest} | ${(rest / entries).toFixed(1)} |\n`;
+  md += `| over 4,096 (${at.large[0] - end.large[0]} allocations more) | | ${large} | ${(large / entries).toFixed(1)} |\n`;
+  md += `| all | | ${sum + large} | ${((sum + large) / entries).toFixed(1)} |\n`;
   return md;
 }

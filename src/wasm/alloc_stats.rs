@@ -17,6 +17,28 @@ static LIVE: [AtomicU32; EXACT + 1] = [const { AtomicU32::new(0) }; EXACT + 1];
 static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
+/// The live allocations when the wasm memory last grew (what set its high-water mark), as
+/// `LIVE`, `LARGE_COUNT` and `LARGE_BYTES` were just before the allocation that grew it;
+/// and that allocation's size.
+static AT_GROWTH: [AtomicU32; EXACT + 1] = [const { AtomicU32::new(0) }; EXACT + 1];
+static AT_GROWTH_LARGE: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+/// The wasm memory's size in pages.
+fn pages() -> usize {
+    core::arch::wasm32::memory_size(0)
+}
+
+/// Called after an allocation of `size` that grew the memory: copies the counts, less that
+/// allocation, so they show what was live beside it.
+fn snapshot(size: usize) {
+    for (at, n) in AT_GROWTH.iter().zip(LIVE.iter()) {
+        at.store(n.load(Relaxed), Relaxed);
+    }
+    AT_GROWTH_LARGE[0].store(LARGE_COUNT.load(Relaxed), Relaxed);
+    AT_GROWTH_LARGE[1].store(LARGE_BYTES.load(Relaxed), Relaxed);
+    AT_GROWTH_LARGE[2].store(size, Relaxed);
+}
+
 fn count(size: usize, add: bool) {
     if size <= EXACT {
         let n = &LIVE[size];
@@ -43,7 +65,11 @@ static TALC: Counting = Counting(talc::wasm::new_wasm_dynamic_allocator());
 // SAFETY: every call is talc's own; the counts only read the layouts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let before = pages();
         let p = unsafe { self.0.alloc(layout) };
+        if pages() != before {
+            snapshot(layout.size());
+        }
         if !p.is_null() {
             count(layout.size(), true);
         }
@@ -56,7 +82,11 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let before = pages();
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if pages() != before {
+            snapshot(new_size);
+        }
         if !p.is_null() {
             count(layout.size(), false);
             count(new_size, true);
@@ -81,5 +111,21 @@ pub fn alloc_stats() -> Vec<f64> {
         LARGE_COUNT.load(Relaxed) as f64,
         LARGE_BYTES.load(Relaxed) as f64,
     ]);
+    out
+}
+
+/// `allocAtGrowth`: as [`alloc_stats`], the live allocations when the wasm memory last grew
+/// (its high-water mark), then `[-2, size]`: the allocation that grew it.
+#[wasm_bindgen(js_name = allocAtGrowth, skip_typescript)]
+pub fn alloc_at_growth() -> Vec<f64> {
+    let mut out = Vec::new();
+    for (size, n) in AT_GROWTH.iter().enumerate() {
+        let n = n.load(Relaxed);
+        if n > 0 {
+            out.extend([size as f64, f64::from(n)]);
+        }
+    }
+    let [count, bytes, size] = [0, 1, 2].map(|i| AT_GROWTH_LARGE[i].load(Relaxed) as f64);
+    out.extend([-1.0, count, bytes, -2.0, size]);
     out
 }
