@@ -260,13 +260,17 @@ impl Engine {
         id: f64,
         now: f64,
         nums: Vec<f64>,
-        strs: Vec<String>,
+        strs: Vec<JsValue>,
         slots: Vec<u32>,
     ) -> Vec<JsValue> {
         let (rid, now) = (RequestId(id as u64), self.ms(now));
         let mut out = Out::default();
         let payloads = slots.into_iter().map(|slot| JsItem { slot }).collect();
-        let built = build_response(&nums, strs, payloads);
+        // The strings cross as handles, each read into the `String` the answer keeps as
+        // `build_response` reaches it: a `Vec<String>` parameter would hold all of them in
+        // a list of its own (12 bytes a string) beside the answer being built, when the
+        // largest answer sets the wasm memory's high-water mark.
+        let built = build_response(&nums, strs.into_iter().map(|s| s.as_string()), payloads);
         // The numbers are read: their room (8 bytes a number, 40 an item) is free for what
         // the cache allocates as it takes the answer, rather than grown for it.
         drop(nums);
@@ -723,11 +727,22 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .collect()
 }
 
+/// The next of [`build_response`]'s strings; an error when there is none or it is not a
+/// string.
+fn next_str(strs: &mut impl Iterator<Item = Option<String>>) -> Result<String, String> {
+    strs.next()
+        .flatten()
+        .ok_or_else(|| "response arrays disagree in length".to_string())
+}
+
 /// Builds the core's response from the lists [`Engine::response`] takes; an inconsistent
-/// shape (which `cache.js` never produces) is an invalid response, not a panic.
+/// shape (which `cache.js` never produces) is an invalid response, not a panic. `strs`
+/// are the strings in order, `None` for one that is not a string (which `cache.js` never
+/// passes). Each list is allocated at the size it ends with (a list grown by doubling can
+/// hold twice the room it needs while the largest answer is decoded).
 fn build_response(
     nums: &[f64],
-    strs: Vec<String>,
+    strs: impl IntoIterator<Item = impl Into<Option<String>>>,
     payloads: Vec<JsItem>,
 ) -> Result<(BatchResponse<JsReceived>, Option<Bbox>), String> {
     let disagree = || "response arrays disagree in length".to_string();
@@ -757,10 +772,13 @@ fn build_response(
     }
     let (tile_nums, item_nums) = rest.split_at(2 * n_tiles);
     let ttl = |t: f64| (t >= 0.0).then_some(t.min(u32::MAX as f64) as u32);
-    let mut strs = strs.into_iter();
+    let mut strs = strs.into_iter().map(Into::into);
+    // The items' list (64 bytes an item on wasm32, the largest block an answer takes) is
+    // taken first, before the tile lists' strings fill the free room it could take.
+    let mut items = Vec::with_capacity(n_items);
     let mut lists = Vec::with_capacity(n_tiles);
     for (i, t) in tile_nums.chunks_exact(2).enumerate() {
-        let s = strs.next().ok_or_else(disagree)?;
+        let s = next_str(&mut strs)?;
         let Ok(tile) = s.parse::<TileId>() else {
             return Err(format!(
                 "tiles[{i}].tile {} is not a tile z/x/y",
@@ -768,9 +786,10 @@ fn build_response(
             ));
         };
         let len = t[1] as usize;
-        let ids: Vec<String> = strs.by_ref().take(len).collect();
-        if ids.len() != len {
-            return Err(disagree());
+        // `len` is a number from JS: the strings left bound it.
+        let mut ids = Vec::with_capacity(len.min(strs.size_hint().0));
+        for _ in 0..len {
+            ids.push(next_str(&mut strs)?);
         }
         lists.push(TileList {
             tile,
@@ -778,11 +797,8 @@ fn build_response(
             ttl: ttl(t[0]),
         });
     }
-    let mut items = Vec::with_capacity(n_items);
     for (j, (it, item)) in item_nums.chunks_exact(5).zip(payloads).enumerate() {
-        let (Some(id), Some(class)) = (strs.next(), strs.next()) else {
-            return Err(disagree());
-        };
+        let (id, class) = (next_str(&mut strs)?, next_str(&mut strs)?);
         let Some(access) = tier(it[3]) else {
             return Err(format!(
                 "items[{j}].access must be one of \"public\", \"registered\", \"verified\", \"agent\""
@@ -806,7 +822,9 @@ fn build_response(
         access,
         tiles: lists,
         items,
-        missing: strs.collect(),
+        missing: strs
+            .map(|s| s.ok_or_else(disagree))
+            .collect::<Result<_, _>>()?,
         // A partial answer's `error` code (`Batcher::on_answer`): 1 `response_full`, else
         // the code its status names (413 `payload_too_large`); 0, none.
         left_out: match *left_out as u16 {
@@ -917,6 +935,47 @@ mod tests {
         let mut freed = take_freed();
         freed.sort_unstable();
         assert_eq!(freed, [3, 4, 5]);
+    }
+
+    /// The strings cross as JS values, each read as it is reached: one that is not a
+    /// string (`cache.js` never passes one), wherever it is (a tile, a listed id, an
+    /// item's id or class, a missing id), makes the answer invalid, not a panic.
+    #[test]
+    fn a_string_that_is_not_one_is_an_invalid_response() {
+        let nums = [
+            1.0,
+            1.0,
+            -1.0,
+            f64::NAN,
+            f64::NAN,
+            f64::NAN,
+            f64::NAN,
+            0.0,
+            -1.0,
+            1.0,
+            -122.33,
+            47.61,
+            -1.0,
+            0.0,
+            100.0,
+        ];
+        let strs = ["14/2624/5721", "a", "a", "active", "gone"];
+        let all = || strs.map(|s| Some(s.to_string()));
+        let r = build_response(&nums, all(), vec![JsItem { slot: 0 }])
+            .unwrap()
+            .0;
+        assert_eq!(
+            (r.tiles[0].ids.len(), r.items[0].class.as_str()),
+            (1, "active")
+        );
+        assert_eq!(r.missing, ["gone"]);
+        for at in 0..strs.len() {
+            let mut some = all();
+            some[at] = None;
+            let err = build_response(&nums, some, vec![JsItem { slot: 0 }]).err();
+            let want = "response arrays disagree in length";
+            assert_eq!(err.as_deref(), Some(want), "at {at}");
+        }
     }
 
     /// The extent the server declares crosses as four numbers; NaN is none.
