@@ -1223,10 +1223,16 @@ async fn a_reader_cut_off_while_its_entries_were_trimmed_resets_its_instance() {
     // nothing skipped silently.
     let got = events_until(&mut events, last, Duration::from_secs(5)).await;
     assert!(got.iter().any(is_gap), "{got:?}");
-    // Allowed to read again: it goes on from the stream's end.
+    // Allowed to read again: it goes on from the stream's end. If its reader was last set
+    // back while A was still publishing (a loaded machine), what it knew was trimmed again:
+    // it hands out a second reset, at or past `y`, which covers `y`; then it reads on.
     redis_do(&redis, &["ACL", "SETUSER", "b", "+xread"]).await;
-    let next = a.app.changes.publish(&ids_inv("y")).await.unwrap();
-    let got = events_until(&mut events, next, Duration::from_secs(10)).await;
+    let mut next = a.app.changes.publish(&ids_inv("y")).await.unwrap();
+    let mut got = events_until(&mut events, next, Duration::from_secs(10)).await;
+    if got.last().is_some_and(|e| is_gap(e) && e.id() >= next) {
+        next = a.app.changes.publish(&ids_inv("z")).await.unwrap();
+        got = events_until(&mut events, next, Duration::from_secs(10)).await;
+    }
     assert!(
         matches!(got.last(), Some(Event::Invalidate(id, ..)) if *id == next),
         "{got:?}"
