@@ -200,6 +200,9 @@ async fn build_app(
     }
     let metrics = Arc::new(Metrics::default());
     let cache_config = config.cache_config();
+    // Whose keys this deployment's are under `--redis-prefix` (the tier's owner record and
+    // the change stream's tag): worked out once (it may read `--origin-config`).
+    let fingerprint = owner::Fingerprint::of(&config);
     let tier = match &config.redis {
         Some(spec) => {
             let target = redis_conn::RedisTarget::parse(spec).map_err(StartError::Redis)?;
@@ -213,7 +216,7 @@ async fn build_app(
             .map_err(|e| StartError::Redis(e.to_string()))?
             .with_block_levels(config.split_levels)
             .with_data_zoom(config.data_zoom)
-            .with_owner(owner::Fingerprint::of(&config), config.redis_take_over);
+            .with_owner(fingerprint.clone(), config.redis_take_over);
             let r = Arc::new(r);
             if r.probe().await {
                 // The URL may hold a password: never log it as given.
@@ -252,7 +255,7 @@ async fn build_app(
             config.changes_max_subscribers,
         )
         .map_err(|e| StartError::Redis(e.to_string()))?
-        .with_owner_tag(owner::Fingerprint::of(&config).stream_tag()),
+        .with_owner_tag(fingerprint.stream_tag()),
         None => {
             stream::ChangeStream::local(config.changes_retention, config.changes_max_subscribers)
         }

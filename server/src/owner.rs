@@ -182,17 +182,14 @@ fn memory(config: &Config) -> String {
 /// `url` without its user, password, query and fragment, the scheme and host in lower
 /// case.
 fn without_secrets(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    let Some((scheme, auth, tail)) = crate::origin::url_parts(url) else {
         return url.split(['?', '#']).next().unwrap_or_default().to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(auth_end);
     let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
     let path = tail.split(['?', '#']).next().unwrap_or_default();
     format!(
         "{}://{}{path}",
-        url[..scheme_end].to_ascii_lowercase(),
+        scheme.to_ascii_lowercase(),
         host.to_ascii_lowercase()
     )
 }

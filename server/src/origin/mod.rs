@@ -615,12 +615,9 @@ impl OriginSpec {
 /// A URL with its password (and anything that looks like a credential) replaced by `***`,
 /// for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    let Some((scheme, auth, tail)) = url_parts(url) else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(auth_end);
     let auth = match auth.rfind('@') {
         Some(at) => {
             let (user, host) = auth.split_at(at);
@@ -637,7 +634,16 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => tail.to_owned(),
     };
-    format!("{}{auth}{tail}", &url[..scheme_end + 3])
+    format!("{scheme}://{auth}{tail}")
+}
+
+/// A URL's scheme, authority (`user:password@host:port`) and the rest (path, query,
+/// fragment); `None` without `://`.
+pub fn url_parts(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(auth_end);
+    Some((scheme, auth, tail))
 }
 
 impl OriginService {
