@@ -848,7 +848,16 @@ mod tests {
 
     /// [`one_item`] in an answer that reports tier code `access`.
     fn reported(tier: f64, access: f64) -> Result<BatchResponse<JsReceived>, String> {
-        let nums = vec![
+        let strs = ["14/2624/5721", "a", "a", "active"]
+            .map(String::from)
+            .to_vec();
+        build_response(&one_item_nums(tier, access), strs, vec![JsItem { slot: 0 }]).map(|(r, _)| r)
+    }
+
+    /// The numbers of [`reported`]'s answer: one tile listing one item, of tier code
+    /// `tier`, in an answer reporting tier code `access`.
+    fn one_item_nums(tier: f64, access: f64) -> Vec<f64> {
+        vec![
             1.0,
             1.0,
             access,
@@ -864,11 +873,7 @@ mod tests {
             -1.0,
             tier,
             100.0,
-        ];
-        let strs = ["14/2624/5721", "a", "a", "active"]
-            .map(String::from)
-            .to_vec();
-        build_response(&nums, strs, vec![JsItem { slot: 0 }]).map(|(r, _)| r)
+        ]
     }
 
     /// Security: an item whose tier is not one of the four must make the whole answer
@@ -942,23 +947,7 @@ mod tests {
     /// item's id or class, a missing id), makes the answer invalid, not a panic.
     #[test]
     fn a_string_that_is_not_one_is_an_invalid_response() {
-        let nums = [
-            1.0,
-            1.0,
-            -1.0,
-            f64::NAN,
-            f64::NAN,
-            f64::NAN,
-            f64::NAN,
-            0.0,
-            -1.0,
-            1.0,
-            -122.33,
-            47.61,
-            -1.0,
-            0.0,
-            100.0,
-        ];
+        let nums = one_item_nums(0.0, -1.0);
         let strs = ["14/2624/5721", "a", "a", "active", "gone"];
         let all = || strs.map(|s| Some(s.to_string()));
         let r = build_response(&nums, all(), vec![JsItem { slot: 0 }])
