@@ -141,6 +141,15 @@ pub struct Config {
     #[arg(long)]
     pub redis_take_over: bool,
 
+    /// The origin as the --redis-prefix's owner record names it (docs/server.md "Who owns a
+    /// prefix"), in place of the one worked out from --origin (its URL without secrets, or
+    /// the memory origin's --data path or synthetic city): for instances of one deployment
+    /// that spell their origin differently (an address on one host, a name on another; a
+    /// --data path that differs), given the same name on each. One line of at most 200
+    /// characters; give another deployment another name.
+    #[arg(long, value_name = "NAME")]
+    pub redis_owner_origin: Option<String>,
+
     /// Timeout of one Redis round trip, in milliseconds; a slower answer counts as a Redis
     /// error (degraded mode).
     #[arg(long, default_value_t = 250, value_name = "MS")]
@@ -576,6 +585,7 @@ const SETUP_FLAGS: &[(&str, &str, &str)] = &[
         "the in-process tier, which --redis replaces",
     ),
     ("redis_prefix", "--redis-prefix", "--redis"),
+    ("redis_owner_origin", "--redis-owner-origin", "--redis"),
     ("redis_timeout_ms", "--redis-timeout-ms", "--redis"),
     (
         "degraded_origin_calls",
@@ -765,9 +775,10 @@ impl Config {
         for &(id, flag, needs) in SETUP_FLAGS {
             let acts = match id {
                 "cache_items" | "cache_mib" | "cache_tiles" => self.redis.is_none(),
-                "redis_prefix" | "redis_timeout_ms" | "degraded_origin_calls" => {
-                    self.redis.is_some()
-                }
+                "redis_prefix"
+                | "redis_timeout_ms"
+                | "redis_owner_origin"
+                | "degraded_origin_calls" => self.redis.is_some(),
                 "origin_pool" => postgis || upstream,
                 "origin_pool_wait_ms" => postgis,
                 "origin_changes_idle_ms" => {
@@ -971,6 +982,16 @@ impl Config {
                 "--redis-take-over needs --redis (it takes a Redis key prefix over)".into(),
             );
         }
+        if let Some(name) = &self.redis_owner_origin {
+            // The owner record is one `name=value` line per field.
+            if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                return bad(format!(
+                    "--redis-owner-origin must be one line of 1 to 200 characters without \
+                     control characters, got {:?}",
+                    name.chars().take(80).collect::<String>()
+                ));
+            }
+        }
         // A burst of 0 would be a limiter that refuses everything; governor needs at least
         // one cell, and taking the rate instead would be a silent default.
         if self.caller_rate > 0 && self.caller_burst == 0 {
@@ -1108,6 +1129,15 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
         let c = Config::parse_from(["x", "--postgis-load"]);
         assert!(c.validate().unwrap_err().0.contains("--postgis-load"));
+        let long = "g".repeat(201);
+        for name in ["", "  ", "geo\nformat=9", &long] {
+            let c = Config::parse_from(["x", "--redis-owner-origin", name]);
+            let e = c.validate().unwrap_err().0;
+            assert!(e.contains("--redis-owner-origin must be one line"), "{e}");
+        }
+        Config::parse_from(["x", "--redis-owner-origin", &long[..200]])
+            .validate()
+            .unwrap();
         for flag in [
             "--write-timeout-ms",
             "--auth-fail-burst",
@@ -1278,6 +1308,12 @@ mod tests {
         let redis = ["--redis", "redis://127.0.0.1:6379/0"];
         refused(&["--redis-prefix", "a:"], "--redis-prefix", "--redis");
         taken(&[&redis[..], &["--redis-prefix", "a:"]].concat());
+        refused(
+            &["--redis-owner-origin", "geo"],
+            "--redis-owner-origin",
+            "--redis",
+        );
+        taken(&[&redis[..], &["--redis-owner-origin", "geo"]].concat());
         refused(
             &["--redis-timeout-ms", "9"],
             "--redis-timeout-ms",

@@ -25,7 +25,9 @@
 //!   password or query (a PostGIS one with the table `--origin-config` names: not the file's
 //!   path, which may differ between one deployment's hosts, nor the change channel, which
 //!   one instance may listen to and the others not). Another
-//!   origin is another data set: its items, tiers and tile lists are other ones.
+//!   origin is another data set: its items, tiers and tile lists are other ones. With
+//!   `--redis-owner-origin NAME`, `name:NAME` instead: for the instances of one deployment
+//!   that spell the origin differently (an address here, a host name there).
 //!
 //! Not in it, so one deployment may change them in a rolling restart (old and new
 //! instances sharing the tier): TTLs (every value carries its own `exp`: an item written
@@ -136,17 +138,27 @@ impl Fingerprint {
 
 /// The error told (logged) when the prefix belongs to another deployment.
 pub fn conflict_message(prefix: &str, key: &str, diffs: &str) -> String {
+    let spelling = if diffs.contains("origin is ") {
+        ". If both are one deployment whose instances spell the origin differently, give \
+         each the same --redis-owner-origin"
+    } else {
+        ""
+    };
     format!(
         "redis prefix {prefix:?} belongs to another deployment (record {key}): {diffs}. This \
          instance does not use the Redis tier (it answers from its origin, as with Redis \
          down) and checks again every 2 s. Give this deployment its own --redis-prefix; or, \
          if the other deployment is gone, delete every key under the prefix (this instance \
-         then takes it), or start one instance with --redis-take-over"
+         then takes it), or start one instance with --redis-take-over{spelling}"
     )
 }
 
-/// Where items come from, without secrets ([module docs](self)).
+/// Where items come from, without secrets ([module docs](self)): `--redis-owner-origin`
+/// when given.
 pub fn origin_identity(config: &Config) -> String {
+    if let Some(name) = &config.redis_owner_origin {
+        return format!("name:{}", name.trim());
+    }
     let base = match config.origin.as_deref() {
         None => memory(config),
         Some(s) if s.eq_ignore_ascii_case("memory") => memory(config),
@@ -248,6 +260,50 @@ mod tests {
             ),
             "{why}"
         );
+    }
+
+    #[test]
+    fn an_origin_named_by_the_operator_is_the_same_however_each_host_spells_the_origin() {
+        let named = |origin: &str, name: &str| {
+            with(|c| {
+                c.origin = Some(origin.into());
+                c.redis_owner_origin = Some(name.into());
+            })
+        };
+        let a = named("https://10.0.0.7/v1/batch", "listings");
+        let b = named("https://api.internal/v1/batch", "listings");
+        assert!(
+            a.encode().ends_with("origin=name:listings"),
+            "{}",
+            a.encode()
+        );
+        assert_eq!(b.compare(a.encode().as_bytes()), Owner::This);
+        assert_eq!(a.stream_tag(), b.stream_tag());
+        let Owner::Other(why) =
+            named("https://10.0.0.7/v1/batch", "shops").compare(a.encode().as_bytes())
+        else {
+            panic!("another name taken for the same deployment");
+        };
+        assert!(
+            why.contains("origin is \"name:listings\" there, \"name:shops\" here"),
+            "{why}"
+        );
+        // Named on one host and not on another: two deployments, said plainly.
+        let unnamed = with(|c| c.origin = Some("https://10.0.0.7/v1/batch".into()));
+        let Owner::Other(why) = unnamed.compare(a.encode().as_bytes()) else {
+            panic!("a named origin taken for an unnamed one");
+        };
+        let told = conflict_message("tw:", "tw:v4:owner", &why);
+        assert!(
+            told.ends_with("give each the same --redis-owner-origin"),
+            "{told}"
+        );
+        let zoom = with(|c| c.data_zoom = 15).compare(with(|_| {}).encode().as_bytes());
+        let Owner::Other(why) = zoom else {
+            panic!("another zoom taken for the same deployment");
+        };
+        let told = conflict_message("tw:", "tw:v4:owner", &why);
+        assert!(!told.contains("--redis-owner-origin"), "{told}");
     }
 
     #[test]

@@ -219,6 +219,51 @@ async fn instances_of_one_deployment_share_the_prefix() {
     b.shutdown().await;
 }
 
+/// One deployment's instances whose `--data` is the same file at two paths (as on two
+/// hosts) are two deployments to the owner record, unless both are given the same
+/// `--redis-owner-origin`: then the second is answered from what the first wrote. Without
+/// the name (or with the flag ignored), B refuses the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_naming_their_origin_alike_share_the_prefix_whatever_its_path() {
+    if !redis_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tw-owner-name-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    let homes = "{\"id\":\"h1\",\"lon\":2.3522,\"lat\":48.8566,\"class\":\"active\",\"access\":\"public\",\"data\":{\"p\":1}}\n";
+    let (path_a, path_b) = (dir.join("homes.jsonl"), dir.join("b").join("homes.jsonl"));
+    std::fs::write(&path_a, homes).unwrap();
+    std::fs::write(&path_b, homes).unwrap();
+    let redis = RedisServer::start();
+    let http = Http::new();
+    let on = |data: &std::path::Path, name: Option<&str>| Config {
+        data: Some(data.to_owned()),
+        redis_owner_origin: name.map(Into::into),
+        ..deployment(redis.url(), 42)
+    };
+    let t = TileId::from_lon_lat(2.3522, 48.8566, 14).unwrap();
+    let ask = request(&[t], &["h1"], Access::Public);
+    let a = server(on(&path_a, Some("paris-homes"))).await;
+    let first = http.ok(&a, &ask).await;
+    assert_eq!(first.items.len(), 1);
+    assert_eq!(owner_of(&a), Some(PrefixOwner::This));
+
+    let unnamed = server(on(&path_b, None)).await;
+    assert!(
+        owner_of(&unnamed) == Some(PrefixOwner::Other),
+        "another path without the name taken for the same deployment"
+    );
+    unnamed.shutdown().await;
+
+    let b = server(on(&path_b, Some("paris-homes"))).await;
+    assert_eq!(owner_of(&b), Some(PrefixOwner::This));
+    assert_eq!(digest(&http.ok(&b, &ask).await), digest(&first));
+    assert_eq!(b.app.metrics.origin_calls(), 0, "B did not share A's tier");
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--redis-take-over`: B (city 7) writes its record over A's, waits until A has stepped
 /// off, invalidates `all`, and uses the tier; from then on neither serves the other's
 /// items, and A answers from its origin. Without the check, B serves A's cached tile.
