@@ -121,6 +121,18 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     if (!process.env.TILEWARM_E2E_URL) assert.deepEqual(wasmFetches, [`${baseUrl}pkg/tilewarm_bg.wasm`]);
   });
 
+  it('shows every statistic whole, its name and its value, at 1280x800 and at 1024x768', async () => {
+    // The panel is a fixed width, so the cells are as narrow at both sizes; a name that
+    // does not fit wraps rather than ending in "…" ("prefetch used/wasted" did).
+    for (const size of [{ width: 1024, height: 768 }, { width: 1280, height: 800 }]) {
+      await page.setViewportSize(size);
+      const cut = await page.evaluate(() => [...document.querySelectorAll('#stats .k, #stats .v')]
+        .filter((el) => el.scrollWidth > el.clientWidth || el.scrollHeight > el.clientHeight)
+        .map((el) => `${el.textContent} (${el.scrollWidth}x${el.scrollHeight} in ${el.clientWidth}x${el.clientHeight})`));
+      assert.deepEqual(cut, [], `cut at ${size.width}x${size.height}`);
+    }
+  });
+
   it('pans one data tile after prefetch without a foreground request', async () => {
     // Let prefetch settle: nothing in flight for a while.
     await page.waitForFunction(() => {
