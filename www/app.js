@@ -375,29 +375,32 @@ function statesOf(tiles, visible) {
   });
 }
 
+/** The data tiles of view `v` plus a margin of (ring + 1), so prefetched tiles show; none
+ * below the data zoom. */
+function tilesAround(v) {
+  if (v.zoom < MIN_ZOOM) return [];
+  const [x0, y0] = tileOf(v.west, v.north, TILE_ZOOM);
+  const [x1, y1] = tileOf(v.east, v.south, TILE_ZOOM);
+  // The inset in the panel is wider than tall: add columns to fill it.
+  const m = opts.ring + 1;
+  const rows = y1 - y0 + 1 + 2 * m;
+  const mx = Math.max(m, Math.floor((Math.round(rows * tileMap.aspect()) - (x1 - x0 + 1)) / 2));
+  const nw = tileBounds(TILE_ZOOM, x0 - mx, y0 - m);
+  const se = tileBounds(TILE_ZOOM, x1 + mx, y1 + m);
+  try {
+    return tilesForBbox(nw.west, se.south + 1e-9, se.east - 1e-9, nw.north, TILE_ZOOM);
+  } catch {
+    return [];
+  }
+}
+
 function drawOverlay() {
   const src = map.getSource('tiles');
   // The viewport last handed to the cache (not the camera, which may be a frame ahead), so
   // that "in view" agrees with the states.
   const v = lastView;
   if (!src || !cache || !v) return;
-  let tiles = [];
-  if (v.zoom >= MIN_ZOOM) {
-    // The view plus a margin of (ring + 1) data tiles, so prefetched tiles show.
-    const [x0, y0] = tileOf(v.west, v.north, TILE_ZOOM);
-    const [x1, y1] = tileOf(v.east, v.south, TILE_ZOOM);
-    // The inset in the panel is wider than tall: add columns to fill it.
-    const m = opts.ring + 1;
-    const rows = y1 - y0 + 1 + 2 * m;
-    const mx = Math.max(m, Math.floor((Math.round(rows * tileMap.aspect()) - (x1 - x0 + 1)) / 2));
-    const nw = tileBounds(TILE_ZOOM, x0 - mx, y0 - m);
-    const se = tileBounds(TILE_ZOOM, x1 + mx, y1 + m);
-    try {
-      tiles = tilesForBbox(nw.west, se.south + 1e-9, se.east - 1e-9, nw.north, TILE_ZOOM);
-    } catch {
-      tiles = [];
-    }
-  }
+  const tiles = tilesAround(v);
   const visible = new Set(visibleTiles(v));
   const states = statesOf(tiles, visible);
   const [vx0, vy0] = tileXY(v.west, v.north, TILE_ZOOM);
@@ -570,6 +573,9 @@ window.tilewarmDemo = {
   // Pixel width of one data tile at the current zoom (MapLibre's 512-pixel world tiles).
   dataTilePx: () => 512 * 2 ** (map.getZoom() - TILE_ZOOM),
   lastView: () => lastView,
+  // The data tiles of the view last handed to the cache, and those the inset draws.
+  visibleTiles: () => (lastView ? visibleTiles(lastView) : []),
+  tilesAround: () => (lastView ? tilesAround(lastView) : []),
   tileStates: () => {
     const v = currentViewport();
     const tiles = visibleTiles(v);

@@ -2,8 +2,10 @@
 // playwright-core): tilewarm-server serves the assembled page (--www) and the batch
 // endpoint; the test loads the page, waits for homes, lets prefetch settle, pans exactly one
 // data tile and checks from stats() that no foreground request was needed (and that with
-// prefetch off the same pan needs one), checks keyboard panning, value labels and the replay
-// button, saves screenshots under target/, and fails on any console error or page error.
+// prefetch off the same pan needs one), checks that the panel's statistics are not cut,
+// keyboard panning (and that the prefetched tiles it brings into view are counted), value
+// labels and the replay button, saves screenshots under target/, and fails on any console
+// error or page error.
 //
 //   scripts/demo-test.sh          (what `make demo-test` runs: builds, then this)
 //
@@ -60,6 +62,17 @@ async function waitForHttp(url, child, ms = 60_000) {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${url} did not answer within ${ms} ms`);
+}
+
+/** Lets prefetch settle: nothing in flight for 700 ms. */
+async function waitIdle(page) {
+  await page.evaluate(() => { window.tilewarmDemo.idleSince = undefined; });
+  await page.waitForFunction(() => {
+    const d = window.tilewarmDemo;
+    const idle = d.cache.stats().inFlight === 0;
+    d.idleSince = idle ? (d.idleSince ?? performance.now()) : undefined;
+    return idle && performance.now() - d.idleSince > 700;
+  }, null, { timeout: 30_000, polling: 100 });
 }
 
 describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
@@ -134,13 +147,7 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
   });
 
   it('pans one data tile after prefetch without a foreground request', async () => {
-    // Let prefetch settle: nothing in flight for a while.
-    await page.waitForFunction(() => {
-      const d = window.tilewarmDemo;
-      const idle = d.cache.stats().inFlight === 0;
-      d.idleSince = idle ? (d.idleSince ?? performance.now()) : undefined;
-      return idle && performance.now() - d.idleSince > 700;
-    }, null, { timeout: 30_000, polling: 100 });
+    await waitIdle(page);
     await page.waitForTimeout(300); // let the overlay catch up for the screenshot
     await page.screenshot({ path: join(shots, 'demo-screenshot-before-pan.png') });
     const before = await page.evaluate(() => {
@@ -219,6 +226,37 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     await page.keyboard.press('ArrowRight');
     await page.waitForFunction((l) => window.tilewarmDemo.map.getCenter().lng > l + 1e-6 && !window.tilewarmDemo.map.isMoving(),
       lng0, { timeout: 5_000 });
+  });
+
+  it('counts the prefetched tiles arrow-key pans bring into view on the panel', async () => {
+    // A short pan shows tiles the view's own request brought (it asks for a coarse tile
+    // around the view): "loaded", not prefetched, so "prefetch used" stays put. Pan on with
+    // the keys until a tile that was prefetched is in view: then it counts, on the panel too.
+    await waitIdle(page);
+    const before = await page.evaluate(() => {
+      const d = window.tilewarmDemo;
+      const around = d.tilesAround();
+      const states = d.cache.tileStates(around);
+      return { prefetched: around.filter((t, i) => states[i] === 'prefetched'), used: d.cache.stats().prefetchTilesUsed };
+    });
+    assert.ok(before.prefetched.length > 0, 'nothing prefetched around the view');
+    let reached = false;
+    for (let i = 0; i < 30 && !reached; i++) {
+      await page.keyboard.press('ArrowRight');
+      await page.waitForFunction(() => !window.tilewarmDemo.map.isMoving(), null, { timeout: 5_000 });
+      reached = await page.evaluate((pre) => {
+        const d = window.tilewarmDemo;
+        return d.visibleTiles().some((t) => pre.includes(t));
+      }, before.prefetched);
+    }
+    assert.ok(reached, '30 arrow-key pans brought no prefetched tile into view');
+    const used = await page.evaluate(() => window.tilewarmDemo.cache.stats().prefetchTilesUsed);
+    assert.ok(used > before.used, `prefetch used stayed at ${used}`);
+    await page.waitForFunction(() => {
+      const s = window.tilewarmDemo.cache.stats();
+      return document.getElementById('s-prefetchUse').textContent === `${s.prefetchTilesUsed} / ${s.prefetchTilesWasted}`;
+    }, null, { timeout: 5_000 });
+    await page.screenshot({ path: join(shots, 'demo-screenshot-keys.png') });
   });
 
   it('shows value labels when zoomed in', async () => {
