@@ -14,7 +14,7 @@
 import * as maplibregl from 'maplibre-gl';
 import { TileCache, tilesForBbox } from 'tilewarm';
 import { attach } from 'tilewarm/maplibre';
-import { TileTracker, tileBounds, tileOf, tileXY, formatBytes, formatPrice, itemValue, mercatorCentre } from './lib.js';
+import { tileBounds, tileOf, tileXY, formatBytes, formatPrice, itemValue, mercatorCentre } from './lib.js';
 import { Chart } from './chart.js';
 import { TileMap } from './tilemap.js';
 
@@ -42,8 +42,6 @@ function clampInt(s, lo, hi, dflt) {
 }
 
 const $ = (id) => document.getElementById(id);
-const tracker = new TileTracker(TILE_ZOOM);
-const net = { bytesIn: 0 };
 let cache = null;
 let detachMap = null; // tilewarm/maplibre's attach: keeps the 'items' source in sync
 let items = [];
@@ -141,12 +139,11 @@ async function makeCache() {
     },
     batch: { maxTiles: 16, maxIds: 200, maxInFlight: 4, timeoutMs: 3000, retries: 2 },
     access: opts.access,
-    fetch: trackingFetch,
+    fetch: signedFetch,
   });
   if (detachMap) detachMap();
   if (cache) cache.dispose();
   cache = next;
-  tracker.reset();
   chart.restart();
   cache.onError((err) => {
     $('replay-status').textContent = `cache error: ${err?.message ?? err}`;
@@ -160,9 +157,9 @@ async function makeCache() {
     $('access-status').textContent = `The server answered as ${access}, not ${opts.access}${signInHint()}.`;
     opts.access = access;
     $('c-access').value = access;
-    tracker.reset();
   });
-  $('tile-source').textContent = tileStateSource();
+  // An answer changed tiles' states (a prefetch's, out of view, too): redraw them.
+  cache.onTilesChanged(scheduleOverlay);
   // Reads the map's view each frame it moves and keeps the 'items' source in sync.
   detachMap = attach(map, cache, { sourceId: 'items', onView: showView, onError: (e) => console.warn('tilewarm:', e) });
 }
@@ -192,39 +189,17 @@ async function tokenFor(tier) {
   }
 }
 
-// A fetch that watches the batch requests go by, to tell which data tiles are in flight,
-// arrived for the view, or arrived ahead of it (only used when the package has no
-// tile-state method of its own).
-async function trackingFetch(input, init) {
-  let tiles = [];
-  try {
-    let body = init?.body ?? (input instanceof Request ? await input.clone().text() : null);
-    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) body = new TextDecoder().decode(body);
-    if (typeof body === 'string') tiles = (JSON.parse(body).tiles ?? []).flatMap((t) => tracker.expand(t));
-  } catch { /* not a batch request we can read: leave the states alone */ }
-  tracker.sent(tiles);
+// The cache's fetch: signs the request in as the chosen tier (`tokenFor`), and redraws the
+// tile states, whose tiles are in flight now.
+async function signedFetch(input, init) {
+  scheduleOverlay();
   const token = await tokenFor(opts.access);
   if (token) {
     const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
     headers.set('authorization', `Bearer ${token}`);
     init = { ...init, headers };
   }
-  let res;
-  try {
-    res = await fetch(input, init);
-  } catch (e) {
-    tracker.failed(tiles);
-    throw e;
-  }
-  if (!res.ok) {
-    tracker.failed(tiles);
-    return res;
-  }
-  res.clone().arrayBuffer().then(
-    (buf) => { net.bytesIn += buf.byteLength; tracker.arrived(tiles); scheduleOverlay(); },
-    () => tracker.failed(tiles),
-  );
-  return res;
+  return fetch(input, init);
 }
 
 function currentViewport() {
@@ -240,7 +215,6 @@ function currentViewport() {
 function showView(view) {
   const v = currentViewport();
   lastView = { ...v, complete: view.complete, missing: new Set(view.missingTiles ?? []) };
-  tracker.view(visibleTiles(v), lastView.missing);
   setItems(view.items);
   showNotice(v.zoom < MIN_ZOOM ? `Zoom in to load homes (data from zoom ${MIN_ZOOM - ZOOM_OFFSET} on this map)`
     : view.tooWide ? 'Zoom in to load homes (this view is too wide to fetch)' : null);
@@ -345,32 +319,15 @@ function scheduleOverlay() {
   requestAnimationFrame(() => { overlayPending = false; drawOverlay(); });
 }
 
-// The states of the data tiles in and around the view: from the package when it offers
-// them (`tileStates`/`tileStatus`), else from the requests the page saw go by.
-function tileStateSource() {
-  if (typeof cache?.tileStates === 'function') return 'states from cache.tileStates()';
-  if (typeof cache?.tileStatus === 'function') return 'states from cache.tileStatus()';
-  return 'states tracked by the page from batch requests';
-}
-
-function normaliseState(s) {
-  const k = String(s ?? '').toLowerCase().replace(/[^a-z]/g, '');
-  return ['loaded', 'prefetched', 'inflight', 'missing'].includes(k) ? k : 'none';
-}
+// The states of the data tiles in and around the view, as the package's
+// `cache.tileStates(tiles)` gives them (the core's `Client::tile_state`), under the names the
+// overlay and the inset colour: loaded, prefetched, inflight, missing, or none.
+const STATE_NAMES = { loaded: 'loaded', prefetched: 'prefetched', inFlight: 'inflight', missing: 'missing' };
 
 function statesOf(tiles, visible) {
-  let raw;
-  if (typeof cache?.tileStates === 'function') {
-    const r = cache.tileStates(tiles);
-    raw = tiles.map((t, i) => (Array.isArray(r) ? r[i] : r instanceof Map ? r.get(t) : r?.[t]));
-  } else if (typeof cache?.tileStatus === 'function') {
-    raw = tiles.map((t) => cache.tileStatus(t));
-  } else {
-    return tiles.map((t) => tracker.stateOf(t));
-  }
   // Outside the view "missing" only means "not cached": draw it as a plain grid cell.
-  return raw.map((s, i) => {
-    const st = normaliseState(s);
+  return cache.tileStates(tiles).map((s, i) => {
+    const st = STATE_NAMES[s] ?? 'none';
     return st === 'missing' && !visible.has(tiles[i]) ? 'none' : st;
   });
 }
@@ -480,7 +437,6 @@ $('c-access').addEventListener('change', (e) => {
   // server says so and `onAccess` above puts the selector back.
   cache.setAccess(opts.access, { newCredential: true });
   $('access-status').textContent = '';
-  tracker.reset(); // the cache's refresh after setAccess reaches showView through attach
 });
 
 function signInHint() {
@@ -560,8 +516,6 @@ function stopReplay(message = 'replay stopped') {
 window.tilewarmDemo = {
   map,
   ready,
-  tracker,
-  net,
   options: opts,
   TILE_ZOOM,
   ZOOM_OFFSET,

@@ -1,8 +1,9 @@
-// The demo page's DOM-free helpers and its recorded session, under Node.
+// The demo page's DOM-free helpers, its recorded session, and what it uses of the package,
+// under Node.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { TileTracker, formatPrice, formatBytes, itemValue, mercatorCentre, tileBounds, tileOf, tileXY } from '../lib.js';
+import { formatPrice, formatBytes, itemValue, mercatorCentre, tileBounds, tileOf, tileXY } from '../lib.js';
 
 test('tile math agrees with the known Seattle tile', () => {
   assert.deepEqual(tileOf(-122.3321, 47.6062, 14), [2624, 5721]);
@@ -33,41 +34,6 @@ test('values and sizes are formatted for labels', () => {
   assert.equal(formatBytes(1536), '1.5 KiB');
 });
 
-test('TileTracker: in flight, loaded for the view, prefetched ahead of it, missing', () => {
-  const t = new TileTracker(14);
-  t.view(['14/1/1', '14/2/1'], new Set(['14/1/1', '14/2/1']));
-  assert.equal(t.stateOf('14/1/1'), 'missing');
-  assert.equal(t.stateOf('14/9/9'), 'none');
-  t.sent(['14/1/1', '14/2/1']);
-  t.sent(['14/3/1']);
-  assert.equal(t.stateOf('14/1/1'), 'inflight');
-  t.arrived(['14/1/1', '14/2/1']);
-  t.arrived(['14/3/1']);
-  assert.equal(t.stateOf('14/1/1'), 'loaded');
-  assert.equal(t.stateOf('14/3/1'), 'prefetched');
-  t.view(['14/2/1', '14/3/1'], new Set());
-  assert.equal(t.stateOf('14/3/1'), 'loaded', 'a prefetched tile shown becomes loaded');
-  t.sent(['14/4/1']);
-  t.failed(['14/4/1']);
-  assert.equal(t.stateOf('14/4/1'), 'none');
-  // A tile asked for twice stays in flight until both answers are in.
-  t.sent(['14/5/1']);
-  t.sent(['14/5/1']);
-  t.arrived(['14/5/1']);
-  assert.equal(t.stateOf('14/5/1'), 'inflight');
-  t.reset();
-  assert.equal(t.stateOf('14/2/1'), 'none');
-});
-
-test('TileTracker.expand maps requested tiles onto the data zoom', () => {
-  const t = new TileTracker(14);
-  assert.deepEqual(t.expand('14/2624/5721'), ['14/2624/5721']);
-  assert.deepEqual(t.expand('15/5249/11443'), ['14/2624/5721']);
-  assert.deepEqual(t.expand('13/1312/2860'), ['14/2624/5720', '14/2625/5720', '14/2624/5721', '14/2625/5721']);
-  assert.equal(t.expand('12/656/1430').length, 16);
-  assert.deepEqual(t.expand('bad'), []);
-});
-
 test('the recorded session is a valid trace in the simulator format', () => {
   const lines = readFileSync(new URL('../session.jsonl', import.meta.url), 'utf8').split('\n').filter(Boolean);
   assert.ok(lines.length > 100);
@@ -87,4 +53,25 @@ test('the recorded session is what www/tools/make-session.mjs writes', async () 
   const { execFileSync } = await import('node:child_process');
   const made = execFileSync(process.execPath, [new URL('../tools/make-session.mjs', import.meta.url).pathname], { encoding: 'utf8' });
   assert.equal(made, readFileSync(new URL('../session.jsonl', import.meta.url), 'utf8'));
+});
+
+test('the page and its README use only TileCache methods and stats the package declares', () => {
+  // js/index.d.ts is the package's TileCache (pkg/ is built from js/); a method the page
+  // tests for and the package lacks is dead code, and a README naming it is not true.
+  const read = (path) => readFileSync(new URL(path, import.meta.url), 'utf8');
+  const dts = read('../../js/index.d.ts');
+  const body = dts.slice(dts.indexOf('export class TileCache'));
+  const members = new Set([...body.slice(0, body.indexOf('\n}')).matchAll(/^ {2}(?:static |readonly |get )*(\w+)\s*[(<:]/gm)].map((m) => m[1]));
+  assert.ok(members.has('tileStates') && members.has('setViewport'), `TileCache members not found in js/index.d.ts: ${[...members]}`);
+  const types = read('../../js/gen/types.d.ts');
+  const statsBody = types.slice(types.indexOf('export interface TileCacheStats'));
+  const stats = new Set([...statsBody.slice(0, statsBody.indexOf('\n}')).matchAll(/^ {2}(\w+):/gm)].map((m) => m[1]));
+  assert.ok(stats.has('prefetchTilesUsed'), `TileCacheStats not found in js/gen/types.d.ts: ${[...stats]}`);
+  const used = (text, re) => new Set([...text.matchAll(re)].map((m) => m[1]));
+  const app = read('../app.js');
+  const readme = read('../README.md');
+  const methods = new Set([...used(app, /\bcache\??\.(\w+)/g), ...used(readme, /\bcache\.(\w+)\(/g)]);
+  assert.deepEqual([...methods].filter((m) => !members.has(m)), [], 'TileCache methods the package does not have');
+  const statNames = used(app, /\bs\.(\w+)\b/g);
+  assert.deepEqual([...statNames].filter((k) => !stats.has(k)), [], 'stats() fields the package does not have');
 });
