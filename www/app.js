@@ -267,6 +267,21 @@ function labelRank(it) {
   for (let i = 0; i < it.id.length; i++) h = Math.imul(h ^ it.id.charCodeAt(i), 16777619);
   return (it.class === 'active' ? 0 : 2 ** 32) + (h >>> 0);
 }
+// A label's width: its text in the label's font, 5 px of padding each side and a 3 px border
+// at the left (style.css, #labels span); measured once per text.
+const labelMeasure = document.createElement('canvas').getContext('2d');
+labelMeasure.font = '600 11px system-ui, sans-serif';
+const labelWidths = new Map();
+function labelWidth(text) {
+  let w = labelWidths.get(text);
+  if (w === undefined) {
+    if (labelWidths.size > 10_000) labelWidths.clear();
+    w = Math.ceil(labelMeasure.measureText(text).width) + 13;
+    labelWidths.set(text, w);
+  }
+  return w;
+}
+
 function placeLabels() {
   if (map.getZoom() < LABEL_ZOOM || items.length === 0) {
     for (const el of labelPool) el.hidden = true;
@@ -284,9 +299,12 @@ function placeLabels() {
   for (const it of labelOrder) {
     if (i >= MAX_LABELS) break;
     const p = map.project([it.lon, it.lat]);
-    if (p.x < -40 || p.y < 0 || p.x > w + 40 || p.y > h + 20) continue;
+    if (p.x < 0 || p.y < 24 || p.x > w || p.y > h + 6) continue;
     const text = formatPrice(itemValue(it));
-    const half = (text.length * 7 + 12) / 2;
+    const half = labelWidth(text) / 2;
+    // Only a label that fits in the map whole: one cut at the edge reads as another value
+    // (a price cut to "16k").
+    if (p.x - half < 0 || p.x + half > w) continue;
     const cx0 = Math.floor((p.x - half) / CELL), cx1 = Math.floor((p.x + half) / CELL);
     const cy0 = Math.floor((p.y - 24) / CELL), cy1 = Math.floor((p.y - 6) / CELL);
     let free = true;

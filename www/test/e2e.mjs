@@ -268,6 +268,15 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
     await page.waitForFunction(() => document.querySelectorAll('#labels span:not([hidden])').length > 5, null, { timeout: 10_000 });
     const label = await page.locator('#labels span:not([hidden])').first().textContent();
     assert.match(label, /^\$\d+(\.\d+)?[kM]$/);
+    // Each label shown is whole: one cut at the map's edge reads as another value.
+    const cut = await page.evaluate(() => {
+      const box = document.getElementById('labels').getBoundingClientRect();
+      return [...document.querySelectorAll('#labels span:not([hidden])')].filter((el) => {
+        const r = el.getBoundingClientRect();
+        return r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5;
+      }).map((el) => el.textContent);
+    });
+    assert.deepEqual(cut, [], 'labels cut at the edge of the map');
     await page.waitForTimeout(300);
     await page.screenshot({ path: join(shots, 'demo-screenshot-zoomed.png') });
   });
