@@ -3,21 +3,18 @@
 # the sources in www/, MapLibre GL JS from npm (www/package.json) and the npm package pkg/.
 # Nothing vendored is committed.
 #
-#   scripts/demo-build.sh [--out DIR] [--pkg DIR] [--mock]
+#   scripts/demo-build.sh [--out DIR] [--pkg DIR]
 #
 #   --out DIR   where to write (default target/www); emptied first
 #   --pkg DIR   the built npm package (default pkg/; build it with `make pkg`)
-#   --mock      development only: serve www/test/mock/tilewarm.js as 'tilewarm' (a stand-in
-#               TileCache over the real tile functions); never used by make demo or make test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=target/www pkg=pkg mock=""
+out=target/www pkg=pkg
 while [ $# -gt 0 ]; do
   case $1 in
     --out) out=$2; shift 2 ;;
     --pkg) pkg=$2; shift 2 ;;
-    --mock) mock=1; shift ;;
     *) echo "demo-build: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -34,9 +31,4 @@ ml=www/node_modules/maplibre-gl
 cp "$ml/dist/maplibre-gl.mjs" "$ml/dist/maplibre-gl-worker.mjs" "$ml/dist/maplibre-gl.css" "$ml/LICENSE.txt" \
   "$out/vendor/maplibre-gl/"
 cp -R "$pkg/." "$out/pkg/"
-if [ -n "$mock" ]; then
-  cp www/test/mock/tilewarm.js "$out/mock-tilewarm.js"
-  sed -i 's#"tilewarm": "\./pkg/index\.js"#"tilewarm": "./mock-tilewarm.js"#' "$out/index.html"
-  echo "demo-build: MOCK TileCache (development only) in $out"
-fi
 echo "demo-build: $out ($(du -sh "$out" | cut -f1)): www/ + maplibre-gl $(node -p "require('./$ml/package.json').version") + $pkg/"
