@@ -134,7 +134,8 @@ export type TileLoad<Data = unknown> =
       tile: string;
       items?: undefined;
       /** The {@link FetchError} of the request that gave up on it (or of an answer that left
-       * it out, or whose items the cache could not keep: more than `maxItems`/`maxBytes`),
+       * it out, or whose items the cache could not keep: more than `maxItems`/`maxBytes`, or
+       * items of more than 512 distinct classes at once),
        * or a `RangeError` (`ERR_TOO_MANY_TILES`) for a tile that covers more than
        * `maxVisibleTiles` data tiles. */
       error: FetchError | TilewarmError;

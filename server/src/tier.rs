@@ -555,7 +555,7 @@ impl LocalTier {
             }
             let exp = self.clock.wall(cache.tile_expires_at_ms(t).unwrap_or(now));
             let mut items = Vec::new();
-            cache.read_tile(t, at, now, |item, _| {
+            cache.read_tile(t, at, now, |item, _, _| {
                 items.push(on_wall(item).unwrap_or_else(|| StoredItem::clone(item.payload())))
             });
             out.tiles.push(Some(TileHit {
@@ -587,7 +587,8 @@ impl LocalTier {
                 ttl_ms: Some(item.exp().saturating_sub(wall_now).max(1)),
                 size_bytes: item.size_bytes(),
             };
-            // Only invalid ids or oversized items fail; those are simply not cached.
+            // Only invalid ids, oversized items and items of a class beyond the
+            // `MAX_CLASSES` held fail; those are simply not cached.
             let _ = cache.insert(item.id(), meta, Arc::clone(item), now, Priority::Visible);
         }
         for (tile, ids, exp) in &fill.tiles {

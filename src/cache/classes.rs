@@ -1,48 +1,88 @@
-//! The items' class names, held once per distinct name.
+//! The items' class names: a table the item cache owns, each name held once, and each held
+//! item keeping its class as an index into it.
 //!
-//! Thousands of items share a handful of classes (`active`, `off_market`), so each item
-//! keeps a [`Class`] pointing to the one copy instead of a `String` of its own: on wasm32
-//! that is one allocation (about 16 bytes) less per cached item.
+//! Thousands of items share a handful of classes (`active`, `off_market`). An item keeps
+//! its class as a 9-bit index in the word that holds its position (`TileTier`), so a slot
+//! of the item store has no field for it (on wasm32 the slot is 44 bytes; a pointer to a
+//! shared name took 4 bytes more, and an 8-byte alignment). So at most [`MAX_CLASSES`]
+//! distinct classes can be held at once: an insert of an item of one more class is an error
+//! value for that item ([`CacheError::TooManyClasses`](super::CacheError::TooManyClasses)).
+//!
+//! The cache counts the items of each index as they enter and leave the item store (there
+//! is one place each happens, and a clear resets the counts). A name no item has any more
+//! stays in the table until its index is needed for a new name: an index is given to a new
+//! name only when no held item has it, so the name an item's index reads is always the
+//! name it was inserted with, and an invalidation by class finds exactly the items of that
+//! name.
 
-use std::sync::Arc;
+/// Distinct item classes a cache holds at once, at most (what a class's index in an item,
+/// 9 bits, can tell apart). An insert of an item of one more class fails
+/// ([`CacheError::TooManyClasses`](super::CacheError::TooManyClasses)); a name no held item
+/// has any more makes room for another.
+pub const MAX_CLASSES: usize = 512;
 
-/// A shared class name: a thin pointer (4 bytes on wasm32, where an `Arc<str>` is 8), for
-/// the cached items' layout ([`CacheItem`](super::CacheItem)). Reads as its text.
-pub(super) type Class = Arc<Box<str>>;
+/// A class's index in [`Classes`] (less than [`MAX_CLASSES`]).
+pub(super) type ClassIndex = u16;
 
-/// Distinct names shared at most. A backend with more classes than this in use at once
-/// still works: an item of a class beyond them keeps a copy of its own (two allocations:
-/// the name and its count).
-const MAX_SHARED: usize = 32;
-
-/// The class names shared by the items held: a short list, searched in order (a set's
-/// code would cost the browser page more than the list's scans cost a handful of names).
+/// The class names by index, each with how many held items have it (see the module docs).
+/// A short list, searched in order (a map's code would cost the browser page more than the
+/// scans of a handful of names cost).
 #[derive(Debug, Default)]
 pub(super) struct Classes {
-    names: Vec<Class>,
+    names: Vec<(Box<str>, u32)>,
 }
 
 impl Classes {
-    /// The shared copy of `class`, made if it is new and there is room for it.
-    pub(super) fn intern(&mut self, class: String) -> Class {
-        if let Some(name) = self.names.iter().find(|name| ****name == *class) {
-            return name.clone();
+    /// The index of `name`: the one it has, or one no held item has, given to it; `None`
+    /// when all [`MAX_CLASSES`] indices are held by items of other names. Counts nothing:
+    /// [`hold`](Self::hold) does, once the item is stored.
+    pub(super) fn index(&mut self, name: &str) -> Option<ClassIndex> {
+        if let Some(i) = self.find(name) {
+            return Some(i);
         }
-        if self.names.len() == MAX_SHARED {
-            // Names no item uses any more go first.
-            self.names.retain(|name| Arc::strong_count(name) > 1);
-        }
-        let name: Class = Arc::new(class.into_boxed_str());
-        if self.names.len() < MAX_SHARED {
-            self.names.push(name.clone());
-        }
-        name
+        let i = match self.names.iter().position(|&(_, count)| count == 0) {
+            Some(i) => i,
+            None if self.names.len() < MAX_CLASSES => {
+                self.names.push(Default::default());
+                self.names.len() - 1
+            }
+            None => return None,
+        };
+        self.names[i] = (name.into(), 0);
+        Some(i as ClassIndex)
     }
 
-    /// Names shared (those in use and those not yet let go).
+    /// The index `name` has, if it has one.
+    pub(super) fn find(&self, name: &str) -> Option<ClassIndex> {
+        let i = self.names.iter().position(|(n, _)| **n == *name)?;
+        Some(i as ClassIndex)
+    }
+
+    /// The name of index `i` (`""`: none).
+    pub(super) fn name(&self, i: ClassIndex) -> &str {
+        self.names.get(usize::from(i)).map_or("", |(name, _)| name)
+    }
+
+    /// An item of class `i` entered the item store.
+    pub(super) fn hold(&mut self, i: ClassIndex) {
+        if let Some((_, count)) = self.names.get_mut(usize::from(i)) {
+            *count += 1;
+        }
+    }
+
+    /// An item of class `i` left the item store.
+    pub(super) fn release(&mut self, i: ClassIndex) {
+        if let Some((_, count)) = self.names.get_mut(usize::from(i)) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Held items of class `i`.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.names.len()
+    pub(super) fn count(&self, i: ClassIndex) -> u32 {
+        self.names
+            .get(usize::from(i))
+            .map_or(0, |&(_, count)| count)
     }
 }
 
@@ -51,40 +91,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_copy_per_name() {
+    fn one_index_per_name_and_free_indices_reused() {
         let mut classes = Classes::default();
-        let a = classes.intern("active".to_string());
-        let b = classes.intern("active".to_string());
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(&**classes.intern("off_market".to_string()), "off_market");
-        assert_eq!(classes.len(), 2);
+        let a = classes.index("active").unwrap();
+        assert_eq!(classes.index("active"), Some(a));
+        classes.hold(a);
+        let b = classes.index("off_market").unwrap();
+        assert_ne!(a, b);
+        assert_eq!((classes.name(a), classes.name(b)), ("active", "off_market"));
+        // `b` has no item: a new name takes its index, and the old name is gone.
+        let c = classes.index("sold").unwrap();
+        assert_eq!(c, b);
+        assert_eq!(
+            (classes.find("off_market"), classes.name(c)),
+            (None, "sold")
+        );
+        classes.hold(c);
+        classes.release(a);
+        assert_eq!(classes.index("late"), Some(a), "a's last item left");
+        assert_eq!(classes.name(MAX_CLASSES as ClassIndex), "");
     }
 
     #[test]
-    fn names_no_item_uses_make_room() {
+    fn at_most_max_classes_in_use() {
         let mut classes = Classes::default();
-        let kept = classes.intern("active".to_string());
-        for i in 0..10_000 {
-            // Each dropped at once, as an item evicted right after it came.
-            classes.intern(format!("class-{i}"));
+        for i in 0..MAX_CLASSES {
+            let at = classes.index(&format!("c{i}")).unwrap();
+            assert_eq!(usize::from(at), i);
+            classes.hold(at);
         }
-        assert!(classes.len() <= MAX_SHARED, "{} names held", classes.len());
-        assert!(Arc::ptr_eq(&kept, &classes.intern("active".to_string())));
-        let now = classes.intern("late".to_string());
-        assert!(Arc::ptr_eq(&now, &classes.intern("late".to_string())));
-    }
-
-    #[test]
-    fn more_classes_in_use_than_shared_still_work() {
-        let mut classes = Classes::default();
-        let held: Vec<Class> = (0..MAX_SHARED + 5)
-            .map(|i| classes.intern(format!("c{i}")))
-            .collect();
-        assert_eq!(classes.len(), MAX_SHARED);
-        for (i, name) in held.iter().enumerate() {
-            assert_eq!(&***name, format!("c{i}"));
-        }
-        let extra = classes.intern(format!("c{}", MAX_SHARED + 1));
-        assert_eq!(&**extra, format!("c{}", MAX_SHARED + 1));
+        assert_eq!(classes.index("one-more"), None);
+        assert_eq!(classes.index("c7"), Some(7), "names in use are still found");
+        classes.release(7);
+        assert_eq!(classes.index("one-more"), Some(7));
+        assert_eq!(classes.names.len(), MAX_CLASSES);
     }
 }

@@ -1,6 +1,6 @@
 //! What can go wrong in a cache call, and the id check every insert goes through.
 
-use super::{MAX_ID_BYTES, MAX_SPLIT_LEVELS};
+use super::{MAX_CLASSES, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
 use crate::tile::TileId;
 use crate::util::Quoted;
 
@@ -50,6 +50,16 @@ pub enum CacheError {
         size_bytes: usize,
         max_bytes: usize,
     },
+    /// The item's class would be one more than [`MAX_CLASSES`] distinct classes held at
+    /// once. The item is not cached (nothing changed); the cache's other items are not
+    /// touched, and once no held item has one of the classes held, another class can be.
+    #[error(
+        "item {} has class {}, and {MAX_CLASSES} other classes are cached: a cache holds \
+         items of at most {MAX_CLASSES} distinct classes at once",
+        Quoted(id),
+        Quoted(class)
+    )]
+    TooManyClasses { id: String, class: String },
 }
 
 pub(super) fn short(id: &str) -> String {

@@ -1,6 +1,7 @@
 //! Taking items and tile lists out of the cache on purpose: by id, tile, class or tier,
 //! and once they expired beyond the stale-while-revalidate window.
 
+use super::classes::Classes;
 use super::key::ItemKey;
 
 use super::{expiry, CacheItem, Expiry, HashSet, ItemCache, Load, TileEntry};
@@ -131,12 +132,15 @@ impl<P> ItemCache<P> {
                 }
                 removed
             }
-            Invalidate::Class(class) => {
-                self.remove_items_where(&|item| item.class() == class).len()
-            }
+            Invalidate::Class(class) => match self.classes.find(class) {
+                // Held items of `class` have its index, and no others do (`classes.rs`).
+                Some(index) => (self.remove_items_where(&|item| item.place.class() == index)).len(),
+                None => 0,
+            },
             Invalidate::All => {
                 let n = self.items.len();
                 self.items.clear();
+                self.classes = Classes::default();
                 self.tiles.clear();
                 self.load.clear();
                 self.bytes = 0;
@@ -166,7 +170,7 @@ impl<P> ItemCache<P> {
         let swr = self.swr();
         let gone = |expires_at_ms| expiry(expires_at_ms, swr, now_ms) == Expiry::Gone;
         let removed = self
-            .remove_items_where(&|item| gone(item.expires_at_ms))
+            .remove_items_where(&|item| gone(item.expires_at_ms()))
             .len();
         self.stats.expirations += removed as u64;
         self.drop_lists_where(&|_, e| gone(e.expires_at_ms));

@@ -3,7 +3,7 @@
 //! of visible tiles, then those of tiles a host loads, protected from eviction (see
 //! [`ItemCache`]'s docs for how).
 
-use super::classes::Class;
+use super::classes::{ClassIndex, Classes};
 use super::key::ItemKey;
 
 use super::{check_id, expiry, short, CacheError, Expiry, ItemCache};
@@ -29,10 +29,12 @@ pub struct ItemMeta {
 }
 
 /// Bytes of bookkeeping charged per cached item on top of its id, class and payload (its
-/// slot in the item store, the position's tile and expiry among it, its tile-list entry and
-/// its share of the hash table: about 71 bytes on wasm32 since the item keeps its position
-/// as a zoom-24 tile, 87 before that, 95 before the browser's payload dropped its size; the
-/// charge is kept, so what a `max_bytes` holds is unchanged).
+/// slot in the item store, the position's tile, class index and expiry among it: 44 bytes
+/// on wasm32, 48 while the class was a pointer and the slot 8-byte aligned; its tile-list
+/// entry, 4; and its share of the hash tables, about 8: about 57 bytes on wasm32 in all, 71
+/// when the item first kept its position as a zoom-24 tile, 87 before that, 95 before the
+/// browser's payload dropped its size; the charge is kept, so what a `max_bytes` holds is
+/// unchanged).
 pub const ITEM_OVERHEAD_BYTES: usize = 96;
 
 /// The bytes an item is charged in a cache ([`ItemMeta::size_bytes`]): its id, class and
@@ -50,10 +52,12 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 /// One cached item.
 ///
 /// Its fields are laid out for the item store's slot that holds it (on wasm32: this and two
-/// `u32` links, 48 bytes with the browser's payload): the id is inline when short
-/// (`ItemKey`), the class is a thin pointer to the shared name (`Class`), and the position
-/// is kept as the zoom-24 tile it falls in, in one word with the data zoom and the tier
-/// (`TileTier`). That tile answers every question the cache asks of the position exactly:
+/// `u32` links, 44 bytes with the browser's payload, aligned to 4 bytes): the id is inline
+/// when short (`ItemKey`), and the position is kept as the zoom-24 tile it falls in, in one
+/// 64-bit word with the data zoom, the tier and the class's index in the cache's table of
+/// class names (`TileTier`; its name: [`ItemCache::class_of`], or a read's [`Lookup`]).
+/// That word and the expiry are each kept as two `u32`s (`SplitU64`), so no field needs
+/// 8-byte alignment. That tile answers every question the cache asks of the position exactly:
 /// the data tile is its ancestor, and a tile contains the point
 /// ([`TileId::contains_point`]) exactly when it contains that tile. The exact longitude and
 /// latitude are not kept: a cache whose items are written out again keeps them in its
@@ -62,51 +66,75 @@ pub fn item_size_bytes(id: &str, class: &str, payload_bytes: usize) -> usize {
 #[derive(Debug, Clone)]
 pub struct CacheItem<P> {
     pub(super) id: ItemKey,
-    pub(super) class: Class,
     pub(super) place: TileTier,
-    pub(super) expires_at_ms: u64,
+    pub(super) expires: SplitU64,
     pub(super) size_bytes: usize,
     pub(super) payload: P,
 }
 
-/// An item's position, data zoom and tier in one word: the zoom-24 tile its position falls
-/// in (x and y, 24 bits each, as [`TileId::to_u64`] packs them), the data zoom above them
-/// and the tier's rank above that. The data tile is derived from the zoom-24 tile (its
+/// A `u64` kept as two `u32`s: a field of this type needs only 4-byte alignment, so the item
+/// store's slot on wasm32 is 44 bytes, not 48 (a `u64` field made it 8-byte aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SplitU64([u32; 2]);
+
+impl SplitU64 {
+    pub(super) fn new(value: u64) -> SplitU64 {
+        SplitU64([value as u32, (value >> 32) as u32])
+    }
+
+    #[inline(always)]
+    pub(super) fn get(self) -> u64 {
+        u64::from(self.0[0]) | u64::from(self.0[1]) << 32
+    }
+}
+
+/// An item's position, data zoom, tier and class in one word: the zoom-24 tile its
+/// position falls in (x and y, 24 bits each, as [`TileId::to_u64`] packs them), the data
+/// zoom above them (5 bits: at most 24), the tier's rank above that (2 bits) and the
+/// class's index in the cache's table of names above that (9 bits: up to
+/// [`MAX_CLASSES`](super::MAX_CLASSES)). The data tile is derived from the zoom-24 tile (its
 /// ancestor at the data zoom, the tile [`TileId::from_lon_lat`] gives at that zoom: scaling
 /// by a power of two is exact, so both floor the same number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct TileTier(u64);
+pub(super) struct TileTier(SplitU64);
+
+// The class's index fits in the bits left (`MAX_CLASSES` is what they can tell apart).
+const _: () = assert!(super::MAX_CLASSES <= 1 << (64 - TileTier::CLASS_SHIFT));
 
 impl TileTier {
     const ZOOM_SHIFT: u32 = 48;
-    const TIER_SHIFT: u32 = 56;
+    const TIER_SHIFT: u32 = 53;
+    const CLASS_SHIFT: u32 = 55;
     /// The zoom-24 tile's x and y.
     const POINT_BITS: u64 = (1 << Self::ZOOM_SHIFT) - 1;
     const AXIS_BITS: u64 = (1 << MAX_ZOOM) - 1;
     /// The data zoom's bits (the zoom itself is at most 24).
-    const ZOOM_BITS: u64 = 0xff << Self::ZOOM_SHIFT;
+    const ZOOM_BITS: u64 = 0x1f << Self::ZOOM_SHIFT;
 
     /// `point`: the zoom-[`MAX_ZOOM`] tile of the item's position; `data_zoom`: at most
-    /// [`MAX_ZOOM`].
-    pub(super) fn new(point: TileId, data_zoom: u8, access: Access) -> TileTier {
-        TileTier(
+    /// [`MAX_ZOOM`]; `class`: less than [`MAX_CLASSES`](super::MAX_CLASSES).
+    pub(super) fn new(point: TileId, data_zoom: u8, access: Access, class: ClassIndex) -> TileTier {
+        TileTier(SplitU64::new(
             point.to_u64() & Self::POINT_BITS
-                | u64::from(data_zoom) << Self::ZOOM_SHIFT
-                | u64::from(access.rank()) << Self::TIER_SHIFT,
-        )
+                | u64::from(data_zoom) << Self::ZOOM_SHIFT & Self::ZOOM_BITS
+                | u64::from(access.rank()) << Self::TIER_SHIFT
+                | u64::from(class) << Self::CLASS_SHIFT,
+        ))
     }
 
     /// The zoom-24 tile of the position.
     fn point(self) -> TileId {
-        TileId::from_packed(self.0 & Self::POINT_BITS | u64::from(MAX_ZOOM) << Self::ZOOM_SHIFT)
+        let word = self.0.get();
+        TileId::from_packed(word & Self::POINT_BITS | u64::from(MAX_ZOOM) << Self::ZOOM_SHIFT)
     }
 
     /// The data tile: the zoom-24 tile's ancestor at the data zoom.
     fn tile(self) -> TileId {
-        let z = (self.0 >> Self::ZOOM_SHIFT) & 0x1f;
+        let word = self.0.get();
+        let z = (word & Self::ZOOM_BITS) >> Self::ZOOM_SHIFT;
         let up = u64::from(MAX_ZOOM).saturating_sub(z);
-        let x = (self.0 >> MAX_ZOOM & Self::AXIS_BITS) >> up;
-        let y = (self.0 & Self::AXIS_BITS) >> up;
+        let x = (word >> MAX_ZOOM & Self::AXIS_BITS) >> up;
+        let y = (word & Self::AXIS_BITS) >> up;
         TileId::from_packed(z << Self::ZOOM_SHIFT | x << MAX_ZOOM | y)
     }
 
@@ -122,16 +150,21 @@ impl TileTier {
         let want = u64::from(tile.z()) << Self::ZOOM_SHIFT
             | u64::from(tile.x()) << up << MAX_ZOOM
             | u64::from(tile.y()) << up;
-        self.0 & mask == want
+        self.0.get() & mask == want
     }
 
     fn access(self) -> Access {
-        match self.0 >> Self::TIER_SHIFT {
+        match self.0.get() >> Self::TIER_SHIFT & 3 {
             0 => Access::Public,
             1 => Access::Registered,
             2 => Access::Verified,
             _ => Access::Agent,
         }
+    }
+
+    /// The class's index in the cache's table of names.
+    pub(super) fn class(self) -> ClassIndex {
+        (self.0.get() >> Self::CLASS_SHIFT) as ClassIndex
     }
 }
 
@@ -139,10 +172,6 @@ impl<P> CacheItem<P> {
     /// The item's id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-    /// Class.
-    pub fn class(&self) -> &str {
-        &self.class
     }
     /// The lowest tier allowed to see it.
     pub fn access(&self) -> Access {
@@ -174,7 +203,7 @@ impl<P> CacheItem<P> {
     }
     /// First millisecond at which it is no longer fresh.
     pub fn expires_at_ms(&self) -> u64 {
-        self.expires_at_ms
+        self.expires.get()
     }
     /// Size charged against `max_bytes`.
     pub fn size_bytes(&self) -> usize {
@@ -186,12 +215,25 @@ impl<P> CacheItem<P> {
     }
 }
 
-/// An item found by [`ItemCache::get`] or [`ItemCache::peek`]; `stale` when it has expired
-/// but is within the stale-while-revalidate window (show it, refetch it).
+/// An item found by [`ItemCache::get`] or [`ItemCache::peek`], with its class's name;
+/// `stale` when it has expired but is within the stale-while-revalidate window (show it,
+/// refetch it).
 #[derive(Debug)]
 pub struct Lookup<'a, P> {
     pub item: &'a CacheItem<P>,
+    /// The item's class ([`ItemMeta::class`]).
+    pub class: &'a str,
     pub stale: bool,
+}
+
+impl<'a, P> Lookup<'a, P> {
+    pub(super) fn new(item: &'a CacheItem<P>, classes: &'a Classes, stale: bool) -> Self {
+        Lookup {
+            item,
+            class: classes.name(item.place.class()),
+            stale,
+        }
+    }
 }
 
 impl<P> Clone for Lookup<'_, P> {
@@ -304,16 +346,20 @@ impl<P> ItemCache<P> {
         evicted: &mut Vec<(ItemKey, P)>,
     ) -> Result<(InsertOutcome, Option<P>), (CacheError, P)> {
         match self.check_item(id, &meta) {
-            Ok(point) => {
-                Ok(self.insert_checked(id, point, meta, payload, now_ms, priority, evicted))
+            Ok((point, class)) => {
+                Ok(self.insert_checked(id, point, class, meta, payload, now_ms, priority, evicted))
             }
             Err(e) => Err((e, payload)),
         }
     }
 
     /// The zoom-[`MAX_ZOOM`] tile of the position of an item [`insert`](Self::insert) may
-    /// store; its errors otherwise.
-    fn check_item(&mut self, id: &str, meta: &ItemMeta) -> Result<TileId, CacheError> {
+    /// store, and its class's index; its errors otherwise.
+    fn check_item(
+        &mut self,
+        id: &str,
+        meta: &ItemMeta,
+    ) -> Result<(TileId, ClassIndex), CacheError> {
         self.changed();
         check_id(id)?;
         let (lon, lat, size_bytes) = (meta.lon, meta.lat, meta.size_bytes);
@@ -342,20 +388,28 @@ impl<P> ItemCache<P> {
                 max_bytes: self.config.max_bytes,
             });
         }
-        TileId::from_lon_lat(lon, lat, MAX_ZOOM).map_err(|e| CacheError::InvalidItem {
+        let point =
+            TileId::from_lon_lat(lon, lat, MAX_ZOOM).map_err(|e| CacheError::InvalidItem {
+                id: short(id),
+                reason: e.to_string(),
+            })?;
+        let class = self.classes.index(&meta.class);
+        let class = class.ok_or_else(|| CacheError::TooManyClasses {
             id: short(id),
-            reason: e.to_string(),
-        })
+            class: short(&meta.class),
+        })?;
+        Ok((point, class))
     }
 
     /// [`insert`](Self::insert) of a checked item whose position falls in the zoom-24 tile
-    /// `point`: the outcome, and the payload when the insert was refused; each item evicted
-    /// goes to `evicted`.
+    /// `point`, of class index `class`: the outcome, and the payload when the insert was
+    /// refused; each item evicted goes to `evicted`.
     #[allow(clippy::too_many_arguments)]
     fn insert_checked(
         &mut self,
         id: &str,
         point: TileId,
+        class_index: ClassIndex,
         meta: ItemMeta,
         payload: P,
         now_ms: u64,
@@ -370,7 +424,7 @@ impl<P> ItemCache<P> {
             ..
         } = meta;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
-        let place = TileTier::new(point, self.config.tile_zoom, access);
+        let place = TileTier::new(point, self.config.tile_zoom, access, class_index);
         let tile = place.tile();
 
         // What is held once the old version (if any) is gone: in all, in visible tiles, and
@@ -440,15 +494,20 @@ impl<P> ItemCache<P> {
             }
         }
         self.account_add(tile, size_bytes);
-        let class = self.classes.intern(class);
-        self.items.put(CacheItem {
+        // The class's index is counted while the item holds its slot (an index no item has
+        // may be given to another name: `classes.rs`).
+        self.classes.hold(class_index);
+        let replaced = self.items.put(CacheItem {
             id: key,
-            class,
             place,
-            expires_at_ms,
+            expires: SplitU64::new(expires_at_ms),
             size_bytes,
             payload,
         });
+        if let Some(replaced) = replaced {
+            // Unreachable: the old version was taken above.
+            self.classes.release(replaced.place.class());
+        }
         if let Some((slot, old)) = &old {
             if old.tile() == tile {
                 // Its slot, unless evictions freed others since it was taken.
@@ -489,7 +548,8 @@ impl<P> ItemCache<P> {
     /// ```
     pub fn get(&mut self, id: &str, caller: Access, now_ms: u64) -> Option<Lookup<'_, P>> {
         let stale = self.count_lookup(id, caller, now_ms, true)?;
-        self.items.get(id).map(|item| Lookup { item, stale })
+        let classes = &self.classes;
+        (self.items.get(id)).map(|item| Lookup::new(item, classes, stale))
     }
 
     /// A hit or stale hit for `caller`, counted, with its recency refreshed; anything else
@@ -517,7 +577,7 @@ impl<P> ItemCache<P> {
         if !caller.can_see(item.access()) {
             return None;
         }
-        let stale = match expiry(item.expires_at_ms, self.swr(), now_ms) {
+        let stale = match expiry(item.expires_at_ms(), self.swr(), now_ms) {
             Expiry::Gone => return None,
             f => f == Expiry::Stale,
         };
@@ -526,7 +586,8 @@ impl<P> ItemCache<P> {
         } else {
             self.stats.hits += 1;
         }
-        self.items.get(id).map(|item| Lookup { item, stale })
+        let classes = &self.classes;
+        (self.items.get(id)).map(|item| Lookup::new(item, classes, stale))
     }
 
     /// One lookup of `id` for `caller`, counted: `Some(stale)` for a hit or stale hit, else
@@ -543,7 +604,7 @@ impl<P> ItemCache<P> {
         hidden_counts: bool,
     ) -> Option<bool> {
         let (access, expires) = match self.items.peek(id) {
-            Some(item) => (item.access(), item.expires_at_ms),
+            Some(item) => (item.access(), item.expires_at_ms()),
             None => {
                 self.stats.misses += 1;
                 return None;
@@ -591,13 +652,27 @@ impl<P> ItemCache<P> {
         if !caller.can_see(item.access()) {
             return None;
         }
-        match expiry(item.expires_at_ms, self.swr(), now_ms) {
+        match expiry(item.expires_at_ms(), self.swr(), now_ms) {
             Expiry::Gone => None,
-            f => Some(Lookup {
-                item,
-                stale: f == Expiry::Stale,
-            }),
+            f => Some(Lookup::new(item, &self.classes, f == Expiry::Stale)),
         }
+    }
+
+    /// The class of `item`, an item of this cache (its name from the cache's table of class
+    /// names: an item keeps only its index, see [`MAX_CLASSES`](super::MAX_CLASSES)).
+    ///
+    /// ```
+    /// use tilewarm::access::Access;
+    /// use tilewarm::cache::{CacheConfig, ItemMeta, Priority, ItemCache};
+    /// let mut cache = ItemCache::new(CacheConfig::default()).unwrap();
+    /// let meta = ItemMeta { lon: 2.35, lat: 48.85, class: "sold".into(),
+    ///     access: Access::Public, ttl_ms: None, size_bytes: 10 };
+    /// cache.insert("a", meta, (), 0, Priority::Visible).unwrap();
+    /// let found = cache.peek("a", Access::Public, 0).unwrap();
+    /// assert_eq!((found.class, cache.class_of(found.item)), ("sold", "sold"));
+    /// ```
+    pub fn class_of(&self, item: &CacheItem<P>) -> &str {
+        self.classes.name(item.place.class())
     }
 
     /// The data tile of the item `id` when it is held, whatever its tier or expiry.
@@ -762,6 +837,8 @@ impl<P> ItemCache<P> {
     fn take_item(&mut self, id: &str) -> Option<(u32, CacheItem<P>)> {
         self.changed();
         let (slot, item) = self.items.pop(id)?;
+        // The one place an item leaves the item store, but for a clear (`invalidate`).
+        self.classes.release(item.place.class());
         self.account_sub(item.tile(), item.size_bytes);
         Some((slot, item))
     }

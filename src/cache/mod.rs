@@ -32,8 +32,10 @@
 //!
 //! assert_eq!(cache.tile_freshness(tile, Access::Public, 1_000), TileFreshness::Fresh);
 //! let mut shown = Vec::new();
-//! cache.read_tile(tile, Access::Public, 1_000, |item, _stale| shown.push(*item.payload()));
-//! assert_eq!(shown, ["payload"]);
+//! cache.read_tile(tile, Access::Public, 1_000, |item, class, _stale| {
+//!     shown.push((*item.payload(), class.to_owned()))
+//! });
+//! assert_eq!(shown, [("payload", "active".to_owned())]);
 //! ```
 
 mod bounds;
@@ -51,6 +53,7 @@ mod tests;
 mod tiles;
 
 pub use bounds::{parse_bounds, WORLD};
+pub use classes::MAX_CLASSES;
 pub use config::{CacheConfig, MAX_ID_BYTES, MAX_SPLIT_LEVELS};
 pub use error::CacheError;
 pub use invalidate::Invalidate;
@@ -156,7 +159,7 @@ pub struct ItemCache<P> {
     stats: CacheStats,
     /// Bumped by every change to what a read can return (see [`ItemCache::generation`]).
     generation: u64,
-    /// The items' class names, one allocation per name (see [`classes`]).
+    /// The items' class names, by the index each item keeps (see [`classes`]).
     classes: classes::Classes,
 }
 

@@ -7,12 +7,12 @@
 //! taken from a crate: `lru` allocates a node per entry (the key beside the value, two
 //! pointers, and the allocator's own bytes: 80 bytes on wasm32) and keys its table by the
 //! key, so the id was held twice. Here an item is one slot (the item, which holds its id,
-//! and two `u32` links: 48 bytes on wasm32), pages are allocated whole and never moved (a
-//! `Vec` of every slot would hold up to twice the slots, and copy them all as it grows),
-//! and the table holds a `u32` per item. A tile list names its held items by their slots
-//! (`super::list`), so a read finds each item without hashing its id. No `unsafe` here: a
-//! broken link is a lookup that finds nothing, never a panic. It is checked against
-//! `lru::LruCache` by a property test below.
+//! and two `u32` links: 44 bytes on wasm32 with the browser's payload, aligned to 4 bytes),
+//! pages are allocated whole and never moved (a `Vec` of every slot would hold up to twice
+//! the slots, and copy them all as it grows), and the table holds a `u32` per item. A tile
+//! list names its held items by their slots (`super::list`), so a read finds each item
+//! without hashing its id. No `unsafe` here: a broken link is a lookup that finds nothing,
+//! never a panic. It is checked against `lru::LruCache` by a property test below.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -35,6 +35,11 @@ struct Node<P> {
     /// The slot used just before this one (`NIL`: this is the least recent).
     older: u32,
 }
+
+// A slot for a 4-byte payload (the browser's) is 44 bytes on wasm32: no field is aligned
+// to 8 bytes, and an empty slot is told apart by the id's form (no tag of its own).
+#[cfg(target_arch = "wasm32")]
+const _: () = assert!(std::mem::size_of::<Option<Node<u32>>>() == 44);
 
 /// The bytes a slot of a store of payloads `P` takes (the browser's build checks its own).
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
@@ -298,18 +303,18 @@ mod tests {
     use super::*;
     use crate::access::Access;
     use crate::cache::classes::Classes;
-    use crate::cache::items::TileTier;
+    use crate::cache::items::{SplitU64, TileTier};
     use crate::tile::TileId;
     use proptest::prelude::*;
     use std::cell::RefCell;
     use std::rc::Rc;
 
     fn item<P>(id: &str, payload: P, classes: &mut Classes) -> CacheItem<P> {
+        let class = classes.index("active").unwrap();
         CacheItem {
             id: ItemKey::new(id),
-            class: classes.intern("active".into()),
-            place: TileTier::new(TileId::new(24, 0, 0).unwrap(), 14, Access::Public),
-            expires_at_ms: 0,
+            place: TileTier::new(TileId::new(24, 0, 0).unwrap(), 14, Access::Public, class),
+            expires: SplitU64::new(0),
             size_bytes: 0,
             payload,
         }

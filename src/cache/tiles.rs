@@ -277,10 +277,10 @@ impl<P> ItemCache<P> {
                 // Not shown to this caller, or not here (it lies in another tile), so it
                 // cannot leave a hole.
                 Some(item) if !caller.can_see(item.access()) || !item.place.lies_in(tile) => {}
-                Some(item) => match expiry(item.expires_at_ms, swr, now_ms) {
-                    Expiry::Fresh => *until = (*until).min(item.expires_at_ms),
+                Some(item) => match expiry(item.expires_at_ms(), swr, now_ms) {
+                    Expiry::Fresh => *until = (*until).min(item.expires_at_ms()),
                     Expiry::Stale => {
-                        *until = (*until).min(item.expires_at_ms.saturating_add(swr));
+                        *until = (*until).min(item.expires_at_ms().saturating_add(swr));
                         stale.push(item.id.to_string());
                     }
                     Expiry::Gone => missing.push(item.id.to_string()),
@@ -485,7 +485,8 @@ impl<P> ItemCache<P> {
         self.tiles.iter().map(|(t, _)| *t)
     }
 
-    /// Read a visible tile: calls `sink(item, stale)` for each listed item that is held and
+    /// Read a visible tile: calls `sink(item, class, stale)` (the item, its class's name, and
+    /// whether it is stale) for each listed item that is held and
     /// showable (fresh, or stale within the window) and that `caller` may see, in list
     /// order. Counts a hit or stale hit for each of those and a miss for each listed id that
     /// is absent or expired beyond the window (such an item is removed and counted in
@@ -504,8 +505,8 @@ impl<P> ItemCache<P> {
     /// let t = TileId::from_lon_lat(2.35, 48.85, 14).unwrap();
     /// cache.insert_tile(t, &["agent-only"], None, Access::Agent, 0).unwrap();
     /// let mut n = 0;
-    /// assert_eq!(cache.read_tile(t, Access::Agent, 0, |_, _| n += 1), TileFreshness::Fresh);
-    /// assert_eq!(cache.read_tile(t, Access::Public, 0, |_, _| n += 1), TileFreshness::Fresh);
+    /// assert_eq!(cache.read_tile(t, Access::Agent, 0, |_, _, _| n += 1), TileFreshness::Fresh);
+    /// assert_eq!(cache.read_tile(t, Access::Public, 0, |_, _, _| n += 1), TileFreshness::Fresh);
     /// assert_eq!(n, 1); // the public caller saw nothing
     /// ```
     pub fn read_tile(
@@ -513,7 +514,7 @@ impl<P> ItemCache<P> {
         tile: TileId,
         caller: Access,
         now_ms: u64,
-        sink: impl FnMut(&CacheItem<P>, bool),
+        sink: impl FnMut(&CacheItem<P>, &str, bool),
     ) -> TileFreshness {
         let mut until = u64::MAX;
         self.read_tile_until(tile, caller, now_ms, None, &mut until, sink)
@@ -532,7 +533,7 @@ impl<P> ItemCache<P> {
         now_ms: u64,
         fresh_until: Option<u64>,
         until: &mut u64,
-        mut sink: impl FnMut(&CacheItem<P>, bool),
+        mut sink: impl FnMut(&CacheItem<P>, &str, bool),
     ) -> TileFreshness {
         // The state covers the list and every item the caller may see: their next change
         // bounds the read's. (Unknown stays unknown until the cache changes.)
@@ -552,6 +553,7 @@ impl<P> ItemCache<P> {
         // One lookup per listed id (which also refreshes its recency); the ones expired
         // beyond the window are removed after the pass.
         let (tiles, items, stats) = (&mut self.tiles, &mut self.items, &mut self.stats);
+        let classes = &self.classes;
         let Some(e) = tiles.get_mut(&tile) else {
             return state;
         };
@@ -571,11 +573,11 @@ impl<P> ItemCache<P> {
             if !caller.can_see(item.access()) || !item.place.lies_in(tile) {
                 continue;
             }
-            match expiry(item.expires_at_ms, swr, now_ms) {
+            match expiry(item.expires_at_ms(), swr, now_ms) {
                 Expiry::Gone => gone.push(item.id.clone()),
                 f => {
                     if known {
-                        *until = (*until).min(next_change(item.expires_at_ms, swr, now_ms));
+                        *until = (*until).min(next_change(item.expires_at_ms(), swr, now_ms));
                     }
                     let stale = f == Expiry::Stale;
                     if stale {
@@ -583,7 +585,7 @@ impl<P> ItemCache<P> {
                     } else {
                         stats.hits += 1;
                     }
-                    sink(item, stale);
+                    sink(item, classes.name(item.place.class()), stale);
                 }
             }
         }

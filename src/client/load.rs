@@ -150,13 +150,18 @@ impl<P> Client<P> {
         let mut refresh = Vec::new();
         for t in data {
             let mut until = u64::MAX;
-            let state =
-                self.cache
-                    .read_tile_until(t, access, now_ms, None, &mut until, |item, stale| {
-                        if !finer || tile.contains(item.point_tile()) {
-                            sink(item, stale);
-                        }
-                    });
+            let state = self.cache.read_tile_until(
+                t,
+                access,
+                now_ms,
+                None,
+                &mut until,
+                |item, _, stale| {
+                    if !finer || tile.contains(item.point_tile()) {
+                        sink(item, stale);
+                    }
+                },
+            );
             // Shown stale: refetched meanwhile, as the view's stale tiles are; once per
             // change of its read with time, not on each read (see `hold`).
             if !self.hold(t, until, now_ms) && !self.batcher.is_tile_in_flight(t) {

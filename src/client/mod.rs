@@ -609,7 +609,7 @@ impl<P> Client<P> {
                     now_ms,
                     None,
                     &mut until,
-                    |item, stale| {
+                    |item, _, stale| {
                         out.items += 1;
                         out.stale |= stale;
                         sink(item, stale);
@@ -636,7 +636,7 @@ impl<P> Client<P> {
                     now_ms,
                     known,
                     &mut until,
-                    |item, stale| {
+                    |item, _, stale| {
                         out.items += 1;
                         out.stale |= stale;
                         sink(item, stale);

@@ -5,7 +5,7 @@ use super::{
     MAX_PREFETCH_MARKS,
 };
 use crate::batch::{FailureOutcome, Finished};
-use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness};
+use crate::cache::{item_size_bytes, CacheError, ItemMeta, Priority, TileFreshness, MAX_CLASSES};
 use crate::planner::Work;
 use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId, TileSet};
@@ -386,7 +386,8 @@ impl<P> Client<P> {
                 size_bytes,
             };
             // Validated above; an item the cache still refuses is skipped, not fatal (but
-            // handed to a get that asked for it, when refused for want of room). One asked
+            // handed to a get that asked for it, when refused for want of room, for its size,
+            // or for its class beyond the `MAX_CLASSES` held). One asked
             // for and kept that a later item of this answer pushes out is handed out too.
             let mut evicted = Vec::new();
             // Replaced or moved, the item leaves the tile it was in (read before the insert).
@@ -404,7 +405,9 @@ impl<P> Client<P> {
             if finished.loose_ids.contains(&item.id) {
                 match inserted {
                     Ok((_, None)) => asked_kept.push(item.id),
-                    Ok((_, Some(data))) | Err((CacheError::ItemTooLarge { .. }, data)) => {
+                    Ok((_, Some(data)))
+                    | Err((CacheError::ItemTooLarge { .. }, data))
+                    | Err((CacheError::TooManyClasses { .. }, data)) => {
                         self.unkept.push((item.id, data))
                     }
                     Err(_) => {}
@@ -419,7 +422,8 @@ impl<P> Client<P> {
     /// Items the last answer ([`on_response`](Self::on_response)) gave for ids asked for
     /// directly ([`Client::get`], [`Client::request_ids`]) that the cache could not keep:
     /// making room would have pushed out the items of the view or of the tiles a host loads
-    /// (which an answer for ids never does), the item is larger than `max_bytes`, or a
+    /// (which an answer for ids never does), the item is larger than `max_bytes` or of one
+    /// class more than the [`MAX_CLASSES`](crate::cache::MAX_CLASSES) the cache holds, or a
     /// later item of the same answer pushed it out again (ids asked for together, with room
     /// for fewer of them beside the view's items). Each
     /// passed the same tier check as the cached ones (an item above the caller's tier, or
@@ -564,9 +568,9 @@ impl<P> Client<P> {
             kind,
             failure: Failure::Invalid(format!(
                 "{} answered tiles could not be kept (first {}): the view, or the tiles a host \
-                 loads, need more than the cache holds (max_items {}, max_bytes {}), or the \
-                 answer's lists name items above the caller's tier; visible tiles are asked \
-                 for again after a backoff, loads fail",
+                 loads, need more than the cache holds (max_items {}, max_bytes {}, items of \
+                 {MAX_CLASSES} classes), or the answer's lists name items above the caller's \
+                 tier; visible tiles are asked for again after a backoff, loads fail",
                 unkept.len(),
                 unkept[0],
                 config.max_items,

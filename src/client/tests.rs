@@ -2432,6 +2432,71 @@ fn an_unkept_item_above_the_verified_tier_is_never_handed_out() {
     }
 }
 
+/// An item of one class more than the cache holds at once ([`MAX_CLASSES`]) is not cached:
+/// the rest of its answer is, the view stays complete, and a `get` waiting for it is handed
+/// the item ([`Client::take_unkept`]), as one larger than the cache is.
+#[test]
+fn an_item_of_a_class_beyond_the_limit_is_handed_to_its_get_and_the_rest_kept() {
+    use crate::cache::{ItemMeta, Priority, MAX_CLASSES};
+    let o = origin();
+    let mut c = one_tile_per_request(MAX_CLASSES + 20);
+    c.set_viewport(view_east(0.5, -2), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    assert!(c.is_complete());
+    // Items far away fill the class table.
+    let mut k = 0;
+    loop {
+        let meta = ItemMeta {
+            lon: -120.0,
+            lat: -40.0,
+            class: format!("far-{k}"),
+            access: Access::Public,
+            ttl_ms: None,
+            size_bytes: 10,
+        };
+        let far = c.cache.insert(
+            &format!("far{k}"),
+            meta,
+            String::new(),
+            0,
+            Priority::Visible,
+        );
+        if far.is_err() {
+            break;
+        }
+        k += 1;
+        assert!(k <= MAX_CLASSES);
+    }
+    let asked = ["i0", "i1"];
+    for id in asked {
+        assert!(c.get(id, 1_000).is_none());
+    }
+    let t = c.poll_request(1_000).expect("the ids are asked for");
+    assert_eq!(t.request.ids, asked);
+    let mut r = o.answer(&t.request, None);
+    assert_eq!(r.items.len(), 2);
+    // A class the view's items have.
+    let mut class_held = String::new();
+    let seen = c.visible_tiles()[0];
+    c.cache
+        .read_tile(seen, Access::Public, 1_000, |_, class, _| {
+            class_held = class.into()
+        });
+    assert!(!class_held.is_empty());
+    r.items[0].class = "one-more".into();
+    r.items[1].class = class_held;
+    assert_eq!(c.on_response(t.id, r, 1_000), Answered::Taken);
+    assert!(c.is_complete(), "the view keeps its items");
+    assert!(c.cache().peek("i0", Access::Public, 1_000).is_none());
+    assert!(
+        c.cache().peek("i1", Access::Public, 1_000).is_some(),
+        "the rest kept"
+    );
+    let unkept: Vec<String> = c.take_unkept().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(unkept, ["i0"], "the get's item, for the shell to hand out");
+    assert!(errors_of(events(&mut c)).is_empty());
+}
+
 /// Several ids asked for together (a `getMany`) with room for fewer of them beside the view's
 /// items: each is either kept or handed out ([`Client::take_unkept`]), never neither. (Each
 /// was inserted as prefetch: the next one of the same answer pushed out the one kept just

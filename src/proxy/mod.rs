@@ -560,13 +560,13 @@ impl Proxy {
         let cache = self.cache(tier);
         let exp = cache.tile_expires_at_ms(d).unwrap_or(now_ms);
         let mut items = Vec::new();
-        cache.read_tile(d, tier, now_ms, |item, _stale| {
+        cache.read_tile(d, tier, now_ms, |item, class, _stale| {
             let held = item.payload();
             items.push(Item {
                 id: item.id().to_owned(),
                 lon: held.lon,
                 lat: held.lat,
-                class: item.class().to_owned(),
+                class: class.to_owned(),
                 access: item.access(),
                 ttl: Some(ttl_left_s(item.expires_at_ms(), now_ms)),
                 data: held.data.clone(),
@@ -631,7 +631,7 @@ impl Proxy {
                 id: id.clone(),
                 lon: l.item.payload().lon,
                 lat: l.item.payload().lat,
-                class: l.item.class().to_owned(),
+                class: l.class.to_owned(),
                 access: l.item.access(),
                 ttl: Some(ttl_left_s(l.item.expires_at_ms(), now_ms)),
                 data: l.item.payload().data.clone(),
@@ -859,7 +859,8 @@ impl Proxy {
                 ttl_ms: it.ttl.map(|s| u64::from(s) * 1000),
                 size_bytes: item_size_bytes(&it.id, &it.class, it.data.get().len()),
             };
-            // An item bigger than the cache is served but not cached.
+            // An item bigger than the cache, or of a class beyond the `MAX_CLASSES` held, is
+            // served but not cached.
             let held = Held {
                 lon: it.lon,
                 lat: it.lat,

@@ -88,13 +88,13 @@ impl Proxy {
         let cache = &mut self.caches[tier.rank() as usize];
         let list_exp = cache.tile_expires_at_ms(d)?;
         let mut items = Vec::new();
-        cache.read_tile(d, tier, now_ms, |item, _stale| {
+        cache.read_tile(d, tier, now_ms, |item, class, _stale| {
             items.push((
                 Item {
                     id: item.id().to_owned(),
                     lon: item.payload().lon,
                     lat: item.payload().lat,
-                    class: item.class().to_owned(),
+                    class: class.to_owned(),
                     access: item.access(),
                     ttl: Some(u32::MAX),
                     data: item.payload().data.clone(),

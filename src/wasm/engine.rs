@@ -45,11 +45,11 @@ pub(crate) struct JsItem {
     slot: u32,
 }
 
-// A cached item with this payload takes a slot of 48 bytes in the item store on wasm32
-// (`src/cache/store.rs`): the item (its id inline, its position as a zoom-24 tile,
-// `CacheItem`) and two links.
+// A cached item with this payload takes a slot of 44 bytes in the item store on wasm32
+// (`src/cache/store.rs`): the item (its id inline, its position as a zoom-24 tile in one
+// word with its tier and class index, `CacheItem`) and two links.
 #[cfg(target_arch = "wasm32")]
-const _: () = assert!(crate::cache::slot_bytes::<JsItem>() <= 48);
+const _: () = assert!(crate::cache::slot_bytes::<JsItem>() <= 44);
 
 /// An answer's item payload: its [`JsItem`] and the length of its `data` as JSON (what the
 /// cache charges it beside its id and class), until the cache stores it.

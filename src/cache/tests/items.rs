@@ -203,7 +203,7 @@ fn replacing_updates_bytes_and_moves_between_tiles() {
     );
     assert_eq!(c.tiles.peek(&t1).unwrap().ids.len(), 1);
     let mut seen = Vec::new();
-    c.read_tile(t2, Access::Public, 0, |it, _| {
+    c.read_tile(t2, Access::Public, 0, |it, _, _| {
         seen.push(it.id().to_string())
     });
     assert_eq!(seen, ["a"]);
@@ -437,7 +437,7 @@ fn an_item_keeps_its_tile_and_tier_at_every_tier_and_the_deepest_zoom() {
                 item.point_tile(),
                 TileId::from_lon_lat(lon, lat, 24).unwrap()
             );
-            assert_eq!(item.class(), "active");
+            assert_eq!(c.class_of(item), "active");
         }
     }
     let far = c.peek("1-3", Access::Agent, 0).unwrap().item.tile();

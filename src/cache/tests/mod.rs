@@ -1,6 +1,7 @@
 //! The cache's unit tests, one file per part of the cache, and its property tests against
 //! a reference model (`properties.rs`).
 
+mod classes;
 mod config;
 mod invalidate;
 mod items;

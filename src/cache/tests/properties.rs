@@ -175,7 +175,7 @@ fn check_invariants(c: &ItemCache<u32>, now: u64) -> Result<(), TestCaseError> {
                 if !caller.can_see(item.access()) || item.tile() != *t {
                     continue;
                 }
-                let f = expiry(item.expires_at_ms, swr, now);
+                let f = expiry(item.expires_at_ms(), swr, now);
                 match &state {
                     TileFreshness::Fresh => {
                         prop_assert_eq!(f, Expiry::Fresh);
@@ -265,7 +265,7 @@ proptest! {
                 Op::ReadTile { pos: p, caller } => {
                     let expect = c.tile_freshness(pos(p), tier(caller), now);
                     let mut shown = 0;
-                    let got = c.read_tile(pos(p), tier(caller), now, |it, _| {
+                    let got = c.read_tile(pos(p), tier(caller), now, |it, _, _| {
                         assert!(tier(caller).can_see(it.access()));
                         shown += 1;
                     });
@@ -305,7 +305,7 @@ proptest! {
                 Op::InvalidateClass(k) => {
                     let class = CLASSES[k as usize % 3];
                     c.invalidate(Invalidate::Class(class));
-                    prop_assert!(c.items.iter().all(|(_, it)| it.class() != class));
+                    prop_assert!(c.items.iter().all(|(_, it)| c.class_of(it) != class));
                 }
                 Op::InvalidateAll => {
                     c.invalidate(Invalidate::All);
@@ -318,7 +318,7 @@ proptest! {
                     let all_live = c
                         .items
                         .iter()
-                        .all(|(_, it)| expiry(it.expires_at_ms, swr, now) != Expiry::Gone);
+                        .all(|(_, it)| expiry(it.expires_at_ms(), swr, now) != Expiry::Gone);
                     prop_assert!(all_live);
                 }
                 Op::DropAbove(t) => {
@@ -495,7 +495,7 @@ fn run_against_model(ops: Vec<LruOp>) -> Result<(), TestCaseError> {
                 c.peek(&id(i), Access::Public, 0);
             }
             LruOp::ReadTile => {
-                c.read_tile(pos(0), Access::Public, 0, |_, _| {});
+                c.read_tile(pos(0), Access::Public, 0, |_, _, _| {});
                 for k in m.listed0.clone() {
                     m.touch(&k);
                 }

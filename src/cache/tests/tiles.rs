@@ -149,17 +149,23 @@ fn tile_lists_and_tiers() {
         TileFreshness::Partial(Refresh::Tile)
     );
     let mut seen = Vec::new();
-    c.read_tile(t, Access::Agent, 0, |it, _| seen.push(it.id().to_string()));
+    c.read_tile(t, Access::Agent, 0, |it, _, _| {
+        seen.push(it.id().to_string())
+    });
     assert_eq!(seen, ["pub"]);
     // An agent list: a public caller ignores the agent item, even when it is stale.
     c.insert_tile(t, &["pub", "agt"], None, Access::Agent, 0)
         .unwrap();
     assert_eq!(c.tile_freshness(t, Access::Agent, 0), TileFreshness::Fresh);
     seen.clear();
-    c.read_tile(t, Access::Public, 0, |it, _| seen.push(it.id().to_string()));
+    c.read_tile(t, Access::Public, 0, |it, _, _| {
+        seen.push(it.id().to_string())
+    });
     assert_eq!(seen, ["pub"]);
     seen.clear();
-    c.read_tile(t, Access::Agent, 0, |it, _| seen.push(it.id().to_string()));
+    c.read_tile(t, Access::Agent, 0, |it, _, _| {
+        seen.push(it.id().to_string())
+    });
     assert_eq!(seen, ["pub", "agt"]);
     assert_eq!(c.stats().hits, 4);
 }
@@ -181,7 +187,7 @@ fn tile_index_is_bounded_and_keeps_visible_tiles() {
     );
     assert_eq!(c.stats().tiles, 2);
     // Reading b makes d the least recently used tile entry...
-    c.read_tile(b, Access::Public, 0, |_, _| {});
+    c.read_tile(b, Access::Public, 0, |_, _, _| {});
     c.insert_tile(a, &[], None, Access::Public, 0).unwrap();
     assert_eq!(
         c.tile_freshness(d, Access::Public, 0),
@@ -363,7 +369,7 @@ fn read_tile_counts_flags_and_refreshes() {
     )
     .unwrap();
     let mut seen = Vec::new();
-    let state = c.read_tile(t, Access::Public, 200, |it, stale| {
+    let state = c.read_tile(t, Access::Public, 200, |it, _, stale| {
         seen.push((*it.payload(), stale))
     });
     assert_eq!(state, TileFreshness::Partial(ids(&["old", "never"])));
@@ -382,7 +388,7 @@ fn read_tile_counts_flags_and_refreshes() {
     assert!(!c.contains("fresh") && c.contains("stale"));
     // An unknown tile shows and counts nothing.
     let before = c.stats();
-    let state = c.read_tile(tile(9, 9), Access::Public, 0, |_, _| {
+    let state = c.read_tile(tile(9, 9), Access::Public, 0, |_, _, _| {
         panic!("nothing to show")
     });
     assert_eq!(state, TileFreshness::Unknown);
@@ -397,7 +403,7 @@ fn read_tile_refreshes_item_recency() {
     put(&mut c, "b", tile(1, 1), 1, Priority::Visible);
     put(&mut c, "c", tile(1, 1), 1, Priority::Visible);
     c.insert_tile(t, &["a"], None, Access::Public, 0).unwrap();
-    c.read_tile(t, Access::Public, 0, |_, _| {});
+    c.read_tile(t, Access::Public, 0, |_, _, _| {});
     put(&mut c, "d", tile(1, 1), 1, Priority::Visible);
     assert_eq!(held(&c), ["a", "c", "d"]);
 }
@@ -427,7 +433,7 @@ fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
     }
     let mut n = 0;
     assert_eq!(
-        c.read_tile(outside, Access::Public, 0, |_, _| n += 1),
+        c.read_tile(outside, Access::Public, 0, |_, _, _| n += 1),
         TileFreshness::Fresh
     );
     assert_eq!(n, 0);
@@ -439,7 +445,7 @@ fn tiles_outside_the_bounds_hold_nothing_unless_the_backend_listed_items() {
         .unwrap();
     assert!(!c.outside_bounds(listed));
     let mut n = 0;
-    c.read_tile(listed, Access::Public, 0, |_, _| n += 1);
+    c.read_tile(listed, Access::Public, 0, |_, _, _| n += 1);
     assert_eq!(n, 1);
     assert!(!c
         .tile_freshness(listed, Access::Public, 2_000)
@@ -563,7 +569,9 @@ fn an_item_is_read_only_in_the_tile_it_lies_in() {
         .unwrap();
     let read = |c: &mut ItemCache<u32>, t| {
         let mut seen = Vec::new();
-        c.read_tile(t, Access::Public, 0, |it, _| seen.push(it.id().to_string()));
+        c.read_tile(t, Access::Public, 0, |it, _, _| {
+            seen.push(it.id().to_string())
+        });
         seen
     };
     assert_eq!(read(&mut c, a), ["h"]);
@@ -634,7 +642,7 @@ fn a_list_names_held_items_by_slot_and_the_others_by_key() {
     put(&mut c, "b", t, 1, Priority::Visible);
     assert_eq!(by_key(&c).0, 3);
     let mut shown = Vec::new();
-    c.read_tile(t, Access::Public, 0, |it, _| {
+    c.read_tile(t, Access::Public, 0, |it, _, _| {
         shown.push(it.id().to_string())
     });
     assert_eq!(shown, ["a", "b", "c"]);
