@@ -423,7 +423,7 @@ impl<P> Client<P> {
     /// directly ([`Client::get`], [`Client::request_ids`]) that the cache could not keep:
     /// making room would have pushed out the items of the view or of the tiles a host loads
     /// (which an answer for ids never does), the item is larger than `max_bytes` or of one
-    /// class more than the [`MAX_CLASSES`](crate::cache::MAX_CLASSES) the cache holds, or a
+    /// class more than the [`MAX_CLASSES`] the cache holds, or a
     /// later item of the same answer pushed it out again (ids asked for together, with room
     /// for fewer of them beside the view's items). Each
     /// passed the same tier check as the cached ones (an item above the caller's tier, or
