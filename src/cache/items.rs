@@ -31,7 +31,7 @@ pub struct ItemMeta {
 /// Bytes of bookkeeping charged per cached item on top of its id, class and payload (its
 /// slot in the item store, the position's tile, class index and expiry among it: 44 bytes
 /// on wasm32, 48 while the class was a pointer and the slot 8-byte aligned; its tile-list
-/// entry, 4; and its share of the hash tables, about 8: about 57 bytes on wasm32 in all, 71
+/// entry, 4; and its share of the hash tables, about 8: about 56 bytes on wasm32 in all, 71
 /// when the item first kept its position as a zoom-24 tile, 87 before that, 95 before the
 /// browser's payload dropped its size; the charge is kept, so what a `max_bytes` holds is
 /// unchanged).
@@ -70,6 +70,16 @@ pub struct CacheItem<P> {
     pub(super) expires: SplitU64,
     pub(super) size_bytes: usize,
     pub(super) payload: P,
+}
+
+/// The class index an insert stores ([`ItemCache::insert`]'s check).
+#[derive(Clone, Copy, Debug)]
+enum Class {
+    /// An index the name has, or one no held item has, given to it.
+    Held(ClassIndex),
+    /// The index of the old version of the item, the last item of its class, which the
+    /// new name takes once that version has left its slot (every other index being held).
+    Replacing(ClassIndex),
 }
 
 /// A `u64` kept as two `u32`s: a field of this type needs only 4-byte alignment, so the item
@@ -355,11 +365,7 @@ impl<P> ItemCache<P> {
 
     /// The zoom-[`MAX_ZOOM`] tile of the position of an item [`insert`](Self::insert) may
     /// store, and its class's index; its errors otherwise.
-    fn check_item(
-        &mut self,
-        id: &str,
-        meta: &ItemMeta,
-    ) -> Result<(TileId, ClassIndex), CacheError> {
+    fn check_item(&mut self, id: &str, meta: &ItemMeta) -> Result<(TileId, Class), CacheError> {
         self.changed();
         check_id(id)?;
         let (lon, lat, size_bytes) = (meta.lon, meta.lat, meta.size_bytes);
@@ -393,11 +399,21 @@ impl<P> ItemCache<P> {
                 id: short(id),
                 reason: e.to_string(),
             })?;
-        let class = self.classes.index(&meta.class);
-        let class = class.ok_or_else(|| CacheError::TooManyClasses {
-            id: short(id),
-            class: short(&meta.class),
-        })?;
+        let class = match self.classes.index(&meta.class) {
+            Some(i) => Class::Held(i),
+            // Every index held by other names: the item's own old version may be the last
+            // of its class, whose index the new name takes once that version has left its
+            // slot (`insert_checked`, when the insert is committed).
+            None => match self.items.peek(id).map(|old| old.place.class()) {
+                Some(i) if self.classes.count(i) == 1 => Class::Replacing(i),
+                _ => {
+                    return Err(CacheError::TooManyClasses {
+                        id: short(id),
+                        class: short(&meta.class),
+                    })
+                }
+            },
+        };
         Ok((point, class))
     }
 
@@ -409,7 +425,7 @@ impl<P> ItemCache<P> {
         &mut self,
         id: &str,
         point: TileId,
-        class_index: ClassIndex,
+        class_index: Class,
         meta: ItemMeta,
         payload: P,
         now_ms: u64,
@@ -424,6 +440,10 @@ impl<P> ItemCache<P> {
             ..
         } = meta;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_for(&class, ttl_ms));
+        let (class_index, renamed) = match class_index {
+            Class::Held(i) => (i, false),
+            Class::Replacing(i) => (i, true),
+        };
         let place = TileTier::new(point, self.config.tile_zoom, access, class_index);
         let tile = place.tile();
 
@@ -494,6 +514,10 @@ impl<P> ItemCache<P> {
             }
         }
         self.account_add(tile, size_bytes);
+        if renamed {
+            // The old version, the last of its class, has left its slot: its index is free.
+            self.classes.rename(class_index, &class);
+        }
         // The class's index is counted while the item holds its slot (an index no item has
         // may be given to another name: `classes.rs`).
         self.classes.hold(class_index);
@@ -658,8 +682,10 @@ impl<P> ItemCache<P> {
         }
     }
 
-    /// The class of `item`, an item of this cache (its name from the cache's table of class
-    /// names: an item keeps only its index, see [`MAX_CLASSES`](super::MAX_CLASSES)).
+    /// The class of `item`, an item this cache holds (its name from the cache's table of
+    /// class names: an item keeps only its index, see [`MAX_CLASSES`](super::MAX_CLASSES)).
+    /// A clone kept after the item left the cache, or another cache's item, reads whatever
+    /// name its index has here now.
     ///
     /// ```
     /// use tilewarm::access::Access;

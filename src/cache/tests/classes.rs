@@ -83,8 +83,13 @@ proptest! {
             match op {
                 Op::Insert { id, class: k, tile: t, access, ttl } => {
                     let (id, name) = (format!("i{id}"), class(k));
-                    let in_use = model.values().collect::<HashSet<&String>>().len();
-                    let full = in_use >= MAX_CLASSES && !model.values().any(|n| *n == name);
+                    // The classes of the other items: the item's own old version leaves its
+                    // slot, and its class's index with it when it was the last of its class.
+                    let (in_use, full) = {
+                        let others: HashSet<&String> =
+                            model.iter().filter(|(i, _)| **i != id).map(|(_, n)| n).collect();
+                        (others.len(), others.len() >= MAX_CLASSES && !others.contains(&name))
+                    };
                     let access = Access::from_rank(access).unwrap();
                     let m = meta(tile(u32::from(t), 0), &name, access, ttl);
                     match c.insert(&id, m, (), now, Priority::Visible) {
@@ -187,5 +192,45 @@ fn the_limit_is_an_error_for_that_item_and_a_name_let_go_makes_room() {
     assert!(c.contains("x"));
     assert_eq!(c.invalidate(Invalidate::Class("one-more")), 1);
     assert_eq!(c.len(), MAX_CLASSES);
+    assert_eq!(c.invalidate(Invalidate::Class("c7")), 2);
+}
+
+/// With every index held, an item that is the last of its class may change class: its old
+/// version's index goes to the new name. Invalidating the old name then removes nothing,
+/// and the new one removes the item. Refused while another item has the old class.
+#[test]
+fn the_last_item_of_a_class_may_change_class_when_the_table_is_full() {
+    let config = CacheConfig {
+        max_items: MAX_CLASSES + 10,
+        ..CacheConfig::default()
+    };
+    let mut c: ItemCache<u32> = ItemCache::new(config).unwrap();
+    let t = tile(0, 0);
+    for k in 0..MAX_CLASSES as u16 {
+        let m = meta(t, &class(k), Access::Public, 60_000);
+        c.insert(&format!("i{k}"), m, 0, 0, Priority::Visible)
+            .unwrap();
+    }
+    c.insert(
+        "j7",
+        meta(t, "c7", Access::Public, 60_000),
+        0,
+        0,
+        Priority::Visible,
+    )
+    .unwrap();
+    let moved = meta(t, "one-more", Access::Public, 60_000);
+    let e = c
+        .insert("i7", moved.clone(), 1, 0, Priority::Visible)
+        .unwrap_err();
+    assert!(matches!(e, CacheError::TooManyClasses { .. }), "{e}");
+    assert_eq!(c.peek("i7", Access::Public, 0).unwrap().class, "c7");
+
+    c.insert("i3", moved, 1, 0, Priority::Visible).unwrap();
+    let found = c.peek("i3", Access::Public, 0).unwrap();
+    assert_eq!((found.class, *found.item.payload()), ("one-more", 1));
+    assert_eq!(c.len(), MAX_CLASSES + 1);
+    assert_eq!(c.invalidate(Invalidate::Class("c3")), 0);
+    assert_eq!(c.invalidate(Invalidate::Class("one-more")), 1);
     assert_eq!(c.invalidate(Invalidate::Class("c7")), 2);
 }
