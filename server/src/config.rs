@@ -146,7 +146,8 @@ pub struct Config {
     /// the memory origin's --data path or synthetic city): for instances of one deployment
     /// that spell their origin differently (an address on one host, a name on another; a
     /// --data path that differs), given the same name on each. One line of at most 200
-    /// characters; give another deployment another name.
+    /// characters; give another deployment another name. Naming (or renaming) a running
+    /// deployment changes its owner record: start one instance once with --redis-take-over.
     #[arg(long, value_name = "NAME")]
     pub redis_owner_origin: Option<String>,
 
@@ -984,7 +985,10 @@ impl Config {
         }
         if let Some(name) = &self.redis_owner_origin {
             // The owner record is one `name=value` line per field.
-            if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            if name.trim().is_empty()
+                || name.chars().count() > 200
+                || name.chars().any(char::is_control)
+            {
                 return bad(format!(
                     "--redis-owner-origin must be one line of 1 to 200 characters without \
                      control characters, got {:?}",
@@ -1136,6 +1140,10 @@ mod tests {
             assert!(e.contains("--redis-owner-origin must be one line"), "{e}");
         }
         Config::parse_from(["x", "--redis-owner-origin", &long[..200]])
+            .validate()
+            .unwrap();
+        // Characters, not bytes.
+        Config::parse_from(["x", "--redis-owner-origin", &"é".repeat(200)])
             .validate()
             .unwrap();
         for flag in [

@@ -138,9 +138,12 @@ impl Fingerprint {
 
 /// The error told (logged) when the prefix belongs to another deployment.
 pub fn conflict_message(prefix: &str, key: &str, diffs: &str) -> String {
-    let spelling = if diffs.contains("origin is ") {
+    // Only when the origin is all that differs: a name cannot make one deployment of two
+    // data zooms or formats.
+    let spelling = if diffs.split("; ").all(|d| d.starts_with("origin is ")) {
         ". If both are one deployment whose instances spell the origin differently, give \
-         each the same --redis-owner-origin"
+         each the same --redis-owner-origin and start one of them once with \
+         --redis-take-over (the name changes the record: the tier is invalidated once)"
     } else {
         ""
     };
@@ -295,15 +298,22 @@ mod tests {
         };
         let told = conflict_message("tw:", "tw:v4:owner", &why);
         assert!(
-            told.ends_with("give each the same --redis-owner-origin"),
+            told.contains("give each the same --redis-owner-origin and start one of them once with --redis-take-over"),
             "{told}"
         );
-        let zoom = with(|c| c.data_zoom = 15).compare(with(|_| {}).encode().as_bytes());
-        let Owner::Other(why) = zoom else {
-            panic!("another zoom taken for the same deployment");
-        };
-        let told = conflict_message("tw:", "tw:v4:owner", &why);
-        assert!(!told.contains("--redis-owner-origin"), "{told}");
+        // Another zoom, with or without another origin: no name makes them one deployment.
+        for seed in [42, 7] {
+            let zoom = with(|c| {
+                c.data_zoom = 15;
+                c.seed = seed;
+            })
+            .compare(with(|_| {}).encode().as_bytes());
+            let Owner::Other(why) = zoom else {
+                panic!("another zoom taken for the same deployment");
+            };
+            let told = conflict_message("tw:", "tw:v4:owner", &why);
+            assert!(!told.contains("--redis-owner-origin"), "{told}");
+        }
     }
 
     #[test]
