@@ -282,6 +282,26 @@ function labelWidth(text) {
   return w;
 }
 
+// The label grid's cells under the map's controls (zoom buttons, scale bar, attribution),
+// where a label could not be read; worked out again when the map is resized.
+let controlCells = null;
+map.on('resize', () => { controlCells = null; });
+function cellsUnderControls(CELL) {
+  if (controlCells) return controlCells;
+  controlCells = [];
+  const box = labelBox.getBoundingClientRect();
+  for (const c of map.getContainer().querySelectorAll('.maplibregl-ctrl')) {
+    const r = c.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    for (let cy = Math.floor((r.top - box.top) / CELL); cy <= Math.floor((r.bottom - box.top) / CELL); cy++) {
+      for (let cx = Math.floor((r.left - box.left) / CELL); cx <= Math.floor((r.right - box.left) / CELL); cx++) {
+        controlCells.push(cx * 4096 + cy);
+      }
+    }
+  }
+  return controlCells;
+}
+
 function placeLabels() {
   if (map.getZoom() < LABEL_ZOOM || items.length === 0) {
     for (const el of labelPool) el.hidden = true;
@@ -294,7 +314,7 @@ function placeLabels() {
   // Greedy placement in priority order; a label that would overlap a placed one is left out.
   const { clientWidth: w, clientHeight: h } = labelBox;
   const CELL = 16;
-  const taken = new Set();
+  const taken = new Set(cellsUnderControls(CELL));
   let i = 0;
   for (const it of labelOrder) {
     if (i >= MAX_LABELS) break;

@@ -95,7 +95,8 @@ export class Chart {
     ctx.fillStyle = '#94a3b8';
     ctx.font = '10px system-ui, sans-serif';
     ctx.textBaseline = 'top';
-    ctx.fillText(`${maxRate.toFixed(0)} req/s · 100 % hit rate`, 4, 2);
+    // The scale of the top line, not a current value.
+    ctx.fillText(`top line: ${maxRate.toFixed(0)} req/s, 100 % hit rate`, 4, 2);
     ctx.textAlign = 'right';
     ctx.fillText('last 60 s', w - 4, 2);
     ctx.textAlign = 'left';

@@ -277,6 +277,16 @@ describe('demo page in headless Chromium', { timeout: 180_000 }, () => {
       }).map((el) => el.textContent);
     });
     assert.deepEqual(cut, [], 'labels cut at the edge of the map');
+    // Nor is one under the map's controls (zoom buttons, scale bar, attribution).
+    const hidden = await page.evaluate(() => {
+      const controls = [...document.querySelectorAll('.maplibregl-ctrl')].map((c) => c.getBoundingClientRect())
+        .filter((r) => r.width > 0 && r.height > 0);
+      return [...document.querySelectorAll('#labels span:not([hidden])')].filter((el) => {
+        const r = el.getBoundingClientRect();
+        return controls.some((c) => r.left < c.right && r.right > c.left && r.top < c.bottom && r.bottom > c.top);
+      }).map((el) => el.textContent);
+    });
+    assert.deepEqual(hidden, [], 'labels under the map controls');
     await page.waitForTimeout(300);
     await page.screenshot({ path: join(shots, 'demo-screenshot-zoomed.png') });
   });
