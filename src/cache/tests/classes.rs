@@ -151,8 +151,9 @@ proptest! {
     }
 }
 
-#[test]
-fn the_limit_is_an_error_for_that_item_and_a_name_let_go_makes_room() {
+/// A cache holding items `i0`.. of every class `c0`.. it may hold, one each, in one tile
+/// (which it returns), with room for a few more items.
+fn full_table() -> (ItemCache<u32>, TileId) {
     let config = CacheConfig {
         max_items: MAX_CLASSES + 10,
         ..CacheConfig::default()
@@ -164,6 +165,12 @@ fn the_limit_is_an_error_for_that_item_and_a_name_let_go_makes_room() {
         c.insert(&format!("i{k}"), m, 0, 0, Priority::Visible)
             .unwrap();
     }
+    (c, t)
+}
+
+#[test]
+fn the_limit_is_an_error_for_that_item_and_a_name_let_go_makes_room() {
+    let (mut c, t) = full_table();
     let m = meta(t, "one-more", Access::Public, 60_000);
     let e = c
         .insert("x", m.clone(), 1, 0, Priority::Visible)
@@ -200,17 +207,7 @@ fn the_limit_is_an_error_for_that_item_and_a_name_let_go_makes_room() {
 /// and the new one removes the item. Refused while another item has the old class.
 #[test]
 fn the_last_item_of_a_class_may_change_class_when_the_table_is_full() {
-    let config = CacheConfig {
-        max_items: MAX_CLASSES + 10,
-        ..CacheConfig::default()
-    };
-    let mut c: ItemCache<u32> = ItemCache::new(config).unwrap();
-    let t = tile(0, 0);
-    for k in 0..MAX_CLASSES as u16 {
-        let m = meta(t, &class(k), Access::Public, 60_000);
-        c.insert(&format!("i{k}"), m, 0, 0, Priority::Visible)
-            .unwrap();
-    }
+    let (mut c, t) = full_table();
     c.insert(
         "j7",
         meta(t, "c7", Access::Public, 60_000),
