@@ -95,17 +95,24 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// `allocStats`: the live allocations, `[size, count, ...]` for each size up to 4,096
-/// bytes that has any, then `[-1, count, bytes]` for the larger ones.
-#[wasm_bindgen(js_name = allocStats, skip_typescript)]
-pub fn alloc_stats() -> Vec<f64> {
+/// `[size, count, ...]` for each size of `table` (counts by size up to 4,096 bytes) that
+/// has any.
+fn by_size(table: &[AtomicU32]) -> Vec<f64> {
     let mut out = Vec::new();
-    for (size, n) in LIVE.iter().enumerate() {
+    for (size, n) in table.iter().enumerate() {
         let n = n.load(Relaxed);
         if n > 0 {
             out.extend([size as f64, f64::from(n)]);
         }
     }
+    out
+}
+
+/// `allocStats`: the live allocations, `[size, count, ...]` for each size up to 4,096
+/// bytes that has any, then `[-1, count, bytes]` for the larger ones.
+#[wasm_bindgen(js_name = allocStats, skip_typescript)]
+pub fn alloc_stats() -> Vec<f64> {
+    let mut out = by_size(&LIVE);
     out.extend([
         -1.0,
         LARGE_COUNT.load(Relaxed) as f64,
@@ -118,13 +125,7 @@ pub fn alloc_stats() -> Vec<f64> {
 /// (its high-water mark), then `[-2, size]`: the allocation that grew it.
 #[wasm_bindgen(js_name = allocAtGrowth, skip_typescript)]
 pub fn alloc_at_growth() -> Vec<f64> {
-    let mut out = Vec::new();
-    for (size, n) in AT_GROWTH.iter().enumerate() {
-        let n = n.load(Relaxed);
-        if n > 0 {
-            out.extend([size as f64, f64::from(n)]);
-        }
-    }
+    let mut out = by_size(&AT_GROWTH);
     let [count, bytes, size] = [0, 1, 2].map(|i| AT_GROWTH_LARGE[i].load(Relaxed) as f64);
     out.extend([-1.0, count, bytes, -2.0, size]);
     out
