@@ -727,12 +727,16 @@ fn parse_tiles(tiles: &[String]) -> Result<Vec<TileId>, JsValue> {
         .collect()
 }
 
+/// [`build_response`]'s error for lists whose lengths do not fit together (or a string
+/// that is not one).
+fn disagree() -> String {
+    "response arrays disagree in length".to_string()
+}
+
 /// The next of [`build_response`]'s strings; an error when there is none or it is not a
 /// string.
 fn next_str(strs: &mut impl Iterator<Item = Option<String>>) -> Result<String, String> {
-    strs.next()
-        .flatten()
-        .ok_or_else(|| "response arrays disagree in length".to_string())
+    strs.next().flatten().ok_or_else(disagree)
 }
 
 /// Builds the core's response from the lists [`Engine::response`] takes; an inconsistent
@@ -745,7 +749,6 @@ fn build_response(
     strs: impl IntoIterator<Item = impl Into<Option<String>>>,
     payloads: Vec<JsItem>,
 ) -> Result<(BatchResponse<JsReceived>, Option<Bbox>), String> {
-    let disagree = || "response arrays disagree in length".to_string();
     let [tiles, items, reported, west, south, east, north, left_out, rest @ ..] = nums else {
         return Err(disagree());
     };
