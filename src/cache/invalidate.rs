@@ -134,7 +134,9 @@ impl<P> ItemCache<P> {
             }
             Invalidate::Class(class) => match self.classes.find(class) {
                 // Held items of `class` have its index, and no others do (`classes.rs`).
-                Some(index) => (self.remove_items_where(&|item| item.place.class() == index)).len(),
+                Some(index) => self
+                    .remove_items_where(&|item| item.place.class() == index)
+                    .len(),
                 None => 0,
             },
             Invalidate::All => {
