@@ -282,11 +282,13 @@ function labelWidth(text) {
   return w;
 }
 
+// Labels are placed on a grid of CELL-pixel cells: a cell holds at most one label.
+const CELL = 16;
 // The label grid's cells under the map's controls (zoom buttons, scale bar, attribution),
 // where a label could not be read; worked out again when the map is resized.
 let controlCells = null;
 map.on('resize', () => { controlCells = null; });
-function cellsUnderControls(CELL) {
+function cellsUnderControls() {
   if (controlCells) return controlCells;
   controlCells = [];
   const box = labelBox.getBoundingClientRect();
@@ -313,8 +315,7 @@ function placeLabels() {
   }
   // Greedy placement in priority order; a label that would overlap a placed one is left out.
   const { clientWidth: w, clientHeight: h } = labelBox;
-  const CELL = 16;
-  const taken = new Set(cellsUnderControls(CELL));
+  const taken = new Set(cellsUnderControls());
   let i = 0;
   for (const it of labelOrder) {
     if (i >= MAX_LABELS) break;
