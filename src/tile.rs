@@ -962,21 +962,33 @@ pub(crate) fn find_tile(keys: &[(u64, u64)], tile: TileId) -> Result<usize, usiz
 /// table code of their own (the sort is the crate's one instantiation). Building is
 /// O(n log n) and a lookup O(log n), fine for the sets it holds: a view's tiles (at most
 /// `max_visible_tiles`), a request's (at most 4096), a queue's or an answer's.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TileSet(Vec<(u64, u64)>);
 
 impl TileSet {
+    /// The set of `tiles` (each kept once).
     pub(crate) fn new(tiles: impl IntoIterator<Item = TileId>) -> TileSet {
         let mut keys = Vec::new();
         for t in tiles {
             keys.push((t.to_u64(), 0));
         }
         sort_pairs(&mut keys);
+        keys.dedup();
         TileSet(keys)
     }
 
     pub(crate) fn contains(&self, tile: TileId) -> bool {
         find_tile(&self.0, tile).is_ok()
+    }
+
+    /// How many tiles it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The tiles, in packed order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = TileId> + '_ {
+        self.0.iter().map(|&(t, _)| TileId::from_packed(t))
     }
 }
 

@@ -71,7 +71,7 @@ use crate::access::Access;
 use crate::batch::Batcher;
 use crate::cache::{CacheError, CacheItem, Invalidate, ItemCache, Lookup, TileFreshness};
 use crate::clock::Clock;
-use crate::planner::{Plan, Planner, Room, Viewport, Work};
+use crate::planner::{Plan, Planner, PopularTiles, PopularTooFine, Room, Viewport, Work};
 use crate::protocol::Limits;
 use crate::tile::{cover_range, Bbox, CoverRange, TileId, TileSet};
 use crate::util::{HashMap, HashSet};
@@ -913,6 +913,17 @@ impl<P> Client<P> {
         }
         self.access = access;
         self.complete = self.refresh_foreground(now_ms);
+    }
+
+    /// Limits prefetch to the tiles earlier sessions viewed (see
+    /// [`ViewCounts`](crate::planner::ViewCounts)), or, with `None`, lifts the limit; the
+    /// visible tiles are asked for wherever they are. The next viewport set is planned with
+    /// it (prefetch already queued stays queued). A list with a tile finer than the data
+    /// tiles is refused, with nothing changed.
+    pub fn set_popular_tiles(&mut self, tiles: Option<PopularTiles>) -> Result<(), PopularTooFine> {
+        self.planner.set_popular(tiles)?;
+        self.changed();
+        Ok(())
     }
 
     /// The data's extent as the backend declares it, `None` for none: adopted when the config

@@ -3609,3 +3609,56 @@ fn a_payload_received_beside_its_size_is_charged_that_size() {
         assert_eq!(held.size_bytes(), theirs.size_bytes() + 100);
     }
 }
+
+/// With popular tiles set, prefetch asks for those alone; the view is asked for wherever
+/// it is; `None` lifts the limit; a list finer than the data tiles is refused.
+#[test]
+fn popular_tiles_limit_prefetch_and_never_the_view() {
+    use crate::planner::PopularTiles;
+    let o = origin();
+    let config = ClientConfig {
+        batch: BatchConfig {
+            coalesce_min_share: 100,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    let east = seattle().offset(1, 0).unwrap();
+    // The view is a tile away from the popular corner: its own tiles are not popular.
+    let corner = seattle().offset(-3, -3).unwrap();
+    let popular = PopularTiles::new([east, corner]);
+    let mut c = client(config.clone());
+    c.set_popular_tiles(Some(popular.clone())).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let visible = c.visible_tiles().to_vec();
+    assert!(!visible.is_empty() && visible.iter().all(|t| !popular.contains(*t)));
+    let asked = answer_all_asked(&mut c, &o, 0);
+    assert!(c.is_complete(), "the view is asked for, popular or not");
+    let prefetched: Vec<TileId> = asked.into_iter().filter(|t| !visible.contains(t)).collect();
+    assert_eq!(prefetched, [east], "only the popular tile in reach");
+
+    // Without the list the same view prefetches its whole neighbourhood.
+    let mut free = client(config);
+    free.set_viewport(view(1.0), 0, |_, _| {});
+    let asked = answer_all_asked(&mut free, &o, 0);
+    assert!(asked.len() > visible.len() + 1, "{asked:?}");
+
+    // A tile finer than the data tiles: refused, the list kept.
+    let fine = TileId::new(16, 1, 1).unwrap();
+    let e = c
+        .set_popular_tiles(Some(PopularTiles::new([east, fine])))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "popular tiles must be data tiles (zoom 14) or coarser ones, got one at zoom 16"
+    );
+    assert_eq!(c.planner().popular(), Some(&popular));
+
+    // Lifted: the next view prefetches what the list left out.
+    c.set_popular_tiles(None).unwrap();
+    c.set_viewport(view_east(1.0, 1), 1, |_, _| {});
+    let asked = answer_all_asked(&mut c, &o, 1);
+    assert!(asked
+        .iter()
+        .any(|t| !popular.contains(*t) && !c.visible_tiles().contains(t)));
+}

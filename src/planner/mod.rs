@@ -15,6 +15,10 @@
 //!   is not zooming out (`warm_below_min_zoom`), the data tiles under it, where any zoom-in
 //!   lands.
 //!
+//! Where a map's users look at the same places, prefetch can be limited to the tiles earlier
+//! sessions viewed ([`Planner::set_popular`], `popular.rs`); the visible tiles are asked for
+//! wherever they are.
+//!
 //! Tiles fresh in the cache or already in flight are filtered out, and the prefetch stays
 //! within what the cache can hold when the caller says how much that is (`room`: see
 //! [`Planner::plan_observed`]). The plan also says which
@@ -34,7 +38,9 @@ use crate::tile::{
 };
 
 mod areas;
+mod popular;
 use areas::{Area, Marks};
+pub use popular::{PopularTiles, PopularTooFine, ViewCounts};
 
 /// The default of [`PlannerConfig::align_levels`], and the coarsest alignment
 /// `batch.coalesceLevels` sets: blocks of 4x4 data tiles. Aligned to 8x8 blocks as well
@@ -387,6 +393,8 @@ pub struct Room<'a> {
 pub struct Planner {
     config: PlannerConfig,
     history: VecDeque<Sample>,
+    /// When set, prefetch asks only for these tiles ([`Planner::set_popular`]).
+    popular: Option<PopularTiles>,
 }
 
 impl Planner {
@@ -396,7 +404,26 @@ impl Planner {
         Ok(Planner {
             config,
             history: VecDeque::new(),
+            popular: None,
         })
+    }
+
+    /// Limits prefetch to `tiles` (see [`ViewCounts`]), or, with `None`, lifts the limit.
+    /// The visible tiles are asked for wherever they are. A list with a tile finer than the
+    /// data tiles is refused, with nothing changed.
+    pub fn set_popular(&mut self, tiles: Option<PopularTiles>) -> Result<(), PopularTooFine> {
+        let tile_zoom = self.config.tile_zoom;
+        let zoom = tiles.as_ref().and_then(PopularTiles::max_zoom);
+        if let Some(zoom) = zoom.filter(|&z| z > tile_zoom) {
+            return Err(PopularTooFine { zoom, tile_zoom });
+        }
+        self.popular = tiles;
+        Ok(())
+    }
+
+    /// The tiles prefetch is limited to, if any.
+    pub fn popular(&self) -> Option<&PopularTiles> {
+        self.popular.as_ref()
     }
 
     /// The configuration.
@@ -739,7 +766,8 @@ impl Planner {
         let mut keys = Vec::new();
         let marks = Marks::new(z, &areas);
         marks.each(|t, ahead| {
-            if cover.is_some_and(|c| c.contains(t)) || !scored(t) {
+            let unpopular = self.popular.as_ref().is_some_and(|p| !p.contains(t));
+            if cover.is_some_and(|c| c.contains(t)) || unpopular || !scored(t) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
