@@ -29,6 +29,29 @@ enum Command {
     ConvertForecache(ConvertArgs),
     /// Replays the trace for each policy and prints a markdown table (or JSON with --json).
     Run(Box<RunArgs>),
+    /// Lists the data tiles that a share of a trace's sessions had in view, as a JSON array
+    /// of "z/x/y" for a page's `setPopularTiles` (four siblings written as their parent).
+    Popular(PopularArgs),
+}
+
+#[derive(Args)]
+struct PopularArgs {
+    /// The viewports of earlier sessions (JSON lines, as `run` reads them)
+    #[arg(long, value_name = "FILE")]
+    trace: String,
+    /// The share of the sessions that must have viewed a tile, above 0 and at most 1
+    /// [default: 0.4]
+    #[arg(long, value_name = "SHARE")]
+    min_share: Option<f64>,
+    /// Data tile zoom, the page's `tileZoom` [default: 14]
+    #[arg(long, value_name = "Z")]
+    tile_zoom: Option<u8>,
+    /// Map zoom below which nothing is in view, the page's `minZoom` [default: 12]
+    #[arg(long, value_name = "Z")]
+    min_zoom: Option<f64>,
+    /// Output file (`-` or absent: stdout)
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
 }
 
 #[derive(Args)]
@@ -166,6 +189,15 @@ struct RunArgs {
     /// tilewarm policy: warm_below_min_zoom, zoom levels (0 = off) [default: 0]
     #[arg(long, value_name = "X")]
     tw_warm_below: Option<f64>,
+    /// tilewarm policy: prefetch only the data tiles that at least --tw-popular-min-share of
+    /// this trace's sessions had in view (Planner::set_popular): earlier sessions, not the
+    /// ones scored [default: no limit]
+    #[arg(long, value_name = "TRACE")]
+    tw_popular_from: Option<String>,
+    /// tilewarm policy: the share of --tw-popular-from's sessions that must have viewed a
+    /// tile, above 0 and at most 1 [default: 0.4]
+    #[arg(long, value_name = "SHARE")]
+    tw_popular_min_share: Option<f64>,
 }
 
 fn parse_policy(p: &str) -> Result<Policy, String> {
@@ -284,6 +316,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         ("--tw-budget-per-visible", a.tw_budget_per_visible.is_some()),
         ("--tw-align-levels", a.tw_align_levels.is_some()),
         ("--tw-warm-below", a.tw_warm_below.is_some()),
+        ("--tw-popular-from", a.tw_popular_from.is_some()),
     ];
     if let Some((flag, _)) = tw_flags.iter().find(|(_, set)| *set) {
         if !policies.contains(&Policy::Tilewarm) {
@@ -331,6 +364,13 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     );
     set(&mut cfg.tilewarm.align_levels, a.tw_align_levels);
     set(&mut cfg.tilewarm.warm_below_min_zoom, a.tw_warm_below);
+    if a.tw_popular_min_share.is_some() && a.tw_popular_from.is_none() {
+        return Err(
+            "--tw-popular-min-share says which tiles of --tw-popular-from's sessions \
+                    are popular: give --tw-popular-from too"
+                .to_string(),
+        );
+    }
     if !(0.0..=1.0).contains(&hit_goal) {
         return Err(format!(
             "--hit-goal must be a share in 0..=1, got {hit_goal}"
@@ -349,6 +389,21 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
         ));
     }
     cfg.validate(&policies)?;
+    if let Some(from) = &a.tw_popular_from {
+        let share = a.tw_popular_min_share.unwrap_or(0.4);
+        let file = File::open(from).map_err(|e| format!("cannot open {from}: {e}"))?;
+        let earlier = trace::parse(BufReader::new(file)).map_err(|e| format!("{from}: {e}"))?;
+        let planner = tilewarm::planner::Planner::new(cfg.planner_for(Policy::Tilewarm))
+            .map_err(|e| e.to_string())?;
+        let counts = sim::view_counts(&planner, &earlier);
+        cfg.popular = Some(
+            counts
+                .popular(share)
+                .map_err(|e| format!("--tw-popular-min-share: {e}"))?
+                // As `popular` writes it for a page.
+                .compact(),
+        );
+    }
     let file = File::open(&trace_path).map_err(|e| format!("cannot open {trace_path}: {e}"))?;
     let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{trace_path}: {e}"))?;
     let items = if let Some(rest) = data.strip_prefix("synthetic") {
@@ -423,12 +478,41 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     writeln!(out, "{text}").map_err(|e| e.to_string())
 }
 
+fn cmd_popular(a: PopularArgs) -> Result<(), String> {
+    let d = SimConfig::default();
+    let planner = tilewarm::planner::Planner::new(tilewarm::planner::PlannerConfig {
+        tile_zoom: a.tile_zoom.unwrap_or(d.tile_zoom),
+        min_zoom: a.min_zoom.unwrap_or(d.min_zoom),
+        ..tilewarm::planner::PlannerConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let file = File::open(&a.trace).map_err(|e| format!("cannot open {}: {e}", a.trace))?;
+    let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{}: {e}", a.trace))?;
+    let counts = sim::view_counts(&planner, &sessions);
+    let popular = counts
+        .popular(a.min_share.unwrap_or(0.4))
+        .map_err(|e| format!("--min-share: {e}"))?;
+    let names: Vec<String> = popular.compact().iter().map(|t| t.to_string()).collect();
+    let mut out = output(a.out.as_deref())?;
+    serde_json::to_writer(&mut out, &names).map_err(|e| e.to_string())?;
+    writeln!(out).map_err(|e| e.to_string())?;
+    eprintln!(
+        "tilewarm-sim popular: {} sessions, {} data tiles viewed, {} popular, listed as {}",
+        counts.sessions(),
+        counts.popular(f64::MIN_POSITIVE).map_or(0, |p| p.len()),
+        popular.len(),
+        names.len()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Synth(a) => cmd_synth(a),
         Command::ConvertForecache(a) => cmd_convert(a),
         Command::Run(a) => cmd_run(*a),
+        Command::Popular(a) => cmd_popular(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,7 +29,7 @@ use tilewarm::access::Access;
 use tilewarm::batch::{BatchConfig, Batcher, Failure, Kind, RequestId};
 use tilewarm::client::{Answered, Client, ClientConfig, Event, Payload};
 use tilewarm::origin::{Origin, OriginItem};
-use tilewarm::planner::{Planner, PlannerConfig, Viewport, Work};
+use tilewarm::planner::{Planner, PlannerConfig, PopularTiles, ViewCounts, Viewport, Work};
 use tilewarm::protocol::{BatchRequest, BatchResponse};
 use tilewarm::tile::{Bbox, TileId};
 
@@ -130,6 +130,9 @@ pub struct SimConfig {
     /// Most items every policy's client holds (`CacheConfig::max_items`; default the
     /// core's, 50,000).
     pub max_items: usize,
+    /// The tiles the tilewarm policy's prefetch is limited to (`Client::set_popular_tiles`;
+    /// default none: no limit).
+    pub popular: Option<PopularTiles>,
 }
 
 impl Default for SimConfig {
@@ -149,6 +152,7 @@ impl Default for SimConfig {
             bounds: tilewarm::cache::WORLD,
             declared_bounds: None,
             max_items: tilewarm::cache::CacheConfig::default().max_items,
+            popular: None,
         }
     }
 }
@@ -472,7 +476,14 @@ fn make_shell(policy: Policy, cfg: &SimConfig) -> Box<dyn Shell> {
             access: cfg.access,
         }),
         _ => Box::new(ClientShell {
-            client: Client::new(cfg.client_config(policy)).expect("valid client config"),
+            client: {
+                let mut c = Client::new(cfg.client_config(policy)).expect("valid client config");
+                if policy == Policy::Tilewarm {
+                    c.set_popular_tiles(cfg.popular.clone())
+                        .expect("popular tiles counted at the data zoom");
+                }
+                c
+            },
             oracle: policy == Policy::Oracle,
             next: None,
             declared_bounds: cfg.declared_bounds,
@@ -584,6 +595,20 @@ fn answer_bytes(resp: &BatchResponse<Size>) -> u64 {
         .map(|l| 40 + l.ids.iter().map(|s| s.len() + 3).sum::<usize>())
         .sum();
     (items + lists) as u64
+}
+
+/// How many of `sessions` had each data tile in view, by `planner`'s visible tiles (a
+/// viewport too wide to fetch counts none).
+pub fn view_counts(planner: &Planner, sessions: &[Session]) -> ViewCounts {
+    let mut counts = ViewCounts::new();
+    for s in sessions {
+        counts.add_session(
+            s.events
+                .iter()
+                .flat_map(|(_, vp)| planner.visible_tiles(vp).unwrap_or_default()),
+        );
+    }
+    counts
 }
 
 /// Runs one policy over every session.

@@ -307,3 +307,79 @@ fn moves_py_runs_from_any_directory() {
         "{err}"
     );
 }
+
+/// `popular` lists the tiles a share of the sessions viewed, four siblings as their
+/// parent; `run --tw-popular-from` limits the tilewarm policy's prefetch to them.
+#[test]
+fn popular_lists_the_tiles_a_share_of_the_sessions_viewed() {
+    let dir = scratch("popular");
+    // Two sessions: both view the small trace's box; one also a box far east of it.
+    let far = r#""west":-121.96,"south":47.59,"east":-121.91,"north":47.62,"zoom":14.5"#;
+    let text = [
+        format!(r#"{{"session":"a","t":0,{VIEW}}}"#),
+        format!(r#"{{"session":"b","t":0,{VIEW}}}"#),
+        format!(r#"{{"session":"b","t":900,{far}}}"#),
+    ]
+    .join("\n");
+    let trace = write(&dir, "two.jsonl", &(text + "\n"));
+    let tiles = |share: &str| -> Vec<String> {
+        let out = sim(&["popular", "--trace", &trace, "--min-share", share]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let both = tiles("1");
+    let either = tiles("0.5");
+    assert!(
+        !both.is_empty() && either.len() > both.len(),
+        "{both:?} {either:?}"
+    );
+    assert!(both.iter().all(|t| either.contains(t)));
+    // Each listed tile covers data tiles of the views (zoom 14, the default).
+    let view = tilewarm::tile::TileId::from_lon_lat(-122.335, 47.605, 14).unwrap();
+    assert!(both
+        .iter()
+        .any(|t| t.parse::<tilewarm::tile::TileId>().unwrap().contains(view)));
+
+    fails_with(
+        &["popular", "--trace", &trace, "--min-share", "0"],
+        &["--min-share", "above 0 and at most 1", "got 0"],
+    );
+    fails_with(
+        &[
+            "popular",
+            "--trace",
+            &dir.join("absent").display().to_string(),
+        ],
+        &["cannot open"],
+    );
+    // run: the flags need each other and the tilewarm policy.
+    let run = |extra: &[&str]| -> Vec<String> {
+        ["run", "--trace", trace.as_str(), "--data", "synthetic:2000"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    fails_with(
+        &run(&["--tw-popular-min-share", "0.5"]),
+        &["--tw-popular-min-share", "give --tw-popular-from too"],
+    );
+    fails_with(
+        &run(&["--policies", "lru", "--tw-popular-from", &trace]),
+        &["--tw-popular-from sets the tilewarm policy"],
+    );
+    fails_with(
+        &run(&["--tw-popular-from", &trace, "--tw-popular-min-share", "2"]),
+        &["--tw-popular-min-share", "above 0 and at most 1"],
+    );
+    let out = sim(&run(&["--tw-popular-from", &trace]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
