@@ -9,7 +9,7 @@ import { Engine, takeFreed } from './tilewarm.js';
 // src/wasm/options.rs), so they are the engine's.
 import {
   TRANSMIT, CANCEL, UPDATED, COMPLETE, ERROR, WAKEUP, FREED, CHANGED, TILES_STATES, TILES_LOAD, TILES_READ,
-  TILES_PREFETCH, TILES_RELEASE, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
+  TILES_PREFETCH, TILES_RELEASE, TILES_POPULAR, TILES_POPULAR_OFF, FAILED_TIMEOUT, FAILED_NETWORK, FAILED_HTTP,
   FAILED_INVALID, FAILED_UNAUTHORIZED, FAILURE_CODES, CODES, ERROR_CLASSES, ERR_INVALID_ARG_TYPE,
   ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_DISPOSED, ERR_TOO_MANY_TILES, REQUEST_KINDS, TILE_STATES, TIERS,
   STATS, FLAGS, OPTIONS, GROUPS, NUMBERS, MAX_BODY_BYTES, TILE_Z, TILE_X, BOUNDS_HEADER, ACCESS_HEADER,
@@ -592,6 +592,21 @@ export class TileCache {
     }
     this.#run(out, 1, 1);
     return nums[0];
+  }
+
+  /** Limits prefetch to where earlier sessions looked: tiles "z/x/y" (data tiles, or coarser
+   * ones for every data tile under them), or null for no limit. The view is fetched
+   * wherever it is; the next setViewport plans with it. See index.d.ts. */
+  setPopularTiles(tiles) {
+    this.#alive();
+    if (tiles !== null && !(Array.isArray(tiles) && tiles.every((t) => typeof t === 'string'))) {
+      throw argError(TypeError, ERR_INVALID_ARG_TYPE, `tiles must be an array of strings "z/x/y" or null, got ${show(tiles)}`);
+    }
+    try {
+      this.#engine.tiles(tiles === null ? TILES_POPULAR_OFF : TILES_POPULAR, tiles ?? [], this.#now());
+    } catch (e) {
+      throw thrown(e, () => tiles);
+    }
   }
 
   /** The state of each data tile, in order: 'loaded', 'prefetched' (fetched ahead and not

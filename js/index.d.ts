@@ -234,6 +234,17 @@ export class TileCache<Data = unknown> {
    * listeners hear of it at once. Visible tiles that emptied are fetched again: at once, or
    * in a hidden page that waits for nothing when it is shown again (or asks, as above). */
   invalidate(what: Invalidation): number;
+  /**
+   * Limits prefetch to where earlier sessions looked: only these tiles (data tiles, or
+   * coarser ones standing for every data tile under them) are fetched ahead; the view is
+   * fetched wherever it is. `null` lifts the limit (the default). The next `setViewport`
+   * plans with it. Where a map's users look at the same places it cuts what prefetch
+   * fetches and nobody sees; where interest is spread evenly it costs complete views
+   * (docs/BENCHMARKS.md, "Where earlier sessions looked"). `tilewarm-sim popular` makes
+   * the list from logged viewports. Throws as `tileStates` does for a bad tile, and a
+   * RangeError (`ERR_INVALID_TILE`) for one finer than `tileZoom`, with the limit unchanged.
+   */
+  setPopularTiles(tiles: TileString[] | string[] | null): void;
   /** The state of each tile, in order (a tile not at `tileZoom` is never `loaded` or
    * `prefetched`). Throws a TypeError (`ERR_INVALID_TILE`) for a string that is not a tile
    * `z/x/y`, a RangeError (`ERR_INVALID_TILE`) for one that names no tile (`1/5/5`), the bad

@@ -60,6 +60,13 @@ export const TILES_PREFETCH = 3;
  * shown, kept from eviction) unless visible.
  */
 export const TILES_RELEASE = 4;
+/**
+ * `setPopularTiles(tiles)`: prefetch asks only for these tiles and the data tiles under them
+ * (`Client::set_popular_tiles`); nothing handed back.
+ */
+export const TILES_POPULAR = 5;
+/** `setPopularTiles(null)`: prefetch is not limited (the tiles are ignored). */
+export const TILES_POPULAR_OFF = 6;
 /** Failure codes for `Engine.failure`; the `code` of the page's error is at that index. */
 export const FAILED_TIMEOUT = 0;
 export const FAILED_NETWORK = 1;

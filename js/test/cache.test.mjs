@@ -204,6 +204,52 @@ test('tileStates: in flight, loaded, prefetched and missing data tiles; bad tile
   cache.dispose();
 });
 
+test('setPopularTiles: prefetch asks only for the popular tiles, the view wherever it is; null lifts it; bad lists throw', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 1, lookaheadMs: 0, viewRing: 0 }, batch: { coalesceLevels: 0 } });
+  const v = viewOf(SX, SY);
+  const visible = viewTiles(v);
+  const [, x0, y0] = visible[0].split('/').map(Number);
+  // West of the view, in ring 1; a coarse tile far away stands for the data tiles under it.
+  const west = `14/${x0 - 1}/${y0}`;
+  assert.equal(cache.setPopularTiles([west, `10/${x0 >> 4}/${(y0 >> 4) + 8}`]), undefined);
+  cache.setViewport(v);
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  const asked = backend.requests.flatMap((r) => r.tiles);
+  assert.deepEqual(asked.filter((t) => !visible.includes(t)), [west], 'only the popular ring tile');
+  assert.deepEqual(cache.tileStates(visible), visible.map(() => 'loaded'), 'the view, not popular, is fetched');
+  // Bad lists throw and keep the limit.
+  assert.throws(() => cache.setPopularTiles(['14/1']), {
+    name: 'TypeError', code: 'ERR_INVALID_TILE', message: `tiles[0]: invalid tile "14/1": expected z/x/y, three integers separated by '/'`,
+  });
+  assert.throws(() => cache.setPopularTiles([west, '16/1/1']), {
+    name: 'RangeError', code: 'ERR_INVALID_TILE',
+    message: 'tiles: popular tiles must be data tiles (zoom 14) or coarser ones, got one at zoom 16',
+  });
+  for (const bad of [undefined, '14/1/1', [14]]) {
+    assert.throws(() => cache.setPopularTiles(bad), {
+      name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: new RegExp('^tiles must be an array of strings "z/x/y" or null, got '),
+    });
+  }
+  // A pan east: still limited, so the new ring is not fetched.
+  const before = backend.requests.length;
+  cache.setViewport(viewOf(SX + 1, SY));
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  const moved = viewTiles(viewOf(SX + 1, SY));
+  assert.deepEqual(backend.requests.slice(before).flatMap((r) => r.tiles).filter((t) => !moved.includes(t)), []);
+  // Lifted: the next view prefetches its whole ring.
+  cache.setPopularTiles(null);
+  const after = backend.requests.length;
+  cache.setViewport(viewOf(SX + 2, SY));
+  await cache.whenComplete();
+  await until(() => cache.stats().inFlight === 0, 'prefetch');
+  const far = viewTiles(viewOf(SX + 2, SY));
+  assert.ok(backend.requests.slice(after).flatMap((r) => r.tiles).some((t) => !far.includes(t)));
+  cache.dispose();
+});
+
 /** A cache on a clock the test sets (`clock.now`, in ms) with the prefetch off, the view of
  * one data tile (`v`) loaded. */
 async function loadedOnClock() {

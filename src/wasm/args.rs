@@ -75,7 +75,7 @@ impl ArgError {
     }
 
     /// A message that shows no argument's value.
-    fn text(kind: ErrorClass, code: Code, message: String) -> ArgError {
+    pub(crate) fn text(kind: ErrorClass, code: Code, message: String) -> ArgError {
         ArgError {
             kind,
             code,

@@ -30,6 +30,7 @@ use crate::batch::{Failure, RequestId};
 use crate::cache::{CacheItem, Invalidate};
 use crate::client::{Answered, ChangedTiles, Client, Event, Received, ViewOutcome};
 use crate::clock::HostTime;
+use crate::planner::PopularTiles;
 use crate::protocol::{BatchResponse, ErrorCode, Item, TileList};
 use crate::tile::{Bbox, TileId};
 
@@ -489,6 +490,15 @@ impl Engine {
                 return Ok(self.prefetch(&data, now));
             }
             TileOp::Release => self.client.release_tiles(&parsed, now),
+            TileOp::Popular | TileOp::PopularOff => {
+                let popular = (op == TileOp::Popular).then(|| PopularTiles::new(parsed));
+                if let Err(e) = self.client.set_popular_tiles(popular) {
+                    let e =
+                        ArgError::text(ErrorClass::Range, Code::InvalidTile, format!("tiles: {e}"));
+                    return Err(thrown(e));
+                }
+                return Ok(out.finish());
+            }
         }
         self.pump(&mut out, now);
         Ok(out.finish())
