@@ -30,7 +30,7 @@ use tilewarm::cache::{parse_bounds, CacheItem, Invalidate};
 use tilewarm::client::{
     Answered, ChangedTiles, Client, ClientStats, Event, Received, TileState, ViewTooLarge,
 };
-use tilewarm::planner::Viewport;
+use tilewarm::planner::{PopularTiles, Viewport};
 use tilewarm::protocol::{
     decode_response, BatchResponse, Item as WireItem, Limits, ACCESS_HEADER, BOUNDS_HEADER,
 };
@@ -813,6 +813,21 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         drop(st);
         Inner::start(&self.inner, sends);
         Ok(n)
+    }
+
+    /// Limits prefetch to where earlier sessions looked, as the npm package's
+    /// `setPopularTiles`: only these tiles (data tiles, or coarser ones standing for every
+    /// data tile under them) are fetched ahead; the view is fetched wherever it is. `None`
+    /// lifts the limit (the default). The next [`TileCache::set_viewport`] plans with it. A
+    /// tile finer than `tileZoom` is an `InvalidTile` error, with the limit unchanged. See
+    /// [`ViewCounts`](tilewarm::planner::ViewCounts) for making the list.
+    pub fn set_popular_tiles(&self, tiles: Option<&[TileId]>) -> Result<(), Error> {
+        let mut st = self.inner.lock();
+        st.alive()?;
+        let popular = tiles.map(|t| PopularTiles::new(t.iter().copied()));
+        st.client
+            .set_popular_tiles(popular)
+            .map_err(|e| Error::new(ErrorCode::InvalidTile, e.to_string()))
     }
 
     /// [`TileCache::prefetch`] of a viewport, as [`TileCache::set_viewport`] takes it (the

@@ -1597,6 +1597,44 @@ async fn prefetch_warm_below_min_zoom_and_budget_change_what_is_prefetched() {
     assert_eq!((requests, tiles), (1, 1));
 }
 
+/// `set_popular_tiles`: prefetch asks for the popular tiles alone, the view wherever it
+/// is; a list with a tile finer than `tileZoom` is refused and the limit kept.
+#[wasm_bindgen_test]
+async fn popular_tiles_limit_prefetch_to_them() {
+    let s = "popular";
+    let mut o = options(s, 1, 0);
+    // Prefetch areas as data tiles, so the tiles asked for are counted as they are.
+    o.batch.coalesce_levels = Some(0);
+    let cache: TileCache = TileCache::new(&o).unwrap();
+    let east = tile(1, 0);
+    cache.set_popular_tiles(Some(&[east])).unwrap();
+    let fine = TileId::new(16, 1, 1).unwrap();
+    let e = cache.set_popular_tiles(Some(&[east, fine])).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidTile, "{e}");
+    assert!(
+        e.message.contains(
+            "popular tiles must be data tiles (zoom 14) or coarser ones, got one at zoom 16"
+        ),
+        "{e}"
+    );
+    let view = show(&cache, inside(tile(0, 0)));
+    assert!(!view.complete);
+    cache.when_complete().await.unwrap();
+    wait_until("the prefetch has arrived", || async {
+        let st = cache.stats();
+        st.in_flight == 0 && st.prefetch_tiles_fetched > 0
+    })
+    .await;
+    let requests = cache.stats().batch.requests;
+    wait_until("the requests reached the proxy", || async {
+        log(s).await.0 >= requests
+    })
+    .await;
+    let mut asked = asked_tiles(s, requests as usize).await;
+    asked.sort();
+    assert_eq!(asked, [tile(0, 0).to_string(), east.to_string()]);
+}
+
 /// The page's `document.cookie` (set or cleared), without web-sys's `HtmlDocument`.
 fn set_cookie(cookie: &str) {
     let doc = web_sys::window().unwrap().document().unwrap();
