@@ -915,11 +915,14 @@ impl<P> Client<P> {
         self.complete = self.refresh_foreground(now_ms);
     }
 
-    /// Limits prefetch to the tiles earlier sessions viewed (see
+    /// Limits the planner's prefetch to the tiles earlier sessions viewed (see
     /// [`ViewCounts`](crate::planner::ViewCounts)), or, with `None`, lifts the limit; the
-    /// visible tiles are asked for wherever they are. The next viewport set is planned with
-    /// it (prefetch already queued stays queued). A list with a tile finer than the data
-    /// tiles is refused, with nothing changed.
+    /// visible tiles are asked for wherever they are. A coarse tile the batcher asks for
+    /// because half its block is queued still brings the rest of the block, and
+    /// [`prefetch`](Self::prefetch) destinations and loading tiles are not limited. The next
+    /// viewport set is planned with it, even the same view (until then the queues stay as
+    /// they are). A list with a tile finer than the data tiles is refused, with nothing
+    /// changed.
     pub fn set_popular_tiles(&mut self, tiles: Option<PopularTiles>) -> Result<(), PopularTooFine> {
         self.planner.set_popular(tiles)?;
         self.changed();

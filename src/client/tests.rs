@@ -3662,3 +3662,76 @@ fn popular_tiles_limit_prefetch_and_never_the_view() {
         .iter()
         .any(|t| !popular.contains(*t) && !c.visible_tiles().contains(t)));
 }
+
+/// A round that found every tile it asked about fresh stands for the tiles it wanted
+/// (`FreshTiles`): with popular tiles set, the tiles outside them were never asked about,
+/// so a view that pans onto one is not taken as fresh and is fetched. Setting or lifting
+/// the list replans the same view at once.
+#[test]
+fn a_tile_left_out_by_popular_tiles_is_not_taken_as_fresh() {
+    use crate::planner::PopularTiles;
+    let o = origin();
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            coalesce_min_share: 100,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_popular_tiles(Some(PopularTiles::new([seattle()])))
+        .unwrap();
+    c.set_viewport(view(0.9), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    // Every tile this round asks about (the view's, all popular) is fresh.
+    c.set_viewport(view(0.8), 1, |_, _| {});
+    assert!(c.poll_request(1).is_none());
+    let east = seattle().offset(1, 0).unwrap();
+    let out = c.set_viewport(view_east(0.9, 1), 2, |_, _| {});
+    assert_eq!(c.visible_tiles(), [east]);
+    assert!(!out.complete, "the tile east was never fetched");
+    let asked = answer_all_asked(&mut c, &o, 2);
+    assert_eq!(asked, [east]);
+    assert!(c.is_complete());
+
+    // The same view again within REPLAN_MS: with the list lifted it is planned anew, and
+    // its neighbourhood prefetched.
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            coalesce_min_share: 100,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_popular_tiles(Some(PopularTiles::new([seattle()])))
+        .unwrap();
+    c.set_viewport(view(0.9), 0, |_, _| {});
+    answer_all(&mut c, &o, 0);
+    c.set_viewport(view(0.9), 1, |_, _| {});
+    assert!(c.poll_request(1).is_none());
+    c.set_popular_tiles(None).unwrap();
+    c.set_viewport(view(0.9), 2, |_, _| {});
+    let asked = answer_all_asked(&mut c, &o, 2);
+    assert!(
+        !asked.is_empty() && !asked.contains(&seattle()),
+        "{asked:?}"
+    );
+    // And set again: nothing more.
+    c.set_popular_tiles(Some(PopularTiles::new([seattle()])))
+        .unwrap();
+    c.set_viewport(view(0.9), 3, |_, _| {});
+    assert!(c.poll_request(3).is_none());
+}
+
+/// An empty list of popular tiles stops the planner's prefetch; the view is still fetched.
+#[test]
+fn an_empty_list_of_popular_tiles_stops_prefetch_not_the_view() {
+    use crate::planner::PopularTiles;
+    let o = origin();
+    let mut c = client(ClientConfig::default());
+    c.set_popular_tiles(Some(PopularTiles::default())).unwrap();
+    c.set_viewport(view(1.0), 0, |_, _| {});
+    let visible = c.visible_tiles().to_vec();
+    let asked = answer_all_asked(&mut c, &o, 0);
+    assert!(c.is_complete());
+    assert!(asked.iter().all(|t| visible.iter().any(|v| t.contains(*v))), "{asked:?}");
+}

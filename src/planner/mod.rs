@@ -31,6 +31,7 @@
 //! simulator alike.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::cache::{Refresh, TileFreshness};
 use crate::tile::{
@@ -308,6 +309,9 @@ pub struct Plan {
     /// prefetch for a tile outside them may be aborted. See [`Plan::wants`].
     cover: Option<CoverRange>,
     areas: Option<Marks>,
+    /// The popular tiles the round was limited to ([`Planner::set_popular`]): a candidate
+    /// outside them was never asked about, so it is not wanted.
+    popular: Option<Arc<PopularTiles>>,
     /// The view's centre (data-tile coordinates), its size in tiles and `keep_views`:
     /// see [`Plan::wants`].
     keep: Option<(TilePoint, f64, f64, f64)>,
@@ -335,7 +339,12 @@ impl Plan {
     /// Whether `tile` is visible or a candidate of this round (before the budget).
     pub(crate) fn wanted(&self, tile: TileId) -> bool {
         self.cover.is_some_and(|c| c.contains(tile))
-            || self.areas.as_ref().is_some_and(|a| a.contains(tile))
+            || (self.areas.as_ref().is_some_and(|a| a.contains(tile)) && self.popular(tile))
+    }
+
+    /// Whether `tile` is popular, or no list limits the round.
+    fn popular(&self, tile: TileId) -> bool {
+        self.popular.as_ref().is_none_or(|p| p.contains(tile))
     }
 
     /// Every tile this round wants (visible and all candidates before the budget), in no
@@ -344,7 +353,7 @@ impl Plan {
         let mut out: Vec<TileId> = self.cover.iter().flat_map(|c| c.tiles()).collect();
         if let Some(a) = &self.areas {
             a.each(|t, _| {
-                if !self.cover.is_some_and(|c| c.contains(t)) {
+                if !self.cover.is_some_and(|c| c.contains(t)) && self.popular(t) {
                     out.push(t);
                 }
             });
@@ -393,8 +402,9 @@ pub struct Room<'a> {
 pub struct Planner {
     config: PlannerConfig,
     history: VecDeque<Sample>,
-    /// When set, prefetch asks only for these tiles ([`Planner::set_popular`]).
-    popular: Option<PopularTiles>,
+    /// When set, prefetch asks only for these tiles ([`Planner::set_popular`]); shared
+    /// with each round's [`Plan`], whose wanted tiles it limits too.
+    popular: Option<Arc<PopularTiles>>,
 }
 
 impl Planner {
@@ -409,21 +419,22 @@ impl Planner {
     }
 
     /// Limits prefetch to `tiles` (see [`ViewCounts`]), or, with `None`, lifts the limit.
-    /// The visible tiles are asked for wherever they are. A list with a tile finer than the
-    /// data tiles is refused, with nothing changed.
+    /// The visible tiles are asked for wherever they are; a tile outside the list is not
+    /// among a round's candidates ([`Plan::wanted_tiles`]). A list with a tile finer than
+    /// the data tiles is refused, with nothing changed.
     pub fn set_popular(&mut self, tiles: Option<PopularTiles>) -> Result<(), PopularTooFine> {
         let tile_zoom = self.config.tile_zoom;
         let zoom = tiles.as_ref().and_then(PopularTiles::max_zoom);
         if let Some(zoom) = zoom.filter(|&z| z > tile_zoom) {
             return Err(PopularTooFine { zoom, tile_zoom });
         }
-        self.popular = tiles;
+        self.popular = tiles.map(Arc::new);
         Ok(())
     }
 
     /// The tiles prefetch is limited to, if any.
     pub fn popular(&self) -> Option<&PopularTiles> {
-        self.popular.as_ref()
+        self.popular.as_deref()
     }
 
     /// The configuration.
@@ -573,6 +584,7 @@ impl Planner {
         };
         let (todo, areas) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
+        plan.popular = self.popular.clone();
         let mut budget = self.round_budget(viewport, visible.len());
         if let Some(room) = &room {
             let shown = visible.iter().filter(|&&t| takes_room(t)).count();

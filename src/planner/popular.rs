@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use super::PlannerError;
-use crate::tile::{TileId, TileSet};
+use crate::tile::{TileId, TileSet, MAX_ZOOM};
 
 /// Tiles that prefetch is limited to: data tiles, or coarser tiles that stand for every
 /// data tile under them. Each is kept once.
@@ -67,7 +67,7 @@ impl PopularTiles {
     /// that answers [`contains`](Self::contains) differently.
     pub fn compact(&self) -> PopularTiles {
         let mut tiles: Vec<TileId> = self.iter().collect();
-        for z in (1..=24).rev() {
+        for z in (1..=MAX_ZOOM).rev() {
             if self.zooms >> z == 0 {
                 continue;
             }
@@ -124,9 +124,10 @@ impl ViewCounts {
         seen.sort_unstable();
         seen.dedup();
         for t in seen {
-            *self.counts.entry(t).or_default() += 1;
+            let n = self.counts.entry(t).or_default();
+            *n = n.saturating_add(1);
         }
-        self.sessions += 1;
+        self.sessions = self.sessions.saturating_add(1);
     }
 
     /// Sessions added.
@@ -149,11 +150,11 @@ impl ViewCounts {
                 allowed: "a number above 0 and at most 1",
             });
         }
-        let need = min_share * f64::from(self.sessions);
+        let sessions = f64::from(self.sessions);
         Ok(PopularTiles::new(
             self.counts
                 .iter()
-                .filter(|&(_, &c)| f64::from(c) >= need && c > 0)
+                .filter(|&(_, &c)| c > 0 && f64::from(c) / sessions >= min_share)
                 .map(|(&t, _)| TileId::from_packed(t)),
         ))
     }
@@ -233,6 +234,27 @@ mod tests {
         assert_eq!(tiles(0.25), [a, b, c]);
         assert_eq!(tiles(0.01), [a, b, c]);
         assert!(ViewCounts::new().popular(0.5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_share_is_compared_as_a_share_not_a_rounded_count() {
+        // 0.28 x 25 is 7.000000000000001 in f64: a tile 7 of 25 sessions viewed (28%) is
+        // popular at 0.28.
+        let mut v = ViewCounts::new();
+        let a = t("14/1/1");
+        for i in 0..25 {
+            v.add_session(if i < 7 { vec![a] } else { vec![] });
+        }
+        assert!(v.popular(0.28).unwrap().contains(a));
+        assert!(!v.popular(0.29).unwrap().contains(a));
+    }
+
+    #[test]
+    fn the_root_tile_covers_every_tile() {
+        let p = PopularTiles::new([TileId::ROOT]);
+        for s in ["0/0/0", "1/1/0", "14/2624/5721", "24/16777215/0"] {
+            assert!(p.contains(t(s)), "{s}");
+        }
     }
 
     #[test]
