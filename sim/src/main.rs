@@ -489,9 +489,22 @@ fn cmd_popular(a: PopularArgs) -> Result<(), String> {
     let file = File::open(&a.trace).map_err(|e| format!("cannot open {}: {e}", a.trace))?;
     let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{}: {e}", a.trace))?;
     let counts = sim::view_counts(&planner, &sessions);
+    let share = a.min_share.unwrap_or(0.4);
     let popular = counts
-        .popular(a.min_share.unwrap_or(0.4))
+        .popular(share)
         .map_err(|e| format!("--min-share: {e}"))?;
+    if popular.is_empty() {
+        // An empty list would stop a page's prefetch altogether.
+        return Err(format!(
+            "no data tile was in view in at least {share} of the {} sessions of {} (at \
+             --tile-zoom {} and --min-zoom {}): nothing to list; give a lower --min-share, or \
+             the page's --min-zoom if views below the default 12 show data",
+            counts.sessions(),
+            a.trace,
+            planner.config().tile_zoom,
+            planner.config().min_zoom
+        ));
+    }
     let names: Vec<String> = popular.compact().iter().map(|t| t.to_string()).collect();
     let mut out = output(a.out.as_deref())?;
     serde_json::to_writer(&mut out, &names).map_err(|e| e.to_string())?;

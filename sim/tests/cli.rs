@@ -356,6 +356,16 @@ fn popular_lists_the_tiles_a_share_of_the_sessions_viewed() {
         ],
         &["cannot open"],
     );
+    // Every view below --min-zoom: an empty list would stop a page's prefetch.
+    fails_with(
+        &["popular", "--trace", &trace, "--min-zoom", "15"],
+        &[
+            "no data tile was in view",
+            "2 sessions",
+            "--min-zoom 15",
+            "nothing to list",
+        ],
+    );
     // run: the flags need each other and the tilewarm policy.
     let run = |extra: &[&str]| -> Vec<String> {
         ["run", "--trace", trace.as_str(), "--data", "synthetic:2000"]
