@@ -235,10 +235,12 @@ export class TileCache<Data = unknown> {
    * in a hidden page that waits for nothing when it is shown again (or asks, as above). */
   invalidate(what: Invalidation): number;
   /**
-   * Limits prefetch to where earlier sessions looked: only these tiles (data tiles, or
-   * coarser ones standing for every data tile under them) are fetched ahead; the view is
-   * fetched wherever it is. `null` lifts the limit (the default). The next `setViewport`
-   * plans with it. Where a map's users look at the same places it cuts what prefetch
+   * Limits the planner's prefetch to where earlier sessions looked: only these tiles (data
+   * tiles, or coarser ones standing for every data tile under them) are fetched ahead (a
+   * coarse tile asked for because half its block is queued still brings the rest of the
+   * block; `prefetch` destinations and `loadTiles` are not limited; `[]` stops the
+   * planner's prefetch); the view is fetched wherever it is. `null` lifts the limit (the
+   * default). The next `setViewport` plans with it. Where a map's users look at the same places it cuts what prefetch
    * fetches and nobody sees; where interest is spread evenly it costs complete views
    * (docs/BENCHMARKS.md, "Where earlier sessions looked"). `tilewarm-sim popular` makes
    * the list from logged viewports. Throws as `tileStates` does for a bad tile, and a

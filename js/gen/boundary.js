@@ -61,8 +61,8 @@ export const TILES_PREFETCH = 3;
  */
 export const TILES_RELEASE = 4;
 /**
- * `setPopularTiles(tiles)`: prefetch asks only for these tiles and the data tiles under them
- * (`Client::set_popular_tiles`); nothing handed back.
+ * `setPopularTiles(tiles)`: the planner's prefetch asks only for these tiles and the data tiles
+ * under them (`Client::set_popular_tiles`); nothing handed back.
  */
 export const TILES_POPULAR = 5;
 /** `setPopularTiles(null)`: prefetch is not limited (the tiles are ignored). */

@@ -135,8 +135,8 @@ codes! {
         /// Settled or aborted loads: these data tiles are no longer loading (queued while
         /// they cannot be shown, kept from eviction) unless visible.
         Release = 4 => "TILES_RELEASE",
-        /// `setPopularTiles(tiles)`: prefetch asks only for these tiles and the data tiles
-        /// under them (`Client::set_popular_tiles`); nothing handed back.
+        /// `setPopularTiles(tiles)`: the planner's prefetch asks only for these tiles and the
+        /// data tiles under them (`Client::set_popular_tiles`); nothing handed back.
         Popular = 5 => "TILES_POPULAR",
         /// `setPopularTiles(null)`: prefetch is not limited (the tiles are ignored).
         PopularOff = 6 => "TILES_POPULAR_OFF",

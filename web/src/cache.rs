@@ -815,9 +815,11 @@ impl<T: DeserializeOwned + 'static> TileCache<T> {
         Ok(n)
     }
 
-    /// Limits prefetch to where earlier sessions looked, as the npm package's
+    /// Limits the planner's prefetch to where earlier sessions looked, as the npm package's
     /// `setPopularTiles`: only these tiles (data tiles, or coarser ones standing for every
-    /// data tile under them) are fetched ahead; the view is fetched wherever it is. `None`
+    /// data tile under them) are fetched ahead (a coarse tile asked for because half its
+    /// block is queued still brings the rest; [`TileCache::prefetch`] and
+    /// [`TileCache::load_tiles`] are not limited); the view is fetched wherever it is. `None`
     /// lifts the limit (the default). The next [`TileCache::set_viewport`] plans with it. A
     /// tile finer than `tileZoom` is an `InvalidTile` error, with the limit unchanged. See
     /// [`ViewCounts`](tilewarm::planner::ViewCounts) for making the list.
