@@ -3733,5 +3733,8 @@ fn an_empty_list_of_popular_tiles_stops_prefetch_not_the_view() {
     let visible = c.visible_tiles().to_vec();
     let asked = answer_all_asked(&mut c, &o, 0);
     assert!(c.is_complete());
-    assert!(asked.iter().all(|t| visible.iter().any(|v| t.contains(*v))), "{asked:?}");
+    assert!(
+        asked.iter().all(|t| visible.iter().any(|v| t.contains(*v))),
+        "{asked:?}"
+    );
 }

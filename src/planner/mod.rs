@@ -1567,6 +1567,19 @@ mod tests {
                     expect.sort_unstable();
                     prop_assert_eq!(&wanted, &expect);
                     prop_assert!(wanted.iter().all(|&t| plan.wants(t)));
+                    // With a popular list (about half the candidates), exactly the visible
+                    // tiles and the listed candidates: what a fresh round stands for.
+                    let listed: Vec<TileId> = want.iter().map(|&(_, t)| TileId::from_packed(t))
+                        .filter(|t| (t.x() ^ t.y()) & 1 == 0).collect();
+                    let mut limited = p.clone();
+                    limited.set_popular(Some(PopularTiles::new(listed.iter().copied()))).unwrap();
+                    let plan = limited.plan_observed(&vp, &seen, unknown, none_in_flight, None).unwrap();
+                    let mut wanted = plan.wanted_tiles();
+                    wanted.sort_unstable();
+                    let mut expect: Vec<TileId> = visible.iter().copied().chain(listed.iter().copied()).collect();
+                    expect.sort_unstable();
+                    prop_assert_eq!(&wanted, &expect);
+                    prop_assert!(plan.prefetch.iter().all(|w| listed.contains(&w.tile())));
                     prop_assert_eq!(got, want);
                 }
             }
