@@ -391,18 +391,11 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     cfg.validate(&policies)?;
     if let Some(from) = &a.tw_popular_from {
         let share = a.tw_popular_min_share.unwrap_or(0.4);
-        let file = File::open(from).map_err(|e| format!("cannot open {from}: {e}"))?;
-        let earlier = trace::parse(BufReader::new(file)).map_err(|e| format!("{from}: {e}"))?;
         let planner = tilewarm::planner::Planner::new(cfg.planner_for(Policy::Tilewarm))
             .map_err(|e| e.to_string())?;
-        let counts = sim::view_counts(&planner, &earlier);
-        cfg.popular = Some(
-            counts
-                .popular(share)
-                .map_err(|e| format!("--tw-popular-min-share: {e}"))?
-                // As `popular` writes it for a page.
-                .compact(),
-        );
+        let (_, popular) = popular_tiles(from, &planner, share, "--tw-popular-min-share")?;
+        // As `popular` writes it for a page.
+        cfg.popular = Some(popular.compact());
     }
     let file = File::open(&trace_path).map_err(|e| format!("cannot open {trace_path}: {e}"))?;
     let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{trace_path}: {e}"))?;
@@ -478,6 +471,40 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     writeln!(out, "{text}").map_err(|e| e.to_string())
 }
 
+/// The data tiles at least `share` of the sessions of the trace at `path` had in view, by
+/// `planner`'s visible tiles, with the counts; `share_flag` names the share's flag in
+/// errors. An empty list is an error: it would stop a page's prefetch altogether.
+fn popular_tiles(
+    path: &str,
+    planner: &tilewarm::planner::Planner,
+    share: f64,
+    share_flag: &str,
+) -> Result<
+    (
+        tilewarm::planner::ViewCounts,
+        tilewarm::planner::PopularTiles,
+    ),
+    String,
+> {
+    let file = File::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{path}: {e}"))?;
+    let counts = sim::view_counts(planner, &sessions);
+    let popular = counts
+        .popular(share)
+        .map_err(|e| format!("{share_flag}: {e}"))?;
+    if popular.is_empty() {
+        return Err(format!(
+            "no data tile was in view in at least {share} of the {} sessions of {path} (at \
+             --tile-zoom {} and --min-zoom {}): nothing to list; give a lower {share_flag}, or \
+             the page's --min-zoom if views below the default 12 show data",
+            counts.sessions(),
+            planner.config().tile_zoom,
+            planner.config().min_zoom
+        ));
+    }
+    Ok((counts, popular))
+}
+
 fn cmd_popular(a: PopularArgs) -> Result<(), String> {
     let d = SimConfig::default();
     let planner = tilewarm::planner::Planner::new(tilewarm::planner::PlannerConfig {
@@ -486,25 +513,12 @@ fn cmd_popular(a: PopularArgs) -> Result<(), String> {
         ..tilewarm::planner::PlannerConfig::default()
     })
     .map_err(|e| e.to_string())?;
-    let file = File::open(&a.trace).map_err(|e| format!("cannot open {}: {e}", a.trace))?;
-    let sessions = trace::parse(BufReader::new(file)).map_err(|e| format!("{}: {e}", a.trace))?;
-    let counts = sim::view_counts(&planner, &sessions);
-    let share = a.min_share.unwrap_or(0.4);
-    let popular = counts
-        .popular(share)
-        .map_err(|e| format!("--min-share: {e}"))?;
-    if popular.is_empty() {
-        // An empty list would stop a page's prefetch altogether.
-        return Err(format!(
-            "no data tile was in view in at least {share} of the {} sessions of {} (at \
-             --tile-zoom {} and --min-zoom {}): nothing to list; give a lower --min-share, or \
-             the page's --min-zoom if views below the default 12 show data",
-            counts.sessions(),
-            a.trace,
-            planner.config().tile_zoom,
-            planner.config().min_zoom
-        ));
-    }
+    let (counts, popular) = popular_tiles(
+        &a.trace,
+        &planner,
+        a.min_share.unwrap_or(0.4),
+        "--min-share",
+    )?;
     let names: Vec<String> = popular.compact().iter().map(|t| t.to_string()).collect();
     let mut out = output(a.out.as_deref())?;
     serde_json::to_writer(&mut out, &names).map_err(|e| e.to_string())?;

@@ -386,6 +386,14 @@ fn popular_lists_the_tiles_a_share_of_the_sessions_viewed() {
         &run(&["--tw-popular-from", &trace, "--tw-popular-min-share", "2"]),
         &["--tw-popular-min-share", "above 0 and at most 1"],
     );
+    fails_with(
+        &run(&["--tw-popular-from", &trace, "--min-zoom", "15"]),
+        &[
+            "no data tile was in view",
+            "--tw-popular-min-share",
+            "nothing to list",
+        ],
+    );
     let out = sim(&run(&["--tw-popular-from", &trace]));
     assert!(
         out.status.success(),
