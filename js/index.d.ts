@@ -240,9 +240,10 @@ export class TileCache<Data = unknown> {
    * coarse tile asked for because half its block is queued still brings the rest of the
    * block; `prefetch` destinations and `loadTiles` are not limited; `[]` stops the
    * planner's prefetch); the view is fetched wherever it is. `null` lifts the limit (the
-   * default). The next `setViewport` plans with it. Where a map's users look at the same places it cuts what prefetch
-   * fetches and nobody sees; where interest is spread evenly it costs complete views
-   * (docs/BENCHMARKS.md, "Where earlier sessions looked"). `tilewarm-sim popular` makes
+   * default). The next `setViewport` plans with it. Where a map's users look at the same
+   * places it cuts what prefetch fetches and nobody sees; where interest is spread evenly
+   * it costs complete views and foreground requests (docs/BENCHMARKS.md, "Where earlier
+   * sessions looked"). `tilewarm-sim popular` makes
    * the list from logged viewports. Throws as `tileStates` does for a bad tile, and a
    * RangeError (`ERR_INVALID_TILE`) for one finer than `tileZoom`, with the limit unchanged.
    */

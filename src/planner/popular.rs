@@ -9,8 +9,8 @@
 //! prefetch asks only for those; the visible tiles are always asked for.
 //!
 //! Off unless set. It pays where interest is shared and costs views where it is not (on
-//! the simulator's synthetic sessions, which go everywhere, it completed fewer views and
-//! fetched as many items): docs/BENCHMARKS.md, "Where earlier sessions looked".
+//! the simulator's synthetic sessions, which go everywhere, it completed fewer views, sent
+//! more foreground requests and fetched as many items): docs/BENCHMARKS.md, "Where earlier sessions looked".
 
 use std::collections::HashMap;
 
