@@ -10,7 +10,8 @@
 //!
 //! Off unless set. It pays where interest is shared and costs views where it is not (on
 //! the simulator's synthetic sessions, which go everywhere, it completed fewer views, sent
-//! more foreground requests and fetched as many items): docs/BENCHMARKS.md, "Where earlier sessions looked".
+//! more foreground requests and fetched as many items): docs/BENCHMARKS.md, "Where earlier
+//! sessions looked".
 
 use std::collections::HashMap;
 
