@@ -175,16 +175,49 @@ impl Marks {
         }
     }
 
+    /// The grid cell of `tile`, when it lies in the union (a sparse set marks only tiles
+    /// that do).
+    fn cell(&self, tile: TileId) -> Option<usize> {
+        let (col, row) = (i64::from(tile.x()) - self.x0, i64::from(tile.y()) - self.y0);
+        if tile.z() != self.z || !(0..self.h).contains(&row) {
+            return None;
+        }
+        let col = col.rem_euclid(self.n);
+        (col < self.w).then_some((row * self.w + col) as usize)
+    }
+
     /// Whether an area covers `tile`.
     pub(super) fn contains(&self, tile: TileId) -> bool {
-        let (col, row) = (i64::from(tile.x()) - self.x0, i64::from(tile.y()) - self.y0);
         match &self.cells {
-            _ if tile.z() != self.z || !(0..self.h).contains(&row) => false,
-            Cells::Grid(g) => {
-                let col = col.rem_euclid(self.n);
-                col < self.w && g.get((row * self.w + col) as usize).is_some_and(|&m| m > 0)
-            }
+            Cells::Grid(g) => self
+                .cell(tile)
+                .and_then(|i| g.get(i))
+                .is_some_and(|&m| m > 0),
             Cells::Sparse(marked, _) => marked.contains(&tile),
+        }
+    }
+
+    /// Unmarks the tiles for which `keep` is false: no area covers them any more.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(TileId) -> bool) {
+        let mut dropped = Vec::new();
+        self.each(|t, _| {
+            if !keep(t) {
+                dropped.push(t);
+            }
+        });
+        for t in dropped {
+            let cell = self.cell(t);
+            match &mut self.cells {
+                Cells::Grid(g) => {
+                    if let Some(m) = cell.and_then(|i| g.get_mut(i)) {
+                        *m = 0;
+                    }
+                }
+                Cells::Sparse(marked, ahead) => {
+                    marked.remove(&t);
+                    ahead.remove(&t);
+                }
+            }
         }
     }
 
@@ -316,6 +349,26 @@ mod tests {
             }
             let other = TileId::new(z + 1, 0, 0).unwrap();
             prop_assert!(!grid.contains(other) && !sets.contains(other));
+            // `retain` unmarks exactly the tiles it is told to, alike in both.
+            let keep = |t: TileId| (t.x() + t.y()) % 3 != 0;
+            let (mut grid, mut sets) = (grid, sets);
+            grid.retain(keep);
+            sets.retain(keep);
+            let kept: Vec<(TileId, bool)> = marked(&grid);
+            prop_assert_eq!(&kept, &marked(&sets));
+            let mut want = Vec::new();
+            for x in 0..n {
+                for y in 0..n {
+                    let t = TileId::new(z, x, y).unwrap();
+                    prop_assert_eq!(grid.contains(t), all.binary_search(&t).is_ok() && keep(t));
+                    prop_assert_eq!(sets.contains(t), grid.contains(t));
+                    if grid.contains(t) {
+                        want.push(t);
+                    }
+                }
+            }
+            want.sort_unstable();
+            prop_assert_eq!(kept.into_iter().map(|(t, _)| t).collect::<Vec<_>>(), want);
         }
     }
 }

@@ -31,7 +31,6 @@
 //! simulator alike.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use crate::cache::{Refresh, TileFreshness};
 use crate::tile::{
@@ -309,9 +308,6 @@ pub struct Plan {
     /// prefetch for a tile outside them may be aborted. See [`Plan::wants`].
     cover: Option<CoverRange>,
     areas: Option<Marks>,
-    /// The popular tiles the round was limited to ([`Planner::set_popular`]): a candidate
-    /// outside them was never asked about, so it is not wanted.
-    popular: Option<Arc<PopularTiles>>,
     /// The view's centre (data-tile coordinates), its size in tiles and `keep_views`:
     /// see [`Plan::wants`].
     keep: Option<(TilePoint, f64, f64, f64)>,
@@ -339,12 +335,7 @@ impl Plan {
     /// Whether `tile` is visible or a candidate of this round (before the budget).
     pub(crate) fn wanted(&self, tile: TileId) -> bool {
         self.cover.is_some_and(|c| c.contains(tile))
-            || (self.areas.as_ref().is_some_and(|a| a.contains(tile)) && self.popular(tile))
-    }
-
-    /// Whether `tile` is popular, or no list limits the round.
-    fn popular(&self, tile: TileId) -> bool {
-        self.popular.as_ref().is_none_or(|p| p.contains(tile))
+            || self.areas.as_ref().is_some_and(|a| a.contains(tile))
     }
 
     /// Every tile this round wants (visible and all candidates before the budget), in no
@@ -353,7 +344,7 @@ impl Plan {
         let mut out: Vec<TileId> = self.cover.iter().flat_map(|c| c.tiles()).collect();
         if let Some(a) = &self.areas {
             a.each(|t, _| {
-                if !self.cover.is_some_and(|c| c.contains(t)) && self.popular(t) {
+                if !self.cover.is_some_and(|c| c.contains(t)) {
                     out.push(t);
                 }
             });
@@ -402,9 +393,8 @@ pub struct Room<'a> {
 pub struct Planner {
     config: PlannerConfig,
     history: VecDeque<Sample>,
-    /// When set, prefetch asks only for these tiles ([`Planner::set_popular`]); shared
-    /// with each round's [`Plan`], whose wanted tiles it limits too.
-    popular: Option<Arc<PopularTiles>>,
+    /// When set, prefetch asks only for these tiles ([`Planner::set_popular`]).
+    popular: Option<PopularTiles>,
 }
 
 impl Planner {
@@ -428,13 +418,13 @@ impl Planner {
         if let Some(zoom) = zoom.filter(|&z| z > tile_zoom) {
             return Err(PopularTooFine { zoom, tile_zoom });
         }
-        self.popular = tiles.map(Arc::new);
+        self.popular = tiles;
         Ok(())
     }
 
     /// The tiles prefetch is limited to, if any.
     pub fn popular(&self) -> Option<&PopularTiles> {
-        self.popular.as_deref()
+        self.popular.as_ref()
     }
 
     /// The configuration.
@@ -584,7 +574,6 @@ impl Planner {
         };
         let (todo, areas) = self.candidates(viewport, &sample, cover, (vx, vy, vz), has_work);
         (plan.cover, plan.areas) = (cover, Some(areas));
-        plan.popular = self.popular.clone();
         let mut budget = self.round_budget(viewport, visible.len());
         if let Some(room) = &room {
             let shown = visible.iter().filter(|&&t| takes_room(t)).count();
@@ -776,10 +765,13 @@ impl Planner {
         let (vw, vh) = (s.w.max(1.0), s.h.max(1.0));
         let beta = 0.75 * speed.min(1.0);
         let mut keys = Vec::new();
-        let marks = Marks::new(z, &areas);
+        let mut marks = Marks::new(z, &areas);
+        if let Some(popular) = &self.popular {
+            // Only the popular tiles are candidates (and so wanted: see `Plan::wanted`).
+            marks.retain(|t| popular.contains(t));
+        }
         marks.each(|t, ahead| {
-            let unpopular = self.popular.as_ref().is_some_and(|p| !p.contains(t));
-            if cover.is_some_and(|c| c.contains(t)) || unpopular || !scored(t) {
+            if cover.is_some_and(|c| c.contains(t)) || !scored(t) {
                 return;
             }
             let (ox, oy) = offset(centre, t, n);
