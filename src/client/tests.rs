@@ -3610,25 +3610,31 @@ fn a_payload_received_beside_its_size_is_charged_that_size() {
     }
 }
 
+/// A client whose requests name data tiles (a coarse tile only when every data tile under
+/// it is queued), with its prefetch limited to `popular`.
+fn data_tile_client(popular: Option<crate::planner::PopularTiles>) -> Client<String> {
+    let mut c = client(ClientConfig {
+        batch: BatchConfig {
+            coalesce_min_share: 100,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    c.set_popular_tiles(popular).unwrap();
+    c
+}
+
 /// With popular tiles set, prefetch asks for those alone; the view is asked for wherever
 /// it is; `None` lifts the limit; a list finer than the data tiles is refused.
 #[test]
 fn popular_tiles_limit_prefetch_and_never_the_view() {
     use crate::planner::PopularTiles;
     let o = origin();
-    let config = ClientConfig {
-        batch: BatchConfig {
-            coalesce_min_share: 100,
-            ..BatchConfig::default()
-        },
-        ..ClientConfig::default()
-    };
     let east = seattle().offset(1, 0).unwrap();
     // The view is a tile away from the popular corner: its own tiles are not popular.
     let corner = seattle().offset(-3, -3).unwrap();
     let popular = PopularTiles::new([east, corner]);
-    let mut c = client(config.clone());
-    c.set_popular_tiles(Some(popular.clone())).unwrap();
+    let mut c = data_tile_client(Some(popular.clone()));
     c.set_viewport(view(1.0), 0, |_, _| {});
     let visible = c.visible_tiles().to_vec();
     assert!(!visible.is_empty() && visible.iter().all(|t| !popular.contains(*t)));
@@ -3638,7 +3644,7 @@ fn popular_tiles_limit_prefetch_and_never_the_view() {
     assert_eq!(prefetched, [east], "only the popular tile in reach");
 
     // Without the list the same view prefetches its whole neighbourhood.
-    let mut free = client(config);
+    let mut free = data_tile_client(None);
     free.set_viewport(view(1.0), 0, |_, _| {});
     let asked = answer_all_asked(&mut free, &o, 0);
     assert!(asked.len() > visible.len() + 1, "{asked:?}");
@@ -3671,15 +3677,7 @@ fn popular_tiles_limit_prefetch_and_never_the_view() {
 fn a_tile_left_out_by_popular_tiles_is_not_taken_as_fresh() {
     use crate::planner::PopularTiles;
     let o = origin();
-    let mut c = client(ClientConfig {
-        batch: BatchConfig {
-            coalesce_min_share: 100,
-            ..BatchConfig::default()
-        },
-        ..ClientConfig::default()
-    });
-    c.set_popular_tiles(Some(PopularTiles::new([seattle()])))
-        .unwrap();
+    let mut c = data_tile_client(Some(PopularTiles::new([seattle()])));
     c.set_viewport(view(0.9), 0, |_, _| {});
     answer_all(&mut c, &o, 0);
     // Every tile this round asks about (the view's, all popular) is fresh.
@@ -3695,15 +3693,7 @@ fn a_tile_left_out_by_popular_tiles_is_not_taken_as_fresh() {
 
     // The same view again within REPLAN_MS: with the list lifted it is planned anew, and
     // its neighbourhood prefetched.
-    let mut c = client(ClientConfig {
-        batch: BatchConfig {
-            coalesce_min_share: 100,
-            ..BatchConfig::default()
-        },
-        ..ClientConfig::default()
-    });
-    c.set_popular_tiles(Some(PopularTiles::new([seattle()])))
-        .unwrap();
+    let mut c = data_tile_client(Some(PopularTiles::new([seattle()])));
     c.set_viewport(view(0.9), 0, |_, _| {});
     answer_all(&mut c, &o, 0);
     c.set_viewport(view(0.9), 1, |_, _| {});
