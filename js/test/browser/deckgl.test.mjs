@@ -160,7 +160,7 @@ describe('tilewarm/deckgl in headless Chromium', { timeout: 180_000 }, () => {
       // Deleted on the server; past its ttl the page prefetches the tile (a route's tile,
       // say), and the cache wakes for it: the answer leaves the item out.
       backend.remove(a);
-      const s = await gone(p, a, tile, (tile) => { window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
+      const s = await gone(p, a, tile, async (tile) => { await window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the fresh tiles were not loaded again');
       assert.deepEqual(s.errors, []);
     });

@@ -294,7 +294,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       // Deleted on the server; past its ttl the page prefetches the tile (a route's tile,
       // say), and the cache wakes for it: the answer leaves the item out.
       backend.remove(a);
-      const s = await gone(p, a, tile, (tile) => { window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
+      const s = await gone(p, a, tile, async (tile) => { await window.__tw.skip(61_000); window.__tw.cache.prefetch([tile]); }, tile);
       assert.equal(s.stats.requests - first.stats.requests, 1, 'the prefetch only: the fresh tiles were not loaded again');
       assert.deepEqual(s.errors, []);
     });
@@ -310,7 +310,7 @@ describe('tilewarm/leaflet in headless Chromium', { timeout: 180_000 }, () => {
       // now due).
       backend.mode = 'hang';
       try {
-        await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
+        await p.evaluate(async () => { await window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
         const s = await until(p, () => { const s = window.__tw.state(); return s.stale.length > 0 && s; }, null, 'stale items drawn');
         assert.ok(s.stale.every((id) => backend.byId.get(id).class === 'active'), `only active items stale: ${s.stale}`);
       } finally {

@@ -172,7 +172,7 @@ export async function checkReadsAtRest(assert, p, backend, { id, off, view: [x0,
   const [, ox, oy] = off.split('/').map(Number);
   backend.remove(id);
   const n0 = backend.requests.length;
-  const sent = await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
+  const sent = await p.evaluate(async () => { await window.__tw.skip(301_000); window.__tw.cache.prefetch([]); return window.__tw.state().stats.requests; });
   await until(p, (sent) => window.__tw.state().stats.requests > sent && window.__tw.state().stats.inFlight === 0, sent, `the tiles ${where} refetched`);
   await p.evaluate((tile) => window.__tw.cache.invalidate({ tiles: [tile] }), off);
   await p.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
@@ -220,7 +220,7 @@ export async function checkDeletedLeave(assert, backend, ids, what, gone) {
  * with no error. `saw` and `fresh` name the two waits in their timeout messages.
  */
 export async function checkStaleRefetched(assert, p, backend, first, { saw, fresh, whole = false }) {
-  await p.evaluate(() => { window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
+  await p.evaluate(async () => { await window.__tw.skip(301_000); window.__tw.cache.prefetch([]); });
   await until(p, () => window.__tw.staleSeen().length > 0, null, saw);
   const s = await until(p, ([before, whole]) => {
     const s = window.__tw.state();

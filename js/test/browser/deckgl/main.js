@@ -5,16 +5,17 @@ import { TileLayer } from '@deck.gl/geo-layers';
 import { ScatterplotLayer } from '@deck.gl/layers';
 import { TileCache } from 'tilewarm';
 import { extendTileLayer } from 'tilewarm/deckgl';
+import { testClock } from '../clock.js';
 
 const params = new URLSearchParams(location.search);
 const errors = [];
-/** How far the caches' clock is ahead of the page's (window.__tw.skip moves it on). */
-let skew = 0;
+/** The caches' clock (window.__tw.skip moves it on; it waits for the layer's cache). */
+const clock = testClock(() => cache.stats().inFlight > 0);
 /** A cache at `access` (the layer's `cache` prop; useCache swaps it). */
 async function newCache(access) {
   const c = await TileCache.create({
     endpoint: new URL('/batch', location.href).href,
-    now: () => Date.now() + skew,
+    now: clock.now,
     ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
     minZoom: 12,
     prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
@@ -128,5 +129,4 @@ const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimat
 function mark() {
   for (const t of tileset().tiles) if (t.layers) t.layers.marked = true;
 }
-const skip = (ms) => { skew += ms; };
-window.__tw = { deck, cache, setView, setVisible, useCache, state, tileset, frames, mark, skip, staleSeen: () => [...staleSeen] };
+window.__tw = { deck, cache, setView, setVisible, useCache, state, tileset, frames, mark, skip: clock.skip, staleSeen: () => [...staleSeen] };

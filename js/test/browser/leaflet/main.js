@@ -4,15 +4,16 @@ import * as L from 'leaflet';
 import 'leaflet/dist/leaflet.css';
 import { TileCache } from 'tilewarm';
 import { createLayer } from 'tilewarm/leaflet';
+import { testClock } from '../clock.js';
 
 const params = new URLSearchParams(location.search);
 const map = L.map('map', { zoomAnimation: false, fadeAnimation: false })
   .setView([Number(params.get('lat')), Number(params.get('lon'))], Number(params.get('zoom')));
-/** How far the cache's clock is ahead of the page's (window.__tw.skip moves it on). */
-let skew = 0;
+/** The cache's clock (window.__tw.skip moves it on). */
+const clock = testClock(() => cache.stats().inFlight > 0);
 const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
-  now: () => Date.now() + skew,
+  now: clock.now,
   ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
@@ -68,5 +69,4 @@ function state() {
   }
   return { drawn, paints, shown, ids, stale, stats: cache.stats(), errors, zoom: map.getZoom() };
 }
-const skip = (ms) => { skew += ms; };
-window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false, skip, staleSeen: () => [...staleSeen] };
+window.__tw = { map, cache, layer, state, L, createLayer, errors, tileErrors, failDraw: false, skip: clock.skip, staleSeen: () => [...staleSeen] };

@@ -13,13 +13,14 @@ import { clearUserProjection, fromLonLat, useGeographic } from 'ol/proj.js';
 import { Circle, Fill, Stroke, Style } from 'ol/style.js';
 import { TileCache } from 'tilewarm';
 import { createSource, follow } from 'tilewarm/openlayers';
+import { testClock } from '../clock.js';
 
 const params = new URLSearchParams(location.search);
-/** How far the cache's clock is ahead of the page's (window.__tw.skip moves it on). */
-let skew = 0;
+/** The cache's clock (window.__tw.skip moves it on). */
+const clock = testClock(() => cache.stats().inFlight > 0);
 const cache = await TileCache.create({
   endpoint: new URL('/batch', location.href).href,
-  now: () => Date.now() + skew,
+  now: clock.now,
   ...(params.has('swr') ? { ttl: { staleWhileRevalidate: Number(params.get('swr')) } } : {}),
   minZoom: 12,
   prefetch: { ring: 1, viewRing: 1, lookaheadMs: 0 },
@@ -87,7 +88,7 @@ function spy(obj, name, hear) {
   obj[name] = (...args) => { hear(...args); return f(...args); };
 }
 window.__tw = {
-  map, cache, source, state, rendered: () => rendered, fromLonLat, skip: (ms) => { skew += ms; }, staleSeen: () => [...staleSeen],
+  map, cache, source, state, rendered: () => rendered, fromLonLat, skip: clock.skip, staleSeen: () => [...staleSeen],
   ol: {
     Map, View, VectorLayer, VectorSource, Feature, Point, tileStrategy, createXYZ, TileCache, createSource, follow, useGeographic, clearUserProjection,
     frames, newCache, newSource, newMap, loaded, spy,
