@@ -65,7 +65,8 @@ impl PopularTiles {
 
     /// The same tiles in a shorter list: wherever all four children of a tile are listed,
     /// the tile instead, up to zoom 0. A list to hand over (`setPopularTiles`), not one
-    /// that answers [`contains`](Self::contains) differently.
+    /// that answers [`contains`](Self::contains) differently for a tile as fine as the
+    /// finest listed (the data tiles); a tile whose children were merged is listed itself.
     pub fn compact(&self) -> PopularTiles {
         let mut tiles: Vec<TileId> = self.iter().collect();
         for z in (1..=MAX_ZOOM).rev() {
@@ -81,6 +82,10 @@ impl PopularTiles {
             let full = |t: &TileId| parents.get(t).is_some_and(|&n| n == 4);
             tiles.retain(|t| t.z() != z || !t.parent().as_ref().is_some_and(full));
             tiles.extend(parents.iter().filter(|(_, &n)| n == 4).map(|(&p, _)| p));
+            // A parent may have been listed already: kept twice, it would count as two of
+            // its own parent's children, and three listed ones would then stand for four.
+            tiles.sort_unstable();
+            tiles.dedup();
         }
         PopularTiles::new(tiles)
     }
@@ -206,6 +211,62 @@ mod tests {
         // The whole world's four children at zoom 1 are the root.
         let root = PopularTiles::new(TileId::ROOT.children().unwrap()).compact();
         assert_eq!(root.iter().collect::<Vec<_>>(), [TileId::ROOT]);
+    }
+
+    #[test]
+    fn compact_never_merges_a_parent_listed_beside_its_children_into_a_wider_tile() {
+        // 14/0/0 listed, and its four children too: merged, they are 14/0/0 again, which
+        // must count once among the children of 13/0/0, two of which are listed.
+        let p = PopularTiles::new(
+            [
+                "14/0/0", "15/0/0", "15/1/0", "15/0/1", "15/1/1", "14/1/0", "14/0/1",
+            ]
+            .map(t),
+        );
+        let c = p.compact();
+        assert!(
+            !c.contains(t("14/1/1")),
+            "{:?}",
+            c.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(c.len(), 3);
+        // A compacted list merged with another and compacted again (day 1's list, then day
+        // 2's four children of one of its tiles).
+        let mut day2: Vec<TileId> = ["13/0/0", "13/1/0", "13/0/1"].map(t).to_vec();
+        day2.extend(t("13/0/0").children().unwrap());
+        let c = PopularTiles::new(day2).compact();
+        assert!(!c.contains(t("14/2/2")) && !c.contains(t("13/1/1")));
+        assert!(c.contains(t("14/0/0")) && c.contains(t("14/3/1")));
+    }
+
+    proptest::proptest! {
+        /// A compacted list covers exactly the tiles the list covered, as fine as the
+        /// finest it may list (zoom 15) or finer, under one zoom-12 tile, whatever mix of
+        /// finer zooms is listed (the zoom-12 tile itself would cover everything).
+        #[test]
+        fn compact_covers_exactly_what_the_list_covers(
+            listed in proptest::collection::vec((13u8..=15, 0u32..8, 0u32..8), 0..24),
+        ) {
+            let tiles: Vec<TileId> = listed
+                .into_iter()
+                .filter_map(|(z, x, y)| {
+                    let side = 1u32 << (z - 12);
+                    TileId::new(z, x % side, y % side).ok()
+                })
+                .collect();
+            let p = PopularTiles::new(tiles);
+            let c = p.compact();
+            proptest::prop_assert!(c.len() <= p.len());
+            for z in 15u8..=16 {
+                let side = 1u32 << (z - 12);
+                for x in 0..side {
+                    for y in 0..side {
+                        let tile = TileId::new(z, x, y).unwrap();
+                        proptest::prop_assert_eq!(c.contains(tile), p.contains(tile), "{}", tile);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
