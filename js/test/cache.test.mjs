@@ -225,7 +225,7 @@ test('setPopularTiles: prefetch asks only for the popular tiles, the view wherev
   });
   assert.throws(() => cache.setPopularTiles([west, '16/1/1']), {
     name: 'RangeError', code: 'ERR_INVALID_TILE',
-    message: 'tiles: popular tiles must be data tiles (zoom 14) or coarser ones, got one at zoom 16',
+    message: 'tiles[1] "16/1/1": popular tiles must be data tiles (zoom 14) or coarser ones, got one at zoom 16',
   });
   for (const bad of [undefined, '14/1/1', [14]]) {
     assert.throws(() => cache.setPopularTiles(bad), {

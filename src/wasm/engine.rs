@@ -491,11 +491,17 @@ impl Engine {
             }
             TileOp::Release => self.client.release_tiles(&parsed, now),
             TileOp::Popular | TileOp::PopularOff => {
-                let popular = (op == TileOp::Popular).then(|| PopularTiles::new(parsed));
+                let popular = (op == TileOp::Popular).then(|| PopularTiles::new(parsed.clone()));
                 if let Err(e) = self.client.set_popular_tiles(popular) {
-                    let e =
-                        ArgError::text(ErrorClass::Range, Code::InvalidTile, format!("tiles: {e}"));
-                    return Err(thrown(e));
+                    // Named by the first tile at the zoom it names, as other tile errors are.
+                    let i = parsed.iter().position(|t| t.z() == e.zoom).unwrap_or(0);
+                    let tile = parsed.get(i).map(|t| t.to_string()).unwrap_or_default();
+                    let text = format!("tiles[{i}] \"{tile}\": {e}");
+                    return Err(thrown(ArgError::text(
+                        ErrorClass::Range,
+                        Code::InvalidTile,
+                        text,
+                    )));
                 }
                 return Ok(out.finish());
             }
