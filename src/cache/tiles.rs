@@ -120,6 +120,7 @@ impl<P> ItemCache<P> {
         for id in ids {
             check_id(id)?;
         }
+        self.forget_unlisted(tile, ids, fetched_at);
         let expires_at_ms = now_ms.saturating_add(self.config.tile_ttl(ttl_ms));
 
         // Each distinct id once, with its data tile when held (None: position unknown). A
@@ -205,6 +206,44 @@ impl<P> ItemCache<P> {
         }
         self.trim_tiles();
         Ok(())
+    }
+
+    /// Before `tile`'s list (`ids`, fetched at `fetched_at`) replaces what is held for its
+    /// data tiles: removes the held items an earlier list of theirs named, lying there,
+    /// that a list fetched at `fetched_at` may name and this one does not. The backend
+    /// moved, deleted or raised them above that tier since; kept, their copies would be
+    /// served by id (a `get`, an edge's id requests) until their own TTL ran out.
+    fn forget_unlisted(&mut self, tile: TileId, ids: &[&str], fetched_at: Access) {
+        let dz = self.config.tile_zoom;
+        let data = match tile.z() == dz {
+            true => vec![tile],
+            false => tile.descendants(dz).unwrap_or_default(),
+        };
+        let mut listed: Option<HashSet<&str>> = None;
+        let mut gone: Vec<String> = Vec::new();
+        for d in data {
+            let Some(e) = self.tiles.peek(&d) else {
+                continue;
+            };
+            for i in 0..e.ids.len() {
+                // A slot names an item lying in the list's tile; a key, one that does not,
+                // or is not held.
+                let Some(Name::Slot(slot)) = e.ids.name(i) else {
+                    continue;
+                };
+                let Some(item) = self.items.item(slot) else {
+                    continue;
+                };
+                let listed = listed.get_or_insert_with(|| ids.iter().copied().collect());
+                if fetched_at.can_see(item.access()) && !listed.contains(&*item.id) {
+                    gone.push(item.id.to_string());
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            self.remove_ids(&gone);
+        }
     }
 
     /// Drops least-recently-used tile entries beyond `max_tiles`, visible and loading

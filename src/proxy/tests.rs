@@ -2453,3 +2453,50 @@ mod clock_steps {
         assert!(err.message.contains("expired"), "{}", err.message);
     }
 }
+
+/// An item raised above the caller's tier at the origin, with no change event for it: the
+/// tile's list fetched again at that tier leaves it out, and the edge forgets its copy
+/// then, so an id request for it goes to the origin (which has nothing for that tier)
+/// instead of being answered from the old public copy until the item's TTL.
+#[test]
+fn an_item_the_origin_stops_listing_at_a_tier_is_not_served_by_id_from_its_old_copy() {
+    let mut items = items();
+    for it in &mut items {
+        if it.id == "extra" {
+            it.ttl = Some(3600);
+        }
+    }
+    let before = Origin::new(items.clone()).unwrap();
+    for it in &mut items {
+        if it.id == "extra" {
+            it.access = Access::Agent;
+        }
+    }
+    let after = Origin::new(items).unwrap();
+    let mut proxy = Proxy::new(ProxyConfig::default()).unwrap();
+    let public = |tiles: Vec<TileId>, ids: Vec<String>| BatchRequest {
+        tiles,
+        ids,
+        access: Access::Public,
+    };
+    let centre = tile("14/2624/5721");
+    let (_, _, r) = run(&mut proxy, &before, public(vec![centre], vec![]), 0);
+    assert!(r.items.iter().any(|i| i.id == "extra"));
+    // Past the list's TTL (300 s), the origin has it at agent: the public list leaves it out.
+    let (fwd, _, r) = run(&mut proxy, &after, public(vec![centre], vec![]), 301_000);
+    assert!(fwd.is_some_and(|f| f.tiles == [centre]));
+    assert!(!r.tiles[0].ids.iter().any(|id| id == "extra"));
+    let (fwd, _, r) = run(
+        &mut proxy,
+        &after,
+        public(vec![], vec!["extra".into()]),
+        302_000,
+    );
+    assert_eq!(
+        fwd.map(|f| f.ids),
+        Some(vec!["extra".to_string()]),
+        "asked of the origin"
+    );
+    assert!(r.items.is_empty(), "{:?}", r.items);
+    assert_eq!(r.missing, ["extra"]);
+}

@@ -656,3 +656,38 @@ fn a_list_names_held_items_by_slot_and_the_others_by_key() {
     assert_eq!(c.tile_freshness(t, Access::Public, 0), TileFreshness::Fresh);
     assert_eq!(c.check_lists(), Ok(()));
 }
+
+/// A tile's new list that leaves out an item the old one named, lying there, at a tier
+/// that sees it: the backend moved, deleted or raised it, so its copy goes (it would be
+/// served by id until its TTL). Items the new list could not name (above its tier), items
+/// lying in another tile and items it names stay.
+#[test]
+fn a_list_that_leaves_out_an_item_it_could_name_forgets_the_item() {
+    let (t, u) = (tile(0, 0), tile(1, 0));
+    let mut c = small(10, 1000);
+    for id in ["a", "b", "gone"] {
+        put(&mut c, id, t, 1, Priority::Visible);
+    }
+    let agent = ItemMeta {
+        access: Access::Agent,
+        ..meta_in(t, 1)
+    };
+    c.insert("secret", agent, 0, 0, Priority::Visible).unwrap();
+    c.insert_tile(t, &["a", "b", "gone", "secret"], None, Access::Agent, 0)
+        .unwrap();
+    // Fetched again at public: "gone" left out (it could have named it); "secret" too,
+    // which it could not.
+    c.insert_tile(t, &["a", "b"], None, Access::Public, 1)
+        .unwrap();
+    assert_eq!(held(&c), ["a", "b", "secret"]);
+    assert!(c.get("gone", Access::Public, 1).is_none());
+    assert!(c.get("secret", Access::Agent, 1).is_some());
+    // "b" moved to `u` (its new copy lies there): `t`'s list without it leaves it be.
+    put(&mut c, "b", u, 1, Priority::Visible);
+    c.insert_tile(t, &["a"], None, Access::Public, 2).unwrap();
+    assert_eq!(held(&c), ["a", "b", "secret"]);
+    // A coarse tile's list leaves "a" out: gone too.
+    c.insert_tile(t.parent().unwrap(), &["b"], None, Access::Public, 3)
+        .unwrap();
+    assert_eq!(held(&c), ["b", "secret"]);
+}
