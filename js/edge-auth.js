@@ -424,7 +424,8 @@ export function createAuth(env, options = {}) {
       }
       const payload = await verify(token);
       const tier = payload[claim];
-      if (tier !== undefined && (typeof tier !== 'string' || !TIERS.includes(tier))) {
+      // No claim, or null, is public (as the server reads it).
+      if (tier != null && (typeof tier !== 'string' || !TIERS.includes(tier))) {
         throw new Unauthorized(`the token's "${claim}" claim must be one of ${TIERS.join(', ')}`);
       }
       const result = tier ?? 'public';

@@ -126,6 +126,17 @@ describe('edge worker: caller authentication', () => {
     assert.equal(high.wwwAuthenticate, 'Bearer error="insufficient_scope"');
   });
 
+  it('reads a tier claim of null as public, as the server does', async () => {
+    const token = await callerToken(null);
+    const tile = '14/2630/5731';
+    const r = await post(hmac.batch, { tiles: [tile], access: 'public' }, bearer(token));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.access, 'public');
+    const high = await post(hmac.batch, { tiles: [tile], access: 'registered' }, bearer(token));
+    assert.equal(high.status, 403);
+    assert.match(high.json.error.message, /"registered" is above the tier the credential gives \("public"\)/);
+  });
+
   it('accepts RS256 tokens from the JWKS, the key chosen by kid', async () => {
     const token = await rsa.sign({ tilewarm_access: 'agent' });
     const r = await post(jwks.batch, { tiles: ['14/2636/5736'], access: 'agent' }, bearer(token));
