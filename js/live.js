@@ -266,7 +266,10 @@ export function follow(cache, url, options = {}) {
     }
     if (what?.all) {
       // Within RESET_GAP_MS of the last: once, at the end of it (it covers every one since).
-      const early = Date.now() - allAt < RESET_GAP_MS;
+      // A clock set back since the last is not within it: put off, the reset would wait as
+      // long as the clock went back.
+      const since = Date.now() - allAt;
+      const early = since >= 0 && since < RESET_GAP_MS;
       if (!early && !invalidateAll()) return false;
       if (early) allLater ??= setTimeout(invalidateAll, allAt + RESET_GAP_MS - Date.now());
     } else if (what) {

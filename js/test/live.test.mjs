@@ -592,6 +592,38 @@ test('resets in a burst invalidate everything once at once and once at the end o
   });
 });
 
+// The clock set back an hour (a user fixing it, an NTP step) after everything was
+// invalidated: a reset then was put off for the hour, the page showing what the server
+// said it could not replay.
+test('a reset after the clock was set back invalidates everything at once', async () => {
+  await withMockClock(async () => {
+    const cache = await TileCache.create({ endpoint: backend.url });
+    const alls = [];
+    const invalidate = cache.invalidate.bind(cache);
+    cache.invalidate = (what) => { if (what.all) alls.push(Date.now()); return invalidate(what); };
+    let push;
+    const feed = async (_url, { signal }) => new Response(new ReadableStream({
+      start(c) {
+        push = (text) => c.enqueue(new TextEncoder().encode(text));
+        push('event: ready\nid: 1-0\ndata: {}\n\n');
+        signal.addEventListener('abort', () => c.error(signal.reason), { once: true });
+      },
+    }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+    const stop = new AbortController();
+    const f = follow(cache, 'http://feed.test/v1/changes', { fetch: feed, signal: stop.signal });
+    await advance(1500, 10);
+    assert.equal(alls.length, 1, 'the first ready');
+    mock.timers.setTime(Date.now() - 3_600_000);
+    push('event: reset\nid: 2-0\ndata: {}\n\n');
+    await advance(100, 10);
+    assert.equal(alls.length, 2, 'the reset, at once');
+    stop.abort();
+    await settle();
+    await f.done;
+    cache.dispose();
+  });
+});
+
 test('a connection that stayed up 30 s counts as healthy: the next reconnect is after 0.25-0.5 s again', async () => {
   await withMockClock(async () => {
     const cache = await TileCache.create({ endpoint: backend.url });
