@@ -225,7 +225,11 @@ export function createSource(ol, cache, options = {}) {
         failure();
         return;
       }
-      success(fill(key, got.items));
+      // A page listener of the source's `addfeature` that throws does not leave the load
+      // open (OpenLayers would wait for it for ever): the features are in, the error told.
+      let added = [];
+      try { added = fill(key, got.items); } catch (e) { onError(e); }
+      success(added);
     }, (e) => {
       if (disposed) return;
       if (ctrl.signal.aborted) { success([]); return; }
@@ -298,7 +302,8 @@ export function createSource(ol, cache, options = {}) {
     const views = followers.size ? [...followers].filter((f) => draws(f.map, source)).map((f) => f.inView()) : asked;
     return [...tiles].map(([key, t]) => [key, t, t.drawn, views.some((seen) => seen(t.extent))]);
   }, (t, items, drawn) => {
-    if (tiles.get(t.key) === t && t.drawn === drawn) fill(t.key, items);
+    if (tiles.get(t.key) !== t || t.drawn !== drawn) return;
+    try { fill(t.key, items); } catch (e) { onError(e); }
   });
   const offUpdates = updates.stop;
   const offDispose = cache.onDispose(() => {

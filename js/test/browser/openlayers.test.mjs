@@ -953,6 +953,24 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     assert.ok(r.after.length > 0, `read once detached: ${r.after}`);
   });
 
+  it("a page's addfeature listener that throws leaves no load open: the error is told, the next loads end too", async () => {
+    // Before, the load's success() was never called: OpenLayers waited for it for ever
+    // (source.loading stayed set, no rendercomplete).
+    const [lon, lat] = tileCorner(14, SX + 0.5, SY + 0.5);
+    await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`, async (p) => {
+      const first = await settled('the features', p);
+      await p.evaluate(() => window.__tw.source.on('addfeature', () => { throw new Error('a page listener failed'); }));
+      await p.evaluate((m) => {
+        const v = window.__tw.map.getView();
+        const [cx, cy] = v.getCenter();
+        v.setCenter([cx + 6 * m, cy]);
+      }, TILE_M);
+      const s = await settled('the view east', p);
+      assert.ok(s.errors.length > 0 && s.errors.every((e) => /a page listener failed/.test(e)), JSON.stringify(s.errors));
+      assert.ok(s.ids.some((id) => !first.ids.includes(id)), 'features of the view east');
+    });
+  });
+
   it('no console errors', () => {
     assert.deepEqual(problems, []);
   });
