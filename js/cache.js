@@ -962,7 +962,8 @@ export class TileCache {
       // A listener that changed the view (setAccess, invalidate) had every listener told of
       // the newer one already: the rest of this round would hand them the older view (above
       // a lowered tier, say) after it.
-      if (round !== this.#rounds) break;
+      // One that disposed the cache ends it: the rest would be handed a freed cache's view.
+      if (round !== this.#rounds || this.#disposed) break;
       try { listener(view.items, { complete: view.complete, tooWide: view.tooWide, missingTiles: view.missingTiles }); } catch (e) { report(e); }
     }
   }
@@ -1117,10 +1118,10 @@ export class TileCache {
       const failure = res.status === 401 ? FAILED_UNAUTHORIZED : FAILED_HTTP;
       // A date is measured from the cache's clock (the `now` option), as every other time
       // the engine is given is; -1: none, or one that could not be read.
-      const wait = retryAfterMs(res.headers.get('retry-after'), this.#now()) ?? -1;
+      const wait = retryAfterMs(res.headers?.get?.('retry-after'), this.#now()) ?? -1;
       // A 403 names the tier the credential gives: the engine decides whether the cache
       // follows it down (-1: none, or not a tier).
-      return this.#failed(req, failure, res.status, wait, '', TIERS.indexOf(res.headers.get(ACCESS_HEADER)));
+      return this.#failed(req, failure, res.status, wait, '', TIERS.indexOf(res.headers?.get?.(ACCESS_HEADER)));
     }
     let f;
     try {
@@ -1249,6 +1250,8 @@ export class TileCache {
     if (!e.willRetry) this.#rejectGets(e.ids, e);
     delete e.ids;
     for (const { listener } of [...this.#errors]) {
+      // One that disposed the cache ends it: nothing will retry any more.
+      if (this.#disposed) break;
       try { listener(e); } catch (err) { report(err); }
     }
   }

@@ -538,6 +538,34 @@ test('an onAccess listener may dispose the cache (an answer lowered the tier): n
   }
 });
 
+test('an onUpdate or onError listener that disposes the cache ends the round: the listeners after it hear nothing', async () => {
+  fresh();
+  const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });
+  const heard = [];
+  cache.onUpdate(() => { heard.push('update 1'); cache.dispose(); });
+  cache.onUpdate(() => heard.push('update 2'));
+  cache.setViewport(viewOf(SX, SY));
+  await until(() => heard.length > 0, 'an update');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(heard, ['update 1']);
+  // onError: a refusal told to the first listener, which lets the cache go; the second,
+  // which would hear "will retry", hears nothing.
+  fresh();
+  const failing = await make({ prefetch: { ring: 0, viewRing: 0 }, batch: { retries: 1 } });
+  backend.hostile = (res) => { res.writeHead(503, { 'content-type': 'application/json' }); res.end('{}'); };
+  const errors = [];
+  try {
+    failing.onError((e) => { errors.push(`1 ${e.code}`); failing.dispose(); });
+    failing.onError((e) => errors.push(`2 ${e.code} ${e.willRetry}`));
+    failing.setViewport(viewOf(SX, SY));
+    await until(() => errors.length > 0, 'an error');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(errors, ['1 ERR_HTTP']);
+  } finally {
+    backend.hostile = null;
+  }
+});
+
 test('invalidation by id, by tile and of everything refetches what is visible', async () => {
   fresh();
   const cache = await make({ prefetch: { ring: 0, viewRing: 0 } });

@@ -376,6 +376,19 @@ for (const [what, spoil] of [
   });
 }
 
+// A page's fetch (a wrapper, a mock) may answer with no headers at all: a refusal was then
+// read as no answer (an unhandled rejection, then ERR_TIMEOUT), its status lost.
+test('an answer with no headers that refuses is an ERR_HTTP error with its status', async () => {
+  const fetch = async () => ({ ok: false, status: 503, text: async () => '' });
+  const errors = [];
+  const cache = await TileCache.create({ endpoint: backend.url, fetch, prefetch: NO_PREFETCH, batch: { retries: 0, timeoutMs: 2000 } });
+  cache.onError((e) => errors.push(e));
+  const id = backend.items.find((it) => it.access === 'public').id;
+  await assert.rejects(cache.get(id), (e) => e.code === 'ERR_HTTP' && e.status === 503);
+  assert.deepEqual(errors.map((e) => [e.code, e.status]), [['ERR_HTTP', 503]]);
+  cache.dispose();
+});
+
 // Every way a backend or a token provider can keep failing, under a still page with the
 // default prefetch and a get() waiting: the cache's requests (and auth.token() calls) in
 // ten minutes stay within a growing backoff, never a loop.
