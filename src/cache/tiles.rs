@@ -241,8 +241,10 @@ impl<P> ItemCache<P> {
             }
         }
         if !gone.is_empty() {
+            // Out of every list too: another tile's may still name one by its key (it lay
+            // there before it was pushed out and came back elsewhere), and would wait for it.
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            self.remove_ids(&gone);
+            self.forget_ids(&gone);
         }
     }
 

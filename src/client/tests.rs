@@ -3728,3 +3728,98 @@ fn an_empty_list_of_popular_tiles_stops_prefetch_not_the_view() {
         "{asked:?}"
     );
 }
+
+/// A neighbour's list names x by key (x pushed out, then fetched again by id lying in t);
+/// t's list names it, then t's next list leaves it out (x moved on): x is forgotten, and
+/// out of u's list too, so the visible u stays complete (it was reported as a tile that
+/// could not be kept, its loads ended, whenComplete rejected).
+#[test]
+fn a_list_that_forgets_an_item_a_neighbours_list_names_leaves_the_neighbour_complete() {
+    let u = seattle();
+    let t = u.offset(1, 0).unwrap();
+    let at = |tile: TileId, f: f64| {
+        unproject(
+            TilePoint {
+                x: tile.x() as f64 + f,
+                y: tile.y() as f64 + f,
+            },
+            Z,
+        )
+    };
+    let item = |id: &str, tile: TileId, f: f64| {
+        let (lon, lat) = at(tile, f);
+        Item {
+            id: id.into(),
+            lon,
+            lat,
+            class: "active".into(),
+            access: Access::Public,
+            ttl: Some(3600),
+            data: "{}".to_string(),
+        }
+    };
+    let o1 = Origin::new(vec![
+        item("a", u, 0.2),
+        item("b", u, 0.4),
+        item("x", u, 0.6),
+        item("c", t, 0.3),
+    ])
+    .unwrap();
+    let o2 = Origin::new(vec![
+        item("a", u, 0.2),
+        item("b", u, 0.4),
+        item("x", t, 0.6),
+        item("c", t, 0.3),
+    ])
+    .unwrap();
+    // x moved on, west of u (a tile not visible).
+    let o3 = Origin::new(vec![
+        item("a", u, 0.2),
+        item("b", u, 0.4),
+        item("x", u.offset(-5, 0).unwrap(), 0.6),
+        item("c", t, 0.3),
+    ])
+    .unwrap();
+    let mut c = client(ClientConfig {
+        planner: no_prefetch(),
+        batch: BatchConfig {
+            coalesce_levels: 0,
+            ..BatchConfig::default()
+        },
+        ..ClientConfig::default()
+    });
+    // t's list lives 10 s, the others an hour.
+    let answer = |c: &mut Client<String>, o: &Origin<String>, now: u64| -> Vec<TileId> {
+        let mut asked = Vec::new();
+        c.handle_timeout(now);
+        while let Some(r) = c.poll_request(now) {
+            asked.extend(r.request.tiles.iter().copied());
+            let mut resp = o.answer(&r.request, Some(3600));
+            for l in &mut resp.tiles {
+                if l.tile == t {
+                    l.ttl = Some(10);
+                }
+            }
+            c.on_response(r.id, resp, now);
+        }
+        asked
+    };
+    c.set_viewport(view(1.5), 0, |_, _| {});
+    answer(&mut c, &o1, 0);
+    assert!(c.is_complete());
+    events(&mut c);
+    // x pushed out (here: an invalidation of its id); asked for by id, it lies in t now.
+    c.invalidate(Invalidate::Ids(&["x"]), 1);
+    answer(&mut c, &o2, 1);
+    assert!(c.is_complete(), "u does not wait for x, which lies in t");
+    // t's list expires: fetched again, it names x.
+    let asked = answer(&mut c, &o2, 11_000);
+    assert_eq!(asked, [t]);
+    assert!(c.is_complete());
+    events(&mut c);
+    // t's list expires again: x moved on, the list leaves it out.
+    let asked = answer(&mut c, &o3, 22_000);
+    assert_eq!(asked, [t]);
+    let errs = errors_of(events(&mut c));
+    assert!(errs.is_empty(), "{errs:?}");
+}

@@ -691,3 +691,34 @@ fn a_list_that_leaves_out_an_item_it_could_name_forgets_the_item() {
         .unwrap();
     assert_eq!(held(&c), ["b", "secret"]);
 }
+
+/// An item removed so leaves every list: a neighbour's list that still names it by key (it
+/// lay there before it was pushed out, and came back lying in the refreshed tile) does
+/// not wait for it (it would turn partial, and the client call it a tile it cannot keep).
+#[test]
+fn an_item_a_list_leaves_out_leaves_the_other_lists_naming_it() {
+    let (t, u) = (tile(0, 0), tile(1, 0));
+    let mut c = small(10, 1000);
+    for id in ["a", "b", "x"] {
+        put(&mut c, id, u, 1, Priority::Visible);
+    }
+    put(&mut c, "c", t, 1, Priority::Visible);
+    c.insert_tile(u, &["a", "b", "x"], None, Access::Public, 0)
+        .unwrap();
+    c.insert_tile(t, &["c"], None, Access::Public, 0).unwrap();
+    // x pushed out: u names it by key and waits for it.
+    c.invalidate(Invalidate::Ids(&["x"]));
+    assert_eq!(
+        c.tile_freshness(u, Access::Public, 0),
+        TileFreshness::Partial(ids(&["x"]))
+    );
+    // Back by id, lying in t now: u does not wait for it; t's refresh names it.
+    put(&mut c, "x", t, 1, Priority::Visible);
+    assert_eq!(c.tile_freshness(u, Access::Public, 1), TileFreshness::Fresh);
+    c.insert_tile(t, &["c", "x"], None, Access::Public, 1)
+        .unwrap();
+    // It moved on: t's next list leaves it out, and u stays fresh.
+    c.insert_tile(t, &["c"], None, Access::Public, 2).unwrap();
+    assert_eq!(held(&c), ["a", "b", "c"]);
+    assert_eq!(c.tile_freshness(u, Access::Public, 2), TileFreshness::Fresh);
+}
