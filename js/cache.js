@@ -1184,6 +1184,7 @@ export class TileCache {
     this.#idErrors++;
     if (!willRetry) this.#rejectGets(ids, e);
     for (const { listener } of [...this.#errors]) {
+      if (this.#disposed) break; // one let the cache go: nothing will retry any more
       try { listener(e); } catch (err) { report(err); }
     }
   }

@@ -226,9 +226,10 @@ export function createSource(ol, cache, options = {}) {
         return;
       }
       // A page listener of the source's `addfeature` that throws does not leave the load
-      // open (OpenLayers would wait for it for ever): the features are in, the error told.
+      // open (OpenLayers would wait for it for ever): the features are in, the error told,
+      // and the source marked changed (addFeatures did not get that far), so it is drawn.
       let added = [];
-      try { added = fill(key, got.items); } catch (e) { onError(e); }
+      try { added = fill(key, got.items); } catch (e) { source.changed(); onError(e); }
       success(added);
     }, (e) => {
       if (disposed) return;
@@ -303,7 +304,7 @@ export function createSource(ol, cache, options = {}) {
     return [...tiles].map(([key, t]) => [key, t, t.drawn, views.some((seen) => seen(t.extent))]);
   }, (t, items, drawn) => {
     if (tiles.get(t.key) !== t || t.drawn !== drawn) return;
-    try { fill(t.key, items); } catch (e) { onError(e); }
+    try { fill(t.key, items); } catch (e) { source.changed(); onError(e); }
   });
   const offUpdates = updates.stop;
   const offDispose = cache.onDispose(() => {

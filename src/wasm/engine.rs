@@ -493,8 +493,8 @@ impl Engine {
             TileOp::Popular | TileOp::PopularOff => {
                 let popular = (op == TileOp::Popular).then(|| PopularTiles::new(parsed.clone()));
                 if let Err(e) = self.client.set_popular_tiles(popular) {
-                    // Named by the first tile at the zoom it names, as other tile errors are.
-                    let i = parsed.iter().position(|t| t.z() == e.zoom).unwrap_or(0);
+                    // Named by the first tile too fine, as other tile errors are.
+                    let i = parsed.iter().position(|t| t.z() > e.tile_zoom).unwrap_or(0);
                     let tile = parsed.get(i).map(|t| t.to_string()).unwrap_or_default();
                     let text = format!("tiles[{i}] \"{tile}\": {e}");
                     return Err(thrown(ArgError::text(
