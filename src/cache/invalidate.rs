@@ -71,12 +71,18 @@ impl<P> ItemCache<P> {
         removed
     }
 
+    /// Takes `ids`, none of them held (their items removed first), out of every list.
     pub(super) fn strip_from_lists(&mut self, ids: &HashSet<&str>) {
         self.changed();
         if ids.is_empty() {
             return;
         }
         for (_, e) in self.tiles.iter_mut() {
+            // A list names an id whose item is not held by its key: one with no keys names
+            // none of them (most lists, whose items are all held, are passed over so).
+            if !e.ids.has_keys() {
+                continue;
+            }
             let key_of = |s| self.items.item(s).map(|i| &i.id);
             e.ids.retain(&key_of, &mut |k| !ids.contains(&**k));
         }

@@ -108,6 +108,11 @@ impl TileList {
         self.entries.capacity()
     }
 
+    /// Whether it may name an id by its key (its item not held, or lying in another tile).
+    pub(super) fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// How the list names its `i`th id (`None`: past the end, or a broken key index).
     pub(super) fn name(&self, i: usize) -> Option<Name<'_>> {
         let e = *self.entries.get(i)?;
