@@ -7,7 +7,9 @@
 //! - `planner_round` (one `set_viewport` with 10k cached items) vs `read_only_round` (the
 //!   same read of the view without planning);
 //! - `cache_evict_listed_10k`: 10k inserts into a full cache of 10k listed items, each
-//!   evicting one (its tile's list then names it by its key), in lists of 25 or 2,500.
+//!   evicting one (its tile's list then names it by its key), in lists of 25 or 2,500;
+//! - `cache_refresh_lists_10k`: every list of 10k listed items fetched again, each without
+//!   its first item (which the cache forgets) against unchanged.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -198,6 +200,42 @@ fn insert(cache: &mut ItemCache<()>, it: &OriginItem<String>) {
     cache
         .insert(&it.id, meta, (), 0, Priority::Visible)
         .unwrap();
+}
+
+/// The tile lists of `cache`, as an answer would bring them again.
+fn lists_of(cache: &mut ItemCache<()>) -> Vec<(TileId, Vec<String>)> {
+    let tiles: Vec<TileId> = cache.cached_tiles().collect();
+    let mut lists = Vec::with_capacity(tiles.len());
+    for t in tiles {
+        let mut ids = Vec::new();
+        cache.read_tile(t, Access::Public, 0, |it, _, _| {
+            ids.push(it.id().to_string())
+        });
+        lists.push((t, ids));
+    }
+    lists
+}
+
+/// Every tile list of 10k listed items fetched again: unchanged, or each without its first
+/// item (which the cache then forgets: the backend moved or deleted it).
+#[divan::bench(args = [(20, false), (20, true), (2, false), (2, true)])]
+fn cache_refresh_lists_10k(bencher: divan::Bencher, (side, one_gone): (usize, bool)) {
+    bencher
+        .with_inputs(|| {
+            let (mut cache, _) = listed_and_more(side);
+            let lists = lists_of(&mut cache);
+            (cache, lists)
+        })
+        .bench_local_values(|(mut cache, lists)| {
+            for (t, ids) in &lists {
+                let skip = usize::from(one_gone);
+                let ids: Vec<&str> = ids.iter().skip(skip).map(String::as_str).collect();
+                cache
+                    .insert_tile(*t, &ids, None, Access::Public, 1)
+                    .unwrap();
+            }
+            cache.len()
+        });
 }
 
 #[divan::bench(args = [20, 2])]
