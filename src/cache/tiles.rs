@@ -214,11 +214,8 @@ impl<P> ItemCache<P> {
     /// moved, deleted or raised them above that tier since; kept, their copies would be
     /// served by id (a `get`, an edge's id requests) until their own TTL ran out.
     fn forget_unlisted(&mut self, tile: TileId, ids: &[&str], fetched_at: Access) {
-        let dz = self.config.tile_zoom;
-        let data = match tile.z() == dz {
-            true => vec![tile],
-            false => tile.descendants(dz).unwrap_or_default(),
-        };
+        // A data tile is its own only descendant.
+        let data = tile.descendants(self.config.tile_zoom).unwrap_or_default();
         let mut listed: Option<HashSet<&str>> = None;
         let mut gone: Vec<String> = Vec::new();
         for d in data {
