@@ -3758,28 +3758,19 @@ fn a_list_that_forgets_an_item_a_neighbours_list_names_leaves_the_neighbour_comp
             data: "{}".to_string(),
         }
     };
-    let o1 = Origin::new(vec![
-        item("a", u, 0.2),
-        item("b", u, 0.4),
-        item("x", u, 0.6),
-        item("c", t, 0.3),
-    ])
-    .unwrap();
-    let o2 = Origin::new(vec![
-        item("a", u, 0.2),
-        item("b", u, 0.4),
-        item("x", t, 0.6),
-        item("c", t, 0.3),
-    ])
-    .unwrap();
+    // a and b in u, c in t, and x in `x_in`.
+    let origin = |x_in: TileId| {
+        let items = vec![
+            item("a", u, 0.2),
+            item("b", u, 0.4),
+            item("x", x_in, 0.6),
+            item("c", t, 0.3),
+        ];
+        Origin::new(items).unwrap()
+    };
+    let (o1, o2) = (origin(u), origin(t));
     // x moved on, west of u (a tile not visible).
-    let o3 = Origin::new(vec![
-        item("a", u, 0.2),
-        item("b", u, 0.4),
-        item("x", u.offset(-5, 0).unwrap(), 0.6),
-        item("c", t, 0.3),
-    ])
-    .unwrap();
+    let o3 = origin(u.offset(-5, 0).unwrap());
     let mut c = client(ClientConfig {
         planner: no_prefetch(),
         batch: BatchConfig {
