@@ -108,6 +108,13 @@ pub const MARGIN_DEG: f64 = 1e-7;
 /// cancel request's own connection (the pool's connect timeout).
 const CANCEL_CONNECT_WAIT: Duration = CONNECT_TIMEOUT;
 
+/// How long a dropped call's connection is given to answer after its cancel request before
+/// the request is sent again ([`Running`]), doubling up to [`RECANCEL_MAX`].
+const RECANCEL_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest between two cancel requests for a dropped call's statement.
+const RECANCEL_MAX: Duration = Duration::from_secs(5);
+
 /// The longest the pool takes to open a connection; past it the call fails (502).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -513,7 +520,8 @@ fn query_refused(sqlstate: &str, message: &str) -> OriginFailure {
 /// A pooled connection while a call's statements run on it. A call dropped before they end
 /// (its budget spent, its client gone) leaves them running in the database: dropped armed,
 /// this cancels them there (a cancel request, as `pg_cancel_backend`), waits for the
-/// connection to be idle and then closes it, in a task of its own. Meanwhile it still counts
+/// connection to be idle (cancelling again while it is not: a cancel that arrives before
+/// its statement is lost) and then closes it, in a task of its own. Meanwhile it still counts
 /// against the pool, so the next call waits for a free connection (and is refused, 503,
 /// after `--origin-pool-wait-ms`) instead of being queued on this one behind a statement
 /// nobody waits for; and it never goes back to the pool, so a cancel that arrives late cannot stop another
@@ -558,7 +566,15 @@ impl Drop for Running {
             let stop = async {
                 let _ = token.cancel_query(NoTls).await;
                 // Answered once the cancelled statement has ended.
-                let _ = client.simple_query("SELECT 1").await;
+                let mut idle = std::pin::pin!(client.simple_query("SELECT 1"));
+                // A cancel that reaches the connection before its statement does (the
+                // statement sent, not yet read) is ignored by PostgreSQL: sent again,
+                // less often each time, until the connection answers.
+                let mut again = RECANCEL_FIRST;
+                while tokio::time::timeout(again, idle.as_mut()).await.is_err() {
+                    let _ = token.cancel_query(NoTls).await;
+                    again = (again * 2).min(RECANCEL_MAX);
+                }
             };
             let _ = tokio::time::timeout(wait, stop).await;
             drop(deadpool_postgres::Object::take(client));

@@ -1954,6 +1954,62 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
     assert_eq!(digest(&r), digest(&want));
 }
 
+/// A cancel request that reaches the connection before its statement does (sent, not yet
+/// read: the call dropped just then) is ignored by PostgreSQL, and the statement ran on for
+/// its whole timeout. Modelled here by a statement that swallows the first cancel: the
+/// dropped call's cancel is sent again until the connection answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_does_not_take_is_sent_again() {
+    if !postgres_available() {
+        return;
+    }
+    let (pg, admin, o) = slow_city().await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION stubborn_sleep() RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+               PERFORM pg_sleep(ms / 1000.0) FROM knob;
+               RETURN true;
+             EXCEPTION WHEN query_canceled THEN
+               PERFORM pg_sleep(ms / 1000.0) FROM knob;
+               RETURN true;
+             END $$;
+             CREATE VIEW stubborn_items AS SELECT i.* FROM tilewarm_items i
+               WHERE (SELECT stubborn_sleep());",
+        )
+        .await
+        .unwrap();
+    let t = o.occupied_tiles(14)[0].0;
+    let c = Config {
+        origin_timeout_ms: 600_000,
+        origin_pool: 1,
+        ..config()
+    };
+    let s = postgis_service(&pg, unlistened("stubborn_items"), &c, true);
+    let req = BatchRequest {
+        tiles: vec![t],
+        ids: vec![],
+        access: Access::Agent,
+    };
+    let call = tilewarm_server::origin::CallSource::Request;
+    let r = s.fetch_within(&req, call, 300, None).await;
+    assert!(
+        matches!(r, Err(OriginFailure::Timeout { ms: 300 })),
+        "{r:?}"
+    );
+    assert!(
+        no_statement_runs(&admin).await,
+        "the statement that swallowed the first cancel still runs in the database"
+    );
+    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    let r = s
+        .fetch_within(&req, call, 20_000, None)
+        .await
+        .unwrap()
+        .response;
+    assert_eq!(digest(&r), digest(&o.answer(&req, None)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_hangs_up_cancels_its_statement() {
     if !postgres_available() {
