@@ -525,7 +525,10 @@ fn query_refused(sqlstate: &str, message: &str) -> OriginFailure {
 /// against the pool, so the next call waits for a free connection (and is refused, 503,
 /// after `--origin-pool-wait-ms`) instead of being queued on this one behind a statement
 /// nobody waits for; and it never goes back to the pool, so a cancel that arrives late cannot stop another
-/// call's statement. Given up after `wait` (the connection is then closed as it is).
+/// call's statement. Given up after `wait` (`--origin-timeout-ms` + 5 s, by when the
+/// statement timeout has ended the statement; with `--origin-timeout-ms 0`, 5 s): the
+/// connection is then let go, and a statement still running there runs on (PostgreSQL
+/// does not stop a statement whose client went away), no longer counted against the pool.
 struct Running {
     client: Option<deadpool_postgres::Object>,
     wait: Duration,
@@ -566,14 +569,21 @@ impl Drop for Running {
             let stop = async {
                 let _ = token.cancel_query(NoTls).await;
                 // Answered once the cancelled statement has ended.
-                let mut idle = std::pin::pin!(client.simple_query("SELECT 1"));
+                let idle = client.simple_query("SELECT 1");
                 // A cancel that reaches the connection before its statement does (the
                 // statement sent, not yet read) is ignored by PostgreSQL: sent again,
                 // less often each time, until the connection answers.
-                let mut again = RECANCEL_FIRST;
-                while tokio::time::timeout(again, idle.as_mut()).await.is_err() {
-                    let _ = token.cancel_query(NoTls).await;
-                    again = (again * 2).min(RECANCEL_MAX);
+                let again = async {
+                    let mut after = RECANCEL_FIRST;
+                    loop {
+                        tokio::time::sleep(after).await;
+                        let _ = token.cancel_query(NoTls).await;
+                        after = (after * 2).min(RECANCEL_MAX);
+                    }
+                };
+                tokio::select! {
+                    _ = idle => {}
+                    () = again => {}
                 }
             };
             let _ = tokio::time::timeout(wait, stop).await;
