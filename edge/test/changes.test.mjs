@@ -531,10 +531,25 @@ describe('edge worker: a refused or failing poll of the change feed waits longer
   });
 
   it('doubles the wait for failures of one kind in a row, starts over for a new kind and after a success', async () => {
+    // `answer` for every poll; with `once`, for the next one only, the polls after it held
+    // (in flight, answered as a success when the answer is set again): the state its
+    // failure left is there to read however long the test takes to look, not only until
+    // the next poll's failure 50 ms later.
     let answer = { status: 500, body: 'not now' };
+    let once = false;
+    const held = [];
+    const answerNext = (a, { only = false } = {}) => {
+      answer = a;
+      once = only;
+      for (const release of held.splice(0)) release();
+    };
     const { edge, relay, health } = await isolate(({ lastEventId }) => {
-      if (answer !== 'ok') return answer;
-      return { body: sse([{ event: 'ready', id: lastEventId ?? '1000-0' }]) };
+      const ready = { body: sse([{ event: 'ready', id: lastEventId ?? '1000-0' }]) };
+      if (answer === 'held') return new Promise((ok) => held.push(() => ok(ready)));
+      if (answer === 'ok') return ready;
+      const a = answer;
+      if (once) answer = 'held';
+      return a;
     });
     await health();
     // Each stats snapshot is consistent (a poll's outcome is recorded in one step); those
@@ -562,29 +577,32 @@ describe('edge worker: a refused or failing poll of the change feed waits longer
     const five = relay.polls.length;
 
     // Another kind of failure: its first waits changesPollMs again.
-    answer = { status: 503, body: 'busy' };
+    answerNext({ status: 503, body: 'busy' }, { only: true });
     const before = (await edge.stats()).changes.errors;
-    await until(async () => (await watch()).errors > before, 'a 503', health);
-    let c = seen.get(before + 1);
+    await until(async () => (await edge.stats()).changes.errors > before, 'a 503', health);
+    let c = (await edge.stats()).changes;
+    assert.equal(c.errors, before + 1, JSON.stringify(c));
     assert.equal(c.failing, 503);
     assert.equal(c.failures, 1);
     assert.equal(c.waitMs, 50);
     assert.ok(relay.polls.length > five);
 
     // A success: failures forgotten, the next poll after changesPollMs.
-    answer = 'ok';
+    answerNext('ok');
     await until(async () => (await edge.stats()).changes.polls >= 1, 'a poll applied', health);
     c = (await edge.stats()).changes;
     assert.equal(c.failing, null);
     assert.equal(c.failures, 0);
     assert.equal(c.waitMs, 50);
     // And a 503 after it is a first failure again, not the second in a row.
-    answer = { status: 503, body: 'busy' };
+    answerNext({ status: 503, body: 'busy' }, { only: true });
     const errors = c.errors;
-    await until(async () => (await watch()).errors > errors, 'a 503 after the success', health);
-    c = seen.get(errors + 1);
+    await until(async () => (await edge.stats()).changes.errors > errors, 'a 503 after the success', health);
+    c = (await edge.stats()).changes;
+    assert.equal(c.errors, errors + 1, JSON.stringify(c));
     assert.equal(c.failures, 1);
     assert.equal(c.waitMs, 50);
+    answerNext('ok');
   });
 });
 

@@ -730,6 +730,13 @@ impl Shed {
         self.limit.reported()
     }
 
+    /// Slots free now, and requests waiting for one: for tests that fill them.
+    #[doc(hidden)]
+    pub fn free_and_waiting(&self) -> (usize, usize) {
+        let free = self.limit.slots().available_permits();
+        (free, self.waiting.load(Relaxed))
+    }
+
     /// A slot, or the refusal to answer with.
     pub async fn admit(self: &Arc<Self>) -> Result<Slot, Response> {
         let slots = self.limit.slots();

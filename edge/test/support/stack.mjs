@@ -98,8 +98,8 @@ export async function startRelay(target, { requireToken } = {}) {
         return res.end(JSON.stringify({ error: { code: 'unauthorized', message: 'the origin wants the edge\'s service token' } }));
       }
       // A test's own feed: `relay.changes({ lastEventId })` answers { status, body, headers }
-      // in place of the origin (undefined: passed on).
-      const own = relay.changes?.({ lastEventId: req.headers['last-event-id'] });
+      // (or a promise of them: a poll held) in place of the origin (undefined: passed on).
+      const own = await relay.changes?.({ lastEventId: req.headers['last-event-id'] });
       if (own !== undefined) {
         res.on('error', () => {});
         res.writeHead(own.status ?? 200, { 'content-type': 'text/event-stream', ...own.headers });

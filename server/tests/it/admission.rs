@@ -8,7 +8,7 @@ use std::time::Duration;
 use tilewarm::access::Access;
 use tilewarm::tile::TileId;
 
-use crate::common::{config, server, token_for, Config, Http, InFlightLimitKind};
+use crate::common::{config, eventually, server, token_for, Config, Http, InFlightLimitKind};
 use crate::{densest, origin, request};
 
 /// Sends `head` (and nothing more) on a raw connection and returns what the server
@@ -53,6 +53,18 @@ fn busy_batch(s: &tilewarm_server::Server) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Waits (10 s at the most) until `s`'s batch slots are all taken and `waiting` batches
+/// wait for one: the busy batches are in place.
+async fn until_busy(s: &tilewarm_server::Server, waiting: usize) {
+    let shed = &s.app.sheds.batch;
+    let in_place = || shed.free_and_waiting() == (0, waiting);
+    assert!(
+        eventually(Duration::from_secs(10), in_place).await,
+        "the busy batches never took their places: {:?}",
+        shed.free_and_waiting()
+    );
+}
+
 /// One slot (fixed), the given queue and wait, a 10 s body timeout; nothing else limits.
 fn one_slot(queue: usize, wait_ms: u64) -> Config {
     Config {
@@ -90,9 +102,9 @@ async fn past_the_in_flight_and_queue_bounds_a_batch_is_a_503_with_retry_after()
     // the wait, so only the full queue can refuse in time.
     let s = server(one_slot(1, 10_000)).await;
     let holds_slot = busy_batch(&s);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_busy(&s, 0).await;
     let queued = busy_batch(&s);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_busy(&s, 1).await;
     refused_quickly(&s, "every batch slot and queue place is taken").await;
     holds_slot.abort();
     queued.abort();
@@ -104,7 +116,7 @@ async fn a_batch_that_waits_longer_than_the_queue_wait_for_a_slot_is_a_503() {
     // wait. Without the bound the batch would wait until the slot came free.
     let s = server(one_slot(8, 300)).await;
     let holds_slot = busy_batch(&s);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_busy(&s, 0).await;
     refused_quickly(&s, "no batch slot came free within 300 ms").await;
     holds_slot.abort();
 }

@@ -254,10 +254,13 @@ async fn a_full_change_feed_is_a_503_with_retry_after() {
     s.shutdown().await;
 }
 
+/// An instance on `r`. Redis commands time out after 2 s: these tests count what reached
+/// Redis, and one command slower than a shorter limit on a busy machine would mark it down
+/// (the tests of a Redis that is down or slow set their own).
 pub(crate) fn redis_config(r: &RedisServer) -> Config {
     Config {
         redis: Some(r.url()),
-        redis_timeout_ms: 500,
+        redis_timeout_ms: 2_000,
         warmup_ring: 0,
         ..config()
     }
@@ -941,11 +944,7 @@ async fn a_write_back_whose_re_invalidation_fails_holds_reads_until_everything_i
     let o = origin(42, 5_000);
     let t = densest(&o);
     let http = Http::new();
-    let s = server(Config {
-        redis_timeout_ms: 2_000,
-        ..redis_config(&redis)
-    })
-    .await;
+    let s = server(redis_config(&redis)).await;
     let tier = &s.app.tier;
     let body = request(&[t], &[], Access::Agent);
     // t's fill, as an origin call answers it: fetched once, read back, then wiped.
@@ -972,7 +971,9 @@ async fn a_write_back_whose_re_invalidation_fails_holds_reads_until_everything_i
     let epoch = s.app.invalidation.guard.epoch();
 
     redis_do(&redis, &["ACL", "SETUSER", "default", "-unlink", "-del"]).await;
-    redis_do(&redis, &["CLIENT", "PAUSE", "500", "WRITE"]).await;
+    // Paused until the invalidation is recorded (5 s at the most; the write times out
+    // after 2 s): a pause of its own length would end before a slow test recorded it.
+    redis_do(&redis, &["CLIENT", "PAUSE", "5000", "WRITE"]).await;
     let app = Arc::clone(&s.app);
     let writing = tokio::spawn(async move { write_back(&app, &mut fill, epoch).await });
     // The write is out (its `SET`s wait in Redis) when the invalidation is recorded.
@@ -989,6 +990,7 @@ async fn a_write_back_whose_re_invalidation_fails_holds_reads_until_everything_i
         ids: vec![ids[0].clone()],
         ..Invalidation::default()
     });
+    redis_do(&redis, &["CLIENT", "UNPAUSE"]).await;
     assert!(writing.await.unwrap().is_ok(), "the write itself failed");
     // The old tile landed and could not be removed again.
     assert!(

@@ -423,9 +423,12 @@ async fn a_full_warmup_queue_drops_work_instead_of_slowing_requests() {
     let o = origin(42, 5_000);
     let tiles: Vec<TileId> = o.occupied_tiles(14).into_iter().map(|(t, _)| t).collect();
     let http = Http::new();
+    // A batch may wait 5 s for a slot (the default 10 ms would refuse one whose slot
+    // holder was descheduled on a busy machine): this is about warm-up, not admission.
     let s = server(common::Config {
         warmup_queue: 1,
         origin_latency_ms: 40,
+        max_queue_wait_ms: 5_000,
         ..config()
     })
     .await;
