@@ -746,13 +746,14 @@ describe('edge worker: a JWKS_URL under a flood of tokens', () => {
     const token = await keys.sign({ tilewarm_access: 'registered' });
     const start = Date.now();
     const statuses = [];
-    while (Date.now() - start < 1200) statuses.push((await post(edge.batch, req, bearer(token))).status);
+    while (Date.now() - start < 1200 || statuses.length < 20) statuses.push((await post(edge.batch, req, bearer(token))).status);
     const elapsed = Date.now() - start;
     assert.ok(statuses.every((s) => s === 502), `statuses ${statuses}`);
-    assert.ok(statuses.length >= 20, `only ${statuses.length} requests in ${elapsed} ms: the machine was too slow for this test`);
-    // Asked at the first request, then not before 250 ms, 500 ms and 1 s have passed after
-    // each failure: at most 3 times within 1.75 s (each request takes well under 0.5 s).
-    assert.ok(ks.asked <= 3, `the key server was asked ${ks.asked} times for ${statuses.length} requests in ${elapsed} ms`);
+    // Asked at the first request, then not before 250 ms, 500 ms, 1 s, 2 s … have passed
+    // after each failure: at most 3 times within 1.75 s, one more per delay a slow machine
+    // took longer than that.
+    const allowed = 1 + [250, 750, 1750, 3750, 7750, 15750].filter((t) => t < elapsed).length;
+    assert.ok(ks.asked <= allowed, `the key server was asked ${ks.asked} times for ${statuses.length} requests in ${elapsed} ms (at most ${allowed})`);
     // Back up: the next request after the retry delay (at most 2 s) asks it, and passes.
     ks.up = true;
     const before = ks.asked;
