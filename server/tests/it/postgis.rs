@@ -946,10 +946,13 @@ async fn tables_of_one_name_in_two_schemas_keep_their_own_triggers() {
     }
 }
 
+/// A server over `pg`. Its requests may wait 5 s for the database (also each connection's
+/// `statement_timeout`): beside another test's `initdb` on a busy machine, 1 s was short for
+/// a pool connection's first call (the tests of timeouts set their own).
 fn pg_config(pg: &Pg) -> Config {
     Config {
         origin: Some(pg.url.clone()),
-        origin_timeout_ms: 1_000,
+        origin_timeout_ms: 5_000,
         warmup_ring: 0,
         ..config()
     }
