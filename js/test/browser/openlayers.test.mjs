@@ -148,7 +148,8 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
   });
 
   it('loads aborted by a refresh end: source.loading goes back to false', async () => {
-    backend.delayMs = 400;
+    // Answers held 3 s: the loads are out for as long as a busy machine takes to see them.
+    backend.delayMs = 3000;
     try {
       const [lon, lat] = tileCorner(14, SX - 4.5, SY + 5.5);
       await page.evaluate(([lon, lat]) => window.__tw.map.getView().setCenter(window.__tw.fromLonLat([lon, lat])), [lon, lat]);
@@ -490,10 +491,15 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       const source = newSource(cache, { onError: (e) => errors.push(e.code) });
       const { div, map } = newMap({ layers: [new VectorLayer({ source })], view: new View({ center: window.__tw.fromLonLat([lon, lat]), zoom: 4 }) });
       const wait = (ms) => new Promise((ok) => setTimeout(ok, ms));
-      await wait(1500);
+      // Until the view's error is reported (10 s at most), then 1.5 s of redraws.
+      const reported = async (n) => {
+        for (const end = Date.now() + 10_000; errors.length < n && Date.now() < end;) await wait(50);
+        await wait(1500);
+      };
+      await reported(1);
       const at4 = { loads, errors: [...errors], loading: source.loading };
       map.getView().setZoom(5);
-      await wait(1500);
+      await reported(2);
       const at5 = { loads, errors: [...errors], loading: source.loading };
       map.setTarget(undefined);
       div.remove();

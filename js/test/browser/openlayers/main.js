@@ -64,8 +64,11 @@ map.on('rendercomplete', () => { rendered++; });
 // For the tests' own caches, sources and maps (made in page.evaluate).
 /** Resolves after `n` animation frames. */
 const frames = (n) => new Promise((ok) => { const f = () => (--n ? requestAnimationFrame(f) : ok()); requestAnimationFrame(f); });
-/** A new cache of /batch beside the page, with `options`. */
-const newCache = (options) => TileCache.create({ endpoint: new URL('/batch', location.href).href, ...options });
+/** A new cache of /batch beside the page, with `options` (requests time out after 20 s
+ * unless they say otherwise, as the page's own cache: not 3 s on a busy machine). */
+const newCache = (options) => TileCache.create({
+  endpoint: new URL('/batch', location.href).href, ...options, batch: { timeoutMs: 20_000, ...options?.batch },
+});
 /** A new tilewarm source of `cache` (createSource given this page's OpenLayers). */
 const newSource = (cache, options) => createSource({ VectorSource, Feature, Point, tileStrategy, createXYZ }, cache, options);
 /** A map of `layers` and `view` in a new div of `size` (CSS px) on the page (`div`, to remove). */
