@@ -11,7 +11,7 @@ import {
   VerifiedTokens, MAX_CACHED_TOKEN_CHARS, JWKS_FIRST_RETRY_MS, JWKS_FETCH_TIMEOUT_MS, JWKS_WAIT_MARGIN_MS,
   MAX_JWKS_BYTES, KeysUnavailable, createAuth,
 } from '../../js/edge-auth.js';
-import { freePort, post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
+import { post, shape, startRelay, startServer, startWorkerd, serverAuthArgs } from './support/stack.mjs';
 import {
   SECRET, ISSUER, AUDIENCE, TIERS, RANK, hsToken, callerToken, serviceToken, rsaKeys, unsigned,
   tampered, bearer,
@@ -463,8 +463,8 @@ async function jwksStack(keys, options) {
   // shedding (a 10 ms queue wait by default) is not what these tests check.
   const server = await startServer([...(await serverAuthArgs(SECRET)), '--max-queue-wait-ms', '5000']);
   const jwksServer = createHttpServer(keys);
-  const port = await freePort();
-  await new Promise((ok) => jwksServer.listen(port, '127.0.0.1', ok));
+  await new Promise((ok) => jwksServer.listen(0, '127.0.0.1', ok));
+  const { port } = jwksServer.address();
   const edge = await startWorkerd(server.batch, { warmRing: 0, ...options }, {
     TILEWARM_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`, TILEWARM_ORIGIN_TOKEN: await serviceToken('agent'),
   });

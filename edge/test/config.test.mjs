@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
 import { generateKeyPair, exportJWK } from 'jose';
 import { Misconfigured, Unauthorized, checkedUrl, createAuth, isLoopback } from '../../js/edge-auth.js';
-import { freePort, post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
+import { post, serverAuthArgs, startServer, startWorkerd } from './support/stack.mjs';
 import { SECRET, bearer, ecKeys, rsaKeys, serviceToken } from './support/tokens.mjs';
 
 const ALLOWED = /must be an https URL \(plain http only to a loopback host: 127\.0\.0\.0\/8, ::1, localhost; or to any host with the option allowInsecureOrigin: true\)/;
@@ -252,11 +252,11 @@ describe('TILEWARM_OPTIONS (the worker of pkg/edge.js under Node)', () => {
 /** An HTTP server on `host` (a loopback address) answering with `handler`. */
 async function listen(host, handler) {
   const server = createHttpServer(handler);
-  const port = await freePort();
   await new Promise((ok, fail) => {
     server.once('error', fail);
-    server.listen(port, host, ok);
+    server.listen(0, host, ok);
   });
+  const { port } = server.address();
   return {
     url: `http://${host}:${port}`,
     close() {

@@ -41,8 +41,20 @@ async function until(cond, what, ms = 10_000) {
   }
 }
 
-/** tilewarm-server on a free port, answering from the test backend. */
+/** tilewarm-server on a free port, answering from the test backend; started again on
+ * another when the port was taken between freePort() and its bind (by another test
+ * file's process). */
 async function startServer(extra = []) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startServerOnce(extra);
+    } catch (e) {
+      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
+    }
+  }
+}
+
+async function startServerOnce(extra) {
   const port = await freePort();
   let log = '';
   const child = spawn(BIN, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--origin', backend.url,

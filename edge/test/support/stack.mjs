@@ -51,13 +51,23 @@ function start(bin, args, env = {}) {
 export async function startServer(extraArgs = []) {
   const bin = process.env.TILEWARM_SERVER;
   if (!bin) throw new Error('TILEWARM_SERVER must name the tilewarm-server binary (scripts/test-edge.sh sets it)');
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  // --caller-rate 0: the edge's origin calls all carry its one service token (and the tests'
-  // direct calls one loopback address), standing in for many callers, as in the Rust load tools.
-  const p = start(bin, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--synthetic-homes', '20000', '--caller-rate', '0', ...extraArgs]);
-  await waitForHttp(`${url}/healthz`, p.child, p.log);
-  return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+  // The free port can be taken between freePort() and the server's bind (as workerd's,
+  // below): then it exits saying "Address already in use", and is started again.
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    // --caller-rate 0: the edge's origin calls all carry its one service token (and the tests'
+    // direct calls one loopback address), standing in for many callers, as in the Rust load tools.
+    const p = start(bin, ['--listen', `127.0.0.1:${port}`, '--log-level', 'warn', '--synthetic-homes', '20000', '--caller-rate', '0', ...extraArgs]);
+    try {
+      await waitForHttp(`${url}/healthz`, p.child, p.log);
+    } catch (e) {
+      await stop(p.child);
+      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
+      continue;
+    }
+    return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+  }
 }
 
 /** tilewarm-server's flags for verifying HS256 tokens signed with `secret`. */
@@ -191,9 +201,8 @@ export async function startRelay(target, { requireToken } = {}) {
       req.socket.destroy();
     }
   });
-  const port = await freePort();
-  await new Promise((ok) => server.listen(port, '127.0.0.1', ok));
-  relay.url = `http://127.0.0.1:${port}/v1/batch`;
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  relay.url = `http://127.0.0.1:${server.address().port}/v1/batch`;
   relay.requests = (purpose = 'request') => relay.seen.filter((s) => s.purpose === purpose);
   relay.close = () => {
     server.closeAllConnections?.();
