@@ -1912,33 +1912,10 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
         return;
     }
     let (pg, admin, o) = slow_city().await;
-    let t = o.occupied_tiles(14)[0].0;
-    // A statement timeout of 10 minutes, one pooled connection; the request path gives a
-    // call what is left of its budget, or drops it when its client hangs up.
-    let c = Config {
-        origin_timeout_ms: 600_000,
-        origin_pool: 1,
-        ..config()
-    };
-    let s = postgis_service(&pg, unlistened("slow_items"), &c, true);
-    let req = BatchRequest {
-        tiles: vec![t],
-        ids: vec![],
-        access: Access::Agent,
-    };
-    let call = tilewarm_server::origin::CallSource::Request;
+    let (s, req) = one_connection_over(&pg, "slow_items", &o);
     // Given up by its budget (the service's timeout), and dropped (a client gone).
-    let r = s.fetch_within(&req, call, 300, None).await;
-    assert!(
-        matches!(r, Err(OriginFailure::Timeout { ms: 300 })),
-        "{r:?}"
-    );
-    assert!(
-        no_statement_runs(&admin).await,
-        "the statement of a call given up still runs in the database"
-    );
-    let tiles = [t];
-    let count = s.count_up_to(&tiles, Access::Agent, 10, 0);
+    given_up_leaves_nothing_running(&s, &req, &admin, "the statement of a call given up").await;
+    let count = s.count_up_to(&req.tiles, Access::Agent, 10, 0);
     assert!(tokio::time::timeout(Duration::from_millis(300), count)
         .await
         .is_err());
@@ -1946,15 +1923,62 @@ async fn a_call_given_up_before_the_statement_timeout_cancels_its_statement() {
         no_statement_runs(&admin).await,
         "the count of a call dropped still runs in the database"
     );
-    // The pool's one connection serves the next call at once.
+    the_connection_serves_again(&s, &req, &admin, &o).await;
+}
+
+/// A service over `table` with one pooled connection and a statement timeout of 10 minutes
+/// (the request path gives a call what is left of its budget, or drops it when its client
+/// hangs up), and a request at `agent` for `o`'s first occupied data tile.
+fn one_connection_over(pg: &Pg, table: &str, o: &Origin<RawData>) -> (OriginService, BatchRequest) {
+    let c = Config {
+        origin_timeout_ms: 600_000,
+        origin_pool: 1,
+        ..config()
+    };
+    let req = BatchRequest {
+        tiles: vec![o.occupied_tiles(14)[0].0],
+        ids: vec![],
+        access: Access::Agent,
+    };
+    (postgis_service(pg, unlistened(table), &c, true), req)
+}
+
+/// `req` fetched within 300 ms by `s` is a timeout, and then no statement runs in the
+/// database (`what` still runs, says the failure).
+async fn given_up_leaves_nothing_running(
+    s: &OriginService,
+    req: &BatchRequest,
+    admin: &tokio_postgres::Client,
+    what: &str,
+) {
+    let call = tilewarm_server::origin::CallSource::Request;
+    let r = s.fetch_within(req, call, 300, None).await;
+    assert!(
+        matches!(r, Err(OriginFailure::Timeout { ms: 300 })),
+        "{r:?}"
+    );
+    assert!(
+        no_statement_runs(admin).await,
+        "{what} still runs in the database"
+    );
+}
+
+/// The view made fast again (`knob`), the pool's one connection answers `req` at once, as
+/// `o` does.
+async fn the_connection_serves_again(
+    s: &OriginService,
+    req: &BatchRequest,
+    admin: &tokio_postgres::Client,
+    o: &Origin<RawData>,
+) {
     admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
+    let call = tilewarm_server::origin::CallSource::Request;
     let r = s
-        .fetch_within(&req, call, 20_000, None)
+        .fetch_within(req, call, 20_000, None)
         .await
         .unwrap()
         .response;
-    let want = o.answer(&req, None);
-    assert_eq!(digest(&r), digest(&want));
+    assert_eq!(digest(&r), digest(&o.answer(req, None)));
 }
 
 /// A cancel request that reaches the connection before its statement does (sent, not yet
@@ -1984,28 +2008,14 @@ async fn a_cancel_that_does_not_take_is_sent_again() {
         )
         .await
         .unwrap();
-    let t = o.occupied_tiles(14)[0].0;
-    let c = Config {
-        origin_timeout_ms: 600_000,
-        origin_pool: 1,
-        ..config()
-    };
-    let s = postgis_service(&pg, unlistened("stubborn_items"), &c, true);
-    let req = BatchRequest {
-        tiles: vec![t],
-        ids: vec![],
-        access: Access::Agent,
-    };
-    let call = tilewarm_server::origin::CallSource::Request;
-    let r = s.fetch_within(&req, call, 300, None).await;
-    assert!(
-        matches!(r, Err(OriginFailure::Timeout { ms: 300 })),
-        "{r:?}"
-    );
-    assert!(
-        no_statement_runs(&admin).await,
-        "the statement that swallowed the first cancel still runs in the database"
-    );
+    let (s, req) = one_connection_over(&pg, "stubborn_items", &o);
+    given_up_leaves_nothing_running(
+        &s,
+        &req,
+        &admin,
+        "the statement that swallowed the first cancel",
+    )
+    .await;
     // (A sequence's values outlive the statement's failure.)
     let swallowed: bool = admin
         .query_one("SELECT is_called FROM swallowed", &[])
@@ -2013,13 +2023,7 @@ async fn a_cancel_that_does_not_take_is_sent_again() {
         .unwrap()
         .get(0);
     assert!(swallowed, "the test did not test: no cancel was swallowed");
-    admin.batch_execute("UPDATE knob SET ms = 0").await.unwrap();
-    let r = s
-        .fetch_within(&req, call, 20_000, None)
-        .await
-        .unwrap()
-        .response;
-    assert_eq!(digest(&r), digest(&o.answer(&req, None)));
+    the_connection_serves_again(&s, &req, &admin, &o).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
