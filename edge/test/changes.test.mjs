@@ -533,8 +533,8 @@ describe('edge worker: a refused or failing poll of the change feed waits longer
   it('doubles the wait for failures of one kind in a row, starts over for a new kind and after a success', async () => {
     // `answer` for every poll; with `once`, for the next one only, the polls after it held
     // (in flight, answered as a success when the answer is set again): the state its
-    // failure left is there to read however long the test takes to look, not only until
-    // the next poll's failure 50 ms later.
+    // failure left is there to read until the held poll's timeout (originTimeoutMs, 2 s),
+    // not only until the next poll's failure 50 ms later.
     let answer = { status: 500, body: 'not now' };
     let once = false;
     const held = [];
