@@ -966,11 +966,17 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
     await session.withPage(`openlayers/index.html?lon=${lon}&lat=${lat}&zoom=15`, async (p) => {
       const first = await settled('the features', p);
       await p.evaluate(() => window.__tw.source.on('addfeature', () => { throw new Error('a page listener failed'); }));
+      const r0 = await p.evaluate(() => window.__tw.rendered());
       await p.evaluate((m) => {
         const v = window.__tw.map.getView();
         const [cx, cy] = v.getCenter();
         v.setCenter([cx + 6 * m, cy]);
       }, TILE_M);
+      // The map renders the view east (its loads ended: with a load left open it never
+      // does), and the listener's error is told; not the state of before the move, which
+      // a busy machine could read settled before the map asked for the new tiles.
+      await until(p, (r0) => window.__tw.rendered() > r0, r0, 'a render of the view east');
+      await until(p, () => window.__tw.state().errors.length > 0, null, "the listener's error told");
       const s = await settled('the view east', p);
       assert.ok(s.errors.length > 0 && s.errors.every((e) => /a page listener failed/.test(e)), JSON.stringify(s.errors));
       assert.ok(s.ids.some((id) => !first.ids.includes(id)), 'features of the view east');
