@@ -837,12 +837,13 @@ describe('tilewarm/openlayers in headless Chromium', { timeout: 180_000 }, () =>
       const a = backend.tileItems(off, 'public').filter((it) => it.lon > mid).at(-1).id;
       assert.ok((await p.evaluate(() => window.__tw.state().ids)).includes(a), `${a} held`);
       const [edge] = tileCorner(14, ox + 1, oy);
-      await p.evaluate(([edge, lat]) => {
+      const r0 = await p.evaluate(([edge, lat]) => {
         const { map, fromLonLat } = window.__tw;
         const view = map.getView();
         view.setCenter([fromLonLat([edge, lat])[0] + 410 * view.getResolution(), view.getCenter()[1]]);
+        return window.__tw.rendered();
       }, [edge, lat]);
-      await until(p, () => window.__tw.rendered() > 0 && !window.__tw.state().loading, null, 'the view east');
+      await until(p, (r0) => window.__tw.rendered() > r0, r0, 'a render of the view east');
       const s1 = await settled('the view east', p);
       assert.ok(s1.ids.includes(a), `${a} held out of the view: ${s1.ids}`);
       const [w, so] = lonLat(s1.extent[0], s1.extent[1]);
