@@ -51,9 +51,7 @@ function start(bin, args, env = {}) {
 export async function startServer(extraArgs = []) {
   const bin = process.env.TILEWARM_SERVER;
   if (!bin) throw new Error('TILEWARM_SERVER must name the tilewarm-server binary (scripts/test-edge.sh sets it)');
-  // The free port can be taken between freePort() and the server's bind (as workerd's,
-  // below): then it exits saying "Address already in use", and is started again.
-  for (let attempt = 1; ; attempt++) {
+  return onFreePorts(async () => {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     // --caller-rate 0: the edge's origin calls all carry its one service token (and the tests'
@@ -63,10 +61,22 @@ export async function startServer(extraArgs = []) {
       await waitForHttp(`${url}/healthz`, p.child, p.log);
     } catch (e) {
       await stop(p.child);
-      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
-      continue;
+      throw e;
     }
     return { url, batch: `${url}/v1/batch`, ...p, stop: () => stop(p.child) };
+  });
+}
+
+/** `startOnce()`, again on other ports (3 tries at most) while it fails because a port
+ * freePort() gave was taken by another test file's process before the bind ("Address
+ * already in use"). */
+async function onFreePorts(startOnce) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce();
+    } catch (e) {
+      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
+    }
   }
 }
 
@@ -220,16 +230,7 @@ export async function startRelay(target, { requireToken } = {}) {
  * worker is expected to refuse its configuration, so any answer of /healthz means it is up.
  */
 export async function startWorkerd(origin, options = {}, env = {}, { sharedCache, misconfigured = false } = {}) {
-  // A free port can be taken by another test file's process between freePort() and
-  // workerd's bind: then workerd exits with "Address already in use", and is started again
-  // on other ports.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await startWorkerdOnce(origin, options, env, sharedCache, misconfigured);
-    } catch (e) {
-      if (attempt === 3 || !/Address already in use/.test(e?.message ?? '')) throw e;
-    }
-  }
+  return onFreePorts(() => startWorkerdOnce(origin, options, env, sharedCache, misconfigured));
 }
 
 async function startWorkerdOnce(origin, options, env, sharedCache, misconfigured) {
